@@ -1,0 +1,20 @@
+//! Perimeter's detection stage: everything between a raw vendor record and a stored result.
+//!
+//! - [`normalize`]: vendor records -> [`perimeter_model::Event`] with ECS fields (built-in
+//!   normalizers per SaaS + declarative mappings for new sources).
+//! - [`mask`]: secrets and PII masked before anything leaves memory.
+//! - [`sigma`]: Sigma rules, correlations and filters compiled into a fast matcher.
+//! - [`ueba`]: behavioural baselines (auth-failure bursts, spraying, volume anomalies, ...).
+//! - [`pipeline`]: the synchronous, batch-oriented middle that wires them together.
+//!
+//! Guarantee: every event and alert that leaves [`pipeline::Pipeline`] has been masked;
+//! detectors see clear values in memory only.
+
+pub mod error;
+pub mod mask;
+pub mod normalize;
+pub mod pipeline;
+pub mod sigma;
+pub mod ueba;
+
+pub use error::{DetectError, Result};

@@ -1,0 +1,162 @@
+//! Events and dead letters.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::Ecs;
+
+/// Stable event id: the first 16 bytes of BLAKE3(source NUL raw JSON), hex-encoded.
+/// Same source + same raw content => same id, so replays are idempotent downstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub String);
+
+impl EventId {
+    /// Derive the id from the source name and the raw record's canonical JSON text.
+    pub fn derive(source: &str, raw: &serde_json::Value) -> EventId {
+        let mut h = blake3::Hasher::new();
+        h.update(source.as_bytes());
+        h.update(&[0]);
+        // serde_json writes object keys in map order (BTreeMap without `preserve_order`), so
+        // the text is canonical for equal values.
+        let _ = serde_json::to_writer(HashWriter(&mut h), raw);
+        let digest = h.finalize();
+        EventId(hex16(&digest.as_bytes()[..16]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+struct HashWriter<'a>(&'a mut blake3::Hasher);
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn hex16(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// One vendor record as it arrived, before normalization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRecord {
+    /// Source name (`okta`, `github`, ...) or `auto` when the normalizer must guess.
+    pub source: String,
+    pub tenant: String,
+    pub received_at: DateTime<Utc>,
+    /// 1-based input line (file/stdin input) or offset (bus input), when known.
+    pub line: Option<u64>,
+    pub raw: serde_json::Value,
+}
+
+/// A normalized event: the raw vendor JSON, unchanged, plus its ECS view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: EventId,
+    pub source: String,
+    pub tenant: String,
+    pub received_at: DateTime<Utc>,
+    /// Event time (the vendor's timestamp; `received_at` when the vendor gave none).
+    #[serde(rename = "@timestamp")]
+    pub timestamp: DateTime<Utc>,
+    /// 1-based input line or bus offset, when known. Not part of the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    pub ecs: Ecs,
+    pub raw: serde_json::Value,
+}
+
+impl Event {
+    /// Build an event from a raw record and its ECS view; the id is derived here.
+    pub fn new(source: impl Into<String>, record: RawRecord, mut ecs: Ecs) -> Event {
+        let source = source.into();
+        let id = EventId::derive(&source, &record.raw);
+        let timestamp = ecs.timestamp.unwrap_or(record.received_at);
+        ecs.timestamp = Some(timestamp);
+        Event {
+            id,
+            source,
+            tenant: record.tenant,
+            received_at: record.received_at,
+            timestamp,
+            line: record.line,
+            ecs,
+            raw: record.raw,
+        }
+    }
+
+    /// The output document: ECS fields nested at the top level, plus `event.id`, `perimeter`
+    /// metadata and the raw record under `raw`. This is what `normalize` prints and the store keeps.
+    pub fn to_output_json(&self) -> serde_json::Value {
+        let mut doc = self.ecs.to_json();
+        let obj = doc.as_object_mut().expect("ecs json is an object");
+        let ev = obj
+            .entry("event")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if let Some(ev) = ev.as_object_mut() {
+            ev.insert("id".into(), self.id.0.clone().into());
+            ev.insert("module".into(), self.source.clone().into());
+            ev.insert(
+                "ingested".into(),
+                self.received_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true).into(),
+            );
+        }
+        obj.insert(
+            "perimeter".into(),
+            serde_json::json!({"source": self.source, "tenant": self.tenant, "line": self.line}),
+        );
+        obj.insert("raw".into(), self.raw.clone());
+        doc
+    }
+}
+
+/// Input that could not be processed, kept with the reason instead of vanishing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// 1-based input line or bus offset, when known.
+    pub line: Option<u64>,
+    pub source: String,
+    pub tenant: String,
+    pub received_at: DateTime<Utc>,
+    /// Why it was rejected (`invalid JSON at column 17: ...`, `line longer than 1048576 bytes`).
+    pub reason: String,
+    /// A masked excerpt of the input (bounded length), for the analyst to see what came in.
+    pub excerpt: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn id_is_stable_and_content_addressed() {
+        let a = EventId::derive("okta", &json!({"b": 1, "a": 2}));
+        let b = EventId::derive("okta", &json!({"a": 2, "b": 1}));
+        let c = EventId::derive("github", &json!({"a": 2, "b": 1}));
+        let d = EventId::derive("okta", &json!({"a": 2, "b": 2}));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+        assert_eq!(a.0.len(), 32);
+    }
+}

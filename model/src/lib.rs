@@ -1,0 +1,87 @@
+//! Perimeter's shared model: the [`Event`] every stage passes along, the [`Alert`] detectors
+//! produce, [`DeadLetter`]s for input that could not be processed, and one trait per stage
+//! boundary ([`Normalizer`], [`Masker`], [`Detector`]).
+//!
+//! Guarantees:
+//! - an [`EventId`] is a pure function of source name and raw content, so a replayed event gets the
+//!   same id and stores can stay idempotent;
+//! - nothing here touches IO, a runtime, or a heavy dependency: every crate may import this one.
+
+mod alert;
+mod ecs;
+mod event;
+pub mod metrics;
+mod time;
+
+pub use alert::{Alert, AlertStatus, DetectorKind, EntityKind, Severity};
+pub use ecs::{Ecs, EcsValue, Outcome, ECS_FIELDS};
+pub use event::{DeadLetter, Event, EventId, RawRecord};
+pub use metrics::Metrics;
+pub use time::{parse_timestamp, TimestampError};
+
+/// Turns one raw vendor record into an [`Event`] with a normalized ECS view. Pure: no IO, no state.
+pub trait Normalizer: Send + Sync {
+    /// The source name this normalizer handles (`okta`, `github`, ...).
+    fn source(&self) -> &str;
+    /// Normalize one record. The raw JSON is kept unchanged in the returned event.
+    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError>;
+}
+
+/// Masks secrets and PII in an event in place. Pure apart from its counters.
+pub trait Masker: Send + Sync {
+    /// Mask raw and normalized fields; returns how many values were masked.
+    fn mask(&self, event: &mut Event) -> MaskStats;
+    /// Mask secrets inside free text (dead-letter excerpts, alert explanations, log lines).
+    fn mask_text(&self, text: &str) -> String;
+    /// Mask an arbitrary JSON value (alert evidence, matched fields) in place.
+    fn mask_value(&self, value: &mut serde_json::Value) -> MaskStats;
+}
+
+/// Counts of what a masker did: counted, never logged in clear.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MaskStats {
+    /// Values masked because their key name is sensitive (`password`, `token`, ...).
+    pub by_key: u64,
+    /// Values masked because their content matched a secret/PII pattern.
+    pub by_pattern: u64,
+}
+
+impl MaskStats {
+    pub fn total(&self) -> u64 {
+        self.by_key + self.by_pattern
+    }
+    pub fn add(&mut self, other: MaskStats) {
+        self.by_key += other.by_key;
+        self.by_pattern += other.by_pattern;
+    }
+}
+
+/// A stateful detector: sees events (with clear values, in memory only) in event-time order as
+/// far as the input allows, and appends alerts. Alerts are masked by the pipeline afterwards.
+pub trait Detector: Send {
+    /// Short stable name (`sigma`, `auth_failure_burst`, ...).
+    fn name(&self) -> &str;
+    /// Inspect one event and push any alerts it completes.
+    fn detect(&mut self, event: &Event, alerts: &mut Vec<Alert>);
+    /// Called at end of input (or on shutdown): emit alerts that wait on a window closing.
+    fn flush(&mut self, _alerts: &mut Vec<Alert>) {}
+}
+
+/// Why a raw record could not be normalized.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum NormalizeError {
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("missing field `{0}`")]
+    MissingField(String),
+    #[error("field `{field}` has the wrong type: expected {expected}")]
+    WrongType { field: String, expected: &'static str },
+    #[error("bad timestamp in `{field}`: {reason}")]
+    BadTimestamp { field: String, reason: String },
+    #[error("unknown source `{0}`")]
+    UnknownSource(String),
+    #[error("could not detect the source from the event's shape")]
+    UndetectedSource,
+    #[error("{0}")]
+    Other(String),
+}

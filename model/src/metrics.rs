@@ -1,0 +1,92 @@
+//! Process-wide counters every stage increments and `/metrics` renders (Prometheus text format).
+//! Label cardinality is kept low by design: labels are source names, rule ids, stage names.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// A counter/gauge registry. Cheap enough for per-batch updates (not per-field).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(String, Vec<(String, String)>), f64>>,
+    gauges: Mutex<BTreeMap<(String, Vec<(String, String)>), f64>>,
+}
+
+fn key(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
+    (
+        name.to_string(),
+        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    )
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// Add `by` to counter `name{labels}` (e.g. `events_received_total{source="okta"}`).
+    pub fn inc(&self, name: &str, labels: &[(&str, &str)], by: u64) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        *c.entry(key(name, labels)).or_insert(0.0) += by as f64;
+    }
+
+    /// Set gauge `name{labels}` (e.g. `pipeline_lag_seconds`, `store_commit_latency_seconds`).
+    pub fn set(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let mut g = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        g.insert(key(name, labels), value);
+    }
+
+    /// Current value of a counter (0 when never incremented).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(&key(name, labels)).copied().unwrap_or(0.0) as u64
+    }
+
+    /// Render everything in the Prometheus text exposition format, names prefixed `perimeter_`.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let render = |out: &mut String, kind: &str, map: &BTreeMap<(String, Vec<(String, String)>), f64>| {
+            let mut last = "";
+            for ((name, labels), v) in map {
+                if name != last {
+                    out.push_str(&format!("# TYPE perimeter_{name} {kind}\n"));
+                    last = name;
+                }
+                out.push_str("perimeter_");
+                out.push_str(name);
+                if !labels.is_empty() {
+                    out.push('{');
+                    for (i, (k, val)) in labels.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let esc = val.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                        out.push_str(&format!("{k}=\"{esc}\""));
+                    }
+                    out.push('}');
+                }
+                out.push_str(&format!(" {v}\n"));
+            }
+        };
+        render(&mut out, "counter", &self.counters.lock().unwrap_or_else(|e| e.into_inner()));
+        render(&mut out, "gauge", &self.gauges.lock().unwrap_or_else(|e| e.into_inner()));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.inc("events_received_total", &[("source", "okta")], 3);
+        m.inc("events_received_total", &[("source", "okta")], 2);
+        m.set("pipeline_lag_seconds", &[], 1.5);
+        let text = m.render_prometheus();
+        assert!(text.contains("# TYPE perimeter_events_received_total counter\n"));
+        assert!(text.contains("perimeter_events_received_total{source=\"okta\"} 5\n"));
+        assert!(text.contains("perimeter_pipeline_lag_seconds 1.5\n"));
+        assert_eq!(m.counter("events_received_total", &[("source", "okta")]), 5);
+    }
+}
