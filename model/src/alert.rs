@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Sigma `level`, also used for behavioural alerts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Informational,
@@ -105,7 +107,11 @@ pub struct Alert {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// ATT&CK technique ids from the tags (`T1078`, `T1098.001`), ECS `threat.technique.id`.
-    #[serde(default, rename = "threat.technique.id", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "threat.technique.id",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub threat_technique_id: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<String>,

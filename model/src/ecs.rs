@@ -90,7 +90,9 @@ impl Ecs {
         let v = match field {
             "event.action" => EcsValue::Str(s(&self.event_action)?),
             "event.outcome" => EcsValue::Str(self.event_outcome.as_str()),
-            "event.category" if !self.event_category.is_empty() => EcsValue::List(&self.event_category),
+            "event.category" if !self.event_category.is_empty() => {
+                EcsValue::List(&self.event_category)
+            }
             "event.type" if !self.event_type.is_empty() => EcsValue::List(&self.event_type),
             "user.name" => EcsValue::Str(s(&self.user_name)?),
             "user.email" => EcsValue::Str(s(&self.user_email)?),
@@ -122,7 +124,10 @@ impl Ecs {
             ("user.target.email", &mut self.user_target_email),
             ("user.target.id", &mut self.user_target_id),
             ("source.ip", &mut self.source_ip),
-            ("source.geo.country_iso_code", &mut self.source_geo_country_iso_code),
+            (
+                "source.geo.country_iso_code",
+                &mut self.source_geo_country_iso_code,
+            ),
             ("user_agent.original", &mut self.user_agent_original),
             ("organization.id", &mut self.organization_id),
             ("cloud.account.id", &mut self.cloud_account_id),
@@ -134,14 +139,23 @@ impl Ecs {
             .iter_mut()
             .map(|v| ("related.ip", v))
             .chain(self.related_user.iter_mut().map(|v| ("related.user", v)))
-            .chain(self.event_category.iter_mut().map(|v| ("event.category", v)))
+            .chain(
+                self.event_category
+                    .iter_mut()
+                    .map(|v| ("event.category", v)),
+            )
             .chain(self.event_type.iter_mut().map(|v| ("event.type", v)));
         singles.chain(lists)
     }
 
     /// Fill `related.user` / `related.ip` from the user and IP fields (deduplicated).
     pub fn fill_related(&mut self) {
-        let users = [&self.user_name, &self.user_email, &self.user_target_name, &self.user_target_email];
+        let users = [
+            &self.user_name,
+            &self.user_email,
+            &self.user_target_name,
+            &self.user_target_email,
+        ];
         for u in users.into_iter().flatten() {
             if !self.related_user.iter().any(|x| x == u) {
                 self.related_user.push(u.clone());
@@ -167,7 +181,9 @@ impl Ecs {
                     cur.insert(p.to_string(), v);
                     return;
                 }
-                let next = cur.entry(p.to_string()).or_insert_with(|| Value::Object(Map::new()));
+                let next = cur
+                    .entry(p.to_string())
+                    .or_insert_with(|| Value::Object(Map::new()));
                 match next {
                     Value::Object(m) => cur = m,
                     _ => return,
@@ -185,7 +201,9 @@ impl Ecs {
                 let v = match v {
                     EcsValue::Str(s) => Value::String(s.to_string()),
                     EcsValue::Num(n) => Value::from(n),
-                    EcsValue::List(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
+                    EcsValue::List(l) => {
+                        Value::Array(l.iter().cloned().map(Value::String).collect())
+                    }
                 };
                 put(&mut root, name, v);
             }
@@ -219,7 +237,11 @@ mod tests {
 
     #[test]
     fn strings_mut_reaches_every_string() {
-        let mut e = Ecs { user_email: Some("a@b.c".into()), related_user: vec!["a@b.c".into()], ..Default::default() };
+        let mut e = Ecs {
+            user_email: Some("a@b.c".into()),
+            related_user: vec!["a@b.c".into()],
+            ..Default::default()
+        };
         for (_, v) in e.strings_mut() {
             *v = "x".into();
         }

@@ -117,7 +117,9 @@ impl Event {
             ev.insert("module".into(), self.source.clone().into());
             ev.insert(
                 "ingested".into(),
-                self.received_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true).into(),
+                self.received_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                    .into(),
             );
         }
         obj.insert(

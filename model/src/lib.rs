@@ -75,7 +75,10 @@ pub enum NormalizeError {
     #[error("missing field `{0}`")]
     MissingField(String),
     #[error("field `{field}` has the wrong type: expected {expected}")]
-    WrongType { field: String, expected: &'static str },
+    WrongType {
+        field: String,
+        expected: &'static str,
+    },
     #[error("bad timestamp in `{field}`: {reason}")]
     BadTimestamp { field: String, reason: String },
     #[error("unknown source `{0}`")]

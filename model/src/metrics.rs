@@ -14,7 +14,10 @@ pub struct Metrics {
 fn key(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
     (
         name.to_string(),
-        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     )
 }
 
@@ -44,31 +47,43 @@ impl Metrics {
     /// Render everything in the Prometheus text exposition format, names prefixed `perimeter_`.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let render = |out: &mut String, kind: &str, map: &BTreeMap<(String, Vec<(String, String)>), f64>| {
-            let mut last = "";
-            for ((name, labels), v) in map {
-                if name != last {
-                    out.push_str(&format!("# TYPE perimeter_{name} {kind}\n"));
-                    last = name;
-                }
-                out.push_str("perimeter_");
-                out.push_str(name);
-                if !labels.is_empty() {
-                    out.push('{');
-                    for (i, (k, val)) in labels.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        let esc = val.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-                        out.push_str(&format!("{k}=\"{esc}\""));
+        let render =
+            |out: &mut String, kind: &str, map: &BTreeMap<(String, Vec<(String, String)>), f64>| {
+                let mut last = "";
+                for ((name, labels), v) in map {
+                    if name != last {
+                        out.push_str(&format!("# TYPE perimeter_{name} {kind}\n"));
+                        last = name;
                     }
-                    out.push('}');
+                    out.push_str("perimeter_");
+                    out.push_str(name);
+                    if !labels.is_empty() {
+                        out.push('{');
+                        for (i, (k, val)) in labels.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            let esc = val
+                                .replace('\\', "\\\\")
+                                .replace('"', "\\\"")
+                                .replace('\n', "\\n");
+                            out.push_str(&format!("{k}=\"{esc}\""));
+                        }
+                        out.push('}');
+                    }
+                    out.push_str(&format!(" {v}\n"));
                 }
-                out.push_str(&format!(" {v}\n"));
-            }
-        };
-        render(&mut out, "counter", &self.counters.lock().unwrap_or_else(|e| e.into_inner()));
-        render(&mut out, "gauge", &self.gauges.lock().unwrap_or_else(|e| e.into_inner()));
+            };
+        render(
+            &mut out,
+            "counter",
+            &self.counters.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        render(
+            &mut out,
+            "gauge",
+            &self.gauges.lock().unwrap_or_else(|e| e.into_inner()),
+        );
         out
     }
 }

@@ -35,16 +35,26 @@ pub fn parse_timestamp_str(s: &str) -> Result<DateTime<Utc>, TimestampError> {
         return Err(TimestampError);
     }
     if s.bytes().all(|b| b.is_ascii_digit() || b == b'-') && s.len() > 4 && !s.contains('-') {
-        return s.parse::<i64>().map_err(|_| TimestampError).and_then(from_epoch_int);
+        return s
+            .parse::<i64>()
+            .map_err(|_| TimestampError)
+            .and_then(from_epoch_int);
     }
     if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') && s.contains('.') {
-        return s.parse::<f64>().map_err(|_| TimestampError).and_then(from_epoch_float);
+        return s
+            .parse::<f64>()
+            .map_err(|_| TimestampError)
+            .and_then(from_epoch_float);
     }
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Ok(dt.with_timezone(&Utc));
     }
     // ISO 8601 variants chrono's RFC 3339 parser refuses: `+0000` offsets, space separator.
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f %z"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f %z",
+    ] {
         if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
             return Ok(dt.with_timezone(&Utc));
         }
@@ -91,7 +101,9 @@ fn from_epoch_float(f: f64) -> Result<DateTime<Utc>, TimestampError> {
     if f.abs() < 100_000_000_000.0 {
         let secs = f.floor() as i64;
         let nanos = ((f - f.floor()) * 1e9).round() as u32;
-        Utc.timestamp_opt(secs, nanos.min(999_999_999)).single().ok_or(TimestampError)
+        Utc.timestamp_opt(secs, nanos.min(999_999_999))
+            .single()
+            .ok_or(TimestampError)
     } else {
         from_epoch_int(f as i64)
     }
@@ -103,25 +115,45 @@ mod tests {
     use serde_json::json;
 
     fn rfc(v: serde_json::Value) -> String {
-        parse_timestamp(&v).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        parse_timestamp(&v)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     }
 
     #[test]
     fn vendor_formats_parse_to_utc() {
-        assert_eq!(rfc(json!("2021-06-24T00:04:08.123Z")), "2021-06-24T00:04:08.123Z");
-        assert_eq!(rfc(json!("2023-03-15T16:33:50-03:00")), "2023-03-15T19:33:50.000Z");
+        assert_eq!(
+            rfc(json!("2021-06-24T00:04:08.123Z")),
+            "2021-06-24T00:04:08.123Z"
+        );
+        assert_eq!(
+            rfc(json!("2023-03-15T16:33:50-03:00")),
+            "2023-03-15T19:33:50.000Z"
+        );
         assert_eq!(rfc(json!(1625045793351i64)), "2021-06-30T09:36:33.351Z");
         assert_eq!(rfc(json!(1521214344)), "2018-03-16T15:32:24.000Z");
         assert_eq!(rfc(json!("1521214344")), "2018-03-16T15:32:24.000Z");
         assert_eq!(rfc(json!(1521214344.5)), "2018-03-16T15:32:24.500Z");
-        assert_eq!(rfc(json!("2021-06-24 00:04:08")), "2021-06-24T00:04:08.000Z");
-        assert_eq!(rfc(json!("2021-06-24T00:04:08+0000")), "2021-06-24T00:04:08.000Z");
+        assert_eq!(
+            rfc(json!("2021-06-24 00:04:08")),
+            "2021-06-24T00:04:08.000Z"
+        );
+        assert_eq!(
+            rfc(json!("2021-06-24T00:04:08+0000")),
+            "2021-06-24T00:04:08.000Z"
+        );
         assert_eq!(rfc(json!(1625045793351000i64)), "2021-06-30T09:36:33.351Z");
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for v in [json!("yesterday"), json!(""), json!(null), json!(true), json!("9999999999999999999999")] {
+        for v in [
+            json!("yesterday"),
+            json!(""),
+            json!(null),
+            json!(true),
+            json!("9999999999999999999999"),
+        ] {
             assert!(parse_timestamp(&v).is_err(), "{v}");
         }
     }

@@ -1,0 +1,105 @@
+//! The in-process bus: sources submit batches of input items and wait for the acknowledgement,
+//! which the consumer (pipeline + store) sends only after the batch is durably stored. So a
+//! source that saw an ack may forget its input; one that did not must resubmit (the store is
+//! idempotent on event id, so resubmission never duplicates).
+
+use crate::{IngestError, InputItem, Result};
+use tokio::sync::{mpsc, oneshot};
+
+/// What a consumer reports back for a stored batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SubmitAck {
+    /// Records that became events and are stored.
+    pub events: usize,
+    /// Replayed events that were already stored.
+    pub duplicates: usize,
+    /// Input lines stored as dead letters.
+    pub dead_letters: usize,
+    /// Alerts raised by this batch.
+    pub alerts: usize,
+}
+
+/// A batch on its way to the pipeline.
+#[derive(Debug)]
+pub struct Submission {
+    /// Source name (`okta`, `auto`, `json`, ...).
+    pub source: String,
+    pub tenant: String,
+    pub items: Vec<InputItem>,
+    /// Where the consumer sends the outcome once the batch is stored (or failed).
+    pub ack: oneshot::Sender<std::result::Result<SubmitAck, String>>,
+}
+
+/// The sending half, cloned into every source.
+#[derive(Debug, Clone)]
+pub struct BusSender(mpsc::Sender<Submission>);
+
+/// The receiving half, owned by the pipeline task.
+pub type BusReceiver = mpsc::Receiver<Submission>;
+
+/// A bounded bus: `capacity` batches in flight before sources wait (backpressure).
+pub fn channel(capacity: usize) -> (BusSender, BusReceiver) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (BusSender(tx), rx)
+}
+
+impl BusSender {
+    /// Submit a batch and wait until it is stored. `Err` if the consumer failed or is gone.
+    pub async fn submit(
+        &self,
+        source: &str,
+        tenant: &str,
+        items: Vec<InputItem>,
+    ) -> Result<SubmitAck> {
+        let (ack, wait) = oneshot::channel();
+        let submission = Submission {
+            source: source.to_string(),
+            tenant: tenant.to_string(),
+            items,
+            ack,
+        };
+        self.0
+            .send(submission)
+            .await
+            .map_err(|_| IngestError::PipelineClosed)?;
+        match wait.await {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(reason)) => Err(IngestError::Rejected(reason)),
+            Err(_) => Err(IngestError::PipelineClosed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn submit_waits_for_the_consumer_ack() {
+        let (tx, mut rx) = channel(4);
+        let consumer = tokio::spawn(async move {
+            let s = rx.recv().await.unwrap();
+            assert_eq!(s.items.len(), 1);
+            s.ack
+                .send(Ok(SubmitAck {
+                    events: 1,
+                    ..Default::default()
+                }))
+                .unwrap();
+            let s = rx.recv().await.unwrap();
+            s.ack.send(Err("disk full".into())).unwrap();
+        });
+        let item = InputItem::Record {
+            line: 1,
+            value: serde_json::json!({"a": 1}),
+        };
+        let ack = tx
+            .submit("json", "default", vec![item.clone()])
+            .await
+            .unwrap();
+        assert_eq!(ack.events, 1);
+        let err = tx.submit("json", "default", vec![item]).await.unwrap_err();
+        assert!(err.to_string().contains("disk full"));
+        consumer.await.unwrap();
+    }
+}

@@ -1,0 +1,178 @@
+//! A spool directory source: drop `*.jsonl` / `*.json` files into `<dir>/<source>/` (the
+//! subdirectory names the source, e.g. `inbox/okta/`, `inbox/auto/`) and they are ingested, then
+//! moved to `<dir>/.processed/<source>/` once the pipeline acknowledged them. A file being
+//! processed when the process dies is ingested again on restart; the store's idempotency on event
+//! id keeps that exactly-once.
+
+use crate::bus::BusSender;
+use crate::jsonl::{JsonlReader, JsonlReaderConfig};
+use crate::{IngestError, InputItem, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Configuration of the spool source.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The inbox directory; each subdirectory is a source name.
+    pub dir: PathBuf,
+    /// Tenant the files belong to.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// How often the inbox is scanned for new files.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Records per submitted batch.
+    #[serde(default = "default_batch_records")]
+    pub batch_records: usize,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+fn default_poll_interval_ms() -> u64 {
+    500
+}
+fn default_batch_records() -> usize {
+    5000
+}
+
+/// Watches a spool directory and submits its files to the bus.
+pub struct SpoolSource {
+    config: SpoolConfig,
+    bus: BusSender,
+}
+
+impl SpoolSource {
+    pub fn new(config: SpoolConfig, bus: BusSender) -> Self {
+        SpoolSource { config, bus }
+    }
+
+    /// Run until `shutdown` resolves. Files are handled one at a time, oldest name first.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::pin!(shutdown);
+        loop {
+            let files = pending_files(&self.config.dir)?;
+            for (source, path) in files {
+                if let Err(e) = self.ingest_file(&source, &path).await {
+                    tracing::warn!(file = %path.display(), error = %e, "spool file not ingested; will retry");
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(self.config.poll_interval_ms)) => {}
+            }
+        }
+    }
+
+    /// Ingest one file in batches; move it to `.processed` after every batch was acknowledged.
+    pub async fn ingest_file(&self, source: &str, path: &Path) -> Result<()> {
+        let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
+            what: path.display().to_string(),
+            source,
+        })?;
+        let reader = JsonlReader::new(std::io::BufReader::new(file), JsonlReaderConfig::default());
+        let mut batch: Vec<InputItem> = Vec::with_capacity(self.config.batch_records);
+        for item in reader {
+            let item = item.map_err(|source| IngestError::Io {
+                what: path.display().to_string(),
+                source,
+            })?;
+            batch.push(item);
+            if batch.len() >= self.config.batch_records {
+                self.bus
+                    .submit(source, &self.config.tenant, std::mem::take(&mut batch))
+                    .await?;
+            }
+        }
+        if !batch.is_empty() {
+            self.bus.submit(source, &self.config.tenant, batch).await?;
+        }
+        let done_dir = self.config.dir.join(".processed").join(source);
+        std::fs::create_dir_all(&done_dir).map_err(|e| IngestError::Io {
+            what: done_dir.display().to_string(),
+            source: e,
+        })?;
+        let target = done_dir.join(path.file_name().unwrap_or_default());
+        std::fs::rename(path, &target).map_err(|e| IngestError::Io {
+            what: path.display().to_string(),
+            source: e,
+        })?;
+        tracing::info!(file = %target.display(), "spool file ingested");
+        Ok(())
+    }
+}
+
+/// `(source, path)` of every `*.json`/`*.jsonl` file under `dir/<source>/`, sorted by path.
+fn pending_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let io = |e| IngestError::Io {
+        what: dir.display().to_string(),
+        source: e,
+    };
+    let mut out = Vec::new();
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(entry.path()).map_err(io)? {
+            let path = file.map_err(io)?.path();
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if path.is_file() && (ext == "jsonl" || ext == "json") {
+                out.push((name.clone(), path));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{channel, SubmitAck};
+
+    #[tokio::test]
+    async fn files_move_to_processed_only_after_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let file = dir.path().join("okta/a.jsonl");
+        std::fs::write(&file, "{\"a\":1}\nbad\n{\"a\":2}\n").unwrap();
+        let (tx, mut rx) = channel(2);
+        let spool = SpoolSource::new(
+            SpoolConfig {
+                dir: dir.path().into(),
+                tenant: "t1".into(),
+                poll_interval_ms: 10,
+                batch_records: 2,
+            },
+            tx,
+        );
+        let consumer = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            // First batch fails: the file must stay in the inbox.
+            let s = rx.recv().await.unwrap();
+            s.ack.send(Err("store down".into())).unwrap();
+            while let Some(s) = rx.recv().await {
+                assert_eq!(s.source, "okta");
+                assert_eq!(s.tenant, "t1");
+                seen.push(s.items.len());
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            seen
+        });
+        assert!(spool.ingest_file("okta", &file).await.is_err());
+        assert!(file.exists());
+        spool.ingest_file("okta", &file).await.unwrap();
+        assert!(!file.exists());
+        assert!(dir.path().join(".processed/okta/a.jsonl").exists());
+        assert_eq!(pending_files(dir.path()).unwrap(), vec![]);
+        drop(spool);
+        assert_eq!(consumer.await.unwrap(), vec![2, 1]);
+    }
+}
