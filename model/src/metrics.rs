@@ -4,14 +4,17 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+type SeriesKey = (String, Vec<(String, String)>);
+type Series = BTreeMap<SeriesKey, f64>;
+
 /// A counter/gauge registry. Cheap enough for per-batch updates (not per-field).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(String, Vec<(String, String)>), f64>>,
-    gauges: Mutex<BTreeMap<(String, Vec<(String, String)>), f64>>,
+    counters: Mutex<Series>,
+    gauges: Mutex<Series>,
 }
 
-fn key(name: &str, labels: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
+fn key(name: &str, labels: &[(&str, &str)]) -> SeriesKey {
     (
         name.to_string(),
         labels
@@ -47,33 +50,32 @@ impl Metrics {
     /// Render everything in the Prometheus text exposition format, names prefixed `perimeter_`.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
-        let render =
-            |out: &mut String, kind: &str, map: &BTreeMap<(String, Vec<(String, String)>), f64>| {
-                let mut last = "";
-                for ((name, labels), v) in map {
-                    if name != last {
-                        out.push_str(&format!("# TYPE perimeter_{name} {kind}\n"));
-                        last = name;
-                    }
-                    out.push_str("perimeter_");
-                    out.push_str(name);
-                    if !labels.is_empty() {
-                        out.push('{');
-                        for (i, (k, val)) in labels.iter().enumerate() {
-                            if i > 0 {
-                                out.push(',');
-                            }
-                            let esc = val
-                                .replace('\\', "\\\\")
-                                .replace('"', "\\\"")
-                                .replace('\n', "\\n");
-                            out.push_str(&format!("{k}=\"{esc}\""));
-                        }
-                        out.push('}');
-                    }
-                    out.push_str(&format!(" {v}\n"));
+        let render = |out: &mut String, kind: &str, map: &Series| {
+            let mut last = "";
+            for ((name, labels), v) in map {
+                if name != last {
+                    out.push_str(&format!("# TYPE perimeter_{name} {kind}\n"));
+                    last = name;
                 }
-            };
+                out.push_str("perimeter_");
+                out.push_str(name);
+                if !labels.is_empty() {
+                    out.push('{');
+                    for (i, (k, val)) in labels.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let esc = val
+                            .replace('\\', "\\\\")
+                            .replace('"', "\\\"")
+                            .replace('\n', "\\n");
+                        out.push_str(&format!("{k}=\"{esc}\""));
+                    }
+                    out.push('}');
+                }
+                out.push_str(&format!(" {v}\n"));
+            }
+        };
         render(
             &mut out,
             "counter",
