@@ -1,1 +1,64 @@
-fn main() {}
+//! `perimeter`: the command line. Wiring only: it builds Source -> Pipeline -> Sink from the
+//! library crates and formats their results for a terminal.
+
+mod config;
+mod detect_cmd;
+mod rules_cmd;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "perimeter",
+    version,
+    about = "Mini-SIEM for SaaS audit logs: normalize, detect (Sigma + behavioural), mask, store and search",
+    long_about = "Perimeter collects audit logs of SaaS tools (Okta, GitHub, Google Workspace, Slack, \
+Microsoft 365, AWS CloudTrail, 1Password, ...), normalizes them to ECS fields, runs Sigma rules, \
+correlations and behavioural baselines over them, masks secrets and PII, and stores events and alerts \
+for search.\n\nStart with `perimeter demo`."
+)]
+struct Cli {
+    /// Configuration file (TOML). Defaults apply to everything it leaves out.
+    #[arg(long, global = true, env = "PERIMETER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print one normalized, masked event per line as JSON.
+    Normalize(detect_cmd::NormalizeArgs),
+    /// Run rules and behavioural detectors over a JSON-lines file; print one alert per line as JSON.
+    Detect(detect_cmd::DetectArgs),
+    /// Validate, test and explain Sigma rules.
+    #[command(subcommand)]
+    Rules(rules_cmd::RulesCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PERIMETER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = (|| -> anyhow::Result<ExitCode> {
+        let config = config::PerimeterConfig::load(cli.config.as_deref())?;
+        match cli.command {
+            Command::Normalize(args) => detect_cmd::normalize(&config, args),
+            Command::Detect(args) => detect_cmd::detect(&config, args),
+            Command::Rules(cmd) => rules_cmd::run(&config, cmd),
+        }
+    })();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,261 @@
-//! stub
+//! The synchronous middle of Perimeter: raw records in, masked events, alerts and dead letters out.
+//!
+//! Order per record: split vendor envelopes -> normalize -> every detector (clear values, in
+//! memory) -> mask the event -> mask the alerts. Nothing leaves a [`Pipeline`] unmasked.
+
+use crate::mask::SecretMasker;
+use crate::normalize::{split_records, NormalizerRegistry};
+use crate::sigma::SigmaDetector;
+use crate::ueba::UebaEngine;
+use chrono::{DateTime, Utc};
+use perimeter_model::{Alert, DeadLetter, Detector, Event, Masker, Metrics, NormalizeError, RawRecord};
+use std::sync::Arc;
+
+/// What one call to the pipeline produced, all masked.
+#[derive(Debug, Default)]
+pub struct PipelineOutput {
+    pub events: Vec<Event>,
+    pub alerts: Vec<Alert>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl PipelineOutput {
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.alerts.clear();
+        self.dead_letters.clear();
+    }
+}
+
+/// Counters over the pipeline's life (for the CLI summary).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineStats {
+    pub records: u64,
+    pub events: u64,
+    pub alerts: u64,
+    pub dead_letters: u64,
+    pub values_masked: u64,
+}
+
+/// Longest excerpt of rejected input kept in a dead letter.
+const DEAD_LETTER_EXCERPT_CHARS: usize = 256;
+
+pub struct Pipeline {
+    registry: NormalizerRegistry,
+    masker: SecretMasker,
+    sigma: Option<SigmaDetector>,
+    ueba: Option<UebaEngine>,
+    metrics: Arc<Metrics>,
+    keep_events: bool,
+    stats: PipelineStats,
+    scratch_alerts: Vec<Alert>,
+}
+
+impl Pipeline {
+    /// `keep_events`: whether masked events are returned (the store wants them; `detect` does not).
+    pub fn new(registry: NormalizerRegistry, masker: SecretMasker, metrics: Arc<Metrics>, keep_events: bool) -> Pipeline {
+        Pipeline {
+            registry,
+            masker,
+            sigma: None,
+            ueba: None,
+            metrics,
+            keep_events,
+            stats: PipelineStats::default(),
+            scratch_alerts: Vec::new(),
+        }
+    }
+
+    /// Run Sigma rules and correlations.
+    pub fn with_sigma(mut self, sigma: SigmaDetector) -> Pipeline {
+        self.sigma = Some(sigma);
+        self
+    }
+
+    /// Run the behavioural detectors.
+    pub fn with_ueba(mut self, ueba: UebaEngine) -> Pipeline {
+        self.ueba = Some(ueba);
+        self
+    }
+
+    /// Snapshot behavioural state (no-op without UEBA). Keys in it are pseudonymous.
+    pub fn save_state(&self, path: &std::path::Path) -> crate::Result<()> {
+        match &self.ueba {
+            Some(u) => u.snapshot_to(path),
+            None => Ok(()),
+        }
+    }
+
+    fn detectors(&mut self) -> impl Iterator<Item = &mut dyn Detector> {
+        let s = self.sigma.as_mut().map(|d| d as &mut dyn Detector);
+        let u = self.ueba.as_mut().map(|d| d as &mut dyn Detector);
+        s.into_iter().chain(u)
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        self.stats
+    }
+
+    pub fn registry(&self) -> &NormalizerRegistry {
+        &self.registry
+    }
+
+    pub fn masker(&self) -> &SecretMasker {
+        &self.masker
+    }
+
+    /// Process one parsed input value: a single record, a vendor page/envelope holding many, or a
+    /// Perimeter envelope `{"source": "okta", "event": {...}}` (honoured when `source` is `auto`).
+    pub fn process_value(
+        &mut self,
+        source: &str,
+        tenant: &str,
+        line: Option<u64>,
+        value: serde_json::Value,
+        received_at: DateTime<Utc>,
+        out: &mut PipelineOutput,
+    ) {
+        let (source, tenant, value) = unwrap_perimeter_envelope(source, tenant, value);
+        for raw in split_records(&source, value) {
+            self.stats.records += 1;
+            let record = RawRecord { source: source.clone(), tenant: tenant.clone(), received_at, line, raw };
+            match self.normalize(&source, record) {
+                Ok(event) => self.process_event(event, out),
+                Err((err, raw)) => {
+                    let excerpt = serde_json::to_string(&raw).unwrap_or_default();
+                    self.dead_letter(&source, &tenant, line, &format!("{source} normalizer: {err}"), &excerpt, received_at, out);
+                }
+            }
+        }
+    }
+
+    /// Normalize with the named normalizer; a source with no normalizer of its own (a vendor only
+    /// rules know, like `azure`) keeps its raw fields via the `json` normalizer but keeps its name,
+    /// so logsource dispatch still works.
+    fn normalize(&self, source: &str, record: RawRecord) -> Result<Event, (NormalizeError, serde_json::Value)> {
+        let raw_copy = || record.raw.clone();
+        let use_json = source != "auto" && source != "json" && self.registry.get(source).is_none();
+        let result = if use_json {
+            let raw = raw_copy();
+            self.registry.normalize("json", record).map(|mut e| {
+                e.source = source.to_string();
+                e.id = perimeter_model::EventId::derive(source, &e.raw);
+                e
+            }).map_err(|e| (e, raw))
+        } else {
+            // Errors need the raw record for the dead letter; keep a copy only on that path.
+            let probe = record.raw.clone();
+            self.registry.normalize(source, record).map_err(|e| (e, probe))
+        };
+        result
+    }
+
+    /// Run detectors on a normalized event, then mask it and its alerts.
+    pub fn process_event(&mut self, mut event: Event, out: &mut PipelineOutput) {
+        let mut alerts = std::mem::take(&mut self.scratch_alerts);
+        alerts.clear();
+        for d in self.detectors() {
+            d.detect(&event, &mut alerts);
+        }
+        self.scratch_alerts = alerts;
+        let masked = self.masker.mask(&mut event);
+        self.stats.values_masked += masked.total();
+        self.stats.events += 1;
+        self.drain_alerts(out);
+        if self.keep_events {
+            out.events.push(event);
+        }
+    }
+
+    /// Record input that could not be used. The excerpt is masked and bounded here.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dead_letter(
+        &mut self,
+        source: &str,
+        tenant: &str,
+        line: Option<u64>,
+        reason: &str,
+        excerpt: &str,
+        received_at: DateTime<Utc>,
+        out: &mut PipelineOutput,
+    ) {
+        let bounded: String = excerpt.chars().take(DEAD_LETTER_EXCERPT_CHARS).collect();
+        self.stats.dead_letters += 1;
+        out.dead_letters.push(DeadLetter {
+            line,
+            source: source.to_string(),
+            tenant: tenant.to_string(),
+            received_at,
+            reason: self.masker.mask_text(reason),
+            excerpt: self.masker.mask_text(&bounded),
+        });
+    }
+
+    /// End of input: let detectors emit what waits on open windows.
+    pub fn finish(&mut self, out: &mut PipelineOutput) {
+        let mut alerts = std::mem::take(&mut self.scratch_alerts);
+        alerts.clear();
+        for d in self.detectors() {
+            d.flush(&mut alerts);
+        }
+        self.scratch_alerts = alerts;
+        self.drain_alerts(out);
+    }
+
+    /// Publish per-batch counters (cheap: once per batch, not per event).
+    pub fn publish_metrics(&self, source: &str, out: &PipelineOutput) {
+        let m = &self.metrics;
+        m.inc("events_received_total", &[("source", source)], out.events.len() as u64);
+        m.inc("dead_letters_total", &[("source", source)], out.dead_letters.len() as u64);
+        for a in &out.alerts {
+            m.inc("alerts_total", &[("rule", &a.rule_id)], 1);
+        }
+    }
+
+    fn drain_alerts(&mut self, out: &mut PipelineOutput) {
+        for mut alert in self.scratch_alerts.drain(..) {
+            mask_alert(&self.masker, &mut alert);
+            self.stats.alerts += 1;
+            out.alerts.push(alert);
+        }
+    }
+}
+
+/// The key behavioural state is pseudonymized with: derived from the masker's HMAC key, so it is
+/// as secret as that key and stable across restarts of the same deployment.
+pub fn entity_key(masker: &SecretMasker) -> [u8; 32] {
+    *blake3::hash(masker.pseudonymize("perimeter ueba entity key").as_bytes()).as_bytes()
+}
+
+/// Mask everything in an alert that can carry event values.
+pub fn mask_alert(masker: &SecretMasker, alert: &mut Alert) {
+    alert.entity = masker.mask_text(&alert.entity);
+    if let Some(x) = &alert.explanation {
+        alert.explanation = Some(masker.mask_text(x));
+    }
+    for v in alert.matched_fields.values_mut() {
+        masker.mask_value(v);
+    }
+}
+
+/// `{"source": "okta", "tenant"?: "t", "event": {...}}` -> (okta, t, {...}) when `source` is `auto`.
+fn unwrap_perimeter_envelope(source: &str, tenant: &str, value: serde_json::Value) -> (String, String, serde_json::Value) {
+    if source == "auto" {
+        if let serde_json::Value::Object(map) = &value {
+            let is_envelope = map.contains_key("event")
+                && map.get("source").is_some_and(|s| s.is_string())
+                && map.keys().all(|k| k == "source" || k == "event" || k == "tenant");
+            if is_envelope {
+                let serde_json::Value::Object(mut map) = value else { unreachable!() };
+                let src = map.remove("source").and_then(|s| s.as_str().map(str::to_string)).unwrap_or_default();
+                let ten = map
+                    .remove("tenant")
+                    .and_then(|s| s.as_str().map(str::to_string))
+                    .unwrap_or_else(|| tenant.to_string());
+                let ev = map.remove("event").unwrap_or_default();
+                return (src, ten, ev);
+            }
+        }
+    }
+    (source.to_string(), tenant.to_string(), value)
+}

@@ -1,0 +1,66 @@
+//! `perimeter.toml`: one file configures every stage; each table is the owning crate's config.
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerimeterConfig {
+    /// Where Perimeter keeps its data (indexes, Parquet, state, tokens).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Tenant for input that does not name one.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Rule files or directories (default: `detection-rules` when it exists).
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
+    /// Directory of extra declarative source mappings (`*.toml`).
+    #[serde(default)]
+    pub mappings_dir: Option<PathBuf>,
+    /// Secrets and PII masking.
+    #[serde(default)]
+    pub mask: perimeter_detect::mask::MaskConfig,
+    /// Sigma engine options.
+    #[serde(default)]
+    pub sigma: perimeter_detect::sigma::SigmaOptions,
+    /// Behavioural detectors.
+    #[serde(default)]
+    pub ueba: perimeter_detect::ueba::UebaConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_tenant() -> String {
+    "default".into()
+}
+
+impl PerimeterConfig {
+    /// Read `path` (when given) or use defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<PerimeterConfig> {
+        let Some(path) = path else {
+            return Ok(toml::from_str("").expect("empty config is valid"));
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Rule paths: the command line wins, then the config, then `./detection-rules` if present.
+    pub fn rule_paths(&self, cli: &[PathBuf]) -> Vec<PathBuf> {
+        if !cli.is_empty() {
+            return cli.to_vec();
+        }
+        if !self.rules.is_empty() {
+            return self.rules.clone();
+        }
+        let default = PathBuf::from("detection-rules");
+        if default.is_dir() {
+            vec![default]
+        } else {
+            Vec::new()
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! `perimeter normalize` and `perimeter detect`: files/stdin through the pipeline to stdout.
+
+use crate::config::PerimeterConfig;
+use anyhow::Context;
+use perimeter_detect::mask::SecretMasker;
+use perimeter_detect::normalize::NormalizerRegistry;
+use perimeter_detect::pipeline::{Pipeline, PipelineOutput};
+use perimeter_detect::sigma::{RuleSet, SigmaDetector};
+use perimeter_detect::ueba::UebaEngine;
+use perimeter_ingest::{InputItem, JsonlReader, JsonlReaderConfig};
+use perimeter_model::Metrics;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct NormalizeArgs {
+    /// Source name (okta, github, google_workspace, slack, m365, aws_cloudtrail, onepassword, a
+    /// mapping name such as zoom), `auto` to detect it per record, or `json` for plain JSON.
+    #[arg(long, default_value = "auto")]
+    pub source: String,
+    /// JSON-lines input file (vendor API pages and `{"Records": [...]}` files work too); `-` is stdin.
+    #[arg(long, default_value = "-")]
+    pub input: PathBuf,
+    /// Tenant recorded on the events (default: the config's `tenant`).
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct DetectArgs {
+    /// Sigma rule directory or file (repeatable). Default: config `rules`, else ./detection-rules.
+    #[arg(long)]
+    pub rules: Vec<PathBuf>,
+    /// Source name, `auto` (detect per record) or `json` (plain JSON, no vendor normalization).
+    #[arg(long, default_value = "auto")]
+    pub source: String,
+    /// JSON-lines input file; `-` is stdin.
+    #[arg(long, default_value = "-")]
+    pub input: PathBuf,
+    /// Evaluate every rule on every event whatever its logsource (for trying rules on any JSON).
+    #[arg(long)]
+    pub ignore_logsource: bool,
+    /// Run only Sigma rules, not the behavioural (UEBA) detectors.
+    #[arg(long)]
+    pub no_ueba: bool,
+    /// Directory for behavioural state: restored on start and saved at the end, so consecutive runs
+    /// keep their baselines.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Tenant recorded on events and alerts (default: the config's `tenant`).
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+    if path.as_os_str() == "-" {
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock())))
+    } else {
+        let f = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 16, f)))
+    }
+}
+
+/// Build the registry (+ extra mappings) and masker every command shares.
+pub fn base_parts(config: &PerimeterConfig) -> anyhow::Result<(NormalizerRegistry, SecretMasker)> {
+    let mut registry = NormalizerRegistry::builtin();
+    if let Some(dir) = &config.mappings_dir {
+        registry.load_mappings_dir(dir).with_context(|| format!("loading mappings from {}", dir.display()))?;
+    }
+    let masker = SecretMasker::new(&config.mask).context("building the masker")?;
+    Ok((registry, masker))
+}
+
+/// Load rules; rule errors are printed (file, line, field, why) and the rest still run.
+pub fn load_sigma(config: &PerimeterConfig, rules: &[PathBuf], ignore_logsource: bool) -> anyhow::Result<SigmaDetector> {
+    let mut options = config.sigma.clone();
+    options.ignore_logsource |= ignore_logsource;
+    let paths = config.rule_paths(rules);
+    for p in &paths {
+        anyhow::ensure!(p.exists(), "rule path {} does not exist", p.display());
+    }
+    let (set, report) = RuleSet::load(&paths, &options);
+    for f in &report.failed {
+        eprintln!("rule error: {f}");
+    }
+    Ok(SigmaDetector::new(set, &options))
+}
+
+pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Result<ExitCode> {
+    let (registry, masker) = base_parts(config)?;
+    let tenant = args.tenant.unwrap_or_else(|| config.tenant.clone());
+    let mut pipeline = Pipeline::new(registry, masker, Arc::new(Metrics::new()), true);
+    let stdout = std::io::stdout();
+    let mut out_w = std::io::BufWriter::new(stdout.lock());
+    let mut out = PipelineOutput::default();
+    let mut dead = Vec::new();
+    for item in JsonlReader::new(open_input(&args.input)?, JsonlReaderConfig::default()) {
+        feed(&mut pipeline, &args.source, &tenant, item?, &mut out);
+        for e in out.events.drain(..) {
+            serde_json::to_writer(&mut out_w, &e.to_output_json())?;
+            out_w.write_all(b"\n")?;
+        }
+        dead.append(&mut out.dead_letters);
+    }
+    out_w.flush()?;
+    let stats = pipeline.stats();
+    eprintln!(
+        "perimeter normalize: {} records, {} events, {} values masked, {} dead-lettered",
+        stats.records, stats.events, stats.values_masked, stats.dead_letters
+    );
+    print_dead_letters(&dead);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One input item into the pipeline: a parsed value, or a dead letter for an unusable line.
+fn feed(pipeline: &mut Pipeline, source: &str, tenant: &str, item: InputItem, out: &mut PipelineOutput) {
+    let now = chrono::Utc::now();
+    match item {
+        InputItem::Record { line, value } => pipeline.process_value(source, tenant, Some(line), value, now, out),
+        InputItem::Invalid { line, reason, excerpt } => {
+            pipeline.dead_letter(source, tenant, Some(line), &reason, &excerpt, now, out)
+        }
+    }
+}
+
+fn print_dead_letters(dead: &[perimeter_model::DeadLetter]) {
+    const SHOWN: usize = 20;
+    for d in dead.iter().take(SHOWN) {
+        match d.line {
+            Some(l) => eprintln!("  line {l}: {}", d.reason),
+            None => eprintln!("  {}", d.reason),
+        }
+    }
+    if dead.len() > SHOWN {
+        eprintln!("  ... and {} more", dead.len() - SHOWN);
+    }
+}
+
+pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<ExitCode> {
+    let (registry, masker) = base_parts(config)?;
+    let tenant = args.tenant.clone().unwrap_or_else(|| config.tenant.clone());
+    let key = perimeter_detect::pipeline::entity_key(&masker);
+    let sigma = load_sigma(config, &args.rules, args.ignore_logsource)?;
+    let mut pipeline = Pipeline::new(registry, masker, Arc::new(Metrics::new()), false).with_sigma(sigma);
+    let ueba_state = args.state_dir.as_ref().map(|d| d.join("ueba.snapshot"));
+    if !args.no_ueba {
+        let engine = match &ueba_state {
+            Some(p) if p.exists() => UebaEngine::restore_from(config.ueba.clone(), key, p)
+                .with_context(|| format!("restoring behavioural state from {}", p.display()))?,
+            _ => UebaEngine::new(config.ueba.clone(), key),
+        };
+        pipeline = pipeline.with_ueba(engine);
+    }
+    let stdout = std::io::stdout();
+    let mut out_w = std::io::BufWriter::new(stdout.lock());
+    let mut out = PipelineOutput::default();
+    let mut dead = Vec::new();
+    let progress = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut reader = JsonlReader::new(open_input(&args.input)?, JsonlReaderConfig::default());
+    let mut write_alerts = |out: &mut PipelineOutput, w: &mut dyn Write| -> anyhow::Result<()> {
+        for a in out.alerts.drain(..) {
+            serde_json::to_writer(&mut *w, &a)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    };
+    for item in reader.by_ref() {
+        feed(&mut pipeline, &args.source, &tenant, item?, &mut out);
+        write_alerts(&mut out, &mut out_w)?;
+        dead.append(&mut out.dead_letters);
+        if progress && pipeline.stats().records % 1_000_000 == 0 && pipeline.stats().records > 0 {
+            eprintln!("  ... {} records in {:.1}s", pipeline.stats().records, started.elapsed().as_secs_f64());
+        }
+    }
+    pipeline.finish(&mut out);
+    write_alerts(&mut out, &mut out_w)?;
+    out_w.flush()?;
+    if let Some(path) = &ueba_state {
+        pipeline.save_state(path).with_context(|| format!("saving behavioural state to {}", path.display()))?;
+    }
+    let stats = pipeline.stats();
+    eprintln!(
+        "perimeter detect: {} lines, {} records, {} events, {} alerts, {} dead-lettered in {:.2}s",
+        reader.lines_read(),
+        stats.records,
+        stats.events,
+        stats.alerts,
+        stats.dead_letters,
+        started.elapsed().as_secs_f64()
+    );
+    print_dead_letters(&dead);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,112 @@
+//! `perimeter rules check|test|explain`.
+
+use crate::config::PerimeterConfig;
+use crate::detect_cmd::base_parts;
+use anyhow::Context;
+use perimeter_detect::sigma::{explain, run_rule_tests, RuleSet};
+use perimeter_model::RawRecord;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand)]
+pub enum RulesCommand {
+    /// Validate rule files (Sigma rules, correlations, filters). Exit code 1 if any fails.
+    Check {
+        /// Rule files or directories (searched recursively for *.yml / *.yaml).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// `text` for people, `json` for scripts: {"loaded": N, "failed": [{"path", "error"}]}.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+    },
+    /// Run every rule's test events (`<rule>.tests.yml` beside `<rule>.yml`). Exit code 1 on any mismatch.
+    Test {
+        /// Rule pack directory.
+        dir: PathBuf,
+    },
+    /// Show which selections of a rule match an event, and why.
+    Explain {
+        /// The rule file.
+        rule: PathBuf,
+        /// A file holding one raw event (JSON object; for JSON lines the first line is used).
+        #[arg(long)]
+        event: PathBuf,
+        /// Source of the event (`auto` detects it).
+        #[arg(long, default_value = "auto")]
+        source: String,
+    },
+}
+
+pub fn run(config: &PerimeterConfig, cmd: RulesCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RulesCommand::Check { paths, format } => check(config, paths, &format),
+        RulesCommand::Test { dir } => test(config, dir),
+        RulesCommand::Explain { rule, event, source } => explain_cmd(config, rule, event, &source),
+    }
+}
+
+fn check(config: &PerimeterConfig, paths: Vec<PathBuf>, format: &str) -> anyhow::Result<ExitCode> {
+    for p in &paths {
+        anyhow::ensure!(p.exists(), "rule path {} does not exist", p.display());
+    }
+    let (_, report) = RuleSet::load(&paths, &config.sigma);
+    if format == "json" {
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|f| serde_json::json!({"path": f.path, "line": f.line, "field": f.field, "error": f.to_string()}))
+            .collect();
+        println!("{}", serde_json::json!({"loaded": report.loaded, "failed": failed}));
+    } else {
+        for f in &report.failed {
+            println!("FAIL {f}");
+        }
+        println!("{} rules loaded, {} failed", report.loaded, report.failed.len());
+    }
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn test(config: &PerimeterConfig, dir: PathBuf) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let (registry, _) = base_parts(config)?;
+    let normalize = |source: &str, raw: serde_json::Value, index: u64| {
+        let record = RawRecord {
+            source: source.to_string(),
+            tenant: config.tenant.clone(),
+            received_at: chrono::Utc::now(),
+            line: Some(index),
+            raw,
+        };
+        registry.normalize_lenient(source, record).map_err(|e| e.to_string())
+    };
+    let report = run_rule_tests(&dir, &config.sigma, &normalize);
+    for f in &report.failures {
+        println!("FAIL {f}");
+    }
+    println!(
+        "{} rules tested, {} cases passed, {} failed",
+        report.rules_tested,
+        report.cases_passed,
+        report.failures.len()
+    );
+    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn explain_cmd(config: &PerimeterConfig, rule: PathBuf, event: PathBuf, source: &str) -> anyhow::Result<ExitCode> {
+    let (registry, _) = base_parts(config)?;
+    let text = std::fs::read_to_string(&event).with_context(|| format!("reading {}", event.display()))?;
+    let raw: serde_json::Value = serde_json::from_str(text.trim())
+        .or_else(|_| serde_json::from_str(text.lines().next().unwrap_or("")))
+        .with_context(|| format!("{} holds no JSON event", event.display()))?;
+    let record = RawRecord {
+        source: source.to_string(),
+        tenant: config.tenant.clone(),
+        received_at: chrono::Utc::now(),
+        line: Some(1),
+        raw,
+    };
+    let ev = registry.normalize_lenient(source, record).map_err(|e| anyhow::anyhow!("normalizing the event: {e}"))?;
+    let out = explain(&rule, &ev, &config.sigma).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,96 @@
+//! The embedded service: bus -> pipeline -> store, acknowledging each batch to its source only
+//! after the store committed it.
+
+use perimeter_detect::pipeline::{Pipeline, PipelineOutput};
+use perimeter_ingest::bus::{BusReceiver, SubmitAck};
+use perimeter_ingest::InputItem;
+use perimeter_model::Metrics;
+use perimeter_store::{Store, StoreBatch};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often behavioural state is snapshotted while running (also on shutdown).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
+
+/// Run the pipeline on its own thread (CPU-bound, synchronous) until every bus sender is gone.
+pub fn spawn_pipeline_worker(
+    mut pipeline: Pipeline,
+    store: Arc<Store>,
+    mut rx: BusReceiver,
+    metrics: Arc<Metrics>,
+    state_path: PathBuf,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || {
+            let mut out = PipelineOutput::default();
+            let mut last_snapshot = Instant::now();
+            while let Some(sub) = rx.blocking_recv() {
+                out.clear();
+                let now = chrono::Utc::now();
+                for item in sub.items {
+                    match item {
+                        InputItem::Record { line, value } => {
+                            pipeline.process_value(&sub.source, &sub.tenant, Some(line), value, now, &mut out)
+                        }
+                        InputItem::Invalid { line, reason, excerpt } => {
+                            pipeline.dead_letter(&sub.source, &sub.tenant, Some(line), &reason, &excerpt, now, &mut out)
+                        }
+                    }
+                }
+                let lag = out
+                    .events
+                    .iter()
+                    .map(|e| (now - e.timestamp).num_milliseconds() as f64 / 1000.0)
+                    .fold(0.0f64, f64::max);
+                let result = store_output(&store, &mut out, &metrics);
+                pipeline.publish_metrics(&sub.source, &out);
+                metrics.set("pipeline_lag_seconds", &[], lag.max(0.0));
+                let reply = result.map(|(written, duplicates)| SubmitAck {
+                    events: written,
+                    duplicates,
+                    dead_letters: out.dead_letters.len(),
+                    alerts: out.alerts.len(),
+                });
+                if let Err(e) = &reply {
+                    tracing::error!(error = %e, "batch not stored; the source will retry");
+                }
+                let _ = sub.ack.send(reply);
+                if last_snapshot.elapsed() > SNAPSHOT_EVERY {
+                    save_state(&pipeline, &state_path);
+                    last_snapshot = Instant::now();
+                }
+            }
+            pipeline.finish(&mut out);
+            if !out.alerts.is_empty() {
+                let _ = store_output(&store, &mut out, &metrics);
+            }
+            save_state(&pipeline, &state_path);
+            if let Err(e) = store.flush() {
+                tracing::error!(error = %e, "final store flush failed");
+            }
+        })
+        .expect("spawning the pipeline thread")
+}
+
+fn save_state(pipeline: &Pipeline, path: &PathBuf) {
+    if let Err(e) = pipeline.save_state(path) {
+        tracing::warn!(error = %e, "behavioural state snapshot failed");
+    }
+}
+
+/// Store one pipeline output; returns (events written, duplicates).
+pub fn store_output(store: &Store, out: &mut PipelineOutput, metrics: &Metrics) -> Result<(usize, usize), String> {
+    let batch = StoreBatch {
+        events: std::mem::take(&mut out.events),
+        alerts: out.alerts.clone(),
+        dead_letters: out.dead_letters.clone(),
+    };
+    let started = Instant::now();
+    let ack = store.write_batch(&batch).map_err(|e| e.to_string())?;
+    metrics.set("store_commit_latency_seconds", &[], started.elapsed().as_secs_f64());
+    metrics.inc("events_stored_total", &[], ack.events_written as u64);
+    out.events = batch.events;
+    Ok((ack.events_written, ack.events_duplicate))
+}
