@@ -1,0 +1,63 @@
+//! Bench inputs shared by the benches: a mixed-source set of realistic SaaS audit events, built
+//! from the recorded vendor pages in `../shared/fixtures/saas-api-pages` plus the demo dataset.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `(source, raw record)` pairs: every record of the recorded pages of the built-in vendors and
+/// the demo dataset, in a mixed order.
+pub fn mixed_records() -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    let pages = [
+        ("okta", "okta/system_log"),
+        ("github", "github/audit"),
+        ("google_workspace", "gsuite/activities"),
+        ("slack", "slack/audit"),
+        ("onepassword", "onepassword/events_signinattempts"),
+        ("onepassword", "onepassword/events_itemusages"),
+        ("onepassword", "onepassword/events_audit"),
+    ];
+    let fixtures = repo().join("../shared/fixtures/saas-api-pages");
+    for (source, dir) in pages {
+        let Ok(rd) = std::fs::read_dir(fixtures.join(dir)) else { continue };
+        for f in rd.flatten() {
+            let Ok(text) = std::fs::read_to_string(f.path()) else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+            for r in perimeter_detect::normalize::split_records(source, v) {
+                out.push((source.to_string(), r));
+            }
+        }
+    }
+    let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap_or_default();
+    for line in demo.lines() {
+        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) {
+            let source = v["source"].as_str().unwrap_or("json").to_string();
+            out.push((source, v["event"].take()));
+        }
+    }
+    // Interleave sources the way a shared bus would.
+    out.sort_by_key(|(_, v)| blake3::hash(v.to_string().as_bytes()).as_bytes()[0]);
+    out
+}
+
+/// The same records as JSON lines (each a Perimeter envelope `{"source", "event"}`) repeated
+/// until at least `n` lines.
+pub fn mixed_jsonl(n: usize) -> Vec<u8> {
+    let records = mixed_records();
+    assert!(!records.is_empty(), "no bench input found");
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let (source, raw) = &records[i % records.len()];
+        let line = serde_json::json!({"source": source, "event": raw});
+        serde_json::to_writer(&mut out, &line).expect("serializing");
+        out.push(b'\n');
+        i += 1;
+    }
+    out
+}

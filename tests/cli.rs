@@ -1,0 +1,165 @@
+//! The command-line contracts: `normalize`, `detect`, `rules check|test`, `demo`.
+
+use crate::util::{fixtures, json_lines, perimeter, repo, stderr};
+
+const MFA_RULE: &str = "title: Okta MFA factor deactivated
+id: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e11
+status: test
+logsource:
+    product: okta
+    service: okta
+detection:
+    selection:
+        eventType: user.mfa.factor.deactivate
+    condition: selection
+level: high
+";
+
+fn okta_event(event_type: &str, user: &str, minute: u32) -> String {
+    serde_json::json!({
+        "uuid": format!("u-{event_type}-{minute}"),
+        "published": format!("2026-11-24T10:{minute:02}:00.000Z"),
+        "eventType": event_type,
+        "outcome": {"result": "SUCCESS"},
+        "actor": {"id": "00u1", "type": "User", "alternateId": user, "displayName": "Al Ice"},
+        "client": {"ipAddress": "198.51.100.7", "userAgent": {"rawUserAgent": "Mozilla/5.0"}},
+        "displayMessage": "x"
+    })
+    .to_string()
+}
+
+#[test]
+fn detect_reports_every_malformed_line_and_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("mfa.yml");
+    std::fs::write(&rule, MFA_RULE).unwrap();
+    let mut input = Vec::new();
+    input.extend_from_slice(okta_event("user.session.start", "alice@example.com", 1).as_bytes());
+    input.extend_from_slice(b"\nthis is not json\n");
+    input.extend_from_slice(b"{\"eventType\": 5, \"published\": [], \"actor\": \"nobody\"}\n");
+    input.extend_from_slice(b"{\"eventType\": \"user.session.start\", \"published\": \n");
+    input.extend_from_slice(b"{\"huge\": \"");
+    input.extend(std::iter::repeat_n(b'a', 10 * 1024 * 1024));
+    input.extend_from_slice(b"\"}\n");
+    input.extend_from_slice(b"{\"eventType\": \"\xff\xfe\"}\n");
+    input.extend_from_slice(okta_event("user.mfa.factor.deactivate", "alice@example.com", 2).as_bytes());
+    input.push(b'\n');
+    let out = perimeter(
+        &["detect", "--rules", rule.to_str().unwrap(), "--source", "okta", "--no-ueba"],
+        Some(&input),
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "stderr: {err}");
+    let alerts = json_lines(&out);
+    assert_eq!(alerts.len(), 1, "alerts: {alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a["rule_id"], "6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e11");
+    assert_eq!(a["title"], "Okta MFA factor deactivated");
+    assert_eq!(a["severity"], "high");
+    assert_eq!(a["source"], "okta");
+    assert_eq!(a["@timestamp"], "2026-11-24T10:02:00Z");
+    assert_eq!(a["entity"], "alice@example.com");
+    assert_eq!(a["lines"], serde_json::json!([7]));
+    for (line, why) in [(2, "invalid JSON"), (3, ""), (4, "EOF"), (5, "longer than"), (6, "UTF-8")] {
+        let needle = format!("line {line}: ");
+        let row = err.lines().find(|l| l.trim_start().starts_with(&needle));
+        let row = row.unwrap_or_else(|| panic!("no report for line {line} in: {err}"));
+        assert!(row.contains(why), "line {line} reason {row:?} lacks {why:?}");
+    }
+    assert!(err.contains("5 dead-lettered"), "{err}");
+}
+
+#[test]
+fn rules_check_json_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yml"), MFA_RULE).unwrap();
+    let bad = MFA_RULE.replace("eventType: user", "eventType|containz: user").replace("6f1c", "7f1c");
+    std::fs::write(dir.path().join("bad.yml"), bad).unwrap();
+    let out = perimeter(&["rules", "check", dir.path().to_str().unwrap(), "--format", "json"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = &json_lines(&out)[0];
+    assert_eq!(report["loaded"], 1);
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["path"].as_str().unwrap().ends_with("bad.yml"));
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(error.contains("containz"), "{error}");
+    assert_eq!(failed[0]["line"], 9, "{error}");
+}
+
+#[test]
+fn rule_pack_loads_and_its_tests_pass() {
+    let out = perimeter(&["rules", "check", "detection-rules", "--format", "json"], None);
+    let report = &json_lines(&out)[0];
+    assert_eq!(report["failed"], serde_json::json!([]), "{report}");
+    assert!(report["loaded"].as_u64().unwrap() >= 80, "{report}");
+    let out = perimeter(&["rules", "test", "detection-rules"], None);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn normalize_recorded_pages_of_every_builtin_vendor() {
+    let pages = [
+        ("okta/system_log/001.json", "okta"),
+        ("github/audit/001.json", "github"),
+        ("gsuite/activities/001.json", "google_workspace"),
+        ("slack/audit/001.json", "slack"),
+        ("onepassword/events_signinattempts/001.json", "onepassword"),
+        ("onepassword/events_itemusages/001.json", "onepassword"),
+        ("onepassword/events_audit/001.json", "onepassword"),
+    ];
+    for (page, source) in pages {
+        let path = fixtures().join(page);
+        let out = perimeter(&["normalize", "--source", "auto", "--input", path.to_str().unwrap()], None);
+        assert!(out.status.success(), "{page}: {}", stderr(&out));
+        let events = json_lines(&out);
+        assert!(!events.is_empty(), "{page}: no events; {}", stderr(&out));
+        for e in &events {
+            assert_eq!(e["event"]["module"], source, "{page}: {e}");
+            let ts = e["@timestamp"].as_str().unwrap_or_default();
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z'),
+                "{page}: @timestamp {ts:?}"
+            );
+            assert!(e["raw"].is_object(), "{page}: raw kept");
+        }
+    }
+}
+
+#[test]
+fn demo_finds_the_attack_and_stores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let out = perimeter(&["demo", "--no-serve", "--data-dir", data.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("2026-")).collect();
+    assert!(rows.len() >= 10, "only {} alert rows:\n{text}", rows.len());
+    for story in ["okta", "github", "google_workspace", "aws_cloudtrail"] {
+        assert!(rows.iter().any(|r| r.contains(story)), "no {story} alert:\n{text}");
+    }
+    assert!(text.contains("Parquet files"), "{text}");
+    let parquet_files = walk(&data).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
+    assert!(parquet_files > 0, "no parquet files under {}", data.display());
+    assert!(repo().join("demo/events.jsonl").exists());
+}
+
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,53 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The repository root (where Cargo.toml is).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The recorded SaaS API pages next to the repository.
+pub fn fixtures() -> PathBuf {
+    repo().join("../shared/fixtures/saas-api-pages")
+}
+
+/// Run the `perimeter` binary with `args`, feeding `stdin`, from the repo root.
+pub fn perimeter(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    perimeter_in(&repo(), args, stdin)
+}
+
+pub fn perimeter_in(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_perimeter"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("PERIMETER_CONFIG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning perimeter");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut s = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        // Write on another thread so a large input cannot deadlock against a full stdout pipe.
+        std::thread::spawn(move || {
+            let _ = s.write_all(&input);
+        });
+    }
+    child.wait_with_output().expect("waiting for perimeter")
+}
+
+/// Parse stdout as JSON lines.
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
+        .collect()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
