@@ -29,6 +29,15 @@ pub struct PerimeterConfig {
     /// Behavioural detectors.
     #[serde(default)]
     pub ueba: perimeter_detect::ueba::UebaConfig,
+    /// Storage (its `data_dir` is taken from the top-level `data_dir`).
+    #[serde(default)]
+    pub store: perimeter_store::StoreConfig,
+    /// The HTTP API (and HTTP ingest) listener.
+    #[serde(default)]
+    pub api: perimeter_query_api::ApiConfig,
+    /// Spool directory watched by `perimeter run` (default: `<data_dir>/inbox`).
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {

@@ -2,8 +2,12 @@
 //! library crates and formats their results for a terminal.
 
 mod config;
+mod demo;
 mod detect_cmd;
 mod rules_cmd;
+mod run;
+mod service;
+mod terminal_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -36,6 +40,18 @@ enum Command {
     /// Validate, test and explain Sigma rules.
     #[command(subcommand)]
     Rules(rules_cmd::RulesCommand),
+    /// Run the bundled demo: the whole pipeline over a day of SaaS activity with an attack in it,
+    /// a table of the alerts, then the API over the demo data.
+    Demo(demo::DemoArgs),
+    /// Run the service: ingest (spool directory + HTTP), detect, store and API in one process.
+    Run(run::RunArgs),
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Tokens(terminal_cmd::TokensCommand),
+    /// Search stored events (tantivy query syntax).
+    Search(terminal_cmd::SearchArgs),
+    /// List stored alerts.
+    Alerts(terminal_cmd::AlertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +68,11 @@ fn main() -> ExitCode {
             Command::Normalize(args) => detect_cmd::normalize(&config, args),
             Command::Detect(args) => detect_cmd::detect(&config, args),
             Command::Rules(cmd) => rules_cmd::run(&config, cmd),
+            Command::Demo(args) => demo::demo(&config, args),
+            Command::Run(args) => run::run(&config, args),
+            Command::Tokens(cmd) => terminal_cmd::tokens(&config, cmd),
+            Command::Search(args) => terminal_cmd::search(&config, args),
+            Command::Alerts(args) => terminal_cmd::alerts(&config, args),
         }
     })();
     match result {

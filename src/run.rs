@@ -1,0 +1,213 @@
+//! `perimeter run`: one process with ingest (spool directory + `POST /ingest/{source}`), detect,
+//! store and the API on the embedded bus. SIGTERM/SIGINT flush and commit before exit.
+
+use crate::config::PerimeterConfig;
+use crate::detect_cmd::{base_parts, load_sigma};
+use anyhow::Context;
+use perimeter_detect::pipeline::{entity_key, Pipeline};
+use perimeter_detect::sigma::{RuleSet, SigmaDetector};
+use perimeter_detect::ueba::UebaEngine;
+use perimeter_ingest::spool::{SpoolConfig, SpoolSource};
+use perimeter_model::{Detector, Metrics, RawRecord};
+use perimeter_query_api::auth::{Role, TokenStore};
+use perimeter_query_api::{AppState, RuleService, Server};
+use perimeter_store::Store;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Listen address for the API and HTTP ingest (overrides `[api] listen`; port 0 picks one).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// Open the store under `data_dir` with the config's `[store]` settings.
+pub fn open_store(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<Store> {
+    let mut store_config = config.store.clone();
+    store_config.data_dir = data_dir.to_path_buf();
+    Store::open(store_config).with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
+/// The Sigma engine behind `GET /rules` and `POST /rules/test`.
+struct SigmaRuleService {
+    rules: Vec<serde_json::Value>,
+    config_sigma: perimeter_detect::sigma::SigmaOptions,
+    registry: perimeter_detect::normalize::NormalizerRegistry,
+}
+
+impl SigmaRuleService {
+    fn new(config: &PerimeterConfig, paths: &[PathBuf]) -> anyhow::Result<SigmaRuleService> {
+        let (set, _) = RuleSet::load(paths, &config.sigma);
+        let rules = set.rules().map(|r| serde_json::to_value(&r).unwrap_or_default()).collect();
+        let (registry, _) = base_parts(config)?;
+        Ok(SigmaRuleService { rules, config_sigma: config.sigma.clone(), registry })
+    }
+}
+
+impl RuleService for SigmaRuleService {
+    fn list(&self) -> Vec<serde_json::Value> {
+        self.rules.clone()
+    }
+
+    fn test(&self, rule_yaml: &str, events: Vec<serde_json::Value>) -> Result<serde_json::Value, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("rule.yml");
+        std::fs::write(&path, rule_yaml).map_err(|e| e.to_string())?;
+        let mut options = self.config_sigma.clone();
+        options.ignore_logsource = false;
+        let (set, report) = RuleSet::load(&[path], &options);
+        if let Some(f) = report.failed.first() {
+            return Err(f.to_string());
+        }
+        let mut detector = SigmaDetector::new(set, &options);
+        let mut matched = Vec::new();
+        let mut alerts = Vec::new();
+        for (i, doc) in events.into_iter().enumerate() {
+            // Stored documents carry their source and raw record; plain objects are raw records.
+            let (source, raw) = match (doc.get("raw"), doc.pointer("/event/module").and_then(|s| s.as_str())) {
+                (Some(raw), Some(source)) => (source.to_string(), raw.clone()),
+                _ => ("auto".to_string(), doc),
+            };
+            let record = RawRecord { source: source.clone(), tenant: String::new(), received_at: chrono::Utc::now(), line: Some(i as u64 + 1), raw };
+            let event = self.registry.normalize_lenient(&source, record).map_err(|e| format!("event {}: {e}", i + 1))?;
+            let before = alerts.len();
+            detector.detect(&event, &mut alerts);
+            if alerts.len() > before {
+                matched.push(i);
+            }
+        }
+        detector.flush(&mut alerts);
+        Ok(serde_json::json!({"matched": matched, "alerts": alerts.len()}))
+    }
+}
+
+fn ingest_auth(tokens: Arc<TokenStore>) -> perimeter_ingest::http::IngestAuth {
+    Arc::new(move |presented: &str| {
+        tokens
+            .verify(presented)
+            .filter(|t| t.role >= Role::Responder)
+            .map(|t| t.tenant.clone())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    eprintln!("perimeter: shutting down (flushing and committing)");
+}
+
+pub fn run(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(run_async(config, args))
+}
+
+async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(open_store(config, &data_dir)?);
+    let (registry, masker) = base_parts(config)?;
+    let key = entity_key(&masker);
+    let rule_paths = config.rule_paths(&[]);
+    let sigma = load_sigma(config, &rule_paths, false)?;
+    let state_path = data_dir.join("state").join("ueba.snapshot");
+    std::fs::create_dir_all(data_dir.join("state"))?;
+    let ueba = if state_path.exists() {
+        UebaEngine::restore_from(config.ueba.clone(), key, &state_path)
+            .with_context(|| format!("restoring behavioural state from {}", state_path.display()))?
+    } else {
+        UebaEngine::new(config.ueba.clone(), key)
+    };
+    let pipeline = Pipeline::new(registry, masker, metrics.clone(), true).with_sigma(sigma).with_ueba(ueba);
+    let (bus, rx) = perimeter_ingest::bus::channel(16);
+    let worker = crate::service::spawn_pipeline_worker(pipeline, store.clone(), rx, metrics.clone(), state_path);
+
+    let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
+    let state = AppState::open_in(&data_dir, store.clone(), rules, metrics.clone()).context("opening tokens and audit log")?;
+    let mut api_config = config.api.clone();
+    if let Some(listen) = args.listen {
+        api_config.listen = listen;
+    }
+    let server = Server::bind(&api_config).await?;
+    let addr = server.local_addr()?;
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    let ingest = perimeter_ingest::http::ingest_router(bus.clone(), ingest_auth(state.tokens.clone()), 64 * 1024 * 1024);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let spool_dir = config.spool_dir.clone().unwrap_or_else(|| data_dir.join("inbox"));
+    let spool = SpoolSource::new(
+        SpoolConfig { dir: spool_dir.clone(), tenant: config.tenant.clone(), poll_interval_ms: 500, batch_records: 5000 },
+        bus,
+    );
+    let mut spool_stop = stop_rx.clone();
+    let spool_task = tokio::spawn(async move { spool.run(async move { let _ = spool_stop.changed().await; }).await });
+
+    println!("perimeter run: listening on {scheme}://{addr}");
+    println!("  ingest: POST {scheme}://{addr}/ingest/<source> (JSON lines) or drop files into {}/<source>/", spool_dir.display());
+    println!("  API:    {scheme}://{addr}/api/v1/openapi.json");
+    println!("  data:   {}", data_dir.display());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut server_stop = stop_rx.clone();
+    let server_task = tokio::spawn(server.run_with(ingest, state, async move {
+        let _ = server_stop.changed().await;
+    }));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = spool_task.await;
+    if let Ok(Err(e)) = server_task.await {
+        tracing::error!(error = %e, "api server stopped with an error");
+    }
+    // Every bus sender is gone now: the worker drains, stores, snapshots and flushes.
+    tokio::task::spawn_blocking(move || worker.join()).await.ok();
+    eprintln!("perimeter: stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// After the demo run: serve the API over the demo data with a fresh admin token.
+pub fn serve_demo(
+    config: &PerimeterConfig,
+    data_dir: &Path,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    listen: SocketAddr,
+    tenant: &str,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let rule_paths = config.rule_paths(&[]);
+        let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
+        let state = AppState::open_in(data_dir, store, rules, metrics)?;
+        let (_, token) = state.tokens.create(tenant, Role::Admin, "demo")?;
+        let mut api_config = config.api.clone();
+        api_config.listen = listen;
+        let server = Server::bind(&api_config).await?;
+        let url = format!("http://{}", server.local_addr()?);
+        println!();
+        println!("API serving the demo data at {url}/api/v1  (Ctrl-C to stop)");
+        println!("  demo token (admin, tenant {tenant}): {token}");
+        println!("  try: curl -H 'Authorization: Bearer {token}' '{url}/api/v1/alerts?limit=5'");
+        println!("       curl -H 'Authorization: Bearer {token}' '{url}/api/v1/events/search?q=event.action:user.session.start'");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        server.run(state, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,183 @@
+//! `perimeter tokens|search|alerts`: terminal use against a data directory or a running server.
+
+use crate::config::PerimeterConfig;
+use anyhow::Context;
+use perimeter_query_api::auth::{Role, TokenStore};
+use std::process::ExitCode;
+
+#[derive(clap::Subcommand)]
+pub enum TokensCommand {
+    /// Create an API token; prints it once (only its hash is stored).
+    Create {
+        /// Tenant the token may see.
+        #[arg(long)]
+        tenant: String,
+        /// viewer (reads), responder (also changes alerts, ingests), admin (also rules, exports, audit log).
+        #[arg(long, value_parser = ["viewer", "responder", "admin"])]
+        role: String,
+        /// A name to recognise the token by in the audit log.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List tokens (ids, tenants, roles; never the tokens themselves).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+fn parse_role(s: &str) -> Role {
+    match s {
+        "admin" => Role::Admin,
+        "responder" => Role::Responder,
+        _ => Role::Viewer,
+    }
+}
+
+pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = TokenStore::open_in(&config.data_dir).context("opening the token store")?;
+    match cmd {
+        TokensCommand::Create { tenant, role, name } => {
+            let (info, token) = store.create(&tenant, parse_role(&role), &name)?;
+            eprintln!("created token {} (tenant {}, role {}); store it now, it is not shown again:", info.id, info.tenant, info.role.as_str());
+            println!("{token}");
+        }
+        TokensCommand::List => {
+            for t in store.list() {
+                println!("{}", serde_json::to_string(&t)?);
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            anyhow::ensure!(store.revoke(&id)?, "no token with id {id}");
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where `search`/`alerts` read from.
+#[derive(clap::Args)]
+pub struct Target {
+    /// A running server (`http://127.0.0.1:8080`); without it the data directory is read directly.
+    #[arg(long, env = "PERIMETER_SERVER")]
+    pub server: Option<String>,
+    /// API token for `--server`.
+    #[arg(long, env = "PERIMETER_TOKEN")]
+    pub token: Option<String>,
+    /// Tenant to read when reading the data directory directly.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Most results to print.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// Query in tantivy syntax, e.g. 'event.action:user.session.start AND event.outcome:failure'.
+    pub query: String,
+    /// Only events at or after this time (RFC 3339).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only events before this time (RFC 3339).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(clap::Args)]
+pub struct AlertsArgs {
+    /// Minimum severity (informational, low, medium, high, critical).
+    #[arg(long)]
+    pub severity: Option<String>,
+    /// open, acknowledged, resolved, false_positive.
+    #[arg(long)]
+    pub status: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json::Value> {
+    let server = target.server.as_deref().unwrap_or_default().trim_end_matches('/');
+    let token = target.token.as_deref().context("--token (or PERIMETER_TOKEN) is required with --server")?;
+    let url = format!("{server}/api/v1{path_and_query}");
+    let resp = reqwest::blocking::Client::new().get(&url).bearer_auth(token).send().with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().with_context(|| format!("GET {url}: response is not JSON"))?;
+    anyhow::ensure!(status.is_success(), "GET {url}: {status}: {body}");
+    Ok(body)
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    s.as_deref()
+        .map(|t| perimeter_model::parse_timestamp(&serde_json::Value::String(t.into())).map_err(|_| anyhow::anyhow!("bad time {t:?}: use RFC 3339")))
+        .transpose()
+}
+
+pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let items: Vec<serde_json::Value> = if args.target.server.is_some() {
+        let mut q = format!("/events/search?q={}&limit={}", enc(&args.query), args.target.limit);
+        for (k, v) in [("from", &args.from), ("to", &args.to)] {
+            if let Some(v) = v {
+                q.push_str(&format!("&{k}={}", enc(v)));
+            }
+        }
+        let body = get_json(&args.target, &q)?;
+        body["items"].as_array().cloned().unwrap_or_default()
+    } else {
+        let store = crate::run::open_store(config, &config.data_dir)?;
+        let tenant = args.target.tenant.clone().unwrap_or_else(|| config.tenant.clone());
+        let q = perimeter_store::EventQuery {
+            query: args.query.clone(),
+            from: parse_time(&args.from)?,
+            to: parse_time(&args.to)?,
+            limit: args.target.limit,
+            cursor: None,
+        };
+        store.search_events(&tenant, &q)?.items
+    };
+    for e in &items {
+        println!("{}", serde_json::to_string(e)?);
+    }
+    eprintln!("{} events", items.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<ExitCode> {
+    let items: Vec<serde_json::Value> = if args.target.server.is_some() {
+        let mut q = format!("/alerts?limit={}", args.target.limit);
+        for (k, v) in [("severity", &args.severity), ("status", &args.status)] {
+            if let Some(v) = v {
+                q.push_str(&format!("&{k}={}", enc(v)));
+            }
+        }
+        let body = get_json(&args.target, &q)?;
+        body["items"].as_array().cloned().unwrap_or_default()
+    } else {
+        let store = crate::run::open_store(config, &config.data_dir)?;
+        let tenant = args.target.tenant.clone().unwrap_or_else(|| config.tenant.clone());
+        let mut q = perimeter_store::AlertQuery { limit: args.target.limit, ..Default::default() };
+        if let Some(s) = &args.severity {
+            q.severity = Some(perimeter_model::Severity::parse(s).with_context(|| format!("unknown severity {s}"))?);
+        }
+        if let Some(s) = &args.status {
+            q.status = Some(serde_json::from_value(serde_json::Value::String(s.clone())).with_context(|| format!("unknown status {s}"))?);
+        }
+        store.list_alerts(&tenant, &q)?.items.into_iter().map(|r| serde_json::to_value(r).unwrap_or_default()).collect()
+    };
+    for a in &items {
+        println!("{}", serde_json::to_string(a)?);
+    }
+    eprintln!("{} alerts", items.len());
+    Ok(ExitCode::SUCCESS)
+}
