@@ -71,7 +71,8 @@ const SECRET_SUFFIXES: &[&str] = &[
 ];
 
 /// Qualifiers right before a sensitive word that turn the key into a reference to a secret
-/// (a digest, a 4-char stub, a pagination cursor) rather than the secret.
+/// (a digest, a 4-char stub, a pagination cursor) rather than the secret; `of` moves the head
+/// noun in front (`httpRequestLocationOfToken` is a location).
 const REFERENCE_PREFIXES: &[&str] = &[
     "hashed",
     "truncated",
@@ -83,6 +84,7 @@ const REFERENCE_PREFIXES: &[&str] = &[
     "pagination",
     "cursor",
     "sync",
+    "of",
 ];
 
 /// Decides whether a key name is sensitive.
@@ -238,6 +240,7 @@ mod tests {
             "next_page_token",
             "nextPageToken",
             "NextToken",
+            "httpRequestLocationOfToken",
             "secrets_passed",
             "secret_scanning_alert_number",
             "credentialType",
