@@ -1,1 +1,524 @@
-//! stub: filled in by its owner
+//! Masking of secrets and PII, applied before anything is stored, indexed, exported, logged or
+//! sent.
+//!
+//! [`SecretMasker`] implements [`perimeter_model::Masker`]:
+//! - `mask` walks `event.raw` recursively and every ECS string ([`perimeter_model::Ecs::strings_mut`]);
+//! - `mask_value` walks any JSON value (alert evidence, matched fields);
+//! - `mask_text` masks free text (dead-letter excerpts of lines that are not even JSON).
+//!
+//! Two detectors decide what is secret:
+//! - **key names** ([`keys`]): the value of a sensitive key (`password`, `client_secret`,
+//!   `Authorization`, ...) is masked whatever it looks like, down to every leaf of an object or
+//!   array; so is the `value` of a `{"name": "<sensitive>", "value": ...}` pair (Google Workspace
+//!   parameters, M365 `ModifiedProperties`);
+//! - **value patterns** ([`patterns`]): tokens, keys, card numbers, SSNs (and emails if enabled)
+//!   found inside any string are replaced in place, the rest of the string is kept.
+//!
+//! Per-field rules ([`FieldRule`]) force an action on a field, add patterns to it, or exempt it
+//! from key-name masking. What was masked is counted ([`MaskCounts`], [`MaskStats`]), never logged.
+//!
+//! Guarantees: masking is idempotent (masked output such as `[REDACTED:jwt]` or `hmac:...` is
+//! never masked again, so hashes stay stable); it never panics on any input; values that need no
+//! change are not reallocated.
+
+mod config;
+mod keys;
+mod patterns;
+
+use std::borrow::Cow;
+
+use hmac::{Hmac, Mac};
+use perimeter_model::{Event, MaskStats, Masker, ECS_FIELDS};
+use serde_json::Value;
+use sha2::Sha256;
+
+pub use config::{
+    Action, FieldAction, FieldRule, KeyConfig, MaskConfig, PatternConfig, PatternKind,
+};
+
+use crate::DetectError;
+use keys::KeyMatcher;
+use patterns::{bit, is_masked, Found, KindSet, Patterns};
+
+/// The key `hash` uses when `hmac_key` is not configured. Public in this source code, so only fit
+/// for demos and tests: production must set `mask.hmac_key`.
+const BUILTIN_HMAC_KEY: &[u8] = b"perimeter built-in mask key v1: set mask.hmac_key in production";
+
+/// Per-kind counts of what was masked (the audit trail: counted, never logged in clear).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaskCounts {
+    /// Values masked because of their key name or a per-field rule (leaves, so an object under
+    /// `credentials` with 3 strings counts 3).
+    pub by_key: u64,
+    by_kind: [u64; PatternKind::COUNT],
+}
+
+impl MaskCounts {
+    /// Occurrences of `kind` replaced.
+    pub fn by_kind(&self, kind: PatternKind) -> u64 {
+        self.by_kind[kind.index()]
+    }
+
+    /// Non-zero per-kind counts, e.g. for `fields_masked_total{kind}` metrics.
+    pub fn kinds(&self) -> impl Iterator<Item = (PatternKind, u64)> + '_ {
+        PatternKind::ALL
+            .into_iter()
+            .map(|k| (k, self.by_kind(k)))
+            .filter(|(_, n)| *n > 0)
+    }
+
+    /// The totals the `Masker` trait reports.
+    pub fn stats(&self) -> MaskStats {
+        MaskStats {
+            by_key: self.by_key,
+            by_pattern: self.by_kind.iter().sum(),
+        }
+    }
+
+    /// Add another count into this one (per-batch totals).
+    pub fn add(&mut self, other: &MaskCounts) {
+        self.by_key += other.by_key;
+        for (a, b) in self.by_kind.iter_mut().zip(other.by_kind) {
+            *a += b;
+        }
+    }
+}
+
+/// What a per-field rule does, compiled.
+#[derive(Debug, Clone, Copy, Default)]
+struct CompiledRule {
+    action: FieldAction,
+    extra: KindSet,
+}
+
+/// Raw JSON paths of the field rules, one segment per node. Arrays are transparent.
+#[derive(Debug, Clone, Default)]
+struct TrieNode {
+    children: Vec<(Box<str>, usize)>,
+    rule: Option<CompiledRule>,
+}
+
+/// Node 0 is the root for `event.raw`; node 1 the root for output documents (`mask_value`): the
+/// same children plus `raw` -> node 0, so `raw.actor.alternateId` also works there.
+const RAW_ROOT: usize = 0;
+const DOC_ROOT: usize = 1;
+
+/// Masks secrets and PII in events, JSON values and text. Build once, share across threads.
+#[derive(Debug)]
+pub struct SecretMasker {
+    keys: KeyMatcher,
+    patterns: Patterns,
+    key_action: Action,
+    kind_actions: [Action; PatternKind::COUNT],
+    enabled: KindSet,
+    mac: Hmac<Sha256>,
+    builtin_key: bool,
+    hash_hex_chars: usize,
+    partial_keep_chars: usize,
+    ecs_rules: Vec<(&'static str, CompiledRule)>,
+    trie: Vec<TrieNode>,
+    /// False when no raw path rule exists: the walk then skips path tracking entirely.
+    has_path_rules: bool,
+}
+
+impl SecretMasker {
+    /// Validate the config, resolve the HMAC key reference and compile the detectors.
+    pub fn new(config: &MaskConfig) -> Result<SecretMasker, DetectError> {
+        config.validate()?;
+        let keys = KeyMatcher::new(&config.keys.extra_names, &config.keys.allow_names)?;
+        let patterns = Patterns::new()?;
+        let mut kind_actions = [Action::Redact; PatternKind::COUNT];
+        let mut enabled: KindSet = 0;
+        for kind in PatternKind::ALL {
+            let over = config.patterns.get(&kind);
+            kind_actions[kind.index()] =
+                over.and_then(|o| o.action).unwrap_or(kind.default_action());
+            if over
+                .and_then(|o| o.enabled)
+                .unwrap_or(kind.enabled_by_default())
+            {
+                enabled |= bit(kind);
+            }
+        }
+        let (key_bytes, builtin_key) = match &config.hmac_key {
+            Some(reference) => (resolve_secret(reference)?, false),
+            None => (BUILTIN_HMAC_KEY.to_vec(), true),
+        };
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key_bytes)
+            .map_err(|e| DetectError::Other(format!("hmac key: {e}")))?;
+
+        let mut ecs_rules = Vec::new();
+        let mut trie = vec![TrieNode::default(), TrieNode::default()];
+        for rule in &config.fields {
+            let compiled = CompiledRule {
+                action: rule.action,
+                extra: rule.patterns.iter().fold(0, |acc, k| acc | bit(*k)),
+            };
+            let (path, raw_only) = match rule.path.strip_prefix("raw.") {
+                Some(p) => (p, true),
+                None => (rule.path.as_str(), false),
+            };
+            if !raw_only {
+                if let Some(name) = ECS_FIELDS.iter().find(|f| **f == path) {
+                    ecs_rules.retain(|(n, _)| n != name);
+                    ecs_rules.push((*name, compiled));
+                }
+            }
+            let mut node = RAW_ROOT;
+            for seg in path.split('.') {
+                node = match trie[node].children.iter().find(|(s, _)| &**s == seg) {
+                    Some((_, child)) => *child,
+                    None => {
+                        trie.push(TrieNode::default());
+                        let child = trie.len() - 1;
+                        trie[node].children.push((seg.into(), child));
+                        child
+                    }
+                };
+            }
+            trie[node].rule = Some(compiled);
+        }
+        let has_path_rules = !trie[RAW_ROOT].children.is_empty();
+        let mut doc_children = trie[RAW_ROOT].children.clone();
+        doc_children.push(("raw".into(), RAW_ROOT));
+        trie[DOC_ROOT].children = doc_children;
+
+        Ok(SecretMasker {
+            keys,
+            patterns,
+            key_action: config.keys.action,
+            kind_actions,
+            enabled,
+            mac,
+            builtin_key,
+            hash_hex_chars: config.hash_hex_chars,
+            partial_keep_chars: config.partial_keep_chars,
+            ecs_rules,
+            trie,
+            has_path_rules,
+        })
+    }
+
+    /// Keyed HMAC of a value, the same function `hash` uses (for stable pseudonymous entity keys):
+    /// `hmac:` followed by `hash_hex_chars` hex characters.
+    pub fn pseudonymize(&self, value: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut hex = hex::encode(&digest[..self.hash_hex_chars.div_ceil(2)]);
+        hex.truncate(self.hash_hex_chars);
+        format!("hmac:{hex}")
+    }
+
+    /// True when `hmac_key` was not configured and the public built-in key is in use (the binary
+    /// should warn about it outside demos).
+    pub fn uses_builtin_key(&self) -> bool {
+        self.builtin_key
+    }
+
+    /// [`Masker::mask`] with per-kind counts added into `counts`.
+    pub fn mask_counted(&self, event: &mut Event, counts: &mut MaskCounts) {
+        let root = self.has_path_rules.then_some(RAW_ROOT);
+        self.walk(&mut event.raw, root, 0, counts);
+        for (name, value) in event.ecs.strings_mut() {
+            let rule = self
+                .ecs_rules
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, r)| *r)
+                .unwrap_or_default();
+            match forced_action(rule.action) {
+                Some(action) => self.force_string(value, action, "field", counts),
+                None => self.mask_string(value, self.enabled | rule.extra, counts),
+            }
+        }
+    }
+
+    /// [`Masker::mask_value`] with per-kind counts added into `counts`.
+    pub fn mask_value_counted(&self, value: &mut Value, counts: &mut MaskCounts) {
+        let root = self.has_path_rules.then_some(DOC_ROOT);
+        self.walk(value, root, 0, counts);
+    }
+
+    /// [`Masker::mask_text`] with per-kind counts added into `counts`.
+    pub fn mask_text_counted(&self, text: &str, counts: &mut MaskCounts) -> String {
+        match self.mask_str(text, self.enabled, counts) {
+            Cow::Borrowed(s) => s.to_string(),
+            Cow::Owned(s) => s,
+        }
+    }
+
+    fn walk(
+        &self,
+        value: &mut Value,
+        node: Option<usize>,
+        extra: KindSet,
+        counts: &mut MaskCounts,
+    ) {
+        match value {
+            Value::String(s) => self.mask_string(s, self.enabled | extra, counts),
+            Value::Number(n) => {
+                if (self.enabled | extra) & bit(PatternKind::CreditCard) != 0 {
+                    if let Some(masked) = self.mask_card_number(n, counts) {
+                        *value = Value::String(masked);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.walk(item, node, extra, counts);
+                }
+            }
+            Value::Object(map) => {
+                let pair_is_secret = map.iter().any(|(k, v)| {
+                    is_pair_name_key(k) && v.as_str().is_some_and(|n| self.keys.is_sensitive(n))
+                });
+                for (key, child) in map.iter_mut() {
+                    if matches!(child, Value::Null | Value::Bool(_)) {
+                        continue;
+                    }
+                    let child_node = node.and_then(|n| self.child_node(n, key));
+                    let rule = child_node
+                        .and_then(|n| self.trie[n].rule)
+                        .unwrap_or_default();
+                    if let Some(action) = forced_action(rule.action) {
+                        self.force_leaves(child, action, "field", counts);
+                        continue;
+                    }
+                    if rule.action != FieldAction::Keep
+                        && (self.keys.is_sensitive(key)
+                            || (pair_is_secret && is_pair_value_key(key)))
+                    {
+                        self.force_leaves(child, self.key_action, "key", counts);
+                        continue;
+                    }
+                    self.walk(child, child_node, extra | rule.extra, counts);
+                }
+            }
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    /// Follow a key (which may itself contain dots) from `node` in the path trie.
+    fn child_node(&self, node: usize, key: &str) -> Option<usize> {
+        let mut cur = node;
+        for seg in key.split('.') {
+            cur = self.trie[cur].children.iter().find(|(s, _)| &**s == seg)?.1;
+        }
+        Some(cur)
+    }
+
+    /// Mask every string/number leaf under a sensitive key or a forced field rule.
+    fn force_leaves(
+        &self,
+        value: &mut Value,
+        action: Action,
+        label: &str,
+        counts: &mut MaskCounts,
+    ) {
+        match value {
+            Value::String(s) => self.force_string(s, action, label, counts),
+            Value::Number(n) => {
+                let text = n.to_string();
+                counts.by_key += 1;
+                *value = Value::String(self.replacement(action, label, &text));
+            }
+            Value::Array(items) => items
+                .iter_mut()
+                .for_each(|v| self.force_leaves(v, action, label, counts)),
+            Value::Object(map) => map
+                .values_mut()
+                .for_each(|v| self.force_leaves(v, action, label, counts)),
+            Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    fn force_string(&self, s: &mut String, action: Action, label: &str, counts: &mut MaskCounts) {
+        if is_masked(s) {
+            return;
+        }
+        counts.by_key += 1;
+        *s = self.replacement(action, label, s);
+    }
+
+    fn mask_string(&self, s: &mut String, enabled: KindSet, counts: &mut MaskCounts) {
+        if let Cow::Owned(masked) = self.mask_str(s, enabled, counts) {
+            *s = masked;
+        }
+    }
+
+    /// Replace every pattern match in `text`; borrowed back when nothing matched.
+    fn mask_str<'a>(
+        &self,
+        text: &'a str,
+        enabled: KindSet,
+        counts: &mut MaskCounts,
+    ) -> Cow<'a, str> {
+        let candidates = self.patterns.candidates(text, enabled);
+        if candidates == 0 {
+            return Cow::Borrowed(text);
+        }
+        let mut current = Cow::Borrowed(text);
+        let mut found: Vec<Found> = Vec::new();
+        for kind in PatternKind::ALL {
+            if candidates & bit(kind) == 0 {
+                continue;
+            }
+            found.clear();
+            self.patterns.find(kind, &current, &self.keys, &mut found);
+            if found.is_empty() {
+                continue;
+            }
+            counts.by_kind[kind.index()] += found.len() as u64;
+            let action = self.kind_actions[kind.index()];
+            let mut out = String::with_capacity(current.len());
+            let mut last = 0;
+            for f in &found {
+                out.push_str(&current[last..f.start]);
+                out.push_str(&self.replacement(action, kind.as_str(), &current[f.start..f.end]));
+                last = f.end;
+            }
+            out.push_str(&current[last..]);
+            current = Cow::Owned(out);
+        }
+        current
+    }
+
+    /// A JSON number that is a card number becomes a masked string.
+    fn mask_card_number(&self, n: &serde_json::Number, counts: &mut MaskCounts) -> Option<String> {
+        let v = n.as_u64()?;
+        if !(1_000_000_000_000..=9_999_999_999_999_999_999).contains(&v) {
+            return None;
+        }
+        let mut lead = v;
+        while lead >= 10 {
+            lead /= 10;
+        }
+        if !(2..=6).contains(&lead) {
+            return None;
+        }
+        let text = v.to_string();
+        if !patterns::is_card_number(&text) {
+            return None;
+        }
+        counts.by_kind[PatternKind::CreditCard.index()] += 1;
+        Some(self.replacement(
+            self.kind_actions[PatternKind::CreditCard.index()],
+            PatternKind::CreditCard.as_str(),
+            &text,
+        ))
+    }
+
+    fn replacement(&self, action: Action, label: &str, secret: &str) -> String {
+        match action {
+            Action::Redact => format!("[REDACTED:{label}]"),
+            Action::Hash => self.pseudonymize(secret),
+            Action::Partial => {
+                let num_chars = secret.chars().count();
+                let mut out = String::from("****");
+                if num_chars > self.partial_keep_chars {
+                    out.extend(secret.chars().skip(num_chars - self.partial_keep_chars));
+                }
+                out
+            }
+        }
+    }
+}
+
+impl Default for SecretMasker {
+    /// The masker for [`MaskConfig::default`] (built-in HMAC key: not for production).
+    fn default() -> Self {
+        SecretMasker::new(&MaskConfig::default()).expect("the default mask config is valid")
+    }
+}
+
+impl Masker for SecretMasker {
+    fn mask(&self, event: &mut Event) -> MaskStats {
+        let mut counts = MaskCounts::default();
+        self.mask_counted(event, &mut counts);
+        counts.stats()
+    }
+
+    fn mask_text(&self, text: &str) -> String {
+        self.mask_text_counted(text, &mut MaskCounts::default())
+    }
+
+    fn mask_value(&self, value: &mut Value) -> MaskStats {
+        let mut counts = MaskCounts::default();
+        self.mask_value_counted(value, &mut counts);
+        counts.stats()
+    }
+}
+
+fn forced_action(action: FieldAction) -> Option<Action> {
+    match action {
+        FieldAction::Redact => Some(Action::Redact),
+        FieldAction::Hash => Some(Action::Hash),
+        FieldAction::Partial => Some(Action::Partial),
+        FieldAction::Scan | FieldAction::Keep => None,
+    }
+}
+
+/// `name` of a name/value pair object (`{"name": "password", "value": "..."}`).
+fn is_pair_name_key(key: &str) -> bool {
+    matches!(key, "name" | "Name" | "key" | "Key")
+}
+
+/// The value side of a name/value pair object.
+fn is_pair_value_key(key: &str) -> bool {
+    matches!(
+        key,
+        "value"
+            | "Value"
+            | "values"
+            | "Values"
+            | "newValue"
+            | "NewValue"
+            | "oldValue"
+            | "OldValue"
+            | "multiValue"
+            | "intValue"
+            | "multiIntValue"
+            | "multiMessageValue"
+            | "messageValue"
+    )
+}
+
+/// Resolve an `env:NAME` / `file:/path` secret reference.
+fn resolve_secret(reference: &str) -> Result<Vec<u8>, DetectError> {
+    let config_err = |message: String| DetectError::Config {
+        path: "<mask config>".into(),
+        message,
+    };
+    let bytes = if let Some(name) = reference.strip_prefix("env:") {
+        std::env::var(name)
+            .map_err(|_| {
+                config_err(format!(
+                    "hmac_key: environment variable `{name}` is not set (or not UTF-8)"
+                ))
+            })?
+            .into_bytes()
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        let mut text = std::fs::read(path).map_err(|source| DetectError::Io {
+            path: path.into(),
+            source,
+        })?;
+        while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            text.pop();
+        }
+        text
+    } else {
+        return Err(config_err(
+            "hmac_key must be a secret reference `env:NAME` or `file:/path`".into(),
+        ));
+    };
+    if bytes.is_empty() {
+        return Err(config_err(format!(
+            "hmac_key `{reference}` resolves to an empty key"
+        )));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,350 @@
+//! `MaskConfig`: the `[mask]` table of the project's config file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::DetectError;
+
+/// How a secret is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// `[REDACTED:<kind>]` (`[REDACTED:key]` for key-name matches).
+    Redact,
+    /// `hmac:<hex>`: keyed HMAC-SHA256, truncated. Same input and key give the same output, so a
+    /// hashed user id or access key id is still the same entity for baselines and correlation.
+    Hash,
+    /// `****` followed by the last `partial_keep_chars` characters (`****1111`).
+    Partial,
+}
+
+/// What a per-field rule does with the field's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldAction {
+    /// Default treatment: key-name and value-pattern detection (plus this rule's `patterns`).
+    #[default]
+    Scan,
+    /// Always redact the whole value (every leaf of an object/array).
+    Redact,
+    /// Always replace the whole value by its keyed HMAC (every leaf of an object/array).
+    Hash,
+    /// Always keep only the last characters of the whole value (every leaf of an object/array).
+    Partial,
+    /// Never mask this field because of its key name (an allow-list entry); value patterns still
+    /// apply, so a token pasted into it is still caught.
+    Keep,
+}
+
+/// The value patterns (detectors on content, applied to substrings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatternKind {
+    /// `-----BEGIN ... PRIVATE KEY-----` through the matching END line (or end of text when
+    /// truncated).
+    PemPrivateKey,
+    /// `name=value` / `"name": "value"` inside text where the name is a sensitive key name
+    /// (URL query strings, log lines, stringified JSON, unparseable dead-letter lines).
+    SecretAssignment,
+    /// `Bearer <token>` / `Basic <base64 user:pass>` (the scheme word is kept).
+    AuthHeader,
+    /// 40-char AWS secret key after `aws_secret_access_key=` / `SecretAccessKey:`.
+    AwsSecretAccessKey,
+    /// Okta API token (`00` + 40 chars) after `SSWS ` or an `okta..token=` assignment only: a bare
+    /// `00...` string of that length is too common (hex digests, ids) to mask everywhere.
+    OktaApiToken,
+    /// 1Password service account token (`ops_...`).
+    OnepasswordToken,
+    /// GitHub tokens (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`).
+    GithubToken,
+    /// Slack tokens (`xoxb-`, `xoxp-`, `xoxa-`, `xoxr-`, `xoxs-`, `xapp-`).
+    SlackToken,
+    /// Slack incoming webhook URLs (`https://hooks.slack.com/services/...`).
+    SlackWebhook,
+    /// JSON Web Tokens (`eyJ...` `.` `eyJ...` `.` signature).
+    Jwt,
+    /// AWS access key ids (`AKIA...` long-term, `ASIA...` temporary).
+    AwsAccessKeyId,
+    /// Payment card numbers: 13-19 digits (plain, or 4-digit groups / Amex 4-6-5 separated by
+    /// spaces or dashes) with a card-network prefix and a valid Luhn checksum.
+    CreditCard,
+    /// US social security numbers `ddd-dd-dddd` outside the never-issued ranges.
+    UsSsn,
+    /// Email addresses. Off by default (they are the identity in audit logs); enable globally or
+    /// per field.
+    Email,
+}
+
+impl PatternKind {
+    /// All kinds, in the order they are applied to a value (PEM blocks first so that nothing
+    /// else eats half of one; assignments before token shapes so `token=ghp_..` counts once).
+    pub const ALL: [PatternKind; 14] = [
+        PatternKind::PemPrivateKey,
+        PatternKind::SecretAssignment,
+        PatternKind::AuthHeader,
+        PatternKind::AwsSecretAccessKey,
+        PatternKind::OktaApiToken,
+        PatternKind::OnepasswordToken,
+        PatternKind::GithubToken,
+        PatternKind::SlackToken,
+        PatternKind::SlackWebhook,
+        PatternKind::Jwt,
+        PatternKind::AwsAccessKeyId,
+        PatternKind::CreditCard,
+        PatternKind::UsSsn,
+        PatternKind::Email,
+    ];
+
+    /// Number of kinds.
+    pub const COUNT: usize = PatternKind::ALL.len();
+
+    /// Index in [`PatternKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The snake_case name used in config and in `[REDACTED:<kind>]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PatternKind::PemPrivateKey => "pem_private_key",
+            PatternKind::SecretAssignment => "secret_assignment",
+            PatternKind::AuthHeader => "auth_header",
+            PatternKind::AwsSecretAccessKey => "aws_secret_access_key",
+            PatternKind::OktaApiToken => "okta_api_token",
+            PatternKind::OnepasswordToken => "onepassword_token",
+            PatternKind::GithubToken => "github_token",
+            PatternKind::SlackToken => "slack_token",
+            PatternKind::SlackWebhook => "slack_webhook",
+            PatternKind::Jwt => "jwt",
+            PatternKind::AwsAccessKeyId => "aws_access_key_id",
+            PatternKind::CreditCard => "credit_card",
+            PatternKind::UsSsn => "us_ssn",
+            PatternKind::Email => "email",
+        }
+    }
+
+    /// Whether the kind is on when the config says nothing about it.
+    pub fn enabled_by_default(self) -> bool {
+        self != PatternKind::Email
+    }
+
+    /// The action used when the config says nothing about the kind. Identifiers that analysts
+    /// correlate on (access key ids, emails) are hashed; secrets are redacted; card numbers keep
+    /// their last 4 digits as PCI DSS allows for display.
+    pub fn default_action(self) -> Action {
+        match self {
+            PatternKind::AwsAccessKeyId | PatternKind::Email => Action::Hash,
+            PatternKind::CreditCard => Action::Partial,
+            _ => Action::Redact,
+        }
+    }
+}
+
+/// Per-pattern overrides.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    /// Turn the pattern on/off everywhere (default: on, except `email`).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Replacement for matches of this pattern (default: see [`PatternKind::default_action`]).
+    #[serde(default)]
+    pub action: Option<Action>,
+}
+
+/// Sensitive key-name detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Replacement for values under a sensitive key (default `redact`).
+    #[serde(default = "default_key_action")]
+    pub action: Action,
+    /// Extra sensitive words, added to the built-in list (`password`, `secret`, `token`, ...).
+    /// Matched case-insensitively, ignoring `_`, `-` and `.` (`x_session_key` -> `sessionkey`).
+    #[serde(default)]
+    pub extra_names: Vec<String>,
+    /// Key names that are never sensitive even though they contain a sensitive word (exact
+    /// match, case-insensitive, ignoring `_`, `-` and `.`).
+    #[serde(default)]
+    pub allow_names: Vec<String>,
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        KeyConfig {
+            action: default_key_action(),
+            extra_names: Vec::new(),
+            allow_names: Vec::new(),
+        }
+    }
+}
+
+fn default_key_action() -> Action {
+    Action::Redact
+}
+
+/// A rule for one field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldRule {
+    /// The field: an ECS dotted name (`user.email`, applied to the ECS field AND to the same path
+    /// in the raw JSON), or a raw JSON path (`actor.alternateId`; the `raw.` prefix is optional
+    /// and makes the path raw-only). Segments are exact object keys; arrays are transparent
+    /// (`events.parameters.value` reaches every element).
+    pub path: String,
+    /// What to do with the value (default `scan`).
+    #[serde(default)]
+    pub action: FieldAction,
+    /// Extra value patterns for this field only, on top of the globally enabled ones
+    /// (e.g. `["email"]`). Their action is the pattern's action.
+    #[serde(default)]
+    pub patterns: Vec<PatternKind>,
+}
+
+/// Masking configuration (`[mask]`). Every field has a safe default, so an empty table masks all
+/// built-in secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    /// Secret reference for the HMAC key used by `hash`: `env:NAME` or `file:/path` (file content,
+    /// trailing newline trimmed). Never the key itself. When absent, a built-in key is used: hashes
+    /// are then stable but guessable by anyone with this source code for low-entropy values, so
+    /// production must set one.
+    #[serde(default)]
+    pub hmac_key: Option<String>,
+    /// Hex characters kept from the HMAC in `hmac:<hex>` (8..=64, default 16 = 64 bits).
+    #[serde(default = "default_hash_hex_chars")]
+    pub hash_hex_chars: usize,
+    /// Characters kept by `partial` (default 4). Values not longer than this are fully masked.
+    #[serde(default = "default_partial_keep_chars")]
+    pub partial_keep_chars: usize,
+    /// Sensitive key-name detection.
+    #[serde(default)]
+    pub keys: KeyConfig,
+    /// Per-pattern overrides, keyed by pattern name (`[mask.patterns.email] enabled = true`).
+    #[serde(default)]
+    pub patterns: BTreeMap<PatternKind, PatternConfig>,
+    /// Per-field rules (`[[mask.fields]]`). When several rules name the same path, the last wins.
+    #[serde(default)]
+    pub fields: Vec<FieldRule>,
+}
+
+fn default_hash_hex_chars() -> usize {
+    16
+}
+
+fn default_partial_keep_chars() -> usize {
+    4
+}
+
+impl Default for MaskConfig {
+    fn default() -> Self {
+        MaskConfig {
+            hmac_key: None,
+            hash_hex_chars: default_hash_hex_chars(),
+            partial_keep_chars: default_partial_keep_chars(),
+            keys: KeyConfig::default(),
+            patterns: BTreeMap::new(),
+            fields: Vec::new(),
+        }
+    }
+}
+
+/// Pseudo path used in config errors that do not come from a file.
+const INLINE: &str = "<mask config>";
+
+impl MaskConfig {
+    /// Parse TOML: either a whole config file with a `[mask]` table (other tables are ignored,
+    /// they belong to other stages; no `[mask]` table means defaults), or the bare table content.
+    pub fn from_toml_str(text: &str) -> Result<MaskConfig, DetectError> {
+        Self::parse(text, Path::new(INLINE))
+    }
+
+    /// Read and parse a TOML file (see [`MaskConfig::from_toml_str`]).
+    pub fn from_toml_file(path: &Path) -> Result<MaskConfig, DetectError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DetectError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<MaskConfig, DetectError> {
+        let err = |message: String| DetectError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let doc: toml::Table = toml::from_str(text).map_err(|e| err(e.message().to_string()))?;
+        let table = match doc.get("mask") {
+            Some(toml::Value::Table(t)) => t.clone(),
+            Some(_) => return Err(err("`mask` must be a table".into())),
+            None if looks_like_other_sections(&doc) => return Ok(MaskConfig::default()),
+            None => doc,
+        };
+        table
+            .try_into::<MaskConfig>()
+            .map_err(|e| err(format!("[mask]: {}", e.message())))
+    }
+
+    /// Checks that need no IO (the key reference is resolved by `SecretMasker::new`).
+    pub(crate) fn validate(&self) -> Result<(), DetectError> {
+        let err = |message: String| DetectError::Config {
+            path: PathBuf::from(INLINE),
+            message,
+        };
+        if !(8..=64).contains(&self.hash_hex_chars) {
+            return Err(err(format!(
+                "hash_hex_chars must be within 8..=64, got {}",
+                self.hash_hex_chars
+            )));
+        }
+        if self.partial_keep_chars > 8 {
+            return Err(err(format!(
+                "partial_keep_chars must be at most 8, got {}",
+                self.partial_keep_chars
+            )));
+        }
+        for name in self.keys.extra_names.iter().chain(&self.keys.allow_names) {
+            if super::keys::normalize_key(name).len() < 3 {
+                return Err(err(format!(
+                    "key name `{name}` needs at least 3 letters or digits (shorter words match everywhere)"
+                )));
+            }
+        }
+        for rule in &self.fields {
+            let p = rule.path.strip_prefix("raw.").unwrap_or(&rule.path);
+            if p.is_empty() || p.split('.').any(str::is_empty) {
+                return Err(err(format!(
+                    "field rule path `{}` has an empty segment",
+                    rule.path
+                )));
+            }
+        }
+        if let Some(r) = &self.hmac_key {
+            if !(r.starts_with("env:") || r.starts_with("file:")) {
+                return Err(err(
+                    "hmac_key must be a secret reference `env:NAME` or `file:/path`, not a value"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A document without a `[mask]` table is read as the bare table when one of its top-level keys
+/// is a `MaskConfig` field (so typos in the other keys are reported), and as a whole project
+/// file that leaves masking at its defaults otherwise.
+fn looks_like_other_sections(doc: &toml::Table) -> bool {
+    const FIELDS: [&str; 6] = [
+        "hmac_key",
+        "hash_hex_chars",
+        "partial_keep_chars",
+        "keys",
+        "patterns",
+        "fields",
+    ];
+    !doc.keys().any(|k| FIELDS.contains(&k.as_str()))
+}

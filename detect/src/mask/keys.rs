@@ -1,0 +1,291 @@
+//! Sensitive key names.
+//!
+//! A key is folded to lowercase letters and digits (`X-Api-Key`, `api_key`, `apiKey` and
+//! `debug.apiKey` all become `...apikey`), then one Aho-Corasick automaton finds the sensitive
+//! words in it. A word alone is not enough: audit logs are full of keys *about* secrets that are
+//! the useful, non-secret part of the record (`token_type`, `tokenId`, `token_scopes`,
+//! `secrets_passed` = names of secrets, `credentialType`, `passwordChanged`, `authorizationServer`).
+//! English compounds put the head noun last, so the rule is: the key is sensitive when a
+//! sensitive word is followed only by words that still denote the secret itself (`s`, `key`,
+//! `value`, `hash`, `header`, ... as in `secretAccessKey`, `tokens`, `password_hash`) and is not
+//! preceded by a qualifier that makes it a reference (`hashed_token`, `truncated_token`,
+//! `next_page_token`, `nextToken` = pagination cursors).
+//! Values of these keys are masked whatever they look like: strings, numbers, and every leaf of
+//! objects/arrays. Booleans and nulls carry no secret and stay (`isServiceToken: false`).
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+
+use crate::DetectError;
+
+/// Built-in sensitive words (folded form). Compounds from the usual lists (`client_secret`,
+/// `access_token`, `refresh_token`, `session_token`, `set-cookie`, `private_key`) are covered by
+/// their head word.
+pub(crate) const SENSITIVE_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "passcode",
+    "pwd",
+    "secret",
+    "token",
+    "authorization",
+    "cookie",
+    "apikey",
+    "privatekey",
+    "credential",
+    "sessionkey",
+    "signingkey",
+    "encryptionkey",
+];
+
+/// Words that may follow a sensitive word while the key still names the secret itself.
+const SECRET_SUFFIXES: &[&str] = &[
+    "s",
+    "es",
+    "key",
+    "value",
+    "string",
+    "str",
+    "hash",
+    "plain",
+    "plaintext",
+    "text",
+    "data",
+    "raw",
+    "header",
+    "code",
+    "access",
+    "b64",
+    "base64",
+    "pem",
+    "der",
+    "bytes",
+    "encoded",
+    "new",
+    "old",
+    "current",
+    "confirmation",
+    "confirm",
+    "1",
+    "2",
+];
+
+/// Qualifiers right before a sensitive word that turn the key into a reference to a secret
+/// (a digest, a 4-char stub, a pagination cursor) rather than the secret; `of` moves the head
+/// noun in front (`httpRequestLocationOfToken` is a location).
+const REFERENCE_PREFIXES: &[&str] = &[
+    "hashed",
+    "truncated",
+    "masked",
+    "redacted",
+    "page",
+    "next",
+    "continuation",
+    "pagination",
+    "cursor",
+    "sync",
+    "of",
+];
+
+/// Decides whether a key name is sensitive.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyMatcher {
+    automaton: AhoCorasick,
+    /// Folded exact names that are never sensitive.
+    allow: Vec<String>,
+}
+
+/// Stack buffer for folding keys: no allocation for the usual short keys.
+const FOLD_BUF: usize = 96;
+
+impl KeyMatcher {
+    pub(crate) fn new(extra: &[String], allow: &[String]) -> Result<KeyMatcher, DetectError> {
+        let mut words: Vec<String> = SENSITIVE_WORDS.iter().map(|w| w.to_string()).collect();
+        words.extend(extra.iter().map(|w| normalize_key(w)));
+        let automaton = AhoCorasick::builder()
+            .kind(Some(AhoCorasickKind::DFA))
+            .match_kind(MatchKind::Standard)
+            .build(&words)
+            .map_err(|e| DetectError::Other(format!("building key-name automaton: {e}")))?;
+        Ok(KeyMatcher {
+            automaton,
+            allow: allow.iter().map(|a| normalize_key(a)).collect(),
+        })
+    }
+
+    /// Whether values under `key` must be masked.
+    pub(crate) fn is_sensitive(&self, key: &str) -> bool {
+        let mut buf = [0u8; FOLD_BUF];
+        if key.len() <= FOLD_BUF {
+            let n = fold_into(key, &mut buf);
+            self.is_sensitive_folded(&buf[..n])
+        } else {
+            self.is_sensitive_folded(normalize_key(key).as_bytes())
+        }
+    }
+
+    fn is_sensitive_folded(&self, folded: &[u8]) -> bool {
+        if folded.len() < 3 {
+            return false;
+        }
+        let mut hit = false;
+        for m in self.automaton.find_overlapping_iter(folded) {
+            let before = &folded[..m.start()];
+            let after = &folded[m.end()..];
+            if is_secret_suffix(after)
+                && !REFERENCE_PREFIXES
+                    .iter()
+                    .any(|p| before.ends_with(p.as_bytes()))
+            {
+                hit = true;
+                break;
+            }
+        }
+        hit && !self.allow.iter().any(|a| a.as_bytes() == folded)
+    }
+}
+
+/// `after` is empty or made only of [`SECRET_SUFFIXES`] words.
+fn is_secret_suffix(after: &[u8]) -> bool {
+    after.is_empty()
+        || SECRET_SUFFIXES
+            .iter()
+            .any(|w| after.starts_with(w.as_bytes()) && is_secret_suffix(&after[w.len()..]))
+}
+
+/// Lowercase ASCII letters and digits only (`X-Api-Key` -> `xapikey`).
+pub(crate) fn normalize_key(key: &str) -> String {
+    key.bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_lowercase() as char)
+        .collect()
+}
+
+fn fold_into(key: &str, buf: &mut [u8; FOLD_BUF]) -> usize {
+    let mut n = 0;
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() {
+            buf[n] = b.to_ascii_lowercase();
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher() -> KeyMatcher {
+        KeyMatcher::new(&[], &[]).expect("builds")
+    }
+
+    #[test]
+    fn sensitive_names_in_every_spelling() {
+        let m = matcher();
+        for k in [
+            "password",
+            "Password",
+            "PASSWD",
+            "new_password",
+            "passwordHash",
+            "secret",
+            "client_secret",
+            "oauthClientSecret",
+            "jwtHs256Secret",
+            "awsSecretKey",
+            "SecretAccessKey",
+            "token",
+            "access_token",
+            "refresh_token",
+            "session_token",
+            "SessionToken",
+            "id_token",
+            "x-auth-token",
+            "tokens",
+            "Authorization",
+            "proxy-authorization",
+            "cookie",
+            "Set-Cookie",
+            "api_key",
+            "apiKey",
+            "X-Api-Key",
+            "apikey",
+            "private_key",
+            "jwtPrivateKey",
+            "mtlsClientPrivateKey",
+            "credential",
+            "credentials",
+            "http.request.headers.authorization",
+            "db.password",
+            "passphrase",
+            "authorization_code",
+        ] {
+            assert!(m.is_sensitive(k), "{k} should be sensitive");
+        }
+    }
+
+    #[test]
+    fn keys_about_secrets_are_not_secrets() {
+        let m = matcher();
+        for k in [
+            "token_type",
+            "tokenType",
+            "token_id",
+            "tokenId",
+            "token_scopes",
+            "token_expiration",
+            "hashed_token",
+            "truncated_token",
+            "next_page_token",
+            "nextPageToken",
+            "NextToken",
+            "httpRequestLocationOfToken",
+            "secrets_passed",
+            "secret_scanning_alert_number",
+            "credentialType",
+            "credentialProvider",
+            "credentialId",
+            "authenticationContext",
+            "authorizationServer",
+            "authorizationServerName",
+            "passwordless",
+            "password_changed",
+            "passwordPolicy",
+            "cookie_name",
+            "tokenizer",
+            "secretary",
+            "eventType",
+            "sessionId",
+            "session_uuid",
+            "accessKeyId",
+            "pwdLastSet",
+            "keyword",
+            "id",
+            "",
+        ] {
+            assert!(!m.is_sensitive(k), "{k} should not be sensitive");
+        }
+    }
+
+    #[test]
+    fn config_extends_and_allows() {
+        let m = KeyMatcher::new(
+            &["x-session-key".into(), "pin_code".into()],
+            &["client_secret".into()],
+        )
+        .expect("builds");
+        assert!(m.is_sensitive("xSessionKey"));
+        assert!(m.is_sensitive("pincode"));
+        assert!(!m.is_sensitive("Client-Secret"));
+        assert!(m.is_sensitive("secret"));
+    }
+
+    #[test]
+    fn very_long_keys_do_not_panic() {
+        let m = matcher();
+        let long = format!("{}password", "a_".repeat(200));
+        assert!(m.is_sensitive(&long));
+        assert!(!m.is_sensitive(&"é".repeat(300)));
+    }
+}

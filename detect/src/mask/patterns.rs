@@ -1,0 +1,643 @@
+//! Value patterns: secrets and PII found inside strings, replaced in place.
+//!
+//! Cost model: a clean value pays one Aho-Corasick pass over the literal anchors of all patterns
+//! (`-----begin`, `ghp_`, `xox`, `eyj`, `akia`, `bearer`, sensitive key words, `@`, ...) and one
+//! byte loop looking for digit runs long enough to be a card number or an SSN. Only the patterns
+//! whose anchor was seen run their regex, and nothing is allocated unless something is replaced.
+//! Each regex match then goes through a verifier (Luhn and card-network prefix, SSN ranges, the
+//! key-name rule for `name=value`, randomness for `Bearer`), which keeps false positives away from
+//! ordinary audit values.
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use base64::Engine;
+use regex::Regex;
+
+use super::config::PatternKind;
+use super::keys::KeyMatcher;
+use crate::DetectError;
+
+/// A set of pattern kinds, one bit per [`PatternKind::index`].
+pub(crate) type KindSet = u16;
+
+pub(crate) fn bit(kind: PatternKind) -> KindSet {
+    1 << kind.index()
+}
+
+/// How to read one pattern's matches.
+struct PatternSpec {
+    kind: PatternKind,
+    regex: &'static str,
+    /// Capture groups that hold the secret; the first one that matched is replaced. Empty means
+    /// the whole match (group 0).
+    secret_groups: &'static [usize],
+    /// Literal anchors (matched ASCII case-insensitively) one of which must occur for the regex to
+    /// run. Empty: the kind has its own prefilter (digit runs).
+    anchors: &'static [&'static str],
+}
+
+/// Value alternatives shared by the `name = value` patterns: double-quoted (possibly truncated at
+/// end of text), JSON-escaped quoted (`\"...\"`, text that is itself a JSON string), single-quoted,
+/// or a bare word (optionally after an auth scheme, so `Authorization: Bearer x` masks `Bearer x`).
+macro_rules! value_alternatives {
+    () => {
+        r#"(?:"((?:[^"\\]|\\.)*)(?:"|$)|\\"((?:[^"\\]|\\[^"])*)(?:\\"|$)|'([^']*)(?:'|$)|((?i:(?:bearer|basic|ssws|token|digest)\s+)?[^\s,&;}"'<>\\]+))"#
+    };
+}
+
+const SPECS: [PatternSpec; PatternKind::COUNT] = [
+    PatternSpec {
+        kind: PatternKind::PemPrivateKey,
+        regex: r"-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|$)",
+        secret_groups: &[],
+        anchors: &["-----begin"],
+    },
+    PatternSpec {
+        kind: PatternKind::SecretAssignment,
+        // Group 1 is the name; the verifier applies the key-name rule to it.
+        regex: concat!(
+            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})\\?["']?\s*[:=]\s*"#,
+            value_alternatives!()
+        ),
+        secret_groups: &[2, 3, 4, 5],
+        anchors: &[
+            "password",
+            "passwd",
+            "passphrase",
+            "passcode",
+            "pwd",
+            "secret",
+            "token",
+            "authorization",
+            "cookie",
+            "api_key",
+            "api-key",
+            "apikey",
+            "private_key",
+            "private-key",
+            "privatekey",
+            "credential",
+            "session_key",
+            "sessionkey",
+            "signing_key",
+            "encryption_key",
+        ],
+    },
+    PatternSpec {
+        kind: PatternKind::AuthHeader,
+        regex: r"(?i)(?-u:\b)(bearer|basic)\s+([A-Za-z0-9._~+/=-]{8,})",
+        secret_groups: &[2],
+        anchors: &["bearer", "basic"],
+    },
+    PatternSpec {
+        kind: PatternKind::AwsSecretAccessKey,
+        regex: r#"(?i)secret_?access_?key\\?["']?\s*[:=]\s*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
+        secret_groups: &[1],
+        anchors: &["secret_access_key", "secretaccesskey"],
+    },
+    PatternSpec {
+        kind: PatternKind::OktaApiToken,
+        regex: r#"(?i)(?:(?-u:\b)ssws\s+([A-Za-z0-9_-]{20,})|okta[_-]?(?:api[_-]?)?token\\?["']?\s*[:=]\s*\\?["']?(00[A-Za-z0-9_-]{40}))"#,
+        secret_groups: &[1, 2],
+        anchors: &[
+            "ssws",
+            "okta_token",
+            "okta-token",
+            "oktatoken",
+            "okta_api_token",
+            "okta-api-token",
+            "oktaapitoken",
+        ],
+    },
+    PatternSpec {
+        kind: PatternKind::OnepasswordToken,
+        regex: r"(?-u:\b)ops_[A-Za-z0-9+/=_-]{40,}",
+        secret_groups: &[],
+        anchors: &["ops_"],
+    },
+    PatternSpec {
+        kind: PatternKind::GithubToken,
+        regex: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,255})(?-u:\b)",
+        secret_groups: &[],
+        anchors: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+    },
+    PatternSpec {
+        kind: PatternKind::SlackToken,
+        regex: r"(?-u:\b)(?:xox[abposre]-[A-Za-z0-9-]{10,}|xapp-[0-9]+-[A-Za-z0-9-]{10,})",
+        secret_groups: &[],
+        anchors: &["xox", "xapp-"],
+    },
+    PatternSpec {
+        kind: PatternKind::SlackWebhook,
+        regex: r"(?i)https?://hooks\.slack(?:-gov)?\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+-]+",
+        secret_groups: &[],
+        anchors: &["hooks.slack"],
+    },
+    PatternSpec {
+        kind: PatternKind::Jwt,
+        regex: r"(?-u:\b)eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
+        secret_groups: &[],
+        anchors: &["eyj"],
+    },
+    PatternSpec {
+        kind: PatternKind::AwsAccessKeyId,
+        regex: r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
+        secret_groups: &[],
+        anchors: &["akia", "asia"],
+    },
+    PatternSpec {
+        kind: PatternKind::CreditCard,
+        // The surrounding non-digit characters are consumed outside the group (no look-around in
+        // `regex`), which also rejects digits glued to longer numbers.
+        regex: r"(?:^|[^0-9])([0-9]{13,19}|[0-9]{4}(?:-[0-9]{4}){2}-[0-9]{1,7}|[0-9]{4}(?: [0-9]{4}){2} [0-9]{1,7}|[0-9]{4}-[0-9]{6}-[0-9]{4,5}|[0-9]{4} [0-9]{6} [0-9]{4,5})(?:$|[^0-9])",
+        secret_groups: &[1],
+        anchors: &[],
+    },
+    PatternSpec {
+        kind: PatternKind::UsSsn,
+        regex: r"(?:^|[^0-9-])([0-9]{3}-[0-9]{2}-[0-9]{4})(?:$|[^0-9-])",
+        secret_groups: &[1],
+        anchors: &[],
+    },
+    PatternSpec {
+        kind: PatternKind::Email,
+        regex: r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+        secret_groups: &[],
+        anchors: &["@"],
+    },
+];
+
+/// One found secret: byte range in the text being scanned, and its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub start: usize,
+    pub end: usize,
+    pub kind: PatternKind,
+}
+
+/// All value patterns, compiled once.
+#[derive(Debug)]
+pub(crate) struct Patterns {
+    prefilter: AhoCorasick,
+    /// Kind for each prefilter pattern id.
+    anchor_kind: Vec<PatternKind>,
+    regexes: Vec<Regex>,
+}
+
+impl Patterns {
+    pub(crate) fn new() -> Result<Patterns, DetectError> {
+        let mut anchors = Vec::new();
+        let mut anchor_kind = Vec::new();
+        let mut regexes = Vec::with_capacity(SPECS.len());
+        for (i, spec) in SPECS.iter().enumerate() {
+            debug_assert_eq!(spec.kind.index(), i, "SPECS follows PatternKind::ALL");
+            for a in spec.anchors {
+                anchors.push(*a);
+                anchor_kind.push(spec.kind);
+            }
+            regexes.push(Regex::new(spec.regex).map_err(|e| {
+                DetectError::Other(format!("compiling the {} pattern: {e}", spec.kind.as_str()))
+            })?);
+        }
+        let prefilter = AhoCorasick::builder()
+            .kind(Some(AhoCorasickKind::DFA))
+            .match_kind(MatchKind::Standard)
+            .ascii_case_insensitive(true)
+            .build(&anchors)
+            .map_err(|e| DetectError::Other(format!("building the pattern prefilter: {e}")))?;
+        Ok(Patterns {
+            prefilter,
+            anchor_kind,
+            regexes,
+        })
+    }
+
+    /// Kinds among `enabled` that may occur in `text` (a superset of those that do).
+    pub(crate) fn candidates(&self, text: &str, enabled: KindSet) -> KindSet {
+        let mut set: KindSet = 0;
+        let digit_kinds = enabled & (bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn));
+        if digit_kinds != 0 {
+            let run = longest_digit_run(text.as_bytes());
+            if run >= 13 {
+                set |= digit_kinds;
+            } else if run >= 9 {
+                set |= digit_kinds & bit(PatternKind::UsSsn);
+            }
+        }
+        if enabled & !digit_kinds != 0 {
+            // Overlapping search so that an anchor inside another (`ops_` then `eyJ`) is seen.
+            for m in self.prefilter.find_overlapping_iter(text) {
+                set |= bit(self.anchor_kind[m.pattern().as_usize()]);
+            }
+        }
+        set & enabled
+    }
+
+    /// Find the secrets of one kind in `text`, appending them to `out`.
+    pub(crate) fn find(
+        &self,
+        kind: PatternKind,
+        text: &str,
+        keys: &KeyMatcher,
+        out: &mut Vec<Found>,
+    ) {
+        let spec = &SPECS[kind.index()];
+        let re = &self.regexes[kind.index()];
+        let mut pos = 0;
+        while pos <= text.len() {
+            let Some(caps) = re.captures_at(text, pos) else {
+                break;
+            };
+            let whole = caps.get(0).map_or(pos..pos, |m| m.range());
+            let secret = if spec.secret_groups.is_empty() {
+                caps.get(0)
+            } else {
+                spec.secret_groups.iter().find_map(|g| caps.get(*g))
+            };
+            let accepted =
+                secret.filter(|s| verify(kind, s.as_str(), &caps, text, s.start(), keys));
+            match accepted {
+                Some(s) => {
+                    if s.end() > s.start() {
+                        out.push(Found {
+                            start: s.start(),
+                            end: s.end(),
+                            kind,
+                        });
+                    }
+                    pos = s.end().max(whole.start + 1);
+                }
+                // Rejected (`url=...` is not a secret name, a number fails Luhn): look again one
+                // character further, so a secret inside the rejected span is still found.
+                None => pos = whole.start + 1,
+            }
+            while pos < text.len() && !text.is_char_boundary(pos) {
+                pos += 1;
+            }
+        }
+    }
+}
+
+/// Longest run of digits where single spaces or dashes between digits do not break the run.
+fn longest_digit_run(bytes: &[u8]) -> usize {
+    let mut best = 0;
+    let mut run = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b.is_ascii_digit() {
+            run += 1;
+            if run > best {
+                best = run;
+            }
+        } else if (b == b' ' || b == b'-')
+            && run > 0
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+        {
+            // separator inside a number: keep counting
+        } else {
+            run = 0;
+        }
+        i += 1;
+    }
+    best
+}
+
+/// Text already produced by masking is never masked again (idempotence, stable hashes).
+pub(crate) fn is_masked(s: &str) -> bool {
+    s.starts_with("[REDACTED:") || s.starts_with("hmac:") || s.starts_with("****")
+}
+
+fn verify(
+    kind: PatternKind,
+    secret: &str,
+    caps: &regex::Captures<'_>,
+    text: &str,
+    start: usize,
+    keys: &KeyMatcher,
+) -> bool {
+    if secret.is_empty() || is_masked(secret) || text[..start].ends_with("hmac:") {
+        return false;
+    }
+    match kind {
+        PatternKind::SecretAssignment => caps.get(1).is_some_and(|k| keys.is_sensitive(k.as_str())),
+        PatternKind::AuthHeader => {
+            let scheme = caps.get(1).map_or("", |m| m.as_str());
+            if scheme.eq_ignore_ascii_case("basic") {
+                is_basic_credential(secret) || looks_random(secret)
+            } else {
+                looks_random(secret)
+            }
+        }
+        PatternKind::CreditCard => is_card_number(secret),
+        PatternKind::UsSsn => is_valid_ssn(secret),
+        _ => true,
+    }
+}
+
+/// Random-looking token: a digit or token punctuation, or long enough that it is no English word
+/// (`Bearer authentication` is prose, `Bearer 8f3a...` is a token).
+fn looks_random(s: &str) -> bool {
+    s.len() >= 24
+        || s.bytes().any(|b| {
+            b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'-')
+        })
+}
+
+/// `Basic` credentials are base64 of printable `user:password`.
+fn is_basic_credential(s: &str) -> bool {
+    let trimmed = s.trim_end_matches('=');
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(trimmed)
+        .is_ok_and(|bytes| bytes.contains(&b':') && bytes.iter().all(|b| (0x20..0x7f).contains(b)))
+}
+
+/// 13-19 digits, a card-network prefix (Visa 4, Mastercard 51-55/22-27, Amex 34/37, Diners
+/// 30/36/38/39, Discover/UnionPay/Maestro 6, JCB 35) and a valid Luhn checksum. The prefix check
+/// keeps epoch-millisecond timestamps and vendor ids (which start with 1) out.
+pub(crate) fn is_card_number(s: &str) -> bool {
+    let mut digits = [0u8; 19];
+    let mut n = 0;
+    for b in s.bytes() {
+        if b.is_ascii_digit() {
+            if n == digits.len() {
+                return false;
+            }
+            digits[n] = b - b'0';
+            n += 1;
+        }
+    }
+    if n < 13 {
+        return false;
+    }
+    let prefix_ok = matches!(
+        (digits[0], digits[1]),
+        (4, _) | (5, 1..=5) | (2, 2..=7) | (3, 0 | 4..=9) | (6, _)
+    );
+    prefix_ok && luhn_ok(&digits[..n])
+}
+
+fn luhn_ok(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(*d);
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    // `is_multiple_of` is newer than the workspace's rust-version.
+    matches!(sum % 10, 0)
+}
+
+/// `ddd-dd-dddd` outside the ranges the SSA never issues (area 000, 666, 900-999; group 00;
+/// serial 0000).
+fn is_valid_ssn(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 11 {
+        return false;
+    }
+    let area = &s[0..3];
+    let group = &s[4..6];
+    let serial = &s[7..11];
+    area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(text: &str) -> Vec<(PatternKind, String)> {
+        let p = Patterns::new().expect("compiles");
+        let keys = KeyMatcher::new(&[], &[]).expect("builds");
+        let all: KindSet = PatternKind::ALL
+            .iter()
+            .map(|k| bit(*k))
+            .fold(0, |a, b| a | b);
+        let cands = p.candidates(text, all);
+        let mut out = Vec::new();
+        for kind in PatternKind::ALL {
+            if cands & bit(kind) != 0 {
+                p.find(kind, text, &keys, &mut out);
+            }
+        }
+        out.into_iter()
+            .map(|f| (f.kind, text[f.start..f.end].to_string()))
+            .collect()
+    }
+
+    fn one(text: &str, kind: PatternKind, secret: &str) {
+        let f = found(text);
+        assert!(
+            f.contains(&(kind, secret.to_string())),
+            "{text:?}: expected {kind:?} {secret:?}, got {f:?}"
+        );
+    }
+
+    #[test]
+    fn luhn_and_prefixes() {
+        assert!(is_card_number("4111111111111111"));
+        assert!(is_card_number("4111 1111 1111 1111"));
+        assert!(is_card_number("378282246310005"));
+        assert!(is_card_number("5555-5555-5555-4444"));
+        assert!(!is_card_number("4111111111111112"));
+        // Luhn-valid but an epoch-millis-like prefix
+        assert!(!is_card_number("1234567812345670"));
+        assert!(!is_card_number("411111111111"));
+    }
+
+    #[test]
+    fn ssn_ranges() {
+        assert!(is_valid_ssn("123-45-6789"));
+        for bad in [
+            "000-12-3456",
+            "666-12-3456",
+            "912-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+        ] {
+            assert!(!is_valid_ssn(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn digit_runs() {
+        assert_eq!(longest_digit_run(b"2024-01-15T10:00:00Z"), 8);
+        assert_eq!(longest_digit_run(b"card 4111 1111 1111 1111 ok"), 16);
+        assert_eq!(longest_digit_run(b"10.0.0.1"), 2);
+        assert_eq!(longest_digit_run(b"123-45-6789"), 9);
+    }
+
+    #[test]
+    fn each_detector_finds_its_secret_in_text() {
+        use PatternKind::*;
+        one(
+            "id AKIAIOSFODNN7EXAMPLE used",
+            AwsAccessKeyId,
+            "AKIAIOSFODNN7EXAMPLE",
+        );
+        one(
+            "ASIAY34FZKBOKMUTVV7A",
+            AwsAccessKeyId,
+            "ASIAY34FZKBOKMUTVV7A",
+        );
+        one(
+            "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            SecretAssignment,
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        );
+        one(
+            "SecretAccessKey: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            SecretAssignment,
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        );
+        one(
+            "token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 leaked",
+            GithubToken,
+            "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+        );
+        one(
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+            GithubToken,
+            "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+        );
+        one(
+            "slack xoxb-123456789012-1234567890123-AbCdEfGhIjKl end",
+            SlackToken,
+            "xoxb-123456789012-1234567890123-AbCdEfGhIjKl",
+        );
+        one(
+            "xapp-1-A0123456789-1234567890-abcdef",
+            SlackToken,
+            "xapp-1-A0123456789-1234567890-abcdef",
+        );
+        one(
+            "post to https://hooks.slack.com/services/T0000/B0000/XXXXXXXX now",
+            SlackWebhook,
+            "https://hooks.slack.com/services/T0000/B0000/XXXXXXXX",
+        );
+        one(
+            "Authorization: SSWS 00QCjAl4MlV-WPXM-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            SecretAssignment,
+            "SSWS 00QCjAl4MlV-WPXM-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        );
+        one(
+            "curl -H SSWS 00QCjAl4MlV-WPXM-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            OktaApiToken,
+            "00QCjAl4MlV-WPXM-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+        );
+        let ops = format!("ops_eyJ{}", "a".repeat(60));
+        one(&format!("sa {ops} x"), OnepasswordToken, &ops);
+        let jwt =
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        one(&format!("jwt={jwt}&x=1"), Jwt, jwt);
+        one(&format!("id_token={jwt}&x=1"), SecretAssignment, jwt);
+        one(&format!("got {jwt}."), Jwt, jwt);
+        one(
+            "curl -H 'Bearer abc123def456ghi' x",
+            AuthHeader,
+            "abc123def456ghi",
+        );
+        one(
+            "basic dXNlcjpwYXNzd29yZA==",
+            AuthHeader,
+            "dXNlcjpwYXNzd29yZA==",
+        );
+        let pem =
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\nabc\n-----END RSA PRIVATE KEY-----";
+        one(&format!("key:\n{pem}\ntrailer"), PemPrivateKey, pem);
+        one(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1r",
+            PemPrivateKey,
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1r",
+        );
+        one(
+            "paid with 4111 1111 1111 1111.",
+            CreditCard,
+            "4111 1111 1111 1111",
+        );
+        one("4111-1111-1111-1111", CreditCard, "4111-1111-1111-1111");
+        one("amex 3782-822463-10005 ok", CreditCard, "3782-822463-10005");
+        one("cc=x 5555555555554444", CreditCard, "5555555555554444");
+        one("ssn 123-45-6789 on file", UsSsn, "123-45-6789");
+        one(
+            "mail bob.smith+x@example.co.uk today",
+            Email,
+            "bob.smith+x@example.co.uk",
+        );
+        one(
+            "https://x.example/cb?code=1&access_token=abcDEF123&state=9",
+            SecretAssignment,
+            "abcDEF123",
+        );
+        one(
+            r#"{"user":"a","password":"hunter2"}"#,
+            SecretAssignment,
+            "hunter2",
+        );
+        one(r#"{"password": "hunt"#, SecretAssignment, "hunt");
+        one(
+            r#"{\"client_secret\": \"s3cr3t\"}"#,
+            SecretAssignment,
+            "s3cr3t",
+        );
+        one(
+            "Set-Cookie: sid=abc123; Path=/",
+            SecretAssignment,
+            "sid=abc123",
+        );
+    }
+
+    #[test]
+    fn ordinary_values_are_not_secrets() {
+        for clean in [
+            "00000000-0000-0000-0000-000000000000",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "12345678-1234-1234-1234-123456789012",
+            "198.51.100.7",
+            "2001:db8::1",
+            "2024-01-15T10:23:45.123Z",
+            "2024-01-15 10:23:45",
+            "user.session.start",
+            "app.oauth2.as.authorize.code",
+            "system.api_token.create",
+            "user.authentication.auth_via_mfa",
+            "personal_access_token.request_created",
+            "token_type=Bearer",
+            "Bearer",
+            "Basic authentication enabled",
+            "Bearer token revoked",
+            "1234567812345678",
+            "4111111111111112",
+            "1700000000000",
+            "1700000000000123",
+            "Asia/Tokyo",
+            "ASIA region",
+            "call 555-123-4567",
+            "order 900-12-3456",
+            "alice@example.com",
+            "Mozilla/5.0 (X11; Fedora; Linux x86_64; rv:78.0) Gecko/20100101 Firefox/78.0",
+            "00ub0oNGTSWTBKOLGLNR",
+            "secrets_passed: EXAMPLE_SECRET",
+            "password reset requested",
+            "eyJhbGciOiJIUzI1NiJ9 only a header",
+        ] {
+            assert!(
+                found(clean)
+                    .iter()
+                    .all(|(k, _)| *k == PatternKind::Email && clean.contains('@')),
+                "{clean:?}: {:?}",
+                found(clean)
+            );
+        }
+    }
+
+    #[test]
+    fn masked_output_is_not_masked_again() {
+        assert!(found("password=[REDACTED:secret_assignment]").is_empty());
+        assert!(found("token=hmac:0123456789abcdef").is_empty());
+        assert!(found("card ****1111").is_empty());
+    }
+}

@@ -1,0 +1,880 @@
+//! Masker-level tests: actions, config, field rules, events, false positives, and the
+//! "no planted secret survives" property.
+
+use super::*;
+use chrono::{TimeZone, Utc};
+use perimeter_model::{Ecs, RawRecord};
+use proptest::prelude::*;
+use serde_json::json;
+
+/// Built once: compiling the regexes per proptest case would dominate the test time.
+fn masker() -> &'static SecretMasker {
+    static MASKER: std::sync::OnceLock<SecretMasker> = std::sync::OnceLock::new();
+    MASKER.get_or_init(SecretMasker::default)
+}
+
+fn masker_with(toml: &str) -> SecretMasker {
+    let config = MaskConfig::from_toml_str(toml).expect("config parses");
+    SecretMasker::new(&config).expect("masker builds")
+}
+
+fn event(raw: Value, ecs: Ecs) -> Event {
+    let record = RawRecord {
+        source: "okta".into(),
+        tenant: "acme".into(),
+        received_at: Utc
+            .with_ymd_and_hms(2024, 1, 15, 10, 0, 0)
+            .single()
+            .expect("valid time"),
+        line: Some(1),
+        raw,
+    };
+    Event::new("okta", record, ecs)
+}
+
+const GHP: &str = "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789";
+const JWT: &str =
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+#[test]
+fn sensitive_keys_mask_strings_numbers_and_every_leaf() {
+    let m = masker();
+    let mut v = json!({
+        "user": "alice",
+        "password": "hunter2",
+        "pin": {"passcode": 123456},
+        "credentials": {"accessKeyId": "ASIAY34FZKBOKMUTVV7A", "sessionToken": "abc", "expiration": 1700000000, "ok": true},
+        "headers": {"Authorization": "Bearer abc.def.ghi", "Cookie": ["a=1", "b=2"]},
+        "token_type": "Bearer",
+        "tokenId": 42,
+        "secrets_passed": ["EXAMPLE_SECRET"],
+        "isServiceToken": false,
+        "apiKey": null
+    });
+    let stats = m.mask_value(&mut v);
+    assert_eq!(v["user"], "alice");
+    assert_eq!(v["password"], "[REDACTED:key]");
+    assert_eq!(v["pin"]["passcode"], "[REDACTED:key]");
+    assert_eq!(v["credentials"]["accessKeyId"], "[REDACTED:key]");
+    assert_eq!(v["credentials"]["expiration"], "[REDACTED:key]");
+    assert_eq!(v["credentials"]["ok"], true, "booleans carry no secret");
+    assert_eq!(v["headers"]["Authorization"], "[REDACTED:key]");
+    assert_eq!(
+        v["headers"]["Cookie"],
+        json!(["[REDACTED:key]", "[REDACTED:key]"])
+    );
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["tokenId"], 42);
+    assert_eq!(v["secrets_passed"], json!(["EXAMPLE_SECRET"]));
+    assert_eq!(v["isServiceToken"], false);
+    assert_eq!(v["apiKey"], Value::Null);
+    assert_eq!(
+        stats,
+        MaskStats {
+            by_key: 8,
+            by_pattern: 0
+        }
+    );
+}
+
+#[test]
+fn name_value_pairs_with_a_secret_name_are_masked() {
+    let m = masker();
+    let mut v = json!({"parameters": [
+        {"name": "client_secret", "value": "s3cr3t-value"},
+        {"name": "login_type", "value": "google_password"},
+        {"Name": "Password", "NewValue": "n3w", "OldValue": "0ld"}
+    ]});
+    m.mask_value(&mut v);
+    assert_eq!(v["parameters"][0]["value"], "[REDACTED:key]");
+    assert_eq!(v["parameters"][0]["name"], "client_secret");
+    assert_eq!(v["parameters"][1]["value"], "google_password");
+    assert_eq!(v["parameters"][2]["NewValue"], "[REDACTED:key]");
+    assert_eq!(v["parameters"][2]["OldValue"], "[REDACTED:key]");
+}
+
+#[test]
+fn patterns_replace_substrings_and_keep_the_rest() {
+    let m = masker();
+    let mut v = json!({
+        "requestUri": "/oauth2/v1/token?access_token=abcDEF123456&state=xyz",
+        "message": format!("pushed {GHP} to repo"),
+        "note": format!("jwt {JWT} end"),
+    });
+    let stats = m.mask_value(&mut v);
+    assert_eq!(
+        v["requestUri"],
+        "/oauth2/v1/token?access_token=[REDACTED:secret_assignment]&state=xyz"
+    );
+    assert_eq!(v["message"], "pushed [REDACTED:github_token] to repo");
+    assert_eq!(v["note"], "jwt [REDACTED:jwt] end");
+    assert_eq!(
+        stats,
+        MaskStats {
+            by_key: 0,
+            by_pattern: 3
+        }
+    );
+}
+
+#[test]
+fn default_actions_per_kind() {
+    let m = masker();
+    let text = m.mask_text(
+        "key AKIAIOSFODNN7EXAMPLE card 4111 1111 1111 1111 ssn 123-45-6789 mail bob@example.com",
+    );
+    assert!(
+        text.contains(&m.pseudonymize("AKIAIOSFODNN7EXAMPLE")),
+        "{text}"
+    );
+    assert!(text.contains("card ****1111 "), "{text}");
+    assert!(text.contains("ssn [REDACTED:us_ssn] "), "{text}");
+    assert!(
+        text.ends_with("mail bob@example.com"),
+        "emails are off by default: {text}"
+    );
+}
+
+#[test]
+fn actions_are_configurable_per_pattern_and_for_keys() {
+    let m = masker_with(
+        r#"
+        [mask]
+        partial_keep_chars = 3
+        [mask.keys]
+        action = "partial"
+        [mask.patterns.github_token]
+        action = "hash"
+        [mask.patterns.aws_access_key_id]
+        action = "redact"
+        [mask.patterns.email]
+        enabled = true
+        action = "partial"
+        "#,
+    );
+    let mut v = json!({"password": "hunter2", "msg": format!("{GHP} AKIAIOSFODNN7EXAMPLE bob@example.com")});
+    m.mask_value(&mut v);
+    assert_eq!(v["password"], "****er2");
+    assert_eq!(
+        v["msg"],
+        format!(
+            "{} [REDACTED:aws_access_key_id] ****com",
+            m.pseudonymize(GHP)
+        )
+    );
+}
+
+#[test]
+fn partial_never_reveals_short_values() {
+    let m = masker_with("[mask.keys]\naction = \"partial\"");
+    let mut v = json!({"pin_password": "1234", "password": "é€xyz1"});
+    m.mask_value(&mut v);
+    assert_eq!(v["pin_password"], "****");
+    assert_eq!(v["password"], "****xyz1");
+}
+
+#[test]
+fn hmac_is_stable_and_keyed() {
+    let a = masker();
+    let b = SecretMasker::default();
+    assert_eq!(a.pseudonymize("00u1abcd"), b.pseudonymize("00u1abcd"));
+    assert_ne!(a.pseudonymize("00u1abcd"), a.pseudonymize("00u1abce"));
+    let p = a.pseudonymize("00u1abcd");
+    assert!(p.starts_with("hmac:") && p.len() == 5 + 16, "{p}");
+    assert!(p[5..].bytes().all(|c| c.is_ascii_hexdigit()));
+    assert!(a.uses_builtin_key());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_path = dir.path().join("mask.key");
+    std::fs::write(&key_path, "another key\n").expect("write key");
+    let other = masker_with(&format!(
+        "hmac_key = \"file:{}\"\nhash_hex_chars = 32",
+        key_path.display()
+    ));
+    assert!(!other.uses_builtin_key());
+    let q = other.pseudonymize("00u1abcd");
+    assert_eq!(q.len(), 5 + 32);
+    assert_ne!(&q[..21], p.as_str(), "another key gives another hash");
+    // Same key with and without the trailing newline: the file form trims it.
+    std::fs::write(&key_path, "another key").expect("write key");
+    let same = masker_with(&format!(
+        "hmac_key = \"file:{}\"\nhash_hex_chars = 32",
+        key_path.display()
+    ));
+    assert_eq!(same.pseudonymize("00u1abcd"), q);
+}
+
+#[test]
+fn hmac_key_from_env_reference() {
+    std::env::set_var("PERIMETER_MASK_TEST_KEY_1", "k1");
+    let m = masker_with("hmac_key = \"env:PERIMETER_MASK_TEST_KEY_1\"");
+    assert_ne!(m.pseudonymize("x"), masker().pseudonymize("x"));
+    let missing = MaskConfig::from_toml_str("hmac_key = \"env:PERIMETER_MASK_TEST_KEY_UNSET\"")
+        .expect("parses");
+    let err = SecretMasker::new(&missing).expect_err("unset env var is an error");
+    assert!(
+        err.to_string().contains("PERIMETER_MASK_TEST_KEY_UNSET"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_rejects_bad_input() {
+    for (bad, why) in [
+        ("hmac_key = \"hunter2\"", "a literal key"),
+        ("hash_hex_chars = 4", "too short a hash"),
+        ("hash_hex_chars = 65", "longer than the digest"),
+        ("partial_keep_chars = 9", "keeping too much"),
+        ("[keys]\nextra_names = [\"ab\"]", "a 2-letter key word"),
+        (
+            "[[fields]]\npath = \"user..email\"",
+            "an empty path segment",
+        ),
+    ] {
+        let config = MaskConfig::from_toml_str(bad);
+        let built = config.and_then(|c| SecretMasker::new(&c));
+        assert!(built.is_err(), "{why} must be rejected");
+    }
+    for bad in [
+        "[mask]\nhmac_kye = \"env:X\"",
+        "[mask.patterns.no_such_pattern]\nenabled = true",
+        "[mask.keys]\naction = \"delete\"",
+        "[mask.patterns.email]\nenable = true",
+        "[[mask.fields]]\npath = \"a\"\nactoin = \"hash\"",
+        "mask = 3",
+        "not toml at all [",
+    ] {
+        assert!(
+            MaskConfig::from_toml_str(bad).is_err(),
+            "{bad:?} must be rejected"
+        );
+    }
+}
+
+#[test]
+fn config_is_read_from_a_project_file_or_bare() {
+    let project = r#"
+        [ingest]
+        poll_interval_seconds = 30
+        [mask]
+        hash_hex_chars = 20
+        [[mask.fields]]
+        path = "user.email"
+        action = "hash"
+    "#;
+    let c = MaskConfig::from_toml_str(project).expect("parses");
+    assert_eq!(c.hash_hex_chars, 20);
+    assert_eq!(c.fields[0].action, FieldAction::Hash);
+    let without_mask =
+        MaskConfig::from_toml_str("[ingest]\npoll_interval_seconds = 30").expect("parses");
+    assert_eq!(without_mask, MaskConfig::default());
+    let bare =
+        MaskConfig::from_toml_str("hash_hex_chars = 12\n[keys]\nallow_names = [\"session_token\"]")
+            .expect("parses");
+    assert_eq!(bare.hash_hex_chars, 12);
+    assert_eq!(bare.keys.allow_names, vec!["session_token".to_string()]);
+    // The README example stays valid.
+    let readme = include_str!("../../README.md");
+    let example = readme
+        .split("```toml")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("README has a toml example");
+    std::env::set_var("PERIMETER_MASK_KEY", "readme-test-key");
+    let c = MaskConfig::from_toml_str(example).expect("README example parses");
+    SecretMasker::new(&c).expect("README example builds");
+}
+
+#[test]
+fn field_rules_address_ecs_and_raw_paths() {
+    let m = masker_with(
+        r#"
+        [[fields]]
+        path = "user.email"
+        action = "hash"
+        [[fields]]
+        path = "actor.alternateId"
+        action = "hash"
+        [[fields]]
+        path = "raw.target.displayName"
+        action = "redact"
+        [[fields]]
+        path = "debugContext.debugData"
+        patterns = ["email"]
+        [[fields]]
+        path = "authenticationContext.externalSessionToken"
+        action = "keep"
+        "#,
+    );
+    let raw = json!({
+        "actor": {"alternateId": "alice@example.com", "displayName": "Alice"},
+        "target": [{"displayName": "Bob"}, {"displayName": "Carol", "id": "00u2"}],
+        "debugContext": {"debugData": {"requestUri": "/x", "note": "mail to carol@example.com"}},
+        "client": {"note": "mail to dave@example.com"},
+        "authenticationContext": {"externalSessionToken": "trs-123", "sessionToken": "abc"},
+        "user": {"email": "raw-path@example.com"}
+    });
+    let ecs = Ecs {
+        user_email: Some("alice@example.com".into()),
+        user_name: Some("alice@example.com".into()),
+        ..Default::default()
+    };
+    let mut e = event(raw, ecs);
+    let stats = m.mask(&mut e);
+    let alice = m.pseudonymize("alice@example.com");
+    assert_eq!(e.raw["actor"]["alternateId"], alice.as_str());
+    assert_eq!(
+        e.ecs.user_email.as_deref(),
+        Some(alice.as_str()),
+        "same entity in ECS and raw"
+    );
+    assert_eq!(
+        e.ecs.user_name.as_deref(),
+        Some("alice@example.com"),
+        "no rule for user.name"
+    );
+    assert_eq!(e.raw["actor"]["displayName"], "Alice");
+    assert_eq!(e.raw["target"][0]["displayName"], "[REDACTED:field]");
+    assert_eq!(e.raw["target"][1]["displayName"], "[REDACTED:field]");
+    assert_eq!(e.raw["target"][1]["id"], "00u2");
+    assert_eq!(
+        e.raw["debugContext"]["debugData"]["note"],
+        format!("mail to {}", m.pseudonymize("carol@example.com"))
+    );
+    assert_eq!(e.raw["client"]["note"], "mail to dave@example.com");
+    assert_eq!(
+        e.raw["authenticationContext"]["externalSessionToken"],
+        "trs-123"
+    );
+    assert_eq!(
+        e.raw["authenticationContext"]["sessionToken"],
+        "[REDACTED:key]"
+    );
+    assert_eq!(
+        e.raw["user"]["email"],
+        m.pseudonymize("raw-path@example.com").as_str(),
+        "ECS names also address raw"
+    );
+    assert_eq!(stats.by_key, 6);
+    assert_eq!(stats.by_pattern, 1);
+
+    // Output documents: ECS paths nested, raw paths under `raw`, and flat dotted keys.
+    let mut doc = json!({
+        "user": {"email": "alice@example.com"},
+        "raw": {"actor": {"alternateId": "alice@example.com"}},
+        "matched_fields": {"actor.alternateId": "alice@example.com"}
+    });
+    m.mask_value(&mut doc);
+    assert_eq!(doc["user"]["email"], alice.as_str());
+    assert_eq!(doc["raw"]["actor"]["alternateId"], alice.as_str());
+}
+
+#[test]
+fn mask_covers_raw_and_every_ecs_string() {
+    let m = masker();
+    let raw = json!({"eventType": "user.session.start", "client": {"ipAddress": "198.51.100.7"},
+                     "debugContext": {"debugData": {"url": format!("/api?token={GHP}")}}});
+    let ecs = Ecs {
+        event_action: Some("user.session.start".into()),
+        user_name: Some(format!("svc {GHP}")),
+        user_agent_original: Some(format!("curl Bearer {JWT}")),
+        source_ip: Some("198.51.100.7".into()),
+        related_user: vec![GHP.into()],
+        event_category: vec!["authentication".into()],
+        ..Default::default()
+    };
+    let mut e = event(raw, ecs);
+    let id_before = e.id.clone();
+    let stats = m.mask(&mut e);
+    let out = serde_json::to_string(&e).expect("serializes");
+    assert!(!out.contains(GHP) && !out.contains(JWT), "{out}");
+    assert_eq!(e.ecs.event_action.as_deref(), Some("user.session.start"));
+    assert_eq!(e.ecs.source_ip.as_deref(), Some("198.51.100.7"));
+    assert_eq!(e.raw["eventType"], "user.session.start");
+    assert_eq!(e.id, id_before, "the id is derived once, before masking");
+    assert_eq!(stats.by_pattern, 4);
+}
+
+#[test]
+fn masking_is_idempotent() {
+    let m = masker_with("[keys]\naction = \"hash\"");
+    let mut v = json!({"password": "hunter2", "card": "4111111111111111", "msg": format!("{GHP} AKIAIOSFODNN7EXAMPLE")});
+    m.mask_value(&mut v);
+    let once = v.clone();
+    let stats = m.mask_value(&mut v);
+    assert_eq!(v, once);
+    assert_eq!(stats.total(), 0);
+}
+
+#[test]
+fn card_numbers_as_json_numbers() {
+    let m = masker();
+    let mut v = json!({"pan": 4111111111111111u64, "ts": 1700000000000u64, "id": 4111111111111112u64, "n": -5, "f": 1.5});
+    let mut counts = MaskCounts::default();
+    m.mask_value_counted(&mut v, &mut counts);
+    assert_eq!(v["pan"], "****1111");
+    assert_eq!(v["ts"], 1700000000000u64);
+    assert_eq!(v["id"], 4111111111111112u64);
+    assert_eq!(counts.by_kind(PatternKind::CreditCard), 1);
+    assert_eq!(
+        counts.kinds().collect::<Vec<_>>(),
+        vec![(PatternKind::CreditCard, 1)]
+    );
+}
+
+#[test]
+fn clean_values_are_untouched() {
+    let m = masker();
+    let clean = json!({
+        "uuid": "550e8400-e29b-41d4-a716-446655440000",
+        "ip": "198.51.100.7", "ip6": "2001:db8::1",
+        "eventType": ["user.session.start", "system.api_token.create", "user.mfa.factor.reset_all",
+                      "app.oauth2.as.token.grant.access_token", "user.account.update_password"],
+        "published": "2024-01-15T10:23:45.123Z",
+        "not_a_card": "4111111111111112", "digits16": "1234567890123456",
+        "epoch_ms": 1700000000000u64,
+        "email": "alice@example.com",
+        "ua": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36",
+        "token_type": "Bearer", "token_scopes": "repo,admin:org", "hashed_token": "fJ4b8dE0vhsZPt3+a0yN5Nm0=",
+        "token_id": 1234567, "programmatic_access_type": "Fine-grained personal access token",
+        "authenticationContext": {"externalSessionId": "102abc", "credentialType": "PASSWORD"},
+        "displayMessage": "User login to Okta", "outcome": {"result": "FAILURE", "reason": "INVALID_CREDENTIALS"},
+        "phone": "+1 555-123-4567", "region": "ap-southeast-1", "tz": "Asia/Tokyo"
+    });
+    let mut v = clean.clone();
+    let stats = m.mask_value(&mut v);
+    assert_eq!(v, clean);
+    assert_eq!(stats.total(), 0);
+    assert_eq!(
+        m.mask_text("2024-01-15 10:23:45 user alice logged in from 10.0.0.1"),
+        "2024-01-15 10:23:45 user alice logged in from 10.0.0.1"
+    );
+}
+
+/// Recorded vendor pages: nothing that is not a secret gets masked. Every fixture value that does
+/// get masked is listed here with the reason it is right.
+#[test]
+fn recorded_fixture_pages_keep_their_audit_data() {
+    // The fixtures live in `shared/` next to the repo clone (`../../shared` from this crate, one
+    // level further up from a worktree): look in every ancestor.
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(root) = manifest
+        .ancestors()
+        .map(|a| a.join("shared/fixtures/saas-api-pages"))
+        .find(|p| p.is_dir())
+    else {
+        eprintln!(
+            "shared/fixtures/saas-api-pages not found above {}: skipped",
+            manifest.display()
+        );
+        return;
+    };
+    let vendors = std::fs::read_dir(&root).expect("readable fixtures dir");
+    let m = masker();
+    let mut files = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = vendors.flatten().map(|e| e.path()).collect();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .expect("readable dir")
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else if p.extension().is_some_and(|e| e == "json") {
+            files.push(p);
+        }
+    }
+    assert!(files.len() > 20, "found {} fixture files", files.len());
+    let mut masked_keys = std::collections::BTreeSet::new();
+    for path in files {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(original) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let mut v = original.clone();
+        m.mask_value(&mut v);
+        diff_keys(&original, &v, "", &mut masked_keys);
+    }
+    // Exactly these keys change, each for a reason: OAuth tokens (Salesforce, Workday), Tines'
+    // credential settings (already "REDACTED" by the vendor, masked again by name), and torq's
+    // `body`, a stringified CloudTrail event with an `AKIA...` access key id (hashed).
+    let expected: std::collections::BTreeSet<String> = [
+        "access_token",
+        "refresh_token",
+        "awsSecretKey",
+        "jwtHs256Secret",
+        "jwtPrivateKey",
+        "mtlsClientPrivateKey",
+        "oauthClientSecret",
+        "body",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(masked_keys, expected);
+}
+
+fn diff_keys(a: &Value, b: &Value, path: &str, out: &mut std::collections::BTreeSet<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                if let Some(vb) = y.get(k) {
+                    diff_keys(va, vb, k, out);
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for (va, vb) in x.iter().zip(y) {
+                diff_keys(va, vb, path, out);
+            }
+        }
+        _ if a != b => {
+            out.insert(path.to_string());
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn text_from_broken_json_lines_is_masked() {
+    let m = masker();
+    let line = format!(
+        r#"{{"user":"bob","password":"hunter2","auth":"Bearer {JWT}","api_key": "k-123456789","#
+    );
+    let out = m.mask_text(&line);
+    assert!(
+        !out.contains("hunter2") && !out.contains(JWT) && !out.contains("k-123456789"),
+        "{out}"
+    );
+    assert!(out.contains(r#""user":"bob""#), "{out}");
+    let truncated = r#"{"client_secret": "abcdefgh"#;
+    assert!(!m.mask_text(truncated).contains("abcdefgh"));
+    let pem = "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n";
+    assert_eq!(m.mask_text(pem), "[REDACTED:pem_private_key]");
+}
+
+#[test]
+fn invalid_or_huge_input_does_not_panic() {
+    let m = masker();
+    let huge = format!(
+        "{}4111111111111111{}",
+        "9 ".repeat(200_000),
+        "é".repeat(10_000)
+    );
+    let out = m.mask_text(&huge);
+    assert!(out.contains("****1111"));
+    let _ = m.mask_text("\u{0}\u{ffff}xox-\u{1F600}ghp_é");
+    let mut deep = json!("password=x");
+    for _ in 0..64 {
+        deep = json!({"a": [deep]});
+    }
+    m.mask_value(&mut deep);
+    assert!(!deep.to_string().contains("password=x"));
+}
+
+// --- proptest: no planted secret survives --------------------------------------------------
+
+/// Secrets of every kind, each as it appears in the wild, with the substring that must vanish.
+fn planted_secret() -> impl Strategy<Value = (String, String)> {
+    let alnum = "[A-Za-z0-9]";
+    prop_oneof![
+        "[A-Z0-9]{16}".prop_map(|s| {
+            let t = format!("AKIA{s}");
+            (t.clone(), t)
+        }),
+        "[A-Z0-9]{16}".prop_map(|s| {
+            let t = format!("ASIA{s}");
+            (t.clone(), t)
+        }),
+        "[A-Za-z0-9/+]{40}".prop_map(|s| (format!("aws_secret_access_key={s}"), s)),
+        proptest::string::string_regex(&format!("{alnum}{{36}}"))
+            .expect("regex")
+            .prop_flat_map(|s| {
+                prop::sample::select(vec!["ghp_", "gho_", "ghu_", "ghs_", "ghr_"]).prop_map(
+                    move |p| {
+                        let t = format!("{p}{s}");
+                        (t.clone(), t)
+                    },
+                )
+            }),
+        "[A-Za-z0-9_]{22,60}".prop_map(|s| {
+            let t = format!("github_pat_{s}");
+            (t.clone(), t)
+        }),
+        ("[abposr]", "[0-9]{10,12}-[0-9]{10,13}-[A-Za-z0-9]{24}").prop_map(|(c, s)| {
+            let t = format!("xox{c}-{s}");
+            (t.clone(), t)
+        }),
+        "[0-9]-[A-Z0-9]{11}-[0-9]{13}-[a-f0-9]{64}".prop_map(|s| {
+            let t = format!("xapp-{s}");
+            (t.clone(), t)
+        }),
+        "T[A-Z0-9]{8}/B[A-Z0-9]{8}/[A-Za-z0-9]{24}".prop_map(|s| {
+            let t = format!("https://hooks.slack.com/services/{s}");
+            (t.clone(), t)
+        }),
+        "[A-Za-z0-9_-]{40}".prop_map(|s| {
+            let t = format!("00{s}");
+            (format!("SSWS {t}"), t)
+        }),
+        "[A-Za-z0-9_-]{40}".prop_map(|s| {
+            let t = format!("00{s}");
+            (format!("OKTA_API_TOKEN={t}"), t)
+        }),
+        "[A-Za-z0-9+/_-]{60,120}".prop_map(|s| {
+            let t = format!("ops_eyJ{s}");
+            (t.clone(), t)
+        }),
+        (
+            "[A-Za-z0-9_-]{10,40}",
+            "[A-Za-z0-9_-]{10,80}",
+            "[A-Za-z0-9_-]{20,43}"
+        )
+            .prop_map(|(a, b, c)| {
+                let t = format!("eyJ{a}.eyJ{b}.{c}");
+                (t.clone(), t)
+            }),
+        "[A-Za-z0-9._~+/-]{20,60}".prop_map(|s| {
+            let t = format!("x1{s}");
+            (format!("Authorization: Bearer {t}"), t)
+        }),
+        "[A-Za-z0-9]{8,30}".prop_map(|s| {
+            let t = format!("tok1{s}");
+            (format!("bearer {t}"), t)
+        }),
+        ("[a-z]{3,10}", "[!-~]{6,20}").prop_map(|(u, p)| {
+            let b64 = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{u}:{p}"),
+            );
+            (format!("Basic {b64}"), b64)
+        }),
+        (
+            "(RSA |EC |OPENSSH |ENCRYPTED |)",
+            "[A-Za-z0-9+/=\n]{40,200}"
+        )
+            .prop_map(|(t, body)| {
+                let pem =
+                    format!("-----BEGIN {t}PRIVATE KEY-----\n{body}\n-----END {t}PRIVATE KEY-----");
+                (pem.clone(), body)
+            }),
+        card_number().prop_map(|c| (c.clone(), c)),
+        ssn().prop_map(|s| (s.clone(), s)),
+        (
+            "(password|client_secret|refresh_token|api_key|X-Api-Key|PASSWD)",
+            "[A-Za-z0-9!#$%()*/?@^~]{6,30}"
+        )
+            .prop_map(|(k, v)| (format!("{k}={v}"), v)),
+        (
+            "(password|clientSecret|sessionToken)",
+            "[A-Za-z0-9 !#$%&()*+,./:;<=>?@^_~-]{6,30}"
+        )
+            .prop_map(|(k, v)| (format!("\"{k}\": \"{v}\""), v)),
+    ]
+}
+
+fn card_number() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec!["4", "51", "55", "2221", "34", "37", "6011", "35"]),
+        15usize..=18,
+        0u8..3,
+    )
+        .prop_flat_map(|(prefix, len, style)| {
+            let body_len = len.saturating_sub(prefix.len() + 1).max(12 - prefix.len());
+            (
+                Just(prefix),
+                proptest::collection::vec(0u8..10, body_len),
+                Just(style),
+            )
+        })
+        .prop_map(|(prefix, body, style)| {
+            let mut digits: Vec<u8> = prefix.bytes().map(|b| b - b'0').chain(body).collect();
+            digits.push(0);
+            let check = (10 - luhn_sum(&digits) % 10) % 10;
+            let last = digits.len() - 1;
+            digits[last] = check as u8;
+            let plain: String = digits.iter().map(|d| char::from(b'0' + d)).collect();
+            match style {
+                1 if plain.len() == 16 => group(&plain, ' '),
+                2 if plain.len() == 16 => group(&plain, '-'),
+                _ => plain,
+            }
+        })
+}
+
+fn luhn_sum(digits: &[u8]) -> u32 {
+    digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let v = u32::from(*d) * if i % 2 == 1 { 2 } else { 1 };
+            if v > 9 {
+                v - 9
+            } else {
+                v
+            }
+        })
+        .sum()
+}
+
+fn group(s: &str, sep: char) -> String {
+    s.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(&sep.to_string())
+}
+
+fn ssn() -> impl Strategy<Value = String> {
+    (1u16..900, 1u8..100, 1u16..10000)
+        .prop_filter("never-issued area", |(a, _, _)| *a != 666)
+        .prop_map(|(a, g, s)| format!("{a:03}-{g:02}-{s:04}"))
+}
+
+/// Ordinary audit text around a secret.
+fn filler() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        "[a-z]{1,12}".prop_map(|s| format!("{s} ")),
+        Just("user.session.start ".to_string()),
+        Just("url: /api?x=1&".to_string()),
+        Just("2024-01-15T10:23:45Z ".to_string()),
+        Just("from 198.51.100.7 ".to_string()),
+    ]
+}
+
+fn text_with_secret() -> impl Strategy<Value = (String, String)> {
+    (filler(), planted_secret(), filler()).prop_map(|(a, (text, secret), b)| {
+        let suffix = if b.is_empty() {
+            String::new()
+        } else {
+            format!(" {b}")
+        };
+        (format!("{a}{text}{suffix}"), secret)
+    })
+}
+
+/// A random JSON document with `secrets` planted in string values and under sensitive keys at
+/// random depths. Returns the document and the secrets that must not survive.
+fn document() -> impl Strategy<Value = (Value, Vec<String>)> {
+    let leaf = prop_oneof![
+        "[a-z0-9 ._-]{0,20}".prop_map(|s| (Value::String(s), vec![])),
+        any::<u32>().prop_map(|n| (json!(n), vec![])),
+        any::<bool>().prop_map(|b| (json!(b), vec![])),
+        text_with_secret().prop_map(|(t, s)| (Value::String(t), vec![s])),
+        ("(password|secret|apiKey|Authorization|client_secret|set-cookie|private_key|accessToken)", "[!-~]{4,40}")
+            .prop_map(|(k, v)| {
+                // A distinctive prefix, so a short random value cannot "survive" by also occurring
+                // in unrelated filler text.
+                let v = format!("Zq9#{v}");
+                (json!({ k: v.clone() }), vec![v])
+            }),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(|items| {
+                let mut secrets = Vec::new();
+                let arr = items
+                    .into_iter()
+                    .map(|(v, s)| {
+                        secrets.extend(s);
+                        v
+                    })
+                    .collect();
+                (Value::Array(arr), secrets)
+            }),
+            proptest::collection::vec(("[a-zA-Z_]{1,12}", inner), 0..6).prop_map(|entries| {
+                let mut secrets = Vec::new();
+                let mut map = serde_json::Map::new();
+                for (k, (v, s)) in entries {
+                    secrets.extend(s);
+                    // Keys are random: make sure a random key that happens to collide does not drop
+                    // a planted secret from the document (and the expectation list).
+                    if !map.contains_key(&k) {
+                        map.insert(k, v);
+                    }
+                }
+                (Value::Object(map), secrets)
+            }),
+        ]
+    })
+}
+
+/// Every string and number of a document, separated so no secret spans two values. JSON text
+/// would escape `"`, `\\` and newlines and hide a surviving secret from `contains`.
+fn all_text(v: &Value) -> String {
+    fn go(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => out.push_str(s),
+            Value::Number(n) => out.push_str(&n.to_string()),
+            Value::Array(a) => a.iter().for_each(|x| go(x, out)),
+            Value::Object(m) => m.iter().for_each(|(k, x)| {
+                out.push_str(k);
+                out.push('\u{1}');
+                go(x, out)
+            }),
+            Value::Null | Value::Bool(_) => {}
+        }
+        out.push('\u{1}');
+    }
+    let mut out = String::new();
+    go(v, &mut out);
+    out
+}
+
+fn survivors(haystack: &str, secrets: &[String]) -> Vec<String> {
+    secrets
+        .iter()
+        .filter(|s| haystack.contains(s.as_str()))
+        .cloned()
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_planted_secret_survives_mask_text((text, secret) in text_with_secret()) {
+        let m = masker();
+        let out = m.mask_text(&text);
+        prop_assert!(!out.contains(&secret), "{secret:?} survived in {out:?}");
+        prop_assert_eq!(m.mask_text(&out), out.clone(), "idempotent");
+    }
+
+    #[test]
+    fn no_planted_secret_survives_mask_value((doc, secrets) in document()) {
+        let m = masker();
+        let mut v = doc;
+        m.mask_value(&mut v);
+        let out = all_text(&v);
+        prop_assert!(survivors(&out, &secrets).is_empty(), "survived: {:?} in {}", survivors(&out, &secrets), v);
+    }
+
+    #[test]
+    fn no_planted_secret_survives_mask((doc, secrets) in document(), (ecs_text, ecs_secret) in text_with_secret()) {
+        let m = masker();
+        let ecs = Ecs {
+            user_name: Some(ecs_text.clone()),
+            user_agent_original: Some(ecs_text.clone()),
+            related_user: vec![ecs_text],
+            ..Default::default()
+        };
+        let mut e = event(doc, ecs);
+        m.mask(&mut e);
+        let out = all_text(&e.to_output_json());
+        let mut all = secrets;
+        all.push(ecs_secret);
+        prop_assert!(survivors(&out, &all).is_empty(), "survived: {:?} in {}", survivors(&out, &all), out);
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let m = masker();
+        let once = m.mask_text(&text);
+        prop_assert_eq!(m.mask_text(&once), once.clone());
+    }
+}
