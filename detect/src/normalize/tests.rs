@@ -1,0 +1,1 @@
+//! Registry, envelope and detection tests.
