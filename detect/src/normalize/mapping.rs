@@ -196,7 +196,7 @@ const ECS_TYPES: &[&str] = &[
 
 /// ECS fields a mapping may fill from a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
+enum EcsField {
     Action,
     UserName,
     UserEmail,
@@ -212,22 +212,22 @@ enum Target {
     CloudAccountId,
 }
 
-impl Target {
-    fn parse(name: &str) -> Option<Target> {
+impl EcsField {
+    fn parse(name: &str) -> Option<EcsField> {
         Some(match name {
-            "event.action" => Target::Action,
-            "user.name" => Target::UserName,
-            "user.email" => Target::UserEmail,
-            "user.id" => Target::UserId,
-            "user.target.name" => Target::TargetName,
-            "user.target.email" => Target::TargetEmail,
-            "user.target.id" => Target::TargetId,
-            "source.ip" => Target::SourceIp,
-            "source.geo.country_iso_code" => Target::Country,
-            "source.as.number" => Target::AsNumber,
-            "user_agent.original" => Target::UserAgent,
-            "organization.id" => Target::OrganizationId,
-            "cloud.account.id" => Target::CloudAccountId,
+            "event.action" => EcsField::Action,
+            "user.name" => EcsField::UserName,
+            "user.email" => EcsField::UserEmail,
+            "user.id" => EcsField::UserId,
+            "user.target.name" => EcsField::TargetName,
+            "user.target.email" => EcsField::TargetEmail,
+            "user.target.id" => EcsField::TargetId,
+            "source.ip" => EcsField::SourceIp,
+            "source.geo.country_iso_code" => EcsField::Country,
+            "source.as.number" => EcsField::AsNumber,
+            "user_agent.original" => EcsField::UserAgent,
+            "organization.id" => EcsField::OrganizationId,
+            "cloud.account.id" => EcsField::CloudAccountId,
             _ => return None,
         })
     }
@@ -361,7 +361,7 @@ pub struct MappingNormalizer {
     ts_paths: Vec<JsonPath>,
     ts_format: Option<String>,
     ts_required: bool,
-    fields: Vec<(Target, Vec<JsonPath>)>,
+    fields: Vec<(EcsField, Vec<JsonPath>)>,
     outcome: Option<OutcomeRule>,
     rules: Vec<Rule>,
 }
@@ -435,14 +435,14 @@ impl MappingConfig {
         }
         let mut fields = Vec::new();
         for (name, p) in &self.fields {
-            let target = Target::parse(name).ok_or_else(|| {
+            let target = EcsField::parse(name).ok_or_else(|| {
                 format!(
                     "fields: `{name}` is not a mappable ECS field (use one of event.action, user.name, user.email, user.id, user.target.name, user.target.email, user.target.id, source.ip, source.geo.country_iso_code, source.as.number, user_agent.original, organization.id, cloud.account.id; outcome and categories have their own sections)"
                 )
             })?;
             fields.push((target, paths(p.as_slice(), &format!("fields.\"{name}\""))?));
         }
-        if !fields.iter().any(|(t, _)| *t == Target::Action) {
+        if !fields.iter().any(|(t, _)| *t == EcsField::Action) {
             return Err("fields: `event.action` must be mapped".into());
         }
         let outcome = match &self.outcome {
@@ -592,19 +592,19 @@ impl MappingNormalizer {
         };
         for (target, paths) in &self.fields {
             let Some((path, v)) = JsonPath::first(paths, raw) else {
-                if *target == Target::Action {
+                if *target == EcsField::Action {
                     return Err(NormalizeError::MissingField(paths[0].text.clone()));
                 }
                 continue;
             };
-            if *target == Target::AsNumber {
+            if *target == EcsField::AsNumber {
                 ecs.source_as_number = v
                     .as_u64()
                     .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
                 continue;
             }
             let Some(s) = fields::scalar_string(v) else {
-                if *target == Target::Action {
+                if *target == EcsField::Action {
                     return Err(NormalizeError::WrongType {
                         field: path.text.clone(),
                         expected: "string",
@@ -613,19 +613,19 @@ impl MappingNormalizer {
                 continue;
             };
             match target {
-                Target::Action => ecs.event_action = Some(s),
-                Target::UserName => ecs.user_name = Some(s),
-                Target::UserEmail => ecs.user_email = Some(s),
-                Target::UserId => ecs.user_id = Some(s),
-                Target::TargetName => ecs.user_target_name = Some(s),
-                Target::TargetEmail => ecs.user_target_email = Some(s),
-                Target::TargetId => ecs.user_target_id = Some(s),
-                Target::SourceIp => ecs.source_ip = fields::clean_ip(&s),
-                Target::Country => ecs.source_geo_country_iso_code = fields::country_iso(&s),
-                Target::UserAgent => ecs.user_agent_original = Some(s),
-                Target::OrganizationId => ecs.organization_id = Some(s),
-                Target::CloudAccountId => ecs.cloud_account_id = Some(s),
-                Target::AsNumber => {}
+                EcsField::Action => ecs.event_action = Some(s),
+                EcsField::UserName => ecs.user_name = Some(s),
+                EcsField::UserEmail => ecs.user_email = Some(s),
+                EcsField::UserId => ecs.user_id = Some(s),
+                EcsField::TargetName => ecs.user_target_name = Some(s),
+                EcsField::TargetEmail => ecs.user_target_email = Some(s),
+                EcsField::TargetId => ecs.user_target_id = Some(s),
+                EcsField::SourceIp => ecs.source_ip = fields::clean_ip(&s),
+                EcsField::Country => ecs.source_geo_country_iso_code = fields::country_iso(&s),
+                EcsField::UserAgent => ecs.user_agent_original = Some(s),
+                EcsField::OrganizationId => ecs.organization_id = Some(s),
+                EcsField::CloudAccountId => ecs.cloud_account_id = Some(s),
+                EcsField::AsNumber => {}
             }
         }
         let decided = self.outcome.as_ref().and_then(|o| o.decide(raw));
