@@ -1,1 +1,345 @@
-//! stub: filled in by its owner
+//! Normalization: vendor audit-log records -> [`perimeter_model::Event`] with ECS fields.
+//!
+//! - Built-in normalizers, one per SaaS (`okta`, `github`, `google_workspace`, `slack`, `m365`,
+//!   `aws_cloudtrail`, `onepassword`) and `json` (plain objects, ECS-named keys only).
+//! - Declarative [`mapping`]s (TOML) for other sources; `zoom`, `box`, `duo`, `dropbox` and
+//!   `atlassian` are bundled, more load from a directory.
+//! - [`NormalizerRegistry`] looks normalizers up by name and guesses the source from a record's
+//!   shape (`--source auto`) with a few key lookups per record.
+//! - [`split_records`] turns one parsed input value (an API page, a CloudTrail file, a Google
+//!   Workspace activity with several events) into individual records.
+//!
+//! Guarantees: a normalizer never panics on any JSON input (proptest-checked); bad input gives a
+//! [`NormalizeError`] naming the field; the raw record is kept unchanged in the event.
+
+mod aws_cloudtrail;
+mod fields;
+mod github;
+mod google_workspace;
+mod json;
+mod m365;
+pub mod mapping;
+mod okta;
+mod onepassword;
+mod slack;
+
+use std::path::Path;
+
+use perimeter_model::{Event, NormalizeError, Normalizer, RawRecord};
+use serde_json::Value;
+
+pub use aws_cloudtrail::CloudTrailNormalizer;
+pub use github::GithubAuditLogNormalizer;
+pub use google_workspace::GoogleWorkspaceActivityNormalizer;
+pub use json::PlainJsonNormalizer;
+pub use m365::M365ManagementActivityNormalizer;
+pub use mapping::{MappingConfig, MappingNormalizer};
+pub use okta::OktaSystemLogNormalizer;
+pub use onepassword::{OnePasswordEventKind, OnePasswordEventsNormalizer};
+pub use slack::SlackAuditLogNormalizer;
+
+use crate::DetectError;
+
+/// The `--source` value that asks for shape detection.
+pub const AUTO: &str = "auto";
+
+/// Every normalizer Perimeter knows, by source name.
+pub struct NormalizerRegistry {
+    builtins: Vec<Box<dyn Normalizer>>,
+    mappings: Vec<MappingNormalizer>,
+}
+
+impl std::fmt::Debug for NormalizerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NormalizerRegistry")
+            .field("names", &self.names())
+            .finish()
+    }
+}
+
+impl Default for NormalizerRegistry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl NormalizerRegistry {
+    /// Built-ins + `json` + bundled declarative mappings.
+    pub fn builtin() -> NormalizerRegistry {
+        let builtins: Vec<Box<dyn Normalizer>> = vec![
+            Box::new(OktaSystemLogNormalizer),
+            Box::new(GithubAuditLogNormalizer),
+            Box::new(GoogleWorkspaceActivityNormalizer),
+            Box::new(SlackAuditLogNormalizer),
+            Box::new(M365ManagementActivityNormalizer),
+            Box::new(CloudTrailNormalizer),
+            Box::new(OnePasswordEventsNormalizer),
+            Box::new(PlainJsonNormalizer),
+        ];
+        let mappings = mapping::bundled()
+            .into_iter()
+            .map(|m| {
+                m.unwrap_or_else(|e| {
+                    panic!("bundled mapping is invalid (a build bug, see mapping tests): {e}")
+                })
+            })
+            .collect();
+        NormalizerRegistry { builtins, mappings }
+    }
+
+    /// Add every `*.toml` mapping in `dir`; returns how many were loaded.
+    ///
+    /// A mapping named like a bundled one replaces it; a mapping named like a built-in
+    /// normalizer, or any unreadable/invalid file, is an error naming the file (nothing from
+    /// the directory is added then).
+    pub fn load_mappings_dir(&mut self, dir: &Path) -> Result<usize, DetectError> {
+        let io = |source| DetectError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+                files.push(path);
+            }
+        }
+        files.sort();
+        let mut loaded: Vec<MappingNormalizer> = Vec::with_capacity(files.len());
+        for path in &files {
+            let m = MappingNormalizer::from_file(path)?;
+            if self.builtins.iter().any(|b| b.source() == m.name()) || m.name() == AUTO {
+                return Err(DetectError::Config {
+                    path: path.clone(),
+                    message: format!("name `{}` is taken by a built-in normalizer", m.name()),
+                });
+            }
+            if loaded.iter().any(|l| l.name() == m.name()) {
+                return Err(DetectError::Config {
+                    path: path.clone(),
+                    message: format!(
+                        "name `{}` is used by another file in {}",
+                        m.name(),
+                        dir.display()
+                    ),
+                });
+            }
+            loaded.push(m);
+        }
+        let n = loaded.len();
+        for m in loaded {
+            match self.mappings.iter_mut().find(|x| x.name() == m.name()) {
+                Some(slot) => *slot = m,
+                None => self.mappings.push(m),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Source names, built-ins first, then mappings.
+    pub fn names(&self) -> Vec<&str> {
+        self.builtins
+            .iter()
+            .map(|b| b.source())
+            .chain(self.mappings.iter().map(|m| m.name()))
+            .collect()
+    }
+
+    pub fn get(&self, source: &str) -> Option<&dyn Normalizer> {
+        if let Some(b) = self.builtins.iter().find(|b| b.source() == source) {
+            return Some(b.as_ref());
+        }
+        self.mappings
+            .iter()
+            .find(|m| m.name() == source)
+            .map(|m| m as &dyn Normalizer)
+    }
+
+    /// Guess the source from the record's shape (`None` when nothing fits).
+    ///
+    /// Built-ins are tried first (their tests are a few `contains_key`s), then mappings in load
+    /// order. `json` is never guessed: it is a choice, not a shape.
+    pub fn detect_source(&self, raw: &Value) -> Option<&str> {
+        let obj = raw.as_object()?;
+        let builtin = if GoogleWorkspaceActivityNormalizer::matches(obj) {
+            Some(GoogleWorkspaceActivityNormalizer::SOURCE)
+        } else if OktaSystemLogNormalizer::matches(obj) {
+            Some(OktaSystemLogNormalizer::SOURCE)
+        } else if CloudTrailNormalizer::matches(obj) {
+            Some(CloudTrailNormalizer::SOURCE)
+        } else if M365ManagementActivityNormalizer::matches(obj) {
+            Some(M365ManagementActivityNormalizer::SOURCE)
+        } else if SlackAuditLogNormalizer::matches(obj) {
+            Some(SlackAuditLogNormalizer::SOURCE)
+        } else if OnePasswordEventsNormalizer::matches(obj) {
+            Some(OnePasswordEventsNormalizer::SOURCE)
+        } else if GithubAuditLogNormalizer::matches(obj) {
+            Some(GithubAuditLogNormalizer::SOURCE)
+        } else {
+            None
+        };
+        if let Some(name) = builtin {
+            // The built-in is registered; return the registry's string so the lifetime is `self`.
+            return self
+                .builtins
+                .iter()
+                .map(|b| b.source())
+                .find(|s| *s == name);
+        }
+        self.mappings
+            .iter()
+            .find(|m| m.matches(raw))
+            .map(|m| m.name())
+    }
+
+    /// Normalize with `source` = a name, `auto` (detect by shape; [`NormalizeError::UndetectedSource`]
+    /// if nothing fits) or `json`.
+    pub fn normalize(&self, source: &str, record: RawRecord) -> Result<Event, NormalizeError> {
+        let name = if source == AUTO {
+            if !record.raw.is_object() {
+                return Err(NormalizeError::NotAnObject);
+            }
+            self.detect_source(&record.raw)
+                .ok_or(NormalizeError::UndetectedSource)?
+        } else {
+            source
+        };
+        let normalizer = self
+            .get(name)
+            .ok_or_else(|| NormalizeError::UnknownSource(name.to_owned()))?;
+        normalizer.normalize(record)
+    }
+}
+
+/// Keys under which list APIs return their records.
+const LIST_KEYS: &[&str] = &[
+    "items",
+    "entries",
+    "Records",
+    "records",
+    "events",
+    "data",
+    "logs",
+    "activity_logs",
+    "operation_logs",
+    "authlogs",
+    "results",
+    "result",
+    "value",
+    "response",
+    "audit_events",
+    "auditEvents",
+    "activities",
+];
+
+/// Page metadata that may sit beside the list in an envelope.
+const META_KEYS: &[&str] = &[
+    "cursor",
+    "has_more",
+    "hasMore",
+    "nextPageToken",
+    "next_page_token",
+    "response_metadata",
+    "links",
+    "meta",
+    "metadata",
+    "total",
+    "limit",
+    "offset",
+    "from",
+    "to",
+    "page_size",
+    "kind",
+    "etag",
+    "stat",
+    "next_stream_position",
+    "chunk_size",
+    "next",
+    "previous",
+    "nextLink",
+    "@odata.nextLink",
+    "@odata.context",
+    "@odata.count",
+    "next_cursor",
+    "count",
+    "page",
+    "per_page",
+    "total_count",
+    "nextPage",
+    "isLast",
+    "size",
+    "start",
+];
+
+/// Split one parsed input value into individual vendor records: API page envelopes
+/// (`{"items":[..]}` 1Password/Google, `{"entries":[..]}` Slack, `{"Records":[..]}` CloudTrail files,
+/// top-level arrays as in Okta/GitHub pages, other common list keys), and Google Workspace activities
+/// with several `events[]` -> one record per event entry (a copy of the activity whose `events` holds that
+/// one entry). A plain single record comes back as a one-element Vec. `source` may be a name, `auto` or `json`.
+///
+/// An object is unwrapped as an envelope only when its other keys are all known page metadata
+/// (`cursor`, `has_more`, `nextPageToken`, `links`, ...) or it has that one key, so a record that
+/// merely contains a list (`{"action": .., "items": [..]}`) is kept whole. An empty page (`[]`,
+/// `{"data": []}`, `{}`) gives no records. Google Workspace splitting applies with `auto` and
+/// `google_workspace` (with `json` nothing vendor-specific happens).
+pub fn split_records(source: &str, value: Value) -> Vec<Value> {
+    let split_google = source == AUTO || source == GoogleWorkspaceActivityNormalizer::SOURCE;
+    let mut out = Vec::new();
+    split_into(value, split_google, 0, &mut out);
+    out
+}
+
+fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>) {
+    match value {
+        Value::Array(items) if depth < 3 => {
+            for item in items {
+                split_into(item, split_google, depth + 1, out);
+            }
+        }
+        Value::Object(obj) if obj.is_empty() => {}
+        Value::Object(mut obj) if depth < 3 => {
+            if let Some(key) = envelope_key(&obj) {
+                if let Some(inner) = obj.remove(key) {
+                    split_into(inner, split_google, depth + 1, out);
+                }
+                return;
+            }
+            if split_google && GoogleWorkspaceActivityNormalizer::matches(&obj) {
+                if let Some(Value::Array(events)) = obj.get("events") {
+                    if events.len() > 1 {
+                        let Some(Value::Array(events)) = obj.remove("events") else {
+                            return;
+                        };
+                        for event in events {
+                            let mut copy = obj.clone();
+                            copy.insert("events".to_owned(), Value::Array(vec![event]));
+                            out.push(Value::Object(copy));
+                        }
+                        return;
+                    }
+                }
+            }
+            out.push(Value::Object(obj));
+        }
+        other => out.push(other),
+    }
+}
+
+/// The list key when `obj` is a page envelope rather than a record.
+fn envelope_key(obj: &serde_json::Map<String, Value>) -> Option<&'static str> {
+    let key = LIST_KEYS.iter().copied().find(|k| match obj.get(*k) {
+        Some(Value::Array(_)) => true,
+        // Duo wraps its page once more: `{"stat": "OK", "response": {"authlogs": [..], "metadata": {..}}}`.
+        Some(Value::Object(inner)) => *k == "response" && envelope_key(inner).is_some(),
+        _ => false,
+    })?;
+    let only_meta = obj
+        .keys()
+        .all(|k| k == key || META_KEYS.contains(&k.as_str()));
+    // A Google Workspace activity has `events` + `kind`, both of which look like an envelope.
+    let is_activity = GoogleWorkspaceActivityNormalizer::matches(obj);
+    (only_meta && !is_activity).then_some(key)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! AWS CloudTrail records (single records, or `{"Records": [...]}` files split by `split_records`).
+
+use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord};
+use serde_json::Value;
+
+use super::fields::{self, at, classify, str_at};
+
+/// Normalizes CloudTrail records (`eventTime`, `eventName`, `eventSource`, `userIdentity`, `errorCode`).
+///
+/// `event.outcome` is `failure` when `errorCode` is present (including throttling:
+/// `ThrottlingException` keeps `eventName` as the action) or a console login says `Failure`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CloudTrailNormalizer;
+
+impl CloudTrailNormalizer {
+    pub const SOURCE: &'static str = "aws_cloudtrail";
+
+    pub(crate) fn matches(obj: &fields::Obj) -> bool {
+        obj.contains_key("eventName")
+            && obj.contains_key("eventSource")
+            && obj.contains_key("eventTime")
+    }
+
+    pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {
+        fields::object(raw)?;
+        let name = fields::required_str(raw, &["eventName"])?;
+        let service = str_at(raw, &["eventSource"]).unwrap_or("");
+        let mut ecs = Ecs {
+            timestamp: Some(fields::required_time(raw, &["eventTime"])?),
+            event_action: Some(name.to_owned()),
+            ..Ecs::default()
+        };
+        let failed = at(raw, &["errorCode"]).is_some_and(|v| !v.is_null())
+            || str_at(raw, &["responseElements", "ConsoleLogin"]) == Some("Failure");
+        ecs.event_outcome = if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        categorize(&mut ecs, service, name);
+
+        if let Some(id) = at(raw, &["userIdentity"]) {
+            ecs.user_id = fields::id_at(id, &["principalId"]);
+            let arn = str_at(id, &["arn"]);
+            let name = str_at(id, &["userName"])
+                .or_else(|| str_at(id, &["sessionContext", "sessionIssuer", "userName"]))
+                .or_else(|| {
+                    if str_at(id, &["type"]) == Some("Root") {
+                        Some("root")
+                    } else {
+                        None
+                    }
+                })
+                .or_else(|| arn.and_then(|a| a.rsplit('/').next()));
+            fields::set_login(&mut ecs.user_name, &mut ecs.user_email, name);
+            ecs.cloud_account_id = fields::id_at(id, &["accountId"]);
+        }
+        if let Some(acct) = fields::id_at(raw, &["recipientAccountId"]) {
+            ecs.cloud_account_id = Some(acct);
+        }
+        if ecs.event_category.first().map(String::as_str) == Some("iam")
+            || service == "iam.amazonaws.com"
+        {
+            let target = str_at(raw, &["requestParameters", "userName"]);
+            if target.is_some() && target != ecs.user_name.as_deref() {
+                ecs.user_target_name = fields::owned(target);
+            }
+        }
+        ecs.source_ip = str_at(raw, &["sourceIPAddress"]).and_then(fields::clean_ip);
+        ecs.user_agent_original = fields::owned(str_at(raw, &["userAgent"]));
+        ecs.fill_related();
+        Ok(ecs)
+    }
+}
+
+fn categorize(ecs: &mut Ecs, service: &str, name: &str) {
+    let (cat, kind): (&[&str], &[&str]) = match (service, name) {
+        (
+            _,
+            "ConsoleLogin"
+            | "CheckMfa"
+            | "SwitchRole"
+            | "ExternalIdPDirectoryLogin"
+            | "UserAuthentication",
+        ) => (&["authentication"], &["start"]),
+        ("signin.amazonaws.com" | "sso.amazonaws.com", _) => (&["authentication"], &["info"]),
+        (
+            _,
+            "GetSessionToken"
+            | "GetFederationToken"
+            | "AssumeRoleWithSAML"
+            | "AssumeRoleWithWebIdentity",
+        ) => (&["authentication"], &["info"]),
+        // Access keys, MFA devices, login profiles: credentials -> configuration by house convention.
+        (
+            "iam.amazonaws.com",
+            "CreateAccessKey"
+            | "CreateLoginProfile"
+            | "CreateVirtualMFADevice"
+            | "EnableMFADevice"
+            | "UploadSSHPublicKey"
+            | "CreateServiceSpecificCredential"
+            | "UploadSigningCertificate",
+        ) => (&["configuration"], &["creation"]),
+        (
+            "iam.amazonaws.com",
+            "DeleteAccessKey"
+            | "DeleteLoginProfile"
+            | "DeactivateMFADevice"
+            | "DeleteVirtualMFADevice"
+            | "DeleteSSHPublicKey",
+        ) => (&["configuration"], &["deletion"]),
+        ("iam.amazonaws.com", "UpdateAccessKey" | "UpdateLoginProfile" | "ResyncMFADevice") => {
+            (&["configuration"], &["change"])
+        }
+        ("iam.amazonaws.com", "CreateUser") => (&["iam"], &["user", "creation"]),
+        ("iam.amazonaws.com", "DeleteUser") => (&["iam"], &["user", "deletion"]),
+        ("iam.amazonaws.com", "CreateGroup") => (&["iam"], &["group", "creation"]),
+        ("iam.amazonaws.com", "DeleteGroup") => (&["iam"], &["group", "deletion"]),
+        ("iam.amazonaws.com", "AddUserToGroup" | "RemoveUserFromGroup") => {
+            (&["iam"], &["group", "change"])
+        }
+        ("iam.amazonaws.com", n)
+            if n.starts_with("Attach")
+                || n.starts_with("Detach")
+                || n.starts_with("Put")
+                || n.contains("Policy") =>
+        {
+            (&["iam"], &["admin", "change"])
+        }
+        ("iam.amazonaws.com", n) if n.starts_with("Create") => (&["iam"], &["creation"]),
+        ("iam.amazonaws.com", n) if n.starts_with("Delete") => (&["iam"], &["deletion"]),
+        ("iam.amazonaws.com", n)
+            if n.starts_with("Update") || n.starts_with("Change") || n.starts_with("Tag") =>
+        {
+            (&["iam"], &["change"])
+        }
+        ("cloudtrail.amazonaws.com", "DeleteTrail") => (&["configuration"], &["deletion"]),
+        ("cloudtrail.amazonaws.com", n) if n.starts_with("Create") => {
+            (&["configuration"], &["creation"])
+        }
+        (
+            "cloudtrail.amazonaws.com"
+            | "config.amazonaws.com"
+            | "guardduty.amazonaws.com"
+            | "kms.amazonaws.com"
+            | "organizations.amazonaws.com"
+            | "securityhub.amazonaws.com",
+            n,
+        ) if n.starts_with("Stop")
+            || n.starts_with("Update")
+            || n.starts_with("Put")
+            || n.starts_with("Delete")
+            || n.starts_with("Disable")
+            || n.starts_with("Schedule") =>
+        {
+            (&["configuration"], &["change"])
+        }
+        (
+            "s3.amazonaws.com",
+            "PutBucketPolicy"
+            | "PutBucketAcl"
+            | "PutBucketPublicAccessBlock"
+            | "DeleteBucketPolicy"
+            | "PutBucketLogging"
+            | "PutBucketEncryption",
+        ) => (&["configuration"], &["change"]),
+        ("ec2.amazonaws.com", n) if n.contains("SecurityGroup") => {
+            (&["configuration"], &["change"])
+        }
+        ("s3.amazonaws.com", "GetObject" | "CopyObject" | "SelectObjectContent") => {
+            (&["file"], &["access"])
+        }
+        ("s3.amazonaws.com", "PutObject") => (&["file"], &["creation"]),
+        ("s3.amazonaws.com", "DeleteObject" | "DeleteObjects") => (&["file"], &["deletion"]),
+        (
+            "secretsmanager.amazonaws.com" | "ssm.amazonaws.com",
+            "GetSecretValue" | "GetParameter" | "GetParameters",
+        ) => (&["database"], &["access"]),
+        ("rds.amazonaws.com" | "dynamodb.amazonaws.com", n)
+            if n.contains("Snapshot") || n.starts_with("Export") =>
+        {
+            (&["database"], &["access"])
+        }
+        _ => (&[], &["info"]),
+    };
+    classify(ecs, cat, kind);
+}
+
+impl Normalizer for CloudTrailNormalizer {
+    fn source(&self) -> &str {
+        Self::SOURCE
+    }
+
+    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
+        let ecs = Self::ecs(&raw.raw)?;
+        Ok(Event::new(Self::SOURCE, raw, ecs))
+    }
+}

@@ -1,0 +1,306 @@
+//! Borrowing accessors over `serde_json::Value` shared by every normalizer.
+//!
+//! Normalizers run per event, so these look values up in place (no JSON pointer parsing, no
+//! intermediate documents) and only allocate when a value is copied into the [`Ecs`] view.
+
+use chrono::{DateTime, Utc};
+use perimeter_model::{parse_timestamp, Ecs, NormalizeError};
+use serde_json::{Map, Value};
+
+pub(crate) type Obj = Map<String, Value>;
+
+/// The record as an object, or [`NormalizeError::NotAnObject`].
+pub(crate) fn object(raw: &Value) -> Result<&Obj, NormalizeError> {
+    raw.as_object().ok_or(NormalizeError::NotAnObject)
+}
+
+/// Walk `path` (object keys) from `v`.
+pub(crate) fn at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    let mut cur = v;
+    for key in path {
+        cur = cur.as_object()?.get(*key)?;
+    }
+    Some(cur)
+}
+
+/// A non-empty string at `path`; other types and empty strings count as absent.
+pub(crate) fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    match at(v, path)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// A string or number at `path`, as an owned string (ids are numbers in some vendors' APIs).
+pub(crate) fn id_at(v: &Value, path: &[&str]) -> Option<String> {
+    scalar_string(at(v, path)?)
+}
+
+/// A string or number value as an owned string; empty strings, null, objects, arrays are `None`.
+pub(crate) fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A required string field: [`NormalizeError::MissingField`] when absent or null,
+/// [`NormalizeError::WrongType`] when present with another type.
+pub(crate) fn required_str<'a>(v: &'a Value, path: &[&str]) -> Result<&'a str, NormalizeError> {
+    match at(v, path) {
+        None | Some(Value::Null) => Err(NormalizeError::MissingField(path.join("."))),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(NormalizeError::MissingField(path.join("."))),
+        Some(_) => Err(NormalizeError::WrongType {
+            field: path.join("."),
+            expected: "string",
+        }),
+    }
+}
+
+/// A required timestamp (any format [`parse_timestamp`] accepts).
+pub(crate) fn required_time(v: &Value, path: &[&str]) -> Result<DateTime<Utc>, NormalizeError> {
+    match at(v, path) {
+        None | Some(Value::Null) => Err(NormalizeError::MissingField(path.join("."))),
+        Some(t) => parse_time(t, path),
+    }
+}
+
+/// Parse a present timestamp value, naming the field on failure.
+pub(crate) fn parse_time(t: &Value, path: &[&str]) -> Result<DateTime<Utc>, NormalizeError> {
+    parse_timestamp(t).map_err(|e| NormalizeError::BadTimestamp {
+        field: path.join("."),
+        reason: e.to_string(),
+    })
+}
+
+/// An optional array at `path`; a present non-array is a type error.
+pub(crate) fn opt_array<'a>(
+    v: &'a Value,
+    path: &[&str],
+) -> Result<Option<&'a Vec<Value>>, NormalizeError> {
+    match at(v, path) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(_) => Err(NormalizeError::WrongType {
+            field: path.join("."),
+            expected: "array",
+        }),
+    }
+}
+
+/// Owned copy of an optional borrowed string.
+pub(crate) fn owned(s: Option<&str>) -> Option<String> {
+    s.map(str::to_owned)
+}
+
+/// `["a", "b"]` as the `Vec<String>` the ECS struct stores.
+pub(crate) fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Set ECS category and type.
+pub(crate) fn classify(ecs: &mut Ecs, category: &[&str], kind: &[&str]) {
+    ecs.event_category = strings(category);
+    ecs.event_type = strings(kind);
+}
+
+/// A vendor IP field as an ECS `source.ip`: the address only (ports and IPv6 brackets stripped),
+/// and `None` for values that are not addresses (`"Unknown IP"`, `"iam.amazonaws.com"`).
+pub(crate) fn clean_ip(s: &str) -> Option<String> {
+    let s = s.trim();
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Some(s.to_owned());
+    }
+    // `[2001:db8::1]:443` and `203.0.113.5:51234` (M365 ClientIP)
+    if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let ip = &rest[..end];
+        return ip.parse::<std::net::IpAddr>().ok().map(|_| ip.to_owned());
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    if port.bytes().all(|b| b.is_ascii_digit()) && host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some(host.to_owned());
+    }
+    None
+}
+
+/// Whether `s` looks like an email address (used to split vendor logins into name/email).
+pub(crate) fn is_email(s: &str) -> bool {
+    match s.find('@') {
+        Some(i) => i > 0 && s[i + 1..].contains('.'),
+        None => false,
+    }
+}
+
+/// Fill `user.name` and, when the login is an address, `user.email` from one vendor login.
+pub(crate) fn set_login(
+    name: &mut Option<String>,
+    email: &mut Option<String>,
+    login: Option<&str>,
+) {
+    if let Some(login) = login {
+        if name.is_none() {
+            *name = Some(login.to_owned());
+        }
+        if email.is_none() && is_email(login) {
+            *email = Some(login.to_owned());
+        }
+    }
+}
+
+/// ISO 3166-1 alpha-2 code for a vendor country value: two-letter codes pass through
+/// (upper-cased), known English names are looked up, anything else is `None`.
+pub(crate) fn country_iso(value: &str) -> Option<String> {
+    let v = value.trim();
+    if v.len() == 2 && v.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Some(v.to_ascii_uppercase());
+    }
+    COUNTRIES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(v))
+        .map(|(_, code)| (*code).to_owned())
+}
+
+/// English country names as vendors spell them (Okta, 1Password, Duo, Atlassian) -> ISO code.
+const COUNTRIES: &[(&str, &str)] = &[
+    ("United States", "US"),
+    ("United States of America", "US"),
+    ("USA", "US"),
+    ("Canada", "CA"),
+    ("Mexico", "MX"),
+    ("Brazil", "BR"),
+    ("Argentina", "AR"),
+    ("Chile", "CL"),
+    ("Colombia", "CO"),
+    ("Peru", "PE"),
+    ("Venezuela", "VE"),
+    ("United Kingdom", "GB"),
+    ("Great Britain", "GB"),
+    ("England", "GB"),
+    ("Ireland", "IE"),
+    ("France", "FR"),
+    ("Germany", "DE"),
+    ("Netherlands", "NL"),
+    ("The Netherlands", "NL"),
+    ("Belgium", "BE"),
+    ("Luxembourg", "LU"),
+    ("Switzerland", "CH"),
+    ("Austria", "AT"),
+    ("Italy", "IT"),
+    ("Spain", "ES"),
+    ("Portugal", "PT"),
+    ("Denmark", "DK"),
+    ("Norway", "NO"),
+    ("Sweden", "SE"),
+    ("Finland", "FI"),
+    ("Iceland", "IS"),
+    ("Poland", "PL"),
+    ("Czechia", "CZ"),
+    ("Czech Republic", "CZ"),
+    ("Slovakia", "SK"),
+    ("Hungary", "HU"),
+    ("Romania", "RO"),
+    ("Bulgaria", "BG"),
+    ("Greece", "GR"),
+    ("Turkey", "TR"),
+    ("Türkiye", "TR"),
+    ("Ukraine", "UA"),
+    ("Belarus", "BY"),
+    ("Russia", "RU"),
+    ("Russian Federation", "RU"),
+    ("Estonia", "EE"),
+    ("Latvia", "LV"),
+    ("Lithuania", "LT"),
+    ("Serbia", "RS"),
+    ("Croatia", "HR"),
+    ("Slovenia", "SI"),
+    ("Israel", "IL"),
+    ("United Arab Emirates", "AE"),
+    ("Saudi Arabia", "SA"),
+    ("Qatar", "QA"),
+    ("Iran", "IR"),
+    ("Iraq", "IQ"),
+    ("Egypt", "EG"),
+    ("Morocco", "MA"),
+    ("Nigeria", "NG"),
+    ("Kenya", "KE"),
+    ("South Africa", "ZA"),
+    ("India", "IN"),
+    ("Pakistan", "PK"),
+    ("Bangladesh", "BD"),
+    ("China", "CN"),
+    ("Hong Kong", "HK"),
+    ("Taiwan", "TW"),
+    ("Japan", "JP"),
+    ("South Korea", "KR"),
+    ("Korea, Republic of", "KR"),
+    ("Republic of Korea", "KR"),
+    ("North Korea", "KP"),
+    ("Vietnam", "VN"),
+    ("Viet Nam", "VN"),
+    ("Thailand", "TH"),
+    ("Malaysia", "MY"),
+    ("Singapore", "SG"),
+    ("Indonesia", "ID"),
+    ("Philippines", "PH"),
+    ("Australia", "AU"),
+    ("New Zealand", "NZ"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn country_names_and_codes() {
+        assert_eq!(country_iso("United States").as_deref(), Some("US"));
+        assert_eq!(country_iso("france").as_deref(), Some("FR"));
+        assert_eq!(country_iso("us").as_deref(), Some("US"));
+        assert_eq!(country_iso("country"), None);
+        assert_eq!(country_iso(""), None);
+    }
+
+    #[test]
+    fn ips_are_cleaned_or_dropped() {
+        assert_eq!(clean_ip("203.0.113.5").as_deref(), Some("203.0.113.5"));
+        assert_eq!(
+            clean_ip("203.0.113.5:51234").as_deref(),
+            Some("203.0.113.5")
+        );
+        assert_eq!(
+            clean_ip("[2001:db8::1]:443").as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(clean_ip("2001:db8::1").as_deref(), Some("2001:db8::1"));
+        assert_eq!(clean_ip("iam.amazonaws.com"), None);
+        assert_eq!(clean_ip("Unknown IP"), None);
+        assert_eq!(clean_ip("000.000.00.000"), None);
+    }
+
+    #[test]
+    fn required_fields_report_name_and_type() {
+        let v = json!({"a": {"b": 3}, "s": ""});
+        assert_eq!(
+            required_str(&v, &["a", "b"]),
+            Err(NormalizeError::WrongType {
+                field: "a.b".into(),
+                expected: "string"
+            })
+        );
+        assert_eq!(
+            required_str(&v, &["x"]),
+            Err(NormalizeError::MissingField("x".into()))
+        );
+        assert_eq!(
+            required_str(&v, &["s"]),
+            Err(NormalizeError::MissingField("s".into()))
+        );
+        assert!(matches!(
+            required_time(&json!({"t": "soon"}), &["t"]),
+            Err(NormalizeError::BadTimestamp { .. })
+        ));
+    }
+}

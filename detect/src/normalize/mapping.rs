@@ -1,0 +1,861 @@
+//! Declarative source mappings: a TOML file maps JSON paths in a vendor record to ECS fields, so
+//! a new SaaS source needs no Rust. The file format is documented in `detect/README.md`
+//! ("Writing a mapping"); [`MappingConfig`] is its schema.
+//!
+//! A mapping is compiled once ([`MappingConfig::build`]) into a [`MappingNormalizer`] whose paths
+//! are pre-split, so normalizing an event is a handful of map lookups and string compares.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use perimeter_model::{
+    parse_timestamp, Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::fields;
+use crate::DetectError;
+
+/// Mapping files shipped inside the binary (`mappings/*.toml` at the repository root).
+pub const BUNDLED_MAPPINGS: &[(&str, &str)] = &[
+    ("zoom.toml", include_str!("../../../mappings/zoom.toml")),
+    ("box.toml", include_str!("../../../mappings/box.toml")),
+    ("duo.toml", include_str!("../../../mappings/duo.toml")),
+    (
+        "dropbox.toml",
+        include_str!("../../../mappings/dropbox.toml"),
+    ),
+    (
+        "atlassian.toml",
+        include_str!("../../../mappings/atlassian.toml"),
+    ),
+];
+
+/// One declarative source mapping, as written in a `<name>.toml` file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    /// Source name the mapping registers (`zoom`); lowercase ASCII letters, digits and `_`.
+    pub name: String,
+    /// One line on what the mapping reads (vendor, API endpoint).
+    #[serde(default)]
+    pub description: String,
+    /// How `--source auto` recognises a record of this source.
+    pub detect: DetectConfig,
+    /// Where the event time is.
+    pub timestamp: TimestampConfig,
+    /// ECS field name -> JSON path, or a list of paths tried in order (first non-empty value
+    /// wins). Paths are dotted (`actor.user.email`, `participants.0.email`) or JSON Pointers
+    /// (`/event_type/.tag`) for keys that contain dots. `event.action` is required.
+    pub fields: BTreeMap<String, Paths>,
+    /// How `event.outcome` is derived from the record.
+    #[serde(default)]
+    pub outcome: Option<OutcomeConfig>,
+    /// Categorisation rules, tried in order; the first whose conditions all hold sets
+    /// `event.category` / `event.type` (and the outcome when the record did not decide it).
+    #[serde(default)]
+    pub classify: Vec<ClassifyRuleConfig>,
+}
+
+/// One JSON path or several alternatives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Paths {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Paths {
+    fn as_slice(&self) -> &[String] {
+        match self {
+            Paths::One(p) => std::slice::from_ref(p),
+            Paths::Many(p) => p,
+        }
+    }
+}
+
+/// Auto-detection: a record is this source when every path of at least one `key_sets` entry is
+/// present (non-null) and every `equals` path holds its string value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectConfig {
+    /// Alternative sets of paths that must all be present (one set per record shape).
+    pub key_sets: Vec<Vec<String>>,
+    /// Paths that must hold exactly this string value.
+    #[serde(default)]
+    pub equals: BTreeMap<String, String>,
+}
+
+/// The event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampConfig {
+    /// Path(s) of the timestamp; the first present one is used.
+    pub path: Paths,
+    /// A chrono `strftime` format for vendors with unusual text formats (`%d/%m/%Y %H:%M:%S`);
+    /// without it, RFC 3339 / ISO 8601 variants, RFC 2822 and epoch numbers are accepted. A
+    /// format without a zone is read as UTC.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Whether a record without a timestamp is an error (`true`) or gets the receive time.
+    #[serde(default = "default_true")]
+    pub required: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `event.outcome` from a vendor result field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeConfig {
+    /// Path(s) of the vendor's result value (string or boolean).
+    #[serde(default)]
+    pub path: Option<Paths>,
+    /// Values meaning success (exact, case-insensitive; `true` for booleans).
+    #[serde(default)]
+    pub success: Vec<String>,
+    /// Values meaning failure (exact, case-insensitive; `false` for booleans).
+    #[serde(default)]
+    pub failure: Vec<String>,
+    /// Paths whose mere presence (non-null) means failure (`errorCode`).
+    #[serde(default)]
+    pub failure_if_present: Vec<String>,
+    /// Outcome when neither the values above nor a matching `[[classify]]` rule's `outcome`
+    /// decided: `success`, `failure` or `unknown` (default).
+    #[serde(default)]
+    pub default: Outcome,
+}
+
+/// One categorisation rule. Patterns are exact strings, or use `*` at the start and/or end
+/// for suffix / prefix / substring matches (`user_*`, `*_failed`, `*download*`), or `*` alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyRuleConfig {
+    /// Patterns for the resolved `event.action` (any may match).
+    #[serde(default)]
+    pub action: Vec<String>,
+    /// Path -> patterns for other record values (every path must match one of its patterns).
+    #[serde(default)]
+    pub when: BTreeMap<String, Vec<String>>,
+    /// ECS `event.category` values (`authentication`, `iam`, `configuration`, `file`, ...).
+    pub category: Vec<String>,
+    /// ECS `event.type` values (`start`, `change`, `creation`, `deletion`, `access`, ...).
+    #[serde(rename = "type")]
+    pub kind: Vec<String>,
+    /// Outcome to use when the record's own result value (the `[outcome]` path/values) did not
+    /// decide; it wins over `outcome.default`.
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+}
+
+const ECS_CATEGORIES: &[&str] = &[
+    "api",
+    "authentication",
+    "configuration",
+    "database",
+    "driver",
+    "email",
+    "file",
+    "host",
+    "iam",
+    "intrusion_detection",
+    "library",
+    "malware",
+    "network",
+    "package",
+    "process",
+    "registry",
+    "session",
+    "threat",
+    "vulnerability",
+    "web",
+];
+const ECS_TYPES: &[&str] = &[
+    "access",
+    "admin",
+    "allowed",
+    "change",
+    "connection",
+    "creation",
+    "deletion",
+    "denied",
+    "end",
+    "error",
+    "group",
+    "indicator",
+    "info",
+    "installation",
+    "protocol",
+    "start",
+    "user",
+];
+
+/// ECS fields a mapping may fill from a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EcsField {
+    Action,
+    UserName,
+    UserEmail,
+    UserId,
+    TargetName,
+    TargetEmail,
+    TargetId,
+    SourceIp,
+    Country,
+    AsNumber,
+    UserAgent,
+    OrganizationId,
+    CloudAccountId,
+}
+
+impl EcsField {
+    fn parse(name: &str) -> Option<EcsField> {
+        Some(match name {
+            "event.action" => EcsField::Action,
+            "user.name" => EcsField::UserName,
+            "user.email" => EcsField::UserEmail,
+            "user.id" => EcsField::UserId,
+            "user.target.name" => EcsField::TargetName,
+            "user.target.email" => EcsField::TargetEmail,
+            "user.target.id" => EcsField::TargetId,
+            "source.ip" => EcsField::SourceIp,
+            "source.geo.country_iso_code" => EcsField::Country,
+            "source.as.number" => EcsField::AsNumber,
+            "user_agent.original" => EcsField::UserAgent,
+            "organization.id" => EcsField::OrganizationId,
+            "cloud.account.id" => EcsField::CloudAccountId,
+            _ => return None,
+        })
+    }
+}
+
+/// A pre-split path: object keys, or array indexes where the value is an array.
+#[derive(Debug, Clone)]
+struct JsonPath {
+    text: String,
+    segments: Vec<(String, Option<usize>)>,
+}
+
+impl JsonPath {
+    fn parse(text: &str) -> Result<JsonPath, String> {
+        let raw: Vec<String> = if let Some(pointer) = text.strip_prefix('/') {
+            pointer
+                .split('/')
+                .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                .collect()
+        } else {
+            text.split('.').map(str::to_owned).collect()
+        };
+        if text.is_empty() || raw.iter().any(String::is_empty) {
+            return Err(format!("path `{text}` has an empty segment"));
+        }
+        let segments = raw
+            .into_iter()
+            .map(|s| {
+                let idx = s.parse::<usize>().ok();
+                (s, idx)
+            })
+            .collect();
+        Ok(JsonPath {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+
+    fn resolve<'a>(&self, v: &'a Value) -> Option<&'a Value> {
+        let mut cur = v;
+        for (key, idx) in &self.segments {
+            cur = match cur {
+                Value::Object(m) => m.get(key)?,
+                Value::Array(a) => a.get((*idx)?)?,
+                _ => return None,
+            };
+        }
+        if cur.is_null() {
+            None
+        } else {
+            Some(cur)
+        }
+    }
+
+    fn first<'a, 'p>(paths: &'p [JsonPath], v: &'a Value) -> Option<(&'p JsonPath, &'a Value)> {
+        paths.iter().find_map(|p| {
+            p.resolve(v)
+                .filter(|x| !matches!(x, Value::String(s) if s.trim().is_empty()))
+                .map(|x| (p, x))
+        })
+    }
+}
+
+/// A compiled classification pattern.
+#[derive(Debug, Clone)]
+enum Pattern {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+}
+
+impl Pattern {
+    fn parse(p: &str) -> Result<Pattern, String> {
+        let starts = p.starts_with('*');
+        let ends = p.ends_with('*') && p.len() > 1;
+        let core = p.trim_matches('*');
+        if p == "*" {
+            return Ok(Pattern::Any);
+        }
+        if core.contains('*') {
+            return Err(format!(
+                "pattern `{p}`: `*` is only allowed at the start or end"
+            ));
+        }
+        Ok(match (starts, ends) {
+            (true, true) => Pattern::Contains(core.to_owned()),
+            (true, false) => Pattern::Suffix(core.to_owned()),
+            (false, true) => Pattern::Prefix(core.to_owned()),
+            (false, false) => Pattern::Exact(core.to_owned()),
+        })
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(x) => s == x,
+            Pattern::Prefix(x) => s.starts_with(x.as_str()),
+            Pattern::Suffix(x) => s.ends_with(x.as_str()),
+            Pattern::Contains(x) => s.contains(x.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    action: Vec<Pattern>,
+    when: Vec<(JsonPath, Vec<Pattern>)>,
+    category: Vec<String>,
+    kind: Vec<String>,
+    outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Clone)]
+struct OutcomeRule {
+    paths: Vec<JsonPath>,
+    success: Vec<String>,
+    failure: Vec<String>,
+    failure_if_present: Vec<JsonPath>,
+    default: Outcome,
+}
+
+/// A compiled declarative mapping; implements [`Normalizer`] under its configured name.
+#[derive(Debug, Clone)]
+pub struct MappingNormalizer {
+    name: String,
+    description: String,
+    key_sets: Vec<Vec<JsonPath>>,
+    equals: Vec<(JsonPath, String)>,
+    ts_paths: Vec<JsonPath>,
+    ts_format: Option<String>,
+    ts_required: bool,
+    fields: Vec<(EcsField, Vec<JsonPath>)>,
+    outcome: Option<OutcomeRule>,
+    rules: Vec<Rule>,
+}
+
+impl MappingConfig {
+    /// Parse a mapping file's text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<MappingConfig, DetectError> {
+        toml::from_str(text).map_err(|e| DetectError::Config {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Validate and compile; `origin` names the file in errors.
+    pub fn build(&self, origin: &Path) -> Result<MappingNormalizer, DetectError> {
+        self.compile().map_err(|message| DetectError::Config {
+            path: origin.to_owned(),
+            message,
+        })
+    }
+
+    fn compile(&self) -> Result<MappingNormalizer, String> {
+        let valid_name = !self.name.is_empty()
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid_name || self.name == "auto" {
+            return Err(format!(
+                "`name = \"{}\"`: use lowercase letters, digits and `_` (and not `auto`)",
+                self.name
+            ));
+        }
+        let paths = |list: &[String], what: &str| -> Result<Vec<JsonPath>, String> {
+            if list.is_empty() {
+                return Err(format!("{what}: no path given"));
+            }
+            list.iter()
+                .map(|p| JsonPath::parse(p).map_err(|e| format!("{what}: {e}")))
+                .collect()
+        };
+        if self.detect.key_sets.is_empty() || self.detect.key_sets.iter().any(Vec::is_empty) {
+            return Err("`detect.key_sets` needs at least one non-empty set of paths".into());
+        }
+        let key_sets = self
+            .detect
+            .key_sets
+            .iter()
+            .map(|set| paths(set, "detect.key_sets"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let equals = self
+            .detect
+            .equals
+            .iter()
+            .map(|(p, v)| {
+                Ok((
+                    JsonPath::parse(p).map_err(|e| format!("detect.equals: {e}"))?,
+                    v.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let ts_paths = paths(self.timestamp.path.as_slice(), "timestamp.path")?;
+        if let Some(fmt) = &self.timestamp.format {
+            let bad = chrono::format::StrftimeItems::new(fmt)
+                .any(|i| matches!(i, chrono::format::Item::Error));
+            if bad || fmt.is_empty() {
+                return Err(format!(
+                    "timestamp.format `{fmt}` is not a valid strftime format"
+                ));
+            }
+        }
+        let mut fields = Vec::new();
+        for (name, p) in &self.fields {
+            let target = EcsField::parse(name).ok_or_else(|| {
+                format!(
+                    "fields: `{name}` is not a mappable ECS field (use one of event.action, user.name, user.email, user.id, user.target.name, user.target.email, user.target.id, source.ip, source.geo.country_iso_code, source.as.number, user_agent.original, organization.id, cloud.account.id; outcome and categories have their own sections)"
+                )
+            })?;
+            fields.push((target, paths(p.as_slice(), &format!("fields.\"{name}\""))?));
+        }
+        if !fields.iter().any(|(t, _)| *t == EcsField::Action) {
+            return Err("fields: `event.action` must be mapped".into());
+        }
+        let outcome = match &self.outcome {
+            None => None,
+            Some(o) => Some(OutcomeRule {
+                paths: match &o.path {
+                    Some(p) => paths(p.as_slice(), "outcome.path")?,
+                    None => Vec::new(),
+                },
+                success: o.success.clone(),
+                failure: o.failure.clone(),
+                failure_if_present: o
+                    .failure_if_present
+                    .iter()
+                    .map(|p| {
+                        JsonPath::parse(p).map_err(|e| format!("outcome.failure_if_present: {e}"))
+                    })
+                    .collect::<Result<_, _>>()?,
+                default: o.default,
+            }),
+        };
+        let mut rules = Vec::new();
+        for (i, r) in self.classify.iter().enumerate() {
+            let what = format!("classify[{i}]");
+            for c in &r.category {
+                if !ECS_CATEGORIES.contains(&c.as_str()) {
+                    return Err(format!(
+                        "{what}: `{c}` is not an ECS event.category ({})",
+                        ECS_CATEGORIES.join(", ")
+                    ));
+                }
+            }
+            for t in &r.kind {
+                if !ECS_TYPES.contains(&t.as_str()) {
+                    return Err(format!(
+                        "{what}: `{t}` is not an ECS event.type ({})",
+                        ECS_TYPES.join(", ")
+                    ));
+                }
+            }
+            let pats = |list: &[String]| -> Result<Vec<Pattern>, String> {
+                list.iter()
+                    .map(|p| Pattern::parse(p).map_err(|e| format!("{what}: {e}")))
+                    .collect()
+            };
+            let mut when = Vec::new();
+            for (p, list) in &r.when {
+                if list.is_empty() {
+                    return Err(format!("{what}: `when.{p}` has no patterns"));
+                }
+                when.push((
+                    JsonPath::parse(p).map_err(|e| format!("{what}: {e}"))?,
+                    pats(list)?,
+                ));
+            }
+            rules.push(Rule {
+                action: pats(&r.action)?,
+                when,
+                category: r.category.clone(),
+                kind: r.kind.clone(),
+                outcome: r.outcome,
+            });
+        }
+        Ok(MappingNormalizer {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            key_sets,
+            equals,
+            ts_paths,
+            ts_format: self.timestamp.format.clone(),
+            ts_required: self.timestamp.required,
+            fields,
+            outcome,
+            rules,
+        })
+    }
+}
+
+impl MappingNormalizer {
+    /// Parse and compile a mapping file's text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<MappingNormalizer, DetectError> {
+        MappingConfig::from_toml(text, origin)?.build(origin)
+    }
+
+    /// Read, parse and compile one mapping file.
+    pub fn from_file(path: &Path) -> Result<MappingNormalizer, DetectError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DetectError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Whether the record has this source's shape (the `[detect]` section).
+    pub fn matches(&self, raw: &Value) -> bool {
+        raw.is_object()
+            && self
+                .key_sets
+                .iter()
+                .any(|set| set.iter().all(|p| p.resolve(raw).is_some()))
+            && self
+                .equals
+                .iter()
+                .all(|(p, want)| p.resolve(raw).and_then(Value::as_str) == Some(want.as_str()))
+    }
+
+    fn timestamp(&self, raw: &Value) -> Result<Option<DateTime<Utc>>, NormalizeError> {
+        let Some((path, v)) = JsonPath::first(&self.ts_paths, raw) else {
+            return if self.ts_required {
+                Err(NormalizeError::MissingField(self.ts_paths[0].text.clone()))
+            } else {
+                Ok(None)
+            };
+        };
+        let bad = |reason: &str| NormalizeError::BadTimestamp {
+            field: path.text.clone(),
+            reason: reason.to_owned(),
+        };
+        match (&self.ts_format, v) {
+            (Some(fmt), Value::String(s)) => {
+                if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
+                    return Ok(Some(dt.with_timezone(&Utc)));
+                }
+                NaiveDateTime::parse_from_str(s, fmt)
+                    .map(|n| Some(Utc.from_utc_datetime(&n)))
+                    .map_err(|e| bad(&format!("does not match format `{fmt}`: {e}")))
+            }
+            _ => parse_timestamp(v)
+                .map(Some)
+                .map_err(|e| bad(&e.to_string())),
+        }
+    }
+
+    fn ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
+        fields::object(raw)?;
+        let mut ecs = Ecs {
+            timestamp: self.timestamp(raw)?,
+            ..Ecs::default()
+        };
+        for (target, paths) in &self.fields {
+            let Some((path, v)) = JsonPath::first(paths, raw) else {
+                if *target == EcsField::Action {
+                    return Err(NormalizeError::MissingField(paths[0].text.clone()));
+                }
+                continue;
+            };
+            if *target == EcsField::AsNumber {
+                ecs.source_as_number = v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
+                continue;
+            }
+            let Some(s) = fields::scalar_string(v) else {
+                if *target == EcsField::Action {
+                    return Err(NormalizeError::WrongType {
+                        field: path.text.clone(),
+                        expected: "string",
+                    });
+                }
+                continue;
+            };
+            match target {
+                EcsField::Action => ecs.event_action = Some(s),
+                EcsField::UserName => ecs.user_name = Some(s),
+                EcsField::UserEmail => ecs.user_email = Some(s),
+                EcsField::UserId => ecs.user_id = Some(s),
+                EcsField::TargetName => ecs.user_target_name = Some(s),
+                EcsField::TargetEmail => ecs.user_target_email = Some(s),
+                EcsField::TargetId => ecs.user_target_id = Some(s),
+                EcsField::SourceIp => ecs.source_ip = fields::clean_ip(&s),
+                EcsField::Country => ecs.source_geo_country_iso_code = fields::country_iso(&s),
+                EcsField::UserAgent => ecs.user_agent_original = Some(s),
+                EcsField::OrganizationId => ecs.organization_id = Some(s),
+                EcsField::CloudAccountId => ecs.cloud_account_id = Some(s),
+                EcsField::AsNumber => {}
+            }
+        }
+        let decided = self.outcome.as_ref().and_then(|o| o.decide(raw));
+        let action = ecs.event_action.as_deref().unwrap_or("");
+        let rule = self.rules.iter().find(|r| r.matches(action, raw));
+        match rule {
+            Some(rule) => {
+                ecs.event_category = rule.category.clone();
+                ecs.event_type = rule.kind.clone();
+            }
+            None => ecs.event_type = vec!["info".to_owned()],
+        }
+        ecs.event_outcome = decided
+            .or_else(|| rule.and_then(|r| r.outcome))
+            .or_else(|| self.outcome.as_ref().map(|o| o.default))
+            .unwrap_or_default();
+        ecs.fill_related();
+        Ok(ecs)
+    }
+}
+
+impl OutcomeRule {
+    /// The outcome the record's own values give, `None` when they do not decide.
+    fn decide(&self, raw: &Value) -> Option<Outcome> {
+        if self
+            .failure_if_present
+            .iter()
+            .any(|p| p.resolve(raw).is_some())
+        {
+            return Some(Outcome::Failure);
+        }
+        let value = JsonPath::first(&self.paths, raw).map(|(_, v)| v);
+        let text = match value {
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(Value::Bool(true)) => Some("true"),
+            Some(Value::Bool(false)) => Some("false"),
+            _ => None,
+        };
+        if let Some(t) = text {
+            if self.success.iter().any(|s| s.eq_ignore_ascii_case(t)) {
+                return Some(Outcome::Success);
+            }
+            if self.failure.iter().any(|s| s.eq_ignore_ascii_case(t)) {
+                return Some(Outcome::Failure);
+            }
+        }
+        None
+    }
+}
+
+impl Rule {
+    fn matches(&self, action: &str, raw: &Value) -> bool {
+        (self.action.is_empty() || self.action.iter().any(|p| p.matches(action)))
+            && self.when.iter().all(|(path, pats)| {
+                let value = path.resolve(raw);
+                let text = match value {
+                    Some(Value::String(s)) => Some(s.as_str()),
+                    Some(Value::Bool(true)) => Some("true"),
+                    Some(Value::Bool(false)) => Some("false"),
+                    _ => None,
+                };
+                text.is_some_and(|t| pats.iter().any(|p| p.matches(t)))
+            })
+    }
+}
+
+impl Normalizer for MappingNormalizer {
+    fn source(&self) -> &str {
+        &self.name
+    }
+
+    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
+        let ecs = self.ecs(&raw.raw)?;
+        Ok(Event::new(self.name.as_str(), raw, ecs))
+    }
+}
+
+/// Parse every bundled mapping (a failure here is a bug in the shipped files, caught by tests).
+pub(crate) fn bundled() -> Vec<Result<MappingNormalizer, DetectError>> {
+    BUNDLED_MAPPINGS
+        .iter()
+        .map(|(file, text)| {
+            MappingNormalizer::from_toml(text, Path::new(&format!("mappings/{file}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const MINIMAL: &str = r#"
+name = "acme"
+[detect]
+key_sets = [["acme_event", "when"]]
+[timestamp]
+path = "when"
+[fields]
+"event.action" = "acme_event"
+"user.email" = ["who.email", "/who/mail.addr"]
+"source.ip" = "who.ip"
+[outcome]
+path = "ok"
+success = ["true"]
+failure = ["false"]
+[[classify]]
+action = ["login*"]
+category = ["authentication"]
+type = ["start"]
+"#;
+
+    fn acme() -> MappingNormalizer {
+        MappingNormalizer::from_toml(MINIMAL, Path::new("acme.toml")).expect("valid mapping")
+    }
+
+    #[test]
+    fn minimal_mapping_normalizes() {
+        let m = acme();
+        let raw = json!({"acme_event": "login_ok", "when": 1700000000, "who": {"mail.addr": "a@b.io", "ip": "198.51.100.2"}, "ok": false});
+        assert!(m.matches(&raw));
+        let ecs = m.ecs(&raw).expect("normalizes");
+        assert_eq!(ecs.event_action.as_deref(), Some("login_ok"));
+        assert_eq!(ecs.user_email.as_deref(), Some("a@b.io"));
+        assert_eq!(ecs.event_outcome, Outcome::Failure);
+        assert_eq!(ecs.event_category, vec!["authentication"]);
+        assert_eq!(ecs.related_ip, vec!["198.51.100.2"]);
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_are_errors() {
+        let m = acme();
+        assert_eq!(m.ecs(&json!([1])), Err(NormalizeError::NotAnObject));
+        assert_eq!(
+            m.ecs(&json!({"when": 1})),
+            Err(NormalizeError::MissingField("acme_event".into()))
+        );
+        assert!(matches!(
+            m.ecs(&json!({"acme_event": {"x": 1}, "when": 1})),
+            Err(NormalizeError::WrongType { .. })
+        ));
+        assert!(matches!(
+            m.ecs(&json!({"acme_event": "x", "when": "nope"})),
+            Err(NormalizeError::BadTimestamp { .. })
+        ));
+        assert!(!m.matches(&json!({"acme_event": "x"})));
+    }
+
+    #[test]
+    fn bad_mapping_files_name_file_and_problem() {
+        let cases = [
+            (
+                MINIMAL.replace("name = \"acme\"", "name = \"acme\"\nbogus = 1"),
+                "unknown field `bogus`",
+            ),
+            (
+                MINIMAL.replace(
+                    "\"event.action\" = \"acme_event\"",
+                    "\"event.actoin\" = \"acme_event\"",
+                ),
+                "event.actoin",
+            ),
+            (
+                MINIMAL.replace("category = [\"authentication\"]", "category = [\"logins\"]"),
+                "`logins` is not an ECS event.category",
+            ),
+            (
+                MINIMAL.replace("action = [\"login*\"]", "action = [\"lo*gin\"]"),
+                "only allowed at the start or end",
+            ),
+            (
+                MINIMAL.replace("name = \"acme\"", "name = \"Acme!\""),
+                "lowercase",
+            ),
+            (
+                MINIMAL.replace("path = \"when\"", "path = \"when\"\nformat = \"%Q\""),
+                "not a valid strftime",
+            ),
+            (
+                MINIMAL.replace("key_sets = [[\"acme_event\", \"when\"]]", "key_sets = []"),
+                "detect.key_sets",
+            ),
+            (
+                MINIMAL.replace("\"source.ip\" = \"who.ip\"", "\"source.ip\" = \"who..ip\""),
+                "empty segment",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = MappingNormalizer::from_toml(&text, Path::new("mappings/acme.wrongkey.toml"))
+                .expect_err("must be rejected")
+                .to_string();
+            assert!(err.contains("mappings/acme.wrongkey.toml"), "{err}");
+            assert!(err.contains(want), "{err} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn explicit_timestamp_format() {
+        let text = MINIMAL.replace(
+            "path = \"when\"",
+            "path = \"when\"\nformat = \"%d/%m/%Y %H:%M:%S\"",
+        );
+        let m = MappingNormalizer::from_toml(&text, Path::new("acme.toml")).expect("valid");
+        let ecs = m
+            .ecs(&json!({"acme_event": "x", "when": "24/06/2021 00:04:08"}))
+            .expect("parses");
+        assert_eq!(
+            ecs.timestamp.map(|t| t.to_rfc3339()),
+            Some("2021-06-24T00:04:08+00:00".into())
+        );
+        assert!(m
+            .ecs(&json!({"acme_event": "x", "when": "2021-06-24"}))
+            .is_err());
+    }
+
+    #[test]
+    fn patterns() {
+        let p = |s: &str| Pattern::parse(s).expect("valid");
+        assert!(p("user_*").matches("user_login"));
+        assert!(!p("user_*").matches("a_user_login"));
+        assert!(p("*_failed").matches("login_failed"));
+        assert!(p("*down*").matches("file_download"));
+        assert!(p("*").matches(""));
+        assert!(p("LOGIN").matches("LOGIN") && !p("LOGIN").matches("LOGINS"));
+    }
+
+    #[test]
+    fn every_bundled_mapping_compiles() {
+        for m in bundled() {
+            m.expect("bundled mapping is valid");
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Registry, envelope splitting, auto-detection and robustness tests.
+
+use super::*;
+use chrono::{TimeZone, Utc};
+use perimeter_model::Outcome;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn record(raw: Value) -> RawRecord {
+    RawRecord {
+        source: AUTO.into(),
+        tenant: "t".into(),
+        received_at: Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("valid"),
+        line: Some(7),
+        raw,
+    }
+}
+
+#[test]
+fn registry_lists_builtins_json_and_bundled_mappings() {
+    let r = NormalizerRegistry::builtin();
+    let names = r.names();
+    for n in [
+        "okta",
+        "github",
+        "google_workspace",
+        "slack",
+        "m365",
+        "aws_cloudtrail",
+        "onepassword",
+        "json",
+        "zoom",
+        "box",
+        "duo",
+        "dropbox",
+        "atlassian",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+        assert_eq!(r.get(n).map(|x| x.source()), Some(n));
+    }
+    assert!(r.get("auto").is_none());
+    assert!(r.get("nope").is_none());
+}
+
+#[test]
+fn unknown_and_undetected_sources_are_errors() {
+    let r = NormalizerRegistry::builtin();
+    assert_eq!(
+        r.normalize("splunk", record(json!({"a": 1}))).err(),
+        Some(NormalizeError::UnknownSource("splunk".into()))
+    );
+    assert_eq!(
+        r.normalize(AUTO, record(json!({"a": 1}))).err(),
+        Some(NormalizeError::UndetectedSource)
+    );
+    assert_eq!(
+        r.normalize(AUTO, record(json!("text"))).err(),
+        Some(NormalizeError::NotAnObject)
+    );
+}
+
+#[test]
+fn auto_detection_picks_each_builtin_by_shape() {
+    let r = NormalizerRegistry::builtin();
+    let cases = [
+        (
+            json!({"eventType": "user.session.start", "published": "2024-01-01T00:00:00Z"}),
+            Some("okta"),
+        ),
+        (
+            json!({"action": "org.add_member", "@timestamp": 1, "org": "x", "actor": "a"}),
+            Some("github"),
+        ),
+        (
+            json!({"action": "repo.create", "_document_id": "d", "created_at": 1}),
+            Some("github"),
+        ),
+        (
+            json!({"kind": "admin#reports#activity", "id": {"time": "x"}, "events": []}),
+            Some("google_workspace"),
+        ),
+        (
+            json!({"date_create": 1, "action": "user_login", "actor": {}}),
+            Some("slack"),
+        ),
+        (
+            json!({"CreationTime": "x", "Operation": "UserLoggedIn", "Workload": "AzureActiveDirectory"}),
+            Some("m365"),
+        ),
+        (
+            json!({"eventTime": "x", "eventName": "ConsoleLogin", "eventSource": "signin.amazonaws.com"}),
+            Some("aws_cloudtrail"),
+        ),
+        (
+            json!({"uuid": "u", "timestamp": "t", "category": "success", "session_uuid": "s"}),
+            Some("onepassword"),
+        ),
+        (
+            json!({"uuid": "u", "timestamp": "t", "item_uuid": "i", "vault_uuid": "v"}),
+            Some("onepassword"),
+        ),
+        (
+            json!({"uuid": "u", "timestamp": "t", "actor_uuid": "a", "object_type": "user", "action": "x"}),
+            Some("onepassword"),
+        ),
+        (
+            json!({"type": "event", "event_id": "e", "event_type": "LOGIN", "created_at": "t", "created_by": {}}),
+            Some("box"),
+        ),
+        (
+            json!({"txid": "t", "event_type": "authentication", "result": "success", "timestamp": 1}),
+            Some("duo"),
+        ),
+        (
+            json!({"time": "t", "operator": "o", "category_type": "User", "action": "Add"}),
+            Some("zoom"),
+        ),
+        (
+            json!({"timestamp": "t", "event_type": {".tag": "login_fail"}, "event_category": {".tag": "logins"}}),
+            Some("dropbox"),
+        ),
+        (
+            json!({"type": "events", "attributes": {"time": "t", "action": "a", "actor": {}}}),
+            Some("atlassian"),
+        ),
+        (
+            json!({"user.name": "bob", "@timestamp": "2024-01-01T00:00:00Z"}),
+            None,
+        ),
+        (json!({"action": "x"}), None),
+        (
+            json!({"type": "event", "event_id": "e", "event_type": "LOGIN", "created_at": "t"}),
+            None,
+        ),
+        (json!([1, 2]), None),
+        (json!(null), None),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(r.detect_source(&raw), want, "{raw}");
+    }
+}
+
+#[test]
+fn split_unwraps_vendor_envelopes() {
+    let rec = json!({"eventType": "a", "published": "t"});
+    let two = |v: Value| split_records(AUTO, v).len();
+    assert_eq!(two(json!([rec, rec])), 2);
+    assert_eq!(
+        two(json!({"items": [rec, rec], "cursor": "c", "has_more": false})),
+        2
+    );
+    assert_eq!(
+        two(json!({"entries": [rec, rec], "response_metadata": {}})),
+        2
+    );
+    assert_eq!(two(json!({"Records": [rec, rec]})), 2);
+    assert_eq!(two(json!({"data": [rec, rec], "links": {}, "meta": {}})), 2);
+    assert_eq!(
+        two(json!({"stat": "OK", "response": {"authlogs": [rec, rec], "metadata": {}}})),
+        2
+    );
+    assert_eq!(two(json!({"stat": "OK", "response": [rec, rec]})), 2);
+    assert_eq!(two(json!({"logs": [rec, rec]})), 2);
+    assert_eq!(two(json!({"data": [], "total": 0})), 0);
+    assert_eq!(two(json!({})), 0);
+    // A record that merely contains a list is kept whole.
+    let order = json!({"id": 1, "items": [1, 2, 3], "action": "x"});
+    assert_eq!(split_records(AUTO, order.clone()), vec![order]);
+    assert_eq!(split_records("json", json!(5)), vec![json!(5)]);
+}
+
+#[test]
+fn split_gives_one_google_record_per_event_entry() {
+    let activity = json!({
+        "kind": "admin#reports#activity",
+        "id": {"time": "2021-10-27T23:59:31.657Z", "applicationName": "admin", "customerId": "C1"},
+        "actor": {"email": "a@example.com"},
+        "events": [{"name": "CREATE_USER"}, {"name": "DELETE_USER"}, {"name": "ASSIGN_ROLE"}]
+    });
+    let page = json!({"kind": "admin#reports#activities", "items": [activity.clone()], "nextPageToken": "n"});
+    let parts = split_records(AUTO, page);
+    assert_eq!(parts.len(), 3);
+    for (p, name) in parts
+        .iter()
+        .zip(["CREATE_USER", "DELETE_USER", "ASSIGN_ROLE"])
+    {
+        assert_eq!(p["events"], json!([{"name": name}]));
+        assert_eq!(p["actor"], activity["actor"]);
+    }
+    // With `json`, nothing vendor-specific happens.
+    assert_eq!(split_records("json", activity.clone()).len(), 1);
+    assert_eq!(split_records("google_workspace", activity).len(), 3);
+}
+
+#[test]
+fn json_source_reads_only_ecs_named_fields() {
+    let r = NormalizerRegistry::builtin();
+    let ev = r
+        .normalize(
+            "json",
+            record(json!({
+                "@timestamp": "2024-05-01T10:00:00+02:00",
+                "user.name": "bob",
+                "source": {"ip": "198.51.100.4"},
+                "event": {"action": "login", "outcome": "failure", "category": "authentication"},
+                "username": "ignored",
+            })),
+        )
+        .expect("normalizes");
+    assert_eq!(ev.ecs.user_name.as_deref(), Some("bob"));
+    assert_eq!(ev.ecs.event_outcome, Outcome::Failure);
+    assert_eq!(ev.ecs.event_category, vec!["authentication"]);
+    assert_eq!(ev.ecs.related_ip, vec!["198.51.100.4"]);
+    assert_eq!(ev.timestamp.to_rfc3339(), "2024-05-01T08:00:00+00:00");
+    let plain = r
+        .normalize("json", record(json!({"msg": "hi"})))
+        .expect("normalizes");
+    assert_eq!(plain.timestamp, plain.received_at);
+    assert_eq!(plain.ecs.event_action, None);
+    assert!(matches!(
+        r.normalize("json", record(json!({"@timestamp": "later"}))),
+        Err(NormalizeError::BadTimestamp { .. })
+    ));
+}
+
+#[test]
+fn wrong_types_and_missing_fields_are_errors_per_vendor() {
+    let r = NormalizerRegistry::builtin();
+    let cases: &[(&str, Value, NormalizeError)] = &[
+        (
+            "okta",
+            json!({"published": "2024-01-01T00:00:00Z"}),
+            NormalizeError::MissingField("eventType".into()),
+        ),
+        (
+            "okta",
+            json!({"eventType": 5, "published": "2024-01-01T00:00:00Z"}),
+            NormalizeError::WrongType {
+                field: "eventType".into(),
+                expected: "string",
+            },
+        ),
+        (
+            "okta",
+            json!({"eventType": "x", "published": "2024-01-01T00:00:00Z", "target": "nope"}),
+            NormalizeError::WrongType {
+                field: "target".into(),
+                expected: "array",
+            },
+        ),
+        (
+            "okta",
+            json!({"eventType": "x"}),
+            NormalizeError::MissingField("published".into()),
+        ),
+        (
+            "github",
+            json!({"action": "x"}),
+            NormalizeError::MissingField("created_at".into()),
+        ),
+        (
+            "google_workspace",
+            json!({"id": {"time": "2024-01-01T00:00:00Z"}}),
+            NormalizeError::MissingField("events".into()),
+        ),
+        (
+            "google_workspace",
+            json!({"id": {"time": "2024-01-01T00:00:00Z"}, "events": []}),
+            NormalizeError::MissingField("events[0]".into()),
+        ),
+        (
+            "google_workspace",
+            json!({"id": {"time": "2024-01-01T00:00:00Z"}, "events": [{"name": 3}]}),
+            NormalizeError::WrongType {
+                field: "events[0].name".into(),
+                expected: "string",
+            },
+        ),
+        (
+            "slack",
+            json!({"action": "user_login"}),
+            NormalizeError::MissingField("date_create".into()),
+        ),
+        (
+            "m365",
+            json!({"CreationTime": "2024-01-01T00:00:00"}),
+            NormalizeError::MissingField("Operation".into()),
+        ),
+        (
+            "aws_cloudtrail",
+            json!({"eventTime": "2024-01-01T00:00:00Z"}),
+            NormalizeError::MissingField("eventName".into()),
+        ),
+        (
+            "zoom",
+            json!({"time": "2022-08-23T14:46:17Z"}),
+            NormalizeError::MissingField("action".into()),
+        ),
+        (
+            "box",
+            json!({"event_type": "LOGIN"}),
+            NormalizeError::MissingField("created_at".into()),
+        ),
+    ];
+    for (source, raw, want) in cases {
+        assert_eq!(
+            r.normalize(source, record(raw.clone())).err().as_ref(),
+            Some(want),
+            "{source}: {raw}"
+        );
+    }
+    for source in r.names() {
+        if source == "json" {
+            continue;
+        }
+        assert_eq!(
+            r.normalize(source, record(json!([1]))).err(),
+            Some(NormalizeError::NotAnObject),
+            "{source}"
+        );
+        assert!(
+            r.normalize(source, record(json!({}))).is_err(),
+            "{source}: empty object must not normalize"
+        );
+    }
+    assert!(matches!(
+        r.normalize("aws_cloudtrail", record(json!({"eventName": "x", "eventTime": "not a time"}))),
+        Err(NormalizeError::BadTimestamp { field, .. }) if field == "eventTime"
+    ));
+    assert!(matches!(
+        r.normalize(
+            "onepassword",
+            record(json!({"uuid": "x", "timestamp": "2024-01-01T00:00:00Z"}))
+        ),
+        Err(NormalizeError::Other(_))
+    ));
+}
+
+#[test]
+fn event_keeps_raw_line_and_a_content_id() {
+    let r = NormalizerRegistry::builtin();
+    let raw = json!({"eventType": "user.session.start", "published": "2024-01-01T00:00:00Z", "outcome": {"result": "SUCCESS"}});
+    let a = r.normalize(AUTO, record(raw.clone())).expect("ok");
+    let b = r.normalize("okta", record(raw.clone())).expect("ok");
+    assert_eq!(a.raw, raw);
+    assert_eq!(a.line, Some(7));
+    assert_eq!(a.id, b.id);
+    assert_eq!(a.source, "okta");
+}
+
+#[test]
+fn mappings_dir_adds_overrides_and_rejects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acme = r#"
+name = "acme"
+[detect]
+key_sets = [["acme_event", "when"]]
+[timestamp]
+path = "when"
+[fields]
+"event.action" = "acme_event"
+"#;
+    std::fs::write(dir.path().join("acme.toml"), acme).expect("write");
+    std::fs::write(dir.path().join("notes.txt"), "not a mapping").expect("write");
+    std::fs::write(dir.path().join("zoom.toml"), acme.replace("acme", "zoom")).expect("write");
+    let mut r = NormalizerRegistry::builtin();
+    let before = r.names().len();
+    assert_eq!(r.load_mappings_dir(dir.path()).expect("loads"), 2);
+    assert_eq!(r.names().len(), before + 1, "zoom replaced, acme added");
+    let raw = json!({"acme_event": "did_thing", "when": 1700000000});
+    assert_eq!(r.detect_source(&raw), Some("acme"));
+    assert_eq!(
+        r.normalize(AUTO, record(raw))
+            .expect("ok")
+            .ecs
+            .event_action
+            .as_deref(),
+        Some("did_thing")
+    );
+    assert_eq!(
+        r.detect_source(&json!({"zoom_event": "x", "when": 1})),
+        Some("zoom")
+    );
+
+    let bad = tempfile::tempdir().expect("tempdir");
+    std::fs::write(bad.path().join("okta.toml"), acme.replace("acme", "okta")).expect("write");
+    let err = r
+        .load_mappings_dir(bad.path())
+        .expect_err("built-in name")
+        .to_string();
+    assert!(
+        err.contains("okta.toml") && err.contains("built-in"),
+        "{err}"
+    );
+    std::fs::remove_file(bad.path().join("okta.toml")).expect("rm");
+    std::fs::write(
+        bad.path().join("broken.toml"),
+        "name = \"broken\"\n[detect\n",
+    )
+    .expect("write");
+    let err = r
+        .load_mappings_dir(bad.path())
+        .expect_err("syntax")
+        .to_string();
+    assert!(err.contains("broken.toml"), "{err}");
+    assert!(r.load_mappings_dir(&bad.path().join("missing")).is_err());
+}
+
+/// Timestamp formats in every recorded vendor page parse to UTC (collected by key name).
+#[test]
+fn every_fixture_timestamp_format_parses() {
+    fn walk(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let k = k.to_ascii_lowercase();
+                    let timeish = ["time", "date", "created", "published", "timestamp"]
+                        .iter()
+                        .any(|w| k.contains(w))
+                        || k.ends_with("_at");
+                    if timeish && (x.is_string() || x.is_number()) && k != "timewindow" {
+                        out.push(x.clone());
+                    }
+                    walk(x, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let near = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/saas-api-pages"
+    );
+    let root = if Path::new(near).is_dir() {
+        near.to_owned()
+    } else {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/saas-api-pages"
+        )
+        .to_owned()
+    };
+    let mut stack = vec![std::path::PathBuf::from(root)];
+    let mut values = Vec::new();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .expect("read dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        } else if p.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&p).expect("read");
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                walk(&v, &mut values);
+            }
+        }
+    }
+    assert!(values.len() > 500, "found only {} timestamps", values.len());
+    let mut failed: Vec<String> = values
+        .iter()
+        .filter(|v| {
+            // Free-text fields and small counters (`"time": 300`, `"REDACTED"`) are not times.
+            let text_like = v
+                .as_str()
+                .is_some_and(|s| !s.starts_with(|c: char| c.is_ascii_digit()));
+            let small = v.as_i64().is_some_and(|n| n < 1_000_000)
+                || v.as_str()
+                    .is_some_and(|s| s.len() < 7 && s.bytes().all(|b| b.is_ascii_digit()));
+            !text_like && !small && perimeter_model::parse_timestamp(v).is_err()
+        })
+        .map(Value::to_string)
+        .collect();
+    failed.dedup();
+    assert!(failed.is_empty(), "unparsed timestamps: {failed:?}");
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)),
+        "[a-zA-Z0-9 :.@_-]{0,12}".prop_map(Value::from),
+        prop_oneof![
+            Just("2024-01-01T00:00:00Z"),
+            Just("user.session.start"),
+            Just("SUCCESS"),
+            Just("login_fail"),
+            Just("198.51.100.7"),
+            Just("[::1]:80"),
+            Just("admin#reports#activity"),
+            Just("User"),
+            Just("iam.amazonaws.com"),
+            Just("Add member to role."),
+        ]
+        .prop_map(Value::from),
+    ];
+    let keys = prop_oneof![
+        Just("eventType"),
+        Just("published"),
+        Just("actor"),
+        Just("target"),
+        Just("client"),
+        Just("outcome"),
+        Just("result"),
+        Just("type"),
+        Just("action"),
+        Just("@timestamp"),
+        Just("created_at"),
+        Just("user"),
+        Just("kind"),
+        Just("id"),
+        Just("time"),
+        Just("events"),
+        Just("name"),
+        Just("parameters"),
+        Just("date_create"),
+        Just("entity"),
+        Just("context"),
+        Just("CreationTime"),
+        Just("Operation"),
+        Just("Workload"),
+        Just("ClientIP"),
+        Just("Target"),
+        Just("ExtendedProperties"),
+        Just("eventName"),
+        Just("eventSource"),
+        Just("eventTime"),
+        Just("userIdentity"),
+        Just("errorCode"),
+        Just("uuid"),
+        Just("timestamp"),
+        Just("category"),
+        Just("session_uuid"),
+        Just("item_uuid"),
+        Just("vault_uuid"),
+        Just("actor_uuid"),
+        Just("object_type"),
+        Just("operator"),
+        Just("category_type"),
+        Just("event_id"),
+        Just("created_by"),
+        Just("txid"),
+        Just("attributes"),
+        Just("items"),
+        Just("Records"),
+        Just("x"),
+    ];
+    leaf.prop_recursive(4, 48, 8, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((keys.clone(), inner), 0..8).prop_map(|kv| Value::Object(
+                kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+            )),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Arbitrary JSON never panics any normalizer, auto-detection or the splitter.
+    #[test]
+    fn arbitrary_json_never_panics(raw in arb_json()) {
+        let r = NormalizerRegistry::builtin();
+        for name in r.names() {
+            let _ = r.normalize(name, record(raw.clone()));
+        }
+        let _ = r.normalize(AUTO, record(raw.clone()));
+        for part in split_records(AUTO, raw) {
+            let _ = r.normalize(AUTO, record(part));
+        }
+    }
+}
