@@ -23,7 +23,9 @@ pub(crate) fn observe(
 ) {
     let t = ctx.t;
     let age_hours = st.age_hours(t);
-    let s = st.auth_failures.get_or_insert_with(|| Box::new(RateState::new(t)));
+    let s = st
+        .auth_failures
+        .get_or_insert_with(|| Box::new(RateState::new(t)));
     s.baseline.observe(t, 1, ctx.params);
     let n = s.window.add(t, cfg.window_seconds, 1);
     s.evidence.push(ctx.event, ctx.max_evidence);
@@ -33,7 +35,15 @@ pub(crate) fn observe(
     // An entity still warming up is scored against the prior only: attacks come from new IPs,
     // and hours spent under attack must not become the "normal" they are compared with.
     let learned = age_hours >= cfg.warmup_hours;
-    let score = s.baseline.score(t, cfg.window_seconds, n, cfg.prior_per_hour, learned, 1.0, ctx.params);
+    let score = s.baseline.score(
+        t,
+        cfg.window_seconds,
+        n,
+        cfg.prior_per_hour,
+        learned,
+        1.0,
+        ctx.params,
+    );
     if score.p_value > cfg.max_p_value {
         return;
     }
@@ -52,7 +62,11 @@ pub(crate) fn observe(
         explanation: format!(
             "{n} failed logins in {window} {what} {entity}, baseline {:.2}/{window}{}, {}",
             score.expected,
-            if learned { "" } else { " (prior, entity still warming up)" },
+            if learned {
+                ""
+            } else {
+                " (prior, entity still warming up)"
+            },
             format_p(score.p_value)
         ),
         score: surprise,

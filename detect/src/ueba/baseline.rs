@@ -67,16 +67,74 @@ impl WindowCounter {
     fn total(&self) -> u64 {
         self.counts.iter().map(|&c| c as u64).sum()
     }
-
 }
 
-/// Hour-of-day and day-of-week activity shares, as exponentially decayed sums.
+/// Hour-of-day and day-of-week profiles: per slot, an exponentially weighted average of that
+/// slot's own occurrences (hourly counts per hour of day, daily totals per day of week), so a
+/// slot filled recently does not look busier than one filled last week.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Season {
     /// First hour bucket this profile learned from.
     since_bucket: i64,
+    /// Negative = no occurrence yet.
     hour_of_day: [f32; 24],
     day_of_week: [f32; 7],
+    /// Count of the day in progress, folded into `day_of_week` at its last hour.
+    day_total: f32,
+}
+
+const UNSET: f32 = -1.0;
+
+fn ew(slot: &mut f32, x: f32, weight: f32) {
+    if *slot < 0.0 {
+        *slot = x;
+    } else {
+        *slot += weight * (x - *slot);
+    }
+}
+
+/// `slots[i]` relative to the mean of the slots seen so far (1.0 when unknown).
+fn relative(slots: &[f32], i: usize) -> f64 {
+    let (sum, n) = slots
+        .iter()
+        .filter(|v| **v >= 0.0)
+        .fold((0.0f64, 0u32), |(s, n), v| (s + *v as f64, n + 1));
+    if slots[i] < 0.0 || n == 0 || sum <= 0.0 {
+        return 1.0;
+    }
+    slots[i] as f64 * n as f64 / sum
+}
+
+impl Season {
+    fn new(since_bucket: i64) -> Season {
+        Season {
+            since_bucket,
+            hour_of_day: [UNSET; 24],
+            day_of_week: [UNSET; 7],
+            day_total: 0.0,
+        }
+    }
+
+    /// Learn hour bucket `bucket`'s count `x`; `alpha` is the hourly weight of the rate baseline,
+    /// turned into the equivalent weight per day / per week for slots that recur daily / weekly.
+    fn learn(&mut self, bucket: i64, x: f32, alpha: f32) {
+        let (h, d) = hour_and_day(bucket);
+        ew(&mut self.hour_of_day[h], x, 1.0 - (1.0 - alpha).powi(24));
+        self.day_total += x;
+        if h == 23 {
+            ew(
+                &mut self.day_of_week[d],
+                self.day_total,
+                1.0 - (1.0 - alpha).powi(168),
+            );
+            self.day_total = 0.0;
+        }
+    }
+
+    fn factor(&self, bucket: i64) -> f64 {
+        let (h, d) = hour_and_day(bucket);
+        relative(&self.hour_of_day, h) * relative(&self.day_of_week, d)
+    }
 }
 
 /// Learned hourly rate of one (entity, action class).
@@ -104,8 +162,15 @@ pub(crate) struct BaselineParams {
 
 impl BaselineParams {
     pub fn new(half_life_hours: f64, season_min_days: u64) -> BaselineParams {
-        let hl = if half_life_hours.is_finite() { half_life_hours.max(1.0) } else { 168.0 };
-        BaselineParams { alpha: 1.0 - 0.5f64.powf(1.0 / hl), season_min_hours: season_min_days as i64 * 24 }
+        let hl = if half_life_hours.is_finite() {
+            half_life_hours.max(1.0)
+        } else {
+            168.0
+        };
+        BaselineParams {
+            alpha: 1.0 - 0.5f64.powf(1.0 / hl),
+            season_min_hours: season_min_days as i64 * 24,
+        }
     }
 }
 
@@ -114,7 +179,14 @@ const MAX_GAP_STEPS: i64 = 24 * 7 * 8;
 
 impl RateBaseline {
     pub fn new(t: i64) -> RateBaseline {
-        RateBaseline { bucket: t.div_euclid(HOUR), bucket_count: 0, closed: 0, mean: 0.0, var: 0.0, season: None }
+        RateBaseline {
+            bucket: t.div_euclid(HOUR),
+            bucket_count: 0,
+            closed: 0,
+            mean: 0.0,
+            var: 0.0,
+            season: None,
+        }
     }
 
     /// Count `n` events at `t`. Late events (an earlier hour) are counted in the current hour.
@@ -129,20 +201,18 @@ impl RateBaseline {
         if b <= self.bucket {
             return;
         }
-        let a = p.alpha as f32;
+        let alpha = p.alpha as f32;
         let step = |this: &mut RateBaseline, bucket: i64, x: f32| {
+            // A plain running mean until the history is as long as the half-life window, then
+            // exponential weighting: no start-up bias, no correction needed.
+            let a = alpha.max(1.0 / (this.closed as f32 + 1.0));
             let diff = x - this.mean;
             let incr = a * diff;
             this.mean += incr;
             this.var = (1.0 - a) * (this.var + diff * incr);
             this.closed = this.closed.saturating_add(1);
             if let Some(s) = this.season.as_deref_mut() {
-                for v in s.hour_of_day.iter_mut().chain(s.day_of_week.iter_mut()) {
-                    *v *= 1.0 - a;
-                }
-                let (h, d) = hour_and_day(bucket);
-                s.hour_of_day[h] += x;
-                s.day_of_week[d] += x;
+                s.learn(bucket, x, alpha);
             }
         };
         let count = self.bucket_count as f32;
@@ -151,11 +221,7 @@ impl RateBaseline {
         // Seasonality only for entities that are actually active: a profile is 124 bytes and most
         // entities are seen a handful of times.
         if self.season.is_none() && count > 0.0 && self.closed >= 24 {
-            self.season = Some(Box::new(Season {
-                since_bucket: first,
-                hour_of_day: [0.0; 24],
-                day_of_week: [0.0; 7],
-            }));
+            self.season = Some(Box::new(Season::new(first + 1)));
         }
         let gap = (b - self.bucket - 1).min(MAX_GAP_STEPS);
         for i in 0..gap {
@@ -165,13 +231,9 @@ impl RateBaseline {
         self.bucket_count = 0;
     }
 
-    /// Bias-corrected mean and variance of hourly counts.
-    fn corrected(&self, p: &BaselineParams) -> (f64, f64) {
-        let w = 1.0 - (1.0 - p.alpha).powi(self.closed.min(1_000_000) as i32);
-        if w <= 0.0 {
-            return (0.0, 0.0);
-        }
-        ((self.mean as f64 / w).max(0.0), (self.var as f64 / w).max(0.0))
+    /// Mean and variance of hourly counts.
+    fn corrected(&self, _p: &BaselineParams) -> (f64, f64) {
+        (self.mean.max(0.0) as f64, self.var.max(0.0) as f64)
     }
 
     /// Learned events per hour (bias-corrected, without seasonality) as of `t`.
@@ -194,16 +256,8 @@ impl RateBaseline {
         if t.div_euclid(HOUR) - s.since_bucket < p.season_min_hours {
             return 1.0;
         }
-        let (h, d) = hour_and_day(t.div_euclid(HOUR));
-        let hsum: f32 = s.hour_of_day.iter().sum();
-        let dsum: f32 = s.day_of_week.iter().sum();
-        if hsum <= 0.0 || dsum <= 0.0 {
-            return 1.0;
-        }
-        let hf = s.hour_of_day[h] as f64 * 24.0 / hsum as f64;
-        let df = s.day_of_week[d] as f64 * 7.0 / dsum as f64;
         // Bounded so one quiet slot cannot turn a normal count into an alert on its own.
-        (hf * df).clamp(0.1, 10.0)
+        s.factor(t.div_euclid(HOUR)).clamp(0.1, 10.0)
     }
 
     /// Score `observed` events in a window of `window_seconds` ending at `t` against the learned
@@ -222,18 +276,37 @@ impl RateBaseline {
         p: &BaselineParams,
     ) -> Score {
         self.roll(t, p);
-        let (mean, var) = if use_learned { self.corrected(p) } else { (0.0, 0.0) };
-        let seasonal = if use_learned { self.seasonal_factor(t, p) } else { 1.0 };
+        let (mean, var) = if use_learned {
+            self.corrected(p)
+        } else {
+            (0.0, 0.0)
+        };
+        let seasonal = if use_learned {
+            self.seasonal_factor(t, p)
+        } else {
+            1.0
+        };
         let per_hour = (mean * seasonal).max(floor_per_hour).max(1e-6);
         let expected = per_hour * window_seconds as f64 / HOUR as f64;
-        let dispersion = if mean > 0.0 { (var / mean).clamp(1.0, 50.0) } else { 1.0 };
+        // With a seasonal profile in use, the busy-vs-quiet hour swings are explained by the
+        // profile, so the raw hourly variance would overstate the noise around it.
+        let dispersion = if mean > 0.0 && seasonal == 1.0 {
+            (var / mean).clamp(1.0, 50.0)
+        } else {
+            1.0
+        };
         let obs = observed as f64;
         let p_value = if obs <= expected || obs < min_ratio * expected {
             1.0
         } else {
             tail_probability(observed, expected, dispersion)
         };
-        Score { observed, expected, per_hour, p_value }
+        Score {
+            observed,
+            expected,
+            per_hour,
+            p_value,
+        }
     }
 }
 
@@ -283,7 +356,9 @@ pub(crate) fn tail_probability(k: u64, expected: f64, dispersion: f64) -> f64 {
     }
     let p = if dispersion > 1.05 {
         // Negative binomial with the same mean and variance: p = 1/phi, r = mu / (phi - 1).
-        NegativeBinomial::new(expected / (dispersion - 1.0), 1.0 / dispersion).map(|d| d.sf(k - 1)).ok()
+        NegativeBinomial::new(expected / (dispersion - 1.0), 1.0 / dispersion)
+            .map(|d| d.sf(k - 1))
+            .ok()
     } else {
         Poisson::new(expected).map(|d| d.sf(k - 1)).ok()
     };
@@ -302,18 +377,21 @@ pub(crate) fn hour_and_day(bucket: i64) -> (usize, usize) {
 mod tests {
     use super::*;
 
-    const P: BaselineParams = BaselineParams { alpha: 0.004117, season_min_hours: 14 * 24 };
+    const P: BaselineParams = BaselineParams {
+        alpha: 0.004117,
+        season_min_hours: 14 * 24,
+    };
 
     #[test]
     fn window_slides_with_event_time() {
         let mut w = WindowCounter::default();
-        let t0 = 1_700_000_000;
+        let t0 = 1_700_000_040; // a whole minute
         for i in 0..5 {
             w.add(t0 + i * 60, 600, 1);
         }
         assert_eq!(w.total_at(t0 + 5 * 60, 600), 5);
-        // 11 minutes after the first event, the first one left the window.
-        assert_eq!(w.add(t0 + 11 * 60, 600, 1), 5);
+        // 11 minutes after the first event, the events at minutes 0 and 1 are 10+ minutes old.
+        assert_eq!(w.add(t0 + 11 * 60, 600, 1), 4);
         assert_eq!(w.total_at(t0 + 60 * 60, 600), 0);
         // A late event inside the window counts; one older than the window does not.
         assert_eq!(w.add(t0 + 55 * 60, 600, 1), 1);
@@ -340,25 +418,34 @@ mod tests {
         let mut b = RateBaseline::new(t0);
         b.observe(t0, 100, &P);
         let s = b.score(t0 + 24 * 3600, 3600, 0, 0.0, true, 1.0, &P);
-        assert!(s.per_hour < 100.0 / 20.0, "one busy hour in 24 averages to about 4/h: {s:?}");
+        assert!(
+            s.per_hour < 100.0 / 20.0,
+            "one busy hour in 24 averages to about 4/h: {s:?}"
+        );
         assert_eq!(b.history_hours(), 24);
     }
 
     #[test]
     fn seasonality_expects_more_in_busy_hours() {
-        let p = BaselineParams { alpha: 0.004117, season_min_hours: 2 * 24 };
-        let t0 = 1_700_006_400 - 1_700_006_400 % 86400;
+        let p = BaselineParams {
+            alpha: 0.004117,
+            season_min_hours: 7 * 24,
+        };
+        let t0 = 1_699_920_000; // a UTC midnight
         let mut b = RateBaseline::new(t0);
-        for day in 0..10 {
+        for day in 0..28 {
             for h in 9..17 {
                 b.observe(t0 + day * 86400 + h * 3600, 20, &p);
             }
         }
-        let now = t0 + 10 * 86400;
+        let now = t0 + 28 * 86400;
         let work = b.score(now + 10 * 3600, 3600, 20, 0.01, true, 1.0, &p);
         let night = b.score(now + 3 * 3600 + 86400, 3600, 20, 0.01, true, 1.0, &p);
         assert!(work.expected > night.expected * 5.0, "{work:?} {night:?}");
-        assert!(work.p_value > 0.1 && night.p_value < 1e-6, "{work:?} {night:?}");
+        assert!(
+            work.p_value > 0.1 && night.p_value < 1e-6,
+            "{work:?} {night:?}"
+        );
     }
 
     #[test]

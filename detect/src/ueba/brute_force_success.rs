@@ -22,7 +22,12 @@ pub(crate) struct BruteForceState {
 }
 
 /// A failed login for a user (`ip` = the source IP's entity key, when known).
-pub(crate) fn record_failure(st: &mut EntityState, ip: Option<EntityKey>, cfg: &BruteForceSuccessConfig, ctx: &Ctx<'_>) {
+pub(crate) fn record_failure(
+    st: &mut EntityState,
+    ip: Option<EntityKey>,
+    cfg: &BruteForceSuccessConfig,
+    ctx: &Ctx<'_>,
+) {
     let s = st.brute_force.get_or_insert_with(Default::default);
     if s.window.total_at(ctx.t, cfg.window_seconds) == 0 {
         s.ips.clear();

@@ -66,22 +66,22 @@ fn raw_str<'a>(raw: &'a Value, path: &[&str]) -> Option<Cow<'a, str>> {
 
 /// Raw fields carrying the API token / access key that made a call.
 const TOKEN_PATHS: &[&[&str]] = &[
-    &["userIdentity", "accessKeyId"],               // CloudTrail
-    &["hashed_token"],                              // GitHub
-    &["token_id"],                                  // GitHub
+    &["userIdentity", "accessKeyId"],                // CloudTrail
+    &["hashed_token"],                               // GitHub
+    &["token_id"],                                   // GitHub
     &["transaction", "detail", "requestApiTokenId"], // Okta API token
     &["actor", "token_id"],
 ];
 
 /// Raw fields naming the OAuth client / integration involved.
 const APP_PATHS: &[&[&str]] = &[
-    &["oauth_application_name"],        // GitHub
-    &["oauth_application_id"],          // GitHub
-    &["integration"],                   // GitHub apps
-    &["entity", "app", "name"],         // Slack
-    &["context", "app", "name"],        // Slack
+    &["oauth_application_name"],                // GitHub
+    &["oauth_application_id"],                  // GitHub
+    &["integration"],                           // GitHub apps
+    &["entity", "app", "name"],                 // Slack
+    &["context", "app", "name"],                // Slack
     &["debugContext", "debugData", "clientId"], // Okta
-    &["AppId"],                         // M365
+    &["AppId"],                                 // M365
     &["client_id"],
 ];
 
@@ -134,12 +134,23 @@ pub(crate) fn classify(event: &Event) -> Classified<'_> {
     let raw = &event.raw;
     let action = ecs.event_action.as_deref().unwrap_or("");
     let mut c = Classified {
-        user: ecs.user_name.as_deref().or(ecs.user_email.as_deref()).or(ecs.user_id.as_deref()),
+        user: ecs
+            .user_name
+            .as_deref()
+            .or(ecs.user_email.as_deref())
+            .or(ecs.user_id.as_deref()),
         ip: ecs.source_ip.as_deref(),
-        org: ecs.organization_id.as_deref().or(ecs.cloud_account_id.as_deref()).unwrap_or(""),
+        org: ecs
+            .organization_id
+            .as_deref()
+            .or(ecs.cloud_account_id.as_deref())
+            .unwrap_or(""),
         country: ecs.source_geo_country_iso_code.as_deref(),
         asn: ecs.source_as_number,
-        user_agent_family: ecs.user_agent_original.as_deref().and_then(user_agent_family),
+        user_agent_family: ecs
+            .user_agent_original
+            .as_deref()
+            .and_then(user_agent_family),
         ..Default::default()
     };
 
@@ -148,15 +159,21 @@ pub(crate) fn classify(event: &Event) -> Classified<'_> {
     }
 
     let changes = ecs.event_type.is_empty()
-        || ["change", "creation", "deletion", "admin", "user", "group"].iter().any(|t| has(&ecs.event_type, t));
+        || ["change", "creation", "deletion", "admin", "user", "group"]
+            .iter()
+            .any(|t| has(&ecs.event_type, t));
     c.config_change =
         (has(&ecs.event_category, "configuration") || has(&ecs.event_category, "iam")) && changes;
 
     c.rate_limit = contains_ci(action, "rate_limit")
         || contains_ci(action, "ratelimit")
         || contains_ci(action, "throttl")
-        || raw_path(raw, &["errorCode"]).and_then(Value::as_str).is_some_and(|code| THROTTLE_CODES.contains(&code))
-        || raw_path(raw, &["error"]).and_then(Value::as_str).is_some_and(|code| THROTTLE_CODES.contains(&code))
+        || raw_path(raw, &["errorCode"])
+            .and_then(Value::as_str)
+            .is_some_and(|code| THROTTLE_CODES.contains(&code))
+        || raw_path(raw, &["error"])
+            .and_then(Value::as_str)
+            .is_some_and(|code| THROTTLE_CODES.contains(&code))
         || is_429(raw.get("status"))
         || is_429(raw.get("status_code"))
         || is_429(raw.get("statusCode"))
@@ -164,11 +181,25 @@ pub(crate) fn classify(event: &Event) -> Classified<'_> {
         || is_429(raw_path(raw, &["http", "response", "status_code"]));
 
     let data_access = (has(&ecs.event_category, "file") || has(&ecs.event_category, "database"))
-        && (ecs.event_type.is_empty() || has(&ecs.event_type, "access") || has(&ecs.event_type, "deletion"));
-    let keyword = ["download", "export", "delete", "destroy", "remove", "clone", "get_object", "getobject"]
-        .iter()
-        .any(|k| contains_ci(action, k));
-    let api_call = raw.get("eventSource").is_some() && raw.get("eventType").is_some_and(|t| t != "AwsConsoleSignIn")
+        && (ecs.event_type.is_empty()
+            || has(&ecs.event_type, "access")
+            || has(&ecs.event_type, "deletion"));
+    let keyword = [
+        "download",
+        "export",
+        "delete",
+        "destroy",
+        "remove",
+        "clone",
+        "get_object",
+        "getobject",
+    ]
+    .iter()
+    .any(|k| contains_ci(action, k));
+    let api_call = raw.get("eventSource").is_some()
+        && raw
+            .get("eventType")
+            .is_some_and(|t| t != "AwsConsoleSignIn")
         || raw.get("programmatic_access_type").is_some();
     c.volume = (data_access || keyword || api_call) && c.auth.is_none() && !c.rate_limit;
 
@@ -193,9 +224,20 @@ pub(crate) fn classify(event: &Event) -> Classified<'_> {
         }
     }
     c.app_grant = c.app.is_some()
-        && ["oauth", "integration", "app_install", "app_approved", "consent", "grant", "authorize", "application.lifecycle.create", "service principal", "installation"]
-            .iter()
-            .any(|k| contains_ci(action, k))
+        && [
+            "oauth",
+            "integration",
+            "app_install",
+            "app_approved",
+            "consent",
+            "grant",
+            "authorize",
+            "application.lifecycle.create",
+            "service principal",
+            "installation",
+        ]
+        .iter()
+        .any(|k| contains_ci(action, k))
         && !c.rate_limit
         && c.auth != Some(Outcome::Failure);
     c
@@ -228,7 +270,9 @@ mod tests {
                 event_outcome: Outcome::Failure,
                 user_name: Some("alice@example.com".into()),
                 source_ip: Some("203.0.113.9".into()),
-                user_agent_original: Some("Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36".into()),
+                user_agent_original: Some(
+                    "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36".into(),
+                ),
                 ..Default::default()
             },
             json!({"eventType": "user.session.start", "outcome": {"result": "FAILURE"}}),
@@ -244,12 +288,18 @@ mod tests {
     #[test]
     fn throttling_is_found_in_action_or_raw() {
         let okta = ev(
-            Ecs { event_action: Some("system.org.rate_limit.violation".into()), ..Default::default() },
+            Ecs {
+                event_action: Some("system.org.rate_limit.violation".into()),
+                ..Default::default()
+            },
             json!({}),
         );
         assert!(classify(&okta).rate_limit);
         let ct = ev(
-            Ecs { event_action: Some("DescribeInstances".into()), ..Default::default() },
+            Ecs {
+                event_action: Some("DescribeInstances".into()),
+                ..Default::default()
+            },
             json!({"eventSource": "ec2.amazonaws.com", "errorCode": "ThrottlingException",
                    "userIdentity": {"accessKeyId": "AKIAEXAMPLE"}}),
         );
@@ -289,9 +339,18 @@ mod tests {
 
     #[test]
     fn user_agent_families_drop_versions() {
-        assert_eq!(user_agent_family("python-requests/2.31.0"), Some("python-requests"));
-        assert_eq!(user_agent_family("aws-cli/2.13.0 Python/3.11"), Some("aws-cli"));
-        assert_eq!(user_agent_family("Mozilla/5.0 (Windows NT 10.0) Gecko/20100101 Firefox/118.0"), Some("Firefox"));
+        assert_eq!(
+            user_agent_family("python-requests/2.31.0"),
+            Some("python-requests")
+        );
+        assert_eq!(
+            user_agent_family("aws-cli/2.13.0 Python/3.11"),
+            Some("aws-cli")
+        );
+        assert_eq!(
+            user_agent_family("Mozilla/5.0 (Windows NT 10.0) Gecko/20100101 Firefox/118.0"),
+            Some("Firefox")
+        );
         assert_eq!(user_agent_family("   "), None);
     }
 }

@@ -233,9 +233,33 @@ impl FirstSeenAttribute {
 
 fn default_security_keywords() -> Vec<String> {
     [
-        "policy", "mfa", "factor", "sso", "saml", "idp", "federation", "admin", "role", "privilege",
-        "permission", "audit", "log", "integration", "oauth", "app", "token", "key", "password",
-        "retention", "trust", "conditional", "security", "member", "group", "webhook", "deploy_key",
+        "policy",
+        "mfa",
+        "factor",
+        "sso",
+        "saml",
+        "idp",
+        "federation",
+        "admin",
+        "role",
+        "privilege",
+        "permission",
+        "audit",
+        "log",
+        "integration",
+        "oauth",
+        "app",
+        "token",
+        "key",
+        "password",
+        "retention",
+        "trust",
+        "conditional",
+        "security",
+        "member",
+        "group",
+        "webhook",
+        "deploy_key",
     ]
     .into_iter()
     .map(String::from)
@@ -243,19 +267,13 @@ fn default_security_keywords() -> Vec<String> {
 }
 
 /// Where and how often the state is snapshotted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotConfig {
     /// Snapshot file; restored on start when it exists, written on flush. `None` keeps state in memory only.
     pub path: Option<PathBuf>,
     /// Also write a snapshot every this many events (0 = only on flush).
     pub every_events: u64,
-}
-
-impl Default for SnapshotConfig {
-    fn default() -> Self {
-        SnapshotConfig { path: None, every_events: 0 }
-    }
 }
 
 /// Per-tenant overrides; each table replaces only the keys it sets.
@@ -370,7 +388,10 @@ impl UebaConfig {
             }
         };
         check(self.max_entities > 0, "max_entities must be > 0".into());
-        check(self.entity_idle_days > 0, "entity_idle_days must be > 0".into());
+        check(
+            self.entity_idle_days > 0,
+            "entity_idle_days must be > 0".into(),
+        );
         check(
             self.baseline_half_life_hours.is_finite() && self.baseline_half_life_hours >= 1.0,
             "baseline_half_life_hours must be >= 1".into(),
@@ -388,30 +409,66 @@ impl UebaConfig {
                 }
             };
             let p_ok = |p: f64| p > 0.0 && p <= 1.0;
-            check(s.auth_failure_burst.window_seconds > 0, at("auth_failure_burst.window_seconds must be > 0"));
-            check(p_ok(s.auth_failure_burst.max_p_value), at("auth_failure_burst.max_p_value must be in (0, 1]"));
-            check(s.auth_failure_burst.prior_per_hour > 0.0, at("auth_failure_burst.prior_per_hour must be > 0"));
-            check(s.password_spray.window_seconds > 0, at("password_spray.window_seconds must be > 0"));
+            check(
+                s.auth_failure_burst.window_seconds > 0,
+                at("auth_failure_burst.window_seconds must be > 0"),
+            );
+            check(
+                p_ok(s.auth_failure_burst.max_p_value),
+                at("auth_failure_burst.max_p_value must be in (0, 1]"),
+            );
+            check(
+                s.auth_failure_burst.prior_per_hour > 0.0,
+                at("auth_failure_burst.prior_per_hour must be > 0"),
+            );
+            check(
+                s.password_spray.window_seconds > 0,
+                at("password_spray.window_seconds must be > 0"),
+            );
             check(
                 s.password_spray.max_tracked_users >= s.password_spray.min_distinct_users,
                 at("password_spray.max_tracked_users must be >= min_distinct_users"),
             );
-            check(s.brute_force_success.window_seconds > 0, at("brute_force_success.window_seconds must be > 0"));
-            check(s.rate_limit_violation.window_seconds > 0, at("rate_limit_violation.window_seconds must be > 0"));
-            check(p_ok(s.rate_limit_violation.max_p_value), at("rate_limit_violation.max_p_value must be in (0, 1]"));
-            check(s.rate_limit_violation.prior_per_hour > 0.0, at("rate_limit_violation.prior_per_hour must be > 0"));
+            check(
+                s.brute_force_success.window_seconds > 0,
+                at("brute_force_success.window_seconds must be > 0"),
+            );
+            check(
+                s.rate_limit_violation.window_seconds > 0,
+                at("rate_limit_violation.window_seconds must be > 0"),
+            );
+            check(
+                p_ok(s.rate_limit_violation.max_p_value),
+                at("rate_limit_violation.max_p_value must be in (0, 1]"),
+            );
+            check(
+                s.rate_limit_violation.prior_per_hour > 0.0,
+                at("rate_limit_violation.prior_per_hour must be > 0"),
+            );
             check(
                 (0.0..=1.0).contains(&s.config_change.unusual_hour_max_share),
                 at("config_change.unusual_hour_max_share must be in [0, 1]"),
             );
-            check(s.volume_anomaly.window_seconds > 0, at("volume_anomaly.window_seconds must be > 0"));
-            check(p_ok(s.volume_anomaly.max_p_value), at("volume_anomaly.max_p_value must be in (0, 1]"));
-            check(s.volume_anomaly.prior_per_hour > 0.0, at("volume_anomaly.prior_per_hour must be > 0"));
+            check(
+                s.volume_anomaly.window_seconds > 0,
+                at("volume_anomaly.window_seconds must be > 0"),
+            );
+            check(
+                p_ok(s.volume_anomaly.max_p_value),
+                at("volume_anomaly.max_p_value must be in (0, 1]"),
+            );
+            check(
+                s.volume_anomaly.prior_per_hour > 0.0,
+                at("volume_anomaly.prior_per_hour must be > 0"),
+            );
         }
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(DetectError::Config { path: PathBuf::from("[ueba]"), message: problems.join("; ") })
+            Err(DetectError::Config {
+                path: PathBuf::from("[ueba]"),
+                message: problems.join("; "),
+            })
         }
     }
 
@@ -432,8 +489,12 @@ impl UebaConfig {
         DetectorSettings {
             auth_failure_burst: base.auth_failure_burst.with_override(&o.auth_failure_burst),
             password_spray: base.password_spray.with_override(&o.password_spray),
-            brute_force_success: base.brute_force_success.with_override(&o.brute_force_success),
-            rate_limit_violation: base.rate_limit_violation.with_override(&o.rate_limit_violation),
+            brute_force_success: base
+                .brute_force_success
+                .with_override(&o.brute_force_success),
+            rate_limit_violation: base
+                .rate_limit_violation
+                .with_override(&o.rate_limit_violation),
             config_change: base.config_change.with_override(&o.config_change),
             first_seen: base.first_seen.with_override(&o.first_seen),
             volume_anomaly: base.volume_anomaly.with_override(&o.volume_anomaly),
@@ -477,8 +538,14 @@ mod tests {
         .unwrap();
         let acme = cfg.settings_for("acme");
         assert_eq!(acme.auth_failure_burst.min_failures, 3);
-        assert_eq!(acme.auth_failure_burst.window_seconds, 300, "not overridden: global value");
-        assert_eq!(acme.first_seen.attributes, vec![FirstSeenAttribute::Country]);
+        assert_eq!(
+            acme.auth_failure_burst.window_seconds, 300,
+            "not overridden: global value"
+        );
+        assert_eq!(
+            acme.first_seen.attributes,
+            vec![FirstSeenAttribute::Country]
+        );
         let other = cfg.settings_for("globex");
         assert_eq!(other.auth_failure_burst.min_failures, 12);
         assert_eq!(other.first_seen.attributes.len(), 5);
@@ -486,8 +553,12 @@ mod tests {
 
     #[test]
     fn validate_names_the_bad_key() {
-        let cfg = UebaConfig::from_toml("[tenants.acme.volume_anomaly]\nmax_p_value = 0.0\n").unwrap();
+        let cfg =
+            UebaConfig::from_toml("[tenants.acme.volume_anomaly]\nmax_p_value = 0.0\n").unwrap();
         let err = cfg.validate().unwrap_err().to_string();
-        assert!(err.contains("ueba.tenants.acme.volume_anomaly.max_p_value"), "{err}");
+        assert!(
+            err.contains("ueba.tenants.acme.volume_anomaly.max_p_value"),
+            "{err}"
+        );
     }
 }

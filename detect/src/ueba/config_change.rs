@@ -24,11 +24,21 @@ pub(crate) struct ActorState {
 
 fn is_security_relevant(event: &Event, cfg: &ConfigChangeConfig) -> bool {
     let ecs = &event.ecs;
-    if ecs.event_category.iter().any(|c| c.eq_ignore_ascii_case("iam")) {
+    if ecs
+        .event_category
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("iam"))
+    {
         return true;
     }
-    let action = ecs.event_action.as_deref().unwrap_or("").to_ascii_lowercase();
-    cfg.security_keywords.iter().any(|k| action.contains(k.as_str()))
+    let action = ecs
+        .event_action
+        .as_deref()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    cfg.security_keywords
+        .iter()
+        .any(|k| action.contains(k.as_str()))
 }
 
 fn hour_share(hours: &[u16; 24], h: usize) -> (f64, u64) {
@@ -53,10 +63,17 @@ pub(crate) fn observe(
     let t = ctx.t;
     let first_seen = st.first_seen;
     let age_hours = st.age_hours(t);
-    let a = st.actor.get_or_insert_with(|| Box::new(ActorState { hours: [0; 24], changes: None }));
+    let a = st.actor.get_or_insert_with(|| {
+        Box::new(ActorState {
+            hours: [0; 24],
+            changes: None,
+        })
+    });
     let (h, _) = hour_and_day(t.div_euclid(3600));
     if c.config_change && is_security_relevant(ctx.event, cfg) {
-        let changes = a.changes.get_or_insert_with(|| RateBaseline::new(first_seen));
+        let changes = a
+            .changes
+            .get_or_insert_with(|| RateBaseline::new(first_seen));
         let per_week = changes.rate_per_hour(t, ctx.params) * 168.0;
         changes.observe(t, 1, ctx.params);
         let (share, total) = hour_share(&a.hours, h);
@@ -74,7 +91,12 @@ pub(crate) fn observe(
                     (true, false) => p_rare,
                     _ => p_hour,
                 };
-                let action = ctx.event.ecs.event_action.as_deref().unwrap_or("unknown action");
+                let action = ctx
+                    .event
+                    .ecs
+                    .event_action
+                    .as_deref()
+                    .unwrap_or("unknown action");
                 let mut why = Vec::new();
                 if rare {
                     why.push(format!(
@@ -101,7 +123,11 @@ pub(crate) fn observe(
                     } else {
                         "Security configuration change by an actor who rarely changes configuration"
                     },
-                    explanation: format!("security configuration change `{action}`: {}, {}", why.join("; "), format_p(p)),
+                    explanation: format!(
+                        "security configuration change `{action}`: {}, {}",
+                        why.join("; "),
+                        format_p(p)
+                    ),
                     score: s,
                     severity: cfg.severity,
                     escalate: rare && off_hours,

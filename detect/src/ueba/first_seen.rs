@@ -20,7 +20,13 @@ pub(crate) struct SeenValues {
 
 impl SeenValues {
     /// Record a value; `Some(had_values)` when it is new (whether the attribute had values before).
-    fn record(&mut self, attr: FirstSeenAttribute, tag: u32, hour: i64, max: usize) -> Option<bool> {
+    fn record(
+        &mut self,
+        attr: FirstSeenAttribute,
+        tag: u32,
+        hour: i64,
+        max: usize,
+    ) -> Option<bool> {
         let mut count = 0usize;
         for v in self.values.iter_mut() {
             if v.0 != attr {
@@ -81,7 +87,9 @@ pub(crate) fn observe(
             continue;
         }
         let tag = value_tag(ctx.secret, attr_byte(attr), value.as_bytes());
-        if let Some(had_values) = seen.record(attr, tag, hour, cfg.max_values_per_attribute as usize) {
+        if let Some(had_values) =
+            seen.record(attr, tag, hour, cfg.max_values_per_attribute as usize)
+        {
             if warm && had_values {
                 new_values.push((attr, value));
             }
@@ -90,9 +98,15 @@ pub(crate) fn observe(
     if new_values.is_empty() {
         return;
     }
-    let list: Vec<String> = new_values.iter().map(|(a, v)| format!("{} `{v}`", a.as_str())).collect();
+    let list: Vec<String> = new_values
+        .iter()
+        .map(|(a, v)| format!("{} `{v}`", a.as_str()))
+        .collect();
     let (title, subject) = match st.kind {
-        EntityKind::Org => ("New OAuth app or integration for the organization", "organization"),
+        EntityKind::Org => (
+            "New OAuth app or integration for the organization",
+            "organization",
+        ),
         _ => ("User seen with a never-seen attribute", "user"),
     };
     // More new attributes at once (new country + new ASN + new client) is a stronger signal.
@@ -112,7 +126,10 @@ pub(crate) fn observe(
         ),
         score,
         severity: cfg.severity,
-        escalate: new_values.len() >= 2 || new_values.iter().any(|(a, _)| *a == FirstSeenAttribute::OrgApp),
+        escalate: new_values.len() >= 2
+            || new_values
+                .iter()
+                .any(|(a, _)| *a == FirstSeenAttribute::OrgApp),
         suppress_seconds: cfg.suppress_seconds,
         evidence,
     });
@@ -127,7 +144,11 @@ mod tests {
         let mut s = SeenValues::default();
         assert_eq!(s.record(FirstSeenAttribute::Country, 1, 10, 2), Some(false));
         assert_eq!(s.record(FirstSeenAttribute::Country, 1, 11, 2), None);
-        assert_eq!(s.record(FirstSeenAttribute::Asn, 1, 11, 2), Some(false), "attributes are separate");
+        assert_eq!(
+            s.record(FirstSeenAttribute::Asn, 1, 11, 2),
+            Some(false),
+            "attributes are separate"
+        );
         assert_eq!(s.record(FirstSeenAttribute::Country, 2, 12, 2), Some(true));
         assert_eq!(s.record(FirstSeenAttribute::Country, 3, 13, 2), Some(true));
         // 1 (last seen at 11) was evicted, 2 and 3 remain.

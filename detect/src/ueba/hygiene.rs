@@ -135,9 +135,18 @@ fn fmt_time(t: i64) -> String {
 
 impl Hygiene {
     /// Turn a finding into an alert, or absorb it into the open group for its (detector, entity).
-    pub fn admit(&mut self, f: Finding, event: &Event, max_evidence: usize, alerts: &mut Vec<Alert>) {
+    pub fn admit(
+        &mut self,
+        f: Finding,
+        event: &Event,
+        max_evidence: usize,
+        alerts: &mut Vec<Alert>,
+    ) {
         let t = event.timestamp.timestamp();
-        let key = GroupKey { detector: f.detector, entity: f.entity_key };
+        let key = GroupKey {
+            detector: f.detector,
+            entity: f.entity_key,
+        };
         if let Some(g) = self.groups.get_mut(&key) {
             if t < g.until {
                 g.suppressed += 1;
@@ -199,7 +208,12 @@ impl Hygiene {
 
     /// Close every window that ended before `now` (event time), emitting grouped alerts.
     pub fn expire(&mut self, now: i64, alerts: &mut Vec<Alert>) {
-        let closed: Vec<GroupKey> = self.groups.iter().filter(|(_, g)| g.until <= now).map(|(k, _)| *k).collect();
+        let closed: Vec<GroupKey> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.until <= now)
+            .map(|(k, _)| *k)
+            .collect();
         for key in closed {
             if let Some(g) = self.groups.remove(&key) {
                 if let Some(a) = summary(key, g) {
@@ -233,7 +247,10 @@ fn summary(key: GroupKey, g: Group) -> Option<Alert> {
     }
     let total = g.suppressed + 1;
     // After a restart the clear value is gone: name the entity by its keyed hash.
-    let entity = g.entity_clear.clone().unwrap_or_else(|| format!("entity:{}", key.entity.to_hex()));
+    let entity = g
+        .entity_clear
+        .clone()
+        .unwrap_or_else(|| format!("entity:{}", key.entity.to_hex()));
     let mut alert = Alert::new(
         key.detector.rule_id(),
         format!("{} (repeated)", g.title),
@@ -246,7 +263,10 @@ fn summary(key: GroupKey, g: Group) -> Option<Alert> {
         g.entity_kind,
     );
     g.evidence.write_to(&mut alert);
-    let last = g.last_explanation.map(|e| format!("; last: {e}")).unwrap_or_default();
+    let last = g
+        .last_explanation
+        .map(|e| format!("; last: {e}"))
+        .unwrap_or_default();
     alert.explanation = Some(format!(
         "{total} occurrences between {} and {} (first alerted at {}, {} repeats grouped){last}",
         fmt_time(g.first_t),
@@ -256,7 +276,11 @@ fn summary(key: GroupKey, g: Group) -> Option<Alert> {
     ));
     alert.score = Some(g.max_score);
     alert.count = total;
-    alert.tags = vec!["ueba".into(), format!("ueba.{}", key.detector.name()), "grouped".into()];
+    alert.tags = vec![
+        "ueba".into(),
+        format!("ueba.{}", key.detector.name()),
+        "grouped".into(),
+    ];
     Some(alert.seal())
 }
 
@@ -273,7 +297,14 @@ mod tests {
             line: Some(n),
             raw: serde_json::json!({ "n": n }),
         };
-        Event::new("okta", rec, Ecs { timestamp: Some(ts(t)), ..Default::default() })
+        Event::new(
+            "okta",
+            rec,
+            Ecs {
+                timestamp: Some(ts(t)),
+                ..Default::default()
+            },
+        )
     }
 
     fn finding(e: &Event, score: f64) -> Finding {
@@ -313,8 +344,16 @@ mod tests {
         let grouped = &alerts[1];
         assert_eq!(grouped.count, 5);
         assert_eq!(grouped.lines, vec![2, 3, 4, 5]);
-        assert_eq!(grouped.severity, Severity::High, "a repeat scored 11 >= 9 escalates");
-        assert!(grouped.explanation.as_deref().unwrap().starts_with("5 occurrences"));
+        assert_eq!(
+            grouped.severity,
+            Severity::High,
+            "a repeat scored 11 >= 9 escalates"
+        );
+        assert!(grouped
+            .explanation
+            .as_deref()
+            .unwrap()
+            .starts_with("5 occurrences"));
         // A finding after the window opens a new group and alerts again.
         let e = event(t0 + 700, 9);
         h.admit(finding(&e, 1.0), &e, 20, &mut alerts);

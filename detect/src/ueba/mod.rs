@@ -36,10 +36,11 @@ use std::path::Path;
 use perimeter_model::{Alert, Detector, EntityKind, Event, Outcome};
 
 pub use config::{
-    AuthFailureBurstConfig, AuthFailureBurstOverride, BruteForceSuccessConfig, BruteForceSuccessOverride,
-    ConfigChangeConfig, ConfigChangeOverride, FirstSeenAttribute, FirstSeenConfig, FirstSeenOverride,
-    PasswordSprayConfig, PasswordSprayOverride, RateLimitViolationConfig, RateLimitViolationOverride, SnapshotConfig,
-    TenantOverrides, UebaConfig, VolumeAnomalyConfig, VolumeAnomalyOverride,
+    AuthFailureBurstConfig, AuthFailureBurstOverride, BruteForceSuccessConfig,
+    BruteForceSuccessOverride, ConfigChangeConfig, ConfigChangeOverride, FirstSeenAttribute,
+    FirstSeenConfig, FirstSeenOverride, PasswordSprayConfig, PasswordSprayOverride,
+    RateLimitViolationConfig, RateLimitViolationOverride, SnapshotConfig, TenantOverrides,
+    UebaConfig, VolumeAnomalyConfig, VolumeAnomalyOverride,
 };
 pub use hygiene::UebaDetector;
 
@@ -61,9 +62,9 @@ pub(crate) struct Ctx<'a> {
 
 /// `600` -> `10m`, `3600` -> `1h`, `90` -> `90s`.
 pub(crate) fn human_duration(seconds: u64) -> String {
-    if seconds >= 3600 && seconds % 3600 == 0 {
+    if seconds >= 3600 && seconds / 3600 * 3600 == seconds {
         format!("{}h", seconds / 3600)
-    } else if seconds >= 60 && seconds % 60 == 0 {
+    } else if seconds >= 60 && seconds / 60 * 60 == seconds {
         format!("{}m", seconds / 60)
     } else {
         format!("{seconds}s")
@@ -104,9 +105,16 @@ impl UebaEngine {
     /// a snapshot is only usable with the key it was written with). Out-of-range settings are
     /// clamped; call [`UebaConfig::validate`] first to report them instead.
     pub fn new(config: UebaConfig, entity_key: [u8; 32]) -> UebaEngine {
-        let params = BaselineParams::new(config.baseline_half_life_hours, config.seasonality_min_history_days);
+        let params = BaselineParams::new(
+            config.baseline_half_life_hours,
+            config.seasonality_min_history_days,
+        );
         let default_settings = clamp(config.settings_for(""));
-        let tenant_settings = config.tenants.keys().map(|t| (t.clone(), clamp(config.settings_for(t)))).collect();
+        let tenant_settings = config
+            .tenants
+            .keys()
+            .map(|t| (t.clone(), clamp(config.settings_for(t))))
+            .collect();
         UebaEngine {
             params,
             default_settings,
@@ -125,14 +133,21 @@ impl UebaEngine {
 
     /// Restore the state written by [`UebaEngine::snapshot_to`]. Fails when the file is
     /// unreadable, malformed, or was written with another entity key.
-    pub fn restore_from(config: UebaConfig, entity_key: [u8; 32], path: &Path) -> Result<UebaEngine, crate::DetectError> {
+    pub fn restore_from(
+        config: UebaConfig,
+        entity_key: [u8; 32],
+        path: &Path,
+    ) -> Result<UebaEngine, crate::DetectError> {
         let mut engine = UebaEngine::new(config, entity_key);
         snapshot::read(&mut engine, path)?;
         Ok(engine)
     }
 
     /// Restore from `config.snapshot.path` when that file exists, else start empty.
-    pub fn open(config: UebaConfig, entity_key: [u8; 32]) -> Result<UebaEngine, crate::DetectError> {
+    pub fn open(
+        config: UebaConfig,
+        entity_key: [u8; 32],
+    ) -> Result<UebaEngine, crate::DetectError> {
         match config.snapshot.path.clone() {
             Some(path) if path.exists() => UebaEngine::restore_from(config, entity_key, &path),
             _ => Ok(UebaEngine::new(config, entity_key)),
@@ -151,7 +166,10 @@ impl UebaEngine {
     }
 
     pub fn stats(&self) -> UebaStats {
-        UebaStats { findings_suppressed_total: self.hygiene.num_suppressed, ..self.stats }
+        UebaStats {
+            findings_suppressed_total: self.hygiene.num_suppressed,
+            ..self.stats
+        }
     }
 
     pub fn config(&self) -> &UebaConfig {
@@ -202,10 +220,15 @@ impl UebaEngine {
     }
 
     fn touch(&mut self, key: EntityKey, kind: EntityKind, t: i64) {
-        if self.entities.len() as u64 >= self.config.max_entities.max(1) && !self.entities.contains_key(&key) {
+        if self.entities.len() as u64 >= self.config.max_entities.max(1)
+            && !self.entities.contains_key(&key)
+        {
             self.evict_lru();
         }
-        let st = self.entities.entry(key).or_insert_with(|| EntityState::new(kind, t));
+        let st = self
+            .entities
+            .entry(key)
+            .or_insert_with(|| EntityState::new(kind, t));
         st.last_seen = st.last_seen.max(t);
         st.first_seen = st.first_seen.min(t);
     }
@@ -222,7 +245,11 @@ impl UebaEngine {
             Some(ip) if failure || c.rate_limit => Some(self.key(tenant, EntityKind::Ip, ip)),
             _ => None,
         };
-        let token = c.token.as_deref().map(|v| (EntityKind::Token, v)).or(c.app.as_deref().map(|v| (EntityKind::App, v)));
+        let token = c
+            .token
+            .as_deref()
+            .map(|v| (EntityKind::Token, v))
+            .or(c.app.as_deref().map(|v| (EntityKind::App, v)));
         let token_key = match token {
             Some((kind, v)) if c.rate_limit => Some((self.key(tenant, kind, v), kind, v)),
             _ => None,
@@ -235,7 +262,10 @@ impl UebaEngine {
         for (key, kind) in [
             (user_key, EntityKind::User),
             (ip_key, EntityKind::Ip),
-            (token_key.map(|k| k.0), token.map_or(EntityKind::Unknown, |k| k.0)),
+            (
+                token_key.map(|k| k.0),
+                token.map_or(EntityKind::Unknown, |k| k.0),
+            ),
             (org_key, EntityKind::Org),
         ] {
             if let Some(key) = key {
@@ -249,7 +279,9 @@ impl UebaEngine {
         let settings = if self.tenant_settings.is_empty() {
             &self.default_settings
         } else {
-            self.tenant_settings.get(tenant).unwrap_or(&self.default_settings)
+            self.tenant_settings
+                .get(tenant)
+                .unwrap_or(&self.default_settings)
         };
         let ctx = Ctx {
             event,
@@ -266,32 +298,81 @@ impl UebaEngine {
                 match c.auth {
                     Some(Outcome::Failure) => {
                         if settings.auth_failure_burst.enabled {
-                            auth_failure_burst::observe(st, key, user, &settings.auth_failure_burst, &ctx, &mut findings);
+                            auth_failure_burst::observe(
+                                st,
+                                key,
+                                user,
+                                &settings.auth_failure_burst,
+                                &ctx,
+                                &mut findings,
+                            );
                         }
                         if settings.brute_force_success.enabled {
-                            brute_force_success::record_failure(st, ip_key, &settings.brute_force_success, &ctx);
+                            brute_force_success::record_failure(
+                                st,
+                                ip_key,
+                                &settings.brute_force_success,
+                                &ctx,
+                            );
                         }
                     }
                     Some(Outcome::Success) if settings.brute_force_success.enabled => {
-                        brute_force_success::on_success(st, key, user, c.ip, &settings.brute_force_success, &ctx, &mut findings);
+                        brute_force_success::on_success(
+                            st,
+                            key,
+                            user,
+                            c.ip,
+                            &settings.brute_force_success,
+                            &ctx,
+                            &mut findings,
+                        );
                     }
                     _ => {}
                 }
                 if c.volume && settings.volume_anomaly.enabled {
-                    volume_anomaly::observe(st, key, user, &settings.volume_anomaly, &ctx, &mut findings);
+                    volume_anomaly::observe(
+                        st,
+                        key,
+                        user,
+                        &settings.volume_anomaly,
+                        &ctx,
+                        &mut findings,
+                    );
                 }
                 if settings.config_change.enabled {
-                    config_change::observe(st, key, user, &c, &settings.config_change, &ctx, &mut findings);
+                    config_change::observe(
+                        st,
+                        key,
+                        user,
+                        &c,
+                        &settings.config_change,
+                        &ctx,
+                        &mut findings,
+                    );
                 }
                 if settings.first_seen.enabled {
                     let asn = c.asn.map(|n| n.to_string());
                     let values = [
                         (FirstSeenAttribute::Country, c.country.unwrap_or("")),
                         (FirstSeenAttribute::Asn, asn.as_deref().unwrap_or("")),
-                        (FirstSeenAttribute::UserAgentFamily, c.user_agent_family.unwrap_or("")),
-                        (FirstSeenAttribute::OauthClient, c.app.as_deref().unwrap_or("")),
+                        (
+                            FirstSeenAttribute::UserAgentFamily,
+                            c.user_agent_family.unwrap_or(""),
+                        ),
+                        (
+                            FirstSeenAttribute::OauthClient,
+                            c.app.as_deref().unwrap_or(""),
+                        ),
                     ];
-                    first_seen::observe(st, key, user, &values, &settings.first_seen, &ctx, &mut findings);
+                    first_seen::observe(
+                        st,
+                        key,
+                        user,
+                        &values,
+                        &settings.first_seen,
+                        &ctx,
+                        &mut findings,
+                    );
                 }
             }
         }
@@ -300,14 +381,36 @@ impl UebaEngine {
             if let Some(st) = entities.get_mut(&key) {
                 if failure {
                     if settings.auth_failure_burst.enabled {
-                        auth_failure_burst::observe(st, key, ip, &settings.auth_failure_burst, &ctx, &mut findings);
+                        auth_failure_burst::observe(
+                            st,
+                            key,
+                            ip,
+                            &settings.auth_failure_burst,
+                            &ctx,
+                            &mut findings,
+                        );
                     }
                     if let (Some(user), true) = (user_key, settings.password_spray.enabled) {
-                        password_spray::observe(st, key, ip, user, &settings.password_spray, &ctx, &mut findings);
+                        password_spray::observe(
+                            st,
+                            key,
+                            ip,
+                            user,
+                            &settings.password_spray,
+                            &ctx,
+                            &mut findings,
+                        );
                     }
                 }
                 if c.rate_limit && settings.rate_limit_violation.enabled {
-                    rate_limit_violation::observe(st, key, ip, &settings.rate_limit_violation, &ctx, &mut findings);
+                    rate_limit_violation::observe(
+                        st,
+                        key,
+                        ip,
+                        &settings.rate_limit_violation,
+                        &ctx,
+                        &mut findings,
+                    );
                 }
             }
         }
@@ -315,15 +418,33 @@ impl UebaEngine {
         if let Some((key, _, value)) = token_key {
             if let Some(st) = entities.get_mut(&key) {
                 if settings.rate_limit_violation.enabled {
-                    rate_limit_violation::observe(st, key, value, &settings.rate_limit_violation, &ctx, &mut findings);
+                    rate_limit_violation::observe(
+                        st,
+                        key,
+                        value,
+                        &settings.rate_limit_violation,
+                        &ctx,
+                        &mut findings,
+                    );
                 }
             }
         }
         // Rate limits with neither token, app nor IP are charged to the user.
-        if c.rate_limit && token_key.is_none() && ip_key.is_none() && settings.rate_limit_violation.enabled {
+        if c.rate_limit
+            && token_key.is_none()
+            && ip_key.is_none()
+            && settings.rate_limit_violation.enabled
+        {
             if let (Some(user), Some(key)) = (c.user, user_key) {
                 if let Some(st) = entities.get_mut(&key) {
-                    rate_limit_violation::observe(st, key, user, &settings.rate_limit_violation, &ctx, &mut findings);
+                    rate_limit_violation::observe(
+                        st,
+                        key,
+                        user,
+                        &settings.rate_limit_violation,
+                        &ctx,
+                        &mut findings,
+                    );
                 }
             }
         }
@@ -332,7 +453,15 @@ impl UebaEngine {
             if let Some(st) = entities.get_mut(&key) {
                 if settings.first_seen.enabled {
                     let values = [(FirstSeenAttribute::OrgApp, app)];
-                    first_seen::observe(st, key, org_name, &values, &settings.first_seen, &ctx, &mut findings);
+                    first_seen::observe(
+                        st,
+                        key,
+                        org_name,
+                        &values,
+                        &settings.first_seen,
+                        &ctx,
+                        &mut findings,
+                    );
                 }
             }
         }
@@ -349,13 +478,23 @@ impl UebaEngine {
 
 /// Keep values that would break arithmetic (zero windows, p outside (0, 1]) in range.
 fn clamp(mut s: DetectorSettings) -> DetectorSettings {
-    let p = |p: f64| if p.is_finite() { p.clamp(1e-300, 1.0) } else { 1e-6 };
+    let p = |p: f64| {
+        if p.is_finite() {
+            p.clamp(1e-300, 1.0)
+        } else {
+            1e-6
+        }
+    };
     let rate = |r: f64| if r.is_finite() && r > 0.0 { r } else { 1e-3 };
     s.auth_failure_burst.window_seconds = s.auth_failure_burst.window_seconds.max(1);
     s.auth_failure_burst.max_p_value = p(s.auth_failure_burst.max_p_value);
     s.auth_failure_burst.prior_per_hour = rate(s.auth_failure_burst.prior_per_hour);
     s.password_spray.window_seconds = s.password_spray.window_seconds.max(1);
-    s.password_spray.max_tracked_users = s.password_spray.max_tracked_users.max(s.password_spray.min_distinct_users).max(1);
+    s.password_spray.max_tracked_users = s
+        .password_spray
+        .max_tracked_users
+        .max(s.password_spray.min_distinct_users)
+        .max(1);
     s.brute_force_success.window_seconds = s.brute_force_success.window_seconds.max(1);
     s.rate_limit_violation.window_seconds = s.rate_limit_violation.window_seconds.max(1);
     s.rate_limit_violation.max_p_value = p(s.rate_limit_violation.max_p_value);

@@ -42,7 +42,11 @@ pub(crate) fn observe(
         return;
     }
     let ratio = distinct as f64 / cfg.min_distinct_users.max(1) as f64;
-    let capped = if distinct >= cfg.max_tracked_users { " (tracking cap reached)" } else { "" };
+    let capped = if distinct >= cfg.max_tracked_users {
+        " (tracking cap reached)"
+    } else {
+        ""
+    };
     out.push(Finding {
         detector: UebaDetector::PasswordSpray,
         entity_key: key,

@@ -20,7 +20,9 @@ pub(crate) fn observe(
 ) {
     let t = ctx.t;
     let age_hours = st.age_hours(t);
-    let s = st.rate_limit.get_or_insert_with(|| Box::new(RateState::new(t)));
+    let s = st
+        .rate_limit
+        .get_or_insert_with(|| Box::new(RateState::new(t)));
     s.baseline.observe(t, 1, ctx.params);
     let n = s.window.add(t, cfg.window_seconds, 1);
     s.evidence.push(ctx.event, ctx.max_evidence);
@@ -28,7 +30,15 @@ pub(crate) fn observe(
         return;
     }
     let learned = age_hours >= cfg.warmup_hours;
-    let score = s.baseline.score(t, cfg.window_seconds, n, cfg.prior_per_hour, learned, 1.0, ctx.params);
+    let score = s.baseline.score(
+        t,
+        cfg.window_seconds,
+        n,
+        cfg.prior_per_hour,
+        learned,
+        1.0,
+        ctx.params,
+    );
     if score.p_value > cfg.max_p_value {
         return;
     }

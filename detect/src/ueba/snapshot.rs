@@ -43,7 +43,10 @@ struct SnapshotIn {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> DetectError + '_ {
-    move |source| DetectError::Io { path: path.to_path_buf(), source }
+    move |source| DetectError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError> {
@@ -75,7 +78,12 @@ pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError>
 pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectError> {
     let file = File::open(path).map_err(io(path))?;
     let snap: SnapshotIn = serde_json::from_reader(BufReader::new(file)).map_err(|e| {
-        DetectError::Other(format!("ueba snapshot {}: line {} column {}: {e}", path.display(), e.line(), e.column()))
+        DetectError::Other(format!(
+            "ueba snapshot {}: line {} column {}: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        ))
     })?;
     if snap.format != FORMAT {
         return Err(DetectError::Other(format!(
@@ -100,4 +108,3 @@ pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectErr
     }
     Ok(())
 }
-

@@ -53,7 +53,8 @@ impl Serialize for EntityKey {
 impl<'de> Deserialize<'de> for EntityKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        EntityKey::from_hex(&s).ok_or_else(|| serde::de::Error::custom("entity key is not 32 hex digits"))
+        EntityKey::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom("entity key is not 32 hex digits"))
     }
 }
 
@@ -168,7 +169,11 @@ pub(crate) struct RateState {
 
 impl RateState {
     pub fn new(t: i64) -> RateState {
-        RateState { window: WindowCounter::default(), baseline: RateBaseline::new(t), evidence: Evidence::default() }
+        RateState {
+            window: WindowCounter::default(),
+            baseline: RateBaseline::new(t),
+            evidence: Evidence::default(),
+        }
     }
 }
 
@@ -227,10 +232,22 @@ mod tests {
         let k1 = [7u8; 32];
         let k2 = [8u8; 32];
         let a = EntityKey::derive(&k1, "acme", EntityKind::User, "alice@example.com");
-        assert_eq!(a, EntityKey::derive(&k1, "acme", EntityKind::User, "alice@example.com"));
-        assert_ne!(a, EntityKey::derive(&k2, "acme", EntityKind::User, "alice@example.com"));
-        assert_ne!(a, EntityKey::derive(&k1, "globex", EntityKind::User, "alice@example.com"));
-        assert_ne!(a, EntityKey::derive(&k1, "acme", EntityKind::Ip, "alice@example.com"));
+        assert_eq!(
+            a,
+            EntityKey::derive(&k1, "acme", EntityKind::User, "alice@example.com")
+        );
+        assert_ne!(
+            a,
+            EntityKey::derive(&k2, "acme", EntityKind::User, "alice@example.com")
+        );
+        assert_ne!(
+            a,
+            EntityKey::derive(&k1, "globex", EntityKind::User, "alice@example.com")
+        );
+        assert_ne!(
+            a,
+            EntityKey::derive(&k1, "acme", EntityKind::Ip, "alice@example.com")
+        );
         assert_eq!(EntityKey::from_hex(&a.to_hex()), Some(a));
         assert!(!a.to_hex().contains("alice"));
     }

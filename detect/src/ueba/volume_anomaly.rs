@@ -25,7 +25,15 @@ pub(crate) fn observe(
     if n < cfg.min_events || age_hours < cfg.warmup_hours {
         return;
     }
-    let score = s.baseline.score(t, cfg.window_seconds, n, cfg.prior_per_hour, true, cfg.min_ratio, ctx.params);
+    let score = s.baseline.score(
+        t,
+        cfg.window_seconds,
+        n,
+        cfg.prior_per_hour,
+        true,
+        cfg.min_ratio,
+        ctx.params,
+    );
     if score.p_value > cfg.max_p_value {
         return;
     }
