@@ -1,1 +1,545 @@
-//! stub: filled in by its owner
+//! Behavioural detection (UEBA): per-entity baselines learned online from event time, and seven
+//! detectors built on them: `auth_failure_burst`, `password_spray`, `brute_force_success`,
+//! `rate_limit_violation`, `config_change`, `first_seen`, `volume_anomaly`.
+//!
+//! Guarantees:
+//! - event time only: windows, warm-up, eviction and suppression never read the wall clock, so a
+//!   replay gives the same alerts;
+//! - every piece of state is keyed by tenant + entity through a keyed BLAKE3 hash; clear user
+//!   names, emails and IPs live in memory only (in the event being processed and in open alert
+//!   groups) and never reach the snapshot;
+//! - memory is bounded: at most `max_entities` entities (least recently seen evicted first),
+//!   entities idle for `entity_idle_days` are dropped, every per-entity set and evidence list
+//!   has a fixed bound;
+//! - every alert explains itself with the numbers (count, window, baseline, tail probability).
+
+mod auth_failure_burst;
+mod baseline;
+mod brute_force_success;
+mod classify;
+mod config;
+mod config_change;
+mod first_seen;
+mod hygiene;
+mod password_spray;
+mod rate_limit_violation;
+mod snapshot;
+mod state;
+mod volume_anomaly;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use perimeter_model::{Alert, Detector, EntityKind, Event, Outcome};
+
+pub use config::{
+    AuthFailureBurstConfig, AuthFailureBurstOverride, BruteForceSuccessConfig,
+    BruteForceSuccessOverride, ConfigChangeConfig, ConfigChangeOverride, FirstSeenAttribute,
+    FirstSeenConfig, FirstSeenOverride, PasswordSprayConfig, PasswordSprayOverride,
+    RateLimitViolationConfig, RateLimitViolationOverride, SnapshotConfig, TenantOverrides,
+    UebaConfig, VolumeAnomalyConfig, VolumeAnomalyOverride,
+};
+pub use hygiene::UebaDetector;
+
+use baseline::BaselineParams;
+use config::DetectorSettings;
+use hygiene::{Finding, Hygiene};
+use state::{EntityKey, EntityState, KeyMap};
+
+/// What a detector needs to know about the event being processed.
+pub(crate) struct Ctx<'a> {
+    pub event: &'a Event,
+    /// Event time, Unix seconds.
+    pub t: i64,
+    pub params: &'a BaselineParams,
+    pub max_evidence: usize,
+    pub escalate_score: f64,
+    pub secret: &'a [u8; 32],
+}
+
+/// `600` -> `10m`, `3600` -> `1h`, `90` -> `90s`.
+pub(crate) fn human_duration(seconds: u64) -> String {
+    if seconds >= 3600 && seconds / 3600 * 3600 == seconds {
+        format!("{}h", seconds / 3600)
+    } else if seconds >= 60 && seconds / 60 * 60 == seconds {
+        format!("{}m", seconds / 60)
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// Counters for the pipeline's metrics (no values, only counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UebaStats {
+    pub events_seen_total: u64,
+    pub alerts_emitted_total: u64,
+    /// Findings absorbed into an open alert group.
+    pub findings_suppressed_total: u64,
+    /// Entities dropped by the `max_entities` bound or idle eviction.
+    pub entities_evicted_total: u64,
+}
+
+/// Runs every enabled behavioural detector over a stream of events.
+pub struct UebaEngine {
+    config: UebaConfig,
+    secret: [u8; 32],
+    params: BaselineParams,
+    default_settings: DetectorSettings,
+    tenant_settings: HashMap<String, DetectorSettings>,
+    entities: KeyMap<EntityState>,
+    hygiene: Hygiene,
+    /// Highest event time seen (Unix seconds): the clock for eviction and group expiry.
+    watermark: i64,
+    /// Hour bucket of the last housekeeping sweep.
+    swept_hour: i64,
+    events_since_snapshot: u64,
+    stats: UebaStats,
+    findings: Vec<Finding>,
+}
+
+impl UebaEngine {
+    /// An engine with empty state. `entity_key` keys every entity hash (keep it secret and stable:
+    /// a snapshot is only usable with the key it was written with). Out-of-range settings are
+    /// clamped; call [`UebaConfig::validate`] first to report them instead.
+    pub fn new(config: UebaConfig, entity_key: [u8; 32]) -> UebaEngine {
+        let params = BaselineParams::new(
+            config.baseline_half_life_hours,
+            config.seasonality_min_history_days,
+        );
+        let default_settings = clamp(config.settings_for(""));
+        let tenant_settings = config
+            .tenants
+            .keys()
+            .map(|t| (t.clone(), clamp(config.settings_for(t))))
+            .collect();
+        UebaEngine {
+            params,
+            default_settings,
+            tenant_settings,
+            secret: entity_key,
+            entities: KeyMap::default(),
+            hygiene: Hygiene::default(),
+            watermark: i64::MIN,
+            swept_hour: i64::MIN,
+            events_since_snapshot: 0,
+            stats: UebaStats::default(),
+            findings: Vec::new(),
+            config,
+        }
+    }
+
+    /// Restore the state written by [`UebaEngine::snapshot_to`]. Fails when the file is
+    /// unreadable, malformed, or was written with another entity key.
+    pub fn restore_from(
+        config: UebaConfig,
+        entity_key: [u8; 32],
+        path: &Path,
+    ) -> Result<UebaEngine, crate::DetectError> {
+        let mut engine = UebaEngine::new(config, entity_key);
+        snapshot::read(&mut engine, path)?;
+        Ok(engine)
+    }
+
+    /// Restore from `config.snapshot.path` when that file exists, else start empty.
+    pub fn open(
+        config: UebaConfig,
+        entity_key: [u8; 32],
+    ) -> Result<UebaEngine, crate::DetectError> {
+        match config.snapshot.path.clone() {
+            Some(path) if path.exists() => UebaEngine::restore_from(config, entity_key, &path),
+            _ => Ok(UebaEngine::new(config, entity_key)),
+        }
+    }
+
+    /// Write baselines, windows and open alert groups to `path` atomically (temp file + rename).
+    /// The file holds keyed hashes, counts and event ids only - no clear entity value.
+    pub fn snapshot_to(&self, path: &Path) -> Result<(), crate::DetectError> {
+        snapshot::write(self, path)
+    }
+
+    /// Entities currently tracked.
+    pub fn tracked_entities(&self) -> usize {
+        self.entities.len()
+    }
+
+    pub fn stats(&self) -> UebaStats {
+        UebaStats {
+            findings_suppressed_total: self.hygiene.num_suppressed,
+            ..self.stats
+        }
+    }
+
+    pub fn config(&self) -> &UebaConfig {
+        &self.config
+    }
+
+    fn key(&self, tenant: &str, kind: EntityKind, value: &str) -> EntityKey {
+        EntityKey::derive(&self.secret, tenant, kind, value)
+    }
+
+    /// Hourly (event time) housekeeping: idle eviction and closing alert groups.
+    fn advance(&mut self, t: i64, alerts: &mut Vec<Alert>) {
+        if t <= self.watermark {
+            return;
+        }
+        self.watermark = t;
+        let hour = t.div_euclid(3600);
+        if hour <= self.swept_hour {
+            return;
+        }
+        self.swept_hour = hour;
+        let horizon = t.saturating_sub(self.config.entity_idle_days.saturating_mul(86_400) as i64);
+        let before = self.entities.len();
+        self.entities.retain(|_, st| st.last_seen >= horizon);
+        self.stats.entities_evicted_total += (before - self.entities.len()) as u64;
+        let before = alerts.len();
+        self.hygiene.expire(t, alerts);
+        self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
+    }
+
+    /// Drop the least recently seen sixteenth of the entities: amortised O(1) per insert
+    /// without an LRU list (which would cost two pointers per entity).
+    fn evict_lru(&mut self) {
+        let mut seen: Vec<i64> = self.entities.values().map(|s| s.last_seen).collect();
+        let n = (seen.len() / 16).max(1);
+        let (_, cutoff, _) = seen.select_nth_unstable(n - 1);
+        let cutoff = *cutoff;
+        let mut dropped = 0usize;
+        self.entities.retain(|_, st| {
+            if dropped < n && st.last_seen <= cutoff {
+                dropped += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.stats.entities_evicted_total += dropped as u64;
+    }
+
+    fn touch(&mut self, key: EntityKey, kind: EntityKind, t: i64) {
+        if self.entities.len() as u64 >= self.config.max_entities.max(1)
+            && !self.entities.contains_key(&key)
+        {
+            self.evict_lru();
+        }
+        let st = self
+            .entities
+            .entry(key)
+            .or_insert_with(|| EntityState::new(kind, t));
+        st.last_seen = st.last_seen.max(t);
+        st.first_seen = st.first_seen.min(t);
+    }
+
+    fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
+        let t = event.timestamp.timestamp();
+        self.advance(t, alerts);
+        let c = classify::classify(event);
+        let tenant = event.tenant.as_str();
+        let failure = c.auth == Some(Outcome::Failure);
+
+        let user_key = c.user.map(|u| self.key(tenant, EntityKind::User, u));
+        let ip_key = match c.ip {
+            Some(ip) if failure || c.rate_limit => Some(self.key(tenant, EntityKind::Ip, ip)),
+            _ => None,
+        };
+        let token = c
+            .token
+            .as_deref()
+            .map(|v| (EntityKind::Token, v))
+            .or(c.app.as_deref().map(|v| (EntityKind::App, v)));
+        let token_key = match token {
+            Some((kind, v)) if c.rate_limit => Some((self.key(tenant, kind, v), kind, v)),
+            _ => None,
+        };
+        let org_name = if c.org.is_empty() { tenant } else { c.org };
+        let org_key = match c.app.as_deref() {
+            Some(_) if c.app_grant => Some(self.key(tenant, EntityKind::Org, org_name)),
+            _ => None,
+        };
+        for (key, kind) in [
+            (user_key, EntityKind::User),
+            (ip_key, EntityKind::Ip),
+            (
+                token_key.map(|k| k.0),
+                token.map_or(EntityKind::Unknown, |k| k.0),
+            ),
+            (org_key, EntityKind::Org),
+        ] {
+            if let Some(key) = key {
+                self.touch(key, kind, t);
+            }
+        }
+
+        let mut findings = std::mem::take(&mut self.findings);
+        findings.clear();
+        // Field borrows (not `self.settings()`) so `self.entities` can be borrowed mutably below.
+        let settings = if self.tenant_settings.is_empty() {
+            &self.default_settings
+        } else {
+            self.tenant_settings
+                .get(tenant)
+                .unwrap_or(&self.default_settings)
+        };
+        let ctx = Ctx {
+            event,
+            t,
+            params: &self.params,
+            max_evidence: self.config.max_evidence_events as usize,
+            escalate_score: self.config.escalate_score,
+            secret: &self.secret,
+        };
+        let entities = &mut self.entities;
+
+        if let (Some(user), Some(key)) = (c.user, user_key) {
+            if let Some(st) = entities.get_mut(&key) {
+                match c.auth {
+                    Some(Outcome::Failure) => {
+                        if settings.auth_failure_burst.enabled {
+                            auth_failure_burst::observe(
+                                st,
+                                key,
+                                user,
+                                &settings.auth_failure_burst,
+                                &ctx,
+                                &mut findings,
+                            );
+                        }
+                        if settings.brute_force_success.enabled {
+                            brute_force_success::record_failure(
+                                st,
+                                ip_key,
+                                &settings.brute_force_success,
+                                &ctx,
+                            );
+                        }
+                    }
+                    Some(Outcome::Success) if settings.brute_force_success.enabled => {
+                        brute_force_success::on_success(
+                            st,
+                            key,
+                            user,
+                            c.ip,
+                            &settings.brute_force_success,
+                            &ctx,
+                            &mut findings,
+                        );
+                    }
+                    _ => {}
+                }
+                if c.volume && settings.volume_anomaly.enabled {
+                    volume_anomaly::observe(
+                        st,
+                        key,
+                        user,
+                        &settings.volume_anomaly,
+                        &ctx,
+                        &mut findings,
+                    );
+                }
+                if settings.config_change.enabled {
+                    config_change::observe(
+                        st,
+                        key,
+                        user,
+                        &c,
+                        &settings.config_change,
+                        &ctx,
+                        &mut findings,
+                    );
+                }
+                if settings.first_seen.enabled {
+                    let asn = c.asn.map(|n| n.to_string());
+                    let values = [
+                        (FirstSeenAttribute::Country, c.country.unwrap_or("")),
+                        (FirstSeenAttribute::Asn, asn.as_deref().unwrap_or("")),
+                        (
+                            FirstSeenAttribute::UserAgentFamily,
+                            c.user_agent_family.unwrap_or(""),
+                        ),
+                        (
+                            FirstSeenAttribute::OauthClient,
+                            c.app.as_deref().unwrap_or(""),
+                        ),
+                    ];
+                    first_seen::observe(
+                        st,
+                        key,
+                        user,
+                        &values,
+                        &settings.first_seen,
+                        &ctx,
+                        &mut findings,
+                    );
+                }
+            }
+        }
+
+        if let (Some(ip), Some(key)) = (c.ip, ip_key) {
+            if let Some(st) = entities.get_mut(&key) {
+                if failure {
+                    if settings.auth_failure_burst.enabled {
+                        auth_failure_burst::observe(
+                            st,
+                            key,
+                            ip,
+                            &settings.auth_failure_burst,
+                            &ctx,
+                            &mut findings,
+                        );
+                    }
+                    if let (Some(user), true) = (user_key, settings.password_spray.enabled) {
+                        password_spray::observe(
+                            st,
+                            key,
+                            ip,
+                            user,
+                            &settings.password_spray,
+                            &ctx,
+                            &mut findings,
+                        );
+                    }
+                }
+                if c.rate_limit && settings.rate_limit_violation.enabled {
+                    rate_limit_violation::observe(
+                        st,
+                        key,
+                        ip,
+                        &settings.rate_limit_violation,
+                        &ctx,
+                        &mut findings,
+                    );
+                }
+            }
+        }
+
+        if let Some((key, _, value)) = token_key {
+            if let Some(st) = entities.get_mut(&key) {
+                if settings.rate_limit_violation.enabled {
+                    rate_limit_violation::observe(
+                        st,
+                        key,
+                        value,
+                        &settings.rate_limit_violation,
+                        &ctx,
+                        &mut findings,
+                    );
+                }
+            }
+        }
+        // Rate limits with neither token, app nor IP are charged to the user.
+        if c.rate_limit
+            && token_key.is_none()
+            && ip_key.is_none()
+            && settings.rate_limit_violation.enabled
+        {
+            if let (Some(user), Some(key)) = (c.user, user_key) {
+                if let Some(st) = entities.get_mut(&key) {
+                    rate_limit_violation::observe(
+                        st,
+                        key,
+                        user,
+                        &settings.rate_limit_violation,
+                        &ctx,
+                        &mut findings,
+                    );
+                }
+            }
+        }
+
+        if let (Some(key), Some(app)) = (org_key, c.app.as_deref()) {
+            if let Some(st) = entities.get_mut(&key) {
+                if settings.first_seen.enabled {
+                    let values = [(FirstSeenAttribute::OrgApp, app)];
+                    first_seen::observe(
+                        st,
+                        key,
+                        org_name,
+                        &values,
+                        &settings.first_seen,
+                        &ctx,
+                        &mut findings,
+                    );
+                }
+            }
+        }
+
+        let max_evidence = ctx.max_evidence;
+        let before = alerts.len();
+        for f in findings.drain(..) {
+            self.hygiene.admit(f, event, max_evidence, alerts);
+        }
+        self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
+        self.findings = findings;
+    }
+}
+
+/// Keep values that would break arithmetic (zero windows, p outside (0, 1]) in range.
+fn clamp(mut s: DetectorSettings) -> DetectorSettings {
+    let p = |p: f64| {
+        if p.is_finite() {
+            p.clamp(1e-300, 1.0)
+        } else {
+            1e-6
+        }
+    };
+    let rate = |r: f64| if r.is_finite() && r > 0.0 { r } else { 1e-3 };
+    s.auth_failure_burst.window_seconds = s.auth_failure_burst.window_seconds.max(1);
+    s.auth_failure_burst.max_p_value = p(s.auth_failure_burst.max_p_value);
+    s.auth_failure_burst.prior_per_hour = rate(s.auth_failure_burst.prior_per_hour);
+    s.password_spray.window_seconds = s.password_spray.window_seconds.max(1);
+    s.password_spray.max_tracked_users = s
+        .password_spray
+        .max_tracked_users
+        .max(s.password_spray.min_distinct_users)
+        .max(1);
+    s.brute_force_success.window_seconds = s.brute_force_success.window_seconds.max(1);
+    s.rate_limit_violation.window_seconds = s.rate_limit_violation.window_seconds.max(1);
+    s.rate_limit_violation.max_p_value = p(s.rate_limit_violation.max_p_value);
+    s.rate_limit_violation.prior_per_hour = rate(s.rate_limit_violation.prior_per_hour);
+    s.volume_anomaly.window_seconds = s.volume_anomaly.window_seconds.max(1);
+    s.volume_anomaly.max_p_value = p(s.volume_anomaly.max_p_value);
+    s.volume_anomaly.prior_per_hour = rate(s.volume_anomaly.prior_per_hour);
+    s
+}
+
+impl Detector for UebaEngine {
+    fn name(&self) -> &str {
+        "ueba"
+    }
+
+    fn detect(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
+        if !self.config.enabled {
+            return;
+        }
+        self.stats.events_seen_total += 1;
+        self.process(event, alerts);
+        self.events_since_snapshot += 1;
+        let every = self.config.snapshot.every_events;
+        if every > 0 && self.events_since_snapshot >= every {
+            self.events_since_snapshot = 0;
+            if let Some(path) = self.config.snapshot.path.clone() {
+                if let Err(error) = self.snapshot_to(&path) {
+                    tracing::warn!(%error, "ueba snapshot failed");
+                }
+            }
+        }
+    }
+
+    /// Emit grouped alerts for open windows with repeats and write the snapshot (when configured).
+    fn flush(&mut self, alerts: &mut Vec<Alert>) {
+        if !self.config.enabled {
+            return;
+        }
+        let before = alerts.len();
+        self.hygiene.flush(alerts);
+        self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
+        if let Some(path) = self.config.snapshot.path.clone() {
+            if let Err(error) = self.snapshot_to(&path) {
+                tracing::warn!(%error, "ueba snapshot failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Snapshot of the UEBA state: entities (by keyed hash), their windows and baselines, and the open
+//! alert groups. JSON, written atomically (temp file, fsync, rename). Clear entity values are
+//! never written: keys are keyed BLAKE3 hashes, set members are keyed 32-bit tags, and the
+//! groups' clear entity / explanation fields are `#[serde(skip)]`.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::hygiene::{Group, GroupKey};
+use super::state::{EntityState, KeyMap};
+use super::UebaEngine;
+use crate::DetectError;
+
+const FORMAT: &str = "perimeter-ueba/1";
+
+/// Proves which entity key wrote the file without revealing it.
+fn key_check(secret: &[u8; 32]) -> String {
+    blake3::keyed_hash(secret, b"perimeter ueba snapshot key check").to_hex()[..16].to_string()
+}
+
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    format: &'static str,
+    key_check: String,
+    watermark: i64,
+    swept_hour: i64,
+    entities: &'a KeyMap<EntityState>,
+    groups: Vec<(&'a GroupKey, &'a Group)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotIn {
+    format: String,
+    key_check: String,
+    watermark: i64,
+    swept_hour: i64,
+    entities: KeyMap<EntityState>,
+    groups: Vec<(GroupKey, Group)>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> DetectError + '_ {
+    move |source| DetectError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError> {
+    let out = SnapshotOut {
+        format: FORMAT,
+        key_check: key_check(&engine.secret),
+        watermark: engine.watermark,
+        swept_hour: engine.swept_hour,
+        entities: &engine.entities,
+        groups: engine.hygiene.groups.iter().collect(),
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let mut w = BufWriter::new(file);
+    serde_json::to_writer(&mut w, &out)
+        .map_err(|e| DetectError::Other(format!("writing ueba snapshot {}: {e}", tmp.display())))?;
+    w.flush().map_err(io(&tmp))?;
+    let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectError> {
+    let file = File::open(path).map_err(io(path))?;
+    let snap: SnapshotIn = serde_json::from_reader(BufReader::new(file)).map_err(|e| {
+        DetectError::Other(format!(
+            "ueba snapshot {}: line {} column {}: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if snap.format != FORMAT {
+        return Err(DetectError::Other(format!(
+            "ueba snapshot {}: format `{}` is not `{FORMAT}`",
+            path.display(),
+            snap.format
+        )));
+    }
+    if snap.key_check != key_check(&engine.secret) {
+        return Err(DetectError::Other(format!(
+            "ueba snapshot {}: written with a different entity key; its entities cannot be matched",
+            path.display()
+        )));
+    }
+    engine.watermark = snap.watermark;
+    engine.swept_hour = snap.swept_hour;
+    engine.entities = snap.entities;
+    engine.hygiene.groups = snap.groups.into_iter().collect();
+    // A smaller `max_entities` than when the snapshot was written still holds after restore.
+    while engine.entities.len() as u64 > engine.config.max_entities.max(1) {
+        engine.evict_lru();
+    }
+    Ok(())
+}

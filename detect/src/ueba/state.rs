@@ -1,0 +1,287 @@
+//! Per-entity state, keyed by a keyed hash of tenant + entity kind + value so that nothing
+//! written to disk carries a clear user name, email or IP.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use perimeter_model::{EntityKind, Event};
+use serde::{Deserialize, Serialize};
+
+use super::auth_failure_burst::AuthFailureState;
+use super::baseline::{RateBaseline, WindowCounter};
+use super::brute_force_success::BruteForceState;
+use super::config_change::ActorState;
+use super::first_seen::SeenValues;
+use super::password_spray::SprayState;
+
+/// 128 bits of `blake3::keyed_hash(key, tenant NUL kind NUL value)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct EntityKey(pub [u8; 16]);
+
+impl EntityKey {
+    pub fn derive(key: &[u8; 32], tenant: &str, kind: EntityKind, value: &str) -> EntityKey {
+        let mut h = blake3::Hasher::new_keyed(key);
+        h.update(tenant.as_bytes());
+        h.update(&[0, kind_byte(kind), 0]);
+        h.update(value.as_bytes());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        EntityKey(out)
+    }
+
+    /// A 32-bit tag of this key, for the small exact sets (distinct users per IP, ...).
+    pub fn tag(&self) -> u32 {
+        u32::from_le_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<EntityKey> {
+        let v = hex::decode(s).ok()?;
+        Some(EntityKey(v.try_into().ok()?))
+    }
+}
+
+impl Serialize for EntityKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for EntityKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        EntityKey::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom("entity key is not 32 hex digits"))
+    }
+}
+
+/// A keyed 32-bit tag of a value (country, ASN, user-agent family, app), for first-seen sets.
+pub(crate) fn value_tag(key: &[u8; 32], what: u8, value: &[u8]) -> u32 {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(&[what, 0]);
+    h.update(value);
+    let b = h.finalize();
+    let b = b.as_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+pub(crate) fn kind_byte(kind: EntityKind) -> u8 {
+    match kind {
+        EntityKind::User => 1,
+        EntityKind::Ip => 2,
+        EntityKind::Token => 3,
+        EntityKind::App => 4,
+        EntityKind::Org => 5,
+        EntityKind::Unknown => 0,
+    }
+}
+
+/// The keys are already uniform hashes: use their first 8 bytes instead of hashing again.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `EntityKey`'s array reaches here (as one 16-byte write after its length prefix).
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b).rotate_left(5);
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+pub(crate) type KeyMap<V> = HashMap<EntityKey, V, BuildHasherDefault<KeyHasher>>;
+
+/// Recent evidence: event ids (16 bytes, from their hex form) and input lines. Bounded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Evidence {
+    /// Oldest first; at most the configured number of entries.
+    items: Vec<(u128, u64)>,
+}
+
+/// Marker for "no input line" (lines are 1-based).
+const NO_LINE: u64 = 0;
+
+impl Evidence {
+    pub fn push(&mut self, event: &Event, max: usize) {
+        if max == 0 {
+            return;
+        }
+        let id = u128::from_str_radix(event.id.as_str(), 16).unwrap_or(0);
+        if self.items.len() >= max {
+            let excess = self.items.len() + 1 - max;
+            self.items.drain(..excess);
+        }
+        self.items.push((id, event.line.unwrap_or(NO_LINE)));
+    }
+
+    pub fn extend_from(&mut self, other: &Evidence, max: usize) {
+        for &item in &other.items {
+            if !self.items.contains(&item) {
+                self.items.push(item);
+            }
+        }
+        if self.items.len() > max {
+            let excess = self.items.len() - max;
+            self.items.drain(..excess);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.items = Vec::new();
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Append to an alert's `lines` / `event_ids` (oldest first), skipping ids already there.
+    pub fn write_to(&self, alert: &mut perimeter_model::Alert) {
+        for &(id, line) in &self.items {
+            let hex = format!("{id:032x}");
+            if alert.event_ids.contains(&hex) {
+                continue;
+            }
+            if line != NO_LINE {
+                alert.lines.push(line);
+            }
+            alert.event_ids.push(hex);
+        }
+    }
+}
+
+/// A count window plus a learned rate: what the rate-based detectors keep per entity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RateState {
+    pub window: WindowCounter,
+    pub baseline: RateBaseline,
+    pub evidence: Evidence,
+}
+
+impl RateState {
+    pub fn new(t: i64) -> RateState {
+        RateState {
+            window: WindowCounter::default(),
+            baseline: RateBaseline::new(t),
+            evidence: Evidence::default(),
+        }
+    }
+}
+
+/// Everything known about one entity. Features are boxed and allocated on first use, so an
+/// entity seen once costs little more than its map slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct EntityState {
+    pub kind: EntityKind,
+    /// Event time (Unix seconds) the entity was first / last seen.
+    pub first_seen: i64,
+    pub last_seen: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_failures: Option<Box<AuthFailureState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brute_force: Option<Box<BruteForceState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spray: Option<Box<SprayState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Box<RateState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Box<RateState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Box<ActorState>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<Box<SeenValues>>,
+}
+
+impl EntityState {
+    pub fn new(kind: EntityKind, t: i64) -> EntityState {
+        EntityState {
+            kind,
+            first_seen: t,
+            last_seen: t,
+            auth_failures: None,
+            brute_force: None,
+            spray: None,
+            rate_limit: None,
+            volume: None,
+            actor: None,
+            seen: None,
+        }
+    }
+
+    /// Hours since first seen, at `t`.
+    pub fn age_hours(&self, t: i64) -> u64 {
+        ((t - self.first_seen).max(0) / 3600) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_depend_on_secret_tenant_kind_and_value() {
+        let k1 = [7u8; 32];
+        let k2 = [8u8; 32];
+        let a = EntityKey::derive(&k1, "acme", EntityKind::User, "alice@example.com");
+        assert_eq!(
+            a,
+            EntityKey::derive(&k1, "acme", EntityKind::User, "alice@example.com")
+        );
+        assert_ne!(
+            a,
+            EntityKey::derive(&k2, "acme", EntityKind::User, "alice@example.com")
+        );
+        assert_ne!(
+            a,
+            EntityKey::derive(&k1, "globex", EntityKind::User, "alice@example.com")
+        );
+        assert_ne!(
+            a,
+            EntityKey::derive(&k1, "acme", EntityKind::Ip, "alice@example.com")
+        );
+        assert_eq!(EntityKey::from_hex(&a.to_hex()), Some(a));
+        assert!(!a.to_hex().contains("alice"));
+    }
+
+    #[test]
+    fn evidence_keeps_only_the_newest() {
+        let mut ev = Evidence::default();
+        for i in 0..30u64 {
+            let raw = serde_json::json!({ "n": i });
+            let rec = perimeter_model::RawRecord {
+                source: "okta".into(),
+                tenant: "t".into(),
+                received_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+                line: Some(i + 1),
+                raw,
+            };
+            ev.push(&Event::new("okta", rec, Default::default()), 20);
+        }
+        assert_eq!(ev.len(), 20);
+        let mut alert = perimeter_model::Alert::new(
+            "r",
+            "t",
+            perimeter_model::Severity::Low,
+            perimeter_model::DetectorKind::Ueba,
+            "okta",
+            "t",
+            chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            "e",
+            EntityKind::User,
+        );
+        ev.write_to(&mut alert);
+        assert_eq!(alert.lines.first(), Some(&11));
+        assert_eq!(alert.lines.last(), Some(&30));
+        assert_eq!(alert.event_ids.len(), 20);
+        assert_eq!(alert.event_ids[0].len(), 32);
+    }
+}

@@ -1,0 +1,842 @@
+//! Scenario tests: realistic event sequences (ECS filled the way the normalizers fill it, raw JSON
+//! shaped like the vendor's), event time only.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use perimeter_model::{Alert, Detector, Ecs, EntityKind, Event, Outcome, RawRecord, Severity};
+use serde_json::json;
+
+use super::*;
+
+const KEY: [u8; 32] = [42; 32];
+
+fn t0() -> DateTime<Utc> {
+    // A Monday, 00:00 UTC.
+    Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0).unwrap()
+}
+
+fn event(
+    source: &str,
+    tenant: &str,
+    t: DateTime<Utc>,
+    line: u64,
+    mut ecs: Ecs,
+    raw: serde_json::Value,
+) -> Event {
+    ecs.timestamp = Some(t);
+    ecs.fill_related();
+    let rec = RawRecord {
+        source: source.into(),
+        tenant: tenant.into(),
+        received_at: t,
+        line: Some(line),
+        raw,
+    };
+    Event::new(source, rec, ecs)
+}
+
+struct Login<'a> {
+    user: &'a str,
+    ip: &'a str,
+    ok: bool,
+    country: &'a str,
+    asn: u64,
+    ua: &'a str,
+}
+
+impl<'a> Login<'a> {
+    fn new(user: &'a str, ip: &'a str, ok: bool) -> Self {
+        Login {
+            user,
+            ip,
+            ok,
+            country: "US",
+            asn: 7922,
+            ua: "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 Chrome/122.0 Safari/537.36",
+        }
+    }
+}
+
+/// An Okta System Log `user.session.start`, as the Okta normalizer maps it.
+fn okta_login(tenant: &str, t: DateTime<Utc>, line: u64, l: &Login<'_>) -> Event {
+    let (result, reason) = if l.ok {
+        ("SUCCESS", serde_json::Value::Null)
+    } else {
+        ("FAILURE", json!("INVALID_CREDENTIALS"))
+    };
+    let raw = json!({
+        "uuid": format!("{:08x}-{line}", t.timestamp()),
+        "published": t.to_rfc3339(),
+        "eventType": "user.session.start",
+        "displayMessage": "User login to Okta",
+        "severity": if l.ok { "INFO" } else { "WARN" },
+        "actor": {"id": "00u1abcd", "type": "User", "alternateId": l.user, "displayName": l.user},
+        "client": {
+            "ipAddress": l.ip,
+            "userAgent": {"rawUserAgent": l.ua, "browser": "CHROME", "os": "Mac OS X"},
+            "geographicalContext": {"country": l.country}
+        },
+        "securityContext": {"asNumber": l.asn},
+        "outcome": {"result": result, "reason": reason},
+        "authenticationContext": {"externalSessionId": "trs-1", "authenticationStep": 0}
+    });
+    let ecs = Ecs {
+        event_action: Some("user.session.start".into()),
+        event_category: vec!["authentication".into(), "session".into()],
+        event_type: vec!["start".into()],
+        event_outcome: if l.ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        },
+        user_name: Some(l.user.into()),
+        source_ip: Some(l.ip.into()),
+        source_geo_country_iso_code: Some(l.country.into()),
+        source_as_number: Some(l.asn),
+        user_agent_original: Some(l.ua.into()),
+        ..Default::default()
+    };
+    event("okta", tenant, t, line, ecs, raw)
+}
+
+/// A Google Workspace Drive `download`, as the gsuite normalizer maps it.
+fn drive_download(t: DateTime<Utc>, line: u64, user: &str) -> Event {
+    let raw = json!({
+        "kind": "admin#reports#activity",
+        "id": {"time": t.to_rfc3339(), "uniqueQualifier": format!("{line}"), "applicationName": "drive", "customerId": "C01abcd"},
+        "actor": {"email": user, "profileId": "1049"},
+        "ipAddress": "192.0.2.44",
+        "events": [{"type": "access", "name": "download", "parameters": [{"name": "doc_id", "value": format!("doc-{line}")}]}]
+    });
+    let ecs = Ecs {
+        event_action: Some("download".into()),
+        event_category: vec!["file".into()],
+        event_type: vec!["access".into()],
+        event_outcome: Outcome::Success,
+        user_name: Some(user.into()),
+        user_email: Some(user.into()),
+        source_ip: Some("192.0.2.44".into()),
+        organization_id: Some("C01abcd".into()),
+        ..Default::default()
+    };
+    event("gsuite", "acme", t, line, ecs, raw)
+}
+
+fn run(engine: &mut UebaEngine, events: &[Event]) -> Vec<Alert> {
+    let mut alerts = Vec::new();
+    for e in events {
+        engine.detect(e, &mut alerts);
+    }
+    alerts
+}
+
+fn of<'a>(alerts: &'a [Alert], detector: &str) -> Vec<&'a Alert> {
+    alerts
+        .iter()
+        .filter(|a| a.rule_id == format!("ueba.{detector}"))
+        .collect()
+}
+
+#[test]
+fn nine_failures_then_success_from_several_ips_fires_brute_force_once() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(9);
+    let ips = ["198.51.100.10", "198.51.100.11", "203.0.113.77"];
+    let mut events = Vec::new();
+    for i in 0..9 {
+        let l = Login::new("alice@example.com", ips[i % 3], false);
+        events.push(okta_login(
+            "acme",
+            start + Duration::seconds(25 * i as i64),
+            i as u64 + 1,
+            &l,
+        ));
+    }
+    events.push(okta_login(
+        "acme",
+        start + Duration::seconds(240),
+        10,
+        &Login::new("alice@example.com", ips[2], true),
+    ));
+    // Another success right after: the burst is over, no second alert.
+    events.push(okta_login(
+        "acme",
+        start + Duration::seconds(300),
+        11,
+        &Login::new("alice@example.com", ips[2], true),
+    ));
+    let mut alerts = run(&mut engine, &events);
+    engine.flush(&mut alerts);
+
+    let bf = of(&alerts, "brute_force_success");
+    assert_eq!(bf.len(), 1, "{alerts:#?}");
+    let a = bf[0];
+    assert_eq!(a.entity, "alice@example.com");
+    assert_eq!(a.entity_kind, EntityKind::User);
+    assert_eq!(a.detector, perimeter_model::DetectorKind::Ueba);
+    assert_eq!(
+        a.lines,
+        (1..=10).collect::<Vec<u64>>(),
+        "the 9 failures and the success are the evidence"
+    );
+    assert_eq!(a.event_ids.len(), 10);
+    assert_eq!(a.timestamp, start + Duration::seconds(240));
+    let why = a.explanation.as_deref().unwrap();
+    assert!(
+        why.contains("9 failed logins from 3 source IP(s) within 15m"),
+        "{why}"
+    );
+    assert!(why.contains("203.0.113.77"), "{why}");
+    assert_eq!(a.severity, Severity::High);
+    assert!(!a.id.is_empty());
+    // 9 failures is below the burst floor of 10: no auth_failure_burst.
+    assert!(of(&alerts, "auth_failure_burst").is_empty());
+}
+
+#[test]
+fn eight_failures_then_success_is_not_enough_when_the_threshold_is_nine() {
+    let cfg = UebaConfig::from_toml("[brute_force_success]\nmin_failures = 9").unwrap();
+    let mut engine = UebaEngine::new(cfg, KEY);
+    let start = t0();
+    let mut events: Vec<Event> = (0..8)
+        .map(|i| {
+            okta_login(
+                "acme",
+                start + Duration::seconds(20 * i),
+                i as u64 + 1,
+                &Login::new("bob@example.com", "198.51.100.9", false),
+            )
+        })
+        .collect();
+    events.push(okta_login(
+        "acme",
+        start + Duration::seconds(200),
+        9,
+        &Login::new("bob@example.com", "198.51.100.9", true),
+    ));
+    assert!(of(&run(&mut engine, &events), "brute_force_success").is_empty());
+}
+
+#[test]
+fn thirty_users_failing_from_one_ip_in_ten_minutes_is_a_password_spray() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(3);
+    let users: Vec<String> = (0..30).map(|i| format!("user{i:02}@example.com")).collect();
+    let events: Vec<Event> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            okta_login(
+                "acme",
+                start + Duration::seconds(19 * i as i64),
+                i as u64 + 1,
+                &Login::new(u, "203.0.113.50", false),
+            )
+        })
+        .collect();
+    let mut alerts = run(&mut engine, &events);
+    let spray = of(&alerts, "password_spray");
+    assert_eq!(
+        spray.len(),
+        1,
+        "first alert at the threshold, the rest grouped"
+    );
+    assert_eq!(spray[0].entity, "203.0.113.50");
+    assert_eq!(spray[0].entity_kind, EntityKind::Ip);
+    let why = spray[0].explanation.as_deref().unwrap();
+    assert!(
+        why.starts_with("20 distinct users with failed logins from 203.0.113.50 within 10m"),
+        "{why}"
+    );
+    assert_eq!(spray[0].event_ids.len(), 20);
+
+    engine.flush(&mut alerts);
+    let spray = of(&alerts, "password_spray");
+    assert_eq!(spray.len(), 2, "flush emits the grouped repeats");
+    assert_eq!(spray[1].count, 11, "the first alert plus 10 repeats");
+    assert!(
+        spray[1]
+            .explanation
+            .as_deref()
+            .unwrap()
+            .contains("last: 30 distinct users"),
+        "{:?}",
+        spray[1].explanation
+    );
+    assert!(spray[1].tags.contains(&"grouped".to_string()));
+
+    // The same 30 users failing from 30 different IPs is not a spray.
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let events: Vec<Event> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let ip = format!("198.18.0.{}", i + 1);
+            okta_login(
+                "acme",
+                start + Duration::seconds(19 * i as i64),
+                i as u64 + 1,
+                &Login::new(u, &ip, false),
+            )
+        })
+        .collect();
+    assert!(of(&run(&mut engine, &events), "password_spray").is_empty());
+}
+
+#[test]
+fn steady_service_account_is_normal_but_a_quiet_user_doing_the_same_is_not() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0();
+    let mut events = Vec::new();
+    let mut line = 0;
+    // Two days of history: the service account downloads 120 files an hour, around the clock;
+    // bob downloads two files a day.
+    for h in 0..48i64 {
+        for i in 0..120i64 {
+            line += 1;
+            events.push(drive_download(
+                start + Duration::hours(h) + Duration::seconds(30 * i),
+                line,
+                "svc-backup@example.com",
+            ));
+        }
+        if h % 24 == 10 || h % 24 == 15 {
+            line += 1;
+            events.push(drive_download(
+                start + Duration::hours(h) + Duration::minutes(7),
+                line,
+                "bob@example.com",
+            ));
+        }
+    }
+    let history = run(&mut engine, &events);
+    assert!(of(&history, "volume_anomaly").is_empty(), "{history:#?}");
+
+    // Hour 49: both download 120 files.
+    let burst_start = start + Duration::hours(49);
+    let mut events = Vec::new();
+    for i in 0..120i64 {
+        for user in ["svc-backup@example.com", "bob@example.com"] {
+            line += 1;
+            events.push(drive_download(
+                burst_start + Duration::seconds(30 * i),
+                line,
+                user,
+            ));
+        }
+    }
+    let alerts = run(&mut engine, &events);
+    let vol = of(&alerts, "volume_anomaly");
+    assert_eq!(vol.len(), 1, "{vol:#?}");
+    assert_eq!(vol[0].entity, "bob@example.com");
+    let why = vol[0].explanation.as_deref().unwrap();
+    assert!(
+        why.starts_with("50 data-access/export/delete/API events in 1h for bob@example.com"),
+        "{why}"
+    );
+    assert!(why.contains("p < 1e-"), "{why}");
+    assert!(vol[0].score.unwrap() > 6.0);
+    assert_eq!(
+        vol[0].event_ids.len(),
+        20,
+        "evidence is bounded to max_evidence_events"
+    );
+}
+
+#[test]
+fn a_new_user_cannot_trigger_volume_anomaly_during_warm_up() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let events: Vec<Event> = (0..200)
+        .map(|i| {
+            drive_download(
+                t0() + Duration::seconds(10 * i),
+                i as u64 + 1,
+                "new@example.com",
+            )
+        })
+        .collect();
+    assert!(of(&run(&mut engine, &events), "volume_anomaly").is_empty());
+}
+
+#[test]
+fn restart_mid_window_keeps_the_count_and_does_not_realert() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state").join("ueba.json");
+    let start = t0() + Duration::hours(14);
+    let fail = |i: i64, user: &str| {
+        let ip = if user.starts_with("carol") {
+            "192.0.2.200"
+        } else {
+            "192.0.2.210"
+        };
+        okta_login(
+            "acme",
+            start + Duration::seconds(20 * i),
+            i as u64 + 1,
+            &Login::new(user, ip, false),
+        )
+    };
+
+    // carol: 6 failures, restart, 3 more and a success: brute force still sees 9.
+    // dan: 7 failures, restart, 5 more: the burst floor (10) is crossed after the restart.
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut before: Vec<Event> = (0..6).map(|i| fail(i, "carol@example.com")).collect();
+    before.extend((0..7).map(|i| fail(i, "dan@example.com")));
+    before.sort_by_key(|e| e.timestamp);
+    let alerts = run(&mut engine, &before);
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    engine.snapshot_to(&path).unwrap();
+    assert!(
+        !path.with_extension("json.tmp").exists(),
+        "temp file renamed away"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    for clear in ["carol", "dan@", "example.com", "192.0.2.200"] {
+        assert!(!text.contains(clear), "snapshot leaks `{clear}`");
+    }
+    let tracked = engine.tracked_entities();
+    drop(engine);
+
+    let mut engine = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
+    assert_eq!(engine.tracked_entities(), tracked);
+    let mut after: Vec<Event> = (6..9).map(|i| fail(i, "carol@example.com")).collect();
+    after.push(okta_login(
+        "acme",
+        start + Duration::seconds(200),
+        100,
+        &Login::new("carol@example.com", "192.0.2.201", true),
+    ));
+    after.extend((7..12).map(|i| fail(i, "dan@example.com")));
+    after.sort_by_key(|e| e.timestamp);
+    let alerts = run(&mut engine, &after);
+    let bf = of(&alerts, "brute_force_success");
+    assert_eq!(bf.len(), 1, "{alerts:#?}");
+    assert!(
+        bf[0]
+            .explanation
+            .as_deref()
+            .unwrap()
+            .starts_with("9 failed logins"),
+        "{:?}",
+        bf[0].explanation
+    );
+    let burst: Vec<_> = of(&alerts, "auth_failure_burst")
+        .into_iter()
+        .filter(|a| a.entity == "dan@example.com")
+        .collect();
+    assert_eq!(burst.len(), 1, "{alerts:#?}");
+    assert!(
+        burst[0]
+            .explanation
+            .as_deref()
+            .unwrap()
+            .starts_with("10 failed logins in 10m"),
+        "{:?}",
+        burst[0].explanation
+    );
+    // dan's IP crossed the floor too (7 + 5); carol's (6 + 3) did not.
+    assert_eq!(
+        of(&alerts, "auth_failure_burst")
+            .iter()
+            .filter(|a| a.entity == "192.0.2.210")
+            .count(),
+        1
+    );
+    assert_eq!(
+        of(&alerts, "auth_failure_burst")
+            .iter()
+            .filter(|a| a.entity == "192.0.2.200")
+            .count(),
+        0
+    );
+
+    // Restart again after the alert: more failures in the suppression window do not re-alert,
+    // they are grouped (the restored group only knows the hashed key until the entity shows up again).
+    engine.snapshot_to(&path).unwrap();
+    let mut engine = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
+    let more: Vec<Event> = (12..15).map(|i| fail(i, "dan@example.com")).collect();
+    let mut alerts = run(&mut engine, &more);
+    assert!(of(&alerts, "auth_failure_burst").is_empty(), "{alerts:#?}");
+    engine.flush(&mut alerts);
+    let grouped: Vec<_> = of(&alerts, "auth_failure_burst")
+        .into_iter()
+        .filter(|a| a.entity == "dan@example.com")
+        .collect();
+    assert_eq!(grouped.len(), 1);
+    // The first alert (10th failure) + 2 repeats before the second restart + 3 after it: the
+    // open group's repeat count survived the snapshot too.
+    assert_eq!(grouped[0].count, 6);
+
+    // A snapshot is bound to its key.
+    let err = UebaEngine::restore_from(UebaConfig::default(), [1; 32], &path)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("different entity key"), "{err}");
+    std::fs::write(
+        &path,
+        "{\"format\": \"perimeter-ueba/1\", \"key_check\": 3}",
+    )
+    .unwrap();
+    let err = UebaEngine::restore_from(UebaConfig::default(), KEY, &path)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+#[test]
+fn tenant_thresholds_override_the_defaults() {
+    let cfg = UebaConfig::from_toml(
+        "[auth_failure_burst]\nmin_failures = 10\n[tenants.strict.auth_failure_burst]\nmin_failures = 4\n",
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    let mut engine = UebaEngine::new(cfg, KEY);
+    let mut events = Vec::new();
+    for tenant in ["strict", "relaxed"] {
+        for i in 0..5 {
+            events.push(okta_login(
+                tenant,
+                t0() + Duration::seconds(30 * i),
+                i as u64 + 1,
+                &Login::new("erin@example.com", "198.51.100.70", false),
+            ));
+        }
+    }
+    events.sort_by_key(|e| e.timestamp);
+    let alerts = run(&mut engine, &events);
+    let bursts = of(&alerts, "auth_failure_burst");
+    assert!(!bursts.is_empty());
+    assert!(bursts.iter().all(|a| a.tenant == "strict"), "{bursts:#?}");
+    assert_eq!(
+        bursts
+            .iter()
+            .filter(|a| a.entity == "erin@example.com")
+            .count(),
+        1
+    );
+    // The floor is 4, but 4 failures against the prior (0.08/10m) give p ~ 2e-6 > 1e-6: the 5th alerts.
+    let why = bursts[0].explanation.as_deref().unwrap();
+    assert!(why.starts_with("5 failed logins in 10m"), "{why}");
+    // Same user name, two tenants: two separate entities.
+    assert_eq!(engine.tracked_entities(), 4);
+}
+
+#[test]
+fn config_with_an_unknown_key_is_rejected() {
+    let err = UebaConfig::from_toml("[volume_anomaly]\nwindow_minutes = 60\n").unwrap_err();
+    assert!(
+        err.to_string().contains("unknown field `window_minutes`"),
+        "{err}"
+    );
+}
+
+fn okta_admin(t: DateTime<Utc>, line: u64, user: &str, action: &str, category: &str) -> Event {
+    let raw = json!({
+        "uuid": format!("adm-{line}"),
+        "published": t.to_rfc3339(),
+        "eventType": action,
+        "actor": {"id": "00uadmin", "type": "User", "alternateId": user},
+        "client": {"ipAddress": "198.51.100.5"},
+        "outcome": {"result": "SUCCESS"},
+        "target": [{"type": "PolicyEntity", "displayName": "Default MFA policy"}]
+    });
+    let ecs = Ecs {
+        event_action: Some(action.into()),
+        event_category: vec![category.into()],
+        event_type: vec![if category == "configuration" {
+            "change"
+        } else {
+            "info"
+        }
+        .into()],
+        event_outcome: Outcome::Success,
+        user_name: Some(user.into()),
+        source_ip: Some("198.51.100.5".into()),
+        ..Default::default()
+    };
+    event("okta", "acme", t, line, ecs, raw)
+}
+
+#[test]
+fn config_change_by_a_rare_actor_at_an_unusual_hour_alerts_and_a_routine_admin_does_not() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut events = Vec::new();
+    let mut line = 0;
+    for day in 0..5i64 {
+        for h in 9..17i64 {
+            for user in ["frank@example.com", "grace@example.com"] {
+                for m in [5, 35] {
+                    line += 1;
+                    let t = t0() + Duration::days(day) + Duration::hours(h) + Duration::minutes(m);
+                    events.push(okta_admin(
+                        t,
+                        line,
+                        user,
+                        "user.session.access_admin_app",
+                        "session",
+                    ));
+                }
+            }
+        }
+        // grace changes security configuration every working day.
+        line += 1;
+        events.push(okta_admin(
+            t0() + Duration::days(day) + Duration::hours(11),
+            line,
+            "grace@example.com",
+            "policy.lifecycle.update",
+            "configuration",
+        ));
+    }
+    let alerts = run(&mut engine, &events);
+    assert!(
+        of(&alerts, "config_change").is_empty(),
+        "warm-up and routine: {alerts:#?}"
+    );
+
+    let day6 = t0() + Duration::days(5);
+    let later = vec![
+        okta_admin(
+            day6 + Duration::hours(11),
+            1000,
+            "grace@example.com",
+            "policy.lifecycle.update",
+            "configuration",
+        ),
+        okta_admin(
+            day6 + Duration::hours(3),
+            1001,
+            "frank@example.com",
+            "policy.rule.deactivate",
+            "configuration",
+        ),
+        // Not security-relevant: a theme change.
+        okta_admin(
+            day6 + Duration::hours(12),
+            1002,
+            "frank@example.com",
+            "org.theme.update",
+            "configuration",
+        ),
+    ];
+    let alerts = run(&mut engine, &later);
+    let cc = of(&alerts, "config_change");
+    assert_eq!(cc.len(), 1, "{cc:#?}");
+    assert_eq!(cc[0].entity, "frank@example.com");
+    let why = cc[0].explanation.as_deref().unwrap();
+    assert!(
+        why.contains("policy.rule.deactivate") && why.contains("0.00 security config changes/week"),
+        "{why}"
+    );
+    assert!(why.contains("03:00 UTC"), "{why}");
+    assert_eq!(
+        cc[0].severity,
+        Severity::High,
+        "rare and off-hours escalates"
+    );
+}
+
+#[test]
+fn first_seen_country_asn_and_client_after_warm_up() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut events = Vec::new();
+    for day in 0..4i64 {
+        events.push(okta_login(
+            "acme",
+            t0() + Duration::days(day) + Duration::hours(9),
+            day as u64 + 1,
+            &Login::new("heidi@example.com", "198.51.100.30", true),
+        ));
+    }
+    let alerts = run(&mut engine, &events);
+    assert!(of(&alerts, "first_seen").is_empty());
+    let odd = Login {
+        country: "RU",
+        asn: 12389,
+        ua: "python-requests/2.31.0",
+        ..Login::new("heidi@example.com", "203.0.113.99", true)
+    };
+    let alerts = run(
+        &mut engine,
+        &[okta_login(
+            "acme",
+            t0() + Duration::days(4) + Duration::hours(2),
+            10,
+            &odd,
+        )],
+    );
+    let fs = of(&alerts, "first_seen");
+    assert_eq!(fs.len(), 1);
+    let why = fs[0].explanation.as_deref().unwrap();
+    assert!(
+        why.contains("country `RU`")
+            && why.contains("ASN `12389`")
+            && why.contains("user-agent family `python-requests`"),
+        "{why}"
+    );
+    assert!(!why.contains("Chrome"));
+    assert_eq!(
+        fs[0].severity,
+        Severity::Medium,
+        "several new attributes escalate low -> medium"
+    );
+
+    // A brand-new user is learned silently.
+    let new = Login {
+        country: "BR",
+        ..Login::new("ivan@example.com", "203.0.113.1", true)
+    };
+    let alerts = run(
+        &mut engine,
+        &[okta_login(
+            "acme",
+            t0() + Duration::days(4) + Duration::hours(3),
+            11,
+            &new,
+        )],
+    );
+    assert!(of(&alerts, "first_seen").is_empty());
+}
+
+#[test]
+fn rate_limit_violations_per_app_and_per_access_key() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(5);
+    let mut events = Vec::new();
+    for i in 0..12i64 {
+        let raw = json!({
+            "uuid": format!("rl-{i}"),
+            "published": (start + Duration::seconds(40 * i)).to_rfc3339(),
+            "eventType": "system.org.rate_limit.violation",
+            "actor": {"id": "0oa1integration", "type": "PublicClientApp", "alternateId": "0oa1integration"},
+            "client": {"ipAddress": "198.51.100.80"},
+            "outcome": {"result": "DENY"}
+        });
+        let ecs = Ecs {
+            event_action: Some("system.org.rate_limit.violation".into()),
+            event_category: vec!["network".into()],
+            source_ip: Some("198.51.100.80".into()),
+            ..Default::default()
+        };
+        events.push(event(
+            "okta",
+            "acme",
+            start + Duration::seconds(40 * i),
+            i as u64 + 1,
+            ecs,
+            raw,
+        ));
+    }
+    for i in 0..8i64 {
+        let raw = json!({
+            "eventVersion": "1.08",
+            "eventTime": (start + Duration::seconds(30 * i)).to_rfc3339(),
+            "eventSource": "ec2.amazonaws.com",
+            "eventName": "DescribeInstances",
+            "eventType": "AwsApiCall",
+            "errorCode": "ThrottlingException",
+            "errorMessage": "Rate exceeded",
+            "userIdentity": {"type": "IAMUser", "userName": "deploy-bot", "accessKeyId": "AKIAIOSFODNN7EXAMPLE"},
+            "recipientAccountId": "123456789012"
+        });
+        let ecs = Ecs {
+            event_action: Some("DescribeInstances".into()),
+            event_outcome: Outcome::Failure,
+            user_name: Some("deploy-bot".into()),
+            cloud_account_id: Some("123456789012".into()),
+            ..Default::default()
+        };
+        events.push(event(
+            "cloudtrail",
+            "acme",
+            start + Duration::seconds(30 * i),
+            100 + i as u64,
+            ecs,
+            raw,
+        ));
+    }
+    events.sort_by_key(|e| e.timestamp);
+    let alerts = run(&mut engine, &events);
+    let rl = of(&alerts, "rate_limit_violation");
+    let entities: Vec<(&str, EntityKind)> = rl
+        .iter()
+        .map(|a| (a.entity.as_str(), a.entity_kind))
+        .collect();
+    assert!(
+        entities.contains(&("0oa1integration", EntityKind::App)),
+        "{entities:?}"
+    );
+    assert!(
+        entities.contains(&("198.51.100.80", EntityKind::Ip)),
+        "{entities:?}"
+    );
+    assert!(
+        entities.contains(&("AKIAIOSFODNN7EXAMPLE", EntityKind::Token)),
+        "{entities:?}"
+    );
+    let why = rl[0].explanation.as_deref().unwrap();
+    assert!(
+        why.starts_with("5 rate-limit/throttling events in 10m"),
+        "{why}"
+    );
+    // Throttled calls are not counted as volume.
+    assert!(of(&alerts, "volume_anomaly").is_empty());
+}
+
+#[test]
+fn memory_is_bounded_by_max_entities_and_idle_eviction() {
+    let cfg = UebaConfig {
+        max_entities: 100,
+        entity_idle_days: 1,
+        ..Default::default()
+    };
+    let mut engine = UebaEngine::new(cfg, KEY);
+    let events: Vec<Event> = (0..1000)
+        .map(|i| {
+            let u = format!("u{i}@example.com");
+            okta_login(
+                "acme",
+                t0() + Duration::seconds(i),
+                i as u64 + 1,
+                &Login::new(&u, "198.51.100.1", true),
+            )
+        })
+        .collect();
+    run(&mut engine, &events);
+    assert!(
+        engine.tracked_entities() <= 100,
+        "{}",
+        engine.tracked_entities()
+    );
+    assert!(engine.stats().entities_evicted_total >= 900);
+    // Two days later everything idle is gone.
+    let late = okta_login(
+        "acme",
+        t0() + Duration::days(2),
+        5000,
+        &Login::new("late@example.com", "198.51.100.1", true),
+    );
+    run(&mut engine, &[late]);
+    assert_eq!(engine.tracked_entities(), 1);
+}
+
+#[test]
+fn disabled_detectors_stay_silent() {
+    let cfg = UebaConfig::from_toml(
+        "[password_spray]\nenabled = false\n[auth_failure_burst]\nenabled = false\n",
+    )
+    .unwrap();
+    let mut engine = UebaEngine::new(cfg, KEY);
+    let events: Vec<Event> = (0..30)
+        .map(|i| {
+            let u = format!("user{i}@example.com");
+            okta_login(
+                "acme",
+                t0() + Duration::seconds(10 * i),
+                i as u64 + 1,
+                &Login::new(&u, "203.0.113.50", false),
+            )
+        })
+        .collect();
+    assert!(run(&mut engine, &events).is_empty());
+    assert_eq!(engine.name(), "ueba");
+}
