@@ -1,0 +1,1 @@
+//! Conformance tests per spec section (filled below).
