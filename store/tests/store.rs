@@ -28,7 +28,7 @@ fn event(tenant: &str, source: &str, at: DateTime<Utc>, user: &str, action: &str
     let mut ecs = Ecs {
         timestamp: Some(at),
         event_action: Some(action.to_string()),
-        event_outcome: if n % 2 == 0 {
+        event_outcome: if n.is_multiple_of(2) {
             Outcome::Success
         } else {
             Outcome::Failure
