@@ -63,11 +63,11 @@ pub(crate) fn parse_time(
         })
 }
 
+/// Optional lower and upper time bounds.
+pub(crate) type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// `from`/`to` parsed and checked for order.
-pub(crate) fn time_range(
-    from: Option<&str>,
-    to: Option<&str>,
-) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+pub(crate) fn time_range(from: Option<&str>, to: Option<&str>) -> Result<TimeRange, ApiError> {
     let from = parse_time("from", from)?;
     let to = parse_time("to", to)?;
     if let (Some(f), Some(t)) = (from, to) {
