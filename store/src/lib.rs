@@ -1,1 +1,38 @@
-//! stub
+//! Perimeter's store: masked events go to tantivy (one index per tenant and day) and to
+//! hive-partitioned Parquet (`tenant=/source=/dt=`); alerts and dead letters to per-tenant
+//! append-only journals. The read side serves the query API.
+//!
+//! Guarantees:
+//! - [`Store::write_batch`] returns only after the batch is durable everywhere: tantivy
+//!   committed, Parquet files written, fsynced and renamed into place, journals fsynced;
+//! - writes are idempotent on event id and alert id, across restarts: a replayed event is
+//!   stored once (ids are checked against the event's (tenant, day) index);
+//! - a crash at any point loses no acknowledged event and stores no event twice after the
+//!   unacknowledged batch is replayed (`docs/adr/001-store-durability.md`);
+//! - one tenant's data never shares an index, a Parquet partition or a journal with
+//!   another's, and every read takes the tenant as an argument;
+//! - bad queries and bad cursors are [`StoreError::InvalidQuery`], never a panic.
+//!
+//! Entry points: [`Store::open`], [`Store::write_batch`], [`Store::search_events`],
+//! [`Store::get_event`], [`Store::list_alerts`], [`Store::update_alert`],
+//! [`Store::apply_retention`].
+
+mod alerts;
+mod config;
+mod error;
+mod journal;
+pub mod layout;
+pub mod parquet_sink;
+mod reader;
+mod retention;
+mod store;
+pub mod tantivy_sink;
+
+pub use alerts::{
+    AlertChange, AlertQuery, AlertRecord, AlertSort, AlertUpdate, Note, Page, MAX_PAGE_LIMIT,
+};
+pub use config::{RetentionRule, StoreConfig};
+pub use error::{Result, StoreError};
+pub use reader::EventQuery;
+pub use retention::RetentionReport;
+pub use store::{Store, StoreBatch, StoreStats, WriteAck};

@@ -1,0 +1,500 @@
+//! Alerts: an append-only JSONL journal per tenant (`alerts/tenant=<t>/journal.jsonl`) holding
+//! each alert once and every triage change, replayed into memory on open.
+//!
+//! Alerts are few compared with events (thousands, not millions), so filtering and sorting a
+//! tenant's alerts in memory is fast and keeps status/assignee/notes/history trivially
+//! consistent: the journal is the single source of truth, the in-memory book a cache of it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use perimeter_model::{Alert, AlertStatus, Severity};
+use serde::{Deserialize, Serialize};
+
+use crate::{journal, Result, StoreError};
+
+/// An alert with its triage state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    /// The alert as the detector produced it; `alert.status` is the current triage status.
+    pub alert: Alert,
+    pub assignee: Option<String>,
+    pub notes: Vec<Note>,
+    /// Every change, oldest first.
+    pub history: Vec<AlertChange>,
+}
+
+/// An analyst note on an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    pub at: DateTime<Utc>,
+    pub by: String,
+    pub text: String,
+}
+
+/// One recorded change: `field` is `status`, `assignee` or `note`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertChange {
+    pub at: DateTime<Utc>,
+    pub by: String,
+    pub field: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// A triage change request. `assignee: Some("")` clears the assignee.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertUpdate {
+    #[serde(default)]
+    pub status: Option<AlertStatus>,
+    #[serde(default)]
+    pub assignee: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Sort order of [`AlertQuery`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertSort {
+    /// Newest `@timestamp` first (default).
+    #[default]
+    Newest,
+    Oldest,
+    /// Highest severity first, newest first within a severity.
+    Severity,
+}
+
+impl AlertSort {
+    fn tag(&self) -> &'static str {
+        match self {
+            AlertSort::Newest => "n",
+            AlertSort::Oldest => "o",
+            AlertSort::Severity => "s",
+        }
+    }
+}
+
+/// Filters for listing alerts; every set filter must match.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertQuery {
+    /// `@timestamp >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `@timestamp < to`.
+    pub to: Option<DateTime<Utc>>,
+    /// Minimum severity (`high` also returns `critical`).
+    pub severity: Option<Severity>,
+    pub status: Option<AlertStatus>,
+    /// Exact rule id.
+    pub rule_id: Option<String>,
+    /// Exact source name.
+    pub source: Option<String>,
+    /// Exact entity (case-insensitive).
+    pub entity: Option<String>,
+    /// Case-insensitive substring of title, description, explanation, entity, rule id, or a
+    /// matched field value.
+    pub text: Option<String>,
+    /// Page size (clamped to `1..=MAX_PAGE_LIMIT`).
+    pub limit: usize,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    pub sort: AlertSort,
+}
+
+/// One page of results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Largest page size; bigger limits are clamped.
+pub const MAX_PAGE_LIMIT: usize = 1000;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum JournalEntry {
+    Alert {
+        alert: Box<Alert>,
+    },
+    Update {
+        id: String,
+        at: DateTime<Utc>,
+        by: String,
+        update: AlertUpdate,
+    },
+}
+
+/// In-memory alerts of every tenant.
+#[derive(Default)]
+pub struct AlertBook {
+    tenants: HashMap<String, HashMap<String, AlertRecord>>,
+}
+
+/// Sort key, also what a cursor encodes: (severity rank, micros, id), compared per sort order.
+type SortKey = (u8, i64, String);
+
+fn sort_key(r: &AlertRecord) -> SortKey {
+    (
+        r.alert.severity as u8,
+        r.alert.timestamp.timestamp_micros(),
+        r.alert.id.clone(),
+    )
+}
+
+/// `Less` means "comes first" in the requested order.
+fn compare(sort: AlertSort, a: &SortKey, b: &SortKey) -> std::cmp::Ordering {
+    match sort {
+        AlertSort::Newest => (b.1, &b.2).cmp(&(a.1, &a.2)),
+        AlertSort::Oldest => (a.1, &a.2).cmp(&(b.1, &b.2)),
+        AlertSort::Severity => (b.0, b.1, &b.2).cmp(&(a.0, a.1, &a.2)),
+    }
+}
+
+fn encode_cursor(sort: AlertSort, k: &SortKey) -> String {
+    format!("{}.{}.{}.{}", sort.tag(), k.0, k.1, k.2)
+}
+
+fn decode_cursor(sort: AlertSort, c: &str) -> Result<SortKey> {
+    let bad = || StoreError::InvalidQuery("bad cursor".into());
+    let mut parts = c.splitn(4, '.');
+    let tag = parts.next().ok_or_else(bad)?;
+    if tag != sort.tag() {
+        return Err(StoreError::InvalidQuery(
+            "cursor belongs to another sort order".into(),
+        ));
+    }
+    let sev: u8 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let micros: i64 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let id = parts.next().ok_or_else(bad)?.to_string();
+    Ok((sev, micros, id))
+}
+
+impl AlertBook {
+    /// Replay every tenant journal under `root`.
+    pub fn load(root: &Path) -> Result<AlertBook> {
+        let mut book = AlertBook::default();
+        for (name, dir) in crate::layout::list_dirs(root)? {
+            let Some(tenant) = crate::layout::partition_value(&name, "tenant") else {
+                continue;
+            };
+            let entries: Vec<JournalEntry> = journal::load(&dir.join("journal.jsonl"))?;
+            let alerts = book.tenants.entry(tenant).or_default();
+            for e in entries {
+                match e {
+                    JournalEntry::Alert { alert } => {
+                        alerts
+                            .entry(alert.id.clone())
+                            .or_insert_with(|| new_record(*alert));
+                    }
+                    JournalEntry::Update { id, at, by, update } => {
+                        if let Some(r) = alerts.get_mut(&id) {
+                            apply_update(r, &update, &by, at);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(book)
+    }
+
+    pub fn tenants(&self) -> impl Iterator<Item = &String> {
+        self.tenants.keys()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.values().map(|t| t.len()).sum()
+    }
+
+    /// Store alerts not seen before; returns how many were new. Durable on return.
+    pub fn insert(
+        &mut self,
+        journal_path: impl Fn(&str) -> std::path::PathBuf,
+        alerts: &[Alert],
+    ) -> Result<usize> {
+        let mut by_tenant: HashMap<&str, Vec<JournalEntry>> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for a in alerts {
+            if a.id.is_empty() {
+                return Err(StoreError::InvalidBatch(format!(
+                    "alert for rule `{}` has no id (not sealed)",
+                    a.rule_id
+                )));
+            }
+            let known = self
+                .tenants
+                .get(&a.tenant)
+                .is_some_and(|t| t.contains_key(&a.id));
+            if known || !seen.insert((a.tenant.as_str(), a.id.as_str())) {
+                continue;
+            }
+            by_tenant
+                .entry(&a.tenant)
+                .or_default()
+                .push(JournalEntry::Alert {
+                    alert: Box::new(a.clone()),
+                });
+        }
+        let mut written = 0;
+        for (tenant, entries) in by_tenant {
+            journal::append(&journal_path(tenant), &entries)?;
+            let book = self.tenants.entry(tenant.to_string()).or_default();
+            for e in entries {
+                if let JournalEntry::Alert { alert } = e {
+                    book.insert(alert.id.clone(), new_record(*alert));
+                    written += 1;
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    pub fn get(&self, tenant: &str, id: &str) -> Option<&AlertRecord> {
+        self.tenants.get(tenant)?.get(id)
+    }
+
+    /// Apply a change, journal it durably, and return the new record (`None`: unknown alert).
+    pub fn update(
+        &mut self,
+        journal_path: &Path,
+        tenant: &str,
+        id: &str,
+        update: &AlertUpdate,
+        actor: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<AlertRecord>> {
+        let Some(record) = self.tenants.get_mut(tenant).and_then(|t| t.get_mut(id)) else {
+            return Ok(None);
+        };
+        let mut probe = record.clone();
+        if apply_update(&mut probe, update, actor, at) == 0 {
+            return Ok(Some(probe));
+        }
+        let entry = JournalEntry::Update {
+            id: id.to_string(),
+            at,
+            by: actor.to_string(),
+            update: update.clone(),
+        };
+        journal::append(journal_path, &[entry])?;
+        *record = probe;
+        Ok(Some(record.clone()))
+    }
+
+    pub fn list(&self, tenant: &str, q: &AlertQuery) -> Result<Page<AlertRecord>> {
+        let limit = q.limit.clamp(1, MAX_PAGE_LIMIT);
+        let after = q
+            .cursor
+            .as_deref()
+            .map(|c| decode_cursor(q.sort, c))
+            .transpose()?;
+        let text = q.text.as_deref().map(str::to_lowercase);
+        let entity = q.entity.as_deref().map(str::to_lowercase);
+        let Some(alerts) = self.tenants.get(tenant) else {
+            return Ok(Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        };
+        let mut hits: Vec<(SortKey, &AlertRecord)> = alerts
+            .values()
+            .filter(|r| {
+                let a = &r.alert;
+                q.from.is_none_or(|f| a.timestamp >= f)
+                    && q.to.is_none_or(|t| a.timestamp < t)
+                    && q.severity.is_none_or(|s| a.severity >= s)
+                    && q.status.is_none_or(|s| a.status == s)
+                    && q.rule_id.as_deref().is_none_or(|x| a.rule_id == x)
+                    && q.source.as_deref().is_none_or(|x| a.source == x)
+                    && entity
+                        .as_deref()
+                        .is_none_or(|x| a.entity.to_lowercase() == x)
+                    && text.as_deref().is_none_or(|t| alert_text_matches(a, t))
+            })
+            .map(|r| (sort_key(r), r))
+            .filter(|(k, _)| {
+                after
+                    .as_ref()
+                    .is_none_or(|c| compare(q.sort, k, c) == std::cmp::Ordering::Greater)
+            })
+            .collect();
+        hits.sort_by(|a, b| compare(q.sort, &a.0, &b.0));
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        let next_cursor = if more {
+            hits.last().map(|(k, _)| encode_cursor(q.sort, k))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: hits.into_iter().map(|(_, r)| r.clone()).collect(),
+            next_cursor,
+        })
+    }
+}
+
+fn alert_text_matches(a: &Alert, needle: &str) -> bool {
+    let hay = |s: &str| s.to_lowercase().contains(needle);
+    hay(&a.title)
+        || hay(&a.rule_id)
+        || hay(&a.entity)
+        || a.description.as_deref().is_some_and(hay)
+        || a.explanation.as_deref().is_some_and(hay)
+        || a.matched_fields.values().any(|v| match v {
+            serde_json::Value::String(s) => hay(s),
+            other => hay(&other.to_string()),
+        })
+}
+
+fn new_record(alert: Alert) -> AlertRecord {
+    AlertRecord {
+        alert,
+        assignee: None,
+        notes: Vec::new(),
+        history: Vec::new(),
+    }
+}
+
+fn status_str(s: AlertStatus) -> String {
+    match s {
+        AlertStatus::Open => "open",
+        AlertStatus::Acknowledged => "acknowledged",
+        AlertStatus::Resolved => "resolved",
+        AlertStatus::FalsePositive => "false_positive",
+    }
+    .to_string()
+}
+
+/// Apply an update, recording each actual change; returns how many changes were made.
+fn apply_update(r: &mut AlertRecord, u: &AlertUpdate, by: &str, at: DateTime<Utc>) -> usize {
+    let mut changes = 0;
+    let mut record =
+        |field: &str, from: Option<String>, to: Option<String>, r: &mut AlertRecord| {
+            r.history.push(AlertChange {
+                at,
+                by: by.to_string(),
+                field: field.to_string(),
+                from,
+                to,
+            });
+            changes += 1;
+        };
+    if let Some(status) = u.status {
+        if status != r.alert.status {
+            let from = Some(status_str(r.alert.status));
+            r.alert.status = status;
+            record("status", from, Some(status_str(status)), r);
+        }
+    }
+    if let Some(assignee) = &u.assignee {
+        let new = if assignee.is_empty() {
+            None
+        } else {
+            Some(assignee.clone())
+        };
+        if new != r.assignee {
+            let from = r.assignee.take();
+            r.assignee = new.clone();
+            record("assignee", from, new, r);
+        }
+    }
+    if let Some(note) = &u.note {
+        if !note.is_empty() {
+            r.notes.push(Note {
+                at,
+                by: by.to_string(),
+                text: note.clone(),
+            });
+            record("note", None, Some(note.clone()), r);
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perimeter_model::{DetectorKind, EntityKind};
+
+    fn alert(id_seed: &str, sev: Severity, minute: u32) -> Alert {
+        let ts = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 1, 10, minute, 0).unwrap();
+        let mut a = Alert::new(
+            format!("rule-{id_seed}"),
+            format!("Title {id_seed}"),
+            sev,
+            DetectorKind::Sigma,
+            "okta",
+            "acme",
+            ts,
+            "alice",
+            EntityKind::User,
+        );
+        a.event_ids.push(id_seed.to_string());
+        a.seal()
+    }
+
+    #[test]
+    fn pagination_visits_every_alert_once_in_every_sort_order() {
+        let mut book = AlertBook::default();
+        let dir = tempfile::tempdir().unwrap();
+        let alerts: Vec<Alert> = (0..25)
+            .map(|i| {
+                alert(
+                    &format!("a{i}"),
+                    [Severity::Low, Severity::High, Severity::Critical][i % 3],
+                    (i % 7) as u32,
+                )
+            })
+            .collect();
+        assert_eq!(
+            book.insert(|_| dir.path().join("j.jsonl"), &alerts)
+                .unwrap(),
+            25
+        );
+        for sort in [AlertSort::Newest, AlertSort::Oldest, AlertSort::Severity] {
+            let mut seen = Vec::new();
+            let mut cursor = None;
+            loop {
+                let q = AlertQuery {
+                    limit: 4,
+                    cursor: cursor.clone(),
+                    sort,
+                    ..Default::default()
+                };
+                let page = book.list("acme", &q).unwrap();
+                seen.extend(page.items.iter().map(sort_key));
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(seen.len(), 25, "{sort:?}");
+            let mut sorted = seen.clone();
+            sorted.sort_by(|a, b| compare(sort, a, b));
+            assert_eq!(seen, sorted, "{sort:?}");
+        }
+        let q = AlertQuery {
+            limit: 100,
+            severity: Some(Severity::High),
+            ..Default::default()
+        };
+        assert!(book
+            .list("acme", &q)
+            .unwrap()
+            .items
+            .iter()
+            .all(|r| r.alert.severity >= Severity::High));
+        let bad = AlertQuery {
+            limit: 10,
+            cursor: Some("garbage".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            book.list("acme", &bad),
+            Err(StoreError::InvalidQuery(_))
+        ));
+    }
+}

@@ -1,0 +1,215 @@
+//! `[store]` table of `perimeter.toml`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, StoreError};
+
+/// Where and how the store keeps events, alerts and dead letters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Root directory of everything the store writes (`index/`, `parquet/`, `alerts/`,
+    /// `dead_letters/`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Default retention in days for every tenant and source; `0` keeps data forever.
+    /// A day partition is dropped once it is older than this many whole days.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Per tenant and/or source overrides of `retention_days`; the most specific rule wins
+    /// (tenant + source, then source, then tenant).
+    #[serde(default)]
+    pub retention: Vec<RetentionRule>,
+    /// A Parquet file holds at most this many rows; a larger batch for one partition is split.
+    #[serde(default = "default_parquet_max_rows_per_file")]
+    pub parquet_max_rows_per_file: usize,
+    /// Small Parquet files (one per batch and partition) older than this are merged into
+    /// bigger ones by [`crate::Store::compact`]; `0` disables compaction.
+    #[serde(default = "default_parquet_max_file_age_seconds")]
+    pub parquet_max_file_age_seconds: u64,
+    /// Group commit window: concurrent `write_batch` callers arriving within this many
+    /// milliseconds share one tantivy commit and one set of Parquet files. `0` commits each
+    /// batch on its own.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Memory budget of one tantivy index writer, in bytes (split across its threads).
+    #[serde(default = "default_index_writer_memory_bytes")]
+    pub index_writer_memory_bytes: usize,
+    /// Indexing threads per tantivy index writer.
+    #[serde(default = "default_index_writer_threads")]
+    pub index_writer_threads: usize,
+    /// How many (tenant, day) index writers stay open; the least recently used is closed.
+    #[serde(default = "default_max_open_writers")]
+    pub max_open_writers: usize,
+}
+
+/// Retention override for a tenant, a source, or both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// Tenant the rule applies to; absent means every tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Source (`okta`, `github`, ...) the rule applies to; absent means every source.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Days to keep; `0` keeps forever.
+    pub days: u32,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_retention_days() -> u32 {
+    90
+}
+fn default_parquet_max_rows_per_file() -> usize {
+    1_000_000
+}
+fn default_parquet_max_file_age_seconds() -> u64 {
+    3600
+}
+fn default_commit_interval_ms() -> u64 {
+    0
+}
+fn default_index_writer_memory_bytes() -> usize {
+    128 * 1024 * 1024
+}
+fn default_index_writer_threads() -> usize {
+    2
+}
+fn default_max_open_writers() -> usize {
+    4
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: default_data_dir(),
+            retention_days: default_retention_days(),
+            retention: Vec::new(),
+            parquet_max_rows_per_file: default_parquet_max_rows_per_file(),
+            parquet_max_file_age_seconds: default_parquet_max_file_age_seconds(),
+            commit_interval_ms: default_commit_interval_ms(),
+            index_writer_memory_bytes: default_index_writer_memory_bytes(),
+            index_writer_threads: default_index_writer_threads(),
+            max_open_writers: default_max_open_writers(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// A default config rooted at `data_dir`.
+    pub fn at(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            ..StoreConfig::default()
+        }
+    }
+
+    /// Checks that need no IO.
+    pub fn validate(&self) -> Result<()> {
+        if self.parquet_max_rows_per_file == 0 {
+            return Err(StoreError::InvalidConfig(
+                "parquet_max_rows_per_file must be > 0".into(),
+            ));
+        }
+        if self.index_writer_threads == 0 || self.index_writer_threads > 16 {
+            return Err(StoreError::InvalidConfig(
+                "index_writer_threads must be in 1..=16".into(),
+            ));
+        }
+        // tantivy refuses less than 15 MB per indexing thread.
+        let min = 15_000_000 * self.index_writer_threads;
+        if self.index_writer_memory_bytes < min {
+            return Err(StoreError::InvalidConfig(format!(
+                "index_writer_memory_bytes must be at least {min} for {} threads",
+                self.index_writer_threads
+            )));
+        }
+        if self.max_open_writers == 0 {
+            return Err(StoreError::InvalidConfig(
+                "max_open_writers must be > 0".into(),
+            ));
+        }
+        if self.commit_interval_ms > 60_000 {
+            return Err(StoreError::InvalidConfig(
+                "commit_interval_ms must be <= 60000".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Retention in days for one tenant and source (`0` = forever).
+    pub fn retention_days_for(&self, tenant: &str, source: &str) -> u32 {
+        let mut best: Option<(u8, u32)> = None;
+        for rule in &self.retention {
+            let tenant_ok = rule.tenant.as_deref().is_none_or(|t| t == tenant);
+            let source_ok = rule.source.as_deref().is_none_or(|s| s == source);
+            if !tenant_ok || !source_ok {
+                continue;
+            }
+            let specificity = match (rule.tenant.is_some(), rule.source.is_some()) {
+                (true, true) => 3,
+                (false, true) => 2,
+                (true, false) => 1,
+                (false, false) => 0,
+            };
+            if best.is_none_or(|(s, _)| specificity > s) {
+                best = Some((specificity, rule.days));
+            }
+        }
+        best.map(|(_, d)| d).unwrap_or(self.retention_days)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn most_specific_retention_rule_wins() {
+        let c = StoreConfig {
+            retention_days: 90,
+            retention: vec![
+                RetentionRule {
+                    tenant: Some("acme".into()),
+                    source: None,
+                    days: 30,
+                },
+                RetentionRule {
+                    tenant: None,
+                    source: Some("github".into()),
+                    days: 10,
+                },
+                RetentionRule {
+                    tenant: Some("acme".into()),
+                    source: Some("okta".into()),
+                    days: 7,
+                },
+            ],
+            ..StoreConfig::default()
+        };
+        assert_eq!(c.retention_days_for("acme", "okta"), 7);
+        assert_eq!(c.retention_days_for("acme", "github"), 10);
+        assert_eq!(c.retention_days_for("acme", "slack"), 30);
+        assert_eq!(c.retention_days_for("other", "slack"), 90);
+        assert_eq!(c.retention_days_for("other", "github"), 10);
+    }
+
+    #[test]
+    fn toml_rejects_unknown_keys_and_fills_defaults() {
+        let c: StoreConfig = toml::from_str("data_dir = \"/tmp/x\"\nretention_days = 5\n").unwrap();
+        assert_eq!(c.retention_days, 5);
+        assert_eq!(c.parquet_max_rows_per_file, 1_000_000);
+        assert!(toml::from_str::<StoreConfig>("data_dirr = \"/tmp/x\"").is_err());
+        assert!(StoreConfig {
+            parquet_max_rows_per_file: 0,
+            ..StoreConfig::default()
+        }
+        .validate()
+        .is_err());
+    }
+}

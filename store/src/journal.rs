@@ -1,0 +1,76 @@
+//! Append-only JSONL files with fsync on every append and torn-tail repair on load.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::IoContext;
+use crate::{Result, StoreError};
+
+/// Append records as JSON lines and fsync before returning.
+pub fn append<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        crate::layout::create_dir_durable(parent)?;
+    }
+    let mut buf = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut buf, r)?;
+        buf.push(b'\n');
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .at(path)?;
+    file.write_all(&buf).at(path)?;
+    file.sync_data().at(path)?;
+    Ok(())
+}
+
+/// Load every record. A last line without its newline is a write torn by a crash: it was
+/// never acknowledged, so it is cut off (with a warning). Any other bad line is corruption.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).at(path),
+    };
+    let mut reader = BufReader::new(file);
+    let mut out = Vec::new();
+    let mut good_len: u64 = 0;
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).at(path)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let complete = line.last() == Some(&b'\n');
+        if !complete {
+            tracing::warn!(path = %path.display(), line = line_no, "cutting torn journal tail");
+            let f = OpenOptions::new().write(true).open(path).at(path)?;
+            f.set_len(good_len).at(path)?;
+            f.sync_all().at(path)?;
+            break;
+        }
+        match serde_json::from_slice(&line) {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("line {line_no}: {e}"),
+                });
+            }
+        }
+        good_len += n as u64;
+    }
+    Ok(out)
+}

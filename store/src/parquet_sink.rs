@@ -1,0 +1,173 @@
+//! The Parquet side: masked events as hive-partitioned files `tenant=/source=/dt=`.
+//!
+//! Columns (standard arrow types only, so DuckDB, Spark and pyarrow read them as is; ECS dots
+//! become underscores so SQL needs no quoting):
+//!
+//! | column | type |
+//! |---|---|
+//! | `event_id` | utf8, not null |
+//! | `timestamp` (ECS `@timestamp`) | timestamp(us, UTC), not null |
+//! | `received_at` | timestamp(us, UTC), not null |
+//! | `line` | int64 |
+//! | `event_action`, `event_outcome`, `user_name`, `user_email`, `user_id`, `user_target_name`, `user_target_email`, `user_target_id`, `source_ip`, `source_geo_country_iso_code`, `user_agent_original`, `organization_id`, `cloud_account_id` | utf8 |
+//! | `source_as_number` | int64 |
+//! | `event_category`, `event_type`, `related_ip`, `related_user` | list<utf8> |
+//! | `raw` | utf8: the masked vendor record as JSON text |
+//!
+//! `tenant`, `source` and `dt` are not columns: they are the hive partition keys in the path,
+//! which is how Spark, DuckDB (`hive_partitioning = true`) and pyarrow datasets expect them.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use arrow::array::{
+    ArrayRef, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use perimeter_model::Event;
+
+use crate::error::IoContext;
+use crate::Result;
+
+const STRING_COLUMNS: &[(&str, &str)] = &[
+    ("event_action", "event.action"),
+    ("event_outcome", "event.outcome"),
+    ("user_name", "user.name"),
+    ("user_email", "user.email"),
+    ("user_id", "user.id"),
+    ("user_target_name", "user.target.name"),
+    ("user_target_email", "user.target.email"),
+    ("user_target_id", "user.target.id"),
+    ("source_ip", "source.ip"),
+    ("source_geo_country_iso_code", "source.geo.country_iso_code"),
+    ("user_agent_original", "user_agent.original"),
+    ("organization_id", "organization.id"),
+    ("cloud_account_id", "cloud.account.id"),
+];
+const LIST_COLUMNS: &[(&str, &str)] = &[
+    ("event_category", "event.category"),
+    ("event_type", "event.type"),
+    ("related_ip", "related.ip"),
+    ("related_user", "related.user"),
+];
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The arrow schema of event files.
+pub fn event_arrow_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields = vec![
+                Field::new("event_id", DataType::Utf8, false),
+                Field::new("timestamp", ts_type(), false),
+                Field::new("received_at", ts_type(), false),
+                Field::new("line", DataType::Int64, true),
+            ];
+            for (col, _) in STRING_COLUMNS {
+                fields.push(Field::new(*col, DataType::Utf8, true));
+            }
+            fields.push(Field::new("source_as_number", DataType::Int64, true));
+            for (col, _) in LIST_COLUMNS {
+                fields.push(Field::new_list(
+                    *col,
+                    Field::new_list_field(DataType::Utf8, true),
+                    true,
+                ));
+            }
+            fields.push(Field::new("raw", DataType::Utf8, false));
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// Arrow record batch of events; `raws` are the masked raw records as JSON text, same order.
+pub fn events_to_record_batch(events: &[&Event], raws: &[&str]) -> Result<RecordBatch> {
+    let n = events.len();
+    let mut id = StringBuilder::with_capacity(n, n * 32);
+    let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut received = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut line = Int64Builder::with_capacity(n);
+    let mut strings: Vec<StringBuilder> = STRING_COLUMNS
+        .iter()
+        .map(|_| StringBuilder::with_capacity(n, n * 16))
+        .collect();
+    let mut as_number = Int64Builder::with_capacity(n);
+    let mut lists: Vec<ListBuilder<StringBuilder>> = LIST_COLUMNS
+        .iter()
+        .map(|_| ListBuilder::new(StringBuilder::new()))
+        .collect();
+    let raw_bytes: usize = raws.iter().map(|r| r.len()).sum();
+    let mut raw = StringBuilder::with_capacity(n, raw_bytes);
+    for (e, r) in events.iter().zip(raws) {
+        id.append_value(&e.id.0);
+        ts.append_value(e.timestamp.timestamp_micros());
+        received.append_value(e.received_at.timestamp_micros());
+        line.append_option(e.line.and_then(|l| i64::try_from(l).ok()));
+        for ((_, ecs_name), b) in STRING_COLUMNS.iter().zip(strings.iter_mut()) {
+            match e.ecs.get(ecs_name) {
+                Some(perimeter_model::EcsValue::Str(s)) => b.append_value(s),
+                _ => b.append_null(),
+            }
+        }
+        as_number.append_option(e.ecs.source_as_number.and_then(|n| i64::try_from(n).ok()));
+        for ((_, ecs_name), b) in LIST_COLUMNS.iter().zip(lists.iter_mut()) {
+            if let Some(perimeter_model::EcsValue::List(l)) = e.ecs.get(ecs_name) {
+                for s in l {
+                    b.values().append_value(s);
+                }
+            }
+            b.append(true);
+        }
+        raw.append_value(r);
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(received.finish()),
+        Arc::new(line.finish()),
+    ];
+    columns.extend(strings.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.push(Arc::new(as_number.finish()));
+    columns.extend(lists.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.push(Arc::new(raw.finish()));
+    Ok(RecordBatch::try_new(event_arrow_schema(), columns)?)
+}
+
+fn writer_properties() -> WriterProperties {
+    // Snappy and format v1 pages: the combination every Parquet reader supports.
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_created_by(format!("perimeter-store {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Write one complete Parquet file at `path` and fsync it. Returns the bytes written.
+pub fn write_parquet_file(path: &Path, batch: &RecordBatch) -> Result<u64> {
+    let file = File::create(path).at(path)?;
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))?;
+    writer.write(batch)?;
+    let file = writer.into_inner()?;
+    file.sync_all().at(path)?;
+    let len = file.metadata().at(path)?.len();
+    Ok(len)
+}
+
+/// Read every record batch of a Parquet file (used by recovery, compaction and tests).
+pub fn read_parquet_file(path: &Path) -> Result<Vec<RecordBatch>> {
+    let file = File::open(path).at(path)?;
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    let mut out = Vec::new();
+    for b in reader {
+        out.push(b?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,276 @@
+//! The read side the API uses: event search and lookup, alert listing and triage.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tantivy::collector::TopDocs;
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
+
+use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};
+use crate::store::{read, write, Store};
+use crate::tantivy_sink::{to_tantivy_date, DayIndex};
+use crate::{Result, StoreError};
+
+/// An event search.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventQuery {
+    /// tantivy query syntax over the fields listed in [`crate::tantivy_sink`] (for example
+    /// `event.action:user.session.start AND user.name:alice`); bare words search the `all`
+    /// field; several bare words must all match. Empty or `*` matches everything.
+    pub query: String,
+    /// `@timestamp >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `@timestamp < to`.
+    pub to: Option<DateTime<Utc>>,
+    /// Page size (clamped to `1..=MAX_PAGE_LIMIT`).
+    pub limit: usize,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Position of an event in "newest first" order: (@timestamp micros, id high, id low).
+type EventKey = (i64, u64, u64);
+
+fn encode_cursor(k: EventKey) -> String {
+    format!("{}.{:016x}{:016x}", k.0, k.1, k.2)
+}
+
+fn decode_cursor(c: &str) -> Result<EventKey> {
+    let bad = || StoreError::InvalidQuery("bad cursor".into());
+    let (ts, id) = c.split_once('.').ok_or_else(bad)?;
+    if id.len() != 32 {
+        return Err(bad());
+    }
+    let ts: i64 = ts.parse().map_err(|_| bad())?;
+    let hi = u64::from_str_radix(&id[..16], 16).map_err(|_| bad())?;
+    let lo = u64::from_str_radix(&id[16..], 16).map_err(|_| bad())?;
+    Ok((ts, hi, lo))
+}
+
+impl Store {
+    fn tenant_indexes(&self, tenant: &str) -> Vec<Arc<DayIndex>> {
+        let map = read(&self.indexes);
+        let range = (tenant.to_string(), chrono::NaiveDate::MIN)
+            ..=(tenant.to_string(), chrono::NaiveDate::MAX);
+        map.range(range).rev().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Parse a user query. Invalid syntax or unknown fields are [`StoreError::InvalidQuery`].
+    pub fn parse_event_query(&self, query: &str) -> Result<Box<dyn Query>> {
+        let q = query.trim();
+        if q.is_empty() || q == "*" {
+            return Ok(Box::new(AllQuery));
+        }
+        let mut parser = QueryParser::new(
+            self.schema.schema.clone(),
+            vec![self.schema.all],
+            self.schema.tokenizers.clone(),
+        );
+        parser.set_conjunction_by_default();
+        parser
+            .parse_query(q)
+            .map_err(|e| StoreError::InvalidQuery(e.to_string()))
+    }
+
+    /// Search one tenant's events, newest first.
+    pub fn search_events(&self, tenant: &str, q: &EventQuery) -> Result<Page<serde_json::Value>> {
+        let limit = q.limit.clamp(1, MAX_PAGE_LIMIT);
+        let user_query = self.parse_event_query(&q.query)?;
+        let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+        if let (Some(f), Some(t)) = (q.from, q.to) {
+            if f >= t {
+                return Err(StoreError::InvalidQuery(
+                    "`from` must be before `to`".into(),
+                ));
+            }
+        }
+        // Upper bound in micros (exclusive) from `to` and the cursor (inclusive: ties on the
+        // timestamp are split by id in the sort key).
+        let mut upper: Option<Bound<i64>> = q.to.map(|t| Bound::Excluded(t.timestamp_micros()));
+        if let Some((ts, _, _)) = cursor {
+            let tighter = !matches!(upper, Some(Bound::Excluded(u)) if u <= ts);
+            if tighter {
+                upper = Some(Bound::Included(ts));
+            }
+        }
+        let lower_day = q.from.map(|f| f.date_naive());
+        let upper_day = upper.map(|b| match b {
+            Bound::Included(u) | Bound::Excluded(u) => DateTime::from_timestamp_micros(u)
+                .map(|d| d.date_naive())
+                .unwrap_or(chrono::NaiveDate::MAX),
+            Bound::Unbounded => chrono::NaiveDate::MAX,
+        });
+
+        let ts_field = self.schema.timestamp;
+        let term_of = |micros: i64| {
+            let dt = DateTime::from_timestamp_micros(micros).unwrap_or_default();
+            Term::from_field_date_for_search(ts_field, to_tantivy_date(dt))
+        };
+        let lower_bound = q
+            .from
+            .map(|f| Bound::Included(term_of(f.timestamp_micros())))
+            .unwrap_or(Bound::Unbounded);
+        let upper_bound = match upper {
+            Some(Bound::Included(u)) => Bound::Included(term_of(u)),
+            Some(Bound::Excluded(u)) => Bound::Excluded(term_of(u)),
+            _ => Bound::Unbounded,
+        };
+        let query: Box<dyn Query> = if matches!(
+            (&lower_bound, &upper_bound),
+            (Bound::Unbounded, Bound::Unbounded)
+        ) {
+            user_query
+        } else {
+            let range: Box<dyn Query> = Box::new(RangeQuery::new(lower_bound, upper_bound));
+            Box::new(BooleanQuery::new(vec![
+                (Occur::Must, user_query),
+                (Occur::Must, range),
+            ]))
+        };
+
+        let mut hits: Vec<(EventKey, serde_json::Value)> = Vec::new();
+        for idx in self.tenant_indexes(tenant) {
+            if upper_day.is_some_and(|u| idx.day > u) || lower_day.is_some_and(|l| idx.day < l) {
+                continue;
+            }
+            let want = limit + 1 - hits.len();
+            let searcher = idx.reader.searcher();
+            let collector = TopDocs::with_limit(want).order_by(move |seg: &SegmentReader| {
+                let ff = seg.fast_fields();
+                let ts = ff
+                    .date("@timestamp")
+                    .ok()
+                    .map(|c| c.first_or_default_col(tantivy::DateTime::MIN));
+                let hi = ff.u64("_id_hi").ok().map(|c| c.first_or_default_col(0));
+                let lo = ff.u64("_id_lo").ok().map(|c| c.first_or_default_col(0));
+                move |doc: tantivy::DocId| -> Option<EventKey> {
+                    let key = (
+                        ts.as_ref()?.get_val(doc).into_timestamp_micros(),
+                        hi.as_ref()?.get_val(doc),
+                        lo.as_ref()?.get_val(doc),
+                    );
+                    // Docs at or before the cursor's position sort last and are dropped below.
+                    match cursor {
+                        Some(c) if key >= c => None,
+                        _ => Some(key),
+                    }
+                }
+            });
+            let top: Vec<(Option<EventKey>, DocAddress)> = searcher.search(&query, &collector)?;
+            for (key, addr) in top {
+                let Some(key) = key else { continue };
+                let doc: TantivyDocument = searcher.doc(addr)?;
+                hits.push((key, self.stored_output(&doc)?));
+            }
+            if hits.len() > limit {
+                break;
+            }
+        }
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        let next_cursor = if more {
+            hits.last().map(|(k, _)| encode_cursor(*k))
+        } else {
+            None
+        };
+        Ok(Page {
+            items: hits.into_iter().map(|(_, v)| v).collect(),
+            next_cursor,
+        })
+    }
+
+    fn stored_output(&self, doc: &TantivyDocument) -> Result<serde_json::Value> {
+        let text = doc
+            .get_first(self.schema.doc)
+            .and_then(|v| v.as_str())
+            .unwrap_or("{}");
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// One event of a tenant by id (the `Event::to_output_json` document).
+    pub fn get_event(&self, tenant: &str, id: &str) -> Result<Option<serde_json::Value>> {
+        let term = Term::from_field_text(self.schema.id, id);
+        let query = TermQuery::new(term.clone(), IndexRecordOption::Basic);
+        for idx in self.tenant_indexes(tenant) {
+            let searcher = idx.reader.searcher();
+            if searcher.doc_freq(&term)? == 0 {
+                continue;
+            }
+            if let Some((_, addr)) = searcher
+                .search(&query, &TopDocs::with_limit(1).order_by_score())?
+                .into_iter()
+                .next()
+            {
+                let doc: TantivyDocument = searcher.doc(addr)?;
+                return Ok(Some(self.stored_output(&doc)?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Alerts of one tenant, filtered, sorted and paginated.
+    pub fn list_alerts(&self, tenant: &str, q: &AlertQuery) -> Result<Page<AlertRecord>> {
+        read(&self.alerts).list(tenant, q)
+    }
+
+    /// One alert of a tenant (another tenant's id answers `None`).
+    pub fn get_alert(&self, tenant: &str, id: &str) -> Result<Option<AlertRecord>> {
+        Ok(read(&self.alerts).get(tenant, id).cloned())
+    }
+
+    /// The stored events an alert names in `event_ids` (those still retained), in that order.
+    pub fn alert_evidence(&self, tenant: &str, id: &str) -> Result<Vec<serde_json::Value>> {
+        let Some(ids) = read(&self.alerts)
+            .get(tenant, id)
+            .map(|r| r.alert.event_ids.clone())
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for eid in ids {
+            if let Some(ev) = self.get_event(tenant, &eid)? {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Change status / assignee / add a note; each change is recorded with `actor` and the
+    /// time, durably, before this returns. `None` when the tenant has no such alert.
+    pub fn update_alert(
+        &self,
+        tenant: &str,
+        id: &str,
+        update: &AlertUpdate,
+        actor: &str,
+    ) -> Result<Option<AlertRecord>> {
+        let path = self.layout.alerts_journal(tenant);
+        write(&self.alerts).update(&path, tenant, id, update, actor, Utc::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let k = (1_700_000_000_000_000, 0xdead_beef, 42);
+        assert_eq!(decode_cursor(&encode_cursor(k)).unwrap(), k);
+        for bad in [
+            "",
+            "x",
+            "1.abc",
+            "abc.0000000000000000000000000000000g",
+            "1.00",
+        ] {
+            assert!(
+                matches!(decode_cursor(bad), Err(StoreError::InvalidQuery(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Retention: drop whole expired (tenant, day) indexes and Parquet `dt=` partitions.
+//!
+//! A day `D` of tenant `t` and source `s` is expired at `now` when the retention `r` for
+//! (`t`, `s`) is not 0 and `D < now.date - r days`: with `r = 30` on 2026-11-25 the last kept
+//! day is 2026-10-26. An index is removed whole when every source in it is expired; when only
+//! some are, their documents are deleted from it (per-source retention shorter than the
+//! tenant's).
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use tantivy::Term;
+
+use crate::error::IoContext;
+use crate::layout;
+use crate::store::{lock, read, write, Store};
+use crate::tantivy_sink::remove_index_dir;
+use crate::Result;
+
+/// What `apply_retention` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionReport {
+    /// (tenant, day) indexes deleted whole.
+    pub indexes_dropped: Vec<(String, NaiveDate)>,
+    /// Parquet `dt=` partition directories deleted.
+    pub parquet_partitions_dropped: Vec<PathBuf>,
+    /// Documents deleted from indexes that stay (a source expired before the tenant's others).
+    pub events_deleted_from_kept_indexes: u64,
+    /// Events removed in total (whole indexes + per-source deletes).
+    pub events_removed: u64,
+}
+
+pub(crate) fn is_expired(day: NaiveDate, retention_days: u32, now: DateTime<Utc>) -> bool {
+    if retention_days == 0 {
+        return false;
+    }
+    let Some(oldest_kept) = now
+        .date_naive()
+        .checked_sub_days(chrono::Days::new(u64::from(retention_days)))
+    else {
+        return false;
+    };
+    day < oldest_kept
+}
+
+impl Store {
+    /// Delete exactly the partitions expired at `now` (see the module doc).
+    pub fn apply_retention(&self, now: DateTime<Utc>) -> Result<RetentionReport> {
+        let mut report = RetentionReport::default();
+        let mut st = lock(&self.write);
+
+        // Parquet partitions.
+        for (tname, tdir) in layout::list_dirs(&self.layout.parquet_events_root())? {
+            let Some(tenant) = layout::partition_value(&tname, "tenant") else {
+                continue;
+            };
+            for (sname, sdir) in layout::list_dirs(&tdir)? {
+                let Some(source) = layout::partition_value(&sname, "source") else {
+                    continue;
+                };
+                let days = self.config.retention_days_for(&tenant, &source);
+                for (dname, ddir) in layout::list_dirs(&sdir)? {
+                    let Some(day) = layout::parse_day(&dname) else {
+                        continue;
+                    };
+                    if is_expired(day, days, now) {
+                        std::fs::remove_dir_all(&ddir).at(&ddir)?;
+                        report.parquet_partitions_dropped.push(ddir);
+                    }
+                }
+            }
+        }
+
+        // tantivy indexes.
+        let keys: Vec<_> = read(&self.indexes).keys().cloned().collect();
+        for key in keys {
+            let (tenant, day) = &key;
+            let Some(idx) = read(&self.indexes).get(&key).cloned() else {
+                continue;
+            };
+            let sources = index_sources(&idx, self.schema.module)?;
+            let expired: Vec<&String> = sources
+                .iter()
+                .filter(|s| is_expired(*day, self.config.retention_days_for(tenant, s), now))
+                .collect();
+            if expired.is_empty() {
+                continue;
+            }
+            let num_docs = idx.reader.searcher().num_docs();
+            if expired.len() == sources.len() {
+                if let Some(mut w) = st.writers.remove(&key) {
+                    let _ = w.writer.rollback();
+                }
+                write(&self.indexes).remove(&key);
+                drop(idx);
+                remove_index_dir(&self.layout.index_dir(tenant, *day))?;
+                report.indexes_dropped.push(key.clone());
+                report.events_removed += num_docs;
+            } else {
+                let mut writer = match st.writers.remove(&key) {
+                    Some(w) => w.writer,
+                    None => idx.index.writer_with_num_threads(1, 15_000_000)?,
+                };
+                for s in &expired {
+                    writer.delete_term(Term::from_field_text(self.schema.module, s));
+                }
+                writer.commit()?;
+                idx.reader.reload()?;
+                drop(writer);
+                let removed = num_docs - idx.reader.searcher().num_docs();
+                report.events_deleted_from_kept_indexes += removed;
+                report.events_removed += removed;
+            }
+        }
+        self.counters.events_stored.fetch_sub(
+            report.events_removed.min(
+                self.counters
+                    .events_stored
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(report)
+    }
+}
+
+/// Source names present in an index (terms of `event.module`).
+fn index_sources(
+    idx: &crate::tantivy_sink::DayIndex,
+    field: tantivy::schema::Field,
+) -> Result<Vec<String>> {
+    let searcher = idx.reader.searcher();
+    let mut out = std::collections::BTreeSet::new();
+    for seg in searcher.segment_readers() {
+        let inv = seg.inverted_index(field)?;
+        let mut stream = inv.terms().stream().map_err(|e| crate::StoreError::Io {
+            path: PathBuf::new(),
+            source: e,
+        })?;
+        while stream.advance() {
+            out.insert(String::from_utf8_lossy(stream.key()).to_string());
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn expiry_boundary_is_exact() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 25, 13, 0, 0).unwrap();
+        let d = |m, d| NaiveDate::from_ymd_opt(2026, m, d).unwrap();
+        assert!(!is_expired(d(10, 26), 30, now));
+        assert!(is_expired(d(10, 25), 30, now));
+        assert!(!is_expired(d(1, 1), 0, now));
+        assert!(!is_expired(d(11, 25), 1, now));
+        assert!(!is_expired(d(11, 24), 1, now));
+        assert!(is_expired(d(11, 23), 1, now));
+    }
+}

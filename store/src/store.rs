@@ -1,0 +1,596 @@
+//! [`Store`]: the write path (dedup, Parquet + tantivy, alerts, dead letters), recovery on open,
+//! and the shared state the read side and retention use.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use chrono::{NaiveDate, Utc};
+use perimeter_model::{Alert, DeadLetter, Event};
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::AlertBook;
+use crate::error::IoContext;
+use crate::layout::{self, Layout};
+use crate::parquet_sink;
+use crate::tantivy_sink::{id_key, DayIndex, DayWriter, EventSchema};
+use crate::{Result, StoreConfig, StoreError};
+
+/// What one `write_batch` call stores. Everything in it is ALREADY MASKED by the pipeline.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreBatch {
+    pub events: Vec<Event>,
+    pub alerts: Vec<Alert>,
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// What a `write_batch` call did; returned only once all of it is durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteAck {
+    /// Events newly stored (in tantivy and Parquet).
+    pub events_written: usize,
+    /// Events skipped because their id was already stored (replays) or repeated in the batch.
+    pub events_duplicate: usize,
+    /// Alerts newly stored (alerts already known by id are skipped).
+    pub alerts_written: usize,
+    pub dead_letters_written: usize,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// Events currently stored (all tenants).
+    pub events_stored: u64,
+    pub events_written_total: u64,
+    pub events_duplicate_total: u64,
+    pub alerts_stored: u64,
+    pub dead_letters_written_total: u64,
+    pub batches_written_total: u64,
+    /// Wall time of the last tantivy commit (all indexes of the batch), in seconds.
+    pub last_commit_seconds: f64,
+    /// Wall time of the last whole `write_batch`, in seconds.
+    pub last_batch_seconds: f64,
+    /// Number of (tenant, day) indexes on disk.
+    pub index_days: u64,
+    pub open_index_writers: u64,
+    pub parquet_files_written_total: u64,
+}
+
+/// Dead letters kept in memory per tenant for `list_dead_letters` (the file keeps all).
+const DEAD_LETTERS_IN_MEMORY: usize = 10_000;
+
+pub(crate) type IndexKey = (String, NaiveDate);
+
+pub(crate) struct WriteState {
+    pub writers: HashMap<IndexKey, DayWriter>,
+    pub last_seq: u64,
+    pub tick: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub events_stored: AtomicU64,
+    pub events_written: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub dead_letters_written: AtomicU64,
+    pub batches: AtomicU64,
+    pub last_commit_micros: AtomicU64,
+    pub last_batch_micros: AtomicU64,
+    pub parquet_files: AtomicU64,
+}
+
+/// The event, alert and dead-letter store. `Send + Sync`: share it with `Arc`. Writes are
+/// serialized internally; reads run concurrently with writes and each other.
+pub struct Store {
+    pub(crate) config: StoreConfig,
+    pub(crate) layout: Layout,
+    pub(crate) schema: EventSchema,
+    pub(crate) indexes: RwLock<BTreeMap<IndexKey, Arc<DayIndex>>>,
+    pub(crate) write: Mutex<WriteState>,
+    pub(crate) alerts: RwLock<AlertBook>,
+    pub(crate) dead: RwLock<HashMap<String, VecDeque<DeadLetter>>>,
+    pub(crate) counters: Counters,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves state that is still consistent on disk (every
+    // step is durable before memory changes), so the poison flag carries no information.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+pub(crate) fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+pub(crate) fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A Parquet file written under a temporary name, waiting for its index commit.
+struct PendingFile {
+    tmp: PathBuf,
+    final_path: PathBuf,
+    key: IndexKey,
+}
+
+fn tmp_name(seq: u64, n: usize) -> String {
+    format!(".part-{seq:020}-{n:04}.parquet.tmp")
+}
+fn final_name(seq: u64, n: usize) -> String {
+    format!("part-{seq:020}-{n:04}.parquet")
+}
+/// Batch sequence number from a temporary file name.
+fn seq_of_tmp(name: &str) -> Option<(u64, usize)> {
+    let rest = name.strip_prefix(".part-")?.strip_suffix(".parquet.tmp")?;
+    let (seq, n) = rest.split_once('-')?;
+    Some((seq.parse().ok()?, n.parse().ok()?))
+}
+
+impl Store {
+    /// Open (or create) the store in `config.data_dir`, finishing or undoing any batch a crash
+    /// interrupted (see `docs/adr/001-store-durability.md`).
+    pub fn open(config: StoreConfig) -> Result<Store> {
+        config.validate()?;
+        let layout = Layout {
+            root: config.data_dir.clone(),
+        };
+        std::fs::create_dir_all(&layout.root).at(&layout.root)?;
+        let schema = EventSchema::new();
+        let mut indexes = BTreeMap::new();
+        let mut last_seq = 0;
+        let mut events_stored = 0;
+        for (tname, tdir) in layout::list_dirs(&layout.index_root())? {
+            let Some(tenant) = layout::partition_value(&tname, "tenant") else {
+                continue;
+            };
+            for (dname, ddir) in layout::list_dirs(&tdir)? {
+                let Some(day) = layout::parse_day(&dname) else {
+                    continue;
+                };
+                if !ddir.join("meta.json").exists() {
+                    // Created but never committed (crash during the first batch of the day).
+                    std::fs::remove_dir_all(&ddir).at(&ddir)?;
+                    continue;
+                }
+                let idx = DayIndex::open(&ddir, &tenant, day, &schema)?;
+                last_seq = last_seq.max(idx.committed_seq()?);
+                events_stored += idx.reader.searcher().num_docs();
+                indexes.insert((tenant.clone(), day), Arc::new(idx));
+            }
+        }
+        let store = Store {
+            alerts: RwLock::new(AlertBook::load(&layout.alerts_root())?),
+            dead: RwLock::new(load_dead_letters(&layout)?),
+            config,
+            layout,
+            schema,
+            indexes: RwLock::new(indexes),
+            write: Mutex::new(WriteState {
+                writers: HashMap::new(),
+                last_seq,
+                tick: 0,
+            }),
+            counters: Counters::default(),
+        };
+        store
+            .counters
+            .events_stored
+            .store(events_stored, Ordering::Relaxed);
+        store.recover_parquet()?;
+        Ok(store)
+    }
+
+    /// The config the store runs with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Finish an interrupted batch: a temporary Parquet file whose index committed the batch is
+    /// renamed into place; one whose index did not is deleted (the batch was never
+    /// acknowledged, so its events will be replayed).
+    fn recover_parquet(&self) -> Result<()> {
+        let root = self.layout.parquet_events_root();
+        let indexes = read(&self.indexes);
+        for (tname, tdir) in layout::list_dirs(&root)? {
+            let Some(tenant) = layout::partition_value(&tname, "tenant") else {
+                continue;
+            };
+            for (_, sdir) in layout::list_dirs(&tdir)? {
+                for (dname, ddir) in layout::list_dirs(&sdir)? {
+                    let Some(day) = layout::parse_day(&dname) else {
+                        continue;
+                    };
+                    let committed = match indexes.get(&(tenant.clone(), day)) {
+                        Some(idx) => idx.committed_seq()?,
+                        None => 0,
+                    };
+                    for entry in std::fs::read_dir(&ddir).at(&ddir)? {
+                        let entry = entry.at(&ddir)?;
+                        let name = entry.file_name().to_string_lossy().to_string();
+                        let Some((seq, n)) = seq_of_tmp(&name) else {
+                            continue;
+                        };
+                        if seq <= committed {
+                            let dst = ddir.join(final_name(seq, n));
+                            std::fs::rename(entry.path(), &dst).at(&dst)?;
+                            tracing::info!(file = %dst.display(), "recovered parquet file of a committed batch");
+                        } else {
+                            std::fs::remove_file(entry.path()).at(entry.path())?;
+                            tracing::info!(file = %name, "removed parquet file of an unacknowledged batch");
+                        }
+                    }
+                    layout::sync_dir(&ddir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn index_for(&self, tenant: &str, day: NaiveDate) -> Result<Arc<DayIndex>> {
+        let key = (tenant.to_string(), day);
+        if let Some(idx) = read(&self.indexes).get(&key) {
+            return Ok(idx.clone());
+        }
+        let dir = self.layout.index_dir(tenant, day);
+        let idx = Arc::new(DayIndex::open(&dir, tenant, day, &self.schema)?);
+        write(&self.indexes).insert(key, idx.clone());
+        Ok(idx)
+    }
+
+    /// Store a batch. Returns only after tantivy committed and the Parquet files are written,
+    /// fsynced and in place, alerts and dead letters journaled. Idempotent on event id and
+    /// alert id, across restarts too.
+    pub fn write_batch(&self, batch: &StoreBatch) -> Result<WriteAck> {
+        let started = Instant::now();
+        for e in &batch.events {
+            if e.tenant.is_empty() || e.source.is_empty() {
+                return Err(StoreError::InvalidBatch(format!(
+                    "event {} has an empty tenant or source",
+                    e.id
+                )));
+            }
+        }
+        for d in &batch.dead_letters {
+            if d.tenant.is_empty() {
+                return Err(StoreError::InvalidBatch(
+                    "dead letter has an empty tenant".into(),
+                ));
+            }
+        }
+        let mut ack = WriteAck::default();
+        let mut st = lock(&self.write);
+        if !batch.events.is_empty() {
+            let (written, dup) = self.write_events(&mut st, &batch.events)?;
+            ack.events_written = written;
+            ack.events_duplicate = dup;
+        }
+        drop(st);
+        if !batch.alerts.is_empty() {
+            let layout = &self.layout;
+            ack.alerts_written =
+                write(&self.alerts).insert(|t| layout.alerts_journal(t), &batch.alerts)?;
+        }
+        if !batch.dead_letters.is_empty() {
+            ack.dead_letters_written = self.write_dead_letters(&batch.dead_letters)?;
+        }
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .last_batch_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(ack)
+    }
+
+    fn write_events(&self, st: &mut WriteState, events: &[Event]) -> Result<(usize, usize)> {
+        st.tick += 1;
+        let tick = st.tick;
+        let now_nanos = Utc::now().timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+        let seq = (st.last_seq + 1).max(now_nanos);
+        st.last_seq = seq;
+
+        // Dedup against each (tenant, day) index's id set, opening writers as needed.
+        let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
+        let mut touched: HashSet<IndexKey> = HashSet::new();
+        let mut dup = 0;
+        for e in events {
+            let key = (e.tenant.clone(), e.timestamp.date_naive());
+            if !st.writers.contains_key(&key) {
+                let idx = self.index_for(&key.0, key.1)?;
+                let w = DayWriter::open(
+                    idx,
+                    self.config.index_writer_threads,
+                    self.config.index_writer_memory_bytes,
+                    tick,
+                )?;
+                st.writers.insert(key.clone(), w);
+            }
+            let Some(w) = st.writers.get_mut(&key) else {
+                continue;
+            };
+            w.last_used = tick;
+            if w.ids.insert(id_key(&e.id.0)) {
+                touched.insert(key);
+                fresh.push(e);
+            } else {
+                dup += 1;
+            }
+        }
+        if fresh.is_empty() {
+            self.counters
+                .events_duplicate
+                .fetch_add(dup as u64, Ordering::Relaxed);
+            return Ok((0, dup));
+        }
+        let result = self.write_fresh(st, &fresh, &touched, seq);
+        if result.is_err() {
+            // Pending documents and the ids added above are not committed: drop those writers
+            // so the next batch reloads ids from what is really on disk.
+            for key in &touched {
+                if let Some(mut w) = st.writers.remove(key) {
+                    let _ = w.writer.rollback();
+                }
+            }
+        }
+        self.evict_writers(st);
+        self.counters
+            .events_duplicate
+            .fetch_add(dup as u64, Ordering::Relaxed);
+        result.map(|()| (fresh.len(), dup))
+    }
+
+    fn write_fresh(
+        &self,
+        st: &mut WriteState,
+        fresh: &[&Event],
+        touched: &HashSet<IndexKey>,
+        seq: u64,
+    ) -> Result<()> {
+        // Raw JSON text for Parquet and output documents for tantivy, computed once.
+        let raws: Vec<String> = fresh
+            .iter()
+            .map(|e| serde_json::to_string(&e.raw))
+            .collect::<std::result::Result<_, _>>()?;
+
+        let mut groups: BTreeMap<(&str, &str, NaiveDate), Vec<usize>> = BTreeMap::new();
+        for (i, e) in fresh.iter().enumerate() {
+            groups
+                .entry((&e.tenant, &e.source, e.timestamp.date_naive()))
+                .or_default()
+                .push(i);
+        }
+
+        let pending: Vec<PendingFile> = std::thread::scope(|scope| -> Result<Vec<PendingFile>> {
+            let parquet = scope.spawn(|| self.write_parquet_tmp(fresh, &raws, &groups, seq));
+            let mut add_result = Ok(());
+            for e in fresh {
+                let key = (e.tenant.clone(), e.timestamp.date_naive());
+                let Some(w) = st.writers.get(&key) else {
+                    continue;
+                };
+                let output = e.to_output_json();
+                let text = match serde_json::to_string(&output) {
+                    Ok(t) => t,
+                    Err(err) => {
+                        add_result = Err(err.into());
+                        break;
+                    }
+                };
+                let doc = self.schema.document(e, &output, text);
+                if let Err(err) = w.writer.add_document(doc) {
+                    add_result = Err(err.into());
+                    break;
+                }
+            }
+            let files = parquet
+                .join()
+                .map_err(|_| StoreError::InvalidBatch("parquet writer thread panicked".into()))?;
+            match (add_result, files) {
+                (Ok(()), Ok(files)) => Ok(files),
+                (Err(e), Ok(files)) => {
+                    remove_tmp_files(&files);
+                    Err(e)
+                }
+                // write_parquet_tmp removed its own files.
+                (_, Err(e)) => Err(e),
+            }
+        })?;
+        let commit_started = Instant::now();
+        let mut committed: HashSet<&IndexKey> = HashSet::new();
+        let mut first_err = None;
+        for key in touched {
+            let Some(w) = st.writers.get_mut(key) else {
+                continue;
+            };
+            match w.commit(seq) {
+                Ok(()) => {
+                    committed.insert(key);
+                }
+                Err(e) => {
+                    tracing::error!(tenant = %key.0, day = %key.1, error = %e, "tantivy commit failed");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        self.counters.last_commit_micros.store(
+            commit_started.elapsed().as_micros() as u64,
+            Ordering::Relaxed,
+        );
+        // Files of committed indexes go into place even if another index failed: their events
+        // are now in the dedup set and would not be written again on replay.
+        let mut dirs = HashSet::new();
+        for f in &pending {
+            if committed.contains(&f.key) {
+                std::fs::rename(&f.tmp, &f.final_path).at(&f.final_path)?;
+                if let Some(d) = f.final_path.parent() {
+                    dirs.insert(d.to_path_buf());
+                }
+            } else {
+                let _ = std::fs::remove_file(&f.tmp);
+            }
+        }
+        for d in dirs {
+            layout::sync_dir(&d)?;
+        }
+        if let Some(e) = first_err {
+            // The committed indexes keep their writers (their ids are durable); the caller
+            // drops the others, including the committed ones - harmless, ids reload from disk.
+            return Err(e);
+        }
+        let n = fresh.len() as u64;
+        self.counters.events_written.fetch_add(n, Ordering::Relaxed);
+        self.counters.events_stored.fetch_add(n, Ordering::Relaxed);
+        self.counters
+            .parquet_files
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write_parquet_tmp(
+        &self,
+        fresh: &[&Event],
+        raws: &[String],
+        groups: &BTreeMap<(&str, &str, NaiveDate), Vec<usize>>,
+        seq: u64,
+    ) -> Result<Vec<PendingFile>> {
+        let mut files = Vec::new();
+        let result = (|| {
+            for ((tenant, source, day), idxs) in groups {
+                let dir = self.layout.parquet_partition_dir(tenant, source, *day);
+                layout::create_dir_durable(&dir)?;
+                for (n, chunk) in idxs
+                    .chunks(self.config.parquet_max_rows_per_file)
+                    .enumerate()
+                {
+                    let evs: Vec<&Event> = chunk.iter().map(|&i| fresh[i]).collect();
+                    let rs: Vec<&str> = chunk.iter().map(|&i| raws[i].as_str()).collect();
+                    let rb = parquet_sink::events_to_record_batch(&evs, &rs)?;
+                    let tmp = dir.join(tmp_name(seq, n));
+                    files.push(PendingFile {
+                        tmp: tmp.clone(),
+                        final_path: dir.join(final_name(seq, n)),
+                        key: (tenant.to_string(), *day),
+                    });
+                    parquet_sink::write_parquet_file(&tmp, &rb)?;
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(files),
+            Err(e) => {
+                remove_tmp_files(&files);
+                Err(e)
+            }
+        }
+    }
+
+    /// Close least recently used writers beyond `max_open_writers` (they hold no pending
+    /// documents: every batch commits).
+    fn evict_writers(&self, st: &mut WriteState) {
+        while st.writers.len() > self.config.max_open_writers {
+            let Some(oldest) = st
+                .writers
+                .iter()
+                .min_by_key(|(_, w)| w.last_used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(w) = st.writers.remove(&oldest) {
+                if let Err(e) = w.writer.wait_merging_threads() {
+                    tracing::warn!(tenant = %oldest.0, day = %oldest.1, error = %e, "closing index writer");
+                }
+            }
+        }
+    }
+
+    fn write_dead_letters(&self, dls: &[DeadLetter]) -> Result<usize> {
+        let mut by_tenant: BTreeMap<&str, Vec<&DeadLetter>> = BTreeMap::new();
+        for d in dls {
+            by_tenant.entry(&d.tenant).or_default().push(d);
+        }
+        let mut mem = write(&self.dead);
+        for (tenant, list) in by_tenant {
+            crate::journal::append(&self.layout.dead_letters_file(tenant), &list)?;
+            let q = mem.entry(tenant.to_string()).or_default();
+            for d in list {
+                if q.len() == DEAD_LETTERS_IN_MEMORY {
+                    q.pop_front();
+                }
+                q.push_back(d.clone());
+            }
+        }
+        self.counters
+            .dead_letters_written
+            .fetch_add(dls.len() as u64, Ordering::Relaxed);
+        Ok(dls.len())
+    }
+
+    /// Newest dead letters of a tenant first (at most the last 10 000 are kept in memory;
+    /// the file under `dead_letters/` has all).
+    pub fn list_dead_letters(&self, tenant: &str, limit: usize) -> Result<Vec<DeadLetter>> {
+        let mem = read(&self.dead);
+        Ok(mem
+            .get(tenant)
+            .map(|q| q.iter().rev().take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// Every tenant with events, alerts or dead letters, sorted.
+    pub fn tenants(&self) -> Vec<String> {
+        let mut set: std::collections::BTreeSet<String> =
+            read(&self.indexes).keys().map(|(t, _)| t.clone()).collect();
+        set.extend(read(&self.alerts).tenants().cloned());
+        set.extend(read(&self.dead).keys().cloned());
+        set.into_iter().collect()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.counters;
+        StoreStats {
+            events_stored: c.events_stored.load(Ordering::Relaxed),
+            events_written_total: c.events_written.load(Ordering::Relaxed),
+            events_duplicate_total: c.events_duplicate.load(Ordering::Relaxed),
+            alerts_stored: read(&self.alerts).len() as u64,
+            dead_letters_written_total: c.dead_letters_written.load(Ordering::Relaxed),
+            batches_written_total: c.batches.load(Ordering::Relaxed),
+            last_commit_seconds: c.last_commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            last_batch_seconds: c.last_batch_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            index_days: read(&self.indexes).len() as u64,
+            open_index_writers: self
+                .write
+                .try_lock()
+                .map(|s| s.writers.len() as u64)
+                .unwrap_or(0),
+            parquet_files_written_total: c.parquet_files.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Close every index writer after waiting for its merges (graceful shutdown). Every
+    /// acknowledged batch is already durable; this only leaves the indexes tidy.
+    pub fn flush(&self) -> Result<()> {
+        let mut st = lock(&self.write);
+        for (_, w) in st.writers.drain() {
+            w.writer.wait_merging_threads()?;
+        }
+        Ok(())
+    }
+}
+
+fn remove_tmp_files(files: &[PendingFile]) {
+    for f in files {
+        let _ = std::fs::remove_file(&f.tmp);
+    }
+}
+
+fn load_dead_letters(layout: &Layout) -> Result<HashMap<String, VecDeque<DeadLetter>>> {
+    let mut out = HashMap::new();
+    for (name, dir) in layout::list_dirs(&layout.dead_letters_root())? {
+        let Some(tenant) = layout::partition_value(&name, "tenant") else {
+            continue;
+        };
+        let all: Vec<DeadLetter> = crate::journal::load(&dir.join("dead_letters.jsonl"))?;
+        let skip = all.len().saturating_sub(DEAD_LETTERS_IN_MEMORY);
+        out.insert(tenant, all.into_iter().skip(skip).collect());
+    }
+    Ok(out)
+}

@@ -1,0 +1,340 @@
+//! The tantivy side: one index per (tenant, day), its schema, and the writers.
+//!
+//! Field mapping (query with these names; dots are part of the field name):
+//!
+//! | field | from | indexing |
+//! |---|---|---|
+//! | `event.id` | `Event::id` | keyword (exact) |
+//! | `@timestamp` | `Event::timestamp` | date, indexed + fast (microseconds) |
+//! | `event.module` | `Event::source` | keyword, lowercased |
+//! | `event.action`, `event.outcome`, `event.category`, `event.type` | ECS | keyword, lowercased |
+//! | `source.ip`, `related.ip`, `source.geo.country_iso_code`, `organization.id`, `cloud.account.id` | ECS | keyword, lowercased |
+//! | `user.name`, `user.email`, `user.id`, `user.target.*`, `related.user`, `user_agent.original` | ECS | text (words, lowercased) |
+//! | `source.as.number` | ECS | u64, indexed |
+//! | `all` | every string and number in the masked output document, raw included | text; the default field of free-text queries |
+//!
+//! The output document ([`perimeter_model::Event::to_output_json`]) is kept in the doc store.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use perimeter_model::{EcsValue, Event, ECS_FIELDS};
+use tantivy::schema::{
+    DateOptions, DateTimePrecision, Field, IndexRecordOption, NumericOptions, Schema,
+    TextFieldIndexing, TextOptions, STORED,
+};
+use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer, TokenizerManager};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
+
+use crate::error::IoContext;
+use crate::Result;
+
+/// Tokenizer for keyword fields: the whole value as one token, lowercased.
+pub const KEYWORD_TOKENIZER: &str = "keyword_lower";
+
+/// ECS fields indexed as one lowercased token.
+const KEYWORD_FIELDS: &[&str] = &[
+    "event.action",
+    "event.outcome",
+    "event.category",
+    "event.type",
+    "source.ip",
+    "source.geo.country_iso_code",
+    "organization.id",
+    "cloud.account.id",
+    "related.ip",
+];
+/// ECS fields indexed as words.
+const TEXT_FIELDS: &[&str] = &[
+    "user.name",
+    "user.email",
+    "user.id",
+    "user.target.name",
+    "user.target.email",
+    "user.target.id",
+    "user_agent.original",
+    "related.user",
+];
+
+/// The schema of every event index, with its field handles.
+#[derive(Clone)]
+pub struct EventSchema {
+    pub schema: Schema,
+    pub id: Field,
+    pub id_hi: Field,
+    pub id_lo: Field,
+    pub timestamp: Field,
+    pub module: Field,
+    pub as_number: Field,
+    pub all: Field,
+    pub doc: Field,
+    /// (ECS name, field) for every keyword and text ECS field.
+    pub ecs: Vec<(&'static str, Field)>,
+    pub tokenizers: TokenizerManager,
+}
+
+impl EventSchema {
+    pub fn new() -> EventSchema {
+        let mut b = Schema::builder();
+        let keyword = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(KEYWORD_TOKENIZER)
+                .set_index_option(IndexRecordOption::Basic),
+        );
+        let exact = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("raw")
+                .set_index_option(IndexRecordOption::Basic),
+        );
+        let words = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer("default")
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        );
+        let id = b.add_text_field("event.id", exact);
+        let id_hi = b.add_u64_field("_id_hi", NumericOptions::default().set_fast());
+        let id_lo = b.add_u64_field("_id_lo", NumericOptions::default().set_fast());
+        let timestamp = b.add_date_field(
+            "@timestamp",
+            DateOptions::default()
+                .set_indexed()
+                .set_fast()
+                .set_precision(DateTimePrecision::Microseconds),
+        );
+        let module = b.add_text_field("event.module", keyword.clone());
+        let as_number =
+            b.add_u64_field("source.as.number", NumericOptions::default().set_indexed());
+        let mut ecs = Vec::new();
+        for name in KEYWORD_FIELDS {
+            ecs.push((*name, b.add_text_field(name, keyword.clone())));
+        }
+        for name in TEXT_FIELDS {
+            ecs.push((*name, b.add_text_field(name, words.clone())));
+        }
+        let all = b.add_text_field("all", words);
+        let doc = b.add_text_field("_doc", STORED);
+        let tokenizers = TokenizerManager::default();
+        tokenizers.register(
+            KEYWORD_TOKENIZER,
+            TextAnalyzer::builder(RawTokenizer::default())
+                .filter(LowerCaser)
+                .build(),
+        );
+        debug_assert!(ECS_FIELDS
+            .iter()
+            .skip(1)
+            .all(|f| *f == "source.as.number" || ecs.iter().any(|(n, _)| n == f)));
+        EventSchema {
+            schema: b.build(),
+            id,
+            id_hi,
+            id_lo,
+            timestamp,
+            module,
+            as_number,
+            all,
+            doc,
+            ecs,
+            tokenizers,
+        }
+    }
+
+    /// The tantivy document for a masked event.
+    pub fn document(
+        &self,
+        event: &Event,
+        output: &serde_json::Value,
+        output_text: String,
+    ) -> TantivyDocument {
+        let mut d = TantivyDocument::default();
+        d.add_text(self.id, &event.id.0);
+        let (hi, lo) = id_halves(&event.id.0);
+        d.add_u64(self.id_hi, hi);
+        d.add_u64(self.id_lo, lo);
+        d.add_date(self.timestamp, to_tantivy_date(event.timestamp));
+        d.add_text(self.module, &event.source);
+        for (name, field) in &self.ecs {
+            match event.ecs.get(name) {
+                Some(EcsValue::Str(s)) => d.add_text(*field, s),
+                Some(EcsValue::List(l)) => {
+                    for s in l {
+                        d.add_text(*field, s);
+                    }
+                }
+                Some(EcsValue::Num(n)) => d.add_u64(*field, n),
+                None => {}
+            }
+        }
+        if let Some(n) = event.ecs.source_as_number {
+            d.add_u64(self.as_number, n);
+        }
+        let mut all = String::with_capacity(output_text.len());
+        collect_text(output, &mut all);
+        d.add_text(self.all, &all);
+        d.add_text(self.doc, &output_text);
+        d
+    }
+}
+
+impl Default for EventSchema {
+    fn default() -> Self {
+        EventSchema::new()
+    }
+}
+
+/// Every string and number of a JSON value, space separated, for the catch-all field.
+fn collect_text(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::String(s) => {
+            out.push_str(s);
+            out.push(' ');
+        }
+        serde_json::Value::Number(n) => {
+            out.push_str(&n.to_string());
+            out.push(' ');
+        }
+        serde_json::Value::Bool(_) | serde_json::Value::Null => {}
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_text(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| collect_text(x, out)),
+    }
+}
+
+/// The 128-bit event id as two u64 (for the dedup set and the sort tie-break). Ids that are
+/// not 32 hex chars (never produced by the model) are hashed instead.
+pub fn id_halves(id: &str) -> (u64, u64) {
+    if id.len() == 32 {
+        if let (Ok(hi), Ok(lo)) = (
+            u64::from_str_radix(&id[..16], 16),
+            u64::from_str_radix(&id[16..], 16),
+        ) {
+            return (hi, lo);
+        }
+    }
+    let h = blake3::hash(id.as_bytes());
+    let b = h.as_bytes();
+    let hi = u64::from_be_bytes(b[..8].try_into().unwrap_or_default());
+    let lo = u64::from_be_bytes(b[8..16].try_into().unwrap_or_default());
+    (hi, lo)
+}
+
+pub fn id_key(id: &str) -> u128 {
+    let (hi, lo) = id_halves(id);
+    ((hi as u128) << 64) | lo as u128
+}
+
+pub fn to_tantivy_date(ts: DateTime<Utc>) -> tantivy::DateTime {
+    tantivy::DateTime::from_timestamp_micros(ts.timestamp_micros())
+}
+
+/// One (tenant, day) index, open for reading.
+pub struct DayIndex {
+    pub tenant: String,
+    pub day: NaiveDate,
+    pub index: Index,
+    pub reader: IndexReader,
+}
+
+impl DayIndex {
+    /// Open (or create) the index in `dir`.
+    pub fn open(
+        dir: &Path,
+        tenant: &str,
+        day: NaiveDate,
+        schema: &EventSchema,
+    ) -> Result<DayIndex> {
+        let exists = dir.join("meta.json").exists();
+        let mut index = if exists {
+            Index::open_in_dir(dir)?
+        } else {
+            crate::layout::create_dir_durable(dir)?;
+            Index::create_in_dir(dir, schema.schema.clone())?
+        };
+        if exists && index.schema() != schema.schema {
+            return Err(crate::StoreError::Corrupt {
+                path: dir.to_path_buf(),
+                reason: "index schema differs from this version's event schema".into(),
+            });
+        }
+        index.set_tokenizers(schema.tokenizers.clone());
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(DayIndex {
+            tenant: tenant.to_string(),
+            day,
+            index,
+            reader,
+        })
+    }
+
+    /// The batch sequence number of the last commit (0 for a fresh index).
+    pub fn committed_seq(&self) -> Result<u64> {
+        let meta = self.index.load_metas()?;
+        Ok(meta
+            .payload
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Every event id in the committed index.
+    pub fn load_ids(&self) -> Result<HashSet<u128>> {
+        let searcher = self.reader.searcher();
+        let mut ids = HashSet::with_capacity(searcher.num_docs() as usize);
+        for seg in searcher.segment_readers() {
+            let hi = seg.fast_fields().u64("_id_hi")?.first_or_default_col(0);
+            let lo = seg.fast_fields().u64("_id_lo")?.first_or_default_col(0);
+            let alive = seg.alive_bitset();
+            for doc in 0..seg.max_doc() {
+                if alive.is_some_and(|a| !a.is_alive(doc)) {
+                    continue;
+                }
+                ids.insert(((hi.get_val(doc) as u128) << 64) | lo.get_val(doc) as u128);
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// An open writer with the ids its index holds (committed + pending), for dedup.
+pub struct DayWriter {
+    pub index: Arc<DayIndex>,
+    pub writer: IndexWriter,
+    pub ids: HashSet<u128>,
+    pub last_used: u64,
+}
+
+impl DayWriter {
+    pub fn open(
+        index: Arc<DayIndex>,
+        threads: usize,
+        memory_bytes: usize,
+        last_used: u64,
+    ) -> Result<DayWriter> {
+        let writer = index.index.writer_with_num_threads(threads, memory_bytes)?;
+        let ids = index.load_ids()?;
+        Ok(DayWriter {
+            index,
+            writer,
+            ids,
+            last_used,
+        })
+    }
+
+    /// Commit pending documents with `seq` as the payload, then make them visible to readers.
+    pub fn commit(&mut self, seq: u64) -> Result<()> {
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&seq.to_string());
+        prepared.commit()?;
+        self.index.reader.reload()?;
+        Ok(())
+    }
+}
+
+/// Remove an index directory (after its handles were dropped).
+pub fn remove_index_dir(dir: &Path) -> Result<()> {
+    std::fs::remove_dir_all(dir).at(dir)
+}
