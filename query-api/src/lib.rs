@@ -26,10 +26,10 @@ pub mod state;
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, Uri};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 
 pub use audit::{AuditEntry, AuditLog};
@@ -45,11 +45,34 @@ pub fn router(state: AppState) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(Arc::new(doc)))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(reject_oversized_bodies))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
         ))
         .with_state(state)
+}
+
+/// Largest accepted request body (a rule test with thousands of inline events fits).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Refuse a body whose announced length is over the limit before reading any of it; bodies
+/// without a length are cut off at the limit by [`DefaultBodyLimit`] instead.
+async fn reject_oversized_bodies(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return ApiError::UnsupportedBody {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn route_not_found(method: Method, uri: Uri) -> ApiError {

@@ -24,9 +24,10 @@ const MAX_LABEL_BYTES: usize = 512;
 pub struct AlertListParams {
     /// Alerts at or after this time (RFC 3339).
     pub from: Option<String>,
-    /// Alerts before this time (RFC 3339).
+    /// Alerts before this time (RFC 3339, exclusive).
     pub to: Option<String>,
-    /// `informational`, `low`, `medium`, `high` or `critical`.
+    /// Minimum severity: `informational`, `low`, `medium`, `high` or `critical`
+    /// (`high` also returns `critical`).
     pub severity: Option<String>,
     /// `open`, `acknowledged`, `resolved` or `false_positive`.
     pub status: Option<String>,
@@ -36,13 +37,14 @@ pub struct AlertListParams {
     pub source: Option<String>,
     /// Entity (user, IP, token) the alert is about.
     pub entity: Option<String>,
-    /// Free text over title, description and explanation.
+    /// Case-insensitive text in title, description, explanation, entity, rule id or matched
+    /// field values.
     pub q: Option<String>,
     /// Page size, 1..=1000 (default 50).
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
-    /// `-timestamp` (newest first, default), `timestamp`, `-severity` or `severity`.
+    /// `newest` (default), `oldest`, or `severity` (highest first, then newest).
     pub sort: Option<String>,
 }
 
@@ -109,14 +111,13 @@ fn parse_severity(value: &str) -> Result<Severity, ApiError> {
 }
 
 fn parse_sort(value: Option<&str>) -> Result<AlertSort, ApiError> {
-    Ok(match value.unwrap_or("-timestamp") {
-        "-timestamp" => AlertSort::TimestampDesc,
-        "timestamp" => AlertSort::TimestampAsc,
-        "-severity" => AlertSort::SeverityDesc,
-        "severity" => AlertSort::SeverityAsc,
+    Ok(match value.unwrap_or("newest") {
+        "newest" => AlertSort::Newest,
+        "oldest" => AlertSort::Oldest,
+        "severity" => AlertSort::Severity,
         other => {
             return Err(ApiError::invalid_parameter(format!(
-                "unknown sort `{other}` (expected -timestamp, timestamp, -severity or severity)"
+                "unknown sort `{other}` (expected newest, oldest or severity)"
             )))
         }
     })

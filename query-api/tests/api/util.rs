@@ -259,11 +259,7 @@ impl TestApi {
 
     pub fn start_with(config: ApiConfig) -> TestApi {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreConfig {
-            data_dir: dir.path().join("store"),
-            ..StoreConfig::default()
-        })
-        .unwrap();
+        let store = Store::open(StoreConfig::at(dir.path().join("store"))).unwrap();
         let data = dataset();
         let mut events = data.acme_events.clone();
         events.extend(data.globex_events.iter().cloned());
