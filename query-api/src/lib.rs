@@ -1,1 +1,106 @@
-//! stub
+//! Perimeter's HTTP API (axum, JSON, versioned under `/api/v1`): the alert queue and triage,
+//! full-text event search, rules, the audit log, health and metrics.
+//!
+//! Guarantees:
+//! - every `/api/v1` route except `openapi.json` needs a bearer token; a token only ever sees
+//!   its own tenant (another tenant's id answers 404, exactly like an unknown id);
+//! - every error is `{"error": {"code", "message"}}` with one status mapping ([`error`]); bad
+//!   client input (JSON, parameters, query syntax, dates, limits) is 4xx, never 500;
+//! - tokens are stored only as SHA-256 hashes and compared in constant time ([`auth`]);
+//! - searches and alert changes are appended to the audit log before the answer is sent
+//!   ([`audit`]);
+//! - the OpenAPI document is generated from the same registrations that build the router
+//!   ([`openapi`]).
+//!
+//! The rule engine is reached through [`RuleService`], so this crate depends on the store's
+//! read side and the model only.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+pub mod server;
+pub mod state;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+
+pub use audit::{AuditEntry, AuditLog};
+pub use auth::{Role, TokenInfo, TokenStore};
+pub use error::ApiError;
+pub use server::{serve, ApiConfig, ServeError, Server};
+pub use state::{AppState, RuleService};
+
+/// The complete API as an axum router (what [`serve`] serves); tests can drive it directly.
+pub fn router(state: AppState) -> Router {
+    let (router, doc) = openapi::api_router().split_for_parts();
+    router
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(Arc::new(doc)))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(reject_oversized_bodies))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// Largest accepted request body (a rule test with thousands of inline events fits).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Refuse a body whose announced length is over the limit before reading any of it; bodies
+/// without a length are cut off at the limit by [`DefaultBodyLimit`] instead.
+async fn reject_oversized_bodies(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return ApiError::UnsupportedBody {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn route_not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// `api_requests_total{route,method,status}`; `route` is the route template (`/api/v1/alerts/{id}`),
+/// never the concrete path, to keep label cardinality bounded.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    state.metrics.inc(
+        "api_requests_total",
+        &[
+            ("route", &route),
+            ("method", method.as_str()),
+            ("status", response.status().as_str()),
+        ],
+        1,
+    );
+    response
+}

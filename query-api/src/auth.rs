@@ -1,0 +1,476 @@
+//! API tokens and roles.
+//!
+//! A token is 32 random bytes from the OS (`prm_` + 64 hex chars). Only its SHA-256 is kept,
+//! in a JSON file (mode 0600 on Unix) under the data dir; a presented token is hashed and
+//! compared against every stored hash in constant time, so neither the file nor timing
+//! reveals a usable token. The file is re-read when it changes on disk, so tokens created or
+//! revoked by `perimeter tokens ...` while the server runs take effect on the next request.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// File name of the token store inside the data dir.
+pub const TOKENS_FILE: &str = "api-tokens.json";
+
+/// What a token may do. Ordered: each role includes the ones before it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads alerts, events, rules and dead letters.
+    Viewer,
+    /// Also changes alerts (status, assignee, notes).
+    Responder,
+    /// Also manages and tests rules, destinations and exports, and reads the audit log.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Responder => "responder",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = AuthError;
+    fn from_str(s: &str) -> Result<Role, AuthError> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "responder" => Ok(Role::Responder),
+            "admin" => Ok(Role::Admin),
+            other => Err(AuthError::UnknownRole(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A token's public description (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    /// Short random id, safe to show and log.
+    pub id: String,
+    /// Human name (`ci`, `alice`), defaults to the id.
+    pub name: String,
+    pub tenant: String,
+    pub role: Role,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TokenInfo {
+    /// How the token appears in alert histories and the audit log.
+    pub fn actor(&self) -> String {
+        format!("token:{}:{}", self.name, self.id)
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("token store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("token store {path} is not valid JSON: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("unknown role `{0}` (expected viewer, responder or admin)")]
+    UnknownRole(String),
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("no randomness from the OS: {0}")]
+    Random(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TokenRecord {
+    #[serde(flatten)]
+    info: TokenInfo,
+    /// Hex SHA-256 of the plaintext token.
+    sha256: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    tokens: Vec<TokenRecord>,
+}
+
+#[derive(Debug, Default)]
+struct Loaded {
+    records: Vec<TokenRecord>,
+    /// mtime and size of the file when read, to notice changes by another process.
+    stamp: Option<(SystemTime, u64)>,
+}
+
+/// The set of API tokens, persisted as hashes in one JSON file.
+#[derive(Debug)]
+pub struct TokenStore {
+    path: PathBuf,
+    loaded: RwLock<Loaded>,
+}
+
+impl TokenStore {
+    /// Open (or start) the token store at `path`. A missing file is an empty store.
+    pub fn open(path: impl AsRef<Path>) -> Result<TokenStore, AuthError> {
+        let path = path.as_ref().to_path_buf();
+        let loaded = read_file(&path)?;
+        Ok(TokenStore {
+            path,
+            loaded: RwLock::new(loaded),
+        })
+    }
+
+    /// Open the token store in its standard place inside `data_dir`.
+    pub fn open_in(data_dir: impl AsRef<Path>) -> Result<TokenStore, AuthError> {
+        TokenStore::open(data_dir.as_ref().join(TOKENS_FILE))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Create a token. Returns its description and the plaintext, which is shown once and
+    /// never stored.
+    pub fn create(
+        &self,
+        tenant: &str,
+        role: Role,
+        name: Option<&str>,
+    ) -> Result<(TokenInfo, String), AuthError> {
+        validate_label("tenant", tenant)?;
+        if let Some(name) = name {
+            validate_label("name", name)?;
+        }
+        let secret = random_hex(32)?;
+        let plaintext = format!("prm_{secret}");
+        let id = random_hex(6)?;
+        let info = TokenInfo {
+            name: name.map(str::to_string).unwrap_or_else(|| id.clone()),
+            id,
+            tenant: tenant.to_string(),
+            role,
+            created_at: Utc::now(),
+            revoked_at: None,
+        };
+        let record = TokenRecord {
+            info: info.clone(),
+            sha256: sha256_hex(&plaintext),
+        };
+        self.modify(|records| records.push(record))?;
+        Ok((info, plaintext))
+    }
+
+    /// All tokens, revoked ones included (with `revoked_at` set).
+    pub fn list(&self) -> Vec<TokenInfo> {
+        self.refresh();
+        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        loaded.records.iter().map(|r| r.info.clone()).collect()
+    }
+
+    /// Revoke a token by id. Returns false when no such (unrevoked) token exists.
+    pub fn revoke(&self, id: &str) -> Result<bool, AuthError> {
+        let mut found = false;
+        self.modify(|records| {
+            for r in records.iter_mut() {
+                if r.info.id == id && r.info.revoked_at.is_none() {
+                    r.info.revoked_at = Some(Utc::now());
+                    found = true;
+                }
+            }
+        })?;
+        Ok(found)
+    }
+
+    /// The token a presented plaintext belongs to, if it is known and not revoked.
+    pub fn verify(&self, presented: &str) -> Option<TokenInfo> {
+        self.refresh();
+        let presented_hash = Sha256::digest(presented.as_bytes());
+        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        let mut found: Option<&TokenRecord> = None;
+        // Every stored hash is compared, match or not, so timing does not depend on where
+        // (or whether) the token is in the list.
+        for record in &loaded.records {
+            let Ok(stored) = hex::decode(&record.sha256) else {
+                continue;
+            };
+            if bool::from(stored.as_slice().ct_eq(presented_hash.as_slice())) {
+                found = Some(record);
+            }
+        }
+        found
+            .filter(|r| !r.info.is_revoked())
+            .map(|r| r.info.clone())
+    }
+
+    /// Re-read the file if another process changed it. A file that became unreadable keeps
+    /// the last good state (and logs), rather than locking everybody out mid-flight.
+    fn refresh(&self) {
+        let current = file_stamp(&self.path);
+        {
+            let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+            if loaded.stamp == current {
+                return;
+            }
+        }
+        match read_file(&self.path) {
+            Ok(fresh) => *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = fresh,
+            Err(error) => tracing::error!(%error, "token store reload failed"),
+        }
+    }
+
+    fn modify(&self, change: impl FnOnce(&mut Vec<TokenRecord>)) -> Result<(), AuthError> {
+        let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
+        // Start from the file as it is now, so two writers do not drop each other's tokens.
+        let mut fresh = read_file(&self.path)?;
+        change(&mut fresh.records);
+        write_file(&self.path, &fresh.records)?;
+        fresh.stamp = file_stamp(&self.path);
+        *loaded = fresh;
+        Ok(())
+    }
+}
+
+fn validate_label(field: &'static str, value: &str) -> Result<(), AuthError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::Invalid {
+            field,
+            reason: "expected 1-128 characters from [A-Za-z0-9-_.@]".into(),
+        })
+    }
+}
+
+fn random_hex(num_bytes: usize) -> Result<String, AuthError> {
+    let mut buf = vec![0u8; num_bytes];
+    getrandom::fill(&mut buf).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(hex::encode(buf))
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn read_file(path: &Path) -> Result<Loaded, AuthError> {
+    let stamp = file_stamp(path);
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
+        Err(source) => {
+            return Err(AuthError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let file: TokenFile = serde_json::from_str(&text).map_err(|source| AuthError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Loaded {
+        records: file.tokens,
+        stamp,
+    })
+}
+
+fn write_file(path: &Path, records: &[TokenRecord]) -> Result<(), AuthError> {
+    let io_err = |source| AuthError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    let file = TokenFile {
+        tokens: records.to_vec(),
+    };
+    let text = serde_json::to_string_pretty(&file).map_err(|source| AuthError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // Write-then-rename so a crash never leaves a half-written token file.
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp).map_err(io_err)?;
+        f.write_all(text.as_bytes()).map_err(io_err)?;
+        f.sync_all().map_err(io_err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err)?;
+    Ok(())
+}
+
+/// The authenticated caller. Extracting it answers 401 for a missing or unknown token.
+#[derive(Debug, Clone)]
+pub struct Auth(pub TokenInfo);
+
+impl Auth {
+    /// 403 unless the token's role includes `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.0.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this operation needs role `{role}`, the token has `{}`",
+                self.0.role
+            )))
+        }
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.0.tenant
+    }
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing `Authorization: Bearer` header".into())
+            })?;
+        let value = header
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into())
+            })?;
+        state
+            .tokens
+            .verify(token)
+            .map(Auth)
+            .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_verify_revoke_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open_in(dir.path()).unwrap();
+        let (info, token) = store
+            .create("acme", Role::Responder, Some("alice"))
+            .unwrap();
+        assert!(token.starts_with("prm_") && token.len() == 68);
+        assert_eq!(store.verify(&token).unwrap(), info);
+        assert!(store.verify("prm_wrong").is_none());
+        assert!(store.verify(&token[..token.len() - 1]).is_none());
+
+        // A second handle (another process) sees the token, and a revoke made there.
+        let other = TokenStore::open_in(dir.path()).unwrap();
+        assert_eq!(other.verify(&token).unwrap().name, "alice");
+        assert!(other.revoke(&info.id).unwrap());
+        assert!(!other.revoke(&info.id).unwrap());
+        assert!(
+            store.verify(&token).is_none(),
+            "revocation must be seen by the first handle"
+        );
+        assert!(store.list()[0].revoked_at.is_some());
+    }
+
+    #[test]
+    fn only_hashes_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open_in(dir.path()).unwrap();
+        let (_, token) = store.create("acme", Role::Admin, None).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap();
+        assert!(
+            !text.contains(&token[4..]),
+            "plaintext token found in the token file"
+        );
+        assert!(text.contains(&sha256_hex(&token)));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(TOKENS_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "token file readable by others: {mode:o}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_unique_and_labels_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open_in(dir.path()).unwrap();
+        let (a, ta) = store.create("t1", Role::Viewer, None).unwrap();
+        let (b, tb) = store.create("t1", Role::Viewer, None).unwrap();
+        assert_ne!(ta, tb);
+        assert_ne!(a.id, b.id);
+        assert!(store.create("", Role::Viewer, None).is_err());
+        assert!(store.create("a b", Role::Viewer, None).is_err());
+        assert!("root".parse::<Role>().is_err());
+        assert!(Role::Admin > Role::Responder && Role::Responder > Role::Viewer);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_not_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(TOKENS_FILE), "{not json").unwrap();
+        assert!(matches!(
+            TokenStore::open_in(dir.path()),
+            Err(AuthError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,329 @@
+//! `/alerts`: the analyst's queue and the triage workflow.
+
+use axum::extract::State;
+use axum::Json;
+use perimeter_model::{AlertStatus, Severity};
+use perimeter_store::{AlertQuery, AlertSort, AlertUpdate};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{bounded, page_limit, time_range, ItemsPage};
+use crate::auth::{Auth, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+
+const MAX_NOTE_BYTES: usize = 16 * 1024;
+const MAX_LABEL_BYTES: usize = 512;
+
+/// Filters for `GET /alerts`. Unknown parameters are refused.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AlertListParams {
+    /// Alerts at or after this time (RFC 3339).
+    pub from: Option<String>,
+    /// Alerts before this time (RFC 3339, exclusive).
+    pub to: Option<String>,
+    /// Minimum severity: `informational`, `low`, `medium`, `high` or `critical`
+    /// (`high` also returns `critical`).
+    pub severity: Option<String>,
+    /// `open`, `acknowledged`, `resolved` or `false_positive`.
+    pub status: Option<String>,
+    /// Rule id.
+    pub rule: Option<String>,
+    /// Source name (`okta`, `github`, ...).
+    pub source: Option<String>,
+    /// Entity (user, IP, token) the alert is about.
+    pub entity: Option<String>,
+    /// Case-insensitive text in title, description, explanation, entity, rule id or matched
+    /// field values.
+    pub q: Option<String>,
+    /// Page size, 1..=1000 (default 50).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// `newest` (default), `oldest`, or `severity` (highest first, then newest).
+    pub sort: Option<String>,
+}
+
+/// Triage status, as accepted by `PATCH /alerts/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatusParam {
+    Open,
+    Acknowledged,
+    Resolved,
+    FalsePositive,
+}
+
+impl From<AlertStatusParam> for AlertStatus {
+    fn from(s: AlertStatusParam) -> AlertStatus {
+        match s {
+            AlertStatusParam::Open => AlertStatus::Open,
+            AlertStatusParam::Acknowledged => AlertStatus::Acknowledged,
+            AlertStatusParam::Resolved => AlertStatus::Resolved,
+            AlertStatusParam::FalsePositive => AlertStatus::FalsePositive,
+        }
+    }
+}
+
+/// A change to an alert. At least one field; unknown fields are refused.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertPatch {
+    pub status: Option<AlertStatusParam>,
+    /// Who works on it; an empty string unassigns.
+    pub assignee: Option<String>,
+    /// A note appended to the alert's notes.
+    pub note: Option<String>,
+}
+
+/// An alert with its triage record and the events that caused it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertDetail {
+    /// The stored alert record (alert, assignee, notes, history).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub record: serde_json::Value,
+    /// The evidence events (masked), as stored.
+    #[schema(value_type = Vec<Object>)]
+    pub evidence: Vec<serde_json::Value>,
+}
+
+fn parse_status(value: &str) -> Result<AlertStatus, ApiError> {
+    serde_json::from_value::<AlertStatusParam>(json!(value))
+        .map(Into::into)
+        .map_err(|_| {
+            ApiError::invalid_parameter(format!(
+            "unknown status `{value}` (expected open, acknowledged, resolved or false_positive)"
+        ))
+        })
+}
+
+fn parse_severity(value: &str) -> Result<Severity, ApiError> {
+    Severity::parse(value).ok_or_else(|| {
+        ApiError::invalid_parameter(format!(
+            "unknown severity `{value}` (expected informational, low, medium, high or critical)"
+        ))
+    })
+}
+
+fn parse_sort(value: Option<&str>) -> Result<AlertSort, ApiError> {
+    Ok(match value.unwrap_or("newest") {
+        "newest" => AlertSort::Newest,
+        "oldest" => AlertSort::Oldest,
+        "severity" => AlertSort::Severity,
+        other => {
+            return Err(ApiError::invalid_parameter(format!(
+                "unknown sort `{other}` (expected newest, oldest or severity)"
+            )))
+        }
+    })
+}
+
+fn alert_query(p: &AlertListParams) -> Result<AlertQuery, ApiError> {
+    let (from, to) = time_range(p.from.as_deref(), p.to.as_deref())?;
+    let label = |name: &str, v: &Option<String>| -> Result<Option<String>, ApiError> {
+        v.as_deref()
+            .map(|s| bounded(name, s, MAX_LABEL_BYTES).map(str::to_string))
+            .transpose()
+    };
+    Ok(AlertQuery {
+        from,
+        to,
+        severity: p.severity.as_deref().map(parse_severity).transpose()?,
+        status: p.status.as_deref().map(parse_status).transpose()?,
+        rule_id: label("rule", &p.rule)?,
+        source: label("source", &p.source)?,
+        entity: label("entity", &p.entity)?,
+        text: label("q", &p.q)?,
+        limit: page_limit(p.limit)?,
+        cursor: label("cursor", &p.cursor)?,
+        sort: parse_sort(p.sort.as_deref())?,
+    })
+}
+
+/// List the token's tenant's alerts.
+#[utoipa::path(get, path = "/alerts", tag = "alerts", params(AlertListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of alerts", body = ItemsPage),
+        (status = 400, description = "Bad parameter", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    ))]
+pub async fn list_alerts(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(params): ApiQuery<AlertListParams>,
+) -> Result<Json<ItemsPage>, ApiError> {
+    auth.require(Role::Viewer)?;
+    let query = alert_query(&params)?;
+    state.audit(
+        &auth.0,
+        "alerts.list",
+        None,
+        json!({
+            "from": params.from, "to": params.to, "severity": params.severity,
+            "status": params.status, "rule": params.rule, "source": params.source,
+            "entity": params.entity, "q": params.q, "limit": query.limit,
+        }),
+    )?;
+    let store = state.store.clone();
+    let tenant = auth.tenant().to_string();
+    let page = blocking(move || store.list_alerts(&tenant, &query)).await??;
+    let items = page
+        .items
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Internal(format!("encode alert: {e}")))?;
+    Ok(Json(ItemsPage {
+        items,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// One alert with its evidence events. Another tenant's id answers 404.
+#[utoipa::path(get, path = "/alerts/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "Alert id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The alert", body = AlertDetail),
+        (status = 404, description = "No such alert for this tenant", body = ErrorBody),
+    ))]
+pub async fn get_alert(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<AlertDetail>, ApiError> {
+    auth.require(Role::Viewer)?;
+    bounded("id", &id, MAX_LABEL_BYTES)?;
+    state.audit(&auth.0, "alerts.get", Some(&id), json!({}))?;
+    let store = state.store.clone();
+    let tenant = auth.tenant().to_string();
+    let (record, evidence) = blocking(move || -> Result<_, ApiError> {
+        let Some(record) = store.get_alert(&tenant, &id)? else {
+            return Err(ApiError::NotFound(format!("no alert `{id}`")));
+        };
+        let evidence = store.alert_evidence(&tenant, &id)?;
+        Ok((record, evidence))
+    })
+    .await??;
+    let record = serde_json::to_value(&record)
+        .map_err(|e| ApiError::Internal(format!("encode alert: {e}")))?;
+    Ok(Json(AlertDetail { record, evidence }))
+}
+
+/// Change status, assignee or add a note. The store records who (the token) and when.
+#[utoipa::path(patch, path = "/alerts/{id}", tag = "alerts",
+    params(("id" = String, Path, description = "Alert id")),
+    request_body = AlertPatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated alert record", body = Object),
+        (status = 400, description = "Malformed body or unknown status", body = ErrorBody),
+        (status = 403, description = "Needs role responder", body = ErrorBody),
+        (status = 404, description = "No such alert for this tenant", body = ErrorBody),
+    ))]
+pub async fn update_alert(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(patch): ApiJson<AlertPatch>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.require(Role::Responder)?;
+    bounded("id", &id, MAX_LABEL_BYTES)?;
+    if patch.status.is_none() && patch.assignee.is_none() && patch.note.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "nothing to change: give at least one of status, assignee, note",
+        ));
+    }
+    if let Some(a) = &patch.assignee {
+        bounded("assignee", a, MAX_LABEL_BYTES)?;
+    }
+    if let Some(n) = &patch.note {
+        bounded("note", n, MAX_NOTE_BYTES)?;
+    }
+    let update = AlertUpdate {
+        status: patch.status.map(Into::into),
+        assignee: patch.assignee.clone(),
+        note: patch.note.clone(),
+    };
+    let store = state.store.clone();
+    let tenant = auth.tenant().to_string();
+    let actor = auth.0.actor();
+    let target = id.clone();
+    let updated = blocking(move || store.update_alert(&tenant, &target, &update, &actor)).await??;
+    let Some(record) = updated else {
+        return Err(ApiError::NotFound(format!("no alert `{id}`")));
+    };
+    // The note's text lives in the alert's history; the audit line says that one was added.
+    state.audit(
+        &auth.0,
+        "alerts.update",
+        Some(&id),
+        json!({
+            "status": patch.status,
+            "assignee": patch.assignee,
+            "note_bytes": patch.note.as_ref().map(String::len),
+        }),
+    )?;
+    let record = serde_json::to_value(&record)
+        .map_err(|e| ApiError::Internal(format!("encode alert: {e}")))?;
+    Ok(Json(record))
+}
+
+/// Run blocking store IO off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_severity_parsing() {
+        assert_eq!(
+            parse_status("false_positive").unwrap(),
+            AlertStatus::FalsePositive
+        );
+        assert!(parse_status("closed").is_err());
+        assert_eq!(parse_severity("HIGH").unwrap(), Severity::High);
+        assert!(parse_severity("urgent").is_err());
+        assert!(parse_sort(Some("random")).is_err());
+    }
+
+    #[test]
+    fn query_validation() {
+        let ok = AlertListParams {
+            limit: Some(10),
+            severity: Some("low".into()),
+            ..Default::default()
+        };
+        assert_eq!(alert_query(&ok).unwrap().limit, 10);
+        let huge = AlertListParams {
+            limit: Some(5000),
+            ..Default::default()
+        };
+        assert_eq!(
+            alert_query(&huge).err().map(|e| e.code()),
+            Some("limit_too_large")
+        );
+        let bad_date = AlertListParams {
+            from: Some("2024-02-30T00:00:00Z".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            alert_query(&bad_date).err().map(|e| e.code()),
+            Some("invalid_parameter")
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! One module per resource. Handlers authenticate (the [`crate::auth::Auth`] extractor),
+//! check the role, validate parameters into store queries, audit, and answer JSON.
+
+pub mod admin;
+pub mod alerts;
+pub mod events;
+pub mod health;
+pub mod rules;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// Page size when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Largest accepted `limit`; larger asks are refused (400), not silently capped.
+pub const MAX_LIMIT: usize = 1000;
+
+/// A page of results; pass `next_cursor` back as `cursor` for the next page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ItemsPage {
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<serde_json::Value>,
+    /// Absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `limit` validated against [`MAX_LIMIT`].
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    limit_within(limit, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+pub(crate) fn limit_within(
+    limit: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(0) => Err(ApiError::invalid_parameter("`limit` must be at least 1")),
+        Some(n) if n > max => Err(ApiError::bad_request(
+            "limit_too_large",
+            format!("`limit` must be at most {max}, got {n}"),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
+/// An RFC 3339 parameter (`2024-05-01T10:00:00Z`), with the parameter's name in the error.
+pub(crate) fn parse_time(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(value) = value else { return Ok(None) };
+    DateTime::parse_from_rfc3339(value.trim())
+        .map(|t| Some(t.with_timezone(&Utc)))
+        .map_err(|e| {
+            ApiError::invalid_parameter(format!(
+                "`{name}` is not an RFC 3339 timestamp (like 2024-05-01T10:00:00Z): {e}"
+            ))
+        })
+}
+
+/// Optional lower and upper time bounds.
+pub(crate) type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// `from`/`to` parsed and checked for order.
+pub(crate) fn time_range(from: Option<&str>, to: Option<&str>) -> Result<TimeRange, ApiError> {
+    let from = parse_time("from", from)?;
+    let to = parse_time("to", to)?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f > t {
+            return Err(ApiError::invalid_parameter("`from` is after `to`"));
+        }
+    }
+    Ok((from, to))
+}
+
+/// A bounded free-text parameter (ids, names, queries): refuse absurd sizes early.
+pub(crate) fn bounded<'a>(name: &str, value: &'a str, max_len: usize) -> Result<&'a str, ApiError> {
+    if value.len() > max_len {
+        return Err(ApiError::invalid_parameter(format!(
+            "`{name}` is longer than {max_len} bytes"
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits() {
+        assert_eq!(page_limit(None).unwrap(), DEFAULT_LIMIT);
+        assert_eq!(page_limit(Some(1000)).unwrap(), 1000);
+        assert_eq!(
+            page_limit(Some(1001)).unwrap_err().code(),
+            "limit_too_large"
+        );
+        assert_eq!(page_limit(Some(0)).unwrap_err().code(), "invalid_parameter");
+    }
+
+    #[test]
+    fn times() {
+        let (f, t) = time_range(
+            Some("2024-05-01T10:00:00Z"),
+            Some("2024-05-01T12:00:00+02:00"),
+        )
+        .unwrap();
+        assert_eq!(f, t, "offsets are normalized to UTC");
+        assert!(parse_time("from", Some("yesterday")).is_err());
+        assert!(parse_time("from", Some("2024-13-01T00:00:00Z")).is_err());
+        assert!(time_range(Some("2024-05-02T00:00:00Z"), Some("2024-05-01T00:00:00Z")).is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! `/rules`: the loaded detection rules, and trying a rule before deploying it.
+
+use axum::extract::State;
+use axum::Json;
+use perimeter_store::EventQuery;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::alerts::blocking;
+use super::{limit_within, time_range, MAX_LIMIT};
+use crate::auth::{Auth, Role};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
+use crate::state::AppState;
+
+/// Most events one rule test runs over (inline or from the store).
+pub const MAX_TEST_EVENTS: usize = 10_000;
+const MAX_RULE_BYTES: usize = 256 * 1024;
+
+/// The loaded rules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleList {
+    #[schema(value_type = Vec<Object>)]
+    pub rules: Vec<serde_json::Value>,
+}
+
+/// A rule test: the Sigma rule, and either `events` or a time range of stored events.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTestRequest {
+    /// The Sigma rule, as YAML text.
+    pub rule: String,
+    /// Events to test against (event documents as `GET /events/{id}` returns them).
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub events: Option<Vec<serde_json::Value>>,
+    /// Use stored events at or after this time (RFC 3339).
+    pub from: Option<String>,
+    /// Use stored events before this time (RFC 3339).
+    pub to: Option<String>,
+    /// Narrow the stored events with a search query (tantivy syntax); default all.
+    pub query: Option<String>,
+    /// At most this many stored events (default and max 10000).
+    pub limit: Option<usize>,
+}
+
+/// What the rule engine said, and over how many events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleTestResponse {
+    pub num_events_tested: usize,
+    /// The rule engine's report (matches, ...).
+    #[schema(value_type = Object)]
+    pub result: serde_json::Value,
+}
+
+/// The rules the detector runs.
+#[utoipa::path(get, path = "/rules", tag = "rules",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Loaded rules", body = RuleList),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    ))]
+pub async fn list_rules(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<RuleList>, ApiError> {
+    auth.require(Role::Viewer)?;
+    state.audit(&auth.0, "rules.list", None, json!({}))?;
+    let rules = state.rules.clone();
+    let rules = blocking(move || rules.list()).await?;
+    Ok(Json(RuleList { rules }))
+}
+
+/// Run a Sigma rule against given events or a time range of the tenant's stored events.
+#[utoipa::path(post, path = "/rules/test", tag = "rules",
+    request_body = RuleTestRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Test result", body = RuleTestResponse),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 403, description = "Needs role admin", body = ErrorBody),
+        (status = 422, description = "The rule does not compile", body = ErrorBody),
+    ))]
+pub async fn test_rule(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(request): ApiJson<RuleTestRequest>,
+) -> Result<Json<RuleTestResponse>, ApiError> {
+    auth.require(Role::Admin)?;
+    if request.rule.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_json", "`rule` is empty"));
+    }
+    if request.rule.len() > MAX_RULE_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            format!("`rule` is longer than {MAX_RULE_BYTES} bytes"),
+        ));
+    }
+    let ranged = request.from.is_some() || request.to.is_some() || request.query.is_some();
+    let (from, to) = time_range(request.from.as_deref(), request.to.as_deref())?;
+    let limit = limit_within(request.limit, MAX_TEST_EVENTS, MAX_TEST_EVENTS)?;
+    let mode = match (&request.events, ranged) {
+        (Some(_), true) => {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                "give either `events` or `from`/`to`/`query`, not both",
+            ))
+        }
+        (None, false) => {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                "give `events` to test against, or `from`/`to` to use stored events",
+            ))
+        }
+        (Some(events), false) if events.len() > MAX_TEST_EVENTS => {
+            return Err(ApiError::bad_request(
+                "limit_too_large",
+                format!(
+                    "at most {MAX_TEST_EVENTS} events per test, got {}",
+                    events.len()
+                ),
+            ))
+        }
+        (Some(_), false) => "events",
+        (None, true) => "stored",
+    };
+    state.audit(
+        &auth.0,
+        "rules.test",
+        None,
+        json!({
+            "rule_sha256": hex::encode(Sha256::digest(request.rule.as_bytes())),
+            "mode": mode, "from": request.from, "to": request.to, "query": request.query,
+        }),
+    )?;
+    let store = state.store.clone();
+    let rules = state.rules.clone();
+    let tenant = auth.tenant().to_string();
+    let response = blocking(move || -> Result<RuleTestResponse, ApiError> {
+        let events = match request.events {
+            Some(events) => events,
+            None => {
+                let mut events = Vec::new();
+                let mut cursor = None;
+                // Page through the store; each page is one bounded search.
+                loop {
+                    let query = EventQuery {
+                        query: request.query.clone().unwrap_or_else(|| "*".into()),
+                        from,
+                        to,
+                        limit: (limit - events.len()).min(MAX_LIMIT),
+                        cursor,
+                    };
+                    let page = store.search_events(&tenant, &query)?;
+                    events.extend(page.items);
+                    match page.next_cursor {
+                        Some(next) if events.len() < limit => cursor = Some(next),
+                        _ => break,
+                    }
+                }
+                events
+            }
+        };
+        let num_events_tested = events.len();
+        let result = rules
+            .test(&request.rule, events)
+            .map_err(ApiError::InvalidRule)?;
+        Ok(RuleTestResponse {
+            num_events_tested,
+            result,
+        })
+    })
+    .await??;
+    Ok(Json(response))
+}

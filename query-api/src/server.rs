@@ -1,0 +1,215 @@
+//! Serving the router over HTTP, or HTTPS (rustls) when a certificate is configured.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::state::AppState;
+
+/// `[api]` in perimeter.toml.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address and port to listen on (`127.0.0.1:8443`). Port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain; with `tls_key_path`, the API speaks HTTPS only.
+    #[serde(default)]
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching `tls_cert_path`.
+    #[serde(default)]
+    pub tls_key_path: Option<PathBuf>,
+    /// How long in-flight requests may take to finish after shutdown is requested.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_shutdown_grace_seconds() -> u64 {
+    10
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig {
+            listen: default_listen(),
+            tls_cert_path: None,
+            tls_key_path: None,
+            shutdown_grace_seconds: default_shutdown_grace_seconds(),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// Checks that need no IO: cert and key come together.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        match (&self.tls_cert_path, &self.tls_key_path) {
+            (Some(_), None) => Err(ServeError::Config(
+                "`tls_cert_path` is set but `tls_key_path` is not".into(),
+            )),
+            (None, Some(_)) => Err(ServeError::Config(
+                "`tls_key_path` is set but `tls_cert_path` is not".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid [api] config: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A bound listener, not yet serving: lets the caller learn the port (when `listen` had
+/// port 0) before requests arrive.
+pub struct Server {
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Validate the config, load the certificate (if any) and bind.
+    pub async fn bind(config: &ApiConfig) -> Result<Server, ServeError> {
+        config.validate()?;
+        let tls = match (&config.tls_cert_path, &config.tls_key_path) {
+            (Some(cert), Some(key)) => Some(Arc::new(load_tls(cert, key)?)),
+            _ => None,
+        };
+        let listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        listener.set_nonblocking(true)?;
+        Ok(Server {
+            listener,
+            tls,
+            grace: Duration::from_secs(config.shutdown_grace_seconds),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting, mark the state not ready and
+    /// let in-flight requests finish (up to `shutdown_grace_seconds`).
+    pub async fn run(
+        self,
+        state: AppState,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let app = crate::router(state.clone());
+        let addr = self.local_addr()?;
+        let handle = axum_server::Handle::new();
+        let grace = self.grace;
+        let signal = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            state.set_ready(false);
+            signal.graceful_shutdown(Some(grace));
+        });
+        let service = app.into_make_service();
+        match self.tls {
+            Some(tls) => {
+                tracing::info!(%addr, "api listening (https)");
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+                axum_server::from_tcp_rustls(self.listener, config)?
+                    .handle(handle)
+                    .serve(service)
+                    .await?;
+            }
+            None => {
+                tracing::info!(%addr, "api listening (http)");
+                axum_server::from_tcp(self.listener)?
+                    .handle(handle)
+                    .serve(service)
+                    .await?;
+            }
+        }
+        tracing::info!(%addr, "api stopped");
+        Ok(())
+    }
+}
+
+/// Bind per `config` and serve `state` until `shutdown` completes.
+pub async fn serve(
+    config: ApiConfig,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    Server::bind(&config).await?.run(state, shutdown).await
+}
+
+fn load_tls(
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> Result<rustls::ServerConfig, ServeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServeError::Tls(format!("certificate {}: {e}", cert_path.display())))?;
+    if certs.is_empty() {
+        return Err(ServeError::Tls(format!(
+            "certificate {}: no certificate found",
+            cert_path.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| ServeError::Tls(format!("private key {}: {e}", key_path.display())))?;
+    // An explicit provider: no process-wide default has to be installed by the binary.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServeError::Tls(format!("certificate/key mismatch or unsupported: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_and_rejects_unknown_fields() {
+        let c: ApiConfig = toml_like(r#"{"listen": "0.0.0.0:9000"}"#).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.shutdown_grace_seconds, 10);
+        assert!(toml_like(r#"{"listen": "0.0.0.0:9000", "tls": true}"#).is_err());
+        let half = ApiConfig {
+            tls_cert_path: Some("c.pem".into()),
+            ..ApiConfig::default()
+        };
+        assert!(half.validate().is_err());
+    }
+
+    fn toml_like(json: &str) -> Result<ApiConfig, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+}

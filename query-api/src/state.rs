@@ -1,0 +1,101 @@
+//! What every handler shares: the store's read side, tokens, the audit log, the rule engine
+//! (behind [`RuleService`], so this crate does not depend on the detector) and the metrics.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use perimeter_model::Metrics;
+use perimeter_store::Store;
+
+use crate::audit::{AuditEntry, AuditError, AuditLog};
+use crate::auth::{AuthError, TokenInfo, TokenStore};
+use crate::error::ApiError;
+
+/// The rule engine as the API sees it. The binary implements it with the real Sigma engine;
+/// keeping it a trait keeps `query-api` free of `perimeter-detect`.
+pub trait RuleService: Send + Sync {
+    /// The loaded rules, one JSON object each (id, title, level, status, source, ...).
+    fn list(&self) -> Vec<serde_json::Value>;
+    /// Compile `rule_yaml` and run it over `events` (event output documents). Returns a JSON
+    /// report (at least which events matched); `Err` carries why the rule is invalid.
+    fn test(
+        &self,
+        rule_yaml: &str,
+        events: Vec<serde_json::Value>,
+    ) -> Result<serde_json::Value, String>;
+}
+
+/// Shared state of the API. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub tokens: Arc<TokenStore>,
+    pub audit: Arc<AuditLog>,
+    pub rules: Arc<dyn RuleService>,
+    pub metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<Store>,
+        tokens: Arc<TokenStore>,
+        audit: Arc<AuditLog>,
+        rules: Arc<dyn RuleService>,
+        metrics: Arc<Metrics>,
+    ) -> AppState {
+        AppState {
+            store,
+            tokens,
+            audit,
+            rules,
+            metrics,
+            ready: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// State with the token store and audit log in their standard places in `data_dir`.
+    pub fn open_in(
+        data_dir: &Path,
+        store: Arc<Store>,
+        rules: Arc<dyn RuleService>,
+        metrics: Arc<Metrics>,
+    ) -> Result<AppState, StateError> {
+        let tokens = Arc::new(TokenStore::open_in(data_dir)?);
+        let audit = Arc::new(AuditLog::open_in(data_dir)?);
+        Ok(AppState::new(store, tokens, audit, rules, metrics))
+    }
+
+    /// `/readyz` answers 503 while this is false (set during graceful shutdown).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Record an audited action. Failing to audit fails the request: an action that cannot
+    /// be attributed is not performed silently.
+    pub fn audit(
+        &self,
+        token: &TokenInfo,
+        action: &str,
+        target: Option<&str>,
+        details: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        self.audit
+            .append(&AuditEntry::new(token, action, target, details))
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}
+
+/// Why [`AppState::open_in`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Tokens(#[from] AuthError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}

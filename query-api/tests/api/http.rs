@@ -1,0 +1,818 @@
+//! The API over real HTTP on a loopback port, with a real store in a tempdir.
+
+use std::collections::BTreeSet;
+
+use super::util::*;
+use perimeter_query_api::Role;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ROLES: [Role; 3] = [Role::Viewer, Role::Responder, Role::Admin];
+
+#[test]
+fn health_readiness_and_metrics_need_no_token() {
+    let api = TestApi::start();
+    let health: Value = api
+        .client
+        .get(api.url("/healthz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health, json!({"status": "ok"}));
+    let ready = api.client.get(api.url("/readyz")).send().unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // A counted API request shows up next to the pipeline's counters.
+    api.get_json("/api/v1/alerts", ACME, Role::Viewer);
+    let metrics = api.client.get(api.url("/metrics")).send().unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = metrics.text().unwrap();
+    assert!(
+        text.contains("perimeter_events_received_total{source=\"okta\"} 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains("perimeter_store_commit_latency_seconds 0.25"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "perimeter_api_requests_total{route=\"/api/v1/alerts\",method=\"GET\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+
+    api.state.set_ready(false);
+    assert_error(
+        api.client.get(api.url("/readyz")).send().unwrap(),
+        503,
+        "unavailable",
+    );
+}
+
+/// Every authenticated route, with a body where it needs one.
+fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
+    let alert_id = &api.data.acme_alerts[0].id;
+    let event_id = &api.data.acme_events[0].id.0;
+    vec![
+        (Method::GET, "/api/v1/alerts".into(), None),
+        (Method::GET, format!("/api/v1/alerts/{alert_id}"), None),
+        (
+            Method::PATCH,
+            format!("/api/v1/alerts/{alert_id}"),
+            Some(json!({"note": "looking"})),
+        ),
+        (Method::GET, "/api/v1/events/search?q=alice".into(), None),
+        (Method::GET, format!("/api/v1/events/{event_id}"), None),
+        (Method::GET, "/api/v1/dead-letters".into(), None),
+        (Method::GET, "/api/v1/rules".into(), None),
+        (
+            Method::POST,
+            "/api/v1/rules/test".into(),
+            Some(json!({"rule": "title: t\nkeyword: alice", "events": []})),
+        ),
+        (Method::GET, "/api/v1/audit".into(), None),
+    ]
+}
+
+#[test]
+fn missing_malformed_unknown_and_revoked_tokens_are_401() {
+    let api = TestApi::start();
+    let (revoked_info, revoked) = api
+        .token_store
+        .create(ACME, Role::Admin, Some("old"))
+        .unwrap();
+    assert!(api.token_store.revoke(&revoked_info.id).unwrap());
+    for (method, path, body) in protected_routes(&api) {
+        let build = |auth: Option<&str>| {
+            let mut r = api.client.request(method.clone(), api.url(&path));
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            if let Some(b) = &body {
+                r = r.json(b);
+            }
+            r.send().unwrap()
+        };
+        assert_error(build(None), 401, "unauthorized");
+        assert_error(build(Some("Bearer prm_0000")), 401, "unauthorized");
+        assert_error(
+            build(Some(&format!("Basic {}", api.token(ACME, Role::Admin)))),
+            401,
+            "unauthorized",
+        );
+        assert_error(
+            build(Some(&format!("Bearer {revoked}"))),
+            401,
+            "unauthorized",
+        );
+    }
+}
+
+#[test]
+fn every_role_on_every_endpoint() {
+    let api = TestApi::start();
+    for role in ROLES {
+        for (method, path, body) in protected_routes(&api) {
+            let mut r = api.req(method.clone(), &path, ACME, role);
+            if let Some(b) = &body {
+                r = r.json(b);
+            }
+            let response = r.send().unwrap();
+            let needed = match (method.as_str(), path.as_str()) {
+                ("PATCH", _) => Role::Responder,
+                (_, "/api/v1/rules/test") | (_, "/api/v1/audit") => Role::Admin,
+                _ => Role::Viewer,
+            };
+            if role >= needed {
+                let status = response.status();
+                let text = response.text().unwrap();
+                assert_eq!(status, 200, "{role} {method} {path}: {text}");
+                serde_json::from_str::<Value>(&text).unwrap();
+            } else {
+                assert_error(response, 403, "forbidden");
+            }
+        }
+    }
+}
+
+#[test]
+fn alerts_filter_sort_and_paginate() {
+    let api = TestApi::start();
+    let list = |query: &str| -> Vec<String> {
+        let body = api.get_json(&format!("/api/v1/alerts{query}"), ACME, Role::Viewer);
+        ids(&body["items"], "/alert/rule_id")
+    };
+    // Default: newest first, only this tenant's.
+    assert_eq!(
+        list(""),
+        ["okta_new_country", "github_admin_added", "okta_bruteforce"]
+    );
+    assert_eq!(
+        list("?sort=oldest"),
+        ["okta_bruteforce", "github_admin_added", "okta_new_country"]
+    );
+    assert_eq!(list("?severity=critical"), ["github_admin_added"]);
+    assert_eq!(
+        list("?source=okta"),
+        ["okta_new_country", "okta_bruteforce"]
+    );
+    assert_eq!(list("?rule=okta_bruteforce"), ["okta_bruteforce"]);
+    assert_eq!(list("?entity=carol"), ["github_admin_added"]);
+    assert_eq!(list("?status=open").len(), 3);
+    assert_eq!(list("?status=resolved").len(), 0);
+    assert_eq!(list("?q=country"), ["okta_new_country"]);
+    assert_eq!(
+        list("?from=2024-05-01T10:10:00Z&to=2024-05-01T10:25:00Z"),
+        ["github_admin_added"]
+    );
+
+    // Cursor pagination visits every alert exactly once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let q = match &cursor {
+            Some(c) => format!("/api/v1/alerts?limit=1&cursor={}", urlencode(c)),
+            None => "/api/v1/alerts?limit=1".to_string(),
+        };
+        let page = api.get_json(&q, ACME, Role::Viewer);
+        assert!(page["items"].as_array().unwrap().len() <= 1);
+        seen.extend(ids(&page["items"], "/alert/id"));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = api.data.acme_alerts.iter().map(|a| a.id.clone()).collect();
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn alert_detail_includes_evidence_events() {
+    let api = TestApi::start();
+    let alert = &api.data.acme_alerts[0];
+    let body = api.get_json(&format!("/api/v1/alerts/{}", alert.id), ACME, Role::Viewer);
+    assert_eq!(body["alert"]["id"], alert.id.as_str());
+    assert_eq!(body["alert"]["severity"], "high");
+    let evidence: BTreeSet<String> = ids(&body["evidence"], "/event/id").into_iter().collect();
+    let expected: BTreeSet<String> = alert.event_ids.iter().cloned().collect();
+    assert_eq!(evidence, expected);
+}
+
+#[test]
+fn alert_changes_are_recorded_with_who_and_when_and_audited() {
+    let api = TestApi::start();
+    let alert = &api.data.acme_alerts[1];
+    let path = format!("/api/v1/alerts/{}", alert.id);
+    let r = api.patch(
+        &path,
+        ACME,
+        Role::Responder,
+        json!({"status": "acknowledged", "assignee": "dana"}),
+    );
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let r = api.patch(
+        &path,
+        ACME,
+        Role::Admin,
+        json!({"status": "false_positive", "note": "test org"}),
+    );
+    assert_eq!(r.status(), 200);
+
+    let body = api.get_json(&path, ACME, Role::Viewer);
+    assert_eq!(body["alert"]["status"], "false_positive");
+    assert_eq!(body["assignee"], "dana");
+    let history = body["history"].as_array().expect("history array");
+    let text = serde_json::to_string(history).unwrap();
+    assert!(
+        text.contains("acme-responder"),
+        "responder not recorded: {text}"
+    );
+    assert!(text.contains("acme-admin"), "admin not recorded: {text}");
+    assert!(
+        text.contains("2024") || text.contains("20"),
+        "no time in history: {text}"
+    );
+    assert!(serde_json::to_string(&body["notes"])
+        .unwrap()
+        .contains("test org"));
+
+    // The filter sees the new status.
+    let resolved = api.get_json("/api/v1/alerts?status=false_positive", ACME, Role::Viewer);
+    assert_eq!(
+        ids(&resolved["items"], "/alert/id"),
+        std::slice::from_ref(&alert.id)
+    );
+
+    // The audit log says who changed what, newest first.
+    let audit = api.get_json("/api/v1/audit?limit=100", ACME, Role::Admin);
+    let updates: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "alerts.update")
+        .collect();
+    assert_eq!(updates.len(), 2);
+    assert_eq!(updates[0]["token_name"], "acme-admin");
+    assert_eq!(updates[0]["target"], alert.id.as_str());
+    assert_eq!(updates[0]["details"]["status"], "false_positive");
+    assert_eq!(updates[1]["token_name"], "acme-responder");
+}
+
+#[test]
+fn another_tenants_ids_answer_404() {
+    let api = TestApi::start();
+    let acme_alert = &api.data.acme_alerts[0];
+    let acme_event = &api.data.acme_events[0];
+    for role in ROLES {
+        assert_error(
+            api.get(&format!("/api/v1/alerts/{}", acme_alert.id), GLOBEX, role),
+            404,
+            "not_found",
+        );
+        assert_error(
+            api.get(&format!("/api/v1/events/{}", acme_event.id), GLOBEX, role),
+            404,
+            "not_found",
+        );
+    }
+    let r = api.patch(
+        &format!("/api/v1/alerts/{}", acme_alert.id),
+        GLOBEX,
+        Role::Admin,
+        json!({"status": "resolved"}),
+    );
+    assert_error(r, 404, "not_found");
+    // ... and the alert is unchanged for its owner.
+    let body = api.get_json(
+        &format!("/api/v1/alerts/{}", acme_alert.id),
+        ACME,
+        Role::Viewer,
+    );
+    assert_eq!(body["alert"]["status"], "open");
+
+    // Lists and searches never show the other tenant's data.
+    let alerts = api.get_json("/api/v1/alerts", GLOBEX, Role::Viewer);
+    assert_eq!(
+        ids(&alerts["items"], "/alert/id"),
+        [api.data.globex_alerts[0].id.clone()]
+    );
+    let found = api.get_json("/api/v1/events/search?q=alice", GLOBEX, Role::Viewer);
+    assert_eq!(found["items"].as_array().unwrap().len(), 0, "{found}");
+    let letters = api.get_json("/api/v1/dead-letters", GLOBEX, Role::Viewer);
+    assert_eq!(letters["items"].as_array().unwrap().len(), 0);
+    // Own ids still work.
+    api.get_json(
+        &format!("/api/v1/events/{}", api.data.globex_events[0].id),
+        GLOBEX,
+        Role::Viewer,
+    );
+}
+
+#[test]
+fn event_search_and_lookup() {
+    let api = TestApi::start();
+    let found = api.get_json("/api/v1/events/search?q=alice", ACME, Role::Viewer);
+    let expected: BTreeSet<String> = api.data.acme_events[..3]
+        .iter()
+        .map(|e| e.id.0.clone())
+        .collect();
+    let got: BTreeSet<String> = ids(&found["items"], "/event/id").into_iter().collect();
+    assert_eq!(got, expected, "{found}");
+
+    let all = api.get_json("/api/v1/events/search", ACME, Role::Viewer);
+    assert_eq!(
+        all["items"].as_array().unwrap().len(),
+        api.data.acme_events.len()
+    );
+
+    let ranged = api.get_json(
+        "/api/v1/events/search?from=2024-05-01T10:10:00Z&to=2024-05-01T10:20:00Z",
+        ACME,
+        Role::Viewer,
+    );
+    let got: BTreeSet<String> = ids(&ranged["items"], "/event/id").into_iter().collect();
+    let expected: BTreeSet<String> = api.data.acme_events[4..6]
+        .iter()
+        .map(|e| e.id.0.clone())
+        .collect();
+    assert_eq!(got, expected);
+
+    // Paging with limit=2 returns every event once.
+    let mut seen = BTreeSet::new();
+    let mut path = "/api/v1/events/search?limit=2".to_string();
+    for _ in 0..10 {
+        let page = api.get_json(&path, ACME, Role::Viewer);
+        for id in ids(&page["items"], "/event/id") {
+            assert!(seen.insert(id), "event seen twice");
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/api/v1/events/search?limit=2&cursor={}", urlencode(c)),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), api.data.acme_events.len());
+
+    let event = &api.data.acme_events[4];
+    let body = api.get_json(&format!("/api/v1/events/{}", event.id), ACME, Role::Viewer);
+    assert_eq!(body["event"]["id"], event.id.0.as_str());
+    assert_error(
+        api.get("/api/v1/events/0123456789abcdef", ACME, Role::Viewer),
+        404,
+        "not_found",
+    );
+
+    // Searches are audited with their query.
+    let audit = api.get_json("/api/v1/audit", ACME, Role::Admin);
+    assert!(audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "events.search"
+            && e["details"]["q"] == "alice"
+            && e["token_name"] == "acme-viewer"));
+}
+
+#[test]
+fn dead_letters_are_listed_for_the_tenant() {
+    let api = TestApi::start();
+    let body = api.get_json("/api/v1/dead-letters?limit=10", ACME, Role::Viewer);
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["reason"], "invalid JSON at column 17");
+}
+
+#[test]
+fn rules_list_and_test_inline_and_stored_events() {
+    let api = TestApi::start();
+    let rules = api.get_json("/api/v1/rules", ACME, Role::Viewer);
+    assert_eq!(rules["rules"][0]["id"], "okta_bruteforce");
+
+    let rule = "title: carol\nkeyword: carol";
+    let inline = api
+        .req(Method::POST, "/api/v1/rules/test", ACME, Role::Admin)
+        .json(&json!({"rule": rule, "events": [{"user": "carol"}, {"user": "dave"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(inline.status(), 200);
+    let inline: Value = inline.json().unwrap();
+    assert_eq!(inline["num_events_tested"], 2);
+    assert_eq!(inline["result"]["matched"], 1);
+
+    // A time range of stored events: the 10:10-10:30 window holds carol's two github events
+    // and bob's okta login.
+    let stored: Value = api
+        .req(Method::POST, "/api/v1/rules/test", ACME, Role::Admin)
+        .json(&json!({"rule": rule, "from": "2024-05-01T10:10:00Z", "to": "2024-05-01T10:30:00Z"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(stored["num_events_tested"], 3, "{stored}");
+    assert_eq!(stored["result"]["matched"], 2, "{stored}");
+
+    // Stored events of another tenant are never tested.
+    let globex: Value = api
+        .req(Method::POST, "/api/v1/rules/test", GLOBEX, Role::Admin)
+        .json(&json!({"rule": rule, "from": "2024-05-01T00:00:00Z"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(globex["num_events_tested"], 2);
+    assert_eq!(globex["result"]["matched"], 0);
+
+    // The engine's rejection is a 422 with its reason.
+    let bad = api
+        .req(Method::POST, "/api/v1/rules/test", ACME, Role::Admin)
+        .json(&json!({"rule": "keyword: x", "events": []}))
+        .send()
+        .unwrap();
+    let body = assert_error(bad, 422, "invalid_rule");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no title"));
+}
+
+#[test]
+fn audit_log_is_admin_only_and_per_tenant() {
+    let api = TestApi::start();
+    api.get_json("/api/v1/events/search?q=alice", ACME, Role::Viewer);
+    api.get_json("/api/v1/events/search?q=mallory", GLOBEX, Role::Viewer);
+    assert_error(
+        api.get("/api/v1/audit", ACME, Role::Viewer),
+        403,
+        "forbidden",
+    );
+    assert_error(
+        api.get("/api/v1/audit", ACME, Role::Responder),
+        403,
+        "forbidden",
+    );
+    let acme = api.get_json("/api/v1/audit", ACME, Role::Admin);
+    let items = acme["items"].as_array().unwrap();
+    assert!(!items.is_empty());
+    assert!(items.iter().all(|e| e["tenant"] == ACME), "{acme}");
+    let limited = api.get_json("/api/v1/audit?limit=1", ACME, Role::Admin);
+    assert_eq!(limited["items"].as_array().unwrap().len(), 1);
+    // The file on disk is JSON lines, append-only.
+    let text = std::fs::read_to_string(api.dir.path().join("audit.jsonl")).unwrap();
+    assert!(text
+        .lines()
+        .all(|l| serde_json::from_str::<Value>(l).is_ok()));
+    assert!(text.contains("mallory") && text.contains("alice"));
+}
+
+#[test]
+fn bad_requests_are_4xx_json_never_500() {
+    let api = TestApi::start();
+    let alert_path = format!("/api/v1/alerts/{}", api.data.acme_alerts[0].id);
+    let get = |path: &str| api.get(path, ACME, Role::Admin);
+
+    // Query parameters.
+    assert_error(get("/api/v1/alerts?limit=100000"), 400, "limit_too_large");
+    assert_error(get("/api/v1/alerts?limit=1001"), 400, "limit_too_large");
+    assert_error(get("/api/v1/alerts?limit=0"), 400, "invalid_parameter");
+    assert_error(get("/api/v1/alerts?limit=abc"), 400, "invalid_parameter");
+    assert_error(get("/api/v1/alerts?limit=-1"), 400, "invalid_parameter");
+    assert_error(
+        get("/api/v1/alerts?from=yesterday"),
+        400,
+        "invalid_parameter",
+    );
+    assert_error(
+        get("/api/v1/alerts?to=2024-02-30T00:00:00Z"),
+        400,
+        "invalid_parameter",
+    );
+    assert_error(
+        get("/api/v1/alerts?from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z"),
+        400,
+        "invalid_parameter",
+    );
+    assert_error(
+        get("/api/v1/alerts?status=closed"),
+        400,
+        "invalid_parameter",
+    );
+    assert_error(
+        get("/api/v1/alerts?severity=urgent"),
+        400,
+        "invalid_parameter",
+    );
+    assert_error(get("/api/v1/alerts?sort=random"), 400, "invalid_parameter");
+    assert_error(get("/api/v1/alerts?colour=red"), 400, "invalid_parameter");
+    assert_error(
+        get("/api/v1/alerts?cursor=not-a-cursor"),
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        get("/api/v1/events/search?q=user.name:(alice"),
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        get("/api/v1/events/search?q=%22unbalanced"),
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        get("/api/v1/events/search?q=a&limit=5000"),
+        400,
+        "limit_too_large",
+    );
+    assert_error(
+        get("/api/v1/events/search?from=2024-05-01"),
+        400,
+        "invalid_parameter",
+    );
+    assert_error(
+        get("/api/v1/events/search?cursor=%00%01garbage"),
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        get("/api/v1/audit?limit=1000000000000000000000000"),
+        400,
+        "invalid_parameter",
+    );
+    assert_error(
+        get("/api/v1/dead-letters?limit=2000"),
+        400,
+        "limit_too_large",
+    );
+
+    // Bodies.
+    let send = |method: Method, path: &str, content_type: &str, body: &str| {
+        api.req(method, path, ACME, Role::Admin)
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    };
+    let json_ct = "application/json";
+    assert_error(
+        send(Method::PATCH, &alert_path, json_ct, "{\"status\": "),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        send(Method::PATCH, &alert_path, json_ct, "[1,2]"),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        send(
+            Method::PATCH,
+            &alert_path,
+            json_ct,
+            "{\"status\": \"closed\"}",
+        ),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        send(Method::PATCH, &alert_path, json_ct, "{\"status\": 3}"),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        send(Method::PATCH, &alert_path, json_ct, "{\"owner\": \"x\"}"),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        send(Method::PATCH, &alert_path, json_ct, "{}"),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        send(
+            Method::PATCH,
+            &alert_path,
+            "text/plain",
+            "{\"note\": \"x\"}",
+        ),
+        415,
+        "unsupported_media_type",
+    );
+    let huge_note = json!({ "note": "x".repeat(100_000) }).to_string();
+    assert_error(
+        send(Method::PATCH, &alert_path, json_ct, &huge_note),
+        400,
+        "invalid_parameter",
+    );
+    // An oversized body is refused from its Content-Length, before it is read: a raw
+    // request that announces 5 MiB (and sends none of it) gets a JSON 413.
+    let raw = raw_request(
+        &api,
+        &format!(
+            "POST /api/v1/rules/test HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            api.token(ACME, Role::Admin),
+            5 * 1024 * 1024
+        ),
+    );
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(raw.contains("\"code\":\"payload_too_large\""), "{raw}");
+    assert_error(
+        send(
+            Method::POST,
+            "/api/v1/rules/test",
+            json_ct,
+            "{\"rule\": \"title: x\"}",
+        ),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        send(
+            Method::POST,
+            "/api/v1/rules/test",
+            json_ct,
+            &json!({"rule": "title: x", "events": [], "from": "2024-05-01T00:00:00Z"}).to_string(),
+        ),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        send(
+            Method::POST,
+            "/api/v1/rules/test",
+            json_ct,
+            &json!({"rule": "title: x", "from": "soon"}).to_string(),
+        ),
+        400,
+        "invalid_parameter",
+    );
+    assert_error(
+        send(
+            Method::POST,
+            "/api/v1/rules/test",
+            json_ct,
+            &json!({"rule": "title: x", "events": [], "extra": 1}).to_string(),
+        ),
+        400,
+        "invalid_json",
+    );
+
+    // Routing.
+    assert_error(get("/api/v1/nope"), 404, "not_found");
+    assert_error(get("/api/v2/alerts"), 404, "not_found");
+    assert_error(
+        send(Method::DELETE, &alert_path, json_ct, ""),
+        405,
+        "method_not_allowed",
+    );
+    assert_error(
+        send(Method::POST, "/api/v1/alerts", json_ct, "{}"),
+        405,
+        "method_not_allowed",
+    );
+
+    // None of that was a server error.
+    let metrics = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!metrics.contains("status=\"500\""), "{metrics}");
+}
+
+#[test]
+fn openapi_document_and_router_agree() {
+    let api = TestApi::start();
+    let doc: Value = api
+        .client
+        .get(api.url("/api/v1/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(
+        doc,
+        serde_json::to_value(perimeter_query_api::openapi::openapi()).unwrap()
+    );
+    let paths = doc["paths"].as_object().unwrap();
+
+    let documented: BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/api/v1/alerts"),
+        ("GET", "/api/v1/alerts/{id}"),
+        ("PATCH", "/api/v1/alerts/{id}"),
+        ("GET", "/api/v1/events/search"),
+        ("GET", "/api/v1/events/{id}"),
+        ("GET", "/api/v1/dead-letters"),
+        ("GET", "/api/v1/rules"),
+        ("POST", "/api/v1/rules/test"),
+        ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/openapi.json"),
+    ]
+    .iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(documented, expected);
+
+    // Every documented operation is served (routed: not the router's 404/405), and every
+    // other method on a documented path is refused by the router (405): the router serves
+    // exactly what the document says.
+    for (path, item) in paths {
+        let concrete = path.replace("{id}", "some-id");
+        for method in ["GET", "POST", "PATCH", "PUT", "DELETE"] {
+            let response = api
+                .client
+                .request(
+                    Method::from_bytes(method.as_bytes()).unwrap(),
+                    api.url(&concrete),
+                )
+                .bearer_auth(api.token(ACME, Role::Admin))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().unwrap_or(Value::Null);
+            let routed = status != 405
+                && !(status == 404
+                    && body["error"]["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("no route"));
+            let documented = item.get(method.to_lowercase()).is_some();
+            assert_eq!(
+                routed, documented,
+                "{method} {path}: status {status} {body}"
+            );
+        }
+    }
+}
+
+#[test]
+fn graceful_shutdown_stops_the_server() {
+    let mut api = TestApi::start();
+    let base = api.base.clone();
+    api.shutdown().unwrap();
+    assert!(!api.state.is_ready());
+    assert!(
+        api.client.get(format!("{base}/healthz")).send().is_err(),
+        "still serving after shutdown"
+    );
+}
+
+/// Send raw bytes and read the answer until the server closes or 5 s pass.
+fn raw_request(api: &TestApi, request: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = api.base.trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&answer).contains("}}") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! The query API's integration tests: one binary, a real server on loopback per test, a real
+//! store in a tempdir.
+
+mod http;
+mod tls;
+mod util;

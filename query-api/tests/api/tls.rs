@@ -1,0 +1,119 @@
+//! HTTPS with rustls when a certificate is configured.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::util::TestApi;
+use perimeter_query_api::ApiConfig;
+use rustls::pki_types::ServerName;
+
+/// One HTTP/1.1 request over TLS, trusting only `ca_der`.
+fn https_get(
+    addr: &str,
+    ca_der: &rustls::pki_types::CertificateDer<'static>,
+    path: &str,
+) -> std::io::Result<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let socket = TcpStream::connect(addr)?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut response = String::new();
+    match tls.read_to_string(&mut response) {
+        Ok(_) => Ok(response),
+        // Servers may close without close_notify after `Connection: close`.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[test]
+fn serves_https_when_a_certificate_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+
+    let api = TestApi::start_with(ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert_path: Some(cert_path),
+        tls_key_path: Some(key_path),
+        ..ApiConfig::default()
+    });
+    assert!(api.base.starts_with("https://"));
+    let addr = api.base.trim_start_matches("https://").to_string();
+
+    // Poll readiness over TLS with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        match https_get(&addr, cert.cert.der(), "/healthz") {
+            Ok(r) => break r,
+            Err(e) if Instant::now() > deadline => panic!("no TLS answer: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("{\"status\":\"ok\"}"), "{response}");
+
+    // Authenticated API over TLS: no token is still a JSON 401.
+    let response = https_get(&addr, cert.cert.der(), "/api/v1/alerts").unwrap();
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = reqwest::blocking::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .send();
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+}
+
+#[test]
+fn bad_tls_config_is_an_error_not_a_plain_http_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert_path: Some(cert_path.clone()),
+        tls_key_path: Some(dir.path().join("missing-key.pem")),
+        ..ApiConfig::default()
+    };
+    let err = rt
+        .block_on(perimeter_query_api::Server::bind(&config))
+        .err()
+        .expect("bind must fail");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    let half = ApiConfig {
+        tls_cert_path: Some(cert_path),
+        ..config
+    };
+    let half = ApiConfig {
+        tls_key_path: None,
+        ..half
+    };
+    assert!(rt
+        .block_on(perimeter_query_api::Server::bind(&half))
+        .is_err());
+}
