@@ -160,7 +160,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let progress = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let mut reader = JsonlReader::new(open_input(&args.input)?, JsonlReaderConfig::default());
-    let mut write_alerts = |out: &mut PipelineOutput, w: &mut dyn Write| -> anyhow::Result<()> {
+    let write_alerts = |out: &mut PipelineOutput, w: &mut dyn Write| -> anyhow::Result<()> {
         for a in out.alerts.drain(..) {
             serde_json::to_writer(&mut *w, &a)?;
             w.write_all(b"\n")?;

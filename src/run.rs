@@ -41,7 +41,16 @@ struct SigmaRuleService {
 impl SigmaRuleService {
     fn new(config: &PerimeterConfig, paths: &[PathBuf]) -> anyhow::Result<SigmaRuleService> {
         let (set, _) = RuleSet::load(paths, &config.sigma);
-        let rules = set.rules().map(|r| serde_json::to_value(&r).unwrap_or_default()).collect();
+        let rules = set
+            .rules()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id, "title": r.title, "level": r.level, "status": r.status,
+                    "path": r.path, "product": r.product, "service": r.service, "tags": r.tags,
+                    "kind": format!("{:?}", r.kind).to_lowercase(),
+                })
+            })
+            .collect();
         let (registry, _) = base_parts(config)?;
         Ok(SigmaRuleService { rules, config_sigma: config.sigma.clone(), registry })
     }
@@ -195,7 +204,7 @@ pub fn serve_demo(
         let rule_paths = config.rule_paths(&[]);
         let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
         let state = AppState::open_in(data_dir, store, rules, metrics)?;
-        let (_, token) = state.tokens.create(tenant, Role::Admin, "demo")?;
+        let (_, token) = state.tokens.create(tenant, Role::Admin, Some("demo"))?;
         let mut api_config = config.api.clone();
         api_config.listen = listen;
         let server = Server::bind(&api_config).await?;

@@ -38,7 +38,7 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
     let store = TokenStore::open_in(&config.data_dir).context("opening the token store")?;
     match cmd {
         TokensCommand::Create { tenant, role, name } => {
-            let (info, token) = store.create(&tenant, parse_role(&role), &name)?;
+            let (info, token) = store.create(&tenant, parse_role(&role), Some(&name))?;
             eprintln!("created token {} (tenant {}, role {}); store it now, it is not shown again:", info.id, info.tenant, info.role.as_str());
             println!("{token}");
         }

@@ -8,7 +8,7 @@ use crate::normalize::{split_records, NormalizerRegistry};
 use crate::sigma::SigmaDetector;
 use crate::ueba::UebaEngine;
 use chrono::{DateTime, Utc};
-use perimeter_model::{Alert, DeadLetter, Detector, Event, Masker, Metrics, NormalizeError, RawRecord};
+use perimeter_model::{Alert, DeadLetter, Detector, Event, Masker, Metrics, RawRecord};
 use std::sync::Arc;
 
 /// What one call to the pipeline produced, all masked.
@@ -118,36 +118,19 @@ impl Pipeline {
         let (source, tenant, value) = unwrap_perimeter_envelope(source, tenant, value);
         for raw in split_records(&source, value) {
             self.stats.records += 1;
-            let record = RawRecord { source: source.clone(), tenant: tenant.clone(), received_at, line, raw };
-            match self.normalize(&source, record) {
-                Ok(event) => self.process_event(event, out),
-                Err((err, raw)) => {
+            match self.registry.normalize_ecs(&source, &raw) {
+                Ok((name, ecs)) => {
+                    let record = RawRecord { source: name.to_string(), tenant: tenant.clone(), received_at, line, raw };
+                    let event = Event::new(name, record, ecs);
+                    self.process_event(event, out);
+                }
+                Err(err) => {
                     let excerpt = serde_json::to_string(&raw).unwrap_or_default();
-                    self.dead_letter(&source, &tenant, line, &format!("{source} normalizer: {err}"), &excerpt, received_at, out);
+                    let reason = format!("{source} normalizer: {err}");
+                    self.dead_letter(&source, &tenant, line, &reason, &excerpt, received_at, out);
                 }
             }
         }
-    }
-
-    /// Normalize with the named normalizer; a source with no normalizer of its own (a vendor only
-    /// rules know, like `azure`) keeps its raw fields via the `json` normalizer but keeps its name,
-    /// so logsource dispatch still works.
-    fn normalize(&self, source: &str, record: RawRecord) -> Result<Event, (NormalizeError, serde_json::Value)> {
-        let raw_copy = || record.raw.clone();
-        let use_json = source != "auto" && source != "json" && self.registry.get(source).is_none();
-        let result = if use_json {
-            let raw = raw_copy();
-            self.registry.normalize("json", record).map(|mut e| {
-                e.source = source.to_string();
-                e.id = perimeter_model::EventId::derive(source, &e.raw);
-                e
-            }).map_err(|e| (e, raw))
-        } else {
-            // Errors need the raw record for the dead letter; keep a copy only on that path.
-            let probe = record.raw.clone();
-            self.registry.normalize(source, record).map_err(|e| (e, probe))
-        };
-        result
     }
 
     /// Run detectors on a normalized event, then mask it and its alerts.

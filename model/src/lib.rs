@@ -23,8 +23,13 @@ pub use time::{parse_timestamp, TimestampError};
 pub trait Normalizer: Send + Sync {
     /// The source name this normalizer handles (`okta`, `github`, ...).
     fn source(&self) -> &str;
+    /// The ECS view of one raw record (borrowed: on error the caller still owns the record).
+    fn normalize_ecs(&self, raw: &serde_json::Value) -> Result<Ecs, NormalizeError>;
     /// Normalize one record. The raw JSON is kept unchanged in the returned event.
-    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError>;
+    fn normalize(&self, record: RawRecord) -> Result<Event, NormalizeError> {
+        let ecs = self.normalize_ecs(&record.raw)?;
+        Ok(Event::new(self.source(), record, ecs))
+    }
 }
 
 /// Masks secrets and PII in an event in place. Pure apart from its counters.

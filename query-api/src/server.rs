@@ -121,7 +121,18 @@ impl Server {
         state: AppState,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let app = crate::router(state.clone());
+        self.run_with(axum::Router::new(), state, shutdown).await
+    }
+
+    /// [`Server::run`] with `extra` routes served beside the API on the same listener (the
+    /// binary adds HTTP ingest this way, so one port and one TLS setup serve both).
+    pub async fn run_with(
+        self,
+        extra: axum::Router,
+        state: AppState,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let app = crate::router(state.clone()).merge(extra);
         let addr = self.local_addr()?;
         let handle = axum_server::Handle::new();
         let grace = self.grace;

@@ -1,6 +1,6 @@
 //! GitHub organization / enterprise audit log (`/orgs/{org}/audit-log`, `/enterprises/{e}/audit-log`).
 
-use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord};
+use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
 use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
@@ -168,8 +168,7 @@ impl Normalizer for GithubAuditLogNormalizer {
         Self::SOURCE
     }
 
-    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
-        let ecs = Self::ecs(&raw.raw)?;
-        Ok(Event::new(Self::SOURCE, raw, ecs))
+    fn normalize_ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
+        Self::ecs(raw)
     }
 }

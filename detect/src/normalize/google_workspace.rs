@@ -5,7 +5,7 @@
 //! whose `events` holds exactly one entry. This normalizer reads `events[0]`; fed an unsplit
 //! activity it normalizes the first event only, so callers go through `split_records` first.
 
-use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord};
+use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
 use serde_json::Value;
 
 use super::fields::{self, classify, str_at};
@@ -127,8 +127,7 @@ impl Normalizer for GoogleWorkspaceActivityNormalizer {
         Self::SOURCE
     }
 
-    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
-        let ecs = Self::ecs(&raw.raw)?;
-        Ok(Event::new(Self::SOURCE, raw, ecs))
+    fn normalize_ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
+        Self::ecs(raw)
     }
 }

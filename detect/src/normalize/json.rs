@@ -1,6 +1,6 @@
 //! `json`: plain JSON objects without vendor normalization.
 
-use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord};
+use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
 use serde_json::Value;
 
 use super::fields;
@@ -68,8 +68,7 @@ impl Normalizer for PlainJsonNormalizer {
         Self::SOURCE
     }
 
-    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
-        let ecs = Self::ecs(&raw.raw)?;
-        Ok(Event::new(Self::SOURCE, raw, ecs))
+    fn normalize_ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
+        Self::ecs(raw)
     }
 }

@@ -1,6 +1,6 @@
 //! Microsoft 365 Office 365 Management Activity API records (Azure AD, Exchange, SharePoint, ...).
 
-use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord};
+use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
 use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
@@ -170,8 +170,7 @@ impl Normalizer for M365ManagementActivityNormalizer {
         Self::SOURCE
     }
 
-    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
-        let ecs = Self::ecs(&raw.raw)?;
-        Ok(Event::new(Self::SOURCE, raw, ecs))
+    fn normalize_ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
+        Self::ecs(raw)
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use perimeter_model::{
-    parse_timestamp, Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord,
+    parse_timestamp, Ecs, NormalizeError, Normalizer, Outcome,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -697,9 +697,8 @@ impl Normalizer for MappingNormalizer {
         &self.name
     }
 
-    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
-        let ecs = self.ecs(&raw.raw)?;
-        Ok(Event::new(self.name.as_str(), raw, ecs))
+    fn normalize_ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
+        self.ecs(raw)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Okta System Log (`/api/v1/logs`) records.
 
-use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord};
+use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
 use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
@@ -130,8 +130,7 @@ impl Normalizer for OktaSystemLogNormalizer {
         Self::SOURCE
     }
 
-    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
-        let ecs = Self::ecs(&raw.raw)?;
-        Ok(Event::new(Self::SOURCE, raw, ecs))
+    fn normalize_ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
+        Self::ecs(raw)
     }
 }

@@ -4,7 +4,7 @@
 //! sign-in attempts carry `category` (+ `session_uuid`/`target_user`), item usages `item_uuid`
 //! and `vault_uuid`, audit events `actor_uuid` and `object_type`.
 
-use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord};
+use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
 use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
@@ -155,8 +155,7 @@ impl Normalizer for OnePasswordEventsNormalizer {
         Self::SOURCE
     }
 
-    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
-        let ecs = Self::ecs(&raw.raw)?;
-        Ok(Event::new(Self::SOURCE, raw, ecs))
+    fn normalize_ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
+        Self::ecs(raw)
     }
 }

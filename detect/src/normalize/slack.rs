@@ -1,6 +1,6 @@
 //! Slack Enterprise Grid Audit Logs API (`/audit/v1/logs`) entries.
 
-use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, Outcome, RawRecord};
+use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
 use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
@@ -115,8 +115,7 @@ impl Normalizer for SlackAuditLogNormalizer {
         Self::SOURCE
     }
 
-    fn normalize(&self, raw: RawRecord) -> Result<Event, NormalizeError> {
-        let ecs = Self::ecs(&raw.raw)?;
-        Ok(Event::new(Self::SOURCE, raw, ecs))
+    fn normalize_ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
+        Self::ecs(raw)
     }
 }
