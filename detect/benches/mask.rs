@@ -94,7 +94,10 @@ fn slack_with_secret() -> Value {
 }
 
 fn events() -> Vec<Event> {
-    let received_at = Utc.with_ymd_and_hms(2024, 1, 15, 10, 30, 0).single().expect("valid time");
+    let received_at = Utc
+        .with_ymd_and_hms(2024, 1, 15, 10, 30, 0)
+        .single()
+        .expect("valid time");
     let mut out = Vec::new();
     for i in 0..10 {
         let raw = match i % 10 {
@@ -115,13 +118,21 @@ fn events() -> Vec<Event> {
             user_email: Some("alice@example.com".into()),
             user_id: Some("00u1abcdEFGHijkl2345".into()),
             source_ip: Some("198.51.100.7".into()),
-            user_agent_original: Some("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36".into()),
+            user_agent_original: Some(
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36".into(),
+            ),
             organization_id: Some("acme".into()),
             related_ip: vec!["198.51.100.7".into()],
             related_user: vec!["alice@example.com".into()],
             ..Default::default()
         };
-        let record = RawRecord { source: "okta".into(), tenant: "acme".into(), received_at, line: Some(i), raw };
+        let record = RawRecord {
+            source: "okta".into(),
+            tenant: "acme".into(),
+            received_at,
+            line: Some(i),
+            raw,
+        };
         out.push(Event::new("okta", record, ecs));
     }
     out
@@ -150,7 +161,11 @@ fn bench_mask(c: &mut Criterion) {
     let clean = okta();
     group.throughput(Throughput::Elements(1));
     group.bench_function("clean_okta_value", |b| {
-        b.iter_batched_ref(|| clean.clone(), |v| masker.mask_value(v), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            || clean.clone(),
+            |v| masker.mask_value(v),
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }

@@ -129,7 +129,7 @@ impl KeyMatcher {
             return false;
         }
         let mut hit = false;
-        for m in self.automaton.find_overlapping_iter(folded) {
+        for m in self.automaton.find_iter(folded) {
             let before = &folded[..m.start()];
             let after = &folded[m.end()..];
             if is_secret_suffix(after)

@@ -126,7 +126,6 @@ impl SecretMasker {
     pub fn new(config: &MaskConfig) -> Result<SecretMasker, DetectError> {
         config.validate()?;
         let keys = KeyMatcher::new(&config.keys.extra_names, &config.keys.allow_names)?;
-        let patterns = Patterns::new()?;
         let mut kind_actions = [Action::Redact; PatternKind::COUNT];
         let mut enabled: KindSet = 0;
         for kind in PatternKind::ALL {
@@ -140,6 +139,12 @@ impl SecretMasker {
                 enabled |= bit(kind);
             }
         }
+        let usable = config
+            .fields
+            .iter()
+            .flat_map(|f| &f.patterns)
+            .fold(enabled, |acc, k| acc | bit(*k));
+        let patterns = Patterns::new(usable)?;
         let (key_bytes, builtin_key) = match &config.hmac_key {
             Some(reference) => (resolve_secret(reference)?, false),
             None => (BUILTIN_HMAC_KEY.to_vec(), true),

@@ -92,21 +92,15 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         kind: PatternKind::AwsSecretAccessKey,
         regex: r#"(?i)secret_?access_?key\\?["']?\s*[:=]\s*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
         secret_groups: &[1],
-        anchors: &["secret_access_key", "secretaccesskey"],
+        // Not `secret_access_key`: the prefilter is non-overlapping and `secret` (assignments)
+        // would hide it.
+        anchors: &["access_key", "accesskey"],
     },
     PatternSpec {
         kind: PatternKind::OktaApiToken,
         regex: r#"(?i)(?:(?-u:\b)ssws\s+([A-Za-z0-9_-]{20,})|okta[_-]?(?:api[_-]?)?token\\?["']?\s*[:=]\s*\\?["']?(00[A-Za-z0-9_-]{40}))"#,
         secret_groups: &[1, 2],
-        anchors: &[
-            "ssws",
-            "okta_token",
-            "okta-token",
-            "oktatoken",
-            "okta_api_token",
-            "okta-api-token",
-            "oktaapitoken",
-        ],
+        anchors: &["ssws", "okta"],
     },
     PatternSpec {
         kind: PatternKind::OnepasswordToken,
@@ -184,13 +178,16 @@ pub(crate) struct Patterns {
 }
 
 impl Patterns {
-    pub(crate) fn new() -> Result<Patterns, DetectError> {
+    /// `usable`: the kinds that may ever be enabled (globally or by a field rule); the others'
+    /// anchors stay out of the prefilter, so e.g. every email does not wake it when emails are
+    /// off.
+    pub(crate) fn new(usable: KindSet) -> Result<Patterns, DetectError> {
         let mut anchors = Vec::new();
         let mut anchor_kind = Vec::new();
         let mut regexes = Vec::with_capacity(SPECS.len());
         for (i, spec) in SPECS.iter().enumerate() {
             debug_assert_eq!(spec.kind.index(), i, "SPECS follows PatternKind::ALL");
-            for a in spec.anchors {
+            for a in spec.anchors.iter().filter(|_| usable & bit(spec.kind) != 0) {
                 anchors.push(*a);
                 anchor_kind.push(spec.kind);
             }
@@ -224,8 +221,9 @@ impl Patterns {
             }
         }
         if enabled & !digit_kinds != 0 {
-            // Overlapping search so that an anchor inside another (`ops_` then `eyJ`) is seen.
-            for m in self.prefilter.find_overlapping_iter(text) {
+            // Non-overlapping (it can use AC's own memchr-style prefilter); no anchor is a
+            // substring of another kind's anchor starting at the same place, so none is hidden.
+            for m in self.prefilter.find_iter(text) {
                 set |= bit(self.anchor_kind[m.pattern().as_usize()]);
             }
         }
@@ -410,7 +408,7 @@ mod tests {
     use super::*;
 
     fn found(text: &str) -> Vec<(PatternKind, String)> {
-        let p = Patterns::new().expect("compiles");
+        let p = Patterns::new(KindSet::MAX).expect("compiles");
         let keys = KeyMatcher::new(&[], &[]).expect("builds");
         let all: KindSet = PatternKind::ALL
             .iter()
