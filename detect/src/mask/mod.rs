@@ -101,6 +101,8 @@ struct TrieNode {
 /// Node 0 is the root for `event.raw`; node 1 the root for output documents (`mask_value`): the
 /// same children plus `raw` -> node 0, so `raw.actor.alternateId` also works there.
 const RAW_ROOT: usize = 0;
+/// Object keys shorter than this are not scanned for value patterns (see `walk`).
+const MIN_SCANNED_KEY_LEN: usize = 11;
 const DOC_ROOT: usize = 1;
 
 /// Masks secrets and PII in events, JSON values and text. Build once, share across threads.
@@ -278,6 +280,7 @@ impl SecretMasker {
                 let pair_is_secret = map.iter().any(|(k, v)| {
                     is_pair_name_key(k) && v.as_str().is_some_and(|n| self.keys.is_sensitive(n))
                 });
+                self.mask_object_keys(map, self.enabled | extra, counts);
                 for (key, child) in map.iter_mut() {
                     if matches!(child, Value::Null | Value::Bool(_)) {
                         continue;
@@ -290,7 +293,9 @@ impl SecretMasker {
                         self.force_leaves(child, action, "field", counts);
                         continue;
                     }
+                    // A key masked just above held a secret value, it is no name for one.
                     if rule.action != FieldAction::Keep
+                        && !is_masked(key)
                         && (self.keys.is_sensitive(key)
                             || (pair_is_secret && is_pair_value_key(key)))
                     {
@@ -301,6 +306,38 @@ impl SecretMasker {
                 }
             }
             Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    /// Object keys can carry secrets too (`{"ghp_...": 1}`, an email as a map key). Every pattern
+    /// needs 11+ characters except short emails and `k=v` pairs, so the usual short keys skip the
+    /// scan and nothing is allocated.
+    fn mask_object_keys(
+        &self,
+        map: &mut serde_json::Map<String, Value>,
+        enabled: KindSet,
+        counts: &mut MaskCounts,
+    ) {
+        let mut renames: Vec<(String, String)> = Vec::new();
+        for key in map.keys() {
+            if key.len() >= MIN_SCANNED_KEY_LEN {
+                if let Cow::Owned(masked) = self.mask_str(key, enabled, counts) {
+                    renames.push((key.clone(), masked));
+                }
+            }
+        }
+        for (old, mut new) in renames {
+            if let Some(v) = map.remove(&old) {
+                // Two secrets can mask to the same text: keep both values.
+                let base_len = new.len();
+                let mut n = 2;
+                while map.contains_key(&new) {
+                    new.truncate(base_len);
+                    new.push_str(&format!("#{n}"));
+                    n += 1;
+                }
+                map.insert(new, v);
+            }
         }
     }
 
@@ -331,9 +368,11 @@ impl SecretMasker {
             Value::Array(items) => items
                 .iter_mut()
                 .for_each(|v| self.force_leaves(v, action, label, counts)),
-            Value::Object(map) => map
-                .values_mut()
-                .for_each(|v| self.force_leaves(v, action, label, counts)),
+            Value::Object(map) => {
+                self.mask_object_keys(map, self.enabled, counts);
+                map.values_mut()
+                    .for_each(|v| self.force_leaves(v, action, label, counts));
+            }
             Value::Null | Value::Bool(_) => {}
         }
     }
