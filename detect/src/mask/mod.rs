@@ -310,8 +310,8 @@ impl SecretMasker {
     }
 
     /// Object keys can carry secrets too (`{"ghp_...": 1}`, an email as a map key). Every pattern
-    /// needs 11+ characters except short emails and `k=v` pairs, so the usual short keys skip the
-    /// scan and nothing is allocated.
+    /// needs 11+ characters except short emails and `k=v` pairs, and every token shape has a digit,
+    /// `_`, `-`, `.` or an upper-case run, so the usual short or camelCase keys skip the scan.
     fn mask_object_keys(
         &self,
         map: &mut serde_json::Map<String, Value>,
@@ -320,7 +320,7 @@ impl SecretMasker {
     ) {
         let mut renames: Vec<(String, String)> = Vec::new();
         for key in map.keys() {
-            if key.len() >= MIN_SCANNED_KEY_LEN {
+            if key.len() >= MIN_SCANNED_KEY_LEN && !is_plain_identifier(key) {
                 if let Cow::Owned(masked) = self.mask_str(key, enabled, counts) {
                     renames.push((key.clone(), masked));
                 }
@@ -501,6 +501,26 @@ fn forced_action(action: FieldAction) -> Option<Action> {
         FieldAction::Partial => Some(Action::Partial),
         FieldAction::Scan | FieldAction::Keep => None,
     }
+}
+
+/// A camelCase / PascalCase name: letters only, never four upper-case letters in a row
+/// (`authenticationContext`, `geographicalContext`).
+fn is_plain_identifier(key: &str) -> bool {
+    let mut upper_run = 0;
+    for b in key.bytes() {
+        if !b.is_ascii_alphabetic() {
+            return false;
+        }
+        upper_run = if b.is_ascii_uppercase() {
+            upper_run + 1
+        } else {
+            0
+        };
+        if upper_run >= 4 {
+            return false;
+        }
+    }
+    true
 }
 
 /// `name` of a name/value pair object (`{"name": "password", "value": "..."}`).

@@ -409,6 +409,12 @@ fn secrets_in_object_keys_are_masked() {
         "keys under a sensitive key too"
     );
     assert_eq!(stats.by_pattern, 3);
+    let mut upper = json!({"AKIAABCDEFGHIJKLMNOP": 1, "geographicalContext": 2});
+    m.mask_value(&mut upper);
+    assert_eq!(
+        upper,
+        json!({m.pseudonymize("AKIAABCDEFGHIJKLMNOP"): 1, "geographicalContext": 2})
+    );
     let mut two = json!({GHP: 1, "ghp_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz": 2});
     m.mask_value(&mut two);
     assert_eq!(
