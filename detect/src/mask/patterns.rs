@@ -172,6 +172,11 @@ pub(crate) struct Found {
 #[derive(Debug)]
 pub(crate) struct Patterns {
     prefilter: AhoCorasick,
+    /// Shortest prefilter anchor: shorter strings skip the automaton.
+    min_anchor_len: usize,
+    /// Every anchor has a byte outside [`ID_SHAPED`], so strings made only of such bytes (UUIDs,
+    /// timestamps, IPs, hex ids, numbers) skip the automaton.
+    id_shape_skip: bool,
     /// Kind for each prefilter pattern id.
     anchor_kind: Vec<PatternKind>,
     regexes: Vec<Regex>,
@@ -201,8 +206,17 @@ impl Patterns {
             .ascii_case_insensitive(true)
             .build(&anchors)
             .map_err(|e| DetectError::Other(format!("building the pattern prefilter: {e}")))?;
+        let min_anchor_len = anchors.iter().map(|a| a.len()).min().unwrap_or(usize::MAX);
+        let id_shape_skip = anchors.iter().all(|a| {
+            a.bytes().any(|b| {
+                !ID_SHAPED[usize::from(b.to_ascii_lowercase())]
+                    && !ID_SHAPED[usize::from(b.to_ascii_uppercase())]
+            })
+        });
         Ok(Patterns {
             prefilter,
+            min_anchor_len,
+            id_shape_skip,
             anchor_kind,
             regexes,
         })
@@ -221,7 +235,10 @@ impl Patterns {
                 set |= digit_kinds & bit(PatternKind::UsSsn);
             }
         }
-        if enabled & !digit_kinds != 0 {
+        if enabled & !digit_kinds != 0
+            && text.len() >= self.min_anchor_len
+            && !(self.id_shape_skip && text.bytes().all(|b| ID_SHAPED[usize::from(b)]))
+        {
             // Non-overlapping (it can use AC's own memchr-style prefilter); no anchor is a
             // substring of another kind's anchor starting at the same place, so none is hidden.
             for m in self.prefilter.find_iter(text) {
@@ -275,6 +292,20 @@ impl Patterns {
         }
     }
 }
+
+/// Bytes of identifier-shaped values: digits, hex letters, `T`/`Z` and the separators of
+/// UUIDs, timestamps and IP addresses.
+const ID_SHAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_digit()
+            || matches!(c, b'a'..=b'f' | b'A'..=b'F' | b'T' | b'Z' | b't' | b'z' | b'.' | b':' | b'-' | b'+' | b' ' | b'/');
+        b += 1;
+    }
+    t
+};
 
 /// Longest run of digits where single spaces or dashes between digits do not break the run,
 /// capped at 13 (enough to decide).
@@ -464,6 +495,29 @@ mod tests {
         ] {
             assert!(!is_valid_ssn(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn id_shaped_values_skip_the_automaton_safely() {
+        let p = Patterns::new(KindSet::MAX).expect("compiles");
+        assert!(p.id_shape_skip, "every anchor has a non-id byte");
+        let all: KindSet = KindSet::MAX;
+        let no_digits = all & !(bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn));
+        assert_eq!(
+            p.candidates("550e8400-e29b-41d4-a716-446655440000", no_digits),
+            0
+        );
+        assert_eq!(
+            p.candidates("550e8400-e29b-41d4-a716-446655440000", all),
+            bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn),
+            "a 15-digit run (716-446655440000) still wakes the digit kinds"
+        );
+        assert_eq!(p.candidates("2024-01-15T10:23:45.123Z", all), 0);
+        assert_ne!(
+            p.candidates("4111 1111 1111 1111", all),
+            0,
+            "digit kinds still run"
+        );
     }
 
     #[test]
