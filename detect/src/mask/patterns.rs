@@ -53,12 +53,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::SecretAssignment,
-        // Group 1 is the name; the verifier applies the key-name rule to it.
+        // Group 1 is the name; the verifier applies the key-name rule to it. Group 2 is a prose
+        // separator (`password was X`), accepted only before a value that looks generated.
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})\\?["']?\s*[:=]\s*"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\\?["']?\s*[:=]\s*|\s+((?i:is|was|set to|changed to))\s+)"#,
             value_alternatives!()
         ),
-        secret_groups: &[2, 3, 4, 5],
+        secret_groups: &[3, 4, 5, 6],
         anchors: &[
             "password",
             "passwd",
@@ -354,7 +355,10 @@ fn verify(
         return false;
     }
     match kind {
-        PatternKind::SecretAssignment => caps.get(1).is_some_and(|k| keys.is_sensitive(k.as_str())),
+        PatternKind::SecretAssignment => {
+            caps.get(1).is_some_and(|k| keys.is_sensitive(k.as_str()))
+                && (caps.get(2).is_none() || looks_generated(secret))
+        }
         PatternKind::AuthHeader => {
             let scheme = caps.get(1).map_or("", |m| m.as_str());
             if scheme.eq_ignore_ascii_case("basic") {
@@ -376,6 +380,14 @@ fn looks_random(s: &str) -> bool {
         || s.bytes().any(|b| {
             b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'-')
         })
+}
+
+/// A value in prose (`password was X`) is a secret only when it mixes letters and digits, so
+/// `password is expired` / `token was revoked` stay readable.
+fn looks_generated(s: &str) -> bool {
+    s.len() >= 6
+        && s.bytes().any(|b| b.is_ascii_digit())
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
 /// `Basic` credentials are base64 of printable `user:password`.
@@ -680,6 +692,9 @@ mod tests {
             "00ub0oNGTSWTBKOLGLNR",
             "secrets_passed: EXAMPLE_SECRET",
             "password reset requested",
+            "password is expired",
+            "Token was revoked by admin",
+            "secret is set to default",
             "eyJhbGciOiJIUzI1NiJ9 only a header",
         ] {
             assert!(

@@ -689,6 +689,11 @@ fn planted_secret() -> impl Strategy<Value = (String, String)> {
                     format!("-----BEGIN {t}PRIVATE KEY-----\n{body}\n-----END {t}PRIVATE KEY-----");
                 (pem.clone(), body)
             }),
+        (
+            "(password|Password|token|api secret) (is|was|set to) ",
+            "[a-z]{3,10}[0-9][A-Za-z0-9-]{4,20}"
+        )
+            .prop_map(|(k, v)| (format!("{k}{v}"), v)),
         card_number().prop_map(|c| (c.clone(), c)),
         ssn().prop_map(|s| (s.clone(), s)),
         (
