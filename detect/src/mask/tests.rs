@@ -945,3 +945,42 @@ proptest! {
         prop_assert_eq!(m.mask_text(&value), value);
     }
 }
+
+/// The events of the pipeline-level secrets test (`tests/secrets.rs`), at module level.
+#[test]
+fn pipeline_secret_events_are_clean_after_mask_value() {
+    let m = masker();
+    let pw = "hunter2-Sup3r-S3cret-Passw0rd";
+    let jwt =
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwZXJpbWV0ZXIiLCJuYW1lIjoidGVzdCJ9.c2lnbmF0dXJlX3Blcmltc3Q";
+    let secrets = [
+        GHP,
+        "AKIAIOSFODNN7PRMTEST",
+        "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        jwt,
+        pw,
+        "4111 1111 1111 1111",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+    ];
+    let mut v = json!([
+        {"config": {"url": format!("https://hooks.example.com/x?token={GHP}"), "secret": pw}, "data": {"note": "card 4111 1111 1111 1111 on file"}},
+        {"userIdentity": {"accessKeyId": secrets[1]}, "responseElements": {"accessKey": {"accessKeyId": secrets[1], "secretAccessKey": pw}}},
+        {"context": {"ua": format!("curl Authorization: Bearer {jwt}")}, "details": {"bot_token": secrets[2],
+         "private_key": format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----", secrets[6])}},
+        {"outcome": {"reason": format!("password was {pw}")}, "debugContext": {"debugData": {"requestUri": format!("/login?access_token={jwt}")}}}
+    ]);
+    m.mask_value(&mut v);
+    let out = all_text(&v);
+    assert!(
+        survivors(&out, &secrets.map(String::from)).is_empty(),
+        "{out}"
+    );
+    assert_eq!(
+        v[1]["userIdentity"]["accessKeyId"],
+        m.pseudonymize(secrets[1]).as_str(),
+        "still one entity"
+    );
+    let broken = format!("{{\"password\": \"{pw}\", \"token\": \"{GHP}\"\n");
+    let text = m.mask_text(&broken);
+    assert!(!text.contains(pw) && !text.contains(GHP), "{text}");
+}
