@@ -91,8 +91,26 @@ const REFERENCE_PREFIXES: &[&str] = &[
 #[derive(Debug, Clone)]
 pub(crate) struct KeyMatcher {
     automaton: AhoCorasick,
+    /// Bit per folded trigram that starts a sensitive word: most keys (`eventType`, `id`,
+    /// `displayName`) contain none, and are rejected without running the automaton.
+    word_starts: Box<[u64; TRIGRAM_WORDS]>,
     /// Folded exact names that are never sensitive.
     allow: Vec<String>,
+}
+
+/// Folded bytes are `[a-z0-9]`: 36 symbols, 36^3 trigrams.
+const TRIGRAMS: usize = 36 * 36 * 36;
+const TRIGRAM_WORDS: usize = TRIGRAMS.div_ceil(64);
+
+fn symbol(b: u8) -> usize {
+    match b {
+        b'a'..=b'z' => usize::from(b - b'a'),
+        _ => 26 + usize::from(b.wrapping_sub(b'0')) % 10,
+    }
+}
+
+fn trigram(w: &[u8]) -> usize {
+    symbol(w[0]) * 1296 + symbol(w[1]) * 36 + symbol(w[2])
 }
 
 /// Stack buffer for folding keys: no allocation for the usual short keys.
@@ -107,8 +125,17 @@ impl KeyMatcher {
             .match_kind(MatchKind::Standard)
             .build(&words)
             .map_err(|e| DetectError::Other(format!("building key-name automaton: {e}")))?;
+        let mut word_starts = Box::new([0u64; TRIGRAM_WORDS]);
+        for w in &words {
+            // Validation guarantees extra words have >= 3 symbols; the built-in ones do.
+            if w.len() >= 3 {
+                let t = trigram(&w.as_bytes()[..3]);
+                word_starts[t / 64] |= 1 << (t % 64);
+            }
+        }
         Ok(KeyMatcher {
             automaton,
+            word_starts,
             allow: allow.iter().map(|a| normalize_key(a)).collect(),
         })
     }
@@ -125,11 +152,16 @@ impl KeyMatcher {
     }
 
     fn is_sensitive_folded(&self, folded: &[u8]) -> bool {
-        if folded.len() < 3 {
+        if folded.len() < 3
+            || !folded.windows(3).any(|w| {
+                let t = trigram(w);
+                self.word_starts[t / 64] & (1 << (t % 64)) != 0
+            })
+        {
             return false;
         }
         let mut hit = false;
-        for m in self.automaton.find_overlapping_iter(folded) {
+        for m in self.automaton.find_iter(folded) {
             let before = &folded[..m.start()];
             let after = &folded[m.end()..];
             if is_secret_suffix(after)

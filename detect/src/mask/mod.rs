@@ -101,6 +101,8 @@ struct TrieNode {
 /// Node 0 is the root for `event.raw`; node 1 the root for output documents (`mask_value`): the
 /// same children plus `raw` -> node 0, so `raw.actor.alternateId` also works there.
 const RAW_ROOT: usize = 0;
+/// Object keys shorter than this are not scanned for value patterns (see `walk`).
+const MIN_SCANNED_KEY_LEN: usize = 11;
 const DOC_ROOT: usize = 1;
 
 /// Masks secrets and PII in events, JSON values and text. Build once, share across threads.
@@ -126,7 +128,6 @@ impl SecretMasker {
     pub fn new(config: &MaskConfig) -> Result<SecretMasker, DetectError> {
         config.validate()?;
         let keys = KeyMatcher::new(&config.keys.extra_names, &config.keys.allow_names)?;
-        let patterns = Patterns::new()?;
         let mut kind_actions = [Action::Redact; PatternKind::COUNT];
         let mut enabled: KindSet = 0;
         for kind in PatternKind::ALL {
@@ -140,6 +141,12 @@ impl SecretMasker {
                 enabled |= bit(kind);
             }
         }
+        let usable = config
+            .fields
+            .iter()
+            .flat_map(|f| &f.patterns)
+            .fold(enabled, |acc, k| acc | bit(*k));
+        let patterns = Patterns::new(usable)?;
         let (key_bytes, builtin_key) = match &config.hmac_key {
             Some(reference) => (resolve_secret(reference)?, false),
             None => (BUILTIN_HMAC_KEY.to_vec(), true),
@@ -273,6 +280,7 @@ impl SecretMasker {
                 let pair_is_secret = map.iter().any(|(k, v)| {
                     is_pair_name_key(k) && v.as_str().is_some_and(|n| self.keys.is_sensitive(n))
                 });
+                self.mask_object_keys(map, self.enabled | extra, counts);
                 for (key, child) in map.iter_mut() {
                     if matches!(child, Value::Null | Value::Bool(_)) {
                         continue;
@@ -285,7 +293,9 @@ impl SecretMasker {
                         self.force_leaves(child, action, "field", counts);
                         continue;
                     }
+                    // A key masked just above held a secret value, it is no name for one.
                     if rule.action != FieldAction::Keep
+                        && !is_masked(key)
                         && (self.keys.is_sensitive(key)
                             || (pair_is_secret && is_pair_value_key(key)))
                     {
@@ -296,6 +306,38 @@ impl SecretMasker {
                 }
             }
             Value::Null | Value::Bool(_) => {}
+        }
+    }
+
+    /// Object keys can carry secrets too (`{"ghp_...": 1}`, an email as a map key). Every pattern
+    /// needs 11+ characters except short emails and `k=v` pairs, and every token shape has a digit,
+    /// `_`, `-`, `.` or an upper-case run, so the usual short or camelCase keys skip the scan.
+    fn mask_object_keys(
+        &self,
+        map: &mut serde_json::Map<String, Value>,
+        enabled: KindSet,
+        counts: &mut MaskCounts,
+    ) {
+        let mut renames: Vec<(String, String)> = Vec::new();
+        for key in map.keys() {
+            if key.len() >= MIN_SCANNED_KEY_LEN && !is_plain_identifier(key) {
+                if let Cow::Owned(masked) = self.mask_str(key, enabled, counts) {
+                    renames.push((key.clone(), masked));
+                }
+            }
+        }
+        for (old, mut new) in renames {
+            if let Some(v) = map.remove(&old) {
+                // Two secrets can mask to the same text: keep both values.
+                let base_len = new.len();
+                let mut n = 2;
+                while map.contains_key(&new) {
+                    new.truncate(base_len);
+                    new.push_str(&format!("#{n}"));
+                    n += 1;
+                }
+                map.insert(new, v);
+            }
         }
     }
 
@@ -326,9 +368,11 @@ impl SecretMasker {
             Value::Array(items) => items
                 .iter_mut()
                 .for_each(|v| self.force_leaves(v, action, label, counts)),
-            Value::Object(map) => map
-                .values_mut()
-                .for_each(|v| self.force_leaves(v, action, label, counts)),
+            Value::Object(map) => {
+                self.mask_object_keys(map, self.enabled, counts);
+                map.values_mut()
+                    .for_each(|v| self.force_leaves(v, action, label, counts));
+            }
             Value::Null | Value::Bool(_) => {}
         }
     }
@@ -457,6 +501,26 @@ fn forced_action(action: FieldAction) -> Option<Action> {
         FieldAction::Partial => Some(Action::Partial),
         FieldAction::Scan | FieldAction::Keep => None,
     }
+}
+
+/// A camelCase / PascalCase name: letters only, never four upper-case letters in a row
+/// (`authenticationContext`, `geographicalContext`).
+fn is_plain_identifier(key: &str) -> bool {
+    let mut upper_run = 0;
+    for b in key.bytes() {
+        if !b.is_ascii_alphabetic() {
+            return false;
+        }
+        upper_run = if b.is_ascii_uppercase() {
+            upper_run + 1
+        } else {
+            0
+        };
+        if upper_run >= 4 {
+            return false;
+        }
+    }
+    true
 }
 
 /// `name` of a name/value pair object (`{"name": "password", "value": "..."}`).

@@ -53,12 +53,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::SecretAssignment,
-        // Group 1 is the name; the verifier applies the key-name rule to it.
+        // Group 1 is the name; the verifier applies the key-name rule to it. Group 2 is a prose
+        // separator (`password was X`), accepted only before a value that looks generated.
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})\\?["']?\s*[:=]\s*"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\\?["']?\s*[:=]\s*|\s+((?i:is|was|set to|changed to))\s+)"#,
             value_alternatives!()
         ),
-        secret_groups: &[2, 3, 4, 5],
+        secret_groups: &[3, 4, 5, 6],
         anchors: &[
             "password",
             "passwd",
@@ -92,21 +93,15 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         kind: PatternKind::AwsSecretAccessKey,
         regex: r#"(?i)secret_?access_?key\\?["']?\s*[:=]\s*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
         secret_groups: &[1],
-        anchors: &["secret_access_key", "secretaccesskey"],
+        // Not `secret_access_key`: the prefilter is non-overlapping and `secret` (assignments)
+        // would hide it.
+        anchors: &["access_key", "accesskey"],
     },
     PatternSpec {
         kind: PatternKind::OktaApiToken,
         regex: r#"(?i)(?:(?-u:\b)ssws\s+([A-Za-z0-9_-]{20,})|okta[_-]?(?:api[_-]?)?token\\?["']?\s*[:=]\s*\\?["']?(00[A-Za-z0-9_-]{40}))"#,
         secret_groups: &[1, 2],
-        anchors: &[
-            "ssws",
-            "okta_token",
-            "okta-token",
-            "oktatoken",
-            "okta_api_token",
-            "okta-api-token",
-            "oktaapitoken",
-        ],
+        anchors: &["ssws", "okta"],
     },
     PatternSpec {
         kind: PatternKind::OnepasswordToken,
@@ -178,19 +173,27 @@ pub(crate) struct Found {
 #[derive(Debug)]
 pub(crate) struct Patterns {
     prefilter: AhoCorasick,
+    /// Shortest prefilter anchor: shorter strings skip the automaton.
+    min_anchor_len: usize,
+    /// Every anchor has a byte outside [`ID_SHAPED`], so strings made only of such bytes (UUIDs,
+    /// timestamps, IPs, hex ids, numbers) skip the automaton.
+    id_shape_skip: bool,
     /// Kind for each prefilter pattern id.
     anchor_kind: Vec<PatternKind>,
     regexes: Vec<Regex>,
 }
 
 impl Patterns {
-    pub(crate) fn new() -> Result<Patterns, DetectError> {
+    /// `usable`: the kinds that may ever be enabled (globally or by a field rule); the others'
+    /// anchors stay out of the prefilter, so e.g. every email does not wake it when emails are
+    /// off.
+    pub(crate) fn new(usable: KindSet) -> Result<Patterns, DetectError> {
         let mut anchors = Vec::new();
         let mut anchor_kind = Vec::new();
         let mut regexes = Vec::with_capacity(SPECS.len());
         for (i, spec) in SPECS.iter().enumerate() {
             debug_assert_eq!(spec.kind.index(), i, "SPECS follows PatternKind::ALL");
-            for a in spec.anchors {
+            for a in spec.anchors.iter().filter(|_| usable & bit(spec.kind) != 0) {
                 anchors.push(*a);
                 anchor_kind.push(spec.kind);
             }
@@ -204,8 +207,17 @@ impl Patterns {
             .ascii_case_insensitive(true)
             .build(&anchors)
             .map_err(|e| DetectError::Other(format!("building the pattern prefilter: {e}")))?;
+        let min_anchor_len = anchors.iter().map(|a| a.len()).min().unwrap_or(usize::MAX);
+        let id_shape_skip = anchors.iter().all(|a| {
+            a.bytes().any(|b| {
+                !ID_SHAPED[usize::from(b.to_ascii_lowercase())]
+                    && !ID_SHAPED[usize::from(b.to_ascii_uppercase())]
+            })
+        });
         Ok(Patterns {
             prefilter,
+            min_anchor_len,
+            id_shape_skip,
             anchor_kind,
             regexes,
         })
@@ -215,7 +227,8 @@ impl Patterns {
     pub(crate) fn candidates(&self, text: &str, enabled: KindSet) -> KindSet {
         let mut set: KindSet = 0;
         let digit_kinds = enabled & (bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn));
-        if digit_kinds != 0 {
+        // Nine digits is the shortest thing the digit kinds match (an SSN).
+        if digit_kinds != 0 && text.len() >= 9 {
             let run = longest_digit_run(text.as_bytes());
             if run >= 13 {
                 set |= digit_kinds;
@@ -223,9 +236,13 @@ impl Patterns {
                 set |= digit_kinds & bit(PatternKind::UsSsn);
             }
         }
-        if enabled & !digit_kinds != 0 {
-            // Overlapping search so that an anchor inside another (`ops_` then `eyJ`) is seen.
-            for m in self.prefilter.find_overlapping_iter(text) {
+        if enabled & !digit_kinds != 0
+            && text.len() >= self.min_anchor_len
+            && !(self.id_shape_skip && text.bytes().all(|b| ID_SHAPED[usize::from(b)]))
+        {
+            // Non-overlapping (it can use AC's own memchr-style prefilter); no anchor is a
+            // substring of another kind's anchor starting at the same place, so none is hidden.
+            for m in self.prefilter.find_iter(text) {
                 set |= bit(self.anchor_kind[m.pattern().as_usize()]);
             }
         }
@@ -277,7 +294,22 @@ impl Patterns {
     }
 }
 
-/// Longest run of digits where single spaces or dashes between digits do not break the run.
+/// Bytes of identifier-shaped values: digits, hex letters, `T`/`Z` and the separators of
+/// UUIDs, timestamps and IP addresses.
+const ID_SHAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_digit()
+            || matches!(c, b'a'..=b'f' | b'A'..=b'F' | b'T' | b'Z' | b't' | b'z' | b'.' | b':' | b'-' | b'+' | b' ' | b'/');
+        b += 1;
+    }
+    t
+};
+
+/// Longest run of digits where single spaces or dashes between digits do not break the run,
+/// capped at 13 (enough to decide).
 fn longest_digit_run(bytes: &[u8]) -> usize {
     let mut best = 0;
     let mut run = 0;
@@ -288,6 +320,10 @@ fn longest_digit_run(bytes: &[u8]) -> usize {
             run += 1;
             if run > best {
                 best = run;
+                if best >= 13 {
+                    // Long enough for every digit kind: the exact length does not matter.
+                    return best;
+                }
             }
         } else if (b == b' ' || b == b'-')
             && run > 0
@@ -319,7 +355,10 @@ fn verify(
         return false;
     }
     match kind {
-        PatternKind::SecretAssignment => caps.get(1).is_some_and(|k| keys.is_sensitive(k.as_str())),
+        PatternKind::SecretAssignment => {
+            caps.get(1).is_some_and(|k| keys.is_sensitive(k.as_str()))
+                && (caps.get(2).is_none() || looks_generated(secret))
+        }
         PatternKind::AuthHeader => {
             let scheme = caps.get(1).map_or("", |m| m.as_str());
             if scheme.eq_ignore_ascii_case("basic") {
@@ -341,6 +380,14 @@ fn looks_random(s: &str) -> bool {
         || s.bytes().any(|b| {
             b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'-')
         })
+}
+
+/// A value in prose (`password was X`) is a secret only when it mixes letters and digits, so
+/// `password is expired` / `token was revoked` stay readable.
+fn looks_generated(s: &str) -> bool {
+    s.len() >= 6
+        && s.bytes().any(|b| b.is_ascii_digit())
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
 /// `Basic` credentials are base64 of printable `user:password`.
@@ -410,7 +457,7 @@ mod tests {
     use super::*;
 
     fn found(text: &str) -> Vec<(PatternKind, String)> {
-        let p = Patterns::new().expect("compiles");
+        let p = Patterns::new(KindSet::MAX).expect("compiles");
         let keys = KeyMatcher::new(&[], &[]).expect("builds");
         let all: KindSet = PatternKind::ALL
             .iter()
@@ -463,9 +510,32 @@ mod tests {
     }
 
     #[test]
+    fn id_shaped_values_skip_the_automaton_safely() {
+        let p = Patterns::new(KindSet::MAX).expect("compiles");
+        assert!(p.id_shape_skip, "every anchor has a non-id byte");
+        let all: KindSet = KindSet::MAX;
+        let no_digits = all & !(bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn));
+        assert_eq!(
+            p.candidates("550e8400-e29b-41d4-a716-446655440000", no_digits),
+            0
+        );
+        assert_eq!(
+            p.candidates("550e8400-e29b-41d4-a716-446655440000", all),
+            bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn),
+            "a 15-digit run (716-446655440000) still wakes the digit kinds"
+        );
+        assert_eq!(p.candidates("2024-01-15T10:23:45.123Z", all), 0);
+        assert_ne!(
+            p.candidates("4111 1111 1111 1111", all),
+            0,
+            "digit kinds still run"
+        );
+    }
+
+    #[test]
     fn digit_runs() {
         assert_eq!(longest_digit_run(b"2024-01-15T10:00:00Z"), 8);
-        assert_eq!(longest_digit_run(b"card 4111 1111 1111 1111 ok"), 16);
+        assert_eq!(longest_digit_run(b"card 4111 1111 1111 1111 ok"), 13);
         assert_eq!(longest_digit_run(b"10.0.0.1"), 2);
         assert_eq!(longest_digit_run(b"123-45-6789"), 9);
     }
@@ -622,6 +692,9 @@ mod tests {
             "00ub0oNGTSWTBKOLGLNR",
             "secrets_passed: EXAMPLE_SECRET",
             "password reset requested",
+            "password is expired",
+            "Token was revoked by admin",
+            "secret is set to default",
             "eyJhbGciOiJIUzI1NiJ9 only a header",
         ] {
             assert!(

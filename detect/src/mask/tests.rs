@@ -396,6 +396,34 @@ fn mask_covers_raw_and_every_ecs_string() {
 }
 
 #[test]
+fn secrets_in_object_keys_are_masked() {
+    let m = masker();
+    let mut v = json!({"tokens": {GHP: 1}, "by_actor": {GHP: {"uses": 3}, "xoxb-123456789012-1234567890123-AbCdEfGhIjKl": 4}});
+    let stats = m.mask_value(&mut v);
+    let out = v.to_string();
+    assert!(!out.contains(GHP) && !out.contains("xoxb-"), "{out}");
+    assert_eq!(v["by_actor"]["[REDACTED:github_token]"]["uses"], 3);
+    assert_eq!(v["by_actor"]["[REDACTED:slack_token]"], 4);
+    assert_eq!(
+        v["tokens"]["[REDACTED:github_token]"], "[REDACTED:key]",
+        "keys under a sensitive key too"
+    );
+    assert_eq!(stats.by_pattern, 3);
+    let mut upper = json!({"AKIAABCDEFGHIJKLMNOP": 1, "geographicalContext": 2});
+    m.mask_value(&mut upper);
+    assert_eq!(
+        upper,
+        json!({m.pseudonymize("AKIAABCDEFGHIJKLMNOP"): 1, "geographicalContext": 2})
+    );
+    let mut two = json!({GHP: 1, "ghp_zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz": 2});
+    m.mask_value(&mut two);
+    assert_eq!(
+        two,
+        json!({"[REDACTED:github_token]": 1, "[REDACTED:github_token]#2": 2})
+    );
+}
+
+#[test]
 fn masking_is_idempotent() {
     let m = masker_with("[keys]\naction = \"hash\"");
     let mut v = json!({"password": "hunter2", "card": "4111111111111111", "msg": format!("{GHP} AKIAIOSFODNN7EXAMPLE")});
@@ -661,6 +689,11 @@ fn planted_secret() -> impl Strategy<Value = (String, String)> {
                     format!("-----BEGIN {t}PRIVATE KEY-----\n{body}\n-----END {t}PRIVATE KEY-----");
                 (pem.clone(), body)
             }),
+        (
+            "(password|Password|token|api secret) (is|was|set to) ",
+            "[a-z]{3,10}[0-9][A-Za-z0-9-]{4,20}"
+        )
+            .prop_map(|(k, v)| (format!("{k}{v}"), v)),
         card_number().prop_map(|c| (c.clone(), c)),
         ssn().prop_map(|s| (s.clone(), s)),
         (
@@ -766,6 +799,8 @@ fn document() -> impl Strategy<Value = (Value, Vec<String>)> {
         any::<u32>().prop_map(|n| (json!(n), vec![])),
         any::<bool>().prop_map(|b| (json!(b), vec![])),
         text_with_secret().prop_map(|(t, s)| (Value::String(t), vec![s])),
+        // A secret as an object key.
+        text_with_secret().prop_map(|(t, s)| (json!({ t: 1 }), vec![s])),
         ("(password|secret|apiKey|Authorization|client_secret|set-cookie|private_key|accessToken)", "[!-~]{4,40}")
             .prop_map(|(k, v)| {
                 // A distinctive prefix, so a short random value cannot "survive" by also occurring
@@ -877,4 +912,75 @@ proptest! {
         let once = m.mask_text(&text);
         prop_assert_eq!(m.mask_text(&once), once.clone());
     }
+}
+
+/// Ordinary audit values of the shapes that sit closest to the patterns.
+fn clean_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[0-9]{8}-[0-9]{4}-[0-9]{4}-[0-9]{4}-[0-9]{12}",
+        (0u8..=255, 0u8..=255, 0u8..=255, 0u8..=255).prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
+        (2000u16..2100, 1u8..13, 1u8..29, 0u8..24, 0u8..60, 0u16..1000)
+            .prop_map(|(y, mo, d, h, mi, ms)| format!("{y}-{mo:02}-{d:02}T{h:02}:{mi:02}:{mi:02}.{ms:03}Z")),
+        "(user|app|system|policy|group)\\.(session|oauth2|api_token|mfa|password|token)\\.(start|create|revoke|reset|grant|update_password)",
+        "1[0-9]{12,18}",
+        "[2-6][0-9]{15}".prop_filter("not Luhn-valid", |s| {
+            let digits: Vec<u8> = s.bytes().map(|b| b - b'0').collect();
+            !matches!(luhn_sum(&digits) % 10, 0)
+        }),
+        "00u[A-Za-z0-9]{17}",
+        "[A-Z][a-z]{2,10} [a-z]{2,10} (token|password|secret) (created|revoked|reset)",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ordinary_audit_values_are_left_alone(value in clean_value(), key in "(id|uuid|published|eventType|ipAddress|displayMessage|action|token_type|tokenId)") {
+        let m = masker();
+        let mut v = json!({ key: value.clone() });
+        let stats = m.mask_value(&mut v);
+        prop_assert_eq!(stats.total(), 0, "{} was masked", v);
+        prop_assert_eq!(m.mask_text(&value), value);
+    }
+}
+
+/// The events of the pipeline-level secrets test (`tests/secrets.rs`), at module level.
+#[test]
+fn pipeline_secret_events_are_clean_after_mask_value() {
+    let m = masker();
+    let pw = "hunter2-Sup3r-S3cret-Passw0rd";
+    let jwt =
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwZXJpbWV0ZXIiLCJuYW1lIjoidGVzdCJ9.c2lnbmF0dXJlX3Blcmltc3Q";
+    let secrets = [
+        GHP,
+        "AKIAIOSFODNN7PRMTEST",
+        "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        jwt,
+        pw,
+        "4111 1111 1111 1111",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+    ];
+    let mut v = json!([
+        {"config": {"url": format!("https://hooks.example.com/x?token={GHP}"), "secret": pw}, "data": {"note": "card 4111 1111 1111 1111 on file"}},
+        {"userIdentity": {"accessKeyId": secrets[1]}, "responseElements": {"accessKey": {"accessKeyId": secrets[1], "secretAccessKey": pw}}},
+        {"context": {"ua": format!("curl Authorization: Bearer {jwt}")}, "details": {"bot_token": secrets[2],
+         "private_key": format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----", secrets[6])}},
+        {"outcome": {"reason": format!("password was {pw}")}, "debugContext": {"debugData": {"requestUri": format!("/login?access_token={jwt}")}}}
+    ]);
+    m.mask_value(&mut v);
+    let out = all_text(&v);
+    assert!(
+        survivors(&out, &secrets.map(String::from)).is_empty(),
+        "{out}"
+    );
+    assert_eq!(
+        v[1]["userIdentity"]["accessKeyId"],
+        m.pseudonymize(secrets[1]).as_str(),
+        "still one entity"
+    );
+    let broken = format!("{{\"password\": \"{pw}\", \"token\": \"{GHP}\"\n");
+    let text = m.mask_text(&broken);
+    assert!(!text.contains(pw) && !text.contains(GHP), "{text}");
 }
