@@ -18,8 +18,25 @@ impl EventId {
         h.update(source.as_bytes());
         h.update(&[0]);
         // serde_json writes object keys in map order (BTreeMap without `preserve_order`), so
-        // the text is canonical for equal values.
-        let _ = serde_json::to_writer(HashWriter(&mut h), raw);
+        // the text is canonical for equal values. It is written to a reused buffer and hashed in
+        // one call: the serializer emits many tiny writes, and feeding each one to the hasher
+        // made id derivation the slowest step of normalization (same bytes, same id).
+        thread_local! {
+            static ID_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        ID_BUF.with(|buf| match buf.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                let _ = serde_json::to_writer(&mut *buf, raw);
+                h.update(&buf);
+                if buf.capacity() > 1 << 20 {
+                    *buf = Vec::new();
+                }
+            }
+            Err(_) => {
+                let _ = serde_json::to_writer(HashWriter(&mut h), raw);
+            }
+        });
         let digest = h.finalize();
         EventId(hex16(&digest.as_bytes()[..16]))
     }
