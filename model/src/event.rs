@@ -176,4 +176,13 @@ mod tests {
         assert_ne!(a, d);
         assert_eq!(a.0.len(), 32);
     }
+
+    #[test]
+    fn id_is_blake3_of_source_nul_canonical_json() {
+        let raw = json!({"z": [1, {"k": "v\u{e9}"}], "a": null});
+        let mut bytes = b"okta\0".to_vec();
+        bytes.extend(serde_json::to_vec(&raw).expect("serializable"));
+        let want = hex16(&blake3::hash(&bytes).as_bytes()[..16]);
+        assert_eq!(EventId::derive("okta", &raw).0, want);
+    }
 }
