@@ -418,3 +418,44 @@ fn mapping_sources_pick_outcome_and_category() {
         .iter()
         .all(|e| e.ecs.event_category == ["authentication"]));
 }
+
+#[test]
+fn bad_records_give_errors_naming_the_field() {
+    let registry = NormalizerRegistry::builtin();
+    let cases = [
+        ("okta_published_wrong_type.bad.json", "okta", "published"),
+        (
+            "cloudtrail_truncated_identity.bad.json",
+            "aws_cloudtrail",
+            "eventName",
+        ),
+        ("m365_no_operation.bad.json", "m365", "Operation"),
+    ];
+    for (file, source, field) in cases {
+        let raw = read(&format!("{LOCAL}/bad/{file}"));
+        let rec = RawRecord {
+            source: source.into(),
+            tenant: "t".into(),
+            received_at: Utc::now(),
+            line: Some(1),
+            raw,
+        };
+        let err = registry.normalize(source, rec).expect_err(file).to_string();
+        assert!(err.contains(field), "{file}: `{err}` should name `{field}`");
+    }
+}
+
+#[test]
+fn bad_mapping_files_are_rejected_with_file_and_reason() {
+    for (file, reason) in [
+        ("acme.wrongkey.toml", "unknown field `formt`"),
+        ("acme.badcategory.toml", "`logins`"),
+    ] {
+        let path = format!("{LOCAL}/mappings/{file}");
+        let err =
+            perimeter_detect::normalize::MappingNormalizer::from_file(std::path::Path::new(&path))
+                .expect_err(file)
+                .to_string();
+        assert!(err.contains(file) && err.contains(reason), "{err}");
+    }
+}

@@ -49,6 +49,14 @@ pub fn parse_timestamp_str(s: &str) -> Result<DateTime<Utc>, TimestampError> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Ok(dt.with_timezone(&Utc));
     }
+    // Fast paths before the format-string loops below (which cost ~0.3-0.8 us per call): a
+    // zone-less ISO time (M365 `CreationTime`, UTC by contract) and chrono's relaxed ISO parser.
+    if let Ok(naive) = s.parse::<NaiveDateTime>() {
+        return Ok(Utc.from_utc_datetime(&naive));
+    }
+    if let Ok(dt) = s.parse::<DateTime<chrono::FixedOffset>>() {
+        return Ok(dt.with_timezone(&Utc));
+    }
     // ISO 8601 variants chrono's RFC 3339 parser refuses: `+0000` offsets, space separator.
     for fmt in [
         "%Y-%m-%dT%H:%M:%S%.f%z",
@@ -143,6 +151,11 @@ mod tests {
             "2021-06-24T00:04:08.000Z"
         );
         assert_eq!(rfc(json!(1625045793351000i64)), "2021-06-30T09:36:33.351Z");
+        assert_eq!(rfc(json!("2026-11-24T08:15:02")), "2026-11-24T08:15:02.000Z");
+        assert_eq!(rfc(json!("2021-04-03T14:05:39.950458")), "2021-04-03T14:05:39.950Z");
+        assert_eq!(rfc(json!("2025-11-12T16:28:36.943+0000")), "2025-11-12T16:28:36.943Z");
+        assert_eq!(rfc(json!("2025-11-12T16:28:36.943+0130")), "2025-11-12T14:58:36.943Z");
+        assert_eq!(rfc(json!("2019-01-01T12:00:00.00")), "2019-01-01T12:00:00.000Z");
     }
 
     #[test]

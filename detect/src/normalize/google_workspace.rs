@@ -2,8 +2,8 @@
 //!
 //! One Perimeter event per `events[]` entry: an activity that carries several events (a Drive
 //! upload + edit + ACL change) is split by [`super::split_records`] into copies of the activity
-//! whose `events` holds exactly one entry. This normalizer reads `events[0]`; fed an unsplit
-//! activity it normalizes the first event only, so callers go through `split_records` first.
+//! whose `events` holds exactly one entry. Fed an unsplit activity with several events, this
+//! normalizer returns an error rather than keep one event and drop the rest.
 
 use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
 use serde_json::Value;
@@ -30,9 +30,17 @@ impl GoogleWorkspaceActivityNormalizer {
         fields::object(raw)?;
         let events = fields::opt_array(raw, &["events"])?
             .ok_or_else(|| NormalizeError::MissingField("events".into()))?;
-        let event = events
-            .first()
-            .ok_or_else(|| NormalizeError::MissingField("events[0]".into()))?;
+        let event = match events.as_slice() {
+            [one] => one,
+            [] => return Err(NormalizeError::MissingField("events[0]".into())),
+            // Normalizing only the first entry would drop the others without a trace.
+            many => {
+                return Err(NormalizeError::Other(format!(
+                    "activity holds {} events; split it into one record per event with split_records first",
+                    many.len()
+                )))
+            }
+        };
         let name = match event.get("name") {
             Some(Value::String(s)) if !s.is_empty() => s.as_str(),
             Some(Value::String(_)) | Some(Value::Null) | None => {

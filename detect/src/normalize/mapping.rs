@@ -851,6 +851,24 @@ type = ["start"]
         assert!(p("LOGIN").matches("LOGIN") && !p("LOGIN").matches("LOGINS"));
     }
 
+    /// The example in `detect/README.md` ("Writing a mapping") is a valid mapping.
+    #[test]
+    fn readme_example_mapping_compiles() {
+        let readme = include_str!("../../README.md");
+        let start =
+            readme.find("```toml\n").expect("README has a toml example") + "```toml\n".len();
+        let len = readme[start..].find("```").expect("closed block");
+        let m = MappingNormalizer::from_toml(&readme[start..start + len], Path::new("README.md"))
+            .expect("valid");
+        let raw = json!({"event_id": 1, "kind": "audit", "action": "login_failed", "ts": "2024-01-01T00:00:00Z",
+            "client": {"kind": "web", "ip.address": "198.51.100.9"}, "target": [{"email": "t@x.io"}]});
+        assert!(m.matches(&raw));
+        let ecs = m.ecs(&raw).expect("normalizes");
+        assert_eq!(ecs.source_ip.as_deref(), Some("198.51.100.9"));
+        assert_eq!(ecs.user_target_email.as_deref(), Some("t@x.io"));
+        assert_eq!(ecs.event_category, vec!["authentication"]);
+    }
+
     #[test]
     fn every_bundled_mapping_compiles() {
         for m in bundled() {

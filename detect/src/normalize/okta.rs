@@ -81,6 +81,16 @@ fn categorize(ecs: &mut Ecs, action: &str) {
             (AUTH_START, &["start"])
         }
         "user.session.end" => (AUTH_START, &["end"]),
+        // Okta Verify push answers and bypass attempts are MFA verification steps.
+        a if a.starts_with("user.mfa.okta_verify") || a == "user.mfa.attempt_bypass" => {
+            (AUTH_START, &["info"])
+        }
+        a if a.starts_with("security.threat.")
+            || a.starts_with("security.attack.")
+            || a == "user.account.report_suspicious_activity_by_enduser" =>
+        {
+            (&["intrusion_detection"], &["info"])
+        }
         a if a.starts_with("user.authentication.") || a.starts_with("policy.evaluate_sign_on") => {
             (AUTH_START, &["info"])
         }

@@ -190,6 +190,12 @@ fn split_gives_one_google_record_per_event_entry() {
         assert_eq!(p["events"], json!([{"name": name}]));
         assert_eq!(p["actor"], activity["actor"]);
     }
+    // Unsplit, the activity is refused rather than losing events.
+    let r = NormalizerRegistry::builtin();
+    assert!(matches!(
+        r.normalize("google_workspace", record(activity.clone())),
+        Err(NormalizeError::Other(m)) if m.contains("3 events")
+    ));
     // With `json`, nothing vendor-specific happens.
     assert_eq!(split_records("json", activity.clone()).len(), 1);
     assert_eq!(split_records("google_workspace", activity).len(), 3);
