@@ -101,10 +101,34 @@ impl Hasher for KeyHasher {
 pub(crate) type KeyMap<V> = HashMap<EntityKey, V, BuildHasherDefault<KeyHasher>>;
 
 /// Recent evidence: event ids (16 bytes, from their hex form) and input lines. Bounded.
+/// Written as `[["<32 hex>", line], ...]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Vec<(String, u64)>", into = "Vec<(String, u64)>")]
 pub(crate) struct Evidence {
-    /// Oldest first; at most the configured number of entries.
-    items: Vec<(u128, u64)>,
+    /// Oldest first; at most the configured number of entries. 24 bytes each.
+    items: Vec<([u8; 16], u64)>,
+}
+
+impl From<Evidence> for Vec<(String, u64)> {
+    fn from(e: Evidence) -> Self {
+        e.items
+            .iter()
+            .map(|(id, line)| (hex::encode(id), *line))
+            .collect()
+    }
+}
+
+impl From<Vec<(String, u64)>> for Evidence {
+    fn from(v: Vec<(String, u64)>) -> Self {
+        let items = v
+            .into_iter()
+            .filter_map(|(id, line)| {
+                let mut b = [0u8; 16];
+                hex::decode_to_slice(&id, &mut b).ok().map(|_| (b, line))
+            })
+            .collect();
+        Evidence { items }
+    }
 }
 
 /// Marker for "no input line" (lines are 1-based).
@@ -115,7 +139,9 @@ impl Evidence {
         if max == 0 {
             return;
         }
-        let id = u128::from_str_radix(event.id.as_str(), 16).unwrap_or(0);
+        let mut id = [0u8; 16];
+        // Ids are 32 hex digits by construction; anything else is kept as zeros rather than dropped.
+        let _ = hex::decode_to_slice(event.id.as_str(), &mut id);
         if self.items.len() >= max {
             let excess = self.items.len() + 1 - max;
             self.items.drain(..excess);
@@ -147,7 +173,7 @@ impl Evidence {
     /// Append to an alert's `lines` / `event_ids` (oldest first), skipping ids already there.
     pub fn write_to(&self, alert: &mut perimeter_model::Alert) {
         for &(id, line) in &self.items {
-            let hex = format!("{id:032x}");
+            let hex = hex::encode(id);
             if alert.event_ids.contains(&hex) {
                 continue;
             }
@@ -253,6 +279,19 @@ mod tests {
     }
 
     #[test]
+    fn per_entity_cost_stays_small() {
+        use std::mem::size_of;
+        // The map slot: 16-byte key + state; features are boxed and allocated on first use.
+        assert!(
+            size_of::<EntityState>() <= 80,
+            "{}",
+            size_of::<EntityState>()
+        );
+        assert!(size_of::<RateState>() <= 112, "{}", size_of::<RateState>());
+        assert_eq!(size_of::<([u8; 16], u64)>(), 24);
+    }
+
+    #[test]
     fn evidence_keeps_only_the_newest() {
         let mut ev = Evidence::default();
         for i in 0..30u64 {
@@ -283,5 +322,8 @@ mod tests {
         assert_eq!(alert.lines.last(), Some(&30));
         assert_eq!(alert.event_ids.len(), 20);
         assert_eq!(alert.event_ids[0].len(), 32);
+        let json = serde_json::to_string(&ev).unwrap();
+        let back: Evidence = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ev);
     }
 }
