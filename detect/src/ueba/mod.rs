@@ -57,7 +57,7 @@ pub(crate) struct Ctx<'a> {
     pub params: &'a BaselineParams,
     pub max_evidence: usize,
     pub escalate_score: f64,
-    pub secret: &'a [u8; 32],
+    pub tag_key: &'a state::TagKey,
 }
 
 /// `600` -> `10m`, `3600` -> `1h`, `90` -> `90s`.
@@ -69,6 +69,20 @@ pub(crate) fn human_duration(seconds: u64) -> String {
     } else {
         format!("{seconds}s")
     }
+}
+
+/// `n` in decimal, written into `buf` (no allocation on the per-event path).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("")
 }
 
 /// Counters for the pipeline's metrics (no values, only counts).
@@ -86,6 +100,7 @@ pub struct UebaStats {
 pub struct UebaEngine {
     config: UebaConfig,
     secret: [u8; 32],
+    tag_key: state::TagKey,
     params: BaselineParams,
     default_settings: DetectorSettings,
     tenant_settings: HashMap<String, DetectorSettings>,
@@ -120,6 +135,7 @@ impl UebaEngine {
             default_settings,
             tenant_settings,
             secret: entity_key,
+            tag_key: state::TagKey::derive(&entity_key),
             entities: KeyMap::default(),
             hygiene: Hygiene::default(),
             watermark: i64::MIN,
@@ -289,7 +305,7 @@ impl UebaEngine {
             params: &self.params,
             max_evidence: self.config.max_evidence_events as usize,
             escalate_score: self.config.escalate_score,
-            secret: &self.secret,
+            tag_key: &self.tag_key,
         };
         let entities = &mut self.entities;
 
@@ -351,10 +367,11 @@ impl UebaEngine {
                     );
                 }
                 if settings.first_seen.enabled {
-                    let asn = c.asn.map(|n| n.to_string());
+                    let mut asn_buf = [0u8; 20];
+                    let asn = c.asn.map(|n| decimal(n, &mut asn_buf));
                     let values = [
                         (FirstSeenAttribute::Country, c.country.unwrap_or("")),
-                        (FirstSeenAttribute::Asn, asn.as_deref().unwrap_or("")),
+                        (FirstSeenAttribute::Asn, asn.unwrap_or("")),
                         (
                             FirstSeenAttribute::UserAgentFamily,
                             c.user_agent_family.unwrap_or(""),
