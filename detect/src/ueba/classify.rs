@@ -38,10 +38,6 @@ pub(crate) struct Classified<'a> {
     pub user_agent_family: Option<&'a str>,
 }
 
-fn has(list: &[String], value: &str) -> bool {
-    list.iter().any(|v| v.eq_ignore_ascii_case(value))
-}
-
 fn text(v: Option<&Value>) -> Option<Cow<'_, str>> {
     match v? {
         Value::String(s) if !s.is_empty() => Some(Cow::Borrowed(s.as_str())),
@@ -157,6 +153,11 @@ static GRANT_WORDS: LazyLock<AhoCorasick> = LazyLock::new(|| {
     ])
 });
 
+/// Browser markers in user agents, most specific first, and their family names.
+const BROWSER_FAMILIES: [&str; 5] = ["Edge", "Opera", "Firefox", "Chrome", "Safari"];
+static BROWSER_MARKERS: LazyLock<AhoCorasick> =
+    LazyLock::new(|| words(&["Edg/", "OPR/", "Firefox/", "Chrome/", "Safari/"]));
+
 /// HTTP 429 / throttling markers in raw records.
 const THROTTLE_CODES: &[&str] = &[
     "ThrottlingException",
@@ -184,18 +185,13 @@ pub(crate) fn user_agent_family(ua: &str) -> Option<&str> {
         return None;
     }
     if ua.starts_with("Mozilla/") {
-        for (marker, family) in [
-            ("Edg/", "Edge"),
-            ("OPR/", "Opera"),
-            ("Firefox/", "Firefox"),
-            ("Chrome/", "Chrome"),
-            ("Safari/", "Safari"),
-        ] {
-            if ua.contains(marker) {
-                return Some(family);
-            }
-        }
-        return Some("Mozilla");
+        // One scan for all markers; the most specific one wins (Edge and Opera UAs also say
+        // Chrome and Safari, Chrome UAs also say Safari).
+        let best = BROWSER_MARKERS
+            .find_iter(ua)
+            .map(|m| m.pattern().as_usize())
+            .min();
+        return Some(best.map_or("Mozilla", |i| BROWSER_FAMILIES[i]));
     }
     let end = ua.find(['/', ' ', '(']).unwrap_or(ua.len());
     Some(&ua[..end]).filter(|s| !s.is_empty())
@@ -226,24 +222,34 @@ pub(crate) fn classify(event: &Event) -> Classified<'_> {
         ..Default::default()
     };
 
-    if has(&ecs.event_category, "authentication") && ecs.event_outcome != Outcome::Unknown {
+    // One pass over categories and types instead of a list scan per value tested.
+    let (mut authentication, mut config, mut data) = (false, false, false);
+    for cat in &ecs.event_category {
+        match cat.as_str() {
+            "authentication" => authentication = true,
+            "configuration" | "iam" => config = true,
+            "file" | "database" => data = true,
+            _ => {}
+        }
+    }
+    let (mut changes, mut access) = (ecs.event_type.is_empty(), ecs.event_type.is_empty());
+    for ty in &ecs.event_type {
+        match ty.as_str() {
+            "change" | "creation" | "admin" | "user" | "group" => changes = true,
+            "deletion" => (changes, access) = (true, true),
+            "access" => access = true,
+            _ => {}
+        }
+    }
+    if authentication && ecs.event_outcome != Outcome::Unknown {
         c.auth = Some(ecs.event_outcome);
     }
-
-    let changes = ecs.event_type.is_empty()
-        || ["change", "creation", "deletion", "admin", "user", "group"]
-            .iter()
-            .any(|t| has(&ecs.event_type, t));
-    c.config_change =
-        (has(&ecs.event_category, "configuration") || has(&ecs.event_category, "iam")) && changes;
+    c.config_change = config && changes;
 
     let raw_facts = scan_raw(raw);
     c.rate_limit = RATE_LIMIT_WORDS.is_match(action) || raw_facts.throttled;
 
-    let data_access = (has(&ecs.event_category, "file") || has(&ecs.event_category, "database"))
-        && (ecs.event_type.is_empty()
-            || has(&ecs.event_type, "access")
-            || has(&ecs.event_type, "deletion"));
+    let data_access = data && access;
     let keyword = VOLUME_WORDS.is_match(action);
     let api_call = (raw_facts.event_source && raw_facts.api_event_type) || raw_facts.programmatic;
     c.volume = (data_access || keyword || api_call) && c.auth.is_none() && !c.rate_limit;

@@ -216,37 +216,8 @@ impl UebaEngine {
         self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
     }
 
-    /// Drop the least recently seen sixteenth of the entities: amortised O(1) per insert
-    /// without an LRU list (which would cost two pointers per entity).
     fn evict_lru(&mut self) {
-        let mut seen: Vec<i64> = self.entities.values().map(|s| s.last_seen).collect();
-        let n = (seen.len() / 16).max(1);
-        let (_, cutoff, _) = seen.select_nth_unstable(n - 1);
-        let cutoff = *cutoff;
-        let mut dropped = 0usize;
-        self.entities.retain(|_, st| {
-            if dropped < n && st.last_seen <= cutoff {
-                dropped += 1;
-                false
-            } else {
-                true
-            }
-        });
-        self.stats.entities_evicted_total += dropped as u64;
-    }
-
-    fn touch(&mut self, key: EntityKey, kind: EntityKind, t: i64) {
-        if self.entities.len() as u64 >= self.config.max_entities.max(1)
-            && !self.entities.contains_key(&key)
-        {
-            self.evict_lru();
-        }
-        let st = self
-            .entities
-            .entry(key)
-            .or_insert_with(|| EntityState::new(kind, t));
-        st.last_seen = st.last_seen.max(t);
-        st.first_seen = st.first_seen.min(t);
+        self.stats.entities_evicted_total += evict_lru(&mut self.entities);
     }
 
     fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
@@ -275,20 +246,6 @@ impl UebaEngine {
             Some(_) if c.app_grant => Some(self.key(tenant, EntityKind::Org, org_name)),
             _ => None,
         };
-        for (key, kind) in [
-            (user_key, EntityKind::User),
-            (ip_key, EntityKind::Ip),
-            (
-                token_key.map(|k| k.0),
-                token.map_or(EntityKind::Unknown, |k| k.0),
-            ),
-            (org_key, EntityKind::Org),
-        ] {
-            if let Some(key) = key {
-                self.touch(key, kind, t);
-            }
-        }
-
         let mut findings = std::mem::take(&mut self.findings);
         findings.clear();
         // Field borrows (not `self.settings()`) so `self.entities` can be borrowed mutably below.
@@ -308,9 +265,19 @@ impl UebaEngine {
             tag_key: &self.tag_key,
         };
         let entities = &mut self.entities;
+        let max_entities = self.config.max_entities;
+        let mut evicted = 0u64;
 
         if let (Some(user), Some(key)) = (c.user, user_key) {
-            if let Some(st) = entities.get_mut(&key) {
+            {
+                let st = entity_mut(
+                    entities,
+                    &mut evicted,
+                    max_entities,
+                    key,
+                    EntityKind::User,
+                    t,
+                );
                 match c.auth {
                     Some(Outcome::Failure) => {
                         if settings.auth_failure_burst.enabled {
@@ -395,7 +362,8 @@ impl UebaEngine {
         }
 
         if let (Some(ip), Some(key)) = (c.ip, ip_key) {
-            if let Some(st) = entities.get_mut(&key) {
+            {
+                let st = entity_mut(entities, &mut evicted, max_entities, key, EntityKind::Ip, t);
                 if failure {
                     if settings.auth_failure_burst.enabled {
                         auth_failure_burst::observe(
@@ -432,8 +400,9 @@ impl UebaEngine {
             }
         }
 
-        if let Some((key, _, value)) = token_key {
-            if let Some(st) = entities.get_mut(&key) {
+        if let Some((key, token_kind, value)) = token_key {
+            {
+                let st = entity_mut(entities, &mut evicted, max_entities, key, token_kind, t);
                 if settings.rate_limit_violation.enabled {
                     rate_limit_violation::observe(
                         st,
@@ -453,7 +422,15 @@ impl UebaEngine {
             && settings.rate_limit_violation.enabled
         {
             if let (Some(user), Some(key)) = (c.user, user_key) {
-                if let Some(st) = entities.get_mut(&key) {
+                {
+                    let st = entity_mut(
+                        entities,
+                        &mut evicted,
+                        max_entities,
+                        key,
+                        EntityKind::User,
+                        t,
+                    );
                     rate_limit_violation::observe(
                         st,
                         key,
@@ -467,7 +444,15 @@ impl UebaEngine {
         }
 
         if let (Some(key), Some(app)) = (org_key, c.app.as_deref()) {
-            if let Some(st) = entities.get_mut(&key) {
+            {
+                let st = entity_mut(
+                    entities,
+                    &mut evicted,
+                    max_entities,
+                    key,
+                    EntityKind::Org,
+                    t,
+                );
                 if settings.first_seen.enabled {
                     let values = [(FirstSeenAttribute::OrgApp, app)];
                     first_seen::observe(
@@ -489,8 +474,52 @@ impl UebaEngine {
             self.hygiene.admit(f, event, max_evidence, alerts);
         }
         self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
+        self.stats.entities_evicted_total += evicted;
         self.findings = findings;
     }
+}
+
+/// Drop the least recently seen sixteenth of the entities: amortised O(1) per insert without an
+/// LRU list (which would cost two pointers per entity). Returns how many were dropped.
+fn evict_lru(entities: &mut KeyMap<EntityState>) -> u64 {
+    let mut seen: Vec<i64> = entities.values().map(|s| s.last_seen).collect();
+    if seen.is_empty() {
+        return 0;
+    }
+    let n = (seen.len() / 16).max(1);
+    let (_, cutoff, _) = seen.select_nth_unstable(n - 1);
+    let cutoff = *cutoff;
+    let mut dropped = 0usize;
+    entities.retain(|_, st| {
+        if dropped < n && st.last_seen <= cutoff {
+            dropped += 1;
+            false
+        } else {
+            true
+        }
+    });
+    dropped as u64
+}
+
+/// The entity's state, created when new (evicting first when the map is full); one map lookup
+/// in the common case.
+fn entity_mut<'m>(
+    entities: &'m mut KeyMap<EntityState>,
+    evicted: &mut u64,
+    max_entities: u64,
+    key: EntityKey,
+    kind: EntityKind,
+    t: i64,
+) -> &'m mut EntityState {
+    if entities.len() as u64 >= max_entities.max(1) && !entities.contains_key(&key) {
+        *evicted += evict_lru(entities);
+    }
+    let st = entities
+        .entry(key)
+        .or_insert_with(|| EntityState::new(kind, t));
+    st.last_seen = st.last_seen.max(t);
+    st.first_seen = st.first_seen.min(t);
+    st
 }
 
 /// Keep values that would break arithmetic (zero windows, p outside (0, 1]) in range.
