@@ -207,7 +207,8 @@ impl UebaEngine {
             return;
         }
         self.swept_hour = hour;
-        let horizon = t.saturating_sub(self.config.entity_idle_days.saturating_mul(86_400) as i64);
+        let idle_seconds = self.config.entity_idle_days.clamp(1, 36_500) * 86_400;
+        let horizon = t.saturating_sub(idle_seconds as i64);
         let before = self.entities.len();
         self.entities.retain(|_, st| st.last_seen >= horizon);
         self.stats.entities_evicted_total += (before - self.entities.len()) as u64;
@@ -532,20 +533,35 @@ fn clamp(mut s: DetectorSettings) -> DetectorSettings {
         }
     };
     let rate = |r: f64| if r.is_finite() && r > 0.0 { r } else { 1e-3 };
-    s.auth_failure_burst.window_seconds = s.auth_failure_burst.window_seconds.max(1);
+    // Durations are event-time arithmetic on i64 seconds: keep them far from overflow.
+    const MAX_WINDOW: u64 = 31 * 86_400;
+    const MAX_SUPPRESS: u64 = 366 * 86_400;
+    let w = |v: &mut u64| *v = (*v).clamp(1, MAX_WINDOW);
+    w(&mut s.auth_failure_burst.window_seconds);
+    w(&mut s.password_spray.window_seconds);
+    w(&mut s.brute_force_success.window_seconds);
+    w(&mut s.rate_limit_violation.window_seconds);
+    w(&mut s.volume_anomaly.window_seconds);
+    for v in [
+        &mut s.auth_failure_burst.suppress_seconds,
+        &mut s.password_spray.suppress_seconds,
+        &mut s.brute_force_success.suppress_seconds,
+        &mut s.rate_limit_violation.suppress_seconds,
+        &mut s.config_change.suppress_seconds,
+        &mut s.first_seen.suppress_seconds,
+        &mut s.volume_anomaly.suppress_seconds,
+    ] {
+        *v = (*v).min(MAX_SUPPRESS);
+    }
     s.auth_failure_burst.max_p_value = p(s.auth_failure_burst.max_p_value);
     s.auth_failure_burst.prior_per_hour = rate(s.auth_failure_burst.prior_per_hour);
-    s.password_spray.window_seconds = s.password_spray.window_seconds.max(1);
     s.password_spray.max_tracked_users = s
         .password_spray
         .max_tracked_users
         .max(s.password_spray.min_distinct_users)
-        .max(1);
-    s.brute_force_success.window_seconds = s.brute_force_success.window_seconds.max(1);
-    s.rate_limit_violation.window_seconds = s.rate_limit_violation.window_seconds.max(1);
+        .clamp(1, 100_000);
     s.rate_limit_violation.max_p_value = p(s.rate_limit_violation.max_p_value);
     s.rate_limit_violation.prior_per_hour = rate(s.rate_limit_violation.prior_per_hour);
-    s.volume_anomaly.window_seconds = s.volume_anomaly.window_seconds.max(1);
     s.volume_anomaly.max_p_value = p(s.volume_anomaly.max_p_value);
     s.volume_anomaly.prior_per_hour = rate(s.volume_anomaly.prior_per_hour);
     s
