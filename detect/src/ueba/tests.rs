@@ -920,3 +920,73 @@ mod stream_proptests {
         }
     }
 }
+
+fn github_install(t: DateTime<Utc>, line: u64, actor: &str, app: &str) -> Event {
+    let raw = json!({
+        "@timestamp": t.timestamp_millis(),
+        "_document_id": format!("doc-{line}"),
+        "action": "integration_installation.create",
+        "actor": actor,
+        "org": "acme-corp",
+        "integration": app,
+        "repository_selection": "all"
+    });
+    let ecs = Ecs {
+        event_action: Some("integration_installation.create".into()),
+        event_category: vec!["configuration".into()],
+        event_type: vec!["creation".into()],
+        event_outcome: Outcome::Success,
+        user_name: Some(actor.into()),
+        organization_id: Some("acme-corp".into()),
+        ..Default::default()
+    };
+    event("github", "acme", t, line, ecs, raw)
+}
+
+#[test]
+fn a_new_integration_for_the_org_after_warm_up_is_first_seen() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let learned = run(
+        &mut engine,
+        &[github_install(t0(), 1, "octo-admin", "dependabot")],
+    );
+    assert!(
+        of(&learned, "first_seen").is_empty(),
+        "learned during warm-up"
+    );
+    let again = run(
+        &mut engine,
+        &[github_install(
+            t0() + Duration::days(4),
+            2,
+            "octo-admin",
+            "dependabot",
+        )],
+    );
+    assert!(of(&again, "first_seen").is_empty(), "known app");
+    let alerts = run(
+        &mut engine,
+        &[github_install(
+            t0() + Duration::days(4) + Duration::hours(1),
+            3,
+            "octo-admin",
+            "sketchy-ci",
+        )],
+    );
+    let org: Vec<_> = of(&alerts, "first_seen")
+        .into_iter()
+        .filter(|a| a.entity_kind == EntityKind::Org)
+        .collect();
+    assert_eq!(org.len(), 1, "{alerts:#?}");
+    assert_eq!(org[0].entity, "acme-corp");
+    let why = org[0].explanation.as_deref().unwrap();
+    assert!(
+        why.contains("OAuth app/integration `sketchy-ci`") && !why.contains("dependabot"),
+        "{why}"
+    );
+    assert_eq!(
+        org[0].severity,
+        Severity::Medium,
+        "a new org app escalates low -> medium"
+    );
+}
