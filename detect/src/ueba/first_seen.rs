@@ -86,7 +86,7 @@ pub(crate) fn observe(
         if !cfg.attributes.contains(&attr) || value.is_empty() {
             continue;
         }
-        let tag = value_tag(ctx.secret, attr_byte(attr), value.as_bytes());
+        let tag = value_tag(ctx.tag_key, attr_byte(attr), value.as_bytes());
         if let Some(had_values) =
             seen.record(attr, tag, hour, cfg.max_values_per_attribute as usize)
         {

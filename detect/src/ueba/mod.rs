@@ -57,7 +57,7 @@ pub(crate) struct Ctx<'a> {
     pub params: &'a BaselineParams,
     pub max_evidence: usize,
     pub escalate_score: f64,
-    pub secret: &'a [u8; 32],
+    pub tag_key: &'a state::TagKey,
 }
 
 /// `600` -> `10m`, `3600` -> `1h`, `90` -> `90s`.
@@ -69,6 +69,20 @@ pub(crate) fn human_duration(seconds: u64) -> String {
     } else {
         format!("{seconds}s")
     }
+}
+
+/// `n` in decimal, written into `buf` (no allocation on the per-event path).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("")
 }
 
 /// Counters for the pipeline's metrics (no values, only counts).
@@ -86,6 +100,7 @@ pub struct UebaStats {
 pub struct UebaEngine {
     config: UebaConfig,
     secret: [u8; 32],
+    tag_key: state::TagKey,
     params: BaselineParams,
     default_settings: DetectorSettings,
     tenant_settings: HashMap<String, DetectorSettings>,
@@ -120,6 +135,7 @@ impl UebaEngine {
             default_settings,
             tenant_settings,
             secret: entity_key,
+            tag_key: state::TagKey::derive(&entity_key),
             entities: KeyMap::default(),
             hygiene: Hygiene::default(),
             watermark: i64::MIN,
@@ -191,7 +207,8 @@ impl UebaEngine {
             return;
         }
         self.swept_hour = hour;
-        let horizon = t.saturating_sub(self.config.entity_idle_days.saturating_mul(86_400) as i64);
+        let idle_seconds = self.config.entity_idle_days.clamp(1, 36_500) * 86_400;
+        let horizon = t.saturating_sub(idle_seconds as i64);
         let before = self.entities.len();
         self.entities.retain(|_, st| st.last_seen >= horizon);
         self.stats.entities_evicted_total += (before - self.entities.len()) as u64;
@@ -200,37 +217,8 @@ impl UebaEngine {
         self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
     }
 
-    /// Drop the least recently seen sixteenth of the entities: amortised O(1) per insert
-    /// without an LRU list (which would cost two pointers per entity).
     fn evict_lru(&mut self) {
-        let mut seen: Vec<i64> = self.entities.values().map(|s| s.last_seen).collect();
-        let n = (seen.len() / 16).max(1);
-        let (_, cutoff, _) = seen.select_nth_unstable(n - 1);
-        let cutoff = *cutoff;
-        let mut dropped = 0usize;
-        self.entities.retain(|_, st| {
-            if dropped < n && st.last_seen <= cutoff {
-                dropped += 1;
-                false
-            } else {
-                true
-            }
-        });
-        self.stats.entities_evicted_total += dropped as u64;
-    }
-
-    fn touch(&mut self, key: EntityKey, kind: EntityKind, t: i64) {
-        if self.entities.len() as u64 >= self.config.max_entities.max(1)
-            && !self.entities.contains_key(&key)
-        {
-            self.evict_lru();
-        }
-        let st = self
-            .entities
-            .entry(key)
-            .or_insert_with(|| EntityState::new(kind, t));
-        st.last_seen = st.last_seen.max(t);
-        st.first_seen = st.first_seen.min(t);
+        self.stats.entities_evicted_total += evict_lru(&mut self.entities);
     }
 
     fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
@@ -259,20 +247,6 @@ impl UebaEngine {
             Some(_) if c.app_grant => Some(self.key(tenant, EntityKind::Org, org_name)),
             _ => None,
         };
-        for (key, kind) in [
-            (user_key, EntityKind::User),
-            (ip_key, EntityKind::Ip),
-            (
-                token_key.map(|k| k.0),
-                token.map_or(EntityKind::Unknown, |k| k.0),
-            ),
-            (org_key, EntityKind::Org),
-        ] {
-            if let Some(key) = key {
-                self.touch(key, kind, t);
-            }
-        }
-
         let mut findings = std::mem::take(&mut self.findings);
         findings.clear();
         // Field borrows (not `self.settings()`) so `self.entities` can be borrowed mutably below.
@@ -289,12 +263,22 @@ impl UebaEngine {
             params: &self.params,
             max_evidence: self.config.max_evidence_events as usize,
             escalate_score: self.config.escalate_score,
-            secret: &self.secret,
+            tag_key: &self.tag_key,
         };
         let entities = &mut self.entities;
+        let max_entities = self.config.max_entities;
+        let mut evicted = 0u64;
 
         if let (Some(user), Some(key)) = (c.user, user_key) {
-            if let Some(st) = entities.get_mut(&key) {
+            {
+                let st = entity_mut(
+                    entities,
+                    &mut evicted,
+                    max_entities,
+                    key,
+                    EntityKind::User,
+                    t,
+                );
                 match c.auth {
                     Some(Outcome::Failure) => {
                         if settings.auth_failure_burst.enabled {
@@ -351,10 +335,11 @@ impl UebaEngine {
                     );
                 }
                 if settings.first_seen.enabled {
-                    let asn = c.asn.map(|n| n.to_string());
+                    let mut asn_buf = [0u8; 20];
+                    let asn = c.asn.map(|n| decimal(n, &mut asn_buf));
                     let values = [
                         (FirstSeenAttribute::Country, c.country.unwrap_or("")),
-                        (FirstSeenAttribute::Asn, asn.as_deref().unwrap_or("")),
+                        (FirstSeenAttribute::Asn, asn.unwrap_or("")),
                         (
                             FirstSeenAttribute::UserAgentFamily,
                             c.user_agent_family.unwrap_or(""),
@@ -378,7 +363,8 @@ impl UebaEngine {
         }
 
         if let (Some(ip), Some(key)) = (c.ip, ip_key) {
-            if let Some(st) = entities.get_mut(&key) {
+            {
+                let st = entity_mut(entities, &mut evicted, max_entities, key, EntityKind::Ip, t);
                 if failure {
                     if settings.auth_failure_burst.enabled {
                         auth_failure_burst::observe(
@@ -415,8 +401,9 @@ impl UebaEngine {
             }
         }
 
-        if let Some((key, _, value)) = token_key {
-            if let Some(st) = entities.get_mut(&key) {
+        if let Some((key, token_kind, value)) = token_key {
+            {
+                let st = entity_mut(entities, &mut evicted, max_entities, key, token_kind, t);
                 if settings.rate_limit_violation.enabled {
                     rate_limit_violation::observe(
                         st,
@@ -436,7 +423,15 @@ impl UebaEngine {
             && settings.rate_limit_violation.enabled
         {
             if let (Some(user), Some(key)) = (c.user, user_key) {
-                if let Some(st) = entities.get_mut(&key) {
+                {
+                    let st = entity_mut(
+                        entities,
+                        &mut evicted,
+                        max_entities,
+                        key,
+                        EntityKind::User,
+                        t,
+                    );
                     rate_limit_violation::observe(
                         st,
                         key,
@@ -450,7 +445,15 @@ impl UebaEngine {
         }
 
         if let (Some(key), Some(app)) = (org_key, c.app.as_deref()) {
-            if let Some(st) = entities.get_mut(&key) {
+            {
+                let st = entity_mut(
+                    entities,
+                    &mut evicted,
+                    max_entities,
+                    key,
+                    EntityKind::Org,
+                    t,
+                );
                 if settings.first_seen.enabled {
                     let values = [(FirstSeenAttribute::OrgApp, app)];
                     first_seen::observe(
@@ -472,8 +475,52 @@ impl UebaEngine {
             self.hygiene.admit(f, event, max_evidence, alerts);
         }
         self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
+        self.stats.entities_evicted_total += evicted;
         self.findings = findings;
     }
+}
+
+/// Drop the least recently seen sixteenth of the entities: amortised O(1) per insert without an
+/// LRU list (which would cost two pointers per entity). Returns how many were dropped.
+fn evict_lru(entities: &mut KeyMap<EntityState>) -> u64 {
+    let mut seen: Vec<i64> = entities.values().map(|s| s.last_seen).collect();
+    if seen.is_empty() {
+        return 0;
+    }
+    let n = (seen.len() / 16).max(1);
+    let (_, cutoff, _) = seen.select_nth_unstable(n - 1);
+    let cutoff = *cutoff;
+    let mut dropped = 0usize;
+    entities.retain(|_, st| {
+        if dropped < n && st.last_seen <= cutoff {
+            dropped += 1;
+            false
+        } else {
+            true
+        }
+    });
+    dropped as u64
+}
+
+/// The entity's state, created when new (evicting first when the map is full); one map lookup
+/// in the common case.
+fn entity_mut<'m>(
+    entities: &'m mut KeyMap<EntityState>,
+    evicted: &mut u64,
+    max_entities: u64,
+    key: EntityKey,
+    kind: EntityKind,
+    t: i64,
+) -> &'m mut EntityState {
+    if entities.len() as u64 >= max_entities.max(1) && !entities.contains_key(&key) {
+        *evicted += evict_lru(entities);
+    }
+    let st = entities
+        .entry(key)
+        .or_insert_with(|| EntityState::new(kind, t));
+    st.last_seen = st.last_seen.max(t);
+    st.first_seen = st.first_seen.min(t);
+    st
 }
 
 /// Keep values that would break arithmetic (zero windows, p outside (0, 1]) in range.
@@ -486,20 +533,35 @@ fn clamp(mut s: DetectorSettings) -> DetectorSettings {
         }
     };
     let rate = |r: f64| if r.is_finite() && r > 0.0 { r } else { 1e-3 };
-    s.auth_failure_burst.window_seconds = s.auth_failure_burst.window_seconds.max(1);
+    // Durations are event-time arithmetic on i64 seconds: keep them far from overflow.
+    const MAX_WINDOW: u64 = 31 * 86_400;
+    const MAX_SUPPRESS: u64 = 366 * 86_400;
+    let w = |v: &mut u64| *v = (*v).clamp(1, MAX_WINDOW);
+    w(&mut s.auth_failure_burst.window_seconds);
+    w(&mut s.password_spray.window_seconds);
+    w(&mut s.brute_force_success.window_seconds);
+    w(&mut s.rate_limit_violation.window_seconds);
+    w(&mut s.volume_anomaly.window_seconds);
+    for v in [
+        &mut s.auth_failure_burst.suppress_seconds,
+        &mut s.password_spray.suppress_seconds,
+        &mut s.brute_force_success.suppress_seconds,
+        &mut s.rate_limit_violation.suppress_seconds,
+        &mut s.config_change.suppress_seconds,
+        &mut s.first_seen.suppress_seconds,
+        &mut s.volume_anomaly.suppress_seconds,
+    ] {
+        *v = (*v).min(MAX_SUPPRESS);
+    }
     s.auth_failure_burst.max_p_value = p(s.auth_failure_burst.max_p_value);
     s.auth_failure_burst.prior_per_hour = rate(s.auth_failure_burst.prior_per_hour);
-    s.password_spray.window_seconds = s.password_spray.window_seconds.max(1);
     s.password_spray.max_tracked_users = s
         .password_spray
         .max_tracked_users
         .max(s.password_spray.min_distinct_users)
-        .max(1);
-    s.brute_force_success.window_seconds = s.brute_force_success.window_seconds.max(1);
-    s.rate_limit_violation.window_seconds = s.rate_limit_violation.window_seconds.max(1);
+        .clamp(1, 100_000);
     s.rate_limit_violation.max_p_value = p(s.rate_limit_violation.max_p_value);
     s.rate_limit_violation.prior_per_hour = rate(s.rate_limit_violation.prior_per_hour);
-    s.volume_anomaly.window_seconds = s.volume_anomaly.window_seconds.max(1);
     s.volume_anomaly.max_p_value = p(s.volume_anomaly.max_p_value);
     s.volume_anomaly.prior_per_hour = rate(s.volume_anomaly.prior_per_hour);
     s

@@ -58,14 +58,40 @@ impl<'de> Deserialize<'de> for EntityKey {
     }
 }
 
+/// Key for [`value_tag`], derived from the entity key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TagKey(u64, u64);
+
+impl TagKey {
+    pub fn derive(key: &[u8; 32]) -> TagKey {
+        let h = blake3::keyed_hash(key, b"perimeter ueba value tags");
+        let b = h.as_bytes();
+        let word = |i: usize| {
+            u64::from_le_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        TagKey(word(0), word(8))
+    }
+}
+
 /// A keyed 32-bit tag of a value (country, ASN, user-agent family, app), for first-seen sets.
-pub(crate) fn value_tag(key: &[u8; 32], what: u8, value: &[u8]) -> u32 {
-    let mut h = blake3::Hasher::new_keyed(key);
-    h.update(&[what, 0]);
-    h.update(value);
-    let b = h.finalize();
-    let b = b.as_bytes();
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+/// SipHash-2-4 (a keyed PRF, several times cheaper than BLAKE3 on short inputs) - these run up
+/// to four times per login.
+#[allow(deprecated)] // `SipHasher` is deprecated as a HashMap hasher, not as SipHash-2-4.
+pub(crate) fn value_tag(key: &TagKey, what: u8, value: &[u8]) -> u32 {
+    use std::hash::Hasher as _;
+    let mut h = std::hash::SipHasher::new_with_keys(key.0, key.1);
+    h.write_u8(what);
+    h.write(value);
+    h.finish() as u32
 }
 
 pub(crate) fn kind_byte(kind: EntityKind) -> u8 {
@@ -101,10 +127,34 @@ impl Hasher for KeyHasher {
 pub(crate) type KeyMap<V> = HashMap<EntityKey, V, BuildHasherDefault<KeyHasher>>;
 
 /// Recent evidence: event ids (16 bytes, from their hex form) and input lines. Bounded.
+/// Written as `[["<32 hex>", line], ...]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Vec<(String, u64)>", into = "Vec<(String, u64)>")]
 pub(crate) struct Evidence {
-    /// Oldest first; at most the configured number of entries.
-    items: Vec<(u128, u64)>,
+    /// Oldest first; at most the configured number of entries. 24 bytes each.
+    items: Vec<([u8; 16], u64)>,
+}
+
+impl From<Evidence> for Vec<(String, u64)> {
+    fn from(e: Evidence) -> Self {
+        e.items
+            .iter()
+            .map(|(id, line)| (hex::encode(id), *line))
+            .collect()
+    }
+}
+
+impl From<Vec<(String, u64)>> for Evidence {
+    fn from(v: Vec<(String, u64)>) -> Self {
+        let items = v
+            .into_iter()
+            .filter_map(|(id, line)| {
+                let mut b = [0u8; 16];
+                hex::decode_to_slice(&id, &mut b).ok().map(|_| (b, line))
+            })
+            .collect();
+        Evidence { items }
+    }
 }
 
 /// Marker for "no input line" (lines are 1-based).
@@ -115,7 +165,9 @@ impl Evidence {
         if max == 0 {
             return;
         }
-        let id = u128::from_str_radix(event.id.as_str(), 16).unwrap_or(0);
+        let mut id = [0u8; 16];
+        // Ids are 32 hex digits by construction; anything else is kept as zeros rather than dropped.
+        let _ = hex::decode_to_slice(event.id.as_str(), &mut id);
         if self.items.len() >= max {
             let excess = self.items.len() + 1 - max;
             self.items.drain(..excess);
@@ -147,7 +199,7 @@ impl Evidence {
     /// Append to an alert's `lines` / `event_ids` (oldest first), skipping ids already there.
     pub fn write_to(&self, alert: &mut perimeter_model::Alert) {
         for &(id, line) in &self.items {
-            let hex = format!("{id:032x}");
+            let hex = hex::encode(id);
             if alert.event_ids.contains(&hex) {
                 continue;
             }
@@ -253,6 +305,19 @@ mod tests {
     }
 
     #[test]
+    fn per_entity_cost_stays_small() {
+        use std::mem::size_of;
+        // The map slot: 16-byte key + state; features are boxed and allocated on first use.
+        assert!(
+            size_of::<EntityState>() <= 80,
+            "{}",
+            size_of::<EntityState>()
+        );
+        assert!(size_of::<RateState>() <= 112, "{}", size_of::<RateState>());
+        assert_eq!(size_of::<([u8; 16], u64)>(), 24);
+    }
+
+    #[test]
     fn evidence_keeps_only_the_newest() {
         let mut ev = Evidence::default();
         for i in 0..30u64 {
@@ -283,5 +348,8 @@ mod tests {
         assert_eq!(alert.lines.last(), Some(&30));
         assert_eq!(alert.event_ids.len(), 20);
         assert_eq!(alert.event_ids[0].len(), 32);
+        let json = serde_json::to_string(&ev).unwrap();
+        let back: Evidence = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ev);
     }
 }

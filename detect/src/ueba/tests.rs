@@ -840,3 +840,153 @@ fn disabled_detectors_stay_silent() {
     assert!(run(&mut engine, &events).is_empty());
     assert_eq!(engine.name(), "ueba");
 }
+
+mod stream_proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        let cats = prop::sample::subsequence(
+            vec![
+                "authentication",
+                "iam",
+                "configuration",
+                "file",
+                "database",
+                "session",
+                "network",
+            ],
+            0..3,
+        );
+        let types = prop::sample::subsequence(
+            vec!["start", "change", "creation", "deletion", "access", "info"],
+            0..3,
+        );
+        (
+            cats,
+            types,
+            prop::option::of("[a-z._ ]{0,30}"),
+            0u8..3,
+            prop::option::of(0u8..6),
+            prop::option::of(0u8..4),
+            -100_000_000i64..100_000_000,
+            any::<bool>(),
+            prop::option::of(any::<u64>()),
+        )
+            .prop_map(|(cats, types, action, outcome, user, ip, dt, throttle, asn)| {
+                let ecs = Ecs {
+                    event_action: action,
+                    event_category: cats.into_iter().map(String::from).collect(),
+                    event_type: types.into_iter().map(String::from).collect(),
+                    event_outcome: [Outcome::Success, Outcome::Failure, Outcome::Unknown][outcome as usize],
+                    user_name: user.map(|u| format!("u{u}@example.com")),
+                    source_ip: ip.map(|i| format!("192.0.2.{i}")),
+                    source_as_number: asn,
+                    source_geo_country_iso_code: asn.map(|a| format!("C{}", a % 3)),
+                    user_agent_original: Some("curl/8.0".into()),
+                    ..Default::default()
+                };
+                let raw = if throttle {
+                    json!({"errorCode": "ThrottlingException", "token_id": dt, "integration": "app", "status": 429})
+                } else {
+                    json!({"n": dt, "actor": {"type": "PublicClientApp", "id": 5}})
+                };
+                event("okta", "acme", t0() + Duration::seconds(dt), 1, ecs, raw)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any event mix, in any time order (gaps of years, late events), never panics, keeps
+        /// the entity bound, and survives a snapshot round trip unchanged.
+        #[test]
+        fn arbitrary_streams_are_safe(events in prop::collection::vec(arb_event(), 1..80)) {
+            let cfg = UebaConfig { max_entities: 8, ..Default::default() };
+            let mut engine = UebaEngine::new(cfg.clone(), KEY);
+            let mut alerts = run(&mut engine, &events);
+            prop_assert!(engine.tracked_entities() <= 8);
+            engine.flush(&mut alerts);
+            for a in &alerts {
+                prop_assert!(a.rule_id.starts_with("ueba.") && !a.id.is_empty());
+                prop_assert!(a.event_ids.len() <= 21);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.json");
+            engine.snapshot_to(&path).unwrap();
+            let restored = UebaEngine::restore_from(cfg, KEY, &path).unwrap();
+            prop_assert_eq!(restored.tracked_entities(), engine.tracked_entities());
+            prop_assert!(restored.entities == engine.entities);
+        }
+    }
+}
+
+fn github_install(t: DateTime<Utc>, line: u64, actor: &str, app: &str) -> Event {
+    let raw = json!({
+        "@timestamp": t.timestamp_millis(),
+        "_document_id": format!("doc-{line}"),
+        "action": "integration_installation.create",
+        "actor": actor,
+        "org": "acme-corp",
+        "integration": app,
+        "repository_selection": "all"
+    });
+    let ecs = Ecs {
+        event_action: Some("integration_installation.create".into()),
+        event_category: vec!["configuration".into()],
+        event_type: vec!["creation".into()],
+        event_outcome: Outcome::Success,
+        user_name: Some(actor.into()),
+        organization_id: Some("acme-corp".into()),
+        ..Default::default()
+    };
+    event("github", "acme", t, line, ecs, raw)
+}
+
+#[test]
+fn a_new_integration_for_the_org_after_warm_up_is_first_seen() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let learned = run(
+        &mut engine,
+        &[github_install(t0(), 1, "octo-admin", "dependabot")],
+    );
+    assert!(
+        of(&learned, "first_seen").is_empty(),
+        "learned during warm-up"
+    );
+    let again = run(
+        &mut engine,
+        &[github_install(
+            t0() + Duration::days(4),
+            2,
+            "octo-admin",
+            "dependabot",
+        )],
+    );
+    assert!(of(&again, "first_seen").is_empty(), "known app");
+    let alerts = run(
+        &mut engine,
+        &[github_install(
+            t0() + Duration::days(4) + Duration::hours(1),
+            3,
+            "octo-admin",
+            "sketchy-ci",
+        )],
+    );
+    let org: Vec<_> = of(&alerts, "first_seen")
+        .into_iter()
+        .filter(|a| a.entity_kind == EntityKind::Org)
+        .collect();
+    assert_eq!(org.len(), 1, "{alerts:#?}");
+    assert_eq!(org[0].entity, "acme-corp");
+    let why = org[0].explanation.as_deref().unwrap();
+    assert!(
+        why.contains("OAuth app/integration `sketchy-ci`") && !why.contains("dependabot"),
+        "{why}"
+    );
+    assert_eq!(
+        org[0].severity,
+        Severity::Medium,
+        "a new org app escalates low -> medium"
+    );
+}

@@ -21,7 +21,11 @@ pub(crate) fn observe(
     let s = st.volume.get_or_insert_with(|| Box::new(RateState::new(t)));
     s.baseline.observe(t, 1, ctx.params);
     let n = s.window.add(t, cfg.window_seconds, 1);
-    s.evidence.push(ctx.event, ctx.max_evidence);
+    // Only the events just before and after the floor can end up as evidence: quiet entities
+    // never allocate an evidence list.
+    if n + ctx.max_evidence as u64 > cfg.min_events {
+        s.evidence.push(ctx.event, ctx.max_evidence);
+    }
     if n < cfg.min_events || age_hours < cfg.warmup_hours {
         return;
     }
