@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::alerts::blocking;
-use super::page_limit;
+use super::{blocking, page_limit};
 use crate::audit::AuditEntry;
 use crate::auth::{Auth, Role};
 use crate::error::{ApiError, ErrorBody};

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{bounded, page_limit, time_range, ItemsPage};
+use super::{blocking, bounded, page_limit, time_range, ItemsPage};
 use crate::auth::{Auth, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
@@ -274,15 +274,6 @@ pub async fn update_alert(
     let record = serde_json::to_value(&record)
         .map_err(|e| ApiError::Internal(format!("encode alert: {e}")))?;
     Ok(Json(record))
-}
-
-/// Run blocking store IO off the async workers.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::alerts::blocking;
-use super::{bounded, limit_within, page_limit, time_range, ItemsPage, MAX_LIMIT};
+use super::{blocking, bounded, limit_within, page_limit, time_range, ItemsPage, MAX_LIMIT};
 use crate::auth::{Auth, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery};

@@ -8,8 +8,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::alerts::blocking;
-use super::{limit_within, time_range, MAX_LIMIT};
+use super::{blocking, limit_within, time_range, MAX_LIMIT};
 use crate::auth::{Auth, Role};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
