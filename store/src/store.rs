@@ -207,10 +207,11 @@ impl Store {
                     for entry in std::fs::read_dir(&ddir).at(&ddir)? {
                         let entry = entry.at(&ddir)?;
                         let name = entry.file_name().to_string_lossy().to_string();
-                        let Some((seq, n)) = seq_of_tmp(&name) else {
+                        if !name.ends_with(".parquet.tmp") {
                             continue;
-                        };
-                        if seq <= committed {
+                        }
+                        let parsed = seq_of_tmp(&name);
+                        if let Some((seq, n)) = parsed.filter(|(seq, _)| *seq <= committed) {
                             let dst = ddir.join(final_name(seq, n));
                             std::fs::rename(entry.path(), &dst).at(&dst)?;
                             tracing::info!(file = %dst.display(), "recovered parquet file of a committed batch");

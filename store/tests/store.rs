@@ -1,0 +1,847 @@
+//! Integration tests of the store against real files: tantivy indexes and Parquet read back
+//! with the arrow/parquet readers.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, TimestampMicrosecondType};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use perimeter_model::{
+    Alert, AlertStatus, DeadLetter, DetectorKind, Ecs, EntityKind, Event, Outcome, RawRecord,
+    Severity,
+};
+use perimeter_store::parquet_sink::read_parquet_file;
+use perimeter_store::{
+    AlertQuery, AlertUpdate, EventQuery, RetentionRule, Store, StoreBatch, StoreConfig, StoreError,
+};
+use serde_json::json;
+
+fn ts(day: u32, hour: u32, minute: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, day, hour, minute, 0)
+        .unwrap()
+}
+
+fn event(tenant: &str, source: &str, at: DateTime<Utc>, user: &str, action: &str, n: u64) -> Event {
+    let raw = json!({"uuid": format!("{tenant}-{source}-{n}-{}", at.timestamp()), "actor": {"alternateId": user},
+                     "eventType": action, "published": at.to_rfc3339(), "client": {"ipAddress": "198.51.100.7"}});
+    let mut ecs = Ecs {
+        timestamp: Some(at),
+        event_action: Some(action.to_string()),
+        event_outcome: if n.is_multiple_of(2) {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        },
+        event_category: vec!["authentication".into()],
+        user_name: Some(user.to_string()),
+        source_ip: Some("198.51.100.7".into()),
+        source_as_number: Some(64500 + n),
+        ..Default::default()
+    };
+    ecs.fill_related();
+    let record = RawRecord {
+        source: source.into(),
+        tenant: tenant.into(),
+        received_at: at,
+        line: Some(n),
+        raw,
+    };
+    Event::new(source, record, ecs)
+}
+
+fn config(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        index_writer_threads: 1,
+        index_writer_memory_bytes: 20_000_000,
+        ..StoreConfig::at(dir)
+    }
+}
+
+fn batch(events: Vec<Event>) -> StoreBatch {
+    StoreBatch {
+        events,
+        ..Default::default()
+    }
+}
+
+fn parquet_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                out.push(path);
+            }
+        }
+    }
+    walk(&root.join("parquet"), &mut out);
+    out.sort();
+    out
+}
+
+fn parquet_ids(root: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    for f in parquet_files(root) {
+        for b in read_parquet_file(&f).unwrap() {
+            let col = b.column_by_name("event_id").unwrap().as_string::<i32>();
+            ids.extend(col.iter().map(|v| v.unwrap().to_string()));
+        }
+    }
+    ids
+}
+
+fn search_all(store: &Store, tenant: &str, query: &str, limit: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let q = EventQuery {
+            query: query.into(),
+            limit,
+            cursor: cursor.clone(),
+            ..Default::default()
+        };
+        let page = store.search_events(tenant, &q).unwrap();
+        out.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn parquet_files_read_back_with_columns_rows_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let events = vec![
+        event(
+            "acme",
+            "okta",
+            ts(20, 10, 0),
+            "alice@acme.test",
+            "user.session.start",
+            1,
+        ),
+        event(
+            "acme",
+            "okta",
+            ts(20, 11, 0),
+            "bob@acme.test",
+            "user.session.start",
+            2,
+        ),
+        event(
+            "acme",
+            "okta",
+            ts(21, 9, 0),
+            "alice@acme.test",
+            "user.session.end",
+            3,
+        ),
+        event("acme", "github", ts(20, 12, 0), "carol", "repo.create", 4),
+        event(
+            "globex",
+            "okta",
+            ts(20, 10, 0),
+            "alice@globex.test",
+            "user.session.start",
+            5,
+        ),
+    ];
+    let ack = store.write_batch(&batch(events.clone())).unwrap();
+    assert_eq!(ack.events_written, 5);
+
+    let root = dir.path();
+    let part = |t: &str, s: &str, d: &str| {
+        root.join(format!("parquet/events/tenant={t}/source={s}/dt={d}"))
+    };
+    let rows_in = |p: PathBuf| -> usize {
+        std::fs::read_dir(&p)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                read_parquet_file(&e.path())
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.num_rows())
+                    .sum::<usize>()
+            })
+            .sum()
+    };
+    assert_eq!(rows_in(part("acme", "okta", "2026-11-20")), 2);
+    assert_eq!(rows_in(part("acme", "okta", "2026-11-21")), 1);
+    assert_eq!(rows_in(part("acme", "github", "2026-11-20")), 1);
+    assert_eq!(rows_in(part("globex", "okta", "2026-11-20")), 1);
+    assert_eq!(parquet_files(root).len(), 4);
+
+    let file = std::fs::read_dir(part("acme", "okta", "2026-11-20"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(file
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("part-"));
+    let batches = read_parquet_file(&file).unwrap();
+    let b = &batches[0];
+    let schema = b.schema();
+    assert_eq!(
+        schema.field_with_name("timestamp").unwrap().data_type(),
+        &DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    for col in [
+        "event_id",
+        "event_action",
+        "event_outcome",
+        "user_name",
+        "source_ip",
+        "raw",
+        "related_user",
+    ] {
+        assert!(schema.field_with_name(col).is_ok(), "missing column {col}");
+    }
+    let ids = b.column_by_name("event_id").unwrap().as_string::<i32>();
+    let users = b.column_by_name("user_name").unwrap().as_string::<i32>();
+    let times = b
+        .column_by_name("timestamp")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    let raws = b.column_by_name("raw").unwrap().as_string::<i32>();
+    let asn = b
+        .column_by_name("source_as_number")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    let cats = b.column_by_name("event_category").unwrap().as_list::<i32>();
+    for row in 0..b.num_rows() {
+        let ev = events
+            .iter()
+            .find(|e| e.id.0 == ids.value(row))
+            .expect("row is one of the written events");
+        assert_eq!(users.value(row), ev.ecs.user_name.as_deref().unwrap());
+        assert_eq!(times.value(row), ev.timestamp.timestamp_micros());
+        let raw: serde_json::Value = serde_json::from_str(raws.value(row)).unwrap();
+        assert_eq!(raw, ev.raw);
+        assert_eq!(asn.value(row), ev.ecs.source_as_number.unwrap() as i64);
+        assert_eq!(
+            cats.value(row).as_string::<i32>().value(0),
+            "authentication"
+        );
+    }
+    assert!(b.column_by_name("line").unwrap().null_count() == 0);
+    // No temporary files left behind.
+    assert!(walk_names(root).iter().all(|n| !n.ends_with(".tmp")));
+}
+
+fn walk_names(p: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let path = e.path();
+        out.push(path.to_string_lossy().to_string());
+        if path.is_dir() {
+            out.extend(walk_names(&path));
+        }
+    }
+    out
+}
+
+#[test]
+fn search_is_per_tenant_newest_first_paginated_and_filtered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let mut events = Vec::new();
+    for i in 0..30u64 {
+        let at = ts(18 + (i % 3) as u32, 8, i as u32);
+        let user = if i % 2 == 0 {
+            "alice@acme.test"
+        } else {
+            "bob@acme.test"
+        };
+        events.push(event("acme", "okta", at, user, "user.session.start", i));
+    }
+    events.push(event(
+        "acme",
+        "okta",
+        ts(19, 9, 0),
+        "alice@acme.test",
+        "user.account.lock",
+        100,
+    ));
+    events.push(event(
+        "globex",
+        "okta",
+        ts(19, 9, 0),
+        "alice@globex.test",
+        "user.session.start",
+        200,
+    ));
+    store.write_batch(&batch(events.clone())).unwrap();
+
+    let alice = search_all(
+        &store,
+        "acme",
+        "event.action:user.session.start AND user.name:alice",
+        4,
+    );
+    assert_eq!(alice.len(), 15);
+    assert!(alice
+        .iter()
+        .all(|d| d["perimeter"]["tenant"] == "acme" && d["user"]["name"] == "alice@acme.test"));
+    let times: Vec<String> = alice
+        .iter()
+        .map(|d| d["@timestamp"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted, "newest first");
+    let ids: BTreeSet<&str> = alice
+        .iter()
+        .map(|d| d["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 15, "pagination returns each hit once");
+
+    // Everything, across three day indexes, in pages of 7.
+    assert_eq!(search_all(&store, "acme", "", 7).len(), 31);
+    // Free text on the catch-all field, and keyword fields are case-insensitive.
+    assert_eq!(search_all(&store, "acme", "lock", 10).len(), 1);
+    assert_eq!(
+        search_all(&store, "acme", "event.action:USER.ACCOUNT.LOCK", 10).len(),
+        1
+    );
+    assert_eq!(
+        search_all(&store, "acme", "event.outcome:failure", 100).len(),
+        15
+    );
+    assert_eq!(
+        search_all(&store, "acme", "source.as.number:64501", 100).len(),
+        1
+    );
+    // Never another tenant's events.
+    let globex = search_all(&store, "globex", "alice", 10);
+    assert_eq!(globex.len(), 1);
+    assert_eq!(globex[0]["perimeter"]["tenant"], "globex");
+    assert!(search_all(&store, "acme", "globex", 10).is_empty());
+    assert!(search_all(&store, "nobody", "", 10).is_empty());
+
+    // from inclusive, to exclusive.
+    let q = EventQuery {
+        from: Some(ts(19, 0, 0)),
+        to: Some(ts(20, 0, 0)),
+        limit: 100,
+        ..Default::default()
+    };
+    let day19 = store.search_events("acme", &q).unwrap().items;
+    assert_eq!(day19.len(), 11);
+    assert!(day19
+        .iter()
+        .all(|d| d["@timestamp"].as_str().unwrap().starts_with("2026-11-19")));
+    let q = EventQuery {
+        from: Some(ts(19, 8, 3)),
+        to: Some(ts(19, 8, 9)),
+        limit: 100,
+        ..Default::default()
+    };
+    let minutes: Vec<String> = store
+        .search_events("acme", &q)
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| d["@timestamp"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        minutes,
+        vec!["2026-11-19T08:07:00Z", "2026-11-19T08:04:00Z"]
+    );
+
+    // get_event by id, scoped to the tenant.
+    let g = &events[31];
+    let doc = store.get_event("globex", &g.id.0).unwrap().unwrap();
+    assert_eq!(doc, g.to_output_json());
+    assert_eq!(store.get_event("acme", &g.id.0).unwrap(), None);
+}
+
+#[test]
+fn invalid_queries_and_cursors_are_invalid_query_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    store
+        .write_batch(&batch(vec![event(
+            "acme",
+            "okta",
+            ts(20, 1, 0),
+            "a",
+            "x",
+            1,
+        )]))
+        .unwrap();
+    for bad in [
+        "user.name:(alice",
+        "nosuchfield:x",
+        "\"unterminated",
+        "@timestamp:[2026 TO",
+    ] {
+        let q = EventQuery {
+            query: bad.into(),
+            limit: 10,
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                store.search_events("acme", &q),
+                Err(StoreError::InvalidQuery(_))
+            ),
+            "{bad}"
+        );
+    }
+    let q = EventQuery {
+        cursor: Some("nope".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.search_events("acme", &q),
+        Err(StoreError::InvalidQuery(_))
+    ));
+    let q = EventQuery {
+        from: Some(ts(21, 0, 0)),
+        to: Some(ts(20, 0, 0)),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.search_events("acme", &q),
+        Err(StoreError::InvalidQuery(_))
+    ));
+    // A huge limit is clamped, not an error.
+    let q = EventQuery {
+        limit: usize::MAX,
+        ..Default::default()
+    };
+    assert_eq!(store.search_events("acme", &q).unwrap().items.len(), 1);
+}
+
+#[test]
+fn replayed_events_are_stored_once_also_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<Event> = (0..50)
+        .map(|i| {
+            event(
+                "acme",
+                "okta",
+                ts(20 + (i % 2) as u32, 3, (i % 60) as u32),
+                "u",
+                "a",
+                i,
+            )
+        })
+        .collect();
+    {
+        let store = Store::open(config(dir.path())).unwrap();
+        let first = store.write_batch(&batch(events.clone())).unwrap();
+        assert_eq!((first.events_written, first.events_duplicate), (50, 0));
+        let again = store.write_batch(&batch(events.clone())).unwrap();
+        assert_eq!((again.events_written, again.events_duplicate), (0, 50));
+        // Duplicates inside one batch, mixed with new events.
+        let mut mixed = events[..10].to_vec();
+        mixed.push(event("acme", "okta", ts(22, 0, 0), "u", "a", 999));
+        mixed.push(event("acme", "okta", ts(22, 0, 0), "u", "a", 999));
+        let m = store.write_batch(&batch(mixed)).unwrap();
+        assert_eq!((m.events_written, m.events_duplicate), (1, 11));
+        assert_eq!(store.stats().events_stored, 51);
+    }
+    let store = Store::open(config(dir.path())).unwrap();
+    let after = store.write_batch(&batch(events.clone())).unwrap();
+    assert_eq!((after.events_written, after.events_duplicate), (0, 50));
+    assert_eq!(store.stats().events_stored, 51);
+    assert_eq!(search_all(&store, "acme", "", 100).len(), 51);
+    let ids = parquet_ids(dir.path());
+    assert_eq!(ids.len(), 51);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 51);
+}
+
+fn alert_for(tenant: &str, ev: &Event, sev: Severity, rule: &str) -> Alert {
+    Alert::new(
+        rule,
+        format!("{rule} title"),
+        sev,
+        DetectorKind::Sigma,
+        &ev.source,
+        tenant,
+        ev.timestamp,
+        "alice",
+        EntityKind::User,
+    )
+    .with_evidence(ev)
+    .seal()
+}
+
+#[test]
+fn alerts_are_idempotent_and_triage_history_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let e1 = event(
+        "acme",
+        "okta",
+        ts(20, 1, 0),
+        "alice",
+        "user.session.start",
+        1,
+    );
+    let e2 = event(
+        "acme",
+        "okta",
+        ts(20, 2, 0),
+        "alice",
+        "user.account.lock",
+        2,
+    );
+    let a1 = alert_for("acme", &e1, Severity::High, "okta_login");
+    let a2 = alert_for("acme", &e2, Severity::Low, "okta_lock");
+    let g = event("globex", "okta", ts(20, 1, 0), "alice", "x", 3);
+    let ag = alert_for("globex", &g, Severity::Critical, "okta_login");
+    let id1 = a1.id.clone();
+    {
+        let store = Store::open(config(dir.path())).unwrap();
+        let b = StoreBatch {
+            events: vec![e1.clone(), e2.clone(), g],
+            alerts: vec![a1.clone(), a2.clone(), ag.clone()],
+            dead_letters: vec![],
+        };
+        assert_eq!(store.write_batch(&b).unwrap().alerts_written, 3);
+        assert_eq!(store.write_batch(&b).unwrap().alerts_written, 0);
+
+        let up = AlertUpdate {
+            status: Some(AlertStatus::Acknowledged),
+            assignee: Some("bob".into()),
+            note: Some("looking".into()),
+        };
+        let r = store
+            .update_alert("acme", &id1, &up, "bob@soc")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.alert.status, AlertStatus::Acknowledged);
+        assert_eq!(r.history.len(), 3);
+        let up2 = AlertUpdate {
+            status: Some(AlertStatus::Resolved),
+            assignee: Some(String::new()),
+            note: None,
+        };
+        store
+            .update_alert("acme", &id1, &up2, "carol@soc")
+            .unwrap()
+            .unwrap();
+        // Another tenant cannot see or change it.
+        assert!(store.get_alert("globex", &id1).unwrap().is_none());
+        assert!(store
+            .update_alert("globex", &id1, &up2, "mallory")
+            .unwrap()
+            .is_none());
+    }
+    let store = Store::open(config(dir.path())).unwrap();
+    let r = store.get_alert("acme", &id1).unwrap().unwrap();
+    assert_eq!(r.alert.status, AlertStatus::Resolved);
+    assert_eq!(r.assignee, None);
+    assert_eq!(r.notes.len(), 1);
+    assert_eq!(r.notes[0].by, "bob@soc");
+    let fields: Vec<(&str, &str, Option<&str>, Option<&str>)> = r
+        .history
+        .iter()
+        .map(|c| {
+            (
+                c.by.as_str(),
+                c.field.as_str(),
+                c.from.as_deref(),
+                c.to.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        vec![
+            ("bob@soc", "status", Some("open"), Some("acknowledged")),
+            ("bob@soc", "assignee", None, Some("bob")),
+            ("bob@soc", "note", None, Some("looking")),
+            (
+                "carol@soc",
+                "status",
+                Some("acknowledged"),
+                Some("resolved")
+            ),
+            ("carol@soc", "assignee", Some("bob"), None),
+        ]
+    );
+    // Re-delivering the alert does not reset its triage state.
+    store
+        .write_batch(&StoreBatch {
+            alerts: vec![a1.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        store.get_alert("acme", &id1).unwrap().unwrap().alert.status,
+        AlertStatus::Resolved
+    );
+
+    let evidence = store.alert_evidence("acme", &id1).unwrap();
+    assert_eq!(evidence, vec![e1.to_output_json()]);
+    let q = AlertQuery {
+        status: Some(AlertStatus::Open),
+        limit: 10,
+        ..Default::default()
+    };
+    let open: Vec<String> = store
+        .list_alerts("acme", &q)
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.alert.id)
+        .collect();
+    assert_eq!(open, vec![a2.id.clone()]);
+    let q = AlertQuery {
+        text: Some("LOCK".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(store.list_alerts("acme", &q).unwrap().items.len(), 1);
+    let q = AlertQuery {
+        severity: Some(Severity::High),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(store.list_alerts("acme", &q).unwrap().items.len(), 1);
+    assert_eq!(
+        store
+            .list_alerts(
+                "globex",
+                &AlertQuery {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn retention_deletes_exactly_the_expired_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        retention_days: 3,
+        retention: vec![
+            RetentionRule {
+                tenant: None,
+                source: Some("github".into()),
+                days: 1,
+            },
+            RetentionRule {
+                tenant: Some("keep".into()),
+                source: None,
+                days: 0,
+            },
+        ],
+        ..config(dir.path())
+    };
+    let store = Store::open(cfg).unwrap();
+    let mut events = Vec::new();
+    for day in 18..=25u32 {
+        events.push(event("acme", "okta", ts(day, 12, 0), "u", "a", day as u64));
+        events.push(event(
+            "acme",
+            "github",
+            ts(day, 12, 0),
+            "u",
+            "a",
+            day as u64,
+        ));
+        events.push(event("keep", "okta", ts(day, 12, 0), "u", "a", day as u64));
+    }
+    store.write_batch(&batch(events)).unwrap();
+    let now = ts(25, 13, 0);
+    let report = store.apply_retention(now).unwrap();
+
+    // okta keeps 2026-11-22 ..= 25 (3 days), github keeps 24 ..= 25 (1 day), keep keeps all.
+    let days_of = |t: &str, s: &str| -> Vec<String> {
+        let p = dir
+            .path()
+            .join(format!("parquet/events/tenant={t}/source={s}"));
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let expect = |from: u32| {
+        (from..=25)
+            .map(|d| format!("dt=2026-11-{d}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(days_of("acme", "okta"), expect(22));
+    assert_eq!(days_of("acme", "github"), expect(24));
+    assert_eq!(days_of("keep", "okta"), expect(18));
+    assert_eq!(report.parquet_partitions_dropped.len(), 4 + 6);
+
+    let mut index_days: Vec<String> = std::fs::read_dir(dir.path().join("index/tenant=acme"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    index_days.sort();
+    assert_eq!(index_days, expect(22));
+    let dropped: Vec<String> = report
+        .indexes_dropped
+        .iter()
+        .map(|(t, d)| format!("{t}/{d}"))
+        .collect();
+    assert_eq!(
+        dropped,
+        (18..=21)
+            .map(|d| format!("acme/2026-11-{d}"))
+            .collect::<Vec<_>>()
+    );
+    // Days 22 and 23 keep okta but lost github inside the index.
+    assert_eq!(report.events_deleted_from_kept_indexes, 2);
+    let sources: Vec<(String, String)> = search_all(&store, "acme", "", 100)
+        .iter()
+        .map(|d| {
+            (
+                d["@timestamp"].as_str().unwrap()[..10].to_string(),
+                d["event"]["module"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(sources.len(), 4 + 2);
+    assert!(!sources.contains(&("2026-11-23".into(), "github".into())));
+    assert!(sources.contains(&("2026-11-24".into(), "github".into())));
+    assert_eq!(search_all(&store, "keep", "", 100).len(), 8);
+    // Idempotent: nothing more to drop at the same instant; one day later drops one more day.
+    assert_eq!(store.apply_retention(now).unwrap(), Default::default());
+    let next = store.apply_retention(now + Duration::days(1)).unwrap();
+    assert_eq!(next.indexes_dropped.len(), 1);
+    // okta 23..=25, github 25, keep all 8.
+    assert_eq!(store.stats().events_stored, 3 + 1 + 8);
+    assert_eq!(next.events_deleted_from_kept_indexes, 1);
+    // A dropped day can be written again (a late event), into a fresh index.
+    store
+        .write_batch(&batch(vec![event(
+            "acme",
+            "okta",
+            ts(18, 12, 0),
+            "late",
+            "a",
+            1,
+        )]))
+        .unwrap();
+    assert_eq!(search_all(&store, "acme", "late", 10).len(), 1);
+}
+
+#[test]
+fn interrupted_batches_are_finished_or_undone_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(config(dir.path())).unwrap();
+        store
+            .write_batch(&batch(vec![event(
+                "acme",
+                "okta",
+                ts(20, 1, 0),
+                "u",
+                "a",
+                1,
+            )]))
+            .unwrap();
+    }
+    let files = parquet_files(dir.path());
+    assert_eq!(files.len(), 1);
+    let committed = files[0].clone();
+    let name = committed.file_name().unwrap().to_str().unwrap().to_string();
+    // Crash after the tantivy commit, before the rename: the file must come back.
+    let tmp_committed = committed.with_file_name(format!(".{}.tmp", name));
+    std::fs::rename(&committed, &tmp_committed).unwrap();
+    // Crash before the commit of a later batch: its file must go.
+    let orphan = committed.with_file_name(".part-09999999999999999999-0000.parquet.tmp");
+    std::fs::copy(&tmp_committed, &orphan).unwrap();
+    // A half-written file with a mangled name is ours too and never acknowledged.
+    let mangled = committed.with_file_name(".part-xyz.parquet.tmp");
+    std::fs::write(&mangled, b"PAR1").unwrap();
+
+    let store = Store::open(config(dir.path())).unwrap();
+    assert!(committed.exists());
+    assert!(!tmp_committed.exists());
+    assert!(!orphan.exists());
+    assert!(!mangled.exists());
+    assert_eq!(parquet_ids(dir.path()).len(), 1);
+    assert_eq!(search_all(&store, "acme", "", 10).len(), 1);
+}
+
+#[test]
+fn dead_letters_and_bad_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let dl = |tenant: &str, n: u64| DeadLetter {
+        line: Some(n),
+        source: "okta".into(),
+        tenant: tenant.into(),
+        received_at: ts(20, 0, 0),
+        reason: format!("invalid JSON at line {n}"),
+        excerpt: "{\"x\":".into(),
+    };
+    {
+        let store = Store::open(config(dir.path())).unwrap();
+        let b = StoreBatch {
+            dead_letters: vec![dl("acme", 1), dl("acme", 2), dl("globex", 3)],
+            ..Default::default()
+        };
+        assert_eq!(store.write_batch(&b).unwrap().dead_letters_written, 3);
+        let mut bad = event("", "okta", ts(20, 0, 0), "u", "a", 1);
+        bad.tenant.clear();
+        assert!(matches!(
+            store.write_batch(&batch(vec![bad])),
+            Err(StoreError::InvalidBatch(_))
+        ));
+    }
+    let store = Store::open(config(dir.path())).unwrap();
+    let lines: Vec<Option<u64>> = store
+        .list_dead_letters("acme", 10)
+        .unwrap()
+        .iter()
+        .map(|d| d.line)
+        .collect();
+    assert_eq!(lines, vec![Some(2), Some(1)]);
+    assert_eq!(store.list_dead_letters("globex", 10).unwrap().len(), 1);
+    assert_eq!(
+        store.tenants(),
+        vec!["acme".to_string(), "globex".to_string()]
+    );
+}
+
+#[test]
+fn tenant_names_cannot_escape_the_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(&dir.path().join("data"))).unwrap();
+    store
+        .write_batch(&batch(vec![event(
+            "../evil",
+            "okta/../x",
+            ts(20, 0, 0),
+            "u",
+            "a",
+            1,
+        )]))
+        .unwrap();
+    assert!(walk_names(dir.path())
+        .iter()
+        .all(|p| p.starts_with(&dir.path().join("data").to_string_lossy().to_string())));
+    assert_eq!(search_all(&store, "../evil", "", 10).len(), 1);
+    drop(store);
+    let store = Store::open(config(&dir.path().join("data"))).unwrap();
+    assert_eq!(store.tenants(), vec!["../evil".to_string()]);
+}
