@@ -26,7 +26,7 @@ pub struct EventSearchParams {
     pub q: Option<String>,
     /// Events at or after this time (RFC 3339).
     pub from: Option<String>,
-    /// Events before this time (RFC 3339).
+    /// Events before this time (RFC 3339, exclusive).
     pub to: Option<String>,
     /// Page size, 1..=1000 (default 50).
     pub limit: Option<usize>,

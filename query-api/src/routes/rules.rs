@@ -36,7 +36,7 @@ pub struct RuleTestRequest {
     pub events: Option<Vec<serde_json::Value>>,
     /// Use stored events at or after this time (RFC 3339).
     pub from: Option<String>,
-    /// Use stored events before this time (RFC 3339).
+    /// Use stored events before this time (RFC 3339, exclusive).
     pub to: Option<String>,
     /// Narrow the stored events with a search query (tantivy syntax); default all.
     pub query: Option<String>,

@@ -36,6 +36,12 @@ fn health_readiness_and_metrics_need_no_token() {
         text.contains("perimeter_events_received_total{source=\"okta\"} 6"),
         "{text}"
     );
+    // The store's own counters, read at scrape time: 8 events and 4 alerts were written.
+    assert!(
+        text.contains("perimeter_store_events_written_total 8\n"),
+        "{text}"
+    );
+    assert!(text.contains("perimeter_store_alerts_stored 4\n"), "{text}");
     assert!(
         text.contains("perimeter_store_commit_latency_seconds 0.25"),
         "{text}"
