@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{blocking, page_limit};
 use crate::audit::AuditEntry;
-use crate::auth::{Auth, Role};
+use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
 use crate::state::AppState;
@@ -37,10 +37,9 @@ pub struct AuditList {
     ))]
 pub async fn list_audit(
     State(state): State<AppState>,
-    auth: Auth,
+    auth: Auth<AdminRole>,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditList>, ApiError> {
-    auth.require(Role::Admin)?;
     let limit = page_limit(params.limit)?;
     // Read before recording this read, so the answer shows what happened before it.
     let audit = state.audit.clone();

@@ -9,7 +9,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{blocking, bounded, page_limit, time_range, ItemsPage};
-use crate::auth::{Auth, Role};
+use crate::auth::{Auth, ResponderRole};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -158,7 +158,6 @@ pub async fn list_alerts(
     auth: Auth,
     ApiQuery(params): ApiQuery<AlertListParams>,
 ) -> Result<Json<ItemsPage>, ApiError> {
-    auth.require(Role::Viewer)?;
     let query = alert_query(&params)?;
     state.audit(
         &auth.0,
@@ -198,7 +197,6 @@ pub async fn get_alert(
     auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AlertDetail>, ApiError> {
-    auth.require(Role::Viewer)?;
     bounded("id", &id, MAX_LABEL_BYTES)?;
     state.audit(&auth.0, "alerts.get", Some(&id), json!({}))?;
     let store = state.store.clone();
@@ -229,11 +227,10 @@ pub async fn get_alert(
     ))]
 pub async fn update_alert(
     State(state): State<AppState>,
-    auth: Auth,
+    auth: Auth<ResponderRole>,
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<AlertPatch>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    auth.require(Role::Responder)?;
     bounded("id", &id, MAX_LABEL_BYTES)?;
     if patch.status.is_none() && patch.assignee.is_none() && patch.note.is_none() {
         return Err(ApiError::bad_request(

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::{blocking, limit_within, time_range, MAX_LIMIT};
-use crate::auth::{Auth, Role};
+use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -64,7 +64,6 @@ pub async fn list_rules(
     State(state): State<AppState>,
     auth: Auth,
 ) -> Result<Json<RuleList>, ApiError> {
-    auth.require(Role::Viewer)?;
     state.audit(&auth.0, "rules.list", None, json!({}))?;
     let rules = state.rules.clone();
     let rules = blocking(move || rules.list()).await?;
@@ -83,10 +82,9 @@ pub async fn list_rules(
     ))]
 pub async fn test_rule(
     State(state): State<AppState>,
-    auth: Auth,
+    auth: Auth<AdminRole>,
     ApiJson(request): ApiJson<RuleTestRequest>,
 ) -> Result<Json<RuleTestResponse>, ApiError> {
-    auth.require(Role::Admin)?;
     if request.rule.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_json", "`rule` is empty"));
     }

@@ -148,6 +148,26 @@ fn every_role_on_every_endpoint() {
 }
 
 #[test]
+fn the_role_is_checked_before_the_body_is_read() {
+    let api = TestApi::start();
+    let path = format!("/api/v1/alerts/{}", api.data.acme_alerts[0].id);
+    let r = api
+        .req(Method::PATCH, &path, ACME, Role::Viewer)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_error(r, 403, "forbidden");
+    let r = api
+        .req(Method::POST, "/api/v1/rules/test", ACME, Role::Responder)
+        .header("content-type", "application/json")
+        .body("[]")
+        .send()
+        .unwrap();
+    assert_error(r, 403, "forbidden");
+}
+
+#[test]
 fn alerts_filter_sort_and_paginate() {
     let api = TestApi::start();
     let list = |query: &str| -> Vec<String> {
