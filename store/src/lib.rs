@@ -18,6 +18,7 @@
 //! [`Store::apply_retention`].
 
 mod alerts;
+mod compaction;
 mod config;
 mod error;
 mod journal;
@@ -31,6 +32,7 @@ pub mod tantivy_sink;
 pub use alerts::{
     AlertChange, AlertQuery, AlertRecord, AlertSort, AlertUpdate, Note, Page, MAX_PAGE_LIMIT,
 };
+pub use compaction::CompactionReport;
 pub use config::{RetentionRule, StoreConfig};
 pub use error::{Result, StoreError};
 pub use reader::EventQuery;

@@ -200,6 +200,7 @@ impl Store {
                     let Some(day) = layout::parse_day(&dname) else {
                         continue;
                     };
+                    crate::compaction::recover_compactions(&ddir)?;
                     let committed = match indexes.get(&(tenant.clone(), day)) {
                         Some(idx) => idx.committed_seq()?,
                         None => 0,
