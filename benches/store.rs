@@ -22,7 +22,10 @@ use perimeter_store::{EventQuery, Store, StoreBatch, StoreConfig};
 use serde_json::{json, Value};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
 }
 
 /// Tiny deterministic PRNG (xorshift) so runs are comparable.
@@ -40,7 +43,9 @@ impl Rng {
 }
 
 fn fixture(path: &str) -> Vec<Value> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/saas-api-pages").join(path);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/saas-api-pages")
+        .join(path);
     let v: Value = std::fs::read_to_string(&p)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -71,9 +76,21 @@ const OKTA_ACTIONS: &[&str] = &[
     "policy.evaluate_sign_on",
     "user.mfa.factor.deactivate",
 ];
-const GITHUB_ACTIONS: &[&str] =
-    &["repo.create", "repo.access", "org.add_member", "workflows.prepared_workflow_job", "git.clone", "protected_branch.destroy"];
-const GSUITE_ACTIONS: &[&str] = &["login_success", "login_failure", "ADD_GROUP_MEMBER", "CHANGE_PASSWORD", "download"];
+const GITHUB_ACTIONS: &[&str] = &[
+    "repo.create",
+    "repo.access",
+    "org.add_member",
+    "workflows.prepared_workflow_job",
+    "git.clone",
+    "protected_branch.destroy",
+];
+const GSUITE_ACTIONS: &[&str] = &[
+    "login_success",
+    "login_failure",
+    "ADD_GROUP_MEMBER",
+    "CHANGE_PASSWORD",
+    "download",
+];
 
 fn make_event(t: &Templates, rng: &mut Rng, i: u64, at: DateTime<Utc>) -> Event {
     let tenant = match rng.below(10) {
@@ -99,7 +116,11 @@ fn make_event(t: &Templates, rng: &mut Rng, i: u64, at: DateTime<Utc>) -> Event 
         }
         6..=8 => {
             let action = GITHUB_ACTIONS[rng.below(GITHUB_ACTIONS.len() as u64) as usize];
-            let mut raw = t.github.get(i as usize % t.github.len().max(1)).cloned().unwrap_or_else(|| json!({}));
+            let mut raw = t
+                .github
+                .get(i as usize % t.github.len().max(1))
+                .cloned()
+                .unwrap_or_else(|| json!({}));
             raw["_document_id"] = json!(format!("gh-{i:012}"));
             raw["@timestamp"] = json!(at.timestamp_millis());
             raw["action"] = json!(action);
@@ -112,7 +133,8 @@ fn make_event(t: &Templates, rng: &mut Rng, i: u64, at: DateTime<Utc>) -> Event 
             let action = GSUITE_ACTIONS[rng.below(GSUITE_ACTIONS.len() as u64) as usize];
             let mut raw = t.gsuite.first().cloned().unwrap_or_else(|| json!({}));
             raw["id"] = json!({"time": at.to_rfc3339(), "uniqueQualifier": format!("{i}"), "applicationName": "login"});
-            raw["actor"] = json!({"callerType": "USER", "email": user, "profileId": format!("{user_n:021}")});
+            raw["actor"] =
+                json!({"callerType": "USER", "email": user, "profileId": format!("{user_n:021}")});
             raw["ipAddress"] = json!(ip);
             raw["events"] = json!([{"type": "login", "name": action}]);
             ("google_workspace", action, raw)
@@ -123,7 +145,11 @@ fn make_event(t: &Templates, rng: &mut Rng, i: u64, at: DateTime<Utc>) -> Event 
     let mut ecs = Ecs {
         timestamp: Some(at),
         event_action: Some(action.to_string()),
-        event_outcome: if fail { Outcome::Failure } else { Outcome::Success },
+        event_outcome: if fail {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        },
         event_category: vec!["authentication".into()],
         user_name: Some(user.clone()),
         user_email: Some(user),
@@ -133,7 +159,13 @@ fn make_event(t: &Templates, rng: &mut Rng, i: u64, at: DateTime<Utc>) -> Event 
         ..Default::default()
     };
     ecs.fill_related();
-    let record = RawRecord { source: source.into(), tenant: tenant.into(), received_at: at, line: Some(i), raw };
+    let record = RawRecord {
+        source: source.into(),
+        tenant: tenant.into(),
+        received_at: at,
+        line: Some(i),
+        raw,
+    };
     Event::new(source, record, ecs)
 }
 
@@ -172,7 +204,10 @@ fn main() {
             tmp.path().to_path_buf()
         }
     };
-    let config = StoreConfig { retention_days: 0, ..StoreConfig::at(&dir) };
+    let config = StoreConfig {
+        retention_days: 0,
+        ..StoreConfig::at(&dir)
+    };
     println!(
         "store bench: events={n} batch={batch_size} days={days} writer_threads={} dir={}",
         config.index_writer_threads,
@@ -181,10 +216,17 @@ fn main() {
     let store = Store::open(config).expect("open store");
     let templates = Templates {
         okta: fixture("okta/system_log/001.json"),
-        github: [fixture("github/audit/001.json"), fixture("github/audit/002.json")].concat(),
+        github: [
+            fixture("github/audit/001.json"),
+            fixture("github/audit/002.json"),
+        ]
+        .concat(),
         gsuite: fixture("gsuite/activities/001.json"),
     };
-    let start = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).single().expect("valid date");
+    let start = Utc
+        .with_ymd_and_hms(2026, 10, 1, 0, 0, 0)
+        .single()
+        .expect("valid date");
     let span_micros = days as i64 * 86_400_000_000;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
 
@@ -198,12 +240,19 @@ fn main() {
             let m = batch_size.min(n - i as usize);
             let events: Vec<Event> = (0..m as u64)
                 .map(|k| {
-                    let at = start + chrono::Duration::microseconds(span_micros / n as i64 * (i + k) as i64);
+                    let at = start
+                        + chrono::Duration::microseconds(span_micros / n as i64 * (i + k) as i64);
                     make_event(&templates, &mut rng, i + k, at)
                 })
                 .collect();
-            raw_bytes += events.iter().map(|e| e.raw.to_string().len()).sum::<usize>();
-            let batch = StoreBatch { events, ..Default::default() };
+            raw_bytes += events
+                .iter()
+                .map(|e| e.raw.to_string().len())
+                .sum::<usize>();
+            let batch = StoreBatch {
+                events,
+                ..Default::default()
+            };
             let t0 = Instant::now();
             let ack = store.write_batch(&batch).expect("write batch");
             let dt = t0.elapsed();
@@ -212,7 +261,10 @@ fn main() {
             written += ack.events_written;
             i += m as u64;
             if (i as usize / batch_size).is_multiple_of(25) {
-                println!("  .. {i} events, {:.0} events/s so far", written as f64 / ingest.as_secs_f64());
+                println!(
+                    "  .. {i} events, {:.0} events/s so far",
+                    written as f64 / ingest.as_secs_f64()
+                );
             }
         }
         batch_times.sort();
@@ -227,7 +279,10 @@ fn main() {
         );
         let t0 = Instant::now();
         store.flush().expect("flush");
-        println!("flush (wait for merges): {:.1} s", t0.elapsed().as_secs_f64());
+        println!(
+            "flush (wait for merges): {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
     }
     let stats = store.stats();
     println!(
@@ -241,22 +296,46 @@ fn main() {
     // Query latency, tenant `acme` (70% of the events), limit 50.
     let mut all = Vec::new();
     let kinds: Vec<(&str, Box<dyn Fn(&mut Rng) -> EventQuery>)> = vec![
-        ("user term", Box::new(|r: &mut Rng| q(&format!("user.name:user{}", r.below(5000)), None))),
-        ("action AND outcome", Box::new(|_| q("event.action:user.session.start AND event.outcome:failure", None))),
-        ("free text ip", Box::new(|r: &mut Rng| q(&format!("\"10.{}.{}.{}\"", r.below(4), r.below(256), r.below(256)), None))),
+        (
+            "user term",
+            Box::new(|r: &mut Rng| q(&format!("user.name:user{}", r.below(5000)), None)),
+        ),
+        (
+            "action AND outcome",
+            Box::new(|_| {
+                q(
+                    "event.action:user.session.start AND event.outcome:failure",
+                    None,
+                )
+            }),
+        ),
+        (
+            "free text ip",
+            Box::new(|r: &mut Rng| {
+                q(
+                    &format!("\"10.{}.{}.{}\"", r.below(4), r.below(256), r.below(256)),
+                    None,
+                )
+            }),
+        ),
         ("all, newest page", Box::new(|_| q("", None))),
         (
             "all, random 1h window",
             Box::new(move |r: &mut Rng| {
-                let from = start + chrono::Duration::seconds(r.below(days as u64 * 86_400 - 3600) as i64);
+                let from =
+                    start + chrono::Duration::seconds(r.below(days as u64 * 86_400 - 3600) as i64);
                 q("*", Some((from, from + chrono::Duration::hours(1))))
             }),
         ),
         (
             "user AND action, 7 days",
             Box::new(move |r: &mut Rng| {
-                let from = start + chrono::Duration::days(r.below(days.saturating_sub(7).max(1) as u64) as i64);
-                q(&format!("user.name:user{} AND event.module:okta", r.below(5000)), Some((from, from + chrono::Duration::days(7))))
+                let from = start
+                    + chrono::Duration::days(r.below(days.saturating_sub(7).max(1) as u64) as i64);
+                q(
+                    &format!("user.name:user{} AND event.module:okta", r.below(5000)),
+                    Some((from, from + chrono::Duration::days(7))),
+                )
             }),
         ),
     ];
@@ -270,7 +349,15 @@ fn main() {
             let page = store.search_events("acme", &query).expect("search");
             // Second page through the cursor, as a UI would.
             if let Some(c) = page.next_cursor.clone() {
-                let _ = store.search_events("acme", &EventQuery { cursor: Some(c), ..query.clone() }).expect("page 2");
+                let _ = store
+                    .search_events(
+                        "acme",
+                        &EventQuery {
+                            cursor: Some(c),
+                            ..query.clone()
+                        },
+                    )
+                    .expect("page 2");
             }
             times.push(t0.elapsed());
             hits += page.items.len();
@@ -285,7 +372,12 @@ fn main() {
         all.extend(times);
     }
     all.sort();
-    println!("search overall: p50 {:.2} ms, p99 {:.2} ms over {} searches", pct(&all, 0.5), pct(&all, 0.99), all.len());
+    println!(
+        "search overall: p50 {:.2} ms, p99 {:.2} ms over {} searches",
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+        all.len()
+    );
 }
 
 fn q(query: &str, range: Option<(DateTime<Utc>, DateTime<Utc>)>) -> EventQuery {

@@ -987,3 +987,55 @@ fn interrupted_compactions_are_finished_or_undone_on_open() {
     assert_eq!(parquet_ids(dir.path()).len(), 2);
     assert_eq!(search_all(&store, "acme", "", 10).len(), 2);
 }
+
+#[test]
+fn group_commit_acks_each_caller_with_its_own_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        commit_interval_ms: 30,
+        ..config(dir.path())
+    };
+    let store = std::sync::Arc::new(Store::open(cfg).unwrap());
+    let shared = event("acme", "okta", ts(20, 0, 0), "u", "a", 7777);
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let store = store.clone();
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut acks = Vec::new();
+                for b in 0..3u64 {
+                    let mut events: Vec<Event> = (0..5)
+                        .map(|i| {
+                            event(
+                                "acme",
+                                "okta",
+                                ts(20, t as u32, (b * 5 + i) as u32),
+                                "u",
+                                "a",
+                                t * 1000 + b * 10 + i,
+                            )
+                        })
+                        .collect();
+                    events.push(shared.clone());
+                    acks.push(store.write_batch(&batch(events)).unwrap());
+                }
+                acks
+            })
+        })
+        .collect();
+    let acks: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(acks.len(), 12);
+    assert!(acks
+        .iter()
+        .all(|a| a.events_written + a.events_duplicate == 6 && a.events_written >= 5));
+    // The shared event is new for exactly one caller.
+    assert_eq!(
+        acks.iter().map(|a| a.events_written).sum::<usize>(),
+        4 * 3 * 5 + 1
+    );
+    assert_eq!(search_all(&store, "acme", "", 100).len(), 61);
+    assert_eq!(parquet_ids(dir.path()).len(), 61);
+}
