@@ -393,7 +393,6 @@ impl Store {
             Ok(())
         };
         let mut result = dedup();
-        drop(dedup);
         let dup = (flags.len() - fresh.len()) as u64;
         if result.is_ok() && !fresh.is_empty() {
             result = self.write_fresh(st, &fresh, &touched, seq);
