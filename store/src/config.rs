@@ -82,7 +82,7 @@ fn default_index_writer_threads() -> usize {
     2
 }
 fn default_max_open_writers() -> usize {
-    4
+    8
 }
 
 impl Default for StoreConfig {

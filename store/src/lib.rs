@@ -38,3 +38,12 @@ pub use error::{Result, StoreError};
 pub use reader::EventQuery;
 pub use retention::RetentionReport;
 pub use store::{Store, StoreBatch, StoreStats, WriteAck};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn store_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Store>();
+    }
+}

@@ -438,20 +438,19 @@ impl Store {
         let pending: Vec<PendingFile> = std::thread::scope(|scope| -> Result<Vec<PendingFile>> {
             let parquet = scope.spawn(|| self.write_parquet_tmp(fresh, &raws, &groups, seq));
             let mut add_result = Ok(());
-            for e in fresh {
+            for (i, e) in fresh.iter().enumerate() {
                 let key = (e.tenant.clone(), e.timestamp.date_naive());
                 let Some(w) = st.writers.get(&key) else {
                     continue;
                 };
-                let output = e.to_output_json();
-                let text = match serde_json::to_string(&output) {
+                let (head, text) = match output_document(e, &raws[i]) {
                     Ok(t) => t,
                     Err(err) => {
-                        add_result = Err(err.into());
+                        add_result = Err(err);
                         break;
                     }
                 };
-                let doc = self.schema.document(e, &output, text);
+                let doc = self.schema.document(e, &head, text);
                 if let Err(err) = w.writer.add_document(doc) {
                     add_result = Err(err.into());
                     break;
@@ -567,7 +566,7 @@ impl Store {
             let Some(oldest) = st
                 .writers
                 .iter()
-                .min_by_key(|(_, w)| w.last_used)
+                .min_by_key(|(k, w)| (w.last_used, k.1))
                 .map(|(k, _)| k.clone())
             else {
                 break;
@@ -651,6 +650,39 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// `Event::to_output_json` as (document without `raw`, full JSON text), reusing the raw
+/// record's JSON text instead of cloning and serializing it again.
+fn output_document(e: &Event, raw_text: &str) -> Result<(serde_json::Value, String)> {
+    let head = Event {
+        id: e.id.clone(),
+        source: e.source.clone(),
+        tenant: e.tenant.clone(),
+        received_at: e.received_at,
+        timestamp: e.timestamp,
+        line: e.line,
+        ecs: e.ecs.clone(),
+        raw: serde_json::Value::Null,
+    };
+    let mut doc = head.to_output_json();
+    if let Some(obj) = doc.as_object_mut() {
+        obj.remove("raw");
+    }
+    let mut text = serde_json::to_string(&doc)?;
+    // `doc` is a non-empty object (it always has `event` and `perimeter`): splice `raw` in.
+    if text.ends_with('}') && text.len() > 2 {
+        text.pop();
+        text.push_str(",\"raw\":");
+        text.push_str(raw_text);
+        text.push('}');
+    } else {
+        return Err(StoreError::InvalidBatch(format!(
+            "event {} has no output document",
+            e.id
+        )));
+    }
+    Ok((doc, text))
 }
 
 fn validate_batch(batch: &StoreBatch) -> Result<()> {
