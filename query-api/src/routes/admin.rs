@@ -32,6 +32,7 @@ pub struct AuditList {
 #[utoipa::path(get, path = "/audit", tag = "admin", params(AuditParams),
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "Audit entries", body = AuditList),
         (status = 403, description = "Needs role admin", body = ErrorBody),
     ))]

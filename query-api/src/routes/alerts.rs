@@ -189,6 +189,7 @@ pub async fn list_alerts(
     params(("id" = String, Path, description = "Alert id")),
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "The alert", body = AlertDetail),
         (status = 404, description = "No such alert for this tenant", body = ErrorBody),
     ))]
@@ -220,6 +221,7 @@ pub async fn get_alert(
     request_body = AlertPatch,
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "The updated alert record", body = Object),
         (status = 400, description = "Malformed body or unknown status", body = ErrorBody),
         (status = 403, description = "Needs role responder", body = ErrorBody),

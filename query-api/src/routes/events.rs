@@ -85,6 +85,7 @@ pub async fn search_events(
     params(("id" = String, Path, description = "Event id")),
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "The stored (masked) event", body = Object),
         (status = 404, description = "No such event for this tenant", body = ErrorBody),
     ))]
@@ -124,6 +125,7 @@ pub struct DeadLetterList {
 #[utoipa::path(get, path = "/dead-letters", tag = "events", params(DeadLetterParams),
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "Dead letters", body = DeadLetterList),
         (status = 400, description = "Bad parameter", body = ErrorBody),
     ))]

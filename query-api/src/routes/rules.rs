@@ -75,6 +75,7 @@ pub async fn list_rules(
     request_body = RuleTestRequest,
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "Test result", body = RuleTestResponse),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),

@@ -784,6 +784,20 @@ fn openapi_document_and_router_agree() {
     .collect();
     assert_eq!(documented, expected);
 
+    // Authenticated operations say so, and document their 401.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let public = path.starts_with("/api/v1/openapi") || !path.starts_with("/api/");
+            assert_eq!(op.get("security").is_none(), public, "{method} {path}");
+            if !public {
+                assert!(
+                    op["responses"].get("401").is_some(),
+                    "{method} {path} lacks 401"
+                );
+            }
+        }
+    }
+
     // Every documented operation is served (routed: not the router's 404/405), and every
     // other method on a documented path is refused by the router (405): the router serves
     // exactly what the document says.
