@@ -6,6 +6,7 @@
 //! reveals a usable token. The file is re-read when it changes on disk, so tokens created or
 //! revoked by `perimeter tokens ...` while the server runs take effect on the next request.
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::SystemTime;
@@ -349,54 +350,80 @@ fn write_file(path: &Path, records: &[TokenRecord]) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// The authenticated caller. Extracting it answers 401 for a missing or unknown token.
+/// The least role an endpoint needs, as a type, so the check happens while extracting:
+/// before the request body is read or any parameter is looked at.
+pub trait MinRole: Send + Sync + 'static {
+    const ROLE: Role;
+}
+
+/// Any valid token.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewerRole;
+/// Responder or admin.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponderRole;
+/// Admin only.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminRole;
+
+impl MinRole for ViewerRole {
+    const ROLE: Role = Role::Viewer;
+}
+impl MinRole for ResponderRole {
+    const ROLE: Role = Role::Responder;
+}
+impl MinRole for AdminRole {
+    const ROLE: Role = Role::Admin;
+}
+
+/// The authenticated caller, holding at least role `R`. Extracting it answers 401 for a
+/// missing, unknown or revoked token and 403 for a token whose role is below `R`.
 #[derive(Debug, Clone)]
-pub struct Auth(pub TokenInfo);
+pub struct Auth<R: MinRole = ViewerRole>(pub TokenInfo, PhantomData<R>);
 
-impl Auth {
-    /// 403 unless the token's role includes `role`.
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.0.role >= role {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden(format!(
-                "this operation needs role `{role}`, the token has `{}`",
-                self.0.role
-            )))
-        }
-    }
-
+impl<R: MinRole> Auth<R> {
     pub fn tenant(&self) -> &str {
         &self.0.tenant
     }
+
+    pub fn token(&self) -> &TokenInfo {
+        &self.0
+    }
 }
 
-impl FromRequestParts<AppState> for Auth {
+fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer` header".into()))?;
+    let value = header
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into()))
+}
+
+impl<R: MinRole> FromRequestParts<AppState> for Auth<R> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("missing `Authorization: Bearer` header".into())
-            })?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into())
-            })?;
-        state
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth<R>, ApiError> {
+        let token = bearer_token(parts)?;
+        let info = state
             .tokens
             .verify(token)
-            .map(Auth)
-            .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))
+            .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?;
+        if info.role < R::ROLE {
+            return Err(ApiError::Forbidden(format!(
+                "this operation needs role `{}`, the token has `{}`",
+                R::ROLE,
+                info.role
+            )));
+        }
+        Ok(Auth(info, PhantomData))
     }
 }
 

@@ -104,3 +104,20 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    /// House rule: the API reads the store's read side and the model, never the detector or
+    /// ingest (the rule engine comes in through `RuleService`).
+    #[test]
+    fn depends_on_neither_detect_nor_ingest() {
+        let manifest = include_str!("../Cargo.toml");
+        for forbidden in ["perimeter-detect", "perimeter-ingest", "perimeter ="] {
+            assert!(
+                !manifest.contains(forbidden),
+                "query-api must not depend on {forbidden}"
+            );
+        }
+        assert!(manifest.contains("perimeter-store"));
+    }
+}

@@ -25,8 +25,9 @@ pub struct StoreConfig {
     /// A Parquet file holds at most this many rows; a larger batch for one partition is split.
     #[serde(default = "default_parquet_max_rows_per_file")]
     pub parquet_max_rows_per_file: usize,
-    /// Small Parquet files (one per batch and partition) older than this are merged into
-    /// bigger ones by [`crate::Store::compact`]; `0` disables compaction.
+    /// [`crate::Store::compact`] merges the small Parquet files of a partition (one per batch)
+    /// once they are older than this, so recent files are left alone while they are still
+    /// being added to; `0` merges small files of any age.
     #[serde(default = "default_parquet_max_file_age_seconds")]
     pub parquet_max_file_age_seconds: u64,
     /// Group commit window: concurrent `write_batch` callers arriving within this many
@@ -81,7 +82,7 @@ fn default_index_writer_threads() -> usize {
     2
 }
 fn default_max_open_writers() -> usize {
-    4
+    8
 }
 
 impl Default for StoreConfig {

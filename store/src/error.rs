@@ -13,6 +13,10 @@ pub enum StoreError {
     /// of the batch was written.
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
+    /// Another batch of the same group commit failed (see `commit_interval_ms`); nothing of
+    /// this batch's events is acknowledged.
+    #[error("group commit failed: {0}")]
+    GroupCommit(String),
     /// The configuration is inconsistent (checked in [`crate::Store::open`]).
     #[error("invalid store config: {0}")]
     InvalidConfig(String),

@@ -74,3 +74,29 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_tail_is_cut_and_bad_middle_line_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("j.jsonl");
+        append(&p, &[1u32, 2, 3]).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"torn")
+            .unwrap();
+        assert_eq!(load::<u32>(&p).unwrap(), vec![1, 2, 3]);
+        // The cut makes the next append start on a clean line.
+        append(&p, &[4u32]).unwrap();
+        assert_eq!(load::<u32>(&p).unwrap(), vec![1, 2, 3, 4]);
+        std::fs::write(&p, "1\nnot json\n3\n").unwrap();
+        let err = load::<u32>(&p).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(load::<u32>(&dir.path().join("missing")).unwrap().is_empty());
+    }
+}

@@ -18,6 +18,7 @@
 //! [`Store::apply_retention`].
 
 mod alerts;
+mod compaction;
 mod config;
 mod error;
 mod journal;
@@ -31,8 +32,18 @@ pub mod tantivy_sink;
 pub use alerts::{
     AlertChange, AlertQuery, AlertRecord, AlertSort, AlertUpdate, Note, Page, MAX_PAGE_LIMIT,
 };
+pub use compaction::CompactionReport;
 pub use config::{RetentionRule, StoreConfig};
 pub use error::{Result, StoreError};
 pub use reader::EventQuery;
 pub use retention::RetentionReport;
 pub use store::{Store, StoreBatch, StoreStats, WriteAck};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn store_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Store>();
+    }
+}

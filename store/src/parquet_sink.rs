@@ -141,7 +141,7 @@ pub fn events_to_record_batch(events: &[&Event], raws: &[&str]) -> Result<Record
     Ok(RecordBatch::try_new(event_arrow_schema(), columns)?)
 }
 
-fn writer_properties() -> WriterProperties {
+pub(crate) fn writer_properties() -> WriterProperties {
     // Snappy and format v1 pages: the combination every Parquet reader supports.
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)

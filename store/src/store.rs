@@ -63,6 +63,14 @@ const DEAD_LETTERS_IN_MEMORY: usize = 10_000;
 
 pub(crate) type IndexKey = (String, NaiveDate);
 
+#[derive(Default)]
+pub(crate) struct GroupState {
+    pub leader_active: bool,
+    pub next_ticket: u64,
+    pub queue: Vec<(u64, StoreBatch)>,
+    pub results: HashMap<u64, Result<WriteAck>>,
+}
+
 pub(crate) struct WriteState {
     pub writers: HashMap<IndexKey, DayWriter>,
     pub last_seq: u64,
@@ -89,6 +97,8 @@ pub struct Store {
     pub(crate) schema: EventSchema,
     pub(crate) indexes: RwLock<BTreeMap<IndexKey, Arc<DayIndex>>>,
     pub(crate) write: Mutex<WriteState>,
+    pub(crate) group: Mutex<GroupState>,
+    pub(crate) group_done: std::sync::Condvar,
     pub(crate) alerts: RwLock<AlertBook>,
     pub(crate) dead: RwLock<HashMap<String, VecDeque<DeadLetter>>>,
     pub(crate) counters: Counters,
@@ -165,6 +175,8 @@ impl Store {
             layout,
             schema,
             indexes: RwLock::new(indexes),
+            group: Mutex::new(GroupState::default()),
+            group_done: std::sync::Condvar::new(),
             write: Mutex::new(WriteState {
                 writers: HashMap::new(),
                 last_seq,
@@ -200,6 +212,7 @@ impl Store {
                     let Some(day) = layout::parse_day(&dname) else {
                         continue;
                     };
+                    crate::compaction::recover_compactions(&ddir)?;
                     let committed = match indexes.get(&(tenant.clone(), day)) {
                         Some(idx) => idx.committed_seq()?,
                         None => 0,
@@ -242,46 +255,107 @@ impl Store {
     /// fsynced and in place, alerts and dead letters journaled. Idempotent on event id and
     /// alert id, across restarts too.
     pub fn write_batch(&self, batch: &StoreBatch) -> Result<WriteAck> {
+        validate_batch(batch)?;
+        if self.config.commit_interval_ms == 0 {
+            return self
+                .write_group(&[batch])
+                .pop()
+                .unwrap_or_else(|| Ok(WriteAck::default()));
+        }
+        // Group commit: the first caller becomes the leader, waits the window, then writes
+        // every batch queued meanwhile with one commit per index; the others wait for it.
+        let mut g = lock(&self.group);
+        let ticket = g.next_ticket;
+        g.next_ticket += 1;
+        if g.leader_active {
+            g.queue.push((ticket, batch.clone()));
+            loop {
+                g = self.group_done.wait(g).unwrap_or_else(|p| p.into_inner());
+                if let Some(r) = g.results.remove(&ticket) {
+                    return r;
+                }
+            }
+        }
+        g.leader_active = true;
+        drop(g);
+        std::thread::sleep(std::time::Duration::from_millis(
+            self.config.commit_interval_ms,
+        ));
+        let followers = {
+            let mut g = lock(&self.group);
+            g.leader_active = false;
+            std::mem::take(&mut g.queue)
+        };
+        let mut batches: Vec<&StoreBatch> = vec![batch];
+        batches.extend(followers.iter().map(|(_, b)| b));
+        let mut results = self.write_group(&batches).into_iter();
+        let own = results.next().unwrap_or_else(|| Ok(WriteAck::default()));
+        let mut g = lock(&self.group);
+        for ((t, _), r) in followers.iter().zip(results) {
+            g.results.insert(*t, r);
+        }
+        drop(g);
+        self.group_done.notify_all();
+        own
+    }
+
+    /// Write batches with one commit per touched index; one result per batch, same order.
+    fn write_group(&self, batches: &[&StoreBatch]) -> Vec<Result<WriteAck>> {
         let started = Instant::now();
-        for e in &batch.events {
-            if e.tenant.is_empty() || e.source.is_empty() {
-                return Err(StoreError::InvalidBatch(format!(
-                    "event {} has an empty tenant or source",
-                    e.id
-                )));
+        let events: Vec<&Event> = batches.iter().flat_map(|b| b.events.iter()).collect();
+        let mut acks = vec![WriteAck::default(); batches.len()];
+        if !events.is_empty() {
+            let mut st = lock(&self.write);
+            match self.write_events(&mut st, &events) {
+                Ok(fresh) => {
+                    let mut offset = 0;
+                    for (ack, b) in acks.iter_mut().zip(batches) {
+                        let flags = &fresh[offset..offset + b.events.len()];
+                        ack.events_written = flags.iter().filter(|f| **f).count();
+                        ack.events_duplicate = flags.len() - ack.events_written;
+                        offset += b.events.len();
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let mut first = Some(e);
+                    return batches
+                        .iter()
+                        .map(|_| {
+                            Err(first
+                                .take()
+                                .unwrap_or_else(|| StoreError::GroupCommit(msg.clone())))
+                        })
+                        .collect();
+                }
             }
         }
-        for d in &batch.dead_letters {
-            if d.tenant.is_empty() {
-                return Err(StoreError::InvalidBatch(
-                    "dead letter has an empty tenant".into(),
-                ));
-            }
-        }
-        let mut ack = WriteAck::default();
-        let mut st = lock(&self.write);
-        if !batch.events.is_empty() {
-            let (written, dup) = self.write_events(&mut st, &batch.events)?;
-            ack.events_written = written;
-            ack.events_duplicate = dup;
-        }
-        drop(st);
-        if !batch.alerts.is_empty() {
-            let layout = &self.layout;
-            ack.alerts_written =
-                write(&self.alerts).insert(|t| layout.alerts_journal(t), &batch.alerts)?;
-        }
-        if !batch.dead_letters.is_empty() {
-            ack.dead_letters_written = self.write_dead_letters(&batch.dead_letters)?;
-        }
-        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let results = acks
+            .into_iter()
+            .zip(batches)
+            .map(|(mut ack, b)| {
+                if !b.alerts.is_empty() {
+                    let layout = &self.layout;
+                    ack.alerts_written =
+                        write(&self.alerts).insert(|t| layout.alerts_journal(t), &b.alerts)?;
+                }
+                if !b.dead_letters.is_empty() {
+                    ack.dead_letters_written = self.write_dead_letters(&b.dead_letters)?;
+                }
+                Ok(ack)
+            })
+            .collect();
+        self.counters
+            .batches
+            .fetch_add(batches.len() as u64, Ordering::Relaxed);
         self.counters
             .last_batch_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        Ok(ack)
+        results
     }
 
-    fn write_events(&self, st: &mut WriteState, events: &[Event]) -> Result<(usize, usize)> {
+    /// Store the events not stored yet; returns, per event, whether it was new.
+    fn write_events(&self, st: &mut WriteState, events: &[&Event]) -> Result<Vec<bool>> {
         st.tick += 1;
         let tick = st.tick;
         let now_nanos = Utc::now().timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
@@ -290,38 +364,39 @@ impl Store {
 
         // Dedup against each (tenant, day) index's id set, opening writers as needed.
         let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
+        let mut flags = Vec::with_capacity(events.len());
         let mut touched: HashSet<IndexKey> = HashSet::new();
-        let mut dup = 0;
-        for e in events {
-            let key = (e.tenant.clone(), e.timestamp.date_naive());
-            if !st.writers.contains_key(&key) {
-                let idx = self.index_for(&key.0, key.1)?;
-                let w = DayWriter::open(
-                    idx,
-                    self.config.index_writer_threads,
-                    self.config.index_writer_memory_bytes,
-                    tick,
-                )?;
-                st.writers.insert(key.clone(), w);
+        let mut dedup = || -> Result<()> {
+            for e in events {
+                let key = (e.tenant.clone(), e.timestamp.date_naive());
+                if !st.writers.contains_key(&key) {
+                    let idx = self.index_for(&key.0, key.1)?;
+                    let w = DayWriter::open(
+                        idx,
+                        self.config.index_writer_threads,
+                        self.config.index_writer_memory_bytes,
+                        tick,
+                    )?;
+                    st.writers.insert(key.clone(), w);
+                }
+                let Some(w) = st.writers.get_mut(&key) else {
+                    continue;
+                };
+                w.last_used = tick;
+                let new = w.ids.insert(id_key(&e.id.0));
+                if new {
+                    touched.insert(key);
+                    fresh.push(*e);
+                }
+                flags.push(new);
             }
-            let Some(w) = st.writers.get_mut(&key) else {
-                continue;
-            };
-            w.last_used = tick;
-            if w.ids.insert(id_key(&e.id.0)) {
-                touched.insert(key);
-                fresh.push(e);
-            } else {
-                dup += 1;
-            }
+            Ok(())
+        };
+        let mut result = dedup();
+        let dup = (flags.len() - fresh.len()) as u64;
+        if result.is_ok() && !fresh.is_empty() {
+            result = self.write_fresh(st, &fresh, &touched, seq);
         }
-        if fresh.is_empty() {
-            self.counters
-                .events_duplicate
-                .fetch_add(dup as u64, Ordering::Relaxed);
-            return Ok((0, dup));
-        }
-        let result = self.write_fresh(st, &fresh, &touched, seq);
         if result.is_err() {
             // Pending documents and the ids added above are not committed: drop those writers
             // so the next batch reloads ids from what is really on disk.
@@ -332,10 +407,11 @@ impl Store {
             }
         }
         self.evict_writers(st);
+        result?;
         self.counters
             .events_duplicate
-            .fetch_add(dup as u64, Ordering::Relaxed);
-        result.map(|()| (fresh.len(), dup))
+            .fetch_add(dup, Ordering::Relaxed);
+        Ok(flags)
     }
 
     fn write_fresh(
@@ -362,20 +438,19 @@ impl Store {
         let pending: Vec<PendingFile> = std::thread::scope(|scope| -> Result<Vec<PendingFile>> {
             let parquet = scope.spawn(|| self.write_parquet_tmp(fresh, &raws, &groups, seq));
             let mut add_result = Ok(());
-            for e in fresh {
+            for (i, e) in fresh.iter().enumerate() {
                 let key = (e.tenant.clone(), e.timestamp.date_naive());
                 let Some(w) = st.writers.get(&key) else {
                     continue;
                 };
-                let output = e.to_output_json();
-                let text = match serde_json::to_string(&output) {
+                let (head, text) = match output_document(e, &raws[i]) {
                     Ok(t) => t,
                     Err(err) => {
-                        add_result = Err(err.into());
+                        add_result = Err(err);
                         break;
                     }
                 };
-                let doc = self.schema.document(e, &output, text);
+                let doc = self.schema.document(e, &head, text);
                 if let Err(err) = w.writer.add_document(doc) {
                     add_result = Err(err.into());
                     break;
@@ -491,7 +566,7 @@ impl Store {
             let Some(oldest) = st
                 .writers
                 .iter()
-                .min_by_key(|(_, w)| w.last_used)
+                .min_by_key(|(k, w)| (w.last_used, k.1))
                 .map(|(k, _)| k.clone())
             else {
                 break;
@@ -575,6 +650,58 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// `Event::to_output_json` as (document without `raw`, full JSON text), reusing the raw
+/// record's JSON text instead of cloning and serializing it again.
+fn output_document(e: &Event, raw_text: &str) -> Result<(serde_json::Value, String)> {
+    let head = Event {
+        id: e.id.clone(),
+        source: e.source.clone(),
+        tenant: e.tenant.clone(),
+        received_at: e.received_at,
+        timestamp: e.timestamp,
+        line: e.line,
+        ecs: e.ecs.clone(),
+        raw: serde_json::Value::Null,
+    };
+    let mut doc = head.to_output_json();
+    if let Some(obj) = doc.as_object_mut() {
+        obj.remove("raw");
+    }
+    let mut text = serde_json::to_string(&doc)?;
+    // `doc` is a non-empty object (it always has `event` and `perimeter`): splice `raw` in.
+    if text.ends_with('}') && text.len() > 2 {
+        text.pop();
+        text.push_str(",\"raw\":");
+        text.push_str(raw_text);
+        text.push('}');
+    } else {
+        return Err(StoreError::InvalidBatch(format!(
+            "event {} has no output document",
+            e.id
+        )));
+    }
+    Ok((doc, text))
+}
+
+fn validate_batch(batch: &StoreBatch) -> Result<()> {
+    for e in &batch.events {
+        if e.tenant.is_empty() || e.source.is_empty() {
+            return Err(StoreError::InvalidBatch(format!(
+                "event {} has an empty tenant or source",
+                e.id
+            )));
+        }
+    }
+    for d in &batch.dead_letters {
+        if d.tenant.is_empty() {
+            return Err(StoreError::InvalidBatch(
+                "dead letter has an empty tenant".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn remove_tmp_files(files: &[PendingFile]) {

@@ -141,11 +141,12 @@ impl EventSchema {
         }
     }
 
-    /// The tantivy document for a masked event.
+    /// The tantivy document for a masked event: `head` is its output document without `raw`,
+    /// `output_text` the full output document as JSON text.
     pub fn document(
         &self,
         event: &Event,
-        output: &serde_json::Value,
+        head: &serde_json::Value,
         output_text: String,
     ) -> TantivyDocument {
         let mut d = TantivyDocument::default();
@@ -171,7 +172,8 @@ impl EventSchema {
             d.add_u64(self.as_number, n);
         }
         let mut all = String::with_capacity(output_text.len());
-        collect_text(output, &mut all);
+        collect_text(head, &mut all);
+        collect_text(&event.raw, &mut all);
         d.add_text(self.all, &all);
         d.add_text(self.doc, &output_text);
         d

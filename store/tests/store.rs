@@ -845,3 +845,197 @@ fn tenant_names_cannot_escape_the_data_directory() {
     let store = Store::open(config(&dir.path().join("data"))).unwrap();
     assert_eq!(store.tenants(), vec!["../evil".to_string()]);
 }
+
+#[test]
+fn compaction_merges_small_files_without_losing_or_doubling_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        parquet_max_file_age_seconds: 0,
+        parquet_max_rows_per_file: 25,
+        ..config(dir.path())
+    };
+    let store = Store::open(cfg.clone()).unwrap();
+    let mut all = Vec::new();
+    for b in 0..6u64 {
+        let events: Vec<Event> = (0..8)
+            .map(|i| {
+                event(
+                    "acme",
+                    "okta",
+                    ts(20, b as u32, i as u32),
+                    "u",
+                    "a",
+                    b * 100 + i,
+                )
+            })
+            .collect();
+        all.extend(events.iter().map(|e| e.id.0.clone()));
+        store.write_batch(&batch(events)).unwrap();
+    }
+    assert_eq!(parquet_files(dir.path()).len(), 6);
+    let report = store.compact().unwrap();
+    // 48 rows in files of at most 25 rows: 8+8+8 = 24, then 24.
+    assert_eq!(
+        (report.files_merged, report.files_written, report.rows),
+        (6, 2, 48)
+    );
+    assert_eq!(parquet_files(dir.path()).len(), 2);
+    let mut ids = parquet_ids(dir.path());
+    ids.sort();
+    all.sort();
+    assert_eq!(ids, all);
+    // Nothing small enough left to merge in pairs.
+    assert_eq!(store.compact().unwrap().files_merged, 0);
+    // Young files are left alone.
+    drop(store);
+    let young = Store::open(StoreConfig {
+        parquet_max_file_age_seconds: 3600,
+        ..cfg.clone()
+    })
+    .unwrap();
+    young
+        .write_batch(&batch(vec![event(
+            "acme",
+            "okta",
+            ts(20, 9, 0),
+            "u",
+            "a",
+            1,
+        )]))
+        .unwrap();
+    young
+        .write_batch(&batch(vec![event(
+            "acme",
+            "okta",
+            ts(20, 9, 1),
+            "u",
+            "a",
+            2,
+        )]))
+        .unwrap();
+    assert_eq!(young.compact().unwrap().files_merged, 0);
+}
+
+#[test]
+fn interrupted_compactions_are_finished_or_undone_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        parquet_max_file_age_seconds: 0,
+        ..config(dir.path())
+    };
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        for b in 0..2u32 {
+            store
+                .write_batch(&batch(vec![event(
+                    "acme",
+                    "okta",
+                    ts(20, b, 0),
+                    "u",
+                    "a",
+                    b as u64,
+                )]))
+                .unwrap();
+        }
+    }
+    let files = parquet_files(dir.path());
+    let part = files[0].parent().unwrap().to_path_buf();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    // Crash after the output was renamed but before the inputs were deleted: the merged file
+    // holds both rows, so the inputs must go.
+    let merged = part.join("part-00000000000000000007-0000.parquet");
+    {
+        let batches: Vec<_> = files
+            .iter()
+            .flat_map(|f| read_parquet_file(f).unwrap())
+            .collect();
+        let rb = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+        perimeter_store::parquet_sink::write_parquet_file(&merged, &rb).unwrap();
+    }
+    let manifest = json!({"inputs": names, "outputs": ["part-00000000000000000007-0000.parquet"]});
+    std::fs::write(
+        part.join(".compact-00000000000000000007.json"),
+        manifest.to_string(),
+    )
+    .unwrap();
+    // And an older compaction that crashed before its output was complete: undone.
+    std::fs::write(
+        part.join(".compact-00000000000000000005-0000.parquet.tmp"),
+        b"PAR1",
+    )
+    .unwrap();
+    let undone = json!({"inputs": ["part-00000000000000000007-0000.parquet"], "outputs": ["part-00000000000000000005-0000.parquet"]});
+    std::fs::write(
+        part.join(".compact-00000000000000000005.json"),
+        undone.to_string(),
+    )
+    .unwrap();
+
+    let store = Store::open(cfg).unwrap();
+    let left: Vec<String> = std::fs::read_dir(&part)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        left,
+        vec!["part-00000000000000000007-0000.parquet".to_string()]
+    );
+    assert_eq!(parquet_ids(dir.path()).len(), 2);
+    assert_eq!(search_all(&store, "acme", "", 10).len(), 2);
+}
+
+#[test]
+fn group_commit_acks_each_caller_with_its_own_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        commit_interval_ms: 30,
+        ..config(dir.path())
+    };
+    let store = std::sync::Arc::new(Store::open(cfg).unwrap());
+    let shared = event("acme", "okta", ts(20, 0, 0), "u", "a", 7777);
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let store = store.clone();
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut acks = Vec::new();
+                for b in 0..3u64 {
+                    let mut events: Vec<Event> = (0..5)
+                        .map(|i| {
+                            event(
+                                "acme",
+                                "okta",
+                                ts(20, t as u32, (b * 5 + i) as u32),
+                                "u",
+                                "a",
+                                t * 1000 + b * 10 + i,
+                            )
+                        })
+                        .collect();
+                    events.push(shared.clone());
+                    acks.push(store.write_batch(&batch(events)).unwrap());
+                }
+                acks
+            })
+        })
+        .collect();
+    let acks: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(acks.len(), 12);
+    assert!(acks
+        .iter()
+        .all(|a| a.events_written + a.events_duplicate == 6 && a.events_written >= 5));
+    // The shared event is new for exactly one caller.
+    assert_eq!(
+        acks.iter().map(|a| a.events_written).sum::<usize>(),
+        4 * 3 * 5 + 1
+    );
+    assert_eq!(search_all(&store, "acme", "", 100).len(), 61);
+    assert_eq!(parquet_ids(dir.path()).len(), 61);
+}

@@ -6,10 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::alerts::blocking;
-use super::page_limit;
+use super::{blocking, page_limit};
 use crate::audit::AuditEntry;
-use crate::auth::{Auth, Role};
+use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
 use crate::state::AppState;
@@ -33,15 +32,15 @@ pub struct AuditList {
 #[utoipa::path(get, path = "/audit", tag = "admin", params(AuditParams),
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "Audit entries", body = AuditList),
         (status = 403, description = "Needs role admin", body = ErrorBody),
     ))]
 pub async fn list_audit(
     State(state): State<AppState>,
-    auth: Auth,
+    auth: Auth<AdminRole>,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditList>, ApiError> {
-    auth.require(Role::Admin)?;
     let limit = page_limit(params.limit)?;
     // Read before recording this read, so the answer shows what happened before it.
     let audit = state.audit.clone();

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{bounded, page_limit, time_range, ItemsPage};
-use crate::auth::{Auth, Role};
+use super::{blocking, bounded, page_limit, time_range, ItemsPage};
+use crate::auth::{Auth, ResponderRole};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -158,7 +158,6 @@ pub async fn list_alerts(
     auth: Auth,
     ApiQuery(params): ApiQuery<AlertListParams>,
 ) -> Result<Json<ItemsPage>, ApiError> {
-    auth.require(Role::Viewer)?;
     let query = alert_query(&params)?;
     state.audit(
         &auth.0,
@@ -190,6 +189,7 @@ pub async fn list_alerts(
     params(("id" = String, Path, description = "Alert id")),
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "The alert", body = AlertDetail),
         (status = 404, description = "No such alert for this tenant", body = ErrorBody),
     ))]
@@ -198,7 +198,6 @@ pub async fn get_alert(
     auth: Auth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AlertDetail>, ApiError> {
-    auth.require(Role::Viewer)?;
     bounded("id", &id, MAX_LABEL_BYTES)?;
     state.audit(&auth.0, "alerts.get", Some(&id), json!({}))?;
     let store = state.store.clone();
@@ -222,6 +221,7 @@ pub async fn get_alert(
     request_body = AlertPatch,
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "The updated alert record", body = Object),
         (status = 400, description = "Malformed body or unknown status", body = ErrorBody),
         (status = 403, description = "Needs role responder", body = ErrorBody),
@@ -229,11 +229,10 @@ pub async fn get_alert(
     ))]
 pub async fn update_alert(
     State(state): State<AppState>,
-    auth: Auth,
+    auth: Auth<ResponderRole>,
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<AlertPatch>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    auth.require(Role::Responder)?;
     bounded("id", &id, MAX_LABEL_BYTES)?;
     if patch.status.is_none() && patch.assignee.is_none() && patch.note.is_none() {
         return Err(ApiError::bad_request(
@@ -274,15 +273,6 @@ pub async fn update_alert(
     let record = serde_json::to_value(&record)
         .map_err(|e| ApiError::Internal(format!("encode alert: {e}")))?;
     Ok(Json(record))
-}
-
-/// Run blocking store IO off the async workers.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
 }
 
 #[cfg(test)]

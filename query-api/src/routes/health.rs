@@ -39,16 +39,76 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>,
 }
 
 /// Prometheus text: pipeline counters (events in/out per source, alerts per rule, dead
-/// letters, lag, commit latency) and API request counters.
+/// letters, lag, commit latency), the store's own counters and API request counters.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text exposition format", body = String,
         content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut text = state.metrics.render_prometheus();
+    let store = state.store.clone();
+    // stats() takes the store's locks: off the async workers.
+    if let Ok(stats) = tokio::task::spawn_blocking(move || store.stats()).await {
+        render_store_stats(&mut text, &stats);
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render_prometheus(),
+        text,
     )
+}
+
+/// The store's counters, read at scrape time, as `perimeter_store_*`.
+fn render_store_stats(out: &mut String, stats: &perimeter_store::StoreStats) {
+    let series: [(&str, &str, f64); 11] = [
+        ("store_events_stored", "gauge", stats.events_stored as f64),
+        (
+            "store_events_written_total",
+            "counter",
+            stats.events_written_total as f64,
+        ),
+        (
+            "store_events_duplicate_total",
+            "counter",
+            stats.events_duplicate_total as f64,
+        ),
+        ("store_alerts_stored", "gauge", stats.alerts_stored as f64),
+        (
+            "store_dead_letters_written_total",
+            "counter",
+            stats.dead_letters_written_total as f64,
+        ),
+        (
+            "store_batches_written_total",
+            "counter",
+            stats.batches_written_total as f64,
+        ),
+        (
+            "store_last_commit_seconds",
+            "gauge",
+            stats.last_commit_seconds,
+        ),
+        (
+            "store_last_batch_seconds",
+            "gauge",
+            stats.last_batch_seconds,
+        ),
+        ("store_index_days", "gauge", stats.index_days as f64),
+        (
+            "store_open_index_writers",
+            "gauge",
+            stats.open_index_writers as f64,
+        ),
+        (
+            "store_parquet_files_written_total",
+            "counter",
+            stats.parquet_files_written_total as f64,
+        ),
+    ];
+    for (name, kind, value) in series {
+        out.push_str(&format!(
+            "# TYPE perimeter_{name} {kind}\nperimeter_{name} {value}\n"
+        ));
+    }
 }

@@ -88,6 +88,15 @@ pub(crate) fn bounded<'a>(name: &str, value: &'a str, max_len: usize) -> Result<
     Ok(value)
 }
 
+/// Run blocking store IO off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

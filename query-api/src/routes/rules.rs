@@ -8,9 +8,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::alerts::blocking;
-use super::{limit_within, time_range, MAX_LIMIT};
-use crate::auth::{Auth, Role};
+use super::{blocking, limit_within, time_range, MAX_LIMIT};
+use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -37,7 +36,7 @@ pub struct RuleTestRequest {
     pub events: Option<Vec<serde_json::Value>>,
     /// Use stored events at or after this time (RFC 3339).
     pub from: Option<String>,
-    /// Use stored events before this time (RFC 3339).
+    /// Use stored events before this time (RFC 3339, exclusive).
     pub to: Option<String>,
     /// Narrow the stored events with a search query (tantivy syntax); default all.
     pub query: Option<String>,
@@ -65,7 +64,6 @@ pub async fn list_rules(
     State(state): State<AppState>,
     auth: Auth,
 ) -> Result<Json<RuleList>, ApiError> {
-    auth.require(Role::Viewer)?;
     state.audit(&auth.0, "rules.list", None, json!({}))?;
     let rules = state.rules.clone();
     let rules = blocking(move || rules.list()).await?;
@@ -77,6 +75,7 @@ pub async fn list_rules(
     request_body = RuleTestRequest,
     security(("bearer" = [])),
     responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "Test result", body = RuleTestResponse),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
@@ -84,10 +83,9 @@ pub async fn list_rules(
     ))]
 pub async fn test_rule(
     State(state): State<AppState>,
-    auth: Auth,
+    auth: Auth<AdminRole>,
     ApiJson(request): ApiJson<RuleTestRequest>,
 ) -> Result<Json<RuleTestResponse>, ApiError> {
-    auth.require(Role::Admin)?;
     if request.rule.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_json", "`rule` is empty"));
     }

@@ -36,6 +36,12 @@ fn health_readiness_and_metrics_need_no_token() {
         text.contains("perimeter_events_received_total{source=\"okta\"} 6"),
         "{text}"
     );
+    // The store's own counters, read at scrape time: 8 events and 4 alerts were written.
+    assert!(
+        text.contains("perimeter_store_events_written_total 8\n"),
+        "{text}"
+    );
+    assert!(text.contains("perimeter_store_alerts_stored 4\n"), "{text}");
     assert!(
         text.contains("perimeter_store_commit_latency_seconds 0.25"),
         "{text}"
@@ -142,6 +148,26 @@ fn every_role_on_every_endpoint() {
 }
 
 #[test]
+fn the_role_is_checked_before_the_body_is_read() {
+    let api = TestApi::start();
+    let path = format!("/api/v1/alerts/{}", api.data.acme_alerts[0].id);
+    let r = api
+        .req(Method::PATCH, &path, ACME, Role::Viewer)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_error(r, 403, "forbidden");
+    let r = api
+        .req(Method::POST, "/api/v1/rules/test", ACME, Role::Responder)
+        .header("content-type", "application/json")
+        .body("[]")
+        .send()
+        .unwrap();
+    assert_error(r, 403, "forbidden");
+}
+
+#[test]
 fn alerts_filter_sort_and_paginate() {
     let api = TestApi::start();
     let list = |query: &str| -> Vec<String> {
@@ -229,20 +255,42 @@ fn alert_changes_are_recorded_with_who_and_when_and_audited() {
     let body = api.get_json(&path, ACME, Role::Viewer);
     assert_eq!(body["alert"]["status"], "false_positive");
     assert_eq!(body["assignee"], "dana");
-    let history = body["history"].as_array().expect("history array");
-    let text = serde_json::to_string(history).unwrap();
+    // Every change: which field, from what to what, by which token, when.
+    let started = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let history: Vec<(String, String, String)> = body["history"]
+        .as_array()
+        .expect("history array")
+        .iter()
+        .map(|c| {
+            let at = chrono::DateTime::parse_from_rfc3339(c["at"].as_str().unwrap()).unwrap();
+            assert!(at > started, "change time {at} is not now");
+            (
+                c["field"].as_str().unwrap().to_string(),
+                c["to"].as_str().unwrap_or("").to_string(),
+                c["by"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let by = |role: &str| format!("token:acme-{role}:");
+    let has = |field: &str, to: &str, role: &str| {
+        history
+            .iter()
+            .any(|(f, t, b)| f == field && t == to && b.starts_with(&by(role)))
+    };
+    assert!(has("status", "acknowledged", "responder"), "{history:?}");
+    assert!(has("assignee", "dana", "responder"), "{history:?}");
+    assert!(has("status", "false_positive", "admin"), "{history:?}");
     assert!(
-        text.contains("acme-responder"),
-        "responder not recorded: {text}"
+        history
+            .iter()
+            .any(|(f, _, b)| f == "note" && b.starts_with(&by("admin"))),
+        "{history:?}"
     );
-    assert!(text.contains("acme-admin"), "admin not recorded: {text}");
-    assert!(
-        text.contains("2024") || text.contains("20"),
-        "no time in history: {text}"
-    );
-    assert!(serde_json::to_string(&body["notes"])
+    assert_eq!(body["notes"][0]["text"], "test org");
+    assert!(body["notes"][0]["by"]
+        .as_str()
         .unwrap()
-        .contains("test org"));
+        .starts_with(&by("admin")));
 
     // The filter sees the new status.
     let resolved = api.get_json("/api/v1/alerts?status=false_positive", ACME, Role::Viewer);
@@ -735,6 +783,20 @@ fn openapi_document_and_router_agree() {
     .map(|(m, p)| (m.to_string(), p.to_string()))
     .collect();
     assert_eq!(documented, expected);
+
+    // Authenticated operations say so, and document their 401.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let public = path.starts_with("/api/v1/openapi") || !path.starts_with("/api/");
+            assert_eq!(op.get("security").is_none(), public, "{method} {path}");
+            if !public {
+                assert!(
+                    op["responses"].get("401").is_some(),
+                    "{method} {path} lacks 401"
+                );
+            }
+        }
+    }
 
     // Every documented operation is served (routed: not the router's 404/405), and every
     // other method on a documented path is refused by the router (405): the router serves

@@ -235,29 +235,17 @@ pub fn dataset() -> Dataset {
     }
 }
 
-pub struct TestApi {
-    pub base: String,
-    pub client: Client,
+/// A filled store, tokens for every (tenant, role), and the API state over them.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
     pub data: Dataset,
-    /// Plaintext tokens by (tenant, role).
     pub tokens: BTreeMap<(String, Role), String>,
     pub token_store: Arc<TokenStore>,
     pub state: AppState,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<Result<(), perimeter_query_api::ServeError>>>,
-    rt: Option<tokio::runtime::Runtime>,
-    pub dir: tempfile::TempDir,
 }
 
-impl TestApi {
-    pub fn start() -> TestApi {
-        Self::start_with(ApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            ..ApiConfig::default()
-        })
-    }
-
-    pub fn start_with(config: ApiConfig) -> TestApi {
+impl Fixture {
+    pub fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(StoreConfig::at(dir.path().join("store"))).unwrap();
         let data = dataset();
@@ -293,7 +281,46 @@ impl TestApi {
             Arc::new(FakeRuleService),
             metrics,
         );
+        Fixture {
+            dir,
+            data,
+            tokens,
+            token_store,
+            state,
+        }
+    }
+}
 
+pub struct TestApi {
+    pub base: String,
+    pub client: Client,
+    pub data: Dataset,
+    /// Plaintext tokens by (tenant, role).
+    pub tokens: BTreeMap<(String, Role), String>,
+    pub token_store: Arc<TokenStore>,
+    pub state: AppState,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<Result<(), perimeter_query_api::ServeError>>>,
+    rt: Option<tokio::runtime::Runtime>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestApi {
+    pub fn start() -> TestApi {
+        Self::start_with(ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..ApiConfig::default()
+        })
+    }
+
+    pub fn start_with(config: ApiConfig) -> TestApi {
+        let Fixture {
+            dir,
+            data,
+            tokens,
+            token_store,
+            state,
+        } = Fixture::new();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -1,0 +1,391 @@
+//! Store bench: ingest throughput into tantivy + Parquet together (durable per batch) and
+//! search latency over the resulting store.
+//!
+//! Parameters (env):
+//! - `PERIMETER_BENCH_EVENTS` (default 1 000 000): events to ingest (the issue's target size
+//!   is 10M; that takes long on 2 cores and ~10 GB of disk);
+//! - `PERIMETER_BENCH_BATCH` (default 20 000): events per `write_batch`;
+//! - `PERIMETER_BENCH_DAYS` (default 30): the events' @timestamps span this many days;
+//! - `PERIMETER_BENCH_QUERIES` (default 100): searches per query kind;
+//! - `PERIMETER_BENCH_DIR`: store directory (default: a temp dir, removed at the end);
+//!   if it already holds a store with events, ingest is skipped and only queries run.
+//!
+//! Events are shaped on the recorded Okta, GitHub and Google Workspace fixture pages, with
+//! masked-looking user names, varied actions, IPs and times. Generating them is not timed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use perimeter_model::{Ecs, Event, Outcome, RawRecord};
+use perimeter_store::{EventQuery, Store, StoreBatch, StoreConfig};
+use serde_json::{json, Value};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// Tiny deterministic PRNG (xorshift) so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn fixture(path: &str) -> Vec<Value> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/saas-api-pages")
+        .join(path);
+    let v: Value = std::fs::read_to_string(&p)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    match v {
+        Value::Array(a) => a,
+        Value::Object(mut o) => match o.remove("items") {
+            Some(Value::Array(a)) => a,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+struct Templates {
+    okta: Vec<Value>,
+    github: Vec<Value>,
+    gsuite: Vec<Value>,
+}
+
+const OKTA_ACTIONS: &[&str] = &[
+    "user.session.start",
+    "user.session.end",
+    "user.authentication.sso",
+    "user.authentication.auth_via_mfa",
+    "user.account.lock",
+    "app.oauth2.as.authorize.code",
+    "policy.evaluate_sign_on",
+    "user.mfa.factor.deactivate",
+];
+const GITHUB_ACTIONS: &[&str] = &[
+    "repo.create",
+    "repo.access",
+    "org.add_member",
+    "workflows.prepared_workflow_job",
+    "git.clone",
+    "protected_branch.destroy",
+];
+const GSUITE_ACTIONS: &[&str] = &[
+    "login_success",
+    "login_failure",
+    "ADD_GROUP_MEMBER",
+    "CHANGE_PASSWORD",
+    "download",
+];
+
+fn make_event(t: &Templates, rng: &mut Rng, i: u64, at: DateTime<Utc>) -> Event {
+    let tenant = match rng.below(10) {
+        0..=6 => "acme",
+        7..=8 => "globex",
+        _ => "initech",
+    };
+    let user_n = rng.below(5000);
+    let user = format!("user{user_n}@{tenant}.example");
+    let ip = format!("10.{}.{}.{}", rng.below(4), rng.below(256), rng.below(256));
+    let fail = rng.below(10) == 0;
+    let (source, action, mut raw) = match rng.below(10) {
+        0..=5 => {
+            let action = OKTA_ACTIONS[rng.below(OKTA_ACTIONS.len() as u64) as usize];
+            let mut raw = t.okta.first().cloned().unwrap_or_else(|| json!({}));
+            raw["uuid"] = json!(format!("okta-{i:012}"));
+            raw["published"] = json!(at.to_rfc3339());
+            raw["eventType"] = json!(action);
+            raw["actor"] = json!({"id": format!("00u{user_n:08}"), "type": "User", "alternateId": user, "displayName": format!("User {user_n}")});
+            raw["outcome"] = json!({"result": if fail { "FAILURE" } else { "SUCCESS" }, "reason": if fail { json!("INVALID_CREDENTIALS") } else { Value::Null }});
+            raw["client"]["ipAddress"] = json!(ip);
+            ("okta", action, raw)
+        }
+        6..=8 => {
+            let action = GITHUB_ACTIONS[rng.below(GITHUB_ACTIONS.len() as u64) as usize];
+            let mut raw = t
+                .github
+                .get(i as usize % t.github.len().max(1))
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            raw["_document_id"] = json!(format!("gh-{i:012}"));
+            raw["@timestamp"] = json!(at.timestamp_millis());
+            raw["action"] = json!(action);
+            raw["actor"] = json!(format!("user{user_n}"));
+            raw["actor_ip"] = json!(ip);
+            raw["repo"] = json!(format!("{tenant}/repo-{}", rng.below(300)));
+            ("github", action, raw)
+        }
+        _ => {
+            let action = GSUITE_ACTIONS[rng.below(GSUITE_ACTIONS.len() as u64) as usize];
+            let mut raw = t.gsuite.first().cloned().unwrap_or_else(|| json!({}));
+            raw["id"] = json!({"time": at.to_rfc3339(), "uniqueQualifier": format!("{i}"), "applicationName": "login"});
+            raw["actor"] =
+                json!({"callerType": "USER", "email": user, "profileId": format!("{user_n:021}")});
+            raw["ipAddress"] = json!(ip);
+            raw["events"] = json!([{"type": "login", "name": action}]);
+            ("google_workspace", action, raw)
+        }
+    };
+    // What a masker leaves of a secret-looking value.
+    raw["debugContext"] = json!({"token": "[MASKED]"});
+    let mut ecs = Ecs {
+        timestamp: Some(at),
+        event_action: Some(action.to_string()),
+        event_outcome: if fail {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        },
+        event_category: vec!["authentication".into()],
+        user_name: Some(user.clone()),
+        user_email: Some(user),
+        user_id: Some(format!("00u{user_n:08}")),
+        source_ip: Some(ip),
+        user_agent_original: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/118.0".into()),
+        ..Default::default()
+    };
+    ecs.fill_related();
+    let record = RawRecord {
+        source: source.into(),
+        tenant: tenant.into(),
+        received_at: at,
+        line: Some(i),
+        raw,
+    };
+    Event::new(source, record, ecs)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            total += dir_size(&path);
+        } else {
+            total += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore all arguments.
+    let n = env_usize("PERIMETER_BENCH_EVENTS", 1_000_000);
+    let batch_size = env_usize("PERIMETER_BENCH_BATCH", 20_000).max(1);
+    let days = env_usize("PERIMETER_BENCH_DAYS", 30).max(1);
+    let queries = env_usize("PERIMETER_BENCH_QUERIES", 100).max(1);
+    let tmp;
+    let dir: PathBuf = match std::env::var("PERIMETER_BENCH_DIR") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => {
+            tmp = tempfile::tempdir().expect("temp dir");
+            tmp.path().to_path_buf()
+        }
+    };
+    let config = StoreConfig {
+        retention_days: 0,
+        ..StoreConfig::at(&dir)
+    };
+    println!(
+        "store bench: events={n} batch={batch_size} days={days} writer_threads={} dir={}",
+        config.index_writer_threads,
+        dir.display()
+    );
+    let store = Store::open(config).expect("open store");
+    let templates = Templates {
+        okta: fixture("okta/system_log/001.json"),
+        github: [
+            fixture("github/audit/001.json"),
+            fixture("github/audit/002.json"),
+        ]
+        .concat(),
+        gsuite: fixture("gsuite/activities/001.json"),
+    };
+    let start = Utc
+        .with_ymd_and_hms(2026, 10, 1, 0, 0, 0)
+        .single()
+        .expect("valid date");
+    let span_micros = days as i64 * 86_400_000_000;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+
+    if store.stats().events_stored == 0 {
+        let mut ingest = Duration::ZERO;
+        let mut written = 0usize;
+        let mut raw_bytes = 0usize;
+        let mut i = 0u64;
+        let mut batch_times = Vec::new();
+        while (i as usize) < n {
+            let m = batch_size.min(n - i as usize);
+            let events: Vec<Event> = (0..m as u64)
+                .map(|k| {
+                    let at = start
+                        + chrono::Duration::microseconds(span_micros / n as i64 * (i + k) as i64);
+                    make_event(&templates, &mut rng, i + k, at)
+                })
+                .collect();
+            raw_bytes += events
+                .iter()
+                .map(|e| e.raw.to_string().len())
+                .sum::<usize>();
+            let batch = StoreBatch {
+                events,
+                ..Default::default()
+            };
+            let t0 = Instant::now();
+            let ack = store.write_batch(&batch).expect("write batch");
+            let dt = t0.elapsed();
+            ingest += dt;
+            batch_times.push(dt);
+            written += ack.events_written;
+            i += m as u64;
+            if (i as usize / batch_size).is_multiple_of(25) {
+                println!(
+                    "  .. {i} events, {:.0} events/s so far",
+                    written as f64 / ingest.as_secs_f64()
+                );
+            }
+        }
+        batch_times.sort();
+        println!(
+            "ingest: {written} events in {:.1} s = {:.0} events/s into tantivy + Parquet (durable ack per batch); \
+             batch latency p50 {:.0} ms p99 {:.0} ms; avg raw event {} bytes",
+            ingest.as_secs_f64(),
+            written as f64 / ingest.as_secs_f64(),
+            pct(&batch_times, 0.5),
+            pct(&batch_times, 0.99),
+            raw_bytes / written.max(1)
+        );
+        let t0 = Instant::now();
+        store.flush().expect("flush");
+        println!(
+            "flush (wait for merges): {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let stats = store.stats();
+    println!(
+        "store: {} events, {} day indexes; disk: index {:.0} MB, parquet {:.0} MB",
+        stats.events_stored,
+        stats.index_days,
+        dir_size(&dir.join("index")) as f64 / 1e6,
+        dir_size(&dir.join("parquet")) as f64 / 1e6
+    );
+
+    // Query latency, tenant `acme` (70% of the events), limit 50.
+    let mut all = Vec::new();
+    let kinds: Vec<(&str, Box<dyn Fn(&mut Rng) -> EventQuery>)> = vec![
+        (
+            "user term",
+            Box::new(|r: &mut Rng| q(&format!("user.name:user{}", r.below(5000)), None)),
+        ),
+        (
+            "action AND outcome",
+            Box::new(|_| {
+                q(
+                    "event.action:user.session.start AND event.outcome:failure",
+                    None,
+                )
+            }),
+        ),
+        (
+            "free text ip",
+            Box::new(|r: &mut Rng| {
+                q(
+                    &format!("\"10.{}.{}.{}\"", r.below(4), r.below(256), r.below(256)),
+                    None,
+                )
+            }),
+        ),
+        ("all, newest page", Box::new(|_| q("", None))),
+        (
+            "all, random 1h window",
+            Box::new(move |r: &mut Rng| {
+                let from =
+                    start + chrono::Duration::seconds(r.below(days as u64 * 86_400 - 3600) as i64);
+                q("*", Some((from, from + chrono::Duration::hours(1))))
+            }),
+        ),
+        (
+            "user AND action, 7 days",
+            Box::new(move |r: &mut Rng| {
+                let from = start
+                    + chrono::Duration::days(r.below(days.saturating_sub(7).max(1) as u64) as i64);
+                q(
+                    &format!("user.name:user{} AND event.module:okta", r.below(5000)),
+                    Some((from, from + chrono::Duration::days(7))),
+                )
+            }),
+        ),
+    ];
+    println!("queries (tenant acme, limit 50, {queries} per kind):");
+    for (name, make) in &kinds {
+        let mut times = Vec::with_capacity(queries);
+        let mut hits = 0;
+        for _ in 0..queries {
+            let query = make(&mut rng);
+            let t0 = Instant::now();
+            let page = store.search_events("acme", &query).expect("search");
+            // Second page through the cursor, as a UI would.
+            if let Some(c) = page.next_cursor.clone() {
+                let _ = store
+                    .search_events(
+                        "acme",
+                        &EventQuery {
+                            cursor: Some(c),
+                            ..query.clone()
+                        },
+                    )
+                    .expect("page 2");
+            }
+            times.push(t0.elapsed());
+            hits += page.items.len();
+        }
+        times.sort();
+        println!(
+            "  {name:<24} p50 {:>7.2} ms  p99 {:>7.2} ms  (avg {:.1} hits on page 1; time includes page 2)",
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            hits as f64 / queries as f64
+        );
+        all.extend(times);
+    }
+    all.sort();
+    println!(
+        "search overall: p50 {:.2} ms, p99 {:.2} ms over {} searches",
+        pct(&all, 0.5),
+        pct(&all, 0.99),
+        all.len()
+    );
+}
+
+fn q(query: &str, range: Option<(DateTime<Utc>, DateTime<Utc>)>) -> EventQuery {
+    EventQuery {
+        query: query.to_string(),
+        from: range.map(|r| r.0),
+        to: range.map(|r| r.1),
+        limit: 50,
+        cursor: None,
+    }
+}

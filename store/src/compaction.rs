@@ -1,0 +1,223 @@
+//! Compaction: every batch writes at least one Parquet file per partition it touches, so a
+//! busy partition collects many small files. `Store::compact` merges the files of a partition
+//! that are older than `parquet_max_file_age_seconds` into files of up to
+//! `parquet_max_rows_per_file` rows.
+//!
+//! Crash safety: a manifest `.compact-<seq>.json` naming inputs and outputs is written and
+//! fsynced first; outputs are written as `.compact-<seq>-<n>.parquet.tmp`, fsynced, renamed to
+//! `part-<seq>-<n>.parquet`; then inputs are deleted and the manifest last. On open, a
+//! manifest whose outputs all exist finishes the deletes; otherwise its outputs are removed
+//! and the inputs stay. Either way each row is in exactly one file.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use serde::{Deserialize, Serialize};
+
+use crate::error::IoContext;
+use crate::layout;
+use crate::parquet_sink::{event_arrow_schema, writer_properties};
+use crate::store::{lock, Store};
+use crate::{Result, StoreError};
+
+/// What `compact` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionReport {
+    pub partitions_compacted: usize,
+    pub files_merged: usize,
+    pub files_written: usize,
+    pub rows: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+fn manifest_name(seq: u64) -> String {
+    format!(".compact-{seq:020}.json")
+}
+
+/// Partition directories `tenant=/source=/dt=` under the events root.
+pub(crate) fn partition_dirs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (_, tdir) in layout::list_dirs(root)? {
+        for (_, sdir) in layout::list_dirs(&tdir)? {
+            for (dname, ddir) in layout::list_dirs(&sdir)? {
+                if layout::parse_day(&dname).is_some() {
+                    out.push(ddir);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Finish or undo interrupted compactions in one partition directory.
+pub(crate) fn recover_compactions(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !(name.starts_with(".compact-") && name.ends_with(".json")) {
+            continue;
+        }
+        let text = std::fs::read(entry.path()).at(entry.path())?;
+        match serde_json::from_slice::<Manifest>(&text) {
+            Ok(m) if m.outputs.iter().all(|o| dir.join(o).exists()) => {
+                for i in &m.inputs {
+                    remove_if_exists(&dir.join(i))?;
+                }
+                tracing::info!(partition = %dir.display(), "finished interrupted parquet compaction");
+            }
+            Ok(m) => {
+                for o in &m.outputs {
+                    remove_if_exists(&dir.join(o))?;
+                }
+                tracing::info!(partition = %dir.display(), "undid interrupted parquet compaction");
+            }
+            // A torn manifest was never followed by any output: nothing to undo.
+            Err(_) => {}
+        }
+        layout::sync_dir(dir)?;
+        std::fs::remove_file(entry.path()).at(entry.path())?;
+    }
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(".compact-") && name.ends_with(".parquet.tmp") {
+            remove_if_exists(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_exists(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at(p),
+    }
+}
+
+impl Store {
+    /// Merge small Parquet files older than `parquet_max_file_age_seconds` (0: any age), per
+    /// partition, when a partition has at least two of them. Safe to run while writing.
+    pub fn compact(&self) -> Result<CompactionReport> {
+        let mut report = CompactionReport::default();
+        let max_rows = self.config.parquet_max_rows_per_file as i64;
+        let min_age = Duration::from_secs(self.config.parquet_max_file_age_seconds);
+        let now = SystemTime::now();
+        for dir in partition_dirs(&self.layout.parquet_events_root())? {
+            let mut small = Vec::new();
+            for entry in std::fs::read_dir(&dir).at(&dir)? {
+                let entry = entry.at(&dir)?;
+                let name = entry.file_name().to_string_lossy().to_string();
+                if !(name.starts_with("part-") && name.ends_with(".parquet")) {
+                    continue;
+                }
+                let meta = entry.metadata().at(entry.path())?;
+                let old_enough = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_none_or(|age| age >= min_age);
+                let file = File::open(entry.path()).at(entry.path())?;
+                let rows = ParquetRecordBatchReaderBuilder::try_new(file)?
+                    .metadata()
+                    .file_metadata()
+                    .num_rows();
+                if old_enough && rows < max_rows {
+                    small.push((name, rows));
+                }
+            }
+            small.sort();
+            // Groups of consecutive files up to `max_rows`; a group of one would only be
+            // rewritten, so it is left as is.
+            let mut plan: Vec<Vec<(String, i64)>> = vec![Vec::new()];
+            let mut rows_in_current = 0;
+            for (name, rows) in small {
+                if rows_in_current > 0 && rows_in_current + rows > max_rows {
+                    plan.push(Vec::new());
+                    rows_in_current = 0;
+                }
+                rows_in_current += rows;
+                if let Some(last) = plan.last_mut() {
+                    last.push((name, rows));
+                }
+            }
+            plan.retain(|g| g.len() >= 2);
+            if plan.is_empty() {
+                continue;
+            }
+            let seq = {
+                let mut st = lock(&self.write);
+                st.last_seq += 1;
+                st.last_seq
+            };
+            report.files_merged += plan.iter().map(Vec::len).sum::<usize>();
+            report.files_written += plan.len();
+            report.rows += self.compact_partition(&dir, &plan, seq)?;
+            report.partitions_compacted += 1;
+        }
+        Ok(report)
+    }
+
+    fn compact_partition(&self, dir: &Path, plan: &[Vec<(String, i64)>], seq: u64) -> Result<u64> {
+        let outputs: Vec<String> = (0..plan.len())
+            .map(|n| format!("part-{seq:020}-{n:04}.parquet"))
+            .collect();
+        let inputs: Vec<String> = plan.iter().flatten().map(|(n, _)| n.clone()).collect();
+        let manifest = Manifest {
+            inputs: inputs.clone(),
+            outputs: outputs.clone(),
+        };
+        let manifest_path = dir.join(manifest_name(seq));
+        {
+            let f = File::create(&manifest_path).at(&manifest_path)?;
+            serde_json::to_writer(&f, &manifest)?;
+            f.sync_all().at(&manifest_path)?;
+        }
+        layout::sync_dir(dir)?;
+        let mut total = 0u64;
+        let mut tmps = Vec::new();
+        for (n, group) in plan.iter().enumerate() {
+            let tmp = dir.join(format!(".compact-{seq:020}-{n:04}.parquet.tmp"));
+            let file = File::create(&tmp).at(&tmp)?;
+            let mut writer =
+                ArrowWriter::try_new(file, event_arrow_schema(), Some(writer_properties()))?;
+            for (name, _) in group {
+                let path = dir.join(name);
+                let file = File::open(&path).at(&path)?;
+                for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
+                    let batch = batch?;
+                    if batch.schema() != event_arrow_schema() {
+                        return Err(StoreError::Corrupt {
+                            path,
+                            reason: "parquet schema differs from the event schema".into(),
+                        });
+                    }
+                    total += batch.num_rows() as u64;
+                    writer.write(&batch)?;
+                }
+            }
+            let file = writer.into_inner()?;
+            file.sync_all().at(&tmp)?;
+            tmps.push(tmp);
+        }
+        for (tmp, out) in tmps.iter().zip(&outputs) {
+            let dst = dir.join(out);
+            std::fs::rename(tmp, &dst).at(&dst)?;
+        }
+        layout::sync_dir(dir)?;
+        for name in &inputs {
+            remove_if_exists(&dir.join(name))?;
+        }
+        layout::sync_dir(dir)?;
+        std::fs::remove_file(&manifest_path).at(&manifest_path)?;
+        Ok(total)
+    }
+}
