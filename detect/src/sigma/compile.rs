@@ -352,7 +352,7 @@ fn filtered(
         let applies = ignore
             || filter_sources[f]
                 .as_ref()
-                .is_none_or(|s| s.iter().any(|x| *x == event.source));
+                .is_none_or(|s| s.contains(&event.source));
         applies && rules.filters[f].detection.matches(event)
     })
 }

@@ -214,11 +214,11 @@ impl<'a> Leaf<'a> {
         matches!(self, Leaf::Json(Json::Null))
     }
 
-    pub fn to_json(&self) -> Json {
+    pub fn to_json(self) -> Json {
         match self {
-            Leaf::Json(v) => (*v).clone(),
+            Leaf::Json(v) => v.clone(),
             Leaf::Str(s) => Json::String(s.to_string()),
-            Leaf::Num(n) => Json::from(*n),
+            Leaf::Num(n) => Json::from(n),
             Leaf::EmptyList => Json::Array(Vec::new()),
         }
     }
