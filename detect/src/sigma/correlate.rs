@@ -413,7 +413,19 @@ impl Correlator {
                 ks.entries.drain(..keep_from);
             }
         }
-        for &j in &positions {
+        // value_count only needs each distinct value once, at its latest time: keeps a key's
+        // entries (and memory) bounded by the number of distinct values.
+        let mut insert = true;
+        if c.kind == CorrelationType::ValueCount {
+            if let Some(pos) = ks.entries.iter().position(|e| e.val == val) {
+                if ks.entries[pos].ts >= ts {
+                    insert = false;
+                } else {
+                    ks.entries.remove(pos);
+                }
+            }
+        }
+        for &j in positions.iter().filter(|_| insert) {
             let v = if matches!(
                 c.kind,
                 CorrelationType::Temporal | CorrelationType::TemporalOrdered
