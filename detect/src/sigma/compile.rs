@@ -3,7 +3,7 @@
 //! event contains at least one literal its condition requires (rules without such a guarantee --
 //! negations, `exists`, numbers, regexes, null -- are always evaluated).
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use perimeter_model::{Alert, DetectorKind, EntityKind, Event, Severity, ECS_FIELDS};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -133,6 +133,18 @@ fn value_needles(fm: &FieldMatch) -> Option<Vec<String>> {
     }
 }
 
+/// Whether a field of the detection may resolve through the ECS view (its name is an ECS field).
+fn uses_ecs(det: &Detection) -> bool {
+    det.selections
+        .iter()
+        .flat_map(|s| s.alternatives.iter().flatten())
+        .any(|fm| {
+            fm.paths
+                .iter()
+                .any(|p| ECS_FIELDS.contains(&p.name.as_str()))
+        })
+}
+
 /// Per-source dispatch: the automaton over the needles of the rules that run on the source.
 #[derive(Debug, Default)]
 struct SourceEngine {
@@ -144,6 +156,11 @@ struct SourceEngine {
     key_needle_rules: Vec<Vec<u32>>,
     /// Rules evaluated on every event of this source.
     always: Vec<u32>,
+    /// Whether any needle could occur in a number's or boolean's text, or needs the ECS view:
+    /// otherwise those values are not scanned at all.
+    scan_numbers: bool,
+    scan_bools: bool,
+    scan_ecs: bool,
 }
 
 impl SourceEngine {
@@ -164,6 +181,9 @@ impl SourceEngine {
             match &needles[i] {
                 None => eng.always.push(i as u32),
                 Some(ns) => {
+                    if uses_ecs(&r.detection) {
+                        eng.scan_ecs = true;
+                    }
                     for n in ns {
                         if let Some(k) = n.strip_prefix(KEY_MARK) {
                             let id = *key_ids.entry(k.to_string()).or_insert_with(|| {
@@ -177,6 +197,15 @@ impl SourceEngine {
                             continue;
                         }
                         let key = n.to_ascii_lowercase();
+                        if key
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+                        {
+                            eng.scan_numbers = true;
+                        }
+                        if "true".contains(key.as_str()) || "false".contains(key.as_str()) {
+                            eng.scan_bools = true;
+                        }
                         let id = *needle_ids.entry(key.clone()).or_insert_with(|| {
                             patterns.push(key);
                             eng.needle_rules.push(Vec::new());
@@ -205,7 +234,7 @@ impl SourceEngine {
             eng.ac = AhoCorasickBuilder::new()
                 .ascii_case_insensitive(true)
                 .match_kind(MatchKind::Standard)
-                .kind(Some(AhoCorasickKind::DFA))
+                .kind(None)
                 .build(&patterns)
                 .or_else(|_| {
                     AhoCorasickBuilder::new()
@@ -267,12 +296,12 @@ fn scan_json(v: &serde_json::Value, eng: &SourceEngine, hits: &mut Hits<'_>) {
             }
         }
         J::Bool(b) => {
-            if let Some(ac) = &eng.ac {
+            if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_bools) {
                 hits.scan(ac, &eng.needle_rules, if *b { "true" } else { "false" });
             }
         }
         J::Number(n) => {
-            if let Some(ac) = &eng.ac {
+            if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_numbers) {
                 let mut buf = NumBuf::new();
                 let _ = write!(buf, "{n}");
                 hits.scan(ac, &eng.needle_rules, buf.as_str());
@@ -404,7 +433,7 @@ impl SigmaDetector {
                 candidates: &mut sc.candidates,
             };
             scan_json(&event.raw, eng, &mut hits);
-            if let Some(ac) = &eng.ac {
+            if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_ecs) {
                 let ecs = &event.ecs;
                 let singles = [
                     &ecs.event_action,
