@@ -263,6 +263,9 @@ struct Hits<'a> {
 
 impl Hits<'_> {
     fn scan(&mut self, ac: &AhoCorasick, needle_rules: &[Vec<u32>], text: &str) {
+        if text.len() < ac.min_pattern_len() {
+            return;
+        }
         for m in ac.find_overlapping_iter(text) {
             for &r in &needle_rules[m.pattern().as_usize()] {
                 let s = &mut self.stamp[r as usize];

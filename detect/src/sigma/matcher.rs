@@ -59,10 +59,10 @@ impl FieldPath {
         }
         match v {
             Json::Object(map) => {
+                // A nested path wins over a key that literally contains the dots; dotted keys
+                // are only tried when the plain key is absent.
                 if let Some(next) = map.get(&self.parts[i]) {
-                    if self.visit_from(next, i + 1, f) {
-                        return true;
-                    }
+                    return self.visit_from(next, i + 1, f);
                 }
                 for (k, key) in self.joined[i].iter().enumerate() {
                     if let Some(next) = map.get(key) {
