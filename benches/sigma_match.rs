@@ -252,7 +252,7 @@ fn report_correlation_memory() {
     let _ = std::fs::create_dir_all(&dir);
     let rule = "title: many fails\nid: corr-1\ncorrelation:\n    type: event_count\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 30d\n    condition:\n        gte: 5\n---\ntitle: fail\nid: fail-1\nname: okta_fail\nlogsource: {product: okta}\ndetection:\n    sel:\n        eventType: user.session.start\n    condition: sel\n";
     let _ = std::fs::write(dir.join("corr.yml"), rule);
-    let (rules, _) = RuleSet::load(&[dir.clone()], &SigmaOptions::default());
+    let (rules, _) = RuleSet::load(std::slice::from_ref(&dir), &SigmaOptions::default());
     let _ = std::fs::remove_dir_all(&dir);
     let opts = SigmaOptions {
         max_correlation_keys: 2_000_000,

@@ -1369,3 +1369,11 @@ fn sigmahq_style_rules_match_recorded_vendor_events() {
         2
     );
 }
+
+#[test]
+fn detector_is_send_and_named_sigma() {
+    fn assert_send<T: Send>(_: &T) {}
+    let d = SigmaDetector::new(RuleSet::default(), &SigmaOptions::default());
+    assert_send(&d);
+    assert_eq!(d.name(), "sigma");
+}
