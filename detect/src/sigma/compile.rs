@@ -161,6 +161,31 @@ struct SourceEngine {
     scan_numbers: bool,
     scan_bools: bool,
     scan_ecs: bool,
+    /// Last path segments of every field the engine's prefiltered rules test; `None` when a
+    /// keyword rule needs every value scanned.
+    value_keys: Option<std::collections::HashSet<String, std::hash::BuildHasherDefault<KeyHasher>>>,
+}
+
+/// FNV-1a for short key names (std's SipHash costs more than the lookup saves).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 impl SourceEngine {
@@ -169,7 +194,10 @@ impl SourceEngine {
         applies: impl Fn(&DetectionRule) -> bool,
         needles: &[Option<Vec<String>>],
     ) -> SourceEngine {
-        let mut eng = SourceEngine::default();
+        let mut eng = SourceEngine {
+            value_keys: Some(Default::default()),
+            ..Default::default()
+        };
         let mut needle_ids: HashMap<String, usize> = HashMap::new();
         let mut patterns: Vec<String> = Vec::new();
         let mut key_ids: HashMap<String, usize> = HashMap::new();
@@ -183,6 +211,21 @@ impl SourceEngine {
                 Some(ns) => {
                     if uses_ecs(&r.detection) {
                         eng.scan_ecs = true;
+                    }
+                    for fm in r
+                        .detection
+                        .selections
+                        .iter()
+                        .flat_map(|s| s.alternatives.iter().flatten())
+                    {
+                        if fm.field.is_none() {
+                            eng.value_keys = None;
+                        }
+                        if let Some(set) = eng.value_keys.as_mut() {
+                            for p in &fm.paths {
+                                set.insert(p.name.rsplit('.').next().unwrap_or("").to_string());
+                            }
+                        }
                     }
                     for n in ns {
                         if let Some(k) = n.strip_prefix(KEY_MARK) {
@@ -280,7 +323,16 @@ impl Hits<'_> {
 
 /// One walk over the raw event: values through the value automaton, object keys through the
 /// key automaton.
-fn scan_json(v: &serde_json::Value, eng: &SourceEngine, hits: &mut Hits<'_>) {
+/// A value under key `k` can only satisfy a field test whose path ends in the key's last
+/// dotted segment; values under other keys need not be scanned (unless keyword rules run).
+fn value_key_relevant(eng: &SourceEngine, k: &str) -> bool {
+    match &eng.value_keys {
+        None => true,
+        Some(set) => set.contains(k.rsplit('.').next().unwrap_or(k)),
+    }
+}
+
+fn scan_json(v: &serde_json::Value, eng: &SourceEngine, hits: &mut Hits<'_>, relevant: bool) {
     use serde_json::Value as J;
     match v {
         J::Object(m) => {
@@ -288,10 +340,14 @@ fn scan_json(v: &serde_json::Value, eng: &SourceEngine, hits: &mut Hits<'_>) {
                 if let Some(kac) = &eng.key_ac {
                     hits.scan(kac, &eng.key_needle_rules, k);
                 }
-                scan_json(x, eng, hits);
+                let child = value_key_relevant(eng, k);
+                if child || eng.key_ac.is_some() || matches!(x, J::Object(_) | J::Array(_)) {
+                    scan_json(x, eng, hits, child);
+                }
             }
         }
-        J::Array(a) => a.iter().for_each(|x| scan_json(x, eng, hits)),
+        J::Array(a) => a.iter().for_each(|x| scan_json(x, eng, hits, relevant)),
+        _ if !relevant => {}
         J::Null => {}
         J::String(s) => {
             if let Some(ac) = &eng.ac {
@@ -435,7 +491,7 @@ impl SigmaDetector {
                 stamp: &mut sc.stamp,
                 candidates: &mut sc.candidates,
             };
-            scan_json(&event.raw, eng, &mut hits);
+            scan_json(&event.raw, eng, &mut hits, true);
             if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_ecs) {
                 let ecs = &event.ecs;
                 let singles = [
