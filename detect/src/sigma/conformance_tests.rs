@@ -1377,3 +1377,48 @@ fn detector_is_send_and_named_sigma() {
     assert_send(&d);
     assert_eq!(d.name(), "sigma");
 }
+
+#[test]
+fn value_percentile_flags_rare_values() {
+    let rule = "title: login\nid: l1\nname: login\nlogsource: {product: okta}\ndetection:\n    sel: {eventType: user.session.start}\n    condition: sel\n";
+    let text = format!(
+        "title: rare country\nid: c1\ncorrelation:\n    type: value_percentile\n    rules: [login]\n    group-by: [actor.alternateId]\n    timespan: 1d\n    condition:\n        field: country\n        lte: 10\n---\n{rule}"
+    );
+    let login = |country: &str, m: u32| {
+        event(
+            "okta",
+            json!({"eventType": "user.session.start", "actor": {"alternateId": "bob"}, "country": country,
+                             "published": format!("2024-05-01T10:{m:02}:00Z")}),
+        )
+    };
+    // 19 logins from DE, then one from KP: KP is 5% of bob's logins that day.
+    let mut evs: Vec<Event> = (0..19).map(|m| login("DE", m)).collect();
+    evs.push(login("KP", 30));
+    let alerts = run_events(&text, &SigmaOptions::default(), &evs);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    // Only DE: never rare.
+    let de: Vec<Event> = (0..20).map(|m| login("DE", m)).collect();
+    assert!(run_events(&text, &SigmaOptions::default(), &de).is_empty());
+}
+
+#[test]
+fn temporal_with_count_condition() {
+    let r = |n: &str, et: &str| {
+        format!("title: {n}\nid: {n}\nname: {n}\nlogsource: {{product: okta}}\ndetection:\n    sel: {{eventType: {et}}}\n    condition: sel\n")
+    };
+    let text = format!(
+        "title: two of three\nid: c1\ncorrelation:\n    type: temporal\n    rules: [ra, rb, rc]\n    group-by: [actor.alternateId]\n    timespan: 5m\n    condition:\n        gte: 2\n---\n{}---\n{}---\n{}",
+        r("ra", "a"), r("rb", "b"), r("rc", "c")
+    );
+    let e = |et: &str, m: u32| {
+        event(
+            "okta",
+            json!({"eventType": et, "actor": {"alternateId": "bob"}, "published": format!("2024-05-01T10:{m:02}:00Z")}),
+        )
+    };
+    assert_eq!(
+        run_events(&text, &SigmaOptions::default(), &[e("a", 0), e("c", 1)]).len(),
+        1
+    );
+    assert!(run_events(&text, &SigmaOptions::default(), &[e("a", 0), e("a", 1)]).is_empty());
+}
