@@ -3,14 +3,14 @@
 //! event contains at least one literal its condition requires (rules without such a guarantee --
 //! negations, `exists`, numbers, regexes, null -- are always evaluated).
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
-use perimeter_model::{Alert, DetectorKind, EcsValue, EntityKind, Event, Severity, ECS_FIELDS};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use perimeter_model::{Alert, DetectorKind, EntityKind, Event, Severity, ECS_FIELDS};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::condition::Cond;
 use super::correlate::Correlator;
-use super::matcher::{visit_leaves, Detection, FieldMatch, Leaf, NumBuf, Selection};
+use super::matcher::{Detection, FieldMatch, Leaf, NumBuf, Selection, ValueTest};
 use super::parse::{DetectionRule, RuleMeta};
 use super::{RuleRef, RuleSet, SigmaOptions};
 
@@ -20,10 +20,22 @@ pub(crate) fn detection_needles(det: &Detection) -> Option<Vec<String>> {
     cond_needles(&det.condition, &det.selections)
 }
 
+/// Marks a needle that must occur in an object key (field presence) rather than in a value.
+const KEY_MARK: &str = "\u{0}key:";
+
+/// Value needles rank by length; key needles (field presence) rank below value needles of the
+/// same length, since key names repeat across events far more than values.
+fn needle_rank(n: &str) -> usize {
+    match n.strip_prefix(KEY_MARK) {
+        Some(k) => k.len() / 2,
+        None => n.len(),
+    }
+}
+
 fn better(a: Vec<String>, b: Vec<String>) -> Vec<String> {
     let score = |v: &Vec<String>| {
         (
-            v.iter().map(String::len).min().unwrap_or(0),
+            v.iter().map(|n| needle_rank(n)).min().unwrap_or(0),
             usize::MAX - v.len(),
         )
     };
@@ -70,6 +82,43 @@ fn field_needles(fm: &FieldMatch) -> Option<Vec<String>> {
     if fm.negate || fm.tests.is_empty() {
         return None;
     }
+    value_needles(fm).or_else(|| key_needles(fm))
+}
+
+/// A field whose every test needs a value (numbers, regexes, CIDRs, ...) can only match when
+/// its key is in the raw event -- unless the value may come from the ECS view.
+fn key_needles(fm: &FieldMatch) -> Option<Vec<String>> {
+    fm.field.as_ref()?;
+    let requires_value = |t: &ValueTest| match t {
+        ValueTest::Null => false,
+        ValueTest::Exists(b) => *b,
+        _ => true,
+    };
+    let required = if fm.all {
+        fm.tests.iter().any(requires_value)
+    } else {
+        fm.tests.iter().all(requires_value)
+    };
+    if !required
+        || fm
+            .paths
+            .iter()
+            .any(|p| ECS_FIELDS.contains(&p.name.as_str()))
+    {
+        return None;
+    }
+    let mut out = Vec::new();
+    for p in &fm.paths {
+        let last = p.name.rsplit('.').next().unwrap_or("");
+        if last.is_empty() {
+            return None;
+        }
+        out.push(format!("{KEY_MARK}{}", last.to_ascii_lowercase()));
+    }
+    Some(out)
+}
+
+fn value_needles(fm: &FieldMatch) -> Option<Vec<String>> {
     if fm.all {
         fm.tests
             .iter()
@@ -84,14 +133,59 @@ fn field_needles(fm: &FieldMatch) -> Option<Vec<String>> {
     }
 }
 
+/// Whether a field of the detection may resolve through the ECS view (its name is an ECS field).
+fn uses_ecs(det: &Detection) -> bool {
+    det.selections
+        .iter()
+        .flat_map(|s| s.alternatives.iter().flatten())
+        .any(|fm| {
+            fm.paths
+                .iter()
+                .any(|p| ECS_FIELDS.contains(&p.name.as_str()))
+        })
+}
+
 /// Per-source dispatch: the automaton over the needles of the rules that run on the source.
 #[derive(Debug, Default)]
 struct SourceEngine {
     ac: Option<AhoCorasick>,
     /// Needle id -> detection rules needing it.
     needle_rules: Vec<Vec<u32>>,
+    /// Automaton over field-presence needles, run on object keys.
+    key_ac: Option<AhoCorasick>,
+    key_needle_rules: Vec<Vec<u32>>,
     /// Rules evaluated on every event of this source.
     always: Vec<u32>,
+    /// Whether any needle could occur in a number's or boolean's text, or needs the ECS view:
+    /// otherwise those values are not scanned at all.
+    scan_numbers: bool,
+    scan_bools: bool,
+    scan_ecs: bool,
+    /// Last path segments of every field the engine's prefiltered rules test; `None` when a
+    /// keyword rule needs every value scanned.
+    value_keys: Option<std::collections::HashSet<String, std::hash::BuildHasherDefault<KeyHasher>>>,
+}
+
+/// FNV-1a for short key names (std's SipHash costs more than the lookup saves).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 impl SourceEngine {
@@ -100,9 +194,14 @@ impl SourceEngine {
         applies: impl Fn(&DetectionRule) -> bool,
         needles: &[Option<Vec<String>>],
     ) -> SourceEngine {
-        let mut eng = SourceEngine::default();
+        let mut eng = SourceEngine {
+            value_keys: Some(Default::default()),
+            ..Default::default()
+        };
         let mut needle_ids: HashMap<String, usize> = HashMap::new();
         let mut patterns: Vec<String> = Vec::new();
+        let mut key_ids: HashMap<String, usize> = HashMap::new();
+        let mut key_patterns: Vec<String> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             if !applies(r) {
                 continue;
@@ -110,8 +209,46 @@ impl SourceEngine {
             match &needles[i] {
                 None => eng.always.push(i as u32),
                 Some(ns) => {
+                    if uses_ecs(&r.detection) {
+                        eng.scan_ecs = true;
+                    }
+                    for fm in r
+                        .detection
+                        .selections
+                        .iter()
+                        .flat_map(|s| s.alternatives.iter().flatten())
+                    {
+                        if fm.field.is_none() {
+                            eng.value_keys = None;
+                        }
+                        if let Some(set) = eng.value_keys.as_mut() {
+                            for p in &fm.paths {
+                                set.insert(p.name.rsplit('.').next().unwrap_or("").to_string());
+                            }
+                        }
+                    }
                     for n in ns {
+                        if let Some(k) = n.strip_prefix(KEY_MARK) {
+                            let id = *key_ids.entry(k.to_string()).or_insert_with(|| {
+                                key_patterns.push(k.to_string());
+                                eng.key_needle_rules.push(Vec::new());
+                                key_patterns.len() - 1
+                            });
+                            if eng.key_needle_rules[id].last() != Some(&(i as u32)) {
+                                eng.key_needle_rules[id].push(i as u32);
+                            }
+                            continue;
+                        }
                         let key = n.to_ascii_lowercase();
+                        if key
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+                        {
+                            eng.scan_numbers = true;
+                        }
+                        if "true".contains(key.as_str()) || "false".contains(key.as_str()) {
+                            eng.scan_bools = true;
+                        }
                         let id = *needle_ids.entry(key.clone()).or_insert_with(|| {
                             patterns.push(key);
                             eng.needle_rules.push(Vec::new());
@@ -124,11 +261,23 @@ impl SourceEngine {
                 }
             }
         }
+        if !key_patterns.is_empty() {
+            eng.key_ac = AhoCorasickBuilder::new()
+                .ascii_case_insensitive(true)
+                .build(&key_patterns)
+                .ok();
+            if eng.key_ac.is_none() {
+                eng.always
+                    .extend(eng.key_needle_rules.iter().flatten().copied());
+                eng.always.sort_unstable();
+                eng.always.dedup();
+            }
+        }
         if !patterns.is_empty() {
             eng.ac = AhoCorasickBuilder::new()
                 .ascii_case_insensitive(true)
                 .match_kind(MatchKind::Standard)
-                .kind(Some(AhoCorasickKind::DFA))
+                .kind(None)
                 .build(&patterns)
                 .or_else(|_| {
                     AhoCorasickBuilder::new()
@@ -148,6 +297,78 @@ impl SourceEngine {
     }
 }
 
+/// Candidate collection for one event: each rule is pushed once (epoch-stamped, no clearing).
+struct Hits<'a> {
+    epoch: u32,
+    stamp: &'a mut [u32],
+    candidates: &'a mut Vec<u32>,
+}
+
+impl Hits<'_> {
+    fn scan(&mut self, ac: &AhoCorasick, needle_rules: &[Vec<u32>], text: &str) {
+        if text.len() < ac.min_pattern_len() {
+            return;
+        }
+        for m in ac.find_overlapping_iter(text) {
+            for &r in &needle_rules[m.pattern().as_usize()] {
+                let s = &mut self.stamp[r as usize];
+                if *s != self.epoch {
+                    *s = self.epoch;
+                    self.candidates.push(r);
+                }
+            }
+        }
+    }
+}
+
+/// One walk over the raw event: values through the value automaton, object keys through the
+/// key automaton.
+/// A value under key `k` can only satisfy a field test whose path ends in the key's last
+/// dotted segment; values under other keys need not be scanned (unless keyword rules run).
+fn value_key_relevant(eng: &SourceEngine, k: &str) -> bool {
+    match &eng.value_keys {
+        None => true,
+        Some(set) => set.contains(k.rsplit('.').next().unwrap_or(k)),
+    }
+}
+
+fn scan_json(v: &serde_json::Value, eng: &SourceEngine, hits: &mut Hits<'_>, relevant: bool) {
+    use serde_json::Value as J;
+    match v {
+        J::Object(m) => {
+            for (k, x) in m {
+                if let Some(kac) = &eng.key_ac {
+                    hits.scan(kac, &eng.key_needle_rules, k);
+                }
+                let child = value_key_relevant(eng, k);
+                if child || eng.key_ac.is_some() || matches!(x, J::Object(_) | J::Array(_)) {
+                    scan_json(x, eng, hits, child);
+                }
+            }
+        }
+        J::Array(a) => a.iter().for_each(|x| scan_json(x, eng, hits, relevant)),
+        _ if !relevant => {}
+        J::Null => {}
+        J::String(s) => {
+            if let Some(ac) = &eng.ac {
+                hits.scan(ac, &eng.needle_rules, s);
+            }
+        }
+        J::Bool(b) => {
+            if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_bools) {
+                hits.scan(ac, &eng.needle_rules, if *b { "true" } else { "false" });
+            }
+        }
+        J::Number(n) => {
+            if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_numbers) {
+                let mut buf = NumBuf::new();
+                let _ = write!(buf, "{n}");
+                hits.scan(ac, &eng.needle_rules, buf.as_str());
+            }
+        }
+    }
+}
+
 /// Reusable per-event buffers: nothing is allocated per event on the no-match path.
 #[derive(Debug, Default)]
 struct Scratch {
@@ -161,7 +382,7 @@ struct Scratch {
 pub struct SigmaDetector {
     rules: RuleSet,
     ignore_logsource: bool,
-    engines: HashMap<String, SourceEngine>,
+    engines: Vec<(String, SourceEngine)>,
     /// For sources no rule names: the rules without a product (all rules with ignore_logsource).
     fallback: SourceEngine,
     scratch: Scratch,
@@ -194,7 +415,7 @@ impl SigmaDetector {
             .collect();
         sources.sort();
         sources.dedup();
-        let mut engines = HashMap::new();
+        let mut engines = Vec::new();
         if !ignore {
             for s in &sources {
                 let eng = SourceEngine::build(
@@ -202,7 +423,7 @@ impl SigmaDetector {
                     |r| r.sources.as_ref().is_none_or(|v| v.iter().any(|x| x == s)),
                     &needles,
                 );
-                engines.insert(s.clone(), eng);
+                engines.push((s.clone(), eng));
             }
         }
         let fallback = SourceEngine::build(
@@ -250,10 +471,12 @@ impl SigmaDetector {
     /// Detection rules that match the event (filters applied), in rule order. Used by the
     /// detector and by `rules test`.
     pub(crate) fn match_rules(&mut self, event: &Event) -> &[u32] {
+        // A handful of sources: a linear scan beats hashing the name.
         let eng = self
             .engines
-            .get(event.source.as_str())
-            .unwrap_or(&self.fallback);
+            .iter()
+            .find(|(name, _)| *name == event.source)
+            .map_or(&self.fallback, |(_, e)| e);
         let sc = &mut self.scratch;
         sc.epoch = sc.epoch.wrapping_add(1);
         if sc.epoch == 0 {
@@ -262,39 +485,47 @@ impl SigmaDetector {
         }
         sc.candidates.clear();
         sc.matched.clear();
-        if let Some(ac) = &eng.ac {
-            let epoch = sc.epoch;
-            let stamp = &mut sc.stamp;
-            let candidates = &mut sc.candidates;
-            let mut scan = |text: &str| {
-                for m in ac.find_overlapping_iter(text) {
-                    for &r in &eng.needle_rules[m.pattern().as_usize()] {
-                        let s = &mut stamp[r as usize];
-                        if *s != epoch {
-                            *s = epoch;
-                            candidates.push(r);
-                        }
+        if eng.ac.is_some() || eng.key_ac.is_some() {
+            let mut hits = Hits {
+                epoch: sc.epoch,
+                stamp: &mut sc.stamp,
+                candidates: &mut sc.candidates,
+            };
+            scan_json(&event.raw, eng, &mut hits, true);
+            if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_ecs) {
+                let ecs = &event.ecs;
+                let singles = [
+                    &ecs.event_action,
+                    &ecs.user_name,
+                    &ecs.user_email,
+                    &ecs.user_id,
+                    &ecs.user_target_name,
+                    &ecs.user_target_email,
+                    &ecs.user_target_id,
+                    &ecs.source_ip,
+                    &ecs.source_geo_country_iso_code,
+                    &ecs.user_agent_original,
+                    &ecs.organization_id,
+                    &ecs.cloud_account_id,
+                ];
+                for v in singles.into_iter().flatten() {
+                    hits.scan(ac, &eng.needle_rules, v);
+                }
+                for list in [
+                    &ecs.event_category,
+                    &ecs.event_type,
+                    &ecs.related_ip,
+                    &ecs.related_user,
+                ] {
+                    for v in list {
+                        hits.scan(ac, &eng.needle_rules, v);
                     }
                 }
-            };
-            visit_leaves(&event.raw, &mut |leaf| {
-                leaf.with_text(|t| {
-                    if let Some(t) = t {
-                        scan(t)
-                    }
-                });
-                false
-            });
-            for name in ECS_FIELDS {
-                match event.ecs.get(name) {
-                    Some(EcsValue::Str(s)) => scan(s),
-                    Some(EcsValue::List(l)) => l.iter().for_each(|s| scan(s)),
-                    Some(EcsValue::Num(n)) => {
-                        let mut b = NumBuf::new();
-                        let _ = write!(b, "{n}");
-                        scan(b.as_str());
-                    }
-                    None => {}
+                hits.scan(ac, &eng.needle_rules, ecs.event_outcome.as_str());
+                if let Some(n) = ecs.source_as_number {
+                    let mut b = NumBuf::new();
+                    let _ = write!(b, "{n}");
+                    hits.scan(ac, &eng.needle_rules, b.as_str());
                 }
             }
         }
@@ -352,7 +583,7 @@ fn filtered(
         let applies = ignore
             || filter_sources[f]
                 .as_ref()
-                .is_none_or(|s| s.iter().any(|x| *x == event.source));
+                .is_none_or(|s| s.contains(&event.source));
         applies && rules.filters[f].detection.matches(event)
     })
 }

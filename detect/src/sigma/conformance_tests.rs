@@ -1175,3 +1175,250 @@ fn public_docs_from_the_spec_parse() {
     }
     assert!(n >= 10);
 }
+
+fn sigmahq_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sigmahq")
+}
+
+#[test]
+fn sigmahq_style_rules_load_unchanged() {
+    // Without a placeholder for `%Administrators%` exactly one rule must be rejected, precisely.
+    let (set, report) = RuleSet::load(&[sigmahq_dir()], &SigmaOptions::default());
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    let e = &report.failed[0];
+    assert!(e.path.ends_with("win_security_admin_rdp_login.yml"));
+    assert_eq!(e.line, Some(20));
+    assert!(e.message.contains("%Administrators%"), "{e}");
+    assert!(set.len() >= 35, "{}", set.len());
+
+    // With a pipeline that defines the placeholder, every rule loads.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = dir.path().join("corp.toml");
+    std::fs::write(
+        &pipeline,
+        "[placeholders]\nAdministrators = [\"Administrator\", \"adm_*\"]\n",
+    )
+    .unwrap_or_default();
+    let opts = SigmaOptions {
+        pipelines: vec![pipeline],
+        ..Default::default()
+    };
+    let (set, report) = RuleSet::load(&[sigmahq_dir()], &opts);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+
+    // Together they use every modifier of the modifiers appendix (except `neq`, covered above).
+    let mut used = std::collections::BTreeSet::new();
+    for r in &set.detections {
+        for s in &r.detection.selections {
+            for fm in s.alternatives.iter().flatten() {
+                used.extend(fm.modifiers.iter().cloned());
+            }
+        }
+    }
+    for m in [
+        "contains",
+        "startswith",
+        "endswith",
+        "all",
+        "re",
+        "i",
+        "cidr",
+        "base64offset",
+        "wide",
+        "utf16le",
+        "utf16be",
+        "utf16",
+        "windash",
+        "exists",
+        "gte",
+        "lt",
+        "lte",
+        "fieldref",
+        "cased",
+        "expand",
+        "hour",
+    ] {
+        assert!(used.contains(m), "modifier `{m}` unused; used: {used:?}");
+    }
+
+    // Rules fire on the events they were written for.
+    let mut det = SigmaDetector::new(set, &opts);
+    let mut fired = |source: &str, raw: Json| -> Vec<String> {
+        let mut alerts = Vec::new();
+        det.detect(&event(source, raw), &mut alerts);
+        alerts.into_iter().map(|a| a.title).collect()
+    };
+    let enc = "JABjAGwAaQBlAG4AdAAgAD0A";
+    assert!(fired("windows", json!({"Image": "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe", "CommandLine": format!("powershell.exe /enc {enc}"), "ParentImage": "C:\\Windows\\explorer.exe"}))
+        .contains(&"Suspicious Encoded PowerShell Command Line".to_string()));
+    assert!(fired(
+        "windows",
+        json!({"Image": "C:\\Windows\\System32\\whoami.exe"})
+    )
+    .contains(&"Whoami Utility Execution".to_string()));
+    assert!(fired(
+        "windows",
+        json!({"EventID": 4624, "LogonType": 3, "IpAddress": "203.0.113.9"})
+    )
+    .contains(&"Successful Network Logon From Outside The Internal Networks".to_string()));
+    assert!(fired(
+        "windows",
+        json!({"EventID": 4624, "LogonType": 3, "IpAddress": "10.2.3.4"})
+    )
+    .is_empty());
+    assert!(fired("windows", json!({"EventID": 4624, "LogonType": 10, "AuthenticationPackageName": "Negotiate", "TargetUserName": "adm_jane"}))
+        .contains(&"Admin User Remote Logon".to_string()));
+    // echo 'IEX (New-Object Net.WebClient)' | base64 -> the middle of the encoding appears.
+    assert!(fired(
+        "windows",
+        json!({"CommandLine": "powershell -c SUVYIChOZXctT2JqZWN0IE5ldC5XZWJDbGllbnQp"})
+    )
+    .contains(&"PowerShell Base64 Encoded IEX Cmdlet".to_string()));
+    assert!(fired(
+        "linux",
+        json!({"CommandLine": "echo IyEvYmluL2Jhc2gKY3VybCBldmls | base64 -d | sh"})
+    )
+    .contains(&"Linux Base64 Encoded Shebang In CLI".to_string()));
+    assert!(
+        fired("linux", json!({"msg": "unset HISTFILE; export HISTSIZE=0"}))
+            .contains(&"Clear Command History Via Shell Builtins".to_string())
+    );
+    assert!(fired(
+        "linux",
+        json!({"type": "EXECVE", "a0": "LD_PRELOAD=/tmp/x.so"})
+    )
+    .contains(&"LD_PRELOAD Environment Variable Set".to_string()));
+    assert!(fired(
+        "linux",
+        json!({"type": "EXECVE", "a0": "ld_preload=/tmp/x.so"})
+    )
+    .is_empty());
+    assert!(fired(
+        "aws_cloudtrail",
+        json!({"eventSource": "cloudtrail.amazonaws.com", "eventName": "StopLogging"})
+    )
+    .contains(&"AWS CloudTrail Important Change".to_string()));
+    assert!(fired("aws_cloudtrail", json!({"eventSource": "iam.amazonaws.com", "eventName": "CreateAccessKey", "userIdentity": {"userName": "jane"}, "requestParameters": {"userName": "bob"}}))
+        .contains(&"AWS IAM Access Key Created For Another User".to_string()));
+    assert!(fired("aws_cloudtrail", json!({"eventSource": "iam.amazonaws.com", "eventName": "CreateAccessKey", "userIdentity": {"userName": "jane"}, "requestParameters": {"userName": "jane"}}))
+        .is_empty());
+    // SigmaHQ writes `eventtype` (lower case); the built-in pipeline maps it to Okta's `eventType`.
+    assert!(fired(
+        "okta",
+        json!({"eventType": "user.mfa.factor.reset_all", "actor": {"alternateId": "jane"}})
+    )
+    .contains(&"Okta MFA Reset or Deactivated".to_string()));
+    assert!(
+        fired(
+            "okta",
+            json!({"eventType": "user.mfa.factor.reset_all", "actor": {"alternateId": "svc_sync"}})
+        )
+        .is_empty(),
+        "filtered"
+    );
+    assert!(fired("m365", json!({"Workload": "SecurityComplianceCenter", "Operation": "Suspicious inbox forwarding", "ResultStatus": "success"}))
+        .contains(&"Suspicious Inbox Forwarding".to_string()));
+    assert!(fired(
+        "okta",
+        json!({"eventType": "user.session.access_admin_app", "published": "2024-05-01T03:00:00Z"})
+    )
+    .contains(&"Okta Admin Console Access At Night".to_string()));
+}
+
+#[test]
+fn sigmahq_style_rules_match_recorded_vendor_events() {
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/saas-api-pages"
+    );
+    if !Path::new(fixtures).is_dir() {
+        return; // the shared fixtures are not beside the repo in every checkout
+    }
+    let (set, _) = RuleSet::load(&[sigmahq_dir()], &SigmaOptions::default());
+    let mut det = SigmaDetector::new(set, &SigmaOptions::default());
+    let read = |p: &str| -> Vec<Json> {
+        let text = std::fs::read_to_string(format!("{fixtures}/{p}")).unwrap_or_default();
+        serde_json::from_str::<Json>(&text)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let okta = read("okta/system_log/001.json");
+    assert!(!okta.is_empty());
+    let mut alerts = Vec::new();
+    for raw in okta {
+        det.detect(&event("okta", raw), &mut alerts);
+    }
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.title == "Okta OAuth2 Authorization Code Request With OpenID Scope"),
+        "{alerts:?}"
+    );
+    let github = read("github/audit/001.json");
+    assert_eq!(github.len(), 2);
+    let mut alerts = Vec::new();
+    for raw in github {
+        det.detect(&event("github", raw), &mut alerts);
+    }
+    assert_eq!(
+        alerts
+            .iter()
+            .filter(|a| a.title == "GitHub Workflow Job Prepared With Repository Secrets")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn detector_is_send_and_named_sigma() {
+    fn assert_send<T: Send>(_: &T) {}
+    let d = SigmaDetector::new(RuleSet::default(), &SigmaOptions::default());
+    assert_send(&d);
+    assert_eq!(d.name(), "sigma");
+}
+
+#[test]
+fn value_percentile_flags_rare_values() {
+    let rule = "title: login\nid: l1\nname: login\nlogsource: {product: okta}\ndetection:\n    sel: {eventType: user.session.start}\n    condition: sel\n";
+    let text = format!(
+        "title: rare country\nid: c1\ncorrelation:\n    type: value_percentile\n    rules: [login]\n    group-by: [actor.alternateId]\n    timespan: 1d\n    condition:\n        field: country\n        lte: 10\n---\n{rule}"
+    );
+    let login = |country: &str, m: u32| {
+        event(
+            "okta",
+            json!({"eventType": "user.session.start", "actor": {"alternateId": "bob"}, "country": country,
+                             "published": format!("2024-05-01T10:{m:02}:00Z")}),
+        )
+    };
+    // 19 logins from DE, then one from KP: KP is 5% of bob's logins that day.
+    let mut evs: Vec<Event> = (0..19).map(|m| login("DE", m)).collect();
+    evs.push(login("KP", 30));
+    let alerts = run_events(&text, &SigmaOptions::default(), &evs);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    // Only DE: never rare.
+    let de: Vec<Event> = (0..20).map(|m| login("DE", m)).collect();
+    assert!(run_events(&text, &SigmaOptions::default(), &de).is_empty());
+}
+
+#[test]
+fn temporal_with_count_condition() {
+    let r = |n: &str, et: &str| {
+        format!("title: {n}\nid: {n}\nname: {n}\nlogsource: {{product: okta}}\ndetection:\n    sel: {{eventType: {et}}}\n    condition: sel\n")
+    };
+    let text = format!(
+        "title: two of three\nid: c1\ncorrelation:\n    type: temporal\n    rules: [ra, rb, rc]\n    group-by: [actor.alternateId]\n    timespan: 5m\n    condition:\n        gte: 2\n---\n{}---\n{}---\n{}",
+        r("ra", "a"), r("rb", "b"), r("rc", "c")
+    );
+    let e = |et: &str, m: u32| {
+        event(
+            "okta",
+            json!({"eventType": et, "actor": {"alternateId": "bob"}, "published": format!("2024-05-01T10:{m:02}:00Z")}),
+        )
+    };
+    assert_eq!(
+        run_events(&text, &SigmaOptions::default(), &[e("a", 0), e("c", 1)]).len(),
+        1
+    );
+    assert!(run_events(&text, &SigmaOptions::default(), &[e("a", 0), e("a", 1)]).is_empty());
+}

@@ -322,13 +322,17 @@ impl Correlator {
             return;
         }
         let c = &rules.correlations[ci];
-        let positions: Vec<usize> = rules.corr_refs[ci]
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| **r == from)
-            .map(|(j, _)| j)
-            .collect();
-        let Some(&j0) = positions.first() else { return };
+        // Positions of `from` in the correlation's rule list (usually one), without allocating.
+        let positions = || {
+            rules.corr_refs[ci]
+                .iter()
+                .enumerate()
+                .filter(move |(_, r)| **r == from)
+                .map(|(j, _)| j)
+        };
+        let Some(j0) = positions().next() else {
+            return;
+        };
         let st = &mut self.states[ci];
         let mut h = Fnv::new();
         for p in &st.group_paths[j0] {
@@ -413,7 +417,19 @@ impl Correlator {
                 ks.entries.drain(..keep_from);
             }
         }
-        for &j in &positions {
+        // value_count only needs each distinct value once, at its latest time: keeps a key's
+        // entries (and memory) bounded by the number of distinct values.
+        let mut insert = true;
+        if c.kind == CorrelationType::ValueCount {
+            if let Some(pos) = ks.entries.iter().position(|e| e.val == val) {
+                if ks.entries[pos].ts >= ts {
+                    insert = false;
+                } else {
+                    ks.entries.remove(pos);
+                }
+            }
+        }
+        for j in positions().filter(|_| insert) {
             let v = if matches!(
                 c.kind,
                 CorrelationType::Temporal | CorrelationType::TemporalOrdered
@@ -429,10 +445,12 @@ impl Correlator {
             let extra = ks.entries.len() - max_entries;
             ks.entries.drain(..extra);
         }
-        let window = ks.window.clone();
-        for closed in pending_close {
-            if let Some(w) = &window {
-                self.fire_closed(ci, &closed, w, rules, alerts);
+        if !pending_close.is_empty() {
+            let window = ks.window.clone();
+            for closed in pending_close {
+                if let Some(w) = &window {
+                    self.fire_closed(ci, &closed, w, rules, alerts);
+                }
             }
         }
         if mode == Mode::Early {

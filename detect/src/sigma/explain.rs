@@ -134,9 +134,7 @@ pub fn explain(
         match d {
             RuleDoc::Detection(r) => {
                 let runs = options.ignore_logsource
-                    || r.sources
-                        .as_ref()
-                        .is_none_or(|s| s.iter().any(|x| *x == event.source));
+                    || r.sources.as_ref().is_none_or(|s| s.contains(&event.source));
                 let _ = writeln!(out, "rule `{}` ({}):", r.meta.title, r.meta.key());
                 let _ = writeln!(
                     out,

@@ -59,10 +59,10 @@ impl FieldPath {
         }
         match v {
             Json::Object(map) => {
+                // A nested path wins over a key that literally contains the dots; dotted keys
+                // are only tried when the plain key is absent.
                 if let Some(next) = map.get(&self.parts[i]) {
-                    if self.visit_from(next, i + 1, f) {
-                        return true;
-                    }
+                    return self.visit_from(next, i + 1, f);
                 }
                 for (k, key) in self.joined[i].iter().enumerate() {
                     if let Some(next) = map.get(key) {
@@ -214,11 +214,11 @@ impl<'a> Leaf<'a> {
         matches!(self, Leaf::Json(Json::Null))
     }
 
-    pub fn to_json(&self) -> Json {
+    pub fn to_json(self) -> Json {
         match self {
-            Leaf::Json(v) => (*v).clone(),
+            Leaf::Json(v) => v.clone(),
             Leaf::Str(s) => Json::String(s.to_string()),
-            Leaf::Num(n) => Json::from(*n),
+            Leaf::Num(n) => Json::from(n),
             Leaf::EmptyList => Json::Array(Vec::new()),
         }
     }

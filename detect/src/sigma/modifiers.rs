@@ -292,8 +292,11 @@ pub fn compile_field(
 
     // Presence and non-string value types.
     if value_type == Some("exists") {
-        let Value::Bool(b) = items[0].value else {
-            return Err(err(line, "`exists` takes `true` or `false`"));
+        let b = match &items[0].value {
+            Value::Bool(b) => *b,
+            Value::Str(t) if t.eq_ignore_ascii_case("true") => true,
+            Value::Str(t) if t.eq_ignore_ascii_case("false") => false,
+            _ => return Err(err(line, "`exists` takes `true` or `false`")),
         };
         if items.len() != 1 || fm.field.is_none() {
             return Err(err(line, "`exists` takes a single boolean on a field"));

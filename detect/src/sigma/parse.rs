@@ -709,7 +709,7 @@ fn parse_correlation(c: &Node, meta: RuleMeta, path: &Path) -> Result<Correlatio
             aliases.insert(alias.clone(), inner);
         }
     }
-    let generate = match c.get("generate").or_else(|| None) {
+    let generate = match c.get("generate") {
         Some(n) => match n.value {
             Value::Bool(b) => b,
             _ => {

@@ -164,9 +164,7 @@ impl MarkedEventReceiver for Builder {
         let line = mark.line();
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
-                let value = if style != TScalarStyle::Plain {
-                    Value::Str(text)
-                } else if tag.is_some() {
+                let value = if style != TScalarStyle::Plain || tag.is_some() {
                     Value::Str(text)
                 } else {
                     match Yaml::from_str(&text) {
