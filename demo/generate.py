@@ -180,7 +180,7 @@ def gws(t, app, name, user, params=(), etype=None, ip=None):
         'kind': 'admin#reports#activity',
         'id': {'time': iso_ms(t), 'uniqueQualifier': str(-int(h('gq', app, name, t, email)[:15], 16)), 'applicationName': app, 'customerId': 'C03acme01'},
         'etag': '"' + h('etag', t, name, email)[:40] + '"',
-        'actor': {'callerType': 'USER', 'email': email, 'profileId': str(int(h(email)[:14], 16))},
+        'actor': {'callerType': 'USER', 'email': email, 'profileId': str(100000000000000000000 + int(h(email)[:16], 16) % 10 ** 20)},
         'ipAddress': ip or OFFICE_IP,
         'events': [{'type': etype or 'access', 'name': name, 'parameters': ps}],
     })
