@@ -85,11 +85,20 @@ def okta(t, event_type, user, result='SUCCESS', ip=None, reason=None, target=Non
                                   'interface': None, 'authenticationStep': 0, 'externalSessionId': h('sess', alt, t.hour // 8)[:25]},
         'outcome': {'result': result, 'reason': reason},
         'securityContext': {'asNumber': 64500, 'asOrg': 'example transit', 'isp': 'example isp', 'domain': 'example', 'isProxy': ip == ATTACKER_IP},
-        'debugContext': {'debugData': debug or {'requestId': h('req', t)[:22], 'requestUri': '/api/v1/authn', 'url': '/api/v1/authn?'}},
+        'debugContext': {'debugData': debug or default_debug(t, event_type, result, ip)},
         'transaction': {'type': 'WEB', 'id': h('tx', t, alt)[:22], 'detail': {}},
         'target': target or [],
         'request': {'ipChain': [{'ip': ip, 'version': 'V4', 'source': None}]},
     })
+
+
+def default_debug(t, event_type, result, ip):
+    debug = {'requestId': h('req', t)[:22], 'requestUri': '/idp/idx/identify', 'url': '/idp/idx/identify?'}
+    if event_type == 'user.session.start' and result == 'SUCCESS':
+        new = 'POSITIVE' if ip == ATTACKER_IP else 'NEGATIVE'
+        debug['behaviors'] = (f'{{New Geo-Location={new}, New Device={new}, New IP={new}, New State={new}, '
+                              f'New Country={new}, Velocity={new}, New City={new}}}')
+    return debug
 
 
 def okta_target(alt, ttype='User', display=None):
