@@ -421,6 +421,7 @@ impl Store {
         touched: &HashSet<IndexKey>,
         seq: u64,
     ) -> Result<()> {
+        let t_start = Instant::now();
         // Raw JSON text for Parquet and output documents for tantivy, computed once.
         let raws: Vec<String> = fresh
             .iter()
@@ -436,7 +437,11 @@ impl Store {
         }
 
         let pending: Vec<PendingFile> = std::thread::scope(|scope| -> Result<Vec<PendingFile>> {
-            let parquet = scope.spawn(|| self.write_parquet_tmp(fresh, &raws, &groups, seq));
+            let parquet = scope.spawn(|| {
+                let t = Instant::now();
+                let r = self.write_parquet_tmp(fresh, &raws, &groups, seq);
+                (r, t.elapsed())
+            });
             let mut add_result = Ok(());
             for (i, e) in fresh.iter().enumerate() {
                 let key = (e.tenant.clone(), e.timestamp.date_naive());
@@ -456,9 +461,11 @@ impl Store {
                     break;
                 }
             }
-            let files = parquet
+            let index_time = t_start.elapsed();
+            let (files, parquet_time) = parquet
                 .join()
                 .map_err(|_| StoreError::InvalidBatch("parquet writer thread panicked".into()))?;
+            TIMES.with(|t| t.set((index_time, parquet_time)));
             match (add_result, files) {
                 (Ok(()), Ok(files)) => Ok(files),
                 (Err(e), Ok(files)) => {
@@ -512,6 +519,15 @@ impl Store {
             return Err(e);
         }
         let n = fresh.len() as u64;
+        let (it, pt) = TIMES.with(|t| t.get());
+        tracing::debug!(
+            events = n,
+            index_adds_ms = it.as_millis() as u64,
+            parquet_ms = pt.as_millis() as u64,
+            commit_ms = commit_started.elapsed().as_millis() as u64,
+            total_ms = t_start.elapsed().as_millis() as u64,
+            "batch stored"
+        );
         self.counters.events_written.fetch_add(n, Ordering::Relaxed);
         self.counters.events_stored.fetch_add(n, Ordering::Relaxed);
         self.counters
@@ -683,6 +699,10 @@ fn output_document(e: &Event, raw_text: &str) -> Result<(serde_json::Value, Stri
         )));
     }
     Ok((doc, text))
+}
+
+thread_local! {
+    static TIMES: std::cell::Cell<(std::time::Duration, std::time::Duration)> = const { std::cell::Cell::new((std::time::Duration::ZERO, std::time::Duration::ZERO)) };
 }
 
 fn validate_batch(batch: &StoreBatch) -> Result<()> {
