@@ -24,10 +24,16 @@ pub fn mixed_records() -> Vec<(String, serde_json::Value)> {
     ];
     let fixtures = repo().join("../shared/fixtures/saas-api-pages");
     for (source, dir) in pages {
-        let Ok(rd) = std::fs::read_dir(fixtures.join(dir)) else { continue };
+        let Ok(rd) = std::fs::read_dir(fixtures.join(dir)) else {
+            continue;
+        };
         for f in rd.flatten() {
-            let Ok(text) = std::fs::read_to_string(f.path()) else { continue };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+            let Ok(text) = std::fs::read_to_string(f.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
             for r in perimeter_detect::normalize::split_records(source, v) {
                 out.push((source.to_string(), r));
             }

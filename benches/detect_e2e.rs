@@ -27,7 +27,11 @@ fn generated_rule(i: usize) -> String {
         5 => ("aws", "cloudtrail", "eventName", "|endswith"),
         _ => ("onepassword", "", "action", ""),
     };
-    let service = if service.is_empty() { String::new() } else { format!("\n    service: {service}") };
+    let service = if service.is_empty() {
+        String::new()
+    } else {
+        format!("\n    service: {service}")
+    };
     format!(
         "title: Generated variant {i}\nid: 00000000-0000-4000-8000-{i:012}\nstatus: test\nlogsource:\n    product: {product}{service}\n\
          detection:\n    selection:\n        {field}{modifier}:\n            - 'variant.{i}.create'\n            - 'variant.{i}.delete'\n\
@@ -36,29 +40,51 @@ fn generated_rule(i: usize) -> String {
 }
 
 fn main() {
-    let n: usize = std::env::var("PERIMETER_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::var("PERIMETER_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let generated = 1000;
     for i in 0..generated {
-        std::fs::write(dir.path().join(format!("variant_{i}.yml")), generated_rule(i)).expect("writing rule");
+        std::fs::write(
+            dir.path().join(format!("variant_{i}.yml")),
+            generated_rule(i),
+        )
+        .expect("writing rule");
     }
     let pack = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/detection-rules"));
     let options = SigmaOptions::default();
     let (rules, report) = RuleSet::load(&[pack, dir.path().to_path_buf()], &options);
-    assert!(report.failed.is_empty(), "rules failed to load: {:?}", report.failed.first().map(|f| f.to_string()));
+    assert!(
+        report.failed.is_empty(),
+        "rules failed to load: {:?}",
+        report.failed.first().map(|f| f.to_string())
+    );
     let rule_count = rules.len();
     let input = common::mixed_jsonl(n);
-    eprintln!("input: {n} lines, {} MB; rules: {rule_count}", input.len() / 1_000_000);
+    eprintln!(
+        "input: {n} lines, {} MB; rules: {rule_count}",
+        input.len() / 1_000_000
+    );
 
     for with_ueba in [false, true] {
         let masker = SecretMasker::default();
         let key = entity_key(&masker);
         let (rules, _) = RuleSet::load(
-            &[std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/detection-rules")), dir.path().to_path_buf()],
+            &[
+                std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/detection-rules")),
+                dir.path().to_path_buf(),
+            ],
             &options,
         );
-        let mut pipeline = Pipeline::new(NormalizerRegistry::builtin(), masker, Arc::new(Metrics::new()), false)
-            .with_sigma(SigmaDetector::new(rules, &options));
+        let mut pipeline = Pipeline::new(
+            NormalizerRegistry::builtin(),
+            masker,
+            Arc::new(Metrics::new()),
+            false,
+        )
+        .with_sigma(SigmaDetector::new(rules, &options));
         if with_ueba {
             pipeline = pipeline.with_ueba(UebaEngine::new(UebaConfig::default(), key));
         }
@@ -68,7 +94,9 @@ fn main() {
         let started = Instant::now();
         for item in JsonlReader::new(&input[..], JsonlReaderConfig::default()) {
             match item.expect("in-memory read") {
-                InputItem::Record { line, value } => pipeline.process_value("auto", "t", Some(line), value, now, &mut out),
+                InputItem::Record { line, value } => {
+                    pipeline.process_value("auto", "t", Some(line), value, now, &mut out)
+                }
                 InputItem::Invalid { .. } => unreachable!("bench input is valid"),
             }
             alerts += out.alerts.len();

@@ -14,7 +14,10 @@ fn bench(c: &mut Criterion) {
     let lines: Vec<String> = records.iter().map(|(_, v)| v.to_string()).collect();
     let bytes: usize = lines.iter().map(|l| l.len()).sum();
     let n = records.len() as u64;
-    eprintln!("bench input: {n} records, {} bytes on average", bytes / records.len().max(1));
+    eprintln!(
+        "bench input: {n} records, {} bytes on average",
+        bytes / records.len().max(1)
+    );
     let registry = NormalizerRegistry::builtin();
     let masker = SecretMasker::default();
     let now = chrono::Utc::now();
@@ -34,7 +37,13 @@ fn bench(c: &mut Criterion) {
             || records.clone(),
             |recs| {
                 for (source, raw) in recs {
-                    let rec = RawRecord { source: source.clone(), tenant: "t".into(), received_at: now, line: None, raw };
+                    let rec = RawRecord {
+                        source: source.clone(),
+                        tenant: "t".into(),
+                        received_at: now,
+                        line: None,
+                        raw,
+                    };
                     std::hint::black_box(registry.normalize(&source, rec).ok());
                 }
             },
@@ -46,7 +55,13 @@ fn bench(c: &mut Criterion) {
             || records.clone(),
             |recs| {
                 for (source, raw) in recs {
-                    let rec = RawRecord { source: source.clone(), tenant: "t".into(), received_at: now, line: None, raw };
+                    let rec = RawRecord {
+                        source: source.clone(),
+                        tenant: "t".into(),
+                        received_at: now,
+                        line: None,
+                        raw,
+                    };
                     if let Ok(mut e) = registry.normalize(&source, rec) {
                         std::hint::black_box(masker.mask(&mut e));
                     }
@@ -59,7 +74,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for ((source, _), l) in records.iter().zip(&lines) {
                 let raw: serde_json::Value = serde_json::from_str(l).expect("valid");
-                let rec = RawRecord { source: source.clone(), tenant: "t".into(), received_at: now, line: None, raw };
+                let rec = RawRecord {
+                    source: source.clone(),
+                    tenant: "t".into(),
+                    received_at: now,
+                    line: None,
+                    raw,
+                };
                 if let Ok(mut e) = registry.normalize(source, rec) {
                     std::hint::black_box(masker.mask(&mut e));
                 }

@@ -53,7 +53,8 @@ impl PerimeterConfig {
         let Some(path) = path else {
             return Ok(toml::from_str("").expect("empty config is valid"));
         };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("config {}", path.display()))
     }
 

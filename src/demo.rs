@@ -39,14 +39,21 @@ fn rules_dir(args: &DemoArgs, config: &PerimeterConfig) -> Vec<PathBuf> {
     if !chosen.is_empty() {
         return chosen;
     }
-    vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/detection-rules"))]
+    vec![PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/detection-rules"
+    ))]
 }
 
 pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     if args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir)
-            .with_context(|| format!("clearing the previous demo data in {}", args.data_dir.display()))?;
+        std::fs::remove_dir_all(&args.data_dir).with_context(|| {
+            format!(
+                "clearing the previous demo data in {}",
+                args.data_dir.display()
+            )
+        })?;
     }
     std::fs::create_dir_all(&args.data_dir)?;
     let (registry, masker) = base_parts(config)?;
@@ -64,7 +71,8 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     let mut dead = 0usize;
     let now = chrono::Utc::now();
     let mut flush = |out: &mut PipelineOutput, alerts: &mut Vec<Alert>| -> anyhow::Result<()> {
-        store_output(&store, out, &metrics).map_err(|e| anyhow::anyhow!("storing demo data: {e}"))?;
+        store_output(&store, out, &metrics)
+            .map_err(|e| anyhow::anyhow!("storing demo data: {e}"))?;
         alerts.extend(out.alerts.iter().cloned());
         dead += out.dead_letters.len();
         out.clear();
@@ -75,9 +83,19 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
             InputItem::Record { line, value } => {
                 pipeline.process_value("auto", DEMO_TENANT, Some(line), value, now, &mut out)
             }
-            InputItem::Invalid { line, reason, excerpt } => {
-                pipeline.dead_letter("auto", DEMO_TENANT, Some(line), &reason, &excerpt, now, &mut out)
-            }
+            InputItem::Invalid {
+                line,
+                reason,
+                excerpt,
+            } => pipeline.dead_letter(
+                "auto",
+                DEMO_TENANT,
+                Some(line),
+                &reason,
+                &excerpt,
+                now,
+                &mut out,
+            ),
         }
         if out.events.len() >= 2000 {
             flush(&mut out, &mut alerts)?;
@@ -98,18 +116,35 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
         started.elapsed().as_secs_f64()
     );
     println!("Data landed in {}:", args.data_dir.display());
-    println!("  full-text indexes  {}", args.data_dir.join("index").display());
-    println!("  Parquet files      {}", args.data_dir.join("parquet").display());
+    println!(
+        "  full-text indexes  {}",
+        args.data_dir.join("index").display()
+    );
+    println!(
+        "  Parquet files      {}",
+        args.data_dir.join("parquet").display()
+    );
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
     }
-    crate::run::serve_demo(config, &args.data_dir, store, metrics, args.listen, DEMO_TENANT)
+    crate::run::serve_demo(
+        config,
+        &args.data_dir,
+        store,
+        metrics,
+        args.listen,
+        DEMO_TENANT,
+    )
 }
 
 /// Alerts as an aligned table, in event-time order.
 fn print_alert_table(alerts: &[Alert]) {
     let mut sorted: Vec<&Alert> = alerts.iter().collect();
-    sorted.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then(a.rule_id.cmp(&b.rule_id)));
+    sorted.sort_by(|a, b| {
+        a.timestamp
+            .cmp(&b.timestamp)
+            .then(a.rule_id.cmp(&b.rule_id))
+    });
     let cut = |s: &str, n: usize| -> String {
         if s.chars().count() <= n {
             s.to_string()
@@ -120,15 +155,15 @@ fn print_alert_table(alerts: &[Alert]) {
         }
     };
     println!(
-        "{:<20} {:<13} {:<15} {:<54} {:<32} {:>5}",
+        "{:<20} {:<13} {:<16} {:<54} {:<32} {:>5}",
         "TIME (UTC)", "SEVERITY", "SOURCE", "ALERT", "ENTITY", "COUNT"
     );
     for a in sorted {
         println!(
-            "{:<20} {:<13} {:<15} {:<54} {:<32} {:>5}",
+            "{:<20} {:<13} {:<16} {:<54} {:<32} {:>5}",
             a.timestamp.format("%Y-%m-%d %H:%M:%S"),
             a.severity.as_str(),
-            cut(&a.source, 15),
+            cut(&a.source, 16),
             cut(&a.title, 54),
             cut(&a.entity, 32),
             a.count

@@ -7,7 +7,7 @@ use perimeter_detect::normalize::NormalizerRegistry;
 use perimeter_detect::pipeline::{Pipeline, PipelineOutput};
 use perimeter_detect::sigma::{RuleSet, SigmaDetector};
 use perimeter_detect::ueba::UebaEngine;
-use perimeter_ingest::{InputItem, JsonlReader, JsonlReaderConfig};
+use perimeter_ingest::{InputItem, JsonInput, JsonlReaderConfig};
 use perimeter_model::Metrics;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -56,9 +56,13 @@ pub struct DetectArgs {
 
 fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     if path.as_os_str() == "-" {
-        Ok(Box::new(std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock())))
+        Ok(Box::new(std::io::BufReader::with_capacity(
+            1 << 16,
+            std::io::stdin().lock(),
+        )))
     } else {
-        let f = std::fs::File::open(path).with_context(|| format!("opening input {}", path.display()))?;
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("opening input {}", path.display()))?;
         Ok(Box::new(std::io::BufReader::with_capacity(1 << 16, f)))
     }
 }
@@ -67,14 +71,20 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
 pub fn base_parts(config: &PerimeterConfig) -> anyhow::Result<(NormalizerRegistry, SecretMasker)> {
     let mut registry = NormalizerRegistry::builtin();
     if let Some(dir) = &config.mappings_dir {
-        registry.load_mappings_dir(dir).with_context(|| format!("loading mappings from {}", dir.display()))?;
+        registry
+            .load_mappings_dir(dir)
+            .with_context(|| format!("loading mappings from {}", dir.display()))?;
     }
     let masker = SecretMasker::new(&config.mask).context("building the masker")?;
     Ok((registry, masker))
 }
 
 /// Load rules; rule errors are printed (file, line, field, why) and the rest still run.
-pub fn load_sigma(config: &PerimeterConfig, rules: &[PathBuf], ignore_logsource: bool) -> anyhow::Result<SigmaDetector> {
+pub fn load_sigma(
+    config: &PerimeterConfig,
+    rules: &[PathBuf],
+    ignore_logsource: bool,
+) -> anyhow::Result<SigmaDetector> {
     let mut options = config.sigma.clone();
     options.ignore_logsource |= ignore_logsource;
     let paths = config.rule_paths(rules);
@@ -96,7 +106,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     let mut out_w = std::io::BufWriter::new(stdout.lock());
     let mut out = PipelineOutput::default();
     let mut dead = Vec::new();
-    for item in JsonlReader::new(open_input(&args.input)?, JsonlReaderConfig::default()) {
+    for item in JsonInput::new(open_input(&args.input)?, JsonlReaderConfig::default())? {
         feed(&mut pipeline, &args.source, &tenant, item?, &mut out);
         for e in out.events.drain(..) {
             serde_json::to_writer(&mut out_w, &e.to_output_json())?;
@@ -115,13 +125,23 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
 }
 
 /// One input item into the pipeline: a parsed value, or a dead letter for an unusable line.
-fn feed(pipeline: &mut Pipeline, source: &str, tenant: &str, item: InputItem, out: &mut PipelineOutput) {
+fn feed(
+    pipeline: &mut Pipeline,
+    source: &str,
+    tenant: &str,
+    item: InputItem,
+    out: &mut PipelineOutput,
+) {
     let now = chrono::Utc::now();
     match item {
-        InputItem::Record { line, value } => pipeline.process_value(source, tenant, Some(line), value, now, out),
-        InputItem::Invalid { line, reason, excerpt } => {
-            pipeline.dead_letter(source, tenant, Some(line), &reason, &excerpt, now, out)
+        InputItem::Record { line, value } => {
+            pipeline.process_value(source, tenant, Some(line), value, now, out)
         }
+        InputItem::Invalid {
+            line,
+            reason,
+            excerpt,
+        } => pipeline.dead_letter(source, tenant, Some(line), &reason, &excerpt, now, out),
     }
 }
 
@@ -143,7 +163,8 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let tenant = args.tenant.clone().unwrap_or_else(|| config.tenant.clone());
     let key = perimeter_detect::pipeline::entity_key(&masker);
     let sigma = load_sigma(config, &args.rules, args.ignore_logsource)?;
-    let mut pipeline = Pipeline::new(registry, masker, Arc::new(Metrics::new()), false).with_sigma(sigma);
+    let mut pipeline =
+        Pipeline::new(registry, masker, Arc::new(Metrics::new()), false).with_sigma(sigma);
     let ueba_state = args.state_dir.as_ref().map(|d| d.join("ueba.snapshot"));
     if !args.no_ueba {
         let engine = match &ueba_state {
@@ -159,7 +180,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let mut dead = Vec::new();
     let progress = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
-    let mut reader = JsonlReader::new(open_input(&args.input)?, JsonlReaderConfig::default());
+    let mut reader = JsonInput::new(open_input(&args.input)?, JsonlReaderConfig::default())?;
     let write_alerts = |out: &mut PipelineOutput, w: &mut dyn Write| -> anyhow::Result<()> {
         for a in out.alerts.drain(..) {
             serde_json::to_writer(&mut *w, &a)?;
@@ -172,14 +193,20 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         write_alerts(&mut out, &mut out_w)?;
         dead.append(&mut out.dead_letters);
         if progress && pipeline.stats().records % 1_000_000 == 0 && pipeline.stats().records > 0 {
-            eprintln!("  ... {} records in {:.1}s", pipeline.stats().records, started.elapsed().as_secs_f64());
+            eprintln!(
+                "  ... {} records in {:.1}s",
+                pipeline.stats().records,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     pipeline.finish(&mut out);
     write_alerts(&mut out, &mut out_w)?;
     out_w.flush()?;
     if let Some(path) = &ueba_state {
-        pipeline.save_state(path).with_context(|| format!("saving behavioural state to {}", path.display()))?;
+        pipeline
+            .save_state(path)
+            .with_context(|| format!("saving behavioural state to {}", path.display()))?;
     }
     let stats = pipeline.stats();
     eprintln!(

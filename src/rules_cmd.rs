@@ -41,7 +41,11 @@ pub fn run(config: &PerimeterConfig, cmd: RulesCommand) -> anyhow::Result<ExitCo
     match cmd {
         RulesCommand::Check { paths, format } => check(config, paths, &format),
         RulesCommand::Test { dir } => test(config, dir),
-        RulesCommand::Explain { rule, event, source } => explain_cmd(config, rule, event, &source),
+        RulesCommand::Explain {
+            rule,
+            event,
+            source,
+        } => explain_cmd(config, rule, event, &source),
     }
 }
 
@@ -56,14 +60,25 @@ fn check(config: &PerimeterConfig, paths: Vec<PathBuf>, format: &str) -> anyhow:
             .iter()
             .map(|f| serde_json::json!({"path": f.path, "line": f.line, "field": f.field, "error": f.to_string()}))
             .collect();
-        println!("{}", serde_json::json!({"loaded": report.loaded, "failed": failed}));
+        println!(
+            "{}",
+            serde_json::json!({"loaded": report.loaded, "failed": failed})
+        );
     } else {
         for f in &report.failed {
             println!("FAIL {f}");
         }
-        println!("{} rules loaded, {} failed", report.loaded, report.failed.len());
+        println!(
+            "{} rules loaded, {} failed",
+            report.loaded,
+            report.failed.len()
+        );
     }
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn test(config: &PerimeterConfig, dir: PathBuf) -> anyhow::Result<ExitCode> {
@@ -77,7 +92,9 @@ fn test(config: &PerimeterConfig, dir: PathBuf) -> anyhow::Result<ExitCode> {
             line: Some(index),
             raw,
         };
-        registry.normalize_lenient(source, record).map_err(|e| e.to_string())
+        registry
+            .normalize_lenient(source, record)
+            .map_err(|e| e.to_string())
     };
     let report = run_rule_tests(&dir, &config.sigma, &normalize);
     for f in &report.failures {
@@ -89,12 +106,22 @@ fn test(config: &PerimeterConfig, dir: PathBuf) -> anyhow::Result<ExitCode> {
         report.cases_passed,
         report.failures.len()
     );
-    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-fn explain_cmd(config: &PerimeterConfig, rule: PathBuf, event: PathBuf, source: &str) -> anyhow::Result<ExitCode> {
+fn explain_cmd(
+    config: &PerimeterConfig,
+    rule: PathBuf,
+    event: PathBuf,
+    source: &str,
+) -> anyhow::Result<ExitCode> {
     let (registry, _) = base_parts(config)?;
-    let text = std::fs::read_to_string(&event).with_context(|| format!("reading {}", event.display()))?;
+    let text =
+        std::fs::read_to_string(&event).with_context(|| format!("reading {}", event.display()))?;
     let raw: serde_json::Value = serde_json::from_str(text.trim())
         .or_else(|_| serde_json::from_str(text.lines().next().unwrap_or("")))
         .with_context(|| format!("{} holds no JSON event", event.display()))?;
@@ -105,7 +132,9 @@ fn explain_cmd(config: &PerimeterConfig, rule: PathBuf, event: PathBuf, source: 
         line: Some(1),
         raw,
     };
-    let ev = registry.normalize_lenient(source, record).map_err(|e| anyhow::anyhow!("normalizing the event: {e}"))?;
+    let ev = registry
+        .normalize_lenient(source, record)
+        .map_err(|e| anyhow::anyhow!("normalizing the event: {e}"))?;
     let out = explain(&rule, &ev, &config.sigma).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{out}");
     Ok(ExitCode::SUCCESS)

@@ -28,7 +28,8 @@ pub struct RunArgs {
 pub fn open_store(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<Store> {
     let mut store_config = config.store.clone();
     store_config.data_dir = data_dir.to_path_buf();
-    Store::open(store_config).with_context(|| format!("opening the store in {}", data_dir.display()))
+    Store::open(store_config)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 
 /// The Sigma engine behind `GET /rules` and `POST /rules/test`.
@@ -52,7 +53,11 @@ impl SigmaRuleService {
             })
             .collect();
         let (registry, _) = base_parts(config)?;
-        Ok(SigmaRuleService { rules, config_sigma: config.sigma.clone(), registry })
+        Ok(SigmaRuleService {
+            rules,
+            config_sigma: config.sigma.clone(),
+            registry,
+        })
     }
 }
 
@@ -61,7 +66,11 @@ impl RuleService for SigmaRuleService {
         self.rules.clone()
     }
 
-    fn test(&self, rule_yaml: &str, events: Vec<serde_json::Value>) -> Result<serde_json::Value, String> {
+    fn test(
+        &self,
+        rule_yaml: &str,
+        events: Vec<serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let path = dir.path().join("rule.yml");
         std::fs::write(&path, rule_yaml).map_err(|e| e.to_string())?;
@@ -76,12 +85,24 @@ impl RuleService for SigmaRuleService {
         let mut alerts = Vec::new();
         for (i, doc) in events.into_iter().enumerate() {
             // Stored documents carry their source and raw record; plain objects are raw records.
-            let (source, raw) = match (doc.get("raw"), doc.pointer("/event/module").and_then(|s| s.as_str())) {
+            let (source, raw) = match (
+                doc.get("raw"),
+                doc.pointer("/event/module").and_then(|s| s.as_str()),
+            ) {
                 (Some(raw), Some(source)) => (source.to_string(), raw.clone()),
                 _ => ("auto".to_string(), doc),
             };
-            let record = RawRecord { source: source.clone(), tenant: String::new(), received_at: chrono::Utc::now(), line: Some(i as u64 + 1), raw };
-            let event = self.registry.normalize_lenient(&source, record).map_err(|e| format!("event {}: {e}", i + 1))?;
+            let record = RawRecord {
+                source: source.clone(),
+                tenant: String::new(),
+                received_at: chrono::Utc::now(),
+                line: Some(i as u64 + 1),
+                raw,
+            };
+            let event = self
+                .registry
+                .normalize_lenient(&source, record)
+                .map_err(|e| format!("event {}: {e}", i + 1))?;
             let before = alerts.len();
             detector.detect(&event, &mut alerts);
             if alerts.len() > before {
@@ -128,7 +149,8 @@ pub fn run(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
 
 async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(open_store(config, &data_dir)?);
     let (registry, masker) = base_parts(config)?;
@@ -143,12 +165,21 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     } else {
         UebaEngine::new(config.ueba.clone(), key)
     };
-    let pipeline = Pipeline::new(registry, masker, metrics.clone(), true).with_sigma(sigma).with_ueba(ueba);
+    let pipeline = Pipeline::new(registry, masker, metrics.clone(), true)
+        .with_sigma(sigma)
+        .with_ueba(ueba);
     let (bus, rx) = perimeter_ingest::bus::channel(16);
-    let worker = crate::service::spawn_pipeline_worker(pipeline, store.clone(), rx, metrics.clone(), state_path);
+    let worker = crate::service::spawn_pipeline_worker(
+        pipeline,
+        store.clone(),
+        rx,
+        metrics.clone(),
+        state_path,
+    );
 
     let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
-    let state = AppState::open_in(&data_dir, store.clone(), rules, metrics.clone()).context("opening tokens and audit log")?;
+    let state = AppState::open_in(&data_dir, store.clone(), rules, metrics.clone())
+        .context("opening tokens and audit log")?;
     let mut api_config = config.api.clone();
     if let Some(listen) = args.listen {
         api_config.listen = listen;
@@ -156,16 +187,34 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let server = Server::bind(&api_config).await?;
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };
-    let ingest = perimeter_ingest::http::ingest_router(bus.clone(), ingest_auth(state.tokens.clone()), 64 * 1024 * 1024);
+    let ingest = perimeter_ingest::http::ingest_router(
+        bus.clone(),
+        ingest_auth(state.tokens.clone()),
+        64 * 1024 * 1024,
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let spool_dir = config.spool_dir.clone().unwrap_or_else(|| data_dir.join("inbox"));
+    let spool_dir = config
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("inbox"));
     let spool = SpoolSource::new(
-        SpoolConfig { dir: spool_dir.clone(), tenant: config.tenant.clone(), poll_interval_ms: 500, batch_records: 5000 },
+        SpoolConfig {
+            dir: spool_dir.clone(),
+            tenant: config.tenant.clone(),
+            poll_interval_ms: 500,
+            batch_records: 5000,
+        },
         bus,
     );
     let mut spool_stop = stop_rx.clone();
-    let spool_task = tokio::spawn(async move { spool.run(async move { let _ = spool_stop.changed().await; }).await });
+    let spool_task = tokio::spawn(async move {
+        spool
+            .run(async move {
+                let _ = spool_stop.changed().await;
+            })
+            .await
+    });
 
     println!("perimeter run: listening on {scheme}://{addr}");
     println!("  ingest: POST {scheme}://{addr}/ingest/<source> (JSON lines) or drop files into {}/<source>/", spool_dir.display());
@@ -185,7 +234,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         tracing::error!(error = %e, "api server stopped with an error");
     }
     // Every bus sender is gone now: the worker drains, stores, snapshots and flushes.
-    tokio::task::spawn_blocking(move || worker.join()).await.ok();
+    tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .ok();
     eprintln!("perimeter: stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }

@@ -31,12 +31,27 @@ pub fn spawn_pipeline_worker(
                 let now = chrono::Utc::now();
                 for item in sub.items {
                     match item {
-                        InputItem::Record { line, value } => {
-                            pipeline.process_value(&sub.source, &sub.tenant, Some(line), value, now, &mut out)
-                        }
-                        InputItem::Invalid { line, reason, excerpt } => {
-                            pipeline.dead_letter(&sub.source, &sub.tenant, Some(line), &reason, &excerpt, now, &mut out)
-                        }
+                        InputItem::Record { line, value } => pipeline.process_value(
+                            &sub.source,
+                            &sub.tenant,
+                            Some(line),
+                            value,
+                            now,
+                            &mut out,
+                        ),
+                        InputItem::Invalid {
+                            line,
+                            reason,
+                            excerpt,
+                        } => pipeline.dead_letter(
+                            &sub.source,
+                            &sub.tenant,
+                            Some(line),
+                            &reason,
+                            &excerpt,
+                            now,
+                            &mut out,
+                        ),
                     }
                 }
                 let lag = out
@@ -81,7 +96,11 @@ fn save_state(pipeline: &Pipeline, path: &PathBuf) {
 }
 
 /// Store one pipeline output; returns (events written, duplicates).
-pub fn store_output(store: &Store, out: &mut PipelineOutput, metrics: &Metrics) -> Result<(usize, usize), String> {
+pub fn store_output(
+    store: &Store,
+    out: &mut PipelineOutput,
+    metrics: &Metrics,
+) -> Result<(usize, usize), String> {
     let batch = StoreBatch {
         events: std::mem::take(&mut out.events),
         alerts: out.alerts.clone(),
@@ -89,7 +108,11 @@ pub fn store_output(store: &Store, out: &mut PipelineOutput, metrics: &Metrics) 
     };
     let started = Instant::now();
     let ack = store.write_batch(&batch).map_err(|e| e.to_string())?;
-    metrics.set("store_commit_latency_seconds", &[], started.elapsed().as_secs_f64());
+    metrics.set(
+        "store_commit_latency_seconds",
+        &[],
+        started.elapsed().as_secs_f64(),
+    );
     metrics.inc("events_stored_total", &[], ack.events_written as u64);
     out.events = batch.events;
     Ok((ack.events_written, ack.events_duplicate))

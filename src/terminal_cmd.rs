@@ -39,7 +39,12 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
     match cmd {
         TokensCommand::Create { tenant, role, name } => {
             let (info, token) = store.create(&tenant, parse_role(&role), Some(&name))?;
-            eprintln!("created token {} (tenant {}, role {}); store it now, it is not shown again:", info.id, info.tenant, info.role.as_str());
+            eprintln!(
+                "created token {} (tenant {}, role {}); store it now, it is not shown again:",
+                info.id,
+                info.tenant,
+                info.role.as_str()
+            );
             println!("{token}");
         }
         TokensCommand::List => {
@@ -99,12 +104,25 @@ pub struct AlertsArgs {
 }
 
 fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json::Value> {
-    let server = target.server.as_deref().unwrap_or_default().trim_end_matches('/');
-    let token = target.token.as_deref().context("--token (or PERIMETER_TOKEN) is required with --server")?;
+    let server = target
+        .server
+        .as_deref()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let token = target
+        .token
+        .as_deref()
+        .context("--token (or PERIMETER_TOKEN) is required with --server")?;
     let url = format!("{server}/api/v1{path_and_query}");
-    let resp = reqwest::blocking::Client::new().get(&url).bearer_auth(token).send().with_context(|| format!("GET {url}"))?;
+    let resp = reqwest::blocking::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .with_context(|| format!("GET {url}"))?;
     let status = resp.status();
-    let body: serde_json::Value = resp.json().with_context(|| format!("GET {url}: response is not JSON"))?;
+    let body: serde_json::Value = resp
+        .json()
+        .with_context(|| format!("GET {url}: response is not JSON"))?;
     anyhow::ensure!(status.is_success(), "GET {url}: {status}: {body}");
     Ok(body)
 }
@@ -112,7 +130,9 @@ fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json:
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -120,13 +140,20 @@ fn enc(s: &str) -> String {
 
 fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
     s.as_deref()
-        .map(|t| perimeter_model::parse_timestamp(&serde_json::Value::String(t.into())).map_err(|_| anyhow::anyhow!("bad time {t:?}: use RFC 3339")))
+        .map(|t| {
+            perimeter_model::parse_timestamp(&serde_json::Value::String(t.into()))
+                .map_err(|_| anyhow::anyhow!("bad time {t:?}: use RFC 3339"))
+        })
         .transpose()
 }
 
 pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
-        let mut q = format!("/events/search?q={}&limit={}", enc(&args.query), args.target.limit);
+        let mut q = format!(
+            "/events/search?q={}&limit={}",
+            enc(&args.query),
+            args.target.limit
+        );
         for (k, v) in [("from", &args.from), ("to", &args.to)] {
             if let Some(v) = v {
                 q.push_str(&format!("&{k}={}", enc(v)));
@@ -136,7 +163,11 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
         body["items"].as_array().cloned().unwrap_or_default()
     } else {
         let store = crate::run::open_store(config, &config.data_dir)?;
-        let tenant = args.target.tenant.clone().unwrap_or_else(|| config.tenant.clone());
+        let tenant = args
+            .target
+            .tenant
+            .clone()
+            .unwrap_or_else(|| config.tenant.clone());
         let q = perimeter_store::EventQuery {
             query: args.query.clone(),
             from: parse_time(&args.from)?,
@@ -165,15 +196,33 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
         body["items"].as_array().cloned().unwrap_or_default()
     } else {
         let store = crate::run::open_store(config, &config.data_dir)?;
-        let tenant = args.target.tenant.clone().unwrap_or_else(|| config.tenant.clone());
-        let mut q = perimeter_store::AlertQuery { limit: args.target.limit, ..Default::default() };
+        let tenant = args
+            .target
+            .tenant
+            .clone()
+            .unwrap_or_else(|| config.tenant.clone());
+        let mut q = perimeter_store::AlertQuery {
+            limit: args.target.limit,
+            ..Default::default()
+        };
         if let Some(s) = &args.severity {
-            q.severity = Some(perimeter_model::Severity::parse(s).with_context(|| format!("unknown severity {s}"))?);
+            q.severity = Some(
+                perimeter_model::Severity::parse(s)
+                    .with_context(|| format!("unknown severity {s}"))?,
+            );
         }
         if let Some(s) = &args.status {
-            q.status = Some(serde_json::from_value(serde_json::Value::String(s.clone())).with_context(|| format!("unknown status {s}"))?);
+            q.status = Some(
+                serde_json::from_value(serde_json::Value::String(s.clone()))
+                    .with_context(|| format!("unknown status {s}"))?,
+            );
         }
-        store.list_alerts(&tenant, &q)?.items.into_iter().map(|r| serde_json::to_value(r).unwrap_or_default()).collect()
+        store
+            .list_alerts(&tenant, &q)?
+            .items
+            .into_iter()
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .collect()
     };
     for a in &items {
         println!("{}", serde_json::to_string(a)?);

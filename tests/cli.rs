@@ -42,10 +42,19 @@ fn detect_reports_every_malformed_line_and_keeps_going() {
     input.extend(std::iter::repeat_n(b'a', 10 * 1024 * 1024));
     input.extend_from_slice(b"\"}\n");
     input.extend_from_slice(b"{\"eventType\": \"\xff\xfe\"}\n");
-    input.extend_from_slice(okta_event("user.mfa.factor.deactivate", "alice@example.com", 2).as_bytes());
+    input.extend_from_slice(
+        okta_event("user.mfa.factor.deactivate", "alice@example.com", 2).as_bytes(),
+    );
     input.push(b'\n');
     let out = perimeter(
-        &["detect", "--rules", rule.to_str().unwrap(), "--source", "okta", "--no-ueba"],
+        &[
+            "detect",
+            "--rules",
+            rule.to_str().unwrap(),
+            "--source",
+            "okta",
+            "--no-ueba",
+        ],
         Some(&input),
     );
     let err = stderr(&out);
@@ -60,11 +69,20 @@ fn detect_reports_every_malformed_line_and_keeps_going() {
     assert_eq!(a["@timestamp"], "2026-11-24T10:02:00Z");
     assert_eq!(a["entity"], "alice@example.com");
     assert_eq!(a["lines"], serde_json::json!([7]));
-    for (line, why) in [(2, "invalid JSON"), (3, ""), (4, "EOF"), (5, "longer than"), (6, "UTF-8")] {
+    for (line, why) in [
+        (2, "invalid JSON"),
+        (3, ""),
+        (4, "EOF"),
+        (5, "longer than"),
+        (6, "UTF-8"),
+    ] {
         let needle = format!("line {line}: ");
         let row = err.lines().find(|l| l.trim_start().starts_with(&needle));
         let row = row.unwrap_or_else(|| panic!("no report for line {line} in: {err}"));
-        assert!(row.contains(why), "line {line} reason {row:?} lacks {why:?}");
+        assert!(
+            row.contains(why),
+            "line {line} reason {row:?} lacks {why:?}"
+        );
     }
     assert!(err.contains("5 dead-lettered"), "{err}");
 }
@@ -73,9 +91,20 @@ fn detect_reports_every_malformed_line_and_keeps_going() {
 fn rules_check_json_names_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("good.yml"), MFA_RULE).unwrap();
-    let bad = MFA_RULE.replace("eventType: user", "eventType|containz: user").replace("6f1c", "7f1c");
+    let bad = MFA_RULE
+        .replace("eventType: user", "eventType|containz: user")
+        .replace("6f1c", "7f1c");
     std::fs::write(dir.path().join("bad.yml"), bad).unwrap();
-    let out = perimeter(&["rules", "check", dir.path().to_str().unwrap(), "--format", "json"], None);
+    let out = perimeter(
+        &[
+            "rules",
+            "check",
+            dir.path().to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        None,
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let report = &json_lines(&out)[0];
     assert_eq!(report["loaded"], 1);
@@ -89,7 +118,10 @@ fn rules_check_json_names_file_line_and_field() {
 
 #[test]
 fn rule_pack_loads_and_its_tests_pass() {
-    let out = perimeter(&["rules", "check", "detection-rules", "--format", "json"], None);
+    let out = perimeter(
+        &["rules", "check", "detection-rules", "--format", "json"],
+        None,
+    );
     let report = &json_lines(&out)[0];
     assert_eq!(report["failed"], serde_json::json!([]), "{report}");
     assert!(report["loaded"].as_u64().unwrap() >= 80, "{report}");
@@ -115,7 +147,16 @@ fn normalize_recorded_pages_of_every_builtin_vendor() {
     ];
     for (page, source) in pages {
         let path = fixtures().join(page);
-        let out = perimeter(&["normalize", "--source", "auto", "--input", path.to_str().unwrap()], None);
+        let out = perimeter(
+            &[
+                "normalize",
+                "--source",
+                "auto",
+                "--input",
+                path.to_str().unwrap(),
+            ],
+            None,
+        );
         assert!(out.status.success(), "{page}: {}", stderr(&out));
         let events = json_lines(&out);
         assert!(!events.is_empty(), "{page}: no events; {}", stderr(&out));
@@ -135,17 +176,30 @@ fn normalize_recorded_pages_of_every_builtin_vendor() {
 fn demo_finds_the_attack_and_stores_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
-    let out = perimeter(&["demo", "--no-serve", "--data-dir", data.to_str().unwrap()], None);
+    let out = perimeter(
+        &["demo", "--no-serve", "--data-dir", data.to_str().unwrap()],
+        None,
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("2026-")).collect();
     assert!(rows.len() >= 10, "only {} alert rows:\n{text}", rows.len());
     for story in ["okta", "github", "google_workspace", "aws_cloudtrail"] {
-        assert!(rows.iter().any(|r| r.contains(story)), "no {story} alert:\n{text}");
+        assert!(
+            rows.iter().any(|r| r.contains(story)),
+            "no {story} alert:\n{text}"
+        );
     }
     assert!(text.contains("Parquet files"), "{text}");
-    let parquet_files = walk(&data).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
-    assert!(parquet_files > 0, "no parquet files under {}", data.display());
+    let parquet_files = walk(&data)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert!(
+        parquet_files > 0,
+        "no parquet files under {}",
+        data.display()
+    );
     assert!(repo().join("demo/events.jsonl").exists());
 }
 

@@ -45,7 +45,10 @@ pub fn secret_events() -> String {
         text.push('\n');
     }
     // A broken line that still carries a secret: its dead-letter excerpt must be masked too.
-    text.push_str(&format!("{{\"password\": \"{}\", \"token\": \"{}\"\n", s[4], s[0]));
+    text.push_str(&format!(
+        "{{\"password\": \"{}\", \"token\": \"{}\"\n",
+        s[4], s[0]
+    ));
     text
 }
 
@@ -54,7 +57,10 @@ pub fn assert_no_secret(what: &str, text: &str) {
         assert!(!text.contains(s), "{what} leaks {s}:\n{text}");
     }
     // The card number must not survive with other separators either.
-    assert!(!text.contains("4111111111111111"), "{what} leaks the card number");
+    assert!(
+        !text.contains("4111111111111111"),
+        "{what} leaks the card number"
+    );
 }
 
 #[test]
@@ -78,7 +84,13 @@ fn no_secret_survives_normalize_or_detect() {
     )
     .unwrap();
     let out = perimeter(
-        &["detect", "--rules", dir.path().to_str().unwrap(), "--source", "auto"],
+        &[
+            "detect",
+            "--rules",
+            dir.path().to_str().unwrap(),
+            "--source",
+            "auto",
+        ],
         Some(input.as_bytes()),
     );
     assert!(out.status.success(), "{}", stderr(&out));

@@ -12,6 +12,14 @@ struct Service {
     base: String,
 }
 
+impl Drop for Service {
+    /// A failing test must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     let cfg = dir.join("perimeter.toml");
     let text = format!(
@@ -33,27 +41,48 @@ fn start(cfg: &std::path::Path) -> Service {
         .expect("spawning perimeter run");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("perimeter run printed nothing").unwrap();
+    let first = lines
+        .next()
+        .expect("perimeter run printed nothing")
+        .unwrap();
     let base = first.rsplit(' ').next().unwrap().to_string();
-    assert!(base.starts_with("http://127.0.0.1:"), "unexpected first line {first:?}");
+    assert!(
+        base.starts_with("http://127.0.0.1:"),
+        "unexpected first line {first:?}"
+    );
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = reqwest::blocking::Client::new();
     loop {
-        if let Ok(r) = client.get(format!("{base}/api/v1/readyz")).send() {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send() {
             if r.status().is_success() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "service at {base} never became ready");
+        assert!(
+            Instant::now() < deadline,
+            "service at {base} never became ready"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Service { child, base }
 }
 
 fn token(cfg: &std::path::Path, role: &str) -> String {
-    let out = perimeter(&["--config", cfg.to_str().unwrap(), "tokens", "create", "--tenant", "acme", "--role", role], None);
+    let out = perimeter(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "tokens",
+            "create",
+            "--tenant",
+            "acme",
+            "--role",
+            role,
+        ],
+        None,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -80,10 +109,19 @@ fn stored_ids(base: &str, token: &str) -> HashMap<String, usize> {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let body: serde_json::Value = client.get(&url).bearer_auth(token).send().unwrap().json().unwrap();
-        let items = body["items"].as_array().unwrap_or_else(|| panic!("no items: {body}"));
+        let body: serde_json::Value = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let items = body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no items: {body}"));
         for e in items {
-            *ids.entry(e["event"]["id"].as_str().unwrap().to_string()).or_insert(0) += 1;
+            *ids.entry(e["event"]["id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
         }
         match body["next_cursor"].as_str() {
             Some(c) if !items.is_empty() => cursor = Some(c.to_string()),
@@ -102,12 +140,23 @@ fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
     let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
     let poster_token = ingest_token.clone();
     let poster = std::thread::spawn(move || {
-        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
         for batch in 0..10_000 {
             let events: Vec<serde_json::Value> = (0..200).map(|i| okta_event(batch, i)).collect();
             let body: String = events.iter().map(|e| format!("{e}\n")).collect();
-            let ids = events.iter().map(|e| perimeter_model::EventId::derive("okta", e).0).collect();
-            match client.post(format!("{base}/ingest/okta")).bearer_auth(&poster_token).body(body).send() {
+            let ids = events
+                .iter()
+                .map(|e| perimeter_model::EventId::derive("okta", e).0)
+                .collect();
+            match client
+                .post(format!("{base}/ingest/okta"))
+                .bearer_auth(&poster_token)
+                .body(body)
+                .send()
+            {
                 Ok(r) if r.status().is_success() => {
                     if tx.send(ids).is_err() {
                         return;
@@ -119,7 +168,10 @@ fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
     });
     let mut acked: Vec<String> = Vec::new();
     while acked.len() < 2000 {
-        acked.extend(rx.recv_timeout(Duration::from_secs(60)).expect("ingest stalled"));
+        acked.extend(
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("ingest stalled"),
+        );
     }
     svc.child.kill().unwrap(); // SIGKILL
     svc.child.wait().unwrap();
@@ -129,9 +181,17 @@ fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
     let svc = start(&cfg);
     let stored = stored_ids(&svc.base, &ingest_token);
     for id in &acked {
-        assert_eq!(stored.get(id).copied(), Some(1), "acknowledged event {id} stored {:?} times", stored.get(id));
+        assert_eq!(
+            stored.get(id).copied(),
+            Some(1),
+            "acknowledged event {id} stored {:?} times",
+            stored.get(id)
+        );
     }
-    assert!(stored.values().all(|&n| n == 1), "some event is stored twice");
+    assert!(
+        stored.values().all(|&n| n == 1),
+        "some event is stored twice"
+    );
     stop(svc);
 }
 
@@ -142,10 +202,16 @@ fn stop(mut svc: Service) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = svc.child.try_wait().unwrap() {
-            assert!(status.success(), "perimeter run exited with {status} on SIGTERM");
+            assert!(
+                status.success(),
+                "perimeter run exited with {status} on SIGTERM"
+            );
             return;
         }
-        assert!(Instant::now() < deadline, "perimeter run did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "perimeter run did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -176,7 +242,17 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
     assert_eq!(r.status().as_u16(), 401);
     stop(svc);
     // After a clean stop the data is all there when read straight from the data directory.
-    let out = perimeter(&["--config", cfg.to_str().unwrap(), "search", "*", "--limit", "100"], None);
+    let out = perimeter(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "search",
+            "*",
+            "--limit",
+            "100",
+        ],
+        None,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 50);
 }

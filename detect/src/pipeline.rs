@@ -53,7 +53,12 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// `keep_events`: whether masked events are returned (the store wants them; `detect` does not).
-    pub fn new(registry: NormalizerRegistry, masker: SecretMasker, metrics: Arc<Metrics>, keep_events: bool) -> Pipeline {
+    pub fn new(
+        registry: NormalizerRegistry,
+        masker: SecretMasker,
+        metrics: Arc<Metrics>,
+        keep_events: bool,
+    ) -> Pipeline {
         Pipeline {
             registry,
             masker,
@@ -120,7 +125,13 @@ impl Pipeline {
             self.stats.records += 1;
             match self.registry.normalize_ecs(&source, &raw) {
                 Ok((name, ecs)) => {
-                    let record = RawRecord { source: name.to_string(), tenant: tenant.clone(), received_at, line, raw };
+                    let record = RawRecord {
+                        source: name.to_string(),
+                        tenant: tenant.clone(),
+                        received_at,
+                        line,
+                        raw,
+                    };
                     let event = Event::new(name, record, ecs);
                     self.process_event(event, out);
                 }
@@ -162,7 +173,9 @@ impl Pipeline {
         received_at: DateTime<Utc>,
         out: &mut PipelineOutput,
     ) {
-        let bounded: String = excerpt.chars().take(DEAD_LETTER_EXCERPT_CHARS).collect();
+        // Mask first, then bound: cutting first could split a secret so its pattern no longer matches.
+        let masked = self.masker.mask_text(excerpt);
+        let bounded: String = masked.chars().take(DEAD_LETTER_EXCERPT_CHARS).collect();
         self.stats.dead_letters += 1;
         out.dead_letters.push(DeadLetter {
             line,
@@ -170,7 +183,7 @@ impl Pipeline {
             tenant: tenant.to_string(),
             received_at,
             reason: self.masker.mask_text(reason),
-            excerpt: self.masker.mask_text(&bounded),
+            excerpt: bounded,
         });
     }
 
@@ -188,8 +201,16 @@ impl Pipeline {
     /// Publish per-batch counters (cheap: once per batch, not per event).
     pub fn publish_metrics(&self, source: &str, out: &PipelineOutput) {
         let m = &self.metrics;
-        m.inc("events_received_total", &[("source", source)], out.events.len() as u64);
-        m.inc("dead_letters_total", &[("source", source)], out.dead_letters.len() as u64);
+        m.inc(
+            "events_received_total",
+            &[("source", source)],
+            out.events.len() as u64,
+        );
+        m.inc(
+            "dead_letters_total",
+            &[("source", source)],
+            out.dead_letters.len() as u64,
+        );
         for a in &out.alerts {
             m.inc("alerts_total", &[("rule", &a.rule_id)], 1);
         }
@@ -222,15 +243,26 @@ pub fn mask_alert(masker: &SecretMasker, alert: &mut Alert) {
 }
 
 /// `{"source": "okta", "tenant"?: "t", "event": {...}}` -> (okta, t, {...}) when `source` is `auto`.
-fn unwrap_perimeter_envelope(source: &str, tenant: &str, value: serde_json::Value) -> (String, String, serde_json::Value) {
+fn unwrap_perimeter_envelope(
+    source: &str,
+    tenant: &str,
+    value: serde_json::Value,
+) -> (String, String, serde_json::Value) {
     if source == "auto" {
         if let serde_json::Value::Object(map) = &value {
             let is_envelope = map.contains_key("event")
                 && map.get("source").is_some_and(|s| s.is_string())
-                && map.keys().all(|k| k == "source" || k == "event" || k == "tenant");
+                && map
+                    .keys()
+                    .all(|k| k == "source" || k == "event" || k == "tenant");
             if is_envelope {
-                let serde_json::Value::Object(mut map) = value else { unreachable!() };
-                let src = map.remove("source").and_then(|s| s.as_str().map(str::to_string)).unwrap_or_default();
+                let serde_json::Value::Object(mut map) = value else {
+                    unreachable!()
+                };
+                let src = map
+                    .remove("source")
+                    .and_then(|s| s.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 let ten = map
                     .remove("tenant")
                     .and_then(|s| s.as_str().map(str::to_string))

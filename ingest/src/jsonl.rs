@@ -1,7 +1,7 @@
 //! JSON-lines reading with per-line error reporting.
 
 use serde::Deserialize;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 
 /// How the reader treats its input.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,8 +111,15 @@ fn memchr_newline(hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == b'\n')
 }
 
+/// The start of a rejected line, for the analyst. When cut, the cut backs off to the last
+/// delimiter so no token is split: a split secret would no longer match its mask pattern.
 fn excerpt(bytes: &[u8], max: usize) -> String {
-    let cut = &bytes[..bytes.len().min(max)];
+    let mut end = bytes.len().min(max);
+    if end < bytes.len() {
+        let delimiter = |b: &u8| b" \t\r\n\",:;{}[]=&?<>'()".contains(b);
+        end = bytes[..end].iter().rposition(delimiter).unwrap_or(0);
+    }
+    let cut = &bytes[..end];
     let mut s = String::from_utf8_lossy(cut).into_owned();
     if bytes.len() > max {
         s.push('…');
@@ -302,5 +309,146 @@ mod tests {
                 last = line;
             }
         }
+    }
+}
+
+/// Input in either shape people hand to a CLI: JSON lines (one record or page per line), or one
+/// pretty-printed JSON document (a saved vendor API page) or several whitespace-separated ones.
+/// The shape is decided by the first non-blank line: when it is an incomplete JSON value, the
+/// input is read as documents (each reported at the line it starts on); otherwise as JSON lines.
+pub enum JsonInput<R> {
+    Lines(JsonlReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>),
+    Documents(std::vec::IntoIter<Result<InputItem, std::io::Error>>),
+}
+
+impl<R: BufRead> JsonInput<R> {
+    pub fn new(mut input: R, config: JsonlReaderConfig) -> std::io::Result<Self> {
+        let mut head = Vec::new();
+        loop {
+            let start = head.len();
+            if input.read_until(b'\n', &mut head)? == 0
+                || !head[start..].iter().all(|b| b.is_ascii_whitespace())
+            {
+                break;
+            }
+        }
+        let first = head
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map(|end| &head[..=end]);
+        let incomplete = first.is_some_and(|line| {
+            matches!(serde_json::from_slice::<serde_json::Value>(line), Err(e) if e.is_eof())
+        });
+        if !incomplete {
+            let chained = std::io::Cursor::new(head).chain(input);
+            return Ok(JsonInput::Lines(JsonlReader::new(chained, config)));
+        }
+        head.reserve(1 << 20);
+        input.read_to_end(&mut head)?;
+        Ok(JsonInput::Documents(
+            parse_documents(&head, &config).into_iter(),
+        ))
+    }
+}
+
+fn parse_documents(
+    bytes: &[u8],
+    config: &JsonlReaderConfig,
+) -> Vec<Result<InputItem, std::io::Error>> {
+    let mut out = Vec::new();
+    let line_at = |offset: usize| {
+        1 + bytes[..offset.min(bytes.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64
+    };
+    let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
+    loop {
+        let start = stream.byte_offset();
+        let start = start
+            + bytes[start..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
+        match stream.next() {
+            None => break,
+            Some(Ok(value @ (serde_json::Value::Object(_) | serde_json::Value::Array(_)))) => out
+                .push(Ok(InputItem::Record {
+                    line: line_at(start),
+                    value,
+                })),
+            Some(Ok(other)) => out.push(Ok(InputItem::Invalid {
+                line: line_at(start),
+                reason: format!("expected a JSON object, found {}", json_kind(&other)),
+                excerpt: excerpt(&bytes[start..], config.excerpt_bytes),
+            })),
+            Some(Err(e)) => {
+                // The rest of a broken document cannot be resynchronised: report it once, with
+                // the line the parser stopped at, and stop.
+                out.push(Ok(InputItem::Invalid {
+                    line: e.line() as u64,
+                    reason: format!("invalid JSON: {e}"),
+                    excerpt: excerpt(&bytes[start..], config.excerpt_bytes),
+                }));
+                break;
+            }
+        }
+    }
+    out
+}
+
+impl<R: BufRead> Iterator for JsonInput<R> {
+    type Item = Result<InputItem, std::io::Error>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            JsonInput::Lines(r) => r.next(),
+            JsonInput::Documents(d) => d.next(),
+        }
+    }
+}
+
+impl<R: BufRead> JsonInput<R> {
+    /// Physical lines consumed (JSON-lines mode) or documents read.
+    pub fn lines_read(&self) -> u64 {
+        match self {
+            JsonInput::Lines(r) => r.lines_read(),
+            JsonInput::Documents(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::*;
+
+    #[test]
+    fn pretty_printed_pages_are_documents_and_jsonl_stays_lines() {
+        let page = b"[\n  {\"a\": 1},\n  {\"a\": 2}\n]\n\n{\n  \"items\": []\n}\n";
+        let items: Vec<InputItem> = JsonInput::new(&page[..], JsonlReaderConfig::default())
+            .unwrap()
+            .map(|i| i.unwrap())
+            .collect();
+        assert_eq!(items.len(), 2);
+        assert!(
+            matches!(&items[0], InputItem::Record { line: 1, value } if value.as_array().unwrap().len() == 2)
+        );
+        assert!(matches!(&items[1], InputItem::Record { line: 6, .. }));
+
+        let broken = b"{\n  \"a\": 1,\n  \"b\": \n";
+        let items: Vec<InputItem> = JsonInput::new(&broken[..], JsonlReaderConfig::default())
+            .unwrap()
+            .map(|i| i.unwrap())
+            .collect();
+        assert!(
+            matches!(&items[..], [InputItem::Invalid { reason, .. }] if reason.contains("EOF"))
+        );
+
+        let lines = b"{\"a\":1}\nnot json\n{\"a\":2}\n";
+        let items: Vec<InputItem> = JsonInput::new(&lines[..], JsonlReaderConfig::default())
+            .unwrap()
+            .map(|i| i.unwrap())
+            .collect();
+        assert_eq!(items.len(), 3);
+        assert!(matches!(&items[1], InputItem::Invalid { line: 2, .. }));
     }
 }

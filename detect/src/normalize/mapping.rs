@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
-use perimeter_model::{
-    parse_timestamp, Ecs, NormalizeError, Normalizer, Outcome,
-};
+use perimeter_model::{parse_timestamp, Ecs, NormalizeError, Normalizer, Outcome};
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -214,25 +214,36 @@ impl NormalizerRegistry {
     /// the pipeline keeps ownership for the dead letter when this fails. `source` is a name,
     /// `auto` or `json`; a name with no normalizer of its own (a vendor only rules know, such as
     /// `azure`) is read with the `json` normalizer but keeps its name, so logsource dispatch works.
-    pub fn normalize_ecs<'a>(&'a self, source: &'a str, raw: &Value) -> Result<(&'a str, Ecs), NormalizeError> {
+    pub fn normalize_ecs<'a>(
+        &'a self,
+        source: &'a str,
+        raw: &Value,
+    ) -> Result<(&'a str, Ecs), NormalizeError> {
         let name = if source == AUTO {
             if !raw.is_object() {
                 return Err(NormalizeError::NotAnObject);
             }
-            self.detect_source(raw).ok_or(NormalizeError::UndetectedSource)?
+            self.detect_source(raw)
+                .ok_or(NormalizeError::UndetectedSource)?
         } else {
             source
         };
         let normalizer = match self.get(name) {
             Some(n) => n,
-            None if is_source_name(name) => self.get(PlainJsonNormalizer::SOURCE).ok_or_else(|| NormalizeError::UnknownSource(name.to_owned()))?,
+            None if is_source_name(name) => self
+                .get(PlainJsonNormalizer::SOURCE)
+                .ok_or_else(|| NormalizeError::UnknownSource(name.to_owned()))?,
             None => return Err(NormalizeError::UnknownSource(name.to_owned())),
         };
         Ok((name, normalizer.normalize_ecs(raw)?))
     }
 
     /// [`Self::normalize_ecs`] into an [`Event`] (ids derive from the resolved source name).
-    pub fn normalize_lenient(&self, source: &str, record: RawRecord) -> Result<Event, NormalizeError> {
+    pub fn normalize_lenient(
+        &self,
+        source: &str,
+        record: RawRecord,
+    ) -> Result<Event, NormalizeError> {
         let (name, ecs) = self.normalize_ecs(source, &record.raw)?;
         Ok(Event::new(name, record, ecs))
     }
@@ -240,7 +251,11 @@ impl NormalizerRegistry {
 
 /// A plausible source name: `[a-z0-9_]{1,64}` (what logsource products map to).
 fn is_source_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Keys under which list APIs return their records.
