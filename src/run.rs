@@ -114,6 +114,16 @@ impl RuleService for SigmaRuleService {
     }
 }
 
+/// The masker the API applies to what it records itself (audit details).
+fn value_masker(
+    config: &PerimeterConfig,
+) -> anyhow::Result<Arc<perimeter_query_api::state::ValueMasker>> {
+    let (_, masker) = base_parts(config)?;
+    Ok(Arc::new(move |v: &mut serde_json::Value| {
+        perimeter_model::Masker::mask_value(&masker, v);
+    }))
+}
+
 fn ingest_auth(tokens: Arc<TokenStore>) -> perimeter_ingest::http::IngestAuth {
     Arc::new(move |presented: &str| {
         tokens
@@ -254,7 +264,7 @@ pub fn serve_demo(
     runtime.block_on(async {
         let rule_paths = config.rule_paths(&[]);
         let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
-        let state = AppState::open_in(data_dir, store, rules, metrics)?;
+        let state = AppState::open_in(data_dir, store, rules, metrics)?.with_masker(value_masker(config)?);
         let (_, token) = state.tokens.create(tenant, Role::Admin, Some("demo"))?;
         let mut api_config = config.api.clone();
         api_config.listen = listen;

@@ -2,6 +2,6 @@
 
 mod util;
 
-mod cli;
-mod secrets;
+pub mod cli;
+pub mod secrets;
 mod service;

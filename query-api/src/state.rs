@@ -35,7 +35,13 @@ pub struct AppState {
     pub rules: Arc<dyn RuleService>,
     pub metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    /// Masks secrets in what the API itself writes (audit details such as search text). The
+    /// binary installs the detect crate's masker; the default leaves values as they are.
+    masker: Arc<ValueMasker>,
 }
+
+/// A function that masks secrets in a JSON value in place.
+pub type ValueMasker = dyn Fn(&mut serde_json::Value) + Send + Sync;
 
 impl AppState {
     pub fn new(
@@ -52,7 +58,14 @@ impl AppState {
             rules,
             metrics,
             ready: Arc::new(AtomicBool::new(true)),
+            masker: Arc::new(|_: &mut serde_json::Value| {}),
         }
+    }
+
+    /// Mask what the API records (audit details) with `masker`.
+    pub fn with_masker(mut self, masker: Arc<ValueMasker>) -> AppState {
+        self.masker = masker;
+        self
     }
 
     /// State with the token store and audit log in their standard places in `data_dir`.
@@ -83,8 +96,9 @@ impl AppState {
         token: &TokenInfo,
         action: &str,
         target: Option<&str>,
-        details: serde_json::Value,
+        mut details: serde_json::Value,
     ) -> Result<(), ApiError> {
+        (self.masker)(&mut details);
         self.audit
             .append(&AuditEntry::new(token, action, target, details))
             .map_err(|e| ApiError::Internal(e.to_string()))
