@@ -113,7 +113,7 @@ fn key_needles(fm: &FieldMatch) -> Option<Vec<String>> {
         if last.is_empty() {
             return None;
         }
-        out.push(format!("{KEY_MARK}{}", last.to_ascii_lowercase()));
+        out.push(format!("{KEY_MARK}{last}"));
     }
     Some(out)
 }
@@ -151,9 +151,6 @@ struct SourceEngine {
     ac: Option<AhoCorasick>,
     /// Needle id -> detection rules needing it.
     needle_rules: Vec<Vec<u32>>,
-    /// Automaton over field-presence needles, run on object keys.
-    key_ac: Option<AhoCorasick>,
-    key_needle_rules: Vec<Vec<u32>>,
     /// Rules evaluated on every event of this source.
     always: Vec<u32>,
     /// Whether any needle could occur in a number's or boolean's text, or needs the ECS view:
@@ -161,9 +158,19 @@ struct SourceEngine {
     scan_numbers: bool,
     scan_bools: bool,
     scan_ecs: bool,
-    /// Last path segments of every field the engine's prefiltered rules test; `None` when a
-    /// keyword rule needs every value scanned.
-    value_keys: Option<std::collections::HashSet<String, std::hash::BuildHasherDefault<KeyHasher>>>,
+    /// By the last dotted segment of the fields the engine's prefiltered rules test: whether
+    /// values under such keys are scanned, and the rules whose field-presence needle it is. A
+    /// value can only satisfy a field test under a key whose last segment is the field's last
+    /// segment (exactly: lookups are case-sensitive), so other values are not scanned.
+    keys: HashMap<String, KeyInfo, std::hash::BuildHasherDefault<KeyHasher>>,
+    /// A keyword rule searches every value.
+    scan_all_values: bool,
+}
+
+#[derive(Debug, Default)]
+struct KeyInfo {
+    scan_values: bool,
+    presence_rules: Vec<u32>,
 }
 
 /// FNV-1a for short key names (std's SipHash costs more than the lookup saves).
@@ -194,14 +201,9 @@ impl SourceEngine {
         applies: impl Fn(&DetectionRule) -> bool,
         needles: &[Option<Vec<String>>],
     ) -> SourceEngine {
-        let mut eng = SourceEngine {
-            value_keys: Some(Default::default()),
-            ..Default::default()
-        };
+        let mut eng = SourceEngine::default();
         let mut needle_ids: HashMap<String, usize> = HashMap::new();
         let mut patterns: Vec<String> = Vec::new();
-        let mut key_ids: HashMap<String, usize> = HashMap::new();
-        let mut key_patterns: Vec<String> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             if !applies(r) {
                 continue;
@@ -219,23 +221,18 @@ impl SourceEngine {
                         .flat_map(|s| s.alternatives.iter().flatten())
                     {
                         if fm.field.is_none() {
-                            eng.value_keys = None;
+                            eng.scan_all_values = true;
                         }
-                        if let Some(set) = eng.value_keys.as_mut() {
-                            for p in &fm.paths {
-                                set.insert(p.name.rsplit('.').next().unwrap_or("").to_string());
-                            }
+                        for p in &fm.paths {
+                            let last = p.name.rsplit('.').next().unwrap_or("");
+                            eng.keys.entry(last.to_string()).or_default().scan_values = true;
                         }
                     }
                     for n in ns {
                         if let Some(k) = n.strip_prefix(KEY_MARK) {
-                            let id = *key_ids.entry(k.to_string()).or_insert_with(|| {
-                                key_patterns.push(k.to_string());
-                                eng.key_needle_rules.push(Vec::new());
-                                key_patterns.len() - 1
-                            });
-                            if eng.key_needle_rules[id].last() != Some(&(i as u32)) {
-                                eng.key_needle_rules[id].push(i as u32);
+                            let info = eng.keys.entry(k.to_string()).or_default();
+                            if info.presence_rules.last() != Some(&(i as u32)) {
+                                info.presence_rules.push(i as u32);
                             }
                             continue;
                         }
@@ -259,18 +256,6 @@ impl SourceEngine {
                         }
                     }
                 }
-            }
-        }
-        if !key_patterns.is_empty() {
-            eng.key_ac = AhoCorasickBuilder::new()
-                .ascii_case_insensitive(true)
-                .build(&key_patterns)
-                .ok();
-            if eng.key_ac.is_none() {
-                eng.always
-                    .extend(eng.key_needle_rules.iter().flatten().copied());
-                eng.always.sort_unstable();
-                eng.always.dedup();
             }
         }
         if !patterns.is_empty() {
@@ -305,6 +290,16 @@ struct Hits<'a> {
 }
 
 impl Hits<'_> {
+    fn mark(&mut self, rules: &[u32]) {
+        for &r in rules {
+            let s = &mut self.stamp[r as usize];
+            if *s != self.epoch {
+                *s = self.epoch;
+                self.candidates.push(r);
+            }
+        }
+    }
+
     fn scan(&mut self, ac: &AhoCorasick, needle_rules: &[Vec<u32>], text: &str) {
         if text.len() < ac.min_pattern_len() {
             return;
@@ -321,27 +316,21 @@ impl Hits<'_> {
     }
 }
 
-/// One walk over the raw event: values through the value automaton, object keys through the
-/// key automaton.
-/// A value under key `k` can only satisfy a field test whose path ends in the key's last
-/// dotted segment; values under other keys need not be scanned (unless keyword rules run).
-fn value_key_relevant(eng: &SourceEngine, k: &str) -> bool {
-    match &eng.value_keys {
-        None => true,
-        Some(set) => set.contains(k.rsplit('.').next().unwrap_or(k)),
-    }
-}
-
+/// One walk over the raw event: each object key is looked up once (field-presence needles,
+/// whether its values matter), relevant values go through the value automaton.
 fn scan_json(v: &serde_json::Value, eng: &SourceEngine, hits: &mut Hits<'_>, relevant: bool) {
     use serde_json::Value as J;
     match v {
         J::Object(m) => {
             for (k, x) in m {
-                if let Some(kac) = &eng.key_ac {
-                    hits.scan(kac, &eng.key_needle_rules, k);
+                let mut child = eng.scan_all_values;
+                if !eng.keys.is_empty() {
+                    if let Some(info) = eng.keys.get(k.rsplit('.').next().unwrap_or(k)) {
+                        hits.mark(&info.presence_rules);
+                        child |= info.scan_values;
+                    }
                 }
-                let child = value_key_relevant(eng, k);
-                if child || eng.key_ac.is_some() || matches!(x, J::Object(_) | J::Array(_)) {
+                if child || matches!(x, J::Object(_) | J::Array(_)) {
                     scan_json(x, eng, hits, child);
                 }
             }
@@ -485,7 +474,7 @@ impl SigmaDetector {
         }
         sc.candidates.clear();
         sc.matched.clear();
-        if eng.ac.is_some() || eng.key_ac.is_some() {
+        if eng.ac.is_some() || !eng.keys.is_empty() {
             let mut hits = Hits {
                 epoch: sc.epoch,
                 stamp: &mut sc.stamp,
