@@ -4,7 +4,7 @@
 //! Parameters (env):
 //! - `PERIMETER_BENCH_EVENTS` (default 1 000 000): events to ingest (the target size
 //!   is 10M; that takes long on 2 cores and ~10 GB of disk);
-//! - `PERIMETER_BENCH_BATCH` (default 20 000): events per `write_batch`;
+//! - `PERIMETER_BENCH_BATCH` (default 50 000): events per `write_batch`;
 //! - `PERIMETER_BENCH_DAYS` (default 30): the events' @timestamps span this many days;
 //! - `PERIMETER_BENCH_QUERIES` (default 100): searches per query kind;
 //! - `PERIMETER_BENCH_DIR`: store directory (default: a temp dir, removed at the end);
@@ -193,7 +193,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 fn main() {
     // `cargo bench` passes `--bench`; ignore all arguments.
     let n = env_usize("PERIMETER_BENCH_EVENTS", 1_000_000);
-    let batch_size = env_usize("PERIMETER_BENCH_BATCH", 20_000).max(1);
+    let batch_size = env_usize("PERIMETER_BENCH_BATCH", 50_000).max(1);
     let days = env_usize("PERIMETER_BENCH_DAYS", 30).max(1);
     let queries = env_usize("PERIMETER_BENCH_QUERIES", 100).max(1);
     let tmp;

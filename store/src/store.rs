@@ -714,6 +714,14 @@ fn validate_batch(batch: &StoreBatch) -> Result<()> {
             )));
         }
     }
+    for a in &batch.alerts {
+        if a.tenant.is_empty() || a.id.is_empty() {
+            return Err(StoreError::InvalidBatch(format!(
+                "alert for rule `{}` has an empty tenant or id (not sealed)",
+                a.rule_id
+            )));
+        }
+    }
     for d in &batch.dead_letters {
         if d.tenant.is_empty() {
             return Err(StoreError::InvalidBatch(
