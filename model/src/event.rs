@@ -12,32 +12,31 @@ use crate::Ecs;
 pub struct EventId(pub String);
 
 impl EventId {
-    /// Derive the id from the source name and the raw record's canonical JSON text.
+    /// Derive the id from the source name and the raw record's content.
+    ///
+    /// The content is encoded structurally (a type tag per value, lengths before strings, object
+    /// keys in map order, which is sorted since serde_json keeps a BTreeMap) into a reused buffer
+    /// and hashed in one call. Equal values give equal bytes, whatever their JSON formatting was;
+    /// no escaping or number formatting is done, which made id derivation the slowest step of
+    /// normalization when it hashed the JSON text.
     pub fn derive(source: &str, raw: &serde_json::Value) -> EventId {
-        let mut h = blake3::Hasher::new();
-        h.update(source.as_bytes());
-        h.update(&[0]);
-        // serde_json writes object keys in map order (BTreeMap without `preserve_order`), so
-        // the text is canonical for equal values. It is written to a reused buffer and hashed in
-        // one call: the serializer emits many tiny writes, and feeding each one to the hasher
-        // made id derivation the slowest step of normalization (same bytes, same id).
         thread_local! {
             static ID_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        ID_BUF.with(|buf| match buf.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                let _ = serde_json::to_writer(&mut *buf, raw);
-                h.update(&buf);
-                if buf.capacity() > 1 << 20 {
-                    *buf = Vec::new();
-                }
+        let hash = |buf: &mut Vec<u8>| {
+            buf.clear();
+            encode_str(buf, source);
+            encode_value(buf, raw);
+            let digest = blake3::hash(buf);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new();
             }
-            Err(_) => {
-                let _ = serde_json::to_writer(HashWriter(&mut h), raw);
-            }
+            digest
+        };
+        let digest = ID_BUF.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => hash(&mut buf),
+            Err(_) => hash(&mut Vec::new()),
         });
-        let digest = h.finalize();
         EventId(hex16(&digest.as_bytes()[..16]))
     }
 
@@ -52,14 +51,47 @@ impl std::fmt::Display for EventId {
     }
 }
 
-struct HashWriter<'a>(&'a mut blake3::Hasher);
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+fn encode_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn encode_value(buf: &mut Vec<u8>, v: &serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Null => buf.push(0),
+        Value::Bool(b) => buf.extend_from_slice(&[1, *b as u8]),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                buf.push(2);
+                buf.extend_from_slice(&i.to_le_bytes());
+            } else if let Some(u) = n.as_u64() {
+                buf.push(3);
+                buf.extend_from_slice(&u.to_le_bytes());
+            } else {
+                buf.push(4);
+                buf.extend_from_slice(&n.as_f64().unwrap_or(0.0).to_bits().to_le_bytes());
+            }
+        }
+        Value::String(s) => {
+            buf.push(5);
+            encode_str(buf, s);
+        }
+        Value::Array(a) => {
+            buf.push(6);
+            buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            for x in a {
+                encode_value(buf, x);
+            }
+        }
+        Value::Object(m) => {
+            buf.push(7);
+            buf.extend_from_slice(&(m.len() as u64).to_le_bytes());
+            for (k, x) in m {
+                encode_str(buf, k);
+                encode_value(buf, x);
+            }
+        }
     }
 }
 
@@ -180,11 +212,34 @@ mod tests {
     }
 
     #[test]
-    fn id_is_blake3_of_source_nul_canonical_json() {
-        let raw = json!({"z": [1, {"k": "v\u{e9}"}], "a": null});
-        let mut bytes = b"okta\0".to_vec();
-        bytes.extend(serde_json::to_vec(&raw).expect("serializable"));
-        let want = hex16(&blake3::hash(&bytes).as_bytes()[..16]);
-        assert_eq!(EventId::derive("okta", &raw).0, want);
+    fn id_ignores_formatting_but_not_content() {
+        let pretty: serde_json::Value =
+            serde_json::from_str("{\n  \"z\": [1, {\"k\": \"v\\u00e9\"}],\n  \"a\": null\n}")
+                .unwrap();
+        let compact: serde_json::Value =
+            serde_json::from_str(r#"{"a":null,"z":[1,{"k":"vé"}]}"#).unwrap();
+        assert_eq!(
+            EventId::derive("okta", &pretty),
+            EventId::derive("okta", &compact)
+        );
+        // Boundaries are encoded: moving a character between key and value, or between the
+        // source name and the content, changes the id; so does a type change.
+        let pairs = [
+            (("okta", json!({"ab": "c"})), ("okta", json!({"a": "bc"}))),
+            (("okta", json!({"a": 1})), ("okta", json!({"a": "1"}))),
+            (
+                ("okta", json!({"a": [1, 2]})),
+                ("okta", json!({"a": [[1], 2]})),
+            ),
+            (("okta", json!({"a": 1.5})), ("okta", json!({"a": 1}))),
+            (("okt", json!("a")), ("ok", json!("ta"))),
+        ];
+        for ((s1, v1), (s2, v2)) in pairs {
+            assert_ne!(
+                EventId::derive(s1, &v1),
+                EventId::derive(s2, &v2),
+                "{v1} vs {v2}"
+            );
+        }
     }
 }
