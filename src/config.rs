@@ -74,3 +74,24 @@ impl PerimeterConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_typos_are_rejected() {
+        let example: PerimeterConfig =
+            toml::from_str(include_str!("../perimeter.example.toml")).expect("example parses");
+        assert_eq!(example.sigma.allowed_lateness_seconds, 300);
+        assert_eq!(example.store.retention_days, 90);
+        let typo = toml::from_str::<PerimeterConfig>("data_dri = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("data_dri"), "{typo}");
+        let nested = toml::from_str::<PerimeterConfig>("[ueba.password_spray]\nmin_distinct = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(nested.contains("min_distinct"), "{nested}");
+    }
+}

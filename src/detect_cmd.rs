@@ -166,7 +166,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let mut pipeline =
         Pipeline::new(registry, masker, Arc::new(Metrics::new()), false).with_sigma(sigma);
     let ueba_state = args.state_dir.as_ref().map(|d| d.join("ueba.snapshot"));
-    if !args.no_ueba {
+    if !args.no_ueba && config.ueba.enabled {
         let engine = match &ueba_state {
             Some(p) if p.exists() => UebaEngine::restore_from(config.ueba.clone(), key, p)
                 .with_context(|| format!("restoring behavioural state from {}", p.display()))?,

@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 
 /// How often behavioural state is snapshotted while running (also on shutdown).
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
+/// How often expired partitions are dropped (also at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+fn apply_retention(store: &Store) {
+    match store.apply_retention(chrono::Utc::now()) {
+        Ok(report) => tracing::info!(?report, "retention applied"),
+        Err(e) => tracing::warn!(error = %e, "retention failed"),
+    }
+}
 
 /// Run the pipeline on its own thread (CPU-bound, synchronous) until every bus sender is gone.
 pub fn spawn_pipeline_worker(
@@ -26,6 +35,8 @@ pub fn spawn_pipeline_worker(
         .spawn(move || {
             let mut out = PipelineOutput::default();
             let mut last_snapshot = Instant::now();
+            apply_retention(&store);
+            let mut last_retention = Instant::now();
             while let Some(sub) = rx.blocking_recv() {
                 out.clear();
                 let now = chrono::Utc::now();
@@ -72,6 +83,10 @@ pub fn spawn_pipeline_worker(
                     tracing::error!(error = %e, "batch not stored; the source will retry");
                 }
                 let _ = sub.ack.send(reply);
+                if last_retention.elapsed() > RETENTION_EVERY {
+                    apply_retention(&store);
+                    last_retention = Instant::now();
+                }
                 if last_snapshot.elapsed() > SNAPSHOT_EVERY {
                     save_state(&pipeline, &state_path);
                     last_snapshot = Instant::now();
