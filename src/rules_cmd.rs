@@ -136,6 +136,7 @@ fn explain_cmd(
         .normalize_lenient(source, record)
         .map_err(|e| anyhow::anyhow!("normalizing the event: {e}"))?;
     let out = explain(&rule, &ev, &config.sigma).map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{out}");
+    // The rule sees clear values; what is printed is masked like every other output.
+    println!("{}", perimeter_model::Masker::mask_text(&masker, &out));
     Ok(ExitCode::SUCCESS)
 }

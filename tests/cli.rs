@@ -217,3 +217,62 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn rules_explain_says_which_selection_matched_and_masks_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("mfa.yml");
+    let text = MFA_RULE
+        .replace("    condition: selection", "    filter:\n        actor.alternateId|endswith: '@svc.example'\n    condition: selection and not filter")
+        .replace("eventType: user.mfa.factor.deactivate", "eventType: user.mfa.factor.deactivate\n        debugContext.debugData.url|contains: token");
+    std::fs::write(&rule, text).unwrap();
+    let event = dir.path().join("event.json");
+    let mut raw: serde_json::Value = serde_json::from_str(&okta_event(
+        "user.mfa.factor.deactivate",
+        "alice@example.com",
+        3,
+    ))
+    .unwrap();
+    raw["debugContext"] = serde_json::json!({"debugData": {"url": "/x?token=ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ng"}});
+    std::fs::write(&event, serde_json::to_string_pretty(&raw).unwrap()).unwrap();
+    let out = perimeter(
+        &[
+            "rules",
+            "explain",
+            rule.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("selection `selection` (line 9): MATCHED"),
+        "{text}"
+    );
+    assert!(
+        text.contains("selection `filter` (line 12): not matched"),
+        "{text}"
+    );
+    assert!(text.contains("result: MATCH"), "{text}");
+    // A near miss explains why it does not match.
+    raw["eventType"] = "user.mfa.factor.activate".into();
+    std::fs::write(&event, raw.to_string()).unwrap();
+    let out = perimeter(
+        &[
+            "rules",
+            "explain",
+            rule.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("result: NO MATCH") || text.contains("=> false"),
+        "{text}"
+    );
+    assert!(!text.contains("ghp_R4nd0m"), "{text}");
+}
