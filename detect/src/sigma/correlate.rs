@@ -1,0 +1,754 @@
+//! Correlation state: per correlation rule, per group-by key (a u64 hash of the group-by values),
+//! a small sorted list of (event time, value, line) entries.
+//!
+//! - Event-time windows; events older than the newest seen minus `allowed_lateness_seconds` are
+//!   dropped (counted), later ones are inserted in time order, so out-of-order input within the
+//!   lateness gives the same result as ordered input.
+//! - Conditions that can only become true as events arrive (`gt`/`gte` counts, sums, temporal)
+//!   fire as soon as a window of `timespan` containing the new event satisfies them; the entries
+//!   of that window are then consumed, so one burst gives one alert.
+//! - Conditions with an upper bound (`lt`, `lte`, `eq`, `neq`) are evaluated when a tumbling
+//!   window (starting at the key's first event) closes: when the watermark passes its end, or on
+//!   flush.
+//! - Memory is bounded: entries expire by event time, each key keeps at most a fixed number of
+//!   entries, and each correlation keeps at most `max_correlation_keys` keys, evicting the least
+//!   recently used eighth when full.
+
+use perimeter_model::{Alert, DetectorKind, EntityKind, Event};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::compile::{base_alert, entity_kind_for_field, entity_of};
+use super::matcher::{FieldPath, Found, Leaf};
+use super::parse::{CorrelationRule, CorrelationType, CountOp};
+use super::{RuleRef, RuleSet, SigmaOptions};
+
+/// Keys are already hashes: no need to hash them again.
+#[derive(Default)]
+struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap = HashMap<u64, KeyState, BuildHasherDefault<IdentityHasher>>;
+
+/// FNV-1a: stable across runs and processes, cheap for short group-by values.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(self) -> u64 {
+        // Final avalanche (splitmix64) so the identity-hashed map spreads well.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Entry {
+    ts: i64,
+    /// Value hash (value_count, percentile), f64 bits (sum, avg) or rule position (temporal).
+    val: u64,
+    /// 1-based input line, 0 when unknown.
+    line: u64,
+}
+
+/// Where a closed-window alert goes (no event is at hand when it closes).
+#[derive(Debug, Clone)]
+struct WindowInfo {
+    source: String,
+    tenant: String,
+    entity: String,
+    entity_kind: EntityKind,
+}
+
+#[derive(Debug)]
+struct KeyState {
+    last_used: u64,
+    window_start: i64,
+    entries: Vec<Entry>,
+    window: Option<Box<WindowInfo>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Fire as soon as a window containing the new event satisfies the condition.
+    Early,
+    /// Evaluate tumbling windows when they close.
+    OnClose,
+}
+
+struct CorrState {
+    mode: Mode,
+    keys: KeyMap,
+    /// [rule position][group-by field] -> path (aliases resolved).
+    group_paths: Vec<Vec<FieldPath>>,
+    /// [rule position] -> path of `condition.field` (aliases resolved).
+    value_paths: Vec<Option<FieldPath>>,
+    max_entries: usize,
+    last_sweep_ts: i64,
+}
+
+pub struct Correlator {
+    states: Vec<CorrState>,
+    lateness_ms: i64,
+    max_keys: usize,
+    max_ts: i64,
+    seq: u64,
+    /// Events too late for their window (older than newest seen minus allowed lateness).
+    pub late_dropped: u64,
+    distinct: Vec<u64>,
+}
+
+const MAX_ENTRIES_CAP: usize = 10_000;
+
+fn resolve_field(
+    c: &CorrelationRule,
+    field: &str,
+    rule_ref: &str,
+    rules: &RuleSet,
+    r: RuleRef,
+) -> String {
+    if let Some(per_rule) = c.aliases.get(field) {
+        let meta = match r {
+            RuleRef::Detection(i) => &rules.detections[i].meta,
+            RuleRef::Correlation(i) => &rules.correlations[i].meta,
+        };
+        for key in [Some(rule_ref), meta.name.as_deref(), meta.id.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(f) = per_rule.get(key) {
+                return f.clone();
+            }
+        }
+    }
+    field.to_string()
+}
+
+impl Correlator {
+    pub fn new(rules: &RuleSet, options: &SigmaOptions) -> Correlator {
+        let states = rules
+            .correlations
+            .iter()
+            .enumerate()
+            .map(|(ci, c)| {
+                let refs = &rules.corr_refs[ci];
+                let lower_only = c
+                    .condition
+                    .iter()
+                    .all(|(op, _)| matches!(op, CountOp::Gt | CountOp::Gte));
+                let mode = match c.kind {
+                    CorrelationType::EventCount
+                    | CorrelationType::ValueCount
+                    | CorrelationType::ValueSum
+                        if !lower_only =>
+                    {
+                        Mode::OnClose
+                    }
+                    _ => Mode::Early,
+                };
+                let threshold = c.condition.iter().map(|(_, n)| *n).fold(0.0f64, f64::max);
+                let max_entries = match c.kind {
+                    CorrelationType::Temporal | CorrelationType::TemporalOrdered => {
+                        16 * c.rules.len().max(1)
+                    }
+                    CorrelationType::EventCount | CorrelationType::ValueCount
+                        if mode == Mode::Early =>
+                    {
+                        ((threshold as usize).saturating_add(1))
+                            .saturating_mul(2)
+                            .clamp(8, MAX_ENTRIES_CAP)
+                    }
+                    _ => MAX_ENTRIES_CAP,
+                };
+                let group_paths = c
+                    .rules
+                    .iter()
+                    .zip(refs)
+                    .map(|(rr, r)| {
+                        c.group_by
+                            .iter()
+                            .map(|g| FieldPath::new(&resolve_field(c, g, rr, rules, *r)))
+                            .collect()
+                    })
+                    .collect();
+                let value_paths = c
+                    .rules
+                    .iter()
+                    .zip(refs)
+                    .map(|(rr, r)| {
+                        c.field
+                            .as_ref()
+                            .map(|f| FieldPath::new(&resolve_field(c, f, rr, rules, *r)))
+                    })
+                    .collect();
+                CorrState {
+                    mode,
+                    keys: KeyMap::default(),
+                    group_paths,
+                    value_paths,
+                    max_entries,
+                    last_sweep_ts: i64::MIN,
+                }
+            })
+            .collect();
+        Correlator {
+            states,
+            lateness_ms: (options.allowed_lateness_seconds as i64).saturating_mul(1000),
+            max_keys: options.max_correlation_keys.max(1),
+            max_ts: i64::MIN,
+            seq: 0,
+            late_dropped: 0,
+            distinct: Vec::new(),
+        }
+    }
+
+    /// Number of group-by keys held, over all correlations.
+    pub fn num_keys(&self) -> usize {
+        self.states.iter().map(|s| s.keys.len()).sum()
+    }
+
+    /// Approximate heap bytes held by correlation state.
+    pub fn state_bytes(&self) -> usize {
+        self.states
+            .iter()
+            .map(|s| {
+                let slot = std::mem::size_of::<(u64, KeyState)>() + 1;
+                s.keys.capacity() * slot
+                    + s.keys
+                        .values()
+                        .map(|k| {
+                            k.entries.capacity() * std::mem::size_of::<Entry>()
+                                + k.window.as_ref().map_or(0, |w| {
+                                    std::mem::size_of::<WindowInfo>()
+                                        + w.source.len()
+                                        + w.tenant.len()
+                                        + w.entity.len()
+                                })
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
+    fn text_of(path: &FieldPath, event: &Event, h: &mut Fnv) -> bool {
+        let mut found = false;
+        let r = path.visit_event(event, &mut |leaf: Leaf<'_>| {
+            leaf.with_text(|t| {
+                if let Some(t) = t {
+                    h.write(t.as_bytes());
+                    found = true;
+                }
+            });
+            found
+        });
+        r == Found::Stopped
+    }
+
+    fn first_text(path: &FieldPath, event: &Event) -> Option<String> {
+        let mut out = None;
+        path.visit_event(event, &mut |leaf: Leaf<'_>| {
+            leaf.with_text(|t| out = t.map(str::to_string));
+            out.is_some()
+        });
+        out
+    }
+
+    fn entity(
+        c: &CorrelationRule,
+        paths: &[FieldPath],
+        event: &Event,
+        rules: &RuleSet,
+        ci: usize,
+    ) -> (String, EntityKind) {
+        let _ = rules;
+        let _ = ci;
+        match paths {
+            [] => entity_of(&c.meta, event),
+            [p] => match Self::first_text(p, event) {
+                Some(v) => (v, entity_kind_for_field(&c.group_by[0])),
+                None => entity_of(&c.meta, event),
+            },
+            many => {
+                let mut s = String::new();
+                for (g, p) in c.group_by.iter().zip(many) {
+                    if !s.is_empty() {
+                        s.push_str(", ");
+                    }
+                    s.push_str(g);
+                    s.push('=');
+                    s.push_str(Self::first_text(p, event).as_deref().unwrap_or("-"));
+                }
+                (s, EntityKind::Unknown)
+            }
+        }
+    }
+
+    /// A referenced rule matched `event` for correlation `ci`.
+    pub fn hit(
+        &mut self,
+        ci: usize,
+        from: RuleRef,
+        event: &Event,
+        rules: &RuleSet,
+        alerts: &mut Vec<Alert>,
+    ) {
+        let ts = event.timestamp.timestamp_millis();
+        if self.max_ts != i64::MIN && ts < self.max_ts.saturating_sub(self.lateness_ms) {
+            self.late_dropped += 1;
+            return;
+        }
+        let c = &rules.correlations[ci];
+        // Positions of `from` in the correlation's rule list (usually one), without allocating.
+        let positions = || {
+            rules.corr_refs[ci]
+                .iter()
+                .enumerate()
+                .filter(move |(_, r)| **r == from)
+                .map(|(j, _)| j)
+        };
+        let Some(j0) = positions().next() else {
+            return;
+        };
+        let st = &mut self.states[ci];
+        let mut h = Fnv::new();
+        for p in &st.group_paths[j0] {
+            if !Self::text_of(p, event, &mut h) {
+                h.write(&[0xfe]);
+            }
+            h.write(&[0xff]);
+        }
+        let key = h.finish();
+        let val = match c.kind {
+            CorrelationType::EventCount
+            | CorrelationType::Temporal
+            | CorrelationType::TemporalOrdered => 0,
+            CorrelationType::ValueCount | CorrelationType::ValuePercentile => {
+                let Some(p) = &st.value_paths[j0] else { return };
+                let mut vh = Fnv::new();
+                if !Self::text_of(p, event, &mut vh) {
+                    return;
+                }
+                vh.finish()
+            }
+            CorrelationType::ValueSum | CorrelationType::ValueAvg => {
+                let Some(p) = &st.value_paths[j0] else { return };
+                let mut n = None;
+                p.visit_event(event, &mut |leaf: Leaf<'_>| {
+                    n = leaf.as_f64();
+                    n.is_some()
+                });
+                match n {
+                    Some(n) if n.is_finite() => n.to_bits(),
+                    _ => return,
+                }
+            }
+        };
+        self.seq += 1;
+        if !st.keys.contains_key(&key) && st.keys.len() >= self.max_keys {
+            evict_lru(&mut st.keys, &mut self.distinct);
+        }
+        let span = c.timespan_ms;
+        let horizon = self
+            .max_ts
+            .max(ts)
+            .saturating_sub(span)
+            .saturating_sub(self.lateness_ms);
+        let mode = st.mode;
+        let max_entries = st.max_entries;
+        let line = event.line.unwrap_or(0);
+        let ks = st.keys.entry(key).or_insert_with(|| KeyState {
+            last_used: 0,
+            window_start: ts,
+            entries: Vec::with_capacity(1),
+            window: None,
+        });
+        ks.last_used = self.seq;
+        if mode == Mode::OnClose && ks.window.is_none() {
+            let (entity, entity_kind) = Self::entity(c, &st.group_paths[j0], event, rules, ci);
+            ks.window = Some(Box::new(WindowInfo {
+                source: event.source.clone(),
+                tenant: event.tenant.clone(),
+                entity,
+                entity_kind,
+            }));
+        }
+        let mut pending_close: Vec<Vec<Entry>> = Vec::new();
+        if mode == Mode::OnClose {
+            if ks.entries.is_empty() {
+                ks.window_start = ts;
+            }
+            while !ks.entries.is_empty()
+                && ts > ks.window_start.saturating_add(span)
+                && ts.saturating_sub(ks.window_start) > span
+            {
+                let end = ks.window_start.saturating_add(span);
+                let cut = ks.entries.partition_point(|e| e.ts <= end);
+                pending_close.push(ks.entries.drain(..cut).collect());
+                ks.window_start = ks.entries.first().map_or(ts, |e| e.ts.min(ts));
+            }
+            ks.window_start = ks.window_start.min(ts);
+        } else {
+            let keep_from = ks.entries.partition_point(|e| e.ts < horizon);
+            if keep_from > 0 {
+                ks.entries.drain(..keep_from);
+            }
+        }
+        // value_count only needs each distinct value once, at its latest time: keeps a key's
+        // entries (and memory) bounded by the number of distinct values.
+        let mut insert = true;
+        if c.kind == CorrelationType::ValueCount {
+            if let Some(pos) = ks.entries.iter().position(|e| e.val == val) {
+                if ks.entries[pos].ts >= ts {
+                    insert = false;
+                } else {
+                    ks.entries.remove(pos);
+                }
+            }
+        }
+        for j in positions().filter(|_| insert) {
+            let v = if matches!(
+                c.kind,
+                CorrelationType::Temporal | CorrelationType::TemporalOrdered
+            ) {
+                j as u64
+            } else {
+                val
+            };
+            let at = ks.entries.partition_point(|e| e.ts <= ts);
+            ks.entries.insert(at, Entry { ts, val: v, line });
+        }
+        if ks.entries.len() > max_entries {
+            let extra = ks.entries.len() - max_entries;
+            ks.entries.drain(..extra);
+        }
+        if !pending_close.is_empty() {
+            let window = ks.window.clone();
+            for closed in pending_close {
+                if let Some(w) = &window {
+                    self.fire_closed(ci, &closed, w, rules, alerts);
+                }
+            }
+        }
+        if mode == Mode::Early {
+            let ks = match self.states[ci].keys.get_mut(&key) {
+                Some(k) => k,
+                None => return,
+            };
+            if let Some((lo, hi)) = find_window(c, &ks.entries, ts, val, &mut self.distinct) {
+                let used: Vec<Entry> = ks.entries.drain(lo..hi).collect();
+                let entity = Self::entity(c, &self.states[ci].group_paths[j0], event, rules, ci);
+                let mut alert = base_alert(&c.meta, DetectorKind::Correlation, event, entity);
+                for e in &used {
+                    if e.line > 0 && !alert.lines.contains(&e.line) {
+                        alert.lines.push(e.line);
+                    }
+                }
+                alert.lines.sort_unstable();
+                alert.event_ids.push(event.id.0.clone());
+                alert.count = used.len() as u64;
+                alert.explanation = Some(explain_window(c, &used));
+                let alert = alert.seal();
+                if !rules.corr_suppressed[ci] {
+                    alerts.push(alert);
+                }
+                for &p in &rules.corr_parents[ci] {
+                    self.hit(p, RuleRef::Correlation(ci), event, rules, alerts);
+                }
+            }
+        }
+    }
+
+    fn fire_closed(
+        &mut self,
+        ci: usize,
+        entries: &[Entry],
+        w: &WindowInfo,
+        rules: &RuleSet,
+        alerts: &mut Vec<Alert>,
+    ) {
+        let c = &rules.correlations[ci];
+        if entries.is_empty() {
+            return;
+        }
+        let agg = aggregate(c, entries, None, &mut self.distinct);
+        if !c.condition.iter().all(|(op, n)| op.holds(agg, *n)) {
+            return;
+        }
+        let last = entries.iter().map(|e| e.ts).max().unwrap_or(0);
+        let ts = chrono::DateTime::from_timestamp_millis(last).unwrap_or_default();
+        let sev = c
+            .meta
+            .level
+            .as_deref()
+            .and_then(perimeter_model::Severity::parse)
+            .unwrap_or_default();
+        let mut a = Alert::new(
+            c.meta.key(),
+            c.meta.title.clone(),
+            sev,
+            DetectorKind::Correlation,
+            w.source.clone(),
+            w.tenant.clone(),
+            ts,
+            w.entity.clone(),
+            w.entity_kind,
+        );
+        a.rule_status = c.meta.status.clone();
+        a.description = c.meta.description.clone();
+        a.tags = c.meta.tags.clone();
+        a.threat_technique_id = super::compile::technique_ids(&c.meta.tags);
+        a.references = c.meta.references.clone();
+        a.rule_hash = Some(c.meta.rule_hash.clone());
+        a.lines = entries
+            .iter()
+            .filter(|e| e.line > 0)
+            .map(|e| e.line)
+            .collect();
+        a.lines.sort_unstable();
+        a.lines.dedup();
+        a.count = entries.len() as u64;
+        a.explanation = Some(explain_window(c, entries));
+        // Without event ids, the window start keeps ids of distinct windows distinct.
+        a.event_ids.push(format!("window:{}", entries[0].ts));
+        if !rules.corr_suppressed[ci] {
+            alerts.push(a.seal());
+        }
+    }
+
+    /// Called after every event: advance the watermark, expire old state, close windows.
+    pub fn advance(&mut self, event: &Event, rules: &RuleSet, alerts: &mut Vec<Alert>) {
+        let ts = event.timestamp.timestamp_millis();
+        if ts > self.max_ts {
+            self.max_ts = ts;
+        }
+        for ci in 0..self.states.len() {
+            let span = rules.correlations[ci].timespan_ms;
+            let st = &self.states[ci];
+            let due = st.last_sweep_ts == i64::MIN
+                || self.max_ts.saturating_sub(st.last_sweep_ts) >= (span / 2).max(1000);
+            if due && !st.keys.is_empty() {
+                self.sweep(ci, rules, alerts, false);
+            }
+            if due {
+                self.states[ci].last_sweep_ts = self.max_ts;
+            }
+        }
+    }
+
+    fn sweep(&mut self, ci: usize, rules: &RuleSet, alerts: &mut Vec<Alert>, all: bool) {
+        let span = rules.correlations[ci].timespan_ms;
+        let watermark = self.max_ts.saturating_sub(self.lateness_ms);
+        let horizon = watermark.saturating_sub(span);
+        let st = &mut self.states[ci];
+        let mut closed: Vec<(Vec<Entry>, Box<WindowInfo>)> = Vec::new();
+        let mode = st.mode;
+        st.keys.retain(|_, ks| {
+            if mode == Mode::OnClose {
+                while !ks.entries.is_empty()
+                    && (all || ks.window_start.saturating_add(span) < watermark)
+                {
+                    let end = ks.window_start.saturating_add(span);
+                    let cut = if all {
+                        ks.entries.partition_point(|e| e.ts <= end).max(1)
+                    } else {
+                        ks.entries.partition_point(|e| e.ts <= end)
+                    };
+                    let chunk: Vec<Entry> = ks.entries.drain(..cut).collect();
+                    if let Some(w) = &ks.window {
+                        closed.push((chunk, w.clone()));
+                    }
+                    if let Some(first) = ks.entries.first() {
+                        ks.window_start = first.ts;
+                    }
+                }
+            } else {
+                let keep_from = if all {
+                    ks.entries.len()
+                } else {
+                    ks.entries.partition_point(|e| e.ts < horizon)
+                };
+                ks.entries.drain(..keep_from);
+            }
+            !ks.entries.is_empty()
+        });
+        for (entries, w) in closed {
+            self.fire_closed(ci, &entries, &w, rules, alerts);
+        }
+    }
+
+    /// End of input: close every open window.
+    pub fn flush(&mut self, rules: &RuleSet, alerts: &mut Vec<Alert>) {
+        for ci in 0..self.states.len() {
+            self.sweep(ci, rules, alerts, true);
+        }
+    }
+}
+
+fn evict_lru(keys: &mut KeyMap, scratch: &mut Vec<u64>) {
+    scratch.clear();
+    scratch.extend(keys.values().map(|k| k.last_used));
+    if scratch.is_empty() {
+        return;
+    }
+    let nth = (scratch.len() / 8).min(scratch.len() - 1);
+    let (_, threshold, _) = scratch.select_nth_unstable(nth);
+    let threshold = *threshold;
+    keys.retain(|_, k| k.last_used > threshold);
+}
+
+/// The aggregate of a window (count, distinct count, sum, average, percent share of `current`).
+fn aggregate(
+    c: &CorrelationRule,
+    w: &[Entry],
+    current: Option<u64>,
+    distinct: &mut Vec<u64>,
+) -> f64 {
+    match c.kind {
+        CorrelationType::EventCount => w.len() as f64,
+        CorrelationType::ValueCount
+        | CorrelationType::Temporal
+        | CorrelationType::TemporalOrdered => {
+            distinct.clear();
+            distinct.extend(w.iter().map(|e| e.val));
+            distinct.sort_unstable();
+            distinct.dedup();
+            distinct.len() as f64
+        }
+        CorrelationType::ValueSum => w.iter().map(|e| f64::from_bits(e.val)).sum(),
+        CorrelationType::ValueAvg => {
+            if w.is_empty() {
+                0.0
+            } else {
+                w.iter().map(|e| f64::from_bits(e.val)).sum::<f64>() / w.len() as f64
+            }
+        }
+        CorrelationType::ValuePercentile => {
+            let cur = current.unwrap_or(0);
+            if w.is_empty() {
+                100.0
+            } else {
+                100.0 * w.iter().filter(|e| e.val == cur).count() as f64 / w.len() as f64
+            }
+        }
+    }
+}
+
+fn ordered_chain(w: &[Entry], n: usize) -> bool {
+    let mut want = 0u64;
+    for e in w {
+        if e.val == want {
+            want += 1;
+            if want as usize == n {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// A window of `timespan` that contains the new event (time `ts`) and satisfies the condition:
+/// returns its index range in the sorted entries.
+fn find_window(
+    c: &CorrelationRule,
+    entries: &[Entry],
+    ts: i64,
+    cur: u64,
+    distinct: &mut Vec<u64>,
+) -> Option<(usize, usize)> {
+    let span = c.timespan_ms;
+    let n_rules = c.rules.len();
+    let first = entries.partition_point(|e| e.ts < ts.saturating_sub(span));
+    for lo in first..entries.len() {
+        let start = entries[lo].ts;
+        if start > ts {
+            break;
+        }
+        let hi = entries.partition_point(|e| e.ts <= start.saturating_add(span));
+        let w = &entries[lo..hi];
+        let ok = match c.kind {
+            CorrelationType::Temporal if c.condition.is_empty() => {
+                aggregate(c, w, None, distinct) as usize >= n_rules
+            }
+            CorrelationType::TemporalOrdered => {
+                ordered_chain(w, n_rules)
+                    && c.condition
+                        .iter()
+                        .all(|(op, n)| op.holds(aggregate(c, w, None, distinct), *n))
+            }
+            CorrelationType::ValuePercentile => c
+                .condition
+                .iter()
+                .all(|(op, n)| op.holds(aggregate(c, w, Some(cur), distinct), *n)),
+            _ => {
+                let agg = aggregate(c, w, None, distinct);
+                c.condition.iter().all(|(op, n)| op.holds(agg, *n))
+            }
+        };
+        if ok {
+            return Some((lo, hi));
+        }
+    }
+    None
+}
+
+fn explain_window(c: &CorrelationRule, w: &[Entry]) -> String {
+    let span = c.timespan_ms / 1000;
+    let first = w.first().map_or(0, |e| e.ts);
+    let last = w.last().map_or(0, |e| e.ts);
+    let cond: Vec<String> = c
+        .condition
+        .iter()
+        .map(|(op, n)| {
+            let op = match op {
+                CountOp::Gt => "gt",
+                CountOp::Gte => "gte",
+                CountOp::Lt => "lt",
+                CountOp::Lte => "lte",
+                CountOp::Eq => "eq",
+                CountOp::Neq => "neq",
+            };
+            format!("{op} {n}")
+        })
+        .collect();
+    format!(
+        "{} correlation: {} events over {}s (timespan {}s){}{}",
+        c.kind.as_str(),
+        w.len(),
+        (last - first) / 1000,
+        span,
+        if c.group_by.is_empty() {
+            String::new()
+        } else {
+            format!(", grouped by {}", c.group_by.join(", "))
+        },
+        if cond.is_empty() {
+            String::new()
+        } else {
+            format!(", condition {}", cond.join(" and "))
+        }
+    )
+}

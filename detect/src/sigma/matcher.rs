@@ -1,0 +1,739 @@
+//! Evaluation of compiled detections against one event: field lookup in the raw vendor JSON (with
+//! ECS fallback), value tests, selections and conditions. Nothing here allocates per event.
+
+use perimeter_model::{EcsValue, Event};
+use serde_json::Value as Json;
+use std::fmt::Write as _;
+
+use super::condition::Cond;
+
+/// A field name compiled for lookup: `actor.alternateId` addresses nested objects, walks arrays
+/// (any element may match) and also finds keys that literally contain dots.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldPath {
+    pub name: String,
+    parts: Vec<String>,
+    /// `joined[i][k]` = parts[i..=i+1+k] joined with dots, for keys that contain dots.
+    joined: Vec<Vec<String>>,
+}
+
+impl FieldPath {
+    pub fn new(name: &str) -> FieldPath {
+        let parts: Vec<String> = name.split('.').map(str::to_string).collect();
+        let joined = (0..parts.len())
+            .map(|i| {
+                (i + 2..=parts.len())
+                    .map(|j| parts[i..j].join("."))
+                    .collect()
+            })
+            .collect();
+        FieldPath {
+            name: name.to_string(),
+            parts,
+            joined,
+        }
+    }
+
+    /// Visit every value this path resolves to in `root`; `f` returns true to stop early.
+    /// Returns true when stopped.
+    pub fn visit<'a>(&'a self, root: &'a Json, f: &mut dyn FnMut(Leaf<'a>) -> bool) -> bool {
+        self.visit_from(root, 0, f)
+    }
+
+    fn visit_from<'a>(
+        &'a self,
+        v: &'a Json,
+        i: usize,
+        f: &mut dyn FnMut(Leaf<'a>) -> bool,
+    ) -> bool {
+        if i == self.parts.len() {
+            return match v {
+                Json::Array(items) => {
+                    items.iter().any(|item| match item {
+                        Json::Array(inner) => inner.iter().any(|x| f(Leaf::Json(x))),
+                        other => f(Leaf::Json(other)),
+                    }) || (items.is_empty() && f(Leaf::EmptyList))
+                }
+                other => f(Leaf::Json(other)),
+            };
+        }
+        match v {
+            Json::Object(map) => {
+                // A nested path wins over a key that literally contains the dots; dotted keys
+                // are only tried when the plain key is absent.
+                if let Some(next) = map.get(&self.parts[i]) {
+                    return self.visit_from(next, i + 1, f);
+                }
+                for (k, key) in self.joined[i].iter().enumerate() {
+                    if let Some(next) = map.get(key) {
+                        if self.visit_from(next, i + 2 + k, f) {
+                            return true;
+                        }
+                    }
+                }
+                false
+            }
+            Json::Array(items) => items.iter().any(|item| self.visit_from(item, i, f)),
+            _ => false,
+        }
+    }
+
+    /// Resolve against the raw event first, then the ECS view. `f` sees every candidate value.
+    pub fn visit_event<'a>(
+        &'a self,
+        event: &'a Event,
+        f: &mut dyn FnMut(Leaf<'a>) -> bool,
+    ) -> Found {
+        let mut any = false;
+        let stopped = self.visit(&event.raw, &mut |leaf| {
+            any = true;
+            f(leaf)
+        });
+        if stopped {
+            return Found::Stopped;
+        }
+        if any {
+            return Found::Exhausted;
+        }
+        match event.ecs.get(&self.name) {
+            Some(EcsValue::Str(s)) => {
+                if f(Leaf::Str(s)) {
+                    Found::Stopped
+                } else {
+                    Found::Exhausted
+                }
+            }
+            Some(EcsValue::Num(n)) => {
+                if f(Leaf::Num(n)) {
+                    Found::Stopped
+                } else {
+                    Found::Exhausted
+                }
+            }
+            Some(EcsValue::List(l)) => {
+                if l.iter().any(|s| f(Leaf::Str(s))) {
+                    Found::Stopped
+                } else {
+                    Found::Exhausted
+                }
+            }
+            None => Found::Absent,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The callback stopped the walk (a value matched).
+    Stopped,
+    /// Values were found, none stopped the walk.
+    Exhausted,
+    /// The field does not exist in the event.
+    Absent,
+}
+
+/// One value a field resolved to.
+#[derive(Debug, Clone, Copy)]
+pub enum Leaf<'a> {
+    Json(&'a Json),
+    Str(&'a str),
+    Num(u64),
+    /// The field holds an empty list: it exists but has no element.
+    EmptyList,
+}
+
+/// Stack buffer for rendering numbers as text without allocating.
+pub struct NumBuf {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl NumBuf {
+    pub fn new() -> NumBuf {
+        NumBuf {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl Default for NumBuf {
+    fn default() -> Self {
+        NumBuf::new()
+    }
+}
+
+impl std::fmt::Write for NumBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let b = s.as_bytes();
+        if self.len + b.len() > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+        self.len += b.len();
+        Ok(())
+    }
+}
+
+impl<'a> Leaf<'a> {
+    /// The value as text for string tests: strings as-is, numbers and booleans rendered;
+    /// null, objects and lists have no text.
+    pub fn with_text<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
+        match self {
+            Leaf::Json(Json::String(s)) => f(Some(s)),
+            Leaf::Str(s) => f(Some(s)),
+            Leaf::Json(Json::Bool(b)) => f(Some(if *b { "true" } else { "false" })),
+            Leaf::Json(Json::Number(n)) => {
+                let mut buf = NumBuf::new();
+                let _ = write!(buf, "{n}");
+                f(Some(buf.as_str()))
+            }
+            Leaf::Num(n) => {
+                let mut buf = NumBuf::new();
+                let _ = write!(buf, "{n}");
+                f(Some(buf.as_str()))
+            }
+            _ => f(None),
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Leaf::Json(Json::Number(n)) => n.as_f64(),
+            Leaf::Json(Json::String(s)) => s.trim().parse().ok(),
+            Leaf::Str(s) => s.trim().parse().ok(),
+            Leaf::Num(n) => Some(*n as f64),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Leaf::Json(Json::Null))
+    }
+
+    pub fn to_json(self) -> Json {
+        match self {
+            Leaf::Json(v) => v.clone(),
+            Leaf::Str(s) => Json::String(s.to_string()),
+            Leaf::Num(n) => Json::from(n),
+            Leaf::EmptyList => Json::Array(Vec::new()),
+        }
+    }
+}
+
+/// How a string pattern is anchored after wildcards were resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrKind {
+    Exact,
+    Prefix,
+    Suffix,
+    Contains,
+}
+
+/// A wildcard-aware string test. Patterns that reduce to a literal with optional leading/trailing
+/// `*` use direct comparisons; anything else (inner wildcards, `?`, non-ASCII case folding) uses a
+/// regex compiled once.
+#[derive(Debug, Clone)]
+pub enum StrTest {
+    Lit {
+        kind: StrKind,
+        lit: String,
+        cased: bool,
+    },
+    Regex(regex::Regex),
+}
+
+/// A pattern token before classification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tok {
+    Lit(Vec<u8>),
+    Star,
+    One,
+}
+
+impl StrTest {
+    pub fn from_tokens(toks: &[Tok], cased: bool) -> Result<StrTest, String> {
+        let toks = normalize_tokens(toks);
+        let lit_of = |t: &Tok| match t {
+            Tok::Lit(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        };
+        let simple = match toks.as_slice() {
+            [] => Some((StrKind::Exact, String::new())),
+            [Tok::Star] => Some((StrKind::Contains, String::new())),
+            [l @ Tok::Lit(_)] => lit_of(l).map(|s| (StrKind::Exact, s)),
+            [Tok::Star, l @ Tok::Lit(_)] => lit_of(l).map(|s| (StrKind::Suffix, s)),
+            [l @ Tok::Lit(_), Tok::Star] => lit_of(l).map(|s| (StrKind::Prefix, s)),
+            [Tok::Star, l @ Tok::Lit(_), Tok::Star] => lit_of(l).map(|s| (StrKind::Contains, s)),
+            _ => None,
+        };
+        if let Some((kind, lit)) = simple {
+            if cased || lit.is_ascii() {
+                let lit = if cased { lit } else { lit.to_ascii_lowercase() };
+                return Ok(StrTest::Lit { kind, lit, cased });
+            }
+        }
+        let re = tokens_to_regex(&toks, cased);
+        regex::Regex::new(&re)
+            .map(StrTest::Regex)
+            .map_err(|e| format!("wildcard pattern: {e}"))
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        match self {
+            StrTest::Lit { kind, lit, cased } => {
+                let (h, n) = (text.as_bytes(), lit.as_bytes());
+                if *cased {
+                    match kind {
+                        StrKind::Exact => h == n,
+                        StrKind::Prefix => h.starts_with(n),
+                        StrKind::Suffix => h.ends_with(n),
+                        StrKind::Contains => text.contains(lit.as_str()),
+                    }
+                } else {
+                    match kind {
+                        StrKind::Exact => h.eq_ignore_ascii_case(n),
+                        StrKind::Prefix => {
+                            h.len() >= n.len() && h[..n.len()].eq_ignore_ascii_case(n)
+                        }
+                        StrKind::Suffix => {
+                            h.len() >= n.len() && h[h.len() - n.len()..].eq_ignore_ascii_case(n)
+                        }
+                        StrKind::Contains => contains_ascii_ci(h, n),
+                    }
+                }
+            }
+            StrTest::Regex(re) => re.is_match(text),
+        }
+    }
+
+    /// The literal every match must contain (for the prefilter), if there is one.
+    pub fn needle(&self) -> Option<&str> {
+        match self {
+            StrTest::Lit { lit, .. } if !lit.is_empty() => Some(lit),
+            _ => None,
+        }
+    }
+}
+
+/// Merge adjacent literals and collapse runs of `*`.
+pub fn normalize_tokens(toks: &[Tok]) -> Vec<Tok> {
+    let mut out: Vec<Tok> = Vec::with_capacity(toks.len());
+    for t in toks {
+        match (out.last_mut(), t) {
+            (Some(Tok::Lit(a)), Tok::Lit(b)) => a.extend_from_slice(b),
+            (Some(Tok::Star), Tok::Star) => {}
+            (_, Tok::Lit(b)) if b.is_empty() => {}
+            _ => out.push(t.clone()),
+        }
+    }
+    out
+}
+
+/// Translate wildcard tokens into an anchored regex (`(?s)` so `*` spans newlines).
+pub fn tokens_to_regex(toks: &[Tok], cased: bool) -> String {
+    let mut re = String::from(if cased { "(?s)^" } else { "(?si)^" });
+    for t in toks {
+        match t {
+            Tok::Lit(b) => re.push_str(&regex::escape(&String::from_utf8_lossy(b))),
+            Tok::Star => re.push_str(".*"),
+            Tok::One => re.push('.'),
+        }
+    }
+    re.push('$');
+    re
+}
+
+pub fn contains_ascii_ci(h: &[u8], n: &[u8]) -> bool {
+    if n.is_empty() {
+        return true;
+    }
+    if h.len() < n.len() {
+        return false;
+    }
+    let first = n[0].to_ascii_lowercase();
+    let last_start = h.len() - n.len();
+    let mut i = 0;
+    while i <= last_start {
+        if h[i].to_ascii_lowercase() == first && h[i..i + n.len()].eq_ignore_ascii_case(n) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+impl CmpOp {
+    pub fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            CmpOp::Gt => a > b,
+            CmpOp::Gte => a >= b,
+            CmpOp::Lt => a < b,
+            CmpOp::Lte => a <= b,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimePart {
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+    Year,
+}
+
+/// One value test of a field (a field with a list of values ORs -- or with `all` ANDs -- them).
+#[derive(Debug, Clone)]
+pub enum ValueTest {
+    Str(StrTest),
+    /// `re`: the raw regex, compiled once.
+    Re(regex::Regex),
+    Cidr(ipnet::IpNet),
+    Cmp(CmpOp, f64),
+    /// `field: null`: the field is absent or null.
+    Null,
+    /// `exists: true|false`.
+    Exists(bool),
+    /// `fieldref`: compare with another field of the same event.
+    FieldRef {
+        other: FieldPath,
+        kind: StrKind,
+        cased: bool,
+    },
+    /// `minute`/`hour`/...: a part of a timestamp value equals (or compares with) a number.
+    Time {
+        part: TimePart,
+        op: Option<CmpOp>,
+        value: f64,
+    },
+}
+
+impl ValueTest {
+    /// Whether this test looks at values (as opposed to presence).
+    fn test_leaf(&self, leaf: &Leaf<'_>, event: &Event) -> bool {
+        match self {
+            ValueTest::Str(t) => leaf.with_text(|s| s.is_some_and(|s| t.matches(s))),
+            ValueTest::Re(re) => leaf.with_text(|s| s.is_some_and(|s| re.is_match(s))),
+            ValueTest::Cidr(net) => leaf.with_text(|s| {
+                s.and_then(|s| s.trim().parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|ip| net.contains(&ip))
+            }),
+            ValueTest::Cmp(op, b) => leaf.as_f64().is_some_and(|a| op.holds(a, *b)),
+            ValueTest::Null => leaf.is_null(),
+            ValueTest::Exists(_) => true,
+            ValueTest::FieldRef { other, kind, cased } => leaf.with_text(|mine| {
+                let Some(mine) = mine else { return false };
+                let found = other.visit_event(event, &mut |o| {
+                    o.with_text(|theirs| {
+                        theirs.is_some_and(|theirs| {
+                            let (h, n) = (mine.as_bytes(), theirs.as_bytes());
+                            let eq = |a: &[u8], b: &[u8]| {
+                                if *cased {
+                                    a == b
+                                } else {
+                                    a.eq_ignore_ascii_case(b)
+                                }
+                            };
+                            match kind {
+                                StrKind::Exact => eq(h, n),
+                                StrKind::Prefix => h.len() >= n.len() && eq(&h[..n.len()], n),
+                                StrKind::Suffix => {
+                                    h.len() >= n.len() && eq(&h[h.len() - n.len()..], n)
+                                }
+                                StrKind::Contains => {
+                                    if *cased {
+                                        mine.contains(theirs)
+                                    } else {
+                                        contains_ascii_ci(h, n)
+                                    }
+                                }
+                            }
+                        })
+                    })
+                });
+                found == Found::Stopped
+            }),
+            ValueTest::Time { part, op, value } => {
+                let ts = match leaf {
+                    Leaf::Json(v) => perimeter_model::parse_timestamp(v).ok(),
+                    Leaf::Str(s) => {
+                        perimeter_model::parse_timestamp(&Json::String(s.to_string())).ok()
+                    }
+                    _ => None,
+                };
+                let Some(ts) = ts else { return false };
+                use chrono::{Datelike, Timelike};
+                let n = match part {
+                    TimePart::Minute => ts.minute() as f64,
+                    TimePart::Hour => ts.hour() as f64,
+                    TimePart::Day => ts.day() as f64,
+                    TimePart::Week => ts.iso_week().week() as f64,
+                    TimePart::Month => ts.month() as f64,
+                    TimePart::Year => ts.year() as f64,
+                };
+                match op {
+                    None => n == *value,
+                    Some(op) => op.holds(n, *value),
+                }
+            }
+        }
+    }
+
+    /// The literal every matching value contains, when this test is a positive string test.
+    pub fn needle(&self) -> Option<&str> {
+        match self {
+            ValueTest::Str(t) => t.needle(),
+            _ => None,
+        }
+    }
+}
+
+/// `field|mods: values` (or a keyword list when `field` is `None`).
+#[derive(Debug, Clone)]
+pub struct FieldMatch {
+    /// The field as written in the rule (for explanations and `matched_fields`).
+    pub field: Option<String>,
+    /// Where to look: pipeline-mapped names first, then the rule's own name.
+    pub paths: Vec<FieldPath>,
+    pub modifiers: Vec<String>,
+    pub tests: Vec<ValueTest>,
+    /// `all`: every test must hold (for some value) instead of any.
+    pub all: bool,
+    /// `neq`: the result is negated.
+    pub negate: bool,
+    pub line: usize,
+}
+
+/// Visit every string/number leaf of a JSON document (keyword search and the prefilter).
+pub fn visit_leaves<'a>(v: &'a Json, f: &mut dyn FnMut(&Leaf<'a>) -> bool) -> bool {
+    match v {
+        Json::Object(m) => m.values().any(|x| visit_leaves(x, f)),
+        Json::Array(a) => a.iter().any(|x| visit_leaves(x, f)),
+        Json::Null => false,
+        other => f(&Leaf::Json(other)),
+    }
+}
+
+impl FieldMatch {
+    pub fn matches(&self, event: &Event) -> bool {
+        self.eval(event, None) != self.negate
+    }
+
+    /// Evaluate; when `record` is given, push (field, value) of the values that matched.
+    pub fn eval(&self, event: &Event, mut record: Option<&mut Vec<(String, Json)>>) -> bool {
+        let Some(field) = &self.field else {
+            return self.eval_keywords(event, record);
+        };
+        // Presence tests first: `exists` and `null` are about the field, not its values.
+        if let [ValueTest::Exists(want)] = self.tests.as_slice() {
+            let present = self
+                .paths
+                .iter()
+                .any(|p| p.visit_event(event, &mut |_| true) != Found::Absent);
+            return present == *want;
+        }
+        let test_one = |t: &ValueTest, rec: &mut Option<&mut Vec<(String, Json)>>| -> bool {
+            let mut absent = true;
+            for p in &self.paths {
+                let mut hit: Option<Json> = None;
+                let want_value = rec.is_some();
+                let r = p.visit_event(event, &mut |leaf| {
+                    if t.test_leaf(&leaf, event) {
+                        if want_value {
+                            hit = Some(leaf.to_json());
+                        }
+                        true
+                    } else {
+                        false
+                    }
+                });
+                match r {
+                    Found::Stopped => {
+                        if let (Some(rec), Some(v)) = (rec.as_deref_mut(), hit) {
+                            rec.push((field.clone(), v));
+                        }
+                        return true;
+                    }
+                    Found::Exhausted => {
+                        absent = false;
+                        break;
+                    }
+                    Found::Absent => {}
+                }
+            }
+            if absent && matches!(t, ValueTest::Null) {
+                if let Some(rec) = rec.as_deref_mut() {
+                    rec.push((field.clone(), Json::Null));
+                }
+                return true;
+            }
+            false
+        };
+        if self.all {
+            self.tests.iter().all(|t| test_one(t, &mut record))
+        } else {
+            self.tests.iter().any(|t| test_one(t, &mut record))
+        }
+    }
+
+    fn eval_keywords(&self, event: &Event, mut record: Option<&mut Vec<(String, Json)>>) -> bool {
+        let test_one = |t: &ValueTest, rec: &mut Option<&mut Vec<(String, Json)>>| -> bool {
+            let mut hit = None;
+            let want = rec.is_some();
+            let found = visit_leaves(&event.raw, &mut |leaf| {
+                if t.test_leaf(leaf, event) {
+                    if want {
+                        hit = Some(leaf.to_json());
+                    }
+                    true
+                } else {
+                    false
+                }
+            });
+            if let (Some(rec), Some(v)) = (rec.as_deref_mut(), hit) {
+                rec.push(("keywords".to_string(), v));
+            }
+            found
+        };
+        if self.all {
+            self.tests.iter().all(|t| test_one(t, &mut record))
+        } else {
+            self.tests.iter().any(|t| test_one(t, &mut record))
+        }
+    }
+}
+
+/// A search identifier: a list of maps (OR) of field matches (AND). A keyword list is one map
+/// holding one keyword `FieldMatch`.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub name: String,
+    pub line: usize,
+    pub alternatives: Vec<Vec<FieldMatch>>,
+}
+
+impl Selection {
+    pub fn matches(&self, event: &Event) -> bool {
+        self.alternatives
+            .iter()
+            .any(|map| map.iter().all(|fm| fm.matches(event)))
+    }
+}
+
+/// A detection: selections plus the condition over them.
+#[derive(Debug, Clone)]
+pub struct Detection {
+    pub selections: Vec<Selection>,
+    pub condition: Cond,
+}
+
+impl Detection {
+    pub fn matches(&self, event: &Event) -> bool {
+        super::condition::eval(&self.condition, &mut |i| self.selections[i].matches(event))
+    }
+
+    /// Field -> value pairs of the selections that matched (for the alert).
+    pub fn matched_fields(&self, event: &Event) -> Vec<(String, Json)> {
+        let mut out = Vec::new();
+        for sel in &self.selections {
+            for map in &sel.alternatives {
+                let mut rec = Vec::new();
+                if map.iter().all(|fm| {
+                    if fm.negate {
+                        fm.matches(event)
+                    } else {
+                        fm.eval(event, Some(&mut rec))
+                    }
+                }) {
+                    out.extend(rec);
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_walk_objects_arrays_and_dotted_keys() {
+        let doc = json!({
+            "actor": {"alternateId": "a@x.com"},
+            "target": [{"type": "User", "id": "1"}, {"type": "AppInstance", "id": "2"}],
+            "weird.key": {"inner": 5},
+            "tags": ["x", "y"]
+        });
+        let collect = |name: &str| {
+            let p = FieldPath::new(name);
+            let mut out = Vec::new();
+            p.visit(&doc, &mut |l| {
+                out.push(l.to_json());
+                false
+            });
+            out
+        };
+        assert_eq!(collect("actor.alternateId"), vec![json!("a@x.com")]);
+        assert_eq!(
+            collect("target.type"),
+            vec![json!("User"), json!("AppInstance")]
+        );
+        assert_eq!(collect("weird.key.inner"), vec![json!(5)]);
+        assert_eq!(collect("tags"), vec![json!("x"), json!("y")]);
+        assert!(collect("actor.missing").is_empty());
+    }
+
+    #[test]
+    fn literal_fast_paths_agree_with_regex() {
+        let cases: &[(&[Tok], &str, bool)] = &[
+            (&[Tok::Lit(b"Admin".to_vec())], "admin", true),
+            (&[Tok::Star, Tok::Lit(b".EXE".to_vec())], "c:\\x.exe", true),
+            (&[Tok::Lit(b"adm_".to_vec()), Tok::Star], "ADM_bob", true),
+            (
+                &[Tok::Star, Tok::Lit(b"mid".to_vec()), Tok::Star],
+                "aMIDb",
+                true,
+            ),
+            (
+                &[Tok::Star, Tok::Lit(b"mid".to_vec()), Tok::Star],
+                "amdb",
+                false,
+            ),
+            (
+                &[Tok::Lit(b"a".to_vec()), Tok::One, Tok::Lit(b"c".to_vec())],
+                "abc",
+                true,
+            ),
+            (
+                &[Tok::Lit(b"a".to_vec()), Tok::One, Tok::Lit(b"c".to_vec())],
+                "abbc",
+                false,
+            ),
+        ];
+        for (toks, text, want) in cases {
+            let fast = StrTest::from_tokens(toks, false).unwrap();
+            let slow = regex::Regex::new(&tokens_to_regex(toks, false)).unwrap();
+            assert_eq!(fast.matches(text), *want, "{toks:?} {text}");
+            assert_eq!(slow.is_match(text), *want, "{toks:?} {text}");
+        }
+        let cased = StrTest::from_tokens(&[Tok::Lit(b"Admin".to_vec())], true).unwrap();
+        assert!(!cased.matches("admin"));
+        assert!(cased.matches("Admin"));
+    }
+}

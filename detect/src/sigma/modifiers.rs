@@ -1,0 +1,576 @@
+//! Field modifiers (`field|mod1|mod2: value`): value transformations (`base64`, `wide`,
+//! `windash`, `expand`, ...), anchoring (`contains`, `startswith`, `endswith`) and value types
+//! (`re`, `cidr`, `gt`, `exists`, `fieldref`, ...), compiled into [`ValueTest`]s once.
+
+use base64::Engine as _;
+use std::collections::HashMap;
+
+use super::matcher::{
+    normalize_tokens, CmpOp, FieldMatch, FieldPath, StrKind, StrTest, TimePart, Tok, ValueTest,
+};
+use super::yaml::{Node, Value};
+
+/// A modifier error: which part of the rule and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModError {
+    pub line: usize,
+    pub message: String,
+}
+
+fn err(line: usize, message: impl Into<String>) -> ModError {
+    ModError {
+        line,
+        message: message.into(),
+    }
+}
+
+/// Parse a Sigma string into wildcard tokens: `*` and `?` are wildcards, `\*` `\?` `\\` escape.
+pub fn parse_wildcards(s: &str) -> Vec<Tok> {
+    let mut toks = Vec::new();
+    let mut lit = Vec::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'\\' if i + 1 < bytes.len() && matches!(bytes[i + 1], b'*' | b'?' | b'\\') => {
+                lit.push(bytes[i + 1]);
+                i += 2;
+                continue;
+            }
+            b'*' | b'?' => {
+                if !lit.is_empty() {
+                    toks.push(Tok::Lit(std::mem::take(&mut lit)));
+                }
+                toks.push(if c == b'*' { Tok::Star } else { Tok::One });
+            }
+            _ => lit.push(c),
+        }
+        i += 1;
+    }
+    if !lit.is_empty() {
+        toks.push(Tok::Lit(lit));
+    }
+    toks
+}
+
+fn plain_bytes(toks: &[Tok], modifier: &str, line: usize) -> Result<Vec<u8>, ModError> {
+    let mut out = Vec::new();
+    for t in toks {
+        match t {
+            Tok::Lit(b) => out.extend_from_slice(b),
+            _ => {
+                return Err(err(
+                    line,
+                    format!("`{modifier}` cannot be applied to a value with wildcards"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn utf16(bytes: &[u8], le: bool, bom: bool) -> Vec<u8> {
+    let s = String::from_utf8_lossy(bytes);
+    let mut out = Vec::with_capacity(s.len() * 2 + 2);
+    if bom {
+        out.extend_from_slice(if le { &[0xFF, 0xFE] } else { &[0xFE, 0xFF] });
+    }
+    for u in s.encode_utf16() {
+        out.extend_from_slice(&if le { u.to_le_bytes() } else { u.to_be_bytes() });
+    }
+    out
+}
+
+fn base64_offsets(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let start = [0usize, 2, 3];
+    let end_trim = [0usize, 3, 2];
+    (0..3)
+        .map(|i| {
+            let mut padded = vec![b' '; i];
+            padded.extend_from_slice(bytes);
+            let enc = base64::engine::general_purpose::STANDARD
+                .encode(&padded)
+                .into_bytes();
+            let trim = end_trim[(bytes.len() + i) % 3];
+            let end = enc.len().saturating_sub(trim);
+            enc.get(start[i].min(end)..end).unwrap_or_default().to_vec()
+        })
+        .collect()
+}
+
+const DASHES: [&str; 5] = ["-", "/", "\u{2013}", "\u{2014}", "\u{2015}"];
+const MAX_VARIANTS: usize = 4096;
+
+/// `windash`: every `-` or `/` that starts a flag (after a non-word character, before a word
+/// character) becomes each of `-`, `/`, en dash, em dash, horizontal bar.
+fn windash(toks: &[Tok], line: usize) -> Result<Vec<Vec<Tok>>, ModError> {
+    let mut variants: Vec<Vec<Tok>> = vec![Vec::new()];
+    for t in toks {
+        let Tok::Lit(b) = t else {
+            variants.iter_mut().for_each(|v| v.push(t.clone()));
+            continue;
+        };
+        let s = String::from_utf8_lossy(b).into_owned();
+        let chars: Vec<char> = s.chars().collect();
+        let mut pieces: Vec<Vec<String>> = Vec::new();
+        let mut cur = String::new();
+        for (k, &c) in chars.iter().enumerate() {
+            let prev_word = k > 0 && (chars[k - 1].is_alphanumeric() || chars[k - 1] == '_');
+            let next_word = chars
+                .get(k + 1)
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_');
+            if (c == '-' || c == '/') && !prev_word && next_word {
+                pieces.push(vec![std::mem::take(&mut cur)]);
+                pieces.push(DASHES.iter().map(|d| d.to_string()).collect());
+            } else {
+                cur.push(c);
+            }
+        }
+        pieces.push(vec![cur]);
+        for choices in pieces {
+            if choices.len() == 1 {
+                let lit = choices[0].as_bytes();
+                variants
+                    .iter_mut()
+                    .for_each(|v| v.push(Tok::Lit(lit.to_vec())));
+            } else {
+                if variants.len() * choices.len() > MAX_VARIANTS {
+                    return Err(err(line, "`windash` expands to too many variants"));
+                }
+                variants = variants
+                    .iter()
+                    .flat_map(|v| {
+                        choices.iter().map(move |c| {
+                            let mut v = v.clone();
+                            v.push(Tok::Lit(c.as_bytes().to_vec()));
+                            v
+                        })
+                    })
+                    .collect();
+            }
+        }
+    }
+    Ok(variants)
+}
+
+/// `expand`: `%name%` placeholders become every configured value; `\%` is a plain percent.
+fn expand(
+    s: &str,
+    placeholders: &HashMap<String, Vec<String>>,
+    line: usize,
+) -> Result<Vec<String>, ModError> {
+    let mut outs = vec![String::new()];
+    let mut rest = s;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("\\%") {
+            outs.iter_mut().for_each(|o| o.push('%'));
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('%') {
+            let Some(end) = r.find('%') else {
+                outs.iter_mut().for_each(|o| o.push('%'));
+                rest = r;
+                continue;
+            };
+            let name = &r[..end];
+            let values = placeholders.get(name).ok_or_else(|| {
+                err(
+                    line,
+                    format!("placeholder `%{name}%` is not configured in any pipeline"),
+                )
+            })?;
+            if values.is_empty() || outs.len() * values.len() > MAX_VARIANTS {
+                return Err(err(
+                    line,
+                    format!("placeholder `%{name}%` expands to no or too many values"),
+                ));
+            }
+            outs = outs
+                .iter()
+                .flat_map(|o| values.iter().map(move |v| format!("{o}{v}")))
+                .collect();
+            rest = &r[end + 1..];
+        } else {
+            let c = rest.chars().next().unwrap_or('%');
+            outs.iter_mut().for_each(|o| o.push(c));
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    Ok(outs)
+}
+
+/// Context the compiler needs from the rule set: placeholders and field-name mappings.
+pub struct CompileCtx<'a> {
+    pub placeholders: &'a HashMap<String, Vec<String>>,
+    /// Rule field -> event fields to try first.
+    pub field_map: &'a dyn Fn(&str) -> Vec<String>,
+}
+
+/// Compile one `key: value` entry of a selection map (`key` may be `field|mods` or `|mods`).
+pub fn compile_field(
+    key: &str,
+    value: &Node,
+    ctx: &CompileCtx<'_>,
+) -> Result<FieldMatch, ModError> {
+    let line = value.line;
+    let mut parts = key.split('|');
+    let field = parts.next().unwrap_or("").trim().to_string();
+    let modifiers: Vec<String> = parts.map(|m| m.trim().to_string()).collect();
+    let field = if field.is_empty() { None } else { Some(field) };
+    let items: Vec<&Node> = match &value.value {
+        Value::Seq(items) => items.iter().collect(),
+        _ => vec![value],
+    };
+    if items.is_empty() {
+        return Err(err(line, "empty value list"));
+    }
+    let mut fm = FieldMatch {
+        paths: match &field {
+            Some(f) => {
+                let mut names = (ctx.field_map)(f);
+                if !names.iter().any(|n| n == f) {
+                    names.push(f.clone());
+                }
+                names.iter().map(|n| FieldPath::new(n)).collect()
+            }
+            None => Vec::new(),
+        },
+        field,
+        modifiers: modifiers.clone(),
+        tests: Vec::new(),
+        all: false,
+        negate: false,
+        line,
+    };
+
+    // Flags and the final value type, validated before any value is touched.
+    let mut anchor: Option<StrKind> = None;
+    let mut cased = false;
+    let mut value_type: Option<&str> = None;
+    let mut re_flags = String::new();
+    let mut cmp: Option<CmpOp> = None;
+    let mut time: Option<TimePart> = None;
+    let mut transforms: Vec<&str> = Vec::new();
+    for m in &modifiers {
+        match m.as_str() {
+            "contains" => anchor = Some(StrKind::Contains),
+            "startswith" => anchor = Some(StrKind::Prefix),
+            "endswith" => anchor = Some(StrKind::Suffix),
+            "all" => fm.all = true,
+            "cased" => cased = true,
+            "neq" => fm.negate = true,
+            "re" | "cidr" | "exists" | "fieldref" => {
+                if let Some(prev) = value_type {
+                    return Err(err(
+                        line,
+                        format!("modifiers `{prev}` and `{m}` cannot be combined"),
+                    ));
+                }
+                value_type = Some(m.as_str());
+            }
+            "i" | "m" | "s" if value_type == Some("re") => re_flags.push_str(m),
+            "gt" => cmp = Some(CmpOp::Gt),
+            "gte" => cmp = Some(CmpOp::Gte),
+            "lt" => cmp = Some(CmpOp::Lt),
+            "lte" => cmp = Some(CmpOp::Lte),
+            "minute" => time = Some(TimePart::Minute),
+            "hour" => time = Some(TimePart::Hour),
+            "day" => time = Some(TimePart::Day),
+            "week" => time = Some(TimePart::Week),
+            "month" => time = Some(TimePart::Month),
+            "year" => time = Some(TimePart::Year),
+            "base64" | "base64offset" | "wide" | "utf16le" | "utf16be" | "utf16" | "windash"
+            | "expand" => transforms.push(m.as_str()),
+            "" => return Err(err(line, "empty modifier (`||`)")),
+            other => return Err(err(line, format!("unknown modifier `{other}`"))),
+        }
+    }
+    if fm.all && items.len() == 1 && fm.field.is_some() {
+        // The spec forbids `all` on a single value; accept it (it is harmless) rather than
+        // rejecting public rules over style.
+    }
+
+    // Presence and non-string value types.
+    if value_type == Some("exists") {
+        let b = match &items[0].value {
+            Value::Bool(b) => *b,
+            Value::Str(t) if t.eq_ignore_ascii_case("true") => true,
+            Value::Str(t) if t.eq_ignore_ascii_case("false") => false,
+            _ => return Err(err(line, "`exists` takes `true` or `false`")),
+        };
+        if items.len() != 1 || fm.field.is_none() {
+            return Err(err(line, "`exists` takes a single boolean on a field"));
+        }
+        fm.tests.push(ValueTest::Exists(b));
+        return Ok(fm);
+    }
+    if let Some(op) = cmp.filter(|_| time.is_none()) {
+        for it in &items {
+            let n = match &it.value {
+                Value::Int(i) => *i as f64,
+                Value::Float(f) => *f,
+                Value::Str(s) => s
+                    .trim()
+                    .parse()
+                    .map_err(|_| err(it.line, format!("`{m}` needs a number", m = cmp_name(op))))?,
+                _ => return Err(err(it.line, format!("`{}` needs a number", cmp_name(op)))),
+            };
+            fm.tests.push(ValueTest::Cmp(op, n));
+        }
+        return Ok(fm);
+    }
+    if let Some(part) = time {
+        for it in &items {
+            let n = match &it.value {
+                Value::Int(i) => *i as f64,
+                Value::Float(f) => *f,
+                _ => return Err(err(it.line, "time modifiers need a number")),
+            };
+            fm.tests.push(ValueTest::Time {
+                part,
+                op: cmp,
+                value: n,
+            });
+        }
+        return Ok(fm);
+    }
+
+    for it in &items {
+        if it.value == Value::Null {
+            if !modifiers.iter().all(|m| m == "neq") {
+                return Err(err(it.line, "`null` cannot be combined with modifiers"));
+            }
+            fm.tests.push(ValueTest::Null);
+            continue;
+        }
+        let Some(text) = it.scalar_text() else {
+            return Err(err(
+                it.line,
+                format!("expected a scalar value, found a {}", it.kind()),
+            ));
+        };
+        match value_type {
+            Some("re") => {
+                let mut pat = String::new();
+                if !re_flags.is_empty() {
+                    pat.push_str(&format!("(?{re_flags})"));
+                }
+                pat.push_str(&text);
+                let re = regex::RegexBuilder::new(&pat)
+                    .size_limit(1 << 22)
+                    .build()
+                    .map_err(|e| err(it.line, format!("invalid regular expression: {e}")))?;
+                fm.tests.push(ValueTest::Re(re));
+            }
+            Some("cidr") => {
+                let net: ipnet::IpNet = text
+                    .trim()
+                    .parse()
+                    .or_else(|_| {
+                        text.trim()
+                            .parse::<std::net::IpAddr>()
+                            .map(ipnet::IpNet::from)
+                    })
+                    .map_err(|_| err(it.line, format!("invalid CIDR `{text}`")))?;
+                fm.tests.push(ValueTest::Cidr(net));
+            }
+            Some("fieldref") => fm.tests.push(ValueTest::FieldRef {
+                other: FieldPath::new(&text),
+                kind: anchor.unwrap_or(StrKind::Exact),
+                cased,
+            }),
+            _ => {
+                for toks in apply_transforms(&text, &transforms, ctx, it.line)? {
+                    let mut toks = toks;
+                    match anchor {
+                        Some(StrKind::Contains) => {
+                            toks.insert(0, Tok::Star);
+                            toks.push(Tok::Star);
+                        }
+                        Some(StrKind::Prefix) => toks.push(Tok::Star),
+                        Some(StrKind::Suffix) => toks.insert(0, Tok::Star),
+                        _ => {}
+                    }
+                    let toks = normalize_tokens(&toks);
+                    // Keywords match anywhere in a value, like a full-text search.
+                    let toks = if fm.field.is_none() {
+                        keyword_tokens(toks)
+                    } else {
+                        toks
+                    };
+                    let t = StrTest::from_tokens(&toks, cased).map_err(|e| err(it.line, e))?;
+                    fm.tests.push(ValueTest::Str(t));
+                }
+            }
+        }
+    }
+    if fm.field.is_none()
+        && fm
+            .tests
+            .iter()
+            .any(|t| !matches!(t, ValueTest::Str(_) | ValueTest::Re(_)))
+    {
+        return Err(err(line, "keyword searches only support string values"));
+    }
+    Ok(fm)
+}
+
+fn keyword_tokens(mut toks: Vec<Tok>) -> Vec<Tok> {
+    if toks.first() != Some(&Tok::Star) {
+        toks.insert(0, Tok::Star);
+    }
+    if toks.last() != Some(&Tok::Star) {
+        toks.push(Tok::Star);
+    }
+    toks
+}
+
+fn cmp_name(op: CmpOp) -> &'static str {
+    match op {
+        CmpOp::Gt => "gt",
+        CmpOp::Gte => "gte",
+        CmpOp::Lt => "lt",
+        CmpOp::Lte => "lte",
+    }
+}
+
+/// Apply the value transformations in rule order; one value may become several (OR-ed).
+fn apply_transforms(
+    text: &str,
+    transforms: &[&str],
+    ctx: &CompileCtx<'_>,
+    line: usize,
+) -> Result<Vec<Vec<Tok>>, ModError> {
+    let mut values: Vec<Vec<Tok>> = if transforms.first() == Some(&"expand") {
+        expand(text, ctx.placeholders, line)?
+            .iter()
+            .map(|s| parse_wildcards(s))
+            .collect()
+    } else {
+        if transforms.contains(&"expand") {
+            return Err(err(line, "`expand` must be the first value transformation"));
+        }
+        vec![parse_wildcards(text)]
+    };
+    for t in transforms.iter().skip_while(|t| **t == "expand") {
+        let mut next = Vec::new();
+        for v in &values {
+            match *t {
+                "base64" => {
+                    let b = plain_bytes(v, t, line)?;
+                    next.push(vec![Tok::Lit(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(b)
+                            .into_bytes(),
+                    )]);
+                }
+                "base64offset" => {
+                    let b = plain_bytes(v, t, line)?;
+                    next.extend(base64_offsets(&b).into_iter().map(|x| vec![Tok::Lit(x)]));
+                }
+                "wide" | "utf16le" | "utf16be" | "utf16" => {
+                    let (le, bom) = match *t {
+                        "utf16be" => (false, false),
+                        "utf16" => (true, true),
+                        _ => (true, false),
+                    };
+                    next.push(
+                        v.iter()
+                            .map(|tok| match tok {
+                                Tok::Lit(b) => Tok::Lit(utf16(b, le, bom)),
+                                other => other.clone(),
+                            })
+                            .collect(),
+                    );
+                }
+                "windash" => next.extend(windash(v, line)?),
+                "expand" => {
+                    return Err(err(line, "`expand` must be the first value transformation"))
+                }
+                _ => next.push(v.clone()),
+            }
+        }
+        if next.len() > MAX_VARIANTS {
+            return Err(err(
+                line,
+                "value transformations expand to too many variants",
+            ));
+        }
+        values = next;
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_escapes() {
+        assert_eq!(
+            parse_wildcards("a*b"),
+            vec![Tok::Lit(b"a".to_vec()), Tok::Star, Tok::Lit(b"b".to_vec())]
+        );
+        assert_eq!(parse_wildcards("a\\*b"), vec![Tok::Lit(b"a*b".to_vec())]);
+        assert_eq!(parse_wildcards("a\\?"), vec![Tok::Lit(b"a?".to_vec())]);
+        assert_eq!(
+            parse_wildcards("C:\\Windows"),
+            vec![Tok::Lit(b"C:\\Windows".to_vec())]
+        );
+        assert_eq!(
+            parse_wildcards("a\\\\*"),
+            vec![Tok::Lit(b"a\\".to_vec()), Tok::Star]
+        );
+        assert_eq!(
+            parse_wildcards("a\\\\\\*"),
+            vec![Tok::Lit(b"a\\*".to_vec())]
+        );
+    }
+
+    #[test]
+    fn base64offset_matches_pysigma() {
+        let v: Vec<String> = base64_offsets(b"/bin/bash")
+            .into_iter()
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect();
+        // Reference values from pySigma's SigmaBase64OffsetModifier.
+        assert_eq!(v, vec!["L2Jpbi9iYXNo", "9iaW4vYmFza", "vYmluL2Jhc2"]);
+    }
+
+    #[test]
+    fn windash_permutes_flag_dashes_only() {
+        let v = windash(&parse_wildcards(" -enc a-b"), 1).unwrap();
+        assert_eq!(v.len(), 5);
+        let texts: Vec<String> = v
+            .iter()
+            .map(|t| String::from_utf8(plain_bytes(t, "x", 1).unwrap()).unwrap())
+            .collect();
+        assert!(texts.contains(&" /enc a-b".to_string()));
+        assert!(texts.contains(&" \u{2014}enc a-b".to_string()));
+    }
+
+    #[test]
+    fn expand_uses_placeholders() {
+        let mut ph = HashMap::new();
+        ph.insert(
+            "Admins".to_string(),
+            vec!["root".to_string(), "adm_*".to_string()],
+        );
+        assert_eq!(expand("%Admins%", &ph, 1).unwrap(), vec!["root", "adm_*"]);
+        assert_eq!(
+            expand("\\%plain%Admins%", &ph, 1).unwrap(),
+            vec!["%plainroot", "%plainadm_*"]
+        );
+        assert!(expand("%Nope%", &ph, 7)
+            .unwrap_err()
+            .message
+            .contains("%Nope%"));
+    }
+
+    #[test]
+    fn utf16_forms() {
+        assert_eq!(utf16(b"cmd", true, false), vec![0x63, 0, 0x6d, 0, 0x64, 0]);
+        assert_eq!(utf16(b"cmd", false, false), vec![0, 0x63, 0, 0x6d, 0, 0x64]);
+        assert_eq!(&utf16(b"cmd", true, true)[..2], &[0xFF, 0xFE]);
+    }
+}

@@ -1,0 +1,804 @@
+//! Sigma documents -> compiled rules: detection rules, correlation rules and filters. Every error
+//! names the file, line and key it comes from.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::condition::{parse_condition, Cond};
+use super::logsource::{default_sources, LogSource};
+use super::matcher::{Detection, Selection};
+use super::modifiers::{compile_field, CompileCtx};
+use super::pipeline_map::Pipelines;
+use super::yaml::{load_documents, Node, Value};
+use super::RuleError;
+
+/// Metadata shared by every kind of rule.
+#[derive(Debug, Clone, Default)]
+pub struct RuleMeta {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub title: String,
+    pub level: Option<String>,
+    pub status: Option<String>,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub references: Vec<String>,
+    pub logsource: LogSource,
+    pub path: PathBuf,
+    pub line: usize,
+    /// BLAKE3 hex of the whole rule file.
+    pub rule_hash: String,
+    /// Perimeter extension: the field that names the alert's entity.
+    pub entity_field: Option<String>,
+}
+
+impl RuleMeta {
+    /// The id alerts carry: `id`, else `name`, else the title.
+    pub fn key(&self) -> &str {
+        self.id
+            .as_deref()
+            .or(self.name.as_deref())
+            .unwrap_or(&self.title)
+    }
+
+    pub fn is_referenced_by(&self, reference: &str) -> bool {
+        self.id.as_deref() == Some(reference) || self.name.as_deref() == Some(reference)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DetectionRule {
+    pub meta: RuleMeta,
+    pub detection: Detection,
+    /// Sources this rule runs on; `None` = every source.
+    pub sources: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FilterRule {
+    pub meta: RuleMeta,
+    /// Ids or names of the rules the filter applies to.
+    pub rules: Vec<String>,
+    pub detection: Detection,
+    pub sources: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CorrelationType {
+    EventCount,
+    ValueCount,
+    Temporal,
+    TemporalOrdered,
+    ValueSum,
+    ValueAvg,
+    ValuePercentile,
+}
+
+impl CorrelationType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CorrelationType::EventCount => "event_count",
+            CorrelationType::ValueCount => "value_count",
+            CorrelationType::Temporal => "temporal",
+            CorrelationType::TemporalOrdered => "temporal_ordered",
+            CorrelationType::ValueSum => "value_sum",
+            CorrelationType::ValueAvg => "value_avg",
+            CorrelationType::ValuePercentile => "value_percentile",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CountOp {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Eq,
+    Neq,
+}
+
+impl CountOp {
+    pub fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            CountOp::Gt => a > b,
+            CountOp::Gte => a >= b,
+            CountOp::Lt => a < b,
+            CountOp::Lte => a <= b,
+            CountOp::Eq => a == b,
+            CountOp::Neq => a != b,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CorrelationRule {
+    pub meta: RuleMeta,
+    pub kind: CorrelationType,
+    pub rules: Vec<String>,
+    pub group_by: Vec<String>,
+    pub timespan_ms: i64,
+    /// All must hold (a range is several entries).
+    pub condition: Vec<(CountOp, f64)>,
+    pub field: Option<String>,
+    /// alias -> (rule id or name -> event field).
+    pub aliases: HashMap<String, HashMap<String, String>>,
+    pub generate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleDoc {
+    Detection(DetectionRule),
+    Correlation(CorrelationRule),
+    Filter(FilterRule),
+}
+
+fn rerr(path: &Path, line: usize, field: Option<&str>, message: impl Into<String>) -> RuleError {
+    RuleError {
+        path: path.to_path_buf(),
+        line: Some(line),
+        field: field.map(str::to_string),
+        message: message.into(),
+    }
+}
+
+fn str_list(node: &Node, path: &Path, key: &str) -> Result<Vec<String>, RuleError> {
+    match &node.value {
+        Value::Seq(items) => items
+            .iter()
+            .map(|i| {
+                i.scalar_text()
+                    .ok_or_else(|| rerr(path, i.line, Some(key), "expected a list of strings"))
+            })
+            .collect(),
+        Value::Null => Ok(Vec::new()),
+        _ => node.scalar_text().map(|s| vec![s]).ok_or_else(|| {
+            rerr(
+                path,
+                node.line,
+                Some(key),
+                "expected a string or a list of strings",
+            )
+        }),
+    }
+}
+
+fn opt_str(doc: &Node, key: &str, path: &Path) -> Result<Option<String>, RuleError> {
+    match doc.get(key) {
+        None => Ok(None),
+        Some(n) if n.value == Value::Null => Ok(None),
+        Some(n) => n.scalar_text().map(Some).ok_or_else(|| {
+            rerr(
+                path,
+                n.line,
+                Some(key),
+                format!("expected a string, found a {}", n.kind()),
+            )
+        }),
+    }
+}
+
+/// Parse every document of one file. Returns the documents that compiled and the errors of the
+/// others (one bad document does not hide the good ones).
+pub fn parse_file(
+    path: &Path,
+    text: &str,
+    pipelines: &Pipelines,
+) -> (Vec<RuleDoc>, Vec<RuleError>) {
+    let docs = match load_documents(text) {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![rerr(
+                    path,
+                    e.line,
+                    None,
+                    format!("invalid YAML: {}", e.message),
+                )],
+            )
+        }
+    };
+    if docs.is_empty() {
+        return (
+            Vec::new(),
+            vec![RuleError {
+                path: path.to_path_buf(),
+                line: None,
+                field: None,
+                message: "no YAML document".into(),
+            }],
+        );
+    }
+    let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for doc in &docs {
+        match parse_doc(doc, path, &hash, pipelines) {
+            Ok(d) => out.push(d),
+            Err(e) => errors.push(e),
+        }
+    }
+    (out, errors)
+}
+
+fn parse_meta(doc: &Node, path: &Path, hash: &str) -> Result<RuleMeta, RuleError> {
+    if doc.as_map().is_none() {
+        return Err(rerr(
+            path,
+            doc.line,
+            None,
+            format!("a Sigma document must be a map, found a {}", doc.kind()),
+        ));
+    }
+    let title = opt_str(doc, "title", path)?
+        .ok_or_else(|| rerr(path, doc.line, Some("title"), "missing `title`"))?;
+    let level = opt_str(doc, "level", path)?;
+    if let Some(l) = &level {
+        if perimeter_model::Severity::parse(l).is_none() {
+            let line = doc.get("level").map(|n| n.line).unwrap_or(doc.line);
+            return Err(rerr(
+                path,
+                line,
+                Some("level"),
+                format!("unknown level `{l}` (informational, low, medium, high, critical)"),
+            ));
+        }
+    }
+    let mut logsource = LogSource::default();
+    if let Some(ls) = doc.get("logsource") {
+        if ls.as_map().is_none() {
+            return Err(rerr(
+                path,
+                ls.line,
+                Some("logsource"),
+                "`logsource` must be a map",
+            ));
+        }
+        logsource.product = opt_str(ls, "product", path)?;
+        logsource.service = opt_str(ls, "service", path)?;
+        logsource.category = opt_str(ls, "category", path)?;
+    }
+    Ok(RuleMeta {
+        id: opt_str(doc, "id", path)?,
+        name: opt_str(doc, "name", path)?,
+        title,
+        level,
+        status: opt_str(doc, "status", path)?,
+        description: opt_str(doc, "description", path)?,
+        tags: doc
+            .get("tags")
+            .map(|n| str_list(n, path, "tags"))
+            .transpose()?
+            .unwrap_or_default(),
+        references: doc
+            .get("references")
+            .map(|n| str_list(n, path, "references"))
+            .transpose()?
+            .unwrap_or_default(),
+        logsource,
+        path: path.to_path_buf(),
+        line: doc.line,
+        rule_hash: hash.to_string(),
+        entity_field: opt_str(doc, "entity_field", path)?,
+    })
+}
+
+fn rule_sources(ls: &LogSource, pipelines: &Pipelines) -> Option<Vec<String>> {
+    pipelines.sources_for(ls).or_else(|| default_sources(ls))
+}
+
+fn parse_doc(
+    doc: &Node,
+    path: &Path,
+    hash: &str,
+    pipelines: &Pipelines,
+) -> Result<RuleDoc, RuleError> {
+    if let Some(a) = doc.get("action") {
+        return Err(rerr(
+            path,
+            a.line,
+            Some("action"),
+            "`action: global`/`repeat` collections are legacy Sigma v1 syntax and not supported; write separate rules",
+        ));
+    }
+    let meta = parse_meta(doc, path, hash)?;
+    if let Some(c) = doc.get("correlation") {
+        return parse_correlation(c, meta, path).map(RuleDoc::Correlation);
+    }
+    let sources = rule_sources(&meta.logsource, pipelines);
+    if let Some(f) = doc.get("filter") {
+        if f.as_map().is_none() {
+            return Err(rerr(path, f.line, Some("filter"), "`filter` must be a map"));
+        }
+        let rules = match f.get("rules") {
+            Some(r) => str_list(r, path, "filter.rules")?,
+            None => {
+                return Err(rerr(
+                    path,
+                    f.line,
+                    Some("filter.rules"),
+                    "a filter needs `rules`",
+                ))
+            }
+        };
+        let detection = parse_detection(f, path, &["rules"], pipelines, sources.as_deref())?;
+        return Ok(RuleDoc::Filter(FilterRule {
+            meta,
+            rules,
+            detection,
+            sources,
+        }));
+    }
+    let Some(det) = doc.get("detection") else {
+        return Err(rerr(
+            path,
+            doc.line,
+            Some("detection"),
+            "missing `detection` (or `correlation` / `filter`)",
+        ));
+    };
+    if doc.get("logsource").is_none() {
+        return Err(rerr(
+            path,
+            doc.line,
+            Some("logsource"),
+            "missing `logsource`",
+        ));
+    }
+    let detection = parse_detection(det, path, &["timeframe"], pipelines, sources.as_deref())?;
+    Ok(RuleDoc::Detection(DetectionRule {
+        meta,
+        detection,
+        sources,
+    }))
+}
+
+/// Parse a detection section (also a filter's body): search identifiers plus `condition`.
+pub fn parse_detection(
+    det: &Node,
+    path: &Path,
+    skip: &[&str],
+    pipelines: &Pipelines,
+    sources: Option<&[String]>,
+) -> Result<Detection, RuleError> {
+    let Some(entries) = det.as_map() else {
+        return Err(rerr(
+            path,
+            det.line,
+            Some("detection"),
+            format!("`detection` must be a map, found a {}", det.kind()),
+        ));
+    };
+    let field_map = |f: &str| pipelines.map_field(f, sources);
+    let ctx = CompileCtx {
+        placeholders: &pipelines.placeholders,
+        field_map: &field_map,
+    };
+    let mut selections = Vec::new();
+    let mut condition_node = None;
+    for (name, node) in entries {
+        if name == "condition" {
+            condition_node = Some(node);
+            continue;
+        }
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        selections.push(parse_selection(name, node, path, &ctx)?);
+    }
+    let Some(cn) = condition_node else {
+        return Err(rerr(
+            path,
+            det.line,
+            Some("condition"),
+            "missing `condition`",
+        ));
+    };
+    let names: Vec<String> = selections
+        .iter()
+        .map(|s: &Selection| s.name.clone())
+        .collect();
+    let texts: Vec<(String, usize)> = match &cn.value {
+        Value::Str(s) => vec![(s.clone(), cn.line)],
+        Value::Seq(items) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(|s| (s.to_string(), i.line))
+                    .ok_or_else(|| rerr(path, i.line, Some("condition"), "expected a string"))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(rerr(
+                path,
+                cn.line,
+                Some("condition"),
+                "`condition` must be a string or a list of strings",
+            ))
+        }
+    };
+    if texts.is_empty() {
+        return Err(rerr(path, cn.line, Some("condition"), "empty condition"));
+    }
+    let mut conds = Vec::new();
+    for (t, line) in texts {
+        conds
+            .push(parse_condition(&t, &names).map_err(|m| rerr(path, line, Some("condition"), m))?);
+    }
+    let condition = if conds.len() == 1 {
+        conds.remove(0)
+    } else {
+        Cond::Or(conds)
+    };
+    Ok(Detection {
+        selections,
+        condition,
+    })
+}
+
+fn parse_selection(
+    name: &str,
+    node: &Node,
+    path: &Path,
+    ctx: &CompileCtx<'_>,
+) -> Result<Selection, RuleError> {
+    let field_err =
+        |e: super::modifiers::ModError, key: &str| rerr(path, e.line, Some(key), e.message);
+    let map_alt = |m: &[(String, Node)]| -> Result<Vec<super::matcher::FieldMatch>, RuleError> {
+        m.iter()
+            .map(|(k, v)| {
+                compile_field(k, v, ctx).map_err(|e| field_err(e, &format!("{name}.{k}")))
+            })
+            .collect()
+    };
+    let alternatives = match &node.value {
+        Value::Map(m) => {
+            if m.is_empty() {
+                return Err(rerr(path, node.line, Some(name), "empty selection"));
+            }
+            vec![map_alt(m)?]
+        }
+        Value::Seq(items) => {
+            if items.is_empty() {
+                return Err(rerr(path, node.line, Some(name), "empty selection"));
+            }
+            let mut alts = Vec::new();
+            let scalars: Vec<Node> = items
+                .iter()
+                .filter(|i| i.as_map().is_none())
+                .cloned()
+                .collect();
+            if !scalars.is_empty() {
+                let list = Node {
+                    line: node.line,
+                    value: Value::Seq(scalars),
+                };
+                alts.push(vec![
+                    compile_field("", &list, ctx).map_err(|e| field_err(e, name))?
+                ]);
+            }
+            for i in items {
+                if let Some(m) = i.as_map() {
+                    if m.is_empty() {
+                        return Err(rerr(path, i.line, Some(name), "empty map in selection"));
+                    }
+                    alts.push(map_alt(m)?);
+                }
+            }
+            alts
+        }
+        Value::Str(_) | Value::Int(_) | Value::Float(_) => vec![vec![
+            compile_field("", node, ctx).map_err(|e| field_err(e, name))?
+        ]],
+        _ => {
+            return Err(rerr(
+                path,
+                node.line,
+                Some(name),
+                format!(
+                    "a search identifier must be a map or a list, found a {}",
+                    node.kind()
+                ),
+            ))
+        }
+    };
+    Ok(Selection {
+        name: name.to_string(),
+        line: node.line,
+        alternatives,
+    })
+}
+
+/// `10s`, `5m`, `1h`, `7d`, `2w` -> milliseconds.
+pub fn parse_timespan(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let unit = s.chars().last()?;
+    let n: i64 = s[..s.len() - unit.len_utf8()].trim().parse().ok()?;
+    let mult = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        'w' => 7 * 86_400_000,
+        'M' => 30 * 86_400_000,
+        'y' => 365 * 86_400_000,
+        _ => return None,
+    };
+    (n > 0).then_some(n.checked_mul(mult)?)
+}
+
+fn parse_correlation(c: &Node, meta: RuleMeta, path: &Path) -> Result<CorrelationRule, RuleError> {
+    if c.as_map().is_none() {
+        return Err(rerr(
+            path,
+            c.line,
+            Some("correlation"),
+            "`correlation` must be a map",
+        ));
+    }
+    let type_node = c
+        .get("type")
+        .ok_or_else(|| rerr(path, c.line, Some("correlation.type"), "missing `type`"))?;
+    let kind = match type_node.as_str().unwrap_or("") {
+        "event_count" => CorrelationType::EventCount,
+        "value_count" => CorrelationType::ValueCount,
+        "temporal" => CorrelationType::Temporal,
+        "temporal_ordered" => CorrelationType::TemporalOrdered,
+        "value_sum" => CorrelationType::ValueSum,
+        "value_avg" => CorrelationType::ValueAvg,
+        "value_percentile" => CorrelationType::ValuePercentile,
+        other => {
+            return Err(rerr(
+                path,
+                type_node.line,
+                Some("correlation.type"),
+                format!("unknown correlation type `{other}`"),
+            ))
+        }
+    };
+    let rules = match c.get("rules") {
+        Some(r) => str_list(r, path, "correlation.rules")?,
+        None => {
+            return Err(rerr(
+                path,
+                c.line,
+                Some("correlation.rules"),
+                "missing `rules`",
+            ))
+        }
+    };
+    if rules.is_empty() {
+        return Err(rerr(
+            path,
+            c.line,
+            Some("correlation.rules"),
+            "`rules` is empty",
+        ));
+    }
+    let group_by = c
+        .get("group-by")
+        .map(|g| str_list(g, path, "correlation.group-by"))
+        .transpose()?
+        .unwrap_or_default();
+    let ts_node = c
+        .get("timespan")
+        .or_else(|| c.get("timeframe"))
+        .ok_or_else(|| {
+            rerr(
+                path,
+                c.line,
+                Some("correlation.timespan"),
+                "missing `timespan`",
+            )
+        })?;
+    let ts_text = ts_node.scalar_text().unwrap_or_default();
+    let timespan_ms = parse_timespan(&ts_text).ok_or_else(|| {
+        rerr(
+            path,
+            ts_node.line,
+            Some("correlation.timespan"),
+            format!("invalid timespan `{ts_text}` (expected e.g. 30s, 5m, 1h, 1d)"),
+        )
+    })?;
+    let mut condition = Vec::new();
+    let mut field = None;
+    if let Some(cond) = c.get("condition") {
+        let Some(entries) = cond.as_map() else {
+            return Err(rerr(
+                path,
+                cond.line,
+                Some("correlation.condition"),
+                "`condition` must be a map (e.g. `gte: 10`)",
+            ));
+        };
+        for (k, v) in entries {
+            if k == "field" {
+                field = Some(str_list(v, path, "correlation.condition.field")?.join(","));
+                continue;
+            }
+            let op = match k.as_str() {
+                "gt" => CountOp::Gt,
+                "gte" => CountOp::Gte,
+                "lt" => CountOp::Lt,
+                "lte" => CountOp::Lte,
+                "eq" => CountOp::Eq,
+                "neq" => CountOp::Neq,
+                other => {
+                    return Err(rerr(
+                        path,
+                        v.line,
+                        Some("correlation.condition"),
+                        format!("unknown condition operator `{other}`"),
+                    ))
+                }
+            };
+            let n = match v.value {
+                Value::Int(i) => i as f64,
+                Value::Float(f) => f,
+                _ => {
+                    return Err(rerr(
+                        path,
+                        v.line,
+                        Some("correlation.condition"),
+                        format!("`{k}` needs a number"),
+                    ))
+                }
+            };
+            condition.push((op, n));
+        }
+    }
+    let needs_condition = !matches!(
+        kind,
+        CorrelationType::Temporal | CorrelationType::TemporalOrdered
+    );
+    if needs_condition && condition.is_empty() {
+        return Err(rerr(
+            path,
+            c.line,
+            Some("correlation.condition"),
+            format!("`{}` needs a condition", kind.as_str()),
+        ));
+    }
+    let needs_field = matches!(
+        kind,
+        CorrelationType::ValueCount
+            | CorrelationType::ValueSum
+            | CorrelationType::ValueAvg
+            | CorrelationType::ValuePercentile
+    );
+    if needs_field && field.is_none() {
+        return Err(rerr(
+            path,
+            c.line,
+            Some("correlation.condition.field"),
+            format!("`{}` needs `condition.field`", kind.as_str()),
+        ));
+    }
+    let mut aliases = HashMap::new();
+    if let Some(a) = c.get("aliases") {
+        let Some(entries) = a.as_map() else {
+            return Err(rerr(
+                path,
+                a.line,
+                Some("correlation.aliases"),
+                "`aliases` must be a map",
+            ));
+        };
+        for (alias, per_rule) in entries {
+            let Some(m) = per_rule.as_map() else {
+                return Err(rerr(
+                    path,
+                    per_rule.line,
+                    Some("correlation.aliases"),
+                    format!("alias `{alias}` must map rule names to fields"),
+                ));
+            };
+            let mut inner = HashMap::new();
+            for (rule, f) in m {
+                let f = f.scalar_text().ok_or_else(|| {
+                    rerr(
+                        path,
+                        f.line,
+                        Some("correlation.aliases"),
+                        "expected a field name",
+                    )
+                })?;
+                inner.insert(rule.clone(), f);
+            }
+            aliases.insert(alias.clone(), inner);
+        }
+    }
+    let generate = match c.get("generate") {
+        Some(n) => match n.value {
+            Value::Bool(b) => b,
+            _ => {
+                return Err(rerr(
+                    path,
+                    n.line,
+                    Some("correlation.generate"),
+                    "`generate` must be true or false",
+                ))
+            }
+        },
+        None => false,
+    };
+    Ok(CorrelationRule {
+        meta,
+        kind,
+        rules,
+        group_by,
+        timespan_ms,
+        condition,
+        field,
+        aliases,
+        generate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Vec<RuleDoc>, Vec<RuleError>) {
+        parse_file(Path::new("r.yml"), text, &Pipelines::default())
+    }
+
+    #[test]
+    fn unknown_modifier_reports_line_and_field() {
+        let (ok, errs) = parse(
+            "title: t\nlogsource:\n    product: okta\ndetection:\n    sel:\n        eventType|contians: x\n    condition: sel\n",
+        );
+        assert!(ok.is_empty());
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert_eq!(e.line, Some(6));
+        assert_eq!(e.field.as_deref(), Some("sel.eventType|contians"));
+        assert!(e.message.contains("unknown modifier `contians`"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "r.yml:6: field `sel.eventType|contians`: unknown modifier `contians`"
+        );
+    }
+
+    #[test]
+    fn bad_yaml_and_missing_parts() {
+        let (_, errs) = parse("title: t\ndetection:\n  sel: {a: [1, 2}\n  condition: sel\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("invalid YAML"));
+        assert_eq!(errs[0].line, Some(3));
+        let (_, errs) = parse("title: t\nlogsource: {product: okta}\n");
+        assert!(errs[0].message.contains("missing `detection`"));
+        let (_, errs) = parse("title: t\nlogsource: {product: okta}\ndetection:\n  sel: {a: 1}\n  condition: sel or nope\n");
+        assert_eq!(errs[0].line, Some(5));
+        assert!(errs[0].message.contains("nope"));
+        let (_, errs) = parse("title: t\nlogsource: {product: okta}\nlevel: severe\ndetection:\n  sel: {a: 1}\n  condition: sel\n");
+        assert_eq!(errs[0].line, Some(3));
+        let (_, errs) = parse("action: global\ntitle: t\n");
+        assert!(errs[0].message.contains("legacy"));
+    }
+
+    #[test]
+    fn multi_document_rule_and_correlation() {
+        let (ok, errs) = parse(
+            "title: c\nid: c1\ncorrelation:\n  type: event_count\n  rules: [r1]\n  group-by: [user]\n  timespan: 10m\n  condition: {gte: 5}\n---\ntitle: r\nid: r1\nlogsource: {product: okta}\ndetection:\n  sel: {eventType: x}\n  condition: sel\n",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(ok.len(), 2);
+        let RuleDoc::Correlation(c) = &ok[0] else {
+            panic!("not a correlation")
+        };
+        assert_eq!(c.timespan_ms, 600_000);
+        assert_eq!(c.condition, vec![(CountOp::Gte, 5.0)]);
+    }
+
+    #[test]
+    fn timespans() {
+        assert_eq!(parse_timespan("30s"), Some(30_000));
+        assert_eq!(parse_timespan("1h"), Some(3_600_000));
+        assert_eq!(parse_timespan("2d"), Some(172_800_000));
+        assert_eq!(parse_timespan("h"), None);
+        assert_eq!(parse_timespan("0m"), None);
+        assert_eq!(parse_timespan("5x"), None);
+    }
+}

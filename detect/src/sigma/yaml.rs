@@ -1,0 +1,288 @@
+//! A small YAML tree with line numbers, built on `yaml-rust2`'s marked event API, so every
+//! rule error can point at the line it comes from.
+
+use yaml_rust2::parser::{MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+use yaml_rust2::{Event, Yaml};
+
+/// A YAML value with the 1-based line it starts on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub line: usize,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Keys are kept as scalars' text, in document order.
+    Map(Vec<(String, Node)>),
+}
+
+impl Node {
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Text of any scalar (numbers and booleans rendered), `None` for null, lists and maps.
+    pub fn scalar_text(&self) -> Option<String> {
+        match &self.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.value {
+            Value::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(String, Node)]> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.value {
+            Value::Seq(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Int(_) | Value::Float(_) => "number",
+            Value::Str(_) => "string",
+            Value::Seq(_) => "list",
+            Value::Map(_) => "map",
+        }
+    }
+
+    /// Convert to JSON (test events, pipeline files). Non-finite floats become null.
+    pub fn to_json(&self) -> serde_json::Value {
+        match &self.value {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Int(i) => (*i).into(),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Str(s) => s.clone().into(),
+            Value::Seq(items) => items.iter().map(Node::to_json).collect(),
+            Value::Map(m) => {
+                serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
+        }
+    }
+}
+
+/// A YAML syntax error with its line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct YamlError {
+    pub line: usize,
+    pub message: String,
+}
+
+enum Frame {
+    Seq(usize, Vec<Node>),
+    Map(usize, Vec<(String, Node)>, Option<(String, usize)>),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    docs: Vec<Node>,
+    anchors: std::collections::HashMap<usize, Node>,
+    error: Option<YamlError>,
+    /// Anchor ids of the open collections, so the finished node can be recorded.
+    open_anchors: Vec<usize>,
+}
+
+impl Builder {
+    fn fail(&mut self, line: usize, message: String) {
+        if self.error.is_none() {
+            self.error = Some(YamlError { line, message });
+        }
+    }
+
+    fn push_node(&mut self, node: Node, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.docs.push(node),
+            Some(Frame::Seq(_, items)) => items.push(node),
+            Some(Frame::Map(_, entries, pending)) => match pending.take() {
+                None => {
+                    let key = match &node.value {
+                        Value::Str(s) => s.clone(),
+                        Value::Int(i) => i.to_string(),
+                        Value::Float(f) => f.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Null => String::new(),
+                        Value::Seq(_) | Value::Map(_) => {
+                            let line = node.line;
+                            self.fail(line, "a list or map used as a mapping key".into());
+                            return;
+                        }
+                    };
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        let line = node.line;
+                        self.fail(line, format!("duplicate key `{key}`"));
+                        return;
+                    }
+                    *pending = Some((key, node.line));
+                }
+                Some((key, _)) => entries.push((key, node)),
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        let line = mark.line();
+        match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                let value = if style != TScalarStyle::Plain || tag.is_some() {
+                    Value::Str(text)
+                } else {
+                    match Yaml::from_str(&text) {
+                        Yaml::Null => Value::Null,
+                        Yaml::Boolean(b) => Value::Bool(b),
+                        // Hex/octal forms stay text: `0x40810000` is an identifier, not a number.
+                        Yaml::Integer(i) if !text.starts_with("0x") && !text.starts_with("0o") => {
+                            Value::Int(i)
+                        }
+                        Yaml::Real(r) => r
+                            .parse::<f64>()
+                            .map(Value::Float)
+                            .unwrap_or(Value::Str(text)),
+                        _ => Value::Str(text),
+                    }
+                };
+                self.push_node(Node { line, value }, anchor);
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push(Frame::Seq(line, Vec::new()));
+                self.open_anchors.push(anchor);
+            }
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Frame::Map(line, Vec::new(), None));
+                self.open_anchors.push(anchor);
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let anchor = self.open_anchors.pop().unwrap_or(0);
+                let node = match self.stack.pop() {
+                    Some(Frame::Seq(l, items)) => Node {
+                        line: l,
+                        value: Value::Seq(items),
+                    },
+                    Some(Frame::Map(l, entries, _)) => Node {
+                        line: l,
+                        value: Value::Map(entries),
+                    },
+                    None => return,
+                };
+                self.push_node(node, anchor);
+            }
+            Event::Alias(id) => {
+                let node = match self.anchors.get(&id) {
+                    Some(n) => Node {
+                        line,
+                        value: n.value.clone(),
+                    },
+                    None => {
+                        self.fail(line, format!("unknown alias {id}"));
+                        return;
+                    }
+                };
+                self.push_node(node, 0);
+            }
+            Event::DocumentEnd => {
+                // An empty document (`---` followed by nothing) yields no node; keep positions aligned.
+                self.stack.clear();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Parse a (possibly multi-document) YAML text. Empty documents are skipped.
+pub fn load_documents(text: &str) -> Result<Vec<Node>, YamlError> {
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut builder, true) {
+        return Err(YamlError {
+            line: e.marker().line(),
+            message: e.info().to_string(),
+        });
+    }
+    if let Some(e) = builder.error {
+        return Err(e);
+    }
+    Ok(builder
+        .docs
+        .into_iter()
+        .filter(|d| d.value != Value::Null)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_recorded_per_node() {
+        let docs = load_documents(
+            "title: x\ndetection:\n    sel:\n        a|contains: 'b'\n---\ntitle: y\n",
+        )
+        .unwrap();
+        assert_eq!(docs.len(), 2);
+        let det = docs[0].get("detection").unwrap();
+        assert_eq!(det.line, 3);
+        let sel = det.get("sel").unwrap();
+        assert_eq!(sel.get("a|contains").unwrap().line, 4);
+        assert_eq!(docs[1].get("title").unwrap().as_str(), Some("y"));
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let err =
+            load_documents("title: x\ndetection:\n  sel: [a, b\n  condition: sel\n").unwrap_err();
+        assert!(err.line >= 3, "{err:?}");
+        let err = load_documents("a: 1\na: 2\n").unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.message.contains("duplicate"));
+    }
+
+    #[test]
+    fn scalars_keep_sigma_friendly_types() {
+        let d = &load_documents("a: 0x17\nb: 4624\nc: '4624'\nd: null\ne: true\n").unwrap()[0];
+        assert_eq!(d.get("a").unwrap().value, Value::Str("0x17".into()));
+        assert_eq!(d.get("b").unwrap().value, Value::Int(4624));
+        assert_eq!(d.get("c").unwrap().value, Value::Str("4624".into()));
+        assert_eq!(d.get("d").unwrap().value, Value::Null);
+        assert_eq!(d.get("e").unwrap().value, Value::Bool(true));
+    }
+}
