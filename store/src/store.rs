@@ -436,7 +436,8 @@ impl Store {
                 .push(i);
         }
 
-        let pending: Vec<PendingFile> = std::thread::scope(|scope| -> Result<Vec<PendingFile>> {
+        type Timed = (Vec<PendingFile>, std::time::Duration, std::time::Duration);
+        let (pending, it, pt) = std::thread::scope(|scope| -> Result<Timed> {
             let parquet = scope.spawn(|| {
                 let t = Instant::now();
                 let r = self.write_parquet_tmp(fresh, &raws, &groups, seq);
@@ -465,9 +466,8 @@ impl Store {
             let (files, parquet_time) = parquet
                 .join()
                 .map_err(|_| StoreError::InvalidBatch("parquet writer thread panicked".into()))?;
-            TIMES.with(|t| t.set((index_time, parquet_time)));
             match (add_result, files) {
-                (Ok(()), Ok(files)) => Ok(files),
+                (Ok(()), Ok(files)) => Ok((files, index_time, parquet_time)),
                 (Err(e), Ok(files)) => {
                     remove_tmp_files(&files);
                     Err(e)
@@ -519,7 +519,6 @@ impl Store {
             return Err(e);
         }
         let n = fresh.len() as u64;
-        let (it, pt) = TIMES.with(|t| t.get());
         tracing::debug!(
             events = n,
             index_adds_ms = it.as_millis() as u64,
@@ -699,10 +698,6 @@ fn output_document(e: &Event, raw_text: &str) -> Result<(serde_json::Value, Stri
         )));
     }
     Ok((doc, text))
-}
-
-thread_local! {
-    static TIMES: std::cell::Cell<(std::time::Duration, std::time::Duration)> = const { std::cell::Cell::new((std::time::Duration::ZERO, std::time::Duration::ZERO)) };
 }
 
 fn validate_batch(batch: &StoreBatch) -> Result<()> {
