@@ -119,7 +119,7 @@ fn explain_cmd(
     event: PathBuf,
     source: &str,
 ) -> anyhow::Result<ExitCode> {
-    let (registry, _) = base_parts(config)?;
+    let (registry, masker) = base_parts(config)?;
     let text =
         std::fs::read_to_string(&event).with_context(|| format!("reading {}", event.display()))?;
     let raw: serde_json::Value = serde_json::from_str(text.trim())
