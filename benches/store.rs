@@ -21,6 +21,9 @@ use perimeter_model::{Ecs, Event, Outcome, RawRecord};
 use perimeter_store::{EventQuery, Store, StoreBatch, StoreConfig};
 use serde_json::{json, Value};
 
+/// Builds one random query of a kind.
+type QueryMaker = Box<dyn Fn(&mut Rng) -> EventQuery>;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -295,7 +298,7 @@ fn main() {
 
     // Query latency, tenant `acme` (70% of the events), limit 50.
     let mut all = Vec::new();
-    let kinds: Vec<(&str, Box<dyn Fn(&mut Rng) -> EventQuery>)> = vec![
+    let kinds: Vec<(&str, QueryMaker)> = vec![
         (
             "user term",
             Box::new(|r: &mut Rng| q(&format!("user.name:user{}", r.below(5000)), None)),

@@ -192,7 +192,10 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         feed(&mut pipeline, &args.source, &tenant, item?, &mut out);
         write_alerts(&mut out, &mut out_w)?;
         dead.append(&mut out.dead_letters);
-        if progress && pipeline.stats().records % 1_000_000 == 0 && pipeline.stats().records > 0 {
+        if progress
+            && pipeline.stats().records.is_multiple_of(1_000_000)
+            && pipeline.stats().records > 0
+        {
             eprintln!(
                 "  ... {} records in {:.1}s",
                 pipeline.stats().records,

@@ -104,7 +104,7 @@ pub fn spawn_pipeline_worker(
         .expect("spawning the pipeline thread")
 }
 
-fn save_state(pipeline: &Pipeline, path: &PathBuf) {
+fn save_state(pipeline: &Pipeline, path: &std::path::Path) {
     if let Err(e) = pipeline.save_state(path) {
         tracing::warn!(error = %e, "behavioural state snapshot failed");
     }
