@@ -853,8 +853,14 @@ type = ["start"]
     #[test]
     fn readme_example_mapping_compiles() {
         let readme = include_str!("../../README.md");
-        let start =
-            readme.find("```toml\n").expect("README has a toml example") + "```toml\n".len();
+        let section = readme
+            .find("## Normalize")
+            .expect("README has a Normalize section");
+        let start = section
+            + readme[section..]
+                .find("```toml\n")
+                .expect("README has a toml example")
+            + "```toml\n".len();
         let len = readme[start..].find("```").expect("closed block");
         let m = MappingNormalizer::from_toml(&readme[start..start + len], Path::new("README.md"))
             .expect("valid");
