@@ -5,6 +5,10 @@
 
 use std::path::PathBuf;
 
+// The same allocator as the `perimeter` binary, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -74,9 +74,17 @@ fn main() {
         std::hint::black_box(item.expect("in-memory read"));
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("parse only (JSON lines -> serde_json::Value): {:.0} events/s per core", n as f64 / secs);
+    println!(
+        "parse only (JSON lines -> serde_json::Value): {:.0} events/s per core",
+        n as f64 / secs
+    );
     {
-        let mut pipeline = Pipeline::new(NormalizerRegistry::builtin(), SecretMasker::default(), Arc::new(Metrics::new()), false);
+        let mut pipeline = Pipeline::new(
+            NormalizerRegistry::builtin(),
+            SecretMasker::default(),
+            Arc::new(Metrics::new()),
+            false,
+        );
         let mut out = PipelineOutput::default();
         let now = chrono::Utc::now();
         let started = Instant::now();
@@ -87,7 +95,10 @@ fn main() {
             out.clear();
         }
         let secs = started.elapsed().as_secs_f64();
-        println!("parse + normalize + mask (no detectors): {:.0} events/s per core", n as f64 / secs);
+        println!(
+            "parse + normalize + mask (no detectors): {:.0} events/s per core",
+            n as f64 / secs
+        );
     }
 
     for with_ueba in [false, true] {
