@@ -147,27 +147,49 @@ fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chro
         .transpose()
 }
 
+/// `items` of one page from a running server: `path` plus `limit` and the filters that are set.
+fn server_items(
+    target: &Target,
+    path: &str,
+    filters: &[(&str, &Option<String>)],
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let sep = if path.ends_with('?') { "" } else { "&" };
+    let mut q = format!("{path}{sep}limit={}", target.limit);
+    for (k, v) in filters {
+        if let Some(v) = v {
+            q.push_str(&format!("&{k}={}", enc(v)));
+        }
+    }
+    let body = get_json(target, &q)?;
+    Ok(body["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn local_tenant(target: &Target, config: &PerimeterConfig) -> String {
+    target
+        .tenant
+        .clone()
+        .unwrap_or_else(|| config.tenant.clone())
+}
+
+fn print_items(items: &[serde_json::Value], what: &str) -> anyhow::Result<ExitCode> {
+    for item in items {
+        println!("{}", serde_json::to_string(item)?);
+    }
+    eprintln!("{} {what}", items.len());
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
-        let mut q = format!(
-            "/events/search?q={}&limit={}",
-            enc(&args.query),
-            args.target.limit
-        );
-        for (k, v) in [("from", &args.from), ("to", &args.to)] {
-            if let Some(v) = v {
-                q.push_str(&format!("&{k}={}", enc(v)));
-            }
-        }
-        let body = get_json(&args.target, &q)?;
-        body["items"].as_array().cloned().unwrap_or_default()
+        let path = format!("/events/search?q={}", enc(&args.query));
+        server_items(
+            &args.target,
+            &path,
+            &[("from", &args.from), ("to", &args.to)],
+        )?
     } else {
         let store = crate::run::open_store(config, &config.data_dir)?;
-        let tenant = args
-            .target
-            .tenant
-            .clone()
-            .unwrap_or_else(|| config.tenant.clone());
+        let tenant = local_tenant(&args.target, config);
         let q = perimeter_store::EventQuery {
             query: args.query.clone(),
             from: parse_time(&args.from)?,
@@ -177,30 +199,16 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
         };
         store.search_events(&tenant, &q)?.items
     };
-    for e in &items {
-        println!("{}", serde_json::to_string(e)?);
-    }
-    eprintln!("{} events", items.len());
-    Ok(ExitCode::SUCCESS)
+    print_items(&items, "events")
 }
 
 pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<ExitCode> {
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
-        let mut q = format!("/alerts?limit={}", args.target.limit);
-        for (k, v) in [("severity", &args.severity), ("status", &args.status)] {
-            if let Some(v) = v {
-                q.push_str(&format!("&{k}={}", enc(v)));
-            }
-        }
-        let body = get_json(&args.target, &q)?;
-        body["items"].as_array().cloned().unwrap_or_default()
+        let filters = [("severity", &args.severity), ("status", &args.status)];
+        server_items(&args.target, "/alerts?", &filters)?
     } else {
         let store = crate::run::open_store(config, &config.data_dir)?;
-        let tenant = args
-            .target
-            .tenant
-            .clone()
-            .unwrap_or_else(|| config.tenant.clone());
+        let tenant = local_tenant(&args.target, config);
         let mut q = perimeter_store::AlertQuery {
             limit: args.target.limit,
             ..Default::default()
@@ -224,9 +232,5 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
             .map(|r| serde_json::to_value(r).unwrap_or_default())
             .collect()
     };
-    for a in &items {
-        println!("{}", serde_json::to_string(a)?);
-    }
-    eprintln!("{} alerts", items.len());
-    Ok(ExitCode::SUCCESS)
+    print_items(&items, "alerts")
 }

@@ -240,6 +240,33 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    // The terminal commands against the running server.
+    let out = perimeter(
+        &[
+            "search",
+            "event.outcome:failure",
+            "--server",
+            &svc.base,
+            "--token",
+            &viewer,
+            "--limit",
+            "100",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        10,
+        "every fifth login failed"
+    );
+    let out = perimeter(
+        &[
+            "alerts", "--server", &svc.base, "--token", &viewer, "--status", "open",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
     stop(svc);
     // After a clean stop the data is all there when read straight from the data directory.
     let out = perimeter(
