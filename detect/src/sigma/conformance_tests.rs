@@ -547,6 +547,9 @@ fn event_count_fires_once_per_burst_and_suppresses_base_alerts() {
         alerts[0].detector,
         perimeter_model::DetectorKind::Correlation
     );
+    // The alert names the events of its window as evidence (the first three of the burst).
+    let ids: Vec<String> = burst[..3].iter().map(|e| e.id.0.clone()).collect();
+    assert_eq!(alerts[0].event_ids, ids);
     // Spread over more than the timespan: no alert. Different users: no alert.
     let spread: Vec<Event> = (0..3)
         .map(|i| okta_fail("bob", "1.1.1.1", i * 4, 0))

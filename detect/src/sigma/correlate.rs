@@ -73,6 +73,20 @@ struct Entry {
     val: u64,
     /// 1-based input line, 0 when unknown.
     line: u64,
+    /// The event's id as a number (ids are 32 hex digits), so alerts can name their evidence.
+    id: u128,
+}
+
+/// Most evidence event ids a correlation alert lists (the latest ones).
+const MAX_EVIDENCE_IDS: usize = 100;
+
+/// The evidence ids of a window's entries, oldest first, at most [`MAX_EVIDENCE_IDS`].
+fn evidence_ids(entries: &[Entry]) -> Vec<String> {
+    let skip = entries.len().saturating_sub(MAX_EVIDENCE_IDS);
+    entries[skip..]
+        .iter()
+        .map(|e| format!("{:032x}", e.id))
+        .collect()
 }
 
 /// Where a closed-window alert goes (no event is at hand when it closes).
@@ -380,6 +394,7 @@ impl Correlator {
         let mode = st.mode;
         let max_entries = st.max_entries;
         let line = event.line.unwrap_or(0);
+        let id = u128::from_str_radix(event.id.as_str(), 16).unwrap_or(0);
         let ks = st.keys.entry(key).or_insert_with(|| KeyState {
             last_used: 0,
             window_start: ts,
@@ -439,7 +454,15 @@ impl Correlator {
                 val
             };
             let at = ks.entries.partition_point(|e| e.ts <= ts);
-            ks.entries.insert(at, Entry { ts, val: v, line });
+            ks.entries.insert(
+                at,
+                Entry {
+                    ts,
+                    val: v,
+                    line,
+                    id,
+                },
+            );
         }
         if ks.entries.len() > max_entries {
             let extra = ks.entries.len() - max_entries;
@@ -468,7 +491,10 @@ impl Correlator {
                     }
                 }
                 alert.lines.sort_unstable();
-                alert.event_ids.push(event.id.0.clone());
+                alert.event_ids = evidence_ids(&used);
+                if !alert.event_ids.contains(&event.id.0) {
+                    alert.event_ids.push(event.id.0.clone());
+                }
                 alert.count = used.len() as u64;
                 alert.explanation = Some(explain_window(c, &used));
                 let alert = alert.seal();
@@ -532,8 +558,7 @@ impl Correlator {
         a.lines.dedup();
         a.count = entries.len() as u64;
         a.explanation = Some(explain_window(c, entries));
-        // Without event ids, the window start keeps ids of distinct windows distinct.
-        a.event_ids.push(format!("window:{}", entries[0].ts));
+        a.event_ids = evidence_ids(entries);
         if !rules.corr_suppressed[ci] {
             alerts.push(a.seal());
         }
