@@ -233,7 +233,7 @@ fn rules_explain_says_which_selection_matched_and_masks_values() {
         3,
     ))
     .unwrap();
-    raw["debugContext"] = serde_json::json!({"debugData": {"url": "/x?token=ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ng"}});
+    raw["debugContext"] = serde_json::json!({"debugData": {"url": "/x?token=ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ngX"}});
     std::fs::write(&event, serde_json::to_string_pretty(&raw).unwrap()).unwrap();
     let out = perimeter(
         &[

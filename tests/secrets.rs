@@ -4,7 +4,7 @@ use crate::util::{perimeter, stderr};
 
 /// Secrets of every kind the masker knows, each unique so a leak is unambiguous.
 pub const SECRETS: &[&str] = &[
-    "ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ng",
+    "ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ngX",
     "AKIAIOSFODNN7PRMTEST",
     "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJwZXJpbWV0ZXIiLCJuYW1lIjoidGVzdCJ9.c2lnbmF0dXJlX3Blcmltc3Q",

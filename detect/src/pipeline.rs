@@ -274,3 +274,87 @@ fn unwrap_perimeter_envelope(
     }
     (source.to_string(), tenant.to_string(), value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> Pipeline {
+        Pipeline::new(
+            NormalizerRegistry::builtin(),
+            SecretMasker::default(),
+            Arc::new(Metrics::new()),
+            true,
+        )
+    }
+
+    #[test]
+    fn dead_letter_excerpt_is_masked_before_it_is_bounded() {
+        let token = "ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ngX";
+        // The token straddles the excerpt bound: cutting first would leave a prefix the
+        // GitHub-token pattern no longer recognises.
+        let text = format!(
+            "{} {token} trailing",
+            "x".repeat(DEAD_LETTER_EXCERPT_CHARS - 20)
+        );
+        let mut p = pipeline();
+        let mut out = PipelineOutput::default();
+        p.dead_letter(
+            "okta",
+            "t",
+            Some(3),
+            "invalid JSON",
+            &text,
+            Utc::now(),
+            &mut out,
+        );
+        let d = &out.dead_letters[0];
+        assert_eq!(d.line, Some(3));
+        assert!(d.excerpt.chars().count() <= DEAD_LETTER_EXCERPT_CHARS);
+        assert!(!d.excerpt.contains("ghp_R4nd0m"), "{}", d.excerpt);
+    }
+
+    #[test]
+    fn unknown_shapes_are_dead_lettered_and_rule_only_vendors_keep_their_name() {
+        let mut p = pipeline();
+        let mut out = PipelineOutput::default();
+        let now = Utc::now();
+        p.process_value(
+            "auto",
+            "t",
+            Some(1),
+            serde_json::json!({"neither": "vendor"}),
+            now,
+            &mut out,
+        );
+        assert_eq!(out.dead_letters.len(), 1);
+        assert!(
+            out.dead_letters[0].reason.contains("auto normalizer"),
+            "{}",
+            out.dead_letters[0].reason
+        );
+        // `azure` has no normalizer of its own: its raw fields stay, its name too.
+        p.process_value(
+            "azure",
+            "t",
+            Some(2),
+            serde_json::json!({"operationName": "Add member to role"}),
+            now,
+            &mut out,
+        );
+        assert_eq!(out.events.len(), 1);
+        assert_eq!(out.events[0].source, "azure");
+        assert_eq!(out.events[0].line, Some(2));
+        // A Perimeter envelope names its source.
+        let env = serde_json::json!({"source": "okta", "event": {"eventType": "user.session.start", "published": "2026-11-24T10:00:00Z",
+            "outcome": {"result": "FAILURE"}, "actor": {"alternateId": "a@x.io"}}});
+        p.process_value("auto", "t", Some(3), env, now, &mut out);
+        assert_eq!(out.events[1].source, "okta");
+        assert_eq!(
+            out.events[1].ecs.event_outcome,
+            perimeter_model::Outcome::Failure
+        );
+        assert_eq!(p.stats().events, 2);
+        assert_eq!(p.stats().dead_letters, 1);
+    }
+}
