@@ -4,7 +4,7 @@
 //! idempotent).
 
 use crate::bus::BusSender;
-use crate::jsonl::{JsonlReader, JsonlReaderConfig};
+use crate::jsonl::{JsonInput, JsonlReaderConfig};
 use crate::InputItem;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -71,7 +71,9 @@ async fn ingest(
             "source must be [A-Za-z0-9_]{1,64}",
         );
     }
-    let items: Vec<InputItem> = match JsonlReader::new(&body[..], state.reader.clone()).collect() {
+    // JSON lines, or one pretty-printed document (a vendor page or webhook payload as sent).
+    let parsed = JsonInput::new(&body[..], state.reader.clone()).and_then(|input| input.collect());
+    let items: Vec<InputItem> = match parsed {
         Ok(items) => items,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
     };

@@ -5,7 +5,7 @@
 //! id keeps that exactly-once.
 
 use crate::bus::BusSender;
-use crate::jsonl::{JsonlReader, JsonlReaderConfig};
+use crate::jsonl::{JsonInput, JsonlReaderConfig};
 use crate::{IngestError, InputItem, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,7 +72,11 @@ impl SpoolSource {
             what: path.display().to_string(),
             source,
         })?;
-        let reader = JsonlReader::new(std::io::BufReader::new(file), JsonlReaderConfig::default());
+        let reader = JsonInput::new(std::io::BufReader::new(file), JsonlReaderConfig::default())
+            .map_err(|source| IngestError::Io {
+                what: path.display().to_string(),
+                source,
+            })?;
         let mut batch: Vec<InputItem> = Vec::with_capacity(self.config.batch_records);
         for item in reader {
             let item = item.map_err(|source| IngestError::Io {
