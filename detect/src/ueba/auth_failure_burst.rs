@@ -3,10 +3,10 @@
 
 use perimeter_model::EntityKind;
 
-use super::baseline::format_p;
+use super::baseline::baseline_clause;
 use super::config::AuthFailureBurstConfig;
 use super::hygiene::{Finding, UebaDetector};
-use super::state::{EntityKey, EntityState, RateState};
+use super::state::{BurstRule, EntityKey, EntityState, RateState};
 use super::{human_duration, Ctx};
 
 /// Failure window + learned failure rate + recent failure evidence.
@@ -22,31 +22,23 @@ pub(crate) fn observe(
     out: &mut Vec<Finding>,
 ) {
     let t = ctx.t;
-    let age_hours = st.age_hours(t);
+    // An entity still warming up is scored against the prior only: attacks come from new IPs,
+    // and hours spent under attack must not become the "normal" they are compared with.
+    let learned = st.age_hours(t) >= cfg.warmup_hours;
     let s = st
         .auth_failures
         .get_or_insert_with(|| Box::new(RateState::new(t)));
-    s.baseline.observe(t, 1, ctx.params);
-    let n = s.window.add(t, cfg.window_seconds, 1);
-    s.evidence.push(ctx.event, ctx.max_evidence);
-    if n < cfg.min_failures {
-        return;
-    }
-    // An entity still warming up is scored against the prior only: attacks come from new IPs,
-    // and hours spent under attack must not become the "normal" they are compared with.
-    let learned = age_hours >= cfg.warmup_hours;
-    let score = s.baseline.score(
-        t,
-        cfg.window_seconds,
-        n,
-        cfg.prior_per_hour,
+    let rule = BurstRule {
+        window_seconds: cfg.window_seconds,
+        min_events: cfg.min_failures,
+        prior_per_hour: cfg.prior_per_hour,
         learned,
-        1.0,
-        ctx.params,
-    );
-    if score.p_value > cfg.max_p_value {
+        max_p_value: cfg.max_p_value,
+        evidence_after: 0,
+    };
+    let Some((n, score)) = s.observe_burst(ctx, &rule) else {
         return;
-    }
+    };
     let window = human_duration(cfg.window_seconds);
     let (title, what) = match st.kind {
         EntityKind::Ip => ("Burst of failed logins from one source IP", "from"),
@@ -60,14 +52,8 @@ pub(crate) fn observe(
         entity_kind: st.kind,
         title,
         explanation: format!(
-            "{n} failed logins in {window} {what} {entity}, baseline {:.2}/{window}{}, {}",
-            score.expected,
-            if learned {
-                ""
-            } else {
-                " (prior, entity still warming up)"
-            },
-            format_p(score.p_value)
+            "{n} failed logins in {window} {what} {entity}, {}",
+            baseline_clause(&score, &window, learned)
         ),
         score: surprise,
         severity: cfg.severity,

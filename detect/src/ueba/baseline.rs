@@ -338,6 +338,20 @@ pub(crate) fn surprise(p: f64) -> f64 {
 }
 
 /// `p < 1e-9` style text for explanations.
+/// `baseline 0.30/10m, p < 1e-9` (with a note while the entity is still on the prior).
+pub(crate) fn baseline_clause(score: &Score, window: &str, learned: bool) -> String {
+    let prior = if learned {
+        ""
+    } else {
+        " (prior, entity still warming up)"
+    };
+    format!(
+        "baseline {:.2}/{window}{prior}, {}",
+        score.expected,
+        format_p(score.p_value)
+    )
+}
+
 pub(crate) fn format_p(p: f64) -> String {
     if p < 1e-300 {
         return "p < 1e-300".into();

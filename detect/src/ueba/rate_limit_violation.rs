@@ -4,10 +4,10 @@
 
 use perimeter_model::EntityKind;
 
-use super::baseline::format_p;
+use super::baseline::baseline_clause;
 use super::config::RateLimitViolationConfig;
 use super::hygiene::{Finding, UebaDetector};
-use super::state::{EntityKey, EntityState, RateState};
+use super::state::{BurstRule, EntityKey, EntityState, RateState};
 use super::{human_duration, Ctx};
 
 pub(crate) fn observe(
@@ -19,33 +19,23 @@ pub(crate) fn observe(
     out: &mut Vec<Finding>,
 ) {
     let t = ctx.t;
-    let age_hours = st.age_hours(t);
+    let learned = st.age_hours(t) >= cfg.warmup_hours;
     let s = st
         .rate_limit
         .get_or_insert_with(|| Box::new(RateState::new(t)));
-    s.baseline.observe(t, 1, ctx.params);
-    let n = s.window.add(t, cfg.window_seconds, 1);
-    // Only the events just before and after the floor can end up as evidence: quiet entities
-    // never allocate an evidence list.
-    if n + ctx.max_evidence as u64 > cfg.min_events {
-        s.evidence.push(ctx.event, ctx.max_evidence);
-    }
-    if n < cfg.min_events {
-        return;
-    }
-    let learned = age_hours >= cfg.warmup_hours;
-    let score = s.baseline.score(
-        t,
-        cfg.window_seconds,
-        n,
-        cfg.prior_per_hour,
+    let rule = BurstRule {
+        window_seconds: cfg.window_seconds,
+        min_events: cfg.min_events,
+        prior_per_hour: cfg.prior_per_hour,
         learned,
-        1.0,
-        ctx.params,
-    );
-    if score.p_value > cfg.max_p_value {
+        max_p_value: cfg.max_p_value,
+        // Only the events just before and after the floor can end up as evidence: quiet
+        // entities never allocate an evidence list.
+        evidence_after: cfg.min_events.saturating_sub(ctx.max_evidence as u64),
+    };
+    let Some((n, score)) = s.observe_burst(ctx, &rule) else {
         return;
-    }
+    };
     let what = match st.kind {
         EntityKind::Token => "API token",
         EntityKind::App => "app",
@@ -61,10 +51,8 @@ pub(crate) fn observe(
         entity_kind: st.kind,
         title: "Rate-limit violations above baseline",
         explanation: format!(
-            "{n} rate-limit/throttling events in {window} for {what} {entity}, baseline {:.2}/{window}{}, {}",
-            score.expected,
-            if learned { "" } else { " (prior, entity still warming up)" },
-            format_p(score.p_value)
+            "{n} rate-limit/throttling events in {window} for {what} {entity}, {}",
+            baseline_clause(&score, &window, learned)
         ),
         score: surprise,
         severity: cfg.severity,

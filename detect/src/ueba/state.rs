@@ -219,7 +219,53 @@ pub(crate) struct RateState {
     pub evidence: Evidence,
 }
 
+/// How one rate detector reads its window: the thresholds `RateState::observe_burst` applies.
+pub(crate) struct BurstRule {
+    pub window_seconds: u64,
+    /// Absolute floor: fewer events in the window never alert.
+    pub min_events: u64,
+    /// Prior rate while the entity warms up (and the floor of the learned one).
+    pub prior_per_hour: f64,
+    /// Whether the entity's own history is used (else the prior alone).
+    pub learned: bool,
+    pub max_p_value: f64,
+    /// Evidence is kept only once the window count passes this (0: always).
+    pub evidence_after: u64,
+}
+
 impl RateState {
+    /// Count one event in the window and the baseline, keep it as evidence per the rule, and
+    /// score the window once it reaches the floor. `Some((count, score))` when it is surprising
+    /// enough to report.
+    pub fn observe_burst(
+        &mut self,
+        ctx: &super::Ctx<'_>,
+        rule: &BurstRule,
+    ) -> Option<(u64, super::baseline::Score)> {
+        let t = ctx.t;
+        self.baseline.observe(t, 1, ctx.params);
+        let n = self.window.add(t, rule.window_seconds, 1);
+        if n > rule.evidence_after {
+            self.evidence.push(ctx.event, ctx.max_evidence);
+        }
+        if n < rule.min_events {
+            return None;
+        }
+        let score = self.baseline.score(
+            t,
+            rule.window_seconds,
+            n,
+            rule.prior_per_hour,
+            rule.learned,
+            1.0,
+            ctx.params,
+        );
+        if score.p_value > rule.max_p_value {
+            return None;
+        }
+        Some((n, score))
+    }
+
     pub fn new(t: i64) -> RateState {
         RateState {
             window: WindowCounter::default(),
