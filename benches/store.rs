@@ -13,6 +13,9 @@
 //! Events are shaped on the recorded Okta, GitHub and Google Workspace fixture pages, with
 //! masked-looking user names, varied actions, IPs and times. Generating them is not timed.
 
+mod rng;
+use rng::Rng;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,20 +32,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.replace('_', "").parse().ok())
         .unwrap_or(default)
-}
-
-/// Tiny deterministic PRNG (xorshift) so runs are comparable.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn fixture(path: &str) -> Vec<Value> {

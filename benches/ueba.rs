@@ -9,6 +9,9 @@
 //!
 //! Run: `cargo bench --bench ueba` (set `UEBA_BENCH_ENTITIES` to change the 1M of step 2).
 
+mod rng;
+use rng::Rng;
+
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -17,20 +20,6 @@ use perimeter_model::{Detector, Ecs, Event, Outcome, RawRecord};
 use serde_json::json;
 
 const KEY: [u8; 32] = [7; 32];
-
-/// Tiny deterministic PRNG (xorshift), so runs are comparable.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn make_event(
     source: &str,
