@@ -142,7 +142,7 @@ fn ev(source: &str, raw: serde_json::Value, user: &str, ip: &str, action: &str, 
             tenant: "acme".into(),
             received_at: ts,
             line: Some(i as u64 + 1),
-            raw,
+            raw: perimeter_model::raw_from_serde(&raw),
         },
         ecs,
     )

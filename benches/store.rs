@@ -156,7 +156,7 @@ fn make_event(t: &Templates, rng: &mut Rng, i: u64, at: DateTime<Utc>) -> Event 
         tenant: tenant.into(),
         received_at: at,
         line: Some(i),
-        raw,
+        raw: perimeter_model::raw_from_serde(&raw),
     };
     Event::new(source, record, ecs)
 }

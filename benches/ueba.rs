@@ -34,7 +34,7 @@ fn make_event(
         tenant: "acme".into(),
         received_at: t,
         line: Some(line),
-        raw,
+        raw: perimeter_model::raw_from_serde(&raw),
     };
     Event::new(source, rec, ecs)
 }

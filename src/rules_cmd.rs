@@ -90,7 +90,7 @@ fn test(config: &PerimeterConfig, dir: PathBuf) -> anyhow::Result<ExitCode> {
             tenant: config.tenant.clone(),
             received_at: chrono::Utc::now(),
             line: Some(index),
-            raw,
+            raw: perimeter_model::raw_from_serde(&raw),
         };
         registry
             .normalize_lenient(source, record)
@@ -130,7 +130,7 @@ fn explain_cmd(
         tenant: config.tenant.clone(),
         received_at: chrono::Utc::now(),
         line: Some(1),
-        raw,
+        raw: perimeter_model::raw_from_serde(&raw),
     };
     let ev = registry
         .normalize_lenient(source, record)

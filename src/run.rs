@@ -97,7 +97,7 @@ impl RuleService for SigmaRuleService {
                 tenant: String::new(),
                 received_at: chrono::Utc::now(),
                 line: Some(i as u64 + 1),
-                raw,
+                raw: perimeter_model::raw_from_serde(&raw),
             };
             let event = self
                 .registry

@@ -141,7 +141,7 @@ fn enc(s: &str) -> String {
 fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
     s.as_deref()
         .map(|t| {
-            perimeter_model::parse_timestamp(&serde_json::Value::String(t.into()))
+            perimeter_model::parse_timestamp_str(t)
                 .map_err(|_| anyhow::anyhow!("bad time {t:?}: use RFC 3339"))
         })
         .transpose()

@@ -149,7 +149,9 @@ fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
             let body: String = events.iter().map(|e| format!("{e}\n")).collect();
             let ids = events
                 .iter()
-                .map(|e| perimeter_model::EventId::derive("okta", e).0)
+                .map(|e| {
+                    perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0
+                })
                 .collect();
             match client
                 .post(format!("{base}/ingest/okta"))

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use perimeter_model::sonic_rs;
 use std::path::PathBuf;
 
 // The same allocator as the `perimeter` binary, so the numbers are the binary's.
@@ -15,7 +16,7 @@ fn repo() -> PathBuf {
 
 /// `(source, raw record)` pairs: every record of the recorded pages of the built-in vendors and
 /// the demo dataset, in a mixed order.
-pub fn mixed_records() -> Vec<(String, serde_json::Value)> {
+pub fn mixed_records() -> Vec<(String, perimeter_model::RawJson)> {
     let mut out = Vec::new();
     let pages = [
         ("okta", "okta/system_log"),
@@ -35,7 +36,7 @@ pub fn mixed_records() -> Vec<(String, serde_json::Value)> {
             let Ok(text) = std::fs::read_to_string(f.path()) else {
                 continue;
             };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            let Ok(v) = sonic_rs::from_str::<perimeter_model::RawJson>(&text) else {
                 continue;
             };
             for r in perimeter_detect::normalize::split_records(source, v) {
@@ -45,13 +46,18 @@ pub fn mixed_records() -> Vec<(String, serde_json::Value)> {
     }
     let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap_or_default();
     for line in demo.lines() {
-        if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(line) {
-            let source = v["source"].as_str().unwrap_or("json").to_string();
-            out.push((source, v["event"].take()));
+        if let Ok(v) = sonic_rs::from_str::<perimeter_model::RawJson>(line) {
+            use perimeter_model::raw_prelude::*;
+            let source = v.get("source").and_then(|s| s.as_str()).unwrap_or("json");
+            if let Some(event) = v.get("event") {
+                out.push((source.to_string(), event.clone()));
+            }
         }
     }
     // Interleave sources the way a shared bus would.
-    out.sort_by_key(|(_, v)| blake3::hash(v.to_string().as_bytes()).as_bytes()[0]);
+    out.sort_by_key(|(_, v)| {
+        blake3::hash(sonic_rs::to_string(v).unwrap_or_default().as_bytes()).as_bytes()[0]
+    });
     out
 }
 
@@ -64,9 +70,11 @@ pub fn mixed_jsonl(n: usize) -> Vec<u8> {
     let mut i = 0;
     while i < n {
         let (source, raw) = &records[i % records.len()];
-        let line = serde_json::json!({"source": source, "event": raw});
-        serde_json::to_writer(&mut out, &line).expect("serializing");
-        out.push(b'\n');
+        out.extend_from_slice(b"{\"source\":");
+        serde_json::to_writer(&mut out, source).expect("serializing");
+        out.extend_from_slice(b",\"event\":");
+        sonic_rs::to_writer(&mut out, raw).expect("serializing");
+        out.extend_from_slice(b"}\n");
         i += 1;
     }
     out

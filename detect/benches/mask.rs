@@ -131,7 +131,7 @@ fn events() -> Vec<Event> {
             tenant: "acme".into(),
             received_at,
             line: Some(i),
-            raw,
+            raw: perimeter_model::raw_from_serde(&raw),
         };
         out.push(Event::new("okta", record, ecs));
     }

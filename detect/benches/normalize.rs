@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use perimeter_detect::normalize::{split_records, NormalizerRegistry};
+use perimeter_model::RawJson as Value;
 use perimeter_model::{EventId, RawRecord};
-use serde_json::Value;
 
 /// CPU time of this thread: the machine is shared, so wall time would measure the neighbours.
 /// Falls back to wall time where `/proc/thread-self/schedstat` is unavailable.
@@ -87,7 +87,7 @@ fn main() {
         let Ok(text) = std::fs::read_to_string(&f) else {
             continue;
         };
-        let Ok(value) = serde_json::from_str::<Value>(&text) else {
+        let Ok(value) = sonic_rs::from_str::<Value>(&text) else {
             continue;
         };
         for raw in split_records("auto", value) {
@@ -147,7 +147,7 @@ fn main() {
     let mut per_source: std::collections::BTreeMap<&str, (u64, Duration, usize)> =
         Default::default();
     for (s, raw) in &records {
-        let size = serde_json::to_vec(raw).map(|v| v.len()).unwrap_or(0);
+        let size = sonic_rs::to_vec(raw).map(|v| v.len()).unwrap_or(0);
         let rec = RawRecord {
             source: s.clone(),
             tenant: "bench".into(),
@@ -200,7 +200,7 @@ fn main() {
             buf.clear();
             buf.extend_from_slice(s.as_bytes());
             buf.push(0);
-            let _ = serde_json::to_writer(&mut buf, raw);
+            let _ = sonic_rs::to_writer(&mut buf, raw);
             std::hint::black_box(blake3::hash(&buf));
             n += 1;
         }

@@ -8,7 +8,8 @@ use crate::normalize::{split_records, NormalizerRegistry};
 use crate::sigma::SigmaDetector;
 use crate::ueba::UebaEngine;
 use chrono::{DateTime, Utc};
-use perimeter_model::{Alert, DeadLetter, Detector, Event, Masker, Metrics, RawRecord};
+use perimeter_model::raw_prelude::*;
+use perimeter_model::{Alert, DeadLetter, Detector, Event, Masker, Metrics, RawJson, RawRecord};
 use std::sync::Arc;
 
 /// What one call to the pipeline produced, all masked.
@@ -116,7 +117,7 @@ impl Pipeline {
         source: &str,
         tenant: &str,
         line: Option<u64>,
-        value: serde_json::Value,
+        value: RawJson,
         received_at: DateTime<Utc>,
         out: &mut PipelineOutput,
     ) {
@@ -136,7 +137,7 @@ impl Pipeline {
                     self.process_event(event, out);
                 }
                 Err(err) => {
-                    let excerpt = serde_json::to_string(&raw).unwrap_or_default();
+                    let excerpt = sonic_rs::to_string(&raw).unwrap_or_default();
                     let reason = format!("{source} normalizer: {err}");
                     self.dead_letter(&source, &tenant, line, &reason, &excerpt, received_at, out);
                 }
@@ -246,28 +247,20 @@ pub fn mask_alert(masker: &SecretMasker, alert: &mut Alert) {
 fn unwrap_perimeter_envelope(
     source: &str,
     tenant: &str,
-    value: serde_json::Value,
-) -> (String, String, serde_json::Value) {
+    value: RawJson,
+) -> (String, String, RawJson) {
     if source == "auto" {
-        if let serde_json::Value::Object(map) = &value {
-            let is_envelope = map.contains_key("event")
-                && map.get("source").is_some_and(|s| s.is_string())
+        if let Some(map) = value.as_object() {
+            let is_envelope = map.get(&"event").is_some()
+                && map.get(&"source").is_some_and(|s| s.is_str())
                 && map
-                    .keys()
-                    .all(|k| k == "source" || k == "event" || k == "tenant");
+                    .iter()
+                    .all(|(k, _)| k == "source" || k == "event" || k == "tenant");
             if is_envelope {
-                let serde_json::Value::Object(mut map) = value else {
-                    unreachable!()
-                };
-                let src = map
-                    .remove("source")
-                    .and_then(|s| s.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let ten = map
-                    .remove("tenant")
-                    .and_then(|s| s.as_str().map(str::to_string))
-                    .unwrap_or_else(|| tenant.to_string());
-                let ev = map.remove("event").unwrap_or_default();
+                let text = |k: &str| map.get(&k).and_then(|s| s.as_str()).map(str::to_string);
+                let src = text("source").unwrap_or_default();
+                let ten = text("tenant").unwrap_or_else(|| tenant.to_string());
+                let ev = map.get(&"event").cloned().unwrap_or_default();
                 return (src, ten, ev);
             }
         }
@@ -323,7 +316,7 @@ mod tests {
             "auto",
             "t",
             Some(1),
-            serde_json::json!({"neither": "vendor"}),
+            sonic_rs::json!({"neither": "vendor"}),
             now,
             &mut out,
         );
@@ -338,7 +331,7 @@ mod tests {
             "azure",
             "t",
             Some(2),
-            serde_json::json!({"operationName": "Add member to role"}),
+            sonic_rs::json!({"operationName": "Add member to role"}),
             now,
             &mut out,
         );
@@ -346,7 +339,7 @@ mod tests {
         assert_eq!(out.events[0].source, "azure");
         assert_eq!(out.events[0].line, Some(2));
         // A Perimeter envelope names its source.
-        let env = serde_json::json!({"source": "okta", "event": {"eventType": "user.session.start", "published": "2026-11-24T10:00:00Z",
+        let env = sonic_rs::json!({"source": "okta", "event": {"eventType": "user.session.start", "published": "2026-11-24T10:00:00Z",
             "outcome": {"result": "FAILURE"}, "actor": {"alternateId": "a@x.io"}}});
         p.process_value("auto", "t", Some(3), env, now, &mut out);
         assert_eq!(out.events[1].source, "okta");

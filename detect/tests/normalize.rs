@@ -27,9 +27,9 @@ fn shared() -> String {
 }
 const LOCAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
-fn read(path: &str) -> Value {
+fn read(path: &str) -> perimeter_model::RawJson {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
+    sonic_rs::from_str(&text).unwrap_or_else(|e| panic!("parsing {path}: {e}"))
 }
 
 /// Split a page, check every record is auto-detected as `source`, normalize each.

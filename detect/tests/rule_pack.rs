@@ -38,7 +38,7 @@ fn vendor_time(raw: &Value) -> Option<DateTime<Utc>> {
     candidates
         .into_iter()
         .flatten()
-        .find_map(|v| parse_timestamp(v).ok())
+        .find_map(|v| parse_timestamp(&perimeter_model::raw_from_serde(v)).ok())
 }
 
 fn event(source: &str, raw: Value, line: u64) -> Result<Event, String> {
@@ -55,7 +55,7 @@ fn event(source: &str, raw: Value, line: u64) -> Result<Event, String> {
         tenant: "test".into(),
         received_at,
         line: Some(line),
-        raw,
+        raw: perimeter_model::raw_from_serde(&raw),
     };
     Ok(Event::new(source, record, ecs))
 }

@@ -91,7 +91,7 @@ mod tests {
         });
         let item = InputItem::Record {
             line: 1,
-            value: serde_json::json!({"a": 1}),
+            value: sonic_rs::json!({"a": 1}),
         };
         let ack = tx
             .submit("json", "default", vec![item.clone()])

@@ -35,7 +35,10 @@ impl Default for JsonlReaderConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputItem {
     /// A parsed JSON value (object or array; vendor envelopes are split later by the normalizer).
-    Record { line: u64, value: serde_json::Value },
+    Record {
+        line: u64,
+        value: perimeter_model::RawJson,
+    },
     /// A line that could not be used, with why. `excerpt` is NOT masked yet.
     Invalid {
         line: u64,
@@ -173,35 +176,46 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
                     excerpt: excerpt(bytes, max),
                 }));
             }
-            return Some(Ok(
-                match serde_json::from_slice::<serde_json::Value>(bytes) {
-                    Ok(value @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
-                        InputItem::Record { line, value }
-                    }
-                    Ok(other) => InputItem::Invalid {
-                        line,
-                        reason: format!("expected a JSON object, found {}", json_kind(&other)),
-                        excerpt: excerpt(bytes, max),
-                    },
-                    Err(e) => InputItem::Invalid {
-                        line,
-                        reason: format!("invalid JSON: {e}"),
-                        excerpt: excerpt(bytes, max),
-                    },
-                },
-            ));
+            return Some(Ok(parse_record(line, bytes, max)));
         }
     }
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+/// One JSON document's bytes as a record, or why they are not one.
+fn parse_record(line: u64, bytes: &[u8], excerpt_bytes: usize) -> InputItem {
+    use sonic_rs::{JsonType, JsonValueTrait};
+    match sonic_rs::from_slice::<perimeter_model::RawJson>(bytes) {
+        Ok(value) if matches!(value.get_type(), JsonType::Object | JsonType::Array) => {
+            InputItem::Record { line, value }
+        }
+        Ok(other) => InputItem::Invalid {
+            line,
+            reason: format!(
+                "expected a JSON object, found {}",
+                match other.get_type() {
+                    JsonType::Null => "null",
+                    JsonType::Boolean => "a boolean",
+                    JsonType::Number => "a number",
+                    JsonType::String => "a string",
+                    JsonType::Array => "an array",
+                    JsonType::Object => "an object",
+                }
+            ),
+            excerpt: excerpt(bytes, excerpt_bytes),
+        },
+        // sonic-rs quotes the input around the error; serde_json's message (re-parsed on this
+        // rare path) names line and column without echoing content.
+        Err(e) => InputItem::Invalid {
+            line,
+            reason: match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Err(e) => format!("invalid JSON: {e}"),
+                Ok(_) => format!(
+                    "invalid JSON: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
+            },
+            excerpt: excerpt(bytes, excerpt_bytes),
+        },
     }
 }
 
@@ -362,7 +376,9 @@ fn parse_documents(
             .filter(|&&b| b == b'\n')
             .count() as u64
     };
-    let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
+    // serde_json finds where each document ends; the document itself is parsed like a line.
+    let mut stream =
+        serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
     loop {
         let start = stream.byte_offset();
         let start = start
@@ -372,16 +388,11 @@ fn parse_documents(
                 .count();
         match stream.next() {
             None => break,
-            Some(Ok(value @ (serde_json::Value::Object(_) | serde_json::Value::Array(_)))) => out
-                .push(Ok(InputItem::Record {
-                    line: line_at(start),
-                    value,
-                })),
-            Some(Ok(other)) => out.push(Ok(InputItem::Invalid {
-                line: line_at(start),
-                reason: format!("expected a JSON object, found {}", json_kind(&other)),
-                excerpt: excerpt(&bytes[start..], config.excerpt_bytes),
-            })),
+            Some(Ok(_)) => out.push(Ok(parse_record(
+                line_at(start),
+                &bytes[start..stream.byte_offset()],
+                config.excerpt_bytes,
+            ))),
             Some(Err(e)) => {
                 // The rest of a broken document cannot be resynchronised: report it once, with
                 // the line the parser stopped at, and stop.
@@ -420,6 +431,7 @@ impl<R: BufRead> JsonInput<R> {
 #[cfg(test)]
 mod input_tests {
     use super::*;
+    use perimeter_model::raw_prelude::*;
 
     #[test]
     fn pretty_printed_pages_are_documents_and_jsonl_stays_lines() {

@@ -15,16 +15,17 @@ mod time;
 
 pub use alert::{Alert, AlertStatus, DetectorKind, EntityKind, Severity};
 pub use ecs::{Ecs, EcsValue, Outcome, ECS_FIELDS};
-pub use event::{DeadLetter, Event, EventId, RawRecord};
+pub use event::{raw_from_serde, raw_to_serde, DeadLetter, Event, EventId, RawJson, RawRecord};
 pub use metrics::Metrics;
-pub use time::{parse_timestamp, TimestampError};
+pub use sonic_rs;
+pub use time::{parse_timestamp, parse_timestamp_str, TimestampError};
 
 /// Turns one raw vendor record into an [`Event`] with a normalized ECS view. Pure: no IO, no state.
 pub trait Normalizer: Send + Sync {
     /// The source name this normalizer handles (`okta`, `github`, ...).
     fn source(&self) -> &str;
     /// The ECS view of one raw record (borrowed: on error the caller still owns the record).
-    fn normalize_ecs(&self, raw: &serde_json::Value) -> Result<Ecs, NormalizeError>;
+    fn normalize_ecs(&self, raw: &RawJson) -> Result<Ecs, NormalizeError>;
     /// Normalize one record. The raw JSON is kept unchanged in the returned event.
     fn normalize(&self, record: RawRecord) -> Result<Event, NormalizeError> {
         let ecs = self.normalize_ecs(&record.raw)?;
@@ -92,4 +93,12 @@ pub enum NormalizeError {
     UndetectedSource,
     #[error("{0}")]
     Other(String),
+}
+
+/// The traits that give [`RawJson`] its accessors (`get`, `as_str`, `as_object`, ...), for
+/// `use perimeter_model::raw_prelude::*`.
+pub mod raw_prelude {
+    pub use sonic_rs::{
+        JsonContainerTrait, JsonNumberTrait, JsonType, JsonValueMutTrait, JsonValueTrait, ValueRef,
+    };
 }

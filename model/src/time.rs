@@ -12,9 +12,10 @@ pub struct TimestampError;
 /// `2023-03-15T16:33:50-03:00`, `2021-06-24T00:04:08`), `2021-06-24 00:04:08` (UTC assumed),
 /// RFC 2822, and epoch numbers in seconds, milliseconds, microseconds or nanoseconds (decided
 /// by magnitude), as JSON numbers or numeric strings (with an optional fraction).
-pub fn parse_timestamp(value: &serde_json::Value) -> Result<DateTime<Utc>, TimestampError> {
-    match value {
-        serde_json::Value::Number(n) => {
+pub fn parse_timestamp(value: &crate::RawJson) -> Result<DateTime<Utc>, TimestampError> {
+    use sonic_rs::{JsonNumberTrait, ValueRef};
+    match value.as_ref() {
+        ValueRef::Number(n) => {
             if let Some(i) = n.as_i64() {
                 from_epoch_int(i)
             } else if let Some(f) = n.as_f64() {
@@ -23,7 +24,7 @@ pub fn parse_timestamp(value: &serde_json::Value) -> Result<DateTime<Utc>, Times
                 Err(TimestampError)
             }
         }
-        serde_json::Value::String(s) => parse_timestamp_str(s),
+        ValueRef::String(s) => parse_timestamp_str(s),
         _ => Err(TimestampError),
     }
 }
@@ -120,9 +121,9 @@ fn from_epoch_float(f: f64) -> Result<DateTime<Utc>, TimestampError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use sonic_rs::json;
 
-    fn rfc(v: serde_json::Value) -> String {
+    fn rfc(v: crate::RawJson) -> String {
         parse_timestamp(&v)
             .unwrap()
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -425,8 +425,9 @@ impl Store {
         // Raw JSON text for Parquet and output documents for tantivy, computed once.
         let raws: Vec<String> = fresh
             .iter()
-            .map(|e| serde_json::to_string(&e.raw))
-            .collect::<std::result::Result<_, _>>()?;
+            .map(|e| sonic_rs::to_string(&e.raw))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| StoreError::InvalidBatch(format!("serializing a raw record: {e}")))?;
 
         let mut groups: BTreeMap<(&str, &str, NaiveDate), Vec<usize>> = BTreeMap::new();
         for (i, e) in fresh.iter().enumerate() {
@@ -678,7 +679,7 @@ fn output_document(e: &Event, raw_text: &str) -> Result<(serde_json::Value, Stri
         timestamp: e.timestamp,
         line: e.line,
         ecs: e.ecs.clone(),
-        raw: serde_json::Value::Null,
+        raw: Default::default(),
     };
     let mut doc = head.to_output_json();
     if let Some(obj) = doc.as_object_mut() {

@@ -173,7 +173,7 @@ impl EventSchema {
         }
         let mut all = String::with_capacity(output_text.len());
         collect_text(head, &mut all);
-        collect_text(&event.raw, &mut all);
+        collect_raw_text(&event.raw, &mut all);
         d.add_text(self.all, &all);
         d.add_text(self.doc, &output_text);
         d
@@ -200,6 +200,24 @@ fn collect_text(v: &serde_json::Value, out: &mut String) {
         serde_json::Value::Bool(_) | serde_json::Value::Null => {}
         serde_json::Value::Array(a) => a.iter().for_each(|x| collect_text(x, out)),
         serde_json::Value::Object(o) => o.values().for_each(|x| collect_text(x, out)),
+    }
+}
+
+/// [`collect_text`] for the raw record.
+fn collect_raw_text(v: &perimeter_model::RawJson, out: &mut String) {
+    use perimeter_model::raw_prelude::ValueRef;
+    match v.as_ref() {
+        ValueRef::String(s) => {
+            out.push_str(s);
+            out.push(' ');
+        }
+        ValueRef::Number(n) => {
+            out.push_str(&n.to_string());
+            out.push(' ');
+        }
+        ValueRef::Bool(_) | ValueRef::Null => {}
+        ValueRef::Array(a) => a.iter().for_each(|x| collect_raw_text(x, out)),
+        ValueRef::Object(o) => o.iter().for_each(|(_, x)| collect_raw_text(x, out)),
     }
 }
 

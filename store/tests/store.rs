@@ -45,7 +45,7 @@ fn event(tenant: &str, source: &str, at: DateTime<Utc>, user: &str, action: &str
         tenant: tenant.into(),
         received_at: at,
         line: Some(n),
-        raw,
+        raw: perimeter_model::raw_from_serde(&raw),
     };
     Event::new(source, record, ecs)
 }
@@ -227,7 +227,7 @@ fn parquet_files_read_back_with_columns_rows_and_values() {
         assert_eq!(users.value(row), ev.ecs.user_name.as_deref().unwrap());
         assert_eq!(times.value(row), ev.timestamp.timestamp_micros());
         let raw: serde_json::Value = serde_json::from_str(raws.value(row)).unwrap();
-        assert_eq!(raw, ev.raw);
+        assert_eq!(raw, perimeter_model::raw_to_serde(&ev.raw));
         assert_eq!(asn.value(row), ev.ecs.source_as_number.unwrap() as i64);
         assert_eq!(
             cats.value(row).as_string::<i32>().value(0),

@@ -28,7 +28,9 @@ mod patterns;
 use std::borrow::Cow;
 
 use hmac::{Hmac, Mac};
-use perimeter_model::{Event, MaskStats, Masker, ECS_FIELDS};
+use perimeter_model::{
+    raw_from_serde, raw_to_serde, Event, MaskStats, Masker, RawJson, ECS_FIELDS,
+};
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -224,9 +226,13 @@ impl SecretMasker {
     }
 
     /// [`Masker::mask`] with per-kind counts added into `counts`.
+    ///
+    /// The raw record is parsed input that masking usually leaves alone, so it is only rebuilt
+    /// when something in it must change: a cheap check over its JSON text decides whether the
+    /// full walk can find anything, and the walk runs on a `serde_json` copy (the parsed arena
+    /// DOM is read-only in practice: mutating it converts every object into a map).
     pub fn mask_counted(&self, event: &mut Event, counts: &mut MaskCounts) {
-        let root = self.has_path_rules.then_some(RAW_ROOT);
-        self.walk(&mut event.raw, root, 0, counts);
+        self.mask_raw(&mut event.raw, counts);
         for (name, value) in event.ecs.strings_mut() {
             let rule = self
                 .ecs_rules
@@ -239,6 +245,40 @@ impl SecretMasker {
                 None => self.mask_string(value, self.enabled | rule.extra, counts),
             }
         }
+    }
+
+    /// Mask a raw record in place (see [`Self::mask_counted`]).
+    pub fn mask_raw(&self, raw: &mut RawJson, counts: &mut MaskCounts) {
+        if !self.has_path_rules && !self.raw_may_need_masking(raw) {
+            return;
+        }
+        let before = counts.stats().total();
+        let mut value = raw_to_serde(raw);
+        let root = self.has_path_rules.then_some(RAW_ROOT);
+        self.walk(&mut value, root, 0, counts);
+        if counts.stats().total() != before {
+            *raw = raw_from_serde(&value);
+        }
+    }
+
+    /// False only when masking `raw` cannot change anything.
+    fn raw_may_need_masking(&self, raw: &RawJson) -> bool {
+        thread_local! {
+            static TEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let check = |text: &mut Vec<u8>| {
+            text.clear();
+            sonic_rs::to_writer(&mut *text, raw).is_err() || self.text_may_need_masking(text)
+        };
+        TEXT.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut text) => check(&mut text),
+            Err(_) => check(&mut Vec::new()),
+        })
+    }
+
+    /// Whether the JSON text `text` can hold anything masking would change (conservative).
+    pub fn text_may_need_masking(&self, _text: &[u8]) -> bool {
+        true
     }
 
     /// [`Masker::mask_value`] with per-kind counts added into `counts`.

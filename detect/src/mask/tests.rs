@@ -27,7 +27,7 @@ fn event(raw: Value, ecs: Ecs) -> Event {
             .single()
             .expect("valid time"),
         line: Some(1),
-        raw,
+        raw: perimeter_model::raw_from_serde(&raw),
     };
     Event::new("okta", record, ecs)
 }

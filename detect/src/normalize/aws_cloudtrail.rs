@@ -1,7 +1,8 @@
 //! AWS CloudTrail records (single records, or `{"Records": [...]}` files split by `split_records`).
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
-use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
 
@@ -16,9 +17,9 @@ impl CloudTrailNormalizer {
     pub const SOURCE: &'static str = "aws_cloudtrail";
 
     pub(crate) fn matches(obj: &fields::Obj) -> bool {
-        obj.contains_key("eventName")
-            && obj.contains_key("eventSource")
-            && obj.contains_key("eventTime")
+        obj.get("eventName").is_some()
+            && obj.get("eventSource").is_some()
+            && obj.get("eventTime").is_some()
     }
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {

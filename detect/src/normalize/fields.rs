@@ -1,57 +1,59 @@
-//! Borrowing accessors over `serde_json::Value` shared by every normalizer.
+//! Borrowing accessors over raw records ([`RawJson`]) shared by every normalizer.
 //!
 //! Normalizers run per event, so these look values up in place (no JSON pointer parsing, no
 //! intermediate documents) and only allocate when a value is copied into the [`Ecs`] view.
 
 use chrono::{DateTime, Utc};
-use perimeter_model::{parse_timestamp, Ecs, NormalizeError};
-use serde_json::{Map, Value};
+use perimeter_model::raw_prelude::*;
+use perimeter_model::{parse_timestamp, Ecs, NormalizeError, RawJson};
 
-pub(crate) type Obj = Map<String, Value>;
+/// A raw record known to be a JSON object (look keys up with `get`).
+pub(crate) type Obj = RawJson;
 
 /// The record as an object, or [`NormalizeError::NotAnObject`].
-pub(crate) fn object(raw: &Value) -> Result<&Obj, NormalizeError> {
-    raw.as_object().ok_or(NormalizeError::NotAnObject)
+pub(crate) fn object(raw: &RawJson) -> Result<&Obj, NormalizeError> {
+    if raw.is_object() {
+        Ok(raw)
+    } else {
+        Err(NormalizeError::NotAnObject)
+    }
 }
 
 /// Walk `path` (object keys) from `v`.
-pub(crate) fn at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+pub(crate) fn at<'a>(v: &'a RawJson, path: &[&str]) -> Option<&'a RawJson> {
     let mut cur = v;
     for key in path {
-        cur = cur.as_object()?.get(*key)?;
+        cur = cur.get(*key)?;
     }
     Some(cur)
 }
 
 /// A non-empty string at `path`; other types and empty strings count as absent.
-pub(crate) fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    match at(v, path)? {
-        Value::String(s) if !s.trim().is_empty() => Some(s.as_str()),
-        _ => None,
-    }
+pub(crate) fn str_at<'a>(v: &'a RawJson, path: &[&str]) -> Option<&'a str> {
+    at(v, path)?.as_str().filter(|s| !s.trim().is_empty())
 }
 
 /// A string or number at `path`, as an owned string (ids are numbers in some vendors' APIs).
-pub(crate) fn id_at(v: &Value, path: &[&str]) -> Option<String> {
+pub(crate) fn id_at(v: &RawJson, path: &[&str]) -> Option<String> {
     scalar_string(at(v, path)?)
 }
 
 /// A string or number value as an owned string; empty strings, null, objects, arrays are `None`.
-pub(crate) fn scalar_string(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+pub(crate) fn scalar_string(v: &RawJson) -> Option<String> {
+    match v.as_ref() {
+        ValueRef::String(s) if !s.trim().is_empty() => Some(s.to_owned()),
+        ValueRef::Number(n) => Some(n.to_string()),
         _ => None,
     }
 }
 
 /// A required string field: [`NormalizeError::MissingField`] when absent or null,
 /// [`NormalizeError::WrongType`] when present with another type.
-pub(crate) fn required_str<'a>(v: &'a Value, path: &[&str]) -> Result<&'a str, NormalizeError> {
-    match at(v, path) {
-        None | Some(Value::Null) => Err(NormalizeError::MissingField(path.join("."))),
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(Value::String(_)) => Err(NormalizeError::MissingField(path.join("."))),
+pub(crate) fn required_str<'a>(v: &'a RawJson, path: &[&str]) -> Result<&'a str, NormalizeError> {
+    match at(v, path).map(|v| v.as_ref()) {
+        None | Some(ValueRef::Null) => Err(NormalizeError::MissingField(path.join("."))),
+        Some(ValueRef::String(s)) if !s.is_empty() => Ok(s),
+        Some(ValueRef::String(_)) => Err(NormalizeError::MissingField(path.join("."))),
         Some(_) => Err(NormalizeError::WrongType {
             field: path.join("."),
             expected: "string",
@@ -60,15 +62,15 @@ pub(crate) fn required_str<'a>(v: &'a Value, path: &[&str]) -> Result<&'a str, N
 }
 
 /// A required timestamp (any format [`parse_timestamp`] accepts).
-pub(crate) fn required_time(v: &Value, path: &[&str]) -> Result<DateTime<Utc>, NormalizeError> {
+pub(crate) fn required_time(v: &RawJson, path: &[&str]) -> Result<DateTime<Utc>, NormalizeError> {
     match at(v, path) {
-        None | Some(Value::Null) => Err(NormalizeError::MissingField(path.join("."))),
-        Some(t) => parse_time(t, path),
+        Some(t) if !t.is_null() => parse_time(t, path),
+        _ => Err(NormalizeError::MissingField(path.join("."))),
     }
 }
 
 /// Parse a present timestamp value, naming the field on failure.
-pub(crate) fn parse_time(t: &Value, path: &[&str]) -> Result<DateTime<Utc>, NormalizeError> {
+pub(crate) fn parse_time(t: &RawJson, path: &[&str]) -> Result<DateTime<Utc>, NormalizeError> {
     parse_timestamp(t).map_err(|e| NormalizeError::BadTimestamp {
         field: path.join("."),
         reason: e.to_string(),
@@ -77,16 +79,19 @@ pub(crate) fn parse_time(t: &Value, path: &[&str]) -> Result<DateTime<Utc>, Norm
 
 /// An optional array at `path`; a present non-array is a type error.
 pub(crate) fn opt_array<'a>(
-    v: &'a Value,
+    v: &'a RawJson,
     path: &[&str],
-) -> Result<Option<&'a Vec<Value>>, NormalizeError> {
+) -> Result<Option<&'a [RawJson]>, NormalizeError> {
     match at(v, path) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => Ok(Some(a)),
-        Some(_) => Err(NormalizeError::WrongType {
-            field: path.join("."),
-            expected: "array",
-        }),
+        None => Ok(None),
+        Some(x) if x.is_null() => Ok(None),
+        Some(x) => match x.as_array() {
+            Some(a) => Ok(Some(a.as_slice())),
+            None => Err(NormalizeError::WrongType {
+                field: path.join("."),
+                expected: "array",
+            }),
+        },
     }
 }
 
@@ -252,7 +257,7 @@ const COUNTRIES: &[(&str, &str)] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use sonic_rs::json;
 
     #[test]
     fn country_names_and_codes() {

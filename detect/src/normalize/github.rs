@@ -1,7 +1,8 @@
 //! GitHub organization / enterprise audit log (`/orgs/{org}/audit-log`, `/enterprises/{e}/audit-log`).
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
-use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
 
@@ -16,14 +17,13 @@ impl GithubAuditLogNormalizer {
     pub const SOURCE: &'static str = "github";
 
     pub(crate) fn matches(obj: &fields::Obj) -> bool {
-        obj.get("action").is_some_and(Value::is_string)
-            && (obj.contains_key("_document_id")
-                || (obj.contains_key("@timestamp")
-                    && (obj.contains_key("org")
-                        || obj.contains_key("business")
-                        || obj.contains_key("actor")))
-                || (obj.contains_key("created_at")
-                    && obj.get("actor").is_some_and(Value::is_string)))
+        obj.get("action").is_some_and(Value::is_str)
+            && (obj.get("_document_id").is_some()
+                || (obj.get("@timestamp").is_some()
+                    && (obj.get("org").is_some()
+                        || obj.get("business").is_some()
+                        || obj.get("actor").is_some()))
+                || (obj.get("created_at").is_some() && obj.get("actor").is_some_and(Value::is_str)))
     }
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {

@@ -5,8 +5,9 @@
 //! whose `events` holds exactly one entry. Fed an unsplit activity with several events, this
 //! normalizer returns an error rather than keep one event and drop the rest.
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
-use serde_json::Value;
 
 use super::fields::{self, classify, str_at};
 
@@ -18,7 +19,7 @@ impl GoogleWorkspaceActivityNormalizer {
     pub const SOURCE: &'static str = "google_workspace";
 
     pub(crate) fn matches(obj: &fields::Obj) -> bool {
-        matches!(obj.get("kind"), Some(Value::String(k)) if k == "admin#reports#activity")
+        obj.get("kind").and_then(Value::as_str) == Some("admin#reports#activity")
             || (obj.get("events").is_some_and(Value::is_array)
                 && obj
                     .get("id")
@@ -30,7 +31,7 @@ impl GoogleWorkspaceActivityNormalizer {
         fields::object(raw)?;
         let events = fields::opt_array(raw, &["events"])?
             .ok_or_else(|| NormalizeError::MissingField("events".into()))?;
-        let event = match events.as_slice() {
+        let event = match events {
             [one] => one,
             [] => return Err(NormalizeError::MissingField("events[0]".into())),
             // Normalizing only the first entry would drop the others without a trace.
@@ -41,9 +42,9 @@ impl GoogleWorkspaceActivityNormalizer {
                 )))
             }
         };
-        let name = match event.get("name") {
-            Some(Value::String(s)) if !s.is_empty() => s.as_str(),
-            Some(Value::String(_)) | Some(Value::Null) | None => {
+        let name = match event.get("name").map(Value::as_ref) {
+            Some(ValueRef::String(s)) if !s.is_empty() => s,
+            Some(ValueRef::String(_)) | Some(ValueRef::Null) | None => {
                 return Err(NormalizeError::MissingField("events[0].name".into()))
             }
             Some(_) => {

@@ -1,7 +1,8 @@
 //! `json`: plain JSON objects without vendor normalization.
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
-use serde_json::Value;
 
 use super::fields;
 
@@ -26,8 +27,10 @@ impl PlainJsonNormalizer {
         let s = |dotted: &str, path: &[&str]| get(dotted, path).and_then(fields::scalar_string);
         let list = |dotted: &str, path: &[&str]| -> Vec<String> {
             match get(dotted, path) {
-                Some(Value::Array(a)) => a.iter().filter_map(fields::scalar_string).collect(),
-                Some(v) => fields::scalar_string(v).into_iter().collect(),
+                Some(v) => match v.as_array() {
+                    Some(a) => a.iter().filter_map(fields::scalar_string).collect(),
+                    None => fields::scalar_string(v).into_iter().collect(),
+                },
                 None => Vec::new(),
             }
         };

@@ -1,7 +1,8 @@
 //! Microsoft 365 Office 365 Management Activity API records (Azure AD, Exchange, SharePoint, ...).
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
-use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
 
@@ -14,9 +15,9 @@ impl M365ManagementActivityNormalizer {
     pub const SOURCE: &'static str = "m365";
 
     pub(crate) fn matches(obj: &fields::Obj) -> bool {
-        obj.contains_key("CreationTime")
-            && obj.contains_key("Operation")
-            && (obj.contains_key("Workload") || obj.contains_key("RecordType"))
+        obj.get("CreationTime").is_some()
+            && obj.get("Operation").is_some()
+            && (obj.get("Workload").is_some() || obj.get("RecordType").is_some())
     }
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {

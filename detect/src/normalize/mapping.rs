@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{parse_timestamp, Ecs, NormalizeError, Normalizer, Outcome};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::fields;
 use crate::DetectError;
@@ -267,10 +268,12 @@ impl JsonPath {
     fn resolve<'a>(&self, v: &'a Value) -> Option<&'a Value> {
         let mut cur = v;
         for (key, idx) in &self.segments {
-            cur = match cur {
-                Value::Object(m) => m.get(key)?,
-                Value::Array(a) => a.get((*idx)?)?,
-                _ => return None,
+            cur = if cur.is_object() {
+                cur.get(key.as_str())?
+            } else if cur.is_array() {
+                cur.get((*idx)?)?
+            } else {
+                return None;
             };
         }
         if cur.is_null() {
@@ -283,7 +286,7 @@ impl JsonPath {
     fn first<'a, 'p>(paths: &'p [JsonPath], v: &'a Value) -> Option<(&'p JsonPath, &'a Value)> {
         paths.iter().find_map(|p| {
             p.resolve(v)
-                .filter(|x| !matches!(x, Value::String(s) if s.trim().is_empty()))
+                .filter(|x| !x.as_str().is_some_and(|s| s.trim().is_empty()))
                 .map(|x| (p, x))
         })
     }
@@ -567,8 +570,8 @@ impl MappingNormalizer {
             field: path.text.clone(),
             reason: reason.to_owned(),
         };
-        match (&self.ts_format, v) {
-            (Some(fmt), Value::String(s)) => {
+        match (&self.ts_format, v.as_str()) {
+            (Some(fmt), Some(s)) => {
                 if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
                     return Ok(Some(dt.with_timezone(&Utc)));
                 }
@@ -655,14 +658,7 @@ impl OutcomeRule {
         {
             return Some(Outcome::Failure);
         }
-        let value = JsonPath::first(&self.paths, raw).map(|(_, v)| v);
-        let text = match value {
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(Value::Bool(true)) => Some("true"),
-            Some(Value::Bool(false)) => Some("false"),
-            _ => None,
-        };
-        if let Some(t) = text {
+        if let Some(t) = JsonPath::first(&self.paths, raw).and_then(|(_, v)| decision_text(v)) {
             if self.success.iter().any(|s| s.eq_ignore_ascii_case(t)) {
                 return Some(Outcome::Success);
             }
@@ -674,17 +670,21 @@ impl OutcomeRule {
     }
 }
 
+/// A string or boolean value as the text outcome and rule patterns compare against.
+fn decision_text(v: &Value) -> Option<&str> {
+    match v.as_ref() {
+        ValueRef::String(s) => Some(s),
+        ValueRef::Bool(true) => Some("true"),
+        ValueRef::Bool(false) => Some("false"),
+        _ => None,
+    }
+}
+
 impl Rule {
     fn matches(&self, action: &str, raw: &Value) -> bool {
         (self.action.is_empty() || self.action.iter().any(|p| p.matches(action)))
             && self.when.iter().all(|(path, pats)| {
-                let value = path.resolve(raw);
-                let text = match value {
-                    Some(Value::String(s)) => Some(s.as_str()),
-                    Some(Value::Bool(true)) => Some("true"),
-                    Some(Value::Bool(false)) => Some("false"),
-                    _ => None,
-                };
+                let text = path.resolve(raw).and_then(decision_text);
                 text.is_some_and(|t| pats.iter().any(|p| p.matches(t)))
             })
     }
@@ -713,7 +713,7 @@ pub(crate) fn bundled() -> Vec<Result<MappingNormalizer, DetectError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use sonic_rs::json;
 
     const MINIMAL: &str = r#"
 name = "acme"

@@ -25,8 +25,9 @@ mod slack;
 
 use std::path::Path;
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, RawRecord};
-use serde_json::Value;
 
 pub use aws_cloudtrail::CloudTrailNormalizer;
 pub use github::GithubAuditLogNormalizer;
@@ -160,7 +161,7 @@ impl NormalizerRegistry {
     /// Built-ins are tried first (their tests are a few `contains_key`s), then mappings in load
     /// order. `json` is never guessed: it is a choice, not a shape.
     pub fn detect_source(&self, raw: &Value) -> Option<&str> {
-        let obj = raw.as_object()?;
+        let obj = fields::object(raw).ok()?;
         let builtin = if GoogleWorkspaceActivityNormalizer::matches(obj) {
             Some(GoogleWorkspaceActivityNormalizer::SOURCE)
         } else if OktaSystemLogNormalizer::matches(obj) {
@@ -336,53 +337,69 @@ pub fn split_records(source: &str, value: Value) -> Vec<Value> {
     out
 }
 
+// Children are taken out by `clone`, which for a parsed document is a reference-counted view
+// into the same arena; mutating a parsed document would convert it into owned maps.
 fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>) {
-    match value {
-        Value::Array(items) if depth < 3 => {
-            for item in items {
-                split_into(item, split_google, depth + 1, out);
+    if depth < 3 {
+        if let Some(items) = value.as_array() {
+            for item in items.iter() {
+                split_into(item.clone(), split_google, depth + 1, out);
             }
+            return;
         }
-        Value::Object(obj) if obj.is_empty() => {}
-        Value::Object(mut obj) if depth < 3 => {
-            if let Some(key) = envelope_key(&obj) {
-                if let Some(inner) = obj.remove(key) {
-                    split_into(inner, split_google, depth + 1, out);
+    }
+    let Some(obj) = value.as_object() else {
+        out.push(value);
+        return;
+    };
+    if obj.is_empty() {
+        return;
+    }
+    if depth >= 3 {
+        out.push(value);
+        return;
+    }
+    if let Some(key) = envelope_key(&value) {
+        if let Some(inner) = value.get(key) {
+            split_into(inner.clone(), split_google, depth + 1, out);
+        }
+        return;
+    }
+    if split_google && GoogleWorkspaceActivityNormalizer::matches(&value) {
+        if let Some(events) = value.get("events").and_then(|e| e.as_array()) {
+            if events.len() > 1 {
+                for event in events.iter() {
+                    let mut copy = sonic_rs::Object::with_capacity(obj.len());
+                    for (k, v) in obj.iter() {
+                        if k == "events" {
+                            let mut one = sonic_rs::Array::with_capacity(1);
+                            one.push(event.clone());
+                            copy.insert(k, one.into_value());
+                        } else {
+                            copy.insert(k, v.clone());
+                        }
+                    }
+                    out.push(copy.into_value());
                 }
                 return;
             }
-            if split_google && GoogleWorkspaceActivityNormalizer::matches(&obj) {
-                if let Some(Value::Array(events)) = obj.get("events") {
-                    if events.len() > 1 {
-                        let Some(Value::Array(events)) = obj.remove("events") else {
-                            return;
-                        };
-                        for event in events {
-                            let mut copy = obj.clone();
-                            copy.insert("events".to_owned(), Value::Array(vec![event]));
-                            out.push(Value::Object(copy));
-                        }
-                        return;
-                    }
-                }
-            }
-            out.push(Value::Object(obj));
         }
-        other => out.push(other),
     }
+    out.push(value);
 }
 
 /// The list key when `obj` is a page envelope rather than a record.
-fn envelope_key(obj: &serde_json::Map<String, Value>) -> Option<&'static str> {
+fn envelope_key(obj: &Value) -> Option<&'static str> {
     let key = LIST_KEYS.iter().copied().find(|k| match obj.get(*k) {
-        Some(Value::Array(_)) => true,
+        Some(v) if v.is_array() => true,
         // Duo wraps its page once more: `{"stat": "OK", "response": {"authlogs": [..], "metadata": {..}}}`.
-        Some(Value::Object(inner)) => *k == "response" && envelope_key(inner).is_some(),
+        Some(inner) if inner.is_object() => *k == "response" && envelope_key(inner).is_some(),
         _ => false,
     })?;
     let only_meta = obj
-        .keys()
-        .all(|k| k == key || META_KEYS.contains(&k.as_str()));
+        .as_object()?
+        .iter()
+        .all(|(k, _)| k == key || META_KEYS.contains(&k));
     // A Google Workspace activity has `events` + `kind`, both of which look like an envelope.
     let is_activity = GoogleWorkspaceActivityNormalizer::matches(obj);
     (only_meta && !is_activity).then_some(key)

@@ -1,7 +1,8 @@
 //! Okta System Log (`/api/v1/logs`) records.
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
-use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
 
@@ -14,7 +15,7 @@ impl OktaSystemLogNormalizer {
 
     /// Cheap shape test used by auto-detection.
     pub(crate) fn matches(obj: &fields::Obj) -> bool {
-        obj.get("eventType").is_some_and(Value::is_string) && obj.contains_key("published")
+        obj.get("eventType").is_some_and(Value::is_str) && obj.get("published").is_some()
     }
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {

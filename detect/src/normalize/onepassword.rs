@@ -4,8 +4,9 @@
 //! sign-in attempts carry `category` (+ `session_uuid`/`target_user`), item usages `item_uuid`
 //! and `vault_uuid`, audit events `actor_uuid` and `object_type`.
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
-use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
 
@@ -20,15 +21,15 @@ pub enum OnePasswordEventKind {
 impl OnePasswordEventKind {
     /// Tell the kind from the record's keys.
     pub fn of(obj: &fields::Obj) -> Option<OnePasswordEventKind> {
-        if !obj.contains_key("timestamp") {
+        if !obj.get("timestamp").is_some() {
             return None;
         }
-        if obj.contains_key("actor_uuid") && obj.contains_key("object_type") {
+        if obj.get("actor_uuid").is_some() && obj.get("object_type").is_some() {
             Some(OnePasswordEventKind::Audit)
-        } else if obj.contains_key("item_uuid") && obj.contains_key("vault_uuid") {
+        } else if obj.get("item_uuid").is_some() && obj.get("vault_uuid").is_some() {
             Some(OnePasswordEventKind::ItemUsage)
-        } else if obj.contains_key("category")
-            && (obj.contains_key("session_uuid") || obj.contains_key("target_user"))
+        } else if obj.get("category").is_some()
+            && (obj.get("session_uuid").is_some() || obj.get("target_user").is_some())
         {
             Some(OnePasswordEventKind::SignInAttempt)
         } else {
@@ -50,7 +51,7 @@ impl OnePasswordEventsNormalizer {
     pub const SOURCE: &'static str = "onepassword";
 
     pub(crate) fn matches(obj: &fields::Obj) -> bool {
-        obj.contains_key("uuid") && OnePasswordEventKind::of(obj).is_some()
+        obj.get("uuid").is_some() && OnePasswordEventKind::of(obj).is_some()
     }
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {

@@ -1,7 +1,8 @@
 //! Slack Enterprise Grid Audit Logs API (`/audit/v1/logs`) entries.
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Ecs, NormalizeError, Normalizer, Outcome};
-use serde_json::Value;
 
 use super::fields::{self, at, classify, str_at};
 
@@ -13,9 +14,9 @@ impl SlackAuditLogNormalizer {
     pub const SOURCE: &'static str = "slack";
 
     pub(crate) fn matches(obj: &fields::Obj) -> bool {
-        obj.contains_key("date_create")
-            && obj.get("action").is_some_and(Value::is_string)
-            && obj.contains_key("actor")
+        obj.get("date_create").is_some()
+            && obj.get("action").is_some_and(Value::is_str)
+            && obj.get("actor").is_some()
     }
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {

@@ -318,11 +318,16 @@ impl Hits<'_> {
 
 /// One walk over the raw event: each object key is looked up once (field-presence needles,
 /// whether its values matter), relevant values go through the value automaton.
-fn scan_json(v: &serde_json::Value, eng: &SourceEngine, hits: &mut Hits<'_>, relevant: bool) {
-    use serde_json::Value as J;
-    match v {
+fn scan_json(
+    v: &perimeter_model::RawJson,
+    eng: &SourceEngine,
+    hits: &mut Hits<'_>,
+    relevant: bool,
+) {
+    use perimeter_model::raw_prelude::{JsonValueTrait, ValueRef as J};
+    match v.as_ref() {
         J::Object(m) => {
-            for (k, x) in m {
+            for (k, x) in m.iter() {
                 let mut child = eng.scan_all_values;
                 if !eng.keys.is_empty() {
                     if let Some(info) = eng.keys.get(k.rsplit('.').next().unwrap_or(k)) {
@@ -330,7 +335,7 @@ fn scan_json(v: &serde_json::Value, eng: &SourceEngine, hits: &mut Hits<'_>, rel
                         child |= info.scan_values;
                     }
                 }
-                if child || matches!(x, J::Object(_) | J::Array(_)) {
+                if child || x.is_object() || x.is_array() {
                     scan_json(x, eng, hits, child);
                 }
             }
@@ -345,7 +350,7 @@ fn scan_json(v: &serde_json::Value, eng: &SourceEngine, hits: &mut Hits<'_>, rel
         }
         J::Bool(b) => {
             if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_bools) {
-                hits.scan(ac, &eng.needle_rules, if *b { "true" } else { "false" });
+                hits.scan(ac, &eng.needle_rules, if b { "true" } else { "false" });
             }
         }
         J::Number(n) => {

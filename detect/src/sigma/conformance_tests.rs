@@ -16,7 +16,7 @@ fn event(source: &str, raw: Json) -> Event {
     let ts = raw
         .get("published")
         .or_else(|| raw.get("ts"))
-        .and_then(|v| perimeter_model::parse_timestamp(v).ok())
+        .and_then(|v| perimeter_model::parse_timestamp(&perimeter_model::raw_from_serde(v)).ok())
         .unwrap_or_else(|| {
             Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
                 .single()
@@ -39,7 +39,7 @@ fn event(source: &str, raw: Json) -> Event {
         tenant: "t1".into(),
         received_at: ts,
         line: Some(1),
-        raw,
+        raw: perimeter_model::raw_from_serde(&raw),
     };
     Event::new(source, rec, ecs)
 }
@@ -954,7 +954,7 @@ fn naive_matches(set: &RuleSet, event: &Event, ignore_logsource: bool) -> Vec<u3
             values(fm, event)
         } else {
             let mut t = Vec::new();
-            all_texts(&event.raw, &mut t);
+            all_texts(&perimeter_model::raw_to_serde(&event.raw), &mut t);
             (true, t.into_iter().map(Json::String).collect())
         };
         let r = if fm.all {

@@ -1,8 +1,8 @@
 //! Evaluation of compiled detections against one event: field lookup in the raw vendor JSON (with
 //! ECS fallback), value tests, selections and conditions. Nothing here allocates per event.
 
-use perimeter_model::{EcsValue, Event};
-use serde_json::Value as Json;
+use perimeter_model::raw_prelude::*;
+use perimeter_model::{raw_to_serde, EcsValue, Event, RawJson as Json};
 use std::fmt::Write as _;
 
 use super::condition::Cond;
@@ -47,34 +47,34 @@ impl FieldPath {
         f: &mut dyn FnMut(Leaf<'a>) -> bool,
     ) -> bool {
         if i == self.parts.len() {
-            return match v {
-                Json::Array(items) => {
-                    items.iter().any(|item| match item {
-                        Json::Array(inner) => inner.iter().any(|x| f(Leaf::Json(x))),
-                        other => f(Leaf::Json(other)),
+            return match v.as_array() {
+                Some(items) => {
+                    items.iter().any(|item| match item.as_array() {
+                        Some(inner) => inner.iter().any(|x| f(Leaf::Json(x))),
+                        None => f(Leaf::Json(item)),
                     }) || (items.is_empty() && f(Leaf::EmptyList))
                 }
-                other => f(Leaf::Json(other)),
+                None => f(Leaf::Json(v)),
             };
         }
-        match v {
-            Json::Object(map) => {
-                // A nested path wins over a key that literally contains the dots; dotted keys
-                // are only tried when the plain key is absent.
-                if let Some(next) = map.get(&self.parts[i]) {
-                    return self.visit_from(next, i + 1, f);
-                }
-                for (k, key) in self.joined[i].iter().enumerate() {
-                    if let Some(next) = map.get(key) {
-                        if self.visit_from(next, i + 2 + k, f) {
-                            return true;
-                        }
+        if v.is_object() {
+            // A nested path wins over a key that literally contains the dots; dotted keys
+            // are only tried when the plain key is absent.
+            if let Some(next) = v.get(self.parts[i].as_str()) {
+                return self.visit_from(next, i + 1, f);
+            }
+            for (k, key) in self.joined[i].iter().enumerate() {
+                if let Some(next) = v.get(key.as_str()) {
+                    if self.visit_from(next, i + 2 + k, f) {
+                        return true;
                     }
                 }
-                false
             }
-            Json::Array(items) => items.iter().any(|item| self.visit_from(item, i, f)),
-            _ => false,
+            return false;
+        }
+        match v.as_array() {
+            Some(items) => items.iter().any(|item| self.visit_from(item, i, f)),
+            None => false,
         }
     }
 
@@ -183,14 +183,17 @@ impl<'a> Leaf<'a> {
     /// null, objects and lists have no text.
     pub fn with_text<R>(&self, f: impl FnOnce(Option<&str>) -> R) -> R {
         match self {
-            Leaf::Json(Json::String(s)) => f(Some(s)),
+            Leaf::Json(v) => match v.as_ref() {
+                ValueRef::String(s) => f(Some(s)),
+                ValueRef::Bool(b) => f(Some(if b { "true" } else { "false" })),
+                ValueRef::Number(n) => {
+                    let mut buf = NumBuf::new();
+                    let _ = write!(buf, "{n}");
+                    f(Some(buf.as_str()))
+                }
+                _ => f(None),
+            },
             Leaf::Str(s) => f(Some(s)),
-            Leaf::Json(Json::Bool(b)) => f(Some(if *b { "true" } else { "false" })),
-            Leaf::Json(Json::Number(n)) => {
-                let mut buf = NumBuf::new();
-                let _ = write!(buf, "{n}");
-                f(Some(buf.as_str()))
-            }
             Leaf::Num(n) => {
                 let mut buf = NumBuf::new();
                 let _ = write!(buf, "{n}");
@@ -202,8 +205,11 @@ impl<'a> Leaf<'a> {
 
     pub fn as_f64(&self) -> Option<f64> {
         match self {
-            Leaf::Json(Json::Number(n)) => n.as_f64(),
-            Leaf::Json(Json::String(s)) => s.trim().parse().ok(),
+            Leaf::Json(v) => match v.as_ref() {
+                ValueRef::Number(n) => n.as_f64(),
+                ValueRef::String(s) => s.trim().parse().ok(),
+                _ => None,
+            },
             Leaf::Str(s) => s.trim().parse().ok(),
             Leaf::Num(n) => Some(*n as f64),
             _ => None,
@@ -211,15 +217,16 @@ impl<'a> Leaf<'a> {
     }
 
     pub fn is_null(&self) -> bool {
-        matches!(self, Leaf::Json(Json::Null))
+        matches!(self, Leaf::Json(v) if v.is_null())
     }
 
-    pub fn to_json(self) -> Json {
+    /// The value for an alert's `matched_fields`.
+    pub fn to_json(self) -> serde_json::Value {
         match self {
-            Leaf::Json(v) => v.clone(),
-            Leaf::Str(s) => Json::String(s.to_string()),
-            Leaf::Num(n) => Json::from(n),
-            Leaf::EmptyList => Json::Array(Vec::new()),
+            Leaf::Json(v) => raw_to_serde(v),
+            Leaf::Str(s) => serde_json::Value::String(s.to_string()),
+            Leaf::Num(n) => serde_json::Value::from(n),
+            Leaf::EmptyList => serde_json::Value::Array(Vec::new()),
         }
     }
 }
@@ -469,9 +476,7 @@ impl ValueTest {
             ValueTest::Time { part, op, value } => {
                 let ts = match leaf {
                     Leaf::Json(v) => perimeter_model::parse_timestamp(v).ok(),
-                    Leaf::Str(s) => {
-                        perimeter_model::parse_timestamp(&Json::String(s.to_string())).ok()
-                    }
+                    Leaf::Str(s) => perimeter_model::parse_timestamp_str(s).ok(),
                     _ => None,
                 };
                 let Some(ts) = ts else { return false };
@@ -519,11 +524,11 @@ pub struct FieldMatch {
 
 /// Visit every string/number leaf of a JSON document (keyword search and the prefilter).
 pub fn visit_leaves<'a>(v: &'a Json, f: &mut dyn FnMut(&Leaf<'a>) -> bool) -> bool {
-    match v {
-        Json::Object(m) => m.values().any(|x| visit_leaves(x, f)),
-        Json::Array(a) => a.iter().any(|x| visit_leaves(x, f)),
-        Json::Null => false,
-        other => f(&Leaf::Json(other)),
+    match v.as_ref() {
+        ValueRef::Object(m) => m.iter().any(|(_, x)| visit_leaves(x, f)),
+        ValueRef::Array(a) => a.iter().any(|x| visit_leaves(x, f)),
+        ValueRef::Null => false,
+        _ => f(&Leaf::Json(v)),
     }
 }
 
@@ -533,7 +538,11 @@ impl FieldMatch {
     }
 
     /// Evaluate; when `record` is given, push (field, value) of the values that matched.
-    pub fn eval(&self, event: &Event, mut record: Option<&mut Vec<(String, Json)>>) -> bool {
+    pub fn eval(
+        &self,
+        event: &Event,
+        mut record: Option<&mut Vec<(String, serde_json::Value)>>,
+    ) -> bool {
         let Some(field) = &self.field else {
             return self.eval_keywords(event, record);
         };
@@ -545,43 +554,44 @@ impl FieldMatch {
                 .any(|p| p.visit_event(event, &mut |_| true) != Found::Absent);
             return present == *want;
         }
-        let test_one = |t: &ValueTest, rec: &mut Option<&mut Vec<(String, Json)>>| -> bool {
-            let mut absent = true;
-            for p in &self.paths {
-                let mut hit: Option<Json> = None;
-                let want_value = rec.is_some();
-                let r = p.visit_event(event, &mut |leaf| {
-                    if t.test_leaf(&leaf, event) {
-                        if want_value {
-                            hit = Some(leaf.to_json());
+        let test_one =
+            |t: &ValueTest, rec: &mut Option<&mut Vec<(String, serde_json::Value)>>| -> bool {
+                let mut absent = true;
+                for p in &self.paths {
+                    let mut hit: Option<serde_json::Value> = None;
+                    let want_value = rec.is_some();
+                    let r = p.visit_event(event, &mut |leaf| {
+                        if t.test_leaf(&leaf, event) {
+                            if want_value {
+                                hit = Some(leaf.to_json());
+                            }
+                            true
+                        } else {
+                            false
                         }
-                        true
-                    } else {
-                        false
-                    }
-                });
-                match r {
-                    Found::Stopped => {
-                        if let (Some(rec), Some(v)) = (rec.as_deref_mut(), hit) {
-                            rec.push((field.clone(), v));
+                    });
+                    match r {
+                        Found::Stopped => {
+                            if let (Some(rec), Some(v)) = (rec.as_deref_mut(), hit) {
+                                rec.push((field.clone(), v));
+                            }
+                            return true;
                         }
-                        return true;
+                        Found::Exhausted => {
+                            absent = false;
+                            break;
+                        }
+                        Found::Absent => {}
                     }
-                    Found::Exhausted => {
-                        absent = false;
-                        break;
+                }
+                if absent && matches!(t, ValueTest::Null) {
+                    if let Some(rec) = rec.as_deref_mut() {
+                        rec.push((field.clone(), serde_json::Value::Null));
                     }
-                    Found::Absent => {}
+                    return true;
                 }
-            }
-            if absent && matches!(t, ValueTest::Null) {
-                if let Some(rec) = rec.as_deref_mut() {
-                    rec.push((field.clone(), Json::Null));
-                }
-                return true;
-            }
-            false
-        };
+                false
+            };
         if self.all {
             self.tests.iter().all(|t| test_one(t, &mut record))
         } else {
@@ -589,25 +599,30 @@ impl FieldMatch {
         }
     }
 
-    fn eval_keywords(&self, event: &Event, mut record: Option<&mut Vec<(String, Json)>>) -> bool {
-        let test_one = |t: &ValueTest, rec: &mut Option<&mut Vec<(String, Json)>>| -> bool {
-            let mut hit = None;
-            let want = rec.is_some();
-            let found = visit_leaves(&event.raw, &mut |leaf| {
-                if t.test_leaf(leaf, event) {
-                    if want {
-                        hit = Some(leaf.to_json());
+    fn eval_keywords(
+        &self,
+        event: &Event,
+        mut record: Option<&mut Vec<(String, serde_json::Value)>>,
+    ) -> bool {
+        let test_one =
+            |t: &ValueTest, rec: &mut Option<&mut Vec<(String, serde_json::Value)>>| -> bool {
+                let mut hit = None;
+                let want = rec.is_some();
+                let found = visit_leaves(&event.raw, &mut |leaf| {
+                    if t.test_leaf(leaf, event) {
+                        if want {
+                            hit = Some(leaf.to_json());
+                        }
+                        true
+                    } else {
+                        false
                     }
-                    true
-                } else {
-                    false
+                });
+                if let (Some(rec), Some(v)) = (rec.as_deref_mut(), hit) {
+                    rec.push(("keywords".to_string(), v));
                 }
-            });
-            if let (Some(rec), Some(v)) = (rec.as_deref_mut(), hit) {
-                rec.push(("keywords".to_string(), v));
-            }
-            found
-        };
+                found
+            };
         if self.all {
             self.tests.iter().all(|t| test_one(t, &mut record))
         } else {
@@ -646,7 +661,7 @@ impl Detection {
     }
 
     /// Field -> value pairs of the selections that matched (for the alert).
-    pub fn matched_fields(&self, event: &Event) -> Vec<(String, Json)> {
+    pub fn matched_fields(&self, event: &Event) -> Vec<(String, serde_json::Value)> {
         let mut out = Vec::new();
         for sel in &self.selections {
             for map in &sel.alternatives {
@@ -680,10 +695,11 @@ mod tests {
             "weird.key": {"inner": 5},
             "tags": ["x", "y"]
         });
+        let raw_doc = perimeter_model::raw_from_serde(&doc);
         let collect = |name: &str| {
             let p = FieldPath::new(name);
             let mut out = Vec::new();
-            p.visit(&doc, &mut |l| {
+            p.visit(&raw_doc, &mut |l| {
                 out.push(l.to_json());
                 false
             });

@@ -9,8 +9,9 @@ use std::sync::LazyLock;
 
 use aho_corasick::AhoCorasick;
 
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson as Value;
 use perimeter_model::{Event, Outcome};
-use serde_json::Value;
 
 /// The behavioural meaning of one event. Borrowed from the event: no allocation on the hot path
 /// except for numeric raw ids that must be rendered as text.
@@ -39,9 +40,9 @@ pub(crate) struct Classified<'a> {
 }
 
 fn text(v: Option<&Value>) -> Option<Cow<'_, str>> {
-    match v? {
-        Value::String(s) if !s.is_empty() => Some(Cow::Borrowed(s.as_str())),
-        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+    match v?.as_ref() {
+        ValueRef::String(s) if !s.is_empty() => Some(Cow::Borrowed(s)),
+        ValueRef::Number(n) => Some(Cow::Owned(n.to_string())),
         _ => None,
     }
 }
@@ -73,11 +74,11 @@ struct RawFacts<'a> {
 /// (the lookups were a third of the engine's time).
 fn scan_raw(raw: &Value) -> RawFacts<'_> {
     let mut f = RawFacts::default();
-    let Value::Object(map) = raw else {
+    let Some(map) = raw.as_object() else {
         return f;
     };
-    for (k, v) in map {
-        match k.as_str() {
+    for (k, v) in map.iter() {
+        match k {
             "userIdentity" => f.token[0] = text(v.get("accessKeyId")),
             "hashed_token" => f.token[1] = text(Some(v)),
             "token_id" => f.token[2] = text(Some(v)),
@@ -106,7 +107,7 @@ fn scan_raw(raw: &Value) -> RawFacts<'_> {
             }
             "http" => f.throttled |= is_429(v.get("response").and_then(|r| r.get("status_code"))),
             "eventSource" => f.event_source = true,
-            "eventType" => f.api_event_type = v != "AwsConsoleSignIn",
+            "eventType" => f.api_event_type = v.as_str() != Some("AwsConsoleSignIn"),
             "programmatic_access_type" => f.programmatic = true,
             _ => {}
         }
@@ -170,9 +171,9 @@ const THROTTLE_CODES: &[&str] = &[
 ];
 
 fn is_429(v: Option<&Value>) -> bool {
-    match v {
-        Some(Value::Number(n)) => n.as_u64() == Some(429),
-        Some(Value::String(s)) => s == "429",
+    match v.map(Value::as_ref) {
+        Some(ValueRef::Number(n)) => n.as_u64() == Some(429),
+        Some(ValueRef::String(s)) => s == "429",
         _ => false,
     }
 }
@@ -274,7 +275,7 @@ pub(crate) fn classify(event: &Event) -> Classified<'_> {
 mod tests {
     use super::*;
     use perimeter_model::{Ecs, RawRecord};
-    use serde_json::json;
+    use sonic_rs::json;
 
     fn ev(ecs: Ecs, raw: Value) -> Event {
         let rec = RawRecord {

@@ -295,7 +295,7 @@ mod tests {
             tenant: "acme".into(),
             received_at: ts(t),
             line: Some(n),
-            raw: serde_json::json!({ "n": n }),
+            raw: sonic_rs::json!({ "n": n }),
         };
         Event::new(
             "okta",

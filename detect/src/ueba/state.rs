@@ -373,7 +373,7 @@ mod tests {
                 tenant: "t".into(),
                 received_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
                 line: Some(i + 1),
-                raw,
+                raw: perimeter_model::raw_from_serde(&raw),
             };
             ev.push(&Event::new("okta", rec, Default::default()), 20);
         }

@@ -29,7 +29,7 @@ fn event(
         tenant: tenant.into(),
         received_at: t,
         line: Some(line),
-        raw,
+        raw: perimeter_model::raw_from_serde(&raw),
     };
     Event::new(source, rec, ecs)
 }

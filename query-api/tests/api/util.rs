@@ -77,7 +77,7 @@ pub fn event(
         tenant: tenant.to_string(),
         received_at: t(minute) + chrono::Duration::seconds(5),
         line: Some(minute as u64 + 1),
-        raw,
+        raw: perimeter_model::raw_from_serde(&raw),
     };
     Event::new(source, record, ecs)
 }
