@@ -112,7 +112,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
             serde_json::to_writer(&mut out_w, &e.to_output_json())?;
             out_w.write_all(b"\n")?;
         }
-        dead.append(&mut out.dead_letters);
+        keep_dead_letters(&mut dead, &mut out.dead_letters);
     }
     out_w.flush()?;
     let stats = pipeline.stats();
@@ -120,7 +120,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
         "perimeter normalize: {} records, {} events, {} values masked, {} dead-lettered",
         stats.records, stats.events, stats.values_masked, stats.dead_letters
     );
-    print_dead_letters(&dead);
+    print_dead_letters(&dead, stats.dead_letters);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -145,16 +145,28 @@ fn feed(
     }
 }
 
-fn print_dead_letters(dead: &[perimeter_model::DeadLetter]) {
-    const SHOWN: usize = 20;
-    for d in dead.iter().take(SHOWN) {
+/// Dead letters shown in the summary; the rest are counted (the pipeline's stats), not kept, so a
+/// file of millions of bad lines does not grow memory.
+const SHOWN_DEAD_LETTERS: usize = 20;
+
+fn keep_dead_letters(
+    kept: &mut Vec<perimeter_model::DeadLetter>,
+    new: &mut Vec<perimeter_model::DeadLetter>,
+) {
+    let room = SHOWN_DEAD_LETTERS.saturating_sub(kept.len());
+    kept.extend(new.drain(..).take(room));
+    new.clear();
+}
+
+fn print_dead_letters(dead: &[perimeter_model::DeadLetter], total: u64) {
+    for d in dead.iter().take(SHOWN_DEAD_LETTERS) {
         match d.line {
             Some(l) => eprintln!("  line {l}: {}", d.reason),
             None => eprintln!("  {}", d.reason),
         }
     }
-    if dead.len() > SHOWN {
-        eprintln!("  ... and {} more", dead.len() - SHOWN);
+    if total > dead.len() as u64 {
+        eprintln!("  ... and {} more", total - dead.len() as u64);
     }
 }
 
@@ -191,7 +203,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     for item in reader.by_ref() {
         feed(&mut pipeline, &args.source, &tenant, item?, &mut out);
         write_alerts(&mut out, &mut out_w)?;
-        dead.append(&mut out.dead_letters);
+        keep_dead_letters(&mut dead, &mut out.dead_letters);
         if progress
             && pipeline.stats().records.is_multiple_of(1_000_000)
             && pipeline.stats().records > 0
@@ -221,6 +233,6 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         stats.dead_letters,
         started.elapsed().as_secs_f64()
     );
-    print_dead_letters(&dead);
+    print_dead_letters(&dead, stats.dead_letters);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,8 @@
 //! The synchronous middle of Perimeter: raw records in, masked events, alerts and dead letters out.
 //!
 //! Order per record: split vendor envelopes -> normalize -> every detector (clear values, in
-//! memory) -> mask the event -> mask the alerts. Nothing leaves a [`Pipeline`] unmasked.
+//! memory) -> mask the alerts -> mask the event (when events are kept for output). Nothing
+//! leaves a [`Pipeline`] unmasked.
 
 use crate::mask::SecretMasker;
 use crate::normalize::{split_records, NormalizerRegistry};
@@ -153,11 +154,14 @@ impl Pipeline {
             d.detect(&event, &mut alerts);
         }
         self.scratch_alerts = alerts;
-        let masked = self.masker.mask(&mut event);
-        self.stats.values_masked += masked.total();
         self.stats.events += 1;
         self.drain_alerts(out);
+        // Masking is what makes an event fit to leave memory. An event that is not kept (the
+        // `detect` command prints alerts only) is dropped right here, so masking it would be
+        // work without effect; its alerts were masked above.
         if self.keep_events {
+            let masked = self.masker.mask(&mut event);
+            self.stats.values_masked += masked.total();
             out.events.push(event);
         }
     }

@@ -111,7 +111,46 @@ impl<R: BufRead> JsonlReader<R> {
 }
 
 fn memchr_newline(hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', hay)
+}
+
+/// Deepest nesting of arrays and objects accepted (serde_json's default). The parser and every
+/// walk over a record recurse once per level, so an adversarial `[[[[...` line must become a
+/// dead letter, not a stack overflow.
+pub const MAX_NESTING: usize = 128;
+
+/// Whether the JSON text nests deeper than `max` (strings are skipped, so brackets inside them
+/// do not count). Audit records have a few dozen brackets at most: counting them with a SIMD
+/// search settles almost every line without the byte-by-byte pass.
+fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
+    if memchr::memchr2_iter(b'[', b'{', bytes).count() <= max {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The start of a rejected line, for the analyst. When cut, the cut backs off to the last
@@ -169,13 +208,6 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
             if bytes.iter().all(|b| b.is_ascii_whitespace()) {
                 continue;
             }
-            if let Err(e) = std::str::from_utf8(bytes) {
-                return Some(Ok(InputItem::Invalid {
-                    line,
-                    reason: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-                    excerpt: excerpt(bytes, max),
-                }));
-            }
             return Some(Ok(parse_record(line, bytes, max)));
         }
     }
@@ -184,7 +216,25 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
 /// One JSON document's bytes as a record, or why they are not one.
 fn parse_record(line: u64, bytes: &[u8], excerpt_bytes: usize) -> InputItem {
     use sonic_rs::{JsonType, JsonValueTrait};
-    match sonic_rs::from_slice::<perimeter_model::RawJson>(bytes) {
+    // Validated once here; `from_str` then skips sonic-rs's own UTF-8 pass.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            return InputItem::Invalid {
+                line,
+                reason: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                excerpt: excerpt(bytes, excerpt_bytes),
+            }
+        }
+    };
+    if nesting_exceeds(bytes, MAX_NESTING) {
+        return InputItem::Invalid {
+            line,
+            reason: format!("JSON nests deeper than {MAX_NESTING} levels"),
+            excerpt: excerpt(bytes, excerpt_bytes),
+        };
+    }
+    match sonic_rs::from_str::<perimeter_model::RawJson>(text) {
         Ok(value) if matches!(value.get_type(), JsonType::Object | JsonType::Array) => {
             InputItem::Record { line, value }
         }
@@ -272,6 +322,51 @@ mod tests {
             "{reasons:?}"
         );
         assert!(reasons[3].contains("found a number"), "{reasons:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_a_dead_letter_not_a_stack_overflow() {
+        let deep = |n: usize| format!("{}{}\n", "[".repeat(n), "]".repeat(n));
+        let mut input = deep(100_000).into_bytes();
+        input.extend_from_slice(
+            format!(
+                "{}1{}\n",
+                "{\"a\":".repeat(MAX_NESTING + 1),
+                "}".repeat(MAX_NESTING + 1)
+            )
+            .as_bytes(),
+        );
+        // At the limit, and brackets inside strings do not count.
+        input.extend_from_slice(deep(MAX_NESTING).as_bytes());
+        input.extend_from_slice(format!("{{\"s\": \"{}\"}}\n", "[".repeat(1000)).as_bytes());
+        // Debug builds use far bigger stack frames than release ones (where the limit is far
+        // from the 2 MiB of a test thread): give the parser room for the at-limit line.
+        let items = std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || read(&input, JsonlReaderConfig::default()))
+            .expect("spawning the reader thread")
+            .join()
+            .expect("the reader does not panic");
+        assert_eq!(items.len(), 4);
+        for (i, item) in items.iter().take(2).enumerate() {
+            match item {
+                InputItem::Invalid { line, reason, .. } => {
+                    assert_eq!(*line, i as u64 + 1);
+                    assert!(reason.contains("nests deeper"), "{reason}");
+                }
+                other => panic!("line {} should be rejected: {other:?}", i + 1),
+            }
+        }
+        assert!(
+            matches!(items[2], InputItem::Record { line: 3, .. }),
+            "{:?}",
+            items[2]
+        );
+        assert!(
+            matches!(items[3], InputItem::Record { line: 4, .. }),
+            "{:?}",
+            items[3]
+        );
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub struct EventId(pub String);
 impl EventId {
     /// Derive the id from the source name and the raw record's content.
     ///
-    /// The content is encoded structurally (a type tag per value, lengths before strings, object
-    /// keys in input order) into a reused buffer and hashed in one call. Equal values give equal
+    /// The content is encoded structurally (a type tag per value, varint lengths before strings
+    /// and containers, object keys in input order) into a reused buffer and hashed in one call. Equal values give equal
     /// bytes, whatever their JSON formatting (whitespace, escapes) was; no escaping or number
     /// formatting is done, which made id derivation the slowest step of normalization when it
     /// hashed the JSON text.
@@ -68,8 +68,19 @@ impl std::fmt::Display for EventId {
 }
 
 fn encode_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    encode_len(buf, s.len());
     buf.extend_from_slice(s.as_bytes());
+}
+
+/// LEB128 varint: audit records are mostly short keys and strings, so one byte per length
+/// instead of eight keeps the hashed buffer (and the hash's time) near the record's own size.
+fn encode_len(buf: &mut Vec<u8>, len: usize) {
+    let mut v = len as u64;
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
 }
 
 fn encode_value(buf: &mut Vec<u8>, v: &RawJson) {
@@ -95,14 +106,14 @@ fn encode_value(buf: &mut Vec<u8>, v: &RawJson) {
         }
         ValueRef::Array(a) => {
             buf.push(6);
-            buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            encode_len(buf, a.len());
             for x in a.iter() {
                 encode_value(buf, x);
             }
         }
         ValueRef::Object(m) => {
             buf.push(7);
-            buf.extend_from_slice(&(m.len() as u64).to_le_bytes());
+            encode_len(buf, m.len());
             for (k, x) in m.iter() {
                 encode_str(buf, k);
                 encode_value(buf, x);

@@ -2,8 +2,11 @@
 //! sent.
 //!
 //! [`SecretMasker`] implements [`perimeter_model::Masker`]:
-//! - `mask` walks `event.raw` recursively and every ECS string ([`perimeter_model::Ecs::strings_mut`]);
-//! - `mask_value` walks any JSON value (alert evidence, matched fields);
+//! - `mask` runs the masking walk ([`walk`]) over `event.raw` and masks every ECS string
+//!   ([`perimeter_model::Ecs::strings_mut`]). The walk first only checks (most records hold
+//!   nothing to mask and are left as parsed); a record that needs masking is written out masked
+//!   and parsed back, keys in their input order;
+//! - `mask_value` runs the same walk over any JSON value (alert evidence, matched fields);
 //! - `mask_text` masks free text (dead-letter excerpts of lines that are not even JSON).
 //!
 //! Two detectors decide what is secret:
@@ -18,19 +21,19 @@
 //! from key-name masking. What was masked is counted ([`MaskCounts`], [`MaskStats`]), never logged.
 //!
 //! Guarantees: masking is idempotent (masked output such as `[REDACTED:jwt]` or `hmac:...` is
-//! never masked again, so hashes stay stable); it never panics on any input; values that need no
-//! change are not reallocated.
+//! never masked again, so hashes stay stable); it never panics on any input; records that need no
+//! change are not copied; a value whose masked form cannot be rebuilt (nesting deeper than the
+//! JSON parser allows) is replaced whole by `[REDACTED:unserializable]` (fail closed).
 
 mod config;
 mod keys;
 mod patterns;
+mod walk;
 
 use std::borrow::Cow;
 
 use hmac::{Hmac, Mac};
-use perimeter_model::{
-    raw_from_serde, raw_to_serde, Event, MaskStats, Masker, RawJson, ECS_FIELDS,
-};
+use perimeter_model::{raw_from_serde, Event, MaskStats, Masker, RawJson, ECS_FIELDS};
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -106,6 +109,9 @@ const RAW_ROOT: usize = 0;
 /// Object keys shorter than this are not scanned for value patterns (see `walk`).
 const MIN_SCANNED_KEY_LEN: usize = 11;
 const DOC_ROOT: usize = 1;
+/// What a value becomes when its masked form cannot be rebuilt (nesting deeper than the JSON
+/// parser's limit): fail closed, nothing of it is kept.
+const UNSERIALIZABLE: &str = "[REDACTED:unserializable]";
 
 /// Masks secrets and PII in events, JSON values and text. Build once, share across threads.
 #[derive(Debug)]
@@ -228,11 +234,15 @@ impl SecretMasker {
     /// [`Masker::mask`] with per-kind counts added into `counts`.
     ///
     /// The raw record is parsed input that masking usually leaves alone, so it is only rebuilt
-    /// when something in it must change: a cheap check over its JSON text decides whether the
-    /// full walk can find anything, and the walk runs on a `serde_json` copy (the parsed arena
-    /// DOM is read-only in practice: mutating it converts every object into a map).
+    /// when something in it must change: the masking walk first runs in check mode (no output,
+    /// stops at the first change), and only a record that needs it is written out masked and
+    /// parsed back (see [`walk`]).
     pub fn mask_counted(&self, event: &mut Event, counts: &mut MaskCounts) {
-        self.mask_raw(&mut event.raw, counts);
+        self.mask_raw(
+            &mut event.raw,
+            self.has_path_rules.then_some(RAW_ROOT),
+            counts,
+        );
         for (name, value) in event.ecs.strings_mut() {
             let rule = self
                 .ecs_rules
@@ -247,44 +257,54 @@ impl SecretMasker {
         }
     }
 
-    /// Mask a raw record in place (see [`Self::mask_counted`]).
-    pub fn mask_raw(&self, raw: &mut RawJson, counts: &mut MaskCounts) {
-        if !self.has_path_rules && !self.raw_may_need_masking(raw) {
-            return;
-        }
-        let before = counts.stats().total();
-        let mut value = raw_to_serde(raw);
+    /// Whether masking `raw` would change it.
+    pub fn raw_needs_masking(&self, raw: &RawJson) -> bool {
         let root = self.has_path_rules.then_some(RAW_ROOT);
-        self.walk(&mut value, root, 0, counts);
-        if counts.stats().total() != before {
-            *raw = raw_from_serde(&value);
+        self.masked_text(raw, root, &mut MaskCounts::default(), |_| ())
+            .is_some()
+    }
+
+    /// Mask a record in place, rebuilding it only when something changes.
+    fn mask_raw(&self, raw: &mut RawJson, root: Option<usize>, counts: &mut MaskCounts) {
+        if let Some(masked) = self.masked_text(raw, root, counts, |text| {
+            sonic_rs::from_slice::<RawJson>(text).ok()
+        }) {
+            // The walk writes valid JSON; should parsing it ever fail, nothing unmasked may remain.
+            *raw = masked.unwrap_or_else(|| RawJson::from(UNSERIALIZABLE));
         }
     }
 
-    /// False only when masking `raw` cannot change anything.
-    fn raw_may_need_masking(&self, raw: &RawJson) -> bool {
-        thread_local! {
-            static TEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// `None` when masking `raw` changes nothing; otherwise `parse` applied to the masked text.
+    /// The cheap check mode runs first; the write mode only for records that need it.
+    fn masked_text<T>(
+        &self,
+        raw: &RawJson,
+        root: Option<usize>,
+        counts: &mut MaskCounts,
+        parse: impl FnOnce(&[u8]) -> T,
+    ) -> Option<T> {
+        if !walk::MaskWalk::check(self, &mut MaskCounts::default()).run(raw, root) {
+            return None;
         }
-        let check = |text: &mut Vec<u8>| {
-            text.clear();
-            sonic_rs::to_writer(&mut *text, raw).is_err() || self.text_may_need_masking(text)
-        };
-        TEXT.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut text) => check(&mut text),
-            Err(_) => check(&mut Vec::new()),
+        walk::with_write_buffer(|text| {
+            let mut written = MaskCounts::default();
+            let changed = walk::MaskWalk::write(self, text, &mut written).run(raw, root);
+            changed.then(|| {
+                counts.add(&written);
+                parse(text)
+            })
         })
-    }
-
-    /// Whether the JSON text `text` can hold anything masking would change (conservative).
-    pub fn text_may_need_masking(&self, _text: &[u8]) -> bool {
-        true
     }
 
     /// [`Masker::mask_value`] with per-kind counts added into `counts`.
     pub fn mask_value_counted(&self, value: &mut Value, counts: &mut MaskCounts) {
+        let raw = raw_from_serde(value);
         let root = self.has_path_rules.then_some(DOC_ROOT);
-        self.walk(value, root, 0, counts);
+        if let Some(masked) = self.masked_text(&raw, root, counts, |text| {
+            serde_json::from_slice::<Value>(text).ok()
+        }) {
+            *value = masked.unwrap_or_else(|| Value::from(UNSERIALIZABLE));
+        }
     }
 
     /// [`Masker::mask_text`] with per-kind counts added into `counts`.
@@ -295,92 +315,6 @@ impl SecretMasker {
         }
     }
 
-    fn walk(
-        &self,
-        value: &mut Value,
-        node: Option<usize>,
-        extra: KindSet,
-        counts: &mut MaskCounts,
-    ) {
-        match value {
-            Value::String(s) => self.mask_string(s, self.enabled | extra, counts),
-            Value::Number(n) => {
-                if (self.enabled | extra) & bit(PatternKind::CreditCard) != 0 {
-                    if let Some(masked) = self.mask_card_number(n, counts) {
-                        *value = Value::String(masked);
-                    }
-                }
-            }
-            Value::Array(items) => {
-                for item in items {
-                    self.walk(item, node, extra, counts);
-                }
-            }
-            Value::Object(map) => {
-                let pair_is_secret = map.iter().any(|(k, v)| {
-                    is_pair_name_key(k) && v.as_str().is_some_and(|n| self.keys.is_sensitive(n))
-                });
-                self.mask_object_keys(map, self.enabled | extra, counts);
-                for (key, child) in map.iter_mut() {
-                    if matches!(child, Value::Null | Value::Bool(_)) {
-                        continue;
-                    }
-                    let child_node = node.and_then(|n| self.child_node(n, key));
-                    let rule = child_node
-                        .and_then(|n| self.trie[n].rule)
-                        .unwrap_or_default();
-                    if let Some(action) = forced_action(rule.action) {
-                        self.force_leaves(child, action, "field", counts);
-                        continue;
-                    }
-                    // A key masked just above held a secret value, it is no name for one.
-                    if rule.action != FieldAction::Keep
-                        && !is_masked(key)
-                        && (self.keys.is_sensitive(key)
-                            || (pair_is_secret && is_pair_value_key(key)))
-                    {
-                        self.force_leaves(child, self.key_action, "key", counts);
-                        continue;
-                    }
-                    self.walk(child, child_node, extra | rule.extra, counts);
-                }
-            }
-            Value::Null | Value::Bool(_) => {}
-        }
-    }
-
-    /// Object keys can carry secrets too (`{"ghp_...": 1}`, an email as a map key). Every pattern
-    /// needs 11+ characters except short emails and `k=v` pairs, and every token shape has a digit,
-    /// `_`, `-`, `.` or an upper-case run, so the usual short or camelCase keys skip the scan.
-    fn mask_object_keys(
-        &self,
-        map: &mut serde_json::Map<String, Value>,
-        enabled: KindSet,
-        counts: &mut MaskCounts,
-    ) {
-        let mut renames: Vec<(String, String)> = Vec::new();
-        for key in map.keys() {
-            if key.len() >= MIN_SCANNED_KEY_LEN && !is_plain_identifier(key) {
-                if let Cow::Owned(masked) = self.mask_str(key, enabled, counts) {
-                    renames.push((key.clone(), masked));
-                }
-            }
-        }
-        for (old, mut new) in renames {
-            if let Some(v) = map.remove(&old) {
-                // Two secrets can mask to the same text: keep both values.
-                let base_len = new.len();
-                let mut n = 2;
-                while map.contains_key(&new) {
-                    new.truncate(base_len);
-                    new.push_str(&format!("#{n}"));
-                    n += 1;
-                }
-                map.insert(new, v);
-            }
-        }
-    }
-
     /// Follow a key (which may itself contain dots) from `node` in the path trie.
     fn child_node(&self, node: usize, key: &str) -> Option<usize> {
         let mut cur = node;
@@ -388,33 +322,6 @@ impl SecretMasker {
             cur = self.trie[cur].children.iter().find(|(s, _)| &**s == seg)?.1;
         }
         Some(cur)
-    }
-
-    /// Mask every string/number leaf under a sensitive key or a forced field rule.
-    fn force_leaves(
-        &self,
-        value: &mut Value,
-        action: Action,
-        label: &str,
-        counts: &mut MaskCounts,
-    ) {
-        match value {
-            Value::String(s) => self.force_string(s, action, label, counts),
-            Value::Number(n) => {
-                let text = n.to_string();
-                counts.by_key += 1;
-                *value = Value::String(self.replacement(action, label, &text));
-            }
-            Value::Array(items) => items
-                .iter_mut()
-                .for_each(|v| self.force_leaves(v, action, label, counts)),
-            Value::Object(map) => {
-                self.mask_object_keys(map, self.enabled, counts);
-                map.values_mut()
-                    .for_each(|v| self.force_leaves(v, action, label, counts));
-            }
-            Value::Null | Value::Bool(_) => {}
-        }
     }
 
     fn force_string(&self, s: &mut String, action: Action, label: &str, counts: &mut MaskCounts) {
@@ -468,31 +375,6 @@ impl SecretMasker {
         current
     }
 
-    /// A JSON number that is a card number becomes a masked string.
-    fn mask_card_number(&self, n: &serde_json::Number, counts: &mut MaskCounts) -> Option<String> {
-        let v = n.as_u64()?;
-        if !(1_000_000_000_000..=9_999_999_999_999_999_999).contains(&v) {
-            return None;
-        }
-        let mut lead = v;
-        while lead >= 10 {
-            lead /= 10;
-        }
-        if !(2..=6).contains(&lead) {
-            return None;
-        }
-        let text = v.to_string();
-        if !patterns::is_card_number(&text) {
-            return None;
-        }
-        counts.by_kind[PatternKind::CreditCard.index()] += 1;
-        Some(self.replacement(
-            self.kind_actions[PatternKind::CreditCard.index()],
-            PatternKind::CreditCard.as_str(),
-            &text,
-        ))
-    }
-
     fn replacement(&self, action: Action, label: &str, secret: &str) -> String {
         match action {
             Action::Redact => format!("[REDACTED:{label}]"),
@@ -532,6 +414,29 @@ impl Masker for SecretMasker {
         self.mask_value_counted(value, &mut counts);
         counts.stats()
     }
+}
+
+/// A JSON number's digits when they form a card number (13-19 digits, a card network's leading
+/// digit, Luhn-valid).
+fn card_number_text(v: u64) -> Option<String> {
+    if !(1_000_000_000_000..=9_999_999_999_999_999_999).contains(&v) {
+        return None;
+    }
+    let mut lead = v;
+    while lead >= 10 {
+        lead /= 10;
+    }
+    if !(2..=6).contains(&lead) {
+        return None;
+    }
+    let text = v.to_string();
+    patterns::is_card_number(&text).then_some(text)
+}
+
+/// Object keys can carry secrets too; see [`SecretMasker::mask_object_keys`] for why shorter or
+/// camelCase keys are not scanned.
+fn key_needs_scan(key: &str) -> bool {
+    key.len() >= MIN_SCANNED_KEY_LEN && !is_plain_identifier(key)
 }
 
 fn forced_action(action: FieldAction) -> Option<Action> {

@@ -225,25 +225,40 @@ impl Patterns {
 
     /// Kinds among `enabled` that may occur in `text` (a superset of those that do).
     pub(crate) fn candidates(&self, text: &str, enabled: KindSet) -> KindSet {
-        let mut set: KindSet = 0;
+        let bytes = text.as_bytes();
         let digit_kinds = enabled & (bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn));
+        let anchored = enabled & !digit_kinds;
         // Nine digits is the shortest thing the digit kinds match (an SSN).
-        if digit_kinds != 0 && text.len() >= 9 {
-            let run = longest_digit_run(text.as_bytes());
-            if run >= 13 {
+        let want_digits = digit_kinds != 0 && bytes.len() >= 9;
+        let want_anchors = anchored != 0 && bytes.len() >= self.min_anchor_len;
+        if !want_digits && !want_anchors {
+            return 0;
+        }
+        // One pass over the bytes: digit runs, whether every byte is id-shaped, and whether the
+        // text has the separators that assignment-like patterns need.
+        let scan = scan_bytes(bytes);
+        let mut set: KindSet = 0;
+        if want_digits {
+            if scan.digit_run >= 13 {
                 set |= digit_kinds;
-            } else if run >= 9 {
+            } else if scan.digit_run >= 9 {
                 set |= digit_kinds & bit(PatternKind::UsSsn);
             }
         }
-        if enabled & !digit_kinds != 0
-            && text.len() >= self.min_anchor_len
-            && !(self.id_shape_skip && text.bytes().all(|b| ID_SHAPED[usize::from(b)]))
-        {
+        if want_anchors && !(self.id_shape_skip && scan.id_shaped) {
             // Non-overlapping (it can use AC's own memchr-style prefilter); no anchor is a
             // substring of another kind's anchor starting at the same place, so none is hidden.
             for m in self.prefilter.find_iter(text) {
                 set |= bit(self.anchor_kind[m.pattern().as_usize()]);
+            }
+            // Kinds whose regex cannot match without these bytes (`name = value`, `Bearer x`).
+            if !scan.has_assign && !scan.has_space {
+                set &= !(bit(PatternKind::SecretAssignment)
+                    | bit(PatternKind::AwsSecretAccessKey)
+                    | bit(PatternKind::OktaApiToken));
+            }
+            if !scan.has_space {
+                set &= !bit(PatternKind::AuthHeader);
             }
         }
         set & enabled
@@ -261,6 +276,10 @@ impl Patterns {
         let re = &self.regexes[kind.index()];
         let mut pos = 0;
         while pos <= text.len() {
+            // The lazy DFA answers "no match from here" far cheaper than a capturing search.
+            if re.find_at(text, pos).is_none() {
+                break;
+            }
             let Some(caps) = re.captures_at(text, pos) else {
                 break;
             };
@@ -308,34 +327,78 @@ const ID_SHAPED: [bool; 256] = {
     t
 };
 
-/// Longest run of digits where single spaces or dashes between digits do not break the run,
-/// capped at 13 (enough to decide).
-fn longest_digit_run(bytes: &[u8]) -> usize {
+/// What one pass over a value's bytes tells [`Patterns::candidates`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ByteScan {
+    /// Longest run of digits where single spaces or dashes between digits do not break the run,
+    /// capped at 13 (enough to decide).
+    digit_run: usize,
+    /// Every byte is in [`ID_SHAPED`].
+    id_shaped: bool,
+    /// A `:` or `=` occurs.
+    has_assign: bool,
+    /// A whitespace byte occurs, or a non-ASCII byte (`\s` in the patterns is Unicode-aware).
+    has_space: bool,
+}
+
+const DIGIT: u8 = 1;
+const RUN_SEP: u8 = 2;
+const ID: u8 = 4;
+const ASSIGN: u8 = 8;
+const SPACE: u8 = 16;
+
+/// Byte classes for [`scan_bytes`].
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut k = 0;
+        if c.is_ascii_digit() {
+            k |= DIGIT;
+        }
+        if c == b' ' || c == b'-' {
+            k |= RUN_SEP;
+        }
+        if ID_SHAPED[b] {
+            k |= ID;
+        }
+        if c == b':' || c == b'=' {
+            k |= ASSIGN;
+        }
+        if c.is_ascii_whitespace() || c >= 0x80 {
+            k |= SPACE;
+        }
+        t[b] = k;
+        b += 1;
+    }
+    t
+};
+
+fn scan_bytes(bytes: &[u8]) -> ByteScan {
     let mut best = 0;
     let mut run = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b.is_ascii_digit() {
+    let mut all = 0xffu8;
+    let mut any = 0u8;
+    for (i, &b) in bytes.iter().enumerate() {
+        let k = CLASS[usize::from(b)];
+        all &= k;
+        any |= k;
+        if k & DIGIT != 0 {
             run += 1;
-            if run > best {
-                best = run;
-                if best >= 13 {
-                    // Long enough for every digit kind: the exact length does not matter.
-                    return best;
-                }
-            }
-        } else if (b == b' ' || b == b'-')
-            && run > 0
-            && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+            best = best.max(run);
+        } else if !(k & RUN_SEP != 0 && run > 0 && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
         {
-            // separator inside a number: keep counting
-        } else {
+            // A separator inside a number keeps the run going; anything else ends it.
             run = 0;
         }
-        i += 1;
     }
-    best
+    ByteScan {
+        digit_run: best.min(13),
+        id_shaped: all & ID != 0 || bytes.is_empty(),
+        has_assign: any & ASSIGN != 0,
+        has_space: any & SPACE != 0,
+    }
 }
 
 /// Text already produced by masking is never masked again (idempotence, stable hashes).
@@ -533,11 +596,46 @@ mod tests {
     }
 
     #[test]
+    fn byte_scan_only_drops_kinds_that_cannot_match() {
+        let p = Patterns::new(KindSet::MAX).expect("compiles");
+        let assign = bit(PatternKind::SecretAssignment);
+        // An event type that names a token: no separator, so no assignment can be in it.
+        assert_eq!(
+            p.candidates("app.oauth2.as.token.grant", KindSet::MAX) & assign,
+            0
+        );
+        assert_eq!(
+            p.candidates("Bearer", KindSet::MAX) & bit(PatternKind::AuthHeader),
+            0
+        );
+        // Separators of every kind keep the kinds: ASCII, Unicode spaces (the regexes' `\s` is
+        // Unicode-aware), `:` and `=`.
+        for text in [
+            "token=ghx1234567",
+            "token: abc123xyz",
+            "password was Zq9abc123",
+            "password\u{2003}was\u{2003}Zq9abc123",
+        ] {
+            assert_ne!(p.candidates(text, KindSet::MAX) & assign, 0, "{text:?}");
+        }
+        one(
+            "password\u{2003}was\u{2003}Zq9abc123",
+            PatternKind::SecretAssignment,
+            "Zq9abc123",
+        );
+        one(
+            "Authorization: Bearer 8f3a9c2e1b7d",
+            PatternKind::AuthHeader,
+            "8f3a9c2e1b7d",
+        );
+    }
+
+    #[test]
     fn digit_runs() {
-        assert_eq!(longest_digit_run(b"2024-01-15T10:00:00Z"), 8);
-        assert_eq!(longest_digit_run(b"card 4111 1111 1111 1111 ok"), 13);
-        assert_eq!(longest_digit_run(b"10.0.0.1"), 2);
-        assert_eq!(longest_digit_run(b"123-45-6789"), 9);
+        assert_eq!(scan_bytes(b"2024-01-15T10:00:00Z").digit_run, 8);
+        assert_eq!(scan_bytes(b"card 4111 1111 1111 1111 ok").digit_run, 13);
+        assert_eq!(scan_bytes(b"10.0.0.1").digit_run, 2);
+        assert_eq!(scan_bytes(b"123-45-6789").digit_run, 9);
     }
 
     #[test]

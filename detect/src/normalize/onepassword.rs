@@ -21,9 +21,7 @@ pub enum OnePasswordEventKind {
 impl OnePasswordEventKind {
     /// Tell the kind from the record's keys.
     pub fn of(obj: &fields::Obj) -> Option<OnePasswordEventKind> {
-        if !obj.get("timestamp").is_some() {
-            return None;
-        }
+        obj.get("timestamp")?;
         if obj.get("actor_uuid").is_some() && obj.get("object_type").is_some() {
             Some(OnePasswordEventKind::Audit)
         } else if obj.get("item_uuid").is_some() && obj.get("vault_uuid").is_some() {

@@ -1,0 +1,349 @@
+//! The one masking walk over a parsed record ([`RawJson`]), in two modes:
+//! - **check**: decide whether masking would change anything, stopping at the first change and
+//!   writing nothing (most records are clean, so this is the usual case and must be cheap);
+//! - **write**: emit the masked record as JSON text (keys in input order), which the caller
+//!   parses back into a record. Parsed records are arena DOMs that are read-only in practice, so
+//!   rebuilding from text is the cheap way to change a few leaves.
+//!
+//! Both modes run the same decisions, so "check said clean" can never disagree with what writing
+//! would have masked (a proptest compares them).
+
+use std::borrow::Cow;
+
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson;
+
+use super::patterns::{bit, is_masked, KindSet};
+
+use super::{
+    card_number_text, forced_action, is_pair_name_key, is_pair_value_key, key_needs_scan, Action,
+    FieldAction, MaskCounts, PatternKind, SecretMasker,
+};
+
+pub(super) struct MaskWalk<'a> {
+    masker: &'a SecretMasker,
+    /// `None`: check mode.
+    out: Option<&'a mut Vec<u8>>,
+    counts: &'a mut MaskCounts,
+    changed: bool,
+}
+
+impl<'a> MaskWalk<'a> {
+    /// Check mode: [`Self::run`] answers whether masking changes anything, writing nothing.
+    pub(super) fn check(masker: &'a SecretMasker, counts: &'a mut MaskCounts) -> MaskWalk<'a> {
+        MaskWalk {
+            masker,
+            out: None,
+            counts,
+            changed: false,
+        }
+    }
+
+    pub(super) fn write(
+        masker: &'a SecretMasker,
+        out: &'a mut Vec<u8>,
+        counts: &'a mut MaskCounts,
+    ) -> MaskWalk<'a> {
+        MaskWalk {
+            masker,
+            out: Some(out),
+            counts,
+            changed: false,
+        }
+    }
+
+    /// Walk `value` from path-trie node `node`; returns whether anything changed.
+    pub(super) fn run(mut self, value: &RawJson, node: Option<usize>) -> bool {
+        self.value(value, node, 0);
+        self.changed
+    }
+
+    /// In check mode, nothing after the first change matters.
+    fn done(&self) -> bool {
+        self.changed && self.out.is_none()
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        if let Some(out) = self.out.as_deref_mut() {
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    fn json_str(&mut self, s: &str) {
+        if let Some(out) = self.out.as_deref_mut() {
+            write_json_str(out, s);
+        }
+    }
+
+    fn leaf(&mut self, v: &RawJson) {
+        if let Some(out) = self.out.as_deref_mut() {
+            match v.as_ref() {
+                ValueRef::Null => out.extend_from_slice(b"null"),
+                ValueRef::Bool(true) => out.extend_from_slice(b"true"),
+                ValueRef::Bool(false) => out.extend_from_slice(b"false"),
+                ValueRef::String(s) => write_json_str(out, s),
+                // Numbers are few; the serializer keeps their exact JSON form.
+                _ => {
+                    let _ = sonic_rs::to_writer(&mut *out, v);
+                }
+            }
+        }
+    }
+
+    fn value(&mut self, value: &RawJson, node: Option<usize>, extra: KindSet) {
+        let enabled = self.masker.enabled | extra;
+        match value.as_ref() {
+            ValueRef::String(s) => self.string(s, enabled),
+            ValueRef::Number(n) => {
+                let card = (enabled & bit(PatternKind::CreditCard) != 0)
+                    .then(|| n.as_u64().and_then(card_number_text))
+                    .flatten();
+                match card {
+                    Some(text) => {
+                        self.changed = true;
+                        self.counts.by_kind[PatternKind::CreditCard.index()] += 1;
+                        if self.out.is_some() {
+                            let kind = PatternKind::CreditCard;
+                            let r = self.masker.replacement(
+                                self.masker.kind_actions[kind.index()],
+                                kind.as_str(),
+                                &text,
+                            );
+                            self.json_str(&r);
+                        }
+                    }
+                    None => self.leaf(value),
+                }
+            }
+            ValueRef::Array(items) => {
+                self.raw(b"[");
+                for (i, item) in items.iter().enumerate() {
+                    if self.done() {
+                        return;
+                    }
+                    if i > 0 {
+                        self.raw(b",");
+                    }
+                    self.value(item, node, extra);
+                }
+                self.raw(b"]");
+            }
+            ValueRef::Object(map) => {
+                let keys = &self.masker.keys;
+                let pair_is_secret = map.iter().any(|(k, v)| {
+                    is_pair_name_key(k) && v.as_str().is_some_and(|n| keys.is_sensitive(n))
+                });
+                self.raw(b"{");
+                let mut renamed = Vec::new();
+                for (i, (key, child)) in map.iter().enumerate() {
+                    if self.done() {
+                        return;
+                    }
+                    if i > 0 {
+                        self.raw(b",");
+                    }
+                    let key = self.object_key(map, &mut renamed, key, enabled);
+                    self.raw(b":");
+                    if child.is_null() || child.is_boolean() {
+                        self.leaf(child);
+                        continue;
+                    }
+                    let m = self.masker;
+                    let child_node = node.and_then(|n| m.child_node(n, &key));
+                    let rule = child_node.and_then(|n| m.trie[n].rule).unwrap_or_default();
+                    if let Some(action) = forced_action(rule.action) {
+                        self.force_leaves(child, action, "field");
+                        continue;
+                    }
+                    // A key masked just above held a secret value, it is no name for one.
+                    if rule.action != FieldAction::Keep
+                        && !is_masked(&key)
+                        && (m.keys.is_sensitive(&key)
+                            || (pair_is_secret && is_pair_value_key(&key)))
+                    {
+                        self.force_leaves(child, m.key_action, "key");
+                        continue;
+                    }
+                    self.value(child, child_node, extra | rule.extra);
+                }
+                self.raw(b"}");
+            }
+            _ => self.leaf(value),
+        }
+    }
+
+    /// A string scanned for value patterns.
+    fn string(&mut self, s: &str, enabled: KindSet) {
+        if self.masker.patterns.candidates(s, enabled) == 0 {
+            self.json_str(s);
+            return;
+        }
+        match self.masker.mask_str(s, enabled, self.counts) {
+            Cow::Borrowed(s) => self.json_str(s),
+            Cow::Owned(masked) => {
+                self.changed = true;
+                self.json_str(&masked);
+            }
+        }
+    }
+
+    /// Write an object key, masked when it carries a secret itself (`{"ghp_...": 1}`, an email
+    /// as a map key); returns the key the value is filed under. Two secrets can mask to the same
+    /// text, so a masked key that collides with another key of the object gets `#2`, `#3`, ...
+    fn object_key<'k>(
+        &mut self,
+        map: &sonic_rs::Object,
+        renamed: &mut Vec<String>,
+        key: &'k str,
+        enabled: KindSet,
+    ) -> Cow<'k, str> {
+        let masked = if key_needs_scan(key) {
+            self.masker.mask_str(key, enabled, self.counts)
+        } else {
+            Cow::Borrowed(key)
+        };
+        let key = match masked {
+            Cow::Borrowed(_) => Cow::Borrowed(key),
+            Cow::Owned(mut new) => {
+                self.changed = true;
+                let base_len = new.len();
+                let mut n = 2;
+                while map.iter().any(|(k, _)| k == new) || renamed.contains(&new) {
+                    new.truncate(base_len);
+                    new.push_str(&format!("#{n}"));
+                    n += 1;
+                }
+                renamed.push(new.clone());
+                Cow::Owned(new)
+            }
+        };
+        self.json_str(&key);
+        key
+    }
+
+    /// Mask every string/number leaf under a sensitive key or a forced field rule.
+    fn force_leaves(&mut self, value: &RawJson, action: Action, label: &str) {
+        match value.as_ref() {
+            ValueRef::String(s) if is_masked(s) => self.json_str(s),
+            ValueRef::String(s) => self.forced(s, action, label),
+            ValueRef::Number(n) => self.forced(&n.to_string(), action, label),
+            ValueRef::Array(items) => {
+                self.raw(b"[");
+                for (i, item) in items.iter().enumerate() {
+                    if self.done() {
+                        return;
+                    }
+                    if i > 0 {
+                        self.raw(b",");
+                    }
+                    self.force_leaves(item, action, label);
+                }
+                self.raw(b"]");
+            }
+            ValueRef::Object(map) => {
+                self.raw(b"{");
+                let mut renamed = Vec::new();
+                for (i, (key, child)) in map.iter().enumerate() {
+                    if self.done() {
+                        return;
+                    }
+                    if i > 0 {
+                        self.raw(b",");
+                    }
+                    self.object_key(map, &mut renamed, key, self.masker.enabled);
+                    self.raw(b":");
+                    self.force_leaves(child, action, label);
+                }
+                self.raw(b"}");
+            }
+            _ => self.leaf(value),
+        }
+    }
+
+    fn forced(&mut self, secret: &str, action: Action, label: &str) {
+        self.changed = true;
+        self.counts.by_key += 1;
+        if self.out.is_some() {
+            let r = self.masker.replacement(action, label, secret);
+            self.json_str(&r);
+        }
+    }
+}
+
+/// A JSON string literal: copied as is unless it holds a quote, a backslash or a control
+/// character (audit values rarely do).
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+thread_local! {
+    static WRITE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reused text buffer for write mode (a record is masked on one thread at a time).
+pub(super) fn with_write_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    with_buffer(&WRITE_BUF, f)
+}
+
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<u8>>>,
+    f: impl FnOnce(&mut Vec<u8>) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let r = f(&mut buf);
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::new();
+            }
+            r
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_json_str;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn json_strings_round_trip(s in "\\PC*|[\\x00-\\x20\"\\\\]{0,8}") {
+            let mut out = Vec::new();
+            write_json_str(&mut out, &s);
+            let back: String = serde_json::from_slice(&out).expect("valid JSON string");
+            prop_assert_eq!(back, s);
+        }
+    }
+}
