@@ -283,12 +283,12 @@ impl SecretMasker {
         counts: &mut MaskCounts,
         parse: impl FnOnce(&[u8]) -> T,
     ) -> Option<T> {
-        if !walk::MaskWalk::check(self, &mut MaskCounts::default()).run(raw, root) {
-            return None;
-        }
+        let known_clean =
+            walk::MaskWalk::check(self, &mut MaskCounts::default()).check_run(raw, root)?;
         walk::with_write_buffer(|text| {
             let mut written = MaskCounts::default();
-            let changed = walk::MaskWalk::write(self, text, &mut written).run(raw, root);
+            let changed =
+                walk::MaskWalk::write(self, text, &mut written, known_clean).run(raw, root);
             changed.then(|| {
                 counts.add(&written);
                 parse(text)

@@ -239,9 +239,10 @@ impl Patterns {
         let scan = scan_bytes(bytes);
         let mut set: KindSet = 0;
         if want_digits {
-            if scan.digit_run >= 13 {
-                set |= digit_kinds;
-            } else if scan.digit_run >= 9 {
+            if scan.card {
+                set |= digit_kinds & bit(PatternKind::CreditCard);
+            }
+            if scan.ssn {
                 set |= digit_kinds & bit(PatternKind::UsSsn);
             }
         }
@@ -330,9 +331,12 @@ const ID_SHAPED: [bool; 256] = {
 /// What one pass over a value's bytes tells [`Patterns::candidates`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ByteScan {
-    /// Longest run of digits where single spaces or dashes between digits do not break the run,
-    /// capped at 13 (enough to decide).
-    digit_run: usize,
+    /// A card number may be here: a maximal run of 13-19 digits starting with a card network's
+    /// digit (2-6; the pattern takes such runs whole, and the verifier rejects other leads), or
+    /// a run of 13+ digits split by single spaces or dashes (grouped forms).
+    card: bool,
+    /// An SSN may be here: a run of 9+ digits split by single dashes.
+    ssn: bool,
     /// Every byte is in [`ID_SHAPED`].
     id_shaped: bool,
     /// A `:` or `=` occurs.
@@ -376,25 +380,53 @@ const CLASS: [u8; 256] = {
 };
 
 fn scan_bytes(bytes: &[u8]) -> ByteScan {
-    let mut best = 0;
-    let mut run = 0;
     let mut all = 0xffu8;
     let mut any = 0u8;
+    // The current run of digits with single separators, and its pure (separator-free) tail.
+    let (mut run_digits, mut run_sep, mut run_dash) = (0usize, false, false);
+    let (mut pure_len, mut pure_lead) = (0usize, 0u8);
+    let (mut card, mut ssn) = (false, false);
+    let end_pure = |len: usize, lead: u8, card: &mut bool| {
+        if (13..=19).contains(&len) && (b'2'..=b'6').contains(&lead) {
+            *card = true;
+        }
+    };
+    let end_run = |digits: usize, sep: bool, dash: bool, card: &mut bool, ssn: &mut bool| {
+        if sep && digits >= 13 {
+            *card = true;
+        }
+        if dash && digits >= 9 {
+            *ssn = true;
+        }
+    };
     for (i, &b) in bytes.iter().enumerate() {
         let k = CLASS[usize::from(b)];
         all &= k;
         any |= k;
         if k & DIGIT != 0 {
-            run += 1;
-            best = best.max(run);
-        } else if !(k & RUN_SEP != 0 && run > 0 && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
-        {
-            // A separator inside a number keeps the run going; anything else ends it.
-            run = 0;
+            if pure_len == 0 {
+                pure_lead = b;
+            }
+            pure_len += 1;
+            run_digits += 1;
+            continue;
         }
+        end_pure(pure_len, pure_lead, &mut card);
+        pure_len = 0;
+        if k & RUN_SEP != 0 && run_digits > 0 && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            // A single separator inside a number keeps the run going.
+            run_sep = true;
+            run_dash |= b == b'-';
+            continue;
+        }
+        end_run(run_digits, run_sep, run_dash, &mut card, &mut ssn);
+        (run_digits, run_sep, run_dash) = (0, false, false);
     }
+    end_pure(pure_len, pure_lead, &mut card);
+    end_run(run_digits, run_sep, run_dash, &mut card, &mut ssn);
     ByteScan {
-        digit_run: best.min(13),
+        card,
+        ssn,
         id_shaped: all & ID != 0 || bytes.is_empty(),
         has_assign: any & ASSIGN != 0,
         has_space: any & SPACE != 0,
@@ -632,10 +664,21 @@ mod tests {
 
     #[test]
     fn digit_runs() {
-        assert_eq!(scan_bytes(b"2024-01-15T10:00:00Z").digit_run, 8);
-        assert_eq!(scan_bytes(b"card 4111 1111 1111 1111 ok").digit_run, 13);
-        assert_eq!(scan_bytes(b"10.0.0.1").digit_run, 2);
-        assert_eq!(scan_bytes(b"123-45-6789").digit_run, 9);
+        let scan = |t: &str| {
+            let s = scan_bytes(t.as_bytes());
+            (s.card, s.ssn)
+        };
+        assert_eq!(scan("2024-01-15T10:00:00Z"), (false, false));
+        assert_eq!(scan("card 4111 1111 1111 1111 ok"), (true, false));
+        assert_eq!(scan("4111111111111111"), (true, false));
+        assert_eq!(scan("x-4111111111111111-y"), (true, false));
+        assert_eq!(scan("3782-822463-10005"), (true, true));
+        assert_eq!(scan("10.0.0.1"), (false, false));
+        assert_eq!(scan("123-45-6789"), (false, true));
+        // Epoch milliseconds, long numeric ids, 20+ digit runs: no card can be a whole run.
+        assert_eq!(scan("1795520823000"), (false, false));
+        assert_eq!(scan("104557764472572952884"), (false, false));
+        assert_eq!(scan("-259962867503283954"), (true, false));
     }
 
     #[test]

@@ -26,6 +26,13 @@ pub(super) struct MaskWalk<'a> {
     out: Option<&'a mut Vec<u8>>,
     counts: &'a mut MaskCounts,
     changed: bool,
+    /// Pattern scan sites (strings, scanned keys) visited so far, in walk order.
+    site: u64,
+    /// Check mode: the scan sites before the first change, all clean.
+    clean_before_change: u64,
+    /// Write mode: this many leading scan sites are known clean (from the check) and are
+    /// copied without scanning them again.
+    known_clean: u64,
 }
 
 impl<'a> MaskWalk<'a> {
@@ -36,19 +43,28 @@ impl<'a> MaskWalk<'a> {
             out: None,
             counts,
             changed: false,
+            site: 0,
+            clean_before_change: 0,
+            known_clean: 0,
         }
     }
 
+    /// Write mode. `known_clean`: leading scan sites a check of the same record found clean
+    /// ([`Self::check_run`]); they are copied without scanning them again.
     pub(super) fn write(
         masker: &'a SecretMasker,
         out: &'a mut Vec<u8>,
         counts: &'a mut MaskCounts,
+        known_clean: u64,
     ) -> MaskWalk<'a> {
         MaskWalk {
             masker,
             out: Some(out),
             counts,
             changed: false,
+            site: 0,
+            clean_before_change: 0,
+            known_clean,
         }
     }
 
@@ -56,6 +72,21 @@ impl<'a> MaskWalk<'a> {
     pub(super) fn run(mut self, value: &RawJson, node: Option<usize>) -> bool {
         self.value(value, node, 0);
         self.changed
+    }
+
+    /// Check mode: `None` when masking changes nothing, else how many leading scan sites are
+    /// clean (for [`Self::write`]).
+    pub(super) fn check_run(mut self, value: &RawJson, node: Option<usize>) -> Option<u64> {
+        self.value(value, node, 0);
+        self.changed.then_some(self.clean_before_change)
+    }
+
+    /// Record a change; `clean_sites`: scan sites before it, all clean.
+    fn mark_changed(&mut self, clean_sites: u64) {
+        if !self.changed {
+            self.changed = true;
+            self.clean_before_change = clean_sites;
+        }
     }
 
     /// In check mode, nothing after the first change matters.
@@ -100,7 +131,7 @@ impl<'a> MaskWalk<'a> {
                     .flatten();
                 match card {
                     Some(text) => {
-                        self.changed = true;
+                        self.mark_changed(self.site);
                         self.counts.by_kind[PatternKind::CreditCard.index()] += 1;
                         if self.out.is_some() {
                             let kind = PatternKind::CreditCard;
@@ -174,14 +205,16 @@ impl<'a> MaskWalk<'a> {
 
     /// A string scanned for value patterns.
     fn string(&mut self, s: &str, enabled: KindSet) {
-        if self.masker.patterns.candidates(s, enabled) == 0 {
+        let site = self.site;
+        self.site += 1;
+        if site < self.known_clean || self.masker.patterns.candidates(s, enabled) == 0 {
             self.json_str(s);
             return;
         }
         match self.masker.mask_str(s, enabled, self.counts) {
             Cow::Borrowed(s) => self.json_str(s),
             Cow::Owned(masked) => {
-                self.changed = true;
+                self.mark_changed(site);
                 self.json_str(&masked);
             }
         }
@@ -197,15 +230,21 @@ impl<'a> MaskWalk<'a> {
         key: &'k str,
         enabled: KindSet,
     ) -> Cow<'k, str> {
+        let site = self.site;
         let masked = if key_needs_scan(key) {
-            self.masker.mask_str(key, enabled, self.counts)
+            self.site += 1;
+            if site < self.known_clean {
+                Cow::Borrowed(key)
+            } else {
+                self.masker.mask_str(key, enabled, self.counts)
+            }
         } else {
             Cow::Borrowed(key)
         };
         let key = match masked {
             Cow::Borrowed(_) => Cow::Borrowed(key),
             Cow::Owned(mut new) => {
-                self.changed = true;
+                self.mark_changed(site);
                 let base_len = new.len();
                 let mut n = 2;
                 while map.iter().any(|(k, _)| k == new) || renamed.contains(&new) {
@@ -261,7 +300,7 @@ impl<'a> MaskWalk<'a> {
     }
 
     fn forced(&mut self, secret: &str, action: Action, label: &str) {
-        self.changed = true;
+        self.mark_changed(self.site);
         self.counts.by_key += 1;
         if self.out.is_some() {
             let r = self.masker.replacement(action, label, secret);
