@@ -520,6 +520,60 @@ impl<'a> FieldCache<'a> {
         r != fm.negate
     }
 
+    /// [`FieldMatch::eval`] with `record` on cached values: pushes (field, value) of the values
+    /// that matched.
+    fn field_record(
+        &mut self,
+        fm: &FieldMatch,
+        rec: &mut Vec<(String, serde_json::Value)>,
+    ) -> bool {
+        let Some(field) = fm.field.as_ref().filter(|_| fm.slot != NO_SLOT) else {
+            return fm.eval(self.event, Some(rec));
+        };
+        let event = self.event;
+        let (present, leaves) = self.get(fm.slot);
+        if let [ValueTest::Exists(want)] = fm.tests.as_slice() {
+            return present == *want;
+        }
+        let mut one = |t: &ValueTest| {
+            if let Some(l) = leaves.iter().find(|l| t.test_leaf(l, event)) {
+                rec.push((field.clone(), l.to_json()));
+                true
+            } else if !present && matches!(t, ValueTest::Null) {
+                rec.push((field.clone(), serde_json::Value::Null));
+                true
+            } else {
+                false
+            }
+        };
+        if fm.all {
+            fm.tests.iter().all(&mut one)
+        } else {
+            fm.tests.iter().any(&mut one)
+        }
+    }
+
+    /// [`Detection::matched_fields`] on cached values.
+    fn matched_fields(&mut self, det: &Detection) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for sel in &det.selections {
+            for map in &sel.alternatives {
+                let mut rec = Vec::new();
+                if map.iter().all(|fm| {
+                    if fm.negate {
+                        self.field_matches(fm)
+                    } else {
+                        self.field_record(fm, &mut rec)
+                    }
+                }) {
+                    out.extend(rec);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     /// [`Detection::matches`] on cached values.
     fn detection_matches(&mut self, det: &Detection) -> bool {
         super::condition::eval(&det.condition, &mut |i| {
@@ -605,6 +659,8 @@ pub struct SigmaDetector {
     /// Lookup paths of every distinct field the detection rules test, by slot id
     /// ([`FieldMatch::slot`]).
     slot_paths: Vec<Vec<FieldPath>>,
+    /// Per detection rule: alert fields computed once.
+    alert_parts: Vec<AlertParts>,
     /// [slot][path] -> ids (in `top_keys`) of the path's possible top-level keys.
     path_tops: Vec<Vec<Vec<u32>>>,
     /// Every top-level key some field path may start with -> its id.
@@ -693,6 +749,14 @@ impl SigmaDetector {
             &field_ids,
         );
         let n = rules.detections.len();
+        let alert_parts = rules
+            .detections
+            .iter()
+            .map(|r| AlertParts {
+                severity: severity(r.meta.level.as_deref()),
+                techniques: technique_ids(&r.meta.tags),
+            })
+            .collect();
         let filters_by_source = rules.filters.iter().map(|f| f.sources.clone()).collect();
         SigmaDetector {
             correlator: Correlator::new(&rules, options),
@@ -711,6 +775,7 @@ impl SigmaDetector {
                 tops: Vec::new(),
             },
             slot_paths,
+            alert_parts,
             path_tops,
             top_keys,
             filters_by_source,
@@ -739,6 +804,13 @@ impl SigmaDetector {
     /// Detection rules that match the event (filters applied), in rule order. Used by the
     /// detector and by `rules test`.
     pub(crate) fn match_rules(&mut self, event: &Event) -> &[u32] {
+        self.run(event, None);
+        &self.scratch.matched
+    }
+
+    /// Match the event; with `alerts`, also raise the alerts of the matched rules and feed the
+    /// correlations they belong to (while the event's field values are still at hand).
+    fn run(&mut self, event: &Event, alerts: Option<&mut Vec<Alert>>) {
         // A handful of sources: a linear scan beats hashing the name.
         let eng = self
             .engines
@@ -799,31 +871,30 @@ impl SigmaDetector {
                 sc.matched.push(r);
             }
         }
+        if let Some(alerts) = alerts {
+            for &r in sc.matched.iter() {
+                let r = r as usize;
+                if !self.rules.det_suppressed[r] {
+                    alerts.push(detection_alert(
+                        &self.rules.detections[r],
+                        &self.alert_parts[r],
+                        &mut cache,
+                    ));
+                }
+                for &c in &self.rules.det_parents[r] {
+                    self.correlator
+                        .hit(c, RuleRef::Detection(r), event, &self.rules, alerts);
+                }
+            }
+            self.correlator.advance(event, &self.rules, alerts);
+        }
         sc.leaves = recycle(cache.leaves);
         sc.tops = recycle(cache.tops);
-        &sc.matched
     }
 
     /// Feed one event: detection alerts, then correlation state.
     fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
-        if self.match_rules(event).is_empty() {
-            self.correlator.advance(event, &self.rules, alerts);
-            return;
-        }
-        // Borrowed out of the scratch (and put back) so the matched list is not copied.
-        let matched = std::mem::take(&mut self.scratch.matched);
-        for &r in &matched {
-            let r = r as usize;
-            if !self.rules.det_suppressed[r] {
-                alerts.push(detection_alert(&self.rules.detections[r], event));
-            }
-            for &c in &self.rules.det_parents[r] {
-                self.correlator
-                    .hit(c, RuleRef::Detection(r), event, &self.rules, alerts);
-            }
-        }
-        self.scratch.matched = matched;
-        self.correlator.advance(event, &self.rules, alerts);
+        self.run(event, Some(alerts));
     }
 }
 
@@ -930,10 +1001,28 @@ pub(crate) fn base_alert(
     event: &Event,
     entity: (String, EntityKind),
 ) -> Alert {
+    base_alert_with(
+        meta,
+        kind,
+        event,
+        entity,
+        severity(meta.level.as_deref()),
+        technique_ids(&meta.tags),
+    )
+}
+
+fn base_alert_with(
+    meta: &RuleMeta,
+    kind: DetectorKind,
+    event: &Event,
+    entity: (String, EntityKind),
+    severity: Severity,
+    techniques: Vec<String>,
+) -> Alert {
     let mut a = Alert::new(
         meta.key(),
         meta.title.clone(),
-        severity(meta.level.as_deref()),
+        severity,
         kind,
         event.source.clone(),
         event.tenant.clone(),
@@ -944,20 +1033,30 @@ pub(crate) fn base_alert(
     a.rule_status = meta.status.clone();
     a.description = meta.description.clone();
     a.tags = meta.tags.clone();
-    a.threat_technique_id = technique_ids(&meta.tags);
+    a.threat_technique_id = techniques;
     a.references = meta.references.clone();
     a.rule_hash = Some(meta.rule_hash.clone());
     a
 }
 
-fn detection_alert(rule: &DetectionRule, event: &Event) -> Alert {
-    let mut a = base_alert(
+/// What alerts of one detection rule share, computed once.
+#[derive(Debug)]
+struct AlertParts {
+    severity: Severity,
+    techniques: Vec<String>,
+}
+
+fn detection_alert(rule: &DetectionRule, parts: &AlertParts, cache: &mut FieldCache<'_>) -> Alert {
+    let event = cache.event;
+    let mut a = base_alert_with(
         &rule.meta,
         DetectorKind::Sigma,
         event,
         entity_of(&rule.meta, event),
+        parts.severity,
+        parts.techniques.clone(),
     );
-    for (k, v) in rule.detection.matched_fields(event) {
+    for (k, v) in cache.matched_fields(&rule.detection) {
         a.matched_fields.entry(k).or_insert(v);
     }
     a.push_evidence(event);

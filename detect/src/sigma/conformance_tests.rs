@@ -1135,11 +1135,26 @@ mod prop {
             let set = RuleSet::from_docs(docs, &mut errors);
             let opts = SigmaOptions { ignore_logsource: ignore, ..Default::default() };
             let mut det = SigmaDetector::new(set.clone(), &opts);
+            let mut alerting = SigmaDetector::new(set.clone(), &opts);
             for (src, raw) in events {
                 let e = event(&src, raw);
                 let fast = det.match_rules(&e).to_vec();
                 let slow = naive_matches(&set, &e, ignore);
-                prop_assert_eq!(fast, slow, "rules:\n{}\nevent: {}", text, e.raw);
+                prop_assert_eq!(&fast, &slow, "rules:\n{}\nevent: {}", text, e.raw);
+                // Alerts carry the matched values found on the matcher's cached field values:
+                // the same as the uncached evaluation's.
+                let mut alerts = Vec::new();
+                alerting.detect(&e, &mut alerts);
+                prop_assert_eq!(alerts.len(), slow.len());
+                for (a, &r) in alerts.iter().zip(&slow) {
+                    let rule = &set.detections[r as usize];
+                    prop_assert_eq!(&a.rule_id, rule.meta.key());
+                    let mut want = std::collections::BTreeMap::new();
+                    for (k, v) in rule.detection.matched_fields(&e) {
+                        want.entry(k).or_insert(v);
+                    }
+                    prop_assert_eq!(&a.matched_fields, &want, "rules:\n{}\nevent: {}", text, e.raw);
+                }
             }
         }
 

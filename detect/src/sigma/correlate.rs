@@ -130,6 +130,9 @@ pub struct Correlator {
     lateness_ms: i64,
     max_keys: usize,
     max_ts: i64,
+    /// Event time at which the next correlation is due for a sweep: `advance` does nothing
+    /// per correlation before that.
+    next_sweep_ts: i64,
     seq: u64,
     /// Events too late for their window (older than newest seen minus allowed lateness).
     pub late_dropped: u64,
@@ -234,6 +237,7 @@ impl Correlator {
             lateness_ms: (options.allowed_lateness_seconds as i64).saturating_mul(1000),
             max_keys: options.max_correlation_keys.max(1),
             max_ts: i64::MIN,
+            next_sweep_ts: i64::MIN,
             seq: 0,
             late_dropped: 0,
             distinct: Vec::new(),
@@ -570,6 +574,10 @@ impl Correlator {
         if ts > self.max_ts {
             self.max_ts = ts;
         }
+        if self.max_ts < self.next_sweep_ts {
+            return;
+        }
+        let mut next = i64::MAX;
         for ci in 0..self.states.len() {
             let span = rules.correlations[ci].timespan_ms;
             let st = &self.states[ci];
@@ -581,7 +589,14 @@ impl Correlator {
             if due {
                 self.states[ci].last_sweep_ts = self.max_ts;
             }
+            let st = &self.states[ci];
+            next = next.min(if st.last_sweep_ts == i64::MIN {
+                i64::MIN
+            } else {
+                st.last_sweep_ts.saturating_add((span / 2).max(1000))
+            });
         }
+        self.next_sweep_ts = next;
     }
 
     fn sweep(&mut self, ci: usize, rules: &RuleSet, alerts: &mut Vec<Alert>, all: bool) {

@@ -685,7 +685,9 @@ impl Detection {
         super::condition::eval(&self.condition, &mut |i| self.selections[i].matches(event))
     }
 
-    /// Field -> value pairs of the selections that matched (for the alert).
+    /// Field -> value pairs of the selections that matched (for the alert). The matcher computes
+    /// them on its per-event field values; this is the reference it is tested against.
+    #[cfg(test)]
     pub fn matched_fields(&self, event: &Event) -> Vec<(String, serde_json::Value)> {
         let mut out = Vec::new();
         for sel in &self.selections {
