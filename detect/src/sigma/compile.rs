@@ -19,7 +19,7 @@ use perimeter_model::{Alert, DetectorKind, EntityKind, Event, RawJson, Severity}
 use std::collections::HashMap;
 
 use super::condition::Cond;
-use super::correlate::Correlator;
+use super::correlate::{Correlator, FieldValues as CorrelationFields};
 use super::matcher::{
     visit_leaves, Detection, FieldMatch, FieldPath, Found, Leaf, Selection, StrKind, StrTest,
     ValueTest, NO_SLOT,
@@ -266,6 +266,8 @@ struct SourceEngine {
     keyword_rules: Vec<Vec<u32>>,
     /// Rules evaluated on every event of this source.
     always: Vec<u32>,
+    /// The top-level keys these rules may read.
+    tops: TopIndex,
 }
 
 impl SourceEngine {
@@ -441,7 +443,11 @@ struct FieldCache<'a> {
     /// By top-level key id: the value under that key in the raw record (first occurrence), when
     /// the record is an object. One pass over the record's keys replaces a linear key search
     /// per field and path.
+    /// Values under the keys of `top_index`, by position.
     tops: Vec<Option<&'a RawJson>>,
+    top_index: &'a TopIndex,
+    /// Top-level key names by id (for keys the source's index does not cover).
+    top_names: &'a [Box<str>],
     object_root: bool,
     vals: &'a mut [FieldValues],
     leaves: Vec<Leaf<'a>>,
@@ -471,7 +477,17 @@ impl<'a> FieldCache<'a> {
                 false
             };
             if self.object_root {
-                p.visit_from_top(&|k| tops[ids[k] as usize], &mut push);
+                let (top_names, local) = (self.top_names, &self.top_index.local);
+                p.visit_from_top(
+                    &|k| {
+                        let id = ids[k] as usize;
+                        match local[id] {
+                            u32::MAX => event.raw.get(&*top_names[id]),
+                            pos => tops[pos as usize],
+                        }
+                    },
+                    &mut push,
+                );
             } else {
                 p.visit(&event.raw, &mut push);
             }
@@ -585,6 +601,28 @@ impl<'a> FieldCache<'a> {
     }
 }
 
+impl CorrelationFields for FieldCache<'_> {
+    fn visit(
+        &mut self,
+        slot: u32,
+        path: &FieldPath,
+        event: &Event,
+        f: &mut dyn FnMut(Leaf<'_>) -> bool,
+    ) -> Found {
+        if slot == NO_SLOT {
+            return path.visit_event(event, &mut |leaf| f(leaf));
+        }
+        let (present, leaves) = self.get(slot);
+        if !present {
+            Found::Absent
+        } else if leaves.iter().any(|l| f(*l)) {
+            Found::Stopped
+        } else {
+            Found::Exhausted
+        }
+    }
+}
+
 /// A buffer of references into one event, emptied and reused for the next: the allocation is
 /// kept, the borrow is not (an in-place collect of an empty vector between types that differ
 /// only in lifetime).
@@ -649,6 +687,80 @@ struct Scratch {
     tops: Vec<Option<&'static RawJson>>,
 }
 
+/// The top-level keys a source's rules may read, found in one pass over a record's keys.
+#[derive(Debug, Default)]
+struct TopIndex {
+    /// Key -> position in this index.
+    map: FastMap<Box<str>, u32>,
+    /// Global top-level key id -> position in this index (`u32::MAX`: not indexed).
+    local: Vec<u32>,
+    /// Cheap rejection of the record's other keys before hashing them: which key lengths
+    /// (capped at 63) and which first bytes occur in `map`.
+    lens: u64,
+    firsts: [u64; 4],
+}
+
+impl TopIndex {
+    fn new(ids: impl Iterator<Item = u32>, names: &[Box<str>]) -> TopIndex {
+        let mut t = TopIndex {
+            local: vec![u32::MAX; names.len()],
+            ..Default::default()
+        };
+        for id in ids {
+            let k = &names[id as usize];
+            t.lens |= 1 << k.len().min(63);
+            let b = k.as_bytes().first().copied().unwrap_or(0);
+            t.firsts[usize::from(b >> 6)] |= 1 << (b & 63);
+            let pos = t.map.len() as u32;
+            t.map.insert(k.clone(), pos);
+            t.local[id as usize] = pos;
+        }
+        t
+    }
+
+    /// The record's values under the indexed keys, by position (`tops` is empty on entry).
+    fn fill<'a>(&self, obj: &'a sonic_rs::Object, tops: &mut Vec<Option<&'a RawJson>>) {
+        tops.resize(self.map.len(), None);
+        for (k, v) in obj.iter() {
+            let b = k.as_bytes().first().copied().unwrap_or(0);
+            if self.lens & (1 << k.len().min(63)) == 0
+                || self.firsts[usize::from(b >> 6)] & (1 << (b & 63)) == 0
+            {
+                continue;
+            }
+            if let Some(&id) = self.map.get(k) {
+                let t = &mut tops[id as usize];
+                if t.is_none() {
+                    *t = Some(v);
+                }
+            }
+        }
+    }
+}
+
+/// Ids of the top-level keys the rules running on one source may read (their fields, and every
+/// correlation's group-by fields).
+fn engine_top_ids(
+    rules: &[DetectionRule],
+    applies: impl Fn(&DetectionRule) -> bool,
+    extra_slots: &[u32],
+    path_tops: &[Vec<Vec<u32>>],
+) -> Vec<u32> {
+    let mut ids: Vec<u32> = rules
+        .iter()
+        .filter(|r| applies(r))
+        .flat_map(|r| r.detection.selections.iter())
+        .flat_map(|s| s.alternatives.iter().flatten())
+        .map(|fm| fm.slot)
+        .chain(extra_slots.iter().copied())
+        .filter(|&s| s != NO_SLOT)
+        .flat_map(|s| path_tops[s as usize].iter().flatten().copied())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Sigma rules as a [`perimeter_model::Detector`].
 pub struct SigmaDetector {
     rules: RuleSet,
@@ -663,8 +775,8 @@ pub struct SigmaDetector {
     alert_parts: Vec<AlertParts>,
     /// [slot][path] -> ids (in `top_keys`) of the path's possible top-level keys.
     path_tops: Vec<Vec<Vec<u32>>>,
-    /// Every top-level key some field path may start with -> its id.
-    top_keys: FastMap<Box<str>, u32>,
+    /// Every top-level key some field path may start with, by id.
+    top_names: Vec<Box<str>>,
     scratch: Scratch,
     correlator: Correlator,
     /// Detection rules that run on every source, for the `applies` check.
@@ -699,6 +811,14 @@ impl SigmaDetector {
                 slot_paths.len() as u32 - 1
             });
         }
+        // Group-by fields of correlations are read from the same per-event values.
+        let mut correlator = Correlator::new(&rules, options);
+        correlator.assign_group_slots(|p| {
+            *field_ids.entry(vec![p.name.clone()]).or_insert_with(|| {
+                slot_paths.push(vec![p.clone()]);
+                slot_paths.len() as u32 - 1
+            })
+        });
         let mut top_keys: FastMap<Box<str>, u32> = FastMap::default();
         let path_tops: Vec<Vec<Vec<u32>>> = slot_paths
             .iter()
@@ -716,6 +836,11 @@ impl SigmaDetector {
                     .collect()
             })
             .collect();
+        let mut top_names: Vec<Box<str>> = vec![Box::from(""); top_keys.len()];
+        for (k, &id) in &top_keys {
+            top_names[id as usize] = k.clone();
+        }
+        let corr_slots = correlator.group_slots();
         let needles: Vec<Option<Vec<Needle>>> = rules
             .detections
             .iter()
@@ -733,21 +858,18 @@ impl SigmaDetector {
         let mut engines = Vec::new();
         if !ignore {
             for s in &sources {
-                let eng = SourceEngine::build(
-                    &rules.detections,
-                    |r| r.sources.as_ref().is_none_or(|v| v.iter().any(|x| x == s)),
-                    &needles,
-                    &field_ids,
-                );
+                let applies =
+                    |r: &DetectionRule| r.sources.as_ref().is_none_or(|v| v.iter().any(|x| x == s));
+                let mut eng = SourceEngine::build(&rules.detections, applies, &needles, &field_ids);
+                let ids = engine_top_ids(&rules.detections, applies, &corr_slots, &path_tops);
+                eng.tops = TopIndex::new(ids.into_iter(), &top_names);
                 engines.push((s.clone(), eng));
             }
         }
-        let fallback = SourceEngine::build(
-            &rules.detections,
-            |r| ignore || r.sources.is_none(),
-            &needles,
-            &field_ids,
-        );
+        let applies = |r: &DetectionRule| ignore || r.sources.is_none();
+        let mut fallback = SourceEngine::build(&rules.detections, applies, &needles, &field_ids);
+        let ids = engine_top_ids(&rules.detections, applies, &corr_slots, &path_tops);
+        fallback.tops = TopIndex::new(ids.into_iter(), &top_names);
         let n = rules.detections.len();
         let alert_parts = rules
             .detections
@@ -759,7 +881,7 @@ impl SigmaDetector {
             .collect();
         let filters_by_source = rules.filters.iter().map(|f| f.sources.clone()).collect();
         SigmaDetector {
-            correlator: Correlator::new(&rules, options),
+            correlator,
             rules,
             ignore_logsource: ignore,
             engines,
@@ -777,7 +899,7 @@ impl SigmaDetector {
             slot_paths,
             alert_parts,
             path_tops,
-            top_keys,
+            top_names,
             filters_by_source,
         }
     }
@@ -827,23 +949,17 @@ impl SigmaDetector {
         sc.candidates.clear();
         sc.matched.clear();
         let mut tops: Vec<Option<&RawJson>> = recycle(std::mem::take(&mut sc.tops));
-        tops.resize(self.top_keys.len(), None);
         let root = event.raw.as_object();
         if let Some(obj) = root {
-            for (k, v) in obj.iter() {
-                if let Some(&id) = self.top_keys.get(k) {
-                    let t = &mut tops[id as usize];
-                    if t.is_none() {
-                        *t = Some(v);
-                    }
-                }
-            }
+            eng.tops.fill(obj, &mut tops);
         }
         let mut cache = FieldCache {
             epoch: sc.epoch,
             paths: &self.slot_paths,
             path_tops: &self.path_tops,
             tops,
+            top_index: &eng.tops,
+            top_names: &self.top_names,
             object_root: root.is_some(),
             vals: &mut sc.field_values,
             leaves: recycle(std::mem::take(&mut sc.leaves)),
@@ -882,8 +998,14 @@ impl SigmaDetector {
                     ));
                 }
                 for &c in &self.rules.det_parents[r] {
-                    self.correlator
-                        .hit(c, RuleRef::Detection(r), event, &self.rules, alerts);
+                    self.correlator.hit(
+                        c,
+                        RuleRef::Detection(r),
+                        event,
+                        &self.rules,
+                        alerts,
+                        &mut cache,
+                    );
                 }
             }
             self.correlator.advance(event, &self.rules, alerts);
