@@ -391,9 +391,18 @@ impl Hits<'_> {
     fn slot_value(&mut self, slot: &Slot, text: &str, lower: &mut Vec<u8>) {
         let b = text.as_bytes();
         if !slot.exact.is_empty() && b.len() <= slot.exact_max_len {
-            lower.clear();
-            lower.extend(b.iter().map(u8::to_ascii_lowercase));
-            if let Some(rules) = slot.exact.get(lower.as_slice()) {
+            let mut small = [0u8; 64];
+            let key: &[u8] = if b.len() <= small.len() {
+                for (d, c) in small.iter_mut().zip(b) {
+                    *d = c.to_ascii_lowercase();
+                }
+                &small[..b.len()]
+            } else {
+                lower.clear();
+                lower.extend(b.iter().map(u8::to_ascii_lowercase));
+                lower
+            };
+            if let Some(rules) = slot.exact.get(key) {
                 self.mark(rules);
             }
         }
@@ -473,7 +482,12 @@ impl<'a> FieldCache<'a> {
         {
             let before = leaves.len();
             let mut push = |leaf: Leaf<'a>| {
-                leaves.push(leaf);
+                // Strings are unwrapped once here rather than by every test of the value (a
+                // `Leaf::Str` behaves exactly like a `Leaf::Json` string).
+                leaves.push(match leaf {
+                    Leaf::Json(v) => v.as_str().map_or(leaf, Leaf::Str),
+                    other => other,
+                });
                 false
             };
             if self.object_root {
