@@ -1,41 +1,79 @@
-//! The compiled matcher: rules dispatched by source, and one case-insensitive Aho-Corasick
-//! automaton per source over every rule's literal needles, so a rule is only evaluated when the
-//! event contains at least one literal its condition requires (rules without such a guarantee --
-//! negations, `exists`, numbers, regexes, null -- are always evaluated).
+//! The compiled matcher. Rules are dispatched by source; per source, a prefilter finds the rules
+//! that can match an event without evaluating them:
+//!
+//! - every rule gets a set of *needles*, of which at least one must hold for its condition to be
+//!   true: a field equals / starts with / ends with / contains a literal, or a field is present;
+//! - needles are grouped by field (a *slot*: the field's lookup paths). Per event each slot is
+//!   resolved once, its values are looked up in a hash table of the slot's exact literals
+//!   (lowercased) and run through one case-insensitive Aho-Corasick automaton over the slot's
+//!   other literals; only those values are scanned, not the whole record;
+//! - keyword needles (no field) scan every value of the raw record with their own automaton;
+//! - rules without such a guarantee (negations, `exists: false`, `null`) are always evaluated.
+//!
+//! Candidates are then evaluated in full, so the prefilter only has to be a superset (it is
+//! checked against a naive interpreter by a property test).
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use perimeter_model::{Alert, DetectorKind, EntityKind, Event, Severity, ECS_FIELDS};
+use perimeter_model::raw_prelude::*;
+use perimeter_model::{Alert, DetectorKind, EntityKind, Event, RawJson, Severity};
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use super::condition::Cond;
-use super::correlate::Correlator;
-use super::matcher::{Detection, FieldMatch, Leaf, NumBuf, Selection, ValueTest};
+use super::correlate::{Correlator, FieldValues as CorrelationFields};
+use super::matcher::{
+    visit_leaves, Detection, FieldMatch, FieldPath, Found, Leaf, Selection, StrKind, StrTest,
+    ValueTest, NO_SLOT,
+};
 use super::parse::{DetectionRule, RuleMeta};
 use super::{RuleRef, RuleSet, SigmaOptions};
 
-/// Literals of which at least one must be present for the detection to match, if such a set
-/// exists. Sets are compared by their shortest needle (longer is rarer), then by size.
-pub(crate) fn detection_needles(det: &Detection) -> Option<Vec<String>> {
+/// What a needle requires of its field's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum NeedleKind {
+    /// A value equals the literal (ASCII case-insensitively).
+    Exact,
+    /// A value starts with the literal.
+    Prefix,
+    /// A value ends with the literal.
+    Suffix,
+    /// A value contains the literal.
+    Contains,
+    /// The field resolves to something (a value, null or an empty list).
+    Present,
+}
+
+/// One necessary condition of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Needle {
+    /// The field's lookup paths (pipeline-mapped names first); `None` for a keyword, which may
+    /// be found in any value of the raw record.
+    pub field: Option<Vec<String>>,
+    pub kind: NeedleKind,
+    /// ASCII-lowercased literal; for `Present`, the field's last name segment (for ranking).
+    pub lit: String,
+}
+
+/// Needles of which at least one holds whenever the detection matches, if such a set exists.
+/// Sets are compared by their weakest needle (longer literals are rarer), then by size.
+pub(crate) fn detection_needles(det: &Detection) -> Option<Vec<Needle>> {
     cond_needles(&det.condition, &det.selections)
 }
 
-/// Marks a needle that must occur in an object key (field presence) rather than in a value.
-const KEY_MARK: &str = "\u{0}key:";
-
-/// Value needles rank by length; key needles (field presence) rank below value needles of the
-/// same length, since key names repeat across events far more than values.
-fn needle_rank(n: &str) -> usize {
-    match n.strip_prefix(KEY_MARK) {
-        Some(k) => k.len() / 2,
-        None => n.len(),
+/// Value needles rank by length; presence needles rank below value needles of the same length,
+/// since fields are present in many more events than any one value.
+fn needle_rank(n: &Needle) -> usize {
+    match n.kind {
+        NeedleKind::Present => n.lit.len() / 2,
+        // Equality is checked exactly (hash lookup), the others only as substrings.
+        NeedleKind::Exact => n.lit.len() + 2,
+        _ => n.lit.len(),
     }
 }
 
-fn better(a: Vec<String>, b: Vec<String>) -> Vec<String> {
-    let score = |v: &Vec<String>| {
+fn better(a: Vec<Needle>, b: Vec<Needle>) -> Vec<Needle> {
+    let score = |v: &Vec<Needle>| {
         (
-            v.iter().map(|n| needle_rank(n)).min().unwrap_or(0),
+            v.iter().map(needle_rank).min().unwrap_or(0),
             usize::MAX - v.len(),
         )
     };
@@ -46,8 +84,8 @@ fn better(a: Vec<String>, b: Vec<String>) -> Vec<String> {
     }
 }
 
-fn union(parts: impl Iterator<Item = Option<Vec<String>>>) -> Option<Vec<String>> {
-    let mut out: Vec<String> = Vec::new();
+fn union(parts: impl Iterator<Item = Option<Vec<Needle>>>) -> Option<Vec<Needle>> {
+    let mut out: Vec<Needle> = Vec::new();
     for p in parts {
         for n in p? {
             if !out.contains(&n) {
@@ -58,7 +96,7 @@ fn union(parts: impl Iterator<Item = Option<Vec<String>>>) -> Option<Vec<String>
     (!out.is_empty()).then_some(out)
 }
 
-fn cond_needles(c: &Cond, sels: &[Selection]) -> Option<Vec<String>> {
+fn cond_needles(c: &Cond, sels: &[Selection]) -> Option<Vec<Needle>> {
     match c {
         Cond::Sel(i) => sels.get(*i).and_then(selection_needles),
         Cond::And(parts) => parts
@@ -70,7 +108,7 @@ fn cond_needles(c: &Cond, sels: &[Selection]) -> Option<Vec<String>> {
     }
 }
 
-fn selection_needles(sel: &Selection) -> Option<Vec<String>> {
+fn selection_needles(sel: &Selection) -> Option<Vec<Needle>> {
     union(
         sel.alternatives
             .iter()
@@ -78,17 +116,24 @@ fn selection_needles(sel: &Selection) -> Option<Vec<String>> {
     )
 }
 
-fn field_needles(fm: &FieldMatch) -> Option<Vec<String>> {
-    if fm.negate || fm.tests.is_empty() {
+fn field_needles(fm: &FieldMatch) -> Option<Vec<Needle>> {
+    // A field without lookup paths never resolves; its needle would read as a keyword's.
+    if fm.negate || fm.tests.is_empty() || (fm.field.is_some() && fm.paths.is_empty()) {
         return None;
     }
     value_needles(fm).or_else(|| key_needles(fm))
 }
 
+fn path_names(fm: &FieldMatch) -> Option<Vec<String>> {
+    fm.field
+        .as_ref()
+        .map(|_| fm.paths.iter().map(|p| p.name.clone()).collect())
+}
+
 /// A field whose every test needs a value (numbers, regexes, CIDRs, ...) can only match when
-/// its key is in the raw event -- unless the value may come from the ECS view.
-fn key_needles(fm: &FieldMatch) -> Option<Vec<String>> {
-    fm.field.as_ref()?;
+/// the field resolves (raw record first, then the ECS view).
+fn key_needles(fm: &FieldMatch) -> Option<Vec<Needle>> {
+    let field = path_names(fm)?;
     let requires_value = |t: &ValueTest| match t {
         ValueTest::Null => false,
         ValueTest::Exists(b) => *b,
@@ -99,81 +144,52 @@ fn key_needles(fm: &FieldMatch) -> Option<Vec<String>> {
     } else {
         fm.tests.iter().all(requires_value)
     };
-    if !required
-        || fm
-            .paths
-            .iter()
-            .any(|p| ECS_FIELDS.contains(&p.name.as_str()))
-    {
+    if !required || field.is_empty() {
         return None;
     }
-    let mut out = Vec::new();
-    for p in &fm.paths {
-        let last = p.name.rsplit('.').next().unwrap_or("");
-        if last.is_empty() {
-            return None;
-        }
-        out.push(format!("{KEY_MARK}{last}"));
-    }
-    Some(out)
+    let last = field[0].rsplit('.').next().unwrap_or("").to_string();
+    Some(vec![Needle {
+        field: Some(field),
+        kind: NeedleKind::Present,
+        lit: last,
+    }])
 }
 
-fn value_needles(fm: &FieldMatch) -> Option<Vec<String>> {
+fn test_needle(field: &Option<Vec<String>>, t: &ValueTest) -> Option<Vec<Needle>> {
+    let ValueTest::Str(StrTest::Lit { kind, lit, .. }) = t else {
+        return None;
+    };
+    if lit.is_empty() {
+        return None;
+    }
+    let kind = match (field, kind) {
+        // Keywords are substring searches over every value.
+        (None, _) => NeedleKind::Contains,
+        (Some(_), StrKind::Exact) => NeedleKind::Exact,
+        (Some(_), StrKind::Prefix) => NeedleKind::Prefix,
+        (Some(_), StrKind::Suffix) => NeedleKind::Suffix,
+        (Some(_), StrKind::Contains) => NeedleKind::Contains,
+    };
+    Some(vec![Needle {
+        field: field.clone(),
+        kind,
+        lit: lit.to_ascii_lowercase(),
+    }])
+}
+
+fn value_needles(fm: &FieldMatch) -> Option<Vec<Needle>> {
+    let field = path_names(fm);
     if fm.all {
         fm.tests
             .iter()
-            .filter_map(|t| t.needle().map(|n| vec![n.to_string()]))
+            .filter_map(|t| test_needle(&field, t))
             .reduce(better)
     } else {
-        union(
-            fm.tests
-                .iter()
-                .map(|t| t.needle().map(|n| vec![n.to_string()])),
-        )
+        union(fm.tests.iter().map(|t| test_needle(&field, t)))
     }
 }
 
-/// Whether a field of the detection may resolve through the ECS view (its name is an ECS field).
-fn uses_ecs(det: &Detection) -> bool {
-    det.selections
-        .iter()
-        .flat_map(|s| s.alternatives.iter().flatten())
-        .any(|fm| {
-            fm.paths
-                .iter()
-                .any(|p| ECS_FIELDS.contains(&p.name.as_str()))
-        })
-}
-
-/// Per-source dispatch: the automaton over the needles of the rules that run on the source.
-#[derive(Debug, Default)]
-struct SourceEngine {
-    ac: Option<AhoCorasick>,
-    /// Needle id -> detection rules needing it.
-    needle_rules: Vec<Vec<u32>>,
-    /// Rules evaluated on every event of this source.
-    always: Vec<u32>,
-    /// Whether any needle could occur in a number's or boolean's text, or needs the ECS view:
-    /// otherwise those values are not scanned at all.
-    scan_numbers: bool,
-    scan_bools: bool,
-    scan_ecs: bool,
-    /// By the last dotted segment of the fields the engine's prefiltered rules test: whether
-    /// values under such keys are scanned, and the rules whose field-presence needle it is. A
-    /// value can only satisfy a field test under a key whose last segment is the field's last
-    /// segment (exactly: lookups are case-sensitive), so other values are not scanned.
-    keys: HashMap<String, KeyInfo, std::hash::BuildHasherDefault<KeyHasher>>,
-    /// A keyword rule searches every value.
-    scan_all_values: bool,
-}
-
-#[derive(Debug, Default)]
-struct KeyInfo {
-    scan_values: bool,
-    presence_rules: Vec<u32>,
-}
-
-/// FNV-1a for short key names (std's SipHash costs more than the lookup saves).
+/// FNV-1a over 8-byte words for short strings (std's SipHash costs more than the lookup saves).
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -187,97 +203,167 @@ impl std::hash::Hasher for KeyHasher {
         } else {
             self.0
         };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            h = (h ^ w).wrapping_mul(0x0100_0000_01b3);
+            h ^= h >> 29;
         }
-        self.0 = h;
+        for b in chunks.remainder() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h ^ (h >> 32);
     }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// Rules per automaton pattern, by how the pattern must sit in the value.
+#[derive(Debug, Default)]
+struct PatternRules {
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+    contains: Vec<u32>,
+}
+
+/// The needles of one field.
+#[derive(Debug)]
+struct Slot {
+    /// The field's id in [`SigmaDetector::slot_paths`].
+    id: u32,
+    /// Lowercased literal -> rules needing the field to equal it.
+    exact: FastMap<Box<[u8]>, Vec<u32>>,
+    exact_max_len: usize,
+    ac: Option<AhoCorasick>,
+    patterns: Vec<PatternRules>,
+    /// Rules needing the field to be present.
+    present: Vec<u32>,
+}
+
+fn push_rule(v: &mut Vec<u32>, r: u32) {
+    if v.last() != Some(&r) {
+        v.push(r);
+    }
+}
+
+fn build_ac(patterns: &[String]) -> Option<AhoCorasick> {
+    if patterns.is_empty() {
+        return None;
+    }
+    AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .build(patterns)
+        .ok()
+}
+
+/// Per-source dispatch: the field slots and keyword automaton of the rules that run on it.
+#[derive(Debug, Default)]
+struct SourceEngine {
+    slots: Vec<Slot>,
+    keyword_ac: Option<AhoCorasick>,
+    /// Keyword pattern id -> rules.
+    keyword_rules: Vec<Vec<u32>>,
+    /// Rules evaluated on every event of this source.
+    always: Vec<u32>,
+    /// The top-level keys these rules may read.
+    tops: TopIndex,
 }
 
 impl SourceEngine {
     fn build(
         rules: &[DetectionRule],
         applies: impl Fn(&DetectionRule) -> bool,
-        needles: &[Option<Vec<String>>],
+        needles: &[Option<Vec<Needle>>],
+        field_ids: &HashMap<Vec<String>, u32>,
     ) -> SourceEngine {
         let mut eng = SourceEngine::default();
-        let mut needle_ids: HashMap<String, usize> = HashMap::new();
-        let mut patterns: Vec<String> = Vec::new();
+        let mut slot_ids: HashMap<Vec<String>, usize> = HashMap::new();
+        // Per slot: automaton pattern ids by literal, and the literals.
+        let mut slot_lits: Vec<(HashMap<String, usize>, Vec<String>)> = Vec::new();
+        let mut kw_ids: HashMap<String, usize> = HashMap::new();
+        let mut kw_lits: Vec<String> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             if !applies(r) {
                 continue;
             }
-            match &needles[i] {
-                None => eng.always.push(i as u32),
-                Some(ns) => {
-                    if uses_ecs(&r.detection) {
-                        eng.scan_ecs = true;
+            let rule = i as u32;
+            let Some(ns) = &needles[i] else {
+                eng.always.push(rule);
+                continue;
+            };
+            for n in ns {
+                let Some(field) = &n.field else {
+                    let id = *kw_ids.entry(n.lit.clone()).or_insert_with(|| {
+                        kw_lits.push(n.lit.clone());
+                        eng.keyword_rules.push(Vec::new());
+                        kw_lits.len() - 1
+                    });
+                    push_rule(&mut eng.keyword_rules[id], rule);
+                    continue;
+                };
+                let Some(&id) = field_ids.get(field) else {
+                    // Every needle's field got an id; stay correct if one did not.
+                    eng.always.push(rule);
+                    continue;
+                };
+                let s = *slot_ids.entry(field.clone()).or_insert_with(|| {
+                    eng.slots.push(Slot {
+                        id,
+                        exact: FastMap::default(),
+                        exact_max_len: 0,
+                        ac: None,
+                        patterns: Vec::new(),
+                        present: Vec::new(),
+                    });
+                    slot_lits.push(Default::default());
+                    eng.slots.len() - 1
+                });
+                let slot = &mut eng.slots[s];
+                match n.kind {
+                    NeedleKind::Present => push_rule(&mut slot.present, rule),
+                    NeedleKind::Exact => {
+                        slot.exact_max_len = slot.exact_max_len.max(n.lit.len());
+                        let v = slot
+                            .exact
+                            .entry(n.lit.as_bytes().to_vec().into_boxed_slice())
+                            .or_default();
+                        push_rule(v, rule);
                     }
-                    for fm in r
-                        .detection
-                        .selections
-                        .iter()
-                        .flat_map(|s| s.alternatives.iter().flatten())
-                    {
-                        if fm.field.is_none() {
-                            eng.scan_all_values = true;
-                        }
-                        for p in &fm.paths {
-                            let last = p.name.rsplit('.').next().unwrap_or("");
-                            eng.keys.entry(last.to_string()).or_default().scan_values = true;
-                        }
-                    }
-                    for n in ns {
-                        if let Some(k) = n.strip_prefix(KEY_MARK) {
-                            let info = eng.keys.entry(k.to_string()).or_default();
-                            if info.presence_rules.last() != Some(&(i as u32)) {
-                                info.presence_rules.push(i as u32);
-                            }
-                            continue;
-                        }
-                        let key = n.to_ascii_lowercase();
-                        if key
-                            .bytes()
-                            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
-                        {
-                            eng.scan_numbers = true;
-                        }
-                        if "true".contains(key.as_str()) || "false".contains(key.as_str()) {
-                            eng.scan_bools = true;
-                        }
-                        let id = *needle_ids.entry(key.clone()).or_insert_with(|| {
-                            patterns.push(key);
-                            eng.needle_rules.push(Vec::new());
-                            patterns.len() - 1
+                    kind => {
+                        let (ids, lits) = &mut slot_lits[s];
+                        let id = *ids.entry(n.lit.clone()).or_insert_with(|| {
+                            lits.push(n.lit.clone());
+                            slot.patterns.push(PatternRules::default());
+                            lits.len() - 1
                         });
-                        if eng.needle_rules[id].last() != Some(&(i as u32)) {
-                            eng.needle_rules[id].push(i as u32);
+                        let p = &mut slot.patterns[id];
+                        match kind {
+                            NeedleKind::Prefix => push_rule(&mut p.prefix, rule),
+                            NeedleKind::Suffix => push_rule(&mut p.suffix, rule),
+                            _ => push_rule(&mut p.contains, rule),
                         }
                     }
                 }
             }
         }
-        if !patterns.is_empty() {
-            eng.ac = AhoCorasickBuilder::new()
-                .ascii_case_insensitive(true)
-                .match_kind(MatchKind::Standard)
-                .kind(None)
-                .build(&patterns)
-                .or_else(|_| {
-                    AhoCorasickBuilder::new()
-                        .ascii_case_insensitive(true)
-                        .build(&patterns)
-                })
-                .ok();
-            if eng.ac.is_none() {
-                // Cannot happen for plain literals; stay correct by evaluating everything.
-                eng.always
-                    .extend(eng.needle_rules.iter().flatten().copied());
-                eng.always.sort_unstable();
-                eng.always.dedup();
+        let mut fallback: Vec<u32> = Vec::new();
+        for (slot, (_, lits)) in eng.slots.iter_mut().zip(&slot_lits) {
+            slot.ac = build_ac(lits);
+            if slot.ac.is_none() && !lits.is_empty() {
+                // Cannot happen for plain literals; stay correct by evaluating these rules always.
+                for p in &slot.patterns {
+                    fallback.extend(p.prefix.iter().chain(&p.suffix).chain(&p.contains));
+                }
             }
         }
+        eng.keyword_ac = build_ac(&kw_lits);
+        if eng.keyword_ac.is_none() {
+            fallback.extend(eng.keyword_rules.iter().flatten());
+        }
+        eng.always.extend(fallback);
+        eng.always.sort_unstable();
+        eng.always.dedup();
         eng
     }
 }
@@ -290,6 +376,7 @@ struct Hits<'a> {
 }
 
 impl Hits<'_> {
+    #[inline]
     fn mark(&mut self, rules: &[u32]) {
         for &r in rules {
             let s = &mut self.stamp[r as usize];
@@ -300,66 +387,300 @@ impl Hits<'_> {
         }
     }
 
-    fn scan(&mut self, ac: &AhoCorasick, needle_rules: &[Vec<u32>], text: &str) {
+    /// One value of a slot's field: its exact literals by hash lookup, the others by automaton.
+    fn slot_value(&mut self, slot: &Slot, text: &str, lower: &mut Vec<u8>) {
+        let b = text.as_bytes();
+        if !slot.exact.is_empty() && b.len() <= slot.exact_max_len {
+            let mut small = [0u8; 64];
+            let key: &[u8] = if b.len() <= small.len() {
+                for (d, c) in small.iter_mut().zip(b) {
+                    *d = c.to_ascii_lowercase();
+                }
+                &small[..b.len()]
+            } else {
+                lower.clear();
+                lower.extend(b.iter().map(u8::to_ascii_lowercase));
+                lower
+            };
+            if let Some(rules) = slot.exact.get(key) {
+                self.mark(rules);
+            }
+        }
+        let Some(ac) = &slot.ac else { return };
+        if b.len() < ac.min_pattern_len() {
+            return;
+        }
+        for m in ac.find_overlapping_iter(text) {
+            let p = &slot.patterns[m.pattern().as_usize()];
+            self.mark(&p.contains);
+            if m.start() == 0 {
+                self.mark(&p.prefix);
+            }
+            if m.end() == b.len() {
+                self.mark(&p.suffix);
+            }
+        }
+    }
+
+    fn keyword_value(&mut self, ac: &AhoCorasick, rules: &[Vec<u32>], text: &str) {
         if text.len() < ac.min_pattern_len() {
             return;
         }
         for m in ac.find_overlapping_iter(text) {
-            for &r in &needle_rules[m.pattern().as_usize()] {
-                let s = &mut self.stamp[r as usize];
-                if *s != self.epoch {
-                    *s = self.epoch;
-                    self.candidates.push(r);
-                }
-            }
+            self.mark(&rules[m.pattern().as_usize()]);
         }
     }
 }
 
-/// One walk over the raw event: each object key is looked up once (field-presence needles,
-/// whether its values matter), relevant values go through the value automaton.
-fn scan_json(
-    v: &perimeter_model::RawJson,
-    eng: &SourceEngine,
-    hits: &mut Hits<'_>,
-    relevant: bool,
-) {
-    use perimeter_model::raw_prelude::{JsonValueTrait, ValueRef as J};
-    match v.as_ref() {
-        J::Object(m) => {
-            for (k, x) in m.iter() {
-                let mut child = eng.scan_all_values;
-                if !eng.keys.is_empty() {
-                    if let Some(info) = eng.keys.get(k.rsplit('.').next().unwrap_or(k)) {
-                        hits.mark(&info.presence_rules);
-                        child |= info.scan_values;
+/// Values of one field for the current event: `leaves[start..end]`, valid when `epoch` is the
+/// current event's.
+#[derive(Debug, Clone, Copy, Default)]
+struct FieldValues {
+    epoch: u32,
+    present: bool,
+    start: u32,
+    end: u32,
+}
+
+/// Per-event field values: each field (by slot id) is resolved at most once per event, for the
+/// prefilter and every rule that tests it.
+struct FieldCache<'a> {
+    epoch: u32,
+    paths: &'a [Vec<FieldPath>],
+    /// [slot][path] -> ids of the path's top-level keys ([`FieldPath::top_keys`]).
+    path_tops: &'a [Vec<Vec<u32>>],
+    /// By top-level key id: the value under that key in the raw record (first occurrence), when
+    /// the record is an object. One pass over the record's keys replaces a linear key search
+    /// per field and path.
+    /// Values under the keys of `top_index`, by position.
+    tops: Vec<Option<&'a RawJson>>,
+    top_index: &'a TopIndex,
+    /// Top-level key names by id (for keys the source's index does not cover).
+    top_names: &'a [Box<str>],
+    object_root: bool,
+    vals: &'a mut [FieldValues],
+    leaves: Vec<Leaf<'a>>,
+    event: &'a Event,
+}
+
+impl<'a> FieldCache<'a> {
+    /// Whether the field resolved, and its values: the first of the field's paths that resolves
+    /// (raw record first, then the ECS view), exactly as [`FieldMatch::eval`] looks them up.
+    fn get(&mut self, slot: u32) -> (bool, &[Leaf<'a>]) {
+        let v = self.vals[slot as usize];
+        if v.epoch == self.epoch {
+            return (v.present, &self.leaves[v.start as usize..v.end as usize]);
+        }
+        let start = self.leaves.len();
+        let mut present = false;
+        let leaves = &mut self.leaves;
+        let tops = &self.tops;
+        let event = self.event;
+        for (p, ids) in self.paths[slot as usize]
+            .iter()
+            .zip(&self.path_tops[slot as usize])
+        {
+            let before = leaves.len();
+            let mut push = |leaf: Leaf<'a>| {
+                // Strings are unwrapped once here rather than by every test of the value (a
+                // `Leaf::Str` behaves exactly like a `Leaf::Json` string).
+                leaves.push(match leaf {
+                    Leaf::Json(v) => v.as_str().map_or(leaf, Leaf::Str),
+                    other => other,
+                });
+                false
+            };
+            if self.object_root {
+                let (top_names, local) = (self.top_names, &self.top_index.local);
+                p.visit_from_top(
+                    &|k| {
+                        let id = ids[k] as usize;
+                        match local[id] {
+                            u32::MAX => event.raw.get(&*top_names[id]),
+                            pos => tops[pos as usize],
+                        }
+                    },
+                    &mut push,
+                );
+            } else {
+                p.visit(&event.raw, &mut push);
+            }
+            // Same order as `FieldPath::visit_event`: the ECS view only when the raw record has
+            // no value.
+            if leaves.len() > before
+                || p.visit_ecs(event, &mut |leaf: Leaf<'a>| {
+                    leaves.push(leaf);
+                    false
+                }) != Found::Absent
+            {
+                present = true;
+                break;
+            }
+        }
+        let end = self.leaves.len();
+        self.vals[slot as usize] = FieldValues {
+            epoch: self.epoch,
+            present,
+            start: start as u32,
+            end: end as u32,
+        };
+        (present, &self.leaves[start..end])
+    }
+
+    /// [`FieldMatch::matches`] on cached values.
+    fn field_matches(&mut self, fm: &FieldMatch) -> bool {
+        if fm.field.is_none() || fm.slot == NO_SLOT {
+            return fm.matches(self.event);
+        }
+        let event = self.event;
+        let (present, leaves) = self.get(fm.slot);
+        let r = if let [ValueTest::Exists(want)] = fm.tests.as_slice() {
+            present == *want
+        } else {
+            let one = |t: &ValueTest| {
+                leaves.iter().any(|l| t.test_leaf(l, event))
+                    || (!present && matches!(t, ValueTest::Null))
+            };
+            if fm.all {
+                fm.tests.iter().all(one)
+            } else {
+                fm.tests.iter().any(one)
+            }
+        };
+        r != fm.negate
+    }
+
+    /// [`FieldMatch::eval`] with `record` on cached values: pushes (field, value) of the values
+    /// that matched.
+    fn field_record(
+        &mut self,
+        fm: &FieldMatch,
+        rec: &mut Vec<(String, serde_json::Value)>,
+    ) -> bool {
+        let Some(field) = fm.field.as_ref().filter(|_| fm.slot != NO_SLOT) else {
+            return fm.eval(self.event, Some(rec));
+        };
+        let event = self.event;
+        let (present, leaves) = self.get(fm.slot);
+        if let [ValueTest::Exists(want)] = fm.tests.as_slice() {
+            return present == *want;
+        }
+        let mut one = |t: &ValueTest| {
+            if let Some(l) = leaves.iter().find(|l| t.test_leaf(l, event)) {
+                rec.push((field.clone(), l.to_json()));
+                true
+            } else if !present && matches!(t, ValueTest::Null) {
+                rec.push((field.clone(), serde_json::Value::Null));
+                true
+            } else {
+                false
+            }
+        };
+        if fm.all {
+            fm.tests.iter().all(&mut one)
+        } else {
+            fm.tests.iter().any(&mut one)
+        }
+    }
+
+    /// [`Detection::matched_fields`] on cached values.
+    fn matched_fields(&mut self, det: &Detection) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        for sel in &det.selections {
+            for map in &sel.alternatives {
+                let mut rec = Vec::new();
+                if map.iter().all(|fm| {
+                    if fm.negate {
+                        self.field_matches(fm)
+                    } else {
+                        self.field_record(fm, &mut rec)
                     }
+                }) {
+                    out.extend(rec);
+                    break;
                 }
-                if child || x.is_object() || x.is_array() {
-                    scan_json(x, eng, hits, child);
+            }
+        }
+        out
+    }
+
+    /// [`Detection::matches`] on cached values.
+    fn detection_matches(&mut self, det: &Detection) -> bool {
+        super::condition::eval(&det.condition, &mut |i| {
+            det.selections[i]
+                .alternatives
+                .iter()
+                .any(|map| map.iter().all(|fm| self.field_matches(fm)))
+        })
+    }
+}
+
+impl CorrelationFields for FieldCache<'_> {
+    fn visit(
+        &mut self,
+        slot: u32,
+        path: &FieldPath,
+        event: &Event,
+        f: &mut dyn FnMut(Leaf<'_>) -> bool,
+    ) -> Found {
+        if slot == NO_SLOT {
+            return path.visit_event(event, &mut |leaf| f(leaf));
+        }
+        let (present, leaves) = self.get(slot);
+        if !present {
+            Found::Absent
+        } else if leaves.iter().any(|l| f(*l)) {
+            Found::Stopped
+        } else {
+            Found::Exhausted
+        }
+    }
+}
+
+/// A buffer of references into one event, emptied and reused for the next: the allocation is
+/// kept, the borrow is not (an in-place collect of an empty vector between types that differ
+/// only in lifetime).
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
+}
+
+/// Check each slot's field values against its needles; then the keyword automaton over every
+/// value of the raw record.
+fn prefilter(
+    eng: &SourceEngine,
+    cache: &mut FieldCache<'_>,
+    hits: &mut Hits<'_>,
+    lower: &mut Vec<u8>,
+) {
+    for slot in &eng.slots {
+        let (present, leaves) = cache.get(slot.id);
+        if !present {
+            continue;
+        }
+        hits.mark(&slot.present);
+        if slot.exact.is_empty() && slot.ac.is_none() {
+            continue;
+        }
+        for leaf in leaves {
+            leaf.with_text(|t| {
+                if let Some(t) = t {
+                    hits.slot_value(slot, t, lower);
                 }
-            }
+            });
         }
-        J::Array(a) => a.iter().for_each(|x| scan_json(x, eng, hits, relevant)),
-        _ if !relevant => {}
-        J::Null => {}
-        J::String(s) => {
-            if let Some(ac) = &eng.ac {
-                hits.scan(ac, &eng.needle_rules, s);
-            }
-        }
-        J::Bool(b) => {
-            if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_bools) {
-                hits.scan(ac, &eng.needle_rules, if b { "true" } else { "false" });
-            }
-        }
-        J::Number(n) => {
-            if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_numbers) {
-                let mut buf = NumBuf::new();
-                let _ = write!(buf, "{n}");
-                hits.scan(ac, &eng.needle_rules, buf.as_str());
-            }
-        }
+    }
+    if let Some(ac) = &eng.keyword_ac {
+        visit_leaves(&cache.event.raw, &mut |leaf| {
+            leaf.with_text(|t| {
+                if let Some(t) = t {
+                    hits.keyword_value(ac, &eng.keyword_rules, t);
+                }
+            });
+            false
+        });
     }
 }
 
@@ -370,6 +691,88 @@ struct Scratch {
     stamp: Vec<u32>,
     candidates: Vec<u32>,
     matched: Vec<u32>,
+    /// Lowercased value for exact lookups.
+    lower: Vec<u8>,
+    /// Per field slot: where its values are in `leaves`.
+    field_values: Vec<FieldValues>,
+    /// The current event's field values (empty between events).
+    leaves: Vec<Leaf<'static>>,
+    /// The current event's top-level values by key id (empty between events).
+    tops: Vec<Option<&'static RawJson>>,
+}
+
+/// The top-level keys a source's rules may read, found in one pass over a record's keys.
+#[derive(Debug, Default)]
+struct TopIndex {
+    /// Key -> position in this index.
+    map: FastMap<Box<str>, u32>,
+    /// Global top-level key id -> position in this index (`u32::MAX`: not indexed).
+    local: Vec<u32>,
+    /// Cheap rejection of the record's other keys before hashing them: which key lengths
+    /// (capped at 63) and which first bytes occur in `map`.
+    lens: u64,
+    firsts: [u64; 4],
+}
+
+impl TopIndex {
+    fn new(ids: impl Iterator<Item = u32>, names: &[Box<str>]) -> TopIndex {
+        let mut t = TopIndex {
+            local: vec![u32::MAX; names.len()],
+            ..Default::default()
+        };
+        for id in ids {
+            let k = &names[id as usize];
+            t.lens |= 1 << k.len().min(63);
+            let b = k.as_bytes().first().copied().unwrap_or(0);
+            t.firsts[usize::from(b >> 6)] |= 1 << (b & 63);
+            let pos = t.map.len() as u32;
+            t.map.insert(k.clone(), pos);
+            t.local[id as usize] = pos;
+        }
+        t
+    }
+
+    /// The record's values under the indexed keys, by position (`tops` is empty on entry).
+    fn fill<'a>(&self, obj: &'a sonic_rs::Object, tops: &mut Vec<Option<&'a RawJson>>) {
+        tops.resize(self.map.len(), None);
+        for (k, v) in obj.iter() {
+            let b = k.as_bytes().first().copied().unwrap_or(0);
+            if self.lens & (1 << k.len().min(63)) == 0
+                || self.firsts[usize::from(b >> 6)] & (1 << (b & 63)) == 0
+            {
+                continue;
+            }
+            if let Some(&id) = self.map.get(k) {
+                let t = &mut tops[id as usize];
+                if t.is_none() {
+                    *t = Some(v);
+                }
+            }
+        }
+    }
+}
+
+/// Ids of the top-level keys the rules running on one source may read (their fields, and every
+/// correlation's group-by fields).
+fn engine_top_ids(
+    rules: &[DetectionRule],
+    applies: impl Fn(&DetectionRule) -> bool,
+    extra_slots: &[u32],
+    path_tops: &[Vec<Vec<u32>>],
+) -> Vec<u32> {
+    let mut ids: Vec<u32> = rules
+        .iter()
+        .filter(|r| applies(r))
+        .flat_map(|r| r.detection.selections.iter())
+        .flat_map(|s| s.alternatives.iter().flatten())
+        .map(|fm| fm.slot)
+        .chain(extra_slots.iter().copied())
+        .filter(|&s| s != NO_SLOT)
+        .flat_map(|s| path_tops[s as usize].iter().flatten().copied())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Sigma rules as a [`perimeter_model::Detector`].
@@ -379,6 +782,15 @@ pub struct SigmaDetector {
     engines: Vec<(String, SourceEngine)>,
     /// For sources no rule names: the rules without a product (all rules with ignore_logsource).
     fallback: SourceEngine,
+    /// Lookup paths of every distinct field the detection rules test, by slot id
+    /// ([`FieldMatch::slot`]).
+    slot_paths: Vec<Vec<FieldPath>>,
+    /// Per detection rule: alert fields computed once.
+    alert_parts: Vec<AlertParts>,
+    /// [slot][path] -> ids (in `top_keys`) of the path's possible top-level keys.
+    path_tops: Vec<Vec<Vec<u32>>>,
+    /// Every top-level key some field path may start with, by id.
+    top_names: Vec<Box<str>>,
     scratch: Scratch,
     correlator: Correlator,
     /// Detection rules that run on every source, for the `applies` check.
@@ -394,8 +806,56 @@ impl std::fmt::Debug for SigmaDetector {
 }
 
 impl SigmaDetector {
-    pub fn new(rules: RuleSet, options: &SigmaOptions) -> SigmaDetector {
-        let needles: Vec<Option<Vec<String>>> = rules
+    pub fn new(mut rules: RuleSet, options: &SigmaOptions) -> SigmaDetector {
+        // One slot per distinct field (list of lookup paths) tested by a detection rule.
+        let mut field_ids: HashMap<Vec<String>, u32> = HashMap::new();
+        let mut slot_paths: Vec<Vec<FieldPath>> = Vec::new();
+        for fm in rules
+            .detections
+            .iter_mut()
+            .flat_map(|r| r.detection.selections.iter_mut())
+            .flat_map(|s| s.alternatives.iter_mut().flatten())
+        {
+            if fm.field.is_none() || fm.paths.is_empty() {
+                continue;
+            }
+            let names: Vec<String> = fm.paths.iter().map(|p| p.name.clone()).collect();
+            fm.slot = *field_ids.entry(names).or_insert_with(|| {
+                slot_paths.push(fm.paths.clone());
+                slot_paths.len() as u32 - 1
+            });
+        }
+        // Group-by fields of correlations are read from the same per-event values.
+        let mut correlator = Correlator::new(&rules, options);
+        correlator.assign_group_slots(|p| {
+            *field_ids.entry(vec![p.name.clone()]).or_insert_with(|| {
+                slot_paths.push(vec![p.clone()]);
+                slot_paths.len() as u32 - 1
+            })
+        });
+        let mut top_keys: FastMap<Box<str>, u32> = FastMap::default();
+        let path_tops: Vec<Vec<Vec<u32>>> = slot_paths
+            .iter()
+            .map(|paths| {
+                paths
+                    .iter()
+                    .map(|p| {
+                        p.top_keys()
+                            .map(|k| {
+                                let n = top_keys.len() as u32;
+                                *top_keys.entry(k.into()).or_insert(n)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut top_names: Vec<Box<str>> = vec![Box::from(""); top_keys.len()];
+        for (k, &id) in &top_keys {
+            top_names[id as usize] = k.clone();
+        }
+        let corr_slots = correlator.group_slots();
+        let needles: Vec<Option<Vec<Needle>>> = rules
             .detections
             .iter()
             .map(|r| detection_needles(&r.detection))
@@ -412,23 +872,30 @@ impl SigmaDetector {
         let mut engines = Vec::new();
         if !ignore {
             for s in &sources {
-                let eng = SourceEngine::build(
-                    &rules.detections,
-                    |r| r.sources.as_ref().is_none_or(|v| v.iter().any(|x| x == s)),
-                    &needles,
-                );
+                let applies =
+                    |r: &DetectionRule| r.sources.as_ref().is_none_or(|v| v.iter().any(|x| x == s));
+                let mut eng = SourceEngine::build(&rules.detections, applies, &needles, &field_ids);
+                let ids = engine_top_ids(&rules.detections, applies, &corr_slots, &path_tops);
+                eng.tops = TopIndex::new(ids.into_iter(), &top_names);
                 engines.push((s.clone(), eng));
             }
         }
-        let fallback = SourceEngine::build(
-            &rules.detections,
-            |r| ignore || r.sources.is_none(),
-            &needles,
-        );
+        let applies = |r: &DetectionRule| ignore || r.sources.is_none();
+        let mut fallback = SourceEngine::build(&rules.detections, applies, &needles, &field_ids);
+        let ids = engine_top_ids(&rules.detections, applies, &corr_slots, &path_tops);
+        fallback.tops = TopIndex::new(ids.into_iter(), &top_names);
         let n = rules.detections.len();
+        let alert_parts = rules
+            .detections
+            .iter()
+            .map(|r| AlertParts {
+                severity: severity(r.meta.level.as_deref()),
+                techniques: technique_ids(&r.meta.tags),
+            })
+            .collect();
         let filters_by_source = rules.filters.iter().map(|f| f.sources.clone()).collect();
         SigmaDetector {
-            correlator: Correlator::new(&rules, options),
+            correlator,
             rules,
             ignore_logsource: ignore,
             engines,
@@ -438,7 +905,15 @@ impl SigmaDetector {
                 stamp: vec![0; n],
                 candidates: Vec::new(),
                 matched: Vec::new(),
+                lower: Vec::new(),
+                field_values: vec![FieldValues::default(); slot_paths.len()],
+                leaves: Vec::new(),
+                tops: Vec::new(),
             },
+            slot_paths,
+            alert_parts,
+            path_tops,
+            top_names,
             filters_by_source,
         }
     }
@@ -465,6 +940,13 @@ impl SigmaDetector {
     /// Detection rules that match the event (filters applied), in rule order. Used by the
     /// detector and by `rules test`.
     pub(crate) fn match_rules(&mut self, event: &Event) -> &[u32] {
+        self.run(event, None);
+        &self.scratch.matched
+    }
+
+    /// Match the event; with `alerts`, also raise the alerts of the matched rules and feed the
+    /// correlations they belong to (while the event's field values are still at hand).
+    fn run(&mut self, event: &Event, alerts: Option<&mut Vec<Alert>>) {
         // A handful of sources: a linear scan beats hashing the name.
         let eng = self
             .engines
@@ -475,59 +957,39 @@ impl SigmaDetector {
         sc.epoch = sc.epoch.wrapping_add(1);
         if sc.epoch == 0 {
             sc.stamp.iter_mut().for_each(|s| *s = 0);
+            sc.field_values.iter_mut().for_each(|v| v.epoch = 0);
             sc.epoch = 1;
         }
         sc.candidates.clear();
         sc.matched.clear();
-        if eng.ac.is_some() || !eng.keys.is_empty() {
-            let mut hits = Hits {
-                epoch: sc.epoch,
-                stamp: &mut sc.stamp,
-                candidates: &mut sc.candidates,
-            };
-            scan_json(&event.raw, eng, &mut hits, true);
-            if let Some(ac) = eng.ac.as_ref().filter(|_| eng.scan_ecs) {
-                let ecs = &event.ecs;
-                let singles = [
-                    &ecs.event_action,
-                    &ecs.user_name,
-                    &ecs.user_email,
-                    &ecs.user_id,
-                    &ecs.user_target_name,
-                    &ecs.user_target_email,
-                    &ecs.user_target_id,
-                    &ecs.source_ip,
-                    &ecs.source_geo_country_iso_code,
-                    &ecs.user_agent_original,
-                    &ecs.organization_id,
-                    &ecs.cloud_account_id,
-                ];
-                for v in singles.into_iter().flatten() {
-                    hits.scan(ac, &eng.needle_rules, v);
-                }
-                for list in [
-                    &ecs.event_category,
-                    &ecs.event_type,
-                    &ecs.related_ip,
-                    &ecs.related_user,
-                ] {
-                    for v in list {
-                        hits.scan(ac, &eng.needle_rules, v);
-                    }
-                }
-                hits.scan(ac, &eng.needle_rules, ecs.event_outcome.as_str());
-                if let Some(n) = ecs.source_as_number {
-                    let mut b = NumBuf::new();
-                    let _ = write!(b, "{n}");
-                    hits.scan(ac, &eng.needle_rules, b.as_str());
-                }
-            }
+        let mut tops: Vec<Option<&RawJson>> = recycle(std::mem::take(&mut sc.tops));
+        let root = event.raw.as_object();
+        if let Some(obj) = root {
+            eng.tops.fill(obj, &mut tops);
         }
+        let mut cache = FieldCache {
+            epoch: sc.epoch,
+            paths: &self.slot_paths,
+            path_tops: &self.path_tops,
+            tops,
+            top_index: &eng.tops,
+            top_names: &self.top_names,
+            object_root: root.is_some(),
+            vals: &mut sc.field_values,
+            leaves: recycle(std::mem::take(&mut sc.leaves)),
+            event,
+        };
+        let mut hits = Hits {
+            epoch: sc.epoch,
+            stamp: &mut sc.stamp,
+            candidates: &mut sc.candidates,
+        };
+        prefilter(eng, &mut cache, &mut hits, &mut sc.lower);
         sc.candidates.extend_from_slice(&eng.always);
         sc.candidates.sort_unstable();
         for &r in &sc.candidates {
             let rule = &self.rules.detections[r as usize];
-            if rule.detection.matches(event)
+            if cache.detection_matches(&rule.detection)
                 && !filtered(
                     &self.rules,
                     &self.filters_by_source,
@@ -539,30 +1001,36 @@ impl SigmaDetector {
                 sc.matched.push(r);
             }
         }
-        &sc.matched
+        if let Some(alerts) = alerts {
+            for &r in sc.matched.iter() {
+                let r = r as usize;
+                if !self.rules.det_suppressed[r] {
+                    alerts.push(detection_alert(
+                        &self.rules.detections[r],
+                        &self.alert_parts[r],
+                        &mut cache,
+                    ));
+                }
+                for &c in &self.rules.det_parents[r] {
+                    self.correlator.hit(
+                        c,
+                        RuleRef::Detection(r),
+                        event,
+                        &self.rules,
+                        alerts,
+                        &mut cache,
+                    );
+                }
+            }
+            self.correlator.advance(event, &self.rules, alerts);
+        }
+        sc.leaves = recycle(cache.leaves);
+        sc.tops = recycle(cache.tops);
     }
 
     /// Feed one event: detection alerts, then correlation state.
     fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
-        let matched: Vec<u32> = {
-            let m = self.match_rules(event);
-            if m.is_empty() {
-                self.correlator.advance(event, &self.rules, alerts);
-                return;
-            }
-            m.to_vec()
-        };
-        for r in matched {
-            let r = r as usize;
-            if !self.rules.det_suppressed[r] {
-                alerts.push(detection_alert(&self.rules.detections[r], event));
-            }
-            for &c in &self.rules.det_parents[r] {
-                self.correlator
-                    .hit(c, RuleRef::Detection(r), event, &self.rules, alerts);
-            }
-        }
-        self.correlator.advance(event, &self.rules, alerts);
+        self.run(event, Some(alerts));
     }
 }
 
@@ -669,10 +1137,28 @@ pub(crate) fn base_alert(
     event: &Event,
     entity: (String, EntityKind),
 ) -> Alert {
+    base_alert_with(
+        meta,
+        kind,
+        event,
+        entity,
+        severity(meta.level.as_deref()),
+        technique_ids(&meta.tags),
+    )
+}
+
+fn base_alert_with(
+    meta: &RuleMeta,
+    kind: DetectorKind,
+    event: &Event,
+    entity: (String, EntityKind),
+    severity: Severity,
+    techniques: Vec<String>,
+) -> Alert {
     let mut a = Alert::new(
         meta.key(),
         meta.title.clone(),
-        severity(meta.level.as_deref()),
+        severity,
         kind,
         event.source.clone(),
         event.tenant.clone(),
@@ -683,20 +1169,30 @@ pub(crate) fn base_alert(
     a.rule_status = meta.status.clone();
     a.description = meta.description.clone();
     a.tags = meta.tags.clone();
-    a.threat_technique_id = technique_ids(&meta.tags);
+    a.threat_technique_id = techniques;
     a.references = meta.references.clone();
     a.rule_hash = Some(meta.rule_hash.clone());
     a
 }
 
-fn detection_alert(rule: &DetectionRule, event: &Event) -> Alert {
-    let mut a = base_alert(
+/// What alerts of one detection rule share, computed once.
+#[derive(Debug)]
+struct AlertParts {
+    severity: Severity,
+    techniques: Vec<String>,
+}
+
+fn detection_alert(rule: &DetectionRule, parts: &AlertParts, cache: &mut FieldCache<'_>) -> Alert {
+    let event = cache.event;
+    let mut a = base_alert_with(
         &rule.meta,
         DetectorKind::Sigma,
         event,
         entity_of(&rule.meta, event),
+        parts.severity,
+        parts.techniques.clone(),
     );
-    for (k, v) in rule.detection.matched_fields(event) {
+    for (k, v) in cache.matched_fields(&rule.detection) {
         a.matched_fields.entry(k).or_insert(v);
     }
     a.push_evidence(event);

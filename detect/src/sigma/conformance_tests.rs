@@ -990,7 +990,9 @@ mod prop {
     use super::*;
     use proptest::prelude::*;
 
-    const FIELDS: &[&str] = &["a", "b.c", "arr.x", "n"];
+    /// `user.name` resolves through the ECS view (filled from `actor.alternateId`), `b.c` is
+    /// sometimes a nested object and sometimes a key with a dot.
+    const FIELDS: &[&str] = &["a", "b.c", "arr.x", "n", "user.name", "actor.alternateId"];
     const ALPHABET: &[&str] = &["ab", "AB", "b", "abc", "x", "a*", "*b", "?b", "", "5", "12"];
 
     fn value_strategy() -> impl Strategy<Value = String> {
@@ -1089,17 +1091,22 @@ mod prop {
         (
             proptest::sample::select(vec!["okta", "github", "slack"]),
             proptest::option::of(json_value()),
-            proptest::option::of(json_value()),
+            (proptest::option::of(json_value()), any::<bool>()),
             proptest::collection::vec(json_value(), 0..3),
             proptest::option::of(json_value()),
+            proptest::option::of(value_strategy()),
         )
-            .prop_map(|(src, a, bc, arr, n)| {
+            .prop_map(|(src, a, (bc, dotted), arr, n, actor)| {
                 let mut m = serde_json::Map::new();
                 if let Some(a) = a {
                     m.insert("a".into(), a);
                 }
                 if let Some(bc) = bc {
-                    m.insert("b".into(), json!({ "c": bc }));
+                    if dotted {
+                        m.insert("b.c".into(), bc);
+                    } else {
+                        m.insert("b".into(), json!({ "c": bc }));
+                    }
                 }
                 m.insert(
                     "arr".into(),
@@ -1107,6 +1114,9 @@ mod prop {
                 );
                 if let Some(n) = n {
                     m.insert("n".into(), n);
+                }
+                if let Some(actor) = actor {
+                    m.insert("actor".into(), json!({ "alternateId": actor }));
                 }
                 (src.to_string(), Json::Object(m))
             })
@@ -1125,11 +1135,26 @@ mod prop {
             let set = RuleSet::from_docs(docs, &mut errors);
             let opts = SigmaOptions { ignore_logsource: ignore, ..Default::default() };
             let mut det = SigmaDetector::new(set.clone(), &opts);
+            let mut alerting = SigmaDetector::new(set.clone(), &opts);
             for (src, raw) in events {
                 let e = event(&src, raw);
                 let fast = det.match_rules(&e).to_vec();
                 let slow = naive_matches(&set, &e, ignore);
-                prop_assert_eq!(fast, slow, "rules:\n{}\nevent: {}", text, e.raw);
+                prop_assert_eq!(&fast, &slow, "rules:\n{}\nevent: {}", text, e.raw);
+                // Alerts carry the matched values found on the matcher's cached field values:
+                // the same as the uncached evaluation's.
+                let mut alerts = Vec::new();
+                alerting.detect(&e, &mut alerts);
+                prop_assert_eq!(alerts.len(), slow.len());
+                for (a, &r) in alerts.iter().zip(&slow) {
+                    let rule = &set.detections[r as usize];
+                    prop_assert_eq!(&a.rule_id, rule.meta.key());
+                    let mut want = std::collections::BTreeMap::new();
+                    for (k, v) in rule.detection.matched_fields(&e) {
+                        want.entry(k).or_insert(v);
+                    }
+                    prop_assert_eq!(&a.matched_fields, &want, "rules:\n{}\nevent: {}", text, e.raw);
+                }
             }
         }
 

@@ -19,9 +19,22 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use super::compile::{base_alert, entity_kind_for_field, entity_of};
-use super::matcher::{FieldPath, Found, Leaf};
+use super::matcher::{FieldPath, Found, Leaf, NO_SLOT};
 use super::parse::{CorrelationRule, CorrelationType, CountOp};
 use super::{RuleRef, RuleSet, SigmaOptions};
+
+/// Where a correlation reads an event's field values: the matcher's per-event cache, or the
+/// event itself.
+pub(crate) trait FieldValues {
+    /// Like [`FieldPath::visit_event`]; `slot` is the matcher's slot for `path` or [`NO_SLOT`].
+    fn visit(
+        &mut self,
+        slot: u32,
+        path: &FieldPath,
+        event: &Event,
+        f: &mut dyn FnMut(Leaf<'_>) -> bool,
+    ) -> Found;
+}
 
 /// Keys are already hashes: no need to hash them again.
 #[derive(Default)]
@@ -119,6 +132,9 @@ struct CorrState {
     keys: KeyMap,
     /// [rule position][group-by field] -> path (aliases resolved).
     group_paths: Vec<Vec<FieldPath>>,
+    /// Parallel to `group_paths`: the matcher's field slot for the path ([`NO_SLOT`] until
+    /// [`Correlator::assign_group_slots`]).
+    group_slots: Vec<Vec<u32>>,
     /// [rule position] -> path of `condition.field` (aliases resolved).
     value_paths: Vec<Option<FieldPath>>,
     max_entries: usize,
@@ -130,6 +146,9 @@ pub struct Correlator {
     lateness_ms: i64,
     max_keys: usize,
     max_ts: i64,
+    /// Event time at which the next correlation is due for a sweep: `advance` does nothing
+    /// per correlation before that.
+    next_sweep_ts: i64,
     seq: u64,
     /// Events too late for their window (older than newest seen minus allowed lateness).
     pub late_dropped: u64,
@@ -219,10 +238,16 @@ impl Correlator {
                             .map(|f| FieldPath::new(&resolve_field(c, f, rr, rules, *r)))
                     })
                     .collect();
+                let group_slots = c
+                    .rules
+                    .iter()
+                    .map(|_| vec![NO_SLOT; c.group_by.len()])
+                    .collect();
                 CorrState {
                     mode,
                     keys: KeyMap::default(),
                     group_paths,
+                    group_slots,
                     value_paths,
                     max_entries,
                     last_sweep_ts: i64::MIN,
@@ -234,6 +259,7 @@ impl Correlator {
             lateness_ms: (options.allowed_lateness_seconds as i64).saturating_mul(1000),
             max_keys: options.max_correlation_keys.max(1),
             max_ts: i64::MIN,
+            next_sweep_ts: i64::MIN,
             seq: 0,
             late_dropped: 0,
             distinct: Vec::new(),
@@ -268,9 +294,35 @@ impl Correlator {
             .sum()
     }
 
-    fn text_of(path: &FieldPath, event: &Event, h: &mut Fnv) -> bool {
+    /// Let the matcher resolve group-by fields from its per-event field values: `slot_of` gives
+    /// the slot of a single-path field.
+    pub(crate) fn assign_group_slots(&mut self, mut slot_of: impl FnMut(&FieldPath) -> u32) {
+        for st in &mut self.states {
+            for (paths, slots) in st.group_paths.iter().zip(&mut st.group_slots) {
+                for (p, s) in paths.iter().zip(slots.iter_mut()) {
+                    *s = slot_of(p);
+                }
+            }
+        }
+    }
+
+    /// Every slot assigned by [`Correlator::assign_group_slots`].
+    pub(crate) fn group_slots(&self) -> Vec<u32> {
+        self.states
+            .iter()
+            .flat_map(|st| st.group_slots.iter().flatten().copied())
+            .collect()
+    }
+
+    fn text_of(
+        path: &FieldPath,
+        slot: u32,
+        event: &Event,
+        fields: &mut dyn FieldValues,
+        h: &mut Fnv,
+    ) -> bool {
         let mut found = false;
-        let r = path.visit_event(event, &mut |leaf: Leaf<'_>| {
+        let r = fields.visit(slot, path, event, &mut |leaf: Leaf<'_>| {
             leaf.with_text(|t| {
                 if let Some(t) = t {
                     h.write(t.as_bytes());
@@ -329,6 +381,7 @@ impl Correlator {
         event: &Event,
         rules: &RuleSet,
         alerts: &mut Vec<Alert>,
+        fields: &mut dyn FieldValues,
     ) {
         let ts = event.timestamp.timestamp_millis();
         if self.max_ts != i64::MIN && ts < self.max_ts.saturating_sub(self.lateness_ms) {
@@ -349,8 +402,8 @@ impl Correlator {
         };
         let st = &mut self.states[ci];
         let mut h = Fnv::new();
-        for p in &st.group_paths[j0] {
-            if !Self::text_of(p, event, &mut h) {
+        for (p, &slot) in st.group_paths[j0].iter().zip(&st.group_slots[j0]) {
+            if !Self::text_of(p, slot, event, fields, &mut h) {
                 h.write(&[0xfe]);
             }
             h.write(&[0xff]);
@@ -363,7 +416,7 @@ impl Correlator {
             CorrelationType::ValueCount | CorrelationType::ValuePercentile => {
                 let Some(p) = &st.value_paths[j0] else { return };
                 let mut vh = Fnv::new();
-                if !Self::text_of(p, event, &mut vh) {
+                if !Self::text_of(p, NO_SLOT, event, fields, &mut vh) {
                     return;
                 }
                 vh.finish()
@@ -502,7 +555,7 @@ impl Correlator {
                     alerts.push(alert);
                 }
                 for &p in &rules.corr_parents[ci] {
-                    self.hit(p, RuleRef::Correlation(ci), event, rules, alerts);
+                    self.hit(p, RuleRef::Correlation(ci), event, rules, alerts, fields);
                 }
             }
         }
@@ -570,6 +623,10 @@ impl Correlator {
         if ts > self.max_ts {
             self.max_ts = ts;
         }
+        if self.max_ts < self.next_sweep_ts {
+            return;
+        }
+        let mut next = i64::MAX;
         for ci in 0..self.states.len() {
             let span = rules.correlations[ci].timespan_ms;
             let st = &self.states[ci];
@@ -581,7 +638,14 @@ impl Correlator {
             if due {
                 self.states[ci].last_sweep_ts = self.max_ts;
             }
+            let st = &self.states[ci];
+            next = next.min(if st.last_sweep_ts == i64::MIN {
+                i64::MIN
+            } else {
+                st.last_sweep_ts.saturating_add((span / 2).max(1000))
+            });
         }
+        self.next_sweep_ts = next;
     }
 
     fn sweep(&mut self, ci: usize, rules: &RuleSet, alerts: &mut Vec<Alert>, all: bool) {

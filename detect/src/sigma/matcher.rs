@@ -40,6 +40,32 @@ impl FieldPath {
         self.visit_from(root, 0, f)
     }
 
+    /// The keys this path may take in the top-level object: the first segment, then the first
+    /// segments joined with dots (for keys that contain dots), in lookup order.
+    pub(crate) fn top_keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.parts[0].as_str()).chain(self.joined[0].iter().map(String::as_str))
+    }
+
+    /// [`FieldPath::visit`] on an object root whose top-level lookups are already done:
+    /// `top(i)` is the value under the `i`-th of [`FieldPath::top_keys`], if any.
+    pub(crate) fn visit_from_top<'a>(
+        &'a self,
+        top: &dyn Fn(usize) -> Option<&'a Json>,
+        f: &mut dyn FnMut(Leaf<'a>) -> bool,
+    ) -> bool {
+        if let Some(next) = top(0) {
+            return self.visit_from(next, 1, f);
+        }
+        for k in 0..self.joined[0].len() {
+            if let Some(next) = top(k + 1) {
+                if self.visit_from(next, 2 + k, f) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     fn visit_from<'a>(
         &'a self,
         v: &'a Json,
@@ -95,6 +121,15 @@ impl FieldPath {
         if any {
             return Found::Exhausted;
         }
+        self.visit_ecs(event, f)
+    }
+
+    /// The ECS half of [`FieldPath::visit_event`] (when the raw record has no value).
+    pub(crate) fn visit_ecs<'a>(
+        &'a self,
+        event: &'a Event,
+        f: &mut dyn FnMut(Leaf<'a>) -> bool,
+    ) -> Found {
         match event.ecs.get(&self.name) {
             Some(EcsValue::Str(s)) => {
                 if f(Leaf::Str(s)) {
@@ -316,14 +351,6 @@ impl StrTest {
             StrTest::Regex(re) => re.is_match(text),
         }
     }
-
-    /// The literal every match must contain (for the prefilter), if there is one.
-    pub fn needle(&self) -> Option<&str> {
-        match self {
-            StrTest::Lit { lit, .. } if !lit.is_empty() => Some(lit),
-            _ => None,
-        }
-    }
 }
 
 /// Merge adjacent literals and collapse runs of `*`.
@@ -429,8 +456,8 @@ pub enum ValueTest {
 }
 
 impl ValueTest {
-    /// Whether this test looks at values (as opposed to presence).
-    fn test_leaf(&self, leaf: &Leaf<'_>, event: &Event) -> bool {
+    /// Whether one value of the field passes this test.
+    pub(crate) fn test_leaf(&self, leaf: &Leaf<'_>, event: &Event) -> bool {
         match self {
             ValueTest::Str(t) => leaf.with_text(|s| s.is_some_and(|s| t.matches(s))),
             ValueTest::Re(re) => leaf.with_text(|s| s.is_some_and(|s| re.is_match(s))),
@@ -496,14 +523,6 @@ impl ValueTest {
             }
         }
     }
-
-    /// The literal every matching value contains, when this test is a positive string test.
-    pub fn needle(&self) -> Option<&str> {
-        match self {
-            ValueTest::Str(t) => t.needle(),
-            _ => None,
-        }
-    }
 }
 
 /// `field|mods: values` (or a keyword list when `field` is `None`).
@@ -520,7 +539,13 @@ pub struct FieldMatch {
     /// `neq`: the result is negated.
     pub negate: bool,
     pub line: usize,
+    /// The compiled matcher's id for `paths` (values resolved once per event), [`NO_SLOT`]
+    /// until a [`super::SigmaDetector`] assigns it.
+    pub slot: u32,
 }
+
+/// [`FieldMatch::slot`] of a field match no matcher has compiled (or a keyword list).
+pub const NO_SLOT: u32 = u32::MAX;
 
 /// Visit every string/number leaf of a JSON document (keyword search and the prefilter).
 pub fn visit_leaves<'a>(v: &'a Json, f: &mut dyn FnMut(&Leaf<'a>) -> bool) -> bool {
@@ -660,7 +685,9 @@ impl Detection {
         super::condition::eval(&self.condition, &mut |i| self.selections[i].matches(event))
     }
 
-    /// Field -> value pairs of the selections that matched (for the alert).
+    /// Field -> value pairs of the selections that matched (for the alert). The matcher computes
+    /// them on its per-event field values; this is the reference it is tested against.
+    #[cfg(test)]
     pub fn matched_fields(&self, event: &Event) -> Vec<(String, serde_json::Value)> {
         let mut out = Vec::new();
         for sel in &self.selections {

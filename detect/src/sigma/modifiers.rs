@@ -241,6 +241,7 @@ pub fn compile_field(
         all: false,
         negate: false,
         line,
+        slot: super::matcher::NO_SLOT,
     };
 
     // Flags and the final value type, validated before any value is touched.
