@@ -3,6 +3,8 @@
 //! core for the matcher alone, then the memory held by 1M distinct correlation keys, then runs the
 //! criterion benchmark.
 
+mod cputime;
+
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, Criterion, Throughput};
 use perimeter_detect::sigma::{RuleSet, SigmaDetector, SigmaOptions};
@@ -225,22 +227,6 @@ fn rss_bytes() -> usize {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// CPU time of the calling thread (utime + stime), so the figure does not depend on how busy
-/// the shared machine is (10 ms resolution: measure seconds, not milliseconds).
-fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn report_throughput(passes: usize) {
     let (rules, failed) = load_rules();
     let n_rules = rules.len();
@@ -253,7 +239,7 @@ fn report_throughput(passes: usize) {
     }
     alerts.clear();
     let mut num_alerts = 0;
-    let cpu_before = thread_cpu_seconds();
+    let cpu_before = cputime::thread_cpu_seconds();
     let start = Instant::now();
     for _ in 0..passes {
         for e in &evs {
@@ -263,7 +249,7 @@ fn report_throughput(passes: usize) {
         alerts.clear();
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu = thread_cpu_seconds() - cpu_before;
+    let cpu = cputime::thread_cpu_seconds() - cpu_before;
     let n = (passes * evs.len()) as f64;
     println!(
         "sigma_match: {n_rules} rules ({failed} failed to load), {} events x {passes} ({:.3} alerts/event): {:.0} events per CPU-second on one core (matcher alone), {:.0} events/s wall-clock",

@@ -9,6 +9,7 @@
 //!
 //! Run: `cargo bench --bench ueba` (set `UEBA_BENCH_ENTITIES` to change the 1M of step 2).
 
+mod cputime;
 mod rng;
 use rng::Rng;
 
@@ -166,22 +167,6 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-/// CPU time of this thread (user + system), from /proc: on a shared machine wall time also
-/// counts other processes' turns on the core.
-fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn throughput() {
     const USERS: u64 = 100_000;
     const POOL: u64 = 400_000;
@@ -205,7 +190,7 @@ fn throughput() {
     }
     let mut total = 0u64;
     let mut busy = std::time::Duration::ZERO;
-    let cpu_before = thread_cpu_seconds();
+    let cpu_before = cputime::thread_cpu_seconds();
     for pass in 1..=PASSES {
         for e in pool.iter_mut() {
             e.timestamp += Duration::seconds(span);
@@ -218,7 +203,7 @@ fn throughput() {
         total += pool.len() as u64;
         let _ = pass;
     }
-    let cpu = thread_cpu_seconds() - cpu_before;
+    let cpu = cputime::thread_cpu_seconds() - cpu_before;
     let eps = total as f64 / busy.as_secs_f64();
     println!(
         "ueba throughput: {total} events through 7 detectors in {:.2}s wall / {:.2}s CPU = {:.0} events/s wall, \

@@ -79,12 +79,3 @@ pub fn mixed_jsonl(n: usize) -> Vec<u8> {
     }
     out
 }
-
-/// CPU time this thread has run, from the kernel's scheduler statistics (Linux); `None`
-/// elsewhere. On a shared machine, events per CPU-second is what one core does, whatever else
-/// competes for the cores; wall-clock rates are printed beside it.
-pub fn thread_cpu_time() -> Option<std::time::Duration> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
-    Some(std::time::Duration::from_nanos(ns))
-}

@@ -146,19 +146,7 @@ impl<'a> MaskWalk<'a> {
                     None => self.leaf(value),
                 }
             }
-            ValueRef::Array(items) => {
-                self.raw(b"[");
-                for (i, item) in items.iter().enumerate() {
-                    if self.done() {
-                        return;
-                    }
-                    if i > 0 {
-                        self.raw(b",");
-                    }
-                    self.value(item, node, extra);
-                }
-                self.raw(b"]");
-            }
+            ValueRef::Array(items) => self.array(items, |w, item| w.value(item, node, extra)),
             ValueRef::Object(map) => {
                 let keys = &self.masker.keys;
                 let pair_is_secret = map.iter().any(|(k, v)| {
@@ -201,6 +189,21 @@ impl<'a> MaskWalk<'a> {
             }
             _ => self.leaf(value),
         }
+    }
+
+    /// An array, each item through `each`.
+    fn array(&mut self, items: &sonic_rs::Array, mut each: impl FnMut(&mut Self, &RawJson)) {
+        self.raw(b"[");
+        for (i, item) in items.iter().enumerate() {
+            if self.done() {
+                return;
+            }
+            if i > 0 {
+                self.raw(b",");
+            }
+            each(self, item);
+        }
+        self.raw(b"]");
     }
 
     /// A string scanned for value patterns.
@@ -267,17 +270,7 @@ impl<'a> MaskWalk<'a> {
             ValueRef::String(s) => self.forced(s, action, label),
             ValueRef::Number(n) => self.forced(&n.to_string(), action, label),
             ValueRef::Array(items) => {
-                self.raw(b"[");
-                for (i, item) in items.iter().enumerate() {
-                    if self.done() {
-                        return;
-                    }
-                    if i > 0 {
-                        self.raw(b",");
-                    }
-                    self.force_leaves(item, action, label);
-                }
-                self.raw(b"]");
+                self.array(items, |w, item| w.force_leaves(item, action, label))
             }
             ValueRef::Object(map) => {
                 self.raw(b"{");
