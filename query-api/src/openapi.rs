@@ -53,6 +53,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(alerts::list_alerts))
         .routes(routes!(alerts::get_alert, alerts::update_alert))
         .routes(routes!(events::search_events))
+        .routes(routes!(events::export_events))
         .routes(routes!(events::get_event))
         .routes(routes!(events::list_dead_letters))
         .routes(routes!(rules::list_rules))

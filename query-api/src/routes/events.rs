@@ -1,6 +1,9 @@
 //! `/events`: full-text search over the tenant's masked events, and dead letters.
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use perimeter_store::EventQuery;
 use serde::{Deserialize, Serialize};
@@ -8,7 +11,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{blocking, bounded, limit_within, page_limit, time_range, ItemsPage, MAX_LIMIT};
-use crate::auth::Auth;
+use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -103,6 +106,147 @@ pub async fn get_event(
     event
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no event `{id}`")))
+}
+
+/// Events one export sends when `max_events` is not given.
+pub const DEFAULT_EXPORT_EVENTS: usize = 100_000;
+/// Largest `max_events` accepted; larger asks are refused (400), not silently capped.
+pub const MAX_EXPORT_EVENTS: usize = 10_000_000;
+/// Events fetched from the store per step of an export.
+const EXPORT_PAGE: usize = 1000;
+
+/// Parameters of `GET /events/export`. Unknown parameters are refused.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventExportParams {
+    /// tantivy query syntax, as for `/events/search`; absent means all events.
+    pub q: Option<String>,
+    /// Events at or after this time (RFC 3339).
+    pub from: Option<String>,
+    /// Events before this time (RFC 3339, exclusive).
+    pub to: Option<String>,
+    /// Most events to export, 1..=10 000 000 (default 100 000); the newest ones are kept.
+    pub max_events: Option<usize>,
+}
+
+/// Export the masked events a query matches, newest first, as JSON lines (one stored event
+/// document per line). The body streams page by page, so exports far larger than a search page
+/// need neither server memory nor paging by the client. Bad parameters and bad query syntax are
+/// refused before the first byte; a store failure mid-stream cuts the response short (the
+/// chunked body does not end cleanly), so a partial export cannot pass for a complete one.
+#[utoipa::path(get, path = "/events/export", tag = "events", params(EventExportParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "JSON lines (`application/x-ndjson`), one event per line", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "Bad query syntax or parameter", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not an admin token", body = ErrorBody),
+    ))]
+pub async fn export_events(
+    State(state): State<AppState>,
+    auth: Auth<AdminRole>,
+    ApiQuery(params): ApiQuery<EventExportParams>,
+) -> Result<Response, ApiError> {
+    let (from, to) = time_range(params.from.as_deref(), params.to.as_deref())?;
+    let query_text = params
+        .q
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .unwrap_or("*");
+    bounded("q", query_text, MAX_QUERY_BYTES)?;
+    let max_events = limit_within(params.max_events, DEFAULT_EXPORT_EVENTS, MAX_EXPORT_EVENTS)
+        .map_err(|e| match e {
+            ApiError::BadRequest { code, message } => {
+                ApiError::bad_request(code, message.replace("`limit`", "`max_events`"))
+            }
+            other => other,
+        })?;
+    let query = EventQuery {
+        query: query_text.to_string(),
+        from,
+        to,
+        limit: EXPORT_PAGE.min(max_events),
+        cursor: None,
+    };
+    // The first page is fetched before answering, so bad query syntax is still a 400.
+    let store = state.store.clone();
+    let tenant = auth.tenant().to_string();
+    let first_query = query.clone();
+    let first = blocking(move || store.search_events(&tenant, &first_query)).await??;
+    state.audit(
+        &auth.0,
+        "events.export",
+        None,
+        json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events}),
+    )?;
+
+    struct Step {
+        items: Vec<serde_json::Value>,
+        next_cursor: Option<String>,
+        sent: usize,
+    }
+    let store = state.store.clone();
+    let tenant = auth.tenant().to_string();
+    let start = Step {
+        items: first.items,
+        next_cursor: first.next_cursor,
+        sent: 0,
+    };
+    let body = futures_util::stream::unfold(Some(start), move |step| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        let mut query = query.clone();
+        async move {
+            let mut step = step?;
+            if step.items.is_empty() || step.sent >= max_events {
+                return None;
+            }
+            let take = step.items.len().min(max_events - step.sent);
+            let mut chunk = Vec::with_capacity(take * 1024);
+            for item in step.items.drain(..take) {
+                if serde_json::to_writer(&mut chunk, &item).is_err() {
+                    let e = std::io::Error::other("encoding an exported event");
+                    return Some((Err(e), None));
+                }
+                chunk.push(b'\n');
+            }
+            step.sent += take;
+            let next = match step.next_cursor.take() {
+                Some(cursor) if step.sent < max_events => {
+                    query.cursor = Some(cursor);
+                    let fetched =
+                        tokio::task::spawn_blocking(move || store.search_events(&tenant, &query))
+                            .await;
+                    match fetched {
+                        Ok(Ok(page)) => Some(Step {
+                            items: page.items,
+                            next_cursor: page.next_cursor,
+                            sent: step.sent,
+                        }),
+                        _ => {
+                            let e = std::io::Error::other("store read failed during export");
+                            return Some((Err(e), None));
+                        }
+                    }
+                }
+                _ => None,
+            };
+            Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), next))
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"perimeter-events.jsonl\"",
+            ),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// Parameters of `GET /dead-letters`.

@@ -74,6 +74,11 @@ fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
             Some(json!({"note": "looking"})),
         ),
         (Method::GET, "/api/v1/events/search?q=alice".into(), None),
+        (
+            Method::GET,
+            "/api/v1/events/export?max_events=1".into(),
+            None,
+        ),
         (Method::GET, format!("/api/v1/events/{event_id}"), None),
         (Method::GET, "/api/v1/dead-letters".into(), None),
         (Method::GET, "/api/v1/rules".into(), None),
@@ -133,6 +138,7 @@ fn every_role_on_every_endpoint() {
             let needed = match (method.as_str(), path.as_str()) {
                 ("PATCH", _) => Role::Responder,
                 (_, "/api/v1/rules/test") | (_, "/api/v1/audit") => Role::Admin,
+                (_, p) if p.starts_with("/api/v1/events/export") => Role::Admin,
                 _ => Role::Viewer,
             };
             if role >= needed {
@@ -361,6 +367,93 @@ fn another_tenants_ids_answer_404() {
         &format!("/api/v1/events/{}", api.data.globex_events[0].id),
         GLOBEX,
         Role::Viewer,
+    );
+}
+
+#[test]
+fn events_export_streams_the_matching_events_of_the_tenant_as_json_lines() {
+    let api = TestApi::start();
+    let lines = |path: &str| -> Vec<Value> {
+        let r = api.get(path, ACME, Role::Admin);
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            r.headers()["content-type"].to_str().unwrap(),
+            "application/x-ndjson"
+        );
+        let text = r.text().unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "{text}");
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("each line is one JSON event"))
+            .collect()
+    };
+    let event_ids = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .map(|d| d["event"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Everything of the tenant, newest first, nothing of the other tenant.
+    let all = lines("/api/v1/events/export");
+    let got: BTreeSet<String> = event_ids(&all).into_iter().collect();
+    let want: BTreeSet<String> = api
+        .data
+        .acme_events
+        .iter()
+        .map(|e| e.id.0.clone())
+        .collect();
+    assert_eq!((got, all.len()), (want, api.data.acme_events.len()));
+    let times: Vec<&str> = all
+        .iter()
+        .map(|d| d["@timestamp"].as_str().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+    let expected = event_ids(&all);
+    // A query and a time range, as for search; `max_events` keeps the newest.
+    let alice: BTreeSet<String> = event_ids(&lines("/api/v1/events/export?q=alice"))
+        .into_iter()
+        .collect();
+    let expected_alice: BTreeSet<String> = api.data.acme_events[..3]
+        .iter()
+        .map(|e| e.id.0.clone())
+        .collect();
+    assert_eq!(alice, expected_alice);
+    let ranged = lines("/api/v1/events/export?from=2024-05-01T10:10:00Z&to=2024-05-01T10:20:00Z");
+    assert_eq!(ranged.len(), 2);
+    assert_eq!(
+        event_ids(&lines("/api/v1/events/export?max_events=2")),
+        expected[..2]
+    );
+    // Bad asks are refused before any event is sent.
+    for (path, code) in [
+        ("/api/v1/events/export?q=(((", "invalid_query"),
+        ("/api/v1/events/export?max_events=0", "invalid_parameter"),
+        (
+            "/api/v1/events/export?max_events=10000001",
+            "limit_too_large",
+        ),
+        ("/api/v1/events/export?from=yesterday", "invalid_parameter"),
+        ("/api/v1/events/export?format=csv", "invalid_parameter"),
+    ] {
+        assert_error(api.get(path, ACME, Role::Admin), 400, code);
+    }
+    assert_error(
+        api.get("/api/v1/events/export", ACME, Role::Responder),
+        403,
+        "forbidden",
+    );
+    // Exports are audited with their query.
+    let audit = api.get_json("/api/v1/audit?limit=100", ACME, Role::Admin);
+    let exports: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "events.export")
+        .collect();
+    assert!(
+        exports.iter().any(|e| e["details"]["q"] == "alice"),
+        "{audit}"
     );
 }
 
@@ -772,6 +865,7 @@ fn openapi_document_and_router_agree() {
         ("GET", "/api/v1/alerts/{id}"),
         ("PATCH", "/api/v1/alerts/{id}"),
         ("GET", "/api/v1/events/search"),
+        ("GET", "/api/v1/events/export"),
         ("GET", "/api/v1/events/{id}"),
         ("GET", "/api/v1/dead-letters"),
         ("GET", "/api/v1/rules"),
