@@ -10,7 +10,7 @@ use perimeter_detect::ueba::UebaEngine;
 use perimeter_ingest::spool::{SpoolConfig, SpoolSource};
 use perimeter_model::{Detector, Metrics, RawRecord};
 use perimeter_query_api::auth::{Role, TokenStore};
-use perimeter_query_api::{AppState, RuleService, Server};
+use perimeter_query_api::{AlertNotifier, AppState, DestinationStore, RuleService, Server};
 use perimeter_store::Store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -178,6 +178,13 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let pipeline = Pipeline::new(registry, masker, metrics.clone(), true)
         .with_sigma(sigma)
         .with_ueba(ueba);
+    let destinations =
+        Arc::new(DestinationStore::open_in(&data_dir).context("opening the alert destinations")?);
+    let notifier = AlertNotifier::spawn(
+        destinations.clone(),
+        metrics.clone(),
+        std::time::Duration::from_secs(1),
+    );
     let (bus, rx) = perimeter_ingest::bus::channel(16);
     let worker = crate::service::spawn_pipeline_worker(
         pipeline,
@@ -185,11 +192,14 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         rx,
         metrics.clone(),
         state_path,
+        notifier,
     );
 
     let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
     let state = AppState::open_in(&data_dir, store.clone(), rules, metrics.clone())
-        .context("opening tokens and audit log")?;
+        .context("opening tokens and audit log")?
+        .with_masker(value_masker(config)?)
+        .with_destinations(destinations);
     let mut api_config = config.api.clone();
     if let Some(listen) = args.listen {
         api_config.listen = listen;

@@ -5,6 +5,7 @@ use perimeter_detect::pipeline::{Pipeline, PipelineOutput};
 use perimeter_ingest::bus::{BusReceiver, SubmitAck};
 use perimeter_ingest::InputItem;
 use perimeter_model::Metrics;
+use perimeter_query_api::AlertNotifier;
 use perimeter_store::{Store, StoreBatch};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub fn spawn_pipeline_worker(
     mut rx: BusReceiver,
     metrics: Arc<Metrics>,
     state_path: PathBuf,
+    notifier: AlertNotifier,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("pipeline".into())
@@ -79,8 +81,12 @@ pub fn spawn_pipeline_worker(
                     dead_letters: out.dead_letters.len(),
                     alerts: out.alerts.len(),
                 });
-                if let Err(e) = &reply {
-                    tracing::error!(error = %e, "batch not stored; the source will retry");
+                match &reply {
+                    // Stored: the (masked) alerts go to their tenants' destinations.
+                    Ok(_) => notify(&notifier, &out.alerts),
+                    Err(e) => {
+                        tracing::error!(error = %e, "batch not stored; the source will retry")
+                    }
                 }
                 let _ = sub.ack.send(reply);
                 if last_retention.elapsed() > RETENTION_EVERY {
@@ -93,8 +99,8 @@ pub fn spawn_pipeline_worker(
                 }
             }
             pipeline.finish(&mut out);
-            if !out.alerts.is_empty() {
-                let _ = store_output(&store, &mut out, &metrics);
+            if !out.alerts.is_empty() && store_output(&store, &mut out, &metrics).is_ok() {
+                notify(&notifier, &out.alerts);
             }
             save_state(&pipeline, &state_path);
             if let Err(e) = store.flush() {
@@ -102,6 +108,21 @@ pub fn spawn_pipeline_worker(
             }
         })
         .expect("spawning the pipeline thread")
+}
+
+/// Hand stored alerts to the notifier, one batch per tenant.
+fn notify(notifier: &AlertNotifier, alerts: &[perimeter_model::Alert]) {
+    let mut tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    for tenant in tenants {
+        let batch: Vec<_> = alerts
+            .iter()
+            .filter(|a| a.tenant == tenant)
+            .cloned()
+            .collect();
+        notifier.notify(tenant, &batch);
+    }
 }
 
 fn save_state(pipeline: &Pipeline, path: &std::path::Path) {

@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod destinations;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -34,6 +35,7 @@ use axum::{Extension, Router};
 
 pub use audit::{AuditEntry, AuditLog};
 pub use auth::{Role, TokenInfo, TokenStore};
+pub use destinations::{AlertNotifier, Destination, DestinationStore};
 pub use error::ApiError;
 pub use server::{serve, ApiConfig, ServeError, Server};
 pub use state::{AppState, RuleService};

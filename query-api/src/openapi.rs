@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{admin, alerts, events, health, rules};
+use crate::routes::{admin, alerts, destinations, events, health, rules};
 use crate::state::AppState;
 
 /// Prefix of the versioned API.
@@ -59,6 +59,11 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(rules::list_rules))
         .routes(routes!(rules::test_rule))
         .routes(routes!(admin::list_audit))
+        .routes(routes!(
+            destinations::list_destinations,
+            destinations::create_destination
+        ))
+        .routes(routes!(destinations::delete_destination))
         .routes(routes!(openapi_json));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))

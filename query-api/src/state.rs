@@ -10,6 +10,7 @@ use perimeter_store::Store;
 
 use crate::audit::{AuditEntry, AuditError, AuditLog};
 use crate::auth::{AuthError, TokenInfo, TokenStore};
+use crate::destinations::DestinationStore;
 use crate::error::ApiError;
 
 /// The rule engine as the API sees it. The binary implements it with the real Sigma engine;
@@ -34,6 +35,9 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
     pub rules: Arc<dyn RuleService>,
     pub metrics: Arc<Metrics>,
+    /// Alert webhooks per tenant (in memory unless [`AppState::with_destinations`] is given a
+    /// persistent list).
+    pub destinations: Arc<DestinationStore>,
     ready: Arc<AtomicBool>,
     /// Masks secrets in what the API itself writes (audit details such as search text). The
     /// binary installs the detect crate's masker; the default leaves values as they are.
@@ -57,9 +61,16 @@ impl AppState {
             audit,
             rules,
             metrics,
+            destinations: Arc::new(DestinationStore::in_memory()),
             ready: Arc::new(AtomicBool::new(true)),
             masker: Arc::new(|_: &mut serde_json::Value| {}),
         }
+    }
+
+    /// Use a persistent destination list (the service's `destinations.json`).
+    pub fn with_destinations(mut self, destinations: Arc<DestinationStore>) -> AppState {
+        self.destinations = destinations;
+        self
     }
 
     /// Mask what the API records (audit details) with `masker`.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod destinations;
 pub mod events;
 pub mod health;
 pub mod rules;

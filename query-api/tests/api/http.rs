@@ -88,6 +88,12 @@ fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
             Some(json!({"rule": "title: t\nkeyword: alice", "events": []})),
         ),
         (Method::GET, "/api/v1/audit".into(), None),
+        (Method::GET, "/api/v1/destinations".into(), None),
+        (
+            Method::POST,
+            "/api/v1/destinations".into(),
+            Some(json!({"name": "soc", "url": "https://hooks.example.com/soc"})),
+        ),
     ]
 }
 
@@ -139,12 +145,18 @@ fn every_role_on_every_endpoint() {
                 ("PATCH", _) => Role::Responder,
                 (_, "/api/v1/rules/test") | (_, "/api/v1/audit") => Role::Admin,
                 (_, p) if p.starts_with("/api/v1/events/export") => Role::Admin,
+                (_, "/api/v1/destinations") => Role::Admin,
                 _ => Role::Viewer,
             };
             if role >= needed {
                 let status = response.status();
                 let text = response.text().unwrap();
-                assert_eq!(status, 200, "{role} {method} {path}: {text}");
+                let ok = if method == Method::POST && path.ends_with("/destinations") {
+                    201
+                } else {
+                    200
+                };
+                assert_eq!(status, ok, "{role} {method} {path}: {text}");
                 serde_json::from_str::<Value>(&text).unwrap();
             } else {
                 assert_error(response, 403, "forbidden");
@@ -455,6 +467,141 @@ fn events_export_streams_the_matching_events_of_the_tenant_as_json_lines() {
         exports.iter().any(|e| e["details"]["q"] == "alice"),
         "{audit}"
     );
+}
+
+#[test]
+fn destinations_are_managed_by_admins_per_tenant() {
+    let api = TestApi::start();
+    let post = |tenant: &str, body: Value| {
+        api.req(Method::POST, "/api/v1/destinations", tenant, Role::Admin)
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let r = post(
+        ACME,
+        json!({"name": "pagerduty", "url": "https://events.example.com/x", "min_severity": "high"}),
+    );
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("dst_"), "{created}");
+    assert_eq!(created["min_severity"], "high");
+    assert_eq!(created["tenant"], ACME);
+    let listed = api.get_json("/api/v1/destinations", ACME, Role::Admin);
+    assert_eq!(ids(&listed["items"], "/id"), vec![id.clone()]);
+    // The other tenant sees none of it and cannot delete it.
+    let theirs = api.get_json("/api/v1/destinations", GLOBEX, Role::Admin);
+    assert!(theirs["items"].as_array().unwrap().is_empty(), "{theirs}");
+    let path = format!("/api/v1/destinations/{id}");
+    assert_error(
+        api.req(Method::DELETE, &path, GLOBEX, Role::Admin)
+            .send()
+            .unwrap(),
+        404,
+        "not_found",
+    );
+    assert_error(
+        api.req(Method::DELETE, &path, ACME, Role::Responder)
+            .send()
+            .unwrap(),
+        403,
+        "forbidden",
+    );
+    // Bad destinations are refused with the reason.
+    for (body, code) in [
+        (
+            json!({"name": "x", "url": "ftp://files.example.com/"}),
+            "invalid_parameter",
+        ),
+        (
+            json!({"name": "x", "url": "not a url"}),
+            "invalid_parameter",
+        ),
+        (
+            json!({"name": "", "url": "https://a.example.com/"}),
+            "invalid_parameter",
+        ),
+        (
+            json!({"name": "x", "url": "https://a.example.com/", "min_severity": "urgent"}),
+            "invalid_json",
+        ),
+        (
+            json!({"name": "x", "url": "https://a.example.com/", "secret": 1}),
+            "invalid_json",
+        ),
+        (json!({"url": "https://a.example.com/"}), "invalid_json"),
+    ] {
+        assert_error(post(ACME, body), 400, code);
+    }
+    let r = api
+        .req(Method::DELETE, &path, ACME, Role::Admin)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_error(
+        api.req(Method::DELETE, &path, ACME, Role::Admin)
+            .send()
+            .unwrap(),
+        404,
+        "not_found",
+    );
+    // Changes are audited, without the URL (webhook URLs often hold their own secret).
+    let audit = api.get_json("/api/v1/audit?limit=100", ACME, Role::Admin);
+    let text = audit.to_string();
+    assert!(
+        text.contains("destinations.create") && text.contains("destinations.delete"),
+        "{text}"
+    );
+    assert!(!text.contains("events.example.com"), "{text}");
+}
+
+#[test]
+fn the_notifier_posts_each_tenants_alerts_to_its_destinations_and_retries() {
+    use perimeter_model::{Metrics, Severity};
+    use perimeter_query_api::{AlertNotifier, DestinationStore};
+    let hook = WebhookReceiver::start(1);
+    let destinations = std::sync::Arc::new(DestinationStore::in_memory());
+    destinations
+        .create(ACME, "soc", &hook.url(), Severity::High, "tok")
+        .unwrap();
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let data = dataset();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let notifier = AlertNotifier::spawn(
+            destinations.clone(),
+            metrics.clone(),
+            std::time::Duration::from_millis(20),
+        );
+        // Globex has no destination; of acme's alerts only high and critical go out.
+        notifier.notify(GLOBEX, &data.globex_alerts);
+        notifier.notify(ACME, &data.acme_alerts);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while hook.bodies().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    let bodies = hook.bodies();
+    assert_eq!(
+        bodies.len(),
+        1,
+        "one delivery after one refused try: {bodies:?}"
+    );
+    assert_eq!(hook.requests(), 2, "the refused try was retried");
+    let body: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(body["tenant"], ACME);
+    let sent: BTreeSet<String> = ids(&body["alerts"], "/id").into_iter().collect();
+    let expected: BTreeSet<String> = data
+        .acme_alerts
+        .iter()
+        .filter(|a| a.severity >= Severity::High)
+        .map(|a| a.id.clone())
+        .collect();
+    assert_eq!(sent, expected);
+    assert!(metrics
+        .render_prometheus()
+        .contains("destination_alerts_sent_total"));
 }
 
 #[test]
@@ -871,6 +1018,9 @@ fn openapi_document_and_router_agree() {
         ("GET", "/api/v1/rules"),
         ("POST", "/api/v1/rules/test"),
         ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/destinations"),
+        ("POST", "/api/v1/destinations"),
+        ("DELETE", "/api/v1/destinations/{id}"),
         ("GET", "/api/v1/openapi.json"),
     ]
     .iter()

@@ -474,3 +474,69 @@ pub fn ids(items: &Value, key: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// A webhook endpoint on loopback: refuses the first `fail_first` requests with a 500, then
+/// answers 200 and keeps the bodies.
+pub struct WebhookReceiver {
+    addr: std::net::SocketAddr,
+    bodies: Arc<std::sync::Mutex<Vec<String>>>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl WebhookReceiver {
+    pub fn start(fail_first: usize) -> WebhookReceiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (kept, seen) = (bodies.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                let _ = reader.read_exact(&mut body);
+                let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let status = if n < fail_first {
+                    "500 Internal Server Error"
+                } else {
+                    kept.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    "200 OK"
+                };
+                let _ = reader.get_mut().write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+        WebhookReceiver {
+            addr,
+            bodies,
+            requests,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,389 @@
+//! Alert destinations: webhooks an admin registers per tenant, and the notifier that posts new
+//! alerts to them.
+//!
+//! Guarantees:
+//! - a destination belongs to one tenant and only ever receives that tenant's alerts;
+//! - what is posted is the alert as the pipeline produced it, masked (the notifier never sees
+//!   clear values);
+//! - delivery is at most [`MAX_ATTEMPTS`] tries per batch with backoff, off the ingest path: a
+//!   slow or failing webhook never delays acknowledging input. Alerts that could not be
+//!   delivered stay in the store and are counted in `destination_failures_total`; there is no
+//!   durable outbox yet, so a restart forgets batches still being retried;
+//! - the destination list is a JSON file written with write-then-rename, so a crash never leaves
+//!   half of it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use perimeter_model::{Alert, Metrics, Severity};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Tries per batch and destination (the first one included).
+pub const MAX_ATTEMPTS: u32 = 4;
+/// Batches waiting for delivery; beyond this new batches are dropped (and counted).
+const QUEUE_BATCHES: usize = 1024;
+/// Longest a webhook may take to answer one try.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Destinations per tenant (a list an admin manages by hand).
+pub const MAX_DESTINATIONS_PER_TENANT: usize = 32;
+
+/// A webhook that receives a tenant's new alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Destination {
+    /// `dst_` followed by 16 hex characters.
+    pub id: String,
+    /// The tenant whose alerts it receives (the creating token's).
+    pub tenant: String,
+    /// A name for people (`soc-slack`, `pagerduty-high`).
+    pub name: String,
+    /// `http://` or `https://` URL the alerts are POSTed to.
+    pub url: String,
+    /// Only alerts at or above this severity are sent.
+    #[schema(value_type = String, example = "high")]
+    pub min_severity: Severity,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    /// Token id of the admin who created it.
+    pub created_by: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    #[error("invalid destination: {0}")]
+    Invalid(String),
+    #[error("destination store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The registered destinations of every tenant, persisted in one JSON file.
+#[derive(Debug)]
+pub struct DestinationStore {
+    path: Option<PathBuf>,
+    all: Mutex<Vec<Destination>>,
+}
+
+impl DestinationStore {
+    /// Open (or start) the list at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<DestinationStore, DestinationError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |source| DestinationError::Io {
+            path: path.clone(),
+            source,
+        };
+        let all = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| io(e.into()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(e)),
+        };
+        Ok(DestinationStore {
+            path: Some(path),
+            all: Mutex::new(all),
+        })
+    }
+
+    /// `destinations.json` in the data directory.
+    pub fn open_in(data_dir: impl AsRef<Path>) -> Result<DestinationStore, DestinationError> {
+        DestinationStore::open(data_dir.as_ref().join("destinations.json"))
+    }
+
+    /// A list that lives in memory only (tests, and services without a data directory).
+    pub fn in_memory() -> DestinationStore {
+        DestinationStore {
+            path: None,
+            all: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Destination>> {
+        // A panic while holding the lock cannot leave the list half-changed (changes are
+        // whole pushes/retains), so a poisoned lock is still usable.
+        self.all.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The tenant's destinations, oldest first.
+    pub fn list(&self, tenant: &str) -> Vec<Destination> {
+        self.lock()
+            .iter()
+            .filter(|d| d.tenant == tenant)
+            .cloned()
+            .collect()
+    }
+
+    /// Register a destination after validating it; persisted before returning.
+    pub fn create(
+        &self,
+        tenant: &str,
+        name: &str,
+        url: &str,
+        min_severity: Severity,
+        created_by: &str,
+    ) -> Result<Destination, DestinationError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 100 {
+            return Err(DestinationError::Invalid(
+                "`name` must be 1 to 100 characters".into(),
+            ));
+        }
+        let parsed = reqwest::Url::parse(url.trim())
+            .map_err(|e| DestinationError::Invalid(format!("`url` is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(DestinationError::Invalid(
+                "`url` must be an http:// or https:// URL with a host".into(),
+            ));
+        }
+        let mut all = self.lock();
+        if all.iter().filter(|d| d.tenant == tenant).count() >= MAX_DESTINATIONS_PER_TENANT {
+            return Err(DestinationError::Invalid(format!(
+                "a tenant has at most {MAX_DESTINATIONS_PER_TENANT} destinations"
+            )));
+        }
+        let mut id_bytes = [0u8; 8];
+        getrandom::fill(&mut id_bytes)
+            .map_err(|e| DestinationError::Invalid(format!("no randomness for an id: {e}")))?;
+        let destination = Destination {
+            id: format!("dst_{}", hex::encode(id_bytes)),
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            url: parsed.to_string(),
+            min_severity,
+            created_at: Utc::now(),
+            created_by: created_by.to_string(),
+        };
+        let mut next = all.clone();
+        next.push(destination.clone());
+        self.persist(&next)?;
+        *all = next;
+        Ok(destination)
+    }
+
+    /// Remove one of the tenant's destinations; `false` when the tenant has none with that id.
+    pub fn delete(&self, tenant: &str, id: &str) -> Result<bool, DestinationError> {
+        let mut all = self.lock();
+        let next: Vec<Destination> = all
+            .iter()
+            .filter(|d| !(d.tenant == tenant && d.id == id))
+            .cloned()
+            .collect();
+        if next.len() == all.len() {
+            return Ok(false);
+        }
+        self.persist(&next)?;
+        *all = next;
+        Ok(true)
+    }
+
+    fn persist(&self, all: &[Destination]) -> Result<(), DestinationError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let io = |source| DestinationError::Io {
+            path: path.clone(),
+            source,
+        };
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(all).map_err(|e| io(e.into()))?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+/// One tenant's new alerts, on their way to the tenant's destinations.
+struct AlertBatch {
+    tenant: String,
+    alerts: Vec<Alert>,
+}
+
+/// Posts new alerts to their tenant's destinations, in the background. Cheap to clone.
+#[derive(Clone)]
+pub struct AlertNotifier {
+    tx: tokio::sync::mpsc::Sender<AlertBatch>,
+    metrics: Arc<Metrics>,
+}
+
+/// The JSON body a destination receives.
+#[derive(Serialize)]
+struct Delivery<'a> {
+    tenant: &'a str,
+    destination: &'a str,
+    alerts: Vec<&'a Alert>,
+}
+
+impl AlertNotifier {
+    /// Start the delivery task on the current tokio runtime. `retry_base`: the first retry
+    /// waits this long, each later one four times longer (production: 1 s).
+    pub fn spawn(
+        destinations: Arc<DestinationStore>,
+        metrics: Arc<Metrics>,
+        retry_base: Duration,
+    ) -> AlertNotifier {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<AlertBatch>(QUEUE_BATCHES);
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("perimeter/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        let task_metrics = metrics.clone();
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                for destination in destinations.list(&batch.tenant) {
+                    let alerts: Vec<&Alert> = batch
+                        .alerts
+                        .iter()
+                        .filter(|a| a.severity >= destination.min_severity)
+                        .collect();
+                    if alerts.is_empty() {
+                        continue;
+                    }
+                    let body = Delivery {
+                        tenant: &batch.tenant,
+                        destination: &destination.id,
+                        alerts,
+                    };
+                    deliver(&client, &destination, &body, retry_base, &task_metrics).await;
+                }
+            }
+        });
+        AlertNotifier { tx, metrics }
+    }
+
+    /// Queue a tenant's new (masked) alerts; never blocks. A full queue drops the batch and
+    /// counts it: the alerts are in the store either way.
+    pub fn notify(&self, tenant: &str, alerts: &[Alert]) {
+        if alerts.is_empty() {
+            return;
+        }
+        let batch = AlertBatch {
+            tenant: tenant.to_string(),
+            alerts: alerts.to_vec(),
+        };
+        if self.tx.try_send(batch).is_err() {
+            self.metrics
+                .inc("destination_batches_dropped_total", &[], 1);
+            tracing::warn!(tenant, "alert delivery queue is full; batch not sent");
+        }
+    }
+}
+
+async fn deliver(
+    client: &reqwest::Client,
+    destination: &Destination,
+    body: &Delivery<'_>,
+    retry_base: Duration,
+    metrics: &Metrics,
+) {
+    let mut wait = retry_base;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let outcome = client.post(&destination.url).json(body).send().await;
+        let error = match outcome {
+            Ok(r) if r.status().is_success() => {
+                metrics.inc(
+                    "destination_alerts_sent_total",
+                    &[("destination", &destination.id)],
+                    body.alerts.len() as u64,
+                );
+                return;
+            }
+            Ok(r) => format!("status {}", r.status().as_u16()),
+            // The URL is the admin's; the error text names host and cause, no alert content.
+            Err(e) => e.without_url().to_string(),
+        };
+        tracing::warn!(destination = %destination.id, attempt, %error, "alert delivery failed");
+        if attempt < MAX_ATTEMPTS {
+            tokio::time::sleep(wait).await;
+            wait *= 4;
+        }
+    }
+    metrics.inc(
+        "destination_failures_total",
+        &[("destination", &destination.id)],
+        1,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_survives_a_reopen_and_keeps_tenants_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DestinationStore::open_in(dir.path()).unwrap();
+        let a = store
+            .create(
+                "acme",
+                "soc",
+                "https://hooks.example.com/a",
+                Severity::High,
+                "t1",
+            )
+            .unwrap();
+        let b = store
+            .create(
+                "globex",
+                "soc",
+                "http://10.0.0.5:8080/b",
+                Severity::Low,
+                "t2",
+            )
+            .unwrap();
+        assert_ne!(a.id, b.id);
+        assert!(!store.delete("globex", &a.id).unwrap(), "not globex's");
+        let reopened = DestinationStore::open_in(dir.path()).unwrap();
+        assert_eq!(reopened.list("acme"), vec![a.clone()]);
+        assert_eq!(reopened.list("globex"), vec![b]);
+        assert!(reopened.delete("acme", &a.id).unwrap());
+        let again = DestinationStore::open_in(dir.path()).unwrap();
+        assert!(again.list("acme").is_empty());
+        assert!(!dir.path().join("destinations.json.tmp").exists());
+    }
+
+    #[test]
+    fn invalid_destinations_are_refused() {
+        let store = DestinationStore::in_memory();
+        for (name, url) in [
+            ("x", "file:///etc/passwd"),
+            ("x", "https://"),
+            ("x", "hooks.example.com/no-scheme"),
+            (" ", "https://hooks.example.com/"),
+        ] {
+            assert!(
+                matches!(
+                    store.create("acme", name, url, Severity::Low, "t"),
+                    Err(DestinationError::Invalid(_))
+                ),
+                "{name:?} {url:?}"
+            );
+        }
+        for i in 0..MAX_DESTINATIONS_PER_TENANT {
+            store
+                .create(
+                    "acme",
+                    &format!("d{i}"),
+                    "https://h.example.com/",
+                    Severity::Low,
+                    "t",
+                )
+                .unwrap();
+        }
+        assert!(store
+            .create(
+                "acme",
+                "one more",
+                "https://h.example.com/",
+                Severity::Low,
+                "t"
+            )
+            .is_err());
+    }
+}

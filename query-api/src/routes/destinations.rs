@@ -1,0 +1,124 @@
+//! `/destinations`: the webhooks that receive a tenant's new alerts (admin only).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use perimeter_model::Severity;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::bounded;
+use crate::auth::{AdminRole, Auth};
+use crate::destinations::{Destination, DestinationError};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath};
+use crate::state::AppState;
+
+/// The tenant's destinations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationList {
+    pub items: Vec<Destination>,
+}
+
+/// Body of `POST /destinations`. Unknown fields are refused.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDestination {
+    /// A name for people (1 to 100 characters).
+    pub name: String,
+    /// `http://` or `https://` URL the alerts are POSTed to as
+    /// `{"tenant", "destination", "alerts": [...]}`.
+    pub url: String,
+    /// Only alerts at or above this severity are sent (default `medium`).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "high")]
+    pub min_severity: Severity,
+}
+
+fn invalid(e: DestinationError) -> ApiError {
+    match e {
+        DestinationError::Invalid(m) => ApiError::invalid_parameter(m),
+        DestinationError::Io { .. } => ApiError::Internal(e.to_string()),
+    }
+}
+
+/// The tenant's alert destinations.
+#[utoipa::path(get, path = "/destinations", tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Destinations", body = DestinationList),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Needs role admin", body = ErrorBody),
+    ))]
+pub async fn list_destinations(
+    State(state): State<AppState>,
+    auth: Auth<AdminRole>,
+) -> Result<Json<DestinationList>, ApiError> {
+    state.audit(&auth.0, "destinations.list", None, json!({}))?;
+    Ok(Json(DestinationList {
+        items: state.destinations.list(auth.tenant()),
+    }))
+}
+
+/// Register a webhook for the tenant's new alerts.
+#[utoipa::path(post, path = "/destinations", tag = "admin", request_body = NewDestination,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = Destination),
+        (status = 400, description = "Bad name, URL or body", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Needs role admin", body = ErrorBody),
+    ))]
+pub async fn create_destination(
+    State(state): State<AppState>,
+    auth: Auth<AdminRole>,
+    ApiJson(new): ApiJson<NewDestination>,
+) -> Result<(StatusCode, Json<Destination>), ApiError> {
+    bounded("url", &new.url, 2048)?;
+    let created = state
+        .destinations
+        .create(
+            auth.tenant(),
+            &new.name,
+            &new.url,
+            new.min_severity,
+            &auth.0.id,
+        )
+        .map_err(invalid)?;
+    // The URL is not audited: webhook URLs often carry their own secret.
+    state.audit(
+        &auth.0,
+        "destinations.create",
+        Some(&created.id),
+        json!({"name": created.name, "min_severity": created.min_severity}),
+    )?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Remove one of the tenant's destinations. Another tenant's id answers 404.
+#[utoipa::path(delete, path = "/destinations/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Destination id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Needs role admin", body = ErrorBody),
+        (status = 404, description = "No such destination for this tenant", body = ErrorBody),
+    ))]
+pub async fn delete_destination(
+    State(state): State<AppState>,
+    auth: Auth<AdminRole>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    bounded("id", &id, 64)?;
+    if !state
+        .destinations
+        .delete(auth.tenant(), &id)
+        .map_err(invalid)?
+    {
+        return Err(ApiError::NotFound(format!("no destination `{id}`")));
+    }
+    state.audit(&auth.0, "destinations.delete", Some(&id), json!({}))?;
+    Ok(StatusCode::NO_CONTENT)
+}
