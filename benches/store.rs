@@ -7,6 +7,7 @@
 //! - `PERIMETER_BENCH_BATCH` (default 50 000): events per `write_batch`;
 //! - `PERIMETER_BENCH_DAYS` (default 30): the events' @timestamps span this many days;
 //! - `PERIMETER_BENCH_QUERIES` (default 100): searches per query kind;
+//! - `RUST_LOG` (e.g. `perimeter_store=debug`): log the store's per-batch timing breakdown;
 //! - `PERIMETER_BENCH_DIR`: store directory (default: a temp dir, removed at the end);
 //!   if it already holds a store with events, ingest is skipped and only queries run.
 //!
@@ -34,22 +35,27 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A recorded vendor page from `../shared/fixtures/saas-api-pages` (beside the repo, like
+/// `benches/common`). Missing fixtures stop the bench: without them the events would shrink
+/// to a fraction of their real size and the numbers would mean nothing.
 fn fixture(path: &str) -> Vec<Value> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/saas-api-pages")
+        .join("../shared/fixtures/saas-api-pages")
         .join(path);
-    let v: Value = std::fs::read_to_string(&p)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null);
-    match v {
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("fixture {} not readable: {e}", p.display()));
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("fixture {} is not JSON: {e}", p.display()));
+    let items = match v {
         Value::Array(a) => a,
         Value::Object(mut o) => match o.remove("items") {
             Some(Value::Array(a)) => a,
             _ => Vec::new(),
         },
         _ => Vec::new(),
-    }
+    };
+    assert!(!items.is_empty(), "fixture {} has no records", p.display());
+    items
 }
 
 struct Templates {
@@ -184,6 +190,11 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore all arguments.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let n = env_usize("PERIMETER_BENCH_EVENTS", 1_000_000);
     let batch_size = env_usize("PERIMETER_BENCH_BATCH", 50_000).max(1);
     let days = env_usize("PERIMETER_BENCH_DAYS", 30).max(1);
