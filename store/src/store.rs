@@ -439,25 +439,28 @@ impl Store {
 
         type Timed = (Vec<PendingFile>, std::time::Duration, std::time::Duration);
         let (pending, it, pt) = std::thread::scope(|scope| -> Result<Timed> {
-            let parquet = scope.spawn(|| {
-                let t = Instant::now();
-                let r = self.write_parquet_tmp(fresh, &raws, &groups, seq);
-                (r, t.elapsed())
-            });
+            let parquet = std::thread::Builder::new()
+                .name("store-parquet".into())
+                .spawn_scoped(scope, || {
+                    let t = Instant::now();
+                    let r = self.write_parquet_tmp(fresh, &raws, &groups, seq);
+                    (r, t.elapsed())
+                })
+                .at(&self.layout.root)?;
             let mut add_result = Ok(());
             for (i, e) in fresh.iter().enumerate() {
                 let key = (e.tenant.clone(), e.timestamp.date_naive());
                 let Some(w) = st.writers.get(&key) else {
                     continue;
                 };
-                let (head, text) = match output_document(e, &raws[i]) {
+                let text = match output_document(e, &raws[i]) {
                     Ok(t) => t,
                     Err(err) => {
                         add_result = Err(err);
                         break;
                     }
                 };
-                let doc = self.schema.document(e, &head, text);
+                let doc = self.schema.document(e, text);
                 if let Err(err) = w.writer.add_document(doc) {
                     add_result = Err(err.into());
                     break;
@@ -668,9 +671,9 @@ impl Store {
     }
 }
 
-/// `Event::to_output_json` as (document without `raw`, full JSON text), reusing the raw
-/// record's JSON text instead of cloning and serializing it again.
-fn output_document(e: &Event, raw_text: &str) -> Result<(serde_json::Value, String)> {
+/// `Event::to_output_json` as JSON text, reusing the raw record's JSON text instead of
+/// cloning and serializing it again.
+fn output_document(e: &Event, raw_text: &str) -> Result<String> {
     let head = Event {
         id: e.id.clone(),
         source: e.source.clone(),
@@ -698,7 +701,7 @@ fn output_document(e: &Event, raw_text: &str) -> Result<(serde_json::Value, Stri
             e.id
         )));
     }
-    Ok((doc, text))
+    Ok(text)
 }
 
 fn validate_batch(batch: &StoreBatch) -> Result<()> {
