@@ -19,6 +19,13 @@
 mod rng;
 use rng::Rng;
 
+// The same allocator as the `perimeter` binary (src/main.rs), so the numbers are the binary's.
+// With the system allocator every new tantivy segment writer's arenas come back as freshly
+// mapped, zeroed pages (page faults on the indexing threads) and the doc building churns
+// malloc/free.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
