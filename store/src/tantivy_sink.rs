@@ -11,7 +11,7 @@
 //! | `source.ip`, `related.ip`, `source.geo.country_iso_code`, `organization.id`, `cloud.account.id` | ECS | keyword, lowercased |
 //! | `user.name`, `user.email`, `user.id`, `user.target.*`, `related.user`, `user_agent.original` | ECS | text (words, lowercased) |
 //! | `source.as.number` | ECS | u64, indexed |
-//! | `all` | every string and number in the masked output document, raw included | identifiers whole + their words, lowercased, no positions ([`crate::catch_all`]); the default field of free-text queries |
+//! | `all` | `event.module`, the ECS values, every string and number of the raw record | identifiers whole + their words, lowercased, no positions ([`crate::catch_all`]); the default field of free-text queries |
 //!
 //! The output document ([`perimeter_model::Event::to_output_json`]) is kept in the doc store.
 
