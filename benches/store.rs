@@ -7,6 +7,9 @@
 //! - `PERIMETER_BENCH_BATCH` (default 50 000): events per `write_batch`;
 //! - `PERIMETER_BENCH_DAYS` (default 30): the events' @timestamps span this many days;
 //! - `PERIMETER_BENCH_QUERIES` (default 100): searches per query kind;
+//! - `PERIMETER_BENCH_WRITER_THREADS`, `PERIMETER_BENCH_WRITER_MEMORY_BYTES`: override the
+//!   store's `index_writer_threads` / `index_writer_memory_bytes` (default: the config defaults);
+//! - `RUST_LOG` (e.g. `perimeter_store=debug`): log the store's per-batch timing breakdown;
 //! - `PERIMETER_BENCH_DIR`: store directory (default: a temp dir, removed at the end);
 //!   if it already holds a store with events, ingest is skipped and only queries run.
 //!
@@ -15,6 +18,13 @@
 
 mod rng;
 use rng::Rng;
+
+// The same allocator as the `perimeter` binary (src/main.rs), so the numbers are the binary's.
+// With the system allocator every new tantivy segment writer's arenas come back as freshly
+// mapped, zeroed pages (page faults on the indexing threads) and the doc building churns
+// malloc/free.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,22 +44,27 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A recorded vendor page from `../shared/fixtures/saas-api-pages` (beside the repo, like
+/// `benches/common`). Missing fixtures stop the bench: without them the events would shrink
+/// to a fraction of their real size and the numbers would mean nothing.
 fn fixture(path: &str) -> Vec<Value> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/saas-api-pages")
+        .join("../shared/fixtures/saas-api-pages")
         .join(path);
-    let v: Value = std::fs::read_to_string(&p)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null);
-    match v {
+    let text = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("fixture {} not readable: {e}", p.display()));
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("fixture {} is not JSON: {e}", p.display()));
+    let items = match v {
         Value::Array(a) => a,
         Value::Object(mut o) => match o.remove("items") {
             Some(Value::Array(a)) => a,
             _ => Vec::new(),
         },
         _ => Vec::new(),
-    }
+    };
+    assert!(!items.is_empty(), "fixture {} has no records", p.display());
+    items
 }
 
 struct Templates {
@@ -174,6 +189,21 @@ fn dir_size(p: &Path) -> u64 {
     total
 }
 
+/// CPU time (user + system) of this process so far, all threads: tantivy's indexing and
+/// merge threads included. Unlike wall time it does not depend on what else the shared box
+/// runs, so CPU per event is the number to compare variants by.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -184,6 +214,11 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore all arguments.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let n = env_usize("PERIMETER_BENCH_EVENTS", 1_000_000);
     let batch_size = env_usize("PERIMETER_BENCH_BATCH", 50_000).max(1);
     let days = env_usize("PERIMETER_BENCH_DAYS", 30).max(1);
@@ -196,13 +231,23 @@ fn main() {
             tmp.path().to_path_buf()
         }
     };
+    let defaults = StoreConfig::at(&dir);
     let config = StoreConfig {
         retention_days: 0,
-        ..StoreConfig::at(&dir)
+        index_writer_threads: env_usize(
+            "PERIMETER_BENCH_WRITER_THREADS",
+            defaults.index_writer_threads,
+        ),
+        index_writer_memory_bytes: env_usize(
+            "PERIMETER_BENCH_WRITER_MEMORY_BYTES",
+            defaults.index_writer_memory_bytes,
+        ),
+        ..defaults
     };
     println!(
-        "store bench: events={n} batch={batch_size} days={days} writer_threads={} dir={}",
+        "store bench: events={n} batch={batch_size} days={days} writer_threads={} writer_memory={} MB dir={}",
         config.index_writer_threads,
+        config.index_writer_memory_bytes >> 20,
         dir.display()
     );
     let store = Store::open(config).expect("open store");
@@ -224,6 +269,7 @@ fn main() {
 
     if store.stats().events_stored == 0 {
         let mut ingest = Duration::ZERO;
+        let mut cpu = Duration::ZERO;
         let mut written = 0usize;
         let mut raw_bytes = 0usize;
         let mut i = 0u64;
@@ -246,8 +292,10 @@ fn main() {
                 ..Default::default()
             };
             let t0 = Instant::now();
+            let c0 = process_cpu();
             let ack = store.write_batch(&batch).expect("write batch");
             let dt = t0.elapsed();
+            cpu += process_cpu().saturating_sub(c0);
             ingest += dt;
             batch_times.push(dt);
             written += ack.events_written;
@@ -268,6 +316,12 @@ fn main() {
             pct(&batch_times, 0.5),
             pct(&batch_times, 0.99),
             raw_bytes / written.max(1)
+        );
+        println!(
+            "ingest CPU: {:.1} us per event (all threads, during write_batch) = at most {:.0} events/s per core; load average {}",
+            cpu.as_secs_f64() * 1e6 / written.max(1) as f64,
+            written as f64 / cpu.as_secs_f64().max(1e-9),
+            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
         );
         let t0 = Instant::now();
         store.flush().expect("flush");

@@ -18,6 +18,7 @@
 //! [`Store::apply_retention`].
 
 mod alerts;
+pub mod catch_all;
 mod compaction;
 mod config;
 mod error;

@@ -28,7 +28,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use perimeter_model::Event;
 
 use crate::error::IoContext;
@@ -142,9 +143,16 @@ pub fn events_to_record_batch(events: &[&Event], raws: &[&str]) -> Result<Record
 }
 
 pub(crate) fn writer_properties() -> WriterProperties {
-    // Snappy and format v1 pages: the combination every Parquet reader supports.
+    // Snappy and format v1 pages: the combination every Parquet reader supports. The unique
+    // columns (`event_id`, `raw`) skip the dictionary attempt (every value would be hashed, then
+    // the dictionary abandoned), and `raw` the min/max statistics of kilobyte strings nobody
+    // filters on.
+    let unique = |c: &str| ColumnPath::from(c);
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(unique("event_id"), false)
+        .set_column_dictionary_enabled(unique("raw"), false)
+        .set_column_statistics_enabled(unique("raw"), EnabledStatistics::None)
         .set_created_by(format!("perimeter-store {}", env!("CARGO_PKG_VERSION")))
         .build()
 }

@@ -10,6 +10,7 @@ use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 
 use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};
+use crate::catch_all::rewrite_catch_all_phrases;
 use crate::store::{read, write, Store};
 use crate::tantivy_sink::{to_tantivy_date, DayIndex};
 use crate::{Result, StoreError};
@@ -67,11 +68,13 @@ impl Store {
         let mut parser = QueryParser::new(
             self.schema.schema.clone(),
             vec![self.schema.all],
-            self.schema.tokenizers.clone(),
+            self.schema.query_tokenizers.clone(),
         );
         parser.set_conjunction_by_default();
+        let ast = tantivy::query_grammar::parse_query(q)
+            .map_err(|_| StoreError::InvalidQuery(format!("syntax error in query `{q}`")))?;
         parser
-            .parse_query(q)
+            .build_query_from_user_input_ast(rewrite_catch_all_phrases(ast))
             .map_err(|e| StoreError::InvalidQuery(e.to_string()))
     }
 

@@ -11,7 +11,7 @@
 //! | `source.ip`, `related.ip`, `source.geo.country_iso_code`, `organization.id`, `cloud.account.id` | ECS | keyword, lowercased |
 //! | `user.name`, `user.email`, `user.id`, `user.target.*`, `related.user`, `user_agent.original` | ECS | text (words, lowercased) |
 //! | `source.as.number` | ECS | u64, indexed |
-//! | `all` | every string and number in the masked output document, raw included | text; the default field of free-text queries |
+//! | `all` | `event.module`, the ECS values, every string and number of the raw record | identifiers whole + their words, lowercased, no positions ([`crate::catch_all`]); the default field of free-text queries |
 //!
 //! The output document ([`perimeter_model::Event::to_output_json`]) is kept in the doc store.
 
@@ -28,6 +28,7 @@ use tantivy::schema::{
 use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer, TokenizerManager};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
 
+use crate::catch_all::{CatchAllTokenizer, CATCH_ALL_TOKENIZER};
 use crate::error::IoContext;
 use crate::Result;
 
@@ -72,7 +73,10 @@ pub struct EventSchema {
     pub doc: Field,
     /// (ECS name, field) for every keyword and text ECS field.
     pub ecs: Vec<(&'static str, Field)>,
+    /// Index-side analyzers (set on every index).
     pub tokenizers: TokenizerManager,
+    /// Query-side analyzers: the same, except `all`'s ([`crate::catch_all`]).
+    pub query_tokenizers: TokenizerManager,
 }
 
 impl EventSchema {
@@ -113,14 +117,25 @@ impl EventSchema {
         for name in TEXT_FIELDS {
             ecs.push((*name, b.add_text_field(name, words.clone())));
         }
-        let all = b.add_text_field("all", words);
+        // Search sorts by time, not score: no field norms on the catch-all, and no positions
+        // (see `catch_all`).
+        let catch_all = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(CATCH_ALL_TOKENIZER)
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(false),
+        );
+        let all = b.add_text_field("all", catch_all);
         let doc = b.add_text_field("_doc", STORED);
-        let tokenizers = TokenizerManager::default();
+        let tokenizers = base_tokenizers();
         tokenizers.register(
-            KEYWORD_TOKENIZER,
-            TextAnalyzer::builder(RawTokenizer::default())
-                .filter(LowerCaser)
-                .build(),
+            CATCH_ALL_TOKENIZER,
+            TextAnalyzer::from(CatchAllTokenizer::index_side()),
+        );
+        let query_tokenizers = base_tokenizers();
+        query_tokenizers.register(
+            CATCH_ALL_TOKENIZER,
+            TextAnalyzer::from(CatchAllTokenizer::query_side()),
         );
         debug_assert!(ECS_FIELDS
             .iter()
@@ -138,17 +153,18 @@ impl EventSchema {
             doc,
             ecs,
             tokenizers,
+            query_tokenizers,
         }
     }
 
-    /// The tantivy document for a masked event: `head` is its output document without `raw`,
-    /// `output_text` the full output document as JSON text.
-    pub fn document(
-        &self,
-        event: &Event,
-        head: &serde_json::Value,
-        output_text: String,
-    ) -> TantivyDocument {
+    /// The tantivy document for a masked event; `output_text` is its output document
+    /// ([`Event::to_output_json`]) as JSON text, kept in the doc store.
+    ///
+    /// `all` gets `event.module`, the ECS values and every string and number of the raw record:
+    /// what an analyst searches for. Not the event id, timestamps, tenant or input line: they
+    /// have their own fields (`event.id`, `@timestamp`) or none worth searching, and being
+    /// unique per event they would only grow every segment's term dictionary.
+    pub fn document(&self, event: &Event, output_text: String) -> TantivyDocument {
         let mut d = TantivyDocument::default();
         d.add_text(self.id, &event.id.0);
         let (hi, lo) = id_halves(&event.id.0);
@@ -156,12 +172,21 @@ impl EventSchema {
         d.add_u64(self.id_lo, lo);
         d.add_date(self.timestamp, to_tantivy_date(event.timestamp));
         d.add_text(self.module, &event.source);
+        let mut all = String::with_capacity(output_text.len());
+        all.push_str(&event.source);
+        all.push(' ');
         for (name, field) in &self.ecs {
             match event.ecs.get(name) {
-                Some(EcsValue::Str(s)) => d.add_text(*field, s),
+                Some(EcsValue::Str(s)) => {
+                    d.add_text(*field, s);
+                    all.push_str(s);
+                    all.push(' ');
+                }
                 Some(EcsValue::List(l)) => {
                     for s in l {
                         d.add_text(*field, s);
+                        all.push_str(s);
+                        all.push(' ');
                     }
                 }
                 Some(EcsValue::Num(n)) => d.add_u64(*field, n),
@@ -170,14 +195,26 @@ impl EventSchema {
         }
         if let Some(n) = event.ecs.source_as_number {
             d.add_u64(self.as_number, n);
+            all.push_str(&n.to_string());
+            all.push(' ');
         }
-        let mut all = String::with_capacity(output_text.len());
-        collect_text(head, &mut all);
         collect_raw_text(&event.raw, &mut all);
         d.add_text(self.all, &all);
         d.add_text(self.doc, &output_text);
         d
     }
+}
+
+/// tantivy's analyzers plus the keyword one.
+fn base_tokenizers() -> TokenizerManager {
+    let tokenizers = TokenizerManager::default();
+    tokenizers.register(
+        KEYWORD_TOKENIZER,
+        TextAnalyzer::builder(RawTokenizer::default())
+            .filter(LowerCaser)
+            .build(),
+    );
+    tokenizers
 }
 
 impl Default for EventSchema {
@@ -186,24 +223,7 @@ impl Default for EventSchema {
     }
 }
 
-/// Every string and number of a JSON value, space separated, for the catch-all field.
-fn collect_text(v: &serde_json::Value, out: &mut String) {
-    match v {
-        serde_json::Value::String(s) => {
-            out.push_str(s);
-            out.push(' ');
-        }
-        serde_json::Value::Number(n) => {
-            out.push_str(&n.to_string());
-            out.push(' ');
-        }
-        serde_json::Value::Bool(_) | serde_json::Value::Null => {}
-        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_text(x, out)),
-        serde_json::Value::Object(o) => o.values().for_each(|x| collect_text(x, out)),
-    }
-}
-
-/// [`collect_text`] for the raw record.
+/// Every string and number of the raw record, space separated, for the catch-all field.
 fn collect_raw_text(v: &perimeter_model::RawJson, out: &mut String) {
     use perimeter_model::raw_prelude::ValueRef;
     match v.as_ref() {

@@ -367,6 +367,71 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
 }
 
 #[test]
+fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let mut a = event(
+        "acme",
+        "okta",
+        ts(20, 1, 0),
+        "alice@acme.test",
+        "user.session.start",
+        1,
+    );
+    let mut raw = perimeter_model::raw_to_serde(&a.raw);
+    raw["client"]["userAgent"] = json!("Mozilla/5.0 (X11; Linux x86_64) Firefox/118.0");
+    raw["client"]["ipAddress"] = json!("203.0.113.9");
+    a.raw = perimeter_model::raw_from_serde(&raw);
+    let b = event(
+        "acme",
+        "okta",
+        ts(20, 2, 0),
+        "bob@acme.test",
+        "user.account.lock",
+        2,
+    );
+    store
+        .write_batch(&batch(vec![a.clone(), b.clone()]))
+        .unwrap();
+    let ids = |q: &str| -> Vec<String> {
+        let mut v: Vec<String> = search_all(&store, "acme", q, 10)
+            .iter()
+            .map(|d| d["event"]["id"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let only_a = vec![a.id.0.clone()];
+    let both = {
+        let mut v = vec![a.id.0.clone(), b.id.0.clone()];
+        v.sort();
+        v
+    };
+    // Whole identifiers, bare or quoted, case-insensitive.
+    assert_eq!(ids("\"203.0.113.9\""), only_a);
+    assert_eq!(ids("203.0.113.9"), only_a);
+    assert_eq!(ids("Alice@Acme.Test"), only_a);
+    assert_eq!(ids("all:user.session.start"), only_a);
+    // Their words.
+    assert_eq!(ids("alice"), only_a);
+    assert_eq!(ids("acme"), both);
+    assert_eq!(ids("lock"), vec![b.id.0.clone()]);
+    // A part of an identifier that is not a word of it does not match.
+    assert!(ids("acme.test").is_empty());
+    assert!(ids("203.0").is_empty());
+    // A multi-word phrase matches events holding every chunk, adjacent or not.
+    assert_eq!(ids("\"Mozilla/5.0 (X11; Linux\""), only_a);
+    assert_eq!(ids("\"firefox/118.0 x11\""), only_a);
+    assert!(ids("\"Mozilla/5.0 windows\"").is_empty());
+    // Phrases on word fields keep their positional meaning.
+    assert_eq!(ids("user.name:\"alice acme\""), only_a);
+    assert!(ids("user.name:\"acme alice\"").is_empty());
+    // Ids, timestamps, tenant and line are not in `all`; the id has its own field.
+    assert!(ids(&a.id.0).is_empty());
+    assert_eq!(ids(&format!("event.id:{}", a.id.0)), only_a);
+}
+
+#[test]
 fn invalid_queries_and_cursors_are_invalid_query_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();

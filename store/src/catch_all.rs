@@ -1,0 +1,376 @@
+//! Tokenizers of the catch-all `all` field and the query rewrite that goes with them.
+//!
+//! Free text over audit logs is mostly identifiers: IPs, emails, ids, actions
+//! (`user.session.start`), paths. The `all` field indexes each of them **whole** and, when it
+//! has inner separators, also each of its alphanumeric words, lowercased, without positions:
+//!
+//! - index side ([`CATCH_ALL_TOKENIZER`]): the text is cut into *chunks* at whitespace and
+//!   punctuation other than the joiners `. @ - _ : / +`; a chunk loses leading and trailing
+//!   joiners; a chunk with joiners inside yields itself plus its words
+//!   (`alice@acme.test` -> `alice@acme.test`, `alice`, `acme`, `test`), a plain word itself;
+//! - query side ([`CATCH_ALL_QUERY_TOKENIZER`]): the same chunks, each whole, so `10.1.2.3`,
+//!   `"10.1.2.3"`, `alice@acme.test`, `user.session.start` and `alice` are one term each;
+//! - a query phrase of several chunks on `all` (`"Mozilla/5.0 (X11; Linux"`) is rewritten by
+//!   [`rewrite_catch_all_phrases`] into the AND of its chunks: every chunk must occur in the
+//!   event, not necessarily adjacent (the field has no positions).
+//!
+//! Why: the catch-all carries most of the indexing work (the ~1 KB raw record of every event);
+//! positions and one token per word of every identifier made it the ingest bottleneck, and
+//! whole identifiers make the common free-text searches single-term lookups instead of phrase
+//! queries.
+
+use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf, UserInputLiteral};
+use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
+
+/// Index-side tokenizer name of `all`.
+pub const CATCH_ALL_TOKENIZER: &str = "catch_all";
+/// Query-side tokenizer name of `all` (registered under the index name for the query parser).
+pub const CATCH_ALL_QUERY_TOKENIZER: &str = "catch_all_query";
+
+/// Longer tokens are not indexed (a chunk that long still yields its words).
+pub const MAX_TOKEN_BYTES: usize = 128;
+
+/// Characters that join the parts of one identifier.
+fn is_joiner(c: char) -> bool {
+    matches!(c, '.' | '@' | '-' | '_' | ':' | '/' | '+')
+}
+
+/// The chunks of `text`: maximal runs of alphanumerics and joiners, trimmed of joiners at both
+/// ends, with whether they contain a joiner.
+fn chunks(text: &str, mut f: impl FnMut(usize, usize, bool)) {
+    if text.is_ascii() {
+        return ascii_chunks(text.as_bytes(), f);
+    }
+    let mut from = 0;
+    while let Some(start) = next_alnum(text, from) {
+        let mut end = text.len();
+        let mut alnum_end = start;
+        for (off, c) in text[start..].char_indices() {
+            if c.is_alphanumeric() {
+                alnum_end = start + off + c.len_utf8();
+            } else if !is_joiner(c) {
+                end = start + off;
+                break;
+            }
+        }
+        f(start, alnum_end, text[start..alnum_end].contains(is_joiner));
+        from = end.max(alnum_end);
+    }
+}
+
+/// [`chunks`] for ASCII text (almost all of it), byte by byte.
+fn ascii_chunks(b: &[u8], mut f: impl FnMut(usize, usize, bool)) {
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut alnum_end = i;
+        let mut joiners = 0usize;
+        while i < b.len() {
+            let c = b[i];
+            if c.is_ascii_alphanumeric() {
+                alnum_end = i + 1;
+            } else if is_joiner(c as char) {
+                joiners += 1;
+            } else {
+                break;
+            }
+            i += 1;
+        }
+        // Only joiners strictly inside the chunk count; trailing ones were passed over.
+        let trailing = i - alnum_end;
+        f(start, alnum_end, joiners > trailing);
+    }
+}
+
+fn next_alnum(text: &str, from: usize) -> Option<usize> {
+    text[from..]
+        .char_indices()
+        .find(|(_, c)| c.is_alphanumeric())
+        .map(|(o, _)| from + o)
+}
+
+/// The alphanumeric runs of `part`.
+fn words(part: &str, mut f: impl FnMut(usize, usize)) {
+    if part.is_ascii() {
+        let b = part.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if !b[i].is_ascii_alphanumeric() {
+                i += 1;
+                continue;
+            }
+            let s = i;
+            while i < b.len() && b[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            f(s, i);
+        }
+        return;
+    }
+    let mut p = 0;
+    while let Some(s) = next_alnum(part, p) {
+        let e = part[s..]
+            .char_indices()
+            .find(|(_, c)| !c.is_alphanumeric())
+            .map(|(o, _)| s + o)
+            .unwrap_or(part.len());
+        f(s, e);
+        p = e;
+    }
+}
+
+fn push_lower(out: &mut String, s: &str) {
+    out.clear();
+    if s.is_ascii() {
+        out.push_str(s);
+        out.make_ascii_lowercase();
+    } else {
+        out.extend(s.chars().flat_map(char::to_lowercase));
+    }
+}
+
+/// Byte ranges of the tokens of `text` (see the module doc); `whole_only` is the query side.
+fn token_ranges(text: &str, whole_only: bool, out: &mut Vec<(usize, usize)>) {
+    out.clear();
+    chunks(text, |start, end, has_joiner| {
+        let fits = end - start <= MAX_TOKEN_BYTES;
+        if !has_joiner {
+            if fits {
+                out.push((start, end));
+            }
+            return;
+        }
+        if whole_only && fits {
+            out.push((start, end));
+            return;
+        }
+        if fits {
+            out.push((start, end));
+        }
+        words(&text[start..end], |s, e| {
+            if e - s <= MAX_TOKEN_BYTES {
+                out.push((start + s, start + e));
+            }
+        });
+    });
+}
+
+/// The `all` tokenizer; `whole_only` selects the query side.
+#[derive(Clone, Default)]
+pub struct CatchAllTokenizer {
+    whole_only: bool,
+    ranges: Vec<(usize, usize)>,
+    token: Token,
+}
+
+impl CatchAllTokenizer {
+    pub fn index_side() -> Self {
+        CatchAllTokenizer::default()
+    }
+    pub fn query_side() -> Self {
+        CatchAllTokenizer {
+            whole_only: true,
+            ..Default::default()
+        }
+    }
+}
+
+pub struct CatchAllTokenStream<'a> {
+    text: &'a str,
+    ranges: &'a [(usize, usize)],
+    next: usize,
+    token: &'a mut Token,
+}
+
+impl Tokenizer for CatchAllTokenizer {
+    type TokenStream<'a> = CatchAllTokenStream<'a>;
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> CatchAllTokenStream<'a> {
+        token_ranges(text, self.whole_only, &mut self.ranges);
+        self.token.reset();
+        CatchAllTokenStream {
+            text,
+            ranges: &self.ranges,
+            next: 0,
+            token: &mut self.token,
+        }
+    }
+}
+
+impl TokenStream for CatchAllTokenStream<'_> {
+    fn advance(&mut self) -> bool {
+        let Some(&(from, to)) = self.ranges.get(self.next) else {
+            return false;
+        };
+        self.token.position = self.next;
+        self.token.offset_from = from;
+        self.token.offset_to = to;
+        push_lower(&mut self.token.text, &self.text[from..to]);
+        self.next += 1;
+        true
+    }
+    fn token(&self) -> &Token {
+        self.token
+    }
+    fn token_mut(&mut self) -> &mut Token {
+        self.token
+    }
+}
+
+/// The query-side tokens of `text`, lowercased.
+pub fn query_tokens(text: &str) -> Vec<String> {
+    let mut ranges = Vec::new();
+    token_ranges(text, true, &mut ranges);
+    let mut out = Vec::with_capacity(ranges.len());
+    for (from, to) in ranges {
+        let mut s = String::new();
+        push_lower(&mut s, &text[from..to]);
+        out.push(s);
+    }
+    out
+}
+
+/// Rewrite every phrase on the catch-all field (`all:"..."` or a bare one, whose default field
+/// is `all`) that has several query tokens into the AND of its tokens: the field has no
+/// positions, so "all of these, anywhere in the event" is the phrase-like match it offers.
+pub fn rewrite_catch_all_phrases(ast: UserInputAst) -> UserInputAst {
+    match ast {
+        UserInputAst::Clause(clauses) => UserInputAst::Clause(
+            clauses
+                .into_iter()
+                .map(|(occur, a)| (occur, rewrite_catch_all_phrases(a)))
+                .collect(),
+        ),
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(rewrite_catch_all_phrases(*inner)), boost)
+        }
+        UserInputAst::Leaf(leaf) => match *leaf {
+            UserInputLeaf::Literal(lit)
+                if !lit.prefix
+                    && lit.field_name.as_deref().is_none_or(|f| f == "all")
+                    && query_tokens(&lit.phrase).len() > 1 =>
+            {
+                let field_name = lit.field_name;
+                UserInputAst::Clause(
+                    query_tokens(&lit.phrase)
+                        .into_iter()
+                        .map(|t| {
+                            let leaf = UserInputLeaf::Literal(UserInputLiteral {
+                                field_name: field_name.clone(),
+                                phrase: t,
+                                delimiter: Delimiter::DoubleQuotes,
+                                slop: 0,
+                                prefix: false,
+                            });
+                            (
+                                Some(tantivy::query_grammar::Occur::Must),
+                                UserInputAst::Leaf(Box::new(leaf)),
+                            )
+                        })
+                        .collect(),
+                )
+            }
+            other => UserInputAst::Leaf(Box::new(other)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_tokens(text: &str) -> Vec<String> {
+        let mut t = CatchAllTokenizer::index_side();
+        let mut s = t.token_stream(text);
+        let mut out = Vec::new();
+        while s.advance() {
+            out.push(s.token().text.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn identifiers_are_indexed_whole_and_by_word() {
+        assert_eq!(
+            index_tokens("Alice@Acme.test 10.1.2.3 FAILURE"),
+            [
+                "alice@acme.test",
+                "alice",
+                "acme",
+                "test",
+                "10.1.2.3",
+                "10",
+                "1",
+                "2",
+                "3",
+                "failure"
+            ]
+        );
+        assert_eq!(
+            index_tokens("Mozilla/5.0 (X11; Linux x86_64) /oauth2/na/v1?x=1 user. -11.5"),
+            [
+                "mozilla/5.0",
+                "mozilla",
+                "5",
+                "0",
+                "x11",
+                "linux",
+                "x86_64",
+                "x86",
+                "64",
+                "oauth2/na/v1",
+                "oauth2",
+                "na",
+                "v1",
+                "x",
+                "1",
+                "user",
+                "11.5",
+                "11",
+                "5"
+            ]
+        );
+        assert_eq!(index_tokens(""), Vec::<String>::new());
+        assert_eq!(index_tokens(" .-@ "), Vec::<String>::new());
+        assert_eq!(
+            index_tokens("Ünïcode-Wört"),
+            ["ünïcode-wört", "ünïcode", "wört"]
+        );
+        let long = "a".repeat(MAX_TOKEN_BYTES + 1);
+        assert!(index_tokens(&long).is_empty());
+        let long_joined = format!("{long}.b");
+        assert_eq!(index_tokens(&long_joined), ["b"]);
+    }
+
+    #[test]
+    fn query_side_keeps_chunks_whole() {
+        assert_eq!(query_tokens("10.1.2.3"), ["10.1.2.3"]);
+        assert_eq!(query_tokens("Alice@acme.test."), ["alice@acme.test"]);
+        assert_eq!(
+            query_tokens("Mozilla/5.0 (X11; Linux"),
+            ["mozilla/5.0", "x11", "linux"]
+        );
+        // Every query token is also an index token of the same text.
+        for text in ["a.b-c d@e.f", "user.session.start", "x/y:z+1", "Wört.Ä"] {
+            let idx = index_tokens(text);
+            assert!(query_tokens(text).iter().all(|t| idx.contains(t)), "{text}");
+        }
+    }
+
+    #[test]
+    fn multi_chunk_phrases_on_all_become_conjunctions() {
+        let ast = tantivy::query_grammar::parse_query("\"okta login\" user.name:\"a b\"").unwrap();
+        let text = format!("{:?}", rewrite_catch_all_phrases(ast));
+        assert!(
+            text.contains("\"okta\"") && text.contains("\"login\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("\"a b\""),
+            "other fields keep their phrases: {text}"
+        );
+    }
+}
