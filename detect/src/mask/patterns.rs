@@ -277,31 +277,37 @@ impl Patterns {
         let re = &self.regexes[kind.index()];
         let mut pos = 0;
         while pos <= text.len() {
-            // The lazy DFA answers "no match from here" far cheaper than a capturing search.
-            if re.find_at(text, pos).is_none() {
-                break;
-            }
-            let Some(caps) = re.captures_at(text, pos) else {
+            // The lazy DFA finds the match; a capturing search (far slower) runs only for the
+            // kinds whose secret is a group of it.
+            let Some(m) = re.find_at(text, pos) else {
                 break;
             };
-            let whole = caps.get(0).map_or(pos..pos, |m| m.range());
-            let secret = if spec.secret_groups.is_empty() {
-                caps.get(0)
-            } else {
-                spec.secret_groups.iter().find_map(|g| caps.get(*g))
+            let whole = m.range();
+            let secret = match plain_secret(kind, text, whole.clone()) {
+                Some(range) => Some(range)
+                    .filter(|r| verify(kind, &text[r.clone()], None, text, r.start, keys)),
+                None => {
+                    let Some(caps) = re.captures_at(text, pos) else {
+                        break;
+                    };
+                    spec.secret_groups
+                        .iter()
+                        .find_map(|g| caps.get(*g))
+                        .or_else(|| caps.get(0).filter(|_| spec.secret_groups.is_empty()))
+                        .filter(|s| verify(kind, s.as_str(), Some(&caps), text, s.start(), keys))
+                        .map(|s| s.range())
+                }
             };
-            let accepted =
-                secret.filter(|s| verify(kind, s.as_str(), &caps, text, s.start(), keys));
-            match accepted {
+            match secret {
                 Some(s) => {
-                    if s.end() > s.start() {
+                    if s.end > s.start {
                         out.push(Found {
-                            start: s.start(),
-                            end: s.end(),
+                            start: s.start,
+                            end: s.end,
                             kind,
                         });
                     }
-                    pos = s.end().max(whole.start + 1);
+                    pos = s.end.max(whole.start + 1);
                 }
                 // Rejected (`url=...` is not a secret name, a number fails Luhn): look again one
                 // character further, so a secret inside the rejected span is still found.
@@ -438,10 +444,34 @@ pub(crate) fn is_masked(s: &str) -> bool {
     s.starts_with("[REDACTED:") || s.starts_with("hmac:") || s.starts_with("****")
 }
 
+/// The secret in a match of `kind` when no capture group is needed to find it: the whole match,
+/// or for the digit kinds the match without the one non-digit boundary character the pattern
+/// takes on each side (the secret starts and ends with a digit). `None`: the kinds whose secret
+/// is one of several groups.
+fn plain_secret(
+    kind: PatternKind,
+    text: &str,
+    whole: std::ops::Range<usize>,
+) -> Option<std::ops::Range<usize>> {
+    match kind {
+        PatternKind::SecretAssignment
+        | PatternKind::AuthHeader
+        | PatternKind::AwsSecretAccessKey
+        | PatternKind::OktaApiToken => None,
+        PatternKind::CreditCard | PatternKind::UsSsn => {
+            let bytes = &text.as_bytes()[whole.clone()];
+            let first = bytes.iter().position(u8::is_ascii_digit)?;
+            let last = bytes.iter().rposition(u8::is_ascii_digit)?;
+            Some(whole.start + first..whole.start + last + 1)
+        }
+        _ => Some(whole),
+    }
+}
+
 fn verify(
     kind: PatternKind,
     secret: &str,
-    caps: &regex::Captures<'_>,
+    caps: Option<&regex::Captures<'_>>,
     text: &str,
     start: usize,
     keys: &KeyMatcher,
@@ -450,12 +480,12 @@ fn verify(
         return false;
     }
     match kind {
-        PatternKind::SecretAssignment => {
+        PatternKind::SecretAssignment => caps.is_some_and(|caps| {
             caps.get(1).is_some_and(|k| keys.is_sensitive(k.as_str()))
                 && (caps.get(2).is_none() || looks_generated(secret))
-        }
+        }),
         PatternKind::AuthHeader => {
-            let scheme = caps.get(1).map_or("", |m| m.as_str());
+            let scheme = caps.and_then(|c| c.get(1)).map_or("", |m| m.as_str());
             if scheme.eq_ignore_ascii_case("basic") {
                 is_basic_credential(secret) || looks_random(secret)
             } else {
@@ -660,6 +690,28 @@ mod tests {
             PatternKind::AuthHeader,
             "8f3a9c2e1b7d",
         );
+    }
+
+    #[test]
+    fn digit_secrets_without_captures_are_the_captured_group() {
+        let p = Patterns::new(KindSet::MAX).expect("compiles");
+        for (kind, text) in [
+            (PatternKind::CreditCard, "card 4111 1111 1111 1111 ok"),
+            (PatternKind::CreditCard, "é4111111111111111é"),
+            (PatternKind::CreditCard, "4111-1111-1111-1111"),
+            (PatternKind::CreditCard, "x3782-822463-10005-"),
+            (PatternKind::UsSsn, "ssn:123-45-6789."),
+            (PatternKind::UsSsn, "ü123-45-6789"),
+        ] {
+            let re = &p.regexes[kind.index()];
+            let caps = re.captures(text).expect("matches");
+            let whole = caps.get(0).unwrap().range();
+            assert_eq!(
+                plain_secret(kind, text, whole),
+                Some(caps.get(1).unwrap().range()),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
