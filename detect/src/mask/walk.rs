@@ -152,40 +152,27 @@ impl<'a> MaskWalk<'a> {
                 let pair_is_secret = map.iter().any(|(k, v)| {
                     is_pair_name_key(k) && v.as_str().is_some_and(|n| keys.is_sensitive(n))
                 });
-                self.raw(b"{");
-                let mut renamed = Vec::new();
-                for (i, (key, child)) in map.iter().enumerate() {
-                    if self.done() {
+                self.object(map, enabled, |w, key, child| {
+                    if child.is_null() || child.is_boolean() {
+                        w.leaf(child);
                         return;
                     }
-                    if i > 0 {
-                        self.raw(b",");
-                    }
-                    let key = self.object_key(map, &mut renamed, key, enabled);
-                    self.raw(b":");
-                    if child.is_null() || child.is_boolean() {
-                        self.leaf(child);
-                        continue;
-                    }
-                    let m = self.masker;
-                    let child_node = node.and_then(|n| m.child_node(n, &key));
+                    let m = w.masker;
+                    let child_node = node.and_then(|n| m.child_node(n, key));
                     let rule = child_node.and_then(|n| m.trie[n].rule).unwrap_or_default();
                     if let Some(action) = forced_action(rule.action) {
-                        self.force_leaves(child, action, "field");
-                        continue;
-                    }
-                    // A key masked just above held a secret value, it is no name for one.
-                    if rule.action != FieldAction::Keep
-                        && !is_masked(&key)
-                        && (m.keys.is_sensitive(&key)
-                            || (pair_is_secret && is_pair_value_key(&key)))
+                        w.force_leaves(child, action, "field");
+                    } else if rule.action != FieldAction::Keep
+                        // A key masked just above held a secret value, it is no name for one.
+                        && !is_masked(key)
+                        && (m.keys.is_sensitive(key)
+                            || (pair_is_secret && is_pair_value_key(key)))
                     {
-                        self.force_leaves(child, m.key_action, "key");
-                        continue;
+                        w.force_leaves(child, m.key_action, "key");
+                    } else {
+                        w.value(child, child_node, extra | rule.extra);
                     }
-                    self.value(child, child_node, extra | rule.extra);
-                }
-                self.raw(b"}");
+                });
             }
             _ => self.leaf(value),
         }
@@ -204,6 +191,30 @@ impl<'a> MaskWalk<'a> {
             each(self, item);
         }
         self.raw(b"]");
+    }
+
+    /// An object: each key written (masked when it carries a secret, see [`Self::object_key`]),
+    /// then its value through `each`, which gets the key the value is filed under.
+    fn object(
+        &mut self,
+        map: &sonic_rs::Object,
+        enabled: KindSet,
+        mut each: impl FnMut(&mut Self, &str, &RawJson),
+    ) {
+        self.raw(b"{");
+        let mut renamed = Vec::new();
+        for (i, (key, child)) in map.iter().enumerate() {
+            if self.done() {
+                return;
+            }
+            if i > 0 {
+                self.raw(b",");
+            }
+            let key = self.object_key(map, &mut renamed, key, enabled);
+            self.raw(b":");
+            each(self, &key, child);
+        }
+        self.raw(b"}");
     }
 
     /// A string scanned for value patterns.
@@ -273,20 +284,10 @@ impl<'a> MaskWalk<'a> {
                 self.array(items, |w, item| w.force_leaves(item, action, label))
             }
             ValueRef::Object(map) => {
-                self.raw(b"{");
-                let mut renamed = Vec::new();
-                for (i, (key, child)) in map.iter().enumerate() {
-                    if self.done() {
-                        return;
-                    }
-                    if i > 0 {
-                        self.raw(b",");
-                    }
-                    self.object_key(map, &mut renamed, key, self.masker.enabled);
-                    self.raw(b":");
-                    self.force_leaves(child, action, label);
-                }
-                self.raw(b"}");
+                let enabled = self.masker.enabled;
+                self.object(map, enabled, |w, _, child| {
+                    w.force_leaves(child, action, label)
+                });
             }
             _ => self.leaf(value),
         }

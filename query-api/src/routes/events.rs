@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{blocking, bounded, limit_within, page_limit, time_range, ItemsPage, MAX_LIMIT};
+use super::{
+    blocking, bounded, limit_within, page_limit, time_range, ItemsPage, TimeRange, MAX_LIMIT,
+};
 use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiPath, ApiQuery};
@@ -18,6 +20,22 @@ use crate::state::AppState;
 
 const MAX_QUERY_BYTES: usize = 4096;
 const MAX_ID_BYTES: usize = 512;
+
+/// The query text (`*` when absent or blank) and time range shared by search and export.
+fn event_filter<'a>(
+    q: &'a Option<String>,
+    from: &Option<String>,
+    to: &Option<String>,
+) -> Result<(&'a str, TimeRange), ApiError> {
+    let range = time_range(from.as_deref(), to.as_deref())?;
+    let text = q
+        .as_deref()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .unwrap_or("*");
+    bounded("q", text, MAX_QUERY_BYTES)?;
+    Ok((text, range))
+}
 
 /// Parameters of `GET /events/search`. Unknown parameters are refused.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -50,14 +68,7 @@ pub async fn search_events(
     auth: Auth,
     ApiQuery(params): ApiQuery<EventSearchParams>,
 ) -> Result<Json<ItemsPage>, ApiError> {
-    let (from, to) = time_range(params.from.as_deref(), params.to.as_deref())?;
-    let query_text = params
-        .q
-        .as_deref()
-        .map(str::trim)
-        .filter(|q| !q.is_empty())
-        .unwrap_or("*");
-    bounded("q", query_text, MAX_QUERY_BYTES)?;
+    let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
     if let Some(c) = &params.cursor {
         bounded("cursor", c, MAX_QUERY_BYTES)?;
     }
@@ -148,14 +159,7 @@ pub async fn export_events(
     auth: Auth<AdminRole>,
     ApiQuery(params): ApiQuery<EventExportParams>,
 ) -> Result<Response, ApiError> {
-    let (from, to) = time_range(params.from.as_deref(), params.to.as_deref())?;
-    let query_text = params
-        .q
-        .as_deref()
-        .map(str::trim)
-        .filter(|q| !q.is_empty())
-        .unwrap_or("*");
-    bounded("q", query_text, MAX_QUERY_BYTES)?;
+    let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
     let max_events = limit_within(params.max_events, DEFAULT_EXPORT_EVENTS, MAX_EXPORT_EVENTS)
         .map_err(|e| match e {
             ApiError::BadRequest { code, message } => {
