@@ -19,12 +19,12 @@
 mod rng;
 use rng::Rng;
 
-// The same allocator as the `perimeter` binary (src/main.rs), so the numbers are the binary's.
-// With the system allocator every new tantivy segment writer's arenas come back as freshly
-// mapped, zeroed pages (page faults on the indexing threads) and the doc building churns
-// malloc/free.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The same allocator, tuned the same way, as the `perimeter` binary (src/alloc.rs), so the
+// numbers are the binary's. With the system allocator every new tantivy segment writer's arenas
+// come back as freshly mapped, zeroed pages (page faults on the indexing threads) and the doc
+// building churns malloc/free.
+#[path = "../src/alloc.rs"]
+mod alloc;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -213,6 +213,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn main() {
+    alloc::tune();
     // `cargo bench` passes `--bench`; ignore all arguments.
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()

@@ -1,6 +1,7 @@
 //! `perimeter`: the command line. Wiring only: it builds Source -> Pipeline -> Sink from the
 //! library crates and formats their results for a terminal.
 
+mod alloc;
 mod config;
 mod demo;
 mod detect_cmd;
@@ -11,10 +12,6 @@ mod terminal_cmd;
 
 use clap::{Parser, Subcommand};
 
-// serde_json values allocate per object key and value; mimalloc makes that allocation and the
-// matching frees markedly cheaper than the system allocator on the hot path.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -60,6 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    alloc::tune();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PERIMETER_LOG")

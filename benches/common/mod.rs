@@ -6,9 +6,10 @@
 use perimeter_model::sonic_rs;
 use std::path::PathBuf;
 
-// The same allocator as the `perimeter` binary, so the numbers are the binary's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The same allocator, tuned the same way, as the `perimeter` binary, so the numbers are the
+// binary's; `mixed_records` and `mixed_jsonl` apply the tuning.
+#[path = "../../src/alloc.rs"]
+mod alloc;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,6 +18,7 @@ fn repo() -> PathBuf {
 /// `(source, raw record)` pairs: every record of the recorded pages of the built-in vendors and
 /// the demo dataset, in a mixed order.
 pub fn mixed_records() -> Vec<(String, perimeter_model::RawJson)> {
+    alloc::tune();
     let mut out = Vec::new();
     let pages = [
         ("okta", "okta/system_log"),
