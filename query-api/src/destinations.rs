@@ -48,6 +48,11 @@ pub struct Destination {
     pub created_at: DateTime<Utc>,
     /// Token id of the admin who created it.
     pub created_by: String,
+    /// Key of the `X-Perimeter-Signature: sha256=<hex HMAC-SHA256 of the body>` header on every
+    /// delivery, so the receiver can tell Perimeter's posts from forged ones. Shown once, in
+    /// the answer to the creation; lists leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +111,16 @@ impl DestinationStore {
         self.all.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The tenant's destinations, oldest first.
+    /// The tenant's destinations, oldest first, without their signing secrets.
     pub fn list(&self, tenant: &str) -> Vec<Destination> {
+        self.with_secrets(tenant)
+            .into_iter()
+            .map(|d| Destination { secret: None, ..d })
+            .collect()
+    }
+
+    /// The tenant's destinations with their signing secrets (for delivery).
+    fn with_secrets(&self, tenant: &str) -> Vec<Destination> {
         self.lock()
             .iter()
             .filter(|d| d.tenant == tenant)
@@ -143,11 +156,12 @@ impl DestinationStore {
                 "a tenant has at most {MAX_DESTINATIONS_PER_TENANT} destinations"
             )));
         }
-        let mut id_bytes = [0u8; 8];
-        getrandom::fill(&mut id_bytes)
+        let mut random = [0u8; 8 + 32];
+        getrandom::fill(&mut random)
             .map_err(|e| DestinationError::Invalid(format!("no randomness for an id: {e}")))?;
         let destination = Destination {
-            id: format!("dst_{}", hex::encode(id_bytes)),
+            id: format!("dst_{}", hex::encode(&random[..8])),
+            secret: Some(format!("whsec_{}", hex::encode(&random[8..]))),
             tenant: tenant.to_string(),
             name: name.to_string(),
             url: parsed.to_string(),
@@ -190,7 +204,12 @@ impl DestinationStore {
         let bytes = serde_json::to_vec_pretty(all).map_err(|e| io(e.into()))?;
         {
             use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            // The file holds the signing secrets: owner only.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp).map_err(io)?;
             f.write_all(&bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
@@ -236,7 +255,7 @@ impl AlertNotifier {
         let task_metrics = metrics.clone();
         tokio::spawn(async move {
             while let Some(batch) = rx.recv().await {
-                for destination in destinations.list(&batch.tenant) {
+                for destination in destinations.with_secrets(&batch.tenant) {
                     let alerts: Vec<&Alert> = batch
                         .alerts
                         .iter()
@@ -275,6 +294,18 @@ impl AlertNotifier {
     }
 }
 
+/// The header that carries a delivery's signature.
+pub const SIGNATURE_HEADER: &str = "x-perimeter-signature";
+
+/// `sha256=` and the hex HMAC-SHA256 of `body` under the destination's secret.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 async fn deliver(
     client: &reqwest::Client,
     destination: &Destination,
@@ -282,9 +313,24 @@ async fn deliver(
     retry_base: Duration,
     metrics: &Metrics,
 ) {
+    let Ok(bytes) = serde_json::to_vec(body) else {
+        metrics.inc(
+            "destination_failures_total",
+            &[("destination", &destination.id)],
+            1,
+        );
+        return;
+    };
+    let signature = sign(destination.secret.as_deref().unwrap_or_default(), &bytes);
     let mut wait = retry_base;
     for attempt in 1..=MAX_ATTEMPTS {
-        let outcome = client.post(&destination.url).json(body).send().await;
+        let outcome = client
+            .post(&destination.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, &signature)
+            .body(bytes.clone())
+            .send()
+            .await;
         let error = match outcome {
             Ok(r) if r.status().is_success() => {
                 metrics.inc(
@@ -340,12 +386,30 @@ mod tests {
         assert_ne!(a.id, b.id);
         assert!(!store.delete("globex", &a.id).unwrap(), "not globex's");
         let reopened = DestinationStore::open_in(dir.path()).unwrap();
-        assert_eq!(reopened.list("acme"), vec![a.clone()]);
-        assert_eq!(reopened.list("globex"), vec![b]);
+        assert!(a.secret.as_deref().is_some_and(|s| s.starts_with("whsec_")));
+        assert_eq!(reopened.with_secrets("acme"), vec![a.clone()]);
+        assert_eq!(
+            reopened.list("acme")[0].secret,
+            None,
+            "lists leave the secret out"
+        );
+        assert_eq!(
+            reopened.list("globex"),
+            vec![Destination { secret: None, ..b }]
+        );
         assert!(reopened.delete("acme", &a.id).unwrap());
         let again = DestinationStore::open_in(dir.path()).unwrap();
         assert!(again.list("acme").is_empty());
         assert!(!dir.path().join("destinations.json.tmp").exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("destinations.json"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "signing secrets are the owner's only");
+        }
     }
 
     #[test]

@@ -488,8 +488,16 @@ fn destinations_are_managed_by_admins_per_tenant() {
     assert!(id.starts_with("dst_"), "{created}");
     assert_eq!(created["min_severity"], "high");
     assert_eq!(created["tenant"], ACME);
+    assert!(
+        created["secret"].as_str().unwrap().starts_with("whsec_"),
+        "{created}"
+    );
     let listed = api.get_json("/api/v1/destinations", ACME, Role::Admin);
     assert_eq!(ids(&listed["items"], "/id"), vec![id.clone()]);
+    assert!(
+        listed["items"][0].get("secret").is_none(),
+        "shown once: {listed}"
+    );
     // The other tenant sees none of it and cannot delete it.
     let theirs = api.get_json("/api/v1/destinations", GLOBEX, Role::Admin);
     assert!(theirs["items"].as_array().unwrap().is_empty(), "{theirs}");
@@ -562,7 +570,7 @@ fn the_notifier_posts_each_tenants_alerts_to_its_destinations_and_retries() {
     use perimeter_query_api::{AlertNotifier, DestinationStore};
     let hook = WebhookReceiver::start(1);
     let destinations = std::sync::Arc::new(DestinationStore::in_memory());
-    destinations
+    let created = destinations
         .create(ACME, "soc", &hook.url(), Severity::High, "tok")
         .unwrap();
     let metrics = std::sync::Arc::new(Metrics::new());
@@ -589,6 +597,16 @@ fn the_notifier_posts_each_tenants_alerts_to_its_destinations_and_retries() {
         "one delivery after one refused try: {bodies:?}"
     );
     assert_eq!(hook.requests(), 2, "the refused try was retried");
+    // Signed with the destination's secret, so the receiver can tell it from a forgery.
+    let secret = created.secret.as_deref().unwrap();
+    assert_eq!(
+        hook.signatures()[0],
+        perimeter_query_api::destinations::sign(secret, bodies[0].as_bytes())
+    );
+    assert_ne!(
+        hook.signatures()[0],
+        perimeter_query_api::destinations::sign("another secret", bodies[0].as_bytes())
+    );
     let body: Value = serde_json::from_str(&bodies[0]).unwrap();
     assert_eq!(body["tenant"], ACME);
     let sent: BTreeSet<String> = ids(&body["alerts"], "/id").into_iter().collect();

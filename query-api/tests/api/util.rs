@@ -479,7 +479,8 @@ pub fn ids(items: &Value, key: &str) -> Vec<String> {
 /// answers 200 and keeps the bodies.
 pub struct WebhookReceiver {
     addr: std::net::SocketAddr,
-    bodies: Arc<std::sync::Mutex<Vec<String>>>,
+    /// (signature header, body) of each accepted request.
+    bodies: Arc<std::sync::Mutex<Vec<(String, String)>>>,
     requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -494,14 +495,18 @@ impl WebhookReceiver {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let mut reader = BufReader::new(stream);
-                let mut length = 0usize;
+                let (mut length, mut signature) = (0usize, String::new());
                 loop {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                         break;
                     }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
                         length = v.trim().parse().unwrap_or(0);
+                    }
+                    if let Some(v) = lower.strip_prefix("x-perimeter-signature:") {
+                        signature = v.trim().to_string();
                     }
                 }
                 let mut body = vec![0u8; length];
@@ -510,9 +515,8 @@ impl WebhookReceiver {
                 let status = if n < fail_first {
                     "500 Internal Server Error"
                 } else {
-                    kept.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&body).into_owned());
+                    let body = String::from_utf8_lossy(&body).into_owned();
+                    kept.lock().unwrap().push((signature, body));
                     "200 OK"
                 };
                 let _ = reader.get_mut().write_all(
@@ -533,7 +537,21 @@ impl WebhookReceiver {
     }
 
     pub fn bodies(&self) -> Vec<String> {
-        self.bodies.lock().unwrap().clone()
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    pub fn signatures(&self) -> Vec<String> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect()
     }
 
     pub fn requests(&self) -> usize {
