@@ -33,6 +33,29 @@ pub fn append<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
     Ok(())
 }
 
+/// Replace the file's records with `records`, atomically: written to a temporary file, fsynced,
+/// renamed over the journal, directory fsynced. A crash leaves either the old or the new file.
+pub fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
+    let mut buf = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut buf, r)?;
+        buf.push(b'\n');
+    }
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".rewrite");
+    let tmp = path.with_file_name(format!(".{}", tmp_name.to_string_lossy()));
+    {
+        let mut file = File::create(&tmp).at(&tmp)?;
+        file.write_all(&buf).at(&tmp)?;
+        file.sync_all().at(&tmp)?;
+    }
+    std::fs::rename(&tmp, path).at(path)?;
+    if let Some(parent) = path.parent() {
+        crate::layout::sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// Load every record. A last line without its newline is a write torn by a crash: it was
 /// never acknowledged, so it is cut off (with a warning). Any other bad line is corruption.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
@@ -98,5 +121,14 @@ mod tests {
         let err = load::<u32>(&p).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(load::<u32>(&dir.path().join("missing")).unwrap().is_empty());
+        rewrite(&p, &[7u32, 8]).unwrap();
+        assert_eq!(load::<u32>(&p).unwrap(), vec![7, 8]);
+        append(&p, &[9u32]).unwrap();
+        assert_eq!(load::<u32>(&p).unwrap(), vec![7, 8, 9]);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 }

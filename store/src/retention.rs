@@ -1,4 +1,5 @@
-//! Retention: drop whole expired (tenant, day) indexes and Parquet `dt=` partitions.
+//! Retention: drop whole expired (tenant, day) indexes and Parquet `dt=` partitions, and expired
+//! dead letters.
 //!
 //! A day `D` of tenant `t` and source `s` is expired at `now` when the retention `r` for
 //! (`t`, `s`) is not 0 and `D < now.date - r days`: with `r = 30` on 2026-11-25 the last kept
@@ -13,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use tantivy::Term;
 
 use crate::error::IoContext;
+use crate::journal;
 use crate::layout;
-use crate::store::{lock, read, write, Store};
+use crate::store::{lock, read, write, Store, DEAD_LETTERS_IN_MEMORY};
 use crate::tantivy_sink::remove_index_dir;
 use crate::Result;
+use perimeter_model::DeadLetter;
 
 /// What `apply_retention` removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +32,9 @@ pub struct RetentionReport {
     pub events_deleted_from_kept_indexes: u64,
     /// Events removed in total (whole indexes + per-source deletes).
     pub events_removed: u64,
+    /// Dead letters removed (their `received_at` day expired for their tenant and source).
+    #[serde(default)]
+    pub dead_letters_removed: u64,
 }
 
 pub(crate) fn is_expired(day: NaiveDate, retention_days: u32, now: DateTime<Utc>) -> bool {
@@ -113,6 +119,7 @@ impl Store {
                 report.events_removed += removed;
             }
         }
+        report.dead_letters_removed = self.expire_dead_letters(now)?;
         self.counters.events_stored.fetch_sub(
             report.events_removed.min(
                 self.counters
@@ -122,6 +129,38 @@ impl Store {
             std::sync::atomic::Ordering::Relaxed,
         );
         Ok(report)
+    }
+}
+
+impl Store {
+    /// Rewrite each tenant's dead-letter file without the expired ones (by the day they were
+    /// received and the retention of their tenant and source); returns how many were removed.
+    fn expire_dead_letters(&self, now: DateTime<Utc>) -> Result<u64> {
+        let mut removed = 0;
+        // Held while rewriting: dead letters are appended under the same lock.
+        let mut mem = write(&self.dead);
+        for (tname, tdir) in layout::list_dirs(&self.layout.dead_letters_root())? {
+            let Some(tenant) = layout::partition_value(&tname, "tenant") else {
+                continue;
+            };
+            let path = tdir.join("dead_letters.jsonl");
+            let all: Vec<DeadLetter> = journal::load(&path)?;
+            let kept: Vec<&DeadLetter> = all
+                .iter()
+                .filter(|d| {
+                    let days = self.config.retention_days_for(&tenant, &d.source);
+                    !is_expired(d.received_at.date_naive(), days, now)
+                })
+                .collect();
+            if kept.len() == all.len() {
+                continue;
+            }
+            removed += (all.len() - kept.len()) as u64;
+            journal::rewrite(&path, &kept)?;
+            let skip = kept.len().saturating_sub(DEAD_LETTERS_IN_MEMORY);
+            mem.insert(tenant, kept.into_iter().skip(skip).cloned().collect());
+        }
+        Ok(removed)
     }
 }
 

@@ -59,7 +59,7 @@ pub struct StoreStats {
 }
 
 /// Dead letters kept in memory per tenant for `list_dead_letters` (the file keeps all).
-const DEAD_LETTERS_IN_MEMORY: usize = 10_000;
+pub(crate) const DEAD_LETTERS_IN_MEMORY: usize = 10_000;
 
 pub(crate) type IndexKey = (String, NaiveDate);
 

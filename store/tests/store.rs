@@ -889,6 +889,77 @@ fn dead_letters_and_bad_batches() {
 }
 
 #[test]
+fn retention_removes_exactly_the_expired_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || StoreConfig {
+        retention_days: 3,
+        retention: vec![RetentionRule {
+            tenant: None,
+            source: Some("github".into()),
+            days: 1,
+        }],
+        ..config(dir.path())
+    };
+    let dl = |tenant: &str, source: &str, day: u32| DeadLetter {
+        line: Some(u64::from(day)),
+        source: source.into(),
+        tenant: tenant.into(),
+        received_at: ts(day, 12, 0),
+        reason: "invalid JSON".into(),
+        excerpt: "{".into(),
+    };
+    let mut letters = Vec::new();
+    for day in 20..=25 {
+        letters.push(dl("acme", "okta", day));
+        letters.push(dl("acme", "github", day));
+        letters.push(dl("globex", "okta", day));
+    }
+    let lines = |store: &Store, tenant: &str| -> Vec<Option<u64>> {
+        let mut v: Vec<Option<u64>> = store
+            .list_dead_letters(tenant, 100)
+            .unwrap()
+            .iter()
+            .map(|d| d.line)
+            .collect();
+        v.sort();
+        v
+    };
+    {
+        let store = Store::open(cfg()).unwrap();
+        let b = StoreBatch {
+            dead_letters: letters,
+            ..Default::default()
+        };
+        store.write_batch(&b).unwrap();
+        let report = store.apply_retention(ts(25, 13, 0)).unwrap();
+        // okta keeps 22..=25 (3 days), github 24..=25 (1 day): 2 + 4 acme, 2 globex removed.
+        assert_eq!(report.dead_letters_removed, 2 + 4 + 2);
+        let expected = |days: &[u32]| days.iter().map(|d| Some(u64::from(*d))).collect::<Vec<_>>();
+        let mut acme = expected(&[22, 23, 24, 25, 24, 25]);
+        acme.sort();
+        assert_eq!(lines(&store, "acme"), acme);
+        assert_eq!(lines(&store, "globex"), expected(&[22, 23, 24, 25]));
+        // Idempotent, and later dead letters still append to the rewritten file.
+        assert_eq!(
+            store
+                .apply_retention(ts(25, 13, 0))
+                .unwrap()
+                .dead_letters_removed,
+            0
+        );
+        let late = StoreBatch {
+            dead_letters: vec![dl("acme", "okta", 26)],
+            ..Default::default()
+        };
+        store.write_batch(&late).unwrap();
+    }
+    // The file itself was rewritten: a reopened store sees the same.
+    let store = Store::open(cfg()).unwrap();
+    assert_eq!(lines(&store, "acme").len(), 6 + 1);
+    assert_eq!(lines(&store, "globex").len(), 4);
+}
+
+#[test]
 fn tenant_names_cannot_escape_the_data_directory() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(&dir.path().join("data"))).unwrap();
