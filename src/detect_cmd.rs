@@ -233,6 +233,12 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         stats.dead_letters,
         started.elapsed().as_secs_f64()
     );
+    if stats.replayed > 0 {
+        eprintln!(
+            "  {} events repeated an earlier one exactly and were not detected again",
+            stats.replayed
+        );
+    }
     print_dead_letters(&dead, stats.dead_letters);
     Ok(ExitCode::SUCCESS)
 }

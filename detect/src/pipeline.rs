@@ -37,6 +37,56 @@ pub struct PipelineStats {
     pub alerts: u64,
     pub dead_letters: u64,
     pub values_masked: u64,
+    /// Events seen again within the replay window (same id): passed on, not detected twice.
+    pub replayed: u64,
+}
+
+/// How many recent event ids a pipeline remembers by default (8 bytes each, plus the set).
+pub const DEFAULT_REPLAY_WINDOW: usize = 1_000_000;
+
+/// Ids of recently seen events. A source that got no acknowledgement resends its batch; the
+/// store drops the events it already holds, and the detectors must not count them again either
+/// (a resent batch of failed logins would otherwise double a burst and raise a false alert).
+/// Bounded: the oldest ids are forgotten first.
+#[derive(Debug, Default)]
+struct RecentIds {
+    set: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    fn new(capacity: usize) -> RecentIds {
+        RecentIds {
+            capacity,
+            ..RecentIds::default()
+        }
+    }
+
+    /// Remember `id`; false when it was already remembered.
+    fn insert(&mut self, id: &perimeter_model::EventId) -> bool {
+        if self.capacity == 0 {
+            return true;
+        }
+        // Ids are hex of a cryptographic hash: their first 16 digits are a fine 64-bit key.
+        let key = u64::from_str_radix(id.as_str().get(..16).unwrap_or_default(), 16)
+            .unwrap_or_else(|_| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                id.as_str().hash(&mut h);
+                h.finish()
+            });
+        if !self.set.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 /// Longest excerpt of rejected input kept in a dead letter.
@@ -51,6 +101,7 @@ pub struct Pipeline {
     keep_events: bool,
     stats: PipelineStats,
     scratch_alerts: Vec<Alert>,
+    recent: RecentIds,
 }
 
 impl Pipeline {
@@ -70,7 +121,14 @@ impl Pipeline {
             keep_events,
             stats: PipelineStats::default(),
             scratch_alerts: Vec::new(),
+            recent: RecentIds::new(DEFAULT_REPLAY_WINDOW),
         }
+    }
+
+    /// Remember this many recent event ids so a resent event is not detected twice (0: off).
+    pub fn with_replay_window(mut self, num_ids: usize) -> Pipeline {
+        self.recent = RecentIds::new(num_ids);
+        self
     }
 
     /// Run Sigma rules and correlations.
@@ -146,12 +204,17 @@ impl Pipeline {
         }
     }
 
-    /// Run detectors on a normalized event, then mask it and its alerts.
+    /// Run detectors on a normalized event (unless it was seen within the replay window), then
+    /// mask it and its alerts.
     pub fn process_event(&mut self, mut event: Event, out: &mut PipelineOutput) {
         let mut alerts = std::mem::take(&mut self.scratch_alerts);
         alerts.clear();
-        for d in self.detectors() {
-            d.detect(&event, &mut alerts);
+        if self.recent.insert(&event.id) {
+            for d in self.detectors() {
+                d.detect(&event, &mut alerts);
+            }
+        } else {
+            self.stats.replayed += 1;
         }
         self.scratch_alerts = alerts;
         self.stats.events += 1;
@@ -283,6 +346,46 @@ mod tests {
             Arc::new(Metrics::new()),
             true,
         )
+    }
+
+    #[test]
+    fn a_resent_event_is_passed_on_but_not_detected_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("fail.yml"),
+            "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6b\nlogsource:\n    product: okta\n\
+             detection:\n    selection:\n        outcome.result: FAILURE\n    condition: selection\nlevel: low\n",
+        )
+        .unwrap();
+        let options = crate::sigma::SigmaOptions::default();
+        let (rules, report) = crate::sigma::RuleSet::load(&[dir.path().to_path_buf()], &options);
+        assert!(
+            report.failed.is_empty(),
+            "{:?}",
+            report.failed.first().map(|f| f.to_string())
+        );
+        let record = |user: &str| {
+            sonic_rs::json!({"eventType": "user.session.start", "published": "2026-11-24T10:00:00Z",
+                "outcome": {"result": "FAILURE"}, "actor": {"alternateId": user}})
+        };
+        let run = |window: usize| {
+            let mut p = pipeline()
+                .with_sigma(SigmaDetector::new(rules.clone(), &options))
+                .with_replay_window(window);
+            let mut out = PipelineOutput::default();
+            for user in ["a@x.io", "a@x.io", "b@x.io", "a@x.io"] {
+                p.process_value("okta", "t", None, record(user), Utc::now(), &mut out);
+            }
+            (p.stats(), out.events.len(), out.alerts.len())
+        };
+        let (stats, events, alerts) = run(DEFAULT_REPLAY_WINDOW);
+        assert_eq!((events, alerts, stats.replayed), (4, 2, 2), "{stats:?}");
+        // Window of one id: only an immediate resend is recognised.
+        let (stats, _, alerts) = run(1);
+        assert_eq!((alerts, stats.replayed), (3, 1), "{stats:?}");
+        // Off: every copy is detected.
+        let (stats, _, alerts) = run(0);
+        assert_eq!((alerts, stats.replayed), (4, 0), "{stats:?}");
     }
 
     #[test]
