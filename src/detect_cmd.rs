@@ -154,8 +154,8 @@ fn keep_dead_letters(
     new: &mut Vec<perimeter_model::DeadLetter>,
 ) {
     let room = SHOWN_DEAD_LETTERS.saturating_sub(kept.len());
+    // Dropping the drain empties `new`, the letters past `room` included.
     kept.extend(new.drain(..).take(room));
-    new.clear();
 }
 
 fn print_dead_letters(dead: &[perimeter_model::DeadLetter], total: u64) {

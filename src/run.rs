@@ -4,6 +4,7 @@
 use crate::config::PerimeterConfig;
 use crate::detect_cmd::{base_parts, load_sigma};
 use anyhow::Context;
+use perimeter_detect::mask::SecretMasker;
 use perimeter_detect::pipeline::{entity_key, Pipeline};
 use perimeter_detect::sigma::{RuleSet, SigmaDetector};
 use perimeter_detect::ueba::UebaEngine;
@@ -118,7 +119,7 @@ impl RuleService for SigmaRuleService {
 fn value_masker(
     config: &PerimeterConfig,
 ) -> anyhow::Result<Arc<perimeter_query_api::state::ValueMasker>> {
-    let (_, masker) = base_parts(config)?;
+    let masker = SecretMasker::new(&config.mask).context("building the masker")?;
     Ok(Arc::new(move |v: &mut serde_json::Value| {
         perimeter_model::Masker::mask_value(&masker, v);
     }))

@@ -83,7 +83,7 @@ pub fn spawn_pipeline_worker(
                 });
                 match &reply {
                     // Stored: the (masked) alerts go to their tenants' destinations.
-                    Ok(_) => notify(&notifier, &out.alerts),
+                    Ok(_) => notifier.notify(&out.alerts),
                     Err(e) => {
                         tracing::error!(error = %e, "batch not stored; the source will retry")
                     }
@@ -100,7 +100,7 @@ pub fn spawn_pipeline_worker(
             }
             pipeline.finish(&mut out);
             if !out.alerts.is_empty() && store_output(&store, &mut out, &metrics).is_ok() {
-                notify(&notifier, &out.alerts);
+                notifier.notify(&out.alerts);
             }
             save_state(&pipeline, &state_path);
             if let Err(e) = store.flush() {
@@ -108,21 +108,6 @@ pub fn spawn_pipeline_worker(
             }
         })
         .expect("spawning the pipeline thread")
-}
-
-/// Hand stored alerts to the notifier, one batch per tenant.
-fn notify(notifier: &AlertNotifier, alerts: &[perimeter_model::Alert]) {
-    let mut tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
-    tenants.sort_unstable();
-    tenants.dedup();
-    for tenant in tenants {
-        let batch: Vec<_> = alerts
-            .iter()
-            .filter(|a| a.tenant == tenant)
-            .cloned()
-            .collect();
-        notifier.notify(tenant, &batch);
-    }
 }
 
 fn save_state(pipeline: &Pipeline, path: &std::path::Path) {

@@ -276,20 +276,26 @@ impl AlertNotifier {
         AlertNotifier { tx, metrics }
     }
 
-    /// Queue a tenant's new (masked) alerts; never blocks. A full queue drops the batch and
-    /// counts it: the alerts are in the store either way.
-    pub fn notify(&self, tenant: &str, alerts: &[Alert]) {
-        if alerts.is_empty() {
-            return;
-        }
-        let batch = AlertBatch {
-            tenant: tenant.to_string(),
-            alerts: alerts.to_vec(),
-        };
-        if self.tx.try_send(batch).is_err() {
-            self.metrics
-                .inc("destination_batches_dropped_total", &[], 1);
-            tracing::warn!(tenant, "alert delivery queue is full; batch not sent");
+    /// Queue new (masked) alerts, one batch per tenant they belong to; never blocks. A full
+    /// queue drops the batch and counts it: the alerts are in the store either way.
+    pub fn notify(&self, alerts: &[Alert]) {
+        let mut tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        for tenant in tenants {
+            let batch = AlertBatch {
+                tenant: tenant.to_string(),
+                alerts: alerts
+                    .iter()
+                    .filter(|a| a.tenant == tenant)
+                    .cloned()
+                    .collect(),
+            };
+            if self.tx.try_send(batch).is_err() {
+                self.metrics
+                    .inc("destination_batches_dropped_total", &[], 1);
+                tracing::warn!(tenant, "alert delivery queue is full; batch not sent");
+            }
         }
     }
 }

@@ -433,8 +433,10 @@ fn card_number_text(v: u64) -> Option<String> {
     patterns::is_card_number(&text).then_some(text)
 }
 
-/// Object keys can carry secrets too; see [`SecretMasker::mask_object_keys`] for why shorter or
-/// camelCase keys are not scanned.
+/// Whether an object key is scanned for value patterns: keys can carry secrets too
+/// (`{"ghp_...": 1}`, an email as a map key). Every pattern needs 11+ characters except short
+/// emails and `k=v` pairs, and every token shape has a digit, `_`, `-`, `.` or an upper-case run,
+/// so the usual short or camelCase keys skip the scan.
 fn key_needs_scan(key: &str) -> bool {
     key.len() >= MIN_SCANNED_KEY_LEN && !is_plain_identifier(key)
 }

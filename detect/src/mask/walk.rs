@@ -221,10 +221,11 @@ impl<'a> MaskWalk<'a> {
     fn string(&mut self, s: &str, enabled: KindSet) {
         let site = self.site;
         self.site += 1;
-        if site < self.known_clean || self.masker.patterns.candidates(s, enabled) == 0 {
+        if site < self.known_clean {
             self.json_str(s);
             return;
         }
+        // `mask_str` runs the prefilter first and borrows the text back when it finds nothing.
         match self.masker.mask_str(s, enabled, self.counts) {
             Cow::Borrowed(s) => self.json_str(s),
             Cow::Owned(masked) => {

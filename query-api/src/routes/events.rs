@@ -160,13 +160,12 @@ pub async fn export_events(
     ApiQuery(params): ApiQuery<EventExportParams>,
 ) -> Result<Response, ApiError> {
     let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
-    let max_events = limit_within(params.max_events, DEFAULT_EXPORT_EVENTS, MAX_EXPORT_EVENTS)
-        .map_err(|e| match e {
-            ApiError::BadRequest { code, message } => {
-                ApiError::bad_request(code, message.replace("`limit`", "`max_events`"))
-            }
-            other => other,
-        })?;
+    let max_events = limit_within(
+        "max_events",
+        params.max_events,
+        DEFAULT_EXPORT_EVENTS,
+        MAX_EXPORT_EVENTS,
+    )?;
     let query = EventQuery {
         query: query_text.to_string(),
         from,
@@ -186,49 +185,33 @@ pub async fn export_events(
         json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events}),
     )?;
 
-    struct Step {
-        items: Vec<serde_json::Value>,
-        next_cursor: Option<String>,
-        sent: usize,
-    }
+    // Each step sends what is left of one page, then reads the next while under the bound.
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
-    let start = Step {
-        items: first.items,
-        next_cursor: first.next_cursor,
-        sent: 0,
-    };
-    let body = futures_util::stream::unfold(Some(start), move |step| {
+    let body = futures_util::stream::unfold(Some((first, 0usize)), move |step| {
         let store = store.clone();
         let tenant = tenant.clone();
         let mut query = query.clone();
         async move {
-            let mut step = step?;
-            if step.items.is_empty() || step.sent >= max_events {
+            let (mut page, mut sent) = step?;
+            if page.items.is_empty() || sent >= max_events {
                 return None;
             }
-            let take = step.items.len().min(max_events - step.sent);
+            let take = page.items.len().min(max_events - sent);
             let mut chunk = Vec::with_capacity(take * 1024);
-            for item in step.items.drain(..take) {
+            for item in page.items.drain(..take) {
                 if serde_json::to_writer(&mut chunk, &item).is_err() {
                     let e = std::io::Error::other("encoding an exported event");
                     return Some((Err(e), None));
                 }
                 chunk.push(b'\n');
             }
-            step.sent += take;
-            let next = match step.next_cursor.take() {
-                Some(cursor) if step.sent < max_events => {
+            sent += take;
+            let next = match page.next_cursor.take() {
+                Some(cursor) if sent < max_events => {
                     query.cursor = Some(cursor);
-                    let fetched =
-                        tokio::task::spawn_blocking(move || store.search_events(&tenant, &query))
-                            .await;
-                    match fetched {
-                        Ok(Ok(page)) => Some(Step {
-                            items: page.items,
-                            next_cursor: page.next_cursor,
-                            sent: step.sent,
-                        }),
+                    match blocking(move || store.search_events(&tenant, &query)).await {
+                        Ok(Ok(page)) => Some((page, sent)),
                         _ => {
                             let e = std::io::Error::other("store read failed during export");
                             return Some((Err(e), None));
@@ -282,7 +265,7 @@ pub async fn list_dead_letters(
     auth: Auth,
     ApiQuery(params): ApiQuery<DeadLetterParams>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
-    let limit = limit_within(params.limit, super::DEFAULT_LIMIT, MAX_LIMIT)?;
+    let limit = limit_within("limit", params.limit, super::DEFAULT_LIMIT, MAX_LIMIT)?;
     state.audit(&auth.0, "dead_letters.list", None, json!({"limit": limit}))?;
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();

@@ -30,20 +30,24 @@ pub struct ItemsPage {
 
 /// `limit` validated against [`MAX_LIMIT`].
 pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
-    limit_within(limit, DEFAULT_LIMIT, MAX_LIMIT)
+    limit_within("limit", limit, DEFAULT_LIMIT, MAX_LIMIT)
 }
 
+/// A count parameter called `name`: `default` when absent, refused when 0 or above `max`.
 pub(crate) fn limit_within(
+    name: &str,
     limit: Option<usize>,
     default: usize,
     max: usize,
 ) -> Result<usize, ApiError> {
     match limit {
         None => Ok(default),
-        Some(0) => Err(ApiError::invalid_parameter("`limit` must be at least 1")),
+        Some(0) => Err(ApiError::invalid_parameter(format!(
+            "`{name}` must be at least 1"
+        ))),
         Some(n) if n > max => Err(ApiError::bad_request(
             "limit_too_large",
-            format!("`limit` must be at most {max}, got {n}"),
+            format!("`{name}` must be at most {max}, got {n}"),
         )),
         Some(n) => Ok(n),
     }

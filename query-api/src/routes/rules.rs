@@ -97,7 +97,7 @@ pub async fn test_rule(
     }
     let ranged = request.from.is_some() || request.to.is_some() || request.query.is_some();
     let (from, to) = time_range(request.from.as_deref(), request.to.as_deref())?;
-    let limit = limit_within(request.limit, MAX_TEST_EVENTS, MAX_TEST_EVENTS)?;
+    let limit = limit_within("limit", request.limit, MAX_TEST_EVENTS, MAX_TEST_EVENTS)?;
     let mode = match (&request.events, ranged) {
         (Some(_), true) => {
             return Err(ApiError::bad_request(
