@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p perimeter-detect --bench normalize` (set `PERIMETER_BENCH_SECONDS` to change
 //! the measuring time, default 3). Measures `NormalizerRegistry::normalize` with an explicit
-//! source and with `auto` (shape detection), plus the model's `EventId` hashing on its own, since
-//! every normalizer pays for it via `Event::new`.
+//! source and with `auto` (shape detection), plus the model's `EventId` hashing on its own: the
+//! id is derived on first use (masking fixes it before changing the record), so every event that
+//! is kept pays for it, and an event only run through the detectors does not.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

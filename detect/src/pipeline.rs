@@ -41,41 +41,40 @@ pub struct PipelineStats {
     pub replayed: u64,
 }
 
-/// How many recent event ids a pipeline remembers by default (8 bytes each, plus the set).
+/// How many recent events a pipeline remembers by default (8 bytes each, plus the set).
 pub const DEFAULT_REPLAY_WINDOW: usize = 1_000_000;
 
-/// Ids of recently seen events. A source that got no acknowledgement resends its batch; the
-/// store drops the events it already holds, and the detectors must not count them again either
-/// (a resent batch of failed logins would otherwise double a burst and raise a false alert).
-/// Bounded: the oldest ids are forgotten first.
+/// Fingerprints of recently seen events. A source that got no acknowledgement resends its batch;
+/// the store drops the events it already holds (by id), and the detectors must not count them
+/// again either (a resent batch of failed logins would otherwise double a burst and raise a false
+/// alert). Bounded: the oldest are forgotten first.
+///
+/// Keyed by [`Event::fingerprint`] under a per-process random key rather than by the event id:
+/// the same content gives the same fingerprint, at a fraction of the id's cost (the `detect`
+/// command never needs most ids), and input cannot be crafted to collide with other input
+/// without the key.
 #[derive(Debug, Default)]
-struct RecentIds {
+struct RecentEvents {
     set: std::collections::HashSet<u64>,
     order: std::collections::VecDeque<u64>,
     capacity: usize,
+    hasher: foldhash::quality::RandomState,
 }
 
-impl RecentIds {
-    fn new(capacity: usize) -> RecentIds {
-        RecentIds {
+impl RecentEvents {
+    fn new(capacity: usize) -> RecentEvents {
+        RecentEvents {
             capacity,
-            ..RecentIds::default()
+            ..RecentEvents::default()
         }
     }
 
-    /// Remember `id`; false when it was already remembered.
-    fn insert(&mut self, id: &perimeter_model::EventId) -> bool {
+    /// Remember `event`; false when the same content was already remembered.
+    fn insert(&mut self, event: &Event) -> bool {
         if self.capacity == 0 {
             return true;
         }
-        // Ids are hex of a cryptographic hash: their first 16 digits are a fine 64-bit key.
-        let key = u64::from_str_radix(id.as_str().get(..16).unwrap_or_default(), 16)
-            .unwrap_or_else(|_| {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                id.as_str().hash(&mut h);
-                h.finish()
-            });
+        let key = event.fingerprint(&self.hasher);
         if !self.set.insert(key) {
             return false;
         }
@@ -101,7 +100,7 @@ pub struct Pipeline {
     keep_events: bool,
     stats: PipelineStats,
     scratch_alerts: Vec<Alert>,
-    recent: RecentIds,
+    recent: RecentEvents,
 }
 
 impl Pipeline {
@@ -121,13 +120,13 @@ impl Pipeline {
             keep_events,
             stats: PipelineStats::default(),
             scratch_alerts: Vec::new(),
-            recent: RecentIds::new(DEFAULT_REPLAY_WINDOW),
+            recent: RecentEvents::new(DEFAULT_REPLAY_WINDOW),
         }
     }
 
     /// Remember this many recent event ids so a resent event is not detected twice (0: off).
     pub fn with_replay_window(mut self, num_ids: usize) -> Pipeline {
-        self.recent = RecentIds::new(num_ids);
+        self.recent = RecentEvents::new(num_ids);
         self
     }
 
@@ -209,7 +208,7 @@ impl Pipeline {
     pub fn process_event(&mut self, mut event: Event, out: &mut PipelineOutput) {
         let mut alerts = std::mem::take(&mut self.scratch_alerts);
         alerts.clear();
-        if self.recent.insert(&event.id) {
+        if self.recent.insert(&event) {
             for d in self.detectors() {
                 d.detect(&event, &mut alerts);
             }

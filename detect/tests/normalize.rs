@@ -373,7 +373,7 @@ fn google_workspace_gives_one_event_per_events_entry() {
         ]
     );
     // Same activity, different event entries -> different ids.
-    assert_ne!(events[0].id, events[1].id);
+    assert_ne!(events[0].id(), events[1].id());
     let events = normalize_page(
         &registry,
         &format!("{}/gsuite/activities/001.json", shared()),

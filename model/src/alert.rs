@@ -188,7 +188,7 @@ impl Alert {
         if let Some(l) = event.line {
             self.lines.push(l);
         }
-        self.event_ids.push(event.id.0.clone());
+        self.event_ids.push(event.id().0.clone());
     }
 
     /// Compute the stable id from rule id, tenant, entity and evidence. Call after evidence is set.

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 
 use crate::Ecs;
 
@@ -122,6 +123,51 @@ fn encode_value(buf: &mut Vec<u8>, v: &RawJson) {
     }
 }
 
+/// [`encode_value`]'s structure, fed to a [`std::hash::Hasher`] instead of a buffer.
+fn hash_value(h: &mut impl std::hash::Hasher, v: &RawJson) {
+    use sonic_rs::{JsonNumberTrait, ValueRef};
+    match v.as_ref() {
+        ValueRef::Null => h.write_u8(0),
+        ValueRef::Bool(b) => h.write_u16(0x100 | u16::from(b)),
+        ValueRef::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                h.write_u8(2);
+                h.write_i64(i);
+            } else if let Some(u) = n.as_u64() {
+                h.write_u8(3);
+                h.write_u64(u);
+            } else {
+                h.write_u8(4);
+                h.write_u64(n.as_f64().unwrap_or(0.0).to_bits());
+            }
+        }
+        ValueRef::String(s) => {
+            h.write_u8(5);
+            hash_str(h, s);
+        }
+        ValueRef::Array(a) => {
+            h.write_u8(6);
+            h.write_usize(a.len());
+            for x in a.iter() {
+                hash_value(h, x);
+            }
+        }
+        ValueRef::Object(m) => {
+            h.write_u8(7);
+            h.write_usize(m.len());
+            for (k, x) in m.iter() {
+                hash_str(h, k);
+                hash_value(h, x);
+            }
+        }
+    }
+}
+
+fn hash_str(h: &mut impl std::hash::Hasher, s: &str) {
+    h.write_usize(s.len());
+    h.write(s.as_bytes());
+}
+
 fn hex16(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -145,31 +191,46 @@ pub struct RawRecord {
 }
 
 /// A normalized event: the raw vendor JSON, unchanged, plus its ECS view.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Event {
-    pub id: EventId,
+    /// Derived from `source` and `raw` on first use ([`Event::id`]): hashing the whole record is
+    /// the largest part of normalizing one, and an event that is neither kept nor cited by an
+    /// alert (the `detect` command drops those) never needs it.
+    id: OnceLock<EventId>,
     pub source: String,
     pub tenant: String,
     pub received_at: DateTime<Utc>,
     /// Event time (the vendor's timestamp; `received_at` when the vendor gave none).
-    #[serde(rename = "@timestamp")]
     pub timestamp: DateTime<Utc>,
     /// 1-based input line or bus offset, when known. Not part of the id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u64>,
     pub ecs: Ecs,
+    /// The record as received. Change it only through [`Event::raw_mut`], which fixes the id
+    /// first, so the id stays that of the content as received (masking must not change it).
     pub raw: RawJson,
 }
 
+impl PartialEq for Event {
+    fn eq(&self, other: &Event) -> bool {
+        self.id() == other.id()
+            && self.source == other.source
+            && self.tenant == other.tenant
+            && self.received_at == other.received_at
+            && self.timestamp == other.timestamp
+            && self.line == other.line
+            && self.ecs == other.ecs
+            && self.raw == other.raw
+    }
+}
+
 impl Event {
-    /// Build an event from a raw record and its ECS view; the id is derived here.
+    /// Build an event from a raw record and its ECS view. The id is derived on first use.
     pub fn new(source: impl Into<String>, record: RawRecord, mut ecs: Ecs) -> Event {
         let source = source.into();
-        let id = EventId::derive(&source, &record.raw);
         let timestamp = ecs.timestamp.unwrap_or(record.received_at);
         ecs.timestamp = Some(timestamp);
         Event {
-            id,
+            id: OnceLock::new(),
             source,
             tenant: record.tenant,
             received_at: record.received_at,
@@ -178,6 +239,32 @@ impl Event {
             ecs,
             raw: record.raw,
         }
+    }
+
+    /// The stable id: BLAKE3 of the source and the raw record as received (see
+    /// [`EventId::derive`]), computed once.
+    pub fn id(&self) -> &EventId {
+        self.id
+            .get_or_init(|| EventId::derive(&self.source, &self.raw))
+    }
+
+    /// The raw record for changing it (masking). The id is fixed first, from the content as
+    /// received.
+    pub fn raw_mut(&mut self) -> &mut RawJson {
+        self.id();
+        &mut self.raw
+    }
+
+    /// A 64-bit fingerprint of the source and raw content under a keyed hasher (e.g. a
+    /// per-process random one): equal content gives equal fingerprints for the same hasher, as
+    /// with [`Event::id`], at a fraction of its cost. For in-memory duplicate checks; with a
+    /// secret random key, input cannot be crafted to collide with other input.
+    pub fn fingerprint(&self, hasher: &impl std::hash::BuildHasher) -> u64 {
+        use std::hash::Hasher;
+        let mut h = hasher.build_hasher();
+        hash_str(&mut h, &self.source);
+        hash_value(&mut h, &self.raw);
+        h.finish()
     }
 
     /// The output document: ECS fields nested at the top level, plus `event.id`, `perimeter`
@@ -189,7 +276,7 @@ impl Event {
             .entry("event")
             .or_insert_with(|| serde_json::Value::Object(Default::default()));
         if let Some(ev) = ev.as_object_mut() {
-            ev.insert("id".into(), self.id.0.clone().into());
+            ev.insert("id".into(), self.id().0.clone().into());
             ev.insert("module".into(), self.source.clone().into());
             ev.insert(
                 "ingested".into(),
@@ -225,6 +312,47 @@ pub struct DeadLetter {
 mod tests {
     use super::*;
     use sonic_rs::json;
+
+    fn event(source: &str, raw: RawJson) -> Event {
+        let record = RawRecord {
+            source: source.into(),
+            tenant: "t".into(),
+            received_at: Utc::now(),
+            line: Some(1),
+            raw,
+        };
+        Event::new(source, record, Ecs::default())
+    }
+
+    #[test]
+    fn the_lazy_id_is_that_of_the_content_as_received() {
+        let raw = json!({"user": "alice", "password": "hunter2"});
+        let expected = EventId::derive("okta", &raw);
+        assert_eq!(event("okta", raw.clone()).id(), &expected);
+        // Changing the record through raw_mut (as masking does) keeps the id of the original.
+        let mut e = event("okta", raw.clone());
+        *e.raw_mut() = json!({"user": "alice", "password": "[REDACTED:key]"});
+        assert_eq!(e.id(), &expected);
+        assert_ne!(
+            EventId::derive("okta", &e.raw),
+            expected,
+            "the changed content has another id"
+        );
+    }
+
+    #[test]
+    fn fingerprints_follow_content_not_formatting() {
+        let hasher = std::hash::RandomState::new();
+        let parse = |s: &str| sonic_rs::from_str::<RawJson>(s).unwrap();
+        let fp = |source: &str, text: &str| event(source, parse(text)).fingerprint(&hasher);
+        let a = fp("okta", r#"{"a": [1, "x"], "b": {"c": null}}"#);
+        assert_eq!(a, fp("okta", r#"{"a":[1,"\u0078"],"b":{"c":null}}"#));
+        assert_ne!(a, fp("github", r#"{"a": [1, "x"], "b": {"c": null}}"#));
+        assert_ne!(a, fp("okta", r#"{"a": [1, "y"], "b": {"c": null}}"#));
+        assert_ne!(a, fp("okta", r#"{"a": ["1", "x"], "b": {"c": null}}"#));
+        // Lengths are hashed, so moving bytes between neighbouring strings changes it.
+        assert_ne!(fp("okta", r#"{"ab": "c"}"#), fp("okta", r#"{"a": "bc"}"#));
+    }
 
     #[test]
     fn id_is_stable_and_content_addressed() {

@@ -108,7 +108,7 @@ pub fn events_to_record_batch(events: &[&Event], raws: &[&str]) -> Result<Record
     let raw_bytes: usize = raws.iter().map(|r| r.len()).sum();
     let mut raw = StringBuilder::with_capacity(n, raw_bytes);
     for (e, r) in events.iter().zip(raws) {
-        id.append_value(&e.id.0);
+        id.append_value(&e.id().0);
         ts.append_value(e.timestamp.timestamp_micros());
         received.append_value(e.received_at.timestamp_micros());
         line.append_option(e.line.and_then(|l| i64::try_from(l).ok()));

@@ -383,7 +383,7 @@ impl Store {
                     continue;
                 };
                 w.last_used = tick;
-                let new = w.ids.insert(id_key(&e.id.0));
+                let new = w.ids.insert(id_key(&e.id().0));
                 if new {
                     touched.insert(key);
                     fresh.push(*e);
@@ -697,7 +697,7 @@ fn output_document(e: &Event, raw_text: &str) -> Result<String> {
             None => {}
         }
     }
-    entries.push(("event.id", V::Str(&e.id.0)));
+    entries.push(("event.id", V::Str(&e.id().0)));
     entries.push(("event.module", V::Str(&e.source)));
     entries.push((
         "event.ingested",
@@ -755,7 +755,7 @@ fn output_document(e: &Event, raw_text: &str) -> Result<String> {
     }
     out.extend(std::iter::repeat_n(b'}', open.len() + 1));
     String::from_utf8(out).map_err(|_| {
-        StoreError::InvalidBatch(format!("event {} has no valid output document", e.id))
+        StoreError::InvalidBatch(format!("event {} has no valid output document", e.id()))
     })
 }
 
@@ -764,7 +764,7 @@ fn validate_batch(batch: &StoreBatch) -> Result<()> {
         if e.tenant.is_empty() || e.source.is_empty() {
             return Err(StoreError::InvalidBatch(format!(
                 "event {} has an empty tenant or source",
-                e.id
+                e.id()
             )));
         }
     }

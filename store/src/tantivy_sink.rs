@@ -166,8 +166,8 @@ impl EventSchema {
     /// unique per event they would only grow every segment's term dictionary.
     pub fn document(&self, event: &Event, output_text: String) -> TantivyDocument {
         let mut d = TantivyDocument::default();
-        d.add_text(self.id, &event.id.0);
-        let (hi, lo) = id_halves(&event.id.0);
+        d.add_text(self.id, &event.id().0);
+        let (hi, lo) = id_halves(&event.id().0);
         d.add_u64(self.id_hi, hi);
         d.add_u64(self.id_lo, lo);
         d.add_date(self.timestamp, to_tantivy_date(event.timestamp));

@@ -222,7 +222,7 @@ fn parquet_files_read_back_with_columns_rows_and_values() {
     for row in 0..b.num_rows() {
         let ev = events
             .iter()
-            .find(|e| e.id.0 == ids.value(row))
+            .find(|e| e.id().0 == ids.value(row))
             .expect("row is one of the written events");
         assert_eq!(users.value(row), ev.ecs.user_name.as_deref().unwrap());
         assert_eq!(times.value(row), ev.timestamp.timestamp_micros());
@@ -361,9 +361,9 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
 
     // get_event by id, scoped to the tenant.
     let g = &events[31];
-    let doc = store.get_event("globex", &g.id.0).unwrap().unwrap();
+    let doc = store.get_event("globex", &g.id().0).unwrap().unwrap();
     assert_eq!(doc, g.to_output_json());
-    assert_eq!(store.get_event("acme", &g.id.0).unwrap(), None);
+    assert_eq!(store.get_event("acme", &g.id().0).unwrap(), None);
 }
 
 #[test]
@@ -401,9 +401,9 @@ fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
         v.sort();
         v
     };
-    let only_a = vec![a.id.0.clone()];
+    let only_a = vec![a.id().0.clone()];
     let both = {
-        let mut v = vec![a.id.0.clone(), b.id.0.clone()];
+        let mut v = vec![a.id().0.clone(), b.id().0.clone()];
         v.sort();
         v
     };
@@ -415,7 +415,7 @@ fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
     // Their words.
     assert_eq!(ids("alice"), only_a);
     assert_eq!(ids("acme"), both);
-    assert_eq!(ids("lock"), vec![b.id.0.clone()]);
+    assert_eq!(ids("lock"), vec![b.id().0.clone()]);
     // A part of an identifier that is not a word of it does not match.
     assert!(ids("acme.test").is_empty());
     assert!(ids("203.0").is_empty());
@@ -427,8 +427,8 @@ fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
     assert_eq!(ids("user.name:\"alice acme\""), only_a);
     assert!(ids("user.name:\"acme alice\"").is_empty());
     // Ids, timestamps, tenant and line are not in `all`; the id has its own field.
-    assert!(ids(&a.id.0).is_empty());
-    assert_eq!(ids(&format!("event.id:{}", a.id.0)), only_a);
+    assert!(ids(&a.id().0).is_empty());
+    assert_eq!(ids(&format!("event.id:{}", a.id().0)), only_a);
 }
 
 #[test]
@@ -1005,7 +1005,7 @@ fn compaction_merges_small_files_without_losing_or_doubling_rows() {
                 )
             })
             .collect();
-        all.extend(events.iter().map(|e| e.id.0.clone()));
+        all.extend(events.iter().map(|e| e.id().0.clone()));
         store.write_batch(&batch(events)).unwrap();
     }
     assert_eq!(parquet_files(dir.path()).len(), 6);

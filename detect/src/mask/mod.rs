@@ -239,7 +239,7 @@ impl SecretMasker {
     /// parsed back (see [`walk`]).
     pub fn mask_counted(&self, event: &mut Event, counts: &mut MaskCounts) {
         self.mask_raw(
-            &mut event.raw,
+            event.raw_mut(),
             self.has_path_rules.then_some(RAW_ROOT),
             counts,
         );

@@ -362,7 +362,7 @@ fn event_keeps_raw_line_and_a_content_id() {
     let b = r.normalize("okta", record(raw.clone())).expect("ok");
     assert_eq!(raw_to_serde(&a.raw), raw);
     assert_eq!(a.line, Some(7));
-    assert_eq!(a.id, b.id);
+    assert_eq!(a.id(), b.id());
     assert_eq!(a.source, "okta");
 }
 

@@ -483,7 +483,7 @@ fn alert_metadata() {
     assert_eq!(a.entity, "a@x.com");
     assert_eq!(a.entity_kind, perimeter_model::EntityKind::User);
     assert_eq!(a.lines, vec![1]);
-    assert_eq!(a.event_ids, vec![e.id.0.clone()]);
+    assert_eq!(a.event_ids, vec![e.id().0.clone()]);
     assert_eq!(a.detector, perimeter_model::DetectorKind::Sigma);
     assert_eq!(a.id.len(), 32);
 }
@@ -548,7 +548,7 @@ fn event_count_fires_once_per_burst_and_suppresses_base_alerts() {
         perimeter_model::DetectorKind::Correlation
     );
     // The alert names the events of its window as evidence (the first three of the burst).
-    let ids: Vec<String> = burst[..3].iter().map(|e| e.id.0.clone()).collect();
+    let ids: Vec<String> = burst[..3].iter().map(|e| e.id().0.clone()).collect();
     assert_eq!(alerts[0].event_ids, ids);
     // Spread over more than the timespan: no alert. Different users: no alert.
     let spread: Vec<Event> = (0..3)

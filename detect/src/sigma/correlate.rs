@@ -447,7 +447,7 @@ impl Correlator {
         let mode = st.mode;
         let max_entries = st.max_entries;
         let line = event.line.unwrap_or(0);
-        let id = u128::from_str_radix(event.id.as_str(), 16).unwrap_or(0);
+        let id = u128::from_str_radix(event.id().as_str(), 16).unwrap_or(0);
         let ks = st.keys.entry(key).or_insert_with(|| KeyState {
             last_used: 0,
             window_start: ts,
@@ -545,8 +545,8 @@ impl Correlator {
                 }
                 alert.lines.sort_unstable();
                 alert.event_ids = evidence_ids(&used);
-                if !alert.event_ids.contains(&event.id.0) {
-                    alert.event_ids.push(event.id.0.clone());
+                if !alert.event_ids.contains(&event.id().0) {
+                    alert.event_ids.push(event.id().0.clone());
                 }
                 alert.count = used.len() as u64;
                 alert.explanation = Some(explain_window(c, &used));

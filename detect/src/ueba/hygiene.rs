@@ -178,7 +178,7 @@ impl Hygiene {
             f.entity_kind,
         );
         f.evidence.write_to(&mut alert);
-        if !alert.event_ids.iter().any(|id| id == event.id.as_str()) {
+        if !alert.event_ids.iter().any(|id| id == event.id().as_str()) {
             alert.push_evidence(event);
         }
         alert.explanation = Some(f.explanation.clone());

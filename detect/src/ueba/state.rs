@@ -167,7 +167,7 @@ impl Evidence {
         }
         let mut id = [0u8; 16];
         // Ids are 32 hex digits by construction; anything else is kept as zeros rather than dropped.
-        let _ = hex::decode_to_slice(event.id.as_str(), &mut id);
+        let _ = hex::decode_to_slice(event.id().as_str(), &mut id);
         if self.items.len() >= max {
             let excess = self.items.len() + 1 - max;
             self.items.drain(..excess);

@@ -64,7 +64,7 @@ fn health_readiness_and_metrics_need_no_token() {
 /// Every authenticated route, with a body where it needs one.
 fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
     let alert_id = &api.data.acme_alerts[0].id;
-    let event_id = &api.data.acme_events[0].id.0;
+    let event_id = &api.data.acme_events[0].id().0;
     vec![
         (Method::GET, "/api/v1/alerts".into(), None),
         (Method::GET, format!("/api/v1/alerts/{alert_id}"), None),
@@ -344,7 +344,7 @@ fn another_tenants_ids_answer_404() {
             "not_found",
         );
         assert_error(
-            api.get(&format!("/api/v1/events/{}", acme_event.id), GLOBEX, role),
+            api.get(&format!("/api/v1/events/{}", acme_event.id()), GLOBEX, role),
             404,
             "not_found",
         );
@@ -376,7 +376,7 @@ fn another_tenants_ids_answer_404() {
     assert_eq!(letters["items"].as_array().unwrap().len(), 0);
     // Own ids still work.
     api.get_json(
-        &format!("/api/v1/events/{}", api.data.globex_events[0].id),
+        &format!("/api/v1/events/{}", api.data.globex_events[0].id()),
         GLOBEX,
         Role::Viewer,
     );
@@ -410,7 +410,7 @@ fn events_export_streams_the_matching_events_of_the_tenant_as_json_lines() {
         .data
         .acme_events
         .iter()
-        .map(|e| e.id.0.clone())
+        .map(|e| e.id().0.clone())
         .collect();
     assert_eq!((got, all.len()), (want, api.data.acme_events.len()));
     let times: Vec<&str> = all
@@ -428,7 +428,7 @@ fn events_export_streams_the_matching_events_of_the_tenant_as_json_lines() {
         .collect();
     let expected_alice: BTreeSet<String> = api.data.acme_events[..3]
         .iter()
-        .map(|e| e.id.0.clone())
+        .map(|e| e.id().0.clone())
         .collect();
     assert_eq!(alice, expected_alice);
     let ranged = lines("/api/v1/events/export?from=2024-05-01T10:10:00Z&to=2024-05-01T10:20:00Z");
@@ -634,7 +634,7 @@ fn event_search_and_lookup() {
     let found = api.get_json("/api/v1/events/search?q=alice", ACME, Role::Viewer);
     let expected: BTreeSet<String> = api.data.acme_events[..3]
         .iter()
-        .map(|e| e.id.0.clone())
+        .map(|e| e.id().0.clone())
         .collect();
     let got: BTreeSet<String> = ids(&found["items"], "/event/id").into_iter().collect();
     assert_eq!(got, expected, "{found}");
@@ -653,7 +653,7 @@ fn event_search_and_lookup() {
     let got: BTreeSet<String> = ids(&ranged["items"], "/event/id").into_iter().collect();
     let expected: BTreeSet<String> = api.data.acme_events[4..6]
         .iter()
-        .map(|e| e.id.0.clone())
+        .map(|e| e.id().0.clone())
         .collect();
     assert_eq!(got, expected);
 
@@ -673,8 +673,12 @@ fn event_search_and_lookup() {
     assert_eq!(seen.len(), api.data.acme_events.len());
 
     let event = &api.data.acme_events[4];
-    let body = api.get_json(&format!("/api/v1/events/{}", event.id), ACME, Role::Viewer);
-    assert_eq!(body["event"]["id"], event.id.0.as_str());
+    let body = api.get_json(
+        &format!("/api/v1/events/{}", event.id()),
+        ACME,
+        Role::Viewer,
+    );
+    assert_eq!(body["event"]["id"], event.id().0.as_str());
     assert_error(
         api.get("/api/v1/events/0123456789abcdef", ACME, Role::Viewer),
         404,
