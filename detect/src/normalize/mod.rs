@@ -162,19 +162,33 @@ impl NormalizerRegistry {
     /// order. `json` is never guessed: it is a choice, not a shape.
     pub fn detect_source(&self, raw: &Value) -> Option<&str> {
         let obj = fields::object(raw).ok()?;
-        let builtin = if GoogleWorkspaceActivityNormalizer::matches(obj) {
+        // One pass over the keys tells which shape tests can succeed; each test below then runs
+        // only when the keys it requires are present (a record's keys are scanned once instead of
+        // once per looked-up key per shape). The order of the tests is the precedence.
+        let shape = ShapeKeys::of(obj);
+        let builtin = if shape.any(ShapeKeys::KIND | ShapeKeys::EVENTS)
+            && GoogleWorkspaceActivityNormalizer::matches(obj)
+        {
             Some(GoogleWorkspaceActivityNormalizer::SOURCE)
-        } else if OktaSystemLogNormalizer::matches(obj) {
+        } else if shape.all(ShapeKeys::EVENT_TYPE | ShapeKeys::PUBLISHED)
+            && OktaSystemLogNormalizer::matches(obj)
+        {
             Some(OktaSystemLogNormalizer::SOURCE)
-        } else if CloudTrailNormalizer::matches(obj) {
+        } else if shape.all(ShapeKeys::EVENT_NAME | ShapeKeys::EVENT_SOURCE | ShapeKeys::EVENT_TIME)
+            && CloudTrailNormalizer::matches(obj)
+        {
             Some(CloudTrailNormalizer::SOURCE)
-        } else if M365ManagementActivityNormalizer::matches(obj) {
+        } else if shape.all(ShapeKeys::CREATION_TIME | ShapeKeys::OPERATION)
+            && M365ManagementActivityNormalizer::matches(obj)
+        {
             Some(M365ManagementActivityNormalizer::SOURCE)
-        } else if SlackAuditLogNormalizer::matches(obj) {
+        } else if shape.all(ShapeKeys::DATE_CREATE | ShapeKeys::ACTION | ShapeKeys::ACTOR)
+            && SlackAuditLogNormalizer::matches(obj)
+        {
             Some(SlackAuditLogNormalizer::SOURCE)
-        } else if OnePasswordEventsNormalizer::matches(obj) {
+        } else if shape.all(ShapeKeys::UUID) && OnePasswordEventsNormalizer::matches(obj) {
             Some(OnePasswordEventsNormalizer::SOURCE)
-        } else if GithubAuditLogNormalizer::matches(obj) {
+        } else if shape.all(ShapeKeys::ACTION) && GithubAuditLogNormalizer::matches(obj) {
             Some(GithubAuditLogNormalizer::SOURCE)
         } else {
             None
@@ -257,6 +271,59 @@ fn is_source_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The keys the built-in shape tests ([`NormalizerRegistry::detect_source`]) require, found in one
+/// pass over a record's keys: a necessary condition for each test, so only a test that can
+/// succeed runs its lookups.
+#[derive(Debug, Clone, Copy)]
+struct ShapeKeys(u16);
+
+impl ShapeKeys {
+    const KIND: u16 = 1;
+    const EVENTS: u16 = 1 << 1;
+    const EVENT_TYPE: u16 = 1 << 2;
+    const PUBLISHED: u16 = 1 << 3;
+    const EVENT_NAME: u16 = 1 << 4;
+    const EVENT_SOURCE: u16 = 1 << 5;
+    const EVENT_TIME: u16 = 1 << 6;
+    const CREATION_TIME: u16 = 1 << 7;
+    const OPERATION: u16 = 1 << 8;
+    const DATE_CREATE: u16 = 1 << 9;
+    const ACTION: u16 = 1 << 10;
+    const ACTOR: u16 = 1 << 11;
+    const UUID: u16 = 1 << 12;
+
+    fn of(obj: &fields::Obj) -> ShapeKeys {
+        let mut bits = 0;
+        for (k, _) in obj.as_object().into_iter().flat_map(|o| o.iter()) {
+            bits |= match k {
+                "kind" => Self::KIND,
+                "events" => Self::EVENTS,
+                "eventType" => Self::EVENT_TYPE,
+                "published" => Self::PUBLISHED,
+                "eventName" => Self::EVENT_NAME,
+                "eventSource" => Self::EVENT_SOURCE,
+                "eventTime" => Self::EVENT_TIME,
+                "CreationTime" => Self::CREATION_TIME,
+                "Operation" => Self::OPERATION,
+                "date_create" => Self::DATE_CREATE,
+                "action" => Self::ACTION,
+                "actor" => Self::ACTOR,
+                "uuid" => Self::UUID,
+                _ => 0,
+            };
+        }
+        ShapeKeys(bits)
+    }
+
+    fn all(self, bits: u16) -> bool {
+        self.0 & bits == bits
+    }
+
+    fn any(self, bits: u16) -> bool {
+        self.0 & bits != 0
+    }
 }
 
 /// Keys under which list APIs return their records.
@@ -390,6 +457,12 @@ fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>)
 
 /// The list key when `obj` is a page envelope rather than a record.
 fn envelope_key(obj: &Value) -> Option<&'static str> {
+    // An envelope has only list and metadata keys, so a record is told apart by its first key
+    // alone (the lookups below scan every key once per list key).
+    let (first, _) = obj.as_object()?.iter().next()?;
+    if !LIST_KEYS.contains(&first) && !META_KEYS.contains(&first) {
+        return None;
+    }
     let key = LIST_KEYS.iter().copied().find(|k| match obj.get(*k) {
         Some(v) if v.is_array() => true,
         // Duo wraps its page once more: `{"stat": "OK", "response": {"authlogs": [..], "metadata": {..}}}`.
