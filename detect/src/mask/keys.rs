@@ -96,6 +96,9 @@ pub(crate) struct KeyMatcher {
     word_starts: Box<[u64; TRIGRAM_WORDS]>,
     /// Folded exact names that are never sensitive.
     allow: Vec<String>,
+    /// Whether configured words extend the built-in ones (the value patterns' anchors cover
+    /// only the built-in words).
+    has_extra_words: bool,
 }
 
 /// Folded bytes are `[a-z0-9]`: 36 symbols, 36^3 trigrams.
@@ -137,10 +140,16 @@ impl KeyMatcher {
             automaton,
             word_starts,
             allow: allow.iter().map(|a| normalize_key(a)).collect(),
+            has_extra_words: !extra.is_empty(),
         })
     }
 
     /// Whether values under `key` must be masked.
+    /// Whether configured sensitive words were added to the built-in ones.
+    pub(crate) fn has_extra_words(&self) -> bool {
+        self.has_extra_words
+    }
+
     pub(crate) fn is_sensitive(&self, key: &str) -> bool {
         let mut buf = [0u8; FOLD_BUF];
         if key.len() <= FOLD_BUF {

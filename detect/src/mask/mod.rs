@@ -25,6 +25,7 @@
 //! change are not copied; a value whose masked form cannot be rebuilt (nesting deeper than the
 //! JSON parser allows) is replaced whole by `[REDACTED:unserializable]` (fail closed).
 
+mod cache;
 mod config;
 mod keys;
 mod patterns;
@@ -129,7 +130,12 @@ pub struct SecretMasker {
     trie: Vec<TrieNode>,
     /// False when no raw path rule exists: the walk then skips path tracking entirely.
     has_path_rules: bool,
+    /// Identifies this masker's configuration in the per-thread [`cache`].
+    instance: u64,
 }
+
+/// Source of [`SecretMasker::instance`] values.
+static NEXT_INSTANCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl SecretMasker {
     /// Validate the config, resolve the HMAC key reference and compile the detectors.
@@ -199,6 +205,7 @@ impl SecretMasker {
         trie[DOC_ROOT].children = doc_children;
 
         Ok(SecretMasker {
+            instance: NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             keys,
             patterns,
             key_action: config.keys.action,
@@ -345,8 +352,18 @@ impl SecretMasker {
         enabled: KindSet,
         counts: &mut MaskCounts,
     ) -> Cow<'a, str> {
-        let candidates = self.patterns.candidates(text, enabled);
+        // Texts found clean before under the default kinds are not scanned again (see `cache`).
+        let cacheable = enabled == self.enabled && text.len() <= cache::MAX_TEXT_LEN;
+        if cacheable && cache::is_known_clean(self.instance, text) {
+            return Cow::Borrowed(text);
+        }
+        let (candidates, scanned) = self.patterns.candidates_scanned(text, enabled, &self.keys);
         if candidates == 0 {
+            // Only texts the automaton had to read are worth remembering: the others (short,
+            // id-shaped: mostly unique ids and times) were cheap and would only churn the memory.
+            if cacheable && scanned {
+                cache::remember_clean(self.instance, text);
+            }
             return Cow::Borrowed(text);
         }
         let mut current = Cow::Borrowed(text);
@@ -372,7 +389,15 @@ impl SecretMasker {
             out.push_str(&current[last..]);
             current = Cow::Owned(out);
         }
+        if cacheable && matches!(current, Cow::Borrowed(_)) {
+            cache::remember_clean(self.instance, text);
+        }
         current
+    }
+
+    /// Whether `key` names a secret (remembered per thread, see [`cache`]).
+    fn key_is_sensitive(&self, key: &str) -> bool {
+        cache::key_is_sensitive(self.instance, key, || self.keys.is_sensitive(key))
     }
 
     fn replacement(&self, action: Action, label: &str, secret: &str) -> String {

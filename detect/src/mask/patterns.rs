@@ -223,8 +223,22 @@ impl Patterns {
         })
     }
 
-    /// Kinds among `enabled` that may occur in `text` (a superset of those that do).
-    pub(crate) fn candidates(&self, text: &str, enabled: KindSet) -> KindSet {
+    /// Kinds among `enabled` that may be found in `text` by [`Patterns::find`] with the same
+    /// `keys` (a superset of those that are).
+    #[cfg(test)]
+    pub(crate) fn candidates(&self, text: &str, enabled: KindSet, keys: &KeyMatcher) -> KindSet {
+        self.candidates_scanned(text, enabled, keys).0
+    }
+
+    /// Kinds among `enabled` that may be found in `text` by [`Patterns::find`] with the same
+    /// `keys` (a superset of those that are), and whether the anchor automaton had to read the
+    /// text (the costly case).
+    pub(crate) fn candidates_scanned(
+        &self,
+        text: &str,
+        enabled: KindSet,
+        keys: &KeyMatcher,
+    ) -> (KindSet, bool) {
         let bytes = text.as_bytes();
         let digit_kinds = enabled & (bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn));
         let anchored = enabled & !digit_kinds;
@@ -232,25 +246,33 @@ impl Patterns {
         let want_digits = digit_kinds != 0 && bytes.len() >= 9;
         let want_anchors = anchored != 0 && bytes.len() >= self.min_anchor_len;
         if !want_digits && !want_anchors {
-            return 0;
+            return (0, false);
         }
         // One pass over the bytes: digit runs, whether every byte is id-shaped, and whether the
         // text has the separators that assignment-like patterns need.
         let scan = scan_bytes(bytes);
         let mut set: KindSet = 0;
+        let mut scanned = false;
         if want_digits {
             if scan.card {
                 set |= digit_kinds & bit(PatternKind::CreditCard);
             }
-            if scan.ssn {
+            if scan.ssn && has_ssn_shape(bytes) {
                 set |= digit_kinds & bit(PatternKind::UsSsn);
             }
         }
         if want_anchors && !(self.id_shape_skip && scan.id_shaped) {
             // Non-overlapping (it can use AC's own memchr-style prefilter); no anchor is a
             // substring of another kind's anchor starting at the same place, so none is hidden.
+            scanned = true;
             for m in self.prefilter.find_iter(text) {
-                set |= bit(self.anchor_kind[m.pattern().as_usize()]);
+                let kind = self.anchor_kind[m.pattern().as_usize()];
+                // Kinds whose regex needs more right after the anchor than the anchor: a word
+                // like `Password` in `1Password Browser Extension` or `Okta` in `Okta Verify`
+                // must not run a regex (a capturing one, for assignments) on every such value.
+                if set & bit(kind) == 0 && anchor_can_match(kind, bytes, m.start(), m.end(), keys) {
+                    set |= bit(kind);
+                }
             }
             // Kinds whose regex cannot match without these bytes (`name = value`, `Bearer x`).
             if !scan.has_assign && !scan.has_space {
@@ -262,7 +284,7 @@ impl Patterns {
                 set &= !bit(PatternKind::AuthHeader);
             }
         }
-        set & enabled
+        (set & enabled, scanned)
     }
 
     /// Find the secrets of one kind in `text`, appending them to `out`.
@@ -439,6 +461,131 @@ fn scan_bytes(bytes: &[u8]) -> ByteScan {
     }
 }
 
+/// Whether the text after an anchor of `kind` (at `start..end`) can continue a match of the
+/// kind's regex: a necessary condition, checked on bytes. Non-ASCII bytes are taken as possible
+/// whitespace (`\s` in the patterns is Unicode-aware), which keeps this a superset.
+fn anchor_can_match(
+    kind: PatternKind,
+    text: &[u8],
+    start: usize,
+    end: usize,
+    keys: &KeyMatcher,
+) -> bool {
+    let anchor = &text[start..end];
+    let rest = &text[end..];
+    let space = |b: &u8| b.is_ascii_whitespace() || *b >= 0x80;
+    match kind {
+        // `name <sep> value` where the name holds the anchor: the rest of the name, then `:`/`=`
+        // (after an optional escaped quote and spaces) or a prose separator after spaces.
+        PatternKind::SecretAssignment | PatternKind::AwsSecretAccessKey => {
+            let name_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+            let name_end = rest
+                .iter()
+                .position(|b| !name_byte(b))
+                .unwrap_or(rest.len());
+            let after = &rest[name_end..];
+            let separated = separator_follows(kind, after, space);
+            if !separated || kind != PatternKind::SecretAssignment || keys.has_extra_words() {
+                return separated;
+            }
+            // The verifier accepts an assignment only when its name is a sensitive key. The
+            // name ends where the name bytes do, and starts at a word boundary at or before the
+            // anchor (the search retries every start), 3 to 80 bytes long.
+            let name_end = end + name_end;
+            let run_start = text[..start]
+                .iter()
+                .rposition(|b| !name_byte(b))
+                .map_or(0, |i| i + 1);
+            let word = |i: usize| text[i].is_ascii_alphanumeric() || text[i] == b'_';
+            (run_start..=start).any(|p| {
+                let boundary = p == 0 || word(p - 1) != word(p);
+                (3..=80).contains(&(name_end - p))
+                    && boundary
+                    && std::str::from_utf8(&text[p..name_end]).is_ok_and(|n| keys.is_sensitive(n))
+            })
+        }
+        // `Bearer x` / `Basic x`: spaces, then at least 8 token characters.
+        PatternKind::AuthHeader => {
+            let spaces = rest.iter().take_while(|b| space(b)).count();
+            spaces > 0
+                && (rest[..spaces].iter().any(|b| *b >= 0x80)
+                    || rest[spaces..]
+                        .iter()
+                        .take_while(|b| {
+                            b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'_' | b'~' | b'+' | b'/' | b'=' | b'-')
+                        })
+                        .count()
+                        >= 8)
+        }
+        // `ssws <token>` or `okta[_-]?(api[_-]?)?token...`: what follows either anchor.
+        PatternKind::OktaApiToken => {
+            let starts = |s: &[u8], word: &[u8]| {
+                s.len() >= word.len() && s[..word.len()].eq_ignore_ascii_case(word)
+            };
+            if anchor.eq_ignore_ascii_case(b"ssws") {
+                return rest.first().is_some_and(space);
+            }
+            let mut r = rest;
+            if let [b'_' | b'-', tail @ ..] = r {
+                r = tail;
+            }
+            if starts(r, b"api") {
+                r = &r[3..];
+                if let [b'_' | b'-', tail @ ..] = r {
+                    r = tail;
+                }
+            }
+            starts(r, b"token")
+        }
+        _ => true,
+    }
+}
+
+/// Whether `after` (the text after an assignment's name) starts with what the assignment patterns
+/// need there: `:`/`=` after an optional escaped quote and spaces, or (assignments only) a prose
+/// separator after spaces.
+fn separator_follows(kind: PatternKind, mut after: &[u8], space: impl Fn(&u8) -> bool) -> bool {
+    if let [b'\\', tail @ ..] = after {
+        after = tail;
+    }
+    if let [b'"' | b'\'', tail @ ..] = after {
+        after = tail;
+    }
+    let spaces = after.iter().take_while(|b| space(b)).count();
+    match after.get(spaces) {
+        Some(b':' | b'=') => true,
+        // `is`, `was`, `set to`, `changed to` after at least one space.
+        Some(b) => {
+            kind == PatternKind::SecretAssignment
+                && spaces > 0
+                && (after[..spaces].iter().any(|b| *b >= 0x80)
+                    || matches!(b.to_ascii_lowercase(), b'i' | b'w' | b's' | b'c'))
+        }
+        None => false,
+    }
+}
+
+/// Whether `bytes` holds `ddd-dd-dddd` with neither a digit nor a dash on either side: exactly
+/// where the SSN pattern can match (UUIDs and dates have dashed digit runs too).
+fn has_ssn_shape(bytes: &[u8]) -> bool {
+    let digits = |r: std::ops::Range<usize>| bytes[r].iter().all(u8::is_ascii_digit);
+    let free = |i: Option<usize>| {
+        i.and_then(|i| bytes.get(i))
+            .is_none_or(|b| !b.is_ascii_digit() && *b != b'-')
+    };
+    memchr::memchr_iter(b'-', bytes).any(|i| {
+        i >= 3
+            && i + 8 <= bytes.len()
+            && bytes[i + 3] == b'-'
+            && digits(i - 3..i)
+            && digits(i + 1..i + 3)
+            && digits(i + 4..i + 8)
+            && free(i.checked_sub(4))
+            && free(Some(i + 8))
+    })
+}
+
 /// Text already produced by masking is never masked again (idempotence, stable hashes).
 pub(crate) fn is_masked(s: &str) -> bool {
     s.starts_with("[REDACTED:") || s.starts_with("hmac:") || s.starts_with("****")
@@ -588,7 +735,7 @@ mod tests {
             .iter()
             .map(|k| bit(*k))
             .fold(0, |a, b| a | b);
-        let cands = p.candidates(text, all);
+        let cands = p.candidates(text, all, &KeyMatcher::new(&[], &[]).expect("keys"));
         let mut out = Vec::new();
         for kind in PatternKind::ALL {
             if cands & bit(kind) != 0 {
@@ -641,20 +788,116 @@ mod tests {
         let all: KindSet = KindSet::MAX;
         let no_digits = all & !(bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn));
         assert_eq!(
-            p.candidates("550e8400-e29b-41d4-a716-446655440000", no_digits),
+            p.candidates(
+                "550e8400-e29b-41d4-a716-446655440000",
+                no_digits,
+                &KeyMatcher::new(&[], &[]).expect("keys")
+            ),
             0
         );
         assert_eq!(
-            p.candidates("550e8400-e29b-41d4-a716-446655440000", all),
-            bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn),
-            "a 15-digit run (716-446655440000) still wakes the digit kinds"
+            p.candidates(
+                "550e8400-e29b-41d4-a716-446655440000",
+                all,
+                &KeyMatcher::new(&[], &[]).expect("keys")
+            ),
+            bit(PatternKind::CreditCard),
+            "a 15-digit run (716-446655440000) still wakes the card kind; no ddd-dd-dddd, no SSN"
         );
-        assert_eq!(p.candidates("2024-01-15T10:23:45.123Z", all), 0);
+        assert_eq!(
+            p.candidates(
+                "2024-01-15T10:23:45.123Z",
+                all,
+                &KeyMatcher::new(&[], &[]).expect("keys")
+            ),
+            0
+        );
         assert_ne!(
-            p.candidates("4111 1111 1111 1111", all),
+            p.candidates(
+                "4111 1111 1111 1111",
+                all,
+                &KeyMatcher::new(&[], &[]).expect("keys")
+            ),
             0,
             "digit kinds still run"
         );
+    }
+
+    #[test]
+    fn anchors_wake_their_kind_only_where_its_regex_can_continue() {
+        let p = Patterns::new(KindSet::MAX).expect("compiles");
+        let keys = KeyMatcher::new(&[], &[]).expect("keys");
+        let kinds = |t: &str| p.candidates(t, KindSet::MAX, &keys);
+        for (text, kind) in [
+            ("1Password Browser Extension", PatternKind::SecretAssignment),
+            (
+                "aws-cli/2.22.4 md/command#ecr.get-login-password",
+                PatternKind::SecretAssignment,
+            ),
+            ("User login to Okta", PatternKind::OktaApiToken),
+            ("Okta Verify", PatternKind::OktaApiToken),
+            ("Basic auth", PatternKind::AuthHeader),
+            ("00000003-0000-0ff1-ce00-000000000000", PatternKind::UsSsn),
+            ("2024-01-15 123-45-67890", PatternKind::UsSsn),
+        ] {
+            assert_eq!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");
+        }
+        for (text, kind) in [
+            ("db_password = x", PatternKind::SecretAssignment),
+            (
+                r#"{\"client_secret\": \"x\"}"#,
+                PatternKind::SecretAssignment,
+            ),
+            (
+                "the password was changed to Zq9abc123",
+                PatternKind::SecretAssignment,
+            ),
+            ("AWS_SECRET_ACCESS_KEY=abc", PatternKind::AwsSecretAccessKey),
+            ("okta_api_token: 00abc", PatternKind::OktaApiToken),
+            ("OKTA-TOKEN=00abc", PatternKind::OktaApiToken),
+            ("SSWS 00abcdefghijklmnopqrstuv", PatternKind::OktaApiToken),
+            ("Basic dXNlcjpwYXNz", PatternKind::AuthHeader),
+            ("ssn 123-45-6789.", PatternKind::UsSsn),
+            ("123-45-6789", PatternKind::UsSsn),
+        ] {
+            assert_ne!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The prefilter is a superset: whatever a kind's regex and verifier find in a text, the
+        /// candidates for that text include the kind. Texts are glued from anchors, separators,
+        /// digits and words, so near-misses of every precheck come up.
+        #[test]
+        fn candidates_never_hide_a_finding(parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "password", "Password", "secret", "token", "okta", "Okta", "ssws", "SSWS",
+                "api", "_", "-", ".", "\\", "\"", "'", " ", "\u{2003}", ":", "=", "is", "was",
+                "set to", "changed to", "Bearer", "basic", "access_key", "AKIA", "ghp_",
+                "123", "45", "6789", "4111", "1111", "0", "abcdefgh", "Zq9abc123XY",
+                "00abcdefghijklmnopqrstuvwxyz0123456789ABCDEF", "eyJhbGciOi.eyJzdWIi.sig", "x",
+                "client_", "hashed_", "next", "s", "key", "Type", ".actions", "db.", "my-",
+            ]),
+            0..12,
+        )) {
+            let p = patterns();
+            let keys = KeyMatcher::new(&[], &[]).expect("keys");
+            let text: String = parts.concat();
+            let candidates = p.candidates(&text, KindSet::MAX, &keys);
+            for kind in PatternKind::ALL {
+                let mut found = Vec::new();
+                p.find(kind, &text, &keys, &mut found);
+                proptest::prop_assert!(
+                    found.is_empty() || candidates & bit(kind) != 0,
+                    "{kind:?} found in {text:?} but not a candidate"
+                );
+            }
+        }
+    }
+
+    fn patterns() -> &'static Patterns {
+        static P: std::sync::OnceLock<Patterns> = std::sync::OnceLock::new();
+        P.get_or_init(|| Patterns::new(KindSet::MAX).expect("compiles"))
     }
 
     #[test]
@@ -663,11 +906,19 @@ mod tests {
         let assign = bit(PatternKind::SecretAssignment);
         // An event type that names a token: no separator, so no assignment can be in it.
         assert_eq!(
-            p.candidates("app.oauth2.as.token.grant", KindSet::MAX) & assign,
+            p.candidates(
+                "app.oauth2.as.token.grant",
+                KindSet::MAX,
+                &KeyMatcher::new(&[], &[]).expect("keys")
+            ) & assign,
             0
         );
         assert_eq!(
-            p.candidates("Bearer", KindSet::MAX) & bit(PatternKind::AuthHeader),
+            p.candidates(
+                "Bearer",
+                KindSet::MAX,
+                &KeyMatcher::new(&[], &[]).expect("keys")
+            ) & bit(PatternKind::AuthHeader),
             0
         );
         // Separators of every kind keep the kinds: ASCII, Unicode spaces (the regexes' `\s` is
@@ -678,7 +929,15 @@ mod tests {
             "password was Zq9abc123",
             "password\u{2003}was\u{2003}Zq9abc123",
         ] {
-            assert_ne!(p.candidates(text, KindSet::MAX) & assign, 0, "{text:?}");
+            assert_ne!(
+                p.candidates(
+                    text,
+                    KindSet::MAX,
+                    &KeyMatcher::new(&[], &[]).expect("keys")
+                ) & assign,
+                0,
+                "{text:?}"
+            );
         }
         one(
             "password\u{2003}was\u{2003}Zq9abc123",

@@ -148,9 +148,9 @@ impl<'a> MaskWalk<'a> {
             }
             ValueRef::Array(items) => self.array(items, |w, item| w.value(item, node, extra)),
             ValueRef::Object(map) => {
-                let keys = &self.masker.keys;
+                let m = self.masker;
                 let pair_is_secret = map.iter().any(|(k, v)| {
-                    is_pair_name_key(k) && v.as_str().is_some_and(|n| keys.is_sensitive(n))
+                    is_pair_name_key(k) && v.as_str().is_some_and(|n| m.key_is_sensitive(n))
                 });
                 self.object(map, enabled, |w, key, child| {
                     if child.is_null() || child.is_boolean() {
@@ -165,7 +165,7 @@ impl<'a> MaskWalk<'a> {
                     } else if rule.action != FieldAction::Keep
                         // A key masked just above held a secret value, it is no name for one.
                         && !is_masked(key)
-                        && (m.keys.is_sensitive(key)
+                        && (m.key_is_sensitive(key)
                             || (pair_is_secret && is_pair_value_key(key)))
                     {
                         w.force_leaves(child, m.key_action, "key");
