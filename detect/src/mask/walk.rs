@@ -122,8 +122,20 @@ impl<'a> MaskWalk<'a> {
     }
 
     fn value(&mut self, value: &RawJson, node: Option<usize>, extra: KindSet) {
+        self.value_of(value, value.as_ref(), node, extra)
+    }
+
+    /// [`Self::value`] with the value's type already read (`value.as_ref()`): reading it is a
+    /// dispatch per node of the DOM, and objects read each child's anyway.
+    fn value_of(
+        &mut self,
+        value: &RawJson,
+        view: ValueRef<'_>,
+        node: Option<usize>,
+        extra: KindSet,
+    ) {
         let enabled = self.masker.enabled | extra;
-        match value.as_ref() {
+        match view {
             ValueRef::String(s) => self.string(s, enabled),
             ValueRef::Number(n) => {
                 let card = (enabled & bit(PatternKind::CreditCard) != 0)
@@ -153,7 +165,8 @@ impl<'a> MaskWalk<'a> {
                     is_pair_name_key(k) && v.as_str().is_some_and(|n| m.key_is_sensitive(n))
                 });
                 self.object(map, enabled, |w, key, child| {
-                    if child.is_null() || child.is_boolean() {
+                    let view = child.as_ref();
+                    if matches!(view, ValueRef::Null | ValueRef::Bool(_)) {
                         w.leaf(child);
                         return;
                     }
@@ -170,7 +183,7 @@ impl<'a> MaskWalk<'a> {
                     {
                         w.force_leaves(child, m.key_action, "key");
                     } else {
-                        w.value(child, child_node, extra | rule.extra);
+                        w.value_of(child, view, child_node, extra | rule.extra);
                     }
                 });
             }
