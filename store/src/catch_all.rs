@@ -159,11 +159,59 @@ fn token_ranges(text: &str, whole_only: bool, out: &mut Vec<(usize, usize)>) {
     });
 }
 
+/// Keep the first of the (ASCII case-insensitively) equal tokens of `ranges` over `text`.
+///
+/// The field records no frequencies or positions, so a repeat adds nothing to the index; but
+/// tantivy would still build, hash and look up its term. An event repeats many of its values
+/// (`source.ip` and the raw `client.ipAddress`, the user in `user.name`, `user.email`,
+/// `related.user` and the raw actor, template words), and this open-addressing set over the
+/// token bytes is several times cheaper than tantivy's lookup. Non-ASCII tokens are kept as
+/// they are (their lowercasing is not byte-wise).
+fn dedup_ranges(text: &[u8], ranges: &mut Vec<(usize, usize)>, slots: &mut Vec<u32>) {
+    const EMPTY: u32 = u32::MAX;
+    let cap = (ranges.len() * 2).next_power_of_two().max(16);
+    slots.clear();
+    slots.resize(cap, EMPTY);
+    let mut kept = 0;
+    for i in 0..ranges.len() {
+        let (s, e) = ranges[i];
+        let tok = &text[s..e];
+        if tok.is_ascii() {
+            let mut h: u64 = 0;
+            for &b in tok {
+                h = (h.rotate_left(5) ^ u64::from(b.to_ascii_lowercase()))
+                    .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            }
+            let mut j = (h >> 32) as usize & (cap - 1);
+            let duplicate = loop {
+                let slot = slots[j];
+                if slot == EMPTY {
+                    slots[j] = kept as u32;
+                    break false;
+                }
+                let (ks, ke) = ranges[slot as usize];
+                if text[ks..ke].eq_ignore_ascii_case(tok) {
+                    break true;
+                }
+                j = (j + 1) & (cap - 1);
+            };
+            if duplicate {
+                continue;
+            }
+        }
+        // `kept <= i`: the entries still to be read are not overwritten.
+        ranges[kept] = (s, e);
+        kept += 1;
+    }
+    ranges.truncate(kept);
+}
+
 /// The `all` tokenizer; `whole_only` selects the query side.
 #[derive(Clone, Default)]
 pub struct CatchAllTokenizer {
     whole_only: bool,
     ranges: Vec<(usize, usize)>,
+    slots: Vec<u32>,
     token: Token,
 }
 
@@ -190,6 +238,9 @@ impl Tokenizer for CatchAllTokenizer {
     type TokenStream<'a> = CatchAllTokenStream<'a>;
     fn token_stream<'a>(&'a mut self, text: &'a str) -> CatchAllTokenStream<'a> {
         token_ranges(text, self.whole_only, &mut self.ranges);
+        if !self.whole_only {
+            dedup_ranges(text.as_bytes(), &mut self.ranges, &mut self.slots);
+        }
         self.token.reset();
         CatchAllTokenStream {
             text,
@@ -282,6 +333,7 @@ pub fn rewrite_catch_all_phrases(ast: UserInputAst) -> UserInputAst {
 mod tests {
     use super::*;
 
+    /// Index-side tokens; repeats are dropped (`dedup_ranges`).
     fn index_tokens(text: &str) -> Vec<String> {
         let mut t = CatchAllTokenizer::index_side();
         let mut s = t.token_stream(text);
@@ -329,8 +381,7 @@ mod tests {
                 "1",
                 "user",
                 "11.5",
-                "11",
-                "5"
+                "11"
             ]
         );
         assert_eq!(index_tokens(""), Vec::<String>::new());
@@ -343,6 +394,19 @@ mod tests {
         assert!(index_tokens(&long).is_empty());
         let long_joined = format!("{long}.b");
         assert_eq!(index_tokens(&long_joined), ["b"]);
+    }
+
+    #[test]
+    fn repeated_tokens_are_indexed_once() {
+        assert_eq!(
+            index_tokens("10.1.2.3 alice 10.1.2.3 ALICE Alice@x.y alice@X.Y 1 Ä ä Ä"),
+            ["10.1.2.3", "10", "1", "2", "3", "alice", "alice@x.y", "x", "y", "ä", "ä", "ä"]
+        );
+        // Many distinct tokens (the set grows with them), every one kept once.
+        let text: String = (0..500).map(|i| format!("t{i} T{i} ")).collect();
+        let toks = index_tokens(&text);
+        assert_eq!(toks.len(), 500);
+        assert_eq!(toks.iter().collect::<std::collections::HashSet<_>>().len(), 500);
     }
 
     #[test]

@@ -7,12 +7,15 @@ use chrono::{DateTime, Utc};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf};
 use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 
 use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};
 use crate::catch_all::rewrite_catch_all_phrases;
 use crate::store::{read, write, Store};
-use crate::tantivy_sink::{to_tantivy_date, DayIndex};
+use crate::tantivy_sink::{
+    id_halves, to_tantivy_date, DayIndex, ID_FIELD, ID_LO_FIELD, TIMESTAMP_FIELD,
+};
 use crate::{Result, StoreError};
 
 /// An event search.
@@ -74,7 +77,7 @@ impl Store {
         let ast = tantivy::query_grammar::parse_query(q)
             .map_err(|_| StoreError::InvalidQuery(format!("syntax error in query `{q}`")))?;
         parser
-            .build_query_from_user_input_ast(rewrite_catch_all_phrases(ast))
+            .build_query_from_user_input_ast(rewrite_event_ids(rewrite_catch_all_phrases(ast)))
             .map_err(|e| StoreError::InvalidQuery(e.to_string()))
     }
 
@@ -144,11 +147,11 @@ impl Store {
             let collector = TopDocs::with_limit(want).order_by(move |seg: &SegmentReader| {
                 let ff = seg.fast_fields();
                 let ts = ff
-                    .date("@timestamp")
+                    .date(TIMESTAMP_FIELD)
                     .ok()
                     .map(|c| c.first_or_default_col(tantivy::DateTime::MIN));
-                let hi = ff.u64("_id_hi").ok().map(|c| c.first_or_default_col(0));
-                let lo = ff.u64("_id_lo").ok().map(|c| c.first_or_default_col(0));
+                let hi = ff.u64(ID_FIELD).ok().map(|c| c.first_or_default_col(0));
+                let lo = ff.u64(ID_LO_FIELD).ok().map(|c| c.first_or_default_col(0));
                 move |doc: tantivy::DocId| -> Option<EventKey> {
                     let key = (
                         ts.as_ref()?.get_val(doc).into_timestamp_micros(),
@@ -195,18 +198,21 @@ impl Store {
 
     /// One event of a tenant by id (the `Event::to_output_json` document).
     pub fn get_event(&self, tenant: &str, id: &str) -> Result<Option<serde_json::Value>> {
-        let term = Term::from_field_text(self.schema.id, id);
+        let (hi, lo) = id_halves(id);
+        let term = Term::from_field_u64(self.schema.id, hi);
         let query = TermQuery::new(term.clone(), IndexRecordOption::Basic);
         for idx in self.tenant_indexes(tenant) {
             let searcher = idx.reader.searcher();
             if searcher.doc_freq(&term)? == 0 {
                 continue;
             }
-            if let Some((_, addr)) = searcher
-                .search(&query, &TopDocs::with_limit(1).order_by_score())?
-                .into_iter()
-                .next()
-            {
+            // The term is the id's first 64 bits; the low half decides.
+            for (_, addr) in searcher.search(&query, &TopDocs::with_limit(16).order_by_score())? {
+                let seg = searcher.segment_reader(addr.segment_ord);
+                let lo_col = seg.fast_fields().u64(ID_LO_FIELD)?.first_or_default_col(0);
+                if lo_col.get_val(addr.doc_id) != lo {
+                    continue;
+                }
                 let doc: TantivyDocument = searcher.doc(addr)?;
                 return Ok(Some(self.stored_output(&doc)?));
             }
@@ -252,6 +258,33 @@ impl Store {
     ) -> Result<Option<AlertRecord>> {
         let path = self.layout.alerts_journal(tenant);
         write(&self.alerts).update(&path, tenant, id, update, actor, Utc::now())
+    }
+}
+
+/// `event.id:<id>` (bare or quoted) becomes a term on the u64 of the id's first 64 bits, which is
+/// what the `event.id` field holds; the low 64 bits are not checked (a false match needs two
+/// ids of one tenant to share 64 bits of their content hash). Ranges on `event.id` stay as they
+/// are and fail to parse as numbers ([`StoreError::InvalidQuery`]).
+fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
+    match ast {
+        UserInputAst::Clause(clauses) => UserInputAst::Clause(
+            clauses
+                .into_iter()
+                .map(|(occur, a)| (occur, rewrite_event_ids(a)))
+                .collect(),
+        ),
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(rewrite_event_ids(*inner)), boost)
+        }
+        UserInputAst::Leaf(leaf) => match *leaf {
+            UserInputLeaf::Literal(mut lit) if lit.field_name.as_deref() == Some(ID_FIELD) => {
+                lit.phrase = id_halves(lit.phrase.trim()).0.to_string();
+                lit.delimiter = Delimiter::None;
+                lit.prefix = false;
+                UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(lit)))
+            }
+            other => UserInputAst::Leaf(Box::new(other)),
+        },
     }
 }
 

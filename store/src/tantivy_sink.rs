@@ -4,8 +4,8 @@
 //!
 //! | field | from | indexing |
 //! |---|---|---|
-//! | `event.id` | `Event::id` | keyword (exact) |
-//! | `@timestamp` | `Event::timestamp` | date, indexed + fast (microseconds) |
+//! | `event.id` | `Event::id` | u64 of its first 64 bits, indexed + fast; `_id_lo` (fast) has the rest; queries `event.id:<hex id>` are rewritten to it |
+//! | `@timestamp` | `Event::timestamp` | date, fast (microseconds): range queries and sort, no exact-term queries |
 //! | `event.module` | `Event::source` | keyword, lowercased |
 //! | `event.action`, `event.outcome`, `event.category`, `event.type` | ECS | keyword, lowercased |
 //! | `source.ip`, `related.ip`, `source.geo.country_iso_code`, `organization.id`, `cloud.account.id` | ECS | keyword, lowercased |
@@ -31,6 +31,13 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
 use crate::catch_all::{CatchAllTokenizer, CATCH_ALL_TOKENIZER};
 use crate::error::IoContext;
 use crate::Result;
+
+/// The event id field: the id's high 64 bits as a u64 (see [`EventSchema::id`]).
+pub const ID_FIELD: &str = "event.id";
+/// The id's low 64 bits (fast field).
+pub const ID_LO_FIELD: &str = "_id_lo";
+/// The event time (fast field, microseconds).
+pub const TIMESTAMP_FIELD: &str = "@timestamp";
 
 /// Tokenizer for keyword fields: the whole value as one token, lowercased.
 pub const KEYWORD_TOKENIZER: &str = "keyword_lower";
@@ -63,8 +70,9 @@ const TEXT_FIELDS: &[&str] = &[
 #[derive(Clone)]
 pub struct EventSchema {
     pub schema: Schema,
+    /// `event.id`: the id's high 64 bits ([`id_halves`]), indexed and fast.
     pub id: Field,
-    pub id_hi: Field,
+    /// The id's low 64 bits, fast.
     pub id_lo: Field,
     pub timestamp: Field,
     pub module: Field,
@@ -87,23 +95,25 @@ impl EventSchema {
                 .set_tokenizer(KEYWORD_TOKENIZER)
                 .set_index_option(IndexRecordOption::Basic),
         );
-        let exact = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer("raw")
-                .set_index_option(IndexRecordOption::Basic),
-        );
         let words = TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
                 .set_tokenizer("default")
                 .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         );
-        let id = b.add_text_field("event.id", exact);
-        let id_hi = b.add_u64_field("_id_hi", NumericOptions::default().set_fast());
-        let id_lo = b.add_u64_field("_id_lo", NumericOptions::default().set_fast());
+        // The id's first 64 bits, indexed (a u64 term per event costs the term dictionary far
+        // less than the 32-char hex text did) and fast (dedup set, sort tie-break); the other
+        // 64 bits fast only. `event.id:<hex>` queries are rewritten to the u64 (`reader.rs`).
+        let id = b.add_u64_field(
+            ID_FIELD,
+            NumericOptions::default().set_indexed().set_fast(),
+        );
+        let id_lo = b.add_u64_field(ID_LO_FIELD, NumericOptions::default().set_fast());
+        // Fast only: range queries on a fast field run on the column (tantivy does so even
+        // when the field is also indexed), and sorting uses the column; a term per
+        // (near-unique) timestamp only grew every segment's term dictionary.
         let timestamp = b.add_date_field(
-            "@timestamp",
+            TIMESTAMP_FIELD,
             DateOptions::default()
-                .set_indexed()
                 .set_fast()
                 .set_precision(DateTimePrecision::Microseconds),
         );
@@ -144,7 +154,6 @@ impl EventSchema {
         EventSchema {
             schema: b.build(),
             id,
-            id_hi,
             id_lo,
             timestamp,
             module,
@@ -166,9 +175,8 @@ impl EventSchema {
     /// unique per event they would only grow every segment's term dictionary.
     pub fn document(&self, event: &Event, output_text: String) -> TantivyDocument {
         let mut d = TantivyDocument::default();
-        d.add_text(self.id, &event.id().0);
         let (hi, lo) = id_halves(&event.id().0);
-        d.add_u64(self.id_hi, hi);
+        d.add_u64(self.id, hi);
         d.add_u64(self.id_lo, lo);
         d.add_date(self.timestamp, to_tantivy_date(event.timestamp));
         d.add_text(self.module, &event.source);
@@ -325,8 +333,8 @@ impl DayIndex {
         let searcher = self.reader.searcher();
         let mut ids = HashSet::with_capacity(searcher.num_docs() as usize);
         for seg in searcher.segment_readers() {
-            let hi = seg.fast_fields().u64("_id_hi")?.first_or_default_col(0);
-            let lo = seg.fast_fields().u64("_id_lo")?.first_or_default_col(0);
+            let hi = seg.fast_fields().u64(ID_FIELD)?.first_or_default_col(0);
+            let lo = seg.fast_fields().u64(ID_LO_FIELD)?.first_or_default_col(0);
             let alive = seg.alive_bitset();
             for doc in 0..seg.max_doc() {
                 if alive.is_some_and(|a| !a.is_alive(doc)) {

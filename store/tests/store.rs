@@ -364,6 +364,59 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
     let doc = store.get_event("globex", &g.id().0).unwrap().unwrap();
     assert_eq!(doc, g.to_output_json());
     assert_eq!(store.get_event("acme", &g.id().0).unwrap(), None);
+    // The index term is the id's first 64 bits; an id differing only in the rest is not found.
+    let mut near = g.id().0.clone();
+    let last = if near.ends_with('0') { "1" } else { "0" };
+    near.replace_range(31.., last);
+    assert_eq!(store.get_event("globex", &near).unwrap(), None);
+    assert_eq!(store.get_event("globex", "not-an-id").unwrap(), None);
+
+    // Time ranges in the query syntax run on the timestamp column.
+    assert_eq!(
+        search_all(
+            &store,
+            "acme",
+            "@timestamp:[2026-11-19T08:03:00Z TO 2026-11-19T08:09:00Z} AND user.name:bob",
+            100
+        )
+        .len(),
+        1
+    );
+    assert_eq!(
+        search_all(&store, "acme", "@timestamp:[2026-11-19T00:00:00Z TO *]", 100).len(),
+        21
+    );
+}
+
+#[test]
+fn indexes_of_an_older_schema_are_refused_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = ts(20, 1, 0);
+    {
+        let store = Store::open(config(dir.path())).unwrap();
+        store
+            .write_batch(&batch(vec![event("acme", "okta", at, "a", "x", 1)]))
+            .unwrap();
+    }
+    // What the previous version wrote: `event.id` as text, `@timestamp` indexed.
+    let index_dir = dir.path().join("index/tenant=acme/dt=2026-11-20");
+    let meta_path = index_dir.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    for field in meta["schema"].as_array_mut().unwrap() {
+        if field["name"] == "@timestamp" {
+            field["options"]["indexed"] = json!(true);
+        }
+    }
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    match Store::open(config(dir.path())) {
+        Err(StoreError::Corrupt { path, reason }) => {
+            assert_eq!(path, index_dir);
+            assert!(reason.contains("schema differs"), "{reason}");
+        }
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("an index of another schema was opened"),
+    }
 }
 
 #[test]
