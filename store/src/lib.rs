@@ -21,6 +21,7 @@ mod alerts;
 pub mod catch_all;
 mod compaction;
 mod config;
+mod doc_text;
 mod error;
 mod journal;
 pub mod layout;

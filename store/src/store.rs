@@ -12,6 +12,7 @@ use perimeter_model::{Alert, DeadLetter, Event};
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertBook;
+use crate::doc_text::{output_document, BatchText};
 use crate::error::IoContext;
 use crate::layout::{self, Layout};
 use crate::parquet_sink;
@@ -422,12 +423,8 @@ impl Store {
         seq: u64,
     ) -> Result<()> {
         let t_start = Instant::now();
-        // Raw JSON text for Parquet and output documents for tantivy, computed once.
-        let raws: Vec<String> = fresh
-            .iter()
-            .map(|e| sonic_rs::to_string(&e.raw))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| StoreError::InvalidBatch(format!("serializing a raw record: {e}")))?;
+        // Raw JSON text (Parquet, output documents) and raw words (catch-all), in one pass.
+        let text = BatchText::build(fresh.iter().copied())?;
 
         let mut groups: BTreeMap<(&str, &str, NaiveDate), Vec<usize>> = BTreeMap::new();
         for (i, e) in fresh.iter().enumerate() {
@@ -443,7 +440,7 @@ impl Store {
                 .name("store-parquet".into())
                 .spawn_scoped(scope, || {
                     let t = Instant::now();
-                    let r = self.write_parquet_tmp(fresh, &raws, &groups, seq);
+                    let r = self.write_parquet_tmp(fresh, &text, &groups, seq);
                     (r, t.elapsed())
                 })
                 .at(&self.layout.root)?;
@@ -453,14 +450,10 @@ impl Store {
                 let Some(w) = st.writers.get(&key) else {
                     continue;
                 };
-                let text = match output_document(e, &raws[i]) {
-                    Ok(t) => t,
-                    Err(err) => {
-                        add_result = Err(err);
-                        break;
-                    }
-                };
-                let doc = self.schema.document(e, text);
+                let raw = text.raw(i);
+                let doc = self
+                    .schema
+                    .document(e, text.raw_words(i), output_document(e, raw));
                 if let Err(err) = w.writer.add_document(doc) {
                     add_result = Err(err.into());
                     break;
@@ -542,7 +535,7 @@ impl Store {
     fn write_parquet_tmp(
         &self,
         fresh: &[&Event],
-        raws: &[String],
+        text: &BatchText,
         groups: &BTreeMap<(&str, &str, NaiveDate), Vec<usize>>,
         seq: u64,
     ) -> Result<Vec<PendingFile>> {
@@ -556,7 +549,7 @@ impl Store {
                     .enumerate()
                 {
                     let evs: Vec<&Event> = chunk.iter().map(|&i| fresh[i]).collect();
-                    let rs: Vec<&str> = chunk.iter().map(|&i| raws[i].as_str()).collect();
+                    let rs: Vec<&str> = chunk.iter().map(|&i| text.raw(i)).collect();
                     let rb = parquet_sink::events_to_record_batch(&evs, &rs)?;
                     let tmp = dir.join(tmp_name(seq, n));
                     files.push(PendingFile {
@@ -671,94 +664,6 @@ impl Store {
     }
 }
 
-/// `Event::to_output_json` as JSON text, written directly (no intermediate
-/// `serde_json::Value` tree) and reusing the raw record's JSON text: parsed back it equals
-/// `to_output_json()` (key order aside, which JSON objects do not have), as the tests check.
-fn output_document(e: &Event, raw_text: &str) -> Result<String> {
-    use chrono::SecondsFormat::AutoSi;
-    use perimeter_model::{EcsValue, ECS_FIELDS};
-    enum V<'a> {
-        Str(&'a str),
-        Owned(String),
-        Num(u64),
-        List(&'a [String]),
-        Null,
-        Json(&'a str),
-    }
-    let mut entries: Vec<(&str, V)> = Vec::with_capacity(ECS_FIELDS.len() + 6);
-    if let Some(t) = e.ecs.timestamp {
-        entries.push(("@timestamp", V::Owned(t.to_rfc3339_opts(AutoSi, true))));
-    }
-    for name in ECS_FIELDS.iter().skip(1) {
-        match e.ecs.get(name) {
-            Some(EcsValue::Str(s)) => entries.push((name, V::Str(s))),
-            Some(EcsValue::Num(n)) => entries.push((name, V::Num(n))),
-            Some(EcsValue::List(l)) => entries.push((name, V::List(l))),
-            None => {}
-        }
-    }
-    entries.push(("event.id", V::Str(&e.id().0)));
-    entries.push(("event.module", V::Str(&e.source)));
-    entries.push((
-        "event.ingested",
-        V::Owned(e.received_at.to_rfc3339_opts(AutoSi, true)),
-    ));
-    entries.push(("perimeter.source", V::Str(&e.source)));
-    entries.push(("perimeter.tenant", V::Str(&e.tenant)));
-    entries.push(("perimeter.line", e.line.map_or(V::Null, V::Num)));
-    entries.push(("raw", V::Json(raw_text)));
-    // Paths sorted segment-wise, so the fields of one object are adjacent.
-    entries.sort_by(|a, b| a.0.split('.').cmp(b.0.split('.')));
-
-    let mut out: Vec<u8> = Vec::with_capacity(raw_text.len() + 768);
-    out.push(b'{');
-    let mut open: Vec<&str> = Vec::with_capacity(4);
-    let mut first = true;
-    for (path, v) in &entries {
-        let (parents, leaf) = match path.rsplit_once('.') {
-            Some((p, l)) => (p.split('.').collect::<Vec<_>>(), l),
-            None => (Vec::new(), *path),
-        };
-        let common = open
-            .iter()
-            .zip(&parents)
-            .take_while(|(a, b)| a == b)
-            .count();
-        while open.len() > common {
-            open.pop();
-            out.push(b'}');
-            first = false;
-        }
-        for p in &parents[common..] {
-            if !first {
-                out.push(b',');
-            }
-            serde_json::to_writer(&mut out, p)?;
-            out.extend_from_slice(b":{");
-            open.push(p);
-            first = true;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        serde_json::to_writer(&mut out, leaf)?;
-        out.push(b':');
-        match v {
-            V::Str(s) => serde_json::to_writer(&mut out, s)?,
-            V::Owned(s) => serde_json::to_writer(&mut out, s)?,
-            V::Num(n) => out.extend_from_slice(n.to_string().as_bytes()),
-            V::List(l) => serde_json::to_writer(&mut out, l)?,
-            V::Null => out.extend_from_slice(b"null"),
-            V::Json(j) => out.extend_from_slice(j.as_bytes()),
-        }
-    }
-    out.extend(std::iter::repeat_n(b'}', open.len() + 1));
-    String::from_utf8(out).map_err(|_| {
-        StoreError::InvalidBatch(format!("event {} has no valid output document", e.id()))
-    })
-}
-
 fn validate_batch(batch: &StoreBatch) -> Result<()> {
     for e in &batch.events {
         if e.tenant.is_empty() || e.source.is_empty() {
@@ -803,59 +708,4 @@ fn load_dead_letters(layout: &Layout) -> Result<HashMap<String, VecDeque<DeadLet
         out.insert(tenant, all.into_iter().skip(skip).collect());
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-    use perimeter_model::{Ecs, Outcome, RawRecord};
-
-    fn event(ecs: Ecs, line: Option<u64>, raw: serde_json::Value) -> Event {
-        let at = Utc.with_ymd_and_hms(2026, 11, 2, 3, 4, 5).unwrap();
-        let record = RawRecord {
-            source: "okta".into(),
-            tenant: "ac\"me".into(),
-            received_at: at + chrono::Duration::milliseconds(1234),
-            line,
-            raw: perimeter_model::raw_from_serde(&raw),
-        };
-        Event::new("okta", record, ecs)
-    }
-
-    #[test]
-    fn output_document_text_is_to_output_json() {
-        let full = Ecs {
-            event_action: Some("user.session.start".into()),
-            event_outcome: Outcome::Failure,
-            event_category: vec!["authentication".into(), "iam".into()],
-            event_type: vec!["start".into()],
-            user_name: Some("Ä \"quoted\" \\ name\n".into()),
-            user_email: Some("alice@acme.test".into()),
-            user_id: Some("00u1".into()),
-            user_target_name: Some("bob".into()),
-            user_target_email: Some("bob@acme.test".into()),
-            user_target_id: Some("00u2".into()),
-            source_ip: Some("198.51.100.7".into()),
-            source_geo_country_iso_code: Some("DE".into()),
-            source_as_number: Some(64501),
-            user_agent_original: Some("Mozilla/5.0 (X11)".into()),
-            organization_id: Some("org".into()),
-            cloud_account_id: Some("acct".into()),
-            ..Default::default()
-        };
-        let mut full = full;
-        full.fill_related();
-        let raw = serde_json::json!({"a": [1, {"b": null}], "c": "\u{1F600}", "d": 1.5});
-        for e in [
-            event(full, Some(7), raw.clone()),
-            event(Ecs::default(), None, raw),
-            event(Ecs::default(), Some(1), serde_json::json!({})),
-        ] {
-            let raw_text = sonic_rs::to_string(&e.raw).unwrap();
-            let text = output_document(&e, &raw_text).unwrap();
-            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(parsed, e.to_output_json(), "{text}");
-        }
-    }
 }

@@ -166,21 +166,22 @@ impl EventSchema {
         }
     }
 
-    /// The tantivy document for a masked event; `output_text` is its output document
+    /// The tantivy document for a masked event; `raw_words` are the strings and numbers of its
+    /// raw record, space separated, and `output_text` is its output document
     /// ([`Event::to_output_json`]) as JSON text, kept in the doc store.
     ///
     /// `all` gets `event.module`, the ECS values and every string and number of the raw record:
     /// what an analyst searches for. Not the event id, timestamps, tenant or input line: they
     /// have their own fields (`event.id`, `@timestamp`) or none worth searching, and being
     /// unique per event they would only grow every segment's term dictionary.
-    pub fn document(&self, event: &Event, output_text: String) -> TantivyDocument {
+    pub fn document(&self, event: &Event, raw_words: &str, output_text: String) -> TantivyDocument {
         let mut d = TantivyDocument::default();
         let (hi, lo) = id_halves(&event.id().0);
         d.add_u64(self.id, hi);
         d.add_u64(self.id_lo, lo);
         d.add_date(self.timestamp, to_tantivy_date(event.timestamp));
         d.add_text(self.module, &event.source);
-        let mut all = String::with_capacity(output_text.len());
+        let mut all = String::with_capacity(raw_words.len() + 256);
         all.push_str(&event.source);
         all.push(' ');
         for (name, field) in &self.ecs {
@@ -206,7 +207,7 @@ impl EventSchema {
             all.push_str(&n.to_string());
             all.push(' ');
         }
-        collect_raw_text(&event.raw, &mut all);
+        all.push_str(raw_words);
         d.add_text(self.all, &all);
         d.add_text(self.doc, &output_text);
         d
@@ -228,24 +229,6 @@ fn base_tokenizers() -> TokenizerManager {
 impl Default for EventSchema {
     fn default() -> Self {
         EventSchema::new()
-    }
-}
-
-/// Every string and number of the raw record, space separated, for the catch-all field.
-fn collect_raw_text(v: &perimeter_model::RawJson, out: &mut String) {
-    use perimeter_model::raw_prelude::ValueRef;
-    match v.as_ref() {
-        ValueRef::String(s) => {
-            out.push_str(s);
-            out.push(' ');
-        }
-        ValueRef::Number(n) => {
-            out.push_str(&n.to_string());
-            out.push(' ');
-        }
-        ValueRef::Bool(_) | ValueRef::Null => {}
-        ValueRef::Array(a) => a.iter().for_each(|x| collect_raw_text(x, out)),
-        ValueRef::Object(o) => o.iter().for_each(|(_, x)| collect_raw_text(x, out)),
     }
 }
 

@@ -1,0 +1,389 @@
+//! The text forms of a batch's events, built on the write path's critical thread (before the
+//! Parquet and tantivy work runs in parallel), so they are built in one pass and cheaply:
+//!
+//! - the masked raw record as JSON text (Parquet's `raw` column, and inside the output document);
+//! - the raw record's strings and numbers as space-separated text, for the catch-all `all` field;
+//! - the output document ([`perimeter_model::Event::to_output_json`]) as JSON text, for the doc
+//!   store.
+//!
+//! The first two come from one walk of the raw record; both live in one buffer per batch, not a
+//! `String` per event.
+
+use std::sync::OnceLock;
+
+use perimeter_model::raw_prelude::ValueRef;
+use perimeter_model::{EcsValue, Event, RawJson, ECS_FIELDS};
+
+use crate::{Result, StoreError};
+
+/// Raw JSON and raw catch-all text of every event of a batch, in order.
+#[derive(Default)]
+pub(crate) struct BatchText {
+    raw: String,
+    raw_ends: Vec<usize>,
+    all: String,
+    all_ends: Vec<usize>,
+}
+
+impl BatchText {
+    pub fn build<'a>(events: impl ExactSizeIterator<Item = &'a Event>) -> Result<BatchText> {
+        let n = events.len();
+        let mut raw = Vec::with_capacity(n * 1024);
+        let mut all = Vec::with_capacity(n * 768);
+        let mut raw_ends = Vec::with_capacity(n);
+        let mut all_ends = Vec::with_capacity(n);
+        let mut num = String::new();
+        for e in events {
+            walk(&e.raw, &mut raw, &mut all, &mut num);
+            raw_ends.push(raw.len());
+            all_ends.push(all.len());
+        }
+        // Everything appended is either valid UTF-8 taken from `&str`s or ASCII.
+        let text = |v: Vec<u8>| {
+            String::from_utf8(v)
+                .map_err(|_| StoreError::InvalidBatch("raw record text is not UTF-8".into()))
+        };
+        Ok(BatchText {
+            raw: text(raw)?,
+            raw_ends,
+            all: text(all)?,
+            all_ends,
+        })
+    }
+
+    /// The `i`th event's raw record as JSON text.
+    pub fn raw(&self, i: usize) -> &str {
+        let from = if i == 0 { 0 } else { self.raw_ends[i - 1] };
+        &self.raw[from..self.raw_ends[i]]
+    }
+
+    /// The `i`th event's raw strings and numbers, space separated.
+    pub fn raw_words(&self, i: usize) -> &str {
+        let from = if i == 0 { 0 } else { self.all_ends[i - 1] };
+        &self.all[from..self.all_ends[i]]
+    }
+}
+
+/// Append `v` as JSON to `json`, and its strings and numbers (not keys, booleans or nulls),
+/// each followed by a space, to `words`.
+fn walk(v: &RawJson, json: &mut Vec<u8>, words: &mut Vec<u8>, num: &mut String) {
+    match v.as_ref() {
+        ValueRef::String(s) => {
+            write_json_str(json, s);
+            words.extend_from_slice(s.as_bytes());
+            words.push(b' ');
+        }
+        ValueRef::Number(n) => {
+            use std::fmt::Write;
+            num.clear();
+            let _ = write!(num, "{n}");
+            json.extend_from_slice(num.as_bytes());
+            words.extend_from_slice(num.as_bytes());
+            words.push(b' ');
+        }
+        ValueRef::Bool(b) => json.extend_from_slice(if b { b"true" } else { b"false" }),
+        ValueRef::Null => json.extend_from_slice(b"null"),
+        ValueRef::Array(a) => {
+            json.push(b'[');
+            for (k, x) in a.iter().enumerate() {
+                if k > 0 {
+                    json.push(b',');
+                }
+                walk(x, json, words, num);
+            }
+            json.push(b']');
+        }
+        ValueRef::Object(o) => {
+            json.push(b'{');
+            for (k, (key, x)) in o.iter().enumerate() {
+                if k > 0 {
+                    json.push(b',');
+                }
+                write_json_str(json, key);
+                json.push(b':');
+                walk(x, json, words, num);
+            }
+            json.push(b'}');
+        }
+    }
+}
+
+/// JSON escape of each byte: 0 none, `u` as `\u00XX`, else the character after a backslash.
+const ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+/// `s` as a JSON string literal.
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc = ESCAPE[c as usize];
+        if esc == 0 {
+            continue;
+        }
+        out.extend_from_slice(&b[start..i]);
+        if esc == b'u' {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(c >> 4) as usize]);
+            out.push(HEX[(c & 0xf) as usize]);
+        } else {
+            out.push(b'\\');
+            out.push(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
+}
+
+/// Where a value of the output document comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    Timestamp,
+    Ecs(&'static str),
+    Id,
+    Module,
+    Ingested,
+    PerimeterSource,
+    PerimeterTenant,
+    PerimeterLine,
+    Raw,
+}
+
+/// One leaf of the output document: its parents' keys, its key, its source.
+struct Slot {
+    parents: Vec<&'static str>,
+    leaf: &'static str,
+    source: Source,
+}
+
+/// Every possible leaf, sorted by path segment-wise, so the leaves of one object are adjacent.
+fn layout() -> &'static [Slot] {
+    static LAYOUT: OnceLock<Vec<Slot>> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let mut paths: Vec<(&'static str, Source)> = vec![("@timestamp", Source::Timestamp)];
+        paths.extend(ECS_FIELDS.iter().skip(1).map(|f| (*f, Source::Ecs(f))));
+        paths.extend([
+            ("event.id", Source::Id),
+            ("event.module", Source::Module),
+            ("event.ingested", Source::Ingested),
+            ("perimeter.source", Source::PerimeterSource),
+            ("perimeter.tenant", Source::PerimeterTenant),
+            ("perimeter.line", Source::PerimeterLine),
+            ("raw", Source::Raw),
+        ]);
+        paths.sort_by(|a, b| a.0.split('.').cmp(b.0.split('.')));
+        paths
+            .into_iter()
+            .map(|(path, source)| {
+                let (parents, leaf) = match path.rsplit_once('.') {
+                    Some((p, l)) => (p.split('.').collect(), l),
+                    None => (Vec::new(), path),
+                };
+                Slot {
+                    parents,
+                    leaf,
+                    source,
+                }
+            })
+            .collect()
+    })
+}
+
+/// `Event::to_output_json` as JSON text, written directly (no `serde_json::Value` tree) with
+/// the raw record's JSON text spliced in: parsed back it equals `to_output_json()` (key order
+/// aside, which JSON objects do not have), as the tests check.
+pub(crate) fn output_document(e: &Event, raw_text: &str) -> String {
+    use chrono::SecondsFormat::AutoSi;
+    let mut out: Vec<u8> = Vec::with_capacity(raw_text.len() + 768);
+    out.push(b'{');
+    let mut open: &[&str] = &[];
+    let mut first = true;
+    let mut num = String::new();
+    for slot in layout() {
+        // Absent values are skipped before any object is opened for them.
+        let value: Option<EcsValue> = match slot.source {
+            Source::Timestamp if e.ecs.timestamp.is_none() => continue,
+            Source::Ecs(name) => match e.ecs.get(name) {
+                Some(v) => Some(v),
+                None => continue,
+            },
+            _ => None,
+        };
+        let common = open
+            .iter()
+            .zip(&slot.parents)
+            .take_while(|(a, b)| a == b)
+            .count();
+        for _ in common..open.len() {
+            out.push(b'}');
+            first = false;
+        }
+        for p in &slot.parents[common..] {
+            if !first {
+                out.push(b',');
+            }
+            write_json_str(&mut out, p);
+            out.extend_from_slice(b":{");
+            first = true;
+        }
+        open = &slot.parents;
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json_str(&mut out, slot.leaf);
+        out.push(b':');
+        let mut number = |out: &mut Vec<u8>, n: u64| {
+            use std::fmt::Write;
+            num.clear();
+            let _ = write!(num, "{n}");
+            out.extend_from_slice(num.as_bytes());
+        };
+        match (slot.source, value) {
+            (_, Some(EcsValue::Str(s))) => write_json_str(&mut out, s),
+            (_, Some(EcsValue::Num(n))) => number(&mut out, n),
+            (_, Some(EcsValue::List(l))) => {
+                out.push(b'[');
+                for (k, s) in l.iter().enumerate() {
+                    if k > 0 {
+                        out.push(b',');
+                    }
+                    write_json_str(&mut out, s);
+                }
+                out.push(b']');
+            }
+            (Source::Timestamp, None) => {
+                if let Some(t) = e.ecs.timestamp {
+                    write_json_str(&mut out, &t.to_rfc3339_opts(AutoSi, true));
+                }
+            }
+            (Source::Id, None) => write_json_str(&mut out, &e.id().0),
+            (Source::Module | Source::PerimeterSource, None) => write_json_str(&mut out, &e.source),
+            (Source::Ingested, None) => {
+                write_json_str(&mut out, &e.received_at.to_rfc3339_opts(AutoSi, true))
+            }
+            (Source::PerimeterTenant, None) => write_json_str(&mut out, &e.tenant),
+            (Source::PerimeterLine, None) => match e.line {
+                Some(n) => number(&mut out, n),
+                None => out.extend_from_slice(b"null"),
+            },
+            (Source::Raw, None) => out.extend_from_slice(raw_text.as_bytes()),
+            (Source::Ecs(_), None) => {}
+        }
+    }
+    out.extend(std::iter::repeat_n(b'}', open.len() + 1));
+    // Only `&str` contents and ASCII were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use perimeter_model::{Ecs, Outcome, RawRecord};
+
+    fn event(ecs: Ecs, line: Option<u64>, raw: serde_json::Value) -> Event {
+        let at = Utc.with_ymd_and_hms(2026, 11, 2, 3, 4, 5).unwrap();
+        let record = RawRecord {
+            source: "okta".into(),
+            tenant: "ac\"me".into(),
+            received_at: at + chrono::Duration::milliseconds(1234),
+            line,
+            raw: perimeter_model::raw_from_serde(&raw),
+        };
+        Event::new("okta", record, ecs)
+    }
+
+    fn events() -> Vec<Event> {
+        let mut full = Ecs {
+            event_action: Some("user.session.start".into()),
+            event_outcome: Outcome::Failure,
+            event_category: vec!["authentication".into(), "iam".into()],
+            event_type: vec!["start".into()],
+            user_name: Some("Ä \"quoted\" \\ name\n\u{1}\u{7f}".into()),
+            user_email: Some("alice@acme.test".into()),
+            user_id: Some("00u1".into()),
+            user_target_name: Some("bob".into()),
+            user_target_email: Some("bob@acme.test".into()),
+            user_target_id: Some("00u2".into()),
+            source_ip: Some("198.51.100.7".into()),
+            source_geo_country_iso_code: Some("DE".into()),
+            source_as_number: Some(64501),
+            user_agent_original: Some("Mozilla/5.0 (X11)".into()),
+            organization_id: Some("org".into()),
+            cloud_account_id: Some("acct".into()),
+            ..Default::default()
+        };
+        full.fill_related();
+        let raw = serde_json::json!({
+            "a": [1, {"b": null, "t": true, "f": false}, -7, 1.5e300, 0.25],
+            "c": "\u{1F600} tab\there \"q\" \\ \u{0} \u{1f} </script>",
+            "d": 1.5,
+            "e": {}, "g": [], "k\"ey\n": "v",
+            "big": u64::MAX, "neg": i64::MIN
+        });
+        vec![
+            event(full, Some(7), raw.clone()),
+            event(Ecs::default(), None, raw),
+            event(Ecs::default(), Some(1), serde_json::json!({})),
+            event(Ecs::default(), Some(1), serde_json::json!(["top", "level", 3])),
+        ]
+    }
+
+    #[test]
+    fn raw_text_parses_back_to_the_raw_record() {
+        let evs = events();
+        let text = BatchText::build(evs.iter()).unwrap();
+        for (i, e) in evs.iter().enumerate() {
+            let parsed: serde_json::Value = serde_json::from_str(text.raw(i)).unwrap();
+            assert_eq!(parsed, perimeter_model::raw_to_serde(&e.raw), "{}", text.raw(i));
+        }
+        assert_eq!(text.raw_words(2), "");
+        assert_eq!(text.raw_words(3), "top level 3 ");
+        let words = text.raw_words(0);
+        for w in ["1 ", "-7 ", "0.25 ", "1.5 ", "v ", "18446744073709551615 "] {
+            assert!(words.contains(w), "{w:?} in {words:?}");
+        }
+        assert!(!words.contains("true") && !words.contains("null") && !words.contains("ey"));
+    }
+
+    #[test]
+    fn output_document_text_is_to_output_json() {
+        let evs = events();
+        let text = BatchText::build(evs.iter()).unwrap();
+        for (i, e) in evs.iter().enumerate() {
+            let doc = output_document(e, text.raw(i));
+            let parsed: serde_json::Value = serde_json::from_str(&doc).unwrap();
+            assert_eq!(parsed, e.to_output_json(), "{doc}");
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped_like_serde_json() {
+        let all: String = (0u8..=0x7f).map(char::from).chain("é😀".chars()).collect();
+        for s in ["", "plain", "a\"b\\c/d", &all] {
+            let mut out = Vec::new();
+            write_json_str(&mut out, s);
+            let parsed: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(parsed, s);
+        }
+    }
+}
