@@ -155,44 +155,44 @@ pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// Where a value of the output document comes from.
 #[derive(Clone, Copy)]
-enum Source {
+enum Origin {
     Timestamp,
     Ecs(&'static str),
     Id,
     Module,
     Ingested,
-    PerimeterSource,
-    PerimeterTenant,
-    PerimeterLine,
+    Source,
+    Tenant,
+    Line,
     Raw,
 }
 
-/// One leaf of the output document: its parents' keys, its key, its source.
+/// One leaf of the output document: its parents' keys, its key, where its value comes from.
 struct Slot {
     parents: Vec<&'static str>,
     leaf: &'static str,
-    source: Source,
+    origin: Origin,
 }
 
 /// Every possible leaf, sorted by path segment-wise, so the leaves of one object are adjacent.
 fn layout() -> &'static [Slot] {
     static LAYOUT: OnceLock<Vec<Slot>> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        let mut paths: Vec<(&'static str, Source)> = vec![("@timestamp", Source::Timestamp)];
-        paths.extend(ECS_FIELDS.iter().skip(1).map(|f| (*f, Source::Ecs(f))));
+        let mut paths: Vec<(&'static str, Origin)> = vec![("@timestamp", Origin::Timestamp)];
+        paths.extend(ECS_FIELDS.iter().skip(1).map(|f| (*f, Origin::Ecs(f))));
         paths.extend([
-            ("event.id", Source::Id),
-            ("event.module", Source::Module),
-            ("event.ingested", Source::Ingested),
-            ("perimeter.source", Source::PerimeterSource),
-            ("perimeter.tenant", Source::PerimeterTenant),
-            ("perimeter.line", Source::PerimeterLine),
-            ("raw", Source::Raw),
+            ("event.id", Origin::Id),
+            ("event.module", Origin::Module),
+            ("event.ingested", Origin::Ingested),
+            ("perimeter.source", Origin::Source),
+            ("perimeter.tenant", Origin::Tenant),
+            ("perimeter.line", Origin::Line),
+            ("raw", Origin::Raw),
         ]);
         paths.sort_by(|a, b| a.0.split('.').cmp(b.0.split('.')));
         paths
             .into_iter()
-            .map(|(path, source)| {
+            .map(|(path, origin)| {
                 let (parents, leaf) = match path.rsplit_once('.') {
                     Some((p, l)) => (p.split('.').collect(), l),
                     None => (Vec::new(), path),
@@ -200,7 +200,7 @@ fn layout() -> &'static [Slot] {
                 Slot {
                     parents,
                     leaf,
-                    source,
+                    origin,
                 }
             })
             .collect()
@@ -219,9 +219,9 @@ pub(crate) fn output_document(e: &Event, raw_text: &str) -> String {
     let mut num = String::new();
     for slot in layout() {
         // Absent values are skipped before any object is opened for them.
-        let value: Option<EcsValue> = match slot.source {
-            Source::Timestamp if e.ecs.timestamp.is_none() => continue,
-            Source::Ecs(name) => match e.ecs.get(name) {
+        let value: Option<EcsValue> = match slot.origin {
+            Origin::Timestamp if e.ecs.timestamp.is_none() => continue,
+            Origin::Ecs(name) => match e.ecs.get(name) {
                 Some(v) => Some(v),
                 None => continue,
             },
@@ -232,8 +232,8 @@ pub(crate) fn output_document(e: &Event, raw_text: &str) -> String {
             .zip(&slot.parents)
             .take_while(|(a, b)| a == b)
             .count();
-        for _ in common..open.len() {
-            out.push(b'}');
+        if open.len() > common {
+            out.extend(std::iter::repeat_n(b'}', open.len() - common));
             first = false;
         }
         for p in &slot.parents[common..] {
@@ -257,7 +257,7 @@ pub(crate) fn output_document(e: &Event, raw_text: &str) -> String {
             let _ = write!(num, "{n}");
             out.extend_from_slice(num.as_bytes());
         };
-        match (slot.source, value) {
+        match (slot.origin, value) {
             (_, Some(EcsValue::Str(s))) => write_json_str(&mut out, s),
             (_, Some(EcsValue::Num(n))) => number(&mut out, n),
             (_, Some(EcsValue::List(l))) => {
@@ -270,23 +270,23 @@ pub(crate) fn output_document(e: &Event, raw_text: &str) -> String {
                 }
                 out.push(b']');
             }
-            (Source::Timestamp, None) => {
+            (Origin::Timestamp, None) => {
                 if let Some(t) = e.ecs.timestamp {
                     write_json_str(&mut out, &t.to_rfc3339_opts(AutoSi, true));
                 }
             }
-            (Source::Id, None) => write_json_str(&mut out, &e.id().0),
-            (Source::Module | Source::PerimeterSource, None) => write_json_str(&mut out, &e.source),
-            (Source::Ingested, None) => {
+            (Origin::Id, None) => write_json_str(&mut out, &e.id().0),
+            (Origin::Module | Origin::Source, None) => write_json_str(&mut out, &e.source),
+            (Origin::Ingested, None) => {
                 write_json_str(&mut out, &e.received_at.to_rfc3339_opts(AutoSi, true))
             }
-            (Source::PerimeterTenant, None) => write_json_str(&mut out, &e.tenant),
-            (Source::PerimeterLine, None) => match e.line {
+            (Origin::Tenant, None) => write_json_str(&mut out, &e.tenant),
+            (Origin::Line, None) => match e.line {
                 Some(n) => number(&mut out, n),
                 None => out.extend_from_slice(b"null"),
             },
-            (Source::Raw, None) => out.extend_from_slice(raw_text.as_bytes()),
-            (Source::Ecs(_), None) => {}
+            (Origin::Raw, None) => out.extend_from_slice(raw_text.as_bytes()),
+            (Origin::Ecs(_), None) => {}
         }
     }
     out.extend(std::iter::repeat_n(b'}', open.len() + 1));
