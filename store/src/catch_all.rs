@@ -8,6 +8,7 @@
 //!   punctuation other than the joiners `. @ - _ : / +`; a chunk loses leading and trailing
 //!   joiners; a chunk with joiners inside yields itself plus its words
 //!   (`alice@acme.test` -> `alice@acme.test`, `alice`, `acme`, `test`), a plain word itself;
+//!   a token already seen in the same text is dropped (the field keeps no frequencies);
 //! - query side ([`CATCH_ALL_QUERY_TOKENIZER`]): the same chunks, each whole, so `10.1.2.3`,
 //!   `"10.1.2.3"`, `alice@acme.test`, `user.session.start` and `alice` are one term each;
 //! - a query phrase of several chunks on `all` (`"Mozilla/5.0 (X11; Linux"`) is rewritten by
@@ -213,13 +214,17 @@ fn fold_hash(tok: &[u8]) -> u64 {
     for w in &mut words {
         let mut b = [0u8; 8];
         b.copy_from_slice(w);
-        h = (h ^ (u64::from_le_bytes(b) | FOLD)).wrapping_mul(K).rotate_left(31);
+        h = (h ^ (u64::from_le_bytes(b) | FOLD))
+            .wrapping_mul(K)
+            .rotate_left(31);
     }
     let rest = words.remainder();
     if !rest.is_empty() {
         let mut b = [0u8; 8];
         b[..rest.len()].copy_from_slice(rest);
-        h = (h ^ (u64::from_le_bytes(b) | FOLD)).wrapping_mul(K).rotate_left(31);
+        h = (h ^ (u64::from_le_bytes(b) | FOLD))
+            .wrapping_mul(K)
+            .rotate_left(31);
     }
     h.wrapping_mul(K)
 }
@@ -418,13 +423,29 @@ mod tests {
     fn repeated_tokens_are_indexed_once() {
         assert_eq!(
             index_tokens("10.1.2.3 alice 10.1.2.3 ALICE Alice@x.y alice@X.Y 1 Ä ä Ä"),
-            ["10.1.2.3", "10", "1", "2", "3", "alice", "alice@x.y", "x", "y", "ä", "ä", "ä"]
+            [
+                "10.1.2.3",
+                "10",
+                "1",
+                "2",
+                "3",
+                "alice",
+                "alice@x.y",
+                "x",
+                "y",
+                "ä",
+                "ä",
+                "ä"
+            ]
         );
         // Many distinct tokens (the set grows with them), every one kept once.
         let text: String = (0..500).map(|i| format!("t{i} T{i} ")).collect();
         let toks = index_tokens(&text);
         assert_eq!(toks.len(), 500);
-        assert_eq!(toks.iter().collect::<std::collections::HashSet<_>>().len(), 500);
+        assert_eq!(
+            toks.iter().collect::<std::collections::HashSet<_>>().len(),
+            500
+        );
     }
 
     #[test]

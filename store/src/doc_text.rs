@@ -344,7 +344,11 @@ mod tests {
             event(full, Some(7), raw.clone()),
             event(Ecs::default(), None, raw),
             event(Ecs::default(), Some(1), serde_json::json!({})),
-            event(Ecs::default(), Some(1), serde_json::json!(["top", "level", 3])),
+            event(
+                Ecs::default(),
+                Some(1),
+                serde_json::json!(["top", "level", 3]),
+            ),
         ]
     }
 
@@ -354,7 +358,12 @@ mod tests {
         let text = BatchText::build(evs.iter()).unwrap();
         for (i, e) in evs.iter().enumerate() {
             let parsed: serde_json::Value = serde_json::from_str(text.raw(i)).unwrap();
-            assert_eq!(parsed, perimeter_model::raw_to_serde(&e.raw), "{}", text.raw(i));
+            assert_eq!(
+                parsed,
+                perimeter_model::raw_to_serde(&e.raw),
+                "{}",
+                text.raw(i)
+            );
         }
         assert_eq!(text.raw_words(2), "");
         assert_eq!(text.raw_words(3), "top level 3 ");

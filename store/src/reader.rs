@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
-use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf};
+use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 
 use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};

@@ -103,10 +103,7 @@ impl EventSchema {
         // The id's first 64 bits, indexed (a u64 term per event costs the term dictionary far
         // less than the 32-char hex text did) and fast (dedup set, sort tie-break); the other
         // 64 bits fast only. `event.id:<hex>` queries are rewritten to the u64 (`reader.rs`).
-        let id = b.add_u64_field(
-            ID_FIELD,
-            NumericOptions::default().set_indexed().set_fast(),
-        );
+        let id = b.add_u64_field(ID_FIELD, NumericOptions::default().set_indexed().set_fast());
         let id_lo = b.add_u64_field(ID_LO_FIELD, NumericOptions::default().set_fast());
         // Fast only: range queries on a fast field run on the column (tantivy does so even
         // when the field is also indexed), and sorting uses the column; a term per

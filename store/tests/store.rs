@@ -383,7 +383,13 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
         1
     );
     assert_eq!(
-        search_all(&store, "acme", "@timestamp:[2026-11-19T00:00:00Z TO *]", 100).len(),
+        search_all(
+            &store,
+            "acme",
+            "@timestamp:[2026-11-19T00:00:00Z TO *]",
+            100
+        )
+        .len(),
         21
     );
 }
