@@ -261,7 +261,7 @@ impl Store {
     }
 }
 
-/// `event.id:<id>` (bare or quoted) becomes a term on the u64 of the id's first 64 bits, which is
+/// `event.id:<id>` (bare or quoted, or each id of `event.id: IN [..]`) becomes a term on the u64 of the id's first 64 bits, which is
 /// what the `event.id` field holds; the low 64 bits are not checked (a false match needs two
 /// ids of one tenant to share 64 bits of their content hash). Ranges on `event.id` stay as they
 /// are and fail to parse as numbers ([`StoreError::InvalidQuery`]).
@@ -282,6 +282,13 @@ fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
                 lit.delimiter = Delimiter::None;
                 lit.prefix = false;
                 UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(lit)))
+            }
+            UserInputLeaf::Set { field, elements } if field.as_deref() == Some(ID_FIELD) => {
+                let elements = elements
+                    .iter()
+                    .map(|id| id_halves(id.trim()).0.to_string())
+                    .collect();
+                UserInputAst::Leaf(Box::new(UserInputLeaf::Set { field, elements }))
             }
             other => UserInputAst::Leaf(Box::new(other)),
         },

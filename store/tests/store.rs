@@ -488,6 +488,12 @@ fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
     // Ids, timestamps, tenant and line are not in `all`; the id has its own field.
     assert!(ids(&a.id().0).is_empty());
     assert_eq!(ids(&format!("event.id:{}", a.id().0)), only_a);
+    assert_eq!(ids(&format!("event.id:\"{}\"", a.id().0)), only_a);
+    assert_eq!(
+        ids(&format!("event.id: IN [{} {}]", a.id().0, b.id().0)),
+        both
+    );
+    assert!(ids("event.id:not-an-id").is_empty());
 }
 
 #[test]
