@@ -38,10 +38,7 @@ pub struct StoreConfig {
     /// Memory budget of one tantivy index writer, in bytes (split across its threads).
     #[serde(default = "default_index_writer_memory_bytes")]
     pub index_writer_memory_bytes: usize,
-    /// Indexing threads per tantivy index writer. Each thread makes its own segment per commit,
-    /// and every batch commits: one thread per index (the default) halves the per-segment work
-    /// (arenas, term dictionaries, files) of two, while a batch that touches several (tenant,
-    /// day) indexes still indexes them in parallel.
+    /// Indexing threads per tantivy index writer.
     #[serde(default = "default_index_writer_threads")]
     pub index_writer_threads: usize,
     /// How many (tenant, day) index writers stay open; the least recently used is closed.
@@ -82,7 +79,7 @@ fn default_index_writer_memory_bytes() -> usize {
     128 * 1024 * 1024
 }
 fn default_index_writer_threads() -> usize {
-    1
+    2
 }
 fn default_max_open_writers() -> usize {
     8
