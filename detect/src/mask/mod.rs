@@ -396,8 +396,14 @@ impl SecretMasker {
     }
 
     /// Whether `key` names a secret (remembered per thread, see [`cache`]).
+    ///
+    /// Masking's own markers are not read as words: `[REDACTED:github_token]` in a key or a
+    /// pair's name says a secret was there, not that the value is one (and reading it so would
+    /// make masking the output again change it).
     fn key_is_sensitive(&self, key: &str) -> bool {
-        cache::key_is_sensitive(self.instance, key, || self.keys.is_sensitive(key))
+        cache::key_is_sensitive(self.instance, key, || {
+            self.keys.is_sensitive(&without_redaction_markers(key))
+        })
     }
 
     fn replacement(&self, action: Action, label: &str, secret: &str) -> String {
@@ -414,6 +420,32 @@ impl SecretMasker {
             }
         }
     }
+}
+
+/// `text` without the `[REDACTED:<kind>]` markers masking writes.
+fn without_redaction_markers(text: &str) -> Cow<'_, str> {
+    const OPEN: &str = "[REDACTED:";
+    if !text.contains(OPEN) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(OPEN) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + OPEN.len()..];
+        let label_len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_lowercase() || *b == b'_')
+            .count();
+        if after.as_bytes().get(label_len) == Some(&b']') {
+            rest = &after[label_len + 1..];
+        } else {
+            out.push_str(OPEN);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 impl Default for SecretMasker {

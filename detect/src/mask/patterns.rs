@@ -77,10 +77,23 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "private-key",
             "privatekey",
             "credential",
+            // Key names are folded (`_`, `-`, `.` and case ignored) before the key-name rule;
+            // compounds are listed with each separator, since only a name holding an anchor is
+            // checked.
+            "api.key",
+            "private.key",
             "session_key",
+            "session-key",
+            "session.key",
             "sessionkey",
             "signing_key",
+            "signing-key",
+            "signing.key",
+            "signingkey",
             "encryption_key",
+            "encryption-key",
+            "encryption.key",
+            "encryptionkey",
         ],
     },
     PatternSpec {
@@ -265,14 +278,23 @@ impl Patterns {
             // Non-overlapping (it can use AC's own memchr-style prefilter); no anchor is a
             // substring of another kind's anchor starting at the same place, so none is hidden.
             scanned = true;
+            let mut assignment_anchor = false;
             for m in self.prefilter.find_iter(text) {
                 let kind = self.anchor_kind[m.pattern().as_usize()];
-                // Kinds whose regex needs more right after the anchor than the anchor: a word
-                // like `Password` in `1Password Browser Extension` or `Okta` in `Okta Verify`
-                // must not run a regex (a capturing one, for assignments) on every such value.
-                if set & bit(kind) == 0 && anchor_can_match(kind, bytes, m.start(), m.end(), keys) {
+                if kind == PatternKind::SecretAssignment {
+                    assignment_anchor = true;
+                    continue;
+                }
+                // Kinds whose regex needs more right after the anchor than the anchor: `Okta`
+                // in `Okta Verify` must not run a regex on every such value.
+                if set & bit(kind) == 0 && anchor_can_match(kind, bytes, m.start(), m.end()) {
                     set |= bit(kind);
                 }
+            }
+            // A word like `Password` in `1Password Browser Extension` must not run the
+            // (capturing) assignment regex: only a sensitive name before a separator can match.
+            if assignment_anchor && assignment_possible(bytes, keys) {
+                set |= bit(PatternKind::SecretAssignment);
             }
             // Kinds whose regex cannot match without these bytes (`name = value`, `Bearer x`).
             if !scan.has_assign && !scan.has_space {
@@ -464,45 +486,18 @@ fn scan_bytes(bytes: &[u8]) -> ByteScan {
 /// Whether the text after an anchor of `kind` (at `start..end`) can continue a match of the
 /// kind's regex: a necessary condition, checked on bytes. Non-ASCII bytes are taken as possible
 /// whitespace (`\s` in the patterns is Unicode-aware), which keeps this a superset.
-fn anchor_can_match(
-    kind: PatternKind,
-    text: &[u8],
-    start: usize,
-    end: usize,
-    keys: &KeyMatcher,
-) -> bool {
+fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) -> bool {
     let anchor = &text[start..end];
     let rest = &text[end..];
     let space = |b: &u8| b.is_ascii_whitespace() || *b >= 0x80;
     match kind {
-        // `name <sep> value` where the name holds the anchor: the rest of the name, then `:`/`=`
-        // (after an optional escaped quote and spaces) or a prose separator after spaces.
-        PatternKind::SecretAssignment | PatternKind::AwsSecretAccessKey => {
-            let name_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+        // `secret_access_key <sep> value`: the separator right after the name.
+        PatternKind::AwsSecretAccessKey => {
             let name_end = rest
                 .iter()
                 .position(|b| !name_byte(b))
                 .unwrap_or(rest.len());
-            let after = &rest[name_end..];
-            let separated = separator_follows(kind, after, space);
-            if !separated || kind != PatternKind::SecretAssignment || keys.has_extra_words() {
-                return separated;
-            }
-            // The verifier accepts an assignment only when its name is a sensitive key. The
-            // name ends where the name bytes do, and starts at a word boundary at or before the
-            // anchor (the search retries every start), 3 to 80 bytes long.
-            let name_end = end + name_end;
-            let run_start = text[..start]
-                .iter()
-                .rposition(|b| !name_byte(b))
-                .map_or(0, |i| i + 1);
-            let word = |i: usize| text[i].is_ascii_alphanumeric() || text[i] == b'_';
-            (run_start..=start).any(|p| {
-                let boundary = p == 0 || word(p - 1) != word(p);
-                (3..=80).contains(&(name_end - p))
-                    && boundary
-                    && std::str::from_utf8(&text[p..name_end]).is_ok_and(|n| keys.is_sensitive(n))
-            })
+            separator_follows(kind, &rest[name_end..], space)
         }
         // `Bearer x` / `Basic x`: spaces, then at least 8 token characters.
         PatternKind::AuthHeader => {
@@ -540,6 +535,56 @@ fn anchor_can_match(
         }
         _ => true,
     }
+}
+
+/// Bytes of a `name = value` name in the assignment pattern.
+fn name_byte(b: &u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
+/// Whether the assignment pattern can find a secret in `text`: a sensitive name (per `keys`,
+/// as its verifier requires) right before `:`/`=` (after an optional escaped quote and spaces),
+/// or any prose separator (`is`, `was`, ...), which the verifier then judges. Checked at every
+/// separator rather than near an anchor, so it does not depend on where the anchor was.
+fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
+    if keys.has_extra_words() || !text.is_ascii() {
+        // Configured words have no anchors of their own; non-ASCII may be `\s`: let the
+        // regex decide.
+        return true;
+    }
+    // `\s+(is|was|set to|changed to)\s+`: a whitespace byte, then the word's first letters.
+    if text.windows(3).any(|x| {
+        x[0].is_ascii_whitespace()
+            && matches!(
+                [x[1].to_ascii_lowercase(), x[2].to_ascii_lowercase()],
+                [b'i', b's'] | [b'w', b'a'] | [b's', b'e'] | [b'c', b'h']
+            )
+    }) {
+        return true;
+    }
+    memchr::memchr2_iter(b':', b'=', text).any(|sep| {
+        // Back over spaces, an optional quote and an optional backslash to the name's end.
+        let mut end = sep;
+        while end > 0 && text[end - 1].is_ascii_whitespace() {
+            end -= 1;
+        }
+        if end > 0 && matches!(text[end - 1], b'"' | b'\'') {
+            end -= 1;
+        }
+        if end > 0 && text[end - 1] == b'\\' {
+            end -= 1;
+        }
+        let run_start = text[..end]
+            .iter()
+            .rposition(|b| !name_byte(b))
+            .map_or(0, |i| i + 1);
+        let word = |i: usize| text[i].is_ascii_alphanumeric() || text[i] == b'_';
+        (run_start..end).any(|p| {
+            (3..=80).contains(&(end - p))
+                && (p == 0 || word(p - 1) != word(p))
+                && std::str::from_utf8(&text[p..end]).is_ok_and(|n| keys.is_sensitive(n))
+        })
+    })
 }
 
 /// Whether `after` (the text after an assignment's name) starts with what the assignment patterns
@@ -586,6 +631,16 @@ fn has_ssn_shape(bytes: &[u8]) -> bool {
     })
 }
 
+/// Whether `secret` (at `start` in `text`) is part of the hex of an `hmac:<hex>` pseudonym that
+/// masking wrote: its digits can look like a card number, and masking them again would break
+/// idempotence and the pseudonym's stability.
+fn inside_hash_output(text: &str, start: usize, secret: &str) -> bool {
+    let hex_start = text[..start]
+        .trim_end_matches(|c: char| c.is_ascii_hexdigit())
+        .len();
+    text[..hex_start].ends_with("hmac:") && secret.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Text already produced by masking is never masked again (idempotence, stable hashes).
 pub(crate) fn is_masked(s: &str) -> bool {
     s.starts_with("[REDACTED:") || s.starts_with("hmac:") || s.starts_with("****")
@@ -623,7 +678,7 @@ fn verify(
     start: usize,
     keys: &KeyMatcher,
 ) -> bool {
-    if secret.is_empty() || is_masked(secret) || text[..start].ends_with("hmac:") {
+    if secret.is_empty() || is_masked(secret) || inside_hash_output(text, start, secret) {
         return false;
     }
     match kind {
@@ -639,7 +694,15 @@ fn verify(
                 looks_random(secret)
             }
         }
-        PatternKind::CreditCard => is_card_number(secret),
+        PatternKind::CreditCard => {
+            // A grouped number glued to letters is a segment of a UUID or hex id
+            // (`00aa2796-5620-3104-10aa-...`), not a card written out by a person.
+            let grouped = secret.bytes().any(|b| b == b'-' || b == b' ');
+            let glued = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphabetic);
+            let before = start.checked_sub(1).and_then(|i| text.as_bytes().get(i));
+            let after = text.as_bytes().get(start + secret.len());
+            is_card_number(secret) && !(grouped && (glued(before) || glued(after)))
+        }
         PatternKind::UsSsn => is_valid_ssn(secret),
         _ => true,
     }
@@ -877,6 +940,7 @@ mod tests {
                 "123", "45", "6789", "4111", "1111", "0", "abcdefgh", "Zq9abc123XY",
                 "00abcdefghijklmnopqrstuvwxyz0123456789ABCDEF", "eyJhbGciOi.eyJzdWIi.sig", "x",
                 "client_", "hashed_", "next", "s", "key", "Type", ".actions", "db.", "my-",
+                "Api.Key", "signingKey", "session-key", "Encryption.Key",
             ]),
             0..12,
         )) {
@@ -884,11 +948,16 @@ mod tests {
             let keys = KeyMatcher::new(&[], &[]).expect("keys");
             let text: String = parts.concat();
             let candidates = p.candidates(&text, KindSet::MAX, &keys);
+            let lower = text.to_ascii_lowercase();
             for kind in PatternKind::ALL {
                 let mut found = Vec::new();
                 p.find(kind, &text, &keys, &mut found);
+                // Anchored kinds are looked for only where one of their anchors occurs (by
+                // design: a sensitive word spelt with other separators, `api__key`, has none).
+                let anchors = SPECS[kind.index()].anchors;
+                let anchored = anchors.is_empty() || anchors.iter().any(|a| lower.contains(a));
                 proptest::prop_assert!(
-                    found.is_empty() || candidates & bit(kind) != 0,
+                    found.is_empty() || !anchored || candidates & bit(kind) != 0,
                     "{kind:?} found in {text:?} but not a candidate"
                 );
             }

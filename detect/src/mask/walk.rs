@@ -162,7 +162,14 @@ impl<'a> MaskWalk<'a> {
             ValueRef::Object(map) => {
                 let m = self.masker;
                 let pair_is_secret = map.iter().any(|(k, v)| {
-                    is_pair_name_key(k) && v.as_str().is_some_and(|n| m.key_is_sensitive(n))
+                    // The name is judged as it is written out, masked (its own secrets are
+                    // counted when it is walked as a value): masking the output again must
+                    // reach the same decision. A wholly masked name names no secret value.
+                    is_pair_name_key(k)
+                        && v.as_str().is_some_and(|n| {
+                            let name = m.mask_str(n, enabled, &mut MaskCounts::default());
+                            !is_masked(&name) && m.key_is_sensitive(&name)
+                        })
                 });
                 self.object(map, enabled, |w, key, child| {
                     let view = child.as_ref();
