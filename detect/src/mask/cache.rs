@@ -18,9 +18,8 @@ const MAX_ENTRIES: usize = 16_384;
 /// Longer texts are not kept (rarely repeated, costly to hash and hold).
 pub(super) const MAX_TEXT_LEN: usize = 256;
 
-type Build = foldhash::fast::FixedState;
+type Build = foldhash::fast::RandomState;
 
-#[derive(Default)]
 struct Memory {
     owner: u64,
     clean: HashSet<Box<str>, Build>,
@@ -40,11 +39,30 @@ impl Memory {
 }
 
 thread_local! {
-    static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
+    // Randomly seeded: texts come from outside, and must not be craftable into collisions that
+    // turn each lookup into a long probe.
+    static MEMORY: RefCell<Memory> = RefCell::new(Memory {
+        owner: 0,
+        clean: HashSet::default(),
+        sensitive_keys: HashMap::default(),
+    });
+}
+
+/// Run `f` with this thread's set of texts masker `owner` found clean (`None` when the memory is
+/// in use further up the stack). One thread-local access for a lookup and an insert.
+pub(super) fn with_clean_texts<R>(
+    owner: u64,
+    f: impl FnOnce(Option<&mut HashSet<Box<str>, Build>>) -> R,
+) -> R {
+    MEMORY.with(|m| match m.try_borrow_mut() {
+        Ok(mut m) => f(Some(&mut m.for_owner(owner).clean)),
+        Err(_) => f(None),
+    })
 }
 
 /// Whether masker `owner` found `text` clean before (on this thread).
-pub(super) fn is_known_clean(owner: u64, text: &str) -> bool {
+#[cfg(test)]
+fn is_known_clean(owner: u64, text: &str) -> bool {
     MEMORY.with(|m| {
         m.try_borrow_mut()
             .is_ok_and(|mut m| m.for_owner(owner).clean.contains(text))
@@ -52,7 +70,8 @@ pub(super) fn is_known_clean(owner: u64, text: &str) -> bool {
 }
 
 /// Remember that masker `owner` found `text` clean.
-pub(super) fn remember_clean(owner: u64, text: &str) {
+#[cfg(test)]
+fn remember_clean(owner: u64, text: &str) {
     if text.len() > MAX_TEXT_LEN {
         return;
     }

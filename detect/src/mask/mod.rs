@@ -353,18 +353,33 @@ impl SecretMasker {
         counts: &mut MaskCounts,
     ) -> Cow<'a, str> {
         // Texts found clean before under the default kinds are not scanned again (see `cache`).
-        let cacheable = enabled == self.enabled && text.len() <= cache::MAX_TEXT_LEN;
-        if cacheable && cache::is_known_clean(self.instance, text) {
-            return Cow::Borrowed(text);
+        if enabled != self.enabled || text.len() > cache::MAX_TEXT_LEN {
+            return self.scan_str(text, enabled, counts).0;
         }
-        let (candidates, scanned) = self.patterns.candidates_scanned(text, enabled, &self.keys);
-        if candidates == 0 {
+        cache::with_clean_texts(self.instance, |clean| {
+            if clean.as_ref().is_some_and(|c| c.contains(text)) {
+                return Cow::Borrowed(text);
+            }
+            let (masked, scanned) = self.scan_str(text, enabled, counts);
             // Only texts the automaton had to read are worth remembering: the others (short,
             // id-shaped: mostly unique ids and times) were cheap and would only churn the memory.
-            if cacheable && scanned {
-                cache::remember_clean(self.instance, text);
+            if let (Some(clean), Cow::Borrowed(_), true) = (clean, &masked, scanned) {
+                clean.insert(text.into());
             }
-            return Cow::Borrowed(text);
+            masked
+        })
+    }
+
+    /// [`Self::mask_str`] without the memory; also whether the anchor automaton read the text.
+    fn scan_str<'a>(
+        &self,
+        text: &'a str,
+        enabled: KindSet,
+        counts: &mut MaskCounts,
+    ) -> (Cow<'a, str>, bool) {
+        let (candidates, scanned) = self.patterns.candidates_scanned(text, enabled, &self.keys);
+        if candidates == 0 {
+            return (Cow::Borrowed(text), scanned);
         }
         let mut current = Cow::Borrowed(text);
         let mut found: Vec<Found> = Vec::new();
@@ -389,10 +404,7 @@ impl SecretMasker {
             out.push_str(&current[last..]);
             current = Cow::Owned(out);
         }
-        if cacheable && matches!(current, Cow::Borrowed(_)) {
-            cache::remember_clean(self.instance, text);
-        }
-        current
+        (current, scanned)
     }
 
     /// Whether `key` names a secret (remembered per thread, see [`cache`]).
