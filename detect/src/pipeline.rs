@@ -387,6 +387,57 @@ mod tests {
         assert_eq!((alerts, stats.replayed), (4, 0), "{stats:?}");
     }
 
+    /// Ids are derived lazily: the ids an alert cites must be those of the stored (masked)
+    /// events, i.e. of the content as received, whether or not the pipeline keeps events.
+    #[test]
+    fn alerts_cite_the_ids_of_the_events_as_received() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("fail.yml"),
+            "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6b\nlogsource:\n    product: okta\n\
+             detection:\n    selection:\n        outcome.result: FAILURE\n    condition: selection\nlevel: low\n",
+        )
+        .unwrap();
+        let options = crate::sigma::SigmaOptions::default();
+        let (rules, _) = crate::sigma::RuleSet::load(&[dir.path().to_path_buf()], &options);
+        // A secret masking changes: the id must still be that of the clear record.
+        let record = sonic_rs::json!({"eventType": "user.session.start",
+            "published": "2026-11-24T10:00:00Z", "outcome": {"result": "FAILURE"},
+            "actor": {"alternateId": "a@x.io"}, "debugContext": {"password": "hunter2hunter2"}});
+        let expected = perimeter_model::EventId::derive("okta", &record);
+        for keep_events in [true, false] {
+            let mut p = Pipeline::new(
+                NormalizerRegistry::builtin(),
+                SecretMasker::default(),
+                Arc::new(Metrics::new()),
+                keep_events,
+            )
+            .with_sigma(SigmaDetector::new(rules.clone(), &options));
+            let mut out = PipelineOutput::default();
+            p.process_value("okta", "t", Some(1), record.clone(), Utc::now(), &mut out);
+            assert_eq!(out.alerts.len(), 1, "keep_events {keep_events}");
+            assert_eq!(out.alerts[0].event_ids, vec![expected.0.clone()]);
+            if keep_events {
+                let event = &out.events[0];
+                assert!(!event.raw.to_string().contains("hunter2"), "masked");
+                assert_eq!(event.id(), &expected);
+            }
+        }
+        // A kept event no alert cites: its id is first asked for by masking, which must fix it
+        // before changing the record.
+        let mut quiet = record.clone();
+        quiet["outcome"]["result"] = "SUCCESS".into();
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let mut out = PipelineOutput::default();
+        p.process_value("okta", "t", Some(1), quiet.clone(), Utc::now(), &mut out);
+        assert!(out.alerts.is_empty());
+        assert!(!out.events[0].raw.to_string().contains("hunter2"), "masked");
+        assert_eq!(
+            out.events[0].id(),
+            &perimeter_model::EventId::derive("okta", &quiet)
+        );
+    }
+
     #[test]
     fn dead_letter_excerpt_is_masked_before_it_is_bounded() {
         let token = "ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ngX";
