@@ -293,7 +293,11 @@ impl Patterns {
             }
             // A word like `Password` in `1Password Browser Extension` must not run the
             // (capturing) assignment regex: only a sensitive name before a separator can match.
-            if assignment_anchor && assignment_possible(bytes, keys) {
+            if assignment_anchor
+                && enabled & bit(PatternKind::SecretAssignment) != 0
+                && (scan.has_assign || scan.has_space)
+                && assignment_possible(bytes, keys)
+            {
                 set |= bit(PatternKind::SecretAssignment);
             }
             // Kinds whose regex cannot match without these bytes (`name = value`, `Bearer x`).
