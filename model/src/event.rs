@@ -37,23 +37,7 @@ impl EventId {
     /// formatting is done, which made id derivation the slowest step of normalization when it
     /// hashed the JSON text.
     pub fn derive(source: &str, raw: &RawJson) -> EventId {
-        thread_local! {
-            static ID_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let hash = |buf: &mut Vec<u8>| {
-            buf.clear();
-            encode_str(buf, source);
-            encode_value(buf, raw);
-            let digest = blake3::hash(buf);
-            if buf.capacity() > 1 << 20 {
-                *buf = Vec::new();
-            }
-            digest
-        };
-        let digest = ID_BUF.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => hash(&mut buf),
-            Err(_) => hash(&mut Vec::new()),
-        });
+        let digest = with_encoding(source, raw, blake3::hash);
         EventId(hex16(&digest.as_bytes()[..16]))
     }
 
@@ -66,6 +50,28 @@ impl std::fmt::Display for EventId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// `f` applied to the structural encoding of `source` and `raw` (see [`EventId::derive`]), built
+/// in a reused per-thread buffer.
+fn with_encoding<T>(source: &str, raw: &RawJson, f: impl FnOnce(&[u8]) -> T) -> T {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let run = |buf: &mut Vec<u8>| {
+        buf.clear();
+        encode_str(buf, source);
+        encode_value(buf, raw);
+        let out = f(buf);
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new();
+        }
+        out
+    };
+    BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => run(&mut buf),
+        Err(_) => run(&mut Vec::new()),
+    })
 }
 
 fn encode_str(buf: &mut Vec<u8>, s: &str) {
@@ -121,51 +127,6 @@ fn encode_value(buf: &mut Vec<u8>, v: &RawJson) {
             }
         }
     }
-}
-
-/// [`encode_value`]'s structure, fed to a [`std::hash::Hasher`] instead of a buffer.
-fn hash_value(h: &mut impl std::hash::Hasher, v: &RawJson) {
-    use sonic_rs::{JsonNumberTrait, ValueRef};
-    match v.as_ref() {
-        ValueRef::Null => h.write_u8(0),
-        ValueRef::Bool(b) => h.write_u16(0x100 | u16::from(b)),
-        ValueRef::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                h.write_u8(2);
-                h.write_i64(i);
-            } else if let Some(u) = n.as_u64() {
-                h.write_u8(3);
-                h.write_u64(u);
-            } else {
-                h.write_u8(4);
-                h.write_u64(n.as_f64().unwrap_or(0.0).to_bits());
-            }
-        }
-        ValueRef::String(s) => {
-            h.write_u8(5);
-            hash_str(h, s);
-        }
-        ValueRef::Array(a) => {
-            h.write_u8(6);
-            h.write_usize(a.len());
-            for x in a.iter() {
-                hash_value(h, x);
-            }
-        }
-        ValueRef::Object(m) => {
-            h.write_u8(7);
-            h.write_usize(m.len());
-            for (k, x) in m.iter() {
-                hash_str(h, k);
-                hash_value(h, x);
-            }
-        }
-    }
-}
-
-fn hash_str(h: &mut impl std::hash::Hasher, s: &str) {
-    h.write_usize(s.len());
-    h.write(s.as_bytes());
 }
 
 fn hex16(bytes: &[u8]) -> String {
@@ -260,11 +221,7 @@ impl Event {
     /// with [`Event::id`], at a fraction of its cost. For in-memory duplicate checks; with a
     /// secret random key, input cannot be crafted to collide with other input.
     pub fn fingerprint(&self, hasher: &impl std::hash::BuildHasher) -> u64 {
-        use std::hash::Hasher;
-        let mut h = hasher.build_hasher();
-        hash_str(&mut h, &self.source);
-        hash_value(&mut h, &self.raw);
-        h.finish()
+        with_encoding(&self.source, &self.raw, |bytes| hasher.hash_one(bytes))
     }
 
     /// The output document: ECS fields nested at the top level, plus `event.id`, `perimeter`
