@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 /// Entries kept per thread before the memory is emptied.
 const MAX_ENTRIES: usize = 16_384;
 /// Longer texts are not kept (rarely repeated, costly to hash and hold).
-pub(super) const MAX_TEXT_LEN: usize = 256;
+const MAX_TEXT_LEN: usize = 256;
 
 type Build = foldhash::fast::RandomState;
 
@@ -48,38 +48,21 @@ thread_local! {
     });
 }
 
-/// Run `f` with this thread's set of texts masker `owner` found clean (`None` when the memory is
-/// in use further up the stack). One thread-local access for a lookup and an insert.
+/// Run `f` with this thread's set of texts masker `owner` found clean, to look `text` up and
+/// remember it with one thread-local access. `None` when `text` is too long to keep or the memory
+/// is in use further up the stack.
 pub(super) fn with_clean_texts<R>(
     owner: u64,
+    text: &str,
     f: impl FnOnce(Option<&mut HashSet<Box<str>, Build>>) -> R,
 ) -> R {
+    if text.len() > MAX_TEXT_LEN {
+        return f(None);
+    }
     MEMORY.with(|m| match m.try_borrow_mut() {
         Ok(mut m) => f(Some(&mut m.for_owner(owner).clean)),
         Err(_) => f(None),
     })
-}
-
-/// Whether masker `owner` found `text` clean before (on this thread).
-#[cfg(test)]
-fn is_known_clean(owner: u64, text: &str) -> bool {
-    MEMORY.with(|m| {
-        m.try_borrow_mut()
-            .is_ok_and(|mut m| m.for_owner(owner).clean.contains(text))
-    })
-}
-
-/// Remember that masker `owner` found `text` clean.
-#[cfg(test)]
-fn remember_clean(owner: u64, text: &str) {
-    if text.len() > MAX_TEXT_LEN {
-        return;
-    }
-    MEMORY.with(|m| {
-        if let Ok(mut m) = m.try_borrow_mut() {
-            m.for_owner(owner).clean.insert(text.into());
-        }
-    });
 }
 
 /// Whether `key` is a sensitive key name for masker `owner`, computed by `decide` once per key.
@@ -104,6 +87,14 @@ pub(super) fn key_is_sensitive(owner: u64, key: &str, decide: impl FnOnce() -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_known_clean(owner: u64, text: &str) -> bool {
+        with_clean_texts(owner, text, |c| c.is_some_and(|c| c.contains(text)))
+    }
+
+    fn remember_clean(owner: u64, text: &str) {
+        with_clean_texts(owner, text, |c| c.map(|c| c.insert(text.into())));
+    }
 
     #[test]
     fn memory_is_per_masker_and_bounded() {

@@ -353,10 +353,10 @@ impl SecretMasker {
         counts: &mut MaskCounts,
     ) -> Cow<'a, str> {
         // Texts found clean before under the default kinds are not scanned again (see `cache`).
-        if enabled != self.enabled || text.len() > cache::MAX_TEXT_LEN {
+        if enabled != self.enabled {
             return self.scan_str(text, enabled, counts).0;
         }
-        cache::with_clean_texts(self.instance, |clean| {
+        cache::with_clean_texts(self.instance, text, |clean| {
             if clean.as_ref().is_some_and(|c| c.contains(text)) {
                 return Cow::Borrowed(text);
             }

@@ -501,7 +501,7 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
                 .iter()
                 .position(|b| !name_byte(b))
                 .unwrap_or(rest.len());
-            separator_follows(kind, &rest[name_end..], space)
+            separator_follows(&rest[name_end..], space)
         }
         // `Bearer x` / `Basic x`: spaces, then at least 8 token characters.
         PatternKind::AuthHeader => {
@@ -591,10 +591,9 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
     })
 }
 
-/// Whether `after` (the text after an assignment's name) starts with what the assignment patterns
-/// need there: `:`/`=` after an optional escaped quote and spaces, or (assignments only) a prose
-/// separator after spaces.
-fn separator_follows(kind: PatternKind, mut after: &[u8], space: impl Fn(&u8) -> bool) -> bool {
+/// Whether `after` (the text after a name) starts with `:`/`=`, after an optional escaped quote
+/// and spaces: what `secret_access_key <sep> value` needs there.
+fn separator_follows(mut after: &[u8], space: impl Fn(&u8) -> bool) -> bool {
     if let [b'\\', tail @ ..] = after {
         after = tail;
     }
@@ -602,17 +601,7 @@ fn separator_follows(kind: PatternKind, mut after: &[u8], space: impl Fn(&u8) ->
         after = tail;
     }
     let spaces = after.iter().take_while(|b| space(b)).count();
-    match after.get(spaces) {
-        Some(b':' | b'=') => true,
-        // `is`, `was`, `set to`, `changed to` after at least one space.
-        Some(b) => {
-            kind == PatternKind::SecretAssignment
-                && spaces > 0
-                && (after[..spaces].iter().any(|b| *b >= 0x80)
-                    || matches!(b.to_ascii_lowercase(), b'i' | b'w' | b's' | b'c'))
-        }
-        None => false,
-    }
+    matches!(after.get(spaces), Some(b':' | b'='))
 }
 
 /// Whether `bytes` holds `ddd-dd-dddd` with neither a digit nor a dash on either side: exactly
