@@ -347,8 +347,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_resent_event_is_passed_on_but_not_detected_twice() {
+    /// One rule: an Okta record with a FAILURE outcome.
+    fn okta_failure_rule() -> (crate::sigma::RuleSet, crate::sigma::SigmaOptions) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("fail.yml"),
@@ -363,6 +363,12 @@ mod tests {
             "{:?}",
             report.failed.first().map(|f| f.to_string())
         );
+        (rules, options)
+    }
+
+    #[test]
+    fn a_resent_event_is_passed_on_but_not_detected_twice() {
+        let (rules, options) = okta_failure_rule();
         let record = |user: &str| {
             sonic_rs::json!({"eventType": "user.session.start", "published": "2026-11-24T10:00:00Z",
                 "outcome": {"result": "FAILURE"}, "actor": {"alternateId": user}})
@@ -391,15 +397,7 @@ mod tests {
     /// events, i.e. of the content as received, whether or not the pipeline keeps events.
     #[test]
     fn alerts_cite_the_ids_of_the_events_as_received() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("fail.yml"),
-            "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6b\nlogsource:\n    product: okta\n\
-             detection:\n    selection:\n        outcome.result: FAILURE\n    condition: selection\nlevel: low\n",
-        )
-        .unwrap();
-        let options = crate::sigma::SigmaOptions::default();
-        let (rules, _) = crate::sigma::RuleSet::load(&[dir.path().to_path_buf()], &options);
+        let (rules, options) = okta_failure_rule();
         // A secret masking changes: the id must still be that of the clear record.
         let record = sonic_rs::json!({"eventType": "user.session.start",
             "published": "2026-11-24T10:00:00Z", "outcome": {"result": "FAILURE"},
