@@ -2,10 +2,13 @@
 //! restart without losing or duplicating an acknowledged event, graceful SIGTERM.
 
 use crate::util::{perimeter, repo, stderr};
+#[path = "../query-api/tests/api/webhook_receiver.rs"]
+mod webhook_receiver;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use webhook_receiver::WebhookReceiver;
 
 struct Service {
     child: Child,
@@ -358,7 +361,7 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
     let svc = start(&cfg);
     let client = reqwest::blocking::Client::new();
     // A webhook destination for the tenant's alerts: what it receives must be masked too.
-    let hook = WebhookReceiver::start();
+    let hook = WebhookReceiver::start(0);
     let r = client
         .post(format!("{}/api/v1/destinations", svc.base))
         .bearer_auth(&admin)
@@ -425,65 +428,5 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         let bytes = std::fs::read(&path).unwrap();
         let lossy = String::from_utf8_lossy(&bytes);
         assert_no_secret(&path.display().to_string(), &lossy);
-    }
-}
-
-/// A webhook endpoint on loopback that answers 200 to every POST and keeps the bodies.
-struct WebhookReceiver {
-    addr: std::net::SocketAddr,
-    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl WebhookReceiver {
-    fn start() -> WebhookReceiver {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = bodies.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream);
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; length];
-                if reader.read_exact(&mut body).is_ok() {
-                    kept.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&body).into_owned());
-                }
-                let _ = reader.get_mut().write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-            }
-        });
-        WebhookReceiver { addr, bodies }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    /// All bodies received once at least one arrived; panics after `deadline`.
-    fn wait_for_body(&self, deadline: std::time::Duration) -> String {
-        let until = std::time::Instant::now() + deadline;
-        while std::time::Instant::now() < until {
-            let bodies = self.bodies.lock().unwrap();
-            if let Some(first) = bodies.first() {
-                return first.clone();
-            }
-            drop(bodies);
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("no webhook delivery within {deadline:?}");
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::util::*;
+use super::webhook_receiver::WebhookReceiver;
 use perimeter_query_api::Role;
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -5,3 +5,4 @@ mod fuzz;
 mod http;
 mod tls;
 mod util;
+mod webhook_receiver;
