@@ -20,21 +20,60 @@ const MAX_TEXT_LEN: usize = 256;
 
 type Build = foldhash::fast::RandomState;
 
-struct Memory {
+/// One thread's memory, borrowed for a whole record by [`with_memory`].
+pub(super) struct Memory {
     owner: u64,
     clean: HashSet<Box<str>, Build>,
     sensitive_keys: HashMap<Box<str>, bool, Build>,
 }
 
 impl Memory {
-    /// The memory for masker `owner`, emptied when another masker used it last or it is full.
+    /// The memory for masker `owner`, emptied when another masker used it last.
     fn for_owner(&mut self, owner: u64) -> &mut Memory {
-        if self.owner != owner || self.clean.len() + self.sensitive_keys.len() >= MAX_ENTRIES {
+        if self.owner != owner {
             self.owner = owner;
-            self.clean.clear();
-            self.sensitive_keys.clear();
+            self.clear();
         }
         self
+    }
+
+    fn clear(&mut self) {
+        self.clean.clear();
+        self.sensitive_keys.clear();
+    }
+
+    /// Room for one more entry: the memory is emptied when full.
+    fn make_room(&mut self) {
+        if self.clean.len() + self.sensitive_keys.len() >= MAX_ENTRIES {
+            self.clear();
+        }
+    }
+
+    /// Whether `text` was found clean before (under the masker's default kinds).
+    pub(super) fn is_clean(&self, text: &str) -> bool {
+        text.len() <= MAX_TEXT_LEN && self.clean.contains(text)
+    }
+
+    /// Remember that `text` is clean under the masker's default kinds.
+    pub(super) fn remember_clean(&mut self, text: &str) {
+        if text.len() <= MAX_TEXT_LEN {
+            self.make_room();
+            self.clean.insert(text.into());
+        }
+    }
+
+    /// Whether `key` is a sensitive key name, computed by `decide` once per key.
+    pub(super) fn key_is_sensitive(&mut self, key: &str, decide: impl FnOnce() -> bool) -> bool {
+        if key.len() > MAX_TEXT_LEN {
+            return decide();
+        }
+        if let Some(known) = self.sensitive_keys.get(key) {
+            return *known;
+        }
+        let sensitive = decide();
+        self.make_room();
+        self.sensitive_keys.insert(key.into(), sensitive);
+        sensitive
     }
 }
 
@@ -48,39 +87,13 @@ thread_local! {
     });
 }
 
-/// Run `f` with this thread's set of texts masker `owner` found clean, to look `text` up and
-/// remember it with one thread-local access. `None` when `text` is too long to keep or the memory
-/// is in use further up the stack.
-pub(super) fn with_clean_texts<R>(
-    owner: u64,
-    text: &str,
-    f: impl FnOnce(Option<&mut HashSet<Box<str>, Build>>) -> R,
-) -> R {
-    if text.len() > MAX_TEXT_LEN {
-        return f(None);
-    }
+/// Run `f` with this thread's memory for masker `owner`, borrowed once for all the texts of a
+/// record (one thread-local access per record, not per text). `None` when the memory is in use
+/// further up the stack.
+pub(super) fn with_memory<R>(owner: u64, f: impl FnOnce(Option<&mut Memory>) -> R) -> R {
     MEMORY.with(|m| match m.try_borrow_mut() {
-        Ok(mut m) => f(Some(&mut m.for_owner(owner).clean)),
+        Ok(mut m) => f(Some(m.for_owner(owner))),
         Err(_) => f(None),
-    })
-}
-
-/// Whether `key` is a sensitive key name for masker `owner`, computed by `decide` once per key.
-pub(super) fn key_is_sensitive(owner: u64, key: &str, decide: impl FnOnce() -> bool) -> bool {
-    if key.len() > MAX_TEXT_LEN {
-        return decide();
-    }
-    MEMORY.with(|m| match m.try_borrow_mut() {
-        Ok(mut m) => {
-            let m = m.for_owner(owner);
-            if let Some(known) = m.sensitive_keys.get(key) {
-                return *known;
-            }
-            let sensitive = decide();
-            m.sensitive_keys.insert(key.into(), sensitive);
-            sensitive
-        }
-        Err(_) => decide(),
     })
 }
 
@@ -89,11 +102,15 @@ mod tests {
     use super::*;
 
     fn is_known_clean(owner: u64, text: &str) -> bool {
-        with_clean_texts(owner, text, |c| c.is_some_and(|c| c.contains(text)))
+        with_memory(owner, |m| m.is_some_and(|m| m.is_clean(text)))
     }
 
     fn remember_clean(owner: u64, text: &str) {
-        with_clean_texts(owner, text, |c| c.map(|c| c.insert(text.into())));
+        with_memory(owner, |m| m.map(|m| m.remember_clean(text)));
+    }
+
+    fn key_is_sensitive(owner: u64, key: &str, decide: impl FnOnce() -> bool) -> bool {
+        with_memory(owner, |m| m.map(|m| m.key_is_sensitive(key, decide))).expect("memory free")
     }
 
     #[test]

@@ -105,6 +105,24 @@ pub(crate) struct KeyMatcher {
 const TRIGRAMS: usize = 36 * 36 * 36;
 const TRIGRAM_WORDS: usize = TRIGRAMS.div_ceil(64);
 
+/// [`symbol`] of each byte as folding keeps it (`A-Z` as `a-z`), [`NOT_FOLDED`] for bytes
+/// folding drops.
+const FOLDED_SYMBOL: [u8; 256] = {
+    let mut t = [NOT_FOLDED; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = (b as u8).to_ascii_lowercase();
+        t[b] = match c {
+            b'a'..=b'z' => c - b'a',
+            b'0'..=b'9' => 26 + c - b'0',
+            _ => NOT_FOLDED,
+        };
+        b += 1;
+    }
+    t
+};
+const NOT_FOLDED: u8 = u8::MAX;
+
 fn symbol(b: u8) -> usize {
     match b {
         b'a'..=b'z' => usize::from(b - b'a'),
@@ -160,13 +178,35 @@ impl KeyMatcher {
         }
     }
 
-    fn is_sensitive_folded(&self, folded: &[u8]) -> bool {
-        if folded.len() < 3
-            || !folded.windows(3).any(|w| {
+    /// False when `key` cannot be sensitive: no sensitive word starts anywhere in it (a
+    /// necessary condition of [`Self::is_sensitive`], cheaper than it and than a lookup). Reads
+    /// the key's bytes once, folding on the fly.
+    pub(crate) fn may_be_sensitive(&self, key: &str) -> bool {
+        let (mut t, mut symbols) = (0usize, 0usize);
+        for &b in key.as_bytes() {
+            let s = FOLDED_SYMBOL[usize::from(b)];
+            if s == NOT_FOLDED {
+                continue;
+            }
+            t = (t % (36 * 36)) * 36 + usize::from(s);
+            symbols += 1;
+            if symbols >= 3 && self.word_starts[t / 64] & (1 << (t % 64)) != 0 {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn has_word_start(&self, folded: &[u8]) -> bool {
+        folded.len() >= 3
+            && folded.windows(3).any(|w| {
                 let t = trigram(w);
                 self.word_starts[t / 64] & (1 << (t % 64)) != 0
             })
-        {
+    }
+
+    fn is_sensitive_folded(&self, folded: &[u8]) -> bool {
+        if !self.has_word_start(folded) {
             return false;
         }
         let mut hit = false;
@@ -328,5 +368,42 @@ mod tests {
         let long = format!("{}password", "a_".repeat(200));
         assert!(m.is_sensitive(&long));
         assert!(!m.is_sensitive(&"é".repeat(300)));
+    }
+
+    proptest::proptest! {
+        /// The byte-level pre-check reads a key exactly as folding does: it finds a word start
+        /// where the folded key has one, so it never rejects a sensitive key.
+        #[test]
+        fn pre_check_agrees_with_the_folded_key(
+            key in "[a-zA-Z0-9_.é -]{0,6}(password|Token|SECRET|api_Key|pWd|cookie|x)?[a-zA-Z0-9_.é -]{0,8}"
+        ) {
+            let m = matcher();
+            let folded = normalize_key(&key);
+            proptest::prop_assert_eq!(m.may_be_sensitive(&key), m.has_word_start(folded.as_bytes()));
+            proptest::prop_assert!(m.may_be_sensitive(&key) || !m.is_sensitive(&key));
+        }
+    }
+
+    #[test]
+    fn pre_check_rejects_usual_keys() {
+        let m = matcher();
+        for k in [
+            "eventType",
+            "displayName",
+            "uuid",
+            "actor",
+            "ipAddress",
+            "published",
+        ] {
+            assert!(!m.may_be_sensitive(k), "{k}");
+        }
+        for k in [
+            "client_secret",
+            "X-Api-Key",
+            "authorizationServer",
+            "tokenType",
+        ] {
+            assert!(m.may_be_sensitive(k), "{k}");
+        }
     }
 }

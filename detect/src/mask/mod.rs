@@ -43,6 +43,7 @@ pub use config::{
 };
 
 use crate::DetectError;
+use cache::Memory;
 use keys::KeyMatcher;
 use patterns::{bit, is_masked, Found, KindSet, Patterns};
 
@@ -244,36 +245,71 @@ impl SecretMasker {
     /// when something in it must change: the masking walk first runs in check mode (no output,
     /// stops at the first change), and only a record that needs it is written out masked and
     /// parsed back (see [`walk`]).
+    ///
+    /// The check reads `event.raw` as it is; only a record that must change is taken through
+    /// [`Event::raw_mut`], which fixes the event id from the content as received first. A clean
+    /// record's id is the same whenever it is derived, so masking leaves that to whoever needs it.
     pub fn mask_counted(&self, event: &mut Event, counts: &mut MaskCounts) {
-        self.mask_raw(
-            event.raw_mut(),
-            self.has_path_rules.then_some(RAW_ROOT),
-            counts,
-        );
-        for (name, value) in event.ecs.strings_mut() {
-            let rule = self
-                .ecs_rules
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, r)| *r)
-                .unwrap_or_default();
-            match forced_action(rule.action) {
-                Some(action) => self.force_string(value, action, "field", counts),
-                None => self.mask_string(value, self.enabled | rule.extra, counts),
+        cache::with_memory(self.instance, |mut mem| {
+            let root = self.has_path_rules.then_some(RAW_ROOT);
+            if let Some(known_clean) = self.check(mem.as_deref_mut(), &event.raw, root) {
+                let raw = event.raw_mut();
+                self.rewrite_raw(mem.as_deref_mut(), raw, root, known_clean, counts);
             }
-        }
+            for (name, value) in event.ecs.strings_mut() {
+                let rule = self
+                    .ecs_rules
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, r)| *r)
+                    .unwrap_or_default();
+                match forced_action(rule.action) {
+                    Some(action) => self.force_string(value, action, "field", counts),
+                    None => {
+                        let enabled = self.enabled | rule.extra;
+                        if let Cow::Owned(masked) =
+                            self.mask_str_in(mem.as_deref_mut(), value, enabled, counts)
+                        {
+                            *value = masked;
+                        }
+                    }
+                }
+            }
+        })
     }
 
     /// Whether masking `raw` would change it.
     pub fn raw_needs_masking(&self, raw: &RawJson) -> bool {
         let root = self.has_path_rules.then_some(RAW_ROOT);
-        self.masked_text(raw, root, &mut MaskCounts::default(), |_| ())
-            .is_some()
+        cache::with_memory(self.instance, |mem| self.check(mem, raw, root).is_some())
     }
 
     /// Mask a record in place, rebuilding it only when something changes.
+    #[cfg(test)]
     fn mask_raw(&self, raw: &mut RawJson, root: Option<usize>, counts: &mut MaskCounts) {
-        if let Some(masked) = self.masked_text(raw, root, counts, |text| {
+        cache::with_memory(self.instance, |mut mem| {
+            if let Some(known_clean) = self.check(mem.as_deref_mut(), raw, root) {
+                self.rewrite_raw(mem, raw, root, known_clean, counts);
+            }
+        })
+    }
+
+    /// The cheap check mode: `None` when masking `raw` changes nothing, else how many leading
+    /// scan sites are clean (the write mode skips them).
+    fn check(&self, mem: Option<&mut Memory>, raw: &RawJson, root: Option<usize>) -> Option<u64> {
+        walk::MaskWalk::check(self, mem, &mut MaskCounts::default()).check_run(raw, root)
+    }
+
+    /// Rebuild a record that [`Self::check`] found needing masking.
+    fn rewrite_raw(
+        &self,
+        mem: Option<&mut Memory>,
+        raw: &mut RawJson,
+        root: Option<usize>,
+        known_clean: u64,
+        counts: &mut MaskCounts,
+    ) {
+        if let Some(masked) = self.write(mem, raw, root, known_clean, counts, |text| {
             sonic_rs::from_slice::<RawJson>(text).ok()
         }) {
             // The walk writes valid JSON; should parsing it ever fail, nothing unmasked may remain.
@@ -290,12 +326,26 @@ impl SecretMasker {
         counts: &mut MaskCounts,
         parse: impl FnOnce(&[u8]) -> T,
     ) -> Option<T> {
-        let known_clean =
-            walk::MaskWalk::check(self, &mut MaskCounts::default()).check_run(raw, root)?;
+        cache::with_memory(self.instance, |mut mem| {
+            let known_clean = self.check(mem.as_deref_mut(), raw, root)?;
+            self.write(mem, raw, root, known_clean, counts, parse)
+        })
+    }
+
+    /// The write mode: `parse` applied to the masked text, `None` if nothing changed after all.
+    fn write<T>(
+        &self,
+        mem: Option<&mut Memory>,
+        raw: &RawJson,
+        root: Option<usize>,
+        known_clean: u64,
+        counts: &mut MaskCounts,
+        parse: impl FnOnce(&[u8]) -> T,
+    ) -> Option<T> {
         walk::with_write_buffer(|text| {
             let mut written = MaskCounts::default();
             let changed =
-                walk::MaskWalk::write(self, text, &mut written, known_clean).run(raw, root);
+                walk::MaskWalk::write(self, mem, text, &mut written, known_clean).run(raw, root);
             changed.then(|| {
                 counts.add(&written);
                 parse(text)
@@ -339,12 +389,6 @@ impl SecretMasker {
         *s = self.replacement(action, label, s);
     }
 
-    fn mask_string(&self, s: &mut String, enabled: KindSet, counts: &mut MaskCounts) {
-        if let Cow::Owned(masked) = self.mask_str(s, enabled, counts) {
-            *s = masked;
-        }
-    }
-
     /// Replace every pattern match in `text`; borrowed back when nothing matched.
     fn mask_str<'a>(
         &self,
@@ -352,22 +396,33 @@ impl SecretMasker {
         enabled: KindSet,
         counts: &mut MaskCounts,
     ) -> Cow<'a, str> {
-        // Texts found clean before under the default kinds are not scanned again (see `cache`).
-        if enabled != self.enabled {
-            return self.scan_str(text, enabled, counts).0;
-        }
-        cache::with_clean_texts(self.instance, text, |clean| {
-            if clean.as_ref().is_some_and(|c| c.contains(text)) {
-                return Cow::Borrowed(text);
-            }
-            let (masked, scanned) = self.scan_str(text, enabled, counts);
-            // Only texts the automaton had to read are worth remembering: the others (short,
-            // id-shaped: mostly unique ids and times) were cheap and would only churn the memory.
-            if let (Some(clean), Cow::Borrowed(_), true) = (clean, &masked, scanned) {
-                clean.insert(text.into());
-            }
-            masked
+        cache::with_memory(self.instance, |mem| {
+            self.mask_str_in(mem, text, enabled, counts)
         })
+    }
+
+    /// [`Self::mask_str`] with this thread's memory (see [`cache`]) already borrowed: texts found
+    /// clean before under the default kinds are not scanned again.
+    fn mask_str_in<'a>(
+        &self,
+        mem: Option<&mut Memory>,
+        text: &'a str,
+        enabled: KindSet,
+        counts: &mut MaskCounts,
+    ) -> Cow<'a, str> {
+        let Some(mem) = mem.filter(|_| enabled == self.enabled) else {
+            return self.scan_str(text, enabled, counts).0;
+        };
+        if mem.is_clean(text) {
+            return Cow::Borrowed(text);
+        }
+        let (masked, scanned) = self.scan_str(text, enabled, counts);
+        // Only texts the automaton had to read are worth remembering: the others (short,
+        // id-shaped: mostly unique ids and times) were cheap and would only churn the memory.
+        if matches!(masked, Cow::Borrowed(_)) && scanned {
+            mem.remember_clean(text);
+        }
+        masked
     }
 
     /// [`Self::mask_str`] without the memory; also whether the anchor automaton read the text.
@@ -412,10 +467,18 @@ impl SecretMasker {
     /// Masking's own markers are not read as words: `[REDACTED:github_token]` in a key or a
     /// pair's name says a secret was there, not that the value is one (and reading it so would
     /// make masking the output again change it).
-    fn key_is_sensitive(&self, key: &str) -> bool {
-        cache::key_is_sensitive(self.instance, key, || {
-            self.keys.is_sensitive(&without_redaction_markers(key))
-        })
+    fn key_is_sensitive(&self, mem: Option<&mut Memory>, key: &str) -> bool {
+        // Most keys hold no start of a sensitive word at all: they are rejected on their bytes,
+        // before any memory lookup. A key with a marker in it is judged without the marker,
+        // whose removal can join two halves of a word, so it takes the full path.
+        if !key.as_bytes().contains(&b'[') && !self.keys.may_be_sensitive(key) {
+            return false;
+        }
+        let decide = || self.keys.is_sensitive(&without_redaction_markers(key));
+        match mem {
+            Some(mem) => mem.key_is_sensitive(key, decide),
+            None => decide(),
+        }
     }
 
     fn replacement(&self, action: Action, label: &str, secret: &str) -> String {

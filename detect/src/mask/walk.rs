@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use perimeter_model::raw_prelude::*;
 use perimeter_model::RawJson;
 
+use super::cache::Memory;
 use super::patterns::{bit, is_masked, KindSet};
 
 use super::{
@@ -22,6 +23,8 @@ use super::{
 
 pub(super) struct MaskWalk<'a> {
     masker: &'a SecretMasker,
+    /// This thread's memory of clean texts and key verdicts, borrowed for the whole walk.
+    mem: Option<&'a mut Memory>,
     /// `None`: check mode.
     out: Option<&'a mut Vec<u8>>,
     counts: &'a mut MaskCounts,
@@ -37,9 +40,14 @@ pub(super) struct MaskWalk<'a> {
 
 impl<'a> MaskWalk<'a> {
     /// Check mode: [`Self::run`] answers whether masking changes anything, writing nothing.
-    pub(super) fn check(masker: &'a SecretMasker, counts: &'a mut MaskCounts) -> MaskWalk<'a> {
+    pub(super) fn check(
+        masker: &'a SecretMasker,
+        mem: Option<&'a mut Memory>,
+        counts: &'a mut MaskCounts,
+    ) -> MaskWalk<'a> {
         MaskWalk {
             masker,
+            mem,
             out: None,
             counts,
             changed: false,
@@ -53,12 +61,14 @@ impl<'a> MaskWalk<'a> {
     /// ([`Self::check_run`]); they are copied without scanning them again.
     pub(super) fn write(
         masker: &'a SecretMasker,
+        mem: Option<&'a mut Memory>,
         out: &'a mut Vec<u8>,
         counts: &'a mut MaskCounts,
         known_clean: u64,
     ) -> MaskWalk<'a> {
         MaskWalk {
             masker,
+            mem,
             out: Some(out),
             counts,
             changed: false,
@@ -161,14 +171,20 @@ impl<'a> MaskWalk<'a> {
             ValueRef::Array(items) => self.array(items, |w, item| w.value(item, node, extra)),
             ValueRef::Object(map) => {
                 let m = self.masker;
+                let mem = &mut self.mem;
                 let pair_is_secret = map.iter().any(|(k, v)| {
                     // The name is judged as it is written out, masked (its own secrets are
                     // counted when it is walked as a value): masking the output again must
                     // reach the same decision. A wholly masked name names no secret value.
                     is_pair_name_key(k)
                         && v.as_str().is_some_and(|n| {
-                            let name = m.mask_str(n, enabled, &mut MaskCounts::default());
-                            !is_masked(&name) && m.key_is_sensitive(&name)
+                            let name = m.mask_str_in(
+                                mem.as_deref_mut(),
+                                n,
+                                enabled,
+                                &mut MaskCounts::default(),
+                            );
+                            !is_masked(&name) && m.key_is_sensitive(mem.as_deref_mut(), &name)
                         })
                 });
                 self.object(map, enabled, |w, key, child| {
@@ -185,7 +201,7 @@ impl<'a> MaskWalk<'a> {
                     } else if rule.action != FieldAction::Keep
                         // A key masked just above held a secret value, it is no name for one.
                         && !is_masked(key)
-                        && (m.key_is_sensitive(key)
+                        && (m.key_is_sensitive(w.mem.as_deref_mut(), key)
                             || (pair_is_secret && is_pair_value_key(key)))
                     {
                         w.force_leaves(child, m.key_action, "key");
@@ -246,7 +262,10 @@ impl<'a> MaskWalk<'a> {
             return;
         }
         // `mask_str` runs the prefilter first and borrows the text back when it finds nothing.
-        match self.masker.mask_str(s, enabled, self.counts) {
+        match self
+            .masker
+            .mask_str_in(self.mem.as_deref_mut(), s, enabled, self.counts)
+        {
             Cow::Borrowed(s) => self.json_str(s),
             Cow::Owned(masked) => {
                 self.mark_changed(site);
@@ -271,7 +290,8 @@ impl<'a> MaskWalk<'a> {
             if site < self.known_clean {
                 Cow::Borrowed(key)
             } else {
-                self.masker.mask_str(key, enabled, self.counts)
+                self.masker
+                    .mask_str_in(self.mem.as_deref_mut(), key, enabled, self.counts)
             }
         } else {
             Cow::Borrowed(key)
