@@ -11,7 +11,9 @@ use perimeter_detect::ueba::UebaEngine;
 use perimeter_ingest::spool::{SpoolConfig, SpoolSource};
 use perimeter_model::{Detector, Metrics, RawRecord};
 use perimeter_query_api::auth::{Role, TokenStore};
-use perimeter_query_api::{AlertNotifier, AppState, DestinationStore, RuleService, Server};
+use perimeter_query_api::{
+    AlertNotifier, AppState, DeliveryOutbox, DestinationStore, RuleService, Server,
+};
 use perimeter_store::Store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -181,10 +183,20 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         .with_ueba(ueba);
     let destinations =
         Arc::new(DestinationStore::open_in(&data_dir).context("opening the alert destinations")?);
+    let (outbox, undelivered) =
+        DeliveryOutbox::open_in(&data_dir).context("opening the alert delivery outbox")?;
+    if !undelivered.is_empty() {
+        tracing::info!(
+            batches = undelivered.len(),
+            "sending alert batches a previous run left undelivered"
+        );
+    }
     let notifier = AlertNotifier::spawn(
         destinations.clone(),
         metrics.clone(),
         std::time::Duration::from_secs(1),
+        Arc::new(outbox),
+        undelivered,
     );
     let (bus, rx) = perimeter_ingest::bus::channel(16);
     let worker = crate::service::spawn_pipeline_worker(

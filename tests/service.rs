@@ -200,6 +200,62 @@ fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
     stop(svc);
 }
 
+/// A webhook destination for the tenant's alerts, at `url`.
+fn add_destination(base: &str, admin: &str, url: &str) {
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{base}/api/v1/destinations"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"name": "soc", "url": url, "min_severity": "informational"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+}
+
+#[test]
+fn alert_deliveries_pending_at_kill_9_are_sent_after_restart_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let admin = token(&cfg, "admin");
+    // The webhook refuses the first try; the service waits a second before its retry, and is
+    // killed meanwhile.
+    let hook = WebhookReceiver::start(1);
+    let mut svc = start(&cfg);
+    add_destination(&svc.base, &admin, &hook.url());
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/auto", svc.base))
+        .bearer_auth(&admin)
+        .body(crate::secrets::secret_events())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let ack: serde_json::Value = r.json().unwrap();
+    let alerts = ack["alerts"].as_u64().unwrap();
+    assert!(alerts > 0, "{ack}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hook.requests() == 0 {
+        assert!(Instant::now() < deadline, "no delivery was tried");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    svc.child.kill().unwrap(); // SIGKILL, during the retry's wait
+    svc.child.wait().unwrap();
+    assert!(hook.bodies().is_empty(), "the first try was refused");
+
+    let svc = start(&cfg);
+    let body: serde_json::Value =
+        serde_json::from_str(&hook.wait_for_body(Duration::from_secs(20))).unwrap();
+    assert_eq!(
+        body["alerts"].as_array().map(Vec::len),
+        Some(alerts as usize),
+        "{body}"
+    );
+    stop(svc);
+    // Delivered and marked done: a later start sends nothing again.
+    let svc = start(&cfg);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(hook.bodies().len(), 1, "sent again after a restart");
+    stop(svc);
+}
+
 fn stop(mut svc: Service) {
     let pid = svc.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -360,17 +416,10 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
     let admin = token(&cfg, "admin");
     let svc = start(&cfg);
     let client = reqwest::blocking::Client::new();
-    // A webhook destination for the tenant's alerts: what it receives must be masked too.
+    // A webhook destination for the tenant's alerts: what it receives must be masked too (and
+    // so must the delivery outbox, among the files checked below).
     let hook = WebhookReceiver::start(0);
-    let r = client
-        .post(format!("{}/api/v1/destinations", svc.base))
-        .bearer_auth(&admin)
-        .json(
-            &serde_json::json!({"name": "soc", "url": hook.url(), "min_severity": "informational"}),
-        )
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    add_destination(&svc.base, &admin, &hook.url());
     let r = client
         .post(format!("{}/ingest/auto", svc.base))
         .bearer_auth(&admin)

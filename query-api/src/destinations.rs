@@ -7,8 +7,11 @@
 //!   clear values);
 //! - delivery is at most [`MAX_ATTEMPTS`] tries per batch with backoff, off the ingest path: a
 //!   slow or failing webhook never delays acknowledging input. Alerts that could not be
-//!   delivered stay in the store and are counted in `destination_failures_total`; there is no
-//!   durable outbox yet, so a restart forgets batches still being retried;
+//!   delivered stay in the store and are counted in `destination_failures_total`;
+//! - a batch for a tenant with destinations is written to the durable outbox
+//!   ([`crate::outbox`]) before [`AlertNotifier::notify`] returns, i.e. before the input is
+//!   acknowledged; batches a stop (even `kill -9`) left undelivered are sent at the next start
+//!   (at least once: receivers tell repeats apart by alert id);
 //! - the destination list is a JSON file written with write-then-rename, so a crash never leaves
 //!   half of it.
 
@@ -20,6 +23,8 @@ use chrono::{DateTime, Utc};
 use perimeter_model::{Alert, Metrics, Severity};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use crate::outbox::{DeliveryOutbox, PendingBatch};
 
 /// Tries per batch and destination (the first one included).
 pub const MAX_ATTEMPTS: u32 = 4;
@@ -117,6 +122,11 @@ impl DestinationStore {
             .into_iter()
             .map(|d| Destination { secret: None, ..d })
             .collect()
+    }
+
+    /// Whether the tenant has any destination.
+    pub fn has_any(&self, tenant: &str) -> bool {
+        self.lock().iter().any(|d| d.tenant == tenant)
     }
 
     /// The tenant's destinations with their signing secrets (for delivery).
@@ -217,16 +227,12 @@ impl DestinationStore {
     }
 }
 
-/// One tenant's new alerts, on their way to the tenant's destinations.
-struct AlertBatch {
-    tenant: String,
-    alerts: Vec<Alert>,
-}
-
 /// Posts new alerts to their tenant's destinations, in the background. Cheap to clone.
 #[derive(Clone)]
 pub struct AlertNotifier {
-    tx: tokio::sync::mpsc::Sender<AlertBatch>,
+    tx: tokio::sync::mpsc::Sender<PendingBatch>,
+    destinations: Arc<DestinationStore>,
+    outbox: Arc<DeliveryOutbox>,
     metrics: Arc<Metrics>,
 }
 
@@ -239,23 +245,36 @@ struct Delivery<'a> {
 }
 
 impl AlertNotifier {
-    /// Start the delivery task on the current tokio runtime. `retry_base`: the first retry
-    /// waits this long, each later one four times longer (production: 1 s).
+    /// Start the delivery task on the current tokio runtime. It first sends `pending` (what a
+    /// previous run left in `outbox`, see [`DeliveryOutbox::open_in`]), then new batches.
+    /// `retry_base`: the first retry waits this long, each later one four times longer
+    /// (production: 1 s).
     pub fn spawn(
         destinations: Arc<DestinationStore>,
         metrics: Arc<Metrics>,
         retry_base: Duration,
+        outbox: Arc<DeliveryOutbox>,
+        pending: Vec<PendingBatch>,
     ) -> AlertNotifier {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<AlertBatch>(QUEUE_BATCHES);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingBatch>(QUEUE_BATCHES);
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("perimeter/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
         let task_metrics = metrics.clone();
+        let (task_destinations, task_outbox) = (destinations.clone(), outbox.clone());
         tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
-                for destination in destinations.with_secrets(&batch.tenant) {
+            let mut earlier = pending.into_iter();
+            loop {
+                let batch = match earlier.next() {
+                    Some(b) => b,
+                    None => match rx.recv().await {
+                        Some(b) => b,
+                        None => break,
+                    },
+                };
+                for destination in task_destinations.with_secrets(&batch.tenant) {
                     let alerts: Vec<&Alert> = batch
                         .alerts
                         .iter()
@@ -271,30 +290,51 @@ impl AlertNotifier {
                     };
                     deliver(&client, &destination, &body, retry_base, &task_metrics).await;
                 }
+                if let Some(seq) = batch.seq {
+                    task_outbox.done(seq);
+                }
             }
         });
-        AlertNotifier { tx, metrics }
+        AlertNotifier {
+            tx,
+            destinations,
+            outbox,
+            metrics,
+        }
     }
 
-    /// Queue new (masked) alerts, one batch per tenant they belong to; never blocks. A full
-    /// queue drops the batch and counts it: the alerts are in the store either way.
+    /// Queue new (masked) alerts, one batch per tenant they belong to that has destinations:
+    /// written to the outbox (one fsync) before this returns, then handed to the delivery task
+    /// without blocking. A full queue leaves the batch in the outbox, for the next start, and
+    /// counts it: the alerts are in the store either way.
     pub fn notify(&self, alerts: &[Alert]) {
         let mut tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
         tenants.sort_unstable();
         tenants.dedup();
-        for tenant in tenants {
-            let batch = AlertBatch {
-                tenant: tenant.to_string(),
-                alerts: alerts
+        let batches: Vec<(String, Vec<Alert>)> = tenants
+            .into_iter()
+            .filter(|tenant| self.destinations.has_any(tenant))
+            .map(|tenant| {
+                let alerts = alerts
                     .iter()
                     .filter(|a| a.tenant == tenant)
                     .cloned()
-                    .collect(),
-            };
+                    .collect();
+                (tenant.to_string(), alerts)
+            })
+            .collect();
+        if batches.is_empty() {
+            return;
+        }
+        for batch in self.outbox.queue(batches) {
+            let tenant = batch.tenant.clone();
             if self.tx.try_send(batch).is_err() {
                 self.metrics
                     .inc("destination_batches_dropped_total", &[], 1);
-                tracing::warn!(tenant, "alert delivery queue is full; batch not sent");
+                tracing::warn!(
+                    tenant,
+                    "alert delivery queue is full; the batch waits in the outbox for the next start"
+                );
             }
         }
     }

@@ -21,6 +21,7 @@ pub mod destinations;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod outbox;
 pub mod routes;
 pub mod server;
 pub mod state;
@@ -37,6 +38,7 @@ pub use audit::{AuditEntry, AuditLog};
 pub use auth::{Role, TokenInfo, TokenStore};
 pub use destinations::{AlertNotifier, Destination, DestinationStore};
 pub use error::ApiError;
+pub use outbox::DeliveryOutbox;
 pub use server::{serve, ApiConfig, ServeError, Server};
 pub use state::{AppState, RuleService};
 

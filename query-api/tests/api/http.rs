@@ -582,6 +582,8 @@ fn the_notifier_posts_each_tenants_alerts_to_its_destinations_and_retries() {
             destinations.clone(),
             metrics.clone(),
             std::time::Duration::from_millis(20),
+            std::sync::Arc::new(perimeter_query_api::outbox::DeliveryOutbox::in_memory()),
+            Vec::new(),
         );
         // One call with both tenants' alerts: globex has no destination, and of acme's alerts
         // only high and critical go out.
