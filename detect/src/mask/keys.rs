@@ -116,6 +116,7 @@ const FOLDED_SYMBOL: [u8; 256] = {
         t[b] = match c {
             b'a'..=b'z' => c - b'a',
             b'0'..=b'9' => 26 + (c - b'0') % 6,
+            b'[' => OPENS_MARKER,
             _ => NOT_FOLDED,
         };
         b += 1;
@@ -123,6 +124,9 @@ const FOLDED_SYMBOL: [u8; 256] = {
     t
 };
 const NOT_FOLDED: u8 = u8::MAX;
+/// `[`, which folding drops too, but which may open a masking marker (`[REDACTED:..]`): keys with
+/// one are judged without their markers, so [`KeyMatcher::may_be_sensitive`] passes them on.
+const OPENS_MARKER: u8 = u8::MAX - 1;
 
 /// Whether a trigram in `word_starts` occurs in `bytes`, read as folding reads them (bytes it
 /// drops are skipped, so `Api-Key` has the trigrams of `apikey`). One shift and one bit test per
@@ -131,7 +135,10 @@ fn any_word_start(word_starts: &[u64; TRIGRAM_WORDS], bytes: &[u8]) -> bool {
     let (mut t, mut symbols) = (0usize, 0usize);
     for &b in bytes {
         let s = FOLDED_SYMBOL[usize::from(b)];
-        if s == NOT_FOLDED {
+        if s >= OPENS_MARKER {
+            if s == OPENS_MARKER {
+                return true;
+            }
             continue;
         }
         t = ((t << 5) | usize::from(s)) & (TRIGRAMS - 1);
@@ -189,8 +196,9 @@ impl KeyMatcher {
         }
     }
 
-    /// False when `key` cannot be sensitive: no sensitive word starts anywhere in it (a
-    /// necessary condition of [`Self::is_sensitive`], cheaper than it and than a lookup).
+    /// False when `key` cannot be sensitive, even once masking markers are taken out of it: no
+    /// sensitive word starts anywhere in it and it has no `[` (a necessary condition of
+    /// [`Self::is_sensitive`] of the key without its markers, cheaper than it and than a lookup).
     pub(crate) fn may_be_sensitive(&self, key: &str) -> bool {
         any_word_start(&self.word_starts, key.as_bytes())
     }
@@ -392,6 +400,8 @@ mod tests {
             "X-Api-Key",
             "authorizationServer",
             "tokenType",
+            // A marker may join the halves of a word once taken out: passed on.
+            "pas[REDACTED:jwt]sword",
         ] {
             assert!(m.may_be_sensitive(k), "{k}");
         }

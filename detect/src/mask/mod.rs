@@ -469,9 +469,9 @@ impl SecretMasker {
     /// make masking the output again change it).
     fn key_is_sensitive(&self, mem: Option<&mut Memory>, key: &str) -> bool {
         // Most keys hold no start of a sensitive word at all: they are rejected on their bytes,
-        // before any memory lookup. A key with a marker in it is judged without the marker,
-        // whose removal can join two halves of a word, so it takes the full path.
-        if !key.as_bytes().contains(&b'[') && !self.keys.may_be_sensitive(key) {
+        // before any memory lookup. (A key with a marker in it is judged without the marker,
+        // whose removal can join two halves of a word: the pre-check passes those on.)
+        if !self.keys.may_be_sensitive(key) {
             return false;
         }
         let decide = || self.keys.is_sensitive(&without_redaction_markers(key));
