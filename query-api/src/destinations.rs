@@ -292,6 +292,8 @@ impl AlertNotifier {
                 }
                 if let Some(seq) = batch.seq {
                     task_outbox.done(seq);
+                    let pending = task_outbox.pending() as f64;
+                    task_metrics.set("destination_outbox_pending_batches", &[], pending);
                 }
             }
         });
@@ -326,7 +328,11 @@ impl AlertNotifier {
         if batches.is_empty() {
             return;
         }
-        for batch in self.outbox.queue(batches) {
+        let queued = self.outbox.queue(batches);
+        let pending = self.outbox.pending() as f64;
+        self.metrics
+            .set("destination_outbox_pending_batches", &[], pending);
+        for batch in queued {
             let tenant = batch.tenant.clone();
             if self.tx.try_send(batch).is_err() {
                 self.metrics

@@ -629,6 +629,19 @@ fn the_notifier_posts_each_tenants_alerts_to_its_destinations_and_retries() {
     assert!(metrics
         .render_prometheus()
         .contains("destination_alerts_sent_total"));
+    // The batch leaves the outbox once delivered (the mark follows the receiver's answer).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !metrics
+        .render_prometheus()
+        .contains("destination_outbox_pending_batches 0")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            metrics.render_prometheus()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]
