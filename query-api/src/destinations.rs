@@ -291,9 +291,15 @@ impl AlertNotifier {
                     deliver(&client, &destination, &body, retry_base, &task_metrics).await;
                 }
                 if let Some(seq) = batch.seq {
-                    task_outbox.done(seq);
-                    let pending = task_outbox.pending() as f64;
-                    task_metrics.set("destination_outbox_pending_batches", &[], pending);
+                    // File I/O: off the async workers.
+                    let outbox = task_outbox.clone();
+                    let pending = tokio::task::spawn_blocking(move || {
+                        outbox.done(seq);
+                        outbox.pending()
+                    })
+                    .await
+                    .unwrap_or_default();
+                    task_metrics.set("destination_outbox_pending_batches", &[], pending as f64);
                 }
             }
         });

@@ -9,7 +9,7 @@
 //! are the pipeline's, masked, like everything else on disk. Done records are not fsynced (losing
 //! one costs a repeat, not a loss). A torn last line (a crash mid-write) is skipped. The file is
 //! rewritten with only the pending batches at open and whenever it holds
-//! [`REWRITE_AFTER_RECORDS`] records of finished batches; it is emptied whenever nothing is
+//! [`REWRITE_AFTER_RECORDS`] records of finished batches; it is truncated whenever nothing is
 //! pending.
 
 use std::collections::BTreeMap;
@@ -203,7 +203,9 @@ impl DeliveryOutbox {
         }
         // Records of finished batches (queued and done lines) are what a rewrite drops.
         let finished = inner.records.saturating_sub(inner.pending.len());
-        let result = if inner.pending.is_empty() || finished >= REWRITE_AFTER_RECORDS {
+        let result = if inner.pending.is_empty() {
+            inner.truncate()
+        } else if finished >= REWRITE_AFTER_RECORDS {
             inner.rewrite()
         } else {
             inner.append(&[Record::Done { seq }], false)
@@ -243,6 +245,22 @@ impl Inner {
             file.sync_data()?;
         }
         self.records += records.len();
+        Ok(())
+    }
+
+    /// Empty the file (nothing is pending). Not fsynced, like a done record: should the old
+    /// content come back after a crash, its batches are at worst sent again; the next queued
+    /// batch's fsync persists the truncation with it.
+    fn truncate(&mut self) -> std::io::Result<()> {
+        if self.path.is_none() {
+            return Ok(());
+        }
+        match &self.file {
+            // Appends go to the end, which is now 0.
+            Some(f) => f.set_len(0)?,
+            None => return self.rewrite(),
+        }
+        self.records = 0;
         Ok(())
     }
 
