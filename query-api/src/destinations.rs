@@ -6,7 +6,8 @@
 //! - what is posted is the alert as the pipeline produced it, masked (the notifier never sees
 //!   clear values);
 //! - delivery is at most [`MAX_ATTEMPTS`] tries per batch with backoff, off the ingest path: a
-//!   slow or failing webhook never delays acknowledging input. Alerts that could not be
+//!   slow or failing webhook never delays acknowledging input, and batches are delivered side by
+//!   side, so it does not hold up other destinations either. Alerts that could not be
 //!   delivered stay in the store and are counted in `destination_failures_total`;
 //! - a batch for a tenant with destinations is written to the durable outbox
 //!   ([`crate::outbox`]) before [`AlertNotifier::notify`] returns, i.e. before the input is
@@ -32,6 +33,8 @@ pub const MAX_ATTEMPTS: u32 = 4;
 const QUEUE_BATCHES: usize = 1024;
 /// Longest a webhook may take to answer one try.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Batches being delivered at once (each to all its destinations).
+const CONCURRENT_BATCHES: usize = 32;
 /// Destinations per tenant (a list an admin manages by hand).
 pub const MAX_DESTINATIONS_PER_TENANT: usize = 32;
 
@@ -262,11 +265,22 @@ impl AlertNotifier {
             .user_agent(concat!("perimeter/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        let task_metrics = metrics.clone();
-        let (task_destinations, task_outbox) = (destinations.clone(), outbox.clone());
+        let delivery = Arc::new(BatchDelivery {
+            client,
+            destinations: destinations.clone(),
+            outbox: outbox.clone(),
+            metrics: metrics.clone(),
+            retry_base,
+        });
         tokio::spawn(async move {
+            // Batches are delivered side by side, so a webhook that is down (four tries, ~21 s
+            // a batch) does not hold up the others' alerts; at most CONCURRENT_BATCHES at once.
+            let mut in_flight = tokio::task::JoinSet::new();
             let mut earlier = pending.into_iter();
             loop {
+                while in_flight.len() >= CONCURRENT_BATCHES {
+                    in_flight.join_next().await;
+                }
                 let batch = match earlier.next() {
                     Some(b) => b,
                     None => match rx.recv().await {
@@ -274,34 +288,9 @@ impl AlertNotifier {
                         None => break,
                     },
                 };
-                for destination in task_destinations.with_secrets(&batch.tenant) {
-                    let alerts: Vec<&Alert> = batch
-                        .alerts
-                        .iter()
-                        .filter(|a| a.severity >= destination.min_severity)
-                        .collect();
-                    if alerts.is_empty() {
-                        continue;
-                    }
-                    let body = Delivery {
-                        tenant: &batch.tenant,
-                        destination: &destination.id,
-                        alerts,
-                    };
-                    deliver(&client, &destination, &body, retry_base, &task_metrics).await;
-                }
-                if let Some(seq) = batch.seq {
-                    // File I/O: off the async workers.
-                    let outbox = task_outbox.clone();
-                    let pending = tokio::task::spawn_blocking(move || {
-                        outbox.done(seq);
-                        outbox.pending()
-                    })
-                    .await
-                    .unwrap_or_default();
-                    task_metrics.set("destination_outbox_pending_batches", &[], pending as f64);
-                }
+                in_flight.spawn(delivery.clone().send(batch));
             }
+            while in_flight.join_next().await.is_some() {}
         });
         AlertNotifier {
             tx,
@@ -348,6 +337,61 @@ impl AlertNotifier {
                     "alert delivery queue is full; the batch waits in the outbox for the next start"
                 );
             }
+        }
+    }
+}
+
+/// What the delivery task needs to send one batch.
+struct BatchDelivery {
+    client: reqwest::Client,
+    destinations: Arc<DestinationStore>,
+    outbox: Arc<DeliveryOutbox>,
+    metrics: Arc<Metrics>,
+    retry_base: Duration,
+}
+
+impl BatchDelivery {
+    /// Post a batch to each of its tenant's destinations it concerns (side by side), then mark
+    /// it done in the outbox.
+    async fn send(self: Arc<Self>, batch: PendingBatch) {
+        let destinations = self.destinations.with_secrets(&batch.tenant);
+        let posts = destinations.iter().filter_map(|destination| {
+            let alerts: Vec<&Alert> = batch
+                .alerts
+                .iter()
+                .filter(|a| a.severity >= destination.min_severity)
+                .collect();
+            (!alerts.is_empty()).then(|| {
+                let body = Delivery {
+                    tenant: &batch.tenant,
+                    destination: &destination.id,
+                    alerts,
+                };
+                let this = &self;
+                async move {
+                    deliver(
+                        &this.client,
+                        destination,
+                        &body,
+                        this.retry_base,
+                        &this.metrics,
+                    )
+                    .await
+                }
+            })
+        });
+        futures_util::future::join_all(posts).await;
+        if let Some(seq) = batch.seq {
+            // File I/O: off the async workers.
+            let outbox = self.outbox.clone();
+            let pending = tokio::task::spawn_blocking(move || {
+                outbox.done(seq);
+                outbox.pending()
+            })
+            .await
+            .unwrap_or_default();
+            self.metrics
+                .set("destination_outbox_pending_batches", &[], pending as f64);
         }
     }
 }

@@ -645,6 +645,45 @@ fn the_notifier_posts_each_tenants_alerts_to_its_destinations_and_retries() {
 }
 
 #[test]
+fn a_webhook_that_is_down_does_not_hold_up_another_tenants_alerts() {
+    use perimeter_model::{Metrics, Severity};
+    use perimeter_query_api::{AlertNotifier, DeliveryOutbox, DestinationStore};
+    let down = WebhookReceiver::start(usize::MAX);
+    let up = WebhookReceiver::start(0);
+    let destinations = std::sync::Arc::new(DestinationStore::in_memory());
+    for (tenant, hook) in [(ACME, &down), (GLOBEX, &up)] {
+        destinations
+            .create(tenant, "soc", &hook.url(), Severity::Informational, "tok")
+            .unwrap();
+    }
+    let data = dataset();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // Production backoff: the batch for the dead webhook takes 1 + 4 + 16 s of waits.
+        let notifier = AlertNotifier::spawn(
+            destinations.clone(),
+            std::sync::Arc::new(Metrics::new()),
+            std::time::Duration::from_secs(1),
+            std::sync::Arc::new(DeliveryOutbox::in_memory()),
+            Vec::new(),
+        );
+        notifier.notify(&data.acme_alerts);
+        notifier.notify(&data.globex_alerts);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while up.bodies().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "globex's alerts waited behind acme's dead webhook"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    assert!(down.requests() >= 1 && down.bodies().is_empty());
+    let body: Value = serde_json::from_str(&up.bodies()[0]).unwrap();
+    assert_eq!(body["tenant"], GLOBEX);
+}
+
+#[test]
 fn event_search_and_lookup() {
     let api = TestApi::start();
     let found = api.get_json("/api/v1/events/search?q=alice", ACME, Role::Viewer);
