@@ -61,6 +61,35 @@ pub struct Destination {
     /// the answer to the creation; lists leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// How deliveries to it went since the service started (in lists; not persisted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryStatus>,
+}
+
+/// How deliveries to a destination went since the service started, so an admin can see that a
+/// webhook is down without reading logs. Kept in memory only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryStatus {
+    /// Batches the destination accepted (2xx).
+    pub batches_delivered: u64,
+    /// Batches given up on after every try failed.
+    pub batches_failed: u64,
+    /// Failed tries since the last accepted one.
+    pub consecutive_failed_tries: u64,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_success_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_failure_at: Option<DateTime<Utc>>,
+    /// Cause of the last failed try: an HTTP status or a connection error (never the URL or the
+    /// alerts).
+    pub last_error: Option<String>,
+}
+
+/// The outcome of one delivery try, or of a batch.
+enum DeliveryEvent<'a> {
+    TryFailed(&'a str),
+    Delivered,
+    GaveUp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +108,8 @@ pub enum DestinationError {
 pub struct DestinationStore {
     path: Option<PathBuf>,
     all: Mutex<Vec<Destination>>,
+    /// Delivery status by destination id.
+    status: Mutex<std::collections::HashMap<String, DeliveryStatus>>,
 }
 
 impl DestinationStore {
@@ -97,6 +128,7 @@ impl DestinationStore {
         Ok(DestinationStore {
             path: Some(path),
             all: Mutex::new(all),
+            status: Mutex::default(),
         })
     }
 
@@ -110,6 +142,7 @@ impl DestinationStore {
         DestinationStore {
             path: None,
             all: Mutex::new(Vec::new()),
+            status: Mutex::default(),
         }
     }
 
@@ -119,12 +152,38 @@ impl DestinationStore {
         self.all.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The tenant's destinations, oldest first, without their signing secrets.
+    /// The tenant's destinations, oldest first, without their signing secrets, with how
+    /// deliveries to them went.
     pub fn list(&self, tenant: &str) -> Vec<Destination> {
+        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         self.with_secrets(tenant)
             .into_iter()
-            .map(|d| Destination { secret: None, ..d })
+            .map(|d| Destination {
+                secret: None,
+                delivery: Some(status.get(&d.id).cloned().unwrap_or_default()),
+                ..d
+            })
             .collect()
+    }
+
+    /// Count a delivery try or outcome for destination `id`.
+    fn record(&self, id: &str, event: DeliveryEvent<'_>) {
+        let mut all = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let status = all.entry(id.to_string()).or_default();
+        let now = Utc::now();
+        match event {
+            DeliveryEvent::TryFailed(error) => {
+                status.consecutive_failed_tries += 1;
+                status.last_failure_at = Some(now);
+                status.last_error = Some(error.to_string());
+            }
+            DeliveryEvent::Delivered => {
+                status.batches_delivered += 1;
+                status.consecutive_failed_tries = 0;
+                status.last_success_at = Some(now);
+            }
+            DeliveryEvent::GaveUp => status.batches_failed += 1,
+        }
     }
 
     /// Whether the tenant has any destination.
@@ -181,6 +240,7 @@ impl DestinationStore {
             min_severity,
             created_at: Utc::now(),
             created_by: created_by.to_string(),
+            delivery: None,
         };
         let mut next = all.clone();
         next.push(destination.clone());
@@ -202,6 +262,10 @@ impl DestinationStore {
         }
         self.persist(&next)?;
         *all = next;
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         Ok(true)
     }
 
@@ -375,6 +439,7 @@ impl BatchDelivery {
                         &body,
                         this.retry_base,
                         &this.metrics,
+                        &this.destinations,
                     )
                     .await
                 }
@@ -414,6 +479,7 @@ async fn deliver(
     body: &Delivery<'_>,
     retry_base: Duration,
     metrics: &Metrics,
+    status: &DestinationStore,
 ) {
     let Ok(bytes) = serde_json::to_vec(body) else {
         metrics.inc(
@@ -421,6 +487,7 @@ async fn deliver(
             &[("destination", &destination.id)],
             1,
         );
+        status.record(&destination.id, DeliveryEvent::GaveUp);
         return;
     };
     let signature = sign(destination.secret.as_deref().unwrap_or_default(), &bytes);
@@ -440,6 +507,7 @@ async fn deliver(
                     &[("destination", &destination.id)],
                     body.alerts.len() as u64,
                 );
+                status.record(&destination.id, DeliveryEvent::Delivered);
                 return;
             }
             Ok(r) => format!("status {}", r.status().as_u16()),
@@ -447,6 +515,7 @@ async fn deliver(
             Err(e) => e.without_url().to_string(),
         };
         tracing::warn!(destination = %destination.id, attempt, %error, "alert delivery failed");
+        status.record(&destination.id, DeliveryEvent::TryFailed(&error));
         if attempt < MAX_ATTEMPTS {
             tokio::time::sleep(wait).await;
             wait *= 4;
@@ -457,6 +526,7 @@ async fn deliver(
         &[("destination", &destination.id)],
         1,
     );
+    status.record(&destination.id, DeliveryEvent::GaveUp);
 }
 
 #[cfg(test)]
@@ -497,8 +567,15 @@ mod tests {
         );
         assert_eq!(
             reopened.list("globex"),
-            vec![Destination { secret: None, ..b }]
+            vec![Destination {
+                secret: None,
+                delivery: Some(DeliveryStatus::default()),
+                ..b
+            }]
         );
+        // The delivery status is not part of the persisted list.
+        let text = std::fs::read_to_string(dir.path().join("destinations.json")).unwrap();
+        assert!(!text.contains("delivery"), "{text}");
         assert!(reopened.delete("acme", &a.id).unwrap());
         let again = DestinationStore::open_in(dir.path()).unwrap();
         assert!(again.list("acme").is_empty());

@@ -499,6 +499,10 @@ fn destinations_are_managed_by_admins_per_tenant() {
         listed["items"][0].get("secret").is_none(),
         "shown once: {listed}"
     );
+    assert_eq!(
+        listed["items"][0]["delivery"]["batches_delivered"], 0,
+        "a new destination's delivery status: {listed}"
+    );
     // The other tenant sees none of it and cannot delete it.
     let theirs = api.get_json("/api/v1/destinations", GLOBEX, Role::Admin);
     assert!(theirs["items"].as_array().unwrap().is_empty(), "{theirs}");
@@ -642,6 +646,13 @@ fn the_notifier_posts_each_tenants_alerts_to_its_destinations_and_retries() {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // The admin's list says how deliveries went: one refused try, then the batch accepted.
+    let status = destinations.list(ACME)[0].delivery.clone().unwrap();
+    assert_eq!(status.batches_delivered, 1, "{status:?}");
+    assert_eq!(status.batches_failed, 0, "{status:?}");
+    assert_eq!(status.consecutive_failed_tries, 0, "{status:?}");
+    assert_eq!(status.last_error.as_deref(), Some("status 500"));
+    assert!(status.last_success_at >= status.last_failure_at);
 }
 
 #[test]
@@ -681,6 +692,11 @@ fn a_webhook_that_is_down_does_not_hold_up_another_tenants_alerts() {
     assert!(down.requests() >= 1 && down.bodies().is_empty());
     let body: Value = serde_json::from_str(&up.bodies()[0]).unwrap();
     assert_eq!(body["tenant"], GLOBEX);
+    // The dead webhook shows as failing in its tenant's list.
+    let status = destinations.list(ACME)[0].delivery.clone().unwrap();
+    assert!(status.consecutive_failed_tries >= 1, "{status:?}");
+    assert_eq!(status.batches_delivered, 0, "{status:?}");
+    assert_eq!(status.last_error.as_deref(), Some("status 500"));
 }
 
 #[test]
