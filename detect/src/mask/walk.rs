@@ -170,23 +170,9 @@ impl<'a> MaskWalk<'a> {
             }
             ValueRef::Array(items) => self.array(items, |w, item| w.value(item, node, extra)),
             ValueRef::Object(map) => {
-                let m = self.masker;
-                let mem = &mut self.mem;
-                let pair_is_secret = map.iter().any(|(k, v)| {
-                    // The name is judged as it is written out, masked (its own secrets are
-                    // counted when it is walked as a value): masking the output again must
-                    // reach the same decision. A wholly masked name names no secret value.
-                    is_pair_name_key(k)
-                        && v.as_str().is_some_and(|n| {
-                            let name = m.mask_str_in(
-                                mem.as_deref_mut(),
-                                n,
-                                enabled,
-                                &mut MaskCounts::default(),
-                            );
-                            !is_masked(&name) && m.key_is_sensitive(mem.as_deref_mut(), &name)
-                        })
-                });
+                // Whether this object is a `{"name": <sensitive>, "value": ...}` pair: asked only
+                // when a value-like key comes up (most objects have none), then kept.
+                let mut pair_is_secret: Option<bool> = None;
                 self.object(map, enabled, |w, key, child| {
                     let view = child.as_ref();
                     if matches!(view, ValueRef::Null | ValueRef::Bool(_)) {
@@ -202,7 +188,9 @@ impl<'a> MaskWalk<'a> {
                         // A key masked just above held a secret value, it is no name for one.
                         && !is_masked(key)
                         && (m.key_is_sensitive(w.mem.as_deref_mut(), key)
-                            || (pair_is_secret && is_pair_value_key(key)))
+                            || (is_pair_value_key(key)
+                                && *pair_is_secret
+                                    .get_or_insert_with(|| w.pair_is_secret(map, enabled))))
                     {
                         w.force_leaves(child, m.key_action, "key");
                     } else {
@@ -212,6 +200,26 @@ impl<'a> MaskWalk<'a> {
             }
             _ => self.leaf(value),
         }
+    }
+
+    /// Whether `map` holds a name key (`name`, `key`) whose value names a secret. The name is
+    /// judged as it is written out, masked (its own secrets are counted when it is walked as a
+    /// value): masking the output again must reach the same decision. A wholly masked name names
+    /// no secret value.
+    fn pair_is_secret(&mut self, map: &sonic_rs::Object, enabled: KindSet) -> bool {
+        let m = self.masker;
+        map.iter().any(|(k, v)| {
+            is_pair_name_key(k)
+                && v.as_str().is_some_and(|n| {
+                    let name = m.mask_str_in(
+                        self.mem.as_deref_mut(),
+                        n,
+                        enabled,
+                        &mut MaskCounts::default(),
+                    );
+                    !is_masked(&name) && m.key_is_sensitive(self.mem.as_deref_mut(), &name)
+                })
+        })
     }
 
     /// An array, each item through `each`.
