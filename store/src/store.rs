@@ -74,6 +74,8 @@ pub(crate) struct GroupState {
 
 pub(crate) struct WriteState {
     pub writers: HashMap<IndexKey, DayWriter>,
+    /// The text forms of the batch being written (buffers kept from batch to batch).
+    pub text: BatchText,
     pub last_seq: u64,
     pub tick: u64,
 }
@@ -180,6 +182,7 @@ impl Store {
             group_done: std::sync::Condvar::new(),
             write: Mutex::new(WriteState {
                 writers: HashMap::new(),
+                text: BatchText::default(),
                 last_seq,
                 tick: 0,
             }),
@@ -422,9 +425,24 @@ impl Store {
         touched: &HashSet<IndexKey>,
         seq: u64,
     ) -> Result<()> {
+        let mut text = std::mem::take(&mut st.text);
+        let result = self.write_fresh_with(st, &mut text, fresh, touched, seq);
+        st.text = text;
+        result
+    }
+
+    fn write_fresh_with(
+        &self,
+        st: &mut WriteState,
+        text: &mut BatchText,
+        fresh: &[&Event],
+        touched: &HashSet<IndexKey>,
+        seq: u64,
+    ) -> Result<()> {
         let t_start = Instant::now();
         // Raw JSON text (Parquet, output documents) and raw words (catch-all), in one pass.
-        let text = BatchText::build(fresh.iter().copied())?;
+        text.rebuild(fresh.iter().copied())?;
+        let text = &*text;
 
         let mut groups: BTreeMap<(&str, &str, NaiveDate), Vec<usize>> = BTreeMap::new();
         for (i, e) in fresh.iter().enumerate() {
@@ -440,20 +458,19 @@ impl Store {
                 .name("store-parquet".into())
                 .spawn_scoped(scope, || {
                     let t = Instant::now();
-                    let r = self.write_parquet_tmp(fresh, &text, &groups, seq);
+                    let r = self.write_parquet_tmp(fresh, text, &groups, seq);
                     (r, t.elapsed())
                 })
                 .at(&self.layout.root)?;
             let mut add_result = Ok(());
+            let (mut output, mut all) = (String::new(), String::new());
             for (i, e) in fresh.iter().enumerate() {
                 let key = (e.tenant.clone(), e.timestamp.date_naive());
                 let Some(w) = st.writers.get(&key) else {
                     continue;
                 };
-                let raw = text.raw(i);
-                let doc = self
-                    .schema
-                    .document(e, text.raw_words(i), output_document(e, raw));
+                let output = output_document(e, text.raw(i), &mut output);
+                let doc = self.schema.document(e, text.raw_words(i), output, &mut all);
                 if let Err(err) = w.writer.add_document(doc) {
                     add_result = Err(err.into());
                     break;
