@@ -478,6 +478,20 @@ fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
     // A part of an identifier that is not a word of it does not match.
     assert!(ids("acme.test").is_empty());
     assert!(ids("203.0").is_empty());
+    // A numeric identifier (IP, decimal, version, date) is indexed whole only: its numbers
+    // are not words of it. Ids with letters keep their words, numbers included.
+    assert!(ids("203").is_empty() && ids("113").is_empty());
+    let uuid = raw["uuid"].as_str().unwrap().to_string();
+    assert_eq!(ids(&format!("\"{uuid}\"")), only_a);
+    assert_eq!(
+        ids(&format!("\"{}\"", uuid.rsplit('-').next().unwrap())),
+        only_a
+    );
+    // Raw date-times are not in `all` at all (search time with @timestamp ranges).
+    let published = raw["published"].as_str().unwrap().to_string();
+    assert!(published.starts_with("2026-11-20T01:00:00"), "{published}");
+    assert!(ids(&format!("\"{published}\"")).is_empty());
+    assert!(ids("2026").is_empty());
     // A multi-word phrase matches events holding every chunk, adjacent or not.
     assert_eq!(ids("\"Mozilla/5.0 (X11; Linux\""), only_a);
     assert_eq!(ids("\"firefox/118.0 x11\""), only_a);
