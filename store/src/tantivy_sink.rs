@@ -179,7 +179,9 @@ impl EventSchema {
         output_text: &str,
         all: &mut String,
     ) -> TantivyDocument {
-        let mut d = TantivyDocument::default();
+        // Sized for the usual event at once (the catch-all and output texts, and the ECS values
+        // twice, in their fields and in `all`), instead of growing through several copies.
+        let mut d = TantivyDocument::with_capacity(output_text.len() + raw_words.len() + 1024);
         let (hi, lo) = id_halves(&event.id().0);
         d.add_u64(self.id, hi);
         d.add_u64(self.id_lo, lo);
