@@ -493,11 +493,33 @@ impl Store {
         let commit_started = Instant::now();
         let mut committed: HashSet<&IndexKey> = HashSet::new();
         let mut first_err = None;
-        for key in touched {
-            let Some(w) = st.writers.get_mut(key) else {
+        // The touched indexes commit in parallel: a commit is where each indexing thread
+        // writes its segment, and one index at a time left a core idle whenever that index
+        // had fewer indexing threads than there are cores.
+        let outcomes: Vec<(&IndexKey, Result<()>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = st
+                .writers
+                .iter_mut()
+                .filter(|(key, _)| touched.contains(*key))
+                .map(|(key, w)| (key, scope.spawn(move || w.commit(seq))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(key, h)| {
+                    let r = h.join().unwrap_or_else(|_| {
+                        Err(StoreError::InvalidBatch(
+                            "index commit thread panicked".into(),
+                        ))
+                    });
+                    (key, r)
+                })
+                .collect()
+        });
+        for (key, outcome) in outcomes {
+            let Some(key) = touched.get(key) else {
                 continue;
             };
-            match w.commit(seq) {
+            match outcome {
                 Ok(()) => {
                     committed.insert(key);
                 }
