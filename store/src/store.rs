@@ -589,14 +589,13 @@ impl Store {
                 {
                     let evs: Vec<&Event> = chunk.iter().map(|&i| fresh[i]).collect();
                     let rs: Vec<&str> = chunk.iter().map(|&i| text.raw(i)).collect();
-                    let rb = parquet_sink::events_to_record_batch(&evs, &rs)?;
                     let tmp = dir.join(tmp_name(seq, n));
                     files.push(PendingFile {
                         tmp: tmp.clone(),
                         final_path: dir.join(final_name(seq, n)),
                         key: (tenant.to_string(), *day),
                     });
-                    parquet_sink::write_parquet_file(&tmp, &rb)?;
+                    parquet_sink::write_events_file(&tmp, &evs, &rs)?;
                 }
             }
             Ok(())
