@@ -144,13 +144,17 @@ pub fn events_to_record_batch(events: &[&Event], raws: &[&str]) -> Result<Record
 
 pub(crate) fn writer_properties() -> WriterProperties {
     // Snappy and format v1 pages: the combination every Parquet reader supports. The unique
-    // columns (`event_id`, `raw`) skip the dictionary attempt (every value would be hashed, then
-    // the dictionary abandoned), and `raw` the min/max statistics of kilobyte strings nobody
-    // filters on.
+    // columns (`event_id`, `raw`, and the per-event numbers `timestamp`, `received_at`, `line`)
+    // skip the dictionary attempt (every value would be hashed, and a dictionary holding every
+    // value of a file is only kept for the small ones), and `raw` the min/max statistics of
+    // kilobyte strings nobody filters on.
     let unique = |c: &str| ColumnPath::from(c);
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_column_dictionary_enabled(unique("event_id"), false)
+        .set_column_dictionary_enabled(unique("timestamp"), false)
+        .set_column_dictionary_enabled(unique("received_at"), false)
+        .set_column_dictionary_enabled(unique("line"), false)
         .set_column_dictionary_enabled(unique("raw"), false)
         .set_column_statistics_enabled(unique("raw"), EnabledStatistics::None)
         .set_created_by(format!("perimeter-store {}", env!("CARGO_PKG_VERSION")))
@@ -238,6 +242,17 @@ mod tests {
         let builder =
             parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
         assert_eq!(builder.metadata().num_row_groups(), 1);
+        // Columns with a value per event are written without a dictionary; the others keep it.
+        let rg = builder.metadata().row_group(0);
+        for c in rg.columns() {
+            let name = c.column_path().string();
+            let unique = ["event_id", "timestamp", "received_at", "line", "raw"];
+            assert_eq!(
+                c.dictionary_page_offset().is_none(),
+                unique.contains(&name.as_str()),
+                "{name}"
+            );
+        }
         let mut ids = Vec::new();
         let mut raw_col = Vec::new();
         for b in builder.build().unwrap() {
