@@ -9,6 +9,10 @@
 //!   joiners; a chunk with joiners inside yields itself plus its words
 //!   (`alice@acme.test` -> `alice@acme.test`, `alice`, `acme`, `test`), a plain word itself;
 //!   a token already seen in the same text is dropped (the field keeps no frequencies);
+//!   two kinds of chunk are cheaper: a date-time (`2026-10-01T00:04:08.123Z`, anything starting
+//!   `YYYY-MM-DDThh:mm`) is left out altogether, and a chunk of digits and joiners only (an IP,
+//!   a decimal, a version, a date: `10.1.2.3`, `11.5`, `2026-10-01`) is indexed whole without
+//!   its words ([`is_date_time`], [`is_numeric`]);
 //! - query side ([`CATCH_ALL_QUERY_TOKENIZER`]): the same chunks, each whole, so `10.1.2.3`,
 //!   `"10.1.2.3"`, `alice@acme.test`, `user.session.start` and `alice` are one term each;
 //! - a query phrase of several chunks on `all` (`"Mozilla/5.0 (X11; Linux"`) is rewritten by
@@ -134,6 +138,31 @@ fn push_lower(out: &mut String, s: &str) {
     }
 }
 
+/// Whether `chunk` starts like an ISO 8601 / RFC 3339 date-time, `YYYY-MM-DDThh:mm`.
+///
+/// Such a chunk (a raw record's `published`, `id.time`, ...) is near-unique per event, so it
+/// cost every segment a term dictionary entry and a posting list of its own, and its words
+/// (`2026`, `01t00`, `04`) match nothing an analyst looks for: time is searched with the
+/// `@timestamp` range.
+fn is_date_time(chunk: &[u8]) -> bool {
+    const SHAPE: &[u8; 16] = b"dddd-dd-ddTdd:dd";
+    chunk.len() >= SHAPE.len()
+        && chunk.iter().zip(SHAPE).all(|(&c, &s)| match s {
+            b'd' => c.is_ascii_digit(),
+            b'T' => c == b'T' || c == b't',
+            _ => c == s,
+        })
+}
+
+/// Whether `chunk` has only digits between its joiners: an IP address, a decimal, a version
+/// or a date. It is indexed whole; its words (the octets of an IP, `5` and `0` of `5.0`) are
+/// small numbers that would match nearly every event.
+fn is_numeric(chunk: &[u8]) -> bool {
+    chunk
+        .iter()
+        .all(|&c| c.is_ascii_digit() || is_joiner(c as char))
+}
+
 /// Byte ranges of the tokens of `text` (see the module doc); `whole_only` is the query side.
 fn token_ranges(text: &str, whole_only: bool, out: &mut Vec<(usize, usize)>) {
     out.clear();
@@ -149,8 +178,15 @@ fn token_ranges(text: &str, whole_only: bool, out: &mut Vec<(usize, usize)>) {
             out.push((start, end));
             return;
         }
+        let chunk = &text.as_bytes()[start..end];
+        if is_date_time(chunk) {
+            return;
+        }
         if fits {
             out.push((start, end));
+            if is_numeric(chunk) {
+                return;
+            }
         }
         words(&text[start..end], |s, e| {
             if e - s <= MAX_TOKEN_BYTES {
@@ -377,10 +413,6 @@ mod tests {
                 "acme",
                 "test",
                 "10.1.2.3",
-                "10",
-                "1",
-                "2",
-                "3",
                 "failure"
             ]
         );
@@ -403,8 +435,7 @@ mod tests {
                 "x",
                 "1",
                 "user",
-                "11.5",
-                "11"
+                "11.5"
             ]
         );
         assert_eq!(index_tokens(""), Vec::<String>::new());
@@ -425,14 +456,11 @@ mod tests {
             index_tokens("10.1.2.3 alice 10.1.2.3 ALICE Alice@x.y alice@X.Y 1 Ä ä Ä"),
             [
                 "10.1.2.3",
-                "10",
-                "1",
-                "2",
-                "3",
                 "alice",
                 "alice@x.y",
                 "x",
                 "y",
+                "1",
                 "ä",
                 "ä",
                 "ä"
@@ -445,6 +473,53 @@ mod tests {
         assert_eq!(
             toks.iter().collect::<std::collections::HashSet<_>>().len(),
             500
+        );
+    }
+
+    #[test]
+    fn date_times_are_left_out_and_numeric_chunks_indexed_whole_only() {
+        assert_eq!(
+            index_tokens(
+                "2026-10-01T00:04:08.123+00:00 2021-10-27t23:59:31Z at 2026-10-01 1625045793351"
+            ),
+            ["at", "2026-10-01", "1625045793351"]
+        );
+        // Numeric chunks: IPs, decimals, versions, dates, phone-like numbers keep only the
+        // whole; a chunk with a letter keeps its words, numbers included.
+        assert_eq!(
+            index_tokens("10.1.2.3 -11.1111 +1-555-0100 10.0.0.1:8080 rv:78.0 okta-000123"),
+            [
+                "10.1.2.3",
+                "11.1111",
+                "1-555-0100",
+                "10.0.0.1:8080",
+                "rv:78.0",
+                "rv",
+                "78",
+                "0",
+                "okta-000123",
+                "okta",
+                "000123"
+            ]
+        );
+        // Not date-times: too short, or not the date-time shape.
+        assert_eq!(
+            index_tokens("2026-10-01T00 2026-1-01T00:04:08"),
+            [
+                "2026-10-01t00",
+                "2026",
+                "10",
+                "01t00",
+                "2026-1-01t00:04:08",
+                "1",
+                "04",
+                "08"
+            ]
+        );
+        // The query side is unchanged: such a query term matches nothing now.
+        assert_eq!(
+            query_tokens("2026-10-01T00:04:08Z"),
+            ["2026-10-01t00:04:08z"]
         );
     }
 

@@ -17,6 +17,10 @@ use perimeter_model::{EcsValue, Event, RawJson, ECS_FIELDS};
 use crate::{Result, StoreError};
 
 /// Raw JSON and raw catch-all text of every event of a batch, in order.
+///
+/// The store keeps one and rebuilds it for every batch: its buffers (about 2 KB per event of
+/// the largest batch) stay with the process instead of being allocated, faulted in and freed
+/// again per batch, which cost the critical thread more than the walk itself.
 #[derive(Default)]
 pub(crate) struct BatchText {
     raw: String,
@@ -26,29 +30,40 @@ pub(crate) struct BatchText {
 }
 
 impl BatchText {
-    pub fn build<'a>(events: impl ExactSizeIterator<Item = &'a Event>) -> Result<BatchText> {
+    /// Replace the contents with the texts of `events`.
+    pub fn rebuild<'a>(&mut self, events: impl ExactSizeIterator<Item = &'a Event>) -> Result<()> {
         let n = events.len();
-        let mut raw = Vec::with_capacity(n * 1024);
-        let mut all = Vec::with_capacity(n * 768);
-        let mut raw_ends = Vec::with_capacity(n);
-        let mut all_ends = Vec::with_capacity(n);
+        let mut raw = std::mem::take(&mut self.raw).into_bytes();
+        let mut all = std::mem::take(&mut self.all).into_bytes();
+        raw.clear();
+        all.clear();
+        self.raw_ends.clear();
+        self.all_ends.clear();
+        raw.reserve(n * 1280);
+        all.reserve(n * 1024);
+        self.raw_ends.reserve(n);
+        self.all_ends.reserve(n);
         let mut num = String::new();
         for e in events {
             walk(&e.raw, &mut raw, &mut all, &mut num);
-            raw_ends.push(raw.len());
-            all_ends.push(all.len());
+            self.raw_ends.push(raw.len());
+            self.all_ends.push(all.len());
         }
         // Everything appended is either valid UTF-8 taken from `&str`s or ASCII.
         let text = |v: Vec<u8>| {
             String::from_utf8(v)
                 .map_err(|_| StoreError::InvalidBatch("raw record text is not UTF-8".into()))
         };
-        Ok(BatchText {
-            raw: text(raw)?,
-            raw_ends,
-            all: text(all)?,
-            all_ends,
-        })
+        self.raw = text(raw)?;
+        self.all = text(all)?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn build<'a>(events: impl ExactSizeIterator<Item = &'a Event>) -> Result<BatchText> {
+        let mut t = BatchText::default();
+        t.rebuild(events)?;
+        Ok(t)
     }
 
     /// The `i`th event's raw record as JSON text.
@@ -209,10 +224,13 @@ fn layout() -> &'static [Slot] {
 
 /// `Event::to_output_json` as JSON text, written directly (no `serde_json::Value` tree) with
 /// the raw record's JSON text spliced in: parsed back it equals `to_output_json()` (key order
-/// aside, which JSON objects do not have), as the tests check.
-pub(crate) fn output_document(e: &Event, raw_text: &str) -> String {
+/// aside, which JSON objects do not have), as the tests check. Written into `buf` (cleared
+/// first; one buffer serves a whole batch).
+pub(crate) fn output_document<'b>(e: &Event, raw_text: &str, buf: &'b mut String) -> &'b str {
     use chrono::SecondsFormat::AutoSi;
-    let mut out: Vec<u8> = Vec::with_capacity(raw_text.len() + 768);
+    let mut out = std::mem::take(buf).into_bytes();
+    out.clear();
+    out.reserve(raw_text.len() + 768);
     out.push(b'{');
     let mut open: &[&str] = &[];
     let mut first = true;
@@ -291,7 +309,8 @@ pub(crate) fn output_document(e: &Event, raw_text: &str) -> String {
     }
     out.extend(std::iter::repeat_n(b'}', open.len() + 1));
     // Only `&str` contents and ASCII were written.
-    String::from_utf8(out).unwrap_or_default()
+    *buf = String::from_utf8(out).unwrap_or_default();
+    buf
 }
 
 #[cfg(test)]
@@ -375,12 +394,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rebuilt_batch_text_has_only_the_new_events() {
+        let evs = events();
+        let mut text = BatchText::build(evs.iter()).unwrap();
+        text.rebuild(evs[2..].iter()).unwrap();
+        assert_eq!(text.raw(0), "{}");
+        assert_eq!(text.raw_words(0), "");
+        assert_eq!(text.raw(1), r#"["top","level",3]"#);
+        assert_eq!(text.raw_words(1), "top level 3 ");
+        text.rebuild(std::iter::empty()).unwrap();
+        assert!(text.raw.is_empty() && text.all.is_empty() && text.raw_ends.is_empty());
+    }
+
+    #[test]
     fn output_document_text_is_to_output_json() {
         let evs = events();
         let text = BatchText::build(evs.iter()).unwrap();
+        // One buffer for all of them, as on the write path.
+        let mut buf = String::new();
         for (i, e) in evs.iter().enumerate() {
-            let doc = output_document(e, text.raw(i));
-            let parsed: serde_json::Value = serde_json::from_str(&doc).unwrap();
+            let doc = output_document(e, text.raw(i), &mut buf);
+            let parsed: serde_json::Value = serde_json::from_str(doc).unwrap();
             assert_eq!(parsed, e.to_output_json(), "{doc}");
         }
     }

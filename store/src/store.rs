@@ -74,6 +74,8 @@ pub(crate) struct GroupState {
 
 pub(crate) struct WriteState {
     pub writers: HashMap<IndexKey, DayWriter>,
+    /// The text forms of the batch being written (buffers kept from batch to batch).
+    pub text: BatchText,
     pub last_seq: u64,
     pub tick: u64,
 }
@@ -180,6 +182,7 @@ impl Store {
             group_done: std::sync::Condvar::new(),
             write: Mutex::new(WriteState {
                 writers: HashMap::new(),
+                text: BatchText::default(),
                 last_seq,
                 tick: 0,
             }),
@@ -422,9 +425,24 @@ impl Store {
         touched: &HashSet<IndexKey>,
         seq: u64,
     ) -> Result<()> {
+        let mut text = std::mem::take(&mut st.text);
+        let result = self.write_fresh_with(st, &mut text, fresh, touched, seq);
+        st.text = text;
+        result
+    }
+
+    fn write_fresh_with(
+        &self,
+        st: &mut WriteState,
+        text: &mut BatchText,
+        fresh: &[&Event],
+        touched: &HashSet<IndexKey>,
+        seq: u64,
+    ) -> Result<()> {
         let t_start = Instant::now();
         // Raw JSON text (Parquet, output documents) and raw words (catch-all), in one pass.
-        let text = BatchText::build(fresh.iter().copied())?;
+        text.rebuild(fresh.iter().copied())?;
+        let text = &*text;
 
         let mut groups: BTreeMap<(&str, &str, NaiveDate), Vec<usize>> = BTreeMap::new();
         for (i, e) in fresh.iter().enumerate() {
@@ -440,20 +458,19 @@ impl Store {
                 .name("store-parquet".into())
                 .spawn_scoped(scope, || {
                     let t = Instant::now();
-                    let r = self.write_parquet_tmp(fresh, &text, &groups, seq);
+                    let r = self.write_parquet_tmp(fresh, text, &groups, seq);
                     (r, t.elapsed())
                 })
                 .at(&self.layout.root)?;
             let mut add_result = Ok(());
+            let (mut output, mut all) = (String::new(), String::new());
             for (i, e) in fresh.iter().enumerate() {
                 let key = (e.tenant.clone(), e.timestamp.date_naive());
                 let Some(w) = st.writers.get(&key) else {
                     continue;
                 };
-                let raw = text.raw(i);
-                let doc = self
-                    .schema
-                    .document(e, text.raw_words(i), output_document(e, raw));
+                let output = output_document(e, text.raw(i), &mut output);
+                let doc = self.schema.document(e, text.raw_words(i), output, &mut all);
                 if let Err(err) = w.writer.add_document(doc) {
                     add_result = Err(err.into());
                     break;
@@ -476,11 +493,33 @@ impl Store {
         let commit_started = Instant::now();
         let mut committed: HashSet<&IndexKey> = HashSet::new();
         let mut first_err = None;
-        for key in touched {
-            let Some(w) = st.writers.get_mut(key) else {
+        // The touched indexes commit in parallel: a commit is where each indexing thread
+        // writes its segment, and one index at a time left a core idle whenever that index
+        // had fewer indexing threads than there are cores.
+        let outcomes: Vec<(&IndexKey, Result<()>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = st
+                .writers
+                .iter_mut()
+                .filter(|(key, _)| touched.contains(*key))
+                .map(|(key, w)| (key, scope.spawn(move || w.commit(seq))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(key, h)| {
+                    let r = h.join().unwrap_or_else(|_| {
+                        Err(StoreError::InvalidBatch(
+                            "index commit thread panicked".into(),
+                        ))
+                    });
+                    (key, r)
+                })
+                .collect()
+        });
+        for (key, outcome) in outcomes {
+            let Some(key) = touched.get(key) else {
                 continue;
             };
-            match w.commit(seq) {
+            match outcome {
                 Ok(()) => {
                     committed.insert(key);
                 }
@@ -550,14 +589,13 @@ impl Store {
                 {
                     let evs: Vec<&Event> = chunk.iter().map(|&i| fresh[i]).collect();
                     let rs: Vec<&str> = chunk.iter().map(|&i| text.raw(i)).collect();
-                    let rb = parquet_sink::events_to_record_batch(&evs, &rs)?;
                     let tmp = dir.join(tmp_name(seq, n));
                     files.push(PendingFile {
                         tmp: tmp.clone(),
                         final_path: dir.join(final_name(seq, n)),
                         key: (tenant.to_string(), *day),
                     });
-                    parquet_sink::write_parquet_file(&tmp, &rb)?;
+                    parquet_sink::write_events_file(&tmp, &evs, &rs)?;
                 }
             }
             Ok(())

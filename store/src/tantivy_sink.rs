@@ -165,20 +165,29 @@ impl EventSchema {
 
     /// The tantivy document for a masked event; `raw_words` are the strings and numbers of its
     /// raw record, space separated, and `output_text` is its output document
-    /// ([`Event::to_output_json`]) as JSON text, kept in the doc store.
+    /// ([`Event::to_output_json`]) as JSON text, kept in the doc store. `all` is scratch space
+    /// for the catch-all text (the document copies it; one buffer serves a batch).
     ///
     /// `all` gets `event.module`, the ECS values and every string and number of the raw record:
     /// what an analyst searches for. Not the event id, timestamps, tenant or input line: they
     /// have their own fields (`event.id`, `@timestamp`) or none worth searching, and being
     /// unique per event they would only grow every segment's term dictionary.
-    pub fn document(&self, event: &Event, raw_words: &str, output_text: String) -> TantivyDocument {
-        let mut d = TantivyDocument::default();
+    pub fn document(
+        &self,
+        event: &Event,
+        raw_words: &str,
+        output_text: &str,
+        all: &mut String,
+    ) -> TantivyDocument {
+        // Sized for the usual event at once (the catch-all and output texts, and the ECS values
+        // twice, in their fields and in `all`), instead of growing through several copies.
+        let mut d = TantivyDocument::with_capacity(output_text.len() + raw_words.len() + 1024);
         let (hi, lo) = id_halves(&event.id().0);
         d.add_u64(self.id, hi);
         d.add_u64(self.id_lo, lo);
         d.add_date(self.timestamp, to_tantivy_date(event.timestamp));
         d.add_text(self.module, &event.source);
-        let mut all = String::with_capacity(raw_words.len() + 256);
+        all.clear();
         all.push_str(&event.source);
         all.push(' ');
         for (name, field) in &self.ecs {
@@ -200,13 +209,13 @@ impl EventSchema {
             }
         }
         if let Some(n) = event.ecs.source_as_number {
+            use std::fmt::Write;
             d.add_u64(self.as_number, n);
-            all.push_str(&n.to_string());
-            all.push(' ');
+            let _ = write!(all, "{n} ");
         }
         all.push_str(raw_words);
-        d.add_text(self.all, &all);
-        d.add_text(self.doc, &output_text);
+        d.add_text(self.all, all.as_str());
+        d.add_text(self.doc, output_text);
         d
     }
 }

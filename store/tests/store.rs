@@ -478,6 +478,20 @@ fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
     // A part of an identifier that is not a word of it does not match.
     assert!(ids("acme.test").is_empty());
     assert!(ids("203.0").is_empty());
+    // A numeric identifier (IP, decimal, version, date) is indexed whole only: its numbers
+    // are not words of it. Ids with letters keep their words, numbers included.
+    assert!(ids("203").is_empty() && ids("113").is_empty());
+    let uuid = raw["uuid"].as_str().unwrap().to_string();
+    assert_eq!(ids(&format!("\"{uuid}\"")), only_a);
+    assert_eq!(
+        ids(&format!("\"{}\"", uuid.rsplit('-').next().unwrap())),
+        only_a
+    );
+    // Raw date-times are not in `all` at all (search time with @timestamp ranges).
+    let published = raw["published"].as_str().unwrap().to_string();
+    assert!(published.starts_with("2026-11-20T01:00:00"), "{published}");
+    assert!(ids(&format!("\"{published}\"")).is_empty());
+    assert!(ids("2026").is_empty());
     // A multi-word phrase matches events holding every chunk, adjacent or not.
     assert_eq!(ids("\"Mozilla/5.0 (X11; Linux\""), only_a);
     assert_eq!(ids("\"firefox/118.0 x11\""), only_a);
@@ -579,11 +593,31 @@ fn replayed_events_are_stored_once_also_after_reopen() {
         assert_eq!((again.events_written, again.events_duplicate), (0, 50));
         // Duplicates inside one batch, mixed with new events.
         let mut mixed = events[..10].to_vec();
-        mixed.push(event("acme", "okta", ts(22, 0, 0), "u", "a", 999));
-        mixed.push(event("acme", "okta", ts(22, 0, 0), "u", "a", 999));
+        let new = event("acme", "okta", ts(22, 0, 0), "u", "a", 999);
+        mixed.push(new.clone());
+        mixed.push(new.clone());
         let m = store.write_batch(&batch(mixed)).unwrap();
         assert_eq!((m.events_written, m.events_duplicate), (1, 11));
         assert_eq!(store.stats().events_stored, 51);
+        // The new event is stored with its own raw record, not a skipped duplicate's (the
+        // batch's text is built before dedup and rebuilt for the fresh events).
+        let raw = perimeter_model::raw_to_serde(&new.raw);
+        let doc = store.get_event("acme", &new.id().0).unwrap().unwrap();
+        assert_eq!(doc["raw"], raw);
+        let mut parquet_raw = None;
+        for f in parquet_files(dir.path()) {
+            for b in read_parquet_file(&f).unwrap() {
+                let ids = b.column_by_name("event_id").unwrap().as_string::<i32>();
+                let raws = b.column_by_name("raw").unwrap().as_string::<i32>();
+                for (id, r) in ids.iter().zip(raws.iter()) {
+                    if id == Some(new.id().0.as_str()) {
+                        parquet_raw =
+                            r.map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap());
+                    }
+                }
+            }
+        }
+        assert_eq!(parquet_raw, Some(raw));
     }
     let store = Store::open(config(dir.path())).unwrap();
     let after = store.write_batch(&batch(events.clone())).unwrap();
