@@ -4,26 +4,29 @@
 //! `kill -9`, a restart while a webhook is down) is delivered again at the next start, so
 //! delivery is at least once: receivers tell repeats apart by the alert ids.
 //!
-//! Format: `outbox/alerts.jsonl` in the data directory, one record per line,
-//! `{"op":"queued","seq":N,"tenant":..,"alerts":[..]}` and `{"op":"done","seq":N}`. The alerts
-//! are the pipeline's, masked, like everything else on disk. Done records are not fsynced (losing
-//! one costs a repeat, not a loss). A torn last line (a crash mid-write) is skipped. The file is
-//! rewritten with only the pending batches at open and whenever it holds
-//! [`REWRITE_AFTER_RECORDS`] records of finished batches; it is truncated whenever nothing is
-//! pending.
+//! Format: one file per tenant, `outbox/tenant=<t>/alerts.jsonl` in the data directory (the
+//! tenant %-encoded as in the store's layout), so one tenant's alerts never share a file with
+//! another's. One record per line, `{"op":"queued","seq":N,"tenant":..,"alerts":[..]}` and
+//! `{"op":"done","seq":N}`; sequence numbers run across tenants. The alerts are the pipeline's,
+//! masked, like everything else on disk. Done records are not fsynced (losing one costs a
+//! repeat, not a loss). A torn last line (a crash mid-write) is skipped. A tenant's file is
+//! rewritten with only its pending batches at open and whenever it holds
+//! [`REWRITE_AFTER_RECORDS`] records of finished batches; it is truncated whenever none of the
+//! tenant's batches is pending.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use perimeter_model::Alert;
+use perimeter_store::layout::{encode_partition_value, partition_value};
 use serde::{Deserialize, Serialize};
 
 use crate::destinations::DestinationError;
 
-/// Records of finished batches in the file past which it is rewritten with only the pending
-/// batches.
+/// Records of finished batches in a tenant's file past which it is rewritten with only the
+/// pending batches.
 pub const REWRITE_AFTER_RECORDS: usize = 10_000;
 
 /// One tenant's new alerts, waiting for delivery.
@@ -56,58 +59,56 @@ pub struct DeliveryOutbox {
 
 #[derive(Debug)]
 struct Inner {
-    /// `None`: in memory only.
-    path: Option<PathBuf>,
-    file: Option<std::fs::File>,
+    /// The `outbox` directory; `None`: in memory only.
+    dir: Option<PathBuf>,
+    /// Open files and record counts, by tenant.
+    files: HashMap<String, TenantFile>,
     next_seq: u64,
     /// Pending batches by seq (what a rewrite keeps).
     pending: BTreeMap<u64, (String, Vec<Alert>)>,
+}
+
+#[derive(Debug, Default)]
+struct TenantFile {
+    file: Option<std::fs::File>,
     /// Records in the file now.
     records: usize,
+    /// The tenant's batches not done yet.
+    pending: usize,
 }
 
 impl DeliveryOutbox {
     /// Open the outbox in `data_dir` (created if missing) and return the batches a previous run
-    /// left pending, oldest first. The file is rewritten with only those.
+    /// left pending, oldest first. Each tenant's file is rewritten with only those.
     pub fn open_in(
         data_dir: impl AsRef<Path>,
     ) -> Result<(DeliveryOutbox, Vec<PendingBatch>), DestinationError> {
         let dir = data_dir.as_ref().join("outbox");
-        let path = dir.join("alerts.jsonl");
-        let io = |source| DestinationError::Io {
-            path: path.clone(),
+        let io = |path: &Path, source| DestinationError::Io {
+            path: path.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io(e)),
-        };
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         let mut pending = BTreeMap::new();
         let mut next_seq = 0;
-        for (i, line) in text.lines().enumerate() {
-            match serde_json::from_str::<Record>(line) {
-                Ok(Record::Queued {
-                    seq,
-                    tenant,
-                    alerts,
-                }) => {
-                    next_seq = next_seq.max(seq + 1);
-                    pending.insert(seq, (tenant, alerts));
-                }
-                Ok(Record::Done { seq }) => {
-                    pending.remove(&seq);
-                }
-                // A crash mid-append leaves at most the last line torn; anything else unreadable
-                // is reported, and skipped rather than blocking every later delivery.
-                Err(e) => tracing::warn!(
-                    path = %path.display(),
-                    line = i + 1,
-                    error = %e,
-                    "unreadable outbox record skipped"
-                ),
-            }
+        let mut tenants = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let entry = entry.map_err(|e| io(&dir, e))?;
+            let Some(tenant) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| partition_value(name, "tenant"))
+            else {
+                continue;
+            };
+            let path = entry.path().join(FILE_NAME);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(io(&path, e)),
+            };
+            read_records(&path, &tenant, &text, &mut pending, &mut next_seq);
+            tenants.push(tenant);
         }
         let batches = pending
             .iter()
@@ -117,14 +118,21 @@ impl DeliveryOutbox {
                 alerts: alerts.clone(),
             })
             .collect();
+        let mut files: HashMap<String, TenantFile> = HashMap::new();
+        for (tenant, _) in pending.values() {
+            files.entry(tenant.clone()).or_default().pending += 1;
+        }
         let mut inner = Inner {
-            path: Some(path.clone()),
-            file: None,
+            dir: Some(dir),
+            files,
             next_seq,
             pending,
-            records: 0,
         };
-        inner.rewrite().map_err(io)?;
+        for tenant in tenants {
+            inner
+                .rewrite(&tenant)
+                .map_err(|e| io(&inner.path(&tenant).unwrap_or_default(), e))?;
+        }
         Ok((
             DeliveryOutbox {
                 inner: Mutex::new(inner),
@@ -137,11 +145,10 @@ impl DeliveryOutbox {
     pub fn in_memory() -> DeliveryOutbox {
         DeliveryOutbox {
             inner: Mutex::new(Inner {
-                path: None,
-                file: None,
+                dir: None,
+                files: HashMap::new(),
                 next_seq: 0,
                 pending: BTreeMap::new(),
-                records: 0,
             }),
         }
     }
@@ -151,7 +158,7 @@ impl DeliveryOutbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Persist new batches (one fsync for all of them) and number them. On a write error the
+    /// Persist new batches (one fsync per tenant file) and number them. On a write error the
     /// batches come back unnumbered: they can still be delivered, but not after a restart.
     pub fn queue(&self, batches: Vec<(String, Vec<Alert>)>) -> Vec<PendingBatch> {
         let mut inner = self.lock();
@@ -167,21 +174,28 @@ impl DeliveryOutbox {
                 }
             })
             .collect();
-        let records: Vec<Record> = numbered
+        let mut by_tenant: BTreeMap<&str, Vec<Record>> = BTreeMap::new();
+        for b in &numbered {
+            by_tenant
+                .entry(&b.tenant)
+                .or_default()
+                .push(Record::Queued {
+                    seq: b.seq.unwrap_or_default(),
+                    tenant: b.tenant.clone(),
+                    alerts: b.alerts.clone(),
+                });
+        }
+        let written = by_tenant
             .iter()
-            .map(|b| Record::Queued {
-                seq: b.seq.unwrap_or_default(),
-                tenant: b.tenant.clone(),
-                alerts: b.alerts.clone(),
-            })
-            .collect();
-        match inner.append(&records, true) {
+            .try_for_each(|(tenant, records)| inner.append(tenant, records, true));
+        match written {
             Ok(()) => {
                 for b in &numbered {
                     inner.pending.insert(
                         b.seq.unwrap_or_default(),
                         (b.tenant.clone(), b.alerts.clone()),
                     );
+                    inner.files.entry(b.tenant.clone()).or_default().pending += 1;
                 }
                 numbered
             }
@@ -198,17 +212,19 @@ impl DeliveryOutbox {
     /// Mark a batch delivered (or given up on).
     pub fn done(&self, seq: u64) {
         let mut inner = self.lock();
-        if inner.pending.remove(&seq).is_none() {
+        let Some((tenant, _)) = inner.pending.remove(&seq) else {
             return;
-        }
+        };
+        let state = inner.files.entry(tenant.clone()).or_default();
+        state.pending = state.pending.saturating_sub(1);
+        let (still_pending, records) = (state.pending, state.records);
         // Records of finished batches (queued and done lines) are what a rewrite drops.
-        let finished = inner.records.saturating_sub(inner.pending.len());
-        let result = if inner.pending.is_empty() {
-            inner.truncate()
-        } else if finished >= REWRITE_AFTER_RECORDS {
-            inner.rewrite()
+        let result = if still_pending == 0 {
+            inner.truncate(&tenant)
+        } else if records.saturating_sub(still_pending) >= REWRITE_AFTER_RECORDS {
+            inner.rewrite(&tenant)
         } else {
-            inner.append(&[Record::Done { seq }], false)
+            inner.append(&tenant, &[Record::Done { seq }], false)
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "alert outbox not updated; the batch may be sent again after a restart");
@@ -221,9 +237,59 @@ impl DeliveryOutbox {
     }
 }
 
+/// The file name in each tenant's outbox directory.
+const FILE_NAME: &str = "alerts.jsonl";
+
+/// Read one tenant's outbox file into `pending`.
+fn read_records(
+    path: &Path,
+    tenant: &str,
+    text: &str,
+    pending: &mut BTreeMap<u64, (String, Vec<Alert>)>,
+    next_seq: &mut u64,
+) {
+    for (i, line) in text.lines().enumerate() {
+        match serde_json::from_str::<Record>(line) {
+            Ok(Record::Queued {
+                seq,
+                tenant: of,
+                alerts,
+            }) if of == tenant => {
+                *next_seq = (*next_seq).max(seq + 1);
+                pending.insert(seq, (of, alerts));
+            }
+            Ok(Record::Queued { .. }) => tracing::warn!(
+                path = %path.display(),
+                line = i + 1,
+                "outbox record of another tenant skipped"
+            ),
+            Ok(Record::Done { seq }) => {
+                pending.remove(&seq);
+            }
+            // A crash mid-append leaves at most the last line torn; anything else unreadable
+            // is reported, and skipped rather than blocking every later delivery.
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                line = i + 1,
+                error = %e,
+                "unreadable outbox record skipped"
+            ),
+        }
+    }
+}
+
 impl Inner {
-    fn append(&mut self, records: &[Record], sync: bool) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
+    /// The tenant's outbox file; `None` in memory.
+    fn path(&self, tenant: &str) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        Some(
+            dir.join(format!("tenant={}", encode_partition_value(tenant)))
+                .join(FILE_NAME),
+        )
+    }
+
+    fn append(&mut self, tenant: &str, records: &[Record], sync: bool) -> std::io::Result<()> {
+        let Some(path) = self.path(tenant) else {
             return Ok(());
         };
         let mut text = Vec::new();
@@ -231,66 +297,83 @@ impl Inner {
             serde_json::to_writer(&mut text, r)?;
             text.push(b'\n');
         }
-        if self.file.is_none() {
-            self.file = Some(
+        let state = self.files.entry(tenant.to_string()).or_default();
+        if state.file.is_none() {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            state.file = Some(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(path)?,
+                    .open(&path)?,
             );
         }
-        let file = self.file.as_mut().expect("opened above");
+        let file = state.file.as_mut().expect("opened above");
         file.write_all(&text)?;
         if sync {
             file.sync_data()?;
         }
-        self.records += records.len();
+        state.records += records.len();
         Ok(())
     }
 
-    /// Empty the file (nothing is pending). Not fsynced, like a done record: should the old
-    /// content come back after a crash, its batches are at worst sent again; the next queued
-    /// batch's fsync persists the truncation with it.
-    fn truncate(&mut self) -> std::io::Result<()> {
-        if self.path.is_none() {
+    /// Empty the tenant's file (none of its batches is pending). Not fsynced, like a done
+    /// record: should the old content come back after a crash, its batches are at worst sent
+    /// again; the next queued batch's fsync persists the truncation with it.
+    fn truncate(&mut self, tenant: &str) -> std::io::Result<()> {
+        if self.dir.is_none() {
             return Ok(());
         }
-        match &self.file {
+        match self.files.get_mut(tenant) {
             // Appends go to the end, which is now 0.
-            Some(f) => f.set_len(0)?,
-            None => return self.rewrite(),
+            Some(TenantFile {
+                file: Some(f),
+                records,
+                ..
+            }) => {
+                f.set_len(0)?;
+                *records = 0;
+                Ok(())
+            }
+            _ => self.rewrite(tenant),
         }
-        self.records = 0;
-        Ok(())
     }
 
-    /// Replace the file with the pending batches only (write, fsync, rename, fsync the dir).
-    fn rewrite(&mut self) -> std::io::Result<()> {
-        let Some(path) = self.path.clone() else {
+    /// Replace the tenant's file with its pending batches only (write, fsync, rename, fsync the
+    /// directory).
+    fn rewrite(&mut self, tenant: &str) -> std::io::Result<()> {
+        let Some(path) = self.path(tenant) else {
             return Ok(());
         };
-        let tmp = path.with_extension("jsonl.tmp");
         let mut text = Vec::new();
-        for (seq, (tenant, alerts)) in &self.pending {
+        let mut kept = 0;
+        for (seq, (of, alerts)) in &self.pending {
+            if of != tenant {
+                continue;
+            }
             let record = Record::Queued {
                 seq: *seq,
-                tenant: tenant.clone(),
+                tenant: of.clone(),
                 alerts: alerts.clone(),
             };
             serde_json::to_writer(&mut text, &record)?;
             text.push(b'\n');
+            kept += 1;
         }
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        std::fs::create_dir_all(&dir)?;
+        let tmp = path.with_extension("jsonl.tmp");
         {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&text)?;
             f.sync_all()?;
         }
-        self.file = None;
+        let state = self.files.entry(tenant.to_string()).or_default();
+        state.file = None;
         std::fs::rename(&tmp, &path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        self.records = self.pending.len();
+        std::fs::File::open(&dir)?.sync_all()?;
+        state.records = kept;
         Ok(())
     }
 }
@@ -326,13 +409,23 @@ mod tests {
         ]);
         let seqs: Vec<u64> = queued.iter().map(|b| b.seq.unwrap()).collect();
         assert_eq!(seqs, vec![0, 1]);
+        // One file per tenant: a tenant's alerts never share a file with another's.
+        let acme = dir.path().join("outbox/tenant=acme/alerts.jsonl");
+        let globex = dir.path().join("outbox/tenant=globex/alerts.jsonl");
+        let text = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+        assert!(text(&acme).contains("a1") && !text(&acme).contains("g1"));
+        assert!(text(&globex).contains("g1") && !text(&globex).contains("a1"));
         outbox.done(seqs[0]);
+        assert_eq!(
+            text(&acme),
+            "",
+            "emptied when none of the tenant's batches is pending"
+        );
         drop(outbox);
         // A torn last line, as a crash mid-append leaves it.
-        let path = dir.path().join("outbox/alerts.jsonl");
         let mut f = std::fs::OpenOptions::new()
             .append(true)
-            .open(&path)
+            .open(&globex)
             .unwrap();
         f.write_all(br#"{"op":"queued","seq":7,"ten"#).unwrap();
         drop(f);
@@ -343,18 +436,29 @@ mod tests {
         assert_eq!(pending[0].tenant, "globex");
         assert_eq!(pending[0].alerts, vec![alert("g1"), alert("g2")]);
         // Numbering goes on after the highest seq seen; the rewrite kept only the pending one.
-        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        assert_eq!(text(&globex).lines().count(), 1);
         assert_eq!(outbox.queue(vec![("acme".into(), vec![])])[0].seq, Some(2));
         outbox.done(1);
         outbox.done(2);
         assert_eq!(outbox.pending(), 0);
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "",
-            "emptied when nothing is pending"
-        );
+        assert_eq!((text(&acme), text(&globex)), (String::new(), String::new()));
         let (_, pending) = DeliveryOutbox::open_in(dir.path()).unwrap();
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn tenant_names_cannot_leave_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = DeliveryOutbox::open_in(dir.path()).unwrap();
+        outbox.queue(vec![("../../etc".into(), vec![alert("x")])]);
+        drop(outbox);
+        let (_, pending) = DeliveryOutbox::open_in(dir.path()).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].tenant, "../../etc");
+        assert!(dir
+            .path()
+            .join("outbox/tenant=%2E%2E%2F%2E%2E%2Fetc/alerts.jsonl")
+            .exists());
     }
 
     #[test]
@@ -371,7 +475,7 @@ mod tests {
         for batch in outbox.queue(many) {
             outbox.done(batch.seq.unwrap());
         }
-        let path = dir.path().join("outbox/alerts.jsonl");
+        let path = dir.path().join("outbox/tenant=acme/alerts.jsonl");
         // Without rewrites: 2 * REWRITE_AFTER_RECORDS + 1 lines.
         let lines = std::fs::read_to_string(&path).unwrap().lines().count();
         assert!(
