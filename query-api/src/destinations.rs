@@ -33,8 +33,10 @@ pub const MAX_ATTEMPTS: u32 = 4;
 const QUEUE_BATCHES: usize = 1024;
 /// Longest a webhook may take to answer one try.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Batches being delivered at once (each to all its destinations).
-const CONCURRENT_BATCHES: usize = 32;
+/// Batches in delivery at once (each to all its destinations), as many as the queue holds.
+const CONCURRENT_BATCHES: usize = QUEUE_BATCHES;
+/// Posts in flight to one destination: a webhook that is down ties up only its own.
+const POSTS_PER_DESTINATION: usize = 4;
 /// Destinations per tenant (a list an admin manages by hand).
 pub const MAX_DESTINATIONS_PER_TENANT: usize = 32;
 
@@ -335,10 +337,12 @@ impl AlertNotifier {
             outbox: outbox.clone(),
             metrics: metrics.clone(),
             retry_base,
+            slots: Mutex::default(),
         });
         tokio::spawn(async move {
-            // Batches are delivered side by side, so a webhook that is down (four tries, ~21 s
-            // a batch) does not hold up the others' alerts; at most CONCURRENT_BATCHES at once.
+            // Batches are delivered side by side, and each destination has its own few slots for
+            // posts, so a webhook that is down (four tries, ~21 s a batch) holds up neither other
+            // destinations nor other tenants' alerts.
             let mut in_flight = tokio::task::JoinSet::new();
             let mut earlier = pending.into_iter();
             loop {
@@ -409,12 +413,22 @@ impl AlertNotifier {
 struct BatchDelivery {
     client: reqwest::Client,
     destinations: Arc<DestinationStore>,
+    /// [`POSTS_PER_DESTINATION`] permits per destination id.
+    slots: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     outbox: Arc<DeliveryOutbox>,
     metrics: Arc<Metrics>,
     retry_base: Duration,
 }
 
 impl BatchDelivery {
+    /// The posting slots of destination `id`.
+    fn slots_of(&self, id: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut all = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(id.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(POSTS_PER_DESTINATION)))
+            .clone()
+    }
+
     /// Post a batch to each of its tenant's destinations it concerns (side by side), then mark
     /// it done in the outbox.
     async fn send(self: Arc<Self>, batch: PendingBatch) {
@@ -432,7 +446,10 @@ impl BatchDelivery {
                     alerts,
                 };
                 let this = &self;
+                let slots = self.slots_of(&destination.id);
                 async move {
+                    // A closed semaphore cannot happen (it is never closed); deliver anyway.
+                    let _permit = slots.acquire_owned().await.ok();
                     deliver(
                         &this.client,
                         destination,
