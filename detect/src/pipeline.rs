@@ -434,6 +434,17 @@ mod tests {
             out.events[0].id(),
             &perimeter_model::EventId::derive("okta", &quiet)
         );
+        // A kept record masking leaves alone: masking does not derive its id, whoever asks later
+        // (the store) gets that of the same content.
+        let mut clean = quiet.clone();
+        clean["debugContext"] = sonic_rs::json!({"requestUri": "/login"});
+        out.clear();
+        p.process_value("okta", "t", Some(2), clean.clone(), Utc::now(), &mut out);
+        assert_eq!(out.events[0].raw, clean, "left as received");
+        assert_eq!(
+            out.events[0].id(),
+            &perimeter_model::EventId::derive("okta", &clean)
+        );
     }
 
     #[test]
