@@ -29,12 +29,10 @@ use crate::outbox::{DeliveryOutbox, PendingBatch};
 
 /// Tries per batch and destination (the first one included).
 pub const MAX_ATTEMPTS: u32 = 4;
-/// Batches waiting for delivery; beyond this new batches are dropped (and counted).
+/// Batches waiting for delivery, and batches in delivery at once; more wait in an overflow list.
 const QUEUE_BATCHES: usize = 1024;
 /// Longest a webhook may take to answer one try.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Batches in delivery at once (each to all its destinations), as many as the queue holds.
-const CONCURRENT_BATCHES: usize = QUEUE_BATCHES;
 /// Posts in flight to one destination: a webhook that is down ties up only its own.
 const POSTS_PER_DESTINATION: usize = 4;
 /// Destinations per tenant (a list an admin manages by hand).
@@ -300,6 +298,11 @@ impl DestinationStore {
 #[derive(Clone)]
 pub struct AlertNotifier {
     tx: tokio::sync::mpsc::Sender<PendingBatch>,
+    /// Batches that found the queue full, taken by the delivery task as room frees up (they
+    /// are in the outbox too, so they also survive a stop).
+    overflow: Arc<Mutex<std::collections::VecDeque<PendingBatch>>>,
+    /// Wakes the delivery task when a batch goes to `overflow`.
+    wake: Arc<tokio::sync::Notify>,
     destinations: Arc<DestinationStore>,
     outbox: Arc<DeliveryOutbox>,
     metrics: Arc<Metrics>,
@@ -325,7 +328,29 @@ impl AlertNotifier {
         outbox: Arc<DeliveryOutbox>,
         pending: Vec<PendingBatch>,
     ) -> AlertNotifier {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingBatch>(QUEUE_BATCHES);
+        Self::spawn_sized(
+            destinations,
+            metrics,
+            retry_base,
+            outbox,
+            pending,
+            QUEUE_BATCHES,
+        )
+    }
+
+    /// [`Self::spawn`] with `queue_batches` for the queue and for the batches in delivery.
+    fn spawn_sized(
+        destinations: Arc<DestinationStore>,
+        metrics: Arc<Metrics>,
+        retry_base: Duration,
+        outbox: Arc<DeliveryOutbox>,
+        pending: Vec<PendingBatch>,
+        queue_batches: usize,
+    ) -> AlertNotifier {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingBatch>(queue_batches.max(1));
+        let overflow: Arc<Mutex<std::collections::VecDeque<PendingBatch>>> = Arc::default();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (task_overflow, task_wake) = (overflow.clone(), wake.clone());
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("perimeter/", env!("CARGO_PKG_VERSION")))
@@ -346,14 +371,24 @@ impl AlertNotifier {
             let mut in_flight = tokio::task::JoinSet::new();
             let mut earlier = pending.into_iter();
             loop {
-                while in_flight.len() >= CONCURRENT_BATCHES {
+                while in_flight.len() >= queue_batches.max(1) {
                     in_flight.join_next().await;
                 }
-                let batch = match earlier.next() {
+                let spilled = || {
+                    task_overflow
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .pop_front()
+                };
+                let batch = match earlier.next().or_else(spilled) {
                     Some(b) => b,
-                    None => match rx.recv().await {
-                        Some(b) => b,
-                        None => break,
+                    None => tokio::select! {
+                        received = rx.recv() => match received {
+                            Some(b) => b,
+                            None => break,
+                        },
+                        // A batch went to the overflow: take it on the next turn.
+                        _ = task_wake.notified() => continue,
                     },
                 };
                 in_flight.spawn(delivery.clone().send(batch));
@@ -362,6 +397,8 @@ impl AlertNotifier {
         });
         AlertNotifier {
             tx,
+            overflow,
+            wake,
             destinations,
             outbox,
             metrics,
@@ -370,8 +407,8 @@ impl AlertNotifier {
 
     /// Queue new (masked) alerts, one batch per tenant they belong to that has destinations:
     /// written to the outbox (one fsync) before this returns, then handed to the delivery task
-    /// without blocking. A full queue leaves the batch in the outbox, for the next start, and
-    /// counts it: the alerts are in the store either way.
+    /// without blocking. A batch that finds the queue full waits in an overflow list the task
+    /// takes from as room frees up (counted in `destination_batches_overflowed_total`).
     pub fn notify(&self, alerts: &[Alert]) {
         let mut tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
         tenants.sort_unstable();
@@ -396,14 +433,28 @@ impl AlertNotifier {
         self.metrics
             .set("destination_outbox_pending_batches", &[], pending);
         for batch in queued {
-            let tenant = batch.tenant.clone();
-            if self.tx.try_send(batch).is_err() {
-                self.metrics
-                    .inc("destination_batches_dropped_total", &[], 1);
-                tracing::warn!(
-                    tenant,
-                    "alert delivery queue is full; the batch waits in the outbox for the next start"
-                );
+            match self.tx.try_send(batch) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(batch)) => {
+                    tracing::warn!(
+                        tenant = %batch.tenant,
+                        "alert delivery queue is full; the batch waits its turn in the overflow"
+                    );
+                    self.metrics
+                        .inc("destination_batches_overflowed_total", &[], 1);
+                    self.overflow
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back(batch);
+                    self.wake.notify_one();
+                }
+                // The delivery task is gone (the runtime is shutting down): the batch stays in
+                // the outbox for the next start.
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(batch)) => {
+                    tracing::warn!(tenant = %batch.tenant, "alert delivery stopped; the batch waits in the outbox for the next start");
+                    self.metrics
+                        .inc("destination_batches_dropped_total", &[], 1);
+                }
             }
         }
     }
@@ -547,8 +598,76 @@ async fn deliver(
 }
 
 #[cfg(test)]
+#[path = "../tests/api/webhook_receiver.rs"]
+mod webhook_receiver;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With room for one batch in the queue and one in delivery, later batches overflow; they
+    /// are delivered once room frees up, not left for the next start.
+    #[test]
+    fn batches_that_find_the_queue_full_are_delivered_when_room_frees_up() {
+        // The first batch's four tries are refused, then the webhook accepts.
+        let hook = super::webhook_receiver::WebhookReceiver::start(MAX_ATTEMPTS as usize);
+        let destinations = Arc::new(DestinationStore::in_memory());
+        destinations
+            .create("acme", "soc", &hook.url(), Severity::Low, "tok")
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let alert = |id: &str| {
+            let mut a = Alert::new(
+                "r",
+                "t",
+                Severity::High,
+                perimeter_model::DetectorKind::Sigma,
+                "okta",
+                "acme",
+                Utc::now(),
+                "alice",
+                perimeter_model::EntityKind::User,
+            );
+            a.id = id.to_string();
+            a
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let notifier = AlertNotifier::spawn_sized(
+                destinations.clone(),
+                metrics.clone(),
+                Duration::from_millis(10),
+                Arc::new(DeliveryOutbox::in_memory()),
+                Vec::new(),
+                1,
+            );
+            for i in 0..5 {
+                notifier.notify(&[alert(&format!("a{i}"))]);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while hook.bodies().len() < 4 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} of the 4 later batches delivered",
+                    hook.bodies().len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let delivered: Vec<String> = hook
+            .bodies()
+            .iter()
+            .map(|b| {
+                serde_json::from_str::<serde_json::Value>(b).unwrap()["alerts"][0]["id"].to_string()
+            })
+            .collect();
+        for id in ["a1", "a2", "a3", "a4"] {
+            assert!(delivered.contains(&format!("\"{id}\"")), "{delivered:?}");
+        }
+        assert!(metrics
+            .render_prometheus()
+            .contains("destination_batches_overflowed_total"));
+    }
 
     #[test]
     fn the_list_survives_a_reopen_and_keeps_tenants_apart() {

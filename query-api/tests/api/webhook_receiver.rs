@@ -1,5 +1,6 @@
-//! A webhook receiver on loopback for tests, shared by the query-api tests and the binary's
-//! service tests (`tests/service.rs` includes this file by path); each uses part of it.
+//! A webhook receiver on loopback for tests, shared by the query-api tests, the notifier's unit
+//! tests (`src/destinations.rs`) and the binary's service tests (`tests/service.rs`), which
+//! include this file by path; each uses part of it.
 #![allow(dead_code)]
 
 /// A webhook endpoint on loopback: refuses the first `fail_first` requests with a 500, then
