@@ -29,7 +29,7 @@ use crate::outbox::{DeliveryOutbox, PendingBatch};
 
 /// Tries per batch and destination (the first one included).
 pub const MAX_ATTEMPTS: u32 = 4;
-/// Batches waiting for delivery, and batches in delivery at once; more wait in an overflow list.
+/// Batches in delivery at once; more wait their turn in memory (and in the outbox).
 const QUEUE_BATCHES: usize = 1024;
 /// Longest a webhook may take to answer one try.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -297,12 +297,11 @@ impl DestinationStore {
 /// Posts new alerts to their tenant's destinations, in the background. Cheap to clone.
 #[derive(Clone)]
 pub struct AlertNotifier {
-    tx: tokio::sync::mpsc::Sender<PendingBatch>,
-    /// Batches that found the queue full, taken by the delivery task as room frees up (they
-    /// are in the outbox too, so they also survive a stop).
-    overflow: Arc<Mutex<std::collections::VecDeque<PendingBatch>>>,
-    /// Wakes the delivery task when a batch goes to `overflow`.
-    wake: Arc<tokio::sync::Notify>,
+    /// Unbounded: a batch is already in the outbox (and its memory) when it is sent here, so a
+    /// bound would only add a second place for the batches beyond it to wait in.
+    tx: tokio::sync::mpsc::UnboundedSender<PendingBatch>,
+    /// Batches in delivery at once; beyond as many again waiting, new ones count as overflow.
+    queue_batches: usize,
     destinations: Arc<DestinationStore>,
     outbox: Arc<DeliveryOutbox>,
     metrics: Arc<Metrics>,
@@ -347,10 +346,8 @@ impl AlertNotifier {
         pending: Vec<PendingBatch>,
         queue_batches: usize,
     ) -> AlertNotifier {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingBatch>(queue_batches.max(1));
-        let overflow: Arc<Mutex<std::collections::VecDeque<PendingBatch>>> = Arc::default();
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let (task_overflow, task_wake) = (overflow.clone(), wake.clone());
+        let queue_batches = queue_batches.max(1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PendingBatch>();
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("perimeter/", env!("CARGO_PKG_VERSION")))
@@ -371,24 +368,14 @@ impl AlertNotifier {
             let mut in_flight = tokio::task::JoinSet::new();
             let mut earlier = pending.into_iter();
             loop {
-                while in_flight.len() >= queue_batches.max(1) {
+                while in_flight.len() >= queue_batches {
                     in_flight.join_next().await;
                 }
-                let spilled = || {
-                    task_overflow
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .pop_front()
-                };
-                let batch = match earlier.next().or_else(spilled) {
+                let batch = match earlier.next() {
                     Some(b) => b,
-                    None => tokio::select! {
-                        received = rx.recv() => match received {
-                            Some(b) => b,
-                            None => break,
-                        },
-                        // A batch went to the overflow: take it on the next turn.
-                        _ = task_wake.notified() => continue,
+                    None => match rx.recv().await {
+                        Some(b) => b,
+                        None => break,
                     },
                 };
                 in_flight.spawn(delivery.clone().send(batch));
@@ -397,8 +384,7 @@ impl AlertNotifier {
         });
         AlertNotifier {
             tx,
-            overflow,
-            wake,
+            queue_batches,
             destinations,
             outbox,
             metrics,
@@ -407,8 +393,8 @@ impl AlertNotifier {
 
     /// Queue new (masked) alerts, one batch per tenant they belong to that has destinations:
     /// written to the outbox (one fsync) before this returns, then handed to the delivery task
-    /// without blocking. A batch that finds the queue full waits in an overflow list the task
-    /// takes from as room frees up (counted in `destination_batches_overflowed_total`).
+    /// without blocking. Beyond the batches in delivery and as many again waiting, new batches
+    /// still wait their turn, and are counted in `destination_batches_overflowed_total`.
     pub fn notify(&self, alerts: &[Alert]) {
         let mut tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
         tenants.sort_unstable();
@@ -429,32 +415,25 @@ impl AlertNotifier {
             return;
         }
         let queued = self.outbox.queue(batches);
-        let pending = self.outbox.pending() as f64;
+        let pending = self.outbox.pending();
         self.metrics
-            .set("destination_outbox_pending_batches", &[], pending);
+            .set("destination_outbox_pending_batches", &[], pending as f64);
         for batch in queued {
-            match self.tx.try_send(batch) {
-                Ok(()) => {}
-                Err(tokio::sync::mpsc::error::TrySendError::Full(batch)) => {
-                    tracing::warn!(
-                        tenant = %batch.tenant,
-                        "alert delivery queue is full; the batch waits its turn in the overflow"
-                    );
-                    self.metrics
-                        .inc("destination_batches_overflowed_total", &[], 1);
-                    self.overflow
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back(batch);
-                    self.wake.notify_one();
-                }
-                // The delivery task is gone (the runtime is shutting down): the batch stays in
-                // the outbox for the next start.
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(batch)) => {
-                    tracing::warn!(tenant = %batch.tenant, "alert delivery stopped; the batch waits in the outbox for the next start");
-                    self.metrics
-                        .inc("destination_batches_dropped_total", &[], 1);
-                }
+            if pending > 2 * self.queue_batches {
+                tracing::warn!(
+                    tenant = %batch.tenant,
+                    pending,
+                    "alert delivery is backed up; the batch waits its turn"
+                );
+                self.metrics
+                    .inc("destination_batches_overflowed_total", &[], 1);
+            }
+            // The delivery task is gone (the runtime is shutting down): the batch stays in the
+            // outbox for the next start.
+            if let Err(unsent) = self.tx.send(batch) {
+                tracing::warn!(tenant = %unsent.0.tenant, "alert delivery stopped; the batch waits in the outbox for the next start");
+                self.metrics
+                    .inc("destination_batches_dropped_total", &[], 1);
             }
         }
     }
@@ -605,8 +584,8 @@ mod webhook_receiver;
 mod tests {
     use super::*;
 
-    /// With room for one batch in the queue and one in delivery, later batches overflow; they
-    /// are delivered once room frees up, not left for the next start.
+    /// With room for one batch in delivery and one waiting, later batches overflow; they are
+    /// delivered once room frees up, not left for the next start.
     #[test]
     fn batches_that_find_the_queue_full_are_delivered_when_room_frees_up() {
         // The first batch's four tries are refused, then the webhook accepts.
