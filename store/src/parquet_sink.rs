@@ -170,25 +170,32 @@ const ROWS_PER_RECORD_BATCH: usize = 4096;
 /// Write the events (with their raw records as JSON text, same order) as one complete Parquet
 /// file at `path` and fsync it. Returns the bytes written.
 pub fn write_events_file(path: &Path, events: &[&Event], raws: &[&str]) -> Result<u64> {
-    let file = File::create(path).at(path)?;
-    let mut writer = ArrowWriter::try_new(file, event_arrow_schema(), Some(writer_properties()))?;
-    for (evs, rs) in events
-        .chunks(ROWS_PER_RECORD_BATCH)
-        .zip(raws.chunks(ROWS_PER_RECORD_BATCH))
-    {
-        writer.write(&events_to_record_batch(evs, rs)?)?;
-    }
-    let file = writer.into_inner()?;
-    file.sync_all().at(path)?;
-    let len = file.metadata().at(path)?.len();
-    Ok(len)
+    write_file(path, event_arrow_schema(), |writer| {
+        for (evs, rs) in events
+            .chunks(ROWS_PER_RECORD_BATCH)
+            .zip(raws.chunks(ROWS_PER_RECORD_BATCH))
+        {
+            writer.write(&events_to_record_batch(evs, rs)?)?;
+        }
+        Ok(())
+    })
 }
 
 /// Write one complete Parquet file at `path` and fsync it. Returns the bytes written.
 pub fn write_parquet_file(path: &Path, batch: &RecordBatch) -> Result<u64> {
+    write_file(path, batch.schema(), |writer| Ok(writer.write(batch)?))
+}
+
+/// Create the file at `path`, let `fill` write its record batches, close it and fsync it.
+/// Returns the bytes written.
+fn write_file(
+    path: &Path,
+    schema: SchemaRef,
+    fill: impl FnOnce(&mut ArrowWriter<File>) -> Result<()>,
+) -> Result<u64> {
     let file = File::create(path).at(path)?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(writer_properties()))?;
-    writer.write(batch)?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))?;
+    fill(&mut writer)?;
     let file = writer.into_inner()?;
     file.sync_all().at(path)?;
     let len = file.metadata().at(path)?.len();
