@@ -347,44 +347,53 @@ pub fn query_tokens(text: &str) -> Vec<String> {
 /// is `all`) that has several query tokens into the AND of its tokens: the field has no
 /// positions, so "all of these, anywhere in the event" is the phrase-like match it offers.
 pub fn rewrite_catch_all_phrases(ast: UserInputAst) -> UserInputAst {
+    map_leaves(ast, &|leaf| match leaf {
+        UserInputLeaf::Literal(lit)
+            if !lit.prefix
+                && lit.field_name.as_deref().is_none_or(|f| f == "all")
+                && query_tokens(&lit.phrase).len() > 1 =>
+        {
+            let field_name = lit.field_name;
+            UserInputAst::Clause(
+                query_tokens(&lit.phrase)
+                    .into_iter()
+                    .map(|t| {
+                        let leaf = UserInputLeaf::Literal(UserInputLiteral {
+                            field_name: field_name.clone(),
+                            phrase: t,
+                            delimiter: Delimiter::DoubleQuotes,
+                            slop: 0,
+                            prefix: false,
+                        });
+                        (
+                            Some(tantivy::query_grammar::Occur::Must),
+                            UserInputAst::Leaf(Box::new(leaf)),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        other => UserInputAst::Leaf(Box::new(other)),
+    })
+}
+
+/// `ast` with every leaf replaced by what `f` makes of it (clauses and boosts kept): the walk
+/// the query rewrites share.
+pub(crate) fn map_leaves(
+    ast: UserInputAst,
+    f: &impl Fn(UserInputLeaf) -> UserInputAst,
+) -> UserInputAst {
     match ast {
         UserInputAst::Clause(clauses) => UserInputAst::Clause(
             clauses
                 .into_iter()
-                .map(|(occur, a)| (occur, rewrite_catch_all_phrases(a)))
+                .map(|(occur, a)| (occur, map_leaves(a, f)))
                 .collect(),
         ),
         UserInputAst::Boost(inner, boost) => {
-            UserInputAst::Boost(Box::new(rewrite_catch_all_phrases(*inner)), boost)
+            UserInputAst::Boost(Box::new(map_leaves(*inner, f)), boost)
         }
-        UserInputAst::Leaf(leaf) => match *leaf {
-            UserInputLeaf::Literal(lit)
-                if !lit.prefix
-                    && lit.field_name.as_deref().is_none_or(|f| f == "all")
-                    && query_tokens(&lit.phrase).len() > 1 =>
-            {
-                let field_name = lit.field_name;
-                UserInputAst::Clause(
-                    query_tokens(&lit.phrase)
-                        .into_iter()
-                        .map(|t| {
-                            let leaf = UserInputLeaf::Literal(UserInputLiteral {
-                                field_name: field_name.clone(),
-                                phrase: t,
-                                delimiter: Delimiter::DoubleQuotes,
-                                slop: 0,
-                                prefix: false,
-                            });
-                            (
-                                Some(tantivy::query_grammar::Occur::Must),
-                                UserInputAst::Leaf(Box::new(leaf)),
-                            )
-                        })
-                        .collect(),
-                )
-            }
-            other => UserInputAst::Leaf(Box::new(other)),
-        },
+        UserInputAst::Leaf(leaf) => f(*leaf),
     }
 }
 

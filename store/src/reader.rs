@@ -11,7 +11,7 @@ use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 
 use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};
-use crate::catch_all::rewrite_catch_all_phrases;
+use crate::catch_all::{map_leaves, rewrite_catch_all_phrases};
 use crate::store::{read, write, Store};
 use crate::tantivy_sink::{
     id_halves, to_tantivy_date, DayIndex, ID_FIELD, ID_LO_FIELD, TIMESTAMP_FIELD,
@@ -266,33 +266,22 @@ impl Store {
 /// ids of one tenant to share 64 bits of their content hash). Ranges on `event.id` stay as they
 /// are and fail to parse as numbers ([`StoreError::InvalidQuery`]).
 fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
-    match ast {
-        UserInputAst::Clause(clauses) => UserInputAst::Clause(
-            clauses
-                .into_iter()
-                .map(|(occur, a)| (occur, rewrite_event_ids(a)))
-                .collect(),
-        ),
-        UserInputAst::Boost(inner, boost) => {
-            UserInputAst::Boost(Box::new(rewrite_event_ids(*inner)), boost)
+    map_leaves(ast, &|leaf| match leaf {
+        UserInputLeaf::Literal(mut lit) if lit.field_name.as_deref() == Some(ID_FIELD) => {
+            lit.phrase = id_halves(lit.phrase.trim()).0.to_string();
+            lit.delimiter = Delimiter::None;
+            lit.prefix = false;
+            UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(lit)))
         }
-        UserInputAst::Leaf(leaf) => match *leaf {
-            UserInputLeaf::Literal(mut lit) if lit.field_name.as_deref() == Some(ID_FIELD) => {
-                lit.phrase = id_halves(lit.phrase.trim()).0.to_string();
-                lit.delimiter = Delimiter::None;
-                lit.prefix = false;
-                UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(lit)))
-            }
-            UserInputLeaf::Set { field, elements } if field.as_deref() == Some(ID_FIELD) => {
-                let elements = elements
-                    .iter()
-                    .map(|id| id_halves(id.trim()).0.to_string())
-                    .collect();
-                UserInputAst::Leaf(Box::new(UserInputLeaf::Set { field, elements }))
-            }
-            other => UserInputAst::Leaf(Box::new(other)),
-        },
-    }
+        UserInputLeaf::Set { field, elements } if field.as_deref() == Some(ID_FIELD) => {
+            let elements = elements
+                .iter()
+                .map(|id| id_halves(id.trim()).0.to_string())
+                .collect();
+            UserInputAst::Leaf(Box::new(UserInputLeaf::Set { field, elements }))
+        }
+        other => UserInputAst::Leaf(Box::new(other)),
+    })
 }
 
 #[cfg(test)]
