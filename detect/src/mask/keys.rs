@@ -141,13 +141,18 @@ fn any_word_start(word_starts: &[u64; TRIGRAM_WORDS], bytes: &[u8]) -> bool {
             }
             continue;
         }
-        t = ((t << 5) | usize::from(s)) & (TRIGRAMS - 1);
+        t = shift_in(t, s);
         symbols += 1;
         if symbols >= 3 && word_starts[t / 64] & (1 << (t % 64)) != 0 {
             return true;
         }
     }
     false
+}
+
+/// The trigram `t` followed by `symbol`: its last two symbols and `symbol`.
+fn shift_in(t: usize, symbol: u8) -> usize {
+    ((t << 5) | usize::from(symbol)) & (TRIGRAMS - 1)
 }
 
 /// Stack buffer for folding keys: no allocation for the usual short keys.
@@ -166,9 +171,9 @@ impl KeyMatcher {
         for w in &words {
             // Validation guarantees extra words have >= 3 symbols; the built-in ones do.
             if let [a, b, c, ..] = w.as_bytes() {
-                let t = [a, b, c].iter().fold(0, |t, x| {
-                    (t << 5) | usize::from(FOLDED_SYMBOL[usize::from(**x)])
-                });
+                let t = [a, b, c]
+                    .iter()
+                    .fold(0, |t, x| shift_in(t, FOLDED_SYMBOL[usize::from(**x)]));
                 word_starts[t / 64] |= 1 << (t % 64);
             }
         }
