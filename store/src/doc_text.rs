@@ -21,17 +21,91 @@ use crate::{Result, StoreError};
 /// The store keeps one and rebuilds it for every batch: its buffers (about 2 KB per event of
 /// the largest batch) stay with the process instead of being allocated, faulted in and freed
 /// again per batch, which cost the critical thread more than the walk itself.
+///
+/// A large batch is built in parts, one per core, in parallel: the walk runs before the index
+/// and Parquet work of the batch can start, so on one thread it left the other cores idle.
 #[derive(Default)]
 pub(crate) struct BatchText {
+    parts: Vec<TextPart>,
+    /// The index of the first event of each part.
+    starts: Vec<usize>,
+}
+
+/// Fewer events than this per part are not worth a thread.
+const MIN_EVENTS_PER_PART: usize = 2048;
+
+impl BatchText {
+    /// Replace the contents with the texts of `events`, in up to `threads` parts built in
+    /// parallel.
+    pub fn rebuild(&mut self, events: &[&Event], threads: usize) -> Result<()> {
+        let n = events.len();
+        let parts = (n / MIN_EVENTS_PER_PART).clamp(1, threads.max(1));
+        let per_part = n.div_ceil(parts).max(1);
+        self.parts.resize_with(parts, TextPart::default);
+        self.starts.clear();
+        self.starts.extend((0..parts).map(|p| p * per_part));
+        let mut chunks = events.chunks(per_part);
+        let mut slots = self.parts.iter_mut();
+        // The first part on this thread, the others on scoped threads.
+        let (Some(first), Some(first_events)) = (slots.next(), chunks.next()) else {
+            // No events: one empty part.
+            return self.parts[0].rebuild(&[]);
+        };
+        std::thread::scope(|scope| {
+            let others: Vec<_> = slots
+                .zip(chunks)
+                .map(|(part, evs)| scope.spawn(move || part.rebuild(evs)))
+                .collect();
+            let mut result = first.rebuild(first_events);
+            for h in others {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(StoreError::InvalidBatch(
+                        "batch text thread panicked".into(),
+                    ))
+                });
+                result = result.and(r);
+            }
+            result
+        })
+    }
+
+    #[cfg(test)]
+    pub fn build(events: &[Event]) -> Result<BatchText> {
+        let mut t = BatchText::default();
+        t.rebuild(&events.iter().collect::<Vec<_>>(), 1)?;
+        Ok(t)
+    }
+
+    /// The part holding the `i`th event, and `i`'s index within it.
+    fn locate(&self, i: usize) -> (&TextPart, usize) {
+        let p = self.starts.partition_point(|&s| s <= i) - 1;
+        (&self.parts[p], i - self.starts[p])
+    }
+
+    /// The `i`th event's raw record as JSON text.
+    pub fn raw(&self, i: usize) -> &str {
+        let (part, j) = self.locate(i);
+        part.raw(j)
+    }
+
+    /// The `i`th event's raw strings and numbers, space separated.
+    pub fn raw_words(&self, i: usize) -> &str {
+        let (part, j) = self.locate(i);
+        part.raw_words(j)
+    }
+}
+
+/// The texts of a run of consecutive events of a batch.
+#[derive(Default)]
+struct TextPart {
     raw: String,
     raw_ends: Vec<usize>,
     all: String,
     all_ends: Vec<usize>,
 }
 
-impl BatchText {
-    /// Replace the contents with the texts of `events`.
-    pub fn rebuild<'a>(&mut self, events: impl ExactSizeIterator<Item = &'a Event>) -> Result<()> {
+impl TextPart {
+    fn rebuild(&mut self, events: &[&Event]) -> Result<()> {
         let n = events.len();
         let mut raw = std::mem::take(&mut self.raw).into_bytes();
         let mut all = std::mem::take(&mut self.all).into_bytes();
@@ -59,21 +133,12 @@ impl BatchText {
         Ok(())
     }
 
-    #[cfg(test)]
-    pub fn build<'a>(events: impl ExactSizeIterator<Item = &'a Event>) -> Result<BatchText> {
-        let mut t = BatchText::default();
-        t.rebuild(events)?;
-        Ok(t)
-    }
-
-    /// The `i`th event's raw record as JSON text.
-    pub fn raw(&self, i: usize) -> &str {
+    fn raw(&self, i: usize) -> &str {
         let from = if i == 0 { 0 } else { self.raw_ends[i - 1] };
         &self.raw[from..self.raw_ends[i]]
     }
 
-    /// The `i`th event's raw strings and numbers, space separated.
-    pub fn raw_words(&self, i: usize) -> &str {
+    fn raw_words(&self, i: usize) -> &str {
         let from = if i == 0 { 0 } else { self.all_ends[i - 1] };
         &self.all[from..self.all_ends[i]]
     }
@@ -374,7 +439,7 @@ mod tests {
     #[test]
     fn raw_text_parses_back_to_the_raw_record() {
         let evs = events();
-        let text = BatchText::build(evs.iter()).unwrap();
+        let text = BatchText::build(&evs).unwrap();
         for (i, e) in evs.iter().enumerate() {
             let parsed: serde_json::Value = serde_json::from_str(text.raw(i)).unwrap();
             assert_eq!(
@@ -396,20 +461,55 @@ mod tests {
     #[test]
     fn a_rebuilt_batch_text_has_only_the_new_events() {
         let evs = events();
-        let mut text = BatchText::build(evs.iter()).unwrap();
-        text.rebuild(evs[2..].iter()).unwrap();
+        let mut text = BatchText::build(&evs).unwrap();
+        text.rebuild(&evs[2..].iter().collect::<Vec<_>>(), 1)
+            .unwrap();
         assert_eq!(text.raw(0), "{}");
         assert_eq!(text.raw_words(0), "");
         assert_eq!(text.raw(1), r#"["top","level",3]"#);
         assert_eq!(text.raw_words(1), "top level 3 ");
-        text.rebuild(std::iter::empty()).unwrap();
-        assert!(text.raw.is_empty() && text.all.is_empty() && text.raw_ends.is_empty());
+        text.rebuild(&[], 1).unwrap();
+        let part = &text.parts[0];
+        assert!(text.parts.len() == 1 && part.raw.is_empty() && part.all.is_empty());
+        assert!(part.raw_ends.is_empty());
+    }
+
+    #[test]
+    fn a_batch_built_in_parallel_parts_reads_like_one_built_in_one_part() {
+        let base = events();
+        // Enough events for three parts, each event distinct.
+        let evs: Vec<Event> = (0..3 * MIN_EVENTS_PER_PART + 17)
+            .map(|k| {
+                let mut e = base[k % base.len()].clone();
+                e.raw = perimeter_model::raw_from_serde(
+                    &serde_json::json!({"k": k, "s": format!("v{k}")}),
+                );
+                e
+            })
+            .collect();
+        let refs: Vec<&Event> = evs.iter().collect();
+        let one = BatchText::build(&evs).unwrap();
+        let mut parts = BatchText::default();
+        parts.rebuild(&refs, 3).unwrap();
+        assert_eq!(parts.parts.len(), 3);
+        for i in 0..evs.len() {
+            assert_eq!(parts.raw(i), one.raw(i));
+            assert_eq!(parts.raw_words(i), one.raw_words(i));
+        }
+        assert_eq!(
+            parts.raw(evs.len() - 1),
+            format!(r#"{{"k":{},"s":"v{}"}}"#, evs.len() - 1, evs.len() - 1)
+        );
+        // A smaller batch afterwards uses fewer parts; nothing of the larger one shows.
+        parts.rebuild(&refs[..5], 3).unwrap();
+        assert_eq!(parts.parts.len(), 1);
+        assert_eq!(parts.raw(4), one.raw(4));
     }
 
     #[test]
     fn output_document_text_is_to_output_json() {
         let evs = events();
-        let text = BatchText::build(evs.iter()).unwrap();
+        let text = BatchText::build(&evs).unwrap();
         // One buffer for all of them, as on the write path.
         let mut buf = String::new();
         for (i, e) in evs.iter().enumerate() {

@@ -76,6 +76,9 @@ pub(crate) struct WriteState {
     pub writers: HashMap<IndexKey, DayWriter>,
     /// The text forms of the batch being written (buffers kept from batch to batch).
     pub text: BatchText,
+    /// Threads for the per-event work that precedes the parallel index and Parquet writes
+    /// (ids, batch texts): the machine's cores.
+    pub cores: usize,
     pub last_seq: u64,
     pub tick: u64,
 }
@@ -183,6 +186,7 @@ impl Store {
             write: Mutex::new(WriteState {
                 writers: HashMap::new(),
                 text: BatchText::default(),
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 last_seq,
                 tick: 0,
             }),
@@ -366,6 +370,7 @@ impl Store {
         let seq = (st.last_seq + 1).max(now_nanos);
         st.last_seq = seq;
 
+        derive_ids(events, st.cores);
         // Dedup against each (tenant, day) index's id set, opening writers as needed.
         let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
         let mut flags = Vec::with_capacity(events.len());
@@ -441,7 +446,7 @@ impl Store {
     ) -> Result<()> {
         let t_start = Instant::now();
         // Raw JSON text (Parquet, output documents) and raw words (catch-all), in one pass.
-        text.rebuild(fresh.iter().copied())?;
+        text.rebuild(fresh, st.cores)?;
         let text = &*text;
 
         let mut groups: BTreeMap<(&str, &str, NaiveDate), Vec<usize>> = BTreeMap::new();
@@ -727,6 +732,32 @@ fn validate_batch(batch: &StoreBatch) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Derive the ids of `events` (each event keeps its own) on up to `threads` threads. The dedup
+/// needs every id before the rest of the batch's work can start, and on one thread the other
+/// cores sat idle meanwhile.
+fn derive_ids(events: &[&Event], threads: usize) {
+    const MIN_EVENTS_PER_THREAD: usize = 2048;
+    let per_thread = events
+        .len()
+        .div_ceil(threads.max(1))
+        .max(MIN_EVENTS_PER_THREAD);
+    let derive = |chunk: &[&Event]| {
+        for e in chunk {
+            e.id();
+        }
+    };
+    let mut chunks = events.chunks(per_thread);
+    let Some(first) = chunks.next() else {
+        return;
+    };
+    std::thread::scope(|scope| {
+        for chunk in chunks {
+            scope.spawn(move || derive(chunk));
+        }
+        derive(first);
+    });
 }
 
 fn remove_tmp_files(files: &[PendingFile]) {
