@@ -5,7 +5,12 @@
 //! - `PERIMETER_BENCH_EVENTS` (default 1 000 000): events to ingest (the target size
 //!   is 10M; that takes long on 2 cores and ~10 GB of disk);
 //! - `PERIMETER_BENCH_BATCH` (default 50 000): events per `write_batch`;
-//! - `PERIMETER_BENCH_DAYS` (default 30): the events' @timestamps span this many days;
+//! - `PERIMETER_BENCH_DAYS`: the events' @timestamps span this many days. Default: the events
+//!   divided by 333 333 (30 days at 10M events, 3 days at the default 1M): a stream of ~333k
+//!   events a day, so a shorter run writes batches of the shape the full 10M run writes (a
+//!   batch of 50 000 spans 3.6 hours: one day index per tenant). A fixed 30 days at 1M made
+//!   each batch span 1.5 days, about twice the (tenant, day) segments per commit, which is
+//!   a backfill, not a live stream;
 //! - `PERIMETER_BENCH_QUERIES` (default 100): searches per query kind;
 //! - `PERIMETER_BENCH_WRITER_THREADS`, `PERIMETER_BENCH_WRITER_MEMORY_BYTES`: override the
 //!   store's `index_writer_threads` / `index_writer_memory_bytes` (default: the config defaults);
@@ -222,7 +227,7 @@ fn main() {
     }
     let n = env_usize("PERIMETER_BENCH_EVENTS", 1_000_000);
     let batch_size = env_usize("PERIMETER_BENCH_BATCH", 50_000).max(1);
-    let days = env_usize("PERIMETER_BENCH_DAYS", 30).max(1);
+    let days = env_usize("PERIMETER_BENCH_DAYS", n / 333_333).max(1);
     let queries = env_usize("PERIMETER_BENCH_QUERIES", 100).max(1);
     let tmp;
     let dir: PathBuf = match std::env::var("PERIMETER_BENCH_DIR") {
