@@ -118,7 +118,14 @@ fn make_event(t: &Templates, rng: &mut Rng, i: u64, at: DateTime<Utc>) -> Event 
         0..=5 => {
             let action = OKTA_ACTIONS[rng.below(OKTA_ACTIONS.len() as u64) as usize];
             let mut raw = t.okta.first().cloned().unwrap_or_else(|| json!({}));
-            raw["uuid"] = json!(format!("okta-{i:012}"));
+            // Okta's uuid is a UUID (a time-based one in the recorded pages).
+            raw["uuid"] = json!(format!(
+                "{:08x}-{:04x}-11ef-{:04x}-{:012x}",
+                i.wrapping_mul(0x9e37_79b9) as u32,
+                (i >> 32) as u16,
+                0x8000 | (i % 0x4000) as u16,
+                i.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 16
+            ));
             raw["published"] = json!(at.to_rfc3339());
             raw["eventType"] = json!(action);
             raw["actor"] = json!({"id": format!("00u{user_n:08}"), "type": "User", "alternateId": user, "displayName": format!("User {user_n}")});

@@ -9,10 +9,10 @@
 //!   joiners; a chunk with joiners inside yields itself plus its words
 //!   (`alice@acme.test` -> `alice@acme.test`, `alice`, `acme`, `test`), a plain word itself;
 //!   a token already seen in the same text is dropped (the field keeps no frequencies);
-//!   two kinds of chunk are cheaper: a date-time (`2026-10-01T00:04:08.123Z`, anything starting
+//!   three kinds of chunk are cheaper: a date-time (`2026-10-01T00:04:08.123Z`, anything starting
 //!   `YYYY-MM-DDThh:mm`) is left out altogether, and a chunk of digits and joiners only (an IP,
 //!   a decimal, a version, a date: `10.1.2.3`, `11.5`, `2026-10-01`) is indexed whole without
-//!   its words ([`is_date_time`], [`is_numeric`]);
+//!   its words ([`is_date_time`], [`is_numeric`]), and so is a UUID ([`is_uuid`]);
 //! - query side ([`CATCH_ALL_QUERY_TOKENIZER`]): the same chunks, each whole, so `10.1.2.3`,
 //!   `"10.1.2.3"`, `alice@acme.test`, `user.session.start` and `alice` are one term each;
 //! - a query phrase of several chunks on `all` (`"Mozilla/5.0 (X11; Linux"`) is rewritten by
@@ -163,6 +163,18 @@ fn is_numeric(chunk: &[u8]) -> bool {
         .all(|&c| c.is_ascii_digit() || is_joiner(c as char))
 }
 
+/// Whether `chunk` is a UUID, `8-4-4-4-12` hex digits (the `uuid`, `eventID`, `requestID`, `Id`
+/// of Okta, CloudTrail, Microsoft 365 records). It is indexed whole; its five hex groups are
+/// near-unique per event, so as words they cost every segment five more term dictionary
+/// entries and posting lists, and nobody searches a fifth of a UUID.
+fn is_uuid(chunk: &[u8]) -> bool {
+    chunk.len() == 36
+        && chunk.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 /// Byte ranges of the tokens of `text` (see the module doc); `whole_only` is the query side.
 fn token_ranges(text: &str, whole_only: bool, out: &mut Vec<(usize, usize)>) {
     out.clear();
@@ -184,7 +196,7 @@ fn token_ranges(text: &str, whole_only: bool, out: &mut Vec<(usize, usize)>) {
         }
         if fits {
             out.push((start, end));
-            if is_numeric(chunk) {
+            if is_numeric(chunk) || is_uuid(chunk) {
                 return;
             }
         }
@@ -482,6 +494,42 @@ mod tests {
         assert_eq!(
             toks.iter().collect::<std::collections::HashSet<_>>().len(),
             500
+        );
+    }
+
+    #[test]
+    fn uuids_are_indexed_whole_only() {
+        assert_eq!(
+            index_tokens(
+                "DC9FD3C0-598c-11ef-8478-2b7584bf8d5a req:dc9fd3c0-598c-11ef-8478-2b7584bf8d5a"
+            ),
+            [
+                "dc9fd3c0-598c-11ef-8478-2b7584bf8d5a",
+                "req:dc9fd3c0-598c-11ef-8478-2b7584bf8d5a",
+                "req",
+                "dc9fd3c0",
+                "598c",
+                "11ef",
+                "8478",
+                "2b7584bf8d5a"
+            ]
+        );
+        // Not UUIDs: a group too short or not hex, so the words stay.
+        assert_eq!(
+            index_tokens(
+                "dc9fd3c0-598c-11ef-8478-2b7584bf8d5 zc9fd3c0-598c-11ef-8478-2b7584bf8d5a"
+            ),
+            [
+                "dc9fd3c0-598c-11ef-8478-2b7584bf8d5",
+                "dc9fd3c0",
+                "598c",
+                "11ef",
+                "8478",
+                "2b7584bf8d5",
+                "zc9fd3c0-598c-11ef-8478-2b7584bf8d5a",
+                "zc9fd3c0",
+                "2b7584bf8d5a"
+            ]
         );
     }
 
