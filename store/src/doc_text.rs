@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use perimeter_model::raw_prelude::ValueRef;
 use perimeter_model::{EcsValue, Event, RawJson, ECS_FIELDS};
 
+use crate::parallel;
 use crate::{Result, StoreError};
 
 /// Raw JSON and raw catch-all text of every event of a batch, in order.
@@ -31,42 +32,12 @@ pub(crate) struct BatchText {
     starts: Vec<usize>,
 }
 
-/// Fewer events than this per part are not worth a thread.
-const MIN_EVENTS_PER_PART: usize = 2048;
-
 impl BatchText {
     /// Replace the contents with the texts of `events`, in up to `threads` parts built in
     /// parallel.
     pub fn rebuild(&mut self, events: &[&Event], threads: usize) -> Result<()> {
-        let n = events.len();
-        let parts = (n / MIN_EVENTS_PER_PART).clamp(1, threads.max(1));
-        let per_part = n.div_ceil(parts).max(1);
-        self.parts.resize_with(parts, TextPart::default);
-        self.starts.clear();
-        self.starts.extend((0..parts).map(|p| p * per_part));
-        let mut chunks = events.chunks(per_part);
-        let mut slots = self.parts.iter_mut();
-        // The first part on this thread, the others on scoped threads.
-        let (Some(first), Some(first_events)) = (slots.next(), chunks.next()) else {
-            // No events: one empty part.
-            return self.parts[0].rebuild(&[]);
-        };
-        std::thread::scope(|scope| {
-            let others: Vec<_> = slots
-                .zip(chunks)
-                .map(|(part, evs)| scope.spawn(move || part.rebuild(evs)))
-                .collect();
-            let mut result = first.rebuild(first_events);
-            for h in others {
-                let r = h.join().unwrap_or_else(|_| {
-                    Err(StoreError::InvalidBatch(
-                        "batch text thread panicked".into(),
-                    ))
-                });
-                result = result.and(r);
-            }
-            result
-        })
+        self.starts = parallel::over_chunks(events, threads, &mut self.parts, TextPart::rebuild)?;
+        Ok(())
     }
 
     #[cfg(test)]
@@ -478,7 +449,7 @@ mod tests {
     fn a_batch_built_in_parallel_parts_reads_like_one_built_in_one_part() {
         let base = events();
         // Enough events for three parts, each event distinct.
-        let evs: Vec<Event> = (0..3 * MIN_EVENTS_PER_PART + 17)
+        let evs: Vec<Event> = (0..3 * parallel::MIN_ITEMS_PER_CHUNK + 17)
             .map(|k| {
                 let mut e = base[k % base.len()].clone();
                 e.raw = perimeter_model::raw_from_serde(

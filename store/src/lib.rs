@@ -25,6 +25,7 @@ mod doc_text;
 mod error;
 mod journal;
 pub mod layout;
+mod parallel;
 pub mod parquet_sink;
 mod reader;
 mod retention;

@@ -15,6 +15,7 @@ use crate::alerts::AlertBook;
 use crate::doc_text::{output_document, BatchText};
 use crate::error::IoContext;
 use crate::layout::{self, Layout};
+use crate::parallel;
 use crate::parquet_sink;
 use crate::tantivy_sink::{id_key, DayIndex, DayWriter, EventSchema};
 use crate::{Result, StoreConfig, StoreError};
@@ -370,7 +371,7 @@ impl Store {
         let seq = (st.last_seq + 1).max(now_nanos);
         st.last_seq = seq;
 
-        derive_ids(events, st.cores);
+        derive_ids(events, st.cores)?;
         // Dedup against each (tenant, day) index's id set, opening writers as needed.
         let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
         let mut flags = Vec::with_capacity(events.len());
@@ -430,23 +431,15 @@ impl Store {
         touched: &HashSet<IndexKey>,
         seq: u64,
     ) -> Result<()> {
-        let mut text = std::mem::take(&mut st.text);
-        let result = self.write_fresh_with(st, &mut text, fresh, touched, seq);
-        st.text = text;
-        result
-    }
-
-    fn write_fresh_with(
-        &self,
-        st: &mut WriteState,
-        text: &mut BatchText,
-        fresh: &[&Event],
-        touched: &HashSet<IndexKey>,
-        seq: u64,
-    ) -> Result<()> {
+        let WriteState {
+            writers,
+            text,
+            cores,
+            ..
+        } = st;
         let t_start = Instant::now();
         // Raw JSON text (Parquet, output documents) and raw words (catch-all), in one pass.
-        text.rebuild(fresh, st.cores)?;
+        text.rebuild(fresh, *cores)?;
         let text = &*text;
 
         let mut groups: BTreeMap<(&str, &str, NaiveDate), Vec<usize>> = BTreeMap::new();
@@ -471,7 +464,7 @@ impl Store {
             let (mut output, mut all) = (String::new(), String::new());
             for (i, e) in fresh.iter().enumerate() {
                 let key = (e.tenant.clone(), e.timestamp.date_naive());
-                let Some(w) = st.writers.get(&key) else {
+                let Some(w) = writers.get(&key) else {
                     continue;
                 };
                 let output = output_document(e, text.raw(i), &mut output);
@@ -502,8 +495,7 @@ impl Store {
         // writes its segment, and one index at a time left a core idle whenever that index
         // had fewer indexing threads than there are cores.
         let outcomes: Vec<(&IndexKey, Result<()>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = st
-                .writers
+            let handles: Vec<_> = writers
                 .iter_mut()
                 .filter(|(key, _)| touched.contains(*key))
                 .map(|(key, w)| (key, scope.spawn(move || w.commit(seq))))
@@ -735,29 +727,15 @@ fn validate_batch(batch: &StoreBatch) -> Result<()> {
 }
 
 /// Derive the ids of `events` (each event keeps its own) on up to `threads` threads. The dedup
-/// needs every id before the rest of the batch's work can start, and on one thread the other
-/// cores sat idle meanwhile.
-fn derive_ids(events: &[&Event], threads: usize) {
-    const MIN_EVENTS_PER_THREAD: usize = 2048;
-    let per_thread = events
-        .len()
-        .div_ceil(threads.max(1))
-        .max(MIN_EVENTS_PER_THREAD);
-    let derive = |chunk: &[&Event]| {
+/// needs every id before the rest of the batch's work can start.
+fn derive_ids(events: &[&Event], threads: usize) -> Result<()> {
+    parallel::over_chunks(events, threads, &mut Vec::<()>::new(), |_, chunk| {
         for e in chunk {
             e.id();
         }
-    };
-    let mut chunks = events.chunks(per_thread);
-    let Some(first) = chunks.next() else {
-        return;
-    };
-    std::thread::scope(|scope| {
-        for chunk in chunks {
-            scope.spawn(move || derive(chunk));
-        }
-        derive(first);
-    });
+        Ok(())
+    })
+    .map(drop)
 }
 
 fn remove_tmp_files(files: &[PendingFile]) {
