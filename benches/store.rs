@@ -14,6 +14,8 @@
 //! - `PERIMETER_BENCH_QUERIES` (default 100): searches per query kind;
 //! - `PERIMETER_BENCH_WRITER_THREADS`, `PERIMETER_BENCH_WRITER_MEMORY_BYTES`: override the
 //!   store's `index_writer_threads` / `index_writer_memory_bytes` (default: the config defaults);
+//! - `PERIMETER_BENCH_RAW_TEXT_SEARCH_OFF` (e.g. `okta,github,google_workspace`, the bench's
+//!   sources): the store's `raw_text_search_off`, to measure ingest without raw free text;
 //! - `RUST_LOG` (e.g. `perimeter_store=debug`): log the store's per-batch timing breakdown;
 //! - `PERIMETER_BENCH_DIR`: store directory (default: a temp dir, removed at the end);
 //!   if it already holds a store with events, ingest is skipped and only queries run.
@@ -255,12 +257,16 @@ fn main() {
             "PERIMETER_BENCH_WRITER_MEMORY_BYTES",
             defaults.index_writer_memory_bytes,
         ),
+        raw_text_search_off: std::env::var("PERIMETER_BENCH_RAW_TEXT_SEARCH_OFF")
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
         ..defaults
     };
     println!(
-        "store bench: events={n} batch={batch_size} days={days} writer_threads={} writer_memory={} MB dir={}",
+        "store bench: events={n} batch={batch_size} days={days} writer_threads={} writer_memory={} MB raw_text_search_off={:?} dir={}",
         config.index_writer_threads,
         config.index_writer_memory_bytes >> 20,
+        config.raw_text_search_off,
         dir.display()
     );
     let store = Store::open(config).expect("open store");

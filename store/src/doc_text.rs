@@ -34,16 +34,23 @@ pub(crate) struct BatchText {
 
 impl BatchText {
     /// Replace the contents with the texts of `events`, in up to `threads` parts built in
-    /// parallel.
-    pub fn rebuild(&mut self, events: &[&Event], threads: usize) -> Result<()> {
-        self.starts = parallel::over_chunks(events, threads, &mut self.parts, TextPart::rebuild)?;
+    /// parallel. The raw words of events for which `words_of` is false are left empty.
+    pub fn rebuild(
+        &mut self,
+        events: &[&Event],
+        threads: usize,
+        words_of: &(impl Fn(&Event) -> bool + Sync),
+    ) -> Result<()> {
+        self.starts = parallel::over_chunks(events, threads, &mut self.parts, |part, events| {
+            part.rebuild(events, words_of)
+        })?;
         Ok(())
     }
 
     #[cfg(test)]
     pub fn build(events: &[Event]) -> Result<BatchText> {
         let mut t = BatchText::default();
-        t.rebuild(&events.iter().collect::<Vec<_>>(), 1)?;
+        t.rebuild(&events.iter().collect::<Vec<_>>(), 1, &|_| true)?;
         Ok(t)
     }
 
@@ -76,7 +83,7 @@ struct TextPart {
 }
 
 impl TextPart {
-    fn rebuild(&mut self, events: &[&Event]) -> Result<()> {
+    fn rebuild(&mut self, events: &[&Event], words_of: impl Fn(&Event) -> bool) -> Result<()> {
         let n = events.len();
         let mut raw = std::mem::take(&mut self.raw).into_bytes();
         let mut all = std::mem::take(&mut self.all).into_bytes();
@@ -90,7 +97,13 @@ impl TextPart {
         self.all_ends.reserve(n);
         let mut num = String::new();
         for e in events {
+            let words_from = all.len();
             walk(&e.raw, &mut raw, &mut all, &mut num);
+            if !words_of(e) {
+                // The JSON text is still needed (Parquet, the stored document); one walk
+                // writing both and dropping the words costs less than a second kind of walk.
+                all.truncate(words_from);
+            }
             self.raw_ends.push(raw.len());
             self.all_ends.push(all.len());
         }
@@ -433,13 +446,13 @@ mod tests {
     fn a_rebuilt_batch_text_has_only_the_new_events() {
         let evs = events();
         let mut text = BatchText::build(&evs).unwrap();
-        text.rebuild(&evs[2..].iter().collect::<Vec<_>>(), 1)
+        text.rebuild(&evs[2..].iter().collect::<Vec<_>>(), 1, &|_| true)
             .unwrap();
         assert_eq!(text.raw(0), "{}");
         assert_eq!(text.raw_words(0), "");
         assert_eq!(text.raw(1), r#"["top","level",3]"#);
         assert_eq!(text.raw_words(1), "top level 3 ");
-        text.rebuild(&[], 1).unwrap();
+        text.rebuild(&[], 1, &|_| true).unwrap();
         let part = &text.parts[0];
         assert!(text.parts.len() == 1 && part.raw.is_empty() && part.all.is_empty());
         assert!(part.raw_ends.is_empty());
@@ -461,7 +474,7 @@ mod tests {
         let refs: Vec<&Event> = evs.iter().collect();
         let one = BatchText::build(&evs).unwrap();
         let mut parts = BatchText::default();
-        parts.rebuild(&refs, 3).unwrap();
+        parts.rebuild(&refs, 3, &|_| true).unwrap();
         assert_eq!(parts.parts.len(), 3);
         for i in 0..evs.len() {
             assert_eq!(parts.raw(i), one.raw(i));
@@ -472,7 +485,7 @@ mod tests {
             format!(r#"{{"k":{},"s":"v{}"}}"#, evs.len() - 1, evs.len() - 1)
         );
         // A smaller batch afterwards uses fewer parts; nothing of the larger one shows.
-        parts.rebuild(&refs[..5], 3).unwrap();
+        parts.rebuild(&refs[..5], 3, &|_| true).unwrap();
         assert_eq!(parts.parts.len(), 1);
         assert_eq!(parts.raw(4), one.raw(4));
     }

@@ -439,7 +439,9 @@ impl Store {
         } = st;
         let t_start = Instant::now();
         // Raw JSON text (Parquet, output documents) and raw words (catch-all), in one pass.
-        text.rebuild(fresh, *cores)?;
+        text.rebuild(fresh, *cores, &|e: &Event| {
+            self.config.raw_text_searched(&e.source)
+        })?;
         let text = &*text;
 
         let mut groups: BTreeMap<(&str, &str, NaiveDate), Vec<usize>> = BTreeMap::new();

@@ -511,6 +511,67 @@ fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
 }
 
 #[test]
+fn sources_with_raw_text_search_off_are_found_by_ecs_fields_only_and_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        raw_text_search_off: vec!["aws_cloudtrail".into()],
+        ..config(dir.path())
+    })
+    .unwrap();
+    // The same raw-only value (`uuid`, in no ECS field) in an event of each source.
+    let mut okta = event(
+        "acme",
+        "okta",
+        ts(20, 1, 0),
+        "alice",
+        "user.session.start",
+        1,
+    );
+    let mut trail = event(
+        "acme",
+        "aws_cloudtrail",
+        ts(20, 2, 0),
+        "bob",
+        "CreateAccessKey",
+        2,
+    );
+    for e in [&mut okta, &mut trail] {
+        let mut raw = perimeter_model::raw_to_serde(&e.raw);
+        raw["requestRegion"] = json!("rawonly-region-7");
+        e.raw = perimeter_model::raw_from_serde(&raw);
+    }
+    store
+        .write_batch(&batch(vec![okta.clone(), trail.clone()]))
+        .unwrap();
+    let ids = |q: &str| -> Vec<String> {
+        search_all(&store, "acme", q, 10)
+            .iter()
+            .map(|d| d["event"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // A raw-only value: found in the okta event only.
+    assert_eq!(ids("\"rawonly-region-7\""), vec![okta.id().0.clone()]);
+    // ECS values of the CloudTrail event, as bare words and by field.
+    assert_eq!(ids("createaccesskey"), vec![trail.id().0.clone()]);
+    assert_eq!(ids("bob"), vec![trail.id().0.clone()]);
+    assert_eq!(
+        ids("event.action:CreateAccessKey"),
+        vec![trail.id().0.clone()]
+    );
+    // The raw record is kept whole: returned by id and written to Parquet.
+    let doc = store
+        .get_event("acme", &trail.id().0)
+        .unwrap()
+        .expect("stored");
+    assert_eq!(doc["raw"]["requestRegion"], "rawonly-region-7");
+    let mut stored = parquet_ids(dir.path());
+    stored.sort();
+    let mut want = vec![okta.id().0.clone(), trail.id().0.clone()];
+    want.sort();
+    assert_eq!(stored, want);
+}
+
+#[test]
 fn invalid_queries_and_cursors_are_invalid_query_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
