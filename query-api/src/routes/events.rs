@@ -43,7 +43,8 @@ fn event_filter<'a>(
 #[into_params(parameter_in = Query)]
 pub struct EventSearchParams {
     /// tantivy query syntax over the masked events (`user.name:alice AND event.outcome:failure`);
-    /// absent means all events.
+    /// absent means all events. Bare words match ECS values and raw record values, except the
+    /// raw values of sources in the store's `raw_text_search_off`.
     pub q: Option<String>,
     /// Events at or after this time (RFC 3339).
     pub from: Option<String>,
