@@ -5,7 +5,7 @@
 mod common;
 mod cputime;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use perimeter_detect::mask::SecretMasker;
 use perimeter_detect::normalize::NormalizerRegistry;
 use perimeter_model::{sonic_rs, Masker, RawJson, RawRecord};
@@ -240,9 +240,70 @@ fn bare_walk(v: &RawJson) -> usize {
     }
 }
 
+/// One cold pass for instruction counting: every record normalized and masked by `masker`
+/// (built by the caller, so its construction is outside this function); returns how many
+/// records masking changed. Not inlined, so that callgrind can count exactly this function
+/// (`--toggle-collect=normalize_mask::measured_pass`).
+#[inline(never)]
+fn measured_pass(
+    registry: &NormalizerRegistry,
+    masker: Option<&SecretMasker>,
+    records: Vec<(String, RawJson)>,
+) -> usize {
+    let now = chrono::Utc::now();
+    let mut changed = 0;
+    for (source, raw) in records {
+        let rec = RawRecord {
+            source: source.clone(),
+            tenant: "t".into(),
+            received_at: now,
+            line: None,
+            raw,
+        };
+        let Ok(mut e) = registry.normalize(&source, rec) else {
+            continue;
+        };
+        if masker.is_some_and(|m| m.mask(&mut e).total() > 0) {
+            changed += 1;
+        }
+        std::hint::black_box(e);
+    }
+    changed
+}
+
+/// `NORMALIZE_MASK_PASSES_ONLY=<n>`: only `n` cold passes of [`measured_pass`] (a new masker
+/// each), no criterion, for counting instructions under callgrind: on a shared machine whose
+/// speed drifts by 2x within an hour, instruction counts are the figure that compares two
+/// builds. `NORMALIZE_MASK_NO_MASK=1` leaves masking out (normalize only). See
+/// `benches/README.md`.
+fn passes_only(passes: usize) {
+    let records = common::mixed_records();
+    let registry = NormalizerRegistry::builtin();
+    let mask = std::env::var_os("NORMALIZE_MASK_NO_MASK").is_none();
+    let mut changed = 0;
+    for _ in 0..passes {
+        let masker = mask.then(SecretMasker::default);
+        changed += measured_pass(&registry, masker.as_ref(), records.clone());
+    }
+    eprintln!(
+        "{passes} passes over {} records: {} normalized{}, {changed} changed by masking",
+        records.len(),
+        passes * records.len(),
+        if mask { " and masked" } else { "" },
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(5));
     targets = bench
 }
-criterion_main!(benches);
+
+fn main() {
+    if let Some(passes) = std::env::var_os("NORMALIZE_MASK_PASSES_ONLY") {
+        passes_only(passes.to_str().and_then(|p| p.parse().ok()).unwrap_or(1));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
