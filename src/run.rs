@@ -167,6 +167,16 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(open_store(config, &data_dir)?);
     let (registry, masker) = base_parts(config)?;
+    // A misspelt source name would silently leave that source's raw text searched.
+    for source in &config.store.raw_text_search_off {
+        if registry.get(source).is_none() {
+            tracing::warn!(
+                source = source.as_str(),
+                known = ?registry.names(),
+                "store.raw_text_search_off names a source no normalizer produces; it has no effect"
+            );
+        }
+    }
     let key = entity_key(&masker);
     let rule_paths = config.rule_paths(&[]);
     let sigma = load_sigma(config, &rule_paths, false)?;

@@ -278,6 +278,42 @@ fn stop(mut svc: Service) {
 }
 
 #[test]
+fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[store]\nraw_text_search_off = [\"cloudtrail\", \"okta\"]\n");
+    std::fs::write(&cfg, text).unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawning perimeter run");
+    // The first stdout line comes after the startup checks.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.contains("listening on"), "{first:?}");
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("raw_text_search_off"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{stderr}");
+    assert!(warned[0].contains("\"cloudtrail\"") && warned[0].contains("aws_cloudtrail"));
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a log file: {stderr:?}"
+    );
+}
+
+#[test]
 fn sigterm_flushes_and_spool_files_are_ingested() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path());
