@@ -124,6 +124,10 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
         "  Parquet files      {}",
         args.data_dir.join("parquet").display()
     );
+    let dir = args.data_dir.display();
+    println!("Explore it from the terminal:");
+    println!("  perimeter alerts --data-dir {dir} --severity high");
+    println!("  perimeter search --data-dir {dir} 'event.outcome:failure AND event.module:okta'");
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
     }

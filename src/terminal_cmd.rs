@@ -48,8 +48,11 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
             println!("{token}");
         }
         TokensCommand::List => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
             for t in store.list() {
-                println!("{}", serde_json::to_string(&t)?);
+                serde_json::to_writer(&mut out, &t)?;
+                out.write_all(b"\n")?;
             }
         }
         TokensCommand::Revoke { id } => {
@@ -69,7 +72,12 @@ pub struct Target {
     /// API token for `--server`.
     #[arg(long, env = "PERIMETER_TOKEN")]
     pub token: Option<String>,
-    /// Tenant to read when reading the data directory directly.
+    /// Data directory to read when no `--server` is given (default: the configuration's
+    /// `data_dir`; `data/demo` holds what `perimeter demo` stored).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Tenant to read when reading the data directory directly (default: the configuration's
+    /// `tenant`, or the directory's only tenant when that one has no data there).
     #[arg(long)]
     pub tenant: Option<String>,
     /// Most results to print.
@@ -164,17 +172,59 @@ fn server_items(
     Ok(body["items"].as_array().cloned().unwrap_or_default())
 }
 
-fn local_tenant(target: &Target, config: &PerimeterConfig) -> String {
-    target
-        .tenant
-        .clone()
-        .unwrap_or_else(|| config.tenant.clone())
+/// The store in the data directory `target` names, and the tenant to read. Reading never
+/// creates a data directory: a missing one is an error saying where to look instead.
+fn local_store(
+    target: &Target,
+    config: &PerimeterConfig,
+) -> anyhow::Result<(perimeter_store::Store, String)> {
+    let dir = target.data_dir.as_ref().unwrap_or(&config.data_dir);
+    anyhow::ensure!(
+        dir.join("index").is_dir() || dir.join("alerts").is_dir(),
+        "no Perimeter data in {}: pass --data-dir (`perimeter demo` stores into data/demo) or \
+         --server for a running `perimeter run`",
+        dir.display()
+    );
+    let store = crate::run::open_store(config, dir)?;
+    let tenant = match &target.tenant {
+        Some(t) => t.clone(),
+        None => {
+            let tenants = store.tenants();
+            match tenants.as_slice() {
+                [only] if *only != config.tenant => {
+                    eprintln!(
+                        "reading tenant {only}, the only one in {} (--tenant to choose)",
+                        dir.display()
+                    );
+                    only.clone()
+                }
+                [] | [_] => config.tenant.clone(),
+                many => {
+                    anyhow::ensure!(
+                        many.contains(&config.tenant),
+                        "tenant {} has no data in {}; choose one with --tenant: {}",
+                        config.tenant,
+                        dir.display(),
+                        many.join(", ")
+                    );
+                    config.tenant.clone()
+                }
+            }
+        }
+    };
+    Ok((store, tenant))
 }
 
 fn print_items(items: &[serde_json::Value], what: &str) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    // Written, not `println!`ed: a reader that stops early (`| head`) is an error to return,
+    // not a panic.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for item in items {
-        println!("{}", serde_json::to_string(item)?);
+        serde_json::to_writer(&mut out, item)?;
+        out.write_all(b"\n")?;
     }
+    out.flush()?;
     eprintln!("{} {what}", items.len());
     Ok(ExitCode::SUCCESS)
 }
@@ -188,8 +238,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
             &[("from", &args.from), ("to", &args.to)],
         )?
     } else {
-        let store = crate::run::open_store(config, &config.data_dir)?;
-        let tenant = local_tenant(&args.target, config);
+        let (store, tenant) = local_store(&args.target, config)?;
         let q = perimeter_store::EventQuery {
             query: args.query.clone(),
             from: parse_time(&args.from)?,
@@ -207,8 +256,7 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
         let filters = [("severity", &args.severity), ("status", &args.status)];
         server_items(&args.target, "/alerts?", &filters)?
     } else {
-        let store = crate::run::open_store(config, &config.data_dir)?;
-        let tenant = local_tenant(&args.target, config);
+        let (store, tenant) = local_store(&args.target, config)?;
         let mut q = perimeter_store::AlertQuery {
             limit: args.target.limit,
             ..Default::default()

@@ -201,6 +201,72 @@ fn demo_finds_the_attack_and_stores_it() {
         data.display()
     );
     assert!(repo().join("demo/events.jsonl").exists());
+
+    // What the demo stored, from the terminal, as its closing lines say.
+    assert!(
+        text.contains("perimeter alerts --data-dir"),
+        "no terminal hint:\n{text}"
+    );
+    let d = data.to_str().unwrap();
+    let out = perimeter(&["alerts", "--data-dir", d, "--severity", "high"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let alerts = json_lines(&out);
+    assert!(!alerts.is_empty(), "no high alerts read back");
+    for a in &alerts {
+        let sev = a["alert"]["severity"].as_str().unwrap_or_default();
+        assert!(sev == "high" || sev == "critical", "{a}");
+    }
+    assert!(
+        stderr(&out).contains("reading tenant demo"),
+        "{}",
+        stderr(&out)
+    );
+    let out = perimeter(&["search", "--data-dir", d, "event.module:okta"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = json_lines(&out);
+    assert_eq!(events.len(), 20, "the default limit of okta events");
+    assert!(events.iter().all(|e| e["event"]["module"] == "okta"));
+    // A directory without data is an error that says where to look, and is not created.
+    let missing = dir.path().join("nothing-here");
+    let out = perimeter(
+        &["search", "--data-dir", missing.to_str().unwrap(), "x"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no Perimeter data in") && stderr(&out).contains("--data-dir"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    use std::io::{BufRead, BufReader};
+    // ~15k events out: far more than a pipe holds, so writing hits the closed pipe.
+    let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.jsonl");
+    std::fs::write(&input, demo.repeat(6)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["normalize", "--source", "auto", "--input"])
+        .arg(&input)
+        .env_remove("PERIMETER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The read end is closed here, as `| head -1` does.
+    let out = child.wait_with_output().unwrap();
+    assert!(first.starts_with('{'), "{first:?}");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
 }
 
 pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
