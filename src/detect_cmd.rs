@@ -67,6 +67,18 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     }
 }
 
+/// Say so when `source` has no normalizer: its records are read as plain JSON under that name
+/// (deliberate, for vendors only rules know), which a misspelt name would otherwise hide.
+fn note_unnormalized_source(command: &str, registry: &NormalizerRegistry, source: &str) {
+    if source != "auto" && registry.get(source).is_none() {
+        eprintln!(
+            "perimeter {command}: no normalizer for source `{source}`; its records are read as plain \
+             JSON under that name (normalizers: {})",
+            registry.names().join(", ")
+        );
+    }
+}
+
 /// Build the registry (+ extra mappings) and masker every command shares.
 pub fn base_parts(config: &PerimeterConfig) -> anyhow::Result<(NormalizerRegistry, SecretMasker)> {
     let mut registry = NormalizerRegistry::builtin();
@@ -100,6 +112,7 @@ pub fn load_sigma(
 
 pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Result<ExitCode> {
     let (registry, masker) = base_parts(config)?;
+    note_unnormalized_source("normalize", &registry, &args.source);
     let tenant = args.tenant.unwrap_or_else(|| config.tenant.clone());
     let mut pipeline = Pipeline::new(registry, masker, Arc::new(Metrics::new()), true);
     let stdout = std::io::stdout();
@@ -172,6 +185,7 @@ fn print_dead_letters(dead: &[perimeter_model::DeadLetter], total: u64) {
 
 pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<ExitCode> {
     let (registry, masker) = base_parts(config)?;
+    note_unnormalized_source("detect", &registry, &args.source);
     let tenant = args.tenant.clone().unwrap_or_else(|| config.tenant.clone());
     let key = perimeter_detect::pipeline::entity_key(&masker);
     let sigma = load_sigma(config, &args.rules, args.ignore_logsource)?;

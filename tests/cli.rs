@@ -242,6 +242,31 @@ fn demo_finds_the_attack_and_stores_it() {
 }
 
 #[test]
+fn a_source_without_a_normalizer_is_read_as_plain_json_and_said_so() {
+    let line = b"{\"who\":\"alice\"}\n";
+    let out = perimeter(&["normalize", "--source", "okat"], Some(line));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = json_lines(&out);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event"]["module"], "okat");
+    assert_eq!(events[0]["raw"]["who"], "alice");
+    assert!(
+        stderr(&out).contains("no normalizer for source `okat`"),
+        "{}",
+        stderr(&out)
+    );
+    // Known names and `auto` are not remarked on.
+    for source in ["okta", "json", "auto", "zoom"] {
+        let out = perimeter(&["normalize", "--source", source], Some(line));
+        assert!(
+            !stderr(&out).contains("no normalizer"),
+            "{source}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn a_reader_that_stops_early_ends_the_output_quietly() {
     use std::io::{BufRead, BufReader};
     // ~15k events out: far more than a pipe holds, so writing hits the closed pipe.
