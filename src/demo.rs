@@ -58,7 +58,8 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     std::fs::create_dir_all(&args.data_dir)?;
     let (registry, masker) = base_parts(config)?;
     let key = entity_key(&masker);
-    let sigma = load_sigma(config, &rules_dir(&args, config), false)?;
+    let rule_paths = rules_dir(&args, config);
+    let sigma = load_sigma(config, &rule_paths, false)?;
     let metrics = Arc::new(Metrics::new());
     let mut pipeline = Pipeline::new(registry, masker, metrics.clone(), true)
         .with_sigma(sigma)
@@ -138,6 +139,7 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
         metrics,
         args.listen,
         DEMO_TENANT,
+        &rule_paths,
     )
 }
 

@@ -292,11 +292,12 @@ pub fn serve_demo(
     metrics: Arc<Metrics>,
     listen: SocketAddr,
     tenant: &str,
+    rule_paths: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let rule_paths = config.rule_paths(&[]);
-        let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
+        // The rules the demo ran, so `GET /rules` lists what produced its alerts.
+        let rules = Arc::new(SigmaRuleService::new(config, rule_paths)?);
         let state = AppState::open_in(data_dir, store, rules, metrics)?.with_masker(value_masker(config)?);
         let (_, token) = state.tokens.create(tenant, Role::Admin, Some("demo"))?;
         let mut api_config = config.api.clone();

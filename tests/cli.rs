@@ -267,6 +267,50 @@ fn a_source_without_a_normalizer_is_read_as_plain_json_and_said_so() {
 }
 
 #[test]
+fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
+    use std::io::{BufRead, BufReader};
+    // Started outside the repository: no ./detection-rules, so the demo takes the source
+    // tree's rules; the API must list those, not an empty set.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .current_dir(dir.path())
+        .env_remove("PERIMETER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut url, mut token) = (None, None);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("API serving the demo data at ") {
+            url = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(t) = line
+            .split("): ")
+            .nth(1)
+            .filter(|_| line.contains("demo token"))
+        {
+            token = Some(t.trim().to_string());
+            break;
+        }
+    }
+    let (url, token) = (url.expect("API url printed"), token.expect("token printed"));
+    let body: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{url}/rules"))
+        .bearer_auth(&token)
+        .send()
+        .and_then(|r| r.json())
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let rules = body["rules"].as_array().expect("rules list");
+    assert!(rules.len() >= 100, "{} rules listed", rules.len());
+}
+
+#[test]
 fn a_reader_that_stops_early_ends_the_output_quietly() {
     use std::io::{BufRead, BufReader};
     // ~15k events out: far more than a pipe holds, so writing hits the closed pipe.
