@@ -8,6 +8,8 @@
 //!   punctuation other than the joiners `. @ - _ : / +`; a chunk loses leading and trailing
 //!   joiners; a chunk with joiners inside yields itself plus its words
 //!   (`alice@acme.test` -> `alice@acme.test`, `alice`, `acme`, `test`), a plain word itself;
+//!   the parts between its `@`s and `/`s that have joiners of their own are tokens too (an
+//!   address's domain `acme.test`, a URL's host, a file name: [`pieces`]);
 //!   a token already seen in the same text is dropped (the field keeps no frequencies);
 //!   three kinds of chunk are cheaper: a date-time (`2026-10-01T00:04:08.123Z`, anything starting
 //!   `YYYY-MM-DDThh:mm`) is left out altogether, and a chunk of digits and joiners only (an IP,
@@ -175,6 +177,39 @@ fn is_uuid(chunk: &[u8]) -> bool {
         })
 }
 
+/// The parts of `chunk` between its `@`s and `/`s that are identifiers of several words
+/// themselves: an address's local part and domain (`dana.kim` and `acme-corp.example` of
+/// `dana.kim@acme-corp.example`), a URL's host (`evil.example.com` of
+/// `https://evil.example.com/cb`), a file name in a path (`report.pdf`). Analysts search for
+/// those on their own (every event of a domain), and as a part of the chunk spanning a joiner
+/// they would match nothing. Numeric parts (`5.0` of `Mozilla/5.0`) are left out, like the
+/// words of numeric chunks; single words are among the chunk's words anyway.
+fn pieces(chunk: &[u8], mut f: impl FnMut(usize, usize)) {
+    let splits = |c: u8| c == b'@' || c == b'/';
+    if !chunk.iter().any(|&c| splits(c)) {
+        return;
+    }
+    let joiner = |c: u8| is_joiner(char::from(c));
+    let mut from = 0;
+    for i in 0..=chunk.len() {
+        if i < chunk.len() && !splits(chunk[i]) {
+            continue;
+        }
+        let (mut s, mut e) = (from, i);
+        while s < e && joiner(chunk[s]) {
+            s += 1;
+        }
+        while e > s && joiner(chunk[e - 1]) {
+            e -= 1;
+        }
+        let piece = &chunk[s..e];
+        if piece.iter().any(|&c| joiner(c)) && !is_numeric(piece) {
+            f(s, e);
+        }
+        from = i + 1;
+    }
+}
+
 /// Byte ranges of the tokens of `text` (see the module doc); `whole_only` is the query side.
 fn token_ranges(text: &str, whole_only: bool, out: &mut Vec<(usize, usize)>) {
     out.clear();
@@ -200,6 +235,11 @@ fn token_ranges(text: &str, whole_only: bool, out: &mut Vec<(usize, usize)>) {
                 return;
             }
         }
+        pieces(chunk, |s, e| {
+            if e - s <= MAX_TOKEN_BYTES {
+                out.push((start + s, start + e));
+            }
+        });
         words(&text[start..end], |s, e| {
             if e - s <= MAX_TOKEN_BYTES {
                 out.push((start + s, start + e));
@@ -430,6 +470,7 @@ mod tests {
             index_tokens("Alice@Acme.test 10.1.2.3 FAILURE"),
             [
                 "alice@acme.test",
+                "acme.test",
                 "alice",
                 "acme",
                 "test",
@@ -472,6 +513,31 @@ mod tests {
     }
 
     #[test]
+    fn address_parts_hosts_and_file_names_are_tokens_of_their_own() {
+        let tokens = index_tokens(
+            "dana.kim@acme-corp.example https://evil.example.com/cb/x.y.php Mozilla/5.0 \
+             /api/v1/users ops@acme",
+        );
+        for t in [
+            "dana.kim",
+            "acme-corp.example",
+            "evil.example.com",
+            "x.y.php",
+        ] {
+            assert!(tokens.iter().any(|x| x == t), "{t} in {tokens:?}");
+        }
+        // Not pieces: single words (already words of the chunk), numeric parts, a scheme.
+        for t in ["5.0", "https:", "cb/x.y.php", "api/v1"] {
+            assert!(!tokens.iter().any(|x| x == t), "{t} in {tokens:?}");
+        }
+        // Each piece is a token once, and a chunk without `@` or `/` has none.
+        assert_eq!(
+            index_tokens("user.session.start"),
+            ["user.session.start", "user", "session", "start"]
+        );
+    }
+
+    #[test]
     fn repeated_tokens_are_indexed_once() {
         assert_eq!(
             index_tokens("10.1.2.3 alice 10.1.2.3 ALICE Alice@x.y alice@X.Y 1 Ä ä Ä"),
@@ -479,6 +545,7 @@ mod tests {
                 "10.1.2.3",
                 "alice",
                 "alice@x.y",
+                "x.y",
                 "x",
                 "y",
                 "1",

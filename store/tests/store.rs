@@ -475,8 +475,11 @@ fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
     assert_eq!(ids("alice"), only_a);
     assert_eq!(ids("acme"), both);
     assert_eq!(ids("lock"), vec![b.id().0.clone()]);
-    // A part of an identifier that is not a word of it does not match.
-    assert!(ids("acme.test").is_empty());
+    // An address's domain and local part match on their own (every event of a domain).
+    assert_eq!(ids("acme.test"), both);
+    assert_eq!(ids("\"acme.test\""), both);
+    // Another part of an identifier that is not a word of it does not match.
+    assert!(ids("session.start").is_empty());
     assert!(ids("203.0").is_empty());
     // A numeric identifier (IP, decimal, version, date) is indexed whole only: its numbers
     // are not words of it. Ids with letters keep their words, numbers included.
