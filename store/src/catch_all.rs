@@ -530,7 +530,7 @@ mod tests {
         for t in ["5.0", "https:", "cb/x.y.php", "api/v1"] {
             assert!(!tokens.iter().any(|x| x == t), "{t} in {tokens:?}");
         }
-        // Each piece is a token once, and a chunk without `@` or `/` has none.
+        // A chunk without `@` or `/` has no pieces.
         assert_eq!(
             index_tokens("user.session.start"),
             ["user.session.start", "user", "session", "start"]

@@ -48,8 +48,8 @@ pub struct StoreConfig {
     #[serde(default = "default_max_open_writers")]
     pub max_open_writers: usize,
     /// Sources whose raw records are left out of free-text search: their raw values are not
-    /// put in the catch-all `all` field, which is most of what indexing an event costs
-    /// (about a third of the store's CPU per event). Their ECS fields are searched as usual,
+    /// put in the catch-all `all` field, the largest part of indexing an event (about a
+    /// third of the store's CPU per event). Their ECS fields are searched as usual,
     /// bare words included, and the raw record is still stored, returned and exported. For
     /// high-volume sources (e.g. CloudTrail data events) where searching every vendor field
     /// is not worth the ingest cost. Default: none.
