@@ -145,34 +145,52 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
 
 /// Alerts as an aligned table, in event-time order.
 fn print_alert_table(alerts: &[Alert]) {
+    use crate::terminal_cmd::{write_table, Column};
+    const COLUMNS: &[Column] = &[
+        Column {
+            header: "TIME (UTC)",
+            width: 20,
+        },
+        Column {
+            header: "SEVERITY",
+            width: 13,
+        },
+        Column {
+            header: "SOURCE",
+            width: 16,
+        },
+        Column {
+            header: "ALERT",
+            width: 54,
+        },
+        Column {
+            header: "ENTITY",
+            width: 32,
+        },
+        Column {
+            header: "COUNT",
+            width: 5,
+        },
+    ];
     let mut sorted: Vec<&Alert> = alerts.iter().collect();
     sorted.sort_by(|a, b| {
         a.timestamp
             .cmp(&b.timestamp)
             .then(a.rule_id.cmp(&b.rule_id))
     });
-    let cut = |s: &str, n: usize| -> String {
-        if s.chars().count() <= n {
-            s.to_string()
-        } else {
-            let mut t: String = s.chars().take(n - 1).collect();
-            t.push('…');
-            t
-        }
-    };
-    println!(
-        "{:<20} {:<13} {:<16} {:<54} {:<32} {:>5}",
-        "TIME (UTC)", "SEVERITY", "SOURCE", "ALERT", "ENTITY", "COUNT"
-    );
-    for a in sorted {
-        println!(
-            "{:<20} {:<13} {:<16} {:<54} {:<32} {:>5}",
-            a.timestamp.format("%Y-%m-%d %H:%M:%S"),
-            a.severity.as_str(),
-            cut(&a.source, 16),
-            cut(&a.title, 54),
-            cut(&a.entity, 32),
-            a.count
-        );
-    }
+    let rows: Vec<Vec<String>> = sorted
+        .iter()
+        .map(|a| {
+            vec![
+                a.timestamp.format("%Y-%m-%d %H:%M:%S").to_string(),
+                a.severity.as_str().to_string(),
+                a.source.clone(),
+                a.title.clone(),
+                a.entity.clone(),
+                a.count.to_string(),
+            ]
+        })
+        .collect();
+    let header: Vec<&Column> = COLUMNS.iter().collect();
+    let _ = write_table(&mut std::io::stdout().lock(), &header, &rows);
 }

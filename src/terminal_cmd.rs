@@ -83,6 +83,123 @@ pub struct Target {
     /// Most results to print.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// `json`: one JSON object per line (for scripts); `table`: aligned columns (for people);
+    /// `auto`: a table at a terminal, JSON otherwise.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Auto)]
+    pub format: OutputFormat,
+}
+
+/// How `search` and `alerts` print what they found.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Auto,
+    Json,
+    Table,
+}
+
+/// A column of a table: its header and width.
+pub struct Column {
+    pub header: &'static str,
+    pub width: usize,
+}
+
+/// A table column of `search`/`alerts` and where its value is in each item's JSON.
+struct JsonColumn {
+    column: Column,
+    path: &'static [&'static str],
+}
+
+const fn col(header: &'static str, width: usize, path: &'static [&'static str]) -> JsonColumn {
+    JsonColumn {
+        column: Column { header, width },
+        path,
+    }
+}
+
+const ALERT_COLUMNS: &[JsonColumn] = &[
+    col("TIME (UTC)", 20, &["alert", "@timestamp"]),
+    col("SEVERITY", 13, &["alert", "severity"]),
+    col("STATUS", 14, &["alert", "status"]),
+    col("SOURCE", 16, &["alert", "source"]),
+    col("ALERT", 54, &["alert", "title"]),
+    col("ENTITY", 32, &["alert", "entity"]),
+    col("COUNT", 5, &["alert", "count"]),
+    col("ID", 32, &["alert", "id"]),
+];
+
+const EVENT_COLUMNS: &[JsonColumn] = &[
+    col("TIME (UTC)", 20, &["@timestamp"]),
+    col("SOURCE", 16, &["event", "module"]),
+    col("ACTION", 40, &["event", "action"]),
+    col("OUTCOME", 8, &["event", "outcome"]),
+    col("USER", 32, &["user", "name"]),
+    col("SOURCE IP", 20, &["source", "ip"]),
+    col("ID", 32, &["event", "id"]),
+];
+
+/// `s` cut to `n` characters, the last one an ellipsis when cut.
+fn cut(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// An RFC 3339 time as `YYYY-MM-DD hh:mm:ss` (UTC); other text as it is.
+fn table_time(s: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|_| s.to_string())
+}
+
+/// Rows of cells as aligned columns, headers first.
+pub fn write_table(
+    out: &mut impl std::io::Write,
+    columns: &[&Column],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let line = |cells: &mut dyn Iterator<Item = (&&Column, &str)>| -> String {
+        let cells: Vec<String> = cells
+            .map(|(c, v)| format!("{:<w$}", cut(v, c.width), w = c.width))
+            .collect();
+        cells.join(" ").trim_end().to_string()
+    };
+    writeln!(out, "{}", line(&mut columns.iter().map(|c| (c, c.header))))?;
+    for row in rows {
+        writeln!(
+            out,
+            "{}",
+            line(&mut columns.iter().zip(row.iter().map(String::as_str)))
+        )?;
+    }
+    Ok(())
+}
+
+/// The cells of `item` for `columns` (absent values empty, times shortened).
+fn cells(item: &serde_json::Value, columns: &[JsonColumn]) -> Vec<String> {
+    columns
+        .iter()
+        .map(|c| {
+            let v = c.path.iter().fold(item, |v, k| &v[*k]);
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            if c.column.header.starts_with("TIME") {
+                table_time(&text)
+            } else {
+                text
+            }
+        })
+        .collect()
 }
 
 #[derive(clap::Args)]
@@ -215,14 +332,31 @@ fn local_store(
     Ok((store, tenant))
 }
 
-fn print_items(items: &[serde_json::Value], what: &str) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
+fn print_items(
+    items: &[serde_json::Value],
+    what: &str,
+    format: OutputFormat,
+    columns: &[JsonColumn],
+) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
     // Written, not `println!`ed: a reader that stops early (`| head`) is an error to return,
     // not a panic.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for item in items {
-        serde_json::to_writer(&mut out, item)?;
-        out.write_all(b"\n")?;
+    let stdout = std::io::stdout();
+    let table = match format {
+        OutputFormat::Table => true,
+        OutputFormat::Json => false,
+        OutputFormat::Auto => stdout.is_terminal(),
+    };
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if table {
+        let rows: Vec<Vec<String>> = items.iter().map(|i| cells(i, columns)).collect();
+        let header: Vec<&Column> = columns.iter().map(|c| &c.column).collect();
+        write_table(&mut out, &header, &rows)?;
+    } else {
+        for item in items {
+            serde_json::to_writer(&mut out, item)?;
+            out.write_all(b"\n")?;
+        }
     }
     out.flush()?;
     eprintln!("{} {what}", items.len());
@@ -248,7 +382,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
         };
         store.search_events(&tenant, &q)?.items
     };
-    print_items(&items, "events")
+    print_items(&items, "events", args.target.format, EVENT_COLUMNS)
 }
 
 pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<ExitCode> {
@@ -280,5 +414,5 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
             .map(|r| serde_json::to_value(r).unwrap_or_default())
             .collect()
     };
-    print_items(&items, "alerts")
+    print_items(&items, "alerts", args.target.format, ALERT_COLUMNS)
 }

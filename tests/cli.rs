@@ -226,6 +226,43 @@ fn demo_finds_the_attack_and_stores_it() {
     let events = json_lines(&out);
     assert_eq!(events.len(), 20, "the default limit of okta events");
     assert!(events.iter().all(|e| e["event"]["module"] == "okta"));
+    // For people: aligned columns, one row per result (JSON stays the default off a terminal).
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--format",
+            "table",
+            "--limit",
+            "5",
+            "event.module:okta",
+        ],
+        None,
+    );
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 6, "{table}");
+    assert!(
+        lines[0].starts_with("TIME (UTC)") && lines[0].contains("ACTION"),
+        "{table}"
+    );
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.starts_with("2026-11-24 ") && l.contains(" okta ")),
+        "{table}"
+    );
+    let out = perimeter(&["alerts", "--data-dir", d, "--format", "table"], None);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table.starts_with("TIME (UTC)") && table.contains("STATUS"),
+        "{table}"
+    );
+    assert!(
+        table.lines().skip(1).all(|l| l.contains(" open ")),
+        "{table}"
+    );
     // A directory without data is an error that says where to look, and is not created.
     let missing = dir.path().join("nothing-here");
     let out = perimeter(
