@@ -252,8 +252,9 @@ impl Default for MaskConfig {
     }
 }
 
-/// Pseudo path used in config errors that do not come from a file.
-const INLINE: &str = "<mask config>";
+/// Where config errors that do not come from a file of their own point: the table the
+/// settings come from in `perimeter.toml`.
+pub(crate) const INLINE: &str = "[mask]";
 
 impl MaskConfig {
     /// Parse TOML: either a whole config file with a `[mask]` table (other tables are ignored,

@@ -630,7 +630,7 @@ fn is_pair_value_key(key: &str) -> bool {
 /// Resolve an `env:NAME` / `file:/path` secret reference.
 fn resolve_secret(reference: &str) -> Result<Vec<u8>, DetectError> {
     let config_err = |message: String| DetectError::Config {
-        path: "<mask config>".into(),
+        path: config::INLINE.into(),
         message,
     };
     let bytes = if let Some(name) = reference.strip_prefix("env:") {
