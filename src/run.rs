@@ -182,12 +182,15 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let sigma = load_sigma(config, &rule_paths, false)?;
     let state_path = data_dir.join("state").join("ueba.snapshot");
     std::fs::create_dir_all(data_dir.join("state"))?;
-    let ueba = if state_path.exists() {
-        UebaEngine::restore_from(config.ueba.clone(), key, &state_path)
-            .with_context(|| format!("restoring behavioural state from {}", state_path.display()))?
-    } else {
-        UebaEngine::new(config.ueba.clone(), key)
-    };
+    let (ueba, set_aside) = UebaEngine::restore_or_set_aside(config.ueba.clone(), key, &state_path)
+        .with_context(|| format!("restoring behavioural state from {}", state_path.display()))?;
+    if let Some((aside, reason)) = set_aside {
+        tracing::error!(
+            moved_to = %aside.display(),
+            reason = %reason,
+            "behavioural state could not be used; starting with empty baselines (UEBA warms up again)"
+        );
+    }
     let pipeline = Pipeline::new(registry, masker, metrics.clone(), true)
         .with_sigma(sigma)
         .with_ueba(ueba);

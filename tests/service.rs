@@ -314,6 +314,27 @@ fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text() {
 }
 
 #[test]
+fn an_unusable_behavioural_snapshot_does_not_stop_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let state = dir.path().join("data/state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("ueba.snapshot"), "written by an older version").unwrap();
+    let svc = start(&cfg);
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("ueba.snapshot.unreadable-")),
+        "{names:?}"
+    );
+    stop(svc);
+}
+
+#[test]
 fn sigterm_flushes_and_spool_files_are_ingested() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path());

@@ -159,6 +159,38 @@ impl UebaEngine {
         Ok(engine)
     }
 
+    /// [`UebaEngine::restore_from`] for a service that must start: a snapshot that is present
+    /// but cannot be used (malformed, from another version, written under another entity key)
+    /// is renamed to `<name>.unreadable-<UTC time>` and the engine starts empty. Baselines come
+    /// back by warming up again, while refusing to start would stop all detection. Errors
+    /// reading the file (permissions, IO) still fail. No snapshot: an empty engine.
+    ///
+    /// Returns the engine and, when a snapshot was set aside, where it went and why.
+    pub fn restore_or_set_aside(
+        config: UebaConfig,
+        entity_key: [u8; 32],
+        path: &Path,
+    ) -> Result<(UebaEngine, Option<(std::path::PathBuf, String)>), crate::DetectError> {
+        if !path.exists() {
+            return Ok((UebaEngine::new(config, entity_key), None));
+        }
+        match UebaEngine::restore_from(config.clone(), entity_key, path) {
+            Ok(engine) => Ok((engine, None)),
+            Err(e @ crate::DetectError::Io { .. }) => Err(e),
+            Err(unusable) => {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+                let aside = path.with_file_name(format!("{name}.unreadable-{stamp}"));
+                std::fs::rename(path, &aside).map_err(|source| crate::DetectError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let engine = UebaEngine::new(config, entity_key);
+                Ok((engine, Some((aside, unusable.to_string()))))
+            }
+        }
+    }
+
     /// Restore from `config.snapshot.path` when that file exists, else start empty.
     pub fn open(
         config: UebaConfig,

@@ -483,6 +483,58 @@ fn restart_mid_window_keeps_the_count_and_does_not_realert() {
 }
 
 #[test]
+fn a_service_sets_an_unusable_snapshot_aside_and_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ueba.snapshot");
+    // None yet: an empty engine, nothing set aside.
+    let (_, aside) = UebaEngine::restore_or_set_aside(UebaConfig::default(), KEY, &path).unwrap();
+    assert!(aside.is_none());
+    // A usable one is restored.
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let events: Vec<Event> = (0..3)
+        .map(|i| {
+            okta_login(
+                "acme",
+                t0() + Duration::seconds(i),
+                i as u64 + 1,
+                &Login::new("fay@example.com", "192.0.2.9", false),
+            )
+        })
+        .collect();
+    run(&mut engine, &events);
+    engine.snapshot_to(&path).unwrap();
+    let (restored, aside) =
+        UebaEngine::restore_or_set_aside(UebaConfig::default(), KEY, &path).unwrap();
+    assert!(aside.is_none());
+    assert_eq!(restored.tracked_entities(), engine.tracked_entities());
+    assert!(restored.tracked_entities() > 0);
+    // Another key's snapshot, then garbage: each is moved aside, the engine starts empty.
+    for (key, damage) in [([1u8; 32], false), (KEY, true)] {
+        if damage {
+            std::fs::write(&path, "not a snapshot").unwrap();
+        } else {
+            engine.snapshot_to(&path).unwrap();
+        }
+        let (fresh, aside) =
+            UebaEngine::restore_or_set_aside(UebaConfig::default(), key, &path).unwrap();
+        let (moved, reason) = aside.expect("set aside");
+        assert_eq!(fresh.tracked_entities(), 0);
+        assert!(!path.exists() && moved.exists(), "{}", moved.display());
+        assert!(
+            moved
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ueba.snapshot.unreadable-"),
+            "{}",
+            moved.display()
+        );
+        assert!(!reason.is_empty());
+        std::fs::remove_file(moved).unwrap();
+    }
+}
+
+#[test]
 fn tenant_thresholds_override_the_defaults() {
     let cfg = UebaConfig::from_toml(
         "[auth_failure_burst]\nmin_failures = 10\n[tenants.strict.auth_failure_burst]\nmin_failures = 4\n",
