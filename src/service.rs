@@ -67,14 +67,26 @@ pub fn spawn_pipeline_worker(
                         ),
                     }
                 }
+                // Two ages of the batch's oldest event: since its event time (vendor delay and
+                // backfills included: freshness), and, once stored, since Perimeter received it
+                // (Perimeter's own delay: what an on-call engineer acts on).
                 let lag = out
                     .events
                     .iter()
                     .map(|e| (now - e.timestamp).num_milliseconds() as f64 / 1000.0)
                     .fold(0.0f64, f64::max);
+                let first_received = out.events.iter().map(|e| e.received_at).min();
                 let result = store_output(&store, &mut out, &metrics);
                 pipeline.publish_metrics(&sub.source, &out);
                 metrics.set("pipeline_lag_seconds", &[], lag.max(0.0));
+                if let Some(received) = first_received {
+                    let processing = (chrono::Utc::now() - received).num_milliseconds() as f64;
+                    metrics.set(
+                        "pipeline_processing_lag_seconds",
+                        &[],
+                        (processing / 1000.0).max(0.0),
+                    );
+                }
                 let reply = result.map(|(written, duplicates)| SubmitAck {
                     events: written,
                     duplicates,

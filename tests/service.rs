@@ -358,6 +358,23 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    // Freshness and Perimeter's own delay are apart: the events are days old by event time,
+    // but were stored within seconds of being received.
+    let metrics = reqwest::blocking::get(format!("{}/metrics", svc.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("perimeter_{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(gauge("pipeline_lag_seconds") > 86_400.0, "{metrics}");
+    let processing = gauge("pipeline_processing_lag_seconds");
+    assert!((0.0..60.0).contains(&processing), "{metrics}");
     // The terminal commands against the running server.
     let out = perimeter(
         &[
