@@ -147,30 +147,12 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
 fn print_alert_table(alerts: &[Alert]) {
     use crate::terminal_cmd::{write_table, Column};
     const COLUMNS: &[Column] = &[
-        Column {
-            header: "TIME (UTC)",
-            width: 20,
-        },
-        Column {
-            header: "SEVERITY",
-            width: 13,
-        },
-        Column {
-            header: "SOURCE",
-            width: 16,
-        },
-        Column {
-            header: "ALERT",
-            width: 54,
-        },
-        Column {
-            header: "ENTITY",
-            width: 32,
-        },
-        Column {
-            header: "COUNT",
-            width: 5,
-        },
+        Column::time("TIME (UTC)", 20, &["@timestamp"]),
+        Column::new("SEVERITY", 13, &["severity"]),
+        Column::new("SOURCE", 16, &["source"]),
+        Column::new("ALERT", 54, &["title"]),
+        Column::new("ENTITY", 32, &["entity"]),
+        Column::new("COUNT", 5, &["count"]),
     ];
     let mut sorted: Vec<&Alert> = alerts.iter().collect();
     sorted.sort_by(|a, b| {
@@ -178,19 +160,9 @@ fn print_alert_table(alerts: &[Alert]) {
             .cmp(&b.timestamp)
             .then(a.rule_id.cmp(&b.rule_id))
     });
-    let rows: Vec<Vec<String>> = sorted
+    let items: Vec<serde_json::Value> = sorted
         .iter()
-        .map(|a| {
-            vec![
-                a.timestamp.format("%Y-%m-%d %H:%M:%S").to_string(),
-                a.severity.as_str().to_string(),
-                a.source.clone(),
-                a.title.clone(),
-                a.entity.clone(),
-                a.count.to_string(),
-            ]
-        })
+        .map(|a| serde_json::to_value(a).unwrap_or_default())
         .collect();
-    let header: Vec<&Column> = COLUMNS.iter().collect();
-    let _ = write_table(&mut std::io::stdout().lock(), &header, &rows);
+    let _ = write_table(&mut std::io::stdout().lock(), COLUMNS, &items);
 }

@@ -97,44 +97,70 @@ pub enum OutputFormat {
     Table,
 }
 
-/// A column of a table: its header and width.
+/// A table column: its header, its width, and where its value is in each item's JSON; a `time`
+/// column holds an RFC 3339 time, printed `YYYY-MM-DD hh:mm:ss` (UTC).
 pub struct Column {
-    pub header: &'static str,
-    pub width: usize,
-}
-
-/// A table column of `search`/`alerts` and where its value is in each item's JSON.
-struct JsonColumn {
-    column: Column,
+    header: &'static str,
+    width: usize,
     path: &'static [&'static str],
+    time: bool,
 }
 
-const fn col(header: &'static str, width: usize, path: &'static [&'static str]) -> JsonColumn {
-    JsonColumn {
-        column: Column { header, width },
-        path,
+impl Column {
+    pub const fn new(header: &'static str, width: usize, path: &'static [&'static str]) -> Self {
+        Column {
+            header,
+            width,
+            path,
+            time: false,
+        }
+    }
+
+    pub const fn time(header: &'static str, width: usize, path: &'static [&'static str]) -> Self {
+        Column {
+            header,
+            width,
+            path,
+            time: true,
+        }
+    }
+
+    /// This column's cell of `item` (absent values empty).
+    fn cell(&self, item: &serde_json::Value) -> String {
+        let text = match self.path.iter().fold(item, |v, k| &v[*k]) {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        match chrono::DateTime::parse_from_rfc3339(&text) {
+            Ok(t) if self.time => t
+                .with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string(),
+            _ => text,
+        }
     }
 }
 
-const ALERT_COLUMNS: &[JsonColumn] = &[
-    col("TIME (UTC)", 20, &["alert", "@timestamp"]),
-    col("SEVERITY", 13, &["alert", "severity"]),
-    col("STATUS", 14, &["alert", "status"]),
-    col("SOURCE", 16, &["alert", "source"]),
-    col("ALERT", 54, &["alert", "title"]),
-    col("ENTITY", 32, &["alert", "entity"]),
-    col("COUNT", 5, &["alert", "count"]),
-    col("ID", 32, &["alert", "id"]),
+const ALERT_COLUMNS: &[Column] = &[
+    Column::time("TIME (UTC)", 20, &["alert", "@timestamp"]),
+    Column::new("SEVERITY", 13, &["alert", "severity"]),
+    Column::new("STATUS", 14, &["alert", "status"]),
+    Column::new("SOURCE", 16, &["alert", "source"]),
+    Column::new("ALERT", 54, &["alert", "title"]),
+    Column::new("ENTITY", 32, &["alert", "entity"]),
+    Column::new("COUNT", 5, &["alert", "count"]),
+    Column::new("ID", 32, &["alert", "id"]),
 ];
 
-const EVENT_COLUMNS: &[JsonColumn] = &[
-    col("TIME (UTC)", 20, &["@timestamp"]),
-    col("SOURCE", 16, &["event", "module"]),
-    col("ACTION", 40, &["event", "action"]),
-    col("OUTCOME", 8, &["event", "outcome"]),
-    col("USER", 32, &["user", "name"]),
-    col("SOURCE IP", 20, &["source", "ip"]),
-    col("ID", 32, &["event", "id"]),
+const EVENT_COLUMNS: &[Column] = &[
+    Column::time("TIME (UTC)", 20, &["@timestamp"]),
+    Column::new("SOURCE", 16, &["event", "module"]),
+    Column::new("ACTION", 40, &["event", "action"]),
+    Column::new("OUTCOME", 8, &["event", "outcome"]),
+    Column::new("USER", 32, &["user", "name"]),
+    Column::new("SOURCE IP", 20, &["source", "ip"]),
+    Column::new("ID", 32, &["event", "id"]),
 ];
 
 /// `s` cut to `n` characters, the last one an ellipsis when cut.
@@ -148,58 +174,24 @@ fn cut(s: &str, n: usize) -> String {
     }
 }
 
-/// An RFC 3339 time as `YYYY-MM-DD hh:mm:ss` (UTC); other text as it is.
-fn table_time(s: &str) -> String {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| {
-            t.with_timezone(&chrono::Utc)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_else(|_| s.to_string())
-}
-
-/// Rows of cells as aligned columns, headers first.
+/// `items` as aligned columns, headers first.
 pub fn write_table(
     out: &mut impl std::io::Write,
-    columns: &[&Column],
-    rows: &[Vec<String>],
+    columns: &[Column],
+    items: &[serde_json::Value],
 ) -> std::io::Result<()> {
-    let line = |cells: &mut dyn Iterator<Item = (&&Column, &str)>| -> String {
-        let cells: Vec<String> = cells
-            .map(|(c, v)| format!("{:<w$}", cut(v, c.width), w = c.width))
+    let line = |cell: &dyn Fn(&Column) -> String| -> String {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{:<w$}", cut(&cell(c), c.width), w = c.width))
             .collect();
         cells.join(" ").trim_end().to_string()
     };
-    writeln!(out, "{}", line(&mut columns.iter().map(|c| (c, c.header))))?;
-    for row in rows {
-        writeln!(
-            out,
-            "{}",
-            line(&mut columns.iter().zip(row.iter().map(String::as_str)))
-        )?;
+    writeln!(out, "{}", line(&|c| c.header.to_string()))?;
+    for item in items {
+        writeln!(out, "{}", line(&|c| c.cell(item)))?;
     }
     Ok(())
-}
-
-/// The cells of `item` for `columns` (absent values empty, times shortened).
-fn cells(item: &serde_json::Value, columns: &[JsonColumn]) -> Vec<String> {
-    columns
-        .iter()
-        .map(|c| {
-            let v = c.path.iter().fold(item, |v, k| &v[*k]);
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            if c.column.header.starts_with("TIME") {
-                table_time(&text)
-            } else {
-                text
-            }
-        })
-        .collect()
 }
 
 #[derive(clap::Args)]
@@ -336,7 +328,7 @@ fn print_items(
     items: &[serde_json::Value],
     what: &str,
     format: OutputFormat,
-    columns: &[JsonColumn],
+    columns: &[Column],
 ) -> anyhow::Result<ExitCode> {
     use std::io::{IsTerminal, Write};
     // Written, not `println!`ed: a reader that stops early (`| head`) is an error to return,
@@ -349,9 +341,7 @@ fn print_items(
     };
     let mut out = std::io::BufWriter::new(stdout.lock());
     if table {
-        let rows: Vec<Vec<String>> = items.iter().map(|i| cells(i, columns)).collect();
-        let header: Vec<&Column> = columns.iter().map(|c| &c.column).collect();
-        write_table(&mut out, &header, &rows)?;
+        write_table(&mut out, columns, items)?;
     } else {
         for item in items {
             serde_json::to_writer(&mut out, item)?;
