@@ -198,10 +198,11 @@ pub fn write_table(
 pub struct SearchArgs {
     /// Query in tantivy syntax, e.g. 'event.action:user.session.start AND event.outcome:failure'.
     pub query: String,
-    /// Only events at or after this time (RFC 3339).
+    /// Only events at or after this time: RFC 3339, a date (2024-05-01, UTC) or relative to
+    /// now (now-15m, now-24h, now-7d).
     #[arg(long)]
     pub from: Option<String>,
-    /// Only events before this time (RFC 3339).
+    /// Only events before this time (same forms as --from).
     #[arg(long)]
     pub to: Option<String>,
     #[command(flatten)]
@@ -216,6 +217,29 @@ pub struct AlertsArgs {
     /// open, acknowledged, resolved, false_positive.
     #[arg(long)]
     pub status: Option<String>,
+    /// Only alerts at or after this time: RFC 3339, a date (2024-05-01, UTC) or relative to
+    /// now (now-15m, now-24h, now-7d).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only alerts before this time (same forms as --from).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only alerts of this rule id.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Only alerts from this source (okta, github, ...).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only alerts about this entity (user or IP, case-insensitive).
+    #[arg(long)]
+    pub entity: Option<String>,
+    /// Only alerts with this text (case-insensitive) in title, description, entity, rule id or a
+    /// matched value.
+    #[arg(long, short = 'q')]
+    pub query: Option<String>,
+    /// newest (default), oldest, or severity (highest first).
+    #[arg(long, value_parser = ["newest", "oldest", "severity"])]
+    pub sort: Option<String>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -256,12 +280,9 @@ fn enc(s: &str) -> String {
 }
 
 fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
-    s.as_deref()
-        .map(|t| {
-            perimeter_model::parse_timestamp_str(t)
-                .map_err(|_| anyhow::anyhow!("bad time {t:?}: use RFC 3339"))
-        })
-        .transpose()
+    Ok(s.as_deref()
+        .map(|t| perimeter_model::parse_time_bound(t, chrono::Utc::now()))
+        .transpose()?)
 }
 
 /// `items` of one page from a running server: `path` plus `limit` and the filters that are set.
@@ -377,12 +398,28 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
 
 pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<ExitCode> {
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
-        let filters = [("severity", &args.severity), ("status", &args.status)];
+        let filters = [
+            ("severity", &args.severity),
+            ("status", &args.status),
+            ("from", &args.from),
+            ("to", &args.to),
+            ("rule", &args.rule),
+            ("source", &args.source),
+            ("entity", &args.entity),
+            ("q", &args.query),
+            ("sort", &args.sort),
+        ];
         server_items(&args.target, "/alerts?", &filters)?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
         let mut q = perimeter_store::AlertQuery {
             limit: args.target.limit,
+            from: parse_time(&args.from)?,
+            to: parse_time(&args.to)?,
+            rule_id: args.rule.clone(),
+            source: args.source.clone(),
+            entity: args.entity.clone(),
+            text: args.query.clone(),
             ..Default::default()
         };
         if let Some(s) = &args.severity {
@@ -396,6 +433,10 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
                 serde_json::from_value(serde_json::Value::String(s.clone()))
                     .with_context(|| format!("unknown status {s}"))?,
             );
+        }
+        if let Some(s) = &args.sort {
+            q.sort = serde_json::from_value(serde_json::Value::String(s.clone()))
+                .with_context(|| format!("unknown sort {s}"))?;
         }
         store
             .list_alerts(&tenant, &q)?

@@ -221,6 +221,44 @@ fn demo_finds_the_attack_and_stores_it() {
         "{}",
         stderr(&out)
     );
+    // The API's alert filters, from the terminal: source, rule, time (dates and relative), sort.
+    let filtered = |extra: &[&str]| {
+        let mut args = vec!["alerts", "--data-dir", d, "--limit", "1000"];
+        args.extend_from_slice(extra);
+        let out = perimeter(&args, None);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        json_lines(&out)
+    };
+    let okta = filtered(&[
+        "--source",
+        "okta",
+        "--from",
+        "2026-11-24",
+        "--sort",
+        "oldest",
+    ]);
+    assert!(!okta.is_empty(), "no okta alerts");
+    assert!(
+        okta.iter().all(|a| a["alert"]["source"] == "okta"),
+        "{okta:?}"
+    );
+    let times: Vec<&str> = okta
+        .iter()
+        .map(|a| a["alert"]["@timestamp"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let rule = okta[0]["alert"]["rule_id"].as_str().unwrap();
+    let of_rule = filtered(&["--rule", rule]);
+    assert!(!of_rule.is_empty() && of_rule.iter().all(|a| a["alert"]["rule_id"] == rule));
+    assert!(of_rule.len() < filtered(&[]).len());
+    assert!(
+        filtered(&["--from", "now-1h"]).is_empty(),
+        "the demo day is in the past"
+    );
+    assert!(filtered(&["--to", "2026-11-24"]).is_empty());
+    let out = perimeter(&["alerts", "--data-dir", d, "--from", "last tuesday"], None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("now-24h"), "{}", stderr(&out));
     let out = perimeter(&["search", "--data-dir", d, "event.module:okta"], None);
     assert!(out.status.success(), "{}", stderr(&out));
     let events = json_lines(&out);

@@ -509,6 +509,18 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
     let body: serde_json::Value = serde_json::from_str(&delivered).expect("a JSON delivery");
     assert!(!body["alerts"].as_array().unwrap().is_empty(), "{body}");
     assert_no_secret("webhook deliveries", &delivered);
+    // `perimeter alerts --server` passes its filter flags on: all alerts, then none for an
+    // entity nobody is and for a window before the data.
+    let listed = |filter: &[&str]| {
+        let mut args = vec!["alerts", "--server", &svc.base, "--token", &admin];
+        args.extend_from_slice(filter);
+        let out = perimeter(&args, None);
+        assert!(out.status.success(), "{filter:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(listed(&[]) > 0, "no alerts listed");
+    assert_eq!(listed(&["--entity", "nobody@nowhere.test"]), 0);
+    assert_eq!(listed(&["--to", "2000-01-01"]), 0);
     // A search for a secret: the audit log records the search, masked.
     let r = client
         .get(format!("{}/api/v1/events/search", svc.base))

@@ -18,7 +18,9 @@ pub use ecs::{Ecs, EcsValue, Outcome, ECS_FIELDS};
 pub use event::{raw_from_serde, raw_to_serde, DeadLetter, Event, EventId, RawJson, RawRecord};
 pub use metrics::Metrics;
 pub use sonic_rs;
-pub use time::{parse_timestamp, parse_timestamp_str, TimestampError};
+pub use time::{
+    parse_time_bound, parse_timestamp, parse_timestamp_str, TimeBoundError, TimestampError,
+};
 
 /// Turns one raw vendor record into an [`Event`] with a normalized ECS view. Pure: no IO, no state.
 pub trait Normalizer: Send + Sync {

@@ -88,6 +88,64 @@ pub fn parse_timestamp_str(s: &str) -> Result<DateTime<Utc>, TimestampError> {
     Err(TimestampError)
 }
 
+/// Why a time bound given by a person (`--from`, `?from=`) was refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TimeBoundError {
+    #[error(
+        "`{0}` is not a time: use RFC 3339 (2024-05-01T10:00:00Z), a date (2024-05-01, midnight \
+         UTC), or a time relative to now (now, now-15m, now-24h, now-7d; units s, m, h, d, w)"
+    )]
+    Unrecognised(String),
+    #[error("`{0}` reaches outside the representable time range")]
+    OutOfRange(String),
+}
+
+/// A time bound as an analyst types it, for search and alert filters:
+/// - RFC 3339 or any vendor format [`parse_timestamp_str`] reads (`2024-05-01T10:00:00Z`,
+///   epoch seconds/milliseconds, `2024-05-01 10:00:00`);
+/// - a date, `2024-05-01`, meaning midnight UTC at its start;
+/// - `now`, or `now-<n><unit>` / `now+<n><unit>` with unit `s`, `m`, `h`, `d` or `w`
+///   (`now-15m`, `now-7d`), relative to `now`.
+pub fn parse_time_bound(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, TimeBoundError> {
+    let t = s.trim();
+    let Some(rest) = t.strip_prefix("now") else {
+        return parse_timestamp_str(t).map_err(|_| TimeBoundError::Unrecognised(s.to_string()));
+    };
+    let rest = rest.trim_start();
+    if rest.is_empty() {
+        return Ok(now);
+    }
+    let unrecognised = || TimeBoundError::Unrecognised(s.to_string());
+    let (sign, offset) = match rest.as_bytes()[0] {
+        b'-' => (-1, rest[1..].trim_start()),
+        b'+' => (1, rest[1..].trim_start()),
+        _ => return Err(unrecognised()),
+    };
+    let split = offset
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(unrecognised)?;
+    let (digits, unit) = offset.split_at(split);
+    let n: i64 = digits.parse().map_err(|_| unrecognised())?;
+    let seconds_per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(unrecognised()),
+    };
+    n.checked_mul(seconds_per_unit)
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| {
+            if sign < 0 {
+                now.checked_sub_signed(d)
+            } else {
+                now.checked_add_signed(d)
+            }
+        })
+        .ok_or_else(|| TimeBoundError::OutOfRange(s.to_string()))
+}
+
 fn from_epoch_int(i: i64) -> Result<DateTime<Utc>, TimestampError> {
     let a = i.unsigned_abs();
     // Magnitude decides the unit: 1e11 s is year 5138, 1e14 ms is year 5138, and so on.
@@ -185,5 +243,41 @@ mod tests {
         ] {
             assert!(parse_timestamp(&v).is_err(), "{v}");
         }
+    }
+
+    #[test]
+    fn time_bounds_read_dates_and_relative_times() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 12, 0, 0).unwrap();
+        let at = |s: &str| parse_time_bound(s, now).unwrap().to_rfc3339();
+        assert_eq!(at("2026-12-01"), "2026-12-01T00:00:00+00:00");
+        assert_eq!(at("2026-12-01T10:30:00+02:00"), "2026-12-01T08:30:00+00:00");
+        assert_eq!(at("now"), "2026-12-02T12:00:00+00:00");
+        assert_eq!(at("now-15m"), "2026-12-02T11:45:00+00:00");
+        assert_eq!(at(" now - 24h "), "2026-12-01T12:00:00+00:00");
+        assert_eq!(at("now-7d"), "2026-11-25T12:00:00+00:00");
+        assert_eq!(at("now-2w"), "2026-11-18T12:00:00+00:00");
+        assert_eq!(at("now+30s"), "2026-12-02T12:00:30+00:00");
+        for bad in [
+            "yesterday",
+            "now-",
+            "now-5",
+            "now-5y",
+            "now*5m",
+            "now-m",
+            "2026-13-01",
+            "",
+            "nowish",
+        ] {
+            let e = parse_time_bound(bad, now).unwrap_err();
+            assert!(
+                matches!(&e, TimeBoundError::Unrecognised(s) if s == bad),
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains("now-15m"), "{e}");
+        }
+        assert!(matches!(
+            parse_time_bound("now-99999999999999w", now),
+            Err(TimeBoundError::OutOfRange(_))
+        ));
     }
 }

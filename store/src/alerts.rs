@@ -159,9 +159,17 @@ fn encode_cursor(sort: AlertSort, k: &SortKey) -> String {
 }
 
 fn decode_cursor(sort: AlertSort, c: &str) -> Result<SortKey> {
-    let bad = || StoreError::InvalidQuery("bad cursor".into());
+    let bad = || {
+        StoreError::InvalidQuery(
+            "bad cursor: pass the `next_cursor` of the previous page unchanged".into(),
+        )
+    };
     let mut parts = c.splitn(4, '.');
     let tag = parts.next().ok_or_else(bad)?;
+    let known = [AlertSort::Newest, AlertSort::Oldest, AlertSort::Severity];
+    if !known.iter().any(|s| s.tag() == tag) {
+        return Err(bad());
+    }
     if tag != sort.tag() {
         return Err(StoreError::InvalidQuery(
             "cursor belongs to another sort order".into(),

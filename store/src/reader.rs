@@ -43,7 +43,11 @@ fn encode_cursor(k: EventKey) -> String {
 }
 
 fn decode_cursor(c: &str) -> Result<EventKey> {
-    let bad = || StoreError::InvalidQuery("bad cursor".into());
+    let bad = || {
+        StoreError::InvalidQuery(
+            "bad cursor: pass the `next_cursor` of the previous page unchanged".into(),
+        )
+    };
     let (ts, id) = c.split_once('.').ok_or_else(bad)?;
     if id.len() != 32 {
         return Err(bad());

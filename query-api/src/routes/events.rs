@@ -46,9 +46,9 @@ pub struct EventSearchParams {
     /// absent means all events. Bare words match ECS values and raw record values, except the
     /// raw values of sources in the store's `raw_text_search_off`.
     pub q: Option<String>,
-    /// Events at or after this time (RFC 3339).
+    /// Events at or after this time: RFC 3339, a date (`2024-05-01`, UTC) or relative (`now-24h`).
     pub from: Option<String>,
-    /// Events before this time (RFC 3339, exclusive).
+    /// Events before this time (exclusive): RFC 3339, a date or relative (`now-1h`).
     pub to: Option<String>,
     /// Page size, 1..=1000 (default 50).
     pub limit: Option<usize>,
@@ -134,9 +134,9 @@ const EXPORT_PAGE: usize = 1000;
 pub struct EventExportParams {
     /// tantivy query syntax, as for `/events/search`; absent means all events.
     pub q: Option<String>,
-    /// Events at or after this time (RFC 3339).
+    /// Events at or after this time: RFC 3339, a date (`2024-05-01`, UTC) or relative (`now-24h`).
     pub from: Option<String>,
-    /// Events before this time (RFC 3339, exclusive).
+    /// Events before this time (exclusive): RFC 3339, a date or relative (`now-1h`).
     pub to: Option<String>,
     /// Most events to export, 1..=10 000 000 (default 100 000); the newest ones are kept.
     pub max_events: Option<usize>,

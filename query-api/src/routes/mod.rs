@@ -53,19 +53,17 @@ pub(crate) fn limit_within(
     }
 }
 
-/// An RFC 3339 parameter (`2024-05-01T10:00:00Z`), with the parameter's name in the error.
+/// A time parameter, with the parameter's name in the error: RFC 3339
+/// (`2024-05-01T10:00:00Z`), a date (`2024-05-01`, midnight UTC) or relative to now
+/// (`now-24h`), as [`perimeter_model::parse_time_bound`] reads them.
 pub(crate) fn parse_time(
     name: &str,
     value: Option<&str>,
 ) -> Result<Option<DateTime<Utc>>, ApiError> {
     let Some(value) = value else { return Ok(None) };
-    DateTime::parse_from_rfc3339(value.trim())
-        .map(|t| Some(t.with_timezone(&Utc)))
-        .map_err(|e| {
-            ApiError::invalid_parameter(format!(
-                "`{name}` is not an RFC 3339 timestamp (like 2024-05-01T10:00:00Z): {e}"
-            ))
-        })
+    perimeter_model::parse_time_bound(value, Utc::now())
+        .map(Some)
+        .map_err(|e| ApiError::invalid_parameter(format!("`{name}`: {e}")))
 }
 
 /// Optional lower and upper time bounds.
@@ -128,5 +126,13 @@ mod tests {
         assert!(parse_time("from", Some("yesterday")).is_err());
         assert!(parse_time("from", Some("2024-13-01T00:00:00Z")).is_err());
         assert!(time_range(Some("2024-05-02T00:00:00Z"), Some("2024-05-01T00:00:00Z")).is_err());
+        // Dates and times relative to now, as analysts type them.
+        let (f, t) = time_range(Some("2024-05-01"), Some("now-1h")).unwrap();
+        assert_eq!(f.unwrap().to_rfc3339(), "2024-05-01T00:00:00+00:00");
+        let age = Utc::now() - t.unwrap();
+        assert!(age >= chrono::TimeDelta::hours(1) && age < chrono::TimeDelta::hours(2));
+        assert!(time_range(Some("now"), Some("now-1h")).is_err());
+        let e = parse_time("to", Some("now-3y")).unwrap_err();
+        assert_eq!(e.code(), "invalid_parameter");
     }
 }

@@ -34,9 +34,9 @@ pub struct RuleTestRequest {
     /// Events to test against (event documents as `GET /events/{id}` returns them).
     #[schema(value_type = Option<Vec<Object>>)]
     pub events: Option<Vec<serde_json::Value>>,
-    /// Use stored events at or after this time (RFC 3339).
+    /// Use stored events at or after this time: RFC 3339, a date (`2024-05-01`, UTC) or relative (`now-24h`).
     pub from: Option<String>,
-    /// Use stored events before this time (RFC 3339, exclusive).
+    /// Use stored events before this time (exclusive): RFC 3339, a date or relative (`now-1h`).
     pub to: Option<String>,
     /// Narrow the stored events with a search query (tantivy syntax); default all.
     pub query: Option<String>,
