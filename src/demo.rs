@@ -64,7 +64,16 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     let mut pipeline = Pipeline::new(registry, masker, metrics.clone(), true)
         .with_sigma(sigma)
         .with_ueba(UebaEngine::new(config.ueba.clone(), key));
-    let store = Arc::new(crate::run::open_store(config, &args.data_dir)?);
+    // The bundled day is fixed history: retention would count it as expired once it is older
+    // than the configured window, so the demo's own store keeps everything.
+    let mut store_config = config.store.clone();
+    store_config.data_dir = args.data_dir.clone();
+    store_config.retention_days = 0;
+    store_config.retention.clear();
+    let store = Arc::new(
+        perimeter_store::Store::open(store_config)
+            .with_context(|| format!("opening the demo store in {}", args.data_dir.display()))?,
+    );
 
     eprintln!("perimeter demo: running the bundled dataset through ingest -> detect -> store ...");
     let mut out = PipelineOutput::default();

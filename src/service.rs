@@ -6,7 +6,7 @@ use perimeter_ingest::bus::{BusReceiver, SubmitAck};
 use perimeter_ingest::InputItem;
 use perimeter_model::Metrics;
 use perimeter_query_api::AlertNotifier;
-use perimeter_store::{Store, StoreBatch};
+use perimeter_store::{Store, StoreBatch, WriteAck};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,11 +87,12 @@ pub fn spawn_pipeline_worker(
                         (processing / 1000.0).max(0.0),
                     );
                 }
-                let reply = result.map(|(written, duplicates)| SubmitAck {
-                    events: written,
-                    duplicates,
+                let reply = result.map(|ack| SubmitAck {
+                    events: ack.events_written,
+                    duplicates: ack.events_duplicate,
                     dead_letters: out.dead_letters.len(),
                     alerts: out.alerts.len(),
+                    past_retention: ack.events_past_retention,
                 });
                 match &reply {
                     // Stored: the (masked) alerts go to their tenants' destinations.
@@ -128,12 +129,12 @@ fn save_state(pipeline: &Pipeline, path: &std::path::Path) {
     }
 }
 
-/// Store one pipeline output; returns (events written, duplicates).
+/// Store one pipeline output; returns what the store reports.
 pub fn store_output(
     store: &Store,
     out: &mut PipelineOutput,
     metrics: &Metrics,
-) -> Result<(usize, usize), String> {
+) -> Result<WriteAck, String> {
     let batch = StoreBatch {
         events: std::mem::take(&mut out.events),
         alerts: out.alerts.clone(),
@@ -147,6 +148,19 @@ pub fn store_output(
         started.elapsed().as_secs_f64(),
     );
     metrics.inc("events_stored_total", &[], ack.events_written as u64);
+    if ack.events_past_retention > 0 {
+        metrics.inc(
+            "events_past_retention_total",
+            &[],
+            ack.events_past_retention as u64,
+        );
+        tracing::warn!(
+            events = ack.events_past_retention,
+            "events dated before their retention window were stored; the next retention sweep \
+             removes them (raise [store] retention_days or add a [[store.retention]] rule to keep \
+             them)"
+        );
+    }
     out.events = batch.events;
-    Ok((ack.events_written, ack.events_duplicate))
+    Ok(ack)
 }

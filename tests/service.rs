@@ -421,6 +421,19 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
     let ack: serde_json::Value = r.json().unwrap();
     let taken = ack["events"].as_u64().unwrap() + ack["duplicates"].as_u64().unwrap();
     assert_eq!(taken, records as u64, "{ack}");
+    // The page is from 2021, past the default 90 days: stored, and said to be past retention
+    // (the next sweep removes it), in the answer and in the metrics.
+    assert_eq!(ack["past_retention"], records as u64, "{ack}");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", svc.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("perimeter_events_past_retention_total {records}")),
+        "{metrics}"
+    );
     stop(svc);
     // After a clean stop the data is all there when read straight from the data directory.
     let out = perimeter(

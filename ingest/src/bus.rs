@@ -17,6 +17,9 @@ pub struct SubmitAck {
     pub dead_letters: usize,
     /// Alerts raised by this batch.
     pub alerts: usize,
+    /// Events of this batch dated before their retention window: stored, but the next
+    /// retention sweep (hourly, and at start) removes them. Raise the retention to keep them.
+    pub past_retention: usize,
 }
 
 /// A batch on its way to the pipeline.

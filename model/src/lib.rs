@@ -91,7 +91,9 @@ pub enum NormalizeError {
     BadTimestamp { field: String, reason: String },
     #[error("unknown source `{0}`")]
     UnknownSource(String),
-    #[error("could not detect the source from the event's shape")]
+    #[error(
+        "could not detect the source from the event's shape (name it: `--source <name>`, `/ingest/<name>`, or `json` for plain JSON; a mapping file adds a vendor)"
+    )]
     UndetectedSource,
     #[error("{0}")]
     Other(String),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use perimeter_model::{Alert, DeadLetter, Event};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,11 @@ pub struct WriteAck {
     /// Alerts newly stored (alerts already known by id are skipped).
     pub alerts_written: usize,
     pub dead_letters_written: usize,
+    /// Events of the batch (new or duplicate) dated before their tenant's and source's
+    /// retention window: stored all the same, and removed by the next `apply_retention`.
+    /// Reported so a backfill past retention is not lost without a word.
+    #[serde(default)]
+    pub events_past_retention: usize,
 }
 
 /// Counters for `/metrics`.
@@ -264,6 +269,26 @@ impl Store {
     /// fsynced and in place, alerts and dead letters journaled. Idempotent on event id and
     /// alert id, across restarts too.
     pub fn write_batch(&self, batch: &StoreBatch) -> Result<WriteAck> {
+        let past_retention = self.past_retention(&batch.events, Utc::now());
+        self.write_batch_grouped(batch).map(|ack| WriteAck {
+            events_past_retention: past_retention,
+            ..ack
+        })
+    }
+
+    /// How many of `events` are dated before their retention window at `now` (see
+    /// [`WriteAck::events_past_retention`]).
+    pub fn past_retention(&self, events: &[Event], now: DateTime<Utc>) -> usize {
+        events
+            .iter()
+            .filter(|e| {
+                let days = self.config.retention_days_for(&e.tenant, &e.source);
+                crate::retention::is_expired(e.timestamp.date_naive(), days, now)
+            })
+            .count()
+    }
+
+    fn write_batch_grouped(&self, batch: &StoreBatch) -> Result<WriteAck> {
         validate_batch(batch)?;
         if self.config.commit_interval_ms == 0 {
             return self

@@ -891,8 +891,13 @@ fn retention_deletes_exactly_the_expired_partitions() {
         ));
         events.push(event("keep", "okta", ts(day, 12, 0), "u", "a", day as u64));
     }
-    store.write_batch(&batch(events)).unwrap();
     let now = ts(25, 13, 0);
+    // What the next sweep will remove, as the write reports it (against the real clock) and as
+    // counted at the sweep's `now`: okta 18..=21 (4), github 18..=23 (6).
+    assert_eq!(store.past_retention(&events, now), 10);
+    let ack = store.write_batch(&batch(events.clone())).unwrap();
+    // Today (after 2026-11-28) every okta and github day here is past: 8 + 8; `keep` never.
+    assert_eq!(ack.events_past_retention, 16);
     let report = store.apply_retention(now).unwrap();
 
     // okta keeps 2026-11-22 ..= 25 (3 days), github keeps 24 ..= 25 (1 day), keep keeps all.
