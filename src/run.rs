@@ -74,12 +74,9 @@ impl RuleService for SigmaRuleService {
         rule_yaml: &str,
         events: Vec<serde_json::Value>,
     ) -> Result<serde_json::Value, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let path = dir.path().join("rule.yml");
-        std::fs::write(&path, rule_yaml).map_err(|e| e.to_string())?;
         let mut options = self.config_sigma.clone();
         options.ignore_logsource = false;
-        let (set, report) = RuleSet::load(&[path], &options);
+        let (set, report) = RuleSet::from_text("rule", rule_yaml, &options);
         if let Some(f) = report.failed.first() {
             return Err(f.to_string());
         }

@@ -90,10 +90,13 @@ fn token(cfg: &std::path::Path, role: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// An Okta login of two days ago: inside the default retention whenever the tests run (a
+/// restart's retention sweep must not remove it), and more than a day old (event-time lag).
 fn okta_event(batch: usize, i: usize) -> serde_json::Value {
+    let day = (chrono::Utc::now() - chrono::Duration::days(2)).format("%Y-%m-%d");
     serde_json::json!({
         "uuid": format!("evt-{batch}-{i}"),
-        "published": format!("2026-11-24T{:02}:{:02}:{:02}.000Z", 8 + batch % 10, i % 60, (batch * 7 + i) % 60),
+        "published": format!("{day}T{:02}:{:02}:{:02}.000Z", 8 + batch % 10, i % 60, (batch * 7 + i) % 60),
         "eventType": "user.session.start",
         "outcome": {"result": if i.is_multiple_of(5) { "FAILURE" } else { "SUCCESS" }},
         "actor": {"id": format!("00u{i}"), "type": "User", "alternateId": format!("user{}@acme.example", i % 40)},
@@ -577,4 +580,45 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         let lossy = String::from_utf8_lossy(&bytes);
         assert_no_secret(&path.display().to_string(), &lossy);
     }
+}
+
+#[test]
+fn rule_tests_run_the_real_engine_and_name_the_posted_rule_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let client = reqwest::blocking::Client::new();
+    let test = |body: serde_json::Value| {
+        client
+            .post(format!("{}/api/v1/rules/test", svc.base))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .unwrap()
+    };
+    let rule = "title: Okta login failure\nlogsource: {product: okta}\ndetection:\n  sel:\n    \
+                eventType: user.session.start\n    outcome.result: FAILURE\n  condition: sel\n";
+    let events: Vec<serde_json::Value> = (0..10).map(|i| okta_event(1, i)).collect();
+    let r = test(serde_json::json!({"rule": rule, "events": events}));
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let body: serde_json::Value = r.json().unwrap();
+    // okta_event fails every fifth login: events 0 and 5.
+    assert_eq!(
+        body["result"]["matched"],
+        serde_json::json!([0, 5]),
+        "{body}"
+    );
+    // A rule that does not compile: 422, naming the posted rule's line and field, not a
+    // temporary file of the server's.
+    let bad = rule.replace("eventType:", "eventType|bogus:");
+    let r = test(serde_json::json!({"rule": bad, "events": events}));
+    assert_eq!(r.status().as_u16(), 422);
+    let body: serde_json::Value = r.json().unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("rule:5:") && message.contains("bogus"),
+        "{message}"
+    );
+    stop(svc);
 }

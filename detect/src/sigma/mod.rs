@@ -233,6 +233,18 @@ impl RuleSet {
         (set, report)
     }
 
+    /// Load the rules of one YAML text that is not a file (a rule posted to the API); errors
+    /// name `label` where they would name the file (`rule:4: field ...`).
+    pub fn from_text(label: &str, text: &str, options: &SigmaOptions) -> (RuleSet, LoadReport) {
+        let mut report = LoadReport::default();
+        let pipelines = load_pipelines(options, &mut report.failed);
+        let (docs, errs) = parse::parse_file(Path::new(label), text, &pipelines);
+        report.failed.extend(errs);
+        let set = RuleSet::from_docs(docs, &mut report.failed);
+        report.loaded = set.len();
+        (set, report)
+    }
+
     /// Build from parsed documents: check ids, resolve correlation and filter references.
     pub(crate) fn from_docs(docs: Vec<RuleDoc>, errors: &mut Vec<RuleError>) -> RuleSet {
         let mut set = RuleSet::default();
