@@ -87,10 +87,28 @@ fn main() -> ExitCode {
         // there is just no one left to write to.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// `e` and its causes, joined by `: `. The library errors put their cause in their own message
+/// (`cannot listen on ADDR: Address already in use`), so a cause whose text already ends the
+/// message so far is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Whether `e` comes from writing to a closed pipe (directly, or inside a JSON writer's error).

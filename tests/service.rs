@@ -622,3 +622,24 @@ fn rule_tests_run_the_real_engine_and_name_the_posted_rule_in_errors() {
     );
     stop(svc);
 }
+
+#[test]
+fn a_busy_port_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let cfg = write_config(dir.path());
+    let out = perimeter(
+        &["--config", cfg.to_str().unwrap(), "run", "--listen", &addr],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(line.contains(&format!("cannot listen on {addr}")), "{line}");
+    // The cause once, not once per layer of the error chain.
+    assert_eq!(line.matches("in use").count(), 1, "{line}");
+}
