@@ -545,8 +545,58 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().unwrap());
-    let mut api_text = String::new();
+    // An analyst pastes the leaked secrets into an alert's note and assignee: stored masked.
+    let alerts: serde_json::Value = client
+        .get(format!("{}/api/v1/alerts?limit=1", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let alert_id = alerts["items"][0]["alert"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let note = format!(
+        "leaked {} and {} in the repo",
+        crate::secrets::SECRETS[0],
+        crate::secrets::SECRETS[3]
+    );
+    let r = client
+        .patch(format!("{}/api/v1/alerts/{alert_id}", svc.base))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"note": note, "assignee": crate::secrets::SECRETS[1]}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let patched: serde_json::Value = r.json().unwrap();
+    let kept = patched["notes"][0]["text"].as_str().unwrap();
+    assert!(
+        kept.starts_with("leaked ") && kept.ends_with(" in the repo"),
+        "{kept}"
+    );
+    let r = client
+        .patch(format!("{}/api/v1/alerts/{alert_id}", svc.base))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"note": "  "}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "an empty note is refused");
+    // A webhook URL that carries a token is listed masked.
+    let token_url = "http://127.0.0.1:9/hook?token=Wh00kT0k3nN0tT0B3L1st3d";
+    add_destination(&svc.base, &admin, token_url);
+    let listed = client
+        .get(format!("{}/api/v1/destinations", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(listed.contains("127.0.0.1:9/hook?token="), "{listed}");
+    assert!(!listed.contains("Wh00kT0k3n"), "{listed}");
+    let mut api_text = patched.to_string();
     for path in [
+        &format!("/alerts/{alert_id}"),
         "/events/search?q=*&limit=100",
         "/events/export",
         "/alerts?limit=100",

@@ -91,6 +91,17 @@ impl AppState {
         Ok(AppState::new(store, tokens, audit, rules, metrics))
     }
 
+    /// `text` with its secrets masked, for free text the API stores on a user's word (alert
+    /// notes, assignees): an analyst pasting a leaked token into a note must not store it.
+    pub fn mask_text(&self, text: &str) -> String {
+        let mut value = serde_json::Value::String(text.to_string());
+        (self.masker)(&mut value);
+        match value {
+            serde_json::Value::String(masked) => masked,
+            other => other.to_string(),
+        }
+    }
+
     /// `/readyz` answers 503 while this is false (set during graceful shutdown).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);

@@ -245,11 +245,15 @@ pub async fn update_alert(
     }
     if let Some(n) = &patch.note {
         bounded("note", n, MAX_NOTE_BYTES)?;
+        if n.trim().is_empty() {
+            return Err(ApiError::invalid_parameter("`note` is empty"));
+        }
     }
+    // Stored and returned masked, like everything else Perimeter keeps.
     let update = AlertUpdate {
         status: patch.status.map(Into::into),
-        assignee: patch.assignee.clone(),
-        note: patch.note.clone(),
+        assignee: patch.assignee.as_deref().map(|a| state.mask_text(a)),
+        note: patch.note.as_deref().map(|n| state.mask_text(n)),
     };
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();

@@ -43,7 +43,7 @@ fn invalid(e: DestinationError) -> ApiError {
     }
 }
 
-/// The tenant's alert destinations.
+/// The tenant's alert destinations, their URLs masked (a webhook URL is often a credential).
 #[utoipa::path(get, path = "/destinations", tag = "admin",
     security(("bearer" = [])),
     responses(
@@ -56,9 +56,18 @@ pub async fn list_destinations(
     auth: Auth<AdminRole>,
 ) -> Result<Json<DestinationList>, ApiError> {
     state.audit(&auth.0, "destinations.list", None, json!({}))?;
-    Ok(Json(DestinationList {
-        items: state.destinations.list(auth.tenant()),
-    }))
+    // A webhook URL is often a credential itself (Slack's, or one with `?token=`): listed
+    // masked; only the delivery worker reads it in clear.
+    let items = state
+        .destinations
+        .list(auth.tenant())
+        .into_iter()
+        .map(|d| Destination {
+            url: state.mask_text(&d.url),
+            ..d
+        })
+        .collect();
+    Ok(Json(DestinationList { items }))
 }
 
 /// Register a webhook for the tenant's new alerts.
