@@ -405,6 +405,33 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // A log shipper's gzipped batch is taken like a plain one; an encoding we cannot read is
+    // a 415 with a JSON error, not dead letters of binary noise.
+    let lines: String = (0..20).map(|i| format!("{}\n", okta_event(3, i))).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, lines.as_bytes()).unwrap();
+    let responder = token(&cfg, "responder");
+    let post = |encoding: &str, body: Vec<u8>| {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/ingest/okta", svc.base))
+            .bearer_auth(&responder)
+            .header("Content-Encoding", encoding)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let r = post("gzip", gz.finish().unwrap());
+    assert!(r.status().is_success(), "{}", r.status());
+    let ack: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        (&ack["events"], &ack["dead_letters"]),
+        (&20.into(), &0.into()),
+        "{ack}"
+    );
+    let r = post("br", lines.into_bytes());
+    assert_eq!(r.status().as_u16(), 415);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_encoding", "{body}");
     // A recorded vendor page, pretty-printed as the API returned it, is accepted as it is.
     let page =
         std::fs::read_to_string(crate::util::fixtures().join("okta/system_log/001.json")).unwrap();
@@ -413,7 +440,6 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
         .as_array()
         .unwrap()
         .len();
-    let responder = token(&cfg, "responder");
     let r = reqwest::blocking::Client::new()
         .post(format!("{}/ingest/okta", svc.base))
         .bearer_auth(&responder)
