@@ -54,17 +54,21 @@ pub struct DetectArgs {
     pub tenant: Option<String>,
 }
 
+/// The input file or stdin, gunzipped when it is gzip (by content).
 fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
-    if path.as_os_str() == "-" {
-        Ok(Box::new(std::io::BufReader::with_capacity(
+    let raw: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::BufReader::with_capacity(
             1 << 16,
             std::io::stdin().lock(),
-        )))
+        ))
     } else {
         let f = std::fs::File::open(path)
             .with_context(|| format!("opening input {}", path.display()))?;
-        Ok(Box::new(std::io::BufReader::with_capacity(1 << 16, f)))
-    }
+        Box::new(std::io::BufReader::with_capacity(1 << 16, f))
+    };
+    let input = perimeter_ingest::decompressed(raw)
+        .with_context(|| format!("reading input {}", path.display()))?;
+    Ok(Box::new(input))
 }
 
 /// Say so when `source` has no normalizer: its records are read as plain JSON under that name
@@ -120,7 +124,8 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     let mut out = PipelineOutput::default();
     let mut dead = Vec::new();
     for item in JsonInput::new(open_input(&args.input)?, JsonlReaderConfig::default())? {
-        feed(&mut pipeline, &args.source, &tenant, item?, &mut out);
+        let item = item.with_context(|| format!("reading input {}", args.input.display()))?;
+        feed(&mut pipeline, &args.source, &tenant, item, &mut out);
         for e in out.events.drain(..) {
             serde_json::to_writer(&mut out_w, &e.to_output_json())?;
             out_w.write_all(b"\n")?;
@@ -215,7 +220,8 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         Ok(())
     };
     for item in reader.by_ref() {
-        feed(&mut pipeline, &args.source, &tenant, item?, &mut out);
+        let item = item.with_context(|| format!("reading input {}", args.input.display()))?;
+        feed(&mut pipeline, &args.source, &tenant, item, &mut out);
         write_alerts(&mut out, &mut out_w)?;
         keep_dead_letters(&mut dead, &mut out.dead_letters);
         if progress

@@ -486,3 +486,62 @@ fn rules_explain_says_which_selection_matched_and_masks_values() {
     );
     assert!(!text.contains("ghp_R4nd0m"), "{text}");
 }
+
+#[test]
+fn gzipped_input_is_read_like_plain_input() {
+    use std::io::Write;
+    let mut plain = Vec::new();
+    for (i, kind) in ["user.session.start", "user.mfa.factor.deactivate"]
+        .iter()
+        .enumerate()
+    {
+        plain.extend_from_slice(okta_event(kind, "alice@example.com", i as u32).as_bytes());
+        plain.push(b'\n');
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let gz = gz.finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("okta.jsonl.gz");
+    std::fs::write(&file, &gz).unwrap();
+    // `ingested` is the time of the run: compare the events without it.
+    let events = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        assert!(out.status.success(), "{}", stderr(out));
+        json_lines(out)
+            .into_iter()
+            .map(|mut e| {
+                e["event"]["ingested"] = serde_json::Value::Null;
+                e
+            })
+            .collect()
+    };
+    let expected = events(&perimeter(&["normalize", "--source", "okta"], Some(&plain)));
+    assert_eq!(expected.len(), 2);
+    let from_file = perimeter(
+        &[
+            "normalize",
+            "--source",
+            "okta",
+            "--input",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(events(&from_file), expected);
+    let from_stdin = perimeter(&["normalize", "--source", "okta"], Some(&gz));
+    assert_eq!(events(&from_stdin), expected);
+    // A cut-off download is an error naming the input, not a silently shorter result.
+    std::fs::write(&file, &gz[..gz.len() - 8]).unwrap();
+    let cut = perimeter(
+        &[
+            "normalize",
+            "--source",
+            "okta",
+            "--input",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!cut.status.success());
+    assert!(stderr(&cut).contains("okta.jsonl.gz"), "{}", stderr(&cut));
+}

@@ -559,3 +559,88 @@ mod input_tests {
         assert!(matches!(&items[1], InputItem::Invalid { line: 2, .. }));
     }
 }
+
+/// `input` as it is, or gunzipped when it starts with the gzip magic bytes (exports such as
+/// CloudTrail's `*.json.gz` files, `zcat`-less pipes). Decided by content, not by file name, so
+/// stdin works too; concatenated gzip members read as one stream.
+pub fn decompressed<R: BufRead>(mut input: R) -> std::io::Result<MaybeGzip<R>> {
+    let gzip = input.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gzip {
+        MaybeGzip::Gzip(std::io::BufReader::with_capacity(
+            1 << 16,
+            flate2::bufread::MultiGzDecoder::new(input),
+        ))
+    } else {
+        MaybeGzip::Plain(input)
+    })
+}
+
+/// What [`decompressed`] returns: the input, or a gunzipping reader over it.
+pub enum MaybeGzip<R: BufRead> {
+    Plain(R),
+    Gzip(std::io::BufReader<flate2::bufread::MultiGzDecoder<R>>),
+}
+
+impl<R: BufRead> Read for MaybeGzip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            MaybeGzip::Plain(r) => r.read(buf),
+            MaybeGzip::Gzip(r) => r.read(buf),
+        }
+    }
+}
+
+impl<R: BufRead> BufRead for MaybeGzip<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        match self {
+            MaybeGzip::Plain(r) => r.fill_buf(),
+            MaybeGzip::Gzip(r) => r.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        match self {
+            MaybeGzip::Plain(r) => r.consume(amount),
+            MaybeGzip::Gzip(r) => r.consume(amount),
+        }
+    }
+}
+
+#[cfg(test)]
+mod decompression_tests {
+    use super::decompressed;
+    use std::io::{Read, Write};
+
+    fn read_all(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        decompressed(bytes).unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn gzip_is_recognised_by_content() {
+        let text = b"{\"a\":1}\n{\"a\":2}\n";
+        assert_eq!(read_all(text), text, "plain input passes through");
+        assert_eq!(read_all(b""), b"", "empty input");
+        let gz = |b: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(b).unwrap();
+            e.finish().unwrap()
+        };
+        assert_eq!(read_all(&gz(text)), text);
+        let mut two = gz(text);
+        two.extend(gz(text));
+        assert_eq!(
+            read_all(&two),
+            [&text[..], &text[..]].concat(),
+            "concatenated members"
+        );
+        // A truncated stream is a read error, not a silent short read.
+        let cut = gz(&text.repeat(100));
+        let mut out = Vec::new();
+        assert!(decompressed(&cut[..cut.len() - 10])
+            .unwrap()
+            .read_to_end(&mut out)
+            .is_err());
+    }
+}

@@ -13,7 +13,7 @@ pub mod http;
 pub mod jsonl;
 pub mod spool;
 
-pub use jsonl::{InputItem, JsonInput, JsonlReader, JsonlReaderConfig};
+pub use jsonl::{decompressed, InputItem, JsonInput, JsonlReader, JsonlReaderConfig};
 
 /// Errors of the ingest crate.
 #[derive(Debug, thiserror::Error)]

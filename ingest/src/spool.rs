@@ -72,7 +72,8 @@ impl SpoolSource {
             what: path.display().to_string(),
             source,
         })?;
-        let reader = JsonInput::new(std::io::BufReader::new(file), JsonlReaderConfig::default())
+        let reader = crate::jsonl::decompressed(std::io::BufReader::new(file))
+            .and_then(|input| JsonInput::new(input, JsonlReaderConfig::default()))
             .map_err(|source| IngestError::Io {
                 what: path.display().to_string(),
                 source,
@@ -108,7 +109,8 @@ impl SpoolSource {
     }
 }
 
-/// `(source, path)` of every `*.json`/`*.jsonl` file under `dir/<source>/`, sorted by path.
+/// `(source, path)` of every `*.json`/`*.jsonl` file (or gzipped, `*.json.gz`/`*.jsonl.gz`) under
+/// `dir/<source>/`, sorted by path.
 fn pending_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let io = |e| IngestError::Io {
         what: dir.display().to_string(),
@@ -126,8 +128,11 @@ fn pending_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         }
         for file in std::fs::read_dir(entry.path()).map_err(io)? {
             let path = file.map_err(io)?.path();
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if path.is_file() && (ext == "jsonl" || ext == "json") {
+            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let name_ok = [".jsonl", ".json", ".jsonl.gz", ".json.gz"]
+                .iter()
+                .any(|suffix| file_name.ends_with(suffix));
+            if path.is_file() && name_ok {
                 out.push((name.clone(), path));
             }
         }
@@ -178,5 +183,47 @@ mod tests {
         assert_eq!(pending_files(dir.path()).unwrap(), vec![]);
         drop(spool);
         assert_eq!(consumer.await.unwrap(), vec![2, 1]);
+    }
+
+    #[tokio::test]
+    async fn gzipped_exports_are_picked_up_and_read_whole() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("aws_cloudtrail")).unwrap();
+        // A CloudTrail-style export: one `{"Records": [...]}` document, gzipped.
+        let doc = r#"{"Records": [{"eventName": "A"}, {"eventName": "B"}, {"eventName": "C"}]}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(doc.as_bytes()).unwrap();
+        let file = dir.path().join("aws_cloudtrail/trail.json.gz");
+        std::fs::write(&file, gz.finish().unwrap()).unwrap();
+        std::fs::write(dir.path().join("aws_cloudtrail/notes.txt.gz"), "x").unwrap();
+        assert_eq!(
+            pending_files(dir.path()).unwrap(),
+            vec![("aws_cloudtrail".to_string(), file.clone())],
+            "gzipped JSON is pending, other files are not"
+        );
+        let (tx, mut rx) = channel(2);
+        let spool = SpoolSource::new(
+            SpoolConfig {
+                dir: dir.path().into(),
+                tenant: "t1".into(),
+                poll_interval_ms: 10,
+                batch_records: 100,
+            },
+            tx,
+        );
+        let consumer = tokio::spawn(async move {
+            let s = rx.recv().await.unwrap();
+            let items = s.items.len();
+            s.ack.send(Ok(SubmitAck::default())).unwrap();
+            items
+        });
+        spool.ingest_file("aws_cloudtrail", &file).await.unwrap();
+        // The page's one document, whose records the pipeline splits.
+        assert_eq!(consumer.await.unwrap(), 1);
+        assert!(dir
+            .path()
+            .join(".processed/aws_cloudtrail/trail.json.gz")
+            .exists());
     }
 }
