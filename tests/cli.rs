@@ -517,31 +517,24 @@ fn gzipped_input_is_read_like_plain_input() {
     };
     let expected = events(&perimeter(&["normalize", "--source", "okta"], Some(&plain)));
     assert_eq!(expected.len(), 2);
-    let from_file = perimeter(
-        &[
-            "normalize",
-            "--source",
-            "okta",
-            "--input",
-            file.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert_eq!(events(&from_file), expected);
+    let normalize_file = || {
+        perimeter(
+            &[
+                "normalize",
+                "--source",
+                "okta",
+                "--input",
+                file.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    assert_eq!(events(&normalize_file()), expected);
     let from_stdin = perimeter(&["normalize", "--source", "okta"], Some(&gz));
     assert_eq!(events(&from_stdin), expected);
     // A cut-off download is an error naming the input, not a silently shorter result.
     std::fs::write(&file, &gz[..gz.len() - 8]).unwrap();
-    let cut = perimeter(
-        &[
-            "normalize",
-            "--source",
-            "okta",
-            "--input",
-            file.to_str().unwrap(),
-        ],
-        None,
-    );
+    let cut = normalize_file();
     assert!(!cut.status.success());
     assert!(stderr(&cut).contains("okta.jsonl.gz"), "{}", stderr(&cut));
 }

@@ -144,7 +144,20 @@ fn pending_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::{channel, SubmitAck};
+    use crate::bus::{channel, BusSender, SubmitAck};
+
+    /// A spool over `dir` for tenant `t1`, submitting batches of `batch_records`.
+    fn spool_in(dir: &Path, batch_records: usize, bus: BusSender) -> SpoolSource {
+        SpoolSource::new(
+            SpoolConfig {
+                dir: dir.into(),
+                tenant: "t1".into(),
+                poll_interval_ms: 10,
+                batch_records,
+            },
+            bus,
+        )
+    }
 
     #[tokio::test]
     async fn files_move_to_processed_only_after_ack() {
@@ -153,15 +166,7 @@ mod tests {
         let file = dir.path().join("okta/a.jsonl");
         std::fs::write(&file, "{\"a\":1}\nbad\n{\"a\":2}\n").unwrap();
         let (tx, mut rx) = channel(2);
-        let spool = SpoolSource::new(
-            SpoolConfig {
-                dir: dir.path().into(),
-                tenant: "t1".into(),
-                poll_interval_ms: 10,
-                batch_records: 2,
-            },
-            tx,
-        );
+        let spool = spool_in(dir.path(), 2, tx);
         let consumer = tokio::spawn(async move {
             let mut seen = Vec::new();
             // First batch fails: the file must stay in the inbox.
@@ -203,15 +208,7 @@ mod tests {
             "gzipped JSON is pending, other files are not"
         );
         let (tx, mut rx) = channel(2);
-        let spool = SpoolSource::new(
-            SpoolConfig {
-                dir: dir.path().into(),
-                tenant: "t1".into(),
-                poll_interval_ms: 10,
-                batch_records: 100,
-            },
-            tx,
-        );
+        let spool = spool_in(dir.path(), 100, tx);
         let consumer = tokio::spawn(async move {
             let s = rx.recv().await.unwrap();
             let items = s.items.len();
