@@ -81,7 +81,9 @@ impl Store {
         let ast = tantivy::query_grammar::parse_query(q)
             .map_err(|_| StoreError::InvalidQuery(format!("syntax error in query `{q}`")))?;
         parser
-            .build_query_from_user_input_ast(rewrite_event_ids(rewrite_catch_all_phrases(ast)))
+            .build_query_from_user_input_ast(rewrite_negations(rewrite_event_ids(
+                rewrite_catch_all_phrases(ast),
+            )))
             .map_err(|e| StoreError::InvalidQuery(e.to_string()))
     }
 
@@ -288,9 +290,86 @@ fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
     })
 }
 
+/// Make `NOT` mean what analysts mean. The grammar reads `a AND NOT b` as `+a +(-b)`, and a
+/// group of only excluded terms matches nothing in tantivy, so the query found nothing at all
+/// (`NOT b` alone too). Such a group under `AND` is merged into its parent (`+a -b`); anywhere
+/// else (`a OR NOT b`, a whole query `NOT b`) it becomes "every event except": `(+* -b)`.
+fn rewrite_negations(ast: UserInputAst) -> UserInputAst {
+    with_everything_but(merge_excluded_groups(ast))
+}
+
+fn only_excluded(clauses: &[(Option<Occur>, UserInputAst)]) -> bool {
+    !clauses.is_empty() && clauses.iter().all(|(o, _)| *o == Some(Occur::MustNot))
+}
+
+/// `+a +(-b)` -> `+a -b`, at every depth.
+fn merge_excluded_groups(ast: UserInputAst) -> UserInputAst {
+    match ast {
+        UserInputAst::Clause(clauses) => {
+            let mut out = Vec::with_capacity(clauses.len());
+            for (occur, sub) in clauses {
+                match (occur, merge_excluded_groups(sub)) {
+                    // The parser builds with conjunction by default: no occur is `Must`.
+                    (Some(Occur::Must) | None, UserInputAst::Clause(inner))
+                        if only_excluded(&inner) =>
+                    {
+                        out.extend(inner)
+                    }
+                    other => out.push(other),
+                }
+            }
+            UserInputAst::Clause(out)
+        }
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(merge_excluded_groups(*inner)), boost)
+        }
+        leaf => leaf,
+    }
+}
+
+/// A group left with only excluded terms becomes `(+* -b)`: every event but those.
+fn with_everything_but(ast: UserInputAst) -> UserInputAst {
+    match ast {
+        UserInputAst::Clause(clauses) => {
+            let mut out: Vec<_> = clauses
+                .into_iter()
+                .map(|(o, sub)| (o, with_everything_but(sub)))
+                .collect();
+            if only_excluded(&out) {
+                let everything = UserInputAst::Leaf(Box::new(UserInputLeaf::All));
+                out.insert(0, (Some(Occur::Must), everything));
+            }
+            UserInputAst::Clause(out)
+        }
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(with_everything_but(*inner)), boost)
+        }
+        leaf => leaf,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negations_keep_their_meaning() {
+        let shown = |q: &str| {
+            let ast = tantivy::query_grammar::parse_query(q).unwrap();
+            format!("{:?}", rewrite_negations(ast))
+        };
+        assert_eq!(shown("a AND NOT b"), "(+a -b)");
+        assert_eq!(shown("NOT b AND a"), "(-b +a)");
+        assert_eq!(shown("a -b"), "(*a -b)");
+        assert_eq!(shown("NOT b"), shown("-b"));
+        assert!(shown("NOT b").contains('+'), "{}", shown("NOT b"));
+        assert!(
+            shown("a OR NOT b").contains("(+"),
+            "{}",
+            shown("a OR NOT b")
+        );
+        assert_eq!(shown("a AND b"), "(+a +b)", "no negation, no change");
+    }
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {

@@ -283,6 +283,25 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
     ));
     store.write_batch(&batch(events.clone())).unwrap();
 
+    // NOT as analysts write it (it used to find nothing: a group of only excluded terms).
+    for (query, expected) in [
+        ("user.name:alice AND NOT event.action:user.account.lock", 15),
+        ("NOT event.action:user.account.lock AND user.name:alice", 15),
+        ("NOT user.name:alice", 15),
+        ("-user.name:bob", 16),
+        (
+            "event.action:user.account.lock OR NOT event.outcome:success",
+            16,
+        ),
+        ("user.name:alice AND (NOT event.outcome:failure)", 16),
+    ] {
+        assert_eq!(
+            search_all(&store, "acme", query, 50).len(),
+            expected,
+            "{query}"
+        );
+    }
+
     let alice = search_all(
         &store,
         "acme",
