@@ -115,8 +115,8 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     flush(&mut out, &mut alerts)?;
     let stats = pipeline.stats();
     print_alert_table(&alerts);
-    println!();
-    println!(
+    say!();
+    say!(
         "{} events from {} records, {} alerts, {} values masked, {} dead letters, in {:.1}s",
         stats.events,
         stats.records,
@@ -125,19 +125,19 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
         dead,
         started.elapsed().as_secs_f64()
     );
-    println!("Data landed in {}:", args.data_dir.display());
-    println!(
+    say!("Data landed in {}:", args.data_dir.display());
+    say!(
         "  full-text indexes  {}",
         args.data_dir.join("index").display()
     );
-    println!(
+    say!(
         "  Parquet files      {}",
         args.data_dir.join("parquet").display()
     );
     let dir = args.data_dir.display();
-    println!("Explore it from the terminal:");
-    println!("  perimeter alerts --data-dir {dir} --severity high");
-    println!("  perimeter search --data-dir {dir} 'event.outcome:failure AND event.module:okta'");
+    say!("Explore it from the terminal:");
+    say!("  perimeter alerts --data-dir {dir} --severity high");
+    say!("  perimeter search --data-dir {dir} 'event.outcome:failure AND event.module:okta'");
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
     }

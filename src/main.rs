@@ -1,6 +1,15 @@
 //! `perimeter`: the command line. Wiring only: it builds Source -> Pipeline -> Sink from the
 //! library crates and formats their results for a terminal.
 
+/// `println!` that never panics: stdout may be a closed pipe (`perimeter demo | head`) or gone,
+/// and a service that printed its address must keep serving then.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod alloc;
 mod config;
 mod demo;

@@ -259,10 +259,10 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             .await
     });
 
-    println!("perimeter run: listening on {scheme}://{addr}");
-    println!("  ingest: POST {scheme}://{addr}/ingest/<source> (JSON lines) or drop files into {}/<source>/", spool_dir.display());
-    println!("  API:    {scheme}://{addr}/api/v1/openapi.json");
-    println!("  data:   {}", data_dir.display());
+    say!("perimeter run: listening on {scheme}://{addr}");
+    say!("  ingest: POST {scheme}://{addr}/ingest/<source> (JSON lines) or drop files into {}/<source>/", spool_dir.display());
+    say!("  API:    {scheme}://{addr}/api/v1/openapi.json");
+    say!("  data:   {}", data_dir.display());
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -304,11 +304,11 @@ pub fn serve_demo(
         api_config.listen = listen;
         let server = Server::bind(&api_config).await?;
         let url = format!("http://{}", server.local_addr()?);
-        println!();
-        println!("API serving the demo data at {url}/api/v1  (Ctrl-C to stop)");
-        println!("  demo token (admin, tenant {tenant}): {token}");
-        println!("  try: curl -H 'Authorization: Bearer {token}' '{url}/api/v1/alerts?limit=5'");
-        println!("       curl -H 'Authorization: Bearer {token}' '{url}/api/v1/events/search?q=event.action:user.session.start'");
+        say!();
+        say!("API serving the demo data at {url}/api/v1  (Ctrl-C to stop)");
+        say!("  demo token (admin, tenant {tenant}): {token}");
+        say!("  try: curl -H 'Authorization: Bearer {token}' '{url}/api/v1/alerts?limit=5'");
+        say!("       curl -H 'Authorization: Bearer {token}' '{url}/api/v1/events/search?q=event.action:user.session.start'");
         use std::io::Write;
         let _ = std::io::stdout().flush();
         server.run(state, shutdown_signal()).await?;

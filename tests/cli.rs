@@ -372,7 +372,10 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
             break;
         }
     }
+    // The reader of the demo's stdout is gone now (as after `perimeter demo | head`): the demo
+    // must keep serving whether its last lines were written before or after that.
     let (url, token) = (url.expect("API url printed"), token.expect("token printed"));
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let body: serde_json::Value = reqwest::blocking::Client::new()
         .get(format!("{url}/rules"))
         .bearer_auth(&token)

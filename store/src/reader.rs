@@ -12,6 +12,7 @@ use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 
 use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};
 use crate::catch_all::{map_leaves, rewrite_catch_all_phrases};
+use crate::ip_query::rewrite_ip_ranges;
 use crate::store::{read, write, Store};
 use crate::tantivy_sink::{
     id_halves, to_tantivy_date, DayIndex, ID_FIELD, ID_LO_FIELD, TIMESTAMP_FIELD,
@@ -78,8 +79,17 @@ impl Store {
             self.schema.query_tokenizers.clone(),
         );
         parser.set_conjunction_by_default();
+        // For IP ranges and CIDR blocks (`ip_query`); a regex typed by the user stays refused.
+        parser.allow_regexes();
         let ast = tantivy::query_grammar::parse_query(q)
             .map_err(|_| StoreError::InvalidQuery(format!("syntax error in query `{q}`")))?;
+        if has_regex(&ast) {
+            return Err(StoreError::InvalidQuery(
+                "regular expressions (`field:/.../`) are not supported; use wildcards (`dana*`)"
+                    .into(),
+            ));
+        }
+        let ast = rewrite_ip_ranges(ast).map_err(StoreError::InvalidQuery)?;
         parser
             .build_query_from_user_input_ast(rewrite_negations(rewrite_event_ids(
                 rewrite_catch_all_phrases(ast),
@@ -288,6 +298,14 @@ fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
         }
         other => UserInputAst::Leaf(Box::new(other)),
     })
+}
+
+fn has_regex(ast: &UserInputAst) -> bool {
+    match ast {
+        UserInputAst::Clause(clauses) => clauses.iter().any(|(_, sub)| has_regex(sub)),
+        UserInputAst::Boost(inner, _) => has_regex(inner),
+        UserInputAst::Leaf(leaf) => matches!(**leaf, UserInputLeaf::Regex { .. }),
+    }
 }
 
 /// Make `NOT` mean what analysts mean. The grammar reads `a AND NOT b` as `+a +(-b)`, and a

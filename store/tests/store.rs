@@ -1362,3 +1362,89 @@ fn group_commit_acks_each_caller_with_its_own_counts() {
     assert_eq!(search_all(&store, "acme", "", 100).len(), 61);
     assert_eq!(parquet_ids(dir.path()).len(), 61);
 }
+
+#[test]
+fn ip_ranges_and_cidr_blocks_compare_addresses_not_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let ips = [
+        "192.0.2.1",
+        "192.0.2.9",
+        "192.0.2.10",
+        "192.0.2.90",
+        "192.0.2.255",
+        "192.0.3.4",
+        "10.20.30.40",
+        "2001:db8::1",
+    ];
+    let events: Vec<Event> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let mut e = event("acme", "okta", ts(20, 10, i as u32), "u", "a", i as u64);
+            e.ecs.source_ip = Some(ip.to_string());
+            e.ecs.related_ip = vec![ip.to_string()];
+            e
+        })
+        .collect();
+    store.write_batch(&batch(events)).unwrap();
+    let found = |query: &str| -> Vec<String> {
+        let mut ips: Vec<String> = search_all(&store, "acme", query, 50)
+            .iter()
+            .map(|d| d["source"]["ip"].as_str().unwrap().to_string())
+            .collect();
+        ips.sort();
+        ips
+    };
+    // A range compared as text took 192.0.2.10 and 192.0.2.90 into [.0 TO .9].
+    assert_eq!(
+        found("source.ip:[192.0.2.0 TO 192.0.2.9]"),
+        ["192.0.2.1", "192.0.2.9"]
+    );
+    assert_eq!(
+        found("source.ip:{192.0.2.1 TO 192.0.2.90}"),
+        ["192.0.2.10", "192.0.2.9"]
+    );
+    assert_eq!(
+        found("source.ip:192.0.2.0/24"),
+        [
+            "192.0.2.1",
+            "192.0.2.10",
+            "192.0.2.255",
+            "192.0.2.9",
+            "192.0.2.90"
+        ]
+    );
+    assert_eq!(
+        found("related.ip:192.0.2.0/23 AND NOT source.ip:192.0.2.0/24"),
+        ["192.0.3.4"]
+    );
+    assert_eq!(found("source.ip:10.0.0.0/8"), ["10.20.30.40"]);
+    assert_eq!(
+        found("source.ip:[192.0.2.200 TO *]"),
+        ["192.0.2.255", "192.0.3.4"]
+    );
+    assert!(found("source.ip:[192.0.2.9 TO 192.0.2.1]").is_empty());
+    // Exact addresses, IPv6 included, as before.
+    assert_eq!(found("source.ip:\"2001:db8::1\""), ["2001:db8::1"]);
+    assert_eq!(found("source.ip:192.0.2.9"), ["192.0.2.9"]);
+    // What cannot be answered is an error, not an empty result.
+    for bad in [
+        "source.ip:192.0.2.0/33",
+        "source.ip:[2001:db8:: TO 2001:db8::ff]",
+        "user.name:/adm.*/",
+    ] {
+        let q = perimeter_store::EventQuery {
+            query: bad.into(),
+            limit: 10,
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                store.search_events("acme", &q),
+                Err(StoreError::InvalidQuery(_))
+            ),
+            "{bad}"
+        );
+    }
+}
