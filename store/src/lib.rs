@@ -32,6 +32,7 @@ mod reader;
 mod retention;
 mod store;
 pub mod tantivy_sink;
+mod wildcard;
 
 pub use alerts::{
     AlertChange, AlertQuery, AlertRecord, AlertSort, AlertUpdate, Note, Page, MAX_PAGE_LIMIT,

@@ -17,6 +17,7 @@ use crate::store::{read, write, Store};
 use crate::tantivy_sink::{
     id_halves, to_tantivy_date, DayIndex, ID_FIELD, ID_LO_FIELD, TIMESTAMP_FIELD,
 };
+use crate::wildcard::rewrite_wildcards;
 use crate::{Result, StoreError};
 
 /// An event search.
@@ -89,7 +90,7 @@ impl Store {
                     .into(),
             ));
         }
-        let ast = rewrite_ip_ranges(ast).map_err(StoreError::InvalidQuery)?;
+        let ast = rewrite_wildcards(rewrite_ip_ranges(ast).map_err(StoreError::InvalidQuery)?);
         parser
             .build_query_from_user_input_ast(rewrite_negations(rewrite_event_ids(
                 rewrite_catch_all_phrases(ast),

@@ -43,7 +43,7 @@ pub const TIMESTAMP_FIELD: &str = "@timestamp";
 pub const KEYWORD_TOKENIZER: &str = "keyword_lower";
 
 /// ECS fields indexed as one lowercased token.
-const KEYWORD_FIELDS: &[&str] = &[
+pub(crate) const KEYWORD_FIELDS: &[&str] = &[
     "event.action",
     "event.outcome",
     "event.category",
@@ -55,7 +55,7 @@ const KEYWORD_FIELDS: &[&str] = &[
     "related.ip",
 ];
 /// ECS fields indexed as words.
-const TEXT_FIELDS: &[&str] = &[
+pub(crate) const TEXT_FIELDS: &[&str] = &[
     "user.name",
     "user.email",
     "user.id",

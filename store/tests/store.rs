@@ -294,6 +294,15 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
             16,
         ),
         ("user.name:alice AND (NOT event.outcome:failure)", 16),
+        // Wildcards: `*` a run of characters, `?` one (they used to be dropped or taken
+        // literally).
+        ("user.name:ali*", 16),
+        ("user.name:b?b", 15),
+        ("event.action:user.session.*", 30),
+        ("event.action:USER.*.lock", 1),
+        ("alic*", 16),
+        ("*@acme.test", 31),
+        ("event.action:user.session.* AND NOT user.name:al*", 15),
     ] {
         assert_eq!(
             search_all(&store, "acme", query, 50).len(),

@@ -43,7 +43,7 @@ fn event_filter<'a>(
 #[into_params(parameter_in = Query)]
 pub struct EventSearchParams {
     /// tantivy query syntax over the masked events (`user.name:alice AND event.outcome:failure`,
-    /// `NOT`, prefixes `dana*`, IPv4 ranges and CIDR blocks on `source.ip`/`related.ip`:
+    /// `NOT`, wildcards `dan*` / `user.session.*`, IPv4 ranges and CIDR blocks on `source.ip`/`related.ip`:
     /// `source.ip:192.0.2.0/24`);
     /// absent means all events. Bare words match ECS values and raw record values, except the
     /// raw values of sources in the store's `raw_text_search_off`.
