@@ -95,7 +95,7 @@ impl Store {
             .build_query_from_user_input_ast(rewrite_negations(rewrite_event_ids(
                 rewrite_catch_all_phrases(ast),
             )))
-            .map_err(|e| StoreError::InvalidQuery(e.to_string()))
+            .map_err(|e| StoreError::InvalidQuery(query_error_text(&e)))
     }
 
     /// Search one tenant's events, newest first.
@@ -299,6 +299,27 @@ fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
         }
         other => UserInputAst::Leaf(Box::new(other)),
     })
+}
+
+/// The parser's error, and for an unknown field what can be searched instead: vendor field
+/// names (`actor.alternateId`) are not fields of their own, their values are free text.
+fn query_error_text(e: &tantivy::query::QueryParserError) -> String {
+    match e {
+        tantivy::query::QueryParserError::FieldDoesNotExist(field) => {
+            let mut known: Vec<&str> = vec![ID_FIELD, crate::tantivy_sink::TIMESTAMP_FIELD];
+            known.push("event.module");
+            known.extend(crate::tantivy_sink::KEYWORD_FIELDS);
+            known.extend(crate::tantivy_sink::TEXT_FIELDS);
+            known.push("source.as.number");
+            format!(
+                "unknown field `{field}`: vendor fields are not searched by name, their values are \
+                 free text (search the value alone, e.g. `dana.kim` or \"Okta Verify\"); the fields \
+                 are {}",
+                known.join(", ")
+            )
+        }
+        other => other.to_string(),
+    }
 }
 
 fn has_regex(ast: &UserInputAst) -> bool {

@@ -635,6 +635,22 @@ fn invalid_queries_and_cursors_are_invalid_query_errors() {
             "{bad}"
         );
     }
+    // A vendor field name says how to search its value instead, and which fields exist.
+    let q = EventQuery {
+        query: "actor.alternateId:alice".into(),
+        limit: 10,
+        ..Default::default()
+    };
+    match store.search_events("acme", &q) {
+        Err(StoreError::InvalidQuery(m)) => {
+            assert!(
+                m.contains("`actor.alternateId`") && m.contains("free text"),
+                "{m}"
+            );
+            assert!(m.contains("user.name") && m.contains("source.ip"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
     let q = EventQuery {
         cursor: Some("nope".into()),
         limit: 10,
