@@ -38,6 +38,18 @@ const POSTS_PER_DESTINATION: usize = 4;
 /// Destinations per tenant (a list an admin manages by hand).
 pub const MAX_DESTINATIONS_PER_TENANT: usize = 32;
 
+/// What a destination's deliveries look like.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationFormat {
+    /// `{"tenant", "destination", "alerts": [...]}`: every alert whole, for programs.
+    #[default]
+    Json,
+    /// `{"text": "..."}`, one line per alert: what Slack incoming webhooks (and Mattermost,
+    /// Rocket.Chat, Discord's `/slack` endpoints) accept, for people.
+    Slack,
+}
+
 /// A webhook that receives a tenant's new alerts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Destination {
@@ -52,6 +64,9 @@ pub struct Destination {
     /// Only alerts at or above this severity are sent.
     #[schema(value_type = String, example = "high")]
     pub min_severity: Severity,
+    /// `json` (default) or `slack`.
+    #[serde(default)]
+    pub format: DestinationFormat,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     /// Token id of the admin who created it.
@@ -209,6 +224,26 @@ impl DestinationStore {
         min_severity: Severity,
         created_by: &str,
     ) -> Result<Destination, DestinationError> {
+        self.create_as(
+            tenant,
+            name,
+            url,
+            min_severity,
+            DestinationFormat::Json,
+            created_by,
+        )
+    }
+
+    /// [`Self::create`] with a delivery format.
+    pub fn create_as(
+        &self,
+        tenant: &str,
+        name: &str,
+        url: &str,
+        min_severity: Severity,
+        format: DestinationFormat,
+        created_by: &str,
+    ) -> Result<Destination, DestinationError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 100 {
             return Err(DestinationError::Invalid(
@@ -238,6 +273,7 @@ impl DestinationStore {
             name: name.to_string(),
             url: parsed.to_string(),
             min_severity,
+            format,
             created_at: Utc::now(),
             created_by: created_by.to_string(),
             delivery: None,
@@ -528,7 +564,13 @@ async fn deliver(
     metrics: &Metrics,
     status: &DestinationStore,
 ) {
-    let Ok(bytes) = serde_json::to_vec(body) else {
+    let encoded = match destination.format {
+        DestinationFormat::Json => serde_json::to_vec(body),
+        DestinationFormat::Slack => serde_json::to_vec(&serde_json::json!({
+            "text": slack_text(body),
+        })),
+    };
+    let Ok(bytes) = encoded else {
         metrics.inc(
             "destination_failures_total",
             &[("destination", &destination.id)],
@@ -574,6 +616,47 @@ async fn deliver(
         1,
     );
     status.record(&destination.id, DeliveryEvent::GaveUp);
+}
+
+/// Alerts listed in one Slack message; the rest are counted.
+const SLACK_LINES: usize = 20;
+
+/// A Slack message for a batch: a header line, then one line per alert, most severe first
+/// (severity, title, entity, source, time, id to look it up by).
+fn slack_text(body: &Delivery<'_>) -> String {
+    // Slack's control characters in message text; everything else is shown as written.
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut alerts = body.alerts.clone();
+    alerts.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.timestamp.cmp(&b.timestamp))
+    });
+    let n = alerts.len();
+    let mut text = format!(
+        "Perimeter: {n} new alert{} for tenant {}",
+        if n == 1 { "" } else { "s" },
+        escape(body.tenant)
+    );
+    for a in alerts.iter().take(SLACK_LINES) {
+        text.push_str(&format!(
+            "\n• *[{}]* {} - {} ({}, {}, alert `{}`)",
+            a.severity.as_str().to_uppercase(),
+            escape(&a.title),
+            escape(&a.entity),
+            escape(&a.source),
+            a.timestamp.format("%Y-%m-%d %H:%M:%S UTC"),
+            a.id
+        ));
+    }
+    if n > SLACK_LINES {
+        text.push_str(&format!("\n... and {} more", n - SLACK_LINES));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -646,6 +729,68 @@ mod tests {
         assert!(metrics
             .render_prometheus()
             .contains("destination_batches_overflowed_total"));
+    }
+
+    #[test]
+    fn slack_destinations_get_one_readable_line_per_alert() {
+        let hook = super::webhook_receiver::WebhookReceiver::start(0);
+        let destinations = Arc::new(DestinationStore::in_memory());
+        destinations
+            .create_as(
+                "acme",
+                "soc-slack",
+                &hook.url(),
+                Severity::Low,
+                DestinationFormat::Slack,
+                "tok",
+            )
+            .unwrap();
+        let alert = |id: &str, title: &str, severity: Severity| {
+            let mut a = Alert::new(
+                "r",
+                title,
+                severity,
+                perimeter_model::DetectorKind::Sigma,
+                "okta",
+                "acme",
+                Utc::now(),
+                "dana@acme.test",
+                perimeter_model::EntityKind::User,
+            );
+            a.id = id.to_string();
+            a
+        };
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let body = runtime.block_on(async {
+            let notifier = AlertNotifier::spawn_sized(
+                destinations.clone(),
+                Arc::new(Metrics::new()),
+                Duration::from_millis(10),
+                Arc::new(DeliveryOutbox::in_memory()),
+                Vec::new(),
+                1,
+            );
+            notifier.notify(&[
+                alert("a1", "Login <burst>", Severity::Medium),
+                alert("a2", "MFA factor reset", Severity::Critical),
+            ]);
+            tokio::task::spawn_blocking(move || hook.wait_for_body(Duration::from_secs(20)))
+                .await
+                .unwrap()
+        });
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let text = body["text"].as_str().expect("a Slack message");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "Perimeter: 2 new alerts for tenant acme");
+        assert!(
+            lines[1].contains("*[CRITICAL]* MFA factor reset - dana@acme.test (okta"),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains("Login &lt;burst&gt;") && lines[2].contains("`a1`"),
+            "{text}"
+        );
+        assert_eq!(body.as_object().unwrap().len(), 1, "only `text`: {body}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::bounded;
 use crate::auth::{AdminRole, Auth};
-use crate::destinations::{Destination, DestinationError};
+use crate::destinations::{Destination, DestinationError, DestinationFormat};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
@@ -34,6 +34,10 @@ pub struct NewDestination {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "high")]
     pub min_severity: Severity,
+    /// `json` (default: the alerts whole) or `slack` (`{"text"}`, one line per alert, for a
+    /// Slack incoming webhook or a compatible chat).
+    #[serde(default)]
+    pub format: DestinationFormat,
 }
 
 fn invalid(e: DestinationError) -> ApiError {
@@ -87,11 +91,12 @@ pub async fn create_destination(
     bounded("url", &new.url, 2048)?;
     let created = state
         .destinations
-        .create(
+        .create_as(
             auth.tenant(),
             &new.name,
             &new.url,
             new.min_severity,
+            new.format,
             &auth.0.id,
         )
         .map_err(invalid)?;
@@ -100,7 +105,7 @@ pub async fn create_destination(
         &auth.0,
         "destinations.create",
         Some(&created.id),
-        json!({"name": created.name, "min_severity": created.min_severity}),
+        json!({"name": created.name, "min_severity": created.min_severity, "format": created.format}),
     )?;
     Ok((StatusCode::CREATED, Json(created)))
 }

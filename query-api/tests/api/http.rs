@@ -493,6 +493,7 @@ fn destinations_are_managed_by_admins_per_tenant() {
     let id = created["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("dst_"), "{created}");
     assert_eq!(created["min_severity"], "high");
+    assert_eq!(created["format"], "json", "the default format");
     assert_eq!(created["tenant"], ACME);
     assert!(
         created["secret"].as_str().unwrap().starts_with("whsec_"),
@@ -549,9 +550,30 @@ fn destinations_are_managed_by_admins_per_tenant() {
             "invalid_json",
         ),
         (json!({"url": "https://a.example.com/"}), "invalid_json"),
+        (
+            json!({"name": "x", "url": "https://a.example.com/", "format": "xml"}),
+            "invalid_json",
+        ),
     ] {
         assert_error(post(ACME, body), 400, code);
     }
+    let r = post(
+        ACME,
+        json!({"name": "soc-slack", "url": "https://hooks.example.com/s", "format": "slack"}),
+    );
+    assert_eq!(r.status(), 201);
+    let slack: Value = r.json().unwrap();
+    assert_eq!(slack["format"], "slack", "{slack}");
+    let r = api
+        .req(
+            Method::DELETE,
+            &format!("/api/v1/destinations/{}", slack["id"].as_str().unwrap()),
+            ACME,
+            Role::Admin,
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
     let r = api
         .req(Method::DELETE, &path, ACME, Role::Admin)
         .send()
