@@ -3,6 +3,7 @@
 use crate::config::PerimeterConfig;
 use anyhow::Context;
 use perimeter_query_api::auth::{Role, TokenStore};
+use perimeter_store::MAX_PAGE_LIMIT;
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand)]
@@ -80,7 +81,7 @@ pub struct Target {
     /// `tenant`, or the directory's only tenant when that one has no data there).
     #[arg(long)]
     pub tenant: Option<String>,
-    /// Most results to print.
+    /// Most results to print (fetched page by page, so any number works).
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
     /// `json`: one JSON object per line (for scripts); `table`: aligned columns (for people);
@@ -285,21 +286,56 @@ fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chro
         .transpose()?)
 }
 
-/// `items` of one page from a running server: `path` plus `limit` and the filters that are set.
+/// Up to `limit` items, page after page: a page holds at most [`MAX_PAGE_LIMIT`] items, and
+/// `--limit 5000` means 5000, not the first page. `page(size, cursor)` fetches one page and its
+/// `next_cursor`.
+fn paged(
+    limit: usize,
+    mut page: impl FnMut(
+        usize,
+        Option<String>,
+    ) -> anyhow::Result<(Vec<serde_json::Value>, Option<String>)>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut items = Vec::new();
+    let mut cursor = None;
+    while items.len() < limit {
+        let (got, next) = page((limit - items.len()).min(MAX_PAGE_LIMIT), cursor.take())?;
+        items.extend(got);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    items.truncate(limit);
+    Ok(items)
+}
+
+/// Up to `--limit` items from a running server: `path` plus `limit`, the filters that are
+/// set, and the cursor of each next page.
 fn server_items(
     target: &Target,
     path: &str,
     filters: &[(&str, &Option<String>)],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let sep = if path.ends_with('?') { "" } else { "&" };
-    let mut q = format!("{path}{sep}limit={}", target.limit);
-    for (k, v) in filters {
-        if let Some(v) = v {
-            q.push_str(&format!("&{k}={}", enc(v)));
+    let params: Vec<String> = filters
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect();
+    let joiner = match (path.contains('?'), path.ends_with('?')) {
+        (false, _) => "?",
+        (true, true) => "",
+        (true, false) => "&",
+    };
+    paged(target.limit, |size, cursor| {
+        let mut page_params = params.clone();
+        page_params.push(format!("limit={size}"));
+        if let Some(c) = cursor {
+            page_params.push(format!("cursor={}", enc(&c)));
         }
-    }
-    let body = get_json(target, &q)?;
-    Ok(body["items"].as_array().cloned().unwrap_or_default())
+        let body = get_json(target, &format!("{path}{joiner}{}", page_params.join("&")))?;
+        let next = body["next_cursor"].as_str().map(str::to_string);
+        Ok((body["items"].as_array().cloned().unwrap_or_default(), next))
+    })
 }
 
 /// The store in the data directory `target` names, and the tenant to read. Reading never
@@ -384,14 +420,18 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
         )?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
-        let q = perimeter_store::EventQuery {
-            query: args.query.clone(),
-            from: parse_time(&args.from)?,
-            to: parse_time(&args.to)?,
-            limit: args.target.limit,
-            cursor: None,
-        };
-        store.search_events(&tenant, &q)?.items
+        let (from, to) = (parse_time(&args.from)?, parse_time(&args.to)?);
+        paged(args.target.limit, |limit, cursor| {
+            let q = perimeter_store::EventQuery {
+                query: args.query.clone(),
+                from,
+                to,
+                limit,
+                cursor,
+            };
+            let page = store.search_events(&tenant, &q)?;
+            Ok((page.items, page.next_cursor))
+        })?
     };
     print_items(&items, "events", args.target.format, EVENT_COLUMNS)
 }
@@ -438,12 +478,22 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
             q.sort = serde_json::from_value(serde_json::Value::String(s.clone()))
                 .with_context(|| format!("unknown sort {s}"))?;
         }
-        store
-            .list_alerts(&tenant, &q)?
-            .items
-            .into_iter()
-            .map(|r| serde_json::to_value(r).unwrap_or_default())
-            .collect()
+        paged(args.target.limit, |limit, cursor| {
+            let page = store.list_alerts(
+                &tenant,
+                &perimeter_store::AlertQuery {
+                    limit,
+                    cursor,
+                    ..q.clone()
+                },
+            )?;
+            let items = page
+                .items
+                .into_iter()
+                .map(|r| serde_json::to_value(r).unwrap_or_default())
+                .collect();
+            Ok((items, page.next_cursor))
+        })?
     };
     print_items(&items, "alerts", args.target.format, ALERT_COLUMNS)
 }

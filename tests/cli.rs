@@ -259,6 +259,13 @@ fn demo_finds_the_attack_and_stores_it() {
     let out = perimeter(&["alerts", "--data-dir", d, "--from", "last tuesday"], None);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("now-24h"), "{}", stderr(&out));
+    // Past one page (1000) in the data directory too.
+    let out = perimeter(&["search", "--data-dir", d, "--limit", "2000", "*"], None);
+    let ids: std::collections::HashSet<String> = json_lines(&out)
+        .iter()
+        .map(|e| e["event"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2000);
     let out = perimeter(&["search", "--data-dir", d, "event.module:okta"], None);
     assert!(out.status.success(), "{}", stderr(&out));
     let events = json_lines(&out);
@@ -382,8 +389,22 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         .send()
         .and_then(|r| r.json())
         .unwrap();
+    // More than one page (1000) through the server: `--limit` is what is printed.
+    let server = url.trim_end_matches("/api/v1");
+    let out = perimeter(
+        &[
+            "search", "*", "--server", server, "--token", &token, "--limit", "1500",
+        ],
+        None,
+    );
     let _ = child.kill();
     let _ = child.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ids: std::collections::HashSet<String> = json_lines(&out)
+        .iter()
+        .map(|e| e["event"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1500, "distinct events over two pages");
     let rules = body["rules"].as_array().expect("rules list");
     assert!(rules.len() >= 100, "{} rules listed", rules.len());
 }
