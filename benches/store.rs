@@ -451,6 +451,6 @@ fn q(query: &str, range: Option<(DateTime<Utc>, DateTime<Utc>)>) -> EventQuery {
         from: range.map(|r| r.0),
         to: range.map(|r| r.1),
         limit: 50,
-        cursor: None,
+        ..Default::default()
     }
 }

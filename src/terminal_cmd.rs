@@ -206,6 +206,9 @@ pub struct SearchArgs {
     /// Only events before this time (same forms as --from).
     #[arg(long)]
     pub to: Option<String>,
+    /// newest (default) or oldest first (a timeline, to read what happened in order).
+    #[arg(long, value_parser = ["newest", "oldest"])]
+    pub sort: Option<String>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -416,11 +419,15 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
         server_items(
             &args.target,
             &path,
-            &[("from", &args.from), ("to", &args.to)],
+            &[("from", &args.from), ("to", &args.to), ("sort", &args.sort)],
         )?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
         let (from, to) = (parse_time(&args.from)?, parse_time(&args.to)?);
+        let sort = match args.sort.as_deref() {
+            Some("oldest") => perimeter_store::EventSort::Oldest,
+            _ => perimeter_store::EventSort::Newest,
+        };
         paged(args.target.limit, |limit, cursor| {
             let q = perimeter_store::EventQuery {
                 query: args.query.clone(),
@@ -428,6 +435,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
                 to,
                 limit,
                 cursor,
+                sort,
             };
             let page = store.search_events(&tenant, &q)?;
             Ok((page.items, page.next_cursor))

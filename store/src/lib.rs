@@ -40,7 +40,7 @@ pub use alerts::{
 pub use compaction::CompactionReport;
 pub use config::{RetentionRule, StoreConfig};
 pub use error::{Result, StoreError};
-pub use reader::EventQuery;
+pub use reader::{EventQuery, EventSort};
 pub use retention::RetentionReport;
 pub use store::{Store, StoreBatch, StoreStats, WriteAck};
 

@@ -4,6 +4,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
 use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf};
@@ -35,20 +36,43 @@ pub struct EventQuery {
     pub limit: usize,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Newest first (default), or oldest first (a timeline, to read what happened in order).
+    pub sort: EventSort,
 }
 
-/// Position of an event in "newest first" order: (@timestamp micros, id high, id low).
+/// Order of [`EventQuery`] results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventSort {
+    #[default]
+    Newest,
+    Oldest,
+}
+
+/// Position of an event in time order: (@timestamp micros, id high, id low).
 type EventKey = (i64, u64, u64);
 
-fn encode_cursor(k: EventKey) -> String {
-    format!("{}.{:016x}{:016x}", k.0, k.1, k.2)
+/// A newest-first cursor is the key; an oldest-first one is prefixed `o`, so a cursor cannot
+/// be taken to the other order (it would skip or repeat events).
+fn encode_cursor(sort: EventSort, k: EventKey) -> String {
+    let tag = if sort == EventSort::Oldest { "o" } else { "" };
+    format!("{tag}{}.{:016x}{:016x}", k.0, k.1, k.2)
 }
 
-fn decode_cursor(c: &str) -> Result<EventKey> {
+fn decode_cursor(sort: EventSort, c: &str) -> Result<EventKey> {
     let bad = || {
         StoreError::InvalidQuery(
             "bad cursor: pass the `next_cursor` of the previous page unchanged".into(),
         )
+    };
+    let c = match (sort, c.strip_prefix('o')) {
+        (EventSort::Oldest, Some(rest)) => rest,
+        (EventSort::Newest, None) => c,
+        _ => {
+            return Err(StoreError::InvalidQuery(
+                "cursor belongs to another sort order".into(),
+            ))
+        }
     };
     let (ts, id) = c.split_once('.').ok_or_else(bad)?;
     if id.len() != 32 {
@@ -98,11 +122,16 @@ impl Store {
             .map_err(|e| StoreError::InvalidQuery(query_error_text(&e)))
     }
 
-    /// Search one tenant's events, newest first.
+    /// Search one tenant's events, newest first (or oldest first, `q.sort`).
     pub fn search_events(&self, tenant: &str, q: &EventQuery) -> Result<Page<serde_json::Value>> {
         let limit = q.limit.clamp(1, MAX_PAGE_LIMIT);
         let user_query = self.parse_event_query(&q.query)?;
-        let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+        let oldest = q.sort == EventSort::Oldest;
+        let cursor = q
+            .cursor
+            .as_deref()
+            .map(|c| decode_cursor(q.sort, c))
+            .transpose()?;
         if let (Some(f), Some(t)) = (q.from, q.to) {
             if f >= t {
                 return Err(StoreError::InvalidQuery(
@@ -110,16 +139,24 @@ impl Store {
                 ));
             }
         }
-        // Upper bound in micros (exclusive) from `to` and the cursor (inclusive: ties on the
-        // timestamp are split by id in the sort key).
+        // Bounds in micros from `from`/`to` and the cursor (inclusive: ties on the timestamp
+        // are split by id in the sort key): newest first, the cursor bounds from above; oldest
+        // first, from below.
         let mut upper: Option<Bound<i64>> = q.to.map(|t| Bound::Excluded(t.timestamp_micros()));
+        let mut lower: Option<i64> = q.from.map(|f| f.timestamp_micros());
         if let Some((ts, _, _)) = cursor {
-            let tighter = !matches!(upper, Some(Bound::Excluded(u)) if u <= ts);
-            if tighter {
-                upper = Some(Bound::Included(ts));
+            if oldest {
+                lower = Some(lower.map_or(ts, |l| l.max(ts)));
+            } else {
+                let tighter = !matches!(upper, Some(Bound::Excluded(u)) if u <= ts);
+                if tighter {
+                    upper = Some(Bound::Included(ts));
+                }
             }
         }
-        let lower_day = q.from.map(|f| f.date_naive());
+        let lower_day = lower
+            .and_then(DateTime::from_timestamp_micros)
+            .map(|d| d.date_naive());
         let upper_day = upper.map(|b| match b {
             Bound::Included(u) | Bound::Excluded(u) => DateTime::from_timestamp_micros(u)
                 .map(|d| d.date_naive())
@@ -132,9 +169,8 @@ impl Store {
             let dt = DateTime::from_timestamp_micros(micros).unwrap_or_default();
             Term::from_field_date_for_search(ts_field, to_tantivy_date(dt))
         };
-        let lower_bound = q
-            .from
-            .map(|f| Bound::Included(term_of(f.timestamp_micros())))
+        let lower_bound = lower
+            .map(|l| Bound::Included(term_of(l)))
             .unwrap_or(Bound::Unbounded);
         let upper_bound = match upper {
             Some(Bound::Included(u)) => Bound::Included(term_of(u)),
@@ -155,7 +191,11 @@ impl Store {
         };
 
         let mut hits: Vec<(EventKey, serde_json::Value)> = Vec::new();
-        for idx in self.tenant_indexes(tenant) {
+        let mut indexes = self.tenant_indexes(tenant);
+        if oldest {
+            indexes.reverse();
+        }
+        for idx in indexes {
             if upper_day.is_some_and(|u| idx.day > u) || lower_day.is_some_and(|l| idx.day < l) {
                 continue;
             }
@@ -169,22 +209,29 @@ impl Store {
                     .map(|c| c.first_or_default_col(tantivy::DateTime::MIN));
                 let hi = ff.u64(ID_FIELD).ok().map(|c| c.first_or_default_col(0));
                 let lo = ff.u64(ID_LO_FIELD).ok().map(|c| c.first_or_default_col(0));
-                move |doc: tantivy::DocId| -> Option<EventKey> {
+                // The collector keeps the largest: oldest first compares the keys reversed.
+                move |doc: tantivy::DocId| -> Option<(EventKey, std::cmp::Reverse<EventKey>)> {
                     let key = (
                         ts.as_ref()?.get_val(doc).into_timestamp_micros(),
                         hi.as_ref()?.get_val(doc),
                         lo.as_ref()?.get_val(doc),
                     );
-                    // Docs at or before the cursor's position sort last and are dropped below.
+                    // Docs at or past the cursor's position sort last and are dropped below.
                     match cursor {
-                        Some(c) if key >= c => None,
-                        _ => Some(key),
+                        Some(c) if !oldest && key >= c => None,
+                        Some(c) if oldest && key <= c => None,
+                        _ if oldest => Some(((0, 0, 0), std::cmp::Reverse(key))),
+                        _ => Some((key, std::cmp::Reverse((0, 0, 0)))),
                     }
                 }
             });
-            let top: Vec<(Option<EventKey>, DocAddress)> = searcher.search(&query, &collector)?;
-            for (key, addr) in top {
-                let Some(key) = key else { continue };
+            type Ranked = Option<(EventKey, std::cmp::Reverse<EventKey>)>;
+            let top: Vec<(Ranked, DocAddress)> = searcher.search(&query, &collector)?;
+            for (ranked, addr) in top {
+                let Some((newest_key, std::cmp::Reverse(oldest_key))) = ranked else {
+                    continue;
+                };
+                let key = if oldest { oldest_key } else { newest_key };
                 let doc: TantivyDocument = searcher.doc(addr)?;
                 hits.push((key, self.stored_output(&doc)?));
             }
@@ -195,7 +242,7 @@ impl Store {
         let more = hits.len() > limit;
         hits.truncate(limit);
         let next_cursor = if more {
-            hits.last().map(|(k, _)| encode_cursor(*k))
+            hits.last().map(|(k, _)| encode_cursor(q.sort, *k))
         } else {
             None
         };
@@ -414,7 +461,12 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
         let k = (1_700_000_000_000_000, 0xdead_beef, 42);
-        assert_eq!(decode_cursor(&encode_cursor(k)).unwrap(), k);
+        for sort in [EventSort::Newest, EventSort::Oldest] {
+            assert_eq!(decode_cursor(sort, &encode_cursor(sort, k)).unwrap(), k);
+        }
+        let newest = encode_cursor(EventSort::Newest, k);
+        assert!(decode_cursor(EventSort::Oldest, &newest).is_err());
+        assert!(decode_cursor(EventSort::Newest, &encode_cursor(EventSort::Oldest, k)).is_err());
         for bad in [
             "",
             "x",
@@ -423,7 +475,10 @@ mod tests {
             "1.00",
         ] {
             assert!(
-                matches!(decode_cursor(bad), Err(StoreError::InvalidQuery(_))),
+                matches!(
+                    decode_cursor(EventSort::Newest, bad),
+                    Err(StoreError::InvalidQuery(_))
+                ),
                 "{bad}"
             );
         }

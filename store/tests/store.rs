@@ -13,7 +13,8 @@ use perimeter_model::{
 };
 use perimeter_store::parquet_sink::read_parquet_file;
 use perimeter_store::{
-    AlertQuery, AlertUpdate, EventQuery, RetentionRule, Store, StoreBatch, StoreConfig, StoreError,
+    AlertQuery, AlertUpdate, EventQuery, EventSort, RetentionRule, Store, StoreBatch, StoreConfig,
+    StoreError,
 };
 use serde_json::json;
 
@@ -94,6 +95,16 @@ fn parquet_ids(root: &Path) -> Vec<String> {
 }
 
 fn search_all(store: &Store, tenant: &str, query: &str, limit: usize) -> Vec<serde_json::Value> {
+    search_all_sorted(store, tenant, query, limit, EventSort::Newest)
+}
+
+fn search_all_sorted(
+    store: &Store,
+    tenant: &str,
+    query: &str,
+    limit: usize,
+    sort: EventSort,
+) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     let mut cursor = None;
     loop {
@@ -101,6 +112,7 @@ fn search_all(store: &Store, tenant: &str, query: &str, limit: usize) -> Vec<ser
             query: query.into(),
             limit,
             cursor: cursor.clone(),
+            sort,
             ..Default::default()
         };
         let page = store.search_events(tenant, &q).unwrap();
@@ -310,6 +322,51 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
             "{query}"
         );
     }
+
+    // Oldest first, page by page: every event once, in time order, across the three days.
+    let newest = search_all(&store, "acme", "*", 4);
+    let oldest = search_all_sorted(&store, "acme", "*", 4, EventSort::Oldest);
+    assert_eq!(oldest.len(), 31);
+    let key = |d: &serde_json::Value| {
+        (
+            d["@timestamp"].as_str().unwrap().to_string(),
+            d["event"]["id"].as_str().unwrap().to_string(),
+        )
+    };
+    let mut reversed: Vec<_> = newest.iter().map(key).collect();
+    reversed.reverse();
+    let in_order: Vec<_> = oldest.iter().map(key).collect();
+    assert!(
+        in_order.windows(2).all(|w| w[0].0 <= w[1].0),
+        "{in_order:?}"
+    );
+    let mut a = in_order.clone();
+    let mut b = reversed.clone();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same events both ways");
+    let since_19 = EventQuery {
+        query: "*".into(),
+        from: Some(ts(19, 0, 0)),
+        limit: 3,
+        sort: EventSort::Oldest,
+        ..Default::default()
+    };
+    let first = store.search_events("acme", &since_19).unwrap();
+    assert!(first.items[0]["@timestamp"]
+        .as_str()
+        .unwrap()
+        .starts_with("2026-11-19T08:"));
+    // A cursor of one order is refused by the other.
+    let wrong = EventQuery {
+        cursor: first.next_cursor,
+        limit: 3,
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.search_events("acme", &wrong),
+        Err(StoreError::InvalidQuery(_))
+    ));
 
     let alice = search_all(
         &store,

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use perimeter_store::EventQuery;
+use perimeter_store::{EventQuery, EventSort};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -56,13 +56,15 @@ pub struct EventSearchParams {
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// `newest` first (default) or `oldest` first (a timeline).
+    pub sort: Option<String>,
 }
 
 /// Search events.
 #[utoipa::path(get, path = "/events/search", tag = "events", params(EventSearchParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A page of events (newest first)", body = ItemsPage),
+        (status = 200, description = "A page of events (newest first, or oldest with `sort=oldest`)", body = ItemsPage),
         (status = 400, description = "Bad query syntax or parameter", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
     ))]
@@ -75,12 +77,22 @@ pub async fn search_events(
     if let Some(c) = &params.cursor {
         bounded("cursor", c, MAX_QUERY_BYTES)?;
     }
+    let sort = match params.sort.as_deref() {
+        None | Some("newest") => EventSort::Newest,
+        Some("oldest") => EventSort::Oldest,
+        Some(other) => {
+            return Err(ApiError::invalid_parameter(format!(
+                "unknown sort `{other}` (expected newest or oldest)"
+            )))
+        }
+    };
     let query = EventQuery {
         query: query_text.to_string(),
         from,
         to,
         limit: page_limit(params.limit)?,
         cursor: params.cursor.clone(),
+        sort,
     };
     state.audit(
         &auth.0,
@@ -175,6 +187,7 @@ pub async fn export_events(
         to,
         limit: EXPORT_PAGE.min(max_events),
         cursor: None,
+        sort: EventSort::Newest,
     };
     // The first page is fetched before answering, so bad query syntax is still a 400.
     let store = state.store.clone();

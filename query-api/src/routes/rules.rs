@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use perimeter_store::EventQuery;
+use perimeter_store::{EventQuery, EventSort};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -149,6 +149,9 @@ pub async fn test_rule(
                         to,
                         limit: (limit - events.len()).min(MAX_LIMIT),
                         cursor,
+                        // Detectors read events in time order (correlation windows, temporal
+                        // rules), as the pipeline feeds them.
+                        sort: EventSort::Oldest,
                     };
                     let page = store.search_events(&tenant, &query)?;
                     events.extend(page.items);

@@ -774,6 +774,22 @@ fn event_search_and_lookup() {
     }
     assert_eq!(seen.len(), api.data.acme_events.len());
 
+    // Oldest first: the newest-first list reversed (a timeline); a bad order is a 400.
+    let newest = api.get_json("/api/v1/events/search?limit=100", ACME, Role::Viewer);
+    let oldest = api.get_json(
+        "/api/v1/events/search?limit=100&sort=oldest",
+        ACME,
+        Role::Viewer,
+    );
+    let mut reversed = ids(&newest["items"], "/event/id");
+    reversed.reverse();
+    assert_eq!(ids(&oldest["items"], "/event/id"), reversed);
+    assert_error(
+        api.get("/api/v1/events/search?sort=random", ACME, Role::Viewer),
+        400,
+        "invalid_parameter",
+    );
+
     let event = &api.data.acme_events[4];
     let body = api.get_json(
         &format!("/api/v1/events/{}", event.id()),
