@@ -120,6 +120,11 @@ const PAGES: &[(&str, &str, &str)] = &[
         "atlassian_site/event_audit/002.json",
         "atlassian",
     ),
+    (
+        "gsuite_alerts_001",
+        "gsuite/alerts/001.json",
+        "google_workspace_alerts",
+    ),
 ];
 
 #[test]
@@ -147,6 +152,7 @@ fn every_page_of_each_recorded_endpoint_normalizes() {
         ("dropbox/team_events", "dropbox"),
         ("atlassian/event_audit", "atlassian"),
         ("atlassian_site/event_audit", "atlassian"),
+        ("gsuite/alerts", "google_workspace_alerts"),
     ];
     for (dir, source) in dirs {
         let mut files: Vec<_> = std::fs::read_dir(format!("{}/{dir}", shared()))

@@ -34,6 +34,8 @@ fn vendor_time(raw: &Value) -> Option<DateTime<Utc>> {
         raw.pointer("/EventDate"),
         raw.pointer("/TIMESTAMP_DERIVED"),
         raw.pointer("/CreatedDate"),
+        raw.pointer("/startTime"),
+        raw.pointer("/createTime"),
     ];
     candidates
         .into_iter()

@@ -30,6 +30,10 @@ pub const BUNDLED_MAPPINGS: &[(&str, &str)] = &[
         "atlassian.toml",
         include_str!("../../../mappings/atlassian.toml"),
     ),
+    (
+        "google_workspace_alerts.toml",
+        include_str!("../../../mappings/google_workspace_alerts.toml"),
+    ),
 ];
 
 /// One declarative source mapping, as written in a `<name>.toml` file.

@@ -345,6 +345,8 @@ const LIST_KEYS: &[&str] = &[
     "audit_events",
     "auditEvents",
     "activities",
+    // Google Workspace Alert Center pages.
+    "alerts",
 ];
 
 /// Page metadata that may sit beside the list in an envelope.

@@ -46,6 +46,7 @@ fn registry_lists_builtins_json_and_bundled_mappings() {
         "duo",
         "dropbox",
         "atlassian",
+        "google_workspace_alerts",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
         assert_eq!(r.get(n).map(|x| x.source()), Some(n));

@@ -14,6 +14,10 @@ pub fn default_sources(ls: &LogSource) -> Option<Vec<String>> {
     let service = ls.service.as_deref().map(str::to_ascii_lowercase);
     let one = |s: &str| Some(vec![s.to_string()]);
     match product.as_str() {
+        // Alert Center alerts are a source of their own, whichever product name is used.
+        "gcp" | "google_workspace" if service.as_deref() == Some("alert_center") => {
+            one("google_workspace_alerts")
+        }
         "okta" => one("okta"),
         "github" => one("github"),
         "gcp"
@@ -83,6 +87,10 @@ mod tests {
             Some(vec!["aws_cloudtrail".to_string()])
         );
         assert_eq!(s(Some("cisco"), Some("duo")), Some(vec!["duo".to_string()]));
+        assert_eq!(
+            s(Some("google_workspace"), Some("alert_center")),
+            Some(vec!["google_workspace_alerts".to_string()])
+        );
         assert_eq!(s(Some("office365"), None), Some(vec!["m365".to_string()]));
         assert_eq!(
             s(Some("1password"), None),
