@@ -63,6 +63,9 @@ enum Command {
     Search(terminal_cmd::SearchArgs),
     /// List stored alerts.
     Alerts(terminal_cmd::AlertsArgs),
+    /// Triage an alert through a running server: set its status, assignee or add a note (who and
+    /// when are recorded); without changes, show it with its history and evidence.
+    Triage(terminal_cmd::TriageArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Command::Tokens(cmd) => terminal_cmd::tokens(&config, cmd),
             Command::Search(args) => terminal_cmd::search(&config, args),
             Command::Alerts(args) => terminal_cmd::alerts(&config, args),
+            Command::Triage(args) => terminal_cmd::triage(args),
         }
     })();
     match result {

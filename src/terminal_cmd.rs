@@ -249,27 +249,112 @@ pub struct AlertsArgs {
 }
 
 fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json::Value> {
-    let server = target
-        .server
-        .as_deref()
-        .unwrap_or_default()
-        .trim_end_matches('/');
     let token = target
         .token
         .as_deref()
         .context("--token (or PERIMETER_TOKEN) is required with --server")?;
-    let url = format!("{server}/api/v1{path_and_query}");
-    let resp = reqwest::blocking::Client::new()
-        .get(&url)
-        .bearer_auth(token)
-        .send()
-        .with_context(|| format!("GET {url}"))?;
+    api_call(
+        target.server.as_deref().unwrap_or_default(),
+        token,
+        reqwest::Method::GET,
+        path_and_query,
+        None,
+    )
+}
+
+/// One API request to a running server; an error answer is an error naming the request.
+fn api_call(
+    server: &str,
+    token: &str,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}/api/v1{path_and_query}", server.trim_end_matches('/'));
+    let mut request = reqwest::blocking::Client::new()
+        .request(method.clone(), &url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let resp = request.send().with_context(|| format!("{method} {url}"))?;
     let status = resp.status();
     let body: serde_json::Value = resp
         .json()
-        .with_context(|| format!("GET {url}: response is not JSON"))?;
-    anyhow::ensure!(status.is_success(), "GET {url}: {status}: {body}");
+        .with_context(|| format!("{method} {url}: response is not JSON"))?;
+    anyhow::ensure!(status.is_success(), "{method} {url}: {status}: {body}");
     Ok(body)
+}
+
+#[derive(clap::Args)]
+pub struct TriageArgs {
+    /// The alert's id (the ID column of `perimeter alerts`).
+    pub id: String,
+    /// New status: open, acknowledged, resolved or false_positive.
+    #[arg(long, value_parser = ["open", "acknowledged", "resolved", "false_positive"])]
+    pub status: Option<String>,
+    /// Who works on it ("" unassigns).
+    #[arg(long)]
+    pub assignee: Option<String>,
+    /// A note added to the alert's history (masked like everything Perimeter stores).
+    #[arg(long)]
+    pub note: Option<String>,
+    /// The running server (`http://127.0.0.1:8080`): changes go through it, which records who
+    /// made them (the token) and when.
+    #[arg(long, env = "PERIMETER_SERVER")]
+    pub server: String,
+    /// API token (responder or admin to change an alert; any role to show it).
+    #[arg(long, env = "PERIMETER_TOKEN")]
+    pub token: String,
+}
+
+/// `perimeter triage`: change an alert's status, assignee or notes through a running server,
+/// or, with none of them, show the alert with its history and evidence.
+pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/alerts/{}", enc(&args.id));
+    let mut change = serde_json::Map::new();
+    for (key, value) in [
+        ("status", &args.status),
+        ("assignee", &args.assignee),
+        ("note", &args.note),
+    ] {
+        if let Some(v) = value {
+            change.insert(key.into(), serde_json::Value::String(v.clone()));
+        }
+    }
+    let record = if change.is_empty() {
+        api_call(&args.server, &args.token, reqwest::Method::GET, &path, None)?
+    } else {
+        let body = serde_json::Value::Object(change);
+        api_call(
+            &args.server,
+            &args.token,
+            reqwest::Method::PATCH,
+            &path,
+            Some(&body),
+        )?
+    };
+    say_json(&record)?;
+    let alert = &record["alert"];
+    eprintln!(
+        "alert {}: {} [{}], status {}, assignee {}, {} change(s) in its history",
+        args.id,
+        alert["title"].as_str().unwrap_or("?"),
+        alert["severity"].as_str().unwrap_or("?"),
+        alert["status"].as_str().unwrap_or("?"),
+        record["assignee"].as_str().unwrap_or("none"),
+        record["history"].as_array().map_or(0, Vec::len),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One JSON document on stdout, as a line.
+fn say_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    out.write_all(b"\n")?;
+    Ok(())
 }
 
 fn enc(s: &str) -> String {

@@ -608,6 +608,36 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 400, "an empty note is refused");
+    // The same from the terminal: `perimeter triage` changes through the server, which records
+    // who; without changes it shows the alert. A viewer may look but not change.
+    let triage = |token: &str, extra: &[&str]| {
+        let mut args = vec!["triage", &alert_id, "--server", &svc.base, "--token", token];
+        args.extend_from_slice(extra);
+        perimeter(&args, None)
+    };
+    let out = triage(
+        &admin,
+        &["--status", "resolved", "--note", "fixed in the repo"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = triage(&admin, &[]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let record: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(record["alert"]["status"], "resolved", "{record}");
+    assert!(record["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["text"] == "fixed in the repo"));
+    assert!(
+        stderr(&shown).contains("status resolved"),
+        "{}",
+        stderr(&shown)
+    );
+    let viewer = token(&cfg, "viewer");
+    let refused = triage(&viewer, &["--status", "open"]);
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("403"), "{}", stderr(&refused));
     // A webhook URL that carries a token is listed masked.
     let token_url = "http://127.0.0.1:9/hook?token=Wh00kT0k3nN0tT0B3L1st3d";
     add_destination(&svc.base, &admin, token_url);
