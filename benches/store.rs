@@ -385,6 +385,26 @@ fn main() {
         ),
         ("all, newest page", Box::new(|_| q("", None))),
         (
+            "all, oldest page",
+            Box::new(|_| EventQuery {
+                sort: perimeter_store::EventSort::Oldest,
+                ..q("", None)
+            }),
+        ),
+        (
+            "user wildcard",
+            Box::new(|r: &mut Rng| q(&format!("user.name:user{}*", r.below(500)), None)),
+        ),
+        (
+            "source.ip /24 block",
+            Box::new(|r: &mut Rng| {
+                q(
+                    &format!("source.ip:10.{}.{}.0/24", r.below(4), r.below(256)),
+                    None,
+                )
+            }),
+        ),
+        (
             "all, random 1h window",
             Box::new(move |r: &mut Rng| {
                 let from =
