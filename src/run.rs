@@ -37,7 +37,8 @@ pub fn open_store(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<S
 
 /// The Sigma engine behind `GET /rules` and `POST /rules/test`.
 struct SigmaRuleService {
-    rules: Vec<serde_json::Value>,
+    /// What `GET /rules` lists; replaced when the rules are reloaded.
+    rules: std::sync::RwLock<Vec<serde_json::Value>>,
     config_sigma: perimeter_detect::sigma::SigmaOptions,
     registry: perimeter_detect::normalize::NormalizerRegistry,
 }
@@ -45,16 +46,7 @@ struct SigmaRuleService {
 impl SigmaRuleService {
     fn new(config: &PerimeterConfig, paths: &[PathBuf]) -> anyhow::Result<SigmaRuleService> {
         let (set, _) = RuleSet::load(paths, &config.sigma);
-        let rules = set
-            .rules()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.id, "title": r.title, "level": r.level, "status": r.status,
-                    "path": r.path, "product": r.product, "service": r.service, "tags": r.tags,
-                    "kind": format!("{:?}", r.kind).to_lowercase(),
-                })
-            })
-            .collect();
+        let rules = std::sync::RwLock::new(Self::listed(&set));
         let (registry, _) = base_parts(config)?;
         Ok(SigmaRuleService {
             rules,
@@ -62,11 +54,29 @@ impl SigmaRuleService {
             registry,
         })
     }
+
+    /// One JSON object per rule of `set`, as `GET /rules` lists them.
+    fn listed(set: &RuleSet) -> Vec<serde_json::Value> {
+        set.rules()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.id, "title": r.title, "level": r.level, "status": r.status,
+                    "path": r.path, "product": r.product, "service": r.service, "tags": r.tags,
+                    "kind": format!("{:?}", r.kind).to_lowercase(),
+                })
+            })
+            .collect()
+    }
+
+    /// List `set` from now on (the rules were reloaded).
+    fn replace(&self, set: &RuleSet) {
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Self::listed(set);
+    }
 }
 
 impl RuleService for SigmaRuleService {
     fn list(&self) -> Vec<serde_json::Value> {
-        self.rules.clone()
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn test(
@@ -131,6 +141,60 @@ fn ingest_auth(tokens: Arc<TokenStore>) -> perimeter_ingest::http::IngestAuth {
             .filter(|t| t.role >= Role::Responder)
             .map(|t| t.tenant.clone())
     })
+}
+
+/// SIGHUP reloads the rules from their paths while the service runs: new and changed rules
+/// apply from the next batch, without a restart (which would drop correlation windows and
+/// behavioural state). All or nothing: if any rule fails, each failure is logged and the rules
+/// in use stay.
+fn spawn_rule_reloader(
+    config: &PerimeterConfig,
+    paths: Vec<PathBuf>,
+    listed: Arc<SigmaRuleService>,
+    to_pipeline: std::sync::mpsc::Sender<perimeter_detect::sigma::SigmaDetector>,
+) {
+    #[cfg(unix)]
+    {
+        let options = config.sigma.clone();
+        // Registered before returning: a SIGHUP right after start must not end the process
+        // (the default action).
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; rules reload only with a restart");
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let (paths, options) = (paths.clone(), options.clone());
+                let loaded =
+                    tokio::task::spawn_blocking(move || RuleSet::load(&paths, &options)).await;
+                let Ok((set, report)) = loaded else { continue };
+                if !report.failed.is_empty() {
+                    for f in &report.failed {
+                        tracing::error!(error = %f, "rule error");
+                    }
+                    tracing::error!(
+                        failed = report.failed.len(),
+                        "rules not reloaded: fix the rules above and send SIGHUP again; the rules in use stay"
+                    );
+                    continue;
+                }
+                listed.replace(&set);
+                let count = set.len();
+                let detector =
+                    perimeter_detect::sigma::SigmaDetector::new(set, &listed.config_sigma);
+                if to_pipeline.send(detector).is_err() {
+                    return;
+                }
+                eprintln!(
+                    "perimeter: rules reloaded ({count} rules); they apply from the next batch"
+                );
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (config, paths, listed, to_pipeline);
 }
 
 async fn shutdown_signal() {
@@ -209,6 +273,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         undelivered,
     );
     let (bus, rx) = perimeter_ingest::bus::channel(16);
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     let worker = crate::service::spawn_pipeline_worker(
         pipeline,
         store.clone(),
@@ -216,9 +281,11 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         metrics.clone(),
         state_path,
         notifier,
+        reload_rx,
     );
 
     let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
+    spawn_rule_reloader(config, rule_paths.clone(), rules.clone(), reload_tx);
     let state = AppState::open_in(&data_dir, store.clone(), rules, metrics.clone())
         .context("opening tokens and audit log")?
         .with_masker(value_masker(config)?)

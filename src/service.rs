@@ -2,6 +2,7 @@
 //! after the store committed it.
 
 use perimeter_detect::pipeline::{Pipeline, PipelineOutput};
+use perimeter_detect::sigma::SigmaDetector;
 use perimeter_ingest::bus::{BusReceiver, SubmitAck};
 use perimeter_ingest::InputItem;
 use perimeter_model::Metrics;
@@ -31,6 +32,7 @@ pub fn spawn_pipeline_worker(
     metrics: Arc<Metrics>,
     state_path: PathBuf,
     notifier: AlertNotifier,
+    rule_reloads: std::sync::mpsc::Receiver<SigmaDetector>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("pipeline".into())
@@ -41,6 +43,11 @@ pub fn spawn_pipeline_worker(
             let mut last_retention = Instant::now();
             while let Some(sub) = rx.blocking_recv() {
                 out.clear();
+                // Rules reloaded meanwhile (SIGHUP) apply from this batch on.
+                while let Ok(sigma) = rule_reloads.try_recv() {
+                    pipeline.replace_sigma(sigma, &mut out);
+                    tracing::info!("reloaded rules in use");
+                }
                 let now = chrono::Utc::now();
                 for item in sub.items {
                     match item {

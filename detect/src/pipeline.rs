@@ -254,6 +254,20 @@ impl Pipeline {
         });
     }
 
+    /// Swap in newly loaded Sigma rules (a reload while running). The old rules first emit
+    /// what waits on their open windows, as at the end of input; the new ones start with empty
+    /// correlation state. Behavioural baselines are kept.
+    pub fn replace_sigma(&mut self, sigma: SigmaDetector, out: &mut PipelineOutput) {
+        if let Some(mut old) = self.sigma.take() {
+            let mut alerts = std::mem::take(&mut self.scratch_alerts);
+            alerts.clear();
+            old.flush(&mut alerts);
+            self.scratch_alerts = alerts;
+            self.drain_alerts(out);
+        }
+        self.sigma = Some(sigma);
+    }
+
     /// End of input: let detectors emit what waits on open windows.
     pub fn finish(&mut self, out: &mut PipelineOutput) {
         let mut alerts = std::mem::take(&mut self.scratch_alerts);
