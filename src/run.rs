@@ -285,6 +285,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     );
 
     let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
+    let rule_count = rules.list().len();
     spawn_rule_reloader(config, rule_paths.clone(), rules.clone(), reload_tx);
     let state = AppState::open_in(&data_dir, store.clone(), rules, metrics.clone())
         .context("opening tokens and audit log")?
@@ -330,6 +331,15 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     say!("  ingest: POST {scheme}://{addr}/ingest/<source> (JSON lines) or drop files into {}/<source>/", spool_dir.display());
     say!("  API:    {scheme}://{addr}/api/v1/openapi.json");
     say!("  data:   {}", data_dir.display());
+    let rule_dirs: Vec<String> = rule_paths.iter().map(|p| p.display().to_string()).collect();
+    if rule_dirs.is_empty() {
+        say!("  rules:  none configured (`rules = [...]` in the config; SIGHUP reloads them)");
+    } else {
+        say!(
+            "  rules:  {rule_count} from {} (SIGHUP reloads them)",
+            rule_dirs.join(", ")
+        );
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
