@@ -152,6 +152,7 @@ fn spawn_rule_reloader(
     paths: Vec<PathBuf>,
     listed: Arc<SigmaRuleService>,
     to_pipeline: std::sync::mpsc::Sender<perimeter_detect::sigma::SigmaDetector>,
+    metrics: Arc<Metrics>,
 ) {
     #[cfg(unix)]
     {
@@ -174,6 +175,7 @@ fn spawn_rule_reloader(
                     for f in &report.failed {
                         tracing::error!(error = %f, "rule error");
                     }
+                    metrics.inc("rule_reloads_failed_total", &[], 1);
                     tracing::error!(
                         failed = report.failed.len(),
                         "rules not reloaded: fix the rules above and send SIGHUP again; the rules in use stay"
@@ -182,6 +184,7 @@ fn spawn_rule_reloader(
                 }
                 listed.replace(&set);
                 let count = set.len();
+                metrics.set("rules_loaded", &[], count as f64);
                 let detector =
                     perimeter_detect::sigma::SigmaDetector::new(set, &listed.config_sigma);
                 if to_pipeline.send(detector).is_err() {
@@ -194,7 +197,7 @@ fn spawn_rule_reloader(
         });
     }
     #[cfg(not(unix))]
-    let _ = (config, paths, listed, to_pipeline);
+    let _ = (config, paths, listed, to_pipeline, metrics);
 }
 
 async fn shutdown_signal() {
@@ -286,7 +289,14 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
 
     let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
     let rule_count = rules.list().len();
-    spawn_rule_reloader(config, rule_paths.clone(), rules.clone(), reload_tx);
+    metrics.set("rules_loaded", &[], rule_count as f64);
+    spawn_rule_reloader(
+        config,
+        rule_paths.clone(),
+        rules.clone(),
+        reload_tx,
+        metrics.clone(),
+    );
     let state = AppState::open_in(&data_dir, store.clone(), rules, metrics.clone())
         .context("opening tokens and audit log")?
         .with_masker(value_masker(config)?)

@@ -842,5 +842,20 @@ fn sighup_reloads_the_rules_all_or_nothing() {
     assert_eq!(listed(), 2);
     let ack = ingest(3);
     assert_eq!(ack["alerts"], 1, "the reloaded rules still run: {ack}");
+    let metrics = client
+        .get(format!("{}/metrics", svc.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in [
+        "perimeter_rules_loaded 2",
+        "perimeter_rule_reloads_failed_total 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in {metrics}"
+        );
+    }
     stop(svc);
 }
