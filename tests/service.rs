@@ -655,6 +655,7 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         &format!("/alerts/{alert_id}"),
         "/events/search?q=*&limit=100",
         "/events/export",
+        "/events/export?format=csv",
         "/alerts?limit=100",
         "/dead-letters?limit=100",
         "/audit?limit=100",

@@ -60,6 +60,17 @@ pub struct EventSearchParams {
     pub sort: Option<String>,
 }
 
+/// `sort` of the event endpoints: `newest` (default) or `oldest`.
+fn parse_event_sort(sort: Option<&str>) -> Result<EventSort, ApiError> {
+    match sort {
+        None | Some("newest") => Ok(EventSort::Newest),
+        Some("oldest") => Ok(EventSort::Oldest),
+        Some(other) => Err(ApiError::invalid_parameter(format!(
+            "unknown sort `{other}` (expected newest or oldest)"
+        ))),
+    }
+}
+
 /// Search events.
 #[utoipa::path(get, path = "/events/search", tag = "events", params(EventSearchParams),
     security(("bearer" = [])),
@@ -77,15 +88,7 @@ pub async fn search_events(
     if let Some(c) = &params.cursor {
         bounded("cursor", c, MAX_QUERY_BYTES)?;
     }
-    let sort = match params.sort.as_deref() {
-        None | Some("newest") => EventSort::Newest,
-        Some("oldest") => EventSort::Oldest,
-        Some(other) => {
-            return Err(ApiError::invalid_parameter(format!(
-                "unknown sort `{other}` (expected newest or oldest)"
-            )))
-        }
-    };
+    let sort = parse_event_sort(params.sort.as_deref())?;
     let query = EventQuery {
         query: query_text.to_string(),
         from,
@@ -152,8 +155,76 @@ pub struct EventExportParams {
     pub from: Option<String>,
     /// Events before this time (exclusive): RFC 3339, a date or relative (`now-1h`).
     pub to: Option<String>,
-    /// Most events to export, 1..=10 000 000 (default 100 000); the newest ones are kept.
+    /// Most events to export, 1..=10 000 000 (default 100 000); the newest ones are kept
+    /// (the oldest with `sort=oldest`).
     pub max_events: Option<usize>,
+    /// `jsonl` (default: every stored event document whole) or `csv` (one row per event with
+    /// the main ECS columns, for a spreadsheet; cells are guarded against formula injection).
+    pub format: Option<String>,
+    /// `newest` first (default) or `oldest` first.
+    pub sort: Option<String>,
+}
+
+/// The columns of a CSV export: header and JSON path in the stored event document.
+const CSV_COLUMNS: &[(&str, &[&str])] = &[
+    ("@timestamp", &["@timestamp"]),
+    ("event.module", &["event", "module"]),
+    ("event.action", &["event", "action"]),
+    ("event.outcome", &["event", "outcome"]),
+    ("user.name", &["user", "name"]),
+    ("user.email", &["user", "email"]),
+    ("user.target.name", &["user", "target", "name"]),
+    ("source.ip", &["source", "ip"]),
+    (
+        "source.geo.country_iso_code",
+        &["source", "geo", "country_iso_code"],
+    ),
+    ("user_agent.original", &["user_agent", "original"]),
+    ("event.id", &["event", "id"]),
+];
+
+/// One CSV field (RFC 4180 quoting). Event values are attacker-controlled: a cell a spreadsheet
+/// would run as a formula (`=`, `+`, `-`, `@`, tab, carriage return first) gets a leading `'`.
+fn csv_cell(out: &mut Vec<u8>, value: &str) {
+    let guarded = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let quoted = guarded || value.contains([',', '"', '\n', '\r']);
+    if quoted {
+        out.push(b'"');
+    }
+    if guarded {
+        out.push(b'\'');
+    }
+    for b in value.bytes() {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    if quoted {
+        out.push(b'"');
+    }
+}
+
+/// One event as a CSV row; list values are joined with `;`.
+fn csv_row(out: &mut Vec<u8>, doc: &serde_json::Value) {
+    for (i, (_, path)) in CSV_COLUMNS.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let value = path.iter().try_fold(doc, |v, k| v.get(*k));
+        let text = match value {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(";"),
+            Some(serde_json::Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        };
+        csv_cell(out, &text);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Export the masked events a query matches, newest first, as JSON lines (one stored event
@@ -164,7 +235,7 @@ pub struct EventExportParams {
 #[utoipa::path(get, path = "/events/export", tag = "events", params(EventExportParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "JSON lines (`application/x-ndjson`), one event per line", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "JSON lines (`application/x-ndjson`), one event per line; or CSV (`text/csv`) with `format=csv`", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "Bad query syntax or parameter", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Not an admin token", body = ErrorBody),
@@ -181,13 +252,22 @@ pub async fn export_events(
         DEFAULT_EXPORT_EVENTS,
         MAX_EXPORT_EVENTS,
     )?;
+    let csv = match params.format.as_deref() {
+        None | Some("jsonl") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_parameter(format!(
+                "unknown format `{other}` (expected jsonl or csv)"
+            )))
+        }
+    };
     let query = EventQuery {
         query: query_text.to_string(),
         from,
         to,
         limit: EXPORT_PAGE.min(max_events),
         cursor: None,
-        sort: EventSort::Newest,
+        sort: parse_event_sort(params.sort.as_deref())?,
     };
     // The first page is fetched before answering, so bad query syntax is still a 400.
     let store = state.store.clone();
@@ -198,12 +278,19 @@ pub async fn export_events(
         &auth.0,
         "events.export",
         None,
-        json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events}),
+        json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events,
+               "format": if csv { "csv" } else { "jsonl" }}),
     )?;
 
     // Each step sends what is left of one page, then reads the next while under the bound.
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
+    let header: Vec<u8> = if csv {
+        let names: Vec<&str> = CSV_COLUMNS.iter().map(|(name, _)| *name).collect();
+        format!("{}\r\n", names.join(",")).into_bytes()
+    } else {
+        Vec::new()
+    };
     let body = futures_util::stream::unfold(Some((first, 0usize)), move |step| {
         let store = store.clone();
         let tenant = tenant.clone();
@@ -216,6 +303,10 @@ pub async fn export_events(
             let take = page.items.len().min(max_events - sent);
             let mut chunk = Vec::with_capacity(take * 1024);
             for item in page.items.drain(..take) {
+                if csv {
+                    csv_row(&mut chunk, &item);
+                    continue;
+                }
                 if serde_json::to_writer(&mut chunk, &item).is_err() {
                     let e = std::io::Error::other("encoding an exported event");
                     return Some((Err(e), None));
@@ -239,15 +330,25 @@ pub async fn export_events(
             Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), next))
         }
     });
+    let header_chunk =
+        futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(header)) });
+    let (content_type, disposition) = if csv {
+        (
+            "text/csv; charset=utf-8",
+            "attachment; filename=\"perimeter-events.csv\"",
+        )
+    } else {
+        (
+            "application/x-ndjson",
+            "attachment; filename=\"perimeter-events.jsonl\"",
+        )
+    };
     Ok((
         [
-            (header::CONTENT_TYPE, "application/x-ndjson"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"perimeter-events.jsonl\"",
-            ),
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_DISPOSITION, disposition),
         ],
-        Body::from_stream(body),
+        Body::from_stream(futures_util::StreamExt::chain(header_chunk, body)),
     )
         .into_response())
 }
@@ -292,4 +393,42 @@ pub async fn list_dead_letters(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::Internal(format!("encode dead letter: {e}")))?;
     Ok(Json(DeadLetterList { items }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{csv_cell, csv_row};
+
+    fn cell(value: &str) -> String {
+        let mut out = Vec::new();
+        csv_cell(&mut out, value);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn csv_cells_are_quoted_and_formula_guarded() {
+        assert_eq!(cell("alice@acme.test"), "alice@acme.test");
+        assert_eq!(cell("a,b"), "\"a,b\"");
+        assert_eq!(cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(cell("two\nlines"), "\"two\nlines\"");
+        // Attacker-controlled values a spreadsheet would run as formulas.
+        assert_eq!(
+            cell("=HYPERLINK(\"http://x\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        for risky in ["+1", "-2+3", "@SUM(A1)", "\tx"] {
+            assert!(cell(risky).starts_with("\"'"), "{risky}: {}", cell(risky));
+        }
+        let mut row = Vec::new();
+        csv_row(
+            &mut row,
+            &serde_json::json!({"@timestamp": "2024-05-01T10:00:00Z", "event": {"module": "okta",
+                "action": "user.session.start", "id": "abc"}, "user": {"name": "=cmd"},
+                "related": {"ip": ["1.2.3.4"]}}),
+        );
+        assert_eq!(
+            String::from_utf8(row).unwrap(),
+            "2024-05-01T10:00:00Z,okta,user.session.start,,\"'=cmd\",,,,,,abc\r\n"
+        );
+    }
 }

@@ -443,6 +443,25 @@ fn events_export_streams_the_matching_events_of_the_tenant_as_json_lines() {
         event_ids(&lines("/api/v1/events/export?max_events=2")),
         expected[..2]
     );
+    // Oldest first keeps the oldest.
+    let mut oldest_two = expected[expected.len() - 2..].to_vec();
+    oldest_two.reverse();
+    assert_eq!(
+        event_ids(&lines("/api/v1/events/export?sort=oldest&max_events=2")),
+        oldest_two
+    );
+    // CSV for a spreadsheet: a header, then one row per event, newest first, id last.
+    let r = api.get("/api/v1/events/export?format=csv", ACME, Role::Admin);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    let text = r.text().unwrap();
+    let rows: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert!(
+        rows[0].starts_with("@timestamp,event.module,event.action,event.outcome,user.name"),
+        "{text}"
+    );
+    assert_eq!(rows.len(), expected.len() + 1, "{text}");
+    assert!(rows[1].ends_with(&format!(",{}", expected[0])), "{text}");
     // Bad asks are refused before any event is sent.
     for (path, code) in [
         ("/api/v1/events/export?q=(((", "invalid_query"),
@@ -452,7 +471,8 @@ fn events_export_streams_the_matching_events_of_the_tenant_as_json_lines() {
             "limit_too_large",
         ),
         ("/api/v1/events/export?from=yesterday", "invalid_parameter"),
-        ("/api/v1/events/export?format=csv", "invalid_parameter"),
+        ("/api/v1/events/export?format=xml", "invalid_parameter"),
+        ("/api/v1/events/export?sort=sideways", "invalid_parameter"),
     ] {
         assert_error(api.get(path, ACME, Role::Admin), 400, code);
     }
