@@ -197,7 +197,9 @@ pub fn write_table(
 
 #[derive(clap::Args)]
 pub struct SearchArgs {
-    /// Query in tantivy syntax, e.g. 'event.action:user.session.start AND event.outcome:failure'.
+    /// Query in tantivy syntax, e.g. 'event.action:user.session.start AND event.outcome:failure'
+    /// (a query may start with `-`: `-event.outcome:success`).
+    #[arg(allow_hyphen_values = true)]
     pub query: String,
     /// Only events at or after this time: RFC 3339, a date (2024-05-01, UTC) or relative to
     /// now (now-15m, now-24h, now-7d).

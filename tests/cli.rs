@@ -259,6 +259,22 @@ fn demo_finds_the_attack_and_stores_it() {
     let out = perimeter(&["alerts", "--data-dir", d, "--from", "last tuesday"], None);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("now-24h"), "{}", stderr(&out));
+    // A query may start with `-` (exclusion), not taken for a flag.
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--limit",
+            "5",
+            "-event.outcome:success",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let excluded = json_lines(&out);
+    assert_eq!(excluded.len(), 5);
+    assert!(excluded.iter().all(|e| e["event"]["outcome"] != "success"));
     // Past one page (1000) in the data directory too.
     let out = perimeter(&["search", "--data-dir", d, "--limit", "2000", "*"], None);
     let ids: std::collections::HashSet<String> = json_lines(&out)

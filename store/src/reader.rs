@@ -226,7 +226,9 @@ impl Store {
                 }
             });
             type Ranked = Option<(EventKey, std::cmp::Reverse<EventKey>)>;
-            let top: Vec<(Ranked, DocAddress)> = searcher.search(&query, &collector)?;
+            let top: Vec<(Ranked, DocAddress)> = searcher
+                .search(&query, &collector)
+                .map_err(query_shape_error)?;
             for (ranked, addr) in top {
                 let Some((newest_key, std::cmp::Reverse(oldest_key))) = ranked else {
                     continue;
@@ -346,6 +348,17 @@ fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
         }
         other => UserInputAst::Leaf(Box::new(other)),
     })
+}
+
+/// A search that tantivy refuses for the query's shape (an exists or range query on a field
+/// that cannot answer it) is the caller's invalid query, not a store failure.
+fn query_shape_error(e: tantivy::TantivyError) -> StoreError {
+    match e {
+        tantivy::TantivyError::SchemaError(m) | tantivy::TantivyError::InvalidArgument(m) => {
+            StoreError::InvalidQuery(format!("this query cannot run on these fields: {m}"))
+        }
+        other => other.into(),
+    }
 }
 
 /// The parser's error, and for an unknown field what can be searched instead: vendor field

@@ -18,9 +18,22 @@ pub(crate) fn rewrite_wildcards(ast: UserInputAst) -> UserInputAst {
     map_leaves(ast, &|leaf| {
         UserInputAst::Leaf(Box::new(match leaf {
             UserInputLeaf::Literal(lit) if is_wildcard(&lit) => wildcard_leaf(lit),
+            // `user.name:*` (has a value): tantivy answers it from fast fields only, which the
+            // text fields are not; any term of the field is the same question.
+            UserInputLeaf::Exists { field } if is_text_field(&field) => UserInputLeaf::Regex {
+                field: Some(field),
+                pattern: ".*".into(),
+            },
             other => other,
         }))
     })
+}
+
+fn is_text_field(field: &str) -> bool {
+    field == "all"
+        || field == "event.module"
+        || KEYWORD_FIELDS.contains(&field)
+        || TEXT_FIELDS.contains(&field)
 }
 
 fn is_wildcard(lit: &UserInputLiteral) -> bool {
@@ -51,7 +64,7 @@ fn wildcard_leaf(lit: UserInputLiteral) -> UserInputLeaf {
             ..lit
         });
     }
-    if field == "all" || field == "event.module" || KEYWORD_FIELDS.contains(&field.as_str()) {
+    if is_text_field(&field) {
         return pattern_leaf(field, &glob);
     }
     // Not a text field: left to the parser, which says what is wrong with it.

@@ -315,6 +315,9 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
         ("alic*", 16),
         ("*@acme.test", 31),
         ("event.action:user.session.* AND NOT user.name:al*", 15),
+        // Has a value (tantivy answers `field:*` from fast fields only).
+        ("user.name:*", 31),
+        ("user.target.name:*", 0),
     ] {
         assert_eq!(
             search_all(&store, "acme", query, 50).len(),
@@ -678,6 +681,8 @@ fn invalid_queries_and_cursors_are_invalid_query_errors() {
         "nosuchfield:x",
         "\"unterminated",
         "@timestamp:[2026 TO",
+        // Refused by tantivy at search time (not a fast field): still the caller's error.
+        "source.as.number:*",
     ] {
         let q = EventQuery {
             query: bad.into(),
