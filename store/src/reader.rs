@@ -357,6 +357,10 @@ fn query_shape_error(e: tantivy::TantivyError) -> StoreError {
         tantivy::TantivyError::SchemaError(m) | tantivy::TantivyError::InvalidArgument(m) => {
             StoreError::InvalidQuery(format!("this query cannot run on these fields: {m}"))
         }
+        // `nope:*`: the grammar's exists query does not check its field.
+        tantivy::TantivyError::FieldNotFound(field) => {
+            StoreError::InvalidQuery(format!("unknown field `{field}`"))
+        }
         other => other.into(),
     }
 }

@@ -683,6 +683,7 @@ fn invalid_queries_and_cursors_are_invalid_query_errors() {
         "@timestamp:[2026 TO",
         // Refused by tantivy at search time (not a fast field): still the caller's error.
         "source.as.number:*",
+        "nosuchfield:*",
     ] {
         let q = EventQuery {
             query: bad.into(),
