@@ -94,6 +94,22 @@ fn parquet_ids(root: &Path) -> Vec<String> {
     ids
 }
 
+/// `query` on tenant `acme` is refused as the caller's invalid query (a 400, never a 500).
+fn assert_invalid_query(store: &Store, query: &str) {
+    let q = EventQuery {
+        query: query.into(),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        matches!(
+            store.search_events("acme", &q),
+            Err(StoreError::InvalidQuery(_))
+        ),
+        "{query}"
+    );
+}
+
 fn search_all(store: &Store, tenant: &str, query: &str, limit: usize) -> Vec<serde_json::Value> {
     search_all_sorted(store, tenant, query, limit, EventSort::Newest)
 }
@@ -685,18 +701,7 @@ fn invalid_queries_and_cursors_are_invalid_query_errors() {
         "source.as.number:*",
         "nosuchfield:*",
     ] {
-        let q = EventQuery {
-            query: bad.into(),
-            limit: 10,
-            ..Default::default()
-        };
-        assert!(
-            matches!(
-                store.search_events("acme", &q),
-                Err(StoreError::InvalidQuery(_))
-            ),
-            "{bad}"
-        );
+        assert_invalid_query(&store, bad);
     }
     // A vendor field name says how to search its value instead, and which fields exist.
     let q = EventQuery {
@@ -1522,17 +1527,6 @@ fn ip_ranges_and_cidr_blocks_compare_addresses_not_text() {
         "source.ip:[2001:db8:: TO 2001:db8::ff]",
         "user.name:/adm.*/",
     ] {
-        let q = perimeter_store::EventQuery {
-            query: bad.into(),
-            limit: 10,
-            ..Default::default()
-        };
-        assert!(
-            matches!(
-                store.search_events("acme", &q),
-                Err(StoreError::InvalidQuery(_))
-            ),
-            "{bad}"
-        );
+        assert_invalid_query(&store, bad);
     }
 }
