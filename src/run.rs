@@ -144,19 +144,24 @@ fn ingest_auth(tokens: Arc<TokenStore>) -> perimeter_ingest::http::IngestAuth {
 }
 
 /// SIGHUP reloads the rules from their paths while the service runs: new and changed rules
-/// apply from the next batch, without a restart (which would drop correlation windows and
+/// are in use once the reload is reported, without a restart (which would drop correlation windows and
 /// behavioural state). All or nothing: if any rule fails, each failure is logged and the rules
 /// in use stay.
 fn spawn_rule_reloader(
     config: &PerimeterConfig,
     paths: Vec<PathBuf>,
     listed: Arc<SigmaRuleService>,
-    to_pipeline: std::sync::mpsc::Sender<perimeter_detect::sigma::SigmaDetector>,
+    (to_pipeline, wake): (
+        std::sync::mpsc::Sender<perimeter_detect::sigma::SigmaDetector>,
+        perimeter_ingest::bus::BusSender,
+    ),
     metrics: Arc<Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     #[cfg(unix)]
     {
         let options = config.sigma.clone();
+        let tenant = config.tenant.clone();
         // Registered before returning: a SIGHUP right after start must not end the process
         // (the default action).
         let Ok(mut hangups) =
@@ -166,7 +171,13 @@ fn spawn_rule_reloader(
             return;
         };
         tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
+            // Ends at shutdown, dropping its bus handle: the pipeline drains once every
+            // sender is gone.
+            loop {
+                tokio::select! {
+                    signal = hangups.recv() => if signal.is_none() { return },
+                    _ = stop.changed() => return,
+                }
                 let (paths, options) = (paths.clone(), options.clone());
                 let loaded =
                     tokio::task::spawn_blocking(move || RuleSet::load(&paths, &options)).await;
@@ -190,14 +201,17 @@ fn spawn_rule_reloader(
                 if to_pipeline.send(detector).is_err() {
                     return;
                 }
-                eprintln!(
-                    "perimeter: rules reloaded ({count} rules); they apply from the next batch"
-                );
+                // Wake the pipeline so the new rules are in use now, not at the next input;
+                // its answer comes once they are.
+                if wake.submit("", &tenant, Vec::new()).await.is_err() {
+                    return;
+                }
+                eprintln!("perimeter: rules reloaded ({count} rules in use)");
             }
         });
     }
     #[cfg(not(unix))]
-    let _ = (config, paths, listed, to_pipeline, metrics);
+    let _ = (config, paths, listed, to_pipeline, wake, metrics, stop);
 }
 
 async fn shutdown_signal() {
@@ -290,12 +304,14 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
     let rule_count = rules.list().len();
     metrics.set("rules_loaded", &[], rule_count as f64);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     spawn_rule_reloader(
         config,
         rule_paths.clone(),
         rules.clone(),
-        reload_tx,
+        (reload_tx, bus.clone()),
         metrics.clone(),
+        stop_rx.clone(),
     );
     let state = AppState::open_in(&data_dir, store.clone(), rules, metrics.clone())
         .context("opening tokens and audit log")?
@@ -314,7 +330,6 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         64 * 1024 * 1024,
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let spool_dir = config
         .spool_dir
         .clone()

@@ -48,6 +48,12 @@ pub fn spawn_pipeline_worker(
                     pipeline.replace_sigma(sigma, &mut out);
                     tracing::info!("reloaded rules in use");
                 }
+                // An empty submission only wakes the worker for a reload (sources never send
+                // one): nothing to store unless the old rules flushed alerts.
+                if sub.items.is_empty() && out.alerts.is_empty() {
+                    let _ = sub.ack.send(Ok(SubmitAck::default()));
+                    continue;
+                }
                 let now = chrono::Utc::now();
                 for item in sub.items {
                     match item {
