@@ -2,7 +2,7 @@
 //! then the API over the demo data.
 
 use crate::config::PerimeterConfig;
-use crate::detect_cmd::{base_parts, load_sigma};
+use crate::detect_cmd::{base_parts, load_rules};
 use crate::service::store_output;
 use anyhow::Context;
 use perimeter_detect::pipeline::{entity_key, Pipeline, PipelineOutput};
@@ -58,8 +58,10 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     std::fs::create_dir_all(&args.data_dir)?;
     let (registry, masker) = base_parts(config)?;
     let key = entity_key(&masker);
-    let rule_paths = rules_dir(&args, config);
-    let sigma = load_sigma(config, &rule_paths, false)?;
+    let (rule_set, sigma_options) = load_rules(config, &rules_dir(&args, config), false)?;
+    // Listed by the demo's API, so `GET /rules` shows what produced the alerts.
+    let listed_rules = crate::run::rule_list(&rule_set);
+    let sigma = perimeter_detect::sigma::SigmaDetector::new(rule_set, &sigma_options);
     let metrics = Arc::new(Metrics::new());
     let mut pipeline = Pipeline::new(registry, masker, metrics.clone(), true)
         .with_sigma(sigma)
@@ -67,13 +69,9 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     // The bundled day is fixed history: retention would count it as expired once it is older
     // than the configured window, so the demo's own store keeps everything.
     let mut store_config = config.store.clone();
-    store_config.data_dir = args.data_dir.clone();
     store_config.retention_days = 0;
     store_config.retention.clear();
-    let store = Arc::new(
-        perimeter_store::Store::open(store_config)
-            .with_context(|| format!("opening the demo store in {}", args.data_dir.display()))?,
-    );
+    let store = Arc::new(crate::run::open_store_with(store_config, &args.data_dir)?);
 
     eprintln!("perimeter demo: running the bundled dataset through ingest -> detect -> store ...");
     let mut out = PipelineOutput::default();
@@ -148,7 +146,7 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
         metrics,
         args.listen,
         DEMO_TENANT,
-        &rule_paths,
+        listed_rules,
     )
 }
 

@@ -101,6 +101,17 @@ pub fn load_sigma(
     rules: &[PathBuf],
     ignore_logsource: bool,
 ) -> anyhow::Result<SigmaDetector> {
+    let (set, options) = load_rules(config, rules, ignore_logsource)?;
+    Ok(SigmaDetector::new(set, &options))
+}
+
+/// [`load_sigma`]'s rules before they are compiled into a detector, with the options they were
+/// loaded with: for a caller that also lists them (`GET /rules`) without loading them twice.
+pub fn load_rules(
+    config: &PerimeterConfig,
+    rules: &[PathBuf],
+    ignore_logsource: bool,
+) -> anyhow::Result<(RuleSet, perimeter_detect::sigma::SigmaOptions)> {
     let mut options = config.sigma.clone();
     options.ignore_logsource |= ignore_logsource;
     let paths = config.rule_paths(rules);
@@ -111,7 +122,7 @@ pub fn load_sigma(
     for f in &report.failed {
         eprintln!("rule error: {f}");
     }
-    Ok(SigmaDetector::new(set, &options))
+    Ok((set, options))
 }
 
 pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Result<ExitCode> {

@@ -2,7 +2,7 @@
 //! store and the API on the embedded bus. SIGTERM/SIGINT flush and commit before exit.
 
 use crate::config::PerimeterConfig;
-use crate::detect_cmd::{base_parts, load_sigma};
+use crate::detect_cmd::{base_parts, load_rules};
 use anyhow::Context;
 use perimeter_detect::mask::SecretMasker;
 use perimeter_detect::pipeline::{entity_key, Pipeline};
@@ -29,7 +29,14 @@ pub struct RunArgs {
 
 /// Open the store under `data_dir` with the config's `[store]` settings.
 pub fn open_store(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<Store> {
-    let mut store_config = config.store.clone();
+    open_store_with(config.store.clone(), data_dir)
+}
+
+/// Open the store under `data_dir` with `store_config` (its `data_dir` replaced).
+pub fn open_store_with(
+    mut store_config: perimeter_store::StoreConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Store> {
     store_config.data_dir = data_dir.to_path_buf();
     Store::open(store_config)
         .with_context(|| format!("opening the store in {}", data_dir.display()))
@@ -43,34 +50,36 @@ struct SigmaRuleService {
     registry: perimeter_detect::normalize::NormalizerRegistry,
 }
 
+/// One JSON object per rule of `set`, as `GET /rules` lists them.
+pub fn rule_list(set: &RuleSet) -> Vec<serde_json::Value> {
+    set.rules()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id, "title": r.title, "level": r.level, "status": r.status,
+                "path": r.path, "product": r.product, "service": r.service, "tags": r.tags,
+                "kind": format!("{:?}", r.kind).to_lowercase(),
+            })
+        })
+        .collect()
+}
+
 impl SigmaRuleService {
-    fn new(config: &PerimeterConfig, paths: &[PathBuf]) -> anyhow::Result<SigmaRuleService> {
-        let (set, _) = RuleSet::load(paths, &config.sigma);
-        let rules = std::sync::RwLock::new(Self::listed(&set));
+    /// `listed`: the [`rule_list`] of the rules in use (loaded once, by the caller).
+    fn new(
+        config: &PerimeterConfig,
+        listed: Vec<serde_json::Value>,
+    ) -> anyhow::Result<SigmaRuleService> {
         let (registry, _) = base_parts(config)?;
         Ok(SigmaRuleService {
-            rules,
+            rules: std::sync::RwLock::new(listed),
             config_sigma: config.sigma.clone(),
             registry,
         })
     }
 
-    /// One JSON object per rule of `set`, as `GET /rules` lists them.
-    fn listed(set: &RuleSet) -> Vec<serde_json::Value> {
-        set.rules()
-            .map(|r| {
-                serde_json::json!({
-                    "id": r.id, "title": r.title, "level": r.level, "status": r.status,
-                    "path": r.path, "product": r.product, "service": r.service, "tags": r.tags,
-                    "kind": format!("{:?}", r.kind).to_lowercase(),
-                })
-            })
-            .collect()
-    }
-
     /// List `set` from now on (the rules were reloaded).
     fn replace(&self, set: &RuleSet) {
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Self::listed(set);
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rule_list(set);
     }
 }
 
@@ -257,7 +266,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     }
     let key = entity_key(&masker);
     let rule_paths = config.rule_paths(&[]);
-    let sigma = load_sigma(config, &rule_paths, false)?;
+    let (rule_set, sigma_options) = load_rules(config, &rule_paths, false)?;
+    let listed_rules = rule_list(&rule_set);
+    let sigma = SigmaDetector::new(rule_set, &sigma_options);
     let state_path = data_dir.join("state").join("ueba.snapshot");
     std::fs::create_dir_all(data_dir.join("state"))?;
     let (ueba, set_aside) = UebaEngine::restore_or_set_aside(config.ueba.clone(), key, &state_path)
@@ -301,7 +312,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         reload_rx,
     );
 
-    let rules = Arc::new(SigmaRuleService::new(config, &rule_paths)?);
+    let rules = Arc::new(SigmaRuleService::new(config, listed_rules)?);
     let rule_count = rules.list().len();
     metrics.set("rules_loaded", &[], rule_count as f64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -394,12 +405,12 @@ pub fn serve_demo(
     metrics: Arc<Metrics>,
     listen: SocketAddr,
     tenant: &str,
-    rule_paths: &[PathBuf],
+    listed_rules: Vec<serde_json::Value>,
 ) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         // The rules the demo ran, so `GET /rules` lists what produced its alerts.
-        let rules = Arc::new(SigmaRuleService::new(config, rule_paths)?);
+        let rules = Arc::new(SigmaRuleService::new(config, listed_rules)?);
         let state = AppState::open_in(data_dir, store, rules, metrics)?.with_masker(value_masker(config)?);
         let (_, token) = state.tokens.create(tenant, Role::Admin, Some("demo"))?;
         let mut api_config = config.api.clone();

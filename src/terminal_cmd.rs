@@ -49,11 +49,8 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
             println!("{token}");
         }
         TokensCommand::List => {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
             for t in store.list() {
-                serde_json::to_writer(&mut out, &t)?;
-                out.write_all(b"\n")?;
+                say_json(&t)?;
             }
         }
         TokensCommand::Revoke { id } => {
@@ -351,7 +348,7 @@ pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One JSON document on stdout, as a line.
-fn say_json(value: &serde_json::Value) -> anyhow::Result<()> {
+fn say_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)?;
@@ -400,8 +397,8 @@ fn paged(
     Ok(items)
 }
 
-/// Up to `--limit` items from a running server: `path` plus `limit`, the filters that are
-/// set, and the cursor of each next page.
+/// Up to `--limit` items from a running server: `path` (no query string) with the filters
+/// that are set, `limit`, and the cursor of each next page.
 fn server_items(
     target: &Target,
     path: &str,
@@ -411,18 +408,13 @@ fn server_items(
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
         .collect();
-    let joiner = match (path.contains('?'), path.ends_with('?')) {
-        (false, _) => "?",
-        (true, true) => "",
-        (true, false) => "&",
-    };
     paged(target.limit, |size, cursor| {
         let mut page_params = params.clone();
         page_params.push(format!("limit={size}"));
         if let Some(c) = cursor {
             page_params.push(format!("cursor={}", enc(&c)));
         }
-        let body = get_json(target, &format!("{path}{joiner}{}", page_params.join("&")))?;
+        let body = get_json(target, &format!("{path}?{}", page_params.join("&")))?;
         let next = body["next_cursor"].as_str().map(str::to_string);
         Ok((body["items"].as_array().cloned().unwrap_or_default(), next))
     })
@@ -502,19 +494,27 @@ fn print_items(
 
 pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
-        let path = format!("/events/search?q={}", enc(&args.query));
+        let query = Some(args.query.clone());
         server_items(
             &args.target,
-            &path,
-            &[("from", &args.from), ("to", &args.to), ("sort", &args.sort)],
+            "/events/search",
+            &[
+                ("q", &query),
+                ("from", &args.from),
+                ("to", &args.to),
+                ("sort", &args.sort),
+            ],
         )?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
         let (from, to) = (parse_time(&args.from)?, parse_time(&args.to)?);
-        let sort = match args.sort.as_deref() {
-            Some("oldest") => perimeter_store::EventSort::Oldest,
-            _ => perimeter_store::EventSort::Newest,
-        };
+        let sort = args
+            .sort
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or_default();
         paged(args.target.limit, |limit, cursor| {
             let q = perimeter_store::EventQuery {
                 query: args.query.clone(),
@@ -544,7 +544,7 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
             ("q", &args.query),
             ("sort", &args.sort),
         ];
-        server_items(&args.target, "/alerts?", &filters)?
+        server_items(&args.target, "/alerts", &filters)?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
         let mut q = perimeter_store::AlertQuery {

@@ -49,6 +49,21 @@ pub enum EventSort {
     Oldest,
 }
 
+impl std::str::FromStr for EventSort {
+    type Err = String;
+
+    /// `newest` or `oldest`; the error says what is accepted.
+    fn from_str(s: &str) -> std::result::Result<EventSort, String> {
+        match s {
+            "newest" => Ok(EventSort::Newest),
+            "oldest" => Ok(EventSort::Oldest),
+            other => Err(format!(
+                "unknown sort `{other}` (expected newest or oldest)"
+            )),
+        }
+    }
+}
+
 /// Position of an event in time order: (@timestamp micros, id high, id low).
 type EventKey = (i64, u64, u64);
 

@@ -62,13 +62,8 @@ pub struct EventSearchParams {
 
 /// `sort` of the event endpoints: `newest` (default) or `oldest`.
 fn parse_event_sort(sort: Option<&str>) -> Result<EventSort, ApiError> {
-    match sort {
-        None | Some("newest") => Ok(EventSort::Newest),
-        Some("oldest") => Ok(EventSort::Oldest),
-        Some(other) => Err(ApiError::invalid_parameter(format!(
-            "unknown sort `{other}` (expected newest or oldest)"
-        ))),
-    }
+    sort.map_or(Ok(EventSort::Newest), str::parse)
+        .map_err(ApiError::invalid_parameter)
 }
 
 /// Search events.
