@@ -67,6 +67,15 @@ impl std::str::FromStr for EventSort {
 /// Position of an event in time order: (@timestamp micros, id high, id low).
 type EventKey = (i64, u64, u64);
 
+/// The collector keeps the largest ranks. Newest first ranks by the key; oldest first by its
+/// bitwise complement, which reverses the order (and, applied again, gives the key back).
+fn in_order(sort: EventSort, k: EventKey) -> EventKey {
+    match sort {
+        EventSort::Newest => k,
+        EventSort::Oldest => (!k.0, !k.1, !k.2),
+    }
+}
+
 /// A newest-first cursor is the key; an oldest-first one is prefixed `o`, so a cursor cannot
 /// be taken to the other order (it would skip or repeat events).
 fn encode_cursor(sort: EventSort, k: EventKey) -> String {
@@ -215,6 +224,7 @@ impl Store {
                 continue;
             }
             let want = limit + 1 - hits.len();
+            let q_sort = q.sort;
             let searcher = idx.reader.searcher();
             let collector = TopDocs::with_limit(want).order_by(move |seg: &SegmentReader| {
                 let ff = seg.fast_fields();
@@ -224,31 +234,26 @@ impl Store {
                     .map(|c| c.first_or_default_col(tantivy::DateTime::MIN));
                 let hi = ff.u64(ID_FIELD).ok().map(|c| c.first_or_default_col(0));
                 let lo = ff.u64(ID_LO_FIELD).ok().map(|c| c.first_or_default_col(0));
-                // The collector keeps the largest: oldest first compares the keys reversed.
-                move |doc: tantivy::DocId| -> Option<(EventKey, std::cmp::Reverse<EventKey>)> {
+                move |doc: tantivy::DocId| -> Option<EventKey> {
                     let key = (
                         ts.as_ref()?.get_val(doc).into_timestamp_micros(),
                         hi.as_ref()?.get_val(doc),
                         lo.as_ref()?.get_val(doc),
                     );
                     // Docs at or past the cursor's position sort last and are dropped below.
+                    let rank = in_order(q_sort, key);
                     match cursor {
-                        Some(c) if !oldest && key >= c => None,
-                        Some(c) if oldest && key <= c => None,
-                        _ if oldest => Some(((0, 0, 0), std::cmp::Reverse(key))),
-                        _ => Some((key, std::cmp::Reverse((0, 0, 0)))),
+                        Some(c) if rank >= in_order(q_sort, c) => None,
+                        _ => Some(rank),
                     }
                 }
             });
-            type Ranked = Option<(EventKey, std::cmp::Reverse<EventKey>)>;
-            let top: Vec<(Ranked, DocAddress)> = searcher
+            let top: Vec<(Option<EventKey>, DocAddress)> = searcher
                 .search(&query, &collector)
                 .map_err(query_shape_error)?;
-            for (ranked, addr) in top {
-                let Some((newest_key, std::cmp::Reverse(oldest_key))) = ranked else {
-                    continue;
-                };
-                let key = if oldest { oldest_key } else { newest_key };
+            for (rank, addr) in top {
+                let Some(rank) = rank else { continue };
+                let key = in_order(q.sort, rank);
                 let doc: TantivyDocument = searcher.doc(addr)?;
                 hits.push((key, self.stored_output(&doc)?));
             }
