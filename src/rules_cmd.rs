@@ -1,4 +1,4 @@
-//! `perimeter rules check|test|explain`.
+//! `perimeter rules check|test|explain|disable|enable`.
 
 use crate::config::PerimeterConfig;
 use crate::detect_cmd::base_parts;
@@ -35,6 +35,26 @@ pub enum RulesCommand {
         #[arg(long, default_value = "auto")]
         source: String,
     },
+    /// Switch a rule off for your tenant through a running server (admin token). Its alerts are
+    /// dropped (and counted in `perimeter_alerts_switched_off_total`) until it is switched on
+    /// again; the rule keeps running, events are still stored, other tenants are not affected.
+    /// Behavioural detectors are switched the same way (`ueba.password_spray`).
+    Disable {
+        /// Rule id, as `GET /api/v1/rules` lists it.
+        id: String,
+        /// Why (kept with who and when, and in the API's audit log).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        server: crate::terminal_cmd::AdminServer,
+    },
+    /// Switch a rule back on for your tenant through a running server (admin token).
+    Enable {
+        /// Rule id, as `GET /api/v1/rules` lists it.
+        id: String,
+        #[command(flatten)]
+        server: crate::terminal_cmd::AdminServer,
+    },
 }
 
 pub fn run(config: &PerimeterConfig, cmd: RulesCommand) -> anyhow::Result<ExitCode> {
@@ -46,6 +66,12 @@ pub fn run(config: &PerimeterConfig, cmd: RulesCommand) -> anyhow::Result<ExitCo
             event,
             source,
         } => explain_cmd(config, rule, event, &source),
+        RulesCommand::Disable { id, reason, server } => {
+            crate::terminal_cmd::switch_rule(&server, &id, false, Some(&reason))
+        }
+        RulesCommand::Enable { id, server } => {
+            crate::terminal_cmd::switch_rule(&server, &id, true, None)
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use perimeter_ingest::spool::{SpoolConfig, SpoolSource};
 use perimeter_model::{Detector, Metrics, RawRecord};
 use perimeter_query_api::auth::{Role, TokenStore};
 use perimeter_query_api::{
-    AlertNotifier, AppState, DeliveryOutbox, DestinationStore, RuleService, Server,
+    AlertNotifier, AppState, DeliveryOutbox, DestinationStore, RuleService, RuleSwitchStore, Server,
 };
 use perimeter_store::Store;
 use std::net::SocketAddr;
@@ -46,6 +46,9 @@ pub fn open_store_with(
 struct SigmaRuleService {
     /// What `GET /rules` lists; replaced when the rules are reloaded.
     rules: std::sync::RwLock<Vec<serde_json::Value>>,
+    /// The behavioural detectors that run, listed after the rules (they can be switched off
+    /// per tenant like rules).
+    detectors: Vec<serde_json::Value>,
     config_sigma: perimeter_detect::sigma::SigmaOptions,
     registry: perimeter_detect::normalize::NormalizerRegistry,
 }
@@ -72,6 +75,16 @@ impl SigmaRuleService {
         let (registry, _) = base_parts(config)?;
         Ok(SigmaRuleService {
             rules: std::sync::RwLock::new(listed),
+            detectors: config
+                .ueba
+                .detectors()
+                .into_iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "id": d.rule_id(), "title": d.title(), "kind": "ueba", "detector": d.name(),
+                    })
+                })
+                .collect(),
             config_sigma: config.sigma.clone(),
             registry,
         })
@@ -85,7 +98,9 @@ impl SigmaRuleService {
 
 impl RuleService for SigmaRuleService {
     fn list(&self) -> Vec<serde_json::Value> {
-        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut listed = self.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
+        listed.extend(self.detectors.iter().cloned());
+        listed
     }
 
     fn test(
@@ -280,9 +295,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             "behavioural state could not be used; starting with empty baselines (UEBA warms up again)"
         );
     }
+    let rule_switches =
+        Arc::new(RuleSwitchStore::open_in(&data_dir).context("opening the rule switches")?);
     let pipeline = Pipeline::new(registry, masker, metrics.clone(), true)
         .with_sigma(sigma)
-        .with_ueba(ueba);
+        .with_ueba(ueba)
+        .with_rule_switches(rule_switches.switches());
     let destinations =
         Arc::new(DestinationStore::open_in(&data_dir).context("opening the alert destinations")?);
     let (outbox, undelivered) =
@@ -312,8 +330,8 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         reload_rx,
     );
 
+    let rule_count = listed_rules.len();
     let rules = Arc::new(SigmaRuleService::new(config, listed_rules)?);
-    let rule_count = rules.list().len();
     metrics.set("rules_loaded", &[], rule_count as f64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     spawn_rule_reloader(
@@ -327,7 +345,8 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let state = AppState::open_in(&data_dir, store.clone(), rules, metrics.clone())
         .context("opening tokens and audit log")?
         .with_masker(value_masker(config)?)
-        .with_destinations(destinations);
+        .with_destinations(destinations)
+        .with_rule_switches(rule_switches);
     let mut api_config = config.api.clone();
     if let Some(listen) = args.listen {
         api_config.listen = listen;

@@ -307,6 +307,48 @@ pub struct TriageArgs {
     pub token: String,
 }
 
+/// A running server and an admin token, for commands that change its settings.
+#[derive(clap::Args)]
+pub struct AdminServer {
+    /// The running server (`http://127.0.0.1:8080`); it records who made the change and when.
+    #[arg(long, env = "PERIMETER_SERVER")]
+    pub server: String,
+    /// API token with role admin.
+    #[arg(long, env = "PERIMETER_TOKEN")]
+    pub token: String,
+}
+
+/// `perimeter rules disable|enable`: switch a rule off or on for the token's tenant.
+pub fn switch_rule(
+    target: &AdminServer,
+    id: &str,
+    enabled: bool,
+    reason: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let mut body = serde_json::json!({ "enabled": enabled });
+    if let Some(reason) = reason {
+        body["reason"] = reason.into();
+    }
+    let rule = api_call(
+        &target.server,
+        &target.token,
+        reqwest::Method::PATCH,
+        &format!("/rules/{}", enc(id)),
+        Some(&body),
+    )?;
+    say_json(&rule)?;
+    eprintln!(
+        "rule {id} ({}) is now {} for this tenant",
+        rule["title"].as_str().unwrap_or("?"),
+        if enabled {
+            "on"
+        } else {
+            "off: its alerts are dropped"
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `perimeter triage`: change an alert's status, assignee or notes through a running server,
 /// or, with none of them, show the alert with its history and evidence.
 pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {

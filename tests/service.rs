@@ -1,7 +1,7 @@
 //! `perimeter run` as a real process: HTTP ingest acknowledged only after storage, kill -9 and
 //! restart without losing or duplicating an acknowledged event, graceful SIGTERM.
 
-use crate::util::{perimeter, repo, stderr};
+use crate::util::{json_lines, perimeter, repo, stderr};
 #[path = "../query-api/tests/api/webhook_receiver.rs"]
 mod webhook_receiver;
 use std::collections::HashMap;
@@ -751,35 +751,50 @@ fn a_busy_port_is_one_clear_error() {
     assert_eq!(line.matches("in use").count(), 1, "{line}");
 }
 
-#[test]
-fn sighup_reloads_the_rules_all_or_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir_all(&rules).unwrap();
-    let rule = |id: &str, title: &str, detection: &str| {
-        format!(
-            "title: {title}\nid: {id}\nlogsource:\n    product: okta\ndetection:\n{detection}\nlevel: high\n"
-        )
-    };
-    std::fs::write(
-        rules.join("never.yml"),
-        rule(
-            "3f1c2a44-0000-4000-8000-000000000001",
-            "Never",
-            "    sel:\n        eventType: no.such.event\n    condition: sel",
-        ),
+/// A Sigma rule on Okta records.
+fn okta_rule(id: &str, title: &str, detection: &str) -> String {
+    format!(
+        "title: {title}\nid: {id}\nlogsource:\n    product: okta\ndetection:\n{detection}\nlevel: high\n"
     )
-    .unwrap();
-    let cfg = dir.path().join("perimeter.toml");
+}
+
+/// A config for tenant `acme` whose rules are the directory `dir/rules`, holding `rules` (file
+/// name, text).
+fn config_with_rules(dir: &std::path::Path, rules: &[(&str, String)]) -> std::path::PathBuf {
+    let rule_dir = dir.join("rules");
+    std::fs::create_dir_all(&rule_dir).unwrap();
+    for (name, text) in rules {
+        std::fs::write(rule_dir.join(name), text).unwrap();
+    }
+    let cfg = dir.join("perimeter.toml");
     std::fs::write(
         &cfg,
         format!(
             "data_dir = {:?}\ntenant = \"acme\"\nrules = [{:?}]\n[api]\nlisten = \"127.0.0.1:0\"\n",
-            dir.path().join("data"),
-            rules
+            dir.join("data"),
+            rule_dir
         ),
     )
     .unwrap();
+    cfg
+}
+
+#[test]
+fn sighup_reloads_the_rules_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    let rule = okta_rule;
+    let cfg = config_with_rules(
+        dir.path(),
+        &[(
+            "never.yml",
+            rule(
+                "3f1c2a44-0000-4000-8000-000000000001",
+                "Never",
+                "    sel:\n        eventType: no.such.event\n    condition: sel",
+            ),
+        )],
+    );
     let admin = token(&cfg, "admin");
     let svc = start(&cfg);
     let client = reqwest::blocking::Client::new();
@@ -791,7 +806,9 @@ fn sighup_reloads_the_rules_all_or_nothing() {
             .unwrap()
             .json()
             .unwrap();
-        body["rules"].as_array().unwrap().len()
+        // The behavioural detectors are listed too; count the rules.
+        let rules = body["rules"].as_array().unwrap();
+        rules.iter().filter(|r| r["kind"] != "ueba").count()
     };
     let ingest = |i: usize| -> serde_json::Value {
         client
@@ -858,5 +875,84 @@ fn sighup_reloads_the_rules_all_or_nothing() {
             "no `{line}` in {metrics}"
         );
     }
+    stop(svc);
+}
+
+#[test]
+fn a_rule_switched_off_raises_no_alerts_for_the_tenant_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "3f1c2a44-0000-4000-8000-000000000010";
+    let cfg = config_with_rules(
+        dir.path(),
+        &[(
+            "logins.yml",
+            okta_rule(
+                id,
+                "Any Okta login",
+                "    sel:\n        eventType: user.session.start\n    condition: sel",
+            ),
+        )],
+    );
+    let admin = token(&cfg, "admin");
+    let client = reqwest::blocking::Client::new();
+    let ingest = |svc: &Service, i: usize| -> serde_json::Value {
+        client
+            .post(format!("{}/ingest/okta", svc.base))
+            .bearer_auth(&admin)
+            .body(okta_event(11, i).to_string())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let switch = |svc: &Service, args: &[&str]| {
+        let mut all = vec!["rules"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[id, "--server", &svc.base, "--token", &admin]);
+        let out = perimeter(&all, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        json_lines(&out).remove(0)
+    };
+    let svc = start(&cfg);
+    assert_eq!(ingest(&svc, 1)["alerts"], 1);
+    let rule = switch(
+        &svc,
+        &["disable", "--reason", "noisy during the SSO migration"],
+    );
+    assert_eq!(rule["enabled"], false, "{rule}");
+    let ack = ingest(&svc, 2);
+    assert_eq!(
+        (ack["events"].clone(), ack["alerts"].clone()),
+        (1.into(), 0.into()),
+        "{ack}"
+    );
+    let metrics = client
+        .get(format!("{}/metrics", svc.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let line = format!("perimeter_alerts_switched_off_total{{rule=\"{id}\"}} 1");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in {metrics}"
+    );
+    stop(svc);
+
+    // The switch was persisted: still off after a restart, back on when switched on.
+    let svc = start(&cfg);
+    assert_eq!(ingest(&svc, 3)["alerts"], 0);
+    assert_eq!(switch(&svc, &["enable"])["enabled"], true);
+    assert_eq!(ingest(&svc, 4)["alerts"], 1);
+    // A viewer cannot switch rules: the server's 403 is the command's error.
+    let viewer = token(&cfg, "viewer");
+    let out = perimeter(
+        &[
+            "rules", "disable", id, "--reason", "x", "--server", &svc.base, "--token", &viewer,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("403"), "{}", stderr(&out));
     stop(svc);
 }

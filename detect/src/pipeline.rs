@@ -2,7 +2,8 @@
 //!
 //! Order per record: split vendor envelopes -> normalize -> every detector (clear values, in
 //! memory) -> mask the alerts -> mask the event (when events are kept for output). Nothing
-//! leaves a [`Pipeline`] unmasked.
+//! leaves a [`Pipeline`] unmasked. Alerts of a rule its tenant switched off
+//! ([`RuleSwitches`]) are dropped before masking, and counted.
 
 use crate::mask::SecretMasker;
 use crate::normalize::{split_records, NormalizerRegistry};
@@ -10,7 +11,9 @@ use crate::sigma::SigmaDetector;
 use crate::ueba::UebaEngine;
 use chrono::{DateTime, Utc};
 use perimeter_model::raw_prelude::*;
-use perimeter_model::{Alert, DeadLetter, Detector, Event, Masker, Metrics, RawJson, RawRecord};
+use perimeter_model::{
+    Alert, DeadLetter, Detector, Event, Masker, Metrics, RawJson, RawRecord, RuleSwitches,
+};
 use std::sync::Arc;
 
 /// What one call to the pipeline produced, all masked.
@@ -35,6 +38,8 @@ pub struct PipelineStats {
     pub records: u64,
     pub events: u64,
     pub alerts: u64,
+    /// Alerts dropped because their tenant switched their rule off.
+    pub alerts_switched_off: u64,
     pub dead_letters: u64,
     pub values_masked: u64,
     /// Events seen again within the replay window (same id): passed on, not detected twice.
@@ -101,6 +106,7 @@ pub struct Pipeline {
     stats: PipelineStats,
     scratch_alerts: Vec<Alert>,
     recent: RecentEvents,
+    switches: Option<Arc<RuleSwitches>>,
 }
 
 impl Pipeline {
@@ -121,7 +127,15 @@ impl Pipeline {
             stats: PipelineStats::default(),
             scratch_alerts: Vec::new(),
             recent: RecentEvents::new(DEFAULT_REPLAY_WINDOW),
+            switches: None,
         }
+    }
+
+    /// Drop the alerts of rules their tenant switched off (read at every alert, so a change
+    /// applies from the next alert on).
+    pub fn with_rule_switches(mut self, switches: Arc<RuleSwitches>) -> Pipeline {
+        self.switches = Some(switches);
+        self
     }
 
     /// Remember this many recent event ids so a resent event is not detected twice (0: off).
@@ -299,6 +313,14 @@ impl Pipeline {
 
     fn drain_alerts(&mut self, out: &mut PipelineOutput) {
         for mut alert in self.scratch_alerts.drain(..) {
+            if let Some(switches) = &self.switches {
+                if switches.is_off(&alert.tenant, &alert.rule_id) {
+                    self.stats.alerts_switched_off += 1;
+                    self.metrics
+                        .inc("alerts_switched_off_total", &[("rule", &alert.rule_id)], 1);
+                    continue;
+                }
+            }
             mask_alert(&self.masker, &mut alert);
             self.stats.alerts += 1;
             out.alerts.push(alert);
@@ -405,6 +427,51 @@ mod tests {
         // Off: every copy is detected.
         let (stats, _, alerts) = run(0);
         assert_eq!((alerts, stats.replayed), (4, 0), "{stats:?}");
+    }
+
+    #[test]
+    fn a_rule_switched_off_for_a_tenant_raises_no_alerts_there_only() {
+        let (rules, options) = okta_failure_rule();
+        let rule_id = "5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6b";
+        let switches = Arc::new(RuleSwitches::default());
+        let metrics = Arc::new(Metrics::new());
+        let mut p = Pipeline::new(
+            NormalizerRegistry::builtin(),
+            SecretMasker::default(),
+            metrics.clone(),
+            true,
+        )
+        .with_sigma(SigmaDetector::new(rules, &options))
+        .with_rule_switches(switches.clone());
+        let mut out = PipelineOutput::default();
+        let mut send = |p: &mut Pipeline, tenant: &str, user: &str| {
+            let record = sonic_rs::json!({"eventType": "user.session.start",
+                "published": "2026-11-24T10:00:00Z", "outcome": {"result": "FAILURE"},
+                "actor": {"alternateId": user}});
+            out.clear();
+            p.process_value("okta", tenant, None, record, Utc::now(), &mut out);
+            (out.events.len(), out.alerts.len())
+        };
+        assert_eq!(send(&mut p, "acme", "a@x.io"), (1, 1));
+        switches.switch_off(
+            "acme",
+            rule_id,
+            perimeter_model::SwitchedOff {
+                by: "token:t:1".into(),
+                at: Utc::now(),
+                reason: "noisy".into(),
+            },
+        );
+        // The event is still kept (searchable); only the alert is dropped, and only for acme.
+        assert_eq!(send(&mut p, "acme", "b@x.io"), (1, 0));
+        assert_eq!(send(&mut p, "globex", "c@x.io"), (1, 1));
+        assert_eq!(p.stats().alerts_switched_off, 1);
+        assert_eq!(
+            metrics.counter("alerts_switched_off_total", &[("rule", rule_id)]),
+            1
+        );
+        switches.switch_on("acme", rule_id);
+        assert_eq!(send(&mut p, "acme", "d@x.io"), (1, 1));
     }
 
     /// Ids are derived lazily: the ids an alert cites must be those of the stored (masked)

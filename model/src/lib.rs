@@ -11,6 +11,7 @@ mod alert;
 mod ecs;
 mod event;
 pub mod metrics;
+mod switches;
 mod time;
 
 pub use alert::{Alert, AlertStatus, DetectorKind, EntityKind, Severity};
@@ -18,6 +19,7 @@ pub use ecs::{Ecs, EcsValue, Outcome, ECS_FIELDS};
 pub use event::{raw_from_serde, raw_to_serde, DeadLetter, Event, EventId, RawJson, RawRecord};
 pub use metrics::Metrics;
 pub use sonic_rs;
+pub use switches::{RuleSwitches, SwitchedOff, SwitchedOffRules};
 pub use time::{
     parse_time_bound, parse_timestamp, parse_timestamp_str, TimeBoundError, TimestampError,
 };

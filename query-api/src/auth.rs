@@ -317,13 +317,6 @@ fn read_file(path: &Path) -> Result<Loaded, AuthError> {
 }
 
 fn write_file(path: &Path, records: &[TokenRecord]) -> Result<(), AuthError> {
-    let io_err = |source| AuthError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-    }
     let file = TokenFile {
         tokens: records.to_vec(),
     };
@@ -331,23 +324,12 @@ fn write_file(path: &Path, records: &[TokenRecord]) -> Result<(), AuthError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // Write-then-rename so a crash never leaves a half-written token file.
-    let tmp = path.with_extension("json.tmp");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut f = options.open(&tmp).map_err(io_err)?;
-        f.write_all(text.as_bytes()).map_err(io_err)?;
-        f.sync_all().map_err(io_err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err)?;
-    Ok(())
+    crate::files::replace_file(path, text.as_bytes(), crate::files::Readers::Owner).map_err(
+        |source| AuthError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 /// The least role an endpoint needs, as a type, so the check happens while extracting:

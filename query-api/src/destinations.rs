@@ -313,20 +313,9 @@ impl DestinationStore {
             path: path.clone(),
             source,
         };
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(all).map_err(|e| io(e.into()))?;
-        {
-            use std::io::Write;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            // The file holds the signing secrets: owner only.
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut f = options.open(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io)
+        // The file holds the signing secrets: owner only.
+        crate::files::replace_file(path, &bytes, crate::files::Readers::Owner).map_err(io)
     }
 }
 

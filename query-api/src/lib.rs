@@ -20,9 +20,11 @@ pub mod auth;
 pub mod destinations;
 pub mod error;
 pub mod extract;
+mod files;
 pub mod openapi;
 pub mod outbox;
 pub mod routes;
+pub mod rule_switches;
 pub mod server;
 pub mod state;
 
@@ -39,6 +41,7 @@ pub use auth::{Role, TokenInfo, TokenStore};
 pub use destinations::{AlertNotifier, Destination, DestinationStore};
 pub use error::ApiError;
 pub use outbox::DeliveryOutbox;
+pub use rule_switches::{RuleSwitchError, RuleSwitchStore};
 pub use server::{serve, ApiConfig, ServeError, Server};
 pub use state::{AppState, RuleService};
 

@@ -57,6 +57,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(events::get_event))
         .routes(routes!(events::list_dead_letters))
         .routes(routes!(rules::list_rules))
+        .routes(routes!(rules::switch_rule))
         .routes(routes!(rules::test_rule))
         .routes(routes!(admin::list_audit))
         .routes(routes!(

@@ -361,18 +361,10 @@ impl Inner {
             text.push(b'\n');
             kept += 1;
         }
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        std::fs::create_dir_all(&dir)?;
-        let tmp = path.with_extension("jsonl.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-        }
         let state = self.files.entry(tenant.to_string()).or_default();
+        // The append handle points at the file being replaced.
         state.file = None;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&dir)?.sync_all()?;
+        crate::files::replace_file(&path, &text, crate::files::Readers::Default)?;
         state.records = kept;
         Ok(())
     }

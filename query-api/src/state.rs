@@ -12,6 +12,7 @@ use crate::audit::{AuditEntry, AuditError, AuditLog};
 use crate::auth::{AuthError, TokenInfo, TokenStore};
 use crate::destinations::DestinationStore;
 use crate::error::ApiError;
+use crate::rule_switches::RuleSwitchStore;
 
 /// The rule engine as the API sees it. The binary implements it with the real Sigma engine;
 /// keeping it a trait keeps `query-api` free of `perimeter-detect`.
@@ -38,6 +39,9 @@ pub struct AppState {
     /// Alert webhooks per tenant (in memory unless [`AppState::with_destinations`] is given a
     /// persistent list).
     pub destinations: Arc<DestinationStore>,
+    /// Rules each tenant switched off (in memory unless [`AppState::with_rule_switches`] is
+    /// given the service's persisted store, whose switches the pipeline reads).
+    pub rule_switches: Arc<RuleSwitchStore>,
     ready: Arc<AtomicBool>,
     /// Masks secrets in what the API itself writes (audit details such as search text). The
     /// binary installs the detect crate's masker; the default leaves values as they are.
@@ -62,6 +66,7 @@ impl AppState {
             rules,
             metrics,
             destinations: Arc::new(DestinationStore::in_memory()),
+            rule_switches: Arc::new(RuleSwitchStore::in_memory()),
             ready: Arc::new(AtomicBool::new(true)),
             masker: Arc::new(|_: &mut serde_json::Value| {}),
         }
@@ -70,6 +75,12 @@ impl AppState {
     /// Use a persistent destination list (the service's `destinations.json`).
     pub fn with_destinations(mut self, destinations: Arc<DestinationStore>) -> AppState {
         self.destinations = destinations;
+        self
+    }
+
+    /// Use the service's persisted rule switches (`rule_switches.json`).
+    pub fn with_rule_switches(mut self, switches: Arc<RuleSwitchStore>) -> AppState {
+        self.rule_switches = switches;
         self
     }
 

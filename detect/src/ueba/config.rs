@@ -370,6 +370,26 @@ pub(crate) struct DetectorSettings {
 }
 
 impl UebaConfig {
+    /// The detectors that run (globally; tenants may switch more off). None when UEBA is off.
+    pub fn detectors(&self) -> Vec<super::UebaDetector> {
+        use super::UebaDetector as D;
+        if !self.enabled {
+            return Vec::new();
+        }
+        D::ALL
+            .into_iter()
+            .filter(|d| match d {
+                D::AuthFailureBurst => self.auth_failure_burst.enabled,
+                D::PasswordSpray => self.password_spray.enabled,
+                D::BruteForceSuccess => self.brute_force_success.enabled,
+                D::RateLimitViolation => self.rate_limit_violation.enabled,
+                D::ConfigChange => self.config_change.enabled,
+                D::FirstSeen => self.first_seen.enabled,
+                D::VolumeAnomaly => self.volume_anomaly.enabled,
+            })
+            .collect()
+    }
+
     /// Parse the body of the `[ueba]` table from TOML.
     pub fn from_toml(text: &str) -> Result<UebaConfig, DetectError> {
         toml::from_str(text).map_err(|e| DetectError::Config {

@@ -51,6 +51,19 @@ impl UebaDetector {
         }
     }
 
+    /// What the detector looks for, for rule listings.
+    pub fn title(&self) -> &'static str {
+        match self {
+            UebaDetector::AuthFailureBurst => "Failed authentications above baseline",
+            UebaDetector::PasswordSpray => "One source failing against many users",
+            UebaDetector::BruteForceSuccess => "Burst of failures followed by a success",
+            UebaDetector::RateLimitViolation => "Rate limiting above baseline",
+            UebaDetector::ConfigChange => "Unusual security configuration change",
+            UebaDetector::FirstSeen => "First seen country, network, agent or app",
+            UebaDetector::VolumeAnomaly => "Downloads, exports or deletions above baseline",
+        }
+    }
+
     /// `ueba.<detector>`.
     pub fn rule_id(&self) -> String {
         format!("ueba.{}", self.name())

@@ -1,4 +1,5 @@
-//! `/rules`: the loaded detection rules, and trying a rule before deploying it.
+//! `/rules`: the loaded detection rules, switching a rule off or on for the caller's tenant, and
+//! trying a rule before deploying it.
 
 use axum::extract::State;
 use axum::Json;
@@ -8,21 +9,36 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::{blocking, limit_within, time_range, MAX_LIMIT};
+use super::{blocking, bounded, limit_within, time_range, MAX_LIMIT};
 use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 
 /// Most events one rule test runs over (inline or from the store).
 pub const MAX_TEST_EVENTS: usize = 10_000;
 const MAX_RULE_BYTES: usize = 256 * 1024;
+const MAX_RULE_ID_BYTES: usize = 512;
+const MAX_REASON_BYTES: usize = 4 * 1024;
 
-/// The loaded rules.
+/// The loaded rules. Each has `enabled` (for the caller's tenant) and, when it is off,
+/// `switched_off` (`by`, `at`, `reason`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RuleList {
     #[schema(value_type = Vec<Object>)]
     pub rules: Vec<serde_json::Value>,
+}
+
+/// Switch a rule off or back on for your tenant.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSwitch {
+    /// `false`: the rule's alerts are dropped for your tenant (counted in
+    /// `perimeter_alerts_switched_off_total`) until it is switched on again. The rule keeps
+    /// running, events are still stored and searchable, and other tenants are not affected.
+    pub enabled: bool,
+    /// Why; required to switch a rule off. Kept with who and when, and in the audit log.
+    pub reason: Option<String>,
 }
 
 /// A rule test: the Sigma rule, and either `events` or a time range of stored events.
@@ -66,8 +82,101 @@ pub async fn list_rules(
 ) -> Result<Json<RuleList>, ApiError> {
     state.audit(&auth.0, "rules.list", None, json!({}))?;
     let rules = state.rules.clone();
-    let rules = blocking(move || rules.list()).await?;
+    let mut rules = blocking(move || rules.list()).await?;
+    let off = state.rule_switches.switches().off_for(auth.tenant());
+    for rule in &mut rules {
+        let id = rule
+            .get("id")
+            .and_then(|id| id.as_str())
+            .unwrap_or_default();
+        let switched_off = off.get(id).cloned();
+        with_switch_state(rule, switched_off);
+    }
     Ok(Json(RuleList { rules }))
+}
+
+/// `rule` with `enabled` and, when it is off, `switched_off`.
+fn with_switch_state(rule: &mut serde_json::Value, off: Option<perimeter_model::SwitchedOff>) {
+    if let Some(fields) = rule.as_object_mut() {
+        fields.insert("enabled".into(), off.is_none().into());
+        if let Some(off) = off {
+            fields.insert("switched_off".into(), json!(off));
+        }
+    }
+}
+
+/// Switch a rule off or back on for the caller's tenant (rules, correlations and behavioural
+/// detectors alike). Takes effect from the next alert, persists across restarts, and is recorded
+/// with who, when and why.
+#[utoipa::path(patch, path = "/rules/{id}", tag = "rules",
+    params(("id" = String, Path, description = "Rule id, as `GET /rules` lists it")),
+    request_body = RuleSwitch,
+    security(("bearer" = [])),
+    responses(
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 200, description = "The rule with its `enabled` state", body = Object),
+        (status = 400, description = "Malformed body, no reason, or a filter rule", body = ErrorBody),
+        (status = 403, description = "Needs role admin", body = ErrorBody),
+        (status = 404, description = "No such rule", body = ErrorBody),
+    ))]
+pub async fn switch_rule(
+    State(state): State<AppState>,
+    auth: Auth<AdminRole>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(switch): ApiJson<RuleSwitch>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    bounded("id", &id, MAX_RULE_ID_BYTES)?;
+    let reason = match switch.reason.as_deref().map(str::trim) {
+        Some(r) => Some(bounded("reason", r, MAX_REASON_BYTES)?).filter(|r| !r.is_empty()),
+        None => None,
+    };
+    if !switch.enabled && reason.is_none() {
+        return Err(ApiError::invalid_parameter(
+            "give a `reason` to switch a rule off (it is kept with who and when)",
+        ));
+    }
+    let rules = state.rules.clone();
+    let listed = blocking(move || rules.list()).await?;
+    let Some(mut rule) = listed
+        .into_iter()
+        .find(|r| r.get("id").and_then(|v| v.as_str()) == Some(id.as_str()))
+    else {
+        return Err(ApiError::NotFound(format!("no rule `{id}`")));
+    };
+    if rule.get("kind").and_then(|k| k.as_str()) == Some("filter") {
+        return Err(ApiError::bad_request(
+            "not_switchable",
+            format!("`{id}` is a filter: it raises no alerts to switch off"),
+        ));
+    }
+    let tenant = auth.tenant().to_string();
+    // A reason is free text an analyst typed: masked before it is kept, like alert notes.
+    let reason = reason.map(|r| state.mask_text(r));
+    let switched_off = (!switch.enabled).then(|| perimeter_model::SwitchedOff {
+        by: auth.0.actor(),
+        at: chrono::Utc::now(),
+        reason: reason.clone().unwrap_or_default(),
+    });
+    let store = state.rule_switches.clone();
+    let (rule_id, off) = (id.clone(), switched_off.clone());
+    blocking(move || match off {
+        Some(why) => store.switch_off(&tenant, &rule_id, why),
+        None => store.switch_on(&tenant, &rule_id).map(|_| ()),
+    })
+    .await?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.audit(
+        &auth.0,
+        if switch.enabled {
+            "rules.switch_on"
+        } else {
+            "rules.switch_off"
+        },
+        Some(&id),
+        json!({ "reason": reason }),
+    )?;
+    with_switch_state(&mut rule, switched_off);
+    Ok(Json(rule))
 }
 
 /// Run a Sigma rule against given events or a time range of the tenant's stored events.

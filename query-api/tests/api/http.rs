@@ -84,6 +84,11 @@ fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, "/api/v1/dead-letters".into(), None),
         (Method::GET, "/api/v1/rules".into(), None),
         (
+            Method::PATCH,
+            "/api/v1/rules/okta_bruteforce".into(),
+            Some(json!({"enabled": true})),
+        ),
+        (
             Method::POST,
             "/api/v1/rules/test".into(),
             Some(json!({"rule": "title: t\nkeyword: alice", "events": []})),
@@ -143,6 +148,7 @@ fn every_role_on_every_endpoint() {
             }
             let response = r.send().unwrap();
             let needed = match (method.as_str(), path.as_str()) {
+                ("PATCH", p) if p.starts_with("/api/v1/rules/") => Role::Admin,
                 ("PATCH", _) => Role::Responder,
                 (_, "/api/v1/rules/test") | (_, "/api/v1/audit") => Role::Admin,
                 (_, p) if p.starts_with("/api/v1/events/export") => Role::Admin,
@@ -844,6 +850,126 @@ fn dead_letters_are_listed_for_the_tenant() {
 }
 
 #[test]
+fn a_rule_is_switched_off_for_one_tenant_with_who_when_and_why() {
+    let api = TestApi::start();
+    let path = "/api/v1/rules/okta_bruteforce";
+    let off = api.patch(
+        path,
+        ACME,
+        Role::Admin,
+        json!({"enabled": false, "reason": "  noisy during the SSO migration  "}),
+    );
+    assert_eq!(off.status(), 200);
+    let off: Value = off.json().unwrap();
+    assert_eq!(off["id"], "okta_bruteforce");
+    assert_eq!(off["enabled"], false);
+    assert_eq!(
+        off["switched_off"]["reason"],
+        "noisy during the SSO migration"
+    );
+    assert!(off["switched_off"]["by"]
+        .as_str()
+        .unwrap()
+        .starts_with("token:"));
+    // The pipeline's view: off for acme only.
+    let switches = api.state.rule_switches.switches();
+    assert!(switches.is_off(ACME, "okta_bruteforce"));
+    assert!(!switches.is_off(GLOBEX, "okta_bruteforce"));
+
+    let listed = |tenant| {
+        let rules = api.get_json("/api/v1/rules", tenant, Role::Viewer);
+        rules["rules"][0].clone()
+    };
+    assert_eq!(listed(ACME)["enabled"], false);
+    assert_eq!(
+        listed(ACME)["switched_off"]["reason"],
+        "noisy during the SSO migration"
+    );
+    assert_eq!(listed(GLOBEX)["enabled"], true);
+    assert!(listed(GLOBEX).get("switched_off").is_none());
+
+    let audit = api.get_json("/api/v1/audit?limit=100", ACME, Role::Admin);
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| { e["action"] == "rules.switch_off" && e["target"] == "okta_bruteforce" }),
+        "{audit}"
+    );
+
+    let on = api.patch(path, ACME, Role::Admin, json!({"enabled": true}));
+    assert_eq!(on.status(), 200);
+    let on: Value = on.json().unwrap();
+    assert_eq!(on["enabled"], true);
+    assert!(on.get("switched_off").is_none());
+    assert!(!switches.is_off(ACME, "okta_bruteforce"));
+    assert_eq!(listed(ACME)["enabled"], true);
+}
+
+#[test]
+fn bad_rule_switches_are_4xx() {
+    let api = TestApi::start();
+    let path = "/api/v1/rules/okta_bruteforce";
+    for body in [
+        json!({"enabled": false}),
+        json!({"enabled": false, "reason": "   "}),
+    ] {
+        assert_error(
+            api.patch(path, ACME, Role::Admin, body),
+            400,
+            "invalid_parameter",
+        );
+    }
+    for body in [
+        json!({"enabled": "no"}),
+        json!({"enabled": false, "why": "x"}),
+        json!({}),
+    ] {
+        assert_error(
+            api.patch(path, ACME, Role::Admin, body),
+            400,
+            "invalid_json",
+        );
+    }
+    assert_error(
+        api.patch(
+            "/api/v1/rules/no_such_rule",
+            ACME,
+            Role::Admin,
+            json!({"enabled": false, "reason": "x"}),
+        ),
+        404,
+        "not_found",
+    );
+    assert_error(
+        api.patch(
+            "/api/v1/rules/okta_known_scanner",
+            ACME,
+            Role::Admin,
+            json!({"enabled": false, "reason": "x"}),
+        ),
+        400,
+        "not_switchable",
+    );
+    assert_error(
+        api.patch(
+            path,
+            ACME,
+            Role::Responder,
+            json!({"enabled": false, "reason": "x"}),
+        ),
+        403,
+        "forbidden",
+    );
+    assert!(!api
+        .state
+        .rule_switches
+        .switches()
+        .is_off(ACME, "okta_bruteforce"));
+}
+
+#[test]
 fn rules_list_and_test_inline_and_stored_events() {
     let api = TestApi::start();
     let rules = api.get_json("/api/v1/rules", ACME, Role::Viewer);
@@ -1190,6 +1316,7 @@ fn openapi_document_and_router_agree() {
         ("GET", "/api/v1/events/{id}"),
         ("GET", "/api/v1/dead-letters"),
         ("GET", "/api/v1/rules"),
+        ("PATCH", "/api/v1/rules/{id}"),
         ("POST", "/api/v1/rules/test"),
         ("GET", "/api/v1/audit"),
         ("GET", "/api/v1/destinations"),

@@ -25,7 +25,11 @@ pub struct FakeRuleService;
 
 impl RuleService for FakeRuleService {
     fn list(&self) -> Vec<Value> {
-        vec![json!({"id": "okta_bruteforce", "title": "Okta brute force", "level": "high"})]
+        vec![
+            json!({"id": "okta_bruteforce", "title": "Okta brute force", "level": "high",
+                "kind": "detection"}),
+            json!({"id": "okta_known_scanner", "title": "Known scanner", "kind": "filter"}),
+        ]
     }
 
     fn test(&self, rule_yaml: &str, events: Vec<Value>) -> Result<Value, String> {
