@@ -650,8 +650,21 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         .unwrap();
     assert!(listed.contains("127.0.0.1:9/hook?token="), "{listed}");
     assert!(!listed.contains("Wh00kT0k3n"), "{listed}");
+    // So is a secret pasted into the reason for switching a rule off (kept in
+    // rule_switches.json, the audit log and the rule listing).
+    let rule_id = alerts["items"][0]["alert"]["rule_id"].as_str().unwrap();
+    let r = client
+        .patch(format!("{}/api/v1/rules/{rule_id}", svc.base))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"enabled": false,
+            "reason": format!("fires on {}", crate::secrets::SECRETS[2])}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
     let mut api_text = patched.to_string();
+    api_text.push_str(&r.text().unwrap());
     for path in [
+        "/rules",
         &format!("/alerts/{alert_id}"),
         "/events/search?q=*&limit=100",
         "/events/export",
