@@ -396,6 +396,11 @@ fn main() {
             Box::new(|r: &mut Rng| q(&format!("user.name:user{}*", r.below(500)), None)),
         ),
         (
+            // A typo (one letter missing) that one edit mends.
+            "user fuzzy, 1 edit",
+            Box::new(|r: &mut Rng| q(&format!("user.name:usr{}~1", r.below(5000)), None)),
+        ),
+        (
             "source.ip /24 block",
             Box::new(|r: &mut Rng| {
                 q(

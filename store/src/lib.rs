@@ -23,6 +23,7 @@ mod compaction;
 mod config;
 mod doc_text;
 mod error;
+mod fuzzy;
 mod ip_query;
 mod journal;
 pub mod layout;

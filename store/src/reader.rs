@@ -13,6 +13,7 @@ use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 
 use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};
 use crate::catch_all::{map_leaves, rewrite_catch_all_phrases};
+use crate::fuzzy::rewrite_fuzzy;
 use crate::ip_query::rewrite_ip_ranges;
 use crate::store::{read, write, Store};
 use crate::tantivy_sink::{
@@ -138,12 +139,14 @@ impl Store {
                     .into(),
             ));
         }
+        let ast = rewrite_fuzzy(ast).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_wildcards(rewrite_ip_ranges(ast).map_err(StoreError::InvalidQuery)?);
-        parser
-            .build_query_from_user_input_ast(rewrite_negations(rewrite_event_ids(
-                rewrite_catch_all_phrases(ast),
-            )))
-            .map_err(|e| StoreError::InvalidQuery(query_error_text(&e)))
+        let ast = rewrite_negations(rewrite_event_ids(rewrite_catch_all_phrases(ast)));
+        crate::fuzzy::build(ast, &self.schema.schema, &|part| {
+            parser
+                .build_query_from_user_input_ast(part)
+                .map_err(|e| StoreError::InvalidQuery(query_error_text(&e)))
+        })
     }
 
     /// Search one tenant's events, newest first (or oldest first, `q.sort`).

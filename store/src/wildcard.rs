@@ -29,7 +29,8 @@ pub(crate) fn rewrite_wildcards(ast: UserInputAst) -> UserInputAst {
     })
 }
 
-fn is_text_field(field: &str) -> bool {
+/// Fields whose terms are text (so patterns and edit distances apply to them).
+pub(crate) fn is_text_field(field: &str) -> bool {
     field == "all"
         || field == "event.module"
         || KEYWORD_FIELDS.contains(&field)

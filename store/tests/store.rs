@@ -334,6 +334,16 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
         // Has a value (tantivy answers `field:*` from fast fields only).
         ("user.name:*", 31),
         ("user.target.name:*", 0),
+        // Fuzzy (they used to find nothing: `alcie~1` was searched as `alcie` and `1`).
+        ("user.name:alcie~1", 16),
+        ("user.name:ALIC~1", 16),
+        ("user.name:alxcx~1", 0),
+        ("user.name:alxcx~2", 16),
+        ("user.name:bbo~", 15),
+        ("event.action:user.account.lcok~1", 1),
+        ("alicd~1", 16),
+        ("alcie~1 AND NOT event.action:user.account.lock", 15),
+        ("(alcie~1 OR bbo~1) AND event.action:user.session.start", 30),
     ] {
         assert_eq!(
             search_all(&store, "acme", query, 50).len(),
@@ -700,6 +710,11 @@ fn invalid_queries_and_cursors_are_invalid_query_errors() {
         // Refused by tantivy at search time (not a fast field): still the caller's error.
         "source.as.number:*",
         "nosuchfield:*",
+        // Fuzzy: too many edits, several words, with a wildcard, on an unknown field.
+        "alice~3",
+        "user.name:alice.doe~1",
+        "ali*~1",
+        "nosuchfield:x~1",
     ] {
         assert_invalid_query(&store, bad);
     }
