@@ -370,6 +370,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             tenant: config.tenant.clone(),
             poll_interval_ms: 500,
             batch_records: 5000,
+            set_aside_after_ms: perimeter_ingest::spool::default_set_aside_after_ms(),
         },
         bus,
     );

@@ -3,12 +3,20 @@
 //! moved to `<dir>/.processed/<source>/` once the pipeline acknowledged them. A file being
 //! processed when the process dies is ingested again on restart; the store's idempotency on event
 //! id keeps that exactly-once.
+//!
+//! A file that cannot be read (a damaged or cut-off gzip export, a read error) does not hold up
+//! the files after it. It is retried at every scan while it changes (it may still be arriving);
+//! once it has failed the same way, unchanged, for `set_aside_after_ms`, it is moved to
+//! `<dir>/.failed/<source>/` with a `<name>.error.txt` beside it saying why, and logged as an
+//! error once. Records read before the damage were ingested. A pipeline failure (the batch was
+//! not acknowledged) is not the file's fault: every file is retried at the next scan.
 
 use crate::bus::BusSender;
 use crate::jsonl::{JsonInput, JsonlReaderConfig};
 use crate::{IngestError, InputItem, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Configuration of the spool source.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -25,6 +33,10 @@ pub struct SpoolConfig {
     /// Records per submitted batch.
     #[serde(default = "default_batch_records")]
     pub batch_records: usize,
+    /// A file that fails to be read the same way, unchanged, for this long is moved to
+    /// `.failed/<source>/` (see the module docs).
+    #[serde(default = "default_set_aside_after_ms")]
+    pub set_aside_after_ms: u64,
 }
 
 fn default_tenant() -> String {
@@ -36,6 +48,30 @@ fn default_poll_interval_ms() -> u64 {
 fn default_batch_records() -> usize {
     5000
 }
+pub fn default_set_aside_after_ms() -> u64 {
+    30_000
+}
+
+/// What a file looked like when it failed: a file still being written changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+/// Files that failed to be read, with how they looked and since when they fail that way.
+#[derive(Default)]
+struct Unreadable(HashMap<PathBuf, (Option<FileStamp>, Instant)>);
 
 /// Watches a spool directory and submits its files to the bus.
 pub struct SpoolSource {
@@ -51,17 +87,83 @@ impl SpoolSource {
     /// Run until `shutdown` resolves. Files are handled one at a time, oldest name first.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
+        let mut unreadable = Unreadable::default();
         loop {
-            let files = pending_files(&self.config.dir)?;
-            for (source, path) in files {
-                if let Err(e) = self.ingest_file(&source, &path).await {
-                    tracing::warn!(file = %path.display(), error = %e, "spool file not ingested; will retry");
-                    break;
-                }
-            }
+            self.scan_once(&mut unreadable).await?;
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(self.config.poll_interval_ms)) => {}
+            }
+        }
+    }
+
+    /// Ingest the pending files once; unreadable ones are remembered in `unreadable` and set
+    /// aside when they keep failing unchanged.
+    async fn scan_once(&self, unreadable: &mut Unreadable) -> Result<()> {
+        let files = pending_files(&self.config.dir)?;
+        unreadable
+            .0
+            .retain(|path, _| files.iter().any(|(_, p)| p == path));
+        let settle = Duration::from_millis(self.config.set_aside_after_ms);
+        for (source, path) in files {
+            // An unreadable file that has not changed is not read again (and its readable head
+            // not submitted again) until it is due to be set aside.
+            if let Some((seen, since)) = unreadable.0.get(&path) {
+                if *seen == FileStamp::of(&path) && since.elapsed() < settle {
+                    continue;
+                }
+            }
+            match self.ingest_file(&source, &path).await {
+                Ok(()) => {
+                    unreadable.0.remove(&path);
+                }
+                // The pipeline did not take a batch: nothing wrong with the file, and the next
+                // files would meet the same. All are retried at the next scan.
+                Err(e @ (IngestError::PipelineClosed | IngestError::Rejected(_))) => {
+                    tracing::warn!(file = %path.display(), error = %e, "spool file not ingested; will retry");
+                    return Ok(());
+                }
+                Err(e) => self.file_failed(&source, &path, &e, unreadable),
+            }
+        }
+        Ok(())
+    }
+
+    /// A file could not be read: remember how it looked, or, when it failed the same way before
+    /// and was retried because it was due, set it aside.
+    fn file_failed(
+        &self,
+        source: &str,
+        path: &Path,
+        error: &IngestError,
+        unreadable: &mut Unreadable,
+    ) {
+        let stamp = FileStamp::of(path);
+        let failed_before = unreadable
+            .0
+            .get(path)
+            .is_some_and(|(seen, _)| *seen == stamp);
+        if !failed_before {
+            tracing::warn!(file = %path.display(), error = %error,
+                "spool file not readable; read again when it changes, set aside if it stays so for {} s",
+                self.config.set_aside_after_ms / 1000);
+            unreadable
+                .0
+                .insert(path.to_path_buf(), (stamp, Instant::now()));
+            return;
+        }
+        match set_aside(&self.config.dir, source, path, error) {
+            Ok(to) => {
+                tracing::error!(file = %path.display(), moved_to = %to.display(), error = %error,
+                    "spool file unreadable and unchanged: set aside (records read before the failure were ingested)");
+                unreadable.0.remove(path);
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e,
+                    "spool file unreadable and could not be set aside; tried again later");
+                unreadable
+                    .0
+                    .insert(path.to_path_buf(), (stamp, Instant::now()));
             }
         }
     }
@@ -109,6 +211,24 @@ impl SpoolSource {
     }
 }
 
+/// Move an unreadable file to `<dir>/.failed/<source>/`, with `<name>.error.txt` saying why.
+fn set_aside(
+    dir: &Path,
+    source: &str,
+    path: &Path,
+    error: &IngestError,
+) -> std::io::Result<PathBuf> {
+    let failed_dir = dir.join(".failed").join(source);
+    std::fs::create_dir_all(&failed_dir)?;
+    let name = path.file_name().unwrap_or_default();
+    let target = failed_dir.join(name);
+    let mut reason_name = name.to_os_string();
+    reason_name.push(".error.txt");
+    std::fs::write(failed_dir.join(reason_name), format!("{error}\n"))?;
+    std::fs::rename(path, &target)?;
+    Ok(target)
+}
+
 /// `(source, path)` of every `*.json`/`*.jsonl` file (or gzipped, `*.json.gz`/`*.jsonl.gz`) under
 /// `dir/<source>/`, sorted by path.
 fn pending_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
@@ -154,6 +274,7 @@ mod tests {
                 tenant: "t1".into(),
                 poll_interval_ms: 10,
                 batch_records,
+                set_aside_after_ms: 0,
             },
             bus,
         )
@@ -222,5 +343,49 @@ mod tests {
             .path()
             .join(".processed/aws_cloudtrail/trail.json.gz")
             .exists());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_file_does_not_hold_up_the_others_and_is_set_aside_once_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        // A gzip header and then garbage: sorted first, so it used to block `b` for good.
+        let bad = dir.path().join("okta/a.json.gz");
+        std::fs::write(&bad, b"\x1f\x8b\x08\x00garbage, not deflate").unwrap();
+        let good = dir.path().join("okta/b.jsonl");
+        std::fs::write(&good, "{\"a\":1}\n").unwrap();
+        let (tx, mut rx) = channel(2);
+        let consumer = tokio::spawn(async move {
+            let mut batches = 0;
+            while let Some(s) = rx.recv().await {
+                batches += 1;
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            batches
+        });
+        let mut spool = spool_in(dir.path(), 100, tx);
+        spool.config.set_aside_after_ms = 60_000;
+        let mut unreadable = Unreadable::default();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(!good.exists(), "the file after the bad one was ingested");
+        assert!(bad.exists(), "a first failure only marks the file");
+        // Not due yet: left where it is, not read again.
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(bad.exists());
+        // Due, but it changed meanwhile (still arriving?): read again, marked again.
+        spool.config.set_aside_after_ms = 0;
+        std::fs::write(&bad, b"\x1f\x8b\x08\x00garbage, not deflate, longer").unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(bad.exists(), "a file that changed is not set aside");
+        // Unchanged and due: set aside, with why.
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(!bad.exists());
+        let failed = dir.path().join(".failed/okta");
+        assert!(failed.join("a.json.gz").exists());
+        let why = std::fs::read_to_string(failed.join("a.json.gz.error.txt")).unwrap();
+        assert!(why.contains("a.json.gz"), "{why}");
+        assert_eq!(pending_files(dir.path()).unwrap(), vec![]);
+        drop(spool);
+        assert_eq!(consumer.await.unwrap(), 1, "only the good file's batch");
     }
 }
