@@ -35,23 +35,34 @@ pub enum RulesCommand {
         #[arg(long, default_value = "auto")]
         source: String,
     },
-    /// Switch a rule off for your tenant through a running server (admin token). Its alerts are
-    /// dropped (and counted in `perimeter_alerts_switched_off_total`) until it is switched on
-    /// again; the rule keeps running, events are still stored, other tenants are not affected.
-    /// Behavioural detectors are switched the same way (`ueba.password_spray`).
+    /// Switch a rule off for your tenant through a running server (admin token), for every
+    /// entity or one (`--entity`), for good or until a time (`--until`). Its alerts are dropped
+    /// (and counted in `perimeter_alerts_switched_off_total`); the rule keeps running, events
+    /// are still stored, other tenants are not affected. Behavioural detectors are switched the
+    /// same way (`ueba.password_spray`).
     Disable {
-        /// Rule id, as `GET /api/v1/rules` lists it.
+        /// Rule id, as `GET /api/v1/rules` lists it (an alert's `rule_id`).
         id: String,
         /// Why (kept with who and when, and in the API's audit log).
         #[arg(long)]
         reason: String,
+        /// Only for this entity, as the rule's alerts show it (an alert's `entity`).
+        #[arg(long)]
+        entity: Option<String>,
+        /// The switch lapses then: RFC 3339, a date, or relative (`now+30d`).
+        #[arg(long)]
+        until: Option<String>,
         #[command(flatten)]
         server: crate::terminal_cmd::AdminServer,
     },
-    /// Switch a rule back on for your tenant through a running server (admin token).
+    /// Switch a rule back on for your tenant through a running server (admin token). Without
+    /// `--entity` the per-entity switches stay.
     Enable {
         /// Rule id, as `GET /api/v1/rules` lists it.
         id: String,
+        /// Only for this entity (undoes `disable --entity`).
+        #[arg(long)]
+        entity: Option<String>,
         #[command(flatten)]
         server: crate::terminal_cmd::AdminServer,
     },
@@ -66,11 +77,21 @@ pub fn run(config: &PerimeterConfig, cmd: RulesCommand) -> anyhow::Result<ExitCo
             event,
             source,
         } => explain_cmd(config, rule, event, &source),
-        RulesCommand::Disable { id, reason, server } => {
-            crate::terminal_cmd::switch_rule(&server, &id, false, Some(&reason))
+        RulesCommand::Disable {
+            id,
+            reason,
+            entity,
+            until,
+            server,
+        } => {
+            let body = serde_json::json!({
+                "enabled": false, "reason": reason, "entity": entity, "until": until,
+            });
+            crate::terminal_cmd::switch_rule(&server, &id, body)
         }
-        RulesCommand::Enable { id, server } => {
-            crate::terminal_cmd::switch_rule(&server, &id, true, None)
+        RulesCommand::Enable { id, entity, server } => {
+            let body = serde_json::json!({ "enabled": true, "entity": entity });
+            crate::terminal_cmd::switch_rule(&server, &id, body)
         }
     }
 }

@@ -318,16 +318,15 @@ pub struct AdminServer {
     pub token: String,
 }
 
-/// `perimeter rules disable|enable`: switch a rule off or on for the token's tenant.
+/// `perimeter rules disable|enable`: switch a rule off or on for the token's tenant; `body` is
+/// the `PATCH /rules/{id}` request (absent options as nulls).
 pub fn switch_rule(
     target: &AdminServer,
     id: &str,
-    enabled: bool,
-    reason: Option<&str>,
+    mut body: serde_json::Value,
 ) -> anyhow::Result<ExitCode> {
-    let mut body = serde_json::json!({ "enabled": enabled });
-    if let Some(reason) = reason {
-        body["reason"] = reason.into();
+    if let Some(fields) = body.as_object_mut() {
+        fields.retain(|_, v| !v.is_null());
     }
     let rule = api_call(
         &target.server,
@@ -337,14 +336,18 @@ pub fn switch_rule(
         Some(&body),
     )?;
     say_json(&rule)?;
+    let scope = match body["entity"].as_str() {
+        Some(entity) => format!("for entity {entity}"),
+        None => "for this tenant".to_string(),
+    };
+    let state = match (body["enabled"].as_bool(), body["until"].as_str()) {
+        (Some(true), _) => "on".to_string(),
+        (_, Some(until)) => format!("off until {until}: its alerts are dropped"),
+        _ => "off: its alerts are dropped".to_string(),
+    };
     eprintln!(
-        "rule {id} ({}) is now {} for this tenant",
+        "rule {id} ({}) is now {state} {scope}",
         rule["title"].as_str().unwrap_or("?"),
-        if enabled {
-            "on"
-        } else {
-            "off: its alerts are dropped"
-        },
     );
     Ok(ExitCode::SUCCESS)
 }

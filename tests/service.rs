@@ -892,7 +892,7 @@ fn sighup_reloads_the_rules_all_or_nothing() {
 }
 
 #[test]
-fn a_rule_switched_off_raises_no_alerts_for_the_tenant_even_after_a_restart() {
+fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let id = "3f1c2a44-0000-4000-8000-000000000010";
     let cfg = config_with_rules(
@@ -957,6 +957,25 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_even_after_a_restart() {
     assert_eq!(ingest(&svc, 3)["alerts"], 0);
     assert_eq!(switch(&svc, &["enable"])["enabled"], true);
     assert_eq!(ingest(&svc, 4)["alerts"], 1);
+    // Off for one user only, for a day: the others still raise it.
+    let rule = switch(
+        &svc,
+        &[
+            "disable",
+            "--entity",
+            "user5@acme.example",
+            "--until",
+            "now+1d",
+            "--reason",
+            "load test account",
+        ],
+    );
+    assert!(
+        rule["switched_off_for"]["user5@acme.example"]["until"].is_string(),
+        "{rule}"
+    );
+    assert_eq!(ingest(&svc, 5)["alerts"], 0);
+    assert_eq!(ingest(&svc, 6)["alerts"], 1);
     // A viewer cannot switch rules: the server's 403 is the command's error.
     let viewer = token(&cfg, "viewer");
     let out = perimeter(

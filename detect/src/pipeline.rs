@@ -2,8 +2,8 @@
 //!
 //! Order per record: split vendor envelopes -> normalize -> every detector (clear values, in
 //! memory) -> mask the alerts -> mask the event (when events are kept for output). Nothing
-//! leaves a [`Pipeline`] unmasked. Alerts of a rule its tenant switched off
-//! ([`RuleSwitches`]) are dropped before masking, and counted.
+//! leaves a [`Pipeline`] unmasked. Alerts of a rule their tenant switched off, for everyone or
+//! for the alert's entity ([`RuleSwitches`]), are dropped, and counted.
 
 use crate::mask::SecretMasker;
 use crate::normalize::{split_records, NormalizerRegistry};
@@ -131,8 +131,8 @@ impl Pipeline {
         }
     }
 
-    /// Drop the alerts of rules their tenant switched off (read at every alert, so a change
-    /// applies from the next alert on).
+    /// Drop the alerts of rules their tenant switched off, for everyone or for the alert's
+    /// entity (read at every alert, so a change applies from the next alert on).
     pub fn with_rule_switches(mut self, switches: Arc<RuleSwitches>) -> Pipeline {
         self.switches = Some(switches);
         self
@@ -313,15 +313,16 @@ impl Pipeline {
 
     fn drain_alerts(&mut self, out: &mut PipelineOutput) {
         for mut alert in self.scratch_alerts.drain(..) {
+            mask_alert(&self.masker, &mut alert);
+            // After masking: a switch names the entity as alerts show it.
             if let Some(switches) = &self.switches {
-                if switches.is_off(&alert.tenant, &alert.rule_id) {
+                if switches.drops(&alert.tenant, &alert.rule_id, &alert.entity, Utc::now()) {
                     self.stats.alerts_switched_off += 1;
                     self.metrics
                         .inc("alerts_switched_off_total", &[("rule", &alert.rule_id)], 1);
                     continue;
                 }
             }
-            mask_alert(&self.masker, &mut alert);
             self.stats.alerts += 1;
             out.alerts.push(alert);
         }
@@ -430,7 +431,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rule_switched_off_for_a_tenant_raises_no_alerts_there_only() {
+    fn a_rule_switched_off_for_a_tenant_or_an_entity_raises_no_alerts_there_only() {
         let (rules, options) = okta_failure_rule();
         let rule_id = "5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6b";
         let switches = Arc::new(RuleSwitches::default());
@@ -453,15 +454,18 @@ mod tests {
             (out.events.len(), out.alerts.len())
         };
         assert_eq!(send(&mut p, "acme", "a@x.io"), (1, 1));
-        switches.switch_off(
-            "acme",
-            rule_id,
-            perimeter_model::SwitchedOff {
+        let off = |entity: Option<&str>| {
+            let mut rules = perimeter_model::SwitchedOffRules::new();
+            let why = perimeter_model::SwitchedOff {
                 by: "token:t:1".into(),
                 at: Utc::now(),
                 reason: "noisy".into(),
-            },
-        );
+                until: None,
+            };
+            perimeter_model::apply_switch(&mut rules, "acme", rule_id, entity, Some(why));
+            switches.replace(rules);
+        };
+        off(None);
         // The event is still kept (searchable); only the alert is dropped, and only for acme.
         assert_eq!(send(&mut p, "acme", "b@x.io"), (1, 0));
         assert_eq!(send(&mut p, "globex", "c@x.io"), (1, 1));
@@ -470,7 +474,11 @@ mod tests {
             metrics.counter("alerts_switched_off_total", &[("rule", rule_id)]),
             1
         );
-        switches.switch_on("acme", rule_id);
+        // Off for one entity only.
+        off(Some("e@x.io"));
+        assert_eq!(send(&mut p, "acme", "e@x.io"), (1, 0));
+        assert_eq!(send(&mut p, "acme", "f@x.io"), (1, 1));
+        switches.replace(Default::default());
         assert_eq!(send(&mut p, "acme", "d@x.io"), (1, 1));
     }
 

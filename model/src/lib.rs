@@ -19,7 +19,7 @@ pub use ecs::{Ecs, EcsValue, Outcome, ECS_FIELDS};
 pub use event::{raw_from_serde, raw_to_serde, DeadLetter, Event, EventId, RawJson, RawRecord};
 pub use metrics::Metrics;
 pub use sonic_rs;
-pub use switches::{RuleSwitches, SwitchedOff, SwitchedOffRules};
+pub use switches::{apply_switch, RuleSwitch, RuleSwitches, SwitchedOff, SwitchedOffRules};
 pub use time::{
     parse_time_bound, parse_timestamp, parse_timestamp_str, TimeBoundError, TimestampError,
 };

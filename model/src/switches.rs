@@ -1,23 +1,28 @@
-//! Rules a tenant has switched off.
+//! Rules a tenant has switched off, for everyone or for one entity, for good or until a time.
 //!
 //! A SOC turns off a rule that is noisy in its organisation without editing the shared rule files
 //! (they serve every tenant) and without restarting (correlation windows and baselines would be
-//! lost). The detectors keep running every rule; the pipeline drops the alerts of a rule that is
-//! off for the alert's tenant before they are stored or sent, and counts them. So a correlation
-//! built on a rule that is off still sees that rule's matches, and switching a rule back on needs
-//! no warm-up.
+//! lost); or, far more often, silences one rule for one entity that is known to do that (a CI
+//! service account creating access keys), for a while. The detectors keep running every rule;
+//! the pipeline drops an alert whose rule is off for its tenant, or off for its entity, before it
+//! is stored or sent, and counts it. So a correlation built on a rule that is off still sees that
+//! rule's matches, and switching a rule back on needs no warm-up.
+//!
+//! Entities are compared as alerts show them, i.e. masked (`hmac:...` for a hashed access key),
+//! so an analyst copies the entity from the alert. A switch with `until` lapses by itself
+//! (wall-clock time).
 //!
 //! This is the shared in-memory view: the API changes it and persists it (query-api's
 //! `RuleSwitchStore`), the pipeline reads it once per alert.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Who switched a rule off, when, and why.
+/// Who switched a rule off, when, why, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchedOff {
@@ -25,97 +30,135 @@ pub struct SwitchedOff {
     pub by: String,
     pub at: DateTime<Utc>,
     pub reason: String,
+    /// The switch lapses at this time; absent: until switched on again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
 }
 
-/// Per tenant, the rules switched off (rule id -> who/when/why). Ordered, so the persisted form
-/// is stable.
-pub type SwitchedOffRules = BTreeMap<String, BTreeMap<String, SwitchedOff>>;
+impl SwitchedOff {
+    /// Whether the switch still holds at `now`.
+    pub fn holds(&self, now: DateTime<Utc>) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+}
 
-/// The rules switched off per tenant. Cheap to read when nothing is off (one atomic load).
+/// One rule's switches for one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSwitch {
+    /// Off for every entity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off: Option<SwitchedOff>,
+    /// Off for these entities only (as alerts show them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub off_for: BTreeMap<String, SwitchedOff>,
+}
+
+impl RuleSwitch {
+    fn is_empty(&self) -> bool {
+        self.off.is_none() && self.off_for.is_empty()
+    }
+
+    /// Without the switches that lapsed before `now`.
+    fn holding(mut self, now: DateTime<Utc>) -> RuleSwitch {
+        self.off = self.off.filter(|s| s.holds(now));
+        self.off_for.retain(|_, s| s.holds(now));
+        self
+    }
+}
+
+/// Per tenant, per rule id, the switches.
+pub type SwitchedOffRules = BTreeMap<String, BTreeMap<String, RuleSwitch>>;
+
+/// Switch `rule_id` of `tenant` off (`change` given) or back on (`None`), for every entity or
+/// for `entity` only. Switching on for every entity leaves the per-entity switches. Returns
+/// whether anything changed.
+pub fn apply_switch(
+    rules: &mut SwitchedOffRules,
+    tenant: &str,
+    rule_id: &str,
+    entity: Option<&str>,
+    change: Option<SwitchedOff>,
+) -> bool {
+    let tenant_rules = rules.entry(tenant.to_string()).or_default();
+    let switch = tenant_rules.entry(rule_id.to_string()).or_default();
+    let changed = match (entity, change) {
+        (None, Some(off)) => switch.off.replace(off.clone()) != Some(off),
+        (None, None) => switch.off.take().is_some(),
+        (Some(e), Some(off)) => switch.off_for.insert(e.to_string(), off.clone()) != Some(off),
+        (Some(e), None) => switch.off_for.remove(e).is_some(),
+    };
+    if switch.is_empty() {
+        tenant_rules.remove(rule_id);
+    }
+    if tenant_rules.is_empty() {
+        rules.remove(tenant);
+    }
+    changed
+}
+
+/// The switches of every tenant. Cheap to read when nothing is off (one atomic load).
 #[derive(Debug, Default)]
 pub struct RuleSwitches {
-    any_off: AtomicBool,
-    off: RwLock<HashMap<String, HashMap<String, SwitchedOff>>>,
+    any: AtomicBool,
+    rules: RwLock<SwitchedOffRules>,
 }
 
 impl RuleSwitches {
     /// The switches in `rules` (as [`RuleSwitches::snapshot`] gave them).
     pub fn from_snapshot(rules: SwitchedOffRules) -> RuleSwitches {
         let switches = RuleSwitches::default();
-        {
-            let mut off = switches.write();
-            for (tenant, rules) in rules {
-                if !rules.is_empty() {
-                    off.insert(tenant, rules.into_iter().collect());
-                }
-            }
-            switches.any_off.store(!off.is_empty(), Ordering::Release);
-        }
+        switches.replace(rules);
         switches
     }
 
-    /// Whether `rule_id` is switched off for `tenant`.
-    pub fn is_off(&self, tenant: &str, rule_id: &str) -> bool {
-        self.any_off.load(Ordering::Acquire) && self.switched_off(tenant, rule_id).is_some()
+    /// Use `rules` from now on.
+    pub fn replace(&self, rules: SwitchedOffRules) {
+        let mut current = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        self.any.store(!rules.is_empty(), Ordering::Release);
+        *current = rules;
     }
 
-    /// Who switched `rule_id` off for `tenant`, when and why; `None` when it is on.
-    pub fn switched_off(&self, tenant: &str, rule_id: &str) -> Option<SwitchedOff> {
-        self.read().get(tenant)?.get(rule_id).cloned()
-    }
-
-    /// The rules switched off for `tenant`.
-    pub fn off_for(&self, tenant: &str) -> BTreeMap<String, SwitchedOff> {
-        self.read()
-            .get(tenant)
-            .map(|rules| rules.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
-    }
-
-    /// Switch `rule_id` off for `tenant` (replacing an earlier who/when/why).
-    pub fn switch_off(&self, tenant: &str, rule_id: &str, why: SwitchedOff) {
-        let mut off = self.write();
-        off.entry(tenant.to_string())
-            .or_default()
-            .insert(rule_id.to_string(), why);
-        self.any_off.store(true, Ordering::Release);
-    }
-
-    /// Switch `rule_id` back on for `tenant`; whether it was off.
-    pub fn switch_on(&self, tenant: &str, rule_id: &str) -> bool {
-        let mut off = self.write();
-        let Some(rules) = off.get_mut(tenant) else {
+    /// Whether an alert of `rule_id` about `entity` is dropped for `tenant` at `now`.
+    pub fn drops(&self, tenant: &str, rule_id: &str, entity: &str, now: DateTime<Utc>) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
+        let Some(switch) = rules.get(tenant).and_then(|r| r.get(rule_id)) else {
             return false;
         };
-        let was_off = rules.remove(rule_id).is_some();
-        if rules.is_empty() {
-            off.remove(tenant);
-        }
-        self.any_off.store(!off.is_empty(), Ordering::Release);
-        was_off
+        switch.off.as_ref().is_some_and(|s| s.holds(now))
+            || switch.off_for.get(entity).is_some_and(|s| s.holds(now))
     }
 
-    /// Every switched-off rule, for persisting.
-    pub fn snapshot(&self) -> SwitchedOffRules {
-        self.read()
-            .iter()
-            .map(|(tenant, rules)| {
-                let rules = rules.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                (tenant.clone(), rules)
-            })
+    /// The switches of `tenant` that hold at `now`, by rule id.
+    pub fn for_tenant(&self, tenant: &str, now: DateTime<Utc>) -> BTreeMap<String, RuleSwitch> {
+        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
+        rules
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .map(|(rule, switch)| (rule.clone(), switch.clone().holding(now)))
+            .filter(|(_, switch)| !switch.is_empty())
             .collect()
     }
 
-    fn read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, HashMap<String, SwitchedOff>>> {
-        self.off.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashMap<String, SwitchedOff>>> {
-        self.off.write().unwrap_or_else(|p| p.into_inner())
+    /// Every switch that holds at `now` (lapsed ones are left out), for persisting.
+    pub fn snapshot(&self, now: DateTime<Utc>) -> SwitchedOffRules {
+        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = SwitchedOffRules::new();
+        for (tenant, tenant_rules) in rules.iter() {
+            for (rule, switch) in tenant_rules {
+                let switch = switch.clone().holding(now);
+                if !switch.is_empty() {
+                    out.entry(tenant.clone())
+                        .or_default()
+                        .insert(rule.clone(), switch);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -123,31 +166,84 @@ impl RuleSwitches {
 mod tests {
     use super::*;
 
-    fn why(reason: &str) -> SwitchedOff {
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn off(reason: &str, until: Option<&str>) -> SwitchedOff {
         SwitchedOff {
             by: "token:alice:abc".into(),
-            at: "2026-12-01T10:00:00Z".parse().unwrap(),
+            at: at("2026-12-01T10:00:00Z"),
             reason: reason.into(),
+            until: until.map(at),
         }
     }
 
     #[test]
-    fn switches_are_per_tenant_and_survive_a_snapshot() {
-        let s = RuleSwitches::default();
-        assert!(!s.is_off("acme", "r1"));
-        s.switch_off("acme", "r1", why("noisy"));
-        assert!(s.is_off("acme", "r1"));
-        assert!(!s.is_off("globex", "r1"), "another tenant keeps the rule");
-        assert!(!s.is_off("acme", "r2"));
-        assert_eq!(s.switched_off("acme", "r1"), Some(why("noisy")));
+    fn switches_are_per_tenant_per_entity_lapse_and_survive_a_snapshot() {
+        let now = at("2026-12-02T00:00:00Z");
+        let mut rules = SwitchedOffRules::new();
+        assert!(apply_switch(
+            &mut rules,
+            "acme",
+            "r1",
+            None,
+            Some(off("noisy", None))
+        ));
+        assert!(!apply_switch(
+            &mut rules,
+            "acme",
+            "r1",
+            None,
+            Some(off("noisy", None))
+        ));
+        let ci = off("CI creates keys", Some("2026-12-03T00:00:00Z"));
+        assert!(apply_switch(
+            &mut rules,
+            "acme",
+            "r2",
+            Some("svc-ci"),
+            Some(ci)
+        ));
+        let lapsed = off("old", Some("2026-12-01T12:00:00Z"));
+        assert!(apply_switch(&mut rules, "acme", "r3", None, Some(lapsed)));
+        let s = RuleSwitches::from_snapshot(rules.clone());
 
-        let again = RuleSwitches::from_snapshot(s.snapshot());
-        assert!(again.is_off("acme", "r1"));
-        assert_eq!(again.off_for("acme").len(), 1);
+        assert!(s.drops("acme", "r1", "anyone", now));
+        assert!(
+            !s.drops("globex", "r1", "anyone", now),
+            "another tenant keeps the rule"
+        );
+        assert!(s.drops("acme", "r2", "svc-ci", now));
+        assert!(
+            !s.drops("acme", "r2", "dana", now),
+            "other entities keep the rule"
+        );
+        assert!(
+            !s.drops("acme", "r2", "svc-ci", at("2026-12-03T00:00:00Z")),
+            "lapsed"
+        );
+        assert!(!s.drops("acme", "r3", "anyone", now), "lapsed");
+        assert_eq!(
+            s.for_tenant("acme", now).keys().collect::<Vec<_>>(),
+            vec!["r1", "r2"]
+        );
+        let again = RuleSwitches::from_snapshot(s.snapshot(now));
+        assert!(again.drops("acme", "r2", "svc-ci", now));
+        assert!(
+            !again.snapshot(now)["acme"].contains_key("r3"),
+            "lapsed ones are dropped"
+        );
 
-        assert!(again.switch_on("acme", "r1"));
-        assert!(!again.switch_on("acme", "r1"), "already on");
-        assert!(!again.is_off("acme", "r1"));
-        assert!(again.snapshot().is_empty(), "no empty tenant entries left");
+        // On for everyone leaves the entity switch; on for the entity removes it.
+        assert!(apply_switch(&mut rules, "acme", "r1", None, None));
+        assert!(!apply_switch(&mut rules, "acme", "r1", None, None));
+        assert!(!apply_switch(&mut rules, "acme", "r2", None, None));
+        assert!(rules["acme"]["r2"].off_for.contains_key("svc-ci"));
+        assert!(apply_switch(&mut rules, "acme", "r2", Some("svc-ci"), None));
+        assert!(apply_switch(&mut rules, "acme", "r3", None, None));
+        assert!(rules.is_empty(), "no empty entries left: {rules:?}");
+        s.replace(rules);
+        assert!(!s.drops("acme", "r1", "anyone", now));
     }
 }

@@ -1,4 +1,5 @@
-//! The rules each tenant switched off, persisted in `rule_switches.json` in the data directory.
+//! The rules each tenant switched off (for everyone or for one entity, for good or until a
+//! time), persisted in `rule_switches.json` in the data directory.
 //!
 //! The pipeline reads the shared [`RuleSwitches`] ([`RuleSwitchStore::switches`]); the API
 //! changes them through this store, which writes the file (write-then-rename, fsynced) before
@@ -7,14 +8,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use perimeter_model::{RuleSwitches, SwitchedOff, SwitchedOffRules};
+use perimeter_model::{apply_switch, RuleSwitches, SwitchedOff, SwitchedOffRules};
 use serde::{Deserialize, Serialize};
 
 /// The file's content.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SwitchFile {
-    /// Tenant -> rule id -> who switched it off, when and why.
+    /// Tenant -> rule id -> off for everyone and/or per entity: who, when, why, until.
     switched_off: SwitchedOffRules,
 }
 
@@ -81,46 +82,34 @@ impl RuleSwitchStore {
         self.switches.clone()
     }
 
-    /// Switch `rule_id` off for `tenant`, persisted before it applies.
-    pub fn switch_off(
+    /// Switch `rule_id` off (`change` given) or back on for `tenant`, for every entity or for
+    /// `entity` only; persisted before it applies. Returns whether anything changed.
+    pub fn switch(
         &self,
         tenant: &str,
         rule_id: &str,
-        why: SwitchedOff,
-    ) -> Result<(), RuleSwitchError> {
+        entity: Option<&str>,
+        change: Option<SwitchedOff>,
+    ) -> Result<bool, RuleSwitchError> {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = self.switches.snapshot();
-        next.entry(tenant.to_string())
-            .or_default()
-            .insert(rule_id.to_string(), why.clone());
-        self.persist(next)?;
-        self.switches.switch_off(tenant, rule_id, why);
-        Ok(())
-    }
-
-    /// Switch `rule_id` back on for `tenant`, persisted before it applies; whether it was off.
-    pub fn switch_on(&self, tenant: &str, rule_id: &str) -> Result<bool, RuleSwitchError> {
-        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = self.switches.snapshot();
-        let Some(rules) = next.get_mut(tenant) else {
-            return Ok(false);
-        };
-        if rules.remove(rule_id).is_none() {
+        // Switches that lapsed are left out of what is written.
+        let mut next = self.switches.snapshot(chrono::Utc::now());
+        if !apply_switch(&mut next, tenant, rule_id, entity, change) {
             return Ok(false);
         }
-        if rules.is_empty() {
-            next.remove(tenant);
-        }
-        self.persist(next)?;
-        Ok(self.switches.switch_on(tenant, rule_id))
+        self.persist(&next)?;
+        self.switches.replace(next);
+        Ok(true)
     }
 
-    fn persist(&self, switched_off: SwitchedOffRules) -> Result<(), RuleSwitchError> {
+    fn persist(&self, switched_off: &SwitchedOffRules) -> Result<(), RuleSwitchError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let text = serde_json::to_vec_pretty(&SwitchFile { switched_off })
-            .expect("switches serialize to JSON");
+        let file = SwitchFile {
+            switched_off: switched_off.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&file).expect("switches serialize to JSON");
         crate::files::replace_file(path, &text, crate::files::Readers::Default).map_err(|source| {
             RuleSwitchError::Io {
                 path: path.clone(),
@@ -134,12 +123,13 @@ impl RuleSwitchStore {
 mod tests {
     use super::*;
 
-    fn why(reason: &str) -> SwitchedOff {
-        SwitchedOff {
+    fn why(reason: &str) -> Option<SwitchedOff> {
+        Some(SwitchedOff {
             by: "token:alice:abc".into(),
             at: chrono::Utc::now(),
             reason: reason.into(),
-        }
+            until: None,
+        })
     }
 
     #[test]
@@ -147,20 +137,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RuleSwitchStore::open_in(dir.path()).unwrap();
         let shared = store.switches();
-        store.switch_off("acme", "r1", why("noisy")).unwrap();
-        store.switch_off("acme", "r2", why("tuning")).unwrap();
+        let now = chrono::Utc::now();
+        assert!(store.switch("acme", "r1", None, why("noisy")).unwrap());
+        assert!(store
+            .switch("acme", "r2", Some("svc-ci"), why("CI"))
+            .unwrap());
+        assert!(store.switch("acme", "r3", None, why("tuning")).unwrap());
         assert!(
-            shared.is_off("acme", "r1"),
+            shared.drops("acme", "r1", "x", now),
             "the pipeline's view changes too"
         );
-        assert!(store.switch_on("acme", "r2").unwrap());
-        assert!(!store.switch_on("acme", "r2").unwrap());
-        assert!(!store.switch_on("globex", "r1").unwrap());
+        assert!(store.switch("acme", "r3", None, None).unwrap());
+        assert!(!store.switch("acme", "r3", None, None).unwrap());
+        assert!(!store.switch("globex", "r1", None, None).unwrap());
 
         let again = RuleSwitchStore::open_in(dir.path()).unwrap();
-        let off = again.switches().off_for("acme");
-        assert_eq!(off.keys().collect::<Vec<_>>(), vec!["r1"]);
-        assert_eq!(off["r1"].reason, "noisy");
+        let off = again.switches().for_tenant("acme", now);
+        assert_eq!(off.keys().collect::<Vec<_>>(), vec!["r1", "r2"]);
+        assert_eq!(off["r1"].off.as_ref().unwrap().reason, "noisy");
+        assert!(again.switches().drops("acme", "r2", "svc-ci", now));
+        assert!(!again.switches().drops("acme", "r2", "dana", now));
 
         let path = dir.path().join("rule_switches.json");
         std::fs::write(&path, "{\"switched_off\": 3}").unwrap();
@@ -180,7 +176,9 @@ mod tests {
             switches: Arc::default(),
             writing: Mutex::default(),
         };
-        assert!(store.switch_off("acme", "r1", why("noisy")).is_err());
-        assert!(!store.switches().is_off("acme", "r1"));
+        assert!(store.switch("acme", "r1", None, why("noisy")).is_err());
+        assert!(!store
+            .switches()
+            .drops("acme", "r1", "x", chrono::Utc::now()));
     }
 }

@@ -22,21 +22,29 @@ const MAX_RULE_ID_BYTES: usize = 512;
 const MAX_REASON_BYTES: usize = 4 * 1024;
 
 /// The loaded rules. Each has `enabled` (for the caller's tenant) and, when it is off,
-/// `switched_off` (`by`, `at`, `reason`).
+/// `switched_off` (`by`, `at`, `reason`, `until`); `switched_off_for` maps the entities it is
+/// off for to the same.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RuleList {
     #[schema(value_type = Vec<Object>)]
     pub rules: Vec<serde_json::Value>,
 }
 
-/// Switch a rule off or back on for your tenant.
+/// Switch a rule off or back on for your tenant, for every entity or for one.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RuleSwitch {
+pub struct RuleSwitchRequest {
     /// `false`: the rule's alerts are dropped for your tenant (counted in
-    /// `perimeter_alerts_switched_off_total`) until it is switched on again. The rule keeps
-    /// running, events are still stored and searchable, and other tenants are not affected.
+    /// `perimeter_alerts_switched_off_total`) until it is switched on again or `until`. The
+    /// rule keeps running, events are still stored and searchable, and other tenants are not
+    /// affected.
     pub enabled: bool,
+    /// Only for this entity (user, IP, key... as the rule's alerts show it, masked values
+    /// included). Without it, the switch is for every entity; switching on for every entity
+    /// leaves the per-entity switches.
+    pub entity: Option<String>,
+    /// Switching off lapses at this time: RFC 3339, a date, or relative (`now+30d`).
+    pub until: Option<String>,
     /// Why; required to switch a rule off. Kept with who and when, and in the audit log.
     pub reason: Option<String>,
 }
@@ -83,39 +91,46 @@ pub async fn list_rules(
     state.audit(&auth.0, "rules.list", None, json!({}))?;
     let rules = state.rules.clone();
     let mut rules = blocking(move || rules.list()).await?;
-    let off = state.rule_switches.switches().off_for(auth.tenant());
+    let switches = state
+        .rule_switches
+        .switches()
+        .for_tenant(auth.tenant(), chrono::Utc::now());
     for rule in &mut rules {
         let id = rule
             .get("id")
             .and_then(|id| id.as_str())
             .unwrap_or_default();
-        let switched_off = off.get(id).cloned();
-        with_switch_state(rule, switched_off);
+        let switch = switches.get(id).cloned().unwrap_or_default();
+        with_switch_state(rule, switch);
     }
     Ok(Json(RuleList { rules }))
 }
 
-/// `rule` with `enabled` and, when it is off, `switched_off`.
-fn with_switch_state(rule: &mut serde_json::Value, off: Option<perimeter_model::SwitchedOff>) {
+/// `rule` with `enabled` and, when it is off, `switched_off`; `switched_off_for` when it is off
+/// for some entities.
+fn with_switch_state(rule: &mut serde_json::Value, switch: perimeter_model::RuleSwitch) {
     if let Some(fields) = rule.as_object_mut() {
-        fields.insert("enabled".into(), off.is_none().into());
-        if let Some(off) = off {
+        fields.insert("enabled".into(), switch.off.is_none().into());
+        if let Some(off) = switch.off {
             fields.insert("switched_off".into(), json!(off));
+        }
+        if !switch.off_for.is_empty() {
+            fields.insert("switched_off_for".into(), json!(switch.off_for));
         }
     }
 }
 
 /// Switch a rule off or back on for the caller's tenant (rules, correlations and behavioural
-/// detectors alike). Takes effect from the next alert, persists across restarts, and is recorded
-/// with who, when and why.
+/// detectors alike), for every entity or for one, for good or until a time. Takes effect from
+/// the next alert, persists across restarts, and is recorded with who, when and why.
 #[utoipa::path(patch, path = "/rules/{id}", tag = "rules",
     params(("id" = String, Path, description = "Rule id, as `GET /rules` lists it")),
-    request_body = RuleSwitch,
+    request_body = RuleSwitchRequest,
     security(("bearer" = [])),
     responses(
         (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 200, description = "The rule with its `enabled` state", body = Object),
-        (status = 400, description = "Malformed body, no reason, or a filter rule", body = ErrorBody),
+        (status = 200, description = "The rule with its switch state", body = Object),
+        (status = 400, description = "Malformed body, no reason, a past `until`, or a filter rule", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
         (status = 404, description = "No such rule", body = ErrorBody),
     ))]
@@ -123,14 +138,31 @@ pub async fn switch_rule(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
     ApiPath(id): ApiPath<String>,
-    ApiJson(switch): ApiJson<RuleSwitch>,
+    ApiJson(request): ApiJson<RuleSwitchRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     bounded("id", &id, MAX_RULE_ID_BYTES)?;
-    let reason = match switch.reason.as_deref().map(str::trim) {
+    let reason = match request.reason.as_deref().map(str::trim) {
         Some(r) => Some(bounded("reason", r, MAX_REASON_BYTES)?).filter(|r| !r.is_empty()),
         None => None,
     };
-    if !switch.enabled && reason.is_none() {
+    let entity = match request.entity.as_deref() {
+        Some(e) if e.trim().is_empty() => {
+            return Err(ApiError::invalid_parameter("`entity` is empty"))
+        }
+        Some(e) => Some(bounded("entity", e, MAX_RULE_ID_BYTES)?.to_string()),
+        None => None,
+    };
+    let now = chrono::Utc::now();
+    let until = super::parse_time("until", request.until.as_deref())?;
+    if request.enabled && (until.is_some() || reason.is_some()) {
+        return Err(ApiError::invalid_parameter(
+            "`until` and `reason` go with switching off (`enabled: false`)",
+        ));
+    }
+    if until.is_some_and(|u| u <= now) {
+        return Err(ApiError::invalid_parameter("`until` is not in the future"));
+    }
+    if !request.enabled && reason.is_none() {
         return Err(ApiError::invalid_parameter(
             "give a `reason` to switch a rule off (it is kept with who and when)",
         ));
@@ -152,30 +184,34 @@ pub async fn switch_rule(
     let tenant = auth.tenant().to_string();
     // A reason is free text an analyst typed: masked before it is kept, like alert notes.
     let reason = reason.map(|r| state.mask_text(r));
-    let switched_off = (!switch.enabled).then(|| perimeter_model::SwitchedOff {
+    let change = (!request.enabled).then(|| perimeter_model::SwitchedOff {
         by: auth.0.actor(),
-        at: chrono::Utc::now(),
+        at: now,
         reason: reason.clone().unwrap_or_default(),
+        until,
     });
     let store = state.rule_switches.clone();
-    let (rule_id, off) = (id.clone(), switched_off.clone());
-    blocking(move || match off {
-        Some(why) => store.switch_off(&tenant, &rule_id, why),
-        None => store.switch_on(&tenant, &rule_id).map(|_| ()),
-    })
-    .await?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (rule_id, for_entity) = (id.clone(), entity.clone());
+    blocking(move || store.switch(&tenant, &rule_id, for_entity.as_deref(), change))
+        .await?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     state.audit(
         &auth.0,
-        if switch.enabled {
+        if request.enabled {
             "rules.switch_on"
         } else {
             "rules.switch_off"
         },
         Some(&id),
-        json!({ "reason": reason }),
+        json!({ "entity": entity, "until": until, "reason": reason }),
     )?;
-    with_switch_state(&mut rule, switched_off);
+    let switch = state
+        .rule_switches
+        .switches()
+        .for_tenant(auth.tenant(), now)
+        .remove(&id)
+        .unwrap_or_default();
+    with_switch_state(&mut rule, switch);
     Ok(Json(rule))
 }
 

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use super::util::*;
 use super::webhook_receiver::WebhookReceiver;
+use chrono::Utc;
 use perimeter_query_api::Role;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -873,8 +874,9 @@ fn a_rule_is_switched_off_for_one_tenant_with_who_when_and_why() {
         .starts_with("token:"));
     // The pipeline's view: off for acme only.
     let switches = api.state.rule_switches.switches();
-    assert!(switches.is_off(ACME, "okta_bruteforce"));
-    assert!(!switches.is_off(GLOBEX, "okta_bruteforce"));
+    let drops = |tenant, entity| switches.drops(tenant, "okta_bruteforce", entity, Utc::now());
+    assert!(drops(ACME, "anyone"));
+    assert!(!drops(GLOBEX, "anyone"));
 
     let listed = |tenant| {
         let rules = api.get_json("/api/v1/rules", tenant, Role::Viewer);
@@ -903,8 +905,42 @@ fn a_rule_is_switched_off_for_one_tenant_with_who_when_and_why() {
     let on: Value = on.json().unwrap();
     assert_eq!(on["enabled"], true);
     assert!(on.get("switched_off").is_none());
-    assert!(!switches.is_off(ACME, "okta_bruteforce"));
+    assert!(!drops(ACME, "anyone"));
     assert_eq!(listed(ACME)["enabled"], true);
+
+    // Off for one entity, until a time: the rule stays on for the others.
+    let svc = api.patch(
+        path,
+        ACME,
+        Role::Admin,
+        json!({"enabled": false, "entity": "svc-ci", "until": "now+30d",
+            "reason": "the CI account does this nightly"}),
+    );
+    assert_eq!(svc.status(), 200);
+    let svc: Value = svc.json().unwrap();
+    assert_eq!(svc["enabled"], true);
+    let until = svc["switched_off_for"]["svc-ci"]["until"].as_str().unwrap();
+    let until: chrono::DateTime<Utc> = until.parse().unwrap();
+    assert!(until > Utc::now() + chrono::Duration::days(29), "{until}");
+    assert!(drops(ACME, "svc-ci"));
+    assert!(!drops(ACME, "dana"));
+    assert!(
+        !switches.drops(ACME, "okta_bruteforce", "svc-ci", until),
+        "lapses"
+    );
+    assert!(listed(ACME)["switched_off_for"]["svc-ci"].is_object());
+    // Switching on for every entity leaves it; for the entity removes it.
+    api.patch(path, ACME, Role::Admin, json!({"enabled": true}));
+    assert!(drops(ACME, "svc-ci"));
+    let on = api.patch(
+        path,
+        ACME,
+        Role::Admin,
+        json!({"enabled": true, "entity": "svc-ci"}),
+    );
+    let on: Value = on.json().unwrap();
+    assert!(on.get("switched_off_for").is_none(), "{on}");
+    assert!(!drops(ACME, "svc-ci"));
 }
 
 #[test]
@@ -914,6 +950,10 @@ fn bad_rule_switches_are_4xx() {
     for body in [
         json!({"enabled": false}),
         json!({"enabled": false, "reason": "   "}),
+        json!({"enabled": false, "reason": "x", "until": "now-1h"}),
+        json!({"enabled": false, "reason": "x", "until": "tomorrow"}),
+        json!({"enabled": false, "reason": "x", "entity": " "}),
+        json!({"enabled": true, "reason": "x"}),
     ] {
         assert_error(
             api.patch(path, ACME, Role::Admin, body),
@@ -962,11 +1002,12 @@ fn bad_rule_switches_are_4xx() {
         403,
         "forbidden",
     );
-    assert!(!api
+    assert!(api
         .state
         .rule_switches
         .switches()
-        .is_off(ACME, "okta_bruteforce"));
+        .for_tenant(ACME, Utc::now())
+        .is_empty());
 }
 
 #[test]
