@@ -38,6 +38,11 @@ pub fn spawn_pipeline_worker(
         .name("pipeline".into())
         .spawn(move || {
             let mut out = PipelineOutput::default();
+            // Alerts of batches the store failed to write. The source resends those events,
+            // but the detectors already counted them and the replay window passes them on
+            // without detecting them again, so their alerts would be lost: they are stored with
+            // the next batch that is stored (alerts are idempotent by id).
+            let mut unstored_alerts: Vec<perimeter_model::Alert> = Vec::new();
             let mut last_snapshot = Instant::now();
             apply_retention(&store);
             let mut last_retention = Instant::now();
@@ -89,6 +94,8 @@ pub fn spawn_pipeline_worker(
                     .map(|e| (now - e.timestamp).num_milliseconds() as f64 / 1000.0)
                     .fold(0.0f64, f64::max);
                 let first_received = out.events.iter().map(|e| e.received_at).min();
+                let raised = out.alerts.len();
+                out.alerts.splice(0..0, unstored_alerts.drain(..));
                 let result = store_output(&store, &mut out, &metrics);
                 pipeline.publish_metrics(&sub.source, &out);
                 metrics.set("pipeline_lag_seconds", &[], lag.max(0.0));
@@ -104,14 +111,25 @@ pub fn spawn_pipeline_worker(
                     events: ack.events_written,
                     duplicates: ack.events_duplicate,
                     dead_letters: out.dead_letters.len(),
-                    alerts: out.alerts.len(),
+                    alerts: raised,
                     past_retention: ack.events_past_retention,
                 });
                 match &reply {
                     // Stored: the (masked) alerts go to their tenants' destinations.
                     Ok(_) => notifier.notify(&out.alerts),
                     Err(e) => {
-                        tracing::error!(error = %e, "batch not stored; the source will retry")
+                        metrics.inc("store_batches_failed_total", &[], 1);
+                        metrics.set(
+                            "store_last_failure_timestamp_seconds",
+                            &[],
+                            chrono::Utc::now().timestamp() as f64,
+                        );
+                        unstored_alerts.append(&mut out.alerts);
+                        tracing::error!(
+                            error = %e,
+                            alerts_kept_for_the_next_batch = unstored_alerts.len(),
+                            "batch not stored; the source will retry"
+                        )
                     }
                 }
                 let _ = sub.ack.send(reply);
@@ -124,9 +142,16 @@ pub fn spawn_pipeline_worker(
                     last_snapshot = Instant::now();
                 }
             }
+            // What the last batch left in `out` is stored and sent already.
+            out.clear();
+            out.alerts.append(&mut unstored_alerts);
             pipeline.finish(&mut out);
-            if !out.alerts.is_empty() && store_output(&store, &mut out, &metrics).is_ok() {
-                notifier.notify(&out.alerts);
+            if !out.alerts.is_empty() {
+                match store_output(&store, &mut out, &metrics) {
+                    Ok(_) => notifier.notify(&out.alerts),
+                    Err(e) => tracing::error!(error = %e, alerts = out.alerts.len(),
+                        "alerts not stored at shutdown (windows closed by the shutdown, or kept from failed batches)"),
+                }
             }
             save_state(&pipeline, &state_path);
             if let Err(e) = store.flush() {

@@ -988,3 +988,69 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_
     assert!(stderr(&out).contains("403"), "{}", stderr(&out));
     stop(svc);
 }
+
+#[test]
+fn alerts_of_a_batch_the_store_failed_to_write_are_stored_with_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "3f1c2a44-0000-4000-8000-000000000020";
+    let cfg = config_with_rules(
+        dir.path(),
+        &[(
+            "logins.yml",
+            okta_rule(
+                id,
+                "Any Okta login",
+                "    sel:\n        eventType: user.session.start\n    condition: sel",
+            ),
+        )],
+    );
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let client = reqwest::blocking::Client::new();
+    let ingest = || {
+        client
+            .post(format!("{}/ingest/okta", svc.base))
+            .bearer_auth(&admin)
+            .body(okta_event(12, 1).to_string())
+            .send()
+            .unwrap()
+    };
+    let metrics = || {
+        client
+            .get(format!("{}/metrics", svc.base))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    // The tenant's alert journal cannot be created: the batch is not stored.
+    let blocker = dir.path().join("data/alerts/tenant=acme");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "").unwrap();
+    let failed = ingest();
+    assert_eq!(failed.status().as_u16(), 503);
+    let body: serde_json::Value = failed.json().unwrap();
+    assert_eq!(body["error"]["code"], "not_stored", "{body}");
+    let text = metrics();
+    assert!(
+        text.lines()
+            .any(|l| l == "perimeter_store_batches_failed_total 1"),
+        "{text}"
+    );
+    // The disk is fixed and the source resends: the events were already detected (the resend
+    // is passed on without detecting it again), and the alert they raised is stored now.
+    std::fs::remove_file(&blocker).unwrap();
+    let ack: serde_json::Value = ingest().json().unwrap();
+    assert_eq!(ack["alerts"], 0, "not detected twice: {ack}");
+    let alerts: serde_json::Value = client
+        .get(format!("{}/api/v1/alerts", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let items = alerts["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{alerts}");
+    assert_eq!(items[0]["alert"]["rule_id"], id);
+    stop(svc);
+}
