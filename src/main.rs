@@ -38,6 +38,11 @@ struct Cli {
     /// Configuration file (TOML). Defaults apply to everything it leaves out.
     #[arg(long, global = true, env = "PERIMETER_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format on stderr: `text` for people, `json` (one object per line) for log collectors.
+    /// The level is `PERIMETER_LOG` (default `info` for `run`, `warn` for the other commands).
+    #[arg(long, global = true, env = "PERIMETER_LOG_FORMAT", default_value = "text",
+        value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,16 +75,8 @@ enum Command {
 
 fn main() -> ExitCode {
     alloc::tune();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PERIMETER_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in files and log collectors.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logs(&cli);
     let result = (|| -> anyhow::Result<ExitCode> {
         let config = config::PerimeterConfig::load(cli.config.as_deref())?;
         match cli.command {
@@ -135,4 +132,25 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 .and_then(serde_json::Error::io_error_kind)
                 == Some(std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Logs to stderr, at `PERIMETER_LOG`'s level: the service reports what it does (files ingested,
+/// rules reloaded) at `info`; one-shot commands only warn.
+fn init_logs(cli: &Cli) {
+    let default_level = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PERIMETER_LOG")
+        .unwrap_or_else(|_| default_level.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        // Colour codes only for a person at a terminal, not in files and log collectors.
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }

@@ -280,16 +280,17 @@ fn stop(mut svc: Service) {
     }
 }
 
-#[test]
-fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path());
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("[store]\nraw_text_search_off = [\"cloudtrail\", \"okta\"]\n");
-    std::fs::write(&cfg, text).unwrap();
-    let log = dir.path().join("stderr.log");
+/// The stderr of `perimeter run` with `--log-format <format>` until its first stdout line.
+fn run_stderr_until_listening(cfg: &std::path::Path, format: &str) -> String {
+    let log = cfg.with_file_name(format!("stderr.{format}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-format",
+            format,
+            "run",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -303,7 +304,17 @@ fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(first.contains("listening on"), "{first:?}");
-    let stderr = std::fs::read_to_string(&log).unwrap();
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text_or_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[store]\nraw_text_search_off = [\"cloudtrail\", \"okta\"]\n");
+    std::fs::write(&cfg, text).unwrap();
+    let stderr = run_stderr_until_listening(&cfg, "text");
     let warned: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("raw_text_search_off"))
@@ -314,6 +325,19 @@ fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text() {
         !stderr.contains('\u{1b}'),
         "colour codes in a log file: {stderr:?}"
     );
+    // For log collectors: one JSON object per line, the level and fields as keys.
+    let stderr = run_stderr_until_listening(&cfg, "json");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let warned: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.to_string().contains("raw_text_search_off"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{stderr}");
+    assert_eq!(warned[0]["level"], "WARN", "{}", warned[0]);
+    assert_eq!(warned[0]["fields"]["source"], "cloudtrail", "{}", warned[0]);
 }
 
 #[test]
