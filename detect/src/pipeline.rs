@@ -44,6 +44,9 @@ pub struct PipelineStats {
     pub values_masked: u64,
     /// Events seen again within the replay window (same id): passed on, not detected twice.
     pub replayed: u64,
+    /// Events whose vendor timestamp could not be true and was replaced by the receive time
+    /// ([`Event::new`]).
+    pub timestamps_adjusted: u64,
 }
 
 /// How many recent events a pipeline remembers by default (8 bytes each, plus the set).
@@ -222,6 +225,14 @@ impl Pipeline {
     pub fn process_event(&mut self, mut event: Event, out: &mut PipelineOutput) {
         let mut alerts = std::mem::take(&mut self.scratch_alerts);
         alerts.clear();
+        if event.timestamp_adjusted {
+            self.stats.timestamps_adjusted += 1;
+            self.metrics.inc(
+                "events_timestamp_adjusted_total",
+                &[("source", &event.source)],
+                1,
+            );
+        }
         if self.recent.insert(&event) {
             for d in self.detectors() {
                 d.detect(&event, &mut alerts);
@@ -480,6 +491,69 @@ mod tests {
         assert_eq!(send(&mut p, "acme", "f@x.io"), (1, 1));
         switches.replace(Default::default());
         assert_eq!(send(&mut p, "acme", "d@x.io"), (1, 1));
+    }
+
+    /// One record dated far in the future used to move the correlations' event-time watermark
+    /// there, so every later event was "late" and no correlation fired again, for any tenant.
+    #[test]
+    fn an_impossible_timestamp_is_replaced_and_does_not_stop_correlations() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("burst.yml"),
+            "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6c\nname: okta_failure\n\
+             logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
+             \x20   condition: selection\nlevel: low\n---\ntitle: Burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6d\n\
+             correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
+             \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        gte: 3\nlevel: high\n",
+        )
+        .unwrap();
+        let options = crate::sigma::SigmaOptions::default();
+        let (rules, report) = crate::sigma::RuleSet::load(&[dir.path().to_path_buf()], &options);
+        assert!(
+            report.failed.is_empty(),
+            "{:?}",
+            report.failed.first().map(|f| f.to_string())
+        );
+        let metrics = Arc::new(Metrics::new());
+        let mut p = Pipeline::new(
+            NormalizerRegistry::builtin(),
+            SecretMasker::default(),
+            metrics.clone(),
+            true,
+        )
+        .with_sigma(SigmaDetector::new(rules, &options));
+        let received: DateTime<Utc> = "2026-11-24T12:00:00Z".parse().unwrap();
+        let mut out = PipelineOutput::default();
+        let send = |p: &mut Pipeline, out: &mut PipelineOutput, id: &str, user: &str, at: &str| {
+            let record = sonic_rs::json!({"uuid": id, "eventType": "user.session.start",
+                "published": at, "outcome": {"result": "FAILURE"},
+                "actor": {"alternateId": user}});
+            p.process_value("okta", "t", None, record, received, out);
+        };
+        send(&mut p, &mut out, "future", "x@x.io", "2999-01-01T00:00:00Z");
+        send(&mut p, &mut out, "zero", "y@x.io", "1970-01-01T00:00:00Z");
+        assert_eq!(out.events[0].timestamp, received);
+        assert!(out.events[0].timestamp_adjusted);
+        assert_eq!(out.events[1].timestamp, received);
+        assert!(out.events[0].to_output_json()["perimeter"]["timestamp_adjusted"] == true);
+        // A clock a few hours ahead is believed.
+        send(&mut p, &mut out, "ahead", "z@x.io", "2026-11-24T15:00:00Z");
+        assert!(!out.events[2].timestamp_adjusted);
+        assert_eq!(p.stats().timestamps_adjusted, 2);
+        assert_eq!(
+            metrics.counter("events_timestamp_adjusted_total", &[("source", "okta")]),
+            2
+        );
+        out.alerts.clear();
+        for (i, minute) in ["16:00", "16:01", "16:02"].iter().enumerate() {
+            let at = format!("2026-11-24T{minute}:00Z");
+            send(&mut p, &mut out, &format!("b{i}"), "dana@x.io", &at);
+        }
+        assert!(
+            out.alerts.iter().any(|a| a.title == "Burst"),
+            "the burst is still found: {:?}",
+            out.alerts.iter().map(|a| &a.title).collect::<Vec<_>>()
+        );
     }
 
     /// Ids are derived lazily: the ids an alert cites must be those of the stored (masked)

@@ -48,8 +48,10 @@ fn normalize_page(registry: &NormalizerRegistry, path: &str, source: &str) -> Ve
             let record = RawRecord {
                 source: "auto".into(),
                 tenant: "test".into(),
+                // After every sample's own time: a vendor time more than a day after receipt
+                // would be replaced by this one (`Event::new`).
                 received_at: Utc
-                    .with_ymd_and_hms(2026, 11, 25, 0, 0, 0)
+                    .with_ymd_and_hms(2026, 12, 31, 0, 0, 0)
                     .single()
                     .expect("valid date"),
                 line: Some(i as u64 + 1),

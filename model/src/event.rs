@@ -152,6 +152,12 @@ pub struct RawRecord {
 }
 
 /// A normalized event: the raw vendor JSON, unchanged, plus its ECS view.
+/// How far after its receipt an event may be dated (vendor clocks run a little ahead).
+pub const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::days(1);
+/// Events dated before this are not SaaS audit records (epoch-zero defaults, unit mix-ups).
+pub const EARLIEST_EVENT_TIME: DateTime<Utc> =
+    DateTime::from_timestamp_nanos(946_684_800_000_000_000);
+
 #[derive(Debug, Clone)]
 pub struct Event {
     /// Derived from `source` and `raw` on first use ([`Event::id`]): hashing the whole record is
@@ -161,8 +167,12 @@ pub struct Event {
     pub source: String,
     pub tenant: String,
     pub received_at: DateTime<Utc>,
-    /// Event time (the vendor's timestamp; `received_at` when the vendor gave none).
+    /// Event time: the vendor's timestamp; `received_at` when the vendor gave none, or one that
+    /// cannot be true (see [`Event::new`]).
     pub timestamp: DateTime<Utc>,
+    /// The vendor's timestamp could not be true and `received_at` is used instead (the vendor's
+    /// value stays in `raw`).
+    pub timestamp_adjusted: bool,
     /// 1-based input line or bus offset, when known. Not part of the id.
     pub line: Option<u64>,
     pub ecs: Ecs,
@@ -186,9 +196,23 @@ impl PartialEq for Event {
 
 impl Event {
     /// Build an event from a raw record and its ECS view. The id is derived on first use.
+    ///
+    /// A vendor timestamp more than [`MAX_FUTURE_SKEW`] after the record was received, or before
+    /// [`EARLIEST_EVENT_TIME`], cannot be true (a clock far off, a unit mix-up, a zero default):
+    /// the receive time is used instead and `timestamp_adjusted` is set. Event time drives the
+    /// detectors' windows and housekeeping: one record dated in the year 2999 would otherwise
+    /// make every later event "late" for correlations and age every behavioural baseline out,
+    /// for all tenants; and it would sort first in every search, forever.
     pub fn new(source: impl Into<String>, record: RawRecord, mut ecs: Ecs) -> Event {
         let source = source.into();
-        let timestamp = ecs.timestamp.unwrap_or(record.received_at);
+        let plausible = |t: &DateTime<Utc>| {
+            *t >= EARLIEST_EVENT_TIME && *t <= record.received_at + MAX_FUTURE_SKEW
+        };
+        let timestamp_adjusted = ecs.timestamp.is_some_and(|t| !plausible(&t));
+        let timestamp = ecs
+            .timestamp
+            .filter(plausible)
+            .unwrap_or(record.received_at);
         ecs.timestamp = Some(timestamp);
         Event {
             id: OnceLock::new(),
@@ -196,6 +220,7 @@ impl Event {
             tenant: record.tenant,
             received_at: record.received_at,
             timestamp,
+            timestamp_adjusted,
             line: record.line,
             ecs,
             raw: record.raw,
@@ -244,7 +269,12 @@ impl Event {
         }
         obj.insert(
             "perimeter".into(),
-            serde_json::json!({"source": self.source, "tenant": self.tenant, "line": self.line}),
+            if self.timestamp_adjusted {
+                serde_json::json!({"source": self.source, "tenant": self.tenant, "line": self.line,
+                    "timestamp_adjusted": true})
+            } else {
+                serde_json::json!({"source": self.source, "tenant": self.tenant, "line": self.line})
+            },
         );
         obj.insert("raw".into(), raw_to_serde(&self.raw));
         doc
