@@ -493,10 +493,9 @@ mod tests {
         assert_eq!(send(&mut p, "acme", "d@x.io"), (1, 1));
     }
 
-    /// One record dated far in the future used to move the correlations' event-time watermark
-    /// there, so every later event was "late" and no correlation fired again, for any tenant.
-    #[test]
-    fn an_impossible_timestamp_is_replaced_and_does_not_stop_correlations() {
+    /// A rule for failed Okta logins and a correlation: 3 of them for one user within 10 minutes
+    /// ("Burst").
+    fn failure_burst_rules() -> (crate::sigma::RuleSet, crate::sigma::SigmaOptions) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("burst.yml"),
@@ -514,6 +513,61 @@ mod tests {
             "{:?}",
             report.failed.first().map(|f| f.to_string())
         );
+        (rules, options)
+    }
+
+    /// An Okta login failure for `user` at `at` (`HH:MM` on 2026-11-24), into `out`.
+    fn okta_failure(
+        p: &mut Pipeline,
+        out: &mut PipelineOutput,
+        tenant: &str,
+        user: &str,
+        at: &str,
+    ) {
+        let record = sonic_rs::json!({"uuid": format!("{tenant}-{user}-{at}"),
+            "eventType": "user.session.start", "published": format!("2026-11-24T{at}:00Z"),
+            "outcome": {"result": "FAILURE"}, "actor": {"alternateId": user}});
+        let received: DateTime<Utc> = "2026-11-24T23:00:00Z".parse().unwrap();
+        p.process_value("okta", tenant, None, record, received, out);
+    }
+
+    #[test]
+    fn correlations_keep_tenants_apart_and_follow_each_streams_own_clock() {
+        let (rules, options) = failure_burst_rules();
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let mut out = PipelineOutput::default();
+        let mut bursts = |p: &mut Pipeline, tenant: &str, user: &str, times: &[&str]| {
+            out.alerts.clear();
+            for at in times {
+                okta_failure(p, &mut out, tenant, user, at);
+            }
+            out.alerts
+                .iter()
+                .filter(|a| a.title == "Burst")
+                .map(|a| a.tenant.clone())
+                .collect::<Vec<_>>()
+        };
+        // Two failures in acme and one in globex for the same user name are not three in one
+        // tenant (they used to share one window).
+        assert!(bursts(&mut p, "acme", "dana", &["10:00", "10:01"]).is_empty());
+        assert!(bursts(&mut p, "globex", "dana", &["10:02"]).is_empty());
+        assert_eq!(bursts(&mut p, "acme", "dana", &["10:03"]), vec!["acme"]);
+        // acme's stream reaches 13:30; globex's arrives three hours behind. Its events are not
+        // late for their own stream (they used to be dropped against acme's clock).
+        assert!(bursts(&mut p, "acme", "carl", &["13:30"]).is_empty());
+        assert_eq!(
+            bursts(&mut p, "globex", "erin", &["10:30", "10:31", "10:32"]),
+            vec!["globex"]
+        );
+        // Late within its own stream still counts as late.
+        assert!(bursts(&mut p, "acme", "fred", &["10:40", "10:41", "10:42"]).is_empty());
+    }
+
+    /// One record dated far in the future used to move the correlations' event-time watermark
+    /// there, so every later event was "late" and no correlation fired again, for any tenant.
+    #[test]
+    fn an_impossible_timestamp_is_replaced_and_does_not_stop_correlations() {
+        let (rules, options) = failure_burst_rules();
         let metrics = Arc::new(Metrics::new());
         let mut p = Pipeline::new(
             NormalizerRegistry::builtin(),

@@ -1,9 +1,15 @@
 //! Correlation state: per correlation rule, per group-by key (a u64 hash of the group-by values),
 //! a small sorted list of (event time, value, line) entries.
 //!
-//! - Event-time windows; events older than the newest seen minus `allowed_lateness_seconds` are
-//!   dropped (counted), later ones are inserted in time order, so out-of-order input within the
-//!   lateness gives the same result as ordered input.
+//! - Keys belong to one tenant: the tenant is part of every group-by key, so two tenants'
+//!   events never count towards one window.
+//! - Event-time windows, with a watermark per stream (tenant + source): events older than the
+//!   newest seen *in their stream* minus `allowed_lateness_seconds` are dropped (counted), later
+//!   ones are inserted in time order, so out-of-order input within the lateness gives the same
+//!   result as ordered input. Vendors deliver with very different delays (Okta in seconds,
+//!   Google Workspace and Microsoft 365 hours behind): one watermark for everything made every
+//!   event of a delayed source "late", so correlations on it never fired. A key's windows close
+//!   and expire by the watermark of the stream that last fed it.
 //! - Conditions that can only become true as events arrive (`gt`/`gte` counts, sums, temporal)
 //!   fire as soon as a window of `timespan` containing the new event satisfies them; the entries
 //!   of that window are then consumed, so one burst gives one alert.
@@ -114,6 +120,8 @@ struct WindowInfo {
 #[derive(Debug)]
 struct KeyState {
     last_used: u64,
+    /// The stream (tenant + source) of the last event; its watermark closes this key's windows.
+    stream: u64,
     window_start: i64,
     entries: Vec<Entry>,
     window: Option<Box<WindowInfo>>,
@@ -145,7 +153,10 @@ pub struct Correlator {
     states: Vec<CorrState>,
     lateness_ms: i64,
     max_keys: usize,
+    /// Newest event time over all streams: schedules sweeps.
     max_ts: i64,
+    /// Newest event time per stream (tenant + source): lateness and window closing.
+    streams: HashMap<u64, i64, BuildHasherDefault<IdentityHasher>>,
     /// Event time at which the next correlation is due for a sweep: `advance` does nothing
     /// per correlation before that.
     next_sweep_ts: i64,
@@ -259,6 +270,7 @@ impl Correlator {
             lateness_ms: (options.allowed_lateness_seconds as i64).saturating_mul(1000),
             max_keys: options.max_correlation_keys.max(1),
             max_ts: i64::MIN,
+            streams: HashMap::default(),
             next_sweep_ts: i64::MIN,
             seq: 0,
             late_dropped: 0,
@@ -384,7 +396,9 @@ impl Correlator {
         fields: &mut dyn FieldValues,
     ) {
         let ts = event.timestamp.timestamp_millis();
-        if self.max_ts != i64::MIN && ts < self.max_ts.saturating_sub(self.lateness_ms) {
+        let stream = stream_of(event);
+        let stream_ts = self.streams.get(&stream).copied().unwrap_or(i64::MIN);
+        if stream_ts != i64::MIN && ts < stream_ts.saturating_sub(self.lateness_ms) {
             self.late_dropped += 1;
             return;
         }
@@ -402,6 +416,8 @@ impl Correlator {
         };
         let st = &mut self.states[ci];
         let mut h = Fnv::new();
+        h.write(event.tenant.as_bytes());
+        h.write(&[0xff]);
         for (p, &slot) in st.group_paths[j0].iter().zip(&st.group_slots[j0]) {
             if !Self::text_of(p, slot, event, fields, &mut h) {
                 h.write(&[0xfe]);
@@ -439,8 +455,7 @@ impl Correlator {
             evict_lru(&mut st.keys, &mut self.distinct);
         }
         let span = c.timespan_ms;
-        let horizon = self
-            .max_ts
+        let horizon = stream_ts
             .max(ts)
             .saturating_sub(span)
             .saturating_sub(self.lateness_ms);
@@ -450,11 +465,13 @@ impl Correlator {
         let id = u128::from_str_radix(event.id().as_str(), 16).unwrap_or(0);
         let ks = st.keys.entry(key).or_insert_with(|| KeyState {
             last_used: 0,
+            stream,
             window_start: ts,
             entries: Vec::with_capacity(1),
             window: None,
         });
         ks.last_used = self.seq;
+        ks.stream = stream;
         if mode == Mode::OnClose && ks.window.is_none() {
             let (entity, entity_kind) = Self::entity(c, &st.group_paths[j0], event, rules, ci);
             ks.window = Some(Box::new(WindowInfo {
@@ -620,6 +637,10 @@ impl Correlator {
     /// Called after every event: advance the watermark, expire old state, close windows.
     pub fn advance(&mut self, event: &Event, rules: &RuleSet, alerts: &mut Vec<Alert>) {
         let ts = event.timestamp.timestamp_millis();
+        let stream_ts = self.streams.entry(stream_of(event)).or_insert(i64::MIN);
+        if ts > *stream_ts {
+            *stream_ts = ts;
+        }
         if ts > self.max_ts {
             self.max_ts = ts;
         }
@@ -650,12 +671,17 @@ impl Correlator {
 
     fn sweep(&mut self, ci: usize, rules: &RuleSet, alerts: &mut Vec<Alert>, all: bool) {
         let span = rules.correlations[ci].timespan_ms;
-        let watermark = self.max_ts.saturating_sub(self.lateness_ms);
-        let horizon = watermark.saturating_sub(span);
+        let (streams, lateness) = (&self.streams, self.lateness_ms);
         let st = &mut self.states[ci];
         let mut closed: Vec<(Vec<Entry>, Box<WindowInfo>)> = Vec::new();
         let mode = st.mode;
         st.keys.retain(|_, ks| {
+            let watermark = streams
+                .get(&ks.stream)
+                .copied()
+                .unwrap_or(i64::MIN)
+                .saturating_sub(lateness);
+            let horizon = watermark.saturating_sub(span);
             if mode == Mode::OnClose {
                 while !ks.entries.is_empty()
                     && (all || ks.window_start.saturating_add(span) < watermark)
@@ -695,6 +721,15 @@ impl Correlator {
             self.sweep(ci, rules, alerts, true);
         }
     }
+}
+
+/// The stream an event belongs to: its tenant and source.
+fn stream_of(event: &Event) -> u64 {
+    let mut h = Fnv::new();
+    h.write(event.tenant.as_bytes());
+    h.write(&[0xff]);
+    h.write(event.source.as_bytes());
+    h.finish()
 }
 
 fn evict_lru(keys: &mut KeyMap, scratch: &mut Vec<u64>) {
