@@ -82,7 +82,12 @@ impl RecentEvents {
         if self.capacity == 0 {
             return true;
         }
-        let key = event.fingerprint(&self.hasher);
+        // Per tenant: another tenant's identical record (one trail delivered to two tenants, a
+        // test replay for a new tenant) is that tenant's first sight of it.
+        let key = std::hash::BuildHasher::hash_one(
+            &self.hasher,
+            (event.fingerprint(&self.hasher), event.tenant.as_str()),
+        );
         if !self.set.insert(key) {
             return false;
         }
@@ -439,6 +444,13 @@ mod tests {
         // Off: every copy is detected.
         let (stats, _, alerts) = run(0);
         assert_eq!((alerts, stats.replayed), (4, 0), "{stats:?}");
+        // The same record for another tenant is not a resend.
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules.clone(), &options));
+        let mut out = PipelineOutput::default();
+        for tenant in ["t", "t2", "t"] {
+            p.process_value("okta", tenant, None, record("a@x.io"), Utc::now(), &mut out);
+        }
+        assert_eq!((out.alerts.len(), p.stats().replayed), (2, 1));
     }
 
     #[test]
