@@ -68,8 +68,8 @@ enum Command {
     Search(terminal_cmd::SearchArgs),
     /// List stored alerts.
     Alerts(terminal_cmd::AlertsArgs),
-    /// Triage an alert through a running server: set its status, assignee or add a note (who and
-    /// when are recorded); without changes, show it with its history and evidence.
+    /// Triage alerts through a running server: set their status, assignee or add a note (who and
+    /// when are recorded); without changes, show them with their history and evidence.
     Triage(terminal_cmd::TriageArgs),
 }
 
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
 /// `e` and its causes, joined by `: `. The library errors put their cause in their own message
 /// (`cannot listen on ADDR: Address already in use`), so a cause whose text already ends the
 /// message so far is not repeated.
-fn error_text(e: &anyhow::Error) -> String {
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in e.chain() {
         let part = cause.to_string();

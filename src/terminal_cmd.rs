@@ -287,8 +287,11 @@ fn api_call(
 
 #[derive(clap::Args)]
 pub struct TriageArgs {
-    /// The alert's id (the ID column of `perimeter alerts`).
-    pub id: String,
+    /// Alert ids (the ID column of `perimeter alerts`). `-` reads them from stdin, one per
+    /// line: plain ids, or the JSON lines `perimeter alerts` prints
+    /// (`perimeter alerts --rule R --format json | perimeter triage - --status resolved`).
+    #[arg(required = true, num_args = 1..)]
+    pub ids: Vec<String>,
     /// New status: open, acknowledged, resolved or false_positive.
     #[arg(long, value_parser = ["open", "acknowledged", "resolved", "false_positive"])]
     pub status: Option<String>,
@@ -352,10 +355,10 @@ pub fn switch_rule(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `perimeter triage`: change an alert's status, assignee or notes through a running server,
-/// or, with none of them, show the alert with its history and evidence.
+/// `perimeter triage`: change the status, assignee or notes of alerts through a running
+/// server, or, with none of them, show each alert with its history and evidence. An alert that
+/// fails (unknown id, no permission) is reported and the others go on; the exit code is 1 then.
 pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {
-    let path = format!("/alerts/{}", enc(&args.id));
     let mut change = serde_json::Map::new();
     for (key, value) in [
         ("status", &args.status),
@@ -366,30 +369,84 @@ pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {
             change.insert(key.into(), serde_json::Value::String(v.clone()));
         }
     }
-    let record = if change.is_empty() {
-        api_call(&args.server, &args.token, reqwest::Method::GET, &path, None)?
+    let ids = triage_ids(&args.ids)?;
+    anyhow::ensure!(!ids.is_empty(), "no alert ids given (stdin held none)");
+    let body = (!change.is_empty()).then_some(serde_json::Value::Object(change));
+    let mut failed = 0;
+    for id in &ids {
+        let path = format!("/alerts/{}", enc(id));
+        let record = match &body {
+            None => api_call(&args.server, &args.token, reqwest::Method::GET, &path, None),
+            Some(body) => api_call(
+                &args.server,
+                &args.token,
+                reqwest::Method::PATCH,
+                &path,
+                Some(body),
+            ),
+        };
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                failed += 1;
+                eprintln!("alert {id}: {}", crate::error_text(&e));
+                continue;
+            }
+        };
+        say_json(&record)?;
+        let alert = &record["alert"];
+        eprintln!(
+            "alert {id}: {} [{}], status {}, assignee {}, {} change(s) in its history",
+            alert["title"].as_str().unwrap_or("?"),
+            alert["severity"].as_str().unwrap_or("?"),
+            alert["status"].as_str().unwrap_or("?"),
+            record["assignee"].as_str().unwrap_or("none"),
+            record["history"].as_array().map_or(0, Vec::len),
+        );
+    }
+    if ids.len() > 1 {
+        let done = if body.is_some() { "changed" } else { "shown" };
+        eprintln!(
+            "{} of {} alerts {done}, {failed} failed",
+            ids.len() - failed,
+            ids.len()
+        );
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
     } else {
-        let body = serde_json::Value::Object(change);
-        api_call(
-            &args.server,
-            &args.token,
-            reqwest::Method::PATCH,
-            &path,
-            Some(&body),
-        )?
-    };
-    say_json(&record)?;
-    let alert = &record["alert"];
-    eprintln!(
-        "alert {}: {} [{}], status {}, assignee {}, {} change(s) in its history",
-        args.id,
-        alert["title"].as_str().unwrap_or("?"),
-        alert["severity"].as_str().unwrap_or("?"),
-        alert["status"].as_str().unwrap_or("?"),
-        record["assignee"].as_str().unwrap_or("none"),
-        record["history"].as_array().map_or(0, Vec::len),
-    );
-    Ok(ExitCode::SUCCESS)
+        ExitCode::FAILURE
+    })
+}
+
+/// The ids to triage: the arguments, with `-` replaced by the ids read from stdin (plain ids,
+/// or JSON lines with `alert.id` or `id`).
+fn triage_ids(args: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for arg in args {
+        if arg != "-" {
+            ids.push(arg.clone());
+            continue;
+        }
+        for line in std::io::stdin().lines() {
+            let line = line.context("reading alert ids from stdin")?;
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let id = match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(doc) if doc.is_object() => doc
+                    .pointer("/alert/id")
+                    .or_else(|| doc.get("id"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                    .with_context(|| format!("a JSON line without `alert.id` or `id`: {line}"))?,
+                _ => line.to_string(),
+            };
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// One JSON document on stdout, as a line.

@@ -1010,6 +1010,34 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("403"), "{}", stderr(&out));
+    // Triage in bulk: the alerts `perimeter alerts` lists, piped into `perimeter triage -`,
+    // plus an id that does not exist (reported; the others are still changed).
+    let listed = perimeter(
+        &[
+            "alerts", "--server", &svc.base, "--token", &admin, "--format", "json",
+        ],
+        None,
+    );
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let mut input = listed.stdout.clone();
+    input.extend_from_slice(b"\nno-such-alert\n");
+    let out = perimeter(
+        &[
+            "triage", "-", "--status", "resolved", "--server", &svc.base, "--token", &admin,
+        ],
+        Some(&input),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 of 4 alerts changed, 1 failed"),
+        "{}",
+        stderr(&out)
+    );
+    let statuses: Vec<serde_json::Value> = json_lines(&out)
+        .iter()
+        .map(|r| r["alert"]["status"].clone())
+        .collect();
+    assert_eq!(statuses, vec!["resolved"; 3]);
     stop(svc);
 }
 
