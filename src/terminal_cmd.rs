@@ -243,9 +243,26 @@ pub struct AlertsArgs {
     /// newest (default), oldest, or severity (highest first).
     #[arg(long, value_parser = ["newest", "oldest", "severity"])]
     pub sort: Option<String>,
+    /// Counts instead of alerts: total, per severity and status, the busiest rules and entities
+    /// of the alerts the filters select (`--status open --from now-24h --summary`).
+    #[arg(long, conflicts_with = "sort")]
+    pub summary: bool,
     #[command(flatten)]
     pub target: Target,
 }
+
+/// The summary's rule lines at a terminal.
+const SUMMARY_RULE_COLUMNS: &[Column] = &[
+    Column::new("COUNT", 7, &["count"]),
+    Column::new("SEVERITY", 13, &["severity"]),
+    Column::new("RULE", 60, &["title"]),
+    Column::new("ID", 36, &["rule_id"]),
+];
+/// The summary's entity lines at a terminal.
+const SUMMARY_ENTITY_COLUMNS: &[Column] = &[
+    Column::new("COUNT", 7, &["count"]),
+    Column::new("ENTITY", 60, &["entity"]),
+];
 
 fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json::Value> {
     let token = target
@@ -506,13 +523,12 @@ fn server_items(
     path: &str,
     filters: &[(&str, &Option<String>)],
 ) -> anyhow::Result<Vec<serde_json::Value>> {
-    let params: Vec<String> = filters
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
-        .collect();
+    let params = query_string(filters);
     paged(target.limit, |size, cursor| {
-        let mut page_params = params.clone();
-        page_params.push(format!("limit={size}"));
+        let mut page_params = vec![format!("limit={size}")];
+        if !params.is_empty() {
+            page_params.push(params.clone());
+        }
         if let Some(c) = cursor {
             page_params.push(format!("cursor={}", enc(&c)));
         }
@@ -520,6 +536,15 @@ fn server_items(
         let next = body["next_cursor"].as_str().map(str::to_string);
         Ok((body["items"].as_array().cloned().unwrap_or_default(), next))
     })
+}
+
+/// `k=v&...` of the filters that are set, values percent-encoded.
+fn query_string(filters: &[(&str, &Option<String>)]) -> String {
+    filters
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// The store in the data directory `target` names, and the tenant to read. Reading never
@@ -634,47 +659,35 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
 }
 
 pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<ExitCode> {
+    let filters = [
+        ("severity", &args.severity),
+        ("status", &args.status),
+        ("from", &args.from),
+        ("to", &args.to),
+        ("rule", &args.rule),
+        ("source", &args.source),
+        ("entity", &args.entity),
+        ("q", &args.query),
+    ];
+    if args.summary {
+        let summary = if args.target.server.is_some() {
+            get_json(
+                &args.target,
+                &format!("/alerts/summary?{}", query_string(&filters)),
+            )?
+        } else {
+            let (store, tenant) = local_store(&args.target, config)?;
+            serde_json::to_value(store.alert_summary(&tenant, &local_alert_query(&args)?))?
+        };
+        return print_summary(&summary, args.target.format);
+    }
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
-        let filters = [
-            ("severity", &args.severity),
-            ("status", &args.status),
-            ("from", &args.from),
-            ("to", &args.to),
-            ("rule", &args.rule),
-            ("source", &args.source),
-            ("entity", &args.entity),
-            ("q", &args.query),
-            ("sort", &args.sort),
-        ];
+        let mut filters = filters.to_vec();
+        filters.push(("sort", &args.sort));
         server_items(&args.target, "/alerts", &filters)?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
-        let mut q = perimeter_store::AlertQuery {
-            limit: args.target.limit,
-            from: parse_time(&args.from)?,
-            to: parse_time(&args.to)?,
-            rule_id: args.rule.clone(),
-            source: args.source.clone(),
-            entity: args.entity.clone(),
-            text: args.query.clone(),
-            ..Default::default()
-        };
-        if let Some(s) = &args.severity {
-            q.severity = Some(
-                perimeter_model::Severity::parse(s)
-                    .with_context(|| format!("unknown severity {s}"))?,
-            );
-        }
-        if let Some(s) = &args.status {
-            q.status = Some(
-                serde_json::from_value(serde_json::Value::String(s.clone()))
-                    .with_context(|| format!("unknown status {s}"))?,
-            );
-        }
-        if let Some(s) = &args.sort {
-            q.sort = serde_json::from_value(serde_json::Value::String(s.clone()))
-                .with_context(|| format!("unknown sort {s}"))?;
-        }
+        let q = local_alert_query(&args)?;
         paged(args.target.limit, |limit, cursor| {
             let page = store.list_alerts(
                 &tenant,
@@ -693,4 +706,81 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
         })?
     };
     print_items(&items, "alerts", args.target.format, ALERT_COLUMNS)
+}
+
+/// The store query of `perimeter alerts`' filters, for a data directory.
+fn local_alert_query(args: &AlertsArgs) -> anyhow::Result<perimeter_store::AlertQuery> {
+    let mut q = perimeter_store::AlertQuery {
+        limit: args.target.limit,
+        from: parse_time(&args.from)?,
+        to: parse_time(&args.to)?,
+        rule_id: args.rule.clone(),
+        source: args.source.clone(),
+        entity: args.entity.clone(),
+        text: args.query.clone(),
+        ..Default::default()
+    };
+    if let Some(s) = &args.severity {
+        q.severity = Some(
+            perimeter_model::Severity::parse(s).with_context(|| format!("unknown severity {s}"))?,
+        );
+    }
+    if let Some(s) = &args.status {
+        q.status = Some(
+            serde_json::from_value(serde_json::Value::String(s.clone()))
+                .with_context(|| format!("unknown status {s}"))?,
+        );
+    }
+    if let Some(s) = &args.sort {
+        q.sort = serde_json::from_value(serde_json::Value::String(s.clone()))
+            .with_context(|| format!("unknown sort {s}"))?;
+    }
+    Ok(q)
+}
+
+/// An alert summary: one JSON document, or at a terminal (`--format table`) the counts and
+/// the busiest rules and entities as tables.
+fn print_summary(summary: &serde_json::Value, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let stdout = std::io::stdout();
+    let table = match format {
+        OutputFormat::Table => true,
+        OutputFormat::Json => false,
+        OutputFormat::Auto => stdout.is_terminal(),
+    };
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if !table {
+        serde_json::to_writer(&mut out, summary)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let counts = |key: &str| -> String {
+        summary[key]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let when = |key: &str| Column::time("", 19, &[]).cell(&summary[key]);
+    writeln!(
+        out,
+        "{} alerts ({} .. {})",
+        summary["total"],
+        when("oldest"),
+        when("newest")
+    )?;
+    writeln!(out, "  by severity: {}", counts("by_severity"))?;
+    writeln!(out, "  by status:   {}", counts("by_status"))?;
+    let list = |key: &str| summary[key].as_array().cloned().unwrap_or_default();
+    writeln!(out)?;
+    write_table(&mut out, SUMMARY_RULE_COLUMNS, &list("by_rule"))?;
+    writeln!(out)?;
+    write_table(&mut out, SUMMARY_ENTITY_COLUMNS, &list("by_entity"))?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -256,6 +256,32 @@ fn demo_finds_the_attack_and_stores_it() {
         "the demo day is in the past"
     );
     assert!(filtered(&["--to", "2026-11-24"]).is_empty());
+    // The queue at a glance: counts that agree with the listing.
+    let summary = |extra: &[&str]| {
+        let mut args = vec!["alerts", "--data-dir", d, "--summary"];
+        args.extend_from_slice(extra);
+        let out = perimeter(&args, None);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        json_lines(&out).remove(0)
+    };
+    let all = summary(&[]);
+    assert_eq!(all["total"], filtered(&[]).len(), "{all}");
+    let of_okta = summary(&["--source", "okta"]);
+    assert_eq!(of_okta["total"], filtered(&["--source", "okta"]).len());
+    let busiest = &of_okta["by_rule"][0];
+    assert_eq!(
+        busiest["count"],
+        filtered(&["--rule", busiest["rule_id"].as_str().unwrap()]).len()
+    );
+    let table = perimeter(
+        &["alerts", "--data-dir", d, "--summary", "--format", "table"],
+        None,
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("alerts (2026-11-24") && text.contains("by severity:"),
+        "{text}"
+    );
     let out = perimeter(&["alerts", "--data-dir", d, "--from", "last tuesday"], None);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("now-24h"), "{}", stderr(&out));

@@ -51,6 +51,7 @@ impl Modify for BearerAuth {
 pub fn api_router() -> OpenApiRouter<AppState> {
     let v1 = OpenApiRouter::new()
         .routes(routes!(alerts::list_alerts))
+        .routes(routes!(alerts::alert_summary))
         .routes(routes!(alerts::get_alert, alerts::update_alert))
         .routes(routes!(events::search_events))
         .routes(routes!(events::export_events))

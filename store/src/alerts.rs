@@ -309,19 +309,7 @@ impl AlertBook {
         };
         let mut hits: Vec<(SortKey, &AlertRecord)> = alerts
             .values()
-            .filter(|r| {
-                let a = &r.alert;
-                q.from.is_none_or(|f| a.timestamp >= f)
-                    && q.to.is_none_or(|t| a.timestamp < t)
-                    && q.severity.is_none_or(|s| a.severity >= s)
-                    && q.status.is_none_or(|s| a.status == s)
-                    && q.rule_id.as_deref().is_none_or(|x| a.rule_id == x)
-                    && q.source.as_deref().is_none_or(|x| a.source == x)
-                    && entity
-                        .as_deref()
-                        .is_none_or(|x| a.entity.to_lowercase() == x)
-                    && text.as_deref().is_none_or(|t| alert_text_matches(a, t))
-            })
+            .filter(|r| matches(q, &r.alert, text.as_deref(), entity.as_deref()))
             .map(|r| (sort_key(r), r))
             .filter(|(k, _)| {
                 after
@@ -342,6 +330,127 @@ impl AlertBook {
             next_cursor,
         })
     }
+
+    /// Counts of the tenant's alerts that `q`'s filters select (its page fields are not used):
+    /// by severity, status, rule and entity, for the morning look at the queue.
+    pub fn summary(&self, tenant: &str, q: &AlertQuery) -> AlertSummary {
+        let text = q.text.as_deref().map(str::to_lowercase);
+        let entity = q.entity.as_deref().map(str::to_lowercase);
+        let mut out = AlertSummary::default();
+        // Per rule: its count, and the title of its oldest alert (titles of grouped repeats
+        // differ; the map's order is arbitrary, the oldest is not).
+        let mut rules: HashMap<&str, (RuleCount, DateTime<Utc>)> = HashMap::new();
+        let mut entities: HashMap<&str, usize> = HashMap::new();
+        let selected = self
+            .tenants
+            .get(tenant)
+            .into_iter()
+            .flat_map(|alerts| alerts.values())
+            .map(|r| &r.alert)
+            .filter(|a| matches(q, a, text.as_deref(), entity.as_deref()));
+        for a in selected {
+            out.total += 1;
+            *out.by_severity
+                .entry(a.severity.as_str().into())
+                .or_default() += 1;
+            *out.by_status
+                .entry(status_name(a.status).into())
+                .or_default() += 1;
+            let (rule, oldest) = rules.entry(&a.rule_id).or_insert_with(|| {
+                let rule = RuleCount {
+                    rule_id: a.rule_id.clone(),
+                    title: a.title.clone(),
+                    severity: a.severity,
+                    count: 0,
+                };
+                (rule, a.timestamp)
+            });
+            rule.count += 1;
+            rule.severity = rule.severity.max(a.severity);
+            if a.timestamp < *oldest {
+                *oldest = a.timestamp;
+                rule.title = a.title.clone();
+            }
+            *entities.entry(&a.entity).or_default() += 1;
+            out.oldest = Some(out.oldest.map_or(a.timestamp, |t| t.min(a.timestamp)));
+            out.newest = Some(out.newest.map_or(a.timestamp, |t| t.max(a.timestamp)));
+        }
+        out.by_rule = rules.into_values().map(|(rule, _)| rule).collect();
+        out.by_rule
+            .sort_by(|a, b| b.count.cmp(&a.count).then(a.rule_id.cmp(&b.rule_id)));
+        out.by_rule.truncate(SUMMARY_TOP_RULES);
+        let mut entities: Vec<EntityCount> = entities
+            .into_iter()
+            .map(|(entity, count)| EntityCount {
+                entity: entity.to_string(),
+                count,
+            })
+            .collect();
+        entities.sort_by(|a, b| b.count.cmp(&a.count).then(a.entity.cmp(&b.entity)));
+        entities.truncate(SUMMARY_TOP_ENTITIES);
+        out.by_entity = entities;
+        out
+    }
+}
+
+/// Most rules a summary lists (the busiest).
+pub const SUMMARY_TOP_RULES: usize = 50;
+/// Most entities a summary lists (the busiest).
+pub const SUMMARY_TOP_ENTITIES: usize = 20;
+
+/// Counts of a tenant's alerts ([`AlertBook::summary`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertSummary {
+    pub total: usize,
+    /// Severity name -> alerts.
+    pub by_severity: std::collections::BTreeMap<String, usize>,
+    /// Status name -> alerts.
+    pub by_status: std::collections::BTreeMap<String, usize>,
+    /// The busiest rules first (at most [`SUMMARY_TOP_RULES`]).
+    pub by_rule: Vec<RuleCount>,
+    /// The busiest entities first (at most [`SUMMARY_TOP_ENTITIES`]).
+    pub by_entity: Vec<EntityCount>,
+    /// Time of the oldest and newest selected alert.
+    pub oldest: Option<DateTime<Utc>>,
+    pub newest: Option<DateTime<Utc>>,
+}
+
+/// Alerts of one rule in a summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleCount {
+    pub rule_id: String,
+    pub title: String,
+    /// The highest severity among them.
+    pub severity: Severity,
+    pub count: usize,
+}
+
+/// Alerts about one entity in a summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityCount {
+    pub entity: String,
+    pub count: usize,
+}
+
+fn status_name(status: AlertStatus) -> &'static str {
+    match status {
+        AlertStatus::Open => "open",
+        AlertStatus::Acknowledged => "acknowledged",
+        AlertStatus::Resolved => "resolved",
+        AlertStatus::FalsePositive => "false_positive",
+    }
+}
+
+/// Whether alert `a` passes the filters of `q` (`text` and `entity` lowercased).
+fn matches(q: &AlertQuery, a: &Alert, text: Option<&str>, entity: Option<&str>) -> bool {
+    q.from.is_none_or(|f| a.timestamp >= f)
+        && q.to.is_none_or(|t| a.timestamp < t)
+        && q.severity.is_none_or(|s| a.severity >= s)
+        && q.status.is_none_or(|s| a.status == s)
+        && q.rule_id.as_deref().is_none_or(|x| a.rule_id == x)
+        && q.source.as_deref().is_none_or(|x| a.source == x)
+        && entity.is_none_or(|x| a.entity.to_lowercase() == x)
+        && text.is_none_or(|t| alert_text_matches(a, t))
 }
 
 fn alert_text_matches(a: &Alert, needle: &str) -> bool {

@@ -36,7 +36,8 @@ pub mod tantivy_sink;
 mod wildcard;
 
 pub use alerts::{
-    AlertChange, AlertQuery, AlertRecord, AlertSort, AlertUpdate, Note, Page, MAX_PAGE_LIMIT,
+    AlertChange, AlertQuery, AlertRecord, AlertSort, AlertSummary, AlertUpdate, EntityCount, Note,
+    Page, RuleCount, MAX_PAGE_LIMIT,
 };
 pub use compaction::CompactionReport;
 pub use config::{RetentionRule, StoreConfig};

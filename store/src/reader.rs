@@ -314,6 +314,11 @@ impl Store {
         read(&self.alerts).list(tenant, q)
     }
 
+    /// Counts of one tenant's alerts selected by `q`'s filters (see [`crate::AlertSummary`]).
+    pub fn alert_summary(&self, tenant: &str, q: &AlertQuery) -> crate::AlertSummary {
+        read(&self.alerts).summary(tenant, q)
+    }
+
     /// One alert of a tenant (another tenant's id answers `None`).
     pub fn get_alert(&self, tenant: &str, id: &str) -> Result<Option<AlertRecord>> {
         Ok(read(&self.alerts).get(tenant, id).cloned())

@@ -890,6 +890,31 @@ fn alerts_are_idempotent_and_triage_history_survives_reopen() {
             .update_alert("acme", &id1, &up2, "carol@soc")
             .unwrap()
             .unwrap();
+        // The queue at a glance: counts per severity, status, rule and entity, per tenant.
+        let summary = store.alert_summary("acme", &AlertQuery::default());
+        assert_eq!(summary.total, 2);
+        assert_eq!(summary.by_status["resolved"], 1);
+        assert_eq!(summary.by_status["open"], 1);
+        assert_eq!(summary.by_severity["high"], 1);
+        assert_eq!(summary.by_rule.len(), 2);
+        assert_eq!(summary.by_entity[0].count, 2, "{summary:?}");
+        assert_eq!(
+            (summary.oldest, summary.newest),
+            (Some(ts(20, 1, 0)), Some(ts(20, 2, 0)))
+        );
+        let open = AlertQuery {
+            status: Some(AlertStatus::Open),
+            ..Default::default()
+        };
+        let summary = store.alert_summary("acme", &open);
+        assert_eq!(summary.total, 1);
+        assert_eq!(summary.by_rule[0].rule_id, "okta_lock");
+        let globex = store.alert_summary("globex", &AlertQuery::default());
+        assert_eq!((globex.total, globex.by_severity["critical"]), (1, 1));
+        assert_eq!(
+            store.alert_summary("nobody", &AlertQuery::default()).total,
+            0
+        );
         // Another tenant cannot see or change it.
         assert!(store.get_alert("globex", &id1).unwrap().is_none());
         assert!(store

@@ -48,6 +48,39 @@ pub struct AlertListParams {
     pub sort: Option<String>,
 }
 
+/// Filters for `GET /alerts/summary`: those of `GET /alerts`, without paging. Unknown
+/// parameters are refused.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AlertSummaryParams {
+    /// Alerts at or after this time: RFC 3339, a date or relative (`now-24h`).
+    pub from: Option<String>,
+    /// Alerts before this time (exclusive).
+    pub to: Option<String>,
+    /// Minimum severity.
+    pub severity: Option<String>,
+    /// `open`, `acknowledged`, `resolved` or `false_positive`.
+    pub status: Option<String>,
+    /// Rule id.
+    pub rule: Option<String>,
+    /// Source name.
+    pub source: Option<String>,
+    /// Entity the alert is about.
+    pub entity: Option<String>,
+    /// Case-insensitive text, as for `GET /alerts`.
+    pub q: Option<String>,
+}
+
+/// Counts of the selected alerts: total, per severity and status, the busiest rules (at most
+/// 50) and entities (at most 20), and the time of the oldest and newest.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertSummaryBody {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub summary: serde_json::Value,
+}
+
 /// Triage status, as accepted by `PATCH /alerts/{id}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -182,6 +215,48 @@ pub async fn list_alerts(
         items,
         next_cursor: page.next_cursor,
     }))
+}
+
+/// The token's tenant's alert queue at a glance: counts per severity, status, rule and entity
+/// of the alerts the filters select.
+#[utoipa::path(get, path = "/alerts/summary", tag = "alerts", params(AlertSummaryParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Counts of the selected alerts", body = AlertSummaryBody),
+        (status = 400, description = "Bad parameter", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    ))]
+pub async fn alert_summary(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(p): ApiQuery<AlertSummaryParams>,
+) -> Result<Json<AlertSummaryBody>, ApiError> {
+    let query = alert_query(&AlertListParams {
+        from: p.from.clone(),
+        to: p.to.clone(),
+        severity: p.severity.clone(),
+        status: p.status.clone(),
+        rule: p.rule.clone(),
+        source: p.source.clone(),
+        entity: p.entity.clone(),
+        q: p.q.clone(),
+        ..AlertListParams::default()
+    })?;
+    state.audit(
+        &auth.0,
+        "alerts.summary",
+        None,
+        json!({
+            "from": p.from, "to": p.to, "severity": p.severity, "status": p.status,
+            "rule": p.rule, "source": p.source, "entity": p.entity, "q": p.q,
+        }),
+    )?;
+    let store = state.store.clone();
+    let tenant = auth.tenant().to_string();
+    let summary = blocking(move || store.alert_summary(&tenant, &query)).await?;
+    let summary = serde_json::to_value(&summary)
+        .map_err(|e| ApiError::Internal(format!("encode summary: {e}")))?;
+    Ok(Json(AlertSummaryBody { summary }))
 }
 
 /// One alert with its evidence events. Another tenant's id answers 404.

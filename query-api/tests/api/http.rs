@@ -69,6 +69,7 @@ fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
     let event_id = &api.data.acme_events[0].id().0;
     vec![
         (Method::GET, "/api/v1/alerts".into(), None),
+        (Method::GET, "/api/v1/alerts/summary".into(), None),
         (Method::GET, format!("/api/v1/alerts/{alert_id}"), None),
         (
             Method::PATCH,
@@ -191,6 +192,42 @@ fn the_role_is_checked_before_the_body_is_read() {
         .send()
         .unwrap();
     assert_error(r, 403, "forbidden");
+}
+
+#[test]
+fn the_alert_summary_counts_this_tenants_selected_alerts() {
+    let api = TestApi::start();
+    let all = api.get_json("/api/v1/alerts/summary", ACME, Role::Viewer);
+    assert_eq!(all["total"], 3, "{all}");
+    assert_eq!(all["by_status"]["open"], 3);
+    assert_eq!(all["by_severity"]["critical"], 1);
+    assert_eq!(all["by_rule"].as_array().unwrap().len(), 3);
+    assert_eq!(all["by_entity"].as_array().unwrap().len(), 3);
+    assert!(all["oldest"].is_string() && all["newest"].is_string());
+    let okta = api.get_json(
+        "/api/v1/alerts/summary?source=okta&severity=high",
+        ACME,
+        Role::Viewer,
+    );
+    assert_eq!(okta["total"], 1, "{okta}");
+    assert_eq!(okta["by_rule"][0]["rule_id"], "okta_bruteforce");
+    assert_eq!(okta["by_rule"][0]["title"], "Okta brute force");
+    assert_eq!(okta["by_entity"][0]["entity"], "alice");
+    let globex = api.get_json("/api/v1/alerts/summary", GLOBEX, Role::Viewer);
+    assert_eq!(globex["total"], 1);
+    assert_eq!(globex["by_entity"][0]["entity"], "mallory");
+    for (query, code) in [
+        ("?limit=5", "invalid_parameter"),
+        ("?status=closed", "invalid_parameter"),
+        ("?from=yesterday", "invalid_parameter"),
+    ] {
+        let r = api.get(
+            &format!("/api/v1/alerts/summary{query}"),
+            ACME,
+            Role::Viewer,
+        );
+        assert_error(r, 400, code);
+    }
 }
 
 #[test]
@@ -1350,6 +1387,7 @@ fn openapi_document_and_router_agree() {
         ("GET", "/readyz"),
         ("GET", "/metrics"),
         ("GET", "/api/v1/alerts"),
+        ("GET", "/api/v1/alerts/summary"),
         ("GET", "/api/v1/alerts/{id}"),
         ("PATCH", "/api/v1/alerts/{id}"),
         ("GET", "/api/v1/events/search"),
