@@ -95,6 +95,18 @@ pub enum OutputFormat {
     Table,
 }
 
+impl OutputFormat {
+    /// Whether to print a table to `stdout`: asked for, or `auto` at a terminal.
+    fn is_table(self, stdout: &std::io::Stdout) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            OutputFormat::Table => true,
+            OutputFormat::Json => false,
+            OutputFormat::Auto => stdout.is_terminal(),
+        }
+    }
+}
+
 /// A table column: its header, its width, and where its value is in each item's JSON; a `time`
 /// column holds an RFC 3339 time, printed `YYYY-MM-DD hh:mm:ss` (UTC).
 pub struct Column {
@@ -596,15 +608,11 @@ fn print_items(
     format: OutputFormat,
     columns: &[Column],
 ) -> anyhow::Result<ExitCode> {
-    use std::io::{IsTerminal, Write};
+    use std::io::Write;
     // Written, not `println!`ed: a reader that stops early (`| head`) is an error to return,
     // not a panic.
     let stdout = std::io::stdout();
-    let table = match format {
-        OutputFormat::Table => true,
-        OutputFormat::Json => false,
-        OutputFormat::Auto => stdout.is_terminal(),
-    };
+    let table = format.is_table(&stdout);
     let mut out = std::io::BufWriter::new(stdout.lock());
     if table {
         write_table(&mut out, columns, items)?;
@@ -741,13 +749,9 @@ fn local_alert_query(args: &AlertsArgs) -> anyhow::Result<perimeter_store::Alert
 /// An alert summary: one JSON document, or at a terminal (`--format table`) the counts and
 /// the busiest rules and entities as tables.
 fn print_summary(summary: &serde_json::Value, format: OutputFormat) -> anyhow::Result<ExitCode> {
-    use std::io::{IsTerminal, Write};
+    use std::io::Write;
     let stdout = std::io::stdout();
-    let table = match format {
-        OutputFormat::Table => true,
-        OutputFormat::Json => false,
-        OutputFormat::Auto => stdout.is_terminal(),
-    };
+    let table = format.is_table(&stdout);
     let mut out = std::io::BufWriter::new(stdout.lock());
     if !table {
         serde_json::to_writer(&mut out, summary)?;

@@ -15,6 +15,16 @@ struct Service {
     base: String,
 }
 
+impl Service {
+    /// The Prometheus text of `/metrics`.
+    fn metrics(&self) -> String {
+        reqwest::blocking::get(format!("{}/metrics", self.base))
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+}
+
 impl Drop for Service {
     /// A failing test must not leave a server running.
     fn drop(&mut self) {
@@ -387,10 +397,7 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
     assert_eq!(r.status().as_u16(), 401);
     // Freshness and Perimeter's own delay are apart: the events are days old by event time,
     // but were stored within seconds of being received.
-    let metrics = reqwest::blocking::get(format!("{}/metrics", svc.base))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = svc.metrics();
     let gauge = |name: &str| -> f64 {
         metrics
             .lines()
@@ -477,10 +484,7 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
     // The page is from 2021, past the default 90 days: stored, and said to be past retention
     // (the next sweep removes it), in the answer and in the metrics.
     assert_eq!(ack["past_retention"], records as u64, "{ack}");
-    let metrics = reqwest::blocking::get(format!("{}/metrics", svc.base))
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = svc.metrics();
     assert!(
         metrics
             .lines()
@@ -816,6 +820,17 @@ fn config_with_rules(dir: &std::path::Path, rules: &[(&str, String)]) -> std::pa
     cfg
 }
 
+/// A config whose one rule (`id`) fires on every Okta login.
+fn any_login_config(dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+    config_with_rules(
+        dir,
+        &[("logins.yml", okta_rule(id, "Any Okta login", ANY_LOGIN))],
+    )
+}
+
+/// The detection of a rule that fires on every Okta login.
+const ANY_LOGIN: &str = "    sel:\n        eventType: user.session.start\n    condition: sel";
+
 #[test]
 fn sighup_reloads_the_rules_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -868,7 +883,7 @@ fn sighup_reloads_the_rules_all_or_nothing() {
         rule(
             "3f1c2a44-0000-4000-8000-000000000002",
             "Any Okta login",
-            "    sel:\n        eventType: user.session.start\n    condition: sel",
+            ANY_LOGIN,
         ),
     )
     .unwrap();
@@ -897,12 +912,7 @@ fn sighup_reloads_the_rules_all_or_nothing() {
     assert_eq!(listed(), 2);
     let ack = ingest(3);
     assert_eq!(ack["alerts"], 1, "the reloaded rules still run: {ack}");
-    let metrics = client
-        .get(format!("{}/metrics", svc.base))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = svc.metrics();
     for line in [
         "perimeter_rules_loaded 2",
         "perimeter_rule_reloads_failed_total 1",
@@ -919,17 +929,7 @@ fn sighup_reloads_the_rules_all_or_nothing() {
 fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let id = "3f1c2a44-0000-4000-8000-000000000010";
-    let cfg = config_with_rules(
-        dir.path(),
-        &[(
-            "logins.yml",
-            okta_rule(
-                id,
-                "Any Okta login",
-                "    sel:\n        eventType: user.session.start\n    condition: sel",
-            ),
-        )],
-    );
+    let cfg = any_login_config(dir.path(), id);
     let admin = token(&cfg, "admin");
     let client = reqwest::blocking::Client::new();
     let ingest = |svc: &Service, i: usize| -> serde_json::Value {
@@ -963,12 +963,7 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_
         (1.into(), 0.into()),
         "{ack}"
     );
-    let metrics = client
-        .get(format!("{}/metrics", svc.base))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = svc.metrics();
     let line = format!("perimeter_alerts_switched_off_total{{rule=\"{id}\"}} 1");
     assert!(
         metrics.lines().any(|l| l == line),
@@ -1045,17 +1040,7 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_
 fn alerts_of_a_batch_the_store_failed_to_write_are_stored_with_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let id = "3f1c2a44-0000-4000-8000-000000000020";
-    let cfg = config_with_rules(
-        dir.path(),
-        &[(
-            "logins.yml",
-            okta_rule(
-                id,
-                "Any Okta login",
-                "    sel:\n        eventType: user.session.start\n    condition: sel",
-            ),
-        )],
-    );
+    let cfg = any_login_config(dir.path(), id);
     let admin = token(&cfg, "admin");
     let svc = start(&cfg);
     let client = reqwest::blocking::Client::new();
@@ -1067,14 +1052,6 @@ fn alerts_of_a_batch_the_store_failed_to_write_are_stored_with_the_next_one() {
             .send()
             .unwrap()
     };
-    let metrics = || {
-        client
-            .get(format!("{}/metrics", svc.base))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap()
-    };
     // The tenant's alert journal cannot be created: the batch is not stored.
     let blocker = dir.path().join("data/alerts/tenant=acme");
     std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
@@ -1083,7 +1060,7 @@ fn alerts_of_a_batch_the_store_failed_to_write_are_stored_with_the_next_one() {
     assert_eq!(failed.status().as_u16(), 503);
     let body: serde_json::Value = failed.json().unwrap();
     assert_eq!(body["error"]["code"], "not_stored", "{body}");
-    let text = metrics();
+    let text = svc.metrics();
     assert!(
         text.lines()
             .any(|l| l == "perimeter_store_batches_failed_total 1"),
