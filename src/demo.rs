@@ -134,6 +134,7 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     );
     let dir = args.data_dir.display();
     say!("Explore it from the terminal:");
+    say!("  perimeter alerts --data-dir {dir} --summary");
     say!("  perimeter alerts --data-dir {dir} --severity high");
     say!("  perimeter search --data-dir {dir} 'event.outcome:failure AND event.module:okta'");
     if args.no_serve {
