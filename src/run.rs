@@ -301,8 +301,11 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         .with_sigma(sigma)
         .with_ueba(ueba)
         .with_rule_switches(rule_switches.switches());
-    let destinations =
-        Arc::new(DestinationStore::open_in(&data_dir).context("opening the alert destinations")?);
+    let destinations = Arc::new(
+        DestinationStore::open_in(&data_dir)
+            .context("opening the alert destinations")?
+            .allow_private_destinations(config.api.allow_private_destinations),
+    );
     let (outbox, undelivered) =
         DeliveryOutbox::open_in(&data_dir).context("opening the alert delivery outbox")?;
     if !undelivered.is_empty() {

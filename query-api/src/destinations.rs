@@ -122,6 +122,8 @@ pub enum DestinationError {
 #[derive(Debug)]
 pub struct DestinationStore {
     path: Option<PathBuf>,
+    /// Whether loopback and private addresses may receive alerts (see [`crate::egress`]).
+    allow_private: bool,
     all: Mutex<Vec<Destination>>,
     /// Delivery status by destination id.
     status: Mutex<std::collections::HashMap<String, DeliveryStatus>>,
@@ -142,6 +144,7 @@ impl DestinationStore {
         };
         Ok(DestinationStore {
             path: Some(path),
+            allow_private: true,
             all: Mutex::new(all),
             status: Mutex::default(),
         })
@@ -156,9 +159,18 @@ impl DestinationStore {
     pub fn in_memory() -> DestinationStore {
         DestinationStore {
             path: None,
+            allow_private: true,
             all: Mutex::new(Vec::new()),
             status: Mutex::default(),
         }
+    }
+
+    /// Whether loopback and private addresses may receive alerts (default yes; turn it off where
+    /// tenants are not the operator, see [`crate::egress`]). Link-local (cloud metadata) and
+    /// non-unicast addresses never may.
+    pub fn allow_private_destinations(mut self, allow: bool) -> DestinationStore {
+        self.allow_private = allow;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Destination>> {
@@ -256,6 +268,11 @@ impl DestinationStore {
             return Err(DestinationError::Invalid(
                 "`url` must be an http:// or https:// URL with a host".into(),
             ));
+        }
+        if let Some(why) = crate::egress::literal_refusal(&parsed, self.allow_private) {
+            return Err(DestinationError::Invalid(format!(
+                "alerts are not sent to {why}"
+            )));
         }
         let mut all = self.lock();
         if all.iter().filter(|d| d.tenant == tenant).count() >= MAX_DESTINATIONS_PER_TENANT {
@@ -375,6 +392,12 @@ impl AlertNotifier {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PendingBatch>();
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            // Names are resolved to addresses alerts may go to only, and a redirect could
+            // point anywhere: webhooks answer where they are registered.
+            .dns_resolver(Arc::new(crate::egress::GuardedDns {
+                allow_private: destinations.allow_private,
+            }))
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("perimeter/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
@@ -568,6 +591,21 @@ async fn deliver(
         status.record(&destination.id, DeliveryEvent::GaveUp);
         return;
     };
+    let refused = reqwest::Url::parse(&destination.url)
+        .ok()
+        .and_then(|url| crate::egress::literal_refusal(&url, status.allow_private));
+    if let Some(why) = refused {
+        let error = format!("alerts are not sent to {why}");
+        tracing::warn!(destination = %destination.id, %error, "alert delivery refused");
+        status.record(&destination.id, DeliveryEvent::TryFailed(&error));
+        metrics.inc(
+            "destination_failures_total",
+            &[("destination", &destination.id)],
+            1,
+        );
+        status.record(&destination.id, DeliveryEvent::GaveUp);
+        return;
+    }
     let signature = sign(destination.secret.as_deref().unwrap_or_default(), &bytes);
     let mut wait = retry_base;
     for attempt in 1..=MAX_ATTEMPTS {
@@ -848,6 +886,12 @@ mod tests {
             ("x", "https://"),
             ("x", "hooks.example.com/no-scheme"),
             (" ", "https://hooks.example.com/"),
+            // The cloud metadata endpoint, however it is spelt.
+            ("x", "http://169.254.169.254/latest/meta-data/iam/"),
+            ("x", "http://2852039166/latest/meta-data/"),
+            ("x", "http://[::ffff:169.254.169.254]/"),
+            ("x", "http://[fe80::1]/"),
+            ("x", "http://0.0.0.0:8080/"),
         ] {
             assert!(
                 matches!(
@@ -877,5 +921,60 @@ mod tests {
                 "t"
             )
             .is_err());
+    }
+
+    /// With private destinations off, a loopback address is refused when registered as an IP,
+    /// and a name that resolves to one (`localhost`) gets nothing at delivery.
+    #[test]
+    fn private_destinations_can_be_refused_at_registration_and_at_delivery() {
+        let hook = super::webhook_receiver::WebhookReceiver::start(0);
+        let strict = Arc::new(DestinationStore::in_memory().allow_private_destinations(false));
+        assert!(matches!(
+            strict.create("acme", "x", &hook.url(), Severity::Low, "t"),
+            Err(DestinationError::Invalid(m)) if m.contains("private")
+        ));
+        // Registered by name: accepted, refused when the name resolves.
+        let by_name = hook.url().replace("127.0.0.1", "localhost");
+        let d = strict
+            .create("acme", "x", &by_name, Severity::Low, "t")
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let mut alert = Alert::new(
+            "r",
+            "t",
+            Severity::High,
+            perimeter_model::DetectorKind::Sigma,
+            "okta",
+            "acme",
+            Utc::now(),
+            "alice",
+            perimeter_model::EntityKind::User,
+        );
+        alert.id = "a1".into();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let notifier = AlertNotifier::spawn(
+                strict.clone(),
+                metrics.clone(),
+                Duration::from_millis(1),
+                Arc::new(DeliveryOutbox::in_memory()),
+                Vec::new(),
+            );
+            notifier.notify(&[alert]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while metrics.counter("destination_failures_total", &[("destination", &d.id)]) == 0 {
+                assert!(std::time::Instant::now() < deadline, "never gave up");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert!(
+            hook.bodies().is_empty(),
+            "nothing reached the loopback hook"
+        );
+        // The same hook is fine where private destinations are allowed (the default).
+        let open = DestinationStore::in_memory();
+        assert!(open
+            .create("acme", "x", &hook.url(), Severity::Low, "t")
+            .is_ok());
     }
 }

@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod auth;
 pub mod destinations;
+pub mod egress;
 pub mod error;
 pub mod extract;
 mod files;

@@ -26,6 +26,15 @@ pub struct ApiConfig {
     /// How long in-flight requests may take to finish after shutdown is requested.
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
+    /// Whether alert webhooks may point at loopback and private addresses (an internal relay).
+    /// Turn it off where tenant admins are not the operator. Link-local addresses (cloud
+    /// metadata) are refused either way (`egress`).
+    #[serde(default = "default_allow_private_destinations")]
+    pub allow_private_destinations: bool,
+}
+
+fn default_allow_private_destinations() -> bool {
+    true
 }
 
 fn default_listen() -> SocketAddr {
@@ -43,6 +52,7 @@ impl Default for ApiConfig {
             tls_cert_path: None,
             tls_key_path: None,
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
+            allow_private_destinations: default_allow_private_destinations(),
         }
     }
 }

@@ -1,0 +1,145 @@
+//! Where alert webhooks may be sent. A tenant admin registers a URL and Perimeter's server
+//! POSTs to it: without a guard, that is a way to make the server call addresses only it can
+//! reach (server-side request forgery), above all the cloud metadata endpoint
+//! (`169.254.169.254`), which hands out the host's credentials.
+//!
+//! - Link-local (metadata), unspecified, multicast and broadcast addresses are always refused.
+//! - Loopback and private addresses (RFC 1918, CGNAT, IPv6 unique local) are refused when
+//!   `allow_private_destinations` is off. It is on by default, because a single-organisation
+//!   install often posts to an internal relay; a deployment whose tenants are not the operator
+//!   should turn it off.
+//! - The check applies to the addresses a host name resolves to at delivery time ([`GuardedDns`],
+//!   so a name re-pointed after registration is caught), to IP literals in URLs (checked at
+//!   registration and before each delivery), and redirects are not followed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Why alerts may not be sent to `ip`, or `None` when they may.
+pub fn refusal(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => refusal_v4(v4, allow_private),
+        IpAddr::V6(v6) => refusal_v6(v6, allow_private),
+    }
+}
+
+fn refusal_v4(ip: Ipv4Addr, allow_private: bool) -> Option<&'static str> {
+    let [a, b, ..] = ip.octets();
+    if ip.is_link_local() {
+        Some("a link-local address (cloud metadata lives there)")
+    } else if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || a == 0 {
+        Some("not a unicast address")
+    } else if !allow_private
+        && (ip.is_loopback() || ip.is_private() || (a == 100 && (64..128).contains(&b)))
+    {
+        Some("a loopback or private address (allow_private_destinations is off)")
+    } else {
+        None
+    }
+}
+
+fn refusal_v6(ip: Ipv6Addr, allow_private: bool) -> Option<&'static str> {
+    let first = ip.segments()[0];
+    if (first & 0xffc0) == 0xfe80 {
+        Some("a link-local address (cloud metadata lives there)")
+    } else if ip.is_unspecified() || ip.is_multicast() {
+        Some("not a unicast address")
+    } else if !allow_private && (ip.is_loopback() || (first & 0xfe00) == 0xfc00) {
+        Some("a loopback or private address (allow_private_destinations is off)")
+    } else {
+        None
+    }
+}
+
+/// Why alerts may not be sent to `url`'s host when it is an IP literal (host names are checked
+/// when they are resolved, by [`GuardedDns`]).
+pub fn literal_refusal(url: &reqwest::Url, allow_private: bool) -> Option<String> {
+    let host = url.host_str()?;
+    let ip: IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    refusal(ip, allow_private).map(|why| format!("{ip} is {why}"))
+}
+
+/// Resolves destination host names and keeps only the addresses alerts may be sent to.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedDns {
+    pub allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for GuardedDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|a| refusal(a.ip(), allow_private).is_none())
+                .collect();
+            if allowed.is_empty() {
+                let why = resolved
+                    .first()
+                    .and_then(|a| refusal(a.ip(), allow_private))
+                    .unwrap_or("no address");
+                return Err(format!("{host}: alerts are not sent there ({why})").into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_always_refused_private_only_when_asked() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for always in [
+            "169.254.169.254",
+            "fe80::1",
+            "0.0.0.0",
+            "::",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(refusal(ip(always), true).is_some(), "{always}");
+        }
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+        ] {
+            assert!(refusal(ip(private), true).is_none(), "{private}");
+            assert!(refusal(ip(private), false).is_some(), "{private}");
+        }
+        for public in [
+            "203.0.113.7",
+            "8.8.8.8",
+            "2001:db8::1",
+            "172.32.0.1",
+            "100.128.0.1",
+        ] {
+            assert!(refusal(ip(public), false).is_none(), "{public}");
+        }
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(literal_refusal(&url("http://169.254.169.254/latest/meta-data/"), true).is_some());
+        assert!(literal_refusal(&url("http://[fe80::1]/x"), true).is_some());
+        assert!(literal_refusal(&url("http://hooks.example.com/x"), false).is_none());
+        assert!(literal_refusal(&url("http://127.0.0.1:9/x"), true).is_none());
+    }
+}
