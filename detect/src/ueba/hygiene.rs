@@ -219,12 +219,13 @@ impl Hygiene {
         );
     }
 
-    /// Close every window that ended before `now` (event time), emitting grouped alerts.
-    pub fn expire(&mut self, now: i64, alerts: &mut Vec<Alert>) {
+    /// Close every window that ended before its stream's time (`now(tenant, source)`, event
+    /// time), emitting grouped alerts.
+    pub fn expire(&mut self, now: impl Fn(&str, &str) -> i64, alerts: &mut Vec<Alert>) {
         let closed: Vec<GroupKey> = self
             .groups
             .iter()
-            .filter(|(_, g)| g.until <= now)
+            .filter(|(_, g)| g.until <= now(&g.tenant, &g.source))
             .map(|(k, _)| *k)
             .collect();
         for key in closed {
@@ -350,9 +351,9 @@ mod tests {
         assert_eq!(alerts.len(), 1, "only the first is emitted at once");
         assert_eq!(alerts[0].count, 1);
         assert_eq!(alerts[0].severity, Severity::Medium);
-        h.expire(t0 + 599, &mut alerts);
+        h.expire(|_, _| t0 + 599, &mut alerts);
         assert_eq!(alerts.len(), 1, "window still open");
-        h.expire(t0 + 600, &mut alerts);
+        h.expire(|_, _| t0 + 600, &mut alerts);
         assert_eq!(alerts.len(), 2);
         let grouped = &alerts[1];
         assert_eq!(grouped.count, 5);

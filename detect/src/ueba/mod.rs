@@ -106,8 +106,14 @@ pub struct UebaEngine {
     tenant_settings: HashMap<String, DetectorSettings>,
     entities: KeyMap<EntityState>,
     hygiene: Hygiene,
-    /// Highest event time seen (Unix seconds): the clock for eviction and group expiry.
+    /// Highest event time seen (Unix seconds): the clock for eviction, and for group expiry of
+    /// streams not seen since a restart.
     watermark: i64,
+    /// Highest event time per stream (tenant + source): the clock that closes a stream's alert
+    /// groups. A source delivered hours behind another must not have its groups closed by the
+    /// other's time (each repeat would then be a new alert). Not in the snapshot: a stream
+    /// falls back to `watermark` until it is seen again.
+    stream_clocks: HashMap<String, HashMap<String, i64>>,
     /// Hour bucket of the last housekeeping sweep.
     swept_hour: i64,
     events_since_snapshot: u64,
@@ -139,6 +145,7 @@ impl UebaEngine {
             entities: KeyMap::default(),
             hygiene: Hygiene::default(),
             watermark: i64::MIN,
+            stream_clocks: HashMap::new(),
             swept_hour: i64::MIN,
             events_since_snapshot: 0,
             stats: UebaStats::default(),
@@ -245,8 +252,35 @@ impl UebaEngine {
         self.entities.retain(|_, st| st.last_seen >= horizon);
         self.stats.entities_evicted_total += (before - self.entities.len()) as u64;
         let before = alerts.len();
-        self.hygiene.expire(t, alerts);
+        let (clocks, fallback) = (&self.stream_clocks, self.watermark);
+        self.hygiene.expire(
+            |tenant, source| {
+                clocks
+                    .get(tenant)
+                    .and_then(|sources| sources.get(source))
+                    .copied()
+                    .unwrap_or(fallback)
+            },
+            alerts,
+        );
         self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
+    }
+
+    /// Move the event's stream clock forward (looked up by borrowed names: no allocation once
+    /// the stream is known).
+    fn note_stream_time(&mut self, event: &Event, t: i64) {
+        if let Some(clock) = self
+            .stream_clocks
+            .get_mut(event.tenant.as_str())
+            .and_then(|sources| sources.get_mut(event.source.as_str()))
+        {
+            *clock = (*clock).max(t);
+            return;
+        }
+        self.stream_clocks
+            .entry(event.tenant.clone())
+            .or_default()
+            .insert(event.source.clone(), t);
     }
 
     fn evict_lru(&mut self) {
@@ -255,6 +289,7 @@ impl UebaEngine {
 
     fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
         let t = event.timestamp.timestamp();
+        self.note_stream_time(event, t);
         self.advance(t, alerts);
         let c = classify::classify(event);
         let tenant = event.tenant.as_str();

@@ -282,6 +282,46 @@ fn thirty_users_failing_from_one_ip_in_ten_minutes_is_a_password_spray() {
     assert!(of(&run(&mut engine, &events), "password_spray").is_empty());
 }
 
+/// Alert groups close by their own stream's clock: a tenant whose logs arrive three hours behind
+/// another's keeps its spray grouped (the other's hourly sweeps used to close the group, so each
+/// further finding became a new alert).
+#[test]
+fn a_delayed_streams_alert_group_is_not_closed_by_another_streams_clock() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(3);
+    let mut events = Vec::new();
+    for i in 0..30 {
+        let user = format!("user{i:02}@example.com");
+        events.push(okta_login(
+            "globex",
+            start + Duration::seconds(19 * i as i64),
+            2 * i as u64 + 1,
+            &Login::new(&user, "203.0.113.50", false),
+        ));
+        // acme's stream is three hours ahead and crosses an hour every six events.
+        events.push(okta_login(
+            "acme",
+            start + Duration::hours(3) + Duration::minutes(10 * i as i64),
+            2 * i as u64 + 2,
+            &Login::new("carl@example.com", "198.51.100.7", true),
+        ));
+    }
+    let alerts = run(&mut engine, &events);
+    let spray: Vec<&Alert> = of(&alerts, "password_spray")
+        .into_iter()
+        .filter(|a| a.tenant == "globex")
+        .collect();
+    assert_eq!(
+        spray.len(),
+        1,
+        "one alert, the rest grouped: {:?}",
+        spray
+            .iter()
+            .map(|a| (&a.title, a.count))
+            .collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn steady_service_account_is_normal_but_a_quiet_user_doing_the_same_is_not() {
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
