@@ -392,23 +392,31 @@ mod tests {
     use super::*;
 
     fn pipeline() -> Pipeline {
+        pipeline_with(Arc::new(Metrics::new()))
+    }
+
+    /// A pipeline that keeps events and counts into `metrics`.
+    fn pipeline_with(metrics: Arc<Metrics>) -> Pipeline {
         Pipeline::new(
             NormalizerRegistry::builtin(),
             SecretMasker::default(),
-            Arc::new(Metrics::new()),
+            metrics,
             true,
         )
     }
 
     /// One rule: an Okta record with a FAILURE outcome.
     fn okta_failure_rule() -> (crate::sigma::RuleSet, crate::sigma::SigmaOptions) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("fail.yml"),
+        rules_from(
             "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6b\nlogsource:\n    product: okta\n\
              detection:\n    selection:\n        outcome.result: FAILURE\n    condition: selection\nlevel: low\n",
         )
-        .unwrap();
+    }
+
+    /// The rules of one rule file with this text, loaded with the default options.
+    fn rules_from(text: &str) -> (crate::sigma::RuleSet, crate::sigma::SigmaOptions) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yml"), text).unwrap();
         let options = crate::sigma::SigmaOptions::default();
         let (rules, report) = crate::sigma::RuleSet::load(&[dir.path().to_path_buf()], &options);
         assert!(
@@ -459,14 +467,9 @@ mod tests {
         let rule_id = "5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6b";
         let switches = Arc::new(RuleSwitches::default());
         let metrics = Arc::new(Metrics::new());
-        let mut p = Pipeline::new(
-            NormalizerRegistry::builtin(),
-            SecretMasker::default(),
-            metrics.clone(),
-            true,
-        )
-        .with_sigma(SigmaDetector::new(rules, &options))
-        .with_rule_switches(switches.clone());
+        let mut p = pipeline_with(metrics.clone())
+            .with_sigma(SigmaDetector::new(rules, &options))
+            .with_rule_switches(switches.clone());
         let mut out = PipelineOutput::default();
         let mut send = |p: &mut Pipeline, tenant: &str, user: &str| {
             let record = sonic_rs::json!({"eventType": "user.session.start",
@@ -508,24 +511,13 @@ mod tests {
     /// A rule for failed Okta logins and a correlation: 3 of them for one user within 10 minutes
     /// ("Burst").
     fn failure_burst_rules() -> (crate::sigma::RuleSet, crate::sigma::SigmaOptions) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("burst.yml"),
+        rules_from(
             "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6c\nname: okta_failure\n\
              logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
              \x20   condition: selection\nlevel: low\n---\ntitle: Burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6d\n\
              correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
              \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        gte: 3\nlevel: high\n",
         )
-        .unwrap();
-        let options = crate::sigma::SigmaOptions::default();
-        let (rules, report) = crate::sigma::RuleSet::load(&[dir.path().to_path_buf()], &options);
-        assert!(
-            report.failed.is_empty(),
-            "{:?}",
-            report.failed.first().map(|f| f.to_string())
-        );
-        (rules, options)
     }
 
     /// An Okta login failure for `user` at `at` (`HH:MM` on 2026-11-24), into `out`.
@@ -581,13 +573,7 @@ mod tests {
     fn an_impossible_timestamp_is_replaced_and_does_not_stop_correlations() {
         let (rules, options) = failure_burst_rules();
         let metrics = Arc::new(Metrics::new());
-        let mut p = Pipeline::new(
-            NormalizerRegistry::builtin(),
-            SecretMasker::default(),
-            metrics.clone(),
-            true,
-        )
-        .with_sigma(SigmaDetector::new(rules, &options));
+        let mut p = pipeline_with(metrics.clone()).with_sigma(SigmaDetector::new(rules, &options));
         let received: DateTime<Utc> = "2026-11-24T12:00:00Z".parse().unwrap();
         let mut out = PipelineOutput::default();
         let send = |p: &mut Pipeline, out: &mut PipelineOutput, id: &str, user: &str, at: &str| {

@@ -694,6 +694,23 @@ mod webhook_receiver;
 mod tests {
     use super::*;
 
+    /// A high alert of tenant `acme` with this id.
+    fn test_alert(id: &str) -> Alert {
+        let mut a = Alert::new(
+            "r",
+            "t",
+            Severity::High,
+            perimeter_model::DetectorKind::Sigma,
+            "okta",
+            "acme",
+            Utc::now(),
+            "alice",
+            perimeter_model::EntityKind::User,
+        );
+        a.id = id.to_string();
+        a
+    }
+
     /// With room for one batch in delivery and one waiting, later batches overflow; they are
     /// delivered once room frees up, not left for the next start.
     #[test]
@@ -705,21 +722,6 @@ mod tests {
             .create("acme", "soc", &hook.url(), Severity::Low, "tok")
             .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let alert = |id: &str| {
-            let mut a = Alert::new(
-                "r",
-                "t",
-                Severity::High,
-                perimeter_model::DetectorKind::Sigma,
-                "okta",
-                "acme",
-                Utc::now(),
-                "alice",
-                perimeter_model::EntityKind::User,
-            );
-            a.id = id.to_string();
-            a
-        };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let notifier = AlertNotifier::spawn_sized(
@@ -731,7 +733,7 @@ mod tests {
                 1,
             );
             for i in 0..5 {
-                notifier.notify(&[alert(&format!("a{i}"))]);
+                notifier.notify(&[test_alert(&format!("a{i}"))]);
             }
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while hook.bodies().len() < 4 {
@@ -939,18 +941,6 @@ mod tests {
             .create("acme", "x", &by_name, Severity::Low, "t")
             .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let mut alert = Alert::new(
-            "r",
-            "t",
-            Severity::High,
-            perimeter_model::DetectorKind::Sigma,
-            "okta",
-            "acme",
-            Utc::now(),
-            "alice",
-            perimeter_model::EntityKind::User,
-        );
-        alert.id = "a1".into();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let notifier = AlertNotifier::spawn(
@@ -960,7 +950,7 @@ mod tests {
                 Arc::new(DeliveryOutbox::in_memory()),
                 Vec::new(),
             );
-            notifier.notify(&[alert]);
+            notifier.notify(&[test_alert("a1")]);
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while metrics.counter("destination_failures_total", &[("destination", &d.id)]) == 0 {
                 assert!(std::time::Instant::now() < deadline, "never gave up");
