@@ -1,4 +1,4 @@
-//! `perimeter rules check|test|explain|disable|enable`.
+//! `perimeter rules check|test|explain|list|disable|enable`.
 
 use crate::config::PerimeterConfig;
 use crate::detect_cmd::base_parts;
@@ -35,6 +35,18 @@ pub enum RulesCommand {
         #[arg(long, default_value = "auto")]
         source: String,
     },
+    /// List the rules and behavioural detectors a running server uses, with what your tenant
+    /// switched off (ON false: off for everyone; OFF FOR: entities it is off for).
+    List {
+        /// Only the rules switched off, for everyone or for some entities.
+        #[arg(long)]
+        off: bool,
+        /// `table` at a terminal, JSON lines otherwise (`auto`).
+        #[arg(long, value_enum, default_value_t = crate::terminal_cmd::OutputFormat::Auto)]
+        format: crate::terminal_cmd::OutputFormat,
+        #[command(flatten)]
+        server: crate::terminal_cmd::ServerAccess,
+    },
     /// Switch a rule off for your tenant through a running server (admin token), for every
     /// entity or one (`--entity`), for good or until a time (`--until`). Its alerts are dropped
     /// (and counted in `perimeter_alerts_switched_off_total`); the rule keeps running, events
@@ -53,7 +65,7 @@ pub enum RulesCommand {
         #[arg(long)]
         until: Option<String>,
         #[command(flatten)]
-        server: crate::terminal_cmd::AdminServer,
+        server: crate::terminal_cmd::ServerAccess,
     },
     /// Switch a rule back on for your tenant through a running server (admin token). Without
     /// `--entity` the per-entity switches stay.
@@ -64,7 +76,7 @@ pub enum RulesCommand {
         #[arg(long)]
         entity: Option<String>,
         #[command(flatten)]
-        server: crate::terminal_cmd::AdminServer,
+        server: crate::terminal_cmd::ServerAccess,
     },
 }
 
@@ -89,6 +101,11 @@ pub fn run(config: &PerimeterConfig, cmd: RulesCommand) -> anyhow::Result<ExitCo
             });
             crate::terminal_cmd::switch_rule(&server, &id, body)
         }
+        RulesCommand::List {
+            off,
+            format,
+            server,
+        } => crate::terminal_cmd::list_rules(&server, off, format),
         RulesCommand::Enable { id, entity, server } => {
             let body = serde_json::json!({ "enabled": true, "entity": entity });
             crate::terminal_cmd::switch_rule(&server, &id, body)

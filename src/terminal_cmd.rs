@@ -341,19 +341,54 @@ pub struct TriageArgs {
 
 /// A running server and an admin token, for commands that change its settings.
 #[derive(clap::Args)]
-pub struct AdminServer {
-    /// The running server (`http://127.0.0.1:8080`); it records who made the change and when.
+pub struct ServerAccess {
+    /// The running server (`http://127.0.0.1:8080`); it records who made a change and when.
     #[arg(long, env = "PERIMETER_SERVER")]
     pub server: String,
-    /// API token with role admin.
+    /// API token: any role lists rules, changing them takes admin.
     #[arg(long, env = "PERIMETER_TOKEN")]
     pub token: String,
+}
+
+/// `perimeter rules list`'s columns at a terminal.
+const RULE_COLUMNS: &[Column] = &[
+    Column::new("ON", 5, &["enabled"]),
+    Column::new("OFF FOR", 7, &["off_for_entities"]),
+    Column::new("KIND", 11, &["kind"]),
+    Column::new("LEVEL", 13, &["level"]),
+    Column::new("RULE", 60, &["title"]),
+    Column::new("ID", 36, &["id"]),
+];
+
+/// `perimeter rules list`: the rules a running server uses, with what the token's tenant
+/// switched off (`off`: only those switched off, for everyone or for some entities).
+pub fn list_rules(
+    target: &ServerAccess,
+    off: bool,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let body = api_call(
+        &target.server,
+        &target.token,
+        reqwest::Method::GET,
+        "/rules",
+        None,
+    )?;
+    let mut rules: Vec<serde_json::Value> = body["rules"].as_array().cloned().unwrap_or_default();
+    for rule in &mut rules {
+        let off_for = rule["switched_off_for"].as_object().map_or(0, |m| m.len());
+        rule["off_for_entities"] = off_for.into();
+    }
+    if off {
+        rules.retain(|r| r["enabled"] == false || r["off_for_entities"] != 0);
+    }
+    print_items(&rules, "rules", format, RULE_COLUMNS)
 }
 
 /// `perimeter rules disable|enable`: switch a rule off or on for the token's tenant; `body` is
 /// the `PATCH /rules/{id}` request (absent options as nulls).
 pub fn switch_rule(
-    target: &AdminServer,
+    target: &ServerAccess,
     id: &str,
     mut body: serde_json::Value,
 ) -> anyhow::Result<ExitCode> {

@@ -995,8 +995,26 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_
     );
     assert_eq!(ingest(&svc, 5)["alerts"], 0);
     assert_eq!(ingest(&svc, 6)["alerts"], 1);
-    // A viewer cannot switch rules: the server's 403 is the command's error.
+    // What is switched off, from the terminal (any role may look).
     let viewer = token(&cfg, "viewer");
+    let out = perimeter(
+        &[
+            "rules", "list", "--off", "--format", "json", "--server", &svc.base, "--token", &viewer,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let off = json_lines(&out);
+    assert_eq!(off.len(), 1, "{off:?}");
+    assert_eq!(
+        (
+            off[0]["id"].as_str(),
+            &off[0]["enabled"],
+            &off[0]["off_for_entities"]
+        ),
+        (Some(id), &true.into(), &1.into())
+    );
+    // A viewer cannot switch rules: the server's 403 is the command's error.
     let out = perimeter(
         &[
             "rules", "disable", id, "--reason", "x", "--server", &svc.base, "--token", &viewer,
