@@ -68,6 +68,8 @@ enum Command {
     Search(terminal_cmd::SearchArgs),
     /// List stored alerts.
     Alerts(terminal_cmd::AlertsArgs),
+    /// List the newest input that could not be used (line, reason, masked excerpt).
+    DeadLetters(terminal_cmd::DeadLettersArgs),
     /// Triage alerts through a running server: set their status, assignee or add a note (who and
     /// when are recorded); without changes, show them with their history and evidence.
     Triage(terminal_cmd::TriageArgs),
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
             Command::Tokens(cmd) => terminal_cmd::tokens(&config, cmd),
             Command::Search(args) => terminal_cmd::search(&config, args),
             Command::Alerts(args) => terminal_cmd::alerts(&config, args),
+            Command::DeadLetters(args) => terminal_cmd::dead_letters(&config, args),
             Command::Triage(args) => terminal_cmd::triage(args),
         }
     })();

@@ -350,6 +350,49 @@ pub struct ServerAccess {
     pub token: String,
 }
 
+#[derive(clap::Args)]
+pub struct DeadLettersArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+const DEAD_LETTER_COLUMNS: &[Column] = &[
+    Column::time("RECEIVED (UTC)", 20, &["received_at"]),
+    Column::new("SOURCE", 16, &["source"]),
+    Column::new("LINE", 8, &["line"]),
+    Column::new("REASON", 60, &["reason"]),
+    Column::new("EXCERPT (MASKED)", 60, &["excerpt"]),
+];
+
+/// Most dead letters one listing returns (the API's bound; they are kept newest first).
+const MAX_DEAD_LETTERS: usize = 1000;
+
+/// `perimeter dead-letters`: the newest input that could not be used, with line, reason and a
+/// masked excerpt, from a data directory or a running server.
+pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
+    let limit = args.target.limit.clamp(1, MAX_DEAD_LETTERS);
+    if args.target.limit > MAX_DEAD_LETTERS {
+        eprintln!("perimeter dead-letters: at most the newest {MAX_DEAD_LETTERS} are listed");
+    }
+    let items: Vec<serde_json::Value> = if args.target.server.is_some() {
+        let body = get_json(&args.target, &format!("/dead-letters?limit={limit}"))?;
+        body["items"].as_array().cloned().unwrap_or_default()
+    } else {
+        let (store, tenant) = local_store(&args.target, config)?;
+        store
+            .list_dead_letters(&tenant, limit)?
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?
+    };
+    print_items(
+        &items,
+        "dead letters",
+        args.target.format,
+        DEAD_LETTER_COLUMNS,
+    )
+}
+
 /// `perimeter rules list`'s columns at a terminal.
 const RULE_COLUMNS: &[Column] = &[
     Column::new("ON", 5, &["enabled"]),

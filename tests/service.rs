@@ -714,8 +714,30 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         "events are searchable: {api_text}"
     );
     assert_no_secret("API responses", &api_text);
-    stop(svc);
+    // The dead letter from the terminal, through the server and from the data directory: the
+    // reason and line, the excerpt masked.
     let data = dir.path().join("data");
+    let dead_letters = |target: &[&str]| {
+        let mut args = vec!["dead-letters", "--format", "json"];
+        args.extend_from_slice(target);
+        let out = perimeter(&args, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_no_secret(
+            "perimeter dead-letters",
+            &String::from_utf8_lossy(&out.stdout),
+        );
+        json_lines(&out)
+    };
+    let listed = dead_letters(&["--server", &svc.base, "--token", &admin]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(
+        listed[0]["reason"].as_str().unwrap().contains("JSON"),
+        "{listed:?}"
+    );
+    stop(svc);
+    let listed = dead_letters(&["--data-dir", data.to_str().unwrap()]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(listed[0]["line"].is_u64(), "{listed:?}");
     let (files, text) = parquet_text(&data);
     assert!(
         files > 0 && text.contains("CreateAccessKey"),
