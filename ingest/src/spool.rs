@@ -1,6 +1,8 @@
 //! A spool directory source: drop `*.jsonl` / `*.json` files into `<dir>/<source>/` (the
-//! subdirectory names the source, e.g. `inbox/okta/`, `inbox/auto/`) and they are ingested, then
-//! moved to `<dir>/.processed/<source>/` once the pipeline acknowledged them. A file being
+//! subdirectory names the source, e.g. `inbox/okta/`, `inbox/auto/`) and they are ingested for
+//! the configured tenant, then moved to `<dir>/.processed/<source>/` once the pipeline
+//! acknowledged them. Another tenant's files go to `<dir>/tenant=<name>/<source>/` (and are
+//! moved to `.processed/tenant=<name>/<source>/`): one inbox serves every tenant of a provider. A file being
 //! processed when the process dies is ingested again on restart; the store's idempotency on event
 //! id keeps that exactly-once.
 //!
@@ -69,6 +71,39 @@ impl FileStamp {
     }
 }
 
+/// A file waiting in the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolFile {
+    /// From a `tenant=<name>` directory; `None`: the configured tenant.
+    pub tenant: Option<String>,
+    pub source: String,
+    pub path: PathBuf,
+}
+
+impl SpoolFile {
+    /// Where it goes below `.processed` or `.failed`: `<source>` or `tenant=<name>/<source>`.
+    fn subdir(&self) -> PathBuf {
+        match &self.tenant {
+            Some(tenant) => Path::new(&format!("{TENANT_DIR_PREFIX}{tenant}")).join(&self.source),
+            None => PathBuf::from(&self.source),
+        }
+    }
+}
+
+/// A directory of the inbox named `tenant=<name>` holds that tenant's source directories.
+const TENANT_DIR_PREFIX: &str = "tenant=";
+
+/// Whether `name` can be a tenant (what API tokens accept as tenant names).
+fn is_tenant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+        && name != "."
+        && name != ".."
+}
+
 /// Files that failed to be read, with how they looked and since when they fail that way.
 #[derive(Default)]
 struct Unreadable(HashMap<PathBuf, (Option<FileStamp>, Instant)>);
@@ -103,19 +138,20 @@ impl SpoolSource {
         let files = pending_files(&self.config.dir)?;
         unreadable
             .0
-            .retain(|path, _| files.iter().any(|(_, p)| p == path));
+            .retain(|path, _| files.iter().any(|f| &f.path == path));
         let settle = Duration::from_millis(self.config.set_aside_after_ms);
-        for (source, path) in files {
+        for file in files {
+            let path = &file.path;
             // An unreadable file that has not changed is not read again (and its readable head
             // not submitted again) until it is due to be set aside.
-            if let Some((seen, since)) = unreadable.0.get(&path) {
-                if *seen == FileStamp::of(&path) && since.elapsed() < settle {
+            if let Some((seen, since)) = unreadable.0.get(path) {
+                if *seen == FileStamp::of(path) && since.elapsed() < settle {
                     continue;
                 }
             }
-            match self.ingest_file(&source, &path).await {
+            match self.ingest_file(&file).await {
                 Ok(()) => {
-                    unreadable.0.remove(&path);
+                    unreadable.0.remove(path);
                 }
                 // The pipeline did not take a batch: nothing wrong with the file, and the next
                 // files would meet the same. All are retried at the next scan.
@@ -123,7 +159,7 @@ impl SpoolSource {
                     tracing::warn!(file = %path.display(), error = %e, "spool file not ingested; will retry");
                     return Ok(());
                 }
-                Err(e) => self.file_failed(&source, &path, &e, unreadable),
+                Err(e) => self.file_failed(&file, &e, unreadable),
             }
         }
         Ok(())
@@ -131,13 +167,8 @@ impl SpoolSource {
 
     /// A file could not be read: remember how it looked, or, when it failed the same way before
     /// and was retried because it was due, set it aside.
-    fn file_failed(
-        &self,
-        source: &str,
-        path: &Path,
-        error: &IngestError,
-        unreadable: &mut Unreadable,
-    ) {
+    fn file_failed(&self, file: &SpoolFile, error: &IngestError, unreadable: &mut Unreadable) {
+        let path = file.path.as_path();
         let stamp = FileStamp::of(path);
         let failed_before = unreadable
             .0
@@ -152,7 +183,7 @@ impl SpoolSource {
                 .insert(path.to_path_buf(), (stamp, Instant::now()));
             return;
         }
-        match set_aside(&self.config.dir, source, path, error) {
+        match set_aside(&self.config.dir, file, error) {
             Ok(to) => {
                 tracing::error!(file = %path.display(), moved_to = %to.display(), error = %error,
                     "spool file unreadable and unchanged: set aside (records read before the failure were ingested)");
@@ -169,7 +200,9 @@ impl SpoolSource {
     }
 
     /// Ingest one file in batches; move it to `.processed` after every batch was acknowledged.
-    pub async fn ingest_file(&self, source: &str, path: &Path) -> Result<()> {
+    pub async fn ingest_file(&self, spooled: &SpoolFile) -> Result<()> {
+        let (source, path) = (spooled.source.as_str(), spooled.path.as_path());
+        let tenant = spooled.tenant.as_deref().unwrap_or(&self.config.tenant);
         let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
             what: path.display().to_string(),
             source,
@@ -189,14 +222,14 @@ impl SpoolSource {
             batch.push(item);
             if batch.len() >= self.config.batch_records {
                 self.bus
-                    .submit(source, &self.config.tenant, std::mem::take(&mut batch))
+                    .submit(source, tenant, std::mem::take(&mut batch))
                     .await?;
             }
         }
         if !batch.is_empty() {
-            self.bus.submit(source, &self.config.tenant, batch).await?;
+            self.bus.submit(source, tenant, batch).await?;
         }
-        let done_dir = self.config.dir.join(".processed").join(source);
+        let done_dir = self.config.dir.join(".processed").join(spooled.subdir());
         std::fs::create_dir_all(&done_dir).map_err(|e| IngestError::Io {
             what: done_dir.display().to_string(),
             source: e,
@@ -211,14 +244,11 @@ impl SpoolSource {
     }
 }
 
-/// Move an unreadable file to `<dir>/.failed/<source>/`, with `<name>.error.txt` saying why.
-fn set_aside(
-    dir: &Path,
-    source: &str,
-    path: &Path,
-    error: &IngestError,
-) -> std::io::Result<PathBuf> {
-    let failed_dir = dir.join(".failed").join(source);
+/// Move an unreadable file to `<dir>/.failed/<source>/` (`.failed/tenant=<name>/<source>/`),
+/// with `<name>.error.txt` saying why.
+fn set_aside(dir: &Path, file: &SpoolFile, error: &IngestError) -> std::io::Result<PathBuf> {
+    let path = file.path.as_path();
+    let failed_dir = dir.join(".failed").join(file.subdir());
     std::fs::create_dir_all(&failed_dir)?;
     let name = path.file_name().unwrap_or_default();
     let target = failed_dir.join(name);
@@ -229,9 +259,9 @@ fn set_aside(
     Ok(target)
 }
 
-/// `(source, path)` of every `*.json`/`*.jsonl` file (or gzipped, `*.json.gz`/`*.jsonl.gz`) under
-/// `dir/<source>/`, sorted by path.
-fn pending_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// Every `*.json`/`*.jsonl` file (or gzipped, `*.json.gz`/`*.jsonl.gz`) under `dir/<source>/`
+/// and `dir/tenant=<name>/<source>/`, sorted by path.
+fn pending_files(dir: &Path) -> Result<Vec<SpoolFile>> {
     let io = |e| IngestError::Io {
         what: dir.display().to_string(),
         source: e,
@@ -240,25 +270,58 @@ fn pending_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !entry.path().is_dir() {
-            continue;
-        }
-        for file in std::fs::read_dir(entry.path()).map_err(io)? {
-            let path = file.map_err(io)?.path();
-            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let name_ok = [".jsonl", ".json", ".jsonl.gz", ".json.gz"]
-                .iter()
-                .any(|suffix| file_name.ends_with(suffix));
-            if path.is_file() && name_ok {
-                out.push((name.clone(), path));
+    for (name, path) in subdirs(dir).map_err(io)? {
+        match name.strip_prefix(TENANT_DIR_PREFIX) {
+            Some(tenant) if is_tenant_name(tenant) => {
+                for (source, path) in subdirs(&path).map_err(io)? {
+                    spool_files(Some(tenant), &source, &path, &mut out).map_err(io)?;
+                }
             }
+            Some(_) => {
+                tracing::warn!(dir = %path.display(), "not a tenant name (letters, digits, - _ . @); its files are left alone");
+            }
+            None => spool_files(None, &name, &path, &mut out).map_err(io)?,
         }
     }
-    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// `(name, path)` of the subdirectories of `dir` whose names do not start with a dot.
+fn subdirs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && entry.path().is_dir() {
+            out.push((name, entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// The spool files of one source directory, added to `out`.
+fn spool_files(
+    tenant: Option<&str>,
+    source: &str,
+    dir: &Path,
+    out: &mut Vec<SpoolFile>,
+) -> std::io::Result<()> {
+    for file in std::fs::read_dir(dir)? {
+        let path = file?.path();
+        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let name_ok = [".jsonl", ".json", ".jsonl.gz", ".json.gz"]
+            .iter()
+            .any(|suffix| file_name.ends_with(suffix));
+        if path.is_file() && name_ok {
+            out.push(SpoolFile {
+                tenant: tenant.map(str::to_string),
+                source: source.to_string(),
+                path,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -301,9 +364,14 @@ mod tests {
             }
             seen
         });
-        assert!(spool.ingest_file("okta", &file).await.is_err());
+        let spooled = SpoolFile {
+            tenant: None,
+            source: "okta".into(),
+            path: file.clone(),
+        };
+        assert!(spool.ingest_file(&spooled).await.is_err());
         assert!(file.exists());
-        spool.ingest_file("okta", &file).await.unwrap();
+        spool.ingest_file(&spooled).await.unwrap();
         assert!(!file.exists());
         assert!(dir.path().join(".processed/okta/a.jsonl").exists());
         assert_eq!(pending_files(dir.path()).unwrap(), vec![]);
@@ -323,9 +391,14 @@ mod tests {
         let file = dir.path().join("aws_cloudtrail/trail.json.gz");
         std::fs::write(&file, gz.finish().unwrap()).unwrap();
         std::fs::write(dir.path().join("aws_cloudtrail/notes.txt.gz"), "x").unwrap();
+        let spooled = SpoolFile {
+            tenant: None,
+            source: "aws_cloudtrail".into(),
+            path: file.clone(),
+        };
         assert_eq!(
             pending_files(dir.path()).unwrap(),
-            vec![("aws_cloudtrail".to_string(), file.clone())],
+            vec![spooled.clone()],
             "gzipped JSON is pending, other files are not"
         );
         let (tx, mut rx) = channel(2);
@@ -336,7 +409,7 @@ mod tests {
             s.ack.send(Ok(SubmitAck::default())).unwrap();
             items
         });
-        spool.ingest_file("aws_cloudtrail", &file).await.unwrap();
+        spool.ingest_file(&spooled).await.unwrap();
         // The page's one document, whose records the pipeline splits.
         assert_eq!(consumer.await.unwrap(), 1);
         assert!(dir
@@ -387,5 +460,47 @@ mod tests {
         assert_eq!(pending_files(dir.path()).unwrap(), vec![]);
         drop(spool);
         assert_eq!(consumer.await.unwrap(), 1, "only the good file's batch");
+    }
+
+    #[tokio::test]
+    async fn tenant_directories_ingest_for_their_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        for (sub, body) in [
+            ("okta", "{\"a\":1}\n"),
+            ("tenant=globex/okta", "{\"b\":1}\n{\"b\":2}\n"),
+            ("tenant=bad name/okta", "{\"c\":1}\n"),
+        ] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            std::fs::write(dir.path().join(sub).join("x.jsonl"), body).unwrap();
+        }
+        let (tx, mut rx) = channel(4);
+        let consumer = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(s) = rx.recv().await {
+                seen.push((s.tenant.clone(), s.source.clone(), s.items.len()));
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            seen.sort();
+            seen
+        });
+        let spool = spool_in(dir.path(), 100, tx);
+        spool.scan_once(&mut Unreadable::default()).await.unwrap();
+        drop(spool);
+        assert_eq!(
+            consumer.await.unwrap(),
+            vec![
+                ("globex".to_string(), "okta".to_string(), 2),
+                ("t1".to_string(), "okta".to_string(), 1),
+            ]
+        );
+        assert!(dir
+            .path()
+            .join(".processed/tenant=globex/okta/x.jsonl")
+            .exists());
+        assert!(dir.path().join(".processed/okta/x.jsonl").exists());
+        assert!(
+            dir.path().join("tenant=bad name/okta/x.jsonl").exists(),
+            "not a tenant name: left alone"
+        );
     }
 }
