@@ -185,7 +185,9 @@ pub fn store_output(
         &[],
         started.elapsed().as_secs_f64(),
     );
-    metrics.inc("events_stored_total", &[], ack.events_written as u64);
+    for (source, n) in &ack.events_written_by_source {
+        metrics.inc("events_stored_total", &[("source", source)], *n as u64);
+    }
     if ack.events_past_retention > 0 {
         metrics.inc(
             "events_past_retention_total",

@@ -986,6 +986,16 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_
         "{ack}"
     );
     let metrics = svc.metrics();
+    // Events in and out per source: both were stored.
+    for line in [
+        "perimeter_events_received_total{source=\"okta\"} 2",
+        "perimeter_events_stored_total{source=\"okta\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in {metrics}"
+        );
+    }
     let line = format!("perimeter_alerts_switched_off_total{{rule=\"{id}\"}} 1");
     assert!(
         metrics.lines().any(|l| l == line),

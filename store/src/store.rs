@@ -29,7 +29,7 @@ pub struct StoreBatch {
 }
 
 /// What a `write_batch` call did; returned only once all of it is durable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteAck {
     /// Events newly stored (in tantivy and Parquet).
     pub events_written: usize,
@@ -38,6 +38,9 @@ pub struct WriteAck {
     /// Alerts newly stored (alerts already known by id are skipped).
     pub alerts_written: usize,
     pub dead_letters_written: usize,
+    /// `events_written` per source (for the per-source "events out" metric).
+    #[serde(default)]
+    pub events_written_by_source: std::collections::BTreeMap<String, usize>,
     /// Events of the batch (new or duplicate) dated before their tenant's and source's
     /// retention window: stored all the same, and removed by the next `apply_retention`.
     /// Reported so a backfill past retention is not lost without a word.
@@ -346,6 +349,11 @@ impl Store {
                     for (ack, b) in acks.iter_mut().zip(batches) {
                         let flags = &fresh[offset..offset + b.events.len()];
                         ack.events_written = flags.iter().filter(|f| **f).count();
+                        for (e, _) in b.events.iter().zip(flags).filter(|(_, new)| **new) {
+                            *ack.events_written_by_source
+                                .entry(e.source.clone())
+                                .or_default() += 1;
+                        }
                         ack.events_duplicate = flags.len() - ack.events_written;
                         offset += b.events.len();
                     }

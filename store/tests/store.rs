@@ -787,9 +787,17 @@ fn replayed_events_are_stored_once_also_after_reopen() {
         let new = event("acme", "okta", ts(22, 0, 0), "u", "a", 999);
         mixed.push(new.clone());
         mixed.push(new.clone());
+        let github = event("acme", "github", ts(22, 0, 1), "u", "a", 1000);
+        mixed.push(github);
         let m = store.write_batch(&batch(mixed)).unwrap();
-        assert_eq!((m.events_written, m.events_duplicate), (1, 11));
-        assert_eq!(store.stats().events_stored, 51);
+        assert_eq!((m.events_written, m.events_duplicate), (2, 11));
+        // Per source, for the per-source "events out" metric: only what was new.
+        assert_eq!(
+            m.events_written_by_source,
+            [("github".to_string(), 1), ("okta".to_string(), 1)].into()
+        );
+        assert!(again.events_written_by_source.is_empty());
+        assert_eq!(store.stats().events_stored, 52);
         // The new event is stored with its own raw record, not a skipped duplicate's (the
         // batch's text is built before dedup and rebuilt for the fresh events).
         let raw = perimeter_model::raw_to_serde(&new.raw);
@@ -813,11 +821,11 @@ fn replayed_events_are_stored_once_also_after_reopen() {
     let store = Store::open(config(dir.path())).unwrap();
     let after = store.write_batch(&batch(events.clone())).unwrap();
     assert_eq!((after.events_written, after.events_duplicate), (0, 50));
-    assert_eq!(store.stats().events_stored, 51);
-    assert_eq!(search_all(&store, "acme", "", 100).len(), 51);
+    assert_eq!(store.stats().events_stored, 52);
+    assert_eq!(search_all(&store, "acme", "", 100).len(), 52);
     let ids = parquet_ids(dir.path());
-    assert_eq!(ids.len(), 51);
-    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 51);
+    assert_eq!(ids.len(), 52);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 52);
 }
 
 fn alert_for(tenant: &str, ev: &Event, sev: Severity, rule: &str) -> Alert {
