@@ -149,7 +149,9 @@ pub async fn switch_rule(
         Some(e) if e.trim().is_empty() => {
             return Err(ApiError::invalid_parameter("`entity` is empty"))
         }
-        Some(e) => Some(bounded("entity", e, MAX_RULE_ID_BYTES)?.to_string()),
+        // Masked like the alerts' entities: a value typed in clear (an access key) is stored
+        // masked, and then matches the alerts, which show it masked the same way.
+        Some(e) => Some(state.mask_text(bounded("entity", e, MAX_RULE_ID_BYTES)?)),
         None => None,
     };
     let now = chrono::Utc::now();
