@@ -695,8 +695,10 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
     let r = client
         .patch(format!("{}/api/v1/rules/{rule_id}", svc.base))
         .bearer_auth(&admin)
-        .json(&serde_json::json!({"enabled": false, "reason": "leaked key",
-            "entity": crate::secrets::SECRETS[0]}))
+        .json(
+            &serde_json::json!({"enabled": false, "reason": "leaked key",
+            "entity": crate::secrets::SECRETS[0]}),
+        )
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().unwrap());
