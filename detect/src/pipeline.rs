@@ -115,6 +115,8 @@ pub struct Pipeline {
     scratch_alerts: Vec<Alert>,
     recent: RecentEvents,
     switches: Option<Arc<RuleSwitches>>,
+    /// The correlator's late-event count already added to the metrics.
+    late_reported: u64,
 }
 
 impl Pipeline {
@@ -136,6 +138,7 @@ impl Pipeline {
             scratch_alerts: Vec::new(),
             recent: RecentEvents::new(DEFAULT_REPLAY_WINDOW),
             switches: None,
+            late_reported: 0,
         }
     }
 
@@ -296,6 +299,8 @@ impl Pipeline {
             self.drain_alerts(out);
         }
         self.sigma = Some(sigma);
+        // The new rules' correlator counts from zero.
+        self.late_reported = 0;
     }
 
     /// End of input: let detectors emit what waits on open windows.
@@ -310,8 +315,19 @@ impl Pipeline {
     }
 
     /// Publish per-batch counters (cheap: once per batch, not per event).
-    pub fn publish_metrics(&self, source: &str, out: &PipelineOutput) {
+    pub fn publish_metrics(&mut self, source: &str, out: &PipelineOutput) {
         let m = &self.metrics;
+        // Events that came later than the allowed lateness of their stream are left out of
+        // correlations: missed detections an on-call engineer must be able to see.
+        if let Some(sigma) = &self.sigma {
+            let late = sigma.late_events_dropped();
+            m.inc(
+                "correlation_late_events_total",
+                &[],
+                late.saturating_sub(self.late_reported),
+            );
+            self.late_reported = late;
+        }
         m.inc(
             "events_received_total",
             &[("source", source)],
@@ -563,8 +579,10 @@ mod tests {
             bursts(&mut p, "globex", "erin", &["10:30", "10:31", "10:32"]),
             vec!["globex"]
         );
-        // Late within its own stream still counts as late.
+        // Late within its own stream still counts as late, and is counted for the metrics.
         assert!(bursts(&mut p, "acme", "fred", &["10:40", "10:41", "10:42"]).is_empty());
+        p.publish_metrics("okta", &PipelineOutput::default());
+        assert_eq!(p.metrics.counter("correlation_late_events_total", &[]), 3);
     }
 
     /// One record dated far in the future used to move the correlations' event-time watermark
