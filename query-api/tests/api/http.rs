@@ -721,9 +721,18 @@ fn the_notifier_posts_each_tenants_alerts_to_its_destinations_and_retries() {
         .map(|a| a.id.clone())
         .collect();
     assert_eq!(sent, expected);
-    assert!(metrics
+    // Counted once the notifier has the receiver's answer, a moment after the body arrived.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !metrics
         .render_prometheus()
-        .contains("destination_alerts_sent_total"));
+        .contains("destination_alerts_sent_total")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivery was never counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // The batch leaves the outbox once delivered (the mark follows the receiver's answer).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !metrics
