@@ -95,9 +95,10 @@ pub fn spawn_pipeline_worker(
                     .fold(0.0f64, f64::max);
                 let first_received = out.events.iter().map(|e| e.received_at).min();
                 let raised = out.alerts.len();
+                // Counted once, with the batch that raised them (before kept ones join).
+                pipeline.publish_metrics(&sub.source, &out);
                 out.alerts.splice(0..0, unstored_alerts.drain(..));
                 let result = store_output(&store, &mut out, &metrics);
-                pipeline.publish_metrics(&sub.source, &out);
                 metrics.set("pipeline_lag_seconds", &[], lag.max(0.0));
                 if let Some(received) = first_received {
                     let processing = (chrono::Utc::now() - received).num_milliseconds() as f64;

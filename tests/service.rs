@@ -1143,5 +1143,9 @@ fn alerts_of_a_batch_the_store_failed_to_write_are_stored_with_the_next_one() {
     let items = alerts["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{alerts}");
     assert_eq!(items[0]["alert"]["rule_id"], id);
+    // Counted once, with the batch that raised it, not again when it was stored later.
+    let text = svc.metrics();
+    let line = format!("perimeter_alerts_total{{rule=\"{id}\"}} 1");
+    assert!(text.lines().any(|l| l == line), "no `{line}` in {text}");
     stop(svc);
 }
