@@ -368,13 +368,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         .clone()
         .unwrap_or_else(|| data_dir.join("inbox"));
     let spool = SpoolSource::new(
-        SpoolConfig {
-            dir: spool_dir.clone(),
-            tenant: config.tenant.clone(),
-            poll_interval_ms: 500,
-            batch_records: 5000,
-            set_aside_after_ms: perimeter_ingest::spool::default_set_aside_after_ms(),
-        },
+        SpoolConfig::new(spool_dir.clone(), config.tenant.clone()),
         bus,
     );
     let mut spool_stop = stop_rx.clone();

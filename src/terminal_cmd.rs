@@ -330,24 +330,32 @@ pub struct TriageArgs {
     /// A note added to the alert's history (masked like everything Perimeter stores).
     #[arg(long)]
     pub note: Option<String>,
-    /// The running server (`http://127.0.0.1:8080`): changes go through it, which records who
-    /// made them (the token) and when.
+    #[command(flatten)]
+    pub server: ServerAccess,
+}
+
+/// A running server and a token, for commands that work only through one (the server records
+/// who made a change and when).
+#[derive(clap::Args)]
+pub struct ServerAccess {
+    /// The running server (`http://127.0.0.1:8080`).
     #[arg(long, env = "PERIMETER_SERVER")]
     pub server: String,
-    /// API token (responder or admin to change an alert; any role to show it).
+    /// API token. Any role may look; changing an alert takes responder, changing a rule admin.
     #[arg(long, env = "PERIMETER_TOKEN")]
     pub token: String,
 }
 
-/// A running server and an admin token, for commands that change its settings.
-#[derive(clap::Args)]
-pub struct ServerAccess {
-    /// The running server (`http://127.0.0.1:8080`); it records who made a change and when.
-    #[arg(long, env = "PERIMETER_SERVER")]
-    pub server: String,
-    /// API token: any role lists rules, changing them takes admin.
-    #[arg(long, env = "PERIMETER_TOKEN")]
-    pub token: String,
+impl ServerAccess {
+    /// One API request with this token (see [`api_call`]).
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        api_call(&self.server, &self.token, method, path_and_query, body)
+    }
 }
 
 #[derive(clap::Args)]
@@ -410,13 +418,7 @@ pub fn list_rules(
     off: bool,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
-    let body = api_call(
-        &target.server,
-        &target.token,
-        reqwest::Method::GET,
-        "/rules",
-        None,
-    )?;
+    let body = target.call(reqwest::Method::GET, "/rules", None)?;
     let mut rules: Vec<serde_json::Value> = body["rules"].as_array().cloned().unwrap_or_default();
     for rule in &mut rules {
         let off_for = rule["switched_off_for"].as_object().map_or(0, |m| m.len());
@@ -438,9 +440,7 @@ pub fn switch_rule(
     if let Some(fields) = body.as_object_mut() {
         fields.retain(|_, v| !v.is_null());
     }
-    let rule = api_call(
-        &target.server,
-        &target.token,
+    let rule = target.call(
         reqwest::Method::PATCH,
         &format!("/rules/{}", enc(id)),
         Some(&body),
@@ -479,20 +479,15 @@ pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {
     let ids = triage_ids(&args.ids)?;
     anyhow::ensure!(!ids.is_empty(), "no alert ids given (stdin held none)");
     let body = (!change.is_empty()).then_some(serde_json::Value::Object(change));
+    // Without changes, each alert is shown.
+    let method = match body {
+        Some(_) => reqwest::Method::PATCH,
+        None => reqwest::Method::GET,
+    };
     let mut failed = 0;
     for id in &ids {
         let path = format!("/alerts/{}", enc(id));
-        let record = match &body {
-            None => api_call(&args.server, &args.token, reqwest::Method::GET, &path, None),
-            Some(body) => api_call(
-                &args.server,
-                &args.token,
-                reqwest::Method::PATCH,
-                &path,
-                Some(body),
-            ),
-        };
-        let record = match record {
+        let record = match args.server.call(method.clone(), &path, body.as_ref()) {
             Ok(record) => record,
             Err(e) => {
                 failed += 1;
@@ -829,14 +824,11 @@ fn local_alert_query(args: &AlertsArgs) -> anyhow::Result<perimeter_store::Alert
 fn print_summary(summary: &serde_json::Value, format: OutputFormat) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let stdout = std::io::stdout();
-    let table = format.is_table(&stdout);
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    if !table {
-        serde_json::to_writer(&mut out, summary)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
+    if !format.is_table(&stdout) {
+        say_json(summary)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut out = std::io::BufWriter::new(stdout.lock());
     let counts = |key: &str| -> String {
         summary[key]
             .as_object()

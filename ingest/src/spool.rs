@@ -44,13 +44,27 @@ pub struct SpoolConfig {
 fn default_tenant() -> String {
     "default".into()
 }
+impl SpoolConfig {
+    /// The spool of `dir` for `tenant`, with the default poll interval, batch size and
+    /// set-aside delay.
+    pub fn new(dir: PathBuf, tenant: String) -> SpoolConfig {
+        SpoolConfig {
+            dir,
+            tenant,
+            poll_interval_ms: default_poll_interval_ms(),
+            batch_records: default_batch_records(),
+            set_aside_after_ms: default_set_aside_after_ms(),
+        }
+    }
+}
+
 fn default_poll_interval_ms() -> u64 {
     500
 }
 fn default_batch_records() -> usize {
     5000
 }
-pub fn default_set_aside_after_ms() -> u64 {
+fn default_set_aside_after_ms() -> u64 {
     30_000
 }
 
@@ -92,17 +106,6 @@ impl SpoolFile {
 
 /// A directory of the inbox named `tenant=<name>` holds that tenant's source directories.
 const TENANT_DIR_PREFIX: &str = "tenant=";
-
-/// Whether `name` can be a tenant (what API tokens accept as tenant names).
-fn is_tenant_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
-        && name != "."
-        && name != ".."
-}
 
 /// Files that failed to be read, with how they looked and since when they fail that way.
 #[derive(Default)]
@@ -272,7 +275,10 @@ fn pending_files(dir: &Path) -> Result<Vec<SpoolFile>> {
     }
     for (name, path) in subdirs(dir).map_err(io)? {
         match name.strip_prefix(TENANT_DIR_PREFIX) {
-            Some(tenant) if is_tenant_name(tenant) => {
+            // The API's rule for tenant names; `.` and `..` are no names for a directory.
+            Some(tenant)
+                if perimeter_model::is_valid_label(tenant) && !matches!(tenant, "." | "..") =>
+            {
                 for (source, path) in subdirs(&path).map_err(io)? {
                     spool_files(Some(tenant), &source, &path, &mut out).map_err(io)?;
                 }

@@ -24,6 +24,16 @@ pub use time::{
     parse_time_bound, parse_timestamp, parse_timestamp_str, TimeBoundError, TimestampError,
 };
 
+/// Whether `value` can name a tenant, a token or a destination: 1 to 128 characters from
+/// `[A-Za-z0-9-_.@]`. One rule for the API's tokens and the spool's `tenant=<name>` directories.
+pub fn is_valid_label(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+}
+
 /// Turns one raw vendor record into an [`Event`] with a normalized ECS view. Pure: no IO, no state.
 pub trait Normalizer: Send + Sync {
     /// The source name this normalizer handles (`okta`, `github`, ...).

@@ -264,12 +264,7 @@ impl TokenStore {
 }
 
 fn validate_label(field: &'static str, value: &str) -> Result<(), AuthError> {
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-    if ok {
+    if perimeter_model::is_valid_label(value) {
         Ok(())
     } else {
         Err(AuthError::Invalid {
