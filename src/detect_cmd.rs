@@ -4,7 +4,7 @@ use crate::config::PerimeterConfig;
 use anyhow::Context;
 use perimeter_detect::mask::SecretMasker;
 use perimeter_detect::normalize::NormalizerRegistry;
-use perimeter_detect::pipeline::{Pipeline, PipelineOutput};
+use perimeter_detect::pipeline::{Pipeline, PipelineOutput, UEBA_SNAPSHOT};
 use perimeter_detect::sigma::{RuleSet, SigmaDetector};
 use perimeter_detect::ueba::UebaEngine;
 use perimeter_ingest::{InputItem, JsonInput, JsonlReaderConfig};
@@ -207,7 +207,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let sigma = load_sigma(config, &args.rules, args.ignore_logsource)?;
     let mut pipeline =
         Pipeline::new(registry, masker, Arc::new(Metrics::new()), false).with_sigma(sigma);
-    let ueba_state = args.state_dir.as_ref().map(|d| d.join("ueba.snapshot"));
+    let ueba_state = args.state_dir.as_ref().map(|d| d.join(UEBA_SNAPSHOT));
     if !args.no_ueba && config.ueba.enabled {
         let engine = match &ueba_state {
             Some(p) if p.exists() => UebaEngine::restore_from(config.ueba.clone(), key, p)
@@ -249,10 +249,10 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     pipeline.finish(&mut out);
     write_alerts(&mut out, &mut out_w)?;
     out_w.flush()?;
-    if let Some(path) = &ueba_state {
+    if let Some(dir) = &args.state_dir {
         pipeline
-            .save_state(path)
-            .with_context(|| format!("saving behavioural state to {}", path.display()))?;
+            .save_state(dir)
+            .with_context(|| format!("saving detection state to {}", dir.display()))?;
     }
     let stats = pipeline.stats();
     eprintln!(

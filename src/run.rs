@@ -5,7 +5,7 @@ use crate::config::PerimeterConfig;
 use crate::detect_cmd::{base_parts, load_rules};
 use anyhow::Context;
 use perimeter_detect::mask::SecretMasker;
-use perimeter_detect::pipeline::{entity_key, Pipeline};
+use perimeter_detect::pipeline::{entity_key, Pipeline, UEBA_SNAPSHOT};
 use perimeter_detect::sigma::{RuleSet, SigmaDetector};
 use perimeter_detect::ueba::UebaEngine;
 use perimeter_ingest::spool::{SpoolConfig, SpoolSource};
@@ -284,8 +284,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let (rule_set, sigma_options) = load_rules(config, &rule_paths, false)?;
     let listed_rules = rule_list(&rule_set);
     let sigma = SigmaDetector::new(rule_set, &sigma_options);
-    let state_path = data_dir.join("state").join("ueba.snapshot");
-    std::fs::create_dir_all(data_dir.join("state"))?;
+    let state_dir = data_dir.join("state");
+    let state_path = state_dir.join(UEBA_SNAPSHOT);
+    std::fs::create_dir_all(&state_dir)?;
     let (ueba, set_aside) = UebaEngine::restore_or_set_aside(config.ueba.clone(), key, &state_path)
         .with_context(|| format!("restoring behavioural state from {}", state_path.display()))?;
     if let Some((aside, reason)) = set_aside {
@@ -297,10 +298,26 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     }
     let rule_switches =
         Arc::new(RuleSwitchStore::open_in(&data_dir).context("opening the rule switches")?);
-    let pipeline = Pipeline::new(registry, masker, metrics.clone(), true)
+    let mut pipeline = Pipeline::new(registry, masker, metrics.clone(), true)
         .with_sigma(sigma)
         .with_ueba(ueba)
         .with_rule_switches(rule_switches.switches());
+    let restore = pipeline
+        .restore_correlations(&state_dir)
+        .with_context(|| format!("restoring correlation windows from {}", state_dir.display()))?;
+    if let Some((aside, reason)) = &restore.set_aside {
+        tracing::error!(
+            moved_to = %aside.display(),
+            reason = %reason,
+            "correlation windows could not be restored; correlations start with empty windows"
+        );
+    } else if restore.restored.keys > 0 || restore.restored.dropped_correlations > 0 {
+        tracing::info!(
+            open_windows = restore.restored.keys,
+            correlations_changed = restore.restored.dropped_correlations,
+            "restored open correlation windows (correlations whose rule file changed start empty)"
+        );
+    }
     let destinations = Arc::new(
         DestinationStore::open_in(&data_dir)
             .context("opening the alert destinations")?
@@ -328,7 +345,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         store.clone(),
         rx,
         metrics.clone(),
-        state_path,
+        state_dir,
         notifier,
         reload_rx,
     );

@@ -30,7 +30,7 @@ pub fn spawn_pipeline_worker(
     store: Arc<Store>,
     mut rx: BusReceiver,
     metrics: Arc<Metrics>,
-    state_path: PathBuf,
+    state_dir: PathBuf,
     notifier: AlertNotifier,
     rule_reloads: std::sync::mpsc::Receiver<SigmaDetector>,
 ) -> std::thread::JoinHandle<()> {
@@ -50,8 +50,11 @@ pub fn spawn_pipeline_worker(
                 out.clear();
                 // Rules reloaded meanwhile (SIGHUP) apply from this batch on.
                 while let Ok(sigma) = rule_reloads.try_recv() {
-                    pipeline.replace_sigma(sigma, &mut out);
-                    tracing::info!("reloaded rules in use");
+                    let kept = pipeline.replace_sigma(sigma, &mut out);
+                    tracing::info!(
+                        correlations_kept_open = kept,
+                        "reloaded rules in use (unchanged correlations keep their open windows)"
+                    );
                 }
                 // An empty submission only wakes the worker for a reload (sources never send
                 // one): nothing to store unless the old rules flushed alerts.
@@ -139,22 +142,23 @@ pub fn spawn_pipeline_worker(
                     last_retention = Instant::now();
                 }
                 if last_snapshot.elapsed() > SNAPSHOT_EVERY {
-                    save_state(&pipeline, &state_path);
+                    save_state(&pipeline, &state_dir);
                     last_snapshot = Instant::now();
                 }
             }
             // What the last batch left in `out` is stored and sent already.
             out.clear();
             out.alerts.append(&mut unstored_alerts);
-            pipeline.finish(&mut out);
+            // Correlation windows stay open: they are in the snapshot and close after the restart.
+            pipeline.suspend(&mut out);
             if !out.alerts.is_empty() {
                 match store_output(&store, &mut out, &metrics) {
                     Ok(_) => notifier.notify(&out.alerts),
                     Err(e) => tracing::error!(error = %e, alerts = out.alerts.len(),
-                        "alerts not stored at shutdown (windows closed by the shutdown, or kept from failed batches)"),
+                        "alerts not stored at shutdown (behavioural groups closed by the shutdown, or kept from failed batches)"),
                 }
             }
-            save_state(&pipeline, &state_path);
+            save_state(&pipeline, &state_dir);
             if let Err(e) = store.flush() {
                 tracing::error!(error = %e, "final store flush failed");
             }

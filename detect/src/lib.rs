@@ -15,6 +15,7 @@ pub mod mask;
 pub mod normalize;
 pub mod pipeline;
 pub mod sigma;
+mod state_file;
 pub mod ueba;
 
 pub use error::{DetectError, Result};

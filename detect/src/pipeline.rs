@@ -7,7 +7,7 @@
 
 use crate::mask::SecretMasker;
 use crate::normalize::{split_records, NormalizerRegistry};
-use crate::sigma::SigmaDetector;
+use crate::sigma::{CorrelationRestore, SigmaDetector};
 use crate::ueba::UebaEngine;
 use chrono::{DateTime, Utc};
 use perimeter_model::raw_prelude::*;
@@ -156,7 +156,8 @@ impl Pipeline {
     }
 
     /// Run Sigma rules and correlations.
-    pub fn with_sigma(mut self, sigma: SigmaDetector) -> Pipeline {
+    pub fn with_sigma(mut self, mut sigma: SigmaDetector) -> Pipeline {
+        sigma.set_state_key(correlation_key(&self.masker));
         self.sigma = Some(sigma);
         self
     }
@@ -167,11 +168,53 @@ impl Pipeline {
         self
     }
 
-    /// Snapshot behavioural state (no-op without UEBA). Keys in it are pseudonymous.
-    pub fn save_state(&self, path: &std::path::Path) -> crate::Result<()> {
-        match &self.ueba {
-            Some(u) => u.snapshot_to(path),
-            None => Ok(()),
+    /// Snapshot detection state into `dir`: behavioural baselines ([`UEBA_SNAPSHOT`], with UEBA)
+    /// and open correlation windows ([`CORRELATION_SNAPSHOT`], with Sigma rules). Keys in them
+    /// are keyed hashes; the entities kept for windows that close later are masked.
+    pub fn save_state(&self, dir: &std::path::Path) -> crate::Result<()> {
+        if let Some(u) = &self.ueba {
+            u.snapshot_to(&dir.join(UEBA_SNAPSHOT))?;
+        }
+        if let Some(sigma) = &self.sigma {
+            let snapshot = sigma.correlation_snapshot(&|text| self.masker.mask_text(text));
+            crate::state_file::write_json(
+                &dir.join(CORRELATION_SNAPSHOT),
+                "correlation snapshot",
+                &snapshot,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Reopen the correlation windows [`Pipeline::save_state`] wrote into `dir`, for the
+    /// correlations whose rule file is unchanged. No snapshot: nothing restored. A snapshot that
+    /// cannot be used (malformed, another format, another mask key) is set aside as
+    /// `<name>.unreadable-<UTC time>` and reported in [`StateRestore::set_aside`]; failing to
+    /// read the file (permissions, IO) is an error.
+    pub fn restore_correlations(&mut self, dir: &std::path::Path) -> crate::Result<StateRestore> {
+        let path = dir.join(CORRELATION_SNAPSHOT);
+        let Some(sigma) = self.sigma.as_mut().filter(|_| path.exists()) else {
+            return Ok(StateRestore::default());
+        };
+        let restored =
+            crate::state_file::read_json(&path, "correlation snapshot").and_then(|snapshot| {
+                sigma.restore_correlations(snapshot).map_err(|e| {
+                    crate::DetectError::Other(format!(
+                        "correlation snapshot {}: {e}",
+                        path.display()
+                    ))
+                })
+            });
+        match restored {
+            Ok(restored) => Ok(StateRestore {
+                restored,
+                set_aside: None,
+            }),
+            Err(e @ crate::DetectError::Io { .. }) => Err(e),
+            Err(unusable) => Ok(StateRestore {
+                restored: CorrelationRestore::default(),
+                set_aside: Some((crate::state_file::set_aside(&path)?, unusable.to_string())),
+            }),
         }
     }
 
@@ -287,11 +330,15 @@ impl Pipeline {
         });
     }
 
-    /// Swap in newly loaded Sigma rules (a reload while running). The old rules first emit
-    /// what waits on their open windows, as at the end of input; the new ones start with empty
-    /// correlation state. Behavioural baselines are kept.
-    pub fn replace_sigma(&mut self, sigma: SigmaDetector, out: &mut PipelineOutput) {
+    /// Swap in newly loaded Sigma rules (a reload while running). Correlations whose rule file
+    /// did not change keep their open windows; the old rules' other correlations first emit
+    /// what waits on their windows, as at the end of input, and their new versions start empty.
+    /// Behavioural baselines are kept. Returns how many correlations kept their windows.
+    pub fn replace_sigma(&mut self, mut sigma: SigmaDetector, out: &mut PipelineOutput) -> usize {
+        sigma.set_state_key(correlation_key(&self.masker));
+        let mut kept = 0;
         if let Some(mut old) = self.sigma.take() {
+            kept = sigma.adopt_correlations(&mut old);
             let mut alerts = std::mem::take(&mut self.scratch_alerts);
             alerts.clear();
             old.flush(&mut alerts);
@@ -301,6 +348,7 @@ impl Pipeline {
         self.sigma = Some(sigma);
         // The new rules' correlator counts from zero.
         self.late_reported = 0;
+        kept
     }
 
     /// End of input: let detectors emit what waits on open windows.
@@ -309,6 +357,21 @@ impl Pipeline {
         alerts.clear();
         for d in self.detectors() {
             d.flush(&mut alerts);
+        }
+        self.scratch_alerts = alerts;
+        self.drain_alerts(out);
+    }
+
+    /// A service stopping to start again: unlike [`Pipeline::finish`] (end of input), open
+    /// correlation windows are not closed. They go into the state snapshot
+    /// ([`Pipeline::save_state`]) and close by event time after the restart, so a window that
+    /// spans the restart is neither cut short nor reported twice. Behavioural detectors flush
+    /// as at the end of input.
+    pub fn suspend(&mut self, out: &mut PipelineOutput) {
+        let mut alerts = std::mem::take(&mut self.scratch_alerts);
+        alerts.clear();
+        if let Some(ueba) = self.ueba.as_mut() {
+            ueba.flush(&mut alerts);
         }
         self.scratch_alerts = alerts;
         self.drain_alerts(out);
@@ -363,6 +426,32 @@ impl Pipeline {
 
 /// The key behavioural state is pseudonymized with: derived from the masker's HMAC key, so it is
 /// as secret as that key and stable across restarts of the same deployment.
+/// File name of the behavioural state snapshot in a state directory.
+pub const UEBA_SNAPSHOT: &str = "ueba.snapshot";
+/// File name of the open correlation windows snapshot in a state directory.
+pub const CORRELATION_SNAPSHOT: &str = "correlation.snapshot";
+
+/// What [`Pipeline::restore_correlations`] did.
+#[derive(Debug, Default)]
+pub struct StateRestore {
+    pub restored: CorrelationRestore,
+    /// Where an unusable snapshot was moved, and why it could not be used.
+    pub set_aside: Option<(std::path::PathBuf, String)>,
+}
+
+/// The key of the correlation state's hashes: derived from the mask key, so it is stable across
+/// restarts, secret, and changes (making old snapshots unusable) when the mask key does.
+pub fn correlation_key(masker: &SecretMasker) -> [u8; 16] {
+    let digest = blake3::hash(
+        masker
+            .pseudonymize("perimeter correlation state key")
+            .as_bytes(),
+    );
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest.as_bytes()[..16]);
+    key
+}
+
 pub fn entity_key(masker: &SecretMasker) -> [u8; 32] {
     *blake3::hash(masker.pseudonymize("perimeter ueba entity key").as_bytes()).as_bytes()
 }
@@ -748,5 +837,106 @@ mod tests {
         );
         assert_eq!(p.stats().events, 2);
         assert_eq!(p.stats().dead_letters, 1);
+    }
+
+    /// Burst alerts in `out`, with their evidence event ids.
+    fn bursts_in(out: &PipelineOutput) -> Vec<Vec<String>> {
+        out.alerts
+            .iter()
+            .filter(|a| a.title == "Burst")
+            .map(|a| a.event_ids.clone())
+            .collect()
+    }
+
+    /// A restart used to drop every open correlation window: a burst spread over a deploy was
+    /// never seen. The windows now go into the state snapshot and come back.
+    #[test]
+    fn open_correlation_windows_survive_a_restart_through_the_state_snapshot() {
+        let (rules, options) = failure_burst_rules();
+        let state = tempfile::tempdir().unwrap();
+        let mut before = pipeline().with_sigma(SigmaDetector::new(rules.clone(), &options));
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut before, &mut out, "acme", "dana.kim", "10:00");
+        okta_failure(&mut before, &mut out, "acme", "dana.kim", "10:01");
+        assert!(bursts_in(&out).is_empty());
+        before.save_state(state.path()).unwrap();
+        let text = std::fs::read_to_string(state.path().join(CORRELATION_SNAPSHOT)).unwrap();
+        // Group-by values are keyed hashes in the file, never the value.
+        assert!(!text.contains("dana"), "{text}");
+
+        let restarted = |restore: bool| {
+            let mut p = pipeline().with_sigma(SigmaDetector::new(rules.clone(), &options));
+            if restore {
+                let r = p.restore_correlations(state.path()).unwrap();
+                assert_eq!(r.restored.keys, 1);
+                assert!(r.set_aside.is_none());
+            }
+            let mut out = PipelineOutput::default();
+            okta_failure(&mut p, &mut out, "acme", "dana.kim", "10:02");
+            bursts_in(&out)
+        };
+        let after = restarted(true);
+        assert_eq!(after.len(), 1, "the third failure completes the burst");
+        assert_eq!(
+            after[0].len(),
+            3,
+            "with the two failures from before the restart"
+        );
+        assert!(restarted(false).is_empty());
+        // Another user's failure does not complete dana's window.
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules.clone(), &options));
+        p.restore_correlations(state.path()).unwrap();
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut p, &mut out, "acme", "erin", "10:02");
+        okta_failure(&mut p, &mut out, "globex", "dana.kim", "10:02");
+        assert!(bursts_in(&out).is_empty());
+    }
+
+    #[test]
+    fn a_changed_rule_file_or_an_unusable_snapshot_starts_correlations_empty() {
+        let (rules, options) = failure_burst_rules();
+        let state = tempfile::tempdir().unwrap();
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:00");
+        p.save_state(state.path()).unwrap();
+        // The same rules, edited (another level): the old window is not the new rule's.
+        let text = "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6c\nname: okta_failure\n\
+             logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
+             \x20   condition: selection\nlevel: low\n---\ntitle: Burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6d\n\
+             correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
+             \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        gte: 3\nlevel: critical\n";
+        let (edited, options) = rules_from(text);
+        let mut q = pipeline().with_sigma(SigmaDetector::new(edited, &options));
+        let r = q.restore_correlations(state.path()).unwrap();
+        assert_eq!((r.restored.keys, r.restored.dropped_correlations), (0, 1));
+        // Not JSON: set aside, detection goes on with empty windows.
+        let path = state.path().join(CORRELATION_SNAPSHOT);
+        std::fs::write(&path, "{not json").unwrap();
+        let r = q.restore_correlations(state.path()).unwrap();
+        let (aside, why) = r.set_aside.expect("set aside");
+        assert!(!path.exists() && aside.exists(), "{}", aside.display());
+        assert!(why.contains("correlation snapshot"), "{why}");
+        okta_failure(&mut q, &mut out, "acme", "dana", "10:01");
+    }
+
+    /// A reload (SIGHUP) used to restart every correlation; unchanged ones now keep their windows.
+    #[test]
+    fn a_rule_reload_keeps_the_windows_of_unchanged_correlations() {
+        let (rules, options) = failure_burst_rules();
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules.clone(), &options));
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:00");
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:01");
+        let kept = p.replace_sigma(SigmaDetector::new(rules.clone(), &options), &mut out);
+        assert_eq!(kept, 1);
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:02");
+        assert_eq!(bursts_in(&out).len(), 1);
+        // A reload to other rules (here: no correlation) keeps nothing.
+        let (single, options) = okta_failure_rule();
+        assert_eq!(
+            p.replace_sigma(SigmaDetector::new(single, &options), &mut out),
+            0
+        );
     }
 }

@@ -19,7 +19,9 @@ use perimeter_model::{Alert, DetectorKind, EntityKind, Event, RawJson, Severity}
 use std::collections::HashMap;
 
 use super::condition::Cond;
-use super::correlate::{Correlator, FieldValues as CorrelationFields};
+use super::correlate::{
+    CorrelationRestore, Correlator, CorrelatorSnapshot, FieldValues as CorrelationFields,
+};
 use super::matcher::{
     visit_leaves, Detection, FieldMatch, FieldPath, Found, Leaf, Selection, StrKind, StrTest,
     ValueTest, NO_SLOT,
@@ -930,6 +932,34 @@ impl SigmaDetector {
     /// Approximate bytes of correlation state (map slots plus per-key entries).
     pub fn correlation_state_bytes(&self) -> usize {
         self.correlator.state_bytes()
+    }
+
+    /// Key the hashes of the correlation state (group-by and counted values), before any event.
+    /// Snapshots restore only under the same key.
+    pub fn set_state_key(&mut self, key: [u8; 16]) {
+        self.correlator.set_hash_key(key);
+    }
+
+    /// The open correlation windows, for [`SigmaDetector::restore_correlations`] after a
+    /// restart. `mask` masks the entity kept for windows that close later.
+    pub fn correlation_snapshot(&self, mask: &dyn Fn(&str) -> String) -> CorrelatorSnapshot {
+        self.correlator.snapshot(&self.rules, mask)
+    }
+
+    /// Take the windows of a snapshot for the correlations that are unchanged since it was
+    /// written (see [`Correlator::restore`]).
+    pub fn restore_correlations(
+        &mut self,
+        snapshot: CorrelatorSnapshot,
+    ) -> Result<CorrelationRestore, String> {
+        self.correlator.restore(&self.rules, snapshot)
+    }
+
+    /// A reload: take over the open windows of `old`'s correlations that the new rules keep
+    /// unchanged; `old` keeps the others (its flush closes them). Returns how many were taken.
+    pub fn adopt_correlations(&mut self, old: &mut SigmaDetector) -> usize {
+        self.correlator
+            .adopt(&self.rules, &mut old.correlator, &old.rules)
     }
 
     /// Events dropped by correlations because they arrived later than the allowed lateness.

@@ -1,6 +1,10 @@
 //! Correlation state: per correlation rule, per group-by key (a u64 hash of the group-by values),
 //! a small sorted list of (event time, value, line) entries.
 //!
+//! - Group-by keys and counted values are keyed hashes ([`ValueHash`]), so the state can be
+//!   snapshotted to disk ([`Correlator::snapshot`]) and survive a restart, and kept across a rule
+//!   reload ([`Correlator::adopt`]), without holding a value that could be tested by guessing.
+//!
 //! - Keys belong to one tenant: the tenant is part of every group-by key, so two tenants'
 //!   events never count towards one window.
 //! - Event-time windows, with a watermark per stream (tenant + source): events older than the
@@ -21,6 +25,7 @@
 //!   recently used eighth when full.
 
 use perimeter_model::{Alert, DetectorKind, EntityKind, Event};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -62,7 +67,30 @@ impl Hasher for IdentityHasher {
 
 type KeyMap = HashMap<u64, KeyState, BuildHasherDefault<IdentityHasher>>;
 
-/// FNV-1a: stable across runs and processes, cheap for short group-by values.
+/// Keyed SipHash-1-3 of group-by and counted values. Keyed, because snapshots hold these hashes:
+/// an unkeyed hash of a user name or an IP can be tested against guesses, and FNV's initial
+/// state can even be recovered from one known pair. Stable across runs for the same key.
+#[derive(Clone)]
+struct ValueHash(siphasher::sip::SipHasher13);
+
+impl ValueHash {
+    fn new(key: &[u8; 16]) -> ValueHash {
+        ValueHash(siphasher::sip::SipHasher13::new_with_key(key))
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        Hasher::write(&mut self.0, bytes);
+    }
+    fn finish(&self) -> u64 {
+        Hasher::finish(&self.0)
+    }
+}
+
+/// The hash key of a correlator whose owner set none ([`Correlator::set_hash_key`]): fine for
+/// state that never leaves memory.
+const DEFAULT_HASH_KEY: [u8; 16] = *b"perimeter corr 1";
+
+/// FNV-1a: stable across runs and processes, cheap for short texts. Only for stream names
+/// (tenant + source), which are no secret.
 #[derive(Clone, Copy)]
 struct Fnv(u64);
 
@@ -164,6 +192,8 @@ pub struct Correlator {
     /// Events too late for their window (older than newest seen minus allowed lateness).
     pub late_dropped: u64,
     distinct: Vec<u64>,
+    /// Key of [`ValueHash`].
+    hash_key: [u8; 16],
 }
 
 const MAX_ENTRIES_CAP: usize = 10_000;
@@ -275,7 +305,15 @@ impl Correlator {
             seq: 0,
             late_dropped: 0,
             distinct: Vec::new(),
+            hash_key: DEFAULT_HASH_KEY,
         }
+    }
+
+    /// Key the hashes of group-by and counted values (before any event): a snapshot can only
+    /// be restored by a correlator with the same key.
+    pub fn set_hash_key(&mut self, key: [u8; 16]) {
+        debug_assert_eq!(self.num_keys(), 0, "keyed after state was built");
+        self.hash_key = key;
     }
 
     /// Number of group-by keys held, over all correlations.
@@ -331,7 +369,7 @@ impl Correlator {
         slot: u32,
         event: &Event,
         fields: &mut dyn FieldValues,
-        h: &mut Fnv,
+        h: &mut ValueHash,
     ) -> bool {
         let mut found = false;
         let r = fields.visit(slot, path, event, &mut |leaf: Leaf<'_>| {
@@ -415,7 +453,7 @@ impl Correlator {
             return;
         };
         let st = &mut self.states[ci];
-        let mut h = Fnv::new();
+        let mut h = ValueHash::new(&self.hash_key);
         h.write(event.tenant.as_bytes());
         h.write(&[0xff]);
         for (p, &slot) in st.group_paths[j0].iter().zip(&st.group_slots[j0]) {
@@ -431,7 +469,7 @@ impl Correlator {
             | CorrelationType::TemporalOrdered => 0,
             CorrelationType::ValueCount | CorrelationType::ValuePercentile => {
                 let Some(p) = &st.value_paths[j0] else { return };
-                let mut vh = Fnv::new();
+                let mut vh = ValueHash::new(&self.hash_key);
                 if !Self::text_of(p, NO_SLOT, event, fields, &mut vh) {
                     return;
                 }
@@ -720,6 +758,235 @@ impl Correlator {
         for ci in 0..self.states.len() {
             self.sweep(ci, rules, alerts, true);
         }
+    }
+}
+
+/// Format tag of [`CorrelatorSnapshot`].
+const SNAPSHOT_FORMAT: &str = "perimeter-correlation/1";
+
+/// The open correlation windows, as written to disk: keyed hashes, times, event ids, input
+/// lines, and for windows that close later the alert's source, tenant and (masked) entity.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelatorSnapshot {
+    format: String,
+    /// Proves which hash key wrote it without revealing the key.
+    key_check: String,
+    max_ts: i64,
+    seq: u64,
+    streams: Vec<(u64, i64)>,
+    correlations: Vec<CorrelationSnapshot>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorrelationSnapshot {
+    /// [`correlation_identity`] of the rule.
+    rule: String,
+    keys: Vec<KeySnapshot>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySnapshot {
+    key: u64,
+    last_used: u64,
+    stream: u64,
+    window_start: i64,
+    /// (event time ms, value, input line, event id as 32 hex digits)
+    entries: Vec<(i64, u64, u64, String)>,
+    window: Option<WindowSnapshot>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowSnapshot {
+    source: String,
+    tenant: String,
+    entity: String,
+    entity_kind: EntityKind,
+}
+
+/// What [`Correlator::restore`] took from a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CorrelationRestore {
+    /// Group-by keys (open windows) restored.
+    pub keys: usize,
+    /// Correlations of the snapshot with no unchanged counterpart in the rules now loaded (their
+    /// windows are dropped: a changed rule starts afresh).
+    pub dropped_correlations: usize,
+}
+
+/// A correlation rule as itself, across restarts and reloads: its file's hash (any edit of the
+/// file gives a new identity, whose windows start empty), its place in the file and its id.
+fn correlation_identity(c: &CorrelationRule) -> String {
+    let m = &c.meta;
+    let id = m.id.as_deref().or(m.name.as_deref()).unwrap_or(&m.title);
+    format!("{}#{}/{id}", m.rule_hash, m.line)
+}
+
+fn key_check(key: &[u8; 16]) -> String {
+    let mut h = ValueHash::new(key);
+    h.write(b"perimeter correlation snapshot key check");
+    format!("{:016x}", h.finish())
+}
+
+impl Correlator {
+    /// The open windows of every correlation, for [`Correlator::restore`] after a restart.
+    /// `mask` masks the entity text kept for windows that close later (it is clear in memory).
+    pub fn snapshot(&self, rules: &RuleSet, mask: &dyn Fn(&str) -> String) -> CorrelatorSnapshot {
+        let correlations = self
+            .states
+            .iter()
+            .zip(&rules.correlations)
+            .filter(|(st, _)| !st.keys.is_empty())
+            .map(|(st, c)| CorrelationSnapshot {
+                rule: correlation_identity(c),
+                keys: st
+                    .keys
+                    .iter()
+                    .map(|(key, ks)| KeySnapshot {
+                        key: *key,
+                        last_used: ks.last_used,
+                        stream: ks.stream,
+                        window_start: ks.window_start,
+                        entries: ks
+                            .entries
+                            .iter()
+                            .map(|e| (e.ts, e.val, e.line, format!("{:032x}", e.id)))
+                            .collect(),
+                        window: ks.window.as_ref().map(|w| WindowSnapshot {
+                            source: w.source.clone(),
+                            tenant: w.tenant.clone(),
+                            entity: mask(&w.entity),
+                            entity_kind: w.entity_kind,
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect();
+        CorrelatorSnapshot {
+            format: SNAPSHOT_FORMAT.to_string(),
+            key_check: key_check(&self.hash_key),
+            max_ts: self.max_ts,
+            seq: self.seq,
+            streams: self.streams.iter().map(|(k, v)| (*k, *v)).collect(),
+            correlations,
+        }
+    }
+
+    /// Take the windows of `snap` for the correlations loaded now that are unchanged (same
+    /// identity). Fails, changing nothing, when the snapshot is of another format or was written
+    /// under another hash key (its keys could never match an event again).
+    pub fn restore(
+        &mut self,
+        rules: &RuleSet,
+        snap: CorrelatorSnapshot,
+    ) -> Result<CorrelationRestore, String> {
+        if snap.format != SNAPSHOT_FORMAT {
+            return Err(format!(
+                "format `{}` is not `{SNAPSHOT_FORMAT}`",
+                snap.format
+            ));
+        }
+        if snap.key_check != key_check(&self.hash_key) {
+            return Err("written under another hash key (mask.hmac_key changed?); its windows cannot be matched".into());
+        }
+        let mut restored = CorrelationRestore::default();
+        for cs in snap.correlations {
+            let Some(ci) = rules
+                .correlations
+                .iter()
+                .position(|c| correlation_identity(c) == cs.rule)
+            else {
+                restored.dropped_correlations += 1;
+                continue;
+            };
+            let st = &mut self.states[ci];
+            for k in cs.keys {
+                let mut entries: Vec<Entry> = k
+                    .entries
+                    .into_iter()
+                    .map(|(ts, val, line, id)| Entry {
+                        ts,
+                        val,
+                        line,
+                        id: u128::from_str_radix(&id, 16).unwrap_or(0),
+                    })
+                    .collect();
+                entries.sort_by_key(|e| e.ts);
+                if entries.len() > st.max_entries {
+                    entries.drain(..entries.len() - st.max_entries);
+                }
+                if entries.is_empty() {
+                    continue;
+                }
+                st.keys.insert(
+                    k.key,
+                    KeyState {
+                        last_used: k.last_used,
+                        stream: k.stream,
+                        window_start: k.window_start,
+                        entries,
+                        window: k.window.map(|w| {
+                            Box::new(WindowInfo {
+                                source: w.source,
+                                tenant: w.tenant,
+                                entity: w.entity,
+                                entity_kind: w.entity_kind,
+                            })
+                        }),
+                    },
+                );
+                restored.keys += 1;
+            }
+            while st.keys.len() > self.max_keys {
+                evict_lru(&mut st.keys, &mut self.distinct);
+            }
+        }
+        for (stream, ts) in snap.streams {
+            let t = self.streams.entry(stream).or_insert(i64::MIN);
+            *t = (*t).max(ts);
+        }
+        self.max_ts = self.max_ts.max(snap.max_ts);
+        self.seq = self.seq.max(snap.seq);
+        self.next_sweep_ts = i64::MIN;
+        Ok(restored)
+    }
+
+    /// A rule reload: take over the windows of `old`'s correlations that are unchanged in the new
+    /// rules (same identity), so a reload does not restart them. What is left in `old` is what
+    /// its flush should still close. Both must have the same hash key. Returns the number of
+    /// correlations taken over.
+    pub fn adopt(&mut self, rules: &RuleSet, old: &mut Correlator, old_rules: &RuleSet) -> usize {
+        if old.hash_key != self.hash_key {
+            return 0;
+        }
+        let mut adopted = 0;
+        for (ci, c) in rules.correlations.iter().enumerate() {
+            let identity = correlation_identity(c);
+            let Some(oi) = old_rules
+                .correlations
+                .iter()
+                .position(|o| correlation_identity(o) == identity)
+            else {
+                continue;
+            };
+            let Some(old_state) = old.states.get_mut(oi) else {
+                continue;
+            };
+            self.states[ci].keys = std::mem::take(&mut old_state.keys);
+            self.states[ci].last_sweep_ts = old_state.last_sweep_ts;
+            adopted += 1;
+        }
+        for (stream, ts) in &old.streams {
+            let t = self.streams.entry(*stream).or_insert(i64::MIN);
+            *t = (*t).max(*ts);
+        }
+        self.max_ts = self.max_ts.max(old.max_ts);
+        self.seq = self.seq.max(old.seq);
+        self.next_sweep_ts = i64::MIN;
+        adopted
     }
 }
 

@@ -27,6 +27,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 pub use compile::SigmaDetector;
+pub use correlate::{CorrelationRestore, CorrelatorSnapshot};
 pub use explain::explain;
 pub use logsource::LogSource;
 pub use pipeline_map::{PipelineConfig, Pipelines};

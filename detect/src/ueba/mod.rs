@@ -185,13 +185,7 @@ impl UebaEngine {
             Ok(engine) => Ok((engine, None)),
             Err(e @ crate::DetectError::Io { .. }) => Err(e),
             Err(unusable) => {
-                let name = path.file_name().unwrap_or_default().to_string_lossy();
-                let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-                let aside = path.with_file_name(format!("{name}.unreadable-{stamp}"));
-                std::fs::rename(path, &aside).map_err(|source| crate::DetectError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                let aside = crate::state_file::set_aside(path)?;
                 let engine = UebaEngine::new(config, entity_key);
                 Ok((engine, Some((aside, unusable.to_string()))))
             }

@@ -3,8 +3,6 @@
 //! never written: keys are keyed BLAKE3 hashes, set members are keyed 32-bit tags, and the
 //! groups' clear entity / explanation fields are `#[serde(skip)]`.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -42,13 +40,6 @@ struct SnapshotIn {
     groups: Vec<(GroupKey, Group)>,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> DetectError + '_ {
-    move |source| DetectError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError> {
     let out = SnapshotOut {
         format: FORMAT,
@@ -58,33 +49,11 @@ pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError>
         entities: &engine.entities,
         groups: engine.hygiene.groups.iter().collect(),
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    let file = File::create(&tmp).map_err(io(&tmp))?;
-    let mut w = BufWriter::new(file);
-    serde_json::to_writer(&mut w, &out)
-        .map_err(|e| DetectError::Other(format!("writing ueba snapshot {}: {e}", tmp.display())))?;
-    w.flush().map_err(io(&tmp))?;
-    let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-    file.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
+    crate::state_file::write_json(path, "ueba snapshot", &out)
 }
 
 pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectError> {
-    let file = File::open(path).map_err(io(path))?;
-    let snap: SnapshotIn = serde_json::from_reader(BufReader::new(file)).map_err(|e| {
-        DetectError::Other(format!(
-            "ueba snapshot {}: line {} column {}: {e}",
-            path.display(),
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let snap: SnapshotIn = crate::state_file::read_json(path, "ueba snapshot")?;
     if snap.format != FORMAT {
         return Err(DetectError::Other(format!(
             "ueba snapshot {}: format `{}` is not `{FORMAT}`",

@@ -1,0 +1,62 @@
+//! Detection state on disk (behavioural baselines, open correlation windows): JSON files written
+//! atomically, and set aside rather than fatal when they cannot be used.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::DetectError;
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> DetectError + '_ {
+    move |source| DetectError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Write `value` as JSON to `path` atomically: a temp file beside it, fsynced, then renamed over
+/// it, so a crash leaves either the old file or the new one. `what` names the file in errors.
+pub(crate) fn write_json<T: Serialize>(path: &Path, what: &str, value: &T) -> crate::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let mut w = BufWriter::new(file);
+    serde_json::to_writer(&mut w, value)
+        .map_err(|e| DetectError::Other(format!("writing {what} {}: {e}", tmp.display())))?;
+    w.flush().map_err(io(&tmp))?;
+    let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+/// Read a file written by [`write_json`]. Malformed content is a [`DetectError::Other`] naming
+/// the line and column; failing to read is a [`DetectError::Io`].
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> crate::Result<T> {
+    let file = File::open(path).map_err(io(path))?;
+    serde_json::from_reader(BufReader::new(file)).map_err(|e| {
+        DetectError::Other(format!(
+            "{what} {}: line {} column {}: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// Rename an unusable state file to `<name>.unreadable-<UTC time>` and return where it went:
+/// state comes back by warming up again, while refusing to start would stop all detection.
+pub(crate) fn set_aside(path: &Path) -> crate::Result<PathBuf> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let aside = path.with_file_name(format!("{name}.unreadable-{stamp}"));
+    std::fs::rename(path, &aside).map_err(io(path))?;
+    Ok(aside)
+}
