@@ -111,8 +111,8 @@ pub struct UebaEngine {
     watermark: i64,
     /// Highest event time per stream (tenant + source): the clock that closes a stream's alert
     /// groups. A source delivered hours behind another must not have its groups closed by the
-    /// other's time (each repeat would then be a new alert). Not in the snapshot: a stream
-    /// falls back to `watermark` until it is seen again.
+    /// other's time (each repeat would then be a new alert). In the snapshot, so a restart
+    /// does not close a delayed stream's groups by the newest stream's time.
     stream_clocks: HashMap<String, HashMap<String, i64>>,
     /// Hour bucket of the last housekeeping sweep.
     swept_hour: i64,

@@ -1,8 +1,9 @@
 //! Snapshot of the UEBA state: entities (by keyed hash), their windows and baselines, and the open
-//! alert groups. JSON, written atomically (temp file, fsync, rename). Clear entity values are
+//! alert groups, and each stream's (tenant + source) event-time clock. JSON, written atomically (temp file, fsync, rename). Clear entity values are
 //! never written: keys are keyed BLAKE3 hashes, set members are keyed 32-bit tags, and the
 //! groups' clear entity / explanation fields are `#[serde(skip)]`.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,7 @@ struct SnapshotOut<'a> {
     swept_hour: i64,
     entities: &'a KeyMap<EntityState>,
     groups: Vec<(&'a GroupKey, &'a Group)>,
+    stream_clocks: &'a HashMap<String, HashMap<String, i64>>,
 }
 
 #[derive(Deserialize)]
@@ -38,6 +40,9 @@ struct SnapshotIn {
     swept_hour: i64,
     entities: KeyMap<EntityState>,
     groups: Vec<(GroupKey, Group)>,
+    /// Absent in snapshots of earlier versions: those streams fall back to `watermark`.
+    #[serde(default)]
+    stream_clocks: HashMap<String, HashMap<String, i64>>,
 }
 
 pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError> {
@@ -48,6 +53,7 @@ pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError>
         swept_hour: engine.swept_hour,
         entities: &engine.entities,
         groups: engine.hygiene.groups.iter().collect(),
+        stream_clocks: &engine.stream_clocks,
     };
     crate::state_file::write_json(path, "ueba snapshot", &out)
 }
@@ -71,6 +77,7 @@ pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectErr
     engine.swept_hour = snap.swept_hour;
     engine.entities = snap.entities;
     engine.hygiene.groups = snap.groups.into_iter().collect();
+    engine.stream_clocks = snap.stream_clocks;
     // A smaller `max_entities` than when the snapshot was written still holds after restore.
     while engine.entities.len() as u64 > engine.config.max_entities.max(1) {
         engine.evict_lru();
