@@ -142,7 +142,7 @@ pub fn spawn_pipeline_worker(
                     last_retention = Instant::now();
                 }
                 if last_snapshot.elapsed() > SNAPSHOT_EVERY {
-                    save_state(&pipeline, &state_dir);
+                    save_state(&pipeline, &state_dir, &metrics);
                     last_snapshot = Instant::now();
                 }
             }
@@ -158,7 +158,7 @@ pub fn spawn_pipeline_worker(
                         "alerts not stored at shutdown (behavioural groups closed by the shutdown, or kept from failed batches)"),
                 }
             }
-            save_state(&pipeline, &state_dir);
+            save_state(&pipeline, &state_dir, &metrics);
             if let Err(e) = store.flush() {
                 tracing::error!(error = %e, "final store flush failed");
             }
@@ -166,9 +166,19 @@ pub fn spawn_pipeline_worker(
         .expect("spawning the pipeline thread")
 }
 
-fn save_state(pipeline: &Pipeline, path: &std::path::Path) {
-    if let Err(e) = pipeline.save_state(path) {
-        tracing::warn!(error = %e, "behavioural state snapshot failed");
+/// Snapshot the detection state. A failure is logged and counted (the service goes on, but a
+/// restart would then lose the state since the last good snapshot: worth an alert).
+fn save_state(pipeline: &Pipeline, dir: &std::path::Path, metrics: &Metrics) {
+    match pipeline.save_state(dir) {
+        Ok(()) => metrics.set(
+            "state_last_snapshot_timestamp_seconds",
+            &[],
+            chrono::Utc::now().timestamp() as f64,
+        ),
+        Err(e) => {
+            metrics.inc("state_snapshots_failed_total", &[], 1);
+            tracing::warn!(error = %e, "detection state snapshot failed");
+        }
     }
 }
 

@@ -1178,6 +1178,13 @@ fn an_open_correlation_window_survives_a_restart() {
     let svc = start(&cfg);
     assert_eq!(ingest(&svc, 1)["alerts"], 0);
     assert_eq!(ingest(&svc, 201)["alerts"], 0);
+    let metrics = svc.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "perimeter_correlation_open_windows 1"),
+        "{metrics}"
+    );
     stop(svc);
     let snapshot = dir.path().join("data/state/correlation.snapshot");
     let text = std::fs::read_to_string(&snapshot).unwrap();

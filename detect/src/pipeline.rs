@@ -390,6 +390,15 @@ impl Pipeline {
                 late.saturating_sub(self.late_reported),
             );
             self.late_reported = late;
+            // How much detection state a restart must carry over (and memory it holds).
+            m.set(
+                "correlation_open_windows",
+                &[],
+                sigma.correlation_keys() as f64,
+            );
+        }
+        if let Some(ueba) = &self.ueba {
+            m.set("ueba_tracked_entities", &[], ueba.tracked_entities() as f64);
         }
         m.inc(
             "events_received_total",
@@ -424,8 +433,6 @@ impl Pipeline {
     }
 }
 
-/// The key behavioural state is pseudonymized with: derived from the masker's HMAC key, so it is
-/// as secret as that key and stable across restarts of the same deployment.
 /// File name of the behavioural state snapshot in a state directory.
 pub const UEBA_SNAPSHOT: &str = "ueba.snapshot";
 /// File name of the open correlation windows snapshot in a state directory.
@@ -452,6 +459,8 @@ pub fn correlation_key(masker: &SecretMasker) -> [u8; 16] {
     key
 }
 
+/// The key behavioural state is pseudonymized with: derived from the masker's HMAC key, so it is
+/// as secret as that key and stable across restarts of the same deployment.
 pub fn entity_key(masker: &SecretMasker) -> [u8; 32] {
     *blake3::hash(masker.pseudonymize("perimeter ueba entity key").as_bytes()).as_bytes()
 }
