@@ -948,4 +948,36 @@ mod tests {
             0
         );
     }
+
+    /// Sweeps follow the newest event time of all streams. A stream that stalls ahead of the
+    /// others used to stop every sweep, so the others' windows with an upper-bound condition
+    /// (reported when they close) were never reported until shutdown.
+    #[test]
+    fn windows_close_while_the_newest_stream_stalls() {
+        let (rules, options) = rules_from(
+            "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a70\nname: okta_failure\n\
+             logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
+             \x20   condition: selection\nlevel: low\n---\ntitle: Quiet\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a71\n\
+             correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
+             \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        lte: 2\nlevel: low\n",
+        );
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:00");
+        // Another tenant's stream is far ahead, then goes quiet.
+        okta_failure(&mut p, &mut out, "globex", "erin", "20:00");
+        let received: DateTime<Utc> = "2026-11-24T23:00:00Z".parse().unwrap();
+        let quiet = |out: &PipelineOutput| out.alerts.iter().filter(|a| a.title == "Quiet").count();
+        // acme goes on at 10:20: dana's 10:00-10:10 window is over by acme's clock.
+        for i in 0..5000 {
+            let record = sonic_rs::json!({"uuid": format!("ok-{i}"),
+                "eventType": "user.session.start", "published": "2026-11-24T10:20:00Z",
+                "outcome": {"result": "SUCCESS"}, "actor": {"alternateId": "fred"}});
+            p.process_value("okta", "acme", None, record, received, &mut out);
+        }
+        assert_eq!(quiet(&out), 1, "dana's window closed while globex stalls");
+        // globex's own window is not closed by acme's events.
+        p.finish(&mut out);
+        assert_eq!(quiet(&out), 2);
+    }
 }

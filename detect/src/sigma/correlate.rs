@@ -188,6 +188,8 @@ pub struct Correlator {
     /// Event time at which the next correlation is due for a sweep: `advance` does nothing
     /// per correlation before that.
     next_sweep_ts: i64,
+    /// Events since the last sweep (see [`FORCED_SWEEP_MIN_EVENTS`]).
+    events_since_sweep: u64,
     seq: u64,
     /// Events too late for their window (older than newest seen minus allowed lateness).
     pub late_dropped: u64,
@@ -197,6 +199,9 @@ pub struct Correlator {
 }
 
 const MAX_ENTRIES_CAP: usize = 10_000;
+
+/// Fewest events between two sweeps forced regardless of event time (see `advance`).
+const FORCED_SWEEP_MIN_EVENTS: u64 = 4096;
 
 fn resolve_field(
     c: &CorrelationRule,
@@ -302,6 +307,7 @@ impl Correlator {
             max_ts: i64::MIN,
             streams: HashMap::default(),
             next_sweep_ts: i64::MIN,
+            events_since_sweep: 0,
             seq: 0,
             late_dropped: 0,
             distinct: Vec::new(),
@@ -682,14 +688,23 @@ impl Correlator {
         if ts > self.max_ts {
             self.max_ts = ts;
         }
-        if self.max_ts < self.next_sweep_ts {
+        self.events_since_sweep += 1;
+        // Sweeps are scheduled by the newest event time of all streams. When that stream stalls
+        // (a source gone quiet, one whose clock runs ahead), the others' windows would never
+        // close or expire: every so many events, sweep anyway. Every key closes by its own
+        // stream's watermark either way; as many events as keys keep the cost per event flat.
+        let forced = self.events_since_sweep >= FORCED_SWEEP_MIN_EVENTS
+            && self.events_since_sweep >= self.num_keys() as u64;
+        if self.max_ts < self.next_sweep_ts && !forced {
             return;
         }
+        self.events_since_sweep = 0;
         let mut next = i64::MAX;
         for ci in 0..self.states.len() {
             let span = rules.correlations[ci].timespan_ms;
             let st = &self.states[ci];
-            let due = st.last_sweep_ts == i64::MIN
+            let due = forced
+                || st.last_sweep_ts == i64::MIN
                 || self.max_ts.saturating_sub(st.last_sweep_ts) >= (span / 2).max(1000);
             if due && !st.keys.is_empty() {
                 self.sweep(ci, rules, alerts, false);
