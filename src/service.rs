@@ -12,6 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Open correlation windows up to which they are snapshotted after every stored batch (not
+/// fsynced: a `kill -9` then loses at most the batch in flight; a power loss what the periodic,
+/// fsynced snapshot has not seen). Above, only the periodic snapshot writes them.
+const PER_BATCH_SNAPSHOT_MAX_WINDOWS: usize = 10_000;
 /// How often behavioural state is snapshotted while running (also on shutdown).
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 /// How often expired partitions are dropped (also at start).
@@ -44,6 +48,8 @@ pub fn spawn_pipeline_worker(
             // the next batch that is stored (alerts are idempotent by id).
             let mut unstored_alerts: Vec<perimeter_model::Alert> = Vec::new();
             let mut last_snapshot = Instant::now();
+            // The correlation state version last written after a batch.
+            let mut saved_correlations = u64::MAX;
             apply_retention(&store);
             let mut last_retention = Instant::now();
             while let Some(sub) = rx.blocking_recv() {
@@ -136,7 +142,22 @@ pub fn spawn_pipeline_worker(
                         )
                     }
                 }
+                let stored = reply.is_ok();
                 let _ = sub.ack.send(reply);
+                // After the answer, so the snapshot never holds events whose source was not told
+                // they are stored (a restart would count those again when they are resent).
+                if stored {
+                    let (windows, version) = pipeline.correlation_state();
+                    if version != saved_correlations && windows <= PER_BATCH_SNAPSHOT_MAX_WINDOWS {
+                        match pipeline.save_correlations(&state_dir, false) {
+                            Ok(()) => saved_correlations = version,
+                            Err(e) => {
+                                metrics.inc("state_snapshots_failed_total", &[], 1);
+                                tracing::warn!(error = %e, "correlation windows snapshot failed");
+                            }
+                        }
+                    }
+                }
                 if last_retention.elapsed() > RETENTION_EVERY {
                     apply_retention(&store);
                     last_retention = Instant::now();

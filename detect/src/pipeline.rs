@@ -175,15 +175,32 @@ impl Pipeline {
         if let Some(u) = &self.ueba {
             u.snapshot_to(&dir.join(UEBA_SNAPSHOT))?;
         }
+        self.save_correlations(dir, true)
+    }
+
+    /// Snapshot the open correlation windows alone ([`CORRELATION_SNAPSHOT`] in `dir`); with
+    /// `durable` false the file is not fsynced (it survives the process being killed, not the
+    /// machine losing power). Cheap when few windows are open: a service writes it after every
+    /// stored batch, so a `kill -9` loses at most the batch in flight.
+    pub fn save_correlations(&self, dir: &std::path::Path, durable: bool) -> crate::Result<()> {
         if let Some(sigma) = &self.sigma {
             let snapshot = sigma.correlation_snapshot(&|text| self.masker.mask_text(text));
             crate::state_file::write_json(
                 &dir.join(CORRELATION_SNAPSHOT),
                 "correlation snapshot",
                 &snapshot,
+                durable,
             )?;
         }
         Ok(())
+    }
+
+    /// Open correlation windows (group-by keys held) and a number that changes whenever they may
+    /// have changed: whether [`Pipeline::save_correlations`] has anything new to write.
+    pub fn correlation_state(&self) -> (usize, u64) {
+        self.sigma.as_ref().map_or((0, 0), |s| {
+            (s.correlation_keys(), s.correlation_state_version())
+        })
     }
 
     /// Reopen the correlation windows [`Pipeline::save_state`] wrote into `dir`, for the

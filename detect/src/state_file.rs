@@ -17,9 +17,16 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> DetectError + '_ {
     }
 }
 
-/// Write `value` as JSON to `path` atomically: a temp file beside it, fsynced, then renamed over
-/// it, so a crash leaves either the old file or the new one. `what` names the file in errors.
-pub(crate) fn write_json<T: Serialize>(path: &Path, what: &str, value: &T) -> crate::Result<()> {
+/// Write `value` as JSON to `path` atomically: a temp file beside it, renamed over it, so a
+/// crash of the process leaves either the old file or the new one. `durable`: fsync the file
+/// before the rename, so a crash of the machine does too (costs a disk flush). `what` names the
+/// file in errors.
+pub(crate) fn write_json<T: Serialize>(
+    path: &Path,
+    what: &str,
+    value: &T,
+    durable: bool,
+) -> crate::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -32,7 +39,9 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, what: &str, value: &T) -> cr
         .map_err(|e| DetectError::Other(format!("writing {what} {}: {e}", tmp.display())))?;
     w.flush().map_err(io(&tmp))?;
     let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-    file.sync_all().map_err(io(&tmp))?;
+    if durable {
+        file.sync_all().map_err(io(&tmp))?;
+    }
     std::fs::rename(&tmp, path).map_err(io(path))?;
     Ok(())
 }

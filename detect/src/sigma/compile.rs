@@ -934,6 +934,11 @@ impl SigmaDetector {
         self.correlator.state_bytes()
     }
 
+    /// Changes whenever the open correlation windows may have changed.
+    pub fn correlation_state_version(&self) -> u64 {
+        self.correlator.state_version()
+    }
+
     /// Key the hashes of the correlation state (group-by and counted values), before any event.
     /// Snapshots restore only under the same key.
     pub fn set_state_key(&mut self, key: [u8; 16]) {

@@ -190,6 +190,8 @@ pub struct Correlator {
     next_sweep_ts: i64,
     /// Events since the last sweep (see [`FORCED_SWEEP_MIN_EVENTS`]).
     events_since_sweep: u64,
+    /// Changes whenever the windows may have changed (see [`Correlator::state_version`]).
+    state_version: u64,
     seq: u64,
     /// Events too late for their window (older than newest seen minus allowed lateness).
     pub late_dropped: u64,
@@ -308,6 +310,7 @@ impl Correlator {
             streams: HashMap::default(),
             next_sweep_ts: i64::MIN,
             events_since_sweep: 0,
+            state_version: 0,
             seq: 0,
             late_dropped: 0,
             distinct: Vec::new(),
@@ -320,6 +323,12 @@ impl Correlator {
     pub fn set_hash_key(&mut self, key: [u8; 16]) {
         debug_assert_eq!(self.num_keys(), 0, "keyed after state was built");
         self.hash_key = key;
+    }
+
+    /// A number that changes whenever the open windows may have changed (an event counted, a
+    /// window closed or expired, state restored): a caller snapshots again only when it moved.
+    pub fn state_version(&self) -> u64 {
+        self.state_version
     }
 
     /// Number of group-by keys held, over all correlations.
@@ -495,6 +504,7 @@ impl Correlator {
             }
         };
         self.seq += 1;
+        self.state_version += 1;
         if !st.keys.contains_key(&key) && st.keys.len() >= self.max_keys {
             evict_lru(&mut st.keys, &mut self.distinct);
         }
@@ -548,7 +558,13 @@ impl Correlator {
         }
         // value_count only needs each distinct value once, at its latest time: keeps a key's
         // entries (and memory) bounded by the number of distinct values.
-        let mut insert = true;
+        // An event counted already (sent again after a restart that restored the window it was
+        // counted in) is not counted twice. Same event, same time: only entries at `ts` are read.
+        let same_time = ks.entries.partition_point(|e| e.ts < ts);
+        let mut insert = !ks.entries[same_time..]
+            .iter()
+            .take_while(|e| e.ts == ts)
+            .any(|e| e.id == id && id != 0);
         if c.kind == CorrelationType::ValueCount {
             if let Some(pos) = ks.entries.iter().position(|e| e.val == val) {
                 if ks.entries[pos].ts >= ts {
@@ -723,6 +739,7 @@ impl Correlator {
     }
 
     fn sweep(&mut self, ci: usize, rules: &RuleSet, alerts: &mut Vec<Alert>, all: bool) {
+        self.state_version += 1;
         let span = rules.correlations[ci].timespan_ms;
         let (streams, lateness) = (&self.streams, self.lateness_ms);
         let st = &mut self.states[ci];
@@ -966,6 +983,7 @@ impl Correlator {
         self.max_ts = self.max_ts.max(snap.max_ts);
         self.seq = self.seq.max(snap.seq);
         self.next_sweep_ts = i64::MIN;
+        self.state_version += 1;
         Ok(restored)
     }
 
@@ -1001,6 +1019,7 @@ impl Correlator {
         self.max_ts = self.max_ts.max(old.max_ts);
         self.seq = self.seq.max(old.seq);
         self.next_sweep_ts = i64::MIN;
+        self.state_version += 1;
         adopted
     }
 }

@@ -55,7 +55,7 @@ pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError>
         groups: engine.hygiene.groups.iter().collect(),
         stream_clocks: &engine.stream_clocks,
     };
-    crate::state_file::write_json(path, "ueba snapshot", &out)
+    crate::state_file::write_json(path, "ueba snapshot", &out, true)
 }
 
 pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectError> {
