@@ -295,6 +295,20 @@ fn report_correlation_memory() {
         after.saturating_sub(before) as f64 / 1048576.0,
         start.elapsed().as_secs_f64()
     );
+    // What snapshotting the open windows costs (`perimeter run` writes them after every stored
+    // batch while they are few): building the snapshot and its JSON, per window.
+    let start = Instant::now();
+    let snapshot = det.correlation_snapshot(&|text| text.to_string());
+    let bytes = serde_json::to_vec(&snapshot).expect("serializes").len();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "correlation snapshot: {} windows in {:.0} ms, {:.1} MiB of JSON ({:.2} us and {} bytes per window)",
+        det.correlation_keys(),
+        secs * 1000.0,
+        bytes as f64 / 1048576.0,
+        secs * 1e6 / det.correlation_keys().max(1) as f64,
+        bytes / det.correlation_keys().max(1)
+    );
 }
 
 fn bench_matcher(c: &mut Criterion) {
