@@ -45,8 +45,11 @@ pub struct DetectArgs {
     /// Run only Sigma rules, not the behavioural (UEBA) detectors.
     #[arg(long)]
     pub no_ueba: bool,
-    /// Directory for behavioural state: restored on start and saved at the end, so consecutive runs
-    /// keep their baselines.
+    /// Directory for detection state: restored on start and saved at the end, so consecutive runs
+    /// over consecutive inputs (an hourly file, say) work as one stream: behavioural baselines are
+    /// kept, and correlation windows still open at the end of an input stay open for the next
+    /// run instead of closing (a burst split across two files is still one burst). Without it,
+    /// every window closes at the end of the input.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Tenant recorded on events and alerts (default: the config's `tenant`).
@@ -216,6 +219,17 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         };
         pipeline = pipeline.with_ueba(engine);
     }
+    if let Some(dir) = &args.state_dir {
+        let restore = pipeline
+            .restore_correlations(dir)
+            .with_context(|| format!("restoring correlation windows from {}", dir.display()))?;
+        if let Some((aside, reason)) = &restore.set_aside {
+            eprintln!(
+                "perimeter detect: correlation windows could not be restored ({reason}); moved to {} and starting with none",
+                aside.display()
+            );
+        }
+    }
     let stdout = std::io::stdout();
     let mut out_w = std::io::BufWriter::new(stdout.lock());
     let mut out = PipelineOutput::default();
@@ -246,7 +260,13 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
             );
         }
     }
-    pipeline.finish(&mut out);
+    // With a state directory the next run continues the stream: open windows are saved, not
+    // closed.
+    if args.state_dir.is_some() {
+        pipeline.suspend(&mut out);
+    } else {
+        pipeline.finish(&mut out);
+    }
     write_alerts(&mut out, &mut out_w)?;
     out_w.flush()?;
     if let Some(dir) = &args.state_dir {

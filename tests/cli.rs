@@ -604,3 +604,55 @@ fn gzipped_input_is_read_like_plain_input() {
     assert!(!cut.status.success());
     assert!(stderr(&cut).contains("okta.jsonl.gz"), "{}", stderr(&cut));
 }
+
+/// `detect --state-dir` over consecutive inputs works as one stream: a burst split across two
+/// files is one burst (the windows open at the end of the first are saved, not closed). Without
+/// the state directory each input stands alone.
+#[test]
+fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("burst.yml");
+    std::fs::write(
+        &rule,
+        "title: Login\nid: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e20\nname: login\nlogsource:\n    product: okta\n\
+         detection:\n    selection:\n        eventType: user.session.start\n    condition: selection\nlevel: low\n\
+         ---\ntitle: Login burst\nid: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e21\ncorrelation:\n    type: event_count\n\
+         \x20   rules:\n        - login\n    group-by:\n        - actor.alternateId\n    timespan: 10m\n\
+         \x20   condition:\n        gte: 3\nlevel: high\n",
+    )
+    .unwrap();
+    let input = |minutes: &[u32]| -> Vec<u8> {
+        minutes
+            .iter()
+            .map(|m| okta_event("user.session.start", "alice@example.com", *m) + "\n")
+            .collect::<String>()
+            .into_bytes()
+    };
+    let state = dir.path().join("state");
+    let run = |minutes: &[u32], with_state: bool| -> Vec<serde_json::Value> {
+        let mut args = vec![
+            "detect",
+            "--rules",
+            rule.to_str().unwrap(),
+            "--source",
+            "okta",
+            "--no-ueba",
+        ];
+        if with_state {
+            args.extend(["--state-dir", state.to_str().unwrap()]);
+        }
+        let out = perimeter(&args, Some(&input(minutes)));
+        assert!(out.status.success(), "stderr: {}", stderr(&out));
+        json_lines(&out)
+            .into_iter()
+            .filter(|a| a["title"] == "Login burst")
+            .collect()
+    };
+    assert!(run(&[1, 2], true).is_empty());
+    let burst = run(&[3], true);
+    assert_eq!(burst.len(), 1, "{burst:?}");
+    assert_eq!(burst[0]["event_ids"].as_array().unwrap().len(), 3);
+    // Each input alone: two logins, then one.
+    assert!(run(&[1, 2], false).is_empty());
+    assert!(run(&[3], false).is_empty());
+}

@@ -4,6 +4,8 @@
 //! (`169.254.169.254`), which hands out the host's credentials.
 //!
 //! - Link-local (metadata), unspecified, multicast and broadcast addresses are always refused.
+//! - An IPv6 address that leads to an IPv4 one (IPv4-mapped, NAT64 `64:ff9b::/96`, 6to4
+//!   `2002::/16`) is judged as that IPv4 address.
 //! - Loopback and private addresses (RFC 1918, CGNAT, IPv6 unique local) are refused when
 //!   `allow_private_destinations` is off. It is on by default, because a single-organisation
 //!   install often posts to an internal relay; a deployment whose tenants are not the operator
@@ -17,12 +19,33 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// Why alerts may not be sent to `ip`, or `None` when they may.
 pub fn refusal(ip: IpAddr, allow_private: bool) -> Option<&'static str> {
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
     match ip {
         IpAddr::V4(v4) => refusal_v4(v4, allow_private),
         IpAddr::V6(v6) => refusal_v6(v6, allow_private),
+    }
+}
+
+/// The IPv4 address an IPv6 one reaches: IPv4-mapped (`::ffff:a.b.c.d`), NAT64's well-known
+/// prefix (`64:ff9b::a.b.c.d`, which a NAT64 gateway forwards to that IPv4 address) and 6to4
+/// (`2002:AABB:CCDD::/48`). Judged as that address, `64:ff9b::a9fe:a9fe` is the metadata
+/// endpoint it leads to, not a public IPv6 address.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let [s0, s1, s2, s3, s4, s5, s6, s7] = v6.segments();
+    let from = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    match (s0, s1) {
+        (0x64, 0xff9b) if [s2, s3, s4, s5] == [0; 4] => Some(from(s6, s7)),
+        (0x2002, _) => Some(from(s1, s2)),
+        _ => None,
     }
 }
 
@@ -112,6 +135,9 @@ mod tests {
             "255.255.255.255",
             "224.0.0.1",
             "::ffff:169.254.169.254",
+            // The metadata endpoint through a NAT64 gateway and through 6to4.
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(refusal(ip(always), true).is_some(), "{always}");
         }
@@ -123,6 +149,8 @@ mod tests {
             "100.64.0.1",
             "::1",
             "fd00::1",
+            "64:ff9b::a00:1",
+            "2002:c0a8:101::1",
         ] {
             assert!(refusal(ip(private), true).is_none(), "{private}");
             assert!(refusal(ip(private), false).is_some(), "{private}");
@@ -133,6 +161,8 @@ mod tests {
             "2001:db8::1",
             "172.32.0.1",
             "100.128.0.1",
+            "64:ff9b::808:808",
+            "2002:cb00:7107::1",
         ] {
             assert!(refusal(ip(public), false).is_none(), "{public}");
         }
