@@ -1019,7 +1019,8 @@ impl Correlator {
         self.max_ts = self.max_ts.max(old.max_ts);
         self.seq = self.seq.max(old.seq);
         self.next_sweep_ts = i64::MIN;
-        self.state_version += 1;
+        // Past both: a caller comparing with the old correlator's last version sees a change.
+        self.state_version = self.state_version.max(old.state_version) + 1;
         adopted
     }
 }
