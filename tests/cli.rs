@@ -28,6 +28,18 @@ fn okta_event(event_type: &str, user: &str, minute: u32) -> String {
     .to_string()
 }
 
+/// `perimeter detect` over Okta records with the rules in `rule`, Sigma rules only.
+fn okta_detect_args(rule: &std::path::Path) -> Vec<&str> {
+    vec![
+        "detect",
+        "--rules",
+        rule.to_str().unwrap(),
+        "--source",
+        "okta",
+        "--no-ueba",
+    ]
+}
+
 #[test]
 fn detect_reports_every_malformed_line_and_keeps_going() {
     let dir = tempfile::tempdir().unwrap();
@@ -46,17 +58,7 @@ fn detect_reports_every_malformed_line_and_keeps_going() {
         okta_event("user.mfa.factor.deactivate", "alice@example.com", 2).as_bytes(),
     );
     input.push(b'\n');
-    let out = perimeter(
-        &[
-            "detect",
-            "--rules",
-            rule.to_str().unwrap(),
-            "--source",
-            "okta",
-            "--no-ueba",
-        ],
-        Some(&input),
-    );
+    let out = perimeter(&okta_detect_args(&rule), Some(&input));
     let err = stderr(&out);
     assert!(out.status.success(), "stderr: {err}");
     let alerts = json_lines(&out);
@@ -630,14 +632,7 @@ fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
     };
     let state = dir.path().join("state");
     let run = |minutes: &[u32], with_state: bool| -> Vec<serde_json::Value> {
-        let mut args = vec![
-            "detect",
-            "--rules",
-            rule.to_str().unwrap(),
-            "--source",
-            "okta",
-            "--no-ueba",
-        ];
+        let mut args = okta_detect_args(&rule);
         if with_state {
             args.extend(["--state-dir", state.to_str().unwrap()]);
         }
