@@ -51,6 +51,8 @@ pub fn spawn_pipeline_worker(
             let mut last_snapshot = Instant::now();
             // The correlation state version last written after a batch.
             let mut saved_correlations = u64::MAX;
+            // The state versions of the last periodic (fsynced) snapshot.
+            let mut snapshotted_versions = None;
             apply_retention(&store);
             let mut last_retention = Instant::now();
             while let Some(sub) = rx.blocking_recv() {
@@ -164,7 +166,14 @@ pub fn spawn_pipeline_worker(
                     last_retention = Instant::now();
                 }
                 if last_snapshot.elapsed() > SNAPSHOT_EVERY {
-                    save_state(&pipeline, &state_dir, &metrics);
+                    // An idle pipeline (nights, a quiet tenant) would rewrite the same state,
+                    // hundreds of MiB when it is large, every time.
+                    let versions = pipeline.state_versions();
+                    if snapshotted_versions == Some(versions) {
+                        note_state_current(&metrics);
+                    } else if save_state(&pipeline, &state_dir, &metrics) {
+                        snapshotted_versions = Some(versions);
+                    }
                     last_snapshot = Instant::now();
                 }
             }
@@ -188,20 +197,30 @@ pub fn spawn_pipeline_worker(
         .expect("spawning the pipeline thread")
 }
 
-/// Snapshot the detection state. A failure is logged and counted (the service goes on, but a
-/// restart would then lose the state since the last good snapshot: worth an alert).
-fn save_state(pipeline: &Pipeline, dir: &std::path::Path, metrics: &Metrics) {
+/// Snapshot the detection state; whether it was written. A failure is logged and counted (the
+/// service goes on, but a restart would then lose the state since the last good snapshot: worth
+/// an alert).
+fn save_state(pipeline: &Pipeline, dir: &std::path::Path, metrics: &Metrics) -> bool {
     match pipeline.save_state(dir) {
-        Ok(()) => metrics.set(
-            "state_last_snapshot_timestamp_seconds",
-            &[],
-            chrono::Utc::now().timestamp() as f64,
-        ),
+        Ok(()) => {
+            note_state_current(metrics);
+            true
+        }
         Err(e) => {
             metrics.inc("state_snapshots_failed_total", &[], 1);
             tracing::warn!(error = %e, "detection state snapshot failed");
+            false
         }
     }
+}
+
+/// The state on disk is the state in memory as of now (written, or nothing changed since).
+fn note_state_current(metrics: &Metrics) {
+    metrics.set(
+        "state_last_snapshot_timestamp_seconds",
+        &[],
+        chrono::Utc::now().timestamp() as f64,
+    );
 }
 
 /// Store one pipeline output; returns what the store reports.

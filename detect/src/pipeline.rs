@@ -195,6 +195,17 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Numbers that change whenever the detection state may have changed (behavioural state:
+    /// the events it has seen; correlation windows: [`Pipeline::correlation_state`]). Equal
+    /// numbers mean a snapshot written since would be the same file.
+    pub fn state_versions(&self) -> (u64, u64) {
+        let ueba = self
+            .ueba
+            .as_ref()
+            .map_or(0, |u| u.stats().events_seen_total);
+        (ueba, self.correlation_state().1)
+    }
+
     /// Open correlation windows (group-by keys held) and a number that changes whenever they may
     /// have changed: whether [`Pipeline::save_correlations`] has anything new to write.
     pub fn correlation_state(&self) -> (usize, u64) {
@@ -996,5 +1007,24 @@ mod tests {
         // globex's own window is not closed by acme's events.
         p.finish(&mut out);
         assert_eq!(quiet(&out), 2);
+    }
+
+    #[test]
+    fn state_versions_move_with_events_only() {
+        let (rules, options) = failure_burst_rules();
+        let key = entity_key(&SecretMasker::default());
+        let mut p = pipeline()
+            .with_sigma(SigmaDetector::new(rules, &options))
+            .with_ueba(UebaEngine::new(crate::ueba::UebaConfig::default(), key));
+        let mut out = PipelineOutput::default();
+        let start = p.state_versions();
+        assert_eq!(p.state_versions(), start, "nothing happened");
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:00");
+        let after = p.state_versions();
+        assert!(
+            after.0 > start.0 && after.1 > start.1,
+            "{start:?} -> {after:?}"
+        );
+        assert_eq!(p.state_versions(), after);
     }
 }
