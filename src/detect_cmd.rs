@@ -228,6 +228,12 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
                 "perimeter detect: correlation windows could not be restored ({reason}); moved to {} and starting with none",
                 aside.display()
             );
+        } else if restore.restored.dropped_correlations > 0 {
+            eprintln!(
+                "perimeter detect: {} correlation(s) changed since {} was saved; their windows start empty",
+                restore.restored.dropped_correlations,
+                dir.display()
+            );
         }
     }
     let stdout = std::io::stdout();

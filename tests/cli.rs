@@ -650,4 +650,17 @@ fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
     // Each input alone: two logins, then one.
     assert!(run(&[1, 2], false).is_empty());
     assert!(run(&[3], false).is_empty());
+    // An edited rule file does not judge windows gathered under the old one, and says so.
+    assert!(run(&[4, 5], true).is_empty());
+    let text = std::fs::read_to_string(&rule).unwrap();
+    std::fs::write(&rule, text.replace("level: high", "level: critical")).unwrap();
+    let mut args = okta_detect_args(&rule);
+    args.extend(["--state-dir", state.to_str().unwrap()]);
+    let out = perimeter(&args, Some(&input(&[6])));
+    assert!(json_lines(&out).iter().all(|a| a["title"] != "Login burst"));
+    assert!(
+        stderr(&out).contains("1 correlation(s) changed since"),
+        "{}",
+        stderr(&out)
+    );
 }
