@@ -117,9 +117,14 @@ pub struct UebaEngine {
     /// Hour bucket of the last housekeeping sweep.
     swept_hour: i64,
     events_since_snapshot: u64,
+    /// Events since the last housekeeping sweep (see [`UebaEngine::advance`]).
+    events_since_sweep: u64,
     stats: UebaStats,
     findings: Vec<Finding>,
 }
+
+/// Fewest events between two housekeeping sweeps forced regardless of event time.
+const FORCED_SWEEP_MIN_EVENTS: u64 = 4096;
 
 impl UebaEngine {
     /// An engine with empty state. `entity_key` keys every entity hash (keep it secret and stable:
@@ -148,6 +153,7 @@ impl UebaEngine {
             stream_clocks: HashMap::new(),
             swept_hour: i64::MIN,
             events_since_snapshot: 0,
+            events_since_sweep: 0,
             stats: UebaStats::default(),
             findings: Vec::new(),
             config,
@@ -230,16 +236,27 @@ impl UebaEngine {
     }
 
     /// Hourly (event time) housekeeping: idle eviction and closing alert groups.
+    ///
+    /// The hour is that of the newest event of all streams. When that stream stalls (a source
+    /// gone quiet, one whose clock runs ahead), the hour stops and so would housekeeping: the
+    /// other streams' groups would not close (their repeats reported only at shutdown). So it
+    /// also runs every [`FORCED_SWEEP_MIN_EVENTS`] events, or every as many events as entities
+    /// held when more (a flat cost per event); groups still close by their own stream's clock.
     fn advance(&mut self, t: i64, alerts: &mut Vec<Alert>) {
-        if t <= self.watermark {
+        self.events_since_sweep += 1;
+        let forced = self.events_since_sweep >= FORCED_SWEEP_MIN_EVENTS
+            && self.events_since_sweep >= self.entities.len() as u64;
+        if t <= self.watermark && !forced {
             return;
         }
-        self.watermark = t;
-        let hour = t.div_euclid(3600);
-        if hour <= self.swept_hour {
+        self.watermark = self.watermark.max(t);
+        let hour = self.watermark.div_euclid(3600);
+        if hour <= self.swept_hour && !forced {
             return;
         }
         self.swept_hour = hour;
+        self.events_since_sweep = 0;
+        let t = self.watermark;
         let idle_seconds = self.config.entity_idle_days.clamp(1, 36_500) * 86_400;
         let horizon = t.saturating_sub(idle_seconds as i64);
         let before = self.entities.len();

@@ -332,6 +332,46 @@ fn a_delayed_streams_alert_group_is_not_closed_by_another_streams_clock() {
     assert_eq!(spray.len(), 1, "grouped across the restart: {spray:?}");
 }
 
+/// Housekeeping followed only the newest stream's hour: when that stream stalled ahead of the
+/// others, a delayed stream's alert groups never closed, so their repeats were reported only at
+/// shutdown.
+#[test]
+fn a_delayed_streams_groups_close_while_the_newest_stream_stalls() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(3);
+    let mut events = vec![okta_login(
+        "globex",
+        start + Duration::hours(10),
+        1,
+        &Login::new("carl@example.com", "198.51.100.7", true),
+    )];
+    for i in 0..30 {
+        let user = format!("user{i:02}@example.com");
+        events.push(okta_login(
+            "acme",
+            start + Duration::seconds(19 * i as i64),
+            i as u64 + 2,
+            &Login::new(&user, "203.0.113.50", false),
+        ));
+    }
+    // acme goes on for two more hours; globex has gone quiet ten hours ahead.
+    for i in 0..5000 {
+        events.push(okta_login(
+            "acme",
+            start + Duration::hours(1) + Duration::seconds(2 * i as i64),
+            i as u64 + 100,
+            &Login::new("dana@example.com", "198.51.100.8", true),
+        ));
+    }
+    let alerts = run(&mut engine, &events);
+    let sprays: Vec<u64> = of(&alerts, "password_spray")
+        .iter()
+        .map(|a| a.count)
+        .collect();
+    assert_eq!(sprays.len(), 2, "the alert, then its repeats: {sprays:?}");
+    assert!(sprays[1] > 1, "{sprays:?}");
+}
+
 #[test]
 fn steady_service_account_is_normal_but_a_quiet_user_doing_the_same_is_not() {
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
