@@ -117,6 +117,10 @@ pub struct Pipeline {
     switches: Option<Arc<RuleSwitches>>,
     /// The correlator's late-event count already added to the metrics.
     late_reported: u64,
+    /// The correlator's evicted-key count already added to the metrics.
+    corr_evicted_reported: u64,
+    /// UEBA's (all, at capacity) evicted-entity counts already added to the metrics.
+    ueba_evicted_reported: (u64, u64),
 }
 
 impl Pipeline {
@@ -139,6 +143,8 @@ impl Pipeline {
             recent: RecentEvents::new(DEFAULT_REPLAY_WINDOW),
             switches: None,
             late_reported: 0,
+            corr_evicted_reported: 0,
+            ueba_evicted_reported: (0, 0),
         }
     }
 
@@ -376,6 +382,7 @@ impl Pipeline {
         self.sigma = Some(sigma);
         // The new rules' correlator counts from zero.
         self.late_reported = 0;
+        self.corr_evicted_reported = 0;
         kept
     }
 
@@ -424,9 +431,37 @@ impl Pipeline {
                 &[],
                 sigma.correlation_keys() as f64,
             );
+            // Windows dropped at `max_correlation_keys`: detections possibly missed, silently
+            // unless counted.
+            let evicted = sigma.correlation_keys_evicted();
+            m.inc(
+                "correlation_keys_evicted_total",
+                &[],
+                evicted.saturating_sub(self.corr_evicted_reported),
+            );
+            self.corr_evicted_reported = evicted;
         }
         if let Some(ueba) = &self.ueba {
             m.set("ueba_tracked_entities", &[], ueba.tracked_entities() as f64);
+            let stats = ueba.stats();
+            let (all, capacity) = (
+                stats.entities_evicted_total,
+                stats.entities_evicted_at_capacity_total,
+            );
+            let (all_before, capacity_before) = self.ueba_evicted_reported;
+            let new_capacity = capacity.saturating_sub(capacity_before);
+            let new_idle = all.saturating_sub(all_before).saturating_sub(new_capacity);
+            m.inc(
+                "ueba_entities_evicted_total",
+                &[("reason", "idle")],
+                new_idle,
+            );
+            m.inc(
+                "ueba_entities_evicted_total",
+                &[("reason", "capacity")],
+                new_capacity,
+            );
+            self.ueba_evicted_reported = (all, capacity);
         }
         m.inc(
             "events_received_total",
@@ -1026,5 +1061,44 @@ mod tests {
             "{start:?} -> {after:?}"
         );
         assert_eq!(p.state_versions(), after);
+    }
+
+    /// Windows and baselines dropped to stay within their memory bounds are missed detections
+    /// an on-call engineer must be able to see.
+    #[test]
+    fn state_dropped_at_its_memory_bounds_is_counted() {
+        let (rules, _) = failure_burst_rules();
+        let options = crate::sigma::SigmaOptions {
+            max_correlation_keys: 4,
+            ..Default::default()
+        };
+        let config = crate::ueba::UebaConfig {
+            max_entities: 8,
+            ..Default::default()
+        };
+        let key = entity_key(&SecretMasker::default());
+        let metrics = Arc::new(Metrics::new());
+        let mut p = pipeline_with(metrics.clone())
+            .with_sigma(SigmaDetector::new(rules, &options))
+            .with_ueba(UebaEngine::new(config, key));
+        let mut out = PipelineOutput::default();
+        for i in 0..20 {
+            okta_failure(&mut p, &mut out, "acme", &format!("user{i}"), "10:00");
+        }
+        p.publish_metrics("okta", &out);
+        let evicted = metrics.counter("correlation_keys_evicted_total", &[]);
+        assert!(evicted >= 16, "{evicted}");
+        let at_capacity = metrics.counter("ueba_entities_evicted_total", &[("reason", "capacity")]);
+        assert!(at_capacity > 0, "{at_capacity}");
+        assert_eq!(
+            metrics.counter("ueba_entities_evicted_total", &[("reason", "idle")]),
+            0
+        );
+        // Counted once: publishing again adds nothing.
+        p.publish_metrics("okta", &PipelineOutput::default());
+        assert_eq!(
+            metrics.counter("correlation_keys_evicted_total", &[]),
+            evicted
+        );
     }
 }

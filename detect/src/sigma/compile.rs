@@ -967,6 +967,11 @@ impl SigmaDetector {
             .adopt(&self.rules, &mut old.correlator, &old.rules)
     }
 
+    /// Open windows dropped to stay within `max_correlation_keys`.
+    pub fn correlation_keys_evicted(&self) -> u64 {
+        self.correlator.evicted_keys
+    }
+
     /// Events dropped by correlations because they arrived later than the allowed lateness.
     pub fn late_events_dropped(&self) -> u64 {
         self.correlator.late_dropped

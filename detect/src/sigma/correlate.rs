@@ -195,6 +195,9 @@ pub struct Correlator {
     seq: u64,
     /// Events too late for their window (older than newest seen minus allowed lateness).
     pub late_dropped: u64,
+    /// Keys (open windows) dropped to stay within `max_correlation_keys`: detections that may
+    /// have been missed.
+    pub evicted_keys: u64,
     distinct: Vec<u64>,
     /// Key of [`ValueHash`].
     hash_key: [u8; 16],
@@ -313,6 +316,7 @@ impl Correlator {
             state_version: 0,
             seq: 0,
             late_dropped: 0,
+            evicted_keys: 0,
             distinct: Vec::new(),
             hash_key: DEFAULT_HASH_KEY,
         }
@@ -506,7 +510,7 @@ impl Correlator {
         self.seq += 1;
         self.state_version += 1;
         if !st.keys.contains_key(&key) && st.keys.len() >= self.max_keys {
-            evict_lru(&mut st.keys, &mut self.distinct);
+            self.evicted_keys += evict_lru(&mut st.keys, &mut self.distinct);
         }
         let span = c.timespan_ms;
         let horizon = stream_ts
@@ -973,7 +977,7 @@ impl Correlator {
                 restored.keys += 1;
             }
             while st.keys.len() > self.max_keys {
-                evict_lru(&mut st.keys, &mut self.distinct);
+                self.evicted_keys += evict_lru(&mut st.keys, &mut self.distinct);
             }
         }
         for (stream, ts) in snap.streams {
@@ -1034,16 +1038,19 @@ fn stream_of(event: &Event) -> u64 {
     h.finish()
 }
 
-fn evict_lru(keys: &mut KeyMap, scratch: &mut Vec<u64>) {
+/// Drop the least recently used eighth of `keys`; how many were dropped.
+fn evict_lru(keys: &mut KeyMap, scratch: &mut Vec<u64>) -> u64 {
     scratch.clear();
     scratch.extend(keys.values().map(|k| k.last_used));
     if scratch.is_empty() {
-        return;
+        return 0;
     }
+    let before = keys.len();
     let nth = (scratch.len() / 8).min(scratch.len() - 1);
     let (_, threshold, _) = scratch.select_nth_unstable(nth);
     let threshold = *threshold;
     keys.retain(|_, k| k.last_used > threshold);
+    (before - keys.len()) as u64
 }
 
 /// The aggregate of a window (count, distinct count, sum, average, percent share of `current`).

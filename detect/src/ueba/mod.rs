@@ -94,6 +94,9 @@ pub struct UebaStats {
     pub findings_suppressed_total: u64,
     /// Entities dropped by the `max_entities` bound or idle eviction.
     pub entities_evicted_total: u64,
+    /// Of those, dropped by the `max_entities` bound while still active: their baselines are
+    /// lost, so a steady count means `max_entities` is too small.
+    pub entities_evicted_at_capacity_total: u64,
 }
 
 /// Runs every enabled behavioural detector over a stream of events.
@@ -295,7 +298,9 @@ impl UebaEngine {
     }
 
     fn evict_lru(&mut self) {
-        self.stats.entities_evicted_total += evict_lru(&mut self.entities);
+        let evicted = evict_lru(&mut self.entities);
+        self.stats.entities_evicted_total += evicted;
+        self.stats.entities_evicted_at_capacity_total += evicted;
     }
 
     fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
@@ -554,6 +559,7 @@ impl UebaEngine {
         }
         self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
         self.stats.entities_evicted_total += evicted;
+        self.stats.entities_evicted_at_capacity_total += evicted;
         self.findings = findings;
     }
 }
