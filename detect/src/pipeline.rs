@@ -119,7 +119,7 @@ pub struct Pipeline {
     late_reported: u64,
     /// The correlator's evicted-key count already added to the metrics.
     corr_evicted_reported: u64,
-    /// UEBA's (all, at capacity) evicted-entity counts already added to the metrics.
+    /// UEBA's (idle, at capacity) evicted-entity counts already added to the metrics.
     ueba_evicted_reported: (u64, u64),
 }
 
@@ -418,13 +418,13 @@ impl Pipeline {
         // Events that came later than the allowed lateness of their stream are left out of
         // correlations: missed detections an on-call engineer must be able to see.
         if let Some(sigma) = &self.sigma {
-            let late = sigma.late_events_dropped();
-            m.inc(
+            count_growth(
+                m,
                 "correlation_late_events_total",
                 &[],
-                late.saturating_sub(self.late_reported),
+                sigma.late_events_dropped(),
+                &mut self.late_reported,
             );
-            self.late_reported = late;
             // How much detection state a restart must carry over (and memory it holds).
             m.set(
                 "correlation_open_windows",
@@ -433,35 +433,33 @@ impl Pipeline {
             );
             // Windows dropped at `max_correlation_keys`: detections possibly missed, silently
             // unless counted.
-            let evicted = sigma.correlation_keys_evicted();
-            m.inc(
+            count_growth(
+                m,
                 "correlation_keys_evicted_total",
                 &[],
-                evicted.saturating_sub(self.corr_evicted_reported),
+                sigma.correlation_keys_evicted(),
+                &mut self.corr_evicted_reported,
             );
-            self.corr_evicted_reported = evicted;
         }
         if let Some(ueba) = &self.ueba {
             m.set("ueba_tracked_entities", &[], ueba.tracked_entities() as f64);
             let stats = ueba.stats();
-            let (all, capacity) = (
-                stats.entities_evicted_total,
-                stats.entities_evicted_at_capacity_total,
-            );
-            let (all_before, capacity_before) = self.ueba_evicted_reported;
-            let new_capacity = capacity.saturating_sub(capacity_before);
-            let new_idle = all.saturating_sub(all_before).saturating_sub(new_capacity);
-            m.inc(
+            let capacity = stats.entities_evicted_at_capacity_total;
+            let (idle_reported, capacity_reported) = &mut self.ueba_evicted_reported;
+            count_growth(
+                m,
                 "ueba_entities_evicted_total",
                 &[("reason", "idle")],
-                new_idle,
+                stats.entities_evicted_total.saturating_sub(capacity),
+                idle_reported,
             );
-            m.inc(
+            count_growth(
+                m,
                 "ueba_entities_evicted_total",
                 &[("reason", "capacity")],
-                new_capacity,
+                capacity,
+                capacity_reported,
             );
-            self.ueba_evicted_reported = (all, capacity);
         }
         m.inc(
             "events_received_total",
@@ -494,6 +492,12 @@ impl Pipeline {
             out.alerts.push(alert);
         }
     }
+}
+
+/// Add to counter `name` what `total`, a detector's running count, grew by since `reported`.
+fn count_growth(m: &Metrics, name: &str, labels: &[(&str, &str)], total: u64, reported: &mut u64) {
+    m.inc(name, labels, total.saturating_sub(*reported));
+    *reported = total;
 }
 
 /// File name of the behavioural state snapshot in a state directory.
