@@ -117,20 +117,30 @@ fn check(config: &PerimeterConfig, paths: Vec<PathBuf>, format: &str) -> anyhow:
     for p in &paths {
         anyhow::ensure!(p.exists(), "rule path {} does not exist", p.display());
     }
-    let (_, report) = RuleSet::load(&paths, &config.sigma);
+    let (rules, report) = RuleSet::load(&paths, &config.sigma);
+    let (registry, _) = base_parts(config)?;
+    let misspelt = rules.misspelt_sources(&registry.names(), &config.sigma);
     if format == "json" {
         let failed: Vec<_> = report
             .failed
             .iter()
             .map(|f| serde_json::json!({"path": f.path, "line": f.line, "field": f.field, "error": f.to_string()}))
             .collect();
+        // Warnings do not fail the check: the rules load and run.
+        let warnings: Vec<_> = misspelt
+            .iter()
+            .map(|u| serde_json::json!({"path": u.path, "line": u.line, "warning": u.to_string()}))
+            .collect();
         println!(
             "{}",
-            serde_json::json!({"loaded": report.loaded, "failed": failed})
+            serde_json::json!({"loaded": report.loaded, "failed": failed, "warnings": warnings})
         );
     } else {
         for f in &report.failed {
             println!("FAIL {f}");
+        }
+        for m in &misspelt {
+            println!("WARN {m}");
         }
         println!(
             "{} rules loaded, {} failed",

@@ -282,6 +282,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let key = entity_key(&masker);
     let rule_paths = config.rule_paths(&[]);
     let (rule_set, sigma_options) = load_rules(config, &rule_paths, false)?;
+    for rule in rule_set.misspelt_sources(&registry.names(), &sigma_options) {
+        tracing::warn!("{rule}");
+    }
     let listed_rules = rule_list(&rule_set);
     let sigma = SigmaDetector::new(rule_set, &sigma_options);
     let state_dir = data_dir.join("state");

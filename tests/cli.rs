@@ -126,6 +126,8 @@ fn rule_pack_loads_and_its_tests_pass() {
     );
     let report = &json_lines(&out)[0];
     assert_eq!(report["failed"], serde_json::json!([]), "{report}");
+    // Rules for vendors without a normalizer (salesforce, zendesk, ...) are no misspellings.
+    assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
     assert!(report["loaded"].as_u64().unwrap() >= 80, "{report}");
     let out = perimeter(&["rules", "test", "detection-rules"], None);
     assert!(
@@ -662,5 +664,42 @@ fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
         stderr(&out).contains("1 correlation(s) changed since"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// A misspelt logsource product loads and runs, but sees nothing: `rules check` says so (a
+/// warning, not a failure), naming the source it probably meant.
+#[test]
+fn rules_check_warns_about_a_misspelt_source() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("typo.yml"),
+        MFA_RULE.replace("product: okta", "product: okat"),
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+    let run = |format: &str| perimeter(&["rules", "check", path, "--format", format], None);
+    let out = run("json");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = &json_lines(&out)[0];
+    assert_eq!(
+        (report["loaded"].clone(), report["failed"].clone()),
+        (1.into(), serde_json::json!([]))
+    );
+    let warnings = report["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{report}");
+    assert!(warnings[0]["path"].as_str().unwrap().ends_with("typo.yml"));
+    let text = warnings[0]["warning"].as_str().unwrap();
+    assert!(
+        text.contains("`okat`") && text.contains("did you mean `okta`"),
+        "{text}"
+    );
+    let out = run("text");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("WARN ") && l.contains("okat")),
+        "{stdout}"
     );
 }

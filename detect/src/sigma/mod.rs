@@ -415,6 +415,39 @@ impl RuleSet {
         self.len() == 0
     }
 
+    /// Detection rules whose logsource resolves to a source no normalizer or mapping in `known`
+    /// produces, but one name of `known` nearly: a misspelt product (`okat` for `okta`). Any
+    /// source name is accepted (records of vendors without a normalizer keep their name as plain
+    /// JSON, and the pack has rules for such vendors), so such a rule loads and runs, silently
+    /// seeing nothing. Empty with `ignore_logsource`, where every rule runs on every source.
+    pub fn misspelt_sources(&self, known: &[&str], options: &SigmaOptions) -> Vec<MisspeltSource> {
+        if options.ignore_logsource {
+            return Vec::new();
+        }
+        self.detections
+            .iter()
+            .filter_map(|r| {
+                let sources = r.sources.as_ref()?;
+                if sources.iter().any(|s| known.contains(&s.as_str())) {
+                    return None;
+                }
+                sources.iter().find_map(|s| {
+                    let near = known
+                        .iter()
+                        .filter(|k| k.len() >= 4 && edit_distance(s, k) <= 2)
+                        .min_by_key(|k| edit_distance(s, k))?;
+                    Some(MisspeltSource {
+                        path: r.meta.path.clone(),
+                        line: r.meta.line,
+                        title: r.meta.title.clone(),
+                        source: s.clone(),
+                        suggestion: near.to_string(),
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// Every loaded rule.
     pub fn rules(&self) -> impl Iterator<Item = RuleInfo> + '_ {
         let info = |m: &parse::RuleMeta, kind| RuleInfo {
@@ -444,6 +477,58 @@ impl RuleSet {
     }
 }
 
+/// A rule whose source looks misspelt (see [`RuleSet::misspelt_sources`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MisspeltSource {
+    pub path: PathBuf,
+    pub line: usize,
+    pub title: String,
+    /// The source its logsource resolves to.
+    pub source: String,
+    /// The known source it is closest to.
+    pub suggestion: String,
+}
+
+impl std::fmt::Display for MisspeltSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: rule `{}` is for source `{}`, which no normalizer or mapping produces; did you mean `{}`? (as written, it only sees records sent in under `{}`)",
+            self.path.display(),
+            self.line,
+            self.title,
+            self.source,
+            self.suggestion,
+            self.source
+        )
+    }
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) between `a` and `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 pub(crate) fn load_pipelines(options: &SigmaOptions, errors: &mut Vec<RuleError>) -> Pipelines {
     let mut pipelines = Pipelines::builtin();
     for p in &options.pipelines {
@@ -457,4 +542,21 @@ pub(crate) fn load_pipelines(options: &SigmaOptions, errors: &mut Vec<RuleError>
         }
     }
     pipelines
+}
+
+#[cfg(test)]
+mod edit_distance_tests {
+    use super::edit_distance;
+
+    #[test]
+    fn counts_inserts_deletes_substitutions_and_swaps() {
+        assert_eq!(edit_distance("okta", "okta"), 0);
+        assert_eq!(edit_distance("okat", "okta"), 1, "a swap");
+        assert_eq!(edit_distance("gihub", "github"), 1);
+        assert_eq!(edit_distance("githubb", "github"), 1);
+        assert_eq!(edit_distance("slak", "slack"), 1);
+        assert_eq!(edit_distance("m356", "m365"), 1);
+        assert_eq!(edit_distance("salesforce", "okta"), 9);
+        assert_eq!(edit_distance("", "duo"), 3);
+    }
 }
