@@ -466,6 +466,34 @@ impl Pipeline {
             &[("source", source)],
             out.events.len() as u64,
         );
+        // A vendor that changes its format (a field renamed) makes normalization come out empty
+        // and the rules and baselines on those fields go quiet without an error: counted per
+        // source, the share of events with no actor or no action shows the drift. (Sources read
+        // as plain JSON, without a normalizer, have neither, by design.)
+        let (mut unattributed, mut no_action) = (0, 0);
+        for e in &out.events {
+            let ecs = &e.ecs;
+            if ecs.user_name.is_none()
+                && ecs.user_email.is_none()
+                && ecs.user_id.is_none()
+                && ecs.source_ip.is_none()
+            {
+                unattributed += 1;
+            }
+            if ecs.event_action.is_none() {
+                no_action += 1;
+            }
+        }
+        m.inc(
+            "events_unattributed_total",
+            &[("source", source)],
+            unattributed,
+        );
+        m.inc(
+            "events_without_action_total",
+            &[("source", source)],
+            no_action,
+        );
         m.inc(
             "dead_letters_total",
             &[("source", source)],
@@ -1103,6 +1131,38 @@ mod tests {
         assert_eq!(
             metrics.counter("correlation_keys_evicted_total", &[]),
             evicted
+        );
+    }
+
+    /// Normalization that comes out empty (a vendor renamed a field) is counted per source.
+    #[test]
+    fn events_with_no_actor_or_no_action_are_counted_per_source() {
+        let metrics = Arc::new(Metrics::new());
+        let mut p = pipeline_with(metrics.clone());
+        let mut out = PipelineOutput::default();
+        let now = Utc::now();
+        let full = sonic_rs::json!({"uuid": "a", "eventType": "user.session.start",
+            "published": "2026-11-24T10:00:00Z", "actor": {"alternateId": "dana"}});
+        // The same vendor after a format change: the actor moved.
+        let drifted = sonic_rs::json!({"uuid": "b", "eventType": "user.session.start",
+            "published": "2026-11-24T10:00:01Z", "principal": {"login": "dana"}});
+        p.process_value("okta", "t", None, full, now, &mut out);
+        p.process_value("okta", "t", None, drifted, now, &mut out);
+        p.publish_metrics("okta", &out);
+        assert_eq!(out.events.len(), 2);
+        let okta = [("source", "okta")];
+        assert_eq!(metrics.counter("events_unattributed_total", &okta), 1);
+        assert_eq!(metrics.counter("events_without_action_total", &okta), 0);
+        // A vendor without a normalizer: plain JSON, no ECS view at all.
+        out.clear();
+        let plain = sonic_rs::json!({"Id": "1", "EventType": "Login", "User": "dana"});
+        p.process_value("salesforce", "t", None, plain, now, &mut out);
+        p.publish_metrics("salesforce", &out);
+        let salesforce = [("source", "salesforce")];
+        assert_eq!(metrics.counter("events_unattributed_total", &salesforce), 1);
+        assert_eq!(
+            metrics.counter("events_without_action_total", &salesforce),
+            1
         );
     }
 }
