@@ -166,8 +166,9 @@ pub fn spawn_pipeline_worker(
                     last_retention = Instant::now();
                 }
                 if last_snapshot.elapsed() > SNAPSHOT_EVERY {
-                    // An idle pipeline (nights, a quiet tenant) would rewrite the same state,
-                    // hundreds of MiB when it is large, every time.
+                    // Batches that change nothing (a source resending what is stored, lines that
+                    // are all dead letters) would rewrite the same state, hundreds of MiB when it
+                    // is large, every time. (With no batch at all, this loop does not run.)
                     let versions = pipeline.state_versions();
                     if snapshotted_versions == Some(versions) {
                         note_state_current(&metrics);
