@@ -38,6 +38,10 @@ pub struct PerimeterConfig {
     /// Spool directory watched by `perimeter run` (default: `<data_dir>/inbox`).
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
+    /// How often `perimeter run` snapshots detection state (behavioural baselines, correlation
+    /// windows) to `<data_dir>/state` while batches change it; also at shutdown. At least 1.
+    #[serde(default = "default_state_snapshot_seconds")]
+    pub state_snapshot_seconds: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -45,6 +49,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_tenant() -> String {
     "default".into()
+}
+fn default_state_snapshot_seconds() -> u64 {
+    30
 }
 
 impl PerimeterConfig {

@@ -348,7 +348,10 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         store.clone(),
         rx,
         metrics.clone(),
-        state_dir,
+        crate::service::StateSnapshots {
+            dir: state_dir,
+            every: std::time::Duration::from_secs(config.state_snapshot_seconds.max(1)),
+        },
         notifier,
         reload_rx,
     );

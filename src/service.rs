@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 /// fsynced snapshot has not seen). A snapshot costs about 1.2 us per window (`sigma_match`
 /// bench), so at most about 1.2 ms per batch here. Above, only the periodic snapshot writes them.
 const PER_BATCH_SNAPSHOT_MAX_WINDOWS: usize = 1_000;
-/// How often behavioural state is snapshotted while running (also on shutdown).
-const SNAPSHOT_EVERY: Duration = Duration::from_secs(30);
 /// How often expired partitions are dropped (also at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
@@ -29,13 +27,19 @@ fn apply_retention(store: &Store) {
     }
 }
 
+/// Where and how often the worker snapshots detection state.
+pub struct StateSnapshots {
+    pub dir: PathBuf,
+    pub every: Duration,
+}
+
 /// Run the pipeline on its own thread (CPU-bound, synchronous) until every bus sender is gone.
 pub fn spawn_pipeline_worker(
     mut pipeline: Pipeline,
     store: Arc<Store>,
     mut rx: BusReceiver,
     metrics: Arc<Metrics>,
-    state_dir: PathBuf,
+    state: StateSnapshots,
     notifier: AlertNotifier,
     rule_reloads: std::sync::mpsc::Receiver<SigmaDetector>,
 ) -> std::thread::JoinHandle<()> {
@@ -152,7 +156,7 @@ pub fn spawn_pipeline_worker(
                 if stored {
                     let (windows, version) = pipeline.correlation_state();
                     if version != saved_correlations && windows <= PER_BATCH_SNAPSHOT_MAX_WINDOWS {
-                        match pipeline.save_correlations(&state_dir, false) {
+                        match pipeline.save_correlations(&state.dir, false) {
                             Ok(()) => saved_correlations = version,
                             Err(e) => {
                                 metrics.inc("state_snapshots_failed_total", &[], 1);
@@ -165,14 +169,14 @@ pub fn spawn_pipeline_worker(
                     apply_retention(&store);
                     last_retention = Instant::now();
                 }
-                if last_snapshot.elapsed() > SNAPSHOT_EVERY {
+                if last_snapshot.elapsed() > state.every {
                     // Batches that change nothing (a source resending what is stored, lines that
                     // are all dead letters) would rewrite the same state, hundreds of MiB when it
                     // is large, every time. (With no batch at all, this loop does not run.)
                     let versions = pipeline.state_versions();
                     if snapshotted_versions == Some(versions) {
                         note_state_current(&metrics);
-                    } else if save_state(&pipeline, &state_dir, &metrics) {
+                    } else if save_state(&pipeline, &state.dir, &metrics) {
                         snapshotted_versions = Some(versions);
                     }
                     last_snapshot = Instant::now();
@@ -190,7 +194,7 @@ pub fn spawn_pipeline_worker(
                         "alerts not stored at shutdown (behavioural groups closed by the shutdown, or kept from failed batches)"),
                 }
             }
-            save_state(&pipeline, &state_dir, &metrics);
+            save_state(&pipeline, &state.dir, &metrics);
             if let Err(e) = store.flush() {
                 tracing::error!(error = %e, "final store flush failed");
             }

@@ -1236,3 +1236,44 @@ fn an_open_correlation_window_survives_kill_9() {
     );
     stop(svc);
 }
+
+/// The periodic snapshot (here every second) is skipped for batches that change nothing, and a
+/// snapshot that cannot be written is counted, not only logged.
+#[test]
+fn state_snapshots_skip_unchanged_state_and_count_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000030");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("state_snapshot_seconds = 1\n{text}")).unwrap();
+    let admin = token(&cfg, "admin");
+    let ueba = dir.path().join("data/state/ueba.snapshot");
+    let modified = || std::fs::metadata(&ueba).and_then(|m| m.modified()).ok();
+    let svc = start(&cfg);
+    let pause = || std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(ingest_login(&svc, &admin, 1)["events"], 1);
+    pause();
+    ingest_login(&svc, &admin, 2); // the batch after the interval snapshots
+    let written = modified().expect("snapshot written");
+    pause();
+    // Sent again: stored once, not detected again, so the state is unchanged: no rewrite.
+    assert_eq!(ingest_login(&svc, &admin, 2)["duplicates"], 1);
+    assert_eq!(modified(), Some(written));
+    pause();
+    ingest_login(&svc, &admin, 3);
+    pause();
+    ingest_login(&svc, &admin, 4);
+    assert_ne!(modified(), Some(written), "a new login changes the state");
+    // A snapshot that fails (its temp file's place taken by a directory) is counted.
+    std::fs::create_dir_all(dir.path().join("data/state/ueba.snapshot.tmp")).unwrap();
+    pause();
+    ingest_login(&svc, &admin, 5);
+    let metrics = svc.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "perimeter_state_snapshots_failed_total 1"),
+        "{metrics}"
+    );
+    std::fs::remove_dir_all(dir.path().join("data/state/ueba.snapshot.tmp")).unwrap();
+    stop(svc);
+}
