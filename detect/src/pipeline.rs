@@ -230,26 +230,22 @@ impl Pipeline {
         let Some(sigma) = self.sigma.as_mut().filter(|_| path.exists()) else {
             return Ok(StateRestore::default());
         };
-        let restored =
-            crate::state_file::read_json(&path, "correlation snapshot").and_then(|snapshot| {
-                sigma.restore_correlations(snapshot).map_err(|e| {
-                    crate::DetectError::Other(format!(
-                        "correlation snapshot {}: {e}",
-                        path.display()
-                    ))
-                })
-            });
-        match restored {
-            Ok(restored) => Ok(StateRestore {
+        let restored = crate::state_file::restore_or_set_aside(&path, || {
+            let snapshot = crate::state_file::read_json(&path, "correlation snapshot")?;
+            sigma.restore_correlations(snapshot).map_err(|e| {
+                crate::DetectError::Other(format!("correlation snapshot {}: {e}", path.display()))
+            })
+        })?;
+        Ok(match restored {
+            Ok(restored) => StateRestore {
                 restored,
                 set_aside: None,
-            }),
-            Err(e @ crate::DetectError::Io { .. }) => Err(e),
-            Err(unusable) => Ok(StateRestore {
+            },
+            Err(aside) => StateRestore {
                 restored: CorrelationRestore::default(),
-                set_aside: Some((crate::state_file::set_aside(&path)?, unusable.to_string())),
-            }),
-        }
+                set_aside: Some(aside),
+            },
+        })
     }
 
     fn detectors(&mut self) -> impl Iterator<Item = &mut dyn Detector> {

@@ -60,9 +60,24 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> crate::
     })
 }
 
+/// Restore state from the file at `path` with `restore`. A file that cannot be used (malformed,
+/// another format, another key) is set aside (see [`set_aside`]) and `Err((where, why))` is
+/// returned, for the caller to start empty; failing to read it (permissions, IO) is an error,
+/// since the file itself may be fine.
+pub(crate) fn restore_or_set_aside<T>(
+    path: &Path,
+    restore: impl FnOnce() -> crate::Result<T>,
+) -> crate::Result<Result<T, (PathBuf, String)>> {
+    match restore() {
+        Ok(value) => Ok(Ok(value)),
+        Err(e @ DetectError::Io { .. }) => Err(e),
+        Err(unusable) => Ok(Err((set_aside(path)?, unusable.to_string()))),
+    }
+}
+
 /// Rename an unusable state file to `<name>.unreadable-<UTC time>` and return where it went:
 /// state comes back by warming up again, while refusing to start would stop all detection.
-pub(crate) fn set_aside(path: &Path) -> crate::Result<PathBuf> {
+fn set_aside(path: &Path) -> crate::Result<PathBuf> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let aside = path.with_file_name(format!("{name}.unreadable-{stamp}"));

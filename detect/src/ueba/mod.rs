@@ -190,15 +190,13 @@ impl UebaEngine {
         if !path.exists() {
             return Ok((UebaEngine::new(config, entity_key), None));
         }
-        match UebaEngine::restore_from(config.clone(), entity_key, path) {
-            Ok(engine) => Ok((engine, None)),
-            Err(e @ crate::DetectError::Io { .. }) => Err(e),
-            Err(unusable) => {
-                let aside = crate::state_file::set_aside(path)?;
-                let engine = UebaEngine::new(config, entity_key);
-                Ok((engine, Some((aside, unusable.to_string()))))
-            }
-        }
+        let restored = crate::state_file::restore_or_set_aside(path, || {
+            UebaEngine::restore_from(config.clone(), entity_key, path)
+        })?;
+        Ok(match restored {
+            Ok(engine) => (engine, None),
+            Err(aside) => (UebaEngine::new(config, entity_key), Some(aside)),
+        })
     }
 
     /// Restore from `config.snapshot.path` when that file exists, else start empty.
