@@ -19,3 +19,8 @@ mod state_file;
 pub mod ueba;
 
 pub use error::{DetectError, Result};
+
+/// Fewest events between two sweeps of detection state forced regardless of event time, in the
+/// correlator and in the UEBA engine alike: their sweeps follow the newest event time of all
+/// streams, which stops when that stream stalls ahead of the others.
+pub(crate) const FORCED_SWEEP_MIN_EVENTS: u64 = 4096;

@@ -188,7 +188,7 @@ pub struct Correlator {
     /// Event time at which the next correlation is due for a sweep: `advance` does nothing
     /// per correlation before that.
     next_sweep_ts: i64,
-    /// Events since the last sweep (see [`FORCED_SWEEP_MIN_EVENTS`]).
+    /// Events since the last sweep (see [`crate::FORCED_SWEEP_MIN_EVENTS`]).
     events_since_sweep: u64,
     /// Changes whenever the windows may have changed (see [`Correlator::state_version`]).
     state_version: u64,
@@ -204,9 +204,6 @@ pub struct Correlator {
 }
 
 const MAX_ENTRIES_CAP: usize = 10_000;
-
-/// Fewest events between two sweeps forced regardless of event time (see `advance`).
-const FORCED_SWEEP_MIN_EVENTS: u64 = 4096;
 
 fn resolve_field(
     c: &CorrelationRule,
@@ -713,7 +710,7 @@ impl Correlator {
         // (a source gone quiet, one whose clock runs ahead), the others' windows would never
         // close or expire: every so many events, sweep anyway. Every key closes by its own
         // stream's watermark either way; as many events as keys keep the cost per event flat.
-        let forced = self.events_since_sweep >= FORCED_SWEEP_MIN_EVENTS
+        let forced = self.events_since_sweep >= crate::FORCED_SWEEP_MIN_EVENTS
             && self.events_since_sweep >= self.num_keys() as u64;
         if self.max_ts < self.next_sweep_ts && !forced {
             return;
@@ -980,15 +977,26 @@ impl Correlator {
                 self.evicted_keys += evict_lru(&mut st.keys, &mut self.distinct);
             }
         }
-        for (stream, ts) in snap.streams {
+        self.take_clocks(snap.streams, snap.max_ts, snap.seq);
+        self.state_version += 1;
+        Ok(restored)
+    }
+
+    /// Take the stream watermarks, newest time and use counter of state taken over (a snapshot,
+    /// the correlator before a reload), keeping the later of each, and sweep at the next event.
+    fn take_clocks(
+        &mut self,
+        streams: impl IntoIterator<Item = (u64, i64)>,
+        max_ts: i64,
+        seq: u64,
+    ) {
+        for (stream, ts) in streams {
             let t = self.streams.entry(stream).or_insert(i64::MIN);
             *t = (*t).max(ts);
         }
-        self.max_ts = self.max_ts.max(snap.max_ts);
-        self.seq = self.seq.max(snap.seq);
+        self.max_ts = self.max_ts.max(max_ts);
+        self.seq = self.seq.max(seq);
         self.next_sweep_ts = i64::MIN;
-        self.state_version += 1;
-        Ok(restored)
     }
 
     /// A rule reload: take over the windows of `old`'s correlations that are unchanged in the new
@@ -1016,13 +1024,11 @@ impl Correlator {
             self.states[ci].last_sweep_ts = old_state.last_sweep_ts;
             adopted += 1;
         }
-        for (stream, ts) in &old.streams {
-            let t = self.streams.entry(*stream).or_insert(i64::MIN);
-            *t = (*t).max(*ts);
-        }
-        self.max_ts = self.max_ts.max(old.max_ts);
-        self.seq = self.seq.max(old.seq);
-        self.next_sweep_ts = i64::MIN;
+        self.take_clocks(
+            old.streams.iter().map(|(k, v)| (*k, *v)),
+            old.max_ts,
+            old.seq,
+        );
         // Past both: a caller comparing with the old correlator's last version sees a change.
         self.state_version = self.state_version.max(old.state_version) + 1;
         adopted

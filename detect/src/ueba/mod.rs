@@ -126,9 +126,6 @@ pub struct UebaEngine {
     findings: Vec<Finding>,
 }
 
-/// Fewest events between two housekeeping sweeps forced regardless of event time.
-const FORCED_SWEEP_MIN_EVENTS: u64 = 4096;
-
 impl UebaEngine {
     /// An engine with empty state. `entity_key` keys every entity hash (keep it secret and stable:
     /// a snapshot is only usable with the key it was written with). Out-of-range settings are
@@ -241,11 +238,12 @@ impl UebaEngine {
     /// The hour is that of the newest event of all streams. When that stream stalls (a source
     /// gone quiet, one whose clock runs ahead), the hour stops and so would housekeeping: the
     /// other streams' groups would not close (their repeats reported only at shutdown). So it
-    /// also runs every [`FORCED_SWEEP_MIN_EVENTS`] events, or every as many events as entities
-    /// held when more (a flat cost per event); groups still close by their own stream's clock.
+    /// also runs every [`crate::FORCED_SWEEP_MIN_EVENTS`] events, or every as many events as
+    /// entities held when more (a flat cost per event); groups still close by their own stream's
+    /// clock.
     fn advance(&mut self, t: i64, alerts: &mut Vec<Alert>) {
         self.events_since_sweep += 1;
-        let forced = self.events_since_sweep >= FORCED_SWEEP_MIN_EVENTS
+        let forced = self.events_since_sweep >= crate::FORCED_SWEEP_MIN_EVENTS
             && self.events_since_sweep >= self.entities.len() as u64;
         if t <= self.watermark && !forced {
             return;
