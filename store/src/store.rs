@@ -485,57 +485,36 @@ impl Store {
                 .push(i);
         }
 
-        type Timed = (Vec<PendingFile>, std::time::Duration, std::time::Duration);
-        let (pending, it, pt) = std::thread::scope(|scope| -> Result<Timed> {
-            let parquet = std::thread::Builder::new()
-                .name("store-parquet".into())
-                .spawn_scoped(scope, || {
-                    let t = Instant::now();
-                    let r = self.write_parquet_tmp(fresh, text, &groups, seq);
-                    (r, t.elapsed())
-                })
-                .at(&self.layout.root)?;
-            let mut add_result = Ok(());
-            let (mut output, mut all) = (String::new(), String::new());
-            for (i, e) in fresh.iter().enumerate() {
-                let key = (e.tenant.clone(), e.timestamp.date_naive());
-                let Some(w) = writers.get(&key) else {
-                    continue;
-                };
-                let output = output_document(e, text.raw(i), &mut output);
-                let doc = self.schema.document(e, text.raw_words(i), output, &mut all);
-                if let Err(err) = w.writer.add_document(doc) {
-                    add_result = Err(err.into());
-                    break;
-                }
-            }
-            let index_time = t_start.elapsed();
-            let (files, parquet_time) = parquet
-                .join()
-                .map_err(|_| StoreError::InvalidBatch("parquet writer thread panicked".into()))?;
-            match (add_result, files) {
-                (Ok(()), Ok(files)) => Ok((files, index_time, parquet_time)),
-                (Err(e), Ok(files)) => {
-                    remove_tmp_files(&files);
-                    Err(e)
-                }
-                // write_parquet_tmp removed its own files.
-                (_, Err(e)) => Err(e),
-            }
-        })?;
+        // Two phases, each with two busy threads for the two cores. First the caller builds the
+        // documents while each writer's indexing thread inverts them. Then the touched indexes
+        // prepare their commits (each indexing thread serializes its segment) while the caller
+        // writes the Parquet files. Only when those files are written and synced do the indexes
+        // commit: a committed index says its batch's files exist (recovery renames them into
+        // place, ADR 001), so a Parquet failure aborts every prepared commit instead.
+        let (mut output, mut all) = (String::new(), String::new());
+        for (i, e) in fresh.iter().enumerate() {
+            let key = (e.tenant.clone(), e.timestamp.date_naive());
+            let Some(w) = writers.get(&key) else {
+                continue;
+            };
+            let output = output_document(e, text.raw(i), &mut output);
+            let doc = self.schema.document(e, text.raw_words(i), output, &mut all);
+            w.writer.add_document(doc)?;
+        }
+        let it = t_start.elapsed();
         let commit_started = Instant::now();
-        let mut committed: HashSet<&IndexKey> = HashSet::new();
-        let mut first_err = None;
-        // The touched indexes commit in parallel: a commit is where each indexing thread
-        // writes its segment, and one index at a time left a core idle whenever that index
-        // had fewer indexing threads than there are cores.
-        let outcomes: Vec<(&IndexKey, Result<()>)> = std::thread::scope(|scope| {
+        let (prepared, pending, pt) = std::thread::scope(|scope| {
+            // In parallel: one index at a time left a core idle whenever that index had fewer
+            // indexing threads than there are cores.
             let handles: Vec<_> = writers
                 .iter_mut()
                 .filter(|(key, _)| touched.contains(*key))
-                .map(|(key, w)| (key, scope.spawn(move || w.commit(seq))))
+                .map(|(key, w)| (key, scope.spawn(move || w.prepare(seq))))
                 .collect();
-            handles
+            let t = Instant::now();
+            let pending = self.write_parquet_tmp(fresh, text, &groups, seq);
+            let pt = t.elapsed();
+            let prepared: Vec<_> = handles
                 .into_iter()
                 .map(|(key, h)| {
                     let r = h.join().unwrap_or_else(|_| {
@@ -545,8 +524,25 @@ impl Store {
                     });
                     (key, r)
                 })
-                .collect()
+                .collect();
+            (prepared, pending, pt)
         });
+        let pending = match pending {
+            Ok(files) => files,
+            Err(e) => {
+                // write_parquet_tmp removed its own files; nothing of the batch is committed.
+                for (_, p) in prepared.into_iter().flat_map(|(k, p)| p.map(|p| (k, p))) {
+                    let _ = p.abort();
+                }
+                return Err(e);
+            }
+        };
+        let outcomes: Vec<(&IndexKey, Result<()>)> = prepared
+            .into_iter()
+            .map(|(key, p)| (key, p.and_then(|p| p.commit())))
+            .collect();
+        let mut committed: HashSet<&IndexKey> = HashSet::new();
+        let mut first_err = None;
         for (key, outcome) in outcomes {
             let Some(key) = touched.get(key) else {
                 continue;

@@ -363,10 +363,38 @@ impl DayWriter {
 
     /// Commit pending documents with `seq` as the payload, then make them visible to readers.
     pub fn commit(&mut self, seq: u64) -> Result<()> {
+        self.prepare(seq)?.commit()
+    }
+
+    /// The expensive half of a commit (the indexing threads serialize their segments), with
+    /// `seq` as the payload; nothing is visible or durable until [`PreparedDayCommit::commit`].
+    pub fn prepare(&mut self, seq: u64) -> Result<PreparedDayCommit<'_>> {
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&seq.to_string());
-        prepared.commit()?;
-        self.index.reader.reload()?;
+        Ok(PreparedDayCommit {
+            prepared,
+            reader: &self.index.reader,
+        })
+    }
+}
+
+/// A prepared commit of a [`DayWriter`]: commit it or abort it.
+pub struct PreparedDayCommit<'a> {
+    prepared: tantivy::indexer::PreparedCommit<'a>,
+    reader: &'a IndexReader,
+}
+
+impl PreparedDayCommit<'_> {
+    /// Make the prepared segments durable (meta.json), then visible to readers.
+    pub fn commit(self) -> Result<()> {
+        self.prepared.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Drop the prepared documents (the writer goes back to its last commit).
+    pub fn abort(self) -> Result<()> {
+        self.prepared.abort()?;
         Ok(())
     }
 }

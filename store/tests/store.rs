@@ -828,6 +828,39 @@ fn replayed_events_are_stored_once_also_after_reopen() {
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 52);
 }
 
+/// The indexes serialize their segments while the Parquet files are written, but commit only
+/// once the files are: a batch whose Parquet write fails leaves no event in the index (else a
+/// replay would be taken for duplicates and never reach Parquet).
+#[test]
+fn a_failed_parquet_write_commits_nothing_and_the_replay_lands_in_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let stored = event("acme", "github", ts(20, 1, 0), "u", "a", 1);
+    store.write_batch(&batch(vec![stored])).unwrap();
+    let events: Vec<Event> = (0..20)
+        .map(|i| event("acme", "okta", ts(20, 2, i as u32), "u", "a", i))
+        .collect();
+    // A file where the okta partition's directory must go.
+    let blocker = dir.path().join("parquet/events/tenant=acme/source=okta");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    assert!(store.write_batch(&batch(events.clone())).is_err());
+    assert_eq!(search_all(&store, "acme", "", 100).len(), 1);
+    assert_eq!(parquet_ids(dir.path()).len(), 1);
+
+    std::fs::remove_file(&blocker).unwrap();
+    let replay = store.write_batch(&batch(events.clone())).unwrap();
+    assert_eq!((replay.events_written, replay.events_duplicate), (20, 0));
+    assert_eq!(search_all(&store, "acme", "", 100).len(), 21);
+    let ids = parquet_ids(dir.path());
+    assert_eq!(ids.len(), 21);
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 21);
+    // Also across a reopen: the aborted batch left nothing behind to recover.
+    drop(store);
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(search_all(&store, "acme", "", 100).len(), 21);
+    assert_eq!(parquet_ids(dir.path()).len(), 21);
+}
+
 fn alert_for(tenant: &str, ev: &Event, sev: Severity, rule: &str) -> Alert {
     Alert::new(
         rule,
