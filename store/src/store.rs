@@ -70,6 +70,10 @@ pub struct StoreStats {
 
 /// Dead letters kept in memory per tenant for `list_dead_letters` (the file keeps all).
 pub(crate) const DEAD_LETTERS_IN_MEMORY: usize = 10_000;
+/// How many days back a resent event whose time was adjusted to its receive time is looked for
+/// (see [`Store::stored_on_days_before`]): a resend within 24 hours of the first delivery is
+/// always found, whatever the time of day.
+pub(crate) const ADJUSTED_REPLAY_DAYS: u64 = 2;
 
 pub(crate) type IndexKey = (String, NaiveDate);
 
@@ -412,21 +416,15 @@ impl Store {
         let mut dedup = || -> Result<()> {
             for e in events {
                 let key = (e.tenant.clone(), e.timestamp.date_naive());
-                if !st.writers.contains_key(&key) {
-                    let idx = self.index_for(&key.0, key.1)?;
-                    let w = DayWriter::open(
-                        idx,
-                        self.config.index_writer_threads,
-                        self.config.index_writer_memory_bytes,
-                        tick,
-                    )?;
-                    st.writers.insert(key.clone(), w);
-                }
+                self.open_writer(st, &key, tick)?;
+                let id = id_key(&e.id().0);
+                let stored_earlier =
+                    e.timestamp_adjusted && self.stored_on_days_before(st, &key, id, tick)?;
                 let Some(w) = st.writers.get_mut(&key) else {
                     continue;
                 };
                 w.last_used = tick;
-                let new = w.ids.insert(id_key(&e.id().0));
+                let new = !stored_earlier && w.ids.insert(id);
                 if new {
                     touched.insert(key);
                     fresh.push(*e);
@@ -455,6 +453,60 @@ impl Store {
             .events_duplicate
             .fetch_add(dup, Ordering::Relaxed);
         Ok(flags)
+    }
+
+    /// Open the writer of `key`'s index (created if new) unless it is open.
+    fn open_writer(&self, st: &mut WriteState, key: &IndexKey, tick: u64) -> Result<()> {
+        if !st.writers.contains_key(key) {
+            let idx = self.index_for(&key.0, key.1)?;
+            let w = DayWriter::open(
+                idx,
+                self.config.index_writer_threads,
+                self.config.index_writer_memory_bytes,
+                tick,
+            )?;
+            st.writers.insert(key.clone(), w);
+        }
+        Ok(())
+    }
+
+    /// Whether event `id` is stored in one of the [`ADJUSTED_REPLAY_DAYS`] days' indexes before
+    /// `key`'s day. Asked only for events whose vendor time was replaced by their receive time
+    /// (ADR 012): such an event's day is the day it arrived, so a resend after midnight lands
+    /// on a later day than the first delivery, whose index alone would not know it. Indexes
+    /// that do not exist are not created.
+    fn stored_on_days_before(
+        &self,
+        st: &mut WriteState,
+        key: &IndexKey,
+        id: u128,
+        tick: u64,
+    ) -> Result<bool> {
+        for back in 1..=ADJUSTED_REPLAY_DAYS {
+            let Some(day) = key.1.checked_sub_days(chrono::Days::new(back)) else {
+                break;
+            };
+            let earlier = (key.0.clone(), day);
+            let exists = st.writers.contains_key(&earlier)
+                || read(&self.indexes).contains_key(&earlier)
+                || self
+                    .layout
+                    .index_dir(&key.0, day)
+                    .join("meta.json")
+                    .exists();
+            if !exists {
+                continue;
+            }
+            self.open_writer(st, &earlier, tick)?;
+            if st
+                .writers
+                .get(&earlier)
+                .is_some_and(|w| w.ids.contains(&id))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     fn write_fresh(

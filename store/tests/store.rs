@@ -861,6 +861,56 @@ fn a_failed_parquet_write_commits_nothing_and_the_replay_lands_in_both() {
     assert_eq!(parquet_ids(dir.path()).len(), 21);
 }
 
+/// An event dated in the year 2999 gets its receive time (ADR 012), so a resend after midnight
+/// is filed under the next day: it must still be taken for the duplicate it is.
+#[test]
+fn a_resent_event_with_an_adjusted_time_is_stored_once_across_midnight() {
+    let received = |day: u32, hour: u32, minute: u32| {
+        let raw = json!({"uuid": "clock-off-1", "published": "2999-01-01T00:00:00Z",
+                         "actor": {"alternateId": "u"}, "eventType": "user.session.start"});
+        let ecs = Ecs {
+            timestamp: Some(Utc.with_ymd_and_hms(2999, 1, 1, 0, 0, 0).unwrap()),
+            event_action: Some("user.session.start".into()),
+            ..Default::default()
+        };
+        let record = RawRecord {
+            source: "okta".into(),
+            tenant: "acme".into(),
+            received_at: ts(day, hour, minute),
+            line: Some(1),
+            raw: perimeter_model::raw_from_serde(&raw),
+        };
+        Event::new("okta", record, ecs)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let first = received(20, 23, 59);
+    assert!(first.timestamp_adjusted);
+    {
+        let store = Store::open(config(dir.path())).unwrap();
+        let ack = store.write_batch(&batch(vec![first.clone()])).unwrap();
+        assert_eq!((ack.events_written, ack.events_duplicate), (1, 0));
+    }
+    // Resent after midnight, to a restarted store (the dedup set is loaded from disk), and once
+    // more the day after.
+    let store = Store::open(config(dir.path())).unwrap();
+    for (day, hour) in [(21, 0), (22, 6)] {
+        let resent = received(day, hour, 1);
+        assert_eq!(resent.id(), first.id());
+        assert_ne!(resent.timestamp.date_naive(), first.timestamp.date_naive());
+        let ack = store.write_batch(&batch(vec![resent])).unwrap();
+        assert_eq!(
+            (ack.events_written, ack.events_duplicate),
+            (0, 1),
+            "day {day}"
+        );
+    }
+    assert_eq!(search_all(&store, "acme", "", 10).len(), 1);
+    assert_eq!(parquet_ids(dir.path()).len(), 1);
+    // An event whose own time is kept is filed by that time: the look-back is only for
+    // adjusted ones, and creates no index for the days it looks at.
+    assert!(!dir.path().join("index/tenant=acme/dt=2026-11-19").exists());
+}
+
 fn alert_for(tenant: &str, ev: &Event, sev: Severity, rule: &str) -> Alert {
     Alert::new(
         rule,
