@@ -235,6 +235,17 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
                 dir.display()
             );
         }
+        // Events the saved state already counted are not detected again (the summary says how
+        // many): consecutive runs are one stream.
+        let replay = pipeline
+            .restore_replay_window(dir)
+            .with_context(|| format!("restoring the replay window from {}", dir.display()))?;
+        if let Err((aside, reason)) = replay {
+            eprintln!(
+                "perimeter detect: the replay window could not be restored ({reason}); moved to {}",
+                aside.display()
+            );
+        }
     }
     let stdout = std::io::stdout();
     let mut out_w = std::io::BufWriter::new(stdout.lock());

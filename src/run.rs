@@ -321,6 +321,21 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             "restored open correlation windows (correlations whose rule file changed start empty)"
         );
     }
+    match pipeline
+        .restore_replay_window(&state_dir)
+        .with_context(|| format!("restoring the replay window from {}", state_dir.display()))?
+    {
+        Ok(0) => {}
+        Ok(events) => tracing::info!(
+            events,
+            "restored the replay window (these events are not detected again if resent)"
+        ),
+        Err((aside, reason)) => tracing::error!(
+            moved_to = %aside.display(),
+            reason = %reason,
+            "replay window could not be restored; events resent after the restart are detected again"
+        ),
+    }
     let destinations = Arc::new(
         DestinationStore::open_in(&data_dir)
             .context("opening the alert destinations")?

@@ -9,6 +9,7 @@ use crate::mask::SecretMasker;
 use crate::normalize::{split_records, NormalizerRegistry};
 use crate::sigma::{CorrelationRestore, SigmaDetector};
 use crate::ueba::UebaEngine;
+use base64::Engine;
 use chrono::{DateTime, Utc};
 use perimeter_model::raw_prelude::*;
 use perimeter_model::{
@@ -57,23 +58,67 @@ pub const DEFAULT_REPLAY_WINDOW: usize = 1_000_000;
 /// again either (a resent batch of failed logins would otherwise double a burst and raise a false
 /// alert). Bounded: the oldest are forgotten first.
 ///
-/// Keyed by [`Event::fingerprint`] under a per-process random key rather than by the event id:
-/// the same content gives the same fingerprint, at a fraction of the id's cost (the `detect`
-/// command never needs most ids), and input cannot be crafted to collide with other input
-/// without the key.
-#[derive(Debug, Default)]
+/// Keyed by [`Event::fingerprint`] under a secret key rather than by the event id: the same
+/// content gives the same fingerprint, at a fraction of the id's cost (the `detect` command never
+/// needs most ids), and input cannot be crafted to collide with other input without the key.
+/// With a configured mask key the key is derived from it, so the window can be snapshotted with
+/// the detection state and a resend after a restart is still known (the baselines in the same
+/// snapshot counted it). With the built-in (public) mask key the key is random per process and
+/// the window is not snapshotted: a public key would let input be crafted to pass for a resend.
+#[derive(Debug)]
 struct RecentEvents {
     set: std::collections::HashSet<u64>,
     order: std::collections::VecDeque<u64>,
     capacity: usize,
-    hasher: foldhash::quality::RandomState,
+    hasher: foldhash::quality::SeedableRandomState,
+    /// Set when the key is derived from a configured mask key: the window's snapshot check.
+    key_check: Option<String>,
+    /// Events remembered so far (a version number for snapshots).
+    inserted: u64,
+}
+
+/// Format tag of the replay window snapshot.
+const REPLAY_FORMAT: &str = "perimeter-replay/1";
+
+/// The replay window on disk ([`REPLAY_SNAPSHOT`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaySnapshot {
+    format: String,
+    /// A one-way function of the window's key: a snapshot taken under another key is unusable.
+    key_check: String,
+    /// The remembered fingerprints, oldest first, 8 bytes little-endian each, base64.
+    fingerprints: String,
 }
 
 impl RecentEvents {
-    fn new(capacity: usize) -> RecentEvents {
+    fn new(capacity: usize, masker: &SecretMasker) -> RecentEvents {
+        let (hasher, key_check) = if masker.uses_builtin_key() {
+            (foldhash::quality::SeedableRandomState::random(), None)
+        } else {
+            let material = blake3::hash(
+                masker
+                    .pseudonymize("perimeter replay window key")
+                    .as_bytes(),
+            );
+            let mut seed = [0u8; 8];
+            seed.copy_from_slice(&material.as_bytes()[..8]);
+            let check = blake3::hash(material.as_bytes()).to_hex()[..16].to_string();
+            (
+                foldhash::quality::SeedableRandomState::with_seed(
+                    u64::from_le_bytes(seed),
+                    foldhash::SharedSeed::global_fixed(),
+                ),
+                Some(check),
+            )
+        };
         RecentEvents {
+            set: Default::default(),
+            order: Default::default(),
             capacity,
-            ..RecentEvents::default()
+            hasher,
+            key_check,
+            inserted: 0,
         }
     }
 
@@ -88,9 +133,14 @@ impl RecentEvents {
             &self.hasher,
             (event.fingerprint(&self.hasher), event.tenant.as_str()),
         );
+        self.remember(key)
+    }
+
+    fn remember(&mut self, key: u64) -> bool {
         if !self.set.insert(key) {
             return false;
         }
+        self.inserted += 1;
         self.order.push_back(key);
         if self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
@@ -98,6 +148,49 @@ impl RecentEvents {
             }
         }
         true
+    }
+
+    /// The window as a snapshot; `None` when its key is not stable across restarts.
+    fn snapshot(&self) -> Option<ReplaySnapshot> {
+        let key_check = self.key_check.clone()?;
+        let mut bytes = Vec::with_capacity(self.order.len() * 8);
+        for k in &self.order {
+            bytes.extend_from_slice(&k.to_le_bytes());
+        }
+        Some(ReplaySnapshot {
+            format: REPLAY_FORMAT.into(),
+            key_check,
+            fingerprints: base64::engine::general_purpose::STANDARD.encode(bytes),
+        })
+    }
+
+    /// Remember the fingerprints of `snapshot` (the newest `capacity` of them); how many.
+    fn restore(&mut self, snapshot: ReplaySnapshot) -> Result<usize, String> {
+        if snapshot.format != REPLAY_FORMAT {
+            return Err(format!(
+                "format `{}`, expected `{REPLAY_FORMAT}`",
+                snapshot.format
+            ));
+        }
+        if self.key_check.as_deref() != Some(snapshot.key_check.as_str()) {
+            return Err("taken under another mask key".into());
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(snapshot.fingerprints.as_bytes())
+            .map_err(|e| format!("fingerprints: {e}"))?;
+        if bytes.len() % 8 != 0 {
+            return Err("fingerprints: not a whole number of 8-byte values".into());
+        }
+        let all: Vec<u64> = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        let newest = &all[all.len().saturating_sub(self.capacity)..];
+        let before = self.order.len();
+        for k in newest {
+            self.remember(*k);
+        }
+        Ok(self.order.len() - before)
     }
 }
 
@@ -131,6 +224,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         keep_events: bool,
     ) -> Pipeline {
+        let recent = RecentEvents::new(DEFAULT_REPLAY_WINDOW, &masker);
         Pipeline {
             registry,
             masker,
@@ -140,7 +234,7 @@ impl Pipeline {
             keep_events,
             stats: PipelineStats::default(),
             scratch_alerts: Vec::new(),
-            recent: RecentEvents::new(DEFAULT_REPLAY_WINDOW),
+            recent,
             switches: None,
             late_reported: 0,
             corr_evicted_reported: 0,
@@ -157,7 +251,7 @@ impl Pipeline {
 
     /// Remember this many recent event ids so a resent event is not detected twice (0: off).
     pub fn with_replay_window(mut self, num_ids: usize) -> Pipeline {
-        self.recent = RecentEvents::new(num_ids);
+        self.recent = RecentEvents::new(num_ids, &self.masker);
         self
     }
 
@@ -177,11 +271,45 @@ impl Pipeline {
     /// Snapshot detection state into `dir`: behavioural baselines ([`UEBA_SNAPSHOT`], with UEBA)
     /// and open correlation windows ([`CORRELATION_SNAPSHOT`], with Sigma rules). Keys in them
     /// are keyed hashes; the entities kept for windows that close later are masked.
+    ///
+    /// With a configured mask key, the replay window goes with them ([`REPLAY_SNAPSHOT`]): the
+    /// events the baselines in this snapshot counted, so that a source resending them after a
+    /// restart does not have them counted twice.
     pub fn save_state(&self, dir: &std::path::Path) -> crate::Result<()> {
         if let Some(u) = &self.ueba {
             u.snapshot_to(&dir.join(UEBA_SNAPSHOT))?;
         }
+        if let Some(replay) = self.recent.snapshot() {
+            crate::state_file::write_json(
+                &dir.join(REPLAY_SNAPSHOT),
+                "replay window snapshot",
+                &replay,
+                true,
+            )?;
+        }
         self.save_correlations(dir, true)
+    }
+
+    /// Remember again the events [`Pipeline::save_state`] wrote into `dir` as seen (the replay
+    /// window); how many. No snapshot, or a built-in mask key: nothing. A snapshot that cannot be
+    /// used (malformed, another format, another mask key) is set aside as
+    /// `<name>.unreadable-<UTC time>` and returned as `Err((where, why))`; failing to read the
+    /// file is an error.
+    pub fn restore_replay_window(
+        &mut self,
+        dir: &std::path::Path,
+    ) -> crate::Result<Result<usize, (std::path::PathBuf, String)>> {
+        let path = dir.join(REPLAY_SNAPSHOT);
+        if self.recent.key_check.is_none() || !path.exists() {
+            return Ok(Ok(0));
+        }
+        let recent = &mut self.recent;
+        crate::state_file::restore_or_set_aside(&path, || {
+            let snapshot = crate::state_file::read_json(&path, "replay window snapshot")?;
+            recent.restore(snapshot).map_err(|e| {
+                crate::DetectError::Other(format!("replay window snapshot {}: {e}", path.display()))
+            })
+        })
     }
 
     /// Snapshot the open correlation windows alone ([`CORRELATION_SNAPSHOT`] in `dir`); with
@@ -202,14 +330,16 @@ impl Pipeline {
     }
 
     /// Numbers that change whenever the detection state may have changed (behavioural state:
-    /// the events it has seen; correlation windows: [`Pipeline::correlation_state`]). Equal
-    /// numbers mean a snapshot written since would be the same file.
+    /// the events it has seen, plus the events the replay window remembered; correlation windows:
+    /// [`Pipeline::correlation_state`]). Equal numbers mean a snapshot written since would be the
+    /// same file.
     pub fn state_versions(&self) -> (u64, u64) {
+        // Both only grow, so their sum changes whenever either does.
         let ueba = self
             .ueba
             .as_ref()
             .map_or(0, |u| u.stats().events_seen_total);
-        (ueba, self.correlation_state().1)
+        (ueba + self.recent.inserted, self.correlation_state().1)
     }
 
     /// Open correlation windows (group-by keys held) and a number that changes whenever they may
@@ -528,6 +658,8 @@ fn count_growth(m: &Metrics, name: &str, labels: &[(&str, &str)], total: u64, re
 pub const UEBA_SNAPSHOT: &str = "ueba.snapshot";
 /// File name of the open correlation windows snapshot in a state directory.
 pub const CORRELATION_SNAPSHOT: &str = "correlation.snapshot";
+/// File name of the replay window snapshot in a state directory.
+pub const REPLAY_SNAPSHOT: &str = "replay.snapshot";
 
 /// What [`Pipeline::restore_correlations`] did.
 #[derive(Debug, Default)]
@@ -990,6 +1122,71 @@ mod tests {
         okta_failure(&mut p, &mut out, "acme", "erin", "10:02");
         okta_failure(&mut p, &mut out, "globex", "dana.kim", "10:02");
         assert!(bursts_in(&out).is_empty());
+    }
+
+    /// A pipeline whose mask key is read from a file holding `key`, with the Okta failure rule.
+    fn keyed_pipeline(keys: &std::path::Path, key: &str) -> Pipeline {
+        let file = keys.join(format!("{key}.key"));
+        std::fs::write(&file, key).unwrap();
+        let config = crate::mask::MaskConfig {
+            hmac_key: Some(format!("file:{}", file.display())),
+            ..Default::default()
+        };
+        let (rules, options) = okta_failure_rule();
+        Pipeline::new(
+            NormalizerRegistry::builtin(),
+            SecretMasker::new(&config).unwrap(),
+            Arc::new(Metrics::new()),
+            true,
+        )
+        .with_sigma(SigmaDetector::new(rules, &options))
+    }
+
+    /// A source that got no answer resends after a restart: the events the snapshot's baselines
+    /// counted must not be counted again, so the replay window is in the snapshot too.
+    #[test]
+    fn the_replay_window_survives_a_restart_under_the_same_mask_key_only() {
+        let keys = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let alerts = |p: &mut Pipeline, user: &str| {
+            let mut out = PipelineOutput::default();
+            okta_failure(p, &mut out, "acme", user, "10:00");
+            out.alerts.len()
+        };
+        let mut before = keyed_pipeline(keys.path(), "key-one");
+        assert_eq!(alerts(&mut before, "dana"), 1);
+        before.save_state(state.path()).unwrap();
+        let text = std::fs::read_to_string(state.path().join(REPLAY_SNAPSHOT)).unwrap();
+        assert!(!text.contains("dana"), "{text}");
+
+        let mut after = keyed_pipeline(keys.path(), "key-one");
+        assert_eq!(after.restore_replay_window(state.path()).unwrap(), Ok(1));
+        assert_eq!(alerts(&mut after, "dana"), 0, "the resend is known");
+        assert_eq!(after.stats().replayed, 1);
+        assert_eq!(alerts(&mut after, "erin"), 1, "new events are detected");
+        // Without the restore, the resend is detected again.
+        assert_eq!(
+            alerts(&mut keyed_pipeline(keys.path(), "key-one"), "dana"),
+            1
+        );
+
+        // Under another mask key the snapshot is unusable: set aside, the window starts empty.
+        let mut rekeyed = keyed_pipeline(keys.path(), "key-two");
+        let (aside, why) = rekeyed
+            .restore_replay_window(state.path())
+            .unwrap()
+            .unwrap_err();
+        assert!(why.contains("another mask key"), "{why}");
+        assert!(aside.exists() && !state.path().join(REPLAY_SNAPSHOT).exists());
+        assert_eq!(alerts(&mut rekeyed, "dana"), 1);
+
+        // The built-in key is public: its window is neither written nor read.
+        let builtin_state = tempfile::tempdir().unwrap();
+        let (rules, options) = okta_failure_rule();
+        let mut builtin = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        assert_eq!(alerts(&mut builtin, "dana"), 1);
+        builtin.save_state(builtin_state.path()).unwrap();
+        assert!(!builtin_state.path().join(REPLAY_SNAPSHOT).exists());
     }
 
     #[test]
