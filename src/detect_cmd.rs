@@ -77,12 +77,8 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
 /// Say so when `source` has no normalizer: its records are read as plain JSON under that name
 /// (deliberate, for vendors only rules know), which a misspelt name would otherwise hide.
 fn note_unnormalized_source(command: &str, registry: &NormalizerRegistry, source: &str) {
-    if source != "auto" && registry.get(source).is_none() {
-        eprintln!(
-            "perimeter {command}: no normalizer for source `{source}`; its records are read as plain \
-             JSON under that name (normalizers: {})",
-            registry.names().join(", ")
-        );
+    if let Some(note) = registry.unnormalized_source_note(source) {
+        eprintln!("perimeter {command}: {note}");
     }
 }
 

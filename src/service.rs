@@ -59,6 +59,8 @@ pub fn spawn_pipeline_worker(
             let mut snapshotted_versions = None;
             apply_retention(&store);
             let mut last_retention = Instant::now();
+            // Sources without a normalizer already logged (once each; every answer says it).
+            let mut warned_sources = std::collections::HashSet::new();
             while let Some(sub) = rx.blocking_recv() {
                 out.clear();
                 // Rules reloaded meanwhile (SIGHUP) apply from this batch on.
@@ -124,12 +126,23 @@ pub fn spawn_pipeline_worker(
                         (processing / 1000.0).max(0.0),
                     );
                 }
+                let warnings: Vec<String> = pipeline
+                    .registry()
+                    .unnormalized_source_note(&sub.source)
+                    .into_iter()
+                    .collect();
+                if let Some(note) = warnings.first() {
+                    if warned_sources.insert(sub.source.clone()) {
+                        tracing::warn!(source = %sub.source, "{note}");
+                    }
+                }
                 let reply = result.map(|ack| SubmitAck {
                     events: ack.events_written,
                     duplicates: ack.events_duplicate,
                     dead_letters: out.dead_letters.len(),
                     alerts: raised,
                     past_retention: ack.events_past_retention,
+                    warnings,
                 });
                 match &reply {
                     // Stored: the (masked) alerts go to their tenants' destinations.

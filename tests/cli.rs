@@ -383,6 +383,16 @@ fn a_source_without_a_normalizer_is_read_as_plain_json_and_said_so() {
         "{}",
         stderr(&out)
     );
+    // A name near a known one is most likely a typo: no Okta rule would see these records.
+    assert!(
+        stderr(&out).contains("did you mean `okta`?"),
+        "{}",
+        stderr(&out)
+    );
+    // A vendor only rules know (no normalizer of its own) is nothing like a known name.
+    let out = perimeter(&["normalize", "--source", "auth0"], Some(line));
+    assert!(stderr(&out).contains("no normalizer for source `auth0`"));
+    assert!(!stderr(&out).contains("did you mean"), "{}", stderr(&out));
     // Known names and `auto` are not remarked on.
     for source in ["okta", "json", "auto", "zoom"] {
         let out = perimeter(&["normalize", "--source", source], Some(line));

@@ -1313,3 +1313,40 @@ fn an_event_resent_after_a_restart_is_not_detected_again() {
     assert_eq!(ingest_login(&svc, &admin, 2)["alerts"], 1, "a new login is");
     stop(svc);
 }
+
+/// Records sent in under a source name no normalizer knows are stored as plain JSON under that
+/// name: right for a vendor only rules know, a silent detection gap for a typo. The answer says
+/// so (and a near name), the log says it once.
+#[test]
+fn ingest_under_an_unknown_source_name_is_answered_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000050");
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let post = |source: &str| -> serde_json::Value {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/ingest/{source}", svc.base))
+            .bearer_auth(&admin)
+            .body(okta_event(5, 1).to_string())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let typo = post("otka");
+    assert_eq!(
+        (typo["events"].clone(), typo["alerts"].clone()),
+        (1.into(), 0.into()),
+        "{typo}"
+    );
+    let warning = typo["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("no normalizer for source `otka`")
+            && warning.contains("did you mean `okta`?"),
+        "{typo}"
+    );
+    let known = post("okta");
+    assert_eq!(known["alerts"], 1, "{known}");
+    assert!(known.get("warnings").is_none(), "{known}");
+    stop(svc);
+}

@@ -20,6 +20,10 @@ pub struct SubmitAck {
     /// Events of this batch dated before their retention window: stored, but the next
     /// retention sweep (hourly, and at start) removes them. Raise the retention to keep them.
     pub past_retention: usize,
+    /// What the sender should know about the batch (a source name no normalizer knows, whose
+    /// records are stored as plain JSON); left out when there is nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A batch on its way to the pipeline.

@@ -146,6 +146,24 @@ impl NormalizerRegistry {
             .collect()
     }
 
+    /// What to tell the sender of records for `source` when no normalizer or mapping has that
+    /// name (`None` for known names, `auto` and `json`): they are read as plain JSON under that
+    /// name, which is right for a vendor only rules know (`azure`) and a silent detection gap
+    /// for a typo (`otka`: no Okta rule sees them), so a name near a known one is pointed out.
+    pub fn unnormalized_source_note(&self, source: &str) -> Option<String> {
+        if source == "auto" || self.get(source).is_some() {
+            return None;
+        }
+        let names = self.names();
+        let hint = crate::sigma::near_name(source, names.iter().copied())
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
+        Some(format!(
+            "no normalizer for source `{source}`: its records are read as plain JSON under that name{hint} (normalizers: {})",
+            names.join(", ")
+        ))
+    }
+
     pub fn get(&self, source: &str) -> Option<&dyn Normalizer> {
         if let Some(b) = self.builtins.iter().find(|b| b.source() == source) {
             return Some(b.as_ref());

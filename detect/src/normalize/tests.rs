@@ -595,3 +595,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn only_unknown_source_names_get_a_note_and_near_ones_a_suggestion() {
+    let registry = NormalizerRegistry::builtin();
+    for known in ["okta", "google_workspace", "json", "zoom", "auto"] {
+        assert_eq!(registry.unnormalized_source_note(known), None, "{known}");
+    }
+    let typo = registry.unnormalized_source_note("gihtub").unwrap();
+    assert!(typo.contains("did you mean `github`?"), "{typo}");
+    let vendor = registry.unnormalized_source_note("notion").unwrap();
+    assert!(
+        vendor.contains("plain JSON") && !vendor.contains("did you mean"),
+        "{vendor}"
+    );
+}

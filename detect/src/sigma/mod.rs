@@ -432,10 +432,7 @@ impl RuleSet {
                     return None;
                 }
                 sources.iter().find_map(|s| {
-                    let near = known
-                        .iter()
-                        .filter(|k| k.len() >= 4 && edit_distance(s, k) <= 2)
-                        .min_by_key(|k| edit_distance(s, k))?;
+                    let near = near_name(s, known.iter().copied())?;
                     Some(MisspeltSource {
                         path: r.meta.path.clone(),
                         line: r.meta.line,
@@ -502,6 +499,17 @@ impl std::fmt::Display for MisspeltSource {
             self.source
         )
     }
+}
+
+/// The name of `known` that `name` is most likely a misspelling of: within 2 edits (names of
+/// at least 4 characters; shorter ones are too close to everything).
+pub(crate) fn near_name<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .filter(|k| k.len() >= 4 && *k != name)
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 /// Edits (insert, delete, substitute, swap two neighbours) between `a` and `b`.
