@@ -1163,8 +1163,22 @@ fn logins_from_one_address_config(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// POST login `i` (of `okta_event(5, i)`) to the service; its answer.
 fn ingest_login(svc: &Service, admin: &str, i: usize) -> serde_json::Value {
+    ingest_login_as(svc, admin, "okta", i)
+}
+
+/// The answer to a resent login: stored already, and not detected again.
+fn assert_resent_quietly(ack: &serde_json::Value) {
+    assert_eq!(
+        (ack["duplicates"].clone(), ack["alerts"].clone()),
+        (1.into(), 0.into()),
+        "{ack}"
+    );
+}
+
+/// [`ingest_login`] under source name `source`.
+fn ingest_login_as(svc: &Service, admin: &str, source: &str, i: usize) -> serde_json::Value {
     reqwest::blocking::Client::new()
-        .post(format!("{}/ingest/okta", svc.base))
+        .post(format!("{}/ingest/{source}", svc.base))
         .bearer_auth(admin)
         .body(okta_event(5, i).to_string())
         .send()
@@ -1227,11 +1241,7 @@ fn an_open_correlation_window_survives_kill_9() {
     let svc = start(&cfg);
     // Resent (as a source does when unsure): stored once, and still two logins in the window.
     let again = ingest_login(&svc, &admin, 201);
-    assert_eq!(
-        (again["duplicates"].clone(), again["alerts"].clone()),
-        (1.into(), 0.into()),
-        "{again}"
-    );
+    assert_resent_quietly(&again);
     let ack = ingest_login(&svc, &admin, 401);
     assert_eq!(
         ack["alerts"], 1,
@@ -1305,11 +1315,7 @@ fn an_event_resent_after_a_restart_is_not_detected_again() {
     assert!(dir.path().join("data/state/replay.snapshot").exists());
     let svc = start(&cfg);
     let again = ingest_login(&svc, &admin, 1);
-    assert_eq!(
-        (again["duplicates"].clone(), again["alerts"].clone()),
-        (1.into(), 0.into()),
-        "{again}"
-    );
+    assert_resent_quietly(&again);
     assert_eq!(ingest_login(&svc, &admin, 2)["alerts"], 1, "a new login is");
     stop(svc);
 }
@@ -1323,16 +1329,7 @@ fn ingest_under_an_unknown_source_name_is_answered_with_a_warning() {
     let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000050");
     let admin = token(&cfg, "admin");
     let svc = start(&cfg);
-    let post = |source: &str| -> serde_json::Value {
-        reqwest::blocking::Client::new()
-            .post(format!("{}/ingest/{source}", svc.base))
-            .bearer_auth(&admin)
-            .body(okta_event(5, 1).to_string())
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
-    };
+    let post = |source: &str| ingest_login_as(&svc, &admin, source, 1);
     let typo = post("otka");
     assert_eq!(
         (typo["events"].clone(), typo["alerts"].clone()),

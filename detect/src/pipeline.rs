@@ -96,14 +96,10 @@ impl RecentEvents {
         let (hasher, key_check) = if masker.uses_builtin_key() {
             (foldhash::quality::SeedableRandomState::random(), None)
         } else {
-            let material = blake3::hash(
-                masker
-                    .pseudonymize("perimeter replay window key")
-                    .as_bytes(),
-            );
+            let material = derived_key(masker, "perimeter replay window key");
             let mut seed = [0u8; 8];
-            seed.copy_from_slice(&material.as_bytes()[..8]);
-            let check = blake3::hash(material.as_bytes()).to_hex()[..16].to_string();
+            seed.copy_from_slice(&material[..8]);
+            let check = blake3::hash(&material).to_hex()[..16].to_string();
             (
                 foldhash::quality::SeedableRandomState::with_seed(
                     u64::from_le_bytes(seed),
@@ -672,20 +668,21 @@ pub struct StateRestore {
 /// The key of the correlation state's hashes: derived from the mask key, so it is stable across
 /// restarts, secret, and changes (making old snapshots unusable) when the mask key does.
 pub fn correlation_key(masker: &SecretMasker) -> [u8; 16] {
-    let digest = blake3::hash(
-        masker
-            .pseudonymize("perimeter correlation state key")
-            .as_bytes(),
-    );
     let mut key = [0u8; 16];
-    key.copy_from_slice(&digest.as_bytes()[..16]);
+    key.copy_from_slice(&derived_key(masker, "perimeter correlation state key")[..16]);
     key
+}
+
+/// A key for `purpose` derived from the masker's HMAC key: as secret as that key, stable across
+/// restarts of the same deployment, and different per purpose.
+fn derived_key(masker: &SecretMasker, purpose: &str) -> [u8; 32] {
+    *blake3::hash(masker.pseudonymize(purpose).as_bytes()).as_bytes()
 }
 
 /// The key behavioural state is pseudonymized with: derived from the masker's HMAC key, so it is
 /// as secret as that key and stable across restarts of the same deployment.
 pub fn entity_key(masker: &SecretMasker) -> [u8; 32] {
-    *blake3::hash(masker.pseudonymize("perimeter ueba entity key").as_bytes()).as_bytes()
+    derived_key(masker, "perimeter ueba entity key")
 }
 
 /// Mask everything in an alert that can carry event values.
