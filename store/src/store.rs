@@ -583,7 +583,7 @@ impl Store {
             Ok(files) => files,
             Err(e) => {
                 // write_parquet_tmp removed its own files; nothing of the batch is committed.
-                for (_, p) in prepared.into_iter().flat_map(|(k, p)| p.map(|p| (k, p))) {
+                for p in prepared.into_iter().filter_map(|(_, p)| p.ok()) {
                     let _ = p.abort();
                 }
                 return Err(e);
