@@ -48,8 +48,10 @@ pub struct DetectArgs {
     /// Directory for detection state: restored on start and saved at the end, so consecutive runs
     /// over consecutive inputs (an hourly file, say) work as one stream: behavioural baselines are
     /// kept, and correlation windows still open at the end of an input stay open for the next
-    /// run instead of closing (a burst split across two files is still one burst). Without it,
-    /// every window closes at the end of the input.
+    /// run instead of closing (a burst split across two files is still one burst). With
+    /// `mask.hmac_key` set, the events seen are remembered too: one that comes again in a later
+    /// input is not detected twice (the summary counts them). Without it, every window closes at
+    /// the end of the input.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// Tenant recorded on events and alerts (default: the config's `tenant`).

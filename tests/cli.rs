@@ -677,6 +677,43 @@ fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
     );
 }
 
+/// With a mask key configured, `detect --state-dir` remembers the events it saw: an input sent
+/// again (a collector that retried) is not detected twice; new events are.
+#[test]
+fn detect_with_a_state_dir_does_not_detect_a_repeated_input_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("login.yml");
+    std::fs::write(
+        &rule,
+        "title: Login\nid: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e30\nlogsource:\n    product: okta\n\
+         detection:\n    selection:\n        eventType: user.session.start\n    condition: selection\nlevel: low\n",
+    )
+    .unwrap();
+    let key = dir.path().join("mask.key");
+    std::fs::write(&key, "this deployment's mask key").unwrap();
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(
+        &cfg,
+        format!("[mask]\nhmac_key = \"file:{}\"\n", key.display()),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let run = |minute: u32| {
+        let mut args = vec!["--config", cfg.to_str().unwrap()];
+        args.extend(okta_detect_args(&rule));
+        args.extend(["--state-dir", state.to_str().unwrap()]);
+        let line = okta_event("user.session.start", "alice@example.com", minute) + "\n";
+        let out = perimeter(&args, Some(line.as_bytes()));
+        assert!(out.status.success(), "stderr: {}", stderr(&out));
+        (json_lines(&out).len(), stderr(&out))
+    };
+    assert_eq!(run(1).0, 1);
+    let (alerts, err) = run(1);
+    assert_eq!(alerts, 0, "{err}");
+    assert!(err.contains("1 events repeated an earlier one"), "{err}");
+    assert_eq!(run(2).0, 1);
+}
+
 /// A misspelt logsource product loads and runs, but sees nothing: `rules check` says so (a
 /// warning, not a failure), naming the source it probably meant.
 #[test]
