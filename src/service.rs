@@ -1,7 +1,7 @@
 //! The embedded service: bus -> pipeline -> store, acknowledging each batch to its source only
 //! after the store committed it.
 
-use perimeter_detect::pipeline::{Pipeline, PipelineOutput};
+use perimeter_detect::pipeline::{save_unstored_alerts, Pipeline, PipelineOutput};
 use perimeter_detect::sigma::SigmaDetector;
 use perimeter_ingest::bus::{BusReceiver, SubmitAck};
 use perimeter_ingest::InputItem;
@@ -51,7 +51,30 @@ pub fn spawn_pipeline_worker(
             // but the detectors already counted them and the replay window passes them on
             // without detecting them again, so their alerts would be lost: they are stored with
             // the next batch that is stored (alerts are idempotent by id).
-            let mut unstored_alerts: Vec<perimeter_model::Alert> = Vec::new();
+            // They go into the state directory with every snapshot of the detection state (which
+            // counted their events), so a restart does not lose them either.
+            let mut unstored_alerts = restore_unstored_alerts(&state.dir);
+            if !unstored_alerts.is_empty() {
+                out.alerts.append(&mut unstored_alerts);
+                match store_output(&store, &mut out, &metrics) {
+                    Ok(_) => {
+                        tracing::info!(
+                            alerts = out.alerts.len(),
+                            "stored the alerts a previous run could not store"
+                        );
+                        notifier.notify(&out.alerts);
+                        if let Err(e) = save_unstored_alerts(&state.dir, &[]) {
+                            tracing::warn!(error = %e, "removing the stored alerts' file failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, alerts = out.alerts.len(),
+                            "alerts a previous run could not store are still not stored; kept for the next batch");
+                        unstored_alerts.append(&mut out.alerts);
+                    }
+                }
+                out.clear();
+            }
             let mut last_snapshot = Instant::now();
             // The correlation state version last written after a batch.
             let mut saved_correlations = u64::MAX;
@@ -186,10 +209,10 @@ pub fn spawn_pipeline_worker(
                     // Batches that change nothing (a source resending what is stored, lines that
                     // are all dead letters) would rewrite the same state, hundreds of MiB when it
                     // is large, every time. (With no batch at all, this loop does not run.)
-                    let versions = pipeline.state_versions();
+                    let versions = (pipeline.state_versions(), unstored_alerts.len());
                     if snapshotted_versions == Some(versions) {
                         note_state_current(&metrics);
-                    } else if save_state(&pipeline, &state.dir, &metrics) {
+                    } else if save_state(&pipeline, &unstored_alerts, &state.dir, &metrics) {
                         snapshotted_versions = Some(versions);
                     }
                     last_snapshot = Instant::now();
@@ -203,11 +226,14 @@ pub fn spawn_pipeline_worker(
             if !out.alerts.is_empty() {
                 match store_output(&store, &mut out, &metrics) {
                     Ok(_) => notifier.notify(&out.alerts),
-                    Err(e) => tracing::error!(error = %e, alerts = out.alerts.len(),
-                        "alerts not stored at shutdown (behavioural groups closed by the shutdown, or kept from failed batches)"),
+                    Err(e) => {
+                        tracing::error!(error = %e, alerts = out.alerts.len(),
+                            "alerts not stored at shutdown (behavioural groups closed by the shutdown, or kept from failed batches); kept with the detection state and stored at the next start");
+                        unstored_alerts.append(&mut out.alerts);
+                    }
                 }
             }
-            save_state(&pipeline, &state.dir, &metrics);
+            save_state(&pipeline, &unstored_alerts, &state.dir, &metrics);
             if let Err(e) = store.flush() {
                 tracing::error!(error = %e, "final store flush failed");
             }
@@ -215,11 +241,33 @@ pub fn spawn_pipeline_worker(
         .expect("spawning the pipeline thread")
 }
 
-/// Snapshot the detection state; whether it was written. A failure is logged and counted (the
-/// service goes on, but a restart would then lose the state since the last good snapshot: worth
-/// an alert).
-fn save_state(pipeline: &Pipeline, dir: &std::path::Path, metrics: &Metrics) -> bool {
-    match pipeline.save_state(dir) {
+/// Alerts a previous run could not store (see [`save_unstored_alerts`]); none when the file is
+/// missing or unusable (set aside, logged).
+fn restore_unstored_alerts(dir: &std::path::Path) -> Vec<perimeter_model::Alert> {
+    match perimeter_detect::pipeline::restore_unstored_alerts(dir) {
+        Ok(Ok(alerts)) => alerts,
+        Ok(Err((aside, reason))) => {
+            tracing::error!(moved_to = %aside.display(), reason = %reason,
+                "alerts a previous run could not store are unreadable; set aside");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "alerts a previous run could not store cannot be read");
+            Vec::new()
+        }
+    }
+}
+
+/// Snapshot the detection state, with the alerts not stored yet that it raised; whether it was
+/// written. A failure is logged and counted (the service goes on, but a restart would then lose
+/// the state since the last good snapshot: worth an alert).
+fn save_state(
+    pipeline: &Pipeline,
+    unstored_alerts: &[perimeter_model::Alert],
+    dir: &std::path::Path,
+    metrics: &Metrics,
+) -> bool {
+    match save_unstored_alerts(dir, unstored_alerts).and_then(|()| pipeline.save_state(dir)) {
         Ok(()) => {
             note_state_current(metrics);
             true

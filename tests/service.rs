@@ -1347,3 +1347,53 @@ fn ingest_under_an_unknown_source_name_is_answered_with_a_warning() {
     assert!(known.get("warnings").is_none(), "{known}");
     stop(svc);
 }
+
+/// The alert of a batch the store failed to write is kept for the next batch; with the replay
+/// window saved, the source's resend after a restart is not detected again, so the kept alert
+/// must survive the restart too: it is saved with the detection state and stored at start.
+#[test]
+fn an_alert_the_store_could_not_write_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "3f1c2a44-0000-4000-8000-000000000060";
+    let cfg = any_login_config(dir.path(), id);
+    let key = dir.path().join("mask.key");
+    std::fs::write(&key, "a deployment's own mask key").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{text}[mask]\nhmac_key = \"file:{}\"\n", key.display()),
+    )
+    .unwrap();
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    // The tenant's alert journal cannot be created: the batch is not stored, nor at shutdown.
+    let blocker = dir.path().join("data/alerts/tenant=acme");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "").unwrap();
+    let failed = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&admin)
+        .body(okta_event(5, 1).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(failed.status().as_u16(), 503);
+    stop(svc);
+    let kept = std::fs::read_to_string(dir.path().join("data/state/unstored-alerts.json")).unwrap();
+    assert!(kept.contains(id), "{kept}");
+
+    std::fs::remove_file(&blocker).unwrap();
+    let svc = start(&cfg);
+    assert_resent_quietly(&ingest_login(&svc, &admin, 1));
+    let alerts: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{}/api/v1/alerts", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let items = alerts["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{alerts}");
+    assert_eq!(items[0]["alert"]["rule_id"], id);
+    stop(svc);
+    assert!(!dir.path().join("data/state/unstored-alerts.json").exists());
+}

@@ -657,6 +657,64 @@ pub const CORRELATION_SNAPSHOT: &str = "correlation.snapshot";
 /// File name of the replay window snapshot in a state directory.
 pub const REPLAY_SNAPSHOT: &str = "replay.snapshot";
 
+/// File name, in a state directory, of alerts raised by batches the store failed to write and
+/// not stored since (see [`save_unstored_alerts`]).
+pub const UNSTORED_ALERTS: &str = "unstored-alerts.json";
+/// Format tag of [`UNSTORED_ALERTS`].
+const UNSTORED_ALERTS_FORMAT: &str = "perimeter-unstored-alerts/1";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnstoredAlerts {
+    format: String,
+    alerts: Vec<Alert>,
+}
+
+/// Keep `alerts` (masked: they come out of a pipeline) in `dir` until they are stored, or remove
+/// the file when there are none. They belong with the detection state saved at the same time:
+/// that state has counted the events that raised them, so a resend of those events after a
+/// restart is not detected again, and these alerts would otherwise be lost with the process.
+/// Written before the state, so a crash between the two leaves alerts that the older state
+/// raises again on a resend: stored twice under one id, which the store keeps once.
+pub fn save_unstored_alerts(dir: &std::path::Path, alerts: &[Alert]) -> crate::Result<()> {
+    let path = dir.join(UNSTORED_ALERTS);
+    if alerts.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(crate::DetectError::Io { path, source: e })
+            }
+            _ => Ok(()),
+        };
+    }
+    let file = UnstoredAlerts {
+        format: UNSTORED_ALERTS_FORMAT.into(),
+        alerts: alerts.to_vec(),
+    };
+    crate::state_file::write_json(&path, "unstored alerts", &file, true)
+}
+
+/// The alerts [`save_unstored_alerts`] kept in `dir` (none without a file). A file that cannot
+/// be used is set aside as `<name>.unreadable-<UTC time>` and returned as `Err((where, why))`.
+pub fn restore_unstored_alerts(
+    dir: &std::path::Path,
+) -> crate::Result<Result<Vec<Alert>, (std::path::PathBuf, String)>> {
+    let path = dir.join(UNSTORED_ALERTS);
+    if !path.exists() {
+        return Ok(Ok(Vec::new()));
+    }
+    crate::state_file::restore_or_set_aside(&path, || {
+        let file: UnstoredAlerts = crate::state_file::read_json(&path, "unstored alerts")?;
+        if file.format != UNSTORED_ALERTS_FORMAT {
+            return Err(crate::DetectError::Other(format!(
+                "unstored alerts {}: format `{}`, expected `{UNSTORED_ALERTS_FORMAT}`",
+                path.display(),
+                file.format
+            )));
+        }
+        Ok(file.alerts)
+    })
+}
+
 /// What [`Pipeline::restore_correlations`] did.
 #[derive(Debug, Default)]
 pub struct StateRestore {
