@@ -862,6 +862,21 @@ fn any_login_config(dir: &std::path::Path, id: &str) -> std::path::PathBuf {
     )
 }
 
+/// [`any_login_config`] with a mask key of the deployment's own (the detection state then
+/// includes the replay window).
+fn keyed_any_login_config(dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+    let cfg = any_login_config(dir, id);
+    let key = dir.join("mask.key");
+    std::fs::write(&key, "a deployment's own mask key").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{text}[mask]\nhmac_key = \"file:{}\"\n", key.display()),
+    )
+    .unwrap();
+    cfg
+}
+
 /// The detection of a rule that fires on every Okta login.
 const ANY_LOGIN: &str = "    sel:\n        eventType: user.session.start\n    condition: sel";
 
@@ -1115,9 +1130,7 @@ fn alerts_of_a_batch_the_store_failed_to_write_are_stored_with_the_next_one() {
             .unwrap()
     };
     // The tenant's alert journal cannot be created: the batch is not stored.
-    let blocker = dir.path().join("data/alerts/tenant=acme");
-    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
-    std::fs::write(&blocker, "").unwrap();
+    let blocker = block_alert_journal(dir.path());
     let failed = ingest();
     assert_eq!(failed.status().as_u16(), 503);
     let body: serde_json::Value = failed.json().unwrap();
@@ -1133,9 +1146,28 @@ fn alerts_of_a_batch_the_store_failed_to_write_are_stored_with_the_next_one() {
     std::fs::remove_file(&blocker).unwrap();
     let ack: serde_json::Value = ingest().json().unwrap();
     assert_eq!(ack["alerts"], 0, "not detected twice: {ack}");
-    let alerts: serde_json::Value = client
+    assert_one_alert_of(&svc, &admin, id);
+    // Counted once, with the batch that raised it, not again when it was stored later.
+    let text = svc.metrics();
+    let line = format!("perimeter_alerts_total{{rule=\"{id}\"}} 1");
+    assert!(text.lines().any(|l| l == line), "no `{line}` in {text}");
+    stop(svc);
+}
+
+/// Make tenant `acme`'s alert journal impossible to create (a file where its directory goes),
+/// so every batch fails to store; remove the returned path to repair it.
+fn block_alert_journal(dir: &std::path::Path) -> std::path::PathBuf {
+    let blocker = dir.join("data/alerts/tenant=acme");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "").unwrap();
+    blocker
+}
+
+/// The tenant holds exactly one alert, of rule `id`.
+fn assert_one_alert_of(svc: &Service, token: &str, id: &str) {
+    let alerts: serde_json::Value = reqwest::blocking::Client::new()
         .get(format!("{}/api/v1/alerts", svc.base))
-        .bearer_auth(&admin)
+        .bearer_auth(token)
         .send()
         .unwrap()
         .json()
@@ -1143,11 +1175,6 @@ fn alerts_of_a_batch_the_store_failed_to_write_are_stored_with_the_next_one() {
     let items = alerts["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{alerts}");
     assert_eq!(items[0]["alert"]["rule_id"], id);
-    // Counted once, with the batch that raised it, not again when it was stored later.
-    let text = svc.metrics();
-    let line = format!("perimeter_alerts_total{{rule=\"{id}\"}} 1");
-    assert!(text.lines().any(|l| l == line), "no `{line}` in {text}");
-    stop(svc);
 }
 
 /// A config whose rules count logins from one address: 3 within an hour raise an alert.
@@ -1299,15 +1326,7 @@ fn state_snapshots_skip_unchanged_state_and_count_failures() {
 #[test]
 fn an_event_resent_after_a_restart_is_not_detected_again() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000040");
-    let key = dir.path().join("mask.key");
-    std::fs::write(&key, "a deployment's own mask key").unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        format!("{text}[mask]\nhmac_key = \"file:{}\"\n", key.display()),
-    )
-    .unwrap();
+    let cfg = keyed_any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000040");
     let admin = token(&cfg, "admin");
     let svc = start(&cfg);
     assert_eq!(ingest_login(&svc, &admin, 1)["alerts"], 1);
@@ -1355,21 +1374,11 @@ fn ingest_under_an_unknown_source_name_is_answered_with_a_warning() {
 fn an_alert_the_store_could_not_write_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let id = "3f1c2a44-0000-4000-8000-000000000060";
-    let cfg = any_login_config(dir.path(), id);
-    let key = dir.path().join("mask.key");
-    std::fs::write(&key, "a deployment's own mask key").unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        format!("{text}[mask]\nhmac_key = \"file:{}\"\n", key.display()),
-    )
-    .unwrap();
+    let cfg = keyed_any_login_config(dir.path(), id);
     let admin = token(&cfg, "admin");
     let svc = start(&cfg);
     // The tenant's alert journal cannot be created: the batch is not stored, nor at shutdown.
-    let blocker = dir.path().join("data/alerts/tenant=acme");
-    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
-    std::fs::write(&blocker, "").unwrap();
+    let blocker = block_alert_journal(dir.path());
     let failed = reqwest::blocking::Client::new()
         .post(format!("{}/ingest/okta", svc.base))
         .bearer_auth(&admin)
@@ -1384,16 +1393,7 @@ fn an_alert_the_store_could_not_write_survives_a_restart() {
     std::fs::remove_file(&blocker).unwrap();
     let svc = start(&cfg);
     assert_resent_quietly(&ingest_login(&svc, &admin, 1));
-    let alerts: serde_json::Value = reqwest::blocking::Client::new()
-        .get(format!("{}/api/v1/alerts", svc.base))
-        .bearer_auth(&admin)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let items = alerts["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{alerts}");
-    assert_eq!(items[0]["alert"]["rule_id"], id);
+    assert_one_alert_of(&svc, &admin, id);
     stop(svc);
     assert!(!dir.path().join("data/state/unstored-alerts.json").exists());
 }
