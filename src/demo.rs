@@ -34,6 +34,28 @@ pub struct DemoArgs {
     pub no_serve: bool,
 }
 
+/// Marks a directory as the demo's, so a later demo may replace it.
+const DEMO_MARKER: &str = ".perimeter-demo";
+
+/// Remove the previous demo's data in `dir`. Refused while a process (a demo still serving, a
+/// `perimeter run`) uses it, and for a directory holding other data: `--data-dir ./data` must
+/// not wipe a service's store. The default directory is always the demo's (earlier versions
+/// did not mark it).
+fn clear_previous_demo(dir: &std::path::Path) -> anyhow::Result<()> {
+    let is_default = dir == std::path::Path::new("data/demo");
+    let is_empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    anyhow::ensure!(
+        is_default || is_empty || dir.join(DEMO_MARKER).exists(),
+        "{} holds data that `perimeter demo` did not write; not replacing it (choose another --data-dir)",
+        dir.display()
+    );
+    let _lock = perimeter_store::lock_data_dir(dir)?;
+    std::fs::remove_dir_all(dir)
+        .with_context(|| format!("clearing the previous demo data in {}", dir.display()))
+}
+
 fn rules_dir(args: &DemoArgs, config: &PerimeterConfig) -> Vec<PathBuf> {
     let chosen = config.rule_paths(&args.rules);
     if !chosen.is_empty() {
@@ -48,14 +70,13 @@ fn rules_dir(args: &DemoArgs, config: &PerimeterConfig) -> Vec<PathBuf> {
 pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     if args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir).with_context(|| {
-            format!(
-                "clearing the previous demo data in {}",
-                args.data_dir.display()
-            )
-        })?;
+        clear_previous_demo(&args.data_dir)?;
     }
     std::fs::create_dir_all(&args.data_dir)?;
+    std::fs::write(
+        args.data_dir.join(DEMO_MARKER),
+        "written by perimeter demo\n",
+    )?;
     let (registry, masker) = base_parts(config)?;
     let key = entity_key(&masker);
     let (rule_set, sigma_options) = load_rules(config, &rules_dir(&args, config), false)?;

@@ -42,6 +42,15 @@ pub fn open_store_with(
         .with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 
+/// Open the store under `data_dir` for reading only (the terminal commands): safe beside a
+/// `perimeter run` or `demo` writing to it, which it neither locks out nor disturbs.
+pub fn open_store_read_only(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<Store> {
+    let mut store_config = config.store.clone();
+    store_config.data_dir = data_dir.to_path_buf();
+    Store::open_read_only(store_config)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
 /// The Sigma engine behind `GET /rules` and `POST /rules/test`.
 struct SigmaRuleService {
     /// What `GET /rules` lists; replaced when the rules are reloaded.

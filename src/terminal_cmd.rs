@@ -645,7 +645,7 @@ fn local_store(
          --server for a running `perimeter run`",
         dir.display()
     );
-    let store = crate::run::open_store(config, dir)?;
+    let store = crate::run::open_store_read_only(config, dir)?;
     let tenant = match &target.tenant {
         Some(t) => t.clone(),
         None => {

@@ -453,8 +453,59 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         ],
         None,
     );
+    // Beside the serving demo: the terminal reads its data directory directly (read-only,
+    // no lock), and a second demo may not wipe it.
+    let local = perimeter(
+        &[
+            "alerts",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    let second = perimeter(
+        &["demo", "--no-serve", "--data-dir", data.to_str().unwrap()],
+        None,
+    );
+    let still_served = reqwest::blocking::Client::new()
+        .get(format!("{url}/alerts"))
+        .bearer_auth(&token)
+        .send()
+        .map(|r| r.status().as_u16());
     let _ = child.kill();
     let _ = child.wait();
+    assert!(local.status.success(), "{}", stderr(&local));
+    assert!(json_lines(&local).len() >= 10, "{}", stderr(&local));
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("in use by another Perimeter process"),
+        "{}",
+        stderr(&second)
+    );
+    assert_eq!(still_served.unwrap(), 200);
+    assert!(
+        data.join("index").is_dir(),
+        "the serving demo's data was wiped"
+    );
+    // Nor does a demo replace a directory holding data it did not write.
+    let foreign = perimeter(
+        &[
+            "demo",
+            "--no-serve",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!foreign.status.success());
+    assert!(
+        stderr(&foreign).contains("did not write"),
+        "{}",
+        stderr(&foreign)
+    );
+    assert!(data.join("index").is_dir());
     assert!(out.status.success(), "{}", stderr(&out));
     let ids: std::collections::HashSet<String> = json_lines(&out)
         .iter()

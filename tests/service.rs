@@ -1397,3 +1397,39 @@ fn an_alert_the_store_could_not_write_survives_a_restart() {
     stop(svc);
     assert!(!dir.path().join("data/state/unstored-alerts.json").exists());
 }
+
+/// A second `perimeter run` on the same data directory (a restart racing the old process, two
+/// units pointing at one directory) is refused with a clear error before it touches anything:
+/// its recovery would delete the running one's unfinished files.
+#[test]
+fn a_second_service_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000070");
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let mut second = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second service did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("in use by another Perimeter process"), "{err}");
+    // The first one is unharmed.
+    assert_eq!(ingest_login(&svc, &admin, 1)["alerts"], 1);
+    stop(svc);
+}

@@ -182,14 +182,14 @@ fn decode_cursor(sort: AlertSort, c: &str) -> Result<SortKey> {
 }
 
 impl AlertBook {
-    /// Replay every tenant journal under `root`.
-    pub fn load(root: &Path) -> Result<AlertBook> {
+    /// Replay every tenant journal under `root` (`writer`: see [`journal::load_as`]).
+    pub fn load(root: &Path, writer: bool) -> Result<AlertBook> {
         let mut book = AlertBook::default();
         for (name, dir) in crate::layout::list_dirs(root)? {
             let Some(tenant) = crate::layout::partition_value(&name, "tenant") else {
                 continue;
             };
-            let entries: Vec<JournalEntry> = journal::load(&dir.join("journal.jsonl"))?;
+            let entries: Vec<JournalEntry> = journal::load_as(&dir.join("journal.jsonl"), writer)?;
             let alerts = book.tenants.entry(tenant).or_default();
             for e in entries {
                 match e {

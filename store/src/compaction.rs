@@ -107,6 +107,7 @@ impl Store {
     /// Merge small Parquet files older than `parquet_max_file_age_seconds` (0: any age), per
     /// partition, when a partition has at least two of them. Safe to run while writing.
     pub fn compact(&self) -> Result<CompactionReport> {
+        self.ensure_writable()?;
         let mut report = CompactionReport::default();
         let max_rows = self.config.parquet_max_rows_per_file as i64;
         let min_age = Duration::from_secs(self.config.parquet_max_file_age_seconds);

@@ -23,6 +23,13 @@ pub enum StoreError {
     /// A file on disk does not hold what the store wrote there.
     #[error("corrupt store file {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// Another process (a running `perimeter run` or `perimeter demo`) has the data directory
+    /// open for writing: two writers would undo each other's unfinished batches.
+    #[error("{path} is in use by another Perimeter process (`perimeter run` or `perimeter demo`): stop it first, or send reads to it with --server")]
+    Locked { path: PathBuf },
+    /// The store was opened for reading ([`crate::Store::open_read_only`]).
+    #[error("the store in {path} is open read-only")]
+    ReadOnly { path: PathBuf },
     #[error("io error on {path}: {source}")]
     Io {
         path: PathBuf,

@@ -59,6 +59,12 @@ pub fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
 /// Load every record. A last line without its newline is a write torn by a crash: it was
 /// never acknowledged, so it is cut off (with a warning). Any other bad line is corruption.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    load_as(path, true)
+}
+
+/// [`load`]; with `cut_torn_tail` false (a reader beside a running writer, whose last line may
+/// be half written right now) an incomplete last line is skipped and the file left alone.
+pub fn load_as<T: DeserializeOwned>(path: &Path, cut_torn_tail: bool) -> Result<Vec<T>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -77,6 +83,9 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         }
         line_no += 1;
         let complete = line.last() == Some(&b'\n');
+        if !complete && !cut_torn_tail {
+            break;
+        }
         if !complete {
             tracing::warn!(path = %path.display(), line = line_no, "cutting torn journal tail");
             let f = OpenOptions::new().write(true).open(path).at(path)?;

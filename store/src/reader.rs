@@ -350,6 +350,7 @@ impl Store {
         update: &AlertUpdate,
         actor: &str,
     ) -> Result<Option<AlertRecord>> {
+        self.ensure_writable()?;
         let path = self.layout.alerts_journal(tenant);
         write(&self.alerts).update(&path, tenant, id, update, actor, Utc::now())
     }

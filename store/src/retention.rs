@@ -53,6 +53,7 @@ pub(crate) fn is_expired(day: NaiveDate, retention_days: u32, now: DateTime<Utc>
 impl Store {
     /// Delete exactly the partitions expired at `now` (see the module doc).
     pub fn apply_retention(&self, now: DateTime<Utc>) -> Result<RetentionReport> {
+        self.ensure_writable()?;
         let mut report = RetentionReport::default();
         let mut st = lock(&self.write);
 

@@ -121,6 +121,10 @@ pub struct Store {
     pub(crate) alerts: RwLock<AlertBook>,
     pub(crate) dead: RwLock<HashMap<String, VecDeque<DeadLetter>>>,
     pub(crate) counters: Counters,
+    /// The data directory's lock file, locked exclusively while this store may write (`None`:
+    /// opened read-only). The lock goes with the file when the store is dropped or the process
+    /// dies, `kill -9` included.
+    _lock: Option<std::fs::File>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,13 +161,32 @@ fn seq_of_tmp(name: &str) -> Option<(u64, usize)> {
 
 impl Store {
     /// Open (or create) the store in `config.data_dir`, finishing or undoing any batch a crash
-    /// interrupted (see `docs/adr/001-store-durability.md`).
+    /// interrupted (see `docs/adr/001-store-durability.md`). One process at a time: the data
+    /// directory is locked ([`LOCK_FILE`]), and a second writer gets [`StoreError::Locked`]
+    /// (its recovery would delete the first one's unfinished files).
     pub fn open(config: StoreConfig) -> Result<Store> {
+        Store::open_as(config, true)
+    }
+
+    /// Open the store in `config.data_dir` for reading only, beside a writer that may be running
+    /// (`perimeter search` on a live service's directory): no lock, no recovery (unfinished
+    /// files are left to their writer, and are invisible to reads anyway), nothing written;
+    /// writes fail with [`StoreError::ReadOnly`]. Reads see what was committed at open.
+    pub fn open_read_only(config: StoreConfig) -> Result<Store> {
+        Store::open_as(config, false)
+    }
+
+    fn open_as(config: StoreConfig, writer: bool) -> Result<Store> {
         config.validate()?;
         let layout = Layout {
             root: config.data_dir.clone(),
         };
-        std::fs::create_dir_all(&layout.root).at(&layout.root)?;
+        let lock = if writer {
+            std::fs::create_dir_all(&layout.root).at(&layout.root)?;
+            Some(lock_data_dir(&layout.root)?)
+        } else {
+            None
+        };
         let schema = EventSchema::new();
         let mut indexes = BTreeMap::new();
         let mut last_seq = 0;
@@ -178,7 +201,9 @@ impl Store {
                 };
                 if !ddir.join("meta.json").exists() {
                     // Created but never committed (crash during the first batch of the day).
-                    std::fs::remove_dir_all(&ddir).at(&ddir)?;
+                    if writer {
+                        std::fs::remove_dir_all(&ddir).at(&ddir)?;
+                    }
                     continue;
                 }
                 let idx = DayIndex::open(&ddir, &tenant, day, &schema)?;
@@ -188,8 +213,8 @@ impl Store {
             }
         }
         let store = Store {
-            alerts: RwLock::new(AlertBook::load(&layout.alerts_root())?),
-            dead: RwLock::new(load_dead_letters(&layout)?),
+            alerts: RwLock::new(AlertBook::load(&layout.alerts_root(), writer)?),
+            dead: RwLock::new(load_dead_letters(&layout, writer)?),
             config,
             layout,
             schema,
@@ -204,13 +229,26 @@ impl Store {
                 tick: 0,
             }),
             counters: Counters::default(),
+            _lock: lock,
         };
         store
             .counters
             .events_stored
             .store(events_stored, Ordering::Relaxed);
-        store.recover_parquet()?;
+        if writer {
+            store.recover_parquet()?;
+        }
         Ok(store)
+    }
+
+    /// `Err(ReadOnly)` for a store opened with [`Store::open_read_only`].
+    pub(crate) fn ensure_writable(&self) -> Result<()> {
+        match self._lock {
+            Some(_) => Ok(()),
+            None => Err(StoreError::ReadOnly {
+                path: self.layout.root.clone(),
+            }),
+        }
     }
 
     /// The config the store runs with.
@@ -276,6 +314,7 @@ impl Store {
     /// fsynced and in place, alerts and dead letters journaled. Idempotent on event id and
     /// alert id, across restarts too.
     pub fn write_batch(&self, batch: &StoreBatch) -> Result<WriteAck> {
+        self.ensure_writable()?;
         let past_retention = self.past_retention(&batch.events, Utc::now());
         self.write_batch_grouped(batch).map(|ack| WriteAck {
             events_past_retention: past_retention,
@@ -827,13 +866,40 @@ fn remove_tmp_files(files: &[PendingFile]) {
     }
 }
 
-fn load_dead_letters(layout: &Layout) -> Result<HashMap<String, VecDeque<DeadLetter>>> {
+/// The data directory's lock file (hidden: dot names are in-flight or private files).
+pub const LOCK_FILE: &str = ".lock";
+
+/// Lock data directory `root` for this process (held while the returned file is open):
+/// `Err(Locked)` while another process holds it. [`Store::open`] takes it; whoever is about to
+/// remove a data directory takes it first.
+pub fn lock_data_dir(root: &std::path::Path) -> Result<std::fs::File> {
+    let path = root.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: root.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).at(&path),
+    }
+}
+
+fn load_dead_letters(
+    layout: &Layout,
+    writer: bool,
+) -> Result<HashMap<String, VecDeque<DeadLetter>>> {
     let mut out = HashMap::new();
     for (name, dir) in layout::list_dirs(&layout.dead_letters_root())? {
         let Some(tenant) = layout::partition_value(&name, "tenant") else {
             continue;
         };
-        let all: Vec<DeadLetter> = crate::journal::load(&dir.join("dead_letters.jsonl"))?;
+        let all: Vec<DeadLetter> =
+            crate::journal::load_as(&dir.join("dead_letters.jsonl"), writer)?;
         let skip = all.len().saturating_sub(DEAD_LETTERS_IN_MEMORY);
         out.insert(tenant, all.into_iter().skip(skip).collect());
     }

@@ -911,6 +911,54 @@ fn a_resent_event_with_an_adjusted_time_is_stored_once_across_midnight() {
     assert!(!dir.path().join("index/tenant=acme/dt=2026-11-19").exists());
 }
 
+/// One writer per data directory: a second one's recovery would delete the first one's
+/// unfinished files. Readers (`perimeter search` beside a running service) take no lock and
+/// touch nothing: an unfinished Parquet file, an index being created and a journal line being
+/// written stay as they are.
+#[test]
+fn one_writer_per_data_directory_and_readers_beside_it_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Store::open(config(dir.path())).unwrap();
+    let ev = event("acme", "okta", ts(20, 1, 0), "u", "a", 1);
+    writer.write_batch(&batch(vec![ev.clone()])).unwrap();
+    match Store::open(config(dir.path())) {
+        Err(StoreError::Locked { path }) => assert_eq!(path, dir.path()),
+        other => panic!("a second writer opened: {:?}", other.err()),
+    }
+    // What a writer has in flight.
+    let part = parquet_files(dir.path())[0]
+        .parent()
+        .unwrap()
+        .join(".part-99-0.parquet.tmp");
+    std::fs::write(&part, b"half written").unwrap();
+    let creating = dir.path().join("index/tenant=acme/dt=2026-11-21");
+    std::fs::create_dir_all(&creating).unwrap();
+    let journal = dir.path().join("alerts/tenant=acme/journal.jsonl");
+    std::fs::create_dir_all(journal.parent().unwrap()).unwrap();
+    std::fs::write(&journal, b"{\"kind\":\"al").unwrap();
+
+    let reader = Store::open_read_only(config(dir.path())).unwrap();
+    assert_eq!(search_all(&reader, "acme", "", 10).len(), 1);
+    assert!(reader.get_event("acme", &ev.id().0).unwrap().is_some());
+    assert!(part.exists() && creating.exists());
+    assert_eq!(std::fs::read(&journal).unwrap(), b"{\"kind\":\"al");
+    assert!(matches!(
+        reader.write_batch(&batch(vec![ev.clone()])),
+        Err(StoreError::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        reader.apply_retention(Utc::now()),
+        Err(StoreError::ReadOnly { .. })
+    ));
+    drop(reader);
+
+    // Once the writer is gone, the next one opens (and recovers what it finds).
+    drop(writer);
+    let next = Store::open(config(dir.path())).unwrap();
+    assert!(!part.exists() && !creating.exists());
+    assert_eq!(search_all(&next, "acme", "", 10).len(), 1);
+}
+
 fn alert_for(tenant: &str, ev: &Event, sev: Severity, rule: &str) -> Alert {
     Alert::new(
         rule,
