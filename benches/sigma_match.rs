@@ -311,6 +311,55 @@ fn report_correlation_memory() {
     );
 }
 
+/// What saving and restoring the replay window costs at its default size (1M events): written
+/// with every periodic (30 s) and shutdown snapshot of `perimeter run` when it changed, on the
+/// pipeline thread.
+fn report_replay_window_snapshot() {
+    use perimeter_detect::mask::{MaskConfig, SecretMasker};
+    use perimeter_detect::normalize::NormalizerRegistry;
+    use perimeter_detect::pipeline::{Pipeline, PipelineOutput, DEFAULT_REPLAY_WINDOW};
+    let dir = std::env::temp_dir().join(format!("perimeter-replay-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let key = dir.join("mask.key");
+    let _ = std::fs::write(&key, "bench mask key");
+    let pipeline = || {
+        let config = MaskConfig {
+            hmac_key: Some(format!("file:{}", key.display())),
+            ..Default::default()
+        };
+        let masker = SecretMasker::new(&config).expect("mask config");
+        let metrics = std::sync::Arc::new(perimeter_model::Metrics::new());
+        Pipeline::new(NormalizerRegistry::builtin(), masker, metrics, false)
+    };
+    let mut p = pipeline();
+    let mut out = PipelineOutput::default();
+    for i in 0..DEFAULT_REPLAY_WINDOW {
+        let user = format!("user{i}@example.com");
+        let raw = json!({"eventType": "user.session.start", "actor": {"alternateId": user}});
+        p.process_event(
+            ev("okta", raw, &user, "10.0.0.1", "user.session.start", i),
+            &mut out,
+        );
+    }
+    let start = Instant::now();
+    p.save_state(&dir).expect("replay window saved");
+    let saved = start.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(dir.join(perimeter_detect::pipeline::REPLAY_SNAPSHOT))
+        .map_or(0, |m| m.len());
+    let start = Instant::now();
+    let restored = pipeline().restore_replay_window(&dir).expect("readable");
+    let loaded = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "replay window snapshot: {} events saved in {:.0} ms (fsynced), {:.1} MiB; restored {} in {:.0} ms",
+        DEFAULT_REPLAY_WINDOW,
+        saved * 1000.0,
+        bytes as f64 / 1048576.0,
+        restored.unwrap_or(0),
+        loaded * 1000.0
+    );
+}
+
 fn bench_matcher(c: &mut Criterion) {
     let (rules, _) = load_rules();
     let evs = events(7_000);
@@ -341,6 +390,7 @@ fn main() {
     }
     if std::env::var_os("SIGMA_BENCH_CRITERION_ONLY").is_none() {
         report_correlation_memory();
+        report_replay_window_snapshot();
         report_throughput(10);
     }
     benches();
