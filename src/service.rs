@@ -76,6 +76,8 @@ pub fn spawn_pipeline_worker(
                 out.clear();
             }
             let mut last_snapshot = Instant::now();
+            // The configured interval, stretched while snapshots are slow (see snapshot_interval).
+            let mut snapshot_every = state.every;
             // The correlation state version last written after a batch.
             let mut saved_correlations = u64::MAX;
             // The state versions of the last periodic (fsynced) snapshot.
@@ -205,15 +207,29 @@ pub fn spawn_pipeline_worker(
                     apply_retention(&store);
                     last_retention = Instant::now();
                 }
-                if last_snapshot.elapsed() > state.every {
+                if last_snapshot.elapsed() > snapshot_every {
                     // Batches that change nothing (a source resending what is stored, lines that
                     // are all dead letters) would rewrite the same state, hundreds of MiB when it
                     // is large, every time. (With no batch at all, this loop does not run.)
                     let versions = (pipeline.state_versions(), unstored_alerts.len());
                     if snapshotted_versions == Some(versions) {
                         note_state_current(&metrics);
-                    } else if save_state(&pipeline, &unstored_alerts, &state.dir, &metrics) {
-                        snapshotted_versions = Some(versions);
+                    } else {
+                        let started = Instant::now();
+                        if save_state(&pipeline, &unstored_alerts, &state.dir, &metrics) {
+                            snapshotted_versions = Some(versions);
+                        }
+                        let took = started.elapsed();
+                        metrics.set("state_snapshot_duration_seconds", &[], took.as_secs_f64());
+                        let next = snapshot_interval(state.every, took);
+                        if next != snapshot_every {
+                            tracing::info!(
+                                took_ms = took.as_millis() as u64,
+                                every_s = next.as_secs(),
+                                "detection state snapshot interval adjusted to its cost"
+                            );
+                        }
+                        snapshot_every = next;
                     }
                     last_snapshot = Instant::now();
                 }
@@ -239,6 +255,17 @@ pub fn spawn_pipeline_worker(
             }
         })
         .expect("spawning the pipeline thread")
+}
+
+/// The pipeline thread spends at most this share of its time writing periodic snapshots.
+const MAX_SNAPSHOT_SHARE: u32 = 10;
+
+/// How long to wait before the next periodic snapshot: the configured interval, or
+/// [`MAX_SNAPSHOT_SHARE`] times what the last one took if that is longer. Large state is slow to
+/// write (UEBA at 1M entities is most of a GB of JSON, seconds of work on the thread that also
+/// answers every batch), and a fixed 30 s would then spend a quarter of the time on it.
+fn snapshot_interval(every: Duration, last_took: Duration) -> Duration {
+    every.max(last_took * MAX_SNAPSHOT_SHARE)
 }
 
 /// Alerts a previous run could not store (see [`save_unstored_alerts`]); none when the file is
@@ -325,4 +352,20 @@ pub fn store_output(
     }
     out.events = batch.events;
     Ok(ack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_snapshots_are_taken_less_often() {
+        let every = Duration::from_secs(30);
+        assert_eq!(snapshot_interval(every, Duration::from_millis(40)), every);
+        assert_eq!(snapshot_interval(every, Duration::from_secs(3)), every);
+        assert_eq!(
+            snapshot_interval(every, Duration::from_millis(7_500)),
+            Duration::from_secs(75)
+        );
+    }
 }
