@@ -34,21 +34,25 @@ pub fn open_store(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<S
 
 /// Open the store under `data_dir` with `store_config` (its `data_dir` replaced).
 pub fn open_store_with(
-    mut store_config: perimeter_store::StoreConfig,
+    store_config: perimeter_store::StoreConfig,
     data_dir: &Path,
 ) -> anyhow::Result<Store> {
-    store_config.data_dir = data_dir.to_path_buf();
-    Store::open(store_config)
-        .with_context(|| format!("opening the store in {}", data_dir.display()))
+    open_store_as(store_config, data_dir, Store::open)
 }
 
 /// Open the store under `data_dir` for reading only (the terminal commands): safe beside a
 /// `perimeter run` or `demo` writing to it, which it neither locks out nor disturbs.
 pub fn open_store_read_only(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<Store> {
-    let mut store_config = config.store.clone();
+    open_store_as(config.store.clone(), data_dir, Store::open_read_only)
+}
+
+fn open_store_as(
+    mut store_config: perimeter_store::StoreConfig,
+    data_dir: &Path,
+    open: fn(perimeter_store::StoreConfig) -> perimeter_store::Result<Store>,
+) -> anyhow::Result<Store> {
     store_config.data_dir = data_dir.to_path_buf();
-    Store::open_read_only(store_config)
-        .with_context(|| format!("opening the store in {}", data_dir.display()))
+    open(store_config).with_context(|| format!("opening the store in {}", data_dir.display()))
 }
 
 /// The Sigma engine behind `GET /rules` and `POST /rules/test`.

@@ -53,24 +53,24 @@ pub fn spawn_pipeline_worker(
             // the next batch that is stored (alerts are idempotent by id).
             // They go into the state directory with every snapshot of the detection state (which
             // counted their events), so a restart does not lose them either.
-            let mut unstored_alerts = restore_unstored_alerts(&state.dir);
-            if !unstored_alerts.is_empty() {
-                out.alerts.append(&mut unstored_alerts);
-                match store_output(&store, &mut out, &metrics) {
-                    Ok(_) => {
-                        tracing::info!(
-                            alerts = out.alerts.len(),
-                            "stored the alerts a previous run could not store"
-                        );
-                        notifier.notify(&out.alerts);
-                        if let Err(e) = save_unstored_alerts(&state.dir, &[]) {
-                            tracing::warn!(error = %e, "removing the stored alerts' file failed");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, alerts = out.alerts.len(),
-                            "alerts a previous run could not store are still not stored; kept for the next batch");
-                        unstored_alerts.append(&mut out.alerts);
+            let mut unstored_alerts = Vec::new();
+            out.alerts = restore_unstored_alerts(&state.dir);
+            if !out.alerts.is_empty() {
+                let stored = store_alerts_or_keep(
+                    &store,
+                    &mut out,
+                    &metrics,
+                    &notifier,
+                    &mut unstored_alerts,
+                    "alerts a previous run could not store are still not stored; kept for the next batch",
+                );
+                if stored {
+                    tracing::info!(
+                        alerts = out.alerts.len(),
+                        "stored the alerts a previous run could not store"
+                    );
+                    if let Err(e) = save_unstored_alerts(&state.dir, &[]) {
+                        tracing::warn!(error = %e, "removing the stored alerts' file failed");
                     }
                 }
                 out.clear();
@@ -196,10 +196,7 @@ pub fn spawn_pipeline_worker(
                     if version != saved_correlations && windows <= PER_BATCH_SNAPSHOT_MAX_WINDOWS {
                         match pipeline.save_correlations(&state.dir, false) {
                             Ok(()) => saved_correlations = version,
-                            Err(e) => {
-                                metrics.inc("state_snapshots_failed_total", &[], 1);
-                                tracing::warn!(error = %e, "correlation windows snapshot failed");
-                            }
+                            Err(e) => snapshot_failed(&metrics, &e, "correlation windows"),
                         }
                     }
                 }
@@ -240,14 +237,14 @@ pub fn spawn_pipeline_worker(
             // Correlation windows stay open: they are in the snapshot and close after the restart.
             pipeline.suspend(&mut out);
             if !out.alerts.is_empty() {
-                match store_output(&store, &mut out, &metrics) {
-                    Ok(_) => notifier.notify(&out.alerts),
-                    Err(e) => {
-                        tracing::error!(error = %e, alerts = out.alerts.len(),
-                            "alerts not stored at shutdown (behavioural groups closed by the shutdown, or kept from failed batches); kept with the detection state and stored at the next start");
-                        unstored_alerts.append(&mut out.alerts);
-                    }
-                }
+                store_alerts_or_keep(
+                    &store,
+                    &mut out,
+                    &metrics,
+                    &notifier,
+                    &mut unstored_alerts,
+                    "alerts not stored at shutdown (behavioural groups closed by the shutdown, or kept from failed batches); kept with the detection state and stored at the next start",
+                );
             }
             save_state(&pipeline, &unstored_alerts, &state.dir, &metrics);
             if let Err(e) = store.flush() {
@@ -300,8 +297,37 @@ fn save_state(
             true
         }
         Err(e) => {
-            metrics.inc("state_snapshots_failed_total", &[], 1);
-            tracing::warn!(error = %e, "detection state snapshot failed");
+            snapshot_failed(metrics, &e, "detection state");
+            false
+        }
+    }
+}
+
+/// A snapshot of `what` could not be written: counted (worth an alert) and logged.
+fn snapshot_failed(metrics: &Metrics, error: &dyn std::fmt::Display, what: &str) {
+    metrics.inc("state_snapshots_failed_total", &[], 1);
+    tracing::warn!(error = %error, "{what} snapshot failed");
+}
+
+/// Store the alerts in `out` alone (kept from failed batches, or flushed at shutdown) and send
+/// them; whether they were stored. If the store fails again they move to `kept`, which goes
+/// into the state snapshot, and `failure` is logged.
+fn store_alerts_or_keep(
+    store: &Store,
+    out: &mut PipelineOutput,
+    metrics: &Metrics,
+    notifier: &AlertNotifier,
+    kept: &mut Vec<perimeter_model::Alert>,
+    failure: &str,
+) -> bool {
+    match store_output(store, out, metrics) {
+        Ok(_) => {
+            notifier.notify(&out.alerts);
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, alerts = out.alerts.len(), "{failure}");
+            kept.append(&mut out.alerts);
             false
         }
     }

@@ -299,12 +299,8 @@ impl Pipeline {
         if self.recent.key_check.is_none() || !path.exists() {
             return Ok(Ok(0));
         }
-        let recent = &mut self.recent;
-        crate::state_file::restore_or_set_aside(&path, || {
-            let snapshot = crate::state_file::read_json(&path, "replay window snapshot")?;
-            recent.restore(snapshot).map_err(|e| {
-                crate::DetectError::Other(format!("replay window snapshot {}: {e}", path.display()))
-            })
+        crate::state_file::restore_json(&path, "replay window snapshot", |snapshot| {
+            self.recent.restore(snapshot)
         })
     }
 
@@ -356,12 +352,10 @@ impl Pipeline {
         let Some(sigma) = self.sigma.as_mut().filter(|_| path.exists()) else {
             return Ok(StateRestore::default());
         };
-        let restored = crate::state_file::restore_or_set_aside(&path, || {
-            let snapshot = crate::state_file::read_json(&path, "correlation snapshot")?;
-            sigma.restore_correlations(snapshot).map_err(|e| {
-                crate::DetectError::Other(format!("correlation snapshot {}: {e}", path.display()))
-            })
-        })?;
+        let restored =
+            crate::state_file::restore_json(&path, "correlation snapshot", |snapshot| {
+                sigma.restore_correlations(snapshot)
+            })?;
         Ok(match restored {
             Ok(restored) => StateRestore {
                 restored,
@@ -663,11 +657,12 @@ pub const UNSTORED_ALERTS: &str = "unstored-alerts.json";
 /// Format tag of [`UNSTORED_ALERTS`].
 const UNSTORED_ALERTS_FORMAT: &str = "perimeter-unstored-alerts/1";
 
+/// [`UNSTORED_ALERTS`] on disk; borrows the alerts when written.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UnstoredAlerts {
+struct UnstoredAlerts<'a> {
     format: String,
-    alerts: Vec<Alert>,
+    alerts: std::borrow::Cow<'a, [Alert]>,
 }
 
 /// Keep `alerts` (masked: they come out of a pipeline) in `dir` until they are stored, or remove
@@ -688,7 +683,7 @@ pub fn save_unstored_alerts(dir: &std::path::Path, alerts: &[Alert]) -> crate::R
     }
     let file = UnstoredAlerts {
         format: UNSTORED_ALERTS_FORMAT.into(),
-        alerts: alerts.to_vec(),
+        alerts: std::borrow::Cow::Borrowed(alerts),
     };
     crate::state_file::write_json(&path, "unstored alerts", &file, true)
 }
@@ -702,16 +697,14 @@ pub fn restore_unstored_alerts(
     if !path.exists() {
         return Ok(Ok(Vec::new()));
     }
-    crate::state_file::restore_or_set_aside(&path, || {
-        let file: UnstoredAlerts = crate::state_file::read_json(&path, "unstored alerts")?;
+    crate::state_file::restore_json(&path, "unstored alerts", |file: UnstoredAlerts| {
         if file.format != UNSTORED_ALERTS_FORMAT {
-            return Err(crate::DetectError::Other(format!(
-                "unstored alerts {}: format `{}`, expected `{UNSTORED_ALERTS_FORMAT}`",
-                path.display(),
+            return Err(format!(
+                "format `{}`, expected `{UNSTORED_ALERTS_FORMAT}`",
                 file.format
-            )));
+            ));
         }
-        Ok(file.alerts)
+        Ok(file.alerts.into_owned())
     })
 }
 

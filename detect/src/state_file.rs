@@ -75,6 +75,20 @@ pub(crate) fn restore_or_set_aside<T>(
     }
 }
 
+/// [`restore_or_set_aside`] for a state file written by [`write_json`]: `apply` takes what the
+/// file holds, and its error (another format, another key) makes the file as unusable as
+/// malformed JSON does. The error names `what` and the file.
+pub(crate) fn restore_json<S: DeserializeOwned, T>(
+    path: &Path,
+    what: &str,
+    apply: impl FnOnce(S) -> Result<T, String>,
+) -> crate::Result<Result<T, (PathBuf, String)>> {
+    restore_or_set_aside(path, || {
+        apply(read_json(path, what)?)
+            .map_err(|e| DetectError::Other(format!("{what} {}: {e}", path.display())))
+    })
+}
+
 /// Rename an unusable state file to `<name>.unreadable-<UTC time>` and return where it went:
 /// state comes back by warming up again, while refusing to start would stop all detection.
 fn set_aside(path: &Path) -> crate::Result<PathBuf> {

@@ -124,7 +124,7 @@ pub struct Store {
     /// The data directory's lock file, locked exclusively while this store may write (`None`:
     /// opened read-only). The lock goes with the file when the store is dropped or the process
     /// dies, `kill -9` included.
-    _lock: Option<std::fs::File>,
+    dir_lock: Option<std::fs::File>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -229,7 +229,7 @@ impl Store {
                 tick: 0,
             }),
             counters: Counters::default(),
-            _lock: lock,
+            dir_lock: lock,
         };
         store
             .counters
@@ -243,7 +243,7 @@ impl Store {
 
     /// `Err(ReadOnly)` for a store opened with [`Store::open_read_only`].
     pub(crate) fn ensure_writable(&self) -> Result<()> {
-        match self._lock {
+        match self.dir_lock {
             Some(_) => Ok(()),
             None => Err(StoreError::ReadOnly {
                 path: self.layout.root.clone(),

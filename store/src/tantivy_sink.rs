@@ -361,11 +361,6 @@ impl DayWriter {
         })
     }
 
-    /// Commit pending documents with `seq` as the payload, then make them visible to readers.
-    pub fn commit(&mut self, seq: u64) -> Result<()> {
-        self.prepare(seq)?.commit()
-    }
-
     /// The expensive half of a commit (the indexing threads serialize their segments), with
     /// `seq` as the payload; nothing is visible or durable until [`PreparedDayCommit::commit`].
     pub fn prepare(&mut self, seq: u64) -> Result<PreparedDayCommit<'_>> {

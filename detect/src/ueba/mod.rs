@@ -99,6 +99,15 @@ pub struct UebaStats {
     pub entities_evicted_at_capacity_total: u64,
 }
 
+impl UebaStats {
+    /// Count `n` entities dropped by the `max_entities` bound (evictions of both kinds count in
+    /// `entities_evicted_total`).
+    fn count_capacity_evictions(&mut self, n: u64) {
+        self.entities_evicted_total += n;
+        self.entities_evicted_at_capacity_total += n;
+    }
+}
+
 /// Runs every enabled behavioural detector over a stream of events.
 pub struct UebaEngine {
     config: UebaConfig,
@@ -295,8 +304,7 @@ impl UebaEngine {
 
     fn evict_lru(&mut self) {
         let evicted = evict_lru(&mut self.entities);
-        self.stats.entities_evicted_total += evicted;
-        self.stats.entities_evicted_at_capacity_total += evicted;
+        self.stats.count_capacity_evictions(evicted);
     }
 
     fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
@@ -554,8 +562,7 @@ impl UebaEngine {
             self.hygiene.admit(f, event, max_evidence, alerts);
         }
         self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
-        self.stats.entities_evicted_total += evicted;
-        self.stats.entities_evicted_at_capacity_total += evicted;
+        self.stats.count_capacity_evictions(evicted);
         self.findings = findings;
     }
 }
