@@ -44,7 +44,7 @@ pub use config::{RetentionRule, StoreConfig};
 pub use error::{Result, StoreError};
 pub use reader::{EventQuery, EventSort};
 pub use retention::RetentionReport;
-pub use store::{lock_data_dir, Store, StoreBatch, StoreStats, WriteAck, LOCK_FILE};
+pub use store::{lock_data_dir, Store, StoreBatch, StoreStats, WriteAck, WriteFailure, LOCK_FILE};
 
 #[cfg(test)]
 mod tests {

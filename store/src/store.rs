@@ -68,6 +68,18 @@ pub struct StoreStats {
     pub parquet_files_written_total: u64,
 }
 
+/// The last batch the store could not write, while no later batch was written: the store is
+/// failing (disk full, files unwritable). `/readyz` answers 503 with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteFailure {
+    /// When the first failing batch of the current run of failures failed.
+    pub since: DateTime<Utc>,
+    /// Failed batches since the last good one.
+    pub batches: u64,
+    /// The last failure's error.
+    pub error: String,
+}
+
 /// Dead letters kept in memory per tenant for `list_dead_letters` (the file keeps all).
 pub(crate) const DEAD_LETTERS_IN_MEMORY: usize = 10_000;
 /// How many days back a resent event whose time was adjusted to its receive time is looked for
@@ -125,6 +137,8 @@ pub struct Store {
     /// opened read-only). The lock goes with the file when the store is dropped or the process
     /// dies, `kill -9` included.
     dir_lock: Option<std::fs::File>,
+    /// Set when a batch fails to be written, cleared by the next batch written.
+    write_failure: Mutex<Option<WriteFailure>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -230,6 +244,7 @@ impl Store {
             }),
             counters: Counters::default(),
             dir_lock: lock,
+            write_failure: Mutex::new(None),
         };
         store
             .counters
@@ -316,10 +331,44 @@ impl Store {
     pub fn write_batch(&self, batch: &StoreBatch) -> Result<WriteAck> {
         self.ensure_writable()?;
         let past_retention = self.past_retention(&batch.events, Utc::now());
-        self.write_batch_grouped(batch).map(|ack| WriteAck {
+        let result = self.write_batch_grouped(batch).map(|ack| WriteAck {
             events_past_retention: past_retention,
             ..ack
-        })
+        });
+        self.note_write_result(&result);
+        result
+    }
+
+    /// Track whether the store is failing (see [`Store::write_failure`]). A batch that is
+    /// wrong as given says nothing about the store's health.
+    fn note_write_result(&self, result: &Result<WriteAck>) {
+        let mut failure = lock(&self.write_failure);
+        match result {
+            Ok(_) => *failure = None,
+            Err(StoreError::InvalidBatch(_)) => {}
+            Err(e) => {
+                let error = e.to_string();
+                match failure.as_mut() {
+                    Some(f) => {
+                        f.batches += 1;
+                        f.error = error;
+                    }
+                    None => {
+                        *failure = Some(WriteFailure {
+                            since: Utc::now(),
+                            batches: 1,
+                            error,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// The failure of the last batch written, if no batch was written since: the store is
+    /// failing. `None` while writes succeed (or none was tried yet).
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        lock(&self.write_failure).clone()
     }
 
     /// How many of `events` are dated before their retention window at `now` (see

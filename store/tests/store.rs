@@ -843,13 +843,31 @@ fn a_failed_parquet_write_commits_nothing_and_the_replay_lands_in_both() {
     // A file where the okta partition's directory must go.
     let blocker = dir.path().join("parquet/events/tenant=acme/source=okta");
     std::fs::write(&blocker, b"not a directory").unwrap();
+    assert_eq!(store.write_failure(), None);
+    assert!(store.write_batch(&batch(events.clone())).is_err());
     assert!(store.write_batch(&batch(events.clone())).is_err());
     assert_eq!(search_all(&store, "acme", "", 100).len(), 1);
     assert_eq!(parquet_ids(dir.path()).len(), 1);
+    // The store says it is failing (what /readyz reports), counting the batches in a row.
+    let failure = store
+        .write_failure()
+        .expect("the failing batches are noted");
+    assert_eq!(failure.batches, 2);
+    assert!(failure.error.contains("source=okta"), "{}", failure.error);
+    // A batch wrong as given is the caller's fault, not the store's: it changes nothing.
+    let mut no_tenant = event("acme", "okta", ts(20, 3, 0), "u", "a", 99);
+    no_tenant.tenant.clear();
+    assert!(store.write_batch(&batch(vec![no_tenant])).is_err());
+    assert_eq!(store.write_failure().map(|f| f.batches), Some(2));
 
     std::fs::remove_file(&blocker).unwrap();
     let replay = store.write_batch(&batch(events.clone())).unwrap();
     assert_eq!((replay.events_written, replay.events_duplicate), (20, 0));
+    assert_eq!(
+        store.write_failure(),
+        None,
+        "a stored batch clears the failure"
+    );
     assert_eq!(search_all(&store, "acme", "", 100).len(), 21);
     let ids = parquet_ids(dir.path());
     assert_eq!(ids.len(), 21);

@@ -24,18 +24,28 @@ pub async fn healthz() -> Json<HealthStatus> {
     Json(HealthStatus { status: "ok" })
 }
 
-/// Readiness: the store is open and the server is not shutting down.
+/// Readiness: the server is not shutting down and the store writes what it is given. While
+/// the store fails batch after batch (disk full, unwritable files) the service takes input it
+/// cannot store, so it is not ready: 503 says since when and why, and clears with the next
+/// batch stored. Searches keep working meanwhile.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = HealthStatus),
-        (status = 503, description = "Not ready (starting or shutting down)", body = ErrorBody),
+        (status = 503, description = "Not ready: shutting down, or the store is failing to write batches", body = ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiError> {
-    if state.is_ready() {
-        Ok(Json(HealthStatus { status: "ready" }))
-    } else {
-        Err(ApiError::Unavailable("shutting down".into()))
+    if !state.is_ready() {
+        return Err(ApiError::Unavailable("shutting down".into()));
     }
+    if let Some(f) = state.store.write_failure() {
+        return Err(ApiError::Unavailable(format!(
+            "the store is failing to write: {} batch(es) failed since {}, last error: {}",
+            f.batches,
+            f.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            f.error
+        )));
+    }
+    Ok(Json(HealthStatus { status: "ready" }))
 }
 
 /// Prometheus text: pipeline counters (events in/out per source, alerts per rule, dead
@@ -47,8 +57,14 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.metrics.render_prometheus();
     let store = state.store.clone();
     // stats() takes the store's locks: off the async workers.
-    if let Ok(stats) = tokio::task::spawn_blocking(move || store.stats()).await {
+    if let Ok((stats, failure)) =
+        tokio::task::spawn_blocking(move || (store.stats(), store.write_failure())).await
+    {
         render_store_stats(&mut text, &stats);
+        let failing = failure.map_or(0, |f| f.batches);
+        text.push_str(&format!(
+            "# TYPE perimeter_store_batches_failing gauge\nperimeter_store_batches_failing {failing}\n"
+        ));
     }
     (
         [(

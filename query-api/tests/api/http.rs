@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use super::util::*;
 use super::webhook_receiver::WebhookReceiver;
 use chrono::Utc;
+use perimeter_model::Outcome;
 use perimeter_query_api::Role;
+use perimeter_store::StoreBatch;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -60,6 +62,75 @@ fn health_readiness_and_metrics_need_no_token() {
         api.client.get(api.url("/readyz")).send().unwrap(),
         503,
         "unavailable",
+    );
+}
+
+/// A store that fails batch after batch makes the service not ready (503 with since when and
+/// why, and a gauge), and the next stored batch makes it ready again. Liveness stays 200.
+#[test]
+fn readiness_fails_while_the_store_fails_to_write() {
+    let api = TestApi::start();
+    let blocker = api
+        .dir
+        .path()
+        .join("store/parquet/events/tenant=acme/source=zoom");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let batch = StoreBatch {
+        events: vec![event(
+            ACME,
+            "zoom",
+            50,
+            "dana",
+            "user.signin",
+            Outcome::Success,
+        )],
+        ..StoreBatch::default()
+    };
+    assert!(api.state.store.write_batch(&batch).is_err());
+
+    let body = assert_error(
+        api.client.get(api.url("/readyz")).send().unwrap(),
+        503,
+        "unavailable",
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("failing to write") && message.contains("source=zoom"),
+        "{body}"
+    );
+    assert_eq!(
+        api.client.get(api.url("/healthz")).send().unwrap().status(),
+        200
+    );
+    let metrics = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("perimeter_store_batches_failing 1\n"),
+        "{metrics}"
+    );
+
+    std::fs::remove_file(&blocker).unwrap();
+    api.state.store.write_batch(&batch).unwrap();
+    assert_eq!(
+        api.client.get(api.url("/readyz")).send().unwrap().status(),
+        200
+    );
+    let metrics = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("perimeter_store_batches_failing 0\n"),
+        "{metrics}"
     );
 }
 
