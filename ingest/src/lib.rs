@@ -11,6 +11,7 @@
 pub mod bus;
 pub mod http;
 pub mod jsonl;
+pub mod poll;
 pub mod spool;
 
 pub use jsonl::{decompressed, InputItem, JsonInput, JsonlReader, JsonlReaderConfig};

@@ -1,0 +1,554 @@
+//! Pull sources: SaaS audit-log APIs polled for new records (`[[poll]]` in the config).
+//!
+//! Each configured API is one [`PollSource`]. Every `interval_seconds` it asks the vendor for
+//! what is new since its checkpoint, page by page, submits each page's records to the bus, and
+//! moves its checkpoint past a page only once the bus acknowledged it (the records are stored).
+//! A crash, `kill -9` or store failure between fetching and storing a page means the page is
+//! fetched again; the store, idempotent on event id, keeps its records once. The checkpoint is a
+//! small JSON file per source (`<state_dir>/<name>.json`), replaced atomically.
+//!
+//! The credential is a secret reference (`env:NAME` or `file:/path`), read again at every poll so
+//! a rotated token file is picked up; it is never logged, and links the vendor returns are
+//! followed only to the configured origin, so the token goes nowhere else.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use perimeter_model::Metrics;
+use reqwest::{StatusCode, Url};
+use serde::{Deserialize, Serialize};
+
+use crate::bus::BusSender;
+use crate::InputItem;
+
+pub mod vendor;
+
+pub use vendor::Vendor;
+
+/// One polled API (a `[[poll]]` table).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    /// Unique name: names the checkpoint file, the logs and the metrics' `poller` label.
+    pub name: String,
+    /// Which API: `okta`, `github`, `slack`, `onepassword`, `google_workspace`.
+    pub vendor: Vendor,
+    /// The API's base URL, e.g. `https://acme.okta.com`, `https://api.github.com`,
+    /// `https://api.slack.com`, `https://events.1password.com`, `https://admin.googleapis.com`.
+    pub base_url: String,
+    /// The credential, as a secret reference: `env:NAME` or `file:/path` (read at every poll,
+    /// so a token file rotated by another process is picked up). Never logged.
+    pub token: String,
+    /// GitHub: the organization whose audit log is read.
+    #[serde(default)]
+    pub org: Option<String>,
+    /// 1Password: `signinattempts`, `itemusages` or `auditevents`; Google Workspace: the
+    /// Reports API application (`login`, `admin`, `drive`, `token`, ...).
+    #[serde(default)]
+    pub feed: Option<String>,
+    /// Tenant the records belong to (default: the configuration's `tenant`).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Seconds between polls (at least 1).
+    #[serde(default = "default_interval_seconds")]
+    pub interval_seconds: u64,
+    /// Where the very first poll starts (no checkpoint yet): this many hours back.
+    #[serde(default = "default_initial_lookback_hours")]
+    pub initial_lookback_hours: u64,
+    /// Pages read per poll at most; the rest waits for the next poll (keeps one busy API from
+    /// holding a poll forever, and bounds the work after a long outage).
+    #[serde(default = "default_max_pages_per_poll")]
+    pub max_pages_per_poll: u32,
+    /// Seconds before a request without an answer is given up (and retried at the next poll).
+    #[serde(default = "default_request_timeout_seconds")]
+    pub request_timeout_seconds: u64,
+}
+
+fn default_interval_seconds() -> u64 {
+    60
+}
+fn default_initial_lookback_hours() -> u64 {
+    24
+}
+fn default_max_pages_per_poll() -> u32 {
+    100
+}
+fn default_request_timeout_seconds() -> u64 {
+    60
+}
+
+/// Where a source stands: saved after every stored page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// What the vendor said to go on with: Okta's and GitHub's next link, Slack's, Google's or
+    /// 1Password's cursor. `None`: the next request starts a listing at `since`.
+    #[serde(default)]
+    pub resume: Option<String>,
+    /// The lower time bound of a listing read part-way (Slack, Google Workspace).
+    #[serde(default)]
+    pub listing_since: Option<DateTime<Utc>>,
+    /// The newest record time stored: new listings start there.
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Why a poll stopped early. The checkpoint stays where the last stored page left it.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// The configuration cannot work (bad URL, missing `org`/`feed`, unreadable secret).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The vendor refused the credential (401/403): it needs fixing, retried at every poll.
+    #[error("the API refused the credential (HTTP {0}): check `token`")]
+    Unauthorized(u16),
+    /// Rate limited (429): retried after the vendor's delay.
+    #[error("rate limited; retrying in {0:?}")]
+    RateLimited(Duration),
+    /// Any other HTTP status.
+    #[error("HTTP {status} from {url}")]
+    Http { status: u16, url: String },
+    /// No answer (connection refused, DNS, TLS, timeout).
+    #[error("request to {url} failed: {reason}")]
+    Transport { url: String, reason: String },
+    /// The answer is not the page the vendor documents (not JSON, no records list, a next link
+    /// to another host).
+    #[error("unexpected answer: {0}")]
+    Malformed(String),
+    /// The bus did not acknowledge the page (store failure, shutdown): fetched again later.
+    #[error("records not stored: {0}")]
+    NotStored(String),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+}
+
+/// What one poll did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PollReport {
+    pub pages: u32,
+    pub records: usize,
+    /// Records the store already had (the boundary of a listing, or a page fetched again).
+    pub duplicates: usize,
+}
+
+/// Polls one API into the bus.
+pub struct PollSource {
+    config: PollConfig,
+    api: vendor::Api,
+    tenant: String,
+    checkpoint_path: PathBuf,
+    bus: BusSender,
+    client: reqwest::Client,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl PollSource {
+    /// Check `config` and set up its HTTP client. `default_tenant` applies when the config names
+    /// none; the checkpoint lives in `state_dir`.
+    pub fn new(
+        config: PollConfig,
+        default_tenant: &str,
+        state_dir: &Path,
+        bus: BusSender,
+    ) -> Result<PollSource, PollError> {
+        let name_ok = !config.name.is_empty()
+            && config
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(PollError::Config(format!(
+                "poll name `{}`: use letters, digits, `-` and `_` (it names a file)",
+                config.name
+            )));
+        }
+        let err = |m: String| PollError::Config(format!("poll `{}`: {m}", config.name));
+        let base = Url::parse(&config.base_url)
+            .map_err(|e| err(format!("base_url `{}`: {e}", config.base_url)))?;
+        if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
+            return Err(err(format!(
+                "base_url `{}` must be an http(s) URL with a host",
+                config.base_url
+            )));
+        }
+        if let Some(what) = config
+            .vendor
+            .missing(config.org.as_deref(), config.feed.as_deref())
+        {
+            return Err(err(format!("{:?} needs {what}", config.vendor)));
+        }
+        if !(config.token.starts_with("env:") || config.token.starts_with("file:")) {
+            return Err(err(
+                "token must be a secret reference, `env:NAME` or `file:/path`, not the token itself"
+                    .into(),
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.request_timeout_seconds.max(1)))
+            .user_agent(concat!("perimeter/", env!("CARGO_PKG_VERSION")))
+            // Links are checked against the base origin before use; redirects are not.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| err(format!("HTTP client: {e}")))?;
+        Ok(PollSource {
+            api: vendor::Api {
+                vendor: config.vendor,
+                base,
+                org: config.org.clone(),
+                feed: config.feed.clone(),
+            },
+            tenant: config
+                .tenant
+                .clone()
+                .unwrap_or_else(|| default_tenant.to_string()),
+            checkpoint_path: state_dir.join(format!("{}.json", config.name)),
+            config,
+            bus,
+            client,
+            metrics: None,
+        })
+    }
+
+    /// Count polls, pages, records and errors in `metrics` (label `poller`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The saved checkpoint (default when there is none yet).
+    pub fn checkpoint(&self) -> Result<Checkpoint, PollError> {
+        let cp_err = |reason: String| PollError::Checkpoint {
+            path: self.checkpoint_path.clone(),
+            reason,
+        };
+        match std::fs::read(&self.checkpoint_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| cp_err(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
+            Err(e) => Err(cp_err(e.to_string())),
+        }
+    }
+
+    fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), PollError> {
+        let cp_err = |reason: String| PollError::Checkpoint {
+            path: self.checkpoint_path.clone(),
+            reason,
+        };
+        if let Some(dir) = self.checkpoint_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| cp_err(e.to_string()))?;
+        }
+        let tmp = self.checkpoint_path.with_extension("json.tmp");
+        let text = serde_json::to_vec(cp).map_err(|e| cp_err(e.to_string()))?;
+        std::fs::write(&tmp, text).map_err(|e| cp_err(e.to_string()))?;
+        std::fs::rename(&tmp, &self.checkpoint_path).map_err(|e| cp_err(e.to_string()))
+    }
+
+    /// Poll until `shutdown` resolves: one poll now, then one every `interval_seconds` (sooner
+    /// after a rate limit's delay, later after failures, backing off up to the interval).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let interval = Duration::from_secs(self.config.interval_seconds.max(1));
+        let mut failures: u32 = 0;
+        loop {
+            let wait = tokio::select! {
+                _ = &mut shutdown => return,
+                result = self.poll_once() => match result {
+                    Ok(report) => {
+                        failures = 0;
+                        if report.records > 0 {
+                            tracing::info!(poller = %self.config.name, pages = report.pages,
+                                records = report.records, duplicates = report.duplicates, "polled");
+                        }
+                        interval
+                    }
+                    Err(PollError::RateLimited(delay)) => {
+                        tracing::warn!(poller = %self.config.name, ?delay, "rate limited");
+                        delay.max(Duration::from_secs(1))
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::error!(poller = %self.config.name, error = %e,
+                            failures_in_a_row = failures, "poll failed; the checkpoint stays");
+                        // 2 s, 4 s, ... up to the interval: a blip is retried soon, an outage
+                        // is not hammered.
+                        Duration::from_secs(1u64 << failures.min(16)).min(interval)
+                    }
+                },
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One poll: pages from the checkpoint on, each stored before the checkpoint moves past it,
+    /// until the vendor has nothing more or `max_pages_per_poll` is reached.
+    pub async fn poll_once(&self) -> Result<PollReport, PollError> {
+        let result = self.poll_pages().await;
+        if let Some(m) = &self.metrics {
+            let poller = [("poller", self.config.name.as_str())];
+            match &result {
+                Ok(report) => {
+                    m.inc("poll_pages_total", &poller, u64::from(report.pages));
+                    m.inc("poll_records_total", &poller, report.records as u64);
+                    m.set(
+                        "poll_last_success_timestamp_seconds",
+                        &poller,
+                        Utc::now().timestamp() as f64,
+                    );
+                }
+                Err(e) => m.inc(
+                    "poll_errors_total",
+                    &[("poller", self.config.name.as_str()), ("kind", e.kind())],
+                    1,
+                ),
+            }
+        }
+        result
+    }
+
+    async fn poll_pages(&self) -> Result<PollReport, PollError> {
+        let token = read_secret(&self.config.token)
+            .map_err(|m| PollError::Config(format!("poll `{}`: token: {m}", self.config.name)))?;
+        let start = Utc::now() - chrono::Duration::hours(self.config.initial_lookback_hours as i64);
+        let mut cp = self.checkpoint()?;
+        let mut report = PollReport::default();
+        while report.pages < self.config.max_pages_per_poll.max(1) {
+            let request = self.api.request(&cp, start)?;
+            let (body, link) = match self.fetch(&request, &token).await {
+                // A link or cursor the vendor no longer knows (expired after a long stop):
+                // start the listing again from its lower bound, which repeats records the
+                // store already has rather than skipping any.
+                Err(PollError::Http { status, .. })
+                    if request.resumes && matches!(status, 400 | 404 | 410) =>
+                {
+                    tracing::warn!(poller = %self.config.name, status,
+                        "the vendor no longer knows where we were; reading from the last stored time again");
+                    cp = Checkpoint {
+                        resume: None,
+                        listing_since: None,
+                        since: cp.listing_since.or(cp.since),
+                    };
+                    self.save_checkpoint(&cp)?;
+                    continue;
+                }
+                other => other?,
+            };
+            let page = self.api.page(&cp, start, body, link)?;
+            report.pages += 1;
+            if !page.records.is_empty() {
+                let items: Vec<InputItem> = page
+                    .records
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, value)| InputItem::Record {
+                        line: i as u64 + 1,
+                        value,
+                    })
+                    .collect();
+                let count = items.len();
+                let ack = self
+                    .bus
+                    .submit(self.config.vendor.source(), &self.tenant, items)
+                    .await
+                    .map_err(|e| PollError::NotStored(e.to_string()))?;
+                report.records += count;
+                report.duplicates += ack.duplicates;
+            }
+            self.save_checkpoint(&page.checkpoint)?;
+            cp = page.checkpoint;
+            if !page.more {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Make one request; the parsed body and the `Link` header's next target.
+    async fn fetch(
+        &self,
+        request: &vendor::PageRequest,
+        token: &str,
+    ) -> Result<(perimeter_model::RawJson, Option<String>), PollError> {
+        let mut builder = match &request.body {
+            Some(body) => self.client.post(request.url.clone()).json(body),
+            None => self.client.get(request.url.clone()),
+        };
+        builder = builder
+            .header(
+                reqwest::header::AUTHORIZATION,
+                self.config.vendor.authorization(token),
+            )
+            .header(reqwest::header::ACCEPT, "application/json");
+        // The URL in errors has no credential in it (tokens go in the header only).
+        let url = request.url.to_string();
+        let transport = |e: reqwest::Error| PollError::Transport {
+            url: url.clone(),
+            reason: e.without_url().to_string(),
+        };
+        let response = builder.send().await.map_err(transport)?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(PollError::RateLimited(retry_delay(response.headers())));
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(PollError::Unauthorized(status.as_u16()));
+        }
+        if !status.is_success() {
+            return Err(PollError::Http {
+                status: status.as_u16(),
+                url,
+            });
+        }
+        let link = response
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(vendor::next_link);
+        let bytes = response.bytes().await.map_err(transport)?;
+        let body = sonic_rs::from_slice(&bytes)
+            .map_err(|e| PollError::Malformed(format!("the page is not JSON: {e}")))?;
+        Ok((body, link))
+    }
+}
+
+impl PollError {
+    /// The `kind` label of `poll_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PollError::Config(_) => "config",
+            PollError::Unauthorized(_) => "unauthorized",
+            PollError::RateLimited(_) => "rate_limited",
+            PollError::Http { .. } => "http",
+            PollError::Transport { .. } => "transport",
+            PollError::Malformed(_) => "malformed",
+            PollError::NotStored(_) => "not_stored",
+            PollError::Checkpoint { .. } => "checkpoint",
+        }
+    }
+}
+
+/// How long a 429 asks to wait: `Retry-After` seconds, Okta's `X-Rate-Limit-Reset` (epoch
+/// seconds), or a minute; at most an hour.
+fn retry_delay(headers: &reqwest::header::HeaderMap) -> Duration {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    let secs = number("retry-after")
+        .or_else(|| number("x-ratelimit-reset").map(|reset| reset - Utc::now().timestamp()))
+        .or_else(|| number("x-rate-limit-reset").map(|reset| reset - Utc::now().timestamp()))
+        .unwrap_or(60);
+    Duration::from_secs(secs.clamp(1, 3600) as u64)
+}
+
+/// The value behind a secret reference (`env:NAME`, `file:/path`; a file's trailing newline
+/// is dropped). Errors name the reference, never a value.
+fn read_secret(reference: &str) -> Result<String, String> {
+    let value = if let Some(name) = reference.strip_prefix("env:") {
+        std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("reading `{path}`: {e}"))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string()
+    } else {
+        return Err("must be `env:NAME` or `file:/path`".into());
+    };
+    if value.is_empty() {
+        return Err(format!("`{reference}` is empty"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_delay(&h), Duration::from_secs(60));
+        h.insert("retry-after", "7".parse().unwrap());
+        assert_eq!(retry_delay(&h), Duration::from_secs(7));
+        let mut h = reqwest::header::HeaderMap::new();
+        let reset = Utc::now().timestamp() + 30;
+        h.insert("x-rate-limit-reset", reset.to_string().parse().unwrap());
+        let d = retry_delay(&h).as_secs();
+        assert!((28..=30).contains(&d), "{d}");
+        h.insert("retry-after", "999999".parse().unwrap());
+        assert_eq!(retry_delay(&h), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn secrets_are_references() {
+        std::env::set_var("PERIMETER_TEST_POLL_SECRET", "s3cr3t");
+        assert_eq!(
+            read_secret("env:PERIMETER_TEST_POLL_SECRET").unwrap(),
+            "s3cr3t"
+        );
+        let err = read_secret("env:PERIMETER_TEST_POLL_UNSET").unwrap_err();
+        assert!(err.contains("PERIMETER_TEST_POLL_UNSET"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t");
+        std::fs::write(&f, "tok\n").unwrap();
+        assert_eq!(
+            read_secret(&format!("file:{}", f.display())).unwrap(),
+            "tok"
+        );
+        assert!(read_secret("s3cr3t").is_err());
+    }
+
+    fn config(vendor: Vendor) -> PollConfig {
+        PollConfig {
+            name: "okta-prod".into(),
+            vendor,
+            base_url: "https://acme.okta.com".into(),
+            token: "env:OKTA_TOKEN".into(),
+            org: None,
+            feed: None,
+            tenant: None,
+            interval_seconds: 60,
+            initial_lookback_hours: 24,
+            max_pages_per_poll: 100,
+            request_timeout_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn configs_that_cannot_work_are_refused_with_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bus, _rx) = crate::bus::channel(1);
+        let refuse = |c: PollConfig| {
+            PollSource::new(c, "t", dir.path(), bus.clone())
+                .err()
+                .expect("refused")
+                .to_string()
+        };
+        assert!(PollSource::new(config(Vendor::Okta), "t", dir.path(), bus.clone()).is_ok());
+        let mut c = config(Vendor::Okta);
+        c.token = "00abcdefLiteralToken".into();
+        let e = refuse(c);
+        assert!(
+            e.contains("secret reference") && !e.contains("00abcdef"),
+            "{e}"
+        );
+        let mut c = config(Vendor::Okta);
+        c.base_url = "ftp://x".into();
+        assert!(refuse(c).contains("http(s)"));
+        let mut c = config(Vendor::Okta);
+        c.name = "../x".into();
+        assert!(refuse(c).contains("names a file"));
+        assert!(refuse(config(Vendor::Github)).contains("`org`"));
+        assert!(refuse(config(Vendor::Onepassword)).contains("`feed`"));
+    }
+}
