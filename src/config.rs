@@ -38,6 +38,10 @@ pub struct PerimeterConfig {
     /// Spool directory watched by `perimeter run` (default: `<data_dir>/inbox`).
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
+    /// SaaS audit-log APIs `perimeter run` polls (`[[poll]]` tables): Okta, GitHub, Slack,
+    /// 1Password, Google Workspace. Checkpoints live in `<data_dir>/state/poll/`.
+    #[serde(default)]
+    pub poll: Vec<perimeter_ingest::poll::PollConfig>,
     /// How often `perimeter run` snapshots detection state (behavioural baselines, correlation
     /// windows) to `<data_dir>/state` while batches change it; also at shutdown. At least 1.
     #[serde(default = "default_state_snapshot_seconds")]
@@ -100,5 +104,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(nested.contains("min_distinct"), "{nested}");
+    }
+
+    #[test]
+    fn the_example_poll_tables_parse_once_uncommented() {
+        let example = include_str!("../perimeter.example.toml");
+        let start = example.find("# [[poll]]").expect("poll examples");
+        let uncommented: String = example[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .take_while(|l| !l.starts_with("Slack:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config: PerimeterConfig = toml::from_str(&uncommented).expect("poll examples parse");
+        let names: Vec<&str> = config.poll.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["okta-prod", "github-acme", "1password-audit"]);
+        assert_eq!(config.poll[1].org.as_deref(), Some("acme"));
+        let typo = toml::from_str::<PerimeterConfig>(
+            "[[poll]]\nname = \"x\"\nvendor = \"okta\"\nbase_url = \"https://a\"\ntoken = \"env:T\"\nintervall_seconds = 5",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("intervall_seconds"), "{typo}");
+        let vendor = toml::from_str::<PerimeterConfig>(
+            "[[poll]]\nname = \"x\"\nvendor = \"octa\"\nbase_url = \"https://a\"\ntoken = \"env:T\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(vendor.contains("octa"), "{vendor}");
     }
 }

@@ -8,6 +8,7 @@ use perimeter_detect::mask::SecretMasker;
 use perimeter_detect::pipeline::{entity_key, Pipeline, UEBA_SNAPSHOT};
 use perimeter_detect::sigma::{RuleSet, SigmaDetector};
 use perimeter_detect::ueba::UebaEngine;
+use perimeter_ingest::poll::PollSource;
 use perimeter_ingest::spool::{SpoolConfig, SpoolSource};
 use perimeter_model::{Detector, Metrics, RawRecord};
 use perimeter_query_api::auth::{Role, TokenStore};
@@ -251,6 +252,38 @@ fn spawn_rule_reloader(
     let _ = (config, paths, listed, to_pipeline, wake, metrics, stop);
 }
 
+/// One task per `[[poll]]` table, each ending at `stop`. A table that cannot work (bad URL,
+/// missing `org`/`feed`, a literal token, a name used twice) stops the start with why.
+fn spawn_pollers(
+    config: &PerimeterConfig,
+    data_dir: &std::path::Path,
+    bus: &perimeter_ingest::bus::BusSender,
+    metrics: &Arc<Metrics>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut names = std::collections::HashSet::new();
+    let mut tasks = Vec::new();
+    for poll in &config.poll {
+        anyhow::ensure!(
+            names.insert(poll.name.clone()),
+            "[[poll]] name `{}` is used twice (it names the checkpoint)",
+            poll.name
+        );
+        let source = PollSource::new(
+            poll.clone(),
+            &config.tenant,
+            &data_dir.join("state").join("poll"),
+            bus.clone(),
+        )?
+        .with_metrics(metrics.clone());
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(source.run(async move {
+            let _ = stop.changed().await;
+        })));
+    }
+    Ok(tasks)
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -414,6 +447,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         64 * 1024 * 1024,
     );
 
+    let pollers = spawn_pollers(config, &data_dir, &bus, &metrics, &stop_rx)?;
     let spool_dir = config
         .spool_dir
         .clone()
@@ -433,6 +467,15 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
 
     say!("perimeter run: listening on {scheme}://{addr}");
     say!("  ingest: POST {scheme}://{addr}/ingest/<source> (JSON lines) or drop files into {}/<source>/", spool_dir.display());
+    for p in &config.poll {
+        say!(
+            "  poll:   {} ({}, {}, every {} s)",
+            p.name,
+            p.vendor.source(),
+            p.base_url,
+            p.interval_seconds.max(1)
+        );
+    }
     say!("  API:    {scheme}://{addr}/api/v1/openapi.json");
     say!("  data:   {}", data_dir.display());
     let rule_dirs: Vec<String> = rule_paths.iter().map(|p| p.display().to_string()).collect();
@@ -454,6 +497,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let _ = spool_task.await;
+    for poller in pollers {
+        let _ = poller.await;
+    }
     if let Ok(Err(e)) = server_task.await {
         tracing::error!(error = %e, "api server stopped with an error");
     }

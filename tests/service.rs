@@ -1433,3 +1433,114 @@ fn a_second_service_on_the_same_data_directory_is_refused() {
     assert_eq!(ingest_login(&svc, &admin, 1)["alerts"], 1);
     stop(svc);
 }
+
+/// Request lines and `Authorization` headers a fake API saw.
+type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A fake Okta System Log API on loopback: the first page holds `events` and links on; every
+/// later page is empty and links to itself (Okta's polling mode). Returns its base URL and what
+/// it saw (request line and `Authorization`).
+fn fake_okta(events: Vec<serde_json::Value>) -> (String, RequestLog) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (me, log) = (base.clone(), seen.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let line = head.lines().next().unwrap_or_default().to_string();
+            let auth = head
+                .lines()
+                .find_map(|l| l.strip_prefix("authorization: "))
+                .unwrap_or_default()
+                .to_string();
+            let first = !line.contains("after=");
+            log.lock().unwrap().push((line, auth));
+            let body = if first {
+                serde_json::to_string(&events).unwrap()
+            } else {
+                "[]".to_string()
+            };
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nlink: <{me}/api/v1/logs?after=tail>; rel=\"next\"\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (base, seen)
+}
+
+#[test]
+fn a_polled_okta_system_log_is_stored_and_its_checkpoint_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let events = vec![okta_event(0, 1), okta_event(0, 2)];
+    let (okta, seen) = fake_okta(events);
+    let token_file = dir.path().join("okta-token");
+    std::fs::write(&token_file, "00okta-token-for-tests\n").unwrap();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[[poll]]\nname = \"okta-test\"\nvendor = \"okta\"\nbase_url = {okta:?}\ntoken = \"file:{}\"\ninterval_seconds = 1\n",
+        token_file.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let viewer = token(&cfg, "viewer");
+    let svc = start(&cfg);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ids = stored_ids(&svc.base, &viewer);
+    while ids.len() < 2 || seen.lock().unwrap().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "polled events not stored: {ids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        ids = stored_ids(&svc.base, &viewer);
+    }
+    assert!(ids.values().all(|n| *n == 1), "{ids:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen[0].0.starts_with("GET /api/v1/logs?since="), "{seen:?}");
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|(line, _)| line.contains("after=tail")),
+        "{seen:?}"
+    );
+    assert!(seen
+        .iter()
+        .all(|(_, auth)| auth == "SSWS 00okta-token-for-tests"));
+    let metrics = svc.metrics();
+    assert!(
+        metrics.contains("perimeter_poll_records_total{poller=\"okta-test\"} 2"),
+        "{metrics}"
+    );
+    stop(svc);
+    let checkpoint: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("data/state/poll/okta-test.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        checkpoint["resume"]
+            .as_str()
+            .unwrap()
+            .ends_with("after=tail"),
+        "{checkpoint}"
+    );
+    // The token is in no file the service wrote.
+    for entry in crate::cli::walk(&dir.path().join("data")) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("00okta-token-for-tests"),
+            "{}",
+            entry.display()
+        );
+    }
+}
