@@ -531,3 +531,41 @@ async fn run_polls_until_shutdown() {
     assert_eq!(s.consumer.records().len(), expected);
     assert!(s.seen().last().unwrap().body.contains("\"cursor\""));
 }
+
+#[tokio::test]
+async fn google_workspace_pages_follow_their_page_tokens() {
+    let pages = fixture_pages("gsuite/activities");
+    let expected = all_records(&pages, Some("items"));
+    let newest = expected
+        .iter()
+        .filter_map(|e| e["id"]["time"].as_str())
+        .max()
+        .unwrap()
+        .to_string();
+    let s = setup(Vendor::GoogleWorkspace, pages).await;
+    let report = s.source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (3, expected.len()));
+    assert_eq!(s.consumer.records(), expected);
+    let seen = s.seen();
+    assert!(seen[0]
+        .uri
+        .starts_with("/admin/reports/v1/activity/users/all/applications/auditevents?startTime="));
+    assert!(seen[1].uri.contains("pageToken=c1") && seen[2].uri.contains("pageToken=c2"));
+    assert!(seen
+        .iter()
+        .all(|r| r.authorization == format!("Bearer {TOKEN}")));
+    let cp = s.source().checkpoint().unwrap();
+    assert_eq!(
+        cp.since
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        Some(newest.clone()),
+        "{cp:?}"
+    );
+    s.source().poll_once().await.unwrap();
+    let next = &s.seen()[3].uri;
+    assert!(
+        next.contains(&format!("startTime={}", &newest[..19].replace(':', "%3A")))
+            && !next.contains("pageToken"),
+        "{next}"
+    );
+}
