@@ -14,6 +14,7 @@ mod alloc;
 mod config;
 mod demo;
 mod detect_cmd;
+mod poll_cmd;
 mod rules_cmd;
 mod run;
 mod service;
@@ -70,6 +71,10 @@ enum Command {
     Alerts(terminal_cmd::AlertsArgs),
     /// List the newest input that could not be used (line, reason, masked excerpt).
     DeadLetters(terminal_cmd::DeadLettersArgs),
+    /// Check the `[[poll]]` tables of the config: fetch the page each would read next (nothing is
+    /// stored, no checkpoint moves) and say what came back, so a token or URL is known good
+    /// before `perimeter run`. Exit 1 if any failed.
+    PollCheck(poll_cmd::PollCheckArgs),
     /// Triage alerts through a running server: set their status, assignee or add a note (who and
     /// when are recorded); without changes, show them with their history and evidence.
     Triage(terminal_cmd::TriageArgs),
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
             Command::Search(args) => terminal_cmd::search(&config, args),
             Command::Alerts(args) => terminal_cmd::alerts(&config, args),
             Command::DeadLetters(args) => terminal_cmd::dead_letters(&config, args),
+            Command::PollCheck(args) => poll_cmd::poll_check(&config, args),
             Command::Triage(args) => terminal_cmd::triage(args),
         }
     })();

@@ -1544,3 +1544,63 @@ fn a_polled_okta_system_log_is_stored_and_its_checkpoint_kept() {
         );
     }
 }
+
+#[test]
+fn poll_check_fetches_the_next_page_without_storing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let (okta, seen) = fake_okta(vec![okta_event(0, 1), okta_event(0, 2)]);
+    let token_file = dir.path().join("okta-token");
+    std::fs::write(&token_file, "00okta-token-for-tests\n").unwrap();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    for (name, token) in [
+        ("okta-good", token_file.display().to_string()),
+        (
+            "okta-no-token",
+            dir.path().join("missing").display().to_string(),
+        ),
+    ] {
+        text.push_str(&format!(
+            "[[poll]]\nname = {name:?}\nvendor = \"okta\"\nbase_url = {okta:?}\ntoken = \"file:{token}\"\n"
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let check = |names: &[&str]| {
+        let mut args = vec!["--config", cfg.to_str().unwrap(), "poll-check"];
+        args.extend(names);
+        perimeter(&args, None)
+    };
+
+    let out = check(&["okta-good"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", stderr(&out));
+    assert!(
+        stdout.contains("okta-good: ok (okta): 2 record(s) on the next page, newest "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("00okta-token"), "{stdout}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert!(
+        !dir.path().join("data/state/poll/okta-good.json").exists(),
+        "a check moves no checkpoint"
+    );
+
+    let out = check(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("okta-good: ok"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "okta-no-token: FAILED (okta): configuration: poll `okta-no-token`: token: reading"
+        ),
+        "{stdout}"
+    );
+
+    let out = check(&["okta-typo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no [[poll]] table is named `okta-typo`"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -133,6 +133,19 @@ pub struct PollReport {
     pub duplicates: usize,
 }
 
+/// What [`PollSource::probe`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeReport {
+    /// The request made (no credential in it).
+    pub url: String,
+    /// Records on the page.
+    pub records: usize,
+    /// The newest record time on the page (or stored before), when the page had records.
+    pub newest: Option<DateTime<Utc>>,
+    /// Whether more pages follow now.
+    pub more: bool,
+}
+
 /// Polls one API into the bus.
 pub struct PollSource {
     config: PollConfig,
@@ -313,10 +326,35 @@ impl PollSource {
         result
     }
 
-    async fn poll_pages(&self) -> Result<PollReport, PollError> {
+    /// Fetch the page the next poll would read first, without submitting it or moving the
+    /// checkpoint: checks a configuration (URL, credential, paging) before the service runs it.
+    pub async fn probe(&self) -> Result<ProbeReport, PollError> {
+        let (token, start) = self.token_and_start()?;
+        let cp = self.checkpoint()?;
+        let request = self.api.request(&cp, start)?;
+        let (body, link) = self.fetch(&request, &token).await?;
+        let page = self.api.page(&cp, start, body, link)?;
+        Ok(ProbeReport {
+            url: request.url.to_string(),
+            records: page.records.len(),
+            newest: (!page.records.is_empty())
+                .then_some(page.checkpoint.since)
+                .flatten(),
+            more: page.more,
+        })
+    }
+
+    /// The credential (read now, so a rotated file is picked up) and where a first listing
+    /// starts.
+    fn token_and_start(&self) -> Result<(String, DateTime<Utc>), PollError> {
         let token = read_secret(&self.config.token)
             .map_err(|m| PollError::Config(format!("poll `{}`: token: {m}", self.config.name)))?;
         let start = Utc::now() - chrono::Duration::hours(self.config.initial_lookback_hours as i64);
+        Ok((token, start))
+    }
+
+    async fn poll_pages(&self) -> Result<PollReport, PollError> {
+        let (token, start) = self.token_and_start()?;
         let mut cp = self.checkpoint()?;
         let mut report = PollReport::default();
         while report.pages < self.config.max_pages_per_poll.max(1) {
