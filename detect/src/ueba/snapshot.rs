@@ -1,5 +1,7 @@
 //! Snapshot of the UEBA state: entities (by keyed hash), their windows and baselines, and the open
-//! alert groups, and each stream's (tenant + source) event-time clock. JSON, written atomically (temp file, fsync, rename). Clear entity values are
+//! alert groups, and each stream's (tenant + source) event-time clock. Written atomically (temp
+//! file, fsync, rename) in the binary form of `state_file::write_binary` (JSON snapshots of
+//! earlier versions are still read). Clear entity values are
 //! never written: keys are keyed BLAKE3 hashes, set members are keyed 32-bit tags, and the
 //! groups' clear entity / explanation fields are `#[serde(skip)]`.
 
@@ -46,7 +48,11 @@ struct SnapshotIn {
 }
 
 pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError> {
-    let out = SnapshotOut {
+    crate::state_file::write_binary(path, "ueba snapshot", &snapshot_out(engine), true)
+}
+
+fn snapshot_out(engine: &UebaEngine) -> SnapshotOut<'_> {
+    SnapshotOut {
         format: FORMAT,
         key_check: key_check(&engine.secret),
         watermark: engine.watermark,
@@ -54,12 +60,17 @@ pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError>
         entities: &engine.entities,
         groups: engine.hygiene.groups.iter().collect(),
         stream_clocks: &engine.stream_clocks,
-    };
-    crate::state_file::write_json(path, "ueba snapshot", &out, true)
+    }
+}
+
+/// The JSON form earlier versions wrote, for testing that it is still read.
+#[cfg(test)]
+pub(crate) fn write_json(engine: &UebaEngine, path: &Path) -> Result<(), DetectError> {
+    crate::state_file::write_json(path, "ueba snapshot", &snapshot_out(engine), true)
 }
 
 pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectError> {
-    let snap: SnapshotIn = crate::state_file::read_json(path, "ueba snapshot")?;
+    let snap: SnapshotIn = crate::state_file::read_state(path, "ueba snapshot")?;
     if snap.format != FORMAT {
         return Err(DetectError::Other(format!(
             "ueba snapshot {}: format `{}` is not `{FORMAT}`",

@@ -44,14 +44,22 @@ impl EntityKey {
     }
 }
 
+/// Hex in JSON; the 16 bytes as they are in the binary snapshot.
 impl Serialize for EntityKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for EntityKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !d.is_human_readable() {
+            return <[u8; 16]>::deserialize(d).map(EntityKey);
+        }
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         EntityKey::from_hex(&s)
             .ok_or_else(|| serde::de::Error::custom("entity key is not 32 hex digits"))
@@ -283,19 +291,19 @@ pub(crate) struct EntityState {
     /// Event time (Unix seconds) the entity was first / last seen.
     pub first_seen: i64,
     pub last_seen: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub auth_failures: Option<Box<AuthFailureState>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub brute_force: Option<Box<BruteForceState>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub spray: Option<Box<SprayState>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub rate_limit: Option<Box<RateState>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub volume: Option<Box<RateState>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub actor: Option<Box<ActorState>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub seen: Option<Box<SeenValues>>,
 }
 

@@ -479,12 +479,27 @@ fn restart_mid_window_keeps_the_count_and_does_not_realert() {
         !path.with_extension("json.tmp").exists(),
         "temp file renamed away"
     );
-    let text = std::fs::read_to_string(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"PRMSTAT1"), "the binary form");
+    let text = String::from_utf8_lossy(&bytes);
     for clear in ["carol", "dan@", "example.com", "192.0.2.200"] {
         assert!(!text.contains(clear), "snapshot leaks `{clear}`");
     }
     let tracked = engine.tracked_entities();
     drop(engine);
+
+    // The JSON snapshots of earlier versions restore to the same state.
+    let json_path = dir.path().join("state").join("ueba-v1.json");
+    {
+        let engine = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
+        super::snapshot::write_json(&engine, &json_path).unwrap();
+        let from_json = UebaEngine::restore_from(UebaConfig::default(), KEY, &json_path).unwrap();
+        assert_eq!(from_json.tracked_entities(), tracked);
+        assert!(
+            from_json.entities == engine.entities,
+            "same entities from JSON and binary"
+        );
+    }
 
     let mut engine = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
     assert_eq!(engine.tracked_entities(), tracked);
