@@ -296,13 +296,14 @@ fn report_correlation_memory() {
         start.elapsed().as_secs_f64()
     );
     // What snapshotting the open windows costs (`perimeter run` writes them after every stored
-    // batch while they are few): building the snapshot and its JSON, per window.
+    // batch while they are few): building the snapshot and its bytes, per window.
     let start = Instant::now();
     let snapshot = det.correlation_snapshot(&|text| text.to_string());
-    let bytes = serde_json::to_vec(&snapshot).expect("serializes").len();
+    // The binary form `perimeter run` writes (postcard, as `state_file::write_binary`).
+    let bytes = postcard::to_allocvec(&snapshot).expect("serializes").len();
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "correlation snapshot: {} windows in {:.0} ms, {:.1} MiB of JSON ({:.2} us and {} bytes per window)",
+        "correlation snapshot: {} windows in {:.0} ms, {:.1} MiB binary ({:.2} us and {} bytes per window)",
         det.correlation_keys(),
         secs * 1000.0,
         bytes as f64 / 1048576.0,

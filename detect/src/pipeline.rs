@@ -299,7 +299,7 @@ impl Pipeline {
         if self.recent.key_check.is_none() || !path.exists() {
             return Ok(Ok(0));
         }
-        crate::state_file::restore_json(&path, "replay window snapshot", |snapshot| {
+        crate::state_file::restore_state(&path, "replay window snapshot", |snapshot| {
             self.recent.restore(snapshot)
         })
     }
@@ -311,7 +311,7 @@ impl Pipeline {
     pub fn save_correlations(&self, dir: &std::path::Path, durable: bool) -> crate::Result<()> {
         if let Some(sigma) = &self.sigma {
             let snapshot = sigma.correlation_snapshot(&|text| self.masker.mask_text(text));
-            crate::state_file::write_json(
+            crate::state_file::write_binary(
                 &dir.join(CORRELATION_SNAPSHOT),
                 "correlation snapshot",
                 &snapshot,
@@ -353,7 +353,7 @@ impl Pipeline {
             return Ok(StateRestore::default());
         };
         let restored =
-            crate::state_file::restore_json(&path, "correlation snapshot", |snapshot| {
+            crate::state_file::restore_state(&path, "correlation snapshot", |snapshot| {
                 sigma.restore_correlations(snapshot)
             })?;
         Ok(match restored {
@@ -697,7 +697,7 @@ pub fn restore_unstored_alerts(
     if !path.exists() {
         return Ok(Ok(Vec::new()));
     }
-    crate::state_file::restore_json(&path, "unstored alerts", |file: UnstoredAlerts| {
+    crate::state_file::restore_state(&path, "unstored alerts", |file: UnstoredAlerts| {
         if file.format != UNSTORED_ALERTS_FORMAT {
             return Err(format!(
                 "format `{}`, expected `{UNSTORED_ALERTS_FORMAT}`",
@@ -1140,8 +1140,10 @@ mod tests {
         okta_failure(&mut before, &mut out, "acme", "dana.kim", "10:01");
         assert!(bursts_in(&out).is_empty());
         before.save_state(state.path()).unwrap();
-        let text = std::fs::read_to_string(state.path().join(CORRELATION_SNAPSHOT)).unwrap();
+        let bytes = std::fs::read(state.path().join(CORRELATION_SNAPSHOT)).unwrap();
+        assert!(bytes.starts_with(b"PRMSTAT1"), "the binary form");
         // Group-by values are keyed hashes in the file, never the value.
+        let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("dana"), "{text}");
 
         let restarted = |restore: bool| {
@@ -1261,6 +1263,11 @@ mod tests {
         let r = q.restore_correlations(state.path()).unwrap();
         let (aside, why) = r.set_aside.expect("set aside");
         assert!(!path.exists() && aside.exists(), "{}", aside.display());
+        assert!(why.contains("correlation snapshot"), "{why}");
+        // A cut-off binary snapshot too.
+        std::fs::write(&path, b"PRMSTAT1\x05\x01").unwrap();
+        let r = q.restore_correlations(state.path()).unwrap();
+        let (_, why) = r.set_aside.expect("set aside");
         assert!(why.contains("correlation snapshot"), "{why}");
         okta_failure(&mut q, &mut out, "acme", "dana", "10:01");
     }

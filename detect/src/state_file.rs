@@ -3,7 +3,7 @@
 //! fatal when they cannot be used.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -97,20 +97,6 @@ pub(crate) fn read_state<T: DeserializeOwned>(path: &Path, what: &str) -> crate:
     }
 }
 
-/// Read a file written by [`write_json`]. Malformed content is a [`DetectError::Other`] naming
-/// the line and column; failing to read is a [`DetectError::Io`].
-pub(crate) fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> crate::Result<T> {
-    let file = File::open(path).map_err(io(path))?;
-    serde_json::from_reader(BufReader::new(file)).map_err(|e| {
-        DetectError::Other(format!(
-            "{what} {}: line {} column {}: {e}",
-            path.display(),
-            e.line(),
-            e.column()
-        ))
-    })
-}
-
 /// Restore state from the file at `path` with `restore`. A file that cannot be used (malformed,
 /// another format, another key) is set aside (see [`set_aside`]) and `Err((where, why))` is
 /// returned, for the caller to start empty; failing to read it (permissions, IO) is an error,
@@ -126,16 +112,16 @@ pub(crate) fn restore_or_set_aside<T>(
     }
 }
 
-/// [`restore_or_set_aside`] for a state file written by [`write_json`]: `apply` takes what the
-/// file holds, and its error (another format, another key) makes the file as unusable as
-/// malformed JSON does. The error names `what` and the file.
-pub(crate) fn restore_json<S: DeserializeOwned, T>(
+/// [`restore_or_set_aside`] for a state file written by [`write_json`] or [`write_binary`]:
+/// `apply` takes what the file holds, and its error (another format, another key) makes the
+/// file as unusable as malformed content does. The error names `what` and the file.
+pub(crate) fn restore_state<S: DeserializeOwned, T>(
     path: &Path,
     what: &str,
     apply: impl FnOnce(S) -> Result<T, String>,
 ) -> crate::Result<Result<T, (PathBuf, String)>> {
     restore_or_set_aside(path, || {
-        apply(read_json(path, what)?)
+        apply(read_state(path, what)?)
             .map_err(|e| DetectError::Other(format!("{what} {}: {e}", path.display())))
     })
 }
