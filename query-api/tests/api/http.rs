@@ -103,17 +103,20 @@ fn readiness_fails_while_the_store_fails_to_write() {
         api.client.get(api.url("/healthz")).send().unwrap().status(),
         200
     );
-    let metrics = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(
-        metrics.contains("perimeter_store_batches_failing 1\n"),
-        "{metrics}"
-    );
+    let failing = |n: u32| {
+        let metrics = api
+            .client
+            .get(api.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        assert!(
+            metrics.contains(&format!("perimeter_store_batches_failing {n}\n")),
+            "{metrics}"
+        );
+    };
+    failing(1);
 
     std::fs::remove_file(&blocker).unwrap();
     api.state.store.write_batch(&batch).unwrap();
@@ -121,17 +124,7 @@ fn readiness_fails_while_the_store_fails_to_write() {
         api.client.get(api.url("/readyz")).send().unwrap().status(),
         200
     );
-    let metrics = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert!(
-        metrics.contains("perimeter_store_batches_failing 0\n"),
-        "{metrics}"
-    );
+    failing(0);
 }
 
 /// Every authenticated route, with a body where it needs one.
