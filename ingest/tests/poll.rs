@@ -240,6 +240,7 @@ fn config(vendor: Vendor, base: &str) -> PollConfig {
         initial_lookback_hours: 24 * 365 * 10,
         max_pages_per_poll: 100,
         request_timeout_seconds: 10,
+        max_page_bytes: 1 << 20,
     }
 }
 
@@ -568,4 +569,22 @@ async fn google_workspace_pages_follow_their_page_tokens() {
             && !next.contains("pageToken"),
         "{next}"
     );
+}
+
+#[tokio::test]
+async fn a_page_over_max_page_bytes_is_refused_and_nothing_is_stored() {
+    let pages = fixture_pages("slack/audit");
+    let s = setup(Vendor::Slack, pages).await;
+    let base = s.api.base.lock().unwrap().clone();
+    let mut small = config(Vendor::Slack, &base);
+    // The recorded pages are a few KiB; the third is the largest.
+    small.max_page_bytes = 2_000;
+    let source = PollSource::new(small, "default", s.state.path(), s.bus.clone()).unwrap();
+    let err = source.poll_once().await.unwrap_err().to_string();
+    assert!(err.contains("max_page_bytes"), "{err}");
+    let taken = s.consumer.records().len();
+    assert!(taken < 21, "the big page was not stored: {taken}");
+    // With the default bound it goes through, from where it stopped.
+    let report = s.source().poll_once().await.unwrap();
+    assert_eq!(taken + report.records, 21);
 }

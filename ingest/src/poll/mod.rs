@@ -64,6 +64,10 @@ pub struct PollConfig {
     /// Seconds before a request without an answer is given up (and retried at the next poll).
     #[serde(default = "default_request_timeout_seconds")]
     pub request_timeout_seconds: u64,
+    /// Largest page body taken, in bytes (64 MiB): a bigger one is refused before it is all in
+    /// memory, and retried at the next poll.
+    #[serde(default = "default_max_page_bytes")]
+    pub max_page_bytes: u64,
 }
 
 fn default_interval_seconds() -> u64 {
@@ -77,6 +81,9 @@ fn default_max_pages_per_poll() -> u32 {
 }
 fn default_request_timeout_seconds() -> u64 {
     60
+}
+fn default_max_page_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// Where a source stands: saved after every stored page.
@@ -430,7 +437,7 @@ impl PollSource {
             url: url.clone(),
             reason: e.without_url().to_string(),
         };
-        let response = builder.send().await.map_err(transport)?;
+        let mut response = builder.send().await.map_err(transport)?;
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(PollError::RateLimited(retry_delay(response.headers())));
@@ -450,7 +457,22 @@ impl PollSource {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(vendor::next_link);
-        let bytes = response.bytes().await.map_err(transport)?;
+        let limit = self.config.max_page_bytes;
+        let too_big = || {
+            PollError::Malformed(format!(
+                "the page is larger than max_page_bytes ({limit} bytes)"
+            ))
+        };
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(too_big());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         let body = sonic_rs::from_slice(&bytes)
             .map_err(|e| PollError::Malformed(format!("the page is not JSON: {e}")))?;
         Ok((body, link))
@@ -559,6 +581,7 @@ mod tests {
             initial_lookback_hours: 24,
             max_pages_per_poll: 100,
             request_timeout_seconds: 60,
+            max_page_bytes: 1 << 20,
         }
     }
 
