@@ -118,7 +118,10 @@ mod tests {
             .collect();
         let config: PerimeterConfig = toml::from_str(&uncommented).expect("poll examples parse");
         let names: Vec<&str> = config.poll.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["okta-prod", "github-acme", "1password-audit"]);
+        assert_eq!(
+            names,
+            ["okta-prod", "github-acme", "1password-audit", "m365-entra"]
+        );
         assert_eq!(config.poll[1].org.as_deref(), Some("acme"));
         let typo = toml::from_str::<PerimeterConfig>(
             "[[poll]]\nname = \"x\"\nvendor = \"okta\"\nbase_url = \"https://a\"\ntoken = \"env:T\"\nintervall_seconds = 5",

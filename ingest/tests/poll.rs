@@ -72,6 +72,7 @@ impl FakeApi {
             Vendor::Onepassword => serde_json::from_str::<Value>(body)
                 .ok()
                 .and_then(|b| b["cursor"].as_str().map(str::to_string)),
+            Vendor::M365 => unreachable!("Microsoft 365 has a fake of its own"),
         };
         n.and_then(|c| c.trim_start_matches('c').parse().ok())
             .unwrap_or(0)
@@ -122,6 +123,7 @@ impl FakeApi {
                 }
                 axum::Json(body).into_response()
             }
+            Vendor::M365 => unreachable!("Microsoft 365 has a fake of its own"),
             Vendor::Onepassword => {
                 let mut body = self.pages.get(n).cloned().unwrap_or(json!({"items": []}));
                 body["cursor"] = json!(format!("c{}", (n + 1).min(self.pages.len())));
@@ -235,6 +237,8 @@ fn config(vendor: Vendor, base: &str) -> PollConfig {
         token: "env:PERIMETER_TEST_POLL_TOKEN".into(),
         org: Some("acme".into()),
         feed: Some("auditevents".into()),
+        client_id: None,
+        auth_url: None,
         tenant: Some("acme".into()),
         interval_seconds: 1,
         initial_lookback_hours: 24 * 365 * 10,
@@ -587,4 +591,294 @@ async fn a_page_over_max_page_bytes_is_refused_and_nothing_is_stored() {
     // With the default bound it goes through, from where it stopped.
     let report = s.source().poll_once().await.unwrap();
     assert_eq!(taken + report.records, 21);
+}
+
+/// A fake Microsoft 365: Azure AD's token endpoint and the Management Activity API for tenant
+/// `t-1`, with three content blobs over two listing pages, and no subscription until one is
+/// started.
+struct FakeM365 {
+    base: String,
+    subscribed: Mutex<bool>,
+    seen: Mutex<Vec<Seen>>,
+    blobs: Vec<(String, String, Vec<Value>)>,
+}
+
+async fn serve_m365(State(api): State<Arc<FakeM365>>, request: Request) -> Response {
+    let (method, uri) = (request.method().to_string(), request.uri().to_string());
+    let authorization = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&body).to_string();
+    api.seen.lock().unwrap().push(Seen {
+        uri: format!("{method} {uri}"),
+        authorization: authorization.clone(),
+        body: body.clone(),
+    });
+    let path = uri.split('?').next().unwrap_or_default().to_string();
+    if path == "/t-1/oauth2/v2.0/token" {
+        if !body.contains("client_secret=m365-secret") {
+            return (StatusCode::UNAUTHORIZED, "{}").into_response();
+        }
+        return axum::Json(
+            json!({"access_token": "at-1", "expires_in": 3599, "token_type": "Bearer"}),
+        )
+        .into_response();
+    }
+    if authorization != "Bearer at-1" {
+        return (StatusCode::UNAUTHORIZED, "{}").into_response();
+    }
+    let feed = "/api/v1.0/t-1/activity/feed";
+    if path == format!("{feed}/subscriptions/start") {
+        *api.subscribed.lock().unwrap() = true;
+        return axum::Json(
+            json!({"contentType": "Audit.AzureActiveDirectory", "status": "enabled"}),
+        )
+        .into_response();
+    }
+    if path == format!("{feed}/subscriptions/content") {
+        if !*api.subscribed.lock().unwrap() {
+            return (
+                StatusCode::BAD_REQUEST,
+                r#"{"error":{"code":"AF20022","message":"No subscription found for the specified content type"}}"#,
+            )
+                .into_response();
+        }
+        let listed = |range: std::ops::Range<usize>| -> Vec<Value> {
+            api.blobs[range]
+                .iter()
+                .map(|(id, created, _)| {
+                    json!({"contentType": "Audit.AzureActiveDirectory", "contentId": id,
+                           "contentUri": format!("{}{feed}/audit/{id}", api.base),
+                           "contentCreated": created, "contentExpiration": "2099-01-01T00:00:00.000Z"})
+                })
+                .collect()
+        };
+        if uri.contains("nextpage=2") {
+            return axum::Json(listed(2..3)).into_response();
+        }
+        let mut headers = HeaderMap::new();
+        let next = format!(
+            "{}{path}?contentType=Audit.AzureActiveDirectory&nextpage=2",
+            api.base
+        );
+        headers.insert("NextPageUri", next.parse().unwrap());
+        // Listed newest first on purpose: the poller stores them oldest first.
+        let mut first = listed(0..2);
+        first.reverse();
+        return (headers, axum::Json(first)).into_response();
+    }
+    if let Some(id) = path.strip_prefix(&format!("{feed}/audit/")) {
+        if let Some((_, _, records)) = api.blobs.iter().find(|(b, _, _)| b == id) {
+            return axum::Json(records.clone()).into_response();
+        }
+    }
+    (StatusCode::NOT_FOUND, "{}").into_response()
+}
+
+/// A fake Microsoft 365 on loopback; its base URL.
+async fn fake_m365(subscribed: bool, blobs: Vec<(String, String, Vec<Value>)>) -> Arc<FakeM365> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = Arc::new(FakeM365 {
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        subscribed: Mutex::new(subscribed),
+        seen: Mutex::new(Vec::new()),
+        blobs,
+    });
+    let app = axum::Router::new()
+        .fallback(serve_m365)
+        .with_state(api.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    api
+}
+
+/// A `[[poll]]` table for the fake's tenant, with the client secret in `secret_env`.
+fn m365_config(api: &FakeM365, secret_env: &str, secret: &str) -> PollConfig {
+    std::env::set_var(secret_env, secret);
+    let mut cfg = config(Vendor::M365, &api.base);
+    cfg.org = Some("t-1".into());
+    cfg.feed = Some("Audit.AzureActiveDirectory".into());
+    cfg.client_id = Some("app-1".into());
+    cfg.auth_url = Some(api.base.clone());
+    cfg.token = format!("env:{secret_env}");
+    cfg.initial_lookback_hours = 2;
+    cfg
+}
+
+/// Three blobs made available 60, 50 and 40 minutes ago (listed out of order), four records.
+fn three_blobs() -> Vec<(String, String, Vec<Value>)> {
+    let now = chrono::Utc::now();
+    let at = |minutes_ago: i64| {
+        (now - chrono::Duration::minutes(minutes_ago))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    vec![
+        (
+            "b-2".into(),
+            at(50),
+            vec![m365_record("r3", "cy@acme.example", 3)],
+        ),
+        (
+            "b-1".into(),
+            at(60),
+            vec![
+                m365_record("r1", "al@acme.example", 1),
+                m365_record("r2", "bo@acme.example", 2),
+            ],
+        ),
+        (
+            "b-3".into(),
+            at(40),
+            vec![m365_record("r4", "di@acme.example", 4)],
+        ),
+    ]
+}
+
+fn m365_record(id: &str, user: &str, minute: u32) -> Value {
+    json!({"CreationTime": format!("2026-12-01T10:{minute:02}:00"), "Id": id, "Operation": "UserLoggedIn",
+           "OrganizationId": "t-1", "RecordType": 15, "ResultStatus": "Success", "UserType": 0,
+           "Workload": "AzureActiveDirectory", "ClientIP": "198.51.100.10", "UserId": user})
+}
+
+#[tokio::test]
+async fn m365_blobs_are_listed_fetched_oldest_first_and_not_again() {
+    let api = fake_m365(false, three_blobs()).await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = m365_config(&api, "PERIMETER_TEST_M365_SECRET", "m365-secret");
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+
+    let report = source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (3, 4));
+    let ids: Vec<String> = consumer
+        .records()
+        .iter()
+        .map(|r| r["Id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        ["r1", "r2", "r3", "r4"],
+        "blobs in the order they were made available"
+    );
+    assert!(consumer
+        .taken
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(src, _, _)| src == "m365"));
+    let seen = api.seen.lock().unwrap().clone();
+    assert!(
+        seen[0].uri.starts_with("POST /t-1/oauth2/v2.0/token"),
+        "{seen:?}"
+    );
+    assert!(
+        seen[0].body.contains("grant_type=client_credentials")
+            && seen[0].body.contains("client_id=app-1")
+    );
+    assert!(
+        seen[0]
+            .body
+            .contains(&format!("scope={}", "http%3A%2F%2F127.0.0.1")),
+        "{}",
+        seen[0].body
+    );
+    assert!(seen[1]
+        .uri
+        .contains("/subscriptions/content?contentType=Audit.AzureActiveDirectory&startTime="));
+    assert!(
+        seen[2]
+            .uri
+            .starts_with("POST /api/v1.0/t-1/activity/feed/subscriptions/start"),
+        "{seen:?}"
+    );
+    assert!(seen[1..].iter().all(|r| r.authorization == "Bearer at-1"));
+    // The secret went to the token endpoint only, and in its body.
+    assert!(seen[1..]
+        .iter()
+        .all(|r| !r.body.contains("m365-secret") && !r.uri.contains("m365-secret")));
+    // The window (the last 2 hours) was read through: the next one starts ten minutes before
+    // its end, after the last blob.
+    let cp = source().checkpoint().unwrap();
+    assert_eq!(cp.resume, None, "{cp:?}");
+    let lag = chrono::Utc::now() - cp.since.unwrap();
+    assert!(
+        lag > chrono::Duration::minutes(9) && lag < chrono::Duration::minutes(12),
+        "{cp:?}"
+    );
+
+    // The next poll lists the blobs again (this fake ignores times) and fetches none of them;
+    // the token is reused, not asked for again.
+    let before = api.seen.lock().unwrap().len();
+    let src = source();
+    let report = src.poll_once().await.unwrap();
+    assert_eq!(report.records, 0);
+    let report = src.poll_once().await.unwrap();
+    assert_eq!(report.records, 0);
+    let later: Vec<Seen> = api.seen.lock().unwrap()[before..].to_vec();
+    assert!(
+        later.iter().all(|r| !r.uri.contains("/audit/")),
+        "{later:?}"
+    );
+    assert_eq!(
+        later.iter().filter(|r| r.uri.contains("/token")).count(),
+        1,
+        "{later:?}"
+    );
+    assert_eq!(consumer.records().len(), 4);
+}
+
+#[tokio::test]
+async fn a_wrong_m365_client_secret_is_a_refused_credential() {
+    let api = fake_m365(true, Vec::new()).await;
+    let (bus, _rx) = bus::channel(4);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = m365_config(&api, "PERIMETER_TEST_M365_WRONG", "not-the-secret");
+    let source = PollSource::new(cfg, "default", state.path(), bus).unwrap();
+    let err = source.poll_once().await.unwrap_err();
+    assert!(matches!(err, PollError::Unauthorized(_)), "{err}");
+    assert!(!format!("{err:?}").contains("not-the-secret"));
+}
+
+#[tokio::test]
+async fn an_m365_blob_the_store_did_not_take_is_fetched_again_from_its_place() {
+    let api = fake_m365(true, three_blobs()).await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    consumer.script.lock().unwrap().extend([true, false]);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = m365_config(&api, "PERIMETER_TEST_M365_SECRET_2", "m365-secret");
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+    let err = source().poll_once().await.unwrap_err();
+    assert!(matches!(err, PollError::NotStored(_)), "{err}");
+    let cp = source().checkpoint().unwrap();
+    assert_eq!(
+        cp.resume.as_deref(),
+        Some("b-1"),
+        "the first blob is stored: {cp:?}"
+    );
+
+    let report = source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (2, 2));
+    let ids: Vec<String> = consumer
+        .records()
+        .iter()
+        .map(|r| r["Id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["r1", "r2", "r3", "r4"], "each record once, none lost");
+    let fetched: Vec<String> = api
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.uri.contains("/audit/"))
+        .map(|r| r.uri.rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert_eq!(fetched, ["b-1", "b-2", "b-2", "b-3"]);
 }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::BusSender;
 use crate::InputItem;
 
+mod m365;
 pub mod vendor;
 
 pub use vendor::Vendor;
@@ -33,7 +34,7 @@ pub use vendor::Vendor;
 pub struct PollConfig {
     /// Unique name: names the checkpoint file, the logs and the metrics' `poller` label.
     pub name: String,
-    /// Which API: `okta`, `github`, `slack`, `onepassword`, `google_workspace`.
+    /// Which API: `okta`, `github`, `slack`, `onepassword`, `google_workspace`, `m365`.
     pub vendor: Vendor,
     /// The API's base URL, e.g. `https://acme.okta.com`, `https://api.github.com`,
     /// `https://api.slack.com`, `https://events.1password.com`, `https://admin.googleapis.com`.
@@ -41,13 +42,23 @@ pub struct PollConfig {
     /// The credential, as a secret reference: `env:NAME` or `file:/path` (read at every poll,
     /// so a token file rotated by another process is picked up). Never logged.
     pub token: String,
-    /// GitHub: the organization whose audit log is read.
+    /// GitHub: the organization whose audit log is read. Microsoft 365: the Azure AD tenant id.
     #[serde(default)]
     pub org: Option<String>,
     /// 1Password: `signinattempts`, `itemusages` or `auditevents`; Google Workspace: the
-    /// Reports API application (`login`, `admin`, `drive`, `token`, ...).
+    /// Reports API application (`login`, `admin`, `drive`, `token`, ...); Microsoft 365: the
+    /// content type (`Audit.AzureActiveDirectory`, `Audit.Exchange`, `Audit.SharePoint`,
+    /// `Audit.General`, `DLP.All`).
     #[serde(default)]
     pub feed: Option<String>,
+    /// Microsoft 365: the Azure AD application (client) id. With it, `token` is the app's client
+    /// secret and Perimeter gets access tokens from `auth_url` itself; without it, `token` is an
+    /// access token kept fresh by another process.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Microsoft 365: where access tokens come from (default `https://login.microsoftonline.com`).
+    #[serde(default)]
+    pub auth_url: Option<String>,
     /// Tenant the records belong to (default: the configuration's `tenant`).
     #[serde(default)]
     pub tenant: Option<String>,
@@ -162,6 +173,8 @@ pub struct PollSource {
     bus: BusSender,
     client: reqwest::Client,
     metrics: Option<Arc<Metrics>>,
+    /// Microsoft 365 with a `client_id`: the access token and when to get a new one.
+    access_token: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl PollSource {
@@ -228,6 +241,7 @@ impl PollSource {
             bus,
             client,
             metrics: None,
+            access_token: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -337,10 +351,15 @@ impl PollSource {
     /// checkpoint: checks a configuration (URL, credential, paging) before the service runs it.
     pub async fn probe(&self) -> Result<ProbeReport, PollError> {
         let (token, start) = self.token_and_start()?;
+        if self.config.vendor == Vendor::M365 {
+            return m365::probe(self, &self.authorization(&token).await?, start).await;
+        }
         let cp = self.checkpoint()?;
         let request = self.api.request(&cp, start)?;
-        let (body, link) = self.fetch(&request, &token).await?;
-        let page = self.api.page(&cp, start, body, link)?;
+        let (body, headers) = self
+            .fetch(&request, &self.authorization(&token).await?)
+            .await?;
+        let page = self.api.page(&cp, start, body, link_next(&headers))?;
         Ok(ProbeReport {
             url: request.url.to_string(),
             records: page.records.len(),
@@ -360,13 +379,30 @@ impl PollSource {
         Ok((token, start))
     }
 
+    /// The `Authorization` header value: the vendor's form of the token, or for Microsoft 365
+    /// with a `client_id`, a bearer access token got with the token as the client secret
+    /// (cached until a minute before it expires).
+    async fn authorization(&self, token: &str) -> Result<String, PollError> {
+        match &self.config.client_id {
+            Some(client_id) => Ok(format!(
+                "Bearer {}",
+                m365::access_token(self, client_id, token).await?
+            )),
+            None => Ok(self.config.vendor.authorization(token)),
+        }
+    }
+
     async fn poll_pages(&self) -> Result<PollReport, PollError> {
         let (token, start) = self.token_and_start()?;
+        let authorization = self.authorization(&token).await?;
+        if self.config.vendor == Vendor::M365 {
+            return m365::poll(self, &authorization, start).await;
+        }
         let mut cp = self.checkpoint()?;
         let mut report = PollReport::default();
         while report.pages < self.config.max_pages_per_poll.max(1) {
             let request = self.api.request(&cp, start)?;
-            let (body, link) = match self.fetch(&request, &token).await {
+            let (body, headers) = match self.fetch(&request, &authorization).await {
                 // A link or cursor the vendor no longer knows (expired after a long stop):
                 // start the listing again from its lower bound, which repeats records the
                 // store already has rather than skipping any.
@@ -385,27 +421,11 @@ impl PollSource {
                 }
                 other => other?,
             };
-            let page = self.api.page(&cp, start, body, link)?;
+            let page = self.api.page(&cp, start, body, link_next(&headers))?;
             report.pages += 1;
-            if !page.records.is_empty() {
-                let items: Vec<InputItem> = page
-                    .records
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, value)| InputItem::Record {
-                        line: i as u64 + 1,
-                        value,
-                    })
-                    .collect();
-                let count = items.len();
-                let ack = self
-                    .bus
-                    .submit(self.config.vendor.source(), &self.tenant, items)
-                    .await
-                    .map_err(|e| PollError::NotStored(e.to_string()))?;
-                report.records += count;
-                report.duplicates += ack.duplicates;
-            }
+            let (records, duplicates) = self.submit(page.records).await?;
+            report.records += records;
+            report.duplicates += duplicates;
             self.save_checkpoint(&page.checkpoint)?;
             cp = page.checkpoint;
             if !page.more {
@@ -415,22 +435,47 @@ impl PollSource {
         Ok(report)
     }
 
-    /// Make one request; the parsed body and the `Link` header's next target.
+    /// Submit a page's records (line = place on the page) and wait until they are stored;
+    /// how many there were and how many the store already had.
+    async fn submit(
+        &self,
+        records: Vec<perimeter_model::RawJson>,
+    ) -> Result<(usize, usize), PollError> {
+        if records.is_empty() {
+            return Ok((0, 0));
+        }
+        let items: Vec<InputItem> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| InputItem::Record {
+                line: i as u64 + 1,
+                value,
+            })
+            .collect();
+        let count = items.len();
+        let ack = self
+            .bus
+            .submit(self.config.vendor.source(), &self.tenant, items)
+            .await
+            .map_err(|e| PollError::NotStored(e.to_string()))?;
+        Ok((count, ack.duplicates))
+    }
+
+    /// Make one request (`authorization` empty: none); the parsed body and the headers.
     async fn fetch(
         &self,
         request: &vendor::PageRequest,
-        token: &str,
-    ) -> Result<(perimeter_model::RawJson, Option<String>), PollError> {
-        let mut builder = match &request.body {
-            Some(body) => self.client.post(request.url.clone()).json(body),
-            None => self.client.get(request.url.clone()),
+        authorization: &str,
+    ) -> Result<(perimeter_model::RawJson, reqwest::header::HeaderMap), PollError> {
+        let mut builder = match (&request.body, &request.form) {
+            (Some(body), _) => self.client.post(request.url.clone()).json(body),
+            (None, Some(form)) => self.client.post(request.url.clone()).form(form),
+            (None, None) => self.client.get(request.url.clone()),
         };
-        builder = builder
-            .header(
-                reqwest::header::AUTHORIZATION,
-                self.config.vendor.authorization(token),
-            )
-            .header(reqwest::header::ACCEPT, "application/json");
+        if !authorization.is_empty() {
+            builder = builder.header(reqwest::header::AUTHORIZATION, authorization);
+        }
+        builder = builder.header(reqwest::header::ACCEPT, "application/json");
         // The URL in errors has no credential in it (tokens go in the header only).
         let url = request.url.to_string();
         let transport = |e: reqwest::Error| PollError::Transport {
@@ -451,12 +496,6 @@ impl PollSource {
                 url,
             });
         }
-        let link = response
-            .headers()
-            .get_all(reqwest::header::LINK)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(vendor::next_link);
         let limit = self.config.max_page_bytes;
         let too_big = || {
             PollError::Malformed(format!(
@@ -475,8 +514,17 @@ impl PollSource {
         }
         let body = sonic_rs::from_slice(&bytes)
             .map_err(|e| PollError::Malformed(format!("the page is not JSON: {e}")))?;
-        Ok((body, link))
+        Ok((body, response.headers().clone()))
     }
+}
+
+/// The `rel="next"` target of the `Link` headers, if any.
+fn link_next(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(vendor::next_link)
 }
 
 impl PollError {
@@ -576,6 +624,8 @@ mod tests {
             token: "env:OKTA_TOKEN".into(),
             org: None,
             feed: None,
+            client_id: None,
+            auth_url: None,
             tenant: None,
             interval_seconds: 60,
             initial_lookback_hours: 24,

@@ -37,6 +37,9 @@ pub enum Vendor {
     /// Google Workspace Admin SDK Reports API: `GET /admin/reports/v1/activity/users/all/
     /// applications/{feed}` (`login`, `admin`, `drive`, `token`, ...), bearer OAuth access token.
     GoogleWorkspace,
+    /// Microsoft 365 Management Activity API: content blobs of one content type (`feed`) for one
+    /// Azure AD tenant (`org`), listed by time and fetched one by one (see `m365.rs`).
+    M365,
 }
 
 impl Vendor {
@@ -48,6 +51,7 @@ impl Vendor {
             Vendor::Slack => "slack",
             Vendor::Onepassword => "onepassword",
             Vendor::GoogleWorkspace => "google_workspace",
+            Vendor::M365 => "m365",
         }
     }
 
@@ -69,6 +73,10 @@ impl Vendor {
             Vendor::GoogleWorkspace if feed.is_none() => {
                 Some("`feed` (the Reports API application: login, admin, drive, token, ...)")
             }
+            Vendor::M365 if org.is_none() => Some("`org` (the Azure AD tenant id)"),
+            Vendor::M365 if feed.is_none() => Some(
+                "`feed` (the content type: Audit.AzureActiveDirectory, Audit.Exchange, Audit.SharePoint, Audit.General or DLP.All)",
+            ),
             _ => None,
         }
     }
@@ -80,6 +88,8 @@ pub(crate) struct PageRequest {
     pub url: Url,
     /// A JSON body to `POST` (1Password); `GET` without one.
     pub body: Option<serde_json::Value>,
+    /// A form to `POST` (Microsoft's token endpoint).
+    pub form: Option<Vec<(&'static str, String)>>,
     /// Whether the request goes on from `Checkpoint::resume` (a link or cursor the vendor gave),
     /// which the vendor may have expired.
     pub resumes: bool,
@@ -113,11 +123,13 @@ impl Api {
     pub fn request(&self, cp: &Checkpoint, start: DateTime<Utc>) -> Result<PageRequest, PollError> {
         let since = cp.since.unwrap_or(start);
         match self.vendor {
+            Vendor::M365 => Err(not_paged()),
             Vendor::Okta | Vendor::Github => {
                 if let Some(next) = &cp.resume {
                     return Ok(PageRequest {
                         url: self.same_origin(next)?,
                         body: None,
+                        form: None,
                         resumes: true,
                     });
                 }
@@ -143,6 +155,7 @@ impl Api {
                 Ok(PageRequest {
                     url,
                     body: None,
+                    form: None,
                     resumes: false,
                 })
             }
@@ -174,6 +187,7 @@ impl Api {
                 Ok(PageRequest {
                     url,
                     body: None,
+                    form: None,
                     resumes: cp.resume.is_some(),
                 })
             }
@@ -189,6 +203,7 @@ impl Api {
                 Ok(PageRequest {
                     url,
                     body: Some(body),
+                    form: None,
                     resumes: cp.resume.is_some(),
                 })
             }
@@ -206,6 +221,7 @@ impl Api {
     ) -> Result<Page, PollError> {
         let shape = |what: &str| PollError::Malformed(format!("the page has no {what}"));
         let (records, time_path): (Vec<RawJson>, &[&str]) = match self.vendor {
+            Vendor::M365 => return Err(not_paged()),
             Vendor::Okta | Vendor::Github => {
                 let path: &[&str] = if self.vendor == Vendor::Okta {
                     &["published"]
@@ -260,6 +276,7 @@ impl Api {
                 }
                 next.resume = cursor;
             }
+            Vendor::M365 => return Err(not_paged()),
             Vendor::Onepassword => {
                 let cursor = str_at(&body, &["cursor"]).ok_or_else(|| shape("`cursor`"))?;
                 more = body.get("has_more").and_then(|v| v.as_bool()) == Some(true);
@@ -274,7 +291,7 @@ impl Api {
     }
 
     /// `path` under the base URL (which may itself have a path, e.g. behind a proxy).
-    fn join(&self, path: &str) -> Result<Url, PollError> {
+    pub(crate) fn join(&self, path: &str) -> Result<Url, PollError> {
         let mut base = self.base.clone();
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -301,6 +318,11 @@ impl Api {
     }
 }
 
+/// Microsoft 365 is not read page by page with these (its blobs are: `m365.rs`).
+fn not_paged() -> PollError {
+    PollError::Config("Microsoft 365 content is read by the m365 poller, not as pages".into())
+}
+
 fn list_at(body: &RawJson, key: &str) -> Result<Vec<RawJson>, PollError> {
     match body.get(key) {
         Some(list) if list.is_array() => Ok(list
@@ -315,7 +337,7 @@ fn list_at(body: &RawJson, key: &str) -> Result<Vec<RawJson>, PollError> {
     }
 }
 
-fn str_at(v: &RawJson, path: &[&str]) -> Option<String> {
+pub(crate) fn str_at(v: &RawJson, path: &[&str]) -> Option<String> {
     let mut cur = v;
     for key in path {
         cur = cur.get(*key)?;
@@ -323,7 +345,7 @@ fn str_at(v: &RawJson, path: &[&str]) -> Option<String> {
     cur.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
-fn time_at(v: &RawJson, path: &[&str]) -> Option<DateTime<Utc>> {
+pub(crate) fn time_at(v: &RawJson, path: &[&str]) -> Option<DateTime<Utc>> {
     let mut cur = v;
     for key in path {
         cur = cur.get(*key)?;
