@@ -120,7 +120,13 @@ mod tests {
         let names: Vec<&str> = config.poll.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
-            ["okta-prod", "github-acme", "1password-audit", "m365-entra"]
+            [
+                "okta-prod",
+                "github-acme",
+                "1password-audit",
+                "m365-entra",
+                "cloudtrail-us-east-1"
+            ]
         );
         assert_eq!(config.poll[1].org.as_deref(), Some("acme"));
         let typo = toml::from_str::<PerimeterConfig>(

@@ -72,7 +72,7 @@ impl FakeApi {
             Vendor::Onepassword => serde_json::from_str::<Value>(body)
                 .ok()
                 .and_then(|b| b["cursor"].as_str().map(str::to_string)),
-            Vendor::M365 => unreachable!("Microsoft 365 has a fake of its own"),
+            Vendor::M365 | Vendor::AwsCloudtrail => unreachable!("these have fakes of their own"),
         };
         n.and_then(|c| c.trim_start_matches('c').parse().ok())
             .unwrap_or(0)
@@ -123,7 +123,7 @@ impl FakeApi {
                 }
                 axum::Json(body).into_response()
             }
-            Vendor::M365 => unreachable!("Microsoft 365 has a fake of its own"),
+            Vendor::M365 | Vendor::AwsCloudtrail => unreachable!("these have fakes of their own"),
             Vendor::Onepassword => {
                 let mut body = self.pages.get(n).cloned().unwrap_or(json!({"items": []}));
                 body["cursor"] = json!(format!("c{}", (n + 1).min(self.pages.len())));
@@ -239,6 +239,9 @@ fn config(vendor: Vendor, base: &str) -> PollConfig {
         feed: Some("auditevents".into()),
         client_id: None,
         auth_url: None,
+        aws_region: None,
+        aws_access_key_id: None,
+        aws_session_token: None,
         tenant: Some("acme".into()),
         interval_seconds: 1,
         initial_lookback_hours: 24 * 365 * 10,
@@ -881,4 +884,239 @@ async fn an_m365_blob_the_store_did_not_take_is_fetched_again_from_its_place() {
         .map(|r| r.uri.rsplit('/').next().unwrap().to_string())
         .collect();
     assert_eq!(fetched, ["b-1", "b-2", "b-2", "b-3"]);
+}
+
+/// A fake S3 bucket (path style, `/trail-bucket`) holding gzipped CloudTrail files; listings
+/// return `page` keys at a time. Requests without a SigV4 `Authorization` for the expected key
+/// id, `x-amz-date` and `x-amz-content-sha256` are refused with 403, as S3 does.
+struct FakeS3 {
+    base: String,
+    objects: Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
+    page: usize,
+    seen: Mutex<Vec<Seen>>,
+}
+
+async fn serve_s3(State(s3): State<Arc<FakeS3>>, request: Request) -> Response {
+    let uri = request.uri().clone();
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let authorization = header("authorization");
+    s3.seen.lock().unwrap().push(Seen {
+        uri: uri.to_string(),
+        authorization: authorization.clone(),
+        body: String::new(),
+    });
+    let signed = authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIAFAKEPOLLER0000001/")
+        && authorization.contains("/us-east-1/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=")
+        && header("x-amz-date").len() == 16
+        && header("x-amz-content-sha256").len() == 64;
+    if !signed {
+        return (
+            StatusCode::FORBIDDEN,
+            "<Error><Code>SignatureDoesNotMatch</Code></Error>",
+        )
+            .into_response();
+    }
+    let path = uri.path().to_string();
+    if path == "/trail-bucket/" || path == "/trail-bucket" {
+        let query: std::collections::HashMap<String, String> = uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), percent_decode(v)))
+            .collect();
+        let prefix = query.get("prefix").cloned().unwrap_or_default();
+        let after = query.get("start-after").cloned().unwrap_or_default();
+        let objects = s3.objects.lock().unwrap();
+        let keys: Vec<&String> = objects
+            .keys()
+            .filter(|k| k.starts_with(&prefix) && **k > after)
+            .collect();
+        let truncated = keys.len() > s3.page;
+        let contents: String = keys
+            .iter()
+            .take(s3.page)
+            .map(|k| format!("<Contents><Key>{k}</Key><Size>1</Size></Contents>"))
+            .collect();
+        return format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>trail-bucket</Name><Prefix>{prefix}</Prefix><IsTruncated>{truncated}</IsTruncated>{contents}</ListBucketResult>"
+        )
+        .into_response();
+    }
+    let key = path.trim_start_matches("/trail-bucket/");
+    match s3.objects.lock().unwrap().get(key) {
+        Some(bytes) => bytes.clone().into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "<Error><Code>NoSuchKey</Code></Error>",
+        )
+            .into_response(),
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+const TRAIL: &str = "AWSLogs/111122223333/CloudTrail/us-east-1/";
+
+/// A CloudTrail file made `minutes_ago`, holding one record per name in `events`, gzipped, and
+/// its key.
+fn trail_file(minutes_ago: i64, unique: &str, events: &[&str]) -> (String, Vec<u8>) {
+    use std::io::Write;
+    let t = chrono::Utc::now() - chrono::Duration::minutes(minutes_ago);
+    let key = format!(
+        "{TRAIL}{}/111122223333_CloudTrail_us-east-1_{}_{unique}.json.gz",
+        t.format("%Y/%m/%d"),
+        t.format("%Y%m%dT%H%MZ")
+    );
+    let records: Vec<Value> = events
+        .iter()
+        .map(|name| {
+            json!({"eventVersion": "1.10", "eventTime": t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                   "eventSource": "iam.amazonaws.com", "eventName": name, "awsRegion": "us-east-1",
+                   "sourceIPAddress": "198.51.100.7", "userIdentity": {"type": "IAMUser", "userName": "ops"},
+                   "eventID": format!("{unique}-{name}")})
+        })
+        .collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(
+        serde_json::to_string(&json!({ "Records": records }))
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    (key, gz.finish().unwrap())
+}
+
+async fn fake_s3(files: Vec<(String, Vec<u8>)>) -> Arc<FakeS3> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s3 = Arc::new(FakeS3 {
+        base: format!("http://{}/trail-bucket", listener.local_addr().unwrap()),
+        objects: Mutex::new(files.into_iter().collect()),
+        page: 2,
+        seen: Mutex::new(Vec::new()),
+    });
+    let app = axum::Router::new()
+        .fallback(serve_s3)
+        .with_state(s3.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    s3
+}
+
+fn cloudtrail_config(s3: &FakeS3, key_id: &str) -> PollConfig {
+    std::env::set_var("PERIMETER_TEST_AWS_SECRET", "fake/secret+access+key");
+    std::env::set_var(format!("PERIMETER_TEST_AWS_KEY_{key_id}"), key_id);
+    let mut cfg = config(Vendor::AwsCloudtrail, &s3.base);
+    cfg.name = format!("trail-{key_id}").to_lowercase();
+    cfg.feed = Some(TRAIL.into());
+    cfg.aws_region = Some("us-east-1".into());
+    cfg.aws_access_key_id = Some(format!("env:PERIMETER_TEST_AWS_KEY_{key_id}"));
+    cfg.token = "env:PERIMETER_TEST_AWS_SECRET".into();
+    cfg.initial_lookback_hours = 24;
+    cfg
+}
+
+#[tokio::test]
+async fn cloudtrail_files_are_read_in_order_and_late_ones_are_not_missed() {
+    let s3 = fake_s3(vec![
+        trail_file(50, "a1", &["CreateUser", "CreateAccessKey"]),
+        trail_file(45, "b1", &["AttachUserPolicy"]),
+        trail_file(40, "c1", &["DeleteTrail"]),
+    ])
+    .await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = cloudtrail_config(&s3, "AKIAFAKEPOLLER0000001");
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+
+    let report = source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (3, 4));
+    let names = |c: &Consumer| -> Vec<String> {
+        c.records()
+            .iter()
+            .map(|r| r["eventName"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&consumer),
+        [
+            "CreateUser",
+            "CreateAccessKey",
+            "AttachUserPolicy",
+            "DeleteTrail"
+        ]
+    );
+    assert!(consumer
+        .taken
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(src, _, _)| src == "aws_cloudtrail"));
+    // Listed two keys at a time, from the first day of the lookback.
+    let seen = s3.seen.lock().unwrap().clone();
+    let listings: Vec<&Seen> = seen
+        .iter()
+        .filter(|r| r.uri.contains("list-type=2"))
+        .collect();
+    assert!(listings.len() >= 2, "{seen:?}");
+    assert!(listings[0].uri.contains("start-after="), "{seen:?}");
+
+    // A file delivered late (older than the newest stored) and a new one: both are taken, the
+    // stored ones are not fetched again.
+    let late = trail_file(44, "b0-late", &["PutBucketPolicy"]);
+    let new = trail_file(30, "d1", &["ConsoleLogin"]);
+    s3.objects
+        .lock()
+        .unwrap()
+        .extend([late.clone(), new.clone()]);
+    let before = s3.seen.lock().unwrap().len();
+    let report = source().poll_once().await.unwrap();
+    assert_eq!(report.records, 2);
+    assert_eq!(
+        names(&consumer)[4..],
+        ["PutBucketPolicy".to_string(), "ConsoleLogin".to_string()]
+    );
+    let fetched: Vec<String> = s3.seen.lock().unwrap()[before..]
+        .iter()
+        .filter(|r| !r.uri.contains("list-type"))
+        .map(|r| r.uri.clone())
+        .collect();
+    assert_eq!(fetched.len(), 2, "{fetched:?}");
+    let cp = source().checkpoint().unwrap();
+    assert_eq!(cp.resume.as_deref(), Some(new.0.as_str()));
+    // Nothing new: nothing fetched.
+    assert_eq!(source().poll_once().await.unwrap().records, 0);
+}
+
+#[tokio::test]
+async fn cloudtrail_with_a_key_s3_refuses_is_a_refused_credential() {
+    let s3 = fake_s3(vec![trail_file(10, "a1", &["CreateUser"])]).await;
+    let (bus, _rx) = bus::channel(4);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = cloudtrail_config(&s3, "AKIAWRONGKEY00000000");
+    let source = PollSource::new(cfg, "default", state.path(), bus).unwrap();
+    let err = source.poll_once().await.unwrap_err();
+    assert!(matches!(err, PollError::Unauthorized(403)), "{err}");
+    assert!(!format!("{err:?}").contains("fake/secret"));
 }

@@ -182,6 +182,7 @@ pub(super) async fn poll(
             resume: Some(blob.id),
             listing_since: None,
             since: Some(blob.created),
+            ..Checkpoint::default()
         };
         src.save_checkpoint(&cp)?;
     }
@@ -191,6 +192,7 @@ pub(super) async fn poll(
             resume: None,
             listing_since: None,
             since: Some(settled),
+            ..Checkpoint::default()
         })?;
     }
     Ok(report)

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::bus::BusSender;
 use crate::InputItem;
 
+mod cloudtrail;
 mod m365;
+mod sigv4;
 pub mod vendor;
 
 pub use vendor::Vendor;
@@ -34,7 +36,8 @@ pub use vendor::Vendor;
 pub struct PollConfig {
     /// Unique name: names the checkpoint file, the logs and the metrics' `poller` label.
     pub name: String,
-    /// Which API: `okta`, `github`, `slack`, `onepassword`, `google_workspace`, `m365`.
+    /// Which API: `okta`, `github`, `slack`, `onepassword`, `google_workspace`, `m365`,
+    /// `aws_cloudtrail` (log files in S3).
     pub vendor: Vendor,
     /// The API's base URL, e.g. `https://acme.okta.com`, `https://api.github.com`,
     /// `https://api.slack.com`, `https://events.1password.com`, `https://admin.googleapis.com`.
@@ -48,7 +51,8 @@ pub struct PollConfig {
     /// 1Password: `signinattempts`, `itemusages` or `auditevents`; Google Workspace: the
     /// Reports API application (`login`, `admin`, `drive`, `token`, ...); Microsoft 365: the
     /// content type (`Audit.AzureActiveDirectory`, `Audit.Exchange`, `Audit.SharePoint`,
-    /// `Audit.General`, `DLP.All`).
+    /// `Audit.General`, `DLP.All`); AWS CloudTrail: the key prefix of the log files
+    /// (`AWSLogs/<account>/CloudTrail/<region>/`).
     #[serde(default)]
     pub feed: Option<String>,
     /// Microsoft 365: the Azure AD application (client) id. With it, `token` is the app's client
@@ -59,6 +63,16 @@ pub struct PollConfig {
     /// Microsoft 365: where access tokens come from (default `https://login.microsoftonline.com`).
     #[serde(default)]
     pub auth_url: Option<String>,
+    /// AWS CloudTrail: the bucket's region (`us-east-1`, ...), for signing.
+    #[serde(default)]
+    pub aws_region: Option<String>,
+    /// AWS CloudTrail: the access key id, as a secret reference (`token` is the secret access
+    /// key).
+    #[serde(default)]
+    pub aws_access_key_id: Option<String>,
+    /// AWS CloudTrail: a session token for temporary credentials, as a secret reference.
+    #[serde(default)]
+    pub aws_session_token: Option<String>,
     /// Tenant the records belong to (default: the configuration's `tenant`).
     #[serde(default)]
     pub tenant: Option<String>,
@@ -111,6 +125,10 @@ pub struct Checkpoint {
     /// The newest record time stored: new listings start there.
     #[serde(default)]
     pub since: Option<DateTime<Utc>>,
+    /// CloudTrail: the objects stored within the last minutes before the newest one (files can
+    /// land a little out of order; these are not fetched again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_keys: Vec<String>,
 }
 
 /// Why a poll stopped early. The checkpoint stays where the last stored page left it.
@@ -212,7 +230,24 @@ impl PollSource {
         {
             return Err(err(format!("{:?} needs {what}", config.vendor)));
         }
-        if !(config.token.starts_with("env:") || config.token.starts_with("file:")) {
+        if config.vendor == Vendor::AwsCloudtrail {
+            if config.aws_region.is_none() {
+                return Err(err(
+                    "aws_cloudtrail needs `aws_region` (the bucket's region)".into(),
+                ));
+            }
+            if !config
+                .aws_access_key_id
+                .as_deref()
+                .is_some_and(is_secret_reference)
+            {
+                return Err(err(
+                    "aws_cloudtrail needs `aws_access_key_id` as a secret reference, `env:NAME` or `file:/path` (`token` is the secret access key)"
+                        .into(),
+                ));
+            }
+        }
+        if !is_secret_reference(&config.token) {
             return Err(err(
                 "token must be a secret reference, `env:NAME` or `file:/path`, not the token itself"
                     .into(),
@@ -351,8 +386,12 @@ impl PollSource {
     /// checkpoint: checks a configuration (URL, credential, paging) before the service runs it.
     pub async fn probe(&self) -> Result<ProbeReport, PollError> {
         let (token, start) = self.token_and_start()?;
-        if self.config.vendor == Vendor::M365 {
-            return m365::probe(self, &self.authorization(&token).await?, start).await;
+        match self.config.vendor {
+            Vendor::M365 => {
+                return m365::probe(self, &self.authorization(&token).await?, start).await
+            }
+            Vendor::AwsCloudtrail => return cloudtrail::probe(self, &token, start).await,
+            _ => {}
         }
         let cp = self.checkpoint()?;
         let request = self.api.request(&cp, start)?;
@@ -394,6 +433,9 @@ impl PollSource {
 
     async fn poll_pages(&self) -> Result<PollReport, PollError> {
         let (token, start) = self.token_and_start()?;
+        if self.config.vendor == Vendor::AwsCloudtrail {
+            return cloudtrail::poll(self, &token, start).await;
+        }
         let authorization = self.authorization(&token).await?;
         if self.config.vendor == Vendor::M365 {
             return m365::poll(self, &authorization, start).await;
@@ -415,6 +457,7 @@ impl PollSource {
                         resume: None,
                         listing_since: None,
                         since: cp.listing_since.or(cp.since),
+                        ..Checkpoint::default()
                     };
                     self.save_checkpoint(&cp)?;
                     continue;
@@ -467,15 +510,30 @@ impl PollSource {
         request: &vendor::PageRequest,
         authorization: &str,
     ) -> Result<(perimeter_model::RawJson, reqwest::header::HeaderMap), PollError> {
+        let mut headers = vec![("accept", "application/json".to_string())];
+        if !authorization.is_empty() {
+            headers.push(("authorization", authorization.to_string()));
+        }
+        let (bytes, headers) = self.fetch_bytes(request, &headers).await?;
+        let body = sonic_rs::from_slice(&bytes)
+            .map_err(|e| PollError::Malformed(format!("the page is not JSON: {e}")))?;
+        Ok((body, headers))
+    }
+
+    /// Make one request with `headers`; the body (at most `max_page_bytes`) and the headers.
+    async fn fetch_bytes(
+        &self,
+        request: &vendor::PageRequest,
+        headers: &[(&'static str, String)],
+    ) -> Result<(Vec<u8>, reqwest::header::HeaderMap), PollError> {
         let mut builder = match (&request.body, &request.form) {
             (Some(body), _) => self.client.post(request.url.clone()).json(body),
             (None, Some(form)) => self.client.post(request.url.clone()).form(form),
             (None, None) => self.client.get(request.url.clone()),
         };
-        if !authorization.is_empty() {
-            builder = builder.header(reqwest::header::AUTHORIZATION, authorization);
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
         }
-        builder = builder.header(reqwest::header::ACCEPT, "application/json");
         // The URL in errors has no credential in it (tokens go in the header only).
         let url = request.url.to_string();
         let transport = |e: reqwest::Error| PollError::Transport {
@@ -512,9 +570,7 @@ impl PollSource {
             }
             bytes.extend_from_slice(&chunk);
         }
-        let body = sonic_rs::from_slice(&bytes)
-            .map_err(|e| PollError::Malformed(format!("the page is not JSON: {e}")))?;
-        Ok((body, response.headers().clone()))
+        Ok((bytes, response.headers().clone()))
     }
 }
 
@@ -557,6 +613,10 @@ fn retry_delay(headers: &reqwest::header::HeaderMap) -> Duration {
         .or_else(|| number("x-rate-limit-reset").map(|reset| reset - Utc::now().timestamp()))
         .unwrap_or(60);
     Duration::from_secs(secs.clamp(1, 3600) as u64)
+}
+
+fn is_secret_reference(s: &str) -> bool {
+    s.starts_with("env:") || s.starts_with("file:")
 }
 
 /// The value behind a secret reference (`env:NAME`, `file:/path`; a file's trailing newline
@@ -626,6 +686,9 @@ mod tests {
             feed: None,
             client_id: None,
             auth_url: None,
+            aws_region: None,
+            aws_access_key_id: None,
+            aws_session_token: None,
             tenant: None,
             interval_seconds: 60,
             initial_lookback_hours: 24,

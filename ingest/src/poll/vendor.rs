@@ -40,6 +40,9 @@ pub enum Vendor {
     /// Microsoft 365 Management Activity API: content blobs of one content type (`feed`) for one
     /// Azure AD tenant (`org`), listed by time and fetched one by one (see `m365.rs`).
     M365,
+    /// AWS CloudTrail log files in S3: `ListObjectsV2` under a key prefix (`feed`), each
+    /// `.json.gz` file fetched, SigV4-signed (see `cloudtrail.rs`).
+    AwsCloudtrail,
 }
 
 impl Vendor {
@@ -52,6 +55,7 @@ impl Vendor {
             Vendor::Onepassword => "onepassword",
             Vendor::GoogleWorkspace => "google_workspace",
             Vendor::M365 => "m365",
+            Vendor::AwsCloudtrail => "aws_cloudtrail",
         }
     }
 
@@ -72,6 +76,9 @@ impl Vendor {
             }
             Vendor::GoogleWorkspace if feed.is_none() => {
                 Some("`feed` (the Reports API application: login, admin, drive, token, ...)")
+            }
+            Vendor::AwsCloudtrail if feed.is_none() => {
+                Some("`feed` (the log files' key prefix: AWSLogs/<account>/CloudTrail/<region>/)")
             }
             Vendor::M365 if org.is_none() => Some("`org` (the Azure AD tenant id)"),
             Vendor::M365 if feed.is_none() => Some(
@@ -123,7 +130,7 @@ impl Api {
     pub fn request(&self, cp: &Checkpoint, start: DateTime<Utc>) -> Result<PageRequest, PollError> {
         let since = cp.since.unwrap_or(start);
         match self.vendor {
-            Vendor::M365 => Err(not_paged()),
+            Vendor::M365 | Vendor::AwsCloudtrail => Err(not_paged()),
             Vendor::Okta | Vendor::Github => {
                 if let Some(next) = &cp.resume {
                     return Ok(PageRequest {
@@ -221,7 +228,7 @@ impl Api {
     ) -> Result<Page, PollError> {
         let shape = |what: &str| PollError::Malformed(format!("the page has no {what}"));
         let (records, time_path): (Vec<RawJson>, &[&str]) = match self.vendor {
-            Vendor::M365 => return Err(not_paged()),
+            Vendor::M365 | Vendor::AwsCloudtrail => return Err(not_paged()),
             Vendor::Okta | Vendor::Github => {
                 let path: &[&str] = if self.vendor == Vendor::Okta {
                     &["published"]
@@ -276,7 +283,7 @@ impl Api {
                 }
                 next.resume = cursor;
             }
-            Vendor::M365 => return Err(not_paged()),
+            Vendor::M365 | Vendor::AwsCloudtrail => return Err(not_paged()),
             Vendor::Onepassword => {
                 let cursor = str_at(&body, &["cursor"]).ok_or_else(|| shape("`cursor`"))?;
                 more = body.get("has_more").and_then(|v| v.as_bool()) == Some(true);
@@ -318,9 +325,10 @@ impl Api {
     }
 }
 
-/// Microsoft 365 is not read page by page with these (its blobs are: `m365.rs`).
+/// Microsoft 365 and CloudTrail are not read page by page with these (`m365.rs`,
+/// `cloudtrail.rs`).
 fn not_paged() -> PollError {
-    PollError::Config("Microsoft 365 content is read by the m365 poller, not as pages".into())
+    PollError::Config("this API is read by its own poller, not as pages".into())
 }
 
 fn list_at(body: &RawJson, key: &str) -> Result<Vec<RawJson>, PollError> {

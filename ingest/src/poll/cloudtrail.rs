@@ -1,0 +1,385 @@
+//! AWS CloudTrail log files in S3: `ListObjectsV2` under the trail's key prefix (`feed`,
+//! `AWSLogs/<account>/CloudTrail/<region>/`), each `.json.gz` (or `.json`) file fetched and its
+//! `Records` submitted, every request SigV4-signed with the configured key.
+//!
+//! CloudTrail names files `<account>_CloudTrail_<region>_<YYYYMMDDTHHmmZ>_<unique>.json.gz`
+//! under `YYYY/MM/DD/`, so keys sort by time. Files can still land a little out of order (two in
+//! the same minute, a late delivery), so each poll lists again from the start of the day
+//! [`SETTLE_MINUTES`] before the newest file stored, and skips what it stored already: files
+//! older than that margin, and the ones within it, which the checkpoint remembers
+//! (`recent_keys`). A prefix without that layout is listed after the last key stored.
+
+use chrono::{DateTime, Duration, NaiveDateTime, Utc};
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson;
+use reqwest::Url;
+use std::io::Read;
+
+use super::sigv4::{sign_get, AwsCredentials};
+use super::vendor::PageRequest;
+use super::{read_secret, Checkpoint, PollError, PollReport, PollSource, ProbeReport};
+
+/// How far behind the newest stored file a late one is still looked for.
+const SETTLE_MINUTES: i64 = 15;
+
+struct Credentials {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+    region: String,
+}
+
+impl Credentials {
+    fn resolve(src: &PollSource, secret_access_key: &str) -> Result<Credentials, PollError> {
+        let name = &src.config.name;
+        let secret = |what: &str, reference: &str| {
+            read_secret(reference)
+                .map_err(|m| PollError::Config(format!("poll `{name}`: {what}: {m}")))
+        };
+        Ok(Credentials {
+            access_key_id: secret(
+                "aws_access_key_id",
+                src.config.aws_access_key_id.as_deref().unwrap_or_default(),
+            )?,
+            secret_access_key: secret_access_key.to_string(),
+            session_token: src
+                .config
+                .aws_session_token
+                .as_deref()
+                .map(|r| secret("aws_session_token", r))
+                .transpose()?,
+            region: src.config.aws_region.clone().unwrap_or_default(),
+        })
+    }
+
+    fn sign(&self, url: &Url) -> Vec<(&'static str, String)> {
+        sign_get(
+            url,
+            &AwsCredentials {
+                access_key_id: &self.access_key_id,
+                secret_access_key: &self.secret_access_key,
+                session_token: self.session_token.as_deref(),
+                region: &self.region,
+            },
+            Utc::now(),
+        )
+    }
+}
+
+fn get(url: Url) -> PageRequest {
+    PageRequest {
+        url,
+        body: None,
+        form: None,
+        resumes: false,
+    }
+}
+
+/// The time in a CloudTrail file name (`..._20240102T1005Z_...`).
+fn key_time(key: &str) -> Option<DateTime<Utc>> {
+    let name = key.rsplit('/').next()?;
+    name.split('_').find_map(|part| {
+        (part.len() == 14 && part.ends_with('Z'))
+            .then(|| NaiveDateTime::parse_from_str(&part[..13], "%Y%m%dT%H%M").ok())
+            .flatten()
+            .map(|t| t.and_utc())
+    })
+}
+
+/// Whether the prefix is a trail's region folder, under which keys go `YYYY/MM/DD/<file>`.
+fn dated(prefix: &str) -> bool {
+    prefix.ends_with('/') && prefix.contains("/CloudTrail/")
+}
+
+/// Where the next listing starts (`start-after`), and the time before which stored files are
+/// not looked at again.
+fn listing_start(
+    prefix: &str,
+    cp: &Checkpoint,
+    start: DateTime<Utc>,
+) -> (Option<String>, Option<DateTime<Utc>>) {
+    if !dated(prefix) {
+        return (cp.resume.clone(), None);
+    }
+    let newest = cp.resume.as_deref().and_then(key_time);
+    let from = newest.map_or(start, |t| t - Duration::minutes(SETTLE_MINUTES));
+    (
+        Some(format!("{prefix}{}", from.format("%Y/%m/%d/"))),
+        newest.map(|t| t - Duration::minutes(SETTLE_MINUTES)),
+    )
+}
+
+/// One `ListObjectsV2` page after `start_after`: its keys and whether more follow.
+async fn list(
+    src: &PollSource,
+    creds: &Credentials,
+    prefix: &str,
+    start_after: Option<&str>,
+) -> Result<(Vec<String>, bool), PollError> {
+    let mut url = src.api.join("")?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("list-type", "2")
+            .append_pair("prefix", prefix);
+        if let Some(after) = start_after {
+            q.append_pair("start-after", after);
+        }
+        q.append_pair("max-keys", "1000");
+    }
+    let (bytes, _) = src
+        .fetch_bytes(&get(url.clone()), &creds.sign(&url))
+        .await?;
+    let text = String::from_utf8_lossy(&bytes);
+    if !text.contains("<ListBucketResult") {
+        return Err(PollError::Malformed(
+            "the bucket listing is not a ListBucketResult".into(),
+        ));
+    }
+    let keys = xml_values(&text, "Key");
+    let truncated = xml_values(&text, "IsTruncated").first().map(String::as_str) == Some("true");
+    Ok((keys, truncated))
+}
+
+/// The texts of every `<tag>...</tag>` in `xml`, entities decoded (S3 listings are flat enough
+/// for this; keys are the only free text in them).
+fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(
+            after[..j]
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        );
+        rest = &after[j + close.len()..];
+    }
+    out
+}
+
+/// A log file's records (gunzipped when it is gzip; at most `max_page_bytes` either way).
+async fn file_records(
+    src: &PollSource,
+    creds: &Credentials,
+    key: &str,
+) -> Result<Vec<RawJson>, PollError> {
+    let mut url = src.api.join("")?;
+    {
+        let mut path = url
+            .path_segments_mut()
+            .map_err(|_| PollError::Config("base_url cannot hold a path".into()))?;
+        path.pop_if_empty();
+        for segment in key.split('/') {
+            path.push(segment);
+        }
+    }
+    let (bytes, _) = src
+        .fetch_bytes(&get(url.clone()), &creds.sign(&url))
+        .await?;
+    let limit = src.config.max_page_bytes;
+    let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&bytes[..])
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| PollError::Malformed(format!("{key}: not gzip: {e}")))?;
+        if out.len() as u64 > limit {
+            return Err(PollError::Malformed(format!(
+                "{key}: larger than max_page_bytes ({limit} bytes) unpacked"
+            )));
+        }
+        out
+    } else {
+        bytes
+    };
+    let body: RawJson = sonic_rs::from_slice(&text)
+        .map_err(|e| PollError::Malformed(format!("{key}: not JSON: {e}")))?;
+    body.get("Records")
+        .and_then(|r| r.as_array())
+        .map(|a| a.iter().cloned().collect())
+        .ok_or_else(|| PollError::Malformed(format!("{key}: no `Records` list")))
+}
+
+/// Keys still to store, in order, from one listing page.
+fn new_keys(keys: Vec<String>, cp: &Checkpoint, settled: Option<DateTime<Utc>>) -> Vec<String> {
+    keys.into_iter()
+        .filter(|k| k.ends_with(".json.gz") || k.ends_with(".json"))
+        .filter(|k| !cp.recent_keys.contains(k))
+        .filter(|k| match (settled, key_time(k), &cp.resume) {
+            // Stored before the margin: not looked at again.
+            (Some(settled), Some(t), Some(resume)) => t >= settled || k > resume,
+            (None, _, Some(resume)) => k > resume,
+            _ => true,
+        })
+        .collect()
+}
+
+/// One poll: list from the checkpoint on and store new files in key order, the checkpoint
+/// moving after each.
+pub(super) async fn poll(
+    src: &PollSource,
+    secret_access_key: &str,
+    start: DateTime<Utc>,
+) -> Result<PollReport, PollError> {
+    let creds = Credentials::resolve(src, secret_access_key)?;
+    let prefix = src.config.feed.clone().unwrap_or_default();
+    let mut cp = src.checkpoint()?;
+    let (mut after, settled) = listing_start(&prefix, &cp, start);
+    let mut report = PollReport::default();
+    loop {
+        let (keys, truncated) = list(src, &creds, &prefix, after.as_deref()).await?;
+        after = keys.last().cloned();
+        for key in new_keys(keys, &cp, settled) {
+            if report.pages >= src.config.max_pages_per_poll.max(1) {
+                return Ok(report);
+            }
+            let records = file_records(src, &creds, &key).await?;
+            report.pages += 1;
+            let (stored, duplicates) = src.submit(records).await?;
+            report.records += stored;
+            report.duplicates += duplicates;
+            cp = advance(cp, key);
+            src.save_checkpoint(&cp)?;
+        }
+        if !truncated || after.is_none() {
+            return Ok(report);
+        }
+    }
+}
+
+/// The checkpoint once `key` is stored: the newest key, and the keys within the margin.
+fn advance(mut cp: Checkpoint, key: String) -> Checkpoint {
+    if cp.resume.as_ref().is_none_or(|r| &key > r) {
+        cp.resume = Some(key.clone());
+    }
+    cp.recent_keys.push(key);
+    if let Some(newest) = cp.resume.as_deref().and_then(key_time) {
+        let settled = newest - Duration::minutes(SETTLE_MINUTES);
+        cp.recent_keys
+            .retain(|k| key_time(k).is_none_or(|t| t >= settled));
+    }
+    cp
+}
+
+/// [`PollSource::probe`] for CloudTrail: the first listing page after the checkpoint, and the
+/// records of its first new file.
+pub(super) async fn probe(
+    src: &PollSource,
+    secret_access_key: &str,
+    start: DateTime<Utc>,
+) -> Result<ProbeReport, PollError> {
+    let creds = Credentials::resolve(src, secret_access_key)?;
+    let prefix = src.config.feed.clone().unwrap_or_default();
+    let cp = src.checkpoint()?;
+    let (after, settled) = listing_start(&prefix, &cp, start);
+    let (keys, truncated) = list(src, &creds, &prefix, after.as_deref()).await?;
+    let keys = new_keys(keys, &cp, settled);
+    let records = match keys.first() {
+        Some(key) => file_records(src, &creds, key).await?.len(),
+        None => 0,
+    };
+    Ok(ProbeReport {
+        url: src.api.base.to_string(),
+        records,
+        newest: keys.first().and_then(|k| key_time(k)),
+        more: keys.len() > 1 || truncated,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "AWSLogs/111122223333/CloudTrail/us-east-1/";
+
+    fn key(day: &str, hhmm: &str, unique: &str) -> String {
+        format!(
+            "{P}2024/01/{day}/111122223333_CloudTrail_us-east-1_202401{day}T{hhmm}Z_{unique}.json.gz"
+        )
+    }
+
+    #[test]
+    fn file_names_give_their_time() {
+        assert_eq!(
+            key_time(&key("02", "1005", "abc")).map(|t| t.to_rfc3339()),
+            Some("2024-01-02T10:05:00+00:00".into())
+        );
+        assert_eq!(key_time("AWSLogs/x/other.json.gz"), None);
+    }
+
+    #[test]
+    fn listings_start_a_margin_before_the_newest_file() {
+        let start = DateTime::parse_from_rfc3339("2024-01-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let (after, settled) = listing_start(P, &Checkpoint::default(), start);
+        assert_eq!(after, Some(format!("{P}2024/01/01/")));
+        assert_eq!(settled, None);
+        // 00:05 minus the margin is the day before.
+        let cp = Checkpoint {
+            resume: Some(key("02", "0005", "abc")),
+            ..Checkpoint::default()
+        };
+        let (after, settled) = listing_start(P, &cp, start);
+        assert_eq!(after, Some(format!("{P}2024/01/01/")));
+        assert_eq!(
+            settled.map(|t| t.to_rfc3339()),
+            Some("2024-01-01T23:50:00+00:00".into())
+        );
+        // Another layout: after the last key.
+        let cp = Checkpoint {
+            resume: Some("logs/b.json".into()),
+            ..Checkpoint::default()
+        };
+        assert_eq!(
+            listing_start("logs/", &cp, start),
+            (Some("logs/b.json".into()), None)
+        );
+    }
+
+    #[test]
+    fn late_files_within_the_margin_are_taken_and_stored_ones_are_not() {
+        let mut cp = Checkpoint::default();
+        for k in [key("02", "1000", "a"), key("02", "1010", "b")] {
+            cp = advance(cp, k);
+        }
+        assert_eq!(cp.resume, Some(key("02", "1010", "b")));
+        let (_, settled) = listing_start(P, &cp, Utc::now());
+        let listed = vec![
+            key("02", "0930", "old"),
+            key("02", "1000", "a"),
+            key("02", "1005", "late"),
+            key("02", "1010", "b"),
+            key("02", "1010", "a-same-minute"),
+            key("02", "1020", "c"),
+            format!("{P}2024/01/02/readme.txt"),
+        ];
+        assert_eq!(
+            new_keys(listed, &cp, settled),
+            [
+                key("02", "1005", "late"),
+                key("02", "1010", "a-same-minute"),
+                key("02", "1020", "c")
+            ]
+        );
+        // The remembered keys stay within the margin of the newest.
+        let cp = advance(cp, key("02", "1040", "d"));
+        assert_eq!(
+            cp.recent_keys,
+            [key("02", "1040", "d")],
+            "1000 and 1010 are past 1040's margin"
+        );
+    }
+
+    #[test]
+    fn listings_are_read_from_their_xml() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><IsTruncated>true</IsTruncated><Contents><Key>a/x&amp;y.json.gz</Key><Size>1</Size></Contents><Contents><Key>a/z.json.gz</Key></Contents></ListBucketResult>"#;
+        assert_eq!(xml_values(xml, "Key"), ["a/x&y.json.gz", "a/z.json.gz"]);
+        assert_eq!(xml_values(xml, "IsTruncated"), ["true"]);
+    }
+}
