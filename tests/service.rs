@@ -1235,7 +1235,8 @@ fn an_open_correlation_window_survives_a_restart() {
     );
     stop(svc);
     let snapshot = dir.path().join("data/state/correlation.snapshot");
-    let text = std::fs::read_to_string(&snapshot).unwrap();
+    let bytes = std::fs::read(&snapshot).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
     assert!(
         !text.contains("198.51.100"),
         "a clear group-by value: {text}"
