@@ -134,8 +134,14 @@ impl FakeApi {
     }
 }
 
-async fn serve(State(api): State<Arc<FakeApi>>, request: Request) -> Response {
-    let uri = request.uri().to_string();
+/// Note a request the fake saw: `uri` (prefixed with the method when `with_method`), its
+/// `Authorization` and its body.
+async fn note(seen: &Mutex<Vec<Seen>>, request: Request, with_method: bool) -> Seen {
+    let uri = if with_method {
+        format!("{} {}", request.method(), request.uri())
+    } else {
+        request.uri().to_string()
+    };
     let authorization = request
         .headers()
         .get("authorization")
@@ -145,12 +151,17 @@ async fn serve(State(api): State<Arc<FakeApi>>, request: Request) -> Response {
     let body = axum::body::to_bytes(request.into_body(), 1 << 20)
         .await
         .unwrap();
-    let body = String::from_utf8_lossy(&body).to_string();
-    api.seen.lock().unwrap().push(Seen {
-        uri: uri.clone(),
+    let noted = Seen {
+        uri,
         authorization,
-        body: body.clone(),
-    });
+        body: String::from_utf8_lossy(&body).to_string(),
+    };
+    seen.lock().unwrap().push(noted.clone());
+    noted
+}
+
+async fn serve(State(api): State<Arc<FakeApi>>, request: Request) -> Response {
+    let Seen { uri, body, .. } = note(&api.seen, request, false).await;
     if let Some((status, headers)) = api.failures.lock().unwrap().pop_front() {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
@@ -607,22 +618,14 @@ struct FakeM365 {
 }
 
 async fn serve_m365(State(api): State<Arc<FakeM365>>, request: Request) -> Response {
-    let (method, uri) = (request.method().to_string(), request.uri().to_string());
-    let authorization = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let body = String::from_utf8_lossy(&body).to_string();
-    api.seen.lock().unwrap().push(Seen {
-        uri: format!("{method} {uri}"),
-        authorization: authorization.clone(),
-        body: body.clone(),
-    });
+    let Seen {
+        uri,
+        authorization,
+        body,
+    } = note(&api.seen, request, true).await;
+    let uri = uri
+        .split_once(' ')
+        .map_or(uri.clone(), |(_, u)| u.to_string());
     let path = uri.split('?').next().unwrap_or_default().to_string();
     if path == "/t-1/oauth2/v2.0/token" {
         if !body.contains("client_secret=m365-secret") {

@@ -66,15 +66,6 @@ impl Credentials {
     }
 }
 
-fn get(url: Url) -> PageRequest {
-    PageRequest {
-        url,
-        body: None,
-        form: None,
-        resumes: false,
-    }
-}
-
 /// The time in a CloudTrail file name (`..._20240102T1005Z_...`).
 fn key_time(key: &str) -> Option<DateTime<Utc>> {
     let name = key.rsplit('/').next()?;
@@ -127,7 +118,7 @@ async fn list(
         q.append_pair("max-keys", "1000");
     }
     let (bytes, _) = src
-        .fetch_bytes(&get(url.clone()), &creds.sign(&url))
+        .fetch_bytes(&PageRequest::get(url.clone()), &creds.sign(&url))
         .await?;
     let text = String::from_utf8_lossy(&bytes);
     if !text.contains("<ListBucketResult") {
@@ -179,7 +170,7 @@ async fn file_records(
         }
     }
     let (bytes, _) = src
-        .fetch_bytes(&get(url.clone()), &creds.sign(&url))
+        .fetch_bytes(&PageRequest::get(url.clone()), &creds.sign(&url))
         .await?;
     let limit = src.config.max_page_bytes;
     let text = if bytes.starts_with(&[0x1f, 0x8b]) {

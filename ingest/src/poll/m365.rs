@@ -35,15 +35,6 @@ fn m365_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S").to_string()
 }
 
-fn get(url: Url) -> PageRequest {
-    PageRequest {
-        url,
-        body: None,
-        form: None,
-        resumes: false,
-    }
-}
-
 /// The window the next listing covers after `cp` (first polls start at `start`).
 fn window(cp: &Checkpoint, start: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
     let now = Utc::now();
@@ -80,7 +71,10 @@ async fn list(
     let mut url = first.clone();
     let (mut blobs, mut pages, mut subscribed) = (Vec::new(), 0u32, false);
     loop {
-        let (body, headers) = match src.fetch(&get(url.clone()), authorization).await {
+        let (body, headers) = match src
+            .fetch(&PageRequest::get(url.clone()), authorization)
+            .await
+        {
             // No subscription to this content type yet (AF20022): start it, list again.
             Err(PollError::Http { status: 400, .. }) if pages == 0 && !subscribed => {
                 start_subscription(src, authorization).await?;
@@ -124,7 +118,7 @@ async fn start_subscription(src: &PollSource, authorization: &str) -> Result<(),
     url.query_pairs_mut().append_pair("contentType", feed);
     let request = PageRequest {
         body: Some(serde_json::json!({})),
-        ..get(url)
+        ..PageRequest::get(url)
     };
     tracing::info!(poller = %src.config.name, content_type = feed, "starting the Management Activity API subscription");
     match src.fetch(&request, authorization).await {
@@ -150,7 +144,7 @@ async fn blob_records(
     blob: &Blob,
 ) -> Result<Vec<RawJson>, PollError> {
     let url = src.api.same_origin(&blob.uri)?;
-    let (body, _) = src.fetch(&get(url), authorization).await?;
+    let (body, _) = src.fetch(&PageRequest::get(url), authorization).await?;
     body.as_array()
         .map(|a| a.iter().cloned().collect())
         .ok_or_else(|| {
@@ -252,7 +246,7 @@ pub(super) async fn access_token(
             ("client_secret", secret.to_string()),
             ("scope", scope),
         ]),
-        ..get(url)
+        ..PageRequest::get(url)
     };
     let (body, _) = src.fetch(&request, "").await.map_err(|e| match e {
         // Azure AD answers a wrong secret or client id with 400 or 401.

@@ -102,6 +102,18 @@ pub(crate) struct PageRequest {
     pub resumes: bool,
 }
 
+impl PageRequest {
+    /// A `GET` of `url`.
+    pub fn get(url: Url) -> PageRequest {
+        PageRequest {
+            url,
+            body: None,
+            form: None,
+            resumes: false,
+        }
+    }
+}
+
 /// What a fetched page yields.
 #[derive(Debug)]
 pub(crate) struct Page {
