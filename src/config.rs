@@ -125,7 +125,8 @@ mod tests {
                 "github-acme",
                 "1password-audit",
                 "m365-entra",
-                "cloudtrail-us-east-1"
+                "cloudtrail-us-east-1",
+                "workspace-login"
             ]
         );
         assert_eq!(config.poll[1].org.as_deref(), Some("acme"));

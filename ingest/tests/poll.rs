@@ -250,6 +250,7 @@ fn config(vendor: Vendor, base: &str) -> PollConfig {
         feed: Some("auditevents".into()),
         client_id: None,
         auth_url: None,
+        delegated_user: None,
         aws_region: None,
         aws_access_key_id: None,
         aws_session_token: None,
@@ -1122,4 +1123,142 @@ async fn cloudtrail_with_a_key_s3_refuses_is_a_refused_credential() {
     let err = source.poll_once().await.unwrap_err();
     assert!(matches!(err, PollError::Unauthorized(403)), "{err}");
     assert!(!format!("{err:?}").contains("fake/secret"));
+}
+
+/// A fake Google: a token endpoint that checks the service account's signed assertion with the
+/// key's public half, and the Reports API answering the recorded activities page to the token it
+/// issued.
+struct FakeGoogle {
+    base: String,
+    public_key: Vec<u8>,
+    seen: Mutex<Vec<Seen>>,
+    claims: Mutex<Vec<Value>>,
+}
+
+async fn serve_google(State(g): State<Arc<FakeGoogle>>, request: Request) -> Response {
+    use base64::Engine;
+    let Seen {
+        uri,
+        authorization,
+        body,
+    } = note(&g.seen, request, false).await;
+    if uri == "/token" {
+        let form: std::collections::HashMap<String, String> = body
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), percent_decode(v)))
+            .collect();
+        let jwt = form.get("assertion").cloned().unwrap_or_default();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let verified = parts.len() == 3
+            && form.get("grant_type").map(String::as_str)
+                == Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+            && ring::signature::UnparsedPublicKey::new(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                &g.public_key,
+            )
+            .verify(
+                format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                &b64.decode(parts[2]).unwrap_or_default(),
+            )
+            .is_ok();
+        if !verified {
+            return (StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#).into_response();
+        }
+        let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        g.claims.lock().unwrap().push(claims);
+        return axum::Json(
+            json!({"access_token": "ya29.fake", "expires_in": 3599, "token_type": "Bearer"}),
+        )
+        .into_response();
+    }
+    if authorization != "Bearer ya29.fake" {
+        return (StatusCode::UNAUTHORIZED, "{}").into_response();
+    }
+    let mut page = fixture_pages("gsuite/activities")[2].clone();
+    page.as_object_mut().unwrap().remove("nextPageToken");
+    axum::Json(page).into_response()
+}
+
+#[tokio::test]
+async fn a_google_service_account_gets_its_own_tokens_by_signed_assertion() {
+    let pem = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/throwaway-service-account-key.pem"),
+    )
+    .unwrap();
+    let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(der)
+        .unwrap();
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap();
+    use ring::signature::KeyPair;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let g = Arc::new(FakeGoogle {
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        public_key: pair.public_key().as_ref().to_vec(),
+        seen: Mutex::new(Vec::new()),
+        claims: Mutex::new(Vec::new()),
+    });
+    let app = axum::Router::new()
+        .fallback(serve_google)
+        .with_state(g.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let state = tempfile::tempdir().unwrap();
+    let key_file = state.path().join("sa.json");
+    std::fs::write(
+        &key_file,
+        json!({"type": "service_account", "project_id": "acme-siem", "client_email": "perimeter@acme-siem.iam.gserviceaccount.com",
+               "private_key": pem, "token_uri": format!("{}/token", g.base)})
+        .to_string(),
+    )
+    .unwrap();
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let mut cfg = config(Vendor::GoogleWorkspace, &g.base);
+    cfg.feed = Some("login".into());
+    cfg.token = format!("file:{}", key_file.display());
+    let source = |cfg: &PollConfig| {
+        PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap()
+    };
+
+    // Without the admin to act as, it says so.
+    let err = source(&cfg).poll_once().await.unwrap_err().to_string();
+    assert!(err.contains("delegated_user"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+
+    cfg.delegated_user = Some("admin@acme.example".into());
+    let expected = fixture_pages("gsuite/activities")[2]["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let src = source(&cfg);
+    assert_eq!(src.poll_once().await.unwrap().records, expected);
+    assert_eq!(consumer.records().len(), expected);
+    let claims = g.claims.lock().unwrap().clone();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(
+        claims[0]["iss"],
+        "perimeter@acme-siem.iam.gserviceaccount.com"
+    );
+    assert_eq!(claims[0]["sub"], "admin@acme.example");
+    assert_eq!(claims[0]["aud"], format!("{}/token", g.base));
+    assert_eq!(
+        claims[0]["scope"],
+        "https://www.googleapis.com/auth/admin.reports.audit.readonly"
+    );
+    // The token is reused by the next poll; the private key was sent nowhere.
+    src.poll_once().await.unwrap();
+    assert_eq!(g.claims.lock().unwrap().len(), 1);
+    let seen = g.seen.lock().unwrap().clone();
+    assert!(seen
+        .iter()
+        .all(|r| !r.body.contains("PRIVATE") && !r.body.contains("MII")));
+    assert!(seen
+        .iter()
+        .filter(|r| r.uri.starts_with("/admin/reports"))
+        .all(|r| r.authorization == "Bearer ya29.fake"));
 }

@@ -216,19 +216,13 @@ pub(super) async fn probe(
 }
 
 /// A bearer access token for the Management API from the Azure AD token endpoint
-/// (client-credentials grant, `secret` as the client secret), cached until a minute before it
-/// expires. The secret goes only to `auth_url`.
+/// (client-credentials grant, `secret` as the client secret). The secret goes only to
+/// `auth_url`.
 pub(super) async fn access_token(
     src: &PollSource,
     client_id: &str,
     secret: &str,
 ) -> Result<String, PollError> {
-    let mut cached = src.access_token.lock().await;
-    if let Some((token, renew_at)) = cached.as_ref() {
-        if std::time::Instant::now() < *renew_at {
-            return Ok(token.clone());
-        }
-    }
     let (tenant, _) = tenant_and_feed(src);
     let auth = src
         .config
@@ -239,31 +233,13 @@ pub(super) async fn access_token(
         .and_then(|u| u.join(&format!("{tenant}/oauth2/v2.0/token")))
         .map_err(|e| PollError::Config(format!("auth_url `{auth}`: {e}")))?;
     let scope = format!("{}/.default", src.api.base.origin().ascii_serialization());
-    let request = PageRequest {
-        form: Some(vec![
+    src.oauth_token(url, || {
+        Ok(vec![
             ("grant_type", "client_credentials".to_string()),
             ("client_id", client_id.to_string()),
             ("client_secret", secret.to_string()),
-            ("scope", scope),
-        ]),
-        ..PageRequest::get(url)
-    };
-    let (body, _) = src.fetch(&request, "").await.map_err(|e| match e {
-        // Azure AD answers a wrong secret or client id with 400 or 401.
-        PollError::Http { status: 400, .. } => PollError::Unauthorized(400),
-        other => other,
-    })?;
-    let token = str_at(&body, &["access_token"])
-        .ok_or_else(|| PollError::Malformed("the token answer has no access_token".into()))?;
-    let expires_in = body
-        .get("expires_in")
-        .and_then(|v| {
-            v.as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        })
-        .unwrap_or(3600);
-    let renew_at =
-        std::time::Instant::now() + std::time::Duration::from_secs(expires_in.saturating_sub(60));
-    *cached = Some((token.clone(), renew_at));
-    Ok(token)
+            ("scope", scope.clone()),
+        ])
+    })
+    .await
 }
