@@ -1438,10 +1438,11 @@ fn a_second_service_on_the_same_data_directory_is_refused() {
 /// Request lines and `Authorization` headers a fake API saw.
 type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
-/// A fake Okta System Log API on loopback: the first page holds `events` and links on; every
-/// later page is empty and links to itself (Okta's polling mode). Returns its base URL and what
-/// it saw (request line and `Authorization`).
-fn fake_okta(events: Vec<serde_json::Value>) -> (String, RequestLog) {
+/// A fake Okta System Log API on loopback: page `n` (`after=n`, the first without) holds
+/// `pages[n]` and links to `after=n+1`; past the last page the log's tail is empty and links to
+/// itself (Okta's polling mode). Each answer waits `delay`. Returns its base URL and what it saw
+/// (request line and `Authorization`).
+fn fake_okta(pages: Vec<Vec<serde_json::Value>>, delay: Duration) -> (String, RequestLog) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -1462,15 +1463,18 @@ fn fake_okta(events: Vec<serde_json::Value>) -> (String, RequestLog) {
                 .find_map(|l| l.strip_prefix("authorization: "))
                 .unwrap_or_default()
                 .to_string();
-            let first = !line.contains("after=");
+            let n: usize = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|target| target.split("after=").nth(1))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
             log.lock().unwrap().push((line, auth));
-            let body = if first {
-                serde_json::to_string(&events).unwrap()
-            } else {
-                "[]".to_string()
-            };
+            std::thread::sleep(delay);
+            let body = serde_json::to_string(pages.get(n).unwrap_or(&Vec::new())).unwrap();
+            let next = (n + 1).min(pages.len());
             let reply = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nlink: <{me}/api/v1/logs?after=tail>; rel=\"next\"\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nlink: <{me}/api/v1/logs?after={next}>; rel=\"next\"\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(reply.as_bytes());
@@ -1479,20 +1483,27 @@ fn fake_okta(events: Vec<serde_json::Value>) -> (String, RequestLog) {
     (base, seen)
 }
 
+/// `cfg` with a `[[poll]]` table for the fake Okta at `base`, its token in a file.
+fn with_okta_poller(cfg: &std::path::Path, name: &str, base: &str) {
+    let token_file = cfg.with_file_name("okta-token");
+    std::fs::write(&token_file, "00okta-token-for-tests\n").unwrap();
+    let mut text = std::fs::read_to_string(cfg).unwrap();
+    text.push_str(&format!(
+        "[[poll]]\nname = {name:?}\nvendor = \"okta\"\nbase_url = {base:?}\ntoken = \"file:{}\"\ninterval_seconds = 1\n",
+        token_file.display()
+    ));
+    std::fs::write(cfg, text).unwrap();
+}
+
 #[test]
 fn a_polled_okta_system_log_is_stored_and_its_checkpoint_kept() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path());
-    let events = vec![okta_event(0, 1), okta_event(0, 2)];
-    let (okta, seen) = fake_okta(events);
-    let token_file = dir.path().join("okta-token");
-    std::fs::write(&token_file, "00okta-token-for-tests\n").unwrap();
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "[[poll]]\nname = \"okta-test\"\nvendor = \"okta\"\nbase_url = {okta:?}\ntoken = \"file:{}\"\ninterval_seconds = 1\n",
-        token_file.display()
-    ));
-    std::fs::write(&cfg, text).unwrap();
+    let (okta, seen) = fake_okta(
+        vec![vec![okta_event(0, 1), okta_event(0, 2)]],
+        Duration::ZERO,
+    );
+    with_okta_poller(&cfg, "okta-test", &okta);
     let viewer = token(&cfg, "viewer");
     let svc = start(&cfg);
 
@@ -1512,7 +1523,7 @@ fn a_polled_okta_system_log_is_stored_and_its_checkpoint_kept() {
     assert!(
         seen[1..]
             .iter()
-            .all(|(line, _)| line.contains("after=tail")),
+            .all(|(line, _)| line.contains("after=1")),
         "{seen:?}"
     );
     assert!(seen
@@ -1532,7 +1543,7 @@ fn a_polled_okta_system_log_is_stored_and_its_checkpoint_kept() {
         checkpoint["resume"]
             .as_str()
             .unwrap()
-            .ends_with("after=tail"),
+            .ends_with("after=1"),
         "{checkpoint}"
     );
     // The token is in no file the service wrote.
@@ -1550,7 +1561,10 @@ fn a_polled_okta_system_log_is_stored_and_its_checkpoint_kept() {
 fn poll_check_fetches_the_next_page_without_storing_it() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path());
-    let (okta, seen) = fake_okta(vec![okta_event(0, 1), okta_event(0, 2)]);
+    let (okta, seen) = fake_okta(
+        vec![vec![okta_event(0, 1), okta_event(0, 2)]],
+        Duration::ZERO,
+    );
     let token_file = dir.path().join("okta-token");
     std::fs::write(&token_file, "00okta-token-for-tests\n").unwrap();
     let mut text = std::fs::read_to_string(&cfg).unwrap();
@@ -1604,4 +1618,46 @@ fn poll_check_fetches_the_next_page_without_storing_it() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `perimeter run` killed with SIGKILL while it polls a 30-page Okta log: after a restart every
+/// event is stored exactly once, and the restart goes on from its checkpoint.
+#[test]
+fn kill_9_while_polling_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let pages: Vec<Vec<serde_json::Value>> = (0..30)
+        .map(|p| (0..20).map(|i| okta_event(100 + p, i)).collect())
+        .collect();
+    let (okta, seen) = fake_okta(pages, Duration::from_millis(60));
+    with_okta_poller(&cfg, "okta-kill", &okta);
+    let viewer = token(&cfg, "viewer");
+
+    let mut svc = start(&cfg);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < 10 {
+        assert!(Instant::now() < deadline, "the poller never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    svc.child.kill().unwrap(); // SIGKILL, mid-log
+    svc.child.wait().unwrap();
+    let before_restart = seen.lock().unwrap().len();
+    assert!(before_restart < 31, "killed before the end of the log");
+
+    let svc = start(&cfg);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ids = stored_ids(&svc.base, &viewer);
+    while ids.len() < 600 {
+        assert!(Instant::now() < deadline, "{} of 600 stored", ids.len());
+        std::thread::sleep(Duration::from_millis(200));
+        ids = stored_ids(&svc.base, &viewer);
+    }
+    assert_eq!(ids.len(), 600);
+    assert!(ids.values().all(|n| *n == 1), "an event stored twice");
+    let first_after_restart = seen.lock().unwrap()[before_restart].0.clone();
+    assert!(
+        first_after_restart.contains("after="),
+        "the restart went on from its checkpoint: {first_after_restart}"
+    );
+    stop(svc);
 }
