@@ -1521,9 +1521,7 @@ fn a_polled_okta_system_log_is_stored_and_its_checkpoint_kept() {
     let seen = seen.lock().unwrap().clone();
     assert!(seen[0].0.starts_with("GET /api/v1/logs?since="), "{seen:?}");
     assert!(
-        seen[1..]
-            .iter()
-            .all(|(line, _)| line.contains("after=1")),
+        seen[1..].iter().all(|(line, _)| line.contains("after=1")),
         "{seen:?}"
     );
     assert!(seen
@@ -1540,10 +1538,7 @@ fn a_polled_okta_system_log_is_stored_and_its_checkpoint_kept() {
     )
     .unwrap();
     assert!(
-        checkpoint["resume"]
-            .as_str()
-            .unwrap()
-            .ends_with("after=1"),
+        checkpoint["resume"].as_str().unwrap().ends_with("after=1"),
         "{checkpoint}"
     );
     // The token is in no file the service wrote.
