@@ -223,6 +223,12 @@ impl PollSource {
         let err = |m: String| PollError::Config(format!("poll `{}`: {m}", config.name));
         let base = Url::parse(&config.base_url)
             .map_err(|e| err(format!("base_url `{}`: {e}", config.base_url)))?;
+        // The URL is printed and logged; credentials belong in `token`.
+        if !base.username().is_empty() || base.password().is_some() || base.query().is_some() {
+            return Err(err(
+                "base_url must hold no user, password or query (credentials go in `token`)".into(),
+            ));
+        }
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             return Err(err(format!(
                 "base_url `{}` must be an http(s) URL with a host",
@@ -771,6 +777,16 @@ mod tests {
         let mut c = config(Vendor::Okta);
         c.base_url = "ftp://x".into();
         assert!(refuse(c).contains("http(s)"));
+        let mut c = config(Vendor::Okta);
+        c.base_url = "https://admin:hunter2@acme.okta.com".into();
+        let e = refuse(c);
+        assert!(
+            e.contains("no user, password or query") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let mut c = config(Vendor::Okta);
+        c.base_url = "https://acme.okta.com/?token=abc".into();
+        assert!(refuse(c).contains("no user, password or query"));
         let mut c = config(Vendor::Okta);
         c.name = "../x".into();
         assert!(refuse(c).contains("names a file"));
