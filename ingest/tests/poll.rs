@@ -419,7 +419,23 @@ async fn a_listing_interrupted_mid_way_resumes_with_its_cursor_and_bound() {
     let s = setup(Vendor::Slack, pages).await;
     // Page 1 is stored, page 2's batch is refused (the store failed).
     s.consumer.script.lock().unwrap().extend([true, false]);
-    s.source().poll_once().await.unwrap_err();
+    let metrics = Arc::new(perimeter_model::Metrics::new());
+    s.source()
+        .with_metrics(metrics.clone())
+        .poll_once()
+        .await
+        .unwrap_err();
+    // What was stored before the failure is counted, and the failure by its kind.
+    let poller = [("poller", "slack-test")];
+    assert_eq!(metrics.counter("poll_records_total", &poller), 1);
+    assert_eq!(metrics.counter("poll_pages_total", &poller), 1);
+    assert_eq!(
+        metrics.counter(
+            "poll_errors_total",
+            &[("poller", "slack-test"), ("kind", "not_stored")]
+        ),
+        1
+    );
     let cp = s.source().checkpoint().unwrap();
     assert_eq!(cp.resume.as_deref(), Some("c1"), "{cp:?}");
     assert!(cp.listing_since.is_some(), "{cp:?}");

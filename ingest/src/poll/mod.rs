@@ -374,9 +374,9 @@ impl PollSource {
         if let Some(m) = &self.metrics {
             let poller = [("poller", self.config.name.as_str())];
             match &result {
-                Ok(report) => {
-                    m.inc("poll_pages_total", &poller, u64::from(report.pages));
-                    m.inc("poll_records_total", &poller, report.records as u64);
+                // Pages and records are counted as they are stored (`submit`), so a poll that
+                // fails part-way still counts what it stored.
+                Ok(_) => {
                     m.set(
                         "poll_last_success_timestamp_seconds",
                         &poller,
@@ -536,12 +536,21 @@ impl PollSource {
     }
 
     /// Submit a page's records (line = place on the page) and wait until they are stored;
-    /// how many there were and how many the store already had.
+    /// how many there were and how many the store already had. Counts the page and its records
+    /// in the metrics once stored.
     async fn submit(
         &self,
         records: Vec<perimeter_model::RawJson>,
     ) -> Result<(usize, usize), PollError> {
+        let counted = |records: usize| {
+            if let Some(m) = &self.metrics {
+                let poller = [("poller", self.config.name.as_str())];
+                m.inc("poll_pages_total", &poller, 1);
+                m.inc("poll_records_total", &poller, records as u64);
+            }
+        };
         if records.is_empty() {
+            counted(0);
             return Ok((0, 0));
         }
         let items: Vec<InputItem> = records
@@ -558,6 +567,7 @@ impl PollSource {
             .submit(self.config.vendor.source(), &self.tenant, items)
             .await
             .map_err(|e| PollError::NotStored(e.to_string()))?;
+        counted(count);
         Ok((count, ack.duplicates))
     }
 
