@@ -60,7 +60,8 @@ enum Command {
     /// Run the bundled demo: the whole pipeline over a day of SaaS activity with an attack in it,
     /// a table of the alerts, then the API over the demo data.
     Demo(demo::DemoArgs),
-    /// Run the service: ingest (spool directory + HTTP), detect, store and API in one process.
+    /// Run the service: ingest (SaaS API pollers from `[[poll]]`, spool directory, HTTP), detect,
+    /// store and API in one process.
     Run(run::RunArgs),
     /// Manage API tokens.
     #[command(subcommand)]
