@@ -1048,7 +1048,8 @@ fn cloudtrail_config(s3: &FakeS3, key_id: &str) -> PollConfig {
     std::env::set_var(format!("PERIMETER_TEST_AWS_KEY_{key_id}"), key_id);
     let mut cfg = config(Vendor::AwsCloudtrail, &s3.base);
     cfg.name = format!("trail-{key_id}").to_lowercase();
-    cfg.feed = Some(TRAIL.into());
+    // Without its last `/`, as a user may write it.
+    cfg.feed = Some(TRAIL.trim_end_matches('/').into());
     cfg.aws_region = Some("us-east-1".into());
     cfg.aws_access_key_id = Some(format!("env:PERIMETER_TEST_AWS_KEY_{key_id}"));
     cfg.token = "env:PERIMETER_TEST_AWS_SECRET".into();
@@ -1101,6 +1102,13 @@ async fn cloudtrail_files_are_read_in_order_and_late_ones_are_not_missed() {
         .collect();
     assert!(listings.len() >= 2, "{seen:?}");
     assert!(listings[0].uri.contains("start-after="), "{seen:?}");
+    let day = (chrono::Utc::now() - chrono::Duration::hours(24)).format("%Y%%2F%m%%2F%d%%2F");
+    assert!(
+        listings[0]
+            .uri
+            .contains(&format!("CloudTrail%2Fus-east-1%2F{day}")),
+        "the first listing starts at the lookback's day: {seen:?}"
+    );
 
     // A file delivered late (older than the newest stored) and a new one: both are taken, the
     // stored ones are not fetched again.

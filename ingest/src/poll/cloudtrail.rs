@@ -82,6 +82,16 @@ fn dated(prefix: &str) -> bool {
     prefix.ends_with('/') && prefix.contains("/CloudTrail/")
 }
 
+/// The configured prefix, with the `/` a trail's region folder needs (`.../CloudTrail/us-east-1`
+/// would otherwise not be read as dated, and a first poll would list the trail's whole history).
+fn trail_prefix(src: &PollSource) -> String {
+    let mut prefix = src.config.feed.clone().unwrap_or_default();
+    if prefix.contains("/CloudTrail/") && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    prefix
+}
+
 /// Where the next listing starts (`start-after`), and the time before which stored files are
 /// not looked at again.
 fn listing_start(
@@ -218,7 +228,7 @@ pub(super) async fn poll(
     start: DateTime<Utc>,
 ) -> Result<PollReport, PollError> {
     let creds = Credentials::resolve(src, secret_access_key)?;
-    let prefix = src.config.feed.clone().unwrap_or_default();
+    let prefix = trail_prefix(src);
     let mut cp = src.checkpoint()?;
     let (mut after, settled) = listing_start(&prefix, &cp, start);
     let mut report = PollReport::default();
@@ -265,7 +275,7 @@ pub(super) async fn probe(
     start: DateTime<Utc>,
 ) -> Result<ProbeReport, PollError> {
     let creds = Credentials::resolve(src, secret_access_key)?;
-    let prefix = src.config.feed.clone().unwrap_or_default();
+    let prefix = trail_prefix(src);
     let cp = src.checkpoint()?;
     let (after, settled) = listing_start(&prefix, &cp, start);
     let (keys, truncated) = list(src, &creds, &prefix, after.as_deref()).await?;
