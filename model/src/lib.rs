@@ -5,12 +5,15 @@
 //! Guarantees:
 //! - an [`EventId`] is a pure function of source name and raw content, so a replayed event gets the
 //!   same id and stores can stay idempotent;
-//! - nothing here touches IO, a runtime, or a heavy dependency: every crate may import this one.
+//! - nothing here touches IO (apart from [`resolve_secret`] reading the variable or file a
+//!   secret reference names, when called), a runtime, or a heavy dependency: every crate may
+//!   import this one.
 
 mod alert;
 mod ecs;
 mod event;
 pub mod metrics;
+mod secret;
 mod switches;
 mod time;
 
@@ -18,6 +21,7 @@ pub use alert::{Alert, AlertStatus, DetectorKind, EntityKind, Severity};
 pub use ecs::{Ecs, EcsValue, Outcome, ECS_FIELDS};
 pub use event::{raw_from_serde, raw_to_serde, DeadLetter, Event, EventId, RawJson, RawRecord};
 pub use metrics::Metrics;
+pub use secret::{is_secret_reference, resolve_secret, SecretError};
 pub use sonic_rs;
 pub use switches::{apply_switch, RuleSwitch, RuleSwitches, SwitchedOff, SwitchedOffRules};
 pub use time::{

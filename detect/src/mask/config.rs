@@ -324,7 +324,7 @@ impl MaskConfig {
             }
         }
         if let Some(r) = &self.hmac_key {
-            if !(r.starts_with("env:") || r.starts_with("file:")) {
+            if !perimeter_model::is_secret_reference(r) {
                 return Err(err(
                     "hmac_key must be a secret reference `env:NAME` or `file:/path`, not a value"
                         .into(),

@@ -627,40 +627,25 @@ fn is_pair_value_key(key: &str) -> bool {
     )
 }
 
-/// Resolve an `env:NAME` / `file:/path` secret reference.
+/// Resolve the `env:NAME` / `file:/path` reference of `hmac_key`.
 fn resolve_secret(reference: &str) -> Result<Vec<u8>, DetectError> {
+    use perimeter_model::SecretError;
     let config_err = |message: String| DetectError::Config {
         path: config::INLINE.into(),
         message,
     };
-    let bytes = if let Some(name) = reference.strip_prefix("env:") {
-        std::env::var(name)
-            .map_err(|_| {
-                config_err(format!(
-                    "hmac_key: environment variable `{name}` is not set (or not UTF-8)"
-                ))
-            })?
-            .into_bytes()
-    } else if let Some(path) = reference.strip_prefix("file:") {
-        let mut text = std::fs::read(path).map_err(|source| DetectError::Io {
-            path: path.into(),
-            source,
-        })?;
-        while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            text.pop();
+    perimeter_model::resolve_secret(reference).map_err(|e| match e {
+        SecretError::EnvUnset(name) => config_err(format!(
+            "hmac_key: environment variable `{name}` is not set (or not UTF-8)"
+        )),
+        SecretError::File { path, source } => DetectError::Io { path, source },
+        SecretError::NotAReference => {
+            config_err("hmac_key must be a secret reference `env:NAME` or `file:/path`".into())
         }
-        text
-    } else {
-        return Err(config_err(
-            "hmac_key must be a secret reference `env:NAME` or `file:/path`".into(),
-        ));
-    };
-    if bytes.is_empty() {
-        return Err(config_err(format!(
-            "hmac_key `{reference}` resolves to an empty key"
-        )));
-    }
-    Ok(bytes)
+        SecretError::Empty(_) => {
+            config_err(format!("hmac_key `{reference}` resolves to an empty key"))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use perimeter_model::Metrics;
+use perimeter_model::{is_secret_reference, Metrics};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
@@ -682,27 +682,16 @@ fn retry_delay(headers: &reqwest::header::HeaderMap) -> Duration {
     Duration::from_secs(secs.clamp(1, 3600) as u64)
 }
 
-fn is_secret_reference(s: &str) -> bool {
-    s.starts_with("env:") || s.starts_with("file:")
-}
-
-/// The value behind a secret reference (`env:NAME`, `file:/path`; a file's trailing newline
-/// is dropped). Errors name the reference, never a value.
+/// The value behind a secret reference (see [`perimeter_model::resolve_secret`]). Errors name
+/// the reference, never a value.
 fn read_secret(reference: &str) -> Result<String, String> {
-    let value = if let Some(name) = reference.strip_prefix("env:") {
-        std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?
-    } else if let Some(path) = reference.strip_prefix("file:") {
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("reading `{path}`: {e}"))?
-            .trim_end_matches(['\n', '\r'])
-            .to_string()
-    } else {
-        return Err("must be `env:NAME` or `file:/path`".into());
-    };
-    if value.is_empty() {
-        return Err(format!("`{reference}` is empty"));
-    }
-    Ok(value)
+    use perimeter_model::SecretError;
+    let bytes = perimeter_model::resolve_secret(reference).map_err(|e| match e {
+        SecretError::EnvUnset(name) => format!("environment variable `{name}` is not set"),
+        SecretError::NotAReference => "must be `env:NAME` or `file:/path`".into(),
+        other => other.to_string(),
+    })?;
+    String::from_utf8(bytes).map_err(|_| format!("`{reference}` is not UTF-8"))
 }
 
 #[cfg(test)]
