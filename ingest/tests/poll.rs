@@ -242,24 +242,19 @@ impl Consumer {
 fn config(vendor: Vendor, base: &str) -> PollConfig {
     std::env::set_var("PERIMETER_TEST_POLL_TOKEN", TOKEN);
     PollConfig {
-        name: format!("{vendor:?}-test").to_lowercase(),
-        vendor,
-        base_url: base.to_string(),
-        token: "env:PERIMETER_TEST_POLL_TOKEN".into(),
         org: Some("acme".into()),
         feed: Some("auditevents".into()),
-        client_id: None,
-        auth_url: None,
-        delegated_user: None,
-        aws_region: None,
-        aws_access_key_id: None,
-        aws_session_token: None,
         tenant: Some("acme".into()),
         interval_seconds: 1,
         initial_lookback_hours: 24 * 365 * 10,
-        max_pages_per_poll: 100,
         request_timeout_seconds: 10,
         max_page_bytes: 1 << 20,
+        ..PollConfig::new(
+            &format!("{vendor:?}-test").to_lowercase(),
+            vendor,
+            base,
+            "env:PERIMETER_TEST_POLL_TOKEN",
+        )
     }
 }
 

@@ -100,6 +100,33 @@ pub struct PollConfig {
     pub max_page_bytes: u64,
 }
 
+impl PollConfig {
+    /// A table for `vendor` at `base_url` with credential `token`, everything else at its
+    /// default (what a `[[poll]]` table naming only these four gets).
+    pub fn new(name: &str, vendor: Vendor, base_url: &str, token: &str) -> PollConfig {
+        PollConfig {
+            name: name.to_string(),
+            vendor,
+            base_url: base_url.to_string(),
+            token: token.to_string(),
+            org: None,
+            feed: None,
+            client_id: None,
+            auth_url: None,
+            delegated_user: None,
+            aws_region: None,
+            aws_access_key_id: None,
+            aws_session_token: None,
+            tenant: None,
+            interval_seconds: default_interval_seconds(),
+            initial_lookback_hours: default_initial_lookback_hours(),
+            max_pages_per_poll: default_max_pages_per_poll(),
+            request_timeout_seconds: default_request_timeout_seconds(),
+            max_page_bytes: default_max_page_bytes(),
+        }
+    }
+}
+
 fn default_interval_seconds() -> u64 {
     60
 }
@@ -734,24 +761,13 @@ mod tests {
 
     fn config(vendor: Vendor) -> PollConfig {
         PollConfig {
-            name: "okta-prod".into(),
-            vendor,
-            base_url: "https://acme.okta.com".into(),
-            token: "env:OKTA_TOKEN".into(),
-            org: None,
-            feed: None,
-            client_id: None,
-            auth_url: None,
-            delegated_user: None,
-            aws_region: None,
-            aws_access_key_id: None,
-            aws_session_token: None,
-            tenant: None,
-            interval_seconds: 60,
-            initial_lookback_hours: 24,
-            max_pages_per_poll: 100,
-            request_timeout_seconds: 60,
             max_page_bytes: 1 << 20,
+            ..PollConfig::new(
+                "okta-prod",
+                vendor,
+                "https://acme.okta.com",
+                "env:OKTA_TOKEN",
+            )
         }
     }
 
