@@ -146,10 +146,8 @@ impl Api {
             Vendor::Okta | Vendor::Github => {
                 if let Some(next) = &cp.resume {
                     return Ok(PageRequest {
-                        url: self.same_origin(next)?,
-                        body: None,
-                        form: None,
                         resumes: true,
+                        ..PageRequest::get(self.same_origin(next)?)
                     });
                 }
                 let mut url = match self.vendor {
@@ -171,12 +169,7 @@ impl Api {
                             .append_pair("per_page", "100");
                     }
                 }
-                Ok(PageRequest {
-                    url,
-                    body: None,
-                    form: None,
-                    resumes: false,
-                })
+                Ok(PageRequest::get(url))
             }
             Vendor::Slack | Vendor::GoogleWorkspace => {
                 let from = cp.listing_since.unwrap_or(since);
@@ -204,10 +197,8 @@ impl Api {
                     }
                 }
                 Ok(PageRequest {
-                    url,
-                    body: None,
-                    form: None,
                     resumes: cp.resume.is_some(),
+                    ..PageRequest::get(url)
                 })
             }
             Vendor::Onepassword => {
@@ -220,10 +211,9 @@ impl Api {
                     None => serde_json::json!({ "limit": 1000, "start_time": rfc3339(since) }),
                 };
                 Ok(PageRequest {
-                    url,
                     body: Some(body),
-                    form: None,
                     resumes: cp.resume.is_some(),
+                    ..PageRequest::get(url)
                 })
             }
         }

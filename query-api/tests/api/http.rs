@@ -104,13 +104,7 @@ fn readiness_fails_while_the_store_fails_to_write() {
         200
     );
     let failing = |n: u32| {
-        let metrics = api
-            .client
-            .get(api.url("/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
+        let metrics = api.metrics_text();
         assert!(
             metrics.contains(&format!("perimeter_store_batches_failing {n}\n")),
             "{metrics}"
@@ -1419,13 +1413,7 @@ fn bad_requests_are_4xx_json_never_500() {
     );
 
     // None of that was a server error.
-    let metrics = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = api.metrics_text();
     assert!(!metrics.contains("status=\"500\""), "{metrics}");
 }
 

@@ -372,6 +372,16 @@ impl TestApi {
         }
     }
 
+    /// The Prometheus text `/metrics` answers now.
+    pub fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
