@@ -713,10 +713,25 @@ fn verify(
             let glued = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphabetic);
             let before = start.checked_sub(1).and_then(|i| text.as_bytes().get(i));
             let after = text.as_bytes().get(start + secret.len());
-            is_card_number(secret) && !(grouped && (glued(before) || glued(after)))
+            is_card_number(secret)
+                && !(grouped && (glued(before) || glued(after)))
+                && !is_signed_number(text, start)
         }
         PatternKind::UsSsn => is_valid_ssn(secret),
         _ => true,
+    }
+}
+
+/// The digits at `start` carry a minus sign of their own (`-1234...` as a whole value, or after
+/// a space, `=` or `:`): a signed integer written as text, such as Google Workspace's
+/// `id.uniqueQualifier` (a signed 64-bit id), not a card number, which nobody writes with a sign.
+/// A dash after a word (`cc-4111...`) is a separator and still counts as a card.
+fn is_signed_number(text: &str, start: usize) -> bool {
+    let bytes = text.as_bytes();
+    match start.checked_sub(1).map(|i| (i, bytes[i])) {
+        Some((0, b'-')) => true,
+        Some((i, b'-')) => !bytes[i - 1].is_ascii_alphanumeric(),
+        _ => false,
     }
 }
 

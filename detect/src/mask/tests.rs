@@ -452,6 +452,27 @@ fn card_numbers_as_json_numbers() {
 }
 
 #[test]
+fn signed_integers_written_as_text_are_not_card_numbers() {
+    // Luhn-valid with a card network's prefix (6...): only the sign says it is an id.
+    let id = "6011000990139424";
+    assert!(patterns::is_card_number(id));
+    let m = masker();
+    let mut v = json!({
+        "id": {"uniqueQualifier": format!("-{id}")},
+        "note": format!("qualifier=-{id}"),
+        "card": id,
+        "ref": format!("cc-{id}"),
+        "sum": format!("{id}-"),
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["id"]["uniqueQualifier"], format!("-{id}"));
+    assert_eq!(v["note"], format!("qualifier=-{id}"));
+    assert_eq!(v["card"], "****9424");
+    assert_eq!(v["ref"], "cc-****9424");
+    assert_eq!(v["sum"], "****9424-");
+}
+
+#[test]
 fn clean_values_are_untouched() {
     let m = masker();
     let clean = json!({
