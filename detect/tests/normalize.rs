@@ -127,6 +127,33 @@ const PAGES: &[(&str, &str, &str)] = &[
         "gsuite/alerts/001.json",
         "google_workspace_alerts",
     ),
+    (
+        "pagerduty_audit_records_001",
+        "pagerduty/audit_records/001.json",
+        "pagerduty",
+    ),
+    ("tines_audit_logs_003", "tines/audit_logs/003.json", "tines"),
+    (
+        "tfc_audit_trails_003",
+        "tfc/audit_trails/003.json",
+        "terraform_cloud",
+    ),
+    ("torq_audit_001", "torq/audit/001.json", "torq"),
+    (
+        "oomnitza_activities_001",
+        "oomnitza/activities/001.json",
+        "oomnitza",
+    ),
+    (
+        "sfmc_audit_events_001",
+        "sfmc/audit_events/001.json",
+        "salesforce_marketing_cloud",
+    ),
+    (
+        "sfmc_security_events_001",
+        "sfmc/security_events/001.json",
+        "salesforce_marketing_cloud",
+    ),
 ];
 
 #[test]
@@ -155,6 +182,13 @@ fn every_page_of_each_recorded_endpoint_normalizes() {
         ("atlassian/event_audit", "atlassian"),
         ("atlassian_site/event_audit", "atlassian"),
         ("gsuite/alerts", "google_workspace_alerts"),
+        ("pagerduty/audit_records", "pagerduty"),
+        ("tines/audit_logs", "tines"),
+        ("tfc/audit_trails", "terraform_cloud"),
+        ("torq/audit", "torq"),
+        ("oomnitza/activities", "oomnitza"),
+        ("sfmc/audit_events", "salesforce_marketing_cloud"),
+        ("sfmc/security_events", "salesforce_marketing_cloud"),
     ];
     for (dir, source) in dirs {
         let mut files: Vec<_> = std::fs::read_dir(format!("{}/{dir}", shared()))

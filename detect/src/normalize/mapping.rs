@@ -34,6 +34,24 @@ pub const BUNDLED_MAPPINGS: &[(&str, &str)] = &[
         "google_workspace_alerts.toml",
         include_str!("../../../mappings/google_workspace_alerts.toml"),
     ),
+    (
+        "pagerduty.toml",
+        include_str!("../../../mappings/pagerduty.toml"),
+    ),
+    ("tines.toml", include_str!("../../../mappings/tines.toml")),
+    (
+        "terraform_cloud.toml",
+        include_str!("../../../mappings/terraform_cloud.toml"),
+    ),
+    ("torq.toml", include_str!("../../../mappings/torq.toml")),
+    (
+        "oomnitza.toml",
+        include_str!("../../../mappings/oomnitza.toml"),
+    ),
+    (
+        "salesforce_marketing_cloud.toml",
+        include_str!("../../../mappings/salesforce_marketing_cloud.toml"),
+    ),
 ];
 
 /// One declarative source mapping, as written in a `<name>.toml` file.
@@ -51,7 +69,9 @@ pub struct MappingConfig {
     pub timestamp: TimestampConfig,
     /// ECS field name -> JSON path, or a list of paths tried in order (first non-empty value
     /// wins). Paths are dotted (`actor.user.email`, `participants.0.email`) or JSON Pointers
-    /// (`/event_type/.tag`) for keys that contain dots. `event.action` is required.
+    /// (`/event_type/.tag`) for keys that contain dots, or templates joining several values
+    /// (`"{resource.type}.{resource.action}"`, used only when every placeholder has a value).
+    /// `event.action` is required.
     pub fields: BTreeMap<String, Paths>,
     /// How `event.outcome` is derived from the record.
     #[serde(default)]
@@ -296,6 +316,102 @@ impl JsonPath {
     }
 }
 
+/// Where an ECS field's value comes from: one path, or a template joining several values
+/// (`"{resource.type}.{resource.action}"`), for vendors whose action is spread over fields.
+#[derive(Debug, Clone)]
+enum FieldSource {
+    Path(JsonPath),
+    Template {
+        text: String,
+        pieces: Vec<TemplatePiece>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum TemplatePiece {
+    Literal(String),
+    Path(JsonPath),
+}
+
+/// What a [`FieldSource`] found in a record.
+enum Found<'a> {
+    Value(&'a Value),
+    Text(String),
+}
+
+impl FieldSource {
+    /// A path, or a template when the text holds `{`: literal text with `{path}` placeholders.
+    fn parse(text: &str) -> Result<FieldSource, String> {
+        if !text.contains('{') {
+            return JsonPath::parse(text).map(FieldSource::Path);
+        }
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if rest[..open].contains('}') {
+                return Err(format!("template `{text}`: `}}` without its `{{`"));
+            }
+            if open > 0 {
+                pieces.push(TemplatePiece::Literal(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("template `{text}`: `{{` without its `}}`"))?;
+            let path =
+                JsonPath::parse(&after[..close]).map_err(|e| format!("template `{text}`: {e}"))?;
+            pieces.push(TemplatePiece::Path(path));
+            rest = &after[close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("template `{text}`: `}}` without its `{{`"));
+        }
+        if !rest.is_empty() {
+            pieces.push(TemplatePiece::Literal(rest.to_owned()));
+        }
+        Ok(FieldSource::Template {
+            text: text.to_owned(),
+            pieces,
+        })
+    }
+
+    fn is_template(&self) -> bool {
+        matches!(self, FieldSource::Template { .. })
+    }
+
+    fn text(&self) -> &str {
+        match self {
+            FieldSource::Path(p) => &p.text,
+            FieldSource::Template { text, .. } => text,
+        }
+    }
+
+    /// The first source that finds a value. A template finds one only when every placeholder
+    /// holds a non-empty scalar, so a partial record falls through to the next alternative.
+    fn first<'a, 's>(sources: &'s [FieldSource], raw: &'a Value) -> Option<(&'s Self, Found<'a>)> {
+        sources.iter().find_map(|source| {
+            let found = match source {
+                FieldSource::Path(p) => {
+                    JsonPath::first(std::slice::from_ref(p), raw).map(|(_, v)| Found::Value(v))?
+                }
+                FieldSource::Template { pieces, .. } => {
+                    let mut out = String::new();
+                    for piece in pieces {
+                        match piece {
+                            TemplatePiece::Literal(l) => out.push_str(l),
+                            TemplatePiece::Path(p) => {
+                                out.push_str(&fields::scalar_string(p.resolve(raw)?)?);
+                            }
+                        }
+                    }
+                    Found::Text(out)
+                }
+            };
+            Some((source, found))
+        })
+    }
+}
+
 /// A compiled classification pattern.
 #[derive(Debug, Clone)]
 enum Pattern {
@@ -366,7 +482,7 @@ pub struct MappingNormalizer {
     ts_paths: Vec<JsonPath>,
     ts_format: Option<String>,
     ts_required: bool,
-    fields: Vec<(EcsField, Vec<JsonPath>)>,
+    fields: Vec<(EcsField, Vec<FieldSource>)>,
     outcome: Option<OutcomeRule>,
     rules: Vec<Rule>,
 }
@@ -445,7 +561,21 @@ impl MappingConfig {
                     "fields: `{name}` is not a mappable ECS field (use one of event.action, user.name, user.email, user.id, user.target.name, user.target.email, user.target.id, source.ip, source.geo.country_iso_code, source.as.number, user_agent.original, organization.id, cloud.account.id; outcome and categories have their own sections)"
                 )
             })?;
-            fields.push((target, paths(p.as_slice(), &format!("fields.\"{name}\""))?));
+            let what = format!("fields.\"{name}\"");
+            if p.as_slice().is_empty() {
+                return Err(format!("{what}: no path given"));
+            }
+            let sources = p
+                .as_slice()
+                .iter()
+                .map(|text| FieldSource::parse(text).map_err(|e| format!("{what}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if target == EcsField::AsNumber && sources.iter().any(FieldSource::is_template) {
+                return Err(format!(
+                    "{what}: a number comes from one path, not a template"
+                ));
+            }
+            fields.push((target, sources));
         }
         if !fields.iter().any(|(t, _)| *t == EcsField::Action) {
             return Err("fields: `event.action` must be mapped".into());
@@ -595,23 +725,27 @@ impl MappingNormalizer {
             timestamp: self.timestamp(raw)?,
             ..Ecs::default()
         };
-        for (target, paths) in &self.fields {
-            let Some((path, v)) = JsonPath::first(paths, raw) else {
+        for (target, sources) in &self.fields {
+            let Some((source, found)) = FieldSource::first(sources, raw) else {
                 if *target == EcsField::Action {
-                    return Err(NormalizeError::MissingField(paths[0].text.clone()));
+                    return Err(NormalizeError::MissingField(sources[0].text().to_owned()));
                 }
                 continue;
             };
-            if *target == EcsField::AsNumber {
-                ecs.source_as_number = v
-                    .as_u64()
-                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
-                continue;
-            }
-            let Some(s) = fields::scalar_string(v) else {
+            let s = match found {
+                Found::Value(v) if *target == EcsField::AsNumber => {
+                    ecs.source_as_number = v
+                        .as_u64()
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
+                    continue;
+                }
+                Found::Value(v) => fields::scalar_string(v),
+                Found::Text(t) => Some(t),
+            };
+            let Some(s) = s else {
                 if *target == EcsField::Action {
                     return Err(NormalizeError::WrongType {
-                        field: path.text.clone(),
+                        field: source.text().to_owned(),
                         expected: "string",
                     });
                 }
@@ -754,6 +888,60 @@ type = ["start"]
         assert_eq!(ecs.event_outcome, Outcome::Failure);
         assert_eq!(ecs.event_category, vec!["authentication"]);
         assert_eq!(ecs.related_ip, vec!["198.51.100.2"]);
+    }
+
+    #[test]
+    fn templates_join_values_and_fall_through_when_incomplete() {
+        let text = MINIMAL.replace(
+            "\"event.action\" = \"acme_event\"",
+            "\"event.action\" = [\"{resource.type}.{resource.action}\", \"acme_event\"]\n\"user.id\" = \"acme:{who.id}\"",
+        );
+        let m = MappingNormalizer::from_toml(&text, Path::new("acme.toml")).expect("valid");
+        let full = json!({"acme_event": "x", "when": 1700000000, "resource": {"type": "token", "action": "create"}, "who": {"id": 42}});
+        let ecs = m.ecs(&full).expect("normalizes");
+        assert_eq!(ecs.event_action.as_deref(), Some("token.create"));
+        assert_eq!(ecs.user_id.as_deref(), Some("acme:42"));
+        // A placeholder with no value (absent, empty, an object) skips the template.
+        for resource in [
+            json!({"type": "token"}),
+            json!({"type": "token", "action": ""}),
+            json!({"type": {}, "action": "create"}),
+        ] {
+            let partial =
+                json!({"acme_event": "login_ok", "when": 1700000000, "resource": resource});
+            let ecs = m.ecs(&partial).expect("normalizes");
+            assert_eq!(ecs.event_action.as_deref(), Some("login_ok"));
+            assert_eq!(ecs.user_id, None);
+        }
+    }
+
+    #[test]
+    fn malformed_templates_are_rejected_naming_the_field() {
+        for (field, template, reason) in [
+            ("event.action", "{resource.type", "without its `}`"),
+            ("event.action", "resource}.{type}", "without its `{`"),
+            ("event.action", "{}.x", "empty segment"),
+            ("source.as.number", "{asn}", "not a template"),
+        ] {
+            let text = format!("{MINIMAL}\n").replace(
+                "\"event.action\" = \"acme_event\"",
+                &format!(
+                    "\"event.action\" = \"acme_event\"\n\"{field}\" = [\"x\", \"{template}\"]"
+                ),
+            );
+            let text = if field == "event.action" {
+                text.replacen("\"event.action\" = \"acme_event\"\n", "", 1)
+            } else {
+                text
+            };
+            let err = MappingNormalizer::from_toml(&text, Path::new("acme.toml"))
+                .expect_err(template)
+                .to_string();
+            assert!(
+                err.contains("acme.toml") && err.contains(field) && err.contains(reason),
+                "{template}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! - Built-in normalizers, one per SaaS (`okta`, `github`, `google_workspace`, `slack`, `m365`,
 //!   `aws_cloudtrail`, `onepassword`) and `json` (plain objects, ECS-named keys only).
-//! - Declarative [`mapping`]s (TOML) for other sources; `zoom`, `box`, `duo`, `dropbox` and
-//!   `atlassian` are bundled, more load from a directory.
+//! - Declarative [`mapping`]s (TOML) for other sources; `zoom`, `box`, `duo`, `dropbox`,
+//!   `atlassian`, `google_workspace_alerts`, `pagerduty`, `tines`, `terraform_cloud`, `torq`,
+//!   `oomnitza` and `salesforce_marketing_cloud` are bundled, more load from a directory.
 //! - [`NormalizerRegistry`] looks normalizers up by name and guesses the source from a record's
 //!   shape (`--source auto`) with a few key lookups per record.
 //! - [`split_records`] turns one parsed input value (an API page, a CloudTrail file, a Google
@@ -363,6 +364,8 @@ const LIST_KEYS: &[&str] = &[
     "audit_events",
     "auditEvents",
     "activities",
+    // Tines and Torq audit log pages.
+    "audit_logs",
     // Google Workspace Alert Center pages.
     "alerts",
 ];
@@ -404,6 +407,9 @@ const META_KEYS: &[&str] = &[
     "isLast",
     "size",
     "start",
+    // Terraform Cloud (`pagination`) and Salesforce Marketing Cloud (`pageSize`) pages.
+    "pagination",
+    "pageSize",
 ];
 
 /// Split one parsed input value into individual vendor records: API page envelopes

@@ -47,6 +47,12 @@ fn registry_lists_builtins_json_and_bundled_mappings() {
         "dropbox",
         "atlassian",
         "google_workspace_alerts",
+        "pagerduty",
+        "tines",
+        "terraform_cloud",
+        "torq",
+        "oomnitza",
+        "salesforce_marketing_cloud",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
         assert_eq!(r.get(n).map(|x| x.source()), Some(n));

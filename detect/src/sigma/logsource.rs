@@ -44,7 +44,11 @@ pub fn default_sources(ls: &LogSource) -> Option<Vec<String>> {
         "asana" => one("asana"),
         "notion" => one("notion"),
         "zendesk" => one("zendesk"),
+        "salesforce" if service.as_deref() == Some("marketing_cloud") => {
+            one("salesforce_marketing_cloud")
+        }
         "salesforce" => one("salesforce"),
+        "terraform" | "hcp_terraform" | "terraform_cloud" => one("terraform_cloud"),
         // Any other product P runs on source P (which, for windows/linux/..., never occurs).
         other => one(other),
     }
@@ -78,6 +82,19 @@ mod tests {
             s(Some("gcp"), Some("gcp.audit")),
             Some(vec!["gcp".to_string()])
         );
+        assert_eq!(
+            s(Some("salesforce"), Some("marketing_cloud")),
+            Some(vec!["salesforce_marketing_cloud".to_string()])
+        );
+        assert_eq!(
+            s(Some("salesforce"), None),
+            Some(vec!["salesforce".to_string()])
+        );
+        assert_eq!(
+            s(Some("terraform"), None),
+            Some(vec!["terraform_cloud".to_string()])
+        );
+        assert_eq!(s(Some("tines"), None), Some(vec!["tines".to_string()]));
         assert_eq!(
             s(Some("aws"), Some("cloudtrail")),
             Some(vec!["aws_cloudtrail".to_string()])
