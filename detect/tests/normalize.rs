@@ -150,6 +150,16 @@ const PAGES: &[(&str, &str, &str)] = &[
         "salesforce_marketing_cloud",
     ),
     (
+        "sf_threat_credential_stuffing_001",
+        "sf/threat_detection/credential_stuffing_001.json",
+        "salesforce",
+    ),
+    (
+        "sf_threat_report_anomaly_direct",
+        "sf/threat_detection/report_anomaly_direct.json",
+        "salesforce",
+    ),
+    (
         "sfmc_security_events_001",
         "sfmc/security_events/001.json",
         "salesforce_marketing_cloud",
@@ -293,6 +303,16 @@ const SAMPLES: &[(&str, &str, &str)] = &[
         "onepassword/audit_user_suspend.json",
         "onepassword",
     ),
+    (
+        "salesforce_event_log_logins",
+        "salesforce/event_log_logins.json",
+        "salesforce",
+    ),
+    (
+        "salesforce_setup_audit_trail_page",
+        "salesforce/setup_audit_trail_page.json",
+        "salesforce",
+    ),
 ];
 
 #[test]
@@ -313,6 +333,75 @@ fn one(file: &str, source: &str) -> Event {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// Salesforce log rows carry their result in `LOGIN_STATUS` / `REQUEST_STATUS`; every
+/// `LOGIN_ERROR_*` is a failed sign-in, which the shared detectors (spray, brute force) count.
+#[test]
+fn salesforce_rows_and_audit_trail_get_outcome_and_category() {
+    let registry = NormalizerRegistry::builtin();
+    let rows = normalize_page(
+        &registry,
+        &format!("{LOCAL}/salesforce/event_log_logins.json"),
+        "salesforce",
+    );
+    let view: Vec<_> = rows
+        .iter()
+        .map(|e| {
+            (
+                e.ecs.event_action.as_deref(),
+                e.ecs.event_outcome,
+                strs(&e.ecs.event_category),
+                e.ecs.source_ip.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            (
+                Some("Login"),
+                Outcome::Failure,
+                vec!["authentication"],
+                Some("203.0.113.66")
+            ),
+            (
+                Some("Login"),
+                Outcome::Success,
+                vec!["authentication"],
+                Some("203.0.113.66")
+            ),
+            (
+                Some("ReportExport"),
+                Outcome::Success,
+                vec!["file"],
+                Some("203.0.113.66")
+            ),
+        ]
+    );
+    let trail = normalize_page(
+        &registry,
+        &format!("{LOCAL}/salesforce/setup_audit_trail_page.json"),
+        "salesforce",
+    );
+    let view: Vec<_> = trail
+        .iter()
+        .map(|e| {
+            (
+                strs(&e.ecs.event_category),
+                e.ecs.event_outcome,
+                e.ecs.user_name.as_deref(),
+            )
+        })
+        .collect();
+    let who = Some("dana.kim@acme-corp.example");
+    assert_eq!(
+        view,
+        vec![
+            (vec!["iam"], Outcome::Success, who),
+            (vec!["configuration"], Outcome::Success, who),
+        ]
+    );
 }
 
 #[test]

@@ -16,7 +16,8 @@ fn repo() -> PathBuf {
 }
 
 /// The vendor's own event time: Okta `published`, GitHub `@timestamp`, Google `id.time`, Slack
-/// `date_create`, M365 `CreationTime`, CloudTrail `eventTime`, Salesforce `CreatedDate`, and the
+/// `date_create`, M365 `CreationTime`, CloudTrail `eventTime`, Salesforce `CreatedDate`, PagerDuty
+/// `execution_time`, and the
 /// common names of the other vendors.
 fn vendor_time(raw: &Value) -> Option<DateTime<Utc>> {
     let candidates = [
@@ -36,6 +37,7 @@ fn vendor_time(raw: &Value) -> Option<DateTime<Utc>> {
         raw.pointer("/CreatedDate"),
         raw.pointer("/startTime"),
         raw.pointer("/createTime"),
+        raw.pointer("/execution_time"),
     ];
     candidates
         .into_iter()

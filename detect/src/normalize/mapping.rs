@@ -49,6 +49,10 @@ pub const BUNDLED_MAPPINGS: &[(&str, &str)] = &[
         include_str!("../../../mappings/oomnitza.toml"),
     ),
     (
+        "salesforce.toml",
+        include_str!("../../../mappings/salesforce.toml"),
+    ),
+    (
         "salesforce_marketing_cloud.toml",
         include_str!("../../../mappings/salesforce_marketing_cloud.toml"),
     ),

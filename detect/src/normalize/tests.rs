@@ -47,6 +47,7 @@ fn registry_lists_builtins_json_and_bundled_mappings() {
         "dropbox",
         "atlassian",
         "google_workspace_alerts",
+        "salesforce",
         "pagerduty",
         "tines",
         "terraform_cloud",
