@@ -7,7 +7,7 @@ use perimeter_detect::normalize::NormalizerRegistry;
 use perimeter_detect::pipeline::{Pipeline, PipelineOutput, UEBA_SNAPSHOT};
 use perimeter_detect::sigma::{RuleSet, SigmaDetector};
 use perimeter_detect::ueba::UebaEngine;
-use perimeter_ingest::{InputItem, JsonInput, JsonlReaderConfig};
+use perimeter_ingest::{InputFormat, InputItem, JsonInput, JsonlReaderConfig};
 use perimeter_model::Metrics;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -20,9 +20,12 @@ pub struct NormalizeArgs {
     /// mapping name such as zoom), `auto` to detect it per record, or `json` for plain JSON.
     #[arg(long, default_value = "auto")]
     pub source: String,
-    /// JSON-lines input file (vendor API pages and `{"Records": [...]}` files work too); `-` is stdin.
+    /// JSON-lines input file (vendor API pages and `{"Records": [...]}` files work too, so do CSV
+    /// files, see --format; gzipped files are read as they are); `-` is stdin.
     #[arg(long, default_value = "-")]
     pub input: PathBuf,
+    #[command(flatten)]
+    pub format: FormatArg,
     /// Tenant recorded on the events (default: the config's `tenant`).
     #[arg(long)]
     pub tenant: Option<String>,
@@ -36,9 +39,12 @@ pub struct DetectArgs {
     /// Source name, `auto` (detect per record) or `json` (plain JSON, no vendor normalization).
     #[arg(long, default_value = "auto")]
     pub source: String,
-    /// JSON-lines input file; `-` is stdin.
+    /// JSON-lines input file (vendor API pages and CSV files work too, see --format; gzipped
+    /// files are read as they are); `-` is stdin.
     #[arg(long, default_value = "-")]
     pub input: PathBuf,
+    #[command(flatten)]
+    pub format: FormatArg,
     /// Evaluate every rule on every event whatever its logsource (for trying rules on any JSON).
     #[arg(long)]
     pub ignore_logsource: bool,
@@ -57,6 +63,27 @@ pub struct DetectArgs {
     /// Tenant recorded on events and alerts (default: the config's `tenant`).
     #[arg(long)]
     pub tenant: Option<String>,
+}
+
+/// How the input is written.
+#[derive(clap::Args)]
+pub struct FormatArg {
+    /// Input format: `json` (JSON lines, or pretty-printed JSON documents such as a saved API
+    /// page), `csv` (a header row, then one record per row, each read as an object of strings
+    /// keyed by the header: Salesforce Event Monitoring log files, console exports), or `auto`:
+    /// csv for `*.csv` / `*.csv.gz` files, json otherwise (stdin included)
+    #[arg(long, default_value = "auto", value_parser = ["auto", "json", "csv"])]
+    pub format: String,
+}
+
+impl FormatArg {
+    fn of(&self, input: &Path) -> InputFormat {
+        match self.format.as_str() {
+            "csv" => InputFormat::Csv,
+            "json" => InputFormat::Json,
+            _ => InputFormat::from_path(input),
+        }
+    }
 }
 
 /// The input file or stdin, gunzipped when it is gzip (by content).
@@ -135,7 +162,12 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     let mut out_w = std::io::BufWriter::new(stdout.lock());
     let mut out = PipelineOutput::default();
     let mut dead = Vec::new();
-    for item in JsonInput::new(open_input(&args.input)?, JsonlReaderConfig::default())? {
+    let format = args.format.of(&args.input);
+    for item in JsonInput::with_format(
+        open_input(&args.input)?,
+        JsonlReaderConfig::default(),
+        format,
+    )? {
         let item = item.with_context(|| format!("reading input {}", args.input.display()))?;
         feed(&mut pipeline, &args.source, &tenant, item, &mut out);
         for e in out.events.drain(..) {
@@ -251,7 +283,11 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let mut dead = Vec::new();
     let progress = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
-    let mut reader = JsonInput::new(open_input(&args.input)?, JsonlReaderConfig::default())?;
+    let mut reader = JsonInput::with_format(
+        open_input(&args.input)?,
+        JsonlReaderConfig::default(),
+        args.format.of(&args.input),
+    )?;
     let write_alerts = |out: &mut PipelineOutput, w: &mut dyn Write| -> anyhow::Result<()> {
         for a in out.alerts.drain(..) {
             serde_json::to_writer(&mut *w, &a)?;

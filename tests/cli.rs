@@ -670,6 +670,56 @@ fn gzipped_input_is_read_like_plain_input() {
     assert!(stderr(&cut).contains("okta.jsonl.gz"), "{}", stderr(&cut));
 }
 
+/// Salesforce Event Monitoring log files are CSV: `*.csv` inputs are read as rows keyed by the
+/// header, detected as `salesforce` and normalized; a bad row is a dead letter naming its line,
+/// and the rows after it still count.
+#[test]
+fn csv_log_files_are_read_row_by_row() {
+    let recorded = fixtures().join("sf/event_log/001.csv");
+    let out = perimeter(&["normalize", "--input", recorded.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = json_lines(&out);
+    let rows = std::fs::read_to_string(&recorded).unwrap().lines().count() - 1;
+    assert_eq!(events.len(), rows, "{}", stderr(&out));
+    for e in &events {
+        assert_eq!(e["event"]["module"], "salesforce", "{e}");
+        assert_eq!(e["event"]["action"], "Login", "{e}");
+        assert_eq!(e["event"]["outcome"], "success", "{e}");
+        assert_eq!(e["source"]["ip"], "192.0.2.1", "{e}");
+        assert_eq!(e["raw"]["LOGIN_STATUS"], "LOGIN_NO_ERROR", "{e}");
+    }
+
+    let header = "\"EVENT_TYPE\",\"TIMESTAMP_DERIVED\",\"REQUEST_ID\",\"USER_NAME\",\"CLIENT_IP\",\"LOGIN_STATUS\",\"SESSION_KEY\"";
+    let row = |status: &str, minute: u32| {
+        format!("\"Login\",\"2026-11-24T10:{minute:02}:00.000Z\",\"4exLFFQZ2B0g{minute}\",\"dana.kim@acme-corp.example\",\"203.0.113.66\",\"{status}\",\"rZ1BfJm3Pq8rD2sH\"")
+    };
+    let csv = format!(
+        "{header}\n{}\n\"Login\",\"short row\"\n{}\n",
+        row("LOGIN_ERROR_INVALID_PASSWORD", 1),
+        row("LOGIN_NO_ERROR", 3)
+    );
+    // From stdin the format is not in a file name: --format says it.
+    let out = perimeter(&["normalize", "--format", "csv"], Some(csv.as_bytes()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = json_lines(&out);
+    let outcomes: Vec<_> = events
+        .iter()
+        .map(|e| e["event"]["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes, ["failure", "success"], "{}", stderr(&out));
+    assert_eq!(events[1]["perimeter"]["line"], 4);
+    // The session key is a secret by its column name.
+    assert!(!out.stdout.windows(16).any(|w| w == b"rZ1BfJm3Pq8rD2sH"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 3") && err.contains("CSV row has 2 fields, the header has 7"),
+        "{err}"
+    );
+    // Read as JSON (the default for stdin) the same bytes are no records at all.
+    let out = perimeter(&["normalize"], Some(csv.as_bytes()));
+    assert!(json_lines(&out).is_empty());
+}
+
 /// `detect --state-dir` over consecutive inputs works as one stream: a burst split across two
 /// files is one burst (the windows open at the end of the first are saved, not closed). Without
 /// the state directory each input stands alone.

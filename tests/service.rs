@@ -491,6 +491,27 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
             .any(|l| l == format!("perimeter_events_past_retention_total {records}")),
         "{metrics}"
     );
+    // A Salesforce Event Monitoring log file is CSV: taken row by row when the body says so,
+    // with a dead letter for a row that does not fit the header.
+    let mut csv =
+        std::fs::read_to_string(crate::util::fixtures().join("sf/event_log/001.csv")).unwrap();
+    let rows = csv.lines().count() - 1;
+    // (The recorded file ends without a line break.)
+    csv = format!("{}\n\"Login\",\"cut off\"\n", csv.trim_end());
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/auto", svc.base))
+        .bearer_auth(&responder)
+        .header("Content-Type", "text/csv; charset=utf-8")
+        .body(csv)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let ack: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        (&ack["events"], &ack["dead_letters"]),
+        (&rows.into(), &1.into()),
+        "{ack}"
+    );
     stop(svc);
     // After a clean stop the data is all there when read straight from the data directory.
     let out = perimeter(

@@ -1,5 +1,6 @@
 //! HTTP ingestion: `POST /ingest/{source}` with a JSON-lines body (or one JSON document such as
-//! a vendor API page or a webhook payload). The response is sent only after the batch is stored,
+//! a vendor API page or a webhook payload; CSV rows under a header with `Content-Type: text/csv`).
+//! The response is sent only after the batch is stored,
 //! so a 200 means "durably acknowledged"; on any error the client must resend (replays are
 //! idempotent).
 
@@ -124,8 +125,15 @@ async fn ingest(
         Ok(body) => body,
         Err((status, code, message)) => return error(status, code, message),
     };
-    // JSON lines, or one pretty-printed document (a vendor page or webhook payload as sent).
-    let parsed = JsonInput::new(&body[..], state.reader.clone()).and_then(|input| input.collect());
+    // JSON lines, or one pretty-printed document (a vendor page or webhook payload as sent), or
+    // CSV rows under a header when the body says `Content-Type: text/csv`.
+    let format = crate::InputFormat::from_content_type(
+        headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let parsed = JsonInput::with_format(&body[..], state.reader.clone(), format)
+        .and_then(|input| input.collect());
     let items: Vec<InputItem> = match parsed {
         Ok(items) => items,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", e.to_string()),

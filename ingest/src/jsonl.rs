@@ -155,7 +155,7 @@ fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
 
 /// The start of a rejected line, for the analyst. When cut, the cut backs off to the last
 /// delimiter so no token is split: a split secret would no longer match its mask pattern.
-fn excerpt(bytes: &[u8], max: usize) -> String {
+pub(crate) fn excerpt(bytes: &[u8], max: usize) -> String {
     let mut end = bytes.len().min(max);
     if end < bytes.len() {
         let delimiter = |b: &u8| b" \t\r\n\",:;{}[]=&?<>'()".contains(b);
@@ -421,16 +421,69 @@ mod tests {
     }
 }
 
-/// Input in either shape people hand to a CLI: JSON lines (one record or page per line), or one
-/// pretty-printed JSON document (a saved vendor API page) or several whitespace-separated ones.
-/// The shape is decided by the first non-blank line: when it is an incomplete JSON value, the
-/// input is read as documents (each reported at the line it starts on); otherwise as JSON lines.
-pub enum JsonInput<R> {
+/// What an input is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputFormat {
+    /// JSON lines, or pretty-printed JSON documents ([`JsonInput::new`] tells them apart).
+    #[default]
+    Json,
+    /// CSV with a header row ([`crate::CsvRows`]).
+    Csv,
+}
+
+impl InputFormat {
+    /// The format a file name says: `*.csv` and `*.csv.gz` are CSV, anything else JSON.
+    pub fn from_path(path: &std::path::Path) -> InputFormat {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let name = name.strip_suffix(".gz").unwrap_or(&name);
+        if name.ends_with(".csv") {
+            InputFormat::Csv
+        } else {
+            InputFormat::Json
+        }
+    }
+
+    /// The format an HTTP `Content-Type` says: `text/csv` is CSV, anything else JSON.
+    pub fn from_content_type(content_type: Option<&str>) -> InputFormat {
+        let media = content_type
+            .and_then(|c| c.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase());
+        if media.as_deref() == Some("text/csv") {
+            InputFormat::Csv
+        } else {
+            InputFormat::Json
+        }
+    }
+}
+
+/// Input in the shapes people hand to a CLI: JSON lines (one record or page per line), one
+/// pretty-printed JSON document (a saved vendor API page) or several whitespace-separated ones,
+/// or CSV rows ([`InputFormat::Csv`]). For JSON the shape is decided by the first non-blank
+/// line: when it is an incomplete JSON value, the input is read as documents (each reported at
+/// the line it starts on); otherwise as JSON lines.
+pub enum JsonInput<R: Read> {
     Lines(JsonlReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>),
     Documents(std::vec::IntoIter<Result<InputItem, std::io::Error>>),
+    Csv(crate::CsvRows<R>),
 }
 
 impl<R: BufRead> JsonInput<R> {
+    /// `input` in `format`.
+    pub fn with_format(
+        input: R,
+        config: JsonlReaderConfig,
+        format: InputFormat,
+    ) -> std::io::Result<Self> {
+        match format {
+            InputFormat::Json => JsonInput::new(input, config),
+            InputFormat::Csv => Ok(JsonInput::Csv(crate::CsvRows::new(input, config))),
+        }
+    }
+
+    /// JSON input (lines or documents).
     pub fn new(mut input: R, config: JsonlReaderConfig) -> std::io::Result<Self> {
         let mut head = Vec::new();
         loop {
@@ -509,15 +562,17 @@ impl<R: BufRead> Iterator for JsonInput<R> {
         match self {
             JsonInput::Lines(r) => r.next(),
             JsonInput::Documents(d) => d.next(),
+            JsonInput::Csv(c) => c.next(),
         }
     }
 }
 
 impl<R: BufRead> JsonInput<R> {
-    /// Physical lines consumed (JSON-lines mode) or documents read.
+    /// Physical lines consumed (JSON lines and CSV); 0 for documents.
     pub fn lines_read(&self) -> u64 {
         match self {
             JsonInput::Lines(r) => r.lines_read(),
+            JsonInput::Csv(c) => c.lines_read(),
             JsonInput::Documents(_) => 0,
         }
     }

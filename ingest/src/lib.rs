@@ -9,12 +9,14 @@
 //! - nothing here panics on input bytes (invalid UTF-8, truncated JSON, wrong types).
 
 pub mod bus;
+pub mod csv_rows;
 pub mod http;
 pub mod jsonl;
 pub mod poll;
 pub mod spool;
 
-pub use jsonl::{decompressed, InputItem, JsonInput, JsonlReader, JsonlReaderConfig};
+pub use csv_rows::CsvRows;
+pub use jsonl::{decompressed, InputFormat, InputItem, JsonInput, JsonlReader, JsonlReaderConfig};
 
 /// Errors of the ingest crate.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! A spool directory source: drop `*.jsonl` / `*.json` files into `<dir>/<source>/` (the
+//! A spool directory source: drop `*.jsonl` / `*.json` / `*.csv` files (gzipped too) into `<dir>/<source>/` (the
 //! subdirectory names the source, e.g. `inbox/okta/`, `inbox/auto/`) and they are ingested for
 //! the configured tenant, then moved to `<dir>/.processed/<source>/` once the pipeline
 //! acknowledged them. Another tenant's files go to `<dir>/tenant=<name>/<source>/` (and are
@@ -210,8 +210,9 @@ impl SpoolSource {
             what: path.display().to_string(),
             source,
         })?;
+        let format = crate::InputFormat::from_path(path);
         let reader = crate::jsonl::decompressed(std::io::BufReader::new(file))
-            .and_then(|input| JsonInput::new(input, JsonlReaderConfig::default()))
+            .and_then(|input| JsonInput::with_format(input, JsonlReaderConfig::default(), format))
             .map_err(|source| IngestError::Io {
                 what: path.display().to_string(),
                 source,
@@ -262,7 +263,7 @@ fn set_aside(dir: &Path, file: &SpoolFile, error: &IngestError) -> std::io::Resu
     Ok(target)
 }
 
-/// Every `*.json`/`*.jsonl` file (or gzipped, `*.json.gz`/`*.jsonl.gz`) under `dir/<source>/`
+/// Every `*.json`/`*.jsonl`/`*.csv` file (or gzipped, `*.json.gz`/...) under `dir/<source>/`
 /// and `dir/tenant=<name>/<source>/`, sorted by path.
 fn pending_files(dir: &Path) -> Result<Vec<SpoolFile>> {
     let io = |e| IngestError::Io {
@@ -316,9 +317,16 @@ fn spool_files(
     for file in std::fs::read_dir(dir)? {
         let path = file?.path();
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let name_ok = [".jsonl", ".json", ".jsonl.gz", ".json.gz"]
-            .iter()
-            .any(|suffix| file_name.ends_with(suffix));
+        let name_ok = [
+            ".jsonl",
+            ".json",
+            ".csv",
+            ".jsonl.gz",
+            ".json.gz",
+            ".csv.gz",
+        ]
+        .iter()
+        .any(|suffix| file_name.ends_with(suffix));
         if path.is_file() && name_ok {
             out.push(SpoolFile {
                 tenant: tenant.map(str::to_string),

@@ -1,0 +1,264 @@
+//! CSV input: a header row, then one record per row, each read as a JSON object of strings keyed
+//! by the header (`{"EVENT_TYPE": "Login", "USER_NAME": ...}`), which the declarative mappings
+//! and rules then read like any vendor record. This is the shape of Salesforce Event Monitoring
+//! log files and of the CSV exports admin consoles offer.
+//!
+//! A row that cannot be a record (another number of fields than the header, bytes that are not
+//! UTF-8, a row longer than the line limit) becomes an [`InputItem::Invalid`] with its line
+//! number and the reason; reading goes on with the next row. Quoted fields may span lines: a
+//! record is reported at the line it starts on.
+
+use std::io::Read;
+
+use crate::jsonl::{excerpt, InputItem, JsonlReaderConfig};
+
+/// The records of a CSV input, one [`InputItem`] per data row (blank lines are skipped).
+pub struct CsvRows<R: Read> {
+    reader: csv::Reader<R>,
+    header: Option<Vec<String>>,
+    config: JsonlReaderConfig,
+    row: csv::ByteRecord,
+    done: bool,
+}
+
+impl<R: Read> CsvRows<R> {
+    pub fn new(input: R, config: JsonlReaderConfig) -> CsvRows<R> {
+        let reader = csv::ReaderBuilder::new()
+            // The header is read as a row of its own, so that its problems are reported too.
+            .has_headers(false)
+            // Rows with another number of fields are reported here, not by the reader.
+            .flexible(true)
+            .from_reader(input);
+        CsvRows {
+            reader,
+            header: None,
+            config,
+            row: csv::ByteRecord::new(),
+            done: false,
+        }
+    }
+
+    /// The line the row just read starts on. The reader reports the line it started reading at,
+    /// which is a blank line before the row when there is one; the row ends on the line before
+    /// the reader's position (it consumed the row's line break), less its quoted line breaks.
+    fn start_line(&self) -> u64 {
+        let reported = self.row.position().map_or(0, csv::Position::line);
+        let breaks = self
+            .row
+            .iter()
+            .map(|f| memchr::memchr_iter(b'\n', f).count() as u64)
+            .sum::<u64>();
+        let computed = self.reader.position().line().saturating_sub(1 + breaks);
+        reported.max(computed)
+    }
+
+    /// Physical lines read so far.
+    pub fn lines_read(&self) -> u64 {
+        self.reader.position().line().saturating_sub(1)
+    }
+
+    fn invalid(&self, line: u64, reason: String) -> InputItem {
+        let joined = self.row.iter().collect::<Vec<_>>().join(&b","[..]);
+        InputItem::Invalid {
+            line,
+            reason,
+            excerpt: excerpt(&joined, self.config.excerpt_bytes),
+        }
+    }
+
+    /// The current row as a record, or why it is not one.
+    fn record(&self, line: u64, header: &[String]) -> InputItem {
+        let bytes: usize = self.row.iter().map(<[u8]>::len).sum();
+        if bytes > self.config.max_line_bytes {
+            return self.invalid(
+                line,
+                format!(
+                    "CSV row of {bytes} bytes is longer than the {} byte limit",
+                    self.config.max_line_bytes
+                ),
+            );
+        }
+        if self.row.len() != header.len() {
+            return self.invalid(
+                line,
+                format!(
+                    "CSV row has {} fields, the header has {}",
+                    self.row.len(),
+                    header.len()
+                ),
+            );
+        }
+        let mut object = sonic_rs::Object::with_capacity(header.len());
+        for (name, field) in header.iter().zip(self.row.iter()) {
+            let Ok(text) = std::str::from_utf8(field) else {
+                return self.invalid(line, format!("CSV field `{name}` is not valid UTF-8"));
+            };
+            object.insert(name, sonic_rs::Value::from(text));
+        }
+        InputItem::Record {
+            line,
+            value: object.into_value(),
+        }
+    }
+}
+
+impl<R: Read> Iterator for CsvRows<R> {
+    type Item = Result<InputItem, std::io::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let read = self.reader.read_byte_record(&mut self.row);
+            let line = self.start_line();
+            match read {
+                Ok(false) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(true) => {}
+                Err(e) => match e.into_kind() {
+                    csv::ErrorKind::Io(io) => {
+                        self.done = true;
+                        return Some(Err(io));
+                    }
+                    other => {
+                        return Some(Ok(self.invalid(line, format!("invalid CSV: {other:?}"))))
+                    }
+                },
+            }
+            // A blank line reads as one empty field.
+            if self.row.len() == 1 && self.row[0].is_empty() {
+                continue;
+            }
+            let Some(header) = &self.header else {
+                match header_names(&self.row) {
+                    Ok(names) => self.header = Some(names),
+                    Err(reason) => {
+                        // Without a header no row can be read: report it and stop.
+                        self.done = true;
+                        return Some(Ok(self.invalid(line, reason)));
+                    }
+                }
+                continue;
+            };
+            return Some(Ok(self.record(line, header)));
+        }
+    }
+}
+
+/// The column names of a header row: UTF-8, trimmed (a byte-order mark at the start of the
+/// file goes), none empty.
+fn header_names(row: &csv::ByteRecord) -> Result<Vec<String>, String> {
+    row.iter()
+        .enumerate()
+        .map(|(i, field)| {
+            let field = if i == 0 {
+                field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
+            } else {
+                field
+            };
+            let name = std::str::from_utf8(field)
+                .map_err(|_| format!("CSV header column {} is not valid UTF-8", i + 1))?
+                .trim();
+            if name.is_empty() {
+                return Err(format!("CSV header column {} has no name", i + 1));
+            }
+            Ok(name.to_owned())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use perimeter_model::raw_prelude::*;
+
+    fn items(text: &[u8]) -> Vec<InputItem> {
+        CsvRows::new(text, JsonlReaderConfig::default())
+            .map(|i| i.expect("no IO error"))
+            .collect()
+    }
+
+    #[test]
+    fn rows_become_objects_keyed_by_the_header() {
+        let text = b"\xEF\xBB\xBF\"EVENT_TYPE\",\"USER_NAME\",\"URI\"\n\"Login\",\"a@example.org\",\"/x,y\"\n\n\"Logout\",\"b@example.org\",\"multi\nline\"\n";
+        let got = items(text);
+        assert_eq!(got.len(), 2, "{got:?}");
+        let InputItem::Record { line, value } = &got[0] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(*line, 2);
+        assert_eq!(
+            value.get("EVENT_TYPE").and_then(|v| v.as_str()),
+            Some("Login")
+        );
+        assert_eq!(value.get("URI").and_then(|v| v.as_str()), Some("/x,y"));
+        let InputItem::Record { line, value } = &got[1] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(*line, 4);
+        assert_eq!(
+            value.get("URI").and_then(|v| v.as_str()),
+            Some("multi\nline")
+        );
+        let mut rows = CsvRows::new(&text[..], JsonlReaderConfig::default());
+        rows.by_ref().for_each(drop);
+        assert_eq!(rows.lines_read(), 5);
+    }
+
+    #[test]
+    fn bad_rows_are_reported_with_line_and_reason_and_reading_goes_on() {
+        let text = b"a,b\n1,2\n1,2,3\n\xff\xfe,2\n3,4\n";
+        let got = items(text);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(matches!(&got[0], InputItem::Record { line: 2, .. }));
+        assert!(
+            matches!(&got[1], InputItem::Invalid { line: 3, reason, .. } if reason.contains("3 fields, the header has 2"))
+        );
+        assert!(
+            matches!(&got[2], InputItem::Invalid { line: 4, reason, .. } if reason.contains("`a` is not valid UTF-8"))
+        );
+        assert!(matches!(&got[3], InputItem::Record { line: 5, .. }));
+    }
+
+    #[test]
+    fn a_header_without_names_stops_with_one_dead_letter() {
+        let got = items(b"a,,c\n1,2,3\n");
+        assert!(
+            matches!(&got[..], [InputItem::Invalid { line: 1, reason, .. }] if reason.contains("column 2 has no name")),
+            "{got:?}"
+        );
+        assert!(items(b"").is_empty());
+    }
+
+    proptest::proptest! {
+        /// Any bytes: no panic, no IO error, every item at a line of the input.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+            for item in CsvRows::new(&bytes[..], JsonlReaderConfig::default()) {
+                let line = match item.expect("reading a slice") {
+                    InputItem::Record { line, .. } | InputItem::Invalid { line, .. } => line,
+                };
+                proptest::prop_assert!((1..=lines).contains(&line), "line {} of {}", line, lines);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_over_the_limit_are_dead_letters() {
+        let config = JsonlReaderConfig {
+            max_line_bytes: 8,
+            ..JsonlReaderConfig::default()
+        };
+        let got: Vec<InputItem> = CsvRows::new(&b"a\nshort\nmuch too long\n"[..], config)
+            .map(|i| i.expect("no IO error"))
+            .collect();
+        assert!(matches!(&got[0], InputItem::Record { .. }));
+        assert!(
+            matches!(&got[1], InputItem::Invalid { line: 3, reason, .. } if reason.contains("byte limit"))
+        );
+    }
+}
