@@ -1403,13 +1403,13 @@ mod tests {
         assert_eq!(metrics.counter("events_without_action_total", &okta), 0);
         // A vendor without a normalizer: plain JSON, no ECS view at all.
         out.clear();
-        let plain = sonic_rs::json!({"Id": "1", "EventType": "Login", "User": "dana"});
-        p.process_value("salesforce", "t", None, plain, now, &mut out);
-        p.publish_metrics("salesforce", &out);
-        let salesforce = [("source", "salesforce")];
-        assert_eq!(metrics.counter("events_unattributed_total", &salesforce), 1);
+        let plain = sonic_rs::json!({"log_id": "1", "type": "s", "user_name": "dana"});
+        p.process_value("auth0", "t", None, plain, now, &mut out);
+        p.publish_metrics("auth0", &out);
+        let auth0 = [("source", "auth0")];
+        assert_eq!(metrics.counter("events_unattributed_total", &auth0), 1);
         assert_eq!(
-            metrics.counter("events_without_action_total", &salesforce),
+            metrics.counter("events_without_action_total", &auth0),
             1
         );
     }
