@@ -125,6 +125,7 @@ mod tests {
                 "github-acme",
                 "1password-audit",
                 "m365-entra",
+                "salesforce-audit-trail",
                 "cloudtrail-us-east-1",
                 "workspace-login"
             ]

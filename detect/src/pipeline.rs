@@ -1408,9 +1408,6 @@ mod tests {
         p.publish_metrics("auth0", &out);
         let auth0 = [("source", "auth0")];
         assert_eq!(metrics.counter("events_unattributed_total", &auth0), 1);
-        assert_eq!(
-            metrics.counter("events_without_action_total", &auth0),
-            1
-        );
+        assert_eq!(metrics.counter("events_without_action_total", &auth0), 1);
     }
 }

@@ -72,7 +72,9 @@ impl FakeApi {
             Vendor::Onepassword => serde_json::from_str::<Value>(body)
                 .ok()
                 .and_then(|b| b["cursor"].as_str().map(str::to_string)),
-            Vendor::M365 | Vendor::AwsCloudtrail => unreachable!("these have fakes of their own"),
+            Vendor::M365 | Vendor::AwsCloudtrail | Vendor::Salesforce => {
+                unreachable!("these have fakes of their own")
+            }
         };
         n.and_then(|c| c.trim_start_matches('c').parse().ok())
             .unwrap_or(0)
@@ -123,7 +125,9 @@ impl FakeApi {
                 }
                 axum::Json(body).into_response()
             }
-            Vendor::M365 | Vendor::AwsCloudtrail => unreachable!("these have fakes of their own"),
+            Vendor::M365 | Vendor::AwsCloudtrail | Vendor::Salesforce => {
+                unreachable!("these have fakes of their own")
+            }
             Vendor::Onepassword => {
                 let mut body = self.pages.get(n).cloned().unwrap_or(json!({"items": []}));
                 body["cursor"] = json!(format!("c{}", (n + 1).min(self.pages.len())));
@@ -196,6 +200,8 @@ async fn fake_api(vendor: Vendor, pages: Vec<Value>) -> Arc<FakeApi> {
 struct Consumer {
     taken: Arc<Mutex<Vec<(String, String, Value)>>>,
     script: Arc<Mutex<VecDeque<bool>>>,
+    /// Dead letters submitted: (line, reason).
+    invalid: Arc<Mutex<Vec<(u64, String)>>>,
 }
 
 impl Consumer {
@@ -217,7 +223,9 @@ impl Consumer {
                             sub.tenant.clone(),
                             perimeter_model::raw_to_serde(&value),
                         )),
-                        InputItem::Invalid { reason, .. } => panic!("invalid item: {reason}"),
+                        InputItem::Invalid { line, reason, .. } => {
+                            me.invalid.lock().unwrap().push((line, reason))
+                        }
                     }
                 }
                 let _ = sub.ack.send(Ok(SubmitAck {
@@ -230,6 +238,8 @@ impl Consumer {
     }
 
     fn records(&self) -> Vec<Value> {
+        let invalid = self.invalid.lock().unwrap().clone();
+        assert!(invalid.is_empty(), "dead letters submitted: {invalid:?}");
         self.taken
             .lock()
             .unwrap()
@@ -1280,4 +1290,309 @@ async fn a_google_service_account_gets_its_own_tokens_by_signed_assertion() {
         .iter()
         .filter(|r| r.uri.starts_with("/admin/reports"))
         .all(|r| r.authorization == "Bearer ya29.fake"));
+}
+
+/// A fake Salesforce org: the token endpoint, SOQL queries on `SetupAuditTrail` (two pages,
+/// filtered by the query's `CreatedDate >=` bound as the org would) and `EventLogFile` (filtered
+/// by `LogDate >=`), and the log files' CSV.
+struct FakeSalesforce {
+    base: String,
+    seen: Mutex<Vec<Seen>>,
+    access_token: String,
+    trail: Vec<Value>,
+    /// (Id, LogDate, CSV) of the log files.
+    files: Mutex<Vec<(String, String, String)>>,
+}
+
+/// The time after `<field> >= ` in a SOQL query.
+fn soql_bound(query: &str, field: &str) -> chrono::DateTime<chrono::Utc> {
+    let at = query.find(&format!("{field} >= ")).expect("a time bound") + field.len() + 4;
+    let literal = query[at..].split(' ').next().unwrap();
+    chrono::DateTime::parse_from_rfc3339(literal)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+fn at_least(v: &Value, field: &str, bound: chrono::DateTime<chrono::Utc>) -> bool {
+    chrono::DateTime::parse_from_str(v[field].as_str().unwrap(), "%Y-%m-%dT%H:%M:%S%.3f%z").unwrap()
+        >= bound
+}
+
+async fn serve_salesforce(State(sf): State<Arc<FakeSalesforce>>, request: Request) -> Response {
+    let Seen {
+        uri,
+        authorization,
+        body,
+    } = note(&sf.seen, request, true).await;
+    let uri = uri
+        .split_once(' ')
+        .map_or(uri.clone(), |(_, u)| u.to_string());
+    let path = uri.split('?').next().unwrap_or_default().to_string();
+    if path == "/services/oauth2/token" {
+        if !body.contains("grant_type=client_credentials")
+            || !body.contains("client_secret=sf-secret")
+        {
+            return (StatusCode::BAD_REQUEST, r#"{"error":"invalid_client"}"#).into_response();
+        }
+        let mut answer = fixture_pages("sf/threat_detection")
+            .into_iter()
+            .find(|p| p.get("access_token").is_some())
+            .expect("the recorded token answer");
+        answer["instance_url"] = json!(sf.base);
+        return axum::Json(answer).into_response();
+    }
+    if authorization != format!("Bearer {}", sf.access_token) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            r#"[{"errorCode":"INVALID_SESSION_ID"}]"#,
+        )
+            .into_response();
+    }
+    let page = |records: Vec<Value>, next: Option<&str>| {
+        let mut body =
+            json!({"totalSize": records.len(), "done": next.is_none(), "records": records});
+        if let Some(next) = next {
+            body["nextRecordsUrl"] = json!(next);
+        }
+        axum::Json(body).into_response()
+    };
+    if path == "/services/data/v60.0/query" {
+        let query = percent_decode(uri.split_once("q=").unwrap().1).replace('+', " ");
+        if query.contains("FROM SetupAuditTrail") {
+            let bound = soql_bound(&query, "CreatedDate");
+            let rows: Vec<Value> = sf
+                .trail
+                .iter()
+                .filter(|r| at_least(r, "CreatedDate", bound))
+                .cloned()
+                .collect();
+            return if rows.len() > 2 {
+                page(
+                    rows[..2].to_vec(),
+                    Some("/services/data/v60.0/query/01gTRAIL-2"),
+                )
+            } else {
+                page(rows, None)
+            };
+        }
+        if query.contains("FROM EventLogFile") {
+            let bound = soql_bound(&query, "LogDate");
+            let rows = sf
+                .files
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, date, _)| json!({"attributes": {"type": "EventLogFile"}, "Id": id, "EventType": "Login", "LogDate": date,
+                    "LogFile": format!("/services/data/v60.0/sobjects/EventLogFile/{id}/LogFile")}))
+                .filter(|r| at_least(r, "LogDate", bound))
+                .collect();
+            return page(rows, None);
+        }
+    }
+    if path == "/services/data/v60.0/query/01gTRAIL-2" {
+        return page(sf.trail[2..].to_vec(), None);
+    }
+    if let Some(id) = path
+        .strip_prefix("/services/data/v60.0/sobjects/EventLogFile/")
+        .and_then(|p| p.strip_suffix("/LogFile"))
+    {
+        if let Some((_, _, csv)) = sf.files.lock().unwrap().iter().find(|(f, _, _)| f == id) {
+            return ([("content-type", "text/csv")], csv.clone()).into_response();
+        }
+    }
+    (StatusCode::NOT_FOUND, "[]").into_response()
+}
+
+fn sf_time(hours_ago: i64) -> String {
+    (chrono::Utc::now() - chrono::Duration::hours(hours_ago))
+        .format("%Y-%m-%dT%H:%M:%S%.3f+0000")
+        .to_string()
+}
+
+async fn fake_salesforce(files: Vec<(String, String, String)>) -> Arc<FakeSalesforce> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let access_token = fixture_pages("sf/threat_detection")
+        .into_iter()
+        .find_map(|p| p["access_token"].as_str().map(str::to_string))
+        .unwrap();
+    let trail_row = |id: &str, action: &str, hours_ago: i64| {
+        json!({"attributes": {"type": "SetupAuditTrail"}, "Id": id, "Action": action, "Section": "Manage Users",
+               "CreatedDate": sf_time(hours_ago), "CreatedById": "0055g00000AbCdEAAV",
+               "CreatedBy": {"attributes": {"type": "User"}, "Username": "dana.kim@acme-corp.example"},
+               "Display": format!("{action} by Dana"), "DelegateUser": null, "ResponsibleNamespacePrefix": null})
+    };
+    let sf = Arc::new(FakeSalesforce {
+        base: format!("http://{}", listener.local_addr().unwrap()),
+        seen: Mutex::new(Vec::new()),
+        access_token,
+        trail: vec![
+            trail_row("0Ym1", "PermSetAssign", 5),
+            trail_row("0Ym2", "PermSetEnableUserPerm", 4),
+            trail_row("0Ym3", "changedSessionTimeout", 3),
+        ],
+        files: Mutex::new(files),
+    });
+    let app = axum::Router::new()
+        .fallback(serve_salesforce)
+        .with_state(sf.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    sf
+}
+
+/// A `[[poll]]` table for the fake org; the consumer secret in `secret_env` (one per test: tests
+/// run in parallel and one of them changes it).
+fn salesforce_config(sf: &FakeSalesforce, feed: &str, secret_env: &str) -> PollConfig {
+    std::env::set_var(secret_env, "sf-secret");
+    let mut cfg = config(Vendor::Salesforce, &sf.base);
+    cfg.feed = Some(feed.into());
+    cfg.client_id = Some("3MVG9-consumer-key".into());
+    cfg.token = format!("env:{secret_env}");
+    cfg.initial_lookback_hours = 24 * 7;
+    cfg
+}
+
+#[tokio::test]
+async fn salesforce_setup_audit_trail_pages_are_read_and_the_next_poll_starts_at_the_newest() {
+    let sf = fake_salesforce(Vec::new()).await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = salesforce_config(&sf, "setup_audit_trail", "PERIMETER_TEST_SF_TRAIL_SECRET");
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+
+    let report = source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (2, 3), "{report:?}");
+    let ids: Vec<_> = consumer.records().iter().map(|r| r["Id"].clone()).collect();
+    assert_eq!(ids, ["0Ym1", "0Ym2", "0Ym3"]);
+    assert!(consumer
+        .taken
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(s, t, _)| s == "salesforce" && t == "acme"));
+    let cp = source().checkpoint().unwrap();
+    assert_eq!(cp.resume, None);
+    let newest = chrono::DateTime::parse_from_str(
+        sf.trail[2]["CreatedDate"].as_str().unwrap(),
+        "%Y-%m-%dT%H:%M:%S%.3f%z",
+    )
+    .unwrap();
+    assert_eq!(cp.since, Some(newest.with_timezone(&chrono::Utc)));
+    // `perimeter poll-check` asks for what the next poll would read: the boundary row.
+    let probe = source().probe().await.unwrap();
+    assert_eq!((probe.records, probe.more), (1, false), "{probe:?}");
+    assert!(probe.url.contains("SetupAuditTrail"), "{}", probe.url);
+    assert!(!probe.url.contains("sf-secret"));
+
+    // After a restart the listing starts at the newest time stored: only that row comes again
+    // (the store keeps it once), and the token is fetched once per process.
+    source().poll_once().await.unwrap();
+    let ids: Vec<_> = consumer.records().iter().map(|r| r["Id"].clone()).collect();
+    assert_eq!(ids, ["0Ym1", "0Ym2", "0Ym3", "0Ym3"]);
+    let seen = sf.seen.lock().unwrap().clone();
+    let tokens = seen
+        .iter()
+        .filter(|s| s.uri.contains("/oauth2/token"))
+        .count();
+    // Three sources (two polls and the probe), each a process of its own: one token each.
+    assert_eq!(tokens, 3, "one token per process");
+    assert!(seen
+        .iter()
+        .filter(|s| !s.uri.contains("/oauth2/token"))
+        .all(|s| s.authorization.starts_with("Bearer ") && !s.authorization.contains("sf-secret")));
+    // A wrong consumer secret is a refused credential, not a parse error.
+    std::env::set_var("PERIMETER_TEST_SF_TRAIL_SECRET", "wrong");
+    let err = source().poll_once().await.unwrap_err();
+    assert!(matches!(err, PollError::Unauthorized(400)), "{err}");
+}
+
+#[tokio::test]
+async fn salesforce_event_log_files_are_read_as_csv_once_and_late_files_are_not_missed() {
+    let recorded = {
+        let root =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/saas-api-pages");
+        let root = if root.exists() {
+            root
+        } else {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/fixtures/saas-api-pages")
+        };
+        std::fs::read_to_string(root.join("sf/event_log/001.csv")).unwrap()
+    };
+    let recorded_rows = recorded.lines().count() - 1;
+    let header = recorded.lines().next().unwrap().to_string();
+    let day = |days_ago: i64| {
+        (chrono::Utc::now().date_naive() - chrono::Duration::days(days_ago))
+            .format("%Y-%m-%dT00:00:00.000+0000")
+            .to_string()
+    };
+    // The second file has a row cut short: a dead letter, the rest of the file is stored.
+    let first_row = recorded.lines().nth(1).unwrap();
+    let second = format!("{header}\n{first_row}\n\"Login\",\"cut\"\n");
+    let sf = fake_salesforce(vec![
+        ("0AT2".into(), day(1), second),
+        ("0AT1".into(), day(2), recorded.clone()),
+    ])
+    .await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = salesforce_config(&sf, "event_log_files", "PERIMETER_TEST_SF_FILES_SECRET");
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+
+    let report = source().poll_once().await.unwrap();
+    assert_eq!(report.pages, 2, "{report:?}");
+    let taken = consumer.taken.lock().unwrap().clone();
+    assert_eq!(taken.len(), recorded_rows + 1);
+    assert!(taken
+        .iter()
+        .all(|(s, _, r)| s == "salesforce" && r["EVENT_TYPE"] == "Login"));
+    let invalid = consumer.invalid.lock().unwrap().clone();
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
+    assert!(invalid[0].1.contains("the header has"), "{invalid:?}");
+    let fetched = |sf: &FakeSalesforce| -> Vec<String> {
+        sf.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.uri.ends_with("/LogFile"))
+            .map(|s| s.uri.clone())
+            .collect()
+    };
+    // Oldest first.
+    let files = fetched(&sf);
+    assert_eq!(files.len(), 2);
+    assert!(
+        files[0].contains("0AT1") && files[1].contains("0AT2"),
+        "{files:?}"
+    );
+
+    // Listed again, the stored files are not fetched again; a file Salesforce made available
+    // late, dated a day before the newest stored, is.
+    sf.files
+        .lock()
+        .unwrap()
+        .push(("0AT3".into(), day(2), format!("{header}\n{first_row}\n")));
+    let report = source().poll_once().await.unwrap();
+    assert_eq!(report.pages, 1, "{report:?}");
+    let files = fetched(&sf);
+    assert_eq!(files.len(), 3);
+    assert!(files[2].contains("0AT3"), "{files:?}");
+    source().poll_once().await.unwrap();
+    assert_eq!(fetched(&sf).len(), 3, "nothing new, nothing fetched");
+    let cp = source().checkpoint().unwrap();
+    assert_eq!(cp.recent_keys.len(), 3, "{cp:?}");
+    let probe = source().probe().await.unwrap();
+    assert_eq!((probe.records, probe.more), (0, false), "{probe:?}");
+    // A feed Salesforce does not have is a configuration error naming the choices.
+    let mut bad = cfg.clone();
+    bad.feed = Some("login_history".into());
+    let err = PollSource::new(bad, "default", state.path(), bus.clone())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("setup_audit_trail or event_log_files"),
+        "{err}"
+    );
 }

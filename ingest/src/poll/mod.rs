@@ -26,6 +26,7 @@ use crate::InputItem;
 mod cloudtrail;
 mod google;
 mod m365;
+mod salesforce;
 mod sigv4;
 pub mod vendor;
 
@@ -38,7 +39,7 @@ pub struct PollConfig {
     /// Unique name: names the checkpoint file, the logs and the metrics' `poller` label.
     pub name: String,
     /// Which API: `okta`, `github`, `slack`, `onepassword`, `google_workspace`, `m365`,
-    /// `aws_cloudtrail` (log files in S3).
+    /// `aws_cloudtrail` (log files in S3), `salesforce` (the org's My Domain URL as `base_url`).
     pub vendor: Vendor,
     /// The API's base URL, e.g. `https://acme.okta.com`, `https://api.github.com`,
     /// `https://api.slack.com`, `https://events.1password.com`, `https://admin.googleapis.com`.
@@ -53,12 +54,14 @@ pub struct PollConfig {
     /// Reports API application (`login`, `admin`, `drive`, `token`, ...); Microsoft 365: the
     /// content type (`Audit.AzureActiveDirectory`, `Audit.Exchange`, `Audit.SharePoint`,
     /// `Audit.General`, `DLP.All`); AWS CloudTrail: the key prefix of the log files
-    /// (`AWSLogs/<account>/CloudTrail/<region>/`).
+    /// (`AWSLogs/<account>/CloudTrail/<region>/`); Salesforce: `setup_audit_trail` or
+    /// `event_log_files` (Event Monitoring).
     #[serde(default)]
     pub feed: Option<String>,
-    /// Microsoft 365: the Azure AD application (client) id. With it, `token` is the app's client
-    /// secret and Perimeter gets access tokens from `auth_url` itself; without it, `token` is an
-    /// access token kept fresh by another process.
+    /// Microsoft 365: the Azure AD application (client) id; Salesforce: the connected app's
+    /// consumer key. With it, `token` is the app's client (consumer) secret and Perimeter gets
+    /// access tokens itself (from `auth_url`, Salesforce: from `base_url`); without it, `token`
+    /// is an access token kept fresh by another process.
     #[serde(default)]
     pub client_id: Option<String>,
     /// Microsoft 365: where access tokens come from (default `https://login.microsoftonline.com`).
@@ -429,6 +432,9 @@ impl PollSource {
                 return m365::probe(self, &self.authorization(&token).await?, start).await
             }
             Vendor::AwsCloudtrail => return cloudtrail::probe(self, &token, start).await,
+            Vendor::Salesforce => {
+                return salesforce::probe(self, &self.authorization(&token).await?, start).await
+            }
             _ => {}
         }
         let cp = self.checkpoint()?;
@@ -461,10 +467,11 @@ impl PollSource {
     /// (cached until a minute before it expires).
     async fn authorization(&self, token: &str) -> Result<String, PollError> {
         if let Some(client_id) = &self.config.client_id {
-            return Ok(format!(
-                "Bearer {}",
-                m365::access_token(self, client_id, token).await?
-            ));
+            let access = match self.config.vendor {
+                Vendor::Salesforce => salesforce::access_token(self, client_id, token).await?,
+                _ => m365::access_token(self, client_id, token).await?,
+            };
+            return Ok(format!("Bearer {access}"));
         }
         if self.config.vendor == Vendor::GoogleWorkspace {
             if let Some(key) = google::ServiceAccountKey::parse(token)? {
@@ -521,8 +528,10 @@ impl PollSource {
             return cloudtrail::poll(self, &token, start).await;
         }
         let authorization = self.authorization(&token).await?;
-        if self.config.vendor == Vendor::M365 {
-            return m365::poll(self, &authorization, start).await;
+        match self.config.vendor {
+            Vendor::M365 => return m365::poll(self, &authorization, start).await,
+            Vendor::Salesforce => return salesforce::poll(self, &authorization, start).await,
+            _ => {}
         }
         let mut cp = self.checkpoint()?;
         let mut report = PollReport::default();
@@ -569,17 +578,6 @@ impl PollSource {
         &self,
         records: Vec<perimeter_model::RawJson>,
     ) -> Result<(usize, usize), PollError> {
-        let counted = |records: usize| {
-            if let Some(m) = &self.metrics {
-                let poller = [("poller", self.config.name.as_str())];
-                m.inc("poll_pages_total", &poller, 1);
-                m.inc("poll_records_total", &poller, records as u64);
-            }
-        };
-        if records.is_empty() {
-            counted(0);
-            return Ok((0, 0));
-        }
         let items: Vec<InputItem> = records
             .into_iter()
             .enumerate()
@@ -588,6 +586,23 @@ impl PollSource {
                 value,
             })
             .collect();
+        self.submit_items(items).await
+    }
+
+    /// Submit a page's items (records, and dead letters for parts of it that are unusable,
+    /// such as a CSV row that does not fit its header); how many, and how many were duplicates.
+    async fn submit_items(&self, items: Vec<InputItem>) -> Result<(usize, usize), PollError> {
+        let counted = |records: usize| {
+            if let Some(m) = &self.metrics {
+                let poller = [("poller", self.config.name.as_str())];
+                m.inc("poll_pages_total", &poller, 1);
+                m.inc("poll_records_total", &poller, records as u64);
+            }
+        };
+        if items.is_empty() {
+            counted(0);
+            return Ok((0, 0));
+        }
         let count = items.len();
         let ack = self
             .bus

@@ -43,6 +43,9 @@ pub enum Vendor {
     /// AWS CloudTrail log files in S3: `ListObjectsV2` under a key prefix (`feed`), each
     /// `.json.gz` file fetched, SigV4-signed (see `cloudtrail.rs`).
     AwsCloudtrail,
+    /// Salesforce REST API SOQL queries: Setup Audit Trail rows, or Event Monitoring log files
+    /// (CSV) (`feed`, see `salesforce.rs`), bearer access token.
+    Salesforce,
 }
 
 impl Vendor {
@@ -56,6 +59,7 @@ impl Vendor {
             Vendor::GoogleWorkspace => "google_workspace",
             Vendor::M365 => "m365",
             Vendor::AwsCloudtrail => "aws_cloudtrail",
+            Vendor::Salesforce => "salesforce",
         }
     }
 
@@ -81,6 +85,9 @@ impl Vendor {
                 Some("`feed` (the log files' key prefix: AWSLogs/<account>/CloudTrail/<region>/)")
             }
             Vendor::M365 if org.is_none() => Some("`org` (the Azure AD tenant id)"),
+            Vendor::Salesforce if !feed.is_some_and(|f| super::salesforce::FEEDS.contains(&f)) => {
+                Some("`feed` (setup_audit_trail or event_log_files)")
+            }
             Vendor::M365 if feed.is_none() => Some(
                 "`feed` (the content type: Audit.AzureActiveDirectory, Audit.Exchange, Audit.SharePoint, Audit.General or DLP.All)",
             ),
@@ -142,7 +149,7 @@ impl Api {
     pub fn request(&self, cp: &Checkpoint, start: DateTime<Utc>) -> Result<PageRequest, PollError> {
         let since = cp.since.unwrap_or(start);
         match self.vendor {
-            Vendor::M365 | Vendor::AwsCloudtrail => Err(not_paged()),
+            Vendor::M365 | Vendor::AwsCloudtrail | Vendor::Salesforce => Err(not_paged()),
             Vendor::Okta | Vendor::Github => {
                 if let Some(next) = &cp.resume {
                     return Ok(PageRequest {
@@ -230,7 +237,7 @@ impl Api {
     ) -> Result<Page, PollError> {
         let shape = |what: &str| PollError::Malformed(format!("the page has no {what}"));
         let (records, time_path): (Vec<RawJson>, &[&str]) = match self.vendor {
-            Vendor::M365 | Vendor::AwsCloudtrail => return Err(not_paged()),
+            Vendor::M365 | Vendor::AwsCloudtrail | Vendor::Salesforce => return Err(not_paged()),
             Vendor::Okta | Vendor::Github => {
                 let path: &[&str] = if self.vendor == Vendor::Okta {
                     &["published"]
@@ -285,7 +292,7 @@ impl Api {
                 }
                 next.resume = cursor;
             }
-            Vendor::M365 | Vendor::AwsCloudtrail => return Err(not_paged()),
+            Vendor::M365 | Vendor::AwsCloudtrail | Vendor::Salesforce => return Err(not_paged()),
             Vendor::Onepassword => {
                 let cursor = str_at(&body, &["cursor"]).ok_or_else(|| shape("`cursor`"))?;
                 more = body.get("has_more").and_then(|v| v.as_bool()) == Some(true);

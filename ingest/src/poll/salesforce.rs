@@ -1,0 +1,301 @@
+//! Salesforce: SOQL queries through the REST API (`GET /services/data/v60.0/query?q=...`, more
+//! rows behind each answer's `nextRecordsUrl`). Two feeds:
+//!
+//! - `setup_audit_trail`: `SetupAuditTrail` rows (who changed which setting, permission set or
+//!   user), oldest first by `CreatedDate`. The checkpoint is the newest `CreatedDate` stored and,
+//!   while a listing is read, its `nextRecordsUrl`; a listing starts at that time inclusive (the
+//!   rows of that very second come again and the store keeps them once), and one whose locator
+//!   expired starts again from it.
+//! - `event_log_files`: `EventLogFile` rows name Event Monitoring log files (one CSV per event
+//!   type and day, or hour). Each new file is fetched and its rows are submitted
+//!   ([`crate::CsvRows`]: a row that does not fit the header is a dead letter). Files are
+//!   stored oldest `LogDate` first; the checkpoint is the newest `LogDate` stored and the ids
+//!   of the files stored within [`SETTLE_HOURS`] before it. Listings start that far back, so a
+//!   file Salesforce makes available late is still read, and the files already stored are not.
+//!
+//! `token` is an access token (kept fresh by another process), or with `client_id` the connected
+//! app's consumer secret: Perimeter then gets access tokens itself (OAuth 2.0 client-credentials
+//! flow at `<base_url>/services/oauth2/token`, which must be the org's My Domain URL).
+
+use chrono::{DateTime, Duration, Utc};
+use perimeter_model::raw_prelude::*;
+use perimeter_model::RawJson;
+use reqwest::Url;
+
+use super::vendor::{str_at, time_at, PageRequest};
+use super::{Checkpoint, PollError, PollReport, PollSource, ProbeReport};
+use crate::{CsvRows, InputItem, JsonlReaderConfig};
+
+/// The REST API version queried.
+const API_VERSION: &str = "v60.0";
+/// How far before the newest stored `LogDate` event log files are listed again.
+const SETTLE_HOURS: i64 = 48;
+
+/// The feeds `feed` may name.
+pub(super) const FEEDS: &[&str] = &["setup_audit_trail", "event_log_files"];
+
+fn soql_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn query_url(src: &PollSource, soql: &str) -> Result<Url, PollError> {
+    let mut url = src
+        .api
+        .join(&format!("services/data/{API_VERSION}/query"))?;
+    url.query_pairs_mut().append_pair("q", soql);
+    Ok(url)
+}
+
+/// One answer of a query: its rows and where the next ones are.
+async fn query_page(
+    src: &PollSource,
+    authorization: &str,
+    url: Url,
+) -> Result<(Vec<RawJson>, Option<String>), PollError> {
+    let (body, _) = src.fetch(&PageRequest::get(url), authorization).await?;
+    let rows = body
+        .get("records")
+        .and_then(|r| r.as_array())
+        .ok_or_else(|| PollError::Malformed("the query answer has no `records` list".into()))?
+        .iter()
+        .cloned()
+        .collect();
+    let next = str_at(&body, &["nextRecordsUrl"]);
+    Ok((rows, next))
+}
+
+fn feed(src: &PollSource) -> &str {
+    src.config.feed.as_deref().unwrap_or_default()
+}
+
+fn audit_trail_query(since: DateTime<Utc>) -> String {
+    format!(
+        "SELECT Id, Action, Section, CreatedDate, CreatedById, CreatedBy.Username, Display, \
+         DelegateUser, ResponsibleNamespacePrefix FROM SetupAuditTrail WHERE CreatedDate >= {} \
+         ORDER BY CreatedDate ASC, Id ASC",
+        soql_time(since)
+    )
+}
+
+fn log_files_query(since: DateTime<Utc>) -> String {
+    format!(
+        "SELECT Id, EventType, LogDate, LogFile FROM EventLogFile WHERE LogDate >= {} \
+         ORDER BY LogDate ASC, Id ASC",
+        soql_time(since)
+    )
+}
+
+/// One poll of the feed.
+pub(super) async fn poll(
+    src: &PollSource,
+    authorization: &str,
+    start: DateTime<Utc>,
+) -> Result<PollReport, PollError> {
+    match feed(src) {
+        "event_log_files" => poll_log_files(src, authorization, start).await,
+        _ => poll_audit_trail(src, authorization, start).await,
+    }
+}
+
+async fn poll_audit_trail(
+    src: &PollSource,
+    authorization: &str,
+    start: DateTime<Utc>,
+) -> Result<PollReport, PollError> {
+    let mut cp = src.checkpoint()?;
+    let mut report = PollReport::default();
+    while report.pages < src.config.max_pages_per_poll.max(1) {
+        let since = cp.since.unwrap_or(start);
+        let url = match &cp.resume {
+            Some(next) => src.api.same_origin(next)?,
+            None => query_url(src, &audit_trail_query(since))?,
+        };
+        let (rows, next) = match query_page(src, authorization, url).await {
+            // The query locator expired (they last about 15 minutes): list again from the
+            // newest time stored.
+            Err(PollError::Http { status, .. })
+                if cp.resume.is_some() && matches!(status, 400 | 404) =>
+            {
+                tracing::warn!(poller = %src.config.name, status,
+                    "the query locator expired; listing again from the last stored time");
+                cp.resume = None;
+                src.save_checkpoint(&cp)?;
+                continue;
+            }
+            other => other?,
+        };
+        report.pages += 1;
+        let newest = rows
+            .iter()
+            .filter_map(|r| time_at(r, &["CreatedDate"]))
+            .max();
+        let (records, duplicates) = src.submit(rows).await?;
+        report.records += records;
+        report.duplicates += duplicates;
+        cp = Checkpoint {
+            resume: next.clone(),
+            listing_since: None,
+            since: Some(newest.map_or(since, |n| n.max(since))),
+            ..Checkpoint::default()
+        };
+        src.save_checkpoint(&cp)?;
+        if next.is_none() {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// An `EventLogFile` row.
+struct LogFile {
+    id: String,
+    log_date: DateTime<Utc>,
+    path: String,
+}
+
+/// The log files listed from `SETTLE_HOURS` before the checkpoint on that are not stored yet,
+/// oldest first, the request made, and whether the listing was read to its end.
+async fn new_log_files(
+    src: &PollSource,
+    authorization: &str,
+    cp: &Checkpoint,
+    start: DateTime<Utc>,
+) -> Result<(Url, Vec<LogFile>, bool), PollError> {
+    let from = cp
+        .since
+        .map_or(start, |s| s - Duration::hours(SETTLE_HOURS));
+    let first = query_url(src, &log_files_query(from))?;
+    let (mut url, mut files, mut pages) = (first.clone(), Vec::new(), 0u32);
+    loop {
+        let (rows, next) = query_page(src, authorization, url).await?;
+        pages += 1;
+        for row in &rows {
+            let field = |name: &str| {
+                PollError::Malformed(format!("an EventLogFile row has no usable `{name}`"))
+            };
+            files.push(LogFile {
+                id: str_at(row, &["Id"]).ok_or_else(|| field("Id"))?,
+                log_date: time_at(row, &["LogDate"]).ok_or_else(|| field("LogDate"))?,
+                path: str_at(row, &["LogFile"]).ok_or_else(|| field("LogFile"))?,
+            });
+        }
+        match next {
+            Some(next) if pages < src.config.max_pages_per_poll.max(1) => {
+                url = src.api.same_origin(&next)?
+            }
+            next => {
+                // `recent_keys` holds `<id>@<LogDate seconds>` of the files stored lately.
+                files.retain(|f| {
+                    !cp.recent_keys
+                        .iter()
+                        .any(|k| k.split('@').next() == Some(f.id.as_str()))
+                });
+                files.sort_by(|a, b| (a.log_date, &a.id).cmp(&(b.log_date, &b.id)));
+                return Ok((first, files, next.is_none()));
+            }
+        }
+    }
+}
+
+/// The rows of one log file (CSV), as input items: records, and dead letters for rows that do
+/// not fit the header.
+async fn log_file_rows(
+    src: &PollSource,
+    authorization: &str,
+    file: &LogFile,
+) -> Result<Vec<InputItem>, PollError> {
+    let url = src.api.same_origin(&file.path)?;
+    let headers = [
+        ("accept", "text/csv".to_string()),
+        ("authorization", authorization.to_string()),
+    ];
+    let (bytes, _) = src.fetch_bytes(&PageRequest::get(url), &headers).await?;
+    CsvRows::new(&bytes[..], JsonlReaderConfig::default())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PollError::Malformed(format!("log file {}: {e}", file.id)))
+}
+
+async fn poll_log_files(
+    src: &PollSource,
+    authorization: &str,
+    start: DateTime<Utc>,
+) -> Result<PollReport, PollError> {
+    let mut cp = src.checkpoint()?;
+    let (_, files, _) = new_log_files(src, authorization, &cp, start).await?;
+    let mut report = PollReport::default();
+    for file in files {
+        if report.pages >= src.config.max_pages_per_poll.max(1) {
+            break;
+        }
+        let items = log_file_rows(src, authorization, &file).await?;
+        report.pages += 1;
+        let (records, duplicates) = src.submit_items(items).await?;
+        report.records += records;
+        report.duplicates += duplicates;
+        // The ids of the files stored within the settle window before the newest one.
+        let newest = cp.since.map_or(file.log_date, |s| s.max(file.log_date));
+        let keep_from = newest - Duration::hours(SETTLE_HOURS);
+        cp.recent_keys
+            .push(format!("{}@{}", file.id, file.log_date.timestamp()));
+        cp.recent_keys.retain(|k| {
+            k.rsplit_once('@')
+                .and_then(|(_, t)| t.parse::<i64>().ok())
+                .is_some_and(|t| t >= keep_from.timestamp())
+        });
+        cp.since = Some(newest);
+        src.save_checkpoint(&cp)?;
+    }
+    Ok(report)
+}
+
+/// [`PollSource::probe`] for Salesforce: the first query page after the checkpoint (for event
+/// log files: the listing, and the rows of its first new file).
+pub(super) async fn probe(
+    src: &PollSource,
+    authorization: &str,
+    start: DateTime<Utc>,
+) -> Result<ProbeReport, PollError> {
+    let cp = src.checkpoint()?;
+    if feed(src) == "event_log_files" {
+        let (url, files, complete) = new_log_files(src, authorization, &cp, start).await?;
+        let records = match files.first() {
+            Some(file) => log_file_rows(src, authorization, file).await?.len(),
+            None => 0,
+        };
+        return Ok(ProbeReport {
+            url: url.to_string(),
+            records,
+            newest: files.first().map(|f| f.log_date),
+            more: files.len() > 1 || !complete,
+        });
+    }
+    let url = query_url(src, &audit_trail_query(cp.since.unwrap_or(start)))?;
+    let (rows, next) = query_page(src, authorization, url.clone()).await?;
+    Ok(ProbeReport {
+        url: url.to_string(),
+        records: rows.len(),
+        newest: rows
+            .iter()
+            .filter_map(|r| time_at(r, &["CreatedDate"]))
+            .max(),
+        more: next.is_some(),
+    })
+}
+
+/// An access token from the org's token endpoint (client-credentials flow of a connected app;
+/// `secret` is its consumer secret). The secret goes only to `base_url`.
+pub(super) async fn access_token(
+    src: &PollSource,
+    client_id: &str,
+    secret: &str,
+) -> Result<String, PollError> {
+    let url = src.api.join("services/oauth2/token")?;
+    src.oauth_token(url, || {
+        Ok(vec![
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", client_id.to_string()),
+            ("client_secret", secret.to_string()),
+        ])
+    })
+    .await
+}
