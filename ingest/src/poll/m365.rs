@@ -233,13 +233,6 @@ pub(super) async fn access_token(
         .and_then(|u| u.join(&format!("{tenant}/oauth2/v2.0/token")))
         .map_err(|e| PollError::Config(format!("auth_url `{auth}`: {e}")))?;
     let scope = format!("{}/.default", src.api.base.origin().ascii_serialization());
-    src.oauth_token(url, || {
-        Ok(vec![
-            ("grant_type", "client_credentials".to_string()),
-            ("client_id", client_id.to_string()),
-            ("client_secret", secret.to_string()),
-            ("scope", scope.clone()),
-        ])
-    })
-    .await
+    src.client_credentials_token(url, client_id, secret, Some(scope))
+        .await
 }

@@ -487,6 +487,27 @@ impl PollSource {
     /// An OAuth access token from `url`, got by posting the form `form` makes (client
     /// credentials, a signed assertion), cached until a minute before it expires. A 400 from
     /// the token endpoint (a wrong secret or client) is a refused credential.
+    /// An access token by the OAuth 2.0 client-credentials grant at `url` (Microsoft 365 asks
+    /// for a `scope` too), kept until shortly before it expires.
+    async fn client_credentials_token(
+        &self,
+        url: Url,
+        client_id: &str,
+        secret: &str,
+        scope: Option<String>,
+    ) -> Result<String, PollError> {
+        self.oauth_token(url, || {
+            let mut form = vec![
+                ("grant_type", "client_credentials".to_string()),
+                ("client_id", client_id.to_string()),
+                ("client_secret", secret.to_string()),
+            ];
+            form.extend(scope.map(|s| ("scope", s)));
+            Ok(form)
+        })
+        .await
+    }
+
     async fn oauth_token(
         &self,
         url: Url,

@@ -290,12 +290,6 @@ pub(super) async fn access_token(
     secret: &str,
 ) -> Result<String, PollError> {
     let url = src.api.join("services/oauth2/token")?;
-    src.oauth_token(url, || {
-        Ok(vec![
-            ("grant_type", "client_credentials".to_string()),
-            ("client_id", client_id.to_string()),
-            ("client_secret", secret.to_string()),
-        ])
-    })
-    .await
+    src.client_credentials_token(url, client_id, secret, None)
+        .await
 }
