@@ -1596,3 +1596,41 @@ async fn salesforce_event_log_files_are_read_as_csv_once_and_late_files_are_not_
         "{err}"
     );
 }
+
+/// A big log file goes to the bus in batches; the checkpoint moves only once all of them are
+/// stored, so a batch the store refuses makes the whole file be read again.
+#[tokio::test]
+async fn a_salesforce_log_file_is_submitted_in_batches_and_checkpointed_whole() {
+    let mut csv = String::from("EVENT_TYPE,TIMESTAMP_DERIVED,REQUEST_ID,USER_NAME\n");
+    for i in 0..10_001 {
+        csv.push_str(&format!(
+            "URI,2026-11-24T10:00:00.000Z,req-{i},dana.kim@acme-corp.example\n"
+        ));
+    }
+    let day = (chrono::Utc::now().date_naive() - chrono::Duration::days(1))
+        .format("%Y-%m-%dT00:00:00.000+0000")
+        .to_string();
+    let sf = fake_salesforce(vec![("0ATBIG".into(), day, csv)]).await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    // The first batch is stored, the second refused.
+    consumer.script.lock().unwrap().extend([true, false]);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = salesforce_config(&sf, "event_log_files", "PERIMETER_TEST_SF_BIG_SECRET");
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+
+    let err = source().poll_once().await.unwrap_err();
+    assert!(matches!(err, PollError::NotStored(_)), "{err}");
+    assert_eq!(consumer.records().len(), 10_000, "the first batch");
+    assert_eq!(source().checkpoint().unwrap(), Checkpoint::default());
+
+    let report = source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (1, 10_001), "{report:?}");
+    let ids: std::collections::HashSet<_> = consumer
+        .records()
+        .iter()
+        .map(|r| r["REQUEST_ID"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 10_001, "every row, the first batch twice");
+    assert_eq!(source().checkpoint().unwrap().recent_keys.len(), 1);
+}

@@ -30,6 +30,10 @@ use crate::{CsvRows, InputItem, JsonlReaderConfig};
 const API_VERSION: &str = "v60.0";
 /// How far before the newest stored `LogDate` event log files are listed again.
 const SETTLE_HOURS: i64 = 48;
+/// Rows of a log file submitted together. A day's file of a busy org holds hundreds of
+/// thousands; the checkpoint moves once the whole file is stored, and the rows of a file fetched
+/// again after a crash part-way are kept once by the store.
+const ROWS_PER_BATCH: usize = 10_000;
 
 /// The feeds `feed` may name.
 pub(super) const FEEDS: &[&str] = &["setup_audit_trail", "event_log_files"];
@@ -227,11 +231,17 @@ async fn poll_log_files(
         if report.pages >= src.config.max_pages_per_poll.max(1) {
             break;
         }
-        let items = log_file_rows(src, authorization, &file).await?;
+        let mut items = log_file_rows(src, authorization, &file).await?.into_iter();
         report.pages += 1;
-        let (records, duplicates) = src.submit_items(items).await?;
-        report.records += records;
-        report.duplicates += duplicates;
+        loop {
+            let batch: Vec<InputItem> = items.by_ref().take(ROWS_PER_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let (records, duplicates) = src.submit_items(batch).await?;
+            report.records += records;
+            report.duplicates += duplicates;
+        }
         // The ids of the files stored within the settle window before the newest one.
         let newest = cp.since.map_or(file.log_date, |s| s.max(file.log_date));
         let keep_from = newest - Duration::hours(SETTLE_HOURS);
