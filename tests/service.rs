@@ -1677,3 +1677,137 @@ fn kill_9_while_polling_loses_and_duplicates_nothing() {
     );
     stop(svc);
 }
+
+/// A fake Salesforce org on loopback: the token endpoint (consumer secret `sf-secret`), an
+/// `EventLogFile` listing of one file, and that file's CSV. Returns its base URL and the request
+/// lines it saw.
+fn fake_salesforce_org(csv: String) -> (String, RequestLog) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let line = head.lines().next().unwrap_or_default().to_string();
+            let header = |name: &str| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let length: usize = header("content-length").parse().unwrap_or(0);
+            let mut body = vec![0u8; length];
+            let _ = stream.read_exact(&mut body);
+            let body = String::from_utf8_lossy(&body).to_string();
+            log.lock()
+                .unwrap()
+                .push((line.clone(), header("authorization")));
+            let day = (chrono::Utc::now().date_naive() - chrono::Duration::days(1))
+                .format("%Y-%m-%dT00:00:00.000+0000");
+            let (kind, answer) = if line.starts_with("POST /services/oauth2/token") {
+                if body.contains("client_secret=sf-secret") {
+                    ("application/json", r#"{"access_token":"00Dsf!session","instance_url":"x","token_type":"Bearer"}"#.to_string())
+                } else {
+                    (
+                        "application/json",
+                        r#"{"error":"invalid_client"}"#.to_string(),
+                    )
+                }
+            } else if header("authorization") != "Bearer 00Dsf!session" {
+                ("application/json", "[]".to_string())
+            } else if line.contains("/query?") {
+                (
+                    "application/json",
+                    serde_json::json!({"totalSize": 1, "done": true, "records": [
+                    {"Id": "0ATe1", "EventType": "ReportExport", "LogDate": day.to_string(),
+                     "LogFile": "/services/data/v60.0/sobjects/EventLogFile/0ATe1/LogFile"}]})
+                    .to_string(),
+                )
+            } else if line.contains("/EventLogFile/0ATe1/LogFile") {
+                ("text/csv", csv.clone())
+            } else {
+                ("application/json", "[]".to_string())
+            };
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (base, seen)
+}
+
+/// The whole path for a CSV source: `perimeter run` polls a Salesforce org's Event Monitoring
+/// files, reads the CSV, normalizes the rows with the salesforce mapping, raises the report
+/// export rule's alert, stores the rows, and keeps the row that does not fit as a dead letter.
+#[test]
+fn salesforce_event_log_files_are_polled_detected_and_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let csv = "\"EVENT_TYPE\",\"TIMESTAMP_DERIVED\",\"REQUEST_ID\",\"USER_NAME\",\"CLIENT_IP\",\"REPORT_ID\"\n\
+        \"ReportExport\",\"2026-11-24T10:15:22.004Z\",\"4exLH0kq0x9Z\",\"dana.kim@acme-corp.example\",\"203.0.113.66\",\"00O5g000006xYzA\"\n\
+        \"ReportExport\",\"cut short\"\n";
+    let (org, seen) = fake_salesforce_org(csv.to_string());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[[poll]]\nname = \"sf-elf\"\nvendor = \"salesforce\"\nbase_url = {org:?}\nfeed = \"event_log_files\"\n\
+         client_id = \"3MVG9-key\"\ntoken = \"env:PERIMETER_TEST_SF_SERVICE_SECRET\"\ninterval_seconds = 1\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    std::env::set_var("PERIMETER_TEST_SF_SERVICE_SECRET", "sf-secret");
+    let viewer = token(&cfg, "viewer");
+    let svc = start(&cfg);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ids = stored_ids(&svc.base, &viewer);
+    while ids.is_empty() {
+        assert!(Instant::now() < deadline, "polled rows not stored");
+        std::thread::sleep(Duration::from_millis(100));
+        ids = stored_ids(&svc.base, &viewer);
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| -> serde_json::Value {
+        client
+            .get(format!("{}/api/v1{path}", svc.base))
+            .bearer_auth(&viewer)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let found = get("/events/search?q=event.module:salesforce%20AND%20event.action:ReportExport");
+    let event = &found["items"][0];
+    assert_eq!(
+        event["user"]["name"], "dana.kim@acme-corp.example",
+        "{found}"
+    );
+    assert_eq!(event["event"]["category"][0], "file", "{found}");
+    assert_eq!(event["source"]["ip"], "203.0.113.66", "{found}");
+    assert_one_alert_of(&svc, &viewer, "ef1e06b6-5bb0-4471-b981-c03d4291f97f");
+    let dead = get("/dead-letters?limit=10");
+    let dead = dead["items"].as_array().expect("dead letters");
+    assert!(
+        dead.iter().any(|d| d["line"] == 3
+            && d["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("the header has 6")),
+        "{dead:?}"
+    );
+    stop(svc);
+    // The consumer secret went only to the token endpoint.
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|(_, auth)| !auth.contains("sf-secret")));
+    assert!(seen
+        .iter()
+        .any(|(line, _)| line.starts_with("POST /services/oauth2/token")));
+}
