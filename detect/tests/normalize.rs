@@ -160,6 +160,11 @@ const PAGES: &[(&str, &str, &str)] = &[
         "salesforce",
     ),
     (
+        "workday_activity_logging_004",
+        "workday/activity_logging/004.json",
+        "workday",
+    ),
+    (
         "sfmc_security_events_001",
         "sfmc/security_events/001.json",
         "salesforce_marketing_cloud",

@@ -53,6 +53,10 @@ pub const BUNDLED_MAPPINGS: &[(&str, &str)] = &[
         include_str!("../../../mappings/salesforce.toml"),
     ),
     (
+        "workday.toml",
+        include_str!("../../../mappings/workday.toml"),
+    ),
+    (
         "salesforce_marketing_cloud.toml",
         include_str!("../../../mappings/salesforce_marketing_cloud.toml"),
     ),

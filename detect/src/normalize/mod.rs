@@ -3,7 +3,7 @@
 //! - Built-in normalizers, one per SaaS (`okta`, `github`, `google_workspace`, `slack`, `m365`,
 //!   `aws_cloudtrail`, `onepassword`) and `json` (plain objects, ECS-named keys only).
 //! - Declarative [`mapping`]s (TOML) for other sources; `zoom`, `box`, `duo`, `dropbox`,
-//!   `atlassian`, `google_workspace_alerts`, `salesforce`, `pagerduty`, `tines`, `terraform_cloud`, `torq`,
+//!   `atlassian`, `google_workspace_alerts`, `salesforce`, `workday`, `pagerduty`, `tines`, `terraform_cloud`, `torq`,
 //!   `oomnitza` and `salesforce_marketing_cloud` are bundled, more load from a directory.
 //! - [`NormalizerRegistry`] looks normalizers up by name and guesses the source from a record's
 //!   shape (`--source auto`) with a few key lookups per record.

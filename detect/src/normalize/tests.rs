@@ -48,6 +48,7 @@ fn registry_lists_builtins_json_and_bundled_mappings() {
         "atlassian",
         "google_workspace_alerts",
         "salesforce",
+        "workday",
         "pagerduty",
         "tines",
         "terraform_cloud",
