@@ -1459,12 +1459,41 @@ fn a_second_service_on_the_same_data_directory_is_refused() {
 /// Request lines and `Authorization` headers a fake API saw.
 type RequestLog = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
+/// The request line and headers a fake vendor API read from its connection.
+struct FakeRequest {
+    line: String,
+    head: String,
+}
+
+impl FakeRequest {
+    fn read(stream: &mut std::net::TcpStream) -> FakeRequest {
+        use std::io::Read;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let line = head.lines().next().unwrap_or_default().to_string();
+        FakeRequest { line, head }
+    }
+
+    /// A header's value (names as the client sent them, lowercase for reqwest), or "".
+    fn header(&self, name: &str) -> String {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
 /// A fake Okta System Log API on loopback: page `n` (`after=n`, the first without) holds
 /// `pages[n]` and links to `after=n+1`; past the last page the log's tail is empty and links to
 /// itself (Okta's polling mode). Each answer waits `delay`. Returns its base URL and what it saw
 /// (request line and `Authorization`).
 fn fake_okta(pages: Vec<Vec<serde_json::Value>>, delay: Duration) -> (String, RequestLog) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1472,18 +1501,8 @@ fn fake_okta(pages: Vec<Vec<serde_json::Value>>, delay: Duration) -> (String, Re
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).to_string();
-            let line = head.lines().next().unwrap_or_default().to_string();
-            let auth = head
-                .lines()
-                .find_map(|l| l.strip_prefix("authorization: "))
-                .unwrap_or_default()
-                .to_string();
+            let request = FakeRequest::read(&mut stream);
+            let (line, auth) = (request.line.clone(), request.header("authorization"));
             let n: usize = line
                 .split_whitespace()
                 .nth(1)
@@ -1690,19 +1709,8 @@ fn fake_salesforce_org(csv: String) -> (String, RequestLog) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&head).to_string();
-            let line = head.lines().next().unwrap_or_default().to_string();
-            let header = |name: &str| {
-                head.lines()
-                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-                    .unwrap_or_default()
-                    .to_string()
-            };
+            let request = FakeRequest::read(&mut stream);
+            let (line, header) = (request.line.clone(), |name: &str| request.header(name));
             let length: usize = header("content-length").parse().unwrap_or(0);
             let mut body = vec![0u8; length];
             let _ = stream.read_exact(&mut body);
