@@ -203,16 +203,14 @@ pub(super) async fn probe(
     let (from, to) = window(&cp, start);
     let (url, blobs, complete) = list(src, authorization, from, to).await?;
     let blobs = new_blobs(blobs, &cp);
-    let records = match blobs.first() {
-        Some(blob) => blob_records(src, authorization, blob).await?.len(),
-        None => 0,
+    let first = match blobs.first() {
+        Some(blob) => Some((
+            blob_records(src, authorization, blob).await?.len(),
+            blob.created,
+        )),
+        None => None,
     };
-    Ok(ProbeReport {
-        url: url.to_string(),
-        records,
-        newest: blobs.first().map(|b| b.created),
-        more: blobs.len() > 1 || !complete,
-    })
+    Ok(ProbeReport::of_listing(&url, blobs.len(), complete, first))
 }
 
 /// A bearer access token for the Management API from the Azure AD token endpoint

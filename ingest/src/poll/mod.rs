@@ -217,6 +217,25 @@ pub struct ProbeReport {
     pub more: bool,
 }
 
+impl ProbeReport {
+    /// The probe of an API that lists items (content blobs, log files) and then fetches each:
+    /// `listed` new items, the listing read to its end or not, and the first item's record
+    /// count and time.
+    fn of_listing(
+        url: &Url,
+        listed: usize,
+        complete: bool,
+        first: Option<(usize, DateTime<Utc>)>,
+    ) -> ProbeReport {
+        ProbeReport {
+            url: url.to_string(),
+            records: first.map_or(0, |(records, _)| records),
+            newest: first.map(|(_, time)| time),
+            more: listed > 1 || !complete,
+        }
+    }
+}
+
 /// Polls one API into the bus.
 pub struct PollSource {
     config: PollConfig,

@@ -268,16 +268,14 @@ pub(super) async fn probe(
     let cp = src.checkpoint()?;
     if feed(src) == "event_log_files" {
         let (url, files, complete) = new_log_files(src, authorization, &cp, start).await?;
-        let records = match files.first() {
-            Some(file) => log_file_rows(src, authorization, file).await?.len(),
-            None => 0,
+        let first = match files.first() {
+            Some(file) => Some((
+                log_file_rows(src, authorization, file).await?.len(),
+                file.log_date,
+            )),
+            None => None,
         };
-        return Ok(ProbeReport {
-            url: url.to_string(),
-            records,
-            newest: files.first().map(|f| f.log_date),
-            more: files.len() > 1 || !complete,
-        });
+        return Ok(ProbeReport::of_listing(&url, files.len(), complete, first));
     }
     let url = query_url(src, &audit_trail_query(cp.since.unwrap_or(start)))?;
     let (rows, next) = query_page(src, authorization, url.clone()).await?;
