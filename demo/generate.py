@@ -372,6 +372,55 @@ def op_day():
             op_item(work_time(8, 19), rng.choices(['fill', 'reveal', 'secure-copy', 'enter-item-edit-mode'], [70, 12, 14, 4])[0], user, item, ip)
 
 
+# ------------------------------------------------------------------------------------------------------ salesforce --
+# Event Monitoring log rows (the EventLogFile CSVs, one object per row keyed by the CSV header, all values strings).
+# A generator of its own, so adding Salesforce left every other source's events as they were.
+sf_rng = random.Random(SEED + 1)
+SF_ORG = '00D5g000004Qh0mEAC'
+SF_USERS = [n for n, r in PEOPLE if r in ('sales', 'finance', 'ceo', 'marketing')] + [VICTIM]
+REPORTS = {'00O5g000006xYzA': 'All Customers with ARR', '00O5g000006xZ1B': 'Pipeline by Account',
+           '00O5g000006xZ2C': 'Contacts - Full Export', '00O5g000006xZ3D': 'Quarterly Bookings', '00O5g000006xZ4E': 'Open Cases by Region'}
+
+
+def sf_row(t, event_type, user, ip, **extra):
+    row = {'EVENT_TYPE': event_type, 'TIMESTAMP': t.strftime('%Y%m%d%H%M%S.') + f'{t.microsecond // 1000:03d}',
+           'REQUEST_ID': '4' + h('sfreq', event_type, user, t)[:21], 'ORGANIZATION_ID': SF_ORG[:15],
+           'USER_ID': '0055g' + h('sfu', user)[:10].upper(), 'USER_NAME': EMAIL[user], 'CLIENT_IP': ip,
+           'TIMESTAMP_DERIVED': iso_ms(t), 'USER_ID_DERIVED': '0055g' + h('sfu', user)[:13].upper()}
+    row.update(extra)
+    emit('salesforce', t, row)
+
+
+def sf_login(t, user, ip, status='LOGIN_NO_ERROR', ua=UA_CHROME):
+    sf_row(t, 'Login', user, ip, LOGIN_STATUS=status, BROWSER_TYPE=ua, URI='/saml/SSO', API_TYPE='', TLS_PROTOCOL='TLSv1.3',
+           CIPHER_SUITE='TLS_AES_256_GCM_SHA384', SOURCE_IP=ip,
+           # The session key of the new session: a secret by its column name, masked before storage.
+           SESSION_KEY=h('sfsession', user, t)[:16] if status == 'LOGIN_NO_ERROR' else '')
+
+
+def sf_day():
+    for user in SF_USERS:
+        if user == VICTIM:
+            continue
+        ip = OFFICE_IP if sf_rng.random() < 0.7 else HOME_IP[user]
+        t = DAY + dt.timedelta(seconds=sf_rng.randint(8 * 3600, 10 * 3600))
+        if sf_rng.random() < 0.15:  # a mistyped password first
+            sf_login(t - dt.timedelta(seconds=40), user, ip, 'LOGIN_ERROR_INVALID_PASSWORD')
+        sf_login(t, user, ip)
+        for _ in range(sf_rng.randint(2, 8)):
+            report = sf_rng.choice(list(REPORTS))
+            rt = DAY + dt.timedelta(seconds=sf_rng.randint(10 * 3600, 18 * 3600))
+            sf_row(rt, 'Report', user, ip, REPORT_ID=report, URI='/' + report, REQUEST_STATUS='S', ROW_COUNT=str(sf_rng.randint(10, 900)))
+
+
+def sf_attack():
+    # 15:21 Salesforce through the hijacked SSO session: the customer base exported in three reports
+    sf_login(at(15, 21, 4), VICTIM, ATTACKER_IP, ua=UA_ATTACK)
+    for i, report in enumerate(['00O5g000006xYzA', '00O5g000006xZ1B', '00O5g000006xZ2C']):
+        sf_row(at(15, 22, 10) + dt.timedelta(seconds=47 * i), 'ReportExport', VICTIM, ATTACKER_IP, REPORT_ID=report,
+               URI='/' + report + '?export=1&enc=UTF-8&xf=csv', REQUEST_STATUS='S', ROW_COUNT=str(18000 + 2700 * i))
+
+
 # ----------------------------------------------------------------------------------------------------------- story --
 def attack():
     """Account takeover of dana.kim (engineering lead, GitHub org owner, AWS platform admin)."""
@@ -477,6 +526,8 @@ def main():
     aws_day()
     op_day()
     attack()
+    sf_day()
+    sf_attack()
     OUT.sort(key=lambda x: (x[0], x[1]))
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'events.jsonl')
     with open(path, 'w') as f:

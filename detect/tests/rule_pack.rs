@@ -116,6 +116,7 @@ fn the_demo_attack_story_raises_the_expected_alerts() {
         "Slack App Installed With Sensitive Scopes",
         "Microsoft 365 Inbox Rule Forwards Or Redirects Mail",
         "1Password Bulk Secret Reveal By One User",
+        "Salesforce Report Exported",
     ] {
         assert!(
             titles.contains(expected),
