@@ -1597,12 +1597,13 @@ async fn salesforce_event_log_files_are_read_as_csv_once_and_late_files_are_not_
     );
 }
 
-/// A big log file goes to the bus in batches; the checkpoint moves only once all of them are
-/// stored, so a batch the store refuses makes the whole file be read again.
+/// A big log file (larger than a page may be: it is read from disk, not memory) goes to the bus
+/// in batches; the checkpoint moves only once all of them are stored, so a batch the store
+/// refuses makes the whole file be read again.
 #[tokio::test]
 async fn a_salesforce_log_file_is_submitted_in_batches_and_checkpointed_whole() {
     let mut csv = String::from("EVENT_TYPE,TIMESTAMP_DERIVED,REQUEST_ID,USER_NAME\n");
-    for i in 0..10_001 {
+    for i in 0..20_001 {
         csv.push_str(&format!(
             "URI,2026-11-24T10:00:00.000Z,req-{i},dana.kim@acme-corp.example\n"
         ));
@@ -1617,6 +1618,8 @@ async fn a_salesforce_log_file_is_submitted_in_batches_and_checkpointed_whole() 
     consumer.script.lock().unwrap().extend([true, false]);
     let state = tempfile::tempdir().unwrap();
     let cfg = salesforce_config(&sf, "event_log_files", "PERIMETER_TEST_SF_BIG_SECRET");
+    let size = sf.files.lock().unwrap()[0].2.len() as u64;
+    assert!(size > cfg.max_page_bytes, "{size} bytes");
     let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
 
     let err = source().poll_once().await.unwrap_err();
@@ -1625,12 +1628,18 @@ async fn a_salesforce_log_file_is_submitted_in_batches_and_checkpointed_whole() 
     assert_eq!(source().checkpoint().unwrap(), Checkpoint::default());
 
     let report = source().poll_once().await.unwrap();
-    assert_eq!((report.pages, report.records), (1, 10_001), "{report:?}");
+    assert_eq!((report.pages, report.records), (1, 20_001), "{report:?}");
     let ids: std::collections::HashSet<_> = consumer
         .records()
         .iter()
         .map(|r| r["REQUEST_ID"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids.len(), 10_001, "every row, the first batch twice");
+    assert_eq!(ids.len(), 20_001, "every row, the first batch twice");
     assert_eq!(source().checkpoint().unwrap().recent_keys.len(), 1);
+    // Nothing of the download is left beside the checkpoint.
+    let left: Vec<_> = std::fs::read_dir(state.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
 }

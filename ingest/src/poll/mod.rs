@@ -675,6 +675,63 @@ impl PollSource {
         request: &vendor::PageRequest,
         headers: &[(&'static str, String)],
     ) -> Result<(Vec<u8>, reqwest::header::HeaderMap), PollError> {
+        let (mut response, transport) = self.send(request, headers).await?;
+        let limit = self.config.max_page_bytes;
+        let too_big = || {
+            PollError::Malformed(format!(
+                "the page is larger than max_page_bytes ({limit} bytes)"
+            ))
+        };
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(&transport)? {
+            if (bytes.len() + chunk.len()) as u64 > limit {
+                return Err(too_big());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((bytes, response.headers().clone()))
+    }
+
+    /// Make one request with `headers` and write the body to `path` as it arrives (log files
+    /// larger than a page is allowed to be), at most `limit` bytes; how many were written.
+    async fn download(
+        &self,
+        request: &vendor::PageRequest,
+        headers: &[(&'static str, String)],
+        path: &Path,
+        limit: u64,
+    ) -> Result<u64, PollError> {
+        use tokio::io::AsyncWriteExt;
+        let (mut response, transport) = self.send(request, headers).await?;
+        let file_err = |e: std::io::Error| PollError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut file = tokio::fs::File::create(path).await.map_err(file_err)?;
+        let mut written = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(&transport)? {
+            written += chunk.len() as u64;
+            if written > limit {
+                return Err(PollError::Malformed(format!(
+                    "the file is larger than {limit} bytes"
+                )));
+            }
+            file.write_all(&chunk).await.map_err(file_err)?;
+        }
+        file.flush().await.map_err(file_err)?;
+        Ok(written)
+    }
+
+    /// Send one request with `headers`: the response of a success, or the error its status
+    /// means; and how to report a transport failure reading its body.
+    async fn send(
+        &self,
+        request: &vendor::PageRequest,
+        headers: &[(&'static str, String)],
+    ) -> Result<(reqwest::Response, impl Fn(reqwest::Error) -> PollError), PollError> {
         let mut builder = match (&request.body, &request.form) {
             (Some(body), _) => self.client.post(request.url.clone()).json(body),
             (None, Some(form)) => self.client.post(request.url.clone()).form(form),
@@ -685,11 +742,14 @@ impl PollSource {
         }
         // The URL in errors has no credential in it (tokens go in the header only).
         let url = request.url.to_string();
-        let transport = |e: reqwest::Error| PollError::Transport {
-            url: url.clone(),
-            reason: e.without_url().to_string(),
+        let transport = {
+            let url = url.clone();
+            move |e: reqwest::Error| PollError::Transport {
+                url: url.clone(),
+                reason: e.without_url().to_string(),
+            }
         };
-        let mut response = builder.send().await.map_err(transport)?;
+        let response = builder.send().await.map_err(&transport)?;
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(PollError::RateLimited(retry_delay(response.headers())));
@@ -703,23 +763,7 @@ impl PollSource {
                 url,
             });
         }
-        let limit = self.config.max_page_bytes;
-        let too_big = || {
-            PollError::Malformed(format!(
-                "the page is larger than max_page_bytes ({limit} bytes)"
-            ))
-        };
-        if response.content_length().is_some_and(|n| n > limit) {
-            return Err(too_big());
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if (bytes.len() + chunk.len()) as u64 > limit {
-                return Err(too_big());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok((bytes, response.headers().clone()))
+        Ok((response, transport))
     }
 }
 

@@ -7,8 +7,9 @@
 //!   rows of that very second come again and the store keeps them once), and one whose locator
 //!   expired starts again from it.
 //! - `event_log_files`: `EventLogFile` rows name Event Monitoring log files (one CSV per event
-//!   type and day, or hour). Each new file is fetched and its rows are submitted
-//!   ([`crate::CsvRows`]: a row that does not fit the header is a dead letter). Files are
+//!   type and day, or hour). Each new file is written to disk as it arrives, then its rows are
+//!   read from there and submitted in batches ([`crate::CsvRows`]: a row that does not fit the
+//!   header is a dead letter), so a file of gigabytes needs no more memory than a batch. Files are
 //!   stored oldest `LogDate` first; the checkpoint is the newest `LogDate` stored and the ids
 //!   of the files stored within [`SETTLE_HOURS`] before it. Listings start that far back, so a
 //!   file Salesforce makes available late is still read, and the files already stored are not.
@@ -34,6 +35,10 @@ const SETTLE_HOURS: i64 = 48;
 /// thousands; the checkpoint moves once the whole file is stored, and the rows of a file fetched
 /// again after a crash part-way are kept once by the store.
 const ROWS_PER_BATCH: usize = 10_000;
+/// Largest log file taken. A file is written to disk as it arrives (beside the checkpoint) and
+/// read from there batch by batch, so its size is bounded by the disk, not by memory or
+/// `max_page_bytes`; a busy org's day of URI or API events runs into gigabytes.
+const MAX_LOG_FILE_BYTES: u64 = 16 << 30;
 
 /// The feeds `feed` may name.
 pub(super) const FEEDS: &[&str] = &["setup_audit_trail", "event_log_files"];
@@ -201,22 +206,54 @@ async fn new_log_files(
     }
 }
 
-/// The rows of one log file (CSV), as input items: records, and dead letters for rows that do
-/// not fit the header.
-async fn log_file_rows(
+/// A downloaded log file's rows (CSV), read on the blocking pool: records, and dead letters for
+/// rows that do not fit the header.
+type LogFileReader = CsvRows<std::io::BufReader<std::fs::File>>;
+
+/// Download one log file beside the checkpoint and open it for reading.
+async fn open_log_file(
     src: &PollSource,
     authorization: &str,
     file: &LogFile,
-) -> Result<Vec<InputItem>, PollError> {
+) -> Result<LogFileReader, PollError> {
     let url = src.api.same_origin(&file.path)?;
     let headers = [
         ("accept", "text/csv".to_string()),
         ("authorization", authorization.to_string()),
     ];
-    let (bytes, _) = src.fetch_bytes(&PageRequest::get(url), &headers).await?;
-    CsvRows::new(&bytes[..], JsonlReaderConfig::default())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PollError::Malformed(format!("log file {}: {e}", file.id)))
+    let path = src.checkpoint_path.with_extension("download");
+    let io_err = |e: std::io::Error| PollError::Checkpoint {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    src.download(&PageRequest::get(url), &headers, &path, MAX_LOG_FILE_BYTES)
+        .await?;
+    let opened = std::fs::File::open(&path).map_err(io_err)?;
+    // Unlinked once open: the rows are read from the open file, and nothing is left behind.
+    let _ = std::fs::remove_file(&path);
+    Ok(CsvRows::new(
+        std::io::BufReader::with_capacity(1 << 16, opened),
+        JsonlReaderConfig::default(),
+    ))
+}
+
+/// The next `n` items of a log file (fewer at its end), read off the async threads.
+async fn next_rows(
+    mut rows: LogFileReader,
+    n: usize,
+    file: &LogFile,
+) -> Result<(LogFileReader, Vec<InputItem>), PollError> {
+    let (rows, batch) = tokio::task::spawn_blocking(move || {
+        let batch = rows.by_ref().take(n).collect::<Result<Vec<_>, _>>();
+        (rows, batch)
+    })
+    .await
+    .map_err(|e| PollError::Malformed(format!("log file {}: {e}", file.id)))?;
+    let batch = batch.map_err(|e| PollError::Malformed(format!("log file {}: {e}", file.id)))?;
+    Ok((rows, batch))
 }
 
 async fn poll_log_files(
@@ -231,10 +268,11 @@ async fn poll_log_files(
         if report.pages >= src.config.max_pages_per_poll.max(1) {
             break;
         }
-        let mut items = log_file_rows(src, authorization, &file).await?.into_iter();
+        let mut rows = open_log_file(src, authorization, &file).await?;
         report.pages += 1;
         loop {
-            let batch: Vec<InputItem> = items.by_ref().take(ROWS_PER_BATCH).collect();
+            let (rest, batch) = next_rows(rows, ROWS_PER_BATCH, &file).await?;
+            rows = rest;
             if batch.is_empty() {
                 break;
             }
@@ -269,10 +307,13 @@ pub(super) async fn probe(
     if feed(src) == "event_log_files" {
         let (url, files, complete) = new_log_files(src, authorization, &cp, start).await?;
         let first = match files.first() {
-            Some(file) => Some((
-                log_file_rows(src, authorization, file).await?.len(),
-                file.log_date,
-            )),
+            Some(file) => {
+                let rows = open_log_file(src, authorization, file).await?;
+                let count = tokio::task::spawn_blocking(move || rows.filter(Result::is_ok).count())
+                    .await
+                    .map_err(|e| PollError::Malformed(format!("log file {}: {e}", file.id)))?;
+                Some((count, file.log_date))
+            }
             None => None,
         };
         return Ok(ProbeReport::of_listing(&url, files.len(), complete, first));
