@@ -17,15 +17,19 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "tok-0123456789abcdef";
 
-fn fixture_pages(dir: &str) -> Vec<Value> {
+/// The recorded pages beside the repository (or beside a worktree of it).
+fn fixtures_root() -> PathBuf {
     let root =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/saas-api-pages");
-    let root = if root.exists() {
+    if root.exists() {
         root
     } else {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/saas-api-pages")
-    };
-    let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+    }
+}
+
+fn fixture_pages(dir: &str) -> Vec<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(fixtures_root().join(dir))
         .unwrap_or_else(|e| panic!("fixture pages {dir}: {e}"))
         .map(|e| e.unwrap().path())
         .collect();
@@ -1508,17 +1512,7 @@ async fn salesforce_setup_audit_trail_pages_are_read_and_the_next_poll_starts_at
 
 #[tokio::test]
 async fn salesforce_event_log_files_are_read_as_csv_once_and_late_files_are_not_missed() {
-    let recorded = {
-        let root =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/saas-api-pages");
-        let root = if root.exists() {
-            root
-        } else {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/fixtures/saas-api-pages")
-        };
-        std::fs::read_to_string(root.join("sf/event_log/001.csv")).unwrap()
-    };
+    let recorded = std::fs::read_to_string(fixtures_root().join("sf/event_log/001.csv")).unwrap();
     let recorded_rows = recorded.lines().count() - 1;
     let header = recorded.lines().next().unwrap().to_string();
     let day = |days_ago: i64| {

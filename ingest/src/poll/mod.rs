@@ -503,9 +503,6 @@ impl PollSource {
         Ok(self.config.vendor.authorization(token))
     }
 
-    /// An OAuth access token from `url`, got by posting the form `form` makes (client
-    /// credentials, a signed assertion), cached until a minute before it expires. A 400 from
-    /// the token endpoint (a wrong secret or client) is a refused credential.
     /// An access token by the OAuth 2.0 client-credentials grant at `url` (Microsoft 365 asks
     /// for a `scope` too), kept until shortly before it expires.
     async fn client_credentials_token(
@@ -527,6 +524,9 @@ impl PollSource {
         .await
     }
 
+    /// An OAuth access token from `url`, got by posting the form `form` makes (client
+    /// credentials, a signed assertion), cached until a minute before it expires. A 400 from
+    /// the token endpoint (a wrong secret or client) is a refused credential.
     async fn oauth_token(
         &self,
         url: Url,

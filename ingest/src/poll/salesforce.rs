@@ -94,6 +94,13 @@ fn log_files_query(since: DateTime<Utc>) -> String {
     )
 }
 
+/// The newest `CreatedDate` among Setup Audit Trail rows.
+fn newest_created(rows: &[RawJson]) -> Option<DateTime<Utc>> {
+    rows.iter()
+        .filter_map(|r| time_at(r, &["CreatedDate"]))
+        .max()
+}
+
 /// One poll of the feed.
 pub(super) async fn poll(
     src: &PollSource,
@@ -134,10 +141,7 @@ async fn poll_audit_trail(
             other => other?,
         };
         report.pages += 1;
-        let newest = rows
-            .iter()
-            .filter_map(|r| time_at(r, &["CreatedDate"]))
-            .max();
+        let newest = newest_created(&rows);
         let (records, duplicates) = src.submit(rows).await?;
         report.records += records;
         report.duplicates += duplicates;
@@ -323,10 +327,7 @@ pub(super) async fn probe(
     Ok(ProbeReport {
         url: url.to_string(),
         records: rows.len(),
-        newest: rows
-            .iter()
-            .filter_map(|r| time_at(r, &["CreatedDate"]))
-            .max(),
+        newest: newest_created(&rows),
         more: next.is_some(),
     })
 }
