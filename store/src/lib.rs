@@ -33,6 +33,7 @@ mod reader;
 mod retention;
 mod store;
 pub mod tantivy_sink;
+mod time_query;
 mod wildcard;
 
 pub use alerts::{

@@ -19,6 +19,7 @@ use crate::store::{read, write, Store};
 use crate::tantivy_sink::{
     id_halves, to_tantivy_date, DayIndex, ID_FIELD, ID_LO_FIELD, TIMESTAMP_FIELD,
 };
+use crate::time_query::rewrite_times;
 use crate::wildcard::rewrite_wildcards;
 use crate::{Result, StoreError};
 
@@ -140,6 +141,7 @@ impl Store {
             ));
         }
         let ast = rewrite_fuzzy(ast).map_err(StoreError::InvalidQuery)?;
+        let ast = rewrite_times(ast, Utc::now()).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_wildcards(rewrite_ip_ranges(ast).map_err(StoreError::InvalidQuery)?);
         let ast = rewrite_negations(rewrite_event_ids(rewrite_catch_all_phrases(ast)));
         crate::fuzzy::build(ast, &self.schema.schema, &|part| {

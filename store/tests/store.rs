@@ -1727,3 +1727,55 @@ fn ip_ranges_and_cidr_blocks_compare_addresses_not_text() {
         assert_invalid_query(&store, bad);
     }
 }
+
+#[test]
+fn timestamp_terms_take_days_and_relative_times_as_the_time_parameters_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    // Around the midnights of Nov 20 and 21, and one event a minute ago.
+    let times = [
+        ts(19, 23, 59),
+        ts(20, 0, 0),
+        ts(20, 12, 0),
+        ts(20, 23, 59),
+        ts(21, 0, 0),
+        Utc::now() - chrono::TimeDelta::minutes(1),
+    ];
+    let events: Vec<Event> = times
+        .iter()
+        .enumerate()
+        .map(|(i, at)| event("acme", "okta", *at, "u", &format!("act{i}"), i as u64))
+        .collect();
+    store.write_batch(&batch(events)).unwrap();
+    let found = |query: &str| -> Vec<String> {
+        let mut actions: Vec<String> = search_all(&store, "acme", query, 50)
+            .iter()
+            .map(|d| d["event"]["action"].as_str().unwrap().to_string())
+            .collect();
+        actions.sort();
+        actions
+    };
+    // A date alone is its whole day.
+    assert_eq!(found("@timestamp:2026-11-20"), ["act1", "act2", "act3"]);
+    assert_eq!(found("@timestamp:>2026-11-20 AND NOT act5"), ["act4"]);
+    assert_eq!(found("@timestamp:<=2026-11-19"), ["act0"]);
+    assert_eq!(found("@timestamp:<2026-11-20"), ["act0"]);
+    assert_eq!(
+        found("@timestamp:>=2026-11-20 AND @timestamp:<2026-11-21"),
+        ["act1", "act2", "act3"]
+    );
+    assert_eq!(
+        found("@timestamp:[2026-11-19 TO 2026-11-20]"),
+        ["act0", "act1", "act2", "act3"]
+    );
+    // Relative times and RFC 3339 as before.
+    assert_eq!(found("@timestamp:[now-1h TO now]"), ["act5"]);
+    assert_eq!(
+        found("@timestamp:>=2026-11-20T12:00:00Z AND @timestamp:<now-1d"),
+        ["act2", "act3", "act4"]
+    );
+    assert_eq!(found("@timestamp:\"2026-11-20T12:00:00Z\""), ["act2"]);
+    // What is no time is an invalid query, not an empty result.
+    assert_invalid_query(&store, "@timestamp:>yesterday");
+    assert_invalid_query(&store, "@timestamp:[2026-11-20 TO soon]");
+}

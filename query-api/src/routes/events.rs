@@ -44,7 +44,8 @@ fn event_filter<'a>(
 pub struct EventSearchParams {
     /// tantivy query syntax over the masked events (`user.name:alice AND event.outcome:failure`,
     /// `NOT`, wildcards `dan*` / `user.session.*`, IPv4 ranges and CIDR blocks on `source.ip`/`related.ip`:
-    /// `source.ip:192.0.2.0/24`);
+    /// `source.ip:192.0.2.0/24`; times on `@timestamp` written as for `from`, a date alone
+    /// being its whole day: `@timestamp:2024-05-01`, `@timestamp:[now-2h TO now-1h]`);
     /// absent means all events. Bare words match ECS values and raw record values, except the
     /// raw values of sources in the store's `raw_text_search_off`.
     pub q: Option<String>,

@@ -1,0 +1,193 @@
+//! Times in `@timestamp` terms and ranges, written as an analyst writes them.
+//!
+//! The `from`/`to` parameters take RFC 3339, a date or a time relative to now
+//! ([`parse_time_bound`]), but inside a query tantivy took RFC 3339 only:
+//! `@timestamp:>2026-11-24` and `@timestamp:[now-1h TO now]` were refused with "The date field
+//! has an invalid format". Each bound is read the way the parameters read it and handed on as
+//! RFC 3339. A date alone stands for its whole day (UTC), as in Elasticsearch's date math:
+//! - `@timestamp:2026-11-24` is that day, `[2026-11-24T00:00Z, 2026-11-25T00:00Z)`;
+//! - `>2026-11-24` starts after that day, `<=2026-11-24` and `[.. TO 2026-11-24]` end with it;
+//! - `>=2026-11-24` and `<2026-11-24` start and end at its midnight;
+//! - one instant, `@timestamp:"2026-11-24T10:00:00Z"`, is the range of that instant alone (the
+//!   field is a fast field, which tantivy searches by range only: the term was refused).
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
+use perimeter_model::parse_time_bound;
+use tantivy::query_grammar::{UserInputAst, UserInputBound, UserInputLeaf};
+
+use crate::tantivy_sink::TIMESTAMP_FIELD;
+
+/// Rewrite every `@timestamp` literal and range bound into RFC 3339; `Err` says which value is
+/// no time. `now` anchors relative times (`now-15m`).
+pub(crate) fn rewrite_times(ast: UserInputAst, now: DateTime<Utc>) -> Result<UserInputAst, String> {
+    Ok(match ast {
+        UserInputAst::Clause(clauses) => UserInputAst::Clause(
+            clauses
+                .into_iter()
+                .map(|(occur, sub)| rewrite_times(sub, now).map(|s| (occur, s)))
+                .collect::<Result<_, _>>()?,
+        ),
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(rewrite_times(*inner, now)?), boost)
+        }
+        UserInputAst::Leaf(leaf) => UserInputAst::Leaf(Box::new(rewrite_leaf(*leaf, now)?)),
+    })
+}
+
+fn is_time_field(field: &Option<String>) -> bool {
+    field.as_deref() == Some(TIMESTAMP_FIELD)
+}
+
+/// A bound as typed: a whole day, or an instant.
+enum Time {
+    Day(NaiveDate),
+    Instant(DateTime<Utc>),
+}
+
+fn read(text: &str, now: DateTime<Utc>) -> Result<Time, String> {
+    let t = text.trim();
+    if let Ok(day) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(Time::Day(day));
+    }
+    parse_time_bound(t, now)
+        .map(Time::Instant)
+        .map_err(|e| format!("`{TIMESTAMP_FIELD}`: {e}"))
+}
+
+fn midnight(day: NaiveDate) -> DateTime<Utc> {
+    day.and_time(chrono::NaiveTime::MIN).and_utc()
+}
+
+fn next_midnight(day: NaiveDate) -> DateTime<Utc> {
+    midnight(day) + TimeDelta::days(1)
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn rewrite_leaf(leaf: UserInputLeaf, now: DateTime<Utc>) -> Result<UserInputLeaf, String> {
+    match leaf {
+        UserInputLeaf::Literal(lit) if is_time_field(&lit.field_name) => {
+            Ok(match read(&lit.phrase, now)? {
+                Time::Day(day) => UserInputLeaf::Range {
+                    field: lit.field_name,
+                    lower: UserInputBound::Inclusive(rfc3339(midnight(day))),
+                    upper: UserInputBound::Exclusive(rfc3339(next_midnight(day))),
+                },
+                // The field is a fast field, not indexed for terms: one instant is a range too.
+                Time::Instant(t) => UserInputLeaf::Range {
+                    field: lit.field_name,
+                    lower: UserInputBound::Inclusive(rfc3339(t)),
+                    upper: UserInputBound::Inclusive(rfc3339(t)),
+                },
+            })
+        }
+        UserInputLeaf::Range {
+            field,
+            lower,
+            upper,
+        } if is_time_field(&field) => {
+            let lower = match lower {
+                UserInputBound::Unbounded => UserInputBound::Unbounded,
+                UserInputBound::Inclusive(a) => match read(&a, now)? {
+                    Time::Day(d) => UserInputBound::Inclusive(rfc3339(midnight(d))),
+                    Time::Instant(t) => UserInputBound::Inclusive(rfc3339(t)),
+                },
+                // After a day: from the next midnight on.
+                UserInputBound::Exclusive(a) => match read(&a, now)? {
+                    Time::Day(d) => UserInputBound::Inclusive(rfc3339(next_midnight(d))),
+                    Time::Instant(t) => UserInputBound::Exclusive(rfc3339(t)),
+                },
+            };
+            let upper = match upper {
+                UserInputBound::Unbounded => UserInputBound::Unbounded,
+                // Up to and including a day: before the next midnight.
+                UserInputBound::Inclusive(b) => match read(&b, now)? {
+                    Time::Day(d) => UserInputBound::Exclusive(rfc3339(next_midnight(d))),
+                    Time::Instant(t) => UserInputBound::Inclusive(rfc3339(t)),
+                },
+                UserInputBound::Exclusive(b) => match read(&b, now)? {
+                    Time::Day(d) => UserInputBound::Exclusive(rfc3339(midnight(d))),
+                    Time::Instant(t) => UserInputBound::Exclusive(rfc3339(t)),
+                },
+            };
+            Ok(UserInputLeaf::Range {
+                field,
+                lower,
+                upper,
+            })
+        }
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tantivy::query_grammar::parse_query;
+
+    fn now() -> DateTime<Utc> {
+        "2026-12-02T12:00:00Z".parse().unwrap()
+    }
+
+    /// The rewritten query, printed in the grammar's debug form.
+    fn rewritten(q: &str) -> String {
+        format!(
+            "{:?}",
+            rewrite_times(parse_query(q).unwrap(), now()).unwrap()
+        )
+    }
+
+    #[test]
+    fn days_stand_for_their_whole_day() {
+        assert_eq!(
+            rewritten("@timestamp:2026-11-24"),
+            "\"@timestamp\":[\"2026-11-24T00:00:00Z\" TO \"2026-11-25T00:00:00Z\"}"
+        );
+        assert_eq!(
+            rewritten("@timestamp:>2026-11-24"),
+            "\"@timestamp\":[\"2026-11-25T00:00:00Z\" TO \"*\"}"
+        );
+        assert_eq!(
+            rewritten("@timestamp:>=2026-11-24"),
+            "\"@timestamp\":[\"2026-11-24T00:00:00Z\" TO \"*\"}"
+        );
+        assert_eq!(
+            rewritten("@timestamp:<2026-11-24"),
+            "\"@timestamp\":{\"*\" TO \"2026-11-24T00:00:00Z\"}"
+        );
+        assert_eq!(
+            rewritten("@timestamp:[2026-11-24 TO 2026-11-25]"),
+            "\"@timestamp\":[\"2026-11-24T00:00:00Z\" TO \"2026-11-26T00:00:00Z\"}"
+        );
+    }
+
+    #[test]
+    fn relative_times_and_other_spellings_become_rfc3339() {
+        assert_eq!(
+            rewritten("@timestamp:[now-1h TO now]"),
+            "\"@timestamp\":[\"2026-12-02T11:00:00Z\" TO \"2026-12-02T12:00:00Z\"]"
+        );
+        assert_eq!(
+            rewritten("@timestamp:>1764669600000"),
+            "\"@timestamp\":{\"2025-12-02T10:00:00Z\" TO \"*\"}"
+        );
+        assert_eq!(
+            rewritten("@timestamp:\"2026-11-24T10:00:00.5+01:00\""),
+            "\"@timestamp\":[\"2026-11-24T09:00:00.500Z\" TO \"2026-11-24T09:00:00.500Z\"]"
+        );
+        // Other fields are left alone.
+        assert_eq!(
+            rewritten("event.action:2026-11-24"),
+            format!("{:?}", parse_query("event.action:2026-11-24").unwrap())
+        );
+    }
+
+    #[test]
+    fn values_that_are_no_time_say_what_is_accepted() {
+        let e = rewrite_times(parse_query("@timestamp:>yesterday").unwrap(), now()).unwrap_err();
+        assert!(e.contains("`yesterday` is not a time"), "{e}");
+        assert!(e.contains("now-15m"), "{e}");
+    }
+}
