@@ -1401,6 +1401,25 @@ async fn serve_salesforce(State(sf): State<Arc<FakeSalesforce>>, request: Reques
         .and_then(|p| p.strip_suffix("/LogFile"))
     {
         if let Some((_, _, csv)) = sf.files.lock().unwrap().iter().find(|(f, _, _)| f == id) {
+            if id.ends_with("CUT") {
+                // The connection breaks half-way through the file.
+                // (The break comes a moment later, so the first half is on its way first.)
+                let half = csv.as_bytes()[..csv.len() / 2].to_vec();
+                let parts = futures_util::stream::unfold(Some(half), |half| async move {
+                    match half {
+                        Some(h) => Some((Ok(h), None)),
+                        None => {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            Some((Err(std::io::Error::other("connection reset")), None))
+                        }
+                    }
+                });
+                return (
+                    [("content-type", "text/csv")],
+                    axum::body::Body::from_stream(parts),
+                )
+                    .into_response();
+            }
             return ([("content-type", "text/csv")], csv.clone()).into_response();
         }
     }
@@ -1636,4 +1655,50 @@ async fn a_salesforce_log_file_is_submitted_in_batches_and_checkpointed_whole() 
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left.len(), 1, "{left:?}");
+}
+
+/// A log file whose download breaks off: a transport error, nothing submitted, the checkpoint
+/// where it was, and no partial file left on disk (a day's file can be gigabytes).
+#[tokio::test]
+async fn a_broken_log_file_download_leaves_no_partial_file_and_no_checkpoint() {
+    let mut csv = String::from("EVENT_TYPE,TIMESTAMP_DERIVED,REQUEST_ID,USER_NAME\n");
+    for i in 0..2_000 {
+        csv.push_str(&format!(
+            "URI,2026-11-24T10:00:00.000Z,req-{i},dana.kim@acme-corp.example\n"
+        ));
+    }
+    let day = (chrono::Utc::now().date_naive() - chrono::Duration::days(1))
+        .format("%Y-%m-%dT00:00:00.000+0000")
+        .to_string();
+    let sf = fake_salesforce(vec![("0ATCUT".into(), day, csv)]).await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = salesforce_config(&sf, "event_log_files", "PERIMETER_TEST_SF_CUT_SECRET");
+    let source = PollSource::new(cfg, "default", state.path(), bus).unwrap();
+
+    let err = source.poll_once().await.unwrap_err();
+    assert!(matches!(err, PollError::Transport { .. }), "{err}");
+    assert!(consumer.records().is_empty());
+    assert_eq!(source.checkpoint().unwrap(), Checkpoint::default());
+    let left: Vec<_> = walk(state.path());
+    assert!(
+        left.iter()
+            .all(|p| p.extension().is_none_or(|e| e != "download")),
+        "{left:?}"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

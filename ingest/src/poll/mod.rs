@@ -193,6 +193,10 @@ pub enum PollError {
     NotStored(String),
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
+    /// A file the poller downloads to (a Salesforce log file) could not be written or read: a
+    /// full disk, permissions. Retried at the next poll; the checkpoint has not moved.
+    #[error("download file {path}: {reason}")]
+    LocalFile { path: PathBuf, reason: String },
 }
 
 /// What one poll did.
@@ -706,23 +710,32 @@ impl PollSource {
     ) -> Result<u64, PollError> {
         use tokio::io::AsyncWriteExt;
         let (mut response, transport) = self.send(request, headers).await?;
-        let file_err = |e: std::io::Error| PollError::Checkpoint {
+        let file_err = |e: std::io::Error| PollError::LocalFile {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
         let mut file = tokio::fs::File::create(path).await.map_err(file_err)?;
-        let mut written = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(&transport)? {
-            written += chunk.len() as u64;
-            if written > limit {
-                return Err(PollError::Malformed(format!(
-                    "the file is larger than {limit} bytes"
-                )));
+        let copied = async {
+            let mut written = 0u64;
+            while let Some(chunk) = response.chunk().await.map_err(&transport)? {
+                written += chunk.len() as u64;
+                if written > limit {
+                    return Err(PollError::Malformed(format!(
+                        "the file is larger than {limit} bytes"
+                    )));
+                }
+                file.write_all(&chunk).await.map_err(file_err)?;
             }
-            file.write_all(&chunk).await.map_err(file_err)?;
+            file.flush().await.map_err(file_err)?;
+            Ok(written)
         }
-        file.flush().await.map_err(file_err)?;
-        Ok(written)
+        .await;
+        if copied.is_err() {
+            // A partial file is of no use, and may be gigabytes: the next poll downloads again.
+            drop(file);
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        copied
     }
 
     /// Send one request with `headers`: the response of a success, or the error its status
@@ -788,6 +801,7 @@ impl PollError {
             PollError::Malformed(_) => "malformed",
             PollError::NotStored(_) => "not_stored",
             PollError::Checkpoint { .. } => "checkpoint",
+            PollError::LocalFile { .. } => "local_file",
         }
     }
 }

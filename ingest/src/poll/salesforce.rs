@@ -226,7 +226,7 @@ async fn open_log_file(
         ("authorization", authorization.to_string()),
     ];
     let path = src.checkpoint_path.with_extension("download");
-    let io_err = |e: std::io::Error| PollError::Checkpoint {
+    let io_err = |e: std::io::Error| PollError::LocalFile {
         path: path.clone(),
         reason: e.to_string(),
     };
