@@ -169,6 +169,16 @@ const PAGES: &[(&str, &str, &str)] = &[
         "sfmc/security_events/001.json",
         "salesforce_marketing_cloud",
     ),
+    (
+        "launchdarkly_audit_log_list_2",
+        "launchdarkly/audit_log_list_2.json",
+        "launchdarkly",
+    ),
+    (
+        "launchdarkly_audit_log_item_1",
+        "launchdarkly/audit_log_item_1.json",
+        "launchdarkly",
+    ),
 ];
 
 #[test]
@@ -204,6 +214,7 @@ fn every_page_of_each_recorded_endpoint_normalizes() {
         ("oomnitza/activities", "oomnitza"),
         ("sfmc/audit_events", "salesforce_marketing_cloud"),
         ("sfmc/security_events", "salesforce_marketing_cloud"),
+        ("launchdarkly", "launchdarkly"),
     ];
     for (dir, source) in dirs {
         let mut files: Vec<_> = std::fs::read_dir(format!("{}/{dir}", shared()))

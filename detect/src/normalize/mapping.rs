@@ -40,6 +40,10 @@ pub const BUNDLED_MAPPINGS: &[(&str, &str)] = &[
     ),
     ("tines.toml", include_str!("../../../mappings/tines.toml")),
     (
+        "launchdarkly.toml",
+        include_str!("../../../mappings/launchdarkly.toml"),
+    ),
+    (
         "terraform_cloud.toml",
         include_str!("../../../mappings/terraform_cloud.toml"),
     ),

@@ -4,7 +4,7 @@
 //!   `aws_cloudtrail`, `onepassword`) and `json` (plain objects, ECS-named keys only).
 //! - Declarative [`mapping`]s (TOML) for other sources; `zoom`, `box`, `duo`, `dropbox`,
 //!   `atlassian`, `google_workspace_alerts`, `salesforce`, `workday`, `pagerduty`, `tines`, `terraform_cloud`, `torq`,
-//!   `oomnitza` and `salesforce_marketing_cloud` are bundled, more load from a directory.
+//!   `oomnitza`, `salesforce_marketing_cloud` and `launchdarkly` are bundled, more load from a directory.
 //! - [`NormalizerRegistry`] looks normalizers up by name and guesses the source from a record's
 //!   shape (`--source auto`) with a few key lookups per record.
 //! - [`split_records`] turns one parsed input value (an API page, a CloudTrail file, a Google
@@ -414,6 +414,8 @@ const META_KEYS: &[&str] = &[
     "totalSize",
     "done",
     "nextRecordsUrl",
+    // HAL links (LaunchDarkly pages).
+    "_links",
 ];
 
 /// Split one parsed input value into individual vendor records: API page envelopes

@@ -55,6 +55,7 @@ fn registry_lists_builtins_json_and_bundled_mappings() {
         "torq",
         "oomnitza",
         "salesforce_marketing_cloud",
+        "launchdarkly",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
         assert_eq!(r.get(n).map(|x| x.source()), Some(n));
