@@ -421,6 +421,52 @@ def sf_attack():
                URI='/' + report + '?export=1&enc=UTF-8&xf=csv', REQUEST_STATUS='S', ROW_COUNT=str(18000 + 2700 * i))
 
 
+# ---------------------------------------------------------------------------------------------------- launchdarkly --
+# Audit log entries (`GET /api/v2/auditlog` items, or the same objects as LaunchDarkly's webhooks post them).
+# A generator of its own, so adding LaunchDarkly left every other source's events as they were.
+ld_rng = random.Random(SEED + 2)
+LD_ACCOUNT = '5f3c9e0a7b1d2c4e6f8a0b1c'
+LD_FLAGS = ['new-checkout', 'payments-fraud-checks', 'dark-mode', 'search-v2', 'pricing-page-test', 'mobile-onboarding']
+LD_ACTIONS = [('updateOn', 'turned the flag', 'Turned the flag on'), ('updateRules', 'updated the flag', 'Changed the targeting rules'),
+              ('updateTargets', 'updated the flag', 'Added individual targets'), ('updateFallthrough', 'updated the flag', 'Changed the default rule')]
+
+
+def ld_member(user):
+    first, last = (p.capitalize() for p in user.split('.'))
+    return {'_links': {'parent': {'href': '/api/v2/members', 'type': 'application/json'},
+                       'self': {'href': f"/api/v2/members/{h('ldm', user)[:24]}", 'type': 'application/json'}},
+            '_id': h('ldm', user)[:24], 'email': EMAIL[user], 'firstName': first, 'lastName': last}
+
+
+def ld_entry(t, user, action, kind, name, resource, title_verb, description):
+    entry_id = h('ldentry', action, name, t)[:24]
+    emit('launchdarkly', t, {
+        '_links': {'parent': {'href': '/api/v2/auditlog', 'type': 'application/json'},
+                   'self': {'href': f'/api/v2/auditlog/{entry_id}', 'type': 'application/json'}},
+        '_id': entry_id, '_accountId': LD_ACCOUNT, 'date': int(t.timestamp() * 1000),
+        'accesses': [{'action': action, 'resource': resource}], 'kind': kind, 'name': name,
+        'description': f'* {description}\n', 'shortDescription': '', 'comment': '', 'member': ld_member(user),
+        'titleVerb': title_verb, 'title': f'[{EMAIL[user]}](mailto:{EMAIL[user]}) {title_verb} {name}',
+        'target': {'name': name, 'resources': [resource]}})
+
+
+def ld_day():
+    # engineers change flags in staging and production through the day
+    for _ in range(40):
+        user = ld_rng.choice(ENGINEERS)
+        flag = ld_rng.choice(LD_FLAGS)
+        env = ld_rng.choice(['staging', 'staging', 'production'])
+        action, verb, description = ld_rng.choice(LD_ACTIONS)
+        t = DAY + dt.timedelta(seconds=ld_rng.randint(8 * 3600, 18 * 3600), milliseconds=ld_rng.randint(0, 999))
+        ld_entry(t, user, action, 'flag', flag, f'proj/default:env/{env}:flag/{flag}', verb, description)
+
+
+def ld_attack():
+    # 15:26 LaunchDarkly through the hijacked SSO: an API token with the writer role, to keep changing flags later
+    ld_entry(at(15, 26, 12), VICTIM, 'createAccessToken', 'token', 'ci-backup-sync', 'service-token/ci-backup-sync',
+             'created the access token', 'Created the access token ci-backup-sync with the role writer')
+
+
 # ----------------------------------------------------------------------------------------------------------- story --
 def attack():
     """Account takeover of dana.kim (engineering lead, GitHub org owner, AWS platform admin)."""
@@ -528,6 +574,8 @@ def main():
     attack()
     sf_day()
     sf_attack()
+    ld_day()
+    ld_attack()
     OUT.sort(key=lambda x: (x[0], x[1]))
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'events.jsonl')
     with open(path, 'w') as f:

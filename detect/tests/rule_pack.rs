@@ -117,6 +117,7 @@ fn the_demo_attack_story_raises_the_expected_alerts() {
         "Microsoft 365 Inbox Rule Forwards Or Redirects Mail",
         "1Password Bulk Secret Reveal By One User",
         "Salesforce Report Exported",
+        "LaunchDarkly Access Token Created",
     ] {
         assert!(
             titles.contains(expected),
