@@ -126,6 +126,7 @@ mod tests {
                 "1password-audit",
                 "m365-entra",
                 "salesforce-audit-trail",
+                "launchdarkly-audit",
                 "cloudtrail-us-east-1",
                 "workspace-login"
             ]

@@ -1,6 +1,7 @@
 //! API pollers against fake vendor APIs on loopback that replay the recorded pages of
 //! `../shared/fixtures/saas-api-pages` with the vendors' paging (Okta's and GitHub's `Link`
-//! headers, Slack's cursor, 1Password's POSTed cursor), into the real in-process bus.
+//! headers, Slack's cursor, 1Password's POSTed cursor, LaunchDarkly's `_links.next`), into the
+//! real in-process bus.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -73,6 +74,7 @@ impl FakeApi {
             Vendor::Okta | Vendor::Github => param("after"),
             Vendor::Slack => param("cursor"),
             Vendor::GoogleWorkspace => param("pageToken"),
+            Vendor::Launchdarkly => param("before"),
             Vendor::Onepassword => serde_json::from_str::<Value>(body)
                 .ok()
                 .and_then(|b| b["cursor"].as_str().map(str::to_string)),
@@ -126,6 +128,20 @@ impl FakeApi {
                     body.as_object_mut().unwrap().remove("nextPageToken");
                 } else {
                     body["nextPageToken"] = json!(cursor);
+                }
+                axum::Json(body).into_response()
+            }
+            Vendor::Launchdarkly => {
+                // The page's own links as recorded, and a next link on every page but the last.
+                let mut body = self.pages.get(n).cloned().unwrap_or(json!({"items": []}));
+                let links = body["_links"].as_object_mut().unwrap();
+                links.remove("next");
+                if n < last {
+                    links.insert(
+                        "next".into(),
+                        json!({"href": format!("/api/v2/auditlog?after=1755193754255&before=c{}&limit=20", n + 1),
+                               "type": "application/json"}),
+                    );
                 }
                 axum::Json(body).into_response()
             }
@@ -1701,4 +1717,46 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// LaunchDarkly's recorded audit log pages, newest first: the listing follows `_links.next`, the
+/// token goes alone in `Authorization`, and the next listing starts at the newest entry stored.
+#[tokio::test]
+async fn launchdarkly_listings_follow_their_next_links_then_start_at_the_newest_entry() {
+    let pages: Vec<Value> = ["audit_log_list_2.json", "audit_log_list_3.json"]
+        .iter()
+        .map(|f| {
+            let text =
+                std::fs::read_to_string(fixtures_root().join("launchdarkly").join(f)).unwrap();
+            serde_json::from_str(&text).unwrap()
+        })
+        .collect();
+    let expected = all_records(&pages, Some("items"));
+    let newest = expected
+        .iter()
+        .filter_map(|e| e["date"].as_i64())
+        .max()
+        .unwrap();
+    let s = setup(Vendor::Launchdarkly, pages).await;
+    let report = s.source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (2, expected.len()));
+    assert_eq!(s.consumer.records(), expected);
+    let seen = s.seen();
+    assert!(
+        seen[0].uri.starts_with("/api/v2/auditlog?after=") && seen[0].uri.contains("limit=20"),
+        "{seen:?}"
+    );
+    assert!(seen[1].uri.contains("before=c1"), "{seen:?}");
+    assert!(seen.iter().all(|r| r.authorization == TOKEN), "{seen:?}");
+    let cp = s.source().checkpoint().unwrap();
+    assert_eq!((cp.resume, cp.listing_since), (None, None));
+    assert_eq!(cp.since.map(|t| t.timestamp_millis()), Some(newest));
+
+    // The next listing: after the newest stored millisecond, less one (`after` is exclusive).
+    s.source().poll_once().await.unwrap();
+    let next = &s.seen()[2].uri;
+    assert!(
+        next.contains(&format!("after={}", newest - 1)) && !next.contains("before"),
+        "{next}"
+    );
 }

@@ -5,8 +5,9 @@
 //!   names the next one. Okta keeps giving a next link at the end (its polling mode), so the
 //!   checkpoint is that link; GitHub stops giving one, so the next listing starts at the newest
 //!   record time stored.
-//! - **listing** (Slack Audit Logs, Google Workspace Reports): newest first, a page cursor in the
-//!   body, a lower time bound per listing. A listing is read to its end before the lower bound
+//! - **listing** (Slack Audit Logs, Google Workspace Reports, LaunchDarkly audit log): newest
+//!   first, a page cursor in the body (LaunchDarkly's is the next page's link), a lower time bound
+//!   per listing. A listing is read to its end before the lower bound
 //!   moves up to the newest record time it held; a restart mid-way goes on with the cursor.
 //! - **cursor** (1Password Events API): `POST` with a cursor that always says where to go on.
 //!
@@ -46,6 +47,9 @@ pub enum Vendor {
     /// Salesforce REST API SOQL queries: Setup Audit Trail rows, or Event Monitoring log files
     /// (CSV) (`feed`, see `salesforce.rs`), bearer access token.
     Salesforce,
+    /// LaunchDarkly audit log: `GET /api/v2/auditlog`, newest first, the next page's link in
+    /// `_links.next.href`; the API access token as the whole `Authorization` header.
+    Launchdarkly,
 }
 
 impl Vendor {
@@ -60,6 +64,7 @@ impl Vendor {
             Vendor::M365 => "m365",
             Vendor::AwsCloudtrail => "aws_cloudtrail",
             Vendor::Salesforce => "salesforce",
+            Vendor::Launchdarkly => "launchdarkly",
         }
     }
 
@@ -67,6 +72,8 @@ impl Vendor {
     pub(crate) fn authorization(self, token: &str) -> String {
         match self {
             Vendor::Okta => format!("SSWS {token}"),
+            // LaunchDarkly takes the access token alone (`api-...`), no scheme.
+            Vendor::Launchdarkly => token.to_string(),
             _ => format!("Bearer {token}"),
         }
     }
@@ -208,6 +215,22 @@ impl Api {
                     ..PageRequest::get(url)
                 })
             }
+            Vendor::Launchdarkly => {
+                if let Some(next) = &cp.resume {
+                    return Ok(PageRequest {
+                        resumes: true,
+                        ..PageRequest::get(self.same_origin(next)?)
+                    });
+                }
+                let from = cp.listing_since.unwrap_or(since);
+                let mut url = self.join("api/v2/auditlog")?;
+                // `after` is exclusive and in milliseconds: one millisecond earlier keeps the
+                // newest stored millisecond in, as the other listings are inclusive.
+                url.query_pairs_mut()
+                    .append_pair("after", &(from.timestamp_millis() - 1).to_string())
+                    .append_pair("limit", "20");
+                Ok(PageRequest::get(url))
+            }
             Vendor::Onepassword => {
                 let url = self.join(&format!(
                     "api/v1/{}",
@@ -255,6 +278,7 @@ impl Api {
             Vendor::Slack => (list_at(&body, "entries")?, &["date_create"]),
             Vendor::GoogleWorkspace => (list_at(&body, "items")?, &["id", "time"]),
             Vendor::Onepassword => (list_at(&body, "items")?, &["timestamp"]),
+            Vendor::Launchdarkly => (list_at(&body, "items")?, &["date"]),
         };
         let newest = records
             .iter()
@@ -278,11 +302,17 @@ impl Api {
                 more = link_next.is_some() && !records.is_empty();
                 next.resume = link_next;
             }
-            Vendor::Slack | Vendor::GoogleWorkspace => {
+            Vendor::Slack | Vendor::GoogleWorkspace | Vendor::Launchdarkly => {
                 let cursor = match self.vendor {
                     Vendor::Slack => str_at(&body, &["response_metadata", "next_cursor"]),
+                    // A page past the last one is empty; its link is not followed further.
+                    Vendor::Launchdarkly if records.is_empty() => None,
+                    Vendor::Launchdarkly => str_at(&body, &["_links", "next", "href"]),
                     _ => str_at(&body, &["nextPageToken"]),
                 };
+                if let (Vendor::Launchdarkly, Some(link)) = (self.vendor, &cursor) {
+                    self.same_origin(link)?;
+                }
                 more = cursor.is_some();
                 if more {
                     // Mid-listing: its lower bound stays until the listing is read through.
