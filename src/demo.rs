@@ -180,7 +180,7 @@ fn print_alert_table(alerts: &[Alert]) {
         Column::new("SEVERITY", 13, &["severity"]),
         Column::new("SOURCE", 16, &["source"]),
         Column::new("ALERT", 54, &["title"]),
-        Column::new("ENTITY", 32, &["entity"]),
+        Column::identity("ENTITY", 32, &["entity"]),
         Column::new("COUNT", 5, &["count"]),
     ];
     let mut sorted: Vec<&Alert> = alerts.iter().collect();

@@ -108,12 +108,15 @@ impl OutputFormat {
 }
 
 /// A table column: its header, its width, and where its value is in each item's JSON; a `time`
-/// column holds an RFC 3339 time, printed `YYYY-MM-DD hh:mm:ss` (UTC).
+/// column holds an RFC 3339 time, printed `YYYY-MM-DD hh:mm:ss` (UTC); an `identity` column
+/// (users, entities) is cut in the middle, since its end tells ARNs and addresses apart
+/// (`arn:aws:sts::3141…/dana.kim@acme-corp.example`).
 pub struct Column {
     header: &'static str,
     width: usize,
     path: &'static [&'static str],
     time: bool,
+    identity: bool,
 }
 
 impl Column {
@@ -123,15 +126,25 @@ impl Column {
             width,
             path,
             time: false,
+            identity: false,
         }
     }
 
     pub const fn time(header: &'static str, width: usize, path: &'static [&'static str]) -> Self {
         Column {
-            header,
-            width,
-            path,
             time: true,
+            ..Column::new(header, width, path)
+        }
+    }
+
+    pub const fn identity(
+        header: &'static str,
+        width: usize,
+        path: &'static [&'static str],
+    ) -> Self {
+        Column {
+            identity: true,
+            ..Column::new(header, width, path)
         }
     }
 
@@ -158,7 +171,7 @@ const ALERT_COLUMNS: &[Column] = &[
     Column::new("STATUS", 14, &["alert", "status"]),
     Column::new("SOURCE", 16, &["alert", "source"]),
     Column::new("ALERT", 54, &["alert", "title"]),
-    Column::new("ENTITY", 32, &["alert", "entity"]),
+    Column::identity("ENTITY", 32, &["alert", "entity"]),
     Column::new("COUNT", 5, &["alert", "count"]),
     Column::new("ID", 32, &["alert", "id"]),
 ];
@@ -168,7 +181,7 @@ const EVENT_COLUMNS: &[Column] = &[
     Column::new("SOURCE", 16, &["event", "module"]),
     Column::new("ACTION", 40, &["event", "action"]),
     Column::new("OUTCOME", 8, &["event", "outcome"]),
-    Column::new("USER", 32, &["user", "name"]),
+    Column::identity("USER", 32, &["user", "name"]),
     Column::new("SOURCE IP", 20, &["source", "ip"]),
     Column::new("ID", 32, &["event", "id"]),
 ];
@@ -184,6 +197,21 @@ fn cut(s: &str, n: usize) -> String {
     }
 }
 
+/// `s` cut to `n` characters by an ellipsis in the middle: a quarter of the room for its start,
+/// the rest for its end.
+fn cut_middle(s: &str, n: usize) -> String {
+    let len = s.chars().count();
+    if len <= n || n < 3 {
+        return cut(s, n);
+    }
+    let head = (n - 1) / 4;
+    let tail = n - 1 - head;
+    let mut t: String = s.chars().take(head).collect();
+    t.push('…');
+    t.extend(s.chars().skip(len - tail));
+    t
+}
+
 /// `items` as aligned columns, headers first.
 pub fn write_table(
     out: &mut impl std::io::Write,
@@ -193,7 +221,15 @@ pub fn write_table(
     let line = |cell: &dyn Fn(&Column) -> String| -> String {
         let cells: Vec<String> = columns
             .iter()
-            .map(|c| format!("{:<w$}", cut(&cell(c), c.width), w = c.width))
+            .map(|c| {
+                let text = cell(c);
+                let fitted = if c.identity {
+                    cut_middle(&text, c.width)
+                } else {
+                    cut(&text, c.width)
+                };
+                format!("{fitted:<w$}", w = c.width)
+            })
             .collect();
         cells.join(" ").trim_end().to_string()
     };
@@ -273,7 +309,7 @@ const SUMMARY_RULE_COLUMNS: &[Column] = &[
 /// The summary's entity lines at a terminal.
 const SUMMARY_ENTITY_COLUMNS: &[Column] = &[
     Column::new("COUNT", 7, &["count"]),
-    Column::new("ENTITY", 60, &["entity"]),
+    Column::identity("ENTITY", 60, &["entity"]),
 ];
 
 fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json::Value> {
@@ -857,4 +893,31 @@ fn print_summary(summary: &serde_json::Value, format: OutputFormat) -> anyhow::R
     write_table(&mut out, SUMMARY_ENTITY_COLUMNS, &list("by_entity"))?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_columns_keep_the_end_that_tells_entities_apart() {
+        let arn = "arn:aws:sts::314159265358:assumed-role/AWSReservedSSO_PlatformAdmin_4f1c2d3e/dana.kim@acme-corp.example";
+        let cell = cut_middle(arn, 32);
+        assert_eq!(cell.chars().count(), 32);
+        assert_eq!(cell, "arn:aws…na.kim@acme-corp.example");
+        assert_eq!(
+            cut_middle("dana.kim@acme-corp.example", 32),
+            "dana.kim@acme-corp.example"
+        );
+        assert_eq!(cut("abcdef", 4), "abc…");
+
+        let items = [serde_json::json!({"alert": {"entity": arn, "title": "t"}})];
+        let mut out = Vec::new();
+        write_table(&mut out, ALERT_COLUMNS, &items).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("arn:aws…na.kim@acme-corp.example"),
+            "{text}"
+        );
+    }
 }
