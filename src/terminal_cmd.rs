@@ -915,9 +915,6 @@ mod tests {
         let mut out = Vec::new();
         write_table(&mut out, ALERT_COLUMNS, &items).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.contains("arn:aws…na.kim@acme-corp.example"),
-            "{text}"
-        );
+        assert!(text.contains("arn:aws…na.kim@acme-corp.example"), "{text}");
     }
 }
