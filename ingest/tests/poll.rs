@@ -1631,16 +1631,7 @@ async fn salesforce_event_log_files_are_read_as_csv_once_and_late_files_are_not_
 /// refuses makes the whole file be read again.
 #[tokio::test]
 async fn a_salesforce_log_file_is_submitted_in_batches_and_checkpointed_whole() {
-    let mut csv = String::from("EVENT_TYPE,TIMESTAMP_DERIVED,REQUEST_ID,USER_NAME\n");
-    for i in 0..20_001 {
-        csv.push_str(&format!(
-            "URI,2026-11-24T10:00:00.000Z,req-{i},dana.kim@acme-corp.example\n"
-        ));
-    }
-    let day = (chrono::Utc::now().date_naive() - chrono::Duration::days(1))
-        .format("%Y-%m-%dT00:00:00.000+0000")
-        .to_string();
-    let sf = fake_salesforce(vec![("0ATBIG".into(), day, csv)]).await;
+    let sf = fake_salesforce(vec![("0ATBIG".into(), yesterday(), uri_rows(20_001))]).await;
     let (bus, rx) = bus::channel(4);
     let consumer = Consumer::start(rx);
     // The first batch is stored, the second refused.
@@ -1666,10 +1657,7 @@ async fn a_salesforce_log_file_is_submitted_in_batches_and_checkpointed_whole() 
     assert_eq!(ids.len(), 20_001, "every row, the first batch twice");
     assert_eq!(source().checkpoint().unwrap().recent_keys.len(), 1);
     // Nothing of the download is left beside the checkpoint.
-    let left: Vec<_> = std::fs::read_dir(state.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = walk(state.path());
     assert_eq!(left.len(), 1, "{left:?}");
 }
 
@@ -1677,16 +1665,7 @@ async fn a_salesforce_log_file_is_submitted_in_batches_and_checkpointed_whole() 
 /// where it was, and no partial file left on disk (a day's file can be gigabytes).
 #[tokio::test]
 async fn a_broken_log_file_download_leaves_no_partial_file_and_no_checkpoint() {
-    let mut csv = String::from("EVENT_TYPE,TIMESTAMP_DERIVED,REQUEST_ID,USER_NAME\n");
-    for i in 0..2_000 {
-        csv.push_str(&format!(
-            "URI,2026-11-24T10:00:00.000Z,req-{i},dana.kim@acme-corp.example\n"
-        ));
-    }
-    let day = (chrono::Utc::now().date_naive() - chrono::Duration::days(1))
-        .format("%Y-%m-%dT00:00:00.000+0000")
-        .to_string();
-    let sf = fake_salesforce(vec![("0ATCUT".into(), day, csv)]).await;
+    let sf = fake_salesforce(vec![("0ATCUT".into(), yesterday(), uri_rows(2_000))]).await;
     let (bus, rx) = bus::channel(4);
     let consumer = Consumer::start(rx);
     let state = tempfile::tempdir().unwrap();
@@ -1703,6 +1682,24 @@ async fn a_broken_log_file_download_leaves_no_partial_file_and_no_checkpoint() {
             .all(|p| p.extension().is_none_or(|e| e != "download")),
         "{left:?}"
     );
+}
+
+/// An Event Monitoring log file of `n` URI rows.
+fn uri_rows(n: usize) -> String {
+    let mut csv = String::from("EVENT_TYPE,TIMESTAMP_DERIVED,REQUEST_ID,USER_NAME\n");
+    for i in 0..n {
+        csv.push_str(&format!(
+            "URI,2026-11-24T10:00:00.000Z,req-{i},dana.kim@acme-corp.example\n"
+        ));
+    }
+    csv
+}
+
+/// Yesterday's `LogDate`, as Salesforce writes it.
+fn yesterday() -> String {
+    (chrono::Utc::now().date_naive() - chrono::Duration::days(1))
+        .format("%Y-%m-%dT00:00:00.000+0000")
+        .to_string()
 }
 
 /// Every file under `dir`.

@@ -87,39 +87,46 @@ fn rewrite_leaf(leaf: UserInputLeaf, now: DateTime<Utc>) -> Result<UserInputLeaf
             field,
             lower,
             upper,
-        } if is_time_field(&field) => {
-            let lower = match lower {
-                UserInputBound::Unbounded => UserInputBound::Unbounded,
-                UserInputBound::Inclusive(a) => match read(&a, now)? {
-                    Time::Day(d) => UserInputBound::Inclusive(rfc3339(midnight(d))),
-                    Time::Instant(t) => UserInputBound::Inclusive(rfc3339(t)),
-                },
-                // After a day: from the next midnight on.
-                UserInputBound::Exclusive(a) => match read(&a, now)? {
-                    Time::Day(d) => UserInputBound::Inclusive(rfc3339(next_midnight(d))),
-                    Time::Instant(t) => UserInputBound::Exclusive(rfc3339(t)),
-                },
-            };
-            let upper = match upper {
-                UserInputBound::Unbounded => UserInputBound::Unbounded,
-                // Up to and including a day: before the next midnight.
-                UserInputBound::Inclusive(b) => match read(&b, now)? {
-                    Time::Day(d) => UserInputBound::Exclusive(rfc3339(next_midnight(d))),
-                    Time::Instant(t) => UserInputBound::Inclusive(rfc3339(t)),
-                },
-                UserInputBound::Exclusive(b) => match read(&b, now)? {
-                    Time::Day(d) => UserInputBound::Exclusive(rfc3339(midnight(d))),
-                    Time::Instant(t) => UserInputBound::Exclusive(rfc3339(t)),
-                },
-            };
-            Ok(UserInputLeaf::Range {
-                field,
-                lower,
-                upper,
-            })
-        }
+        } if is_time_field(&field) => Ok(UserInputLeaf::Range {
+            field,
+            // From a day on, or after it: from its midnight, or from the next one.
+            lower: bound(lower, now, |day, inclusive| {
+                UserInputBound::Inclusive(rfc3339(if inclusive {
+                    midnight(day)
+                } else {
+                    next_midnight(day)
+                }))
+            })?,
+            // Up to and including a day, or up to it: before the next midnight, or its own.
+            upper: bound(upper, now, |day, inclusive| {
+                UserInputBound::Exclusive(rfc3339(if inclusive {
+                    next_midnight(day)
+                } else {
+                    midnight(day)
+                }))
+            })?,
+        }),
         other => Ok(other),
     }
+}
+
+/// One range bound read as a time: a day becomes `day(date, inclusive)`, an instant keeps its
+/// side of the bound.
+fn bound(
+    b: UserInputBound,
+    now: DateTime<Utc>,
+    day: fn(NaiveDate, bool) -> UserInputBound,
+) -> Result<UserInputBound, String> {
+    let (text, inclusive) = match b {
+        UserInputBound::Unbounded => return Ok(UserInputBound::Unbounded),
+        UserInputBound::Inclusive(t) => (t, true),
+        UserInputBound::Exclusive(t) => (t, false),
+    };
+    Ok(match read(&text, now)? {
+        Time::Day(d) => day(d, inclusive),
+        Time::Instant(t) if inclusive => UserInputBound::Inclusive(rfc3339(t)),
+        Time::Instant(t) => UserInputBound::Exclusive(rfc3339(t)),
+    })
 }
 
 #[cfg(test)]
