@@ -185,6 +185,11 @@ pub struct ClassifyRuleConfig {
     /// decide; it wins over `outcome.default`.
     #[serde(default)]
     pub outcome: Option<Outcome>,
+    /// ECS fields this kind of record has beyond `[fields]`, in the same form (`"user.target.name"
+    /// = "target.name"` where only some records act on another user); a value found here wins
+    /// over `[fields]`. Not `event.action`: the rules match on it.
+    #[serde(default)]
+    pub fields: BTreeMap<String, Paths>,
 }
 
 const ECS_CATEGORIES: &[&str] = &[
@@ -473,6 +478,7 @@ struct Rule {
     category: Vec<String>,
     kind: Vec<String>,
     outcome: Option<Outcome>,
+    fields: Vec<(EcsField, Vec<FieldSource>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -566,29 +572,7 @@ impl MappingConfig {
                 ));
             }
         }
-        let mut fields = Vec::new();
-        for (name, p) in &self.fields {
-            let target = EcsField::parse(name).ok_or_else(|| {
-                format!(
-                    "fields: `{name}` is not a mappable ECS field (use one of event.action, user.name, user.email, user.id, user.target.name, user.target.email, user.target.id, source.ip, source.geo.country_iso_code, source.as.number, user_agent.original, organization.id, cloud.account.id; outcome and categories have their own sections)"
-                )
-            })?;
-            let what = format!("fields.\"{name}\"");
-            if p.as_slice().is_empty() {
-                return Err(format!("{what}: no path given"));
-            }
-            let sources = p
-                .as_slice()
-                .iter()
-                .map(|text| FieldSource::parse(text).map_err(|e| format!("{what}: {e}")))
-                .collect::<Result<Vec<_>, _>>()?;
-            if target == EcsField::AsNumber && sources.iter().any(FieldSource::is_template) {
-                return Err(format!(
-                    "{what}: a number comes from one path, not a template"
-                ));
-            }
-            fields.push((target, sources));
-        }
+        let fields = compile_fields(&self.fields, "fields")?;
         if !fields.iter().any(|(t, _)| *t == EcsField::Action) {
             return Err("fields: `event.action` must be mapped".into());
         }
@@ -645,12 +629,19 @@ impl MappingConfig {
                     pats(list)?,
                 ));
             }
+            let fields = compile_fields(&r.fields, &format!("{what}.fields"))?;
+            if fields.iter().any(|(t, _)| *t == EcsField::Action) {
+                return Err(format!(
+                    "{what}.fields: `event.action` is mapped in `[fields]` only (the rules match on it)"
+                ));
+            }
             rules.push(Rule {
                 action: pats(&r.action)?,
                 when,
                 category: r.category.clone(),
                 kind: r.kind.clone(),
                 outcome: r.outcome,
+                fields,
             });
         }
         Ok(MappingNormalizer {
@@ -666,6 +657,37 @@ impl MappingConfig {
             rules,
         })
     }
+}
+
+/// Compile ECS field name -> paths; `what` names the section in errors.
+fn compile_fields(
+    map: &BTreeMap<String, Paths>,
+    what: &str,
+) -> Result<Vec<(EcsField, Vec<FieldSource>)>, String> {
+    let mut fields = Vec::new();
+    for (name, p) in map {
+        let target = EcsField::parse(name).ok_or_else(|| {
+            format!(
+                "{what}: `{name}` is not a mappable ECS field (use one of event.action, user.name, user.email, user.id, user.target.name, user.target.email, user.target.id, source.ip, source.geo.country_iso_code, source.as.number, user_agent.original, organization.id, cloud.account.id; outcome and categories have their own sections)"
+            )
+        })?;
+        let what = format!("{what}.\"{name}\"");
+        if p.as_slice().is_empty() {
+            return Err(format!("{what}: no path given"));
+        }
+        let sources = p
+            .as_slice()
+            .iter()
+            .map(|text| FieldSource::parse(text).map_err(|e| format!("{what}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if target == EcsField::AsNumber && sources.iter().any(FieldSource::is_template) {
+            return Err(format!(
+                "{what}: a number comes from one path, not a template"
+            ));
+        }
+        fields.push((target, sources));
+    }
+    Ok(fields)
 }
 
 impl MappingNormalizer {
@@ -738,46 +760,7 @@ impl MappingNormalizer {
             ..Ecs::default()
         };
         for (target, sources) in &self.fields {
-            let Some((source, found)) = FieldSource::first(sources, raw) else {
-                if *target == EcsField::Action {
-                    return Err(NormalizeError::MissingField(sources[0].text().to_owned()));
-                }
-                continue;
-            };
-            let s = match found {
-                Found::Value(v) if *target == EcsField::AsNumber => {
-                    ecs.source_as_number = v
-                        .as_u64()
-                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
-                    continue;
-                }
-                Found::Value(v) => fields::scalar_string(v),
-                Found::Text(t) => Some(t),
-            };
-            let Some(s) = s else {
-                if *target == EcsField::Action {
-                    return Err(NormalizeError::WrongType {
-                        field: source.text().to_owned(),
-                        expected: "string",
-                    });
-                }
-                continue;
-            };
-            match target {
-                EcsField::Action => ecs.event_action = Some(s),
-                EcsField::UserName => ecs.user_name = Some(s),
-                EcsField::UserEmail => ecs.user_email = Some(s),
-                EcsField::UserId => ecs.user_id = Some(s),
-                EcsField::TargetName => ecs.user_target_name = Some(s),
-                EcsField::TargetEmail => ecs.user_target_email = Some(s),
-                EcsField::TargetId => ecs.user_target_id = Some(s),
-                EcsField::SourceIp => ecs.source_ip = fields::clean_ip(&s),
-                EcsField::Country => ecs.source_geo_country_iso_code = fields::country_iso(&s),
-                EcsField::UserAgent => ecs.user_agent_original = Some(s),
-                EcsField::OrganizationId => ecs.organization_id = Some(s),
-                EcsField::CloudAccountId => ecs.cloud_account_id = Some(s),
-                EcsField::AsNumber => {}
-            }
+            set_field(&mut ecs, *target, sources, raw)?;
         }
         let decided = self.outcome.as_ref().and_then(|o| o.decide(raw));
         let action = ecs.event_action.as_deref().unwrap_or("");
@@ -786,6 +769,9 @@ impl MappingNormalizer {
             Some(rule) => {
                 ecs.event_category = rule.category.clone();
                 ecs.event_type = rule.kind.clone();
+                for (target, sources) in &rule.fields {
+                    set_field(&mut ecs, *target, sources, raw)?;
+                }
             }
             None => ecs.event_type = vec!["info".to_owned()],
         }
@@ -796,6 +782,57 @@ impl MappingNormalizer {
         ecs.fill_related();
         Ok(ecs)
     }
+}
+
+/// Set `target` from the first of `sources` with a value in `raw`; a missing action is an error,
+/// any other missing field is left as it is.
+fn set_field(
+    ecs: &mut Ecs,
+    target: EcsField,
+    sources: &[FieldSource],
+    raw: &Value,
+) -> Result<(), NormalizeError> {
+    let Some((source, found)) = FieldSource::first(sources, raw) else {
+        if target == EcsField::Action {
+            return Err(NormalizeError::MissingField(sources[0].text().to_owned()));
+        }
+        return Ok(());
+    };
+    let s = match found {
+        Found::Value(v) if target == EcsField::AsNumber => {
+            ecs.source_as_number = v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
+            return Ok(());
+        }
+        Found::Value(v) => fields::scalar_string(v),
+        Found::Text(t) => Some(t),
+    };
+    let Some(s) = s else {
+        if target == EcsField::Action {
+            return Err(NormalizeError::WrongType {
+                field: source.text().to_owned(),
+                expected: "string",
+            });
+        }
+        return Ok(());
+    };
+    match target {
+        EcsField::Action => ecs.event_action = Some(s),
+        EcsField::UserName => ecs.user_name = Some(s),
+        EcsField::UserEmail => ecs.user_email = Some(s),
+        EcsField::UserId => ecs.user_id = Some(s),
+        EcsField::TargetName => ecs.user_target_name = Some(s),
+        EcsField::TargetEmail => ecs.user_target_email = Some(s),
+        EcsField::TargetId => ecs.user_target_id = Some(s),
+        EcsField::SourceIp => ecs.source_ip = fields::clean_ip(&s),
+        EcsField::Country => ecs.source_geo_country_iso_code = fields::country_iso(&s),
+        EcsField::UserAgent => ecs.user_agent_original = Some(s),
+        EcsField::OrganizationId => ecs.organization_id = Some(s),
+        EcsField::CloudAccountId => ecs.cloud_account_id = Some(s),
+        EcsField::AsNumber => {}
+    }
+    Ok(())
 }
 
 impl OutcomeRule {
@@ -954,6 +991,45 @@ type = ["start"]
                 "{template}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn classify_rules_set_the_fields_of_their_kind_of_record() {
+        let text = format!(
+            "{MINIMAL}\n[[classify]]\nwhen = {{ \"kind\" = [\"member\"] }}\ncategory = [\"iam\"]\ntype = [\"user\", \"change\"]\n\
+             fields = {{ \"user.target.name\" = \"target.name\", \"user.email\" = \"member.email\" }}\n"
+        );
+        let m = MappingNormalizer::from_toml(&text, Path::new("acme.toml")).expect("valid");
+        let member = json!({"acme_event": "role_changed", "when": 1700000000, "kind": "member",
+                            "target": {"name": "Dana Kim"}, "who": {"email": "it@acme.test"}, "member": {"email": "lee@acme.test"}});
+        let ecs = m.ecs(&member).expect("normalizes");
+        assert_eq!(ecs.event_category, vec!["iam"]);
+        assert_eq!(ecs.user_target_name.as_deref(), Some("Dana Kim"));
+        // A value the rule finds wins over `[fields]`, and lands in related.user.
+        assert_eq!(ecs.user_email.as_deref(), Some("lee@acme.test"));
+        assert!(
+            ecs.related_user.iter().any(|u| u == "Dana Kim"),
+            "{:?}",
+            ecs.related_user
+        );
+        // Another kind of record keeps `[fields]` alone, even with the same keys present.
+        let flag = json!({"acme_event": "flag_changed", "when": 1700000000, "kind": "flag",
+                          "target": {"name": "new-checkout"}, "who": {"email": "it@acme.test"}});
+        let ecs = m.ecs(&flag).expect("normalizes");
+        assert_eq!(ecs.user_target_name, None);
+        assert_eq!(ecs.user_email.as_deref(), Some("it@acme.test"));
+        // The action is resolved before the rules run, so a rule cannot set it.
+        let bad = text.replace(
+            "fields = { \"user.target.name\"",
+            "fields = { \"event.action\" = \"x\", \"user.target.name\"",
+        );
+        let err = MappingNormalizer::from_toml(&bad, Path::new("acme.toml"))
+            .expect_err("event.action in a rule")
+            .to_string();
+        assert!(
+            err.contains("classify[1].fields") && err.contains("event.action"),
+            "{err}"
+        );
     }
 
     #[test]
