@@ -1735,10 +1735,17 @@ async fn launchdarkly_listings_follow_their_next_links_then_start_at_the_newest_
         .max()
         .unwrap();
     let s = setup(Vendor::Launchdarkly, pages).await;
+    // `perimeter poll-check` first: the first page, nothing stored, no checkpoint.
+    let probe = s.source().probe().await.unwrap();
+    assert_eq!((probe.records, probe.more), (3, true), "{probe:?}");
+    assert!(!probe.url.contains(TOKEN), "{}", probe.url);
+    assert!(s.consumer.taken.lock().unwrap().is_empty());
+    assert_eq!(s.source().checkpoint().unwrap(), Checkpoint::default());
+    let probed = s.seen().len();
     let report = s.source().poll_once().await.unwrap();
     assert_eq!((report.pages, report.records), (2, expected.len()));
     assert_eq!(s.consumer.records(), expected);
-    let seen = s.seen();
+    let seen = s.seen()[probed..].to_vec();
     assert!(
         seen[0].uri.starts_with("/api/v2/auditlog?after=") && seen[0].uri.contains("limit=20"),
         "{seen:?}"
@@ -1751,7 +1758,7 @@ async fn launchdarkly_listings_follow_their_next_links_then_start_at_the_newest_
 
     // The next listing: after the newest stored millisecond, less one (`after` is exclusive).
     s.source().poll_once().await.unwrap();
-    let next = &s.seen()[2].uri;
+    let next = &s.seen()[probed + 2].uri;
     assert!(
         next.contains(&format!("after={}", newest - 1)) && !next.contains("before"),
         "{next}"
