@@ -11,7 +11,7 @@
 //! - one instant, `@timestamp:"2026-11-24T10:00:00Z"`, is the range of that instant alone (the
 //!   field is a fast field, which tantivy searches by range only: the term was refused).
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use perimeter_model::parse_time_bound;
 use tantivy::query_grammar::{UserInputAst, UserInputBound, UserInputLeaf};
 
@@ -47,6 +47,12 @@ enum Time {
 fn read(text: &str, now: DateTime<Utc>) -> Result<Time, String> {
     let t = text.trim();
     if let Ok(day) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        // The last representable day has no next midnight to end at.
+        if day.succ_opt().is_none() {
+            return Err(format!(
+                "`{TIMESTAMP_FIELD}`: `{t}` reaches outside the representable time range"
+            ));
+        }
         return Ok(Time::Day(day));
     }
     parse_time_bound(t, now)
@@ -58,8 +64,9 @@ fn midnight(day: NaiveDate) -> DateTime<Utc> {
     day.and_time(chrono::NaiveTime::MIN).and_utc()
 }
 
+/// Midnight after `day`; [`read`] refuses the one day without one.
 fn next_midnight(day: NaiveDate) -> DateTime<Utc> {
-    midnight(day) + TimeDelta::days(1)
+    midnight(day.succ_opt().unwrap_or(day))
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -196,5 +203,15 @@ mod tests {
         let e = rewrite_times(parse_query("@timestamp:>yesterday").unwrap(), now()).unwrap_err();
         assert!(e.contains("`yesterday` is not a time"), "{e}");
         assert!(e.contains("now-15m"), "{e}");
+        // The ends of the calendar are errors, not a panic.
+        let last = NaiveDate::MAX.format("%Y-%m-%d").to_string();
+        for q in [
+            format!("@timestamp:{last}"),
+            format!("@timestamp:[* TO {last}]"),
+            "@timestamp:>now-99999999999w".to_string(),
+        ] {
+            let ast = parse_query(&q).unwrap_or_else(|_| panic!("{q} parses"));
+            assert!(rewrite_times(ast, now()).is_err(), "{q}");
+        }
     }
 }
