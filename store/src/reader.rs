@@ -132,6 +132,12 @@ impl Store {
         parser.set_conjunction_by_default();
         // For IP ranges and CIDR blocks (`ip_query`); a regex typed by the user stays refused.
         parser.allow_regexes();
+        let depth = nesting(q);
+        if depth > MAX_QUERY_NESTING {
+            return Err(StoreError::InvalidQuery(format!(
+                "the query nests {depth} levels deep (parentheses and NOT / - / + in a row); at most {MAX_QUERY_NESTING}"
+            )));
+        }
         let ast = tantivy::query_grammar::parse_query(q)
             .map_err(|_| StoreError::InvalidQuery(format!("syntax error in query `{q}`")))?;
         if has_regex(&ast) {
@@ -483,9 +489,86 @@ fn with_everything_but(ast: UserInputAst) -> UserInputAst {
     }
 }
 
+/// Deepest nesting [`nesting`] lets through to the parser. Analysts' queries nest a few levels.
+const MAX_QUERY_NESTING: usize = 64;
+
+/// How deeply `q` nests: open parentheses plus the prefix operators in a row before an operand
+/// (`NOT NOT a`, `-(-a)`), outside quoted phrases. tantivy's grammar and the rewrites recurse
+/// once per level: `NOT ` written 500 times (2 KB) overflowed the stack of the API worker
+/// thread, which aborts the whole service.
+fn nesting(q: &str) -> usize {
+    let b = q.as_bytes();
+    let (mut parens, mut prefix, mut deepest) = (0usize, 0usize, 0usize);
+    let mut in_phrase = false;
+    // Whether the next byte starts a token (the start, after a space, `(` or a prefix operator).
+    let mut token_start = true;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if in_phrase {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_phrase = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        let starts = token_start;
+        token_start = false;
+        match c {
+            b'"' => {
+                in_phrase = true;
+                prefix = 0;
+            }
+            b'(' => {
+                parens += 1;
+                token_start = true;
+            }
+            b')' => {
+                parens = parens.saturating_sub(1);
+                prefix = 0;
+            }
+            b'-' | b'+' if starts => {
+                prefix += 1;
+                token_start = true;
+            }
+            b'N' if starts
+                && b[i..].starts_with(b"NOT")
+                && b.get(i + 3)
+                    .is_none_or(|n| n.is_ascii_whitespace() || matches!(n, b'(' | b'-' | b'+')) =>
+            {
+                prefix += 1;
+                i += 2;
+            }
+            c if c.is_ascii_whitespace() => token_start = true,
+            _ => prefix = 0,
+        }
+        deepest = deepest.max(parens + prefix);
+        i += 1;
+    }
+    deepest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_counts_parentheses_and_prefix_operators_in_a_row() {
+        assert_eq!(nesting("user.name:alice"), 0);
+        assert_eq!(nesting("a AND NOT b AND NOT c AND -d"), 1);
+        assert_eq!(nesting("NOT NOT a"), 2);
+        assert_eq!(nesting("-(-(a))"), 4);
+        assert_eq!(nesting("((a OR b) AND c)"), 2);
+        // Inside words and phrases nothing nests.
+        assert_eq!(nesting("acme-corp NOTICE \"((( NOT NOT\" x-y"), 0);
+        assert_eq!(nesting(&"NOT ".repeat(500)), 500);
+        assert_eq!(
+            nesting(&format!("{}a{}", "(".repeat(70), ")".repeat(70))),
+            70
+        );
+    }
 
     #[test]
     fn negations_keep_their_meaning() {

@@ -734,6 +734,26 @@ fn invalid_queries_and_cursors_are_invalid_query_errors() {
     ] {
         assert_invalid_query(&store, bad);
     }
+    // Nesting thousands deep overflowed the stack of the thread parsing it (the service's
+    // worker thread: the whole process aborted); now it is refused before parsing.
+    for bad in [
+        format!("{}alice", "NOT ".repeat(2_000)),
+        format!("{}alice", "-".repeat(2_000)),
+        format!("{}alice{}", "(".repeat(5_000), ")".repeat(5_000)),
+    ] {
+        assert_invalid_query(&store, &bad);
+    }
+    // A flat query with many exclusions is no nesting.
+    let many_nots = (0..200)
+        .map(|i| format!("NOT user.name:u{i}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let q = EventQuery {
+        query: many_nots,
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(store.search_events("acme", &q).unwrap().items.len(), 1);
     // A vendor field name says how to search its value instead, and which fields exist.
     let q = EventQuery {
         query: "actor.alternateId:alice".into(),
