@@ -271,7 +271,7 @@ impl DestinationStore {
         }
         if let Some(why) = crate::egress::literal_refusal(&parsed, self.allow_private) {
             return Err(DestinationError::Invalid(format!(
-                "alerts are not sent to {why}"
+                "alerts are not sent there: {why}"
             )));
         }
         let mut all = self.lock();
@@ -595,7 +595,7 @@ async fn deliver(
         .ok()
         .and_then(|url| crate::egress::literal_refusal(&url, status.allow_private));
     if let Some(why) = refused {
-        let error = format!("alerts are not sent to {why}");
+        let error = format!("alerts are not sent there: {why}");
         tracing::warn!(destination = %destination.id, %error, "alert delivery refused");
         status.record(&destination.id, DeliveryEvent::TryFailed(&error));
         metrics.inc(

@@ -1253,7 +1253,10 @@ fn bad_requests_are_4xx_json_never_500() {
     // Nested 500 deep (2 KB, under the length limit): this overflowed the worker thread's
     // stack and aborted the server. Refused now, and the server answers on.
     assert_error(
-        get(&format!("/api/v1/events/search?q={}a", "NOT%20".repeat(500))),
+        get(&format!(
+            "/api/v1/events/search?q={}a",
+            "NOT%20".repeat(500)
+        )),
         400,
         "invalid_query",
     );
