@@ -184,6 +184,13 @@ async fn note(seen: &Mutex<Vec<Seen>>, request: Request, with_method: bool) -> S
     noted
 }
 
+/// A noted `METHOD target` without its method, and the target's path alone.
+fn request_target(noted: &str) -> (String, String) {
+    let uri = noted.split_once(' ').map_or(noted, |(_, u)| u).to_string();
+    let path = uri.split('?').next().unwrap_or_default().to_string();
+    (uri, path)
+}
+
 async fn serve(State(api): State<Arc<FakeApi>>, request: Request) -> Response {
     let Seen { uri, body, .. } = note(&api.seen, request, false).await;
     if let Some((status, headers)) = api.failures.lock().unwrap().pop_front() {
@@ -665,10 +672,7 @@ async fn serve_m365(State(api): State<Arc<FakeM365>>, request: Request) -> Respo
         authorization,
         body,
     } = note(&api.seen, request, true).await;
-    let uri = uri
-        .split_once(' ')
-        .map_or(uri.clone(), |(_, u)| u.to_string());
-    let path = uri.split('?').next().unwrap_or_default().to_string();
+    let (uri, path) = request_target(&uri);
     if path == "/t-1/oauth2/v2.0/token" {
         if !body.contains("client_secret=m365-secret") {
             return (StatusCode::UNAUTHORIZED, "{}").into_response();
@@ -1344,10 +1348,7 @@ async fn serve_salesforce(State(sf): State<Arc<FakeSalesforce>>, request: Reques
         authorization,
         body,
     } = note(&sf.seen, request, true).await;
-    let uri = uri
-        .split_once(' ')
-        .map_or(uri.clone(), |(_, u)| u.to_string());
-    let path = uri.split('?').next().unwrap_or_default().to_string();
+    let (uri, path) = request_target(&uri);
     if path == "/services/oauth2/token" {
         if !body.contains("grant_type=client_credentials")
             || !body.contains("client_secret=sf-secret")

@@ -124,6 +124,12 @@ impl Store {
         if q.is_empty() || q == "*" {
             return Ok(Box::new(AllQuery));
         }
+        let depth = nesting(q);
+        if depth > MAX_QUERY_NESTING {
+            return Err(StoreError::InvalidQuery(format!(
+                "the query nests {depth} levels deep (parentheses and NOT / - / + in a row); at most {MAX_QUERY_NESTING}"
+            )));
+        }
         let mut parser = QueryParser::new(
             self.schema.schema.clone(),
             vec![self.schema.all],
@@ -132,12 +138,6 @@ impl Store {
         parser.set_conjunction_by_default();
         // For IP ranges and CIDR blocks (`ip_query`); a regex typed by the user stays refused.
         parser.allow_regexes();
-        let depth = nesting(q);
-        if depth > MAX_QUERY_NESTING {
-            return Err(StoreError::InvalidQuery(format!(
-                "the query nests {depth} levels deep (parentheses and NOT / - / + in a row); at most {MAX_QUERY_NESTING}"
-            )));
-        }
         let ast = tantivy::query_grammar::parse_query(q)
             .map_err(|_| StoreError::InvalidQuery(format!("syntax error in query `{q}`")))?;
         if has_regex(&ast) {
