@@ -126,14 +126,7 @@ pub fn parse_time_bound(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Ti
         .ok_or_else(unrecognised)?;
     let (digits, unit) = offset.split_at(split);
     let n: i64 = digits.parse().map_err(|_| unrecognised())?;
-    let seconds_per_unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(unrecognised()),
-    };
+    let seconds_per_unit = unit_seconds(unit).ok_or_else(unrecognised)?;
     n.checked_mul(seconds_per_unit)
         .and_then(chrono::TimeDelta::try_seconds)
         .and_then(|d| {
@@ -144,6 +137,42 @@ pub fn parse_time_bound(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Ti
             }
         })
         .ok_or_else(|| TimeBoundError::OutOfRange(s.to_string()))
+}
+
+/// Seconds in one of the units analysts type after a number: `s`, `m`, `h`, `d`, `w`.
+fn unit_seconds(unit: &str) -> Option<i64> {
+    match unit {
+        "s" => Some(1),
+        "m" => Some(60),
+        "h" => Some(3_600),
+        "d" => Some(86_400),
+        "w" => Some(604_800),
+        _ => None,
+    }
+}
+
+/// Why a duration given by a person (`--histogram 1h`, `?interval=`) was refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("`{0}` is not a duration: use a whole number and a unit, s, m, h, d or w (30s, 5m, 1h, 1d, 1w)")]
+pub struct DurationError(pub String);
+
+/// A duration as an analyst types it, in seconds: a positive whole number and a unit of
+/// [`parse_time_bound`]'s (`30s`, `15m`, `1h`, `1d`, `1w`).
+pub fn parse_duration(s: &str) -> Result<i64, DurationError> {
+    let t = s.trim();
+    let refused = || DurationError(s.to_string());
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(refused)?;
+    let (digits, unit) = t.split_at(split);
+    let n: i64 = digits.parse().map_err(|_| refused())?;
+    let seconds = n
+        .checked_mul(unit_seconds(unit).ok_or_else(refused)?)
+        .ok_or_else(refused)?;
+    // Past a thousand years nothing is measured in it; the bound keeps every product of a
+    // duration and a timestamp in range.
+    if seconds <= 0 || seconds > 1_000 * 366 * 86_400 {
+        return Err(refused());
+    }
+    Ok(seconds)
 }
 
 fn from_epoch_int(i: i64) -> Result<DateTime<Utc>, TimestampError> {
@@ -180,6 +209,20 @@ fn from_epoch_float(f: f64) -> Result<DateTime<Utc>, TimestampError> {
 mod tests {
     use super::*;
     use sonic_rs::json;
+
+    #[test]
+    fn durations_as_analysts_type_them() {
+        assert_eq!(parse_duration("30s"), Ok(30));
+        assert_eq!(parse_duration(" 5m "), Ok(300));
+        assert_eq!(parse_duration("1h"), Ok(3_600));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        assert_eq!(parse_duration("1w"), Ok(604_800));
+        for bad in ["", "h", "1", "0m", "-1h", "1.5h", "1 h", "1y", "99999999999999999999s", "1000000w"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert_eq!(e, DurationError(bad.to_string()), "{bad}");
+            assert!(e.to_string().contains("30s, 5m, 1h"), "{e}");
+        }
+    }
 
     fn rfc(v: crate::RawJson) -> String {
         parse_timestamp(&v)

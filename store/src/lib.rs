@@ -14,7 +14,7 @@
 //! - bad queries and bad cursors are [`StoreError::InvalidQuery`], never a panic.
 //!
 //! Entry points: [`Store::open`], [`Store::write_batch`], [`Store::search_events`],
-//! [`Store::get_event`], [`Store::list_alerts`], [`Store::update_alert`],
+//! [`Store::event_histogram`], [`Store::get_event`], [`Store::list_alerts`], [`Store::update_alert`],
 //! [`Store::apply_retention`].
 
 mod alerts;
@@ -24,6 +24,7 @@ mod config;
 mod doc_text;
 mod error;
 mod fuzzy;
+pub mod histogram;
 mod ip_query;
 mod journal;
 pub mod layout;
@@ -43,6 +44,10 @@ pub use alerts::{
 pub use compaction::CompactionReport;
 pub use config::{RetentionRule, StoreConfig};
 pub use error::{Result, StoreError};
+pub use histogram::{
+    EventHistogram, EventHistogramQuery, HistogramBucket, AUTO_HISTOGRAM_BUCKETS,
+    MAX_HISTOGRAM_BUCKETS,
+};
 pub use reader::{EventQuery, EventSort};
 pub use retention::RetentionReport;
 pub use store::{lock_data_dir, Store, StoreBatch, StoreStats, WriteAck, WriteFailure, LOCK_FILE};

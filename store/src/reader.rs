@@ -14,6 +14,9 @@ use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};
 use crate::catch_all::{map_leaves, rewrite_catch_all_phrases};
 use crate::fuzzy::rewrite_fuzzy;
+use crate::histogram::{
+    Buckets, EventHistogram, EventHistogramQuery, HistogramCollector, AUTO_INTERVAL_WITHOUT_DATA,
+};
 use crate::ip_query::rewrite_ip_ranges;
 use crate::store::{read, write, Store};
 use crate::tantivy_sink::{
@@ -199,31 +202,7 @@ impl Store {
             Bound::Unbounded => chrono::NaiveDate::MAX,
         });
 
-        let ts_field = self.schema.timestamp;
-        let term_of = |micros: i64| {
-            let dt = DateTime::from_timestamp_micros(micros).unwrap_or_default();
-            Term::from_field_date_for_search(ts_field, to_tantivy_date(dt))
-        };
-        let lower_bound = lower
-            .map(|l| Bound::Included(term_of(l)))
-            .unwrap_or(Bound::Unbounded);
-        let upper_bound = match upper {
-            Some(Bound::Included(u)) => Bound::Included(term_of(u)),
-            Some(Bound::Excluded(u)) => Bound::Excluded(term_of(u)),
-            _ => Bound::Unbounded,
-        };
-        let query: Box<dyn Query> = if matches!(
-            (&lower_bound, &upper_bound),
-            (Bound::Unbounded, Bound::Unbounded)
-        ) {
-            user_query
-        } else {
-            let range: Box<dyn Query> = Box::new(RangeQuery::new(lower_bound, upper_bound));
-            Box::new(BooleanQuery::new(vec![
-                (Occur::Must, user_query),
-                (Occur::Must, range),
-            ]))
-        };
+        let query = self.within_time(user_query, lower, upper);
 
         let mut hits: Vec<(EventKey, serde_json::Value)> = Vec::new();
         let mut indexes = self.tenant_indexes(tenant);
@@ -283,6 +262,123 @@ impl Store {
             items: hits.into_iter().map(|(_, v)| v).collect(),
             next_cursor,
         })
+    }
+
+    /// `user_query` restricted to `@timestamp >= lower` and below `upper` (microseconds).
+    fn within_time(
+        &self,
+        user_query: Box<dyn Query>,
+        lower: Option<i64>,
+        upper: Option<Bound<i64>>,
+    ) -> Box<dyn Query> {
+        let ts_field = self.schema.timestamp;
+        let term_of = |micros: i64| {
+            let dt = DateTime::from_timestamp_micros(micros).unwrap_or_default();
+            Term::from_field_date_for_search(ts_field, to_tantivy_date(dt))
+        };
+        let lower_bound = lower
+            .map(|l| Bound::Included(term_of(l)))
+            .unwrap_or(Bound::Unbounded);
+        let upper_bound = match upper {
+            Some(Bound::Included(u)) => Bound::Included(term_of(u)),
+            Some(Bound::Excluded(u)) => Bound::Excluded(term_of(u)),
+            _ => Bound::Unbounded,
+        };
+        if matches!(
+            (&lower_bound, &upper_bound),
+            (Bound::Unbounded, Bound::Unbounded)
+        ) {
+            return user_query;
+        }
+        let range: Box<dyn Query> = Box::new(RangeQuery::new(lower_bound, upper_bound));
+        Box::new(BooleanQuery::new(vec![
+            (Occur::Must, user_query),
+            (Occur::Must, range),
+        ]))
+    }
+
+    /// How many of one tenant's events a search matches, per interval of time (see
+    /// [`crate::histogram`]). Bad queries and intervals are [`StoreError::InvalidQuery`].
+    pub fn event_histogram(&self, tenant: &str, q: &EventHistogramQuery) -> Result<EventHistogram> {
+        let user_query = self.parse_event_query(&q.query)?;
+        if let (Some(f), Some(t)) = (q.from, q.to) {
+            if f >= t {
+                return Err(StoreError::InvalidQuery(
+                    "`from` must be before `to`".into(),
+                ));
+            }
+        }
+        if q.interval_seconds.is_some_and(|i| i <= 0) {
+            return Err(StoreError::InvalidQuery(
+                "the interval must be at least one second".into(),
+            ));
+        }
+        let (from_day, to_day) = (
+            q.from.map(|f| f.date_naive()),
+            q.to.map(|t| t.date_naive()),
+        );
+        let indexes: Vec<_> = self
+            .tenant_indexes(tenant)
+            .into_iter()
+            .filter(|idx| {
+                !(from_day.is_some_and(|f| idx.day < f) || to_day.is_some_and(|t| idx.day > t))
+            })
+            .collect();
+        let searchers: Vec<_> = indexes.iter().map(|idx| idx.reader.searcher()).collect();
+        // An open end of the range ends where the stored events do (each segment's time
+        // column knows its oldest and newest), so the buckets span the data, not whole days.
+        let mut stored: Option<(i64, i64)> = None;
+        for searcher in &searchers {
+            for seg in searcher.segment_readers() {
+                if seg.num_docs() == 0 {
+                    continue;
+                }
+                let Ok(col) = seg.fast_fields().date(TIMESTAMP_FIELD) else {
+                    continue;
+                };
+                let (lo, hi) = (
+                    col.min_value().into_timestamp_micros().div_euclid(1_000_000),
+                    col.max_value().into_timestamp_micros().div_euclid(1_000_000) + 1,
+                );
+                stored = Some(stored.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+            }
+        }
+        let from = q.from.map(|f| f.timestamp());
+        // `to` is exclusive: a fraction of a second past it still belongs to its second.
+        let to = q.to.map(|t| t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0));
+        let (start, end) = match (from, to, stored) {
+            (Some(f), Some(t), _) => (f, t),
+            (Some(f), None, Some((_, hi))) => (f, hi.max(f + 1)),
+            (None, Some(t), Some((lo, _))) => (lo.min(t - 1), t),
+            (None, None, Some(span)) => span,
+            // Nothing stored, and an open end: no bucket to show.
+            (_, _, None) => {
+                let interval = q.interval_seconds.unwrap_or(AUTO_INTERVAL_WITHOUT_DATA);
+                return Ok(Buckets {
+                    first: 0,
+                    interval,
+                    len: 0,
+                }
+                .histogram(Vec::new(), false, false));
+            }
+        };
+        let buckets = Buckets::covering(start, end, q.interval_seconds)?;
+        let query = self.within_time(
+            user_query,
+            q.from.map(|f| f.timestamp_micros()),
+            q.to.map(|t| Bound::Excluded(t.timestamp_micros())),
+        );
+        let collector = HistogramCollector { buckets };
+        let mut counts = vec![0u64; buckets.len];
+        for searcher in &searchers {
+            let part = searcher
+                .search(&query, &collector)
+                .map_err(query_shape_error)?;
+            for (c, p) in counts.iter_mut().zip(part) {
+                *c += p;
+            }
+        }
+        Ok(buckets.histogram(counts, q.from.is_none(), q.to.is_none()))
     }
 
     fn stored_output(&self, doc: &TantivyDocument) -> Result<serde_json::Value> {

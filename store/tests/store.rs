@@ -1801,3 +1801,116 @@ fn timestamp_terms_take_days_and_relative_times_as_the_time_parameters_do() {
     assert_invalid_query(&store, "@timestamp:>yesterday");
     assert_invalid_query(&store, "@timestamp:[2026-11-20 TO soon]");
 }
+
+#[test]
+fn histograms_count_what_the_search_finds_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    // acme: failures (odd n) and successes over two days, with a quiet hour between; globex
+    // has events in the same hours that acme must never count.
+    let mut events = Vec::new();
+    for (n, at) in [
+        ts(20, 22, 5),
+        ts(20, 22, 40),
+        ts(20, 23, 59),
+        ts(21, 1, 0),
+        ts(21, 1, 30),
+        ts(21, 1, 59),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        events.push(event("acme", "okta", at, "dana", "user.session.start", n as u64));
+        events.push(event("globex", "okta", at, "eve", "user.session.start", n as u64));
+    }
+    // Written in two batches: the counts add up over segments and over day indexes.
+    let later = events.split_off(6);
+    store.write_batch(&batch(events)).unwrap();
+    store.write_batch(&batch(later)).unwrap();
+    let histogram = |query: &str, from, to, interval| {
+        store
+            .event_histogram(
+                "acme",
+                &perimeter_store::EventHistogramQuery {
+                    query: query.into(),
+                    from,
+                    to,
+                    interval_seconds: interval,
+                },
+            )
+            .unwrap()
+    };
+    let counts = |h: &perimeter_store::EventHistogram| -> Vec<(String, u64)> {
+        h.buckets
+            .iter()
+            .map(|b| (b.start.format("%d %H:%M").to_string(), b.count))
+            .collect()
+    };
+    let pairs = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|(s, c)| (s.to_string(), *c)).collect()
+    };
+
+    // Open ends: from the first event's hour to the last one's, the quiet hour as a zero.
+    let h = histogram("*", None, None, Some(3_600));
+    assert_eq!(h.total, 6);
+    assert_eq!(h.interval_seconds, 3_600);
+    assert_eq!(
+        counts(&h),
+        pairs(&[("20 22:00", 2), ("20 23:00", 1), ("21 00:00", 0), ("21 01:00", 3)])
+    );
+    // The search narrows the counts exactly as it narrows the hits.
+    let failures = histogram("event.outcome:failure", None, None, Some(3_600));
+    let found = search_all(&store, "acme", "event.outcome:failure", 100).len() as u64;
+    assert_eq!((failures.total, found), (3, 3));
+    assert_eq!(
+        counts(&failures),
+        pairs(&[("20 22:00", 1), ("20 23:00", 0), ("21 00:00", 0), ("21 01:00", 2)])
+    );
+    // Given bounds are kept, empty buckets included; `to` is exclusive.
+    let h = histogram(
+        "*",
+        Some(ts(20, 21, 0)),
+        Some(ts(21, 1, 30)),
+        Some(3_600),
+    );
+    assert_eq!(h.total, 4);
+    assert_eq!(
+        counts(&h),
+        pairs(&[
+            ("20 21:00", 0),
+            ("20 22:00", 2),
+            ("20 23:00", 1),
+            ("21 00:00", 0),
+            ("21 01:00", 1)
+        ])
+    );
+    // No interval: a round one, at most 100 buckets over the events' span (about 4 hours).
+    let auto = histogram("*", None, None, None);
+    assert_eq!((auto.total, auto.interval_seconds), (6, 300));
+    assert!(auto.buckets.len() <= 100 && auto.buckets.len() > 40, "{}", auto.buckets.len());
+    assert_eq!(auto.buckets.iter().map(|b| b.count).sum::<u64>(), 6);
+    // A tenant with nothing stored: no buckets, no error.
+    let none = store
+        .event_histogram("initech", &perimeter_store::EventHistogramQuery::default())
+        .unwrap();
+    assert_eq!((none.total, none.buckets.len()), (0, 0));
+    // Refused: too many buckets, a bad query, an empty range.
+    for (q, from, to, interval) in [
+        ("*", Some(ts(1, 0, 0)), Some(ts(30, 0, 0)), Some(1)),
+        ("event.action:(", None, None, None),
+        ("*", Some(ts(21, 0, 0)), Some(ts(20, 0, 0)), None),
+    ] {
+        let e = store
+            .event_histogram(
+                "acme",
+                &perimeter_store::EventHistogramQuery {
+                    query: q.into(),
+                    from,
+                    to,
+                    interval_seconds: interval,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, StoreError::InvalidQuery(_)), "{q}: {e}");
+    }
+}
