@@ -256,6 +256,18 @@ pub struct SearchArgs {
     /// newest (default) or oldest first (a timeline, to read what happened in order).
     #[arg(long, value_parser = ["newest", "oldest"])]
     pub sort: Option<String>,
+    /// Counts instead of events: how many events the query matches per interval of time, and
+    /// the total (`--histogram 1h`, `--histogram 5m`; units s, m, h, d, w). `--histogram`
+    /// alone picks a round interval giving at most 100 buckets. Buckets start on the hour (day,
+    /// minute) in UTC; at most 1000 of them.
+    #[arg(
+        long,
+        value_name = "INTERVAL",
+        num_args = 0..=1,
+        default_missing_value = "auto",
+        conflicts_with = "sort"
+    )]
+    pub histogram: Option<String>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -737,6 +749,9 @@ fn print_items(
 }
 
 pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(interval) = &args.histogram {
+        return histogram(config, &args, interval);
+    }
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
         let query = Some(args.query.clone());
         server_items(
@@ -773,6 +788,94 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
         })?
     };
     print_items(&items, "events", args.target.format, EVENT_COLUMNS)
+}
+
+/// `perimeter search --histogram`: the counts from a server or the data directory, printed.
+fn histogram(
+    config: &PerimeterConfig,
+    args: &SearchArgs,
+    interval: &str,
+) -> anyhow::Result<ExitCode> {
+    let interval = (interval != "auto").then(|| interval.to_string());
+    let body = if args.target.server.is_some() {
+        let query = Some(args.query.clone());
+        let params = query_string(&[
+            ("q", &query),
+            ("from", &args.from),
+            ("to", &args.to),
+            ("interval", &interval),
+        ]);
+        get_json(&args.target, &format!("/events/histogram?{params}"))?
+    } else {
+        let interval_seconds = interval
+            .as_deref()
+            .map(perimeter_model::parse_duration)
+            .transpose()?;
+        let (store, tenant) = local_store(&args.target, config)?;
+        let h = store.event_histogram(
+            &tenant,
+            &perimeter_store::EventHistogramQuery {
+                query: args.query.clone(),
+                from: parse_time(&args.from)?,
+                to: parse_time(&args.to)?,
+                interval_seconds,
+            },
+        )?;
+        serde_json::to_value(h)?
+    };
+    print_histogram(&body, args.target.format)
+}
+
+/// Widest bar of a histogram at a terminal.
+const HISTOGRAM_BAR_WIDTH: u64 = 50;
+
+/// A histogram: one JSON document, or at a terminal a line per bucket with a bar.
+fn print_histogram(body: &serde_json::Value, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    if !format.is_table(&stdout) {
+        say_json(body)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let buckets = body["buckets"].as_array().cloned().unwrap_or_default();
+    let interval = body["interval_seconds"].as_i64().unwrap_or(0);
+    writeln!(
+        out,
+        "{} events, {} buckets of {}",
+        body["total"],
+        buckets.len(),
+        duration_text(interval)
+    )?;
+    let max = buckets
+        .iter()
+        .filter_map(|b| b["count"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let time = Column::time("", 19, &["start"]);
+    for b in &buckets {
+        let count = b["count"].as_u64().unwrap_or(0);
+        // Any bucket with events shows at least one mark, so a lone event is not invisible.
+        let width = if count == 0 {
+            0
+        } else {
+            (count * HISTOGRAM_BAR_WIDTH).div_ceil(max.max(1))
+        };
+        let bar = "#".repeat(width as usize);
+        writeln!(out, "{}  {count:>9}  {bar}", time.cell(b))?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds as the largest unit that divides them: `600` is `10m`, `86400` is `1d`.
+fn duration_text(seconds: i64) -> String {
+    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if seconds >= size && seconds % size == 0 {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
 }
 
 pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<ExitCode> {
@@ -898,6 +1001,21 @@ fn print_summary(summary: &serde_json::Value, format: OutputFormat) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_print_in_the_largest_unit_that_divides_them() {
+        for (seconds, text) in [
+            (30, "30s"),
+            (90, "90s"),
+            (600, "10m"),
+            (10_800, "3h"),
+            (86_400, "1d"),
+            (1_209_600, "2w"),
+        ] {
+            assert_eq!(duration_text(seconds), text);
+            assert_eq!(perimeter_model::parse_duration(text), Ok(seconds));
+        }
+    }
 
     #[test]
     fn identity_columns_keep_the_end_that_tells_entities_apart() {

@@ -344,6 +344,68 @@ fn demo_finds_the_attack_and_stores_it() {
             .all(|l| l.starts_with("2026-11-24 ") && l.contains(" okta ")),
         "{table}"
     );
+    // Counts per interval: as many as the search finds, in buckets starting on the hour.
+    let okta_events = json_lines(&perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--limit",
+            "5000",
+            "event.module:okta",
+        ],
+        None,
+    ))
+    .len();
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--histogram",
+            "1h",
+            "event.module:okta",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let histogram: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(histogram["total"], okta_events, "{histogram}");
+    assert_eq!(histogram["interval_seconds"], 3600);
+    let buckets = histogram["buckets"].as_array().unwrap();
+    let summed: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(summed as usize, okta_events);
+    assert!(buckets
+        .iter()
+        .all(|b| b["start"].as_str().unwrap().ends_with(":00:00Z")));
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--histogram",
+            "--format",
+            "table",
+            "*",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("2629 events, "), "{text}");
+    assert!(
+        text.lines().skip(1).any(|l| l.ends_with(&"#".repeat(50))),
+        "{text}"
+    );
+    let out = perimeter(&["search", "--data-dir", d, "--histogram", "1s", "*"], None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("at most 1000"), "{}", stderr(&out));
+    let out = perimeter(
+        &["search", "--data-dir", d, "--histogram", "hourly", "*"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
+
     let out = perimeter(&["alerts", "--data-dir", d, "--format", "table"], None);
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -469,6 +531,20 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         &["demo", "--no-serve", "--data-dir", data.to_str().unwrap()],
         None,
     );
+    // The server's histogram is the data directory's.
+    let histogram_args = ["search", "--histogram", "30m", "event.outcome:failure"];
+    let served_histogram = perimeter(
+        &[
+            &histogram_args[..],
+            &["--server", server, "--token", &token],
+        ]
+        .concat(),
+        None,
+    );
+    let local_histogram = perimeter(
+        &[&histogram_args[..], &["--data-dir", data.to_str().unwrap()]].concat(),
+        None,
+    );
     let still_served = reqwest::blocking::Client::new()
         .get(format!("{url}/alerts"))
         .bearer_auth(&token)
@@ -512,6 +588,15 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         .map(|e| e["event"]["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 1500, "distinct events over two pages");
+    assert!(
+        served_histogram.status.success(),
+        "{}",
+        stderr(&served_histogram)
+    );
+    let served: serde_json::Value = serde_json::from_slice(&served_histogram.stdout).unwrap();
+    let local: serde_json::Value = serde_json::from_slice(&local_histogram.stdout).unwrap();
+    assert_eq!(served, local);
+    assert!(served["total"].as_u64().unwrap() > 40, "{served}");
     let rules = body["rules"].as_array().expect("rules list");
     assert!(rules.len() >= 100, "{} rules listed", rules.len());
 }

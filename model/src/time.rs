@@ -153,7 +153,9 @@ fn unit_seconds(unit: &str) -> Option<i64> {
 
 /// Why a duration given by a person (`--histogram 1h`, `?interval=`) was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[error("`{0}` is not a duration: use a whole number and a unit, s, m, h, d or w (30s, 5m, 1h, 1d, 1w)")]
+#[error(
+    "`{0}` is not a duration: use a whole number and a unit, s, m, h, d or w (30s, 5m, 1h, 1d, 1w)"
+)]
 pub struct DurationError(pub String);
 
 /// A duration as an analyst types it, in seconds: a positive whole number and a unit of
@@ -217,7 +219,18 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(3_600));
         assert_eq!(parse_duration("2d"), Ok(172_800));
         assert_eq!(parse_duration("1w"), Ok(604_800));
-        for bad in ["", "h", "1", "0m", "-1h", "1.5h", "1 h", "1y", "99999999999999999999s", "1000000w"] {
+        for bad in [
+            "",
+            "h",
+            "1",
+            "0m",
+            "-1h",
+            "1.5h",
+            "1 h",
+            "1y",
+            "99999999999999999999s",
+            "1000000w",
+        ] {
             let e = parse_duration(bad).unwrap_err();
             assert_eq!(e, DurationError(bad.to_string()), "{bad}");
             assert!(e.to_string().contains("30s, 5m, 1h"), "{e}");

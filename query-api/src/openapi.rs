@@ -54,6 +54,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(alerts::alert_summary))
         .routes(routes!(alerts::get_alert, alerts::update_alert))
         .routes(routes!(events::search_events))
+        .routes(routes!(events::event_histogram))
         .routes(routes!(events::export_events))
         .routes(routes!(events::get_event))
         .routes(routes!(events::list_dead_letters))

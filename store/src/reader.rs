@@ -313,10 +313,7 @@ impl Store {
                 "the interval must be at least one second".into(),
             ));
         }
-        let (from_day, to_day) = (
-            q.from.map(|f| f.date_naive()),
-            q.to.map(|t| t.date_naive()),
-        );
+        let (from_day, to_day) = (q.from.map(|f| f.date_naive()), q.to.map(|t| t.date_naive()));
         let indexes: Vec<_> = self
             .tenant_indexes(tenant)
             .into_iter()
@@ -337,15 +334,21 @@ impl Store {
                     continue;
                 };
                 let (lo, hi) = (
-                    col.min_value().into_timestamp_micros().div_euclid(1_000_000),
-                    col.max_value().into_timestamp_micros().div_euclid(1_000_000) + 1,
+                    col.min_value()
+                        .into_timestamp_micros()
+                        .div_euclid(1_000_000),
+                    col.max_value()
+                        .into_timestamp_micros()
+                        .div_euclid(1_000_000)
+                        + 1,
                 );
                 stored = Some(stored.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
             }
         }
         let from = q.from.map(|f| f.timestamp());
         // `to` is exclusive: a fraction of a second past it still belongs to its second.
-        let to = q.to.map(|t| t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0));
+        let to =
+            q.to.map(|t| t.timestamp() + i64::from(t.timestamp_subsec_nanos() > 0));
         let (start, end) = match (from, to, stored) {
             (Some(f), Some(t), _) => (f, t),
             (Some(f), None, Some((_, hi))) => (f, hi.max(f + 1)),

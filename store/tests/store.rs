@@ -1820,8 +1820,22 @@ fn histograms_count_what_the_search_finds_per_interval() {
     .into_iter()
     .enumerate()
     {
-        events.push(event("acme", "okta", at, "dana", "user.session.start", n as u64));
-        events.push(event("globex", "okta", at, "eve", "user.session.start", n as u64));
+        events.push(event(
+            "acme",
+            "okta",
+            at,
+            "dana",
+            "user.session.start",
+            n as u64,
+        ));
+        events.push(event(
+            "globex",
+            "okta",
+            at,
+            "eve",
+            "user.session.start",
+            n as u64,
+        ));
     }
     // Written in two batches: the counts add up over segments and over day indexes.
     let later = events.split_off(6);
@@ -1856,7 +1870,12 @@ fn histograms_count_what_the_search_finds_per_interval() {
     assert_eq!(h.interval_seconds, 3_600);
     assert_eq!(
         counts(&h),
-        pairs(&[("20 22:00", 2), ("20 23:00", 1), ("21 00:00", 0), ("21 01:00", 3)])
+        pairs(&[
+            ("20 22:00", 2),
+            ("20 23:00", 1),
+            ("21 00:00", 0),
+            ("21 01:00", 3)
+        ])
     );
     // The search narrows the counts exactly as it narrows the hits.
     let failures = histogram("event.outcome:failure", None, None, Some(3_600));
@@ -1864,15 +1883,15 @@ fn histograms_count_what_the_search_finds_per_interval() {
     assert_eq!((failures.total, found), (3, 3));
     assert_eq!(
         counts(&failures),
-        pairs(&[("20 22:00", 1), ("20 23:00", 0), ("21 00:00", 0), ("21 01:00", 2)])
+        pairs(&[
+            ("20 22:00", 1),
+            ("20 23:00", 0),
+            ("21 00:00", 0),
+            ("21 01:00", 2)
+        ])
     );
     // Given bounds are kept, empty buckets included; `to` is exclusive.
-    let h = histogram(
-        "*",
-        Some(ts(20, 21, 0)),
-        Some(ts(21, 1, 30)),
-        Some(3_600),
-    );
+    let h = histogram("*", Some(ts(20, 21, 0)), Some(ts(21, 1, 30)), Some(3_600));
     assert_eq!(h.total, 4);
     assert_eq!(
         counts(&h),
@@ -1887,7 +1906,11 @@ fn histograms_count_what_the_search_finds_per_interval() {
     // No interval: a round one, at most 100 buckets over the events' span (about 4 hours).
     let auto = histogram("*", None, None, None);
     assert_eq!((auto.total, auto.interval_seconds), (6, 300));
-    assert!(auto.buckets.len() <= 100 && auto.buckets.len() > 40, "{}", auto.buckets.len());
+    assert!(
+        auto.buckets.len() <= 100 && auto.buckets.len() > 40,
+        "{}",
+        auto.buckets.len()
+    );
     assert_eq!(auto.buckets.iter().map(|b| b.count).sum::<u64>(), 6);
     // A tenant with nothing stored: no buckets, no error.
     let none = store

@@ -108,6 +108,99 @@ pub async fn search_events(
     }))
 }
 
+/// Parameters of `GET /events/histogram`. Unknown parameters are refused.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventHistogramParams {
+    /// The search whose events are counted, as `q` of `GET /events/search`; absent means all
+    /// events.
+    pub q: Option<String>,
+    /// Count events at or after this time (the first bucket holds it): RFC 3339, a date or
+    /// relative (`now-24h`). Absent: from the oldest stored event.
+    pub from: Option<String>,
+    /// Count events before this time (exclusive). Absent: up to the newest stored event.
+    pub to: Option<String>,
+    /// Bucket width: a whole number and a unit, `s`, `m`, `h`, `d` or `w` (`30s`, `5m`, `1h`,
+    /// `1d`). Absent: the smallest of 1s, 5s, 10s, 30s, 1m, 5m, 10m, 30m, 1h, 3h, 6h, 12h, 1d,
+    /// 1w giving at most 100 buckets. At most 1000 buckets either way.
+    pub interval: Option<String>,
+}
+
+/// How many events a search matches per interval of time, with the total.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventHistogramBody {
+    /// Matching events in the time range.
+    pub total: u64,
+    /// The bucket width in seconds.
+    pub interval_seconds: i64,
+    /// Consecutive buckets, oldest first, empty ones included. Buckets start at multiples of
+    /// the interval since the Unix epoch (hours on the hour, days at midnight UTC). Without
+    /// `from` (`to`), they start (end) with the first (last) bucket holding an event.
+    pub buckets: Vec<HistogramBucketBody>,
+}
+
+/// One bucket of [`EventHistogramBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistogramBucketBody {
+    /// Start of the interval, RFC 3339 UTC (inclusive).
+    pub start: String,
+    /// Matching events in `[start, start + interval)`.
+    pub count: u64,
+}
+
+/// Count the events a search matches, interval by interval: when something started, whether
+/// it goes on. Only the time column of matching events is read.
+#[utoipa::path(get, path = "/events/histogram", tag = "events", params(EventHistogramParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Matching events per interval", body = EventHistogramBody),
+        (status = 400, description = "Bad query syntax, time, interval, or more than 1000 buckets", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    ))]
+pub async fn event_histogram(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(params): ApiQuery<EventHistogramParams>,
+) -> Result<Json<EventHistogramBody>, ApiError> {
+    let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
+    let interval_seconds = params
+        .interval
+        .as_deref()
+        .map(|i| {
+            perimeter_model::parse_duration(i)
+                .map_err(|e| ApiError::invalid_parameter(format!("`interval`: {e}")))
+        })
+        .transpose()?;
+    let query = perimeter_store::EventHistogramQuery {
+        query: query_text.to_string(),
+        from,
+        to,
+        interval_seconds,
+    };
+    state.audit(
+        &auth.0,
+        "events.histogram",
+        None,
+        json!({"q": query_text, "from": params.from, "to": params.to, "interval": params.interval}),
+    )?;
+    let store = state.store.clone();
+    let tenant = auth.tenant().to_string();
+    let histogram = blocking(move || store.event_histogram(&tenant, &query)).await??;
+    Ok(Json(EventHistogramBody {
+        total: histogram.total,
+        interval_seconds: histogram.interval_seconds,
+        buckets: histogram
+            .buckets
+            .into_iter()
+            .map(|b| HistogramBucketBody {
+                start: b.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                count: b.count,
+            })
+            .collect(),
+    }))
+}
+
 /// One event by id. Another tenant's id answers 404.
 #[utoipa::path(get, path = "/events/{id}", tag = "events",
     params(("id" = String, Path, description = "Event id")),

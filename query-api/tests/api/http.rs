@@ -135,6 +135,7 @@ fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
             Some(json!({"note": "looking"})),
         ),
         (Method::GET, "/api/v1/events/search?q=alice".into(), None),
+        (Method::GET, "/api/v1/events/histogram?q=alice".into(), None),
         (
             Method::GET,
             "/api/v1/events/export?max_events=1".into(),
@@ -946,6 +947,74 @@ fn event_search_and_lookup() {
 }
 
 #[test]
+fn event_histograms_count_the_tenants_matches_per_interval() {
+    let api = TestApi::start();
+    let counts = |body: &Value| -> Vec<(String, u64)> {
+        body["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["start"].as_str().unwrap().to_string(),
+                    b["count"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // acme's six events at 10:01-10:03, 10:15, 10:16 and 10:25, in ten-minute buckets.
+    let all = api.get_json("/api/v1/events/histogram?interval=10m", ACME, Role::Viewer);
+    assert_eq!(all["total"], 6, "{all}");
+    assert_eq!(all["interval_seconds"], 600);
+    assert_eq!(
+        counts(&all),
+        [
+            ("2024-05-01T10:00:00Z".to_string(), 3),
+            ("2024-05-01T10:10:00Z".to_string(), 2),
+            ("2024-05-01T10:20:00Z".to_string(), 1),
+        ]
+    );
+    // A search and given bounds: alice's failures minute by minute, globex's events (at
+    // 10:04 and 10:05) not counted, the empty minutes at both ends kept.
+    let alice = api.get_json(
+        "/api/v1/events/histogram?q=alice&interval=1m&from=2024-05-01T10:00:00Z&to=2024-05-01T10:05:00Z",
+        ACME,
+        Role::Viewer,
+    );
+    let minutes: Vec<u64> = counts(&alice).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(minutes, [0, 1, 1, 1, 0], "{alice}");
+    assert_eq!(alice["total"], 3);
+    let globex = api.get_json("/api/v1/events/histogram", GLOBEX, Role::Viewer);
+    assert_eq!(globex["total"], 2, "{globex}");
+
+    for (path, code) in [
+        (
+            "/api/v1/events/histogram?interval=soon",
+            "invalid_parameter",
+        ),
+        ("/api/v1/events/histogram?interval=0m", "invalid_parameter"),
+        (
+            "/api/v1/events/histogram?interval=1s&from=2024-01-01&to=2024-06-01",
+            "invalid_query",
+        ),
+        ("/api/v1/events/histogram?q=event.action:(", "invalid_query"),
+        (
+            "/api/v1/events/histogram?from=tomorrow",
+            "invalid_parameter",
+        ),
+        ("/api/v1/events/histogram?bucket=1h", "invalid_parameter"),
+    ] {
+        assert_error(api.get(path, ACME, Role::Viewer), 400, code);
+    }
+    let audit = api.get_json("/api/v1/audit", ACME, Role::Admin);
+    assert!(audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "events.histogram" && e["details"]["interval"] == "1m"));
+}
+
+#[test]
 fn dead_letters_are_listed_for_the_tenant() {
     let api = TestApi::start();
     let body = api.get_json("/api/v1/dead-letters?limit=10", ACME, Role::Viewer);
@@ -1468,6 +1537,7 @@ fn openapi_document_and_router_agree() {
         ("GET", "/api/v1/alerts/{id}"),
         ("PATCH", "/api/v1/alerts/{id}"),
         ("GET", "/api/v1/events/search"),
+        ("GET", "/api/v1/events/histogram"),
         ("GET", "/api/v1/events/export"),
         ("GET", "/api/v1/events/{id}"),
         ("GET", "/api/v1/dead-letters"),
