@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use perimeter_model::{Ecs, Event, Outcome, RawRecord};
-use perimeter_store::{EventQuery, Store, StoreBatch, StoreConfig};
+use perimeter_store::{EventHistogramQuery, EventQuery, Store, StoreBatch, StoreConfig};
 use serde_json::{json, Value};
 
 /// Builds one random query of a kind.
@@ -468,6 +468,59 @@ fn main() {
         pct(&all, 0.99),
         all.len()
     );
+
+    // Histograms (`GET /events/histogram`): every matching event's time is read, so the cost
+    // grows with the matches, not the page size. Not part of the search figures above.
+    type HistogramMaker = Box<dyn Fn(&mut Rng) -> EventHistogramQuery>;
+    let histograms: Vec<(&str, HistogramMaker)> = vec![
+        (
+            "all events, auto interval",
+            Box::new(|_| EventHistogramQuery {
+                query: "*".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "failures, 1h buckets",
+            Box::new(|_| EventHistogramQuery {
+                query: "event.outcome:failure".into(),
+                interval_seconds: Some(3_600),
+                ..Default::default()
+            }),
+        ),
+        (
+            "one user, 7 days, 1h",
+            Box::new(move |r: &mut Rng| {
+                let from = start
+                    + chrono::Duration::days(r.below(days.saturating_sub(7).max(1) as u64) as i64);
+                EventHistogramQuery {
+                    query: format!("user.name:user{}", r.below(5000)),
+                    from: Some(from),
+                    to: Some(from + chrono::Duration::days(7)),
+                    interval_seconds: Some(3_600),
+                }
+            }),
+        ),
+    ];
+    println!("histograms (tenant acme, {queries} per kind):");
+    for (name, make) in &histograms {
+        let mut times = Vec::with_capacity(queries);
+        let mut counted = 0;
+        for _ in 0..queries {
+            let query = make(&mut rng);
+            let t0 = Instant::now();
+            let h = store.event_histogram("acme", &query).expect("histogram");
+            times.push(t0.elapsed());
+            counted += h.total;
+        }
+        times.sort();
+        println!(
+            "  {name:<26} p50 {:>7.2} ms  p99 {:>7.2} ms  (avg {:.0} events counted)",
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            counted as f64 / queries as f64
+        );
+    }
 }
 
 fn q(query: &str, range: Option<(DateTime<Utc>, DateTime<Utc>)>) -> EventQuery {

@@ -81,6 +81,23 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_histograms_are_answered_or_refused(
+        q in ".{0,30}",
+        from in "(now-[0-9]{1,6}[smhdw]|[0-9]{4}-[0-9]{2}-[0-9]{2}|.{0,12})",
+        to in "(now|now\\+[0-9]{1,6}[smhdw]|[0-9]{1,13}|.{0,12})",
+        interval in "([0-9]{0,14}[smhdwy]?|.{0,8})",
+    ) {
+        thread_local!(static H: Harness = Harness::new());
+        H.with(|h| {
+            let uri = format!(
+                "/api/v1/events/histogram?q={}&from={}&to={}&interval={}",
+                percent_encode(&q), percent_encode(&from), percent_encode(&to), percent_encode(&interval)
+            );
+            h.check("GET", &uri, Vec::new()).map(|_| ())
+        })?;
+    }
+
+    #[test]
     fn arbitrary_alert_filters_are_answered_or_refused(
         key in "[a-z_]{1,10}", value in ".{0,40}", sort in "(newest|oldest|severity|.{0,8})"
     ) {
