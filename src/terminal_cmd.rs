@@ -831,13 +831,10 @@ const HISTOGRAM_BAR_WIDTH: u64 = 50;
 
 /// A histogram: one JSON document, or at a terminal a line per bucket with a bar.
 fn print_histogram(body: &serde_json::Value, format: OutputFormat) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
-    let stdout = std::io::stdout();
-    if !format.is_table(&stdout) {
-        say_json(body)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    print_document(body, format, |out| write_histogram(out, body))
+}
+
+fn write_histogram(out: &mut impl std::io::Write, body: &serde_json::Value) -> std::io::Result<()> {
     let buckets = body["buckets"].as_array().cloned().unwrap_or_default();
     let interval = body["interval_seconds"].as_i64().unwrap_or(0);
     writeln!(
@@ -864,6 +861,23 @@ fn print_histogram(body: &serde_json::Value, format: OutputFormat) -> anyhow::Re
         let bar = "#".repeat(width as usize);
         writeln!(out, "{}  {count:>9}  {bar}", time.cell(b))?;
     }
+    Ok(())
+}
+
+/// One JSON document (`body`), or at a terminal what `table` writes of it.
+fn print_document(
+    body: &serde_json::Value,
+    format: OutputFormat,
+    table: impl FnOnce(&mut std::io::BufWriter<std::io::StdoutLock<'static>>) -> std::io::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    if !format.is_table(&stdout) {
+        say_json(body)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    table(&mut out)?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
@@ -961,13 +975,13 @@ fn local_alert_query(args: &AlertsArgs) -> anyhow::Result<perimeter_store::Alert
 /// An alert summary: one JSON document, or at a terminal (`--format table`) the counts and
 /// the busiest rules and entities as tables.
 fn print_summary(summary: &serde_json::Value, format: OutputFormat) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
-    let stdout = std::io::stdout();
-    if !format.is_table(&stdout) {
-        say_json(summary)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    print_document(summary, format, |out| write_summary(out, summary))
+}
+
+fn write_summary(
+    out: &mut impl std::io::Write,
+    summary: &serde_json::Value,
+) -> std::io::Result<()> {
     let counts = |key: &str| -> String {
         summary[key]
             .as_object()
@@ -991,11 +1005,9 @@ fn print_summary(summary: &serde_json::Value, format: OutputFormat) -> anyhow::R
     writeln!(out, "  by status:   {}", counts("by_status"))?;
     let list = |key: &str| summary[key].as_array().cloned().unwrap_or_default();
     writeln!(out)?;
-    write_table(&mut out, SUMMARY_RULE_COLUMNS, &list("by_rule"))?;
+    write_table(out, SUMMARY_RULE_COLUMNS, &list("by_rule"))?;
     writeln!(out)?;
-    write_table(&mut out, SUMMARY_ENTITY_COLUMNS, &list("by_entity"))?;
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    write_table(out, SUMMARY_ENTITY_COLUMNS, &list("by_entity"))
 }
 
 #[cfg(test)]
