@@ -14,9 +14,10 @@
 //! - bad queries and bad cursors are [`StoreError::InvalidQuery`], never a panic.
 //!
 //! Entry points: [`Store::open`], [`Store::write_batch`], [`Store::search_events`],
-//! [`Store::event_histogram`], [`Store::get_event`], [`Store::list_alerts`], [`Store::update_alert`],
+//! [`Store::event_histogram`], [`Store::source_activity`], [`Store::get_event`], [`Store::list_alerts`], [`Store::update_alert`],
 //! [`Store::apply_retention`].
 
+mod activity;
 mod alerts;
 pub mod catch_all;
 mod compaction;
@@ -37,6 +38,7 @@ pub mod tantivy_sink;
 mod time_query;
 mod wildcard;
 
+pub use activity::SourceActivity;
 pub use alerts::{
     AlertChange, AlertQuery, AlertRecord, AlertSort, AlertSummary, AlertUpdate, EntityCount, Note,
     Page, RuleCount, MAX_PAGE_LIMIT,

@@ -114,7 +114,8 @@ fn decode_cursor(sort: EventSort, c: &str) -> Result<EventKey> {
 }
 
 impl Store {
-    fn tenant_indexes(&self, tenant: &str) -> Vec<Arc<DayIndex>> {
+    /// The tenant's day indexes, newest day first.
+    pub(crate) fn tenant_indexes(&self, tenant: &str) -> Vec<Arc<DayIndex>> {
         let map = read(&self.indexes);
         let range = (tenant.to_string(), chrono::NaiveDate::MIN)
             ..=(tenant.to_string(), chrono::NaiveDate::MAX);

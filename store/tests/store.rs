@@ -1937,3 +1937,40 @@ fn histograms_count_what_the_search_finds_per_interval() {
         assert!(matches!(e, StoreError::InvalidQuery(_)), "{q}: {e}");
     }
 }
+
+#[test]
+fn source_activity_names_each_sources_newest_event_and_its_last_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let now = ts(21, 12, 0);
+    // okta: busy until an hour ago (two days of events); github: silent for three days;
+    // slack: one event inside the last 24 hours, one just outside. globex's okta is newer
+    // and must not show up in acme's view.
+    let events = vec![
+        event("acme", "okta", ts(20, 9, 0), "dana", "a", 1),
+        event("acme", "okta", ts(20, 13, 0), "dana", "a", 2),
+        event("acme", "okta", ts(21, 0, 30), "dana", "a", 3),
+        event("acme", "okta", ts(21, 11, 0), "dana", "a", 4),
+        event("acme", "github", ts(18, 12, 0), "dana", "a", 5),
+        event("acme", "slack", ts(20, 11, 59), "dana", "a", 6),
+        event("acme", "slack", ts(20, 12, 1), "dana", "a", 7),
+        event("globex", "okta", ts(21, 11, 59), "eve", "a", 8),
+        event("globex", "zoom", ts(21, 11, 0), "eve", "a", 9),
+    ];
+    store.write_batch(&batch(events)).unwrap();
+    let got: Vec<(String, DateTime<Utc>, u64)> = store
+        .source_activity("acme", now)
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.source, a.newest_event, a.events_24h))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("github".to_string(), ts(18, 12, 0), 0),
+            ("okta".to_string(), ts(21, 11, 0), 3),
+            ("slack".to_string(), ts(20, 12, 1), 1),
+        ]
+    );
+    assert!(store.source_activity("initech", now).unwrap().is_empty());
+}
