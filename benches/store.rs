@@ -521,6 +521,25 @@ fn main() {
             counted as f64 / queries as f64
         );
     }
+
+    // `GET /sources`: each source's newest event and 24-hour count (reads the newest day
+    // index's `event.module` postings and time column).
+    let mut times = Vec::new();
+    let mut listed = 0;
+    for _ in 0..queries.clamp(1, 20) {
+        let t0 = Instant::now();
+        listed = store
+            .source_activity("acme", Utc::now())
+            .expect("sources")
+            .len();
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    println!(
+        "source activity ({listed} sources): p50 {:.2} ms  p99 {:.2} ms",
+        pct(&times, 0.5),
+        pct(&times, 0.99)
+    );
 }
 
 fn q(query: &str, range: Option<(DateTime<Utc>, DateTime<Utc>)>) -> EventQuery {

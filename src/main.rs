@@ -72,6 +72,9 @@ enum Command {
     Alerts(terminal_cmd::AlertsArgs),
     /// List the newest input that could not be used (line, reason, masked excerpt).
     DeadLetters(terminal_cmd::DeadLettersArgs),
+    /// List each source's newest stored event, how long it has been quiet and its events of
+    /// the last 24 hours: an integration that stopped sending is a blind spot.
+    Sources(terminal_cmd::SourcesArgs),
     /// Check the `[[poll]]` tables of the config: fetch the page each would read next (nothing is
     /// stored, no checkpoint moves) and say what came back, so a token or URL is known good
     /// before `perimeter run`. Exit 1 if any failed.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
             Command::Search(args) => terminal_cmd::search(&config, args),
             Command::Alerts(args) => terminal_cmd::alerts(&config, args),
             Command::DeadLetters(args) => terminal_cmd::dead_letters(&config, args),
+            Command::Sources(args) => terminal_cmd::sources(&config, args),
             Command::PollCheck(args) => poll_cmd::poll_check(&config, args),
             Command::Triage(args) => terminal_cmd::triage(args),
         }

@@ -449,6 +449,88 @@ pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::
     )
 }
 
+#[derive(clap::Args)]
+pub struct SourcesArgs {
+    /// Only the sources quiet for at least this long (`30m`, `6h`, `2d`), and exit code 1 when
+    /// there is any: `perimeter sources --silent-for 6h || <alert someone>` in a cron job.
+    #[arg(long, value_name = "DURATION", value_parser = parse_silence)]
+    pub silent_for: Option<i64>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn parse_silence(s: &str) -> Result<i64, String> {
+    perimeter_model::parse_duration(s).map_err(|e| e.to_string())
+}
+
+const SOURCE_COLUMNS: &[Column] = &[
+    Column::new("SOURCE", 26, &["source"]),
+    Column::time("NEWEST EVENT (UTC)", 20, &["newest_event"]),
+    Column::new("SILENT FOR", 12, &["silent_for"]),
+    Column::new("EVENTS (24H)", 12, &["events_24h"]),
+];
+
+/// `perimeter sources`: each source's newest event and how long it has been quiet, from a data
+/// directory or a running server.
+pub fn sources(config: &PerimeterConfig, args: SourcesArgs) -> anyhow::Result<ExitCode> {
+    let mut items: Vec<serde_json::Value> = if args.target.server.is_some() {
+        let body = get_json(&args.target, "/sources")?;
+        body["items"].as_array().cloned().unwrap_or_default()
+    } else {
+        let (store, tenant) = local_store(&args.target, config)?;
+        let now = chrono::Utc::now();
+        store
+            .source_activity(&tenant, now)?
+            .into_iter()
+            .map(|a| {
+                serde_json::json!({
+                    "source": a.source,
+                    "newest_event": a.newest_event.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "silent_seconds": (now - a.newest_event).num_seconds().max(0),
+                    "events_24h": a.events_24h,
+                })
+            })
+            .collect()
+    };
+    let silent = |item: &serde_json::Value| item["silent_seconds"].as_i64().unwrap_or(0);
+    if let Some(at_least) = args.silent_for {
+        items.retain(|item| silent(item) >= at_least);
+    }
+    let stdout = std::io::stdout();
+    if args.target.format.is_table(&stdout) {
+        for item in &mut items {
+            item["silent_for"] = serde_json::Value::String(rough_duration(silent(item)));
+        }
+    }
+    print_items(&items, "sources", args.target.format, SOURCE_COLUMNS)?;
+    Ok(if args.silent_for.is_some() && !items.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Seconds as a person reads a span: the two largest units (`3d 4h`, `2h 5m`, `12m`, `40s`).
+fn rough_duration(seconds: i64) -> String {
+    let units = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+    let mut parts = Vec::new();
+    let mut rest = seconds.max(0);
+    for (unit, size) in units {
+        if rest >= size || (parts.is_empty() && size == 1) {
+            parts.push(format!("{}{unit}", rest / size));
+            rest %= size;
+        } else if !parts.is_empty() {
+            // A zero between two units still counts as one of the two.
+            parts.push(String::new());
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.join(" ")
+}
+
 /// `perimeter rules list`'s columns at a terminal.
 const RULE_COLUMNS: &[Column] = &[
     Column::new("ON", 5, &["enabled"]),
@@ -1013,6 +1095,22 @@ fn write_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quiet_spans_read_in_their_two_largest_units() {
+        for (seconds, text) in [
+            (0, "0s"),
+            (40, "40s"),
+            (125, "2m 5s"),
+            (3_600, "1h"),
+            (7_500, "2h 5m"),
+            (86_400 + 59, "1d"),
+            (3 * 86_400 + 4 * 3_600 + 59, "3d 4h"),
+            (-5, "0s"),
+        ] {
+            assert_eq!(rough_duration(seconds), text, "{seconds}");
+        }
+    }
 
     #[test]
     fn intervals_print_in_the_largest_unit_that_divides_them() {

@@ -406,6 +406,44 @@ fn demo_finds_the_attack_and_stores_it() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
 
+    // Each source's newest event is the newest its search finds; `--silent-for` keeps the
+    // quiet ones and says so in the exit code (the demo day is in the past: all are quiet).
+    let out = perimeter(&["sources", "--data-dir", d], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sources = json_lines(&out);
+    assert!(sources.len() >= 8, "{sources:?}");
+    for s in &sources {
+        let name = s["source"].as_str().unwrap();
+        let newest = json_lines(&perimeter(
+            &[
+                "search",
+                "--data-dir",
+                d,
+                "--limit",
+                "1",
+                &format!("event.module:{name}"),
+            ],
+            None,
+        ));
+        let newest_time = newest[0]["@timestamp"].as_str().unwrap();
+        assert_eq!(
+            s["newest_event"].as_str().unwrap(),
+            format!("{}Z", &newest_time[..19]),
+            "{name}"
+        );
+        assert!(s["silent_seconds"].as_i64().unwrap() > 86_400, "{s}");
+        assert_eq!(s["events_24h"], 0, "{s}");
+    }
+    let quiet = perimeter(&["sources", "--data-dir", d, "--silent-for", "1h"], None);
+    assert_eq!(quiet.status.code(), Some(1), "{}", stderr(&quiet));
+    assert_eq!(json_lines(&quiet).len(), sources.len());
+    let none = perimeter(
+        &["sources", "--data-dir", d, "--silent-for", "100000d"],
+        None,
+    );
+    assert!(none.status.success(), "{}", stderr(&none));
+    assert!(json_lines(&none).is_empty());
+
     let out = perimeter(&["alerts", "--data-dir", d, "--format", "table"], None);
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -545,6 +583,8 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         &[&histogram_args[..], &["--data-dir", data.to_str().unwrap()]].concat(),
         None,
     );
+    let served_sources = perimeter(&["sources", "--server", server, "--token", &token], None);
+    let local_sources = perimeter(&["sources", "--data-dir", data.to_str().unwrap()], None);
     let still_served = reqwest::blocking::Client::new()
         .get(format!("{url}/alerts"))
         .bearer_auth(&token)
@@ -597,6 +637,22 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
     let local: serde_json::Value = serde_json::from_slice(&local_histogram.stdout).unwrap();
     assert_eq!(served, local);
     assert!(served["total"].as_u64().unwrap() > 40, "{served}");
+    let without_age = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        json_lines(out)
+            .into_iter()
+            .map(|mut s| {
+                s.as_object_mut().unwrap().remove("silent_seconds");
+                s
+            })
+            .collect()
+    };
+    assert!(
+        served_sources.status.success(),
+        "{}",
+        stderr(&served_sources)
+    );
+    assert_eq!(without_age(&served_sources), without_age(&local_sources));
+    assert!(without_age(&served_sources).len() >= 8);
     let rules = body["rules"].as_array().expect("rules list");
     assert!(rules.len() >= 100, "{} rules listed", rules.len());
 }

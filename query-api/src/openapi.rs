@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{admin, alerts, destinations, events, health, rules};
+use crate::routes::{admin, alerts, destinations, events, health, rules, sources};
 use crate::state::AppState;
 
 /// Prefix of the versioned API.
@@ -58,6 +58,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(events::export_events))
         .routes(routes!(events::get_event))
         .routes(routes!(events::list_dead_letters))
+        .routes(routes!(sources::list_sources))
         .routes(routes!(rules::list_rules))
         .routes(routes!(rules::switch_rule))
         .routes(routes!(rules::test_rule))

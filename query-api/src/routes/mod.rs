@@ -7,6 +7,7 @@ pub mod destinations;
 pub mod events;
 pub mod health;
 pub mod rules;
+pub mod sources;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

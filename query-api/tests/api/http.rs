@@ -143,6 +143,7 @@ fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
         ),
         (Method::GET, format!("/api/v1/events/{event_id}"), None),
         (Method::GET, "/api/v1/dead-letters".into(), None),
+        (Method::GET, "/api/v1/sources".into(), None),
         (Method::GET, "/api/v1/rules".into(), None),
         (
             Method::PATCH,
@@ -1015,6 +1016,44 @@ fn event_histograms_count_the_tenants_matches_per_interval() {
 }
 
 #[test]
+fn sources_show_each_sources_newest_event_for_the_tenant() {
+    let api = TestApi::start();
+    let body = api.get_json("/api/v1/sources", ACME, Role::Viewer);
+    let items = body["items"].as_array().unwrap();
+    let summary: Vec<(&str, &str, u64)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["source"].as_str().unwrap(),
+                i["newest_event"].as_str().unwrap(),
+                i["events_24h"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // acme's okta events end at 10:25 and its github events at 10:16, long ago.
+    assert_eq!(
+        summary,
+        [
+            ("github", "2024-05-01T10:16:00Z", 0),
+            ("okta", "2024-05-01T10:25:00Z", 0),
+        ],
+        "{body}"
+    );
+    let silent = items[1]["silent_seconds"].as_i64().unwrap();
+    let expected = (chrono::Utc::now() - t(25)).num_seconds();
+    assert!((expected - silent).abs() < 60, "{silent} vs {expected}");
+    // globex sees its own okta only.
+    let globex = api.get_json("/api/v1/sources", GLOBEX, Role::Viewer);
+    assert_eq!(globex["items"].as_array().unwrap().len(), 1, "{globex}");
+    assert_eq!(globex["items"][0]["newest_event"], "2024-05-01T10:05:00Z");
+    assert_error(
+        api.get("/api/v1/sources?source=okta", ACME, Role::Viewer),
+        400,
+        "invalid_parameter",
+    );
+}
+
+#[test]
 fn dead_letters_are_listed_for_the_tenant() {
     let api = TestApi::start();
     let body = api.get_json("/api/v1/dead-letters?limit=10", ACME, Role::Viewer);
@@ -1541,6 +1580,7 @@ fn openapi_document_and_router_agree() {
         ("GET", "/api/v1/events/export"),
         ("GET", "/api/v1/events/{id}"),
         ("GET", "/api/v1/dead-letters"),
+        ("GET", "/api/v1/sources"),
         ("GET", "/api/v1/rules"),
         ("PATCH", "/api/v1/rules/{id}"),
         ("POST", "/api/v1/rules/test"),
