@@ -158,7 +158,7 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     say!("  perimeter alerts --data-dir {dir} --summary");
     say!("  perimeter alerts --data-dir {dir} --severity high");
     say!("  perimeter search --data-dir {dir} 'event.outcome:failure AND event.module:okta'");
-    say!("  perimeter search --data-dir {dir} 'event.outcome:failure' --histogram 30m");
+    say!("  perimeter search --data-dir {dir} 'event.outcome:failure' --histogram --interval 30m");
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
     }

@@ -257,17 +257,14 @@ pub struct SearchArgs {
     #[arg(long, value_parser = ["newest", "oldest"])]
     pub sort: Option<String>,
     /// Counts instead of events: how many events the query matches per interval of time, and
-    /// the total (`--histogram 1h`, `--histogram 5m`; units s, m, h, d, w). `--histogram`
-    /// alone picks a round interval giving at most 100 buckets. Buckets start on the hour (day,
-    /// minute) in UTC; at most 1000 of them.
-    #[arg(
-        long,
-        value_name = "INTERVAL",
-        num_args = 0..=1,
-        default_missing_value = "auto",
-        conflicts_with = "sort"
-    )]
-    pub histogram: Option<String>,
+    /// the total. The interval is `--interval`, or else a round one giving at most 100 buckets.
+    /// Buckets start on the minute (hour, day) in UTC; at most 1000 of them.
+    #[arg(long, conflicts_with = "sort")]
+    pub histogram: bool,
+    /// The bucket width of `--histogram`: a whole number and a unit, s, m, h, d or w (`5m`,
+    /// `1h`, `1d`).
+    #[arg(long, value_name = "INTERVAL", requires = "histogram")]
+    pub interval: Option<String>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -831,8 +828,8 @@ fn print_items(
 }
 
 pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
-    if let Some(interval) = &args.histogram {
-        return histogram(config, &args, interval);
+    if args.histogram {
+        return histogram(config, &args);
     }
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
         let query = Some(args.query.clone());
@@ -873,12 +870,8 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
 }
 
 /// `perimeter search --histogram`: the counts from a server or the data directory, printed.
-fn histogram(
-    config: &PerimeterConfig,
-    args: &SearchArgs,
-    interval: &str,
-) -> anyhow::Result<ExitCode> {
-    let interval = (interval != "auto").then(|| interval.to_string());
+fn histogram(config: &PerimeterConfig, args: &SearchArgs) -> anyhow::Result<ExitCode> {
+    let interval = args.interval.clone();
     let body = if args.target.server.is_some() {
         let query = Some(args.query.clone());
         let params = query_string(&[

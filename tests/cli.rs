@@ -363,6 +363,7 @@ fn demo_finds_the_attack_and_stores_it() {
             "--data-dir",
             d,
             "--histogram",
+            "--interval",
             "1h",
             "event.module:okta",
         ],
@@ -383,9 +384,10 @@ fn demo_finds_the_attack_and_stores_it() {
             "search",
             "--data-dir",
             d,
-            "--histogram",
             "--format",
             "table",
+            // Right before the query: a flag, so the query is not taken for its value.
+            "--histogram",
             "*",
         ],
         None,
@@ -396,15 +398,36 @@ fn demo_finds_the_attack_and_stores_it() {
         text.lines().skip(1).any(|l| l.ends_with(&"#".repeat(50))),
         "{text}"
     );
-    let out = perimeter(&["search", "--data-dir", d, "--histogram", "1s", "*"], None);
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--histogram",
+            "--interval",
+            "1s",
+            "*",
+        ],
+        None,
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("at most 1000"), "{}", stderr(&out));
     let out = perimeter(
-        &["search", "--data-dir", d, "--histogram", "hourly", "*"],
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--histogram",
+            "--interval",
+            "hourly",
+            "*",
+        ],
         None,
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
+    let out = perimeter(&["search", "--data-dir", d, "--interval", "1h", "*"], None);
+    assert!(!out.status.success(), "--interval needs --histogram");
 
     // Each source's newest event is the newest its search finds; `--silent-for` keeps the
     // quiet ones and says so in the exit code (the demo day is in the past: all are quiet).
@@ -570,7 +593,13 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         None,
     );
     // The server's histogram is the data directory's.
-    let histogram_args = ["search", "--histogram", "30m", "event.outcome:failure"];
+    let histogram_args = [
+        "search",
+        "--histogram",
+        "--interval",
+        "30m",
+        "event.outcome:failure",
+    ];
     let served_histogram = perimeter(
         &[
             &histogram_args[..],
