@@ -1,8 +1,9 @@
-//! `perimeter tokens|search|alerts`: terminal use against a data directory or a running server.
+//! `perimeter tokens|search|alerts|sources|dead-letters|triage`: terminal use against a data directory or a running server.
 
 use crate::config::PerimeterConfig;
 use anyhow::Context;
 use perimeter_query_api::auth::{Role, TokenStore};
+use perimeter_query_api::routes::sources::SourceItem;
 use perimeter_store::MAX_PAGE_LIMIT;
 use std::process::ExitCode;
 
@@ -476,18 +477,12 @@ pub fn sources(config: &PerimeterConfig, args: SourcesArgs) -> anyhow::Result<Ex
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
         let now = chrono::Utc::now();
+        // The API's items, so both ways of reading print the same.
         store
             .source_activity(&tenant, now)?
             .into_iter()
-            .map(|a| {
-                serde_json::json!({
-                    "source": a.source,
-                    "newest_event": a.newest_event.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    "silent_seconds": (now - a.newest_event).num_seconds().max(0),
-                    "events_24h": a.events_24h,
-                })
-            })
-            .collect()
+            .map(|a| serde_json::to_value(SourceItem::new(a, now)))
+            .collect::<Result<_, _>>()?
     };
     let silent = |item: &serde_json::Value| item["silent_seconds"].as_i64().unwrap_or(0);
     if let Some(at_least) = args.silent_for {

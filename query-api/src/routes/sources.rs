@@ -62,14 +62,21 @@ pub async fn list_sources(
     let activity = blocking(move || store.source_activity(&tenant, now)).await??;
     let items = activity
         .into_iter()
-        .map(|a| SourceItem {
+        .map(|a| SourceItem::new(a, now))
+        .collect();
+    Ok(Json(SourceList { items }))
+}
+
+impl SourceItem {
+    /// The answer's item for a source's stored activity, its quiet time counted up to `now`.
+    pub fn new(a: perimeter_store::SourceActivity, now: chrono::DateTime<Utc>) -> SourceItem {
+        SourceItem {
             silent_seconds: (now - a.newest_event).num_seconds().max(0),
             newest_event: a
                 .newest_event
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             source: a.source,
             events_24h: a.events_24h,
-        })
-        .collect();
-    Ok(Json(SourceList { items }))
+        }
+    }
 }
