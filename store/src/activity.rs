@@ -36,6 +36,7 @@ impl Store {
     /// `@timestamp` column; no stored document is opened.
     pub fn source_activity(&self, tenant: &str, now: DateTime<Utc>) -> Result<Vec<SourceActivity>> {
         let cutoff = (now - chrono::TimeDelta::hours(24)).timestamp_micros();
+        let now_micros = now.timestamp_micros();
         let cutoff_day = (now - chrono::TimeDelta::hours(24)).date_naive();
         let mut seen = Seen::new();
         // Newest day first: a source's newest event is in the first index holding the source
@@ -69,7 +70,7 @@ impl Store {
                             if let Some(ts) = times.first(doc) {
                                 let micros = ts.into_timestamp_micros();
                                 *newest = (*newest).max(micros);
-                                *count += u64::from(micros >= cutoff);
+                                *count += u64::from((cutoff..now_micros).contains(&micros));
                             }
                         }
                         doc = postings.advance();

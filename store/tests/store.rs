@@ -1956,6 +1956,9 @@ fn source_activity_names_each_sources_newest_event_and_its_last_day() {
         event("acme", "slack", ts(20, 12, 1), "dana", "a", 7),
         event("globex", "okta", ts(21, 11, 59), "eve", "a", 8),
         event("globex", "zoom", ts(21, 11, 0), "eve", "a", 9),
+        // Stamped after `now` (a vendor clock ahead): the newest event, but not one of the
+        // last 24 hours.
+        event("acme", "slack", ts(21, 12, 30), "dana", "a", 10),
     ];
     store.write_batch(&batch(events)).unwrap();
     let got: Vec<(String, DateTime<Utc>, u64)> = store
@@ -1969,7 +1972,7 @@ fn source_activity_names_each_sources_newest_event_and_its_last_day() {
         [
             ("github".to_string(), ts(18, 12, 0), 0),
             ("okta".to_string(), ts(21, 11, 0), 3),
-            ("slack".to_string(), ts(20, 12, 1), 1),
+            ("slack".to_string(), ts(21, 12, 30), 1),
         ]
     );
     assert!(store.source_activity("initech", now).unwrap().is_empty());
