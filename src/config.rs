@@ -29,6 +29,9 @@ pub struct PerimeterConfig {
     /// Behavioural detectors.
     #[serde(default)]
     pub ueba: perimeter_detect::ueba::UebaConfig,
+    /// Alerts for sources that stopped sending (off unless `after_seconds` is set).
+    #[serde(default)]
+    pub silence: perimeter_detect::silence::SilenceConfig,
     /// Storage (its `data_dir` is taken from the top-level `data_dir`).
     #[serde(default)]
     pub store: perimeter_store::StoreConfig,
@@ -96,6 +99,7 @@ mod tests {
             toml::from_str(include_str!("../perimeter.example.toml")).expect("example parses");
         assert_eq!(example.sigma.allowed_lateness_seconds, 300);
         assert_eq!(example.store.retention_days, 90);
+        assert_eq!(example.silence.after_seconds, 21_600);
         let typo = toml::from_str::<PerimeterConfig>("data_dri = \"x\"")
             .unwrap_err()
             .to_string();

@@ -253,6 +253,31 @@ fn spawn_rule_reloader(
     let _ = (config, paths, listed, to_pipeline, wake, metrics, stop);
 }
 
+/// Wakes the pipeline every `every` so it checks for silent sources (`[silence]`): a source
+/// that stopped sending sends nothing that would wake it. Ends at `stop`.
+fn spawn_silence_ticker(
+    every: std::time::Duration,
+    wake: perimeter_ingest::bus::BusSender,
+    config: &PerimeterConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let tenant = config.tenant.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.changed() => return,
+            }
+            // An empty submission: the pipeline answers it without storing anything.
+            if wake.submit("", &tenant, Vec::new()).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// One task per `[[poll]]` table, each ending at `stop`. A table that cannot work (bad URL,
 /// missing `org`/`feed`, a literal token, a name used twice) stops the start with why.
 fn spawn_pollers(
@@ -403,6 +428,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         Arc::new(outbox),
         undelivered,
     );
+    let silence = perimeter_detect::silence::SourceSilence::new(&config.silence);
     let (bus, rx) = perimeter_ingest::bus::channel(16);
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     let worker = crate::service::spawn_pipeline_worker(
@@ -415,13 +441,19 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             every: std::time::Duration::from_secs(config.state_snapshot_seconds.max(1)),
         },
         notifier,
-        reload_rx,
+        crate::service::WorkerControl {
+            rule_reloads: reload_rx,
+            silence: silence.clone(),
+        },
     );
 
     let rule_count = listed_rules.len();
     let rules = Arc::new(SigmaRuleService::new(config, listed_rules)?);
     metrics.set("rules_loaded", &[], rule_count as f64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(silence) = &silence {
+        spawn_silence_ticker(silence.check_every(), bus.clone(), config, stop_rx.clone());
+    }
     spawn_rule_reloader(
         config,
         rule_paths.clone(),

@@ -3,6 +3,7 @@
 
 use perimeter_detect::pipeline::{save_unstored_alerts, Pipeline, PipelineOutput};
 use perimeter_detect::sigma::SigmaDetector;
+use perimeter_detect::silence::SourceSilence;
 use perimeter_ingest::bus::{BusReceiver, SubmitAck};
 use perimeter_ingest::InputItem;
 use perimeter_model::Metrics;
@@ -33,6 +34,14 @@ pub struct StateSnapshots {
     pub every: Duration,
 }
 
+/// What drives the pipeline worker besides its input.
+pub struct WorkerControl {
+    /// Rule sets reloaded (SIGHUP), put in use at the next wake.
+    pub rule_reloads: std::sync::mpsc::Receiver<SigmaDetector>,
+    /// Silence alerts, checked at most every `check_every` (the service wakes the worker).
+    pub silence: Option<SourceSilence>,
+}
+
 /// Run the pipeline on its own thread (CPU-bound, synchronous) until every bus sender is gone.
 pub fn spawn_pipeline_worker(
     mut pipeline: Pipeline,
@@ -41,8 +50,12 @@ pub fn spawn_pipeline_worker(
     metrics: Arc<Metrics>,
     state: StateSnapshots,
     notifier: AlertNotifier,
-    rule_reloads: std::sync::mpsc::Receiver<SigmaDetector>,
+    control: WorkerControl,
 ) -> std::thread::JoinHandle<()> {
+    let WorkerControl {
+        rule_reloads,
+        silence,
+    } = control;
     std::thread::Builder::new()
         .name("pipeline".into())
         .spawn(move || {
@@ -86,6 +99,9 @@ pub fn spawn_pipeline_worker(
             let mut last_retention = Instant::now();
             // Sources without a normalizer already logged (once each; every answer says it).
             let mut warned_sources = std::collections::HashSet::new();
+            // Silence alerts raised by this run (one per silence; the store dedups across runs).
+            let mut silences_raised = std::collections::HashSet::new();
+            let mut last_silence_check: Option<Instant> = None;
             while let Some(sub) = rx.blocking_recv() {
                 out.clear();
                 // Rules reloaded meanwhile (SIGHUP) apply from this batch on.
@@ -95,6 +111,31 @@ pub fn spawn_pipeline_worker(
                         correlations_kept_open = kept,
                         "reloaded rules in use (unchanged correlations keep their open windows)"
                     );
+                }
+                // Woken at least every check interval (see `run::spawn_silence_ticker`).
+                if let Some(silence) = &silence {
+                    if last_silence_check.is_none_or(|t| t.elapsed() >= silence.check_every()) {
+                        last_silence_check = Some(Instant::now());
+                        let raised = silent_sources(&store, silence, &mut silences_raised);
+                        if !raised.is_empty() {
+                            for a in &raised {
+                                metrics.inc("alerts_total", &[("rule", &a.rule_id)], 1);
+                            }
+                            // Stored (and sent) on their own: they belong to no input batch.
+                            let mut silent = PipelineOutput {
+                                alerts: raised,
+                                ..PipelineOutput::default()
+                            };
+                            store_alerts_or_keep(
+                                &store,
+                                &mut silent,
+                                &metrics,
+                                &notifier,
+                                &mut unstored_alerts,
+                                "silence alerts not stored; kept for the next batch",
+                            );
+                        }
+                    }
                 }
                 // An empty submission only wakes the worker for a reload (sources never send
                 // one): nothing to store unless the old rules flushed alerts.
@@ -301,6 +342,29 @@ fn save_state(
             false
         }
     }
+}
+
+/// Silence alerts for every tenant's sources quiet past the threshold, leaving out those this
+/// run raised already (`raised`).
+fn silent_sources(
+    store: &Store,
+    silence: &SourceSilence,
+    raised: &mut std::collections::HashSet<String>,
+) -> Vec<perimeter_model::Alert> {
+    let now = chrono::Utc::now();
+    let mut alerts = Vec::new();
+    for tenant in store.tenants() {
+        match store.source_activity(&tenant, now) {
+            Ok(sources) => alerts.extend(
+                sources
+                    .iter()
+                    .filter_map(|a| silence.alert(&tenant, &a.source, a.newest_event, now))
+                    .filter(|a| raised.insert(a.id.clone())),
+            ),
+            Err(e) => tracing::warn!(error = %e, %tenant, "checking for silent sources failed"),
+        }
+    }
+    alerts
 }
 
 /// A snapshot of `what` could not be written: counted (worth an alert) and logged.

@@ -1819,3 +1819,74 @@ fn salesforce_event_log_files_are_polled_detected_and_stored() {
         .iter()
         .any(|(line, _)| line.starts_with("POST /services/oauth2/token")));
 }
+
+#[test]
+fn a_source_that_went_silent_raises_one_alert_and_a_fresh_one_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[silence]\nafter_seconds = 120\ncheck_seconds = 1\n");
+    std::fs::write(&cfg, text).unwrap();
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let client = reqwest::blocking::Client::new();
+    // okta's newest event is 10 minutes old (quiet past the 2 minutes); github's is fresh.
+    let at = |ago: i64| {
+        (chrono::Utc::now() - chrono::Duration::seconds(ago))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let mut okta = okta_event(0, 1);
+    okta["published"] = serde_json::json!(at(600));
+    let github = serde_json::json!({
+        "@timestamp": chrono::Utc::now().timestamp_millis(),
+        "action": "repo.create", "actor": "dana-kim", "org": "acme", "_document_id": "gh-1",
+    });
+    for (source, body) in [("okta", okta), ("github", github)] {
+        let r = client
+            .post(format!("{}/ingest/{source}", svc.base))
+            .bearer_auth(&admin)
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{source}: {}", r.text().unwrap());
+    }
+    let silence_alerts = || -> Vec<serde_json::Value> {
+        let body: serde_json::Value = client
+            .get(format!(
+                "{}/api/v1/alerts?rule=perimeter.source_silent",
+                svc.base
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        body["items"].as_array().cloned().unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while silence_alerts().is_empty() {
+        assert!(Instant::now() < deadline, "no silence alert raised");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Checked every second: still one alert, about okta only.
+    std::thread::sleep(Duration::from_secs(3));
+    let alerts = silence_alerts();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0]["alert"];
+    assert_eq!(alert["entity"], "okta", "{alert}");
+    assert_eq!(alert["detector"], "source_health");
+    assert!(
+        alert["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("Source went silent: no okta events for 10 minutes"),
+        "{alert}"
+    );
+    let text = svc.metrics();
+    assert!(
+        text.lines()
+            .any(|l| l == "perimeter_alerts_total{rule=\"perimeter.source_silent\"} 1"),
+        "{text}"
+    );
+    stop(svc);
+}

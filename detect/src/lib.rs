@@ -5,6 +5,7 @@
 //! - [`mask`]: secrets and PII masked before anything leaves memory.
 //! - [`sigma`]: Sigma rules, correlations and filters compiled into a fast matcher.
 //! - [`ueba`]: behavioural baselines (auth-failure bursts, spraying, volume anomalies, ...).
+//! - [`silence`]: alerts for sources that stopped sending.
 //! - [`pipeline`]: the synchronous, batch-oriented middle that wires them together.
 //!
 //! Guarantee: every event and alert that leaves [`pipeline::Pipeline`] has been masked;
@@ -15,6 +16,7 @@ pub mod mask;
 pub mod normalize;
 pub mod pipeline;
 pub mod sigma;
+pub mod silence;
 mod state_file;
 pub mod ueba;
 

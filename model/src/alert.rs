@@ -59,6 +59,8 @@ pub enum DetectorKind {
     Sigma,
     Correlation,
     Ueba,
+    /// The health of a source itself (one that stopped sending).
+    SourceHealth,
 }
 
 /// What the alert's `entity` is.
