@@ -99,6 +99,14 @@ impl SigmaRuleService {
                         "id": d.rule_id(), "title": d.title(), "kind": "ueba", "detector": d.name(),
                     })
                 })
+                // Listed (and so switchable per tenant) when it runs.
+                .chain((config.silence.after_seconds > 0).then(|| {
+                    serde_json::json!({
+                        "id": perimeter_detect::silence::SOURCE_SILENT_RULE_ID,
+                        "title": "Source went silent", "kind": "source_health",
+                        "detector": "source_silence",
+                    })
+                }))
                 .collect(),
             config_sigma: config.sigma.clone(),
             registry,

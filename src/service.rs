@@ -116,7 +116,9 @@ pub fn spawn_pipeline_worker(
                 if let Some(silence) = &silence {
                     if last_silence_check.is_none_or(|t| t.elapsed() >= silence.check_every()) {
                         last_silence_check = Some(Instant::now());
-                        let raised = silent_sources(&store, silence, &mut silences_raised);
+                        let raised = silent_sources(&store, silence, &mut silences_raised, |a| {
+                            !pipeline.switched_off(a)
+                        });
                         if !raised.is_empty() {
                             for a in &raised {
                                 metrics.inc("alerts_total", &[("rule", &a.rule_id)], 1);
@@ -345,11 +347,12 @@ fn save_state(
 }
 
 /// Silence alerts for every tenant's sources quiet past the threshold, leaving out those this
-/// run raised already (`raised`).
+/// run raised already (`raised`) and those not `wanted` (switched off).
 fn silent_sources(
     store: &Store,
     silence: &SourceSilence,
     raised: &mut std::collections::HashSet<String>,
+    mut wanted: impl FnMut(&perimeter_model::Alert) -> bool,
 ) -> Vec<perimeter_model::Alert> {
     let now = chrono::Utc::now();
     let mut alerts = Vec::new();
@@ -359,7 +362,11 @@ fn silent_sources(
                 sources
                     .iter()
                     .filter_map(|a| silence.alert(&tenant, &a.source, a.newest_event, now))
-                    .filter(|a| raised.insert(a.id.clone())),
+                    // A switched-off silence is asked about again at the next check: the
+                    // switch may have ended by then.
+                    .filter(|a| {
+                        !raised.contains(&a.id) && wanted(a) && raised.insert(a.id.clone())
+                    }),
             ),
             Err(e) => tracing::warn!(error = %e, %tenant, "checking for silent sources failed"),
         }

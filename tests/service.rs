@@ -1888,5 +1888,53 @@ fn a_source_that_went_silent_raises_one_alert_and_a_fresh_one_none() {
             .any(|l| l == "perimeter_alerts_total{rule=\"perimeter.source_silent\"} 1"),
         "{text}"
     );
+    // Listed among the rules, and switched off per tenant like one: slack going quiet while
+    // it is off raises nothing.
+    let rules: serde_json::Value = client
+        .get(format!("{}/api/v1/rules", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        rules["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == "perimeter.source_silent" && r["kind"] == "source_health"),
+        "{rules}"
+    );
+    let off = client
+        .patch(format!("{}/api/v1/rules/perimeter.source_silent", svc.base))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"enabled": false, "reason": "slack is retired"}))
+        .send()
+        .unwrap();
+    assert!(off.status().is_success(), "{}", off.text().unwrap());
+    let slack = serde_json::json!({
+        "id": "slack-1", "date_create": chrono::Utc::now().timestamp() - 600,
+        "action": "user_login", "actor": {"type": "user", "user": {"id": "U1", "name": "dana", "email": "dana@acme.example"}},
+        "entity": {"type": "user", "user": {"id": "U1", "name": "dana"}}, "context": {"ip_address": "198.51.100.9"},
+    });
+    let r = client
+        .post(format!("{}/ingest/slack", svc.base))
+        .bearer_auth(&admin)
+        .body(slack.to_string())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "slack: {}", r.text().unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    let alerts = silence_alerts();
+    assert_eq!(
+        alerts.len(),
+        1,
+        "only okta's, from before the switch: {alerts:?}"
+    );
+    assert!(
+        svc.metrics().lines().any(|l| l
+            .starts_with("perimeter_alerts_switched_off_total{rule=\"perimeter.source_silent\"}")),
+        "the switched-off silence is counted"
+    );
     stop(svc);
 }

@@ -621,20 +621,35 @@ impl Pipeline {
     }
 
     fn drain_alerts(&mut self, out: &mut PipelineOutput) {
-        for mut alert in self.scratch_alerts.drain(..) {
+        // Taken out for the loop (it asks `self` about switches) and put back: its buffer is
+        // reused batch after batch.
+        let mut alerts = std::mem::take(&mut self.scratch_alerts);
+        for mut alert in alerts.drain(..) {
             mask_alert(&self.masker, &mut alert);
             // After masking: a switch names the entity as alerts show it.
-            if let Some(switches) = &self.switches {
-                if switches.drops(&alert.tenant, &alert.rule_id, &alert.entity, Utc::now()) {
-                    self.stats.alerts_switched_off += 1;
-                    self.metrics
-                        .inc("alerts_switched_off_total", &[("rule", &alert.rule_id)], 1);
-                    continue;
-                }
+            if self.switched_off(&alert) {
+                continue;
             }
             self.stats.alerts += 1;
             out.alerts.push(alert);
         }
+        self.scratch_alerts = alerts;
+    }
+
+    /// Whether the tenant switched the alert's rule off (for everyone or for its entity), as
+    /// of now; counted when it did. For alerts raised outside the pipeline (source silence)
+    /// too, so one switch list governs every alert.
+    pub fn switched_off(&mut self, alert: &Alert) -> bool {
+        let Some(switches) = &self.switches else {
+            return false;
+        };
+        if !switches.drops(&alert.tenant, &alert.rule_id, &alert.entity, Utc::now()) {
+            return false;
+        }
+        self.stats.alerts_switched_off += 1;
+        self.metrics
+            .inc("alerts_switched_off_total", &[("rule", &alert.rule_id)], 1);
+        true
     }
 }
 

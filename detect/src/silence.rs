@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use perimeter_model::{Alert, DetectorKind, EntityKind, Severity};
 use serde::{Deserialize, Serialize};
 
-/// The rule id of silence alerts (switch it off per tenant like any rule).
+/// The rule id of silence alerts. `GET /rules` lists it while silence alerts are on, and a
+/// tenant switches it off like any rule.
 pub const SOURCE_SILENT_RULE_ID: &str = "perimeter.source_silent";
 
 /// The `[silence]` table.
