@@ -44,6 +44,15 @@ fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     cfg
 }
 
+/// [`write_config`] with `extra` (TOML tables) appended.
+fn write_config_with(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let cfg = write_config(dir);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(extra);
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 fn start(cfg: &std::path::Path) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
         .args(["--config", cfg.to_str().unwrap(), "run"])
@@ -320,10 +329,10 @@ fn run_stderr_until_listening(cfg: &std::path::Path, format: &str) -> String {
 #[test]
 fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text_or_json() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path());
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("[store]\nraw_text_search_off = [\"cloudtrail\", \"okta\"]\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = write_config_with(
+        dir.path(),
+        "[store]\nraw_text_search_off = [\"cloudtrail\", \"okta\"]\n",
+    );
     let stderr = run_stderr_until_listening(&cfg, "text");
     let warned: Vec<&str> = stderr
         .lines()
@@ -1823,10 +1832,10 @@ fn salesforce_event_log_files_are_polled_detected_and_stored() {
 #[test]
 fn a_source_that_went_silent_raises_one_alert_and_a_fresh_one_none() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path());
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("[silence]\nafter_seconds = 120\ncheck_seconds = 1\n");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = write_config_with(
+        dir.path(),
+        "[silence]\nafter_seconds = 120\ncheck_seconds = 1\n",
+    );
     let admin = token(&cfg, "admin");
     let svc = start(&cfg);
     let client = reqwest::blocking::Client::new();
