@@ -449,6 +449,25 @@ pub(crate) fn map_leaves(
     }
 }
 
+/// [`map_leaves`] for rewrites that can refuse a leaf: the first `Err` is the answer.
+pub(crate) fn try_map_leaves(
+    ast: UserInputAst,
+    f: &impl Fn(UserInputLeaf) -> Result<UserInputLeaf, String>,
+) -> Result<UserInputAst, String> {
+    Ok(match ast {
+        UserInputAst::Clause(clauses) => UserInputAst::Clause(
+            clauses
+                .into_iter()
+                .map(|(occur, a)| try_map_leaves(a, f).map(|a| (occur, a)))
+                .collect::<Result<_, _>>()?,
+        ),
+        UserInputAst::Boost(inner, boost) => {
+            UserInputAst::Boost(Box::new(try_map_leaves(*inner, f)?), boost)
+        }
+        UserInputAst::Leaf(leaf) => UserInputAst::Leaf(Box::new(f(*leaf)?)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

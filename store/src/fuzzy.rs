@@ -16,7 +16,7 @@ use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf, UserInputLi
 use tantivy::schema::Schema;
 use tantivy::Term;
 
-use crate::catch_all::query_tokens;
+use crate::catch_all::{query_tokens, try_map_leaves};
 use crate::tantivy_sink::TEXT_FIELDS;
 use crate::wildcard::is_text_field;
 use crate::StoreError;
@@ -28,17 +28,8 @@ const MAX_DISTANCE: u8 = 2;
 
 /// Rewrite fuzzy literals (`word~`, `word~N`) into marked leaves.
 pub(crate) fn rewrite_fuzzy(ast: UserInputAst) -> Result<UserInputAst, String> {
-    Ok(match ast {
-        UserInputAst::Clause(clauses) => UserInputAst::Clause(
-            clauses
-                .into_iter()
-                .map(|(occur, sub)| Ok((occur, rewrite_fuzzy(sub)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        UserInputAst::Boost(inner, boost) => {
-            UserInputAst::Boost(Box::new(rewrite_fuzzy(*inner)?), boost)
-        }
-        UserInputAst::Leaf(leaf) => UserInputAst::Leaf(Box::new(match *leaf {
+    try_map_leaves(ast, &|leaf| {
+        Ok(match leaf {
             UserInputLeaf::Literal(lit) => match fuzzy_parts(&lit) {
                 // Other fields are left to the parser, which says what is wrong (an unknown
                 // field is named with the fields there are).
@@ -50,7 +41,7 @@ pub(crate) fn rewrite_fuzzy(ast: UserInputAst) -> Result<UserInputAst, String> {
                 _ => UserInputLeaf::Literal(lit),
             },
             other => other,
-        })),
+        })
     })
 }
 

@@ -12,24 +12,15 @@ use std::net::Ipv4Addr;
 
 use tantivy::query_grammar::{UserInputAst, UserInputBound, UserInputLeaf};
 
+use crate::catch_all::try_map_leaves;
+
 /// Fields holding IP addresses as keyword terms.
 pub(crate) const IP_FIELDS: &[&str] = &["source.ip", "related.ip"];
 
 /// Rewrite ranges and CIDR literals on [`IP_FIELDS`] into regex leaves; `Err` says why a bound
 /// or block is not IPv4.
 pub(crate) fn rewrite_ip_ranges(ast: UserInputAst) -> Result<UserInputAst, String> {
-    Ok(match ast {
-        UserInputAst::Clause(clauses) => UserInputAst::Clause(
-            clauses
-                .into_iter()
-                .map(|(occur, sub)| rewrite_ip_ranges(sub).map(|s| (occur, s)))
-                .collect::<Result<_, _>>()?,
-        ),
-        UserInputAst::Boost(inner, boost) => {
-            UserInputAst::Boost(Box::new(rewrite_ip_ranges(*inner)?), boost)
-        }
-        UserInputAst::Leaf(leaf) => UserInputAst::Leaf(Box::new(rewrite_leaf(*leaf)?)),
-    })
+    try_map_leaves(ast, &rewrite_leaf)
 }
 
 fn is_ip_field(field: &Option<String>) -> bool {

@@ -15,23 +15,13 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use perimeter_model::parse_time_bound;
 use tantivy::query_grammar::{UserInputAst, UserInputBound, UserInputLeaf};
 
+use crate::catch_all::try_map_leaves;
 use crate::tantivy_sink::TIMESTAMP_FIELD;
 
 /// Rewrite every `@timestamp` literal and range bound into RFC 3339; `Err` says which value is
 /// no time. `now` anchors relative times (`now-15m`).
 pub(crate) fn rewrite_times(ast: UserInputAst, now: DateTime<Utc>) -> Result<UserInputAst, String> {
-    Ok(match ast {
-        UserInputAst::Clause(clauses) => UserInputAst::Clause(
-            clauses
-                .into_iter()
-                .map(|(occur, sub)| rewrite_times(sub, now).map(|s| (occur, s)))
-                .collect::<Result<_, _>>()?,
-        ),
-        UserInputAst::Boost(inner, boost) => {
-            UserInputAst::Boost(Box::new(rewrite_times(*inner, now)?), boost)
-        }
-        UserInputAst::Leaf(leaf) => UserInputAst::Leaf(Box::new(rewrite_leaf(*leaf, now)?)),
-    })
+    try_map_leaves(ast, &|leaf| rewrite_leaf(leaf, now))
 }
 
 fn is_time_field(field: &Option<String>) -> bool {
