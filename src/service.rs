@@ -357,18 +357,23 @@ fn silent_sources(
     let now = chrono::Utc::now();
     let mut alerts = Vec::new();
     for tenant in store.tenants() {
-        match store.source_activity(&tenant, now) {
-            Ok(sources) => alerts.extend(
-                sources
-                    .iter()
-                    .filter_map(|a| silence.alert(&tenant, &a.source, a.newest_event, now))
-                    // A switched-off silence is asked about again at the next check: the
-                    // switch may have ended by then.
-                    .filter(|a| {
-                        !raised.contains(&a.id) && wanted(a) && raised.insert(a.id.clone())
-                    }),
-            ),
-            Err(e) => tracing::warn!(error = %e, %tenant, "checking for silent sources failed"),
+        let sources = match store.source_activity(&tenant, now) {
+            Ok(sources) => sources,
+            Err(e) => {
+                tracing::warn!(error = %e, %tenant, "checking for silent sources failed");
+                continue;
+            }
+        };
+        for a in &sources {
+            let Some(alert) = silence.alert(&tenant, &a.source, a.newest_event, now) else {
+                continue;
+            };
+            // A switched-off silence is not remembered: it is asked about again at the next
+            // check, when the switch may have ended.
+            if !raised.contains(&alert.id) && wanted(&alert) {
+                raised.insert(alert.id.clone());
+                alerts.push(alert);
+            }
         }
     }
     alerts
