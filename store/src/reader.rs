@@ -357,13 +357,11 @@ impl Store {
             (None, None, Some(span)) => span,
             // Nothing stored, and an open end: no bucket to show.
             (_, _, None) => {
-                let interval = q.interval_seconds.unwrap_or(AUTO_INTERVAL_WITHOUT_DATA);
-                return Ok(Buckets {
-                    first: 0,
-                    interval,
-                    len: 0,
-                }
-                .histogram(Vec::new(), false, false));
+                return Ok(EventHistogram {
+                    total: 0,
+                    interval_seconds: q.interval_seconds.unwrap_or(AUTO_INTERVAL_WITHOUT_DATA),
+                    buckets: Vec::new(),
+                });
             }
         };
         let buckets = Buckets::covering(start, end, q.interval_seconds)?;
