@@ -36,6 +36,7 @@ mod retention;
 mod store;
 pub mod tantivy_sink;
 mod time_query;
+pub mod top_values;
 mod wildcard;
 
 pub use activity::SourceActivity;
@@ -53,6 +54,10 @@ pub use histogram::{
 pub use reader::{EventQuery, EventSort};
 pub use retention::RetentionReport;
 pub use store::{lock_data_dir, Store, StoreBatch, StoreStats, WriteAck, WriteFailure, LOCK_FILE};
+pub use top_values::{
+    top_value_fields, TopValues, TopValuesQuery, ValueCount, DEFAULT_TOP_SAMPLE,
+    DEFAULT_TOP_VALUES, MAX_TOP_SAMPLE, MAX_TOP_VALUES,
+};
 
 #[cfg(test)]
 mod tests {

@@ -298,30 +298,54 @@ impl Store {
         ]))
     }
 
-    /// How many of one tenant's events a search matches, per interval of time (see
-    /// [`crate::histogram`]). Bad queries and intervals are [`StoreError::InvalidQuery`].
-    pub fn event_histogram(&self, tenant: &str, q: &EventHistogramQuery) -> Result<EventHistogram> {
-        let user_query = self.parse_event_query(&q.query)?;
-        if let (Some(f), Some(t)) = (q.from, q.to) {
+    /// The tenant's day indexes that can hold events of `[from, to)`, newest day first.
+    pub(crate) fn indexes_in_range(
+        &self,
+        tenant: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Vec<Arc<DayIndex>> {
+        let (from_day, to_day) = (from.map(|f| f.date_naive()), to.map(|t| t.date_naive()));
+        self.tenant_indexes(tenant)
+            .into_iter()
+            .filter(|idx| {
+                !(from_day.is_some_and(|f| idx.day < f) || to_day.is_some_and(|t| idx.day > t))
+            })
+            .collect()
+    }
+
+    /// `user_query` restricted to `[from, to)`; `from` must be before `to`.
+    pub(crate) fn query_in_range(
+        &self,
+        user_query: Box<dyn Query>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<Box<dyn Query>> {
+        if let (Some(f), Some(t)) = (from, to) {
             if f >= t {
                 return Err(StoreError::InvalidQuery(
                     "`from` must be before `to`".into(),
                 ));
             }
         }
+        Ok(self.within_time(
+            user_query,
+            from.map(|f| f.timestamp_micros()),
+            to.map(|t| Bound::Excluded(t.timestamp_micros())),
+        ))
+    }
+
+    /// How many of one tenant's events a search matches, per interval of time (see
+    /// [`crate::histogram`]). Bad queries and intervals are [`StoreError::InvalidQuery`].
+    pub fn event_histogram(&self, tenant: &str, q: &EventHistogramQuery) -> Result<EventHistogram> {
+        let user_query = self.parse_event_query(&q.query)?;
+        let query = self.query_in_range(user_query, q.from, q.to)?;
         if q.interval_seconds.is_some_and(|i| i <= 0) {
             return Err(StoreError::InvalidQuery(
                 "the interval must be at least one second".into(),
             ));
         }
-        let (from_day, to_day) = (q.from.map(|f| f.date_naive()), q.to.map(|t| t.date_naive()));
-        let indexes: Vec<_> = self
-            .tenant_indexes(tenant)
-            .into_iter()
-            .filter(|idx| {
-                !(from_day.is_some_and(|f| idx.day < f) || to_day.is_some_and(|t| idx.day > t))
-            })
-            .collect();
+        let indexes = self.indexes_in_range(tenant, q.from, q.to);
         let searchers: Vec<_> = indexes.iter().map(|idx| idx.reader.searcher()).collect();
         // An open end of the range ends where the stored events do (each segment's time
         // column knows its oldest and newest), so the buckets span the data, not whole days.
@@ -365,11 +389,6 @@ impl Store {
             }
         };
         let buckets = Buckets::covering(start, end, q.interval_seconds)?;
-        let query = self.within_time(
-            user_query,
-            q.from.map(|f| f.timestamp_micros()),
-            q.to.map(|t| Bound::Excluded(t.timestamp_micros())),
-        );
         let collector = HistogramCollector { buckets };
         let mut counts = vec![0u64; buckets.len];
         for searcher in &searchers {
@@ -487,7 +506,7 @@ fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
 
 /// A search that tantivy refuses for the query's shape (an exists or range query on a field
 /// that cannot answer it) is the caller's invalid query, not a store failure.
-fn query_shape_error(e: tantivy::TantivyError) -> StoreError {
+pub(crate) fn query_shape_error(e: tantivy::TantivyError) -> StoreError {
     match e {
         tantivy::TantivyError::SchemaError(m) | tantivy::TantivyError::InvalidArgument(m) => {
             StoreError::InvalidQuery(format!("this query cannot run on these fields: {m}"))

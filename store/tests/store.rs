@@ -1977,3 +1977,166 @@ fn source_activity_names_each_sources_newest_event_and_its_last_day() {
     );
     assert!(store.source_activity("initech", now).unwrap().is_empty());
 }
+
+#[test]
+fn top_values_count_a_fields_values_among_the_matches() {
+    use perimeter_store::{TopValues, TopValuesQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    // acme: dana 5 events, Eve (spelt two ways) 3, bob 1, over two days and two batches, with
+    // actions whose case differs; globex: many events by mallory that acme must never count.
+    let mut events = Vec::new();
+    let users = [
+        "dana", "dana", "Eve", "dana", "eve", "bob", "dana", "EVE", "dana",
+    ];
+    for (n, user) in users.iter().enumerate() {
+        let action = if n % 3 == 0 { "LOGIN" } else { "login" };
+        let at = ts(20 + (n as u32 % 2), 10, n as u32);
+        events.push(event("acme", "okta", at, user, action, n as u64));
+    }
+    for n in 0..12 {
+        events.push(event(
+            "globex",
+            "okta",
+            ts(20, 11, n),
+            "mallory",
+            "login",
+            100 + n as u64,
+        ));
+    }
+    let later = events.split_off(5);
+    store.write_batch(&batch(events)).unwrap();
+    store.write_batch(&batch(later)).unwrap();
+    let top = |query: &str, field: &str, limit: usize, sample: usize| -> TopValues {
+        store
+            .top_values(
+                "acme",
+                &TopValuesQuery {
+                    query: query.into(),
+                    field: field.into(),
+                    limit,
+                    sample,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    let pairs = |t: &TopValues| -> Vec<(String, u64)> {
+        t.values
+            .iter()
+            .map(|v| (v.value.clone(), v.count))
+            .collect()
+    };
+    let want = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+        v.iter().map(|(s, c)| (s.to_string(), *c)).collect()
+    };
+
+    // Every match read from its stored document: exact; values grouped without regard to case.
+    let users_top = top("*", "user.name", 10, 100);
+    assert_eq!((users_top.total, users_top.counted), (9, 9));
+    assert!(users_top.exact);
+    assert_eq!(pairs(&users_top)[0], ("dana".to_string(), 5));
+    assert_eq!(users_top.values[1].count, 3);
+    assert!(
+        ["Eve", "eve", "EVE"].contains(&users_top.values[1].value.as_str()),
+        "{users_top:?}"
+    );
+    assert_eq!(pairs(&users_top)[2], ("bob".to_string(), 1));
+    assert_eq!((users_top.other, users_top.missing), (0, 0));
+    // The limit: what is left out is counted in `other`.
+    let one = top("*", "user.name", 1, 100);
+    assert_eq!(pairs(&one), want(&[("dana", 5)]));
+    assert_eq!(one.other, 4);
+    // The search narrows the counts as it narrows the hits: failures are the odd events.
+    let failures = top("event.outcome:failure", "user.name", 10, 100);
+    let found = search_all(&store, "acme", "event.outcome:failure", 100).len() as u64;
+    assert_eq!(failures.total, found);
+    assert_eq!(
+        failures.values.iter().map(|v| v.count).sum::<u64>(),
+        found,
+        "{failures:?}"
+    );
+
+    // More matches than the sample on a field indexed whole: counted in the index, exact, and
+    // equal to what reading every stored document gives.
+    let in_index = top("*", "event.action", 10, 2);
+    let from_docs = top("*", "event.action", 10, 100);
+    assert!(in_index.exact && from_docs.exact);
+    assert_eq!(in_index.counted, 9);
+    assert_eq!(pairs(&in_index), pairs(&from_docs));
+    assert_eq!(in_index.values.len(), 1, "{in_index:?}");
+    assert_eq!(in_index.values[0].count, 9);
+    assert!(["LOGIN", "login"].contains(&in_index.values[0].value.as_str()));
+    // A list field: each event counts once per value it holds.
+    let ips = top("*", "related.ip", 10, 2);
+    assert_eq!(pairs(&ips), want(&[("198.51.100.7", 9)]));
+    // A field no event has: every counted event is missing it, in the index and in documents.
+    for sample in [2, 100] {
+        let none = top("*", "cloud.account.id", 10, sample);
+        assert!(none.values.is_empty());
+        assert_eq!((none.total, none.missing), (9, 9), "sample {sample}");
+    }
+    // More matches than the sample on a field indexed as words: the newest matches only, and
+    // the answer says so.
+    let sampled = top("*", "user.name", 10, 4);
+    assert!(!sampled.exact);
+    assert_eq!((sampled.total, sampled.counted), (9, 4));
+    assert_eq!(sampled.values.iter().map(|v| v.count).sum::<u64>(), 4);
+    // The time range applies.
+    let day = store
+        .top_values(
+            "acme",
+            &TopValuesQuery {
+                query: "*".into(),
+                field: "user.name".into(),
+                from: Some(ts(21, 0, 0)),
+                to: Some(ts(22, 0, 0)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(day.total, 4);
+
+    // Refused: a field the store does not index, limits out of range, a bad query, an empty
+    // range.
+    for q in [
+        TopValuesQuery {
+            field: "actor.alternateId".into(),
+            ..Default::default()
+        },
+        TopValuesQuery {
+            field: "user.name".into(),
+            limit: 0,
+            ..Default::default()
+        },
+        TopValuesQuery {
+            field: "user.name".into(),
+            sample: perimeter_store::MAX_TOP_SAMPLE + 1,
+            ..Default::default()
+        },
+        TopValuesQuery {
+            query: "user.name:(".into(),
+            field: "user.name".into(),
+            ..Default::default()
+        },
+        TopValuesQuery {
+            field: "user.name".into(),
+            from: Some(ts(21, 0, 0)),
+            to: Some(ts(20, 0, 0)),
+            ..Default::default()
+        },
+    ] {
+        let e = store.top_values("acme", &q).unwrap_err();
+        assert!(matches!(e, StoreError::InvalidQuery(_)), "{q:?}: {e}");
+    }
+    let e = store
+        .top_values(
+            "acme",
+            &TopValuesQuery {
+                field: "actor.alternateId".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("user.name"), "{e}");
+}

@@ -201,6 +201,122 @@ pub async fn event_histogram(
     }))
 }
 
+/// Parameters of `GET /events/top`. Unknown parameters are refused.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventTopValuesParams {
+    /// The ECS field whose values are counted: `event.module`, a field indexed whole
+    /// (`event.action`, `event.outcome`, `event.category`, `event.type`, `source.ip`,
+    /// `source.geo.country_iso_code`, `organization.id`, `cloud.account.id`, `related.ip`) or one
+    /// indexed as words (`user.name`, `user.email`, `user.id`, `user.target.name`,
+    /// `user.target.email`, `user.target.id`, `user_agent.original`, `related.user`).
+    pub field: String,
+    /// The search whose events are counted, as `q` of `GET /events/search`; absent means all
+    /// events.
+    pub q: Option<String>,
+    /// Count events at or after this time: RFC 3339, a date or relative (`now-24h`).
+    pub from: Option<String>,
+    /// Count events before this time (exclusive).
+    pub to: Option<String>,
+    /// Values listed, most frequent first (default 10, at most 100).
+    pub limit: Option<usize>,
+    /// Matches read from stored events at most (default 10000, at most 100000). More matches
+    /// than this are counted exactly on fields indexed whole; on fields indexed as words, the
+    /// newest `sample` matches are counted and the answer says `exact: false`.
+    pub sample: Option<usize>,
+}
+
+/// The most frequent values of a field among the events a search matches.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventTopValuesBody {
+    pub field: String,
+    /// Matching events in the time range.
+    pub total: u64,
+    /// The events whose values were counted: `total` when `exact`, else the newest `sample`.
+    pub counted: u64,
+    /// Whether every matching event was counted.
+    pub exact: bool,
+    /// Most frequent first. Values are grouped without regard to case, as search matches them.
+    pub values: Vec<ValueCountBody>,
+    /// Occurrences of the values not listed.
+    pub other: u64,
+    /// Counted events without the field.
+    pub missing: u64,
+}
+
+/// One value of [`EventTopValuesBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValueCountBody {
+    /// The value as stored (masked like everything stored).
+    pub value: String,
+    /// Counted events holding it.
+    pub count: u64,
+}
+
+/// Count the values of one field among the events a search matches: which users, addresses or
+/// actions are behind the hits.
+#[utoipa::path(get, path = "/events/top", tag = "events", params(EventTopValuesParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The field's most frequent values", body = EventTopValuesBody),
+        (status = 400, description = "Bad query syntax, time, field, limit or sample", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    ))]
+pub async fn event_top_values(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(params): ApiQuery<EventTopValuesParams>,
+) -> Result<Json<EventTopValuesBody>, ApiError> {
+    let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
+    let field = bounded("field", &params.field, 128)?;
+    let limit = limit_within(
+        "limit",
+        params.limit,
+        perimeter_store::DEFAULT_TOP_VALUES,
+        perimeter_store::MAX_TOP_VALUES,
+    )?;
+    let sample = limit_within(
+        "sample",
+        params.sample,
+        perimeter_store::DEFAULT_TOP_SAMPLE,
+        perimeter_store::MAX_TOP_SAMPLE,
+    )?;
+    let query = perimeter_store::TopValuesQuery {
+        query: query_text.to_string(),
+        from,
+        to,
+        field: field.to_string(),
+        limit,
+        sample,
+    };
+    state.audit(
+        &auth.0,
+        "events.top",
+        None,
+        json!({"q": query_text, "from": params.from, "to": params.to, "field": field}),
+    )?;
+    let store = state.store.clone();
+    let tenant = auth.tenant().to_string();
+    let top = blocking(move || store.top_values(&tenant, &query)).await??;
+    Ok(Json(EventTopValuesBody {
+        field: top.field,
+        total: top.total,
+        counted: top.counted,
+        exact: top.exact,
+        values: top
+            .values
+            .into_iter()
+            .map(|v| ValueCountBody {
+                value: v.value,
+                count: v.count,
+            })
+            .collect(),
+        other: top.other,
+        missing: top.missing,
+    }))
+}
+
 /// One event by id. Another tenant's id answers 404.
 #[utoipa::path(get, path = "/events/{id}", tag = "events",
     params(("id" = String, Path, description = "Event id")),

@@ -98,6 +98,23 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_top_values_are_answered_or_refused(
+        q in ".{0,30}",
+        field in "(user.name|event.action|related.ip|.{0,16})",
+        limit in "([0-9]{0,6}|.{0,4})",
+        sample in "([0-9]{0,7}|.{0,4})",
+    ) {
+        thread_local!(static H: Harness = Harness::new());
+        H.with(|h| {
+            let uri = format!(
+                "/api/v1/events/top?q={}&field={}&limit={}&sample={}",
+                percent_encode(&q), percent_encode(&field), percent_encode(&limit), percent_encode(&sample)
+            );
+            h.check("GET", &uri, Vec::new()).map(|_| ())
+        })?;
+    }
+
+    #[test]
     fn arbitrary_alert_filters_are_answered_or_refused(
         key in "[a-z_]{1,10}", value in ".{0,40}", sort in "(newest|oldest|severity|.{0,8})"
     ) {

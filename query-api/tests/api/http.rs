@@ -138,6 +138,11 @@ fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
         (Method::GET, "/api/v1/events/histogram?q=alice".into(), None),
         (
             Method::GET,
+            "/api/v1/events/top?field=user.name".into(),
+            None,
+        ),
+        (
+            Method::GET,
             "/api/v1/events/export?max_events=1".into(),
             None,
         ),
@@ -1016,6 +1021,111 @@ fn event_histograms_count_the_tenants_matches_per_interval() {
 }
 
 #[test]
+fn top_values_name_the_tenants_busiest_values_of_a_field() {
+    let api = TestApi::start();
+    let values = |body: &Value| -> Vec<(String, u64)> {
+        body["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["value"].as_str().unwrap().to_string(),
+                    v["count"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // acme: alice 3 events, bob 1, carol 2; globex's mallory never shows.
+    let users = api.get_json("/api/v1/events/top?field=user.name", ACME, Role::Viewer);
+    assert_eq!(
+        values(&users),
+        [
+            ("alice".to_string(), 3),
+            ("carol".to_string(), 2),
+            ("bob".to_string(), 1)
+        ],
+        "{users}"
+    );
+    assert_eq!(users["total"], 6);
+    assert_eq!(users["counted"], 6);
+    assert_eq!(users["exact"], true);
+    assert_eq!(
+        (users["other"].as_u64(), users["missing"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // A search narrows it, a limit cuts it (the rest counted in `other`); the index counts a
+    // field indexed whole when the matches outnumber the sample, still exactly.
+    let okta = api.get_json(
+        "/api/v1/events/top?field=event.outcome&q=event.module:okta&limit=1&sample=1",
+        ACME,
+        Role::Viewer,
+    );
+    assert_eq!(values(&okta), [("failure".to_string(), 3)], "{okta}");
+    assert_eq!(
+        (okta["total"].as_u64(), okta["other"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert_eq!(okta["exact"], true);
+    let sampled = api.get_json(
+        "/api/v1/events/top?field=user.name&sample=2",
+        ACME,
+        Role::Viewer,
+    );
+    assert_eq!(sampled["exact"], false, "{sampled}");
+    assert_eq!(sampled["counted"], 2);
+    let globex = api.get_json("/api/v1/events/top?field=user.name", GLOBEX, Role::Viewer);
+    assert_eq!(values(&globex), [("mallory".to_string(), 2)], "{globex}");
+
+    for (path, status, code) in [
+        ("/api/v1/events/top", 400, "invalid_parameter"),
+        (
+            "/api/v1/events/top?field=actor.alternateId",
+            400,
+            "invalid_query",
+        ),
+        (
+            "/api/v1/events/top?field=user.name&limit=0",
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "/api/v1/events/top?field=user.name&limit=101",
+            400,
+            "limit_too_large",
+        ),
+        (
+            "/api/v1/events/top?field=user.name&sample=100001",
+            400,
+            "limit_too_large",
+        ),
+        (
+            "/api/v1/events/top?field=user.name&q=event.action:(",
+            400,
+            "invalid_query",
+        ),
+        (
+            "/api/v1/events/top?field=user.name&from=tomorrow",
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "/api/v1/events/top?field=user.name&top=3",
+            400,
+            "invalid_parameter",
+        ),
+    ] {
+        assert_error(api.get(path, ACME, Role::Viewer), status, code);
+    }
+    let audit = api.get_json("/api/v1/audit", ACME, Role::Admin);
+    assert!(audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "events.top" && e["details"]["field"] == "event.outcome"));
+}
+
+#[test]
 fn sources_show_each_sources_newest_event_for_the_tenant() {
     let api = TestApi::start();
     let body = api.get_json("/api/v1/sources", ACME, Role::Viewer);
@@ -1577,6 +1687,7 @@ fn openapi_document_and_router_agree() {
         ("PATCH", "/api/v1/alerts/{id}"),
         ("GET", "/api/v1/events/search"),
         ("GET", "/api/v1/events/histogram"),
+        ("GET", "/api/v1/events/top"),
         ("GET", "/api/v1/events/export"),
         ("GET", "/api/v1/events/{id}"),
         ("GET", "/api/v1/dead-letters"),
