@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use perimeter_model::{Ecs, Event, Outcome, RawRecord};
-use perimeter_store::{EventHistogramQuery, EventQuery, Store, StoreBatch, StoreConfig};
+use perimeter_store::{
+    EventHistogramQuery, EventQuery, Store, StoreBatch, StoreConfig, TopValuesQuery,
+};
 use serde_json::{json, Value};
 
 /// Builds one random query of a kind.
@@ -519,6 +521,59 @@ fn main() {
             pct(&times, 0.5),
             pct(&times, 0.99),
             counted as f64 / queries as f64
+        );
+    }
+
+    // Top values (`GET /events/top`): a field indexed whole is counted in the index over every
+    // match (the cost is the field's postings); a word field reads the newest `sample` stored
+    // events (the cost is the sample).
+    let tops: Vec<(&str, TopValuesQuery)> = vec![
+        (
+            "event.action, all events",
+            TopValuesQuery {
+                query: "*".into(),
+                field: "event.action".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "source.ip, failures",
+            TopValuesQuery {
+                query: "event.outcome:failure".into(),
+                field: "source.ip".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "user.name, failures (10k)",
+            TopValuesQuery {
+                query: "event.outcome:failure".into(),
+                field: "user.name".into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    println!(
+        "top values (tenant acme, {} per kind):",
+        queries.clamp(1, 20)
+    );
+    for (name, query) in &tops {
+        let mut times = Vec::new();
+        let mut top = None;
+        for _ in 0..queries.clamp(1, 20) {
+            let t0 = Instant::now();
+            top = Some(store.top_values("acme", query).expect("top values"));
+            times.push(t0.elapsed());
+        }
+        times.sort();
+        let top = top.expect("one run");
+        println!(
+            "  {name:<26} p50 {:>7.2} ms  p99 {:>7.2} ms  ({} of {} events counted, {} values)",
+            pct(&times, 0.5),
+            pct(&times, 0.99),
+            top.counted,
+            top.total,
+            top.values.len()
         );
     }
 

@@ -159,6 +159,7 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     say!("  perimeter alerts --data-dir {dir} --severity high");
     say!("  perimeter search --data-dir {dir} 'event.outcome:failure AND event.module:okta'");
     say!("  perimeter search --data-dir {dir} 'event.outcome:failure' --histogram --interval 30m");
+    say!("  perimeter search --data-dir {dir} 'event.outcome:failure' --top user.name");
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
     }

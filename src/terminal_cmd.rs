@@ -266,6 +266,19 @@ pub struct SearchArgs {
     /// `1h`, `1d`).
     #[arg(long, value_name = "INTERVAL", requires = "histogram")]
     pub interval: Option<String>,
+    /// Counts instead of events: the most frequent values of this field among the events the
+    /// query matches (`--top user.name`: who is behind these hits), at most `--limit` of them
+    /// (up to 100). Fields: event.module, event.action, event.outcome, event.category,
+    /// event.type, source.ip, source.geo.country_iso_code, organization.id, cloud.account.id,
+    /// related.ip (counted exactly in the index), user.name, user.email, user.id,
+    /// user.target.name, user.target.email, user.target.id, user_agent.original, related.user
+    /// (exact up to `--sample` matches, else counted over the newest ones, and said so).
+    #[arg(long, value_name = "FIELD", conflicts_with_all = ["sort", "histogram"])]
+    pub top: Option<String>,
+    /// With `--top`: the most matching events read from storage (default 10000, at most
+    /// 100000).
+    #[arg(long, value_name = "N", requires = "top")]
+    pub sample: Option<usize>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -826,6 +839,9 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
     if args.histogram {
         return histogram(config, &args);
     }
+    if let Some(field) = &args.top {
+        return top_values(config, &args, field);
+    }
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
         let query = Some(args.query.clone());
         server_items(
@@ -894,6 +910,101 @@ fn histogram(config: &PerimeterConfig, args: &SearchArgs) -> anyhow::Result<Exit
         serde_json::to_value(h)?
     };
     print_histogram(&body, args.target.format)
+}
+
+/// `perimeter search --top FIELD`: the field's most frequent values, from a server or the data
+/// directory, printed.
+fn top_values(
+    config: &PerimeterConfig,
+    args: &SearchArgs,
+    field: &str,
+) -> anyhow::Result<ExitCode> {
+    let limit = args.target.limit.clamp(1, perimeter_store::MAX_TOP_VALUES);
+    let body = if args.target.server.is_some() {
+        let params = query_string(&[
+            ("field", &Some(field.to_string())),
+            ("q", &Some(args.query.clone())),
+            ("from", &args.from),
+            ("to", &args.to),
+            ("limit", &Some(limit.to_string())),
+            ("sample", &args.sample.map(|n| n.to_string())),
+        ]);
+        get_json(&args.target, &format!("/events/top?{params}"))?
+    } else {
+        let (store, tenant) = local_store(&args.target, config)?;
+        let top = store.top_values(
+            &tenant,
+            &perimeter_store::TopValuesQuery {
+                query: args.query.clone(),
+                from: parse_time(&args.from)?,
+                to: parse_time(&args.to)?,
+                field: field.to_string(),
+                limit,
+                sample: args.sample.unwrap_or(perimeter_store::DEFAULT_TOP_SAMPLE),
+            },
+        )?;
+        serde_json::to_value(top)?
+    };
+    print_document(&body, args.target.format, |out| {
+        write_top_values(out, &body)
+    })
+}
+
+/// Top values at a terminal: what was counted, then a line per value with its share and a bar.
+fn write_top_values(
+    out: &mut impl std::io::Write,
+    body: &serde_json::Value,
+) -> std::io::Result<()> {
+    let total = body["total"].as_u64().unwrap_or(0);
+    let counted = body["counted"].as_u64().unwrap_or(0);
+    if body["exact"].as_bool() == Some(false) {
+        writeln!(
+            out,
+            "{}: {total} events match; the newest {counted} were counted (--sample)",
+            body["field"].as_str().unwrap_or("")
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{}: {total} events match",
+            body["field"].as_str().unwrap_or("")
+        )?;
+    }
+    let values = body["values"].as_array().cloned().unwrap_or_default();
+    let max = values
+        .iter()
+        .filter_map(|v| v["count"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let width = values
+        .iter()
+        .filter_map(|v| v["value"].as_str())
+        .map(|v| v.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    let mut line = |label: &str, count: u64, bar: bool| {
+        let share = 100.0 * count as f64 / counted.max(1) as f64;
+        let marks = if bar && count > 0 {
+            "#".repeat((count * HISTOGRAM_BAR_WIDTH).div_ceil(max.max(1)) as usize)
+        } else {
+            String::new()
+        };
+        writeln!(out, "{label:<width$}  {count:>9}  {share:>5.1}%  {marks}")
+    };
+    for v in &values {
+        let value: String = v["value"].as_str().unwrap_or("").chars().take(60).collect();
+        line(&value, v["count"].as_u64().unwrap_or(0), true)?;
+    }
+    let other = body["other"].as_u64().unwrap_or(0);
+    if other > 0 {
+        line("(other values)", other, false)?;
+    }
+    let missing = body["missing"].as_u64().unwrap_or(0);
+    if missing > 0 {
+        line("(no value)", missing, false)?;
+    }
+    Ok(())
 }
 
 /// Widest bar of a histogram at a terminal.

@@ -428,6 +428,89 @@ fn demo_finds_the_attack_and_stores_it() {
     assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
     let out = perimeter(&["search", "--data-dir", d, "--interval", "1h", "*"], None);
     assert!(!out.status.success(), "--interval needs --histogram");
+    // The busiest values of a field: each count is what searching for the value finds.
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--top",
+            "user.name",
+            "--limit",
+            "3",
+            "event.outcome:failure",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let top: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(top["exact"], true, "{top}");
+    let values = top["values"].as_array().unwrap();
+    assert_eq!(values.len(), 3, "{top}");
+    for v in values {
+        let name = v["value"].as_str().unwrap();
+        let found = json_lines(&perimeter(
+            &[
+                "search",
+                "--data-dir",
+                d,
+                "--limit",
+                "5000",
+                &format!("event.outcome:failure AND user.name:\"{name}\""),
+            ],
+            None,
+        ));
+        let exactly = found
+            .iter()
+            .filter(|e| {
+                e["user"]["name"].as_str().map(str::to_lowercase) == Some(name.to_lowercase())
+            })
+            .count();
+        assert_eq!(v["count"].as_u64(), Some(exactly as u64), "{name}: {top}");
+    }
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--format",
+            "table",
+            "--top",
+            "event.module",
+            "*",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("event.module: 2629 events match"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.ends_with(&"#".repeat(50))),
+        "{text}"
+    );
+    let out = perimeter(&["search", "--data-dir", d, "--top", "actor.id", "*"], None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("user.name"), "{}", stderr(&out));
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--top",
+            "user.name",
+            "--histogram",
+            "*",
+        ],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "--top and --histogram are two answers"
+    );
 
     // Each source's newest event is the newest its search finds; `--silent-for` keeps the
     // quiet ones and says so in the exit code (the demo day is in the past: all are quiet).
@@ -612,6 +695,16 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         &[&histogram_args[..], &["--data-dir", data.to_str().unwrap()]].concat(),
         None,
     );
+    // And its top values.
+    let top_args = ["search", "--top", "source.ip", "event.outcome:failure"];
+    let served_top = perimeter(
+        &[&top_args[..], &["--server", server, "--token", &token]].concat(),
+        None,
+    );
+    let local_top = perimeter(
+        &[&top_args[..], &["--data-dir", data.to_str().unwrap()]].concat(),
+        None,
+    );
     let served_sources = perimeter(&["sources", "--server", server, "--token", &token], None);
     let local_sources = perimeter(&["sources", "--data-dir", data.to_str().unwrap()], None);
     let still_served = reqwest::blocking::Client::new()
@@ -666,6 +759,11 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
     let local: serde_json::Value = serde_json::from_slice(&local_histogram.stdout).unwrap();
     assert_eq!(served, local);
     assert!(served["total"].as_u64().unwrap() > 40, "{served}");
+    assert!(served_top.status.success(), "{}", stderr(&served_top));
+    let served: serde_json::Value = serde_json::from_slice(&served_top.stdout).unwrap();
+    let local: serde_json::Value = serde_json::from_slice(&local_top.stdout).unwrap();
+    assert_eq!(served, local);
+    assert!(!served["values"].as_array().unwrap().is_empty(), "{served}");
     let without_age = |out: &std::process::Output| -> Vec<serde_json::Value> {
         json_lines(out)
             .into_iter()

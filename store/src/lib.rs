@@ -14,7 +14,7 @@
 //! - bad queries and bad cursors are [`StoreError::InvalidQuery`], never a panic.
 //!
 //! Entry points: [`Store::open`], [`Store::write_batch`], [`Store::search_events`],
-//! [`Store::event_histogram`], [`Store::source_activity`], [`Store::get_event`], [`Store::list_alerts`], [`Store::update_alert`],
+//! [`Store::event_histogram`], [`Store::top_values`], [`Store::source_activity`], [`Store::get_event`], [`Store::list_alerts`], [`Store::update_alert`],
 //! [`Store::apply_retention`].
 
 mod activity;
