@@ -24,6 +24,8 @@ impl CloudTrailNormalizer {
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {
         fields::object(raw)?;
+        // Top-level keys read once: each lookup in the DOM would decode the keys before it.
+        let raw = &fields::Record::new(raw);
         let name = fields::required_str(raw, &["eventName"])?;
         let service = str_at(raw, &["eventSource"]).unwrap_or("");
         let mut ecs = Ecs {

@@ -19,29 +19,91 @@ pub(crate) fn object(raw: &RawJson) -> Result<&Obj, NormalizeError> {
     }
 }
 
-/// Walk `path` (object keys) from `v`.
-pub(crate) fn at<'a>(v: &'a RawJson, path: &[&str]) -> Option<&'a RawJson> {
-    let mut cur = v;
-    for key in path {
+/// A record's top-level keys, read once. A normalizer looks up a dozen top-level fields of each
+/// record, and a lookup in the parsed DOM decodes every key it passes on the way (about 40
+/// instructions a key, most of normalizing); here a lookup compares lengths and bytes in a
+/// slice. Duplicate keys resolve to the first, as in the DOM.
+pub(crate) struct Record<'a> {
+    pairs: Vec<(&'a str, &'a RawJson)>,
+}
+
+impl<'a> Record<'a> {
+    /// The keys of `raw` (none when it is not an object).
+    pub(crate) fn new(raw: &'a RawJson) -> Record<'a> {
+        let mut pairs = Vec::new();
+        if let Some(o) = raw.as_object() {
+            pairs.reserve_exact(o.len());
+            pairs.extend(o.iter());
+        }
+        Record { pairs }
+    }
+
+    /// The value of a top-level key.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a RawJson> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k.len() == key.len() && *k == key)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// Where a path's first key is looked up: a record read once ([`Record`]) or any value.
+pub(crate) trait Lookup<'a>: Copy {
+    fn key(self, key: &str) -> Option<&'a RawJson>;
+}
+
+impl<'a> Lookup<'a> for &'a RawJson {
+    fn key(self, key: &str) -> Option<&'a RawJson> {
+        self.get(key)
+    }
+}
+
+impl<'a> Lookup<'a> for &&'a RawJson {
+    fn key(self, key: &str) -> Option<&'a RawJson> {
+        (*self).get(key)
+    }
+}
+
+impl<'a> Lookup<'a> for &Record<'a> {
+    fn key(self, key: &str) -> Option<&'a RawJson> {
+        self.get(key)
+    }
+}
+
+/// Walk `path` (object keys, at least one) from `v`.
+pub(crate) fn at<'a>(v: impl Lookup<'a>, path: &[&str]) -> Option<&'a RawJson> {
+    let (first, rest) = path.split_first()?;
+    let mut cur = v.key(first)?;
+    for key in rest {
         cur = cur.get(*key)?;
     }
     Some(cur)
 }
 
+/// Empty or only whitespace. Settled on the first byte for most values (a printable ASCII
+/// character that is not a space), without `trim`'s Unicode checks.
+pub(crate) fn is_blank(s: &str) -> bool {
+    match s.as_bytes().first() {
+        None => true,
+        Some(&b) if b > b' ' && b < 0x7f => false,
+        Some(_) => s.trim().is_empty(),
+    }
+}
+
 /// A non-empty string at `path`; other types and empty strings count as absent.
-pub(crate) fn str_at<'a>(v: &'a RawJson, path: &[&str]) -> Option<&'a str> {
-    at(v, path)?.as_str().filter(|s| !s.trim().is_empty())
+pub(crate) fn str_at<'a>(v: impl Lookup<'a>, path: &[&str]) -> Option<&'a str> {
+    at(v, path)?.as_str().filter(|s| !is_blank(s))
 }
 
 /// A string or number at `path`, as an owned string (ids are numbers in some vendors' APIs).
-pub(crate) fn id_at(v: &RawJson, path: &[&str]) -> Option<String> {
+pub(crate) fn id_at<'a>(v: impl Lookup<'a>, path: &[&str]) -> Option<String> {
     scalar_string(at(v, path)?)
 }
 
 /// A string or number value as an owned string; empty strings, null, objects, arrays are `None`.
 pub(crate) fn scalar_string(v: &RawJson) -> Option<String> {
     match v.as_ref() {
-        ValueRef::String(s) if !s.trim().is_empty() => Some(s.to_owned()),
+        ValueRef::String(s) if !is_blank(s) => Some(s.to_owned()),
         ValueRef::Number(n) => Some(n.to_string()),
         _ => None,
     }
@@ -49,7 +111,10 @@ pub(crate) fn scalar_string(v: &RawJson) -> Option<String> {
 
 /// A required string field: [`NormalizeError::MissingField`] when absent or null,
 /// [`NormalizeError::WrongType`] when present with another type.
-pub(crate) fn required_str<'a>(v: &'a RawJson, path: &[&str]) -> Result<&'a str, NormalizeError> {
+pub(crate) fn required_str<'a>(
+    v: impl Lookup<'a>,
+    path: &[&str],
+) -> Result<&'a str, NormalizeError> {
     match at(v, path).map(|v| v.as_ref()) {
         None | Some(ValueRef::Null) => Err(NormalizeError::MissingField(path.join("."))),
         Some(ValueRef::String(s)) if !s.is_empty() => Ok(s),
@@ -62,7 +127,10 @@ pub(crate) fn required_str<'a>(v: &'a RawJson, path: &[&str]) -> Result<&'a str,
 }
 
 /// A required timestamp (any format [`parse_timestamp`] accepts).
-pub(crate) fn required_time(v: &RawJson, path: &[&str]) -> Result<DateTime<Utc>, NormalizeError> {
+pub(crate) fn required_time<'a>(
+    v: impl Lookup<'a>,
+    path: &[&str],
+) -> Result<DateTime<Utc>, NormalizeError> {
     match at(v, path) {
         Some(t) if !t.is_null() => parse_time(t, path),
         _ => Err(NormalizeError::MissingField(path.join("."))),
@@ -79,7 +147,7 @@ pub(crate) fn parse_time(t: &RawJson, path: &[&str]) -> Result<DateTime<Utc>, No
 
 /// An optional array at `path`; a present non-array is a type error.
 pub(crate) fn opt_array<'a>(
-    v: &'a RawJson,
+    v: impl Lookup<'a>,
     path: &[&str],
 ) -> Result<Option<&'a [RawJson]>, NormalizeError> {
     match at(v, path) {

@@ -28,6 +28,8 @@ impl GithubAuditLogNormalizer {
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {
         fields::object(raw)?;
+        // Top-level keys read once: each lookup in the DOM would decode the keys before it.
+        let raw = &fields::Record::new(raw);
         let action = fields::required_str(raw, &["action"])?;
         let ts = match at(raw, &["@timestamp"]) {
             Some(t) if !t.is_null() => fields::parse_time(t, &["@timestamp"])?,

@@ -29,6 +29,8 @@ impl GoogleWorkspaceActivityNormalizer {
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {
         fields::object(raw)?;
+        // Top-level keys read once: each lookup in the DOM would decode the keys before it.
+        let raw = &fields::Record::new(raw);
         let events = fields::opt_array(raw, &["events"])?
             .ok_or_else(|| NormalizeError::MissingField("events".into()))?;
         let event = match events {

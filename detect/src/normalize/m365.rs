@@ -22,6 +22,8 @@ impl M365ManagementActivityNormalizer {
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {
         fields::object(raw)?;
+        // Top-level keys read once: each lookup in the DOM would decode the keys before it.
+        let raw = &fields::Record::new(raw);
         let op = fields::required_str(raw, &["Operation"])?;
         let mut ecs = Ecs {
             // CreationTime carries no zone; the API documents it as UTC.

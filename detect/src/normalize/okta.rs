@@ -20,6 +20,8 @@ impl OktaSystemLogNormalizer {
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {
         fields::object(raw)?;
+        // Top-level keys read once: each lookup in the DOM would decode the keys before it.
+        let raw = &fields::Record::new(raw);
         let action = fields::required_str(raw, &["eventType"])?;
         let mut ecs = Ecs {
             timestamp: Some(fields::required_time(raw, &["published"])?),

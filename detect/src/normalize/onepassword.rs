@@ -59,6 +59,8 @@ impl OnePasswordEventsNormalizer {
                 "not a 1Password sign-in attempt, item usage or audit event (expected `timestamp` with `category`, `item_uuid`+`vault_uuid` or `actor_uuid`+`object_type`)".into(),
             )
         })?;
+        // Top-level keys read once: each lookup in the DOM would decode the keys before it.
+        let raw = &fields::Record::new(raw);
         let mut ecs = Ecs {
             timestamp: Some(fields::required_time(raw, &["timestamp"])?),
             ..Ecs::default()

@@ -21,6 +21,8 @@ impl SlackAuditLogNormalizer {
 
     pub(crate) fn ecs(raw: &Value) -> Result<Ecs, NormalizeError> {
         fields::object(raw)?;
+        // Top-level keys read once: each lookup in the DOM would decode the keys before it.
+        let raw = &fields::Record::new(raw);
         let action = fields::required_str(raw, &["action"])?;
         let mut ecs = Ecs {
             timestamp: Some(fields::required_time(raw, &["date_create"])?),
