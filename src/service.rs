@@ -364,6 +364,7 @@ fn silent_sources(
                 continue;
             }
         };
+        resolve_ended_silences(store, &tenant, &sources);
         for a in &sources {
             let Some(alert) = silence.alert(&tenant, &a.source, a.newest_event, now) else {
                 continue;
@@ -377,6 +378,54 @@ fn silent_sources(
         }
     }
     alerts
+}
+
+/// Resolve the tenant's open (or acknowledged) silence alerts whose source has sent again,
+/// with a note saying when; recorded as changed by `perimeter`.
+fn resolve_ended_silences(
+    store: &Store,
+    tenant: &str,
+    sources: &[perimeter_store::SourceActivity],
+) {
+    use perimeter_model::AlertStatus;
+    let mut unresolved = Vec::new();
+    for status in [AlertStatus::Open, AlertStatus::Acknowledged] {
+        let query = perimeter_store::AlertQuery {
+            rule_id: Some(perimeter_detect::silence::SOURCE_SILENT_RULE_ID.to_string()),
+            status: Some(status),
+            limit: perimeter_store::MAX_PAGE_LIMIT,
+            ..Default::default()
+        };
+        match store.list_alerts(tenant, &query) {
+            Ok(page) => unresolved.extend(page.items),
+            Err(e) => {
+                tracing::warn!(error = %e, %tenant, "listing silence alerts failed");
+                return;
+            }
+        }
+    }
+    for record in unresolved {
+        let alert = &record.alert;
+        let newest = sources
+            .iter()
+            .find(|s| s.source == alert.source)
+            .map(|s| s.newest_event);
+        let Some(note) = newest.and_then(|n| perimeter_detect::silence::resumed_note(alert, n))
+        else {
+            continue;
+        };
+        let update = perimeter_store::AlertUpdate {
+            status: Some(AlertStatus::Resolved),
+            note: Some(note),
+            assignee: None,
+        };
+        match store.update_alert(tenant, &alert.id, &update, "perimeter") {
+            Ok(_) => {
+                tracing::info!(%tenant, source = %alert.source, "a silent source sent again; its alert is resolved")
+            }
+            Err(e) => tracing::warn!(error = %e, %tenant, "resolving a silence alert failed"),
+        }
+    }
 }
 
 /// A snapshot of `what` could not be written: counted (worth an alert) and logged.

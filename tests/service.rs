@@ -1830,7 +1830,7 @@ fn salesforce_event_log_files_are_polled_detected_and_stored() {
 }
 
 #[test]
-fn a_source_that_went_silent_raises_one_alert_and_a_fresh_one_none() {
+fn a_source_that_went_silent_raises_one_alert_resolved_when_it_sends_again() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config_with(
         dir.path(),
@@ -1945,5 +1945,40 @@ fn a_source_that_went_silent_raises_one_alert_and_a_fresh_one_none() {
             .starts_with("perimeter_alerts_switched_off_total{rule=\"perimeter.source_silent\"}")),
         "the switched-off silence is counted"
     );
+    // okta sends again: its silence alert is resolved by Perimeter, with a note saying when.
+    let mut fresh = okta_event(1, 2);
+    fresh["published"] = serde_json::json!(at(0));
+    let r = client
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&admin)
+        .body(fresh.to_string())
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "okta: {}", r.text().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resolved = loop {
+        let alerts = silence_alerts();
+        if alerts[0]["alert"]["status"] == "resolved" {
+            break alerts[0].clone();
+        }
+        assert!(Instant::now() < deadline, "not resolved: {alerts:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        resolved["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["by"] == "perimeter" && c["field"] == "status" && c["to"] == "resolved"),
+        "{resolved}"
+    );
+    assert!(
+        resolved["notes"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("okta sent again: its newest event is from "),
+        "{resolved}"
+    );
+    assert_eq!(silence_alerts().len(), 1, "and no new silence is raised");
     stop(svc);
 }

@@ -4,7 +4,8 @@
 //! or revoked API token, a removed webhook, an audit log switched off by someone covering their
 //! tracks. [`SourceSilence`] turns "no event from this source for longer than `after`" into an
 //! alert. The service asks it about each source's newest stored event at an interval; the
-//! detector keeps no state of its own.
+//! detector keeps no state of its own. When the source sends again, [`resumed_note`] is the
+//! note the service resolves the alert with.
 //!
 //! The alert's id is made from the tenant, the source and its newest event time, so one silence
 //! is one alert however often it is checked; a source that sends again and then goes quiet
@@ -109,6 +110,35 @@ impl SourceSilence {
     }
 }
 
+/// The newest event time a silence alert was raised on (its evidence); `None` for other alerts.
+pub fn silent_since(alert: &Alert) -> Option<DateTime<Utc>> {
+    if alert.rule_id != SOURCE_SILENT_RULE_ID {
+        return None;
+    }
+    alert
+        .event_ids
+        .iter()
+        .find_map(|id| id.strip_prefix("newest:")?.parse::<i64>().ok())
+        .and_then(DateTime::from_timestamp_micros)
+}
+
+/// The note that resolves a silence alert once its source has sent again: `Some` when the
+/// source's newest stored event, `newest`, is newer than the one the alert was raised on. A
+/// silence that ended needs no analyst; one still going on stays open.
+pub fn resumed_note(alert: &Alert, newest: DateTime<Utc>) -> Option<String> {
+    let since = silent_since(alert)?;
+    let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    (newest > since).then(|| {
+        format!(
+            "{} sent again: its newest event is from {}, after a silence since {} ({})",
+            alert.source,
+            at(newest),
+            at(since),
+            span(newest - since)
+        )
+    })
+}
+
 /// A quiet span as people say it: whole days, else hours, else minutes.
 fn span(d: chrono::TimeDelta) -> String {
     let s = d.num_seconds().max(0);
@@ -167,6 +197,24 @@ mod tests {
         assert!(s.alert("acme", "okta", at(0), at(8 * 24)).is_none());
         // Stamped in the future: not quiet.
         assert!(s.alert("acme", "okta", at(10), at(0)).is_none());
+    }
+
+    #[test]
+    fn a_silence_ends_when_the_source_sends_a_newer_event() {
+        let s = silence();
+        let a = s.alert("acme", "okta", at(0), at(7)).unwrap();
+        assert_eq!(silent_since(&a), Some(at(0)));
+        assert!(resumed_note(&a, at(0)).is_none(), "nothing newer yet");
+        let note = resumed_note(&a, at(9)).unwrap();
+        assert!(
+            note.starts_with("okta sent again: its newest event is from "),
+            "{note}"
+        );
+        assert!(note.ends_with("(9 hours)"), "{note}");
+        // Other alerts are no silences.
+        let mut other = a.clone();
+        other.rule_id = "okta_bruteforce".into();
+        assert!(silent_since(&other).is_none() && resumed_note(&other, at(9)).is_none());
     }
 
     #[test]
