@@ -116,9 +116,15 @@ pub fn spawn_pipeline_worker(
                 if let Some(silence) = &silence {
                     if last_silence_check.is_none_or(|t| t.elapsed() >= silence.check_every()) {
                         last_silence_check = Some(Instant::now());
-                        let raised = silent_sources(&store, silence, &mut silences_raised, |a| {
-                            !pipeline.switched_off(a)
-                        });
+                        let SilenceCheck { raised, resolved } =
+                            silent_sources(&store, silence, &mut silences_raised, |a| {
+                                !pipeline.switched_off(a)
+                            });
+                        // The destinations hear of the end too (the same alert, `status`
+                        // resolved), as of the start.
+                        if !resolved.is_empty() {
+                            notifier.notify(&resolved);
+                        }
                         if !raised.is_empty() {
                             for a in &raised {
                                 metrics.inc("alerts_total", &[("rule", &a.rule_id)], 1);
@@ -346,16 +352,26 @@ fn save_state(
     }
 }
 
+/// What one check of the sources found.
+#[derive(Default)]
+struct SilenceCheck {
+    /// New silence alerts, to store and send.
+    raised: Vec<perimeter_model::Alert>,
+    /// Silence alerts resolved because their source sent again (stored already), to send.
+    resolved: Vec<perimeter_model::Alert>,
+}
+
 /// Silence alerts for every tenant's sources quiet past the threshold, leaving out those this
-/// run raised already (`raised`) and those not `wanted` (switched off).
+/// run raised already (`raised`) and those not `wanted` (switched off); and the silences that
+/// ended, resolved.
 fn silent_sources(
     store: &Store,
     silence: &SourceSilence,
     raised: &mut std::collections::HashSet<String>,
     mut wanted: impl FnMut(&perimeter_model::Alert) -> bool,
-) -> Vec<perimeter_model::Alert> {
+) -> SilenceCheck {
     let now = chrono::Utc::now();
-    let mut alerts = Vec::new();
+    let mut check = SilenceCheck::default();
     for tenant in store.tenants() {
         let sources = match store.source_activity(&tenant, now) {
             Ok(sources) => sources,
@@ -364,7 +380,9 @@ fn silent_sources(
                 continue;
             }
         };
-        resolve_ended_silences(store, &tenant, &sources);
+        check
+            .resolved
+            .extend(resolve_ended_silences(store, &tenant, &sources));
         for a in &sources {
             let Some(alert) = silence.alert(&tenant, &a.source, a.newest_event, now) else {
                 continue;
@@ -373,20 +391,20 @@ fn silent_sources(
             // check, when the switch may have ended.
             if !raised.contains(&alert.id) && wanted(&alert) {
                 raised.insert(alert.id.clone());
-                alerts.push(alert);
+                check.raised.push(alert);
             }
         }
     }
-    alerts
+    check
 }
 
 /// Resolve the tenant's open (or acknowledged) silence alerts whose source has sent again,
-/// with a note saying when; recorded as changed by `perimeter`.
+/// with a note saying when; recorded as changed by `perimeter`. Returns them as resolved.
 fn resolve_ended_silences(
     store: &Store,
     tenant: &str,
     sources: &[perimeter_store::SourceActivity],
-) {
+) -> Vec<perimeter_model::Alert> {
     use perimeter_model::AlertStatus;
     let mut unresolved = Vec::new();
     for status in [AlertStatus::Open, AlertStatus::Acknowledged] {
@@ -400,10 +418,11 @@ fn resolve_ended_silences(
             Ok(page) => unresolved.extend(page.items),
             Err(e) => {
                 tracing::warn!(error = %e, %tenant, "listing silence alerts failed");
-                return;
+                return Vec::new();
             }
         }
     }
+    let mut resolved = Vec::new();
     for record in unresolved {
         let alert = &record.alert;
         let newest = sources
@@ -420,12 +439,14 @@ fn resolve_ended_silences(
             assignee: None,
         };
         match store.update_alert(tenant, &alert.id, &update, "perimeter") {
-            Ok(_) => {
-                tracing::info!(%tenant, source = %alert.source, "a silent source sent again; its alert is resolved")
+            Ok(updated) => {
+                tracing::info!(%tenant, source = %alert.source, "a silent source sent again; its alert is resolved");
+                resolved.extend(updated.map(|r| r.alert));
             }
             Err(e) => tracing::warn!(error = %e, %tenant, "resolving a silence alert failed"),
         }
     }
+    resolved
 }
 
 /// A snapshot of `what` could not be written: counted (worth an alert) and logged.

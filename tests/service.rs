@@ -1838,6 +1838,8 @@ fn a_source_that_went_silent_raises_one_alert_resolved_when_it_sends_again() {
     );
     let admin = token(&cfg, "admin");
     let svc = start(&cfg);
+    let hook = WebhookReceiver::start(0);
+    add_destination(&svc.base, &admin, &hook.url());
     let client = reqwest::blocking::Client::new();
     // okta's newest event is 10 minutes old (quiet past the 2 minutes); github's is fresh.
     let at = |ago: i64| {
@@ -1980,5 +1982,26 @@ fn a_source_that_went_silent_raises_one_alert_resolved_when_it_sends_again() {
         "{resolved}"
     );
     assert_eq!(silence_alerts().len(), 1, "and no new silence is raised");
+    // The destination heard of the silence, then of its end: the same alert, resolved.
+    let id = resolved["alert"]["id"].as_str().unwrap().to_string();
+    let deliveries_of = |status: &str| {
+        hook.bodies()
+            .iter()
+            .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .flat_map(|b| b["alerts"].as_array().cloned().unwrap_or_default())
+            .filter(|a| a["id"] == id.as_str() && a["status"] == status)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while deliveries_of("resolved") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no resolved delivery: {:?}",
+            hook.bodies()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(deliveries_of("open"), 1, "{:?}", hook.bodies());
+    assert_eq!(deliveries_of("resolved"), 1, "{:?}", hook.bodies());
     stop(svc);
 }

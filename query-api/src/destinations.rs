@@ -336,7 +336,8 @@ impl DestinationStore {
     }
 }
 
-/// Posts new alerts to their tenant's destinations, in the background. Cheap to clone.
+/// Posts alerts to their tenant's destinations, in the background: new ones, and those Perimeter
+/// resolved itself (their `status` says so). Cheap to clone.
 #[derive(Clone)]
 pub struct AlertNotifier {
     /// Unbounded: a batch is already in the outbox (and its memory) when it is sent here, so a
@@ -439,7 +440,7 @@ impl AlertNotifier {
         }
     }
 
-    /// Queue new (masked) alerts, one batch per tenant they belong to that has destinations:
+    /// Queue (masked) alerts, one batch per tenant they belong to that has destinations:
     /// written to the outbox (one fsync) before this returns, then handed to the delivery task
     /// without blocking. Beyond the batches in delivery and as many again waiting, new batches
     /// still wait their turn, and are counted in `destination_batches_overflowed_total`.
@@ -664,15 +665,31 @@ fn slack_text(body: &Delivery<'_>) -> String {
             .then(a.timestamp.cmp(&b.timestamp))
     });
     let n = alerts.len();
+    // Alerts Perimeter resolved itself (a silent source that sent again) come as updates: their
+    // line says the status instead of the severity.
+    let open = |a: &Alert| a.status == perimeter_model::AlertStatus::Open;
+    let kind = if alerts.iter().all(|a| open(a)) {
+        "new alert"
+    } else {
+        "alert update"
+    };
     let mut text = format!(
-        "Perimeter: {n} new alert{} for tenant {}",
+        "Perimeter: {n} {kind}{} for tenant {}",
         if n == 1 { "" } else { "s" },
         escape(body.tenant)
     );
     for a in alerts.iter().take(SLACK_LINES) {
+        let tag = if open(a) {
+            a.severity.as_str().to_uppercase()
+        } else {
+            serde_json::to_value(a.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_uppercase))
+                .unwrap_or_default()
+        };
         text.push_str(&format!(
             "\n• *[{}]* {} - {} ({}, {}, alert `{}`)",
-            a.severity.as_str().to_uppercase(),
+            tag,
             escape(&a.title),
             escape(&a.entity),
             escape(&a.source),
@@ -820,6 +837,34 @@ mod tests {
             "{text}"
         );
         assert_eq!(body.as_object().unwrap().len(), 1, "only `text`: {body}");
+    }
+
+    #[test]
+    fn slack_lines_of_resolved_alerts_say_so() {
+        let mut a = Alert::new(
+            "perimeter.source_silent",
+            "Source went silent: no okta events for 7 hours",
+            Severity::Medium,
+            perimeter_model::DetectorKind::SourceHealth,
+            "okta",
+            "acme",
+            Utc::now(),
+            "okta",
+            perimeter_model::EntityKind::App,
+        );
+        a.id = "s1".into();
+        a.status = perimeter_model::AlertStatus::Resolved;
+        let text = slack_text(&Delivery {
+            tenant: "acme",
+            destination: "soc-slack",
+            alerts: vec![&a],
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "Perimeter: 1 alert update for tenant acme");
+        assert!(
+            lines[1].starts_with("• *[RESOLVED]* Source went silent"),
+            "{text}"
+        );
     }
 
     #[test]
