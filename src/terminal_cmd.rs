@@ -20,6 +20,10 @@ pub enum TokensCommand {
         /// A name to recognise the token by in the audit log.
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Refuse the token after this long: a whole number and a unit, s, m, h, d or w (`90d`,
+        /// `12h`). Without it the token works until revoked.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
     },
     /// List tokens (ids, tenants, roles; never the tokens themselves).
     List,
@@ -39,10 +43,36 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
     std::fs::create_dir_all(&config.data_dir)?;
     let store = TokenStore::open_in(&config.data_dir).context("opening the token store")?;
     match cmd {
-        TokensCommand::Create { tenant, role, name } => {
-            let (info, token) = store.create(&tenant, parse_role(&role), Some(&name))?;
+        TokensCommand::Create {
+            tenant,
+            role,
+            name,
+            expires_in,
+        } => {
+            let expires_at = expires_in
+                .as_deref()
+                .map(|d| -> anyhow::Result<_> {
+                    let seconds = perimeter_model::parse_duration(d)
+                        .with_context(|| format!("--expires-in {d}"))?;
+                    anyhow::ensure!(seconds > 0, "--expires-in must be longer than 0s");
+                    chrono::TimeDelta::try_seconds(seconds)
+                        .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+                        .with_context(|| format!("--expires-in {d} is too far in the future"))
+                })
+                .transpose()?;
+            let (info, token) =
+                store.create_until(&tenant, parse_role(&role), Some(&name), expires_at)?;
+            let until = info
+                .expires_at
+                .map(|t| {
+                    format!(
+                        ", expires {}",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                })
+                .unwrap_or_default();
             eprintln!(
-                "created token {} (tenant {}, role {}); store it now, it is not shown again:",
+                "created token {} (tenant {}, role {}{until}); store it now, it is not shown again:",
                 info.id,
                 info.tenant,
                 info.role.as_str()

@@ -1119,3 +1119,47 @@ fn rules_check_warns_about_a_misspelt_source() {
         "{stdout}"
     );
 }
+
+#[test]
+fn tokens_can_expire_and_say_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n",
+            dir.path().join("data").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "--config", cfg, "tokens", "create", "--tenant", "acme", "--role", "viewer",
+        ];
+        args.extend_from_slice(extra);
+        perimeter(&args, None)
+    };
+    let before = chrono::Utc::now();
+    let out = create(&["--expires-in", "2h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(", expires 20"), "{}", stderr(&out));
+    let out = create(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for bad in ["0s", "soon", "1y"] {
+        let out = create(&["--expires-in", bad]);
+        assert!(!out.status.success(), "--expires-in {bad}");
+        assert!(stderr(&out).contains("--expires-in"), "{}", stderr(&out));
+    }
+    let listed = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None));
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let expires: chrono::DateTime<chrono::Utc> =
+        listed[0]["expires_at"].as_str().unwrap().parse().unwrap();
+    let ahead = expires - before;
+    assert!(
+        ahead >= chrono::Duration::hours(2)
+            && ahead < chrono::Duration::hours(2) + chrono::Duration::minutes(5),
+        "{listed:?}"
+    );
+    assert!(listed[1].get("expires_at").is_none(), "{listed:?}");
+}

@@ -188,6 +188,7 @@ mod tests {
             role: Role::Admin,
             created_at: Utc::now(),
             revoked_at: None,
+            expires_at: None,
         }
     }
 

@@ -81,6 +81,10 @@ pub struct TokenInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The token is refused from this time on (`None`: it does not expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl TokenInfo {
@@ -91,6 +95,34 @@ impl TokenInfo {
 
     pub fn is_revoked(&self) -> bool {
         self.revoked_at.is_some()
+    }
+
+    /// Whether the token has expired at `now`.
+    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// Why a presented token is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No stored token has this hash.
+    Unknown,
+    Revoked,
+    Expired(DateTime<Utc>),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unknown => f.write_str("unknown token"),
+            Refusal::Revoked => f.write_str("the token was revoked"),
+            Refusal::Expired(at) => write!(
+                f,
+                "the token expired at {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        }
     }
 }
 
@@ -162,13 +194,24 @@ impl TokenStore {
         &self.path
     }
 
-    /// Create a token. Returns its description and the plaintext, which is shown once and
-    /// never stored.
+    /// Create a token that does not expire. Returns its description and the plaintext, which is
+    /// shown once and never stored.
     pub fn create(
         &self,
         tenant: &str,
         role: Role,
         name: Option<&str>,
+    ) -> Result<(TokenInfo, String), AuthError> {
+        self.create_until(tenant, role, name, None)
+    }
+
+    /// [`Self::create`] for a token refused from `expires_at` on (`None`: never).
+    pub fn create_until(
+        &self,
+        tenant: &str,
+        role: Role,
+        name: Option<&str>,
+        expires_at: Option<DateTime<Utc>>,
     ) -> Result<(TokenInfo, String), AuthError> {
         validate_label("tenant", tenant)?;
         if let Some(name) = name {
@@ -184,6 +227,7 @@ impl TokenStore {
             role,
             created_at: Utc::now(),
             revoked_at: None,
+            expires_at,
         };
         let record = TokenRecord {
             info: info.clone(),
@@ -214,8 +258,13 @@ impl TokenStore {
         Ok(found)
     }
 
-    /// The token a presented plaintext belongs to, if it is known and not revoked.
+    /// The token a presented plaintext belongs to, if it is known, not revoked and not expired.
     pub fn verify(&self, presented: &str) -> Option<TokenInfo> {
+        self.check(presented, Utc::now()).ok()
+    }
+
+    /// The token a presented plaintext belongs to at `now`, or why it is refused.
+    pub fn check(&self, presented: &str, now: DateTime<Utc>) -> Result<TokenInfo, Refusal> {
         self.refresh();
         let presented_hash = Sha256::digest(presented.as_bytes());
         let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
@@ -230,9 +279,14 @@ impl TokenStore {
                 found = Some(record);
             }
         }
-        found
-            .filter(|r| !r.info.is_revoked())
-            .map(|r| r.info.clone())
+        let info = &found.ok_or(Refusal::Unknown)?.info;
+        if info.is_revoked() {
+            return Err(Refusal::Revoked);
+        }
+        match info.expires_at {
+            Some(at) if info.is_expired_at(now) => Err(Refusal::Expired(at)),
+            _ => Ok(info.clone()),
+        }
     }
 
     /// Re-read the file if another process changed it. A file that became unreadable keeps
@@ -354,7 +408,8 @@ impl MinRole for AdminRole {
 }
 
 /// The authenticated caller, holding at least role `R`. Extracting it answers 401 for a
-/// missing, unknown or revoked token and 403 for a token whose role is below `R`.
+/// missing, unknown, revoked or expired token (saying which) and 403 for a token whose role is
+/// below `R`.
 #[derive(Debug, Clone)]
 pub struct Auth<R: MinRole = ViewerRole>(pub TokenInfo, PhantomData<R>);
 
@@ -391,8 +446,8 @@ impl<R: MinRole> FromRequestParts<AppState> for Auth<R> {
         let token = bearer_token(parts)?;
         let info = state
             .tokens
-            .verify(token)
-            .ok_or_else(|| ApiError::Unauthorized("unknown or revoked token".into()))?;
+            .check(token, Utc::now())
+            .map_err(|refusal| ApiError::Unauthorized(refusal.to_string()))?;
         if info.role < R::ROLE {
             return Err(ApiError::Forbidden(format!(
                 "this operation needs role `{}`, the token has `{}`",
@@ -430,6 +485,32 @@ mod tests {
             "revocation must be seen by the first handle"
         );
         assert!(store.list()[0].revoked_at.is_some());
+    }
+
+    #[test]
+    fn expiring_tokens_work_until_their_time_and_say_why_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open_in(dir.path()).unwrap();
+        let until = Utc::now() + chrono::Duration::hours(1);
+        let (info, token) = store
+            .create_until("acme", Role::Viewer, Some("contractor"), Some(until))
+            .unwrap();
+        assert_eq!(store.check(&token, Utc::now()), Ok(info.clone()));
+        let later = until + chrono::Duration::seconds(1);
+        assert_eq!(store.check(&token, later), Err(Refusal::Expired(until)));
+        assert_eq!(store.check(&token, until), Err(Refusal::Expired(until)));
+        assert_eq!(store.check("prm_nope", Utc::now()), Err(Refusal::Unknown));
+        // Kept across a reopen; a revoked token says revoked, whatever its expiry.
+        let reopened = TokenStore::open_in(dir.path()).unwrap();
+        assert_eq!(reopened.list()[0].expires_at, Some(until));
+        assert!(reopened.revoke(&info.id).unwrap());
+        assert_eq!(reopened.check(&token, Utc::now()), Err(Refusal::Revoked));
+        // A token file written before tokens could expire reads as tokens that do not.
+        let old = r#"{"tokens": [{"id": "abc", "name": "ci", "tenant": "acme", "role": "admin",
+            "created_at": "2026-01-01T00:00:00Z", "sha256": "00"}]}"#;
+        std::fs::write(dir.path().join("old.json"), old).unwrap();
+        let old = TokenStore::open(dir.path().join("old.json")).unwrap();
+        assert_eq!(old.list()[0].expires_at, None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// No, malformed, unknown or revoked bearer token.
+    /// No, malformed, unknown, revoked or expired bearer token.
     #[error("{0}")]
     Unauthorized(String),
     /// Valid token whose role does not allow the operation.

@@ -38,7 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 
 pub use audit::{AuditEntry, AuditLog};
-pub use auth::{Role, TokenInfo, TokenStore};
+pub use auth::{Refusal, Role, TokenInfo, TokenStore};
 pub use destinations::{AlertNotifier, Destination, DestinationStore};
 pub use error::ApiError;
 pub use outbox::DeliveryOutbox;

@@ -171,13 +171,54 @@ fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
 }
 
 #[test]
-fn missing_malformed_unknown_and_revoked_tokens_are_401() {
+fn missing_malformed_unknown_revoked_and_expired_tokens_are_401() {
     let api = TestApi::start();
     let (revoked_info, revoked) = api
         .token_store
         .create(ACME, Role::Admin, Some("old"))
         .unwrap();
     assert!(api.token_store.revoke(&revoked_info.id).unwrap());
+    let (_, expired) = api
+        .token_store
+        .create_until(
+            ACME,
+            Role::Admin,
+            Some("contractor"),
+            Some(chrono::Utc::now() - chrono::Duration::minutes(1)),
+        )
+        .unwrap();
+    let (_, expiring) = api
+        .token_store
+        .create_until(
+            ACME,
+            Role::Viewer,
+            Some("audit"),
+            Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        )
+        .unwrap();
+    // Not expired yet: it works like any token; expired, the 401 says so.
+    let ok = api
+        .client
+        .get(api.url("/api/v1/alerts"))
+        .bearer_auth(&expiring)
+        .send()
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let refused = assert_error(
+        api.client
+            .get(api.url("/api/v1/alerts"))
+            .bearer_auth(&expired)
+            .send()
+            .unwrap(),
+        401,
+        "unauthorized",
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("the token expired at ")),
+        "{refused}"
+    );
     for (method, path, body) in protected_routes(&api) {
         let build = |auth: Option<&str>| {
             let mut r = api.client.request(method.clone(), api.url(&path));
@@ -198,6 +239,11 @@ fn missing_malformed_unknown_and_revoked_tokens_are_401() {
         );
         assert_error(
             build(Some(&format!("Bearer {revoked}"))),
+            401,
+            "unauthorized",
+        );
+        assert_error(
+            build(Some(&format!("Bearer {expired}"))),
             401,
             "unauthorized",
         );
