@@ -14,7 +14,7 @@
 //! - bad queries and bad cursors are [`StoreError::InvalidQuery`], never a panic.
 //!
 //! Entry points: [`Store::open`], [`Store::write_batch`], [`Store::search_events`],
-//! [`Store::event_histogram`], [`Store::top_values`], [`Store::source_activity`], [`Store::get_event`], [`Store::list_alerts`], [`Store::update_alert`],
+//! [`Store::event_histogram`], [`Store::top_values`], [`Store::event_context`], [`Store::source_activity`], [`Store::get_event`], [`Store::list_alerts`], [`Store::update_alert`],
 //! [`Store::apply_retention`].
 
 mod activity;
@@ -22,6 +22,7 @@ mod alerts;
 pub mod catch_all;
 mod compaction;
 mod config;
+mod context;
 mod doc_text;
 mod error;
 mod fuzzy;
@@ -46,6 +47,7 @@ pub use alerts::{
 };
 pub use compaction::CompactionReport;
 pub use config::{RetentionRule, StoreConfig};
+pub use context::{ContextPivot, EventContext, MAX_CONTEXT_EVENTS};
 pub use error::{Result, StoreError};
 pub use histogram::{
     EventHistogram, EventHistogramQuery, HistogramBucket, AUTO_HISTOGRAM_BUCKETS,

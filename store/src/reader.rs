@@ -275,7 +275,10 @@ impl Store {
         let ts_field = self.schema.timestamp;
         let term_of = |micros: i64| {
             let dt = DateTime::from_timestamp_micros(micros).unwrap_or_default();
-            Term::from_field_date_for_search(ts_field, to_tantivy_date(dt))
+            // Exact to the microsecond: `@timestamp` is a fast field only, so the range runs on
+            // its column. (`from_field_date_for_search` cuts to whole seconds, the precision of
+            // indexed dates: a page's cursor then dropped the other events of its second.)
+            Term::from_field_date(ts_field, to_tantivy_date(dt))
         };
         let lower_bound = lower
             .map(|l| Bound::Included(term_of(l)))

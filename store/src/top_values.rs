@@ -307,6 +307,18 @@ fn values_in(text: &str, path: &str) -> Result<Vec<String>> {
     Ok(leaf_values(&value))
 }
 
+/// [`values_in`] of an event document already parsed.
+pub(crate) fn values_in_doc(doc: &serde_json::Value, path: &str) -> Vec<String> {
+    let mut cur = doc;
+    for part in path.split('.') {
+        match cur.get(part) {
+            Some(next) => cur = next,
+            None => return Vec::new(),
+        }
+    }
+    leaf_values(cur)
+}
+
 /// The string and number values of a field's value, the items of a list included.
 fn leaf_values(value: &serde_json::Value) -> Vec<String> {
     let scalar = |v: &serde_json::Value| match v {
@@ -448,6 +460,16 @@ mod tests {
         })
         .to_string();
         let at = |path: &str| values_in(&doc, path).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        for path in [
+            "user.name",
+            "related.ip",
+            "cloud.account.id",
+            "event.action",
+            "x.y",
+        ] {
+            assert_eq!(values_in_doc(&parsed, path), at(path), "{path}");
+        }
         assert_eq!(at("user.name"), ["dana.kim"]);
         assert_eq!(at("source.geo.country_iso_code"), ["DE"]);
         assert_eq!(at("related.ip"), ["10.0.0.1", "10.0.0.2"]);

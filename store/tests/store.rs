@@ -2140,3 +2140,149 @@ fn top_values_count_a_fields_values_among_the_matches() {
         .unwrap_err();
     assert!(e.to_string().contains("user.name"), "{e}");
 }
+
+#[test]
+fn an_events_context_is_its_users_or_addresses_events_around_it() {
+    use perimeter_store::ContextPivot;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let dana_at = |minute: u32, n: u64| event("acme", "okta", ts(20, 10, minute), "dana", "a", n);
+    let pivot = dana_at(5, 2);
+    let pivot_id = pivot.id().0.clone();
+    store
+        .write_batch(&batch(vec![
+            dana_at(0, 1),
+            pivot,
+            dana_at(20, 3),
+            event("acme", "okta", ts(20, 11, 0), "dana", "a", 4),
+            event("acme", "okta", ts(20, 10, 6), "eve", "a", 5),
+            event("globex", "okta", ts(20, 10, 5), "dana", "a", 6),
+        ]))
+        .unwrap();
+    let minutes = |c: &perimeter_store::EventContext| -> Vec<String> {
+        c.items
+            .iter()
+            .map(|e| {
+                let t = e["@timestamp"].as_str().unwrap();
+                let user = e["user"]["name"].as_str().unwrap();
+                format!("{} {user}", &t[11..16])
+            })
+            .collect()
+    };
+    // The same user within 15 minutes either side, oldest first, the event itself included;
+    // not an hour later, not eve, not globex's dana.
+    let window = chrono::Duration::minutes(15);
+    let by_user = store
+        .event_context("acme", &pivot_id, ContextPivot::User, window, 100)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        minutes(&by_user),
+        ["10:00 dana", "10:05 dana", "10:20 dana"],
+        "{by_user:?}"
+    );
+    assert_eq!(by_user.values, ["dana"]);
+    assert_eq!(by_user.event["event"]["id"], pivot_id.as_str());
+    assert!(!by_user.more);
+    // The query it ran finds the same events through search.
+    let found = store
+        .search_events(
+            "acme",
+            &EventQuery {
+                query: by_user.query.clone(),
+                from: Some(by_user.from),
+                to: Some(by_user.to),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(found.items.len(), 3);
+    // The same address: eve's event from it too.
+    let by_ip = store
+        .event_context("acme", &pivot_id, ContextPivot::Ip, window, 100)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        minutes(&by_ip),
+        ["10:00 dana", "10:05 dana", "10:06 eve", "10:20 dana"]
+    );
+    // A limit: the oldest, and `more` says there are others.
+    let first = store
+        .event_context("acme", &pivot_id, ContextPivot::Ip, window, 2)
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert!(first.more);
+    // Another tenant's id is no event; bad windows and limits are refused.
+    assert!(store
+        .event_context("globex", &pivot_id, ContextPivot::User, window, 10)
+        .unwrap()
+        .is_none());
+    for (window, limit) in [
+        (chrono::Duration::zero(), 10),
+        (chrono::Duration::days(31), 10),
+        (window, 0),
+        (window, 1001),
+    ] {
+        let e = store
+            .event_context("acme", &pivot_id, ContextPivot::User, window, limit)
+            .unwrap_err();
+        assert!(matches!(e, StoreError::InvalidQuery(_)), "{e}");
+    }
+}
+
+#[test]
+fn pages_and_bounds_keep_events_apart_within_one_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let at = |ms: i64| ts(20, 10, 0) + chrono::Duration::milliseconds(ms);
+    let events: Vec<Event> = [100, 300, 500, 700, 900]
+        .into_iter()
+        .enumerate()
+        .map(|(n, ms)| event("acme", "okta", at(ms), "dana", "a", n as u64))
+        .collect();
+    store.write_batch(&batch(events)).unwrap();
+    for sort in [EventSort::Newest, EventSort::Oldest] {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .search_events(
+                    "acme",
+                    &EventQuery {
+                        query: "*".into(),
+                        limit: 2,
+                        cursor,
+                        sort,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            seen.extend(
+                page.items
+                    .iter()
+                    .map(|e| e["@timestamp"].as_str().unwrap().to_string()),
+            );
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 5, "{sort:?}: {seen:?}");
+    }
+    // `from` and `to` are exact to the microsecond: [300 ms, 700 ms) holds 300 and 500.
+    let within = store
+        .search_events(
+            "acme",
+            &EventQuery {
+                query: "*".into(),
+                from: Some(at(300)),
+                to: Some(at(700)),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(within.items.len(), 2, "{:?}", within.items);
+}

@@ -1,0 +1,146 @@
+//! What else happened around one event: the events of the same user (or from the same address)
+//! shortly before and after it. It is the first pivot of a triage ("what did this account do
+//! right after the MFA reset?"), and typing it as a search means copying the user, the time and
+//! the window by hand.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::reader::{EventQuery, EventSort};
+use crate::store::Store;
+use crate::top_values::values_in_doc;
+use crate::{Result, StoreError};
+
+/// Most events one context lists; the answer says when there are more (`more`).
+pub const MAX_CONTEXT_EVENTS: usize = 1000;
+
+/// What ties the events of a context to the event asked about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextPivot {
+    /// The same user: any of the event's `user.name` and `user.email` in another event's
+    /// `related.user` (as actor or as target).
+    #[default]
+    User,
+    /// The same address: any of the event's `related.ip` in another event's `related.ip`.
+    Ip,
+}
+
+impl std::str::FromStr for ContextPivot {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<ContextPivot, String> {
+        match s {
+            "user" => Ok(ContextPivot::User),
+            "ip" => Ok(ContextPivot::Ip),
+            other => Err(format!("`{other}`: expected user or ip")),
+        }
+    }
+}
+
+/// The events around one event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventContext {
+    /// The event asked about, as stored.
+    pub event: serde_json::Value,
+    pub by: ContextPivot,
+    /// The values the other events share with it (users or addresses).
+    pub values: Vec<String>,
+    /// The window: `[from, to)` around the event's `@timestamp`.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// The search that finds them (for `GET /events/search` or `perimeter search`, to page on
+    /// or narrow).
+    pub query: String,
+    /// Oldest first, the event itself included.
+    pub items: Vec<serde_json::Value>,
+    /// More events matched than `limit`.
+    pub more: bool,
+}
+
+impl Store {
+    /// The events of `tenant` sharing the user (or address) of event `id` within `window`
+    /// before and after it, oldest first, at most `limit` (`1..=MAX_CONTEXT_EVENTS`). `None`
+    /// when the tenant has no such event; [`StoreError::InvalidQuery`] when the event has no
+    /// user (address) or the window or limit is out of range.
+    pub fn event_context(
+        &self,
+        tenant: &str,
+        id: &str,
+        by: ContextPivot,
+        window: TimeDelta,
+        limit: usize,
+    ) -> Result<Option<EventContext>> {
+        if !(1..=MAX_CONTEXT_EVENTS).contains(&limit) {
+            return Err(StoreError::InvalidQuery(format!(
+                "the limit must be between 1 and {MAX_CONTEXT_EVENTS}"
+            )));
+        }
+        if window <= TimeDelta::zero() || window > TimeDelta::days(30) {
+            return Err(StoreError::InvalidQuery(
+                "the window must be longer than 0 and at most 30 days".into(),
+            ));
+        }
+        let Some(event) = self.get_event(tenant, id)? else {
+            return Ok(None);
+        };
+        let at = values_in_doc(&event, "@timestamp")
+            .into_iter()
+            .next()
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(|| StoreError::InvalidQuery(format!("event `{id}` has no @timestamp")))?;
+        let (field, sources): (&str, &[&str]) = match by {
+            ContextPivot::User => ("related.user", &["user.name", "user.email"]),
+            ContextPivot::Ip => ("related.ip", &["related.ip"]),
+        };
+        let mut values: Vec<String> = Vec::new();
+        for path in sources {
+            for v in values_in_doc(&event, path) {
+                if !values.contains(&v) {
+                    values.push(v);
+                }
+            }
+        }
+        if values.is_empty() {
+            let what = match by {
+                ContextPivot::User => "user (user.name or user.email)",
+                ContextPivot::Ip => "address (related.ip)",
+            };
+            return Err(StoreError::InvalidQuery(format!(
+                "event `{id}` has no {what} to find other events by"
+            )));
+        }
+        let query = values
+            .iter()
+            .map(|v| {
+                format!(
+                    "{field}:\"{}\"",
+                    v.replace('\\', "\\\\").replace('"', "\\\"")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let (from, to) = (at - window, at + window + TimeDelta::microseconds(1));
+        let page = self.search_events(
+            tenant,
+            &EventQuery {
+                query: query.clone(),
+                from: Some(from),
+                to: Some(to),
+                limit,
+                cursor: None,
+                sort: EventSort::Oldest,
+            },
+        )?;
+        Ok(Some(EventContext {
+            event,
+            by,
+            values,
+            from,
+            to,
+            query,
+            more: page.next_cursor.is_some(),
+            items: page.items,
+        }))
+    }
+}
