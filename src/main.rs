@@ -68,6 +68,9 @@ enum Command {
     Tokens(terminal_cmd::TokensCommand),
     /// Search stored events (tantivy query syntax).
     Search(terminal_cmd::SearchArgs),
+    /// Show what an event's user (or address) did shortly before and after it: the events of the
+    /// same user within a window, oldest first.
+    Context(terminal_cmd::ContextArgs),
     /// List stored alerts.
     Alerts(terminal_cmd::AlertsArgs),
     /// List the newest input that could not be used (line, reason, masked excerpt).
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(&config, args),
             Command::Tokens(cmd) => terminal_cmd::tokens(&config, cmd),
             Command::Search(args) => terminal_cmd::search(&config, args),
+            Command::Context(args) => terminal_cmd::context(&config, args),
             Command::Alerts(args) => terminal_cmd::alerts(&config, args),
             Command::DeadLetters(args) => terminal_cmd::dead_letters(&config, args),
             Command::Sources(args) => terminal_cmd::sources(&config, args),

@@ -491,6 +491,72 @@ pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::
 }
 
 #[derive(clap::Args)]
+pub struct ContextArgs {
+    /// The event's id (`event.id` of a search hit, or an id of an alert's evidence).
+    pub id: String,
+    /// user: the events of the event's user (as actor or target); ip: those from or about its
+    /// addresses.
+    #[arg(long, default_value = "user", value_parser = ["user", "ip"])]
+    pub by: String,
+    /// How far before and after the event (`15m`, `2h`, `1d`; at most 30d).
+    #[arg(long, default_value = "15m", value_name = "DURATION")]
+    pub window: String,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `perimeter context ID`: the events of an event's user (or address) around it, oldest first;
+/// what was searched, and whether there is more, on stderr.
+pub fn context(config: &PerimeterConfig, args: ContextArgs) -> anyhow::Result<ExitCode> {
+    let limit = args
+        .target
+        .limit
+        .clamp(1, perimeter_store::MAX_CONTEXT_EVENTS);
+    let body = if args.target.server.is_some() {
+        let params = query_string(&[
+            ("by", &Some(args.by.clone())),
+            ("window", &Some(args.window.clone())),
+            ("limit", &Some(limit.to_string())),
+        ]);
+        get_json(
+            &args.target,
+            &format!("/events/{}/context?{params}", enc(&args.id)),
+        )?
+    } else {
+        let (store, tenant) = local_store(&args.target, config)?;
+        let by: perimeter_store::ContextPivot = args.by.parse().map_err(anyhow::Error::msg)?;
+        let seconds = perimeter_model::parse_duration(&args.window)
+            .with_context(|| format!("--window {}", args.window))?;
+        let window = chrono::TimeDelta::try_seconds(seconds)
+            .with_context(|| format!("--window {} is too long", args.window))?;
+        let found = store
+            .event_context(&tenant, &args.id, by, window, limit)?
+            .with_context(|| format!("no event `{}` in tenant {tenant}", args.id))?;
+        serde_json::to_value(found)?
+    };
+    let items = body["items"].as_array().cloned().unwrap_or_default();
+    let values: Vec<&str> = body["values"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    eprintln!(
+        "events of {} {} from {} to {} (search: {})",
+        args.by,
+        values.join(", "),
+        body["from"].as_str().unwrap_or(""),
+        body["to"].as_str().unwrap_or(""),
+        body["query"].as_str().unwrap_or("")
+    );
+    if body["more"].as_bool() == Some(true) {
+        eprintln!(
+            "more events matched than --limit {limit} (at most {}); the search above pages on",
+            perimeter_store::MAX_CONTEXT_EVENTS
+        );
+    }
+    print_items(&items, "events", args.target.format, EVENT_COLUMNS)
+}
+
+#[derive(clap::Args)]
 pub struct SourcesArgs {
     /// Only the sources quiet for at least this long (`30m`, `6h`, `2d`), and exit code 1 when
     /// there is any: `perimeter sources --silent-for 6h || <alert someone>` in a cron job.

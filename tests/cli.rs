@@ -428,6 +428,56 @@ fn demo_finds_the_attack_and_stores_it() {
     assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
     let out = perimeter(&["search", "--data-dir", d, "--interval", "1h", "*"], None);
     assert!(!out.status.success(), "--interval needs --histogram");
+    // An event's context: its user's events around it, the event among them, oldest first.
+    let reset = json_lines(&perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--limit",
+            "1",
+            "event.action:user.mfa.factor.deactivate",
+        ],
+        None,
+    ));
+    let reset_id = reset[0]["event"]["id"].as_str().unwrap();
+    let user = reset[0]["user"]["name"].as_str().unwrap();
+    let out = perimeter(
+        &[
+            "context",
+            reset_id,
+            "--data-dir",
+            d,
+            "--window",
+            "30m",
+            "--limit",
+            "50",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let around = json_lines(&out);
+    assert!(around.len() > 5, "{around:?}");
+    assert!(around.iter().any(|e| e["event"]["id"] == reset_id));
+    let related = |e: &serde_json::Value| {
+        e["related"]["user"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|v| v == user))
+    };
+    assert!(around.iter().all(related), "{around:?}");
+    let times: Vec<&str> = around
+        .iter()
+        .map(|e| e["@timestamp"].as_str().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(
+        stderr(&out).contains(&format!("events of user {user}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = perimeter(&["context", "0000", "--data-dir", d], None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no event `0000`"), "{}", stderr(&out));
     // The busiest values of a field: each count is what searching for the value finds.
     let out = perimeter(
         &[

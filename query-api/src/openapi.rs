@@ -56,6 +56,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(events::search_events))
         .routes(routes!(events::event_histogram))
         .routes(routes!(events::event_top_values))
+        .routes(routes!(events::event_context))
         .routes(routes!(events::export_events))
         .routes(routes!(events::get_event))
         .routes(routes!(events::list_dead_letters))

@@ -18,11 +18,11 @@ pub const MAX_CONTEXT_EVENTS: usize = 1000;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContextPivot {
-    /// The same user: any of the event's `user.name` and `user.email` in another event's
-    /// `related.user` (as actor or as target).
+    /// The same user: any of the event's `user.name` and `user.email` as another event's user
+    /// or target user (`related.user`, `user.*`, `user.target.*`).
     #[default]
     User,
-    /// The same address: any of the event's `related.ip` in another event's `related.ip`.
+    /// The same address: any of the event's `source.ip` and `related.ip` in another event's.
     Ip,
 }
 
@@ -51,7 +51,8 @@ pub struct EventContext {
     /// The search that finds them (for `GET /events/search` or `perimeter search`, to page on
     /// or narrow).
     pub query: String,
-    /// Oldest first, the event itself included.
+    /// Oldest first, the event itself included. When more than `limit` match, the nearest:
+    /// up to half of them before the event, the rest from it on.
     pub items: Vec<serde_json::Value>,
     /// More events matched than `limit`.
     pub more: bool,
@@ -89,9 +90,20 @@ impl Store {
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc))
             .ok_or_else(|| StoreError::InvalidQuery(format!("event `{id}` has no @timestamp")))?;
-        let (field, sources): (&str, &[&str]) = match by {
-            ContextPivot::User => ("related.user", &["user.name", "user.email"]),
-            ContextPivot::Ip => ("related.ip", &["related.ip"]),
+        // `related.*` holds them all for events a normalizer filled it for; the fields
+        // themselves for the others.
+        let (fields, sources): (&[&str], &[&str]) = match by {
+            ContextPivot::User => (
+                &[
+                    "related.user",
+                    "user.name",
+                    "user.email",
+                    "user.target.name",
+                    "user.target.email",
+                ],
+                &["user.name", "user.email"],
+            ),
+            ContextPivot::Ip => (&["related.ip", "source.ip"], &["source.ip", "related.ip"]),
         };
         let mut values: Vec<String> = Vec::new();
         for path in sources {
@@ -112,26 +124,45 @@ impl Store {
         }
         let query = values
             .iter()
-            .map(|v| {
-                format!(
-                    "{field}:\"{}\"",
-                    v.replace('\\', "\\\\").replace('"', "\\\"")
-                )
+            .flat_map(|v| {
+                let quoted = v.replace('\\', "\\\\").replace('"', "\\\"");
+                fields.iter().map(move |f| format!("{f}:\"{quoted}\""))
             })
             .collect::<Vec<_>>()
             .join(" OR ");
         let (from, to) = (at - window, at + window + TimeDelta::microseconds(1));
-        let page = self.search_events(
-            tenant,
-            &EventQuery {
-                query: query.clone(),
-                from: Some(from),
-                to: Some(to),
-                limit,
-                cursor: None,
-                sort: EventSort::Oldest,
-            },
-        )?;
+        // The nearest events on both sides when there are more than `limit`: half before the
+        // event (newest first, then turned), the rest from it on; a side with fewer leaves its
+        // share to the other.
+        let search = |from, to, sort, limit| {
+            self.search_events(
+                tenant,
+                &EventQuery {
+                    query: query.clone(),
+                    from: Some(from),
+                    to: Some(to),
+                    limit,
+                    cursor: None,
+                    sort,
+                },
+            )
+        };
+        // (A limit of 1 is the event itself: one before is looked at only to tell `more`.)
+        let mut before = search(from, at, EventSort::Newest, (limit / 2).max(1))?;
+        let mut before_left_out = before.next_cursor.is_some();
+        if limit == 1 {
+            before_left_out |= !before.items.is_empty();
+            before.items.clear();
+        }
+        let after = search(at, to, EventSort::Oldest, limit - before.items.len())?;
+        if after.items.len() < limit - before.items.len() && before_left_out {
+            before = search(from, at, EventSort::Newest, limit - after.items.len())?;
+            before_left_out = before.next_cursor.is_some();
+        }
+        let more = before_left_out || after.next_cursor.is_some();
+        let mut items = before.items;
+        items.reverse();
+        items.extend(after.items);
         Ok(Some(EventContext {
             event,
             by,
@@ -139,8 +170,8 @@ impl Store {
             from,
             to,
             query,
-            more: page.next_cursor.is_some(),
-            items: page.items,
+            more,
+            items,
         }))
     }
 }

@@ -2149,6 +2149,7 @@ fn an_events_context_is_its_users_or_addresses_events_around_it() {
     let dana_at = |minute: u32, n: u64| event("acme", "okta", ts(20, 10, minute), "dana", "a", n);
     let pivot = dana_at(5, 2);
     let pivot_id = pivot.id().0.clone();
+    let quoted = event("acme", "okta", ts(20, 12, 0), "o\"b\\rien", "a", 7);
     store
         .write_batch(&batch(vec![
             dana_at(0, 1),
@@ -2157,8 +2158,21 @@ fn an_events_context_is_its_users_or_addresses_events_around_it() {
             event("acme", "okta", ts(20, 11, 0), "dana", "a", 4),
             event("acme", "okta", ts(20, 10, 6), "eve", "a", 5),
             event("globex", "okta", ts(20, 10, 5), "dana", "a", 6),
+            quoted.clone(),
         ]))
         .unwrap();
+    // A user name with a quote and a backslash is still one phrase of the search.
+    let alone = store
+        .event_context(
+            "acme",
+            &quoted.id().0,
+            ContextPivot::User,
+            chrono::Duration::minutes(15),
+            10,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(alone.items.len(), 1, "{}", alone.query);
     let minutes = |c: &perimeter_store::EventContext| -> Vec<String> {
         c.items
             .iter()
@@ -2207,13 +2221,54 @@ fn an_events_context_is_its_users_or_addresses_events_around_it() {
         minutes(&by_ip),
         ["10:00 dana", "10:05 dana", "10:06 eve", "10:20 dana"]
     );
-    // A limit: the oldest, and `more` says there are others.
-    let first = store
-        .event_context("acme", &pivot_id, ContextPivot::Ip, window, 2)
+    // A limit: the nearest on both sides, the event itself included, and `more` says there
+    // are others.
+    let nearest = |limit| {
+        let c = store
+            .event_context("acme", &pivot_id, ContextPivot::Ip, window, limit)
+            .unwrap()
+            .unwrap();
+        (minutes(&c), c.more)
+    };
+    assert_eq!(
+        nearest(2),
+        (vec!["10:00 dana".into(), "10:05 dana".into()], true)
+    );
+    assert_eq!(
+        nearest(3),
+        (
+            vec!["10:00 dana".into(), "10:05 dana".into(), "10:06 eve".into()],
+            true
+        )
+    );
+    assert_eq!(nearest(1), (vec!["10:05 dana".to_string()], true));
+    assert_eq!(nearest(4).1, false);
+    // Nothing before it: the whole limit goes after.
+    let oldest = store
+        .event_context(
+            "acme",
+            &store
+                .search_events(
+                    "acme",
+                    &EventQuery {
+                        query: "*".into(),
+                        limit: 1,
+                        sort: EventSort::Oldest,
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .items[0]["event"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            ContextPivot::Ip,
+            window,
+            2,
+        )
         .unwrap()
         .unwrap();
-    assert_eq!(first.items.len(), 2);
-    assert!(first.more);
+    assert_eq!(minutes(&oldest), ["10:00 dana", "10:05 dana"]);
     // Another tenant's id is no event; bad windows and limits are refused.
     assert!(store
         .event_context("globex", &pivot_id, ContextPivot::User, window, 10)

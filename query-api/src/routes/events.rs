@@ -342,6 +342,108 @@ pub async fn get_event(
         .ok_or_else(|| ApiError::NotFound(format!("no event `{id}`")))
 }
 
+/// Parameters of `GET /events/{id}/context`. Unknown parameters are refused.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventContextParams {
+    /// `user` (default): the events of the event's user (`user.name`, `user.email`) as actor or
+    /// target; `ip`: the events from or about its addresses (`related.ip`).
+    pub by: Option<String>,
+    /// How far before and after the event: a whole number and a unit, `s`, `m`, `h`, `d` or `w`
+    /// (default `15m`, at most `30d`).
+    pub window: Option<String>,
+    /// Events listed at most, oldest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// The events around one event: what its user (or its address) did shortly before and after.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventContextBody {
+    /// The event asked about, as stored.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+    /// `user` or `ip`.
+    pub by: String,
+    /// The users or addresses the listed events share with it.
+    pub values: Vec<String>,
+    /// The window, RFC 3339 UTC: `[from, to)`.
+    pub from: String,
+    pub to: String,
+    /// The search that finds them, for `GET /events/search` (to page on or narrow it).
+    pub query: String,
+    /// Oldest first, the event itself included.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<serde_json::Value>,
+    /// More events matched than `limit`.
+    pub more: bool,
+}
+
+/// What the user (or address) of one event did shortly before and after it: the first pivot of
+/// a triage. Another tenant's event id answers 404.
+#[utoipa::path(get, path = "/events/{id}/context", tag = "events",
+    params(("id" = String, Path, description = "Event id"), EventContextParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The events around it", body = EventContextBody),
+        (status = 400, description = "Bad `by`, `window` or `limit`, or an event without a user (address)", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 404, description = "No such event for this tenant", body = ErrorBody),
+    ))]
+pub async fn event_context(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<EventContextParams>,
+) -> Result<Json<EventContextBody>, ApiError> {
+    bounded("id", &id, MAX_ID_BYTES)?;
+    let by: perimeter_store::ContextPivot = params
+        .by
+        .as_deref()
+        .unwrap_or("user")
+        .parse()
+        .map_err(|e| ApiError::invalid_parameter(format!("`by`: {e}")))?;
+    let window = params.window.as_deref().unwrap_or("15m");
+    let seconds = perimeter_model::parse_duration(window)
+        .map_err(|e| ApiError::invalid_parameter(format!("`window`: {e}")))?;
+    let window = chrono::TimeDelta::try_seconds(seconds)
+        .filter(|w| *w <= chrono::TimeDelta::days(30))
+        .ok_or_else(|| ApiError::invalid_parameter("`window`: at most 30d"))?;
+    let limit = limit_within(
+        "limit",
+        params.limit,
+        100,
+        perimeter_store::MAX_CONTEXT_EVENTS,
+    )?;
+    state.audit(
+        &auth.0,
+        "events.context",
+        Some(&id),
+        json!({"by": params.by, "window": params.window}),
+    )?;
+    let store = state.store.clone();
+    let tenant = auth.tenant().to_string();
+    let lookup_id = id.clone();
+    let context =
+        blocking(move || store.event_context(&tenant, &lookup_id, by, window, limit)).await??;
+    let context = context.ok_or_else(|| ApiError::NotFound(format!("no event `{id}`")))?;
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    Ok(Json(EventContextBody {
+        event: context.event,
+        by: match context.by {
+            perimeter_store::ContextPivot::User => "user".into(),
+            perimeter_store::ContextPivot::Ip => "ip".into(),
+        },
+        values: context.values,
+        from: time(context.from),
+        to: time(context.to),
+        query: context.query,
+        items: context.items,
+        more: context.more,
+    }))
+}
+
 /// Events one export sends when `max_events` is not given.
 pub const DEFAULT_EXPORT_EVENTS: usize = 100_000;
 /// Largest `max_events` accepted; larger asks are refused (400), not silently capped.

@@ -115,6 +115,23 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_event_contexts_are_answered_or_refused(
+        id in "([0-9a-f]{32}|.{0,20})",
+        by in "(user|ip|.{0,6})",
+        window in "([0-9]{0,12}[smhdwy]?|.{0,8})",
+        limit in "([0-9]{0,6}|.{0,4})",
+    ) {
+        thread_local!(static H: Harness = Harness::new());
+        H.with(|h| {
+            let uri = format!(
+                "/api/v1/events/{}/context?by={}&window={}&limit={}",
+                percent_encode(&id), percent_encode(&by), percent_encode(&window), percent_encode(&limit)
+            );
+            h.check("GET", &uri, Vec::new()).map(|_| ())
+        })?;
+    }
+
+    #[test]
     fn arbitrary_alert_filters_are_answered_or_refused(
         key in "[a-z_]{1,10}", value in ".{0,40}", sort in "(newest|oldest|severity|.{0,8})"
     ) {

@@ -147,6 +147,11 @@ fn protected_routes(api: &TestApi) -> Vec<(Method, String, Option<Value>)> {
             None,
         ),
         (Method::GET, format!("/api/v1/events/{event_id}"), None),
+        (
+            Method::GET,
+            format!("/api/v1/events/{event_id}/context"),
+            None,
+        ),
         (Method::GET, "/api/v1/dead-letters".into(), None),
         (Method::GET, "/api/v1/sources".into(), None),
         (Method::GET, "/api/v1/rules".into(), None),
@@ -1172,6 +1177,94 @@ fn top_values_name_the_tenants_busiest_values_of_a_field() {
 }
 
 #[test]
+fn an_events_context_is_what_its_user_did_around_it() {
+    let api = TestApi::start();
+    let first = api.data.acme_events[0].id().0.clone();
+    // alice's three failures (minutes 1-3); bob (25) and carol (15, 16) are further off or
+    // other users; globex's mallory never shows.
+    let body = api.get_json(
+        &format!("/api/v1/events/{first}/context?window=10m"),
+        ACME,
+        Role::Viewer,
+    );
+    let users: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["user"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["alice", "alice", "alice"], "{body}");
+    assert_eq!(body["event"]["event"]["id"], first.as_str());
+    assert_eq!(
+        (body["by"].as_str(), body["more"].as_bool()),
+        (Some("user"), Some(false))
+    );
+    assert_eq!(body["values"], json!(["alice"]));
+    // The search it names finds the same events.
+    let search = api.get_json(
+        &format!(
+            "/api/v1/events/search?q={}&from={}&to={}",
+            urlencode(body["query"].as_str().unwrap()),
+            urlencode(body["from"].as_str().unwrap()),
+            urlencode(body["to"].as_str().unwrap())
+        ),
+        ACME,
+        Role::Viewer,
+    );
+    assert_eq!(search["items"].as_array().unwrap().len(), 3, "{search}");
+    // By address: everyone of acme within the window shares 203.0.113.7.
+    let by_ip = api.get_json(
+        &format!("/api/v1/events/{first}/context?by=ip&window=30m&limit=4"),
+        ACME,
+        Role::Viewer,
+    );
+    assert_eq!(by_ip["items"].as_array().unwrap().len(), 4, "{by_ip}");
+    assert_eq!(by_ip["more"], true);
+
+    let globex_event = api.data.globex_events[0].id().0.clone();
+    for (path, status, code) in [
+        (
+            format!("/api/v1/events/{globex_event}/context"),
+            404,
+            "not_found",
+        ),
+        (
+            format!("/api/v1/events/{first}/context?by=app"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            format!("/api/v1/events/{first}/context?window=soon"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            format!("/api/v1/events/{first}/context?window=31d"),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            format!("/api/v1/events/{first}/context?limit=1001"),
+            400,
+            "limit_too_large",
+        ),
+        (
+            format!("/api/v1/events/{first}/context?around=1"),
+            400,
+            "invalid_parameter",
+        ),
+    ] {
+        assert_error(api.get(&path, ACME, Role::Viewer), status, code);
+    }
+    let audit = api.get_json("/api/v1/audit", ACME, Role::Admin);
+    assert!(audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "events.context" && e["target"] == first.as_str()));
+}
+
+#[test]
 fn sources_show_each_sources_newest_event_for_the_tenant() {
     let api = TestApi::start();
     let body = api.get_json("/api/v1/sources", ACME, Role::Viewer);
@@ -1736,6 +1829,7 @@ fn openapi_document_and_router_agree() {
         ("GET", "/api/v1/events/top"),
         ("GET", "/api/v1/events/export"),
         ("GET", "/api/v1/events/{id}"),
+        ("GET", "/api/v1/events/{id}/context"),
         ("GET", "/api/v1/dead-letters"),
         ("GET", "/api/v1/sources"),
         ("GET", "/api/v1/rules"),
