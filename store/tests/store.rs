@@ -2242,12 +2242,12 @@ fn an_events_context_is_its_users_or_addresses_events_around_it() {
         )
     );
     assert_eq!(nearest(1), (vec!["10:05 dana".to_string()], true));
-    assert_eq!(nearest(4).1, false);
+    assert!(!nearest(4).1);
     // Nothing before it: the whole limit goes after.
     let oldest = store
         .event_context(
             "acme",
-            &store
+            store
                 .search_events(
                     "acme",
                     &EventQuery {
@@ -2260,8 +2260,7 @@ fn an_events_context_is_its_users_or_addresses_events_around_it() {
                 .unwrap()
                 .items[0]["event"]["id"]
                 .as_str()
-                .unwrap()
-                .to_string(),
+                .unwrap(),
             ContextPivot::Ip,
             window,
             2,
