@@ -160,6 +160,22 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     say!("  perimeter search --data-dir {dir} 'event.outcome:failure AND event.module:okta'");
     say!("  perimeter search --data-dir {dir} 'event.outcome:failure' --histogram --interval 30m");
     say!("  perimeter search --data-dir {dir} 'event.outcome:failure' --top user.name");
+    // A real evidence event of the most severe alert, so the pivot can be pasted as it is.
+    let evidence = alerts
+        .iter()
+        .filter(|a| {
+            a.event_ids
+                .first()
+                .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .max_by_key(|a| a.severity);
+    if let Some(a) = evidence {
+        say!(
+            "  perimeter context {} --data-dir {dir} --window 30m   # around \"{}\"",
+            a.event_ids[0],
+            a.title
+        );
+    }
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
     }
