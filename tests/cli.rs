@@ -186,6 +186,7 @@ fn demo_finds_the_attack_and_stores_it() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let demo_output = text.to_string();
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("2026-")).collect();
     assert!(rows.len() >= 10, "only {} alert rows:\n{text}", rows.len());
     for story in ["okta", "github", "google_workspace", "aws_cloudtrail"] {
@@ -428,6 +429,17 @@ fn demo_finds_the_attack_and_stores_it() {
     assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
     let out = perimeter(&["search", "--data-dir", d, "--interval", "1h", "*"], None);
     assert!(!out.status.success(), "--interval needs --histogram");
+    // The demo's closing hint names a real evidence event: the command works as printed.
+    let hint = demo_output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("perimeter context "))
+        .unwrap_or_else(|| panic!("no context hint:\n{demo_output}"));
+    let hinted_id = hint.split_whitespace().next().unwrap();
+    let out = perimeter(&["context", hinted_id, "--data-dir", d], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json_lines(&out)
+        .iter()
+        .any(|e| e["event"]["id"] == hinted_id));
     // An event's context: its user's events around it, the event among them, oldest first.
     let reset = json_lines(&perimeter(
         &[
