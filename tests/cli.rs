@@ -1225,3 +1225,61 @@ fn tokens_can_expire_and_say_when() {
     );
     assert!(listed[1].get("expires_at").is_none(), "{listed:?}");
 }
+
+#[test]
+fn run_check_names_each_broken_part_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = perimeter(
+        &[
+            "--config",
+            repo().join("perimeter.example.toml").to_str().unwrap(),
+            "run",
+            "--check",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&example.stdout).into_owned();
+    assert!(example.status.success(), "{text}{}", stderr(&example));
+    assert!(text.lines().all(|l| l.starts_with("ok ")), "{text}");
+    assert!(text.contains("ok     rules: "), "{text}");
+
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("fine.yml"),
+        "title: fine\nlogsource:\n  product: okta\ndetection:\n  sel:\n    eventType: x\n  condition: sel\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rules.join("broken.yml"),
+        "title: broken\ndetection:\n  condition: nope\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {data:?}\nrules = [{rules:?}]\n[api]\nlisten = \"127.0.0.1:0\"\n\
+             tls_cert_path = {cert:?}\ntls_key_path = {cert:?}\n\
+             [[poll]]\nname = \"okta-prod\"\nvendor = \"okta\"\nbase_url = \"https://acme.okta.example\"\n\
+             token = \"env:PERIMETER_TEST_CHECK_UNSET_TOKEN\"\n",
+            cert = dir.path().join("missing.pem"),
+        ),
+    )
+    .unwrap();
+    let out = perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    for expected in [
+        "broken.yml:1: field `logsource`",
+        "error  api: TLS: certificate",
+        "error  poll okta-prod: secret env:PERIMETER_TEST_CHECK_UNSET_TOKEN",
+        "3 part(s)",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+    assert!(text.contains("ok     sources and masking"), "{text}");
+    // Nothing was started or written: no data directory.
+    assert!(!data.exists(), "the check created {}", data.display());
+}

@@ -96,13 +96,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Validate the config, load the certificate (if any) and bind.
-    pub async fn bind(config: &ApiConfig) -> Result<Server, ServeError> {
+    /// Validate the config and load the certificate (if any) without binding: what
+    /// [`Self::bind`] would refuse, short of an address in use. `Ok(true)` when TLS is on.
+    pub fn check(config: &ApiConfig) -> Result<bool, ServeError> {
+        Ok(Self::tls_of(config)?.is_some())
+    }
+
+    fn tls_of(config: &ApiConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ServeError> {
         config.validate()?;
-        let tls = match (&config.tls_cert_path, &config.tls_key_path) {
+        Ok(match (&config.tls_cert_path, &config.tls_key_path) {
             (Some(cert), Some(key)) => Some(Arc::new(load_tls(cert, key)?)),
             _ => None,
-        };
+        })
+    }
+
+    /// Validate the config, load the certificate (if any) and bind.
+    pub async fn bind(config: &ApiConfig) -> Result<Server, ServeError> {
+        let tls = Self::tls_of(config)?;
         let listener =
             std::net::TcpListener::bind(config.listen).map_err(|source| ServeError::Bind {
                 addr: config.listen,
