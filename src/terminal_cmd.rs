@@ -51,13 +51,10 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
         } => {
             let expires_at = expires_in
                 .as_deref()
-                .map(|d| -> anyhow::Result<_> {
-                    let seconds = perimeter_model::parse_duration(d)
-                        .with_context(|| format!("--expires-in {d}"))?;
-                    anyhow::ensure!(seconds > 0, "--expires-in must be longer than 0s");
-                    chrono::TimeDelta::try_seconds(seconds)
-                        .and_then(|d| chrono::Utc::now().checked_add_signed(d))
-                        .with_context(|| format!("--expires-in {d} is too far in the future"))
+                .map(|d| {
+                    perimeter_model::parse_time_delta(d)
+                        .map(|after| chrono::Utc::now() + after)
+                        .with_context(|| format!("--expires-in {d}"))
                 })
                 .transpose()?;
             let (info, token) =
@@ -525,10 +522,8 @@ pub fn context(config: &PerimeterConfig, args: ContextArgs) -> anyhow::Result<Ex
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
         let by: perimeter_store::ContextPivot = args.by.parse().map_err(anyhow::Error::msg)?;
-        let seconds = perimeter_model::parse_duration(&args.window)
+        let window = perimeter_model::parse_time_delta(&args.window)
             .with_context(|| format!("--window {}", args.window))?;
-        let window = chrono::TimeDelta::try_seconds(seconds)
-            .with_context(|| format!("--window {} is too long", args.window))?;
         let found = store
             .event_context(&tenant, &args.id, by, window, limit)?
             .with_context(|| format!("no event `{}` in tenant {tenant}", args.id))?;

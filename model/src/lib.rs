@@ -25,8 +25,8 @@ pub use secret::{is_secret_reference, resolve_secret, SecretError};
 pub use sonic_rs;
 pub use switches::{apply_switch, RuleSwitch, RuleSwitches, SwitchedOff, SwitchedOffRules};
 pub use time::{
-    parse_duration, parse_time_bound, parse_timestamp, parse_timestamp_str, DurationError,
-    TimeBoundError, TimestampError,
+    parse_duration, parse_time_bound, parse_time_delta, parse_timestamp, parse_timestamp_str,
+    DurationError, TimeBoundError, TimestampError,
 };
 
 /// Whether `value` can name a tenant, a token or a destination: 1 to 128 characters from

@@ -177,6 +177,12 @@ pub fn parse_duration(s: &str) -> Result<i64, DurationError> {
     Ok(seconds)
 }
 
+/// [`parse_duration`] as a [`chrono::TimeDelta`]. Its bound (a thousand years) keeps it in
+/// range, and any time of this era plus or minus it too: callers need no overflow checks.
+pub fn parse_time_delta(s: &str) -> Result<chrono::TimeDelta, DurationError> {
+    parse_duration(s).map(chrono::TimeDelta::seconds)
+}
+
 fn from_epoch_int(i: i64) -> Result<DateTime<Utc>, TimestampError> {
     let a = i.unsigned_abs();
     // Magnitude decides the unit: 1e11 s is year 5138, 1e14 ms is year 5138, and so on.
@@ -234,7 +240,12 @@ mod tests {
             let e = parse_duration(bad).unwrap_err();
             assert_eq!(e, DurationError(bad.to_string()), "{bad}");
             assert!(e.to_string().contains("30s, 5m, 1h"), "{e}");
+            assert_eq!(parse_time_delta(bad), Err(e));
         }
+        assert_eq!(parse_time_delta("15m"), Ok(chrono::TimeDelta::minutes(15)));
+        // The longest one taken still adds to now without overflow.
+        let longest = parse_time_delta("52000w").unwrap();
+        assert!(Utc::now().checked_add_signed(longest).is_some());
     }
 
     fn rfc(v: crate::RawJson) -> String {

@@ -26,6 +26,16 @@ pub enum ContextPivot {
     Ip,
 }
 
+impl ContextPivot {
+    /// The name `by=` and `--by` take (and the answer's `by` says).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextPivot::User => "user",
+            ContextPivot::Ip => "ip",
+        }
+    }
+}
+
 impl std::str::FromStr for ContextPivot {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<ContextPivot, String> {

@@ -404,11 +404,11 @@ pub async fn event_context(
         .parse()
         .map_err(|e| ApiError::invalid_parameter(format!("`by`: {e}")))?;
     let window = params.window.as_deref().unwrap_or("15m");
-    let seconds = perimeter_model::parse_duration(window)
+    let window = perimeter_model::parse_time_delta(window)
         .map_err(|e| ApiError::invalid_parameter(format!("`window`: {e}")))?;
-    let window = chrono::TimeDelta::try_seconds(seconds)
-        .filter(|w| *w <= chrono::TimeDelta::days(30))
-        .ok_or_else(|| ApiError::invalid_parameter("`window`: at most 30d"))?;
+    if window > chrono::TimeDelta::days(30) {
+        return Err(ApiError::invalid_parameter("`window`: at most 30d"));
+    }
     let limit = limit_within(
         "limit",
         params.limit,
@@ -431,10 +431,7 @@ pub async fn event_context(
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     Ok(Json(EventContextBody {
         event: context.event,
-        by: match context.by {
-            perimeter_store::ContextPivot::User => "user".into(),
-            perimeter_store::ContextPivot::Ip => "ip".into(),
-        },
+        by: context.by.as_str().into(),
         values: context.values,
         from: time(context.from),
         to: time(context.to),
