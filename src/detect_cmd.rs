@@ -140,6 +140,23 @@ pub fn load_rules(
     rules: &[PathBuf],
     ignore_logsource: bool,
 ) -> anyhow::Result<(RuleSet, perimeter_detect::sigma::SigmaOptions)> {
+    let (set, options, report) = load_rules_reported(config, rules, ignore_logsource)?;
+    for f in &report.failed {
+        eprintln!("rule error: {f}");
+    }
+    Ok((set, options))
+}
+
+/// [`load_rules`] with the load report returned instead of printed.
+pub fn load_rules_reported(
+    config: &PerimeterConfig,
+    rules: &[PathBuf],
+    ignore_logsource: bool,
+) -> anyhow::Result<(
+    RuleSet,
+    perimeter_detect::sigma::SigmaOptions,
+    perimeter_detect::sigma::LoadReport,
+)> {
     let mut options = config.sigma.clone();
     options.ignore_logsource |= ignore_logsource;
     let paths = config.rule_paths(rules);
@@ -147,10 +164,7 @@ pub fn load_rules(
         anyhow::ensure!(p.exists(), "rule path {} does not exist", p.display());
     }
     let (set, report) = RuleSet::load(&paths, &options);
-    for f in &report.failed {
-        eprintln!("rule error: {f}");
-    }
-    Ok((set, options))
+    Ok((set, options, report))
 }
 
 pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Result<ExitCode> {

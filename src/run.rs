@@ -3,7 +3,7 @@
 //! and commit before exit.
 
 use crate::config::PerimeterConfig;
-use crate::detect_cmd::{base_parts, load_rules};
+use crate::detect_cmd::{base_parts, load_rules, load_rules_reported};
 use anyhow::Context;
 use perimeter_detect::mask::SecretMasker;
 use perimeter_detect::pipeline::{entity_key, Pipeline, UEBA_SNAPSHOT};
@@ -304,24 +304,36 @@ fn spawn_pollers(
     let mut names = std::collections::HashSet::new();
     let mut tasks = Vec::new();
     for poll in &config.poll {
-        anyhow::ensure!(
-            names.insert(poll.name.clone()),
-            "[[poll]] name `{}` is used twice (it names the checkpoint)",
-            poll.name
-        );
-        let source = PollSource::new(
-            poll.clone(),
-            &config.tenant,
-            &data_dir.join("state").join("poll"),
-            bus.clone(),
-        )?
-        .with_metrics(metrics.clone());
+        let source =
+            poll_source(config, poll, data_dir, bus, &mut names)?.with_metrics(metrics.clone());
         let mut stop = stop.clone();
         tasks.push(tokio::spawn(source.run(async move {
             let _ = stop.changed().await;
         })));
     }
     Ok(tasks)
+}
+
+/// The poller of one `[[poll]]` table, checked; `names`: the names of the tables before it (a
+/// name is the checkpoint's file, so it may be used once).
+fn poll_source(
+    config: &PerimeterConfig,
+    poll: &perimeter_ingest::poll::PollConfig,
+    data_dir: &std::path::Path,
+    bus: &perimeter_ingest::bus::BusSender,
+    names: &mut std::collections::HashSet<String>,
+) -> anyhow::Result<PollSource> {
+    anyhow::ensure!(
+        names.insert(poll.name.clone()),
+        "[[poll]] name `{}` is used twice (it names the checkpoint)",
+        poll.name
+    );
+    Ok(PollSource::new(
+        poll.clone(),
+        &config.tenant,
+        &data_dir.join("state").join("poll"),
+        bus.clone(),
+    )?)
 }
 
 async fn shutdown_signal() {
@@ -351,6 +363,20 @@ pub fn run(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
     runtime.block_on(run_async(config, args))
 }
 
+/// The sources `[store] raw_text_search_off` names that no normalizer produces: a misspelt one
+/// would silently leave that source's raw text searched.
+fn unknown_raw_text_sources<'a>(
+    config: &'a PerimeterConfig,
+    registry: &perimeter_detect::normalize::NormalizerRegistry,
+) -> Vec<&'a String> {
+    config
+        .store
+        .raw_text_search_off
+        .iter()
+        .filter(|s| registry.get(s).is_none())
+        .collect()
+}
+
 /// `perimeter run --check`: build each part `run` would build, from the same config, and say
 /// for each whether it works (see [`RunArgs::check`]).
 fn check(config: &PerimeterConfig) -> ExitCode {
@@ -367,6 +393,10 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         |_| Vec::new(),
         |(registry, _)| registry.names().iter().map(|n| n.to_string()).collect(),
     );
+    let unknown_raw_text: Vec<&String> = parts.as_ref().map_or_else(
+        |_| Vec::new(),
+        |(registry, _)| unknown_raw_text_sources(config, registry),
+    );
     report(
         "sources and masking",
         parts.map(|(registry, masker)| {
@@ -382,21 +412,14 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             )
         }),
     );
-    for source in &config.store.raw_text_search_off {
-        if !names.is_empty() && !names.contains(source) {
-            say!(
-                "warn   store: raw_text_search_off names `{source}`, which no normalizer produces"
-            );
-        }
+    for source in unknown_raw_text {
+        say!("warn   store: raw_text_search_off names `{source}`, which no normalizer produces");
     }
     let rule_paths = config.rule_paths(&[]);
     let rules = (|| -> anyhow::Result<String> {
-        for p in &rule_paths {
-            anyhow::ensure!(p.exists(), "rule path {} does not exist", p.display());
-        }
-        let (set, loaded) = RuleSet::load(&rule_paths, &config.sigma);
+        let (set, options, loaded) = load_rules_reported(config, &[], false)?;
         let known: Vec<&str> = names.iter().map(String::as_str).collect();
-        for warning in set.misspelt_sources(&known, &config.sigma) {
+        for warning in set.misspelt_sources(&known, &options) {
             say!("warn   rules: {warning}");
         }
         for f in &loaded.failed {
@@ -445,15 +468,10 @@ fn check(config: &PerimeterConfig) -> ExitCode {
     );
     // Nothing is submitted: the bus only satisfies the source's constructor.
     let (bus, _unused) = perimeter_ingest::bus::channel(1);
-    let state_dir = config.data_dir.join("state").join("poll");
     let mut poll_names = std::collections::HashSet::new();
     for poll in &config.poll {
         let outcome = (|| -> anyhow::Result<String> {
-            anyhow::ensure!(
-                poll_names.insert(poll.name.clone()),
-                "the name is used twice (it names the checkpoint)"
-            );
-            PollSource::new(poll.clone(), &config.tenant, &state_dir, bus.clone())?;
+            poll_source(config, poll, &config.data_dir, &bus, &mut poll_names)?;
             // Secrets are read when polling starts; a missing one is found here instead.
             for reference in std::iter::once(&poll.token).chain(poll.aws_access_key_id.as_ref()) {
                 perimeter_model::resolve_secret(reference)
@@ -483,15 +501,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(open_store(config, &data_dir)?);
     let (registry, masker) = base_parts(config)?;
-    // A misspelt source name would silently leave that source's raw text searched.
-    for source in &config.store.raw_text_search_off {
-        if registry.get(source).is_none() {
-            tracing::warn!(
-                source = source.as_str(),
-                known = ?registry.names(),
-                "store.raw_text_search_off names a source no normalizer produces; it has no effect"
-            );
-        }
+    for source in unknown_raw_text_sources(config, &registry) {
+        tracing::warn!(
+            source = source.as_str(),
+            known = ?registry.names(),
+            "store.raw_text_search_off names a source no normalizer produces; it has no effect"
+        );
     }
     let key = entity_key(&masker);
     let rule_paths = config.rule_paths(&[]);
