@@ -159,17 +159,20 @@ impl Store {
         }
         let field = self.field_named(&q.field)?;
         let mut tally = Tally::new();
-        let term_visits: u64 = searchers
-            .iter()
-            .flat_map(|s| s.segment_readers())
-            .map(|seg| {
-                seg.inverted_index(field)
-                    .map_or(0, |i| i.terms().num_terms() as u64)
-            })
-            .sum();
+        let term_visits = || -> u64 {
+            searchers
+                .iter()
+                .flat_map(|s| s.segment_readers())
+                .map(|seg| {
+                    seg.inverted_index(field)
+                        .map_or(0, |i| i.terms().num_terms() as u64)
+                })
+                .sum()
+        };
         // Counting in the index walks each segment's terms of the field: cheap for the handful
-        // of actions of a day, not for millions of addresses (about 0.5 µs a term).
-        let in_index = whole && total > q.sample as u64 && term_visits <= MAX_INDEX_TERM_VISITS;
+        // of actions of a day, not for millions of addresses (about 0.5 µs a term). The terms
+        // are counted only when the index would be asked.
+        let in_index = whole && total > q.sample as u64 && term_visits() <= MAX_INDEX_TERM_VISITS;
         let (counted, missing) = if in_index {
             let collector = TermTally { field };
             let mut missing = 0;
