@@ -11,6 +11,9 @@ pub const SECRETS: &[&str] = &[
     "hunter2-Sup3r-S3cret-Passw0rd",
     "4111 1111 1111 1111",
     "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+    "Pl4nted-W3bh00k-Passw0rd",
+    "sk_live_51PerimeterT3stK3yN0tR3al0000",
+    "Sv9x%2FPerimeterSasS1gnatur3T3st%3D",
 ];
 
 pub fn secret_events() -> String {
@@ -18,8 +21,9 @@ pub fn secret_events() -> String {
     let events = [
         serde_json::json!({"source": "github", "event": {
             "@timestamp": 1764000000000i64, "action": "hook.create", "actor": "mallory", "org": "acme",
-            "config": {"url": format!("https://hooks.example.com/x?token={}", s[0]), "secret": s[4]},
-            "data": {"note": format!("card {} on file", s[5])}}}),
+            "config": {"url": format!("https://hooks.example.com/x?token={}", s[0]), "secret": s[4],
+                       "relay": format!("https://deploy:{}@relay.example.com/hook", s[7])},
+            "data": {"note": format!("card {} on file, billing key {}", s[5], s[8])}}}),
         serde_json::json!({"source": "aws_cloudtrail", "event": {
             "eventVersion": "1.08", "eventTime": "2026-11-24T10:00:00Z", "eventSource": "iam.amazonaws.com",
             "eventName": "CreateAccessKey", "awsRegion": "us-east-1", "sourceIPAddress": "203.0.113.9",
@@ -37,7 +41,8 @@ pub fn secret_events() -> String {
             "outcome": {"result": "FAILURE", "reason": format!("password was {}", s[4])},
             "actor": {"id": "00u1", "type": "User", "alternateId": "bob@example.com"},
             "client": {"ipAddress": "203.0.113.9"},
-            "debugContext": {"debugData": {"requestUri": format!("/login?access_token={}", s[3])}}}}),
+            "debugContext": {"debugData": {"requestUri": format!("/login?access_token={}", s[3]),
+                "url": format!("https://acct.blob.core.windows.net/exports/all.csv?sv=2022-11-02&sp=r&sig={}", s[9])}}}}),
     ];
     let mut text = String::new();
     for e in events {

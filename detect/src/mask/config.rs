@@ -50,6 +50,13 @@ pub enum PatternKind {
     SecretAssignment,
     /// `Bearer <token>` / `Basic <base64 user:pass>` (the scheme word is kept).
     AuthHeader,
+    /// The password of a URL's user info (`postgres://app:<password>@db:5432/prod`, a webhook
+    /// or proxy URL with basic auth); the user name and the rest of the URL are kept.
+    UrlCredentials,
+    /// The signature of a pre-signed or shared-access URL (`X-Amz-Signature=`,
+    /// `X-Goog-Signature=`, CloudFront `Signature=`, Azure SAS `sig=`): whoever holds it can use
+    /// the URL until it expires. The rest of the URL is kept.
+    UrlSignature,
     /// 40-char AWS secret key after `aws_secret_access_key=` / `SecretAccessKey:`.
     AwsSecretAccessKey,
     /// Okta API token (`00` + 40 chars) after `SSWS ` or an `okta..token=` assignment only: a bare
@@ -63,6 +70,16 @@ pub enum PatternKind {
     SlackToken,
     /// Slack incoming webhook URLs (`https://hooks.slack.com/services/...`).
     SlackWebhook,
+    /// Other vendors' API keys and tokens with a documented prefix: Stripe (`sk_live_`, `rk_`,
+    /// `whsec_`), GitLab (`glpat-`, ...), npm (`npm_`), PyPI (`pypi-`), Google (`AIza` API keys,
+    /// `GOCSPX-` OAuth client secrets, `ya29.` access tokens), Microsoft Entra client secrets
+    /// (`...8Q~...`), HashiCorp Vault (`hvs.`) and Terraform Cloud (`.atlasv1.`), Docker Hub
+    /// (`dckr_pat_`), Hugging Face (`hf_`), Shopify (`shpat_`, ...), SendGrid (`SG.`), Atlassian
+    /// (`ATATT3`), DigitalOcean (`dop_v1_`, ...), Anthropic and OpenAI (`sk-ant-`, `sk-proj-`, ...),
+    /// Postman (`PMAK-`), New Relic (`NRAK-`), Sentry (`sntrys_`), Doppler (`dp.pt.`), Heroku
+    /// (`HRKU-`), Grafana (`glsa_`, `glc_`), Pulumi (`pul-`), Tailscale (`tskey-`), Buildkite
+    /// (`bkua_`), CircleCI (`CCIPAT_`), Figma (`figd_`), Notion (`ntn_`).
+    VendorToken,
     /// JSON Web Tokens (`eyJ...` `.` `eyJ...` `.` signature).
     Jwt,
     /// AWS access key ids (`AKIA...` long-term, `ASIA...` temporary).
@@ -80,16 +97,19 @@ pub enum PatternKind {
 impl PatternKind {
     /// All kinds, in the order they are applied to a value (PEM blocks first so that nothing
     /// else eats half of one; assignments before token shapes so `token=ghp_..` counts once).
-    pub const ALL: [PatternKind; 14] = [
+    pub const ALL: [PatternKind; 17] = [
         PatternKind::PemPrivateKey,
         PatternKind::SecretAssignment,
         PatternKind::AuthHeader,
+        PatternKind::UrlCredentials,
+        PatternKind::UrlSignature,
         PatternKind::AwsSecretAccessKey,
         PatternKind::OktaApiToken,
         PatternKind::OnepasswordToken,
         PatternKind::GithubToken,
         PatternKind::SlackToken,
         PatternKind::SlackWebhook,
+        PatternKind::VendorToken,
         PatternKind::Jwt,
         PatternKind::AwsAccessKeyId,
         PatternKind::CreditCard,
@@ -111,12 +131,15 @@ impl PatternKind {
             PatternKind::PemPrivateKey => "pem_private_key",
             PatternKind::SecretAssignment => "secret_assignment",
             PatternKind::AuthHeader => "auth_header",
+            PatternKind::UrlCredentials => "url_credentials",
+            PatternKind::UrlSignature => "url_signature",
             PatternKind::AwsSecretAccessKey => "aws_secret_access_key",
             PatternKind::OktaApiToken => "okta_api_token",
             PatternKind::OnepasswordToken => "onepassword_token",
             PatternKind::GithubToken => "github_token",
             PatternKind::SlackToken => "slack_token",
             PatternKind::SlackWebhook => "slack_webhook",
+            PatternKind::VendorToken => "vendor_token",
             PatternKind::Jwt => "jwt",
             PatternKind::AwsAccessKeyId => "aws_access_key_id",
             PatternKind::CreditCard => "credit_card",

@@ -17,7 +17,7 @@ use super::keys::KeyMatcher;
 use crate::DetectError;
 
 /// A set of pattern kinds, one bit per [`PatternKind::index`].
-pub(crate) type KindSet = u16;
+pub(crate) type KindSet = u32;
 
 pub(crate) fn bit(kind: PatternKind) -> KindSet {
     1 << kind.index()
@@ -103,6 +103,20 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         anchors: &["bearer", "basic"],
     },
     PatternSpec {
+        kind: PatternKind::UrlCredentials,
+        // `scheme://user:password@`: the user stops at the first `:`, the password at the first
+        // `@`; neither crosses a path, query, quote or space.
+        regex: r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]{0,30}://[^\s/?#@:"'<>\\]{0,128}:([^\s/?#@"'<>\\]{1,256})@"#,
+        secret_groups: &[1],
+        anchors: &["://"],
+    },
+    PatternSpec {
+        kind: PatternKind::UrlSignature,
+        regex: r"(?i)(?:^|[?&;,\s])(?:x-amz-signature|x-goog-signature|signature|sig)=([A-Za-z0-9%+/=_~.-]{16,})",
+        secret_groups: &[1],
+        anchors: &["signature=", "sig="],
+    },
+    PatternSpec {
         kind: PatternKind::AwsSecretAccessKey,
         regex: r#"(?i)secret_?access_?key\\?["']?\s*[:=]\s*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
         secret_groups: &[1],
@@ -139,6 +153,100 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         regex: r"(?i)https?://hooks\.slack(?:-gov)?\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+-]+",
         secret_groups: &[],
         anchors: &["hooks.slack"],
+    },
+    PatternSpec {
+        kind: PatternKind::VendorToken,
+        // Each vendor's documented prefix, then the random part at its documented length (or a
+        // floor of it), so words that merely start like a prefix (`sk_test_helper`) stay.
+        regex: concat!(
+            r"(?-u:\b)(?:",
+            r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,247}",
+            r"|whsec_[A-Za-z0-9+/=]{32,}",
+            r"|gl(?:pat|ptt|dt|rt)-[A-Za-z0-9_-]{20,}",
+            r"|npm_[A-Za-z0-9]{36}",
+            r"|pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}",
+            r"|AIza[0-9A-Za-z_-]{35}",
+            r"|GOCSPX-[A-Za-z0-9_-]{28}",
+            r"|ya29\.[A-Za-z0-9_-]{20,}",
+            r"|[A-Za-z0-9_~.-]{3}[78]Q~[A-Za-z0-9_~.-]{31,34}",
+            r"|hv[sb]\.[A-Za-z0-9_-]{24,}",
+            r"|[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}",
+            r"|dckr_pat_[A-Za-z0-9_-]{27,}",
+            r"|hf_[A-Za-z]{34,40}",
+            r"|shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}",
+            r"|SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}",
+            r"|ATATT3xFfGF0[A-Za-z0-9_=-]{100,}",
+            r"|do[por]_v1_[a-f0-9]{64}",
+            r"|sk-ant-(?:api|admin)[0-9]{2}-[A-Za-z0-9_-]{80,}",
+            r"|sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,}",
+            r"|PMAK-[a-f0-9]{24}-[a-f0-9]{34}",
+            r"|NRAK-[A-Z0-9]{27}",
+            r"|sntry[su]_[A-Za-z0-9+/=_-]{40,}",
+            r"|dp\.(?:pt|st|sa)\.[A-Za-z0-9]{40,44}",
+            r"|HRKU-[A-Za-z0-9_-]{60}",
+            r"|glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}",
+            r"|glc_[A-Za-z0-9+/]{32,400}={0,2}",
+            r"|pul-[a-f0-9]{40}",
+            r"|tskey-[a-z]+-[A-Za-z0-9]{6,}-[A-Za-z0-9]{20,}",
+            r"|bkua_[a-f0-9]{40}",
+            r"|CCIPAT_[A-Za-z0-9]{22}_[a-f0-9]{40}",
+            r"|figd_[A-Za-z0-9_-]{40,}",
+            r"|ntn_[0-9]{11}[A-Za-z0-9]{35}",
+            r")",
+        ),
+        secret_groups: &[],
+        anchors: &[
+            "sk_live_",
+            "sk_test_",
+            "rk_live_",
+            "rk_test_",
+            "whsec_",
+            "glpat-",
+            "glptt-",
+            "gldt-",
+            "glrt-",
+            "npm_",
+            "pypi-ageichlwas5vcmc",
+            "aiza",
+            "gocspx-",
+            "ya29.",
+            "8q~",
+            "7q~",
+            "hvs.",
+            "hvb.",
+            ".atlasv1.",
+            "dckr_pat_",
+            "hf_",
+            "shpat_",
+            "shpss_",
+            "shpca_",
+            "shppa_",
+            "sg.",
+            "atatt3xffgf0",
+            "dop_v1_",
+            "doo_v1_",
+            "dor_v1_",
+            "sk-ant-",
+            "sk-proj-",
+            "sk-svcacct-",
+            "sk-admin-",
+            "pmak-",
+            "nrak-",
+            "sntrys_",
+            "sntryu_",
+            "dp.pt.",
+            "dp.st.",
+            "dp.sa.",
+            "hrku-",
+            "glsa_",
+            "glc_",
+            "pul-",
+            "tskey-",
+            "bkua_",
+            "ccipat_",
+            "figd_",
+            "ntn_",
+        ],
     },
     PatternSpec {
         kind: PatternKind::Jwt,
@@ -221,11 +329,13 @@ impl Patterns {
             .build(&anchors)
             .map_err(|e| DetectError::Other(format!("building the pattern prefilter: {e}")))?;
         let min_anchor_len = anchors.iter().map(|a| a.len()).min().unwrap_or(usize::MAX);
-        let id_shape_skip = anchors.iter().all(|a| {
-            a.bytes().any(|b| {
-                !ID_SHAPED[usize::from(b.to_ascii_lowercase())]
-                    && !ID_SHAPED[usize::from(b.to_ascii_uppercase())]
-            })
+        // A URL's credentials need an `@` after the anchor `://`, which is id-shaped.
+        let id_shape_skip = anchors.iter().zip(&anchor_kind).all(|(a, kind)| {
+            *kind == PatternKind::UrlCredentials
+                || a.bytes().any(|b| {
+                    !ID_SHAPED[usize::from(b.to_ascii_lowercase())]
+                        && !ID_SHAPED[usize::from(b.to_ascii_uppercase())]
+                })
         });
         Ok(Patterns {
             prefilter,
@@ -556,6 +666,38 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
             }
             starts(r, b"token")
         }
+        // `://user:password@`: a `:` then an `@` before the user info ends.
+        PatternKind::UrlCredentials => {
+            let info_end = rest
+                .iter()
+                .position(|b| {
+                    b.is_ascii_whitespace()
+                        || matches!(b, b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'\\')
+                })
+                .unwrap_or(rest.len());
+            let info = &rest[..info_end];
+            info.iter()
+                .position(|b| *b == b':')
+                .is_some_and(|colon| info[colon..].contains(&b'@'))
+        }
+        // `sig=` / `signature=`: at least 16 signature characters.
+        PatternKind::UrlSignature => {
+            rest.iter()
+                .take_while(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'%' | b'+' | b'/' | b'=' | b'_' | b'~' | b'.' | b'-')
+                })
+                .count()
+                >= 16
+        }
+        // `SG.` (SendGrid) is also the end of many words (`msg.`): 22 key characters and a dot.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"sg.") => {
+            rest.len() > 22
+                && rest[..22]
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+                && rest[22] == b'.'
+        }
         _ => true,
     }
 }
@@ -670,6 +812,8 @@ fn plain_secret(
     match kind {
         PatternKind::SecretAssignment
         | PatternKind::AuthHeader
+        | PatternKind::UrlCredentials
+        | PatternKind::UrlSignature
         | PatternKind::AwsSecretAccessKey
         | PatternKind::OktaApiToken => None,
         PatternKind::CreditCard | PatternKind::UsSsn => {
@@ -929,6 +1073,10 @@ mod tests {
             ("Basic auth", PatternKind::AuthHeader),
             ("00000003-0000-0ff1-ce00-000000000000", PatternKind::UsSsn),
             ("2024-01-15 123-45-67890", PatternKind::UsSsn),
+            ("https://example.com:8443/x@y", PatternKind::UrlCredentials),
+            ("ssh://git@github.com/acme", PatternKind::UrlCredentials),
+            ("?sig=short", PatternKind::UrlSignature),
+            ("msg.received", PatternKind::VendorToken),
         ] {
             assert_eq!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");
         }
@@ -949,6 +1097,9 @@ mod tests {
             ("Basic dXNlcjpwYXNz", PatternKind::AuthHeader),
             ("ssn 123-45-6789.", PatternKind::UsSsn),
             ("123-45-6789", PatternKind::UsSsn),
+            ("postgres://app:pw@db", PatternKind::UrlCredentials),
+            ("?sig=0123456789abcdef", PatternKind::UrlSignature),
+            ("SG.abcdefghijklmnopqrstuv.x", PatternKind::VendorToken),
         ] {
             assert_ne!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");
         }
@@ -967,7 +1118,9 @@ mod tests {
                 "123", "45", "6789", "4111", "1111", "0", "abcdefgh", "Zq9abc123XY",
                 "00abcdefghijklmnopqrstuvwxyz0123456789ABCDEF", "eyJhbGciOi.eyJzdWIi.sig", "x",
                 "client_", "hashed_", "next", "s", "key", "Type", ".actions", "db.", "my-",
-                "Api.Key", "signingKey", "session-key", "Encryption.Key",
+                "Api.Key", "signingKey", "session-key", "Encryption.Key", "https://", "@",
+                "/", "?", "&", "sig=", "X-Amz-Signature=", "sk_live_", "SG.", "8Q~", "glpat-",
+                "AIza", "hf_", "msg.", "aB3dE6gH9jK2mN5pQ8rS1tV4wX7yZ0cF",
             ]),
             0..12,
         )) {
@@ -1215,6 +1368,70 @@ mod tests {
             SecretAssignment,
             "sid=abc123",
         );
+        one(
+            "hook url postgres://app_user:Hunter2Secret!@db.example.com:5432/prod",
+            UrlCredentials,
+            "Hunter2Secret!",
+        );
+        one(
+            "https://deploy:v1.2b3c4d*@github.com/org/repo.git",
+            UrlCredentials,
+            "v1.2b3c4d*",
+        );
+        one(
+            "mongodb+srv://svc:p%40ss:w0rd!@cluster0.example.net/db",
+            UrlCredentials,
+            "p%40ss:w0rd!",
+        );
+        one(
+            "https://bucket.s3.amazonaws.com/k?X-Amz-Credential=x&X-Amz-Signature=3f1c0e0a9b8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b&x=1",
+            UrlSignature,
+            "3f1c0e0a9b8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b",
+        );
+        one(
+            "https://acct.blob.core.windows.net/c/f.csv?sv=2022-11-02&sp=r&sig=Zx9%2BqAbCdEfGhIjKlMnOpQrStUv%3D",
+            UrlSignature,
+            "Zx9%2BqAbCdEfGhIjKlMnOpQrStUv%3D",
+        );
+        let alnum = |n: usize| "aB3dE6gH9j".repeat(n / 10 + 1)[..n].to_string();
+        let hex = |n: usize| "0123456789abcdef".repeat(n / 16 + 1)[..n].to_string();
+        for token in [
+            format!("sk_live_{}", alnum(24)),
+            format!("rk_test_{}", alnum(24)),
+            format!("whsec_{}", alnum(32)),
+            format!("glpat-{}", alnum(20)),
+            format!("npm_{}", alnum(36)),
+            format!("pypi-AgEIcHlwaS5vcmc{}", alnum(60)),
+            format!("AIza{}", alnum(35)),
+            format!("GOCSPX-{}", alnum(28)),
+            format!("ya29.{}", alnum(40)),
+            format!("Abc8Q~{}", alnum(34)),
+            format!("hvs.{}", alnum(24)),
+            format!("{}.atlasv1.{}", alnum(14), alnum(64)),
+            format!("dckr_pat_{}", alnum(27)),
+            "hf_abcdefghijklmnopqrstuvwxyzABCDEFGH".to_string(),
+            format!("shpat_{}", hex(32)),
+            format!("SG.{}.{}", alnum(22), alnum(43)),
+            format!("ATATT3xFfGF0{}", alnum(120)),
+            format!("dop_v1_{}", hex(64)),
+            format!("sk-ant-api03-{}", alnum(90)),
+            format!("sk-proj-{}", alnum(48)),
+            format!("PMAK-{}-{}", hex(24), hex(34)),
+            "NRAK-ABCDEFGHIJKLMNOPQRSTUVWXYZ0".to_string(),
+            format!("sntrys_{}", alnum(48)),
+            format!("dp.pt.{}", alnum(43)),
+            format!("HRKU-{}", alnum(60)),
+            format!("glsa_{}_{}", alnum(32), hex(8)),
+            format!("glc_{}", alnum(40)),
+            format!("pul-{}", hex(40)),
+            format!("tskey-api-{}-{}", alnum(8), alnum(24)),
+            format!("bkua_{}", hex(40)),
+            format!("CCIPAT_{}_{}", alnum(22), hex(40)),
+            format!("figd_{}", alnum(40)),
+            format!("ntn_{}{}", "12345678901", alnum(35)),
+        ] {
+            one(&format!("key {token} rotated"), VendorToken, &token);
+        }
     }
 
     #[test]
@@ -1253,6 +1470,18 @@ mod tests {
             "Token was revoked by admin",
             "secret is set to default",
             "eyJhbGciOiJIUzI1NiJ9 only a header",
+            "https://github.com/acme/api/pull/12",
+            "ssh://git@github.com/acme/api.git",
+            "git@github.com:acme/api.git",
+            "http://[2001:db8::1]:8080/status",
+            "https://example.com:8443/login?next=/home",
+            "https://example.com/a?sig=short&x=1",
+            "msg.received",
+            "sk_test_helper",
+            "npm_install",
+            "hf_hub_download",
+            "pul-request",
+            "signature=valid",
         ] {
             assert!(
                 found(clean)

@@ -640,6 +640,45 @@ fn planted_secret() -> impl Strategy<Value = (String, String)> {
             (t.clone(), t)
         }),
         "[A-Za-z0-9/+]{40}".prop_map(|s| (format!("aws_secret_access_key={s}"), s)),
+        (
+            "(https|postgres|mongodb\\+srv|amqp)",
+            "[a-z][a-z0-9._-]{0,15}",
+            "Zq9[A-Za-z0-9%!*$~.:_-]{6,30}"
+        )
+            .prop_map(|(scheme, user, pw)| (
+                format!("{scheme}://{user}:{pw}@db.example.com/x"),
+                pw
+            )),
+        (
+            "(X-Amz-Signature|X-Goog-Signature|Signature|sig)",
+            "[A-Za-z0-9%+/_~.-]{16,64}"
+        )
+            .prop_map(|(name, sig)| {
+                let sig = format!("Zq9{sig}");
+                (format!("https://h.example/o?a=1&{name}={sig}&b=2"), sig)
+            }),
+        proptest::string::string_regex("[A-Za-z0-9]{36}")
+            .expect("regex")
+            .prop_flat_map(|s| {
+                prop::sample::select(vec!["sk_live_", "rk_test_", "glpat-", "npm_"]).prop_map(
+                    move |p| {
+                        let t = format!("{p}{s}");
+                        (t.clone(), t)
+                    },
+                )
+            }),
+        "[A-Za-z0-9_-]{40,60}".prop_map(|s| {
+            let t = format!("sk-proj-{s}");
+            (t.clone(), t)
+        }),
+        "[A-Za-z0-9_-]{35}".prop_map(|s| {
+            let t = format!("AIza{s}");
+            (t.clone(), t)
+        }),
+        ("[A-Za-z0-9]{3}", "[A-Za-z0-9_~.-]{34}").prop_map(|(a, b)| {
+            let t = format!("{a}8Q~{b}");
+            (t.clone(), t)
+        }),
         proptest::string::string_regex(&format!("{alnum}{{36}}"))
             .expect("regex")
             .prop_flat_map(|s| {
