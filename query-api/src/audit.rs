@@ -189,6 +189,7 @@ mod tests {
             created_at: Utc::now(),
             revoked_at: None,
             expires_at: None,
+            last_used_at: None,
         }
     }
 

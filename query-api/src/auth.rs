@@ -85,7 +85,16 @@ pub struct TokenInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// When the token was last accepted, to the minute ([`LAST_USED_RESOLUTION`]): an old or
+    /// missing value marks a token nobody uses any more, a revocation candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<DateTime<Utc>>,
 }
+
+/// How stale a token's `last_used_at` may get before a use rewrites it: the token file is
+/// written at most once per token and minute, not on every request.
+pub const LAST_USED_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 impl TokenInfo {
     /// How the token appears in alert histories and the audit log.
@@ -172,6 +181,9 @@ struct Loaded {
 pub struct TokenStore {
     path: PathBuf,
     loaded: RwLock<Loaded>,
+    /// Per token id, when a use was last written (or tried: a file that cannot be written is
+    /// not retried, nor logged, on every request).
+    use_noted: std::sync::Mutex<std::collections::HashMap<String, DateTime<Utc>>>,
 }
 
 impl TokenStore {
@@ -182,6 +194,7 @@ impl TokenStore {
         Ok(TokenStore {
             path,
             loaded: RwLock::new(loaded),
+            use_noted: Default::default(),
         })
     }
 
@@ -228,6 +241,7 @@ impl TokenStore {
             created_at: Utc::now(),
             revoked_at: None,
             expires_at,
+            last_used_at: None,
         };
         let record = TokenRecord {
             info: info.clone(),
@@ -263,8 +277,16 @@ impl TokenStore {
         self.check(presented, Utc::now()).ok()
     }
 
-    /// The token a presented plaintext belongs to at `now`, or why it is refused.
+    /// The token a presented plaintext belongs to at `now`, or why it is refused. An accepted
+    /// token's `last_used_at` becomes `now` (written when it was older than
+    /// [`LAST_USED_RESOLUTION`]).
     pub fn check(&self, presented: &str, now: DateTime<Utc>) -> Result<TokenInfo, Refusal> {
+        let info = self.find(presented, now)?;
+        self.note_use(&info, now);
+        Ok(info)
+    }
+
+    fn find(&self, presented: &str, now: DateTime<Utc>) -> Result<TokenInfo, Refusal> {
         self.refresh();
         let presented_hash = Sha256::digest(presented.as_bytes());
         let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
@@ -286,6 +308,30 @@ impl TokenStore {
         match info.expires_at {
             Some(at) if info.is_expired_at(now) => Err(Refusal::Expired(at)),
             _ => Ok(info.clone()),
+        }
+    }
+
+    /// Write `now` as the token's last use when the stored one is older than the resolution.
+    /// A failed write is logged once per resolution period; the request goes on.
+    fn note_use(&self, info: &TokenInfo, now: DateTime<Utc>) {
+        let fresh = |t: Option<DateTime<Utc>>| t.is_some_and(|t| now - t < LAST_USED_RESOLUTION);
+        if fresh(info.last_used_at) {
+            return;
+        }
+        {
+            let mut noted = self.use_noted.lock().unwrap_or_else(|e| e.into_inner());
+            if fresh(noted.get(&info.id).copied()) {
+                return;
+            }
+            noted.insert(info.id.clone(), now);
+        }
+        let written = self.modify(|records| {
+            for r in records.iter_mut().filter(|r| r.info.id == info.id) {
+                r.info.last_used_at = r.info.last_used_at.max(Some(now));
+            }
+        });
+        if let Err(error) = written {
+            tracing::warn!(%error, token = %info.id, "could not record the token's last use");
         }
     }
 
@@ -485,6 +531,40 @@ mod tests {
             "revocation must be seen by the first handle"
         );
         assert!(store.list()[0].revoked_at.is_some());
+    }
+
+    #[test]
+    fn last_use_is_kept_to_the_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open_in(dir.path()).unwrap();
+        let (_, used) = store.create("acme", Role::Viewer, Some("used")).unwrap();
+        let (_, idle) = store.create("acme", Role::Viewer, Some("idle")).unwrap();
+        let last_used = |store: &TokenStore, name: &str| {
+            store
+                .list()
+                .into_iter()
+                .find(|t| t.name == name)
+                .unwrap()
+                .last_used_at
+        };
+        let t0 = Utc::now();
+        store.check(&used, t0).unwrap();
+        // Written to the file: another handle (the CLI's `tokens list`) sees it.
+        let other = TokenStore::open_in(dir.path()).unwrap();
+        assert_eq!(last_used(&other, "used"), Some(t0));
+        assert_eq!(last_used(&other, "idle"), None);
+        // Uses within the resolution do not rewrite the file; a later one does.
+        store
+            .check(&used, t0 + chrono::Duration::seconds(30))
+            .unwrap();
+        assert_eq!(last_used(&other, "used"), Some(t0));
+        let t1 = t0 + LAST_USED_RESOLUTION;
+        store.check(&used, t1).unwrap();
+        assert_eq!(last_used(&other, "used"), Some(t1));
+        // A refused token records nothing.
+        store.revoke(&store.list()[1].id).unwrap();
+        assert!(store.check(&idle, t1).is_err());
+        assert_eq!(last_used(&other, "idle"), None);
     }
 
     #[test]
