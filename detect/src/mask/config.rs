@@ -57,6 +57,10 @@ pub enum PatternKind {
     /// `X-Goog-Signature=`, CloudFront `Signature=`, Azure SAS `sig=`): whoever holds it can use
     /// the URL until it expires. The rest of the URL is kept.
     UrlSignature,
+    /// The key in an Azure connection string (`AccountKey=` of a storage account,
+    /// `SharedAccessKey=` of Service Bus, Event Hubs and IoT Hub); the rest of the string is
+    /// kept.
+    AzureConnectionKey,
     /// 40-char AWS secret key after `aws_secret_access_key=` / `SecretAccessKey:`.
     AwsSecretAccessKey,
     /// Okta API token (`00` + 40 chars) after `SSWS ` or an `okta..token=` assignment only: a bare
@@ -97,12 +101,13 @@ pub enum PatternKind {
 impl PatternKind {
     /// All kinds, in the order they are applied to a value (PEM blocks first so that nothing
     /// else eats half of one; assignments before token shapes so `token=ghp_..` counts once).
-    pub const ALL: [PatternKind; 17] = [
+    pub const ALL: [PatternKind; 18] = [
         PatternKind::PemPrivateKey,
         PatternKind::SecretAssignment,
         PatternKind::AuthHeader,
         PatternKind::UrlCredentials,
         PatternKind::UrlSignature,
+        PatternKind::AzureConnectionKey,
         PatternKind::AwsSecretAccessKey,
         PatternKind::OktaApiToken,
         PatternKind::OnepasswordToken,
@@ -133,6 +138,7 @@ impl PatternKind {
             PatternKind::AuthHeader => "auth_header",
             PatternKind::UrlCredentials => "url_credentials",
             PatternKind::UrlSignature => "url_signature",
+            PatternKind::AzureConnectionKey => "azure_connection_key",
             PatternKind::AwsSecretAccessKey => "aws_secret_access_key",
             PatternKind::OktaApiToken => "okta_api_token",
             PatternKind::OnepasswordToken => "onepassword_token",

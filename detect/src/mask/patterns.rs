@@ -117,11 +117,17 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         anchors: &["signature=", "sig="],
     },
     PatternSpec {
+        kind: PatternKind::AzureConnectionKey,
+        regex: r#"(?i)(?:^|[^A-Za-z0-9_])(?:AccountKey|SharedAccessKey)=([^;"'\s]{8,})"#,
+        secret_groups: &[1],
+        // `sharedaccesskey=` ends where `accesskey` (AWS) does: the prefilter reports both.
+        anchors: &["accountkey=", "sharedaccesskey="],
+    },
+    PatternSpec {
         kind: PatternKind::AwsSecretAccessKey,
         regex: r#"(?i)secret_?access_?key\\?["']?\s*[:=]\s*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
         secret_groups: &[1],
-        // Not `secret_access_key`: the prefilter is non-overlapping and `secret` (assignments)
-        // would hide it.
+        // Not `secret_access_key`: `access_key` is in it.
         anchors: &["access_key", "accesskey"],
     },
     PatternSpec {
@@ -385,11 +391,11 @@ impl Patterns {
             }
         }
         if want_anchors && !(self.id_shape_skip && scan.id_shaped) {
-            // Non-overlapping (it can use AC's own memchr-style prefilter); no anchor is a
-            // substring of another kind's anchor starting at the same place, so none is hidden.
+            // Overlapping: an anchor that starts inside another, or ends where another does
+            // (`accesskey` in `sharedaccesskey=`), is still reported.
             scanned = true;
             let mut assignment_anchor = false;
-            for m in self.prefilter.find_iter(text) {
+            for m in self.prefilter.find_overlapping_iter(text) {
                 let kind = self.anchor_kind[m.pattern().as_usize()];
                 if kind == PatternKind::SecretAssignment {
                     assignment_anchor = true;
@@ -814,6 +820,7 @@ fn plain_secret(
         | PatternKind::AuthHeader
         | PatternKind::UrlCredentials
         | PatternKind::UrlSignature
+        | PatternKind::AzureConnectionKey
         | PatternKind::AwsSecretAccessKey
         | PatternKind::OktaApiToken => None,
         PatternKind::CreditCard | PatternKind::UsSsn => {
@@ -1099,6 +1106,7 @@ mod tests {
             ("123-45-6789", PatternKind::UsSsn),
             ("postgres://app:pw@db", PatternKind::UrlCredentials),
             ("?sig=0123456789abcdef", PatternKind::UrlSignature),
+            ("SharedAccessKey=x", PatternKind::AzureConnectionKey),
             ("SG.abcdefghijklmnopqrstuv.x", PatternKind::VendorToken),
         ] {
             assert_ne!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");
@@ -1120,7 +1128,8 @@ mod tests {
                 "client_", "hashed_", "next", "s", "key", "Type", ".actions", "db.", "my-",
                 "Api.Key", "signingKey", "session-key", "Encryption.Key", "https://", "@",
                 "/", "?", "&", "sig=", "X-Amz-Signature=", "sk_live_", "SG.", "8Q~", "glpat-",
-                "AIza", "hf_", "msg.", "aB3dE6gH9jK2mN5pQ8rS1tV4wX7yZ0cF",
+                "AIza", "hf_", "msg.", "aB3dE6gH9jK2mN5pQ8rS1tV4wX7yZ0cF", "Shared", "AccessKey",
+                "Account", "Key=", ";",
             ]),
             0..12,
         )) {
@@ -1392,6 +1401,16 @@ mod tests {
             "https://acct.blob.core.windows.net/c/f.csv?sv=2022-11-02&sp=r&sig=Zx9%2BqAbCdEfGhIjKlMnOpQrStUv%3D",
             UrlSignature,
             "Zx9%2BqAbCdEfGhIjKlMnOpQrStUv%3D",
+        );
+        one(
+            "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=Zx9aBcD+eFgH/iJkL==;EndpointSuffix=core.windows.net",
+            AzureConnectionKey,
+            "Zx9aBcD+eFgH/iJkL==",
+        );
+        one(
+            "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=Zx9aBcDeFgHiJk=",
+            AzureConnectionKey,
+            "Zx9aBcDeFgHiJk=",
         );
         let alnum = |n: usize| "aB3dE6gH9j".repeat(n / 10 + 1)[..n].to_string();
         let hex = |n: usize| "0123456789abcdef".repeat(n / 16 + 1)[..n].to_string();

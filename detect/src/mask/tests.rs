@@ -667,6 +667,13 @@ fn planted_secret() -> impl Strategy<Value = (String, String)> {
                     },
                 )
             }),
+        ("(AccountKey|SharedAccessKey)", "[A-Za-z0-9+/]{20,86}").prop_map(|(name, key)| {
+            let key = format!("Zq9{key}==");
+            (
+                format!("Endpoint=sb://x.example.net/;AccountName=x;{name}={key};Suffix=y"),
+                key,
+            )
+        }),
         "[A-Za-z0-9_-]{40,60}".prop_map(|s| {
             let t = format!("sk-proj-{s}");
             (t.clone(), t)
