@@ -12,6 +12,7 @@
 mod alert;
 mod ecs;
 mod event;
+mod json_text;
 pub mod metrics;
 mod secret;
 mod switches;
@@ -20,6 +21,7 @@ mod time;
 pub use alert::{Alert, AlertStatus, DetectorKind, EntityKind, Severity};
 pub use ecs::{Ecs, EcsValue, Outcome, ECS_FIELDS};
 pub use event::{raw_from_serde, raw_to_serde, DeadLetter, Event, EventId, RawJson, RawRecord};
+pub use json_text::write_json_str;
 pub use metrics::Metrics;
 pub use secret::{is_secret_reference, resolve_secret, SecretError};
 pub use sonic_rs;

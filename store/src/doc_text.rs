@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 
 use perimeter_model::raw_prelude::ValueRef;
-use perimeter_model::{EcsValue, Event, RawJson, ECS_FIELDS};
+use perimeter_model::{write_json_str, EcsValue, Event, RawJson, ECS_FIELDS};
 
 use crate::parallel;
 use crate::{Result, StoreError};
@@ -170,51 +170,6 @@ fn walk(v: &RawJson, json: &mut Vec<u8>, words: &mut Vec<u8>, num: &mut String) 
             json.push(b'}');
         }
     }
-}
-
-/// JSON escape of each byte: 0 none, `u` as `\u00XX`, else the character after a backslash.
-const ESCAPE: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = b'u';
-        i += 1;
-    }
-    t[0x08] = b'b';
-    t[0x09] = b't';
-    t[0x0a] = b'n';
-    t[0x0c] = b'f';
-    t[0x0d] = b'r';
-    t[b'"' as usize] = b'"';
-    t[b'\\' as usize] = b'\\';
-    t
-};
-
-/// `s` as a JSON string literal.
-pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let b = s.as_bytes();
-    out.reserve(b.len() + 2);
-    out.push(b'"');
-    let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let esc = ESCAPE[c as usize];
-        if esc == 0 {
-            continue;
-        }
-        out.extend_from_slice(&b[start..i]);
-        if esc == b'u' {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[(c >> 4) as usize]);
-            out.push(HEX[(c & 0xf) as usize]);
-        } else {
-            out.push(b'\\');
-            out.push(esc);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&b[start..]);
-    out.push(b'"');
 }
 
 /// Where a value of the output document comes from.

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 
 use perimeter_model::raw_prelude::*;
-use perimeter_model::RawJson;
+use perimeter_model::{write_json_str, RawJson};
 
 use super::cache::Memory;
 use super::patterns::{bit, is_masked, KindSet};
@@ -350,48 +350,6 @@ impl<'a> MaskWalk<'a> {
             self.json_str(&r);
         }
     }
-}
-
-/// A JSON string literal: copied as is unless it holds a quote, a backslash or a control
-/// character (audit values rarely do).
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    // The usual case, settled by a loop the compiler vectorizes: nothing to escape.
-    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 15)],
-            ]);
-        } else {
-            out.extend_from_slice(escape);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 thread_local! {
