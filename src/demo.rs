@@ -99,10 +99,15 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     let mut alerts: Vec<Alert> = Vec::new();
     let mut dead = 0usize;
     let now = chrono::Utc::now();
+    let mut repeats = 0usize;
     let mut flush = |out: &mut PipelineOutput, alerts: &mut Vec<Alert>| -> anyhow::Result<()> {
-        store_output(&store, out, &metrics)
+        let ack = store_output(&store, out, &metrics)
             .map_err(|e| anyhow::anyhow!("storing demo data: {e}"))?;
-        alerts.extend(out.alerts.iter().cloned());
+        repeats += ack.alerts_grouped.len();
+        alerts.extend(crate::service::not_grouped(
+            &out.alerts,
+            &ack.alerts_grouped,
+        ));
         dead += out.dead_letters.len();
         out.clear();
         Ok(())
@@ -132,14 +137,24 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     }
     pipeline.finish(&mut out);
     flush(&mut out, &mut alerts)?;
+    // As the queue has them: a rule's repeats for one entity are counted into its first alert.
+    let alerts: Vec<Alert> = alerts
+        .into_iter()
+        .map(|a| match store.get_alert(&a.tenant, &a.id) {
+            Ok(Some(record)) => record.alert,
+            _ => a,
+        })
+        .collect();
     let stats = pipeline.stats();
     print_alert_table(&alerts);
     say!();
     say!(
-        "{} events from {} records, {} alerts, {} values masked, {} dead letters, in {:.1}s",
+        "{} events from {} records, {} alerts ({} repeats counted into them), {} values masked, \
+         {} dead letters, in {:.1}s",
         stats.events,
         stats.records,
         alerts.len(),
+        repeats,
         stats.values_masked,
         dead,
         started.elapsed().as_secs_f64()

@@ -210,6 +210,10 @@ pub fn spawn_pipeline_worker(
                         tracing::warn!(source = %sub.source, "{note}");
                     }
                 }
+                let grouped = result
+                    .as_ref()
+                    .map(|ack| ack.alerts_grouped.clone())
+                    .unwrap_or_default();
                 let reply = result.map(|ack| SubmitAck {
                     events: ack.events_written,
                     duplicates: ack.events_duplicate,
@@ -220,7 +224,7 @@ pub fn spawn_pipeline_worker(
                 });
                 match &reply {
                     // Stored: the (masked) alerts go to their tenants' destinations.
-                    Ok(_) => notifier.notify(&out.alerts),
+                    Ok(_) => notifier.notify(&not_grouped(&out.alerts, &grouped)),
                     Err(e) => {
                         metrics.inc("store_batches_failed_total", &[], 1);
                         metrics.set(
@@ -467,8 +471,8 @@ fn store_alerts_or_keep(
     failure: &str,
 ) -> bool {
     match store_output(store, out, metrics) {
-        Ok(_) => {
-            notifier.notify(&out.alerts);
+        Ok(ack) => {
+            notifier.notify(&not_grouped(&out.alerts, &ack.alerts_grouped));
             true
         }
         Err(e) => {
@@ -486,6 +490,23 @@ fn note_state_current(metrics: &Metrics) {
         &[],
         chrono::Utc::now().timestamp() as f64,
     );
+}
+
+/// The alerts destinations hear of: not those the store counted into an earlier alert of the
+/// same rule and entity (the first of a group was sent; its repeats are in its `count`).
+pub(crate) fn not_grouped(
+    alerts: &[perimeter_model::Alert],
+    grouped: &[String],
+) -> Vec<perimeter_model::Alert> {
+    if grouped.is_empty() {
+        return alerts.to_vec();
+    }
+    let grouped: std::collections::HashSet<&str> = grouped.iter().map(String::as_str).collect();
+    alerts
+        .iter()
+        .filter(|a| !grouped.contains(a.id.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Store one pipeline output; returns what the store reports.
@@ -506,6 +527,9 @@ pub fn store_output(
         &[],
         started.elapsed().as_secs_f64(),
     );
+    if !ack.alerts_grouped.is_empty() {
+        metrics.inc("alerts_grouped_total", &[], ack.alerts_grouped.len() as u64);
+    }
     for (source, n) in &ack.events_written_by_source {
         metrics.inc("events_stored_total", &[("source", source)], *n as u64);
     }

@@ -1244,6 +1244,77 @@ fn ingest_login_as(svc: &Service, admin: &str, source: &str, i: usize) -> serde_
         .unwrap()
 }
 
+/// A rule that matches one user again and again is one alert to triage: its repeats within
+/// the hour are counted into it (`count`, `last_seen`) and sent to no destination again; other
+/// users' matches stay alerts of their own.
+#[test]
+fn repeats_of_a_rule_for_one_user_are_one_alert_counted_and_sent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000020");
+    let admin = token(&cfg, "admin");
+    let hook = WebhookReceiver::start(0);
+    let svc = start(&cfg);
+    add_destination(&svc.base, &admin, &hook.url());
+    let post = |logins: &[usize]| -> serde_json::Value {
+        let body: String = logins
+            .iter()
+            .map(|i| format!("{}\n", okta_event(5, *i)))
+            .collect();
+        reqwest::blocking::Client::new()
+            .post(format!("{}/ingest/okta", svc.base))
+            .bearer_auth(&admin)
+            .body(body)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    // user0 logs in at :00, :40 and :20 past the hour (logins 0, 40, 80); user1 once.
+    let ack = post(&[0, 40, 80, 1]);
+    assert_eq!(ack["alerts"], 4, "every match is detected: {ack}");
+    let first: serde_json::Value =
+        serde_json::from_str(&hook.wait_for_body(Duration::from_secs(20))).unwrap();
+    assert_eq!(first["alerts"].as_array().map(Vec::len), Some(2), "{first}");
+    // user0 again, in a later batch and within the hour: counted, not sent.
+    let ack = post(&[120]);
+    assert_eq!(ack["alerts"], 1, "{ack}");
+    let alerts: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{}/api/v1/alerts?limit=10", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let items = alerts["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{alerts}");
+    let by_count: HashMap<u64, &serde_json::Value> = items
+        .iter()
+        .map(|r| (r["alert"]["count"].as_u64().unwrap(), r))
+        .collect();
+    let grouped = by_count[&4];
+    assert_eq!(grouped["alert"]["event_ids"].as_array().unwrap().len(), 4);
+    let last_login = okta_event(5, 40)["published"].as_str().unwrap().to_string();
+    let last_seen = chrono::DateTime::parse_from_rfc3339(grouped["last_seen"].as_str().unwrap());
+    assert_eq!(
+        last_seen.unwrap(),
+        chrono::DateTime::parse_from_rfc3339(&last_login).unwrap(),
+        "{grouped}"
+    );
+    assert!(by_count[&1]["last_seen"].is_null());
+    assert!(svc
+        .metrics()
+        .lines()
+        .any(|l| l == "perimeter_alerts_grouped_total 3"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        hook.bodies().len(),
+        1,
+        "a repeat was sent: {:?}",
+        hook.bodies()
+    );
+    stop(svc);
+}
+
 /// A restart used to drop every open correlation window, so a burst spread over a deploy was
 /// missed. The windows are snapshotted on shutdown (masked, keyed hashes) and restored on start.
 #[test]

@@ -5,11 +5,12 @@
 //! tenant's alerts in memory is fast and keeps status/assignee/notes/history trivially
 //! consistent: the journal is the single source of truth, the in-memory book a cache of it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use perimeter_model::{Alert, AlertStatus, Severity};
+use perimeter_model::{Alert, AlertStatus, DetectorKind, Severity};
 use serde::{Deserialize, Serialize};
 
 use crate::{journal, Result, StoreError};
@@ -23,7 +24,15 @@ pub struct AlertRecord {
     pub notes: Vec<Note>,
     /// Every change, oldest first.
     pub history: Vec<AlertChange>,
+    /// Event time of the newest repeat grouped into this alert (`None`: no repeat so far).
+    /// The alert's own `@timestamp` is its first occurrence and `count` says how many there
+    /// were; `event_ids` and `lines` keep the first [`MAX_GROUPED_EVIDENCE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Utc>>,
 }
+
+/// Evidence (event ids, lines) a grouped alert keeps; `count` goes on counting past it.
+pub const MAX_GROUPED_EVIDENCE: usize = 100;
 
 /// An analyst note on an alert.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,12 +135,98 @@ enum JournalEntry {
         by: String,
         update: AlertUpdate,
     },
+    /// Alert `alert_id` repeated alert `id` (same rule and entity within the grouping window)
+    /// and was counted there instead of being stored on its own.
+    Repeat {
+        id: String,
+        alert_id: String,
+        at: DateTime<Utc>,
+        #[serde(default)]
+        event_ids: Vec<String>,
+        #[serde(default)]
+        lines: Vec<u64>,
+    },
 }
 
 /// In-memory alerts of every tenant.
 #[derive(Default)]
 pub struct AlertBook {
-    tenants: HashMap<String, HashMap<String, AlertRecord>>,
+    tenants: HashMap<String, TenantAlerts>,
+    /// Repeats of a rule's alert for one entity this close to the group's occurrences are
+    /// grouped into it (`None`: every alert stands alone).
+    group_window: Option<chrono::TimeDelta>,
+}
+
+#[derive(Default)]
+struct TenantAlerts {
+    records: HashMap<String, AlertRecord>,
+    /// (rule id, entity) -> the newest alert of that rule for that entity.
+    groups: HashMap<(String, String), String>,
+    /// Hashes of the alert ids grouped into another, so a replayed one is not counted twice.
+    absorbed: HashSet<u64>,
+}
+
+impl TenantAlerts {
+    /// Replay one journal entry (on load, and after a write is durable).
+    fn apply(&mut self, entry: JournalEntry) {
+        match entry {
+            JournalEntry::Alert { alert } => {
+                if alert.detector == DetectorKind::Sigma {
+                    self.groups.insert(
+                        (alert.rule_id.clone(), alert.entity.clone()),
+                        alert.id.clone(),
+                    );
+                }
+                self.records
+                    .entry(alert.id.clone())
+                    .or_insert_with(|| new_record(*alert));
+            }
+            JournalEntry::Update { id, at, by, update } => {
+                if let Some(r) = self.records.get_mut(&id) {
+                    apply_update(r, &update, &by, at);
+                }
+            }
+            JournalEntry::Repeat {
+                id,
+                alert_id,
+                at,
+                event_ids,
+                lines,
+            } => {
+                if !self.absorbed.insert(id_hash(&alert_id)) {
+                    return;
+                }
+                if let Some(r) = self.records.get_mut(&id) {
+                    let a = &mut r.alert;
+                    a.count += 1;
+                    r.last_seen = r.last_seen.max(Some(at));
+                    let room = MAX_GROUPED_EVIDENCE.saturating_sub(a.event_ids.len());
+                    a.event_ids.extend(event_ids.into_iter().take(room));
+                    let room = MAX_GROUPED_EVIDENCE.saturating_sub(a.lines.len());
+                    a.lines.extend(lines.into_iter().take(room));
+                }
+            }
+        }
+    }
+
+    fn knows(&self, id: &str) -> bool {
+        self.records.contains_key(id) || self.absorbed.contains(&id_hash(id))
+    }
+}
+
+/// A 64-bit hash of an alert id: the absorbed ids of a busy rule can number millions, and the
+/// set is rebuilt from the journal at every start.
+fn id_hash(id: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    id.hash(&mut h);
+    h.finish()
+}
+
+/// A group's span of occurrences while a batch is being decided.
+struct OpenGroup {
+    id: String,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
 }
 
 /// Sort key, also what a cursor encodes: (severity rank, micros, id), compared per sort order.
@@ -192,21 +287,16 @@ impl AlertBook {
             let entries: Vec<JournalEntry> = journal::load_as(&dir.join("journal.jsonl"), writer)?;
             let alerts = book.tenants.entry(tenant).or_default();
             for e in entries {
-                match e {
-                    JournalEntry::Alert { alert } => {
-                        alerts
-                            .entry(alert.id.clone())
-                            .or_insert_with(|| new_record(*alert));
-                    }
-                    JournalEntry::Update { id, at, by, update } => {
-                        if let Some(r) = alerts.get_mut(&id) {
-                            apply_update(r, &update, &by, at);
-                        }
-                    }
-                }
+                alerts.apply(e);
             }
         }
         Ok(book)
+    }
+
+    /// Group repeats of a Sigma rule's alert for one entity within `window` of the group's
+    /// occurrences into the open (or acknowledged) alert (`None` or zero: no grouping).
+    pub fn set_group_window(&mut self, window: Option<chrono::TimeDelta>) {
+        self.group_window = window.filter(|w| *w > chrono::TimeDelta::zero());
     }
 
     pub fn tenants(&self) -> impl Iterator<Item = &String> {
@@ -214,17 +304,20 @@ impl AlertBook {
     }
 
     pub fn len(&self) -> usize {
-        self.tenants.values().map(|t| t.len()).sum()
+        self.tenants.values().map(|t| t.records.len()).sum()
     }
 
-    /// Store alerts not seen before; returns how many were new. Durable on return.
+    /// Store alerts not seen before, grouping repeats (see [`Self::set_group_window`]). Durable
+    /// on return.
     pub fn insert(
         &mut self,
         journal_path: impl Fn(&str) -> std::path::PathBuf,
         alerts: &[Alert],
-    ) -> Result<usize> {
+    ) -> Result<AlertsInserted> {
         let mut by_tenant: HashMap<&str, Vec<JournalEntry>> = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
+        let mut open: HashMap<(&str, &str, &str), OpenGroup> = HashMap::new();
+        let mut done = AlertsInserted::default();
         for a in alerts {
             if a.id.is_empty() {
                 return Err(StoreError::InvalidBatch(format!(
@@ -232,12 +325,47 @@ impl AlertBook {
                     a.rule_id
                 )));
             }
-            let known = self
-                .tenants
-                .get(&a.tenant)
-                .is_some_and(|t| t.contains_key(&a.id));
+            let known = self.tenants.get(&a.tenant).is_some_and(|t| t.knows(&a.id));
             if known || !seen.insert((a.tenant.as_str(), a.id.as_str())) {
                 continue;
+            }
+            let key = (a.tenant.as_str(), a.rule_id.as_str(), a.entity.as_str());
+            let grouping = self
+                .group_window
+                .filter(|_| a.detector == DetectorKind::Sigma);
+            if let Some(window) = grouping {
+                if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(key) {
+                    if let Some(g) = self.open_group(a) {
+                        slot.insert(g);
+                    }
+                }
+                if let Some(g) = open
+                    .get_mut(&key)
+                    .filter(|g| a.timestamp >= g.first - window && a.timestamp <= g.last + window)
+                {
+                    g.first = g.first.min(a.timestamp);
+                    g.last = g.last.max(a.timestamp);
+                    by_tenant
+                        .entry(&a.tenant)
+                        .or_default()
+                        .push(JournalEntry::Repeat {
+                            id: g.id.clone(),
+                            alert_id: a.id.clone(),
+                            at: a.timestamp,
+                            event_ids: a.event_ids.clone(),
+                            lines: a.lines.clone(),
+                        });
+                    done.grouped.push(a.id.clone());
+                    continue;
+                }
+                open.insert(
+                    key,
+                    OpenGroup {
+                        id: a.id.clone(),
+                        first: a.timestamp,
+                        last: a.timestamp,
+                    },
+                );
             }
             by_tenant
                 .entry(&a.tenant)
@@ -245,23 +373,40 @@ impl AlertBook {
                 .push(JournalEntry::Alert {
                     alert: Box::new(a.clone()),
                 });
+            done.written += 1;
         }
-        let mut written = 0;
         for (tenant, entries) in by_tenant {
             journal::append(&journal_path(tenant), &entries)?;
             let book = self.tenants.entry(tenant.to_string()).or_default();
             for e in entries {
-                if let JournalEntry::Alert { alert } = e {
-                    book.insert(alert.id.clone(), new_record(*alert));
-                    written += 1;
-                }
+                book.apply(e);
             }
         }
-        Ok(written)
+        Ok(done)
+    }
+
+    /// The stored alert a new one of the same rule and entity could be grouped into: the
+    /// newest, while it is open or acknowledged (a resolved alert ends its group).
+    fn open_group(&self, a: &Alert) -> Option<OpenGroup> {
+        let t = self.tenants.get(&a.tenant)?;
+        let id = t.groups.get(&(a.rule_id.clone(), a.entity.clone()))?;
+        let r = t.records.get(id)?;
+        matches!(
+            r.alert.status,
+            AlertStatus::Open | AlertStatus::Acknowledged
+        )
+        .then(|| OpenGroup {
+            id: id.clone(),
+            first: r.alert.timestamp,
+            last: r
+                .last_seen
+                .unwrap_or(r.alert.timestamp)
+                .max(r.alert.timestamp),
+        })
     }
 
     pub fn get(&self, tenant: &str, id: &str) -> Option<&AlertRecord> {
-        self.tenants.get(tenant)?.get(id)
+        self.tenants.get(tenant)?.records.get(id)
     }
 
     /// Apply a change, journal it durably, and return the new record (`None`: unknown alert).
@@ -274,7 +419,11 @@ impl AlertBook {
         actor: &str,
         at: DateTime<Utc>,
     ) -> Result<Option<AlertRecord>> {
-        let Some(record) = self.tenants.get_mut(tenant).and_then(|t| t.get_mut(id)) else {
+        let Some(record) = self
+            .tenants
+            .get_mut(tenant)
+            .and_then(|t| t.records.get_mut(id))
+        else {
             return Ok(None);
         };
         let mut probe = record.clone();
@@ -301,7 +450,7 @@ impl AlertBook {
             .transpose()?;
         let text = q.text.as_deref().map(str::to_lowercase);
         let entity = q.entity.as_deref().map(str::to_lowercase);
-        let Some(alerts) = self.tenants.get(tenant) else {
+        let Some(alerts) = self.tenants.get(tenant).map(|t| &t.records) else {
             return Ok(Page {
                 items: Vec::new(),
                 next_cursor: None,
@@ -345,7 +494,7 @@ impl AlertBook {
             .tenants
             .get(tenant)
             .into_iter()
-            .flat_map(|alerts| alerts.values())
+            .flat_map(|alerts| alerts.records.values())
             .map(|r| &r.alert)
             .filter(|a| matches(q, a, text.as_deref(), entity.as_deref()));
         for a in selected {
@@ -472,7 +621,17 @@ fn new_record(alert: Alert) -> AlertRecord {
         assignee: None,
         notes: Vec::new(),
         history: Vec::new(),
+        last_seen: None,
     }
+}
+
+/// What [`AlertBook::insert`] did with a batch's alerts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertsInserted {
+    /// Alerts stored on their own.
+    pub written: usize,
+    /// Ids of the alerts counted as repeats of a stored one instead.
+    pub grouped: Vec<String>,
 }
 
 fn status_str(s: AlertStatus) -> String {
@@ -553,6 +712,116 @@ mod tests {
         a.seal()
     }
 
+    /// An alert of rule `rule` for `entity` at `minute` past 10:00, caused by event `event`.
+    fn repeat(rule: &str, entity: &str, minute: i64, event: &str) -> Alert {
+        let ts = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 1, 10, 0, 0).unwrap()
+            + chrono::TimeDelta::minutes(minute);
+        let mut a = Alert::new(
+            rule,
+            "Okta login failed",
+            Severity::Low,
+            DetectorKind::Sigma,
+            "okta",
+            "acme",
+            ts,
+            entity,
+            EntityKind::User,
+        );
+        a.event_ids.push(event.to_string());
+        a.lines.push(minute as u64 + 1);
+        a.seal()
+    }
+
+    #[test]
+    fn repeats_of_a_rule_for_one_entity_are_counted_into_its_open_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = |_: &str| dir.path().join("j.jsonl");
+        let mut book = AlertBook::default();
+        book.set_group_window(Some(chrono::TimeDelta::hours(1)));
+        // Alice fails five times within the hour (one out of order); Bob once; a second rule
+        // once for Alice; then Alice again two hours after her last failure.
+        let first: Vec<Alert> = [0, 10, 5, 50]
+            .iter()
+            .map(|m| repeat("fail", "alice", *m, &format!("e{m}")))
+            .chain([
+                repeat("fail", "bob", 1, "b1"),
+                repeat("mfa", "alice", 2, "m2"),
+            ])
+            .collect();
+        let done = book.insert(journal, &first).unwrap();
+        assert_eq!(done.written, 3, "{done:?}");
+        assert_eq!(done.grouped.len(), 3);
+        let alice = book.get("acme", &first[0].id).unwrap();
+        assert_eq!(alice.alert.count, 4);
+        assert_eq!(alice.alert.event_ids, ["e0", "e10", "e5", "e50"]);
+        assert_eq!(alice.alert.lines, [1, 11, 6, 51]);
+        assert_eq!(
+            alice.alert.timestamp, first[0].timestamp,
+            "the first occurrence"
+        );
+        assert_eq!(alice.last_seen, Some(first[3].timestamp));
+        // The next batch: one more within the hour of the last occurrence joins, a replay of
+        // an absorbed alert is not counted twice, one more than an hour later starts anew.
+        let next = vec![
+            repeat("fail", "alice", 100, "e100"),
+            first[1].clone(),
+            repeat("fail", "alice", 200, "e200"),
+        ];
+        let done = book.insert(journal, &next).unwrap();
+        assert_eq!((done.written, done.grouped.len()), (1, 1));
+        assert_eq!(book.get("acme", &first[0].id).unwrap().alert.count, 5);
+        assert!(book.get("acme", &next[2].id).is_some());
+        // Replayed from the journal, the book is the same.
+        let mut reloaded = AlertBook::default();
+        let entries: Vec<JournalEntry> = journal::load_as(&journal("acme"), false).unwrap();
+        let tenant = reloaded.tenants.entry("acme".into()).or_default();
+        for e in entries {
+            tenant.apply(e);
+        }
+        for id in [&first[0].id, &first[4].id, &first[5].id, &next[2].id] {
+            assert_eq!(reloaded.get("acme", id), book.get("acme", id));
+        }
+        assert_eq!(reloaded.len(), 4);
+        // A resolved alert ends its group: the next match raises a new alert.
+        book.update(
+            &journal("acme"),
+            "acme",
+            &next[2].id,
+            &AlertUpdate {
+                status: Some(AlertStatus::Resolved),
+                ..Default::default()
+            },
+            "analyst",
+            Utc::now(),
+        )
+        .unwrap();
+        let after = repeat("fail", "alice", 201, "e201");
+        let done = book.insert(journal, std::slice::from_ref(&after)).unwrap();
+        assert_eq!((done.written, done.grouped.len()), (1, 0));
+    }
+
+    #[test]
+    fn without_a_window_and_beyond_the_evidence_cap_alerts_stand_alone_or_count_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = |_: &str| dir.path().join("j.jsonl");
+        let many: Vec<Alert> = (0..MAX_GROUPED_EVIDENCE as i64 + 20)
+            .map(|i| repeat("fail", "alice", i % 50, &format!("e{i}")))
+            .collect();
+        let mut separate = AlertBook::default();
+        let done = separate.insert(journal, &many).unwrap();
+        assert_eq!((done.written, done.grouped.len()), (many.len(), 0));
+
+        let dir = tempfile::tempdir().unwrap();
+        let journal = |_: &str| dir.path().join("j.jsonl");
+        let mut grouped = AlertBook::default();
+        grouped.set_group_window(Some(chrono::TimeDelta::hours(1)));
+        grouped.insert(journal, &many).unwrap();
+        let r = grouped.get("acme", &many[0].id).unwrap();
+        assert_eq!(r.alert.count, many.len() as u64);
+        assert_eq!(r.alert.event_ids.len(), MAX_GROUPED_EVIDENCE);
+        assert_eq!(r.alert.lines.len(), MAX_GROUPED_EVIDENCE);
+    }
+
     #[test]
     fn pagination_visits_every_alert_once_in_every_sort_order() {
         let mut book = AlertBook::default();
@@ -568,7 +837,8 @@ mod tests {
             .collect();
         assert_eq!(
             book.insert(|_| dir.path().join("j.jsonl"), &alerts)
-                .unwrap(),
+                .unwrap()
+                .written,
             25
         );
         for sort in [AlertSort::Newest, AlertSort::Oldest, AlertSort::Severity] {

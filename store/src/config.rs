@@ -55,6 +55,14 @@ pub struct StoreConfig {
     /// is not worth the ingest cost. Default: none.
     #[serde(default)]
     pub raw_text_search_off: Vec<String>,
+    /// A Sigma rule that matches the same entity again within this many seconds of its open
+    /// (or acknowledged) alert's occurrences adds to that alert (`count`, `last_seen`, the
+    /// first 100 evidence events) instead of raising another: 500 failed logins of one user
+    /// are one alert to triage, not 500. Resolving the alert ends its group. Correlation,
+    /// behavioural and source-health alerts group by their own rules. `0`: every match is an
+    /// alert of its own. Default: one hour.
+    #[serde(default = "default_alert_group_seconds")]
+    pub alert_group_seconds: u64,
 }
 
 /// Retention override for a tenant, a source, or both.
@@ -95,6 +103,9 @@ fn default_index_writer_threads() -> usize {
 fn default_max_open_writers() -> usize {
     8
 }
+fn default_alert_group_seconds() -> u64 {
+    3600
+}
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -109,6 +120,7 @@ impl Default for StoreConfig {
             index_writer_threads: default_index_writer_threads(),
             max_open_writers: default_max_open_writers(),
             raw_text_search_off: Vec::new(),
+            alert_group_seconds: default_alert_group_seconds(),
         }
     }
 }

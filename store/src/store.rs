@@ -37,6 +37,11 @@ pub struct WriteAck {
     pub events_duplicate: usize,
     /// Alerts newly stored (alerts already known by id are skipped).
     pub alerts_written: usize,
+    /// Ids of the batch's alerts counted as repeats of a stored alert of the same rule and
+    /// entity (`alert_group_seconds`) instead of being stored on their own: nobody needs to be
+    /// told about them again.
+    #[serde(default)]
+    pub alerts_grouped: Vec<String>,
     pub dead_letters_written: usize,
     /// `events_written` per source (for the per-source "events out" metric).
     #[serde(default)]
@@ -227,7 +232,15 @@ impl Store {
             }
         }
         let store = Store {
-            alerts: RwLock::new(AlertBook::load(&layout.alerts_root(), writer)?),
+            alerts: RwLock::new({
+                let mut book = AlertBook::load(&layout.alerts_root(), writer)?;
+                book.set_group_window(
+                    i64::try_from(config.alert_group_seconds)
+                        .ok()
+                        .and_then(chrono::TimeDelta::try_seconds),
+                );
+                book
+            }),
             dead: RwLock::new(load_dead_letters(&layout, writer)?),
             config,
             layout,
@@ -470,8 +483,10 @@ impl Store {
             .map(|(mut ack, b)| {
                 if !b.alerts.is_empty() {
                     let layout = &self.layout;
-                    ack.alerts_written =
+                    let inserted =
                         write(&self.alerts).insert(|t| layout.alerts_journal(t), &b.alerts)?;
+                    ack.alerts_written = inserted.written;
+                    ack.alerts_grouped = inserted.grouped;
                 }
                 if !b.dead_letters.is_empty() {
                     ack.dead_letters_written = self.write_dead_letters(&b.dead_letters)?;
