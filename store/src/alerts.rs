@@ -458,7 +458,7 @@ impl AlertBook {
         };
         let mut hits: Vec<(SortKey, &AlertRecord)> = alerts
             .values()
-            .filter(|r| matches(q, &r.alert, text.as_deref(), entity.as_deref()))
+            .filter(|r| matches(q, r, text.as_deref(), entity.as_deref()))
             .map(|r| (sort_key(r), r))
             .filter(|(k, _)| {
                 after
@@ -495,8 +495,8 @@ impl AlertBook {
             .get(tenant)
             .into_iter()
             .flat_map(|alerts| alerts.records.values())
-            .map(|r| &r.alert)
-            .filter(|a| matches(q, a, text.as_deref(), entity.as_deref()));
+            .filter(|r| matches(q, r, text.as_deref(), entity.as_deref()))
+            .map(|r| &r.alert);
         for a in selected {
             out.total += 1;
             *out.by_severity
@@ -591,8 +591,13 @@ fn status_name(status: AlertStatus) -> &'static str {
 }
 
 /// Whether alert `a` passes the filters of `q` (`text` and `entity` lowercased).
-fn matches(q: &AlertQuery, a: &Alert, text: Option<&str>, entity: Option<&str>) -> bool {
-    q.from.is_none_or(|f| a.timestamp >= f)
+/// Whether a record passes the filters. The time range selects alerts with an occurrence in
+/// it: a grouped alert spans its first (`@timestamp`) to its last (`last_seen`) occurrence, so
+/// one still firing shows in "the last hour" although it began earlier.
+fn matches(q: &AlertQuery, r: &AlertRecord, text: Option<&str>, entity: Option<&str>) -> bool {
+    let a = &r.alert;
+    let last = r.last_seen.unwrap_or(a.timestamp).max(a.timestamp);
+    q.from.is_none_or(|f| last >= f)
         && q.to.is_none_or(|t| a.timestamp < t)
         && q.severity.is_none_or(|s| a.severity >= s)
         && q.status.is_none_or(|s| a.status == s)
@@ -771,6 +776,27 @@ mod tests {
         assert_eq!((done.written, done.grouped.len()), (1, 1));
         assert_eq!(book.get("acme", &first[0].id).unwrap().alert.count, 5);
         assert!(book.get("acme", &next[2].id).is_some());
+        // "Since 10:30" finds the group still firing at 10:50 that began at 10:00.
+        let since = |minute: i64| AlertQuery {
+            limit: 10,
+            from: Some(first[0].timestamp + chrono::TimeDelta::minutes(minute)),
+            ..Default::default()
+        };
+        let ids = |q: &AlertQuery| -> Vec<String> {
+            let mut ids: Vec<String> = book
+                .list("acme", q)
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|r| r.alert.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let mut expected = vec![first[0].id.clone(), next[2].id.clone()];
+        expected.sort();
+        assert_eq!(ids(&since(90)), expected);
+        assert_eq!(book.summary("acme", &since(90)).total, 2);
         // Replayed from the journal, the book is the same.
         let mut reloaded = AlertBook::default();
         let entries: Vec<JournalEntry> = journal::load_as(&journal("acme"), false).unwrap();

@@ -22,9 +22,11 @@ const MAX_LABEL_BYTES: usize = 512;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AlertListParams {
-    /// Alerts at or after this time: RFC 3339, a date (`2024-05-01`, UTC) or relative (`now-24h`).
+    /// Alerts with an occurrence at or after this time (a grouped alert's last one counts):
+    /// RFC 3339, a date (`2024-05-01`, UTC) or relative (`now-24h`).
     pub from: Option<String>,
-    /// Alerts before this time (exclusive): RFC 3339, a date or relative (`now-1h`).
+    /// Alerts whose first occurrence is before this time (exclusive): RFC 3339, a date or
+    /// relative (`now-1h`).
     pub to: Option<String>,
     /// Minimum severity: `informational`, `low`, `medium`, `high` or `critical`
     /// (`high` also returns `critical`).
@@ -54,9 +56,10 @@ pub struct AlertListParams {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AlertSummaryParams {
-    /// Alerts at or after this time: RFC 3339, a date or relative (`now-24h`).
+    /// Alerts with an occurrence at or after this time: RFC 3339, a date or relative
+    /// (`now-24h`).
     pub from: Option<String>,
-    /// Alerts before this time (exclusive).
+    /// Alerts whose first occurrence is before this time (exclusive).
     pub to: Option<String>,
     /// Minimum severity.
     pub severity: Option<String>,
