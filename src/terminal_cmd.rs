@@ -201,6 +201,8 @@ const ALERT_COLUMNS: &[Column] = &[
     Column::new("ALERT", 54, &["alert", "title"]),
     Column::identity("ENTITY", 32, &["alert", "entity"]),
     Column::new("COUNT", 5, &["alert", "count"]),
+    // Empty unless repeats were grouped into the alert.
+    Column::time("LAST SEEN (UTC)", 20, &["last_seen"]),
     Column::new("ID", 32, &["alert", "id"]),
 ];
 
