@@ -215,6 +215,7 @@ pub fn spawn_pipeline_worker(
                     .map(|ack| ack.alerts_grouped.clone())
                     .unwrap_or_default();
                 let reply = result.map(|ack| SubmitAck {
+                    alerts_grouped: ack.alerts_grouped.len(),
                     events: ack.events_written,
                     duplicates: ack.events_duplicate,
                     dead_letters: out.dead_letters.len(),

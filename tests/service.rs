@@ -1272,12 +1272,17 @@ fn repeats_of_a_rule_for_one_user_are_one_alert_counted_and_sent_once() {
     // user0 logs in at :00, :40 and :20 past the hour (logins 0, 40, 80); user1 once.
     let ack = post(&[0, 40, 80, 1]);
     assert_eq!(ack["alerts"], 4, "every match is detected: {ack}");
+    assert_eq!(ack["alerts_grouped"], 2, "{ack}");
     let first: serde_json::Value =
         serde_json::from_str(&hook.wait_for_body(Duration::from_secs(20))).unwrap();
     assert_eq!(first["alerts"].as_array().map(Vec::len), Some(2), "{first}");
     // user0 again, in a later batch and within the hour: counted, not sent.
     let ack = post(&[120]);
-    assert_eq!(ack["alerts"], 1, "{ack}");
+    assert_eq!(
+        (ack["alerts"].clone(), ack["alerts_grouped"].clone()),
+        (1.into(), 1.into()),
+        "{ack}"
+    );
     let alerts: serde_json::Value = reqwest::blocking::Client::new()
         .get(format!("{}/api/v1/alerts?limit=10", svc.base))
         .bearer_auth(&admin)

@@ -17,6 +17,9 @@ pub struct SubmitAck {
     pub dead_letters: usize,
     /// Alerts raised by this batch.
     pub alerts: usize,
+    /// Of `alerts`, those counted into an open alert of the same rule and entity instead of
+    /// stored (and sent) on their own.
+    pub alerts_grouped: usize,
     /// Events of this batch dated before their retention window: stored, but the next
     /// retention sweep (hourly, and at start) removes them. Raise the retention to keep them.
     pub past_retention: usize,
