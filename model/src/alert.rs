@@ -132,6 +132,10 @@ pub struct Alert {
     /// How many occurrences this alert groups (dedup).
     #[serde(default = "one")]
     pub count: u64,
+    /// The rule's own window for grouping its repeats for one entity in the store (its
+    /// `alert_group_seconds`; `None`: the store's setting, `0`: no grouping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_group_seconds: Option<u64>,
 }
 
 fn one() -> u64 {
@@ -177,6 +181,7 @@ impl Alert {
             explanation: None,
             score: None,
             count: 1,
+            alert_group_seconds: None,
         }
     }
 

@@ -330,9 +330,15 @@ impl AlertBook {
                 continue;
             }
             let key = (a.tenant.as_str(), a.rule_id.as_str(), a.entity.as_str());
-            let grouping = self
-                .group_window
-                .filter(|_| a.detector == DetectorKind::Sigma);
+            // The rule's own window, else the store's.
+            let window = match a.alert_group_seconds {
+                Some(secs) => i64::try_from(secs)
+                    .ok()
+                    .and_then(chrono::TimeDelta::try_seconds)
+                    .filter(|w| *w > chrono::TimeDelta::zero()),
+                None => self.group_window,
+            };
+            let grouping = window.filter(|_| a.detector == DetectorKind::Sigma);
             if let Some(window) = grouping {
                 if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(key) {
                     if let Some(g) = self.open_group(a) {
@@ -824,6 +830,31 @@ mod tests {
         let after = repeat("fail", "alice", 201, "e201");
         let done = book.insert(journal, std::slice::from_ref(&after)).unwrap();
         assert_eq!((done.written, done.grouped.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_rules_own_window_overrides_the_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = |_: &str| dir.path().join("j.jsonl");
+        let mut book = AlertBook::default();
+        book.set_group_window(Some(chrono::TimeDelta::hours(1)));
+        let with = |secs: Option<u64>, minute: i64, event: &str| {
+            let mut a = repeat(&format!("r{secs:?}"), "alice", minute, event);
+            a.alert_group_seconds = secs;
+            a
+        };
+        // Every root login is an alert of its own (0); a noisy rule groups over a day.
+        let alerts = [
+            with(Some(0), 0, "a"),
+            with(Some(0), 1, "b"),
+            with(Some(86_400), 0, "c"),
+            with(Some(86_400), 600, "d"),
+            with(None, 0, "e"),
+            with(None, 600, "f"),
+        ];
+        let done = book.insert(journal, &alerts).unwrap();
+        assert_eq!(done.grouped, [alerts[3].id.clone()]);
+        assert_eq!(done.written, 5);
     }
 
     #[test]

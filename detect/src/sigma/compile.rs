@@ -1212,6 +1212,7 @@ fn base_alert_with(
     a.threat_technique_id = techniques;
     a.references = meta.references.clone();
     a.rule_hash = Some(meta.rule_hash.clone());
+    a.alert_group_seconds = meta.alert_group_seconds;
     a
 }
 

@@ -451,6 +451,19 @@ fn logsource_dispatch() {
 }
 
 #[test]
+fn a_rules_alert_group_seconds_travels_with_its_alerts() {
+    let text = "title: Root console login\nalert_group_seconds: 0\nlogsource: {product: okta}\ndetection:\n    sel:\n        eventType: user.session.start\n    condition: sel\n";
+    let mut d = SigmaDetector::new(ruleset(text), &SigmaOptions::default());
+    let mut alerts = Vec::new();
+    d.detect(
+        &event("okta", json!({"eventType": "user.session.start"})),
+        &mut alerts,
+    );
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].alert_group_seconds, Some(0));
+}
+
+#[test]
 fn alert_metadata() {
     let text = "title: MFA factor deactivated\nid: 11111111-2222-3333-4444-555555555555\nstatus: test\ndescription: d\nreferences: [https://x]\ntags: [attack.persistence, attack.t1556.006]\nlogsource: {product: okta}\ndetection:\n    sel:\n        eventType: user.mfa.factor.deactivate\n        outcome.result: SUCCESS\n    condition: sel\nlevel: high\n";
     let mut d = SigmaDetector::new(ruleset(text), &SigmaOptions::default());
@@ -468,6 +481,7 @@ fn alert_metadata() {
     assert_eq!(a.rule_status.as_deref(), Some("test"));
     assert_eq!(a.threat_technique_id, vec!["T1556.006"]);
     assert_eq!(a.references, vec!["https://x"]);
+    assert_eq!(a.alert_group_seconds, None, "the store's setting applies");
     assert_eq!(
         a.rule_hash.as_deref(),
         Some(blake3::hash(text.as_bytes()).to_hex().as_str())

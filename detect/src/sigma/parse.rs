@@ -30,6 +30,9 @@ pub struct RuleMeta {
     pub rule_hash: String,
     /// Perimeter extension: the field that names the alert's entity.
     pub entity_field: Option<String>,
+    /// Perimeter extension: this rule's own `alert_group_seconds` (the store's grouping of
+    /// repeats for one entity; `0`: every match is an alert of its own).
+    pub alert_group_seconds: Option<u64>,
 }
 
 impl RuleMeta {
@@ -281,7 +284,30 @@ fn parse_meta(doc: &Node, path: &Path, hash: &str) -> Result<RuleMeta, RuleError
         line: doc.line,
         rule_hash: hash.to_string(),
         entity_field: opt_str(doc, "entity_field", path)?,
+        alert_group_seconds: opt_seconds(doc, "alert_group_seconds", path)?,
     })
+}
+
+/// An optional whole number of seconds, at most a year.
+fn opt_seconds(doc: &Node, key: &str, path: &Path) -> Result<Option<u64>, RuleError> {
+    const MAX: i64 = 366 * 86_400;
+    match doc.get(key) {
+        None => Ok(None),
+        Some(n) if n.value == Value::Null => Ok(None),
+        Some(Node {
+            value: Value::Int(i),
+            ..
+        }) if (0..=MAX).contains(i) => Ok(Some(*i as u64)),
+        Some(n) => Err(rerr(
+            path,
+            n.line,
+            Some(key),
+            format!(
+                "expected whole seconds from 0 to {MAX}, found {}",
+                n.scalar_text().unwrap_or_else(|| format!("a {}", n.kind()))
+            ),
+        )),
+    }
 }
 
 fn rule_sources(ls: &LogSource, pipelines: &Pipelines) -> Option<Vec<String>> {
@@ -790,6 +816,35 @@ mod tests {
         };
         assert_eq!(c.timespan_ms, 600_000);
         assert_eq!(c.condition, vec![(CountOp::Gte, 5.0)]);
+    }
+
+    #[test]
+    fn a_rules_alert_group_seconds_is_read_and_checked() {
+        let rule = |extra: &str| {
+            parse(&format!(
+                "title: t\nlogsource: {{product: okta}}\n{extra}detection:\n  sel: {{a: 1}}\n  condition: sel\n"
+            ))
+        };
+        let meta = |docs: Vec<RuleDoc>| match docs.into_iter().next() {
+            Some(RuleDoc::Detection(r)) => r.meta,
+            _ => panic!("not a detection rule"),
+        };
+        assert_eq!(meta(rule("").0).alert_group_seconds, None);
+        assert_eq!(
+            meta(rule("alert_group_seconds: 0\n").0).alert_group_seconds,
+            Some(0)
+        );
+        assert_eq!(
+            meta(rule("alert_group_seconds: 86400\n").0).alert_group_seconds,
+            Some(86_400)
+        );
+        for bad in ["soon", "-1", "1.5", "99999999"] {
+            let (ok, errs) = rule(&format!("alert_group_seconds: {bad}\n"));
+            assert!(ok.is_empty(), "{bad}");
+            assert_eq!(errs[0].line, Some(3), "{bad}");
+            assert_eq!(errs[0].field.as_deref(), Some("alert_group_seconds"));
+            assert!(errs[0].message.contains("whole seconds"), "{}", errs[0]);
+        }
     }
 
     #[test]
