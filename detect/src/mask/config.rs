@@ -61,6 +61,10 @@ pub enum PatternKind {
     /// `SharedAccessKey=` of Service Bus, Event Hubs and IoT Hub); the rest of the string is
     /// kept.
     AzureConnectionKey,
+    /// Credentials on a command line: `curl -u user:<password>`, `--user user:<password>`,
+    /// `--password <value>` (and `--passwd`, `--token`, `--secret`, `--api-key`,
+    /// `--client-secret`) with a space instead of `=`, `mysql -p<password>`.
+    CliCredentials,
     /// 40-char AWS secret key after `aws_secret_access_key=` / `SecretAccessKey:`.
     AwsSecretAccessKey,
     /// Okta API token (`00` + 40 chars) after `SSWS ` or an `okta..token=` assignment only: a bare
@@ -101,13 +105,14 @@ pub enum PatternKind {
 impl PatternKind {
     /// All kinds, in the order they are applied to a value (PEM blocks first so that nothing
     /// else eats half of one; assignments before token shapes so `token=ghp_..` counts once).
-    pub const ALL: [PatternKind; 18] = [
+    pub const ALL: [PatternKind; 19] = [
         PatternKind::PemPrivateKey,
         PatternKind::SecretAssignment,
         PatternKind::AuthHeader,
         PatternKind::UrlCredentials,
         PatternKind::UrlSignature,
         PatternKind::AzureConnectionKey,
+        PatternKind::CliCredentials,
         PatternKind::AwsSecretAccessKey,
         PatternKind::OktaApiToken,
         PatternKind::OnepasswordToken,
@@ -139,6 +144,7 @@ impl PatternKind {
             PatternKind::UrlCredentials => "url_credentials",
             PatternKind::UrlSignature => "url_signature",
             PatternKind::AzureConnectionKey => "azure_connection_key",
+            PatternKind::CliCredentials => "cli_credentials",
             PatternKind::AwsSecretAccessKey => "aws_secret_access_key",
             PatternKind::OktaApiToken => "okta_api_token",
             PatternKind::OnepasswordToken => "onepassword_token",

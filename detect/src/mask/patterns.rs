@@ -124,6 +124,30 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         anchors: &["accountkey=", "sharedaccesskey="],
     },
     PatternSpec {
+        kind: PatternKind::CliCredentials,
+        // Group 1: `-u`/`--user` `name:password`; group 2: a secret option's value after
+        // spaces; group 3: `mysql -p<password>` (glued, as mysql wants it).
+        regex: concat!(
+            r#"(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
+            r#"|--(?i:password|passwd|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?:mysql|mysqldump|mysqladmin)\s(?:.*\s)?-p([^\s'"]+))"#,
+        ),
+        secret_groups: &[1, 2, 3],
+        anchors: &[
+            "-u ",
+            "-u\t",
+            "--user",
+            "--proxy-user",
+            "--password",
+            "--passwd",
+            "--token",
+            "--secret",
+            "--api-key",
+            "--client-secret",
+            "mysql",
+        ],
+    },
+    PatternSpec {
         kind: PatternKind::AwsSecretAccessKey,
         regex: r#"(?i)secret_?access_?key\\?["']?\s*[:=]\s*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
         secret_groups: &[1],
@@ -821,6 +845,7 @@ fn plain_secret(
         | PatternKind::UrlCredentials
         | PatternKind::UrlSignature
         | PatternKind::AzureConnectionKey
+        | PatternKind::CliCredentials
         | PatternKind::AwsSecretAccessKey
         | PatternKind::OktaApiToken => None,
         PatternKind::CreditCard | PatternKind::UsSsn => {
@@ -1129,7 +1154,7 @@ mod tests {
                 "Api.Key", "signingKey", "session-key", "Encryption.Key", "https://", "@",
                 "/", "?", "&", "sig=", "X-Amz-Signature=", "sk_live_", "SG.", "8Q~", "glpat-",
                 "AIza", "hf_", "msg.", "aB3dE6gH9jK2mN5pQ8rS1tV4wX7yZ0cF", "Shared", "AccessKey",
-                "Account", "Key=", ";",
+                "Account", "Key=", ";", "-u ", "--token ", "mysql ", "-p", "curl",
             ]),
             0..12,
         )) {
@@ -1412,6 +1437,21 @@ mod tests {
             AzureConnectionKey,
             "Zx9aBcDeFgHiJk=",
         );
+        one(
+            "curl -s -u deploy:Hunter2Secret https://ci.example.com/api",
+            CliCredentials,
+            "Hunter2Secret",
+        );
+        one(
+            "aws configure set x --token 'tok9Zq2xYz' --profile ci",
+            CliCredentials,
+            "tok9Zq2xYz",
+        );
+        one(
+            "mysqldump -h db.internal -u root -pS3cretPw prod",
+            CliCredentials,
+            "S3cretPw",
+        );
         let alnum = |n: usize| "aB3dE6gH9j".repeat(n / 10 + 1)[..n].to_string();
         let hex = |n: usize| "0123456789abcdef".repeat(n / 16 + 1)[..n].to_string();
         for token in [
@@ -1501,6 +1541,11 @@ mod tests {
             "hf_hub_download",
             "pul-request",
             "signature=valid",
+            "sudo -u root systemctl restart nginx",
+            "docker login --password-stdin",
+            "curl --user-agent Mozilla/5.0 https://x",
+            "cli --token-file /etc/token --secret -",
+            "mysql -h db -P 3306 -p",
         ] {
             assert!(
                 found(clean)

@@ -667,6 +667,21 @@ fn planted_secret() -> impl Strategy<Value = (String, String)> {
                     },
                 )
             }),
+        ("[a-z]{3,10}", "[A-Za-z0-9!*$%.:_-]{6,30}").prop_map(|(user, pw)| {
+            let pw = format!("Zq9{pw}");
+            (
+                format!("curl -fsS -u {user}:{pw} https://ci.example.com/x"),
+                pw,
+            )
+        }),
+        (
+            "(password|passwd|token|secret|api-key|client-secret)",
+            "[A-Za-z0-9!*$%.:_]{6,30}"
+        )
+            .prop_map(|(opt, value)| {
+                let value = format!("Zq9{value}");
+                (format!("tool login --{opt} {value} --verbose"), value)
+            }),
         ("(AccountKey|SharedAccessKey)", "[A-Za-z0-9+/]{20,86}").prop_map(|(name, key)| {
             let key = format!("Zq9{key}==");
             (
