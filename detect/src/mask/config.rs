@@ -86,7 +86,9 @@ pub enum PatternKind {
     /// (`ATATT3`), DigitalOcean (`dop_v1_`, ...), Anthropic and OpenAI (`sk-ant-`, `sk-proj-`, ...),
     /// Postman (`PMAK-`), New Relic (`NRAK-`), Sentry (`sntrys_`), Doppler (`dp.pt.`), Heroku
     /// (`HRKU-`), Grafana (`glsa_`, `glc_`), Pulumi (`pul-`), Tailscale (`tskey-`), Buildkite
-    /// (`bkua_`), CircleCI (`CCIPAT_`), Figma (`figd_`), Notion (`ntn_`).
+    /// (`bkua_`), CircleCI (`CCIPAT_`), Figma (`figd_`), Notion (`ntn_`, `secret_`), Databricks
+    /// (`dapi`), Mailgun (`key-`), Square (`sq0atp-`, `sq0csp-`), Linear (`lin_api_`), age
+    /// (`AGE-SECRET-KEY-1`).
     VendorToken,
     /// JSON Web Tokens (`eyJ...` `.` `eyJ...` `.` signature).
     Jwt,

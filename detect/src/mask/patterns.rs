@@ -222,6 +222,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r"|CCIPAT_[A-Za-z0-9]{22}_[a-f0-9]{40}",
             r"|figd_[A-Za-z0-9_-]{40,}",
             r"|ntn_[0-9]{11}[A-Za-z0-9]{35}",
+            r"|secret_[A-Za-z0-9]{43}",
+            r"|dapi[a-f0-9]{32}(?:-[0-9])?",
+            r"|key-[a-f0-9]{32}",
+            r"|sq0(?:atp|csp)-[A-Za-z0-9_-]{22,43}",
+            r"|lin_api_[A-Za-z0-9]{40}",
+            r"|AGE-SECRET-KEY-1[0-9A-Z]{58}",
             r")",
         ),
         secret_groups: &[],
@@ -276,6 +282,15 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "ccipat_",
             "figd_",
             "ntn_",
+            // These start inside or end with other anchors (`secret`, `api_key`, `key`); the
+            // prefilter reports overlapping anchors, so none hides another.
+            "secret_",
+            "dapi",
+            "key-",
+            "sq0atp-",
+            "sq0csp-",
+            "lin_api_",
+            "age-secret-key-1",
         ],
     },
     PatternSpec {
@@ -1488,6 +1503,12 @@ mod tests {
             format!("CCIPAT_{}_{}", alnum(22), hex(40)),
             format!("figd_{}", alnum(40)),
             format!("ntn_{}{}", "12345678901", alnum(35)),
+            format!("secret_{}", alnum(43)),
+            format!("dapi{}", hex(32)),
+            format!("key-{}", hex(32)),
+            format!("sq0atp-{}", alnum(22)),
+            format!("lin_api_{}", alnum(40)),
+            format!("AGE-SECRET-KEY-1{}", "QZ7".repeat(20)[..58].to_string()),
         ] {
             one(&format!("key {token} rotated"), VendorToken, &token);
         }
@@ -1546,6 +1567,9 @@ mod tests {
             "curl --user-agent Mozilla/5.0 https://x",
             "cli --token-file /etc/token --secret -",
             "mysql -h db -P 3306 -p",
+            "secret_santa_2024",
+            "api-key-rotation",
+            "dapi_version",
         ] {
             assert!(
                 found(clean)
