@@ -1508,7 +1508,7 @@ mod tests {
             format!("key-{}", hex(32)),
             format!("sq0atp-{}", alnum(22)),
             format!("lin_api_{}", alnum(40)),
-            format!("AGE-SECRET-KEY-1{}", "QZ7".repeat(20)[..58].to_string()),
+            format!("AGE-SECRET-KEY-1{}", &"QZ7".repeat(20)[..58]),
         ] {
             one(&format!("key {token} rotated"), VendorToken, &token);
         }
