@@ -687,8 +687,14 @@ fn slack_text(body: &Delivery<'_>) -> String {
                 .and_then(|v| v.as_str().map(str::to_uppercase))
                 .unwrap_or_default()
         };
+        // A correlation's events, or a rule's repeats counted so far.
+        let times = if a.count > 1 {
+            format!(" ×{}", a.count)
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
-            "\n• *[{}]* {} - {} ({}, {}, alert `{}`)",
+            "\n• *[{}]* {}{times} - {} ({}, {}, alert `{}`)",
             tag,
             escape(&a.title),
             escape(&a.entity),
@@ -863,6 +869,17 @@ mod tests {
         assert_eq!(lines[0], "Perimeter: 1 alert update for tenant acme");
         assert!(
             lines[1].starts_with("• *[RESOLVED]* Source went silent"),
+            "{text}"
+        );
+        assert!(!lines[1].contains('×'), "{text}");
+        a.count = 25;
+        let text = slack_text(&Delivery {
+            tenant: "acme",
+            destination: "soc-slack",
+            alerts: vec![&a],
+        });
+        assert!(
+            text.contains("no okta events for 7 hours ×25 - okta"),
             "{text}"
         );
     }
