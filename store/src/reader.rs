@@ -20,7 +20,7 @@ use crate::histogram::{
 use crate::ip_query::rewrite_ip_ranges;
 use crate::store::{read, write, Store};
 use crate::tantivy_sink::{
-    id_halves, to_tantivy_date, DayIndex, ID_FIELD, ID_LO_FIELD, TIMESTAMP_FIELD,
+    id_halves, tantivy_date_from_micros, DayIndex, ID_FIELD, ID_LO_FIELD, TIMESTAMP_FIELD,
 };
 use crate::time_query::rewrite_times;
 use crate::wildcard::rewrite_wildcards;
@@ -274,11 +274,10 @@ impl Store {
     ) -> Box<dyn Query> {
         let ts_field = self.schema.timestamp;
         let term_of = |micros: i64| {
-            let dt = DateTime::from_timestamp_micros(micros).unwrap_or_default();
             // Exact to the microsecond: `@timestamp` is a fast field only, so the range runs on
             // its column. (`from_field_date_for_search` cuts to whole seconds, the precision of
             // indexed dates: a page's cursor then dropped the other events of its second.)
-            Term::from_field_date(ts_field, to_tantivy_date(dt))
+            Term::from_field_date(ts_field, tantivy_date_from_micros(micros))
         };
         let lower_bound = lower
             .map(|l| Bound::Included(term_of(l)))

@@ -262,7 +262,15 @@ pub fn id_key(id: &str) -> u128 {
 }
 
 pub fn to_tantivy_date(ts: DateTime<Utc>) -> tantivy::DateTime {
-    tantivy::DateTime::from_timestamp_micros(ts.timestamp_micros())
+    tantivy_date_from_micros(ts.timestamp_micros())
+}
+
+/// tantivy keeps dates as i64 nanoseconds (years 1677 to 2262): a time outside is clamped to
+/// the nearest end instead of overflowing. Query bounds such as `now-999999w` land there, and
+/// mean the same (every stored event is inside).
+pub fn tantivy_date_from_micros(micros: i64) -> tantivy::DateTime {
+    const LIMIT: i64 = i64::MAX / 1_000;
+    tantivy::DateTime::from_timestamp_micros(micros.clamp(-LIMIT, LIMIT))
 }
 
 /// One (tenant, day) index, open for reading.

@@ -2339,4 +2339,20 @@ fn pages_and_bounds_keep_events_apart_within_one_second() {
         )
         .unwrap();
     assert_eq!(within.items.len(), 2, "{:?}", within.items);
+    // Bounds past what tantivy's dates hold (1677-2262) are clamped, not overflowed: they
+    // still take in every event (`from=now-18300w` used to panic).
+    let year = |y: i32| chrono::TimeZone::with_ymd_and_hms(&Utc, y, 1, 1, 0, 0, 0).unwrap();
+    let wide = store
+        .search_events(
+            "acme",
+            &EventQuery {
+                query: "*".into(),
+                from: Some(year(1600)),
+                to: Some(year(2500)),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(wide.items.len(), 5);
 }
