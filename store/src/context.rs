@@ -13,6 +13,8 @@ use crate::{Result, StoreError};
 
 /// Most events one context lists; the answer says when there are more (`more`).
 pub const MAX_CONTEXT_EVENTS: usize = 1000;
+/// The widest window before and after the event, in days.
+pub const MAX_CONTEXT_WINDOW_DAYS: i64 = 30;
 
 /// What ties the events of a context to the event asked about.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,10 +88,10 @@ impl Store {
                 "the limit must be between 1 and {MAX_CONTEXT_EVENTS}"
             )));
         }
-        if window <= TimeDelta::zero() || window > TimeDelta::days(30) {
-            return Err(StoreError::InvalidQuery(
-                "the window must be longer than 0 and at most 30 days".into(),
-            ));
+        if window <= TimeDelta::zero() || window > TimeDelta::days(MAX_CONTEXT_WINDOW_DAYS) {
+            return Err(StoreError::InvalidQuery(format!(
+                "the window must be longer than 0 and at most {MAX_CONTEXT_WINDOW_DAYS} days"
+            )));
         }
         let Some(event) = self.get_event(tenant, id)? else {
             return Ok(None);

@@ -47,7 +47,7 @@ pub use alerts::{
 };
 pub use compaction::CompactionReport;
 pub use config::{RetentionRule, StoreConfig};
-pub use context::{ContextPivot, EventContext, MAX_CONTEXT_EVENTS};
+pub use context::{ContextPivot, EventContext, MAX_CONTEXT_EVENTS, MAX_CONTEXT_WINDOW_DAYS};
 pub use error::{Result, StoreError};
 pub use histogram::{
     EventHistogram, EventHistogramQuery, HistogramBucket, AUTO_HISTOGRAM_BUCKETS,

@@ -406,8 +406,11 @@ pub async fn event_context(
     let window = params.window.as_deref().unwrap_or("15m");
     let window = perimeter_model::parse_time_delta(window)
         .map_err(|e| ApiError::invalid_parameter(format!("`window`: {e}")))?;
-    if window > chrono::TimeDelta::days(30) {
-        return Err(ApiError::invalid_parameter("`window`: at most 30d"));
+    if window > chrono::TimeDelta::days(perimeter_store::MAX_CONTEXT_WINDOW_DAYS) {
+        return Err(ApiError::invalid_parameter(format!(
+            "`window`: at most {}d",
+            perimeter_store::MAX_CONTEXT_WINDOW_DAYS
+        )));
     }
     let limit = limit_within(
         "limit",
