@@ -210,10 +210,10 @@ pub fn spawn_pipeline_worker(
                         tracing::warn!(source = %sub.source, "{note}");
                     }
                 }
-                let grouped = result
-                    .as_ref()
-                    .map(|ack| ack.alerts_grouped.clone())
-                    .unwrap_or_default();
+                if let Ok(ack) = &result {
+                    // Stored: the (masked) alerts go to their tenants' destinations.
+                    notifier.notify(&not_grouped(&out.alerts, &ack.alerts_grouped));
+                }
                 let reply = result.map(|ack| SubmitAck {
                     alerts_grouped: ack.alerts_grouped.len(),
                     events: ack.events_written,
@@ -223,23 +223,19 @@ pub fn spawn_pipeline_worker(
                     past_retention: ack.events_past_retention,
                     warnings,
                 });
-                match &reply {
-                    // Stored: the (masked) alerts go to their tenants' destinations.
-                    Ok(_) => notifier.notify(&not_grouped(&out.alerts, &grouped)),
-                    Err(e) => {
-                        metrics.inc("store_batches_failed_total", &[], 1);
-                        metrics.set(
-                            "store_last_failure_timestamp_seconds",
-                            &[],
-                            chrono::Utc::now().timestamp() as f64,
-                        );
-                        unstored_alerts.append(&mut out.alerts);
-                        tracing::error!(
-                            error = %e,
-                            alerts_kept_for_the_next_batch = unstored_alerts.len(),
-                            "batch not stored; the source will retry"
-                        )
-                    }
+                if let Err(e) = &reply {
+                    metrics.inc("store_batches_failed_total", &[], 1);
+                    metrics.set(
+                        "store_last_failure_timestamp_seconds",
+                        &[],
+                        chrono::Utc::now().timestamp() as f64,
+                    );
+                    unstored_alerts.append(&mut out.alerts);
+                    tracing::error!(
+                        error = %e,
+                        alerts_kept_for_the_next_batch = unstored_alerts.len(),
+                        "batch not stored; the source will retry"
+                    )
                 }
                 let stored = reply.is_ok();
                 let _ = sub.ack.send(reply);
@@ -495,12 +491,12 @@ fn note_state_current(metrics: &Metrics) {
 
 /// The alerts destinations hear of: not those the store counted into an earlier alert of the
 /// same rule and entity (the first of a group was sent; its repeats are in its `count`).
-pub(crate) fn not_grouped(
-    alerts: &[perimeter_model::Alert],
+pub(crate) fn not_grouped<'a>(
+    alerts: &'a [perimeter_model::Alert],
     grouped: &[String],
-) -> Vec<perimeter_model::Alert> {
+) -> std::borrow::Cow<'a, [perimeter_model::Alert]> {
     if grouped.is_empty() {
-        return alerts.to_vec();
+        return std::borrow::Cow::Borrowed(alerts);
     }
     let grouped: std::collections::HashSet<&str> = grouped.iter().map(String::as_str).collect();
     alerts
