@@ -171,13 +171,7 @@ impl Store {
             .as_deref()
             .map(|c| decode_cursor(q.sort, c))
             .transpose()?;
-        if let (Some(f), Some(t)) = (q.from, q.to) {
-            if f >= t {
-                return Err(StoreError::InvalidQuery(
-                    "`from` must be before `to`".into(),
-                ));
-            }
-        }
+        check_time_range(q.from, q.to)?;
         // Bounds in micros from `from`/`to` and the cursor (inclusive: ties on the timestamp
         // are split by id in the sort key): newest first, the cursor bounds from above; oldest
         // first, from below.
@@ -323,13 +317,7 @@ impl Store {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Result<Box<dyn Query>> {
-        if let (Some(f), Some(t)) = (from, to) {
-            if f >= t {
-                return Err(StoreError::InvalidQuery(
-                    "`from` must be before `to`".into(),
-                ));
-            }
-        }
+        check_time_range(from, to)?;
         Ok(self.within_time(
             user_query,
             from.map(|f| f.timestamp_micros()),
@@ -667,6 +655,16 @@ fn nesting(q: &str) -> usize {
         i += 1;
     }
     deepest
+}
+
+/// `[from, to)` must not be empty.
+fn check_time_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result<()> {
+    match (from, to) {
+        (Some(f), Some(t)) if f >= t => Err(StoreError::InvalidQuery(
+            "`from` must be before `to`".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
