@@ -14,6 +14,8 @@ pub const SECRETS: &[&str] = &[
     "Pl4nted-W3bh00k-Passw0rd",
     "sk_live_51PerimeterT3stK3yN0tR3al0000",
     "Sv9x%2FPerimeterSasS1gnatur3T3st%3D",
+    "Pl4ntedD1sc0rdW3bh00kT0k3nF0rP3r1m3t3rT3st1ng_0123456789abcdefABCDEF-xyz",
+    "7364519283:AAPl4ntedT3l3gr4mB0tT0k3nF0rP3r1m3t",
 ];
 
 pub fn secret_events() -> String {
@@ -22,8 +24,9 @@ pub fn secret_events() -> String {
         serde_json::json!({"source": "github", "event": {
             "@timestamp": 1764000000000i64, "action": "hook.create", "actor": "mallory", "org": "acme",
             "config": {"url": format!("https://hooks.example.com/x?token={}", s[0]), "secret": s[4],
-                       "relay": format!("https://deploy:{}@relay.example.com/hook", s[7])},
-            "data": {"note": format!("card {} on file, billing key {}", s[5], s[8])}}}),
+                       "relay": format!("https://deploy:{}@relay.example.com/hook", s[7]),
+                       "mirror": format!("https://discord.com/api/webhooks/1187654321098765432/{}", s[10])},
+            "data": {"note": format!("card {} on file, billing key {}, bot {}", s[5], s[8], s[11])}}}),
         serde_json::json!({"source": "aws_cloudtrail", "event": {
             "eventVersion": "1.08", "eventTime": "2026-11-24T10:00:00Z", "eventSource": "iam.amazonaws.com",
             "eventName": "CreateAccessKey", "awsRegion": "us-east-1", "sourceIPAddress": "203.0.113.9",

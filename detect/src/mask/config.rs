@@ -78,6 +78,12 @@ pub enum PatternKind {
     SlackToken,
     /// Slack incoming webhook URLs (`https://hooks.slack.com/services/...`).
     SlackWebhook,
+    /// The secret part of other chat and automation webhook URLs, whoever holds which can post
+    /// as the integration: Discord (`discord.com/api/webhooks/<id>/<token>`), Microsoft Teams
+    /// (`<tenant>.webhook.office.com/webhookb2/...`, `outlook.office.com/webhook/...`), Zapier
+    /// (`hooks.zapier.com/hooks/catch/<account>/<hook>`) and IFTTT (`maker.ifttt.com/.../key/<key>`).
+    /// The host and the fixed path stay, so an analyst still sees where the hook points.
+    WebhookUrl,
     /// Other vendors' API keys and tokens with a documented prefix: Stripe (`sk_live_`, `rk_`,
     /// `whsec_`), GitLab (`glpat-`, ...), npm (`npm_`), PyPI (`pypi-`), Google (`AIza` API keys,
     /// `GOCSPX-` OAuth client secrets, `ya29.` access tokens), Microsoft Entra client secrets
@@ -88,7 +94,10 @@ pub enum PatternKind {
     /// (`HRKU-`), Grafana (`glsa_`, `glc_`), Pulumi (`pul-`), Tailscale (`tskey-`), Buildkite
     /// (`bkua_`), CircleCI (`CCIPAT_`), Figma (`figd_`), Notion (`ntn_`, `secret_`), Databricks
     /// (`dapi`), Mailgun (`key-`), Square (`sq0atp-`, `sq0csp-`), Linear (`lin_api_`), age
-    /// (`AGE-SECRET-KEY-1`).
+    /// (`AGE-SECRET-KEY-1`), Mailchimp (32 hex + `-us<N>`), JFrog (`AKCp`, `cmVmdGtu` reference
+    /// tokens), Dynatrace (`dt0c01.`), Bitbucket (`ATBB`), Supabase (`sbp_`, `sb_secret_`),
+    /// Fly.io (`fo1_`, `fm2_`), Render (`rnd_`), Netlify (`nfp_`), Telegram bot tokens
+    /// (`<bot id>:AA...`).
     VendorToken,
     /// JSON Web Tokens (`eyJ...` `.` `eyJ...` `.` signature).
     Jwt,
@@ -107,7 +116,7 @@ pub enum PatternKind {
 impl PatternKind {
     /// All kinds, in the order they are applied to a value (PEM blocks first so that nothing
     /// else eats half of one; assignments before token shapes so `token=ghp_..` counts once).
-    pub const ALL: [PatternKind; 19] = [
+    pub const ALL: [PatternKind; 20] = [
         PatternKind::PemPrivateKey,
         PatternKind::SecretAssignment,
         PatternKind::AuthHeader,
@@ -121,6 +130,7 @@ impl PatternKind {
         PatternKind::GithubToken,
         PatternKind::SlackToken,
         PatternKind::SlackWebhook,
+        PatternKind::WebhookUrl,
         PatternKind::VendorToken,
         PatternKind::Jwt,
         PatternKind::AwsAccessKeyId,
@@ -153,6 +163,7 @@ impl PatternKind {
             PatternKind::GithubToken => "github_token",
             PatternKind::SlackToken => "slack_token",
             PatternKind::SlackWebhook => "slack_webhook",
+            PatternKind::WebhookUrl => "webhook_url",
             PatternKind::VendorToken => "vendor_token",
             PatternKind::Jwt => "jwt",
             PatternKind::AwsAccessKeyId => "aws_access_key_id",

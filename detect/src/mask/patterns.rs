@@ -185,6 +185,28 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         anchors: &["hooks.slack"],
     },
     PatternSpec {
+        kind: PatternKind::WebhookUrl,
+        // One group per vendor: the part of the URL that is the credential. Teams and Outlook
+        // hooks carry it across several path segments (ids, `IncomingWebhook/<key>`, `V2...`).
+        regex: concat!(
+            r#"(?i)(?-u:\b)(?:"#,
+            r#"(?:ptb\.|canary\.)?discord(?:app)?\.com/api/(?:v[0-9]+/)?webhooks/[0-9]{5,30}/([A-Za-z0-9_-]{20,})"#,
+            r#"|[a-z0-9-]+\.webhook\.office\.com/webhookb2/([^\s"'<>?#]{20,})"#,
+            r#"|outlook\.office(?:365)?\.com/webhook/([^\s"'<>?#]{20,})"#,
+            r#"|hooks\.zapier\.com/hooks/catch/[0-9]+/([A-Za-z0-9]{4,})"#,
+            r#"|maker\.ifttt\.com/(?:trigger/[^\s/?#]+/(?:json/)?with/key|use)/([A-Za-z0-9_-]{16,})"#,
+            r#")"#,
+        ),
+        secret_groups: &[1, 2, 3, 4, 5],
+        anchors: &[
+            "discord",
+            "webhook.office",
+            "outlook.office",
+            "hooks.zapier",
+            "maker.ifttt",
+        ],
+    },
+    PatternSpec {
         kind: PatternKind::VendorToken,
         // Each vendor's documented prefix, then the random part at its documented length (or a
         // floor of it), so words that merely start like a prefix (`sk_test_helper`) stay.
@@ -228,6 +250,18 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r"|sq0(?:atp|csp)-[A-Za-z0-9_-]{22,43}",
             r"|lin_api_[A-Za-z0-9]{40}",
             r"|AGE-SECRET-KEY-1[0-9A-Z]{58}",
+            r"|[a-f0-9]{32}-us[0-9]{1,2}",
+            r"|AKCp[A-Za-z0-9]{69}",
+            r"|cmVmdGtuOjAxOj[A-Za-z0-9]{50}",
+            r"|dt0c01\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{64}",
+            r"|ATBB[A-Za-z0-9_=.-]{28,}",
+            r"|sbp_[a-f0-9]{40}",
+            r"|sb_secret_[A-Za-z0-9_-]{20,}",
+            r"|fo1_[A-Za-z0-9_-]{43}",
+            r"|fm2_[A-Za-z0-9+/]{100,}={0,3}",
+            r"|rnd_[A-Za-z0-9]{32}",
+            r"|nfp_[A-Za-z0-9]{36}",
+            r"|[0-9]{5,16}:AA[A-Za-z0-9_-]{33}",
             r")",
         ),
         secret_groups: &[],
@@ -291,6 +325,20 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "sq0csp-",
             "lin_api_",
             "age-secret-key-1",
+            // Mailchimp's key ends in its data center (`-us21`); Telegram's bot token has the
+            // bot id before `:AA`. Both anchors need what comes before them (`anchor_can_match`).
+            "-us",
+            "akcp",
+            "cmvmdgtuojaxoj",
+            "dt0c01.",
+            "atbb",
+            "sbp_",
+            "sb_secret_",
+            "fo1_",
+            "fm2_",
+            "rnd_",
+            "nfp_",
+            ":aa",
         ],
     },
     PatternSpec {
@@ -377,6 +425,7 @@ impl Patterns {
         // A URL's credentials need an `@` after the anchor `://`, which is id-shaped.
         let id_shape_skip = anchors.iter().zip(&anchor_kind).all(|(a, kind)| {
             *kind == PatternKind::UrlCredentials
+                || ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL.contains(a)
                 || a.bytes().any(|b| {
                     !ID_SHAPED[usize::from(b.to_ascii_lowercase())]
                         && !ID_SHAPED[usize::from(b.to_ascii_uppercase())]
@@ -522,6 +571,13 @@ impl Patterns {
         }
     }
 }
+
+/// Anchors made of [`ID_SHAPED`] bytes only, whose secret goes on with 28 or more random
+/// characters: Telegram's `:AA` + 33, Dynatrace's `dt0c01.` + 89, Bitbucket's `ATBB` + 28. A
+/// random part that long made only of identifier bytes (27 or 28 of the token alphabet's 62-66
+/// characters) does not occur (odds below 1e-10), so identifier-shaped strings may still skip
+/// the automaton with these anchors in it.
+const ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL: &[&str] = &[":aa", "dt0c01.", "atbb"];
 
 /// Bytes of identifier-shaped values: digits, hex letters, `T`/`Z` and the separators of
 /// UUIDs, timestamps and IP addresses.
@@ -743,6 +799,14 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
                 && rest[22] == b'.'
         }
+        // `-us` (Mailchimp) ends many words (`en-US`): 32 hex digits must come before it.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"-us") => {
+            start >= 32 && text[start - 32..start].iter().all(u8::is_ascii_hexdigit)
+        }
+        // `:AA` (Telegram, upper case only): the bot id's digits before it.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b":aa") => {
+            anchor == b":AA" && start >= 5 && text[start - 5..start].iter().all(u8::is_ascii_digit)
+        }
         _ => true,
     }
 }
@@ -861,6 +925,7 @@ fn plain_secret(
         | PatternKind::UrlSignature
         | PatternKind::AzureConnectionKey
         | PatternKind::CliCredentials
+        | PatternKind::WebhookUrl
         | PatternKind::AwsSecretAccessKey
         | PatternKind::OktaApiToken => None,
         PatternKind::CreditCard | PatternKind::UsSsn => {
@@ -1348,6 +1413,31 @@ mod tests {
             "https://hooks.slack.com/services/T0000/B0000/XXXXXXXX",
         );
         one(
+            "post to https://discord.com/api/webhooks/123456789012345678/Ab_Cd-EfGhIjKlMnOpQrStUvWxYz0123456789abcdefGHIJKLMNOPQRSTUVWXyz012345 now",
+            WebhookUrl,
+            "Ab_Cd-EfGhIjKlMnOpQrStUvWxYz0123456789abcdefGHIJKLMNOPQRSTUVWXyz012345",
+        );
+        one(
+            "url=https://acme.webhook.office.com/webhookb2/0a1b2c3d-aaaa-bbbb-cccc-0123456789ab@11112222-3333-4444-5555-666677778888/IncomingWebhook/0123456789abcdef0123456789abcdef/99998888-7777-6666-5555-444433332222/V2AbCdEfGh 'x'",
+            WebhookUrl,
+            "0a1b2c3d-aaaa-bbbb-cccc-0123456789ab@11112222-3333-4444-5555-666677778888/IncomingWebhook/0123456789abcdef0123456789abcdef/99998888-7777-6666-5555-444433332222/V2AbCdEfGh",
+        );
+        one(
+            "https://outlook.office.com/webhook/0a1b2c3d-aaaa-bbbb-cccc-0123456789ab@1111/IncomingWebhook/0123456789abcdef/9999",
+            WebhookUrl,
+            "0a1b2c3d-aaaa-bbbb-cccc-0123456789ab@1111/IncomingWebhook/0123456789abcdef/9999",
+        );
+        one(
+            "zap https://hooks.zapier.com/hooks/catch/1234567/abc9xyz/ created",
+            WebhookUrl,
+            "abc9xyz",
+        );
+        one(
+            "https://maker.ifttt.com/trigger/door_open/with/key/dAbCdEfGhIjKlMnOpQrSt",
+            WebhookUrl,
+            "dAbCdEfGhIjKlMnOpQrSt",
+        );
+        one(
             "Authorization: SSWS 00QCjAl4MlV-WPXM-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
             SecretAssignment,
             "SSWS 00QCjAl4MlV-WPXM-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
@@ -1509,6 +1599,18 @@ mod tests {
             format!("sq0atp-{}", alnum(22)),
             format!("lin_api_{}", alnum(40)),
             format!("AGE-SECRET-KEY-1{}", &"QZ7".repeat(20)[..58]),
+            format!("{}-us21", hex(32)),
+            format!("AKCp{}", alnum(69)),
+            format!("cmVmdGtuOjAxOj{}", alnum(50)),
+            format!("dt0c01.{}.{}", alnum(24), alnum(64)),
+            format!("ATBB{}", alnum(32)),
+            format!("sbp_{}", hex(40)),
+            format!("sb_secret_{}", alnum(32)),
+            format!("fo1_{}", alnum(43)),
+            format!("fm2_{}", alnum(120)),
+            format!("rnd_{}", alnum(32)),
+            format!("nfp_{}", alnum(36)),
+            format!("123456789:AA{}", alnum(33)),
         ] {
             one(&format!("key {token} rotated"), VendorToken, &token);
         }
@@ -1570,6 +1672,15 @@ mod tests {
             "secret_santa_2024",
             "api-key-rotation",
             "dapi_version",
+            "Accept-Language: en-US,en;q=0.9",
+            "deadbeef-us-east-1",
+            "meeting 12:30:AA room",
+            "https://discord.com/channels/123456789012345678/876543210987654321",
+            "https://discord.com/api/webhooks",
+            "https://hooks.zapier.com/hooks/standard/1234",
+            "rnd_seed",
+            "ATBB",
+            "dt0c01",
         ] {
             assert!(
                 found(clean)
