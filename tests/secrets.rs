@@ -16,6 +16,7 @@ pub const SECRETS: &[&str] = &[
     "Sv9x%2FPerimeterSasS1gnatur3T3st%3D",
     "Pl4ntedD1sc0rdW3bh00kT0k3nF0rP3r1m3t3rT3st1ng_0123456789abcdefABCDEF-xyz",
     "7364519283:AAPl4ntedT3l3gr4mB0tT0k3nF0rP3r1m3t",
+    "Pl4ntedAzur3St0rag3K3yF0rP3r1m3t3rT3st1ng+/0123456789abcdefghijklmnopqrstuvwxyzABCDEFG==",
 ];
 
 pub fn secret_events() -> String {
@@ -25,7 +26,8 @@ pub fn secret_events() -> String {
             "@timestamp": 1764000000000i64, "action": "hook.create", "actor": "mallory", "org": "acme",
             "config": {"url": format!("https://hooks.example.com/x?token={}", s[0]), "secret": s[4],
                        "relay": format!("https://deploy:{}@relay.example.com/hook", s[7]),
-                       "mirror": format!("https://discord.com/api/webhooks/1187654321098765432/{}", s[10])},
+                       "mirror": format!("https://discord.com/api/webhooks/1187654321098765432/{}", s[10]),
+                       "storage": {"accountName": "acmeexports", "accountKey": s[12]}},
             "data": {"note": format!("card {} on file, billing key {}, bot {}", s[5], s[8], s[11])}}}),
         serde_json::json!({"source": "aws_cloudtrail", "event": {
             "eventVersion": "1.08", "eventTime": "2026-11-24T10:00:00Z", "eventSource": "iam.amazonaws.com",

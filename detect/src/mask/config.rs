@@ -59,7 +59,8 @@ pub enum PatternKind {
     UrlSignature,
     /// The key in an Azure connection string (`AccountKey=` of a storage account,
     /// `SharedAccessKey=` of Service Bus, Event Hubs and IoT Hub); the rest of the string is
-    /// kept.
+    /// kept. Also a whole value shaped like a storage account key (86 base64 characters and
+    /// `==`), as a `listKeys` answer or an `accountKey` setting carries it.
     AzureConnectionKey,
     /// Credentials on a command line: `curl -u user:<password>`, `--user user:<password>`,
     /// `--password <value>` (and `--passwd`, `--token`, `--secret`, `--api-key`,

@@ -118,8 +118,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::AzureConnectionKey,
-        regex: r#"(?i)(?:^|[^A-Za-z0-9_])(?:AccountKey|SharedAccessKey)=([^;"'\s]{8,})"#,
-        secret_groups: &[1],
+        // Group 2: a whole value shaped like a storage account key (no anchor: see
+        // `is_storage_key_shape`, which the prefilter checks instead).
+        regex: r#"(?i)(?:^|[^A-Za-z0-9_])(?:AccountKey|SharedAccessKey)=([^;"'\s]{8,})|^([A-Za-z0-9+/]{86}==)$"#,
+        secret_groups: &[1, 2],
         // `sharedaccesskey=` ends where `accesskey` (AWS) does: the prefilter reports both.
         anchors: &["accountkey=", "sharedaccesskey="],
     },
@@ -478,6 +480,9 @@ impl Patterns {
                 set |= digit_kinds & bit(PatternKind::UsSsn);
             }
         }
+        if anchored & bit(PatternKind::AzureConnectionKey) != 0 && is_storage_key_shape(bytes) {
+            set |= bit(PatternKind::AzureConnectionKey);
+        }
         if want_anchors && !(self.id_shape_skip && scan.id_shaped) {
             // Overlapping: an anchor that starts inside another, or ends where another does
             // (`accesskey` in `sharedaccesskey=`), is still reported.
@@ -570,6 +575,18 @@ impl Patterns {
             }
         }
     }
+}
+
+/// A whole value shaped like an Azure storage account key: 64 random bytes in base64, 86
+/// characters and `==`. Such a key also travels alone, not in a connection string (the `value`
+/// of each key a `listKeys` call returns, an `accountKey` setting), and nothing else in audit
+/// logs has that shape but a SHA-512 digest in base64, which masking costs little.
+fn is_storage_key_shape(bytes: &[u8]) -> bool {
+    bytes.len() == 88
+        && bytes.ends_with(b"==")
+        && bytes[..86]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
 }
 
 /// Anchors made of [`ID_SHAPED`] bytes only, whose secret goes on with 28 or more random
@@ -1212,6 +1229,10 @@ mod tests {
             ("postgres://app:pw@db", PatternKind::UrlCredentials),
             ("?sig=0123456789abcdef", PatternKind::UrlSignature),
             ("SharedAccessKey=x", PatternKind::AzureConnectionKey),
+            (
+                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/abcdefghijklmnopqrstuv==",
+                PatternKind::AzureConnectionKey,
+            ),
             ("SG.abcdefghijklmnopqrstuv.x", PatternKind::VendorToken),
         ] {
             assert_ne!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");

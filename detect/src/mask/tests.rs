@@ -118,6 +118,27 @@ fn patterns_replace_substrings_and_keep_the_rest() {
 }
 
 #[test]
+fn azure_storage_keys_on_their_own_are_masked() {
+    let m = masker();
+    let key = format!("{}==", &"Zx9aBcD+eFgH/iJkLmN0".repeat(5)[..86]);
+    let mut v = json!({
+        "operationName": "Microsoft.Storage/storageAccounts/listKeys/action",
+        "properties": {"keys": [{"keyName": "key1", "value": key, "permissions": "FULL"}],
+                       "settings": {"accountKey": key}},
+        // One character short, or text around it: not the shape of a key on its own.
+        "digest": format!("{}=", &key[..86]),
+        "note": format!("rotated {key}"),
+    });
+    m.mask_value(&mut v);
+    let masked = "[REDACTED:azure_connection_key]";
+    assert_eq!(v["properties"]["keys"][0]["value"], masked);
+    assert_eq!(v["properties"]["keys"][0]["keyName"], "key1");
+    assert_eq!(v["properties"]["settings"]["accountKey"], masked);
+    assert_eq!(v["digest"], format!("{}=", &key[..86]));
+    assert_eq!(v["note"], format!("rotated {key}"));
+}
+
+#[test]
 fn default_actions_per_kind() {
     let m = masker();
     let text = m.mask_text(
