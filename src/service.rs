@@ -212,7 +212,7 @@ pub fn spawn_pipeline_worker(
                 }
                 if let Ok(ack) = &result {
                     // Stored: the (masked) alerts go to their tenants' destinations.
-                    notifier.notify(&not_grouped(&out.alerts, &ack.alerts_grouped));
+                    notify_stored(&notifier, &out.alerts, ack);
                 }
                 let reply = result.map(|ack| SubmitAck {
                     alerts_grouped: ack.alerts_grouped.len(),
@@ -469,7 +469,7 @@ fn store_alerts_or_keep(
 ) -> bool {
     match store_output(store, out, metrics) {
         Ok(ack) => {
-            notifier.notify(&not_grouped(&out.alerts, &ack.alerts_grouped));
+            notify_stored(notifier, &out.alerts, &ack);
             true
         }
         Err(e) => {
@@ -487,6 +487,16 @@ fn note_state_current(metrics: &Metrics) {
         &[],
         chrono::Utc::now().timestamp() as f64,
     );
+}
+
+/// Tell the tenants' destinations what a stored batch brought: its new alerts (not those the
+/// store counted into an earlier one), and earlier alerts still firing (their `count` passed a
+/// tenfold with this batch).
+fn notify_stored(notifier: &AlertNotifier, alerts: &[perimeter_model::Alert], ack: &WriteAck) {
+    notifier.notify(&not_grouped(alerts, &ack.alerts_grouped));
+    if !ack.alerts_still_firing.is_empty() {
+        notifier.notify_still_firing(&ack.alerts_still_firing);
+    }
 }
 
 /// The alerts destinations hear of: not those the store counted into an earlier alert of the
@@ -526,6 +536,13 @@ pub fn store_output(
     );
     if !ack.alerts_grouped.is_empty() {
         metrics.inc("alerts_grouped_total", &[], ack.alerts_grouped.len() as u64);
+    }
+    if !ack.alerts_still_firing.is_empty() {
+        metrics.inc(
+            "alerts_still_firing_total",
+            &[],
+            ack.alerts_still_firing.len() as u64,
+        );
     }
     for (source, n) in &ack.events_written_by_source {
         metrics.inc("events_stored_total", &[("source", source)], *n as u64);

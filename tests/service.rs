@@ -1245,10 +1245,11 @@ fn ingest_login_as(svc: &Service, admin: &str, source: &str, i: usize) -> serde_
 }
 
 /// A rule that matches one user again and again is one alert to triage: its repeats within
-/// the hour are counted into it (`count`, `last_seen`) and sent to no destination again; other
-/// users' matches stay alerts of their own.
+/// the hour are counted into it (`count`, `last_seen`) and not sent on their own; other
+/// users' matches stay alerts of their own. When the count passes 10 the alert is sent again,
+/// marked still firing.
 #[test]
-fn repeats_of_a_rule_for_one_user_are_one_alert_counted_and_sent_once() {
+fn repeats_of_a_rule_for_one_user_are_one_alert_counted_and_sent_again_past_ten() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000020");
     let admin = token(&cfg, "admin");
@@ -1317,6 +1318,26 @@ fn repeats_of_a_rule_for_one_user_are_one_alert_counted_and_sent_once() {
         "a repeat was sent: {:?}",
         hook.bodies()
     );
+    // Six more of user0 take the alert from 4 to 10: sent again, as it is now.
+    let ack = post(&[160, 200, 240, 280, 320, 360]);
+    assert_eq!(ack["alerts_grouped"], 6, "{ack}");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while hook.bodies().len() < 2 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    let again: serde_json::Value = serde_json::from_str(&bodies[1]).unwrap();
+    assert_eq!(again["still_firing"], true, "{again}");
+    let alerts = again["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{again}");
+    assert_eq!(alerts[0]["id"], grouped["alert"]["id"], "{again}");
+    assert_eq!(alerts[0]["count"], 10, "{again}");
+    assert!(first.get("still_firing").is_none(), "{first}");
+    assert!(svc
+        .metrics()
+        .lines()
+        .any(|l| l == "perimeter_alerts_still_firing_total 1"));
     stop(svc);
 }
 

@@ -356,6 +356,10 @@ struct Delivery<'a> {
     tenant: &'a str,
     destination: &'a str,
     alerts: Vec<&'a Alert>,
+    /// Present (`true`) when the alerts were sent before and are still firing: their repeats
+    /// took their `count` past 10, 100, 1000, ... (same ids as before).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    still_firing: bool,
 }
 
 impl AlertNotifier {
@@ -445,6 +449,16 @@ impl AlertNotifier {
     /// without blocking. Beyond the batches in delivery and as many again waiting, new batches
     /// still wait their turn, and are counted in `destination_batches_overflowed_total`.
     pub fn notify(&self, alerts: &[Alert]) {
+        self.queue(alerts, false);
+    }
+
+    /// Queue alerts sent before that are still firing (their `count` passed a tenfold since),
+    /// as [`Self::notify`] does new ones; receivers are told they are not new.
+    pub fn notify_still_firing(&self, alerts: &[Alert]) {
+        self.queue(alerts, true);
+    }
+
+    fn queue(&self, alerts: &[Alert], still_firing: bool) {
         let mut tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
         tenants.sort_unstable();
         tenants.dedup();
@@ -463,7 +477,7 @@ impl AlertNotifier {
         if batches.is_empty() {
             return;
         }
-        let queued = self.outbox.queue(batches);
+        let queued = self.outbox.queue(batches, still_firing);
         let pending = self.outbox.pending();
         self.metrics
             .set("destination_outbox_pending_batches", &[], pending as f64);
@@ -523,6 +537,7 @@ impl BatchDelivery {
                     tenant: &batch.tenant,
                     destination: &destination.id,
                     alerts,
+                    still_firing: batch.still_firing,
                 };
                 let this = &self;
                 let slots = self.slots_of(&destination.id);
@@ -668,16 +683,15 @@ fn slack_text(body: &Delivery<'_>) -> String {
     // Alerts Perimeter resolved itself (a silent source that sent again) come as updates: their
     // line says the status instead of the severity.
     let open = |a: &Alert| a.status == perimeter_model::AlertStatus::Open;
-    let kind = if alerts.iter().all(|a| open(a)) {
-        "new alert"
+    let plural = if n == 1 { "" } else { "s" };
+    let kind = if body.still_firing {
+        format!("alert{plural} still firing")
+    } else if alerts.iter().all(|a| open(a)) {
+        format!("new alert{plural}")
     } else {
-        "alert update"
+        format!("alert update{plural}")
     };
-    let mut text = format!(
-        "Perimeter: {n} {kind}{} for tenant {}",
-        if n == 1 { "" } else { "s" },
-        escape(body.tenant)
-    );
+    let mut text = format!("Perimeter: {n} {kind} for tenant {}", escape(body.tenant));
     for a in alerts.iter().take(SLACK_LINES) {
         let tag = if open(a) {
             a.severity.as_str().to_uppercase()
@@ -864,6 +878,7 @@ mod tests {
             tenant: "acme",
             destination: "soc-slack",
             alerts: vec![&a],
+            still_firing: false,
         });
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "Perimeter: 1 alert update for tenant acme");
@@ -877,9 +892,28 @@ mod tests {
             tenant: "acme",
             destination: "soc-slack",
             alerts: vec![&a],
+            still_firing: false,
         });
         assert!(
             text.contains("no okta events for 7 hours ×25 - okta"),
+            "{text}"
+        );
+        // Open alerts sent before whose repeats passed a tenfold: said to be still firing.
+        a.status = perimeter_model::AlertStatus::Open;
+        a.count = 100;
+        let b = a.clone();
+        let text = slack_text(&Delivery {
+            tenant: "acme",
+            destination: "soc-slack",
+            alerts: vec![&a, &b],
+            still_firing: true,
+        });
+        assert!(
+            text.starts_with("Perimeter: 2 alerts still firing for tenant acme\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("*[MEDIUM]*") && text.contains("×100"),
             "{text}"
         );
     }

@@ -36,6 +36,8 @@ pub struct PendingBatch {
     pub seq: Option<u64>,
     pub tenant: String,
     pub alerts: Vec<Alert>,
+    /// The alerts were sent before; their repeats took their `count` past a tenfold since.
+    pub still_firing: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -45,10 +47,16 @@ enum Record {
         seq: u64,
         tenant: String,
         alerts: Vec<Alert>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        still_firing: bool,
     },
     Done {
         seq: u64,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The outbox; shared by the code that queues batches and the task that delivers them.
@@ -65,7 +73,7 @@ struct Inner {
     files: HashMap<String, TenantFile>,
     next_seq: u64,
     /// Pending batches by seq (what a rewrite keeps).
-    pending: BTreeMap<u64, (String, Vec<Alert>)>,
+    pending: BTreeMap<u64, PendingBatch>,
 }
 
 #[derive(Debug, Default)]
@@ -110,17 +118,10 @@ impl DeliveryOutbox {
             read_records(&path, &tenant, &text, &mut pending, &mut next_seq);
             tenants.push(tenant);
         }
-        let batches = pending
-            .iter()
-            .map(|(seq, (tenant, alerts))| PendingBatch {
-                seq: Some(*seq),
-                tenant: tenant.clone(),
-                alerts: alerts.clone(),
-            })
-            .collect();
+        let batches = pending.values().cloned().collect();
         let mut files: HashMap<String, TenantFile> = HashMap::new();
-        for (tenant, _) in pending.values() {
-            files.entry(tenant.clone()).or_default().pending += 1;
+        for b in pending.values() {
+            files.entry(b.tenant.clone()).or_default().pending += 1;
         }
         let mut inner = Inner {
             dir: Some(dir),
@@ -160,7 +161,12 @@ impl DeliveryOutbox {
 
     /// Persist new batches (one fsync per tenant file) and number them. On a write error the
     /// batches come back unnumbered: they can still be delivered, but not after a restart.
-    pub fn queue(&self, batches: Vec<(String, Vec<Alert>)>) -> Vec<PendingBatch> {
+    /// `still_firing`: the alerts were sent before (see [`PendingBatch::still_firing`]).
+    pub fn queue(
+        &self,
+        batches: Vec<(String, Vec<Alert>)>,
+        still_firing: bool,
+    ) -> Vec<PendingBatch> {
         let mut inner = self.lock();
         let numbered: Vec<PendingBatch> = batches
             .into_iter()
@@ -171,6 +177,7 @@ impl DeliveryOutbox {
                     seq: Some(seq),
                     tenant,
                     alerts,
+                    still_firing,
                 }
             })
             .collect();
@@ -179,11 +186,7 @@ impl DeliveryOutbox {
             by_tenant
                 .entry(&b.tenant)
                 .or_default()
-                .push(Record::Queued {
-                    seq: b.seq.unwrap_or_default(),
-                    tenant: b.tenant.clone(),
-                    alerts: b.alerts.clone(),
-                });
+                .push(Record::queued(b));
         }
         let written = by_tenant
             .iter()
@@ -191,10 +194,7 @@ impl DeliveryOutbox {
         match written {
             Ok(()) => {
                 for b in &numbered {
-                    inner.pending.insert(
-                        b.seq.unwrap_or_default(),
-                        (b.tenant.clone(), b.alerts.clone()),
-                    );
+                    inner.pending.insert(b.seq.unwrap_or_default(), b.clone());
                     inner.files.entry(b.tenant.clone()).or_default().pending += 1;
                 }
                 numbered
@@ -212,7 +212,7 @@ impl DeliveryOutbox {
     /// Mark a batch delivered (or given up on).
     pub fn done(&self, seq: u64) {
         let mut inner = self.lock();
-        let Some((tenant, _)) = inner.pending.remove(&seq) else {
+        let Some(PendingBatch { tenant, .. }) = inner.pending.remove(&seq) else {
             return;
         };
         let state = inner.files.entry(tenant.clone()).or_default();
@@ -245,7 +245,7 @@ fn read_records(
     path: &Path,
     tenant: &str,
     text: &str,
-    pending: &mut BTreeMap<u64, (String, Vec<Alert>)>,
+    pending: &mut BTreeMap<u64, PendingBatch>,
     next_seq: &mut u64,
 ) {
     for (i, line) in text.lines().enumerate() {
@@ -254,9 +254,18 @@ fn read_records(
                 seq,
                 tenant: of,
                 alerts,
+                still_firing,
             }) if of == tenant => {
                 *next_seq = (*next_seq).max(seq + 1);
-                pending.insert(seq, (of, alerts));
+                pending.insert(
+                    seq,
+                    PendingBatch {
+                        seq: Some(seq),
+                        tenant: of,
+                        alerts,
+                        still_firing,
+                    },
+                );
             }
             Ok(Record::Queued { .. }) => tracing::warn!(
                 path = %path.display(),
@@ -274,6 +283,17 @@ fn read_records(
                 error = %e,
                 "unreadable outbox record skipped"
             ),
+        }
+    }
+}
+
+impl Record {
+    fn queued(b: &PendingBatch) -> Record {
+        Record::Queued {
+            seq: b.seq.unwrap_or_default(),
+            tenant: b.tenant.clone(),
+            alerts: b.alerts.clone(),
+            still_firing: b.still_firing,
         }
     }
 }
@@ -348,16 +368,11 @@ impl Inner {
         };
         let mut text = Vec::new();
         let mut kept = 0;
-        for (seq, (of, alerts)) in &self.pending {
-            if of != tenant {
+        for b in self.pending.values() {
+            if b.tenant != tenant {
                 continue;
             }
-            let record = Record::Queued {
-                seq: *seq,
-                tenant: of.clone(),
-                alerts: alerts.clone(),
-            };
-            serde_json::to_writer(&mut text, &record)?;
+            serde_json::to_writer(&mut text, &Record::queued(b))?;
             text.push(b'\n');
             kept += 1;
         }
@@ -395,10 +410,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (outbox, pending) = DeliveryOutbox::open_in(dir.path()).unwrap();
         assert!(pending.is_empty());
-        let queued = outbox.queue(vec![
-            ("acme".into(), vec![alert("a1")]),
-            ("globex".into(), vec![alert("g1"), alert("g2")]),
-        ]);
+        let mut queued = outbox.queue(vec![("acme".into(), vec![alert("a1")])], false);
+        // Alerts sent before that are still firing: their batch says so, and keeps saying so.
+        queued.extend(outbox.queue(
+            vec![("globex".into(), vec![alert("g1"), alert("g2")])],
+            true,
+        ));
         let seqs: Vec<u64> = queued.iter().map(|b| b.seq.unwrap()).collect();
         assert_eq!(seqs, vec![0, 1]);
         // One file per tenant: a tenant's alerts never share a file with another's.
@@ -407,6 +424,11 @@ mod tests {
         let text = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
         assert!(text(&acme).contains("a1") && !text(&acme).contains("g1"));
         assert!(text(&globex).contains("g1") && !text(&globex).contains("a1"));
+        assert!(
+            !text(&acme).contains("still_firing"),
+            "written only when true"
+        );
+        assert!(text(&globex).contains(r#""still_firing":true"#));
         outbox.done(seqs[0]);
         assert_eq!(
             text(&acme),
@@ -427,9 +449,13 @@ mod tests {
         assert_eq!(pending[0].seq, Some(1));
         assert_eq!(pending[0].tenant, "globex");
         assert_eq!(pending[0].alerts, vec![alert("g1"), alert("g2")]);
+        assert!(pending[0].still_firing);
         // Numbering goes on after the highest seq seen; the rewrite kept only the pending one.
         assert_eq!(text(&globex).lines().count(), 1);
-        assert_eq!(outbox.queue(vec![("acme".into(), vec![])])[0].seq, Some(2));
+        assert_eq!(
+            outbox.queue(vec![("acme".into(), vec![])], false)[0].seq,
+            Some(2)
+        );
         outbox.done(1);
         outbox.done(2);
         assert_eq!(outbox.pending(), 0);
@@ -442,7 +468,7 @@ mod tests {
     fn tenant_names_cannot_leave_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
         let (outbox, _) = DeliveryOutbox::open_in(dir.path()).unwrap();
-        outbox.queue(vec![("../../etc".into(), vec![alert("x")])]);
+        outbox.queue(vec![("../../etc".into(), vec![alert("x")])], false);
         drop(outbox);
         let (_, pending) = DeliveryOutbox::open_in(dir.path()).unwrap();
         assert_eq!(pending.len(), 1);
@@ -457,14 +483,14 @@ mod tests {
     fn a_long_busy_outbox_is_rewritten_to_its_pending_batches() {
         let dir = tempfile::tempdir().unwrap();
         let (outbox, _) = DeliveryOutbox::open_in(dir.path()).unwrap();
-        let keep = outbox.queue(vec![("acme".into(), vec![alert("keep")])])[0]
+        let keep = outbox.queue(vec![("acme".into(), vec![alert("keep")])], false)[0]
             .seq
             .unwrap();
         // One fsync for all of them; each done record is a plain append until the rewrite.
         let many = (0..REWRITE_AFTER_RECORDS)
             .map(|i| ("acme".to_string(), vec![alert(&format!("a{i}"))]))
             .collect();
-        for batch in outbox.queue(many) {
+        for batch in outbox.queue(many, false) {
             outbox.done(batch.seq.unwrap());
         }
         let path = dir.path().join("outbox/tenant=acme/alerts.jsonl");

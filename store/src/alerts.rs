@@ -384,8 +384,41 @@ impl AlertBook {
         for (tenant, entries) in by_tenant {
             journal::append(&journal_path(tenant), &entries)?;
             let book = self.tenants.entry(tenant.to_string()).or_default();
+            // Each grown group's count before this batch (a group begun in it: its first
+            // alert's own count).
+            let mut before: HashMap<String, u64> = HashMap::new();
+            for e in &entries {
+                match e {
+                    JournalEntry::Alert { alert } => {
+                        before.insert(alert.id.clone(), alert.count);
+                    }
+                    JournalEntry::Repeat { id, .. } => {
+                        if let Some(r) = book.records.get(id) {
+                            before.entry(id.clone()).or_insert(r.alert.count);
+                        }
+                    }
+                    JournalEntry::Update { .. } => {}
+                }
+            }
+            let grown: Vec<String> = entries
+                .iter()
+                .filter_map(|e| match e {
+                    JournalEntry::Repeat { id, .. } => Some(id.clone()),
+                    _ => None,
+                })
+                .collect();
             for e in entries {
                 book.apply(e);
+            }
+            let mut told = HashSet::new();
+            for id in grown {
+                let Some(r) = book.records.get(&id) else {
+                    continue;
+                };
+                let was = before.get(&id).copied().unwrap_or(r.alert.count);
+                if passes_power_of_ten(was, r.alert.count) && told.insert(id) {
+                    done.still_firing.push(r.alert.clone());
+                }
             }
         }
         Ok(done)
@@ -637,12 +670,32 @@ fn new_record(alert: Alert) -> AlertRecord {
 }
 
 /// What [`AlertBook::insert`] did with a batch's alerts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlertsInserted {
     /// Alerts stored on their own.
     pub written: usize,
     /// Ids of the alerts counted as repeats of a stored one instead.
     pub grouped: Vec<String>,
+    /// Stored alerts whose repeats in this batch took their `count` past a power of ten (10,
+    /// 100, 1000, ...), as they are now: still firing, which their destinations hear of again.
+    pub still_firing: Vec<Alert>,
+}
+
+/// Whether a count that went from `was` to `now` passed 10, 100, 1000, ...: a group that keeps
+/// growing is announced again at each tenfold, so a long attack is heard of a few times, not
+/// once per repeat.
+fn passes_power_of_ten(was: u64, now: u64) -> bool {
+    let mut step: u64 = 10;
+    while step <= now {
+        if was < step {
+            return true;
+        }
+        match step.checked_mul(10) {
+            Some(next) => step = next,
+            None => break,
+        }
+    }
+    false
 }
 
 fn status_str(s: AlertStatus) -> String {
@@ -741,6 +794,54 @@ mod tests {
         a.event_ids.push(event.to_string());
         a.lines.push(minute as u64 + 1);
         a.seal()
+    }
+
+    #[test]
+    fn a_group_growing_past_each_tenfold_is_announced_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = |_: &str| dir.path().join("j.jsonl");
+        let mut book = AlertBook::default();
+        book.set_group_window(Some(chrono::TimeDelta::hours(1)));
+        let fails = |minutes: std::ops::Range<i64>| -> Vec<Alert> {
+            minutes
+                .map(|m| repeat("fail", "alice", m, &format!("e{m}")))
+                .collect()
+        };
+        // Begun and grown to 8 in one batch: nothing to announce again (the first is new).
+        let done = book.insert(journal, &fails(0..8)).unwrap();
+        assert!(done.still_firing.is_empty(), "{done:?}");
+        // 8 -> 12 passes 10: announced once, as stored now.
+        let done = book.insert(journal, &fails(8..12)).unwrap();
+        assert_eq!(done.still_firing.len(), 1, "{done:?}");
+        assert_eq!(done.still_firing[0].id, repeat("fail", "alice", 0, "e0").id);
+        assert_eq!(done.still_firing[0].count, 12);
+        // 12 -> 99: no tenfold passed.
+        let done = book.insert(journal, &fails(12..99)).unwrap();
+        assert!(done.still_firing.is_empty());
+        // 99 -> 100 passes 100; a replayed repeat counts nothing and announces nothing.
+        let done = book.insert(journal, &fails(99..100)).unwrap();
+        assert_eq!(done.still_firing[0].count, 100);
+        let done = book.insert(journal, &fails(99..100)).unwrap();
+        assert!(done.still_firing.is_empty() && done.grouped.is_empty());
+        // A group begun in a batch that takes it past 10 at once is announced too.
+        let bob: Vec<Alert> = (0..11)
+            .map(|m| repeat("fail", "bob", m, &format!("b{m}")))
+            .collect();
+        let done = book.insert(journal, &bob).unwrap();
+        assert_eq!(done.still_firing.len(), 1);
+        assert_eq!(done.still_firing[0].count, 11);
+    }
+
+    #[test]
+    fn tenfolds() {
+        assert!(passes_power_of_ten(9, 10));
+        assert!(passes_power_of_ten(1, 1000));
+        assert!(passes_power_of_ten(999, 1000));
+        assert!(!passes_power_of_ten(10, 99));
+        assert!(!passes_power_of_ten(1, 9));
+        assert!(!passes_power_of_ten(5, 5));
+        assert!(!passes_power_of_ten(u64::MAX - 1, u64::MAX));
+        assert!(passes_power_of_ten(0, u64::MAX));
     }
 
     #[test]

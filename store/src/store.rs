@@ -29,7 +29,7 @@ pub struct StoreBatch {
 }
 
 /// What a `write_batch` call did; returned only once all of it is durable.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WriteAck {
     /// Events newly stored (in tantivy and Parquet).
     pub events_written: usize,
@@ -42,6 +42,10 @@ pub struct WriteAck {
     /// told about them again.
     #[serde(default)]
     pub alerts_grouped: Vec<String>,
+    /// Stored alerts whose repeats in this batch took their `count` past 10, 100, 1000, ...,
+    /// as they are now (same id, the higher count): still firing, which destinations are told.
+    #[serde(default)]
+    pub alerts_still_firing: Vec<perimeter_model::Alert>,
     pub dead_letters_written: usize,
     /// `events_written` per source (for the per-source "events out" metric).
     #[serde(default)]
@@ -487,6 +491,7 @@ impl Store {
                         write(&self.alerts).insert(|t| layout.alerts_journal(t), &b.alerts)?;
                     ack.alerts_written = inserted.written;
                     ack.alerts_grouped = inserted.grouped;
+                    ack.alerts_still_firing = inserted.still_firing;
                 }
                 if !b.dead_letters.is_empty() {
                     ack.dead_letters_written = self.write_dead_letters(&b.dead_letters)?;
