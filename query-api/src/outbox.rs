@@ -6,7 +6,8 @@
 //!
 //! Format: one file per tenant, `outbox/tenant=<t>/alerts.jsonl` in the data directory (the
 //! tenant %-encoded as in the store's layout), so one tenant's alerts never share a file with
-//! another's. One record per line, `{"op":"queued","seq":N,"tenant":..,"alerts":[..]}` and
+//! another's. One record per line, `{"op":"queued","seq":N,"tenant":..,"alerts":[..]}` (with
+//! `"still_firing":true` for alerts sent before that are still firing) and
 //! `{"op":"done","seq":N}`; sequence numbers run across tenants. The alerts are the pipeline's,
 //! masked, like everything else on disk. Done records are not fsynced (losing one costs a
 //! repeat, not a loss). A torn last line (a crash mid-write) is skipped. A tenant's file is
