@@ -216,6 +216,7 @@ pub fn spawn_pipeline_worker(
                 }
                 let reply = result.map(|ack| SubmitAck {
                     alerts_grouped: ack.alerts_grouped.len(),
+                    alerts_still_firing: ack.alerts_still_firing.len(),
                     events: ack.events_written,
                     duplicates: ack.events_duplicate,
                     dead_letters: out.dead_letters.len(),

@@ -1284,6 +1284,7 @@ fn repeats_of_a_rule_for_one_user_are_one_alert_counted_and_sent_again_past_ten(
         (1.into(), 1.into()),
         "{ack}"
     );
+    assert_eq!(ack["alerts_still_firing"], 0, "{ack}");
     let alerts: serde_json::Value = reqwest::blocking::Client::new()
         .get(format!("{}/api/v1/alerts?limit=10", svc.base))
         .bearer_auth(&admin)
@@ -1321,6 +1322,7 @@ fn repeats_of_a_rule_for_one_user_are_one_alert_counted_and_sent_again_past_ten(
     // Six more of user0 take the alert from 4 to 10: sent again, as it is now.
     let ack = post(&[160, 200, 240, 280, 320, 360]);
     assert_eq!(ack["alerts_grouped"], 6, "{ack}");
+    assert_eq!(ack["alerts_still_firing"], 1, "{ack}");
     let until = std::time::Instant::now() + Duration::from_secs(20);
     while hook.bodies().len() < 2 && std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(50));
