@@ -82,7 +82,10 @@ pub enum PatternKind {
     /// The secret part of other chat and automation webhook URLs, whoever holds which can post
     /// as the integration: Discord (`discord.com/api/webhooks/<id>/<token>`), Microsoft Teams
     /// (`<tenant>.webhook.office.com/webhookb2/...`, `outlook.office.com/webhook/...`), Zapier
-    /// (`hooks.zapier.com/hooks/catch/<account>/<hook>`) and IFTTT (`maker.ifttt.com/.../key/<key>`).
+    /// (`hooks.zapier.com/hooks/catch/<account>/<hook>`), IFTTT (`maker.ifttt.com/.../key/<key>`),
+    /// Mattermost (`<host>/hooks/<26 lowercase characters>`) and Rocket.Chat
+    /// (`<host>/hooks/<id>/<token>`). Google Chat's `key=` and `token=` are caught as a Google
+    /// API key and a `token=` assignment.
     /// The host and the fixed path stay, so an analyst still sees where the hook points.
     WebhookUrl,
     /// Other vendors' API keys and tokens with a documented prefix: Stripe (`sk_live_`, `rk_`,

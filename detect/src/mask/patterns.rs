@@ -197,15 +197,20 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|outlook\.office(?:365)?\.com/webhook/([^\s"'<>?#]{20,})"#,
             r#"|hooks\.zapier\.com/hooks/catch/[0-9]+/([A-Za-z0-9]{4,})"#,
             r#"|maker\.ifttt\.com/(?:trigger/[^\s/?#]+/(?:json/)?with/key|use)/([A-Za-z0-9_-]{16,})"#,
+            // Mattermost (`/hooks/<26 lowercase>`) and Rocket.Chat (`/hooks/<id>/<token>`), on
+            // any host: the token shapes are their own.
+            r#"|[a-z0-9.-]+(?::[0-9]{1,5})?/hooks/([a-z0-9]{26})(?:[^A-Za-z0-9]|$)"#,
+            r#"|[a-z0-9.-]+(?::[0-9]{1,5})?/hooks/[A-Za-z0-9]{17}/([A-Za-z0-9]{40,})"#,
             r#")"#,
         ),
-        secret_groups: &[1, 2, 3, 4, 5],
+        secret_groups: &[1, 2, 3, 4, 5, 6, 7],
         anchors: &[
             "discord",
             "webhook.office",
             "outlook.office",
             "hooks.zapier",
             "maker.ifttt",
+            "/hooks/",
         ],
     },
     PatternSpec {
@@ -1459,6 +1464,16 @@ mod tests {
             "dAbCdEfGhIjKlMnOpQrSt",
         );
         one(
+            "https://chat.acme.example/hooks/abcdefghij0123456789klmnop",
+            WebhookUrl,
+            "abcdefghij0123456789klmnop",
+        );
+        one(
+            "POST https://rocket.acme.example:3000/hooks/AbCdEfGhIjKlMnOpQ/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKl",
+            WebhookUrl,
+            "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfGhIjKl",
+        );
+        one(
             "Authorization: SSWS 00QCjAl4MlV-WPXM-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
             SecretAssignment,
             "SSWS 00QCjAl4MlV-WPXM-ABCDEFGHIJKLMNOPQRSTUVWXYZ",
@@ -1699,6 +1714,8 @@ mod tests {
             "https://discord.com/channels/123456789012345678/876543210987654321",
             "https://discord.com/api/webhooks",
             "https://hooks.zapier.com/hooks/standard/1234",
+            "https://api.github.com/repos/acme/api/hooks/123456789",
+            "https://chat.acme.example/hooks/abcdefghij0123456789klmnopq",
             "rnd_seed",
             "ATBB",
             "dt0c01",
