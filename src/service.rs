@@ -494,10 +494,10 @@ fn note_state_current(metrics: &Metrics) {
 /// store counted into an earlier one), and earlier alerts still firing (their `count` passed a
 /// tenfold with this batch).
 fn notify_stored(notifier: &AlertNotifier, alerts: &[perimeter_model::Alert], ack: &WriteAck) {
-    notifier.notify(&not_grouped(alerts, &ack.alerts_grouped));
-    if !ack.alerts_still_firing.is_empty() {
-        notifier.notify_still_firing(&ack.alerts_still_firing);
-    }
+    notifier.notify_stored(
+        &not_grouped(alerts, &ack.alerts_grouped),
+        &ack.alerts_still_firing,
+    );
 }
 
 /// The alerts destinations hear of: not those the store counted into an earlier alert of the

@@ -458,6 +458,17 @@ impl AlertNotifier {
         self.queue(alerts, true);
     }
 
+    /// Queue what one stored batch brought: its `new` alerts and the stored alerts `still_firing`
+    /// (see [`Self::notify_still_firing`]). An alert in both, raised and grown past a tenfold by
+    /// the same batch, is sent once, as new, with its count as stored.
+    pub fn notify_stored(&self, new: &[Alert], still_firing: &[Alert]) {
+        let (new, still_firing) = merge_still_firing(new, still_firing);
+        self.notify(&new);
+        if !still_firing.is_empty() {
+            self.notify_still_firing(&still_firing);
+        }
+    }
+
     fn queue(&self, alerts: &[Alert], still_firing: bool) {
         let mut tenants: Vec<&str> = alerts.iter().map(|a| a.tenant.as_str()).collect();
         tenants.sort_unstable();
@@ -500,6 +511,31 @@ impl AlertNotifier {
             }
         }
     }
+}
+
+/// [`AlertNotifier::notify_stored`]'s two lists, with each alert raised by the batch that also
+/// grew past a tenfold moved into the new ones in its stored form.
+fn merge_still_firing<'a>(
+    new: &'a [Alert],
+    still_firing: &'a [Alert],
+) -> (std::borrow::Cow<'a, [Alert]>, Vec<Alert>) {
+    let (begun_here, sent_before): (Vec<&Alert>, Vec<&Alert>) = still_firing
+        .iter()
+        .partition(|s| new.iter().any(|a| a.id == s.id));
+    let sent_before = sent_before.into_iter().cloned().collect();
+    if begun_here.is_empty() {
+        return (std::borrow::Cow::Borrowed(new), sent_before);
+    }
+    let new = new
+        .iter()
+        .map(|a| {
+            begun_here
+                .iter()
+                .find(|s| s.id == a.id)
+                .map_or_else(|| a.clone(), |s| (*s).clone())
+        })
+        .collect();
+    (std::borrow::Cow::Owned(new), sent_before)
 }
 
 /// What the delivery task needs to send one batch.
@@ -916,6 +952,23 @@ mod tests {
             text.contains("*[MEDIUM]*") && text.contains("×100"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_alert_raised_and_grown_past_ten_by_one_batch_is_sent_once_as_new() {
+        let (a, b, c) = (test_alert("a"), test_alert("b"), test_alert("c"));
+        let mut a_now = a.clone();
+        a_now.count = 11;
+        let mut c_now = c.clone();
+        c_now.count = 100;
+        let (batch, stored) = ([a.clone(), b.clone()], [a_now.clone(), c_now.clone()]);
+        let (new, still) = merge_still_firing(&batch, &stored);
+        assert_eq!(new.to_vec(), vec![a_now, b.clone()]);
+        assert_eq!(still, vec![c_now.clone()]);
+        let (new, still) =
+            merge_still_firing(std::slice::from_ref(&b), std::slice::from_ref(&c_now));
+        assert!(matches!(new, std::borrow::Cow::Borrowed(_)));
+        assert_eq!((new.to_vec(), still), (vec![b], vec![c_now]));
     }
 
     #[test]
