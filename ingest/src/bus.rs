@@ -20,8 +20,9 @@ pub struct SubmitAck {
     /// Of `alerts`, those counted into an open alert of the same rule and entity instead of
     /// stored (and sent) on their own.
     pub alerts_grouped: usize,
-    /// Stored alerts whose `count` this batch's repeats took past 10, 100, 1000, ...: sent to
-    /// the destinations again, marked still firing.
+    /// Stored alerts whose `count` this batch's repeats took past 10, 100, 1000, ...: the
+    /// destinations hear of them with that count (marked still firing, unless the batch raised
+    /// them too).
     pub alerts_still_firing: usize,
     /// Events of this batch dated before their retention window: stored, but the next
     /// retention sweep (hourly, and at start) removes them. Raise the retention to keep them.
