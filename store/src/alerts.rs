@@ -31,6 +31,15 @@ pub struct AlertRecord {
     pub last_seen: Option<DateTime<Utc>>,
 }
 
+impl AlertRecord {
+    /// Event time of the alert's last occurrence: its newest repeat, or its own `@timestamp`.
+    pub fn last_occurrence(&self) -> DateTime<Utc> {
+        self.last_seen
+            .unwrap_or(self.alert.timestamp)
+            .max(self.alert.timestamp)
+    }
+}
+
 /// Evidence (event ids, lines) a grouped alert keeps; `count` goes on counting past it.
 pub const MAX_GROUPED_EVIDENCE: usize = 100;
 
@@ -214,6 +223,14 @@ impl TenantAlerts {
     }
 }
 
+/// A grouping window of `seconds` (`None` for 0, or past what a time span holds).
+fn group_window(seconds: u64) -> Option<chrono::TimeDelta> {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .filter(|w| *w > chrono::TimeDelta::zero())
+}
+
 /// A 64-bit hash of an alert id: the absorbed ids of a busy rule can number millions, and the
 /// set is rebuilt from the journal at every start.
 fn id_hash(id: &str) -> u64 {
@@ -293,10 +310,10 @@ impl AlertBook {
         Ok(book)
     }
 
-    /// Group repeats of a Sigma rule's alert for one entity within `window` of the group's
-    /// occurrences into the open (or acknowledged) alert (`None` or zero: no grouping).
-    pub fn set_group_window(&mut self, window: Option<chrono::TimeDelta>) {
-        self.group_window = window.filter(|w| *w > chrono::TimeDelta::zero());
+    /// Group repeats of a Sigma rule's alert for one entity within `seconds` of the group's
+    /// occurrences into the open (or acknowledged) alert (`0`: no grouping).
+    pub fn set_group_seconds(&mut self, seconds: u64) {
+        self.group_window = group_window(seconds);
     }
 
     pub fn tenants(&self) -> impl Iterator<Item = &String> {
@@ -307,7 +324,7 @@ impl AlertBook {
         self.tenants.values().map(|t| t.records.len()).sum()
     }
 
-    /// Store alerts not seen before, grouping repeats (see [`Self::set_group_window`]). Durable
+    /// Store alerts not seen before, grouping repeats (see [`Self::set_group_seconds`]). Durable
     /// on return.
     pub fn insert(
         &mut self,
@@ -332,10 +349,7 @@ impl AlertBook {
             let key = (a.tenant.as_str(), a.rule_id.as_str(), a.entity.as_str());
             // The rule's own window, else the store's.
             let window = match a.alert_group_seconds {
-                Some(secs) => i64::try_from(secs)
-                    .ok()
-                    .and_then(chrono::TimeDelta::try_seconds)
-                    .filter(|w| *w > chrono::TimeDelta::zero()),
+                Some(secs) => group_window(secs),
                 None => self.group_window,
             };
             let grouping = window.filter(|_| a.detector == DetectorKind::Sigma);
@@ -384,8 +398,8 @@ impl AlertBook {
         for (tenant, entries) in by_tenant {
             journal::append(&journal_path(tenant), &entries)?;
             let book = self.tenants.entry(tenant.to_string()).or_default();
-            // Each grown group's count before this batch (a group begun in it: its first
-            // alert's own count).
+            // The count before this batch of every alert it may grow: the stored ones it
+            // repeats, and the new ones (their own count).
             let mut before: HashMap<String, u64> = HashMap::new();
             for e in &entries {
                 match e {
@@ -400,24 +414,14 @@ impl AlertBook {
                     JournalEntry::Update { .. } => {}
                 }
             }
-            let grown: Vec<String> = entries
-                .iter()
-                .filter_map(|e| match e {
-                    JournalEntry::Repeat { id, .. } => Some(id.clone()),
-                    _ => None,
-                })
-                .collect();
             for e in entries {
                 book.apply(e);
             }
-            let mut told = HashSet::new();
-            for id in grown {
-                let Some(r) = book.records.get(&id) else {
-                    continue;
-                };
-                let was = before.get(&id).copied().unwrap_or(r.alert.count);
-                if passes_power_of_ten(was, r.alert.count) && told.insert(id) {
-                    done.still_firing.push(r.alert.clone());
+            for (id, was) in before {
+                if let Some(r) = book.records.get(&id) {
+                    if passes_power_of_ten(was, r.alert.count) {
+                        done.still_firing.push(r.alert.clone());
+                    }
                 }
             }
         }
@@ -437,10 +441,7 @@ impl AlertBook {
         .then(|| OpenGroup {
             id: id.clone(),
             first: r.alert.timestamp,
-            last: r
-                .last_seen
-                .unwrap_or(r.alert.timestamp)
-                .max(r.alert.timestamp),
+            last: r.last_occurrence(),
         })
     }
 
@@ -629,14 +630,13 @@ fn status_name(status: AlertStatus) -> &'static str {
     }
 }
 
-/// Whether alert `a` passes the filters of `q` (`text` and `entity` lowercased).
-/// Whether a record passes the filters. The time range selects alerts with an occurrence in
-/// it: a grouped alert spans its first (`@timestamp`) to its last (`last_seen`) occurrence, so
-/// one still firing shows in "the last hour" although it began earlier.
+/// Whether a record passes the filters of `q` (`text` and `entity` lowercased). The time range
+/// selects alerts with an occurrence in it: a grouped alert spans its first (`@timestamp`) to
+/// its last (`last_seen`) occurrence, so one still firing shows in "the last hour" although it
+/// began earlier.
 fn matches(q: &AlertQuery, r: &AlertRecord, text: Option<&str>, entity: Option<&str>) -> bool {
     let a = &r.alert;
-    let last = r.last_seen.unwrap_or(a.timestamp).max(a.timestamp);
-    q.from.is_none_or(|f| last >= f)
+    q.from.is_none_or(|f| r.last_occurrence() >= f)
         && q.to.is_none_or(|t| a.timestamp < t)
         && q.severity.is_none_or(|s| a.severity >= s)
         && q.status.is_none_or(|s| a.status == s)
@@ -801,7 +801,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = |_: &str| dir.path().join("j.jsonl");
         let mut book = AlertBook::default();
-        book.set_group_window(Some(chrono::TimeDelta::hours(1)));
+        book.set_group_seconds(3600);
         let fails = |minutes: std::ops::Range<i64>| -> Vec<Alert> {
             minutes
                 .map(|m| repeat("fail", "alice", m, &format!("e{m}")))
@@ -849,7 +849,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = |_: &str| dir.path().join("j.jsonl");
         let mut book = AlertBook::default();
-        book.set_group_window(Some(chrono::TimeDelta::hours(1)));
+        book.set_group_seconds(3600);
         // Alice fails five times within the hour (one out of order); Bob once; a second rule
         // once for Alice; then Alice again two hours after her last failure.
         let first: Vec<Alert> = [0, 10, 5, 50]
@@ -938,7 +938,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = |_: &str| dir.path().join("j.jsonl");
         let mut book = AlertBook::default();
-        book.set_group_window(Some(chrono::TimeDelta::hours(1)));
+        book.set_group_seconds(3600);
         let with = |secs: Option<u64>, minute: i64, event: &str| {
             let mut a = repeat(&format!("r{secs:?}"), "alice", minute, event);
             a.alert_group_seconds = secs;
@@ -972,7 +972,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = |_: &str| dir.path().join("j.jsonl");
         let mut grouped = AlertBook::default();
-        grouped.set_group_window(Some(chrono::TimeDelta::hours(1)));
+        grouped.set_group_seconds(3600);
         grouped.insert(journal, &many).unwrap();
         let r = grouped.get("acme", &many[0].id).unwrap();
         assert_eq!(r.alert.count, many.len() as u64);

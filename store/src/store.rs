@@ -238,11 +238,7 @@ impl Store {
         let store = Store {
             alerts: RwLock::new({
                 let mut book = AlertBook::load(&layout.alerts_root(), writer)?;
-                book.set_group_window(
-                    i64::try_from(config.alert_group_seconds)
-                        .ok()
-                        .and_then(chrono::TimeDelta::try_seconds),
-                );
+                book.set_group_seconds(config.alert_group_seconds);
                 book
             }),
             dead: RwLock::new(load_dead_letters(&layout, writer)?),
