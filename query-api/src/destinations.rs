@@ -452,20 +452,15 @@ impl AlertNotifier {
         self.queue(alerts, false);
     }
 
-    /// Queue alerts sent before that are still firing (their `count` passed a tenfold since),
-    /// as [`Self::notify`] does new ones; receivers are told they are not new.
-    pub fn notify_still_firing(&self, alerts: &[Alert]) {
-        self.queue(alerts, true);
-    }
-
-    /// Queue what one stored batch brought: its `new` alerts and the stored alerts `still_firing`
-    /// (see [`Self::notify_still_firing`]). An alert in both, raised and grown past a tenfold by
-    /// the same batch, is sent once, as new, with its count as stored.
+    /// Queue what one stored batch brought: its `new` alerts, and the stored alerts
+    /// `still_firing` (sent before; their `count` passed a tenfold since), which go in batches
+    /// that tell receivers they are not new. An alert in both, raised and grown past a tenfold
+    /// by the same batch, is sent once, as new, with its count as stored.
     pub fn notify_stored(&self, new: &[Alert], still_firing: &[Alert]) {
         let (new, still_firing) = merge_still_firing(new, still_firing);
         self.notify(&new);
         if !still_firing.is_empty() {
-            self.notify_still_firing(&still_firing);
+            self.queue(&still_firing, true);
         }
     }
 

@@ -48,16 +48,12 @@ enum Record {
         seq: u64,
         tenant: String,
         alerts: Vec<Alert>,
-        #[serde(default, skip_serializing_if = "is_false")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         still_firing: bool,
     },
     Done {
         seq: u64,
     },
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 /// The outbox; shared by the code that queues batches and the task that delivers them.
