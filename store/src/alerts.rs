@@ -4,10 +4,14 @@
 //! Alerts are few compared with events (thousands, not millions), so filtering and sorting a
 //! tenant's alerts in memory is fast and keeps status/assignee/notes/history trivially
 //! consistent: the journal is the single source of truth, the in-memory book a cache of it.
+//!
+//! The journal does not grow without end: a noisy rule grouped into one alert adds a line per
+//! repeat. A journal with many more lines than alerts is rewritten with one snapshot line per
+//! alert ([`JournalEntry::Snapshot`]), when the book is loaded and at retention
+//! ([`AlertBook::expire`], which also drops closed alerts past `alert_retention_days`).
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use perimeter_model::{Alert, AlertStatus, DetectorKind, Severity};
@@ -155,7 +159,23 @@ enum JournalEntry {
         #[serde(default)]
         lines: Vec<u64>,
     },
+    /// An alert as it stands (triage state, history, count): what a compacted journal holds
+    /// instead of the alert's own entry, its updates and its repeats.
+    Snapshot {
+        record: Box<AlertRecord>,
+        /// The newest alert of its rule for its entity: the one a repeat may join.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        group_head: bool,
+        /// [`id_hash`]es of the alerts grouped into it, so a replayed one is still not counted
+        /// twice.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        absorbed: Vec<u64>,
+    },
 }
+
+/// A tenant's journal is rewritten compact once it holds this many lines more than twice its
+/// alerts (about 2.5 MB of repeat lines at the least).
+const COMPACT_MIN_EXCESS_LINES: u64 = 10_000;
 
 /// In-memory alerts of every tenant.
 #[derive(Default)]
@@ -173,6 +193,11 @@ struct TenantAlerts {
     groups: HashMap<(String, String), String>,
     /// Hashes of the alert ids grouped into another, so a replayed one is not counted twice.
     absorbed: HashSet<u64>,
+    /// Alert id -> the hashes in `absorbed` grouped into it (kept in its snapshot, dropped with
+    /// it at retention).
+    absorbed_into: HashMap<String, Vec<u64>>,
+    /// Lines in the tenant's journal file.
+    journal_lines: u64,
 }
 
 impl TenantAlerts {
@@ -202,10 +227,12 @@ impl TenantAlerts {
                 event_ids,
                 lines,
             } => {
-                if !self.absorbed.insert(id_hash(&alert_id)) {
+                let hash = id_hash(&alert_id);
+                if !self.absorbed.insert(hash) {
                     return;
                 }
                 if let Some(r) = self.records.get_mut(&id) {
+                    self.absorbed_into.entry(id).or_default().push(hash);
                     let a = &mut r.alert;
                     a.count += 1;
                     r.last_seen = r.last_seen.max(Some(at));
@@ -215,11 +242,92 @@ impl TenantAlerts {
                     a.lines.extend(lines.into_iter().take(room));
                 }
             }
+            JournalEntry::Snapshot {
+                record,
+                group_head,
+                absorbed,
+            } => {
+                let id = record.alert.id.clone();
+                if group_head {
+                    let key = (record.alert.rule_id.clone(), record.alert.entity.clone());
+                    self.groups.insert(key, id.clone());
+                }
+                if !absorbed.is_empty() {
+                    self.absorbed.extend(&absorbed);
+                    self.absorbed_into
+                        .entry(id.clone())
+                        .or_default()
+                        .extend(absorbed);
+                }
+                self.records.insert(id, *record);
+            }
         }
     }
 
     fn knows(&self, id: &str) -> bool {
         self.records.contains_key(id) || self.absorbed.contains(&id_hash(id))
+    }
+
+    /// Whether the journal holds so many lines more than alerts that it is worth rewriting.
+    fn journal_is_bloated(&self) -> bool {
+        self.journal_lines >= 2 * self.records.len() as u64 + COMPACT_MIN_EXCESS_LINES
+    }
+
+    /// Drop closed alerts whose last occurrence is on a day expired for `retention_days`;
+    /// returns how many. Open and acknowledged alerts stay: retention never takes work out of
+    /// an analyst's queue.
+    fn expire(&mut self, now: DateTime<Utc>, retention_days: u32) -> usize {
+        let expired: Vec<String> = self
+            .records
+            .values()
+            .filter(|r| {
+                matches!(
+                    r.alert.status,
+                    AlertStatus::Resolved | AlertStatus::FalsePositive
+                ) && crate::retention::is_expired(
+                    r.last_occurrence().date_naive(),
+                    retention_days,
+                    now,
+                )
+            })
+            .map(|r| r.alert.id.clone())
+            .collect();
+        for id in &expired {
+            if let Some(r) = self.records.remove(id) {
+                let key = (r.alert.rule_id, r.alert.entity);
+                if self.groups.get(&key) == Some(id) {
+                    self.groups.remove(&key);
+                }
+            }
+            for hash in self.absorbed_into.remove(id).unwrap_or_default() {
+                self.absorbed.remove(&hash);
+            }
+        }
+        expired.len()
+    }
+
+    /// Rewrite the journal at `path` as one snapshot per alert, oldest first.
+    fn rewrite_journal(&mut self, path: &Path) -> Result<()> {
+        let heads: HashSet<&String> = self.groups.values().collect();
+        let mut records: Vec<&AlertRecord> = self.records.values().collect();
+        records.sort_by(|a, b| {
+            (a.alert.timestamp, &a.alert.id).cmp(&(b.alert.timestamp, &b.alert.id))
+        });
+        let entries: Vec<JournalEntry> = records
+            .into_iter()
+            .map(|r| JournalEntry::Snapshot {
+                record: Box::new(r.clone()),
+                group_head: heads.contains(&r.alert.id),
+                absorbed: self
+                    .absorbed_into
+                    .get(&r.alert.id)
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect();
+        journal::rewrite(path, &entries)?;
+        self.journal_lines = entries.len() as u64;
+        Ok(())
     }
 }
 
@@ -232,11 +340,10 @@ fn group_window(seconds: u64) -> Option<chrono::TimeDelta> {
 }
 
 /// A 64-bit hash of an alert id: the absorbed ids of a busy rule can number millions, and the
-/// set is rebuilt from the journal at every start.
+/// set is rebuilt from the journal at every start. Stable across builds (snapshots keep it).
 fn id_hash(id: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
+    let h = blake3::hash(id.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
 }
 
 /// A group's span of occurrences while a batch is being decided.
@@ -301,13 +408,49 @@ impl AlertBook {
             let Some(tenant) = crate::layout::partition_value(&name, "tenant") else {
                 continue;
             };
-            let entries: Vec<JournalEntry> = journal::load_as(&dir.join("journal.jsonl"), writer)?;
+            let path = dir.join("journal.jsonl");
+            let entries: Vec<JournalEntry> = journal::load_as(&path, writer)?;
             let alerts = book.tenants.entry(tenant).or_default();
+            alerts.journal_lines = entries.len() as u64;
             for e in entries {
                 alerts.apply(e);
             }
+            if writer && alerts.journal_is_bloated() {
+                let lines = alerts.journal_lines;
+                alerts.rewrite_journal(&path)?;
+                tracing::info!(
+                    journal = %path.display(),
+                    lines_before = lines,
+                    lines_after = alerts.journal_lines,
+                    "alert journal compacted"
+                );
+            }
         }
         Ok(book)
+    }
+
+    /// Retention for alerts: drop the closed alerts (resolved, false positive) whose last
+    /// occurrence is on a day expired at `now` for `retention_days` (`0`: none), and rewrite
+    /// compact each journal that lost alerts or holds many more lines than alerts. Open and
+    /// acknowledged alerts are kept whatever their age.
+    pub fn expire(
+        &mut self,
+        journal_path: impl Fn(&str) -> PathBuf,
+        now: DateTime<Utc>,
+        retention_days: u32,
+    ) -> Result<AlertsExpired> {
+        let mut done = AlertsExpired::default();
+        for (tenant, alerts) in &mut self.tenants {
+            let removed = alerts.expire(now, retention_days);
+            if removed > 0 || alerts.journal_is_bloated() {
+                let lines = alerts.journal_lines;
+                alerts.rewrite_journal(&journal_path(tenant))?;
+                done.journal_lines_removed += lines.saturating_sub(alerts.journal_lines);
+                done.journals_rewritten += 1;
+            }
+            done.alerts_removed += removed as u64;
+        }
+        Ok(done)
     }
 
     /// Group repeats of a Sigma rule's alert for one entity within `seconds` of the group's
@@ -398,6 +541,7 @@ impl AlertBook {
         for (tenant, entries) in by_tenant {
             journal::append(&journal_path(tenant), &entries)?;
             let book = self.tenants.entry(tenant.to_string()).or_default();
+            book.journal_lines += entries.len() as u64;
             // The count before this batch of every alert it may grow: the stored ones it
             // repeats, and the new ones (their own count).
             let mut before: HashMap<String, u64> = HashMap::new();
@@ -411,7 +555,7 @@ impl AlertBook {
                             before.entry(id.clone()).or_insert(r.alert.count);
                         }
                     }
-                    JournalEntry::Update { .. } => {}
+                    JournalEntry::Update { .. } | JournalEntry::Snapshot { .. } => {}
                 }
             }
             for e in entries {
@@ -459,11 +603,10 @@ impl AlertBook {
         actor: &str,
         at: DateTime<Utc>,
     ) -> Result<Option<AlertRecord>> {
-        let Some(record) = self
-            .tenants
-            .get_mut(tenant)
-            .and_then(|t| t.records.get_mut(id))
-        else {
+        let Some(t) = self.tenants.get_mut(tenant) else {
+            return Ok(None);
+        };
+        let Some(record) = t.records.get_mut(id) else {
             return Ok(None);
         };
         let mut probe = record.clone();
@@ -478,6 +621,7 @@ impl AlertBook {
         };
         journal::append(journal_path, &[entry])?;
         *record = probe;
+        t.journal_lines += 1;
         Ok(Some(record.clone()))
     }
 
@@ -669,6 +813,17 @@ fn new_record(alert: Alert) -> AlertRecord {
     }
 }
 
+/// What [`AlertBook::expire`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AlertsExpired {
+    /// Closed alerts past retention, removed.
+    pub alerts_removed: u64,
+    /// Tenant journals rewritten with one line per alert.
+    pub journals_rewritten: u64,
+    /// Journal lines those rewrites saved.
+    pub journal_lines_removed: u64,
+}
+
 /// What [`AlertBook::insert`] did with a batch's alerts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlertsInserted {
@@ -830,6 +985,168 @@ mod tests {
         let done = book.insert(journal, &bob).unwrap();
         assert_eq!(done.still_firing.len(), 1);
         assert_eq!(done.still_firing[0].count, 11);
+    }
+
+    /// Every alert of `book`'s tenant `acme`, sorted by id.
+    fn all_records(book: &AlertBook) -> Vec<AlertRecord> {
+        let mut v: Vec<AlertRecord> = book.tenants["acme"].records.values().cloned().collect();
+        v.sort_by(|a, b| a.alert.id.cmp(&b.alert.id));
+        v
+    }
+
+    fn journal_lines(path: &Path) -> usize {
+        std::fs::read_to_string(path).unwrap().lines().count()
+    }
+
+    #[test]
+    fn a_bloated_journal_is_rewritten_as_one_snapshot_per_alert_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenant=acme").join("journal.jsonl");
+        let journal = |_: &str| path.clone();
+        let mut book = AlertBook::default();
+        book.set_group_seconds(3600);
+        // A noisy rule: one alert for Alice with many repeats (a journal line each), one for
+        // Bob triaged twice, one on its own for another rule.
+        let repeats = COMPACT_MIN_EXCESS_LINES as i64 + 50;
+        let alice: Vec<Alert> = (0..repeats)
+            .map(|i| repeat("fail", "alice", i % 50, &format!("e{i}")))
+            .collect();
+        book.insert(journal, &alice).unwrap();
+        let bob = repeat("fail", "bob", 3, "b3");
+        let other = repeat("mfa", "alice", 4, "m4");
+        book.insert(journal, &[bob.clone(), other.clone()]).unwrap();
+        for update in [
+            AlertUpdate {
+                status: Some(AlertStatus::Acknowledged),
+                assignee: Some("dana".into()),
+                ..Default::default()
+            },
+            AlertUpdate {
+                note: Some("known test account".into()),
+                ..Default::default()
+            },
+        ] {
+            book.update(&path, "acme", &bob.id, &update, "dana", Utc::now())
+                .unwrap();
+        }
+        assert_eq!(journal_lines(&path), repeats as usize + 2 + 2);
+        let before = all_records(&book);
+        assert_eq!(before.len(), 3);
+
+        // A reader leaves the file alone; the writer's load rewrites it, the same alerts.
+        let read = AlertBook::load(dir.path(), false).unwrap();
+        assert_eq!(all_records(&read), before);
+        assert_eq!(journal_lines(&path), repeats as usize + 4);
+        let mut loaded = AlertBook::load(dir.path(), true).unwrap();
+        assert_eq!(journal_lines(&path), 3);
+        assert_eq!(all_records(&loaded), before);
+        assert_eq!(loaded.tenants["acme"].journal_lines, 3);
+        let again = AlertBook::load(dir.path(), true).unwrap();
+        assert_eq!(
+            all_records(&again),
+            before,
+            "a compacted journal replays the same"
+        );
+
+        // What the journal knew still holds: a replayed repeat is not counted again, a new one
+        // joins Alice's group (the group head survived), Bob's group is open too.
+        loaded.set_group_seconds(3600);
+        let done = loaded.insert(journal, &alice[100..103]).unwrap();
+        assert_eq!((done.written, done.grouped.len()), (0, 0), "{done:?}");
+        let done = loaded
+            .insert(
+                journal,
+                &[
+                    repeat("fail", "alice", 55, "late"),
+                    repeat("fail", "bob", 10, "b10"),
+                ],
+            )
+            .unwrap();
+        assert_eq!((done.written, done.grouped.len()), (0, 2), "{done:?}");
+        assert_eq!(
+            loaded.get("acme", &alice[0].id).unwrap().alert.count,
+            repeats as u64 + 1
+        );
+        // Below the threshold nothing is rewritten.
+        assert_eq!(journal_lines(&path), 3 + 2);
+        AlertBook::load(dir.path(), true).unwrap();
+        assert_eq!(journal_lines(&path), 3 + 2);
+    }
+
+    #[test]
+    fn retention_drops_closed_alerts_past_it_and_keeps_open_ones_and_recent_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenant=acme").join("journal.jsonl");
+        let journal = |_: &str| path.clone();
+        let mut book = AlertBook::default();
+        book.set_group_seconds(3600);
+        // All begin on 2026-11-01; `late` has a repeat on 2026-11-20.
+        let resolved = repeat("r1", "alice", 0, "a");
+        let false_positive = repeat("r2", "alice", 0, "b");
+        let open = repeat("r3", "alice", 0, "c");
+        let acknowledged = repeat("r4", "alice", 0, "d");
+        let late = repeat("r5", "alice", 0, "e");
+        let late_repeat = repeat("r5", "alice", 19 * 24 * 60, "f");
+        let all = [&resolved, &false_positive, &open, &acknowledged, &late];
+        book.insert(journal, &all.map(Clone::clone)).unwrap();
+        // The late repeat comes within the window of its group's last occurrence.
+        for m in (60..19 * 24 * 60).step_by(60) {
+            book.insert(journal, &[repeat("r5", "alice", m, &format!("x{m}"))])
+                .unwrap();
+        }
+        book.insert(journal, std::slice::from_ref(&late_repeat))
+            .unwrap();
+        for (a, status) in [
+            (&resolved, AlertStatus::Resolved),
+            (&false_positive, AlertStatus::FalsePositive),
+            (&acknowledged, AlertStatus::Acknowledged),
+            (&late, AlertStatus::Resolved),
+        ] {
+            let update = AlertUpdate {
+                status: Some(status),
+                ..Default::default()
+            };
+            book.update(&path, "acme", &a.id, &update, "dana", Utc::now())
+                .unwrap();
+        }
+        // Kept forever by default (0 days).
+        let now = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 15, 12, 0, 0).unwrap();
+        assert_eq!(
+            book.expire(journal, now, 0).unwrap(),
+            AlertsExpired::default()
+        );
+        // 30 days: on 2026-12-15 the oldest day kept is 11-15.
+        let days = 30;
+        let done = book.expire(journal, now, days).unwrap();
+        assert_eq!(done.alerts_removed, 2, "{done:?}");
+        assert_eq!(done.journals_rewritten, 1);
+        let mut kept: Vec<&str> = book.tenants["acme"]
+            .records
+            .keys()
+            .map(String::as_str)
+            .collect();
+        kept.sort();
+        let mut expected = [&open.id, &acknowledged.id, &late.id].map(|s| s.as_str());
+        expected.sort();
+        assert_eq!(kept, expected);
+        assert_eq!(journal_lines(&path), 3);
+        assert_eq!(
+            all_records(&AlertBook::load(dir.path(), false).unwrap()),
+            all_records(&book)
+        );
+        // Nothing more to do at the same instant: the journal is left alone.
+        assert_eq!(
+            book.expire(journal, now, days).unwrap(),
+            AlertsExpired::default()
+        );
+        // A day after the late repeat's day expires, it goes too; the ids grouped into it are
+        // forgotten with it.
+        let later = now + chrono::TimeDelta::days(6);
+        assert!(book.tenants["acme"].absorbed.len() > 400);
+        assert_eq!(book.expire(journal, later, days).unwrap().alerts_removed, 1);
+        assert!(book.tenants["acme"].absorbed.is_empty());
+        assert!(book.tenants["acme"].absorbed_into.is_empty());
+        assert!(book.get("acme", &open.id).is_some());
     }
 
     #[test]

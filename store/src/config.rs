@@ -63,6 +63,12 @@ pub struct StoreConfig {
     /// alert of its own. Default: one hour.
     #[serde(default = "default_alert_group_seconds")]
     pub alert_group_seconds: u64,
+    /// Closed alerts (resolved, false positive) whose last occurrence is older than this many
+    /// whole days are removed by retention, with their history. Open and acknowledged alerts
+    /// are never removed. Separate from `retention_days`: triage records usually have to
+    /// outlive the events. Default `0`: alerts are kept forever.
+    #[serde(default)]
+    pub alert_retention_days: u32,
 }
 
 /// Retention override for a tenant, a source, or both.
@@ -121,6 +127,7 @@ impl Default for StoreConfig {
             max_open_writers: default_max_open_writers(),
             raw_text_search_off: Vec::new(),
             alert_group_seconds: default_alert_group_seconds(),
+            alert_retention_days: 0,
         }
     }
 }

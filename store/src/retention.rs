@@ -1,5 +1,6 @@
-//! Retention: drop whole expired (tenant, day) indexes and Parquet `dt=` partitions, and expired
-//! dead letters.
+//! Retention: drop whole expired (tenant, day) indexes and Parquet `dt=` partitions, expired
+//! dead letters, and closed alerts past `alert_retention_days` (`AlertBook::expire`, which also
+//! compacts alert journals).
 //!
 //! A day `D` of tenant `t` and source `s` is expired at `now` when the retention `r` for
 //! (`t`, `s`) is not 0 and `D < now.date - r days`: with `r = 30` on 2026-11-25 the last kept
@@ -35,6 +36,17 @@ pub struct RetentionReport {
     /// Dead letters removed (their `received_at` day expired for their tenant and source).
     #[serde(default)]
     pub dead_letters_removed: u64,
+    /// Closed alerts (resolved, false positive) removed: their last occurrence is older than
+    /// `alert_retention_days`. Open and acknowledged alerts are never removed.
+    #[serde(default)]
+    pub alerts_removed: u64,
+    /// Alert journals rewritten with one line per alert (they lost alerts, or held many more
+    /// lines than alerts: the repeats of grouped alerts, triage changes).
+    #[serde(default)]
+    pub alert_journals_rewritten: u64,
+    /// Lines those rewrites took out of the journals.
+    #[serde(default)]
+    pub alert_journal_lines_removed: u64,
 }
 
 pub(crate) fn is_expired(day: NaiveDate, retention_days: u32, now: DateTime<Utc>) -> bool {
@@ -121,6 +133,15 @@ impl Store {
             }
         }
         report.dead_letters_removed = self.expire_dead_letters(now)?;
+        let layout = &self.layout;
+        let alerts = write(&self.alerts).expire(
+            |t| layout.alerts_journal(t),
+            now,
+            self.config.alert_retention_days,
+        )?;
+        report.alerts_removed = alerts.alerts_removed;
+        report.alert_journals_rewritten = alerts.journals_rewritten;
+        report.alert_journal_lines_removed = alerts.journal_lines_removed;
         self.counters.events_stored.fetch_sub(
             report.events_removed.min(
                 self.counters

@@ -1323,6 +1323,74 @@ fn retention_deletes_exactly_the_expired_partitions() {
 }
 
 #[test]
+fn retention_removes_closed_alerts_past_it_and_keeps_the_queue_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    // Alerts are kept longer than events (here 3 days against 1).
+    let cfg = StoreConfig {
+        retention_days: 1,
+        alert_retention_days: 3,
+        ..config(dir.path())
+    };
+    let journal = dir.path().join("alerts/tenant=acme/journal.jsonl");
+    let old = event("acme", "okta", ts(18, 12, 0), "alice", "a", 1);
+    let recent = event("acme", "okta", ts(24, 12, 0), "alice", "a", 2);
+    let resolved = alert_for("acme", &old, Severity::High, "resolved_old");
+    let open = alert_for("acme", &old, Severity::High, "open_old");
+    let resolved_recent = alert_for("acme", &recent, Severity::Low, "resolved_recent");
+    {
+        let store = Store::open(cfg.clone()).unwrap();
+        let b = StoreBatch {
+            events: vec![old.clone(), recent.clone()],
+            alerts: vec![resolved.clone(), open.clone(), resolved_recent.clone()],
+            ..Default::default()
+        };
+        store.write_batch(&b).unwrap();
+        for id in [&resolved.id, &resolved_recent.id] {
+            let update = AlertUpdate {
+                status: Some(perimeter_model::AlertStatus::Resolved),
+                ..Default::default()
+            };
+            store.update_alert("acme", id, &update, "dana").unwrap();
+        }
+        let report = store.apply_retention(ts(25, 13, 0)).unwrap();
+        assert_eq!(report.alerts_removed, 1, "{report:?}");
+        assert_eq!(report.alert_journals_rewritten, 1);
+        assert_eq!(report.alert_journal_lines_removed, 5 - 2);
+        assert_eq!(store.get_alert("acme", &resolved.id).unwrap(), None);
+        assert_eq!(store.stats().alerts_stored, 2);
+    }
+    // The journal holds the two alerts left, one line each, and a reopen sees them as they were.
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap().lines().count(),
+        2
+    );
+    let store = Store::open(cfg).unwrap();
+    let ids: Vec<String> = store
+        .list_alerts(
+            "acme",
+            &AlertQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.alert.id)
+        .collect();
+    assert_eq!(ids, [resolved_recent.id.clone(), open.id.clone()]);
+    let kept = store
+        .get_alert("acme", &resolved_recent.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.history.len(), 1, "the triage history is kept");
+    assert_eq!(
+        store.apply_retention(ts(25, 13, 0)).unwrap(),
+        Default::default()
+    );
+}
+
+#[test]
 fn interrupted_batches_are_finished_or_undone_on_open() {
     let dir = tempfile::tempdir().unwrap();
     {
