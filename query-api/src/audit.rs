@@ -2,9 +2,15 @@
 //! changed which alert), appended to `audit.jsonl` in the data dir. The file is only ever
 //! appended to; entries are written (and flushed) before the response is sent, so an answered
 //! change always has its audit line.
+//!
+//! Reading ([`AuditLog::query`]) goes backwards from the end of the file, newest first, and stops
+//! once a page is full (or entries are older than `from`): an admin's look at the last hour costs
+//! the same in a year-old log as in a new one. Pages are cut by byte offset, which an
+//! append-only file never moves.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -66,7 +72,65 @@ pub enum AuditError {
     },
     #[error("audit entry not serializable: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("bad cursor: pass the `next_cursor` of the previous page unchanged")]
+    BadCursor,
 }
+
+/// What [`AuditLog::query`] reads: a tenant's entries, newest first, filtered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditQuery {
+    pub tenant: String,
+    /// Page size (at least 1).
+    pub limit: usize,
+    /// Only this action (`alerts.update`); a trailing `*` matches a prefix (`alerts.*`).
+    pub action: Option<String>,
+    /// Only entries of this token, by its id or its name.
+    pub token: Option<String>,
+    /// Only entries about this alert or event id.
+    pub target: Option<String>,
+    /// `timestamp >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `timestamp < to`.
+    pub to: Option<DateTime<Utc>>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl AuditQuery {
+    fn selects(&self, e: &AuditEntry) -> bool {
+        e.tenant == self.tenant
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|a| match a.strip_suffix('*') {
+                    Some(prefix) => e.action.starts_with(prefix),
+                    None => e.action == a,
+                })
+            && self
+                .token
+                .as_deref()
+                .is_none_or(|t| e.token_id == t || e.token_name == t)
+            && self
+                .target
+                .as_deref()
+                .is_none_or(|t| e.target.as_deref() == Some(t))
+            && self.from.is_none_or(|f| e.timestamp >= f)
+            && self.to.is_none_or(|t| e.timestamp < t)
+    }
+}
+
+/// One page of audit entries, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditPage {
+    pub items: Vec<AuditEntry>,
+    /// Pass back as `cursor` for older entries; `None` when there are none.
+    pub next_cursor: Option<String>,
+}
+
+/// Entries are appended in the order they are written, so their times only go down reading
+/// backwards, but for clock steps: reading stops at the first entry older than `from` by more
+/// than this.
+const CLOCK_STEP_SLACK: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// Append-only JSONL audit log.
 #[derive(Debug)]
@@ -125,40 +189,125 @@ impl AuditLog {
             })
     }
 
-    /// The newest `limit` entries of `tenant`, newest first. A line that does not parse (a
-    /// torn write after a crash) is skipped with a warning, not fatal.
-    pub fn recent(&self, tenant: &str, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
-        let file = File::open(&self.path).map_err(|source| AuditError::Io {
+    /// The entries `q` selects, newest first, a page at a time. A line that does not parse (a
+    /// write torn by a crash) is skipped with a warning, not fatal.
+    pub fn query(&self, q: &AuditQuery) -> Result<AuditPage, AuditError> {
+        let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
-        })?;
-        // A bounded ring of the newest matches keeps memory at `limit` entries however
-        // large the log grows.
-        let mut newest = std::collections::VecDeque::with_capacity(limit.min(4096));
-        for (index, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|source| AuditError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-            if line.trim().is_empty() {
+        };
+        let file = File::open(&self.path).map_err(io)?;
+        // Taken under the append lock, the length ends on a whole line.
+        let len = {
+            let _appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            file.metadata().map_err(io)?.len()
+        };
+        let end = match q.cursor.as_deref() {
+            None => len,
+            Some(c) => cursor_offset(&file, c, len).map_err(|e| match e {
+                Some(source) => io(source),
+                None => AuditError::BadCursor,
+            })?,
+        };
+        let mut lines = ReverseLines::new(&file, end);
+        let limit = q.limit.max(1);
+        let mut items = Vec::with_capacity(limit.min(1024));
+        // Offset of the page's last entry, and whether a selected one comes before it.
+        let mut page_end = 0;
+        let mut more = false;
+        while let Some((offset, line)) = lines.next_line().map_err(io)? {
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_str::<AuditEntry>(&line) {
-                Ok(entry) if entry.tenant == tenant => {
-                    if newest.len() == limit {
-                        newest.pop_front();
-                    }
-                    if limit > 0 {
-                        newest.push_back(entry);
-                    }
-                }
-                Ok(_) => {}
+            let entry = match serde_json::from_slice::<AuditEntry>(&line) {
+                Ok(entry) => entry,
                 Err(error) => {
-                    tracing::warn!(line = index + 1, %error, "skipping unreadable audit line")
+                    tracing::warn!(offset, %error, "skipping unreadable audit line");
+                    continue;
                 }
+            };
+            if q.from
+                .is_some_and(|f| entry.timestamp < f - CLOCK_STEP_SLACK)
+            {
+                break;
             }
+            if !q.selects(&entry) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(entry);
+            page_end = offset;
         }
-        Ok(newest.into_iter().rev().collect())
+        Ok(AuditPage {
+            items,
+            next_cursor: more.then(|| page_end.to_string()),
+        })
+    }
+}
+
+/// The byte offset a cursor names: a line start within the file's first `len` bytes. `Err(None)`
+/// for a cursor that is not one.
+fn cursor_offset(file: &File, cursor: &str, len: u64) -> Result<u64, Option<std::io::Error>> {
+    let offset: u64 = cursor.parse().map_err(|_| None)?;
+    if offset == 0 || offset > len {
+        return Err(None);
+    }
+    let mut before = [0u8; 1];
+    file.read_exact_at(&mut before, offset - 1).map_err(Some)?;
+    if before[0] == b'\n' {
+        Ok(offset)
+    } else {
+        Err(None)
+    }
+}
+
+/// The lines of a file's first `end` bytes, last first, each with the offset it starts at.
+struct ReverseLines<'f> {
+    file: &'f File,
+    /// Bytes `[0, pos)` are not read yet.
+    pos: u64,
+    /// Bytes `[pos, pos + pending.len())`, read and not yet returned.
+    pending: Vec<u8>,
+}
+
+impl<'f> ReverseLines<'f> {
+    /// Bytes read from the file at a time.
+    const CHUNK: u64 = 64 * 1024;
+
+    fn new(file: &'f File, end: u64) -> ReverseLines<'f> {
+        ReverseLines {
+            file,
+            pos: end,
+            pending: Vec::new(),
+        }
+    }
+
+    fn next_line(&mut self) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+        loop {
+            if let Some(i) = self.pending.iter().rposition(|b| *b == b'\n') {
+                let line = self.pending.split_off(i + 1);
+                self.pending.truncate(i);
+                if line.is_empty() {
+                    continue;
+                }
+                return Ok(Some((self.pos + i as u64 + 1, line)));
+            }
+            if self.pos == 0 {
+                if self.pending.is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some((0, std::mem::take(&mut self.pending))));
+            }
+            let n = Self::CHUNK.min(self.pos);
+            self.pos -= n;
+            let mut chunk = vec![0u8; n as usize];
+            self.file.read_exact_at(&mut chunk, self.pos)?;
+            chunk.extend_from_slice(&self.pending);
+            self.pending = chunk;
+        }
     }
 }
 
@@ -193,6 +342,15 @@ mod tests {
         }
     }
 
+    fn recent(log: &AuditLog, tenant: &str, limit: usize) -> Vec<AuditEntry> {
+        let q = AuditQuery {
+            tenant: tenant.into(),
+            limit,
+            ..Default::default()
+        };
+        log.query(&q).unwrap().items
+    }
+
     #[test]
     fn appends_and_reads_back_newest_first_per_tenant() {
         let dir = tempfile::tempdir().unwrap();
@@ -213,15 +371,15 @@ mod tests {
             json!({}),
         ))
         .unwrap();
-        let recent = log.recent("a", 3).unwrap();
+        let newest = recent(&log, "a", 3);
         assert_eq!(
-            recent
+            newest
                 .iter()
                 .map(|e| e.details["q"].as_i64().unwrap())
                 .collect::<Vec<_>>(),
             [4, 3, 2]
         );
-        assert_eq!(log.recent("b", 10).unwrap().len(), 1);
+        assert_eq!(recent(&log, "b", 10).len(), 1);
 
         // Reopening appends rather than truncating; a torn line is skipped.
         drop(log);
@@ -239,8 +397,118 @@ mod tests {
             json!({}),
         ))
         .unwrap();
-        let recent = log.recent("a", 100).unwrap();
-        assert_eq!(recent.len(), 6);
-        assert_eq!(recent[0].target.as_deref(), Some("y"));
+        let newest = recent(&log, "a", 100);
+        assert_eq!(newest.len(), 6);
+        assert_eq!(newest[0].target.as_deref(), Some("y"));
+    }
+
+    /// An entry of token `name` (id `id-<name>`) at `minute` past 10:00.
+    fn entry_at(tenant: &str, name: &str, action: &str, target: &str, minute: i64) -> AuditEntry {
+        let mut t = token(tenant);
+        t.name = name.into();
+        t.id = format!("id-{name}");
+        let mut e = AuditEntry::new(&t, action, Some(target), json!({"n": minute}));
+        e.timestamp = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 1, 10, 0, 0).unwrap()
+            + chrono::TimeDelta::minutes(minute);
+        e
+    }
+
+    #[test]
+    fn pages_go_back_through_a_large_log_with_filters_and_no_entry_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_in(dir.path()).unwrap();
+        // Several 64 KiB read chunks of entries: two tenants, two tokens, three actions.
+        let actions = ["alerts.update", "alerts.get", "events.search"];
+        let mut written = Vec::new();
+        for m in 0..3000 {
+            let tenant = if m % 10 == 9 { "b" } else { "a" };
+            let name = if m % 2 == 0 { "dana" } else { "lee" };
+            let e = entry_at(
+                tenant,
+                name,
+                actions[m as usize % 3],
+                &format!("x{}", m % 7),
+                m,
+            );
+            log.append(&e).unwrap();
+            written.push(e);
+        }
+        let expected = |q: &AuditQuery| -> Vec<AuditEntry> {
+            written
+                .iter()
+                .rev()
+                .filter(|e| q.selects(e))
+                .cloned()
+                .collect()
+        };
+        let at = |m: i64| written[m as usize].timestamp;
+        let queries = [
+            AuditQuery::default(),
+            AuditQuery {
+                action: Some("alerts.*".into()),
+                ..Default::default()
+            },
+            AuditQuery {
+                action: Some("alerts.update".into()),
+                token: Some("lee".into()),
+                ..Default::default()
+            },
+            AuditQuery {
+                token: Some("id-dana".into()),
+                target: Some("x3".into()),
+                ..Default::default()
+            },
+            AuditQuery {
+                from: Some(at(1000)),
+                to: Some(at(1500)),
+                ..Default::default()
+            },
+            AuditQuery {
+                action: Some("events.search".into()),
+                from: Some(at(2990)),
+                ..Default::default()
+            },
+        ];
+        for base in queries {
+            let base = AuditQuery {
+                tenant: "a".into(),
+                limit: 97,
+                ..base
+            };
+            let want = expected(&base);
+            assert!(!want.is_empty(), "{base:?}");
+            let mut got = Vec::new();
+            let mut q = base.clone();
+            loop {
+                let page = log.query(&q).unwrap();
+                assert!(page.items.len() <= 97);
+                got.extend(page.items);
+                match page.next_cursor {
+                    Some(c) => q.cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(got, want, "{base:?}");
+        }
+        // Entries are only ever about their own tenant.
+        let b = log
+            .query(&AuditQuery {
+                tenant: "b".into(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(b.items.len(), 300);
+        assert!(b.items.iter().all(|e| e.tenant == "b"));
+        // Cursors that are not a line start the log handed out are refused.
+        for bad in ["x", "0", "1", "-5", "99999999999"] {
+            let q = AuditQuery {
+                tenant: "a".into(),
+                limit: 10,
+                cursor: Some(bad.into()),
+                ..Default::default()
+            };
+            assert!(matches!(log.query(&q), Err(AuditError::BadCursor)), "{bad}");
+        }
     }
 }

@@ -37,7 +37,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 
-pub use audit::{AuditEntry, AuditLog};
+pub use audit::{AuditEntry, AuditError, AuditLog, AuditPage, AuditQuery};
 pub use auth::{Refusal, Role, TokenInfo, TokenStore};
 pub use destinations::{AlertNotifier, Destination, DestinationStore};
 pub use error::ApiError;

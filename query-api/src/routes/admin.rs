@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{blocking, page_limit};
-use crate::audit::AuditEntry;
+use super::{blocking, bounded, page_limit, time_range};
+use crate::audit::{AuditEntry, AuditError, AuditQuery};
 use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
@@ -20,20 +20,38 @@ use crate::state::AppState;
 pub struct AuditParams {
     /// How many entries (newest first), 1..=1000 (default 50).
     pub limit: Option<usize>,
+    /// Only this action (`alerts.update`, `events.search`, `events.export`, ...); a trailing
+    /// `*` matches a prefix (`alerts.*`).
+    pub action: Option<String>,
+    /// Only the entries of this token, by its id or its name.
+    pub token: Option<String>,
+    /// Only the entries about this alert or event id.
+    pub target: Option<String>,
+    /// Entries at or after this time: RFC 3339, a date (midnight UTC) or relative (`now-24h`).
+    pub from: Option<String>,
+    /// Entries before this time, written as `from`.
+    pub to: Option<String>,
+    /// `next_cursor` of the previous page: older entries.
+    pub cursor: Option<String>,
 }
 
 /// Audit entries, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditList {
     pub items: Vec<AuditEntry>,
+    /// Pass back as `cursor` for older entries; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
-/// Who did what through the API, for the token's tenant.
+/// Who did what through the API, for the token's tenant: who searched what, who changed or
+/// read which alert, who exported, newest first, filtered by action, token, target and time.
 #[utoipa::path(get, path = "/audit", tag = "admin", params(AuditParams),
     security(("bearer" = [])),
     responses(
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "Audit entries", body = AuditList),
+        (status = 400, description = "Bad parameter or cursor", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
     ))]
 pub async fn list_audit(
@@ -42,12 +60,37 @@ pub async fn list_audit(
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditList>, ApiError> {
     let limit = page_limit(params.limit)?;
+    let (from, to) = time_range(params.from.as_deref(), params.to.as_deref())?;
+    let text = |name: &str, v: &Option<String>| -> Result<Option<String>, ApiError> {
+        v.as_deref()
+            .map(|v| bounded(name, v, 256).map(str::to_string))
+            .transpose()
+    };
+    let query = AuditQuery {
+        tenant: auth.tenant().to_string(),
+        limit,
+        action: text("action", &params.action)?,
+        token: text("token", &params.token)?,
+        target: text("target", &params.target)?,
+        from,
+        to,
+        cursor: text("cursor", &params.cursor)?,
+    };
+    let details = json!({
+        "limit": limit, "action": query.action, "token": query.token, "target": query.target,
+        "from": params.from, "to": params.to,
+    });
     // Read before recording this read, so the answer shows what happened before it.
     let audit = state.audit.clone();
-    let tenant = auth.tenant().to_string();
-    let items = blocking(move || audit.recent(&tenant, limit))
+    let page = blocking(move || audit.query(&query))
         .await?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.audit(&auth.0, "audit.list", None, json!({"limit": limit}))?;
-    Ok(Json(AuditList { items }))
+        .map_err(|e| match e {
+            AuditError::BadCursor => ApiError::invalid_parameter(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        })?;
+    state.audit(&auth.0, "audit.list", None, details)?;
+    Ok(Json(AuditList {
+        items: page.items,
+        next_cursor: page.next_cursor,
+    }))
 }

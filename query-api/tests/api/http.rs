@@ -1545,6 +1545,53 @@ fn audit_log_is_admin_only_and_per_tenant() {
     assert!(items.iter().all(|e| e["tenant"] == ACME), "{acme}");
     let limited = api.get_json("/api/v1/audit?limit=1", ACME, Role::Admin);
     assert_eq!(limited["items"].as_array().unwrap().len(), 1);
+
+    // Filtered and paged: who searched, one entry a page, back to the first search; each
+    // page's own read is audited after it is answered, so paging does not shift the pages.
+    for q in ["bob", "carol", "dave"] {
+        api.get_json(&format!("/api/v1/events/search?q={q}"), ACME, Role::Viewer);
+    }
+    let mut queries = Vec::new();
+    let mut path = "/api/v1/audit?limit=1&action=events.search&from=now-1h".to_string();
+    loop {
+        let page = api.get_json(&path, ACME, Role::Admin);
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 1, "{page}");
+        queries.extend(
+            items
+                .iter()
+                .map(|e| e["details"]["q"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                path = format!("/api/v1/audit?limit=1&action=events.search&from=now-1h&cursor={c}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(queries, ["dave", "carol", "bob", "alice"]);
+    let reads = api.get_json("/api/v1/audit?action=audit.*&limit=1000", ACME, Role::Admin);
+    let reads = reads["items"].as_array().unwrap();
+    assert!(reads.len() >= 5 && reads.iter().all(|e| e["action"] == "audit.list"));
+    let none = api.get_json("/api/v1/audit?token=nobody", ACME, Role::Admin);
+    assert_eq!(none["items"].as_array().unwrap().len(), 0);
+    assert!(none.get("next_cursor").is_none(), "{none}");
+    let future = api.get_json("/api/v1/audit?from=now%2B1h", ACME, Role::Admin);
+    assert_eq!(future["items"].as_array().unwrap().len(), 0);
+    for (bad, code) in [
+        ("?cursor=12345678901234", "invalid_parameter"),
+        ("?cursor=abc", "invalid_parameter"),
+        ("?from=yesterday", "invalid_parameter"),
+        ("?from=now&to=now-1h", "invalid_parameter"),
+        ("?limit=1001", "limit_too_large"),
+        ("?verb=get", "invalid_parameter"),
+    ] {
+        assert_error(
+            api.get(&format!("/api/v1/audit{bad}"), ACME, Role::Admin),
+            400,
+            code,
+        );
+    }
     // The file on disk is JSON lines, append-only.
     let text = std::fs::read_to_string(api.dir.path().join("audit.jsonl")).unwrap();
     assert!(text
