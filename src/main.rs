@@ -75,6 +75,9 @@ enum Command {
     Alerts(terminal_cmd::AlertsArgs),
     /// List the newest input that could not be used (line, reason, masked excerpt).
     DeadLetters(terminal_cmd::DeadLettersArgs),
+    /// Show the API's audit log, newest first: who searched what, who read or changed which
+    /// alert, who exported; filtered by action, token, alert or event id and time.
+    Audit(terminal_cmd::AuditArgs),
     /// List each source's newest stored event, how long it has been quiet and its events of
     /// the last 24 hours: an integration that stopped sending is a blind spot.
     Sources(terminal_cmd::SourcesArgs),
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
             Command::Context(args) => terminal_cmd::context(&config, args),
             Command::Alerts(args) => terminal_cmd::alerts(&config, args),
             Command::DeadLetters(args) => terminal_cmd::dead_letters(&config, args),
+            Command::Audit(args) => terminal_cmd::audit(&config, args),
             Command::Sources(args) => terminal_cmd::sources(&config, args),
             Command::PollCheck(args) => poll_cmd::poll_check(&config, args),
             Command::Triage(args) => terminal_cmd::triage(args),

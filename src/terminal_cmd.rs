@@ -490,6 +490,86 @@ pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::
 }
 
 #[derive(clap::Args)]
+pub struct AuditArgs {
+    /// Only this action: alerts.update, alerts.get, alerts.list, events.search, events.export,
+    /// rules.test, audit.list, ...; a trailing * matches a prefix (`alerts.*`).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only what this API token did (its id or its name).
+    #[arg(long, value_name = "TOKEN_ID_OR_NAME")]
+    pub by: Option<String>,
+    /// Only the entries about this alert or event id.
+    #[arg(long, value_name = "ID")]
+    pub about: Option<String>,
+    /// Only entries at or after this time: RFC 3339, a date (2024-05-01, UTC) or relative to
+    /// now (now-15m, now-24h, now-7d).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only entries before this time (same forms as --from).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+const AUDIT_COLUMNS: &[Column] = &[
+    Column::time("TIME (UTC)", 20, &["timestamp"]),
+    Column::new("ACTION", 18, &["action"]),
+    Column::identity("TOKEN", 20, &["token_name"]),
+    Column::new("ROLE", 9, &["role"]),
+    Column::new("TARGET", 32, &["target"]),
+    Column::new("DETAILS", 70, &["details"]),
+];
+
+/// `perimeter audit`: the API's audit log, newest first, from a running server (admin token)
+/// or the data directory's `audit.jsonl` (read only, beside a running server).
+pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let filters = [
+        ("action", &args.action),
+        ("token", &args.by),
+        ("target", &args.about),
+        ("from", &args.from),
+        ("to", &args.to),
+    ];
+    let items = if args.target.server.is_some() {
+        server_items(&args.target, "/audit", &filters)?
+    } else {
+        let dir = args.target.data_dir.as_ref().unwrap_or(&config.data_dir);
+        let path = dir.join(perimeter_query_api::audit::AUDIT_FILE);
+        anyhow::ensure!(
+            path.is_file(),
+            "no API audit log in {}: pass --data-dir (the data directory of `perimeter run` or \
+             `perimeter demo`) or --server",
+            dir.display()
+        );
+        let log = perimeter_query_api::AuditLog::open_read_only(&path)?;
+        let query = perimeter_query_api::AuditQuery {
+            tenant: args.target.tenant.clone().unwrap_or(config.tenant.clone()),
+            action: args.action.clone(),
+            token: args.by.clone(),
+            target: args.about.clone(),
+            from: parse_time(&args.from).context("--from")?,
+            to: parse_time(&args.to).context("--to")?,
+            ..Default::default()
+        };
+        paged(args.target.limit, |limit, cursor| {
+            let page = log.query(&perimeter_query_api::AuditQuery {
+                limit,
+                cursor,
+                ..query.clone()
+            })?;
+            let items = page
+                .items
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?;
+            Ok((items, page.next_cursor))
+        })?
+    };
+    print_items(&items, "audit entries", args.target.format, AUDIT_COLUMNS)
+}
+
+#[derive(clap::Args)]
 pub struct ContextArgs {
     /// The event's id (`event.id` of a search hit, or an id of an alert's evidence).
     pub id: String,

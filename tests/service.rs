@@ -776,6 +776,42 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         listed[0]["reason"].as_str().unwrap().contains("JSON"),
         "{listed:?}"
     );
+    // The API's audit log from the terminal: the searches and exports above, through the
+    // server and from the data directory beside it (read only), the same entries.
+    let audit = |target: &[&str]| {
+        let mut args = vec!["audit", "--action", "events.*", "--format", "json"];
+        args.extend_from_slice(target);
+        let out = perimeter(&args, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_no_secret("perimeter audit", &String::from_utf8_lossy(&out.stdout));
+        json_lines(&out)
+    };
+    let served = audit(&["--server", &svc.base, "--token", &admin, "--limit", "1000"]);
+    let actions: std::collections::BTreeSet<&str> = served
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains("events.search") && actions.contains("events.export"),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().all(|a| a.starts_with("events.")),
+        "{actions:?}"
+    );
+    let data_dir = data.to_str().unwrap();
+    let local = audit(&[
+        "--data-dir",
+        data_dir,
+        "--tenant",
+        "acme",
+        "--limit",
+        "1000",
+    ]);
+    assert_eq!(local, served);
+    let exports = audit(&["--data-dir", data_dir, "--tenant", "acme", "--limit", "1"]);
+    assert_eq!(exports.len(), 1);
+    assert_eq!(exports[0], served[0], "newest first");
     stop(svc);
     let listed = dead_letters(&["--data-dir", data.to_str().unwrap()]);
     assert_eq!(listed.len(), 1, "{listed:?}");

@@ -166,6 +166,20 @@ impl AuditLog {
         })
     }
 
+    /// Open an existing audit log only to read it ([`Self::query`]), beside the server that
+    /// writes it: nothing is created or written (appending fails).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|source| AuditError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(AuditLog {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
     /// Open the audit log in its standard place inside `data_dir`.
     pub fn open_in(data_dir: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
         AuditLog::open(data_dir.as_ref().join(AUDIT_FILE))
