@@ -292,6 +292,36 @@ fn spawn_silence_ticker(
     });
 }
 
+/// Drop the audit log's expired days at start and hourly (nothing to do with `days` 0).
+fn spawn_audit_retention(
+    audit: Arc<perimeter_query_api::AuditLog>,
+    days: u32,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if days == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(3600));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let audit = audit.clone();
+            let done =
+                tokio::task::spawn_blocking(move || audit.expire(chrono::Utc::now(), days)).await;
+            match done {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(entries = n, days, "expired audit log entries dropped"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "audit log retention failed"),
+                Err(e) => tracing::warn!(error = %e, "audit log retention task failed"),
+            }
+        }
+    });
+}
+
 /// One task per `[[poll]]` table, each ending at `stop`. A table that cannot work (bad URL,
 /// missing `org`/`feed`, a literal token, a name used twice) stops the start with why.
 fn spawn_pollers(
@@ -624,6 +654,11 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         .with_masker(value_masker(config)?)
         .with_destinations(destinations)
         .with_rule_switches(rule_switches);
+    spawn_audit_retention(
+        state.audit.clone(),
+        config.api.audit_retention_days,
+        stop_rx.clone(),
+    );
     let mut api_config = config.api.clone();
     if let Some(listen) = args.listen {
         api_config.listen = listen;

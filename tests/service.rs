@@ -2140,3 +2140,38 @@ fn a_source_that_went_silent_raises_one_alert_resolved_when_it_sends_again() {
     assert_eq!(deliveries_of("resolved"), 1, "{:?}", hook.bodies());
     stop(svc);
 }
+
+#[test]
+fn the_audit_log_keeps_only_its_retention_days() {
+    let dir = tempfile::tempdir().unwrap();
+    // Right after `[api]`, which the base config ends with.
+    let cfg = write_config_with(dir.path(), "audit_retention_days = 30\n");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let entry = |at: &str, action: &str| {
+        format!(
+            "{{\"timestamp\":\"{at}\",\"tenant\":\"acme\",\"token_id\":\"t1\",\"token_name\":\"dana\",\"role\":\"admin\",\"action\":\"{action}\",\"details\":{{}}}}\n"
+        )
+    };
+    let recent = chrono::Utc::now() - chrono::TimeDelta::days(2);
+    let text = entry("2020-01-01T00:00:00Z", "events.export")
+        + &entry(&recent.to_rfc3339(), "alerts.update");
+    let audit = data.join("audit.jsonl");
+    std::fs::write(&audit, text).unwrap();
+    let svc = start(&cfg);
+    // Retention runs at start, beside serving.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&audit)
+        .unwrap()
+        .contains("2020-01-01")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the expired entry is still there"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kept = std::fs::read_to_string(&audit).unwrap();
+    assert!(kept.contains("alerts.update"), "{kept}");
+    stop(svc);
+}

@@ -5,12 +5,17 @@
 //!
 //! Reading ([`AuditLog::query`]) goes backwards from the end of the file, newest first, and stops
 //! once a page is full (or entries are older than `from`): an admin's look at the last hour costs
-//! the same in a year-old log as in a new one. Pages are cut by byte offset, which an
-//! append-only file never moves.
+//! the same in a year-old log as in a new one. Pages are cut by byte offset, which appending
+//! never moves.
+//!
+//! Retention ([`AuditLog::expire`], `[api] audit_retention_days`, off by default) drops the
+//! entries of expired days. They are the head of the file, so the rest is copied to a new file
+//! that replaces the log; cursors name the file they were cut from (its inode), so one handed
+//! out before is refused rather than misread.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -74,6 +79,8 @@ pub enum AuditError {
     Encode(#[from] serde_json::Error),
     #[error("bad cursor: pass the `next_cursor` of the previous page unchanged")]
     BadCursor,
+    #[error("the audit log was trimmed by retention since this cursor was handed out: start from the newest entries again")]
+    StaleCursor,
 }
 
 /// What [`AuditLog::query`] reads: a tenant's entries, newest first, filtered.
@@ -210,18 +217,17 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let file = File::open(&self.path).map_err(io)?;
-        // Taken under the append lock, the length ends on a whole line.
-        let len = {
+        // Opened and measured under the append lock: the length ends on a whole line, and the
+        // file is the one retention last put in place.
+        let (file, meta) = {
             let _appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            file.metadata().map_err(io)?.len()
+            let file = File::open(&self.path).map_err(io)?;
+            let meta = file.metadata().map_err(io)?;
+            (file, meta)
         };
         let end = match q.cursor.as_deref() {
-            None => len,
-            Some(c) => cursor_offset(&file, c, len).map_err(|e| match e {
-                Some(source) => io(source),
-                None => AuditError::BadCursor,
-            })?,
+            None => meta.len(),
+            Some(c) => cursor_offset(&file, c, meta.ino(), meta.len())?,
         };
         let mut lines = ReverseLines::new(&file, end);
         let limit = q.limit.max(1);
@@ -257,24 +263,92 @@ impl AuditLog {
         }
         Ok(AuditPage {
             items,
-            next_cursor: more.then(|| page_end.to_string()),
+            next_cursor: more.then(|| format!("{:x}.{page_end}", meta.ino())),
         })
+    }
+
+    /// Drop the entries of the days before `now`'s date minus `days` (`0`: keep everything);
+    /// returns how many lines were dropped. Entries are in write order, so the expired ones are
+    /// the head of the file and checking costs one line while none has expired (once a day it
+    /// has). The rest is copied to a new file, fsynced and renamed over the log, while appends
+    /// wait. A clock step back leaves an older entry after a newer one: the head ends at the
+    /// first entry kept, so nothing after it is dropped.
+    pub fn expire(&self, now: DateTime<Utc>, days: u32) -> Result<u64, AuditError> {
+        let Some(oldest_kept) = (days > 0)
+            .then(|| {
+                now.date_naive()
+                    .checked_sub_days(chrono::Days::new(u64::from(days)))
+            })
+            .flatten()
+        else {
+            return Ok(0);
+        };
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reader = BufReader::new(File::open(&self.path).map_err(io)?);
+        let (mut head, mut lines) = (0u64, 0u64);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+            if n == 0 || !line.ends_with(b"\n") {
+                break;
+            }
+            // Torn lines (a crash mid-write) in the head go with it.
+            if let Ok(e) = serde_json::from_slice::<AuditEntry>(&line) {
+                if e.timestamp.date_naive() >= oldest_kept {
+                    break;
+                }
+            }
+            head += n as u64;
+            lines += 1;
+        }
+        if head == 0 {
+            return Ok(0);
+        }
+        let tmp = self.path.with_extension("jsonl.expire");
+        {
+            let mut src = reader.into_inner();
+            std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(head)).map_err(io)?;
+            let mut out = File::create(&tmp).map_err(io)?;
+            std::io::copy(&mut src, &mut out).map_err(io)?;
+            out.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        // The handle appended to the file just replaced.
+        *appending = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        Ok(lines)
     }
 }
 
-/// The byte offset a cursor names: a line start within the file's first `len` bytes. `Err(None)`
-/// for a cursor that is not one.
-fn cursor_offset(file: &File, cursor: &str, len: u64) -> Result<u64, Option<std::io::Error>> {
-    let offset: u64 = cursor.parse().map_err(|_| None)?;
+/// The byte offset a cursor (`<inode hex>.<offset>`) names: a line start within the first `len`
+/// bytes of the file `inode`.
+fn cursor_offset(file: &File, cursor: &str, inode: u64, len: u64) -> Result<u64, AuditError> {
+    let (ino, offset) = cursor.split_once('.').ok_or(AuditError::BadCursor)?;
+    let ino = u64::from_str_radix(ino, 16).map_err(|_| AuditError::BadCursor)?;
+    let offset: u64 = offset.parse().map_err(|_| AuditError::BadCursor)?;
+    if ino != inode {
+        return Err(AuditError::StaleCursor);
+    }
     if offset == 0 || offset > len {
-        return Err(None);
+        return Err(AuditError::BadCursor);
     }
     let mut before = [0u8; 1];
-    file.read_exact_at(&mut before, offset - 1).map_err(Some)?;
+    file.read_exact_at(&mut before, offset - 1)
+        .map_err(|_| AuditError::BadCursor)?;
     if before[0] == b'\n' {
         Ok(offset)
     } else {
-        Err(None)
+        Err(AuditError::BadCursor)
     }
 }
 
@@ -515,14 +589,81 @@ mod tests {
         assert_eq!(b.items.len(), 300);
         assert!(b.items.iter().all(|e| e.tenant == "b"));
         // Cursors that are not a line start the log handed out are refused.
-        for bad in ["x", "0", "1", "-5", "99999999999"] {
+        let ino = std::fs::metadata(log.path()).unwrap().ino();
+        for bad in [
+            "x".to_string(),
+            "0".into(),
+            "1".into(),
+            format!("{ino:x}.1"),
+            format!("{ino:x}.0"),
+            format!("{ino:x}.-5"),
+            format!("{ino:x}.99999999999"),
+            format!("zz.{ino}"),
+        ] {
             let q = AuditQuery {
                 tenant: "a".into(),
                 limit: 10,
-                cursor: Some(bad.into()),
+                cursor: Some(bad.clone()),
                 ..Default::default()
             };
             assert!(matches!(log.query(&q), Err(AuditError::BadCursor)), "{bad}");
         }
+    }
+
+    #[test]
+    fn retention_drops_the_expired_days_and_appends_go_on_in_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_in(dir.path()).unwrap();
+        // Entries every 3 hours from 2026-12-01 10:00 (5 that day) to 12-04 07:00; a torn line
+        // among the first.
+        for m in (0..3 * 24 * 60).step_by(180) {
+            log.append(&entry_at("a", "dana", "events.search", "x", m))
+                .unwrap();
+            if m == 180 {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(log.path())
+                    .unwrap()
+                    .write_all(b"{\"torn\n")
+                    .unwrap();
+            }
+        }
+        let all = |log: &AuditLog| recent(log, "a", 1000);
+        assert_eq!(all(&log).len(), 24);
+        let page = log
+            .query(&AuditQuery {
+                tenant: "a".into(),
+                limit: 5,
+                ..Default::default()
+            })
+            .unwrap();
+        let cursor = page.next_cursor.unwrap();
+        // On 2026-12-04 with 2 days, 12-02 is the oldest day kept: 12-01's 5 entries (and the
+        // torn line) go; 0 days and an unexpired day change nothing.
+        let day = |d: u32| chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, d, 1, 0, 0).unwrap();
+        assert_eq!(log.expire(day(4), 0).unwrap(), 0);
+        assert_eq!(log.expire(day(3), 2).unwrap(), 0);
+        assert_eq!(log.expire(day(4), 2).unwrap(), 6);
+        let kept = all(&log);
+        assert_eq!(kept.len(), 19);
+        assert!(kept
+            .iter()
+            .all(|e| e.timestamp.date_naive() >= day(2).date_naive()));
+        // A cursor of the old file is refused, not misread.
+        let stale = AuditQuery {
+            tenant: "a".into(),
+            limit: 5,
+            cursor: Some(cursor),
+            ..Default::default()
+        };
+        assert!(matches!(log.query(&stale), Err(AuditError::StaleCursor)));
+        // Appends go to the new file, and so does a reopen's.
+        log.append(&entry_at("a", "lee", "alerts.get", "y", 5000))
+            .unwrap();
+        assert_eq!(all(&log)[0].token_name, "lee");
+        drop(log);
+        let log = AuditLog::open_in(dir.path()).unwrap();
+        assert_eq!(all(&log).len(), 20);
+        assert_eq!(log.expire(day(4), 2).unwrap(), 0, "once a day");
     }
 }

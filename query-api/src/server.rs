@@ -31,6 +31,11 @@ pub struct ApiConfig {
     /// metadata) are refused either way (`egress`).
     #[serde(default = "default_allow_private_destinations")]
     pub allow_private_destinations: bool,
+    /// Days of the API's audit log to keep (`audit.jsonl`): entries of older days are dropped
+    /// hourly by `perimeter run`. `0` (the default) keeps them forever; audit trails are often
+    /// required for a year or more.
+    #[serde(default)]
+    pub audit_retention_days: u32,
 }
 
 fn default_allow_private_destinations() -> bool {
@@ -53,6 +58,7 @@ impl Default for ApiConfig {
             tls_key_path: None,
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
             allow_private_destinations: default_allow_private_destinations(),
+            audit_retention_days: 0,
         }
     }
 }

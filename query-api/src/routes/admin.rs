@@ -85,7 +85,9 @@ pub async fn list_audit(
     let page = blocking(move || audit.query(&query))
         .await?
         .map_err(|e| match e {
-            AuditError::BadCursor => ApiError::invalid_parameter(e.to_string()),
+            AuditError::BadCursor | AuditError::StaleCursor => {
+                ApiError::invalid_parameter(e.to_string())
+            }
             e => ApiError::Internal(e.to_string()),
         })?;
     state.audit(&auth.0, "audit.list", None, details)?;
