@@ -23,6 +23,12 @@ pub struct ApiConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching `tls_cert_path`.
     #[serde(default)]
     pub tls_key_path: Option<PathBuf>,
+    /// How often (seconds) the certificate and key files are checked for a renewal: when
+    /// either changed, the pair is loaded again and new connections get it, without a
+    /// restart (certbot, cert-manager). A pair that does not load is logged and the one in use
+    /// stays. `0`: never.
+    #[serde(default = "default_tls_reload_check_seconds")]
+    pub tls_reload_check_seconds: u64,
     /// How long in-flight requests may take to finish after shutdown is requested.
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
@@ -50,12 +56,17 @@ fn default_shutdown_grace_seconds() -> u64 {
     10
 }
 
+fn default_tls_reload_check_seconds() -> u64 {
+    60
+}
+
 impl Default for ApiConfig {
     fn default() -> ApiConfig {
         ApiConfig {
             listen: default_listen(),
             tls_cert_path: None,
             tls_key_path: None,
+            tls_reload_check_seconds: default_tls_reload_check_seconds(),
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
             allow_private_destinations: default_allow_private_destinations(),
             audit_retention_days: 0,
@@ -97,8 +108,56 @@ pub enum ServeError {
 /// port 0) before requests arrive.
 pub struct Server {
     listener: std::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<(Arc<rustls::ServerConfig>, CertificateFiles)>,
     grace: Duration,
+}
+
+/// Where the served certificate comes from, and how often to look for a renewed one.
+struct CertificateFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    check_every: Option<Duration>,
+}
+
+impl CertificateFiles {
+    /// The files' modification times (what a renewal changes).
+    fn stamp(&self) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((modified(&self.cert)?, modified(&self.key)?))
+    }
+
+    /// Until the server stops: load the pair again whenever a file changed, and hand it to
+    /// the listener. A renewal half written (the certificate new, the key still old) fails to
+    /// load; it is retried at the next change, which the second file's write is.
+    async fn watch(self, served: axum_server::tls_rustls::RustlsConfig) {
+        let Some(every) = self.check_every else {
+            return;
+        };
+        let mut seen = self.stamp();
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let now = self.stamp();
+            if now.is_none() || now == seen {
+                continue;
+            }
+            seen = now;
+            let (cert, key) = (self.cert.clone(), self.key.clone());
+            match tokio::task::spawn_blocking(move || load_tls(&cert, &key)).await {
+                Ok(Ok(config)) => {
+                    served.reload_from_config(Arc::new(config));
+                    tracing::info!(cert = %self.cert.display(), "tls certificate reloaded");
+                }
+                Ok(Err(e)) => tracing::error!(
+                    error = %e,
+                    "renewed tls certificate not loaded; the one in use stays"
+                ),
+                Err(e) => tracing::error!(error = %e, "tls certificate reload failed"),
+            }
+        }
+    }
 }
 
 impl Server {
@@ -108,10 +167,20 @@ impl Server {
         Ok(Self::tls_of(config)?.is_some())
     }
 
-    fn tls_of(config: &ApiConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ServeError> {
+    fn tls_of(
+        config: &ApiConfig,
+    ) -> Result<Option<(Arc<rustls::ServerConfig>, CertificateFiles)>, ServeError> {
         config.validate()?;
         Ok(match (&config.tls_cert_path, &config.tls_key_path) {
-            (Some(cert), Some(key)) => Some(Arc::new(load_tls(cert, key)?)),
+            (Some(cert), Some(key)) => Some((
+                Arc::new(load_tls(cert, key)?),
+                CertificateFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    check_every: (config.tls_reload_check_seconds > 0)
+                        .then(|| Duration::from_secs(config.tls_reload_check_seconds)),
+                },
+            )),
             _ => None,
         })
     }
@@ -170,9 +239,11 @@ impl Server {
         });
         let service = app.into_make_service();
         match self.tls {
-            Some(tls) => {
+            Some((tls, files)) => {
                 tracing::info!(%addr, "api listening (https)");
                 let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+                let watcher = tokio::spawn(files.watch(config.clone()));
+                let _stop_watching = AbortOnDrop(watcher);
                 axum_server::from_tcp_rustls(self.listener, config)?
                     .handle(handle)
                     .serve(service)
@@ -188,6 +259,15 @@ impl Server {
         }
         tracing::info!(%addr, "api stopped");
         Ok(())
+    }
+}
+
+/// Aborts a task when dropped (the certificate watcher ends with the server).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -39,8 +39,7 @@ pub struct AuditParams {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditList {
     pub items: Vec<AuditEntry>,
-    /// Pass back as `cursor` for older entries; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Pass back as `cursor` for older entries; null on the last page.
     pub next_cursor: Option<String>,
 }
 

@@ -117,3 +117,47 @@ fn bad_tls_config_is_an_error_not_a_plain_http_fallback() {
         .block_on(perimeter_query_api::Server::bind(&half))
         .is_err());
 }
+
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart_and_a_bad_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    let write = |c: &rcgen::CertifiedKey| {
+        std::fs::write(&cert_path, c.cert.pem()).unwrap();
+        std::fs::write(&key_path, c.key_pair.serialize_pem()).unwrap();
+    };
+    let first = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    write(&first);
+    let api = TestApi::start_with(ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert_path: Some(cert_path.clone()),
+        tls_key_path: Some(key_path.clone()),
+        tls_reload_check_seconds: 1,
+        ..ApiConfig::default()
+    });
+    let addr = api.base.trim_start_matches("https://").to_string();
+    let served_by = |c: &rcgen::CertifiedKey| https_get(&addr, c.cert.der(), "/healthz").is_ok();
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("the first certificate is served", &|| served_by(&first));
+
+    // Renewed in place (as certbot does): new connections get the new certificate.
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    write(&renewed);
+    until("the renewed certificate is served", &|| served_by(&renewed));
+    assert!(
+        !served_by(&first),
+        "the old certificate is no longer served"
+    );
+
+    // A broken renewal is not loaded: the certificate in use stays.
+    std::fs::write(&cert_path, "not a certificate").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(served_by(&renewed));
+}
