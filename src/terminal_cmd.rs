@@ -448,6 +448,19 @@ impl ServerAccess {
 
 #[derive(clap::Args)]
 pub struct DeadLettersArgs {
+    /// Only input from this source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only those whose reason or masked excerpt holds this text (case-insensitive).
+    #[arg(long, short = 'q')]
+    pub query: Option<String>,
+    /// Only input received at or after this time: RFC 3339, a date (2024-05-01, UTC) or
+    /// relative to now (now-15m, now-24h, now-7d).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only input received before this time (same forms as --from).
+    #[arg(long)]
+    pub to: Option<String>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -460,26 +473,42 @@ const DEAD_LETTER_COLUMNS: &[Column] = &[
     Column::new("EXCERPT (MASKED)", 60, &["excerpt"]),
 ];
 
-/// Most dead letters one listing returns (the API's bound; they are kept newest first).
-const MAX_DEAD_LETTERS: usize = 1000;
-
-/// `perimeter dead-letters`: the newest input that could not be used, with line, reason and a
-/// masked excerpt, from a data directory or a running server.
+/// `perimeter dead-letters`: the input that could not be used, newest first, with line, reason
+/// and a masked excerpt, from a data directory or a running server.
 pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
-    let limit = args.target.limit.clamp(1, MAX_DEAD_LETTERS);
-    if args.target.limit > MAX_DEAD_LETTERS {
-        eprintln!("perimeter dead-letters: at most the newest {MAX_DEAD_LETTERS} are listed");
-    }
     let items: Vec<serde_json::Value> = if args.target.server.is_some() {
-        let body = get_json(&args.target, &format!("/dead-letters?limit={limit}"))?;
-        body["items"].as_array().cloned().unwrap_or_default()
+        let filters = [
+            ("source", &args.source),
+            ("q", &args.query),
+            ("from", &args.from),
+            ("to", &args.to),
+        ];
+        server_items(&args.target, "/dead-letters", &filters)?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
-        store
-            .list_dead_letters(&tenant, limit)?
-            .iter()
-            .map(serde_json::to_value)
-            .collect::<Result<_, _>>()?
+        let query = perimeter_store::DeadLetterQuery {
+            source: args.source.clone(),
+            text: args.query.clone(),
+            from: parse_time(&args.from).context("--from")?,
+            to: parse_time(&args.to).context("--to")?,
+            ..Default::default()
+        };
+        paged(args.target.limit, |limit, cursor| {
+            let page = store.list_dead_letters(
+                &tenant,
+                &perimeter_store::DeadLetterQuery {
+                    limit,
+                    cursor,
+                    ..query.clone()
+                },
+            )?;
+            let items = page
+                .items
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?;
+            Ok((items, page.next_cursor))
+        })?
     };
     print_items(
         &items,

@@ -15,7 +15,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::{Role, TokenInfo};
+use perimeter_store::backwards::{cursor_offset, page_cursor, CursorError, ReverseLines};
 
 /// File name of the audit log inside the data dir.
 pub const AUDIT_FILE: &str = "audit.jsonl";
@@ -227,7 +228,10 @@ impl AuditLog {
         };
         let end = match q.cursor.as_deref() {
             None => meta.len(),
-            Some(c) => cursor_offset(&file, c, meta.ino(), meta.len())?,
+            Some(c) => cursor_offset(&file, c, meta.ino(), meta.len()).map_err(|e| match e {
+                CursorError::Bad => AuditError::BadCursor,
+                CursorError::Stale => AuditError::StaleCursor,
+            })?,
         };
         let mut lines = ReverseLines::new(&file, end);
         let limit = q.limit.max(1);
@@ -263,7 +267,7 @@ impl AuditLog {
         }
         Ok(AuditPage {
             items,
-            next_cursor: more.then(|| format!("{:x}.{page_end}", meta.ino())),
+            next_cursor: more.then(|| page_cursor(meta.ino(), page_end)),
         })
     }
 
@@ -327,75 +331,6 @@ impl AuditLog {
             .open(&self.path)
             .map_err(io)?;
         Ok(lines)
-    }
-}
-
-/// The byte offset a cursor (`<inode hex>.<offset>`) names: a line start within the first `len`
-/// bytes of the file `inode`.
-fn cursor_offset(file: &File, cursor: &str, inode: u64, len: u64) -> Result<u64, AuditError> {
-    let (ino, offset) = cursor.split_once('.').ok_or(AuditError::BadCursor)?;
-    let ino = u64::from_str_radix(ino, 16).map_err(|_| AuditError::BadCursor)?;
-    let offset: u64 = offset.parse().map_err(|_| AuditError::BadCursor)?;
-    if ino != inode {
-        return Err(AuditError::StaleCursor);
-    }
-    if offset == 0 || offset > len {
-        return Err(AuditError::BadCursor);
-    }
-    let mut before = [0u8; 1];
-    file.read_exact_at(&mut before, offset - 1)
-        .map_err(|_| AuditError::BadCursor)?;
-    if before[0] == b'\n' {
-        Ok(offset)
-    } else {
-        Err(AuditError::BadCursor)
-    }
-}
-
-/// The lines of a file's first `end` bytes, last first, each with the offset it starts at.
-struct ReverseLines<'f> {
-    file: &'f File,
-    /// Bytes `[0, pos)` are not read yet.
-    pos: u64,
-    /// Bytes `[pos, pos + pending.len())`, read and not yet returned.
-    pending: Vec<u8>,
-}
-
-impl<'f> ReverseLines<'f> {
-    /// Bytes read from the file at a time.
-    const CHUNK: u64 = 64 * 1024;
-
-    fn new(file: &'f File, end: u64) -> ReverseLines<'f> {
-        ReverseLines {
-            file,
-            pos: end,
-            pending: Vec::new(),
-        }
-    }
-
-    fn next_line(&mut self) -> std::io::Result<Option<(u64, Vec<u8>)>> {
-        loop {
-            if let Some(i) = self.pending.iter().rposition(|b| *b == b'\n') {
-                let line = self.pending.split_off(i + 1);
-                self.pending.truncate(i);
-                if line.is_empty() {
-                    continue;
-                }
-                return Ok(Some((self.pos + i as u64 + 1, line)));
-            }
-            if self.pos == 0 {
-                if self.pending.is_empty() {
-                    return Ok(None);
-                }
-                return Ok(Some((0, std::mem::take(&mut self.pending))));
-            }
-            let n = Self::CHUNK.min(self.pos);
-            self.pos -= n;
-            let mut chunk = vec![0u8; n as usize];
-            self.file.read_exact_at(&mut chunk, self.pos)?;
-            chunk.extend_from_slice(&self.pending);
-            self.pending = chunk;
-        }
     }
 }
 

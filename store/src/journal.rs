@@ -56,6 +56,33 @@ pub fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
     Ok(())
 }
 
+/// Cut off a last line without its newline (a write torn by a crash: never acknowledged), as
+/// [`load`] does, reading only the file's end.
+pub fn cut_torn_tail(path: &Path) -> Result<()> {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(path),
+    };
+    let len = file.metadata().at(path)?.len();
+    let mut last = [0u8; 1];
+    if len == 0 || {
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut last, len - 1).at(path)?;
+        last[0] == b'\n'
+    } {
+        return Ok(());
+    }
+    // The torn line is the last one: the file is kept up to where it starts.
+    let keep = crate::backwards::ReverseLines::new(&file, len)
+        .next_line()
+        .at(path)?
+        .map_or(0, |(start, _)| start);
+    tracing::warn!(path = %path.display(), bytes = len - keep, "cutting torn journal tail");
+    file.set_len(keep).at(path)?;
+    file.sync_all().at(path)?;
+    Ok(())
+}
+
 /// Load every record. A last line without its newline is a write torn by a crash: it was
 /// never acknowledged, so it is cut off (with a warning). Any other bad line is corruption.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
@@ -122,6 +149,20 @@ mod tests {
             .unwrap()
             .write_all(b"{\"torn")
             .unwrap();
+        assert_eq!(load::<u32>(&p).unwrap(), vec![1, 2, 3]);
+        // Cut by reading the end only, the same.
+        for torn in [&b"{\"torn"[..], b"5"] {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .unwrap()
+                .write_all(torn)
+                .unwrap();
+            cut_torn_tail(&p).unwrap();
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), "1\n2\n3\n");
+        }
+        cut_torn_tail(&p).unwrap();
+        cut_torn_tail(&dir.path().join("missing")).unwrap();
         assert_eq!(load::<u32>(&p).unwrap(), vec![1, 2, 3]);
         // The cut makes the next append start on a clean line.
         append(&p, &[4u32]).unwrap();

@@ -19,6 +19,7 @@
 
 mod activity;
 mod alerts;
+pub mod backwards;
 pub mod catch_all;
 mod compaction;
 mod config;
@@ -55,7 +56,10 @@ pub use histogram::{
 };
 pub use reader::{EventQuery, EventSort};
 pub use retention::RetentionReport;
-pub use store::{lock_data_dir, Store, StoreBatch, StoreStats, WriteAck, WriteFailure, LOCK_FILE};
+pub use store::{
+    lock_data_dir, DeadLetterQuery, Store, StoreBatch, StoreStats, WriteAck, WriteFailure,
+    LOCK_FILE,
+};
 pub use top_values::{
     top_value_fields, TopValues, TopValuesQuery, ValueCount, DEFAULT_TOP_SAMPLE,
     DEFAULT_TOP_VALUES, MAX_TOP_SAMPLE, MAX_TOP_VALUES,

@@ -17,7 +17,7 @@ use tantivy::Term;
 use crate::error::IoContext;
 use crate::journal;
 use crate::layout;
-use crate::store::{lock, read, write, Store, DEAD_LETTERS_IN_MEMORY};
+use crate::store::{lock, read, write, Store};
 use crate::tantivy_sink::remove_index_dir;
 use crate::Result;
 use perimeter_model::DeadLetter;
@@ -160,7 +160,7 @@ impl Store {
     fn expire_dead_letters(&self, now: DateTime<Utc>) -> Result<u64> {
         let mut removed = 0;
         // Held while rewriting: dead letters are appended under the same lock.
-        let mut mem = write(&self.dead);
+        let _appends = write(&self.dead);
         for (tname, tdir) in layout::list_dirs(&self.layout.dead_letters_root())? {
             let Some(tenant) = layout::partition_value(&tname, "tenant") else {
                 continue;
@@ -179,8 +179,6 @@ impl Store {
             }
             removed += (all.len() - kept.len()) as u64;
             journal::rewrite(&path, &kept)?;
-            let skip = kept.len().saturating_sub(DEAD_LETTERS_IN_MEMORY);
-            mem.insert(tenant, kept.into_iter().skip(skip).cloned().collect());
         }
         Ok(removed)
     }

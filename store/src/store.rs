@@ -1,7 +1,7 @@
 //! [`Store`]: the write path (dedup, Parquet + tantivy, alerts, dead letters), recovery on open,
 //! and the shared state the read side and retention use.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -12,6 +12,7 @@ use perimeter_model::{Alert, DeadLetter, Event};
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::AlertBook;
+use crate::backwards::{cursor_offset, page_cursor, CursorError, ReverseLines};
 use crate::doc_text::{output_document, BatchText};
 use crate::error::IoContext;
 use crate::layout::{self, Layout};
@@ -89,8 +90,6 @@ pub struct WriteFailure {
     pub error: String,
 }
 
-/// Dead letters kept in memory per tenant for `list_dead_letters` (the file keeps all).
-pub(crate) const DEAD_LETTERS_IN_MEMORY: usize = 10_000;
 /// How many days back a resent event whose time was adjusted to its receive time is looked for
 /// (see [`Store::stored_on_days_before`]): a resend within 24 hours of the first delivery is
 /// always found, whatever the time of day.
@@ -140,7 +139,8 @@ pub struct Store {
     pub(crate) group: Mutex<GroupState>,
     pub(crate) group_done: std::sync::Condvar,
     pub(crate) alerts: RwLock<AlertBook>,
-    pub(crate) dead: RwLock<HashMap<String, VecDeque<DeadLetter>>>,
+    /// Tenants with a dead-letter journal; held (write) while one is appended to or rewritten.
+    pub(crate) dead: RwLock<BTreeSet<String>>,
     pub(crate) counters: Counters,
     /// The data directory's lock file, locked exclusively while this store may write (`None`:
     /// opened read-only). The lock goes with the file when the store is dropped or the process
@@ -818,16 +818,10 @@ impl Store {
         for d in dls {
             by_tenant.entry(&d.tenant).or_default().push(d);
         }
-        let mut mem = write(&self.dead);
+        let mut tenants = write(&self.dead);
         for (tenant, list) in by_tenant {
             crate::journal::append(&self.layout.dead_letters_file(tenant), &list)?;
-            let q = mem.entry(tenant.to_string()).or_default();
-            for d in list {
-                if q.len() == DEAD_LETTERS_IN_MEMORY {
-                    q.pop_front();
-                }
-                q.push_back(d.clone());
-            }
+            tenants.insert(tenant.to_string());
         }
         self.counters
             .dead_letters_written
@@ -835,14 +829,67 @@ impl Store {
         Ok(dls.len())
     }
 
-    /// Newest dead letters of a tenant first (at most the last 10 000 are kept in memory;
-    /// the file under `dead_letters/` has all).
-    pub fn list_dead_letters(&self, tenant: &str, limit: usize) -> Result<Vec<DeadLetter>> {
-        let mem = read(&self.dead);
-        Ok(mem
-            .get(tenant)
-            .map(|q| q.iter().rev().take(limit).cloned().collect())
-            .unwrap_or_default())
+    /// A tenant's dead letters, newest first, a page at a time, read backwards from the end
+    /// of its file (all of them, back to retention; the newest cost the same however many
+    /// there are). A filter that selects none reads the whole file.
+    pub fn list_dead_letters(
+        &self,
+        tenant: &str,
+        q: &DeadLetterQuery,
+    ) -> Result<crate::Page<DeadLetter>> {
+        let path = self.layout.dead_letters_file(tenant);
+        // Opened and measured while no append is under way: the length ends on a whole line
+        // (a reader beside another process's writer may still see half a line: skipped).
+        let opened = {
+            let _appends = read(&self.dead);
+            match std::fs::File::open(&path) {
+                Ok(f) => f.metadata().map(|m| (f, m)).at(&path).map(Some),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).at(&path),
+            }?
+        };
+        let Some((file, meta)) = opened else {
+            if q.cursor.is_some() {
+                return Err(StoreError::InvalidQuery(CursorError::Bad.to_string()));
+            }
+            return Ok(crate::Page {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        };
+        use std::os::unix::fs::MetadataExt;
+        let end = match &q.cursor {
+            None => meta.len(),
+            Some(c) => cursor_offset(&file, c, meta.ino(), meta.len())
+                .map_err(|e| StoreError::InvalidQuery(e.to_string()))?,
+        };
+        let text = q.text.as_deref().map(str::to_lowercase);
+        let limit = q.limit.clamp(1, crate::MAX_PAGE_LIMIT);
+        let mut lines = ReverseLines::new(&file, end);
+        let mut items = Vec::new();
+        let (mut page_end, mut more) = (0, false);
+        while let Some((offset, line)) = lines.next_line().at(&path)? {
+            let d: DeadLetter = match serde_json::from_slice(&line) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), offset, error = %e, "unreadable dead-letter line skipped");
+                    continue;
+                }
+            };
+            if !q.selects(&d, text.as_deref()) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(d);
+            page_end = offset;
+        }
+        Ok(crate::Page {
+            items,
+            next_cursor: more.then(|| page_cursor(meta.ino(), page_end)),
+        })
     }
 
     /// Every tenant with events, alerts or dead letters, sorted.
@@ -850,7 +897,7 @@ impl Store {
         let mut set: std::collections::BTreeSet<String> =
             read(&self.indexes).keys().map(|(t, _)| t.clone()).collect();
         set.extend(read(&self.alerts).tenants().cloned());
-        set.extend(read(&self.dead).keys().cloned());
+        set.extend(read(&self.dead).iter().cloned());
         set.into_iter().collect()
     }
 
@@ -954,19 +1001,47 @@ pub fn lock_data_dir(root: &std::path::Path) -> Result<std::fs::File> {
     }
 }
 
-fn load_dead_letters(
-    layout: &Layout,
-    writer: bool,
-) -> Result<HashMap<String, VecDeque<DeadLetter>>> {
-    let mut out = HashMap::new();
+/// The tenants with dead letters; the writer also cuts a torn last line off each file (the
+/// files are read when listed, not here).
+fn load_dead_letters(layout: &Layout, writer: bool) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
     for (name, dir) in layout::list_dirs(&layout.dead_letters_root())? {
         let Some(tenant) = layout::partition_value(&name, "tenant") else {
             continue;
         };
-        let all: Vec<DeadLetter> =
-            crate::journal::load_as(&dir.join("dead_letters.jsonl"), writer)?;
-        let skip = all.len().saturating_sub(DEAD_LETTERS_IN_MEMORY);
-        out.insert(tenant, all.into_iter().skip(skip).collect());
+        if writer {
+            crate::journal::cut_torn_tail(&dir.join("dead_letters.jsonl"))?;
+        }
+        out.insert(tenant);
     }
     Ok(out)
+}
+
+/// What [`Store::list_dead_letters`] reads: filters on a tenant's dead letters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetterQuery {
+    /// Page size (clamped to `1..=MAX_PAGE_LIMIT`).
+    pub limit: usize,
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only those whose reason or (masked) excerpt holds this text, case-insensitively.
+    pub text: Option<String>,
+    /// Received at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Received before.
+    pub to: Option<DateTime<Utc>>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl DeadLetterQuery {
+    /// `text`: [`Self::text`] lowercased.
+    fn selects(&self, d: &DeadLetter, text: Option<&str>) -> bool {
+        self.source.as_deref().is_none_or(|s| d.source == s)
+            && self.from.is_none_or(|f| d.received_at >= f)
+            && self.to.is_none_or(|t| d.received_at < t)
+            && text.is_none_or(|t| {
+                d.reason.to_lowercase().contains(t) || d.excerpt.to_lowercase().contains(t)
+            })
+    }
 }

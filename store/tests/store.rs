@@ -13,8 +13,8 @@ use perimeter_model::{
 };
 use perimeter_store::parquet_sink::read_parquet_file;
 use perimeter_store::{
-    AlertQuery, AlertUpdate, EventQuery, EventSort, RetentionRule, Store, StoreBatch, StoreConfig,
-    StoreError,
+    AlertQuery, AlertUpdate, DeadLetterQuery, EventQuery, EventSort, RetentionRule, Store,
+    StoreBatch, StoreConfig, StoreError,
 };
 use serde_json::json;
 
@@ -1456,17 +1456,139 @@ fn dead_letters_and_bad_batches() {
     }
     let store = Store::open(config(dir.path())).unwrap();
     let lines: Vec<Option<u64>> = store
-        .list_dead_letters("acme", 10)
+        .list_dead_letters("acme", &newest(10))
         .unwrap()
+        .items
         .iter()
         .map(|d| d.line)
         .collect();
     assert_eq!(lines, vec![Some(2), Some(1)]);
-    assert_eq!(store.list_dead_letters("globex", 10).unwrap().len(), 1);
+    assert_eq!(
+        store
+            .list_dead_letters("globex", &newest(10))
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
     assert_eq!(
         store.tenants(),
         vec!["acme".to_string(), "globex".to_string()]
     );
+}
+
+/// The newest `limit` dead letters, unfiltered.
+fn newest(limit: usize) -> DeadLetterQuery {
+    DeadLetterQuery {
+        limit,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn dead_letters_page_back_through_all_of_them_filtered_and_survive_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let dl = |n: u64| DeadLetter {
+        line: Some(n),
+        source: ["okta", "github", "slack"][n as usize % 3].into(),
+        tenant: "acme".into(),
+        received_at: ts(20, 0, 0) + Duration::minutes(n as i64),
+        reason: if n.is_multiple_of(5) {
+            format!("line longer than 1048576 bytes ({n})")
+        } else {
+            format!("invalid JSON at column {n}")
+        },
+        excerpt: format!("{{\"n\":{n}, \"pad\":\"{}\"}}", "x".repeat(200)),
+    };
+    // Far more than a page and several 64 KiB read chunks, in three batches.
+    let all: Vec<DeadLetter> = (0..3000).map(dl).collect();
+    {
+        let store = Store::open(config(dir.path())).unwrap();
+        for chunk in all.chunks(1000) {
+            let b = StoreBatch {
+                dead_letters: chunk.to_vec(),
+                ..Default::default()
+            };
+            store.write_batch(&b).unwrap();
+        }
+    }
+    // A crash mid-append leaves half a line: the writer's open cuts it.
+    let file = dir
+        .path()
+        .join("dead_letters/tenant=acme/dead_letters.jsonl");
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap(),
+        b"{\"line\":99",
+    )
+    .unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    assert!(std::fs::read_to_string(&file).unwrap().ends_with("}\n"));
+    let pages = |q: DeadLetterQuery| -> Vec<u64> {
+        let mut got = Vec::new();
+        let mut q = q;
+        loop {
+            let page = store.list_dead_letters("acme", &q).unwrap();
+            assert!(page.items.len() <= q.limit);
+            got.extend(page.items.iter().map(|d| d.line.unwrap()));
+            match page.next_cursor {
+                Some(c) => q.cursor = Some(c),
+                None => return got,
+            }
+        }
+    };
+    let want = |f: &dyn Fn(&DeadLetter) -> bool| -> Vec<u64> {
+        all.iter()
+            .rev()
+            .filter(|d| f(d))
+            .map(|d| d.line.unwrap())
+            .collect()
+    };
+    assert_eq!(pages(newest(1000)), want(&|_| true));
+    let q = DeadLetterQuery {
+        limit: 77,
+        source: Some("github".into()),
+        text: Some("LONGER THAN".into()),
+        from: Some(ts(20, 10, 0)),
+        to: Some(ts(21, 6, 0)),
+        ..Default::default()
+    };
+    let selected = want(&|d: &DeadLetter| {
+        d.source == "github"
+            && d.reason.contains("longer than")
+            && d.received_at >= ts(20, 10, 0)
+            && d.received_at < ts(21, 6, 0)
+    });
+    assert!(selected.len() > 77 / 10, "{}", selected.len());
+    assert_eq!(pages(q), selected);
+    // Cursors that the store did not hand out are invalid queries.
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(&file).unwrap().ino();
+    for bad in [
+        "x".to_string(),
+        format!("{ino:x}.5"),
+        format!("{:x}.0", ino + 1),
+    ] {
+        let q = DeadLetterQuery {
+            limit: 5,
+            cursor: Some(bad.clone()),
+            ..Default::default()
+        };
+        assert!(
+            matches!(
+                store.list_dead_letters("acme", &q),
+                Err(StoreError::InvalidQuery(_))
+            ),
+            "{bad}"
+        );
+    }
+    assert!(store
+        .list_dead_letters("nobody", &newest(5))
+        .unwrap()
+        .items
+        .is_empty());
 }
 
 #[test]
@@ -1497,8 +1619,9 @@ fn retention_removes_exactly_the_expired_dead_letters() {
     }
     let lines = |store: &Store, tenant: &str| -> Vec<Option<u64>> {
         let mut v: Vec<Option<u64>> = store
-            .list_dead_letters(tenant, 100)
+            .list_dead_letters(tenant, &newest(100))
             .unwrap()
+            .items
             .iter()
             .map(|d| d.line)
             .collect();

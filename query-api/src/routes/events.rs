@@ -667,6 +667,16 @@ pub async fn export_events(
 pub struct DeadLetterParams {
     /// How many (newest first), 1..=1000 (default 50).
     pub limit: Option<usize>,
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only those whose reason or masked excerpt holds this text (case-insensitive).
+    pub q: Option<String>,
+    /// Received at or after this time: RFC 3339, a date (midnight UTC) or relative (`now-24h`).
+    pub from: Option<String>,
+    /// Received before this time, written as `from`.
+    pub to: Option<String>,
+    /// `next_cursor` of the previous page: older dead letters.
+    pub cursor: Option<String>,
 }
 
 /// Records that could not be processed, with the reason and a masked excerpt.
@@ -674,9 +684,12 @@ pub struct DeadLetterParams {
 pub struct DeadLetterList {
     #[schema(value_type = Vec<Object>)]
     pub items: Vec<serde_json::Value>,
+    /// Pass back as `cursor` for older ones; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
-/// The tenant's dead letters (input that could not be processed).
+/// The tenant's dead letters (input that could not be processed), newest first, all of them
+/// back to retention a page at a time, filtered by source, text and receive time.
 #[utoipa::path(get, path = "/dead-letters", tag = "events", params(DeadLetterParams),
     security(("bearer" = [])),
     responses(
@@ -690,16 +703,39 @@ pub async fn list_dead_letters(
     ApiQuery(params): ApiQuery<DeadLetterParams>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let limit = limit_within("limit", params.limit, super::DEFAULT_LIMIT, MAX_LIMIT)?;
-    state.audit(&auth.0, "dead_letters.list", None, json!({"limit": limit}))?;
+    let (from, to) = time_range(params.from.as_deref(), params.to.as_deref())?;
+    let text = |name: &str, v: &Option<String>| -> Result<Option<String>, ApiError> {
+        v.as_deref()
+            .map(|v| bounded(name, v, 1024).map(str::to_string))
+            .transpose()
+    };
+    let query = perimeter_store::DeadLetterQuery {
+        limit,
+        source: text("source", &params.source)?,
+        text: text("q", &params.q)?,
+        from,
+        to,
+        cursor: text("cursor", &params.cursor)?,
+    };
+    state.audit(
+        &auth.0,
+        "dead_letters.list",
+        None,
+        json!({"limit": limit, "source": query.source, "q": query.text, "from": params.from, "to": params.to}),
+    )?;
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
-    let letters = blocking(move || store.list_dead_letters(&tenant, limit)).await??;
-    let items = letters
+    let page = blocking(move || store.list_dead_letters(&tenant, &query)).await??;
+    let items = page
+        .items
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::Internal(format!("encode dead letter: {e}")))?;
-    Ok(Json(DeadLetterList { items }))
+    Ok(Json(DeadLetterList {
+        items,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 #[cfg(test)]

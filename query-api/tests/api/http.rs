@@ -1309,6 +1309,65 @@ fn dead_letters_are_listed_for_the_tenant() {
     let items = body["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["reason"], "invalid JSON at column 17");
+    assert!(body["next_cursor"].is_null());
+
+    // More, from two sources: filtered by source and text, paged back to the oldest.
+    let more: Vec<perimeter_model::DeadLetter> = (0..30)
+        .map(|i| perimeter_model::DeadLetter {
+            line: Some(100 + i),
+            source: if i.is_multiple_of(2) { "github" } else { "slack" }.into(),
+            reason: if i.is_multiple_of(3) {
+                "line longer than 1048576 bytes"
+            } else {
+                "invalid JSON"
+            }
+            .into(),
+            ..dead_letter(ACME)
+        })
+        .collect();
+    let batch = perimeter_store::StoreBatch {
+        dead_letters: more,
+        ..Default::default()
+    };
+    api.state.store.write_batch(&batch).unwrap();
+    let mut lines = Vec::new();
+    let mut path = "/api/v1/dead-letters?limit=2&source=github&q=LONGER".to_string();
+    loop {
+        let page = api.get_json(&path, ACME, Role::Viewer);
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page}");
+        lines.extend(items.iter().map(|d| d["line"].as_u64().unwrap()));
+        match page["next_cursor"].as_str() {
+            Some(c) => {
+                path = format!("/api/v1/dead-letters?limit=2&source=github&q=LONGER&cursor={c}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(lines, [124, 118, 112, 106, 100]);
+    let other = api.get_json("/api/v1/dead-letters?limit=100", GLOBEX, Role::Viewer);
+    assert!(other["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["tenant"] == GLOBEX));
+    for bad in [
+        "cursor=abc",
+        "cursor=1.1",
+        "from=yesterday",
+        "to=now-1h&from=now",
+        "colour=red",
+    ] {
+        assert_error(
+            api.get(&format!("/api/v1/dead-letters?{bad}"), ACME, Role::Viewer),
+            400,
+            if bad.starts_with("cursor") {
+                "invalid_query"
+            } else {
+                "invalid_parameter"
+            },
+        );
+    }
 }
 
 #[test]
