@@ -502,12 +502,7 @@ pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::
                     ..query.clone()
                 },
             )?;
-            let items = page
-                .items
-                .iter()
-                .map(serde_json::to_value)
-                .collect::<Result<_, _>>()?;
-            Ok((items, page.next_cursor))
+            Ok((page.items, page.next_cursor))
         })?
     };
     print_items(
@@ -587,12 +582,7 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
                 cursor,
                 ..query.clone()
             })?;
-            let items = page
-                .items
-                .iter()
-                .map(serde_json::to_value)
-                .collect::<Result<_, _>>()?;
-            Ok((items, page.next_cursor))
+            Ok((page.items, page.next_cursor))
         })?
     };
     print_items(&items, "audit entries", args.target.format, AUDIT_COLUMNS)
@@ -914,21 +904,20 @@ fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chro
         .transpose()?)
 }
 
-/// Up to `limit` items, page after page: a page holds at most [`MAX_PAGE_LIMIT`] items, and
-/// `--limit 5000` means 5000, not the first page. `page(size, cursor)` fetches one page and its
-/// `next_cursor`.
-fn paged(
+/// Up to `limit` items as JSON, page after page: a page holds at most [`MAX_PAGE_LIMIT`]
+/// items, and `--limit 5000` means 5000, not the first page. `page(size, cursor)` fetches one
+/// page and its `next_cursor`.
+fn paged<T: serde::Serialize>(
     limit: usize,
-    mut page: impl FnMut(
-        usize,
-        Option<String>,
-    ) -> anyhow::Result<(Vec<serde_json::Value>, Option<String>)>,
+    mut page: impl FnMut(usize, Option<String>) -> anyhow::Result<(Vec<T>, Option<String>)>,
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut items = Vec::new();
     let mut cursor = None;
     while items.len() < limit {
         let (got, next) = page((limit - items.len()).min(MAX_PAGE_LIMIT), cursor.take())?;
-        items.extend(got);
+        for item in &got {
+            items.push(serde_json::to_value(item)?);
+        }
         match next {
             Some(c) => cursor = Some(c),
             None => break,
@@ -1314,12 +1303,7 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
                     ..q.clone()
                 },
             )?;
-            let items = page
-                .items
-                .into_iter()
-                .map(|r| serde_json::to_value(r).unwrap_or_default())
-                .collect();
-            Ok((items, page.next_cursor))
+            Ok((page.items, page.next_cursor))
         })?
     };
     print_items(&items, "alerts", args.target.format, ALERT_COLUMNS)

@@ -1315,7 +1315,12 @@ fn dead_letters_are_listed_for_the_tenant() {
     let more: Vec<perimeter_model::DeadLetter> = (0..30)
         .map(|i| perimeter_model::DeadLetter {
             line: Some(100 + i),
-            source: if i.is_multiple_of(2) { "github" } else { "slack" }.into(),
+            source: if i.is_multiple_of(2) {
+                "github"
+            } else {
+                "slack"
+            }
+            .into(),
             reason: if i.is_multiple_of(3) {
                 "line longer than 1048576 bytes"
             } else {
