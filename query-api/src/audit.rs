@@ -78,10 +78,8 @@ pub enum AuditError {
     },
     #[error("audit entry not serializable: {0}")]
     Encode(#[from] serde_json::Error),
-    #[error("bad cursor: pass the `next_cursor` of the previous page unchanged")]
-    BadCursor,
-    #[error("the audit log was trimmed by retention since this cursor was handed out: start from the newest entries again")]
-    StaleCursor,
+    #[error(transparent)]
+    Cursor(#[from] CursorError),
 }
 
 /// What [`AuditLog::query`] reads: a tenant's entries, newest first, filtered.
@@ -228,10 +226,7 @@ impl AuditLog {
         };
         let end = match q.cursor.as_deref() {
             None => meta.len(),
-            Some(c) => cursor_offset(&file, c, meta.ino(), meta.len()).map_err(|e| match e {
-                CursorError::Bad => AuditError::BadCursor,
-                CursorError::Stale => AuditError::StaleCursor,
-            })?,
+            Some(c) => cursor_offset(&file, c, meta.ino(), meta.len())?,
         };
         let mut lines = ReverseLines::new(&file, end);
         let limit = q.limit.max(1);
@@ -250,9 +245,10 @@ impl AuditLog {
                     continue;
                 }
             };
-            if q.from
-                .is_some_and(|f| entry.timestamp < f - CLOCK_STEP_SLACK)
-            {
+            if q.from.is_some_and(|f| {
+                f.checked_sub_signed(CLOCK_STEP_SLACK)
+                    .is_some_and(|stop| entry.timestamp < stop)
+            }) {
                 break;
             }
             if !q.selects(&entry) {
@@ -541,7 +537,10 @@ mod tests {
                 cursor: Some(bad.clone()),
                 ..Default::default()
             };
-            assert!(matches!(log.query(&q), Err(AuditError::BadCursor)), "{bad}");
+            assert!(
+                matches!(log.query(&q), Err(AuditError::Cursor(CursorError::Bad))),
+                "{bad}"
+            );
         }
     }
 
@@ -591,7 +590,10 @@ mod tests {
             cursor: Some(cursor),
             ..Default::default()
         };
-        assert!(matches!(log.query(&stale), Err(AuditError::StaleCursor)));
+        assert!(matches!(
+            log.query(&stale),
+            Err(AuditError::Cursor(CursorError::Stale))
+        ));
         // Appends go to the new file, and so does a reopen's.
         log.append(&entry_at("a", "lee", "alerts.get", "y", 5000))
             .unwrap();

@@ -84,9 +84,8 @@ pub async fn list_audit(
     let page = blocking(move || audit.query(&query))
         .await?
         .map_err(|e| match e {
-            AuditError::BadCursor | AuditError::StaleCursor => {
-                ApiError::invalid_parameter(e.to_string())
-            }
+            // As a bad cursor of the other pages (a store `InvalidQuery`).
+            AuditError::Cursor(_) => ApiError::bad_request("invalid_query", e.to_string()),
             e => ApiError::Internal(e.to_string()),
         })?;
     state.audit(&auth.0, "audit.list", None, details)?;
