@@ -832,6 +832,15 @@ pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {
             record["assignee"].as_str().unwrap_or("none"),
             record["history"].as_array().map_or(0, Vec::len),
         );
+        if let Some(gone) = record["evidence_missing"]
+            .as_array()
+            .filter(|g| !g.is_empty())
+        {
+            eprintln!(
+                "alert {id}: {} of its evidence events are no longer stored (event retention)",
+                gone.len()
+            );
+        }
     }
     if ids.len() > 1 {
         let done = if body.is_some() { "changed" } else { "shown" };

@@ -54,7 +54,7 @@ pub use histogram::{
     EventHistogram, EventHistogramQuery, HistogramBucket, AUTO_HISTOGRAM_BUCKETS,
     MAX_HISTOGRAM_BUCKETS,
 };
-pub use reader::{EventQuery, EventSort};
+pub use reader::{AlertEvidence, EventQuery, EventSort};
 pub use retention::RetentionReport;
 pub use store::{
     lock_data_dir, DeadLetterQuery, Store, StoreBatch, StoreStats, WriteAck, WriteFailure,

@@ -439,18 +439,20 @@ impl Store {
         Ok(read(&self.alerts).get(tenant, id).cloned())
     }
 
-    /// The stored events an alert names in `event_ids` (those still retained), in that order.
-    pub fn alert_evidence(&self, tenant: &str, id: &str) -> Result<Vec<serde_json::Value>> {
+    /// The stored events an alert names in `event_ids`, in that order, and the ids of those no
+    /// longer stored (event retention is shorter than alert retention as a rule).
+    pub fn alert_evidence(&self, tenant: &str, id: &str) -> Result<AlertEvidence> {
         let Some(ids) = read(&self.alerts)
             .get(tenant, id)
             .map(|r| r.alert.event_ids.clone())
         else {
-            return Ok(Vec::new());
+            return Ok(AlertEvidence::default());
         };
-        let mut out = Vec::with_capacity(ids.len());
+        let mut out = AlertEvidence::default();
         for eid in ids {
-            if let Some(ev) = self.get_event(tenant, &eid)? {
-                out.push(ev);
+            match self.get_event(tenant, &eid)? {
+                Some(ev) => out.events.push(ev),
+                None => out.missing.push(eid),
             }
         }
         Ok(out)
@@ -665,6 +667,16 @@ fn check_time_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> R
         )),
         _ => Ok(()),
     }
+}
+
+/// What [`Store::alert_evidence`] found.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct AlertEvidence {
+    /// The evidence events still stored (masked, as stored), in the alert's order.
+    pub events: Vec<serde_json::Value>,
+    /// Ids of the evidence events no longer stored: removed by event retention (an alert can
+    /// outlive its events), so an analyst sees why the evidence is short.
+    pub missing: Vec<String>,
 }
 
 #[cfg(test)]

@@ -1161,7 +1161,8 @@ fn alerts_are_idempotent_and_triage_history_survives_reopen() {
     );
 
     let evidence = store.alert_evidence("acme", &id1).unwrap();
-    assert_eq!(evidence, vec![e1.to_output_json()]);
+    assert_eq!(evidence.events, vec![e1.to_output_json()]);
+    assert!(evidence.missing.is_empty());
     let q = AlertQuery {
         status: Some(AlertStatus::Open),
         limit: 10,
@@ -1358,6 +1359,13 @@ fn retention_removes_closed_alerts_past_it_and_keeps_the_queue_across_reopen() {
         assert_eq!(report.alert_journal_lines_removed, 5 - 2);
         assert_eq!(store.get_alert("acme", &resolved.id).unwrap(), None);
         assert_eq!(store.stats().alerts_stored, 2);
+        // The open alert outlives its event: its evidence says which event is gone.
+        let evidence = store.alert_evidence("acme", &open.id).unwrap();
+        assert!(evidence.events.is_empty());
+        assert_eq!(evidence.missing, [old.id().0.clone()]);
+        let evidence = store.alert_evidence("acme", &resolved_recent.id).unwrap();
+        assert_eq!(evidence.events.len(), 1);
+        assert!(evidence.missing.is_empty());
     }
     // The journal holds the two alerts left, one line each, and a reopen sees them as they were.
     assert_eq!(

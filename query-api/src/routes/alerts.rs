@@ -126,6 +126,9 @@ pub struct AlertDetail {
     /// The evidence events (masked), as stored.
     #[schema(value_type = Vec<Object>)]
     pub evidence: Vec<serde_json::Value>,
+    /// Ids of evidence events no longer stored: removed by event retention, which alerts can
+    /// outlive (`alert_retention_days`).
+    pub evidence_missing: Vec<String>,
 }
 
 fn parse_status(value: &str) -> Result<AlertStatus, ApiError> {
@@ -290,7 +293,11 @@ pub async fn get_alert(
     .await??;
     let record = serde_json::to_value(&record)
         .map_err(|e| ApiError::Internal(format!("encode alert: {e}")))?;
-    Ok(Json(AlertDetail { record, evidence }))
+    Ok(Json(AlertDetail {
+        record,
+        evidence: evidence.events,
+        evidence_missing: evidence.missing,
+    }))
 }
 
 /// Change status, assignee or add a note. The store records who (the token) and when.

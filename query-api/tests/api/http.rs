@@ -414,6 +414,7 @@ fn alert_detail_includes_evidence_events() {
     let evidence: BTreeSet<String> = ids(&body["evidence"], "/event/id").into_iter().collect();
     let expected: BTreeSet<String> = alert.event_ids.iter().cloned().collect();
     assert_eq!(evidence, expected);
+    assert_eq!(body["evidence_missing"], json!([]));
 }
 
 #[test]
