@@ -75,6 +75,8 @@ fn times_beyond_the_index_date_range_are_answered() {
         "/api/v1/events/histogram?from=now-999999w&interval=1y",
         "/api/v1/events/search?q=*&from=now-999999w&to=now%2B999999w",
         "/api/v1/events/top?field=event.action&from=1600-01-01&to=now%2B999999w",
+        "/api/v1/audit?from=now-999999w&to=now%2B999999w",
+        "/api/v1/dead-letters?from=now-999999w&to=now%2B999999w",
     ] {
         h.check("GET", uri, Vec::new())
             .unwrap_or_else(|e| panic!("{uri}: {e}"));
@@ -154,6 +156,20 @@ proptest! {
         thread_local!(static H: Harness = Harness::new());
         H.with(|h| {
             let uri = format!("/api/v1/alerts?{}={}&sort={}", key, percent_encode(&value), percent_encode(&sort));
+            h.check("GET", &uri, Vec::new()).map(|_| ())
+        })?;
+    }
+
+    /// The filters and cursors of the two lists read backwards from their files.
+    #[test]
+    fn arbitrary_audit_and_dead_letter_filters_are_answered_or_refused(
+        list in "(audit|dead-letters)",
+        key in "(action|token|target|source|q|from|to|cursor|limit|[a-z]{1,6})",
+        value in "(.{0,40}|[0-9a-f]{1,8}\\.[0-9]{1,6})",
+    ) {
+        thread_local!(static H: Harness = Harness::new());
+        H.with(|h| {
+            let uri = format!("/api/v1/{list}?{key}={}", percent_encode(&value));
             h.check("GET", &uri, Vec::new()).map(|_| ())
         })?;
     }
