@@ -14,7 +14,8 @@ use perimeter_ingest::spool::{SpoolConfig, SpoolSource};
 use perimeter_model::{Detector, Metrics, RawRecord};
 use perimeter_query_api::auth::{Role, TokenStore};
 use perimeter_query_api::{
-    AlertNotifier, AppState, DeliveryOutbox, DestinationStore, RuleService, RuleSwitchStore, Server,
+    AlertNotifier, AppState, DeliveryOutbox, DestinationStore, ListenerCheck, RuleService,
+    RuleSwitchStore, Server,
 };
 use perimeter_store::Store;
 use std::net::SocketAddr;
@@ -487,14 +488,26 @@ fn check(config: &PerimeterConfig) -> ExitCode {
     report(
         "api",
         Server::check(&config.api)
-            .map(|tls| {
-                format!(
-                    "{} on {}",
-                    if tls { "https" } else { "http" },
-                    config.api.listen
-                )
-            })
-            .map_err(anyhow::Error::from),
+            .map_err(anyhow::Error::from)
+            .and_then(|listener| {
+                let listen = config.api.listen;
+                Ok(match listener {
+                    ListenerCheck::Http => format!("http on {listen}"),
+                    ListenerCheck::Https {
+                        certificate_expires: None,
+                    } => format!("https on {listen} (certificate expiry unreadable)"),
+                    ListenerCheck::Https {
+                        certificate_expires: Some(at),
+                    } => {
+                        let days = (at - chrono::Utc::now()).num_days();
+                        anyhow::ensure!(
+                            at > chrono::Utc::now(),
+                            "the TLS certificate expired on {at}: clients refuse the API"
+                        );
+                        format!("https on {listen}, certificate valid until {at} ({days} days)")
+                    }
+                })
+            }),
     );
     // Nothing is submitted: the bus only satisfies the source's constructor.
     let (bus, _unused) = perimeter_ingest::bus::channel(1);

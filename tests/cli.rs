@@ -1283,3 +1283,47 @@ fn run_check_names_each_broken_part_and_starts_nothing() {
     // Nothing was started or written: no data directory.
     assert!(!data.exists(), "the check created {}", data.display());
 }
+
+#[test]
+fn run_check_says_when_the_tls_certificate_expires_and_refuses_an_expired_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |not_after: (i32, u8, u8)| {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let cfg = dir.path().join("perimeter.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\ntls_cert_path = {cert_path:?}\ntls_key_path = {key_path:?}\n",
+                dir.path().join("data")
+            ),
+        )
+        .unwrap();
+        let out = perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let api = text
+            .lines()
+            .find(|l| l.contains(" api: "))
+            .unwrap_or_else(|| panic!("no api line: {text}"))
+            .to_string();
+        (out.status.code(), api)
+    };
+    let (code, api) = check((2099, 6, 30));
+    assert_eq!(code, Some(0), "{api}");
+    assert!(
+        api.starts_with("ok ") && api.contains("certificate valid until 2099-06-30"),
+        "{api}"
+    );
+    let (code, api) = check((2021, 1, 1));
+    assert_eq!(code, Some(1), "{api}");
+    assert!(
+        api.starts_with("error") && api.contains("expired on 2021-01-01"),
+        "{api}"
+    );
+}

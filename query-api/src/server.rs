@@ -108,9 +108,55 @@ pub enum ServeError {
 /// port 0) before requests arrive.
 pub struct Server {
     listener: std::net::TcpListener,
-    tls: Option<(Arc<rustls::ServerConfig>, CertificateFiles)>,
+    tls: Option<(LoadedCertificate, CertificateFiles)>,
     grace: Duration,
 }
+
+/// What [`Server::check`] found the listener would be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerCheck {
+    Http,
+    /// With when the certificate expires (`None`: its validity could not be read).
+    Https {
+        certificate_expires: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+/// A certificate pair loaded for serving, and when its (leaf) certificate expires.
+struct LoadedCertificate {
+    config: Arc<rustls::ServerConfig>,
+    /// `None` when the certificate's validity could not be read (rustls accepted it anyway).
+    not_after: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl LoadedCertificate {
+    /// Say when the certificate expires: in the log (a warning within [`EXPIRY_WARNING`], an
+    /// error once expired) and as the gauge `perimeter_tls_certificate_expiry_timestamp_seconds`,
+    /// for an alert well before clients start to refuse the API.
+    fn report(&self, path: &std::path::Path, metrics: &perimeter_model::Metrics) {
+        let Some(not_after) = self.not_after else {
+            tracing::warn!(cert = %path.display(), "tls certificate expiry could not be read");
+            return;
+        };
+        metrics.set(
+            "tls_certificate_expiry_timestamp_seconds",
+            &[],
+            not_after.timestamp() as f64,
+        );
+        let left = not_after - chrono::Utc::now();
+        let cert = path.display();
+        if left <= chrono::TimeDelta::zero() {
+            tracing::error!(%cert, %not_after, "tls certificate has expired: clients refuse the API");
+        } else if left < EXPIRY_WARNING {
+            tracing::warn!(%cert, %not_after, days_left = left.num_days(), "tls certificate expires soon");
+        } else {
+            tracing::info!(%cert, %not_after, "tls certificate valid");
+        }
+    }
+}
+
+/// A certificate expiring within this is logged as a warning (at start and at each reload).
+const EXPIRY_WARNING: chrono::TimeDelta = chrono::TimeDelta::days(14);
 
 /// Where the served certificate comes from, and how often to look for a renewed one.
 struct CertificateFiles {
@@ -129,7 +175,11 @@ impl CertificateFiles {
     /// Until the server stops: load the pair again whenever a file changed, and hand it to
     /// the listener. A renewal half written (the certificate new, the key still old) fails to
     /// load; it is retried at the next change, which the second file's write is.
-    async fn watch(self, served: axum_server::tls_rustls::RustlsConfig) {
+    async fn watch(
+        self,
+        served: axum_server::tls_rustls::RustlsConfig,
+        metrics: Arc<perimeter_model::Metrics>,
+    ) {
         let Some(every) = self.check_every else {
             return;
         };
@@ -145,16 +195,24 @@ impl CertificateFiles {
             }
             seen = now;
             let (cert, key) = (self.cert.clone(), self.key.clone());
-            match tokio::task::spawn_blocking(move || load_tls(&cert, &key)).await {
-                Ok(Ok(config)) => {
-                    served.reload_from_config(Arc::new(config));
+            let loaded = tokio::task::spawn_blocking(move || load_tls(&cert, &key))
+                .await
+                .map_err(|e| ServeError::Tls(e.to_string()))
+                .and_then(|r| r);
+            match loaded {
+                Ok(loaded) => {
+                    served.reload_from_config(loaded.config.clone());
+                    metrics.inc("tls_certificate_reloads_total", &[("result", "ok")], 1);
                     tracing::info!(cert = %self.cert.display(), "tls certificate reloaded");
+                    loaded.report(&self.cert, &metrics);
                 }
-                Ok(Err(e)) => tracing::error!(
-                    error = %e,
-                    "renewed tls certificate not loaded; the one in use stays"
-                ),
-                Err(e) => tracing::error!(error = %e, "tls certificate reload failed"),
+                Err(e) => {
+                    metrics.inc("tls_certificate_reloads_total", &[("result", "failed")], 1);
+                    tracing::error!(
+                        error = %e,
+                        "renewed tls certificate not loaded; the one in use stays"
+                    );
+                }
             }
         }
     }
@@ -162,18 +220,23 @@ impl CertificateFiles {
 
 impl Server {
     /// Validate the config and load the certificate (if any) without binding: what
-    /// [`Self::bind`] would refuse, short of an address in use. `Ok(true)` when TLS is on.
-    pub fn check(config: &ApiConfig) -> Result<bool, ServeError> {
-        Ok(Self::tls_of(config)?.is_some())
+    /// [`Self::bind`] would refuse, short of an address in use.
+    pub fn check(config: &ApiConfig) -> Result<ListenerCheck, ServeError> {
+        Ok(match Self::tls_of(config)? {
+            None => ListenerCheck::Http,
+            Some((tls, _)) => ListenerCheck::Https {
+                certificate_expires: tls.not_after,
+            },
+        })
     }
 
     fn tls_of(
         config: &ApiConfig,
-    ) -> Result<Option<(Arc<rustls::ServerConfig>, CertificateFiles)>, ServeError> {
+    ) -> Result<Option<(LoadedCertificate, CertificateFiles)>, ServeError> {
         config.validate()?;
         Ok(match (&config.tls_cert_path, &config.tls_key_path) {
             (Some(cert), Some(key)) => Some((
-                Arc::new(load_tls(cert, key)?),
+                load_tls(cert, key)?,
                 CertificateFiles {
                     cert: cert.clone(),
                     key: key.clone(),
@@ -232,6 +295,7 @@ impl Server {
         let handle = axum_server::Handle::new();
         let grace = self.grace;
         let signal = handle.clone();
+        let metrics = state.metrics.clone();
         tokio::spawn(async move {
             shutdown.await;
             state.set_ready(false);
@@ -241,8 +305,9 @@ impl Server {
         match self.tls {
             Some((tls, files)) => {
                 tracing::info!(%addr, "api listening (https)");
-                let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-                let watcher = tokio::spawn(files.watch(config.clone()));
+                tls.report(&files.cert, &metrics);
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config);
+                let watcher = tokio::spawn(files.watch(config.clone(), metrics));
                 let _stop_watching = AbortOnDrop(watcher);
                 axum_server::from_tcp_rustls(self.listener, config)?
                     .handle(handle)
@@ -283,7 +348,7 @@ pub async fn serve(
 fn load_tls(
     cert_path: &std::path::Path,
     key_path: &std::path::Path,
-) -> Result<rustls::ServerConfig, ServeError> {
+) -> Result<LoadedCertificate, ServeError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert_path)
@@ -295,6 +360,8 @@ fn load_tls(
             cert_path.display()
         )));
     }
+    // The leaf is first in the chain.
+    let not_after = certificate_not_after(&certs[0]);
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| ServeError::Tls(format!("private key {}: {e}", key_path.display())))?;
     // An explicit provider: no process-wide default has to be installed by the binary.
@@ -306,7 +373,16 @@ fn load_tls(
         .with_single_cert(certs, key)
         .map_err(|e| ServeError::Tls(format!("certificate/key mismatch or unsupported: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(LoadedCertificate {
+        config: Arc::new(config),
+        not_after,
+    })
+}
+
+/// When a DER certificate stops being valid.
+fn certificate_not_after(der: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
 }
 
 #[cfg(test)]

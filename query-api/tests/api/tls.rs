@@ -147,17 +147,39 @@ fn a_renewed_certificate_is_served_without_a_restart_and_a_bad_one_is_not() {
     };
     until("the first certificate is served", &|| served_by(&first));
 
+    // The expiry gauge and the reload counters, from /metrics over the served certificate.
+    let metric = |c: &rcgen::CertifiedKey, name: &str| -> Option<f64> {
+        let text = https_get(&addr, c.cert.der(), "/metrics").unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|v| v.trim().parse().unwrap())
+    };
+    let expiry = "perimeter_tls_certificate_expiry_timestamp_seconds";
+    // rcgen's default validity ends on 4096-01-01.
+    assert_eq!(metric(&first, expiry), Some(67_090_118_400.0));
+
     // Renewed in place (as certbot does): new connections get the new certificate.
-    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(2099, 6, 30);
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key_pair).unwrap();
+    let renewed = rcgen::CertifiedKey { cert, key_pair };
     write(&renewed);
     until("the renewed certificate is served", &|| served_by(&renewed));
     assert!(
         !served_by(&first),
         "the old certificate is no longer served"
     );
+    assert_eq!(metric(&renewed, expiry), Some(4_086_460_800.0));
+    let reloads = r#"perimeter_tls_certificate_reloads_total{result="ok"}"#;
+    assert_eq!(metric(&renewed, reloads), Some(1.0));
 
-    // A broken renewal is not loaded: the certificate in use stays.
+    // A broken renewal is not loaded: the certificate in use stays, the failure is counted.
     std::fs::write(&cert_path, "not a certificate").unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    let failed = r#"perimeter_tls_certificate_reloads_total{result="failed"}"#;
+    until("the failed reload is counted", &|| {
+        metric(&renewed, failed).is_some()
+    });
     assert!(served_by(&renewed));
+    assert_eq!(metric(&renewed, expiry), Some(4_086_460_800.0));
 }
