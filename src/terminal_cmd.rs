@@ -454,15 +454,33 @@ pub struct DeadLettersArgs {
     /// Only those whose reason or masked excerpt holds this text (case-insensitive).
     #[arg(long, short = 'q')]
     pub query: Option<String>,
-    /// Only input received at or after this time: RFC 3339, a date (2024-05-01, UTC) or
-    /// relative to now (now-15m, now-24h, now-7d).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Only input received before this time (same forms as --from).
-    #[arg(long)]
-    pub to: Option<String>,
+    /// When the input was received.
+    #[command(flatten)]
+    pub time: TimeRange,
     #[command(flatten)]
     pub target: Target,
+}
+
+/// `--from`/`--to` of the listings that take them as they are.
+#[derive(clap::Args)]
+pub struct TimeRange {
+    /// Only those at or after this time: RFC 3339, a date (2024-05-01, UTC) or relative to now
+    /// (now-15m, now-24h, now-7d).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only those before this time (same forms as --from).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+impl TimeRange {
+    /// The two bounds parsed, for reading a data directory.
+    fn parsed(&self) -> anyhow::Result<[Option<chrono::DateTime<chrono::Utc>>; 2]> {
+        Ok([
+            parse_time(&self.from).context("--from")?,
+            parse_time(&self.to).context("--to")?,
+        ])
+    }
 }
 
 const DEAD_LETTER_COLUMNS: &[Column] = &[
@@ -480,17 +498,18 @@ pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::
         let filters = [
             ("source", &args.source),
             ("q", &args.query),
-            ("from", &args.from),
-            ("to", &args.to),
+            ("from", &args.time.from),
+            ("to", &args.time.to),
         ];
         server_items(&args.target, "/dead-letters", &filters)?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
+        let [from, to] = args.time.parsed()?;
         let query = perimeter_store::DeadLetterQuery {
             source: args.source.clone(),
             text: args.query.clone(),
-            from: parse_time(&args.from).context("--from")?,
-            to: parse_time(&args.to).context("--to")?,
+            from,
+            to,
             ..Default::default()
         };
         paged(args.target.limit, |limit, cursor| {
@@ -525,13 +544,8 @@ pub struct AuditArgs {
     /// Only the entries about this alert or event id.
     #[arg(long, value_name = "ID")]
     pub about: Option<String>,
-    /// Only entries at or after this time: RFC 3339, a date (2024-05-01, UTC) or relative to
-    /// now (now-15m, now-24h, now-7d).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Only entries before this time (same forms as --from).
-    #[arg(long)]
-    pub to: Option<String>,
+    #[command(flatten)]
+    pub time: TimeRange,
     #[command(flatten)]
     pub target: Target,
 }
@@ -552,8 +566,8 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
         ("action", &args.action),
         ("token", &args.by),
         ("target", &args.about),
-        ("from", &args.from),
-        ("to", &args.to),
+        ("from", &args.time.from),
+        ("to", &args.time.to),
     ];
     let items = if args.target.server.is_some() {
         server_items(&args.target, "/audit", &filters)?
@@ -567,13 +581,14 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
             dir.display()
         );
         let log = perimeter_query_api::AuditLog::open_read_only(&path)?;
+        let [from, to] = args.time.parsed()?;
         let query = perimeter_query_api::AuditQuery {
             tenant: args.target.tenant.clone().unwrap_or(config.tenant.clone()),
             action: args.action.clone(),
             token: args.by.clone(),
             target: args.about.clone(),
-            from: parse_time(&args.from).context("--from")?,
-            to: parse_time(&args.to).context("--to")?,
+            from,
+            to,
             ..Default::default()
         };
         paged(args.target.limit, |limit, cursor| {
