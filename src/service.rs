@@ -21,10 +21,23 @@ const PER_BATCH_SNAPSHOT_MAX_WINDOWS: usize = 1_000;
 /// How often expired partitions are dropped (also at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
-fn apply_retention(store: &Store) {
+fn apply_retention(store: &Store, metrics: &Metrics) {
     match store.apply_retention(chrono::Utc::now()) {
-        Ok(report) => tracing::info!(?report, "retention applied"),
-        Err(e) => tracing::warn!(error = %e, "retention failed"),
+        Ok(report) => {
+            for (what, n) in [
+                ("events", report.events_removed),
+                ("dead_letters", report.dead_letters_removed),
+                ("alerts", report.alerts_removed),
+                ("alert_journal_lines", report.alert_journal_lines_removed),
+            ] {
+                metrics.inc("retention_removed_total", &[("what", what)], n);
+            }
+            tracing::info!(?report, "retention applied")
+        }
+        Err(e) => {
+            metrics.inc("retention_failures_total", &[], 1);
+            tracing::warn!(error = %e, "retention failed")
+        }
     }
 }
 
@@ -95,7 +108,7 @@ pub fn spawn_pipeline_worker(
             let mut saved_correlations = u64::MAX;
             // The state versions of the last periodic (fsynced) snapshot.
             let mut snapshotted_versions = None;
-            apply_retention(&store);
+            apply_retention(&store, &metrics);
             let mut last_retention = Instant::now();
             // Sources without a normalizer already logged (once each; every answer says it).
             let mut warned_sources = std::collections::HashSet::new();
@@ -252,7 +265,7 @@ pub fn spawn_pipeline_worker(
                     }
                 }
                 if last_retention.elapsed() > RETENTION_EVERY {
-                    apply_retention(&store);
+                    apply_retention(&store, &metrics);
                     last_retention = Instant::now();
                 }
                 if last_snapshot.elapsed() > snapshot_every {
