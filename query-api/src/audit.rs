@@ -10,7 +10,7 @@
 //!
 //! Retention ([`AuditLog::expire`], `[api] audit_retention_days`, off by default) drops the
 //! entries of expired days. They are the head of the file, so the rest is copied to a new file
-//! that replaces the log; cursors name the file they were cut from (its inode), so one handed
+//! that replaces the log (appends wait only for the last lines and the rename); cursors name the file they were cut from (its inode), so one handed
 //! out before is refused rather than misread.
 
 use std::fs::{File, OpenOptions};
@@ -270,8 +270,9 @@ impl AuditLog {
     /// Drop the entries of the days before `now`'s date minus `days` (`0`: keep everything);
     /// returns how many lines were dropped. Entries are in write order, so the expired ones are
     /// the head of the file and checking costs one line while none has expired (once a day it
-    /// has). The rest is copied to a new file, fsynced and renamed over the log, while appends
-    /// wait. A clock step back leaves an older entry after a newer one: the head ends at the
+    /// has). The rest is copied to a new file while appends go on; they wait only while the
+    /// lines written during the copy are added and the new file is fsynced and renamed over the
+    /// log. A clock step back leaves an older entry after a newer one: the head ends at the
     /// first entry kept, so nothing after it is dropped.
     pub fn expire(&self, now: DateTime<Utc>, days: u32) -> Result<u64, AuditError> {
         let Some(oldest_kept) = (days > 0)
@@ -287,8 +288,14 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let mut appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let mut reader = BufReader::new(File::open(&self.path).map_err(io)?);
+        // Whole lines up to `len`: measured under the append lock.
+        let (src, len) = {
+            let _appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            let src = File::open(&self.path).map_err(io)?;
+            let len = src.metadata().map_err(io)?.len();
+            (src, len)
+        };
+        let mut reader = BufReader::new(std::io::Read::take(&src, len));
         let (mut head, mut lines) = (0u64, 0u64);
         let mut line = Vec::new();
         loop {
@@ -310,13 +317,18 @@ impl AuditLog {
             return Ok(0);
         }
         let tmp = self.path.with_extension("jsonl.expire");
-        {
-            let mut src = reader.into_inner();
-            std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(head)).map_err(io)?;
-            let mut out = File::create(&tmp).map_err(io)?;
-            std::io::copy(&mut src, &mut out).map_err(io)?;
-            out.sync_all().map_err(io)?;
-        }
+        let mut out = File::create(&tmp).map_err(io)?;
+        let copy = |out: &mut File, from: u64, to: u64| -> std::io::Result<u64> {
+            let mut part = std::io::Read::take(&src, to - from);
+            std::io::Seek::seek(&mut &src, std::io::SeekFrom::Start(from))?;
+            std::io::copy(&mut part, out)
+        };
+        copy(&mut out, head, len).map_err(io)?;
+        let mut appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let now_len = src.metadata().map_err(io)?.len();
+        copy(&mut out, len, now_len).map_err(io)?;
+        out.sync_all().map_err(io)?;
+        drop(out);
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
@@ -542,6 +554,46 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn entries_appended_during_a_trim_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::sync::Arc::new(AuditLog::open_in(dir.path()).unwrap());
+        // A large expired head (2026-12-01) and a kept day (12-03), then appends during the trim.
+        for m in 0..20_000 {
+            log.append(&entry_at("a", "old", "events.search", "x", m % 600))
+                .unwrap();
+        }
+        for m in 0..100 {
+            log.append(&entry_at(
+                "a",
+                "kept",
+                "events.search",
+                "x",
+                2 * 24 * 60 + m,
+            ))
+            .unwrap();
+        }
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for m in 0..2000 {
+                    log.append(&entry_at("a", "during", "alerts.get", "y", 2 * 24 * 60 + m))
+                        .unwrap();
+                }
+            })
+        };
+        let day4 = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 12, 4, 1, 0, 0).unwrap();
+        assert_eq!(log.expire(day4, 2).unwrap(), 20_000);
+        writer.join().unwrap();
+        let names: Vec<String> = recent(&log, "a", 100_000)
+            .into_iter()
+            .map(|e| e.token_name)
+            .collect();
+        assert_eq!(names.iter().filter(|n| *n == "during").count(), 2000);
+        assert_eq!(names.iter().filter(|n| *n == "kept").count(), 100);
+        assert_eq!(names.len(), 2100);
     }
 
     #[test]
