@@ -293,6 +293,48 @@ fn spawn_silence_ticker(
     });
 }
 
+/// Merge the Parquet files each stored batch adds, every `[store] parquet_compact_every_seconds`,
+/// off the pipeline's thread (compaction is safe beside writes).
+fn spawn_parquet_compaction(
+    store: Arc<Store>,
+    every_seconds: u64,
+    metrics: Arc<Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if every_seconds == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(every_seconds));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.compact()).await {
+                Ok(Ok(report)) => {
+                    metrics.inc(
+                        "parquet_files_merged_total",
+                        &[],
+                        report.files_merged as u64,
+                    );
+                    if report.files_merged > 0 {
+                        tracing::info!(?report, "parquet files compacted");
+                    }
+                }
+                Ok(Err(e)) => {
+                    metrics.inc("parquet_compaction_failures_total", &[], 1);
+                    tracing::warn!(error = %e, "parquet compaction failed");
+                }
+                Err(e) => tracing::warn!(error = %e, "parquet compaction task failed"),
+            }
+        }
+    });
+}
+
 /// Drop the audit log's expired days at start and hourly (nothing to do with `days` 0).
 fn spawn_audit_retention(
     audit: Arc<perimeter_query_api::AuditLog>,
@@ -670,6 +712,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     spawn_audit_retention(
         state.audit.clone(),
         config.api.audit_retention_days,
+        stop_rx.clone(),
+    );
+    spawn_parquet_compaction(
+        store.clone(),
+        config.store.parquet_compact_every_seconds,
+        metrics.clone(),
         stop_rx.clone(),
     );
     let mut api_config = config.api.clone();

@@ -2187,3 +2187,46 @@ fn the_audit_log_keeps_only_its_retention_days() {
     }
     stop(svc);
 }
+
+/// Each stored batch writes a Parquet file per partition; `perimeter run` merges them
+/// (`parquet_compact_every_seconds`), so readers of the Parquet tree do not open a file per batch.
+#[test]
+fn the_service_merges_the_parquet_files_of_its_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with(
+        dir.path(),
+        "\n[store]\nparquet_max_file_age_seconds = 0\nparquet_compact_every_seconds = 1\n",
+    );
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    for i in 0..6 {
+        let ack = ingest_login(&svc, &admin, i);
+        assert_eq!(ack["events"], 1, "{ack}");
+    }
+    let parquet = dir.path().join("data/parquet");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (files, text) = parquet_text(&parquet);
+        if files == 1 {
+            // Each event once, in the one file left.
+            for i in 0..6 {
+                let uuid = format!("\"evt-5-{i}\"");
+                assert_eq!(text.matches(&uuid).count(), 1, "{uuid} in {text}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{files} parquet files left");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = reqwest::blocking::get(format!("{}/metrics", svc.base))
+        .unwrap()
+        .text()
+        .unwrap();
+    let merged: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("perimeter_parquet_files_merged_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(merged >= 2, "{metrics}");
+    stop(svc);
+}

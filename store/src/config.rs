@@ -30,6 +30,10 @@ pub struct StoreConfig {
     /// being added to; `0` merges small files of any age.
     #[serde(default = "default_parquet_max_file_age_seconds")]
     pub parquet_max_file_age_seconds: u64,
+    /// How often `perimeter run` compacts (every 10 minutes by default; `0`: never, the small
+    /// files stay: a reader of the Parquet tree then opens one file per stored batch).
+    #[serde(default = "default_parquet_compact_every_seconds")]
+    pub parquet_compact_every_seconds: u64,
     /// Group commit window: concurrent `write_batch` callers arriving within this many
     /// milliseconds share one tantivy commit and one set of Parquet files. `0` commits each
     /// batch on its own.
@@ -97,6 +101,9 @@ fn default_parquet_max_rows_per_file() -> usize {
 fn default_parquet_max_file_age_seconds() -> u64 {
     3600
 }
+fn default_parquet_compact_every_seconds() -> u64 {
+    600
+}
 fn default_commit_interval_ms() -> u64 {
     0
 }
@@ -121,6 +128,7 @@ impl Default for StoreConfig {
             retention: Vec::new(),
             parquet_max_rows_per_file: default_parquet_max_rows_per_file(),
             parquet_max_file_age_seconds: default_parquet_max_file_age_seconds(),
+            parquet_compact_every_seconds: default_parquet_compact_every_seconds(),
             commit_interval_ms: default_commit_interval_ms(),
             index_writer_memory_bytes: default_index_writer_memory_bytes(),
             index_writer_threads: default_index_writer_threads(),
