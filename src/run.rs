@@ -293,44 +293,58 @@ fn spawn_silence_ticker(
     });
 }
 
+/// Run `job` on a blocking thread every `every` until `stop` (also at once when `at_start`);
+/// a job that panics is logged and the next tick runs it again.
+fn spawn_blocking_every(
+    every: std::time::Duration,
+    at_start: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    job: impl Fn() + Clone + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if !at_start {
+            ticks.tick().await;
+        }
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = tokio::task::spawn_blocking(job.clone()).await {
+                tracing::warn!(error = %e, "background task failed");
+            }
+        }
+    });
+}
+
 /// Merge the Parquet files each stored batch adds, every `[store] parquet_compact_every_seconds`,
 /// off the pipeline's thread (compaction is safe beside writes).
 fn spawn_parquet_compaction(
     store: Arc<Store>,
     every_seconds: u64,
     metrics: Arc<Metrics>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     if every_seconds == 0 {
         return;
     }
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(every_seconds));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = stop.changed() => return,
+    let every = std::time::Duration::from_secs(every_seconds);
+    spawn_blocking_every(every, false, stop, move || match store.compact() {
+        Ok(report) => {
+            metrics.inc(
+                "parquet_files_merged_total",
+                &[],
+                report.files_merged as u64,
+            );
+            if report.files_merged > 0 {
+                tracing::info!(?report, "parquet files compacted");
             }
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.compact()).await {
-                Ok(Ok(report)) => {
-                    metrics.inc(
-                        "parquet_files_merged_total",
-                        &[],
-                        report.files_merged as u64,
-                    );
-                    if report.files_merged > 0 {
-                        tracing::info!(?report, "parquet files compacted");
-                    }
-                }
-                Ok(Err(e)) => {
-                    metrics.inc("parquet_compaction_failures_total", &[], 1);
-                    tracing::warn!(error = %e, "parquet compaction failed");
-                }
-                Err(e) => tracing::warn!(error = %e, "parquet compaction task failed"),
-            }
+        }
+        Err(e) => {
+            metrics.inc("parquet_compaction_failures_total", &[], 1);
+            tracing::warn!(error = %e, "parquet compaction failed");
         }
     });
 }
@@ -339,28 +353,17 @@ fn spawn_parquet_compaction(
 fn spawn_audit_retention(
     audit: Arc<perimeter_query_api::AuditLog>,
     days: u32,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     if days == 0 {
         return;
     }
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(3600));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = stop.changed() => return,
-            }
-            let audit = audit.clone();
-            let done =
-                tokio::task::spawn_blocking(move || audit.expire(chrono::Utc::now(), days)).await;
-            match done {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!(entries = n, days, "expired audit log entries dropped"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "audit log retention failed"),
-                Err(e) => tracing::warn!(error = %e, "audit log retention task failed"),
-            }
+    let hourly = std::time::Duration::from_secs(3600);
+    spawn_blocking_every(hourly, true, stop, move || {
+        match audit.expire(chrono::Utc::now(), days) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, days, "expired audit log entries dropped"),
+            Err(e) => tracing::warn!(error = %e, "audit log retention failed"),
         }
     });
 }

@@ -209,6 +209,15 @@ impl AuditLog {
             })
     }
 
+    /// The log opened for reading, with its metadata taken under the append lock: its length
+    /// ends on a whole line, and the file is the one retention last put in place.
+    fn open_whole_lines(&self) -> std::io::Result<(File, std::fs::Metadata)> {
+        let _appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let file = File::open(&self.path)?;
+        let meta = file.metadata()?;
+        Ok((file, meta))
+    }
+
     /// The entries `q` selects, newest first, a page at a time. A line that does not parse (a
     /// write torn by a crash) is skipped with a warning, not fatal.
     pub fn query(&self, q: &AuditQuery) -> Result<AuditPage, AuditError> {
@@ -216,14 +225,7 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        // Opened and measured under the append lock: the length ends on a whole line, and the
-        // file is the one retention last put in place.
-        let (file, meta) = {
-            let _appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            let file = File::open(&self.path).map_err(io)?;
-            let meta = file.metadata().map_err(io)?;
-            (file, meta)
-        };
+        let (file, meta) = self.open_whole_lines().map_err(io)?;
         let end = match q.cursor.as_deref() {
             None => meta.len(),
             Some(c) => cursor_offset(&file, c, meta.ino(), meta.len())?,
@@ -288,13 +290,8 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        // Whole lines up to `len`: measured under the append lock.
-        let (src, len) = {
-            let _appending = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            let src = File::open(&self.path).map_err(io)?;
-            let len = src.metadata().map_err(io)?.len();
-            (src, len)
-        };
+        let (src, meta) = self.open_whole_lines().map_err(io)?;
+        let len = meta.len();
         let mut reader = BufReader::new(std::io::Read::take(&src, len));
         let (mut head, mut lines) = (0u64, 0u64);
         let mut line = Vec::new();
