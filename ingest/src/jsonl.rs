@@ -461,14 +461,28 @@ impl InputFormat {
 
 /// Input in the shapes people hand to a CLI: JSON lines (one record or page per line), one
 /// pretty-printed JSON document (a saved vendor API page) or several whitespace-separated ones,
-/// or CSV rows ([`InputFormat::Csv`]). For JSON the shape is decided by the first non-blank
-/// line: when it is an incomplete JSON value, the input is read as documents (each reported at
-/// the line it starts on); otherwise as JSON lines.
+/// or CSV rows ([`InputFormat::Csv`]). A UTF-8 byte order mark at the start is skipped.
+///
+/// For JSON the shape is decided by the first non-blank line. When it is a whole JSON value, or
+/// a broken object followed by a line that is a whole object (JSON lines whose first line is
+/// damaged), the input is read as JSON lines. Otherwise it is read as documents:
+/// - each document is reported at the line it starts on;
+/// - the elements of a document that is an array (an Okta or GitHub page) are records of their
+///   own, each at the line it starts on, so `lines` of an alert names the record, not the page;
+///   the records of an object envelope (`{"Records": [...]}`) share the document's line;
+/// - a broken document is one dead letter at the line it starts on, and reading resumes at the
+///   next line that starts a document in column 0 (`{` or `[`), so what follows is not lost.
 pub enum JsonInput<R: Read> {
     Lines(JsonlReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>),
-    Documents(std::vec::IntoIter<Result<InputItem, std::io::Error>>),
+    Documents {
+        items: std::vec::IntoIter<Result<InputItem, std::io::Error>>,
+        lines: u64,
+    },
     Csv(crate::CsvRows<R>),
 }
+
+/// The UTF-8 byte order mark some Windows tools write at the start of a text file.
+pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl<R: BufRead> JsonInput<R> {
     /// `input` in `format`.
@@ -485,32 +499,65 @@ impl<R: BufRead> JsonInput<R> {
 
     /// JSON input (lines or documents).
     pub fn new(mut input: R, config: JsonlReaderConfig) -> std::io::Result<Self> {
-        let mut head = Vec::new();
-        loop {
-            let start = head.len();
-            if input.read_until(b'\n', &mut head)? == 0
-                || !head[start..].iter().all(|b| b.is_ascii_whitespace())
-            {
-                break;
-            }
+        if input.fill_buf()?.starts_with(BOM) {
+            input.consume(BOM.len());
         }
-        let first = head
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())
-            .map(|end| &head[..=end]);
-        let incomplete = first.is_some_and(|line| {
+        let mut head = Vec::new();
+        let first = read_non_blank_line(&mut input, &mut head)?;
+        let incomplete = |line: &[u8]| {
             matches!(serde_json::from_slice::<serde_json::Value>(line), Err(e) if e.is_eof())
-        });
-        if !incomplete {
+        };
+        let as_lines = match first {
+            None => true,
+            Some(first) if !incomplete(&head[first.clone()]) => true,
+            // A pretty-printed object's second line is a key (`"uuid": ...`), never a whole
+            // object: a whole object there means JSON lines whose first line is broken.
+            Some(first) if head[first.clone()].starts_with(b"{") => read_non_blank_line(&mut input, &mut head)?
+                .is_some_and(|second| {
+                    matches!(
+                        serde_json::from_slice::<serde_json::Value>(&head[second]),
+                        Ok(serde_json::Value::Object(_))
+                    )
+                }),
+            Some(_) => false,
+        };
+        if as_lines {
             let chained = std::io::Cursor::new(head).chain(input);
             return Ok(JsonInput::Lines(JsonlReader::new(chained, config)));
         }
         head.reserve(1 << 20);
         input.read_to_end(&mut head)?;
-        Ok(JsonInput::Documents(
-            parse_documents(&head, &config).into_iter(),
-        ))
+        let lines = count_lines(&head);
+        Ok(JsonInput::Documents {
+            items: parse_documents(&head, &config).into_iter(),
+            lines,
+        })
     }
+}
+
+/// Append lines of `input` to `buf` up to and including the next one with non-blank content;
+/// the range of that content (trimmed), or `None` at the end of the input.
+fn read_non_blank_line<R: BufRead>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<std::ops::Range<usize>>> {
+    loop {
+        let start = buf.len();
+        if input.read_until(b'\n', buf)? == 0 {
+            return Ok(None);
+        }
+        let line = &buf[start..];
+        if let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) {
+            let last = line.iter().rposition(|b| !b.is_ascii_whitespace()).unwrap_or(first);
+            return Ok(Some(start + first..start + last + 1));
+        }
+    }
+}
+
+/// Physical lines in `bytes` (a last line without a newline counts).
+fn count_lines(bytes: &[u8]) -> u64 {
+    let newlines = memchr::memchr_iter(b'\n', bytes).count() as u64;
+    newlines + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 
 fn parse_documents(
@@ -518,40 +565,126 @@ fn parse_documents(
     config: &JsonlReaderConfig,
 ) -> Vec<Result<InputItem, std::io::Error>> {
     let mut out = Vec::new();
-    let line_at = |offset: usize| {
-        1 + bytes[..offset.min(bytes.len())]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64
-    };
-    // serde_json finds where each document ends; the document itself is parsed like a line.
-    let mut stream =
-        serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
-    loop {
-        let start = stream.byte_offset();
-        let start = start
-            + bytes[start..]
-                .iter()
-                .take_while(|b| b.is_ascii_whitespace())
-                .count();
-        match stream.next() {
-            None => break,
-            Some(Ok(_)) => out.push(Ok(parse_record(
-                line_at(start),
-                &bytes[start..stream.byte_offset()],
-                config.excerpt_bytes,
-            ))),
-            Some(Err(e)) => {
-                // The rest of a broken document cannot be resynchronised: report it once, with
-                // the line the parser stopped at, and stop.
-                out.push(Ok(InputItem::Invalid {
-                    line: e.line() as u64,
-                    reason: format!("invalid JSON: {e}"),
-                    excerpt: excerpt(&bytes[start..], config.excerpt_bytes),
-                }));
-                break;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(memchr::memchr_iter(b'\n', bytes).map(|i| i + 1))
+        .collect();
+    // 1-based line of a byte offset.
+    let line_at = |offset: usize| line_starts.partition_point(|&s| s <= offset) as u64;
+    let mut base = 0;
+    'documents: while base < bytes.len() {
+        // serde_json finds where each document ends; the document itself is parsed like a line.
+        let mut stream = serde_json::Deserializer::from_slice(&bytes[base..])
+            .into_iter::<serde::de::IgnoredAny>();
+        loop {
+            let start = base + stream.byte_offset();
+            let start = start
+                + bytes[start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_whitespace())
+                    .count();
+            match stream.next() {
+                None => break 'documents,
+                Some(Ok(_)) => {
+                    let doc = &bytes[start..base + stream.byte_offset()];
+                    push_document(&mut out, doc, start, &line_at, config.excerpt_bytes);
+                }
+                Some(Err(e)) => {
+                    // Reading resumes at the next line after this one that starts a document
+                    // in column 0: the next JSON line, or the next page of a pretty-printed
+                    // series (whose inner lines are indented).
+                    let first_line = line_at(start) as usize;
+                    let resume = line_starts[first_line.min(line_starts.len() - 1)..]
+                        .iter()
+                        .copied()
+                        .find(|&s| s > start && matches!(bytes.get(s), Some(b'{' | b'[')));
+                    let end = resume.unwrap_or(bytes.len());
+                    let at = line_at(base) - 1;
+                    out.push(Ok(InputItem::Invalid {
+                        line: first_line as u64,
+                        reason: format!(
+                            "invalid JSON: {} at line {} column {}",
+                            without_position(&e),
+                            e.line() as u64 + at,
+                            e.column()
+                        ),
+                        excerpt: excerpt(&bytes[start..end], config.excerpt_bytes),
+                    }));
+                    match resume {
+                        Some(resume) => {
+                            base = resume;
+                            continue 'documents;
+                        }
+                        None => break 'documents,
+                    }
+                }
             }
         }
+    }
+    out
+}
+
+/// serde_json's message without its ` at line L column C` (given again, relative to the input).
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// One whole document: a record, or the records of a top-level array, each at its own line.
+fn push_document(
+    out: &mut Vec<Result<InputItem, std::io::Error>>,
+    doc: &[u8],
+    offset: usize,
+    line_at: &dyn Fn(usize) -> u64,
+    excerpt_bytes: usize,
+) {
+    if doc.first() == Some(&b'[') && !nesting_exceeds(doc, MAX_NESTING) {
+        for element in array_elements(doc) {
+            let start = offset + element.start;
+            out.push(Ok(parse_record(line_at(start), &doc[element], excerpt_bytes)));
+        }
+    } else {
+        out.push(Ok(parse_record(line_at(offset), doc, excerpt_bytes)));
+    }
+}
+
+/// The byte ranges of the elements of `array`, a whole, valid JSON array (trimmed).
+fn array_elements(array: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut element_start: Option<usize> = None;
+    let mut last_content = 0;
+    for (i, &b) in array.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+                last_content = i;
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        if depth == 1 && (b == b',' || b == b']') {
+            if let Some(start) = element_start.take() {
+                out.push(start..last_content + 1);
+            }
+        } else if depth == 1 && element_start.is_none() {
+            element_start = Some(i);
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        last_content = i;
     }
     out
 }
@@ -561,19 +694,19 @@ impl<R: BufRead> Iterator for JsonInput<R> {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             JsonInput::Lines(r) => r.next(),
-            JsonInput::Documents(d) => d.next(),
+            JsonInput::Documents { items, .. } => items.next(),
             JsonInput::Csv(c) => c.next(),
         }
     }
 }
 
 impl<R: BufRead> JsonInput<R> {
-    /// Physical lines consumed (JSON lines and CSV); 0 for documents.
+    /// Physical lines consumed (for documents: all of them, read at the start).
     pub fn lines_read(&self) -> u64 {
         match self {
             JsonInput::Lines(r) => r.lines_read(),
             JsonInput::Csv(c) => c.lines_read(),
-            JsonInput::Documents(_) => 0,
+            JsonInput::Documents { lines, .. } => *lines,
         }
     }
 }
@@ -586,15 +719,14 @@ mod input_tests {
     #[test]
     fn pretty_printed_pages_are_documents_and_jsonl_stays_lines() {
         let page = b"[\n  {\"a\": 1},\n  {\"a\": 2}\n]\n\n{\n  \"items\": []\n}\n";
-        let items: Vec<InputItem> = JsonInput::new(&page[..], JsonlReaderConfig::default())
-            .unwrap()
-            .map(|i| i.unwrap())
-            .collect();
-        assert_eq!(items.len(), 2);
-        assert!(
-            matches!(&items[0], InputItem::Record { line: 1, value } if value.as_array().unwrap().len() == 2)
-        );
-        assert!(matches!(&items[1], InputItem::Record { line: 6, .. }));
+        let input = JsonInput::new(&page[..], JsonlReaderConfig::default()).unwrap();
+        assert_eq!(input.lines_read(), 8);
+        let items: Vec<InputItem> = input.map(|i| i.unwrap()).collect();
+        // The elements of an array page are records of their own, at their own lines.
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert!(matches!(&items[0], InputItem::Record { line: 2, value } if value["a"] == 1));
+        assert!(matches!(&items[1], InputItem::Record { line: 3, value } if value["a"] == 2));
+        assert!(matches!(&items[2], InputItem::Record { line: 6, .. }));
 
         let broken = b"{\n  \"a\": 1,\n  \"b\": \n";
         let items: Vec<InputItem> = JsonInput::new(&broken[..], JsonlReaderConfig::default())
@@ -612,6 +744,85 @@ mod input_tests {
             .collect();
         assert_eq!(items.len(), 3);
         assert!(matches!(&items[1], InputItem::Invalid { line: 2, .. }));
+    }
+
+    fn items(input: &[u8]) -> Vec<InputItem> {
+        JsonInput::new(input, JsonlReaderConfig::default())
+            .unwrap()
+            .map(|i| i.unwrap())
+            .collect()
+    }
+
+    fn lines_of(items: &[InputItem]) -> Vec<(u64, bool)> {
+        items
+            .iter()
+            .map(|i| match i {
+                InputItem::Record { line, .. } => (*line, true),
+                InputItem::Invalid { line, .. } => (*line, false),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_broken_first_line_does_not_take_the_rest_of_the_file_with_it() {
+        // Read as JSON lines: the first line alone is the dead letter.
+        let got = items(b"{\"uuid\": \"u1\", \n{\"a\":1}\n\n{\"a\":2}\n");
+        assert_eq!(lines_of(&got), vec![(1, false), (2, true), (4, true)]);
+        // A broken first line that opens an array is read as documents; reading resumes at the
+        // next line that starts a document.
+        let got = items(b"[{\"a\":1},\n{\"a\":2}\n{\"a\":3}\n");
+        assert_eq!(lines_of(&got), vec![(1, false), (2, true), (3, true)]);
+    }
+
+    #[test]
+    fn a_broken_document_is_reported_where_it_starts_and_the_next_one_is_read() {
+        let input = b"{\n  \"a\": 1,\n  \"b\": \n}\n{\n  \"c\": 3\n}\n[\n  1,\n  {\"d\": 4}\n]\n";
+        let got = items(input);
+        assert_eq!(
+            lines_of(&got),
+            vec![(1, false), (5, true), (9, false), (10, true)],
+            "{got:?}"
+        );
+        match &got[0] {
+            InputItem::Invalid { reason, .. } => {
+                assert!(reason.contains("at line 4 column 1"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&got[2], InputItem::Invalid { reason, .. } if reason.contains("found a number")));
+        // Line numbers of a document after a broken one are still the input's.
+        let input = b"{\n  \"a\": ,\n  \"b\": 2\n}\n{\n  \"c\": \n}\n";
+        let got = items(input);
+        assert_eq!(lines_of(&got), vec![(1, false), (5, false)], "{got:?}");
+        match &got[1] {
+            InputItem::Invalid { reason, .. } => {
+                assert!(reason.contains("at line 7 column 1"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn array_elements_are_found_whatever_their_strings_hold() {
+        let array = br#"[ {"s": "a,]\"b[{"}, "x\\", 12 , [1, [2]], {} ]"#;
+        let got: Vec<&str> = array_elements(array)
+            .into_iter()
+            .map(|r| std::str::from_utf8(&array[r]).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            vec![r#"{"s": "a,]\"b[{"}"#, r#""x\\""#, "12", "[1, [2]]", "{}"]
+        );
+        assert!(array_elements(b"[]").is_empty());
+        assert!(array_elements(b"[ ]").is_empty());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let got = items(b"\xEF\xBB\xBF{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(lines_of(&got), vec![(1, true), (2, true)]);
+        let got = items(b"\xEF\xBB\xBF[\n  {\"a\": 1}\n]\n");
+        assert_eq!(lines_of(&got), vec![(2, true)]);
     }
 }
 
