@@ -41,6 +41,10 @@ pub struct PerimeterConfig {
     /// Spool directory watched by `perimeter run` (default: `<data_dir>/inbox`).
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
+    /// Longest input line (or CSV row) read from files, stdin, the spool and HTTP ingest; a
+    /// longer one is a dead letter. A CloudTrail `{"Records": [...]}` file is a single line.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
     /// SaaS audit-log APIs `perimeter run` polls (`[[poll]]` tables): Okta, GitHub, Slack,
     /// 1Password, Google Workspace. Checkpoints live in `<data_dir>/state/poll/`.
     #[serde(default)]
@@ -56,6 +60,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_tenant() -> String {
     "default".into()
+}
+fn default_max_line_bytes() -> usize {
+    perimeter_ingest::DEFAULT_MAX_LINE_BYTES
 }
 fn default_state_snapshot_seconds() -> u64 {
     30

@@ -65,7 +65,7 @@ pub struct DetectArgs {
     pub tenant: Option<String>,
 }
 
-/// How the input is written.
+/// How the input is written and read.
 #[derive(clap::Args)]
 pub struct FormatArg {
     /// Input format: `json` (JSON lines, or pretty-printed JSON documents such as a saved API
@@ -74,6 +74,11 @@ pub struct FormatArg {
     /// csv for `*.csv` / `*.csv.gz` files, json otherwise (stdin included)
     #[arg(long, default_value = "auto", value_parser = ["auto", "json", "csv"])]
     pub format: String,
+    /// Longest line (or CSV row) read, in bytes; a longer one is a dead letter. Default: the
+    /// config's `max_line_bytes`, 1 MiB unless set. A CloudTrail `{"Records": [...]}` file is a
+    /// single line: raise it for larger ones.
+    #[arg(long, value_name = "BYTES")]
+    pub max_line_bytes: Option<usize>,
 }
 
 impl FormatArg {
@@ -82,6 +87,13 @@ impl FormatArg {
             "csv" => InputFormat::Csv,
             "json" => InputFormat::Json,
             _ => InputFormat::from_path(input),
+        }
+    }
+
+    fn reader(&self, config: &PerimeterConfig) -> JsonlReaderConfig {
+        JsonlReaderConfig {
+            max_line_bytes: self.max_line_bytes.unwrap_or(config.max_line_bytes),
+            ..JsonlReaderConfig::default()
         }
     }
 }
@@ -123,18 +135,9 @@ pub fn base_parts(config: &PerimeterConfig) -> anyhow::Result<(NormalizerRegistr
     Ok((registry, masker))
 }
 
-/// Load rules; rule errors are printed (file, line, field, why) and the rest still run.
-pub fn load_sigma(
-    config: &PerimeterConfig,
-    rules: &[PathBuf],
-    ignore_logsource: bool,
-) -> anyhow::Result<SigmaDetector> {
-    let (set, options) = load_rules(config, rules, ignore_logsource)?;
-    Ok(SigmaDetector::new(set, &options))
-}
-
-/// [`load_sigma`]'s rules before they are compiled into a detector, with the options they were
-/// loaded with: for a caller that also lists them (`GET /rules`) without loading them twice.
+/// Load rules; rule errors are printed (file, line, field, why) and the rest still run. The
+/// rules come back before they are compiled into a detector, with the options they were loaded
+/// with: for a caller that also lists them (`GET /rules`) without loading them twice.
 pub fn load_rules(
     config: &PerimeterConfig,
     rules: &[PathBuf],
@@ -177,11 +180,9 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     let mut out = PipelineOutput::default();
     let mut dead = Vec::new();
     let format = args.format.of(&args.input);
-    for item in JsonInput::with_format(
-        open_input(&args.input)?,
-        JsonlReaderConfig::default(),
-        format,
-    )? {
+    for item in
+        JsonInput::with_format(open_input(&args.input)?, args.format.reader(config), format)?
+    {
         let item = item.with_context(|| format!("reading input {}", args.input.display()))?;
         feed(&mut pipeline, &args.source, &tenant, item, &mut out);
         for e in out.events.drain(..) {
@@ -197,6 +198,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
         stats.records, stats.events, stats.values_masked, stats.dead_letters
     );
     print_dead_letters(&dead, stats.dead_letters);
+    print_timestamps_adjusted(stats.timestamps_adjusted);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -251,11 +253,27 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     note_unnormalized_source("detect", &registry, &args.source);
     let tenant = args.tenant.clone().unwrap_or_else(|| config.tenant.clone());
     let key = perimeter_detect::pipeline::entity_key(&masker);
-    let sigma = load_sigma(config, &args.rules, args.ignore_logsource)?;
+    // Run from another directory (a cron job), the default ./detection-rules is not there: a
+    // run without rules would find nothing and look like a quiet day.
+    anyhow::ensure!(
+        !config.rule_paths(&args.rules).is_empty(),
+        "no rules to run: --rules names none, the config has no `rules`, and there is no \
+         ./detection-rules here; pass --rules DIR"
+    );
+    let (set, options, rules) = load_rules_reported(config, &args.rules, args.ignore_logsource)?;
+    for f in &rules.failed {
+        eprintln!("rule error: {f}");
+    }
+    let ueba_on = !args.no_ueba && config.ueba.enabled;
+    anyhow::ensure!(
+        rules.loaded > 0 || ueba_on,
+        "no detector to run: no rule loaded and the behavioural detectors are off"
+    );
+    let sigma = SigmaDetector::new(set, &options);
     let mut pipeline =
         Pipeline::new(registry, masker, Arc::new(Metrics::new()), false).with_sigma(sigma);
     let ueba_state = args.state_dir.as_ref().map(|d| d.join(UEBA_SNAPSHOT));
-    if !args.no_ueba && config.ueba.enabled {
+    if ueba_on {
         let engine = match &ueba_state {
             Some(p) if p.exists() => UebaEngine::restore_from(config.ueba.clone(), key, p)
                 .with_context(|| format!("restoring behavioural state from {}", p.display()))?,
@@ -299,7 +317,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let started = std::time::Instant::now();
     let mut reader = JsonInput::with_format(
         open_input(&args.input)?,
-        JsonlReaderConfig::default(),
+        args.format.reader(config),
         args.format.of(&args.input),
     )?;
     let write_alerts = |out: &mut PipelineOutput, w: &mut dyn Write| -> anyhow::Result<()> {
@@ -356,5 +374,25 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         );
     }
     print_dead_letters(&dead, stats.dead_letters);
+    print_timestamps_adjusted(stats.timestamps_adjusted);
+    if !rules.failed.is_empty() {
+        // The run went on with the rules that loaded; a script must still learn that it was
+        // not the detection it asked for.
+        eprintln!(
+            "perimeter detect: {} rule file(s) failed to load (errors above); their detections did not run",
+            rules.failed.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Say how many events had an implausible time replaced by their receive time: their
+/// `@timestamp` is not the vendor's (the events carry `perimeter.timestamp_adjusted`).
+fn print_timestamps_adjusted(count: u64) {
+    if count > 0 {
+        eprintln!(
+            "  {count} events had a time too far in the future or before 2000; their @timestamp is the receive time (perimeter.timestamp_adjusted)"
+        );
+    }
 }

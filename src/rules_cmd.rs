@@ -114,9 +114,8 @@ pub fn run(config: &PerimeterConfig, cmd: RulesCommand) -> anyhow::Result<ExitCo
 }
 
 fn check(config: &PerimeterConfig, paths: Vec<PathBuf>, format: &str) -> anyhow::Result<ExitCode> {
-    for p in &paths {
-        anyhow::ensure!(p.exists(), "rule path {} does not exist", p.display());
-    }
+    // A path that does not exist is a failed entry of the report (`cannot read: ...`), so a
+    // script reading the JSON sees it there like any other failure.
     let (rules, report) = RuleSet::load(&paths, &config.sigma);
     let (registry, _) = base_parts(config)?;
     let misspelt = rules.misspelt_sources(&registry.names(), &config.sigma);

@@ -734,6 +734,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         bus.clone(),
         ingest_auth(state.tokens.clone()),
         64 * 1024 * 1024,
+        config.max_line_bytes,
     );
 
     let pollers = spawn_pollers(config, &data_dir, &bus, &metrics, &stop_rx)?;
@@ -742,7 +743,10 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         .clone()
         .unwrap_or_else(|| data_dir.join("inbox"));
     let spool = SpoolSource::new(
-        SpoolConfig::new(spool_dir.clone(), config.tenant.clone()),
+        SpoolConfig {
+            max_line_bytes: config.max_line_bytes,
+            ..SpoolConfig::new(spool_dir.clone(), config.tenant.clone())
+        },
         bus,
     );
     let mut spool_stop = stop_rx.clone();

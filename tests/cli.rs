@@ -1,6 +1,6 @@
 //! The command-line contracts: `normalize`, `detect`, `rules check|test`, `demo`.
 
-use crate::util::{fixtures, json_lines, perimeter, repo, stderr};
+use crate::util::{fixtures, json_lines, perimeter, perimeter_in, repo, stderr};
 
 const MFA_RULE: &str = "title: Okta MFA factor deactivated
 id: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e11
@@ -1326,4 +1326,139 @@ fn run_check_says_when_the_tls_certificate_expires_and_refuses_an_expired_one() 
         api.starts_with("error") && api.contains("expired on 2021-01-01"),
         "{api}"
     );
+}
+
+#[test]
+fn detect_says_when_it_runs_short_of_its_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!(
+        "{}\n",
+        okta_event("user.mfa.factor.deactivate", "alice@example.com", 2)
+    );
+    // No --rules, no config, no ./detection-rules here (a cron job's directory): an error, not
+    // a run that finds nothing.
+    let out = perimeter_in(
+        dir.path(),
+        &["detect", "--source", "okta"],
+        Some(input.as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no rules to run"), "{}", stderr(&out));
+    // One good rule and one broken one: the good one runs, the exit code says the run was
+    // short of a rule.
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("mfa.yml"), MFA_RULE).unwrap();
+    std::fs::write(rules.join("broken.yml"), "title: x\ndetection: [\n").unwrap();
+    let out = perimeter(&okta_detect_args(&rules), Some(input.as_bytes()));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(json_lines(&out).len(), 1);
+    let err = stderr(&out);
+    assert!(err.contains("broken.yml"), "{err}");
+    assert!(err.contains("1 rule file(s) failed to load"), "{err}");
+    // Nothing that can detect: refused before reading the input.
+    std::fs::remove_file(rules.join("mfa.yml")).unwrap();
+    let out = perimeter(&okta_detect_args(&rules), Some(input.as_bytes()));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no detector to run"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn detect_names_the_line_of_each_record_of_a_pretty_printed_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("mfa.yml");
+    std::fs::write(&rule, MFA_RULE).unwrap();
+    let records: Vec<serde_json::Value> = [
+        okta_event("user.session.start", "bob@example.com", 1),
+        okta_event("user.mfa.factor.deactivate", "alice@example.com", 2),
+    ]
+    .iter()
+    .map(|r| serde_json::from_str(r).unwrap())
+    .collect();
+    let page = serde_json::to_string_pretty(&records).unwrap();
+    // The line of the `{` that opens the second record.
+    let uuid_at = page.find("u-user.mfa.factor.deactivate-2").unwrap();
+    let open_at = page[..uuid_at].rfind("\n  {").unwrap() + 1;
+    let expected_line = page[..open_at].matches('\n').count() as u64 + 1;
+    assert!(expected_line > 2);
+    // With a byte order mark, as some Windows tools save it.
+    let input = [&b"\xEF\xBB\xBF"[..], page.as_bytes()].concat();
+    let out = perimeter(&okta_detect_args(&rule), Some(&input));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let alerts = json_lines(&out);
+    assert_eq!(alerts.len(), 1, "{}", stderr(&out));
+    assert_eq!(alerts[0]["lines"], serde_json::json!([expected_line]));
+    let lines = page.lines().count();
+    assert!(
+        stderr(&out).contains(&format!("perimeter detect: {lines} lines, 2 records")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_cloudtrail_file_longer_than_the_line_limit_is_read_with_a_larger_limit() {
+    let record = |i: usize| {
+        serde_json::json!({
+            "eventVersion": "1.08", "eventTime": "2026-11-24T10:00:00Z", "eventSource": "iam.amazonaws.com",
+            "eventName": "CreateAccessKey", "awsRegion": "us-east-1", "sourceIPAddress": "198.51.100.7",
+            "userIdentity": {"type": "IAMUser", "userName": format!("user{i}"), "accountId": "123456789012"},
+            "eventID": format!("e-{i}"), "padding": "x".repeat(400)
+        })
+    };
+    let file =
+        serde_json::json!({"Records": (0..3000).map(record).collect::<Vec<_>>()}).to_string();
+    assert!(file.len() > 1 << 20);
+    let input = format!("{file}\n");
+    let args = ["normalize", "--source", "aws_cloudtrail"];
+    let out = perimeter(&args, Some(input.as_bytes()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json_lines(&out).is_empty());
+    let err = stderr(&out);
+    assert!(err.contains("line 1: line is"), "{err}");
+    assert!(err.contains("raise max_line_bytes"), "{err}");
+    let out = perimeter(
+        &[&args[..], &["--max-line-bytes", "16777216"]].concat(),
+        Some(input.as_bytes()),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = json_lines(&out);
+    assert_eq!(events.len(), 3000, "{}", stderr(&out));
+    assert_eq!(events[0]["event"]["action"], "CreateAccessKey");
+}
+
+#[test]
+fn rules_check_json_reports_a_missing_path_as_failed() {
+    let out = perimeter(
+        &["rules", "check", "no/such/rules", "--format", "json"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = &json_lines(&out)[0];
+    assert_eq!(report["loaded"], 0);
+    assert_eq!(report["failed"][0]["path"], "no/such/rules");
+    let dir = tempfile::tempdir().unwrap();
+    let with_bom = format!("\u{feff}{MFA_RULE}");
+    std::fs::write(dir.path().join("bom.yml"), with_bom).unwrap();
+    let out = perimeter(
+        &[
+            "rules",
+            "check",
+            dir.path().to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(json_lines(&out)[0]["loaded"], 1);
 }

@@ -73,7 +73,7 @@ impl<R: Read> CsvRows<R> {
             return self.invalid(
                 line,
                 format!(
-                    "CSV row of {bytes} bytes is longer than the {} byte limit",
+                    "CSV row of {bytes} bytes is longer than the {} byte limit (raise max_line_bytes to read it)",
                     self.config.max_line_bytes
                 ),
             );

@@ -27,12 +27,21 @@ struct IngestState {
     max_body_bytes: usize,
 }
 
-/// Routes: `POST /ingest/{source}` (source name, `auto` or `json`). Bodies up to `max_body_bytes`.
-pub fn ingest_router(bus: BusSender, auth: IngestAuth, max_body_bytes: usize) -> Router {
+/// Routes: `POST /ingest/{source}` (source name, `auto` or `json`). Bodies up to `max_body_bytes`,
+/// lines (or CSV rows) up to `max_line_bytes`.
+pub fn ingest_router(
+    bus: BusSender,
+    auth: IngestAuth,
+    max_body_bytes: usize,
+    max_line_bytes: usize,
+) -> Router {
     let state = IngestState {
         bus,
         auth,
-        reader: JsonlReaderConfig::default(),
+        reader: JsonlReaderConfig {
+            max_line_bytes,
+            ..JsonlReaderConfig::default()
+        },
         max_body_bytes,
     };
     Router::new()

@@ -15,8 +15,13 @@ pub struct JsonlReaderConfig {
     pub excerpt_bytes: usize,
 }
 
+/// The default longest line: 1 MiB. Records are a few KB; a line far longer is most likely not
+/// one (a 10 MB line is dead-lettered without being buffered). A CloudTrail `{"Records": [...]}`
+/// file is one line and can be larger: `max_line_bytes` is a setting for that.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
+
 fn default_max_line_bytes() -> usize {
-    1024 * 1024
+    DEFAULT_MAX_LINE_BYTES
 }
 fn default_excerpt_bytes() -> usize {
     256
@@ -195,7 +200,7 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
                 return Some(Ok(InputItem::Invalid {
                     line,
                     reason: format!(
-                        "line is {total} bytes, longer than the limit of {} bytes",
+                        "line is {total} bytes, longer than the limit of {} bytes (raise max_line_bytes to read it)",
                         self.config.max_line_bytes
                     ),
                     excerpt: excerpt(&self.buf, max),
@@ -504,21 +509,20 @@ impl<R: BufRead> JsonInput<R> {
         }
         let mut head = Vec::new();
         let first = read_non_blank_line(&mut input, &mut head)?;
-        let incomplete = |line: &[u8]| {
-            matches!(serde_json::from_slice::<serde_json::Value>(line), Err(e) if e.is_eof())
-        };
+        let incomplete = |line: &[u8]| matches!(serde_json::from_slice::<serde_json::Value>(line), Err(e) if e.is_eof());
         let as_lines = match first {
             None => true,
             Some(first) if !incomplete(&head[first.clone()]) => true,
             // A pretty-printed object's second line is a key (`"uuid": ...`), never a whole
             // object: a whole object there means JSON lines whose first line is broken.
-            Some(first) if head[first.clone()].starts_with(b"{") => read_non_blank_line(&mut input, &mut head)?
-                .is_some_and(|second| {
+            Some(first) if head[first.clone()].starts_with(b"{") => {
+                read_non_blank_line(&mut input, &mut head)?.is_some_and(|second| {
                     matches!(
                         serde_json::from_slice::<serde_json::Value>(&head[second]),
                         Ok(serde_json::Value::Object(_))
                     )
-                }),
+                })
+            }
             Some(_) => false,
         };
         if as_lines {
@@ -548,7 +552,10 @@ fn read_non_blank_line<R: BufRead>(
         }
         let line = &buf[start..];
         if let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) {
-            let last = line.iter().rposition(|b| !b.is_ascii_whitespace()).unwrap_or(first);
+            let last = line
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .unwrap_or(first);
             return Ok(Some(start + first..start + last + 1));
         }
     }
@@ -643,7 +650,11 @@ fn push_document(
     if doc.first() == Some(&b'[') && !nesting_exceeds(doc, MAX_NESTING) {
         for element in array_elements(doc) {
             let start = offset + element.start;
-            out.push(Ok(parse_record(line_at(start), &doc[element], excerpt_bytes)));
+            out.push(Ok(parse_record(
+                line_at(start),
+                &doc[element],
+                excerpt_bytes,
+            )));
         }
     } else {
         out.push(Ok(parse_record(line_at(offset), doc, excerpt_bytes)));
@@ -714,7 +725,6 @@ impl<R: BufRead> JsonInput<R> {
 #[cfg(test)]
 mod input_tests {
     use super::*;
-    use perimeter_model::raw_prelude::*;
 
     #[test]
     fn pretty_printed_pages_are_documents_and_jsonl_stays_lines() {
@@ -789,7 +799,9 @@ mod input_tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(&got[2], InputItem::Invalid { reason, .. } if reason.contains("found a number")));
+        assert!(
+            matches!(&got[2], InputItem::Invalid { reason, .. } if reason.contains("found a number"))
+        );
         // Line numbers of a document after a broken one are still the input's.
         let input = b"{\n  \"a\": ,\n  \"b\": 2\n}\n{\n  \"c\": \n}\n";
         let got = items(input);

@@ -16,7 +16,10 @@ pub mod poll;
 pub mod spool;
 
 pub use csv_rows::CsvRows;
-pub use jsonl::{decompressed, InputFormat, InputItem, JsonInput, JsonlReader, JsonlReaderConfig};
+pub use jsonl::{
+    decompressed, InputFormat, InputItem, JsonInput, JsonlReader, JsonlReaderConfig,
+    DEFAULT_MAX_LINE_BYTES,
+};
 
 /// Errors of the ingest crate.
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,13 @@ pub struct SpoolConfig {
     /// `.failed/<source>/` (see the module docs).
     #[serde(default = "default_set_aside_after_ms")]
     pub set_aside_after_ms: u64,
+    /// Longest line (or CSV row) read; a longer one is a dead letter.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+}
+
+fn default_max_line_bytes() -> usize {
+    crate::DEFAULT_MAX_LINE_BYTES
 }
 
 fn default_tenant() -> String {
@@ -54,6 +61,7 @@ impl SpoolConfig {
             poll_interval_ms: default_poll_interval_ms(),
             batch_records: default_batch_records(),
             set_aside_after_ms: default_set_aside_after_ms(),
+            max_line_bytes: default_max_line_bytes(),
         }
     }
 }
@@ -212,7 +220,13 @@ impl SpoolSource {
         })?;
         let format = crate::InputFormat::from_path(path);
         let reader = crate::jsonl::decompressed(std::io::BufReader::new(file))
-            .and_then(|input| JsonInput::with_format(input, JsonlReaderConfig::default(), format))
+            .and_then(|input| {
+                let reader = JsonlReaderConfig {
+                    max_line_bytes: self.config.max_line_bytes,
+                    ..JsonlReaderConfig::default()
+                };
+                JsonInput::with_format(input, reader, format)
+            })
             .map_err(|source| IngestError::Io {
                 what: path.display().to_string(),
                 source,
@@ -352,6 +366,7 @@ mod tests {
                 poll_interval_ms: 10,
                 batch_records,
                 set_aside_after_ms: 0,
+                max_line_bytes: default_max_line_bytes(),
             },
             bus,
         )

@@ -71,7 +71,7 @@ pub enum PatternKind {
     /// Okta API token (`00` + 40 chars) after `SSWS ` or an `okta..token=` assignment only: a bare
     /// `00...` string of that length is too common (hex digests, ids) to mask everywhere.
     OktaApiToken,
-    /// 1Password service account token (`ops_...`).
+    /// 1Password service account token (`ops_...`) or account Secret Key (`A3-XXXXXX-...`).
     OnepasswordToken,
     /// GitHub tokens (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`).
     GithubToken,

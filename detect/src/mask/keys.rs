@@ -66,6 +66,8 @@ const SECRET_SUFFIXES: &[&str] = &[
     "current",
     "confirmation",
     "confirm",
+    "input",
+    "entered",
     "1",
     "2",
 ];
@@ -216,11 +218,7 @@ impl KeyMatcher {
         for m in self.automaton.find_iter(folded) {
             let before = &folded[..m.start()];
             let after = &folded[m.end()..];
-            if is_secret_suffix(after)
-                && !REFERENCE_PREFIXES
-                    .iter()
-                    .any(|p| before.ends_with(p.as_bytes()))
-            {
+            if is_secret_suffix(after) && !is_reference(before, &folded[m.start()..m.end()]) {
                 hit = true;
                 break;
             }
@@ -228,6 +226,19 @@ impl KeyMatcher {
         hit && !self.allow.iter().any(|a| a.as_bytes() == folded)
     }
 }
+
+/// Whether `before` ends with a qualifier that makes `word` a reference to a secret. A hashed
+/// password is not one: passwords are few and guessable, so their hashes are cracked offline (a
+/// bcrypt `hashed_password` is as good as the password), while a hashed token (random, long)
+/// is only an id for it.
+fn is_reference(before: &[u8], word: &[u8]) -> bool {
+    REFERENCE_PREFIXES.iter().any(|p| {
+        before.ends_with(p.as_bytes()) && !(*p == "hashed" && PASSWORD_WORDS.contains(&word))
+    })
+}
+
+/// The sensitive words that name a password (what a person chose and can be guessed).
+const PASSWORD_WORDS: &[&[u8]] = &[b"password", b"passwd", b"passphrase", b"passcode", b"pwd"];
 
 /// `after` is empty or made only of [`SECRET_SUFFIXES`] words.
 fn is_secret_suffix(after: &[u8]) -> bool {
@@ -303,6 +314,11 @@ mod tests {
             "http.request.headers.authorization",
             "db.password",
             "passphrase",
+            "hashed_password",
+            "hashedPassword",
+            "passwordInput",
+            "user_password_input",
+            "password_entered",
             "authorization_code",
         ] {
             assert!(m.is_sensitive(k), "{k} should be sensitive");

@@ -164,9 +164,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::OnepasswordToken,
-        regex: r"(?-u:\b)ops_[A-Za-z0-9+/=_-]{40,}",
+        // A service account token, or an account's Secret Key (`A3-` + account id + 26
+        // characters in groups), which with the account password opens the vault.
+        regex: r"(?-u:\b)(?:ops_[A-Za-z0-9+/=_-]{40,}|A3-[A-Z0-9]{6}-[A-Z0-9]{6}(?:-[A-Z0-9]{5}){4}(?-u:\b))",
         secret_groups: &[],
-        anchors: &["ops_"],
+        anchors: &["ops_", "a3-"],
     },
     PatternSpec {
         kind: PatternKind::GithubToken,
@@ -599,7 +601,7 @@ fn is_storage_key_shape(bytes: &[u8]) -> bool {
 /// random part that long made only of identifier bytes (27 or 28 of the token alphabet's 62-66
 /// characters) does not occur (odds below 1e-10), so identifier-shaped strings may still skip
 /// the automaton with these anchors in it.
-const ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL: &[&str] = &[":aa", "dt0c01.", "atbb"];
+const ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL: &[&str] = &[":aa", "dt0c01.", "atbb", "a3-"];
 
 /// Bytes of identifier-shaped values: digits, hex letters, `T`/`Z` and the separators of
 /// UUIDs, timestamps and IP addresses.
@@ -1485,6 +1487,22 @@ mod tests {
         );
         let ops = format!("ops_eyJ{}", "a".repeat(60));
         one(&format!("sa {ops} x"), OnepasswordToken, &ops);
+        let secret_key = "A3-ASWWYB-798JRY-LJVD4-23DC2-86TVM-H43EB";
+        one(
+            &format!("emergency kit: {secret_key}."),
+            OnepasswordToken,
+            secret_key,
+        );
+        for near_miss in [
+            "A3-ASWWYB-798JRY-LJVD4-23DC2-86TVM",
+            "build a3-4f2e-11ee-be56-0242ac120002",
+        ] {
+            assert!(
+                found(near_miss).is_empty(),
+                "{near_miss}: {:?}",
+                found(near_miss)
+            );
+        }
         let jwt =
             "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
         one(&format!("jwt={jwt}&x=1"), Jwt, jwt);

@@ -459,16 +459,22 @@ fn masking_is_idempotent() {
 #[test]
 fn card_numbers_as_json_numbers() {
     let m = masker();
-    let mut v = json!({"pan": 4111111111111111u64, "ts": 1700000000000u64, "id": 4111111111111112u64, "n": -5, "f": 1.5});
+    let mut v = json!({"pan": 4111111111111111u64, "ts": 1700000000000u64, "id": 4111111111111112u64, "n": -5, "f": 1.5,
+        "pan_float": 4111111111111111.0, "pan_exp": 4.111111111111111e15, "big_float": 1.5e15});
     let mut counts = MaskCounts::default();
     m.mask_value_counted(&mut v, &mut counts);
     assert_eq!(v["pan"], "****1111");
+    // Written as floats, the same number is the same card.
+    assert_eq!(v["pan_float"], "****1111");
+    assert_eq!(v["pan_exp"], "****1111");
     assert_eq!(v["ts"], 1700000000000u64);
     assert_eq!(v["id"], 4111111111111112u64);
-    assert_eq!(counts.by_kind(PatternKind::CreditCard), 1);
+    assert_eq!(v["f"], 1.5);
+    assert_eq!(v["big_float"], 1.5e15);
+    assert_eq!(counts.by_kind(PatternKind::CreditCard), 3);
     assert_eq!(
         counts.kinds().collect::<Vec<_>>(),
-        vec![(PatternKind::CreditCard, 1)]
+        vec![(PatternKind::CreditCard, 3)]
     );
 }
 

@@ -149,7 +149,11 @@ impl<'a> MaskWalk<'a> {
             ValueRef::String(s) => self.string(s, enabled),
             ValueRef::Number(n) => {
                 let card = (enabled & bit(PatternKind::CreditCard) != 0)
-                    .then(|| n.as_u64().and_then(card_number_text))
+                    .then(|| {
+                        n.as_u64()
+                            .or_else(|| whole_f64(&n))
+                            .and_then(card_number_text)
+                    })
                     .flatten();
                 match card {
                     Some(text) => {
@@ -392,4 +396,11 @@ mod tests {
             prop_assert_eq!(back, s);
         }
     }
+}
+
+/// A number written as a float (`4111111111111111.0`, `4.111111111111111e15`) whose value is
+/// whole and in a card number's range: masked as the integer it equals.
+fn whole_f64(n: &sonic_rs::Number) -> Option<u64> {
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && (1e12..1e19).contains(&f)).then_some(f as u64)
 }

@@ -451,10 +451,9 @@ fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>)
         out.push(value);
         return;
     };
-    if obj.is_empty() {
-        return;
-    }
-    if depth >= 3 {
+    // An empty object is passed on as a record: the pipeline dead-letters it rather than let it
+    // vanish without a word.
+    if obj.is_empty() || depth >= 3 {
         out.push(value);
         return;
     }

@@ -188,6 +188,9 @@ pub fn parse_file(
     text: &str,
     pipelines: &Pipelines,
 ) -> (Vec<RuleDoc>, Vec<RuleError>) {
+    // Some Windows editors start a UTF-8 file with a byte order mark; the YAML parser would
+    // read it as part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let docs = match load_documents(text) {
         Ok(d) => d,
         Err(e) => {
