@@ -400,11 +400,6 @@ impl Pipeline {
         let (source, tenant, value) = unwrap_perimeter_envelope(source, tenant, value);
         for raw in split_records(&source, value) {
             self.stats.records += 1;
-            if raw.as_object().is_some_and(|o| o.is_empty()) {
-                let reason = "empty JSON object: no fields to read";
-                self.dead_letter(&source, &tenant, line, reason, "{}", received_at, out);
-                continue;
-            }
             match self.registry.normalize_ecs(&source, &raw) {
                 Ok((name, ecs)) => {
                     let record = RawRecord {
@@ -1137,30 +1132,6 @@ mod tests {
         );
         assert_eq!(p.stats().events, 2);
         assert_eq!(p.stats().dead_letters, 1);
-        // An empty object, alone or in a page, is a dead letter, not nothing; an empty page is
-        // nothing (there was no record in it).
-        p.process_value("json", "t", Some(4), sonic_rs::json!({}), now, &mut out);
-        p.process_value("auto", "t", Some(5), sonic_rs::json!([{}]), now, &mut out);
-        p.process_value(
-            "auto",
-            "t",
-            Some(6),
-            sonic_rs::json!({"items": []}),
-            now,
-            &mut out,
-        );
-        let empty: Vec<_> = out.dead_letters[1..]
-            .iter()
-            .map(|d| (d.line, d.reason.as_str()))
-            .collect();
-        assert_eq!(
-            empty,
-            vec![
-                (Some(4), "empty JSON object: no fields to read"),
-                (Some(5), "empty JSON object: no fields to read")
-            ]
-        );
-        assert_eq!(p.stats().events, 2);
     }
 
     /// Burst alerts in `out`, with their evidence event ids.

@@ -451,9 +451,10 @@ fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>)
         out.push(value);
         return;
     };
-    // An empty object is passed on as a record: the pipeline dead-letters it rather than let it
-    // vanish without a word.
-    if obj.is_empty() || depth >= 3 {
+    if obj.is_empty() {
+        return;
+    }
+    if depth >= 3 {
         out.push(value);
         return;
     }
