@@ -158,6 +158,10 @@ enum JournalEntry {
         event_ids: Vec<String>,
         #[serde(default)]
         lines: Vec<u64>,
+        /// The occurrences the repeat brings: 1 for a single-event rule's match, the events of
+        /// its window for a correlation's (a journal from before correlations grouped has none).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        count: u64,
     },
     /// An alert as it stands (triage state, history, count): what a compacted journal holds
     /// instead of the alert's own entry, its updates and its repeats.
@@ -226,6 +230,7 @@ impl TenantAlerts {
                 at,
                 event_ids,
                 lines,
+                count,
             } => {
                 let hash = id_hash(&alert_id);
                 if !self.absorbed.insert(hash) {
@@ -234,7 +239,7 @@ impl TenantAlerts {
                 if let Some(r) = self.records.get_mut(&id) {
                     self.absorbed_into.entry(id).or_default().push(hash);
                     let a = &mut r.alert;
-                    a.count += 1;
+                    a.count += count;
                     r.last_seen = r.last_seen.max(Some(at));
                     let room = MAX_GROUPED_EVIDENCE.saturating_sub(a.event_ids.len());
                     a.event_ids.extend(event_ids.into_iter().take(room));
@@ -332,6 +337,14 @@ impl TenantAlerts {
 }
 
 /// A grouping window of `seconds` (`None` for 0, or past what a time span holds).
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
 fn group_window(seconds: u64) -> Option<chrono::TimeDelta> {
     i64::try_from(seconds)
         .ok()
@@ -495,7 +508,11 @@ impl AlertBook {
                 Some(secs) => group_window(secs),
                 None => self.group_window,
             };
-            let grouping = window.filter(|_| a.detector == DetectorKind::Sigma);
+            // A correlation fires again each time its condition holds anew (every 10 failures of
+            // a burst): those are repeats too. Behavioural and source-health alerts are not:
+            // they say "how many" in one alert by their own rules.
+            let grouping = window
+                .filter(|_| matches!(a.detector, DetectorKind::Sigma | DetectorKind::Correlation));
             if let Some(window) = grouping {
                 if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(key) {
                     if let Some(g) = self.open_group(a) {
@@ -517,6 +534,7 @@ impl AlertBook {
                             at: a.timestamp,
                             event_ids: a.event_ids.clone(),
                             lines: a.lines.clone(),
+                            count: a.count.max(1),
                         });
                     done.grouped.push(a.id.clone());
                     continue;
@@ -1248,6 +1266,48 @@ mod tests {
         let after = repeat("fail", "alice", 201, "e201");
         let done = book.insert(journal, std::slice::from_ref(&after)).unwrap();
         assert_eq!((done.written, done.grouped.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_correlation_firing_again_for_one_entity_counts_its_events_into_its_open_alert() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenant=acme").join("journal.jsonl");
+        let journal = |_: &str| path.clone();
+        let mut book = AlertBook::default();
+        book.set_group_seconds(3600);
+        // A burst of failures: the correlation fires at every 10th, three times in 5 minutes.
+        let burst = |minute: i64, entity: &str| {
+            let mut a = repeat("burst", entity, minute, &format!("{entity}{minute}"));
+            a.detector = DetectorKind::Correlation;
+            a.count = 10;
+            a.seal()
+        };
+        let alerts = [
+            burst(0, "alice"),
+            burst(2, "alice"),
+            burst(4, "alice"),
+            burst(3, "bob"),
+        ];
+        let done = book.insert(journal, &alerts).unwrap();
+        assert_eq!((done.written, done.grouped.len()), (2, 2), "{done:?}");
+        let alice = book.get("acme", &alerts[0].id).unwrap();
+        assert_eq!(alice.alert.count, 30, "the events of its three windows");
+        assert_eq!(alice.alert.event_ids, ["alice0", "alice2", "alice4"]);
+        assert_eq!(book.get("acme", &alerts[3].id).unwrap().alert.count, 10);
+        // The journal says the same after a restart; a resent alert is not counted again.
+        let mut reloaded = AlertBook::load(dir.path(), true).unwrap();
+        reloaded.set_group_seconds(3600);
+        assert_eq!(reloaded.get("acme", &alerts[0].id).unwrap().alert.count, 30);
+        let done = reloaded.insert(journal, &alerts[1..2]).unwrap();
+        assert_eq!((done.written, done.grouped.len()), (0, 0));
+        // Behavioural alerts stay alone.
+        let ueba = |minute: i64| {
+            let mut a = repeat("ueba.burst", "carol", minute, &format!("c{minute}"));
+            a.detector = DetectorKind::Ueba;
+            a.seal()
+        };
+        let done = book.insert(journal, &[ueba(0), ueba(1)]).unwrap();
+        assert_eq!((done.written, done.grouped.len()), (2, 0));
     }
 
     #[test]
