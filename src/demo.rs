@@ -8,7 +8,7 @@ use anyhow::Context;
 use perimeter_detect::pipeline::{entity_key, Pipeline, PipelineOutput};
 use perimeter_detect::ueba::UebaEngine;
 use perimeter_ingest::{InputItem, JsonlReader, JsonlReaderConfig};
-use perimeter_model::{Alert, Metrics};
+use perimeter_model::{Alert, EntityKind, Metrics};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -183,10 +183,25 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
                 .first()
                 .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
         })
-        .max_by_key(|a| a.severity);
+        // The same pick every run: the most severe, a user's before an address's, the
+        // earliest, then by id.
+        .max_by(|a, b| {
+            let user = |a: &Alert| a.entity_kind == EntityKind::User;
+            (a.severity, user(a))
+                .cmp(&(b.severity, user(b)))
+                .then_with(|| b.timestamp.cmp(&a.timestamp))
+                .then_with(|| b.id.cmp(&a.id))
+        });
     if let Some(a) = evidence {
+        // An address's alert pivots on the address: `--by user` would show whoever the
+        // evidence event's user is.
+        let by = if a.entity_kind == EntityKind::Ip {
+            " --by ip"
+        } else {
+            ""
+        };
         say!(
-            "  perimeter context {} --data-dir {dir} --window 30m   # around \"{}\"",
+            "  perimeter context {}{by} --data-dir {dir} --window 30m   # around \"{}\"",
             a.event_ids[0],
             a.title
         );

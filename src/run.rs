@@ -455,6 +455,33 @@ fn unknown_raw_text_sources<'a>(
 
 /// `perimeter run --check`: build each part `run` would build, from the same config, and say
 /// for each whether it works (see [`RunArgs::check`]).
+/// Whether `run` could write under `dir`: it, or the nearest directory above it that exists (where
+/// `run` would create it), takes a file. The probe file is removed at once.
+fn writable_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+    }
+    anyhow::ensure!(
+        existing.is_dir(),
+        "{} is not a directory",
+        existing.display()
+    );
+    let probe = existing.join(format!(".perimeter-check-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| {
+            format!(
+                "{} cannot be written here (checked in {})",
+                dir.display(),
+                existing.display()
+            )
+        })
+}
+
 fn check(config: &PerimeterConfig) -> ExitCode {
     let mut failed = 0;
     let mut report = |part: &str, outcome: anyhow::Result<String>| match outcome {
@@ -506,11 +533,18 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             "{} rule file(s) would be left out",
             loaded.failed.len()
         );
+        if rule_paths.is_empty() {
+            say!("warn   rules: none: the config names no `rules` and there is no ./detection-rules here; only the behavioural detectors would run");
+        }
         let dirs: Vec<String> = rule_paths.iter().map(|p| p.display().to_string()).collect();
         Ok(format!(
             "{} loaded from {}",
             rule_list(&set).len(),
-            dirs.join(", ")
+            if dirs.is_empty() {
+                "nowhere".to_string()
+            } else {
+                dirs.join(", ")
+            }
         ))
     })();
     report("rules", rules);
@@ -519,8 +553,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         config
             .store
             .validate()
-            .map(|()| format!("data under {}", config.data_dir.display()))
-            .map_err(anyhow::Error::from),
+            .map_err(anyhow::Error::from)
+            .and_then(|()| writable_data_dir(&config.data_dir))
+            .map(|()| format!("data under {}", config.data_dir.display())),
     );
     report(
         "behavioural detectors",
@@ -598,6 +633,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     }
     let key = entity_key(&masker);
     let rule_paths = config.rule_paths(&[]);
+    if rule_paths.is_empty() {
+        tracing::warn!("no Sigma rules: the config names no `rules` and there is no ./detection-rules here; only the behavioural detectors run");
+    }
     let (rule_set, sigma_options) = load_rules(config, &rule_paths, false)?;
     for rule in rule_set.misspelt_sources(&registry.names(), &sigma_options) {
         tracing::warn!("{rule}");

@@ -57,6 +57,20 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
                         .with_context(|| format!("--expires-in {d}"))
                 })
                 .transpose()?;
+            // Tenant names are compared exactly (and are directory names): `ACME` beside `acme`
+            // is a second, empty tenant, most likely a typo.
+            let mut near: Vec<String> = store
+                .list()
+                .into_iter()
+                .map(|t| t.tenant)
+                .filter(|t| t != &tenant && t.eq_ignore_ascii_case(&tenant))
+                .collect();
+            near.dedup();
+            if let Some(other) = near.first() {
+                eprintln!(
+                    "warning: tenant `{tenant}` is not `{other}`, which has tokens already: names are case-sensitive, and this token sees only `{tenant}`'s data"
+                );
+            }
             let (info, token) =
                 store.create_until(&tenant, parse_role(&role), Some(&name), expires_at)?;
             let until = info

@@ -1462,3 +1462,83 @@ fn rules_check_json_reports_a_missing_path_as_failed() {
     );
     assert_eq!(json_lines(&out)[0]["loaded"], 1);
 }
+
+#[test]
+fn run_check_refuses_a_data_dir_it_cannot_write_and_warns_without_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    // The data directory would be under a file: `run` could not create it.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            file.join("data")
+        ),
+    )
+    .unwrap();
+    // Run where there is no ./detection-rules and the config names none.
+    let out = perimeter_in(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap(), "run", "--check"],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    let store = text
+        .lines()
+        .find(|l| l.contains(" store: "))
+        .unwrap_or_default();
+    assert!(
+        store.starts_with("error") && store.contains("is not a directory"),
+        "{text}"
+    );
+    assert!(text.contains("warn   rules: none"), "{text}");
+    assert!(text.contains("0 loaded from nowhere"), "{text}");
+    // Writable: the store part is fine, and the probe left nothing behind.
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let out = perimeter_in(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap(), "run", "--check"],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("ok     store: data under"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".perimeter-check"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_token_for_a_tenant_that_differs_only_in_case_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(&cfg, format!("data_dir = {:?}\n", dir.path().join("data"))).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let create = |tenant: &str| {
+        let args = [
+            "--config", cfg, "tokens", "create", "--tenant", tenant, "--role", "viewer",
+        ];
+        let out = perimeter(&args, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    assert!(!create("acme").contains("warning"));
+    assert!(!create("acme").contains("warning"), "the same tenant again");
+    let err = create("ACME");
+    assert!(
+        err.contains("warning: tenant `ACME` is not `acme`"),
+        "{err}"
+    );
+}

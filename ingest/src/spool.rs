@@ -299,7 +299,13 @@ fn pending_files(dir: &Path) -> Result<Vec<SpoolFile>> {
                 }
             }
             Some(_) => {
-                tracing::warn!(dir = %path.display(), "not a tenant name (letters, digits, - _ . @); its files are left alone");
+                // Said once per directory: the inbox is scanned twice a second.
+                static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+                let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+                if !warned.contains(&path) {
+                    tracing::warn!(dir = %path.display(), "not a tenant name (letters, digits, - _ . @); its files are left alone");
+                    warned.push(path);
+                }
             }
             None => spool_files(None, &name, &path, &mut out).map_err(io)?,
         }
