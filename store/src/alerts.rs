@@ -585,6 +585,7 @@ impl AlertBook {
                         done.still_firing.push(r.alert.clone());
                     }
                 }
+                done.touched.push((tenant.to_string(), id));
             }
         }
         Ok(done)
@@ -605,6 +606,35 @@ impl AlertBook {
             first: r.alert.timestamp,
             last: r.last_occurrence(),
         })
+    }
+
+    /// `tenant`'s alerts whose `@timestamp` (first occurrence) falls on `day`, oldest first.
+    pub fn records_on_day(&self, tenant: &str, day: chrono::NaiveDate) -> Vec<&AlertRecord> {
+        let mut out: Vec<&AlertRecord> = self
+            .tenants
+            .get(tenant)
+            .map(|t| {
+                t.records
+                    .values()
+                    .filter(|r| r.alert.timestamp.date_naive() == day)
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| (a.alert.timestamp, &a.alert.id).cmp(&(b.alert.timestamp, &b.alert.id)));
+        out
+    }
+
+    /// The days (of `@timestamp`) on which `tenant` has alerts.
+    pub fn days(&self, tenant: &str) -> std::collections::BTreeSet<chrono::NaiveDate> {
+        self.tenants
+            .get(tenant)
+            .map(|t| {
+                t.records
+                    .values()
+                    .map(|r| r.alert.timestamp.date_naive())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn get(&self, tenant: &str, id: &str) -> Option<&AlertRecord> {
@@ -852,6 +882,8 @@ pub struct AlertsInserted {
     /// Stored alerts whose repeats in this batch took their `count` past a power of ten (10,
     /// 100, 1000, ...), as they are now: still firing, which their destinations hear of again.
     pub still_firing: Vec<Alert>,
+    /// (tenant, alert id) of every stored alert the batch added or grew.
+    pub touched: Vec<(String, String)>,
 }
 
 /// Whether a count that went from `was` to `now` passed 10, 100, 1000, ...: a group that keeps

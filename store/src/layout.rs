@@ -4,6 +4,7 @@
 //! index/tenant=<t>/dt=YYYY-MM-DD/                      tantivy index of one tenant and day
 //! parquet/events/tenant=<t>/source=<s>/dt=YYYY-MM-DD/part-<batch seq>-<n>.parquet
 //! alerts/tenant=<t>/journal.jsonl                      alert journal (alerts + triage updates)
+//! parquet/alerts/tenant=<t>/dt=YYYY-MM-DD/alerts.parquet  the day's alerts as they stand
 //! dead_letters/tenant=<t>/dead_letters.jsonl
 //! ```
 
@@ -85,6 +86,15 @@ impl Layout {
             .join(format!("tenant={}", encode_partition_value(tenant)))
             .join(format!("source={}", encode_partition_value(source)))
             .join(format!("dt={}", format_day(day)))
+    }
+    /// The Parquet export of `tenant`'s alerts of `day` (see `alert_parquet`).
+    pub fn parquet_alerts_file(&self, tenant: &str, day: NaiveDate) -> PathBuf {
+        self.root
+            .join("parquet")
+            .join("alerts")
+            .join(format!("tenant={}", encode_partition_value(tenant)))
+            .join(format!("dt={}", format_day(day)))
+            .join("alerts.parquet")
     }
     pub fn alerts_journal(&self, tenant: &str) -> PathBuf {
         self.root

@@ -18,6 +18,7 @@
 //! [`Store::apply_retention`].
 
 mod activity;
+pub mod alert_parquet;
 mod alerts;
 pub mod backwards;
 pub mod catch_all;

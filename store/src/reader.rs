@@ -469,7 +469,13 @@ impl Store {
     ) -> Result<Option<AlertRecord>> {
         self.ensure_writable()?;
         let path = self.layout.alerts_journal(tenant);
-        write(&self.alerts).update(&path, tenant, id, update, actor, Utc::now())
+        let mut book = write(&self.alerts);
+        let record = book.update(&path, tenant, id, update, actor, Utc::now())?;
+        if let Some(r) = &record {
+            let day = r.alert.timestamp.date_naive();
+            crate::alert_parquet::export_days(&self.layout, &book, tenant, [day])?;
+        }
+        Ok(record)
     }
 }
 

@@ -134,11 +134,20 @@ impl Store {
         }
         report.dead_letters_removed = self.expire_dead_letters(now)?;
         let layout = &self.layout;
-        let alerts = write(&self.alerts).expire(
+        let mut book = write(&self.alerts);
+        let days = crate::alert_parquet::all_days(&book);
+        let alerts = book.expire(
             |t| layout.alerts_journal(t),
             now,
             self.config.alert_retention_days,
         )?;
+        if alerts.alerts_removed > 0 {
+            // The days that had alerts before: one whose alerts all went loses its file.
+            for (tenant, days) in days {
+                crate::alert_parquet::export_days(layout, &book, &tenant, days)?;
+            }
+        }
+        drop(book);
         report.alerts_removed = alerts.alerts_removed;
         report.alert_journals_rewritten = alerts.journals_rewritten;
         report.alert_journal_lines_removed = alerts.journal_lines_removed;

@@ -239,6 +239,11 @@ impl Store {
             alerts: RwLock::new({
                 let mut book = AlertBook::load(&layout.alerts_root(), writer)?;
                 book.set_group_seconds(config.alert_group_seconds);
+                if writer {
+                    // The files follow the journal: written again in full, they are complete
+                    // even after a crash between a journal append and its export.
+                    crate::alert_parquet::export_all(&layout, &book)?;
+                }
                 book
             }),
             dead: RwLock::new(load_dead_letters(&layout, writer)?),
@@ -483,8 +488,10 @@ impl Store {
             .map(|(mut ack, b)| {
                 if !b.alerts.is_empty() {
                     let layout = &self.layout;
-                    let inserted =
-                        write(&self.alerts).insert(|t| layout.alerts_journal(t), &b.alerts)?;
+                    let mut book = write(&self.alerts);
+                    let inserted = book.insert(|t| layout.alerts_journal(t), &b.alerts)?;
+                    export_touched_days(layout, &book, &inserted.touched)?;
+                    drop(book);
                     ack.alerts_written = inserted.written;
                     ack.alerts_grouped = inserted.grouped;
                     ack.alerts_still_firing = inserted.still_firing;
@@ -931,6 +938,24 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Write the Parquet export of the days of the alerts a batch added or grew.
+fn export_touched_days(
+    layout: &Layout,
+    book: &AlertBook,
+    touched: &[(String, String)],
+) -> Result<()> {
+    let mut days: BTreeSet<(&str, chrono::NaiveDate)> = BTreeSet::new();
+    for (tenant, id) in touched {
+        if let Some(r) = book.get(tenant, id) {
+            days.insert((tenant, r.alert.timestamp.date_naive()));
+        }
+    }
+    for (tenant, day) in days {
+        crate::alert_parquet::export_days(layout, book, tenant, [day])?;
+    }
+    Ok(())
 }
 
 fn validate_batch(batch: &StoreBatch) -> Result<()> {

@@ -1029,6 +1029,143 @@ fn alert_for(tenant: &str, ev: &Event, sev: Severity, rule: &str) -> Alert {
     .seal()
 }
 
+/// The rows of a tenant's alert file of 2026-11-`day`: (alert id, status, assignee, count).
+fn alert_file_rows(
+    root: &Path,
+    tenant: &str,
+    day: u32,
+) -> Vec<(String, String, Option<String>, i64)> {
+    let path = root.join(format!(
+        "parquet/alerts/tenant={tenant}/dt=2026-11-{day:02}/alerts.parquet"
+    ));
+    let mut rows = Vec::new();
+    for b in read_parquet_file(&path).unwrap() {
+        let text = |name: &str| b.column_by_name(name).unwrap().as_string::<i32>().clone();
+        let (ids, status, assignee) = (text("alert_id"), text("status"), text("assignee"));
+        let count = b
+            .column_by_name("count")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .clone();
+        for i in 0..b.num_rows() {
+            rows.push((
+                ids.value(i).to_string(),
+                status.value(i).to_string(),
+                (!assignee.is_null(i)).then(|| assignee.value(i).to_string()),
+                count.value(i),
+            ));
+        }
+    }
+    rows
+}
+
+#[test]
+fn alerts_are_in_parquet_per_tenant_and_day_as_they_stand() {
+    let dir = tempfile::tempdir().unwrap();
+    let e1 = event(
+        "acme",
+        "okta",
+        ts(20, 1, 0),
+        "alice",
+        "user.session.start",
+        1,
+    );
+    let e2 = event(
+        "acme",
+        "okta",
+        ts(20, 2, 0),
+        "alice",
+        "user.account.lock",
+        2,
+    );
+    let e3 = event(
+        "acme",
+        "okta",
+        ts(21, 2, 0),
+        "alice",
+        "user.account.lock",
+        3,
+    );
+    let g = event("globex", "okta", ts(20, 1, 0), "alice", "x", 4);
+    let a1 = alert_for("acme", &e1, Severity::High, "okta_login");
+    let a2 = alert_for("acme", &e2, Severity::Low, "okta_lock");
+    let a3 = alert_for("acme", &e3, Severity::Low, "okta_other");
+    let ag = alert_for("globex", &g, Severity::Critical, "okta_login");
+    let store = Store::open(config(dir.path())).unwrap();
+    let b = StoreBatch {
+        events: vec![e1, e2, e3, g],
+        alerts: vec![a1.clone(), a2.clone(), a3.clone(), ag.clone()],
+        dead_letters: vec![],
+    };
+    store.write_batch(&b).unwrap();
+    let open = |a: &Alert| (a.id.clone(), "open".to_string(), None, 1);
+    assert_eq!(
+        alert_file_rows(dir.path(), "acme", 20),
+        [open(&a1), open(&a2)]
+    );
+    assert_eq!(alert_file_rows(dir.path(), "acme", 21), [open(&a3)]);
+    assert_eq!(alert_file_rows(dir.path(), "globex", 20), [open(&ag)]);
+    // Triage shows in the file before the change returns.
+    let up = AlertUpdate {
+        status: Some(AlertStatus::FalsePositive),
+        assignee: Some("bob".into()),
+        note: None,
+    };
+    store
+        .update_alert("acme", &a1.id, &up, "bob@soc")
+        .unwrap()
+        .unwrap();
+    let triaged = (
+        a1.id.clone(),
+        "false_positive".to_string(),
+        Some("bob".to_string()),
+        1,
+    );
+    assert_eq!(
+        alert_file_rows(dir.path(), "acme", 20),
+        [triaged.clone(), open(&a2)]
+    );
+    // Columns a reader relies on, by name and type.
+    let path = dir
+        .path()
+        .join("parquet/alerts/tenant=acme/dt=2026-11-20/alerts.parquet");
+    let batch = &read_parquet_file(&path).unwrap()[0];
+    assert_eq!(
+        batch
+            .column_by_name("severity")
+            .unwrap()
+            .as_string::<i32>()
+            .value(0),
+        "high"
+    );
+    assert_eq!(
+        batch
+            .column_by_name("rule_id")
+            .unwrap()
+            .as_string::<i32>()
+            .value(1),
+        "okta_lock"
+    );
+    assert!(matches!(
+        batch.column_by_name("timestamp").unwrap().data_type(),
+        DataType::Timestamp(_, Some(tz)) if tz.as_ref() == "UTC"
+    ));
+    let evidence = batch
+        .column_by_name("event_ids")
+        .unwrap()
+        .as_list::<i32>()
+        .value(0);
+    assert_eq!(evidence.as_string::<i32>().value(0), a1.event_ids[0]);
+    // A lost file (a crash between the journal and the export) is written again on open.
+    drop(store);
+    std::fs::remove_file(&path).unwrap();
+    let _store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(
+        alert_file_rows(dir.path(), "acme", 20),
+        [triaged, open(&a2)]
+    );
+}
+
 #[test]
 fn alerts_are_idempotent_and_triage_history_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -1387,6 +1524,12 @@ fn retention_removes_closed_alerts_past_it_and_keeps_the_queue_across_reopen() {
         .map(|r| r.alert.id)
         .collect();
     assert_eq!(ids, [resolved_recent.id.clone(), open.id.clone()]);
+    // The day's alert file lost the removed alert with it.
+    let day_18: Vec<String> = alert_file_rows(dir.path(), "acme", 18)
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(day_18, [open.id.clone()]);
     let kept = store
         .get_alert("acme", &resolved_recent.id)
         .unwrap()
