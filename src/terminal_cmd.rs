@@ -112,6 +112,10 @@ pub struct Target {
     /// API token for `--server`.
     #[arg(long, env = "PERIMETER_TOKEN")]
     pub token: Option<String>,
+    /// PEM file of the CA (or the self-signed certificate) an `https://` server's certificate
+    /// is checked against, besides the public roots: a server behind an internal CA.
+    #[arg(long, env = "PERIMETER_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Data directory to read when no `--server` is given (default: the configuration's
     /// `data_dir`; `data/demo` holds what `perimeter demo` stored).
     #[arg(long)]
@@ -386,6 +390,7 @@ fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json:
     api_call(
         target.server.as_deref().unwrap_or_default(),
         token,
+        target.ca_cert.as_deref(),
         reqwest::Method::GET,
         path_and_query,
         None,
@@ -396,14 +401,26 @@ fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json:
 fn api_call(
     server: &str,
     token: &str,
+    ca_cert: Option<&std::path::Path>,
     method: reqwest::Method,
     path_and_query: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
     let url = format!("{}/api/v1{path_and_query}", server.trim_end_matches('/'));
-    let mut request = reqwest::blocking::Client::new()
-        .request(method.clone(), &url)
-        .bearer_auth(token);
+    let mut client = reqwest::blocking::Client::builder();
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .with_context(|| format!("{}: no PEM certificate in it", path.display()))?;
+        for cert in certs {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    let client = client.build().context("building the HTTP client")?;
+    let mut request = client.request(method.clone(), &url).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(body);
     }
@@ -446,6 +463,10 @@ pub struct ServerAccess {
     /// API token. Any role may look; changing an alert takes responder, changing a rule admin.
     #[arg(long, env = "PERIMETER_TOKEN")]
     pub token: String,
+    /// PEM file of the CA (or the self-signed certificate) an `https://` server's certificate
+    /// is checked against, besides the public roots: a server behind an internal CA.
+    #[arg(long, env = "PERIMETER_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl ServerAccess {
@@ -456,7 +477,14 @@ impl ServerAccess {
         path_and_query: &str,
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
-        api_call(&self.server, &self.token, method, path_and_query, body)
+        api_call(
+            &self.server,
+            &self.token,
+            self.ca_cert.as_deref(),
+            method,
+            path_and_query,
+            body,
+        )
     }
 }
 

@@ -2230,3 +2230,71 @@ fn the_service_merges_the_parquet_files_of_its_batches() {
     assert!(merged >= 2, "{metrics}");
     stop(svc);
 }
+
+#[test]
+fn terminal_commands_reach_an_https_server_whose_certificate_a_private_ca_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A certificate no public root vouches for, as an internal CA's would be.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let cfg = write_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "tls_cert_path = {cert_path:?}\ntls_key_path = {key_path:?}\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let token = token(&cfg, "viewer");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning perimeter run");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines
+        .next()
+        .expect("perimeter run printed nothing")
+        .unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    let service = Service {
+        child,
+        base: first.rsplit(' ').next().unwrap().to_string(),
+    };
+    // The certificate names localhost, not the address.
+    let server = service.base.replace("127.0.0.1", "localhost");
+    assert!(server.starts_with("https://localhost:"), "{first}");
+    let alerts = |ca: Option<&std::path::Path>| {
+        let mut args = vec![
+            "alerts", "--server", &server, "--token", &token, "--format", "json",
+        ];
+        if let Some(ca) = ca {
+            args.extend(["--ca-cert", ca.to_str().unwrap()]);
+        }
+        perimeter(&args, None)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = alerts(Some(&cert_path));
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Without it the certificate is refused, and the error says why.
+    let out = alerts(None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
+    // A file that holds no certificate is named.
+    let out = alerts(Some(&dir.path().join("perimeter.toml")));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no PEM certificate"),
+        "{}",
+        stderr(&out)
+    );
+    drop(service);
+}
