@@ -189,11 +189,11 @@ fn value_masker(
 }
 
 fn ingest_auth(tokens: Arc<TokenStore>) -> perimeter_ingest::http::IngestAuth {
-    Arc::new(move |presented: &str| {
-        tokens
-            .verify(presented)
-            .filter(|t| t.role >= Role::Responder)
-            .map(|t| t.tenant.clone())
+    use perimeter_ingest::http::IngestRefusal;
+    Arc::new(move |presented: &str| match tokens.verify(presented) {
+        Some(t) if t.role >= Role::Responder => Ok(t.tenant.clone()),
+        Some(_) => Err(IngestRefusal::Forbidden),
+        None => Err(IngestRefusal::Unauthorized),
     })
 }
 

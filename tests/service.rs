@@ -396,14 +396,36 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(stored_ids(&svc.base, &viewer).len(), 50);
-    // Viewers cannot ingest.
-    let r = reqwest::blocking::Client::new()
-        .post(format!("{}/ingest/okta", svc.base))
-        .bearer_auth(&viewer)
-        .body(format!("{}\n", okta_event(2, 1)))
-        .send()
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 401);
+    // Viewers cannot ingest (a valid token without the role: 403), nobody without a token
+    // (401), and every refusal is a JSON error, a wrong method's too.
+    let client = reqwest::blocking::Client::new();
+    let ingest_url = format!("{}/ingest/okta", svc.base);
+    let body = format!("{}\n", okta_event(2, 1));
+    for (request, status, code) in [
+        (
+            client
+                .post(&ingest_url)
+                .bearer_auth(&viewer)
+                .body(body.clone()),
+            403,
+            "forbidden",
+        ),
+        (
+            client.post(&ingest_url).bearer_auth("nope").body(body),
+            401,
+            "unauthorized",
+        ),
+        (
+            client.get(&ingest_url).bearer_auth(&viewer),
+            405,
+            "method_not_allowed",
+        ),
+    ] {
+        let r = request.send().unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let error: serde_json::Value = r.json().unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+    }
     // Freshness and Perimeter's own delay are apart: the events are days old by event time,
     // but were stored within seconds of being received.
     let metrics = svc.metrics();

@@ -14,8 +14,17 @@ use axum::routing::post;
 use axum::{Json, Router};
 use std::sync::Arc;
 
-/// Decides who may ingest: given the bearer token, the tenant it may write to (`None` = refuse).
-pub type IngestAuth = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// Decides who may ingest: given the bearer token, the tenant it may write to, or why not.
+pub type IngestAuth = Arc<dyn Fn(&str) -> Result<String, IngestRefusal> + Send + Sync>;
+
+/// Why a token may not ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestRefusal {
+    /// No token, or one nobody issued (or revoked, or expired): 401.
+    Unauthorized,
+    /// A valid token whose role may not ingest: 403.
+    Forbidden,
+}
 
 #[derive(Clone)]
 struct IngestState {
@@ -46,6 +55,13 @@ pub fn ingest_router(
     };
     Router::new()
         .route("/ingest/{source}", post(ingest))
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "ingest takes POST",
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -103,19 +119,44 @@ async fn ingest(
     State(state): State<IngestState>,
     Path(source): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let Some(tenant) = (state.auth)(token) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid ingest token is required",
-        );
+    let tenant = match (state.auth)(token) {
+        Ok(tenant) => tenant,
+        Err(IngestRefusal::Unauthorized) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid ingest token is required",
+            )
+        }
+        Err(IngestRefusal::Forbidden) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "ingest takes a responder or admin token",
+            )
+        }
+    };
+    // A body over the limit is refused like any other request: with a JSON error.
+    let body = match body {
+        Ok(body) => body,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                r.status(),
+                "body_too_large",
+                format!(
+                    "the body is larger than {} bytes; send smaller batches",
+                    state.max_body_bytes
+                ),
+            )
+        }
+        Err(r) => return error(r.status(), "bad_body", r.body_text()),
     };
     if source.is_empty()
         || source.len() > 64
@@ -157,6 +198,30 @@ async fn ingest(
     match state.bus.submit(&source, &tenant, items).await {
         Ok(ack) => (StatusCode::OK, Json(ack)).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "not_stored", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod router_tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_a_json_413() {
+        let (bus, _rx) = crate::bus::channel(1);
+        let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
+        let router = ingest_router(bus, auth, 1000, 1000);
+        let request = axum::http::Request::post("/ingest/okta")
+            .header("authorization", "Bearer t")
+            .body(axum::body::Body::from(vec![b'x'; 5000]))
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = axum::body::to_bytes(response.into_body(), 10_000)
+            .await
+            .unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["error"]["code"], "body_too_large", "{error}");
     }
 }
 
