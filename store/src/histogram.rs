@@ -21,6 +21,7 @@ pub const MAX_HISTOGRAM_BUCKETS: i64 = 1000;
 pub const AUTO_HISTOGRAM_BUCKETS: i64 = 100;
 /// The interval a histogram with no data and no interval asked for says it has.
 pub(crate) const AUTO_INTERVAL_WITHOUT_DATA: i64 = 3_600;
+const WEEK: i64 = 604_800;
 /// The intervals picked automatically (seconds): round ones a person reads at a glance.
 const AUTO_INTERVALS: &[i64] = &[
     1, 5, 10, 30, 60, 300, 600, 1_800, 3_600, 10_800, 21_600, 43_200, 86_400, 604_800,
@@ -81,7 +82,8 @@ impl Buckets {
                 .iter()
                 .copied()
                 .find(|i| ceil_div(span, *i) <= AUTO_HISTOGRAM_BUCKETS)
-                .unwrap_or_else(|| ceil_div(span, AUTO_HISTOGRAM_BUCKETS)),
+                // Past 100 weeks: whole weeks (a bucket still starts at a midnight).
+                .unwrap_or_else(|| ceil_div(ceil_div(span, AUTO_HISTOGRAM_BUCKETS), WEEK) * WEEK),
         };
         if interval <= 0 {
             return Err(StoreError::InvalidQuery(
@@ -265,9 +267,12 @@ mod tests {
         assert_eq!((hour.interval, hour.len), (60, 60));
         let month = Buckets::covering(0, 30 * 86_400, None).unwrap();
         assert_eq!((month.interval, month.len), (43_200, 60));
-        // Longer than 100 weeks: a whole number of seconds still keeps it at 100.
+        // Longer than 100 weeks: whole weeks, still at most 100 buckets.
         let decades = Buckets::covering(0, 20 * 365 * 86_400, None).unwrap();
         assert!(decades.len as i64 <= AUTO_HISTOGRAM_BUCKETS, "{decades:?}");
+        assert_eq!(decades.interval % WEEK, 0, "{decades:?}");
+        let years = Buckets::covering(1_000, 1_000 + 171_848_100, None).unwrap();
+        assert_eq!(years.interval, 3 * WEEK, "{years:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
-use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf};
+use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputBound, UserInputLeaf};
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 
@@ -150,7 +150,7 @@ impl Store {
                     .into(),
             ));
         }
-        let ast = rewrite_fuzzy(ast).map_err(StoreError::InvalidQuery)?;
+        let ast = rewrite_fuzzy(rewrite_unbounded_ranges(ast)).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_times(ast, Utc::now()).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_wildcards(rewrite_ip_ranges(ast).map_err(StoreError::InvalidQuery)?);
         let ast = rewrite_negations(rewrite_event_ids(rewrite_catch_all_phrases(ast)));
@@ -502,6 +502,19 @@ fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
     })
 }
 
+/// `field:[* TO *]` becomes `field:*` (the field has a value): tantivy's range query with
+/// neither bound matched nothing at all on text and date fields.
+fn rewrite_unbounded_ranges(ast: UserInputAst) -> UserInputAst {
+    map_leaves(ast, &|leaf| match leaf {
+        UserInputLeaf::Range {
+            field: Some(field),
+            lower: UserInputBound::Unbounded,
+            upper: UserInputBound::Unbounded,
+        } => UserInputAst::Leaf(Box::new(UserInputLeaf::Exists { field })),
+        other => UserInputAst::Leaf(Box::new(other)),
+    })
+}
+
 /// A search that tantivy refuses for the query's shape (an exists or range query on a field
 /// that cannot answer it) is the caller's invalid query, not a store failure.
 pub(crate) fn query_shape_error(e: tantivy::TantivyError) -> StoreError {
@@ -534,6 +547,12 @@ fn query_error_text(e: &tantivy::query::QueryParserError) -> String {
                 known.join(", ")
             )
         }
+        // The parser's text quotes Rust's error value (`ParseIntError { kind: InvalidDigit }`).
+        tantivy::query::QueryParserError::ExpectedInt(_)
+        | tantivy::query::QueryParserError::ExpectedFloat(_) => format!(
+            "a number was expected: `source.as.number` takes whole numbers, and `{ID_FIELD}` one \
+             event's id (or several: `{ID_FIELD}: IN [a b]`), not a range"
+        ),
         other => other.to_string(),
     }
 }

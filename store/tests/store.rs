@@ -770,6 +770,21 @@ fn invalid_queries_and_cursors_are_invalid_query_errors() {
         }
         other => panic!("{other:?}"),
     }
+    // A range of ids says what the field takes, not Rust's parse error.
+    let q = EventQuery {
+        query: "event.id:[a TO b]".into(),
+        limit: 10,
+        ..Default::default()
+    };
+    match store.search_events("acme", &q) {
+        Err(StoreError::InvalidQuery(m)) => {
+            assert!(
+                m.contains("a number was expected") && !m.contains("ParseIntError"),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
     let q = EventQuery {
         cursor: Some("nope".into()),
         limit: 10,
@@ -2697,4 +2712,40 @@ fn pages_and_bounds_keep_events_apart_within_one_second() {
         )
         .unwrap();
     assert_eq!(wide.items.len(), 5);
+}
+
+#[test]
+fn a_range_open_at_both_ends_finds_the_events_with_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let mut no_user = event("acme", "okta", ts(20, 3, 0), "x", "user.session.start", 3);
+    no_user.ecs.user_name = None;
+    store
+        .write_batch(&batch(vec![
+            event(
+                "acme",
+                "okta",
+                ts(20, 1, 0),
+                "alice",
+                "user.session.start",
+                1,
+            ),
+            event("acme", "okta", ts(20, 2, 0), "bob", "user.session.start", 2),
+            no_user,
+        ]))
+        .unwrap();
+    // It matched nothing, on a text field and on the date alike.
+    assert_eq!(
+        sorted_values(&store, "user.name:[* TO *]", &["user", "name"]),
+        ["alice", "bob"]
+    );
+    assert_eq!(
+        search_all(&store, "acme", "@timestamp:[* TO *]", 10).len(),
+        3
+    );
+    // A bounded range is still a range.
+    assert_eq!(
+        sorted_values(&store, "user.name:[a TO b]", &["user", "name"]),
+        ["alice"]
+    );
 }
