@@ -180,10 +180,13 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     let mut out = PipelineOutput::default();
     let mut dead = Vec::new();
     let format = args.format.of(&args.input);
-    for item in
-        JsonInput::with_format(open_input(&args.input)?, args.format.reader(config), format)?
-    {
-        let item = item.with_context(|| format!("reading input {}", args.input.display()))?;
+    let mut reader =
+        JsonInput::with_format(open_input(&args.input)?, args.format.reader(config), format)?;
+    let mut stopped = None;
+    for item in reader.by_ref() {
+        let Some(item) = input_item(item, &mut stopped) else {
+            break;
+        };
         feed(&mut pipeline, &args.source, &tenant, item, &mut out);
         for e in out.events.drain(..) {
             serde_json::to_writer(&mut out_w, &e.to_output_json())?;
@@ -199,7 +202,29 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     );
     print_dead_letters(&dead, stats.dead_letters);
     print_timestamps_adjusted(stats.timestamps_adjusted);
+    read_outcome(stopped, &args.input, reader.lines_read())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The item, or `None` with the read error kept in `stopped`: the input ends there, and what
+/// was read before it still gets its output and its summary.
+fn input_item(
+    item: std::io::Result<InputItem>,
+    stopped: &mut Option<std::io::Error>,
+) -> Option<InputItem> {
+    item.map_err(|e| *stopped = Some(e)).ok()
+}
+
+/// The error of an input that could not be read to its end (a cut-off gzip file), naming the
+/// last line read, after the summary of what was read before it.
+fn read_outcome(stopped: Option<std::io::Error>, input: &Path, lines: u64) -> anyhow::Result<()> {
+    match stopped {
+        None => Ok(()),
+        Some(e) => Err(anyhow::Error::new(e).context(format!(
+            "reading input {} stopped after line {lines}; the output above covers the lines before",
+            input.display()
+        ))),
+    }
 }
 
 /// One input item into the pipeline: a parsed value, or a dead letter for an unusable line.
@@ -327,8 +352,11 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         }
         Ok(())
     };
+    let mut stopped = None;
     for item in reader.by_ref() {
-        let item = item.with_context(|| format!("reading input {}", args.input.display()))?;
+        let Some(item) = input_item(item, &mut stopped) else {
+            break;
+        };
         feed(&mut pipeline, &args.source, &tenant, item, &mut out);
         write_alerts(&mut out, &mut out_w)?;
         keep_dead_letters(&mut dead, &mut out.dead_letters);
@@ -375,6 +403,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     }
     print_dead_letters(&dead, stats.dead_letters);
     print_timestamps_adjusted(stats.timestamps_adjusted);
+    read_outcome(stopped, &args.input, reader.lines_read())?;
     if !rules.failed.is_empty() {
         // The run went on with the rules that loaded; a script must still learn that it was
         // not the detection it asked for.

@@ -1542,3 +1542,31 @@ fn a_token_for_a_tenant_that_differs_only_in_case_is_warned_about() {
         "{err}"
     );
 }
+
+#[test]
+fn a_cut_off_gzip_input_keeps_what_was_read_and_says_where_it_stopped() {
+    use std::io::Write;
+    let mut text = String::new();
+    for minute in 0..2_000 {
+        text.push_str(&okta_event(
+            "user.session.start",
+            "alice@example.com",
+            minute % 60,
+        ));
+        text.push('\n');
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(text.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let cut = &gz[..gz.len() * 2 / 3];
+    let out = perimeter(&["normalize", "--source", "okta"], Some(cut));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let events = json_lines(&out).len();
+    assert!(events > 0 && events < 2_000, "{events}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("perimeter normalize: {events} records")),
+        "{err}"
+    );
+    assert!(err.contains("stopped after line"), "{err}");
+}
