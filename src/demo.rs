@@ -69,6 +69,15 @@ fn rules_dir(args: &DemoArgs, config: &PerimeterConfig) -> Vec<PathBuf> {
 
 pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
+    // Said before the run, not after it: the address is taken (another demo still serving).
+    if !args.no_serve && args.listen.port() != 0 {
+        std::net::TcpListener::bind(args.listen).with_context(|| {
+            format!(
+                "cannot serve the API on {} (--listen another address, or --no-serve)",
+                args.listen
+            )
+        })?;
+    }
     if args.data_dir.exists() {
         clear_previous_demo(&args.data_dir)?;
     }

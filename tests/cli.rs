@@ -1570,3 +1570,28 @@ fn a_cut_off_gzip_input_keeps_what_was_read_and_says_where_it_stopped() {
     );
     assert!(err.contains("stopped after line"), "{err}");
 }
+
+#[test]
+fn the_demo_says_its_address_is_taken_before_running_the_pipeline() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let out = perimeter(
+        &[
+            "demo",
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot serve the API"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.exists(), "nothing was run or written");
+}
