@@ -260,7 +260,7 @@ impl RuleSet {
                 if let Some(first) = seen_ids.get(id) {
                     errors.push(RuleError {
                         path: meta.path.clone(),
-                        line: Some(meta.line),
+                        line: Some(meta.id_line),
                         field: Some("id".into()),
                         message: format!(
                             "duplicate rule id `{id}` (first defined in {})",

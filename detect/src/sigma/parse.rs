@@ -26,6 +26,8 @@ pub struct RuleMeta {
     pub logsource: LogSource,
     pub path: PathBuf,
     pub line: usize,
+    /// The line of the `id` key (the document's first line without one).
+    pub id_line: usize,
     /// BLAKE3 hex of the whole rule file.
     pub rule_hash: String,
     /// Perimeter extension: the field that names the alert's entity.
@@ -285,6 +287,7 @@ fn parse_meta(doc: &Node, path: &Path, hash: &str) -> Result<RuleMeta, RuleError
         logsource,
         path: path.to_path_buf(),
         line: doc.line,
+        id_line: doc.get("id").map_or(doc.line, |n| n.line),
         rule_hash: hash.to_string(),
         entity_field: opt_str(doc, "entity_field", path)?,
         alert_group_seconds: opt_seconds(doc, "alert_group_seconds", path)?,
@@ -788,6 +791,18 @@ mod tests {
             e.to_string(),
             "r.yml:6: field `sel.eventType|contians`: unknown modifier `contians`"
         );
+    }
+
+    #[test]
+    fn a_duplicate_id_is_reported_at_its_id_line() {
+        let rule = "title: t\nid: 5d2c1b7e-1111-4c7e-9d1a-0a3b5c7d9e11\nlogsource:\n    product: okta\ndetection:\n    sel:\n        eventType: x\n    condition: sel\n";
+        let text = format!("{rule}---\n{rule}");
+        let (_, report) = super::super::RuleSet::from_text("r.yml", &text, &Default::default());
+        assert_eq!(report.loaded, 1);
+        let e = &report.failed[0];
+        assert!(e.message.contains("duplicate rule id"), "{e}");
+        // The second document starts on line 10; its `id` is on line 11.
+        assert_eq!((e.line, e.field.as_deref()), (Some(11), Some("id")), "{e}");
     }
 
     #[test]
