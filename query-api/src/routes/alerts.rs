@@ -345,20 +345,21 @@ pub async fn update_alert(
     let actor = auth.0.actor();
     let target = id.clone();
     let updated = blocking(move || store.update_alert(&tenant, &target, &update, &actor)).await??;
+    // The note's text lives in the alert's history; the audit line says that one was added.
+    // An attempt on an id the tenant does not have is recorded too (as reads of one are): it
+    // may be a guess at another tenant's alert.
+    let mut details = json!({
+        "status": patch.status,
+        "assignee": patch.assignee,
+        "note_bytes": patch.note.as_ref().map(String::len),
+    });
+    if updated.is_none() {
+        details["outcome"] = json!("not_found");
+    }
+    state.audit(&auth.0, "alerts.update", Some(&id), details)?;
     let Some(record) = updated else {
         return Err(ApiError::NotFound(format!("no alert `{id}`")));
     };
-    // The note's text lives in the alert's history; the audit line says that one was added.
-    state.audit(
-        &auth.0,
-        "alerts.update",
-        Some(&id),
-        json!({
-            "status": patch.status,
-            "assignee": patch.assignee,
-            "note_bytes": patch.note.as_ref().map(String::len),
-        }),
-    )?;
     let record = serde_json::to_value(&record)
         .map_err(|e| ApiError::Internal(format!("encode alert: {e}")))?;
     Ok(Json(record))

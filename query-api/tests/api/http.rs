@@ -523,6 +523,17 @@ fn another_tenants_ids_answer_404() {
         json!({"status": "resolved"}),
     );
     assert_error(r, 404, "not_found");
+    // The attempt is in the audit log of the tenant that made it.
+    let audit = api.get_json("/api/v1/audit?action=alerts.update", GLOBEX, Role::Admin);
+    assert_eq!(
+        audit["items"][0]["target"],
+        acme_alert.id.as_str(),
+        "{audit}"
+    );
+    assert_eq!(
+        audit["items"][0]["details"]["outcome"], "not_found",
+        "{audit}"
+    );
     // ... and the alert is unchanged for its owner.
     let body = api.get_json(
         &format!("/api/v1/alerts/{}", acme_alert.id),
