@@ -53,12 +53,13 @@ fn write_config_with(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     cfg
 }
 
-fn start(cfg: &std::path::Path) -> Service {
+/// `perimeter run` with `cfg`, once it says where it listens (its base URL, as printed).
+fn spawn_run(cfg: &std::path::Path, stderr: Stdio) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
         .args(["--config", cfg.to_str().unwrap(), "run"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawning perimeter run");
     let stdout = child.stdout.take().unwrap();
@@ -68,12 +69,18 @@ fn start(cfg: &std::path::Path) -> Service {
         .expect("perimeter run printed nothing")
         .unwrap();
     let base = first.rsplit(' ').next().unwrap().to_string();
-    assert!(
-        base.starts_with("http://127.0.0.1:"),
-        "unexpected first line {first:?}"
-    );
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
+    Service { child, base }
+}
+
+fn start(cfg: &std::path::Path) -> Service {
+    let service = spawn_run(cfg, Stdio::inherit());
+    let base = service.base.clone();
+    assert!(
+        base.starts_with("http://127.0.0.1:"),
+        "unexpected base URL {base:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = reqwest::blocking::Client::new();
     loop {
@@ -88,7 +95,7 @@ fn start(cfg: &std::path::Path) -> Service {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Service { child, base }
+    service
 }
 
 fn token(cfg: &std::path::Path, role: &str) -> String {
@@ -2268,26 +2275,10 @@ fn terminal_commands_reach_an_https_server_whose_certificate_a_private_ca_signed
     ));
     std::fs::write(&cfg, text).unwrap();
     let token = token(&cfg, "viewer");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning perimeter run");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines
-        .next()
-        .expect("perimeter run printed nothing")
-        .unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    let service = Service {
-        child,
-        base: first.rsplit(' ').next().unwrap().to_string(),
-    };
+    let service = spawn_run(&cfg, Stdio::null());
     // The certificate names localhost, not the address.
     let server = service.base.replace("127.0.0.1", "localhost");
-    assert!(server.starts_with("https://localhost:"), "{first}");
+    assert!(server.starts_with("https://localhost:"), "{server}");
     let alerts = |ca: Option<&std::path::Path>| {
         let mut args = vec![
             "alerts", "--server", &server, "--token", &token, "--format", "json",

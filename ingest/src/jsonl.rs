@@ -131,20 +131,13 @@ fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
     if memchr::memchr2_iter(b'[', b'{', bytes).count() <= max {
         return false;
     }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut depth = 0usize;
+    let mut strings = Strings::default();
     for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
+        if !strings.outside(b) {
             continue;
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -156,6 +149,32 @@ fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
         }
     }
     false
+}
+
+/// Follows JSON text byte by byte to tell structure from the inside of strings (escapes
+/// included), without parsing it.
+#[derive(Default)]
+struct Strings {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Strings {
+    /// Whether `b` stands outside every string: an opening quote does, a closing one does not.
+    fn outside(&mut self, b: u8) -> bool {
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+            }
+            return false;
+        }
+        self.in_string = b == b'"';
+        true
+    }
 }
 
 /// The start of a rejected line, for the analyst. When cut, the cut backs off to the last
@@ -664,17 +683,14 @@ fn push_document(
 /// The byte ranges of the elements of `array`, a whole, valid JSON array (trimmed).
 fn array_elements(array: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut depth = 0usize;
+    let mut strings = Strings::default();
     let mut element_start: Option<usize> = None;
     let mut last_content = 0;
     for (i, &b) in array.iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+        if !strings.outside(b) {
+            if !strings.in_string {
+                // The closing quote ends a string element.
                 last_content = i;
             }
             continue;
@@ -690,7 +706,6 @@ fn array_elements(array: &[u8]) -> Vec<std::ops::Range<usize>> {
             element_start = Some(i);
         }
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => depth += 1,
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
