@@ -209,7 +209,7 @@ impl TenantAlerts {
     fn apply(&mut self, entry: JournalEntry) {
         match entry {
             JournalEntry::Alert { alert } => {
-                if alert.detector == DetectorKind::Sigma {
+                if groups_repeats(alert.detector) {
                     self.groups.insert(
                         (alert.rule_id.clone(), alert.entity.clone()),
                         alert.id.clone(),
@@ -337,6 +337,14 @@ impl TenantAlerts {
 }
 
 /// A grouping window of `seconds` (`None` for 0, or past what a time span holds).
+/// Whether the store groups a detector's repeats into its open alert. A correlation fires again
+/// each time its condition holds anew (every 10 failures of a burst): those are repeats too.
+/// Behavioural and source-health alerts are not: they say "how many" in one alert by their own
+/// rules.
+fn groups_repeats(detector: DetectorKind) -> bool {
+    matches!(detector, DetectorKind::Sigma | DetectorKind::Correlation)
+}
+
 fn one() -> u64 {
     1
 }
@@ -508,11 +516,7 @@ impl AlertBook {
                 Some(secs) => group_window(secs),
                 None => self.group_window,
             };
-            // A correlation fires again each time its condition holds anew (every 10 failures of
-            // a burst): those are repeats too. Behavioural and source-health alerts are not:
-            // they say "how many" in one alert by their own rules.
-            let grouping = window
-                .filter(|_| matches!(a.detector, DetectorKind::Sigma | DetectorKind::Correlation));
+            let grouping = window.filter(|_| groups_repeats(a.detector));
             if let Some(window) = grouping {
                 if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(key) {
                     if let Some(g) = self.open_group(a) {
@@ -1325,13 +1329,20 @@ mod tests {
         let alice = book.get("acme", &alerts[0].id).unwrap();
         assert_eq!(alice.alert.count, 30, "the events of its three windows");
         assert_eq!(alice.alert.event_ids, ["alice0", "alice2", "alice4"]);
+        // A later batch (another page, another poll) joins it too.
+        let done = book.insert(journal, &[burst(6, "alice")]).unwrap();
+        assert_eq!((done.written, done.grouped.len()), (0, 1), "{done:?}");
+        assert_eq!(book.get("acme", &alerts[0].id).unwrap().alert.count, 40);
         assert_eq!(book.get("acme", &alerts[3].id).unwrap().alert.count, 10);
         // The journal says the same after a restart; a resent alert is not counted again.
         let mut reloaded = AlertBook::load(dir.path(), true).unwrap();
         reloaded.set_group_seconds(3600);
-        assert_eq!(reloaded.get("acme", &alerts[0].id).unwrap().alert.count, 30);
+        assert_eq!(reloaded.get("acme", &alerts[0].id).unwrap().alert.count, 40);
         let done = reloaded.insert(journal, &alerts[1..2]).unwrap();
         assert_eq!((done.written, done.grouped.len()), (0, 0));
+        // ... and the next firing still finds its group.
+        let done = reloaded.insert(journal, &[burst(8, "alice")]).unwrap();
+        assert_eq!((done.written, done.grouped.len()), (0, 1), "{done:?}");
         // Behavioural alerts stay alone.
         let ueba = |minute: i64| {
             let mut a = repeat("ueba.burst", "carol", minute, &format!("c{minute}"));
