@@ -528,21 +528,24 @@ impl<R: BufRead> JsonInput<R> {
         }
         let mut head = Vec::new();
         let first = read_non_blank_line(&mut input, &mut head)?;
-        let incomplete = |line: &[u8]| matches!(serde_json::from_slice::<serde_json::Value>(line), Err(e) if e.is_eof());
+        let parsed = |line: &[u8]| serde_json::from_slice::<serde_json::Value>(line);
+        let incomplete = |line: &[u8]| matches!(parsed(line), Err(e) if e.is_eof());
         let as_lines = match first {
             None => true,
-            Some(first) if !incomplete(&head[first.clone()]) => true,
+            Some(first) if parsed(&head[first.clone()]).is_ok() => true,
             // A pretty-printed object's second line is a key (`"uuid": ...`), never a whole
             // object: a whole object there means JSON lines whose first line is broken.
-            Some(first) if head[first.clone()].starts_with(b"{") => {
-                read_non_blank_line(&mut input, &mut head)?.is_some_and(|second| {
-                    matches!(
-                        serde_json::from_slice::<serde_json::Value>(&head[second]),
-                        Ok(serde_json::Value::Object(_))
-                    )
-                })
+            Some(first) if incomplete(&head[first.clone()]) => {
+                head[first].starts_with(b"{")
+                    && read_non_blank_line(&mut input, &mut head)?.is_some_and(|second| {
+                        matches!(parsed(&head[second]), Ok(serde_json::Value::Object(_)))
+                    })
             }
-            Some(_) => false,
+            // A first line that is no JSON at all (a stray header, a broken line): what follows
+            // decides. A document opening on the next line means documents, with the first line
+            // a dead letter of its own.
+            Some(_) => !read_non_blank_line(&mut input, &mut head)?
+                .is_some_and(|second| incomplete(&head[second])),
         };
         if as_lines {
             let chained = std::io::Cursor::new(head).chain(input);
@@ -796,6 +799,22 @@ mod input_tests {
         // A broken first line that opens an array is read as documents; reading resumes at the
         // next line that starts a document.
         let got = items(b"[{\"a\":1},\n{\"a\":2}\n{\"a\":3}\n");
+        assert_eq!(lines_of(&got), vec![(1, false), (2, true), (3, true)]);
+    }
+
+    #[test]
+    fn a_line_that_is_no_json_before_a_pretty_printed_page_does_not_take_the_page() {
+        for first in ["this is not json", "{broken", "[oops"] {
+            let input = format!("{first}\n[\n  {{\"a\": 1}},\n  {{\"a\": 2}}\n]\n");
+            let got = items(input.as_bytes());
+            assert_eq!(
+                lines_of(&got),
+                vec![(1, false), (3, true), (4, true)],
+                "{first}: {got:?}"
+            );
+        }
+        // Followed by JSON lines, it stays one bad line among lines.
+        let got = items(b"not json\n{\"a\":1}\n{\"a\":2}\n");
         assert_eq!(lines_of(&got), vec![(1, false), (2, true), (3, true)]);
     }
 
