@@ -206,9 +206,30 @@ impl Column {
                 .with_timezone(&chrono::Utc)
                 .format("%Y-%m-%d %H:%M:%S")
                 .to_string(),
-            _ => text,
+            _ => terminal_safe(&text).into_owned(),
         }
     }
+}
+
+/// `text` with control characters (escape sequences, BEL, newlines, tabs) and bidirectional
+/// overrides written out as escapes (`\u{1b}`). Values come from audit logs that attackers can
+/// write to: printed raw to an analyst's terminal they could clear the screen, retitle the
+/// window, hide rows of the alert list or reorder what is shown.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 const ALERT_COLUMNS: &[Column] = &[
@@ -1250,7 +1271,10 @@ fn write_top_values(
         writeln!(out, "{label:<width$}  {count:>9}  {share:>5.1}%  {marks}")
     };
     for v in &values {
-        let value: String = v["value"].as_str().unwrap_or("").chars().take(60).collect();
+        let value: String = terminal_safe(v["value"].as_str().unwrap_or(""))
+            .chars()
+            .take(60)
+            .collect();
         line(&value, v["count"].as_u64().unwrap_or(0), true)?;
     }
     let other = body["other"].as_u64().unwrap_or(0);
@@ -1446,6 +1470,34 @@ fn write_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_cells_and_top_values_print_control_characters_as_escapes() {
+        let hostile = "\u{1b}[2J\u{1b}[31mevil\u{1b}]0;pwned\u{7}\nrow\u{202e}cba";
+        let cell =
+            Column::new("ENTITY", 40, &["entity"]).cell(&serde_json::json!({"entity": hostile}));
+        assert!(
+            !cell.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{cell:?}"
+        );
+        assert!(
+            cell.contains("\\u{1b}[2J") && cell.contains("evil"),
+            "{cell}"
+        );
+        let mut out = Vec::new();
+        let body = serde_json::json!({"field": "user.name", "total": 1, "counted": 1,
+            "values": [{"value": hostile, "count": 1}]});
+        write_top_values(&mut out, &body).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert_eq!(
+            terminal_safe("dana.kim@acme.example"),
+            "dana.kim@acme.example"
+        );
+    }
 
     #[test]
     fn quiet_spans_read_in_their_two_largest_units() {
