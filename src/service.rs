@@ -507,10 +507,15 @@ fn note_state_current(metrics: &Metrics) {
 /// store counted into an earlier one), and earlier alerts still firing (their `count` passed a
 /// tenfold with this batch).
 fn notify_stored(notifier: &AlertNotifier, alerts: &[perimeter_model::Alert], ack: &WriteAck) {
-    notifier.notify_stored(
-        &not_grouped(alerts, &ack.alerts_grouped),
-        &ack.alerts_still_firing,
-    );
+    let mut new = not_grouped(alerts, &ack.alerts_grouped).into_owned();
+    // An alert the batch's own repeats grew goes out as stored (a burst of 40 says 40, not
+    // the 10 it was raised with).
+    for a in &mut new {
+        if let Some(grown) = ack.alerts_grown.iter().find(|g| g.id == a.id) {
+            *a = grown.clone();
+        }
+    }
+    notifier.notify_stored(&new, &ack.alerts_still_firing);
 }
 
 /// The alerts destinations hear of: not those the store counted into an earlier alert of the

@@ -567,10 +567,12 @@ impl AlertBook {
             // The count before this batch of every alert it may grow: the stored ones it
             // repeats, and the new ones (their own count).
             let mut before: HashMap<String, u64> = HashMap::new();
+            let mut raised_here = HashSet::new();
             for e in &entries {
                 match e {
                     JournalEntry::Alert { alert } => {
                         before.insert(alert.id.clone(), alert.count);
+                        raised_here.insert(alert.id.clone());
                     }
                     JournalEntry::Repeat { id, .. } => {
                         if let Some(r) = book.records.get(id) {
@@ -587,6 +589,9 @@ impl AlertBook {
                 if let Some(r) = book.records.get(&id) {
                     if passes_power_of_ten(was, r.alert.count) {
                         done.still_firing.push(r.alert.clone());
+                    }
+                    if raised_here.contains(&id) && r.alert.count != was {
+                        done.grown.push(r.alert.clone());
                     }
                 }
                 done.touched.push((tenant.to_string(), id));
@@ -888,6 +893,9 @@ pub struct AlertsInserted {
     pub still_firing: Vec<Alert>,
     /// (tenant, alert id) of every stored alert the batch added or grew.
     pub touched: Vec<(String, String)>,
+    /// Alerts the batch raised that its own repeats grew, as stored (their `count` is not the
+    /// one they were raised with): what destinations are sent in their place.
+    pub grown: Vec<Alert>,
 }
 
 /// Whether a count that went from `was` to `now` passed 10, 100, 1000, ...: a group that keeps
@@ -1326,12 +1334,23 @@ mod tests {
         ];
         let done = book.insert(journal, &alerts).unwrap();
         assert_eq!((done.written, done.grouped.len()), (2, 2), "{done:?}");
+        // Destinations are sent the alert as it grew in this batch, not as raised.
+        let grown: Vec<(&str, u64)> = done
+            .grown
+            .iter()
+            .map(|a| (a.entity.as_str(), a.count))
+            .collect();
+        assert_eq!(grown, [("alice", 30)]);
         let alice = book.get("acme", &alerts[0].id).unwrap();
         assert_eq!(alice.alert.count, 30, "the events of its three windows");
         assert_eq!(alice.alert.event_ids, ["alice0", "alice2", "alice4"]);
         // A later batch (another page, another poll) joins it too.
         let done = book.insert(journal, &[burst(6, "alice")]).unwrap();
         assert_eq!((done.written, done.grouped.len()), (0, 1), "{done:?}");
+        assert!(
+            done.grown.is_empty(),
+            "raised by an earlier batch: still firing at most"
+        );
         assert_eq!(book.get("acme", &alerts[0].id).unwrap().alert.count, 40);
         assert_eq!(book.get("acme", &alerts[3].id).unwrap().alert.count, 10);
         // The journal says the same after a restart; a resent alert is not counted again.

@@ -47,6 +47,10 @@ pub struct WriteAck {
     /// as they are now (same id, the higher count): still firing, which destinations are told.
     #[serde(default)]
     pub alerts_still_firing: Vec<perimeter_model::Alert>,
+    /// Alerts of this batch that later alerts of the same batch were grouped into, as stored
+    /// (the higher count): destinations are sent these instead of the alerts as raised.
+    #[serde(default)]
+    pub alerts_grown: Vec<perimeter_model::Alert>,
     pub dead_letters_written: usize,
     /// `events_written` per source (for the per-source "events out" metric).
     #[serde(default)]
@@ -495,6 +499,7 @@ impl Store {
                     ack.alerts_written = inserted.written;
                     ack.alerts_grouped = inserted.grouped;
                     ack.alerts_still_firing = inserted.still_firing;
+                    ack.alerts_grown = inserted.grown;
                 }
                 if !b.dead_letters.is_empty() {
                     ack.dead_letters_written = self.write_dead_letters(&b.dead_letters)?;
