@@ -5,10 +5,13 @@
 //! - a destination belongs to one tenant and only ever receives that tenant's alerts;
 //! - what is posted is the alert as the pipeline produced it, masked (the notifier never sees
 //!   clear values);
-//! - delivery is at most [`MAX_ATTEMPTS`] tries per batch with backoff, off the ingest path: a
-//!   slow or failing webhook never delays acknowledging input, and batches are delivered side by
-//!   side, so it does not hold up other destinations either. Alerts that could not be
-//!   delivered stay in the store and are counted in `destination_failures_total`;
+//! - delivery is a round of [`MAX_ATTEMPTS`] tries per batch with backoff, off the ingest path:
+//!   a slow or failing webhook never delays acknowledging input, and batches are delivered side
+//!   by side, so it does not hold up other destinations either. A failed round is counted in
+//!   `destination_failures_total`, and the batch (still in the outbox) is sent again to the
+//!   destinations that did not take it, a minute later and then at growing intervals up to 15
+//!   minutes, for a day ([`REDELIVER_FOR_BASES`]); then it is given up on
+//!   (`destination_batches_abandoned_total`, an error in the log). The alerts stay in the store;
 //! - a batch for a tenant with destinations is written to the durable outbox
 //!   ([`crate::outbox`]) before [`AlertNotifier::notify`] returns, i.e. before the input is
 //!   acknowledged; batches a stop (even `kill -9`) left undelivered are sent at the next start
@@ -27,8 +30,18 @@ use utoipa::ToSchema;
 
 use crate::outbox::{DeliveryOutbox, PendingBatch};
 
-/// Tries per batch and destination (the first one included).
+/// Tries per batch and destination in one round (the first one included).
 pub const MAX_ATTEMPTS: u32 = 4;
+/// How long (in retry bases, 1 s in the service: a day) a batch is sent again after its first
+/// failed round: a webhook down for a deploy or an outage still gets the alerts when it is back.
+pub const REDELIVER_FOR_BASES: u32 = 86_400;
+/// The wait before the round after `rounds_failed` failed ones, in retry bases: a minute, then
+/// doubling up to 15 minutes.
+fn redelivery_wait_bases(rounds_failed: u32) -> u32 {
+    60u32
+        .saturating_mul(1 << rounds_failed.saturating_sub(1).min(4))
+        .min(900)
+}
 /// Batches in delivery at once; more wait their turn in memory (and in the outbox).
 const QUEUE_BATCHES: usize = 1024;
 /// Longest a webhook may take to answer one try.
@@ -87,7 +100,8 @@ pub struct Destination {
 pub struct DeliveryStatus {
     /// Batches the destination accepted (2xx).
     pub batches_delivered: u64,
-    /// Batches given up on after every try failed.
+    /// Batches given up on: refused (an address alerts may not go to), or a day of failed
+    /// rounds of tries.
     pub batches_failed: u64,
     /// Failed tries since the last accepted one.
     pub consecutive_failed_tries: u64,
@@ -413,10 +427,12 @@ impl AlertNotifier {
             metrics: metrics.clone(),
             retry_base,
             slots: Mutex::default(),
+            again: tx.downgrade(),
         });
         tokio::spawn(async move {
             // Batches are delivered side by side, and each destination has its own few slots for
-            // posts, so a webhook that is down (four tries, ~21 s a batch) holds up neither other
+            // posts, so a webhook that is down (a round of four tries, ~21 s a batch, then the
+            // batch waits outside the queue for its next round) holds up neither other
             // destinations nor other tenants' alerts.
             let mut in_flight = tokio::task::JoinSet::new();
             let mut earlier = pending.into_iter();
@@ -542,6 +558,18 @@ struct BatchDelivery {
     outbox: Arc<DeliveryOutbox>,
     metrics: Arc<Metrics>,
     retry_base: Duration,
+    /// Where a batch goes for its next round (weak: the queue closes with its notifier).
+    again: tokio::sync::mpsc::WeakUnboundedSender<PendingBatch>,
+}
+
+/// How a round of tries to one destination ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoundOutcome {
+    Delivered,
+    /// Every try failed: worth another round later.
+    Failed,
+    /// It can never go there (refused address, unencodable): no other round.
+    Refused,
 }
 
 impl BatchDelivery {
@@ -553,10 +581,21 @@ impl BatchDelivery {
             .clone()
     }
 
-    /// Post a batch to each of its tenant's destinations it concerns (side by side), then mark
-    /// it done in the outbox.
-    async fn send(self: Arc<Self>, batch: PendingBatch) {
-        let destinations = self.destinations.with_secrets(&batch.tenant);
+    /// Post a batch to each of its tenant's destinations it concerns (side by side, only those
+    /// still owed it after a failed round), then mark it done in the outbox, or queue its next
+    /// round for those whose round failed.
+    async fn send(self: Arc<Self>, mut batch: PendingBatch) {
+        let destinations: Vec<Destination> = self
+            .destinations
+            .with_secrets(&batch.tenant)
+            .into_iter()
+            .filter(|d| {
+                batch
+                    .redelivery
+                    .as_ref()
+                    .is_none_or(|r| r.owed.contains(&d.id))
+            })
+            .collect();
         let posts = destinations.iter().filter_map(|destination| {
             let alerts: Vec<&Alert> = batch
                 .alerts
@@ -575,7 +614,7 @@ impl BatchDelivery {
                 async move {
                     // A closed semaphore cannot happen (it is never closed); deliver anyway.
                     let _permit = slots.acquire_owned().await.ok();
-                    deliver(
+                    let outcome = deliver(
                         &this.client,
                         destination,
                         &body,
@@ -583,11 +622,61 @@ impl BatchDelivery {
                         &this.metrics,
                         &this.destinations,
                     )
-                    .await
+                    .await;
+                    (destination.id.clone(), outcome)
                 }
             })
         });
-        futures_util::future::join_all(posts).await;
+        let failed: Vec<String> = futures_util::future::join_all(posts)
+            .await
+            .into_iter()
+            .filter(|(_, outcome)| *outcome == RoundOutcome::Failed)
+            .map(|(id, _)| id)
+            .collect();
+        if !failed.is_empty() {
+            let redelivery = crate::outbox::Redelivery {
+                owed: failed,
+                rounds_failed: batch.redelivery.as_ref().map_or(0, |r| r.rounds_failed) + 1,
+                first_failed: batch
+                    .redelivery
+                    .as_ref()
+                    .map_or_else(std::time::Instant::now, |r| r.first_failed),
+            };
+            if redelivery.first_failed.elapsed() < self.retry_base * REDELIVER_FOR_BASES {
+                let wait = self.retry_base * redelivery_wait_bases(redelivery.rounds_failed);
+                tracing::warn!(
+                    tenant = %batch.tenant,
+                    destinations = ?redelivery.owed,
+                    round = redelivery.rounds_failed,
+                    wait_seconds = wait.as_secs(),
+                    "alert delivery failed; the batch is sent again later"
+                );
+                batch.redelivery = Some(redelivery);
+                // Without a queue (the service is stopping) the batch stays in the outbox for
+                // the next start.
+                if let Some(again) = self.again.upgrade() {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = again.send(batch);
+                    });
+                }
+                return;
+            }
+            tracing::error!(
+                tenant = %batch.tenant,
+                destinations = ?redelivery.owed,
+                rounds = redelivery.rounds_failed,
+                "alert delivery given up after a day of failed rounds; the alerts stay in the store"
+            );
+            for id in &redelivery.owed {
+                self.metrics.inc(
+                    "destination_batches_abandoned_total",
+                    &[("destination", id)],
+                    1,
+                );
+                self.destinations.record(id, DeliveryEvent::GaveUp);
+            }
+        }
         if let Some(seq) = batch.seq {
             // File I/O: off the async workers.
             let outbox = self.outbox.clone();
@@ -622,7 +711,7 @@ async fn deliver(
     retry_base: Duration,
     metrics: &Metrics,
     status: &DestinationStore,
-) {
+) -> RoundOutcome {
     let encoded = match destination.format {
         DestinationFormat::Json => serde_json::to_vec(body),
         DestinationFormat::Slack => serde_json::to_vec(&serde_json::json!({
@@ -636,7 +725,7 @@ async fn deliver(
             1,
         );
         status.record(&destination.id, DeliveryEvent::GaveUp);
-        return;
+        return RoundOutcome::Refused;
     };
     let refused = reqwest::Url::parse(&destination.url)
         .ok()
@@ -651,7 +740,7 @@ async fn deliver(
             1,
         );
         status.record(&destination.id, DeliveryEvent::GaveUp);
-        return;
+        return RoundOutcome::Refused;
     }
     let signature = sign(destination.secret.as_deref().unwrap_or_default(), &bytes);
     let mut wait = retry_base;
@@ -671,7 +760,7 @@ async fn deliver(
                     body.alerts.len() as u64,
                 );
                 status.record(&destination.id, DeliveryEvent::Delivered);
-                return;
+                return RoundOutcome::Delivered;
             }
             Ok(r) => format!("status {}", r.status().as_u16()),
             // The URL is the admin's; the error text names host and cause, no alert content.
@@ -689,7 +778,7 @@ async fn deliver(
         &[("destination", &destination.id)],
         1,
     );
-    status.record(&destination.id, DeliveryEvent::GaveUp);
+    RoundOutcome::Failed
 }
 
 /// Alerts listed in one Slack message; the rest are counted.
@@ -777,6 +866,60 @@ mod tests {
         );
         a.id = id.to_string();
         a
+    }
+
+    /// A webhook down for longer than a round of tries still gets the batch when it is back,
+    /// and a destination that took it is not sent it again.
+    #[test]
+    fn a_batch_is_sent_again_to_the_destination_that_was_down_only() {
+        // Two rounds of tries are refused, the third is accepted.
+        let down = super::webhook_receiver::WebhookReceiver::start(2 * MAX_ATTEMPTS as usize);
+        let up = super::webhook_receiver::WebhookReceiver::start(0);
+        let destinations = Arc::new(DestinationStore::in_memory());
+        let d = destinations
+            .create("acme", "soar", &down.url(), Severity::Low, "tok")
+            .unwrap();
+        destinations
+            .create("acme", "slack", &up.url(), Severity::Low, "tok")
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let outbox = Arc::new(DeliveryOutbox::in_memory());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let notifier = AlertNotifier::spawn(
+                destinations.clone(),
+                metrics.clone(),
+                Duration::from_millis(1),
+                outbox.clone(),
+                Vec::new(),
+            );
+            notifier.notify(&[test_alert("a1")]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while down.bodies().is_empty() || outbox.pending() > 0 {
+                assert!(std::time::Instant::now() < deadline, "never delivered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert_eq!(down.requests(), 2 * MAX_ATTEMPTS as usize + 1);
+        assert_eq!(down.bodies().len(), 1);
+        assert_eq!(up.bodies().len(), 1, "the healthy one got it once");
+        assert_eq!(
+            metrics.counter("destination_failures_total", &[("destination", &d.id)]),
+            2,
+            "two failed rounds"
+        );
+        let status = destinations.list("acme");
+        let soar = status.iter().find(|x| x.id == d.id).unwrap();
+        assert_eq!(
+            soar.delivery.as_ref().unwrap().batches_failed,
+            0,
+            "{soar:?}"
+        );
+        assert_eq!(
+            soar.delivery.as_ref().unwrap().batches_delivered,
+            1,
+            "{soar:?}"
+        );
     }
 
     /// With room for one batch in delivery and one waiting, later batches overflow; they are

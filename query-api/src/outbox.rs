@@ -39,6 +39,20 @@ pub struct PendingBatch {
     pub alerts: Vec<Alert>,
     /// The alerts were sent before; their repeats took their `count` past a tenfold since.
     pub still_firing: bool,
+    /// After a failed round: the destinations still owed the batch (kept in memory only: after
+    /// a restart every destination gets it again). `None`: the first round, to all of them.
+    pub redelivery: Option<Redelivery>,
+}
+
+/// A batch some destinations did not take yet (see [`PendingBatch::redelivery`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redelivery {
+    /// Ids of the destinations whose round of tries failed.
+    pub owed: Vec<String>,
+    /// Rounds that failed so far.
+    pub rounds_failed: u32,
+    /// When the first round failed.
+    pub first_failed: std::time::Instant,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -175,6 +189,7 @@ impl DeliveryOutbox {
                     tenant,
                     alerts,
                     still_firing,
+                    redelivery: None,
                 }
             })
             .collect();
@@ -261,6 +276,7 @@ fn read_records(
                         tenant: of,
                         alerts,
                         still_firing,
+                        redelivery: None,
                     },
                 );
             }

@@ -1544,7 +1544,7 @@ fn retention_removes_closed_alerts_past_it_and_keeps_the_queue_across_reopen() {
         .into_iter()
         .map(|r| r.0)
         .collect();
-    assert_eq!(day_18, [open.id.clone()]);
+    assert_eq!(day_18, std::slice::from_ref(&open.id));
     let kept = store
         .get_alert("acme", &resolved_recent.id)
         .unwrap()

@@ -382,6 +382,13 @@ fn with_buffer<R>(
     })
 }
 
+/// A number written as a float (`4111111111111111.0`, `4.111111111111111e15`) whose value is
+/// whole and in a card number's range: masked as the integer it equals.
+fn whole_f64(n: &sonic_rs::Number) -> Option<u64> {
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && (1e12..1e19).contains(&f)).then_some(f as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::write_json_str;
@@ -396,11 +403,4 @@ mod tests {
             prop_assert_eq!(back, s);
         }
     }
-}
-
-/// A number written as a float (`4111111111111111.0`, `4.111111111111111e15`) whose value is
-/// whole and in a card number's range: masked as the integer it equals.
-fn whole_f64(n: &sonic_rs::Number) -> Option<u64> {
-    let f = n.as_f64()?;
-    (f.fract() == 0.0 && (1e12..1e19).contains(&f)).then_some(f as u64)
 }
