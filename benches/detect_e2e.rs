@@ -87,7 +87,7 @@ fn main() {
     };
     let now = chrono::Utc::now();
     let record = |pipeline: &mut Pipeline, out: &mut PipelineOutput, item: InputItem| match item {
-        InputItem::Record { line, value } => {
+        InputItem::Record { line, value, .. } => {
             pipeline.process_value("auto", "t", Some(line), value, now, out)
         }
         InputItem::Invalid { .. } => unreachable!("bench input is valid"),

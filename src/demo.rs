@@ -123,7 +123,8 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     };
     for item in JsonlReader::new(DEMO_EVENTS.as_bytes(), JsonlReaderConfig::default()) {
         match item? {
-            InputItem::Record { line, value } => {
+            // JSON lines: one record per line, no member lines.
+            InputItem::Record { line, value, .. } => {
                 pipeline.process_value("auto", DEMO_TENANT, Some(line), value, now, &mut out)
             }
             InputItem::Invalid {

@@ -237,9 +237,11 @@ fn feed(
 ) {
     let now = chrono::Utc::now();
     match item {
-        InputItem::Record { line, value } => {
-            pipeline.process_value(source, tenant, Some(line), value, now, out)
-        }
+        InputItem::Record {
+            line,
+            value,
+            member_lines,
+        } => pipeline.process_value_at(source, tenant, Some(line), &member_lines, value, now, out),
         InputItem::Invalid {
             line,
             reason,

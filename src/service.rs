@@ -167,10 +167,15 @@ pub fn spawn_pipeline_worker(
                 let now = chrono::Utc::now();
                 for item in sub.items {
                     match item {
-                        InputItem::Record { line, value } => pipeline.process_value(
+                        InputItem::Record {
+                            line,
+                            value,
+                            member_lines,
+                        } => pipeline.process_value_at(
                             &sub.source,
                             &sub.tenant,
                             Some(line),
+                            &member_lines,
                             value,
                             now,
                             &mut out,

@@ -1398,6 +1398,17 @@ fn detect_names_the_line_of_each_record_of_a_pretty_printed_page() {
         "{}",
         stderr(&out)
     );
+    // The same records in an envelope page (`{"items": [...]}`, as 1Password and Google
+    // Workspace send them) are told where they start too.
+    let page = serde_json::to_string_pretty(&serde_json::json!({"items": records, "cursor": null}))
+        .unwrap();
+    let uuid_at = page.find("u-user.mfa.factor.deactivate-2").unwrap();
+    let open_at = page[..uuid_at].rfind("\n    {").unwrap() + 1;
+    let expected_line = page[..open_at].matches('\n').count() as u64 + 1;
+    let out = perimeter(&okta_detect_args(&rule), Some(page.as_bytes()));
+    let alerts = json_lines(&out);
+    assert_eq!(alerts.len(), 1, "{}", stderr(&out));
+    assert_eq!(alerts[0]["lines"], serde_json::json!([expected_line]));
 }
 
 #[test]

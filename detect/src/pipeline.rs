@@ -397,8 +397,34 @@ impl Pipeline {
         received_at: DateTime<Utc>,
         out: &mut PipelineOutput,
     ) {
+        self.process_value_at(source, tenant, line, &[], value, received_at, out)
+    }
+
+    /// [`Self::process_value`] for a value whose top-level array members' elements start on
+    /// known lines (`member_lines`, a pretty-printed page): the records of its envelope are
+    /// each given their own line, when the envelope's list is one of them and splitting gave
+    /// one record per element (Google Workspace activities with several events share theirs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn process_value_at(
+        &mut self,
+        source: &str,
+        tenant: &str,
+        line: Option<u64>,
+        member_lines: &[(String, Vec<u64>)],
+        value: RawJson,
+        received_at: DateTime<Utc>,
+        out: &mut PipelineOutput,
+    ) {
         let (source, tenant, value) = unwrap_perimeter_envelope(source, tenant, value);
-        for raw in split_records(&source, value) {
+        let envelope_lines = crate::normalize::envelope_key(&value)
+            .and_then(|key| member_lines.iter().find(|(k, _)| k == key))
+            .map(|(_, lines)| lines);
+        let records = split_records(&source, value);
+        let lines: Vec<Option<u64>> = match envelope_lines {
+            Some(each) if each.len() == records.len() => each.iter().map(|l| Some(*l)).collect(),
+            _ => vec![line; records.len()],
+        };
+        for (raw, line) in records.into_iter().zip(lines) {
             self.stats.records += 1;
             match self.registry.normalize_ecs(&source, &raw) {
                 Ok((name, ecs)) => {

@@ -106,6 +106,7 @@ mod tests {
         let item = InputItem::Record {
             line: 1,
             value: sonic_rs::json!({"a": 1}),
+            member_lines: Vec::new(),
         };
         let ack = tx
             .submit("json", "default", vec![item.clone()])

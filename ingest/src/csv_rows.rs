@@ -98,6 +98,7 @@ impl<R: Read> CsvRows<R> {
         InputItem::Record {
             line,
             value: object.into_value(),
+            member_lines: Vec::new(),
         }
     }
 }
@@ -186,7 +187,7 @@ mod tests {
         let text = b"\xEF\xBB\xBF\"EVENT_TYPE\",\"USER_NAME\",\"URI\"\n\"Login\",\"a@example.org\",\"/x,y\"\n\n\"Logout\",\"b@example.org\",\"multi\nline\"\n";
         let got = items(text);
         assert_eq!(got.len(), 2, "{got:?}");
-        let InputItem::Record { line, value } = &got[0] else {
+        let InputItem::Record { line, value, .. } = &got[0] else {
             panic!("{got:?}")
         };
         assert_eq!(*line, 2);
@@ -195,7 +196,7 @@ mod tests {
             Some("Login")
         );
         assert_eq!(value.get("URI").and_then(|v| v.as_str()), Some("/x,y"));
-        let InputItem::Record { line, value } = &got[1] else {
+        let InputItem::Record { line, value, .. } = &got[1] else {
             panic!("{got:?}")
         };
         assert_eq!(*line, 4);

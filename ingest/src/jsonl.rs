@@ -43,6 +43,10 @@ pub enum InputItem {
     Record {
         line: u64,
         value: perimeter_model::RawJson,
+        /// For a pretty-printed object: each top-level member whose value is an array, with the
+        /// line each of its elements starts on, so the records of an envelope page
+        /// (`{"items": [...]}`) can be told where they are. Empty otherwise.
+        member_lines: Vec<(String, Vec<u64>)>,
     },
     /// A line that could not be used, with why. `excerpt` is NOT masked yet.
     Invalid {
@@ -260,7 +264,11 @@ fn parse_record(line: u64, bytes: &[u8], excerpt_bytes: usize) -> InputItem {
     }
     match sonic_rs::from_str::<perimeter_model::RawJson>(text) {
         Ok(value) if matches!(value.get_type(), JsonType::Object | JsonType::Array) => {
-            InputItem::Record { line, value }
+            InputItem::Record {
+                line,
+                value,
+                member_lines: Vec::new(),
+            }
         }
         Ok(other) => InputItem::Invalid {
             line,
@@ -493,7 +501,10 @@ impl InputFormat {
 /// - each document is reported at the line it starts on;
 /// - the elements of a document that is an array (an Okta or GitHub page) are records of their
 ///   own, each at the line it starts on, so `lines` of an alert names the record, not the page;
-///   the records of an object envelope (`{"Records": [...]}`) share the document's line;
+///   for a document that is an object, the start lines of its array members' elements go with
+///   it ([`InputItem::Record::member_lines`]), so the records of an envelope page
+///   (`{"items": [...]}`) get their own lines when the pipeline splits it (Google Workspace
+///   activities split into several events keep the page's line);
 /// - a broken document is one dead letter at the line it starts on, and reading resumes at the
 ///   next line that starts a document in column 0 (`{` or `[`), so what follows is not lost.
 pub enum JsonInput<R: Read> {
@@ -679,8 +690,75 @@ fn push_document(
             )));
         }
     } else {
-        out.push(Ok(parse_record(line_at(offset), doc, excerpt_bytes)));
+        let mut item = parse_record(line_at(offset), doc, excerpt_bytes);
+        if let InputItem::Record { member_lines, .. } = &mut item {
+            *member_lines = array_member_starts(doc)
+                .into_iter()
+                .map(|(key, starts)| {
+                    let lines = starts.into_iter().map(|s| line_at(offset + s)).collect();
+                    (key, lines)
+                })
+                .collect();
+        }
+        out.push(Ok(item));
     }
+}
+
+/// For `object`, a whole, valid JSON object (trimmed): each member whose value is an array, with
+/// the offsets its elements start at. Keys are taken as written (envelope keys have no escapes).
+fn array_member_starts(object: &[u8]) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut strings = Strings::default();
+    let mut depth = 0usize;
+    let (mut expecting_key, mut key_start, mut key) = (false, None, String::new());
+    // Inside a member's array: whether an element has started since the last `,`.
+    let (mut in_member_array, mut element_open) = (false, false);
+    for (i, &b) in object.iter().enumerate() {
+        if !strings.outside(b) {
+            if let (false, Some(start)) = (strings.in_string, key_start) {
+                key = String::from_utf8_lossy(&object[start + 1..i]).into_owned();
+                key_start = None;
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        let element_starts =
+            depth == 2 && in_member_array && !element_open && !matches!(b, b',' | b']');
+        if element_starts {
+            element_open = true;
+            if let Some((_, starts)) = out.last_mut() {
+                starts.push(i);
+            }
+        }
+        match (depth, b) {
+            (1, b'"') if expecting_key => {
+                key_start = Some(i);
+                expecting_key = false;
+            }
+            (1, b',') => expecting_key = true,
+            (1, b'[') => {
+                depth = 2;
+                in_member_array = true;
+                element_open = false;
+                out.push((std::mem::take(&mut key), Vec::new()));
+            }
+            (2, b',') if in_member_array => element_open = false,
+            (2, b']') if in_member_array => {
+                depth = 1;
+                in_member_array = false;
+            }
+            (0, b'{') => {
+                depth = 1;
+                expecting_key = true;
+            }
+            (_, b'[' | b'{') => depth += 1,
+            (_, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The byte ranges of the elements of `array`, a whole, valid JSON array (trimmed).
@@ -752,8 +830,8 @@ mod input_tests {
         let items: Vec<InputItem> = input.map(|i| i.unwrap()).collect();
         // The elements of an array page are records of their own, at their own lines.
         assert_eq!(items.len(), 3, "{items:?}");
-        assert!(matches!(&items[0], InputItem::Record { line: 2, value } if value["a"] == 1));
-        assert!(matches!(&items[1], InputItem::Record { line: 3, value } if value["a"] == 2));
+        assert!(matches!(&items[0], InputItem::Record { line: 2, value, .. } if value["a"] == 1));
+        assert!(matches!(&items[1], InputItem::Record { line: 3, value, .. } if value["a"] == 2));
         assert!(matches!(&items[2], InputItem::Record { line: 6, .. }));
 
         let broken = b"{\n  \"a\": 1,\n  \"b\": \n";
@@ -861,6 +939,38 @@ mod input_tests {
         );
         assert!(array_elements(b"[]").is_empty());
         assert!(array_elements(b"[ ]").is_empty());
+    }
+
+    #[test]
+    fn the_elements_of_an_objects_array_members_are_found_with_their_lines() {
+        let object = br#"{"cursor": "x,[", "items": [ {"a": [1, 2]}, "s,]\"", 3 ], "meta": {"x": [9]}, "more": []}"#;
+        let got: Vec<(String, Vec<&str>)> = array_member_starts(object)
+            .into_iter()
+            .map(|(key, starts)| {
+                let heads = starts
+                    .into_iter()
+                    .map(|s| std::str::from_utf8(&object[s..s + 3]).unwrap())
+                    .collect();
+                (key, heads)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("items".to_string(), vec![r#"{"a"#, r#""s,"#, "3 ]"]),
+                ("more".to_string(), vec![]),
+            ]
+        );
+        // Through the input: a pretty-printed envelope page says where its records start.
+        let page = b"{\n  \"items\": [\n    {\n      \"a\": 1\n    },\n    {\"a\": 2}\n  ],\n  \"cursor\": null\n}\n";
+        match &items(page)[..] {
+            [InputItem::Record {
+                line: 1,
+                member_lines,
+                ..
+            }] => assert_eq!(member_lines, &[("items".to_string(), vec![3, 6])]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

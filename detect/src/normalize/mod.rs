@@ -488,7 +488,7 @@ fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>)
 }
 
 /// The list key when `obj` is a page envelope rather than a record.
-fn envelope_key(obj: &Value) -> Option<&'static str> {
+pub fn envelope_key(obj: &Value) -> Option<&'static str> {
     // An envelope has only list and metadata keys, so a record is told apart by its first key
     // alone (the lookups below scan every key once per list key).
     let (first, _) = obj.as_object()?.iter().next()?;

@@ -628,6 +628,7 @@ impl PollSource {
             .map(|(i, value)| InputItem::Record {
                 line: i as u64 + 1,
                 value,
+                member_lines: Vec::new(),
             })
             .collect();
         self.submit_items(items).await
