@@ -15,7 +15,7 @@ use perimeter_model::{Detector, Metrics, RawRecord};
 use perimeter_query_api::auth::{Role, TokenStore};
 use perimeter_query_api::{
     AlertNotifier, AppState, DeliveryOutbox, DestinationStore, ListenerCheck, RuleService,
-    RuleSwitchStore, Server,
+    RuleSwitchStore, RuleTestError, Server,
 };
 use perimeter_store::Store;
 use std::net::SocketAddr;
@@ -137,17 +137,25 @@ impl RuleService for SigmaRuleService {
         &self,
         rule_yaml: &str,
         events: Vec<serde_json::Value>,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, RuleTestError> {
         let mut options = self.config_sigma.clone();
         options.ignore_logsource = false;
         let (set, report) = RuleSet::from_text("rule", rule_yaml, &options);
         if let Some(f) = report.failed.first() {
-            return Err(f.to_string());
+            return Err(RuleTestError::Rule(f.to_string()));
         }
+        // A misspelt logsource loads and matches nothing: say so, as `rules check` does.
+        let warnings: Vec<String> = set
+            .misspelt_sources(&self.registry.names(), &options)
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
         let mut detector = SigmaDetector::new(set, &options);
         let mut matched = Vec::new();
+        let mut matched_event_ids = Vec::new();
         let mut alerts = Vec::new();
         for (i, doc) in events.into_iter().enumerate() {
+            let stored_id = doc.pointer("/event/id").cloned();
             // Stored documents carry their source and raw record; plain objects are raw records.
             let (source, raw) = match (
                 doc.get("raw"),
@@ -166,15 +174,24 @@ impl RuleService for SigmaRuleService {
             let event = self
                 .registry
                 .normalize_lenient(&source, record)
-                .map_err(|e| format!("event {}: {e}", i + 1))?;
+                .map_err(|e| RuleTestError::Event(format!("events[{i}]: {e}")))?;
             let before = alerts.len();
             detector.detect(&event, &mut alerts);
             if alerts.len() > before {
                 matched.push(i);
+                matched_event_ids.extend(stored_id);
             }
         }
         detector.flush(&mut alerts);
-        Ok(serde_json::json!({"matched": matched, "alerts": alerts.len()}))
+        let mut result = serde_json::json!({"matched": matched, "alerts": alerts.len()});
+        // Stored events were not seen by the caller: their ids say which they are.
+        if !matched_event_ids.is_empty() {
+            result["matched_event_ids"] = serde_json::Value::Array(matched_event_ids);
+        }
+        if !warnings.is_empty() {
+            result["warnings"] = warnings.into();
+        }
+        Ok(result)
     }
 }
 

@@ -897,6 +897,27 @@ fn rule_tests_run_the_real_engine_and_name_the_posted_rule_in_errors() {
         message.starts_with("rule:5:") && message.contains("bogus"),
         "{message}"
     );
+    // A misspelt logsource matches nothing; the answer says why.
+    let r = test(serde_json::json!({"rule": rule.replace("okta}", "okat}"), "events": events}));
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["result"]["matched"], serde_json::json!([]), "{body}");
+    let warning = body["result"]["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("okat") && warning.contains("okta"),
+        "{body}"
+    );
+    // An event that cannot be used is the request's fault, not the rule's.
+    let r = test(serde_json::json!({"rule": rule, "events": [1, 2]}));
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "invalid_json", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[0]:"),
+        "{body}"
+    );
     stop(svc);
 }
 

@@ -44,7 +44,7 @@ pub use error::ApiError;
 pub use outbox::DeliveryOutbox;
 pub use rule_switches::{RuleSwitchError, RuleSwitchStore};
 pub use server::{serve, ApiConfig, ListenerCheck, ServeError, Server};
-pub use state::{AppState, RuleService};
+pub use state::{AppState, RuleService, RuleTestError};
 
 /// The complete API as an axum router (what [`serve`] serves); tests can drive it directly.
 pub fn router(state: AppState) -> Router {

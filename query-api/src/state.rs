@@ -20,12 +20,22 @@ pub trait RuleService: Send + Sync {
     /// The loaded rules, one JSON object each (id, title, level, status, source, ...).
     fn list(&self) -> Vec<serde_json::Value>;
     /// Compile `rule_yaml` and run it over `events` (event output documents). Returns a JSON
-    /// report (at least which events matched); `Err` carries why the rule is invalid.
+    /// report (at least which events matched); `Err` says whether the rule or an event is at
+    /// fault, and why.
     fn test(
         &self,
         rule_yaml: &str,
         events: Vec<serde_json::Value>,
-    ) -> Result<serde_json::Value, String>;
+    ) -> Result<serde_json::Value, RuleTestError>;
+}
+
+/// Why a rule test could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleTestError {
+    /// The rule does not compile (422 `invalid_rule`).
+    Rule(String),
+    /// An event given to test against cannot be used (400 `invalid_json`).
+    Event(String),
 }
 
 /// Shared state of the API. Cheap to clone.

@@ -311,9 +311,10 @@ pub async fn test_rule(
             }
         };
         let num_events_tested = events.len();
-        let result = rules
-            .test(&request.rule, events)
-            .map_err(ApiError::InvalidRule)?;
+        let result = rules.test(&request.rule, events).map_err(|e| match e {
+            crate::state::RuleTestError::Rule(why) => ApiError::InvalidRule(why),
+            crate::state::RuleTestError::Event(why) => ApiError::bad_request("invalid_json", why),
+        })?;
         Ok(RuleTestResponse {
             num_events_tested,
             result,

@@ -8,7 +8,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use perimeter_model::{
     Alert, DetectorKind, Ecs, EntityKind, Event, Metrics, Outcome, RawRecord, Severity,
 };
-use perimeter_query_api::{ApiConfig, AppState, AuditLog, Role, RuleService, Server, TokenStore};
+use perimeter_query_api::{
+    ApiConfig, AppState, AuditLog, Role, RuleService, RuleTestError, Server, TokenStore,
+};
 use perimeter_store::{Store, StoreBatch, StoreConfig};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::Method;
@@ -32,15 +34,15 @@ impl RuleService for FakeRuleService {
         ]
     }
 
-    fn test(&self, rule_yaml: &str, events: Vec<Value>) -> Result<Value, String> {
+    fn test(&self, rule_yaml: &str, events: Vec<Value>) -> Result<Value, RuleTestError> {
         if !rule_yaml.lines().any(|l| l.starts_with("title:")) {
-            return Err("rule has no title".into());
+            return Err(RuleTestError::Rule("rule has no title".into()));
         }
         let keyword = rule_yaml
             .lines()
             .find_map(|l| l.strip_prefix("keyword:"))
             .map(str::trim)
-            .ok_or("rule has no keyword")?;
+            .ok_or_else(|| RuleTestError::Rule("rule has no keyword".into()))?;
         let matched: Vec<Value> = events
             .iter()
             .filter(|e| e.to_string().contains(keyword))
