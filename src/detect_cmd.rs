@@ -91,10 +91,7 @@ impl FormatArg {
     }
 
     fn reader(&self, config: &PerimeterConfig) -> JsonlReaderConfig {
-        JsonlReaderConfig {
-            max_line_bytes: self.max_line_bytes.unwrap_or(config.max_line_bytes),
-            ..JsonlReaderConfig::default()
-        }
+        JsonlReaderConfig::with_max_line_bytes(self.max_line_bytes.unwrap_or(config.max_line_bytes))
     }
 }
 

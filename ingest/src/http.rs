@@ -47,10 +47,7 @@ pub fn ingest_router(
     let state = IngestState {
         bus,
         auth,
-        reader: JsonlReaderConfig {
-            max_line_bytes,
-            ..JsonlReaderConfig::default()
-        },
+        reader: JsonlReaderConfig::with_max_line_bytes(max_line_bytes),
         max_body_bytes,
     };
     Router::new()

@@ -27,6 +27,16 @@ fn default_excerpt_bytes() -> usize {
     256
 }
 
+impl JsonlReaderConfig {
+    /// The defaults, with lines (and CSV rows) of up to `max_line_bytes`.
+    pub fn with_max_line_bytes(max_line_bytes: usize) -> Self {
+        JsonlReaderConfig {
+            max_line_bytes,
+            ..JsonlReaderConfig::default()
+        }
+    }
+}
+
 impl Default for JsonlReaderConfig {
     fn default() -> Self {
         JsonlReaderConfig {

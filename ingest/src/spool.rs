@@ -221,10 +221,7 @@ impl SpoolSource {
         let format = crate::InputFormat::from_path(path);
         let reader = crate::jsonl::decompressed(std::io::BufReader::new(file))
             .and_then(|input| {
-                let reader = JsonlReaderConfig {
-                    max_line_bytes: self.config.max_line_bytes,
-                    ..JsonlReaderConfig::default()
-                };
+                let reader = JsonlReaderConfig::with_max_line_bytes(self.config.max_line_bytes);
                 JsonInput::with_format(input, reader, format)
             })
             .map_err(|source| IngestError::Io {
