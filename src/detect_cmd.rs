@@ -293,6 +293,22 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         rules.loaded > 0 || ueba_on,
         "no detector to run: no rule loaded and the behavioural detectors are off"
     );
+    // What runs, said first: a run with fewer rules than meant is visible before its output.
+    let paths: Vec<String> = config
+        .rule_paths(&args.rules)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    eprintln!(
+        "perimeter detect: {} rules from {}{}",
+        rules.loaded,
+        paths.join(", "),
+        if ueba_on {
+            ", behavioural detectors on"
+        } else {
+            ", behavioural detectors off"
+        }
+    );
     let sigma = SigmaDetector::new(set, &options);
     let mut pipeline =
         Pipeline::new(registry, masker, Arc::new(Metrics::new()), false).with_sigma(sigma);

@@ -1354,6 +1354,11 @@ fn detect_says_when_it_runs_short_of_its_rules() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(json_lines(&out).len(), 1);
     let err = stderr(&out);
+    assert!(
+        err.contains("perimeter detect: 1 rules from ")
+            && err.contains("behavioural detectors off"),
+        "{err}"
+    );
     assert!(err.contains("broken.yml"), "{err}");
     assert!(err.contains("1 rule file(s) failed to load"), "{err}");
     // Nothing that can detect: refused before reading the input.
