@@ -255,7 +255,7 @@ pub async fn test_rule(
         (None, false) => {
             return Err(ApiError::bad_request(
                 "invalid_json",
-                "give `events` to test against, or `from`/`to` to use stored events",
+                "give `events` to test against, or `from`/`to`/`query` to use stored events",
             ))
         }
         (Some(events), false) if events.len() > MAX_TEST_EVENTS => {
