@@ -6,7 +6,7 @@
 //! for the alert's entity ([`RuleSwitches`]), are dropped, and counted.
 
 use crate::mask::SecretMasker;
-use crate::normalize::{split_records, NormalizerRegistry};
+use crate::normalize::{split_records, split_records_indexed, NormalizerRegistry};
 use crate::sigma::{CorrelationRestore, SigmaDetector};
 use crate::ueba::UebaEngine;
 use base64::Engine;
@@ -402,8 +402,8 @@ impl Pipeline {
 
     /// [`Self::process_value`] for a value whose top-level array members' elements start on
     /// known lines (`member_lines`, a pretty-printed page): the records of its envelope are
-    /// each given their own line, when the envelope's list is one of them and splitting gave
-    /// one record per element (Google Workspace activities with several events share theirs).
+    /// each given the line of the list element they came from (the events of one Google
+    /// Workspace activity share their activity's line).
     #[allow(clippy::too_many_arguments)]
     pub fn process_value_at(
         &mut self,
@@ -419,12 +419,18 @@ impl Pipeline {
         let envelope_lines = crate::normalize::envelope_key(&value)
             .and_then(|key| member_lines.iter().find(|(k, _)| k == key))
             .map(|(_, lines)| lines);
-        let records = split_records(&source, value);
-        let lines: Vec<Option<u64>> = match envelope_lines {
-            Some(each) if each.len() == records.len() => each.iter().map(|l| Some(*l)).collect(),
-            _ => vec![line; records.len()],
+        let records = match envelope_lines {
+            Some(_) => split_records_indexed(&source, value),
+            None => split_records(&source, value)
+                .into_iter()
+                .map(|r| (None, r))
+                .collect(),
         };
-        for (raw, line) in records.into_iter().zip(lines) {
+        for (element, raw) in records {
+            let line = element
+                .and_then(|i| envelope_lines.and_then(|each| each.get(i)))
+                .copied()
+                .or(line);
             self.stats.records += 1;
             match self.registry.normalize_ecs(&source, &raw) {
                 Ok((name, ecs)) => {

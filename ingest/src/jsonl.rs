@@ -513,8 +513,8 @@ impl InputFormat {
 ///   own, each at the line it starts on, so `lines` of an alert names the record, not the page;
 ///   for a document that is an object, the start lines of its array members' elements go with
 ///   it ([`InputItem::Record::member_lines`]), so the records of an envelope page
-///   (`{"items": [...]}`) get their own lines when the pipeline splits it (Google Workspace
-///   activities split into several events keep the page's line);
+///   (`{"items": [...]}`) get their own lines when the pipeline splits it (the events of one
+///   Google Workspace activity share their activity's line);
 /// - a broken document is one dead letter at the line it starts on, and reading resumes at the
 ///   next line that starts a document in column 0 (`{` or `[`), so what follows is not lost.
 pub enum JsonInput<R: Read> {

@@ -436,6 +436,33 @@ pub fn split_records(source: &str, value: Value) -> Vec<Value> {
     out
 }
 
+/// [`split_records`], each record with the position of the element of the envelope's list it
+/// came from (several records share one when a Google Workspace activity splits into its
+/// events); `None` when `value` is no envelope with a list.
+pub fn split_records_indexed(source: &str, value: Value) -> Vec<(Option<usize>, Value)> {
+    let list = envelope_key(&value)
+        .and_then(|key| value.get(key))
+        .and_then(|list| {
+            list.as_array()
+                .map(|items| items.iter().cloned().collect::<Vec<_>>())
+        });
+    let Some(items) = list else {
+        return split_records(source, value)
+            .into_iter()
+            .map(|r| (None, r))
+            .collect();
+    };
+    let split_google = source == AUTO || source == GoogleWorkspaceActivityNormalizer::SOURCE;
+    let mut out = Vec::new();
+    let mut records = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        // The envelope's list is one level down, as `split_into` would have reached it.
+        split_into(item, split_google, 2, &mut records);
+        out.extend(records.drain(..).map(|r| (Some(i), r)));
+    }
+    out
+}
+
 // Children are taken out by `clone`, which for a parsed document is a reference-counted view
 // into the same arena; mutating a parsed document would convert it into owned maps.
 fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>) {

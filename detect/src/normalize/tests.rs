@@ -215,6 +215,22 @@ fn split_gives_one_google_record_per_event_entry() {
         r.normalize("google_workspace", record(activity.clone())),
         Err(NormalizeError::Other(m)) if m.contains("3 events")
     ));
+    // Indexed, the three records say they came from the page's first activity, and those
+    // of a second activity from the second: each can be given its activity's line.
+    let second = json!({"kind": "admin#reports#activity", "id": {"time": "2021-10-28T00:00:00Z",
+        "applicationName": "login"}, "actor": {"email": "b@example.com"}, "events": [{"name": "login_success"}]});
+    let page = json!({"kind": "admin#reports#activities", "items": [activity.clone(), second]});
+    let indexed: Vec<Option<usize>> = split_records_indexed(AUTO, raw_from_serde(&page))
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(indexed, [Some(0), Some(0), Some(0), Some(1)]);
+    // Not an envelope: no positions.
+    let indexed: Vec<Option<usize>> = split_records_indexed(AUTO, raw_from_serde(&activity))
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(indexed, [None, None, None]);
     // With `json`, nothing vendor-specific happens.
     assert_eq!(split("json", activity.clone()).len(), 1);
     assert_eq!(split("google_workspace", activity).len(), 3);
