@@ -639,14 +639,16 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
         let path = dir.join(perimeter_query_api::audit::AUDIT_FILE);
         anyhow::ensure!(
             path.is_file(),
-            "no API audit log in {}: pass --data-dir (the data directory of `perimeter run` or \
-             `perimeter demo`) or --server",
+            "no API audit log in {}: the API was never used on this data directory (or it is not \
+             one: pass --data-dir, or --server for a running `perimeter run`)",
             dir.display()
         );
         let log = perimeter_query_api::AuditLog::open_read_only(&path)?;
         let [from, to] = args.time.parsed()?;
+        // The tenant as the other commands choose it: those with data in the directory.
+        let (_, tenant) = local_store(&args.target, config)?;
         let query = perimeter_query_api::AuditQuery {
-            tenant: args.target.tenant.clone().unwrap_or(config.tenant.clone()),
+            tenant,
             action: args.action.clone(),
             token: args.by.clone(),
             target: args.about.clone(),
@@ -1059,33 +1061,49 @@ fn local_store(
         dir.display()
     );
     let store = crate::run::open_store_read_only(config, dir)?;
-    let tenant = match &target.tenant {
-        Some(t) => t.clone(),
-        None => {
-            let tenants = store.tenants();
-            match tenants.as_slice() {
-                [only] if *only != config.tenant => {
-                    eprintln!(
-                        "reading tenant {only}, the only one in {} (--tenant to choose)",
-                        dir.display()
-                    );
-                    only.clone()
-                }
-                [] | [_] => config.tenant.clone(),
-                many => {
-                    anyhow::ensure!(
-                        many.contains(&config.tenant),
-                        "tenant {} has no data in {}; choose one with --tenant: {}",
-                        config.tenant,
-                        dir.display(),
-                        many.join(", ")
-                    );
-                    config.tenant.clone()
-                }
-            }
-        }
-    };
+    let tenant = choose_tenant(target, config, dir, &store.tenants())?;
     Ok((store, tenant))
+}
+
+/// The tenant to read in `dir`, whose tenants with data are `tenants`: `--tenant`, which must
+/// be one of them (a misspelt tenant read as empty would look like a quiet day, and make
+/// `sources --silent-for` report no blind spot); else the configuration's, or the directory's
+/// only tenant when the configuration's has no data there.
+fn choose_tenant(
+    target: &Target,
+    config: &PerimeterConfig,
+    dir: &std::path::Path,
+    tenants: &[String],
+) -> anyhow::Result<String> {
+    if let Some(t) = &target.tenant {
+        anyhow::ensure!(
+            tenants.is_empty() || tenants.contains(t),
+            "tenant {t} has no data in {}; its tenants: {}",
+            dir.display(),
+            tenants.join(", ")
+        );
+        return Ok(t.clone());
+    }
+    Ok(match tenants {
+        [only] if *only != config.tenant => {
+            eprintln!(
+                "reading tenant {only}, the only one in {} (--tenant to choose)",
+                dir.display()
+            );
+            only.clone()
+        }
+        [] | [_] => config.tenant.clone(),
+        many => {
+            anyhow::ensure!(
+                many.contains(&config.tenant),
+                "tenant {} has no data in {}; choose one with --tenant: {}",
+                config.tenant,
+                dir.display(),
+                many.join(", ")
+            );
+            config.tenant.clone()
+        }
+    })
 }
 
 fn print_items(
@@ -1470,6 +1488,41 @@ fn write_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tenant_read_is_one_with_data_and_a_misspelt_one_is_an_error() {
+        let config: PerimeterConfig = toml::from_str("").unwrap();
+        let target = |tenant: Option<&str>| Target {
+            server: None,
+            token: None,
+            ca_cert: None,
+            data_dir: None,
+            tenant: tenant.map(str::to_string),
+            limit: 20,
+            format: OutputFormat::Auto,
+        };
+        let dir = std::path::Path::new("data/demo");
+        let one = ["demo".to_string()];
+        let pick =
+            |t: Option<&str>, tenants: &[String]| choose_tenant(&target(t), &config, dir, tenants);
+        assert_eq!(pick(None, &one).unwrap(), "demo", "the only one");
+        assert_eq!(pick(Some("demo"), &one).unwrap(), "demo");
+        let e = pick(Some("dmeo"), &one).unwrap_err().to_string();
+        assert!(
+            e.contains("tenant dmeo has no data") && e.contains("demo"),
+            "{e}"
+        );
+        let two = ["a".to_string(), "b".to_string()];
+        assert!(
+            pick(None, &two).is_err(),
+            "the configuration's has no data: choose"
+        );
+        assert_eq!(
+            pick(Some("anything"), &[]).unwrap(),
+            "anything",
+            "an empty directory"
+        );
+    }
 
     #[test]
     fn table_cells_and_top_values_print_control_characters_as_escapes() {
