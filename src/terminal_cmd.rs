@@ -124,8 +124,9 @@ pub struct Target {
     /// `tenant`, or the directory's only tenant when that one has no data there).
     #[arg(long)]
     pub tenant: Option<String>,
-    /// Most results to print (fetched page by page, so any number works).
-    #[arg(long, default_value_t = 20)]
+    /// Most results to print (fetched page by page, so any number works; at least 1).
+    #[arg(long, default_value_t = 20,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub limit: usize,
     /// `json`: one JSON object per line (for scripts); `table`: aligned columns (for people);
     /// `auto`: a table at a terminal, JSON otherwise.

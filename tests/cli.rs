@@ -1611,3 +1611,16 @@ fn the_demo_says_its_address_is_taken_before_running_the_pipeline() {
     );
     assert!(!data.exists(), "nothing was run or written");
 }
+
+#[test]
+fn a_limit_of_zero_is_refused_as_the_api_refuses_it() {
+    for command in [
+        &["search", "x", "--limit", "0"][..],
+        &["alerts", "--limit", "0"],
+        &["dead-letters", "--limit", "0"],
+    ] {
+        let out = perimeter(command, None);
+        assert_eq!(out.status.code(), Some(2), "{command:?}");
+        assert!(stderr(&out).contains("--limit"), "{}", stderr(&out));
+    }
+}
