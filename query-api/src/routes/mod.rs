@@ -74,9 +74,11 @@ pub(crate) type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 pub(crate) fn time_range(from: Option<&str>, to: Option<&str>) -> Result<TimeRange, ApiError> {
     let from = parse_time("from", from)?;
     let to = parse_time("to", to)?;
+    // `to` is exclusive: `from == to` is an empty range, refused like a reversed one (and
+    // the same way by every endpoint).
     if let (Some(f), Some(t)) = (from, to) {
-        if f > t {
-            return Err(ApiError::invalid_parameter("`from` is after `to`"));
+        if f >= t {
+            return Err(ApiError::invalid_parameter("`from` must be before `to`"));
         }
     }
     Ok((from, to))
@@ -118,12 +120,18 @@ mod tests {
 
     #[test]
     fn times() {
-        let (f, t) = time_range(
+        assert_eq!(
+            parse_time("to", Some("2024-05-01T12:00:00+02:00")).unwrap(),
+            parse_time("from", Some("2024-05-01T10:00:00Z")).unwrap(),
+            "offsets are normalized to UTC"
+        );
+        // `to` is exclusive: the same instant twice is an empty range.
+        let e = time_range(
             Some("2024-05-01T10:00:00Z"),
             Some("2024-05-01T12:00:00+02:00"),
         )
-        .unwrap();
-        assert_eq!(f, t, "offsets are normalized to UTC");
+        .unwrap_err();
+        assert_eq!(e.code(), "invalid_parameter");
         assert!(parse_time("from", Some("yesterday")).is_err());
         assert!(parse_time("from", Some("2024-13-01T00:00:00Z")).is_err());
         assert!(time_range(Some("2024-05-02T00:00:00Z"), Some("2024-05-01T00:00:00Z")).is_err());

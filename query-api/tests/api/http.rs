@@ -1660,6 +1660,10 @@ fn audit_log_is_admin_only_and_per_tenant() {
         ("?cursor=1.1", "invalid_query"),
         ("?from=yesterday", "invalid_parameter"),
         ("?from=now&to=now-1h", "invalid_parameter"),
+        (
+            "?from=2024-05-01T10:00:00Z&to=2024-05-01T10:00:00Z",
+            "invalid_parameter",
+        ),
         ("?limit=1001", "limit_too_large"),
         ("?verb=get", "invalid_parameter"),
     ] {
