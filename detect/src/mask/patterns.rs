@@ -556,10 +556,21 @@ impl Patterns {
                     };
                     spec.secret_groups
                         .iter()
-                        .find_map(|g| caps.get(*g))
-                        .or_else(|| caps.get(0).filter(|_| spec.secret_groups.is_empty()))
-                        .filter(|s| verify(kind, s.as_str(), Some(&caps), text, s.start(), keys))
-                        .map(|s| s.range())
+                        .find_map(|g| caps.get(*g).map(|m| (*g, m)))
+                        .or_else(|| {
+                            caps.get(0)
+                                .filter(|_| spec.secret_groups.is_empty())
+                                .map(|m| (0, m))
+                        })
+                        .filter(|(_, s)| {
+                            verify(kind, s.as_str(), Some(&caps), text, s.start(), keys)
+                        })
+                        .map(|(g, s)| match kind {
+                            PatternKind::SecretAssignment if g == BARE_VALUE_GROUP => {
+                                s.start()..extend_bare_value(text, s.end())
+                            }
+                            _ => s.range(),
+                        })
                 }
             };
             match secret {
@@ -582,6 +593,33 @@ impl Patterns {
             }
         }
     }
+}
+
+/// The group of [`value_alternatives`] that is a bare (unquoted) value, in the
+/// `SecretAssignment` pattern.
+const BARE_VALUE_GROUP: usize = 6;
+
+/// Where a bare `name=value` value ends. The pattern stops it at `&` and `,` (query strings,
+/// lists of settings), but those are only separators when another `name=` follows (or prose,
+/// `, ` with a space): `password=Tr0ub4dor&3` is one password, and `token=abc,def` one token.
+fn extend_bare_value(text: &str, mut end: usize) -> usize {
+    let bytes = text.as_bytes();
+    let stops = |c: &u8| {
+        c.is_ascii_whitespace()
+            || matches!(
+                c,
+                b'&' | b',' | b';' | b'}' | b'"' | b'\'' | b'<' | b'>' | b'\\'
+            )
+    };
+    while end < bytes.len() && matches!(bytes[end], b'&' | b',') {
+        let rest = &bytes[end + 1..];
+        let run = rest.iter().take_while(|c| !stops(c)).count();
+        if run == 0 || rest[..run].contains(&b'=') {
+            break;
+        }
+        end += 1 + run;
+    }
+    end
 }
 
 /// A whole value shaped like an Azure storage account key: 64 random bytes in base64, 86
@@ -1487,6 +1525,23 @@ mod tests {
         );
         let ops = format!("ops_eyJ{}", "a".repeat(60));
         one(&format!("sa {ops} x"), OnepasswordToken, &ops);
+        // A bare value goes on over `&` and `,` unless another `name=` (or prose) follows.
+        one("password=Tr0ub4dor&3 ok", SecretAssignment, "Tr0ub4dor&3");
+        one(
+            "token=abc1234,def5678,ghi ok",
+            SecretAssignment,
+            "abc1234,def5678,ghi",
+        );
+        one(
+            "/login?password=hunter22&next=/home",
+            SecretAssignment,
+            "hunter22",
+        );
+        one(
+            "password=hunter22, then retry",
+            SecretAssignment,
+            "hunter22",
+        );
         let secret_key = "A3-ASWWYB-798JRY-LJVD4-23DC2-86TVM-H43EB";
         one(
             &format!("emergency kit: {secret_key}."),
