@@ -760,12 +760,13 @@ impl PollSource {
             let url = url.clone();
             move |e: reqwest::Error| PollError::Transport {
                 url: url.clone(),
-                reason: e.without_url().to_string(),
+                reason: error_chain(&e.without_url()),
             }
         };
         let response = builder.send().await.map_err(&transport)?;
         let status = response.status();
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS || is_rate_limit_403(status, response.headers())
+        {
             return Err(PollError::RateLimited(retry_delay(response.headers())));
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -807,6 +808,31 @@ impl PollError {
     }
 }
 
+/// Whether a 403 is a rate limit, not a refused credential: GitHub answers its primary limit
+/// with `x-ratelimit-remaining: 0` and its secondary limits with `retry-after`, both on a 403.
+fn is_rate_limit_403(status: StatusCode, headers: &reqwest::header::HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    status == StatusCode::FORBIDDEN
+        && (header("x-ratelimit-remaining").is_some_and(|v| v.trim() == "0")
+            || header("retry-after").is_some())
+}
+
+/// An error and its causes on one line (`error sending request: connection refused`): reqwest's
+/// own text stops at the outermost layer, which says nothing about what went wrong.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// How long a 429 asks to wait: `Retry-After` seconds, Okta's `X-Rate-Limit-Reset` (epoch
 /// seconds), or a minute; at most an hour.
 fn retry_delay(headers: &reqwest::header::HeaderMap) -> Duration {
@@ -838,6 +864,41 @@ fn read_secret(reference: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_403_with_rate_limit_headers_is_a_rate_limit() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert!(
+            !is_rate_limit_403(StatusCode::FORBIDDEN, &h),
+            "a refused token"
+        );
+        h.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        assert!(is_rate_limit_403(StatusCode::FORBIDDEN, &h));
+        assert!(!is_rate_limit_403(StatusCode::UNAUTHORIZED, &h));
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("x-ratelimit-remaining", "4999".parse().unwrap());
+        assert!(!is_rate_limit_403(StatusCode::FORBIDDEN, &h));
+        h.insert("retry-after", "60".parse().unwrap());
+        assert!(
+            is_rate_limit_403(StatusCode::FORBIDDEN, &h),
+            "a secondary limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_says_its_cause() {
+        // A port nothing listens on: the cause (refused) must be in the text.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let e = reqwest::Client::new()
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap_err();
+        let text = error_chain(&e.without_url());
+        assert!(text.len() > "error sending request".len() + 5, "{text}");
+    }
 
     #[test]
     fn retry_delays() {

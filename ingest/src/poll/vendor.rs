@@ -270,15 +270,20 @@ impl Api {
                 let records = match body.as_array() {
                     Some(list) => list.iter().cloned().collect(),
                     // An empty object for "nothing new" (seen in recorded Okta pages).
-                    None if body.as_object().is_some_and(|o| o.is_empty()) => Vec::new(),
+                    None if self.vendor == Vendor::Okta
+                        && body.as_object().is_some_and(|o| o.is_empty()) =>
+                    {
+                        Vec::new()
+                    }
                     None => return Err(shape("JSON array")),
                 };
                 (records, path)
             }
-            Vendor::Slack => (list_at(&body, "entries")?, &["date_create"]),
-            Vendor::GoogleWorkspace => (list_at(&body, "items")?, &["id", "time"]),
-            Vendor::Onepassword => (list_at(&body, "items")?, &["timestamp"]),
-            Vendor::Launchdarkly => (list_at(&body, "items")?, &["date"]),
+            Vendor::Slack => (list_at(&body, "entries", false)?, &["date_create"]),
+            // Google leaves `items` out of an empty page.
+            Vendor::GoogleWorkspace => (list_at(&body, "items", true)?, &["id", "time"]),
+            Vendor::Onepassword => (list_at(&body, "items", false)?, &["timestamp"]),
+            Vendor::Launchdarkly => (list_at(&body, "items", false)?, &["date"]),
         };
         let newest = records
             .iter()
@@ -370,14 +375,16 @@ fn not_paged() -> PollError {
     PollError::Config("this API is read by its own poller, not as pages".into())
 }
 
-fn list_at(body: &RawJson, key: &str) -> Result<Vec<RawJson>, PollError> {
+/// The records list `key` of a page. Without it, a page is an error (a vendor error sent with
+/// status 200, `{"ok": false, "error": "invalid_auth"}`, must not pass for a quiet source),
+/// unless the vendor leaves the list out of an empty page (`absent_when_empty`).
+fn list_at(body: &RawJson, key: &str, absent_when_empty: bool) -> Result<Vec<RawJson>, PollError> {
     match body.get(key) {
         Some(list) if list.is_array() => Ok(list
             .as_array()
             .map(|a| a.iter().cloned().collect())
             .unwrap_or_default()),
-        // Some APIs leave the list out when it is empty (Google's `items`).
-        None if body.is_object() => Ok(Vec::new()),
+        None if absent_when_empty && body.is_object() => Ok(Vec::new()),
         _ => Err(PollError::Malformed(format!(
             "the page has no `{key}` list"
         ))),
@@ -426,6 +433,37 @@ mod tests {
             org: Some("acme".into()),
             feed: Some("auditevents".into()),
         }
+    }
+
+    #[test]
+    fn a_page_without_its_records_list_is_an_error_unless_the_vendor_leaves_it_out() {
+        let cp = Checkpoint::default();
+        let start = Utc::now();
+        let page = |vendor: Vendor, body: sonic_rs::Value| api(vendor).page(&cp, start, body, None);
+        // A vendor error sent with status 200 is no quiet source.
+        for (vendor, body) in [
+            (
+                Vendor::Slack,
+                sonic_rs::json!({"ok": false, "error": "invalid_auth"}),
+            ),
+            (
+                Vendor::Onepassword,
+                sonic_rs::json!({"errorCode": "E0000047"}),
+            ),
+            (Vendor::Github, sonic_rs::json!({})),
+        ] {
+            assert!(
+                matches!(page(vendor, body), Err(PollError::Malformed(_))),
+                "{vendor:?}"
+            );
+        }
+        // Google leaves `items` out of an empty page; Okta answers `{}` when nothing is new.
+        assert!(page(
+            Vendor::GoogleWorkspace,
+            sonic_rs::json!({"kind": "admin#reports#activities"})
+        )
+        .is_ok_and(|p| p.records.is_empty()));
+        assert!(page(Vendor::Okta, sonic_rs::json!({})).is_ok_and(|p| p.records.is_empty()));
     }
 
     #[test]
