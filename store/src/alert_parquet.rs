@@ -170,10 +170,11 @@ pub(crate) fn export_days(
     tenant: &str,
     days: impl IntoIterator<Item = NaiveDate>,
 ) -> Result<()> {
+    let by_day = book.records_by_day(tenant);
     for day in days {
         let path = layout.parquet_alerts_file(tenant, day);
         let dir = path.parent().expect("a file in a partition directory");
-        let records = book.records_on_day(tenant, day);
+        let records = by_day.get(&day).map(Vec::as_slice).unwrap_or_default();
         if records.is_empty() {
             if path.exists() {
                 std::fs::remove_file(&path).at(&path)?;
@@ -183,7 +184,7 @@ pub(crate) fn export_days(
         }
         create_dir_durable(dir)?;
         let tmp = dir.join(".alerts.parquet.tmp");
-        crate::parquet_sink::write_parquet_file(&tmp, &alerts_to_record_batch(&records)?)?;
+        crate::parquet_sink::write_parquet_file(&tmp, &alerts_to_record_batch(records)?)?;
         std::fs::rename(&tmp, &path).at(&path)?;
         sync_dir(dir)?;
     }
@@ -200,5 +201,7 @@ pub(crate) fn export_all(layout: &Layout, book: &AlertBook) -> Result<()> {
 
 /// Every tenant of `book` with the days it has alerts on.
 pub(crate) fn all_days(book: &AlertBook) -> Vec<(String, BTreeSet<NaiveDate>)> {
-    book.tenants().map(|t| (t.clone(), book.days(t))).collect()
+    book.tenants()
+        .map(|t| (t.clone(), book.records_by_day(t).into_keys().collect()))
+        .collect()
 }

@@ -617,33 +617,30 @@ impl AlertBook {
         })
     }
 
-    /// `tenant`'s alerts whose `@timestamp` (first occurrence) falls on `day`, oldest first.
-    pub fn records_on_day(&self, tenant: &str, day: chrono::NaiveDate) -> Vec<&AlertRecord> {
-        let mut out: Vec<&AlertRecord> = self
+    /// `tenant`'s alerts by the day of their `@timestamp` (first occurrence), each day's oldest
+    /// first: one pass over the tenant's alerts, whatever the number of days asked about.
+    pub fn records_by_day(
+        &self,
+        tenant: &str,
+    ) -> std::collections::BTreeMap<chrono::NaiveDate, Vec<&AlertRecord>> {
+        let mut by_day: std::collections::BTreeMap<_, Vec<&AlertRecord>> = Default::default();
+        for r in self
             .tenants
             .get(tenant)
-            .map(|t| {
-                t.records
-                    .values()
-                    .filter(|r| r.alert.timestamp.date_naive() == day)
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort_by(|a, b| (a.alert.timestamp, &a.alert.id).cmp(&(b.alert.timestamp, &b.alert.id)));
-        out
-    }
-
-    /// The days (of `@timestamp`) on which `tenant` has alerts.
-    pub fn days(&self, tenant: &str) -> std::collections::BTreeSet<chrono::NaiveDate> {
-        self.tenants
-            .get(tenant)
-            .map(|t| {
-                t.records
-                    .values()
-                    .map(|r| r.alert.timestamp.date_naive())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|t| t.records.values())
+        {
+            by_day
+                .entry(r.alert.timestamp.date_naive())
+                .or_default()
+                .push(r);
+        }
+        for records in by_day.values_mut() {
+            records.sort_by(|a, b| {
+                (a.alert.timestamp, &a.alert.id).cmp(&(b.alert.timestamp, &b.alert.id))
+            });
+        }
+        by_day
     }
 
     pub fn get(&self, tenant: &str, id: &str) -> Option<&AlertRecord> {

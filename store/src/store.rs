@@ -951,14 +951,16 @@ fn export_touched_days(
     book: &AlertBook,
     touched: &[(String, String)],
 ) -> Result<()> {
-    let mut days: BTreeSet<(&str, chrono::NaiveDate)> = BTreeSet::new();
+    let mut days: BTreeMap<&str, BTreeSet<chrono::NaiveDate>> = BTreeMap::new();
     for (tenant, id) in touched {
         if let Some(r) = book.get(tenant, id) {
-            days.insert((tenant, r.alert.timestamp.date_naive()));
+            days.entry(tenant)
+                .or_default()
+                .insert(r.alert.timestamp.date_naive());
         }
     }
-    for (tenant, day) in days {
-        crate::alert_parquet::export_days(layout, book, tenant, [day])?;
+    for (tenant, days) in days {
+        crate::alert_parquet::export_days(layout, book, tenant, days)?;
     }
     Ok(())
 }
