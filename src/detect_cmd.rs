@@ -279,12 +279,13 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let key = perimeter_detect::pipeline::entity_key(&masker);
     // Run from another directory (a cron job), the default ./detection-rules is not there: a
     // run without rules would find nothing and look like a quiet day.
+    let rule_paths = config.rule_paths(&args.rules);
     anyhow::ensure!(
-        !config.rule_paths(&args.rules).is_empty(),
+        !rule_paths.is_empty(),
         "no rules to run: --rules names none, the config has no `rules`, and there is no \
          ./detection-rules here; pass --rules DIR"
     );
-    let (set, options, rules) = load_rules_reported(config, &args.rules, args.ignore_logsource)?;
+    let (set, options, rules) = load_rules_reported(config, &rule_paths, args.ignore_logsource)?;
     for f in &rules.failed {
         eprintln!("rule error: {f}");
     }
@@ -294,11 +295,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         "no detector to run: no rule loaded and the behavioural detectors are off"
     );
     // What runs, said first: a run with fewer rules than meant is visible before its output.
-    let paths: Vec<String> = config
-        .rule_paths(&args.rules)
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
+    let paths: Vec<String> = rule_paths.iter().map(|p| p.display().to_string()).collect();
     eprintln!(
         "perimeter detect: {} rules from {}{}",
         rules.loaded,

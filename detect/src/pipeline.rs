@@ -416,16 +416,15 @@ impl Pipeline {
         out: &mut PipelineOutput,
     ) {
         let (source, tenant, value) = unwrap_perimeter_envelope(source, tenant, value);
-        let envelope_lines = crate::normalize::envelope_key(&value)
+        let (list_key, records) = if member_lines.is_empty() {
+            let records = split_records(&source, value);
+            (None, records.into_iter().map(|r| (None, r)).collect())
+        } else {
+            split_records_indexed(&source, value)
+        };
+        let envelope_lines = list_key
             .and_then(|key| member_lines.iter().find(|(k, _)| k == key))
             .map(|(_, lines)| lines);
-        let records = match envelope_lines {
-            Some(_) => split_records_indexed(&source, value),
-            None => split_records(&source, value)
-                .into_iter()
-                .map(|r| (None, r))
-                .collect(),
-        };
         for (element, raw) in records {
             let line = element
                 .and_then(|i| envelope_lines.and_then(|each| each.get(i)))

@@ -438,19 +438,23 @@ pub fn split_records(source: &str, value: Value) -> Vec<Value> {
 
 /// [`split_records`], each record with the position of the element of the envelope's list it
 /// came from (several records share one when a Google Workspace activity splits into its
-/// events); `None` when `value` is no envelope with a list.
-pub fn split_records_indexed(source: &str, value: Value) -> Vec<(Option<usize>, Value)> {
-    let list = envelope_key(&value)
-        .and_then(|key| value.get(key))
-        .and_then(|list| {
-            list.as_array()
-                .map(|items| items.iter().cloned().collect::<Vec<_>>())
-        });
-    let Some(items) = list else {
-        return split_records(source, value)
-            .into_iter()
-            .map(|r| (None, r))
-            .collect();
+/// events), and the key of that list; `None` for both when `value` is no envelope with a list.
+pub fn split_records_indexed(
+    source: &str,
+    value: Value,
+) -> (Option<&'static str>, Vec<(Option<usize>, Value)>) {
+    let list = envelope_key(&value).and_then(|key| {
+        let items = value
+            .get(key)?
+            .as_array()?
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>();
+        Some((key, items))
+    });
+    let Some((key, items)) = list else {
+        let records = split_records(source, value);
+        return (None, records.into_iter().map(|r| (None, r)).collect());
     };
     let split_google = source == AUTO || source == GoogleWorkspaceActivityNormalizer::SOURCE;
     let mut out = Vec::new();
@@ -460,7 +464,7 @@ pub fn split_records_indexed(source: &str, value: Value) -> Vec<(Option<usize>, 
         split_into(item, split_google, 2, &mut records);
         out.extend(records.drain(..).map(|r| (Some(i), r)));
     }
-    out
+    (Some(key), out)
 }
 
 // Children are taken out by `clone`, which for a parsed document is a reference-counted view
@@ -515,7 +519,7 @@ fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>)
 }
 
 /// The list key when `obj` is a page envelope rather than a record.
-pub fn envelope_key(obj: &Value) -> Option<&'static str> {
+fn envelope_key(obj: &Value) -> Option<&'static str> {
     // An envelope has only list and metadata keys, so a record is told apart by its first key
     // alone (the lookups below scan every key once per list key).
     let (first, _) = obj.as_object()?.iter().next()?;

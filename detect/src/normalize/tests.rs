@@ -220,16 +220,14 @@ fn split_gives_one_google_record_per_event_entry() {
     let second = json!({"kind": "admin#reports#activity", "id": {"time": "2021-10-28T00:00:00Z",
         "applicationName": "login"}, "actor": {"email": "b@example.com"}, "events": [{"name": "login_success"}]});
     let page = json!({"kind": "admin#reports#activities", "items": [activity.clone(), second]});
-    let indexed: Vec<Option<usize>> = split_records_indexed(AUTO, raw_from_serde(&page))
-        .into_iter()
-        .map(|(i, _)| i)
-        .collect();
+    let (key, records) = split_records_indexed(AUTO, raw_from_serde(&page));
+    let indexed: Vec<Option<usize>> = records.into_iter().map(|(i, _)| i).collect();
+    assert_eq!(key, Some("items"));
     assert_eq!(indexed, [Some(0), Some(0), Some(0), Some(1)]);
     // Not an envelope: no positions.
-    let indexed: Vec<Option<usize>> = split_records_indexed(AUTO, raw_from_serde(&activity))
-        .into_iter()
-        .map(|(i, _)| i)
-        .collect();
+    let (key, records) = split_records_indexed(AUTO, raw_from_serde(&activity));
+    let indexed: Vec<Option<usize>> = records.into_iter().map(|(i, _)| i).collect();
+    assert_eq!(key, None);
     assert_eq!(indexed, [None, None, None]);
     // With `json`, nothing vendor-specific happens.
     assert_eq!(split("json", activity.clone()).len(), 1);
