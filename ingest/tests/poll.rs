@@ -1765,3 +1765,170 @@ async fn launchdarkly_listings_follow_their_next_links_then_start_at_the_newest_
         "{next}"
     );
 }
+
+/// A fake Reports API that answers what it holds at or after `startTime`, newest first, in one
+/// page: records can be added with times older than those already served (published late).
+struct LateGoogle {
+    items: Mutex<Vec<Value>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+async fn serve_late_google(State(g): State<Arc<LateGoogle>>, request: Request) -> Response {
+    let Seen { uri, .. } = note(&g.seen, request, false).await;
+    let start = uri
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("startTime="))
+        .map(percent_decode)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        .expect("startTime");
+    let mut items: Vec<Value> = g
+        .items
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|i| {
+            chrono::DateTime::parse_from_rfc3339(i["id"]["time"].as_str().unwrap()).unwrap()
+                >= start
+        })
+        .cloned()
+        .collect();
+    items.sort_by(|a, b| b["id"]["time"].as_str().cmp(&a["id"]["time"].as_str()));
+    axum::Json(json!({"kind": "admin#reports#activities", "items": items})).into_response()
+}
+
+fn login_activity(time: &str, qualifier: &str) -> Value {
+    json!({
+        "kind": "admin#reports#activity",
+        "id": {"time": time, "uniqueQualifier": qualifier, "applicationName": "login", "customerId": "C01"},
+        "actor": {"email": "dana.kim@acme.test", "profileId": "1001"},
+        "events": [{"type": "login", "name": "login_success"}]
+    })
+}
+
+/// What a poll asked for: the `startTime` of its listing.
+fn start_time(seen: &Seen) -> String {
+    percent_decode(
+        seen.uri
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("startTime="))
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn records_google_publishes_late_are_read_by_the_periodic_sweep() {
+    let g = Arc::new(LateGoogle {
+        items: Mutex::new(vec![
+            login_activity("2026-11-01T10:00:00.000Z", "1"),
+            login_activity("2026-11-01T10:05:00.000Z", "2"),
+        ]),
+        seen: Mutex::new(Vec::new()),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .fallback(serve_late_google)
+        .with_state(g.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let source = |late: Option<u64>| {
+        let config = PollConfig {
+            feed: Some("login".into()),
+            late_records_minutes: late,
+            ..config(Vendor::GoogleWorkspace, &base)
+        };
+        PollSource::new(config, "default", state.path(), bus.clone()).unwrap()
+    };
+    let qualifiers = || -> Vec<String> {
+        let mut q: Vec<String> = consumer
+            .records()
+            .iter()
+            .map(|r| r["id"]["uniqueQualifier"].as_str().unwrap().to_string())
+            .collect();
+        q.sort();
+        q.dedup();
+        q
+    };
+
+    // The first poll reads everything from `initial_lookback_hours` back, which counts as a
+    // sweep.
+    source(None).poll_once().await.unwrap();
+    assert_eq!(qualifiers(), ["1", "2"]);
+    let first_sweep = source(None).checkpoint().unwrap().last_sweep.unwrap();
+
+    // A login at 10:02 is published after the poll stored 10:05.
+    g.items
+        .lock()
+        .unwrap()
+        .push(login_activity("2026-11-01T10:02:00.000Z", "late"));
+    // Without sweeps the listing starts at the newest stored time and never sees it.
+    source(Some(0)).poll_once().await.unwrap();
+    assert_eq!(start_time(g.seen.lock().unwrap().last().unwrap()), "2026-11-01T10:05:00Z");
+    assert_eq!(qualifiers(), ["1", "2"]);
+
+    // Nor with Google's default while the first listing is less than 15 minutes old.
+    source(None).poll_once().await.unwrap();
+    assert_eq!(start_time(g.seen.lock().unwrap().last().unwrap()), "2026-11-01T10:05:00Z");
+    assert_eq!(qualifiers(), ["1", "2"]);
+    // 15 minutes later (the checkpoint's sweep time moved back as if they had passed), the
+    // next listing is a sweep from 3 hours before the newest stored record.
+    let cp_path = state.path().join("googleworkspace-test.json");
+    let mut cp: Value = serde_json::from_slice(&std::fs::read(&cp_path).unwrap()).unwrap();
+    cp["last_sweep"] = json!((first_sweep - chrono::Duration::minutes(15)).to_rfc3339());
+    std::fs::write(&cp_path, cp.to_string()).unwrap();
+    let report = source(None).poll_once().await.unwrap();
+    assert_eq!(start_time(g.seen.lock().unwrap().last().unwrap()), "2026-11-01T07:05:00Z");
+    assert_eq!(qualifiers(), ["1", "2", "late"]);
+    assert_eq!(report.records, 3, "{report:?}");
+    let cp = source(None).checkpoint().unwrap();
+    assert!(cp.last_sweep.unwrap() >= first_sweep && cp.listing_since.is_none(), "{cp:?}");
+    assert_eq!(cp.since.unwrap().to_rfc3339(), "2026-11-01T10:05:00+00:00");
+
+    // The next sweep waits `late_sweep_interval_minutes`: until then listings start at the
+    // newest stored time again.
+    source(None).poll_once().await.unwrap();
+    assert_eq!(start_time(g.seen.lock().unwrap().last().unwrap()), "2026-11-01T10:05:00Z");
+}
+
+#[test]
+fn sweep_and_page_settings_that_cannot_work_are_refused() {
+    let (bus, _rx) = bus::channel(1);
+    let state = tempfile::tempdir().unwrap();
+    let refused = |config: PollConfig| {
+        PollSource::new(config, "default", state.path(), bus.clone())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let base = "https://example.test";
+    let err = refused(PollConfig {
+        late_records_minutes: Some(60),
+        ..config(Vendor::Okta, base)
+    });
+    assert!(err.contains("late_records_minutes applies to"), "{err}");
+    let err = refused(PollConfig {
+        late_sweep_interval_minutes: 0,
+        ..config(Vendor::GoogleWorkspace, base)
+    });
+    assert!(err.contains("late_sweep_interval_minutes"), "{err}");
+    let err = refused(PollConfig {
+        max_page_bytes: 0,
+        ..config(Vendor::Slack, base)
+    });
+    assert!(err.contains("max_page_bytes 0"), "{err}");
+    let err = refused(PollConfig {
+        feed: Some("auditevent".into()),
+        ..config(Vendor::Onepassword, base)
+    });
+    assert!(err.contains("signinattempts, itemusages or auditevents"), "{err}");
+    // Zero is "off", accepted everywhere.
+    assert_eq!(
+        refused(PollConfig {
+            late_records_minutes: Some(0),
+            ..config(Vendor::Okta, base)
+        }),
+        ""
+    );
+}

@@ -101,6 +101,19 @@ pub struct PollConfig {
     /// memory, and retried at the next poll.
     #[serde(default = "default_max_page_bytes")]
     pub max_page_bytes: u64,
+    /// Listing vendors (`google_workspace`, `slack`, `launchdarkly`): how many minutes before
+    /// the newest stored record a periodic *sweep* lists again, for records the vendor publishes
+    /// late. A listing asks for records from the newest stored time on, so one that shows up
+    /// later with an older time would never be read: Google's Reports API publishes some
+    /// applications' events minutes to hours after they happened. The store keeps re-read
+    /// records once (idempotent on event id). Default: 180 for `google_workspace`, 0 (off) for
+    /// the others; other vendors go on from a vendor cursor and take no sweep.
+    #[serde(default)]
+    pub late_records_minutes: Option<u64>,
+    /// Minutes between two sweeps (at least 1): each re-reads `late_records_minutes` of
+    /// records, so this trades API calls for how soon a late record is stored.
+    #[serde(default = "default_late_sweep_interval_minutes")]
+    pub late_sweep_interval_minutes: u64,
 }
 
 impl PollConfig {
@@ -126,9 +139,25 @@ impl PollConfig {
             max_pages_per_poll: default_max_pages_per_poll(),
             request_timeout_seconds: default_request_timeout_seconds(),
             max_page_bytes: default_max_page_bytes(),
+            late_records_minutes: None,
+            late_sweep_interval_minutes: default_late_sweep_interval_minutes(),
         }
     }
+
+    /// Minutes a sweep reaches back (0: no sweeps), with the vendor's default.
+    pub fn late_records_window(&self) -> u64 {
+        self.late_records_minutes.unwrap_or(match self.vendor {
+            Vendor::GoogleWorkspace => DEFAULT_GOOGLE_LATE_RECORDS_MINUTES,
+            _ => 0,
+        })
+    }
 }
+
+/// The smallest `max_page_bytes` taken: an empty page with its envelope fits, a real one may not.
+const MIN_PAGE_BYTES: u64 = 1024;
+
+/// Google documents lag times of up to a few hours for some Reports API applications.
+const DEFAULT_GOOGLE_LATE_RECORDS_MINUTES: u64 = 180;
 
 fn default_interval_seconds() -> u64 {
     60
@@ -144,6 +173,9 @@ fn default_request_timeout_seconds() -> u64 {
 }
 fn default_max_page_bytes() -> u64 {
     64 * 1024 * 1024
+}
+fn default_late_sweep_interval_minutes() -> u64 {
+    15
 }
 
 /// Where a source stands: saved after every stored page.
@@ -164,6 +196,10 @@ pub struct Checkpoint {
     /// land a little out of order; these are not fetched again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_keys: Vec<String>,
+    /// Listings: when the last sweep for late records began (see
+    /// [`PollConfig::late_records_minutes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sweep: Option<DateTime<Utc>>,
 }
 
 /// Why a poll stopped early. The checkpoint stays where the last stored page left it.
@@ -311,6 +347,25 @@ impl PollSource {
                 ));
             }
         }
+        let listing = matches!(
+            config.vendor,
+            Vendor::GoogleWorkspace | Vendor::Slack | Vendor::Launchdarkly
+        );
+        if !listing && config.late_records_minutes.is_some_and(|m| m > 0) {
+            return Err(err(format!(
+                "late_records_minutes applies to google_workspace, slack and launchdarkly; {} goes on from the vendor's own cursor",
+                config.vendor.source()
+            )));
+        }
+        if config.late_sweep_interval_minutes == 0 {
+            return Err(err("late_sweep_interval_minutes must be at least 1".into()));
+        }
+        if config.max_page_bytes < MIN_PAGE_BYTES {
+            return Err(err(format!(
+                "max_page_bytes {} is too small to hold a page (at least {MIN_PAGE_BYTES})",
+                config.max_page_bytes
+            )));
+        }
         if !is_secret_reference(&config.token) {
             return Err(err(
                 "token must be a secret reference, `env:NAME` or `file:/path`, not the token itself"
@@ -361,7 +416,12 @@ impl PollSource {
             reason,
         };
         match std::fs::read(&self.checkpoint_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| cp_err(e.to_string())),
+            // Not guessed around: starting over could skip records or re-read months of them.
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                cp_err(format!(
+                    "{e}; fix it, or move it aside to start again `initial_lookback_hours` back"
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
             Err(e) => Err(cp_err(e.to_string())),
         }
@@ -578,6 +638,7 @@ impl PollSource {
             _ => {}
         }
         let mut cp = self.checkpoint()?;
+        self.begin_sweep_if_due(&mut cp, Utc::now());
         let mut report = PollReport::default();
         while report.pages < self.config.max_pages_per_poll.max(1) {
             let request = self.api.request(&cp, start)?;
@@ -613,6 +674,35 @@ impl PollSource {
             }
         }
         Ok(report)
+    }
+
+    /// At the start of a new listing, when a sweep is due: list from `late_records_minutes`
+    /// before the newest stored record instead of from it, so records the vendor published
+    /// late (with older times) are read too. The sweep's lower bound is the listing's, kept in
+    /// the checkpoint until the listing is read through, so a restart mid-sweep goes on with it.
+    fn begin_sweep_if_due(&self, cp: &mut Checkpoint, now: DateTime<Utc>) {
+        let window = self.config.late_records_window();
+        let at_listing_start = cp.resume.is_none() && cp.listing_since.is_none();
+        if window == 0 || !at_listing_start {
+            return;
+        }
+        let Some(since) = cp.since else {
+            // The first listing starts `initial_lookback_hours` back: as good as a sweep.
+            cp.last_sweep = Some(now);
+            return;
+        };
+        let interval = chrono::Duration::minutes(self.config.late_sweep_interval_minutes as i64);
+        // A sweep time in the future (the clock was set back) counts as long ago.
+        if cp
+            .last_sweep
+            .is_some_and(|last| now - last < interval && last <= now)
+        {
+            return;
+        }
+        tracing::debug!(poller = %self.config.name, minutes = window,
+            "sweeping for records published late");
+        cp.listing_since = Some(since - chrono::Duration::minutes(window as i64));
+        cp.last_sweep = Some(now);
     }
 
     /// Submit a page's records (line = place on the page) and wait until they are stored;

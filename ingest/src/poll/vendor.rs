@@ -82,7 +82,7 @@ impl Vendor {
     pub(crate) fn missing(self, org: Option<&str>, feed: Option<&str>) -> Option<&'static str> {
         match self {
             Vendor::Github if org.is_none() => Some("`org` (the GitHub organization)"),
-            Vendor::Onepassword if feed.is_none() => {
+            Vendor::Onepassword if !feed.is_some_and(|f| ONEPASSWORD_FEEDS.contains(&f)) => {
                 Some("`feed` (signinattempts, itemusages or auditevents)")
             }
             Vendor::GoogleWorkspace if feed.is_none() => {
@@ -102,6 +102,9 @@ impl Vendor {
         }
     }
 }
+
+/// The 1Password Events API's feeds (`/api/v1/<feed>`).
+const ONEPASSWORD_FEEDS: [&str; 3] = ["signinattempts", "itemusages", "auditevents"];
 
 /// One request to make.
 #[derive(Debug, Clone, PartialEq)]
