@@ -839,7 +839,8 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let _ = std::io::stdout().flush();
 
     let mut server_stop = stop_rx.clone();
-    let server_task = tokio::spawn(server.run_with(ingest, state, async move {
+    let ingest_doc = Some(perimeter_ingest::http::ingest_openapi());
+    let server_task = tokio::spawn(server.run_with(ingest, ingest_doc, state, async move {
         let _ = server_stop.changed().await;
     }));
     shutdown_signal().await;

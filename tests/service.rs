@@ -922,6 +922,33 @@ fn rule_tests_run_the_real_engine_and_name_the_posted_rule_in_errors() {
 }
 
 #[test]
+fn the_served_openapi_document_has_the_ingest_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = start(&write_config(dir.path()));
+    let doc: serde_json::Value =
+        reqwest::blocking::get(format!("{}/api/v1/openapi.json", svc.base))
+            .unwrap()
+            .json()
+            .unwrap();
+    let ingest = &doc["paths"]["/ingest/{source}"]["post"];
+    for status in ["200", "400", "401", "403", "413", "503"] {
+        assert!(
+            ingest["responses"][status].is_object(),
+            "{status}: {ingest}"
+        );
+    }
+    assert_eq!(ingest["parameters"][0]["name"], "source", "{ingest}");
+    // The answer's fields, as the route sends them.
+    let ack = &doc["components"]["schemas"]["SubmitAck"]["properties"];
+    for field in ["events", "duplicates", "dead_letters", "alerts"] {
+        assert!(ack[field].is_object(), "{field}: {ack}");
+    }
+    // The API's own routes are still there.
+    assert!(doc["paths"]["/api/v1/events/search"]["get"].is_object());
+    stop(svc);
+}
+
+#[test]
 fn a_busy_port_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

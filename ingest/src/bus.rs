@@ -7,7 +7,7 @@ use crate::{IngestError, InputItem, Result};
 use tokio::sync::{mpsc, oneshot};
 
 /// What a consumer reports back for a stored batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SubmitAck {
     /// Records that became events and are stored.
     pub events: usize,

@@ -112,6 +112,36 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, Json(body)).into_response()
 }
 
+/// The OpenAPI entry of `POST /ingest/{source}`, for the document the API serves beside it.
+pub fn ingest_openapi() -> utoipa::openapi::OpenApi {
+    <IngestDoc as utoipa::OpenApi>::openapi()
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(ingest), tags((name = "ingest", description = "Sending events in")))]
+struct IngestDoc;
+
+/// Send events: a JSON-lines body (one raw vendor event per line), one JSON document (a vendor
+/// API page or webhook payload), or CSV rows under a header (`Content-Type: text/csv`); gzip
+/// with `Content-Encoding: gzip`. Answered once the batch is stored, so a 200 is a durable
+/// acknowledgement; on any error resend (replays are stored once). Lines that are not usable
+/// records are stored as dead letters and counted in the answer. Takes a responder or admin
+/// token; the events go to the token's tenant.
+#[utoipa::path(post, path = "/ingest/{source}", tag = "ingest",
+    params(("source" = String, Path,
+        description = "The normalizer: a vendor (`okta`, `github`, ...), `auto` to tell by each record's shape, or `json` for plain JSON objects")),
+    request_body(content = String, description = "JSON lines, one JSON document, or CSV rows",
+        content_type = "application/x-ndjson"),
+    responses(
+        (status = 200, description = "Stored", body = crate::bus::SubmitAck),
+        (status = 400, description = "Bad source name, empty or undecodable body", body = Object),
+        (status = 401, description = "No valid token", body = Object),
+        (status = 403, description = "The token's role may not ingest", body = Object),
+        (status = 413, description = "Body larger than the limit (after decompression too)", body = Object),
+        (status = 415, description = "Unsupported Content-Encoding", body = Object),
+        (status = 503, description = "Not stored (store failure, shutting down): resend", body = Object),
+    ),
+    security(("bearer" = [])))]
 async fn ingest(
     State(state): State<IngestState>,
     Path(source): Path<String>,

@@ -1865,12 +1865,18 @@ async fn records_google_publishes_late_are_read_by_the_periodic_sweep() {
         .push(login_activity("2026-11-01T10:02:00.000Z", "late"));
     // Without sweeps the listing starts at the newest stored time and never sees it.
     source(Some(0)).poll_once().await.unwrap();
-    assert_eq!(start_time(g.seen.lock().unwrap().last().unwrap()), "2026-11-01T10:05:00Z");
+    assert_eq!(
+        start_time(g.seen.lock().unwrap().last().unwrap()),
+        "2026-11-01T10:05:00Z"
+    );
     assert_eq!(qualifiers(), ["1", "2"]);
 
     // Nor with Google's default while the first listing is less than 15 minutes old.
     source(None).poll_once().await.unwrap();
-    assert_eq!(start_time(g.seen.lock().unwrap().last().unwrap()), "2026-11-01T10:05:00Z");
+    assert_eq!(
+        start_time(g.seen.lock().unwrap().last().unwrap()),
+        "2026-11-01T10:05:00Z"
+    );
     assert_eq!(qualifiers(), ["1", "2"]);
     // 15 minutes later (the checkpoint's sweep time moved back as if they had passed), the
     // next listing is a sweep from 3 hours before the newest stored record.
@@ -1879,17 +1885,26 @@ async fn records_google_publishes_late_are_read_by_the_periodic_sweep() {
     cp["last_sweep"] = json!((first_sweep - chrono::Duration::minutes(15)).to_rfc3339());
     std::fs::write(&cp_path, cp.to_string()).unwrap();
     let report = source(None).poll_once().await.unwrap();
-    assert_eq!(start_time(g.seen.lock().unwrap().last().unwrap()), "2026-11-01T07:05:00Z");
+    assert_eq!(
+        start_time(g.seen.lock().unwrap().last().unwrap()),
+        "2026-11-01T07:05:00Z"
+    );
     assert_eq!(qualifiers(), ["1", "2", "late"]);
     assert_eq!(report.records, 3, "{report:?}");
     let cp = source(None).checkpoint().unwrap();
-    assert!(cp.last_sweep.unwrap() >= first_sweep && cp.listing_since.is_none(), "{cp:?}");
+    assert!(
+        cp.last_sweep.unwrap() >= first_sweep && cp.listing_since.is_none(),
+        "{cp:?}"
+    );
     assert_eq!(cp.since.unwrap().to_rfc3339(), "2026-11-01T10:05:00+00:00");
 
     // The next sweep waits `late_sweep_interval_minutes`: until then listings start at the
     // newest stored time again.
     source(None).poll_once().await.unwrap();
-    assert_eq!(start_time(g.seen.lock().unwrap().last().unwrap()), "2026-11-01T10:05:00Z");
+    assert_eq!(
+        start_time(g.seen.lock().unwrap().last().unwrap()),
+        "2026-11-01T10:05:00Z"
+    );
 }
 
 #[test]
@@ -1922,7 +1937,10 @@ fn sweep_and_page_settings_that_cannot_work_are_refused() {
         feed: Some("auditevent".into()),
         ..config(Vendor::Onepassword, base)
     });
-    assert!(err.contains("signinattempts, itemusages or auditevents"), "{err}");
+    assert!(
+        err.contains("signinattempts, itemusages or auditevents"),
+        "{err}"
+    );
     // Zero is "off", accepted everywhere.
     assert_eq!(
         refused(PollConfig {

@@ -48,7 +48,16 @@ pub use state::{AppState, RuleService, RuleTestError};
 
 /// The complete API as an axum router (what [`serve`] serves); tests can drive it directly.
 pub fn router(state: AppState) -> Router {
-    let (router, doc) = openapi::api_router().split_for_parts();
+    router_documenting(state, None)
+}
+
+/// [`router`] whose OpenAPI document also holds `extra` (routes the binary serves beside the
+/// API, such as HTTP ingest).
+pub fn router_documenting(state: AppState, extra: Option<utoipa::openapi::OpenApi>) -> Router {
+    let (router, mut doc) = openapi::api_router().split_for_parts();
+    if let Some(extra) = extra {
+        doc.merge(extra);
+    }
     router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

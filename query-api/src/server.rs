@@ -279,18 +279,21 @@ impl Server {
         state: AppState,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        self.run_with(axum::Router::new(), state, shutdown).await
+        self.run_with(axum::Router::new(), None, state, shutdown)
+            .await
     }
 
     /// [`Server::run`] with `extra` routes served beside the API on the same listener (the
-    /// binary adds HTTP ingest this way, so one port and one TLS setup serve both).
+    /// binary adds HTTP ingest this way, so one port and one TLS setup serve both), and
+    /// `extra_doc`, their OpenAPI entries, in the served document.
     pub async fn run_with(
         self,
         extra: axum::Router,
+        extra_doc: Option<utoipa::openapi::OpenApi>,
         state: AppState,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let app = crate::router(state.clone()).merge(extra);
+        let app = crate::router_documenting(state.clone(), extra_doc).merge(extra);
         let addr = self.local_addr()?;
         let handle = axum_server::Handle::new();
         let grace = self.grace;
