@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use perimeter_ingest::poll::PollSource;
+use perimeter_ingest::poll::{PollError, PollSource};
 
 use crate::config::PerimeterConfig;
 
@@ -60,7 +60,15 @@ pub fn poll_check(config: &PerimeterConfig, args: PollCheckArgs) -> anyhow::Resu
             ),
             Err(e) => {
                 failed += 1;
-                println!("{}: FAILED ({}): {e}", poll.name, poll.vendor.source());
+                // The service would wait and retry; this check does not.
+                let why = match e {
+                    PollError::RateLimited(delay) => format!(
+                        "rate limited: the API asks to wait {}s; check again later (the service waits it out)",
+                        delay.as_secs()
+                    ),
+                    e => e.to_string(),
+                };
+                println!("{}: FAILED ({}): {why}", poll.name, poll.vendor.source());
             }
         }
     }
