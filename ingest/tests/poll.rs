@@ -195,10 +195,16 @@ async fn serve(State(api): State<Arc<FakeApi>>, request: Request) -> Response {
     let Seen { uri, body, .. } = note(&api.seen, request, false).await;
     if let Some((status, headers)) = api.failures.lock().unwrap().pop_front() {
         let mut h = HeaderMap::new();
+        // `body` is the answer's body, not a header.
+        let mut body = "{\"error\":\"no\"}".to_string();
         for (k, v) in headers {
-            h.insert(k, v.parse().unwrap());
+            if k == "body" {
+                body = v;
+            } else {
+                h.insert(k, v.parse().unwrap());
+            }
         }
-        return (status, h, "{\"error\":\"no\"}").into_response();
+        return (status, h, body).into_response();
     }
     let n = api.page_index(&uri, &body);
     api.answer(n)
@@ -507,8 +513,32 @@ async fn rate_limits_wait_as_told_and_refused_credentials_say_so_without_the_tok
         .unwrap()
         .push_back((StatusCode::UNAUTHORIZED, vec![]));
     let err = s.source().poll_once().await.unwrap_err();
-    assert!(matches!(err, PollError::Unauthorized(401)), "{err}");
+    assert!(matches!(err, PollError::Unauthorized(401, _)), "{err}");
     assert!(!format!("{err} {err:?}").contains(TOKEN));
+    // What the vendor said is in the error, on one line, without the token should it be echoed.
+    assert!(err.to_string().ends_with(": vendor says \"no\""), "{err}");
+    s.api.failures.lock().unwrap().push_back((
+        StatusCode::UNAUTHORIZED,
+        vec![(
+            "body",
+            format!(r#"{{"message":"Bad credentials: {TOKEN}\nsee docs","documentation_url":"https://docs.github.com/rest"}}"#),
+        )],
+    ));
+    let err = s.source().poll_once().await.unwrap_err().to_string();
+    assert!(
+        err.ends_with(r#": vendor says "Bad credentials: [REDACTED] see docs""#),
+        "{err}"
+    );
+    // An HTML error page is not quoted.
+    s.api.failures.lock().unwrap().push_back((
+        StatusCode::BAD_GATEWAY,
+        vec![("body", "<html>\n<title>502</title>\n</html>".into())],
+    ));
+    let err = s.source().poll_once().await.unwrap_err().to_string();
+    assert!(
+        err.starts_with("HTTP 502 from ") && !err.contains("vendor says"),
+        "{err}"
+    );
     s.api
         .failures
         .lock()
@@ -894,7 +924,7 @@ async fn a_wrong_m365_client_secret_is_a_refused_credential() {
     let cfg = m365_config(&api, "PERIMETER_TEST_M365_WRONG", "not-the-secret");
     let source = PollSource::new(cfg, "default", state.path(), bus).unwrap();
     let err = source.poll_once().await.unwrap_err();
-    assert!(matches!(err, PollError::Unauthorized(_)), "{err}");
+    assert!(matches!(err, PollError::Unauthorized(..)), "{err}");
     assert!(!format!("{err:?}").contains("not-the-secret"));
 }
 
@@ -1174,7 +1204,7 @@ async fn cloudtrail_with_a_key_s3_refuses_is_a_refused_credential() {
     let cfg = cloudtrail_config(&s3, "AKIAWRONGKEY00000000");
     let source = PollSource::new(cfg, "default", state.path(), bus).unwrap();
     let err = source.poll_once().await.unwrap_err();
-    assert!(matches!(err, PollError::Unauthorized(403)), "{err}");
+    assert!(matches!(err, PollError::Unauthorized(403, _)), "{err}");
     assert!(!format!("{err:?}").contains("fake/secret"));
 }
 
@@ -1543,7 +1573,7 @@ async fn salesforce_setup_audit_trail_pages_are_read_and_the_next_poll_starts_at
     // A wrong consumer secret is a refused credential, not a parse error.
     std::env::set_var("PERIMETER_TEST_SF_TRAIL_SECRET", "wrong");
     let err = source().poll_once().await.unwrap_err();
-    assert!(matches!(err, PollError::Unauthorized(400)), "{err}");
+    assert!(matches!(err, PollError::Unauthorized(400, _)), "{err}");
 }
 
 #[tokio::test]

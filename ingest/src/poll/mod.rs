@@ -209,14 +209,20 @@ pub enum PollError {
     #[error("configuration: {0}")]
     Config(String),
     /// The vendor refused the credential (401/403): it needs fixing, retried at every poll.
-    #[error("the API refused the credential (HTTP {0}): check `token`")]
-    Unauthorized(u16),
+    /// With what the vendor said, when its answer says it (`: vendor says "..."`).
+    #[error("the API refused the credential (HTTP {0}): check `token`{1}")]
+    Unauthorized(u16, String),
     /// Rate limited (429): retried after the vendor's delay.
     #[error("rate limited; retrying in {0:?}")]
     RateLimited(Duration),
     /// Any other HTTP status.
-    #[error("HTTP {status} from {url}")]
-    Http { status: u16, url: String },
+    #[error("HTTP {status} from {url}{detail}")]
+    Http {
+        status: u16,
+        url: String,
+        /// What the vendor said (`: vendor says "..."`), or empty.
+        detail: String,
+    },
     /// No answer (connection refused, DNS, TLS, timeout).
     #[error("request to {url} failed: {reason}")]
     Transport { url: String, reason: String },
@@ -607,7 +613,11 @@ impl PollSource {
             ..vendor::PageRequest::get(url)
         };
         let (body, _) = self.fetch(&request, "").await.map_err(|e| match e {
-            PollError::Http { status: 400, .. } => PollError::Unauthorized(400),
+            PollError::Http {
+                status: 400,
+                detail,
+                ..
+            } => PollError::Unauthorized(400, detail),
             other => other,
         })?;
         let token = vendor::str_at(&body, &["access_token"])
@@ -859,17 +869,95 @@ impl PollSource {
         {
             return Err(PollError::RateLimited(retry_delay(response.headers())));
         }
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(PollError::Unauthorized(status.as_u16()));
-        }
         if !status.is_success() {
+            let detail = vendor_says(response, headers).await;
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(PollError::Unauthorized(status.as_u16(), detail));
+            }
             return Err(PollError::Http {
                 status: status.as_u16(),
                 url,
+                detail,
             });
         }
         Ok((response, transport))
     }
+}
+
+/// Most of an error answer read for its message.
+const ERROR_BODY_BYTES: usize = 16 * 1024;
+/// Most characters of a vendor's error message quoted.
+const VENDOR_MESSAGE_CHARS: usize = 200;
+
+/// `: vendor says "<message>"` from an error answer's body, or empty when it has none that can
+/// be told (an HTML page, an empty body). One line, at most [`VENDOR_MESSAGE_CHARS`], and
+/// never the credential sent, should the vendor echo it.
+async fn vendor_says(
+    mut response: reqwest::Response,
+    sent_headers: &[(&'static str, String)],
+) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(ERROR_BODY_BYTES);
+    let Some(message) = vendor_message(&body) else {
+        return String::new();
+    };
+    let mut message: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    for (_, value) in sent_headers {
+        // `Bearer <token>`, `SSWS <token>`, or the token alone.
+        let secret = value.rsplit(' ').next().unwrap_or(value);
+        if secret.len() >= 8 {
+            message = message.replace(secret, "[REDACTED]");
+        }
+    }
+    let mut quoted: String = message.trim().chars().take(VENDOR_MESSAGE_CHARS).collect();
+    if message.trim().chars().count() > VENDOR_MESSAGE_CHARS {
+        quoted.push_str("...");
+    }
+    format!(": vendor says {quoted:?}")
+}
+
+/// The message of a vendor's JSON error answer, as the vendors put it: `message` (GitHub,
+/// LaunchDarkly), `errorSummary` (Okta), `error_description` (OAuth), `error` as text (Slack,
+/// OAuth) or as an object with a `message` (Google, Microsoft), `errors[0]` (1Password,
+/// GraphQL-style). A short plain-text answer is taken as it is; HTML pages are not quoted.
+fn vendor_message(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(text) else {
+        let plain = !text.is_empty() && !text.starts_with('<') && text.lines().count() <= 3;
+        return plain.then(|| text.to_string());
+    };
+    let as_text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+        serde_json::Value::Object(o) => o
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(str::to_string),
+        _ => None,
+    };
+    let json = match &json {
+        // Salesforce answers a list of errors.
+        serde_json::Value::Array(list) => list.first()?,
+        other => other,
+    };
+    [
+        "errorSummary",
+        "error_description",
+        "message",
+        "error",
+        "Message",
+    ]
+    .iter()
+    .find_map(|k| json.get(k).and_then(as_text))
+    .or_else(|| json.get("errors")?.get(0).and_then(as_text))
 }
 
 /// The `rel="next"` target of the `Link` headers, if any.
@@ -886,7 +974,7 @@ impl PollError {
     pub fn kind(&self) -> &'static str {
         match self {
             PollError::Config(_) => "config",
-            PollError::Unauthorized(_) => "unauthorized",
+            PollError::Unauthorized(..) => "unauthorized",
             PollError::RateLimited(_) => "rate_limited",
             PollError::Http { .. } => "http",
             PollError::Transport { .. } => "transport",
@@ -988,6 +1076,44 @@ mod tests {
             .unwrap_err();
         let text = error_chain(&e.without_url());
         assert!(text.len() > "error sending request".len() + 5, "{text}");
+    }
+
+    #[test]
+    fn vendor_error_messages_are_found_where_each_vendor_puts_them() {
+        let said = |body: &str| vendor_message(body.as_bytes());
+        let cases = [
+            (
+                r#"{"errorCode":"E0000011","errorSummary":"Invalid token provided"}"#,
+                "Invalid token provided",
+            ),
+            (r#"{"ok":false,"error":"invalid_auth"}"#, "invalid_auth"),
+            (
+                r#"{"error":{"code":400,"message":"Invalid value for: startTime","status":"INVALID_ARGUMENT"}}"#,
+                "Invalid value for: startTime",
+            ),
+            (
+                r#"{"error":"invalid_grant","error_description":"AADSTS7000215: Invalid client secret"}"#,
+                "AADSTS7000215: Invalid client secret",
+            ),
+            (
+                r#"[{"message":"Session expired or invalid","errorCode":"INVALID_SESSION_ID"}]"#,
+                "Session expired or invalid",
+            ),
+            (r#"{"errors":[{"message":"bad cursor"}]}"#, "bad cursor"),
+            ("Service Unavailable", "Service Unavailable"),
+        ];
+        for (body, message) in cases {
+            assert_eq!(said(body).as_deref(), Some(message), "{body}");
+        }
+        for nothing in [
+            "",
+            "<!DOCTYPE html><html>...</html>",
+            "{}",
+            r#"{"error":""}"#,
+        ] {
+            assert_eq!(said(nothing), None, "{nothing:?}");
+        }
+        assert_eq!(vendor_message(&[0xff, 0xfe, b'x']), None);
     }
 
     #[test]
