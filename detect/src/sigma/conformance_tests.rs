@@ -53,6 +53,12 @@ fn ruleset_with(text: &str, pipelines: &Pipelines) -> RuleSet {
     set
 }
 
+/// The first error loading `text` gives.
+fn load_error(text: &str) -> RuleError {
+    let (_, errs) = parse_file(Path::new("test.yml"), text, &Pipelines::builtin());
+    errs.into_iter().next().expect("an error")
+}
+
 fn ruleset(text: &str) -> RuleSet {
     ruleset_with(text, &Pipelines::builtin())
 }
@@ -251,6 +257,27 @@ fn encoding_modifiers() {
         "    sel:\n        f|windash|contains: ' -enc '",
         &[json!({"f": "x /enc y"}), json!({"f": "x \u{2013}enc y"})],
         &[json!({"f": "x enc y"})],
+    );
+    // `all` joins the rule's values; the forms one value takes are alternatives (modifiers
+    // appendix: `windash` and `base64offset` expand one value into several).
+    check(
+        "    sel:\n        f|windash|contains|all:\n            - '-a'\n            - '-b'",
+        &[
+            json!({"f": "tool -a -b"}),
+            json!({"f": "tool /a \u{2014}b"}),
+        ],
+        &[json!({"f": "tool -a"}), json!({"f": "tool /b"})],
+    );
+    check(
+        "    sel:\n        f|windash|all|contains:\n            - '-a'\n            - '-b'",
+        &[json!({"f": "tool -b /a"})],
+        &[json!({"f": "tool -a"})],
+    );
+    // base64("foo bar") = Zm9vIGJhcg==; base64("foo") = Zm9v.
+    check(
+        "    sel:\n        f|base64offset|contains|all:\n            - foo\n            - bar",
+        &[json!({"f": "Zm9vIGJhcg=="})],
+        &[json!({"f": "Zm9v"})],
     );
 }
 
@@ -623,6 +650,64 @@ fn value_count_counts_distinct_values() {
 }
 
 #[test]
+fn value_count_over_several_fields_counts_their_combinations() {
+    // Spec: "When you use multiple values in `field` they are linked by an AND".
+    let text = corr("    type: value_count\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 10m\n    condition:\n        field:\n            - client.ipAddress\n            - eventType\n        gte: 3");
+    let three: Vec<Event> = ["1.1.1.1", "2.2.2.2", "3.3.3.3"]
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| okta_fail("bob", ip, 0, i as u32))
+        .collect();
+    assert_eq!(run_events(&text, &SigmaOptions::default(), &three).len(), 1);
+    let two: Vec<Event> = ["1.1.1.1", "2.2.2.2", "1.1.1.1"]
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| okta_fail("bob", ip, 0, i as u32))
+        .collect();
+    assert!(run_events(&text, &SigmaOptions::default(), &two).is_empty());
+    // The other aggregations take one field, and say so.
+    let sum = text.replace("value_count", "value_sum");
+    let err = load_error(&sum);
+    assert_eq!(err.line, Some(11), "{err}");
+    assert!(
+        err.to_string().contains("`value_sum` takes one field"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_rule_reference_is_reported_at_its_line() {
+    let text = "title: c\nid: c9\ncorrelation:\n    type: event_count\n    rules:\n        - okta_fail\n        - nope\n    group-by: [user]\n    timespan: 1m\n    condition:\n        gte: 2\n---\n".to_string() + FAIL_RULE;
+    let (docs, errs) = parse_file(Path::new("c.yml"), &text, &Pipelines::builtin());
+    assert!(errs.is_empty(), "{errs:?}");
+    let mut errors = Vec::new();
+    RuleSet::from_docs(docs, &mut errors);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].to_string(),
+        "c.yml:7: field `correlation.rules`: correlation references unknown rule `nope`"
+    );
+}
+
+#[test]
+fn generate_is_read_at_the_top_level_too() {
+    // The correlation schema has `generate` beside `correlation`; pySigma reads it inside.
+    let outer = corr("    type: event_count\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 1m\n    condition:\n        gte: 2")
+        .replacen("correlation:", "generate: true\ncorrelation:", 1);
+    let evs = [okta_fail("bob", "x", 0, 0), okta_fail("bob", "x", 0, 1)];
+    let alerts = run_events(&outer, &SigmaOptions::default(), &evs);
+    assert_eq!(alerts.iter().filter(|a| a.rule_id == "fail1").count(), 2);
+    assert_eq!(alerts.iter().filter(|a| a.rule_id == "c1").count(), 1);
+    let bad = outer.replace("generate: true", "generate: maybe");
+    let err = load_error(&bad);
+    assert_eq!(
+        (err.line, err.field.as_deref()),
+        (Some(4), Some("generate")),
+        "{err}"
+    );
+}
+
+#[test]
 fn upper_bound_and_range_conditions_evaluate_on_window_close() {
     let text = corr("    type: event_count\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 5m\n    condition:\n        gt: 1\n        lte: 3");
     let two: Vec<Event> = (0..2).map(|i| okta_fail("bob", "x", 0, i)).collect();
@@ -725,6 +810,24 @@ fn value_sum_and_avg() {
     );
     assert_eq!(run_events(&avg, &opts, &[dl(400, 0), dl(600, 1)]).len(), 1);
     assert!(run_events(&avg, &opts, &[dl(100, 0), dl(200, 1)]).is_empty());
+    // The average of the period, not of one event in it: 0, 0, 0, 0, 600 averages 120.
+    let spike: Vec<Event> = [0, 0, 0, 0, 600]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| dl(*b, i as u32))
+        .collect();
+    assert!(run_events(&avg, &opts, &spike).is_empty());
+    // Until the period has moved past the small values: 0 at 10:00, 600 and 700 after 11:00.
+    let later = [
+        dl(0, 0),
+        dl(600, 1),
+        event(
+            "box",
+            json!({"event_type": "DOWNLOAD", "user": "u", "bytes": 700, "ts": "2024-05-01T11:05:00Z"}),
+        ),
+    ];
+    let alerts = run_events(&avg, &opts, &later);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
 }
 
 #[test]

@@ -171,8 +171,8 @@ struct CorrState {
     /// Parallel to `group_paths`: the matcher's field slot for the path ([`NO_SLOT`] until
     /// [`Correlator::assign_group_slots`]).
     group_slots: Vec<Vec<u32>>,
-    /// [rule position] -> path of `condition.field` (aliases resolved).
-    value_paths: Vec<Option<FieldPath>>,
+    /// [rule position] -> paths of `condition.field` (aliases resolved; empty when none).
+    value_paths: Vec<Vec<FieldPath>>,
     max_entries: usize,
     last_sweep_ts: i64,
 }
@@ -281,9 +281,10 @@ impl Correlator {
                     .iter()
                     .zip(refs)
                     .map(|(rr, r)| {
-                        c.field
-                            .as_ref()
+                        c.fields
+                            .iter()
                             .map(|f| FieldPath::new(&resolve_field(c, f, rr, rules, *r)))
+                            .collect()
                     })
                     .collect();
                 let group_slots = c
@@ -484,15 +485,25 @@ impl Correlator {
             | CorrelationType::Temporal
             | CorrelationType::TemporalOrdered => 0,
             CorrelationType::ValueCount | CorrelationType::ValuePercentile => {
-                let Some(p) = &st.value_paths[j0] else { return };
-                let mut vh = ValueHash::new(&self.hash_key);
-                if !Self::text_of(p, NO_SLOT, event, fields, &mut vh) {
+                let paths = &st.value_paths[j0];
+                if paths.is_empty() {
                     return;
+                }
+                // Several fields: the value is their combination; an event lacking one of
+                // them has none.
+                let mut vh = ValueHash::new(&self.hash_key);
+                for p in paths {
+                    if !Self::text_of(p, NO_SLOT, event, fields, &mut vh) {
+                        return;
+                    }
+                    vh.write(&[0xff]);
                 }
                 vh.finish()
             }
             CorrelationType::ValueSum | CorrelationType::ValueAvg => {
-                let Some(p) = &st.value_paths[j0] else { return };
+                let Some(p) = st.value_paths[j0].first() else {
+                    return;
+                };
                 let mut n = None;
                 p.visit_event(event, &mut |leaf: Leaf<'_>| {
                     n = leaf.as_f64();
@@ -1120,6 +1131,27 @@ fn find_window(
 ) -> Option<(usize, usize)> {
     let span = c.timespan_ms;
     let n_rules = c.rules.len();
+    if matches!(
+        c.kind,
+        CorrelationType::ValueAvg | CorrelationType::ValuePercentile
+    ) {
+        // An average (or a share) over a part of the period says nothing of the period: the
+        // window starting at the newest event alone would make `value_avg` fire on any single
+        // value above the threshold. These are judged over whole periods: the `timespan` up to
+        // the new event, or up to a later one that arrived before it.
+        let last = entries.partition_point(|e| e.ts <= ts.saturating_add(span));
+        let first_end = entries.partition_point(|e| e.ts < ts);
+        for hi in first_end..last {
+            let end = entries[hi].ts;
+            let lo = entries.partition_point(|e| e.ts < end.saturating_sub(span));
+            let w = &entries[lo..=hi];
+            let agg = aggregate(c, w, Some(cur), distinct);
+            if c.condition.iter().all(|(op, n)| op.holds(agg, *n)) {
+                return Some((lo, hi + 1));
+            }
+        }
+        return None;
+    }
     let first = entries.partition_point(|e| e.ts < ts.saturating_sub(span));
     for lo in first..entries.len() {
         let start = entries[lo].ts;

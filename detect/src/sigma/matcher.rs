@@ -370,6 +370,12 @@ pub fn normalize_tokens(toks: &[Tok]) -> Vec<Tok> {
 /// Translate wildcard tokens into an anchored regex (`(?s)` so `*` spans newlines).
 pub fn tokens_to_regex(toks: &[Tok], cased: bool) -> String {
     let mut re = String::from(if cased { "(?s)^" } else { "(?si)^" });
+    push_tokens_regex(&mut re, toks);
+    re.push('$');
+    re
+}
+
+fn push_tokens_regex(re: &mut String, toks: &[Tok]) {
     for t in toks {
         match t {
             Tok::Lit(b) => re.push_str(&regex::escape(&String::from_utf8_lossy(b))),
@@ -377,8 +383,25 @@ pub fn tokens_to_regex(toks: &[Tok], cased: bool) -> String {
             Tok::One => re.push('.'),
         }
     }
-    re.push('$');
-    re
+}
+
+impl StrTest {
+    /// One test passing when any of `variants` matches: the forms one rule value takes under
+    /// `windash` or `base64offset`, which are alternatives even under `all` (that joins the
+    /// rule's values, not the forms of one value).
+    pub fn any_of(variants: &[Vec<Tok>], cased: bool) -> Result<StrTest, String> {
+        let mut re = String::from(if cased { "(?s)^(?:" } else { "(?si)^(?:" });
+        for (i, toks) in variants.iter().enumerate() {
+            if i > 0 {
+                re.push('|');
+            }
+            push_tokens_regex(&mut re, &normalize_tokens(toks));
+        }
+        re.push_str(")$");
+        regex::Regex::new(&re)
+            .map(StrTest::Regex)
+            .map_err(|e| format!("wildcard pattern: {e}"))
+    }
 }
 
 pub fn contains_ascii_ci(h: &[u8], n: &[u8]) -> bool {

@@ -287,19 +287,24 @@ impl RuleSet {
         loop {
             let mut bad = None;
             'outer: for (ci, c) in self.correlations.iter().enumerate() {
-                for r in &c.rules {
+                for (i, r) in c.rules.iter().enumerate() {
                     if self.find_ref(r).is_none() {
-                        bad = Some((ci, format!("correlation references unknown rule `{r}`")));
+                        let line = c.rule_lines.get(i).copied().unwrap_or(c.meta.line);
+                        bad = Some((
+                            ci,
+                            line,
+                            format!("correlation references unknown rule `{r}`"),
+                        ));
                         break 'outer;
                     }
                 }
             }
             match bad {
-                Some((ci, msg)) => {
+                Some((ci, line, msg)) => {
                     let c = self.correlations.remove(ci);
                     errors.push(RuleError {
                         path: c.meta.path,
-                        line: Some(c.meta.line),
+                        line: Some(line),
                         field: Some("correlation.rules".into()),
                         message: msg,
                     });

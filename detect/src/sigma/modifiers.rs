@@ -381,6 +381,7 @@ pub fn compile_field(
                 cased,
             }),
             _ => {
+                let mut variants = Vec::new();
                 for toks in apply_transforms(&text, &transforms, ctx, it.line)? {
                     let mut toks = toks;
                     match anchor {
@@ -399,8 +400,17 @@ pub fn compile_field(
                     } else {
                         toks
                     };
-                    let t = StrTest::from_tokens(&toks, cased).map_err(|e| err(it.line, e))?;
+                    variants.push(toks);
+                }
+                if fm.all && variants.len() > 1 {
+                    // Under `all` each rule value must match, in any of its forms.
+                    let t = StrTest::any_of(&variants, cased).map_err(|e| err(it.line, e))?;
                     fm.tests.push(ValueTest::Str(t));
+                } else {
+                    for toks in &variants {
+                        let t = StrTest::from_tokens(toks, cased).map_err(|e| err(it.line, e))?;
+                        fm.tests.push(ValueTest::Str(t));
+                    }
                 }
             }
         }

@@ -121,11 +121,16 @@ pub struct CorrelationRule {
     pub meta: RuleMeta,
     pub kind: CorrelationType,
     pub rules: Vec<String>,
+    /// The line of each of `rules` (for errors about a reference).
+    pub rule_lines: Vec<usize>,
     pub group_by: Vec<String>,
     pub timespan_ms: i64,
     /// All must hold (a range is several entries).
     pub condition: Vec<(CountOp, f64)>,
-    pub field: Option<String>,
+    /// `condition.field`: what is counted, summed or averaged. `value_count` takes several
+    /// (linked by AND, as the specification says: a value is the combination of theirs); the
+    /// others one.
+    pub fields: Vec<String>,
     /// alias -> (rule id or name -> event field).
     pub aliases: HashMap<String, HashMap<String, String>>,
     pub generate: bool,
@@ -336,7 +341,7 @@ fn parse_doc(
     }
     let meta = parse_meta(doc, path, hash)?;
     if let Some(c) = doc.get("correlation") {
-        return parse_correlation(c, meta, path).map(RuleDoc::Correlation);
+        return parse_correlation(c, doc.get("generate"), meta, path).map(RuleDoc::Correlation);
     }
     let sources = rule_sources(&meta.logsource, pipelines);
     if let Some(f) = doc.get("filter") {
@@ -560,7 +565,14 @@ pub fn parse_timespan(s: &str) -> Option<i64> {
     (n > 0).then_some(n.checked_mul(mult)?)
 }
 
-fn parse_correlation(c: &Node, meta: RuleMeta, path: &Path) -> Result<CorrelationRule, RuleError> {
+/// `top_generate`: a `generate` beside `correlation` (where the Sigma schema puts it), read like
+/// one inside it (where pySigma reads it).
+fn parse_correlation(
+    c: &Node,
+    top_generate: Option<&Node>,
+    meta: RuleMeta,
+    path: &Path,
+) -> Result<CorrelationRule, RuleError> {
     if c.as_map().is_none() {
         return Err(rerr(
             path,
@@ -589,8 +601,15 @@ fn parse_correlation(c: &Node, meta: RuleMeta, path: &Path) -> Result<Correlatio
             ))
         }
     };
+    let rule_lines: Vec<usize>;
     let rules = match c.get("rules") {
-        Some(r) => str_list(r, path, "correlation.rules")?,
+        Some(r) => {
+            rule_lines = match &r.value {
+                Value::Seq(items) => items.iter().map(|i| i.line).collect(),
+                _ => vec![r.line],
+            };
+            str_list(r, path, "correlation.rules")?
+        }
         None => {
             return Err(rerr(
                 path,
@@ -634,7 +653,8 @@ fn parse_correlation(c: &Node, meta: RuleMeta, path: &Path) -> Result<Correlatio
         )
     })?;
     let mut condition = Vec::new();
-    let mut field = None;
+    let mut fields = Vec::new();
+    let mut field_line = c.line;
     if let Some(cond) = c.get("condition") {
         let Some(entries) = cond.as_map() else {
             return Err(rerr(
@@ -646,7 +666,8 @@ fn parse_correlation(c: &Node, meta: RuleMeta, path: &Path) -> Result<Correlatio
         };
         for (k, v) in entries {
             if k == "field" {
-                field = Some(str_list(v, path, "correlation.condition.field")?.join(","));
+                fields = str_list(v, path, "correlation.condition.field")?;
+                field_line = v.line;
                 continue;
             }
             let op = match k.as_str() {
@@ -699,12 +720,23 @@ fn parse_correlation(c: &Node, meta: RuleMeta, path: &Path) -> Result<Correlatio
             | CorrelationType::ValueAvg
             | CorrelationType::ValuePercentile
     );
-    if needs_field && field.is_none() {
+    if needs_field && fields.is_empty() {
         return Err(rerr(
             path,
             c.line,
             Some("correlation.condition.field"),
             format!("`{}` needs `condition.field`", kind.as_str()),
+        ));
+    }
+    if fields.len() > 1 && kind != CorrelationType::ValueCount {
+        return Err(rerr(
+            path,
+            field_line,
+            Some("correlation.condition.field"),
+            format!(
+                "`{}` takes one field; only `value_count` counts several",
+                kind.as_str()
+            ),
         ));
     }
     let mut aliases = HashMap::new();
@@ -741,28 +773,33 @@ fn parse_correlation(c: &Node, meta: RuleMeta, path: &Path) -> Result<Correlatio
             aliases.insert(alias.clone(), inner);
         }
     }
-    let generate = match c.get("generate") {
-        Some(n) => match n.value {
-            Value::Bool(b) => b,
-            _ => {
+    let mut generate = false;
+    for (node, key) in [
+        (c.get("generate"), "correlation.generate"),
+        (top_generate, "generate"),
+    ] {
+        match node.map(|n| (n, &n.value)) {
+            Some((_, Value::Bool(b))) => generate |= *b,
+            Some((n, _)) => {
                 return Err(rerr(
                     path,
                     n.line,
-                    Some("correlation.generate"),
+                    Some(key),
                     "`generate` must be true or false",
                 ))
             }
-        },
-        None => false,
-    };
+            None => {}
+        }
+    }
     Ok(CorrelationRule {
         meta,
         kind,
         rules,
+        rule_lines,
         group_by,
         timespan_ms,
         condition,
-        field,
+        fields,
         aliases,
         generate,
     })
