@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
-use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputBound, UserInputLeaf};
+use tantivy::query_grammar::{
+    Delimiter, UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral,
+};
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 
@@ -150,6 +152,7 @@ impl Store {
                     .into(),
             ));
         }
+        refuse_event_id_ranges(&ast).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_fuzzy(rewrite_unbounded_ranges(ast)).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_times(ast, Utc::now()).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_wildcards(rewrite_ip_ranges(ast).map_err(StoreError::InvalidQuery)?);
@@ -479,27 +482,71 @@ impl Store {
     }
 }
 
-/// `event.id:<id>` (bare or quoted, or each id of `event.id: IN [..]`) becomes a term on the u64 of the id's first 64 bits, which is
-/// what the `event.id` field holds; the low 64 bits are not checked (a false match needs two
-/// ids of one tenant to share 64 bits of their content hash). Ranges on `event.id` stay as they
-/// are and fail to parse as numbers ([`StoreError::InvalidQuery`]).
+/// `event.id:<id>` (bare or quoted, or each id of `event.id: IN [..]`) becomes a term on the
+/// u64 of the id's first 64 bits, which is what the `event.id` field holds, and the exact value
+/// of the other 64 bits in the fast field `_id_lo`: an id that shares only its first half with a
+/// stored one finds nothing, as `get_event` does.
 fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
+    let one_id = |id: &str| {
+        let (hi, lo) = id_halves(id.trim());
+        let lo = || UserInputBound::Inclusive(lo.to_string());
+        UserInputAst::Clause(vec![
+            (
+                Some(Occur::Must),
+                UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(UserInputLiteral {
+                    field_name: Some(ID_FIELD.to_string()),
+                    phrase: hi.to_string(),
+                    delimiter: Delimiter::None,
+                    slop: 0,
+                    prefix: false,
+                }))),
+            ),
+            (
+                Some(Occur::Must),
+                UserInputAst::Leaf(Box::new(UserInputLeaf::Range {
+                    field: Some(ID_LO_FIELD.to_string()),
+                    lower: lo(),
+                    upper: lo(),
+                })),
+            ),
+        ])
+    };
     map_leaves(ast, &|leaf| match leaf {
-        UserInputLeaf::Literal(mut lit) if lit.field_name.as_deref() == Some(ID_FIELD) => {
-            lit.phrase = id_halves(lit.phrase.trim()).0.to_string();
-            lit.delimiter = Delimiter::None;
-            lit.prefix = false;
-            UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(lit)))
+        UserInputLeaf::Literal(lit) if lit.field_name.as_deref() == Some(ID_FIELD) => {
+            one_id(&lit.phrase)
         }
         UserInputLeaf::Set { field, elements } if field.as_deref() == Some(ID_FIELD) => {
-            let elements = elements
-                .iter()
-                .map(|id| id_halves(id.trim()).0.to_string())
-                .collect();
-            UserInputAst::Leaf(Box::new(UserInputLeaf::Set { field, elements }))
+            UserInputAst::Clause(
+                elements
+                    .iter()
+                    .map(|id| (Some(Occur::Should), one_id(id)))
+                    .collect(),
+            )
         }
         other => UserInputAst::Leaf(Box::new(other)),
     })
+}
+
+/// Ranges on `event.id` (`event.id:>1`, `event.id:[a TO b]`) are refused: ids are content
+/// hashes, their order means nothing, and the field holds only half of each.
+fn refuse_event_id_ranges(ast: &UserInputAst) -> std::result::Result<(), String> {
+    match ast {
+        UserInputAst::Clause(clauses) => clauses
+            .iter()
+            .try_for_each(|(_, sub)| refuse_event_id_ranges(sub)),
+        UserInputAst::Boost(inner, _) => refuse_event_id_ranges(inner),
+        UserInputAst::Leaf(leaf) => match &**leaf {
+            UserInputLeaf::Range { field, .. }
+                if matches!(field.as_deref(), Some(ID_FIELD | ID_LO_FIELD)) =>
+            {
+                Err(format!(
+                    "`{ID_FIELD}` takes one event's id (`{ID_FIELD}:<32 hex digits>`) or several \
+                     (`{ID_FIELD}: IN [a b]`), not a range"
+                ))
+            }
+            _ => Ok(()),
+        },
+    }
 }
 
 /// `field:[* TO *]` becomes `field:*` (the field has a value): tantivy's range query with
@@ -549,10 +596,9 @@ fn query_error_text(e: &tantivy::query::QueryParserError) -> String {
         }
         // The parser's text quotes Rust's error value (`ParseIntError { kind: InvalidDigit }`).
         tantivy::query::QueryParserError::ExpectedInt(_)
-        | tantivy::query::QueryParserError::ExpectedFloat(_) => format!(
-            "a number was expected: `source.as.number` takes whole numbers, and `{ID_FIELD}` one \
-             event's id (or several: `{ID_FIELD}: IN [a b]`), not a range"
-        ),
+        | tantivy::query::QueryParserError::ExpectedFloat(_) => {
+            format!("a number was expected: `source.as.number` takes whole numbers")
+        }
         other => other.to_string(),
     }
 }

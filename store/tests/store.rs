@@ -641,6 +641,18 @@ fn free_text_matches_whole_identifiers_their_words_and_phrase_words() {
         both
     );
     assert!(ids("event.id:not-an-id").is_empty());
+    // An id sharing only its first 64 bits with a stored one finds nothing.
+    let half = format!(
+        "{}{:016x}",
+        &a.id().0[..16],
+        u64::from_str_radix(&a.id().0[16..], 16).unwrap() ^ 1
+    );
+    assert!(ids(&format!("event.id:{half}")).is_empty());
+    assert_eq!(
+        ids(&format!("event.id: IN [{half} {}]", b.id().0)),
+        ids(&format!("event.id:{}", b.id().0))
+    );
+    assert_eq!(ids(&format!("event.id:{} AND alice", a.id().0)), only_a);
 }
 
 #[test]
@@ -770,20 +782,27 @@ fn invalid_queries_and_cursors_are_invalid_query_errors() {
         }
         other => panic!("{other:?}"),
     }
-    // A range of ids says what the field takes, not Rust's parse error.
-    let q = EventQuery {
-        query: "event.id:[a TO b]".into(),
-        limit: 10,
-        ..Default::default()
-    };
-    match store.search_events("acme", &q) {
-        Err(StoreError::InvalidQuery(m)) => {
-            assert!(
-                m.contains("a number was expected") && !m.contains("ParseIntError"),
-                "{m}"
-            )
+    // A range of ids says what the field takes, whatever the bounds look like.
+    for query in [
+        "event.id:[a TO b]",
+        "event.id:>1",
+        "event.id:[1 TO 2]",
+        "_id_lo:>=0",
+    ] {
+        let q = EventQuery {
+            query: query.into(),
+            limit: 10,
+            ..Default::default()
+        };
+        match store.search_events("acme", &q) {
+            Err(StoreError::InvalidQuery(m)) => {
+                assert!(
+                    m.contains("not a range") && !m.contains("ParseIntError"),
+                    "{query}: {m}"
+                )
+            }
+            other => panic!("{query}: {other:?}"),
         }
-        other => panic!("{other:?}"),
     }
     let q = EventQuery {
         cursor: Some("nope".into()),
