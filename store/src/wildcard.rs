@@ -48,20 +48,35 @@ fn wildcard_leaf(lit: UserInputLiteral) -> UserInputLeaf {
     let glob = lit.phrase.to_lowercase();
     if TEXT_FIELDS.contains(&field.as_str()) {
         // Word fields hold words: a pattern spanning several words cannot match one term.
-        let words: Vec<&str> = glob
-            .split(|c: char| !(c.is_alphanumeric() || c == '*' || c == '?'))
-            .filter(|w| !w.is_empty())
-            .collect();
-        if let [word] = words.as_slice() {
-            return pattern_leaf(field, word);
+        // Wildcards cut off from their word by a character the tokenizer drops (`dana🔥*`)
+        // stay with the word before them; with no word at all (`🔥*`, `.*`) no term can match:
+        // the pattern must not become a bare `*` matching every term.
+        let mut words: Vec<String> = Vec::new();
+        for fragment in glob.split(|c: char| !(c.is_alphanumeric() || c == '*' || c == '?')) {
+            if fragment.chars().any(char::is_alphanumeric) {
+                words.push(fragment.to_string());
+            } else if let Some(last) = words.last_mut() {
+                last.push_str(fragment);
+            }
+        }
+        match words.as_slice() {
+            [] => {
+                return UserInputLeaf::Set {
+                    field: Some(field),
+                    elements: Vec::new(),
+                }
+            }
+            [word] => return pattern_leaf(field, word),
+            _ => {}
         }
         // `"dana kim"*`-style: the words as a phrase, the last one a prefix (wildcards inside
         // the words are dropped, as the word tokenizer drops them).
         let phrase = words.join(" ").replace(['*', '?'], "");
+        let ends_with_star = glob.ends_with('*');
         return UserInputLeaf::Literal(UserInputLiteral {
             phrase,
             delimiter: Delimiter::DoubleQuotes,
-            prefix: lit.phrase.ends_with('*'),
+            prefix: ends_with_star,
             ..lit
         });
     }

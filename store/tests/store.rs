@@ -347,6 +347,13 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
         ("alic*", 16),
         ("*@acme.test", 31),
         ("event.action:user.session.* AND NOT user.name:al*", 15),
+        // A wildcard with no word in it matches no word (it matched every event); one cut off
+        // from its word by a dropped character stays with the word.
+        ("user.name:🔥*", 0),
+        ("user.name:.*", 0),
+        ("user.name:*🔥*", 0),
+        ("user.name:ali🔥*", 16),
+        ("user.name:ali🔥* AND NOT user.name:bob", 16),
         // Has a value (tantivy answers `field:*` from fast fields only).
         ("user.name:*", 31),
         ("user.target.name:*", 0),
