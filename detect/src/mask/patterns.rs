@@ -270,6 +270,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r"|fm2_[A-Za-z0-9+/]{100,}={0,3}",
             r"|rnd_[A-Za-z0-9]{32}",
             r"|nfp_[A-Za-z0-9]{36}",
+            // Perimeter's own API tokens: pasted into an alert note or an event, they are
+            // credentials to this very store.
+            r"|prm_[a-f0-9]{64}",
             r"|[0-9]{5,16}:AA[A-Za-z0-9_-]{33}",
             r")",
         ),
@@ -347,6 +350,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "fm2_",
             "rnd_",
             "nfp_",
+            "prm_",
             ":aa",
         ],
     },
@@ -1682,6 +1686,7 @@ mod tests {
             format!("hvs.{}", alnum(24)),
             format!("{}.atlasv1.{}", alnum(14), alnum(64)),
             format!("dckr_pat_{}", alnum(27)),
+            format!("prm_{}", hex(64)),
             "hf_abcdefghijklmnopqrstuvwxyzABCDEFGH".to_string(),
             format!("shpat_{}", hex(32)),
             format!("SG.{}.{}", alnum(22), alnum(43)),
@@ -1770,6 +1775,7 @@ mod tests {
             "msg.received",
             "sk_test_helper",
             "npm_install",
+            "prm_config",
             "hf_hub_download",
             "pul-request",
             "signature=valid",
