@@ -101,7 +101,11 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     let mut store_config = config.store.clone();
     store_config.retention_days = 0;
     store_config.retention.clear();
-    let store = Arc::new(crate::run::open_store_with(store_config, &args.data_dir)?);
+    let store = Arc::new(crate::run::open_store_with(
+        store_config,
+        &config.mask,
+        &args.data_dir,
+    )?);
 
     eprintln!("perimeter demo: running the bundled dataset through ingest -> detect -> store ...");
     let mut out = PipelineOutput::default();

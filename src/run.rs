@@ -38,30 +38,53 @@ pub struct RunArgs {
 
 /// Open the store under `data_dir` with the config's `[store]` settings.
 pub fn open_store(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<Store> {
-    open_store_with(config.store.clone(), data_dir)
+    open_store_with(config.store.clone(), &config.mask, data_dir)
 }
 
-/// Open the store under `data_dir` with `store_config` (its `data_dir` replaced).
+/// Open the store under `data_dir` with `store_config` (its `data_dir` replaced); searches
+/// mask their terms with `mask`.
 pub fn open_store_with(
     store_config: perimeter_store::StoreConfig,
+    mask: &perimeter_detect::mask::MaskConfig,
     data_dir: &Path,
 ) -> anyhow::Result<Store> {
-    open_store_as(store_config, data_dir, Store::open)
+    open_store_as(store_config, mask, data_dir, Store::open)
 }
 
 /// Open the store under `data_dir` for reading only (the terminal commands): safe beside a
 /// `perimeter run` or `demo` writing to it, which it neither locks out nor disturbs.
 pub fn open_store_read_only(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<Store> {
-    open_store_as(config.store.clone(), data_dir, Store::open_read_only)
+    open_store_as(
+        config.store.clone(),
+        &config.mask,
+        data_dir,
+        Store::open_read_only,
+    )
 }
 
 fn open_store_as(
     mut store_config: perimeter_store::StoreConfig,
+    mask: &perimeter_detect::mask::MaskConfig,
     data_dir: &Path,
     open: fn(perimeter_store::StoreConfig) -> perimeter_store::Result<Store>,
 ) -> anyhow::Result<Store> {
     store_config.data_dir = data_dir.to_path_buf();
-    open(store_config).with_context(|| format!("opening the store in {}", data_dir.display()))
+    let store = open(store_config)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    Ok(store.with_query_masker(query_term_masker(mask)?))
+}
+
+/// Search terms masked as stored values are: only where masking gives each value a stable
+/// stand-in (`hash`); a redacted or partly kept term would find every value masked alike.
+fn query_term_masker(
+    mask: &perimeter_detect::mask::MaskConfig,
+) -> anyhow::Result<perimeter_store::QueryTermMasker> {
+    let masker = SecretMasker::new(mask).context("building the masker")?;
+    Ok(Arc::new(move |term: &str| {
+        let masked = perimeter_model::Masker::mask_text(&masker, term);
+        (masked != term && !masked.contains("[REDACTED:") && !masked.contains("****"))
+            .then_some(masked)
+    }))
 }
 
 /// The Sigma engine behind `GET /rules` and `POST /rules/test`.

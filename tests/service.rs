@@ -658,6 +658,28 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().unwrap());
+    // The access key id is stored hashed; searching the id itself finds its event, since the
+    // query's terms are hashed alike. A redacted token is not searchable (every redacted token
+    // looks the same), and its search finds nothing rather than every redacted event.
+    let hits = |q: &str| -> usize {
+        let r: serde_json::Value = client
+            .get(format!("{}/api/v1/events/search", svc.base))
+            .query(&[("q", q)])
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r["items"].as_array().unwrap_or_else(|| panic!("{r}")).len()
+    };
+    let key_id = crate::secrets::SECRETS[1];
+    assert_eq!(hits(key_id), 1);
+    assert_eq!(
+        hits(&format!("\"{key_id}\" AND event.module:aws_cloudtrail")),
+        1
+    );
+    assert_eq!(hits(&format!("{key_id} AND event.module:okta")), 0);
+    assert_eq!(hits(crate::secrets::SECRETS[0]), 0);
     // An analyst pastes the leaked secrets into an alert's note and assignee: stored masked.
     let alerts: serde_json::Value = client
         .get(format!("{}/api/v1/alerts?limit=1", svc.base))

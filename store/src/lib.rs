@@ -58,8 +58,8 @@ pub use histogram::{
 pub use reader::{AlertEvidence, EventQuery, EventSort};
 pub use retention::RetentionReport;
 pub use store::{
-    lock_data_dir, DeadLetterQuery, Store, StoreBatch, StoreStats, WriteAck, WriteFailure,
-    LOCK_FILE,
+    lock_data_dir, DeadLetterQuery, QueryTermMasker, Store, StoreBatch, StoreStats, WriteAck,
+    WriteFailure, LOCK_FILE,
 };
 pub use top_values::{
     top_value_fields, TopValues, TopValuesQuery, ValueCount, DEFAULT_TOP_SAMPLE,

@@ -153,6 +153,10 @@ impl Store {
             ));
         }
         refuse_event_id_ranges(&ast).map_err(StoreError::InvalidQuery)?;
+        let ast = match &self.query_masker {
+            Some(masker) => mask_query_terms(ast, masker.as_ref()),
+            None => ast,
+        };
         let ast = rewrite_fuzzy(rewrite_unbounded_ranges(ast)).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_times(ast, Utc::now()).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_wildcards(rewrite_ip_ranges(ast).map_err(StoreError::InvalidQuery)?);
@@ -524,6 +528,45 @@ fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
             )
         }
         other => UserInputAst::Leaf(Box::new(other)),
+    })
+}
+
+/// Each term of the query masked as the pipeline masks stored values (`masker`), so a value
+/// stored masked is found by the value itself. Wildcard terms, ids and times are left alone;
+/// a masked term is searched as a phrase, as its quoted masked form would be.
+fn mask_query_terms(
+    ast: UserInputAst,
+    masker: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+) -> UserInputAst {
+    let skipped = |field: &Option<String>| {
+        matches!(
+            field.as_deref(),
+            Some(ID_FIELD | ID_LO_FIELD | TIMESTAMP_FIELD)
+        )
+    };
+    map_leaves(ast, &|leaf| {
+        UserInputAst::Leaf(Box::new(match leaf {
+            UserInputLeaf::Literal(mut lit)
+                if !skipped(&lit.field_name)
+                    && !(lit.delimiter == Delimiter::None && lit.phrase.contains(['*', '?'])) =>
+            {
+                if let Some(masked) = masker(&lit.phrase) {
+                    lit.phrase = masked;
+                    if lit.delimiter == Delimiter::None {
+                        lit.delimiter = Delimiter::DoubleQuotes;
+                    }
+                }
+                UserInputLeaf::Literal(lit)
+            }
+            UserInputLeaf::Set { field, elements } if !skipped(&field) => UserInputLeaf::Set {
+                elements: elements
+                    .into_iter()
+                    .map(|e| masker(&e).unwrap_or(e))
+                    .collect(),
+                field,
+            },
+            other => other,
+        }))
     })
 }
 

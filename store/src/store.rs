@@ -152,7 +152,13 @@ pub struct Store {
     dir_lock: Option<std::fs::File>,
     /// Set when a batch fails to be written, cleared by the next batch written.
     write_failure: Mutex<Option<WriteFailure>>,
+    /// Masks a query's terms as stored values were masked ([`Store::with_query_masker`]).
+    pub(crate) query_masker: Option<QueryTermMasker>,
 }
+
+/// Masks one search term the way the pipeline masks the values it stores: the masked text, or
+/// `None` when the term holds nothing to mask.
+pub type QueryTermMasker = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves state that is still consistent on disk (every
@@ -267,6 +273,7 @@ impl Store {
             counters: Counters::default(),
             dir_lock: lock,
             write_failure: Mutex::new(None),
+            query_masker: None,
         };
         store
             .counters
@@ -286,6 +293,14 @@ impl Store {
                 path: self.layout.root.clone(),
             }),
         }
+    }
+
+    /// Mask the terms of event searches with `masker` before they are looked up: a value the
+    /// pipeline stored masked (an access key id hashed to `hmac:...`) is found by searching
+    /// the value itself, as the analyst has it from elsewhere.
+    pub fn with_query_masker(mut self, masker: QueryTermMasker) -> Store {
+        self.query_masker = Some(masker);
+        self
     }
 
     /// The config the store runs with.
