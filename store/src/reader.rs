@@ -544,12 +544,12 @@ fn mask_query_terms(
             Some(ID_FIELD | ID_LO_FIELD | TIMESTAMP_FIELD)
         )
     };
+    let wildcard = |lit: &UserInputLiteral| {
+        lit.delimiter == Delimiter::None && lit.phrase.contains(['*', '?'])
+    };
     map_leaves(ast, &|leaf| {
         UserInputAst::Leaf(Box::new(match leaf {
-            UserInputLeaf::Literal(mut lit)
-                if !skipped(&lit.field_name)
-                    && !(lit.delimiter == Delimiter::None && lit.phrase.contains(['*', '?'])) =>
-            {
+            UserInputLeaf::Literal(mut lit) if !skipped(&lit.field_name) && !wildcard(&lit) => {
                 if let Some(masked) = masker(&lit.phrase) {
                     lit.phrase = masked;
                     if lit.delimiter == Delimiter::None {
@@ -640,7 +640,7 @@ fn query_error_text(e: &tantivy::query::QueryParserError) -> String {
         // The parser's text quotes Rust's error value (`ParseIntError { kind: InvalidDigit }`).
         tantivy::query::QueryParserError::ExpectedInt(_)
         | tantivy::query::QueryParserError::ExpectedFloat(_) => {
-            format!("a number was expected: `source.as.number` takes whole numbers")
+            "a number was expected: `source.as.number` takes whole numbers".to_string()
         }
         other => other.to_string(),
     }
