@@ -495,6 +495,16 @@ impl<R: MinRole> FromRequestParts<AppState> for Auth<R> {
             .check(token, Utc::now())
             .map_err(|refusal| ApiError::Unauthorized(refusal.to_string()))?;
         if info.role < R::ROLE {
+            // A valid token reaching beyond its role is worth knowing about (a viewer trying
+            // an export or the audit log): recorded like any other use, with what it tried.
+            // The path as requested: nested routers see it without their prefix.
+            let path = parts
+                .extensions
+                .get::<axum::extract::OriginalUri>()
+                .map_or(parts.uri.path(), |u| u.0.path());
+            let target = format!("{} {path}", parts.method);
+            let details = serde_json::json!({"outcome": "forbidden", "needs": R::ROLE.to_string()});
+            state.audit(&info, "request.denied", Some(&target), details)?;
             return Err(ApiError::Forbidden(format!(
                 "this operation needs role `{}`, the token has `{}`",
                 R::ROLE,

@@ -308,6 +308,28 @@ fn the_role_is_checked_before_the_body_is_read() {
         .send()
         .unwrap();
     assert_error(r, 403, "forbidden");
+    // Both refusals are in the tenant's audit log, with what was tried.
+    let audit = api.get_json("/api/v1/audit?action=request.denied", ACME, Role::Admin);
+    let items = audit["items"].as_array().unwrap();
+    let tried: Vec<(&str, &str, &str)> = items
+        .iter()
+        .map(|e| {
+            (
+                e["target"].as_str().unwrap(),
+                e["role"].as_str().unwrap(),
+                e["details"]["needs"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tried,
+        [
+            ("POST /api/v1/rules/test", "responder", "admin"),
+            (&*format!("PATCH {path}"), "viewer", "responder"),
+        ],
+        "{audit}"
+    );
+    assert!(items.iter().all(|e| e["details"]["outcome"] == "forbidden"));
 }
 
 #[test]
