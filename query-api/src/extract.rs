@@ -42,6 +42,12 @@ where
     }
 }
 
+/// The query string of a route that takes no parameters: any is refused (400), as on the
+/// routes that take some, so a misspelt filter is never silently ignored.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
 /// `axum::extract::Path` with [`ApiError`] rejections.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiPath<T>(pub T);

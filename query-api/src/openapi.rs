@@ -88,6 +88,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
 pub async fn openapi_json(
     Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>,
+    _: crate::extract::ApiQuery<crate::extract::NoParams>,
 ) -> Json<serde_json::Value> {
     Json(serde_json::to_value(doc.as_ref()).unwrap_or_default())
 }

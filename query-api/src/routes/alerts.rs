@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{blocking, bounded, page_limit, time_range, ItemsPage};
 use crate::auth::{Auth, ResponderRole};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, NoParams};
 use crate::state::AppState;
 
 const MAX_NOTE_BYTES: usize = 16 * 1024;
@@ -278,6 +278,7 @@ pub async fn get_alert(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
+    _: ApiQuery<NoParams>,
 ) -> Result<Json<AlertDetail>, ApiError> {
     bounded("id", &id, MAX_LABEL_BYTES)?;
     state.audit(&auth.0, "alerts.get", Some(&id), json!({}))?;

@@ -12,7 +12,7 @@ use super::bounded;
 use crate::auth::{AdminRole, Auth};
 use crate::destinations::{Destination, DestinationError, DestinationFormat};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, NoParams};
 use crate::state::AppState;
 
 /// The tenant's destinations.
@@ -58,6 +58,7 @@ fn invalid(e: DestinationError) -> ApiError {
 pub async fn list_destinations(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
+    _: ApiQuery<NoParams>,
 ) -> Result<Json<DestinationList>, ApiError> {
     state.audit(&auth.0, "destinations.list", None, json!({}))?;
     // A webhook URL is often a credential itself (Slack's, or one with `?token=`): listed

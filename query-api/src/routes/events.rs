@@ -15,7 +15,7 @@ use super::{
 };
 use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiPath, ApiQuery, NoParams};
 use crate::state::AppState;
 
 const MAX_QUERY_BYTES: usize = 4096;
@@ -330,6 +330,7 @@ pub async fn get_event(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
+    _: ApiQuery<NoParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     bounded("id", &id, MAX_ID_BYTES)?;
     state.audit(&auth.0, "events.get", Some(&id), json!({}))?;

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::{blocking, bounded, limit_within, time_range, MAX_LIMIT};
 use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, NoParams};
 use crate::state::AppState;
 
 /// Most events one rule test runs over (inline or from the store).
@@ -87,6 +87,7 @@ pub struct RuleTestResponse {
 pub async fn list_rules(
     State(state): State<AppState>,
     auth: Auth,
+    _: ApiQuery<NoParams>,
 ) -> Result<Json<RuleList>, ApiError> {
     state.audit(&auth.0, "rules.list", None, json!({}))?;
     let rules = state.rules.clone();

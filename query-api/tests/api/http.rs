@@ -1742,6 +1742,18 @@ fn bad_requests_are_4xx_json_never_500() {
     );
     assert_error(get("/api/v1/alerts?sort=random"), 400, "invalid_parameter");
     assert_error(get("/api/v1/alerts?colour=red"), 400, "invalid_parameter");
+    // Routes without parameters refuse them too, rather than ignore a misspelt filter.
+    let event_path = format!("/api/v1/events/{}", api.data.acme_events[0].id().0);
+    for path in [
+        "/api/v1/rules?enabled=false".to_string(),
+        "/api/v1/destinations?name=x".to_string(),
+        "/api/v1/openapi.json?v=2".to_string(),
+        format!("{alert_path}?fields=all"),
+        format!("{event_path}?tenant=globex"),
+    ] {
+        assert_error(get(&path), 400, "invalid_parameter");
+    }
+    assert_eq!(get(&alert_path).status(), 200);
     assert_error(
         get("/api/v1/alerts?cursor=not-a-cursor"),
         400,
