@@ -308,9 +308,10 @@ fn spawn_rule_reloader(
     let _ = (config, paths, listed, to_pipeline, wake, metrics, stop);
 }
 
-/// Wakes the pipeline every `every` so it checks for silent sources (`[silence]`): a source
-/// that stopped sending sends nothing that would wake it. Ends at `stop`.
-fn spawn_silence_ticker(
+/// Wakes the pipeline every `every` for its periodic work when no input comes: the silent
+/// source check (`[silence]`: a source that stopped sending sends nothing that would wake it)
+/// and the detection state snapshot. Ends at `stop`.
+fn spawn_pipeline_ticker(
     every: std::time::Duration,
     wake: perimeter_ingest::bus::BusSender,
     config: &PerimeterConfig,
@@ -774,9 +775,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let rules = Arc::new(SigmaRuleService::new(config, listed_rules)?);
     metrics.set("rules_loaded", &[], rule_count as f64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(silence) = &silence {
-        spawn_silence_ticker(silence.check_every(), bus.clone(), config, stop_rx.clone());
-    }
+    // Twice per snapshot interval, so an idle pipeline's snapshot is at most 1.5 intervals late.
+    let snapshot_every = std::time::Duration::from_secs(config.state_snapshot_seconds.max(2)) / 2;
+    let tick = silence
+        .as_ref()
+        .map_or(snapshot_every, |s| s.check_every().min(snapshot_every));
+    spawn_pipeline_ticker(tick, bus.clone(), config, stop_rx.clone());
     spawn_rule_reloader(
         config,
         rule_paths.clone(),

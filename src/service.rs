@@ -101,13 +101,9 @@ pub fn spawn_pipeline_worker(
                 }
                 out.clear();
             }
-            let mut last_snapshot = Instant::now();
-            // The configured interval, stretched while snapshots are slow (see snapshot_interval).
-            let mut snapshot_every = state.every;
+            let mut snapshots = PeriodicSnapshots::new(state.every);
             // The correlation state version last written after a batch.
             let mut saved_correlations = u64::MAX;
-            // The state versions of the last periodic (fsynced) snapshot.
-            let mut snapshotted_versions = None;
             apply_retention(&store, &metrics);
             let mut last_retention = Instant::now();
             // Sources without a normalizer already logged (once each; every answer says it).
@@ -158,10 +154,14 @@ pub fn spawn_pipeline_worker(
                         }
                     }
                 }
-                // An empty submission only wakes the worker for a reload (sources never send
-                // one): nothing to store unless the old rules flushed alerts.
+                // An empty submission only wakes the worker (sources never send one): for a
+                // reload, or the ticker's periodic work when no input comes. Nothing to store
+                // unless the old rules flushed alerts.
                 if sub.items.is_empty() && out.alerts.is_empty() {
                     let _ = sub.ack.send(Ok(SubmitAck::default()));
+                    // A quiet spell must not leave the last batches out of the snapshot: a
+                    // `kill -9` in it would have their resend detected (and sent) again.
+                    snapshots.save_if_due(&pipeline, &unstored_alerts, &state.dir, &metrics);
                     continue;
                 }
                 let now = chrono::Utc::now();
@@ -238,7 +238,9 @@ pub fn spawn_pipeline_worker(
                     events: ack.events_written,
                     duplicates: ack.events_duplicate,
                     dead_letters: out.dead_letters.len(),
-                    alerts: raised,
+                    // Alerts already stored (the same events detected again) are not raised
+                    // anew.
+                    alerts: raised.saturating_sub(ack.alerts_known.len()),
                     past_retention: ack.events_past_retention,
                     warnings,
                 });
@@ -273,32 +275,7 @@ pub fn spawn_pipeline_worker(
                     apply_retention(&store, &metrics);
                     last_retention = Instant::now();
                 }
-                if last_snapshot.elapsed() > snapshot_every {
-                    // Batches that change nothing (a source resending what is stored, lines that
-                    // are all dead letters) would rewrite the same state, hundreds of MiB when it
-                    // is large, every time. (With no batch at all, this loop does not run.)
-                    let versions = (pipeline.state_versions(), unstored_alerts.len());
-                    if snapshotted_versions == Some(versions) {
-                        note_state_current(&metrics);
-                    } else {
-                        let started = Instant::now();
-                        if save_state(&pipeline, &unstored_alerts, &state.dir, &metrics) {
-                            snapshotted_versions = Some(versions);
-                        }
-                        let took = started.elapsed();
-                        metrics.set("state_snapshot_duration_seconds", &[], took.as_secs_f64());
-                        let next = snapshot_interval(state.every, took);
-                        if next != snapshot_every {
-                            tracing::info!(
-                                took_ms = took.as_millis() as u64,
-                                every_s = next.as_secs(),
-                                "detection state snapshot interval adjusted to its cost"
-                            );
-                        }
-                        snapshot_every = next;
-                    }
-                    last_snapshot = Instant::now();
-                }
+                snapshots.save_if_due(&pipeline, &unstored_alerts, &state.dir, &metrics);
             }
             // What the last batch left in `out` is stored and sent already.
             out.clear();
@@ -321,6 +298,64 @@ pub fn spawn_pipeline_worker(
             }
         })
         .expect("spawning the pipeline thread")
+}
+
+/// When the detection state is written whole (fsynced): every `StateSnapshots::every`, after
+/// a batch or when the ticker wakes an idle pipeline.
+struct PeriodicSnapshots {
+    configured: Duration,
+    /// The configured interval, stretched while snapshots are slow (see [`snapshot_interval`]).
+    every: Duration,
+    last: Instant,
+    /// The state versions of the last snapshot written.
+    written: Option<((u64, u64), usize)>,
+}
+
+impl PeriodicSnapshots {
+    fn new(every: Duration) -> PeriodicSnapshots {
+        PeriodicSnapshots {
+            configured: every,
+            every,
+            last: Instant::now(),
+            written: None,
+        }
+    }
+
+    fn save_if_due(
+        &mut self,
+        pipeline: &Pipeline,
+        unstored_alerts: &[perimeter_model::Alert],
+        dir: &std::path::Path,
+        metrics: &Metrics,
+    ) {
+        if self.last.elapsed() <= self.every {
+            return;
+        }
+        // Batches that change nothing (a source resending what is stored, lines that are all
+        // dead letters) and idle wakes would rewrite the same state, hundreds of MiB when it is
+        // large, every time.
+        let versions = (pipeline.state_versions(), unstored_alerts.len());
+        if self.written == Some(versions) {
+            note_state_current(metrics);
+        } else {
+            let started = Instant::now();
+            if save_state(pipeline, unstored_alerts, dir, metrics) {
+                self.written = Some(versions);
+            }
+            let took = started.elapsed();
+            metrics.set("state_snapshot_duration_seconds", &[], took.as_secs_f64());
+            let next = snapshot_interval(self.configured, took);
+            if next != self.every {
+                tracing::info!(
+                    took_ms = took.as_millis() as u64,
+                    every_s = next.as_secs(),
+                    "detection state snapshot interval adjusted to its cost"
+                );
+            }
+            self.every = next;
+        }
+        self.last = Instant::now();
+    }
 }
 
 /// The pipeline thread spends at most this share of its time writing periodic snapshots.
@@ -513,6 +548,12 @@ fn note_state_current(metrics: &Metrics) {
 /// tenfold with this batch).
 fn notify_stored(notifier: &AlertNotifier, alerts: &[perimeter_model::Alert], ack: &WriteAck) {
     let mut new = not_grouped(alerts, &ack.alerts_grouped).into_owned();
+    // Alerts the store already had were sent when they were first stored.
+    if !ack.alerts_known.is_empty() {
+        let known: std::collections::HashSet<&str> =
+            ack.alerts_known.iter().map(String::as_str).collect();
+        new.retain(|a| !known.contains(a.id.as_str()));
+    }
     // An alert the batch's own repeats grew goes out as stored (a burst of 40 says 40, not
     // the 10 it was raised with).
     for a in &mut new {

@@ -285,6 +285,64 @@ fn alert_deliveries_pending_at_kill_9_are_sent_after_restart_once() {
     stop(svc);
 }
 
+/// A source resends a batch whose answer it may have missed, after a `kill -9` that lost the
+/// detection state: the events are detected again, but their alerts are the stored ones, so
+/// neither the answer nor the destinations present them as new.
+#[test]
+fn a_batch_resent_after_kill_9_sends_no_alert_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let admin = token(&cfg, "admin");
+    let hook = WebhookReceiver::start(0);
+    let mut svc = start(&cfg);
+    add_destination(&svc.base, &admin, &hook.url());
+    let send = |base: &str| -> serde_json::Value {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{base}/ingest/auto"))
+            .bearer_auth(&admin)
+            .body(crate::secrets::secret_events())
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+        r.json().unwrap()
+    };
+    let first = send(&svc.base);
+    assert!(first["alerts"].as_u64().unwrap() > 0, "{first}");
+    hook.wait_for_body(Duration::from_secs(20));
+    // Every delivery of the batch made (none in flight at the kill, which would be redelivered).
+    let mut delivered = hook.bodies().len();
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        if hook.bodies().len() == delivered {
+            break;
+        }
+        delivered = hook.bodies().len();
+    }
+    svc.child.kill().unwrap();
+    svc.child.wait().unwrap();
+
+    let svc = start(&cfg);
+    let again = send(&svc.base);
+    // (Events dated before the retention window were removed at the restart and are stored
+    // again; the others are duplicates.)
+    let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap();
+    assert_eq!(
+        n(&again, "events") + n(&again, "duplicates"),
+        n(&first, "events"),
+        "{again}"
+    );
+    assert!(n(&again, "duplicates") > 0, "{again}");
+    assert_eq!(n(&again, "alerts"), 0, "{again}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        hook.bodies().len(),
+        delivered,
+        "alerts sent again: {:?}",
+        hook.bodies()
+    );
+    stop(svc);
+}
+
 fn stop(mut svc: Service) {
     let pid = svc.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -1563,33 +1621,30 @@ fn state_snapshots_skip_unchanged_state_and_count_failures() {
     let ueba = dir.path().join("data/state/ueba.snapshot");
     let modified = || std::fs::metadata(&ueba).and_then(|m| m.modified()).ok();
     let svc = start(&cfg);
-    // The worker snapshots after answering a batch, when the interval is over. It handles one
-    // batch at a time, so the answer to the next batch (sent at once, within the interval: it
-    // snapshots nothing itself) means that snapshot is done.
-    let after_interval = |i: usize| {
-        std::thread::sleep(Duration::from_millis(1200));
-        let ack = ingest_login(&svc, &admin, i);
-        ingest_login(&svc, &admin, i);
-        ack
+    // Snapshots are written after a batch or, idle, when the ticker wakes the worker, once the
+    // interval is over: two seconds and a half see the state written if it changed.
+    let settled = || {
+        std::thread::sleep(Duration::from_millis(2500));
+        modified()
     };
     assert_eq!(ingest_login(&svc, &admin, 1)["events"], 1);
-    after_interval(2);
-    let written = modified().expect("snapshot written");
+    let written = settled().expect("snapshot written");
     // Sent again: stored once, not detected again, so the state is unchanged: no rewrite.
-    assert_eq!(after_interval(2)["duplicates"], 1);
-    assert_eq!(modified(), Some(written));
-    after_interval(3);
-    assert_ne!(modified(), Some(written), "a new login changes the state");
+    assert_eq!(ingest_login(&svc, &admin, 1)["duplicates"], 1);
+    assert_eq!(settled(), Some(written));
+    ingest_login(&svc, &admin, 3);
+    assert_ne!(settled(), Some(written), "a new login changes the state");
     // A snapshot that fails (its temp file's place taken by a directory) is counted.
     std::fs::create_dir(dir.path().join("data/state/ueba.snapshot.tmp")).unwrap();
-    after_interval(4);
+    ingest_login(&svc, &admin, 4);
+    settled();
     let metrics = svc.metrics();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "perimeter_state_snapshots_failed_total 1"),
-        "{metrics}"
-    );
+    let failed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("perimeter_state_snapshots_failed_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(failed >= 1, "{metrics}");
     std::fs::remove_dir(dir.path().join("data/state/ueba.snapshot.tmp")).unwrap();
     stop(svc);
 }
@@ -1610,6 +1665,26 @@ fn an_event_resent_after_a_restart_is_not_detected_again() {
     let again = ingest_login(&svc, &admin, 1);
     assert_resent_quietly(&again);
     assert_eq!(ingest_login(&svc, &admin, 2)["alerts"], 1, "a new login is");
+    stop(svc);
+}
+
+/// The detection state is saved while no input comes too: a batch followed by a quiet spell
+/// and a `kill -9` is not detected again when its source resends it.
+#[test]
+fn an_idle_pipeline_still_saves_its_detection_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = keyed_any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000041");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("state_snapshot_seconds = 1\n{text}")).unwrap();
+    let admin = token(&cfg, "admin");
+    let mut svc = start(&cfg);
+    assert_eq!(ingest_login(&svc, &admin, 1)["alerts"], 1);
+    assert_eq!(ingest_login(&svc, &admin, 2)["alerts"], 1);
+    std::thread::sleep(Duration::from_millis(3500));
+    svc.child.kill().unwrap();
+    svc.child.wait().unwrap();
+    let svc = start(&cfg);
+    assert_resent_quietly(&ingest_login(&svc, &admin, 2));
     stop(svc);
 }
 

@@ -506,8 +506,11 @@ impl AlertBook {
                     a.rule_id
                 )));
             }
-            let known = self.tenants.get(&a.tenant).is_some_and(|t| t.knows(&a.id));
-            if known || !seen.insert((a.tenant.as_str(), a.id.as_str())) {
+            if self.tenants.get(&a.tenant).is_some_and(|t| t.knows(&a.id)) {
+                done.known.push(a.id.clone());
+                continue;
+            }
+            if !seen.insert((a.tenant.as_str(), a.id.as_str())) {
                 continue;
             }
             let key = (a.tenant.as_str(), a.rule_id.as_str(), a.entity.as_str());
@@ -885,6 +888,9 @@ pub struct AlertsInserted {
     pub written: usize,
     /// Ids of the alerts counted as repeats of a stored one instead.
     pub grouped: Vec<String>,
+    /// Ids of the alerts already stored or counted before (a batch detected again after a
+    /// restart lost the detection state): nothing changed, nobody is told again.
+    pub known: Vec<String>,
     /// Stored alerts whose repeats in this batch took their `count` past a power of ten (10,
     /// 100, 1000, ...), as they are now: still firing, which their destinations hear of again.
     pub still_firing: Vec<Alert>,

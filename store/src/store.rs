@@ -43,6 +43,11 @@ pub struct WriteAck {
     /// told about them again.
     #[serde(default)]
     pub alerts_grouped: Vec<String>,
+    /// Ids of the batch's alerts the store already had, stored or counted into another (the
+    /// same events detected again, as after a restart that lost the detection state): not new,
+    /// so not to be sent again.
+    #[serde(default)]
+    pub alerts_known: Vec<String>,
     /// Stored alerts whose repeats in this batch took their `count` past 10, 100, 1000, ...,
     /// as they are now (same id, the higher count): still firing, which destinations are told.
     #[serde(default)]
@@ -513,6 +518,7 @@ impl Store {
                     drop(book);
                     ack.alerts_written = inserted.written;
                     ack.alerts_grouped = inserted.grouped;
+                    ack.alerts_known = inserted.known;
                     ack.alerts_still_firing = inserted.still_firing;
                     ack.alerts_grown = inserted.grown;
                 }
