@@ -1025,6 +1025,20 @@ fn the_served_openapi_document_has_the_ingest_route() {
     }
     // The API's own routes are still there.
     assert!(doc["paths"]["/api/v1/events/search"]["get"].is_object());
+    // Ingest answers are counted with the API's: a shipper refused for its token shows.
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/okta", svc.base))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let metrics = svc.metrics();
+    assert!(
+        metrics.contains(
+            "perimeter_api_requests_total{route=\"/ingest/{source}\",method=\"POST\",status=\"401\"} 1"
+        ),
+        "{metrics}"
+    );
     stop(svc);
 }
 

@@ -102,7 +102,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// `api_requests_total{route,method,status}`; `route` is the route template (`/api/v1/alerts/{id}`),
 /// never the concrete path, to keep label cardinality bounded.
-async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn count_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()

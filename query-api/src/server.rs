@@ -293,6 +293,12 @@ impl Server {
         state: AppState,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        // The extra routes' answers are counted too: a shipper refused for a revoked token
+        // shows in `api_requests_total{status="401"}`.
+        let extra = extra.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::count_requests,
+        ));
         let app = crate::router_documenting(state.clone(), extra_doc).merge(extra);
         let addr = self.local_addr()?;
         let handle = axum_server::Handle::new();
