@@ -76,7 +76,29 @@ impl PerimeterConfig {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+        let config: PerimeterConfig =
+            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        config
+            .check_tenants()
+            .with_context(|| format!("config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Tenants name data directories and are what API tokens are issued for: one no token can
+    /// be issued for would hold data nobody can read through the API.
+    fn check_tenants(&self) -> anyhow::Result<()> {
+        let named = std::iter::once(("tenant", &self.tenant)).chain(
+            self.poll
+                .iter()
+                .filter_map(|p| Some(("poll tenant", p.tenant.as_ref()?))),
+        );
+        for (key, tenant) in named {
+            anyhow::ensure!(
+                perimeter_model::is_valid_label(tenant),
+                "{key} `{tenant}`: expected 1-128 characters from [A-Za-z0-9-_.@] (the name API tokens are issued for)"
+            );
+        }
+        Ok(())
     }
 
     /// Rule paths: the command line wins, then the config, then `./detection-rules` if present.
@@ -99,6 +121,26 @@ impl PerimeterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenants_no_token_could_be_issued_for_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        for (text, bad) in [
+            ("tenant = \"../../escape\"\n", "../../escape"),
+            ("tenant = \"\"\n", ""),
+            (
+                "[[poll]]\nname = \"o\"\nvendor = \"okta\"\nbase_url = \"https://x.test\"\ntoken = \"env:T\"\ntenant = \"a b\"\n",
+                "a b",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", PerimeterConfig::load(Some(&path)).unwrap_err());
+            assert!(err.contains(&format!("`{bad}`: expected 1-128 characters")), "{err}");
+        }
+        std::fs::write(&path, "tenant = \"acme-prod.eu@x_1\"\n").unwrap();
+        assert!(PerimeterConfig::load(Some(&path)).is_ok());
+    }
 
     #[test]
     fn the_example_config_parses_and_typos_are_rejected() {

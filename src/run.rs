@@ -469,7 +469,8 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    eprintln!("perimeter: shutting down (flushing and committing)");
+    // Through the log, so `--log-format json` keeps one JSON object per line.
+    tracing::info!("shutting down (flushing and committing)");
 }
 
 pub fn run(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -480,17 +481,24 @@ pub fn run(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> 
     runtime.block_on(run_async(config, args))
 }
 
-/// The sources `[store] raw_text_search_off` names that no normalizer produces: a misspelt one
-/// would silently leave that source's raw text searched.
-fn unknown_raw_text_sources<'a>(
+/// The sources the `[store]` settings name that no normalizer produces, with the setting
+/// (`raw_text_search_off`, `retention`): a misspelt one (`otka`) would silently do nothing.
+fn unknown_store_sources<'a>(
     config: &'a PerimeterConfig,
     registry: &perimeter_detect::normalize::NormalizerRegistry,
-) -> Vec<&'a String> {
-    config
-        .store
+) -> Vec<(&'static str, &'a String)> {
+    let store = &config.store;
+    let raw_text = store
         .raw_text_search_off
         .iter()
-        .filter(|s| registry.get(s).is_none())
+        .map(|s| ("raw_text_search_off", s));
+    let retention = store
+        .retention
+        .iter()
+        .filter_map(|r| Some(("retention", r.source.as_ref()?)));
+    raw_text
+        .chain(retention)
+        .filter(|(_, s)| registry.get(s).is_none())
         .collect()
 }
 
@@ -523,6 +531,18 @@ fn writable_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         })
 }
 
+/// `run --check` with no rule paths: a warning (behavioural detectors still run), not a failure.
+#[derive(Debug)]
+struct NoRules;
+
+impl std::fmt::Display for NoRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("none: the config names no `rules` and there is no ./detection-rules here; only the behavioural detectors would run")
+    }
+}
+
+impl std::error::Error for NoRules {}
+
 fn check(config: &PerimeterConfig) -> ExitCode {
     let mut failed = 0;
     let mut report = |part: &str, outcome: anyhow::Result<String>| match outcome {
@@ -537,9 +557,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         |_| Vec::new(),
         |(registry, _)| registry.names().iter().map(|n| n.to_string()).collect(),
     );
-    let unknown_raw_text: Vec<&String> = parts.as_ref().map_or_else(
+    let unknown_store: Vec<(&str, &String)> = parts.as_ref().map_or_else(
         |_| Vec::new(),
-        |(registry, _)| unknown_raw_text_sources(config, registry),
+        |(registry, _)| unknown_store_sources(config, registry),
     );
     report(
         "sources and masking",
@@ -556,8 +576,8 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             )
         }),
     );
-    for source in unknown_raw_text {
-        say!("warn   store: raw_text_search_off names `{source}`, which no normalizer produces");
+    for (setting, source) in unknown_store {
+        say!("warn   store: {setting} names `{source}`, which no normalizer produces");
     }
     let rule_paths = config.rule_paths(&[]);
     let rules = (|| -> anyhow::Result<String> {
@@ -575,7 +595,8 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             loaded.failed.len()
         );
         if rule_paths.is_empty() {
-            say!("warn   rules: none: the config names no `rules` and there is no ./detection-rules here; only the behavioural detectors would run");
+            // The warning says it all; no "ok ... from nowhere" after it.
+            anyhow::bail!(NoRules);
         }
         let dirs: Vec<String> = rule_paths.iter().map(|p| p.display().to_string()).collect();
         Ok(format!(
@@ -588,7 +609,10 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             }
         ))
     })();
-    report("rules", rules);
+    match rules {
+        Err(e) if e.is::<NoRules>() => say!("warn   rules: {e}"),
+        rules => report("rules", rules),
+    }
     report(
         "store",
         config
@@ -660,16 +684,19 @@ fn check(config: &PerimeterConfig) -> ExitCode {
 
 async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
+    // The same words as `run --check` for a data_dir that is a file ("File exists" said less).
+    writable_data_dir(&data_dir).context("data_dir")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(open_store(config, &data_dir)?);
     let (registry, masker) = base_parts(config)?;
-    for source in unknown_raw_text_sources(config, &registry) {
+    for (setting, source) in unknown_store_sources(config, &registry) {
         tracing::warn!(
             source = source.as_str(),
+            setting,
             known = ?registry.names(),
-            "store.raw_text_search_off names a source no normalizer produces; it has no effect"
+            "a [store] setting names a source no normalizer produces; it has no effect"
         );
     }
     let key = entity_key(&masker);
@@ -883,7 +910,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     tokio::task::spawn_blocking(move || worker.join())
         .await
         .ok();
-    eprintln!("perimeter: stopped cleanly");
+    tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }
 

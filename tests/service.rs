@@ -396,7 +396,7 @@ fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text_or_json()
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config_with(
         dir.path(),
-        "[store]\nraw_text_search_off = [\"cloudtrail\", \"okta\"]\n",
+        "[store]\nraw_text_search_off = [\"cloudtrail\", \"okta\"]\n[[store.retention]]\nsource = \"otka\"\ndays = 30\n",
     );
     let stderr = run_stderr_until_listening(&cfg, "text");
     let warned: Vec<&str> = stderr
@@ -404,6 +404,13 @@ fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text_or_json()
         .filter(|l| l.contains("raw_text_search_off"))
         .collect();
     assert_eq!(warned.len(), 1, "{stderr}");
+    // A retention rule for a misspelt source would keep nothing shorter: warned about too.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("setting=\"retention\"") && l.contains("otka")),
+        "{stderr}"
+    );
     assert!(warned[0].contains("\"cloudtrail\"") && warned[0].contains("aws_cloudtrail"));
     assert!(
         !stderr.contains('\u{1b}'),

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
-    #[error("reading {path}: {source}")]
+    /// The cause is in the message (and not a `source`, which would print it twice in a
+    /// cause chain).
+    #[error("reading {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("config {path}: {message}")]
     Config { path: PathBuf, message: String },

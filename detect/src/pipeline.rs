@@ -722,7 +722,7 @@ pub fn save_unstored_alerts(dir: &std::path::Path, alerts: &[Alert]) -> crate::R
     if alerts.is_empty() {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(crate::DetectError::Io { path, source: e })
+                Err(crate::DetectError::Io { path, cause: e })
             }
             _ => Ok(()),
         };

@@ -12,9 +12,9 @@ use serde::Serialize;
 use crate::DetectError;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> DetectError + '_ {
-    move |source| DetectError::Io {
+    move |cause| DetectError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 

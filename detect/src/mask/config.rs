@@ -317,9 +317,9 @@ impl MaskConfig {
 
     /// Read and parse a TOML file (see [`MaskConfig::from_toml_str`]).
     pub fn from_toml_file(path: &Path) -> Result<MaskConfig, DetectError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DetectError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| DetectError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Self::parse(&text, path)
     }

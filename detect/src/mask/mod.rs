@@ -638,7 +638,10 @@ fn resolve_secret(reference: &str) -> Result<Vec<u8>, DetectError> {
         SecretError::EnvUnset(name) => config_err(format!(
             "hmac_key: environment variable `{name}` is not set (or not UTF-8)"
         )),
-        SecretError::File { path, source } => DetectError::Io { path, source },
+        SecretError::File { path, source } => DetectError::Io {
+            path,
+            cause: source,
+        },
         SecretError::NotAReference => {
             config_err("hmac_key must be a secret reference `env:NAME` or `file:/path`".into())
         }

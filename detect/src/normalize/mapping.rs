@@ -698,9 +698,9 @@ impl MappingNormalizer {
 
     /// Read, parse and compile one mapping file.
     pub fn from_file(path: &Path) -> Result<MappingNormalizer, DetectError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DetectError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| DetectError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::from_toml(&text, path)
     }

@@ -95,9 +95,9 @@ impl NormalizerRegistry {
     /// normalizer, or any unreadable/invalid file, is an error naming the file (nothing from
     /// the directory is added then).
     pub fn load_mappings_dir(&mut self, dir: &Path) -> Result<usize, DetectError> {
-        let io = |source| DetectError::Io {
+        let io = |cause| DetectError::Io {
             path: dir.to_owned(),
-            source,
+            cause,
         };
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io)? {
