@@ -56,6 +56,8 @@ pub struct WriteAck {
     /// (the higher count): destinations are sent these instead of the alerts as raised.
     #[serde(default)]
     pub alerts_grown: Vec<perimeter_model::Alert>,
+    /// Dead letters newly stored: one already stored (the same source, line, reason and
+    /// excerpt among the tenant's newest 100,000) is not stored again.
     pub dead_letters_written: usize,
     /// `events_written` per source (for the per-source "events out" metric).
     #[serde(default)]
@@ -159,6 +161,75 @@ pub struct Store {
     write_failure: Mutex<Option<WriteFailure>>,
     /// Masks a query's terms as stored values were masked ([`Store::with_query_masker`]).
     pub(crate) query_masker: Option<QueryTermMasker>,
+    /// Per tenant, the keys of its newest dead letters, loaded from its journal at its first
+    /// write: the same bad line read again (a spool file re-read after a crash, an HTTP batch
+    /// resent) is not stored twice.
+    recent_dead: Mutex<HashMap<String, RecentDeadLetters>>,
+}
+
+/// How many of a tenant's newest dead letters are remembered for deduplication: a resend comes
+/// soon after the batch it repeats.
+const RECENT_DEAD_LETTERS: usize = 100_000;
+
+/// What makes two dead letters the same: the same source, input line, reason and (masked)
+/// excerpt, whenever they were received.
+fn dead_letter_key(d: &DeadLetter) -> u64 {
+    let mut h = blake3::Hasher::new();
+    for part in [
+        d.source.as_bytes(),
+        &d.line.unwrap_or(0).to_le_bytes(),
+        d.reason.as_bytes(),
+        d.excerpt.as_bytes(),
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    let b = h.finalize();
+    u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or_default())
+}
+
+/// The keys of a tenant's newest dead letters, oldest first in `order`.
+#[derive(Default)]
+struct RecentDeadLetters {
+    keys: HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl RecentDeadLetters {
+    /// The newest [`RECENT_DEAD_LETTERS`] of the journal at `path` (none if it does not exist).
+    fn load(path: &std::path::Path) -> Result<RecentDeadLetters> {
+        let mut recent = RecentDeadLetters::default();
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(recent),
+            Err(e) => return Err(e).at(path),
+        };
+        let end = file.metadata().at(path)?.len();
+        let mut lines = ReverseLines::new(&file, end);
+        while recent.order.len() < RECENT_DEAD_LETTERS {
+            let Some((_, line)) = lines.next_line().at(path)? else {
+                break;
+            };
+            if let Ok(d) = serde_json::from_slice::<DeadLetter>(&line) {
+                let key = dead_letter_key(&d);
+                if recent.keys.insert(key) {
+                    recent.order.push_front(key);
+                }
+            }
+        }
+        Ok(recent)
+    }
+
+    fn remember(&mut self, key: u64) {
+        if self.keys.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > RECENT_DEAD_LETTERS {
+                if let Some(old) = self.order.pop_front() {
+                    self.keys.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 /// Masks one search term the way the pipeline masks the values it stores: the masked text, or
@@ -279,6 +350,7 @@ impl Store {
             dir_lock: lock,
             write_failure: Mutex::new(None),
             query_masker: None,
+            recent_dead: Mutex::new(HashMap::new()),
         };
         store
             .counters
@@ -852,14 +924,37 @@ impl Store {
             by_tenant.entry(&d.tenant).or_default().push(d);
         }
         let mut tenants = write(&self.dead);
+        let mut recent = lock(&self.recent_dead);
+        let mut written = 0;
         for (tenant, list) in by_tenant {
-            crate::journal::append(&self.layout.dead_letters_file(tenant), &list)?;
+            let path = self.layout.dead_letters_file(tenant);
+            let known = match recent.entry(tenant.to_string()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(RecentDeadLetters::load(&path)?)
+                }
+            };
+            let mut batch_keys = HashSet::new();
+            let (keys, fresh): (Vec<u64>, Vec<&DeadLetter>) = list
+                .into_iter()
+                .map(|d| (dead_letter_key(d), d))
+                .filter(|(k, _)| !known.keys.contains(k) && batch_keys.insert(*k))
+                .unzip();
+            if fresh.is_empty() {
+                continue;
+            }
+            crate::journal::append(&path, &fresh)?;
+            // Remembered once written: a failed append is retried in full.
+            for k in keys {
+                known.remember(k);
+            }
             tenants.insert(tenant.to_string());
+            written += fresh.len();
         }
         self.counters
             .dead_letters_written
-            .fetch_add(dls.len() as u64, Ordering::Relaxed);
-        Ok(dls.len())
+            .fetch_add(written as u64, Ordering::Relaxed);
+        Ok(written)
     }
 
     /// A tenant's dead letters, newest first, a page at a time, read backwards from the end

@@ -1639,6 +1639,12 @@ fn dead_letters_and_bad_batches() {
             ..Default::default()
         };
         assert_eq!(store.write_batch(&b).unwrap().dead_letters_written, 3);
+        // The same bad lines again (a resent batch): stored once; a new one beside them is.
+        let again = StoreBatch {
+            dead_letters: vec![dl("acme", 1), dl("acme", 4), dl("acme", 4)],
+            ..Default::default()
+        };
+        assert_eq!(store.write_batch(&again).unwrap().dead_letters_written, 1);
         let mut bad = event("", "okta", ts(20, 0, 0), "u", "a", 1);
         bad.tenant.clear();
         assert!(matches!(
@@ -1654,7 +1660,17 @@ fn dead_letters_and_bad_batches() {
         .iter()
         .map(|d| d.line)
         .collect();
-    assert_eq!(lines, vec![Some(2), Some(1)]);
+    assert_eq!(lines, vec![Some(4), Some(2), Some(1)]);
+    // After a restart too (a spool file re-read after a crash), whenever they are received.
+    let later = DeadLetter {
+        received_at: ts(21, 0, 0),
+        ..dl("acme", 2)
+    };
+    let b = StoreBatch {
+        dead_letters: vec![later, dl("globex", 3)],
+        ..Default::default()
+    };
+    assert_eq!(store.write_batch(&b).unwrap().dead_letters_written, 0);
     assert_eq!(
         store
             .list_dead_letters("globex", &newest(10))
