@@ -842,7 +842,9 @@ fn matches(q: &AlertQuery, r: &AlertRecord, text: Option<&str>, entity: Option<&
         && q.severity.is_none_or(|s| a.severity >= s)
         && q.status.is_none_or(|s| a.status == s)
         && q.rule_id.as_deref().is_none_or(|x| a.rule_id == x)
-        && q.source.as_deref().is_none_or(|x| a.source == x)
+        && q.source
+            .as_deref()
+            .is_none_or(|x| a.source.eq_ignore_ascii_case(x))
         && entity.is_none_or(|x| a.entity.to_lowercase() == x)
         && text.is_none_or(|t| alert_text_matches(a, t))
 }

@@ -18,6 +18,16 @@ use tantivy::query_grammar::{UserInputAst, UserInputBound, UserInputLeaf};
 use crate::catch_all::try_map_leaves;
 use crate::tantivy_sink::TIMESTAMP_FIELD;
 
+/// `field:>="value"` as `field:>=value`: tantivy's grammar takes no quotes after a comparison,
+/// yet times are quoted elsewhere (`@timestamp:"2026-11-24T10:00:00Z"`), so analysts quote
+/// them here too. Only a quoted value without spaces or quotes inside is unquoted.
+pub(crate) fn unquote_comparisons(query: &str) -> std::borrow::Cow<'_, str> {
+    static QUOTED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(:\s*(?:>=|<=|>|<))"([^"\s\\]+)""#).expect("a valid pattern")
+    });
+    QUOTED.replace_all(query, "${1}${2}")
+}
+
 /// Rewrite every `@timestamp` literal and range bound into RFC 3339; `Err` says which value is
 /// no time. `now` anchors relative times (`now-15m`).
 pub(crate) fn rewrite_times(ast: UserInputAst, now: DateTime<Utc>) -> Result<UserInputAst, String> {

@@ -2196,6 +2196,11 @@ fn timestamp_terms_take_days_and_relative_times_as_the_time_parameters_do() {
         ["act2", "act3", "act4"]
     );
     assert_eq!(found("@timestamp:\"2026-11-20T12:00:00Z\""), ["act2"]);
+    // Quoted after a comparison too, as times are quoted elsewhere.
+    assert_eq!(
+        found("@timestamp:>=\"2026-11-20T12:00:00Z\" AND @timestamp:<\"now-1d\""),
+        ["act2", "act3", "act4"]
+    );
     // What is no time is an invalid query, not an empty result.
     assert_invalid_query(&store, "@timestamp:>yesterday");
     assert_invalid_query(&store, "@timestamp:[2026-11-20 TO soon]");

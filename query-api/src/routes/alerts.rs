@@ -132,7 +132,8 @@ pub struct AlertDetail {
 }
 
 fn parse_status(value: &str) -> Result<AlertStatus, ApiError> {
-    serde_json::from_value::<AlertStatusParam>(json!(value))
+    // Case aside, as severities are (`ACKNOWLEDGED` as `acknowledged`).
+    serde_json::from_value::<AlertStatusParam>(json!(value.to_ascii_lowercase()))
         .map(Into::into)
         .map_err(|_| {
             ApiError::invalid_parameter(format!(

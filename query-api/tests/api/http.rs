@@ -393,6 +393,10 @@ fn alerts_filter_sort_and_paginate() {
     assert_eq!(list("?entity=carol"), ["github_admin_added"]);
     assert_eq!(list("?status=open").len(), 3);
     assert_eq!(list("?status=resolved").len(), 0);
+    // Filter values are taken whatever their case, as severities always were.
+    assert_eq!(list("?status=OPEN").len(), 3);
+    assert_eq!(list("?severity=CRITICAL"), ["github_admin_added"]);
+    assert_eq!(list("?source=OKTA"), list("?source=okta"));
     assert_eq!(list("?q=country"), ["okta_new_country"]);
     assert_eq!(
         list("?from=2024-05-01T10:10:00Z&to=2024-05-01T10:25:00Z"),
