@@ -333,6 +333,28 @@ impl Store {
         ))
     }
 
+    /// How many of one tenant's events a search matches in `[from, to)` (an export says so
+    /// when it stops at its bound before them all).
+    pub fn count_events(
+        &self,
+        tenant: &str,
+        query: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
+        check_time_range(from, to)?;
+        let user_query = self.parse_event_query(query)?;
+        let query = self.query_in_range(user_query, from, to)?;
+        let mut total = 0u64;
+        for idx in self.indexes_in_range(tenant, from, to) {
+            let searcher = idx.reader.searcher();
+            total += searcher
+                .search(&*query, &tantivy::collector::Count)
+                .map_err(query_shape_error)? as u64;
+        }
+        Ok(total)
+    }
+
     /// How many of one tenant's events a search matches, per interval of time (see
     /// [`crate::histogram`]). Bad queries and intervals are [`StoreError::InvalidQuery`].
     pub fn event_histogram(&self, tenant: &str, q: &EventHistogramQuery) -> Result<EventHistogram> {

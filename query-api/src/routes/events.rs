@@ -535,6 +535,13 @@ fn csv_row(out: &mut Vec<u8>, doc: &serde_json::Value) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Export headers: how many events the search matched, how many the file holds (at most
+/// `max_events`), and whether it holds fewer than matched.
+const EXPORT_MATCHED: header::HeaderName = header::HeaderName::from_static("x-perimeter-matched");
+const EXPORT_EVENTS: header::HeaderName = header::HeaderName::from_static("x-perimeter-exported");
+const EXPORT_TRUNCATED: header::HeaderName =
+    header::HeaderName::from_static("x-perimeter-truncated");
+
 /// Export the masked events a query matches, newest first, as JSON lines (one stored event
 /// document per line). The body streams page by page, so exports far larger than a search page
 /// need neither server memory nor paging by the client. Bad parameters and bad query syntax are
@@ -581,13 +588,26 @@ pub async fn export_events(
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
     let first_query = query.clone();
-    let first = blocking(move || store.search_events(&tenant, &first_query)).await??;
+    // And how many match, so a file cut at `max_events` says so in its headers.
+    let (first, matched) = blocking(move || {
+        let first = store.search_events(&tenant, &first_query)?;
+        let matched = store.count_events(
+            &tenant,
+            &first_query.query,
+            first_query.from,
+            first_query.to,
+        )?;
+        Ok::<_, perimeter_store::StoreError>((first, matched))
+    })
+    .await??;
+    let exported = matched.min(max_events as u64);
     state.audit(
         &auth.0,
         "events.export",
         None,
         json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events,
-               "format": if csv { "csv" } else { "jsonl" }}),
+               "sort": params.sort.as_deref().unwrap_or("newest"),
+               "format": if csv { "csv" } else { "jsonl" }, "matched": matched}),
     )?;
 
     // Each step sends what is left of one page, then reads the next while under the bound.
@@ -651,10 +671,18 @@ pub async fn export_events(
             "attachment; filename=\"perimeter-events.jsonl\"",
         )
     };
+    let (matched, exported, truncated) = (
+        matched.to_string(),
+        exported.to_string(),
+        (matched > exported).to_string(),
+    );
     Ok((
         [
             (header::CONTENT_TYPE, content_type),
             (header::CONTENT_DISPOSITION, disposition),
+            (EXPORT_MATCHED, matched.as_str()),
+            (EXPORT_EVENTS, exported.as_str()),
+            (EXPORT_TRUNCATED, truncated.as_str()),
         ],
         Body::from_stream(futures_util::StreamExt::chain(header_chunk, body)),
     )

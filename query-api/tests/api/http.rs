@@ -641,6 +641,29 @@ fn events_export_streams_the_matching_events_of_the_tenant_as_json_lines() {
         event_ids(&lines("/api/v1/events/export?max_events=2")),
         expected[..2]
     );
+    // The headers say how many matched and whether the file holds them all.
+    let counts = |path: &str| {
+        let r = api.get(path, ACME, Role::Admin);
+        let h = |name: &str| r.headers()[name].to_str().unwrap().to_string();
+        (
+            h("x-perimeter-matched"),
+            h("x-perimeter-exported"),
+            h("x-perimeter-truncated"),
+        )
+    };
+    let n = api.data.acme_events.len().to_string();
+    assert_eq!(
+        counts("/api/v1/events/export?max_events=2"),
+        (n.clone(), "2".into(), "true".into())
+    );
+    assert_eq!(
+        counts("/api/v1/events/export"),
+        (n.clone(), n.clone(), "false".into())
+    );
+    assert_eq!(
+        counts("/api/v1/events/export?q=alice&max_events=3"),
+        ("3".into(), "3".into(), "false".into())
+    );
     // Oldest first keeps the oldest.
     let mut oldest_two = expected[expected.len() - 2..].to_vec();
     oldest_two.reverse();
