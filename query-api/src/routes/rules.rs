@@ -253,12 +253,6 @@ pub async fn test_rule(
                 "give either `events` or `from`/`to`/`query`, not both",
             ))
         }
-        (None, false) => {
-            return Err(ApiError::bad_request(
-                "invalid_json",
-                "give `events` to test against, or `from`/`to`/`query` to use stored events",
-            ))
-        }
         (Some(events), false) if events.len() > MAX_TEST_EVENTS => {
             return Err(ApiError::bad_request(
                 "limit_too_large",
@@ -269,7 +263,9 @@ pub async fn test_rule(
             ))
         }
         (Some(_), false) => "events",
-        (None, true) => "stored",
+        // No events and no filter: the tenant's stored events, oldest first, `limit` of them
+        // (`from`, `to` and `query` are each optional).
+        (None, _) => "stored",
     };
     state.audit(
         &auth.0,

@@ -1635,6 +1635,15 @@ fn rules_list_and_test_inline_and_stored_events() {
         .unwrap();
     assert_eq!(globex["num_events_tested"], 2);
     assert_eq!(globex["result"]["matched"], 0);
+    // No range at all: the tenant's stored events, oldest first, `limit` of them.
+    let oldest: Value = api
+        .req(Method::POST, "/api/v1/rules/test", ACME, Role::Admin)
+        .json(&json!({"rule": rule, "limit": 2}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(oldest["num_events_tested"], 2, "{oldest}");
 
     // The engine's rejection is a 422 with its reason.
     let bad = api
@@ -1919,6 +1928,7 @@ fn bad_requests_are_4xx_json_never_500() {
     );
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
     assert!(raw.contains("\"code\":\"payload_too_large\""), "{raw}");
+    // A rule alone is tested against stored events: this one is no rule.
     assert_error(
         send(
             Method::POST,
@@ -1926,8 +1936,8 @@ fn bad_requests_are_4xx_json_never_500() {
             json_ct,
             "{\"rule\": \"title: x\"}",
         ),
-        400,
-        "invalid_json",
+        422,
+        "invalid_rule",
     );
     assert_error(
         send(
