@@ -17,6 +17,20 @@ pub struct FieldPath {
     joined: Vec<Vec<String>>,
 }
 
+/// Where a name/value pair keeps its value, in the order looked for: Google Workspace
+/// (`value`, `intValue`, `boolValue`, `multiValue`, `multiIntValue`), Microsoft 365 (`Value`;
+/// `NewValue` of `ModifiedProperties`, the value as changed).
+const PAIR_VALUE_KEYS: [&str; 8] = [
+    "value",
+    "Value",
+    "NewValue",
+    "newValue",
+    "intValue",
+    "boolValue",
+    "multiValue",
+    "multiIntValue",
+];
+
 impl FieldPath {
     pub fn new(name: &str) -> FieldPath {
         let parts: Vec<String> = name.split('.').map(str::to_string).collect();
@@ -99,9 +113,43 @@ impl FieldPath {
             return false;
         }
         match v.as_array() {
-            Some(items) => items.iter().any(|item| self.visit_from(item, i, f)),
+            Some(items) => items.iter().any(|item| {
+                self.visit_from(item, i, f) || self.visit_named_pair(item, i, f)
+            }),
             None => false,
         }
+    }
+
+    /// Perimeter extension: in a list of name/value pairs (Google Workspace `parameters`,
+    /// Microsoft 365 `Parameters` and `ModifiedProperties`, Okta `debugData`-style lists), an
+    /// element whose `name` is the path's next segment stands for its value, so a rule can ask
+    /// for one parameter: `events.parameters.NEW_VALUE: 'false'` is the value of the pair named
+    /// `NEW_VALUE`, where `events.parameters.value: 'false'` matched any pair's value. Further
+    /// segments go into the pair (`ModifiedProperties.Role.OldValue`). Only elements lacking a
+    /// key of that name are read so, and only pairs: objects with a string `name` or `Name`.
+    fn visit_named_pair<'a>(
+        &'a self,
+        item: &'a Json,
+        i: usize,
+        f: &mut dyn FnMut(Leaf<'a>) -> bool,
+    ) -> bool {
+        if !item.is_object() || item.get(self.parts[i].as_str()).is_some() {
+            return false;
+        }
+        let named = ["name", "Name"]
+            .iter()
+            .find_map(|k| item.get(k)?.as_str())
+            .is_some_and(|n| n == self.parts[i]);
+        if !named {
+            return false;
+        }
+        if i + 1 < self.parts.len() {
+            return self.visit_from(item, i + 1, f);
+        }
+        PAIR_VALUE_KEYS
+            .iter()
+            .find_map(|k| item.get(k))
+            .is_some_and(|value| self.visit_from(value, i + 1, f))
     }
 
     /// Resolve against the raw event first, then the ECS view. `f` sees every candidate value.
