@@ -282,6 +282,41 @@ fn encoding_modifiers() {
 }
 
 #[test]
+fn name_value_pairs_are_addressed_by_name() {
+    let params = |new: &str, old: &str| {
+        json!({"events": [{"parameters": [
+            {"name": "NEW_VALUE", "value": new}, {"name": "OLD_VALUE", "value": old}]}]})
+    };
+    check(
+        "    sel:\n        events.parameters.NEW_VALUE: 'false'",
+        &[params("false", "true")],
+        &[
+            params("true", "false"),
+            json!({"events": [{"parameters": []}]}),
+        ],
+    );
+    // Microsoft's capitalised pairs; further segments go into the pair.
+    let modified = |old: &str, new: &str| json!({"ModifiedProperties": [{"Name": "Role", "OldValue": old, "NewValue": new}]});
+    check(
+        "    sel:\n        ModifiedProperties.Role: Admin\n        ModifiedProperties.Role.OldValue: User",
+        &[modified("User", "Admin")],
+        &[modified("Admin", "User")],
+    );
+    // A key of that name wins over a pair's name; values of several types are read.
+    check(
+        "    sel:\n        p.x: 1",
+        &[
+            json!({"p": [{"name": "x", "intValue": 1}]}),
+            json!({"p": [{"x": 1}]}),
+        ],
+        &[
+            json!({"p": [{"name": "x", "x": 2, "value": 1}]}),
+            json!({"p": {"name": "x", "value": 1}}),
+        ],
+    );
+}
+
+#[test]
 fn presence_null_and_numbers() {
     check(
         "    sel:\n        f|exists: true",

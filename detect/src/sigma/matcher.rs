@@ -113,9 +113,9 @@ impl FieldPath {
             return false;
         }
         match v.as_array() {
-            Some(items) => items.iter().any(|item| {
-                self.visit_from(item, i, f) || self.visit_named_pair(item, i, f)
-            }),
+            Some(items) => items
+                .iter()
+                .any(|item| self.visit_from(item, i, f) || self.visit_named_pair(item, i, f)),
             None => false,
         }
     }
