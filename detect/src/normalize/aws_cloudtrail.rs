@@ -45,8 +45,18 @@ impl CloudTrailNormalizer {
         if let Some(id) = at(raw, &["userIdentity"]) {
             ecs.user_id = fields::id_at(id, &["principalId"]);
             let arn = str_at(id, &["arn"]);
+            // An assumed role's session names who acts (`.../assumed-role/<role>/<session>`:
+            // the SSO user, the CI job); the role, in `related.user` too, is what they act as.
+            let role = str_at(id, &["sessionContext", "sessionIssuer", "userName"]);
+            let session = (str_at(id, &["type"]) == Some("AssumedRole"))
+                .then(|| arn.and_then(|a| a.strip_prefix("arn:")?.split_once(":assumed-role/")))
+                .flatten()
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map(|(_, session)| session)
+                .filter(|s| !s.is_empty());
             let name = str_at(id, &["userName"])
-                .or_else(|| str_at(id, &["sessionContext", "sessionIssuer", "userName"]))
+                .or(session)
+                .or(role)
                 .or_else(|| {
                     if str_at(id, &["type"]) == Some("Root") {
                         Some("root")
@@ -72,6 +82,13 @@ impl CloudTrailNormalizer {
         ecs.source_ip = str_at(raw, &["sourceIPAddress"]).and_then(fields::clean_ip);
         ecs.user_agent_original = fields::owned(str_at(raw, &["userAgent"]));
         ecs.fill_related();
+        if let Some(role) = at(raw, &["userIdentity"])
+            .and_then(|id| str_at(id, &["sessionContext", "sessionIssuer", "userName"]))
+        {
+            if !ecs.related_user.iter().any(|u| u == role) {
+                ecs.related_user.push(role.to_string());
+            }
+        }
         Ok(ecs)
     }
 }

@@ -633,3 +633,48 @@ fn only_unknown_source_names_get_a_note_and_near_ones_a_suggestion() {
         "{vendor}"
     );
 }
+
+#[test]
+fn a_cloudtrail_assumed_role_is_named_by_its_session_with_the_role_related() {
+    let r = NormalizerRegistry::builtin();
+    let identity = |arn: &str| {
+        json!({"eventTime": "2026-11-24T10:03:00Z", "eventSource": "s3.amazonaws.com", "eventName": "GetObject",
+               "userIdentity": {"type": "AssumedRole", "arn": arn, "principalId": "AROAEXAMPLE:x",
+                   "sessionContext": {"sessionIssuer": {"type": "Role", "userName": "AWSReservedSSO_PlatformAdmin_4f1c2d3e"}}}})
+    };
+    let e = r
+        .normalize(
+            "aws_cloudtrail",
+            record(identity("arn:aws:sts::123456789012:assumed-role/AWSReservedSSO_PlatformAdmin_4f1c2d3e/dana.kim@acme-corp.example")),
+        )
+        .unwrap();
+    assert_eq!(
+        e.ecs.user_email.as_deref(),
+        Some("dana.kim@acme-corp.example")
+    );
+    assert!(
+        e.ecs
+            .related_user
+            .iter()
+            .any(|u| u == "AWSReservedSSO_PlatformAdmin_4f1c2d3e"),
+        "{:?}",
+        e.ecs.related_user
+    );
+    // A CI job's session name; an ARN without one falls back to the role.
+    let e = r
+        .normalize(
+            "aws_cloudtrail",
+            record(identity(
+                "arn:aws:sts::123456789012:assumed-role/deploy/GitHubActions",
+            )),
+        )
+        .unwrap();
+    assert_eq!(e.ecs.user_name.as_deref(), Some("GitHubActions"));
+    let e = r
+        .normalize("aws_cloudtrail", record(identity("not-an-arn")))
+        .unwrap();
+    assert_eq!(
+        e.ecs.user_name.as_deref(),
+        Some("AWSReservedSSO_PlatformAdmin_4f1c2d3e")
+    );
+}
