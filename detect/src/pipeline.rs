@@ -1140,9 +1140,9 @@ mod tests {
             "{}",
             out.dead_letters[0].reason
         );
-        // `azure` has no normalizer of its own: its raw fields stay, its name too.
+        // `hubspot` has no normalizer of its own: its raw fields stay, its name too.
         p.process_value(
-            "azure",
+            "hubspot",
             "t",
             Some(2),
             sonic_rs::json!({"operationName": "Add member to role"}),
@@ -1150,7 +1150,7 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.events.len(), 1);
-        assert_eq!(out.events[0].source, "azure");
+        assert_eq!(out.events[0].source, "hubspot");
         assert_eq!(out.events[0].line, Some(2));
         // A Perimeter envelope names its source.
         let env = sonic_rs::json!({"source": "okta", "event": {"eventType": "user.session.start", "published": "2026-11-24T10:00:00Z",
@@ -1450,10 +1450,10 @@ mod tests {
         // A vendor without a normalizer: plain JSON, no ECS view at all.
         out.clear();
         let plain = sonic_rs::json!({"log_id": "1", "type": "s", "user_name": "dana"});
-        p.process_value("auth0", "t", None, plain, now, &mut out);
-        p.publish_metrics("auth0", &out);
-        let auth0 = [("source", "auth0")];
-        assert_eq!(metrics.counter("events_unattributed_total", &auth0), 1);
-        assert_eq!(metrics.counter("events_without_action_total", &auth0), 1);
+        p.process_value("hubspot", "t", None, plain, now, &mut out);
+        p.publish_metrics("hubspot", &out);
+        let hubspot = [("source", "hubspot")];
+        assert_eq!(metrics.counter("events_unattributed_total", &hubspot), 1);
+        assert_eq!(metrics.counter("events_without_action_total", &hubspot), 1);
     }
 }

@@ -64,6 +64,18 @@ pub const BUNDLED_MAPPINGS: &[(&str, &str)] = &[
         "salesforce_marketing_cloud.toml",
         include_str!("../../../mappings/salesforce_marketing_cloud.toml"),
     ),
+    ("azure.toml", include_str!("../../../mappings/azure.toml")),
+    ("auth0.toml", include_str!("../../../mappings/auth0.toml")),
+    (
+        "onelogin.toml",
+        include_str!("../../../mappings/onelogin.toml"),
+    ),
+    ("asana.toml", include_str!("../../../mappings/asana.toml")),
+    ("notion.toml", include_str!("../../../mappings/notion.toml")),
+    (
+        "zendesk.toml",
+        include_str!("../../../mappings/zendesk.toml"),
+    ),
 ];
 
 /// One declarative source mapping, as written in a `<name>.toml` file.
@@ -846,10 +858,10 @@ impl OutcomeRule {
             return Some(Outcome::Failure);
         }
         if let Some(t) = JsonPath::first(&self.paths, raw).and_then(|(_, v)| decision_text(v)) {
-            if self.success.iter().any(|s| s.eq_ignore_ascii_case(t)) {
+            if self.success.iter().any(|s| s.eq_ignore_ascii_case(&t)) {
                 return Some(Outcome::Success);
             }
-            if self.failure.iter().any(|s| s.eq_ignore_ascii_case(t)) {
+            if self.failure.iter().any(|s| s.eq_ignore_ascii_case(&t)) {
                 return Some(Outcome::Failure);
             }
         }
@@ -857,12 +869,19 @@ impl OutcomeRule {
     }
 }
 
-/// A string or boolean value as the text outcome and rule patterns compare against.
-fn decision_text(v: &Value) -> Option<&str> {
+/// A string, boolean or whole-number value as the text outcome and rule patterns compare
+/// against (an error code `0` is `"0"`).
+fn decision_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
     match v.as_ref() {
-        ValueRef::String(s) => Some(s),
-        ValueRef::Bool(true) => Some("true"),
-        ValueRef::Bool(false) => Some("false"),
+        ValueRef::String(s) => Some(Cow::Borrowed(s)),
+        ValueRef::Bool(true) => Some(Cow::Borrowed("true")),
+        ValueRef::Bool(false) => Some(Cow::Borrowed("false")),
+        ValueRef::Number(n) => n
+            .as_i64()
+            .map(|i| i.to_string())
+            .or_else(|| n.as_u64().map(|u| u.to_string()))
+            .map(Cow::Owned),
         _ => None,
     }
 }
@@ -872,7 +891,7 @@ impl Rule {
         (self.action.is_empty() || self.action.iter().any(|p| p.matches(action)))
             && self.when.iter().all(|(path, pats)| {
                 let text = path.resolve(raw).and_then(decision_text);
-                text.is_some_and(|t| pats.iter().any(|p| p.matches(t)))
+                text.is_some_and(|t| pats.iter().any(|p| p.matches(&t)))
             })
     }
 }

@@ -56,6 +56,12 @@ fn registry_lists_builtins_json_and_bundled_mappings() {
         "oomnitza",
         "salesforce_marketing_cloud",
         "launchdarkly",
+        "azure",
+        "auth0",
+        "onelogin",
+        "asana",
+        "notion",
+        "zendesk",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
         assert_eq!(r.get(n).map(|x| x.source()), Some(n));
@@ -627,7 +633,7 @@ fn only_unknown_source_names_get_a_note_and_near_ones_a_suggestion() {
     }
     let typo = registry.unnormalized_source_note("gihtub").unwrap();
     assert!(typo.contains("did you mean `github`?"), "{typo}");
-    let vendor = registry.unnormalized_source_note("notion").unwrap();
+    let vendor = registry.unnormalized_source_note("hubspot").unwrap();
     assert!(
         vendor.contains("plain JSON") && !vendor.contains("did you mean"),
         "{vendor}"
