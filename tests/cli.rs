@@ -658,11 +658,11 @@ fn a_source_without_a_normalizer_is_read_as_plain_json_and_said_so() {
         stderr(&out)
     );
     // A vendor only rules know (no normalizer of its own) is nothing like a known name.
-    let out = perimeter(&["normalize", "--source", "auth0"], Some(line));
-    assert!(stderr(&out).contains("no normalizer for source `auth0`"));
+    let out = perimeter(&["normalize", "--source", "hubspot"], Some(line));
+    assert!(stderr(&out).contains("no normalizer for source `hubspot`"));
     assert!(!stderr(&out).contains("did you mean"), "{}", stderr(&out));
     // Known names and `auto` are not remarked on.
-    for source in ["okta", "json", "auto", "zoom"] {
+    for source in ["okta", "json", "auto", "zoom", "auth0"] {
         let out = perimeter(&["normalize", "--source", source], Some(line));
         assert!(
             !stderr(&out).contains("no normalizer"),
