@@ -183,18 +183,22 @@ pub(crate) fn classify(ecs: &mut Ecs, category: &[&str], kind: &[&str]) {
 /// and `None` for values that are not addresses (`"Unknown IP"`, `"iam.amazonaws.com"`).
 pub(crate) fn clean_ip(s: &str) -> Option<String> {
     let s = s.trim();
-    if s.parse::<std::net::IpAddr>().is_ok() {
-        return Some(s.to_owned());
+    // In one written form (`2001:db8:0:0:0:0:0:66` is `2001:db8::66`, `::ffff:198.51.100.7`
+    // is `198.51.100.7`): one address is one entity for the detectors and one search term.
+    let canonical = |ip: std::net::IpAddr| ip.to_canonical().to_string();
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Some(canonical(ip));
     }
     // `[2001:db8::1]:443` and `203.0.113.5:51234` (M365 ClientIP)
     if let Some(rest) = s.strip_prefix('[') {
         let end = rest.find(']')?;
-        let ip = &rest[..end];
-        return ip.parse::<std::net::IpAddr>().ok().map(|_| ip.to_owned());
+        return rest[..end].parse().ok().map(canonical);
     }
     let (host, port) = s.rsplit_once(':')?;
-    if port.bytes().all(|b| b.is_ascii_digit()) && host.parse::<std::net::Ipv4Addr>().is_ok() {
-        return Some(host.to_owned());
+    if port.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+            return Some(canonical(ip.into()));
+        }
     }
     None
 }
@@ -348,6 +352,18 @@ mod tests {
             Some("2001:db8::1")
         );
         assert_eq!(clean_ip("2001:db8::1").as_deref(), Some("2001:db8::1"));
+        // One written form per address.
+        for same in [
+            "2001:db8:0:0:0:0:0:66",
+            "2001:DB8::66",
+            "[2001:db8:0::66]:443",
+        ] {
+            assert_eq!(clean_ip(same).as_deref(), Some("2001:db8::66"), "{same}");
+        }
+        assert_eq!(
+            clean_ip("::ffff:198.51.100.7").as_deref(),
+            Some("198.51.100.7")
+        );
         assert_eq!(clean_ip("iam.amazonaws.com"), None);
         assert_eq!(clean_ip("Unknown IP"), None);
         assert_eq!(clean_ip("000.000.00.000"), None);

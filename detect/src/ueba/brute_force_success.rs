@@ -30,7 +30,9 @@ pub(crate) fn record_failure(
 ) {
     let s = st.brute_force.get_or_insert_with(Default::default);
     if s.window.total_at(ctx.t, cfg.window_seconds) == 0 {
+        // A new burst: the failures of an expired one are neither counted nor evidence.
         s.ips.clear();
+        s.evidence = Evidence::default();
     }
     s.window.add(ctx.t, cfg.window_seconds, 1);
     if let Some(ip) = ip {

@@ -421,7 +421,10 @@ impl UebaEngine {
                         &mut findings,
                     );
                 }
-                if settings.first_seen.enabled {
+                // A failed attempt says where someone tried, not where the account was used:
+                // learning its country would let the attacker's later success from there pass
+                // unremarked, and alerting on it would raise one alert per user a spray tried.
+                if settings.first_seen.enabled && c.auth != Some(Outcome::Failure) {
                     let mut asn_buf = [0u8; 20];
                     let asn = c.asn.map(|n| decimal(n, &mut asn_buf));
                     let values = [

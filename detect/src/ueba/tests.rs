@@ -193,6 +193,40 @@ fn nine_failures_then_success_from_several_ips_fires_brute_force_once() {
 }
 
 #[test]
+fn failures_of_an_expired_burst_are_not_the_evidence_of_a_later_one() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let day1 = t0() + Duration::hours(9);
+    let day2 = day1 + Duration::days(1);
+    let mut events = Vec::new();
+    for i in 0..4 {
+        let l = Login::new("bob@example.com", "198.51.100.77", false);
+        events.push(okta_login(
+            "acme",
+            day1 + Duration::seconds(10 * i),
+            i as u64 + 1,
+            &l,
+        ));
+    }
+    for i in 0..9 {
+        let l = Login::new("bob@example.com", "203.0.113.20", false);
+        events.push(okta_login(
+            "acme",
+            day2 + Duration::seconds(10 * i),
+            i as u64 + 5,
+            &l,
+        ));
+    }
+    let ok = Login::new("bob@example.com", "203.0.113.20", true);
+    events.push(okta_login("acme", day2 + Duration::seconds(120), 14, &ok));
+    let alerts = run(&mut engine, &events);
+    let bf = of(&alerts, "brute_force_success");
+    assert_eq!(bf.len(), 1, "{alerts:#?}");
+    assert_eq!(bf[0].lines, (5..=14).collect::<Vec<u64>>());
+    let why = bf[0].explanation.as_deref().unwrap();
+    assert!(why.contains("9 failed logins from 1 source IP(s)"), "{why}");
+}
+
+#[test]
 fn eight_failures_then_success_is_not_enough_when_the_threshold_is_nine() {
     let cfg = UebaConfig::from_toml("[brute_force_success]\nmin_failures = 9").unwrap();
     let mut engine = UebaEngine::new(cfg, KEY);
@@ -836,6 +870,23 @@ fn first_seen_country_asn_and_client_after_warm_up() {
         Severity::Medium,
         "several new attributes escalate low -> medium"
     );
+
+    // A failed guess from a new place is neither an alert nor learned: the success from there
+    // after it is the alert.
+    let guess = Login {
+        country: "NL",
+        ..Login::new("heidi@example.com", "203.0.113.77", false)
+    };
+    let at = |h: i64| t0() + Duration::days(4) + Duration::hours(h);
+    let alerts = run(&mut engine, &[okta_login("acme", at(3), 12, &guess)]);
+    assert!(of(&alerts, "first_seen").is_empty(), "{alerts:?}");
+    let alerts = run(
+        &mut engine,
+        &[okta_login("acme", at(5), 13, &Login { ok: true, ..guess })],
+    );
+    let fs = of(&alerts, "first_seen");
+    assert_eq!(fs.len(), 1, "{alerts:?}");
+    assert_eq!(fs[0].lines, [13]);
 
     // A brand-new user is learned silently.
     let new = Login {
