@@ -669,6 +669,52 @@ fn event_count_out_of_order_within_lateness() {
 }
 
 #[test]
+fn a_record_with_an_impossible_time_does_not_make_its_stream_late() {
+    let text = corr("    type: event_count\n    rules: [fail1]\n    group-by: [actor.alternateId]\n    timespan: 1m\n    condition:\n        gte: 3");
+    // Dated 9999: its receive time (today) stands in, far after the burst of 2024 that follows.
+    let raw = json!({"eventType": "user.session.start", "outcome": {"result": "FAILURE"},
+        "actor": {"alternateId": "eve"}, "published": "9999-12-31T00:00:00Z"});
+    let impossible = Event::new(
+        "okta",
+        RawRecord {
+            source: "okta".into(),
+            tenant: "t1".into(),
+            received_at: Utc.with_ymd_and_hms(2026, 12, 4, 0, 0, 0).unwrap(),
+            line: Some(1),
+            raw: perimeter_model::raw_from_serde(&raw),
+        },
+        Ecs {
+            timestamp: Some(Utc.with_ymd_and_hms(9999, 12, 31, 0, 0, 0).unwrap()),
+            ..Default::default()
+        },
+    );
+    assert!(impossible.timestamp_adjusted);
+    let mut evs = vec![impossible];
+    evs.extend((0..3).map(|i| okta_fail("bob", "x", 0, i)));
+    let alerts = run_events(&text, &SigmaOptions::default(), &evs);
+    assert_eq!(
+        alerts.iter().filter(|a| a.rule_id == "c1").count(),
+        1,
+        "{alerts:?}"
+    );
+}
+
+#[test]
+fn events_without_a_group_by_value_are_in_no_group() {
+    let text = corr("    type: event_count\n    rules: [fail1]\n    group-by: [actor.alternateId]\n    timespan: 1m\n    condition:\n        gte: 3");
+    let nobody = |s: u32| {
+        event(
+            "okta",
+            json!({"eventType": "user.session.start", "outcome": {"result": "FAILURE"},
+                   "client": {"ipAddress": format!("203.0.113.{s}")},
+                   "published": format!("2024-05-01T10:00:{s:02}Z")}),
+        )
+    };
+    let evs: Vec<Event> = (0..5).map(nobody).collect();
+    assert!(run_events(&text, &SigmaOptions::default(), &evs).is_empty());
+}
+
+#[test]
 fn value_count_counts_distinct_values() {
     let text = corr("    type: value_count\n    rules: [okta_fail]\n    group-by: [client.ipAddress]\n    timespan: 10m\n    condition:\n        field: actor.alternateId\n        gte: 3");
     let same: Vec<Event> = (0..5).map(|i| okta_fail("bob", "9.9.9.9", 0, i)).collect();

@@ -474,8 +474,10 @@ impl Correlator {
         h.write(event.tenant.as_bytes());
         h.write(&[0xff]);
         for (p, &slot) in st.group_paths[j0].iter().zip(&st.group_slots[j0]) {
+            // An event without a group-by value belongs to no group (as `stats ... by field`
+            // drops it): ten failures of ten unknown users are not ten failures of one.
             if !Self::text_of(p, slot, event, fields, &mut h) {
-                h.write(&[0xfe]);
+                return;
             }
             h.write(&[0xff]);
         }
@@ -709,12 +711,17 @@ impl Correlator {
     /// Called after every event: advance the watermark, expire old state, close windows.
     pub fn advance(&mut self, event: &Event, rules: &RuleSet, alerts: &mut Vec<Alert>) {
         let ts = event.timestamp.timestamp_millis();
-        let stream_ts = self.streams.entry(stream_of(event)).or_insert(i64::MIN);
-        if ts > *stream_ts {
-            *stream_ts = ts;
-        }
-        if ts > self.max_ts {
-            self.max_ts = ts;
+        // An event whose impossible vendor time was replaced by its receive time says nothing
+        // of how far its stream has come: taken as the watermark, one such record (`9999-12-31`
+        // in a replayed file) would make every later event of the stream too late to count.
+        if !event.timestamp_adjusted {
+            let stream_ts = self.streams.entry(stream_of(event)).or_insert(i64::MIN);
+            if ts > *stream_ts {
+                *stream_ts = ts;
+            }
+            if ts > self.max_ts {
+                self.max_ts = ts;
+            }
         }
         self.events_since_sweep += 1;
         // Sweeps are scheduled by the newest event time of all streams. When that stream stalls
