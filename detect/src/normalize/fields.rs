@@ -187,7 +187,12 @@ pub(crate) fn clean_ip(s: &str) -> Option<String> {
     // is `198.51.100.7`): one address is one entity for the detectors and one search term.
     let canonical = |ip: std::net::IpAddr| ip.to_canonical().to_string();
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Some(canonical(ip));
+        // An IPv4 address parses only from its one written form: kept as it is, not formatted
+        // again (most addresses, and formatting is a good part of normalizing one).
+        return Some(match ip {
+            std::net::IpAddr::V4(_) => s.to_owned(),
+            std::net::IpAddr::V6(_) => canonical(ip),
+        });
     }
     // `[2001:db8::1]:443` and `203.0.113.5:51234` (M365 ClientIP)
     if let Some(rest) = s.strip_prefix('[') {
