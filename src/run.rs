@@ -684,6 +684,14 @@ fn check(config: &PerimeterConfig) -> ExitCode {
 
 async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
+    // A `[[poll]]` table that cannot work stops the start before anything is opened or swept.
+    {
+        let (bus, _unused) = perimeter_ingest::bus::channel(1);
+        let mut names = std::collections::HashSet::new();
+        for poll in &config.poll {
+            poll_source(config, poll, &data_dir, &bus, &mut names)?;
+        }
+    }
     // The same words as `run --check` for a data_dir that is a file ("File exists" said less).
     writable_data_dir(&data_dir).context("data_dir")?;
     std::fs::create_dir_all(&data_dir)

@@ -248,7 +248,8 @@ pub fn spawn_pipeline_worker(
                     alerts_still_firing: ack.alerts_still_firing.len(),
                     events: ack.events_written,
                     duplicates: ack.events_duplicate,
-                    dead_letters: out.dead_letters.len(),
+                    // Stored ones: a resent bad line is kept once, as a resent event is.
+                    dead_letters: ack.dead_letters_written,
                     // Alerts already stored (the same events detected again) are not raised
                     // anew.
                     alerts: raised.saturating_sub(ack.alerts_known.len()),

@@ -1437,7 +1437,8 @@ fn local_alert_query(args: &AlertsArgs) -> anyhow::Result<perimeter_store::Alert
     }
     if let Some(s) = &args.status {
         q.status = Some(
-            serde_json::from_value(serde_json::Value::String(s.clone()))
+            // Case aside, as the API takes it.
+            serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
                 .with_context(|| format!("unknown status {s}"))?,
         );
     }

@@ -256,6 +256,11 @@ fn demo_finds_the_attack_and_stores_it() {
     let of_rule = filtered(&["--rule", rule]);
     assert!(!of_rule.is_empty() && of_rule.iter().all(|a| a["alert"]["rule_id"] == rule));
     assert!(of_rule.len() < filtered(&[]).len());
+    // Filter values whatever their case, as the API takes them.
+    assert_eq!(
+        filtered(&["--status", "OPEN"]).len(),
+        filtered(&["--status", "open"]).len()
+    );
     assert!(
         filtered(&["--from", "now-1h"]).is_empty(),
         "the demo day is in the past"

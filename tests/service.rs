@@ -333,6 +333,12 @@ fn a_batch_resent_after_kill_9_sends_no_alert_again() {
     );
     assert!(n(&again, "duplicates") > 0, "{again}");
     assert_eq!(n(&again, "alerts"), 0, "{again}");
+    // Its bad line is stored once too.
+    assert_eq!(
+        (n(&first, "dead_letters"), n(&again, "dead_letters")),
+        (1, 0),
+        "{again}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         hook.bodies().len(),
@@ -1047,6 +1053,24 @@ fn the_served_openapi_document_has_the_ingest_route() {
         "{metrics}"
     );
     stop(svc);
+}
+
+/// A `[[poll]]` table that cannot work stops `run` before the data directory is touched.
+#[test]
+fn a_poll_table_that_cannot_work_stops_run_before_the_store_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with(
+        dir.path(),
+        "[[poll]]\nname = \"okta\"\nvendor = \"okta\"\nbase_url = \"https://acme.okta.example\"\ntoken = \"env:HOME\"\nlate_records_minutes = 60\n",
+    );
+    let out = perimeter(&["--config", cfg.to_str().unwrap(), "run"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("late_records_minutes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("data").exists(), "the store was opened");
 }
 
 #[test]

@@ -13,7 +13,8 @@ pub struct SubmitAck {
     pub events: usize,
     /// Replayed events that were already stored.
     pub duplicates: usize,
-    /// Input lines stored as dead letters.
+    /// Input lines stored as dead letters (a bad line already stored, as in a resent batch, is
+    /// not stored nor counted again).
     pub dead_letters: usize,
     /// Alerts raised by this batch.
     pub alerts: usize,

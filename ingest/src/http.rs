@@ -145,6 +145,7 @@ struct IngestDoc;
 async fn ingest(
     State(state): State<IngestState>,
     Path(source): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
@@ -170,6 +171,15 @@ async fn ingest(
             )
         }
     };
+    // The tenant is the token's and the source is in the path: a parameter (`?tenant=other`)
+    // would be silently ignored, and the shipper sent there by mistake.
+    if query.is_some_and(|q| !q.is_empty()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "ingest takes no query parameters: the tenant is the token's, the source is in the path",
+        );
+    }
     // A body over the limit is refused like any other request: with a JSON error.
     let body = match body {
         Ok(body) => body,
@@ -249,6 +259,24 @@ mod router_tests {
             .unwrap();
         let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(error["error"]["code"], "body_too_large", "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_query_parameter_is_refused_not_ignored() {
+        let (bus, _rx) = crate::bus::channel(1);
+        let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
+        let router = ingest_router(bus, auth, 1000, 1000);
+        let request = axum::http::Request::post("/ingest/okta?tenant=globex")
+            .header("authorization", "Bearer t")
+            .body(axum::body::Body::from("{}"))
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = axum::body::to_bytes(response.into_body(), 10_000)
+            .await
+            .unwrap();
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["error"]["code"], "invalid_parameter", "{error}");
     }
 }
 

@@ -1952,7 +1952,15 @@ fn sweep_and_page_settings_that_cannot_work_are_refused() {
         late_records_minutes: Some(60),
         ..config(Vendor::Okta, base)
     });
-    assert!(err.contains("late_records_minutes applies to"), "{err}");
+    assert!(
+        err.contains("late_records_minutes and late_sweep_interval_minutes apply to"),
+        "{err}"
+    );
+    let err = refused(PollConfig {
+        late_sweep_interval_minutes: 5,
+        ..config(Vendor::Okta, base)
+    });
+    assert!(err.contains("apply to google_workspace"), "{err}");
     let err = refused(PollConfig {
         late_sweep_interval_minutes: 0,
         ..config(Vendor::GoogleWorkspace, base)

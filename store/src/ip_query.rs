@@ -29,6 +29,16 @@ fn is_ip_field(field: &Option<String>) -> bool {
 
 fn rewrite_leaf(leaf: UserInputLeaf) -> Result<UserInputLeaf, String> {
     match leaf {
+        // Stored addresses are in one written form (`2001:db8::66`, `198.51.100.9` for
+        // `::ffff:198.51.100.9`): a term in another form of the same address finds them too.
+        UserInputLeaf::Literal(mut lit)
+            if is_ip_field(&lit.field_name) && !lit.phrase.contains(['/', '*', '?']) =>
+        {
+            if let Ok(ip) = lit.phrase.trim().parse::<std::net::IpAddr>() {
+                lit.phrase = ip.to_canonical().to_string();
+            }
+            Ok(UserInputLeaf::Literal(lit))
+        }
         UserInputLeaf::Literal(lit) if is_ip_field(&lit.field_name) && lit.phrase.contains('/') => {
             let (first, last) = cidr_bounds(lit.phrase.trim())?;
             Ok(regex_leaf(lit.field_name, first, last))

@@ -25,7 +25,17 @@ pub(crate) fn unquote_comparisons(query: &str) -> std::borrow::Cow<'_, str> {
     static QUOTED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r#"(:\s*(?:>=|<=|>|<))"([^"\s\\]+)""#).expect("a valid pattern")
     });
-    QUOTED.replace_all(query, "${1}${2}")
+    // The bounds of a range too: `["2026-11-24" TO "2026-11-25"]`.
+    static RANGE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"([\[{]\s*)"([^"\s\\]+)"(\s+TO\s+)"([^"\s\\]+)"(\s*[\]}])"#)
+            .expect("a valid pattern")
+    });
+    match QUOTED.replace_all(query, "${1}${2}") {
+        std::borrow::Cow::Borrowed(q) => RANGE.replace_all(q, "${1}${2}${3}${4}${5}"),
+        std::borrow::Cow::Owned(q) => {
+            std::borrow::Cow::Owned(RANGE.replace_all(&q, "${1}${2}${3}${4}${5}").into_owned())
+        }
+    }
 }
 
 /// Rewrite every `@timestamp` literal and range bound into RFC 3339; `Err` says which value is

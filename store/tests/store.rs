@@ -2146,6 +2146,9 @@ fn ip_ranges_and_cidr_blocks_compare_addresses_not_text() {
     // Exact addresses, IPv6 included, as before.
     assert_eq!(found("source.ip:\"2001:db8::1\""), ["2001:db8::1"]);
     assert_eq!(found("source.ip:192.0.2.9"), ["192.0.2.9"]);
+    // Other written forms of a stored address find it (the normalizers store one form).
+    assert_eq!(found("source.ip:\"2001:DB8:0:0:0:0:0:1\""), ["2001:db8::1"]);
+    assert_eq!(found("related.ip:\"::ffff:192.0.2.9\""), ["192.0.2.9"]);
     // What cannot be answered is an error, not an empty result.
     for bad in [
         "source.ip:192.0.2.0/33",
@@ -2196,6 +2199,11 @@ fn timestamp_terms_take_days_and_relative_times_as_the_time_parameters_do() {
         ["act2", "act3", "act4"]
     );
     assert_eq!(found("@timestamp:\"2026-11-20T12:00:00Z\""), ["act2"]);
+    // Quoted range bounds.
+    assert_eq!(
+        found("@timestamp:[\"2026-11-20T12:00:00Z\" TO \"2026-11-20T12:00:01Z\"}"),
+        ["act2"]
+    );
     // Quoted after a comparison too, as times are quoted elsewhere.
     assert_eq!(
         found("@timestamp:>=\"2026-11-20T12:00:00Z\" AND @timestamp:<\"now-1d\""),

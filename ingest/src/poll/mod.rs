@@ -357,9 +357,11 @@ impl PollSource {
             config.vendor,
             Vendor::GoogleWorkspace | Vendor::Slack | Vendor::Launchdarkly
         );
-        if !listing && config.late_records_minutes.is_some_and(|m| m > 0) {
+        let sweep_set = config.late_records_minutes.is_some_and(|m| m > 0)
+            || config.late_sweep_interval_minutes != default_late_sweep_interval_minutes();
+        if !listing && sweep_set {
             return Err(err(format!(
-                "late_records_minutes applies to google_workspace, slack and launchdarkly; {} goes on from the vendor's own cursor",
+                "late_records_minutes and late_sweep_interval_minutes apply to google_workspace, slack and launchdarkly; {} goes on from the vendor's own cursor",
                 config.vendor.source()
             )));
         }

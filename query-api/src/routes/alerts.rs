@@ -318,6 +318,7 @@ pub async fn update_alert(
     State(state): State<AppState>,
     auth: Auth<ResponderRole>,
     ApiPath(id): ApiPath<String>,
+    _: ApiQuery<NoParams>,
     ApiJson(patch): ApiJson<AlertPatch>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     bounded("id", &id, MAX_LABEL_BYTES)?;

@@ -87,6 +87,7 @@ pub async fn list_destinations(
 pub async fn create_destination(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
+    _: ApiQuery<NoParams>,
     ApiJson(new): ApiJson<NewDestination>,
 ) -> Result<(StatusCode, Json<Destination>), ApiError> {
     bounded("url", &new.url, 2048)?;
@@ -125,6 +126,7 @@ pub async fn delete_destination(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
     ApiPath(id): ApiPath<String>,
+    _: ApiQuery<NoParams>,
 ) -> Result<StatusCode, ApiError> {
     bounded("id", &id, 64)?;
     if !state

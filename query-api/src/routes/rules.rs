@@ -139,6 +139,7 @@ pub async fn switch_rule(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
     ApiPath(id): ApiPath<String>,
+    _: ApiQuery<NoParams>,
     ApiJson(request): ApiJson<RuleSwitchRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     bounded("id", &id, MAX_RULE_ID_BYTES)?;
@@ -232,6 +233,7 @@ pub async fn switch_rule(
 pub async fn test_rule(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
+    _: ApiQuery<NoParams>,
     ApiJson(request): ApiJson<RuleTestRequest>,
 ) -> Result<Json<RuleTestResponse>, ApiError> {
     if request.rule.trim().is_empty() {

@@ -1790,6 +1790,24 @@ fn bad_requests_are_4xx_json_never_500() {
         assert_error(get(&path), 400, "invalid_parameter");
     }
     assert_eq!(get(&alert_path).status(), 200);
+    // Nor do the routes that change things.
+    let r = api
+        .req(
+            Method::PATCH,
+            &format!("{alert_path}?force=1"),
+            ACME,
+            Role::Admin,
+        )
+        .json(&json!({"note": "x"}))
+        .send()
+        .unwrap();
+    assert_error(r, 400, "invalid_parameter");
+    let r = api
+        .req(Method::POST, "/api/v1/rules/test?dry=1", ACME, Role::Admin)
+        .json(&json!({"rule": "title: x", "events": []}))
+        .send()
+        .unwrap();
+    assert_error(r, 400, "invalid_parameter");
     assert_error(
         get("/api/v1/alerts?cursor=not-a-cursor"),
         400,
