@@ -197,25 +197,17 @@ fn failures_of_an_expired_burst_are_not_the_evidence_of_a_later_one() {
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
     let day1 = t0() + Duration::hours(9);
     let day2 = day1 + Duration::days(1);
-    let mut events = Vec::new();
-    for i in 0..4 {
-        let l = Login::new("bob@example.com", "198.51.100.77", false);
-        events.push(okta_login(
-            "acme",
-            day1 + Duration::seconds(10 * i),
-            i as u64 + 1,
-            &l,
-        ));
-    }
-    for i in 0..9 {
-        let l = Login::new("bob@example.com", "203.0.113.20", false);
-        events.push(okta_login(
-            "acme",
-            day2 + Duration::seconds(10 * i),
-            i as u64 + 5,
-            &l,
-        ));
-    }
+    // `n` failures of bob from `ip`, 10 seconds apart from `at`, at input lines from `line`.
+    let failures = |at: DateTime<Utc>, ip: &str, line: u64, n: i64| -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                let l = Login::new("bob@example.com", ip, false);
+                okta_login("acme", at + Duration::seconds(10 * i), line + i as u64, &l)
+            })
+            .collect()
+    };
+    let mut events = failures(day1, "198.51.100.77", 1, 4);
+    events.extend(failures(day2, "203.0.113.20", 5, 9));
     let ok = Login::new("bob@example.com", "203.0.113.20", true);
     events.push(okta_login("acme", day2 + Duration::seconds(120), 14, &ok));
     let alerts = run(&mut engine, &events);
