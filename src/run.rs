@@ -228,11 +228,27 @@ fn value_masker(
     }))
 }
 
-fn ingest_auth(tokens: Arc<TokenStore>) -> perimeter_ingest::http::IngestAuth {
+/// Who may ingest: responder and admin tokens, into their tenant. A valid token refused for its
+/// role is audited as the API's routes audit it (`request.denied`).
+fn ingest_auth(
+    tokens: Arc<TokenStore>,
+    audit: Arc<perimeter_query_api::AuditLog>,
+) -> perimeter_ingest::http::IngestAuth {
     use perimeter_ingest::http::IngestRefusal;
     Arc::new(move |presented: &str| match tokens.verify(presented) {
         Some(t) if t.role >= Role::Responder => Ok(t.tenant.clone()),
-        Some(_) => Err(IngestRefusal::Forbidden),
+        Some(t) => {
+            let entry = perimeter_query_api::AuditEntry::new(
+                &t,
+                "request.denied",
+                Some("POST /ingest"),
+                serde_json::json!({"outcome": "forbidden", "needs": Role::Responder.to_string()}),
+            );
+            if let Err(e) = audit.append(&entry) {
+                tracing::warn!(error = %e, "auditing a refused ingest failed");
+            }
+            Err(IngestRefusal::Forbidden)
+        }
         None => Err(IngestRefusal::Unauthorized),
     })
 }
@@ -849,7 +865,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let scheme = if server.is_tls() { "https" } else { "http" };
     let ingest = perimeter_ingest::http::ingest_router(
         bus.clone(),
-        ingest_auth(state.tokens.clone()),
+        ingest_auth(state.tokens.clone(), state.audit.clone()),
         64 * 1024 * 1024,
         config.max_line_bytes,
     );

@@ -504,6 +504,21 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
         let error: serde_json::Value = r.json().unwrap();
         assert_eq!(error["error"]["code"], code, "{error}");
     }
+    // The viewer's attempt is in the audit log, as a refused API call is.
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    let denied: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["action"] == "request.denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{audit}");
+    assert_eq!(
+        (&denied[0]["target"], &denied[0]["role"]),
+        (
+            &serde_json::json!("POST /ingest"),
+            &serde_json::json!("viewer")
+        )
+    );
     // Freshness and Perimeter's own delay are apart: the events are days old by event time,
     // but were stored within seconds of being received.
     let metrics = svc.metrics();
