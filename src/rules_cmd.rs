@@ -129,6 +129,9 @@ fn check(config: &PerimeterConfig, paths: Vec<PathBuf>, format: &str) -> anyhow:
         let warnings: Vec<_> = misspelt
             .iter()
             .map(|u| serde_json::json!({"path": u.path, "line": u.line, "warning": u.to_string()}))
+            .chain(rules.spec_warnings().into_iter().map(|w| {
+                serde_json::json!({"path": w.path, "line": w.line, "field": w.field, "warning": w.to_string()})
+            }))
             .collect();
         println!(
             "{}",
@@ -140,6 +143,9 @@ fn check(config: &PerimeterConfig, paths: Vec<PathBuf>, format: &str) -> anyhow:
         }
         for m in &misspelt {
             println!("WARN {m}");
+        }
+        for w in rules.spec_warnings() {
+            println!("WARN {w}");
         }
         println!(
             "{} rules loaded, {} failed",

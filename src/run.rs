@@ -172,6 +172,7 @@ impl RuleService for SigmaRuleService {
             .misspelt_sources(&self.registry.names(), &options)
             .iter()
             .map(|w| w.to_string())
+            .chain(set.spec_warnings().iter().map(|w| w.to_string()))
             .collect();
         let mut detector = SigmaDetector::new(set, &options);
         let mut matched = Vec::new();
@@ -600,6 +601,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         let (set, options, loaded) = load_rules_reported(config, &[], false)?;
         let known: Vec<&str> = names.iter().map(String::as_str).collect();
         for warning in set.misspelt_sources(&known, &options) {
+            say!("warn   rules: {warning}");
+        }
+        for warning in set.spec_warnings() {
             say!("warn   rules: {warning}");
         }
         for f in &loaded.failed {

@@ -1187,6 +1187,59 @@ fn rules_check_warns_about_a_misspelt_source() {
     );
 }
 
+/// What the Sigma specification forbids in metadata but the engine can run with: warnings
+/// naming line and field, the rules load.
+#[test]
+fn rules_check_warns_about_metadata_the_spec_forbids() {
+    let dir = tempfile::tempdir().unwrap();
+    let long_title = format!("title: {}", "x".repeat(300));
+    std::fs::write(
+        dir.path().join("meta.yml"),
+        MFA_RULE
+            .replace(
+                "status: test",
+                "status: wip\ndate: 2026/01/01\ntags: attack.t1556",
+            )
+            .replace("title: Okta MFA factor deactivated", &long_title)
+            + "related:\n    - id: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e12\n      type: cousin\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("filter.yml"),
+        "title: Filter without logsource\nfilter:\n    rules:\n        - 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e11\n    selection:\n        User: x\n    condition: selection\n",
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+    let out = perimeter(&["rules", "check", path, "--format", "json"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report = &json_lines(&out)[0];
+    assert_eq!(report["loaded"], 2, "{report}");
+    let mut fields: Vec<(String, u64)> = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["field"].as_str().unwrap().to_string(),
+                w["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            ("date".to_string(), 4),
+            ("logsource".to_string(), 1),
+            ("related.type".to_string(), 16),
+            ("status".to_string(), 3),
+            ("tags".to_string(), 5),
+            ("title".to_string(), 1),
+        ],
+        "{report}"
+    );
+}
+
 #[test]
 fn tokens_can_expire_and_say_when() {
     let dir = tempfile::tempdir().unwrap();

@@ -420,6 +420,18 @@ impl RuleSet {
         self.len() == 0
     }
 
+    /// What the loaded rules' metadata breaks of the Sigma specification (see
+    /// `RuleMeta::warnings`): warnings, the rules run.
+    pub fn spec_warnings(&self) -> Vec<&RuleError> {
+        let metas = self
+            .detections
+            .iter()
+            .map(|r| &r.meta)
+            .chain(self.correlations.iter().map(|c| &c.meta))
+            .chain(self.filters.iter().map(|f| &f.meta));
+        metas.flat_map(|m| m.warnings.iter()).collect()
+    }
+
     /// Detection rules whose logsource resolves to a source no normalizer or mapping in `known`
     /// produces, but one name of `known` nearly: a misspelt product (`okat` for `okta`). Any
     /// source name is accepted (records of vendors without a normalizer keep their name as plain

@@ -35,6 +35,10 @@ pub struct RuleMeta {
     /// Perimeter extension: this rule's own `alert_group_seconds` (the store's grouping of
     /// repeats for one entity; `0`: every match is an alert of its own).
     pub alert_group_seconds: Option<u64>,
+    /// What the Sigma specification forbids in the rule's metadata but the engine can run
+    /// with (a 300-character title, `status: wip`, a date not `YYYY-MM-DD`): `rules check`
+    /// warns, the rule loads, so public rules are not refused over style.
+    pub warnings: Vec<RuleError>,
 }
 
 impl RuleMeta {
@@ -296,7 +300,85 @@ fn parse_meta(doc: &Node, path: &Path, hash: &str) -> Result<RuleMeta, RuleError
         rule_hash: hash.to_string(),
         entity_field: opt_str(doc, "entity_field", path)?,
         alert_group_seconds: opt_seconds(doc, "alert_group_seconds", path)?,
+        warnings: spec_warnings(doc, path),
     })
+}
+
+/// The Sigma specification's rules for metadata (rules specification and its JSON schema) that
+/// a rule breaks: each a warning naming line and field.
+fn spec_warnings(doc: &Node, path: &Path) -> Vec<RuleError> {
+    let mut out = Vec::new();
+    let mut warn = |node: &Node, field: &str, message: String| {
+        out.push(rerr(path, node.line, Some(field), message));
+    };
+    if let Some(t) = doc.get("title") {
+        match t.as_str() {
+            Some(title) if title.chars().count() > 256 => warn(
+                t,
+                "title",
+                format!("longer than 256 characters ({})", title.chars().count()),
+            ),
+            Some(_) => {}
+            None => warn(
+                t,
+                "title",
+                format!("should be a string, found a {}", t.kind()),
+            ),
+        }
+    }
+    const STATUSES: [&str; 5] = [
+        "stable",
+        "test",
+        "experimental",
+        "deprecated",
+        "unsupported",
+    ];
+    if let Some(n) = doc.get("status") {
+        if !n.as_str().is_some_and(|v| STATUSES.contains(&v)) {
+            let found = n.scalar_text().unwrap_or_else(|| n.kind().to_string());
+            warn(
+                n,
+                "status",
+                format!("`{found}` is none of {}", STATUSES.join(", ")),
+            );
+        }
+    }
+    for key in ["date", "modified"] {
+        if let Some(n) = doc.get(key) {
+            let text = n.scalar_text().unwrap_or_default();
+            if chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d").is_err() || text.len() != 10 {
+                warn(n, key, format!("`{text}` is not a date written YYYY-MM-DD"));
+            }
+        }
+    }
+    if let Some(n) = doc.get("tags") {
+        if !matches!(n.value, Value::Seq(_) | Value::Null) {
+            warn(n, "tags", "should be a list".into());
+        }
+    }
+    const RELATIONS: [&str; 5] = ["derived", "obsolete", "merged", "renamed", "similar"];
+    if let Some(Value::Seq(items)) = doc.get("related").map(|n| &n.value) {
+        for item in items {
+            if let Some(t) = item.get("type") {
+                if !t.as_str().is_some_and(|v| RELATIONS.contains(&v)) {
+                    let found = t.scalar_text().unwrap_or_default();
+                    warn(
+                        t,
+                        "related.type",
+                        format!("`{found}` is none of {}", RELATIONS.join(", ")),
+                    );
+                }
+            }
+        }
+    }
+    if doc.get("filter").is_some() && doc.get("logsource").is_none() {
+        warn(
+            doc,
+            "logsource",
+            "a filter should name its `logsource`".into(),
+        );
+    }
+    out
 }
 
 /// An optional whole number of seconds, at most a year.
