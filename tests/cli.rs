@@ -1205,6 +1205,16 @@ fn rules_check_warns_about_metadata_the_spec_forbids() {
     )
     .unwrap();
     std::fs::write(
+        dir.path().join("values.yml"),
+        MFA_RULE
+            .replace("9e11", "9e13")
+            .replace(
+                "        eventType: user.mfa.factor.deactivate",
+                "        eventType|contains|all: deactivate\n        outcome.reason:\n            - ''\n            - null",
+            ),
+    )
+    .unwrap();
+    std::fs::write(
         dir.path().join("filter.yml"),
         "title: Filter without logsource\nfilter:\n    rules:\n        - 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e11\n    selection:\n        User: x\n    condition: selection\n",
     )
@@ -1213,7 +1223,7 @@ fn rules_check_warns_about_metadata_the_spec_forbids() {
     let out = perimeter(&["rules", "check", path, "--format", "json"], None);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let report = &json_lines(&out)[0];
-    assert_eq!(report["loaded"], 2, "{report}");
+    assert_eq!(report["loaded"], 3, "{report}");
     let mut fields: Vec<(String, u64)> = report["warnings"]
         .as_array()
         .unwrap()
@@ -1230,6 +1240,8 @@ fn rules_check_warns_about_metadata_the_spec_forbids() {
         fields,
         [
             ("date".to_string(), 4),
+            ("detection.selection.eventType|contains|all".to_string(), 9),
+            ("detection.selection.outcome.reason".to_string(), 11),
             ("logsource".to_string(), 1),
             ("related.type".to_string(), 16),
             ("status".to_string(), 3),

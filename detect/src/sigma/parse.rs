@@ -378,6 +378,35 @@ fn spec_warnings(doc: &Node, path: &Path) -> Vec<RuleError> {
             "a filter should name its `logsource`".into(),
         );
     }
+    // Value lists in the search identifiers (modifiers appendix, rules specification).
+    let section = doc.get("detection").or_else(|| doc.get("filter"));
+    for (ident, body) in section.and_then(Node::as_map).unwrap_or_default() {
+        let maps: Vec<&Node> = match &body.value {
+            Value::Map(_) => vec![body],
+            Value::Seq(items) => items.iter().filter(|i| i.as_map().is_some()).collect(),
+            _ => Vec::new(),
+        };
+        for map in maps {
+            for (field, values) in map.as_map().unwrap_or_default() {
+                let name = format!("detection.{ident}.{field}");
+                match &values.value {
+                    Value::Seq(items) if items.iter().any(|i| i.value == Value::Null) => warn(
+                        values,
+                        &name,
+                        "`null` cannot be part of a list of values (use a selection of its own)"
+                            .into(),
+                    ),
+                    Value::Seq(items) if items.len() > 1 => {}
+                    _ if field.split('|').any(|m| m == "all") => warn(
+                        values,
+                        &name,
+                        "`all` is for a list of values; a single value has nothing to join".into(),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
     out
 }
 
