@@ -81,6 +81,13 @@ impl PerimeterConfig {
         config
             .check_tenants()
             .with_context(|| format!("config {}", path.display()))?;
+        // The store's own `data_dir` key is replaced by the top-level one: set there, it would
+        // be accepted and silently not used.
+        anyhow::ensure!(
+            config.store.data_dir == perimeter_store::StoreConfig::default().data_dir,
+            "config {}: [store] data_dir is not used; set `data_dir` at the top level",
+            path.display()
+        );
         Ok(config)
     }
 
@@ -140,6 +147,15 @@ mod tests {
         }
         std::fs::write(&path, "tenant = \"acme-prod.eu@x_1\"\n").unwrap();
         assert!(PerimeterConfig::load(Some(&path)).is_ok());
+    }
+
+    #[test]
+    fn a_store_data_dir_is_refused_for_the_top_level_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "[store]\ndata_dir = \"/elsewhere\"\n").unwrap();
+        let err = format!("{:#}", PerimeterConfig::load(Some(&path)).unwrap_err());
+        assert!(err.contains("set `data_dir` at the top level"), "{err}");
     }
 
     #[test]

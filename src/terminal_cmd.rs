@@ -112,8 +112,10 @@ pub struct Target {
     /// API token for `--server`.
     #[arg(long, env = "PERIMETER_TOKEN")]
     pub token: Option<String>,
-    /// PEM file of the CA (or the self-signed certificate) an `https://` server's certificate
-    /// is checked against, besides the public roots: a server behind an internal CA.
+    /// PEM file of the CA an `https://` server's certificate is checked against, besides the
+    /// public roots: a server behind an internal CA. A self-signed server certificate works when
+    /// made with `basicConstraints=CA:FALSE` (`openssl req -x509` marks it a CA by default, and a
+    /// CA certificate is refused as a server's own).
     #[arg(long, env = "PERIMETER_CA_CERT", value_name = "PEM")]
     pub ca_cert: Option<std::path::PathBuf>,
     /// Data directory to read when no `--server` is given (default: the configuration's
@@ -485,8 +487,10 @@ pub struct ServerAccess {
     /// API token. Any role may look; changing an alert takes responder, changing a rule admin.
     #[arg(long, env = "PERIMETER_TOKEN")]
     pub token: String,
-    /// PEM file of the CA (or the self-signed certificate) an `https://` server's certificate
-    /// is checked against, besides the public roots: a server behind an internal CA.
+    /// PEM file of the CA an `https://` server's certificate is checked against, besides the
+    /// public roots: a server behind an internal CA. A self-signed server certificate works when
+    /// made with `basicConstraints=CA:FALSE` (`openssl req -x509` marks it a CA by default, and a
+    /// CA certificate is refused as a server's own).
     #[arg(long, env = "PERIMETER_CA_CERT", value_name = "PEM")]
     pub ca_cert: Option<std::path::PathBuf>,
 }
