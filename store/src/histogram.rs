@@ -149,6 +149,60 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 }
 
 /// Counts matching documents per bucket from the `@timestamp` column.
+/// The first and last second (`[lo, hi)`, whole seconds) of the matching events: where an open
+/// end of a histogram's range stops, so its interval and its bucket limit go by the events the
+/// search matches, not by everything stored.
+pub(crate) struct MatchSpanCollector;
+
+pub(crate) struct MatchSpanSegmentCollector {
+    timestamps: Option<Column<tantivy::DateTime>>,
+    span: Option<(i64, i64)>,
+}
+
+impl Collector for MatchSpanCollector {
+    type Fruit = Option<(i64, i64)>;
+    type Child = MatchSpanSegmentCollector;
+
+    fn for_segment(
+        &self,
+        _segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<MatchSpanSegmentCollector> {
+        Ok(MatchSpanSegmentCollector {
+            timestamps: reader.fast_fields().date(TIMESTAMP_FIELD).ok(),
+            span: None,
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Option<(i64, i64)>>) -> tantivy::Result<Option<(i64, i64)>> {
+        Ok(fruits.into_iter().flatten().reduce(widen))
+    }
+}
+
+/// The smallest span holding both.
+pub(crate) fn widen(a: (i64, i64), b: (i64, i64)) -> (i64, i64) {
+    (a.0.min(b.0), a.1.max(b.1))
+}
+
+impl SegmentCollector for MatchSpanSegmentCollector {
+    type Fruit = Option<(i64, i64)>;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        if let Some(ts) = self.timestamps.as_ref().and_then(|c| c.first(doc)) {
+            let s = ts.into_timestamp_micros().div_euclid(1_000_000);
+            self.span = Some(self.span.map_or((s, s + 1), |span| widen(span, (s, s + 1))));
+        }
+    }
+
+    fn harvest(self) -> Option<(i64, i64)> {
+        self.span
+    }
+}
+
 pub(crate) struct HistogramCollector {
     pub buckets: Buckets,
 }

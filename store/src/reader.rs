@@ -367,27 +367,18 @@ impl Store {
         }
         let indexes = self.indexes_in_range(tenant, q.from, q.to);
         let searchers: Vec<_> = indexes.iter().map(|idx| idx.reader.searcher()).collect();
-        // An open end of the range ends where the stored events do (each segment's time
-        // column knows its oldest and newest), so the buckets span the data, not whole days.
+        // An open end of the range ends where the matching events do, so the interval chosen
+        // and the bucket limit go by them: one unrelated event a year old must not make the
+        // failures of the last hour one weekly bucket.
         let mut stored: Option<(i64, i64)> = None;
-        for searcher in &searchers {
-            for seg in searcher.segment_readers() {
-                if seg.num_docs() == 0 {
-                    continue;
+        if q.from.is_none() || q.to.is_none() {
+            for searcher in &searchers {
+                if let Some(span) = searcher
+                    .search(&query, &crate::histogram::MatchSpanCollector)
+                    .map_err(query_shape_error)?
+                {
+                    stored = Some(stored.map_or(span, |s| crate::histogram::widen(s, span)));
                 }
-                let Ok(col) = seg.fast_fields().date(TIMESTAMP_FIELD) else {
-                    continue;
-                };
-                let (lo, hi) = (
-                    col.min_value()
-                        .into_timestamp_micros()
-                        .div_euclid(1_000_000),
-                    col.max_value()
-                        .into_timestamp_micros()
-                        .div_euclid(1_000_000)
-                        + 1,
-                );
-                stored = Some(stored.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
             }
         }
         let from = q.from.map(|f| f.timestamp());

@@ -2324,6 +2324,21 @@ fn histograms_count_what_the_search_finds_per_interval() {
         auto.buckets.len()
     );
     assert_eq!(auto.buckets.iter().map(|b| b.count).sum::<u64>(), 6);
+    // The interval goes by the matching events' span, not by all that is stored: an old
+    // unrelated event does not stretch dana's buckets into weeks.
+    store
+        .write_batch(&batch(vec![event(
+            "acme",
+            "okta",
+            ts(20, 22, 5) - chrono::Duration::days(300),
+            "old",
+            "user.session.start",
+            99,
+        )]))
+        .unwrap();
+    let narrow = histogram("dana", None, None, None);
+    assert_eq!(narrow.total, 6);
+    assert_eq!(narrow.interval_seconds, auto.interval_seconds);
     // A tenant with nothing stored: no buckets, no error.
     let none = store
         .event_histogram("initech", &perimeter_store::EventHistogramQuery::default())

@@ -117,9 +117,10 @@ pub struct EventHistogramParams {
     /// events.
     pub q: Option<String>,
     /// Count events at or after this time (the first bucket holds it): RFC 3339, a date or
-    /// relative (`now-24h`). Absent: from the oldest stored event.
+    /// relative (`now-24h`). Absent: from the oldest event the search matches.
     pub from: Option<String>,
-    /// Count events before this time (exclusive). Absent: up to the newest stored event.
+    /// Count events before this time (exclusive). Absent: up to the newest event the search
+    /// matches.
     pub to: Option<String>,
     /// Bucket width: a whole number and a unit, `s`, `m`, `h`, `d` or `w` (`30s`, `5m`, `1h`,
     /// `1d`). Absent: the smallest of 1s, 5s, 10s, 30s, 1m, 5m, 10m, 30m, 1h, 3h, 6h, 12h, 1d,
