@@ -700,6 +700,20 @@ fn a_record_with_an_impossible_time_does_not_make_its_stream_late() {
 }
 
 #[test]
+fn a_correlation_names_its_entity_field_over_its_group_by() {
+    let text = corr("    type: event_count\n    rules: [fail1]\n    group-by: [actor.alternateId]\n    timespan: 1m\n    condition:\n        gte: 2")
+        .replacen("level: high\n", "level: high\nentity_field: client.ipAddress\n", 1);
+    let evs = [
+        okta_fail("bob", "203.0.113.9", 0, 0),
+        okta_fail("bob", "203.0.113.9", 0, 1),
+    ];
+    let alerts = run_events(&text, &SigmaOptions::default(), &evs);
+    let c: Vec<_> = alerts.iter().filter(|a| a.rule_id == "c1").collect();
+    assert_eq!(c.len(), 1, "{alerts:?}");
+    assert_eq!(c[0].entity, "203.0.113.9");
+}
+
+#[test]
 fn events_without_a_group_by_value_are_in_no_group() {
     let text = corr("    type: event_count\n    rules: [fail1]\n    group-by: [actor.alternateId]\n    timespan: 1m\n    condition:\n        gte: 3");
     let nobody = |s: u32| {

@@ -419,6 +419,11 @@ impl Correlator {
     ) -> (String, EntityKind) {
         let _ = rules;
         let _ = ci;
+        // The rule's own choice (`entity_field`) names the alert, whatever it groups by: a
+        // group of role sessions keyed by their ARN is about the person who acted.
+        if c.meta.entity_field.is_some() {
+            return entity_of(&c.meta, event);
+        }
         match paths {
             [] => entity_of(&c.meta, event),
             [p] => match Self::first_text(p, event) {
