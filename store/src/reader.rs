@@ -14,7 +14,7 @@ use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
 
 use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};
-use crate::catch_all::{map_leaves, rewrite_catch_all_phrases};
+use crate::catch_all::{map_leaves, rewrite_catch_all_phrases, try_map_leaves};
 use crate::fuzzy::rewrite_fuzzy;
 use crate::histogram::{
     Buckets, EventHistogram, EventHistogramQuery, HistogramCollector, AUTO_INTERVAL_WITHOUT_DATA,
@@ -153,7 +153,7 @@ impl Store {
                     .into(),
             ));
         }
-        refuse_event_id_ranges(&ast).map_err(StoreError::InvalidQuery)?;
+        let ast = refuse_event_id_ranges(ast).map_err(StoreError::InvalidQuery)?;
         let ast = match &self.query_masker {
             Some(masker) => mask_query_terms(ast, masker.as_ref()),
             None => ast,
@@ -586,24 +586,18 @@ fn mask_query_terms(
 
 /// Ranges on `event.id` (`event.id:>1`, `event.id:[a TO b]`) are refused: ids are content
 /// hashes, their order means nothing, and the field holds only half of each.
-fn refuse_event_id_ranges(ast: &UserInputAst) -> std::result::Result<(), String> {
-    match ast {
-        UserInputAst::Clause(clauses) => clauses
-            .iter()
-            .try_for_each(|(_, sub)| refuse_event_id_ranges(sub)),
-        UserInputAst::Boost(inner, _) => refuse_event_id_ranges(inner),
-        UserInputAst::Leaf(leaf) => match &**leaf {
-            UserInputLeaf::Range { field, .. }
-                if matches!(field.as_deref(), Some(ID_FIELD | ID_LO_FIELD)) =>
-            {
-                Err(format!(
-                    "`{ID_FIELD}` takes one event's id (`{ID_FIELD}:<32 hex digits>`) or several \
-                     (`{ID_FIELD}: IN [a b]`), not a range"
-                ))
-            }
-            _ => Ok(()),
-        },
-    }
+fn refuse_event_id_ranges(ast: UserInputAst) -> std::result::Result<UserInputAst, String> {
+    try_map_leaves(ast, &|leaf| match leaf {
+        UserInputLeaf::Range { field, .. }
+            if matches!(field.as_deref(), Some(ID_FIELD | ID_LO_FIELD)) =>
+        {
+            Err(format!(
+                "`{ID_FIELD}` takes one event's id (`{ID_FIELD}:<32 hex digits>`) or several \
+                 (`{ID_FIELD}: IN [a b]`), not a range"
+            ))
+        }
+        other => Ok(other),
+    })
 }
 
 /// `field:[* TO *]` becomes `field:*` (the field has a value): tantivy's range query with

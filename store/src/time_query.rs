@@ -21,7 +21,7 @@ use crate::tantivy_sink::TIMESTAMP_FIELD;
 /// `field:>="value"` as `field:>=value`: tantivy's grammar takes no quotes after a comparison,
 /// yet times are quoted elsewhere (`@timestamp:"2026-11-24T10:00:00Z"`), so analysts quote
 /// them here too. Only a quoted value without spaces or quotes inside is unquoted.
-pub(crate) fn unquote_comparisons(query: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn unquote_comparisons(query: &str) -> String {
     static QUOTED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
         regex::Regex::new(r#"(:\s*(?:>=|<=|>|<))"([^"\s\\]+)""#).expect("a valid pattern")
     });
@@ -30,12 +30,10 @@ pub(crate) fn unquote_comparisons(query: &str) -> std::borrow::Cow<'_, str> {
         regex::Regex::new(r#"([\[{]\s*)"([^"\s\\]+)"(\s+TO\s+)"([^"\s\\]+)"(\s*[\]}])"#)
             .expect("a valid pattern")
     });
-    match QUOTED.replace_all(query, "${1}${2}") {
-        std::borrow::Cow::Borrowed(q) => RANGE.replace_all(q, "${1}${2}${3}${4}${5}"),
-        std::borrow::Cow::Owned(q) => {
-            std::borrow::Cow::Owned(RANGE.replace_all(&q, "${1}${2}${3}${4}${5}").into_owned())
-        }
-    }
+    let compared = QUOTED.replace_all(query, "${1}${2}");
+    RANGE
+        .replace_all(&compared, "${1}${2}${3}${4}${5}")
+        .into_owned()
 }
 
 /// Rewrite every `@timestamp` literal and range bound into RFC 3339; `Err` says which value is
