@@ -117,10 +117,7 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
         let ack = store_output(&store, out, &metrics)
             .map_err(|e| anyhow::anyhow!("storing demo data: {e}"))?;
         repeats += ack.alerts_grouped.len();
-        alerts.extend_from_slice(&crate::service::not_grouped(
-            &out.alerts,
-            &ack.alerts_grouped,
-        ));
+        alerts.extend_from_slice(&crate::service::new_alerts(&out.alerts, &ack));
         dead += out.dead_letters.len();
         out.clear();
         Ok(())

@@ -12,7 +12,7 @@ use perimeter_detect::ueba::UebaEngine;
 use perimeter_ingest::poll::PollSource;
 use perimeter_ingest::spool::{SpoolConfig, SpoolSource};
 use perimeter_model::{Detector, Metrics, RawRecord};
-use perimeter_query_api::auth::{Role, TokenStore};
+use perimeter_query_api::auth::Role;
 use perimeter_query_api::{
     AlertNotifier, AppState, DeliveryOutbox, DestinationStore, ListenerCheck, RuleService,
     RuleSwitchStore, RuleTestError, Server,
@@ -231,27 +231,21 @@ fn value_masker(
 
 /// Who may ingest: responder and admin tokens, into their tenant. A valid token refused for its
 /// role is audited as the API's routes audit it (`request.denied`).
-fn ingest_auth(
-    tokens: Arc<TokenStore>,
-    audit: Arc<perimeter_query_api::AuditLog>,
-) -> perimeter_ingest::http::IngestAuth {
+fn ingest_auth(state: AppState) -> perimeter_ingest::http::IngestAuth {
     use perimeter_ingest::http::IngestRefusal;
-    Arc::new(move |presented: &str| match tokens.verify(presented) {
-        Some(t) if t.role >= Role::Responder => Ok(t.tenant.clone()),
-        Some(t) => {
-            let entry = perimeter_query_api::AuditEntry::new(
-                &t,
-                "request.denied",
-                Some("POST /ingest"),
-                serde_json::json!({"outcome": "forbidden", "needs": Role::Responder.to_string()}),
-            );
-            if let Err(e) = audit.append(&entry) {
-                tracing::warn!(error = %e, "auditing a refused ingest failed");
+    Arc::new(
+        move |presented: &str| match state.tokens.verify(presented) {
+            Some(t) if t.role >= Role::Responder => Ok(t.tenant.clone()),
+            Some(t) => {
+                let details = serde_json::json!({"outcome": "forbidden", "needs": Role::Responder.to_string()});
+                if let Err(e) = state.audit(&t, "request.denied", Some("POST /ingest"), details) {
+                    tracing::warn!(error = %e, "auditing a refused ingest failed");
+                }
+                Err(IngestRefusal::Forbidden)
             }
-            Err(IngestRefusal::Forbidden)
-        }
-        None => Err(IngestRefusal::Unauthorized),
-    })
+            None => Err(IngestRefusal::Unauthorized),
+        },
+    )
 }
 
 /// SIGHUP reloads the rules from their paths while the service runs: new and changed rules
@@ -869,7 +863,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let scheme = if server.is_tls() { "https" } else { "http" };
     let ingest = perimeter_ingest::http::ingest_router(
         bus.clone(),
-        ingest_auth(state.tokens.clone(), state.audit.clone()),
+        ingest_auth(state.clone()),
         64 * 1024 * 1024,
         config.max_line_bytes,
     );

@@ -559,13 +559,7 @@ fn note_state_current(metrics: &Metrics) {
 /// store counted into an earlier one), and earlier alerts still firing (their `count` passed a
 /// tenfold with this batch).
 fn notify_stored(notifier: &AlertNotifier, alerts: &[perimeter_model::Alert], ack: &WriteAck) {
-    let mut new = not_grouped(alerts, &ack.alerts_grouped).into_owned();
-    // Alerts the store already had were sent when they were first stored.
-    if !ack.alerts_known.is_empty() {
-        let known: std::collections::HashSet<&str> =
-            ack.alerts_known.iter().map(String::as_str).collect();
-        new.retain(|a| !known.contains(a.id.as_str()));
-    }
+    let mut new = new_alerts(alerts, ack).into_owned();
     // An alert the batch's own repeats grew goes out as stored (a burst of 40 says 40, not
     // the 10 it was raised with).
     for a in &mut new {
@@ -577,18 +571,24 @@ fn notify_stored(notifier: &AlertNotifier, alerts: &[perimeter_model::Alert], ac
 }
 
 /// The alerts destinations hear of: not those the store counted into an earlier alert of the
-/// same rule and entity (the first of a group was sent; its repeats are in its `count`).
-pub(crate) fn not_grouped<'a>(
+/// same rule and entity (the first of a group was sent; its repeats are in its `count`), nor
+/// those it already had (sent when they were first stored).
+pub(crate) fn new_alerts<'a>(
     alerts: &'a [perimeter_model::Alert],
-    grouped: &[String],
+    ack: &WriteAck,
 ) -> std::borrow::Cow<'a, [perimeter_model::Alert]> {
-    if grouped.is_empty() {
+    if ack.alerts_grouped.is_empty() && ack.alerts_known.is_empty() {
         return std::borrow::Cow::Borrowed(alerts);
     }
-    let grouped: std::collections::HashSet<&str> = grouped.iter().map(String::as_str).collect();
+    let told: std::collections::HashSet<&str> = ack
+        .alerts_grouped
+        .iter()
+        .chain(&ack.alerts_known)
+        .map(String::as_str)
+        .collect();
     alerts
         .iter()
-        .filter(|a| !grouped.contains(a.id.as_str()))
+        .filter(|a| !told.contains(a.id.as_str()))
         .cloned()
         .collect()
 }
