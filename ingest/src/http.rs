@@ -243,39 +243,34 @@ mod router_tests {
     use super::*;
     use tower::ServiceExt;
 
-    #[tokio::test]
-    async fn a_body_over_the_limit_is_a_json_413() {
+    /// POST `body` to `uri` with a token every request passes; the status and the JSON error.
+    async fn post(uri: &str, body: impl Into<axum::body::Body>) -> (StatusCode, serde_json::Value) {
         let (bus, _rx) = crate::bus::channel(1);
         let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
         let router = ingest_router(bus, auth, 1000, 1000);
-        let request = axum::http::Request::post("/ingest/okta")
+        let request = axum::http::Request::post(uri)
             .header("authorization", "Bearer t")
-            .body(axum::body::Body::from(vec![b'x'; 5000]))
+            .body(body.into())
             .unwrap();
         let response = router.oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 10_000)
             .await
             .unwrap();
-        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_a_json_413() {
+        let (status, error) = post("/ingest/okta", vec![b'x'; 5000]).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(error["error"]["code"], "body_too_large", "{error}");
     }
 
     #[tokio::test]
     async fn a_query_parameter_is_refused_not_ignored() {
-        let (bus, _rx) = crate::bus::channel(1);
-        let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
-        let router = ingest_router(bus, auth, 1000, 1000);
-        let request = axum::http::Request::post("/ingest/okta?tenant=globex")
-            .header("authorization", "Bearer t")
-            .body(axum::body::Body::from("{}"))
-            .unwrap();
-        let response = router.oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-        let body = axum::body::to_bytes(response.into_body(), 10_000)
-            .await
-            .unwrap();
-        let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (status, error) = post("/ingest/okta?tenant=globex", "{}").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(error["error"]["code"], "invalid_parameter", "{error}");
     }
 }
