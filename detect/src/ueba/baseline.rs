@@ -13,12 +13,20 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{DiscreteCDF, NegativeBinomial, Poisson};
 
-/// Sub-buckets per sliding window: the window edge is accurate to a tenth of its length.
-pub(crate) const WINDOW_SLOTS: usize = 10;
+/// Sub-buckets per window length: the window edge is accurate to a tenth of its length.
+const SLOTS_PER_WINDOW: i64 = 10;
+/// Sub-buckets a [`WindowCounter`] keeps: the one in progress and a whole window before it. With
+/// only `SLOTS_PER_WINDOW` (as snapshots `perimeter-ueba/1` hold), the slot in progress pushed
+/// the oldest whole one out and a window really covered 9 to 10 tenths of its length: ten
+/// failures spread over 546 s escaped a 10-minute window. Now it covers 10 to 11 tenths: never
+/// less than the window, at most a tenth more.
+pub(crate) const WINDOW_SLOTS: usize = SLOTS_PER_WINDOW as usize + 1;
+/// The slots snapshots of format `perimeter-ueba/1` hold.
+const LEGACY_WINDOW_SLOTS: usize = SLOTS_PER_WINDOW as usize;
 const HOUR: i64 = 3600;
 
-/// Event counts over a sliding window of `WINDOW_SLOTS` sub-buckets (event time).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Event counts over a sliding window of sub-buckets (event time).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct WindowCounter {
     /// Index of the newest sub-bucket (`t / slot_seconds`).
     head: i64,
@@ -26,7 +34,78 @@ pub(crate) struct WindowCounter {
 }
 
 pub(crate) fn slot_seconds(window_seconds: u64) -> i64 {
-    (window_seconds as i64 / WINDOW_SLOTS as i64).max(1)
+    (window_seconds as i64 / SLOTS_PER_WINDOW).max(1)
+}
+
+thread_local! {
+    /// Set while a snapshot of format `perimeter-ueba/1` is read (see [`read_legacy_windows`]).
+    static LEGACY_WINDOWS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `read` with [`WindowCounter`]s (de)serialized in the layout of format `perimeter-ueba/1`
+/// (10 slots). Binary snapshots carry no lengths, so the reader must be told which layout the
+/// file has. The 10 slots move to the same sub-buckets of the 11; the 11th (older) starts empty.
+pub(crate) fn read_legacy_windows<T>(read: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LEGACY_WINDOWS.with(|l| l.set(false));
+        }
+    }
+    LEGACY_WINDOWS.with(|l| l.set(true));
+    let _reset = Reset;
+    read()
+}
+
+/// How a [`WindowCounter`] is written.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "WindowCounter")]
+struct WindowLayout {
+    head: i64,
+    counts: [u32; WINDOW_SLOTS],
+}
+
+/// How format `perimeter-ueba/1` wrote it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "WindowCounter")]
+struct LegacyWindowLayout {
+    head: i64,
+    counts: [u32; LEGACY_WINDOW_SLOTS],
+}
+
+/// Copy the newest sub-buckets (up to `head`) from one ring of slots into another of another
+/// length; slots `to` has beyond `from`'s are left as they are.
+fn move_slots(head: i64, from: &[u32], to: &mut [u32]) {
+    for back in 0..from.len().min(to.len()) as i64 {
+        let slot = head - back;
+        to[slot.rem_euclid(to.len() as i64) as usize] =
+            from[slot.rem_euclid(from.len() as i64) as usize];
+    }
+}
+
+impl Serialize for WindowCounter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if LEGACY_WINDOWS.with(|l| l.get()) {
+            // Only tests write the old layout (to check that it is still read).
+            let mut counts = [0u32; LEGACY_WINDOW_SLOTS];
+            move_slots(self.head, &self.counts, &mut counts);
+            return LegacyWindowLayout { head: self.head, counts }.serialize(s);
+        }
+        WindowLayout { head: self.head, counts: self.counts }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for WindowCounter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if !LEGACY_WINDOWS.with(|l| l.get()) {
+            let w = WindowLayout::deserialize(d)?;
+            return Ok(WindowCounter { head: w.head, counts: w.counts });
+        }
+        let old = LegacyWindowLayout::deserialize(d)?;
+        let mut counts = [0u32; WINDOW_SLOTS];
+        move_slots(old.head, &old.counts, &mut counts);
+        Ok(WindowCounter { head: old.head, counts })
+    }
 }
 
 impl WindowCounter {
@@ -404,12 +483,31 @@ mod tests {
             w.add(t0 + i * 60, 600, 1);
         }
         assert_eq!(w.total_at(t0 + 5 * 60, 600), 5);
-        // 11 minutes after the first event, the events at minutes 0 and 1 are 10+ minutes old.
-        assert_eq!(w.add(t0 + 11 * 60, 600, 1), 4);
+        // 11 minutes after the first event, the event at minute 0 is out of the window; the one
+        // at minute 1, 10 minutes old, is in its oldest tenth (a window may reach a tenth
+        // further back, never less).
+        assert_eq!(w.add(t0 + 11 * 60, 600, 1), 5);
+        assert_eq!(w.total_at(t0 + 12 * 60, 600), 4);
         assert_eq!(w.total_at(t0 + 60 * 60, 600), 0);
         // A late event inside the window counts; one older than the window does not.
         assert_eq!(w.add(t0 + 55 * 60, 600, 1), 1);
         assert_eq!(w.add(t0, 600, 1), 1);
+    }
+
+    #[test]
+    fn a_window_never_covers_less_than_its_length() {
+        // The first event at the end of its slot, the last 546 s later, 10 slots further on:
+        // with 10 slots the first one had been pushed out (a window of 9 tenths and a bit).
+        let t0 = 1_700_000_040 + 59;
+        for window in [600, 60, 3600] {
+            let mut w = WindowCounter::default();
+            let slot = slot_seconds(window);
+            w.add(t0, window, 1);
+            let last = t0 + window as i64 - slot + 1;
+            assert_eq!(w.add(last, window, 1), 2, "window {window}");
+            // A whole window and a slot after the first event, it is out.
+            assert_eq!(w.total_at(t0 + window as i64 + slot, window), 1);
+        }
     }
 
     #[test]

@@ -10,12 +10,16 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::baseline::read_legacy_windows;
 use super::hygiene::{Group, GroupKey};
 use super::state::{EntityState, KeyMap};
 use super::UebaEngine;
 use crate::DetectError;
 
-const FORMAT: &str = "perimeter-ueba/1";
+const FORMAT: &str = "perimeter-ueba/2";
+/// The format before sliding windows got their 11th slot (see `baseline::WINDOW_SLOTS`); still
+/// read, its windows moved to the new layout.
+const LEGACY_FORMAT: &str = "perimeter-ueba/1";
 
 /// Proves which entity key wrote the file without revealing it.
 fn key_check(secret: &[u8; 32]) -> String {
@@ -69,9 +73,36 @@ pub(crate) fn write_json(engine: &UebaEngine, path: &Path) -> Result<(), DetectE
     crate::state_file::write_json(path, "ueba snapshot", &snapshot_out(engine), true)
 }
 
+/// A snapshot as format `perimeter-ueba/1` wrote it, binary or JSON, for testing that it is
+/// still read.
+#[cfg(test)]
+pub(crate) fn write_legacy(
+    engine: &UebaEngine,
+    path: &Path,
+    binary: bool,
+) -> Result<(), DetectError> {
+    let snap = SnapshotOut {
+        format: LEGACY_FORMAT,
+        ..snapshot_out(engine)
+    };
+    read_legacy_windows(|| match binary {
+        true => crate::state_file::write_binary(path, "ueba snapshot", &snap, true),
+        false => crate::state_file::write_json(path, "ueba snapshot", &snap, true),
+    })
+}
+
 pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectError> {
-    let snap: SnapshotIn = crate::state_file::read_state(path, "ueba snapshot")?;
-    if snap.format != FORMAT {
+    // The layout of a binary snapshot follows from its format, which the file states first; a
+    // file of the old format read as the new one is read again in the old layout.
+    let read = || crate::state_file::read_state::<SnapshotIn>(path, "ueba snapshot");
+    let snap = match read() {
+        Ok(snap) if snap.format == FORMAT => snap,
+        first => match read_legacy_windows(read) {
+            Ok(snap) if snap.format == LEGACY_FORMAT => snap,
+            _ => first?,
+        },
+    };
+    if snap.format != FORMAT && snap.format != LEGACY_FORMAT {
         return Err(DetectError::Other(format!(
             "ueba snapshot {}: format `{}` is not `{FORMAT}`",
             path.display(),

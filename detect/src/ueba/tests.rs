@@ -525,6 +525,15 @@ fn restart_mid_window_keeps_the_count_and_does_not_realert() {
             from_json.entities == engine.entities,
             "same entities from JSON and binary"
         );
+        // So do snapshots of format `perimeter-ueba/1` (10-slot windows), binary and JSON.
+        for binary in [true, false] {
+            let legacy = dir.path().join("state").join(format!("ueba-legacy-{binary}"));
+            super::snapshot::write_legacy(&engine, &legacy, binary).unwrap();
+            let text = String::from_utf8_lossy(&std::fs::read(&legacy).unwrap()).into_owned();
+            assert!(text.contains("perimeter-ueba/1"), "{binary}");
+            let restored = UebaEngine::restore_from(UebaConfig::default(), KEY, &legacy).unwrap();
+            assert!(restored.entities == engine.entities, "binary {binary}");
+        }
     }
 
     let mut engine = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
