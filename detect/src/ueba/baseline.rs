@@ -89,9 +89,17 @@ impl Serialize for WindowCounter {
             // Only tests write the old layout (to check that it is still read).
             let mut counts = [0u32; LEGACY_WINDOW_SLOTS];
             move_slots(self.head, &self.counts, &mut counts);
-            return LegacyWindowLayout { head: self.head, counts }.serialize(s);
+            return LegacyWindowLayout {
+                head: self.head,
+                counts,
+            }
+            .serialize(s);
         }
-        WindowLayout { head: self.head, counts: self.counts }.serialize(s)
+        WindowLayout {
+            head: self.head,
+            counts: self.counts,
+        }
+        .serialize(s)
     }
 }
 
@@ -99,12 +107,18 @@ impl<'de> Deserialize<'de> for WindowCounter {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if !LEGACY_WINDOWS.with(|l| l.get()) {
             let w = WindowLayout::deserialize(d)?;
-            return Ok(WindowCounter { head: w.head, counts: w.counts });
+            return Ok(WindowCounter {
+                head: w.head,
+                counts: w.counts,
+            });
         }
         let old = LegacyWindowLayout::deserialize(d)?;
         let mut counts = [0u32; WINDOW_SLOTS];
         move_slots(old.head, &old.counts, &mut counts);
-        Ok(WindowCounter { head: old.head, counts })
+        Ok(WindowCounter {
+            head: old.head,
+            counts,
+        })
     }
 }
 

@@ -60,6 +60,17 @@ pub(crate) struct Ctx<'a> {
     pub tag_key: &'a state::TagKey,
 }
 
+impl Ctx<'_> {
+    /// Whether a rate detector's finding is strong enough to raise its severity: a surprise of
+    /// `escalate_score` or more *and* at least 3x the detector's floor. Against a quiet entity's
+    /// prior the threshold count alone is already wildly surprising (10 failures against a
+    /// prior of 0.08 per 10 minutes is p ~ 1e-18), so the score alone raised almost every
+    /// alert and a raised severity said nothing.
+    pub(crate) fn escalates(&self, surprise: f64, count: u64, floor: u64) -> bool {
+        surprise >= self.escalate_score && count >= floor.saturating_mul(3)
+    }
+}
+
 /// `600` -> `10m`, `3600` -> `1h`, `90` -> `90s`.
 pub(crate) fn human_duration(seconds: u64) -> String {
     if seconds >= 3600 && seconds / 3600 * 3600 == seconds {

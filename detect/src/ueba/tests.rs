@@ -193,6 +193,36 @@ fn nine_failures_then_success_from_several_ips_fires_brute_force_once() {
 }
 
 #[test]
+fn a_burst_at_the_floor_keeps_its_severity_and_three_times_the_floor_raises_it() {
+    // A quiet user's prior makes even the floor's 10 failures p ~ 1e-18: the score alone would
+    // raise every burst. 30 failures (3x the floor) do raise the grouped alert.
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(9);
+    let events: Vec<Event> = (0..30)
+        .map(|i| {
+            let l = Login::new("erin@example.com", "203.0.113.9", false);
+            okta_login("acme", start + Duration::seconds(10 * i), i as u64 + 1, &l)
+        })
+        .collect();
+    let mut alerts = run(&mut engine, &events);
+    engine.flush(&mut alerts);
+    let bursts: Vec<_> = of(&alerts, "auth_failure_burst")
+        .into_iter()
+        .filter(|a| a.entity == "erin@example.com")
+        .collect();
+    assert_eq!(bursts.len(), 2, "{bursts:#?}");
+    let base = UebaConfig::default().auth_failure_burst.severity;
+    assert_eq!(bursts[0].severity, base, "the 10th failure: {bursts:#?}");
+    assert!(bursts[0]
+        .explanation
+        .as_deref()
+        .unwrap()
+        .contains("p < 1e-"));
+    assert_eq!(bursts[1].count, 21);
+    assert!(bursts[1].severity > base, "30 failures: {bursts:#?}");
+}
+
+#[test]
 fn failures_of_an_expired_burst_are_not_the_evidence_of_a_later_one() {
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
     let day1 = t0() + Duration::hours(9);
@@ -527,7 +557,10 @@ fn restart_mid_window_keeps_the_count_and_does_not_realert() {
         );
         // So do snapshots of format `perimeter-ueba/1` (10-slot windows), binary and JSON.
         for binary in [true, false] {
-            let legacy = dir.path().join("state").join(format!("ueba-legacy-{binary}"));
+            let legacy = dir
+                .path()
+                .join("state")
+                .join(format!("ueba-legacy-{binary}"));
             super::snapshot::write_legacy(&engine, &legacy, binary).unwrap();
             let text = String::from_utf8_lossy(&std::fs::read(&legacy).unwrap()).into_owned();
             assert!(text.contains("perimeter-ueba/1"), "{binary}");

@@ -57,7 +57,7 @@ pub(crate) fn observe(
         ),
         score: surprise,
         severity: cfg.severity,
-        escalate: surprise >= ctx.escalate_score,
+        escalate: ctx.escalates(surprise, n, cfg.min_events),
         suppress_seconds: cfg.suppress_seconds,
         evidence: s.evidence.clone(),
     });
