@@ -788,9 +788,17 @@ pub fn mask_alert(masker: &SecretMasker, alert: &mut Alert) {
     if let Some(x) = &alert.explanation {
         alert.explanation = Some(masker.mask_text(x));
     }
-    for v in alert.matched_fields.values_mut() {
-        masker.mask_value(v);
-    }
+    // As one object keyed by the field paths, so a value is masked for its key name as it is in
+    // the event (`debugData.client_secret`, a pair addressed as `parameters.PASSWORD`), not
+    // only for its shape; per-field rules reach it the same way.
+    let fields = std::mem::take(&mut alert.matched_fields);
+    let mut fields = serde_json::Value::Object(fields.into_iter().collect());
+    masker.mask_value(&mut fields);
+    alert.matched_fields = match fields {
+        serde_json::Value::Object(map) => map.into_iter().collect(),
+        // Fail closed: what could not be rebuilt is not kept.
+        other => [("matched_fields".to_string(), other)].into(),
+    };
 }
 
 /// `{"source": "okta", "tenant"?: "t", "event": {...}}` -> (okta, t, {...}) when `source` is `auto`.
@@ -856,6 +864,32 @@ mod tests {
             report.failed.first().map(|f| f.to_string())
         );
         (rules, options)
+    }
+
+    #[test]
+    fn matched_fields_are_masked_for_their_key_names_as_the_event_is() {
+        let (rules, options) = rules_from(
+            "title: Secrets seen\nid: 0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f\nlogsource:\n    product: okta\n\
+             detection:\n    client:\n        debugContext.debugData.client_secret: '*'\n\
+             \x20   pair:\n        debugContext.debugData.parameters.PASSWORD|contains: Pw\n\
+             \x20   condition: client and pair\nlevel: high\n",
+        );
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let record = sonic_rs::json!({"eventType": "app.oauth2.token.grant", "published": "2026-11-24T10:00:00Z",
+            "outcome": {"result": "SUCCESS"}, "actor": {"alternateId": "a@x.io"},
+            "debugContext": {"debugData": {"client_secret": "Hx7qMatchPw01",
+                "parameters": [{"name": "PASSWORD", "value": "Hx7qMatchPw02"}]}}});
+        let mut out = PipelineOutput::default();
+        p.process_value("okta", "t", None, record, Utc::now(), &mut out);
+        assert_eq!(out.alerts.len(), 1, "{:?}", out.alerts);
+        let fields = &out.alerts[0].matched_fields;
+        assert_eq!(fields.len(), 2, "{fields:?}");
+        let text = serde_json::to_string(fields).unwrap();
+        assert!(!text.contains("Hx7q"), "{text}");
+        assert!(text.contains("[REDACTED:key]"), "{text}");
+        // And as the event has it.
+        let event = out.events[0].raw.to_string();
+        assert!(!event.contains("Hx7q"), "{event}");
     }
 
     #[test]
