@@ -444,6 +444,8 @@ impl Pipeline {
                     self.process_event(event, out);
                 }
                 Err(err) => {
+                    let mut raw = raw;
+                    self.masker.mask_record(&mut raw);
                     let excerpt = sonic_rs::to_string(&raw).unwrap_or_default();
                     let reason = format!("{source} normalizer: {err}");
                     self.dead_letter(&source, &tenant, line, &reason, &excerpt, received_at, out);
@@ -1127,6 +1129,28 @@ mod tests {
             out.events[0].id(),
             &perimeter_model::EventId::derive("okta", &clean)
         );
+    }
+
+    #[test]
+    fn a_record_its_normalizer_refuses_is_masked_as_a_record_in_its_dead_letter() {
+        // An Okta record without `published`: valid JSON, refused by the normalizer.
+        let record = sonic_rs::json!({"eventType": "user.session.start",
+            "debugContext": {"debugData": {"client_secret": ["Hx7qOktaDlPw02"],
+                "password": {"value": "Hx7qOktaDlPw01"},
+                "parameters": [{"name": "DB_PASSWORD", "value": "Hx7qDeadPw02"}]}}});
+        let mut p = pipeline();
+        let mut out = PipelineOutput::default();
+        p.process_value("okta", "t", Some(4), record, Utc::now(), &mut out);
+        assert!(out.events.is_empty());
+        let d = &out.dead_letters[0];
+        assert!(!d.excerpt.contains("Hx7q"), "{}", d.excerpt);
+        // Still the record's JSON, masked for its keys.
+        let v: serde_json::Value = serde_json::from_str(&d.excerpt).unwrap();
+        assert_eq!(
+            v["debugContext"]["debugData"]["client_secret"][0],
+            "[REDACTED:key]"
+        );
+        assert_eq!(v["eventType"], "user.session.start");
     }
 
     #[test]

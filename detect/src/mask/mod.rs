@@ -278,6 +278,15 @@ impl SecretMasker {
         })
     }
 
+    /// Mask a raw record that is not part of an event (a record its normalizer refused, on its
+    /// way to the dead letters): the same walk as [`Masker::mask`] gives `event.raw`, so values
+    /// are masked for their key names and pairs too, not only for their shapes as in text.
+    pub fn mask_record(&self, raw: &mut RawJson) -> MaskStats {
+        let mut counts = MaskCounts::default();
+        self.mask_raw(raw, self.has_path_rules.then_some(RAW_ROOT), &mut counts);
+        counts.stats()
+    }
+
     /// Whether masking `raw` would change it.
     pub fn raw_needs_masking(&self, raw: &RawJson) -> bool {
         let root = self.has_path_rules.then_some(RAW_ROOT);
@@ -285,7 +294,6 @@ impl SecretMasker {
     }
 
     /// Mask a record in place, rebuilding it only when something changes.
-    #[cfg(test)]
     fn mask_raw(&self, raw: &mut RawJson, root: Option<usize>, counts: &mut MaskCounts) {
         cache::with_memory(self.instance, |mut mem| {
             if let Some(known_clean) = self.check(mem.as_deref_mut(), raw, root) {

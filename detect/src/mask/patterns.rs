@@ -571,10 +571,15 @@ impl Patterns {
                         })
                         .map(|(g, s)| match kind {
                             PatternKind::SecretAssignment if g == BARE_VALUE_GROUP => {
-                                s.start()..extend_bare_value(text, s.end())
+                                match text.as_bytes()[s.start()] {
+                                    b'[' | b'{' => s.start()..bracketed_end(text, s.start()),
+                                    _ => s.start()..extend_bare_value(text, s.end()),
+                                }
                             }
                             _ => s.range(),
                         })
+                        // What masking wrote (`["[REDACTED:key]"]`) is not masked again.
+                        .filter(|r| !holds_only_masked_strings(&text[r.clone()]))
                 }
             };
             match secret {
@@ -602,6 +607,58 @@ impl Patterns {
 /// The group of [`value_alternatives`] that is a bare (unquoted) value, in the
 /// `SecretAssignment` pattern.
 const BARE_VALUE_GROUP: usize = 6;
+
+/// Where the JSON array or object opening at `start` ends: after its matching bracket, read
+/// past strings (with their escapes), or the end of `text` when it is cut short. The value of a
+/// sensitive name in JSON text (`"password": ["..."]`, `"secret": {"value": "..."}`) is all of
+/// it; only its opening bracket had been taken as the value, leaving what was inside.
+/// Whether a JSON array or object (as text) holds nothing but values masking wrote: no other
+/// string value (keys aside), and no number or word outside strings.
+fn holds_only_masked_strings(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    if !matches!(bytes.first(), Some(b'[' | b'{')) {
+        return false;
+    }
+    let mut rest = json;
+    loop {
+        let Some(open) = rest.find('"') else {
+            return !rest.bytes().any(|b| b.is_ascii_alphanumeric());
+        };
+        if rest[..open].bytes().any(|b| b.is_ascii_alphanumeric()) {
+            return false;
+        }
+        let body = &rest[open + 1..];
+        let close = body.find('"').unwrap_or(body.len());
+        rest = &body[(close + 1).min(body.len())..];
+        let is_key = rest.trim_start().starts_with(':');
+        if !is_key && !is_masked(&body[..close]) {
+            return false;
+        }
+    }
+}
+
+fn bracketed_end(text: &str, start: usize) -> usize {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut i = start;
+    while i < bytes.len() {
+        match (in_string, bytes[i]) {
+            (true, b'\\') => i += 1,
+            (_, b'"') => in_string = !in_string,
+            (false, b'[' | b'{') => depth += 1,
+            (false, b']' | b'}') => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes.len()
+}
 
 /// Where a bare `name=value` value ends. The pattern stops it at `&` and `,` (query strings,
 /// lists of settings), but those are only separators when another `name=` follows (or prose,

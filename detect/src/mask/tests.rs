@@ -94,6 +94,21 @@ fn name_value_pairs_with_a_secret_name_are_masked() {
 }
 
 #[test]
+fn a_sensitive_name_in_json_text_loses_its_whole_array_or_object_value() {
+    let m = masker();
+    // JSON kept as text: a dead letter's line, a request body in a string, an analyst's note.
+    let text = r#"{"password": ["Hx7qPw1", "Hx7q]Pw2"], "secret": {"value": "Hx7qPw3", "n": [1]}, "user": "bob", "token": ["Hx7qPw4""#;
+    let masked = m.mask_text(text);
+    assert!(!masked.contains("Hx7q"), "{masked}");
+    assert!(masked.contains(r#""user": "bob""#), "{masked}");
+    assert_eq!(
+        masked,
+        r#"{"password": [REDACTED:secret_assignment], "secret": [REDACTED:secret_assignment], "user": "bob", "token": [REDACTED:secret_assignment]"#
+    );
+    assert_eq!(m.mask_text(&masked), masked, "idempotent");
+}
+
+#[test]
 fn patterns_replace_substrings_and_keep_the_rest() {
     let m = masker();
     let mut v = json!({
