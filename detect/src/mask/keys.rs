@@ -36,7 +36,13 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "sessionkey",
     "signingkey",
     "encryptionkey",
+    "authkey",
 ];
+
+/// Short names of a password that are too common inside other words to look for anywhere in a
+/// key (`compass`, `bypass`, `pwm`): sensitive as the key's last word only (`pass`, `db_pass`,
+/// `smtpPass`, `pw`, `admin-PW`).
+const SHORT_PASSWORD_WORDS: &[&str] = &["pass", "pw"];
 
 /// Words that may follow a sensitive word while the key still names the secret itself.
 const SECRET_SUFFIXES: &[&str] = &[
@@ -70,6 +76,13 @@ const SECRET_SUFFIXES: &[&str] = &[
     "entered",
     "1",
     "2",
+    // A password of an environment or a temporary one is still the password.
+    "temp",
+    "tmp",
+    "prod",
+    "production",
+    "dev",
+    "staging",
 ];
 
 /// Qualifiers right before a sensitive word that turn the key into a reference to a secret
@@ -194,6 +207,9 @@ impl KeyMatcher {
     }
 
     pub(crate) fn is_sensitive(&self, key: &str) -> bool {
+        if ends_with_short_password_word(key) {
+            return !self.allow.contains(&normalize_key(key));
+        }
         let mut buf = [0u8; FOLD_BUF];
         if key.len() <= FOLD_BUF {
             let n = fold_into(key, &mut buf);
@@ -207,7 +223,7 @@ impl KeyMatcher {
     /// sensitive word starts anywhere in it and it has no `[` (a necessary condition of
     /// [`Self::is_sensitive`] of the key without its markers, cheaper than it and than a lookup).
     pub(crate) fn may_be_sensitive(&self, key: &str) -> bool {
-        any_word_start(&self.word_starts, key.as_bytes())
+        any_word_start(&self.word_starts, key.as_bytes()) || ends_with_short_password_word(key)
     }
 
     fn is_sensitive_folded(&self, folded: &[u8]) -> bool {
@@ -246,6 +262,27 @@ fn is_secret_suffix(after: &[u8]) -> bool {
         || SECRET_SUFFIXES
             .iter()
             .any(|w| after.starts_with(w.as_bytes()) && is_secret_suffix(&after[w.len()..]))
+}
+
+/// Whether the last word of `key` is one of [`SHORT_PASSWORD_WORDS`]: the whole key, or after a
+/// separator or a lower-to-upper case change (`db_pass`, `smtpPass`, `ADMIN_PW`; not `bypass`).
+fn ends_with_short_password_word(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    SHORT_PASSWORD_WORDS.iter().any(|w| {
+        let n = w.len();
+        if bytes.len() < n || !bytes[bytes.len() - n..].eq_ignore_ascii_case(w.as_bytes()) {
+            return false;
+        }
+        let word = &bytes[bytes.len() - n..];
+        match bytes.len().checked_sub(n + 1).map(|i| bytes[i]) {
+            None => true,
+            Some(b) if !b.is_ascii_alphanumeric() => true,
+            // `smtpPass`: a lower-case letter or digit, then the word capitalized.
+            Some(b) => {
+                (b.is_ascii_lowercase() || b.is_ascii_digit()) && word[0].is_ascii_uppercase()
+            }
+        }
+    })
 }
 
 /// Lowercase ASCII letters and digits only (`X-Api-Key` -> `xapikey`).
@@ -320,6 +357,17 @@ mod tests {
             "user_password_input",
             "password_entered",
             "authorization_code",
+            "pass",
+            "Pass",
+            "db_pass",
+            "smtpPass",
+            "pw",
+            "ADMIN_PW",
+            "admin-pw",
+            "adminPasswordTemp",
+            "password_prod",
+            "auth_key",
+            "authKey",
         ] {
             assert!(m.is_sensitive(k), "{k} should be sensitive");
         }
@@ -363,6 +411,13 @@ mod tests {
             "keyword",
             "id",
             "",
+            "compass",
+            "bypass",
+            "passenger",
+            "bypass_mfa",
+            "pwm",
+            "oauthKeyId",
+            "password_test_result",
         ] {
             assert!(!m.is_sensitive(k), "{k} should not be sensitive");
         }

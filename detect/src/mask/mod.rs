@@ -612,7 +612,11 @@ fn is_plain_identifier(key: &str) -> bool {
 
 /// `name` of a name/value pair object (`{"name": "password", "value": "..."}`).
 fn is_pair_name_key(key: &str) -> bool {
-    matches!(key, "name" | "Name" | "key" | "Key")
+    // `ParameterKey` / `ParameterValue`: CloudFormation stack parameters in CloudTrail.
+    matches!(
+        key,
+        "name" | "Name" | "key" | "Key" | "parameterKey" | "ParameterKey"
+    )
 }
 
 /// The value side of a name/value pair object.
@@ -632,6 +636,8 @@ fn is_pair_value_key(key: &str) -> bool {
             | "multiIntValue"
             | "multiMessageValue"
             | "messageValue"
+            | "parameterValue"
+            | "ParameterValue"
     )
 }
 

@@ -77,6 +77,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "private-key",
             "privatekey",
             "credential",
+            "auth_key",
+            "auth-key",
+            "auth.key",
+            "authkey",
             // Key names are folded (`_`, `-`, `.` and case ignored) before the key-name rule;
             // compounds are listed with each separator, since only a name holding an anchor is
             // checked.
@@ -1074,8 +1078,10 @@ fn verify(
     }
     match kind {
         PatternKind::SecretAssignment => caps.is_some_and(|caps| {
-            caps.get(1).is_some_and(|k| keys.is_sensitive(k.as_str()))
-                && (caps.get(2).is_none() || looks_generated(secret))
+            caps.get(1).is_some_and(|k| {
+                keys.is_sensitive(k.as_str()) && !is_resource_name_segment(text, k.start())
+            }) && (caps.get(2).is_none() || looks_generated(secret))
+                && !is_status_word(secret)
         }),
         PatternKind::AuthHeader => {
             let scheme = caps.and_then(|c| c.get(1)).map_or("", |m| m.as_str());
@@ -1099,6 +1105,59 @@ fn verify(
         PatternKind::UsSsn => is_valid_ssn(secret),
         _ => true,
     }
+}
+
+/// Whether the name at `name_start` is the resource type of an ARN (`arn:aws:secretsmanager:
+/// us-east-1:123456789012:secret:prod/db`): what follows names the secret, it is not one, and
+/// which secret was read is what an analyst of a `GetSecretValue` needs to know.
+fn is_resource_name_segment(text: &str, name_start: usize) -> bool {
+    let before = &text[..name_start];
+    before.ends_with(':')
+        && before
+            .rfind("arn:")
+            .is_some_and(|arn| !before[arn..].contains(|c: char| c.is_whitespace() || c == '"'))
+}
+
+/// Words that say what became of a secret, not what it is (`password: expired`,
+/// `Authorization: denied by policy`): masking them only hides why a login failed.
+fn is_status_word(value: &str) -> bool {
+    const STATUS_WORDS: &[&str] = &[
+        "denied",
+        "expired",
+        "required",
+        "invalid",
+        "incorrect",
+        "missing",
+        "changed",
+        "reset",
+        "locked",
+        "unknown",
+        "none",
+        "null",
+        "true",
+        "false",
+        "empty",
+        "set",
+        "unset",
+        "ok",
+        "failed",
+        "success",
+        "valid",
+        "enabled",
+        "disabled",
+        "granted",
+        "revoked",
+        "redacted",
+        "hidden",
+        "masked",
+        "rejected",
+        "accepted",
+        "verified",
+        "updated",
+        "created",
+        "deleted",
+    ];
+    STATUS_WORDS.iter().any(|w| value.eq_ignore_ascii_case(w))
 }
 
 /// The digits at `start` carry a minus sign of their own (`-1234...` as a whole value, or after

@@ -109,6 +109,39 @@ fn a_sensitive_name_in_json_text_loses_its_whole_array_or_object_value() {
 }
 
 #[test]
+fn stack_parameters_short_password_keys_and_what_is_no_secret() {
+    let m = masker();
+    let mut v = json!({
+        "requestParameters": {"stackName": "db", "parameters": [
+            {"parameterKey": "DBPassword", "parameterValue": "Hx7qCfnPw01"},
+            {"parameterKey": "InstanceType", "parameterValue": "t3.micro"}]},
+        "login": {"user": "bob", "pass": "Hx7qPass01", "pw": "Hx7qPw01"},
+        "smtpPass": "Hx7qSmtp01",
+        "compass": "north",
+        "secretId": "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-creds-AbCdEf",
+        "reason": "Authorization: denied by policy",
+        "detail": "password: expired",
+        "query": "password: Hx7qQuery01",
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    assert!(!text.contains("Hx7q"), "{text}");
+    assert_eq!(
+        v["requestParameters"]["parameters"][1]["parameterValue"],
+        "t3.micro"
+    );
+    assert_eq!(v["login"]["user"], "bob");
+    assert_eq!(v["compass"], "north");
+    // Which secret was read, and why a login failed, stay readable.
+    assert_eq!(
+        v["secretId"],
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-creds-AbCdEf"
+    );
+    assert_eq!(v["reason"], "Authorization: denied by policy");
+    assert_eq!(v["detail"], "password: expired");
+}
+
+#[test]
 fn patterns_replace_substrings_and_keep_the_rest() {
     let m = masker();
     let mut v = json!({
