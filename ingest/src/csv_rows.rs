@@ -58,7 +58,10 @@ impl<R: Read> CsvRows<R> {
     }
 
     fn invalid(&self, line: u64, reason: String) -> InputItem {
-        let joined = self.row.iter().collect::<Vec<_>>().join(&b","[..]);
+        let joined = match &self.header {
+            Some(header) => labelled_fields(header, &self.row),
+            None => self.row.iter().collect::<Vec<_>>().join(&b","[..]),
+        };
         InputItem::Invalid {
             line,
             reason,
@@ -149,6 +152,32 @@ impl<R: Read> Iterator for CsvRows<R> {
     }
 }
 
+/// A row that cannot be read, as `name="value"` pairs by the header (`column<N>` past its end):
+/// the dead-letter masking then knows which value is a `password` column's, as it does for a
+/// row that became a record; the fields alone, joined by commas, would only be masked for
+/// their shapes.
+fn labelled_fields(header: &[String], row: &csv::ByteRecord) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, field) in row.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        match header.get(i) {
+            Some(name) => out.extend_from_slice(name.as_bytes()),
+            None => out.extend_from_slice(format!("column{}", i + 1).as_bytes()),
+        }
+        out.extend_from_slice(b"=\"");
+        for &b in field {
+            if matches!(b, b'"' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    }
+    out
+}
+
 /// The column names of a header row: UTF-8, trimmed (a byte-order mark at the start of the
 /// file goes), none empty.
 fn header_names(row: &csv::ByteRecord) -> Result<Vec<String>, String> {
@@ -216,7 +245,8 @@ mod tests {
         assert_eq!(got.len(), 4, "{got:?}");
         assert!(matches!(&got[0], InputItem::Record { line: 2, .. }));
         assert!(
-            matches!(&got[1], InputItem::Invalid { line: 3, reason, .. } if reason.contains("3 fields, the header has 2"))
+            matches!(&got[1], InputItem::Invalid { line: 3, reason, excerpt } if reason.contains("3 fields, the header has 2")
+                && excerpt == "a=\"1\", b=\"2\", column3=\"3\"")
         );
         assert!(
             matches!(&got[2], InputItem::Invalid { line: 4, reason, .. } if reason.contains("`a` is not valid UTF-8"))

@@ -106,6 +106,12 @@ fn a_sensitive_name_in_json_text_loses_its_whole_array_or_object_value() {
         r#"{"password": [REDACTED:secret_assignment], "secret": [REDACTED:secret_assignment], "user": "bob", "token": [REDACTED:secret_assignment]"#
     );
     assert_eq!(m.mask_text(&masked), masked, "idempotent");
+    // A CSV row that could not be read, labelled by its header (the dead letter's excerpt).
+    let row = r#"user="alice", password="Hx7q Csv,Pw02", action="login", column4="extra""#;
+    assert_eq!(
+        m.mask_text(row),
+        r#"user="alice", password="[REDACTED:secret_assignment]", action="login", column4="extra""#
+    );
 }
 
 #[test]
