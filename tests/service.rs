@@ -1773,6 +1773,17 @@ fn ingest_under_an_unknown_source_name_is_answered_with_a_warning() {
     let known = post("okta");
     assert_eq!(known["alerts"], 1, "{known}");
     assert!(known.get("warnings").is_none(), "{known}");
+    // Source names are taken in lower case: `Okta` is `okta` (its records were dead-lettered).
+    let capitalized = ingest_login_as(&svc, &admin, "Okta", 2);
+    assert_eq!(
+        (
+            capitalized["events"].clone(),
+            capitalized["dead_letters"].clone()
+        ),
+        (1.into(), 0.into()),
+        "{capitalized}"
+    );
+    assert!(capitalized.get("warnings").is_none(), "{capitalized}");
     stop(svc);
 }
 

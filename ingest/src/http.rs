@@ -207,6 +207,10 @@ async fn ingest(
             "source must be [A-Za-z0-9_]{1,64}",
         );
     }
+    // Source names are lower case everywhere else (normalizers, mappings, logsource products,
+    // partitions): `Okta` is `okta`. Kept as sent, such a name was neither normalized nor read
+    // as plain JSON, and every record of it was dead-lettered.
+    let source = source.to_ascii_lowercase();
     // Log shippers (Fluent Bit, Vector, Logstash) compress their batches.
     let body = match decoded_body(&headers, body, state.max_body_bytes) {
         Ok(body) => body,
