@@ -207,15 +207,13 @@ impl KeyMatcher {
     }
 
     pub(crate) fn is_sensitive(&self, key: &str) -> bool {
-        if ends_with_short_password_word(key) {
-            return !self.allow.contains(&normalize_key(key));
-        }
+        let short_word = ends_with_short_password_word(key);
         let mut buf = [0u8; FOLD_BUF];
         if key.len() <= FOLD_BUF {
             let n = fold_into(key, &mut buf);
-            self.is_sensitive_folded(&buf[..n])
+            self.is_sensitive_folded(&buf[..n], short_word)
         } else {
-            self.is_sensitive_folded(normalize_key(key).as_bytes())
+            self.is_sensitive_folded(normalize_key(key).as_bytes(), short_word)
         }
     }
 
@@ -226,19 +224,16 @@ impl KeyMatcher {
         any_word_start(&self.word_starts, key.as_bytes()) || ends_with_short_password_word(key)
     }
 
-    fn is_sensitive_folded(&self, folded: &[u8]) -> bool {
-        if !any_word_start(&self.word_starts, folded) {
-            return false;
-        }
-        let mut hit = false;
-        for m in self.automaton.find_iter(folded) {
-            let before = &folded[..m.start()];
-            let after = &folded[m.end()..];
-            if is_secret_suffix(after) && !is_reference(before, &folded[m.start()..m.end()]) {
-                hit = true;
-                break;
-            }
-        }
+    /// `short_word`: the unfolded key ends with one of [`SHORT_PASSWORD_WORDS`] as a word of
+    /// its own, which folding can no longer tell.
+    fn is_sensitive_folded(&self, folded: &[u8], short_word: bool) -> bool {
+        let hit = short_word
+            || (any_word_start(&self.word_starts, folded)
+                && self.automaton.find_iter(folded).any(|m| {
+                    let before = &folded[..m.start()];
+                    let after = &folded[m.end()..];
+                    is_secret_suffix(after) && !is_reference(before, &folded[m.start()..m.end()])
+                }));
         hit && !self.allow.iter().any(|a| a.as_bytes() == folded)
     }
 }

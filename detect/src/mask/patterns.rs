@@ -612,10 +612,6 @@ impl Patterns {
 /// `SecretAssignment` pattern.
 const BARE_VALUE_GROUP: usize = 6;
 
-/// Where the JSON array or object opening at `start` ends: after its matching bracket, read
-/// past strings (with their escapes), or the end of `text` when it is cut short. The value of a
-/// sensitive name in JSON text (`"password": ["..."]`, `"secret": {"value": "..."}`) is all of
-/// it; only its opening bracket had been taken as the value, leaving what was inside.
 /// Whether a JSON array or object (as text) holds nothing but values masking wrote: no other
 /// string value (keys aside), and no number or word outside strings.
 fn holds_only_masked_strings(json: &str) -> bool {
@@ -641,6 +637,10 @@ fn holds_only_masked_strings(json: &str) -> bool {
     }
 }
 
+/// Where the JSON array or object opening at `start` ends: after its matching bracket, read
+/// past strings (with their escapes), or the end of `text` when it is cut short. The value of a
+/// sensitive name in JSON text (`"password": ["..."]`, `"secret": {"value": "..."}`) is all of
+/// it; only its opening bracket had been taken as the value, leaving what was inside.
 fn bracketed_end(text: &str, start: usize) -> usize {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
