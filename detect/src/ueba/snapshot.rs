@@ -99,7 +99,17 @@ pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectErr
         Ok(snap) if snap.format == FORMAT => snap,
         first => match read_legacy_windows(read) {
             Ok(snap) if snap.format == LEGACY_FORMAT => snap,
-            _ => first?,
+            legacy => {
+                let snap = first?;
+                // An old-format file the old layout cannot read is refused, not taken as the
+                // new layout misread it.
+                if snap.format == LEGACY_FORMAT {
+                    return Err(legacy.err().unwrap_or_else(|| {
+                        DetectError::Other(format!("ueba snapshot {}: unreadable", path.display()))
+                    }));
+                }
+                snap
+            }
         },
     };
     if snap.format != FORMAT && snap.format != LEGACY_FORMAT {
