@@ -37,6 +37,9 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "signingkey",
     "encryptionkey",
     "authkey",
+    // PII by name: a social security number written any way (`123 45 6789`, `123456789`).
+    "ssn",
+    "socialsecuritynumber",
 ];
 
 /// Short names of a password that are too common inside other words to look for anywhere in a

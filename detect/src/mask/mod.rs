@@ -27,6 +27,7 @@
 
 mod cache;
 mod config;
+mod encoded;
 mod keys;
 mod patterns;
 mod walk;
@@ -440,11 +441,30 @@ impl SecretMasker {
         enabled: KindSet,
         counts: &mut MaskCounts,
     ) -> (Cow<'a, str>, bool) {
-        let (candidates, scanned) = self.patterns.candidates_scanned(text, enabled, &self.keys);
-        if candidates == 0 {
-            return (Cow::Borrowed(text), scanned);
+        let mut current = match text.as_bytes().first() {
+            Some(b'{' | b'[') => self.mask_json_text(text, counts),
+            _ => Cow::Borrowed(text),
+        };
+        let seen = self
+            .patterns
+            .candidates_scanned(&current, enabled, &self.keys);
+        if seen.kinds != 0 {
+            current = self.replace_found(current, seen.kinds, counts);
         }
-        let mut current = Cow::Borrowed(text);
+        if !seen.escaped {
+            return (current, seen.scanned);
+        }
+        let (current, decoded) = self.mask_encoded(current, enabled, counts);
+        (current, seen.scanned || decoded)
+    }
+
+    /// Replace what the patterns of `candidates` find in `text`, one kind after the other.
+    fn replace_found<'a>(
+        &self,
+        mut current: Cow<'a, str>,
+        candidates: KindSet,
+        counts: &mut MaskCounts,
+    ) -> Cow<'a, str> {
         let mut found: Vec<Found> = Vec::new();
         for kind in PatternKind::ALL {
             if candidates & bit(kind) == 0 {
@@ -467,7 +487,83 @@ impl SecretMasker {
             out.push_str(&current[last..]);
             current = Cow::Owned(out);
         }
-        (current, scanned)
+        current
+    }
+
+    /// Secrets inside the percent-encoded or `\u00XX`-escaped parts of `text` ([`encoded`]):
+    /// found in a decoded copy, replaced in the encoded text. Also whether `text` was decoded.
+    fn mask_encoded<'a>(
+        &self,
+        text: Cow<'a, str>,
+        enabled: KindSet,
+        counts: &mut MaskCounts,
+    ) -> (Cow<'a, str>, bool) {
+        // (range in `text`, kind, the decoded secret) for every find at every level.
+        let mut secrets: Vec<(std::ops::Range<usize>, PatternKind, String)> = Vec::new();
+        let mut found: Vec<Found> = Vec::new();
+        let levels = encoded::levels(&text);
+        let decoded_any = !levels.is_empty();
+        for decoded in levels {
+            let candidates = self
+                .patterns
+                .candidates_scanned(&decoded.text, enabled, &self.keys)
+                .kinds;
+            found.clear();
+            for kind in PatternKind::ALL {
+                if candidates & bit(kind) != 0 {
+                    self.patterns
+                        .find(kind, &decoded.text, &self.keys, &mut found);
+                }
+            }
+            secrets.extend(found.iter().map(|f| {
+                let secret = decoded.text[f.start..f.end].to_string();
+                (decoded.encoded_range(f.start, f.end), f.kind, secret)
+            }));
+        }
+        if secrets.is_empty() {
+            return (text, decoded_any);
+        }
+        // In text order, the longer of two finds starting together first; a find overlapping
+        // one already replaced is inside it (or the same secret seen at another level).
+        secrets.sort_by_key(|(r, _, _)| (r.start, std::cmp::Reverse(r.end)));
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for (range, kind, secret) in &secrets {
+            if range.start < last {
+                continue;
+            }
+            counts.by_kind[kind.index()] += 1;
+            out.push_str(&text[last..range.start]);
+            out.push_str(&self.replacement(self.kind_actions[kind.index()], kind.as_str(), secret));
+            last = range.end;
+        }
+        out.push_str(&text[last..]);
+        (Cow::Owned(out), true)
+    }
+
+    /// A string that is itself a JSON document with name/value pairs in it (the `requestbody` of
+    /// Azure activity logs: `{"name": "DB_PASSWORD", "value": "..."}`) is walked like a record,
+    /// so the pairs are masked as they are in records: the value patterns see no key there.
+    /// Walked before the patterns run over the text, whose replacements may leave it no longer
+    /// JSON. Written back compact, and only when something in it was masked.
+    fn mask_json_text<'a>(&self, text: &'a str, counts: &mut MaskCounts) -> Cow<'a, str> {
+        let framed = matches!(
+            (text.as_bytes().first(), text.as_bytes().last()),
+            (Some(b'{'), Some(b'}')) | (Some(b'['), Some(b']'))
+        );
+        // Every pair value key (`is_pair_value_key`) ends in `alue` or `alues`.
+        if !framed || memchr::memmem::find(text.as_bytes(), b"alue").is_none() {
+            return Cow::Borrowed(text);
+        }
+        let Ok(raw) = sonic_rs::from_str::<RawJson>(text) else {
+            return Cow::Borrowed(text);
+        };
+        match self.masked_text(&raw, None, counts, |t| String::from_utf8(t.to_vec()).ok()) {
+            None => Cow::Borrowed(text),
+            Some(Some(masked)) => Cow::Owned(masked),
+            // The walk writes valid UTF-8; should it not, nothing unmasked may remain.
+            Some(None) => Cow::Borrowed(UNSERIALIZABLE),
+        }
     }
 
     /// Whether `key` names a secret (remembered per thread, see [`cache`]).

@@ -170,19 +170,19 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         kind: PatternKind::OnepasswordToken,
         // A service account token, or an account's Secret Key (`A3-` + account id + 26
         // characters in groups), which with the account password opens the vault.
-        regex: r"(?-u:\b)(?:ops_[A-Za-z0-9+/=_-]{40,}|A3-[A-Z0-9]{6}-[A-Z0-9]{6}(?:-[A-Z0-9]{5}){4}(?-u:\b))",
+        regex: r"(?:ops_[A-Za-z0-9+/=_-]{40,}|A3-[A-Z0-9]{6}-[A-Z0-9]{6}(?:-[A-Z0-9]{5}){4})",
         secret_groups: &[],
         anchors: &["ops_", "a3-"],
     },
     PatternSpec {
         kind: PatternKind::GithubToken,
-        regex: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,255})(?-u:\b)",
+        regex: r"(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,255})",
         secret_groups: &[],
         anchors: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
     },
     PatternSpec {
         kind: PatternKind::SlackToken,
-        regex: r"(?-u:\b)(?:xox[abposre]-[A-Za-z0-9-]{10,}|xapp-[0-9]+-[A-Za-z0-9-]{10,})",
+        regex: r"(?:xox[abposre]-[A-Za-z0-9-]{10,}|xapp-[0-9]+-[A-Za-z0-9-]{10,})",
         secret_groups: &[],
         anchors: &["xox", "xapp-"],
     },
@@ -224,7 +224,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // Each vendor's documented prefix, then the random part at its documented length (or a
         // floor of it), so words that merely start like a prefix (`sk_test_helper`) stay.
         regex: concat!(
-            r"(?-u:\b)(?:",
+            r"(?:",
             r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,247}",
             r"|whsec_[A-Za-z0-9+/=]{32,}",
             r"|gl(?:pat|ptt|dt|rt)-[A-Za-z0-9_-]{20,}",
@@ -360,13 +360,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::Jwt,
-        regex: r"(?-u:\b)eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
+        regex: r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
         secret_groups: &[],
         anchors: &["eyj"],
     },
     PatternSpec {
         kind: PatternKind::AwsAccessKeyId,
-        regex: r"(?-u:\b)(?:AKIA|ASIA)[A-Z0-9]{16}(?-u:\b)",
+        regex: r"(?:AKIA|ASIA)[A-Z0-9]{16}",
         secret_groups: &[],
         anchors: &["akia", "asia"],
     },
@@ -391,6 +391,18 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         anchors: &["@"],
     },
 ];
+
+/// What [`Patterns::candidates_scanned`] tells of a text.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Candidates {
+    /// The kinds that may be found.
+    pub kinds: KindSet,
+    /// Whether the anchor automaton read the text.
+    pub scanned: bool,
+    /// Whether a `%` or `\` occurs: the text may hold escapes ([`super::encoded`]). Texts too
+    /// short for any kind are not looked at and say `false`.
+    pub escaped: bool,
+}
 
 /// One found secret: byte range in the text being scanned, and its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,18 +473,18 @@ impl Patterns {
     /// `keys` (a superset of those that are).
     #[cfg(test)]
     pub(crate) fn candidates(&self, text: &str, enabled: KindSet, keys: &KeyMatcher) -> KindSet {
-        self.candidates_scanned(text, enabled, keys).0
+        self.candidates_scanned(text, enabled, keys).kinds
     }
 
     /// Kinds among `enabled` that may be found in `text` by [`Patterns::find`] with the same
-    /// `keys` (a superset of those that are), and whether the anchor automaton had to read the
-    /// text (the costly case).
+    /// `keys` (a superset of those that are), whether the anchor automaton had to read the
+    /// text (the costly case), and whether the text may hold escapes.
     pub(crate) fn candidates_scanned(
         &self,
         text: &str,
         enabled: KindSet,
         keys: &KeyMatcher,
-    ) -> (KindSet, bool) {
+    ) -> Candidates {
         let bytes = text.as_bytes();
         let digit_kinds = enabled & (bit(PatternKind::CreditCard) | bit(PatternKind::UsSsn));
         let anchored = enabled & !digit_kinds;
@@ -480,7 +492,7 @@ impl Patterns {
         let want_digits = digit_kinds != 0 && bytes.len() >= 9;
         let want_anchors = anchored != 0 && bytes.len() >= self.min_anchor_len;
         if !want_digits && !want_anchors {
-            return (0, false);
+            return Candidates::default();
         }
         // One pass over the bytes: digit runs, whether every byte is id-shaped, and whether the
         // text has the separators that assignment-like patterns need.
@@ -534,7 +546,11 @@ impl Patterns {
                 set &= !bit(PatternKind::AuthHeader);
             }
         }
-        (set & enabled, scanned)
+        Candidates {
+            kinds: set & enabled,
+            scanned,
+            escaped: scan.escaped,
+        }
     }
 
     /// Find the secrets of one kind in `text`, appending them to `out`.
@@ -735,6 +751,8 @@ struct ByteScan {
     has_assign: bool,
     /// A whitespace byte occurs, or a non-ASCII byte (`\s` in the patterns is Unicode-aware).
     has_space: bool,
+    /// A `%` or `\` occurs.
+    escaped: bool,
 }
 
 const DIGIT: u8 = 1;
@@ -742,6 +760,7 @@ const RUN_SEP: u8 = 2;
 const ID: u8 = 4;
 const ASSIGN: u8 = 8;
 const SPACE: u8 = 16;
+const ESCAPE: u8 = 32;
 
 /// Byte classes for [`scan_bytes`].
 const CLASS: [u8; 256] = {
@@ -764,6 +783,9 @@ const CLASS: [u8; 256] = {
         }
         if c.is_ascii_whitespace() || c >= 0x80 {
             k |= SPACE;
+        }
+        if c == b'%' || c == b'\\' {
+            k |= ESCAPE;
         }
         t[b] = k;
         b += 1;
@@ -791,6 +813,7 @@ fn scan_bytes(bytes: &[u8]) -> ByteScan {
         id_shaped: all & ID != 0 || bytes.is_empty(),
         has_assign: any & ASSIGN != 0,
         has_space: any & SPACE != 0,
+        escaped: any & ESCAPE != 0,
     };
     if most < 9 {
         return scan;
@@ -1103,8 +1126,25 @@ fn verify(
                 && !is_signed_number(text, start)
         }
         PatternKind::UsSsn => is_valid_ssn(secret),
+        // Fixed-length tokens: a longer run of their characters is something else.
+        PatternKind::GithubToken | PatternKind::AwsAccessKeyId | PatternKind::OnepasswordToken => {
+            !glued_to_word(text, start, start + secret.len(), true)
+        }
+        PatternKind::SlackToken | PatternKind::VendorToken | PatternKind::Jwt => {
+            !glued_to_word(text, start, start + secret.len(), false)
+        }
         _ => true,
     }
+}
+
+/// Whether a letter or digit comes right before `start` (or, with `after`, right at `end`): the
+/// token found there is the inside of a longer word. The token patterns carry no `\b` for this,
+/// because `_` is a word character to it and tokens are glued into names with `_`
+/// (`deploy_ghp_...`, `AKIA..._credentials.csv`, `GITHUB_TOKEN_ghp_...`).
+fn glued_to_word(text: &str, start: usize, end: usize, after: bool) -> bool {
+    let bytes = text.as_bytes();
+    let alnum = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    alnum(start.checked_sub(1).and_then(|i| bytes.get(i))) || (after && alnum(bytes.get(end)))
 }
 
 /// Whether the name at `name_start` is the resource type of an ARN (`arn:aws:secretsmanager:

@@ -115,6 +115,98 @@ fn a_sensitive_name_in_json_text_loses_its_whole_array_or_object_value() {
 }
 
 #[test]
+fn secrets_in_percent_encoded_and_escaped_text_are_masked_in_place() {
+    let m = masker();
+    let cases = [
+        (
+            "/authorize?redirect_uri=https%3A%2F%2Fapp.example%2Fcb%3Faccess_token%3DAbC123xyzSecretTok%26state%3D1",
+            "AbC123xyzSecretTok",
+            "/authorize?redirect_uri=https%3A%2F%2Fapp.example%2Fcb%3Faccess_token%3D[REDACTED:secret_assignment]%26state%3D1",
+        ),
+        (
+            "relay=https%3A%2F%2Fadmin%3AS3cr3tPw77%40db.example.com%2F",
+            "S3cr3tPw77",
+            "relay=https%3A%2F%2Fadmin%3A[REDACTED:url_credentials]%40db.example.com%2F",
+        ),
+        (
+            r#"{\u0022url\u0022: \u0022https://b.s3.amazonaws.com/r.csv?X-Amz-Algorithm=AWS4\u0026X-Amz-Signature=fedcba9876543210fedcba9876543210\u0022}"#,
+            "fedcba9876543210",
+            r#"{\u0022url\u0022: \u0022https://b.s3.amazonaws.com/r.csv?X-Amz-Algorithm=AWS4\u0026X-Amz-Signature=[REDACTED:url_signature]\u0022}"#,
+        ),
+        // Encoded twice (`%25` is `%`).
+        (
+            "next=%253Ftoken%253DHx7qTwice01",
+            "Hx7qTwice01",
+            "next=%253Ftoken%253D[REDACTED:secret_assignment]",
+        ),
+    ];
+    for (text, secret, want) in cases {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains(secret), "{masked}");
+        assert_eq!(masked, want);
+        assert_eq!(m.mask_text(&masked), masked, "idempotent");
+    }
+    // Escapes that hide nothing are left as they are.
+    let clean = "q=caf%C3%A9%20au%20lait&n=100%25";
+    assert_eq!(m.mask_text(clean), clean);
+}
+
+#[test]
+fn tokens_glued_to_names_with_underscores_are_masked() {
+    let m = masker();
+    let masked = m.mask_text(&format!(
+        "GITHUB_TOKEN_{GHP} deploy_{GHP}, /home/ci/.aws/AKIAQ7ZEXAMPLEKEY7Q2_credentials.csv"
+    ));
+    assert!(!masked.contains("aBcDeFgH"), "{masked}");
+    assert!(!masked.contains("AKIAQ7ZEXAMPLEKEY7Q2"), "{masked}");
+    assert!(
+        masked.starts_with("GITHUB_TOKEN_[REDACTED:github_token] deploy_[REDACTED:github_token]")
+    );
+    assert!(masked.ends_with("_credentials.csv"), "{masked}");
+    // Inside a longer run of letters and digits they are not tokens.
+    for text in [
+        format!("x{GHP}"),
+        "XAKIAQ7ZEXAMPLEKEY7Q2".to_string(),
+        "AKIAQ7ZEXAMPLEKEY7Q2X9".to_string(),
+    ] {
+        assert_eq!(m.mask_text(&text), text);
+    }
+}
+
+#[test]
+fn name_value_pairs_inside_json_text_are_masked() {
+    let m = masker();
+    let mut v = json!({"properties": {
+        "requestbody": r#"{"properties": {"siteConfig": {"appSettings": [{"name": "DB_PASSWORD", "value": "Hx7qAzurePw01"}, {"name": "REGION", "value": "westeurope"}]}}}"#,
+        "statusCode": "Created",
+        "note": "[a, b] of value",
+    }});
+    let stats = m.mask_value(&mut v);
+    assert_eq!(stats.by_key, 1);
+    let body: Value = serde_json::from_str(v["properties"]["requestbody"].as_str().expect("text"))
+        .expect("still JSON");
+    let settings = &body["properties"]["siteConfig"]["appSettings"];
+    assert_eq!(settings[0]["value"], "[REDACTED:key]");
+    assert_eq!(settings[1]["value"], "westeurope");
+    assert_eq!(v["properties"]["note"], "[a, b] of value");
+    let once = v.clone();
+    assert_eq!(m.mask_value(&mut v).total(), 0, "idempotent");
+    assert_eq!(v, once);
+}
+
+#[test]
+fn ssn_keys_mask_any_spelling_of_the_number() {
+    let m = masker();
+    let mut v = json!({"ssn": "123 45 6789", "employeeSSN": 123456789, "social_security_number": "123.45.6789", "classname": "x", "hasSsn": true});
+    m.mask_value(&mut v);
+    assert_eq!(v["ssn"], "[REDACTED:key]");
+    assert_eq!(v["employeeSSN"], "[REDACTED:key]");
+    assert_eq!(v["social_security_number"], "[REDACTED:key]");
+    assert_eq!(v["classname"], "x");
+    assert_eq!(v["hasSsn"], true);
+}
+
+#[test]
 fn stack_parameters_short_password_keys_and_what_is_no_secret() {
     let m = masker();
     let mut v = json!({
@@ -963,6 +1055,15 @@ fn document() -> impl Strategy<Value = (Value, Vec<String>)> {
         any::<u32>().prop_map(|n| (json!(n), vec![])),
         any::<bool>().prop_map(|b| (json!(b), vec![])),
         text_with_secret().prop_map(|(t, s)| (Value::String(t), vec![s])),
+        // Text with a secret, percent-encoded (a URL passed as a parameter).
+        text_with_secret().prop_map(|(t, s)| (Value::String(percent_encode(&t)), vec![percent_encode(&s)])),
+        // JSON kept as text, with a secret in a name/value pair.
+        ("(DB_|SMTP_|Stripe|)(PASSWORD|Secret|api_key|TOKEN)", "[A-Za-z0-9!#$&()*+,./:;<=>?@^_`{|}~-]{4,40}")
+            .prop_map(|(name, v)| {
+                let v = format!("Zq9#{v}");
+                let text = json!({"settings": [{"name": name, "value": v}]}).to_string();
+                (Value::String(text), vec![v])
+            }),
         // A secret as an object key.
         text_with_secret().prop_map(|(t, s)| (json!({ t: 1 }), vec![s])),
         ("(password|secret|apiKey|Authorization|client_secret|set-cookie|private_key|accessToken)", "[!-~]{4,40}")
@@ -1023,6 +1124,19 @@ fn all_text(v: &Value) -> String {
     let mut out = String::new();
     go(v, &mut out);
     out
+}
+
+/// `text` percent-encoded the way a URL parameter is: everything but letters, digits and
+/// `-_.~`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn survivors(haystack: &str, secrets: &[String]) -> Vec<String> {
