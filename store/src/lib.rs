@@ -55,7 +55,7 @@ pub use histogram::{
     EventHistogram, EventHistogramQuery, HistogramBucket, AUTO_HISTOGRAM_BUCKETS,
     MAX_HISTOGRAM_BUCKETS,
 };
-pub use reader::{AlertEvidence, EventQuery, EventSort};
+pub use reader::{AlertEvidence, EventQuery, EventSnapshot, EventSort};
 pub use retention::RetentionReport;
 pub use store::{
     lock_data_dir, DeadLetterQuery, QueryTermMasker, Store, StoreBatch, StoreStats, WriteAck,

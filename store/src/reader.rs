@@ -3,7 +3,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
@@ -11,7 +11,7 @@ use tantivy::query_grammar::{
     Delimiter, UserInputAst, UserInputBound, UserInputLeaf, UserInputLiteral,
 };
 use tantivy::schema::{IndexRecordOption, Value};
-use tantivy::{DocAddress, SegmentReader, TantivyDocument, Term};
+use tantivy::{DocAddress, Searcher, SegmentReader, TantivyDocument, Term};
 
 use crate::alerts::{AlertQuery, AlertRecord, AlertUpdate, Page, MAX_PAGE_LIMIT};
 use crate::catch_all::{map_leaves, rewrite_catch_all_phrases, try_map_leaves};
@@ -115,6 +115,13 @@ fn decode_cursor(sort: EventSort, c: &str) -> Result<EventKey> {
     Ok((ts, hi, lo))
 }
 
+/// One tenant's event indexes at one moment ([`Store::event_snapshot`]), newest day first.
+/// Cheap to take and to clone; it keeps the segments it reads alive while it is held.
+#[derive(Clone)]
+pub struct EventSnapshot {
+    days: Vec<(NaiveDate, Searcher)>,
+}
+
 impl Store {
     /// The tenant's day indexes, newest day first.
     pub(crate) fn tenant_indexes(&self, tenant: &str) -> Vec<Arc<DayIndex>> {
@@ -169,8 +176,30 @@ impl Store {
         })
     }
 
+    /// One tenant's events as they are now, for several searches that must agree: a long
+    /// export pages through one snapshot, so events stored meanwhile neither grow it past the
+    /// count it announced nor shift its pages.
+    pub fn event_snapshot(&self, tenant: &str) -> EventSnapshot {
+        EventSnapshot {
+            days: self
+                .tenant_indexes(tenant)
+                .into_iter()
+                .map(|idx| (idx.day, idx.reader.searcher()))
+                .collect(),
+        }
+    }
+
     /// Search one tenant's events, newest first (or oldest first, `q.sort`).
     pub fn search_events(&self, tenant: &str, q: &EventQuery) -> Result<Page<serde_json::Value>> {
+        self.search_snapshot(&self.event_snapshot(tenant), q)
+    }
+
+    /// [`Self::search_events`] over a snapshot ([`Self::event_snapshot`]).
+    pub fn search_snapshot(
+        &self,
+        snapshot: &EventSnapshot,
+        q: &EventQuery,
+    ) -> Result<Page<serde_json::Value>> {
         let limit = q.limit.clamp(1, MAX_PAGE_LIMIT);
         let user_query = self.parse_event_query(&q.query)?;
         let oldest = q.sort == EventSort::Oldest;
@@ -208,17 +237,16 @@ impl Store {
         let query = self.within_time(user_query, lower, upper);
 
         let mut hits: Vec<(EventKey, serde_json::Value)> = Vec::new();
-        let mut indexes = self.tenant_indexes(tenant);
+        let mut days: Vec<&(NaiveDate, Searcher)> = snapshot.days.iter().collect();
         if oldest {
-            indexes.reverse();
+            days.reverse();
         }
-        for idx in indexes {
-            if upper_day.is_some_and(|u| idx.day > u) || lower_day.is_some_and(|l| idx.day < l) {
+        for (day, searcher) in days {
+            if upper_day.is_some_and(|u| *day > u) || lower_day.is_some_and(|l| *day < l) {
                 continue;
             }
             let want = limit + 1 - hits.len();
             let q_sort = q.sort;
-            let searcher = idx.reader.searcher();
             let collector = TopDocs::with_limit(want).order_by(move |seg: &SegmentReader| {
                 let ff = seg.fast_fields();
                 let ts = ff
@@ -342,12 +370,26 @@ impl Store {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Result<u64> {
+        self.count_snapshot(&self.event_snapshot(tenant), query, from, to)
+    }
+
+    /// [`Self::count_events`] over a snapshot ([`Self::event_snapshot`]).
+    pub fn count_snapshot(
+        &self,
+        snapshot: &EventSnapshot,
+        query: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
         check_time_range(from, to)?;
         let user_query = self.parse_event_query(query)?;
         let query = self.query_in_range(user_query, from, to)?;
+        let (from_day, to_day) = (from.map(|f| f.date_naive()), to.map(|t| t.date_naive()));
         let mut total = 0u64;
-        for idx in self.indexes_in_range(tenant, from, to) {
-            let searcher = idx.reader.searcher();
+        for (day, searcher) in &snapshot.days {
+            if from_day.is_some_and(|f| *day < f) || to_day.is_some_and(|t| *day > t) {
+                continue;
+            }
             total += searcher
                 .search(&*query, &tantivy::collector::Count)
                 .map_err(query_shape_error)? as u64;

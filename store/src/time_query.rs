@@ -9,7 +9,9 @@
 //! - `>2026-11-24` starts after that day, `<=2026-11-24` and `[.. TO 2026-11-24]` end with it;
 //! - `>=2026-11-24` and `<2026-11-24` start and end at its midnight;
 //! - one instant, `@timestamp:"2026-11-24T10:00:00Z"`, is the range of that instant alone (the
-//!   field is a fast field, which tantivy searches by range only: the term was refused).
+//!   field is a fast field, which tantivy searches by range only: the term was refused);
+//! - instants are cut to the microsecond, the precision the field is stored at (an event's
+//!   receive time has nanoseconds, and copied into a query it found nothing).
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use perimeter_model::parse_time_bound;
@@ -91,11 +93,14 @@ fn rewrite_leaf(leaf: UserInputLeaf, now: DateTime<Utc>) -> Result<UserInputLeaf
                     upper: UserInputBound::Exclusive(rfc3339(next_midnight(day))),
                 },
                 // The field is a fast field, not indexed for terms: one instant is a range too.
-                Time::Instant(t) => UserInputLeaf::Range {
-                    field: lit.field_name,
-                    lower: UserInputBound::Inclusive(rfc3339(t)),
-                    upper: UserInputBound::Inclusive(rfc3339(t)),
-                },
+                Time::Instant(t) => {
+                    let t = stored_precision(t);
+                    UserInputLeaf::Range {
+                        field: lit.field_name,
+                        lower: UserInputBound::Inclusive(rfc3339(t)),
+                        upper: UserInputBound::Inclusive(rfc3339(t)),
+                    }
+                }
             })
         }
         UserInputLeaf::Range {
@@ -139,9 +144,20 @@ fn bound(
     };
     Ok(match read(&text, now)? {
         Time::Day(d) => day(d, inclusive),
+        // Finer than the index keeps: which side of it a stored microsecond lies on is not
+        // known, so that microsecond is in.
+        Time::Instant(t) if t != stored_precision(t) => {
+            UserInputBound::Inclusive(rfc3339(stored_precision(t)))
+        }
         Time::Instant(t) if inclusive => UserInputBound::Inclusive(rfc3339(t)),
         Time::Instant(t) => UserInputBound::Exclusive(rfc3339(t)),
     })
+}
+
+/// `t` cut to whole microseconds, the precision `@timestamp` is indexed at: an event's own time
+/// copied from its document (receive times have nanoseconds) must find it.
+fn stored_precision(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
 #[cfg(test)]
@@ -159,6 +175,25 @@ mod tests {
             "{:?}",
             rewrite_times(parse_query(q).unwrap(), now()).unwrap()
         )
+    }
+
+    #[test]
+    fn instants_finer_than_a_microsecond_are_cut_to_the_stored_one() {
+        assert_eq!(
+            rewritten("@timestamp:\"2026-11-24T10:00:00.123456789Z\""),
+            "\"@timestamp\":[\"2026-11-24T10:00:00.123456Z\" TO \"2026-11-24T10:00:00.123456Z\"]"
+        );
+        // Either side of a bound inside a microsecond takes that microsecond in.
+        assert_eq!(
+            rewritten(
+                "@timestamp:{2026-11-24T10:00:00.123456789Z TO 2026-11-24T11:00:00.000000500Z}"
+            ),
+            "\"@timestamp\":[\"2026-11-24T10:00:00.123456Z\" TO \"2026-11-24T11:00:00Z\"]"
+        );
+        assert_eq!(
+            rewritten("@timestamp:<2026-11-24T10:00:00.123456Z"),
+            "\"@timestamp\":{\"*\" TO \"2026-11-24T10:00:00.123456Z\"}"
+        );
     }
 
     #[test]

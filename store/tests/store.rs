@@ -2819,3 +2819,99 @@ fn a_range_open_at_both_ends_finds_the_events_with_the_field() {
         ["alice"]
     );
 }
+
+#[test]
+fn a_snapshot_pages_and_counts_as_the_store_was_when_it_was_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let first: Vec<Event> = (0..5)
+        .map(|n| {
+            event(
+                "acme",
+                "okta",
+                ts(10, 8, n as u32),
+                "dana",
+                "user.session.start",
+                n,
+            )
+        })
+        .collect();
+    store.write_batch(&batch(first)).unwrap();
+    let snapshot = store.event_snapshot("acme");
+    // Stored after the snapshot: one later than all, one in between, one on a new day.
+    let later = vec![
+        event(
+            "acme",
+            "okta",
+            ts(10, 9, 0),
+            "dana",
+            "user.session.start",
+            10,
+        ),
+        event(
+            "acme",
+            "okta",
+            ts(10, 8, 2),
+            "erin",
+            "user.session.start",
+            11,
+        ),
+        event(
+            "acme",
+            "okta",
+            ts(11, 8, 0),
+            "dana",
+            "user.session.start",
+            12,
+        ),
+    ];
+    store.write_batch(&batch(later)).unwrap();
+
+    let q = EventQuery {
+        query: "*".into(),
+        limit: 2,
+        sort: EventSort::Oldest,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    let mut query = q.clone();
+    loop {
+        let page = store.search_snapshot(&snapshot, &query).unwrap();
+        seen.extend(page.items);
+        match page.next_cursor {
+            Some(c) => query.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    assert!(seen.iter().all(|e| e["user"]["name"] == "dana"));
+    assert_eq!(store.count_snapshot(&snapshot, "*", None, None).unwrap(), 5);
+    assert_eq!(
+        store.count_snapshot(&snapshot, "erin", None, None).unwrap(),
+        0
+    );
+    // The store itself has them all.
+    assert_eq!(store.count_events("acme", "*", None, None).unwrap(), 8);
+    assert_eq!(search_all(&store, "acme", "*", 100).len(), 8);
+}
+
+#[test]
+fn an_event_is_found_by_its_own_nanosecond_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let at = ts(10, 8, 0) + Duration::nanoseconds(123_456_789);
+    let other = ts(10, 8, 0) + Duration::nanoseconds(123_457_000);
+    store
+        .write_batch(&batch(vec![
+            event("acme", "okta", at, "dana", "user.session.start", 1),
+            event("acme", "okta", other, "erin", "user.session.start", 2),
+        ]))
+        .unwrap();
+    let exact = format!(
+        "@timestamp:\"{}\"",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    );
+    let hits = search_all(&store, "acme", &exact, 10);
+    assert_eq!(hits.len(), 1, "{exact}");
+    assert_eq!(hits[0]["user"]["name"], "dana");
+}

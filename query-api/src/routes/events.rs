@@ -585,15 +585,18 @@ pub async fn export_events(
         cursor: None,
         sort: parse_event_sort(params.sort.as_deref())?,
     };
-    // The first page is fetched before answering, so bad query syntax is still a 400.
+    // The first page is fetched before answering, so bad query syntax is still a 400. Every
+    // page and the count come from one snapshot of the store: events stored while a long
+    // export streams are not in it, so the body holds what the headers announce.
     let store = state.store.clone();
-    let tenant = auth.tenant().to_string();
+    let snapshot = state.store.event_snapshot(auth.tenant());
     let first_query = query.clone();
+    let first_snapshot = snapshot.clone();
     // And how many match, so a file cut at `max_events` says so in its headers.
     let (first, matched) = blocking(move || {
-        let first = store.search_events(&tenant, &first_query)?;
-        let matched = store.count_events(
-            &tenant,
+        let first = store.search_snapshot(&first_snapshot, &first_query)?;
+        let matched = store.count_snapshot(
+            &first_snapshot,
             &first_query.query,
             first_query.from,
             first_query.to,
@@ -613,7 +616,6 @@ pub async fn export_events(
 
     // Each step sends what is left of one page, then reads the next while under the bound.
     let store = state.store.clone();
-    let tenant = auth.tenant().to_string();
     let header: Vec<u8> = if csv {
         let names: Vec<&str> = CSV_COLUMNS.iter().map(|(name, _)| *name).collect();
         format!("{}\r\n", names.join(",")).into_bytes()
@@ -622,7 +624,7 @@ pub async fn export_events(
     };
     let body = futures_util::stream::unfold(Some((first, 0usize)), move |step| {
         let store = store.clone();
-        let tenant = tenant.clone();
+        let snapshot = snapshot.clone();
         let mut query = query.clone();
         async move {
             let (mut page, mut sent) = step?;
@@ -646,7 +648,7 @@ pub async fn export_events(
             let next = match page.next_cursor.take() {
                 Some(cursor) if sent < max_events => {
                     query.cursor = Some(cursor);
-                    match blocking(move || store.search_events(&tenant, &query)).await {
+                    match blocking(move || store.search_snapshot(&snapshot, &query)).await {
                         Ok(Ok(page)) => Some((page, sent)),
                         _ => {
                             let e = std::io::Error::other("store read failed during export");
