@@ -1129,14 +1129,12 @@ fn all_text(v: &Value) -> String {
 /// `text` percent-encoded the way a URL parameter is: everything but letters, digits and
 /// `-_.~`.
 fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(text, URL_COMPONENT).to_string()
 }
 
 fn survivors(haystack: &str, secrets: &[String]) -> Vec<String> {
