@@ -515,7 +515,8 @@ fn categorisation_convention_holds_for_key_events() {
 
     let e = one("github/org_owner_added.json", "github");
     assert_eq!(strs(&e.ecs.event_type), vec!["admin", "change"]);
-    assert_eq!(e.ecs.organization_id.as_deref(), Some("1200123"));
+    // By name: the organization's records without `org_id` give the same id.
+    assert_eq!(e.ecs.organization_id.as_deref(), Some("example-corp"));
     assert_eq!(e.ecs.source_geo_country_iso_code.as_deref(), Some("NL"));
 }
 
@@ -627,4 +628,78 @@ fn bad_mapping_files_are_rejected_with_file_and_reason() {
                 .to_string();
         assert!(err.contains(file) && err.contains(reason), "{err}");
     }
+}
+
+/// The ECS view of one record as `source` reads it.
+fn ecs_of(source: &str, record: Value) -> perimeter_model::Ecs {
+    let registry = NormalizerRegistry::builtin();
+    let raw = perimeter_model::raw_from_serde(&record);
+    let (_, ecs) = registry
+        .normalize_ecs(source, &raw)
+        .unwrap_or_else(|e| panic!("{source}: {e}"));
+    ecs
+}
+
+#[test]
+fn who_acted_from_where_and_with_what_result() {
+    // Google login challenges carry their result in a parameter.
+    let registry = NormalizerRegistry::builtin();
+    let events = normalize_page(
+        &registry,
+        &format!("{LOCAL}/google_workspace/login_challenges.json"),
+        "google_workspace",
+    );
+    let outcomes: Vec<_> = events.iter().map(|e| e.ecs.event_outcome).collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Failure, Outcome::Success, Outcome::Failure]
+    );
+
+    // A federated user acts; the IAM user who issued the token is only related.
+    let e = ecs_of(
+        "aws_cloudtrail",
+        serde_json::json!({"eventVersion": "1.08", "eventTime": "2024-05-01T10:00:02Z",
+            "eventSource": "s3.amazonaws.com", "eventName": "ListBuckets",
+            "userIdentity": {"type": "FederatedUser", "principalId": "111122223333:bob",
+                "arn": "arn:aws:sts::111122223333:federated-user/bob", "accountId": "111122223333",
+                "sessionContext": {"sessionIssuer": {"type": "IAMUser", "userName": "broker",
+                    "arn": "arn:aws:iam::111122223333:user/broker"}}}}),
+    );
+    assert_eq!(e.user_name.as_deref(), Some("bob"));
+    assert_eq!(strs(&e.related_user), vec!["bob", "broker"]);
+
+    // Placeholders are nobody.
+    let e = ecs_of(
+        "aws_cloudtrail",
+        serde_json::json!({"eventVersion": "1.08", "eventTime": "2024-05-01T10:00:02Z",
+            "eventSource": "signin.amazonaws.com", "eventName": "ConsoleLogin",
+            "errorMessage": "Failed authentication",
+            "responseElements": {"ConsoleLogin": "Failure"},
+            "userIdentity": {"type": "IAMUser", "accountId": "111122223333",
+                "userName": "HIDDEN_DUE_TO_SECURITY_REASONS"},
+            "sourceIPAddress": "0.0.0.0"}),
+    );
+    assert_eq!(e.event_outcome, Outcome::Failure);
+    assert_eq!(e.user_name, None);
+    assert!(e.related_user.is_empty(), "{:?}", e.related_user);
+    assert_eq!(e.source_ip, None, "0.0.0.0 is no client address");
+
+    // An email field holds emails only, whatever the mapping lists first.
+    let e = ecs_of(
+        "onelogin",
+        serde_json::json!({"created_at": "2024-05-01T10:00:00Z", "event_type_id": 13,
+            "account_id": 1, "actor_user_name": "Dana Kim", "user_name": "dana@acme.example"}),
+    );
+    assert_eq!(e.user_name.as_deref(), Some("Dana Kim"));
+    assert_eq!(e.user_email.as_deref(), Some("dana@acme.example"));
+
+    // Every address a request came through is related.
+    let e = ecs_of(
+        "okta",
+        serde_json::json!({"uuid": "u1", "published": "2024-05-01T10:00:00Z",
+            "eventType": "user.session.start", "actor": {"alternateId": "dana@acme.example"},
+            "client": {"ipAddress": "198.51.100.7"},
+            "request": {"ipChain": [{"ip": "198.51.100.7"}, {"ip": "203.0.113.50"}]}}),
+    );
+    assert_eq!(strs(&e.related_ip), vec!["198.51.100.7", "203.0.113.50"]);
 }

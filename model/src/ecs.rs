@@ -148,6 +148,45 @@ impl Ecs {
         singles.chain(lists)
     }
 
+    /// Add an address to `related.ip` unless it is there.
+    pub fn add_related_ip(&mut self, ip: String) {
+        if !self.related_ip.contains(&ip) {
+            self.related_ip.push(ip);
+        }
+    }
+
+    /// Vendors' stand-ins for an identity nobody knows (`HIDDEN_DUE_TO_SECURITY_REASONS` of a
+    /// failed AWS console sign-in, M365's `Not Available`, Okta's `unknown` actor) are no user:
+    /// kept, every such failure would count against one made-up user in the detectors.
+    pub fn drop_placeholder_users(&mut self) {
+        fn placeholder(s: &str) -> bool {
+            const PLACEHOLDERS: &[&str] = &[
+                "hidden_due_to_security_reasons",
+                "not available",
+                "unknown",
+                "n/a",
+                "null",
+                "none",
+                "-",
+            ];
+            let s = s.trim();
+            s.is_empty() || PLACEHOLDERS.iter().any(|p| p.eq_ignore_ascii_case(s))
+        }
+        for field in [
+            &mut self.user_name,
+            &mut self.user_email,
+            &mut self.user_id,
+            &mut self.user_target_name,
+            &mut self.user_target_email,
+            &mut self.user_target_id,
+        ] {
+            if field.as_deref().is_some_and(placeholder) {
+                *field = None;
+            }
+        }
+        self.related_user.retain(|u| !placeholder(u));
+    }
+
     /// Fill `related.user` / `related.ip` from the user and IP fields (deduplicated).
     pub fn fill_related(&mut self) {
         let users = [

@@ -54,8 +54,16 @@ impl CloudTrailNormalizer {
                 .and_then(|(_, rest)| rest.split_once('/'))
                 .map(|(_, session)| session)
                 .filter(|s| !s.is_empty());
+            // A federated user (`.../federated-user/<name>`, from `GetFederationToken`) acts
+            // with the credentials of the IAM user in `sessionIssuer`, who only issued them.
+            let federated = (str_at(id, &["type"]) == Some("FederatedUser"))
+                .then(|| arn.and_then(|a| a.split_once(":federated-user/")))
+                .flatten()
+                .map(|(_, name)| name)
+                .filter(|s| !s.is_empty());
             let name = str_at(id, &["userName"])
                 .or(session)
+                .or(federated)
                 .or(role)
                 .or_else(|| {
                     if str_at(id, &["type"]) == Some("Root") {

@@ -183,6 +183,20 @@ pub(crate) fn classify(ecs: &mut Ecs, category: &[&str], kind: &[&str]) {
 /// and `None` for values that are not addresses (`"Unknown IP"`, `"iam.amazonaws.com"`).
 pub(crate) fn clean_ip(s: &str) -> Option<String> {
     let s = s.trim();
+    // `0.0.0.0`, `::` and `255.255.255.255` are what vendors write when they have no client
+    // address (GitHub's `actor_ip`, Zoom, Salesforce Marketing Cloud): no address at all.
+    let placeholder = |ip: std::net::IpAddr| {
+        ip.is_unspecified() || ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+    };
+    let ip = clean_ip_text(s)?;
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(parsed) if placeholder(parsed) => None,
+        _ => Some(ip),
+    }
+}
+
+/// [`clean_ip`] before placeholders are dropped.
+fn clean_ip_text(s: &str) -> Option<String> {
     // In one written form (`2001:db8:0:0:0:0:0:66` is `2001:db8::66`, `::ffff:198.51.100.7`
     // is `198.51.100.7`): one address is one entity for the detectors and one search term.
     let canonical = |ip: std::net::IpAddr| ip.to_canonical().to_string();

@@ -64,10 +64,12 @@ impl GithubAuditLogNormalizer {
         ecs.source_geo_country_iso_code =
             str_at(raw, &["actor_location", "country_code"]).and_then(fields::country_iso);
         ecs.user_agent_original = fields::owned(str_at(raw, &["user_agent"]));
-        ecs.organization_id = fields::id_at(raw, &["org_id"])
-            .or_else(|| fields::id_at(raw, &["org"]))
-            .or_else(|| fields::id_at(raw, &["business_id"]))
-            .or_else(|| fields::id_at(raw, &["business"]));
+        // By name first: records of one organization carry `org` always and `org_id` only in
+        // some shapes, and one organization must have one id.
+        ecs.organization_id = fields::id_at(raw, &["org"])
+            .or_else(|| fields::id_at(raw, &["org_id"]))
+            .or_else(|| fields::id_at(raw, &["business"]))
+            .or_else(|| fields::id_at(raw, &["business_id"]));
         ecs.fill_related();
         Ok(ecs)
     }

@@ -64,6 +64,9 @@ impl GoogleWorkspaceActivityNormalizer {
         let app = str_at(raw, &["id", "applicationName"]).unwrap_or("");
         let kind = str_at(event, &["type"]).unwrap_or("");
         categorize(&mut ecs, app, kind, name);
+        if let Some(outcome) = challenge_outcome(event) {
+            ecs.event_outcome = outcome;
+        }
 
         fields::set_login(
             &mut ecs.user_name,
@@ -88,6 +91,22 @@ impl GoogleWorkspaceActivityNormalizer {
         }
         ecs.fill_related();
         Ok(ecs)
+    }
+}
+
+/// The result of a login challenge or verification (2-step, identity verification), which
+/// Google reports in the `login_challenge_status` parameter: `Challenge Passed` or
+/// `Challenge Failed`.
+fn challenge_outcome(event: &Value) -> Option<Outcome> {
+    let params = event.get("parameters")?.as_array()?;
+    let status = params.iter().find_map(|p| match str_at(p, &["name"]) {
+        Some("login_challenge_status") => str_at(p, &["value"]),
+        _ => None,
+    })?;
+    match status.to_ascii_lowercase().as_str() {
+        "challenge passed" | "passed" => Some(Outcome::Success),
+        "challenge failed" | "failed" => Some(Outcome::Failure),
+        _ => None,
     }
 }
 

@@ -804,6 +804,10 @@ fn set_field(
     sources: &[FieldSource],
     raw: &Value,
 ) -> Result<(), NormalizeError> {
+    if matches!(target, EcsField::UserEmail | EcsField::TargetEmail) {
+        set_email(ecs, target, sources, raw);
+        return Ok(());
+    }
     let Some((source, found)) = FieldSource::first(sources, raw) else {
         if target == EcsField::Action {
             return Err(NormalizeError::MissingField(sources[0].text().to_owned()));
@@ -845,6 +849,28 @@ fn set_field(
         EcsField::AsNumber => {}
     }
     Ok(())
+}
+
+/// An email field takes the first of `sources` whose value is an email: vendors keep display
+/// names in the same places (OneLogin's `actor_user_name` is `Dana Kim`).
+fn set_email(ecs: &mut Ecs, target: EcsField, sources: &[FieldSource], raw: &Value) {
+    let email = sources
+        .iter()
+        .filter_map(|s| FieldSource::first(std::slice::from_ref(s), raw))
+        .find_map(|(_, found)| {
+            match found {
+                Found::Value(v) => fields::scalar_string(v),
+                Found::Text(t) => Some(t),
+            }
+            .filter(|s| fields::is_email(s))
+        });
+    let slot = match target {
+        EcsField::UserEmail => &mut ecs.user_email,
+        _ => &mut ecs.user_target_email,
+    };
+    if email.is_some() {
+        *slot = email;
+    }
 }
 
 impl OutcomeRule {

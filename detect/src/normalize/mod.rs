@@ -241,7 +241,9 @@ impl NormalizerRegistry {
         let normalizer = self
             .get(name)
             .ok_or_else(|| NormalizeError::UnknownSource(name.to_owned()))?;
-        normalizer.normalize(record)
+        let mut event = normalizer.normalize(record)?;
+        event.ecs.drop_placeholder_users();
+        Ok(event)
     }
 
     /// The ECS view of `raw` and the source name it was normalized as, without taking the record:
@@ -269,7 +271,9 @@ impl NormalizerRegistry {
                 .ok_or_else(|| NormalizeError::UnknownSource(name.to_owned()))?,
             None => return Err(NormalizeError::UnknownSource(name.to_owned())),
         };
-        Ok((name, normalizer.normalize_ecs(raw)?))
+        let mut ecs = normalizer.normalize_ecs(raw)?;
+        ecs.drop_placeholder_users();
+        Ok((name, ecs))
     }
 
     /// [`Self::normalize_ecs`] into an [`Event`] (ids derive from the resolved source name).
@@ -416,6 +420,12 @@ const META_KEYS: &[&str] = &[
     "nextRecordsUrl",
     // HAL links (LaunchDarkly pages).
     "_links",
+    // Offset paging (Asana `next_page`, Zendesk `next_page`/`previous_page`) and the request
+    // status beside the list (OneLogin v1 `status`).
+    "next_page",
+    "previous_page",
+    "prev_page",
+    "status",
 ];
 
 /// Split one parsed input value into individual vendor records: API page envelopes

@@ -73,6 +73,16 @@ impl OktaSystemLogNormalizer {
         }
         ecs.source_as_number = at(raw, &["securityContext", "asNumber"]).and_then(Value::as_u64);
         ecs.fill_related();
+        // The proxies a request came through (`request.ipChain`): each is an address an analyst
+        // pivots on, not only the client's.
+        if let Some(chain) = at(raw, &["request", "ipChain"]).and_then(Value::as_array) {
+            for ip in chain
+                .iter()
+                .filter_map(|hop| str_at(hop, &["ip"]).and_then(fields::clean_ip))
+            {
+                ecs.add_related_ip(ip);
+            }
+        }
         Ok(ecs)
     }
 }

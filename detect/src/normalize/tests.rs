@@ -189,6 +189,21 @@ fn split_unwraps_vendor_envelopes() {
     );
     assert_eq!(two(json!({"stat": "OK", "response": [rec, rec]})), 2);
     assert_eq!(two(json!({"logs": [rec, rec]})), 2);
+    // Asana, Zendesk offset paging, OneLogin v1.
+    assert_eq!(
+        two(json!({"data": [rec, rec], "next_page": {"offset": "o", "uri": "u"}})),
+        2
+    );
+    assert_eq!(
+        two(
+            json!({"audit_logs": [rec, rec], "next_page": null, "previous_page": null, "count": 2})
+        ),
+        2
+    );
+    assert_eq!(
+        two(json!({"status": {"error": false, "code": 200}, "pagination": {}, "data": [rec, rec]})),
+        2
+    );
     assert_eq!(two(json!({"data": [], "total": 0})), 0);
     assert_eq!(two(json!({})), 0);
     // A record that merely contains a list is kept whole.
