@@ -215,7 +215,15 @@ pub fn spawn_pipeline_worker(
                     .map(|e| (now - e.timestamp).num_milliseconds() as f64 / 1000.0)
                     .fold(0.0f64, f64::max);
                 let first_received = out.events.iter().map(|e| e.received_at).min();
-                let raised = out.alerts.len();
+                // The answer goes to this batch's tenant: it counts that tenant's alerts only
+                // (another tenant's, released by this batch's time, are stored all the same).
+                let own_alerts: std::collections::HashSet<String> = out
+                    .alerts
+                    .iter()
+                    .filter(|a| a.tenant == sub.tenant)
+                    .map(|a| a.id.clone())
+                    .collect();
+                let raised = own_alerts.len();
                 // Counted once, with the batch that raised them (before kept ones join).
                 pipeline.publish_metrics(&sub.source, &out);
                 out.alerts.splice(0..0, unstored_alerts.drain(..));
@@ -243,16 +251,21 @@ pub fn spawn_pipeline_worker(
                     // Stored: the (masked) alerts go to their tenants' destinations.
                     notify_stored(&notifier, &out.alerts, ack);
                 }
+                let own = |ids: &[String]| ids.iter().filter(|id| own_alerts.contains(*id)).count();
                 let reply = result.map(|ack| SubmitAck {
-                    alerts_grouped: ack.alerts_grouped.len(),
-                    alerts_still_firing: ack.alerts_still_firing.len(),
+                    alerts_grouped: own(&ack.alerts_grouped),
+                    alerts_still_firing: ack
+                        .alerts_still_firing
+                        .iter()
+                        .filter(|a| a.tenant == sub.tenant)
+                        .count(),
                     events: ack.events_written,
                     duplicates: ack.events_duplicate,
                     // Stored ones: a resent bad line is kept once, as a resent event is.
                     dead_letters: ack.dead_letters_written,
                     // Alerts already stored (the same events detected again) are not raised
                     // anew.
-                    alerts: raised.saturating_sub(ack.alerts_known.len()),
+                    alerts: raised.saturating_sub(own(&ack.alerts_known)),
                     past_retention: ack.events_past_retention,
                     warnings,
                 });

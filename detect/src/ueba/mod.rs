@@ -297,20 +297,42 @@ impl UebaEngine {
     }
 
     /// Move the event's stream clock forward (looked up by borrowed names: no allocation once
-    /// the stream is known).
-    fn note_stream_time(&mut self, event: &Event, t: i64) {
+    /// the stream is known). Returns whether the clock entered a new hour.
+    fn note_stream_time(&mut self, event: &Event, t: i64) -> bool {
         if let Some(clock) = self
             .stream_clocks
             .get_mut(event.tenant.as_str())
             .and_then(|sources| sources.get_mut(event.source.as_str()))
         {
+            let turned = t.div_euclid(3600) > (*clock).div_euclid(3600);
             *clock = (*clock).max(t);
-            return;
+            return turned;
         }
         self.stream_clocks
             .entry(event.tenant.clone())
             .or_default()
             .insert(event.source.clone(), t);
+        false
+    }
+
+    /// Close the alert groups of one stream that its own clock has passed. The hourly sweep
+    /// ([`Self::advance`]) goes by the newest time of all streams: a tenant whose events are
+    /// no newer than another's (the same day sent twice, a backfill) would otherwise have its
+    /// groups closed only by another tenant's later input, and counted in that input's answer.
+    fn expire_stream(&mut self, event: &Event, t: i64, alerts: &mut Vec<Alert>) {
+        let before = alerts.len();
+        let (tenant, source) = (event.tenant.as_str(), event.source.as_str());
+        self.hygiene.expire(
+            |g_tenant, g_source| {
+                if g_tenant == tenant && g_source == source {
+                    t
+                } else {
+                    i64::MIN
+                }
+            },
+            alerts,
+        );
+        self.stats.alerts_emitted_total += (alerts.len() - before) as u64;
     }
 
     fn evict_lru(&mut self) {
@@ -320,8 +342,11 @@ impl UebaEngine {
 
     fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
         let t = event.timestamp.timestamp();
-        self.note_stream_time(event, t);
+        let hour_turned = self.note_stream_time(event, t);
         self.advance(t, alerts);
+        if hour_turned {
+            self.expire_stream(event, t, alerts);
+        }
         let c = classify::classify(event);
         let tenant = event.tenant.as_str();
         let failure = c.auth == Some(Outcome::Failure);

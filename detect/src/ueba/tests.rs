@@ -428,6 +428,58 @@ fn a_delayed_streams_groups_close_while_the_newest_stream_stalls() {
     assert!(sprays[1] > 1, "{sprays:?}");
 }
 
+/// The hourly sweep followed the newest time of all streams: a tenant sending the same hours
+/// as another (the same day twice, a backfill) had its groups closed only by a later event of
+/// another tenant, whose input then carried them.
+#[test]
+fn a_tenant_behind_another_closes_its_groups_by_its_own_input() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(3);
+    let day = |tenant: &str| -> Vec<Event> {
+        let mut events = Vec::new();
+        for i in 0..30 {
+            let user = format!("user{i:02}@example.com");
+            events.push(okta_login(
+                tenant,
+                start + Duration::seconds(19 * i as i64),
+                i as u64 + 1,
+                &Login::new(&user, "203.0.113.50", false),
+            ));
+        }
+        // Two more hours of ordinary sign-ins.
+        for i in 0..24 {
+            events.push(okta_login(
+                tenant,
+                start + Duration::minutes(10) + Duration::minutes(5 * i as i64),
+                i as u64 + 100,
+                &Login::new("dana@example.com", "198.51.100.8", true),
+            ));
+        }
+        events
+    };
+    let sprays = |alerts: &[Alert], tenant: &str| -> Vec<u64> {
+        of(alerts, "password_spray")
+            .into_iter()
+            .filter(|a| a.tenant == tenant)
+            .map(|a| a.count)
+            .collect()
+    };
+    let acme = run(&mut engine, &day("acme"));
+    assert_eq!(
+        sprays(&acme, "acme").len(),
+        2,
+        "{:?}",
+        sprays(&acme, "acme")
+    );
+    let globex = run(&mut engine, &day("globex"));
+    assert!(sprays(&globex, "acme").is_empty());
+    assert_eq!(
+        sprays(&globex, "globex"),
+        sprays(&acme, "acme"),
+        "the same day gives the same alerts, within the tenant's own input"
+    );
+}
+
 #[test]
 fn steady_service_account_is_normal_but_a_quiet_user_doing_the_same_is_not() {
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
