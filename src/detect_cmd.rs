@@ -243,7 +243,17 @@ fn feed(
             line,
             reason,
             excerpt,
-        } => pipeline.dead_letter(source, tenant, Some(line), &reason, &excerpt, now, out),
+            digest,
+        } => pipeline.dead_letter(
+            source,
+            tenant,
+            Some(line),
+            &reason,
+            &excerpt,
+            Some(&digest),
+            now,
+            out,
+        ),
     }
 }
 

@@ -448,7 +448,16 @@ impl Pipeline {
                     self.masker.mask_record(&mut raw);
                     let excerpt = sonic_rs::to_string(&raw).unwrap_or_default();
                     let reason = format!("{source} normalizer: {err}");
-                    self.dead_letter(&source, &tenant, line, &reason, &excerpt, received_at, out);
+                    self.dead_letter(
+                        &source,
+                        &tenant,
+                        line,
+                        &reason,
+                        &excerpt,
+                        None,
+                        received_at,
+                        out,
+                    );
                 }
             }
         }
@@ -488,6 +497,9 @@ impl Pipeline {
     }
 
     /// Record input that could not be used. The excerpt is masked and bounded here.
+    /// `clear_digest`: a digest the reader took of the whole input in clear (its excerpt is
+    /// cut, see `perimeter_ingest::InputItem::Invalid`); it is stored keyed with the masking
+    /// key, never as it is. Without one, the digest is of the masked `excerpt`.
     #[allow(clippy::too_many_arguments)]
     pub fn dead_letter(
         &mut self,
@@ -496,12 +508,17 @@ impl Pipeline {
         line: Option<u64>,
         reason: &str,
         excerpt: &str,
+        clear_digest: Option<&str>,
         received_at: DateTime<Utc>,
         out: &mut PipelineOutput,
     ) {
         // Mask first, then bound: cutting first could split a secret so its pattern no longer matches.
         let masked = self.masker.mask_text(excerpt);
         let bounded: String = masked.chars().take(DEAD_LETTER_EXCERPT_CHARS).collect();
+        let digest = match clear_digest {
+            Some(clear) => DeadLetter::digest_of(&self.masker.pseudonymize(clear)),
+            None => DeadLetter::digest_of(&masked),
+        };
         self.stats.dead_letters += 1;
         out.dead_letters.push(DeadLetter {
             line,
@@ -510,6 +527,7 @@ impl Pipeline {
             received_at,
             reason: self.masker.mask_text(reason),
             excerpt: bounded,
+            input_digest: Some(digest),
         });
     }
 
@@ -1170,6 +1188,7 @@ mod tests {
             Some(3),
             "invalid JSON",
             &text,
+            None,
             Utc::now(),
             &mut out,
         );
@@ -1177,6 +1196,41 @@ mod tests {
         assert_eq!(d.line, Some(3));
         assert!(d.excerpt.chars().count() <= DEAD_LETTER_EXCERPT_CHARS);
         assert!(!d.excerpt.contains("ghp_R4nd0m"), "{}", d.excerpt);
+        // The digest is of the whole masked input: inputs that differ past the excerpt differ
+        // there, and the secret is not in what it was taken of.
+        let other = text.replace("trailing", "other");
+        p.dead_letter(
+            "okta",
+            "t",
+            Some(3),
+            "invalid JSON",
+            &other,
+            None,
+            Utc::now(),
+            &mut out,
+        );
+        let (a, b) = (&out.dead_letters[0], &out.dead_letters[1]);
+        assert_eq!(a.excerpt, b.excerpt);
+        assert_ne!(a.input_digest, b.input_digest);
+        let masked = p.masker.mask_text(&text);
+        assert_eq!(a.input_digest, Some(DeadLetter::digest_of(&masked)));
+        // A reader's digest of the clear line is stored keyed, not as it came.
+        p.dead_letter(
+            "okta",
+            "t",
+            Some(3),
+            "invalid JSON",
+            "{",
+            Some("0123abcd"),
+            Utc::now(),
+            &mut out,
+        );
+        let keyed = out.dead_letters[2].input_digest.clone().expect("a digest");
+        assert_ne!(keyed, "0123abcd");
+        assert_eq!(
+            keyed,
+            DeadLetter::digest_of(&p.masker.pseudonymize("0123abcd"))
+        );
     }
 
     #[test]

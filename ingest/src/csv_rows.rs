@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use crate::jsonl::{excerpt, InputItem, JsonlReaderConfig};
+use crate::jsonl::{excerpt, input_digest, InputItem, JsonlReaderConfig};
 
 /// The records of a CSV input, one [`InputItem`] per data row (blank lines are skipped).
 pub struct CsvRows<R: Read> {
@@ -66,6 +66,7 @@ impl<R: Read> CsvRows<R> {
             line,
             reason,
             excerpt: excerpt(&joined, self.config.excerpt_bytes),
+            digest: input_digest(&joined),
         }
     }
 
@@ -245,7 +246,7 @@ mod tests {
         assert_eq!(got.len(), 4, "{got:?}");
         assert!(matches!(&got[0], InputItem::Record { line: 2, .. }));
         assert!(
-            matches!(&got[1], InputItem::Invalid { line: 3, reason, excerpt } if reason.contains("3 fields, the header has 2")
+            matches!(&got[1], InputItem::Invalid { line: 3, reason, excerpt, .. } if reason.contains("3 fields, the header has 2")
                 && excerpt == "a=\"1\", b=\"2\", column3=\"3\"")
         );
         assert!(

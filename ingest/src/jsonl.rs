@@ -63,6 +63,10 @@ pub enum InputItem {
         line: u64,
         reason: String,
         excerpt: String,
+        /// [`input_digest`] of the whole line (the excerpt is cut): what tells two bad lines
+        /// apart. Of the clear input: keep it in memory (the pipeline keys it before it is
+        /// stored).
+        digest: String,
     },
 }
 
@@ -191,6 +195,11 @@ impl Strings {
     }
 }
 
+/// BLAKE3 of a rejected line's bytes, hex (see [`InputItem::Invalid`]).
+pub fn input_digest(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex()[..32].to_string()
+}
+
 /// The start of a rejected line, for the analyst. When cut, the cut backs off to the last
 /// delimiter so no token is split: a split secret would no longer match its mask pattern.
 pub(crate) fn excerpt(bytes: &[u8], max: usize) -> String {
@@ -237,6 +246,7 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
                         self.config.max_line_bytes
                     ),
                     excerpt: excerpt(&self.buf, max),
+                    digest: input_digest(&self.buf),
                 }));
             }
             let mut bytes: &[u8] = &self.buf;
@@ -262,6 +272,7 @@ fn parse_record(line: u64, bytes: &[u8], excerpt_bytes: usize) -> InputItem {
                 line,
                 reason: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
                 excerpt: excerpt(bytes, excerpt_bytes),
+                digest: input_digest(bytes),
             }
         }
     };
@@ -270,6 +281,7 @@ fn parse_record(line: u64, bytes: &[u8], excerpt_bytes: usize) -> InputItem {
             line,
             reason: format!("JSON nests deeper than {MAX_NESTING} levels"),
             excerpt: excerpt(bytes, excerpt_bytes),
+            digest: input_digest(bytes),
         };
     }
     match sonic_rs::from_str::<perimeter_model::RawJson>(text) {
@@ -294,6 +306,7 @@ fn parse_record(line: u64, bytes: &[u8], excerpt_bytes: usize) -> InputItem {
                 }
             ),
             excerpt: excerpt(bytes, excerpt_bytes),
+            digest: input_digest(bytes),
         },
         // sonic-rs quotes the input around the error; serde_json's message (re-parsed on this
         // rare path) names line and column without echoing content.
@@ -307,6 +320,7 @@ fn parse_record(line: u64, bytes: &[u8], excerpt_bytes: usize) -> InputItem {
                 ),
             },
             excerpt: excerpt(bytes, excerpt_bytes),
+            digest: input_digest(bytes),
         },
     }
 }
@@ -429,10 +443,17 @@ mod tests {
                 line,
                 reason,
                 excerpt,
+                digest,
             } => {
                 assert_eq!(line, 1);
                 assert!(reason.contains("10485770 bytes"), "{reason}");
                 assert!(excerpt.chars().count() <= 17);
+                // Of the whole line, not of the excerpt.
+                assert_ne!(
+                    digest,
+                    input_digest(excerpt.trim_end_matches('…').as_bytes())
+                );
+                assert_eq!(digest.len(), 32);
             }
             other => panic!("expected invalid, got {other:?}"),
         }
@@ -658,6 +679,7 @@ fn parse_documents(
                             e.column()
                         ),
                         excerpt: excerpt(&bytes[start..end], config.excerpt_bytes),
+                        digest: input_digest(&bytes[start..end]),
                     }));
                     match resume {
                         Some(resume) => {

@@ -293,6 +293,17 @@ pub struct DeadLetter {
     pub reason: String,
     /// A masked excerpt of the input (bounded length), for the analyst to see what came in.
     pub excerpt: String,
+    /// Digest of the whole masked input ([`DeadLetter::digest_of`]): what tells two inputs
+    /// apart when their excerpts are the same. Absent in dead letters stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_digest: Option<String>,
+}
+
+impl DeadLetter {
+    /// The [`DeadLetter::input_digest`] of a (masked) input.
+    pub fn digest_of(masked_input: &str) -> String {
+        hex16(&blake3::hash(masked_input.as_bytes()).as_bytes()[..16])
+    }
 }
 
 #[cfg(test)]

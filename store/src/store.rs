@@ -172,14 +172,18 @@ pub struct Store {
 const RECENT_DEAD_LETTERS: usize = 100_000;
 
 /// What makes two dead letters the same: the same source, input line, reason and (masked)
-/// excerpt, whenever they were received.
+/// input, whenever they were received. The input is known by its digest: excerpts are cut,
+/// and different records cut to the same excerpt (a webhook's records are all line 1) were
+/// taken for resends and dropped. Dead letters without a digest (stored before it existed)
+/// go by their excerpt.
 fn dead_letter_key(d: &DeadLetter) -> u64 {
     let mut h = blake3::Hasher::new();
+    let input = d.input_digest.as_deref().unwrap_or(&d.excerpt);
     for part in [
         d.source.as_bytes(),
         &d.line.unwrap_or(0).to_le_bytes(),
         d.reason.as_bytes(),
-        d.excerpt.as_bytes(),
+        input.as_bytes(),
     ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);

@@ -1631,6 +1631,7 @@ fn dead_letters_and_bad_batches() {
         received_at: ts(20, 0, 0),
         reason: format!("invalid JSON at line {n}"),
         excerpt: "{\"x\":".into(),
+        input_digest: None,
     };
     {
         let store = Store::open(config(dir.path())).unwrap();
@@ -1671,6 +1672,22 @@ fn dead_letters_and_bad_batches() {
         ..Default::default()
     };
     assert_eq!(store.write_batch(&b).unwrap().dead_letters_written, 0);
+    // Records that differ past their excerpt, all line 1 (one per webhook call): their inputs'
+    // digests tell them apart; a resend of one is still known.
+    let webhook = |digest: &str| DeadLetter {
+        input_digest: Some(digest.into()),
+        ..dl("acme", 1)
+    };
+    let b = StoreBatch {
+        dead_letters: vec![webhook("d1"), webhook("d2")],
+        ..Default::default()
+    };
+    assert_eq!(store.write_batch(&b).unwrap().dead_letters_written, 2);
+    let b = StoreBatch {
+        dead_letters: vec![webhook("d2"), webhook("d3")],
+        ..Default::default()
+    };
+    assert_eq!(store.write_batch(&b).unwrap().dead_letters_written, 1);
     assert_eq!(
         store
             .list_dead_letters("globex", &newest(10))
@@ -1707,6 +1724,7 @@ fn dead_letters_page_back_through_all_of_them_filtered_and_survive_a_torn_tail()
             format!("invalid JSON at column {n}")
         },
         excerpt: format!("{{\"n\":{n}, \"pad\":\"{}\"}}", "x".repeat(200)),
+        input_digest: None,
     };
     // Far more than a page and several 64 KiB read chunks, in three batches.
     let all: Vec<DeadLetter> = (0..3000).map(dl).collect();
@@ -1818,6 +1836,7 @@ fn retention_removes_exactly_the_expired_dead_letters() {
         received_at: ts(day, 12, 0),
         reason: "invalid JSON".into(),
         excerpt: "{".into(),
+        input_digest: None,
     };
     let mut letters = Vec::new();
     for day in 20..=25 {

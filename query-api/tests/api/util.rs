@@ -449,6 +449,7 @@ pub fn dead_letter(tenant: &str) -> perimeter_model::DeadLetter {
         received_at: t(40),
         reason: "invalid JSON at column 17".into(),
         excerpt: "{\"uuid\": \"x\", ".into(),
+        input_digest: None,
     }
 }
 
