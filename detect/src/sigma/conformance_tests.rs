@@ -864,6 +864,37 @@ fn temporal_and_temporal_ordered() {
     .is_empty());
 }
 
+/// An event that matches two of the rules counts for each: an admin's sign-in is a sign-in
+/// too. Which rule is written first in the file does not matter.
+#[test]
+fn temporal_rules_that_overlap_count_an_event_for_each_rule_it_matches() {
+    const ANY_LOGIN: &str = "title: any\nid: any1\nname: okta_any\nlogsource: {product: okta}\ndetection:\n    sel:\n        eventType: user.session.start\n    condition: sel\n";
+    let opts = SigmaOptions::default();
+    for kind in ["temporal", "temporal_ordered"] {
+        for rules in [
+            format!("{ANY_LOGIN}---\n{SUCCESS_RULE}"),
+            format!("{SUCCESS_RULE}---\n{ANY_LOGIN}"),
+        ] {
+            let text = format!(
+                "title: c\nid: c1\ncorrelation:\n    type: {kind}\n    rules: [okta_any, okta_ok]\n    group-by: [actor.alternateId]\n    timespan: 10m\n---\n{rules}"
+            );
+            let fail_then_ok = [okta_fail("bob", "x", 0, 0), okta_ok("bob", 2)];
+            assert_eq!(run_events(&text, &opts, &fail_then_ok).len(), 1, "{kind}");
+        }
+    }
+    // One event alone: both rules occurred (`temporal`), but nothing followed anything.
+    let text = |kind: &str| {
+        format!(
+            "title: c\nid: c1\ncorrelation:\n    type: {kind}\n    rules: [okta_any, okta_ok]\n    group-by: [actor.alternateId]\n    timespan: 10m\n---\n{ANY_LOGIN}---\n{SUCCESS_RULE}"
+        )
+    };
+    assert_eq!(
+        run_events(&text("temporal"), &opts, &[okta_ok("bob", 2)]).len(),
+        1
+    );
+    assert!(run_events(&text("temporal_ordered"), &opts, &[okta_ok("bob", 2)]).is_empty());
+}
+
 #[test]
 fn chained_correlations_and_aliases() {
     // Spec example: multiple failed logins (event_count) followed by a success (temporal_ordered).

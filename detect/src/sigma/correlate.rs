@@ -579,11 +579,20 @@ impl Correlator {
         // entries (and memory) bounded by the number of distinct values.
         // An event counted already (sent again after a restart that restored the window it was
         // counted in) is not counted twice. Same event, same time: only entries at `ts` are read.
-        let same_time = ks.entries.partition_point(|e| e.ts < ts);
-        let mut insert = !ks.entries[same_time..]
-            .iter()
-            .take_while(|e| e.ts == ts)
-            .any(|e| e.id == id && id != 0);
+        // For temporal correlations an entry is an event *for one of the rules* (`val` is the
+        // rule's position): an event matching two of the rules counts for each of them.
+        let temporal = matches!(
+            c.kind,
+            CorrelationType::Temporal | CorrelationType::TemporalOrdered
+        );
+        let counted = |entries: &[Entry], v: u64| {
+            let same_time = entries.partition_point(|e| e.ts < ts);
+            entries[same_time..]
+                .iter()
+                .take_while(|e| e.ts == ts)
+                .any(|e| e.id == id && id != 0 && (!temporal || e.val == v))
+        };
+        let mut insert = true;
         if c.kind == CorrelationType::ValueCount {
             if let Some(pos) = ks.entries.iter().position(|e| e.val == val) {
                 if ks.entries[pos].ts >= ts {
@@ -594,14 +603,10 @@ impl Correlator {
             }
         }
         for j in positions().filter(|_| insert) {
-            let v = if matches!(
-                c.kind,
-                CorrelationType::Temporal | CorrelationType::TemporalOrdered
-            ) {
-                j as u64
-            } else {
-                val
-            };
+            let v = if temporal { j as u64 } else { val };
+            if counted(&ks.entries, v) {
+                continue;
+            }
             let at = ks.entries.partition_point(|e| e.ts <= ts);
             ks.entries.insert(
                 at,
@@ -1121,8 +1126,12 @@ fn aggregate(
 
 fn ordered_chain(w: &[Entry], n: usize) -> bool {
     let mut want = 0u64;
+    // One event matching two of the rules is not one followed by the other: each step of the
+    // chain is another event than the step before.
+    let mut previous: Option<u128> = None;
     for e in w {
-        if e.val == want {
+        if e.val == want && (previous != Some(e.id) || e.id == 0) {
+            previous = Some(e.id);
             want += 1;
             if want as usize == n {
                 return true;
