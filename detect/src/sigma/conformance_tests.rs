@@ -176,6 +176,23 @@ fn anchoring_modifiers() {
         &[json!({"f": "y"})],
         &[json!({"f": "X"})],
     );
+    // Applied in order, each adding its wildcard: two different anchors are `contains`.
+    for chain in ["startswith|endswith", "endswith|startswith", "contains|startswith"] {
+        check(
+            &format!("    sel:\n        f|{chain}: 'evil'"),
+            &[
+                json!({"f": "run evil now"}),
+                json!({"f": "evil now"}),
+                json!({"f": "run evil"}),
+            ],
+            &[json!({"f": "run good"})],
+        );
+    }
+    check(
+        "    sel:\n        f|startswith|startswith: 'evil'",
+        &[json!({"f": "evil now"})],
+        &[json!({"f": "run evil"})],
+    );
 }
 
 #[test]

@@ -254,9 +254,19 @@ pub fn compile_field(
     let mut transforms: Vec<&str> = Vec::new();
     for m in &modifiers {
         match m.as_str() {
-            "contains" => anchor = Some(StrKind::Contains),
-            "startswith" => anchor = Some(StrKind::Prefix),
-            "endswith" => anchor = Some(StrKind::Suffix),
+            // Applied in order, as pySigma does: each adds its wildcard to the value, so two
+            // different anchors (`startswith|endswith`, `contains|startswith`) are `contains`.
+            "contains" | "startswith" | "endswith" => {
+                let this = match m.as_str() {
+                    "contains" => StrKind::Contains,
+                    "startswith" => StrKind::Prefix,
+                    _ => StrKind::Suffix,
+                };
+                anchor = Some(match anchor {
+                    Some(prev) if prev != this => StrKind::Contains,
+                    _ => this,
+                });
+            }
             "all" => fm.all = true,
             "cased" => cased = true,
             "neq" => fm.negate = true,
