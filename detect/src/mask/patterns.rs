@@ -155,8 +155,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::AwsSecretAccessKey,
-        regex: r#"(?i)secret_?access_?key\\?["']?\s*[:=]\s*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
-        secret_groups: &[1],
+        // Also the key right after its key id, as credential files and pasted pairs have it
+        // (`AKIA...,wJalr...`): 40 such characters alone are too common to mask.
+        regex: concat!(
+            r#"(?i)secret_?access_?key\\?["']?\s*[:=]\s*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
+            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}[\s,;|:"'=]{1,4}([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$))"#,
+        ),
+        secret_groups: &[1, 2],
         // Not `secret_access_key`: `access_key` is in it.
         anchors: &["access_key", "accesskey"],
     },
@@ -544,6 +549,10 @@ impl Patterns {
             }
             if !scan.has_space {
                 set &= !bit(PatternKind::AuthHeader);
+            }
+            // A key id may have its secret key right after it (see the pattern).
+            if set & bit(PatternKind::AwsAccessKeyId) != 0 {
+                set |= bit(PatternKind::AwsSecretAccessKey);
             }
         }
         Candidates {

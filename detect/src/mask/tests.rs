@@ -152,6 +152,26 @@ fn secrets_in_percent_encoded_and_escaped_text_are_masked_in_place() {
 }
 
 #[test]
+fn an_aws_secret_key_right_after_its_key_id_is_masked() {
+    let m = masker();
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for text in [
+        format!("AKIAIOSFODNN7EXAMPLE,{secret}"),
+        format!("creds: AKIAIOSFODNN7EXAMPLE {secret} (rotated)"),
+        format!("ASIAIOSFODNN7EXAMPLE:{secret}"),
+    ] {
+        let masked = m.mask_text(&text);
+        assert!(!masked.contains("wJalr"), "{masked}");
+        assert!(!masked.contains("AKIAIOSFODNN7EXAMPLE"), "{masked}");
+        assert!(masked.contains("[REDACTED:aws_secret_access_key]"), "{masked}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent");
+    }
+    // 40 such characters anywhere else are left alone.
+    let alone = format!("sha: {secret}");
+    assert_eq!(m.mask_text(&alone), alone);
+}
+
+#[test]
 fn tokens_glued_to_names_with_underscores_are_masked() {
     let m = masker();
     let masked = m.mask_text(&format!(
