@@ -845,6 +845,26 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         .unwrap();
     assert!(listed.contains("127.0.0.1:9/hook?token="), "{listed}");
     assert!(!listed.contains("Wh00kT0k3n"), "{listed}");
+    // And a secret pasted into a destination's name (it is stored masked).
+    let r = client
+        .post(format!("{}/api/v1/destinations", svc.base))
+        .bearer_auth(&admin)
+        .json(
+            &serde_json::json!({"name": format!("hook {}", crate::secrets::SECRETS[2]),
+            "url": "http://127.0.0.1:9/other"}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let listed = client
+        .get(format!("{}/api/v1/destinations", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(listed.contains("\"hook "), "{listed}");
+    assert!(!listed.contains(crate::secrets::SECRETS[2]), "{listed}");
     // So is a secret pasted into the reason for switching a rule off (kept in
     // rule_switches.json, the audit log and the rule listing).
     let rule_id = alerts["items"][0]["alert"]["rule_id"].as_str().unwrap();

@@ -163,7 +163,10 @@ fn an_aws_secret_key_right_after_its_key_id_is_masked() {
         let masked = m.mask_text(&text);
         assert!(!masked.contains("wJalr"), "{masked}");
         assert!(!masked.contains("AKIAIOSFODNN7EXAMPLE"), "{masked}");
-        assert!(masked.contains("[REDACTED:aws_secret_access_key]"), "{masked}");
+        assert!(
+            masked.contains("[REDACTED:aws_secret_access_key]"),
+            "{masked}"
+        );
         assert_eq!(m.mask_text(&masked), masked, "idempotent");
     }
     // 40 such characters anywhere else are left alone.

@@ -177,7 +177,11 @@ fn anchoring_modifiers() {
         &[json!({"f": "X"})],
     );
     // Applied in order, each adding its wildcard: two different anchors are `contains`.
-    for chain in ["startswith|endswith", "endswith|startswith", "contains|startswith"] {
+    for chain in [
+        "startswith|endswith",
+        "endswith|startswith",
+        "contains|startswith",
+    ] {
         check(
             &format!("    sel:\n        f|{chain}: 'evil'"),
             &[

@@ -91,11 +91,13 @@ pub async fn create_destination(
     ApiJson(new): ApiJson<NewDestination>,
 ) -> Result<(StatusCode, Json<Destination>), ApiError> {
     bounded("url", &new.url, 2048)?;
+    // The name is only for people: stored masked, like everything else said about a tenant.
+    let name = state.mask_text(&new.name);
     let created = state
         .destinations
         .create_as(
             auth.tenant(),
-            &new.name,
+            &name,
             &new.url,
             new.min_severity,
             new.format,
