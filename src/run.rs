@@ -5,7 +5,7 @@
 use crate::config::PerimeterConfig;
 use crate::detect_cmd::{base_parts, load_rules, load_rules_reported};
 use anyhow::Context;
-use perimeter_detect::mask::SecretMasker;
+use perimeter_detect::mask::{SecretMasker, GENERATED_KEY_FILE};
 use perimeter_detect::pipeline::{entity_key, Pipeline, UEBA_SNAPSHOT};
 use perimeter_detect::sigma::{RuleSet, SigmaDetector};
 use perimeter_detect::ueba::UebaEngine;
@@ -52,14 +52,53 @@ pub fn open_store_with(
 }
 
 /// Open the store under `data_dir` for reading only (the terminal commands): safe beside a
-/// `perimeter run` or `demo` writing to it, which it neither locks out nor disturbs.
+/// `perimeter run` or `demo` writing to it, which it neither locks out nor disturbs. Search
+/// terms are hashed with the key the service hashed the stored values with (its generated one
+/// when the config sets none).
 pub fn open_store_read_only(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<Store> {
+    let config = with_data_dir_key(config, data_dir, false)?;
     open_store_as(
         config.store.clone(),
         &config.mask,
         data_dir,
         Store::open_read_only,
     )
+}
+
+/// Where `perimeter run` keeps the mask key it generates for a data directory.
+fn generated_key_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("state").join(GENERATED_KEY_FILE)
+}
+
+/// `config` with the data directory's generated mask key when it sets no `hmac_key`
+/// (`MaskConfig::or_key_file`); `create` makes the key when there is none yet, in a data
+/// directory that holds no data: one written with the built-in key keeps it (a new key would
+/// hash the same values differently from what is stored, and set the detection state aside).
+fn with_data_dir_key(
+    config: &PerimeterConfig,
+    data_dir: &Path,
+    create: bool,
+) -> anyhow::Result<PerimeterConfig> {
+    let key_file = generated_key_file(data_dir);
+    let holds_data = ["index", "parquet", "alerts", "state/ueba.snapshot"]
+        .iter()
+        .any(|p| data_dir.join(p).exists());
+    let keyless = config.mask.hmac_key.is_none() && !key_file.exists();
+    if create && keyless && holds_data {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "masking hashes with the built-in public key, as this data directory's data was: set [mask] hmac_key"
+        );
+    }
+    let create = create && !holds_data;
+    let mask = config
+        .mask
+        .or_key_file(&key_file, create)
+        .with_context(|| format!("the generated mask key {}", key_file.display()))?;
+    Ok(PerimeterConfig {
+        mask,
+        ..config.clone()
+    })
 }
 
 fn open_store_as(
@@ -563,7 +602,12 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             say!("error  {part}: {e:#}");
         }
     };
-    let parts = base_parts(config);
+    // The key `run` would hash with: the configured one, else the data directory's own.
+    let keyed = with_data_dir_key(config, &config.data_dir, false);
+    let parts = keyed
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(base_parts);
     let names: Vec<String> = parts.as_ref().map_or_else(
         |_| Vec::new(),
         |(registry, _)| registry.names().iter().map(|n| n.to_string()).collect(),
@@ -579,10 +623,16 @@ fn check(config: &PerimeterConfig) -> ExitCode {
                 "{} sources ({}){}",
                 registry.names().len(),
                 registry.names().join(", "),
-                if masker.uses_builtin_key() {
-                    "; masking hashes with the built-in public key (set [mask] hmac_key)"
-                } else {
-                    ""
+                match (masker.uses_builtin_key(), config.mask.hmac_key.is_some()) {
+                    (true, _) => format!(
+                        "; masking will hash with a key generated at the first start in {} (or set [mask] hmac_key)",
+                        generated_key_file(&config.data_dir).display()
+                    ),
+                    (false, false) => format!(
+                        "; masking hashes with the key generated in {}",
+                        generated_key_file(&config.data_dir).display()
+                    ),
+                    (false, true) => String::new(),
                 }
             )
         }),
@@ -710,6 +760,8 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     writable_data_dir(&data_dir).context("data_dir")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // Without `[mask] hmac_key`, a key of this data directory's own (made at the first start).
+    let config = &with_data_dir_key(config, &data_dir, true)?;
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(open_store(config, &data_dir)?);
     let (registry, masker) = base_parts(config)?;

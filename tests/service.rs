@@ -349,6 +349,51 @@ fn a_batch_resent_after_kill_9_sends_no_alert_again() {
     stop(svc);
 }
 
+/// Without `[mask] hmac_key` the service makes a key of its own for its data directory (the
+/// built-in one is public): kept across restarts, so after a graceful restart a resend is
+/// still known for one (the replay window is saved with the detection state) and raises no
+/// alert again.
+#[test]
+fn an_unkeyed_service_keeps_a_key_of_its_own_and_knows_a_resend_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let admin = token(&cfg, "admin");
+    let send = |base: &str| -> serde_json::Value {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{base}/ingest/auto"))
+            .bearer_auth(&admin)
+            .body(std::fs::read(repo().join("demo/events.jsonl")).unwrap())
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+        r.json().unwrap()
+    };
+    let svc = start(&cfg);
+    let first = send(&svc.base);
+    assert!(first["alerts"].as_u64().unwrap() > 0, "{first}");
+    stop(svc);
+    let key_file = dir.path().join("data/state/mask.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(key.len(), 64, "{key}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "readable by others: {mode:o}");
+    }
+
+    let svc = start(&cfg);
+    let again = send(&svc.base);
+    assert_eq!(again["events"], 0, "{again}");
+    assert_eq!(again["alerts"], 0, "{again}");
+    stop(svc);
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        key,
+        "the same key"
+    );
+}
+
 fn stop(mut svc: Service) {
     let pid = svc.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();

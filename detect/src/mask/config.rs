@@ -308,7 +308,56 @@ impl Default for MaskConfig {
 /// settings come from in `perimeter.toml`.
 pub(crate) const INLINE: &str = "[mask]";
 
+/// Name of the key a service generates for its data directory when the config sets no
+/// `hmac_key` ([`MaskConfig::or_key_file`]), under `<data_dir>/state/`.
+pub const GENERATED_KEY_FILE: &str = "mask.key";
+
+/// Write `bytes` to a new file only its owner can read, durably (a key lost after a crash
+/// would make the detection state written with it unusable).
+fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 impl MaskConfig {
+    /// This config, with `key_file` as its `hmac_key` when it sets none. With `create`, a new
+    /// random key is written there first if the file does not exist (owner-only permissions):
+    /// a service then hashes with a key of its own, kept across restarts, instead of the
+    /// public built-in one (whose hashes anyone can reverse by guessing, and with which the
+    /// replay window cannot be kept across a restart). Without `create` a missing file leaves
+    /// the config as it is (the readers of a data directory no service has written to).
+    pub fn or_key_file(&self, key_file: &Path, create: bool) -> Result<MaskConfig, DetectError> {
+        if self.hmac_key.is_some() {
+            return Ok(self.clone());
+        }
+        let io = |cause: std::io::Error| DetectError::Io {
+            path: key_file.to_path_buf(),
+            cause,
+        };
+        if create && !key_file.exists() {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key)
+                .map_err(|e| io(std::io::Error::other(format!("no random key: {e}"))))?;
+            if let Some(dir) = key_file.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            write_owner_only(key_file, hex::encode(key).as_bytes()).map_err(io)?;
+        }
+        if !key_file.exists() {
+            return Ok(self.clone());
+        }
+        Ok(MaskConfig {
+            hmac_key: Some(format!("file:{}", key_file.display())),
+            ..self.clone()
+        })
+    }
+
     /// Parse TOML: either a whole config file with a `[mask]` table (other tables are ignored,
     /// they belong to other stages; no `[mask]` table means defaults), or the bare table content.
     pub fn from_toml_str(text: &str) -> Result<MaskConfig, DetectError> {

@@ -41,6 +41,7 @@ use sha2::Sha256;
 
 pub use config::{
     Action, FieldAction, FieldRule, KeyConfig, MaskConfig, PatternConfig, PatternKind,
+    GENERATED_KEY_FILE,
 };
 
 use crate::DetectError;

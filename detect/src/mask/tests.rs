@@ -395,6 +395,45 @@ fn hmac_is_stable_and_keyed() {
 }
 
 #[test]
+fn a_missing_hmac_key_is_taken_from_a_key_file_made_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("state").join(GENERATED_KEY_FILE);
+    let unkeyed = MaskConfig::default();
+    // Readers do not make one.
+    assert_eq!(
+        unkeyed.or_key_file(&key_file, false).unwrap().hmac_key,
+        None
+    );
+    assert!(!key_file.exists());
+    let made = unkeyed.or_key_file(&key_file, true).unwrap();
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(key.len(), 64);
+    let again = unkeyed.or_key_file(&key_file, true).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        key,
+        "made once"
+    );
+    assert_eq!(made.hmac_key, again.hmac_key);
+    let m = SecretMasker::new(&made).unwrap();
+    assert!(!m.uses_builtin_key());
+    assert_ne!(m.pseudonymize("dana"), masker().pseudonymize("dana"));
+    // A configured key wins.
+    let keyed = MaskConfig {
+        hmac_key: Some("env:SOME_KEY".into()),
+        ..MaskConfig::default()
+    };
+    assert_eq!(
+        keyed
+            .or_key_file(&key_file, true)
+            .unwrap()
+            .hmac_key
+            .as_deref(),
+        Some("env:SOME_KEY")
+    );
+}
+
+#[test]
 fn hmac_key_from_env_reference() {
     std::env::set_var("PERIMETER_MASK_TEST_KEY_1", "k1");
     let m = masker_with("hmac_key = \"env:PERIMETER_MASK_TEST_KEY_1\"");
