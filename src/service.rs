@@ -239,7 +239,7 @@ pub fn spawn_pipeline_worker(
                         (processing / 1000.0).max(0.0),
                     );
                 }
-                let warnings: Vec<String> = pipeline
+                let mut warnings: Vec<String> = pipeline
                     .registry()
                     .unnormalized_source_note(&sub.source)
                     .into_iter()
@@ -248,6 +248,12 @@ pub fn spawn_pipeline_worker(
                     if warned_sources.insert(sub.source.clone()) {
                         tracing::warn!(source = %sub.source, "{note}");
                     }
+                }
+                if out.empty_inputs > 0 {
+                    warnings.push(format!(
+                        "{} input value(s) held no record (an empty page such as `{{}}`, `[]` or `{{\"data\": []}}`): nothing was stored for them",
+                        out.empty_inputs
+                    ));
                 }
                 if let Ok(ack) = &result {
                     // Stored: the (masked) alerts go to their tenants' destinations.

@@ -1849,6 +1849,24 @@ fn ingest_under_an_unknown_source_name_is_answered_with_a_warning() {
         "{capitalized}"
     );
     assert!(capitalized.get("warnings").is_none(), "{capitalized}");
+    // Empty pages store nothing, and the answer says so rather than nothing at all.
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&admin)
+        .body("{}\n[]\n{\"data\": []}\n")
+        .send()
+        .unwrap();
+    let empty: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        (empty["events"].clone(), empty["dead_letters"].clone()),
+        (0.into(), 0.into()),
+        "{empty}"
+    );
+    let warning = empty["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("3 input value(s) held no record"),
+        "{empty}"
+    );
     stop(svc);
 }
 

@@ -23,6 +23,9 @@ pub struct PipelineOutput {
     pub events: Vec<Event>,
     pub alerts: Vec<Alert>,
     pub dead_letters: Vec<DeadLetter>,
+    /// Input values that held no record at all (an empty page: `[]`, `{}`, `{"data": []}`):
+    /// neither events nor dead letters, so the sender is told of them this way.
+    pub empty_inputs: usize,
 }
 
 impl PipelineOutput {
@@ -30,6 +33,7 @@ impl PipelineOutput {
         self.events.clear();
         self.alerts.clear();
         self.dead_letters.clear();
+        self.empty_inputs = 0;
     }
 }
 
@@ -422,6 +426,9 @@ impl Pipeline {
         } else {
             split_records_indexed(&source, value)
         };
+        if records.is_empty() {
+            out.empty_inputs += 1;
+        }
         let envelope_lines = list_key
             .and_then(|key| member_lines.iter().find(|(k, _)| k == key))
             .map(|(_, lines)| lines);
