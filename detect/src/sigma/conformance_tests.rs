@@ -374,6 +374,21 @@ fn presence_null_and_numbers() {
         &[json!({"n": 5.0})],
         &[json!({"n": 6})],
     );
+    // Whole numbers beyond a float's 53 bits compare exactly; fractions still compare.
+    check(
+        "    sel:\n        n|gt: 9007199254740992",
+        &[
+            json!({"n": 9007199254740993u64}),
+            json!({"n": "9007199254740993"}),
+            json!({"n": 9.1e15}),
+        ],
+        &[json!({"n": 9007199254740992u64}), json!({"n": 9.0e15})],
+    );
+    check(
+        "    sel:\n        n|lt: 2.5",
+        &[json!({"n": 2}), json!({"n": "2.4"})],
+        &[json!({"n": 3})],
+    );
     check(
         "    sel:\n        ts|hour: 3",
         &[json!({"ts": "2024-05-01T03:10:00Z"})],
@@ -1209,6 +1224,22 @@ fn naive_matches(set: &RuleSet, event: &Event, ignore_logsource: bool) -> Vec<u3
                     _ => None,
                 };
                 f.is_some_and(|f| op.holds(f, *n))
+            }),
+            ValueTest::CmpInt(op, n) => vals.iter().any(|v| {
+                let (i, f) = match v {
+                    Json::Number(x) => (
+                        x.as_i64()
+                            .map(i128::from)
+                            .or_else(|| x.as_u64().map(i128::from)),
+                        x.as_f64(),
+                    ),
+                    Json::String(s) => (s.trim().parse().ok(), s.trim().parse().ok()),
+                    _ => (None, None),
+                };
+                match i {
+                    Some(i) => op.holds_ord(i, *n),
+                    None => f.is_some_and(|f| op.holds(f, *n as f64)),
+                }
             }),
             other => panic!("naive interpreter does not cover {other:?}"),
         }

@@ -286,6 +286,23 @@ impl<'a> Leaf<'a> {
         }
     }
 
+    /// The value as a whole number, when it is one (a JSON integer, or text that is one).
+    pub fn as_i128(&self) -> Option<i128> {
+        match self {
+            Leaf::Json(v) => match v.as_ref() {
+                ValueRef::Number(n) => n
+                    .as_i64()
+                    .map(i128::from)
+                    .or_else(|| n.as_u64().map(i128::from)),
+                ValueRef::String(s) => s.trim().parse().ok(),
+                _ => None,
+            },
+            Leaf::Str(s) => s.trim().parse().ok(),
+            Leaf::Num(n) => Some(i128::from(*n)),
+            _ => None,
+        }
+    }
+
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Leaf::Json(v) => match v.as_ref() {
@@ -488,6 +505,16 @@ impl CmpOp {
             CmpOp::Lte => a <= b,
         }
     }
+
+    /// [`Self::holds`] for integers.
+    pub fn holds_ord(self, a: i128, b: i128) -> bool {
+        match self {
+            CmpOp::Gt => a > b,
+            CmpOp::Gte => a >= b,
+            CmpOp::Lt => a < b,
+            CmpOp::Lte => a <= b,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -508,6 +535,9 @@ pub enum ValueTest {
     Re(regex::Regex),
     Cidr(ipnet::IpNet),
     Cmp(CmpOp, f64),
+    /// `gt`/`gte`/`lt`/`lte` with a whole number: compared as integers with whole-number
+    /// values, exactly (a float has 53 bits: ids and byte counts beyond 2^53 compared wrong).
+    CmpInt(CmpOp, i128),
     /// `field: null`: the field is absent or null.
     Null,
     /// `exists: true|false`.
@@ -537,6 +567,10 @@ impl ValueTest {
                     .is_some_and(|ip| net.contains(&ip))
             }),
             ValueTest::Cmp(op, b) => leaf.as_f64().is_some_and(|a| op.holds(a, *b)),
+            ValueTest::CmpInt(op, b) => match leaf.as_i128() {
+                Some(a) => op.holds_ord(a, *b),
+                None => leaf.as_f64().is_some_and(|a| op.holds(a, *b as f64)),
+            },
             ValueTest::Null => leaf.is_null(),
             ValueTest::Exists(_) => true,
             ValueTest::FieldRef { other, kind, cased } => leaf.with_text(|mine| {

@@ -317,6 +317,15 @@ pub fn compile_field(
     }
     if let Some(op) = cmp.filter(|_| time.is_none()) {
         for it in &items {
+            let whole = match &it.value {
+                Value::Int(i) => Some(i128::from(*i)),
+                Value::Str(s) => s.trim().parse::<i128>().ok(),
+                _ => None,
+            };
+            if let Some(n) = whole {
+                fm.tests.push(ValueTest::CmpInt(op, n));
+                continue;
+            }
             let n = match &it.value {
                 Value::Int(i) => *i as f64,
                 Value::Float(f) => *f,
