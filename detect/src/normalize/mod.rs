@@ -156,6 +156,13 @@ impl NormalizerRegistry {
             return None;
         }
         let names = self.names();
+        if !is_source_name(source) {
+            // Not even read as plain JSON: every record becomes a dead letter.
+            return Some(format!(
+                "`{source}` is no source name (lower-case letters, digits and `_`): its records are dead-lettered (normalizers: {})",
+                names.join(", ")
+            ));
+        }
         let hint = crate::sigma::near_name(source, names.iter().copied())
             .map(|n| format!("; did you mean `{n}`?"))
             .unwrap_or_default();

@@ -653,6 +653,12 @@ fn only_unknown_source_names_get_a_note_and_near_ones_a_suggestion() {
         vendor.contains("plain JSON") && !vendor.contains("did you mean"),
         "{vendor}"
     );
+    // A name that is none (a spool folder `ok-ta/`) is not read at all: said so.
+    let bad = registry.unnormalized_source_note("ok-ta").unwrap();
+    assert!(
+        bad.contains("no source name") && bad.contains("dead-lettered"),
+        "{bad}"
+    );
 }
 
 #[test]
