@@ -33,6 +33,11 @@ pub struct AlertRecord {
     /// were; `event_ids` and `lines` keep the first [`MAX_GROUPED_EVIDENCE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<DateTime<Utc>>,
+    /// Event time of the oldest repeat grouped into this alert when one is dated before the
+    /// alert's own `@timestamp` (delivered late, as Google reports and CloudTrail records
+    /// are); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<DateTime<Utc>>,
 }
 
 impl AlertRecord {
@@ -41,6 +46,23 @@ impl AlertRecord {
         self.last_seen
             .unwrap_or(self.alert.timestamp)
             .max(self.alert.timestamp)
+    }
+
+    /// Event time of the alert's first occurrence: its own `@timestamp`, or a repeat dated
+    /// before it.
+    pub fn first_occurrence(&self) -> DateTime<Utc> {
+        self.first_seen
+            .unwrap_or(self.alert.timestamp)
+            .min(self.alert.timestamp)
+    }
+
+    /// Count a repeat dated `at` into the alert's span.
+    fn note_occurrence(&mut self, at: DateTime<Utc>) {
+        if at < self.alert.timestamp {
+            self.first_seen = Some(self.first_seen.map_or(at, |f| f.min(at)));
+        } else {
+            self.last_seen = self.last_seen.max(Some(at));
+        }
     }
 }
 
@@ -238,9 +260,9 @@ impl TenantAlerts {
                 }
                 if let Some(r) = self.records.get_mut(&id) {
                     self.absorbed_into.entry(id).or_default().push(hash);
+                    r.note_occurrence(at);
                     let a = &mut r.alert;
                     a.count += count;
-                    r.last_seen = r.last_seen.max(Some(at));
                     let room = MAX_GROUPED_EVIDENCE.saturating_sub(a.event_ids.len());
                     a.event_ids.extend(event_ids.into_iter().take(room));
                     let room = MAX_GROUPED_EVIDENCE.saturating_sub(a.lines.len());
@@ -832,13 +854,13 @@ fn status_name(status: AlertStatus) -> &'static str {
 }
 
 /// Whether a record passes the filters of `q` (`text` and `entity` lowercased). The time range
-/// selects alerts with an occurrence in it: a grouped alert spans its first (`@timestamp`) to
-/// its last (`last_seen`) occurrence, so one still firing shows in "the last hour" although it
-/// began earlier.
+/// selects alerts with an occurrence in it: a grouped alert spans its first (`@timestamp`, or
+/// `first_seen`) to its last (`last_seen`) occurrence, so one still firing shows in "the last
+/// hour" although it began earlier.
 fn matches(q: &AlertQuery, r: &AlertRecord, text: Option<&str>, entity: Option<&str>) -> bool {
     let a = &r.alert;
     q.from.is_none_or(|f| r.last_occurrence() >= f)
-        && q.to.is_none_or(|t| a.timestamp < t)
+        && q.to.is_none_or(|t| r.first_occurrence() < t)
         && q.severity.is_none_or(|s| a.severity >= s)
         && q.status.is_none_or(|s| a.status == s)
         && q.rule_id.as_deref().is_none_or(|x| a.rule_id == x)
@@ -869,6 +891,7 @@ fn new_record(alert: Alert) -> AlertRecord {
         notes: Vec::new(),
         history: Vec::new(),
         last_seen: None,
+        first_seen: None,
     }
 }
 
@@ -1226,6 +1249,40 @@ mod tests {
         assert!(!passes_power_of_ten(5, 5));
         assert!(!passes_power_of_ten(u64::MAX - 1, u64::MAX));
         assert!(passes_power_of_ten(0, u64::MAX));
+    }
+
+    /// A repeat delivered late (dated before the alert) widens the alert's span backwards: the
+    /// alert is found for that earlier time, and its newest occurrence stays its newest.
+    #[test]
+    fn a_late_repeat_dated_before_its_alert_is_its_first_occurrence() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = |_: &str| dir.path().join("j.jsonl");
+        let mut book = AlertBook::default();
+        book.set_group_seconds(3600);
+        let alerts = [
+            repeat("push", "qa6", 30, "e30"),
+            repeat("push", "qa6", 20, "e20"),
+        ];
+        book.insert(journal, &alerts).unwrap();
+        let r = book.get("acme", &alerts[0].id).unwrap();
+        assert_eq!(r.alert.count, 2);
+        assert_eq!(r.first_seen, Some(alerts[1].timestamp));
+        assert_eq!(r.last_seen, None, "no occurrence after the alert's own");
+        assert_eq!(r.first_occurrence(), alerts[1].timestamp);
+        assert_eq!(r.last_occurrence(), alerts[0].timestamp);
+        let between = |from: i64, to: i64| AlertQuery {
+            limit: 10,
+            from: Some(alerts[1].timestamp + chrono::TimeDelta::minutes(from)),
+            to: Some(alerts[1].timestamp + chrono::TimeDelta::minutes(to)),
+            ..Default::default()
+        };
+        // 10:15-10:25 holds the late repeat (10:20), not the alert's own 10:30.
+        assert_eq!(book.list("acme", &between(-5, 5)).unwrap().items.len(), 1);
+        assert!(book
+            .list("acme", &between(-20, -10))
+            .unwrap()
+            .items
+            .is_empty());
     }
 
     #[test]
