@@ -787,11 +787,23 @@ const SLACK_LINES: usize = 20;
 /// A Slack message for a batch: a header line, then one line per alert, most severe first
 /// (severity, title, entity, source, time, id to look it up by).
 fn slack_text(body: &Delivery<'_>) -> String {
-    // Slack's control characters in message text; everything else is shown as written.
+    // Slack's control characters in message text, and line breaks and other control
+    // characters written out (`\n`): an entity or title comes from the input, and a line break
+    // in it would start a line of its own in the message (a forged `[RESOLVED]` one).
     let escape = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}') => {
+                    out.extend(c.escape_default())
+                }
+                c => out.push(c),
+            }
+        }
+        out
     };
     let mut alerts = body.alerts.clone();
     alerts.sort_by(|a, b| {
@@ -1011,7 +1023,11 @@ mod tests {
                 1,
             );
             notifier.notify(&[
-                alert("a1", "Login <burst>", Severity::Medium),
+                alert(
+                    "a1",
+                    "Login <burst>\n• *[RESOLVED]* all clear",
+                    Severity::Medium,
+                ),
                 alert("a2", "MFA factor reset", Severity::Critical),
             ]);
             tokio::task::spawn_blocking(move || hook.wait_for_body(Duration::from_secs(20)))
@@ -1027,8 +1043,14 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[2].contains("Login &lt;burst&gt;") && lines[2].contains("`a1`"),
+            lines[2].contains("Login &lt;burst&gt;\\n• *[RESOLVED]* all clear")
+                && lines[2].contains("`a1`"),
             "{text}"
+        );
+        assert_eq!(
+            lines.len(),
+            3,
+            "a line break in a title starts no line: {text}"
         );
         assert_eq!(body.as_object().unwrap().len(), 1, "only `text`: {body}");
     }
