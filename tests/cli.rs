@@ -226,6 +226,15 @@ fn demo_finds_the_attack_and_stores_it() {
         "{}",
         stderr(&out)
     );
+    assert!(!stderr(&out).contains("more match"), "{}", stderr(&out));
+    // Cut at --limit: said on stderr (a script piping them on would miss the rest).
+    let out = perimeter(&["alerts", "--data-dir", d, "--limit", "2"], None);
+    assert_eq!(json_lines(&out).len(), 2);
+    assert!(
+        stderr(&out).contains("more match than --limit 2"),
+        "{}",
+        stderr(&out)
+    );
     // The API's alert filters, from the terminal: source, rule, time (dates and relative), sort.
     let filtered = |extra: &[&str]| {
         let mut args = vec!["alerts", "--data-dir", d, "--limit", "1000"];
