@@ -103,11 +103,24 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
+/// A `--server` value: an `http://` or `https://` URL (a bare `127.0.0.1:8080` got the HTTP
+/// client's "relative URL without a base").
+fn server_url(text: &str) -> Result<String, String> {
+    let lower = text.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` needs its scheme: http://{text} (or https:// for a TLS server)"
+        ))
+    }
+}
+
 /// Where `search`/`alerts` read from.
 #[derive(clap::Args)]
 pub struct Target {
     /// A running server (`http://127.0.0.1:8080`); without it the data directory is read directly.
-    #[arg(long, env = "PERIMETER_SERVER")]
+    #[arg(long, env = "PERIMETER_SERVER", value_parser = server_url)]
     pub server: Option<String>,
     /// API token for `--server`.
     #[arg(long, env = "PERIMETER_TOKEN")]
@@ -482,7 +495,7 @@ pub struct TriageArgs {
 #[derive(clap::Args)]
 pub struct ServerAccess {
     /// The running server (`http://127.0.0.1:8080`).
-    #[arg(long, env = "PERIMETER_SERVER")]
+    #[arg(long, env = "PERIMETER_SERVER", value_parser = server_url)]
     pub server: String,
     /// API token. Any role may look; changing an alert takes responder, changing a rule admin.
     #[arg(long, env = "PERIMETER_TOKEN")]

@@ -1704,3 +1704,19 @@ fn a_limit_of_zero_is_refused_as_the_api_refuses_it() {
         assert!(stderr(&out).contains("--limit"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn a_server_url_without_its_scheme_is_refused_saying_what_to_write() {
+    for cmd in [
+        vec!["alerts", "--server", "127.0.0.1:9", "--token", "t"],
+        vec!["triage", "a1", "--server", "localhost:9", "--token", "t"],
+    ] {
+        let out = perimeter(&cmd, None);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        assert!(
+            stderr(&out).contains("needs its scheme: http://"),
+            "{cmd:?}: {}",
+            stderr(&out)
+        );
+    }
+}
