@@ -956,7 +956,8 @@ pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The ids to triage: the arguments, with `-` replaced by the ids read from stdin (plain ids,
-/// or JSON lines with `alert.id` or `id`).
+/// or JSON lines with `alert.id` or `id`); each once, in the order first given (an id twice,
+/// from a list joined from two queries, would have its note added twice).
 fn triage_ids(args: &[String]) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
     for arg in args {
@@ -982,6 +983,8 @@ fn triage_ids(args: &[String]) -> anyhow::Result<Vec<String>> {
             ids.push(id);
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(id.clone()));
     Ok(ids)
 }
 
@@ -1517,6 +1520,15 @@ fn write_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn triage_takes_each_id_once_in_the_order_given() {
+        let args: Vec<String> = ["a2", "a1", "a2", "a3", "a1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(triage_ids(&args).unwrap(), ["a2", "a1", "a3"]);
+    }
 
     #[test]
     fn the_tenant_read_is_one_with_data_and_a_misspelt_one_is_an_error() {
