@@ -82,11 +82,22 @@ pub fn apply_switch(
 ) -> bool {
     let tenant_rules = rules.entry(tenant.to_string()).or_default();
     let switch = tenant_rules.entry(rule_id.to_string()).or_default();
+    // Entities are named as alerts show them, in any case (`QA9@acme.test` is `qa9@acme.test`,
+    // as the alert filters take it): kept lower-cased, and any spelling of one is the same.
     let changed = match (entity, change) {
         (None, Some(off)) => switch.off.replace(off.clone()) != Some(off),
         (None, None) => switch.off.take().is_some(),
-        (Some(e), Some(off)) => switch.off_for.insert(e.to_string(), off.clone()) != Some(off),
-        (Some(e), None) => switch.off_for.remove(e).is_some(),
+        (Some(e), Some(off)) => {
+            let before = switch.off_for.len();
+            switch.off_for.retain(|k, _| !same_entity(k, e));
+            let replaced = switch.off_for.insert(e.to_lowercase(), off.clone());
+            replaced != Some(off) || switch.off_for.len() != before
+        }
+        (Some(e), None) => {
+            let before = switch.off_for.len();
+            switch.off_for.retain(|k, _| !same_entity(k, e));
+            switch.off_for.len() != before
+        }
     };
     if switch.is_empty() {
         tenant_rules.remove(rule_id);
@@ -95,6 +106,11 @@ pub fn apply_switch(
         rules.remove(tenant);
     }
     changed
+}
+
+/// Whether two names are one entity (case aside).
+fn same_entity(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || (!a.is_ascii() && a.to_lowercase() == b.to_lowercase())
 }
 
 /// The switches of every tenant. Cheap to read when nothing is off (one atomic load).
@@ -129,7 +145,10 @@ impl RuleSwitches {
             return false;
         };
         switch.off.as_ref().is_some_and(|s| s.holds(now))
-            || switch.off_for.get(entity).is_some_and(|s| s.holds(now))
+            || switch
+                .off_for
+                .iter()
+                .any(|(e, s)| same_entity(e, entity) && s.holds(now))
     }
 
     /// The switches of `tenant` that hold at `now`, by rule id.
@@ -216,9 +235,40 @@ mod tests {
         );
         assert!(s.drops("acme", "r2", "svc-ci", now));
         assert!(
+            s.drops("acme", "r2", "SVC-CI", now),
+            "any case of the entity"
+        );
+        assert!(
             !s.drops("acme", "r2", "dana", now),
             "other entities keep the rule"
         );
+        // Switched off as `QA9@...`, on again as `qa9@...`: one entity.
+        let mut cased = rules.clone();
+        let e = Some("QA9@acme.test");
+        assert!(apply_switch(
+            &mut cased,
+            "acme",
+            "r4",
+            e,
+            Some(off("x", None))
+        ));
+        let s4 = RuleSwitches::from_snapshot(cased.clone());
+        assert!(s4.drops("acme", "r4", "qa9@acme.test", now));
+        assert!(apply_switch(
+            &mut cased,
+            "acme",
+            "r4",
+            Some("qa9@ACME.test"),
+            None
+        ));
+        assert!(!apply_switch(
+            &mut cased,
+            "acme",
+            "r4",
+            Some("qa9@acme.test"),
+            None
+        ));
+        assert!(!RuleSwitches::from_snapshot(cased).drops("acme", "r4", "QA9@acme.test", now));
         assert!(
             !s.drops("acme", "r2", "svc-ci", at("2026-12-03T00:00:00Z")),
             "lapsed"
