@@ -165,8 +165,11 @@ fn parse_sort(value: Option<&str>) -> Result<AlertSort, ApiError> {
 
 fn alert_query(p: &AlertListParams) -> Result<AlertQuery, ApiError> {
     let (from, to) = time_range(p.from.as_deref(), p.to.as_deref())?;
+    // An empty value filters nothing, for every filter alike (`entity=` found no alert while
+    // `q=` found all).
     let label = |name: &str, v: &Option<String>| -> Result<Option<String>, ApiError> {
         v.as_deref()
+            .filter(|s| !s.trim().is_empty())
             .map(|s| bounded(name, s, MAX_LABEL_BYTES).map(str::to_string))
             .transpose()
     };

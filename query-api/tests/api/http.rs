@@ -391,6 +391,10 @@ fn alerts_filter_sort_and_paginate() {
     );
     assert_eq!(list("?rule=okta_bruteforce"), ["okta_bruteforce"]);
     assert_eq!(list("?entity=carol"), ["github_admin_added"]);
+    // An empty filter value filters nothing, whichever filter it is.
+    for empty in ["?entity=", "?source=", "?rule=", "?q=", "?entity=&q=%20"] {
+        assert_eq!(list(empty).len(), 3, "{empty}");
+    }
     assert_eq!(list("?status=open").len(), 3);
     assert_eq!(list("?status=resolved").len(), 0);
     // Filter values are taken whatever their case, as severities always were.
