@@ -42,6 +42,16 @@ pub struct SpoolConfig {
     /// Longest line (or CSV row) read; a longer one is a dead letter.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
+    /// A file is read once it was last modified at least this long ago: one copied into the
+    /// inbox in place (not written elsewhere and moved in) is still growing before that. A file
+    /// that changes while it is read is read again, whole, once it stops changing (the store
+    /// keeps each record once).
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
+}
+
+fn default_settle_ms() -> u64 {
+    2_000
 }
 
 fn default_max_line_bytes() -> usize {
@@ -62,6 +72,7 @@ impl SpoolConfig {
             batch_records: default_batch_records(),
             set_aside_after_ms: default_set_aside_after_ms(),
             max_line_bytes: default_max_line_bytes(),
+            settle_ms: default_settle_ms(),
         }
     }
 }
@@ -153,6 +164,9 @@ impl SpoolSource {
         let settle = Duration::from_millis(self.config.set_aside_after_ms);
         for file in files {
             let path = &file.path;
+            if !settled(path, Duration::from_millis(self.config.settle_ms)) {
+                continue;
+            }
             // An unreadable file that has not changed is not read again (and its readable head
             // not submitted again) until it is due to be set aside.
             if let Some((seen, since)) = unreadable.0.get(path) {
@@ -210,9 +224,11 @@ impl SpoolSource {
         }
     }
 
-    /// Ingest one file in batches; move it to `.processed` after every batch was acknowledged.
+    /// Ingest one file in batches; move it to `.processed` after every batch was acknowledged,
+    /// unless it changed meanwhile (it is then read again later).
     pub async fn ingest_file(&self, spooled: &SpoolFile) -> Result<()> {
         let (source, path) = (spooled.source.as_str(), spooled.path.as_path());
+        let before = FileStamp::of(path);
         let tenant = spooled.tenant.as_deref().unwrap_or(&self.config.tenant);
         let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
             what: path.display().to_string(),
@@ -244,12 +260,18 @@ impl SpoolSource {
         if !batch.is_empty() {
             self.bus.submit(source, tenant, batch).await?;
         }
+        if FileStamp::of(path) != before {
+            // Still being written (copied in place): what was read is stored, and the whole file
+            // is read again once it stops changing; its records already stored are known.
+            tracing::info!(file = %path.display(), "spool file changed while it was read; read again once it stays unchanged");
+            return Ok(());
+        }
         let done_dir = self.config.dir.join(".processed").join(spooled.subdir());
         std::fs::create_dir_all(&done_dir).map_err(|e| IngestError::Io {
             what: done_dir.display().to_string(),
             source: e,
         })?;
-        let target = done_dir.join(path.file_name().unwrap_or_default());
+        let target = free_name(&done_dir, path.file_name().unwrap_or_default());
         std::fs::rename(path, &target).map_err(|e| IngestError::Io {
             what: path.display().to_string(),
             source: e,
@@ -259,15 +281,41 @@ impl SpoolSource {
     }
 }
 
+/// Whether the file at `path` was last modified at least `settle` ago (a file whose time cannot
+/// be read is taken as settled).
+fn settled(path: &Path, settle: Duration) -> bool {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified());
+    match modified {
+        Ok(t) => t.elapsed().map_or(true, |age| age >= settle),
+        Err(_) => true,
+    }
+}
+
+/// `dir/name`, or `dir/name.<n>` with the first `n` not taken: an archived file of the same
+/// name (a shipper reusing `okta.jsonl`) is kept, not replaced.
+fn free_name(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    let first = dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (1u32..)
+        .map(|n| {
+            let mut numbered = name.to_os_string();
+            numbered.push(format!(".{n}"));
+            dir.join(numbered)
+        })
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
 /// Move an unreadable file to `<dir>/.failed/<source>/` (`.failed/tenant=<name>/<source>/`),
 /// with `<name>.error.txt` saying why.
 fn set_aside(dir: &Path, file: &SpoolFile, error: &IngestError) -> std::io::Result<PathBuf> {
     let path = file.path.as_path();
     let failed_dir = dir.join(".failed").join(file.subdir());
     std::fs::create_dir_all(&failed_dir)?;
-    let name = path.file_name().unwrap_or_default();
-    let target = failed_dir.join(name);
-    let mut reason_name = name.to_os_string();
+    let target = free_name(&failed_dir, path.file_name().unwrap_or_default());
+    let mut reason_name = target.file_name().unwrap_or_default().to_os_string();
     reason_name.push(".error.txt");
     std::fs::write(failed_dir.join(reason_name), format!("{error}\n"))?;
     std::fs::rename(path, &target)?;
@@ -370,9 +418,87 @@ mod tests {
                 batch_records,
                 set_aside_after_ms: 0,
                 max_line_bytes: default_max_line_bytes(),
+                settle_ms: 0,
             },
             bus,
         )
+    }
+
+    /// A consumer acknowledging every batch; returns the records it was given.
+    fn acking(mut rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<usize> {
+        tokio::spawn(async move {
+            let mut records = 0;
+            while let Some(s) = rx.recv().await {
+                records += s.items.len();
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            records
+        })
+    }
+
+    /// A file copied into the inbox in place is read once it stops changing; one that grows
+    /// while it is read stays to be read again; an archived file of the same name is kept.
+    #[tokio::test]
+    async fn files_still_being_written_wait_and_archived_names_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let file = dir.path().join("okta/okta.jsonl");
+        std::fs::write(&file, "{\"a\":1}\n").unwrap();
+        let (tx, rx) = channel(2);
+        let consumer = acking(rx);
+        let mut spool = spool_in(dir.path(), 100, tx);
+        spool.config.settle_ms = 60_000;
+        let mut unreadable = Unreadable::default();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(file.exists(), "modified just now: not read yet");
+        spool.config.settle_ms = 0;
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(!file.exists());
+        // The same name again, later: archived beside the first.
+        std::fs::write(&file, "{\"a\":2}\n{\"a\":3}\n").unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        let done = dir.path().join(".processed/okta");
+        assert_eq!(
+            std::fs::read_to_string(done.join("okta.jsonl")).unwrap(),
+            "{\"a\":1}\n"
+        );
+        assert!(std::fs::read_to_string(done.join("okta.jsonl.1"))
+            .unwrap()
+            .contains("\"a\":3"));
+        drop(spool);
+        assert_eq!(consumer.await.unwrap(), 3);
+
+        // Grown while read: left in the inbox to be read again whole.
+        let (tx, mut rx) = channel(2);
+        let spool = spool_in(dir.path(), 1, tx);
+        std::fs::write(&file, "{\"a\":4}\n{\"a\":5}\n").unwrap();
+        let appended = file.clone();
+        let consumer = tokio::spawn(async move {
+            let mut first = true;
+            while let Some(s) = rx.recv().await {
+                if first {
+                    // The writer goes on while the first batch is stored.
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&appended)
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"a\":6}\n"))
+                        .unwrap();
+                    first = false;
+                }
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+        });
+        let spooled = SpoolFile {
+            tenant: None,
+            source: "okta".into(),
+            path: file.clone(),
+        };
+        spool.ingest_file(&spooled).await.unwrap();
+        assert!(file.exists(), "changed while read: not archived");
+        spool.ingest_file(&spooled).await.unwrap();
+        assert!(!file.exists());
+        drop(spool);
+        consumer.await.unwrap();
     }
 
     #[tokio::test]
