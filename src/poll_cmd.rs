@@ -63,7 +63,7 @@ pub fn poll_check(config: &PerimeterConfig, args: PollCheckArgs) -> anyhow::Resu
                 // The service would wait and retry; this check does not.
                 let why = match e {
                     PollError::RateLimited(delay) => format!(
-                        "rate limited: the API asks to wait {}s; check again later (the service waits it out)",
+                        "rate limited: the service waits {}s before it asks again (what the API asks, at most an hour); check again later",
                         delay.as_secs()
                     ),
                     e => e.to_string(),
