@@ -160,17 +160,19 @@ impl Ecs {
     /// kept, every such failure would count against one made-up user in the detectors.
     pub fn drop_placeholder_users(&mut self) {
         fn placeholder(s: &str) -> bool {
-            const PLACEHOLDERS: &[&str] = &[
-                "hidden_due_to_security_reasons",
-                "not available",
-                "unknown",
-                "n/a",
-                "null",
-                "none",
-                "-",
-            ];
             let s = s.trim();
-            s.is_empty() || PLACEHOLDERS.iter().any(|p| p.eq_ignore_ascii_case(s))
+            // By length first: most names are none of these lengths.
+            let is = |p: &str| s.eq_ignore_ascii_case(p);
+            match s.len() {
+                0 => true,
+                1 => s == "-",
+                3 => is("n/a"),
+                4 => is("null") || is("none"),
+                7 => is("unknown"),
+                13 => is("not available"),
+                30 => is("hidden_due_to_security_reasons"),
+                _ => false,
+            }
         }
         for field in [
             &mut self.user_name,

@@ -185,38 +185,33 @@ pub(crate) fn clean_ip(s: &str) -> Option<String> {
     let s = s.trim();
     // `0.0.0.0`, `::` and `255.255.255.255` are what vendors write when they have no client
     // address (GitHub's `actor_ip`, Zoom, Salesforce Marketing Cloud): no address at all.
-    let placeholder = |ip: std::net::IpAddr| {
-        ip.is_unspecified() || ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+    let placeholder = |ip: &std::net::IpAddr| {
+        ip.is_unspecified() || *ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
     };
-    let ip = clean_ip_text(s)?;
-    match ip.parse::<std::net::IpAddr>() {
-        Ok(parsed) if placeholder(parsed) => None,
-        _ => Some(ip),
-    }
-}
-
-/// [`clean_ip`] before placeholders are dropped.
-fn clean_ip_text(s: &str) -> Option<String> {
     // In one written form (`2001:db8:0:0:0:0:0:66` is `2001:db8::66`, `::ffff:198.51.100.7`
     // is `198.51.100.7`): one address is one entity for the detectors and one search term.
-    let canonical = |ip: std::net::IpAddr| ip.to_canonical().to_string();
+    let canonical = |ip: std::net::IpAddr| {
+        let ip = ip.to_canonical();
+        (!placeholder(&ip)).then(|| ip.to_string())
+    };
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         // An IPv4 address parses only from its one written form: kept as it is, not formatted
         // again (most addresses, and formatting is a good part of normalizing one).
-        return Some(match ip {
-            std::net::IpAddr::V4(_) => s.to_owned(),
+        return match ip {
+            std::net::IpAddr::V4(_) if placeholder(&ip) => None,
+            std::net::IpAddr::V4(_) => Some(s.to_owned()),
             std::net::IpAddr::V6(_) => canonical(ip),
-        });
+        };
     }
     // `[2001:db8::1]:443` and `203.0.113.5:51234` (M365 ClientIP)
     if let Some(rest) = s.strip_prefix('[') {
         let end = rest.find(']')?;
-        return rest[..end].parse().ok().map(canonical);
+        return rest[..end].parse().ok().and_then(canonical);
     }
     let (host, port) = s.rsplit_once(':')?;
     if port.bytes().all(|b| b.is_ascii_digit()) {
         if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
-            return Some(canonical(ip.into()));
+            return canonical(ip.into());
         }
     }
     None

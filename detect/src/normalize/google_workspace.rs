@@ -64,8 +64,10 @@ impl GoogleWorkspaceActivityNormalizer {
         let app = str_at(raw, &["id", "applicationName"]).unwrap_or("");
         let kind = str_at(event, &["type"]).unwrap_or("");
         categorize(&mut ecs, app, kind, name);
-        if let Some(outcome) = challenge_outcome(event) {
-            ecs.event_outcome = outcome;
+        if matches!(name, "login_challenge" | "login_verification") {
+            if let Some(outcome) = challenge_outcome(event) {
+                ecs.event_outcome = outcome;
+            }
         }
 
         fields::set_login(
