@@ -881,13 +881,16 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
     // A webhook URL that carries a token is listed masked.
     let token_url = "http://127.0.0.1:9/hook?token=Wh00kT0k3nN0tT0B3L1st3d";
     add_destination(&svc.base, &admin, token_url);
-    let listed = client
-        .get(format!("{}/api/v1/destinations", svc.base))
-        .bearer_auth(&admin)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let destinations = || {
+        client
+            .get(format!("{}/api/v1/destinations", svc.base))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let listed = destinations();
     assert!(listed.contains("127.0.0.1:9/hook?token="), "{listed}");
     assert!(!listed.contains("Wh00kT0k3n"), "{listed}");
     // And a secret pasted into a destination's name (it is stored masked).
@@ -901,13 +904,7 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
-    let listed = client
-        .get(format!("{}/api/v1/destinations", svc.base))
-        .bearer_auth(&admin)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let listed = destinations();
     assert!(listed.contains("\"hook "), "{listed}");
     assert!(!listed.contains(crate::secrets::SECRETS[2]), "{listed}");
     // So is a secret pasted into the reason for switching a rule off (kept in
