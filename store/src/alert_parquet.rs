@@ -119,7 +119,7 @@ pub(crate) fn alerts_to_record_batch(records: &[&AlertRecord]) -> Result<RecordB
         for (b, v) in text.iter_mut().zip(values) {
             b.append_value(v);
         }
-        first.append_value(a.timestamp.timestamp_micros());
+        first.append_value(r.first_occurrence().timestamp_micros());
         last.append_value(r.last_occurrence().timestamp_micros());
         count.append_value(a.count as i64);
         notes.append_value(r.notes.len() as i64);
