@@ -70,6 +70,15 @@ fn generated_key_file(data_dir: &Path) -> PathBuf {
     data_dir.join("state").join(GENERATED_KEY_FILE)
 }
 
+/// Whether `data_dir` holds stored data or detection state (written with some mask key).
+fn holds_data(data_dir: &Path) -> bool {
+    let ueba_snapshot = data_dir.join("state").join(UEBA_SNAPSHOT);
+    ["index", "parquet", "alerts"]
+        .iter()
+        .any(|p| data_dir.join(p).exists())
+        || ueba_snapshot.exists()
+}
+
 /// `config` with the data directory's generated mask key when it sets no `hmac_key`
 /// (`MaskConfig::or_key_file`); `create` makes the key when there is none yet, in a data
 /// directory that holds no data: one written with the built-in key keeps it (a new key would
@@ -80,9 +89,7 @@ fn with_data_dir_key(
     create: bool,
 ) -> anyhow::Result<PerimeterConfig> {
     let key_file = generated_key_file(data_dir);
-    let holds_data = ["index", "parquet", "alerts", "state/ueba.snapshot"]
-        .iter()
-        .any(|p| data_dir.join(p).exists());
+    let holds_data = holds_data(data_dir);
     let keyless = config.mask.hmac_key.is_none() && !key_file.exists();
     if create && keyless && holds_data {
         tracing::warn!(

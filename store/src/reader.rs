@@ -115,6 +115,11 @@ fn decode_cursor(sort: EventSort, c: &str) -> Result<EventKey> {
     Ok((ts, hi, lo))
 }
 
+/// Whether the index of `day` can hold events of `[from, to)`.
+fn day_may_hold(day: NaiveDate, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> bool {
+    !(from.is_some_and(|f| day < f.date_naive()) || to.is_some_and(|t| day > t.date_naive()))
+}
+
 /// One tenant's event indexes at one moment ([`Store::event_snapshot`]), newest day first.
 /// Cheap to take and to clone; it keeps the segments it reads alive while it is held.
 #[derive(Clone)]
@@ -337,12 +342,9 @@ impl Store {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Vec<Arc<DayIndex>> {
-        let (from_day, to_day) = (from.map(|f| f.date_naive()), to.map(|t| t.date_naive()));
         self.tenant_indexes(tenant)
             .into_iter()
-            .filter(|idx| {
-                !(from_day.is_some_and(|f| idx.day < f) || to_day.is_some_and(|t| idx.day > t))
-            })
+            .filter(|idx| day_may_hold(idx.day, from, to))
             .collect()
     }
 
@@ -384,10 +386,9 @@ impl Store {
         check_time_range(from, to)?;
         let user_query = self.parse_event_query(query)?;
         let query = self.query_in_range(user_query, from, to)?;
-        let (from_day, to_day) = (from.map(|f| f.date_naive()), to.map(|t| t.date_naive()));
         let mut total = 0u64;
         for (day, searcher) in &snapshot.days {
-            if from_day.is_some_and(|f| *day < f) || to_day.is_some_and(|t| *day > t) {
+            if !day_may_hold(*day, from, to) {
                 continue;
             }
             total += searcher
