@@ -631,6 +631,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
                 registry.names().len(),
                 registry.names().join(", "),
                 match (masker.uses_builtin_key(), config.mask.hmac_key.is_some()) {
+                    (true, _) if holds_data(&config.data_dir) => {
+                        "; masking hashes with the built-in public key, as this data directory's data was (set [mask] hmac_key)".to_string()
+                    }
                     (true, _) => format!(
                         "; masking will hash with a key generated at the first start in {} (or set [mask] hmac_key)",
                         generated_key_file(&config.data_dir).display()

@@ -1359,8 +1359,17 @@ fn run_check_names_each_broken_part_and_starts_nothing() {
         assert!(text.contains(expected), "{expected}: {text}");
     }
     assert!(text.contains("ok     sources and masking"), "{text}");
+    assert!(text.contains("key generated at the first start"), "{text}");
     // Nothing was started or written: no data directory.
     assert!(!data.exists(), "the check created {}", data.display());
+    // A directory holding data written with the built-in key keeps that key: said so.
+    std::fs::create_dir_all(data.join("index")).unwrap();
+    let out = perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("built-in public key, as this data directory's data was"),
+        "{text}"
+    );
 }
 
 #[test]
