@@ -1023,21 +1023,18 @@ fn paged<T: serde::Serialize>(
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut items = Vec::new();
     let mut cursor = None;
-    let mut more = false;
     while items.len() < limit {
         let (got, next) = page((limit - items.len()).min(MAX_PAGE_LIMIT), cursor.take())?;
-        more = got.len() > limit - items.len();
         for item in &got {
             items.push(serde_json::to_value(item)?);
         }
         match next {
-            Some(c) => {
-                more |= items.len() >= limit;
-                cursor = Some(c);
-            }
+            Some(c) => cursor = Some(c),
             None => break,
         }
     }
+    // A cursor left over, or a page longer than asked: more than `limit` match.
+    let more = items.len() > limit || cursor.is_some();
     items.truncate(limit);
     // Said on stderr, beside the count: a script piping the output on (`alerts --format json |
     // triage -`) would otherwise handle the first `--limit` only, unaware of the rest.

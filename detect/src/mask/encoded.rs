@@ -28,7 +28,7 @@ impl Decoded {
 }
 
 /// Whether `text` holds an escape [`decode`] would undo (cheap: most texts have no `%` or `\`).
-pub(crate) fn has_escape(text: &str) -> bool {
+fn has_escape(text: &str) -> bool {
     let bytes = text.as_bytes();
     memchr::memchr2_iter(b'%', b'\\', bytes).any(|i| escape_at(bytes, i).is_some())
 }
