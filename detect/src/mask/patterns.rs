@@ -379,13 +379,15 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         kind: PatternKind::CreditCard,
         // The surrounding non-digit characters are consumed outside the group (no look-around in
         // `regex`), which also rejects digits glued to longer numbers.
-        regex: r"(?:^|[^0-9])([0-9]{13,19}|[0-9]{4}(?:-[0-9]{4}){2}-[0-9]{1,7}|[0-9]{4}(?: [0-9]{4}){2} [0-9]{1,7}|[0-9]{4}-[0-9]{6}-[0-9]{4,5}|[0-9]{4} [0-9]{6} [0-9]{4,5})(?:$|[^0-9])",
+        regex: r"(?:^|[^0-9])([0-9]{13,19}|[0-9]{4}(?:-[0-9]{4}){2}-[0-9]{1,7}|[0-9]{4}(?: [0-9]{4}){2} [0-9]{1,7}|[0-9]{4}(?:\.[0-9]{4}){2}\.[0-9]{1,7}|[0-9]{4}-[0-9]{6}-[0-9]{4,5}|[0-9]{4} [0-9]{6} [0-9]{4,5})(?:$|[^0-9])",
         secret_groups: &[1],
         anchors: &[],
     },
     PatternSpec {
         kind: PatternKind::UsSsn,
-        regex: r"(?:^|[^0-9-])([0-9]{3}-[0-9]{2}-[0-9]{4})(?:$|[^0-9-])",
+        // Dashes, spaces or dots, the same separator twice (as people write it in tickets and
+        // notes). A dotted one inside a longer dotted number is rejected by the verifier.
+        regex: r"(?:^|[^0-9-])([0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}|[0-9]{3}\.[0-9]{2}\.[0-9]{4})(?:$|[^0-9-])",
         secret_groups: &[1],
         anchors: &[],
     },
@@ -750,9 +752,9 @@ const ID_SHAPED: [bool; 256] = {
 struct ByteScan {
     /// A card number may be here: a maximal run of 13-19 digits starting with a card network's
     /// digit (2-6; the pattern takes such runs whole, and the verifier rejects other leads), or
-    /// a run of 13+ digits split by single spaces or dashes (grouped forms).
+    /// a run of 13+ digits split by single spaces, dashes or dots (grouped forms).
     card: bool,
-    /// An SSN may be here: a run of 9+ digits split by single dashes.
+    /// An SSN may be here: a run of 9+ digits split by single spaces, dashes or dots.
     ssn: bool,
     /// Every byte is in [`ID_SHAPED`].
     id_shaped: bool,
@@ -781,7 +783,7 @@ const CLASS: [u8; 256] = {
         if c.is_ascii_digit() {
             k |= DIGIT;
         }
-        if c == b' ' || c == b'-' {
+        if c == b' ' || c == b'-' || c == b'.' {
             k |= RUN_SEP;
         }
         if ID_SHAPED[b] {
@@ -834,7 +836,7 @@ fn scan_bytes(bytes: &[u8]) -> ByteScan {
 /// [`ByteScan::card`] and [`ByteScan::ssn`]: the digit runs of `bytes` followed exactly.
 fn digit_runs(bytes: &[u8]) -> (bool, bool) {
     // The current run of digits with single separators, and its pure (separator-free) tail.
-    let (mut run_digits, mut run_sep, mut run_dash) = (0usize, false, false);
+    let (mut run_digits, mut run_sep) = (0usize, false);
     let (mut pure_len, mut pure_lead) = (0usize, 0u8);
     let (mut card, mut ssn) = (false, false);
     let end_pure = |len: usize, lead: u8, card: &mut bool| {
@@ -842,11 +844,11 @@ fn digit_runs(bytes: &[u8]) -> (bool, bool) {
             *card = true;
         }
     };
-    let end_run = |digits: usize, sep: bool, dash: bool, card: &mut bool, ssn: &mut bool| {
+    let end_run = |digits: usize, sep: bool, card: &mut bool, ssn: &mut bool| {
         if sep && digits >= 13 {
             *card = true;
         }
-        if dash && digits >= 9 {
+        if sep && digits >= 9 {
             *ssn = true;
         }
     };
@@ -865,14 +867,13 @@ fn digit_runs(bytes: &[u8]) -> (bool, bool) {
         if k & RUN_SEP != 0 && run_digits > 0 && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
             // A single separator inside a number keeps the run going.
             run_sep = true;
-            run_dash |= b == b'-';
             continue;
         }
-        end_run(run_digits, run_sep, run_dash, &mut card, &mut ssn);
-        (run_digits, run_sep, run_dash) = (0, false, false);
+        end_run(run_digits, run_sep, &mut card, &mut ssn);
+        (run_digits, run_sep) = (0, false);
     }
     end_pure(pure_len, pure_lead, &mut card);
-    end_run(run_digits, run_sep, run_dash, &mut card, &mut ssn);
+    end_run(run_digits, run_sep, &mut card, &mut ssn);
     (card, ssn)
 }
 
@@ -1033,18 +1034,19 @@ fn separator_follows(mut after: &[u8], space: impl Fn(&u8) -> bool) -> bool {
     matches!(after.get(spaces), Some(b':' | b'='))
 }
 
-/// Whether `bytes` holds `ddd-dd-dddd` with neither a digit nor a dash on either side: exactly
-/// where the SSN pattern can match (UUIDs and dates have dashed digit runs too).
+/// Whether `bytes` holds `ddd-dd-dddd` (or the same with spaces or dots) with neither a digit
+/// nor a dash on either side: exactly where the SSN pattern can match (UUIDs, dates and IPs have
+/// separated digit runs too).
 fn has_ssn_shape(bytes: &[u8]) -> bool {
     let digits = |r: std::ops::Range<usize>| bytes[r].iter().all(u8::is_ascii_digit);
     let free = |i: Option<usize>| {
         i.and_then(|i| bytes.get(i))
             .is_none_or(|b| !b.is_ascii_digit() && *b != b'-')
     };
-    memchr::memchr_iter(b'-', bytes).any(|i| {
+    memchr::memchr3_iter(b'-', b' ', b'.', bytes).any(|i| {
         i >= 3
             && i + 8 <= bytes.len()
-            && bytes[i + 3] == b'-'
+            && bytes[i + 3] == bytes[i]
             && digits(i - 3..i)
             && digits(i + 1..i + 3)
             && digits(i + 4..i + 8)
@@ -1126,7 +1128,7 @@ fn verify(
         PatternKind::CreditCard => {
             // A grouped number glued to letters is a segment of a UUID or hex id
             // (`00aa2796-5620-3104-10aa-...`), not a card written out by a person.
-            let grouped = secret.bytes().any(|b| b == b'-' || b == b' ');
+            let grouped = secret.bytes().any(|b| matches!(b, b'-' | b' ' | b'.'));
             let glued = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphabetic);
             let before = start.checked_sub(1).and_then(|i| text.as_bytes().get(i));
             let after = text.as_bytes().get(start + secret.len());
@@ -1134,7 +1136,7 @@ fn verify(
                 && !(grouped && (glued(before) || glued(after)))
                 && !is_signed_number(text, start)
         }
-        PatternKind::UsSsn => is_valid_ssn(secret),
+        PatternKind::UsSsn => is_valid_ssn(secret) && !inside_dotted_number(text, start, secret),
         // Fixed-length tokens: a longer run of their characters is something else.
         PatternKind::GithubToken | PatternKind::AwsAccessKeyId | PatternKind::OnepasswordToken => {
             !glued_to_word(text, start, start + secret.len(), true)
@@ -1288,7 +1290,19 @@ fn luhn_ok(digits: &[u8]) -> bool {
     matches!(sum % 10, 0)
 }
 
-/// `ddd-dd-dddd` outside the ranges the SSA never issues (area 000, 666, 900-999; group 00;
+/// A dotted `ddd.dd.dddd` that goes on with a dot and a digit on either side is a part of a
+/// longer dotted number (a version, an OID), not an SSN.
+fn inside_dotted_number(text: &str, start: usize, secret: &str) -> bool {
+    let bytes = text.as_bytes();
+    let dot_digit =
+        |a: Option<&u8>, b: Option<&u8>| a == Some(&b'.') && b.is_some_and(u8::is_ascii_digit);
+    let end = start + secret.len();
+    secret.as_bytes().get(3) == Some(&b'.')
+        && (start >= 2 && dot_digit(bytes.get(start - 1), bytes.get(start - 2))
+            || dot_digit(bytes.get(end), bytes.get(end + 1)))
+}
+
+/// `ddd-dd-dddd` (or spaces or dots for the dashes) outside the ranges the SSA never issues (area 000, 666, 900-999; group 00;
 /// serial 0000).
 fn is_valid_ssn(s: &str) -> bool {
     let b = s.as_bytes();
@@ -1345,8 +1359,27 @@ mod tests {
     }
 
     #[test]
+    fn separated_digits_that_are_no_ssn_stay() {
+        for text in [
+            // Versions, OIDs and addresses: dotted numbers going on past the SSN's shape.
+            "agent 1.123.45.6789",
+            "build 123.45.6789.2",
+            "from 198.151.10.7 and 10.123.45.67",
+            "mixed 123-45.6789 and 123 45-6789",
+            "date 2024 01 15 and 123 456 7890",
+        ] {
+            let f = found(text);
+            assert!(
+                !f.iter().any(|(k, _)| *k == PatternKind::UsSsn),
+                "{text:?}: {f:?}"
+            );
+        }
+    }
+
+    #[test]
     fn ssn_ranges() {
         assert!(is_valid_ssn("123-45-6789"));
+        assert!(is_valid_ssn("123 45 6789"));
         for bad in [
             "000-12-3456",
             "666-12-3456",
@@ -1587,7 +1620,10 @@ mod tests {
             (s.card, s.ssn)
         };
         assert_eq!(scan("2024-01-15T10:00:00Z"), (false, false));
-        assert_eq!(scan("card 4111 1111 1111 1111 ok"), (true, false));
+        // Any separated run of 9+ digits may be an SSN; `has_ssn_shape` looks closer.
+        assert_eq!(scan("card 4111 1111 1111 1111 ok"), (true, true));
+        assert_eq!(scan("123 45 6789"), (false, true));
+        assert_eq!(scan("192.168.100.200"), (false, true));
         assert_eq!(scan("4111111111111111"), (true, false));
         assert_eq!(scan("x-4111111111111111-y"), (true, false));
         assert_eq!(scan("3782-822463-10005"), (true, true));
@@ -1759,6 +1795,13 @@ mod tests {
         one("amex 3782-822463-10005 ok", CreditCard, "3782-822463-10005");
         one("cc=x 5555555555554444", CreditCard, "5555555555554444");
         one("ssn 123-45-6789 on file", UsSsn, "123-45-6789");
+        one("SSN: 123 45 6789, verified", UsSsn, "123 45 6789");
+        one("ssn 123.45.6789.", UsSsn, "123.45.6789");
+        one(
+            "card 4111.1111.1111.1111 ok",
+            CreditCard,
+            "4111.1111.1111.1111",
+        );
         one(
             "mail bob.smith+x@example.co.uk today",
             Email,

@@ -1081,9 +1081,14 @@ fn group(s: &str, sep: char) -> String {
 }
 
 fn ssn() -> impl Strategy<Value = String> {
-    (1u16..900, 1u8..100, 1u16..10000)
-        .prop_filter("never-issued area", |(a, _, _)| *a != 666)
-        .prop_map(|(a, g, s)| format!("{a:03}-{g:02}-{s:04}"))
+    (
+        1u16..900,
+        1u8..100,
+        1u16..10000,
+        prop_oneof![Just('-'), Just(' '), Just('.')],
+    )
+        .prop_filter("never-issued area", |(a, _, _, _)| *a != 666)
+        .prop_map(|(a, g, s, sep)| format!("{a:03}{sep}{g:02}{sep}{s:04}"))
 }
 
 /// Ordinary audit text around a secret.
