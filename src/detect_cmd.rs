@@ -54,7 +54,9 @@ pub struct DetectArgs {
     /// Directory for detection state: restored on start and saved at the end, so consecutive runs
     /// over consecutive inputs (an hourly file, say) work as one stream: behavioural baselines are
     /// kept, and correlation windows still open at the end of an input stay open for the next
-    /// run instead of closing (a burst split across two files is still one burst). With
+    /// run instead of closing (a burst split across two files is still one burst). Repeats of a
+    /// behavioural alert still grouped at the end of an input are reported by a "(repeated)"
+    /// alert then, and the next run reports only the repeats after them (each counted once). With
     /// `mask.hmac_key` set, the events seen are remembered too: one that comes again in a later
     /// input is not detected twice (the summary counts them). Without it, every window closes at
     /// the end of the input.

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::state::{EntityKey, Evidence};
 
 /// The behavioural detectors, by their stable names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UebaDetector {
     AuthFailureBurst,
@@ -102,7 +102,7 @@ pub(crate) fn escalated(base: Severity, escalate: bool) -> Severity {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) struct GroupKey {
     pub detector: UebaDetector,
     pub entity: EntityKey,
@@ -120,8 +120,15 @@ pub(crate) struct Group {
     pub first_t: i64,
     pub last_t: i64,
     pub until: i64,
-    /// Findings absorbed after the first alert.
+    /// Findings absorbed after the first alert and not reported yet.
     pub suppressed: u64,
+    /// Repeats already reported by a grouped alert at an end of input, and the event time of
+    /// the last of them: what comes after is reported as more of the same, not counted again.
+    /// (Absent in snapshots written before: 0.)
+    #[serde(default)]
+    pub reported: u64,
+    #[serde(default)]
+    pub reported_until_t: i64,
     pub max_score: f64,
     pub escalate: bool,
     pub evidence: Evidence,
@@ -210,6 +217,8 @@ impl Hygiene {
                 last_t: t,
                 until: t.saturating_add(f.suppress_seconds as i64),
                 suppressed: 0,
+                reported: 0,
+                reported_until_t: t,
                 max_score: f.score,
                 escalate: f.escalate,
                 evidence: Evidence::default(),
@@ -222,12 +231,7 @@ impl Hygiene {
     /// Close every window that ended before its stream's time (`now(tenant, source)`, event
     /// time), emitting grouped alerts.
     pub fn expire(&mut self, now: impl Fn(&str, &str) -> i64, alerts: &mut Vec<Alert>) {
-        let closed: Vec<GroupKey> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.until <= now(&g.tenant, &g.source))
-            .map(|(k, _)| *k)
-            .collect();
+        let closed = self.keys_in_order(|g| g.until <= now(&g.tenant, &g.source));
         for key in closed {
             if let Some(g) = self.groups.remove(&key) {
                 if let Some(a) = summary(key, g) {
@@ -240,17 +244,33 @@ impl Hygiene {
     /// Emit grouped alerts for every open window with repeats (end of input), and keep the
     /// windows themselves so later input is still suppressed.
     pub fn flush(&mut self, alerts: &mut Vec<Alert>) {
-        for (key, g) in self.groups.iter_mut() {
-            if g.suppressed == 0 {
+        for key in self.keys_in_order(|g| g.suppressed > 0) {
+            let Some(g) = self.groups.get_mut(&key) else {
                 continue;
-            }
-            if let Some(a) = summary(*key, g.clone()) {
+            };
+            if let Some(a) = summary(key, g.clone()) {
                 alerts.push(a);
             }
-            // The repeats are reported; the window stays open for suppression.
+            // The repeats are reported; the window stays open for suppression, and what it
+            // absorbs next is reported as more (a later run with the same state goes on).
+            g.reported += g.suppressed;
+            g.reported_until_t = g.last_t;
             g.suppressed = 0;
             g.evidence.clear();
         }
+    }
+
+    /// The keys of the groups `pick` selects, oldest group first (then by detector and entity):
+    /// the grouped alerts come out in the same order in every run of the same input.
+    fn keys_in_order(&self, pick: impl Fn(&Group) -> bool) -> Vec<GroupKey> {
+        let mut keys: Vec<(i64, GroupKey)> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| pick(g))
+            .map(|(k, g)| (g.first_t, *k))
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, k)| k).collect()
     }
 }
 
@@ -259,7 +279,20 @@ fn summary(key: GroupKey, g: Group) -> Option<Alert> {
     if g.suppressed == 0 {
         return None;
     }
-    let total = g.suppressed + 1;
+    // The first alert counts as an occurrence, unless an earlier grouped alert reported up to
+    // now: then this one tells what came since.
+    let (total, since) = if g.reported == 0 {
+        (g.suppressed + 1, String::new())
+    } else {
+        (
+            g.suppressed,
+            format!(
+                ", after {} reported up to {}",
+                g.reported + 1,
+                fmt_time(g.reported_until_t)
+            ),
+        )
+    };
     // After a restart the clear value is gone: name the entity by its keyed hash.
     let entity = g
         .entity_clear
@@ -281,9 +314,14 @@ fn summary(key: GroupKey, g: Group) -> Option<Alert> {
         .last_explanation
         .map(|e| format!("; last: {e}"))
         .unwrap_or_default();
+    let from = if g.reported == 0 {
+        g.first_t
+    } else {
+        g.reported_until_t
+    };
     alert.explanation = Some(format!(
-        "{total} occurrences between {} and {} (first alerted at {}, {} repeats grouped){last}",
-        fmt_time(g.first_t),
+        "{total} occurrences between {} and {} (first alerted at {}, {} repeats grouped{since}){last}",
+        fmt_time(from),
         fmt_time(g.last_t),
         fmt_time(g.first_t),
         g.suppressed
@@ -373,6 +411,43 @@ mod tests {
         h.admit(finding(&e, 1.0), &e, 20, &mut alerts);
         assert_eq!(alerts.len(), 3);
         assert_eq!(alerts[2].count, 1);
+    }
+
+    /// An end of input reports the open window's repeats; the same window going on (the next
+    /// run with the same state) reports only what came after, so every occurrence is counted
+    /// once: 1 + 3 + 2 = 6, as one run would count them.
+    #[test]
+    fn repeats_reported_at_an_end_of_input_are_not_counted_again() {
+        let mut h = Hygiene::default();
+        let mut alerts = Vec::new();
+        let t0 = 1_700_000_000;
+        let admit = |h: &mut Hygiene, i: i64, alerts: &mut Vec<Alert>| {
+            let e = event(t0 + i * 60, i as u64 + 1);
+            h.admit(finding(&e, 7.0), &e, 20, alerts);
+        };
+        for i in 0..4 {
+            admit(&mut h, i, &mut alerts);
+        }
+        h.flush(&mut alerts);
+        assert_eq!(alerts.len(), 2);
+        assert_eq!(alerts[1].count, 4, "the first alert and 3 repeats");
+        for i in 4..6 {
+            admit(&mut h, i, &mut alerts);
+        }
+        h.flush(&mut alerts);
+        assert_eq!(alerts.len(), 3);
+        assert_eq!(alerts[2].count, 2, "only what came since");
+        assert_eq!(alerts[2].lines, vec![5, 6]);
+        let explanation = alerts[2].explanation.as_deref().unwrap();
+        assert!(
+            explanation
+                .starts_with("2 occurrences between 2023-11-14T22:16:20Z and 2023-11-14T22:18:20Z")
+                && explanation.contains("after 4 reported up to 2023-11-14T22:16:20Z"),
+            "{explanation}"
+        );
+        // Nothing new: nothing to report.
+        h.flush(&mut alerts);
+        assert_eq!(alerts.len(), 3);
     }
 
     #[test]
