@@ -41,6 +41,10 @@ pub struct PerimeterConfig {
     /// Spool directory watched by `perimeter run` (default: `<data_dir>/inbox`).
     #[serde(default)]
     pub spool_dir: Option<PathBuf>,
+    /// How long ingested spool files are kept in `<spool_dir>/.processed/` before they are
+    /// deleted (they hold the vendor's records unmasked); 0 deletes them once stored.
+    #[serde(default = "default_spool_keep_processed_hours")]
+    pub spool_keep_processed_hours: u64,
     /// Longest input line (or CSV row) read from files, stdin, the spool and HTTP ingest; a
     /// longer one is a dead letter. A CloudTrail `{"Records": [...]}` file is a single line.
     #[serde(default = "default_max_line_bytes")]
@@ -53,6 +57,10 @@ pub struct PerimeterConfig {
     /// windows) to `<data_dir>/state` while batches change it; also at shutdown. At least 1.
     #[serde(default = "default_state_snapshot_seconds")]
     pub state_snapshot_seconds: u64,
+}
+
+fn default_spool_keep_processed_hours() -> u64 {
+    24
 }
 
 fn default_data_dir() -> PathBuf {

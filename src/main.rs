@@ -14,12 +14,14 @@ mod alloc;
 mod config;
 mod demo;
 mod detect_cmd;
+mod logging;
 mod poll_cmd;
 mod rules_cmd;
 mod run;
 mod service;
 mod terminal_cmd;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use std::path::PathBuf;
@@ -96,6 +98,10 @@ fn main() -> ExitCode {
     init_logs(&cli);
     let result = (|| -> anyhow::Result<ExitCode> {
         let config = config::PerimeterConfig::load(cli.config.as_deref())?;
+        logging::use_masker(
+            perimeter_detect::mask::SecretMasker::new(&config.mask)
+                .context("building the masker")?,
+        );
         match cli.command {
             Command::Normalize(args) => detect_cmd::normalize(&config, args),
             Command::Detect(args) => detect_cmd::detect(&config, args),
@@ -119,7 +125,8 @@ fn main() -> ExitCode {
         // there is just no one left to write to.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_text(&e));
+            // Errors can quote input (a vendor's answer, a file's line): masked as logs are.
+            eprintln!("error: {}", logging::masked(&error_text(&e)));
             ExitCode::from(2)
         }
     }
@@ -167,7 +174,7 @@ fn init_logs(cli: &Cli) {
         .unwrap_or_else(|_| default_level.into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(logging::MaskedStderr);
     if cli.log_format == "json" {
         logs.json().init();
     } else {

@@ -42,21 +42,25 @@ pub fn poll_check(config: &PerimeterConfig, args: PollCheckArgs) -> anyhow::Resu
         let outcome = PollSource::new(poll.clone(), &config.tenant, &state_dir, bus.clone())
             .map(|source| runtime.block_on(source.probe()));
         match outcome.and_then(|r| r) {
+            // The page's link and the vendor's error text are the vendor's words: masked.
             Ok(report) => println!(
-                "{}: ok ({}): {} record(s) on the next page{}{} [{}]",
-                poll.name,
-                poll.vendor.source(),
-                report.records,
-                report
-                    .newest
-                    .map(|t| format!(", newest {}", t.to_rfc3339()))
-                    .unwrap_or_default(),
-                if report.more {
-                    ", more pages waiting"
-                } else {
-                    ""
-                },
-                report.url
+                "{}",
+                crate::logging::masked(&format!(
+                    "{}: ok ({}): {} record(s) on the next page{}{} [{}]",
+                    poll.name,
+                    poll.vendor.source(),
+                    report.records,
+                    report
+                        .newest
+                        .map(|t| format!(", newest {}", t.to_rfc3339()))
+                        .unwrap_or_default(),
+                    if report.more {
+                        ", more pages waiting"
+                    } else {
+                        ""
+                    },
+                    report.url
+                ))
             ),
             Err(e) => {
                 failed += 1;
@@ -68,7 +72,14 @@ pub fn poll_check(config: &PerimeterConfig, args: PollCheckArgs) -> anyhow::Resu
                     ),
                     e => e.to_string(),
                 };
-                println!("{}: FAILED ({}): {why}", poll.name, poll.vendor.source());
+                println!(
+                    "{}",
+                    crate::logging::masked(&format!(
+                        "{}: FAILED ({}): {why}",
+                        poll.name,
+                        poll.vendor.source()
+                    ))
+                );
             }
         }
     }

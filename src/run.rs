@@ -938,6 +938,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let spool = SpoolSource::new(
         SpoolConfig {
             max_line_bytes: config.max_line_bytes,
+            keep_processed_hours: config.spool_keep_processed_hours,
             ..SpoolConfig::new(spool_dir.clone(), config.tenant.clone())
         },
         bus,

@@ -932,6 +932,26 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().unwrap());
     api_text.push_str(&r.text().unwrap());
+    // A secret pasted where an id, a query or a parameter goes: the error answers quote what
+    // was asked, and the audit log names it, both masked.
+    let secrets = crate::secrets::SECRETS;
+    for path in [
+        format!("/events/{}", secrets[0]),
+        format!("/alerts/{}", secrets[3]),
+        format!("/events/{}/context", secrets[2]),
+        format!("/events/search?q={}%20AND%20(", secrets[0]),
+        format!("/events/search?q=*&from={}", secrets[2]),
+    ] {
+        let r = client
+            .get(format!("{}/api/v1{path}", svc.base))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+        let body: serde_json::Value = r.json().unwrap();
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+        api_text.push_str(&body.to_string());
+    }
     for path in [
         "/rules",
         &format!("/alerts/{alert_id}"),
@@ -2119,7 +2139,7 @@ fn poll_check_fetches_the_next_page_without_storing_it() {
     assert!(stdout.contains("okta-good: ok"), "{stdout}");
     assert!(
         stdout.contains(
-            "okta-no-token: FAILED (okta): configuration: poll `okta-no-token`: token: reading"
+            "okta-no-token: FAILED (okta): configuration: poll `okta-no-token`: `token`: reading"
         ),
         "{stdout}"
     );
@@ -2131,6 +2151,63 @@ fn poll_check_fetches_the_next_page_without_storing_it() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A vendor that refuses every request with `status` and a JSON `body`; its base URL.
+fn refusing_vendor(status: &str, body: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let status = status.to_string();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    base
+}
+
+#[test]
+fn what_a_vendor_says_is_masked_in_poll_check_output_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let secrets = crate::secrets::SECRETS;
+    // An error text quoting a token, a password and a card number, as vendors' texts can.
+    let said = serde_json::json!({"errorSummary": format!(
+        "bad request {} password={} card {}", secrets[0], secrets[4], secrets[5]
+    )});
+    let vendor = refusing_vendor("400 Bad Request", said.to_string());
+    with_okta_poller(&cfg, "okta-refused", &vendor);
+    let out = perimeter(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "poll-check",
+        ],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", stderr(&out));
+    assert!(
+        stdout.contains("okta-refused: FAILED (okta): HTTP 400") && stdout.contains("bad request"),
+        "{stdout}"
+    );
+    crate::secrets::assert_no_secret("poll-check stdout", &stdout);
+    crate::secrets::assert_no_secret("poll-check stderr", &stderr(&out));
 }
 
 /// `perimeter run` killed with SIGKILL while it polls a 30-page Okta log: after a restart every

@@ -308,17 +308,9 @@ fn parse_record(line: u64, bytes: &[u8], excerpt_bytes: usize) -> InputItem {
             excerpt: excerpt(bytes, excerpt_bytes),
             digest: input_digest(bytes),
         },
-        // sonic-rs quotes the input around the error; serde_json's message (re-parsed on this
-        // rare path) names line and column without echoing content.
         Err(e) => InputItem::Invalid {
             line,
-            reason: match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                Err(e) => format!("invalid JSON: {e}"),
-                Ok(_) => format!(
-                    "invalid JSON: {}",
-                    e.to_string().lines().next().unwrap_or_default()
-                ),
-            },
+            reason: format!("invalid JSON: {}", why_not_json(bytes, &e)),
             excerpt: excerpt(bytes, excerpt_bytes),
             digest: input_digest(bytes),
         },
@@ -696,6 +688,16 @@ fn parse_documents(
 }
 
 /// serde_json's message without its ` at line L column C` (given again, relative to the input).
+/// Why `bytes` did not parse, without quoting them: sonic-rs's message shows the input around
+/// the error (the tail of a token, a short password), serde_json's (re-parsed on this rare
+/// path) names line and column without echoing content.
+pub(crate) fn why_not_json(bytes: &[u8], e: &sonic_rs::Error) -> String {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        Err(e) => e.to_string(),
+        Ok(_) => e.to_string().lines().next().unwrap_or_default().to_string(),
+    }
+}
+
 fn without_position(e: &serde_json::Error) -> String {
     let text = e.to_string();
     match text.rfind(" at line ") {

@@ -12,6 +12,10 @@
 //! `<dir>/.failed/<source>/` with a `<name>.error.txt` beside it saying why, and logged as an
 //! error once. Records read before the damage were ingested. A pipeline failure (the batch was
 //! not acknowledged) is not the file's fault: every file is retried at the next scan.
+//!
+//! The input files hold the vendor's records as they came, secrets included: what was ingested
+//! is kept in `.processed` for `keep_processed_hours` (to look at or drop in again), then
+//! deleted. Files in `.failed` stay until someone deals with them.
 
 use crate::bus::BusSender;
 use crate::jsonl::{JsonInput, JsonlReaderConfig};
@@ -48,7 +52,18 @@ pub struct SpoolConfig {
     /// keeps each record once).
     #[serde(default = "default_settle_ms")]
     pub settle_ms: u64,
+    /// How long an ingested file is kept in `.processed/` (counted from when it was ingested)
+    /// before it is deleted; 0 deletes it as soon as its records are stored.
+    #[serde(default = "default_keep_processed_hours")]
+    pub keep_processed_hours: u64,
 }
+
+fn default_keep_processed_hours() -> u64 {
+    24
+}
+
+/// How often `.processed/` is looked through for files past `keep_processed_hours`.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 fn default_settle_ms() -> u64 {
     2_000
@@ -73,6 +88,7 @@ impl SpoolConfig {
             set_aside_after_ms: default_set_aside_after_ms(),
             max_line_bytes: default_max_line_bytes(),
             settle_ms: default_settle_ms(),
+            keep_processed_hours: default_keep_processed_hours(),
         }
     }
 }
@@ -145,8 +161,13 @@ impl SpoolSource {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         tokio::pin!(shutdown);
         let mut unreadable = Unreadable::default();
+        let mut pruned: Option<Instant> = None;
         loop {
             self.scan_once(&mut unreadable).await?;
+            if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                self.prune_processed(SystemTime::now());
+                pruned = Some(Instant::now());
+            }
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(self.config.poll_interval_ms)) => {}
@@ -266,18 +287,71 @@ impl SpoolSource {
             tracing::info!(file = %path.display(), "spool file changed while it was read; read again once it stays unchanged");
             return Ok(());
         }
+        let io_error = |what: &Path| {
+            let what = what.display().to_string();
+            move |source| IngestError::Io { what, source }
+        };
+        if self.config.keep_processed_hours == 0 {
+            std::fs::remove_file(path).map_err(io_error(path))?;
+            tracing::info!(file = %path.display(), "spool file ingested and deleted");
+            return Ok(());
+        }
         let done_dir = self.config.dir.join(".processed").join(spooled.subdir());
-        std::fs::create_dir_all(&done_dir).map_err(|e| IngestError::Io {
-            what: done_dir.display().to_string(),
-            source: e,
-        })?;
+        std::fs::create_dir_all(&done_dir).map_err(io_error(&done_dir))?;
         let target = free_name(&done_dir, path.file_name().unwrap_or_default());
-        std::fs::rename(path, &target).map_err(|e| IngestError::Io {
-            what: path.display().to_string(),
-            source: e,
-        })?;
+        std::fs::rename(path, &target).map_err(io_error(path))?;
+        // Its time of change becomes the time it was ingested, which its age in `.processed`
+        // is counted from (the file may have been written long before it was dropped in).
+        let stamped = std::fs::File::options()
+            .write(true)
+            .open(&target)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        if let Err(e) = stamped {
+            tracing::warn!(file = %target.display(), error = %e, "cannot date the ingested file; it is kept past keep_processed_hours");
+        }
         tracing::info!(file = %target.display(), "spool file ingested");
         Ok(())
+    }
+
+    /// Delete the files in `.processed/` ingested more than `keep_processed_hours` before `now`.
+    /// Failures are logged, not fatal: ingest goes on, and the next round tries again.
+    fn prune_processed(&self, now: SystemTime) {
+        let keep = Duration::from_secs(self.config.keep_processed_hours * 3600);
+        let mut dirs = vec![self.config.dir.join(".processed")];
+        let mut deleted = 0usize;
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    dirs.push(entry.path());
+                    continue;
+                }
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| now.duration_since(t).ok());
+                if age.is_some_and(|age| age > keep) {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => deleted += 1,
+                        Err(e) => {
+                            tracing::warn!(file = %entry.path().display(), error = %e, "cannot delete an ingested spool file past keep_processed_hours")
+                        }
+                    }
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(
+                files = deleted,
+                keep_processed_hours = self.config.keep_processed_hours,
+                "ingested spool files deleted"
+            );
+        }
     }
 }
 
@@ -412,13 +486,11 @@ mod tests {
     fn spool_in(dir: &Path, batch_records: usize, bus: BusSender) -> SpoolSource {
         SpoolSource::new(
             SpoolConfig {
-                dir: dir.into(),
-                tenant: "t1".into(),
                 poll_interval_ms: 10,
                 batch_records,
                 set_aside_after_ms: 0,
-                max_line_bytes: default_max_line_bytes(),
                 settle_ms: 0,
+                ..SpoolConfig::new(dir.into(), "t1".into())
             },
             bus,
         )
@@ -434,6 +506,49 @@ mod tests {
             }
             records
         })
+    }
+
+    /// Ingested files are kept in `.processed` for `keep_processed_hours` from when they were
+    /// ingested (not from when they were written), then deleted; with 0 they are not kept.
+    #[tokio::test]
+    async fn ingested_files_are_deleted_after_keep_processed_hours() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let file = dir.path().join("okta/old.jsonl");
+        std::fs::write(&file, "{\"a\":1}\n").unwrap();
+        // Written two days before it was dropped in.
+        let two_days = Duration::from_secs(48 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(SystemTime::now() - two_days)
+            .unwrap();
+        let (tx, rx) = channel(2);
+        let consumer = acking(rx);
+        let mut spool = spool_in(dir.path(), 100, tx);
+        spool.config.settle_ms = 0;
+        spool.scan_once(&mut Unreadable::default()).await.unwrap();
+        let kept = dir.path().join(".processed/okta/old.jsonl");
+        spool.prune_processed(SystemTime::now());
+        assert!(kept.exists(), "ingested just now: kept for a day");
+        spool.prune_processed(SystemTime::now() + Duration::from_secs(23 * 3600));
+        assert!(kept.exists());
+        spool.prune_processed(SystemTime::now() + Duration::from_secs(25 * 3600));
+        assert!(!kept.exists(), "past keep_processed_hours");
+        // Not kept at all.
+        spool.config.keep_processed_hours = 0;
+        let file = dir.path().join("okta/new.jsonl");
+        std::fs::write(&file, "{\"a\":2}\n").unwrap();
+        spool.scan_once(&mut Unreadable::default()).await.unwrap();
+        assert!(!file.exists());
+        assert!(!dir.path().join(".processed/okta/new.jsonl").exists());
+        drop(spool);
+        assert_eq!(
+            consumer.await.unwrap(),
+            2,
+            "both files' records were submitted"
+        );
     }
 
     /// A file copied into the inbox in place is read once it stops changing; one that grows

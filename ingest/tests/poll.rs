@@ -546,6 +546,23 @@ async fn rate_limits_wait_as_told_and_refused_credentials_say_so_without_the_tok
         .push_back((StatusCode::BAD_GATEWAY, vec![]));
     let err = s.source().poll_once().await.unwrap_err().to_string();
     assert!(err.contains("502") && !err.contains(TOKEN), "{err}");
+    // A page that is not JSON is told by line and column, without quoting it.
+    s.api.failures.lock().unwrap().push_back((
+        StatusCode::OK,
+        vec![(
+            "body",
+            r#"[{"actor":"x","note":"pw Hunter2pass" BROKEN}]"#.into(),
+        )],
+    ));
+    let err = s.source().poll_once().await.unwrap_err().to_string();
+    assert!(
+        err.contains("the page is not JSON: ") && err.contains("column"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("pass") && !err.contains("BROKEN") && !err.contains('\n'),
+        "{err}"
+    );
     assert!(s.consumer.records().is_empty());
 
     // Then it works: GitHub's pages by their links, and the next listing starts at the
@@ -705,7 +722,13 @@ async fn serve_m365(State(api): State<Arc<FakeM365>>, request: Request) -> Respo
     let (uri, path) = request_target(&uri);
     if path == "/t-1/oauth2/v2.0/token" {
         if !body.contains("client_secret=m365-secret") {
-            return (StatusCode::UNAUTHORIZED, "{}").into_response();
+            // As Entra ID does, the answer quotes the secret it was sent.
+            let sent = body
+                .split('&')
+                .find_map(|p| p.strip_prefix("client_secret="))
+                .unwrap_or_default();
+            let said = json!({"error": "invalid_client", "error_description": format!("AADSTS7000215: Invalid client secret provided. Received: '{sent}'")});
+            return (StatusCode::UNAUTHORIZED, said.to_string()).into_response();
         }
         return axum::Json(
             json!({"access_token": "at-1", "expires_in": 3599, "token_type": "Bearer"}),
@@ -925,6 +948,12 @@ async fn a_wrong_m365_client_secret_is_a_refused_credential() {
     let source = PollSource::new(cfg, "default", state.path(), bus).unwrap();
     let err = source.poll_once().await.unwrap_err();
     assert!(matches!(err, PollError::Unauthorized(..)), "{err}");
+    // The secret went in the token request's form; the vendor's quote of it is cut out.
+    assert!(
+        err.to_string()
+            .ends_with("Invalid client secret provided. Received: '[REDACTED]'\""),
+        "{err}"
+    );
     assert!(!format!("{err:?}").contains("not-the-secret"));
 }
 

@@ -66,6 +66,10 @@ pub fn router_documenting(state: AppState, extra: Option<utoipa::openapi::OpenAp
         .layer(middleware::from_fn(reject_oversized_bodies))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            mask_error_bodies,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .with_state(state)
@@ -90,6 +94,42 @@ async fn reject_oversized_bodies(request: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(request).await
+}
+
+/// Longest error body read back for masking; the API's own are a few hundred bytes.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Error answers quote what was asked (a query, an id, a parameter's value), and an analyst may
+/// have pasted a secret there: they are masked as what the API stores is, so the secret is not
+/// sent back to land in proxies' and clients' logs.
+pub(crate) async fn mask_error_bodies(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !response.status().is_client_error() || !json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let masked = axum::body::to_bytes(body, MAX_ERROR_BODY_BYTES)
+        .await
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .map(|mut value| {
+            state.mask_value(&mut value);
+            value
+        })
+        // Not what the API writes: say so rather than pass on what could not be masked.
+        .unwrap_or_else(|| {
+            serde_json::json!({"error": {"code": "error", "message": "the error's text could not be shown"}})
+        });
+    parts.headers.remove(header::CONTENT_LENGTH);
+    (parts, axum::Json(masked)).into_response()
 }
 
 async fn route_not_found(method: Method, uri: Uri) -> ApiError {

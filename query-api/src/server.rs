@@ -295,10 +295,15 @@ impl Server {
     ) -> Result<(), ServeError> {
         // The extra routes' answers are counted too: a shipper refused for a revoked token
         // shows in `api_requests_total{status="401"}`.
-        let extra = extra.layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::count_requests,
-        ));
+        let extra = extra
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::mask_error_bodies,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::count_requests,
+            ));
         let app = crate::router_documenting(state.clone(), extra_doc).merge(extra);
         let addr = self.local_addr()?;
         let handle = axum_server::Handle::new();

@@ -112,6 +112,11 @@ impl AppState {
         Ok(AppState::new(store, tokens, audit, rules, metrics))
     }
 
+    /// Mask the secrets in `value` (an error answer's body, audit details).
+    pub fn mask_value(&self, value: &mut serde_json::Value) {
+        (self.masker)(value);
+    }
+
     /// `text` with its secrets masked, for free text the API stores on a user's word (alert
     /// notes, assignees): an analyst pasting a leaked token into a note must not store it.
     pub fn mask_text(&self, text: &str) -> String {
@@ -142,8 +147,18 @@ impl AppState {
         mut details: serde_json::Value,
     ) -> Result<(), ApiError> {
         (self.masker)(&mut details);
+        // The target is what the request named: an id, unless an analyst pasted something
+        // else (a token) where the id goes. Ids (hex) are kept as they are: masking could
+        // take a long digit run of one for a card number.
+        let target = target.map(|t| {
+            if t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                t.to_string()
+            } else {
+                self.mask_text(t)
+            }
+        });
         self.audit
-            .append(&AuditEntry::new(token, action, target, details))
+            .append(&AuditEntry::new(token, action, target.as_deref(), details))
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
 }

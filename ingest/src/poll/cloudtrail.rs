@@ -198,8 +198,12 @@ async fn file_records(
     } else {
         bytes
     };
-    let body: RawJson = sonic_rs::from_slice(&text)
-        .map_err(|e| PollError::Malformed(format!("{key}: not JSON: {e}")))?;
+    let body: RawJson = sonic_rs::from_slice(&text).map_err(|e| {
+        PollError::Malformed(format!(
+            "{key}: not JSON: {}",
+            crate::jsonl::why_not_json(&text, &e)
+        ))
+    })?;
     body.get("Records")
         .and_then(|r| r.as_array())
         .map(|a| a.iter().cloned().collect())

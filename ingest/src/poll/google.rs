@@ -39,13 +39,13 @@ impl ServiceAccountKey {
         let key: ServiceAccountKey = serde_json::from_str(secret).map_err(|e| {
             // The error names the field, not the content.
             PollError::Config(format!(
-                "token: a JSON secret must be a Google service-account key file: {}",
+                "`token`: a JSON secret must be a Google service-account key file: {}",
                 e.to_string().split(" at line").next().unwrap_or_default()
             ))
         })?;
         if key.kind != "service_account" {
             return Err(PollError::Config(format!(
-                "token: a key file of type `{}`, not `service_account`",
+                "`token`: a key file of type `{}`, not `service_account`",
                 key.kind
             )));
         }
@@ -66,7 +66,7 @@ impl ServiceAccountKey {
         let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
         let signed = format!("{header}.{claims}");
         let bad_key = |why: &str| {
-            PollError::Config(format!("token: the service account's private_key {why}"))
+            PollError::Config(format!("`token`: the service account's private_key {why}"))
         };
         let der: String = self
             .private_key
@@ -103,7 +103,7 @@ pub(super) async fn access_token(
         ))
     })?;
     let url = Url::parse(&key.token_uri)
-        .map_err(|e| PollError::Config(format!("token: token_uri: {e}")))?;
+        .map_err(|e| PollError::Config(format!("`token`: token_uri: {e}")))?;
     src.oauth_token(url, || {
         Ok(vec![
             (

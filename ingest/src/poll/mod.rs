@@ -548,7 +548,7 @@ impl PollSource {
     /// starts.
     fn token_and_start(&self) -> Result<(String, DateTime<Utc>), PollError> {
         let token = read_secret(&self.config.token)
-            .map_err(|m| PollError::Config(format!("poll `{}`: token: {m}", self.config.name)))?;
+            .map_err(|m| PollError::Config(format!("poll `{}`: `token`: {m}", self.config.name)))?;
         let start = Utc::now() - chrono::Duration::hours(self.config.initial_lookback_hours as i64);
         Ok((token, start))
     }
@@ -771,8 +771,12 @@ impl PollSource {
             headers.push(("authorization", authorization.to_string()));
         }
         let (bytes, headers) = self.fetch_bytes(request, &headers).await?;
-        let body = sonic_rs::from_slice(&bytes)
-            .map_err(|e| PollError::Malformed(format!("the page is not JSON: {e}")))?;
+        let body = sonic_rs::from_slice(&bytes).map_err(|e| {
+            PollError::Malformed(format!(
+                "the page is not JSON: {}",
+                crate::jsonl::why_not_json(&bytes, &e)
+            ))
+        })?;
         Ok((body, headers))
     }
 
@@ -872,7 +876,8 @@ impl PollSource {
             return Err(PollError::RateLimited(retry_delay(response.headers())));
         }
         if !status.is_success() {
-            let detail = vendor_says(response, headers).await;
+            let detail =
+                vendor_says(response, &sent_secrets(headers, request.form.as_deref())).await;
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 return Err(PollError::Unauthorized(status.as_u16(), detail));
             }
@@ -891,13 +896,38 @@ const ERROR_BODY_BYTES: usize = 16 * 1024;
 /// Most characters of a vendor's error message quoted.
 const VENDOR_MESSAGE_CHARS: usize = 200;
 
+/// Form fields that carry a credential (OAuth client secrets and signed assertions).
+const SECRET_FORM_FIELDS: &[&str] = &[
+    "client_secret",
+    "client_assertion",
+    "assertion",
+    "refresh_token",
+    "password",
+];
+
+/// The credentials a request sent: its headers' values (`Bearer <token>`, `SSWS <token>`, or
+/// the token alone) and its form's secret fields. An error answer may quote them back, and
+/// the masker cannot know them for secrets by their look.
+fn sent_secrets<'a>(
+    headers: &'a [(&'static str, String)],
+    form: Option<&'a [(&'static str, String)]>,
+) -> Vec<&'a str> {
+    let from_headers = headers
+        .iter()
+        .map(|(_, value)| value.rsplit(' ').next().unwrap_or(value));
+    let from_form = form
+        .unwrap_or_default()
+        .iter()
+        .filter(|(name, _)| SECRET_FORM_FIELDS.contains(name))
+        .map(|(_, value)| value.as_str());
+    from_headers.chain(from_form).collect()
+}
+
 /// `: vendor says "<message>"` from an error answer's body, or empty when it has none that can
 /// be told (an HTML page, an empty body). One line, at most [`VENDOR_MESSAGE_CHARS`], and
-/// never the credential sent, should the vendor echo it.
-async fn vendor_says(
-    mut response: reqwest::Response,
-    sent_headers: &[(&'static str, String)],
-) -> String {
+/// never a credential sent (`secrets`), should the vendor echo it. (What else it quotes is
+/// masked where it is shown: logs and `poll-check` mask what they print.)
+async fn vendor_says(mut response: reqwest::Response, secrets: &[&str]) -> String {
     let mut body = Vec::new();
     while body.len() < ERROR_BODY_BYTES {
         match response.chunk().await {
@@ -913,9 +943,7 @@ async fn vendor_says(
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    for (_, value) in sent_headers {
-        // `Bearer <token>`, `SSWS <token>`, or the token alone.
-        let secret = value.rsplit(' ').next().unwrap_or(value);
+    for secret in secrets {
         if secret.len() >= 8 {
             message = message.replace(secret, "[REDACTED]");
         }
