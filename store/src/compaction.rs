@@ -8,6 +8,16 @@
 //! `part-<seq>-<n>.parquet`; then inputs are deleted and the manifest last. On open, a
 //! manifest whose outputs all exist finishes the deletes; otherwise its outputs are removed
 //! and the inputs stay. Either way each row is in exactly one file.
+//!
+//! Readers of the files (DuckDB, pyarrow, Spark: a glob, then an open per file) must see the
+//! partition before the merge or after it, never the merged file beside its inputs (rows
+//! counted twice). So the merged partition is made as a next generation beside it (hard links
+//! to the files that stay, the merged files, the manifest) in `<data_dir>/.compacting/`, outside
+//! the readers' globs, and swapped in with one `renameat2(RENAME_EXCHANGE)` while no batch
+//! writes; the old generation is then removed. A reader that listed the old generation and
+//! opens one of the inputs after the swap gets "no such file" and reads again. Where the
+//! exchange is not supported (not Linux, some file systems) the outputs are renamed in and the
+//! inputs deleted after, as before: a reader racing that may count the merged rows twice.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -93,6 +103,51 @@ pub(crate) fn recover_compactions(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where next generations of partitions are made (and old ones removed): in the data
+/// directory, so on the same file system, but outside `parquet/`.
+pub(crate) fn staging_root(data_dir: &Path) -> PathBuf {
+    data_dir.join(".compacting")
+}
+
+/// Remove what an interrupted compaction left in [`staging_root`]: a next generation never
+/// swapped in (its partition still has its files), or an old one swapped out.
+pub(crate) fn remove_staging(data_dir: &Path) -> Result<()> {
+    let root = staging_root(data_dir);
+    match std::fs::remove_dir_all(&root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at(root),
+    }
+}
+
+/// Swap directories `a` and `b` in one step.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both paths are NUL-terminated C strings that live across the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 fn remove_if_exists(p: &Path) -> Result<()> {
@@ -209,16 +264,71 @@ impl Store {
             file.sync_all().at(&tmp)?;
             tmps.push(tmp);
         }
-        for (tmp, out) in tmps.iter().zip(&outputs) {
-            let dst = dir.join(out);
-            std::fs::rename(tmp, &dst).at(&dst)?;
+        if !self.swap_in_next_generation(dir, &tmps, &outputs, &inputs, seq)? {
+            for (tmp, out) in tmps.iter().zip(&outputs) {
+                let dst = dir.join(out);
+                std::fs::rename(tmp, &dst).at(&dst)?;
+            }
+            layout::sync_dir(dir)?;
+            for name in &inputs {
+                remove_if_exists(&dir.join(name))?;
+            }
+            layout::sync_dir(dir)?;
         }
-        layout::sync_dir(dir)?;
-        for name in &inputs {
-            remove_if_exists(&dir.join(name))?;
-        }
-        layout::sync_dir(dir)?;
         std::fs::remove_file(&manifest_path).at(&manifest_path)?;
+        layout::sync_dir(dir)?;
         Ok(total)
+    }
+
+    /// Put the merged files (`tmps`, named `outputs`) in place of `inputs` in partition `dir`
+    /// in one step (see the module docs); false when the file system cannot swap directories,
+    /// having changed nothing in `dir`.
+    fn swap_in_next_generation(
+        &self,
+        dir: &Path,
+        tmps: &[PathBuf],
+        outputs: &[String],
+        inputs: &[String],
+        seq: u64,
+    ) -> Result<bool> {
+        let next = staging_root(&self.layout.root).join(format!("{seq:020}"));
+        std::fs::create_dir_all(&next).at(&next)?;
+        // No batch adds a file to `dir` from here to the swap: it would be left out of the next
+        // generation.
+        let writing = lock(&self.write);
+        let manifest = manifest_name(seq);
+        for entry in std::fs::read_dir(dir).at(dir)? {
+            let entry = entry.at(dir)?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            // Batches' temporary files are only there while a batch writes; the manifest goes
+            // along, so a crash right after the swap finishes as it would have.
+            let hidden = name.starts_with('.') && name != manifest;
+            if hidden || inputs.contains(&name) {
+                continue;
+            }
+            let link = next.join(&name);
+            std::fs::hard_link(entry.path(), &link).at(&link)?;
+        }
+        for (tmp, out) in tmps.iter().zip(outputs) {
+            let link = next.join(out);
+            std::fs::hard_link(tmp, &link).at(&link)?;
+        }
+        layout::sync_dir(&next)?;
+        match exchange(dir, &next) {
+            Ok(()) => {}
+            Err(e) => {
+                drop(writing);
+                tracing::debug!(partition = %dir.display(), error = %e, "parquet compaction cannot swap directories here; renaming");
+                std::fs::remove_dir_all(&next).at(&next)?;
+                return Ok(false);
+            }
+        }
+        if let Some(parent) = dir.parent() {
+            layout::sync_dir(parent)?;
+        }
+        drop(writing);
+        // `next` is now the old generation: the inputs, the temporary outputs, the links.
+        std::fs::remove_dir_all(&next).at(&next)?;
+        Ok(true)
     }
 }

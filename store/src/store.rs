@@ -393,6 +393,7 @@ impl Store {
     /// renamed into place; one whose index did not is deleted (the batch was never
     /// acknowledged, so its events will be replayed).
     fn recover_parquet(&self) -> Result<()> {
+        crate::compaction::remove_staging(&self.layout.root)?;
         let root = self.layout.parquet_events_root();
         let indexes = read(&self.indexes);
         for (tname, tdir) in layout::list_dirs(&root)? {

@@ -1983,6 +1983,101 @@ fn compaction_merges_small_files_without_losing_or_doubling_rows() {
     assert_eq!(young.compact().unwrap().files_merged, 0);
 }
 
+/// DuckDB and pyarrow list a partition, then open each file: during a compaction they must see
+/// the files before the merge or after it, never the merged file beside its inputs.
+#[test]
+fn a_reader_listing_a_partition_while_it_is_compacted_never_counts_a_row_twice() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        parquet_max_file_age_seconds: 0,
+        ..config(dir.path())
+    };
+    let store = Store::open(cfg).unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let mut n = 0u64;
+    let mut write_batches = |count: usize| {
+        for _ in 0..count {
+            let events: Vec<Event> = (0..5)
+                .map(|_| {
+                    n += 1;
+                    event("acme", "okta", ts(20, 0, 0), "u", "a", n)
+                })
+                .collect();
+            store.write_batch(&batch(events)).unwrap();
+            written.fetch_add(5, Ordering::SeqCst);
+        }
+    };
+    write_batches(30);
+    let part = parquet_files(dir.path())[0].parent().unwrap().to_path_buf();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (part, written, done) = (part.clone(), written.clone(), done.clone());
+        std::thread::spawn(move || {
+            let (mut listings, mut retried) = (0usize, 0usize);
+            while !done.load(Ordering::SeqCst) {
+                let stored = written.load(Ordering::SeqCst);
+                let Ok(entries) = std::fs::read_dir(&part) else {
+                    retried += 1;
+                    continue;
+                };
+                let mut rows = 0i64;
+                let mut complete = true;
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    if name.starts_with('.') || !name.ends_with(".parquet") {
+                        continue;
+                    }
+                    // A file of the old generation gone since the listing: read again.
+                    let Ok(file) = std::fs::File::open(entry.path()) else {
+                        complete = false;
+                        break;
+                    };
+                    rows += parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                        file,
+                    )
+                    .unwrap()
+                    .metadata()
+                    .file_metadata()
+                    .num_rows();
+                }
+                if !complete {
+                    retried += 1;
+                    continue;
+                }
+                listings += 1;
+                // Plus one batch of 5: its file is in place before `write_batch` returns.
+                let after = written.load(Ordering::SeqCst) + 5;
+                assert!(
+                    rows as usize <= after && rows as usize >= stored,
+                    "listed {rows} rows with {stored}..{after} stored"
+                );
+            }
+            (listings, retried)
+        })
+    };
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = inode(&part);
+    for _ in 0..4 {
+        assert!(store.compact().unwrap().files_merged >= 2);
+        write_batches(30);
+    }
+    // The partition was swapped for its next generation (the directory is another one), not
+    // changed file by file.
+    assert_ne!(inode(&part), before);
+    done.store(true, Ordering::SeqCst);
+    let (listings, _) = reader.join().expect("the reader never counted a row twice");
+    assert!(listings > 0);
+    // Old generations are gone.
+    let staging = dir.path().join(".compacting");
+    assert!(std::fs::read_dir(&staging).map_or(true, |mut d| d.next().is_none()));
+    assert_eq!(
+        parquet_ids(dir.path()).len(),
+        written.load(Ordering::SeqCst)
+    );
+}
+
 #[test]
 fn interrupted_compactions_are_finished_or_undone_on_open() {
     let dir = tempfile::tempdir().unwrap();
