@@ -27,7 +27,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub rules: Vec<PathBuf>,
     /// Address the API listens on after the run.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = perimeter_query_api::parse_listen)]
     pub listen: SocketAddr,
     /// Exit after printing the results instead of serving the API.
     #[arg(long)]

@@ -96,6 +96,7 @@ fn main() -> ExitCode {
     alloc::tune();
     let cli = Cli::parse();
     init_logs(&cli);
+    let json_logs = cli.log_format == "json";
     let result = (|| -> anyhow::Result<ExitCode> {
         let config = config::PerimeterConfig::load(cli.config.as_deref())?;
         logging::use_masker(
@@ -126,7 +127,13 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // Errors can quote input (a vendor's answer, a file's line): masked as logs are.
-            eprintln!("error: {}", logging::masked(&error_text(&e)));
+            let text = error_text(&e);
+            if json_logs && tracing::enabled!(tracing::Level::ERROR) {
+                // One JSON object like every other line a log collector reads from us.
+                tracing::error!(error = %text, "perimeter stopped");
+            } else {
+                eprintln!("error: {}", logging::masked(&text));
+            }
             ExitCode::from(2)
         }
     }
@@ -170,8 +177,7 @@ fn init_logs(cli: &Cli) {
         Command::Run(_) => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PERIMETER_LOG")
-        .unwrap_or_else(|_| default_level.into());
+    let (filter, problem) = log_filter(std::env::var("PERIMETER_LOG").ok(), default_level);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(logging::MaskedStderr);
@@ -181,5 +187,73 @@ fn init_logs(cli: &Cli) {
         // Colour codes only for a person at a terminal, not in files and log collectors.
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
+    }
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}");
+    }
+}
+
+/// The log filter `PERIMETER_LOG` asks for, or `default_level` and why not. A bare word must
+/// be a level: tracing reads `warning` as a target name, which silenced every line, errors
+/// included. Unset or empty is the default.
+fn log_filter(
+    value: Option<String>,
+    default_level: &str,
+) -> (tracing_subscriber::EnvFilter, Option<String>) {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let value = value.unwrap_or_default();
+    let default = || tracing_subscriber::EnvFilter::new(default_level);
+    if value.trim().is_empty() {
+        return (default(), None);
+    }
+    let not_levels: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| {
+            !d.is_empty() && !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str())
+        })
+        .collect();
+    let problem = if not_levels.is_empty() {
+        match tracing_subscriber::EnvFilter::builder().parse(&value) {
+            Ok(filter) => return (filter, None),
+            Err(e) => e.to_string(),
+        }
+    } else {
+        format!(
+            "`{}` is not a level (trace, debug, info, warn, error, off) nor `target=level`",
+            not_levels.join(",")
+        )
+    };
+    (
+        default(),
+        Some(format!(
+            "PERIMETER_LOG `{value}`: {problem}; logging at `{default_level}`"
+        )),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_log_filter_that_is_no_level_says_so_and_keeps_the_default() {
+        for (value, ok) in [
+            (None, true),
+            (Some(""), true),
+            (Some("debug"), true),
+            (Some("WARN"), true),
+            (Some("info,perimeter_store=debug"), true),
+            (Some("warning"), false),
+            (Some("bogus"), false),
+            (Some("nonsense=["), false),
+        ] {
+            let (filter, problem) = log_filter(value.map(str::to_string), "info");
+            assert_eq!(problem.is_none(), ok, "{value:?}: {problem:?}");
+            if !ok {
+                assert_eq!(filter.to_string(), "info", "{value:?}");
+                assert!(problem.unwrap().contains("logging at `info`"));
+            }
+        }
     }
 }

@@ -15,7 +15,8 @@ pub enum RulesCommand {
         /// Rule files or directories (searched recursively for *.yml / *.yaml).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// `text` for people, `json` for scripts: {"loaded": N, "failed": [{"path", "error"}]}.
+        /// `text` for people, `json` for scripts: {"loaded": N, "failed": [{"path", "line",
+        /// "field", "error"}], "warnings": [{"path", "line", "warning"}]}.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
     },

@@ -3,7 +3,7 @@
 //! and commit before exit.
 
 use crate::config::PerimeterConfig;
-use crate::detect_cmd::{base_parts, load_rules, load_rules_reported};
+use crate::detect_cmd::{base_parts, load_rules_reported};
 use anyhow::Context;
 use perimeter_detect::mask::{SecretMasker, GENERATED_KEY_FILE};
 use perimeter_detect::pipeline::{entity_key, Pipeline, UEBA_SNAPSHOT};
@@ -26,11 +26,12 @@ use std::sync::Arc;
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// Listen address for the API and HTTP ingest (overrides `[api] listen`; port 0 picks one).
-    #[arg(long)]
+    #[arg(long, value_parser = perimeter_query_api::parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Check the configuration and what it names (mappings, masking, every rule, the TLS
-    /// certificate, the `[[poll]]` tables and their secrets) without starting anything: one
-    /// line per part, exit code 1 when any is wrong. Safe beside a running service (it opens
+    /// certificate, the `[[poll]]` tables and their secrets, the spool directory) without
+    /// starting anything: one line per part, exit code 1 when any is wrong (2 when the
+    /// configuration file itself cannot be read). Safe beside a running service (it opens
     /// no store and binds no port): run it before a restart.
     #[arg(long, conflicts_with = "listen")]
     pub check: bool,
@@ -563,6 +564,14 @@ fn unknown_store_sources<'a>(
 /// for each whether it works (see [`RunArgs::check`]).
 /// Whether `run` could write under `dir`: it, or the nearest directory above it that exists (where
 /// `run` would create it), takes a file. The probe file is removed at once.
+/// The spool directory `run` watches: the configured one, else `<data_dir>/inbox`.
+fn spool_dir(config: &PerimeterConfig) -> std::path::PathBuf {
+    config
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("inbox"))
+}
+
 fn writable_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     let mut existing = dir;
     while !existing.exists() {
@@ -672,6 +681,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             // The warning says it all; no "ok ... from nowhere" after it.
             anyhow::bail!(NoRules);
         }
+        if rule_list(&set).is_empty() {
+            say!("warn   rules: the rule paths hold no Sigma rules (*.yml / *.yaml); only the behavioural detectors would run");
+        }
         let dirs: Vec<String> = rule_paths.iter().map(|p| p.display().to_string()).collect();
         Ok(format!(
             "{} loaded from {}",
@@ -695,6 +707,16 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|()| writable_data_dir(&config.data_dir))
             .map(|()| format!("data under {}", config.data_dir.display())),
+    );
+    let spool = spool_dir(config);
+    report(
+        "spool",
+        writable_data_dir(&spool).map(|()| {
+            format!(
+                "files dropped into {}/<source>/ are ingested",
+                spool.display()
+            )
+        }),
     );
     report(
         "behavioural detectors",
@@ -770,6 +792,11 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     writable_data_dir(&data_dir).context("data_dir")?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // An inbox that cannot be used would leave file ingest off without a word.
+    let spool_dir = spool_dir(config);
+    writable_data_dir(&spool_dir).context("spool_dir")?;
+    std::fs::create_dir_all(&spool_dir)
+        .with_context(|| format!("creating {}", spool_dir.display()))?;
     // Without `[mask] hmac_key`, a key of this data directory's own (made at the first start).
     let config = &with_data_dir_key(config, &data_dir, true)?;
     let metrics = Arc::new(Metrics::new());
@@ -788,11 +815,20 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     if rule_paths.is_empty() {
         tracing::warn!("no Sigma rules: the config names no `rules` and there is no ./detection-rules here; only the behavioural detectors run");
     }
-    let (rule_set, sigma_options) = load_rules(config, &rule_paths, false)?;
+    let (rule_set, sigma_options, loaded) = load_rules_reported(config, &rule_paths, false)?;
+    // Logged as errors (a log collector sees them), not only printed: the service runs
+    // without these files' rules.
+    for f in &loaded.failed {
+        tracing::error!("rule error, the file's rules do not run: {f}");
+    }
     for rule in rule_set.misspelt_sources(&registry.names(), &sigma_options) {
         tracing::warn!("{rule}");
     }
     let listed_rules = rule_list(&rule_set);
+    if !rule_paths.is_empty() && listed_rules.is_empty() && loaded.failed.is_empty() {
+        tracing::warn!(paths = ?rule_paths, "the rule paths hold no Sigma rules (*.yml / *.yaml); only the behavioural detectors run");
+    }
+    let rules_left_out = loaded.failed.len();
     let sigma = SigmaDetector::new(rule_set, &sigma_options);
     let state_dir = data_dir.join("state");
     let state_path = state_dir.join(UEBA_SNAPSHOT);
@@ -931,10 +967,6 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     );
 
     let pollers = spawn_pollers(config, &data_dir, &bus, &metrics, &stop_rx)?;
-    let spool_dir = config
-        .spool_dir
-        .clone()
-        .unwrap_or_else(|| data_dir.join("inbox"));
     let spool = SpoolSource::new(
         SpoolConfig {
             max_line_bytes: config.max_line_bytes,
@@ -970,8 +1002,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         say!("  rules:  none configured (`rules = [...]` in the config; SIGHUP reloads them)");
     } else {
         say!(
-            "  rules:  {rule_count} from {} (SIGHUP reloads them)",
-            rule_dirs.join(", ")
+            "  rules:  {rule_count} from {}{} (SIGHUP reloads them)",
+            rule_dirs.join(", "),
+            match rules_left_out {
+                0 => String::new(),
+                n => format!("; {n} file(s) left out for errors, see the log"),
+            }
         );
     }
     use std::io::Write;

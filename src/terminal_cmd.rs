@@ -28,7 +28,10 @@ pub enum TokensCommand {
     /// List tokens (ids, tenants, roles; never the tokens themselves).
     List,
     /// Revoke a token by id.
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (12 hex characters, as `tokens list` shows it), not the token itself.
+        id: String,
+    },
 }
 
 fn parse_role(s: &str) -> Role {
@@ -40,8 +43,21 @@ fn parse_role(s: &str) -> Role {
 }
 
 pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&config.data_dir)?;
-    let store = TokenStore::open_in(&config.data_dir).context("opening the token store")?;
+    // Only creating a token makes the data directory; the other commands read it, and a
+    // config pointing elsewhere must not pass for "no tokens".
+    let data_dir = &config.data_dir;
+    if matches!(cmd, TokensCommand::Create { .. }) {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    } else {
+        anyhow::ensure!(
+            data_dir.is_dir(),
+            "no Perimeter data in {} (is `data_dir` or --config right?)",
+            data_dir.display()
+        );
+    }
+    let store = TokenStore::open_in(data_dir)
+        .with_context(|| format!("opening the token store in {}", data_dir.display()))?;
     match cmd {
         TokensCommand::Create {
             tenant,
@@ -875,7 +891,13 @@ pub fn switch_rule(
         Some(entity) => format!("for entity {entity}"),
         None => "for this tenant".to_string(),
     };
-    let state = match (body["enabled"].as_bool(), body["until"].as_str()) {
+    // The time the server resolved (`now+30d` as a date), where the answer has it.
+    let switched = match body["entity"].as_str() {
+        Some(entity) => &rule["switched_off_for"][entity],
+        None => &rule["switched_off"],
+    };
+    let until = switched["until"].as_str().or(body["until"].as_str());
+    let state = match (body["enabled"].as_bool(), until) {
         (Some(true), _) => "on".to_string(),
         (_, Some(until)) => format!("off until {until}: its alerts are dropped"),
         _ => "off: its alerts are dropped".to_string(),

@@ -1181,6 +1181,13 @@ fn rules_check_warns_about_a_misspelt_source() {
     let warnings = report["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1, "{report}");
     assert!(warnings[0]["path"].as_str().unwrap().ends_with("typo.yml"));
+    // The line of the misspelt product, not the rule's first line.
+    let product_line = MFA_RULE
+        .lines()
+        .position(|l| l.contains("product: okta"))
+        .unwrap()
+        + 1;
+    assert_eq!(warnings[0]["line"], product_line, "{report}");
     let text = warnings[0]["warning"].as_str().unwrap();
     assert!(
         text.contains("`okat`") && text.contains("did you mean `okta`"),

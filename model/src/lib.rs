@@ -125,3 +125,19 @@ pub mod raw_prelude {
         JsonContainerTrait, JsonNumberTrait, JsonType, JsonValueMutTrait, JsonValueTrait, ValueRef,
     };
 }
+
+/// An error and its causes on one line (`error sending request: connection refused`): reqwest's
+/// own text stops at the outermost layer, which says nothing about what went wrong.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}

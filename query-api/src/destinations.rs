@@ -763,10 +763,11 @@ async fn deliver(
                 return RoundOutcome::Delivered;
             }
             Ok(r) => format!("status {}", r.status().as_u16()),
-            // The URL is the admin's; the error text names host and cause, no alert content.
-            Err(e) => e.without_url().to_string(),
+            // The URL is the admin's; the error text names host and cause (the whole chain:
+            // "error sending request" alone says nothing), no alert content.
+            Err(e) => perimeter_model::error_chain(&e.without_url()),
         };
-        tracing::warn!(destination = %destination.id, attempt, %error, "alert delivery failed");
+        tracing::warn!(destination = %destination.id, name = %destination.name, attempt, %error, "alert delivery failed");
         status.record(&destination.id, DeliveryEvent::TryFailed(&error));
         if attempt < MAX_ATTEMPTS {
             tokio::time::sleep(wait).await;

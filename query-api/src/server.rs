@@ -14,8 +14,9 @@ use crate::state::AppState;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address and port to listen on (`127.0.0.1:8443`). Port 0 picks a free port.
-    #[serde(default = "default_listen")]
+    /// Address and port to listen on (`127.0.0.1:8443`, `localhost:8443`). Port 0 picks a
+    /// free port.
+    #[serde(default = "default_listen", deserialize_with = "deserialize_listen")]
     pub listen: SocketAddr,
     /// PEM certificate chain; with `tls_key_path`, the API speaks HTTPS only.
     #[serde(default)]
@@ -314,6 +315,17 @@ impl Server {
             shutdown.await;
             state.set_ready(false);
             signal.graceful_shutdown(Some(grace));
+            // Say when the grace period ran out with requests still open: their clients got
+            // no answer (an ingest client resends; what was stored is known by its ids).
+            tokio::time::sleep(grace).await;
+            let open = signal.connection_count();
+            if open > 0 {
+                tracing::warn!(
+                    connections = open,
+                    grace_seconds = grace.as_secs(),
+                    "connections still open after the shutdown grace period were cut off"
+                );
+            }
         });
         let service = app.into_make_service();
         match self.tls {
@@ -339,6 +351,33 @@ impl Server {
         tracing::info!(%addr, "api stopped");
         Ok(())
     }
+}
+
+/// A listen address: `IP:port`, or `host:port` for a name this machine resolves (`localhost`;
+/// its first IPv4 address, else its first). The error says what is expected.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected =
+        "expected an address and port such as 127.0.0.1:8443, [::1]:8443 or localhost:8443";
+    if !text.contains(':') {
+        return Err(format!("`{text}` has no port: {expected}"));
+    }
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("`{text}`: {e}; {expected}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("`{text}` resolves to no address; {expected}"))
+}
+
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    parse_listen(&text).map_err(serde::de::Error::custom)
 }
 
 /// Aborts a task when dropped (the certificate watcher ends with the server).
@@ -409,6 +448,13 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.shutdown_grace_seconds, 10);
         assert!(toml_like(r#"{"listen": "0.0.0.0:9000", "tls": true}"#).is_err());
+        let local: ApiConfig = toml_like(r#"{"listen": "localhost:9000"}"#).unwrap();
+        assert!(local.listen.ip().is_loopback() && local.listen.port() == 9000);
+        let e = toml_like(r#"{"listen": "9000"}"#).unwrap_err().to_string();
+        assert!(
+            e.contains("has no port") && e.contains("127.0.0.1:8443"),
+            "{e}"
+        );
         let half = ApiConfig {
             tls_cert_path: Some("c.pem".into()),
             ..ApiConfig::default()

@@ -452,7 +452,7 @@ impl RuleSet {
                     let near = near_name(s, known.iter().copied())?;
                     Some(MisspeltSource {
                         path: r.meta.path.clone(),
-                        line: r.meta.line,
+                        line: r.meta.logsource_line,
                         title: r.meta.title.clone(),
                         source: s.clone(),
                         suggestion: near.to_string(),

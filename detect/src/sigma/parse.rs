@@ -28,6 +28,9 @@ pub struct RuleMeta {
     pub line: usize,
     /// The line of the `id` key (the document's first line without one).
     pub id_line: usize,
+    /// The line of `logsource`'s `product` (else `service`, else `logsource`, else the
+    /// document's first line): where a misspelt source is.
+    pub logsource_line: usize,
     /// BLAKE3 hex of the whole rule file.
     pub rule_hash: String,
     /// Perimeter extension: the field that names the alert's entity.
@@ -297,6 +300,11 @@ fn parse_meta(doc: &Node, path: &Path, hash: &str) -> Result<RuleMeta, RuleError
         path: path.to_path_buf(),
         line: doc.line,
         id_line: doc.get("id").map_or(doc.line, |n| n.line),
+        logsource_line: doc.get("logsource").map_or(doc.line, |ls| {
+            ls.get("product")
+                .or(ls.get("service"))
+                .map_or(ls.line, |n| n.line)
+        }),
         rule_hash: hash.to_string(),
         entity_field: opt_str(doc, "entity_field", path)?,
         alert_group_seconds: opt_seconds(doc, "alert_group_seconds", path)?,

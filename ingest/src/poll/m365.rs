@@ -230,6 +230,11 @@ pub(super) async fn access_token(
     let url = Url::parse(&format!("{}/", auth.trim_end_matches('/')))
         .and_then(|u| u.join(&format!("{tenant}/oauth2/v2.0/token")))
         .map_err(|e| PollError::Config(format!("auth_url `{auth}`: {e}")))?;
+    if url.scheme() != "https" && !super::is_loopback(&url) {
+        return Err(PollError::Config(format!(
+            "auth_url `{auth}` is not https: the client secret would cross the network in clear"
+        )));
+    }
     let scope = format!("{}/.default", src.api.base.origin().ascii_serialization());
     src.client_credentials_token(url, client_id, secret, Some(scope))
         .await

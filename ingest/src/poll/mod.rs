@@ -330,6 +330,14 @@ impl PollSource {
                 config.base_url
             )));
         }
+        // The token goes in every request: over plain http anyone on the way reads it. Only a
+        // server on this machine (a test double, a local relay) may be spoken to in clear.
+        if base.scheme() == "http" && !is_loopback(&base) {
+            return Err(err(format!(
+                "base_url `{}` is plain http: the token would cross the network in clear; use https (http is for servers on this machine only)",
+                config.base_url
+            )));
+        }
         if let Some(what) = config
             .vendor
             .missing(config.org.as_deref(), config.feed.as_deref())
@@ -866,7 +874,7 @@ impl PollSource {
             let url = url.clone();
             move |e: reqwest::Error| PollError::Transport {
                 url: url.clone(),
-                reason: error_chain(&e.without_url()),
+                reason: perimeter_model::error_chain(&e.without_url()),
             }
         };
         let response = builder.send().await.map_err(&transport)?;
@@ -1025,22 +1033,6 @@ fn is_rate_limit_403(status: StatusCode, headers: &reqwest::header::HeaderMap) -
             || header("retry-after").is_some())
 }
 
-/// An error and its causes on one line (`error sending request: connection refused`): reqwest's
-/// own text stops at the outermost layer, which says nothing about what went wrong.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
-}
-
 /// How long a 429 asks to wait: `Retry-After` seconds, Okta's `X-Rate-Limit-Reset` (epoch
 /// seconds), or a minute; at most an hour.
 fn retry_delay(headers: &reqwest::header::HeaderMap) -> Duration {
@@ -1055,6 +1047,17 @@ fn retry_delay(headers: &reqwest::header::HeaderMap) -> Duration {
         .or_else(|| number("x-rate-limit-reset").map(|reset| reset - Utc::now().timestamp()))
         .unwrap_or(60);
     Duration::from_secs(secs.clamp(1, 3600) as u64)
+}
+
+/// Whether `url` names this machine (`localhost`, `127.0.0.0/8`, `::1`).
+fn is_loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The value behind a secret reference (see [`perimeter_model::resolve_secret`]). Errors name
@@ -1104,7 +1107,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        let text = error_chain(&e.without_url());
+        let text = perimeter_model::error_chain(&e.without_url());
         assert!(text.len() > "error sending request".len() + 5, "{text}");
     }
 
@@ -1213,6 +1216,21 @@ mod tests {
         let mut c = config(Vendor::Okta);
         c.base_url = "ftp://x".into();
         assert!(refuse(c).contains("http(s)"));
+        let mut c = config(Vendor::Okta);
+        c.base_url = "http://acme.okta.com".into();
+        assert!(refuse(c).contains("plain http"));
+        for local in [
+            "http://127.0.0.1:9000",
+            "http://localhost:9000",
+            "http://[::1]:9000",
+        ] {
+            let mut c = config(Vendor::Okta);
+            c.base_url = local.into();
+            assert!(
+                PollSource::new(c, "t", dir.path(), bus.clone()).is_ok(),
+                "{local}"
+            );
+        }
         let mut c = config(Vendor::Okta);
         c.base_url = "https://admin:hunter2@acme.okta.com".into();
         let e = refuse(c);
