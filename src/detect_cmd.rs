@@ -169,6 +169,9 @@ pub fn load_rules_reported(
     Ok((set, options, report))
 }
 
+/// How often `detect` says how far it got, on a terminal.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Result<ExitCode> {
     let (registry, masker) = base_parts(config)?;
     note_unnormalized_source("normalize", &registry, &args.source);
@@ -364,6 +367,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let mut dead = Vec::new();
     let progress = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
+    let mut last_progress = started;
     let mut reader = JsonInput::with_format(
         open_input(&args.input)?,
         args.format.reader(config),
@@ -384,14 +388,16 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         feed(&mut pipeline, &args.source, &tenant, item, &mut out);
         write_alerts(&mut out, &mut out_w)?;
         keep_dead_letters(&mut dead, &mut out.dead_letters);
-        if progress
-            && pipeline.stats().records.is_multiple_of(1_000_000)
-            && pipeline.stats().records > 0
-        {
+        // Every few seconds, on a terminal: a long run is seen to be going.
+        if progress && last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = std::time::Instant::now();
+            let stats = pipeline.stats();
+            let secs = started.elapsed().as_secs_f64();
             eprintln!(
-                "  ... {} records in {:.1}s",
-                pipeline.stats().records,
-                started.elapsed().as_secs_f64()
+                "  ... {} records, {} alerts in {secs:.0}s ({:.0} records/s)",
+                stats.records,
+                stats.alerts,
+                stats.records as f64 / secs.max(0.001)
             );
         }
     }
@@ -423,6 +429,13 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         eprintln!(
             "  {} events repeated an earlier one exactly and were not detected again",
             stats.replayed
+        );
+    }
+    let late = pipeline.late_events_dropped();
+    if late > 0 {
+        eprintln!(
+            "  {late} events came more than {}s (sigma.allowed_lateness_seconds) after newer events of their source and were not counted in correlations: sort the input by time, or raise the lateness",
+            config.sigma.allowed_lateness_seconds
         );
     }
     print_dead_letters(&dead, stats.dead_letters);

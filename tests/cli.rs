@@ -933,11 +933,11 @@ fn rules_explain_says_which_selection_matched_and_masks_values() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", stderr(&out));
     assert!(
-        text.contains("selection `selection` (line 9): MATCHED"),
+        text.contains("selection `selection` (line 8): MATCHED"),
         "{text}"
     );
     assert!(
-        text.contains("selection `filter` (line 12): not matched"),
+        text.contains("selection `filter` (line 11): not matched"),
         "{text}"
     );
     assert!(text.contains("result: MATCH"), "{text}");
@@ -1122,6 +1122,44 @@ fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
     );
 }
 
+/// Events later than the allowed lateness are left out of correlations, and the summary says
+/// how many (a burst that is gone without a word looks like no burst).
+#[test]
+fn detect_says_how_many_events_came_too_late_for_correlations() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("burst.yml");
+    std::fs::write(
+        &rule,
+        "title: Login\nid: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e30\nname: login\nlogsource:\n    product: okta\n\
+         detection:\n    selection:\n        eventType: user.session.start\n    condition: selection\nlevel: low\n\
+         ---\ntitle: Login burst\nid: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e31\ncorrelation:\n    type: event_count\n\
+         \x20   rules:\n        - login\n    group-by:\n        - actor.alternateId\n    timespan: 10m\n\
+         \x20   condition:\n        gte: 3\nlevel: high\n",
+    )
+    .unwrap();
+    // Another user at 10:40, then three logins of alice at 10:01-10:03: 37 minutes late.
+    let mut input = okta_event("user.session.start", "bob@example.com", 40) + "\n";
+    for m in 1..=3 {
+        input += &(okta_event("user.session.start", "alice@example.com", m) + "\n");
+    }
+    let out = perimeter(&okta_detect_args(&rule), Some(input.as_bytes()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json_lines(&out).iter().all(|a| a["title"] != "Login burst"));
+    assert!(
+        stderr(&out).contains(
+            "3 events came more than 300s (sigma.allowed_lateness_seconds) after newer events"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // In time order they are a burst, and nothing is said.
+    let mut sorted: Vec<&str> = input.lines().collect();
+    sorted.rotate_left(1);
+    let out = perimeter(&okta_detect_args(&rule), Some(sorted.join("\n").as_bytes()));
+    assert!(json_lines(&out).iter().any(|a| a["title"] == "Login burst"));
+    assert!(!stderr(&out).contains("came more than"), "{}", stderr(&out));
+}
+
 /// With a mask key configured, `detect --state-dir` remembers the events it saw: an input sent
 /// again (a collector that retried) is not detected twice; new events are.
 #[test]
@@ -1257,7 +1295,7 @@ fn rules_check_warns_about_metadata_the_spec_forbids() {
         [
             ("date".to_string(), 4),
             ("detection.selection.eventType|contains|all".to_string(), 9),
-            ("detection.selection.outcome.reason".to_string(), 11),
+            ("detection.selection.outcome.reason".to_string(), 10),
             ("logsource".to_string(), 1),
             ("related.type".to_string(), 16),
             ("status".to_string(), 3),

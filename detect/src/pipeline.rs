@@ -382,6 +382,14 @@ impl Pipeline {
         self.stats
     }
 
+    /// Events the Sigma correlations did not count because they came later than the allowed
+    /// lateness (older than the newest of their source by more): a summary must say so.
+    pub fn late_events_dropped(&self) -> u64 {
+        self.sigma
+            .as_ref()
+            .map_or(0, SigmaDetector::late_events_dropped)
+    }
+
     pub fn registry(&self) -> &NormalizerRegistry {
         &self.registry
     }

@@ -444,14 +444,17 @@ mod tests {
 
     proptest::proptest! {
         /// The byte-level pre-check reads a key as folding does (the same answer for the key and
-        /// its folded form), and it never rejects a sensitive key.
+        /// its folded form, apart from a short password word, which only the unfolded key's
+        /// separators tell: `0-pW` is one, `0pw` not), and it never rejects a sensitive key.
         #[test]
         fn pre_check_agrees_with_the_folded_key(
             key in "[a-zA-Z0-9_.é -]{0,6}(password|Token|SECRET|api_Key|pWd|cookie|x)?[a-zA-Z0-9_.é -]{0,8}"
         ) {
             let m = matcher();
             let folded = normalize_key(&key);
-            proptest::prop_assert_eq!(m.may_be_sensitive(&key), m.may_be_sensitive(&folded));
+            if !ends_with_short_password_word(&key) {
+                proptest::prop_assert_eq!(m.may_be_sensitive(&key), m.may_be_sensitive(&folded));
+            }
             proptest::prop_assert!(m.may_be_sensitive(&key) || !m.is_sensitive(&key));
         }
     }

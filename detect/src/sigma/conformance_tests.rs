@@ -695,7 +695,19 @@ fn event_count_out_of_order_within_lateness() {
         okta_fail("bob", "x", 0, 10),
         okta_fail("bob", "x", 0, 30),
     ];
-    assert_eq!(run_events(&text, &SigmaOptions::default(), &evs).len(), 1);
+    let alerts = run_events(&text, &SigmaOptions::default(), &evs);
+    assert_eq!(alerts.len(), 1);
+    // Dated by the window's newest event, not by the one that arrived last: the same events
+    // in another order give the same alert.
+    let newest = evs.iter().map(|e| e.timestamp).max().unwrap();
+    assert_eq!(alerts[0].timestamp, newest);
+    let mut in_order = evs.clone();
+    in_order.sort_by_key(|e| e.timestamp);
+    let again = run_events(&text, &SigmaOptions::default(), &in_order);
+    assert_eq!(
+        (again[0].timestamp, &again[0].id),
+        (alerts[0].timestamp, &alerts[0].id)
+    );
     // With zero allowed lateness the two late events are dropped.
     let strict = SigmaOptions {
         allowed_lateness_seconds: 0,
@@ -799,7 +811,8 @@ fn value_count_over_several_fields_counts_their_combinations() {
     // The other aggregations take one field, and say so.
     let sum = text.replace("value_count", "value_sum");
     let err = load_error(&sum);
-    assert_eq!(err.line, Some(11), "{err}");
+    // The line of `field:`, whose list follows.
+    assert_eq!(err.line, Some(10), "{err}");
     assert!(
         err.to_string().contains("`value_sum` takes one field"),
         "{err}"
@@ -1136,9 +1149,15 @@ fn explain_shows_selections_and_condition() {
         &SigmaOptions::default(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.contains("selection `sel` (line 7): MATCHED"), "{out}");
+    // The lines of `sel:` and `filter:`, and of each field.
+    assert!(out.contains("selection `sel` (line 6): MATCHED"), "{out}");
     assert!(
-        out.contains("selection `filter` (line 9): not matched"),
+        out.contains("field `eventType` (line 7)")
+            && out.contains("field `actor.alternateId` (line 9)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("selection `filter` (line 8): not matched"),
         "{out}"
     );
     assert!(out.contains("modifiers: startswith"), "{out}");

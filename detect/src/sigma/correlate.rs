@@ -639,6 +639,14 @@ impl Correlator {
                 let used: Vec<Entry> = ks.entries.drain(lo..hi).collect();
                 let entity = Self::entity(c, &self.states[ci].group_paths[j0], event, rules, ci);
                 let mut alert = base_alert(&c.meta, DetectorKind::Correlation, event, entity);
+                // The window's newest event dates the alert, whichever arrived last (events
+                // within the allowed lateness may come out of order): the same events give
+                // the same alert. The triggering event's own time keeps its full precision.
+                let newest = used.iter().map(|e| e.ts).max().unwrap_or(ts);
+                if newest > ts {
+                    alert.timestamp =
+                        chrono::DateTime::from_timestamp_millis(newest).unwrap_or(alert.timestamp);
+                }
                 for e in &used {
                     if e.line > 0 && !alert.lines.contains(&e.line) {
                         alert.lines.push(e.line);

@@ -150,7 +150,15 @@ impl Builder {
                     }
                     *pending = Some((key, node.line));
                 }
-                Some((key, _)) => entries.push((key, node)),
+                // A list or map under a key starts on the lines after it: the key's line is
+                // where it is (`selection:`, `cmd|contains|all:`), in errors and `explain`.
+                Some((key, key_line)) => {
+                    let mut node = node;
+                    if matches!(node.value, Value::Seq(_) | Value::Map(_)) {
+                        node.line = key_line;
+                    }
+                    entries.push((key, node))
+                }
             },
         }
     }
@@ -260,7 +268,9 @@ mod tests {
         .unwrap();
         assert_eq!(docs.len(), 2);
         let det = docs[0].get("detection").unwrap();
-        assert_eq!(det.line, 3);
+        // A map under a key is at the key's line.
+        assert_eq!(det.line, 2);
+        assert_eq!(det.get("sel").unwrap().line, 3);
         let sel = det.get("sel").unwrap();
         assert_eq!(sel.get("a|contains").unwrap().line, 4);
         assert_eq!(docs[1].get("title").unwrap().as_str(), Some("y"));
