@@ -254,6 +254,13 @@ fn is_reference(before: &[u8], word: &[u8]) -> bool {
 /// The sensitive words that name a password (what a person chose and can be guessed).
 const PASSWORD_WORDS: &[&[u8]] = &[b"password", b"passwd", b"passphrase", b"passcode", b"pwd"];
 
+/// Whether `word` is a password word ([`PASSWORD_WORDS`]), in any case.
+pub(crate) fn is_password_word(word: &str) -> bool {
+    PASSWORD_WORDS
+        .iter()
+        .any(|w| word.as_bytes().eq_ignore_ascii_case(w))
+}
+
 /// `after` is empty or made only of [`SECRET_SUFFIXES`] words.
 fn is_secret_suffix(after: &[u8]) -> bool {
     after.is_empty()

@@ -54,9 +54,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::SecretAssignment,
         // Group 1 is the name; the verifier applies the key-name rule to it. Group 2 is a prose
-        // separator (`password was X`), accepted only before a value that looks generated.
+        // separator (`password was X`), accepted only before a value that looks generated; it
+        // is empty for a password word followed by its value (`with password Hunter2x`).
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\\?["']?\s*[:=]\s*|\s+((?i:is|was|set to|changed to))\s+)"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\\?["']?\s*[:=]\s*|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -996,6 +997,19 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
     }) {
         return true;
     }
+    // `password Hunter2x`: a password word, then whitespace.
+    let password_word_before = |end: usize| {
+        let head = &text[..end];
+        // The whole name, as the pattern takes it (`1Password` is no password word).
+        let word_start = head
+            .iter()
+            .rposition(|b| !name_byte(b))
+            .map_or(0, |i| i + 1);
+        std::str::from_utf8(&head[word_start..]).is_ok_and(super::keys::is_password_word)
+    };
+    if memchr::memchr2_iter(b' ', b'\t', text).any(password_word_before) {
+        return true;
+    }
     memchr::memchr2_iter(b':', b'=', text).any(|sep| {
         // Back over spaces, an optional quote and an optional backslash to the name's end.
         let mut end = sep;
@@ -1112,9 +1126,15 @@ fn verify(
     }
     match kind {
         PatternKind::SecretAssignment => caps.is_some_and(|caps| {
+            let prose = caps.get(2);
+            // `password Hunter2x` without a verb: only after a password word itself (`token
+            // refresh2` is prose about tokens).
+            let bare = prose.is_some_and(|p| p.as_str().is_empty());
             caps.get(1).is_some_and(|k| {
-                keys.is_sensitive(k.as_str()) && !is_resource_name_segment(text, k.start())
-            }) && (caps.get(2).is_none() || looks_generated(secret))
+                keys.is_sensitive(k.as_str())
+                    && !is_resource_name_segment(text, k.start())
+                    && (!bare || super::keys::is_password_word(k.as_str()))
+            }) && (prose.is_none() || looks_generated(secret))
                 && !is_status_word(secret)
         }),
         PatternKind::AuthHeader => {
@@ -1794,6 +1814,11 @@ mod tests {
         one("4111-1111-1111-1111", CreditCard, "4111-1111-1111-1111");
         one("amex 3782-822463-10005 ok", CreditCard, "3782-822463-10005");
         one("cc=x 5555555555554444", CreditCard, "5555555555554444");
+        one(
+            "login with password Hunter2Qa3Secret1 failed",
+            SecretAssignment,
+            "Hunter2Qa3Secret1",
+        );
         one("ssn 123-45-6789 on file", UsSsn, "123-45-6789");
         one("SSN: 123 45 6789, verified", UsSsn, "123 45 6789");
         one("ssn 123.45.6789.", UsSsn, "123.45.6789");
@@ -1970,6 +1995,9 @@ mod tests {
             "00ub0oNGTSWTBKOLGLNR",
             "secrets_passed: EXAMPLE_SECRET",
             "password reset requested",
+            "password policy v2 applied",
+            "token refresh2 scheduled",
+            "api key rotation2024 done",
             "password is expired",
             "Token was revoked by admin",
             "secret is set to default",
