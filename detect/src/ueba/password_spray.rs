@@ -30,6 +30,10 @@ pub(crate) fn observe(
     let s = st.spray.get_or_insert_with(Default::default);
     let horizon = t - cfg.window_seconds as i64;
     s.users.retain(|&(_, seen)| seen > horizon);
+    if s.users.is_empty() {
+        // A new spray: the failures of an expired one are not its evidence.
+        s.evidence.clear();
+    }
     let tag = user.tag();
     if let Some(entry) = s.users.iter_mut().find(|(u, _)| *u == tag) {
         entry.1 = entry.1.max(t);

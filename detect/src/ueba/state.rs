@@ -199,6 +199,16 @@ impl Evidence {
         self.items = Vec::new();
     }
 
+    /// Keep the newest `n` items: when a window counts `n` events, older evidence is from
+    /// before it (an alert must not point the analyst at last week's events).
+    pub fn keep_last(&mut self, n: u64) {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if self.items.len() > n {
+            let excess = self.items.len() - n;
+            self.items.drain(..excess);
+        }
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.items.len()
@@ -256,6 +266,7 @@ impl RateState {
         if n > rule.evidence_after {
             self.evidence.push(ctx.event, ctx.max_evidence);
         }
+        self.evidence.keep_last(n);
         if n < rule.min_events {
             return None;
         }

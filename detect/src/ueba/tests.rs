@@ -248,6 +248,38 @@ fn failures_of_an_expired_burst_are_not_the_evidence_of_a_later_one() {
     assert!(why.contains("9 failed logins from 1 source IP(s)"), "{why}");
 }
 
+/// A burst's evidence is the events of the window its explanation counts, not failures of
+/// days before (an analyst would pivot on the wrong address and day).
+#[test]
+fn a_burst_alert_holds_only_the_events_of_its_window() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let day1 = t0() + Duration::hours(9);
+    let day3 = day1 + Duration::hours(2);
+    let failures = |at: DateTime<Utc>, ip: &str, line: u64, n: i64| -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                let l = Login::new("dave@example.com", ip, false);
+                okta_login("acme", at + Duration::seconds(10 * i), line + i as u64, &l)
+            })
+            .collect()
+    };
+    // The same address fails a few times, then bursts two hours later.
+    let mut events = failures(day1, "203.0.113.20", 1, 8);
+    events.extend(failures(day3, "203.0.113.20", 101, 30));
+    let alerts = run(&mut engine, &events);
+    let burst: Vec<_> = of(&alerts, "auth_failure_burst")
+        .into_iter()
+        .filter(|a| a.entity == "203.0.113.20")
+        .collect();
+    assert_eq!(burst.len(), 1, "{alerts:#?}");
+    assert!(!burst[0].lines.is_empty());
+    assert!(
+        burst[0].lines.iter().all(|l| *l >= 101),
+        "evidence from day 1: {:?}",
+        burst[0].lines
+    );
+}
+
 #[test]
 fn eight_failures_then_success_is_not_enough_when_the_threshold_is_nine() {
     let cfg = UebaConfig::from_toml("[brute_force_success]\nmin_failures = 9").unwrap();

@@ -26,6 +26,7 @@ pub(crate) fn observe(
     if n + ctx.max_evidence as u64 > cfg.min_events {
         s.evidence.push(ctx.event, ctx.max_evidence);
     }
+    s.evidence.keep_last(n);
     if n < cfg.min_events || age_hours < cfg.warmup_hours {
         return;
     }
