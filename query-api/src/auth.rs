@@ -473,7 +473,13 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer` header".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                // Worded so the masking of error answers leaves it whole (`Authorization: x`
+                // reads as a credential).
+                "missing Authorization header: send the API token as `Bearer <token>`".into(),
+            )
+        })?;
     let value = header
         .to_str()
         .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
@@ -482,7 +488,9 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
         .or_else(|| value.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::Unauthorized("expected `Authorization: Bearer <token>`".into()))
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+        })
 }
 
 impl<R: MinRole> FromRequestParts<AppState> for Auth<R> {

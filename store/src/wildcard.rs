@@ -5,10 +5,12 @@
 //! `"big bad wo"*`): a `*` was dropped by the word tokenizers (`dana*` searched the word
 //! `dana`) and kept as a character by the keyword ones (`user.session*` matched nothing). Here
 //! an unquoted literal with `*` or `?` becomes a pattern over the field's terms, written as its
-//! tokenizer writes terms: lowercased, and for the word fields one word (several words make a
-//! phrase whose last word is the prefix). The term dictionary is intersected with the pattern.
+//! tokenizer writes terms: lowercased, and for the word fields one word. A pattern over several
+//! words of a word field (`user.name:d*@acme.example`) must have each word's pattern among
+//! the field's terms and the whole pattern among the catch-all's (which keeps whole values
+//! such as addresses). The term dictionary is intersected with the pattern.
 
-use tantivy::query_grammar::{Delimiter, UserInputAst, UserInputLeaf, UserInputLiteral};
+use tantivy::query_grammar::{Delimiter, Occur, UserInputAst, UserInputLeaf, UserInputLiteral};
 
 use crate::catch_all::map_leaves;
 use crate::tantivy_sink::{KEYWORD_FIELDS, TEXT_FIELDS};
@@ -17,7 +19,7 @@ use crate::tantivy_sink::{KEYWORD_FIELDS, TEXT_FIELDS};
 pub(crate) fn rewrite_wildcards(ast: UserInputAst) -> UserInputAst {
     map_leaves(ast, &|leaf| {
         UserInputAst::Leaf(Box::new(match leaf {
-            UserInputLeaf::Literal(lit) if is_wildcard(&lit) => wildcard_leaf(lit),
+            UserInputLeaf::Literal(lit) if is_wildcard(&lit) => return wildcard_ast(lit),
             // `user.name:*` (has a value): tantivy answers it from fast fields only, which the
             // text fields are not; any term of the field is the same question.
             UserInputLeaf::Exists { field } if is_text_field(&field) => UserInputLeaf::Regex {
@@ -43,7 +45,7 @@ fn is_wildcard(lit: &UserInputLiteral) -> bool {
         && lit.phrase.chars().any(|c| c != '*' && c != '?')
 }
 
-fn wildcard_leaf(lit: UserInputLiteral) -> UserInputLeaf {
+fn wildcard_ast(lit: UserInputLiteral) -> UserInputAst {
     let field = lit.field_name.clone().unwrap_or_else(|| "all".to_string());
     let glob = lit.phrase.to_lowercase();
     if TEXT_FIELDS.contains(&field.as_str()) {
@@ -59,39 +61,39 @@ fn wildcard_leaf(lit: UserInputLiteral) -> UserInputLeaf {
                 last.push_str(fragment);
             }
         }
-        match words.as_slice() {
-            [] => {
-                return UserInputLeaf::Set {
-                    field: Some(field),
-                    elements: Vec::new(),
-                }
-            }
-            [word] => return pattern_leaf(field, word),
-            _ => {}
-        }
-        // `"dana kim"*`-style: the words as a phrase, the last one a prefix (wildcards inside
-        // the words are dropped, as the word tokenizer drops them).
-        let phrase = words.join(" ").replace(['*', '?'], "");
-        let ends_with_star = glob.ends_with('*');
-        return UserInputLeaf::Literal(UserInputLiteral {
-            phrase,
-            delimiter: Delimiter::DoubleQuotes,
-            prefix: ends_with_star,
-            ..lit
-        });
+        return match words.as_slice() {
+            [] => leaf(UserInputLeaf::Set {
+                field: Some(field),
+                elements: Vec::new(),
+            }),
+            [word] => pattern_leaf(field, word),
+            // Each word's pattern a term of the field, the whole pattern a value in the event:
+            // `d*@acme.example` is `d*`, `acme`, `example` in user.name and an address like
+            // it in the catch-all (a pattern across words cannot match one word term).
+            words => UserInputAst::Clause(
+                std::iter::once(pattern_leaf("all".into(), &glob))
+                    .chain(words.iter().map(|w| pattern_leaf(field.clone(), w)))
+                    .map(|ast| (Some(Occur::Must), ast))
+                    .collect(),
+            ),
+        };
     }
     if is_text_field(&field) {
         return pattern_leaf(field, &glob);
     }
     // Not a text field: left to the parser, which says what is wrong with it.
-    UserInputLeaf::Literal(lit)
+    leaf(UserInputLeaf::Literal(lit))
 }
 
-fn pattern_leaf(field: String, glob: &str) -> UserInputLeaf {
-    UserInputLeaf::Regex {
+fn leaf(leaf: UserInputLeaf) -> UserInputAst {
+    UserInputAst::Leaf(Box::new(leaf))
+}
+
+fn pattern_leaf(field: String, glob: &str) -> UserInputAst {
+    leaf(UserInputLeaf::Regex {
         field: Some(field),
         pattern: glob_pattern(glob),
-    }
+    })
 }
 
 /// `*` any run of characters, `?` one character, everything else literally.

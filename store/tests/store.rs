@@ -347,6 +347,15 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
         ("alic*", 16),
         ("*@acme.test", 31),
         ("event.action:user.session.* AND NOT user.name:al*", 15),
+        // Across the words of a word field: each word, and the whole value (it found nothing).
+        ("user.name:a*@acme.test", 16),
+        ("user.name:?lice@acme.test", 16),
+        ("user.name:alice@*.test", 16),
+        (
+            "user.name:alice@acme.t?st AND NOT event.action:user.account.lock",
+            15,
+        ),
+        ("user.name:z*@acme.test", 0),
         // A wildcard with no word in it matches no word (it matched every event); one cut off
         // from its word by a dropped character stays with the word.
         ("user.name:🔥*", 0),
