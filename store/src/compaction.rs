@@ -122,6 +122,17 @@ pub(crate) fn remove_staging(data_dir: &Path) -> Result<()> {
     }
 }
 
+/// Remove a generation made in [`staging_root`], and the staging directory with it when it
+/// holds nothing else: it is there only while a compaction runs.
+fn remove_generation(generation: &Path) -> Result<()> {
+    std::fs::remove_dir_all(generation).at(generation)?;
+    if let Some(root) = generation.parent() {
+        // Not empty (another generation) or already gone: nothing to do.
+        let _ = std::fs::remove_dir(root);
+    }
+    Ok(())
+}
+
 /// Swap directories `a` and `b` in one step.
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
@@ -319,7 +330,7 @@ impl Store {
             Err(e) => {
                 drop(writing);
                 tracing::debug!(partition = %dir.display(), error = %e, "parquet compaction cannot swap directories here; renaming");
-                std::fs::remove_dir_all(&next).at(&next)?;
+                remove_generation(&next)?;
                 return Ok(false);
             }
         }
@@ -328,7 +339,7 @@ impl Store {
         }
         drop(writing);
         // `next` is now the old generation: the inputs, the temporary outputs, the links.
-        std::fs::remove_dir_all(&next).at(&next)?;
+        remove_generation(&next)?;
         Ok(true)
     }
 }

@@ -459,7 +459,7 @@ mod tests {
         ) {
             let m = matcher();
             let folded = normalize_key(&key);
-            if !ends_with_short_password_word(&key) {
+            if !ends_with_short_password_word(&key) && !ends_with_short_password_word(&folded) {
                 proptest::prop_assert_eq!(m.may_be_sensitive(&key), m.may_be_sensitive(&folded));
             }
             proptest::prop_assert!(m.may_be_sensitive(&key) || !m.is_sensitive(&key));

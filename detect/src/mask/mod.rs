@@ -707,12 +707,47 @@ fn is_plain_identifier(key: &str) -> bool {
     true
 }
 
+/// `PWD` holding a path is the shell's working directory (sudo's log line, a process's
+/// environment), not a password.
+pub(crate) fn is_working_directory(key: &str, value: Option<&str>) -> bool {
+    key.eq_ignore_ascii_case("pwd") && value.is_some_and(|v| v.starts_with(['/', '~']))
+}
+
+/// A number under `input_tokens`, `max_tokens`, `totalTokens`: a count of language-model
+/// tokens (AI services' usage records), not a credential.
+pub(crate) fn is_token_count(key: &str) -> bool {
+    let k = key.as_bytes();
+    k.len() > "tokens".len() && k[k.len() - 6..].eq_ignore_ascii_case(b"tokens")
+}
+
 /// `name` of a name/value pair object (`{"name": "password", "value": "..."}`).
 fn is_pair_name_key(key: &str) -> bool {
-    // `ParameterKey` / `ParameterValue`: CloudFormation stack parameters in CloudTrail.
+    // `ParameterKey` / `ParameterValue`: CloudFormation stack parameters in CloudTrail;
+    // `fieldName` / `changedFrom` / `changedTo`: Atlassian's audit records of a changed field;
+    // `field`/`attribute` with `from`/`to` or `new_value`: other vendors' change records.
     matches!(
         key,
-        "name" | "Name" | "key" | "Key" | "parameterKey" | "ParameterKey"
+        "name"
+            | "Name"
+            | "key"
+            | "Key"
+            | "parameterKey"
+            | "ParameterKey"
+            | "fieldName"
+            | "FieldName"
+            | "field"
+            | "Field"
+            | "attribute"
+            | "Attribute"
+            | "attributeName"
+            | "param"
+            | "parameter"
+            | "Parameter"
+            | "parameterName"
+            | "property"
+            | "propertyName"
+            | "setting"
+            | "settingName"
     )
 }
 
@@ -735,6 +770,19 @@ fn is_pair_value_key(key: &str) -> bool {
             | "messageValue"
             | "parameterValue"
             | "ParameterValue"
+            | "changedFrom"
+            | "changedTo"
+            | "new_value"
+            | "old_value"
+            | "newValues"
+            | "oldValues"
+            | "previousValue"
+            | "currentValue"
+            | "from"
+            | "to"
+            | "val"
+            | "before"
+            | "after"
     )
 }
 

@@ -605,7 +605,10 @@ impl Patterns {
                             PatternKind::SecretAssignment if g == BARE_VALUE_GROUP => {
                                 match text.as_bytes()[s.start()] {
                                     b'[' | b'{' => s.start()..bracketed_end(text, s.start()),
-                                    _ => s.start()..extend_bare_value(text, s.end()),
+                                    _ => {
+                                        let end = extend_bare_value(text, s.end());
+                                        s.start()..without_closing_parens(text, s.start(), end)
+                                    }
                                 }
                             }
                             _ => s.range(),
@@ -695,6 +698,19 @@ fn bracketed_end(text: &str, start: usize) -> usize {
 /// Where a bare `name=value` value ends. The pattern stops it at `&` and `,` (query strings,
 /// lists of settings), but those are only separators when another `name=` follows (or prose,
 /// `, ` with a space): `password=Tr0ub4dor&3` is one password, and `token=abc,def` one token.
+/// `end` moved back over `)`s the value at `start..end` does not open: the parenthesis that
+/// closes the text around it (`(token=x)`, `deploy-script/1.0 (token=x)`) is not the secret's.
+fn without_closing_parens(text: &str, start: usize, mut end: usize) -> usize {
+    let bytes = text.as_bytes();
+    let opened = bytes[start..end].iter().filter(|b| **b == b'(').count();
+    let mut closed = bytes[start..end].iter().filter(|b| **b == b')').count();
+    while closed > opened && end > start + 1 && bytes[end - 1] == b')' {
+        end -= 1;
+        closed -= 1;
+    }
+    end
+}
+
 fn extend_bare_value(text: &str, mut end: usize) -> usize {
     let bytes = text.as_bytes();
     let stops = |c: &u8| {
@@ -1132,6 +1148,7 @@ fn verify(
             let bare = prose.is_some_and(|p| p.as_str().is_empty());
             caps.get(1).is_some_and(|k| {
                 keys.is_sensitive(k.as_str())
+                    && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
                     && (!bare || super::keys::is_password_word(k.as_str()))
             }) && (prose.is_none() || looks_generated(secret))
@@ -1231,15 +1248,16 @@ fn is_status_word(value: &str) -> bool {
     STATUS_WORDS.iter().any(|w| value.eq_ignore_ascii_case(w))
 }
 
-/// The digits at `start` carry a minus sign of their own (`-1234...` as a whole value, or after
-/// a space, `=` or `:`): a signed integer written as text, such as Google Workspace's
-/// `id.uniqueQualifier` (a signed 64-bit id), not a card number, which nobody writes with a sign.
-/// A dash after a word (`cc-4111...`) is a separator and still counts as a card.
+/// The digits at `start` carry a sign of their own (`-1234...` / `+4915...` as a whole value, or
+/// after a space, `=` or `:`): a signed integer written as text, such as Google Workspace's
+/// `id.uniqueQualifier` (a signed 64-bit id), or a phone number in E.164 form (`+` and up to 15
+/// digits), not a card number, which nobody writes with a sign. A dash after a word
+/// (`cc-4111...`) is a separator and still counts as a card.
 fn is_signed_number(text: &str, start: usize) -> bool {
     let bytes = text.as_bytes();
     match start.checked_sub(1).map(|i| (i, bytes[i])) {
-        Some((0, b'-')) => true,
-        Some((i, b'-')) => !bytes[i - 1].is_ascii_alphanumeric(),
+        Some((0, b'-' | b'+')) => true,
+        Some((i, b'-' | b'+')) => !bytes[i - 1].is_ascii_alphanumeric(),
         _ => false,
     }
 }

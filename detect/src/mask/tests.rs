@@ -78,6 +78,61 @@ fn sensitive_keys_mask_strings_numbers_and_every_leaf() {
 }
 
 #[test]
+fn a_working_directory_and_the_parenthesis_around_a_secret_stay() {
+    let m = masker();
+    let mut v = json!({
+        "msg": "sudo: alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/apt update",
+        "PWD": "/home/alice/src",
+        "env": {"pwd": "Hunter2xyz"},
+        "ua": "deploy-script/1.0 (token=Hx7qPw1abc)",
+        "note": "(password=Hx7q(Pw)2abc)",
+        "usage": {"input_tokens": 1532, "max_tokens": 4096, "tokens": 7, "access_tokens": "Hx7qPw1abc"},
+    });
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["msg"],
+        "sudo: alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/apt update"
+    );
+    assert_eq!(v["PWD"], "/home/alice/src");
+    assert_eq!(v["env"]["pwd"], "[REDACTED:key]");
+    assert_eq!(
+        v["ua"],
+        "deploy-script/1.0 (token=[REDACTED:secret_assignment])"
+    );
+    assert_eq!(v["note"], "(password=[REDACTED:secret_assignment])");
+    // Counts of language-model tokens are numbers, not credentials.
+    assert_eq!(v["usage"]["input_tokens"], 1532);
+    assert_eq!(v["usage"]["max_tokens"], 4096);
+    assert_eq!(v["usage"]["tokens"], "[REDACTED:key]");
+    assert_eq!(v["usage"]["access_tokens"], "[REDACTED:key]");
+}
+
+#[test]
+fn an_argument_or_header_after_its_secret_name_is_masked() {
+    let m = masker();
+    let mut v = json!({
+        "args": ["--user", "alice", "--password", "Hunter2xyz", "--verbose"],
+        "headers": [["X-Api-Key", "abcDEF123456ghiJKL"], ["Accept", "*/*"]],
+        "words": ["password", "reset", "requested"],
+    });
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["args"],
+        json!([
+            "--user",
+            "alice",
+            "--password",
+            "[REDACTED:key]",
+            "--verbose"
+        ])
+    );
+    assert_eq!(v["headers"][0][1], "[REDACTED:key]");
+    assert_eq!(v["headers"][1][1], "*/*");
+    // A list of words is no command line and no pair.
+    assert_eq!(v["words"], json!(["password", "reset", "requested"]));
+}
+
+#[test]
 fn name_value_pairs_with_a_secret_name_are_masked() {
     let m = masker();
     let mut v = json!({"parameters": [
@@ -91,6 +146,24 @@ fn name_value_pairs_with_a_secret_name_are_masked() {
     assert_eq!(v["parameters"][1]["value"], "google_password");
     assert_eq!(v["parameters"][2]["NewValue"], "[REDACTED:key]");
     assert_eq!(v["parameters"][2]["OldValue"], "[REDACTED:key]");
+    // Change records as other vendors write them (Atlassian's `changedValues`, ...).
+    let mut v = json!({
+        "changedValues": [
+            {"fieldName": "Password", "changedFrom": "Old2pass!", "changedTo": "Hunter2xyz!"},
+            {"fieldName": "Webhook secret", "changedTo": "whk_9f8e7d6c5b4a3210"},
+            {"fieldName": "Display name", "changedFrom": "Al", "changedTo": "Alice"}
+        ],
+        "attrs": [{"field": "password", "new_value": "Hunter2xyz", "old_value": "Old2pass"}],
+        "changes": [{"attribute": "api_key", "from": "", "to": "abcDEF123456ghiJKL"}],
+        "params": [{"key": "api_key", "val": "Hunter2xyz"}]
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    for secret in ["Old2pass", "Hunter2xyz", "whk_9f8e", "abcDEF123456"] {
+        assert!(!text.contains(secret), "{secret}: {text}");
+    }
+    assert_eq!(v["changedValues"][2]["changedTo"], "Alice");
+    assert_eq!(v["changedValues"][0]["fieldName"], "Password");
 }
 
 #[test]
@@ -698,8 +771,14 @@ fn signed_integers_written_as_text_are_not_card_numbers() {
         "card": id,
         "ref": format!("cc-{id}"),
         "sum": format!("{id}-"),
+        // Phone numbers in E.164 form: a `+`, then digits that may pass Luhn.
+        "phone": "+4915198740651",
+        "sms": "SMS sent to +4915198740651",
     });
+    assert!(patterns::is_card_number("4915198740651"));
     m.mask_value(&mut v);
+    assert_eq!(v["phone"], "+4915198740651");
+    assert_eq!(v["sms"], "SMS sent to +4915198740651");
     assert_eq!(v["id"]["uniqueQualifier"], format!("-{id}"));
     assert_eq!(v["note"], format!("qualifier=-{id}"));
     assert_eq!(v["card"], "****9424");

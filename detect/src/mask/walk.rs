@@ -17,8 +17,9 @@ use super::cache::Memory;
 use super::patterns::{bit, is_masked, KindSet};
 
 use super::{
-    card_number_text, forced_action, is_pair_name_key, is_pair_value_key, key_needs_scan, Action,
-    FieldAction, MaskCounts, PatternKind, SecretMasker,
+    card_number_text, forced_action, is_pair_name_key, is_pair_value_key, is_token_count,
+    is_working_directory, key_needs_scan, Action, FieldAction, MaskCounts, PatternKind,
+    SecretMasker,
 };
 
 pub(super) struct MaskWalk<'a> {
@@ -172,7 +173,24 @@ impl<'a> MaskWalk<'a> {
                     None => self.leaf(value),
                 }
             }
-            ValueRef::Array(items) => self.array(items, |w, item| w.value(item, node, extra)),
+            ValueRef::Array(items) => {
+                // A string naming a secret makes the item after it one: a command line held as
+                // its arguments (`["--password", "x"]`), a header as a pair (`["X-Api-Key", "x"]`).
+                let pair = items.len() == 2;
+                let mut named_secret = false;
+                self.array(items, |w, item| {
+                    let names_secret = std::mem::take(&mut named_secret);
+                    if names_secret && item.is_str() {
+                        let m = w.masker;
+                        w.force_leaves(item, m.key_action, "key");
+                        return;
+                    }
+                    w.value(item, node, extra);
+                    named_secret = item.as_str().is_some_and(|s| {
+                        (pair || s.starts_with('-')) && w.names_secret_argument(s)
+                    });
+                });
+            }
             ValueRef::Object(map) => {
                 // Whether this object is a `{"name": <sensitive>, "value": ...}` pair: asked only
                 // when a value-like key comes up (most objects have none), then kept.
@@ -191,7 +209,9 @@ impl<'a> MaskWalk<'a> {
                     } else if rule.action != FieldAction::Keep
                         // A key masked just above held a secret value, it is no name for one.
                         && !is_masked(key)
-                        && (m.key_is_sensitive(w.mem.as_deref_mut(), key)
+                        && ((m.key_is_sensitive(w.mem.as_deref_mut(), key)
+                            && !is_working_directory(key, child.as_str())
+                            && !(child.is_number() && is_token_count(key)))
                             || (is_pair_value_key(key)
                                 && *pair_is_secret
                                     .get_or_insert_with(|| w.pair_is_secret(map, enabled))))
@@ -224,6 +244,22 @@ impl<'a> MaskWalk<'a> {
                     !is_masked(&name) && m.key_is_sensitive(self.mem.as_deref_mut(), &name)
                 })
         })
+    }
+
+    /// Whether the array item `s` names the secret that follows it: a command-line option
+    /// (`--password`, `--api-key`) or the name of a two-item pair (`["X-Api-Key", "x"]`) that
+    /// is a sensitive key name (the caller tells which: a list of event types naming
+    /// `access_token` is neither).
+    fn names_secret_argument(&mut self, s: &str) -> bool {
+        let name = s.trim_start_matches('-');
+        let looks_like_name = !name.is_empty()
+            && name.len() <= 80
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        looks_like_name
+            && !is_masked(s)
+            && self.masker.key_is_sensitive(self.mem.as_deref_mut(), name)
     }
 
     /// An array, each item through `each`.
