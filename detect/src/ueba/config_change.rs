@@ -1,7 +1,9 @@
 //! `config_change`: security-relevant configuration changes (policy, MFA, SSO, admin roles,
 //! audit settings, integrations). Every change feeds the actor's change rate; an alert fires when
 //! an actor who rarely changes configuration does, or when the change happens in an hour that
-//! holds almost none of the actor's activity.
+//! holds almost none of the actor's activity. An actor still in its warm-up is judged only when
+//! the tenant has been watched for longer: then the actor is new (an account made to change MFA
+//! or sign-on policy), not merely unknown since Perimeter started.
 
 use perimeter_model::Event;
 use serde::{Deserialize, Serialize};
@@ -77,18 +79,24 @@ pub(crate) fn observe(
         let per_week = changes.rate_per_hour(t, ctx.params) * 168.0;
         changes.observe(t, 1, ctx.params);
         let (share, total) = hour_share(&a.hours, h);
-        if age_hours >= cfg.warmup_hours {
-            let rare = per_week < cfg.rare_max_changes_per_week;
-            let off_hours = total >= cfg.min_activity_events && share <= cfg.unusual_hour_max_share;
+        let learned = age_hours >= cfg.warmup_hours;
+        let new_actor = !learned && ctx.tenant_age_hours >= cfg.warmup_hours as i64;
+        if learned || new_actor {
+            let rare = new_actor || per_week < cfg.rare_max_changes_per_week;
+            let off_hours =
+                learned && total >= cfg.min_activity_events && share <= cfg.unusual_hour_max_share;
             if rare || off_hours {
                 let age_days = age_hours as f64 / 24.0;
                 // At least "one change in the whole history", so a first change is not p = 0.
                 let per_day = (per_week / 7.0).max(1.0 / (age_days + 1.0));
                 let p_rare = 1.0 - (-per_day).exp();
                 let p_hour = share.max(1.0 / (total as f64 + 1.0));
-                let p = match (rare, off_hours) {
-                    (true, true) => p_rare.min(p_hour),
-                    (true, false) => p_rare,
+                // A new actor: the share of the tenant's watched time the actor has existed.
+                let p_new = (age_hours as f64 + 1.0) / (ctx.tenant_age_hours as f64 + 1.0);
+                let p = match (new_actor, rare, off_hours) {
+                    (true, _, _) => p_new,
+                    (_, true, true) => p_rare.min(p_hour),
+                    (_, true, false) => p_rare,
                     _ => p_hour,
                 };
                 let action = ctx
@@ -98,7 +106,12 @@ pub(crate) fn observe(
                     .as_deref()
                     .unwrap_or("unknown action");
                 let mut why = Vec::new();
-                if rare {
+                if new_actor {
+                    why.push(format!(
+                        "{user} was first seen {age_hours} h ago, in a tenant watched for {:.0} days",
+                        ctx.tenant_age_hours as f64 / 24.0
+                    ));
+                } else if rare {
                     why.push(format!(
                         "{user} makes {per_week:.2} security config changes/week over {age_days:.0} days (rare below {})",
                         cfg.rare_max_changes_per_week
@@ -118,7 +131,9 @@ pub(crate) fn observe(
                     entity_key: key,
                     entity: user.to_string(),
                     entity_kind: st.kind,
-                    title: if off_hours && !rare {
+                    title: if new_actor {
+                        "Security configuration change by a new actor"
+                    } else if off_hours && !rare {
                         "Security configuration change outside the actor's usual hours"
                     } else {
                         "Security configuration change by an actor who rarely changes configuration"
@@ -130,7 +145,9 @@ pub(crate) fn observe(
                     ),
                     score: s,
                     severity: cfg.severity,
-                    escalate: rare && off_hours,
+                    // A new account changing MFA or sign-on policy is as alarming as a rare
+                    // actor doing so at an unusual hour.
+                    escalate: new_actor || (rare && off_hours),
                     suppress_seconds: cfg.suppress_seconds,
                     evidence,
                 });

@@ -58,6 +58,9 @@ pub(crate) struct Ctx<'a> {
     pub max_evidence: usize,
     pub escalate_score: f64,
     pub tag_key: &'a state::TagKey,
+    /// Hours of the tenant's history this engine has watched (from its earliest event): an
+    /// actor still warming up in a tenant watched for longer is new, not just unknown yet.
+    pub tenant_age_hours: i64,
 }
 
 impl Ctx<'_> {
@@ -137,6 +140,8 @@ pub struct UebaEngine {
     /// other's time (each repeat would then be a new alert). In the snapshot, so a restart
     /// does not close a delayed stream's groups by the newest stream's time.
     stream_clocks: HashMap<String, HashMap<String, i64>>,
+    /// Earliest event time per tenant (Unix seconds): how long the tenant has been watched.
+    tenant_since: HashMap<String, i64>,
     /// Hour bucket of the last housekeeping sweep.
     swept_hour: i64,
     events_since_snapshot: u64,
@@ -171,6 +176,7 @@ impl UebaEngine {
             hygiene: Hygiene::default(),
             watermark: i64::MIN,
             stream_clocks: HashMap::new(),
+            tenant_since: HashMap::new(),
             swept_hour: i64::MIN,
             events_since_snapshot: 0,
             events_since_sweep: 0,
@@ -380,6 +386,13 @@ impl UebaEngine {
                 .get(tenant)
                 .unwrap_or(&self.default_settings)
         };
+        let since = match self.tenant_since.get_mut(tenant) {
+            Some(since) => {
+                *since = (*since).min(t);
+                *since
+            }
+            None => *self.tenant_since.entry(tenant.to_string()).or_insert(t),
+        };
         let ctx = Ctx {
             event,
             t,
@@ -387,6 +400,7 @@ impl UebaEngine {
             max_evidence: self.config.max_evidence_events as usize,
             escalate_score: self.config.escalate_score,
             tag_key: &self.tag_key,
+            tenant_age_hours: (t - since).max(0) / 3600,
         };
         let entities = &mut self.entities;
         let max_entities = self.config.max_entities;

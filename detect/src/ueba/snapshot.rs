@@ -34,7 +34,7 @@ struct SnapshotOut<'a> {
     swept_hour: i64,
     entities: &'a KeyMap<EntityState>,
     groups: Vec<(&'a GroupKey, &'a Group)>,
-    stream_clocks: &'a HashMap<String, HashMap<String, i64>>,
+    stream_clocks: HashMap<String, HashMap<String, i64>>,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +51,12 @@ struct SnapshotIn {
     stream_clocks: HashMap<String, HashMap<String, i64>>,
 }
 
+/// Under this source name (no source has an empty name) a tenant's clocks in the snapshot
+/// hold the tenant's earliest event time: stored so without changing the snapshot's layout
+/// (earlier versions read it, and snapshots of earlier versions have none: a tenant's history
+/// then counts from the restart).
+const TENANT_SINCE: &str = "";
+
 pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError> {
     crate::state_file::write_binary(path, "ueba snapshot", &snapshot_out(engine), true)
 }
@@ -63,7 +69,16 @@ fn snapshot_out(engine: &UebaEngine) -> SnapshotOut<'_> {
         swept_hour: engine.swept_hour,
         entities: &engine.entities,
         groups: engine.hygiene.groups.iter().collect(),
-        stream_clocks: &engine.stream_clocks,
+        stream_clocks: {
+            let mut clocks = engine.stream_clocks.clone();
+            for (tenant, since) in &engine.tenant_since {
+                clocks
+                    .entry(tenant.clone())
+                    .or_default()
+                    .insert(TENANT_SINCE.to_string(), *since);
+            }
+            clocks
+        },
     }
 }
 
@@ -129,7 +144,12 @@ pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectErr
     engine.swept_hour = snap.swept_hour;
     engine.entities = snap.entities;
     engine.hygiene.groups = snap.groups.into_iter().collect();
-    engine.stream_clocks = snap.stream_clocks;
+    let mut clocks = snap.stream_clocks;
+    engine.tenant_since = clocks
+        .iter_mut()
+        .filter_map(|(tenant, sources)| Some((tenant.clone(), sources.remove(TENANT_SINCE)?)))
+        .collect();
+    engine.stream_clocks = clocks;
     // A smaller `max_entities` than when the snapshot was written still holds after restore.
     while engine.entities.len() as u64 > engine.config.max_entities.max(1) {
         engine.evict_lru();

@@ -626,6 +626,8 @@ fn restart_mid_window_keeps_the_count_and_does_not_realert() {
         assert!(!text.contains(clear), "snapshot leaks `{clear}`");
     }
     let tracked = engine.tracked_entities();
+    let tenant_since = engine.tenant_since.clone();
+    assert_eq!(tenant_since.len(), 1, "{tenant_since:?}");
     drop(engine);
 
     // The JSON snapshots of earlier versions restore to the same state.
@@ -655,6 +657,9 @@ fn restart_mid_window_keeps_the_count_and_does_not_realert() {
 
     let mut engine = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
     assert_eq!(engine.tracked_entities(), tracked);
+    // How long each tenant has been watched survives, and is no stream of its own.
+    assert_eq!(engine.tenant_since, tenant_since);
+    assert!(engine.stream_clocks.values().all(|s| !s.contains_key("")));
     let mut after: Vec<Event> = (6..9).map(|i| fail(i, "carol@example.com")).collect();
     after.push(okta_login(
         "acme",
@@ -926,10 +931,29 @@ fn config_change_by_a_rare_actor_at_an_unusual_hour_alerts_and_a_routine_admin_d
             "org.theme.update",
             "configuration",
         ),
+        // An account never seen in five days of the tenant switches an MFA factor off.
+        okta_admin(
+            day6 + Duration::hours(14),
+            1003,
+            "it-temp@example.com",
+            "system.mfa.factor.deactivate",
+            "configuration",
+        ),
     ];
     let alerts = run(&mut engine, &later);
     let cc = of(&alerts, "config_change");
-    assert_eq!(cc.len(), 1, "{cc:#?}");
+    assert_eq!(cc.len(), 2, "{cc:#?}");
+    let new = cc[1];
+    assert_eq!(new.entity, "it-temp@example.com");
+    assert_eq!(new.title, "Security configuration change by a new actor");
+    assert_eq!(new.severity, Severity::High, "a new actor escalates");
+    assert!(
+        new.explanation
+            .as_deref()
+            .unwrap()
+            .contains("first seen 0 h ago, in a tenant watched for 5 days"),
+        "{new:#?}"
+    );
     assert_eq!(cc[0].entity, "frank@example.com");
     let why = cc[0].explanation.as_deref().unwrap();
     assert!(

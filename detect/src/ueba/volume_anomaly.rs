@@ -27,7 +27,11 @@ pub(crate) fn observe(
         s.evidence.push(ctx.event, ctx.max_evidence);
     }
     s.evidence.keep_last(n);
-    if n < cfg.min_events || age_hours < cfg.warmup_hours {
+    // Still warming up: judged only as a new actor, in a tenant watched for longer (a first-day
+    // mass export by a new account), against the prior alone.
+    let learned = age_hours >= cfg.warmup_hours;
+    let new_actor = !learned && ctx.tenant_age_hours >= cfg.warmup_hours as i64;
+    if n < cfg.min_events || !(learned || new_actor) {
         return;
     }
     let score = s.baseline.score(
@@ -35,7 +39,7 @@ pub(crate) fn observe(
         cfg.window_seconds,
         n,
         cfg.prior_per_hour,
-        true,
+        learned,
         cfg.min_ratio,
         ctx.params,
     );
@@ -51,10 +55,15 @@ pub(crate) fn observe(
         entity_kind: st.kind,
         title: "Unusual volume of downloads, exports, deletions or API calls",
         explanation: format!(
-            "{n} data-access/export/delete/API events in {window} for {user}, baseline {:.2}/{window} ({:.1}x), {}",
+            "{n} data-access/export/delete/API events in {window} for {user}, baseline {:.2}/{window} ({:.1}x), {}{}",
             score.expected,
             n as f64 / score.expected,
-            format_p(score.p_value)
+            format_p(score.p_value),
+            if new_actor {
+                format!(", {user} first seen {age_hours} h ago (prior only)")
+            } else {
+                String::new()
+            }
         ),
         score: surprise,
         severity: cfg.severity,
