@@ -2,8 +2,9 @@
 //! audit settings, integrations). Every change feeds the actor's change rate; an alert fires when
 //! an actor who rarely changes configuration does, or when the change happens in an hour that
 //! holds almost none of the actor's activity. An actor still in its warm-up is judged only when
-//! the tenant has been watched for longer: then the actor is new (an account made to change MFA
-//! or sign-on policy), not merely unknown since Perimeter started.
+//! it was first seen a warm-up or more after the tenant began to be watched: then the actor is
+//! new (an account made to change MFA or sign-on policy), not merely unknown since Perimeter
+//! started.
 
 use perimeter_model::Event;
 use serde::{Deserialize, Serialize};
@@ -80,7 +81,7 @@ pub(crate) fn observe(
         changes.observe(t, 1, ctx.params);
         let (share, total) = hour_share(&a.hours, h);
         let learned = age_hours >= cfg.warmup_hours;
-        let new_actor = !learned && ctx.tenant_age_hours >= cfg.warmup_hours as i64;
+        let new_actor = !learned && ctx.is_new_actor(first_seen, cfg.warmup_hours);
         if learned || new_actor {
             let rare = new_actor || per_week < cfg.rare_max_changes_per_week;
             let off_hours =
@@ -92,7 +93,8 @@ pub(crate) fn observe(
                 let p_rare = 1.0 - (-per_day).exp();
                 let p_hour = share.max(1.0 / (total as f64 + 1.0));
                 // A new actor: the share of the tenant's watched time the actor has existed.
-                let p_new = (age_hours as f64 + 1.0) / (ctx.tenant_age_hours as f64 + 1.0);
+                let watched_hours = (t - ctx.tenant_since).max(0) as f64 / 3600.0;
+                let p_new = (age_hours as f64 + 1.0) / (watched_hours + 1.0);
                 let p = match (new_actor, rare, off_hours) {
                     (true, _, _) => p_new,
                     (_, true, true) => p_rare.min(p_hour),
@@ -108,8 +110,8 @@ pub(crate) fn observe(
                 let mut why = Vec::new();
                 if new_actor {
                     why.push(format!(
-                        "{user} was first seen {age_hours} h ago, in a tenant watched for {:.0} days",
-                        ctx.tenant_age_hours as f64 / 24.0
+                        "{user} was first seen {age_hours} h ago, in a tenant watched for {} days",
+                        ctx.tenant_days()
                     ));
                 } else if rare {
                     why.push(format!(

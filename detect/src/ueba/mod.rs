@@ -58,9 +58,22 @@ pub(crate) struct Ctx<'a> {
     pub max_evidence: usize,
     pub escalate_score: f64,
     pub tag_key: &'a state::TagKey,
-    /// Hours of the tenant's history this engine has watched (from its earliest event): an
-    /// actor still warming up in a tenant watched for longer is new, not just unknown yet.
-    pub tenant_age_hours: i64,
+    /// The tenant's earliest event this engine has seen (Unix seconds): an actor first seen a
+    /// warm-up or more after it is new, not just unknown since Perimeter started watching.
+    pub tenant_since: i64,
+}
+
+impl Ctx<'_> {
+    /// Whether an entity first seen at `first_seen` appeared `warmup_hours` or more after the
+    /// tenant began to be watched: a new account, not one the watch has not learnt yet.
+    pub(crate) fn is_new_actor(&self, first_seen: i64, warmup_hours: u64) -> bool {
+        first_seen.saturating_sub(self.tenant_since) >= (warmup_hours as i64).saturating_mul(3600)
+    }
+
+    /// Whole days the tenant has been watched at this event.
+    pub(crate) fn tenant_days(&self) -> i64 {
+        (self.t - self.tenant_since).max(0) / 86_400
+    }
 }
 
 impl Ctx<'_> {
@@ -400,7 +413,7 @@ impl UebaEngine {
             max_evidence: self.config.max_evidence_events as usize,
             escalate_score: self.config.escalate_score,
             tag_key: &self.tag_key,
-            tenant_age_hours: (t - since).max(0) / 3600,
+            tenant_since: since,
         };
         let entities = &mut self.entities;
         let max_entities = self.config.max_entities;

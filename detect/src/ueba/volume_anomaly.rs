@@ -30,7 +30,7 @@ pub(crate) fn observe(
     // Still warming up: judged only as a new actor, in a tenant watched for longer (a first-day
     // mass export by a new account), against the prior alone.
     let learned = age_hours >= cfg.warmup_hours;
-    let new_actor = !learned && ctx.tenant_age_hours >= cfg.warmup_hours as i64;
+    let new_actor = !learned && ctx.is_new_actor(st.first_seen, cfg.warmup_hours);
     if n < cfg.min_events || !(learned || new_actor) {
         return;
     }
