@@ -37,6 +37,16 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "signingkey",
     "encryptionkey",
     "authkey",
+    // `password` in the languages of the usual workforces (folded: `contraseña` loses its
+    // `ñ`, `mot_de_passe` its underscores).
+    "passwort",
+    "kennwort",
+    "contrasena",
+    "contrasea",
+    "motdepasse",
+    "senha",
+    "wachtwoord",
+    "salasana",
     // PII by name: a social security number written any way (`123 45 6789`, `123456789`).
     "ssn",
     "socialsecuritynumber",
@@ -323,6 +333,12 @@ mod tests {
         for k in [
             "password",
             "Password",
+            "Passwort",
+            "kennwort",
+            "contraseña",
+            "mot_de_passe",
+            "senha",
+            "wachtwoord",
             "PASSWD",
             "new_password",
             "passwordHash",

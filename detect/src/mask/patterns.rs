@@ -57,7 +57,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // separator (`password was X`), accepted only before a value that looks generated; it
         // is empty for a password word followed by its value (`with password Hunter2x`).
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\\?["']?\s*[:=]\s*|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\[?\]?\\?["']?\s*[:=]\s*|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -99,6 +99,16 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "encryption-key",
             "encryption.key",
             "encryptionkey",
+            "passwort",
+            "kennwort",
+            "contrasena",
+            "contraseña",
+            "mot_de_passe",
+            "mot-de-passe",
+            "motdepasse",
+            "senha",
+            "wachtwoord",
+            "salasana",
         ],
     },
     PatternSpec {
@@ -1027,7 +1037,8 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
         return true;
     }
     memchr::memchr2_iter(b':', b'=', text).any(|sep| {
-        // Back over spaces, an optional quote and an optional backslash to the name's end.
+        // Back over spaces, an optional quote, an optional backslash and an optional `]` or
+        // `[]` (form fields: `user[password]=`, `password[]=`) to the name's end.
         let mut end = sep;
         while end > 0 && text[end - 1].is_ascii_whitespace() {
             end -= 1;
@@ -1037,6 +1048,12 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
         }
         if end > 0 && text[end - 1] == b'\\' {
             end -= 1;
+        }
+        if end > 0 && text[end - 1] == b']' {
+            end -= 1;
+            if end > 0 && text[end - 1] == b'[' {
+                end -= 1;
+            }
         }
         let run_start = text[..end]
             .iter()
@@ -1837,6 +1854,15 @@ mod tests {
             SecretAssignment,
             "Hunter2Qa3Secret1",
         );
+        // Form fields as Rails and PHP name them, and `password` in other languages.
+        one(
+            "login[password]=Hunter2xyz&x=1",
+            SecretAssignment,
+            "Hunter2xyz",
+        );
+        one("password[]=Hunter2xyz", SecretAssignment, "Hunter2xyz");
+        one("Passwort: Geheim2024x", SecretAssignment, "Geheim2024x");
+        one("mot_de_passe=Geheim2024x", SecretAssignment, "Geheim2024x");
         one("ssn 123-45-6789 on file", UsSsn, "123-45-6789");
         one("SSN: 123 45 6789, verified", UsSsn, "123 45 6789");
         one("ssn 123.45.6789.", UsSsn, "123.45.6789");
