@@ -21,7 +21,6 @@ mod run;
 mod service;
 mod terminal_cmd;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use std::path::PathBuf;
@@ -99,10 +98,12 @@ fn main() -> ExitCode {
     let json_logs = cli.log_format == "json";
     let result = (|| -> anyhow::Result<ExitCode> {
         let config = config::PerimeterConfig::load(cli.config.as_deref())?;
-        logging::use_masker(
-            perimeter_detect::mask::SecretMasker::new(&config.mask)
-                .context("building the masker")?,
-        );
+        // Logs are masked as the configuration masks; a masker that cannot be built (a key
+        // reference not set in this shell) is the commands' own error to report, with the
+        // built-in masker guarding the logs meanwhile.
+        if let Ok(masker) = perimeter_detect::mask::SecretMasker::new(&config.mask) {
+            logging::use_masker(masker);
+        }
         match cli.command {
             Command::Normalize(args) => detect_cmd::normalize(&config, args),
             Command::Detect(args) => detect_cmd::detect(&config, args),

@@ -1415,6 +1415,31 @@ fn run_check_names_each_broken_part_and_starts_nothing() {
         text.contains("built-in public key, as this data directory's data was"),
         "{text}"
     );
+    // A mask key whose reference is not set in this shell is one part's error, not the end of
+    // the check (nor of commands that do not use the key).
+    let keyed = dir.path().join("keyed.toml");
+    std::fs::write(
+        &keyed,
+        format!(
+            "data_dir = {data:?}\nrules = [{rules:?}]\n[mask]\nhmac_key = \"env:PERIMETER_TEST_CHECK_UNSET_KEY\"\n"
+        ),
+    )
+    .unwrap();
+    let out = perimeter(
+        &["--config", keyed.to_str().unwrap(), "run", "--check"],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("error  sources and masking") && text.contains("ok     store"),
+        "{text}"
+    );
+    let out = perimeter(
+        &["--config", keyed.to_str().unwrap(), "tokens", "list"],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

@@ -331,7 +331,7 @@ impl TokenStore {
             }
         });
         if let Err(error) = written {
-            tracing::warn!(%error, token = %info.id, "could not record the token's last use");
+            tracing::warn!(%error, token_id = %info.id, "could not record the token's last use");
         }
     }
 

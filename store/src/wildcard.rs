@@ -67,6 +67,17 @@ fn wildcard_ast(lit: UserInputLiteral) -> UserInputAst {
                 elements: Vec::new(),
             }),
             [word] => pattern_leaf(field, word),
+            // Only a trailing `*` (`dana.k*`): the words as a phrase, the last one a prefix,
+            // which finds `dana.kim@...` and `dana-kim` alike (the tokenizer drops the
+            // separators as it does from the values).
+            words if !glob.trim_end_matches('*').contains(['*', '?']) => {
+                leaf(UserInputLeaf::Literal(UserInputLiteral {
+                    phrase: words.join(" ").replace('*', ""),
+                    delimiter: Delimiter::DoubleQuotes,
+                    prefix: true,
+                    ..lit
+                }))
+            }
             // Each word's pattern a term of the field, the whole pattern a value in the event:
             // `d*@acme.example` is `d*`, `acme`, `example` in user.name and an address like
             // it in the catch-all (a pattern across words cannot match one word term).

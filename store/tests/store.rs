@@ -356,6 +356,9 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
             15,
         ),
         ("user.name:z*@acme.test", 0),
+        // A trailing `*` only: a phrase prefix over the words, whatever separates them.
+        ("user.name:alice.acme*", 16),
+        ("user.name:alice-ac*", 16),
         // A wildcard with no word in it matches no word (it matched every event); one cut off
         // from its word by a dropped character stays with the word.
         ("user.name:🔥*", 0),

@@ -390,7 +390,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         kind: PatternKind::CreditCard,
         // The surrounding non-digit characters are consumed outside the group (no look-around in
         // `regex`), which also rejects digits glued to longer numbers.
-        regex: r"(?:^|[^0-9])([0-9]{13,19}|[0-9]{4}(?:-[0-9]{4}){2}-[0-9]{1,7}|[0-9]{4}(?: [0-9]{4}){2} [0-9]{1,7}|[0-9]{4}(?:\.[0-9]{4}){2}\.[0-9]{1,7}|[0-9]{4}-[0-9]{6}-[0-9]{4,5}|[0-9]{4} [0-9]{6} [0-9]{4,5})(?:$|[^0-9])",
+        regex: r"(?:^|[^0-9])([0-9]{13,19}|[0-9]{4}(?:-[0-9]{4}){2}-[0-9]{1,7}|[0-9]{4}(?: [0-9]{4}){2} [0-9]{1,7}|[0-9]{4}(?:\.[0-9]{4}){3}|[0-9]{4}-[0-9]{6}-[0-9]{4,5}|[0-9]{4} [0-9]{6} [0-9]{4,5})(?:$|[^0-9])",
         secret_groups: &[1],
         anchors: &[],
     },
@@ -799,6 +799,8 @@ const ID: u8 = 4;
 const ASSIGN: u8 = 8;
 const SPACE: u8 = 16;
 const ESCAPE: u8 = 32;
+/// A digit or a dot: a value made only of these is a number, a version or an IPv4 address.
+const DOTTED: u8 = 64;
 
 /// Byte classes for [`scan_bytes`].
 const CLASS: [u8; 256] = {
@@ -824,6 +826,9 @@ const CLASS: [u8; 256] = {
         }
         if c == b'%' || c == b'\\' {
             k |= ESCAPE;
+        }
+        if c.is_ascii_digit() || c == b'.' {
+            k |= DOTTED;
         }
         t[b] = k;
         b += 1;
@@ -854,6 +859,11 @@ fn scan_bytes(bytes: &[u8]) -> ByteScan {
         escaped: any & ESCAPE != 0,
     };
     if most < 9 {
+        return scan;
+    }
+    // Only digits and dots, in groups of at most three (an IPv4 address, the usual such value):
+    // no card (a whole run of 13+, or groups of four) and no SSN (a group of four) is possible.
+    if all & DOTTED != 0 && bytes.split(|b| *b == b'.').all(|group| group.len() <= 3) {
         return scan;
     }
     let (card, ssn) = digit_runs(bytes);
@@ -1167,7 +1177,9 @@ fn verify(
                 keys.is_sensitive(k.as_str())
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
-                    && (!bare || super::keys::is_password_word(k.as_str()))
+                    // Eight or more characters: `password Okta2FA policy` names a product.
+                    && (!bare
+                        || (super::keys::is_password_word(k.as_str()) && secret.len() >= 8))
             }) && (prose.is_none() || looks_generated(secret))
                 && !is_status_word(secret)
         }),
@@ -1190,7 +1202,11 @@ fn verify(
                 && !(grouped && (glued(before) || glued(after)))
                 && !is_signed_number(text, start)
         }
-        PatternKind::UsSsn => is_valid_ssn(secret) && !inside_dotted_number(text, start, secret),
+        PatternKind::UsSsn => {
+            is_valid_ssn(secret)
+                && !inside_dotted_number(text, start, secret)
+                && (!secret.contains(' ') || spaced_ssn_in_context(text, start, secret))
+        }
         // Fixed-length tokens: a longer run of their characters is something else.
         PatternKind::GithubToken | PatternKind::AwsAccessKeyId | PatternKind::OnepasswordToken => {
             !glued_to_word(text, start, start + secret.len(), true)
@@ -1225,7 +1241,7 @@ fn is_resource_name_segment(text: &str, name_start: usize) -> bool {
 
 /// Words that say what became of a secret, not what it is (`password: expired`,
 /// `Authorization: denied by policy`): masking them only hides why a login failed.
-fn is_status_word(value: &str) -> bool {
+pub(crate) fn is_status_word(value: &str) -> bool {
     const STATUS_WORDS: &[&str] = &[
         "denied",
         "expired",
@@ -1357,6 +1373,30 @@ fn inside_dotted_number(text: &str, start: usize, secret: &str) -> bool {
             || dot_digit(bytes.get(end), bytes.get(end + 1)))
 }
 
+/// A `ddd dd dddd` written with spaces is an SSN only where the text says so (`SSN`, `social
+/// security` shortly before it) and it is no part of a longer list of numbers: `ports 443 80
+/// 8080` has the same shape.
+fn spaced_ssn_in_context(text: &str, start: usize, secret: &str) -> bool {
+    let bytes = text.as_bytes();
+    let end = start + secret.len();
+    let digit_beside =
+        |a: Option<&u8>, b: Option<&u8>| a == Some(&b' ') && b.is_some_and(u8::is_ascii_digit);
+    if (start >= 2 && digit_beside(bytes.get(start - 1), bytes.get(start - 2)))
+        || digit_beside(bytes.get(end), bytes.get(end + 1))
+    {
+        return false;
+    }
+    let before = text[..start]
+        .char_indices()
+        .rev()
+        .nth(31)
+        .map_or(&text[..start], |(i, _)| &text[i..start])
+        .to_ascii_lowercase();
+    before.contains("ssn")
+        || before.contains("social security")
+        || before.contains("social-security")
+}
+
 /// `ddd-dd-dddd` (or spaces or dots for the dashes) outside the ranges the SSA never issues (area 000, 666, 900-999; group 00;
 /// serial 0000).
 fn is_valid_ssn(s: &str) -> bool {
@@ -1422,10 +1462,17 @@ mod tests {
             "from 198.151.10.7 and 10.123.45.67",
             "mixed 123-45.6789 and 123 45-6789",
             "date 2024 01 15 and 123 456 7890",
+            // Lists of numbers with the spaced shape, and a spaced one with no SSN said.
+            "security group opened ports 443 80 8080 to the world",
+            "allow 443 80 8443",
+            "ssn on file: ref 123 45 6789 0123",
+            "order 123 45 6789 shipped",
+            "firmware 5412.7534.0000.19 installed",
         ] {
             let f = found(text);
             assert!(
-                !f.iter().any(|(k, _)| *k == PatternKind::UsSsn),
+                !f.iter()
+                    .any(|(k, _)| matches!(k, PatternKind::UsSsn | PatternKind::CreditCard)),
                 "{text:?}: {f:?}"
             );
         }
@@ -1660,11 +1707,26 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The quick pass never settles a value whose digit runs the full pass would flag.
+        /// The quick pass never settles a value whose digit runs the full pass would flag,
+        /// but for values of digits and dots in groups of at most three (IPv4 addresses),
+        /// where neither pattern can match.
         #[test]
-        fn quick_pass_agrees_with_the_digit_runs(t in "[0-9 .:T-]{0,30}|[0-9a-f -]{0,40}|[0-9]{0,20}") {
+        fn quick_pass_agrees_with_the_digit_runs(t in "[0-9 .:T-]{0,30}|[0-9a-f -]{0,40}|[0-9]{0,20}|[0-9]{1,3}(\\.[0-9]{1,4}){0,5}") {
             let s = scan_bytes(t.as_bytes());
-            proptest::prop_assert_eq!((s.card, s.ssn), digit_runs(t.as_bytes()), "{:?}", t);
+            let dotted_short = t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                && t.split('.').all(|g| g.len() <= 3);
+            if dotted_short {
+                // The patterns themselves, not asked through the quick pass.
+                let p = Patterns::new(KindSet::MAX).expect("compiles");
+                let keys = KeyMatcher::new(&[], &[]).expect("keys");
+                let mut f = Vec::new();
+                for kind in [PatternKind::CreditCard, PatternKind::UsSsn] {
+                    p.find(kind, &t, &keys, &mut f);
+                }
+                proptest::prop_assert!(f.is_empty(), "{:?}: {:?}", t, f);
+            } else {
+                proptest::prop_assert_eq!((s.card, s.ssn), digit_runs(t.as_bytes()), "{:?}", t);
+            }
         }
     }
 
@@ -1678,7 +1740,8 @@ mod tests {
         // Any separated run of 9+ digits may be an SSN; `has_ssn_shape` looks closer.
         assert_eq!(scan("card 4111 1111 1111 1111 ok"), (true, true));
         assert_eq!(scan("123 45 6789"), (false, true));
-        assert_eq!(scan("192.168.100.200"), (false, true));
+        // An IPv4 address is settled by the quick pass.
+        assert_eq!(scan("192.168.100.200"), (false, false));
         assert_eq!(scan("4111111111111111"), (true, false));
         assert_eq!(scan("x-4111111111111111-y"), (true, false));
         assert_eq!(scan("3782-822463-10005"), (true, true));

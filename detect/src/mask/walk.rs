@@ -14,7 +14,7 @@ use perimeter_model::raw_prelude::*;
 use perimeter_model::{write_json_str, RawJson};
 
 use super::cache::Memory;
-use super::patterns::{bit, is_masked, KindSet};
+use super::patterns::{bit, is_masked, is_status_word, KindSet};
 
 use super::{
     card_number_text, forced_action, is_pair_name_key, is_pair_value_key, is_token_count,
@@ -174,9 +174,9 @@ impl<'a> MaskWalk<'a> {
                 }
             }
             ValueRef::Array(items) => {
-                // A string naming a secret makes the item after it one: a command line held as
-                // its arguments (`["--password", "x"]`), a header as a pair (`["X-Api-Key", "x"]`).
-                let pair = items.len() == 2;
+                // An option naming a secret makes the item after it one: a command line held as
+                // its arguments (`["--password", "x"]`). (Not any pair: `["password",
+                // "refresh_token"]` is a list of OAuth grant types.)
                 let mut named_secret = false;
                 self.array(items, |w, item| {
                     let names_secret = std::mem::take(&mut named_secret);
@@ -186,9 +186,9 @@ impl<'a> MaskWalk<'a> {
                         return;
                     }
                     w.value(item, node, extra);
-                    named_secret = item.as_str().is_some_and(|s| {
-                        (pair || s.starts_with('-')) && w.names_secret_argument(s)
-                    });
+                    named_secret = item
+                        .as_str()
+                        .is_some_and(|s| s.starts_with('-') && w.names_secret_argument(s));
                 });
             }
             ValueRef::Object(map) => {
@@ -213,6 +213,8 @@ impl<'a> MaskWalk<'a> {
                             && !is_working_directory(key, child.as_str())
                             && !(child.is_number() && is_token_count(key)))
                             || (is_pair_value_key(key)
+                                // `{"field": "Token", "from": "enabled", "to": "disabled"}`
+                                && !child.as_str().is_some_and(is_status_word)
                                 && *pair_is_secret
                                     .get_or_insert_with(|| w.pair_is_secret(map, enabled))))
                     {
@@ -246,10 +248,8 @@ impl<'a> MaskWalk<'a> {
         })
     }
 
-    /// Whether the array item `s` names the secret that follows it: a command-line option
-    /// (`--password`, `--api-key`) or the name of a two-item pair (`["X-Api-Key", "x"]`) that
-    /// is a sensitive key name (the caller tells which: a list of event types naming
-    /// `access_token` is neither).
+    /// Whether the array item `s`, a command-line option (`--password`, `--api-key`), names the
+    /// secret that follows it: a sensitive key name, as written out, masked.
     fn names_secret_argument(&mut self, s: &str) -> bool {
         let name = s.trim_start_matches('-');
         let looks_like_name = !name.is_empty()
