@@ -1064,22 +1064,31 @@ fn csv_log_files_are_read_row_by_row() {
     assert!(json_lines(&out).is_empty());
 }
 
+/// `burst.yml` in `dir`: an Okta login rule and a correlation of 3 logins of one user within 10
+/// minutes, their ids `<id_prefix>0` and `<id_prefix>1`.
+fn login_burst_rules(dir: &std::path::Path, id_prefix: &str) -> std::path::PathBuf {
+    let rule = dir.join("burst.yml");
+    std::fs::write(
+        &rule,
+        format!(
+            "title: Login\nid: {id_prefix}0\nname: login\nlogsource:\n    product: okta\n\
+             detection:\n    selection:\n        eventType: user.session.start\n    condition: selection\nlevel: low\n\
+             ---\ntitle: Login burst\nid: {id_prefix}1\ncorrelation:\n    type: event_count\n\
+             \x20   rules:\n        - login\n    group-by:\n        - actor.alternateId\n    timespan: 10m\n\
+             \x20   condition:\n        gte: 3\nlevel: high\n"
+        ),
+    )
+    .unwrap();
+    rule
+}
+
 /// `detect --state-dir` over consecutive inputs works as one stream: a burst split across two
 /// files is one burst (the windows open at the end of the first are saved, not closed). Without
 /// the state directory each input stands alone.
 #[test]
 fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
     let dir = tempfile::tempdir().unwrap();
-    let rule = dir.path().join("burst.yml");
-    std::fs::write(
-        &rule,
-        "title: Login\nid: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e20\nname: login\nlogsource:\n    product: okta\n\
-         detection:\n    selection:\n        eventType: user.session.start\n    condition: selection\nlevel: low\n\
-         ---\ntitle: Login burst\nid: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e21\ncorrelation:\n    type: event_count\n\
-         \x20   rules:\n        - login\n    group-by:\n        - actor.alternateId\n    timespan: 10m\n\
-         \x20   condition:\n        gte: 3\nlevel: high\n",
-    )
-    .unwrap();
+    let rule = login_burst_rules(dir.path(), "6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e2");
     let input = |minutes: &[u32]| -> Vec<u8> {
         minutes
             .iter()
@@ -1127,16 +1136,7 @@ fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
 #[test]
 fn detect_says_how_many_events_came_too_late_for_correlations() {
     let dir = tempfile::tempdir().unwrap();
-    let rule = dir.path().join("burst.yml");
-    std::fs::write(
-        &rule,
-        "title: Login\nid: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e30\nname: login\nlogsource:\n    product: okta\n\
-         detection:\n    selection:\n        eventType: user.session.start\n    condition: selection\nlevel: low\n\
-         ---\ntitle: Login burst\nid: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e31\ncorrelation:\n    type: event_count\n\
-         \x20   rules:\n        - login\n    group-by:\n        - actor.alternateId\n    timespan: 10m\n\
-         \x20   condition:\n        gte: 3\nlevel: high\n",
-    )
-    .unwrap();
+    let rule = login_burst_rules(dir.path(), "6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e3");
     // Another user at 10:40, then three logins of alice at 10:01-10:03: 37 minutes late.
     let mut input = okta_event("user.session.start", "bob@example.com", 40) + "\n";
     for m in 1..=3 {

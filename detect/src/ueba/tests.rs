@@ -222,20 +222,23 @@ fn a_burst_at_the_floor_keeps_its_severity_and_three_times_the_floor_raises_it()
     assert!(bursts[1].severity > base, "30 failures: {bursts:#?}");
 }
 
+/// `n` failed logins of `user` from `ip`, 10 seconds apart from `at`, at input lines from
+/// `line`.
+fn failed_logins(user: &str, at: DateTime<Utc>, ip: &str, line: u64, n: i64) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let l = Login::new(user, ip, false);
+            okta_login("acme", at + Duration::seconds(10 * i), line + i as u64, &l)
+        })
+        .collect()
+}
+
 #[test]
 fn failures_of_an_expired_burst_are_not_the_evidence_of_a_later_one() {
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
     let day1 = t0() + Duration::hours(9);
     let day2 = day1 + Duration::days(1);
-    // `n` failures of bob from `ip`, 10 seconds apart from `at`, at input lines from `line`.
-    let failures = |at: DateTime<Utc>, ip: &str, line: u64, n: i64| -> Vec<Event> {
-        (0..n)
-            .map(|i| {
-                let l = Login::new("bob@example.com", ip, false);
-                okta_login("acme", at + Duration::seconds(10 * i), line + i as u64, &l)
-            })
-            .collect()
-    };
+    let failures = |at, ip, line, n| failed_logins("bob@example.com", at, ip, line, n);
     let mut events = failures(day1, "198.51.100.77", 1, 4);
     events.extend(failures(day2, "203.0.113.20", 5, 9));
     let ok = Login::new("bob@example.com", "203.0.113.20", true);
@@ -253,19 +256,12 @@ fn failures_of_an_expired_burst_are_not_the_evidence_of_a_later_one() {
 #[test]
 fn a_burst_alert_holds_only_the_events_of_its_window() {
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
-    let day1 = t0() + Duration::hours(9);
-    let day3 = day1 + Duration::hours(2);
-    let failures = |at: DateTime<Utc>, ip: &str, line: u64, n: i64| -> Vec<Event> {
-        (0..n)
-            .map(|i| {
-                let l = Login::new("dave@example.com", ip, false);
-                okta_login("acme", at + Duration::seconds(10 * i), line + i as u64, &l)
-            })
-            .collect()
-    };
+    let first = t0() + Duration::hours(9);
+    let later = first + Duration::hours(2);
+    let failures = |at, ip, line, n| failed_logins("dave@example.com", at, ip, line, n);
     // The same address fails a few times, then bursts two hours later.
-    let mut events = failures(day1, "203.0.113.20", 1, 8);
-    events.extend(failures(day3, "203.0.113.20", 101, 30));
+    let mut events = failures(first, "203.0.113.20", 1, 8);
+    events.extend(failures(later, "203.0.113.20", 101, 30));
     let alerts = run(&mut engine, &events);
     let burst: Vec<_> = of(&alerts, "auth_failure_burst")
         .into_iter()
