@@ -124,10 +124,7 @@ pub(crate) struct Group {
     pub suppressed: u64,
     /// Repeats already reported by a grouped alert at an end of input, and the event time of
     /// the last of them: what comes after is reported as more of the same, not counted again.
-    /// (Absent in snapshots written before: 0.)
-    #[serde(default)]
     pub reported: u64,
-    #[serde(default)]
     pub reported_until_t: i64,
     pub max_score: f64,
     pub escalate: bool,
@@ -137,6 +134,68 @@ pub(crate) struct Group {
     pub entity_clear: Option<String>,
     #[serde(skip)]
     pub last_explanation: Option<String>,
+}
+
+/// A [`Group`] as snapshots of format `perimeter-ueba/2` and before hold it: without what was
+/// reported already (snapshots are positional, a field more is another layout).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct GroupV2 {
+    pub title: String,
+    pub source: String,
+    pub tenant: String,
+    pub entity_kind: EntityKind,
+    pub severity: Severity,
+    pub first_t: i64,
+    pub last_t: i64,
+    pub until: i64,
+    pub suppressed: u64,
+    pub max_score: f64,
+    pub escalate: bool,
+    pub evidence: Evidence,
+}
+
+impl From<GroupV2> for Group {
+    fn from(g: GroupV2) -> Group {
+        Group {
+            title: g.title,
+            source: g.source,
+            tenant: g.tenant,
+            entity_kind: g.entity_kind,
+            severity: g.severity,
+            first_t: g.first_t,
+            last_t: g.last_t,
+            until: g.until,
+            suppressed: g.suppressed,
+            reported: 0,
+            reported_until_t: g.first_t,
+            max_score: g.max_score,
+            escalate: g.escalate,
+            evidence: g.evidence,
+            entity_clear: None,
+            last_explanation: None,
+        }
+    }
+}
+
+/// For tests writing snapshots of earlier formats.
+#[cfg(test)]
+impl From<Group> for GroupV2 {
+    fn from(g: Group) -> GroupV2 {
+        GroupV2 {
+            title: g.title,
+            source: g.source,
+            tenant: g.tenant,
+            entity_kind: g.entity_kind,
+            severity: g.severity,
+            first_t: g.first_t,
+            last_t: g.last_t,
+            until: g.until,
+            suppressed: g.suppressed,
+            max_score: g.max_score,
+            escalate: g.escalate,
+            evidence: g.evidence,
+        }
+    }
 }
 
 #[derive(Debug, Default)]

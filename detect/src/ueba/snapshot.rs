@@ -11,12 +11,15 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::baseline::read_legacy_windows;
-use super::hygiene::{Group, GroupKey};
+use super::hygiene::{Group, GroupKey, GroupV2};
 use super::state::{EntityState, KeyMap};
 use super::UebaEngine;
 use crate::DetectError;
 
-const FORMAT: &str = "perimeter-ueba/2";
+const FORMAT: &str = "perimeter-ueba/3";
+/// The format before alert groups remembered the repeats already reported (see
+/// `hygiene::Group::reported`); still read, its groups reporting nothing yet.
+const GROUPS_V2_FORMAT: &str = "perimeter-ueba/2";
 /// The format before sliding windows got their 11th slot (see `baseline::WINDOW_SLOTS`); still
 /// read, its windows moved to the new layout.
 const LEGACY_FORMAT: &str = "perimeter-ueba/1";
@@ -27,28 +30,47 @@ fn key_check(secret: &[u8; 32]) -> String {
 }
 
 #[derive(Serialize)]
-struct SnapshotOut<'a> {
+struct SnapshotOut<'a, G> {
     format: &'static str,
     key_check: String,
     watermark: i64,
     swept_hour: i64,
     entities: &'a KeyMap<EntityState>,
-    groups: Vec<(&'a GroupKey, &'a Group)>,
+    groups: Vec<(&'a GroupKey, G)>,
     stream_clocks: HashMap<String, HashMap<String, i64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SnapshotIn {
+struct SnapshotIn<G> {
     format: String,
     key_check: String,
     watermark: i64,
     swept_hour: i64,
     entities: KeyMap<EntityState>,
-    groups: Vec<(GroupKey, Group)>,
+    groups: Vec<(GroupKey, G)>,
     /// Absent in snapshots of earlier versions: those streams fall back to `watermark`.
     #[serde(default)]
     stream_clocks: HashMap<String, HashMap<String, i64>>,
+}
+
+impl SnapshotIn<GroupV2> {
+    /// The snapshot with its groups as they are now (nothing reported yet).
+    fn upgrade(self) -> SnapshotIn<Group> {
+        SnapshotIn {
+            format: self.format,
+            key_check: self.key_check,
+            watermark: self.watermark,
+            swept_hour: self.swept_hour,
+            entities: self.entities,
+            groups: self
+                .groups
+                .into_iter()
+                .map(|(k, g)| (k, g.into()))
+                .collect(),
+            stream_clocks: self.stream_clocks,
+        }
+    }
 }
 
 /// Under this source name (no source has an empty name) a tenant's clocks in the snapshot
@@ -61,7 +83,7 @@ pub(crate) fn write(engine: &UebaEngine, path: &Path) -> Result<(), DetectError>
     crate::state_file::write_binary(path, "ueba snapshot", &snapshot_out(engine), true)
 }
 
-fn snapshot_out(engine: &UebaEngine) -> SnapshotOut<'_> {
+fn snapshot_out(engine: &UebaEngine) -> SnapshotOut<'_, &Group> {
     SnapshotOut {
         format: FORMAT,
         key_check: key_check(&engine.secret),
@@ -88,6 +110,18 @@ pub(crate) fn write_json(engine: &UebaEngine, path: &Path) -> Result<(), DetectE
     crate::state_file::write_json(path, "ueba snapshot", &snapshot_out(engine), true)
 }
 
+/// A snapshot as format `perimeter-ueba/2` wrote it (groups without what they reported), for
+/// testing that it is still read.
+#[cfg(test)]
+pub(crate) fn write_groups_v2(engine: &UebaEngine, path: &Path) -> Result<(), DetectError> {
+    crate::state_file::write_binary(
+        path,
+        "ueba snapshot",
+        &earlier_out(engine, GROUPS_V2_FORMAT),
+        true,
+    )
+}
+
 /// A snapshot as format `perimeter-ueba/1` wrote it, binary or JSON, for testing that it is
 /// still read.
 #[cfg(test)]
@@ -96,44 +130,65 @@ pub(crate) fn write_legacy(
     path: &Path,
     binary: bool,
 ) -> Result<(), DetectError> {
-    let snap = SnapshotOut {
-        format: LEGACY_FORMAT,
-        ..snapshot_out(engine)
-    };
+    let snap = earlier_out(engine, LEGACY_FORMAT);
     read_legacy_windows(|| match binary {
         true => crate::state_file::write_binary(path, "ueba snapshot", &snap, true),
         false => crate::state_file::write_json(path, "ueba snapshot", &snap, true),
     })
 }
 
-pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectError> {
-    // The layout of a binary snapshot follows from its format, which the file states first; a
-    // file of the old format read as the new one is read again in the old layout.
-    let read = || crate::state_file::read_state::<SnapshotIn>(path, "ueba snapshot");
-    let snap = match read() {
-        Ok(snap) if snap.format == FORMAT => snap,
-        first => match read_legacy_windows(read) {
-            Ok(snap) if snap.format == LEGACY_FORMAT => snap,
-            legacy => {
-                let snap = first?;
-                // An old-format file the old layout cannot read is refused, not taken as the
-                // new layout misread it.
-                if snap.format == LEGACY_FORMAT {
-                    return Err(legacy.err().unwrap_or_else(|| {
-                        DetectError::Other(format!("ueba snapshot {}: unreadable", path.display()))
-                    }));
-                }
-                snap
-            }
-        },
-    };
-    if snap.format != FORMAT && snap.format != LEGACY_FORMAT {
-        return Err(DetectError::Other(format!(
-            "ueba snapshot {}: format `{}` is not `{FORMAT}`",
-            path.display(),
-            snap.format
-        )));
+/// The engine's snapshot in the group layout of the formats before `perimeter-ueba/3`.
+#[cfg(test)]
+fn earlier_out<'a>(engine: &'a UebaEngine, format: &'static str) -> SnapshotOut<'a, GroupV2> {
+    let current = snapshot_out(engine);
+    SnapshotOut {
+        format,
+        groups: current
+            .groups
+            .iter()
+            .map(|(k, g)| (*k, GroupV2::from((*g).clone())))
+            .collect(),
+        key_check: current.key_check.clone(),
+        watermark: current.watermark,
+        swept_hour: current.swept_hour,
+        entities: current.entities,
+        stream_clocks: current.stream_clocks.clone(),
     }
+}
+
+pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectError> {
+    // The layout of a binary snapshot follows from its format, which the file states first:
+    // the format is read alone, then the file in its layout.
+    #[derive(Deserialize)]
+    struct FormatOnly {
+        format: String,
+    }
+    let read_as = |layout_of: &str| {
+        crate::state_file::read_state::<FormatOnly>(path, "ueba snapshot").and_then(|f| {
+            if f.format == layout_of {
+                Ok(())
+            } else {
+                Err(DetectError::Other(String::new()))
+            }
+        })
+    };
+    let earlier = || {
+        crate::state_file::read_state::<SnapshotIn<GroupV2>>(path, "ueba snapshot")
+            .map(SnapshotIn::upgrade)
+    };
+    let snap = if read_as(FORMAT).is_ok() {
+        crate::state_file::read_state::<SnapshotIn<Group>>(path, "ueba snapshot")?
+    } else if read_as(GROUPS_V2_FORMAT).is_ok() {
+        earlier()?
+    } else if read_as(LEGACY_FORMAT).is_ok() {
+        read_legacy_windows(earlier)?
+    } else {
+        let format = crate::state_file::read_state::<FormatOnly>(path, "ueba snapshot")?.format;
+        return Err(DetectError::Other(format!(
+            "ueba snapshot {}: format `{format}` is not `{FORMAT}`",
+            path.display(),
+        )));
+    };
     if snap.key_check != key_check(&engine.secret) {
         return Err(DetectError::Other(format!(
             "ueba snapshot {}: written with a different entity key; its entities cannot be matched",

@@ -222,6 +222,29 @@ fn a_burst_at_the_floor_keeps_its_severity_and_three_times_the_floor_raises_it()
     assert!(bursts[1].severity > base, "30 failures: {bursts:#?}");
 }
 
+/// A snapshot written before groups remembered what they reported (format 2) restores with its
+/// open groups; what they reported since counts from then.
+#[test]
+fn a_snapshot_of_the_format_before_restores_its_open_groups() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(9);
+    let events = failed_logins("erin@example.com", start, "203.0.113.9", 1, 15);
+    let alerts = run(&mut engine, &events);
+    assert!(!alerts.is_empty());
+    assert!(!engine.hygiene.groups.is_empty(), "a group is open");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ueba.snapshot");
+    super::snapshot::write_groups_v2(&engine, &path).unwrap();
+    let restored = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
+    assert!(restored.entities == engine.entities);
+    let strip = |g: &hygiene::Group| hygiene::GroupV2::from(g.clone());
+    for (key, group) in &engine.hygiene.groups {
+        assert_eq!(strip(&restored.hygiene.groups[key]), strip(group));
+        assert_eq!(restored.hygiene.groups[key].reported, 0);
+    }
+    assert_eq!(restored.hygiene.groups.len(), engine.hygiene.groups.len());
+}
+
 /// `n` failed logins of `user` from `ip`, 10 seconds apart from `at`, at input lines from
 /// `line`.
 fn failed_logins(user: &str, at: DateTime<Utc>, ip: &str, line: u64, n: i64) -> Vec<Event> {
