@@ -143,13 +143,15 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::CliCredentials,
         // Group 1: `-u`/`--user` `name:password`; group 2: a secret option's value after
-        // spaces; group 3: `mysql -p<password>` (glued, as mysql wants it).
+        // spaces; group 3: `mysql -p<password>` (glued, as mysql wants it); group 4: `-p
+        // <password>` of the tools whose `-p` is the password (`sshpass`, `docker login`).
         regex: concat!(
             r#"(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|--(?i:password|passwd|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
-            r#"|(?:mysql|mysqldump|mysqladmin)\s(?:.*\s)?-p([^\s'"]+))"#,
+            r#"|(?:mysql|mysqldump|mysqladmin)\s(?:.*\s)?-p([^\s'"]+)"#,
+            r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login)\s(?:.*\s)?-p\s+['"]?([^\s'"-][^\s'"]*))"#,
         ),
-        secret_groups: &[1, 2, 3],
+        secret_groups: &[1, 2, 3, 4],
         anchors: &[
             "-u ",
             "-u\t",
@@ -162,6 +164,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--api-key",
             "--client-secret",
             "mysql",
+            "sshpass",
+            "docker login",
+            "podman login",
+            "nerdctl login",
         ],
     },
     PatternSpec {
@@ -1924,6 +1930,16 @@ mod tests {
             "Hunter2xyz",
         );
         one("password[]=Hunter2xyz", SecretAssignment, "Hunter2xyz");
+        one(
+            "sshpass -p Hunter2xyz ssh root@h",
+            CliCredentials,
+            "Hunter2xyz",
+        );
+        one(
+            "docker login -u bob -p Hunter2xyz registry.example.com",
+            CliCredentials,
+            "Hunter2xyz",
+        );
         one("Passwort: Geheim2024x", SecretAssignment, "Geheim2024x");
         one("mot_de_passe=Geheim2024x", SecretAssignment, "Geheim2024x");
         one("ssn 123-45-6789 on file", UsSsn, "123-45-6789");
