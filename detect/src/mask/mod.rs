@@ -720,6 +720,16 @@ pub(crate) fn is_token_count(key: &str) -> bool {
     k.len() > "tokens".len() && k[k.len() - 6..].eq_ignore_ascii_case(b"tokens")
 }
 
+/// A key naming an identifier: `id`, `userId`, `user_id`, `ID`, Google Workspace's
+/// `uniqueQualifier`.
+pub(crate) fn is_id_key(key: &str) -> bool {
+    key.eq_ignore_ascii_case("id")
+        || key.ends_with("Id")
+        || key.ends_with("ID")
+        || key.ends_with("_id")
+        || key.eq_ignore_ascii_case("uniqueQualifier")
+}
+
 /// `name` of a name/value pair object (`{"name": "password", "value": "..."}`).
 fn is_pair_name_key(key: &str) -> bool {
     // `ParameterKey` / `ParameterValue`: CloudFormation stack parameters in CloudTrail;

@@ -785,6 +785,15 @@ fn signed_integers_written_as_text_are_not_card_numbers() {
     });
     assert!(patterns::is_card_number("4915198740651"));
     m.mask_value(&mut v);
+    // Ids are no card numbers, whatever their digits (Google's positive qualifiers too).
+    let positive = "5110704341925412248";
+    assert!(patterns::is_card_number(positive));
+    let mut ids = json!({"id": {"uniqueQualifier": positive}, "order_id": id, "orderId": 6011000990139424u64, "cardNumber": id});
+    m.mask_value(&mut ids);
+    assert_eq!(ids["id"]["uniqueQualifier"], positive);
+    assert_eq!(ids["order_id"], id);
+    assert_eq!(ids["orderId"], 6011000990139424u64);
+    assert_eq!(ids["cardNumber"], "****9424");
     assert_eq!(v["phone"], "+4915198740651");
     assert_eq!(v["sms"], "SMS sent to +4915198740651");
     assert_eq!(v["id"]["uniqueQualifier"], format!("-{id}"));

@@ -17,9 +17,9 @@ use super::cache::Memory;
 use super::patterns::{bit, is_masked, is_status_word, KindSet};
 
 use super::{
-    card_number_text, forced_action, is_pair_name_key, is_pair_value_key, is_token_count,
-    is_working_directory, key_needs_scan, Action, FieldAction, MaskCounts, PatternKind,
-    SecretMasker,
+    card_number_text, forced_action, is_id_key, is_pair_name_key, is_pair_value_key,
+    is_token_count, is_working_directory, key_needs_scan, Action, FieldAction, MaskCounts,
+    PatternKind, SecretMasker,
 };
 
 pub(super) struct MaskWalk<'a> {
@@ -219,11 +219,27 @@ impl<'a> MaskWalk<'a> {
                                     .get_or_insert_with(|| w.pair_is_secret(map, enabled))))
                     {
                         w.force_leaves(child, m.key_action, "key");
+                    } else if is_id_key(key)
+                        && rule.extra & bit(PatternKind::CreditCard) == 0
+                        && matches!(view, ValueRef::String(_) | ValueRef::Number(_))
+                    {
+                        w.id_value(child, view, extra | rule.extra);
                     } else {
                         w.value_of(child, view, child_node, extra | rule.extra);
                     }
                 });
             }
+            _ => self.leaf(value),
+        }
+    }
+
+    /// A value under an id key ([`is_id_key`]): an identifier may be a long run of digits that
+    /// passes Luhn by chance (Google's `uniqueQualifier`, an order id), so no card number is
+    /// looked for in it; every other kind is.
+    fn id_value(&mut self, value: &RawJson, view: ValueRef<'_>, extra: KindSet) {
+        let enabled = (self.masker.enabled | extra) & !bit(PatternKind::CreditCard);
+        match view {
+            ValueRef::String(s) => self.string(s, enabled),
             _ => self.leaf(value),
         }
     }
