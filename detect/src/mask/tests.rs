@@ -1114,12 +1114,19 @@ fn planted_secret() -> impl Strategy<Value = (String, String)> {
             "(password|client_secret|refresh_token|api_key|X-Api-Key|PASSWD)",
             "[A-Za-z0-9!#$%()*/?@^~]{6,30}"
         )
-            .prop_map(|(k, v)| (format!("{k}={v}"), v)),
+            // `Zq9` first, as the others: a value starting `****` reads as masking's own output.
+            .prop_map(|(k, v)| {
+                let v = format!("Zq9{v}");
+                (format!("{k}={v}"), v)
+            }),
         (
             "(password|clientSecret|sessionToken)",
             "[A-Za-z0-9 !#$%&()*+,./:;<=>?@^_~-]{6,30}"
         )
-            .prop_map(|(k, v)| (format!("\"{k}\": \"{v}\""), v)),
+            .prop_map(|(k, v)| {
+                let v = format!("Zq9{v}");
+                (format!("\"{k}\": \"{v}\""), v)
+            }),
     ]
 }
 
