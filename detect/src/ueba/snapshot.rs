@@ -163,31 +163,21 @@ pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectErr
     struct FormatOnly {
         format: String,
     }
-    let read_as = |layout_of: &str| {
-        crate::state_file::read_state::<FormatOnly>(path, "ueba snapshot").and_then(|f| {
-            if f.format == layout_of {
-                Ok(())
-            } else {
-                Err(DetectError::Other(String::new()))
-            }
-        })
-    };
+    let format = crate::state_file::read_state::<FormatOnly>(path, "ueba snapshot")?.format;
     let earlier = || {
         crate::state_file::read_state::<SnapshotIn<GroupV2>>(path, "ueba snapshot")
             .map(SnapshotIn::upgrade)
     };
-    let snap = if read_as(FORMAT).is_ok() {
-        crate::state_file::read_state::<SnapshotIn<Group>>(path, "ueba snapshot")?
-    } else if read_as(GROUPS_V2_FORMAT).is_ok() {
-        earlier()?
-    } else if read_as(LEGACY_FORMAT).is_ok() {
-        read_legacy_windows(earlier)?
-    } else {
-        let format = crate::state_file::read_state::<FormatOnly>(path, "ueba snapshot")?.format;
-        return Err(DetectError::Other(format!(
-            "ueba snapshot {}: format `{format}` is not `{FORMAT}`",
-            path.display(),
-        )));
+    let snap = match format.as_str() {
+        FORMAT => crate::state_file::read_state::<SnapshotIn<Group>>(path, "ueba snapshot")?,
+        GROUPS_V2_FORMAT => earlier()?,
+        LEGACY_FORMAT => read_legacy_windows(earlier)?,
+        _ => {
+            return Err(DetectError::Other(format!(
+                "ueba snapshot {}: format `{format}` is not `{FORMAT}`",
+                path.display(),
+            )))
+        }
     };
     if snap.key_check != key_check(&engine.secret) {
         return Err(DetectError::Other(format!(
