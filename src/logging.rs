@@ -2,32 +2,31 @@
 //! a next-page link, a file name) and nothing may leave the process unmasked, logs included.
 
 use std::io::Write;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::OnceLock;
 
-use perimeter_detect::mask::SecretMasker;
+use perimeter_detect::mask::{MaskConfig, SecretMasker};
 use perimeter_model::Masker;
 
-/// The configuration's masker once it is loaded; before that (and should the configuration
-/// not load) the built-in one.
-static CONFIGURED: RwLock<Option<Arc<SecretMasker>>> = RwLock::new(None);
+/// The configuration's masking, once it is loaded.
+static CONFIG: OnceLock<MaskConfig> = OnceLock::new();
 
-/// Mask log lines and terminal messages with `masker` from now on.
-pub fn use_masker(masker: SecretMasker) {
-    if let Ok(mut slot) = CONFIGURED.write() {
-        *slot = Some(Arc::new(masker));
-    }
+/// Mask log lines and terminal messages as `config` masks, from now on. The masker is built
+/// at the first line to mask: most commands log nothing.
+pub fn use_mask_config(config: MaskConfig) {
+    let _ = CONFIG.set(config);
 }
 
-/// `text` masked as log lines are.
+/// `text` masked as log lines are: by the configuration's masker, the built-in one before the
+/// configuration is loaded or should its masker not build (a key reference not set in this
+/// shell is the command's own error to report).
 pub fn masked(text: &str) -> String {
-    let configured = CONFIGURED.read().ok().and_then(|slot| slot.clone());
-    match configured {
-        Some(masker) => masker.mask_text(text),
-        None => {
-            static BUILT_IN: OnceLock<SecretMasker> = OnceLock::new();
-            BUILT_IN.get_or_init(SecretMasker::default).mask_text(text)
-        }
-    }
+    static CONFIGURED: OnceLock<SecretMasker> = OnceLock::new();
+    static BUILT_IN: OnceLock<SecretMasker> = OnceLock::new();
+    let masker = match CONFIG.get() {
+        Some(config) => CONFIGURED.get_or_init(|| SecretMasker::new(config).unwrap_or_default()),
+        None => BUILT_IN.get_or_init(SecretMasker::default),
+    };
+    masker.mask_text(text)
 }
 
 /// Where the log formatter writes: one [`MaskedLine`] per log event.

@@ -98,12 +98,8 @@ fn main() -> ExitCode {
     let json_logs = cli.log_format == "json";
     let result = (|| -> anyhow::Result<ExitCode> {
         let config = config::PerimeterConfig::load(cli.config.as_deref())?;
-        // Logs are masked as the configuration masks; a masker that cannot be built (a key
-        // reference not set in this shell) is the commands' own error to report, with the
-        // built-in masker guarding the logs meanwhile.
-        if let Ok(masker) = perimeter_detect::mask::SecretMasker::new(&config.mask) {
-            logging::use_masker(masker);
-        }
+        // Logs are masked as the configuration masks.
+        logging::use_mask_config(config.mask.clone());
         match cli.command {
             Command::Normalize(args) => detect_cmd::normalize(&config, args),
             Command::Detect(args) => detect_cmd::detect(&config, args),
