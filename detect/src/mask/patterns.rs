@@ -1370,26 +1370,25 @@ fn luhn_ok(digits: &[u8]) -> bool {
 /// A dotted `ddd.dd.dddd` that goes on with a dot and a digit on either side is a part of a
 /// longer dotted number (a version, an OID), not an SSN.
 fn inside_dotted_number(text: &str, start: usize, secret: &str) -> bool {
+    secret.as_bytes().get(3) == Some(&b'.') && number_goes_on(text, start, secret, b'.')
+}
+
+/// Whether the number `secret` at `start` in `text` goes on past either end: `sep` and a digit
+/// right before or right after it.
+fn number_goes_on(text: &str, start: usize, secret: &str, sep: u8) -> bool {
     let bytes = text.as_bytes();
-    let dot_digit =
-        |a: Option<&u8>, b: Option<&u8>| a == Some(&b'.') && b.is_some_and(u8::is_ascii_digit);
     let end = start + secret.len();
-    secret.as_bytes().get(3) == Some(&b'.')
-        && (start >= 2 && dot_digit(bytes.get(start - 1), bytes.get(start - 2))
-            || dot_digit(bytes.get(end), bytes.get(end + 1)))
+    let sep_digit =
+        |a: Option<&u8>, b: Option<&u8>| a == Some(&sep) && b.is_some_and(u8::is_ascii_digit);
+    (start >= 2 && sep_digit(bytes.get(start - 1), bytes.get(start - 2)))
+        || sep_digit(bytes.get(end), bytes.get(end + 1))
 }
 
 /// A `ddd dd dddd` written with spaces is an SSN only where the text says so (`SSN`, `social
 /// security` shortly before it) and it is no part of a longer list of numbers: `ports 443 80
 /// 8080` has the same shape.
 fn spaced_ssn_in_context(text: &str, start: usize, secret: &str) -> bool {
-    let bytes = text.as_bytes();
-    let end = start + secret.len();
-    let digit_beside =
-        |a: Option<&u8>, b: Option<&u8>| a == Some(&b' ') && b.is_some_and(u8::is_ascii_digit);
-    if (start >= 2 && digit_beside(bytes.get(start - 1), bytes.get(start - 2)))
-        || digit_beside(bytes.get(end), bytes.get(end + 1))
-    {
+    if number_goes_on(text, start, secret, b' ') {
         return false;
     }
     let before = text[..start]
