@@ -296,6 +296,58 @@ fn walk_names(p: &Path) -> Vec<String> {
 }
 
 #[test]
+fn names_with_apostrophes_are_searchable() {
+    // An apostrophe inside a word opened a single-quoted phrase: a syntax error for O'Brien.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let at = ts(18, 8, 0);
+    store
+        .write_batch(&batch(vec![
+            event(
+                "acme",
+                "okta",
+                at,
+                "o'brien@acme.test",
+                "user.session.start",
+                1,
+            ),
+            event(
+                "acme",
+                "okta",
+                at,
+                "obrien@acme.test",
+                "user.session.start",
+                2,
+            ),
+        ]))
+        .unwrap();
+    for (query, expected) in [
+        ("user.name:o'brien@acme.test", 1),
+        ("o'brien", 1),
+        ("user.name:o'bri*", 1),
+        ("'o brien'", 1),
+        ("obrien", 1),
+    ] {
+        assert_eq!(
+            search_all(&store, "acme", query, 50).len(),
+            expected,
+            "{query}"
+        );
+    }
+    let err = store
+        .search_events(
+            "acme",
+            &EventQuery {
+                query: "user.name:obrien@acme.test | stats count".into(),
+                limit: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("`|`"), "{err}");
+}
+
+#[test]
 fn search_is_per_tenant_newest_first_paginated_and_filtered() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
@@ -379,6 +431,10 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
         ("alicd~1", 16),
         ("alcie~1 AND NOT event.action:user.account.lock", 15),
         ("(alcie~1 OR bbo~1) AND event.action:user.session.start", 30),
+        // Other languages' operators (`||` used to vanish: `a || b` meant `a AND b`).
+        ("user.name:alice || user.name:bob", 31),
+        ("user.name:alice && event.action:user.account.lock", 1),
+        ("user.name:alice && !event.action:user.account.lock", 15),
     ] {
         assert_eq!(
             search_all(&store, "acme", query, 50).len(),
