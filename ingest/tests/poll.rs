@@ -779,6 +779,10 @@ async fn serve_m365(State(api): State<Arc<FakeM365>>, request: Request) -> Respo
         return (headers, axum::Json(first)).into_response();
     }
     if let Some(id) = path.strip_prefix(&format!("{feed}/audit/")) {
+        if id.starts_with("broken") {
+            // Cut off, as a blob that never reads as JSON.
+            return (StatusCode::OK, r#"[{"Id":"trunc"#).into_response();
+        }
         if let Some((_, _, records)) = api.blobs.iter().find(|(b, _, _)| b == id) {
             return axum::Json(records.clone()).into_response();
         }
@@ -992,6 +996,41 @@ async fn an_m365_blob_the_store_did_not_take_is_fetched_again_from_its_place() {
         .map(|r| r.uri.rsplit('/').next().unwrap().to_string())
         .collect();
     assert_eq!(fetched, ["b-1", "b-2", "b-2", "b-3"]);
+}
+
+#[tokio::test]
+async fn an_m365_blob_that_is_not_json_is_a_dead_letter_and_the_blobs_after_it_are_read() {
+    // It used to fail every poll, and every blob made available after it waited.
+    let mut blobs = three_blobs();
+    blobs[0].0 = "broken-2".into();
+    let api = fake_m365(true, blobs).await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = m365_config(&api, "PERIMETER_TEST_M365_SECRET_3", "m365-secret");
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+    // b-1, broken-2 (in b-2's place) and b-3, in that order.
+    let report = source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (3, 3));
+    let invalid = std::mem::take(&mut *consumer.invalid.lock().unwrap());
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
+    assert!(
+        invalid[0].1.starts_with("content blob broken-2: ") && invalid[0].1.contains("not JSON"),
+        "{invalid:?}"
+    );
+    let ids: Vec<String> = consumer
+        .records()
+        .iter()
+        .map(|r| r["Id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["r1", "r2", "r4"]);
+    // Not fetched again.
+    let before = api.seen.lock().unwrap().len();
+    assert_eq!(source().poll_once().await.unwrap().records, 0);
+    assert!(api.seen.lock().unwrap()[before..]
+        .iter()
+        .all(|r| !r.uri.contains("/audit/")));
+    assert!(consumer.invalid.lock().unwrap().is_empty());
 }
 
 /// A fake S3 bucket (path style, `/trail-bucket`) holding gzipped CloudTrail files; listings
@@ -1223,6 +1262,40 @@ async fn cloudtrail_files_are_read_in_order_and_late_ones_are_not_missed() {
     assert_eq!(cp.resume.as_deref(), Some(new.0.as_str()));
     // Nothing new: nothing fetched.
     assert_eq!(source().poll_once().await.unwrap().records, 0);
+}
+
+#[tokio::test]
+async fn a_cut_off_cloudtrail_file_is_a_dead_letter_and_the_files_after_it_are_read() {
+    // It used to fail every poll ("not gzip"), and every later file waited behind it.
+    let (broken_key, whole) = trail_file(45, "b1", &["AttachUserPolicy"]);
+    let s3 = fake_s3(vec![
+        trail_file(50, "a1", &["CreateUser"]),
+        (broken_key.clone(), whole[..whole.len() / 2].to_vec()),
+        trail_file(40, "c1", &["DeleteTrail"]),
+    ])
+    .await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = cloudtrail_config(&s3, "AKIAFAKEPOLLER0000001");
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+    let report = source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (3, 2));
+    let invalid = std::mem::take(&mut *consumer.invalid.lock().unwrap());
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
+    assert!(
+        invalid[0].1.starts_with(&format!("{broken_key}: ")) && invalid[0].1.contains("gzip"),
+        "{invalid:?}"
+    );
+    let names: Vec<String> = consumer
+        .records()
+        .iter()
+        .map(|r| r["eventName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["CreateUser", "DeleteTrail"]);
+    // Set aside for good: the next poll neither fetches it nor dead-letters it again.
+    assert_eq!(source().poll_once().await.unwrap().records, 0);
+    assert!(consumer.invalid.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

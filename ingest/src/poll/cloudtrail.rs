@@ -243,11 +243,18 @@ pub(super) async fn poll(
             if report.pages >= src.config.max_pages_per_poll.max(1) {
                 return Ok(report);
             }
-            let records = file_records(src, &creds, &key).await?;
             report.pages += 1;
-            let (stored, duplicates) = src.submit(records).await?;
-            report.records += stored;
-            report.duplicates += duplicates;
+            match file_records(src, &creds, &key).await {
+                Ok(records) => {
+                    let (stored, duplicates) = src.submit(records).await?;
+                    report.records += stored;
+                    report.duplicates += duplicates;
+                }
+                // S3 objects never change: fetching it again cannot help, and every later
+                // file would wait behind it.
+                Err(PollError::Malformed(reason)) => src.set_aside(&key, &reason).await?,
+                Err(e) => return Err(e),
+            }
             cp = advance(cp, key);
             src.save_checkpoint(&cp)?;
         }

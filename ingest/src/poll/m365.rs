@@ -167,11 +167,21 @@ pub(super) async fn poll(
         if report.pages >= src.config.max_pages_per_poll.max(1) {
             return Ok(report);
         }
-        let records = blob_records(src, authorization, &blob).await?;
         report.pages += 1;
-        let ack = src.submit(records).await?;
-        report.records += ack.0;
-        report.duplicates += ack.1;
+        match blob_records(src, authorization, &blob).await {
+            Ok(records) => {
+                let ack = src.submit(records).await?;
+                report.records += ack.0;
+                report.duplicates += ack.1;
+            }
+            // A blob is written once: fetching it again cannot help, and every later blob
+            // would wait behind it.
+            Err(PollError::Malformed(reason)) => {
+                src.set_aside(&format!("content blob {}", blob.id), &reason)
+                    .await?
+            }
+            Err(e) => return Err(e),
+        }
         cp = Checkpoint {
             resume: Some(blob.id),
             listing_since: None,

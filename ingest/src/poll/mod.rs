@@ -768,6 +768,33 @@ impl PollSource {
         Ok((count, ack.duplicates))
     }
 
+    /// Store one dead letter for a whole item of a feed that cannot be used however often it
+    /// is fetched again (a cut-off S3 log file, a content blob that is not JSON: both are
+    /// written once and never change), so the feed goes on past it instead of failing on it at
+    /// every poll while everything after it waits. `item` names it (an S3 key, a blob id);
+    /// `reason` is why.
+    async fn set_aside(&self, item: &str, reason: &str) -> Result<(), PollError> {
+        tracing::warn!(poller = %self.config.name, item, reason, "unusable item stored as a dead letter; going on past it");
+        if let Some(m) = &self.metrics {
+            m.inc(
+                "poll_items_set_aside_total",
+                &[("poller", self.config.name.as_str())],
+                1,
+            );
+        }
+        let invalid = InputItem::Invalid {
+            line: 1,
+            reason: format!("{item}: {reason}"),
+            excerpt: item.to_string(),
+            digest: crate::jsonl::input_digest(format!("{item}\n{reason}").as_bytes()),
+        };
+        self.bus
+            .submit(self.config.vendor.source(), &self.tenant, vec![invalid])
+            .await
+            .map_err(|e| PollError::NotStored(e.to_string()))?;
+        Ok(())
+    }
+
     /// Make one request (`authorization` empty: none); the parsed body and the headers.
     async fn fetch(
         &self,
