@@ -944,6 +944,29 @@ async fn m365_blobs_are_listed_fetched_oldest_first_and_not_again() {
 }
 
 #[tokio::test]
+async fn checking_an_m365_poller_does_not_start_a_subscription() {
+    // `perimeter poll-check` started the subscription on the tenant: a check changed it.
+    let api = fake_m365(false, three_blobs()).await;
+    let (bus, _rx) = bus::channel(4);
+    let state = tempfile::tempdir().unwrap();
+    let cfg = m365_config(&api, "PERIMETER_TEST_M365_SECRET_4", "m365-secret");
+    let source = PollSource::new(cfg, "default", state.path(), bus).unwrap();
+    let err = source.probe().await.unwrap_err();
+    assert!(
+        matches!(err, PollError::Http { status: 400, .. })
+            && err.to_string().contains("`perimeter run` starts it"),
+        "{err}"
+    );
+    assert!(!*api.subscribed.lock().unwrap());
+    assert!(api
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| !r.uri.contains("subscriptions/start")));
+}
+
+#[tokio::test]
 async fn a_wrong_m365_client_secret_is_a_refused_credential() {
     let api = fake_m365(true, Vec::new()).await;
     let (bus, _rx) = bus::channel(4);

@@ -51,6 +51,14 @@ fn tenant_and_feed(src: &PollSource) -> (&str, &str) {
     )
 }
 
+/// Whether a listing refused for want of a subscription may start one: polling does, a check
+/// (`perimeter poll-check`) changes nothing on the tenant and says so instead.
+#[derive(Clone, Copy, PartialEq)]
+enum Subscribe {
+    IfMissing,
+    Never,
+}
+
 /// The blobs made available in `from..to`, and whether the listing was read to its end (not
 /// cut at `max_pages_per_poll`).
 async fn list(
@@ -58,6 +66,7 @@ async fn list(
     authorization: &str,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    subscribe: Subscribe,
 ) -> Result<(Url, Vec<Blob>, bool), PollError> {
     let (tenant, feed) = tenant_and_feed(src);
     let mut first = src.api.join(&format!(
@@ -76,10 +85,26 @@ async fn list(
             .await
         {
             // No subscription to this content type yet (AF20022): start it, list again.
-            Err(PollError::Http { status: 400, .. }) if pages == 0 && !subscribed => {
+            Err(PollError::Http { status: 400, .. })
+                if pages == 0 && !subscribed && subscribe == Subscribe::IfMissing =>
+            {
                 start_subscription(src, authorization).await?;
                 subscribed = true;
                 continue;
+            }
+            Err(PollError::Http {
+                status: 400,
+                url,
+                detail,
+            }) if pages == 0 && subscribe == Subscribe::Never => {
+                return Err(PollError::Http {
+                    status: 400,
+                    url,
+                    detail: format!(
+                        "{detail} (no subscription to {feed} yet? `perimeter run` starts it; this check changes nothing)",
+                        feed = tenant_and_feed(src).1
+                    ),
+                })
             }
             other => other?,
         };
@@ -161,7 +186,7 @@ pub(super) async fn poll(
 ) -> Result<PollReport, PollError> {
     let mut cp = src.checkpoint()?;
     let (from, to) = window(&cp, start);
-    let (_, blobs, complete) = list(src, authorization, from, to).await?;
+    let (_, blobs, complete) = list(src, authorization, from, to, Subscribe::IfMissing).await?;
     let mut report = PollReport::default();
     for blob in new_blobs(blobs, &cp) {
         if report.pages >= src.config.max_pages_per_poll.max(1) {
@@ -211,7 +236,7 @@ pub(super) async fn probe(
 ) -> Result<ProbeReport, PollError> {
     let cp = src.checkpoint()?;
     let (from, to) = window(&cp, start);
-    let (url, blobs, complete) = list(src, authorization, from, to).await?;
+    let (url, blobs, complete) = list(src, authorization, from, to, Subscribe::Never).await?;
     let blobs = new_blobs(blobs, &cp);
     let first = match blobs.first() {
         Some(blob) => Some((
