@@ -1060,7 +1060,7 @@ fn is_rate_limit_403(status: StatusCode, headers: &reqwest::header::HeaderMap) -
             || header("retry-after").is_some())
 }
 
-/// How long a 429 asks to wait: `Retry-After` seconds, Okta's `X-Rate-Limit-Reset` (epoch
+/// How long a 429 asks to wait: `Retry-After` seconds or date, Okta's `X-Rate-Limit-Reset` (epoch
 /// seconds), or a minute; at most an hour.
 fn retry_delay(headers: &reqwest::header::HeaderMap) -> Duration {
     let number = |name: &str| {
@@ -1069,7 +1069,16 @@ fn retry_delay(headers: &reqwest::header::HeaderMap) -> Duration {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<i64>().ok())
     };
+    // `Retry-After` may also be an HTTP date (RFC 9110), which RFC 2822 parsing reads.
+    let retry_at = || {
+        headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| DateTime::parse_from_rfc2822(v.trim()).ok())
+            .map(|at| at.timestamp() - Utc::now().timestamp())
+    };
     let secs = number("retry-after")
+        .or_else(retry_at)
         .or_else(|| number("x-ratelimit-reset").map(|reset| reset - Utc::now().timestamp()))
         .or_else(|| number("x-rate-limit-reset").map(|reset| reset - Utc::now().timestamp()))
         .unwrap_or(60);
@@ -1189,6 +1198,14 @@ mod tests {
         assert!((28..=30).contains(&d), "{d}");
         h.insert("retry-after", "999999".parse().unwrap());
         assert_eq!(retry_delay(&h), Duration::from_secs(3600));
+        // An HTTP date (it was taken for no header: a minute).
+        let mut h = reqwest::header::HeaderMap::new();
+        let at = (Utc::now() + chrono::Duration::seconds(12))
+            .to_rfc2822()
+            .replace("+0000", "GMT");
+        h.insert("retry-after", at.parse().unwrap());
+        let d = retry_delay(&h).as_secs();
+        assert!((10..=12).contains(&d), "{at}: {d}");
     }
 
     #[test]
