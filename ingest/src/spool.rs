@@ -417,20 +417,26 @@ fn pending_files(dir: &Path) -> Result<Vec<SpoolFile>> {
                     spool_files(Some(tenant), &source, &path, &mut out).map_err(io)?;
                 }
             }
-            Some(_) => {
-                // Said once per directory: the inbox is scanned twice a second.
-                static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-                let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-                if !warned.contains(&path) {
-                    tracing::warn!(dir = %path.display(), "not a tenant name (letters, digits, - _ . @); its files are left alone");
-                    warned.push(path);
-                }
-            }
+            Some(_) => warn_once(
+                &path,
+                "not a tenant name (letters, digits, - _ . @); its files are left alone",
+            ),
             None => spool_files(None, &name, &path, &mut out).map_err(io)?,
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// Warn that `path` is left in the inbox and why, once per path: the inbox is scanned twice a
+/// second, and a file nobody is told about would sit there unread for ever.
+fn warn_once(path: &Path, why: &str) {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.iter().any(|p| p == path) {
+        tracing::warn!(path = %path.display(), "{why}");
+        warned.push(path.to_path_buf());
+    }
 }
 
 /// `(name, path)` of the subdirectories of `dir` whose names do not start with a dot.
@@ -455,7 +461,17 @@ fn spool_files(
 ) -> std::io::Result<()> {
     for file in std::fs::read_dir(dir)? {
         let path = file?.path();
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+            warn_once(
+                &path,
+                "spool file name is not UTF-8: left alone (rename it)",
+            );
+            continue;
+        };
+        if file_name.starts_with('.') {
+            continue;
+        }
+        let lower = file_name.to_ascii_lowercase();
         let name_ok = [
             ".jsonl",
             ".json",
@@ -465,11 +481,24 @@ fn spool_files(
             ".csv.gz",
         ]
         .iter()
-        .any(|suffix| file_name.ends_with(suffix));
-        if path.is_file() && name_ok {
+        .any(|suffix| lower.ends_with(suffix));
+        if path.is_dir() {
+            warn_once(
+                &path,
+                "directories inside a source directory are not read: move its files up a level",
+            );
+        } else if !path.is_file() {
+            warn_once(&path, "not a regular file: left alone");
+        } else if !name_ok {
+            warn_once(
+                &path,
+                "spool file left alone: only .jsonl, .json and .csv files (gzipped too, .gz) are read",
+            );
+        } else {
             out.push(SpoolFile {
                 tenant: tenant.map(str::to_string),
-                source: source.to_string(),
+                // As HTTP ingest does (`/ingest/Okta` is `okta`): source names are lower case.
+                source: source.to_ascii_lowercase(),
                 path,
             });
         }
@@ -774,6 +803,36 @@ mod tests {
         assert!(
             dir.path().join("tenant=bad name/okta/x.jsonl").exists(),
             "not a tenant name: left alone"
+        );
+    }
+
+    #[test]
+    fn source_directories_are_lower_cased_and_extensions_read_in_any_case() {
+        // `inbox/Okta/` dead-lettered every record (no source `Okta`) while `/ingest/Okta`
+        // stored them; `x.JSONL` was never read, and said nothing.
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["Okta", "Okta/sub"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        for name in ["a.JSONL", "b.json.GZ", "c.txt", "sub/d.jsonl"] {
+            std::fs::write(dir.path().join("Okta").join(name), "{}\n").unwrap();
+        }
+        let files = pending_files(dir.path()).unwrap();
+        let found: Vec<(String, String)> = files
+            .iter()
+            .map(|f| {
+                (
+                    f.source.clone(),
+                    f.path.file_name().unwrap().to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("okta".to_string(), "a.JSONL".to_string()),
+                ("okta".to_string(), "b.json.GZ".to_string())
+            ]
         );
     }
 }
