@@ -180,9 +180,11 @@ fn labelled_fields(header: &[String], row: &csv::ByteRecord) -> Vec<u8> {
 }
 
 /// The column names of a header row: UTF-8, trimmed (a byte-order mark at the start of the
-/// file goes), none empty.
+/// file goes), none empty, none twice (a record holds one value per name: the second column
+/// of a name silently replaced the first's value).
 fn header_names(row: &csv::ByteRecord) -> Result<Vec<String>, String> {
-    row.iter()
+    let names: Vec<String> = row
+        .iter()
         .enumerate()
         .map(|(i, field)| {
             let field = if i == 0 {
@@ -198,7 +200,17 @@ fn header_names(row: &csv::ByteRecord) -> Result<Vec<String>, String> {
             }
             Ok(name.to_owned())
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    for (i, name) in names.iter().enumerate() {
+        if let Some(first) = names[..i].iter().position(|n| n == name) {
+            return Err(format!(
+                "CSV header columns {} and {} are both named `{name}`",
+                first + 1,
+                i + 1
+            ));
+        }
+    }
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -256,13 +268,19 @@ mod tests {
     }
 
     #[test]
-    fn a_header_without_names_stops_with_one_dead_letter() {
+    fn a_header_without_usable_names_stops_with_one_dead_letter() {
         let got = items(b"a,,c\n1,2,3\n");
         assert!(
             matches!(&got[..], [InputItem::Invalid { line: 1, reason, .. }] if reason.contains("column 2 has no name")),
             "{got:?}"
         );
         assert!(items(b"").is_empty());
+        // Two columns of one name: the second's values replaced the first's.
+        let got = items(b"user,action,user\nalice,login,mallory\n");
+        assert!(
+            matches!(&got[..], [InputItem::Invalid { line: 1, reason, .. }] if reason.contains("columns 1 and 3 are both named `user`")),
+            "{got:?}"
+        );
     }
 
     proptest::proptest! {
