@@ -63,7 +63,8 @@ pub fn ingest_router(
         .with_state(state)
 }
 
-/// The body as sent (`Content-Encoding` absent or `identity`) or gunzipped (`gzip`), at most
+/// The body as sent (`Content-Encoding` absent or `identity`) or gunzipped (`gzip`, or gzip
+/// bytes sent without the header), at most
 /// `max_bytes` either way; other encodings are a 415, a body that does not inflate a 400.
 fn decoded_body(
     headers: &HeaderMap,
@@ -74,9 +75,12 @@ fn decoded_body(
     let encoding = headers
         .get(axum::http::header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    // A gzip body sent without its header (as files are: `curl --data-binary @x.jsonl.gz`) is
+    // known by its magic bytes, as the spool and the CLI know it; no JSON or CSV starts so.
+    let plain = matches!(encoding.as_deref(), None | Some("" | "identity"));
     match encoding.as_deref() {
-        None | Some("" | "identity") => Ok(body),
-        Some("gzip" | "x-gzip") => {
+        _ if plain && !body.starts_with(&[0x1f, 0x8b]) => Ok(body),
+        None | Some("" | "identity" | "gzip" | "x-gzip") => {
             let mut out = Vec::new();
             flate2::read::MultiGzDecoder::new(&body[..])
                 .take(max_bytes as u64 + 1)
@@ -311,6 +315,8 @@ mod tests {
         );
         assert_eq!(decode(Some("gzip"), gzip(&lines), 1000).unwrap(), lines);
         assert_eq!(decode(Some("GZIP"), gzip(&lines), 1000).unwrap(), lines);
+        // Gzip without the header (it was read as text: dead letters full of binary).
+        assert_eq!(decode(None, gzip(&lines), 1000).unwrap(), lines);
         // Two gzip members one after the other (what concatenated files are) are one body.
         let mut two = gzip(&lines);
         two.extend(gzip(&lines));
