@@ -20,6 +20,14 @@ pub fn poll_check(config: &PerimeterConfig, args: PollCheckArgs) -> anyhow::Resu
         !config.poll.is_empty(),
         "no [[poll]] tables in the configuration (see perimeter.example.toml)"
     );
+    // As `perimeter run` refuses them: a check that passes must mean the service starts.
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = config.poll.iter().find(|p| !names.insert(p.name.as_str())) {
+        anyhow::bail!(
+            "[[poll]] name `{}` is used twice (it names the checkpoint; `perimeter run` refuses to start)",
+            twice.name
+        );
+    }
     for name in &args.names {
         anyhow::ensure!(
             config.poll.iter().any(|p| &p.name == name),

@@ -2151,6 +2151,21 @@ fn poll_check_fetches_the_next_page_without_storing_it() {
         "{}",
         stderr(&out)
     );
+
+    // A name used twice, which `perimeter run` refuses: the check said ok.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[[poll]]\nname = \"okta-good\"\nvendor = \"okta\"\nbase_url = {okta:?}\ntoken = \"file:{}\"\n",
+        token_file.display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let out = check(&["okta-good"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("name `okta-good` is used twice"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A vendor that refuses every request with `status` and a JSON `body`; its base URL.
