@@ -266,11 +266,28 @@ impl SpoolSource {
                 source,
             })?;
         let mut batch: Vec<InputItem> = Vec::with_capacity(self.config.batch_records);
+        let file_name = path.file_name().unwrap_or_default().to_string_lossy();
         for item in reader {
             let item = item.map_err(|source| IngestError::Io {
                 what: path.display().to_string(),
                 source,
             })?;
+            // A dead letter says which file its line is of: "line 3" of a source with several
+            // files could not be traced.
+            let item = match item {
+                InputItem::Invalid {
+                    line,
+                    reason,
+                    excerpt,
+                    digest,
+                } => InputItem::Invalid {
+                    line,
+                    reason: format!("{file_name}: {reason}"),
+                    excerpt,
+                    digest,
+                },
+                record => record,
+            };
             batch.push(item);
             if batch.len() >= self.config.batch_records {
                 self.bus
@@ -803,6 +820,34 @@ mod tests {
         assert!(
             dir.path().join("tenant=bad name/okta/x.jsonl").exists(),
             "not a tenant name: left alone"
+        );
+    }
+
+    #[tokio::test]
+    async fn dead_letters_name_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        std::fs::write(dir.path().join("okta/b.jsonl"), "{\"a\":1}\nnot json\n").unwrap();
+        let (tx, mut rx) = channel(4);
+        let consumer = tokio::spawn(async move {
+            let mut reasons = Vec::new();
+            while let Some(s) = rx.recv().await {
+                for item in &s.items {
+                    if let InputItem::Invalid { line, reason, .. } = item {
+                        reasons.push((*line, reason.clone()));
+                    }
+                }
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            reasons
+        });
+        let spool = spool_in(dir.path(), 100, tx);
+        spool.scan_once(&mut Unreadable::default()).await.unwrap();
+        drop(spool);
+        let reasons = consumer.await.unwrap();
+        assert!(
+            matches!(&reasons[..], [(2, reason)] if reason.starts_with("b.jsonl: ")),
+            "{reasons:?}"
         );
     }
 
