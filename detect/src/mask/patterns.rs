@@ -56,8 +56,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // Group 1 is the name; the verifier applies the key-name rule to it. Group 2 is a prose
         // separator (`password was X`), accepted only before a value that looks generated; it
         // is empty for a password word followed by its value (`with password Hunter2x`).
+        // Besides `:` and `=`: Ruby's `=>` (`"password"=>"x"`), quotes escaped for HTML
+        // (`password&quot;:&quot;x`) and an XML element (`<Password>x</Password>`; the
+        // verifier wants the `<`).
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\[?\]?\\?["']?\s*[:=]\s*|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\[?\]?\\?(?:["']|&quot;|&#34;|&#39;|&apos;)?\s*(?:=>|[:=])\s*(?:&quot;|&#34;|&#39;|&apos;)?|>|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -737,6 +740,13 @@ fn extend_bare_value(text: &str, mut end: usize) -> usize {
             )
     };
     while end < bytes.len() && matches!(bytes[end], b'&' | b',') {
+        // A quote escaped for HTML closes the value (`password&quot;:&quot;x&quot;`).
+        if [&b"&quot;"[..], b"&#34;", b"&#39;", b"&apos;"]
+            .iter()
+            .any(|e| bytes[end..].starts_with(e))
+        {
+            break;
+        }
         let rest = &bytes[end + 1..];
         let run = rest.iter().take_while(|c| !stops(c)).count();
         if run == 0 || rest[..run].contains(&b'=') {
@@ -791,7 +801,7 @@ struct ByteScan {
     ssn: bool,
     /// Every byte is in [`ID_SHAPED`].
     id_shaped: bool,
-    /// A `:` or `=` occurs.
+    /// A `:`, `=` or `>` occurs.
     has_assign: bool,
     /// A whitespace byte occurs, or a non-ASCII byte (`\s` in the patterns is Unicode-aware).
     has_space: bool,
@@ -824,7 +834,8 @@ const CLASS: [u8; 256] = {
         if ID_SHAPED[b] {
             k |= ID;
         }
-        if c == b':' || c == b'=' {
+        // `>` ends an XML element's start tag (`<Password>x`).
+        if c == b':' || c == b'=' || c == b'>' {
             k |= ASSIGN;
         }
         if c.is_ascii_whitespace() || c >= 0x80 {
@@ -1052,15 +1063,32 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
     if memchr::memchr2_iter(b' ', b'\t', text).any(password_word_before) {
         return true;
     }
-    memchr::memchr2_iter(b':', b'=', text).any(|sep| {
-        // Back over spaces, an optional quote, an optional backslash and an optional `]` or
-        // `[]` (form fields: `user[password]=`, `password[]=`) to the name's end.
+    memchr::memchr3_iter(b':', b'=', b'>', text).any(|sep| {
+        // `<name>`: the name right before, the `<` before it.
+        if text[sep] == b'>' {
+            let name_start = text[..sep]
+                .iter()
+                .rposition(|b| !name_byte(b))
+                .map_or(0, |i| i + 1);
+            return name_start > 0
+                && text[name_start - 1] == b'<'
+                && (3..=80).contains(&(sep - name_start))
+                && std::str::from_utf8(&text[name_start..sep]).is_ok_and(|n| keys.is_sensitive(n));
+        }
+        // Back over spaces, an optional quote (or one escaped for HTML), an optional backslash
+        // and an optional `]` or `[]` (form fields: `user[password]=`, `password[]=`) to the
+        // name's end.
         let mut end = sep;
         while end > 0 && text[end - 1].is_ascii_whitespace() {
             end -= 1;
         }
         if end > 0 && matches!(text[end - 1], b'"' | b'\'') {
             end -= 1;
+        } else if let Some(entity) = [&b"&quot;"[..], b"&#34;", b"&#39;", b"&apos;"]
+            .iter()
+            .find(|e| text[..end].ends_with(e))
+        {
+            end -= entity.len();
         }
         if end > 0 && text[end - 1] == b'\\' {
             end -= 1;
@@ -1180,7 +1208,10 @@ fn verify(
             // refresh2` is prose about tokens).
             let bare = prose.is_some_and(|p| p.as_str().is_empty());
             caps.get(1).is_some_and(|k| {
-                keys.is_sensitive(k.as_str())
+                // `name>` is an XML element's start tag only.
+                let element = text.as_bytes().get(k.end()) == Some(&b'>');
+                (!element || k.start().checked_sub(1).and_then(|i| text.as_bytes().get(i)) == Some(&b'<'))
+                    && keys.is_sensitive(k.as_str())
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
                     // Eight or more characters: `password Okta2FA policy` names a product.
@@ -1781,6 +1812,32 @@ mod tests {
             SecretAssignment,
             "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         );
+        // Ruby hashes, JSON escaped for HTML, XML elements (all left in clear before).
+        one(
+            r#"params: {:user=>"bob", :password=>"Hunter2!xyz"}"#,
+            SecretAssignment,
+            "Hunter2!xyz",
+        );
+        one(
+            r#"{"user"=>"bob", "password" => "Hunter2!xyz"}"#,
+            SecretAssignment,
+            "Hunter2!xyz",
+        );
+        one(
+            "{&quot;password&quot;:&quot;Hunter2!xyz&quot;}",
+            SecretAssignment,
+            "Hunter2!xyz",
+        );
+        one(
+            "{&#34;api_key&#34;: &#34;k3yV4lue99&#34;}",
+            SecretAssignment,
+            "k3yV4lue99",
+        );
+        one(
+            "<Credentials><Username>bob</Username><Password>Hunter2!xyz</Password></Credentials>",
+            SecretAssignment,
+            "Hunter2!xyz",
+        );
         one(
             "token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 leaked",
             GithubToken,
@@ -2117,6 +2174,11 @@ mod tests {
             "00ub0oNGTSWTBKOLGLNR",
             "secrets_passed: EXAMPLE_SECRET",
             "password reset requested",
+            // `>` after a name that is no element's start tag; an element about secrets.
+            "password>8 characters",
+            "x=1 token>0",
+            "<PasswordPolicy>strict</PasswordPolicy>",
+            "<NextToken>",
             "password policy v2 applied",
             "token refresh2 scheduled",
             "api key rotation2024 done",
