@@ -444,6 +444,10 @@ impl SecretMasker {
     ) -> (Cow<'a, str>, bool) {
         let mut current = match text.as_bytes().first() {
             Some(b'{' | b'[') => self.mask_json_text(text, counts),
+            Some(b'e' | b'W') => match self.mask_base64_json(text, enabled, counts) {
+                Some(masked) => return (Cow::Owned(masked), true),
+                None => Cow::Borrowed(text),
+            },
             _ => Cow::Borrowed(text),
         };
         let seen = self
@@ -565,6 +569,45 @@ impl SecretMasker {
             // The walk writes valid UTF-8; should it not, nothing unmasked may remain.
             Some(None) => Cow::Borrowed(UNSERIALIZABLE),
         }
+    }
+
+    /// A value that is a JSON document in base64 (`eyJwYXNzd29yZCI6...`: a message body, a
+    /// webhook payload or a state parameter passed on as it came), masked decoded and written
+    /// back in base64 of the same alphabet; `None` when it is no such value or nothing in it
+    /// was masked. The value patterns cannot read base64.
+    fn mask_base64_json(
+        &self,
+        text: &str,
+        enabled: KindSet,
+        counts: &mut MaskCounts,
+    ) -> Option<String> {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        use base64::Engine as _;
+        // `{"`, `{ "`, `[{"`, `[{ ` encoded; a JWT's parts are base64 too, but joined by dots.
+        if text.len() < 16
+            || !["eyJ", "eyAi", "W3si", "W3sg"]
+                .iter()
+                .any(|p| text.starts_with(p))
+        {
+            return None;
+        }
+        let engine = match (text.contains(['-', '_']), text.ends_with('=')) {
+            (false, true) => &STANDARD,
+            (false, false) => &STANDARD_NO_PAD,
+            (true, true) => &URL_SAFE,
+            (true, false) => &URL_SAFE_NO_PAD,
+        };
+        let decoded = String::from_utf8(engine.decode(text).ok()?).ok()?;
+        let mut inner = MaskCounts::default();
+        // The decoded text starts with `{` or `[`: scanned as JSON text, never as base64 again.
+        let (masked, _) = self.scan_str(&decoded, enabled, &mut inner);
+        if inner == MaskCounts::default() {
+            return None;
+        }
+        counts.add(&inner);
+        Some(engine.encode(masked.as_bytes()))
     }
 
     /// Whether `key` names a secret (remembered per thread, see [`cache`]).

@@ -299,6 +299,44 @@ fn name_value_pairs_inside_json_text_are_masked() {
 }
 
 #[test]
+fn json_in_base64_is_masked_decoded_and_stays_base64() {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    let m = masker();
+    let body = r#"{"user":"bob","password":"Hunter2!xyz","note":"ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789"}"#;
+    for (engine, encoded) in [
+        (&STANDARD, STANDARD.encode(body)),
+        (
+            &URL_SAFE_NO_PAD,
+            URL_SAFE_NO_PAD.encode(format!("[{body}]")),
+        ),
+    ] {
+        // It was left as it came: the patterns cannot read base64.
+        let mut v = json!({"message": {"data": encoded.clone()}});
+        let stats = m.mask_value(&mut v);
+        assert_eq!(stats.total(), 2, "{v}");
+        let masked = v["message"]["data"].as_str().unwrap().to_string();
+        let decoded = String::from_utf8(engine.decode(&masked).expect("still base64")).unwrap();
+        assert!(decoded.contains(r#""user":"bob""#), "{decoded}");
+        assert!(
+            !decoded.contains("Hunter2!xyz") && !decoded.contains("ghp_"),
+            "{decoded}"
+        );
+        assert_eq!(m.mask_value(&mut v).total(), 0, "idempotent");
+    }
+    // Base64 of JSON with nothing to mask, a JWT and base64 of other text are left alone.
+    for clean in [
+        STANDARD.encode(r#"{"user":"bob","action":"login"}"#),
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0".to_string(),
+        STANDARD.encode("password: not json here at all"),
+    ] {
+        let mut v = json!({ "data": clean.clone() });
+        m.mask_value(&mut v);
+        assert_eq!(v["data"], clean.as_str());
+    }
+}
+
+#[test]
 fn ssn_keys_mask_any_spelling_of_the_number() {
     let m = masker();
     let mut v = json!({"ssn": "123 45 6789", "employeeSSN": 123456789, "social_security_number": "123.45.6789", "classname": "x", "hasSsn": true});
