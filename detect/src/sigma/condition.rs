@@ -236,6 +236,24 @@ pub fn parse_condition(text: &str, names: &[String]) -> Result<Cond, String> {
     }
 }
 
+impl Cond {
+    /// The selections this condition reads, by index (sorted, deduplicated).
+    pub fn selections_used(&self) -> Vec<usize> {
+        fn walk(c: &Cond, out: &mut Vec<usize>) {
+            match c {
+                Cond::Sel(i) => out.push(*i),
+                Cond::And(parts) | Cond::Or(parts) => parts.iter().for_each(|p| walk(p, out)),
+                Cond::Not(inner) => walk(inner, out),
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 /// Evaluate with a selection oracle.
 pub fn eval(cond: &Cond, sel: &mut dyn FnMut(usize) -> bool) -> bool {
     match cond {

@@ -479,6 +479,26 @@ fn parse_doc(
             }
         };
         let detection = parse_detection(f, path, &["rules"], pipelines, sources.as_deref())?;
+        // Besides `rules` and `condition`, a filter holds search identifiers; one its condition
+        // never uses is a misspelt key (or a forgotten selection), and would filter nothing.
+        let used = detection.condition.selections_used();
+        if let Some(unused) = detection
+            .selections
+            .iter()
+            .enumerate()
+            .find(|(i, _)| !used.contains(i))
+            .map(|(_, s)| s)
+        {
+            return Err(rerr(
+                path,
+                unused.line,
+                Some(&format!("filter.{}", unused.name)),
+                format!(
+                    "unknown key `{}` in `filter` (neither `rules`, `condition` nor a search identifier the condition uses)",
+                    unused.name
+                ),
+            ));
+        }
         return Ok(RuleDoc::Filter(FilterRule {
             meta,
             rules,
@@ -684,6 +704,19 @@ pub fn parse_timespan(s: &str) -> Option<i64> {
     (n > 0).then_some(n.checked_mul(mult)?)
 }
 
+/// The keys of a `correlation` section (correlation specification and schema); `timeframe` is
+/// the pre-2.0 name of `timespan`, still read.
+const CORRELATION_KEYS: [&str; 8] = [
+    "type",
+    "rules",
+    "aliases",
+    "group-by",
+    "timespan",
+    "timeframe",
+    "condition",
+    "generate",
+];
+
 /// `top_generate`: a `generate` beside `correlation` (where the Sigma schema puts it), read like
 /// one inside it (where pySigma reads it).
 fn parse_correlation(
@@ -699,6 +732,21 @@ fn parse_correlation(
             Some("correlation"),
             "`correlation` must be a map",
         ));
+    }
+    // A misspelt key (`groupby` for `group-by`) would otherwise drop what it says: a per-IP
+    // correlation would silently count every event together.
+    for (key, node) in c.as_map().unwrap_or_default() {
+        if !CORRELATION_KEYS.contains(&key.as_str()) {
+            return Err(rerr(
+                path,
+                node.line,
+                Some(&format!("correlation.{key}")),
+                format!(
+                    "unknown key `{key}` in `correlation` (expected one of {})",
+                    CORRELATION_KEYS.join(", ")
+                ),
+            ));
+        }
     }
     let type_node = c
         .get("type")
@@ -1019,6 +1067,40 @@ mod tests {
             assert_eq!(errs[0].field.as_deref(), Some("alert_group_seconds"));
             assert!(errs[0].message.contains("whole seconds"), "{}", errs[0]);
         }
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_correlation_or_filter_is_an_error() {
+        let (ok, errs) = parse(
+            "title: c\ncorrelation:\n  type: event_count\n  rules: [r1]\n  groupby: [ip]\n  timespan: 5m\n  condition: {gte: 2}\n",
+        );
+        assert!(ok.is_empty());
+        assert_eq!(errs.len(), 1);
+        assert_eq!(
+            (errs[0].line, errs[0].field.as_deref()),
+            (Some(5), Some("correlation.groupby")),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].message.contains("unknown key `groupby`"), "{}", errs[0]);
+
+        let filter = |body: &str| {
+            parse(&format!(
+                "title: f\nlogsource: {{product: okta}}\nfilter:\n  rules: [r1]\n{body}"
+            ))
+        };
+        let (ok, errs) = filter("  selection: {a: 1}\n  condition: selection\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(ok.len(), 1);
+        let (ok, errs) = filter("  selection: {a: 1}\n  rule: [r2]\n  condition: selection\n");
+        assert!(ok.is_empty());
+        assert_eq!(
+            (errs[0].line, errs[0].field.as_deref()),
+            (Some(6), Some("filter.rule")),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].message.contains("unknown key `rule`"), "{}", errs[0]);
     }
 
     #[test]
