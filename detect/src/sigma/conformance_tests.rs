@@ -834,6 +834,38 @@ fn an_unknown_rule_reference_is_reported_at_its_line() {
 }
 
 #[test]
+fn a_filter_naming_an_unknown_rule_or_a_correlation_is_reported_at_its_line() {
+    let filter = |target: &str| {
+        format!("title: f\nlogsource: {{product: okta}}\nfilter:\n    rules:\n        - okta_fail\n        - {target}\n    selection:\n        actor.alternateId: svc\n    condition: selection\n---\ntitle: c\nid: c9\ncorrelation:\n    type: event_count\n    rules: [okta_fail]\n    group-by: [user]\n    timespan: 1m\n    condition:\n        gte: 2\n---\n{FAIL_RULE}")
+    };
+    let load = |text: &str| {
+        let (docs, errs) = parse_file(Path::new("f.yml"), text, &Pipelines::builtin());
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut errors = Vec::new();
+        let set = RuleSet::from_docs(docs, &mut errors);
+        (set, errors)
+    };
+    let (set, errors) = load(&filter("okta_fail"));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(set.filters.len(), 1);
+    for (target, message) in [
+        ("nope", "filter references unknown rule `nope`"),
+        ("c9", "filter references correlation `c9`"),
+    ] {
+        let (set, errors) = load(&filter(target));
+        assert!(set.filters.is_empty(), "{target}");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with(&format!("f.yml:6: field `filter.rules`: {message}")),
+            "{}",
+            errors[0]
+        );
+    }
+}
+
+#[test]
 fn generate_is_read_at_the_top_level_too() {
     // The correlation schema has `generate` beside `correlation`; pySigma reads it inside.
     let outer = corr("    type: event_count\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 1m\n    condition:\n        gte: 2")

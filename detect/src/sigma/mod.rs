@@ -383,6 +383,34 @@ impl RuleSet {
         for (s, g) in self.corr_suppressed.iter_mut().zip(corr_generate) {
             *s &= !g;
         }
+        // A filter applies to detection rules; one naming nothing that exists (a typo, a rule
+        // not loaded) or a correlation would load and never filter anything.
+        let mut fi = 0;
+        while fi < self.filters.len() {
+            let f = &self.filters[fi];
+            let bad = f.rules.iter().enumerate().find_map(|(i, r)| {
+                let message = match self.find_ref(r) {
+                    Some(RuleRef::Detection(_)) => return None,
+                    Some(RuleRef::Correlation(_)) => format!(
+                        "filter references correlation `{r}` (filters apply to detection rules; filter the rules it correlates)"
+                    ),
+                    None => format!("filter references unknown rule `{r}`"),
+                };
+                Some((f.rule_lines.get(i).copied().unwrap_or(f.meta.line), message))
+            });
+            match bad {
+                Some((line, message)) => {
+                    let f = self.filters.remove(fi);
+                    errors.push(RuleError {
+                        path: f.meta.path,
+                        line: Some(line),
+                        field: Some("filter.rules".into()),
+                        message,
+                    });
+                }
+                None => fi += 1,
+            }
+        }
         self.det_filters = self
             .detections
             .iter()

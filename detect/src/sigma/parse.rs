@@ -71,6 +71,8 @@ pub struct FilterRule {
     pub meta: RuleMeta,
     /// Ids or names of the rules the filter applies to.
     pub rules: Vec<String>,
+    /// The line of each of `rules` (for errors about a reference).
+    pub rule_lines: Vec<usize>,
     pub detection: Detection,
     pub sources: Option<Vec<String>>,
 }
@@ -467,8 +469,14 @@ fn parse_doc(
         if f.as_map().is_none() {
             return Err(rerr(path, f.line, Some("filter"), "`filter` must be a map"));
         }
-        let rules = match f.get("rules") {
-            Some(r) => str_list(r, path, "filter.rules")?,
+        let (rules, rule_lines) = match f.get("rules") {
+            Some(r) => {
+                let lines = match &r.value {
+                    Value::Seq(items) => items.iter().map(|i| i.line).collect(),
+                    _ => vec![r.line],
+                };
+                (str_list(r, path, "filter.rules")?, lines)
+            }
             None => {
                 return Err(rerr(
                     path,
@@ -502,6 +510,7 @@ fn parse_doc(
         return Ok(RuleDoc::Filter(FilterRule {
             meta,
             rules,
+            rule_lines,
             detection,
             sources,
         }));
@@ -1082,7 +1091,11 @@ mod tests {
             "{}",
             errs[0]
         );
-        assert!(errs[0].message.contains("unknown key `groupby`"), "{}", errs[0]);
+        assert!(
+            errs[0].message.contains("unknown key `groupby`"),
+            "{}",
+            errs[0]
+        );
 
         let filter = |body: &str| {
             parse(&format!(
@@ -1100,7 +1113,11 @@ mod tests {
             "{}",
             errs[0]
         );
-        assert!(errs[0].message.contains("unknown key `rule`"), "{}", errs[0]);
+        assert!(
+            errs[0].message.contains("unknown key `rule`"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]
