@@ -695,19 +695,22 @@ fn parse_selection(
     })
 }
 
-/// `10s`, `5m`, `1h`, `7d`, `2w` -> milliseconds.
+/// `10s`, `5m`, `1h`, `7d` -> milliseconds. The correlation specification allows a number and
+/// one of these four units "in lowercase", nothing else: `5M` (months to pySigma, minutes to a
+/// reader) and `2w` are refused rather than guessed.
 pub fn parse_timespan(s: &str) -> Option<i64> {
     let s = s.trim();
     let unit = s.chars().last()?;
-    let n: i64 = s[..s.len() - unit.len_utf8()].trim().parse().ok()?;
+    let digits = &s[..s.len() - unit.len_utf8()];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: i64 = digits.parse().ok()?;
     let mult = match unit {
         's' => 1_000,
         'm' => 60_000,
         'h' => 3_600_000,
         'd' => 86_400_000,
-        'w' => 7 * 86_400_000,
-        'M' => 30 * 86_400_000,
-        'y' => 365 * 86_400_000,
         _ => return None,
     };
     (n > 0).then_some(n.checked_mul(mult)?)
@@ -825,7 +828,9 @@ fn parse_correlation(
             path,
             ts_node.line,
             Some("correlation.timespan"),
-            format!("invalid timespan `{ts_text}` (expected e.g. 30s, 5m, 1h, 1d)"),
+            format!(
+                "invalid timespan `{ts_text}` (a whole number and a lowercase unit s, m, h or d: 30s, 5m, 1h, 1d)"
+            ),
         )
     })?;
     let mut condition = Vec::new();
@@ -1128,5 +1133,24 @@ mod tests {
         assert_eq!(parse_timespan("h"), None);
         assert_eq!(parse_timespan("0m"), None);
         assert_eq!(parse_timespan("5x"), None);
+        // Only the specification's lowercase units: `5M` is not five minutes, nor months.
+        for bad in ["5M", "5S", "1H", "1D", "2w", "1y", "+5m", "1.5h", "5 m"] {
+            assert_eq!(parse_timespan(bad), None, "{bad}");
+        }
+        let (ok, errs) = parse(
+            "title: c\ncorrelation:\n  type: event_count\n  rules: [r1]\n  group-by: [ip]\n  timespan: 5M\n  condition: {gte: 2}\n",
+        );
+        assert!(ok.is_empty());
+        assert_eq!(
+            (errs[0].line, errs[0].field.as_deref()),
+            (Some(6), Some("correlation.timespan")),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[0].message.contains("invalid timespan `5M`"),
+            "{}",
+            errs[0]
+        );
     }
 }
