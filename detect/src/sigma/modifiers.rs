@@ -102,8 +102,9 @@ fn base64_offsets(bytes: &[u8]) -> Vec<Vec<u8>> {
 const DASHES: [&str; 5] = ["-", "/", "\u{2013}", "\u{2014}", "\u{2015}"];
 const MAX_VARIANTS: usize = 4096;
 
-/// `windash`: every `-` or `/` that starts a flag (after a non-word character, before a word
-/// character) becomes each of `-`, `/`, en dash, em dash, horizontal bar.
+/// `windash`: every dash that starts a flag (after a non-word character, before a word
+/// character) becomes each of `-`, `/`, en dash, em dash, horizontal bar. Any of the five
+/// counts as such a dash, so a rule written with `—foo` is as wide as one written `-foo`.
 fn windash(toks: &[Tok], line: usize) -> Result<Vec<Vec<Tok>>, ModError> {
     let mut variants: Vec<Vec<Tok>> = vec![Vec::new()];
     for t in toks {
@@ -120,7 +121,8 @@ fn windash(toks: &[Tok], line: usize) -> Result<Vec<Vec<Tok>>, ModError> {
             let next_word = chars
                 .get(k + 1)
                 .is_some_and(|n| n.is_alphanumeric() || *n == '_');
-            if (c == '-' || c == '/') && !prev_word && next_word {
+            let is_dash = matches!(c, '-' | '/' | '\u{2013}' | '\u{2014}' | '\u{2015}');
+            if is_dash && !prev_word && next_word {
                 pieces.push(vec![std::mem::take(&mut cur)]);
                 pieces.push(DASHES.iter().map(|d| d.to_string()).collect());
             } else {
@@ -577,6 +579,21 @@ mod tests {
             .collect();
         assert!(texts.contains(&" /enc a-b".to_string()));
         assert!(texts.contains(&" \u{2014}enc a-b".to_string()));
+    }
+
+    #[test]
+    fn windash_expands_a_flag_written_with_any_of_the_five_dashes() {
+        for dash in DASHES {
+            let v = windash(&parse_wildcards(&format!("{dash}foo")), 1).unwrap();
+            let mut texts: Vec<String> = v
+                .iter()
+                .map(|t| String::from_utf8(plain_bytes(t, "x", 1).unwrap()).unwrap())
+                .collect();
+            texts.sort();
+            let mut expected: Vec<String> = DASHES.iter().map(|d| format!("{d}foo")).collect();
+            expected.sort();
+            assert_eq!(texts, expected, "{dash}");
+        }
     }
 
     #[test]
