@@ -1152,10 +1152,32 @@ fn rule_test_runner() {
         detection("    sel:\n        x: 1", "sel").replace("id: r1", "id: r9"),
     )
     .unwrap_or_default();
+    // Tests files that hold no case test nothing, like a missing one.
+    for (name, tests) in [
+        ("empty_lists", "match: []\nno_match: []\n"),
+        ("source_only", "source: okta\n"),
+    ] {
+        std::fs::write(
+            p.join(format!("{name}.yml")),
+            detection("    sel:\n        x: 1", "sel").replace("id: r1", &format!("id: {name}")),
+        )
+        .unwrap_or_default();
+        std::fs::write(p.join(format!("{name}.tests.yml")), tests).unwrap_or_default();
+    }
     let report = run_rule_tests(p, &SigmaOptions::default(), &test_normalize);
     assert_eq!(report.rules_tested, 2);
     assert_eq!(report.cases_passed, 3, "{:?}", report.failures);
-    assert_eq!(report.failures.len(), 2, "{:?}", report.failures);
+    assert_eq!(report.failures.len(), 4, "{:?}", report.failures);
+    for name in ["empty_lists.yml", "source_only.yml"] {
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|f| f.got == "no cases" && f.rule.ends_with(name)),
+            "{name}: {:?}",
+            report.failures
+        );
+    }
     assert!(report
         .failures
         .iter()
