@@ -59,6 +59,88 @@ fn load_error(text: &str) -> RuleError {
     errs.into_iter().next().expect("an error")
 }
 
+#[test]
+fn modifiers_that_would_be_ignored_are_errors() {
+    for (key, value, message) in [
+        (
+            "f|re|contains",
+            "'a.c'",
+            "modifiers `re` and `contains` cannot be combined",
+        ),
+        (
+            "f|re|i|startswith",
+            "'a.c'",
+            "modifiers `re` and `startswith` cannot be combined",
+        ),
+        (
+            "f|cidr|contains",
+            "'10.0.0.0/8'",
+            "modifiers `cidr` and `contains` cannot be combined",
+        ),
+        (
+            "f|gt|contains",
+            "5",
+            "modifiers `gt` and `contains` cannot be combined",
+        ),
+        ("f|gt|lt", "5", "modifiers `gt` and `lt` cannot be combined"),
+        (
+            "f|exists|contains",
+            "true",
+            "modifiers `exists` and `contains` cannot be combined",
+        ),
+        (
+            "f|hour|contains",
+            "5",
+            "modifiers `hour` and `contains` cannot be combined",
+        ),
+        (
+            "f|fieldref|base64",
+            "g",
+            "modifiers `fieldref` and `base64` cannot be combined",
+        ),
+        (
+            "f|base64offset|contains",
+            "5",
+            "`base64offset` transforms text; write the value `5` in quotes",
+        ),
+        (
+            "f|base64|windash",
+            "'-x'",
+            "`windash` must come before `base64`",
+        ),
+        (
+            "f|wide|base64offset|windash|contains",
+            "'-x'",
+            "`windash` must come before `wide`",
+        ),
+    ] {
+        let err = load_error(&detection(
+            &format!("    sel:\n        {key}: {value}"),
+            "sel",
+        ));
+        assert_eq!(err.line, Some(7), "{key}: {err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some(format!("sel.{key}").as_str()),
+            "{err}"
+        );
+        assert!(err.message.contains(message), "{key}: {err}");
+    }
+    // The valid neighbours still load.
+    for (key, value) in [
+        ("f|windash|base64offset|contains", "'-x'"),
+        ("f|wide|base64offset|contains", "'x'"),
+        ("f|hour|gte", "5"),
+        ("f|fieldref|contains", "g"),
+        ("f|re|i", "'a.c'"),
+        ("f|base64offset|contains", "'5'"),
+    ] {
+        let text = detection(&format!("    sel:\n        {key}: {value}"), "sel");
+        let (_, errs) = parse_file(Path::new("test.yml"), &text, &Pipelines::builtin());
+        assert!(errs.is_empty(), "{key}: {errs:?}");
+    }
+}
+
 fn ruleset(text: &str) -> RuleSet {
     ruleset_with(text, &Pipelines::builtin())
 }

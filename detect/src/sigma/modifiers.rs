@@ -282,10 +282,23 @@ pub fn compile_field(
                 value_type = Some(m.as_str());
             }
             "i" | "m" | "s" if value_type == Some("re") => re_flags.push_str(m),
-            "gt" => cmp = Some(CmpOp::Gt),
-            "gte" => cmp = Some(CmpOp::Gte),
-            "lt" => cmp = Some(CmpOp::Lt),
-            "lte" => cmp = Some(CmpOp::Lte),
+            "gt" | "gte" | "lt" | "lte" => {
+                if let Some(prev) = cmp {
+                    return Err(err(
+                        line,
+                        format!(
+                            "modifiers `{}` and `{m}` cannot be combined (a range is two entries of the selection)",
+                            cmp_name(prev)
+                        ),
+                    ));
+                }
+                cmp = Some(match m.as_str() {
+                    "gt" => CmpOp::Gt,
+                    "gte" => CmpOp::Gte,
+                    "lt" => CmpOp::Lt,
+                    _ => CmpOp::Lte,
+                });
+            }
             "minute" => time = Some(TimePart::Minute),
             "hour" => time = Some(TimePart::Hour),
             "day" => time = Some(TimePart::Day),
@@ -293,11 +306,24 @@ pub fn compile_field(
             "month" => time = Some(TimePart::Month),
             "year" => time = Some(TimePart::Year),
             "base64" | "base64offset" | "wide" | "utf16le" | "utf16be" | "utf16" | "windash"
-            | "expand" => transforms.push(m.as_str()),
+            | "expand" => {
+                // Transformations apply in rule order: after an encoding, `windash` would look
+                // for dashes in the encoded text and find none.
+                if m == "windash" {
+                    if let Some(enc) = transforms.iter().find(|t| ENCODINGS.contains(t)) {
+                        return Err(err(
+                            line,
+                            format!("`windash` must come before `{enc}` (modifiers apply in order; after it there is no dash to vary)"),
+                        ));
+                    }
+                }
+                transforms.push(m.as_str());
+            }
             "" => return Err(err(line, "empty modifier (`||`)")),
             other => return Err(err(line, format!("unknown modifier `{other}`"))),
         }
     }
+    check_combination(&modifiers, value_type, line)?;
     if fm.all && items.len() == 1 && fm.field.is_some() {
         // The spec forbids `all` on a single value; accept it (it is harmless) rather than
         // rejecting public rules over style.
@@ -371,6 +397,14 @@ pub fn compile_field(
                 format!("expected a scalar value, found a {}", it.kind()),
             ));
         };
+        if let Some(t) = transforms.iter().find(|t| **t != "expand") {
+            if !matches!(it.value, Value::Str(_)) {
+                return Err(err(
+                    it.line,
+                    format!("`{t}` transforms text; write the value `{text}` in quotes"),
+                ));
+            }
+        }
         match value_type {
             Some("re") => {
                 let mut pat = String::new();
@@ -445,6 +479,86 @@ pub fn compile_field(
         return Err(err(line, "keyword searches only support string values"));
     }
     Ok(fm)
+}
+
+/// Encodings: after one of them the value is bytes of another form, not the rule's text.
+const ENCODINGS: [&str; 6] = [
+    "base64",
+    "base64offset",
+    "wide",
+    "utf16le",
+    "utf16be",
+    "utf16",
+];
+
+/// Modifiers that would be silently ignored beside another (`re|contains`, `gt|contains`,
+/// `exists|contains`): the rule would not test what it says, so it is refused, with why.
+fn check_combination(
+    modifiers: &[String],
+    value_type: Option<&str>,
+    line: usize,
+) -> Result<(), ModError> {
+    let find = |set: &[&str]| {
+        modifiers
+            .iter()
+            .map(String::as_str)
+            .find(|m| set.contains(m))
+    };
+    let anchor = find(&["contains", "startswith", "endswith"]);
+    let transform = find(&[
+        "base64",
+        "base64offset",
+        "wide",
+        "utf16le",
+        "utf16be",
+        "utf16",
+        "windash",
+        "expand",
+    ]);
+    let cmp = find(&["gt", "gte", "lt", "lte"]);
+    let time = find(&["minute", "hour", "day", "week", "month", "year"]);
+    let clash = |a: &str, b: &str, why: &str| {
+        Err(err(
+            line,
+            format!("modifiers `{a}` and `{b}` cannot be combined: {why}"),
+        ))
+    };
+    match value_type {
+        Some(vt @ ("re" | "cidr" | "exists")) => {
+            let why = match vt {
+                "re" => "a regular expression says itself where it matches (it is unanchored unless it uses ^ or $)",
+                "cidr" => "a CIDR matches IP addresses, not text",
+                _ => "`exists` tests whether the field is present, not its value",
+            };
+            if let Some(other) = anchor.or(transform).or(cmp).or(time) {
+                return clash(vt, other, why);
+            }
+        }
+        Some("fieldref") => {
+            if let Some(other) = transform.or(cmp).or(time) {
+                return clash(
+                    "fieldref",
+                    other,
+                    "`fieldref` compares with the other field's value as it is",
+                );
+            }
+        }
+        _ => {}
+    }
+    if let Some(t) = time {
+        if let Some(other) = anchor.or(transform) {
+            return clash(
+                t,
+                other,
+                "a time modifier compares a part of a timestamp as a number",
+            );
+        }
+    } else if let Some(c) = cmp {
+        if let Some(other) = anchor.or(transform) {
+            return clash(c, other, "a comparison compares numbers, not text");
+        }
+    }
+    Ok(())
 }
 
 fn keyword_tokens(mut toks: Vec<Tok>) -> Vec<Tok> {
