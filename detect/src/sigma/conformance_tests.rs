@@ -916,6 +916,43 @@ fn an_unknown_rule_reference_is_reported_at_its_line() {
 }
 
 #[test]
+fn a_temporal_correlation_of_one_rule_and_an_alias_for_a_rule_not_correlated_are_errors() {
+    for kind in ["temporal", "temporal_ordered"] {
+        let err = load_error(&corr(&format!(
+            "    type: {kind}\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 5m"
+        )));
+        assert_eq!(
+            (err.line, err.field.as_deref()),
+            (Some(6), Some("correlation.rules")),
+            "{err}"
+        );
+        assert!(err.message.contains("needs at least two rules"), "{err}");
+    }
+    let text = |alias_rule: &str| {
+        format!("title: tmp\nid: c1\ncorrelation:\n    type: temporal\n    rules: [okta_fail, okta_ok]\n    aliases:\n        user:\n            {alias_rule}: actor.alternateId\n            okta_ok: actor.alternateId\n    group-by: [user]\n    timespan: 10m\n---\n{FAIL_RULE}---\n{SUCCESS_RULE}")
+    };
+    let load = |text: &str| {
+        let (docs, errs) = parse_file(Path::new("c.yml"), text, &Pipelines::builtin());
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut errors = Vec::new();
+        let set = RuleSet::from_docs(docs, &mut errors);
+        (set, errors)
+    };
+    // By name or by id: both name a correlated rule.
+    for ok in ["okta_fail", "fail1"] {
+        let (set, errors) = load(&text(ok));
+        assert!(errors.is_empty(), "{ok}: {errors:?}");
+        assert_eq!(set.correlations.len(), 1);
+    }
+    let (set, errors) = load(&text("nope"));
+    assert!(set.correlations.is_empty());
+    assert_eq!(
+        errors[0].to_string(),
+        "c.yml:8: field `correlation.aliases`: alias names rule `nope`, which is not in the correlation's `rules`"
+    );
+}
+
+#[test]
 fn a_filter_naming_an_unknown_rule_or_a_correlation_is_reported_at_its_line() {
     let filter = |target: &str| {
         format!("title: f\nlogsource: {{product: okta}}\nfilter:\n    rules:\n        - okta_fail\n        - {target}\n    selection:\n        actor.alternateId: svc\n    condition: selection\n---\ntitle: c\nid: c9\ncorrelation:\n    type: event_count\n    rules: [okta_fail]\n    group-by: [user]\n    timespan: 1m\n    condition:\n        gte: 2\n---\n{FAIL_RULE}")

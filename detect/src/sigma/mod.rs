@@ -293,19 +293,36 @@ impl RuleSet {
                         bad = Some((
                             ci,
                             line,
+                            "correlation.rules",
                             format!("correlation references unknown rule `{r}`"),
+                        ));
+                        break 'outer;
+                    }
+                }
+                // An alias for a rule the correlation does not read is never used: the
+                // group-by field it was meant to give that rule silently stays the alias name.
+                for (r, line) in &c.alias_rule_lines {
+                    let target = self.find_ref(r);
+                    if target.is_none() || !c.rules.iter().any(|x| self.find_ref(x) == target) {
+                        bad = Some((
+                            ci,
+                            *line,
+                            "correlation.aliases",
+                            format!(
+                                "alias names rule `{r}`, which is not in the correlation's `rules`"
+                            ),
                         ));
                         break 'outer;
                     }
                 }
             }
             match bad {
-                Some((ci, line, msg)) => {
+                Some((ci, line, field, msg)) => {
                     let c = self.correlations.remove(ci);
                     errors.push(RuleError {
                         path: c.meta.path,
                         line: Some(line),
-                        field: Some("correlation.rules".into()),
+                        field: Some(field.into()),
                         message: msg,
                     });
                 }

@@ -142,6 +142,8 @@ pub struct CorrelationRule {
     pub fields: Vec<String>,
     /// alias -> (rule id or name -> event field).
     pub aliases: HashMap<String, HashMap<String, String>>,
+    /// Each rule an alias names, with its line (for errors about a reference).
+    pub alias_rule_lines: Vec<(String, usize)>,
     pub generate: bool,
 }
 
@@ -920,7 +922,25 @@ fn parse_correlation(
             ),
         ));
     }
+    // One rule has nothing to be near in time: the correlation would fire on each of its
+    // events (or never wait for another), which an `event_count` says honestly.
+    if matches!(
+        kind,
+        CorrelationType::Temporal | CorrelationType::TemporalOrdered
+    ) && rules.len() < 2
+    {
+        return Err(rerr(
+            path,
+            rule_lines.first().copied().unwrap_or(c.line),
+            Some("correlation.rules"),
+            format!(
+                "`{}` needs at least two rules (for one rule, use `event_count`)",
+                kind.as_str()
+            ),
+        ));
+    }
     let mut aliases = HashMap::new();
+    let mut alias_rule_lines = Vec::new();
     if let Some(a) = c.get("aliases") {
         let Some(entries) = a.as_map() else {
             return Err(rerr(
@@ -941,6 +961,7 @@ fn parse_correlation(
             };
             let mut inner = HashMap::new();
             for (rule, f) in m {
+                let f_line = f.line;
                 let f = f.scalar_text().ok_or_else(|| {
                     rerr(
                         path,
@@ -949,6 +970,7 @@ fn parse_correlation(
                         "expected a field name",
                     )
                 })?;
+                alias_rule_lines.push((rule.clone(), f_line));
                 inner.insert(rule.clone(), f);
             }
             aliases.insert(alias.clone(), inner);
@@ -982,6 +1004,7 @@ fn parse_correlation(
         condition,
         fields,
         aliases,
+        alias_rule_lines,
         generate,
     })
 }
