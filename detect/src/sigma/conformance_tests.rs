@@ -170,6 +170,50 @@ fn check(sel: &str, yes: &[Json], no: &[Json]) {
 }
 
 #[test]
+fn numbers_equal_as_numbers_and_long_ones_keep_their_digits() {
+    check(
+        "    sel:\n        n: 5",
+        &[
+            json!({"n": 5}),
+            json!({"n": 5.0}),
+            json!({"n": "5"}),
+            json!({"n": [1, 5.0]}),
+        ],
+        &[
+            json!({"n": 5.5}),
+            json!({"n": 50}),
+            json!({"n": "5.0"}),
+            json!({"n": "x"}),
+        ],
+    );
+    check(
+        "    sel:\n        n: 5.0",
+        &[json!({"n": 5}), json!({"n": 5.0})],
+        &[json!({"n": 5.25})],
+    );
+    check(
+        "    sel:\n        n|neq: 5",
+        &[json!({"n": 6})],
+        &[json!({"n": 5.0})],
+    );
+    // Whole numbers compare exactly, beyond 2^53 too.
+    check(
+        "    sel:\n        n: 9007199254740993",
+        &[json!({"n": 9_007_199_254_740_993_u64})],
+        &[json!({"n": 9_007_199_254_740_992_u64})],
+    );
+    // Beyond i64: the rule's digits, not a rounded float.
+    check(
+        "    sel:\n        n: 12345678901234567890",
+        &[
+            json!({"n": 12_345_678_901_234_567_890_u64}),
+            json!({"n": "12345678901234567890"}),
+        ],
+        &[json!({"n": 12_345_678_901_234_567_000_u64})],
+    );
+}
+
+#[test]
 fn plain_values_are_case_insensitive_and_exact() {
     check(
         "    sel:\n        eventType: User.Session.Start",
@@ -1407,6 +1451,20 @@ fn naive_matches(set: &RuleSet, event: &Event, ignore_logsource: bool) -> Vec<u3
                 let re = str_regex(s);
                 vals.iter().filter_map(text).any(|x| re.is_match(&x))
             }
+            ValueTest::Number {
+                text: t,
+                int,
+                value,
+            } => vals.iter().any(|v| match v {
+                Json::Number(x) => match (
+                    x.as_i64().map(i128::from).or(x.as_u64().map(i128::from)),
+                    int,
+                ) {
+                    (Some(a), Some(b)) => a == *b,
+                    _ => x.as_f64() == Some(*value),
+                },
+                other => text(other).as_deref() == Some(t.as_str()),
+            }),
             ValueTest::Null => !present || vals.iter().any(Json::is_null),
             ValueTest::Exists(b) => present == *b,
             ValueTest::Cmp(op, n) => vals.iter().any(|v| {

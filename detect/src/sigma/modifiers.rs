@@ -435,6 +435,21 @@ pub fn compile_field(
                 kind: anchor.unwrap_or(StrKind::Exact),
                 cased,
             }),
+            // A number as a number: `n: 5` is 5.0 in the event too.
+            _ if fm.field.is_some()
+                && anchor.is_none()
+                && transforms.is_empty()
+                && matches!(it.value, Value::Int(_) | Value::Float(_)) =>
+            {
+                let (int, value) = match it.value {
+                    Value::Int(i) => (Some(i128::from(i)), i as f64),
+                    Value::Float(f) => {
+                        ((f.fract() == 0.0 && f.abs() < 1e18).then_some(f as i128), f)
+                    }
+                    _ => unreachable!("matched above"),
+                };
+                fm.tests.push(ValueTest::Number { text, int, value });
+            }
             _ => {
                 let mut variants = Vec::new();
                 for toks in apply_transforms(&text, &transforms, ctx, it.line)? {

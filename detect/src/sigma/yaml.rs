@@ -164,6 +164,11 @@ impl Builder {
     }
 }
 
+fn is_whole_number(text: &str) -> bool {
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         if self.error.is_some() {
@@ -182,6 +187,9 @@ impl MarkedEventReceiver for Builder {
                         Yaml::Integer(i) if !text.starts_with("0x") && !text.starts_with("0o") => {
                             Value::Int(i)
                         }
+                        // A whole number beyond i64 (an id, `12345678901234567890`) stays
+                        // its digits: as a float it would be rounded and match nothing.
+                        Yaml::Real(_) if is_whole_number(&text) => Value::Str(text),
                         Yaml::Real(r) => r
                             .parse::<f64>()
                             .map(Value::Float)
