@@ -329,6 +329,13 @@ const SAMPLES: &[(&str, &str, &str)] = &[
         "salesforce/setup_audit_trail_page.json",
         "salesforce",
     ),
+    // `EventLogFile` records (SOQL on EventLogFile: one per log file, its `EventType` the kind
+    // of rows it holds), as the pack's report-export rule reads them.
+    (
+        "salesforce_event_log_files",
+        "salesforce/event_log_files.json",
+        "salesforce",
+    ),
     // The vendors of rules in the pack written from their documentation (the records are the
     // rules' test events).
     ("azure_audit_samples", "azure/audit_samples.json", "azure"),

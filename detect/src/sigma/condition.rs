@@ -156,6 +156,12 @@ impl Parser<'_> {
             }
             Some(Tok::Ident(name)) => match self.names.iter().position(|n| *n == name) {
                 Some(i) => Ok(Cond::Sel(i)),
+                // `2 of them` reads like the grammar but is not in it.
+                None if self.peek() == Some(&Tok::Of) && name.bytes().all(|b| b.is_ascii_digit()) => {
+                    Err(format!(
+                        "`{name} of` is not supported: Sigma has `1 of` and `all of` only (write the combinations with `and`/`or`)"
+                    ))
+                }
                 None => Err(format!("unknown search identifier `{name}`")),
             },
             Some(q @ (Tok::One | Tok::All)) => {
@@ -233,6 +239,24 @@ pub fn parse_condition(text: &str, names: &[String]) -> Result<Cond, String> {
             "unexpected {} after the end of the expression",
             describe(t)
         )),
+    }
+}
+
+impl Cond {
+    /// The selections this condition reads, by index (sorted, deduplicated).
+    pub fn selections_used(&self) -> Vec<usize> {
+        fn walk(c: &Cond, out: &mut Vec<usize>) {
+            match c {
+                Cond::Sel(i) => out.push(*i),
+                Cond::And(parts) | Cond::Or(parts) => parts.iter().for_each(|p| walk(p, out)),
+                Cond::Not(inner) => walk(inner, out),
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
@@ -326,6 +350,13 @@ mod tests {
         assert!(parse_condition("1 of zzz*", &n)
             .unwrap_err()
             .contains("matches no"));
+        for cond in ["2 of them", "3 of selection*"] {
+            let e = parse_condition(cond, &n).unwrap_err();
+            assert!(
+                e.contains("Sigma has `1 of` and `all of` only"),
+                "{cond}: {e}"
+            );
+        }
         assert!(parse_condition("(selection", &n).unwrap_err().contains(")"));
         assert!(parse_condition("selection | count() > 5", &n)
             .unwrap_err()

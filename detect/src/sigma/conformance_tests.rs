@@ -59,6 +59,88 @@ fn load_error(text: &str) -> RuleError {
     errs.into_iter().next().expect("an error")
 }
 
+#[test]
+fn modifiers_that_would_be_ignored_are_errors() {
+    for (key, value, message) in [
+        (
+            "f|re|contains",
+            "'a.c'",
+            "modifiers `re` and `contains` cannot be combined",
+        ),
+        (
+            "f|re|i|startswith",
+            "'a.c'",
+            "modifiers `re` and `startswith` cannot be combined",
+        ),
+        (
+            "f|cidr|contains",
+            "'10.0.0.0/8'",
+            "modifiers `cidr` and `contains` cannot be combined",
+        ),
+        (
+            "f|gt|contains",
+            "5",
+            "modifiers `gt` and `contains` cannot be combined",
+        ),
+        ("f|gt|lt", "5", "modifiers `gt` and `lt` cannot be combined"),
+        (
+            "f|exists|contains",
+            "true",
+            "modifiers `exists` and `contains` cannot be combined",
+        ),
+        (
+            "f|hour|contains",
+            "5",
+            "modifiers `hour` and `contains` cannot be combined",
+        ),
+        (
+            "f|fieldref|base64",
+            "g",
+            "modifiers `fieldref` and `base64` cannot be combined",
+        ),
+        (
+            "f|base64offset|contains",
+            "5",
+            "`base64offset` transforms text; write the value `5` in quotes",
+        ),
+        (
+            "f|base64|windash",
+            "'-x'",
+            "`windash` must come before `base64`",
+        ),
+        (
+            "f|wide|base64offset|windash|contains",
+            "'-x'",
+            "`windash` must come before `wide`",
+        ),
+    ] {
+        let err = load_error(&detection(
+            &format!("    sel:\n        {key}: {value}"),
+            "sel",
+        ));
+        assert_eq!(err.line, Some(7), "{key}: {err}");
+        assert_eq!(
+            err.field.as_deref(),
+            Some(format!("sel.{key}").as_str()),
+            "{err}"
+        );
+        assert!(err.message.contains(message), "{key}: {err}");
+    }
+    // The valid neighbours still load.
+    for (key, value) in [
+        ("f|windash|base64offset|contains", "'-x'"),
+        ("f|wide|base64offset|contains", "'x'"),
+        ("f|hour|gte", "5"),
+        ("f|fieldref|contains", "g"),
+        ("f|re|i", "'a.c'"),
+        ("f|base64offset|contains", "'5'"),
+    ] {
+        let text = detection(&format!("    sel:\n        {key}: {value}"), "sel");
+        let (_, errs) = parse_file(Path::new("test.yml"), &text, &Pipelines::builtin());
+        assert!(errs.is_empty(), "{key}: {errs:?}");
+    }
+}
+
 fn ruleset(text: &str) -> RuleSet {
     ruleset_with(text, &Pipelines::builtin())
 }
@@ -85,6 +167,50 @@ fn check(sel: &str, yes: &[Json], no: &[Json]) {
             "should not match: {sel} on {e}"
         );
     }
+}
+
+#[test]
+fn numbers_equal_as_numbers_and_long_ones_keep_their_digits() {
+    check(
+        "    sel:\n        n: 5",
+        &[
+            json!({"n": 5}),
+            json!({"n": 5.0}),
+            json!({"n": "5"}),
+            json!({"n": [1, 5.0]}),
+        ],
+        &[
+            json!({"n": 5.5}),
+            json!({"n": 50}),
+            json!({"n": "5.0"}),
+            json!({"n": "x"}),
+        ],
+    );
+    check(
+        "    sel:\n        n: 5.0",
+        &[json!({"n": 5}), json!({"n": 5.0})],
+        &[json!({"n": 5.25})],
+    );
+    check(
+        "    sel:\n        n|neq: 5",
+        &[json!({"n": 6})],
+        &[json!({"n": 5.0})],
+    );
+    // Whole numbers compare exactly, beyond 2^53 too.
+    check(
+        "    sel:\n        n: 9007199254740993",
+        &[json!({"n": 9_007_199_254_740_993_u64})],
+        &[json!({"n": 9_007_199_254_740_992_u64})],
+    );
+    // Beyond i64: the rule's digits, not a rounded float.
+    check(
+        "    sel:\n        n: 12345678901234567890",
+        &[
+            json!({"n": 12_345_678_901_234_567_890_u64}),
+            json!({"n": "12345678901234567890"}),
+        ],
+        &[json!({"n": 12_345_678_901_234_567_000_u64})],
+    );
 }
 
 #[test]
@@ -834,6 +960,75 @@ fn an_unknown_rule_reference_is_reported_at_its_line() {
 }
 
 #[test]
+fn a_temporal_correlation_of_one_rule_and_an_alias_for_a_rule_not_correlated_are_errors() {
+    for kind in ["temporal", "temporal_ordered"] {
+        let err = load_error(&corr(&format!(
+            "    type: {kind}\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 5m"
+        )));
+        assert_eq!(
+            (err.line, err.field.as_deref()),
+            (Some(6), Some("correlation.rules")),
+            "{err}"
+        );
+        assert!(err.message.contains("needs at least two rules"), "{err}");
+    }
+    let text = |alias_rule: &str| {
+        format!("title: tmp\nid: c1\ncorrelation:\n    type: temporal\n    rules: [okta_fail, okta_ok]\n    aliases:\n        user:\n            {alias_rule}: actor.alternateId\n            okta_ok: actor.alternateId\n    group-by: [user]\n    timespan: 10m\n---\n{FAIL_RULE}---\n{SUCCESS_RULE}")
+    };
+    let load = |text: &str| {
+        let (docs, errs) = parse_file(Path::new("c.yml"), text, &Pipelines::builtin());
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut errors = Vec::new();
+        let set = RuleSet::from_docs(docs, &mut errors);
+        (set, errors)
+    };
+    // By name or by id: both name a correlated rule.
+    for ok in ["okta_fail", "fail1"] {
+        let (set, errors) = load(&text(ok));
+        assert!(errors.is_empty(), "{ok}: {errors:?}");
+        assert_eq!(set.correlations.len(), 1);
+    }
+    let (set, errors) = load(&text("nope"));
+    assert!(set.correlations.is_empty());
+    assert_eq!(
+        errors[0].to_string(),
+        "c.yml:8: field `correlation.aliases`: alias names rule `nope`, which is not in the correlation's `rules`"
+    );
+}
+
+#[test]
+fn a_filter_naming_an_unknown_rule_or_a_correlation_is_reported_at_its_line() {
+    let filter = |target: &str| {
+        format!("title: f\nlogsource: {{product: okta}}\nfilter:\n    rules:\n        - okta_fail\n        - {target}\n    selection:\n        actor.alternateId: svc\n    condition: selection\n---\ntitle: c\nid: c9\ncorrelation:\n    type: event_count\n    rules: [okta_fail]\n    group-by: [user]\n    timespan: 1m\n    condition:\n        gte: 2\n---\n{FAIL_RULE}")
+    };
+    let load = |text: &str| {
+        let (docs, errs) = parse_file(Path::new("f.yml"), text, &Pipelines::builtin());
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut errors = Vec::new();
+        let set = RuleSet::from_docs(docs, &mut errors);
+        (set, errors)
+    };
+    let (set, errors) = load(&filter("okta_fail"));
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(set.filters.len(), 1);
+    for (target, message) in [
+        ("nope", "filter references unknown rule `nope`"),
+        ("c9", "filter references correlation `c9`"),
+    ] {
+        let (set, errors) = load(&filter(target));
+        assert!(set.filters.is_empty(), "{target}");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .to_string()
+                .starts_with(&format!("f.yml:6: field `filter.rules`: {message}")),
+            "{}",
+            errors[0]
+        );
+    }
+}
+
+#[test]
 fn generate_is_read_at_the_top_level_too() {
     // The correlation schema has `generate` beside `correlation`; pySigma reads it inside.
     let outer = corr("    type: event_count\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 1m\n    condition:\n        gte: 2")
@@ -1120,10 +1315,32 @@ fn rule_test_runner() {
         detection("    sel:\n        x: 1", "sel").replace("id: r1", "id: r9"),
     )
     .unwrap_or_default();
+    // Tests files that hold no case test nothing, like a missing one.
+    for (name, tests) in [
+        ("empty_lists", "match: []\nno_match: []\n"),
+        ("source_only", "source: okta\n"),
+    ] {
+        std::fs::write(
+            p.join(format!("{name}.yml")),
+            detection("    sel:\n        x: 1", "sel").replace("id: r1", &format!("id: {name}")),
+        )
+        .unwrap_or_default();
+        std::fs::write(p.join(format!("{name}.tests.yml")), tests).unwrap_or_default();
+    }
     let report = run_rule_tests(p, &SigmaOptions::default(), &test_normalize);
     assert_eq!(report.rules_tested, 2);
     assert_eq!(report.cases_passed, 3, "{:?}", report.failures);
-    assert_eq!(report.failures.len(), 2, "{:?}", report.failures);
+    assert_eq!(report.failures.len(), 4, "{:?}", report.failures);
+    for name in ["empty_lists.yml", "source_only.yml"] {
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|f| f.got == "no cases" && f.rule.ends_with(name)),
+            "{name}: {:?}",
+            report.failures
+        );
+    }
     assert!(report
         .failures
         .iter()
@@ -1234,6 +1451,20 @@ fn naive_matches(set: &RuleSet, event: &Event, ignore_logsource: bool) -> Vec<u3
                 let re = str_regex(s);
                 vals.iter().filter_map(text).any(|x| re.is_match(&x))
             }
+            ValueTest::Number {
+                text: t,
+                int,
+                value,
+            } => vals.iter().any(|v| match v {
+                Json::Number(x) => match (
+                    x.as_i64().map(i128::from).or(x.as_u64().map(i128::from)),
+                    int,
+                ) {
+                    (Some(a), Some(b)) => a == *b,
+                    _ => x.as_f64() == Some(*value),
+                },
+                other => text(other).as_deref() == Some(t.as_str()),
+            }),
             ValueTest::Null => !present || vals.iter().any(Json::is_null),
             ValueTest::Exists(b) => present == *b,
             ValueTest::Cmp(op, n) => vals.iter().any(|v| {

@@ -303,6 +303,24 @@ impl<'a> Leaf<'a> {
         }
     }
 
+    /// The value when it is a number (not text that reads as one): whole (when it is) and
+    /// as a float.
+    pub fn number(&self) -> Option<(Option<i128>, Option<f64>)> {
+        match self {
+            Leaf::Json(v) => match v.as_ref() {
+                ValueRef::Number(n) => Some((
+                    n.as_i64()
+                        .map(i128::from)
+                        .or_else(|| n.as_u64().map(i128::from)),
+                    n.as_f64(),
+                )),
+                _ => None,
+            },
+            Leaf::Num(n) => Some((Some(i128::from(*n)), Some(*n as f64))),
+            _ => None,
+        }
+    }
+
     pub fn as_f64(&self) -> Option<f64> {
         match self {
             Leaf::Json(v) => match v.as_ref() {
@@ -538,6 +556,13 @@ pub enum ValueTest {
     /// `gt`/`gte`/`lt`/`lte` with a whole number: compared as integers with whole-number
     /// values, exactly (a float has 53 bits: ids and byte counts beyond 2^53 compared wrong).
     CmpInt(CmpOp, i128),
+    /// A number written as a number (`n: 5`): a JSON number is compared as a number (5, 5.0
+    /// and 5e0 are equal; whole numbers exactly, beyond 2^53 too), any other value by its text.
+    Number {
+        text: String,
+        int: Option<i128>,
+        value: f64,
+    },
     /// `field: null`: the field is absent or null.
     Null,
     /// `exists: true|false`.
@@ -566,6 +591,11 @@ impl ValueTest {
                 s.and_then(|s| s.trim().parse::<std::net::IpAddr>().ok())
                     .is_some_and(|ip| net.contains(&ip))
             }),
+            ValueTest::Number { text, int, value } => match leaf.number() {
+                Some((Some(a), _)) if int.is_some() => Some(a) == *int,
+                Some((_, f)) => f == Some(*value),
+                None => leaf.with_text(|s| s == Some(text.as_str())),
+            },
             ValueTest::Cmp(op, b) => leaf.as_f64().is_some_and(|a| op.holds(a, *b)),
             ValueTest::CmpInt(op, b) => match leaf.as_i128() {
                 Some(a) => op.holds_ord(a, *b),

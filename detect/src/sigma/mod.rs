@@ -293,19 +293,36 @@ impl RuleSet {
                         bad = Some((
                             ci,
                             line,
+                            "correlation.rules",
                             format!("correlation references unknown rule `{r}`"),
+                        ));
+                        break 'outer;
+                    }
+                }
+                // An alias for a rule the correlation does not read is never used: the
+                // group-by field it was meant to give that rule silently stays the alias name.
+                for (r, line) in &c.alias_rule_lines {
+                    let target = self.find_ref(r);
+                    if target.is_none() || !c.rules.iter().any(|x| self.find_ref(x) == target) {
+                        bad = Some((
+                            ci,
+                            *line,
+                            "correlation.aliases",
+                            format!(
+                                "alias names rule `{r}`, which is not in the correlation's `rules`"
+                            ),
                         ));
                         break 'outer;
                     }
                 }
             }
             match bad {
-                Some((ci, line, msg)) => {
+                Some((ci, line, field, msg)) => {
                     let c = self.correlations.remove(ci);
                     errors.push(RuleError {
                         path: c.meta.path,
                         line: Some(line),
-                        field: Some("correlation.rules".into()),
+                        field: Some(field.into()),
                         message: msg,
                     });
                 }
@@ -382,6 +399,34 @@ impl RuleSet {
         }
         for (s, g) in self.corr_suppressed.iter_mut().zip(corr_generate) {
             *s &= !g;
+        }
+        // A filter applies to detection rules; one naming nothing that exists (a typo, a rule
+        // not loaded) or a correlation would load and never filter anything.
+        let mut fi = 0;
+        while fi < self.filters.len() {
+            let f = &self.filters[fi];
+            let bad = f.rules.iter().enumerate().find_map(|(i, r)| {
+                let message = match self.find_ref(r) {
+                    Some(RuleRef::Detection(_)) => return None,
+                    Some(RuleRef::Correlation(_)) => format!(
+                        "filter references correlation `{r}` (filters apply to detection rules; filter the rules it correlates)"
+                    ),
+                    None => format!("filter references unknown rule `{r}`"),
+                };
+                Some((f.rule_lines.get(i).copied().unwrap_or(f.meta.line), message))
+            });
+            match bad {
+                Some((line, message)) => {
+                    let f = self.filters.remove(fi);
+                    errors.push(RuleError {
+                        path: f.meta.path,
+                        line: Some(line),
+                        field: Some("filter.rules".into()),
+                        message,
+                    });
+                }
+                None => fi += 1,
+            }
         }
         self.det_filters = self
             .detections

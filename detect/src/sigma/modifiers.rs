@@ -102,8 +102,9 @@ fn base64_offsets(bytes: &[u8]) -> Vec<Vec<u8>> {
 const DASHES: [&str; 5] = ["-", "/", "\u{2013}", "\u{2014}", "\u{2015}"];
 const MAX_VARIANTS: usize = 4096;
 
-/// `windash`: every `-` or `/` that starts a flag (after a non-word character, before a word
-/// character) becomes each of `-`, `/`, en dash, em dash, horizontal bar.
+/// `windash`: every dash that starts a flag (after a non-word character, before a word
+/// character) becomes each of `-`, `/`, en dash, em dash, horizontal bar. Any of the five
+/// counts as such a dash, so a rule written with `—foo` is as wide as one written `-foo`.
 fn windash(toks: &[Tok], line: usize) -> Result<Vec<Vec<Tok>>, ModError> {
     let mut variants: Vec<Vec<Tok>> = vec![Vec::new()];
     for t in toks {
@@ -120,7 +121,8 @@ fn windash(toks: &[Tok], line: usize) -> Result<Vec<Vec<Tok>>, ModError> {
             let next_word = chars
                 .get(k + 1)
                 .is_some_and(|n| n.is_alphanumeric() || *n == '_');
-            if (c == '-' || c == '/') && !prev_word && next_word {
+            let is_dash = matches!(c, '-' | '/' | '\u{2013}' | '\u{2014}' | '\u{2015}');
+            if is_dash && !prev_word && next_word {
                 pieces.push(vec![std::mem::take(&mut cur)]);
                 pieces.push(DASHES.iter().map(|d| d.to_string()).collect());
             } else {
@@ -280,10 +282,23 @@ pub fn compile_field(
                 value_type = Some(m.as_str());
             }
             "i" | "m" | "s" if value_type == Some("re") => re_flags.push_str(m),
-            "gt" => cmp = Some(CmpOp::Gt),
-            "gte" => cmp = Some(CmpOp::Gte),
-            "lt" => cmp = Some(CmpOp::Lt),
-            "lte" => cmp = Some(CmpOp::Lte),
+            "gt" | "gte" | "lt" | "lte" => {
+                if let Some(prev) = cmp {
+                    return Err(err(
+                        line,
+                        format!(
+                            "modifiers `{}` and `{m}` cannot be combined (a range is two entries of the selection)",
+                            cmp_name(prev)
+                        ),
+                    ));
+                }
+                cmp = Some(match m.as_str() {
+                    "gt" => CmpOp::Gt,
+                    "gte" => CmpOp::Gte,
+                    "lt" => CmpOp::Lt,
+                    _ => CmpOp::Lte,
+                });
+            }
             "minute" => time = Some(TimePart::Minute),
             "hour" => time = Some(TimePart::Hour),
             "day" => time = Some(TimePart::Day),
@@ -291,11 +306,24 @@ pub fn compile_field(
             "month" => time = Some(TimePart::Month),
             "year" => time = Some(TimePart::Year),
             "base64" | "base64offset" | "wide" | "utf16le" | "utf16be" | "utf16" | "windash"
-            | "expand" => transforms.push(m.as_str()),
+            | "expand" => {
+                // Transformations apply in rule order: after an encoding, `windash` would look
+                // for dashes in the encoded text and find none.
+                if m == "windash" {
+                    if let Some(enc) = transforms.iter().find(|t| ENCODINGS.contains(t)) {
+                        return Err(err(
+                            line,
+                            format!("`windash` must come before `{enc}` (modifiers apply in order; after it there is no dash to vary)"),
+                        ));
+                    }
+                }
+                transforms.push(m.as_str());
+            }
             "" => return Err(err(line, "empty modifier (`||`)")),
             other => return Err(err(line, format!("unknown modifier `{other}`"))),
         }
     }
+    check_combination(&modifiers, value_type, line)?;
     if fm.all && items.len() == 1 && fm.field.is_some() {
         // The spec forbids `all` on a single value; accept it (it is harmless) rather than
         // rejecting public rules over style.
@@ -369,6 +397,14 @@ pub fn compile_field(
                 format!("expected a scalar value, found a {}", it.kind()),
             ));
         };
+        if let Some(t) = transforms.iter().find(|t| **t != "expand") {
+            if !matches!(it.value, Value::Str(_)) {
+                return Err(err(
+                    it.line,
+                    format!("`{t}` transforms text; write the value `{text}` in quotes"),
+                ));
+            }
+        }
         match value_type {
             Some("re") => {
                 let mut pat = String::new();
@@ -399,6 +435,21 @@ pub fn compile_field(
                 kind: anchor.unwrap_or(StrKind::Exact),
                 cased,
             }),
+            // A number as a number: `n: 5` is 5.0 in the event too.
+            _ if fm.field.is_some()
+                && anchor.is_none()
+                && transforms.is_empty()
+                && matches!(it.value, Value::Int(_) | Value::Float(_)) =>
+            {
+                let (int, value) = match it.value {
+                    Value::Int(i) => (Some(i128::from(i)), i as f64),
+                    Value::Float(f) => {
+                        ((f.fract() == 0.0 && f.abs() < 1e18).then_some(f as i128), f)
+                    }
+                    _ => unreachable!("matched above"),
+                };
+                fm.tests.push(ValueTest::Number { text, int, value });
+            }
             _ => {
                 let mut variants = Vec::new();
                 for toks in apply_transforms(&text, &transforms, ctx, it.line)? {
@@ -443,6 +494,86 @@ pub fn compile_field(
         return Err(err(line, "keyword searches only support string values"));
     }
     Ok(fm)
+}
+
+/// Encodings: after one of them the value is bytes of another form, not the rule's text.
+const ENCODINGS: [&str; 6] = [
+    "base64",
+    "base64offset",
+    "wide",
+    "utf16le",
+    "utf16be",
+    "utf16",
+];
+
+/// Modifiers that would be silently ignored beside another (`re|contains`, `gt|contains`,
+/// `exists|contains`): the rule would not test what it says, so it is refused, with why.
+fn check_combination(
+    modifiers: &[String],
+    value_type: Option<&str>,
+    line: usize,
+) -> Result<(), ModError> {
+    let find = |set: &[&str]| {
+        modifiers
+            .iter()
+            .map(String::as_str)
+            .find(|m| set.contains(m))
+    };
+    let anchor = find(&["contains", "startswith", "endswith"]);
+    let transform = find(&[
+        "base64",
+        "base64offset",
+        "wide",
+        "utf16le",
+        "utf16be",
+        "utf16",
+        "windash",
+        "expand",
+    ]);
+    let cmp = find(&["gt", "gte", "lt", "lte"]);
+    let time = find(&["minute", "hour", "day", "week", "month", "year"]);
+    let clash = |a: &str, b: &str, why: &str| {
+        Err(err(
+            line,
+            format!("modifiers `{a}` and `{b}` cannot be combined: {why}"),
+        ))
+    };
+    match value_type {
+        Some(vt @ ("re" | "cidr" | "exists")) => {
+            let why = match vt {
+                "re" => "a regular expression says itself where it matches (it is unanchored unless it uses ^ or $)",
+                "cidr" => "a CIDR matches IP addresses, not text",
+                _ => "`exists` tests whether the field is present, not its value",
+            };
+            if let Some(other) = anchor.or(transform).or(cmp).or(time) {
+                return clash(vt, other, why);
+            }
+        }
+        Some("fieldref") => {
+            if let Some(other) = transform.or(cmp).or(time) {
+                return clash(
+                    "fieldref",
+                    other,
+                    "`fieldref` compares with the other field's value as it is",
+                );
+            }
+        }
+        _ => {}
+    }
+    if let Some(t) = time {
+        if let Some(other) = anchor.or(transform) {
+            return clash(
+                t,
+                other,
+                "a time modifier compares a part of a timestamp as a number",
+            );
+        }
+    } else if let Some(c) = cmp {
+        if let Some(other) = anchor.or(transform) {
+            return clash(c, other, "a comparison compares numbers, not text");
+        }
+    }
+    Ok(())
 }
 
 fn keyword_tokens(mut toks: Vec<Tok>) -> Vec<Tok> {
@@ -577,6 +708,21 @@ mod tests {
             .collect();
         assert!(texts.contains(&" /enc a-b".to_string()));
         assert!(texts.contains(&" \u{2014}enc a-b".to_string()));
+    }
+
+    #[test]
+    fn windash_expands_a_flag_written_with_any_of_the_five_dashes() {
+        for dash in DASHES {
+            let v = windash(&parse_wildcards(&format!("{dash}foo")), 1).unwrap();
+            let mut texts: Vec<String> = v
+                .iter()
+                .map(|t| String::from_utf8(plain_bytes(t, "x", 1).unwrap()).unwrap())
+                .collect();
+            texts.sort();
+            let mut expected: Vec<String> = DASHES.iter().map(|d| format!("{d}foo")).collect();
+            expected.sort();
+            assert_eq!(texts, expected, "{dash}");
+        }
     }
 
     #[test]

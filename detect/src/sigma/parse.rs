@@ -71,6 +71,8 @@ pub struct FilterRule {
     pub meta: RuleMeta,
     /// Ids or names of the rules the filter applies to.
     pub rules: Vec<String>,
+    /// The line of each of `rules` (for errors about a reference).
+    pub rule_lines: Vec<usize>,
     pub detection: Detection,
     pub sources: Option<Vec<String>>,
 }
@@ -140,6 +142,8 @@ pub struct CorrelationRule {
     pub fields: Vec<String>,
     /// alias -> (rule id or name -> event field).
     pub aliases: HashMap<String, HashMap<String, String>>,
+    /// Each rule an alias names, with its line (for errors about a reference).
+    pub alias_rule_lines: Vec<(String, usize)>,
     pub generate: bool,
 }
 
@@ -467,8 +471,14 @@ fn parse_doc(
         if f.as_map().is_none() {
             return Err(rerr(path, f.line, Some("filter"), "`filter` must be a map"));
         }
-        let rules = match f.get("rules") {
-            Some(r) => str_list(r, path, "filter.rules")?,
+        let (rules, rule_lines) = match f.get("rules") {
+            Some(r) => {
+                let lines = match &r.value {
+                    Value::Seq(items) => items.iter().map(|i| i.line).collect(),
+                    _ => vec![r.line],
+                };
+                (str_list(r, path, "filter.rules")?, lines)
+            }
             None => {
                 return Err(rerr(
                     path,
@@ -479,9 +489,30 @@ fn parse_doc(
             }
         };
         let detection = parse_detection(f, path, &["rules"], pipelines, sources.as_deref())?;
+        // Besides `rules` and `condition`, a filter holds search identifiers; one its condition
+        // never uses is a misspelt key (or a forgotten selection), and would filter nothing.
+        let used = detection.condition.selections_used();
+        if let Some(unused) = detection
+            .selections
+            .iter()
+            .enumerate()
+            .find(|(i, _)| !used.contains(i))
+            .map(|(_, s)| s)
+        {
+            return Err(rerr(
+                path,
+                unused.line,
+                Some(&format!("filter.{}", unused.name)),
+                format!(
+                    "unknown key `{}` in `filter` (neither `rules`, `condition` nor a search identifier the condition uses)",
+                    unused.name
+                ),
+            ));
+        }
         return Ok(RuleDoc::Filter(FilterRule {
             meta,
             rules,
+            rule_lines,
             detection,
             sources,
         }));
@@ -666,23 +697,39 @@ fn parse_selection(
     })
 }
 
-/// `10s`, `5m`, `1h`, `7d`, `2w` -> milliseconds.
+/// `10s`, `5m`, `1h`, `7d` -> milliseconds. The correlation specification allows a number and
+/// one of these four units "in lowercase", nothing else: `5M` (months to pySigma, minutes to a
+/// reader) and `2w` are refused rather than guessed.
 pub fn parse_timespan(s: &str) -> Option<i64> {
     let s = s.trim();
     let unit = s.chars().last()?;
-    let n: i64 = s[..s.len() - unit.len_utf8()].trim().parse().ok()?;
+    let digits = &s[..s.len() - unit.len_utf8()];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: i64 = digits.parse().ok()?;
     let mult = match unit {
         's' => 1_000,
         'm' => 60_000,
         'h' => 3_600_000,
         'd' => 86_400_000,
-        'w' => 7 * 86_400_000,
-        'M' => 30 * 86_400_000,
-        'y' => 365 * 86_400_000,
         _ => return None,
     };
     (n > 0).then_some(n.checked_mul(mult)?)
 }
+
+/// The keys of a `correlation` section (correlation specification and schema); `timeframe` is
+/// the pre-2.0 name of `timespan`, still read.
+const CORRELATION_KEYS: [&str; 8] = [
+    "type",
+    "rules",
+    "aliases",
+    "group-by",
+    "timespan",
+    "timeframe",
+    "condition",
+    "generate",
+];
 
 /// `top_generate`: a `generate` beside `correlation` (where the Sigma schema puts it), read like
 /// one inside it (where pySigma reads it).
@@ -699,6 +746,21 @@ fn parse_correlation(
             Some("correlation"),
             "`correlation` must be a map",
         ));
+    }
+    // A misspelt key (`groupby` for `group-by`) would otherwise drop what it says: a per-IP
+    // correlation would silently count every event together.
+    for (key, node) in c.as_map().unwrap_or_default() {
+        if !CORRELATION_KEYS.contains(&key.as_str()) {
+            return Err(rerr(
+                path,
+                node.line,
+                Some(&format!("correlation.{key}")),
+                format!(
+                    "unknown key `{key}` in `correlation` (expected one of {})",
+                    CORRELATION_KEYS.join(", ")
+                ),
+            ));
+        }
     }
     let type_node = c
         .get("type")
@@ -768,7 +830,9 @@ fn parse_correlation(
             path,
             ts_node.line,
             Some("correlation.timespan"),
-            format!("invalid timespan `{ts_text}` (expected e.g. 30s, 5m, 1h, 1d)"),
+            format!(
+                "invalid timespan `{ts_text}` (a whole number and a lowercase unit s, m, h or d: 30s, 5m, 1h, 1d)"
+            ),
         )
     })?;
     let mut condition = Vec::new();
@@ -858,7 +922,25 @@ fn parse_correlation(
             ),
         ));
     }
+    // One rule has nothing to be near in time: the correlation would fire on each of its
+    // events (or never wait for another), which an `event_count` says honestly.
+    if matches!(
+        kind,
+        CorrelationType::Temporal | CorrelationType::TemporalOrdered
+    ) && rules.len() < 2
+    {
+        return Err(rerr(
+            path,
+            rule_lines.first().copied().unwrap_or(c.line),
+            Some("correlation.rules"),
+            format!(
+                "`{}` needs at least two rules (for one rule, use `event_count`)",
+                kind.as_str()
+            ),
+        ));
+    }
     let mut aliases = HashMap::new();
+    let mut alias_rule_lines = Vec::new();
     if let Some(a) = c.get("aliases") {
         let Some(entries) = a.as_map() else {
             return Err(rerr(
@@ -879,6 +961,7 @@ fn parse_correlation(
             };
             let mut inner = HashMap::new();
             for (rule, f) in m {
+                let f_line = f.line;
                 let f = f.scalar_text().ok_or_else(|| {
                     rerr(
                         path,
@@ -887,6 +970,7 @@ fn parse_correlation(
                         "expected a field name",
                     )
                 })?;
+                alias_rule_lines.push((rule.clone(), f_line));
                 inner.insert(rule.clone(), f);
             }
             aliases.insert(alias.clone(), inner);
@@ -920,6 +1004,7 @@ fn parse_correlation(
         condition,
         fields,
         aliases,
+        alias_rule_lines,
         generate,
     })
 }
@@ -1022,6 +1107,48 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_key_in_a_correlation_or_filter_is_an_error() {
+        let (ok, errs) = parse(
+            "title: c\ncorrelation:\n  type: event_count\n  rules: [r1]\n  groupby: [ip]\n  timespan: 5m\n  condition: {gte: 2}\n",
+        );
+        assert!(ok.is_empty());
+        assert_eq!(errs.len(), 1);
+        assert_eq!(
+            (errs[0].line, errs[0].field.as_deref()),
+            (Some(5), Some("correlation.groupby")),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[0].message.contains("unknown key `groupby`"),
+            "{}",
+            errs[0]
+        );
+
+        let filter = |body: &str| {
+            parse(&format!(
+                "title: f\nlogsource: {{product: okta}}\nfilter:\n  rules: [r1]\n{body}"
+            ))
+        };
+        let (ok, errs) = filter("  selection: {a: 1}\n  condition: selection\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(ok.len(), 1);
+        let (ok, errs) = filter("  selection: {a: 1}\n  rule: [r2]\n  condition: selection\n");
+        assert!(ok.is_empty());
+        assert_eq!(
+            (errs[0].line, errs[0].field.as_deref()),
+            (Some(6), Some("filter.rule")),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[0].message.contains("unknown key `rule`"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
     fn timespans() {
         assert_eq!(parse_timespan("30s"), Some(30_000));
         assert_eq!(parse_timespan("1h"), Some(3_600_000));
@@ -1029,5 +1156,24 @@ mod tests {
         assert_eq!(parse_timespan("h"), None);
         assert_eq!(parse_timespan("0m"), None);
         assert_eq!(parse_timespan("5x"), None);
+        // Only the specification's lowercase units: `5M` is not five minutes, nor months.
+        for bad in ["5M", "5S", "1H", "1D", "2w", "1y", "+5m", "1.5h", "5 m"] {
+            assert_eq!(parse_timespan(bad), None, "{bad}");
+        }
+        let (ok, errs) = parse(
+            "title: c\ncorrelation:\n  type: event_count\n  rules: [r1]\n  group-by: [ip]\n  timespan: 5M\n  condition: {gte: 2}\n",
+        );
+        assert!(ok.is_empty());
+        assert_eq!(
+            (errs[0].line, errs[0].field.as_deref()),
+            (Some(6), Some("correlation.timespan")),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[0].message.contains("invalid timespan `5M`"),
+            "{}",
+            errs[0]
+        );
     }
 }

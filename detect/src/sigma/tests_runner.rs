@@ -235,6 +235,17 @@ pub fn run_rule_tests(
                 continue;
             }
         };
+        // A tests file without a case tests nothing: it counts as no tests, a failure.
+        if tf.matches.is_empty() && tf.no_matches.is_empty() && tf.sequences.is_empty() {
+            fail(
+                &mut report,
+                &file,
+                "tests file".into(),
+                "at least one `match`, `no_match` or `sequences` case".into(),
+                "no cases".into(),
+            );
+            continue;
+        }
         report.rules_tested += 1;
         let dets: Vec<usize> = (0..rules.detections.len())
             .filter(|&i| rules.detections[i].meta.path == file)

@@ -164,6 +164,11 @@ impl Builder {
     }
 }
 
+fn is_whole_number(text: &str) -> bool {
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         if self.error.is_some() {
@@ -182,6 +187,9 @@ impl MarkedEventReceiver for Builder {
                         Yaml::Integer(i) if !text.starts_with("0x") && !text.starts_with("0o") => {
                             Value::Int(i)
                         }
+                        // A whole number beyond i64 (an id, `12345678901234567890`) stays
+                        // its digits: as a float it would be rounded and match nothing.
+                        Yaml::Real(_) if is_whole_number(&text) => Value::Str(text),
                         Yaml::Real(r) => r
                             .parse::<f64>()
                             .map(Value::Float)
@@ -241,9 +249,15 @@ pub fn load_documents(text: &str) -> Result<Vec<Node>, YamlError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, true) {
-        return Err(YamlError {
-            line: e.marker().line(),
-            message: e.info().to_string(),
+        let (line, message) = (e.marker().line(), e.info().to_string());
+        // The parser notices an unclosed `[` or `{` on a later line (a flow collection may go
+        // on across lines); the mistake is where it was opened.
+        return Err(match unclosed_flow_opener(text, e.marker().index()) {
+            Some((opener, open_line)) if open_line < line => YamlError {
+                line: open_line,
+                message: format!("`{opener}` is not closed ({message} on line {line})"),
+            },
+            _ => YamlError { line, message },
         });
     }
     if let Some(e) = builder.error {
@@ -254,6 +268,53 @@ pub fn load_documents(text: &str) -> Result<Vec<Node>, YamlError> {
         .into_iter()
         .filter(|d| d.value != Value::Null)
         .collect())
+}
+
+/// The innermost `[` or `{` that starts a flow collection before character `end` of `text` and
+/// is not closed there, with its line. Quotes and comments are skipped; a bracket inside a plain
+/// word (`cmd[1]`) does not start a collection.
+fn unclosed_flow_opener(text: &str, end: usize) -> Option<(char, usize)> {
+    let mut open: Vec<(char, usize)> = Vec::new();
+    let mut line = 1;
+    let mut prev = '\n'; // last character that is not a space
+    let mut chars = text.chars().take(end).peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => line += 1,
+            '#' if prev == '\n' || prev == ' ' || prev == '\t' => {
+                while chars.next_if(|&n| n != '\n').is_some() {}
+            }
+            '\'' | '"' if matches!(prev, '\n' | ':' | '-' | ',' | '[' | '{' | ' ' | '\t') => {
+                while let Some(n) = chars.next() {
+                    match n {
+                        '\n' => line += 1,
+                        '\\' if c == '"' => {
+                            chars.next();
+                        }
+                        _ if n == c && !(c == '\'' && chars.next_if_eq(&'\'').is_some()) => break,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' if matches!(prev, '\n' | ':' | '-' | ',' | '[' | '{' | ' ' | '\t') => {
+                open.push((c, line))
+            }
+            ']' | '}' => {
+                open.pop();
+            }
+            _ => {}
+        }
+        prev = if c == ' ' || c == '\t' {
+            if prev == '\n' {
+                '\n'
+            } else {
+                ' '
+            }
+        } else {
+            c
+        };
+    }
+    open.pop()
 }
 
 #[cfg(test)]
@@ -280,7 +341,19 @@ mod tests {
     fn syntax_errors_carry_a_line() {
         let err =
             load_documents("title: x\ndetection:\n  sel: [a, b\n  condition: sel\n").unwrap_err();
-        assert!(err.line >= 3, "{err:?}");
+        assert_eq!(err.line, 3, "{err:?}");
+        assert!(err.message.starts_with("`[` is not closed"), "{err:?}");
+        let err = load_documents("title: x\ndetection:\n  sel:\n    f: [a, b\n  condition: sel\n")
+            .unwrap_err();
+        assert_eq!(err.line, 4, "{err:?}");
+        let err =
+            load_documents("title: x\ndetection:\n  sel: {a: 1\n  condition: sel\n").unwrap_err();
+        assert_eq!(err.line, 3, "{err:?}");
+        assert!(err.message.starts_with("`{` is not closed"), "{err:?}");
+        // Brackets in words, quotes and comments open nothing: the error stays where it is.
+        let err = load_documents("a: cmd[1] # [x\nb: '[' \nc: \"{\"\nd: [1, 2]\ne: 1\n  f: 2\n")
+            .unwrap_err();
+        assert_eq!(err.line, 6, "{err:?}");
         let err = load_documents("a: 1\na: 2\n").unwrap_err();
         assert_eq!(err.line, 2);
         assert!(err.message.contains("duplicate"));
