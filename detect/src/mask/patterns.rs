@@ -176,9 +176,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::AwsSecretAccessKey,
         // Also the key right after its key id, as credential files and pasted pairs have it
-        // (`AKIA...,wJalr...`): 40 such characters alone are too common to mask.
+        // (`AKIA...,wJalr...`): 40 such characters alone are too common to mask. After its
+        // name, spaces also separate (`aws configure set aws_secret_access_key wJalr...`): the
+        // name is no word of prose.
         regex: concat!(
-            r#"(?i)secret_?access_?key\\?["']?\s*[:=]\s*\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
+            r#"(?i)secret_?access_?key\\?["']?(?:\s*[:=]\s*|\s+)\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
             r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}[\s,;|:"'=]{1,4}([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$))"#,
         ),
         secret_groups: &[1, 2],
@@ -939,13 +941,14 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
     let rest = &text[end..];
     let space = |b: &u8| b.is_ascii_whitespace() || *b >= 0x80;
     match kind {
-        // `secret_access_key <sep> value`: the separator right after the name.
+        // `secret_access_key <sep> value`: the separator (or a space) right after the name.
         PatternKind::AwsSecretAccessKey => {
             let name_end = rest
                 .iter()
                 .position(|b| !name_byte(b))
                 .unwrap_or(rest.len());
             separator_follows(&rest[name_end..], space)
+                || rest[name_end..].first().is_some_and(space)
         }
         // `Bearer x` / `Basic x`: spaces, then at least 8 token characters.
         PatternKind::AuthHeader => {
@@ -1810,6 +1813,11 @@ mod tests {
         one(
             "SecretAccessKey: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
             SecretAssignment,
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        );
+        one(
+            "aws configure set aws_secret_access_key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY --profile x",
+            AwsSecretAccessKey,
             "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         );
         // Ruby hashes, JSON escaped for HTML, XML elements (all left in clear before).
