@@ -651,6 +651,11 @@ impl BatchDelivery {
                     wait_seconds = wait.as_secs(),
                     "alert delivery failed; the batch is sent again later"
                 );
+                if let Some(seq) = batch.seq {
+                    // A restart owes it to these only (file I/O: off the async workers).
+                    let (outbox, owed) = (self.outbox.clone(), redelivery.clone());
+                    let _ = tokio::task::spawn_blocking(move || outbox.owe(seq, &owed)).await;
+                }
                 batch.redelivery = Some(redelivery);
                 // Without a queue (the service is stopping) the batch stays in the outbox for
                 // the next start.

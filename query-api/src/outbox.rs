@@ -8,7 +8,9 @@
 //! tenant %-encoded as in the store's layout), so one tenant's alerts never share a file with
 //! another's. One record per line, `{"op":"queued","seq":N,"tenant":..,"alerts":[..]}` (with
 //! `"still_firing":true` for alerts sent before that are still firing) and
-//! `{"op":"done","seq":N}`; sequence numbers run across tenants. The alerts are the pipeline's,
+//! `{"op":"done","seq":N}`, and `{"op":"owed","seq":N,"destinations":[..]}` once a round of it
+//! failed for some destinations (those still owed it: a restart sends it to them only, not
+//! again to those that took it); sequence numbers run across tenants. The alerts are the pipeline's,
 //! masked, like everything else on disk. Done records are not fsynced (losing one costs a
 //! repeat, not a loss). A torn last line (a crash mid-write) is skipped. A tenant's file is
 //! rewritten with only its pending batches at open and whenever it holds
@@ -39,8 +41,8 @@ pub struct PendingBatch {
     pub alerts: Vec<Alert>,
     /// The alerts were sent before; their repeats took their `count` past a tenfold since.
     pub still_firing: bool,
-    /// After a failed round: the destinations still owed the batch (kept in memory only: after
-    /// a restart every destination gets it again). `None`: the first round, to all of them.
+    /// After a failed round: the destinations still owed the batch (persisted, see
+    /// [`DeliveryOutbox::owe`]). `None`: the first round, to all of them.
     pub redelivery: Option<Redelivery>,
 }
 
@@ -67,6 +69,10 @@ enum Record {
     },
     Done {
         seq: u64,
+    },
+    Owed {
+        seq: u64,
+        destinations: Vec<String>,
     },
 }
 
@@ -243,6 +249,25 @@ impl DeliveryOutbox {
         }
     }
 
+    /// Record that batch `seq` is still owed to these destinations only (a round failed for
+    /// them and went through for the others). Not fsynced: losing it costs repeats to the
+    /// destinations that took the batch, not a loss.
+    pub fn owe(&self, seq: u64, redelivery: &Redelivery) {
+        let mut inner = self.lock();
+        let Some(batch) = inner.pending.get_mut(&seq) else {
+            return;
+        };
+        batch.redelivery = Some(redelivery.clone());
+        let tenant = batch.tenant.clone();
+        let record = Record::Owed {
+            seq,
+            destinations: redelivery.owed.clone(),
+        };
+        if let Err(e) = inner.append(&tenant, &[record], false) {
+            tracing::warn!(error = %e, "alert outbox not updated; after a restart the batch goes again to every destination");
+        }
+    }
+
     /// Batches queued and not done yet.
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
@@ -287,6 +312,16 @@ fn read_records(
             ),
             Ok(Record::Done { seq }) => {
                 pending.remove(&seq);
+            }
+            Ok(Record::Owed { seq, destinations }) => {
+                if let Some(batch) = pending.get_mut(&seq) {
+                    // The rounds' timing starts over: it was in the memory of the last run.
+                    batch.redelivery = Some(Redelivery {
+                        owed: destinations,
+                        rounds_failed: 1,
+                        first_failed: std::time::Instant::now(),
+                    });
+                }
             }
             // A crash mid-append leaves at most the last line torn; anything else unreadable
             // is reported, and skipped rather than blocking every later delivery.
@@ -388,6 +423,15 @@ impl Inner {
             serde_json::to_writer(&mut text, &Record::queued(b))?;
             text.push(b'\n');
             kept += 1;
+            if let Some(r) = &b.redelivery {
+                let owed = Record::Owed {
+                    seq: b.seq.unwrap_or_default(),
+                    destinations: r.owed.clone(),
+                };
+                serde_json::to_writer(&mut text, &owed)?;
+                text.push(b'\n');
+                kept += 1;
+            }
         }
         let state = self.files.entry(tenant.to_string()).or_default();
         // The append handle points at the file being replaced.
@@ -416,6 +460,43 @@ mod tests {
         );
         a.id = id.to_string();
         a
+    }
+
+    #[test]
+    fn a_batch_owed_to_some_destinations_goes_only_to_those_after_a_restart() {
+        // It went again to every destination: one webhook down meant repeats to the healthy
+        // ones at every restart.
+        let dir = tempfile::tempdir().unwrap();
+        let (outbox, _) = DeliveryOutbox::open_in(dir.path()).unwrap();
+        let queued = outbox.queue(
+            vec![
+                ("acme".into(), vec![alert("a1")]),
+                ("acme".into(), vec![alert("a2")]),
+            ],
+            false,
+        );
+        let seq = queued[0].seq.unwrap();
+        let owed = Redelivery {
+            owed: vec!["dst-down".into()],
+            rounds_failed: 1,
+            first_failed: std::time::Instant::now(),
+        };
+        outbox.owe(seq, &owed);
+        drop(outbox);
+        // Twice: the first open rewrites the file, which must keep what is owed.
+        for _ in 0..2 {
+            let (outbox, pending) = DeliveryOutbox::open_in(dir.path()).unwrap();
+            assert_eq!(pending.len(), 2);
+            assert_eq!(
+                pending[0].redelivery.as_ref().map(|r| r.owed.clone()),
+                Some(vec!["dst-down".to_string()])
+            );
+            assert_eq!(
+                pending[1].redelivery, None,
+                "still owed to every destination"
+            );
+            drop(outbox);
+        }
     }
 
     #[test]
