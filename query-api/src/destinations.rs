@@ -940,6 +940,67 @@ mod tests {
         );
     }
 
+    /// A batch the healthy destination took while another was down goes, after a restart, to
+    /// the one that was down only (it went to every destination again).
+    #[test]
+    fn after_a_restart_a_batch_goes_only_to_the_destinations_still_owed_it() {
+        // One round of tries refused, then accepted.
+        let down = super::webhook_receiver::WebhookReceiver::start(MAX_ATTEMPTS as usize);
+        let up = super::webhook_receiver::WebhookReceiver::start(0);
+        let destinations = Arc::new(DestinationStore::in_memory());
+        destinations
+            .create("acme", "soar", &down.url(), Severity::Low, "tok")
+            .unwrap();
+        destinations
+            .create("acme", "slack", &up.url(), Severity::Low, "tok")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // A retry base of 10 ms: the next round comes 600 ms after the first failed, time
+        // enough to stop the service in between.
+        let first_run = tokio::runtime::Runtime::new().unwrap();
+        first_run.block_on(async {
+            let (outbox, _) = DeliveryOutbox::open_in(dir.path()).unwrap();
+            let notifier = AlertNotifier::spawn(
+                destinations.clone(),
+                Arc::new(Metrics::new()),
+                Duration::from_millis(10),
+                Arc::new(outbox),
+                Vec::new(),
+            );
+            notifier.notify(&[test_alert("a1")]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while down.requests() < MAX_ATTEMPTS as usize {
+                assert!(std::time::Instant::now() < deadline, "no round failed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The round's end recorded, well before the next round.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        });
+        first_run.shutdown_background();
+        assert_eq!((up.bodies().len(), down.bodies().len()), (1, 0));
+
+        let second_run = tokio::runtime::Runtime::new().unwrap();
+        second_run.block_on(async {
+            let (outbox, pending) = DeliveryOutbox::open_in(dir.path()).unwrap();
+            assert_eq!(pending.len(), 1);
+            let outbox = Arc::new(outbox);
+            let _notifier = AlertNotifier::spawn(
+                destinations.clone(),
+                Arc::new(Metrics::new()),
+                Duration::from_millis(10),
+                outbox.clone(),
+                pending,
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while down.bodies().is_empty() || outbox.pending() > 0 {
+                assert!(std::time::Instant::now() < deadline, "never delivered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert_eq!(down.bodies().len(), 1);
+        assert_eq!(up.bodies().len(), 1, "the healthy one got it once");
+    }
+
     /// With room for one batch in delivery and one waiting, later batches overflow; they are
     /// delivered once room frees up, not left for the next start.
     #[test]
