@@ -3,7 +3,8 @@
 //! reach (server-side request forgery), above all the cloud metadata endpoint
 //! (`169.254.169.254`), which hands out the host's credentials.
 //!
-//! - Link-local (metadata), unspecified, multicast and broadcast addresses are always refused.
+//! - Link-local (metadata), AWS's IPv6 metadata address (`fd00:ec2::254`), unspecified,
+//!   multicast and broadcast addresses are always refused.
 //! - An IPv6 address that leads to an IPv4 one (IPv4-mapped, NAT64 `64:ff9b::/96`, 6to4
 //!   `2002::/16`) is judged as that IPv4 address.
 //! - Loopback and private addresses (RFC 1918, CGNAT, IPv6 unique local) are refused when
@@ -66,8 +67,12 @@ fn refusal_v4(ip: Ipv4Addr, allow_private: bool) -> Option<&'static str> {
 
 fn refusal_v6(ip: Ipv6Addr, allow_private: bool) -> Option<&'static str> {
     let first = ip.segments()[0];
+    // AWS's metadata endpoint over IPv6 is a unique-local address, not a link-local one.
+    const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
     if (first & 0xffc0) == 0xfe80 {
         Some("a link-local address (cloud metadata lives there)")
+    } else if ip == AWS_METADATA_V6 {
+        Some("the cloud metadata endpoint")
     } else if ip.is_unspecified() || ip.is_multicast() {
         Some("not a unicast address")
     } else if !allow_private && (ip.is_loopback() || (first & 0xfe00) == 0xfc00) {
@@ -138,6 +143,8 @@ mod tests {
             // The metadata endpoint through a NAT64 gateway and through 6to4.
             "64:ff9b::a9fe:a9fe",
             "2002:a9fe:a9fe::1",
+            // AWS's over IPv6 (it was allowed with allow_private_destinations).
+            "fd00:ec2::254",
         ] {
             assert!(refusal(ip(always), true).is_some(), "{always}");
         }
