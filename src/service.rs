@@ -645,6 +645,10 @@ pub fn store_output(
     for (source, n) in &ack.events_written_by_source {
         metrics.inc("events_stored_total", &[("source", source)], *n as u64);
     }
+    // Counted once stored, as events are: a resent bad line is not a new dead letter.
+    for (source, n) in &ack.dead_letters_written_by_source {
+        metrics.inc("dead_letters_total", &[("source", source)], *n as u64);
+    }
     if ack.events_past_retention > 0 {
         metrics.inc(
             "events_past_retention_total",

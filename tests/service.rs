@@ -1340,6 +1340,35 @@ fn sighup_reloads_the_rules_all_or_nothing() {
 }
 
 #[test]
+fn a_resent_bad_line_is_not_counted_as_a_new_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let body = format!("{}\nnot json at all\n", okta_event(11, 1));
+    let send = || -> serde_json::Value {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/ingest/okta", svc.base))
+            .bearer_auth(&admin)
+            .body(body.clone())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    assert_eq!(send()["dead_letters"], 1);
+    assert_eq!(send()["dead_letters"], 0, "stored once");
+    // It was counted at each sending: the metric disagreed with the store and the answers.
+    let metrics = svc.metrics();
+    let line = "perimeter_dead_letters_total{source=\"okta\"} 1";
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no `{line}` in {metrics}"
+    );
+    stop(svc);
+}
+
+#[test]
 fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let id = "3f1c2a44-0000-4000-8000-000000000010";

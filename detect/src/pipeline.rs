@@ -676,11 +676,6 @@ impl Pipeline {
             &[("source", source)],
             no_action,
         );
-        m.inc(
-            "dead_letters_total",
-            &[("source", source)],
-            out.dead_letters.len() as u64,
-        );
         for a in &out.alerts {
             m.inc("alerts_total", &[("rule", &a.rule_id)], 1);
         }

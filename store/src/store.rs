@@ -59,6 +59,10 @@ pub struct WriteAck {
     /// Dead letters newly stored: one already stored (the same source, line, reason and
     /// excerpt among the tenant's newest 100,000) is not stored again.
     pub dead_letters_written: usize,
+    /// `dead_letters_written` per source (for the per-source dead-letter metric: a resent bad
+    /// line is not counted again).
+    #[serde(default)]
+    pub dead_letters_written_by_source: std::collections::BTreeMap<String, usize>,
     /// `events_written` per source (for the per-source "events out" metric).
     #[serde(default)]
     pub events_written_by_source: std::collections::BTreeMap<String, usize>,
@@ -600,7 +604,9 @@ impl Store {
                     ack.alerts_grown = inserted.grown;
                 }
                 if !b.dead_letters.is_empty() {
-                    ack.dead_letters_written = self.write_dead_letters(&b.dead_letters)?;
+                    ack.dead_letters_written_by_source =
+                        self.write_dead_letters(&b.dead_letters)?;
+                    ack.dead_letters_written = ack.dead_letters_written_by_source.values().sum();
                 }
                 Ok(ack)
             })
@@ -923,14 +929,15 @@ impl Store {
         }
     }
 
-    fn write_dead_letters(&self, dls: &[DeadLetter]) -> Result<usize> {
+    /// Store the dead letters not stored already; how many were, per source.
+    fn write_dead_letters(&self, dls: &[DeadLetter]) -> Result<BTreeMap<String, usize>> {
         let mut by_tenant: BTreeMap<&str, Vec<&DeadLetter>> = BTreeMap::new();
         for d in dls {
             by_tenant.entry(&d.tenant).or_default().push(d);
         }
         let mut tenants = write(&self.dead);
         let mut recent = lock(&self.recent_dead);
-        let mut written = 0;
+        let mut written: BTreeMap<String, usize> = BTreeMap::new();
         for (tenant, list) in by_tenant {
             let path = self.layout.dead_letters_file(tenant);
             let known = match recent.entry(tenant.to_string()) {
@@ -954,11 +961,13 @@ impl Store {
                 known.remember(k);
             }
             tenants.insert(tenant.to_string());
-            written += fresh.len();
+            for d in &fresh {
+                *written.entry(d.source.clone()).or_default() += 1;
+            }
         }
         self.counters
             .dead_letters_written
-            .fetch_add(written as u64, Ordering::Relaxed);
+            .fetch_add(written.values().sum::<usize>() as u64, Ordering::Relaxed);
         Ok(written)
     }
 
