@@ -65,6 +65,53 @@ fn health_readiness_and_metrics_need_no_token() {
     );
 }
 
+/// Clients choose the method and the path: neither may mint a new series in
+/// `api_requests_total` (a label per made-up method or per concrete id is unbounded).
+#[test]
+fn request_metrics_labels_stay_bounded_whatever_the_client_sends() {
+    let api = TestApi::start();
+    for (method, path) in [
+        ("FOO1", "/api/v1/alerts"),
+        ("FOO2", "/api/v1/alerts"),
+        ("BAR", "/no/such/route/123"),
+    ] {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let r = api.client.request(method, api.url(path)).send().unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+    }
+    let id = &api.data.acme_alerts[0].id;
+    api.get_json(&format!("/api/v1/alerts/{id}"), ACME, Role::Viewer);
+    let text = api.metrics_text();
+    let api_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("perimeter_api_requests_total{"))
+        .collect();
+    for line in &api_lines {
+        assert!(
+            !line.contains("FOO") && !line.contains("BAR") && !line.contains(id.as_str()),
+            "client-chosen label value in {line}"
+        );
+    }
+    assert!(
+        api_lines
+            .iter()
+            .any(|l| l.contains("route=\"/api/v1/alerts\",method=\"other\"") && l.ends_with(" 2")),
+        "{api_lines:?}"
+    );
+    assert!(
+        api_lines
+            .iter()
+            .any(|l| l.contains("route=\"unmatched\",method=\"other\"")),
+        "{api_lines:?}"
+    );
+    assert!(
+        api_lines
+            .iter()
+            .any(|l| l.contains("route=\"/api/v1/alerts/{id}\",method=\"GET\"")),
+        "{api_lines:?}"
+    );
+}
+
 /// A store that fails batch after batch makes the service not ready (503 with since when and
 /// why, and a gauge), and the next stored batch makes it ready again. Liveness stays 200.
 #[test]
