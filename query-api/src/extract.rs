@@ -3,9 +3,11 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::MAX_BODY_BYTES;
 
 /// `axum::Json` with [`ApiError`] rejections.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,9 +21,29 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        refuse_announced_oversize(&req)?;
         let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
         Ok(ApiJson(value))
     }
+}
+
+/// Refuse a body whose announced length is over [`MAX_BODY_BYTES`] before reading any of it;
+/// a body without a length is cut off at the limit by `DefaultBodyLimit` instead. This runs
+/// as the body is extracted, so after the handler's [`crate::auth::Auth`]: a caller without a
+/// valid token gets 401, and one without the role 403 (audited), whatever the body's size.
+fn refuse_announced_oversize(req: &Request) -> Result<(), ApiError> {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::UnsupportedBody {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        });
+    }
+    Ok(())
 }
 
 /// `axum::extract::Query` with [`ApiError`] rejections.

@@ -379,6 +379,52 @@ fn the_role_is_checked_before_the_body_is_read() {
     assert!(items.iter().all(|e| e["details"]["outcome"] == "forbidden"));
 }
 
+/// ADR 002: the token and role come before the body, also for a body announced over the
+/// limit: 401 without a valid token, 403 (audited) without the role, and only then 413.
+#[test]
+fn the_token_and_role_are_checked_before_the_body_size() {
+    let api = TestApi::start();
+    let path = format!("/api/v1/alerts/{}", api.data.acme_alerts[0].id);
+    // The request announces 5 MiB and sends none of it: an answer means it was not read.
+    let oversized = |authorization: &str| {
+        raw_request(
+            &api,
+            &format!(
+                "PATCH {path} HTTP/1.1\r\nHost: x\r\n{authorization}\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                5 * 1024 * 1024
+            ),
+        )
+    };
+    let anonymous = oversized("");
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    assert!(
+        anonymous.contains("\"code\":\"unauthorized\""),
+        "{anonymous}"
+    );
+    let unknown = oversized("Authorization: Bearer prm_0000\r\n");
+    assert!(unknown.starts_with("HTTP/1.1 401"), "{unknown}");
+    let viewer = oversized(&format!(
+        "Authorization: Bearer {}\r\n",
+        api.token(ACME, Role::Viewer)
+    ));
+    assert!(viewer.starts_with("HTTP/1.1 403"), "{viewer}");
+    assert!(viewer.contains("\"code\":\"forbidden\""), "{viewer}");
+    let responder = oversized(&format!(
+        "Authorization: Bearer {}\r\n",
+        api.token(ACME, Role::Responder)
+    ));
+    assert!(responder.starts_with("HTTP/1.1 413"), "{responder}");
+    assert!(
+        responder.contains("\"code\":\"payload_too_large\""),
+        "{responder}"
+    );
+    let denied = api.get_json("/api/v1/audit?action=request.denied", ACME, Role::Admin);
+    assert_eq!(denied["items"].as_array().unwrap().len(), 1, "{denied}");
+    assert_eq!(denied["items"][0]["role"], "viewer", "{denied}");
+    assert_eq!(denied["items"][0]["target"], format!("PATCH {path}"));
+}
+
 #[test]
 fn the_alert_summary_counts_this_tenants_selected_alerts() {
     let api = TestApi::start();
