@@ -161,6 +161,43 @@ impl AppState {
             .append(&AuditEntry::new(token, action, target.as_deref(), details))
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
+
+    /// [`Self::audit`] for an action that may have failed, with its result passed on. A
+    /// failure adds `outcome` (`not_found`, `invalid`, `failed`) and the error `code` to the
+    /// details, so a refused or missed read does not read as one that was answered; lines
+    /// of answered actions are as before.
+    pub fn audit_result<T>(
+        &self,
+        token: &TokenInfo,
+        action: &str,
+        target: Option<&str>,
+        mut details: serde_json::Value,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        if let Err(error) = &result {
+            if !details.is_object() {
+                details = serde_json::json!({});
+            }
+            details["outcome"] = outcome_of(error).into();
+            details["error"] = error.code().into();
+        }
+        self.audit(token, action, target, details)?;
+        result
+    }
+}
+
+/// The audit `outcome` of a failed action.
+fn outcome_of(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::NotFound(_) => "not_found",
+        ApiError::Unauthorized(_) => "unauthorized",
+        ApiError::Forbidden(_) => "forbidden",
+        ApiError::BadRequest { .. }
+        | ApiError::InvalidRule(_)
+        | ApiError::MethodNotAllowed(_)
+        | ApiError::UnsupportedBody { .. } => "invalid",
+        ApiError::Unavailable(_) | ApiError::Internal(_) => "failed",
+    }
 }
 
 /// Why [`AppState::open_in`] failed.

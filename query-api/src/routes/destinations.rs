@@ -128,16 +128,25 @@ pub async fn delete_destination(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
     ApiPath(id): ApiPath<String>,
-    _: ApiQuery<NoParams>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
-    bounded("id", &id, 64)?;
-    if !state
-        .destinations
-        .delete(auth.tenant(), &id)
-        .map_err(invalid)?
-    {
-        return Err(ApiError::NotFound(format!("no destination `{id}`")));
-    }
-    state.audit(&auth.0, "destinations.delete", Some(&id), json!({}))?;
-    Ok(StatusCode::NO_CONTENT)
+    let deleted = (|| {
+        no_params?;
+        bounded("id", &id, 64)?;
+        if !state
+            .destinations
+            .delete(auth.tenant(), &id)
+            .map_err(invalid)?
+        {
+            return Err(ApiError::NotFound(format!("no destination `{id}`")));
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })();
+    state.audit_result(
+        &auth.0,
+        "destinations.delete",
+        Some(&id),
+        json!({}),
+        deleted,
+    )
 }

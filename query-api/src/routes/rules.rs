@@ -233,8 +233,25 @@ pub async fn switch_rule(
 pub async fn test_rule(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
-    _: ApiQuery<NoParams>,
-    ApiJson(request): ApiJson<RuleTestRequest>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
+    request: Result<ApiJson<RuleTestRequest>, ApiError>,
+) -> Result<Json<RuleTestResponse>, ApiError> {
+    let mut details = json!({});
+    let result = async {
+        no_params?;
+        let ApiJson(request) = request?;
+        details = json!({"rule_sha256": hex::encode(Sha256::digest(request.rule.as_bytes()))});
+        test_rule_audited(&state, &auth, request, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, "rules.test", None, details, result)
+}
+
+async fn test_rule_audited(
+    state: &AppState,
+    auth: &Auth<AdminRole>,
+    request: RuleTestRequest,
+    details: &mut serde_json::Value,
 ) -> Result<Json<RuleTestResponse>, ApiError> {
     if request.rule.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_json", "`rule` is empty"));
@@ -269,15 +286,10 @@ pub async fn test_rule(
         // (`from`, `to` and `query` are each optional).
         (None, _) => "stored",
     };
-    state.audit(
-        &auth.0,
-        "rules.test",
-        None,
-        json!({
-            "rule_sha256": hex::encode(Sha256::digest(request.rule.as_bytes())),
-            "mode": mode, "from": request.from, "to": request.to, "query": request.query,
-        }),
-    )?;
+    *details = json!({
+        "rule_sha256": hex::encode(Sha256::digest(request.rule.as_bytes())),
+        "mode": mode, "from": request.from, "to": request.to, "query": request.query,
+    });
     let store = state.store.clone();
     let rules = state.rules.clone();
     let tenant = auth.tenant().to_string();

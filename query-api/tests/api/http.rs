@@ -425,6 +425,95 @@ fn the_token_and_role_are_checked_before_the_body_size() {
     assert_eq!(denied["items"][0]["target"], format!("PATCH {path}"));
 }
 
+/// A read or change that failed is audited with its outcome and error code, so the trail
+/// tells a 404 or a refused request from an answered one; answered ones carry no outcome.
+#[test]
+fn failed_requests_are_audited_with_their_outcome() {
+    let api = TestApi::start();
+    let missing = "0123456789abcdef";
+    let alert_id = api.data.acme_alerts[0].id.clone();
+    let event_id = api.data.acme_events[0].id().to_string();
+    let get = |path: &str, role: Role| api.get(path, ACME, role);
+    assert_eq!(
+        get(&format!("/api/v1/events/{missing}"), Role::Viewer).status(),
+        404
+    );
+    assert_eq!(
+        get(&format!("/api/v1/alerts/{missing}"), Role::Viewer).status(),
+        404
+    );
+    assert_eq!(
+        get(&format!("/api/v1/events/{missing}/context"), Role::Viewer).status(),
+        404
+    );
+    assert_eq!(
+        get("/api/v1/events/search?q=(((", Role::Viewer).status(),
+        400
+    );
+    assert_eq!(get("/api/v1/alerts?limit=5000", Role::Viewer).status(), 400);
+    assert_eq!(get("/api/v1/alerts?verb=x", Role::Viewer).status(), 400);
+    assert_eq!(
+        get("/api/v1/events/export?format=xml", Role::Admin).status(),
+        400
+    );
+    let bad_status = api.patch(
+        &format!("/api/v1/alerts/{alert_id}"),
+        ACME,
+        Role::Responder,
+        json!({"status": "closed"}),
+    );
+    assert_eq!(bad_status.status(), 400);
+    api.get_json(&format!("/api/v1/events/{event_id}"), ACME, Role::Viewer);
+
+    let audit = api.get_json("/api/v1/audit?limit=100", ACME, Role::Admin);
+    let lines: Vec<(String, String, String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+            (
+                text(&e["action"]),
+                text(&e["target"]),
+                text(&e["details"]["outcome"]),
+                text(&e["details"]["error"]),
+            )
+        })
+        .collect();
+    let line = |action: &str, target: &str, outcome: &str, error: &str| {
+        (
+            action.to_string(),
+            target.to_string(),
+            outcome.to_string(),
+            error.to_string(),
+        )
+    };
+    assert_eq!(
+        lines,
+        [
+            line("events.get", missing, "not_found", "not_found"),
+            line("alerts.get", missing, "not_found", "not_found"),
+            line("events.context", missing, "not_found", "not_found"),
+            line("events.search", "-", "invalid", "invalid_query"),
+            line("alerts.list", "-", "invalid", "limit_too_large"),
+            line("alerts.list", "-", "invalid", "invalid_parameter"),
+            line("events.export", "-", "invalid", "invalid_parameter"),
+            line("alerts.update", &alert_id, "invalid", "invalid_json"),
+            line("events.get", &event_id, "-", "-"),
+        ],
+        "{audit}"
+    );
+    // What was asked is kept with the refusal.
+    let search = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "events.search")
+        .unwrap();
+    assert_eq!(search["details"]["q"], "(((", "{search}");
+}
+
 #[test]
 fn the_alert_summary_counts_this_tenants_selected_alerts() {
     let api = TestApi::start();
