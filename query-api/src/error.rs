@@ -53,7 +53,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable error code: `unauthorized`, `forbidden`, `not_found`, `invalid_parameter`,
     /// `invalid_query`, `invalid_json`, `limit_too_large`, `invalid_rule`, `method_not_allowed`,
-    /// `unsupported_media_type`, `payload_too_large`, `unavailable`, `internal`.
+    /// `unsupported_media_type`, `payload_too_large`, `unavailable`, `internal`; and, for
+    /// requests hyper refuses before routing, `bad_request`, `uri_too_long`, `headers_too_large`.
     pub code: String,
     pub message: String,
 }

@@ -24,6 +24,7 @@ pub mod extract;
 mod files;
 pub mod openapi;
 pub mod outbox;
+mod parse_errors;
 pub mod routes;
 pub mod rule_switches;
 pub mod server;
