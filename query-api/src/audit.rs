@@ -92,7 +92,7 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// Only entries of this token, by its id or its name.
     pub token: Option<String>,
-    /// Only entries about this alert or event id.
+    /// Only entries about this alert or event id (refused requests on its path included).
     pub target: Option<String>,
     /// `timestamp >= from`.
     pub from: Option<DateTime<Utc>>,
@@ -116,14 +116,34 @@ impl AuditQuery {
                 .token
                 .as_deref()
                 .is_none_or(|t| e.token_id == t || e.token_name == t)
-            && self
-                .target
-                .as_deref()
-                .is_none_or(|t| e.target.as_deref() == Some(t))
+            && self.target.as_deref().is_none_or(|t| is_about(e, t))
             && self.from.is_none_or(|f| e.timestamp >= f)
             && self.to.is_none_or(|t| e.timestamp < t)
     }
 }
+
+/// Whether entry `e` is about the alert, event or other id `target`: its target is the id, or,
+/// for a request refused before its handler ran (`request.denied`, whose target is the method
+/// and path, `PATCH /api/v1/alerts/<id>`), the id is the path's resource id. Lines already on
+/// disk are read the same way.
+fn is_about(e: &AuditEntry, target: &str) -> bool {
+    let Some(recorded) = e.target.as_deref() else {
+        return false;
+    };
+    if recorded == target {
+        return true;
+    }
+    e.action == DENIED_ACTION
+        && recorded
+            .split_once(' ')
+            .and_then(|(_, path)| path.strip_prefix("/api/v1/"))
+            .and_then(|path| path.split(['?', '#']).next())
+            .and_then(|path| path.split('/').nth(1))
+            .is_some_and(|id| id == target)
+}
+
+/// The action of a request refused for its token's role.
+pub const DENIED_ACTION: &str = "request.denied";
 
 /// One page of audit entries, newest first.
 #[derive(Debug, Clone, PartialEq)]

@@ -512,7 +512,7 @@ impl<R: MinRole> FromRequestParts<AppState> for Auth<R> {
                 .map_or(parts.uri.path(), |u| u.0.path());
             let target = format!("{} {path}", parts.method);
             let details = serde_json::json!({"outcome": "forbidden", "needs": R::ROLE.to_string()});
-            state.audit(&info, "request.denied", Some(&target), details)?;
+            state.audit(&info, crate::audit::DENIED_ACTION, Some(&target), details)?;
             return Err(ApiError::Forbidden(format!(
                 "this operation needs role `{}`, the token has `{}`",
                 R::ROLE,

@@ -25,7 +25,8 @@ pub struct AuditParams {
     pub action: Option<String>,
     /// Only the entries of this token, by its id or its name.
     pub token: Option<String>,
-    /// Only the entries about this alert or event id.
+    /// Only the entries about this alert or event id, requests refused for the role on its path
+    /// (`request.denied`, target `PATCH /api/v1/alerts/<id>`) included.
     pub target: Option<String>,
     /// Entries at or after this time: RFC 3339, a date (midnight UTC) or relative (`now-24h`).
     pub from: Option<String>,

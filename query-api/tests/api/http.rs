@@ -514,6 +514,46 @@ fn failed_requests_are_audited_with_their_outcome() {
     assert_eq!(search["details"]["q"], "(((", "{search}");
 }
 
+/// `GET /audit?target=<id>` is everything about that id: attempts refused for the role, whose
+/// target is the method and path, included.
+#[test]
+fn the_audit_target_filter_finds_refused_attempts_on_the_id() {
+    let api = TestApi::start();
+    let id = api.data.acme_alerts[0].id.clone();
+    let other = api.data.acme_alerts[1].id.clone();
+    let refused = api.patch(
+        &format!("/api/v1/alerts/{id}"),
+        ACME,
+        Role::Viewer,
+        json!({"status": "resolved"}),
+    );
+    assert_error(refused, 403, "forbidden");
+    assert_error(
+        api.patch(
+            &format!("/api/v1/alerts/{other}"),
+            ACME,
+            Role::Viewer,
+            json!({"status": "resolved"}),
+        ),
+        403,
+        "forbidden",
+    );
+    api.get_json(&format!("/api/v1/alerts/{id}"), ACME, Role::Viewer);
+    let about = api.get_json(&format!("/api/v1/audit?target={id}"), ACME, Role::Admin);
+    let actions: Vec<&str> = about["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["alerts.get", "request.denied"], "{about}");
+    assert_eq!(
+        about["items"][1]["target"],
+        format!("PATCH /api/v1/alerts/{id}"),
+        "{about}"
+    );
+}
+
 #[test]
 fn the_alert_summary_counts_this_tenants_selected_alerts() {
     let api = TestApi::start();
