@@ -22,8 +22,32 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         refuse_announced_oversize(&req)?;
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        let axum::Json(JsonObject(value)) =
+            axum::Json::<JsonObject<T>>::from_request(req, state).await?;
         Ok(ApiJson(value))
+    }
+}
+
+/// `T` read from a JSON object only. serde also builds a struct from an array of its fields
+/// in order (`["acknowledged", null, null]` as `{status, assignee, note}`), which no client
+/// means and the API does not document: every API body is an object.
+struct JsonObject<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<T, M::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(JsonObject)
     }
 }
 

@@ -110,10 +110,18 @@ impl From<AlertStatusParam> for AlertStatus {
 #[serde(deny_unknown_fields)]
 pub struct AlertPatch {
     pub status: Option<AlertStatusParam>,
-    /// Who works on it; an empty string unassigns.
+    /// Who works on it; `null` or an empty string unassigns.
+    #[serde(default, deserialize_with = "null_unassigns")]
     pub assignee: Option<String>,
     /// A note appended to the alert's notes.
     pub note: Option<String>,
+}
+
+/// `assignee`: absent is no change (`None`); `null` clears it, as `""` does (`Some("")`).
+fn null_unassigns<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(|v| Some(v.unwrap_or_default()))
 }
 
 /// An alert with its triage record and the events that caused it.

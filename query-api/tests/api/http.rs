@@ -554,6 +554,41 @@ fn the_audit_target_filter_finds_refused_attempts_on_the_id() {
     );
 }
 
+/// A change is a JSON object: the array serde would also read as the fields in order is
+/// refused, and `"assignee": null` unassigns like `""`.
+#[test]
+fn alert_changes_are_objects_and_a_null_assignee_unassigns() {
+    let api = TestApi::start();
+    let path = format!("/api/v1/alerts/{}", api.data.acme_alerts[0].id);
+    for body in [
+        json!(["acknowledged", null, null]),
+        json!("acknowledged"),
+        json!([]),
+    ] {
+        assert_error(
+            api.patch(&path, ACME, Role::Responder, body),
+            400,
+            "invalid_json",
+        );
+    }
+    let status = |api: &TestApi| api.get_json(&path, ACME, Role::Viewer)["alert"]["status"].clone();
+    assert_eq!(status(&api), "open", "a refused body changed the alert");
+    let assigned = api.patch(&path, ACME, Role::Responder, json!({"assignee": "dana"}));
+    assert_eq!(assigned.status(), 200);
+    let cleared = api.patch(&path, ACME, Role::Responder, json!({"assignee": null}));
+    let code = cleared.status();
+    let cleared: Value = cleared.json().unwrap();
+    assert_eq!(code, 200, "{cleared}");
+    assert!(cleared["assignee"].is_null(), "{cleared}");
+    assert!(api.get_json(&path, ACME, Role::Viewer)["assignee"].is_null());
+    // Absent is still no change at all.
+    assert_error(
+        api.patch(&path, ACME, Role::Responder, json!({})),
+        400,
+        "invalid_json",
+    );
+}
+
 #[test]
 fn the_alert_summary_counts_this_tenants_selected_alerts() {
     let api = TestApi::start();
