@@ -152,16 +152,24 @@ async fn ingest(
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        // The scheme is case-insensitive (RFC 7235 2.1), as on the API's routes.
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     let tenant = match (state.auth)(token) {
         Ok(tenant) => tenant,
         Err(IngestRefusal::Unauthorized) => {
-            return error(
+            let mut refused = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid ingest token is required",
-            )
+            );
+            // RFC 7235 3.1: a 401 names the scheme that would be accepted.
+            refused.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"perimeter\""),
+            );
+            return refused;
         }
         Err(IngestRefusal::Forbidden) => {
             return error(

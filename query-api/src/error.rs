@@ -122,9 +122,20 @@ impl IntoResponse for ApiError {
                 message,
             },
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 7235 3.1: a 401 names the scheme that would be accepted.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(WWW_AUTHENTICATE_BEARER),
+            );
+        }
+        response
     }
 }
+
+/// The `WWW-Authenticate` challenge of every 401.
+pub const WWW_AUTHENTICATE_BEARER: &str = "Bearer realm=\"perimeter\"";
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {

@@ -302,6 +302,44 @@ fn missing_malformed_unknown_revoked_and_expired_tokens_are_401() {
     }
 }
 
+/// The auth scheme is case-insensitive (RFC 7235), and every 401 says which scheme to use.
+#[test]
+fn the_bearer_scheme_is_case_insensitive_and_every_401_challenges() {
+    let api = TestApi::start();
+    let token = api.token(ACME, Role::Viewer);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = api
+            .client
+            .get(api.url("/api/v1/alerts"))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
+    for (method, path, body) in protected_routes(&api) {
+        for authorization in [None, Some("Bearer prm_0000"), Some("Basic dXNlcjpwYXNz")] {
+            let mut r = api.client.request(method.clone(), api.url(&path));
+            if let Some(a) = authorization {
+                r = r.header("authorization", a);
+            }
+            if let Some(b) = &body {
+                r = r.json(b);
+            }
+            let r = r.send().unwrap();
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert_error(r, 401, "unauthorized");
+            assert_eq!(
+                challenge.as_deref(),
+                Some("Bearer realm=\"perimeter\""),
+                "{method} {path} with {authorization:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_role_on_every_endpoint() {
     let api = TestApi::start();
