@@ -19,13 +19,15 @@ use crate::rule_switches::RuleSwitchStore;
 pub trait RuleService: Send + Sync {
     /// The loaded rules, one JSON object each (id, title, level, status, source, ...).
     fn list(&self) -> Vec<serde_json::Value>;
-    /// Compile `rule_yaml` and run it over `events` (event output documents). Returns a JSON
-    /// report (at least which events matched); `Err` says whether the rule or an event is at
-    /// fault, and why.
+    /// Compile `rule_yaml` and run it over `events` (event output documents, or raw records
+    /// of `source`: a source name or `json`, as `--source` takes; `None`: told from each
+    /// record's shape). Returns a JSON report (at least which events matched); `Err` says
+    /// whether the rule or an event is at fault, and why.
     fn test(
         &self,
         rule_yaml: &str,
         events: Vec<serde_json::Value>,
+        source: Option<&str>,
     ) -> Result<serde_json::Value, RuleTestError>;
 }
 

@@ -55,9 +55,15 @@ pub struct RuleSwitchRequest {
 pub struct RuleTestRequest {
     /// The Sigma rule, as YAML text.
     pub rule: String,
-    /// Events to test against (event documents as `GET /events/{id}` returns them).
+    /// Events to test against: event documents as `GET /events/{id}` returns them, or raw
+    /// vendor records.
     #[schema(value_type = Option<Vec<Object>>)]
     pub events: Option<Vec<serde_json::Value>>,
+    /// The source the raw records in `events` come from, when their shape does not tell: a
+    /// source name (`okta`, `github`, ...) or `json` for plain JSON objects, as the CLI's
+    /// `--source` takes. Default: told from each record's shape. Stored event documents keep
+    /// their own source.
+    pub source: Option<String>,
     /// Use stored events at or after this time: RFC 3339, a date (`2024-05-01`, UTC) or relative (`now-24h`).
     pub from: Option<String>,
     /// Use stored events before this time (exclusive): RFC 3339, a date or relative (`now-1h`).
@@ -265,6 +271,18 @@ async fn test_rule_audited(
     let ranged = request.from.is_some() || request.to.is_some() || request.query.is_some();
     let (from, to) = time_range(request.from.as_deref(), request.to.as_deref())?;
     let limit = limit_within("limit", request.limit, MAX_TEST_EVENTS, MAX_TEST_EVENTS)?;
+    let source = request
+        .source
+        .as_deref()
+        .map(|s| bounded("source", s, MAX_RULE_ID_BYTES))
+        .transpose()?
+        .map(str::to_string);
+    if source.is_some() && request.events.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "`source` names where inline `events` come from; stored events have their own",
+        ));
+    }
     let mode = match (&request.events, ranged) {
         (Some(_), true) => {
             return Err(ApiError::bad_request(
@@ -289,6 +307,7 @@ async fn test_rule_audited(
     *details = json!({
         "rule_sha256": hex::encode(Sha256::digest(request.rule.as_bytes())),
         "mode": mode, "from": request.from, "to": request.to, "query": request.query,
+        "source": source,
     });
     let store = state.store.clone();
     let rules = state.rules.clone();
@@ -322,10 +341,14 @@ async fn test_rule_audited(
             }
         };
         let num_events_tested = events.len();
-        let result = rules.test(&request.rule, events).map_err(|e| match e {
-            crate::state::RuleTestError::Rule(why) => ApiError::InvalidRule(why),
-            crate::state::RuleTestError::Event(why) => ApiError::bad_request("invalid_json", why),
-        })?;
+        let result = rules
+            .test(&request.rule, events, source.as_deref())
+            .map_err(|e| match e {
+                crate::state::RuleTestError::Rule(why) => ApiError::InvalidRule(why),
+                crate::state::RuleTestError::Event(why) => {
+                    ApiError::bad_request("invalid_json", why)
+                }
+            })?;
         Ok(RuleTestResponse {
             num_events_tested,
             result,

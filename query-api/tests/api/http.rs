@@ -1911,6 +1911,25 @@ fn rules_list_and_test_inline_and_stored_events() {
     let inline: Value = inline.json().unwrap();
     assert_eq!(inline["num_events_tested"], 2);
     assert_eq!(inline["result"]["matched"], 1);
+    assert!(inline["result"]["source"].is_null(), "{inline}");
+    // Raw records whose shape does not tell their source can name it, as `--source` does.
+    let named = api
+        .req(Method::POST, "/api/v1/rules/test", ACME, Role::Admin)
+        .json(&json!({"rule": rule, "events": [{"user": "carol"}], "source": "json"}))
+        .send()
+        .unwrap();
+    assert_eq!(named.status(), 200);
+    let named: Value = named.json().unwrap();
+    assert_eq!(named["result"]["source"], "json", "{named}");
+    // Stored events have their own source.
+    assert_error(
+        api.req(Method::POST, "/api/v1/rules/test", ACME, Role::Admin)
+            .json(&json!({"rule": rule, "from": "2024-05-01T10:10:00Z", "source": "okta"}))
+            .send()
+            .unwrap(),
+        400,
+        "invalid_json",
+    );
 
     // A time range of stored events: the 10:10-10:30 window holds carol's two github events
     // and bob's okta login.
