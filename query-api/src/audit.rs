@@ -176,11 +176,15 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err)?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut file = owner_only(OpenOptions::new().create(true).append(true))
             .open(&path)
             .map_err(io_err)?;
+        // The log names who read what (tokens, searches): owner only, like the token file. A log
+        // created before it was made so is fixed here; one the service may not change (another
+        // owner's) is still appended to, with a warning, rather than stop the service.
+        if let Err(error) = restrict_to_owner(&file) {
+            tracing::warn!(path = %path.display(), %error, "audit log left readable by others");
+        }
         // A crash mid-write can leave a line without its newline; start on a fresh line so
         // the next entry is not glued to the torn one.
         if !ends_with_newline_or_empty(&path).map_err(io_err)? {
@@ -334,7 +338,10 @@ impl AuditLog {
             return Ok(0);
         }
         let tmp = self.path.with_extension("jsonl.expire");
-        let mut out = File::create(&tmp).map_err(io)?;
+        let mut out = owner_only(OpenOptions::new().write(true).create(true).truncate(true))
+            .open(&tmp)
+            .map_err(io)?;
+        restrict_to_owner(&out).map_err(io)?;
         let copy = |out: &mut File, from: u64, to: u64| -> std::io::Result<u64> {
             let mut part = std::io::Read::take(&src, to - from);
             std::io::Seek::seek(&mut &src, std::io::SeekFrom::Start(from))?;
@@ -357,6 +364,28 @@ impl AuditLog {
             .map_err(io)?;
         Ok(lines)
     }
+}
+
+/// `options` creating the file readable and writable by its owner only (Unix).
+fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
+}
+
+/// Take group and other access away from an open file that has some (Unix).
+fn restrict_to_owner(file: &File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 fn ends_with_newline_or_empty(path: &Path) -> std::io::Result<bool> {
@@ -397,6 +426,44 @@ mod tests {
             ..Default::default()
         };
         log.query(&q).unwrap().items
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_log_is_readable_by_its_owner_only_also_one_created_before() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_in(dir.path()).unwrap();
+        log.append(&AuditEntry::new(
+            &token("acme"),
+            "alerts.list",
+            None,
+            json!({}),
+        ))
+        .unwrap();
+        assert_eq!(mode(log.path()), 0o600);
+        // Left 0644 by an older version: fixed when opened.
+        let old = dir.path().join("old").join(AUDIT_FILE);
+        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+        std::fs::write(&old, "").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let reopened = AuditLog::open(&old).unwrap();
+        assert_eq!(mode(&old), 0o600);
+        // A retention trim replaces the file: the new one is owner only too.
+        let mut e = AuditEntry::new(&token("acme"), "alerts.list", None, json!({}));
+        e.timestamp = Utc::now() - chrono::TimeDelta::days(10);
+        reopened.append(&e).unwrap();
+        reopened
+            .append(&AuditEntry::new(
+                &token("acme"),
+                "alerts.get",
+                None,
+                json!({}),
+            ))
+            .unwrap();
+        assert_eq!(reopened.expire(Utc::now(), 1).unwrap(), 1);
+        assert_eq!(mode(&old), 0o600);
     }
 
     #[test]

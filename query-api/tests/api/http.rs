@@ -2461,6 +2461,24 @@ fn a_uri_too_long_for_http_gets_a_json_error() {
     assert_error(under, 400, "invalid_parameter");
 }
 
+/// The audit log names who read what: owner only, like the token file.
+#[cfg(unix)]
+#[test]
+fn the_audit_log_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let api = TestApi::start();
+    api.get_json("/api/v1/alerts", ACME, Role::Viewer);
+    let mode = |name: &str| {
+        std::fs::metadata(api.dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("audit.jsonl"), 0o600);
+    assert_eq!(mode("api-tokens.json"), 0o600);
+}
+
 #[test]
 fn graceful_shutdown_stops_the_server() {
     let mut api = TestApi::start();
