@@ -93,9 +93,9 @@ pub struct RuleTestResponse {
 pub async fn list_rules(
     State(state): State<AppState>,
     auth: Auth,
-    _: ApiQuery<NoParams>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
 ) -> Result<Json<RuleList>, ApiError> {
-    state.audit(&auth.0, "rules.list", None, json!({}))?;
+    state.audit_result(&auth.0, "rules.list", None, json!({}), no_params)?;
     let rules = state.rules.clone();
     let mut rules = blocking(move || rules.list()).await?;
     let switches = state
@@ -145,9 +145,36 @@ pub async fn switch_rule(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
     ApiPath(id): ApiPath<String>,
-    _: ApiQuery<NoParams>,
-    ApiJson(request): ApiJson<RuleSwitchRequest>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
+    request: Result<ApiJson<RuleSwitchRequest>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // A body too malformed to say which way is recorded as `rules.switch`.
+    let mut action = "rules.switch";
+    let mut details = json!({});
+    let result = async {
+        no_params?;
+        let ApiJson(request) = request?;
+        action = if request.enabled {
+            "rules.switch_on"
+        } else {
+            "rules.switch_off"
+        };
+        details =
+            json!({ "entity": request.entity, "until": request.until, "reason": request.reason });
+        switch_rule_audited(&state, &auth, &id, request, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, action, Some(&id), details, result)
+}
+
+async fn switch_rule_audited(
+    state: &AppState,
+    auth: &Auth<AdminRole>,
+    id: &str,
+    request: RuleSwitchRequest,
+    details: &mut serde_json::Value,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = id.to_string();
     bounded("id", &id, MAX_RULE_ID_BYTES)?;
     let reason = match request.reason.as_deref().map(str::trim) {
         Some(r) => Some(bounded("reason", r, MAX_REASON_BYTES)?).filter(|r| !r.is_empty()),
@@ -205,16 +232,7 @@ pub async fn switch_rule(
     blocking(move || store.switch(&tenant, &rule_id, for_entity.as_deref(), change))
         .await?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.audit(
-        &auth.0,
-        if request.enabled {
-            "rules.switch_on"
-        } else {
-            "rules.switch_off"
-        },
-        Some(&id),
-        json!({ "entity": entity, "until": until, "reason": reason }),
-    )?;
+    *details = json!({ "entity": entity, "until": until, "reason": reason });
     let switch = state
         .rule_switches
         .switches()

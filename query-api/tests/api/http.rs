@@ -627,6 +627,82 @@ fn alert_changes_are_objects_and_a_null_assignee_unassigns() {
     );
 }
 
+/// The rule, source, destination and audit handlers record their failures the same way.
+#[test]
+fn failed_admin_and_list_requests_are_audited_with_their_outcome() {
+    let api = TestApi::start();
+    let admin = |method: Method, path: &str, body: Value| {
+        api.req(method, path, ACME, Role::Admin)
+            .json(&body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        api.get("/api/v1/sources?x=1", ACME, Role::Viewer).status(),
+        400
+    );
+    assert_eq!(
+        api.get("/api/v1/rules?x=1", ACME, Role::Viewer).status(),
+        400
+    );
+    assert_eq!(
+        admin(Method::PATCH, "/api/v1/rules/okta_bruteforce", json!([])),
+        400
+    );
+    assert_eq!(
+        admin(
+            Method::PATCH,
+            "/api/v1/rules/no_such_rule",
+            json!({"enabled": false, "reason": "noisy"})
+        ),
+        404
+    );
+    assert_eq!(
+        admin(
+            Method::POST,
+            "/api/v1/destinations",
+            json!({"name": "soc", "url": "ftp://hooks.example.com"})
+        ),
+        400
+    );
+    assert_eq!(
+        api.get("/api/v1/audit?cursor=1.1", ACME, Role::Admin)
+            .status(),
+        400
+    );
+
+    let audit = api.get_json("/api/v1/audit?limit=6", ACME, Role::Admin);
+    let lines: Vec<String> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            format!(
+                "{} {} {} {}",
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap_or("-"),
+                e["details"]["outcome"].as_str().unwrap_or("-"),
+                e["details"]["error"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "sources.list - invalid invalid_parameter",
+            "rules.list - invalid invalid_parameter",
+            "rules.switch okta_bruteforce invalid invalid_json",
+            "rules.switch_off no_such_rule not_found not_found",
+            "destinations.create - invalid invalid_parameter",
+            "audit.list - invalid invalid_query",
+        ],
+        "{audit}"
+    );
+}
+
 #[test]
 fn the_alert_summary_counts_this_tenants_selected_alerts() {
     let api = TestApi::start();
