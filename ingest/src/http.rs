@@ -279,6 +279,36 @@ mod router_tests {
         assert_eq!(error["error"]["code"], "body_too_large", "{error}");
     }
 
+    /// The scheme in any case reaches the token check with the token alone; a refused token's
+    /// 401 names the scheme (RFC 7235).
+    #[tokio::test]
+    async fn the_bearer_scheme_is_case_insensitive_and_a_401_challenges() {
+        let (bus, _rx) = crate::bus::channel(1);
+        let auth: IngestAuth = Arc::new(|token: &str| match token {
+            "t" => Ok("acme".to_string()),
+            _ => Err(IngestRefusal::Unauthorized),
+        });
+        let router = ingest_router(bus, auth, 1000, 1000);
+        let send = |authorization: &str| {
+            let request = axum::http::Request::post("/ingest/okta?x=1")
+                .header("authorization", authorization)
+                .body(axum::body::Body::from("{}"))
+                .unwrap();
+            router.clone().oneshot(request)
+        };
+        // Past the token check, the stray parameter is what is refused.
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let response = send(&format!("{scheme} t")).await.unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{scheme}");
+        }
+        let refused = send("Bearer nope").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            refused.headers()["www-authenticate"],
+            "Bearer realm=\"perimeter\""
+        );
+    }
+
     #[tokio::test]
     async fn a_query_parameter_is_refused_not_ignored() {
         let (status, error) = post("/ingest/okta?tenant=globex", "{}").await;
