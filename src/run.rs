@@ -207,6 +207,7 @@ impl RuleService for SigmaRuleService {
         &self,
         rule_yaml: &str,
         events: Vec<serde_json::Value>,
+        source: Option<&str>,
     ) -> Result<serde_json::Value, RuleTestError> {
         let mut options = self.config_sigma.clone();
         options.ignore_logsource = false;
@@ -227,13 +228,14 @@ impl RuleService for SigmaRuleService {
         let mut alerts = Vec::new();
         for (i, doc) in events.into_iter().enumerate() {
             let stored_id = doc.pointer("/event/id").cloned();
-            // Stored documents carry their source and raw record; plain objects are raw records.
+            // Stored documents carry their source and raw record; plain objects are raw records
+            // of the request's `source`, or told by their shape.
             let (source, raw) = match (
                 doc.get("raw"),
                 doc.pointer("/event/module").and_then(|s| s.as_str()),
             ) {
                 (Some(raw), Some(source)) => (source.to_string(), raw.clone()),
-                _ => ("auto".to_string(), doc),
+                _ => (source.unwrap_or("auto").to_string(), doc),
             };
             let record = RawRecord {
                 source: source.clone(),
@@ -245,7 +247,7 @@ impl RuleService for SigmaRuleService {
             let event = self
                 .registry
                 .normalize_lenient(&source, record)
-                .map_err(|e| RuleTestError::Event(format!("events[{i}]: {e}")))?;
+                .map_err(|e| RuleTestError::Event(format!("events[{i}]: {}", api_advice(&e))))?;
             let before = alerts.len();
             detector.detect(&event, &mut alerts);
             if alerts.len() > before {
@@ -263,6 +265,18 @@ impl RuleService for SigmaRuleService {
             result["warnings"] = warnings.into();
         }
         Ok(result)
+    }
+}
+
+/// `error` as the API says it: the advice to name the source speaks of the request's
+/// `source` field, not of the CLI's `--source`.
+fn api_advice(error: &perimeter_model::NormalizeError) -> String {
+    match error {
+        perimeter_model::NormalizeError::UndetectedSource => "could not detect the source from \
+            the event's shape (name it: `\"source\": \"<name>\"` in the request, `okta`, \
+            `github`, ..., or `\"json\"` for plain JSON objects)"
+            .to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -1096,6 +1096,28 @@ fn rule_tests_run_the_real_engine_and_name_the_posted_rule_in_errors() {
         warning.contains("okat") && warning.contains("okta"),
         "{body}"
     );
+    // Records whose shape names no source: the advice is the request's `source` field (not the
+    // CLI's `--source`), and naming it works.
+    let plain = serde_json::json!([{"action": "login", "who": "alice"}]);
+    let r = test(serde_json::json!({"rule": rule, "events": plain}));
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("events[0]:")
+            && message.contains("\"source\"")
+            && !message.contains("--source"),
+        "{body}"
+    );
+    let r = test(serde_json::json!({"rule": rule, "events": plain, "source": "json"}));
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let r = test(serde_json::json!({"rule": rule, "events": events, "source": "okta"}));
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        body["result"]["matched"],
+        serde_json::json!([0, 5]),
+        "{body}"
+    );
     // An event that cannot be used is the request's fault, not the rule's.
     let r = test(serde_json::json!({"rule": rule, "events": [1, 2]}));
     assert_eq!(r.status().as_u16(), 400);

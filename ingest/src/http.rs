@@ -156,16 +156,24 @@ async fn ingest(
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        // The scheme is case-insensitive (RFC 7235 2.1), as on the API's routes.
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     let tenant = match (state.auth)(token) {
         Ok(tenant) => tenant,
         Err(IngestRefusal::Unauthorized) => {
-            return error(
+            let mut refused = error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid ingest token is required",
-            )
+            );
+            // RFC 7235 3.1: a 401 names the scheme that would be accepted.
+            refused.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"perimeter\""),
+            );
+            return refused;
         }
         Err(IngestRefusal::Forbidden) => {
             return error(
@@ -273,6 +281,36 @@ mod router_tests {
         let (status, error) = post("/ingest/okta", vec![b'x'; 5000]).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(error["error"]["code"], "body_too_large", "{error}");
+    }
+
+    /// The scheme in any case reaches the token check with the token alone; a refused token's
+    /// 401 names the scheme (RFC 7235).
+    #[tokio::test]
+    async fn the_bearer_scheme_is_case_insensitive_and_a_401_challenges() {
+        let (bus, _rx) = crate::bus::channel(1);
+        let auth: IngestAuth = Arc::new(|token: &str| match token {
+            "t" => Ok("acme".to_string()),
+            _ => Err(IngestRefusal::Unauthorized),
+        });
+        let router = ingest_router(bus, auth, 1000, 1000);
+        let send = |authorization: &str| {
+            let request = axum::http::Request::post("/ingest/okta?x=1")
+                .header("authorization", authorization)
+                .body(axum::body::Body::from("{}"))
+                .unwrap();
+            router.clone().oneshot(request)
+        };
+        // Past the token check, the stray parameter is what is refused.
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let response = send(&format!("{scheme} t")).await.unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{scheme}");
+        }
+        let refused = send("Bearer nope").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            refused.headers()["www-authenticate"],
+            "Bearer realm=\"perimeter\""
+        );
     }
 
     #[tokio::test]

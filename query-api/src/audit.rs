@@ -92,7 +92,7 @@ pub struct AuditQuery {
     pub action: Option<String>,
     /// Only entries of this token, by its id or its name.
     pub token: Option<String>,
-    /// Only entries about this alert or event id.
+    /// Only entries about this alert or event id (refused requests on its path included).
     pub target: Option<String>,
     /// `timestamp >= from`.
     pub from: Option<DateTime<Utc>>,
@@ -116,14 +116,34 @@ impl AuditQuery {
                 .token
                 .as_deref()
                 .is_none_or(|t| e.token_id == t || e.token_name == t)
-            && self
-                .target
-                .as_deref()
-                .is_none_or(|t| e.target.as_deref() == Some(t))
+            && self.target.as_deref().is_none_or(|t| is_about(e, t))
             && self.from.is_none_or(|f| e.timestamp >= f)
             && self.to.is_none_or(|t| e.timestamp < t)
     }
 }
+
+/// Whether entry `e` is about the alert, event or other id `target`: its target is the id, or,
+/// for a request refused before its handler ran (`request.denied`, whose target is the method
+/// and path, `PATCH /api/v1/alerts/<id>`), the id is the path's resource id. Lines already on
+/// disk are read the same way.
+fn is_about(e: &AuditEntry, target: &str) -> bool {
+    let Some(recorded) = e.target.as_deref() else {
+        return false;
+    };
+    if recorded == target {
+        return true;
+    }
+    e.action == DENIED_ACTION
+        && recorded
+            .split_once(' ')
+            .and_then(|(_, path)| path.strip_prefix("/api/v1/"))
+            .and_then(|path| path.split(['?', '#']).next())
+            .and_then(|path| path.split('/').nth(1))
+            .is_some_and(|id| id == target)
+}
+
+/// The action of a request refused for its token's role.
+pub const DENIED_ACTION: &str = "request.denied";
 
 /// One page of audit entries, newest first.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,11 +176,15 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err)?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut file = owner_only(OpenOptions::new().create(true).append(true))
             .open(&path)
             .map_err(io_err)?;
+        // The log names who read what (tokens, searches): owner only, like the token file. A log
+        // created before it was made so is fixed here; one the service may not change (another
+        // owner's) is still appended to, with a warning, rather than stop the service.
+        if let Err(error) = restrict_to_owner(&file) {
+            tracing::warn!(path = %path.display(), %error, "audit log left readable by others");
+        }
         // A crash mid-write can leave a line without its newline; start on a fresh line so
         // the next entry is not glued to the torn one.
         if !ends_with_newline_or_empty(&path).map_err(io_err)? {
@@ -314,7 +338,10 @@ impl AuditLog {
             return Ok(0);
         }
         let tmp = self.path.with_extension("jsonl.expire");
-        let mut out = File::create(&tmp).map_err(io)?;
+        let mut out = owner_only(OpenOptions::new().write(true).create(true).truncate(true))
+            .open(&tmp)
+            .map_err(io)?;
+        restrict_to_owner(&out).map_err(io)?;
         let copy = |out: &mut File, from: u64, to: u64| -> std::io::Result<u64> {
             let mut part = std::io::Read::take(&src, to - from);
             std::io::Seek::seek(&mut &src, std::io::SeekFrom::Start(from))?;
@@ -337,6 +364,28 @@ impl AuditLog {
             .map_err(io)?;
         Ok(lines)
     }
+}
+
+/// `options` creating the file readable and writable by its owner only (Unix).
+fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
+}
+
+/// Take group and other access away from an open file that has some (Unix).
+fn restrict_to_owner(file: &File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
 }
 
 fn ends_with_newline_or_empty(path: &Path) -> std::io::Result<bool> {
@@ -377,6 +426,44 @@ mod tests {
             ..Default::default()
         };
         log.query(&q).unwrap().items
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_log_is_readable_by_its_owner_only_also_one_created_before() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_in(dir.path()).unwrap();
+        log.append(&AuditEntry::new(
+            &token("acme"),
+            "alerts.list",
+            None,
+            json!({}),
+        ))
+        .unwrap();
+        assert_eq!(mode(log.path()), 0o600);
+        // Left 0644 by an older version: fixed when opened.
+        let old = dir.path().join("old").join(AUDIT_FILE);
+        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+        std::fs::write(&old, "").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let reopened = AuditLog::open(&old).unwrap();
+        assert_eq!(mode(&old), 0o600);
+        // A retention trim replaces the file: the new one is owner only too.
+        let mut e = AuditEntry::new(&token("acme"), "alerts.list", None, json!({}));
+        e.timestamp = Utc::now() - chrono::TimeDelta::days(10);
+        reopened.append(&e).unwrap();
+        reopened
+            .append(&AuditEntry::new(
+                &token("acme"),
+                "alerts.get",
+                None,
+                json!({}),
+            ))
+            .unwrap();
+        assert_eq!(reopened.expire(Utc::now(), 1).unwrap(), 1);
+        assert_eq!(mode(&old), 0o600);
     }
 
     #[test]

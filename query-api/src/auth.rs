@@ -483,10 +483,12 @@ fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
     let value = header
         .to_str()
         .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    // The scheme is case-insensitive (RFC 7235 2.1): `BEARER` and `bearer` are `Bearer`.
     value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
+        .trim_start()
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
@@ -512,7 +514,7 @@ impl<R: MinRole> FromRequestParts<AppState> for Auth<R> {
                 .map_or(parts.uri.path(), |u| u.0.path());
             let target = format!("{} {path}", parts.method);
             let details = serde_json::json!({"outcome": "forbidden", "needs": R::ROLE.to_string()});
-            state.audit(&info, "request.denied", Some(&target), details)?;
+            state.audit(&info, crate::audit::DENIED_ACTION, Some(&target), details)?;
             return Err(ApiError::Forbidden(format!(
                 "this operation needs role `{}`, the token has `{}`",
                 R::ROLE,

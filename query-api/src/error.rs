@@ -53,7 +53,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable error code: `unauthorized`, `forbidden`, `not_found`, `invalid_parameter`,
     /// `invalid_query`, `invalid_json`, `limit_too_large`, `invalid_rule`, `method_not_allowed`,
-    /// `unsupported_media_type`, `payload_too_large`, `unavailable`, `internal`.
+    /// `unsupported_media_type`, `payload_too_large`, `unavailable`, `internal`; and, for
+    /// requests hyper refuses before routing, `bad_request`, `uri_too_long`, `headers_too_large`.
     pub code: String,
     pub message: String,
 }
@@ -121,9 +122,20 @@ impl IntoResponse for ApiError {
                 message,
             },
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 7235 3.1: a 401 names the scheme that would be accepted.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(WWW_AUTHENTICATE_BEARER),
+            );
+        }
+        response
     }
 }
+
+/// The `WWW-Authenticate` challenge of every 401.
+pub const WWW_AUTHENTICATE_BEARER: &str = "Bearer realm=\"perimeter\"";
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {

@@ -3,9 +3,11 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
+use crate::MAX_BODY_BYTES;
 
 /// `axum::Json` with [`ApiError`] rejections.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,9 +21,53 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        refuse_announced_oversize(&req)?;
+        let axum::Json(JsonObject(value)) =
+            axum::Json::<JsonObject<T>>::from_request(req, state).await?;
         Ok(ApiJson(value))
     }
+}
+
+/// `T` read from a JSON object only. serde also builds a struct from an array of its fields
+/// in order (`["acknowledged", null, null]` as `{status, assignee, note}`), which no client
+/// means and the API does not document: every API body is an object.
+struct JsonObject<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<T, M::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(JsonObject)
+    }
+}
+
+/// Refuse a body whose announced length is over [`MAX_BODY_BYTES`] before reading any of it;
+/// a body without a length is cut off at the limit by `DefaultBodyLimit` instead. This runs
+/// as the body is extracted, so after the handler's [`crate::auth::Auth`]: a caller without a
+/// valid token gets 401, and one without the role 403 (audited), whatever the body's size.
+fn refuse_announced_oversize(req: &Request) -> Result<(), ApiError> {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::UnsupportedBody {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        });
+    }
+    Ok(())
 }
 
 /// `axum::extract::Query` with [`ApiError`] rejections.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::parse_errors::JsonParseErrorsAcceptor;
 use crate::state::AppState;
 
 /// `[api]` in perimeter.toml.
@@ -336,6 +337,7 @@ impl Server {
                 let watcher = tokio::spawn(files.watch(config.clone(), metrics));
                 let _stop_watching = AbortOnDrop(watcher);
                 axum_server::from_tcp_rustls(self.listener, config)?
+                    .map(JsonParseErrorsAcceptor)
                     .handle(handle)
                     .serve(service)
                     .await?;
@@ -343,6 +345,7 @@ impl Server {
             None => {
                 tracing::info!(%addr, "api listening (http)");
                 axum_server::from_tcp(self.listener)?
+                    .map(JsonParseErrorsAcceptor)
                     .handle(handle)
                     .serve(service)
                     .await?;

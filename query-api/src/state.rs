@@ -19,13 +19,15 @@ use crate::rule_switches::RuleSwitchStore;
 pub trait RuleService: Send + Sync {
     /// The loaded rules, one JSON object each (id, title, level, status, source, ...).
     fn list(&self) -> Vec<serde_json::Value>;
-    /// Compile `rule_yaml` and run it over `events` (event output documents). Returns a JSON
-    /// report (at least which events matched); `Err` says whether the rule or an event is at
-    /// fault, and why.
+    /// Compile `rule_yaml` and run it over `events` (event output documents, or raw records
+    /// of `source`: a source name or `json`, as `--source` takes; `None`: told from each
+    /// record's shape). Returns a JSON report (at least which events matched); `Err` says
+    /// whether the rule or an event is at fault, and why.
     fn test(
         &self,
         rule_yaml: &str,
         events: Vec<serde_json::Value>,
+        source: Option<&str>,
     ) -> Result<serde_json::Value, RuleTestError>;
 }
 
@@ -160,6 +162,43 @@ impl AppState {
         self.audit
             .append(&AuditEntry::new(token, action, target.as_deref(), details))
             .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// [`Self::audit`] for an action that may have failed, with its result passed on. A
+    /// failure adds `outcome` (`not_found`, `invalid`, `failed`) and the error `code` to the
+    /// details, so a refused or missed read does not read as one that was answered; lines
+    /// of answered actions are as before.
+    pub fn audit_result<T>(
+        &self,
+        token: &TokenInfo,
+        action: &str,
+        target: Option<&str>,
+        mut details: serde_json::Value,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        if let Err(error) = &result {
+            if !details.is_object() {
+                details = serde_json::json!({});
+            }
+            details["outcome"] = outcome_of(error).into();
+            details["error"] = error.code().into();
+        }
+        self.audit(token, action, target, details)?;
+        result
+    }
+}
+
+/// The audit `outcome` of a failed action.
+fn outcome_of(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::NotFound(_) => "not_found",
+        ApiError::Unauthorized(_) => "unauthorized",
+        ApiError::Forbidden(_) => "forbidden",
+        ApiError::BadRequest { .. }
+        | ApiError::InvalidRule(_)
+        | ApiError::MethodNotAllowed(_)
+        | ApiError::UnsupportedBody { .. } => "invalid",
+        ApiError::Unavailable(_) | ApiError::Internal(_) => "failed",
     }
 }
 

@@ -25,7 +25,8 @@ pub struct AuditParams {
     pub action: Option<String>,
     /// Only the entries of this token, by its id or its name.
     pub token: Option<String>,
-    /// Only the entries about this alert or event id.
+    /// Only the entries about this alert or event id, requests refused for the role on its path
+    /// (`request.denied`, target `PATCH /api/v1/alerts/<id>`) included.
     pub target: Option<String>,
     /// Entries at or after this time: RFC 3339, a date (midnight UTC) or relative (`now-24h`).
     pub from: Option<String>,
@@ -56,7 +57,26 @@ pub struct AuditList {
 pub async fn list_audit(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
-    ApiQuery(params): ApiQuery<AuditParams>,
+    params: Result<ApiQuery<AuditParams>, ApiError>,
+) -> Result<Json<AuditList>, ApiError> {
+    let mut details = json!({});
+    let result = async {
+        let ApiQuery(params) = params?;
+        details = json!({
+            "limit": params.limit, "action": params.action, "token": params.token,
+            "target": params.target, "from": params.from, "to": params.to,
+        });
+        list_audit_audited(&state, &auth, params, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, "audit.list", None, details, result)
+}
+
+async fn list_audit_audited(
+    state: &AppState,
+    auth: &Auth<AdminRole>,
+    params: AuditParams,
+    details: &mut serde_json::Value,
 ) -> Result<Json<AuditList>, ApiError> {
     let limit = page_limit(params.limit)?;
     let (from, to) = time_range(params.from.as_deref(), params.to.as_deref())?;
@@ -75,7 +95,7 @@ pub async fn list_audit(
         to,
         cursor: text("cursor", &params.cursor)?,
     };
-    let details = json!({
+    *details = json!({
         "limit": limit, "action": query.action, "token": query.token, "target": query.target,
         "from": params.from, "to": params.to,
     });
@@ -88,7 +108,6 @@ pub async fn list_audit(
             AuditError::Cursor(_) => ApiError::bad_request("invalid_query", e.to_string()),
             e => ApiError::Internal(e.to_string()),
         })?;
-    state.audit(&auth.0, "audit.list", None, details)?;
     Ok(Json(AuditList {
         items: page.items,
         next_cursor: page.next_cursor,

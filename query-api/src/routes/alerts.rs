@@ -110,10 +110,18 @@ impl From<AlertStatusParam> for AlertStatus {
 #[serde(deny_unknown_fields)]
 pub struct AlertPatch {
     pub status: Option<AlertStatusParam>,
-    /// Who works on it; an empty string unassigns.
+    /// Who works on it; `null` or an empty string unassigns.
+    #[serde(default, deserialize_with = "null_unassigns")]
     pub assignee: Option<String>,
     /// A note appended to the alert's notes.
     pub note: Option<String>,
+}
+
+/// `assignee`: absent is no change (`None`); `null` clears it, as `""` does (`Some("")`).
+fn null_unassigns<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(|v| Some(v.unwrap_or_default()))
 }
 
 /// An alert with its triage record and the events that caused it.
@@ -199,18 +207,26 @@ fn alert_query(p: &AlertListParams) -> Result<AlertQuery, ApiError> {
 pub async fn list_alerts(
     State(state): State<AppState>,
     auth: Auth,
-    ApiQuery(params): ApiQuery<AlertListParams>,
+    params: Result<ApiQuery<AlertListParams>, ApiError>,
 ) -> Result<Json<ItemsPage>, ApiError> {
-    let query = alert_query(&params)?;
-    state.audit(
+    let (params, query) = match params {
+        Ok(ApiQuery(params)) => {
+            let query = alert_query(&params);
+            (params, query)
+        }
+        Err(e) => (AlertListParams::default(), Err(e)),
+    };
+    let limit = query.as_ref().map_or(params.limit, |q| Some(q.limit));
+    let query = state.audit_result(
         &auth.0,
         "alerts.list",
         None,
         json!({
             "from": params.from, "to": params.to, "severity": params.severity,
             "status": params.status, "rule": params.rule, "source": params.source,
-            "entity": params.entity, "q": params.q, "limit": query.limit,
+            "entity": params.entity, "q": params.q, "limit": limit,
         }),
+        query,
     )?;
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
@@ -239,20 +255,29 @@ pub async fn list_alerts(
 pub async fn alert_summary(
     State(state): State<AppState>,
     auth: Auth,
-    ApiQuery(p): ApiQuery<AlertSummaryParams>,
+    params: Result<ApiQuery<AlertSummaryParams>, ApiError>,
 ) -> Result<Json<AlertSummaryBody>, ApiError> {
-    let query = alert_query(&AlertListParams {
-        from: p.from.clone(),
-        to: p.to.clone(),
-        severity: p.severity.clone(),
-        status: p.status.clone(),
-        rule: p.rule.clone(),
-        source: p.source.clone(),
-        entity: p.entity.clone(),
-        q: p.q.clone(),
-        ..AlertListParams::default()
-    })?;
-    state.audit(
+    let (p, params_rejected) = match params {
+        Ok(ApiQuery(p)) => (p, None),
+        Err(e) => (AlertSummaryParams::default(), Some(e)),
+    };
+    let query = params_rejected.map_or_else(
+        || {
+            alert_query(&AlertListParams {
+                from: p.from.clone(),
+                to: p.to.clone(),
+                severity: p.severity.clone(),
+                status: p.status.clone(),
+                rule: p.rule.clone(),
+                source: p.source.clone(),
+                entity: p.entity.clone(),
+                q: p.q.clone(),
+                ..AlertListParams::default()
+            })
+        },
+        Err,
+    );
+    let query = state.audit_result(
         &auth.0,
         "alerts.summary",
         None,
@@ -260,6 +285,7 @@ pub async fn alert_summary(
             "from": p.from, "to": p.to, "severity": p.severity, "status": p.status,
             "rule": p.rule, "source": p.source, "entity": p.entity, "q": p.q,
         }),
+        query,
     )?;
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
@@ -282,20 +308,26 @@ pub async fn get_alert(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
-    _: ApiQuery<NoParams>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
 ) -> Result<Json<AlertDetail>, ApiError> {
-    bounded("id", &id, MAX_LABEL_BYTES)?;
-    state.audit(&auth.0, "alerts.get", Some(&id), json!({}))?;
-    let store = state.store.clone();
-    let tenant = auth.tenant().to_string();
-    let (record, evidence) = blocking(move || -> Result<_, ApiError> {
-        let Some(record) = store.get_alert(&tenant, &id)? else {
-            return Err(ApiError::NotFound(format!("no alert `{id}`")));
-        };
-        let evidence = store.alert_evidence(&tenant, &id)?;
-        Ok((record, evidence))
-    })
-    .await??;
+    let found = async {
+        no_params?;
+        bounded("id", &id, MAX_LABEL_BYTES)?;
+        let store = state.store.clone();
+        let tenant = auth.tenant().to_string();
+        let id = id.clone();
+        blocking(move || -> Result<_, ApiError> {
+            let Some(record) = store.get_alert(&tenant, &id)? else {
+                return Err(ApiError::NotFound(format!("no alert `{id}`")));
+            };
+            let evidence = store.alert_evidence(&tenant, &id)?;
+            Ok((record, evidence))
+        })
+        .await?
+    }
+    .await;
+    let (record, evidence) =
+        state.audit_result(&auth.0, "alerts.get", Some(&id), json!({}), found)?;
     let record = serde_json::to_value(&record)
         .map_err(|e| ApiError::Internal(format!("encode alert: {e}")))?;
     Ok(Json(AlertDetail {
@@ -321,10 +353,34 @@ pub async fn update_alert(
     State(state): State<AppState>,
     auth: Auth<ResponderRole>,
     ApiPath(id): ApiPath<String>,
-    _: ApiQuery<NoParams>,
-    ApiJson(patch): ApiJson<AlertPatch>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
+    patch: Result<ApiJson<AlertPatch>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    bounded("id", &id, MAX_LABEL_BYTES)?;
+    let mut details = json!({});
+    let result = async {
+        no_params?;
+        let ApiJson(patch) = patch?;
+        update_alert_audited(&state, &auth, &id, patch, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, "alerts.update", Some(&id), details, result)
+}
+
+async fn update_alert_audited(
+    state: &AppState,
+    auth: &Auth<ResponderRole>,
+    id: &str,
+    patch: AlertPatch,
+    details: &mut serde_json::Value,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // What was asked, recorded also when it is refused; the note's text lives in the alert's
+    // history, the audit line says that one was added.
+    *details = json!({
+        "status": patch.status,
+        "assignee": patch.assignee,
+        "note_bytes": patch.note.as_ref().map(String::len),
+    });
+    bounded("id", id, MAX_LABEL_BYTES)?;
     if patch.status.is_none() && patch.assignee.is_none() && patch.note.is_none() {
         return Err(ApiError::bad_request(
             "invalid_json",
@@ -349,20 +405,10 @@ pub async fn update_alert(
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
     let actor = auth.0.actor();
-    let target = id.clone();
+    let target = id.to_string();
     let updated = blocking(move || store.update_alert(&tenant, &target, &update, &actor)).await??;
-    // The note's text lives in the alert's history; the audit line says that one was added.
-    // An attempt on an id the tenant does not have is recorded too (as reads of one are): it
-    // may be a guess at another tenant's alert.
-    let mut details = json!({
-        "status": patch.status,
-        "assignee": patch.assignee,
-        "note_bytes": patch.note.as_ref().map(String::len),
-    });
-    if updated.is_none() {
-        details["outcome"] = json!("not_found");
-    }
-    state.audit(&auth.0, "alerts.update", Some(&id), details)?;
+    // An attempt on an id the tenant does not have is recorded too (`outcome: not_found`, as
+    // reads of one are): it may be a guess at another tenant's alert.
     let Some(record) = updated else {
         return Err(ApiError::NotFound(format!("no alert `{id}`")));
     };

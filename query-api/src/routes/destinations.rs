@@ -58,9 +58,9 @@ fn invalid(e: DestinationError) -> ApiError {
 pub async fn list_destinations(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
-    _: ApiQuery<NoParams>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
 ) -> Result<Json<DestinationList>, ApiError> {
-    state.audit(&auth.0, "destinations.list", None, json!({}))?;
+    state.audit_result(&auth.0, "destinations.list", None, json!({}), no_params)?;
     // A webhook URL is often a credential itself (Slack's, or one with `?token=`): listed
     // masked; only the delivery worker reads it in clear.
     let items = state
@@ -87,29 +87,39 @@ pub async fn list_destinations(
 pub async fn create_destination(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
-    _: ApiQuery<NoParams>,
-    ApiJson(new): ApiJson<NewDestination>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
+    new: Result<ApiJson<NewDestination>, ApiError>,
 ) -> Result<(StatusCode, Json<Destination>), ApiError> {
-    bounded("url", &new.url, 2048)?;
-    // The name is only for people: stored masked, like everything else said about a tenant.
-    let name = state.mask_text(&new.name);
-    let created = state
-        .destinations
-        .create_as(
-            auth.tenant(),
-            &name,
-            &new.url,
-            new.min_severity,
-            new.format,
-            &auth.0.id,
-        )
-        .map_err(invalid)?;
+    let created = (|| {
+        no_params?;
+        let ApiJson(new) = new?;
+        bounded("url", &new.url, 2048)?;
+        // The name is only for people: stored masked, like everything else said about a tenant.
+        let name = state.mask_text(&new.name);
+        state
+            .destinations
+            .create_as(
+                auth.tenant(),
+                &name,
+                &new.url,
+                new.min_severity,
+                new.format,
+                &auth.0.id,
+            )
+            .map_err(invalid)
+    })();
     // The URL is not audited: webhook URLs often carry their own secret.
-    state.audit(
+    let details = created.as_ref().map_or_else(
+        |_| json!({}),
+        |c| json!({"name": c.name, "min_severity": c.min_severity, "format": c.format}),
+    );
+    let target = created.as_ref().ok().map(|c| c.id.clone());
+    let created = state.audit_result(
         &auth.0,
         "destinations.create",
-        Some(&created.id),
-        json!({"name": created.name, "min_severity": created.min_severity, "format": created.format}),
+        target.as_deref(),
+        details,
+        created,
     )?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -128,16 +138,25 @@ pub async fn delete_destination(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
     ApiPath(id): ApiPath<String>,
-    _: ApiQuery<NoParams>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
-    bounded("id", &id, 64)?;
-    if !state
-        .destinations
-        .delete(auth.tenant(), &id)
-        .map_err(invalid)?
-    {
-        return Err(ApiError::NotFound(format!("no destination `{id}`")));
-    }
-    state.audit(&auth.0, "destinations.delete", Some(&id), json!({}))?;
-    Ok(StatusCode::NO_CONTENT)
+    let deleted = (|| {
+        no_params?;
+        bounded("id", &id, 64)?;
+        if !state
+            .destinations
+            .delete(auth.tenant(), &id)
+            .map_err(invalid)?
+        {
+            return Err(ApiError::NotFound(format!("no destination `{id}`")));
+        }
+        Ok(StatusCode::NO_CONTENT)
+    })();
+    state.audit_result(
+        &auth.0,
+        "destinations.delete",
+        Some(&id),
+        json!({}),
+        deleted,
+    )
 }

@@ -78,7 +78,24 @@ fn parse_event_sort(sort: Option<&str>) -> Result<EventSort, ApiError> {
 pub async fn search_events(
     State(state): State<AppState>,
     auth: Auth,
-    ApiQuery(params): ApiQuery<EventSearchParams>,
+    params: Result<ApiQuery<EventSearchParams>, ApiError>,
+) -> Result<Json<ItemsPage>, ApiError> {
+    let mut details = json!({});
+    let result = async {
+        let ApiQuery(params) = params?;
+        details =
+            json!({"q": params.q, "from": params.from, "to": params.to, "limit": params.limit});
+        search(&state, &auth, params, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, "events.search", None, details, result)
+}
+
+async fn search(
+    state: &AppState,
+    auth: &Auth,
+    params: EventSearchParams,
+    details: &mut serde_json::Value,
 ) -> Result<Json<ItemsPage>, ApiError> {
     let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
     if let Some(c) = &params.cursor {
@@ -93,12 +110,7 @@ pub async fn search_events(
         cursor: params.cursor.clone(),
         sort,
     };
-    state.audit(
-        &auth.0,
-        "events.search",
-        None,
-        json!({"q": query_text, "from": params.from, "to": params.to, "limit": query.limit}),
-    )?;
+    *details = json!({"q": query_text, "from": params.from, "to": params.to, "limit": query.limit});
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
     let page = blocking(move || store.search_events(&tenant, &query)).await??;
@@ -162,7 +174,23 @@ pub struct HistogramBucketBody {
 pub async fn event_histogram(
     State(state): State<AppState>,
     auth: Auth,
-    ApiQuery(params): ApiQuery<EventHistogramParams>,
+    params: Result<ApiQuery<EventHistogramParams>, ApiError>,
+) -> Result<Json<EventHistogramBody>, ApiError> {
+    let mut details = json!({});
+    let result = async {
+        let ApiQuery(params) = params?;
+        details = json!({"q": params.q, "from": params.from, "to": params.to, "interval": params.interval});
+        event_histogram_audited(&state, &auth, params, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, "events.histogram", None, details, result)
+}
+
+async fn event_histogram_audited(
+    state: &AppState,
+    auth: &Auth,
+    params: EventHistogramParams,
+    details: &mut serde_json::Value,
 ) -> Result<Json<EventHistogramBody>, ApiError> {
     let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
     let interval_seconds = params
@@ -179,12 +207,8 @@ pub async fn event_histogram(
         to,
         interval_seconds,
     };
-    state.audit(
-        &auth.0,
-        "events.histogram",
-        None,
-        json!({"q": query_text, "from": params.from, "to": params.to, "interval": params.interval}),
-    )?;
+    *details =
+        json!({"q": query_text, "from": params.from, "to": params.to, "interval": params.interval});
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
     let histogram = blocking(move || store.event_histogram(&tenant, &query)).await??;
@@ -267,7 +291,24 @@ pub struct ValueCountBody {
 pub async fn event_top_values(
     State(state): State<AppState>,
     auth: Auth,
-    ApiQuery(params): ApiQuery<EventTopValuesParams>,
+    params: Result<ApiQuery<EventTopValuesParams>, ApiError>,
+) -> Result<Json<EventTopValuesBody>, ApiError> {
+    let mut details = json!({});
+    let result = async {
+        let ApiQuery(params) = params?;
+        details =
+            json!({"q": params.q, "from": params.from, "to": params.to, "field": params.field});
+        event_top_values_audited(&state, &auth, params, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, "events.top", None, details, result)
+}
+
+async fn event_top_values_audited(
+    state: &AppState,
+    auth: &Auth,
+    params: EventTopValuesParams,
+    details: &mut serde_json::Value,
 ) -> Result<Json<EventTopValuesBody>, ApiError> {
     let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
     let field = bounded("field", &params.field, 128)?;
@@ -291,12 +332,7 @@ pub async fn event_top_values(
         limit,
         sample,
     };
-    state.audit(
-        &auth.0,
-        "events.top",
-        None,
-        json!({"q": query_text, "from": params.from, "to": params.to, "field": field}),
-    )?;
+    *details = json!({"q": query_text, "from": params.from, "to": params.to, "field": field});
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
     let top = blocking(move || store.top_values(&tenant, &query)).await??;
@@ -331,17 +367,21 @@ pub async fn get_event(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
-    _: ApiQuery<NoParams>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    bounded("id", &id, MAX_ID_BYTES)?;
-    state.audit(&auth.0, "events.get", Some(&id), json!({}))?;
-    let store = state.store.clone();
-    let tenant = auth.tenant().to_string();
-    let lookup_id = id.clone();
-    let event = blocking(move || store.get_event(&tenant, &lookup_id)).await??;
-    event
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("no event `{id}`")))
+    let result = async {
+        no_params?;
+        bounded("id", &id, MAX_ID_BYTES)?;
+        let store = state.store.clone();
+        let tenant = auth.tenant().to_string();
+        let lookup_id = id.clone();
+        let event = blocking(move || store.get_event(&tenant, &lookup_id)).await??;
+        event
+            .map(Json)
+            .ok_or_else(|| ApiError::NotFound(format!("no event `{id}`")))
+    }
+    .await;
+    state.audit_result(&auth.0, "events.get", Some(&id), json!({}), result)
 }
 
 /// Parameters of `GET /events/{id}/context`. Unknown parameters are refused.
@@ -396,8 +436,25 @@ pub async fn event_context(
     State(state): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(params): ApiQuery<EventContextParams>,
+    params: Result<ApiQuery<EventContextParams>, ApiError>,
 ) -> Result<Json<EventContextBody>, ApiError> {
+    let mut details = json!({});
+    let result = async {
+        let ApiQuery(params) = params?;
+        details = json!({"by": params.by, "window": params.window});
+        event_context_audited(&state, &auth, &id, params).await
+    }
+    .await;
+    state.audit_result(&auth.0, "events.context", Some(&id), details, result)
+}
+
+async fn event_context_audited(
+    state: &AppState,
+    auth: &Auth,
+    id: &str,
+    params: EventContextParams,
+) -> Result<Json<EventContextBody>, ApiError> {
+    let id = id.to_string();
     bounded("id", &id, MAX_ID_BYTES)?;
     let by: perimeter_store::ContextPivot = params
         .by
@@ -419,12 +476,6 @@ pub async fn event_context(
         params.limit,
         100,
         perimeter_store::MAX_CONTEXT_EVENTS,
-    )?;
-    state.audit(
-        &auth.0,
-        "events.context",
-        Some(&id),
-        json!({"by": params.by, "window": params.window}),
     )?;
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
@@ -559,7 +610,23 @@ const EXPORT_TRUNCATED: header::HeaderName =
 pub async fn export_events(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
-    ApiQuery(params): ApiQuery<EventExportParams>,
+    params: Result<ApiQuery<EventExportParams>, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut details = json!({});
+    let result = async {
+        let ApiQuery(params) = params?;
+        details = json!({"q": params.q, "from": params.from, "to": params.to, "max_events": params.max_events, "sort": params.sort, "format": params.format});
+        export_events_audited(&state, &auth, params, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, "events.export", None, details, result)
+}
+
+async fn export_events_audited(
+    state: &AppState,
+    auth: &Auth<AdminRole>,
+    params: EventExportParams,
+    details: &mut serde_json::Value,
 ) -> Result<Response, ApiError> {
     let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
     let max_events = limit_within(
@@ -605,14 +672,9 @@ pub async fn export_events(
     })
     .await??;
     let exported = matched.min(max_events as u64);
-    state.audit(
-        &auth.0,
-        "events.export",
-        None,
-        json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events,
+    *details = json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events,
                "sort": params.sort.as_deref().unwrap_or("newest"),
-               "format": if csv { "csv" } else { "jsonl" }, "matched": matched}),
-    )?;
+               "format": if csv { "csv" } else { "jsonl" }, "matched": matched});
 
     // Each step sends what is left of one page, then reads the next while under the bound.
     let store = state.store.clone();
@@ -732,7 +794,23 @@ pub struct DeadLetterList {
 pub async fn list_dead_letters(
     State(state): State<AppState>,
     auth: Auth,
-    ApiQuery(params): ApiQuery<DeadLetterParams>,
+    params: Result<ApiQuery<DeadLetterParams>, ApiError>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let mut details = json!({});
+    let result = async {
+        let ApiQuery(params) = params?;
+        details = json!({"limit": params.limit, "source": params.source, "q": params.q, "from": params.from, "to": params.to});
+        list_dead_letters_audited(&state, &auth, params, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, "dead_letters.list", None, details, result)
+}
+
+async fn list_dead_letters_audited(
+    state: &AppState,
+    auth: &Auth,
+    params: DeadLetterParams,
+    details: &mut serde_json::Value,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let limit = limit_within("limit", params.limit, super::DEFAULT_LIMIT, MAX_LIMIT)?;
     let (from, to) = time_range(params.from.as_deref(), params.to.as_deref())?;
@@ -749,12 +827,7 @@ pub async fn list_dead_letters(
         to,
         cursor: text("cursor", &params.cursor)?,
     };
-    state.audit(
-        &auth.0,
-        "dead_letters.list",
-        None,
-        json!({"limit": limit, "source": query.source, "q": query.text, "from": params.from, "to": params.to}),
-    )?;
+    *details = json!({"limit": limit, "source": query.source, "q": query.text, "from": params.from, "to": params.to});
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
     let page = blocking(move || store.list_dead_letters(&tenant, &query)).await??;

@@ -55,9 +55,15 @@ pub struct RuleSwitchRequest {
 pub struct RuleTestRequest {
     /// The Sigma rule, as YAML text.
     pub rule: String,
-    /// Events to test against (event documents as `GET /events/{id}` returns them).
+    /// Events to test against: event documents as `GET /events/{id}` returns them, or raw
+    /// vendor records.
     #[schema(value_type = Option<Vec<Object>>)]
     pub events: Option<Vec<serde_json::Value>>,
+    /// The source the raw records in `events` come from, when their shape does not tell: a
+    /// source name (`okta`, `github`, ...) or `json` for plain JSON objects, as the CLI's
+    /// `--source` takes. Default: told from each record's shape. Stored event documents keep
+    /// their own source.
+    pub source: Option<String>,
     /// Use stored events at or after this time: RFC 3339, a date (`2024-05-01`, UTC) or relative (`now-24h`).
     pub from: Option<String>,
     /// Use stored events before this time (exclusive): RFC 3339, a date or relative (`now-1h`).
@@ -87,9 +93,9 @@ pub struct RuleTestResponse {
 pub async fn list_rules(
     State(state): State<AppState>,
     auth: Auth,
-    _: ApiQuery<NoParams>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
 ) -> Result<Json<RuleList>, ApiError> {
-    state.audit(&auth.0, "rules.list", None, json!({}))?;
+    state.audit_result(&auth.0, "rules.list", None, json!({}), no_params)?;
     let rules = state.rules.clone();
     let mut rules = blocking(move || rules.list()).await?;
     let switches = state
@@ -139,9 +145,36 @@ pub async fn switch_rule(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
     ApiPath(id): ApiPath<String>,
-    _: ApiQuery<NoParams>,
-    ApiJson(request): ApiJson<RuleSwitchRequest>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
+    request: Result<ApiJson<RuleSwitchRequest>, ApiError>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // A body too malformed to say which way is recorded as `rules.switch`.
+    let mut action = "rules.switch";
+    let mut details = json!({});
+    let result = async {
+        no_params?;
+        let ApiJson(request) = request?;
+        action = if request.enabled {
+            "rules.switch_on"
+        } else {
+            "rules.switch_off"
+        };
+        details =
+            json!({ "entity": request.entity, "until": request.until, "reason": request.reason });
+        switch_rule_audited(&state, &auth, &id, request, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, action, Some(&id), details, result)
+}
+
+async fn switch_rule_audited(
+    state: &AppState,
+    auth: &Auth<AdminRole>,
+    id: &str,
+    request: RuleSwitchRequest,
+    details: &mut serde_json::Value,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = id.to_string();
     bounded("id", &id, MAX_RULE_ID_BYTES)?;
     let reason = match request.reason.as_deref().map(str::trim) {
         Some(r) => Some(bounded("reason", r, MAX_REASON_BYTES)?).filter(|r| !r.is_empty()),
@@ -199,16 +232,7 @@ pub async fn switch_rule(
     blocking(move || store.switch(&tenant, &rule_id, for_entity.as_deref(), change))
         .await?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.audit(
-        &auth.0,
-        if request.enabled {
-            "rules.switch_on"
-        } else {
-            "rules.switch_off"
-        },
-        Some(&id),
-        json!({ "entity": entity, "until": until, "reason": reason }),
-    )?;
+    *details = json!({ "entity": entity, "until": until, "reason": reason });
     let switch = state
         .rule_switches
         .switches()
@@ -233,8 +257,25 @@ pub async fn switch_rule(
 pub async fn test_rule(
     State(state): State<AppState>,
     auth: Auth<AdminRole>,
-    _: ApiQuery<NoParams>,
-    ApiJson(request): ApiJson<RuleTestRequest>,
+    no_params: Result<ApiQuery<NoParams>, ApiError>,
+    request: Result<ApiJson<RuleTestRequest>, ApiError>,
+) -> Result<Json<RuleTestResponse>, ApiError> {
+    let mut details = json!({});
+    let result = async {
+        no_params?;
+        let ApiJson(request) = request?;
+        details = json!({"rule_sha256": hex::encode(Sha256::digest(request.rule.as_bytes()))});
+        test_rule_audited(&state, &auth, request, &mut details).await
+    }
+    .await;
+    state.audit_result(&auth.0, "rules.test", None, details, result)
+}
+
+async fn test_rule_audited(
+    state: &AppState,
+    auth: &Auth<AdminRole>,
+    request: RuleTestRequest,
+    details: &mut serde_json::Value,
 ) -> Result<Json<RuleTestResponse>, ApiError> {
     if request.rule.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_json", "`rule` is empty"));
@@ -248,6 +289,18 @@ pub async fn test_rule(
     let ranged = request.from.is_some() || request.to.is_some() || request.query.is_some();
     let (from, to) = time_range(request.from.as_deref(), request.to.as_deref())?;
     let limit = limit_within("limit", request.limit, MAX_TEST_EVENTS, MAX_TEST_EVENTS)?;
+    let source = request
+        .source
+        .as_deref()
+        .map(|s| bounded("source", s, MAX_RULE_ID_BYTES))
+        .transpose()?
+        .map(str::to_string);
+    if source.is_some() && request.events.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "`source` names where inline `events` come from; stored events have their own",
+        ));
+    }
     let mode = match (&request.events, ranged) {
         (Some(_), true) => {
             return Err(ApiError::bad_request(
@@ -269,15 +322,11 @@ pub async fn test_rule(
         // (`from`, `to` and `query` are each optional).
         (None, _) => "stored",
     };
-    state.audit(
-        &auth.0,
-        "rules.test",
-        None,
-        json!({
-            "rule_sha256": hex::encode(Sha256::digest(request.rule.as_bytes())),
-            "mode": mode, "from": request.from, "to": request.to, "query": request.query,
-        }),
-    )?;
+    *details = json!({
+        "rule_sha256": hex::encode(Sha256::digest(request.rule.as_bytes())),
+        "mode": mode, "from": request.from, "to": request.to, "query": request.query,
+        "source": source,
+    });
     let store = state.store.clone();
     let rules = state.rules.clone();
     let tenant = auth.tenant().to_string();
@@ -310,10 +359,14 @@ pub async fn test_rule(
             }
         };
         let num_events_tested = events.len();
-        let result = rules.test(&request.rule, events).map_err(|e| match e {
-            crate::state::RuleTestError::Rule(why) => ApiError::InvalidRule(why),
-            crate::state::RuleTestError::Event(why) => ApiError::bad_request("invalid_json", why),
-        })?;
+        let result = rules
+            .test(&request.rule, events, source.as_deref())
+            .map_err(|e| match e {
+                crate::state::RuleTestError::Rule(why) => ApiError::InvalidRule(why),
+                crate::state::RuleTestError::Event(why) => {
+                    ApiError::bad_request("invalid_json", why)
+                }
+            })?;
         Ok(RuleTestResponse {
             num_events_tested,
             result,

@@ -53,9 +53,9 @@ pub struct SourceItem {
 pub async fn list_sources(
     State(state): State<AppState>,
     auth: Auth,
-    ApiQuery(_params): ApiQuery<SourcesParams>,
+    params: Result<ApiQuery<SourcesParams>, ApiError>,
 ) -> Result<Json<SourceList>, ApiError> {
-    state.audit(&auth.0, "sources.list", None, json!({}))?;
+    state.audit_result(&auth.0, "sources.list", None, json!({}), params)?;
     let store = state.store.clone();
     let tenant = auth.tenant().to_string();
     let now = Utc::now();

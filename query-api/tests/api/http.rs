@@ -65,6 +65,53 @@ fn health_readiness_and_metrics_need_no_token() {
     );
 }
 
+/// Clients choose the method and the path: neither may mint a new series in
+/// `api_requests_total` (a label per made-up method or per concrete id is unbounded).
+#[test]
+fn request_metrics_labels_stay_bounded_whatever_the_client_sends() {
+    let api = TestApi::start();
+    for (method, path) in [
+        ("FOO1", "/api/v1/alerts"),
+        ("FOO2", "/api/v1/alerts"),
+        ("BAR", "/no/such/route/123"),
+    ] {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let r = api.client.request(method, api.url(path)).send().unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+    }
+    let id = &api.data.acme_alerts[0].id;
+    api.get_json(&format!("/api/v1/alerts/{id}"), ACME, Role::Viewer);
+    let text = api.metrics_text();
+    let api_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("perimeter_api_requests_total{"))
+        .collect();
+    for line in &api_lines {
+        assert!(
+            !line.contains("FOO") && !line.contains("BAR") && !line.contains(id.as_str()),
+            "client-chosen label value in {line}"
+        );
+    }
+    assert!(
+        api_lines
+            .iter()
+            .any(|l| l.contains("route=\"/api/v1/alerts\",method=\"other\"") && l.ends_with(" 2")),
+        "{api_lines:?}"
+    );
+    assert!(
+        api_lines
+            .iter()
+            .any(|l| l.contains("route=\"unmatched\",method=\"other\"")),
+        "{api_lines:?}"
+    );
+    assert!(
+        api_lines
+            .iter()
+            .any(|l| l.contains("route=\"/api/v1/alerts/{id}\",method=\"GET\"")),
+        "{api_lines:?}"
+    );
+}
+
 /// A store that fails batch after batch makes the service not ready (503 with since when and
 /// why, and a gauge), and the next stored batch makes it ready again. Liveness stays 200.
 #[test]
@@ -255,6 +302,44 @@ fn missing_malformed_unknown_revoked_and_expired_tokens_are_401() {
     }
 }
 
+/// The auth scheme is case-insensitive (RFC 7235), and every 401 says which scheme to use.
+#[test]
+fn the_bearer_scheme_is_case_insensitive_and_every_401_challenges() {
+    let api = TestApi::start();
+    let token = api.token(ACME, Role::Viewer);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = api
+            .client
+            .get(api.url("/api/v1/alerts"))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
+    for (method, path, body) in protected_routes(&api) {
+        for authorization in [None, Some("Bearer prm_0000"), Some("Basic dXNlcjpwYXNz")] {
+            let mut r = api.client.request(method.clone(), api.url(&path));
+            if let Some(a) = authorization {
+                r = r.header("authorization", a);
+            }
+            if let Some(b) = &body {
+                r = r.json(b);
+            }
+            let r = r.send().unwrap();
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert_error(r, 401, "unauthorized");
+            assert_eq!(
+                challenge.as_deref(),
+                Some("Bearer realm=\"perimeter\""),
+                "{method} {path} with {authorization:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_role_on_every_endpoint() {
     let api = TestApi::start();
@@ -330,6 +415,292 @@ fn the_role_is_checked_before_the_body_is_read() {
         "{audit}"
     );
     assert!(items.iter().all(|e| e["details"]["outcome"] == "forbidden"));
+}
+
+/// ADR 002: the token and role come before the body, also for a body announced over the
+/// limit: 401 without a valid token, 403 (audited) without the role, and only then 413.
+#[test]
+fn the_token_and_role_are_checked_before_the_body_size() {
+    let api = TestApi::start();
+    let path = format!("/api/v1/alerts/{}", api.data.acme_alerts[0].id);
+    // The request announces 5 MiB and sends none of it: an answer means it was not read.
+    let oversized = |authorization: &str| {
+        raw_request(
+            &api,
+            &format!(
+                "PATCH {path} HTTP/1.1\r\nHost: x\r\n{authorization}\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                5 * 1024 * 1024
+            ),
+        )
+    };
+    let anonymous = oversized("");
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    assert!(
+        anonymous.contains("\"code\":\"unauthorized\""),
+        "{anonymous}"
+    );
+    let unknown = oversized("Authorization: Bearer prm_0000\r\n");
+    assert!(unknown.starts_with("HTTP/1.1 401"), "{unknown}");
+    let viewer = oversized(&format!(
+        "Authorization: Bearer {}\r\n",
+        api.token(ACME, Role::Viewer)
+    ));
+    assert!(viewer.starts_with("HTTP/1.1 403"), "{viewer}");
+    assert!(viewer.contains("\"code\":\"forbidden\""), "{viewer}");
+    let responder = oversized(&format!(
+        "Authorization: Bearer {}\r\n",
+        api.token(ACME, Role::Responder)
+    ));
+    assert!(responder.starts_with("HTTP/1.1 413"), "{responder}");
+    assert!(
+        responder.contains("\"code\":\"payload_too_large\""),
+        "{responder}"
+    );
+    let denied = api.get_json("/api/v1/audit?action=request.denied", ACME, Role::Admin);
+    assert_eq!(denied["items"].as_array().unwrap().len(), 1, "{denied}");
+    assert_eq!(denied["items"][0]["role"], "viewer", "{denied}");
+    assert_eq!(denied["items"][0]["target"], format!("PATCH {path}"));
+}
+
+/// A read or change that failed is audited with its outcome and error code, so the trail
+/// tells a 404 or a refused request from an answered one; answered ones carry no outcome.
+#[test]
+fn failed_requests_are_audited_with_their_outcome() {
+    let api = TestApi::start();
+    let missing = "0123456789abcdef";
+    let alert_id = api.data.acme_alerts[0].id.clone();
+    let event_id = api.data.acme_events[0].id().to_string();
+    let get = |path: &str, role: Role| api.get(path, ACME, role);
+    assert_eq!(
+        get(&format!("/api/v1/events/{missing}"), Role::Viewer).status(),
+        404
+    );
+    assert_eq!(
+        get(&format!("/api/v1/alerts/{missing}"), Role::Viewer).status(),
+        404
+    );
+    assert_eq!(
+        get(&format!("/api/v1/events/{missing}/context"), Role::Viewer).status(),
+        404
+    );
+    assert_eq!(
+        get("/api/v1/events/search?q=(((", Role::Viewer).status(),
+        400
+    );
+    assert_eq!(get("/api/v1/alerts?limit=5000", Role::Viewer).status(), 400);
+    assert_eq!(get("/api/v1/alerts?verb=x", Role::Viewer).status(), 400);
+    assert_eq!(
+        get("/api/v1/events/export?format=xml", Role::Admin).status(),
+        400
+    );
+    let bad_status = api.patch(
+        &format!("/api/v1/alerts/{alert_id}"),
+        ACME,
+        Role::Responder,
+        json!({"status": "closed"}),
+    );
+    assert_eq!(bad_status.status(), 400);
+    api.get_json(&format!("/api/v1/events/{event_id}"), ACME, Role::Viewer);
+
+    let audit = api.get_json("/api/v1/audit?limit=100", ACME, Role::Admin);
+    let lines: Vec<(String, String, String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+            (
+                text(&e["action"]),
+                text(&e["target"]),
+                text(&e["details"]["outcome"]),
+                text(&e["details"]["error"]),
+            )
+        })
+        .collect();
+    let line = |action: &str, target: &str, outcome: &str, error: &str| {
+        (
+            action.to_string(),
+            target.to_string(),
+            outcome.to_string(),
+            error.to_string(),
+        )
+    };
+    assert_eq!(
+        lines,
+        [
+            line("events.get", missing, "not_found", "not_found"),
+            line("alerts.get", missing, "not_found", "not_found"),
+            line("events.context", missing, "not_found", "not_found"),
+            line("events.search", "-", "invalid", "invalid_query"),
+            line("alerts.list", "-", "invalid", "limit_too_large"),
+            line("alerts.list", "-", "invalid", "invalid_parameter"),
+            line("events.export", "-", "invalid", "invalid_parameter"),
+            line("alerts.update", &alert_id, "invalid", "invalid_json"),
+            line("events.get", &event_id, "-", "-"),
+        ],
+        "{audit}"
+    );
+    // What was asked is kept with the refusal.
+    let search = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "events.search")
+        .unwrap();
+    assert_eq!(search["details"]["q"], "(((", "{search}");
+}
+
+/// `GET /audit?target=<id>` is everything about that id: attempts refused for the role, whose
+/// target is the method and path, included.
+#[test]
+fn the_audit_target_filter_finds_refused_attempts_on_the_id() {
+    let api = TestApi::start();
+    let id = api.data.acme_alerts[0].id.clone();
+    let other = api.data.acme_alerts[1].id.clone();
+    let refused = api.patch(
+        &format!("/api/v1/alerts/{id}"),
+        ACME,
+        Role::Viewer,
+        json!({"status": "resolved"}),
+    );
+    assert_error(refused, 403, "forbidden");
+    assert_error(
+        api.patch(
+            &format!("/api/v1/alerts/{other}"),
+            ACME,
+            Role::Viewer,
+            json!({"status": "resolved"}),
+        ),
+        403,
+        "forbidden",
+    );
+    api.get_json(&format!("/api/v1/alerts/{id}"), ACME, Role::Viewer);
+    let about = api.get_json(&format!("/api/v1/audit?target={id}"), ACME, Role::Admin);
+    let actions: Vec<&str> = about["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["alerts.get", "request.denied"], "{about}");
+    assert_eq!(
+        about["items"][1]["target"],
+        format!("PATCH /api/v1/alerts/{id}"),
+        "{about}"
+    );
+}
+
+/// A change is a JSON object: the array serde would also read as the fields in order is
+/// refused, and `"assignee": null` unassigns like `""`.
+#[test]
+fn alert_changes_are_objects_and_a_null_assignee_unassigns() {
+    let api = TestApi::start();
+    let path = format!("/api/v1/alerts/{}", api.data.acme_alerts[0].id);
+    for body in [
+        json!(["acknowledged", null, null]),
+        json!("acknowledged"),
+        json!([]),
+    ] {
+        assert_error(
+            api.patch(&path, ACME, Role::Responder, body),
+            400,
+            "invalid_json",
+        );
+    }
+    let status = |api: &TestApi| api.get_json(&path, ACME, Role::Viewer)["alert"]["status"].clone();
+    assert_eq!(status(&api), "open", "a refused body changed the alert");
+    let assigned = api.patch(&path, ACME, Role::Responder, json!({"assignee": "dana"}));
+    assert_eq!(assigned.status(), 200);
+    let cleared = api.patch(&path, ACME, Role::Responder, json!({"assignee": null}));
+    let code = cleared.status();
+    let cleared: Value = cleared.json().unwrap();
+    assert_eq!(code, 200, "{cleared}");
+    assert!(cleared["assignee"].is_null(), "{cleared}");
+    assert!(api.get_json(&path, ACME, Role::Viewer)["assignee"].is_null());
+    // Absent is still no change at all.
+    assert_error(
+        api.patch(&path, ACME, Role::Responder, json!({})),
+        400,
+        "invalid_json",
+    );
+}
+
+/// The rule, source, destination and audit handlers record their failures the same way.
+#[test]
+fn failed_admin_and_list_requests_are_audited_with_their_outcome() {
+    let api = TestApi::start();
+    let admin = |method: Method, path: &str, body: Value| {
+        api.req(method, path, ACME, Role::Admin)
+            .json(&body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        api.get("/api/v1/sources?x=1", ACME, Role::Viewer).status(),
+        400
+    );
+    assert_eq!(
+        api.get("/api/v1/rules?x=1", ACME, Role::Viewer).status(),
+        400
+    );
+    assert_eq!(
+        admin(Method::PATCH, "/api/v1/rules/okta_bruteforce", json!([])),
+        400
+    );
+    assert_eq!(
+        admin(
+            Method::PATCH,
+            "/api/v1/rules/no_such_rule",
+            json!({"enabled": false, "reason": "noisy"})
+        ),
+        404
+    );
+    assert_eq!(
+        admin(
+            Method::POST,
+            "/api/v1/destinations",
+            json!({"name": "soc", "url": "ftp://hooks.example.com"})
+        ),
+        400
+    );
+    assert_eq!(
+        api.get("/api/v1/audit?cursor=1.1", ACME, Role::Admin)
+            .status(),
+        400
+    );
+
+    let audit = api.get_json("/api/v1/audit?limit=6", ACME, Role::Admin);
+    let lines: Vec<String> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            format!(
+                "{} {} {} {}",
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap_or("-"),
+                e["details"]["outcome"].as_str().unwrap_or("-"),
+                e["details"]["error"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "sources.list - invalid invalid_parameter",
+            "rules.list - invalid invalid_parameter",
+            "rules.switch okta_bruteforce invalid invalid_json",
+            "rules.switch_off no_such_rule not_found not_found",
+            "destinations.create - invalid invalid_parameter",
+            "audit.list - invalid invalid_query",
+        ],
+        "{audit}"
+    );
 }
 
 #[test]
@@ -1616,6 +1987,25 @@ fn rules_list_and_test_inline_and_stored_events() {
     let inline: Value = inline.json().unwrap();
     assert_eq!(inline["num_events_tested"], 2);
     assert_eq!(inline["result"]["matched"], 1);
+    assert!(inline["result"]["source"].is_null(), "{inline}");
+    // Raw records whose shape does not tell their source can name it, as `--source` does.
+    let named = api
+        .req(Method::POST, "/api/v1/rules/test", ACME, Role::Admin)
+        .json(&json!({"rule": rule, "events": [{"user": "carol"}], "source": "json"}))
+        .send()
+        .unwrap();
+    assert_eq!(named.status(), 200);
+    let named: Value = named.json().unwrap();
+    assert_eq!(named["result"]["source"], "json", "{named}");
+    // Stored events have their own source.
+    assert_error(
+        api.req(Method::POST, "/api/v1/rules/test", ACME, Role::Admin)
+            .json(&json!({"rule": rule, "from": "2024-05-01T10:10:00Z", "source": "okta"}))
+            .send()
+            .unwrap(),
+        400,
+        "invalid_json",
+    );
 
     // A time range of stored events: the 10:10-10:30 window holds carol's two github events
     // and bob's okta login.
@@ -2113,6 +2503,56 @@ fn openapi_document_and_router_agree() {
             );
         }
     }
+}
+
+/// A URI over hyper's fixed limit (65,534 bytes) is refused by hyper before the router sees
+/// it; the answer is still a JSON error like every other client error.
+#[test]
+fn a_uri_too_long_for_http_gets_a_json_error() {
+    let api = TestApi::start();
+    let long_query = "x".repeat(70_000);
+    let answer = raw_request(
+        &api,
+        &format!(
+            "GET /api/v1/events/search?q={long_query} HTTP/1.1\r\nHost: x\r\nAuthorization: \
+             Bearer {}\r\n\r\n",
+            api.token(ACME, Role::Viewer)
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["error"]["code"], "uri_too_long", "{body}");
+    // Below the limit, the API's own bound answers, as JSON too.
+    let under = api.get(
+        &format!("/api/v1/events/search?q={}", "x".repeat(10_000)),
+        ACME,
+        Role::Viewer,
+    );
+    assert_error(under, 400, "invalid_parameter");
+}
+
+/// The audit log names who read what: owner only, like the token file.
+#[cfg(unix)]
+#[test]
+fn the_audit_log_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let api = TestApi::start();
+    api.get_json("/api/v1/alerts", ACME, Role::Viewer);
+    let mode = |name: &str| {
+        std::fs::metadata(api.dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("audit.jsonl"), 0o600);
+    assert_eq!(mode("api-tokens.json"), 0o600);
 }
 
 #[test]

@@ -34,7 +34,12 @@ impl RuleService for FakeRuleService {
         ]
     }
 
-    fn test(&self, rule_yaml: &str, events: Vec<Value>) -> Result<Value, RuleTestError> {
+    fn test(
+        &self,
+        rule_yaml: &str,
+        events: Vec<Value>,
+        source: Option<&str>,
+    ) -> Result<Value, RuleTestError> {
         if !rule_yaml.lines().any(|l| l.starts_with("title:")) {
             return Err(RuleTestError::Rule("rule has no title".into()));
         }
@@ -48,7 +53,8 @@ impl RuleService for FakeRuleService {
             .filter(|e| e.to_string().contains(keyword))
             .map(|e| e.pointer("/event/id").cloned().unwrap_or(Value::Null))
             .collect();
-        Ok(json!({"matched": matched.len(), "matched_event_ids": matched}))
+        // The source is echoed, for tests to see what the API passed on.
+        Ok(json!({"matched": matched.len(), "matched_event_ids": matched, "source": source}))
     }
 }
 
