@@ -130,9 +130,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::UrlSignature,
-        regex: r"(?i)(?:^|[?&;,\s])(?:x-amz-signature|x-goog-signature|signature|sig)=([A-Za-z0-9%+/=_~.-]{16,})",
+        // Also `code=`: an Azure Functions key (`?code=...`) or an OAuth authorization code in
+        // a redirect; 16 characters at least, so `code=200` or `code=US` stay.
+        regex: r"(?i)(?:^|[?&;,\s])(?:x-amz-signature|x-goog-signature|signature|sig|code)=([A-Za-z0-9%+/=_~.-]{16,})",
         secret_groups: &[1],
-        anchors: &["signature=", "sig="],
+        anchors: &["signature=", "sig=", "code="],
     },
     PatternSpec {
         kind: PatternKind::AzureConnectionKey,
@@ -229,6 +231,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|[a-z0-9-]+\.webhook\.office\.com/webhookb2/([^\s"'<>?#]{20,})"#,
             r#"|outlook\.office(?:365)?\.com/webhook/([^\s"'<>?#]{20,})"#,
             r#"|hooks\.zapier\.com/hooks/catch/[0-9]+/([A-Za-z0-9]{4,})"#,
+            // PagerDuty's integration URL carries the integration key.
+            r#"|events\.(?:eu\.)?pagerduty\.com/integration/([A-Za-z0-9]{32})/enqueue"#,
             r#"|maker\.ifttt\.com/(?:trigger/[^\s/?#]+/(?:json/)?with/key|use)/([A-Za-z0-9_-]{16,})"#,
             // Mattermost (`/hooks/<26 lowercase>`) and Rocket.Chat (`/hooks/<id>/<token>`), on
             // any host: the token shapes are their own.
@@ -236,8 +240,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|[a-z0-9.-]+(?::[0-9]{1,5})?/hooks/[A-Za-z0-9]{17}/([A-Za-z0-9]{40,})"#,
             r#")"#,
         ),
-        secret_groups: &[1, 2, 3, 4, 5, 6, 7],
+        secret_groups: &[1, 2, 3, 4, 5, 6, 7, 8],
         anchors: &[
+            "pagerduty.com/integration",
             "discord",
             "webhook.office",
             "outlook.office",
@@ -1251,6 +1256,13 @@ fn verify(
         PatternKind::GithubToken | PatternKind::AwsAccessKeyId | PatternKind::OnepasswordToken => {
             !glued_to_word(text, start, start + secret.len(), true)
         }
+        // A `code=` is a key or an authorization code only when it mixes letters and digits:
+        // `code=INVALID_CREDENTIALS_LOCKED_OUT` is an error code.
+        PatternKind::UrlSignature
+            if start >= 5 && text.as_bytes()[start - 5..start].eq_ignore_ascii_case(b"code=") =>
+        {
+            looks_generated(secret)
+        }
         PatternKind::SlackToken | PatternKind::VendorToken | PatternKind::Jwt => {
             !glued_to_word(text, start, start + secret.len(), false)
         }
@@ -2060,6 +2072,17 @@ mod tests {
             UrlSignature,
             "3f1c0e0a9b8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b",
         );
+        // An Azure Functions key (it was listed in clear with the destinations).
+        one(
+            "https://alerts-fn.azurewebsites.net/api/hook?code=Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA==&x=1",
+            UrlSignature,
+            "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA==",
+        );
+        one(
+            "post https://events.pagerduty.com/integration/0123456789abcdef0123456789abcdef/enqueue",
+            WebhookUrl,
+            "0123456789abcdef0123456789abcdef",
+        );
         one(
             "https://acct.blob.core.windows.net/c/f.csv?sv=2022-11-02&sp=r&sig=Zx9%2BqAbCdEfGhIjKlMnOpQrStUv%3D",
             UrlSignature,
@@ -2182,6 +2205,9 @@ mod tests {
             "00ub0oNGTSWTBKOLGLNR",
             "secrets_passed: EXAMPLE_SECRET",
             "password reset requested",
+            "https://api.example.com/v1/x?code=200&country_code=US",
+            "error_code=AUTHENTICATION_FAILED_FOR_USER",
+            "denied: code=INVALID_CREDENTIALS_LOCKED_OUT",
             // `>` after a name that is no element's start tag; an element about secrets.
             "password>8 characters",
             "x=1 token>0",
