@@ -180,6 +180,13 @@ pub(crate) fn export_days(
                 std::fs::remove_file(&path).at(&path)?;
                 sync_dir(dir)?;
             }
+            // The day's partition goes with its file (readers listing `dt=` partitions would
+            // find an empty one); a directory something else was put in stays.
+            if std::fs::remove_dir(dir).is_ok() {
+                if let Some(parent) = dir.parent() {
+                    sync_dir(parent)?;
+                }
+            }
             continue;
         }
         create_dir_durable(dir)?;

@@ -1648,6 +1648,21 @@ fn retention_removes_closed_alerts_past_it_and_keeps_the_queue_across_reopen() {
         store.apply_retention(ts(25, 13, 0)).unwrap(),
         Default::default()
     );
+    // The day's last alert closed and removed: its partition goes too (an empty `dt=`
+    // directory was left).
+    let update = AlertUpdate {
+        status: Some(perimeter_model::AlertStatus::Resolved),
+        ..Default::default()
+    };
+    store
+        .update_alert("acme", &open.id, &update, "dana")
+        .unwrap();
+    assert_eq!(
+        store.apply_retention(ts(25, 13, 0)).unwrap().alerts_removed,
+        1
+    );
+    let day_dir = dir.path().join("parquet/alerts/tenant=acme/dt=2026-11-18");
+    assert!(!day_dir.exists(), "{}", day_dir.display());
 }
 
 #[test]
