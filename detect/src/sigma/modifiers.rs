@@ -520,16 +520,10 @@ fn check_combination(
             .find(|m| set.contains(m))
     };
     let anchor = find(&["contains", "startswith", "endswith"]);
-    let transform = find(&[
-        "base64",
-        "base64offset",
-        "wide",
-        "utf16le",
-        "utf16be",
-        "utf16",
-        "windash",
-        "expand",
-    ]);
+    let transform = modifiers
+        .iter()
+        .map(String::as_str)
+        .find(|m| ENCODINGS.contains(m) || matches!(*m, "windash" | "expand"));
     let cmp = find(&["gt", "gte", "lt", "lte"]);
     let time = find(&["minute", "hour", "day", "week", "month", "year"]);
     let clash = |a: &str, b: &str, why: &str| {
