@@ -57,10 +57,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // separator (`password was X`), accepted only before a value that looks generated; it
         // is empty for a password word followed by its value (`with password Hunter2x`).
         // Besides `:` and `=`: Ruby's `=>` (`"password"=>"x"`), quotes escaped for HTML
-        // (`password&quot;:&quot;x`) and an XML element (`<Password>x</Password>`; the
-        // verifier wants the `<`).
+        // (`password&quot;:&quot;x`) and an XML element (`<Password>x</Password>`, also with
+        // a namespace prefix and attributes: `<wsse:Password Type="...">x`; the verifier wants
+        // the `<`).
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\[?\]?\\?(?:["']|&quot;|&#34;|&#39;|&apos;)?\s*(?:=>|[:=])\s*(?:&quot;|&#34;|&#39;|&apos;)?|>|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\[?\]?\\?(?:["']|&quot;|&#34;|&#39;|&apos;)?\s*(?:=>|[:=])\s*(?:&quot;|&#34;|&#39;|&apos;)?|(?:\s[^<>]{0,200})?>\s*|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -747,12 +748,19 @@ fn extend_bare_value(text: &str, mut end: usize) -> usize {
             )
     };
     while end < bytes.len() && matches!(bytes[end], b'&' | b',') {
-        // A quote escaped for HTML closes the value (`password&quot;:&quot;x&quot;`).
+        // A quote escaped for HTML closes the value (`password&quot;:&quot;x&quot;`); another
+        // character reference is part of it (`Hunter2&amp;Secret99`, `a&lt;b`).
         if [&b"&quot;"[..], b"&#34;", b"&#39;", b"&apos;"]
             .iter()
             .any(|e| bytes[end..].starts_with(e))
         {
             break;
+        }
+        if let Some(len) = character_reference_len(&bytes[end..]) {
+            end += len;
+            let run = bytes[end..].iter().take_while(|c| !stops(c)).count();
+            end += run;
+            continue;
         }
         let rest = &bytes[end + 1..];
         let run = rest.iter().take_while(|c| !stops(c)).count();
@@ -762,6 +770,23 @@ fn extend_bare_value(text: &str, mut end: usize) -> usize {
         end += 1 + run;
     }
     end
+}
+
+/// The length of the character reference (`&amp;`, `&lt;`, `&#38;`, `&#x26;`) `bytes` starts
+/// with, if it does.
+fn character_reference_len(bytes: &[u8]) -> Option<usize> {
+    let body = bytes.strip_prefix(b"&")?;
+    let name_len = match body.first()? {
+        b'#' => {
+            1 + body[1..]
+                .iter()
+                .take_while(|b| b.is_ascii_hexdigit() || matches!(b, b'x' | b'X'))
+                .count()
+        }
+        _ => body.iter().take_while(|b| b.is_ascii_alphabetic()).count(),
+    };
+    (2..=10).contains(&name_len).then_some(())?;
+    (body.get(name_len) == Some(&b';')).then_some(name_len + 2)
 }
 
 /// A whole value shaped like an Azure storage account key: 64 random bytes in base64, 86
@@ -1072,16 +1097,23 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
         return true;
     }
     memchr::memchr3_iter(b':', b'=', b'>', text).any(|sep| {
-        // `<name>`: the name right before, the `<` before it.
+        // `<name ...>` (or `<prefix:name ...>`): the element's name.
         if text[sep] == b'>' {
-            let name_start = text[..sep]
+            let Some(lt) = text[..sep].iter().rposition(|b| matches!(b, b'<' | b'>')) else {
+                return false;
+            };
+            if text[lt] != b'<' {
+                return false;
+            }
+            let tag = &text[lt + 1..sep];
+            let name_end = tag
                 .iter()
-                .rposition(|b| !name_byte(b))
-                .map_or(0, |i| i + 1);
-            return name_start > 0
-                && text[name_start - 1] == b'<'
-                && (3..=80).contains(&(sep - name_start))
-                && std::str::from_utf8(&text[name_start..sep]).is_ok_and(|n| keys.is_sensitive(n));
+                .position(|b| !name_byte(b) && *b != b':')
+                .unwrap_or(tag.len());
+            let name = &tag[..name_end];
+            let name = name.rsplit(|b| *b == b':').next().unwrap_or(name);
+            return (3..=80).contains(&name.len())
+                && std::str::from_utf8(name).is_ok_and(|n| keys.is_sensitive(n));
         }
         // Back over spaces, an optional quote (or one escaped for HTML), an optional backslash
         // and an optional `]` or `[]` (form fields: `user[password]=`, `password[]=`) to the
@@ -1216,9 +1248,10 @@ fn verify(
             // refresh2` is prose about tokens).
             let bare = prose.is_some_and(|p| p.as_str().is_empty());
             caps.get(1).is_some_and(|k| {
-                // `name>` is an XML element's start tag only.
-                let element = text.as_bytes().get(k.end()) == Some(&b'>');
-                (!element || k.start().checked_sub(1).and_then(|i| text.as_bytes().get(i)) == Some(&b'<'))
+                // `name ... >` is an XML element's start tag only.
+                let separator = text[k.end()..start].trim_end();
+                let element = separator.ends_with('>') && !separator.ends_with("=>");
+                (!element || opens_element(text.as_bytes(), k.start()))
                     && keys.is_sensitive(k.as_str())
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
@@ -1267,6 +1300,21 @@ fn verify(
             !glued_to_word(text, start, start + secret.len(), false)
         }
         _ => true,
+    }
+}
+
+/// Whether the name at `name_start` is an XML element's: right after `<`, or after `<prefix:`.
+fn opens_element(text: &[u8], name_start: usize) -> bool {
+    match name_start.checked_sub(1).map(|i| text[i]) {
+        Some(b'<') => true,
+        Some(b':') => {
+            let prefix_start = text[..name_start - 1]
+                .iter()
+                .rposition(|b| !name_byte(b))
+                .map_or(0, |i| i + 1);
+            prefix_start > 0 && prefix_start < name_start - 1 && text[prefix_start - 1] == b'<'
+        }
+        _ => false,
     }
 }
 
@@ -1858,6 +1906,34 @@ mod tests {
             SecretAssignment,
             "Hunter2!xyz",
         );
+        // Namespaces, attributes, a value on its own line, character references in the value
+        // (each was left in clear, or masked only up to the `&`).
+        for (text, secret) in [
+            (
+                r#"<wsse:Password Type="http://docs.oasis-open.org/wss#PasswordText">S3cretPass!</wsse:Password>"#,
+                "S3cretPass!",
+            ),
+            ("<wsse:Password>S3cretPass!</wsse:Password>", "S3cretPass!"),
+            (
+                r#"<Password encrypted="false">S3cretPass!</Password>"#,
+                "S3cretPass!",
+            ),
+            ("<Password>\n  S3cretPass!\n</Password>", "S3cretPass!"),
+            (
+                "<Password>Hunter2&amp;Secret99</Password>",
+                "Hunter2&amp;Secret99",
+            ),
+            (
+                "{&quot;password&quot;:&quot;Hunter2&amp;Secret99&quot;}",
+                "Hunter2&amp;Secret99",
+            ),
+            (
+                "{&quot;password&quot;:&quot;Abc&lt;def&gt;123&quot;}",
+                "Abc&lt;def&gt;123",
+            ),
+        ] {
+            one(text, SecretAssignment, secret);
+        }
         one(
             "token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 leaked",
             GithubToken,
@@ -2212,6 +2288,10 @@ mod tests {
             "password>8 characters",
             "x=1 token>0",
             "<PasswordPolicy>strict</PasswordPolicy>",
+            r#"<PasswordPolicy minLength="8">strict</PasswordPolicy>"#,
+            "<TokenType>Bearer</TokenType>",
+            "<PasswordLastSet>2024-01-01</PasswordLastSet>",
+            "password must be > 8 characters",
             "<NextToken>",
             "password policy v2 applied",
             "token refresh2 scheduled",
