@@ -272,19 +272,21 @@ pub fn load_documents(text: &str) -> Result<Vec<Node>, YamlError> {
 
 /// The innermost `[` or `{` that starts a flow collection before character `end` of `text` and
 /// is not closed there, with its line. Quotes and comments are skipped; a bracket inside a plain
-/// word (`cmd[1]`) does not start a collection.
+/// scalar (`cmd[1]`, `powershell -c {Get-Process`, `title: Y [test`) does not start a
+/// collection: only one where a value starts does (after `:`, `-`, `,`, `[`, `{` or at a line's
+/// start, spaces aside).
 fn unclosed_flow_opener(text: &str, end: usize) -> Option<(char, usize)> {
     let mut open: Vec<(char, usize)> = Vec::new();
     let mut line = 1;
     let mut prev = '\n'; // last character that is not a space
+    let mut after_space = true; // whether a space (or the line's start) came right before
     let mut chars = text.chars().take(end).peekable();
     while let Some(c) = chars.next() {
+        let value_starts = matches!(prev, '\n' | ':' | '-' | ',' | '[' | '{');
         match c {
             '\n' => line += 1,
-            '#' if prev == '\n' || prev == ' ' || prev == '\t' => {
-                while chars.next_if(|&n| n != '\n').is_some() {}
-            }
-            '\'' | '"' if matches!(prev, '\n' | ':' | '-' | ',' | '[' | '{' | ' ' | '\t') => {
+            '#' if after_space => while chars.next_if(|&n| n != '\n').is_some() {},
+            '\'' | '"' if value_starts => {
                 while let Some(n) = chars.next() {
                     match n {
                         '\n' => line += 1,
@@ -296,23 +298,16 @@ fn unclosed_flow_opener(text: &str, end: usize) -> Option<(char, usize)> {
                     }
                 }
             }
-            '[' | '{' if matches!(prev, '\n' | ':' | '-' | ',' | '[' | '{' | ' ' | '\t') => {
-                open.push((c, line))
-            }
+            '[' | '{' if value_starts => open.push((c, line)),
             ']' | '}' => {
                 open.pop();
             }
             _ => {}
         }
-        prev = if c == ' ' || c == '\t' {
-            if prev == '\n' {
-                '\n'
-            } else {
-                ' '
-            }
-        } else {
-            c
-        };
+        after_space = matches!(c, ' ' | '\t' | '\n');
+        if !matches!(c, ' ' | '\t') {
+            prev = c;
+        }
     }
     open.pop()
 }
@@ -350,7 +345,25 @@ mod tests {
             load_documents("title: x\ndetection:\n  sel: {a: 1\n  condition: sel\n").unwrap_err();
         assert_eq!(err.line, 3, "{err:?}");
         assert!(err.message.starts_with("`{` is not closed"), "{err:?}");
-        // Brackets in words, quotes and comments open nothing: the error stays where it is.
+        // Brackets in plain values (regression QA: the error was put on their line), quotes and
+        // comments open nothing: the error stays where it is.
+        for (with, without) in [
+            (
+                "a: powershell -c {Get-Process\nb: 1\n\tc: 2\n",
+                "a: powershell -c Get-Process\nb: 1\n\tc: 2\n",
+            ),
+            (
+                "title: Y [test\nb: 1\n\tc: 2\n",
+                "title: Y test\nb: 1\n\tc: 2\n",
+            ),
+        ] {
+            let (err, plain) = (
+                load_documents(with).unwrap_err(),
+                load_documents(without).unwrap_err(),
+            );
+            assert_eq!(err, plain, "{with:?}");
+            assert!(!err.message.contains("is not closed"), "{err:?}");
+        }
         let err = load_documents("a: cmd[1] # [x\nb: '[' \nc: \"{\"\nd: [1, 2]\ne: 1\n  f: 2\n")
             .unwrap_err();
         assert_eq!(err.line, 6, "{err:?}");
