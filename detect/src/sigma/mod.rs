@@ -575,7 +575,7 @@ pub(crate) fn near_name<'a>(name: &str, known: impl Iterator<Item = &'a str>) ->
 }
 
 /// Edits (insert, delete, substitute, swap two neighbours) between `a` and `b`.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
     let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
     for (i, row) in d.iter_mut().enumerate() {

@@ -490,13 +490,19 @@ fn parse_doc(
         };
         let detection = parse_detection(f, path, &["rules"], pipelines, sources.as_deref())?;
         // Besides `rules` and `condition`, a filter holds search identifiers; one its condition
-        // never uses is a misspelt key (or a forgotten selection), and would filter nothing.
+        // never uses and that is spelt like one of those two (`rule`, `conditon`) is a misspelt
+        // key. Other unused identifiers load, as they do in a detection.
         let used = detection.condition.selections_used();
+        let misspelt = |name: &str| {
+            ["rules", "condition"]
+                .iter()
+                .any(|k| super::edit_distance(&name.to_ascii_lowercase(), k) <= 2)
+        };
         if let Some(unused) = detection
             .selections
             .iter()
             .enumerate()
-            .find(|(i, _)| !used.contains(i))
+            .find(|(i, s)| !used.contains(i) && misspelt(&s.name))
             .map(|(_, s)| s)
         {
             return Err(rerr(
@@ -504,7 +510,7 @@ fn parse_doc(
                 unused.line,
                 Some(&format!("filter.{}", unused.name)),
                 format!(
-                    "unknown key `{}` in `filter` (neither `rules`, `condition` nor a search identifier the condition uses)",
+                    "unknown key `{}` in `filter` (a misspelt `rules` or `condition`? the condition does not use it)",
                     unused.name
                 ),
             ));
@@ -1131,6 +1137,11 @@ mod tests {
             ))
         };
         let (ok, errs) = filter("  selection: {a: 1}\n  condition: selection\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(ok.len(), 1);
+        // An unused selection of another name loads, as in a detection.
+        let (ok, errs) =
+            filter("  selection: {a: 1}\n  selection_old: {b: 2}\n  condition: selection\n");
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(ok.len(), 1);
         let (ok, errs) = filter("  selection: {a: 1}\n  rule: [r2]\n  condition: selection\n");
