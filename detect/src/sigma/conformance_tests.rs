@@ -111,7 +111,7 @@ fn modifiers_that_would_be_ignored_are_errors() {
         (
             "f|wide|base64offset|windash|contains",
             "'-x'",
-            "`windash` must come before `wide`",
+            "`windash` must come before `base64offset`",
         ),
     ] {
         let err = load_error(&detection(
@@ -129,6 +129,9 @@ fn modifiers_that_would_be_ignored_are_errors() {
     // The valid neighbours still load.
     for (key, value) in [
         ("f|windash|base64offset|contains", "'-x'"),
+        // A dash stays a character through UTF-16: varied as if windash came first.
+        ("f|wide|windash|base64offset|contains", "'-x'"),
+        ("f|utf16le|windash|base64|contains", "'-x'"),
         ("f|wide|base64offset|contains", "'x'"),
         ("f|hour|gte", "5"),
         ("f|fieldref|contains", "g"),
@@ -405,6 +408,20 @@ fn encoding_modifiers() {
         &[json!({"f": "x /enc y"}), json!({"f": "x \u{2013}enc y"})],
         &[json!({"f": "x enc y"})],
     );
+    // `wide|windash`: the dash is varied before the UTF-16 encoding (it was refused, and
+    // before that ignored).
+    {
+        use base64::Engine as _;
+        let utf16 = |s: &str| -> String {
+            let bytes: Vec<u8> = s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        };
+        check(
+            "    sel:\n        f|wide|windash|base64: '-enc'",
+            &[json!({"f": utf16("-enc")}), json!({"f": utf16("/enc")})],
+            &[json!({"f": utf16("enc")}), json!({"f": "/enc"})],
+        );
+    }
     // `all` joins the rule's values; the forms one value takes are alternatives (modifiers
     // appendix: `windash` and `base64offset` expand one value into several).
     check(

@@ -307,14 +307,23 @@ pub fn compile_field(
             "year" => time = Some(TimePart::Year),
             "base64" | "base64offset" | "wide" | "utf16le" | "utf16be" | "utf16" | "windash"
             | "expand" => {
-                // Transformations apply in rule order: after an encoding, `windash` would look
-                // for dashes in the encoded text and find none.
+                // Transformations apply in rule order: after base64, `windash` would look for
+                // dashes in the encoded text and find none. Through the UTF-16 encodings a dash
+                // stays a character (`wide|windash`, as pySigma reads it): varying it before
+                // them is the same.
                 if m == "windash" {
-                    if let Some(enc) = transforms.iter().find(|t| ENCODINGS.contains(t)) {
+                    if let Some(enc) = transforms
+                        .iter()
+                        .find(|t| matches!(**t, "base64" | "base64offset"))
+                    {
                         return Err(err(
                             line,
                             format!("`windash` must come before `{enc}` (modifiers apply in order; after it there is no dash to vary)"),
                         ));
+                    }
+                    if let Some(first) = transforms.iter().position(|t| ENCODINGS.contains(t)) {
+                        transforms.insert(first, "windash");
+                        continue;
                     }
                 }
                 transforms.push(m.as_str());
