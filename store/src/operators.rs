@@ -18,15 +18,6 @@ pub(crate) fn spell_operators(query: &str) -> Result<String, String> {
         let c = chars[i];
         let prev = i.checked_sub(1).map(|p| chars[p]);
         let at_token_start = prev.is_none_or(|p| p.is_whitespace() || p == '(');
-        let token_end = (i..chars.len())
-            .find(|&j| chars[j].is_whitespace() || chars[j] == ')')
-            .unwrap_or(chars.len());
-        // Only a whole token is an operator; its text is only needed at a token's start.
-        let token: &[char] = if at_token_start {
-            &chars[i..token_end]
-        } else {
-            &[]
-        };
         match c {
             '"' => i = copy_phrase(&chars, i, &mut out),
             '\'' if at_token_start || prev == Some(':') => i = copy_phrase(&chars, i, &mut out),
@@ -39,15 +30,25 @@ pub(crate) fn spell_operators(query: &str) -> Result<String, String> {
                 out.push_str("\\'");
                 i += 1;
             }
-            _ if at_token_start && token == ['|', '|'] => {
-                out.push_str("OR");
-                i = token_end;
+            // As in Lucene, `||` and `&&` are operators wherever they stand (`dana||grace`).
+            '|' | '&' if chars.get(i + 1) == Some(&c) => {
+                let word = if c == '|' { "OR" } else { "AND" };
+                if !at_token_start {
+                    out.push(' ');
+                }
+                out.push_str(word);
+                i += 2;
+                if chars
+                    .get(i)
+                    .is_some_and(|n| !n.is_whitespace() && *n != ')')
+                {
+                    out.push(' ');
+                }
             }
-            _ if at_token_start && token == ['&', '&'] => {
-                out.push_str("AND");
-                i = token_end;
-            }
-            _ if at_token_start && token == ['|'] => {
+            // A `|` standing alone (also the third of `|||`), not one inside a word.
+            '|' if at_token_start
+                || (prev == Some('|') && i.checked_sub(2).map(|p| chars[p]) != Some('\\')) =>
+            {
                 return Err(
                     "`|` is not an operator here (there are no piped commands): use OR, AND or NOT between terms"
                         .into(),
@@ -102,8 +103,14 @@ mod tests {
             spelt("user.name:dana !event.outcome:success"),
             "user.name:dana -event.outcome:success"
         );
-        // Not operators: inside words, phrases, escapes, and `!=`-like text.
-        assert_eq!(spelt("a||b"), "a||b");
+        // Without spaces too, as in Lucene (it meant `dana AND grace`).
+        assert_eq!(spelt("dana||grace"), "dana OR grace");
+        assert_eq!(
+            spelt("event.module:okta||event.module:github"),
+            "event.module:okta OR event.module:github"
+        );
+        assert_eq!(spelt("(a&&b)"), "(a AND b)");
+        // Not operators: phrases, escapes, and `!=`-like text.
         assert_eq!(spelt("\"a || b\""), "\"a || b\"");
         assert_eq!(spelt("x:wow!"), "x:wow!");
         assert_eq!(spelt("! a"), "! a");
@@ -129,11 +136,14 @@ mod tests {
         let e = spell_operators("event.module:okta | stats count").unwrap_err();
         assert!(e.contains("`|`"), "{e}");
         assert!(spell_operators("a |").is_err());
+        // `|||` is `||` and a lone `|` (it found nothing without a word).
+        assert!(spell_operators("a ||| b").is_err());
     }
 
     #[test]
     fn spelt_queries_parse() {
         for q in [
+            "dana||grace",
             "a || b",
             "o'brien",
             "(a || b) && !c",
