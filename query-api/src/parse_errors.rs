@@ -79,11 +79,17 @@ fn replacement(head: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let status_line = &head[..head.find("\r\n")?];
+    // hyper's `date` line is kept (a server with a clock sends one).
+    let date = head
+        .split("\r\n")
+        .find(|l| l.len() > 5 && l[..5].eq_ignore_ascii_case("date:"))
+        .map(|l| format!("{l}\r\n"))
+        .unwrap_or_default();
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     Some(
         format!(
             "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             connection: close\r\n\r\n{body}",
+             {date}connection: close\r\n\r\n{body}",
             body.len()
         )
         .into_bytes(),
@@ -171,6 +177,10 @@ mod tests {
         assert!(
             head.contains(&format!("content-length: {}", body.len())),
             "{head}"
+        );
+        assert!(
+            head.contains("\r\ndate: Fri, 04 Dec 2026 10:00:00 GMT\r\n"),
+            "hyper's date is kept: {head}"
         );
         let body: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(body["error"]["code"], "uri_too_long");

@@ -1248,10 +1248,11 @@ fn verify(
             // refresh2` is prose about tokens).
             let bare = prose.is_some_and(|p| p.as_str().is_empty());
             caps.get(1).is_some_and(|k| {
-                // `name ... >` is an XML element's start tag only.
+                // `name ... >` is an XML element's start tag only, and its value is text
+                // closed by an end tag (`<token>` in `Bearer <token>.` is a placeholder).
                 let separator = text[k.end()..start].trim_end();
                 let element = separator.ends_with('>') && !separator.ends_with("=>");
-                (!element || opens_element(text.as_bytes(), k.start()))
+                (!element || element_value(text, k.start(), start, secret))
                     && keys.is_sensitive(k.as_str())
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
@@ -1301,6 +1302,16 @@ fn verify(
         }
         _ => true,
     }
+}
+
+/// Whether `secret` at `start` is the text of the XML element whose name starts at
+/// `name_start`: the name opens an element, the value holds a letter or digit, and an end tag
+/// follows it (after the rest of a value with character references, and spaces).
+fn element_value(text: &str, name_start: usize, start: usize, secret: &str) -> bool {
+    let end = extend_bare_value(text, start + secret.len());
+    opens_element(text.as_bytes(), name_start)
+        && text[start..end].bytes().any(|b| b.is_ascii_alphanumeric())
+        && text[end..].trim_start().starts_with("</")
 }
 
 /// Whether the name at `name_start` is an XML element's: right after `<`, or after `<prefix:`.
@@ -2292,6 +2303,10 @@ mod tests {
             "<TokenType>Bearer</TokenType>",
             "<PasswordLastSet>2024-01-01</PasswordLastSet>",
             "password must be > 8 characters",
+            // Placeholders in prose (regression QA: the character after them was masked).
+            "send the API token as `Bearer <token>`",
+            "the token is <token>.",
+            "set <apiKey>)</apiKey>",
             "<NextToken>",
             "password policy v2 applied",
             "token refresh2 scheduled",
