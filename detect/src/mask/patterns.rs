@@ -57,11 +57,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // separator (`password was X`), accepted only before a value that looks generated; it
         // is empty for a password word followed by its value (`with password Hunter2x`).
         // Besides `:` and `=`: Ruby's `=>` (`"password"=>"x"`), quotes escaped for HTML
-        // (`password&quot;:&quot;x`) and an XML element (`<Password>x</Password>`, also with
+        // (`password&quot;:&quot;x`, escaped twice: `&amp;quot;`) and an XML element (`<Password>x</Password>`, also with
         // a namespace prefix and attributes: `<wsse:Password Type="...">x`; the verifier wants
-        // the `<`).
+        // the `<`; its text may be a CDATA section).
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\[?\]?\\?(?:["']|&quot;|&#34;|&#39;|&apos;)?\s*(?:=>|[:=])\s*(?:&quot;|&#34;|&#39;|&apos;)?|(?:\s[^<>]{0,200})?>\s*|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -630,6 +630,9 @@ impl Patterns {
                         })
                         .map(|(g, s)| match kind {
                             PatternKind::SecretAssignment if g == BARE_VALUE_GROUP => {
+                                if let Some(end) = cdata_end(text, s.start()) {
+                                    return s.start()..end;
+                                }
                                 match text.as_bytes()[s.start()] {
                                     b'[' | b'{' => s.start()..bracketed_end(text, s.start()),
                                     _ => {
@@ -750,9 +753,16 @@ fn extend_bare_value(text: &str, mut end: usize) -> usize {
     while end < bytes.len() && matches!(bytes[end], b'&' | b',') {
         // A quote escaped for HTML closes the value (`password&quot;:&quot;x&quot;`); another
         // character reference is part of it (`Hunter2&amp;Secret99`, `a&lt;b`).
-        if [&b"&quot;"[..], b"&#34;", b"&#39;", b"&apos;"]
-            .iter()
-            .any(|e| bytes[end..].starts_with(e))
+        if [
+            &b"&quot;"[..],
+            b"&#34;",
+            b"&#39;",
+            b"&apos;",
+            b"&amp;quot;",
+            b"&amp;#34;",
+        ]
+        .iter()
+        .any(|e| bytes[end..].starts_with(e))
         {
             break;
         }
@@ -1129,6 +1139,17 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
             .find(|e| text[..end].ends_with(e))
         {
             end -= entity.len();
+        } else if let Some(entity) = [
+            &b"&amp;quot;"[..],
+            b"&amp;#34;",
+            b"&amp;#39;",
+            b"&amp;apos;",
+        ]
+        .iter()
+        .find(|e| text[..end].ends_with(e))
+        {
+            // Escaped twice.
+            end -= entity.len();
         }
         if end > 0 && text[end - 1] == b'\\' {
             end -= 1;
@@ -1308,10 +1329,25 @@ fn verify(
 /// `name_start`: the name opens an element, the value holds a letter or digit, and an end tag
 /// follows it (after the rest of a value with character references, and spaces).
 fn element_value(text: &str, name_start: usize, start: usize, secret: &str) -> bool {
-    let end = extend_bare_value(text, start + secret.len());
+    let (end, after) = match cdata_end(text, start) {
+        Some(end) => (end, text[end..].strip_prefix("]]>").unwrap_or("</")),
+        None => {
+            let end = extend_bare_value(text, start + secret.len());
+            (end, &text[end..])
+        }
+    };
     opens_element(text.as_bytes(), name_start)
         && text[start..end].bytes().any(|b| b.is_ascii_alphanumeric())
-        && text[end..].trim_start().starts_with("</")
+        && after.trim_start().starts_with("</")
+}
+
+/// Where the text of a CDATA section starting at `start` (right after `<![CDATA[`) ends: at its
+/// `]]>`, or the end of `text` when it is cut short. `None`: `start` is not inside one. Its
+/// text is the element's value whatever it holds (spaces, `<`, quotes).
+fn cdata_end(text: &str, start: usize) -> Option<usize> {
+    text[..start]
+        .ends_with("<![CDATA[")
+        .then(|| text[start..].find("]]>").map_or(text.len(), |i| start + i))
 }
 
 /// Whether the name at `name_start` is an XML element's: right after `<`, or after `<prefix:`.

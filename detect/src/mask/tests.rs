@@ -1539,3 +1539,56 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pem_keys_as_lines_cdata_and_html_escaped_twice_are_masked() {
+    let m = masker();
+    let input = json!({
+        "key_lines": ["-----BEGIN RSA PRIVATE KEY-----", "MIIEpAIBAAKCAQEAsecretmaterial01", "Zm9vYmFyU0VDUkVU",
+                      "-----END RSA PRIVATE KEY-----", "kept after the key"],
+        "cert_lines": ["-----BEGIN CERTIFICATE-----", "MIIBkTCB+wIJAPublicCert", "-----END CERTIFICATE-----"],
+        "soap": "<wsse:Password Type=\"PasswordText\"><![CDATA[correct horse <battery>]]></wsse:Password><user>bob</user>",
+        "cut": "<password><![CDATA[Hunter2xyz",
+        "empty": "<password><![CDATA[]]></password> no value",
+        "page": "{&amp;quot;password&amp;quot;:&amp;quot;Hunter2xyz&amp;quot;,&amp;quot;user&amp;quot;:&amp;quot;bob&amp;quot;}"
+    });
+    let mut out = input.clone();
+    let mut counts = MaskCounts::default();
+    m.mask_value_counted(&mut out, &mut counts);
+    let text = out.to_string();
+    for secret in [
+        "MIIEpAIBAAKCAQEA",
+        "Zm9vYmFyU0VDUkVU",
+        "horse",
+        "battery",
+        "Hunter2xyz",
+    ] {
+        assert!(!text.contains(secret), "{secret} left in {text}");
+    }
+    assert_eq!(
+        out["key_lines"],
+        json!([
+            "[REDACTED:pem_private_key]",
+            "[REDACTED:pem_private_key]",
+            "[REDACTED:pem_private_key]",
+            "[REDACTED:pem_private_key]",
+            "kept after the key"
+        ])
+    );
+    assert_eq!(counts.by_kind(PatternKind::PemPrivateKey), 4);
+    // A certificate is public, what follows an unmasked item is no key.
+    assert_eq!(out["cert_lines"], input["cert_lines"]);
+    assert!(
+        text.contains("<user>bob</user>") && text.contains("&amp;quot;bob&amp;quot;"),
+        "{text}"
+    );
+    assert_eq!(out["empty"], input["empty"]);
+    assert_eq!(
+        out["soap"],
+        "<wsse:Password Type=\"PasswordText\"><![CDATA[[REDACTED:secret_assignment]]]></wsse:Password><user>bob</user>"
+    );
+    // Idempotent: masked output is left as it is.
+    let mut again = out.clone();
+    m.mask_value_counted(&mut again, &mut MaskCounts::default());
+    assert_eq!(again, out);
+}

@@ -178,17 +178,31 @@ impl<'a> MaskWalk<'a> {
                 // its arguments (`["--password", "x"]`). (Not any pair: `["password",
                 // "refresh_token"]` is a list of OAuth grant types.)
                 let mut named_secret = false;
+                // A PEM private key held one line per item (a config file or a key stored as
+                // its lines): the header item is masked by its pattern, the key material in
+                // the items after it up to the footer is masked with it.
+                let pem_enabled = enabled & bit(PatternKind::PemPrivateKey) != 0;
+                let mut in_private_key = false;
                 self.array(items, |w, item| {
                     let names_secret = std::mem::take(&mut named_secret);
+                    if in_private_key {
+                        if let Some(line) = item.as_str() {
+                            in_private_key = !ends_private_key(line);
+                            w.pem_line(line);
+                            return;
+                        }
+                        in_private_key = false;
+                    }
                     if names_secret && item.is_str() {
                         let m = w.masker;
                         w.force_leaves(item, m.key_action, "key");
                         return;
                     }
                     w.value(item, node, extra);
-                    named_secret = item
-                        .as_str()
-                        .is_some_and(|s| s.starts_with('-') && w.names_secret_argument(s));
+                    let text = item.as_str();
+                    in_private_key = pem_enabled && text.is_some_and(opens_private_key);
+                    named_secret =
+                        text.is_some_and(|s| s.starts_with('-') && w.names_secret_argument(s));
                 });
             }
             ValueRef::Object(map) => {
@@ -398,6 +412,25 @@ impl<'a> MaskWalk<'a> {
         }
     }
 
+    /// A line of a PEM private key after its header item: masked whole, as the header was.
+    fn pem_line(&mut self, line: &str) {
+        if is_masked(line) {
+            self.json_str(line);
+            return;
+        }
+        let kind = PatternKind::PemPrivateKey;
+        self.mark_changed(self.site);
+        self.counts.by_kind[kind.index()] += 1;
+        if self.out.is_some() {
+            let r = self.masker.replacement(
+                self.masker.kind_actions[kind.index()],
+                kind.as_str(),
+                line,
+            );
+            self.json_str(&r);
+        }
+    }
+
     fn forced(&mut self, secret: &str, action: Action, label: &str) {
         self.mark_changed(self.site);
         self.counts.by_key += 1;
@@ -432,6 +465,23 @@ fn with_buffer<R>(
         }
         Err(_) => f(&mut Vec::new()),
     })
+}
+
+/// Whether `text` holds a PEM private key header with no footer after it: the key goes on in
+/// the next array items.
+fn opens_private_key(text: &str) -> bool {
+    let Some(begin) = text.rfind("-----BEGIN") else {
+        return false;
+    };
+    let header = &text[begin..];
+    let line_end = header.find(['\n', '\r']).unwrap_or(header.len());
+    header[..line_end].contains("PRIVATE KEY") && !header.contains("-----END")
+}
+
+/// Whether the array item `line` closes a PEM private key (its footer).
+fn ends_private_key(line: &str) -> bool {
+    line.find("-----END")
+        .is_some_and(|i| line[i..].contains("PRIVATE KEY"))
 }
 
 /// A number written as a float (`4111111111111111.0`, `4.111111111111111e15`) whose value is
