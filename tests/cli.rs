@@ -1571,6 +1571,50 @@ fn run_refuses_the_certificates_run_check_refuses_with_the_same_error() {
 }
 
 #[test]
+fn revoking_a_token_twice_says_it_was_already_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(&cfg, format!("data_dir = {:?}\n", dir.path().join("data"))).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = perimeter(
+        &[
+            "--config", cfg, "tokens", "create", "--tenant", "acme", "--role", "viewer",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None));
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let revoke = |id: &str| perimeter(&["--config", cfg, "tokens", "revoke", id], None);
+    let out = revoke(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim(), format!("revoked {id}"));
+    let revoked_at = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None))[0]
+        ["revoked_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Again: done already, which is what the operator wanted (exit code 0), and said so.
+    let out = revoke(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("token {id} was already revoked at 20")),
+        "{}",
+        stderr(&out)
+    );
+    let listed = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None));
+    assert_eq!(listed[0]["revoked_at"].as_str(), Some(revoked_at.as_str()));
+    // An id no token has is still an error.
+    let out = revoke("0123456789ab");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no token with id 0123456789ab"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn detect_says_when_it_runs_short_of_its_rules() {
     let dir = tempfile::tempdir().unwrap();
     let input = format!(
