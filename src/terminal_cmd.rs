@@ -551,7 +551,7 @@ impl ServerAccess {
 
 #[derive(clap::Args)]
 pub struct DeadLettersArgs {
-    /// Only input from this source.
+    /// Only input from this source (case-insensitive: `OKTA` finds `okta`'s).
     #[arg(long)]
     pub source: Option<String>,
     /// Only those whose reason or masked excerpt holds this text (case-insensitive).
