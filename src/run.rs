@@ -29,7 +29,8 @@ pub struct RunArgs {
     #[arg(long, value_parser = perimeter_query_api::parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Check the configuration and what it names (mappings, masking, every rule, the TLS
-    /// certificate, the `[[poll]]` tables and their secrets, the spool directory) without
+    /// certificate: refused, as by `run` and its reloads, when expired, not yet valid or a CA
+    /// certificate; the `[[poll]]` tables and their secrets, the spool directory) without
     /// starting anything: one line per part, exit code 1 when any is wrong (2 when the
     /// configuration file itself cannot be read). Safe beside a running service (it opens
     /// no store and binds no port): run it before a restart.
@@ -744,24 +745,22 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         "api",
         Server::check(&config.api)
             .map_err(anyhow::Error::from)
-            .and_then(|listener| {
+            .map(|listener| {
                 let listen = config.api.listen;
-                Ok(match listener {
+                match listener {
                     ListenerCheck::Http => format!("http on {listen}"),
                     ListenerCheck::Https {
                         certificate_expires: None,
                     } => format!("https on {listen} (certificate expiry unreadable)"),
+                    // An expired, not yet valid or CA certificate is an error of
+                    // `Server::check` already, the same `run` and a reload stop at.
                     ListenerCheck::Https {
                         certificate_expires: Some(at),
                     } => {
                         let days = (at - chrono::Utc::now()).num_days();
-                        anyhow::ensure!(
-                            at > chrono::Utc::now(),
-                            "the TLS certificate expired on {at}: clients refuse the API"
-                        );
                         format!("https on {listen}, certificate valid until {at} ({days} days)")
                     }
-                })
+                }
             }),
     );
     // Nothing is submitted: the bus only satisfies the source's constructor.
@@ -802,6 +801,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             poll_source(config, poll, &data_dir, &bus, &mut names)?;
         }
     }
+    // A certificate the listener would refuse (unreadable, expired, a CA's) stops the start
+    // before anything is opened, with the words of `run --check`; `Server::bind` loads it again.
+    Server::check(&config.api)?;
     // The same words as `run --check` for a data_dir that is a file ("File exists" said less).
     writable_data_dir(&data_dir).context("data_dir")?;
     std::fs::create_dir_all(&data_dir)

@@ -2,7 +2,7 @@
 
 use crate::config::PerimeterConfig;
 use anyhow::Context;
-use perimeter_query_api::auth::{Role, TokenStore};
+use perimeter_query_api::auth::{Revocation, Role, TokenStore};
 use perimeter_query_api::routes::sources::SourceItem;
 use perimeter_store::MAX_PAGE_LIMIT;
 use std::process::ExitCode;
@@ -27,7 +27,9 @@ pub enum TokensCommand {
     },
     /// List tokens (ids, tenants, roles; never the tokens themselves).
     List,
-    /// Revoke a token by id.
+    /// Revoke a token by id. Exit code 0 when the token is revoked, by this call or already
+    /// before (said so, with when: running it twice is safe); an unknown id is an error
+    /// (exit code 2).
     Revoke {
         /// The token's id (12 hex characters, as `tokens list` shows it), not the token itself.
         id: String,
@@ -111,10 +113,14 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
                 say_json(&t)?;
             }
         }
-        TokensCommand::Revoke { id } => {
-            anyhow::ensure!(store.revoke(&id)?, "no token with id {id}");
-            eprintln!("revoked {id}");
-        }
+        TokensCommand::Revoke { id } => match store.revoke(&id)? {
+            Revocation::Revoked => eprintln!("revoked {id}"),
+            Revocation::AlreadyRevoked(at) => eprintln!(
+                "token {id} was already revoked at {}; nothing changed",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Revocation::Unknown => anyhow::bail!("no token with id {id}"),
+        },
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -545,7 +551,7 @@ impl ServerAccess {
 
 #[derive(clap::Args)]
 pub struct DeadLettersArgs {
-    /// Only input from this source.
+    /// Only input from this source (case-insensitive: `OKTA` finds `okta`'s).
     #[arg(long)]
     pub source: Option<String>,
     /// Only those whose reason or masked excerpt holds this text (case-insensitive).

@@ -1486,6 +1486,134 @@ fn run_check_says_when_the_tls_certificate_expires_and_refuses_an_expired_one() 
     );
 }
 
+/// `perimeter run` (or `run --check`) with `cfg`, killed if it has not ended within 60 s (a
+/// `run` that started instead of refusing).
+fn run_until_it_ends(cfg: &std::path::Path, check: bool) -> std::process::Output {
+    let mut args = vec!["--config", cfg.to_str().unwrap(), "run"];
+    if check {
+        args.push("--check");
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn run_refuses_the_certificates_run_check_refuses_with_the_same_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let refused = |edit: &dyn Fn(&mut rcgen::CertificateParams)| -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        edit(&mut params);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let cfg = dir.path().join("perimeter.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "data_dir = {data:?}\n[api]\nlisten = \"127.0.0.1:0\"\ntls_cert_path = {cert_path:?}\ntls_key_path = {key_path:?}\n"
+            ),
+        )
+        .unwrap();
+        let out = run_until_it_ends(&cfg, true);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let checked = text
+            .lines()
+            .find_map(|l| l.strip_prefix("error  api: "))
+            .unwrap_or_else(|| panic!("no api error: {text}"))
+            .to_string();
+        let out = run_until_it_ends(&cfg, false);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let started = stderr(&out);
+        let run = started
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or_else(|| panic!("no error: {started}"))
+            .to_string();
+        assert!(!data.exists(), "nothing was opened or written");
+        assert!(
+            checked.contains(&cert_path.display().to_string()),
+            "{checked}"
+        );
+        (checked, run)
+    };
+    let (checked, run) = refused(&|p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    assert!(checked.contains("expired on 2021-01-01"), "{checked}");
+    assert_eq!(run, checked);
+    let (checked, run) = refused(&|p| p.not_before = rcgen::date_time_ymd(4000, 1, 1));
+    assert!(checked.contains("not valid before 4000-01-01"), "{checked}");
+    assert_eq!(run, checked);
+    // A CA certificate: rustls clients (this CLI's `--server`) refuse it as a server's own.
+    let (checked, run) =
+        refused(&|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
+    assert!(checked.contains("CA certificate"), "{checked}");
+    assert_eq!(run, checked);
+}
+
+#[test]
+fn revoking_a_token_twice_says_it_was_already_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(&cfg, format!("data_dir = {:?}\n", dir.path().join("data"))).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = perimeter(
+        &[
+            "--config", cfg, "tokens", "create", "--tenant", "acme", "--role", "viewer",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None));
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let revoke = |id: &str| perimeter(&["--config", cfg, "tokens", "revoke", id], None);
+    let out = revoke(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim(), format!("revoked {id}"));
+    let revoked_at = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None))[0]
+        ["revoked_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Again: done already, which is what the operator wanted (exit code 0), and said so.
+    let out = revoke(&id);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("token {id} was already revoked at 20")),
+        "{}",
+        stderr(&out)
+    );
+    let listed = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None));
+    assert_eq!(listed[0]["revoked_at"].as_str(), Some(revoked_at.as_str()));
+    // An id no token has is still an error.
+    let out = revoke("0123456789ab");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("no token with id 0123456789ab"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn detect_says_when_it_runs_short_of_its_rules() {
     let dir = tempfile::tempdir().unwrap();

@@ -1396,6 +1396,52 @@ fn a_resent_bad_line_is_not_counted_as_a_new_dead_letter() {
 }
 
 #[test]
+fn the_dead_letter_source_filter_ignores_case_in_the_api_and_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let client = reqwest::blocking::Client::new();
+    let ack: serde_json::Value = client
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&admin)
+        .body(format!("{}\nnot json at all\n", okta_event(12, 1)))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ack["dead_letters"], 1, "{ack}");
+    let api = |source: &str| -> usize {
+        let body: serde_json::Value = client
+            .get(format!("{}/api/v1/dead-letters", svc.base))
+            .query(&[("source", source)])
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .len()
+    };
+    assert_eq!((api("okta"), api("OKTA"), api("Okta")), (1, 1, 1));
+    assert_eq!(api("github"), 0);
+    let terminal = |target: &[&str]| -> usize {
+        let mut args = vec!["dead-letters", "--source", "OKTA", "--format", "json"];
+        args.extend_from_slice(target);
+        let out = perimeter(&args, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        json_lines(&out).len()
+    };
+    assert_eq!(terminal(&["--server", &svc.base, "--token", &admin]), 1);
+    stop(svc);
+    let data = dir.path().join("data");
+    let local = ["--data-dir", data.to_str().unwrap(), "--tenant", "acme"];
+    assert_eq!(terminal(&local), 1);
+}
+
+#[test]
 fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let id = "3f1c2a44-0000-4000-8000-000000000010";

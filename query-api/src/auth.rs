@@ -112,6 +112,17 @@ impl TokenInfo {
     }
 }
 
+/// What [`TokenStore::revoke`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The token was revoked by this call.
+    Revoked,
+    /// The token had been revoked before, at this time; nothing changed.
+    AlreadyRevoked(DateTime<Utc>),
+    /// No token has this id.
+    Unknown,
+}
+
 /// Why a presented token is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -258,18 +269,22 @@ impl TokenStore {
         loaded.records.iter().map(|r| r.info.clone()).collect()
     }
 
-    /// Revoke a token by id. Returns false when no such (unrevoked) token exists.
-    pub fn revoke(&self, id: &str) -> Result<bool, AuthError> {
-        let mut found = false;
+    /// Revoke a token by id, saying whether it was revoked now, had been already (a second
+    /// `tokens revoke` is not told the token does not exist) or is unknown.
+    pub fn revoke(&self, id: &str) -> Result<Revocation, AuthError> {
+        let mut outcome = Revocation::Unknown;
         self.modify(|records| {
-            for r in records.iter_mut() {
-                if r.info.id == id && r.info.revoked_at.is_none() {
-                    r.info.revoked_at = Some(Utc::now());
-                    found = true;
-                }
+            for r in records.iter_mut().filter(|r| r.info.id == id) {
+                outcome = match r.info.revoked_at {
+                    Some(at) => Revocation::AlreadyRevoked(at),
+                    None => {
+                        r.info.revoked_at = Some(Utc::now());
+                        Revocation::Revoked
+                    }
+                };
             }
         })?;
-        Ok(found)
+        Ok(outcome)
     }
 
     /// The token a presented plaintext belongs to, if it is known, not revoked and not expired.
@@ -544,8 +559,15 @@ mod tests {
         // A second handle (another process) sees the token, and a revoke made there.
         let other = TokenStore::open_in(dir.path()).unwrap();
         assert_eq!(other.verify(&token).unwrap().name, "alice");
-        assert!(other.revoke(&info.id).unwrap());
-        assert!(!other.revoke(&info.id).unwrap());
+        assert_eq!(other.revoke(&info.id).unwrap(), Revocation::Revoked);
+        let revoked_at = other.list()[0].revoked_at.unwrap();
+        // Again: the token is known, and already revoked (its time unchanged).
+        assert_eq!(
+            other.revoke(&info.id).unwrap(),
+            Revocation::AlreadyRevoked(revoked_at)
+        );
+        assert_eq!(store.list()[0].revoked_at, Some(revoked_at));
+        assert_eq!(other.revoke("0123456789ab").unwrap(), Revocation::Unknown);
         assert!(
             store.verify(&token).is_none(),
             "revocation must be seen by the first handle"
@@ -603,7 +625,7 @@ mod tests {
         // Kept across a reopen; a revoked token says revoked, whatever its expiry.
         let reopened = TokenStore::open_in(dir.path()).unwrap();
         assert_eq!(reopened.list()[0].expires_at, Some(until));
-        assert!(reopened.revoke(&info.id).unwrap());
+        assert_eq!(reopened.revoke(&info.id).unwrap(), Revocation::Revoked);
         assert_eq!(reopened.check(&token, Utc::now()), Err(Refusal::Revoked));
         // A token file written before tokens could expire reads as tokens that do not.
         let old = r#"{"tokens": [{"id": "abc", "name": "ci", "tenant": "acme", "role": "admin",

@@ -27,8 +27,9 @@ pub struct ApiConfig {
     pub tls_key_path: Option<PathBuf>,
     /// How often (seconds) the certificate and key files are checked for a renewal: when
     /// either changed, the pair is loaded again and new connections get it, without a
-    /// restart (certbot, cert-manager). A pair that does not load is logged and the one in use
-    /// stays. `0`: never.
+    /// restart (certbot, cert-manager). A pair that does not load, or that clients would
+    /// refuse (expired, not yet valid, a CA certificate), is logged and the one in use stays.
+    /// `0`: never.
     #[serde(default = "default_tls_reload_check_seconds")]
     pub tls_reload_check_seconds: u64,
     /// How long in-flight requests may take to finish after shutdown is requested.
@@ -102,8 +103,79 @@ pub enum ServeError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    /// The certificate loads but clients would refuse it (see [`check_server_certificate`]).
+    #[error("TLS: certificate {}: {problem}", path.display())]
+    Certificate {
+        path: PathBuf,
+        problem: CertificateProblem,
+    },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Why a server certificate that parses is still refused: a rustls/webpki client (the
+/// `perimeter` CLI's, among others) would refuse it, so serving it would only trade a clear
+/// error now for failed handshakes later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateProblem {
+    #[error("expired on {not_after}: clients refuse it")]
+    Expired {
+        not_after: chrono::DateTime<chrono::Utc>,
+    },
+    #[error("not valid before {not_before}: clients refuse it until then")]
+    NotYetValid {
+        not_before: chrono::DateTime<chrono::Utc>,
+    },
+    /// webpki refuses a CA certificate as the server's own (`CaUsedAsEndEntity`), even when
+    /// it is the very certificate the client trusts.
+    #[error(
+        "is a CA certificate (basicConstraints CA:TRUE), which TLS clients refuse as a server's \
+         own: issue it with basicConstraints CA:FALSE (a self-signed one too; `openssl req -x509` \
+         marks it a CA unless told otherwise)"
+    )]
+    CaCertificate,
+}
+
+/// What [`check_server_certificate`] read from a certificate it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateValidity {
+    /// `None` when the certificate could not be parsed to read it (rustls may still load it).
+    pub not_after: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Whether a DER leaf certificate may be served at `now`: within its validity period and not
+/// a CA certificate. The one rule `perimeter run --check`, the start and each reload apply.
+/// A certificate x509-parser cannot read passes (its expiry is reported unknown): rustls
+/// decides whether it loads.
+pub fn check_server_certificate(
+    der: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<CertificateValidity, CertificateProblem> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Ok(CertificateValidity { not_after: None });
+    };
+    let time = |t: x509_parser::time::ASN1Time| chrono::DateTime::from_timestamp(t.timestamp(), 0);
+    let validity = cert.validity();
+    let not_after = time(validity.not_after);
+    if let Some(not_before) = time(validity.not_before) {
+        if now < not_before {
+            return Err(CertificateProblem::NotYetValid { not_before });
+        }
+    }
+    if let Some(not_after) = not_after {
+        if now > not_after {
+            return Err(CertificateProblem::Expired { not_after });
+        }
+    }
+    // An unreadable extension (a duplicate) is not called a CA here: rustls and the client
+    // judge that certificate on their own terms.
+    let is_ca = cert
+        .basic_constraints()
+        .is_ok_and(|constraints| constraints.is_some_and(|c| c.value.ca));
+    if is_ca {
+        return Err(CertificateProblem::CaCertificate);
+    }
+    Ok(CertificateValidity { not_after })
 }
 
 /// A bound listener, not yet serving: lets the caller learn the port (when `listen` had
@@ -176,7 +248,10 @@ impl CertificateFiles {
 
     /// Until the server stops: load the pair again whenever a file changed, and hand it to
     /// the listener. A renewal half written (the certificate new, the key still old) fails to
-    /// load; it is retried at the next change, which the second file's write is.
+    /// load; it is retried at the next change, which the second file's write is. A renewal
+    /// [`check_server_certificate`] refuses (expired, a CA certificate) is not served either:
+    /// the certificate in use stays. One not valid yet (issued a moment ahead of this clock)
+    /// is tried again at each check until it is valid.
     async fn watch(
         self,
         served: axum_server::tls_rustls::RustlsConfig,
@@ -186,6 +261,8 @@ impl CertificateFiles {
             return;
         };
         let mut seen = self.stamp();
+        // The files' stamp when a load last failed.
+        let mut last_refused = None;
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
@@ -195,26 +272,41 @@ impl CertificateFiles {
             if now.is_none() || now == seen {
                 continue;
             }
-            seen = now;
             let (cert, key) = (self.cert.clone(), self.key.clone());
             let loaded = tokio::task::spawn_blocking(move || load_tls(&cert, &key))
                 .await
                 .map_err(|e| ServeError::Tls(e.to_string()))
                 .and_then(|r| r);
+            let not_yet_valid = matches!(
+                loaded,
+                Err(ServeError::Certificate {
+                    problem: CertificateProblem::NotYetValid { .. },
+                    ..
+                })
+            );
+            // Counted and logged once per change, also while a not-yet-valid one is retried.
+            let first_try = last_refused != now;
+            if !not_yet_valid {
+                seen = now;
+            }
             match loaded {
                 Ok(loaded) => {
                     served.reload_from_config(loaded.config.clone());
                     metrics.inc("tls_certificate_reloads_total", &[("result", "ok")], 1);
                     tracing::info!(cert = %self.cert.display(), "tls certificate reloaded");
                     loaded.report(&self.cert, &metrics);
+                    last_refused = None;
                 }
-                Err(e) => {
+                Err(e) if first_try => {
+                    last_refused = now;
                     metrics.inc("tls_certificate_reloads_total", &[("result", "failed")], 1);
-                    tracing::error!(
+                    tracing::warn!(
+                        cert = %self.cert.display(),
                         error = %e,
                         "renewed tls certificate not loaded; the one in use stays"
                     );
                 }
+                Err(_) => {}
             }
         }
     }
@@ -417,7 +509,11 @@ fn load_tls(
         )));
     }
     // The leaf is first in the chain.
-    let not_after = certificate_not_after(&certs[0]);
+    let CertificateValidity { not_after } = check_server_certificate(&certs[0], chrono::Utc::now())
+        .map_err(|problem| ServeError::Certificate {
+            path: cert_path.to_path_buf(),
+            problem,
+        })?;
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| ServeError::Tls(format!("private key {}: {e}", key_path.display())))?;
     // An explicit provider: no process-wide default has to be installed by the binary.
@@ -433,12 +529,6 @@ fn load_tls(
         config: Arc::new(config),
         not_after,
     })
-}
-
-/// When a DER certificate stops being valid.
-fn certificate_not_after(der: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
 }
 
 #[cfg(test)]
@@ -467,5 +557,131 @@ mod tests {
 
     fn toml_like(json: &str) -> Result<ApiConfig, serde_json::Error> {
         serde_json::from_str(json)
+    }
+
+    /// A self-signed certificate for localhost, valid from `not_before` to `not_after`.
+    fn certificate(
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+        is_ca: bool,
+    ) -> rcgen::CertifiedKey {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        if is_ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key_pair).unwrap();
+        rcgen::CertifiedKey { cert, key_pair }
+    }
+
+    fn utc(text: &str) -> chrono::DateTime<chrono::Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_server_certificate_must_be_valid_now_and_not_a_ca() {
+        let cert = certificate((2026, 1, 1), (2027, 1, 1), false);
+        let der = cert.cert.der();
+        let check = |now: &str| check_server_certificate(der, utc(now));
+        assert_eq!(
+            check("2026-06-01T00:00:00Z"),
+            Ok(CertificateValidity {
+                not_after: Some(utc("2027-01-01T00:00:00Z"))
+            })
+        );
+        assert_eq!(
+            check("2027-01-01T00:00:01Z"),
+            Err(CertificateProblem::Expired {
+                not_after: utc("2027-01-01T00:00:00Z")
+            })
+        );
+        assert_eq!(
+            check("2025-12-31T23:59:59Z"),
+            Err(CertificateProblem::NotYetValid {
+                not_before: utc("2026-01-01T00:00:00Z")
+            })
+        );
+        let ca = certificate((2026, 1, 1), (2027, 1, 1), true);
+        assert_eq!(
+            check_server_certificate(ca.cert.der(), utc("2026-06-01T00:00:00Z")),
+            Err(CertificateProblem::CaCertificate)
+        );
+        // What is not a certificate x509-parser reads is left to rustls.
+        assert_eq!(
+            check_server_certificate(b"junk", utc("2026-06-01T00:00:00Z")),
+            Ok(CertificateValidity { not_after: None })
+        );
+        // The error names the file and says why.
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, ca.cert.pem()).unwrap();
+        std::fs::write(&key_path, ca.key_pair.serialize_pem()).unwrap();
+        let Err(e) = load_tls(&cert_path, &key_path) else {
+            panic!("a CA certificate loaded for serving");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains(&cert_path.display().to_string()) && e.contains("CA:TRUE"),
+            "{e}"
+        );
+    }
+
+    /// Whether a rustls client trusting `cert` itself completes a handshake with a server
+    /// presenting it (in memory; the `perimeter` CLI's client is rustls too).
+    fn handshake(cert: &rcgen::CertifiedKey) -> Result<(), rustls::Error> {
+        use rustls::pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(
+            cert.key_pair.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            server.process_new_packets()?;
+            let mut wire = Vec::new();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    /// Why a CA certificate is refused for serving: clients refuse it, even one that trusts
+    /// that very certificate (webpki's `CaUsedAsEndEntity`).
+    #[test]
+    fn rustls_clients_refuse_a_ca_certificate_as_the_servers_own() {
+        assert_eq!(
+            handshake(&certificate((2020, 1, 1), (4000, 1, 1), false)),
+            Ok(())
+        );
+        let refused = handshake(&certificate((2020, 1, 1), (4000, 1, 1), true))
+            .expect_err("a CA certificate was accepted as the server's");
+        assert!(
+            format!("{refused:?}").contains("CaUsedAsEndEntity"),
+            "{refused:?}"
+        );
     }
 }

@@ -1184,7 +1184,7 @@ fn load_dead_letters(layout: &Layout, writer: bool) -> Result<BTreeSet<String>> 
 pub struct DeadLetterQuery {
     /// Page size (clamped to `1..=MAX_PAGE_LIMIT`).
     pub limit: usize,
-    /// Only this source.
+    /// Only this source, compared case-insensitively (`OKTA` is `okta`), as alerts' is.
     pub source: Option<String>,
     /// Only those whose reason or (masked) excerpt holds this text, case-insensitively.
     pub text: Option<String>,
@@ -1199,7 +1199,9 @@ pub struct DeadLetterQuery {
 impl DeadLetterQuery {
     /// `text`: [`Self::text`] lowercased.
     fn selects(&self, d: &DeadLetter, text: Option<&str>) -> bool {
-        self.source.as_deref().is_none_or(|s| d.source == s)
+        self.source
+            .as_deref()
+            .is_none_or(|s| d.source.eq_ignore_ascii_case(s))
             && self.from.is_none_or(|f| d.received_at >= f)
             && self.to.is_none_or(|t| d.received_at < t)
             && text.is_none_or(|t| {

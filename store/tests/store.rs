@@ -1785,6 +1785,50 @@ fn dead_letters_and_bad_batches() {
     );
 }
 
+#[test]
+fn the_dead_letter_source_filter_ignores_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let dl = |n: u64, source: &str| DeadLetter {
+        line: Some(n),
+        source: source.into(),
+        tenant: "acme".into(),
+        received_at: ts(20, 0, n as u32),
+        reason: "invalid JSON".into(),
+        excerpt: "{".into(),
+        input_digest: None,
+    };
+    let store = Store::open(config(dir.path())).unwrap();
+    let b = StoreBatch {
+        dead_letters: vec![dl(1, "okta"), dl(2, "github"), dl(3, "okta")],
+        ..Default::default()
+    };
+    assert_eq!(store.write_batch(&b).unwrap().dead_letters_written, 3);
+    // Source names are lower-case; an operator typing the vendor's name finds the same.
+    for typed in ["okta", "OKTA", "Okta"] {
+        let q = DeadLetterQuery {
+            source: Some(typed.into()),
+            ..newest(10)
+        };
+        let lines: Vec<Option<u64>> = store
+            .list_dead_letters("acme", &q)
+            .unwrap()
+            .items
+            .iter()
+            .map(|d| d.line)
+            .collect();
+        assert_eq!(lines, vec![Some(3), Some(1)], "--source {typed}");
+    }
+    let q = DeadLetterQuery {
+        source: Some("okt".into()),
+        ..newest(10)
+    };
+    assert!(store
+        .list_dead_letters("acme", &q)
+        .unwrap()
+        .items
+        .is_empty());
+}
+
 /// The newest `limit` dead letters, unfiltered.
 fn newest(limit: usize) -> DeadLetterQuery {
     DeadLetterQuery {

@@ -761,7 +761,7 @@ async fn export_events_audited(
 pub struct DeadLetterParams {
     /// How many (newest first), 1..=1000 (default 50).
     pub limit: Option<usize>,
-    /// Only this source.
+    /// Only this source (case-insensitive: `OKTA` finds `okta`'s).
     pub source: Option<String>,
     /// Only those whose reason or masked excerpt holds this text (case-insensitive).
     pub q: Option<String>,

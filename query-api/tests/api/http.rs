@@ -229,7 +229,10 @@ fn missing_malformed_unknown_revoked_and_expired_tokens_are_401() {
         .token_store
         .create(ACME, Role::Admin, Some("old"))
         .unwrap();
-    assert!(api.token_store.revoke(&revoked_info.id).unwrap());
+    assert_eq!(
+        api.token_store.revoke(&revoked_info.id).unwrap(),
+        perimeter_query_api::auth::Revocation::Revoked
+    );
     let (_, expired) = api
         .token_store
         .create_until(

@@ -183,3 +183,76 @@ fn a_renewed_certificate_is_served_without_a_restart_and_a_bad_one_is_not() {
     assert!(served_by(&renewed));
     assert_eq!(metric(&renewed, expiry), Some(4_086_460_800.0));
 }
+
+#[test]
+fn a_renewal_that_is_expired_or_a_ca_certificate_is_refused_and_the_served_one_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    let write = |c: &rcgen::CertifiedKey| {
+        std::fs::write(&cert_path, c.cert.pem()).unwrap();
+        std::fs::write(&key_path, c.key_pair.serialize_pem()).unwrap();
+    };
+    let made = |edit: &dyn Fn(&mut rcgen::CertificateParams)| {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        edit(&mut params);
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key_pair).unwrap();
+        rcgen::CertifiedKey { cert, key_pair }
+    };
+    let good = made(&|_| {});
+    write(&good);
+    let api = TestApi::start_with(ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert_path: Some(cert_path.clone()),
+        tls_key_path: Some(key_path.clone()),
+        tls_reload_check_seconds: 1,
+        ..ApiConfig::default()
+    });
+    let addr = api.base.trim_start_matches("https://").to_string();
+    let served_by = |c: &rcgen::CertifiedKey| https_get(&addr, c.cert.der(), "/healthz").is_ok();
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("the good certificate is served", &|| served_by(&good));
+    let metric = |name: &str| -> Option<f64> {
+        let text = https_get(&addr, good.cert.der(), "/metrics").unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|v| v.trim().parse().unwrap())
+    };
+    let failed = r#"perimeter_tls_certificate_reloads_total{result="failed"}"#;
+    let expiry = "perimeter_tls_certificate_expiry_timestamp_seconds";
+    // rcgen's default validity ends on 4096-01-01.
+    assert_eq!(metric(expiry), Some(67_090_118_400.0));
+
+    // An expired certificate (a renewal job that copied an old file) is counted as a failed
+    // reload, and the good one stays served; so does a CA certificate.
+    let expired = made(&|p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let ca = made(&|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
+    let not_yet = made(&|p| p.not_before = rcgen::date_time_ymd(4000, 1, 1));
+    for (n, refused) in [&expired, &ca, &not_yet].into_iter().enumerate() {
+        // A check between the two writes sees the pair changed twice: at least one more.
+        let before = metric(failed).unwrap_or(0.0);
+        write(refused);
+        until("the refused reload is counted", &|| {
+            metric(failed).unwrap_or(0.0) > before
+        });
+        assert!(served_by(&good), "the good certificate stays ({n})");
+        assert!(!served_by(refused), "the refused one is not served ({n})");
+        assert_eq!(metric(expiry), Some(67_090_118_400.0));
+    }
+    // A not-yet-valid one is tried again at each check, but counted once.
+    let counted = metric(failed);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(metric(failed), counted);
+    let ok = r#"perimeter_tls_certificate_reloads_total{result="ok"}"#;
+    assert_eq!(metric(ok), None);
+}
