@@ -217,20 +217,64 @@ impl LoadedCertificate {
             &[],
             not_after.timestamp() as f64,
         );
-        let left = not_after - chrono::Utc::now();
-        let cert = path.display();
-        if left <= chrono::TimeDelta::zero() {
-            tracing::error!(%cert, %not_after, "tls certificate has expired: clients refuse the API");
-        } else if left < EXPIRY_WARNING {
-            tracing::warn!(%cert, %not_after, days_left = left.num_days(), "tls certificate expires soon");
-        } else {
-            tracing::info!(%cert, %not_after, "tls certificate valid");
+        if !remind_expiry(path, not_after, chrono::Utc::now()) {
+            tracing::info!(cert = %path.display(), %not_after, "tls certificate valid");
         }
     }
 }
 
-/// A certificate expiring within this is logged as a warning (at start and at each reload).
+/// Log that the served certificate has expired (an error) or expires within
+/// [`EXPIRY_WARNING`] (a warning); returns whether it did. Said at start, at each reload and
+/// daily while serving ([`EXPIRY_REMINDER`]), so an on-call engineer reading the log learns of
+/// a renewal that never came before clients refuse the API.
+fn remind_expiry(
+    path: &std::path::Path,
+    not_after: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    let cert = path.display();
+    match expiry_state(not_after, now) {
+        ExpiryState::Expired => {
+            tracing::error!(%cert, %not_after, "tls certificate has expired: clients refuse the API");
+        }
+        ExpiryState::ExpiresSoon { days_left } => {
+            tracing::warn!(%cert, %not_after, days_left, "tls certificate expires soon");
+        }
+        ExpiryState::Valid => return false,
+    }
+    true
+}
+
+/// What the served certificate's expiry calls for.
+#[derive(Debug, PartialEq, Eq)]
+enum ExpiryState {
+    Expired,
+    ExpiresSoon { days_left: i64 },
+    Valid,
+}
+
+fn expiry_state(
+    not_after: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ExpiryState {
+    let left = not_after - now;
+    if left <= chrono::TimeDelta::zero() {
+        ExpiryState::Expired
+    } else if left < EXPIRY_WARNING {
+        ExpiryState::ExpiresSoon {
+            days_left: left.num_days(),
+        }
+    } else {
+        ExpiryState::Valid
+    }
+}
+
+/// A certificate expiring within this is logged as a warning (at start, at each reload and
+/// daily).
 const EXPIRY_WARNING: chrono::TimeDelta = chrono::TimeDelta::days(14);
+
+/// How often a served certificate close to expiry (or expired) is logged again.
+const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
 
 /// Where the served certificate comes from, and how often to look for a renewed one.
 struct CertificateFiles {
@@ -256,10 +300,12 @@ impl CertificateFiles {
         self,
         served: axum_server::tls_rustls::RustlsConfig,
         metrics: Arc<perimeter_model::Metrics>,
+        mut not_after: Option<chrono::DateTime<chrono::Utc>>,
     ) {
         let Some(every) = self.check_every else {
             return;
         };
+        let mut reminded = tokio::time::Instant::now();
         let mut seen = self.stamp();
         // The files' stamp when a load last failed.
         let mut last_refused = None;
@@ -268,6 +314,12 @@ impl CertificateFiles {
         ticks.tick().await;
         loop {
             ticks.tick().await;
+            if reminded.elapsed() >= EXPIRY_REMINDER {
+                reminded = tokio::time::Instant::now();
+                if let Some(not_after) = not_after {
+                    remind_expiry(&self.cert, not_after, chrono::Utc::now());
+                }
+            }
             let now = self.stamp();
             if now.is_none() || now == seen {
                 continue;
@@ -295,6 +347,8 @@ impl CertificateFiles {
                     metrics.inc("tls_certificate_reloads_total", &[("result", "ok")], 1);
                     tracing::info!(cert = %self.cert.display(), "tls certificate reloaded");
                     loaded.report(&self.cert, &metrics);
+                    not_after = loaded.not_after;
+                    reminded = tokio::time::Instant::now();
                     last_refused = None;
                 }
                 Err(e) if first_try => {
@@ -426,7 +480,7 @@ impl Server {
                 tracing::info!(%addr, "api listening (https)");
                 tls.report(&files.cert, &metrics);
                 let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config);
-                let watcher = tokio::spawn(files.watch(config.clone(), metrics));
+                let watcher = tokio::spawn(files.watch(config.clone(), metrics, tls.not_after));
                 let _stop_watching = AbortOnDrop(watcher);
                 axum_server::from_tcp_rustls(self.listener, config)?
                     .map(JsonParseErrorsAcceptor)
@@ -534,6 +588,22 @@ fn load_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_served_certificate_is_reminded_of_within_two_weeks_of_expiry() {
+        let now = chrono::Utc::now();
+        let days = chrono::TimeDelta::days;
+        assert_eq!(expiry_state(now + days(90), now), ExpiryState::Valid);
+        assert_eq!(
+            expiry_state(now + days(3) + chrono::TimeDelta::hours(1), now),
+            ExpiryState::ExpiresSoon { days_left: 3 }
+        );
+        assert_eq!(expiry_state(now, now), ExpiryState::Expired);
+        assert_eq!(expiry_state(now - days(1), now), ExpiryState::Expired);
+        let path = std::path::Path::new("server.pem");
+        assert!(!remind_expiry(path, now + days(30), now));
+        assert!(remind_expiry(path, now + days(1), now));
+    }
 
     #[test]
     fn config_parses_and_rejects_unknown_fields() {
