@@ -44,7 +44,7 @@ pub use destinations::{AlertNotifier, Destination, DestinationStore};
 pub use error::ApiError;
 pub use outbox::DeliveryOutbox;
 pub use rule_switches::{RuleSwitchError, RuleSwitchStore};
-pub use server::{parse_listen, serve, ApiConfig, ListenerCheck, ServeError, Server};
+pub use server::{parse_listen, serve, ApiConfig, CutoffGate, ListenerCheck, ServeError, Server};
 pub use state::{AppState, RuleService, RuleTestError};
 
 /// The complete API as an axum router (what [`serve`] serves); tests can drive it directly.
