@@ -191,6 +191,11 @@ impl SigmaRuleService {
         })
     }
 
+    /// How many rules are in use (listed), the behavioural detectors left out.
+    fn rule_count(&self) -> usize {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// List `set` from now on (the rules were reloaded).
     fn replace(&self, set: &RuleSet) {
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rule_list(set);
@@ -313,7 +318,8 @@ fn ingest_auth(state: AppState) -> perimeter_ingest::http::IngestAuth {
 /// SIGHUP reloads the rules from their paths while the service runs: new and changed rules
 /// are in use once the reload is reported, without a restart (which would drop correlation windows and
 /// behavioural state). All or nothing: if any rule fails, each failure is logged and the rules
-/// in use stay.
+/// in use stay; so do they when the paths hold no rules any more ([`empty_reload_refusal`]).
+/// Either refusal counts in `rule_reloads_failed_total`.
 fn spawn_rule_reloader(
     config: &PerimeterConfig,
     paths: Vec<PathBuf>,
@@ -329,6 +335,7 @@ fn spawn_rule_reloader(
     {
         let options = config.sigma.clone();
         let tenant = config.tenant.clone();
+        let paths_for_log: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         // Registered before returning: a SIGHUP right after start must not end the process
         // (the default action).
         let Ok(mut hangups) =
@@ -360,6 +367,16 @@ fn spawn_rule_reloader(
                     );
                     continue;
                 }
+                let in_use = listed.rule_count();
+                if let Some(refusal) = empty_reload_refusal(in_use, set.len()) {
+                    metrics.inc("rule_reloads_failed_total", &[], 1);
+                    tracing::error!(
+                        paths = ?paths_for_log,
+                        rules_in_use = in_use,
+                        "rules not reloaded: {refusal}"
+                    );
+                    continue;
+                }
                 listed.replace(&set);
                 let count = set.len();
                 metrics.set("rules_loaded", &[], count as f64);
@@ -379,6 +396,21 @@ fn spawn_rule_reloader(
     }
     #[cfg(not(unix))]
     let _ = (config, paths, listed, to_pipeline, wake, metrics, stop);
+}
+
+/// Why a reload that found `found` rules must not replace the `in_use` ones, if it must not: a
+/// rules directory emptied (a deploy that removes the files before writing the new ones, a
+/// mount gone) would otherwise switch every Sigma rule off and drop every open correlation
+/// window, with nothing in the answers of ingest to show it. Starting without rules is still
+/// allowed (and warned about at start); only a reload to none from some is refused.
+fn empty_reload_refusal(in_use: usize, found: usize) -> Option<String> {
+    (found == 0 && in_use > 0).then(|| {
+        format!(
+            "the rule paths hold no rules now; the {in_use} rules in use (and their open \
+             correlation windows) stay. Put the rules back and send SIGHUP again (restart to run \
+             without Sigma rules)"
+        )
+    })
 }
 
 /// Wakes the pipeline every `every` for its periodic work when no input comes: the silent
@@ -972,11 +1004,20 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     if let Some(listen) = args.listen {
         api_config.listen = listen;
     }
-    let server = Server::bind(&api_config).await?;
+    // Ingest clients whose batches the pipeline took are answered before the connections are
+    // cut at shutdown, however long past the grace period: the worker stores those batches
+    // anyway before the process exits (it drains the bus), so cutting them saves no time and
+    // would leave stored batches unanswered.
+    let answers_owed = perimeter_ingest::http::AnswersOwed::default();
+    let server = Server::bind(&api_config).await?.hold_cutoff_while({
+        let owed = answers_owed.clone();
+        Arc::new(move || owed.close_if_none_owed())
+    });
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };
     let ingest = perimeter_ingest::http::ingest_router(
         bus.clone(),
+        answers_owed,
         ingest_auth(state.clone()),
         64 * 1024 * 1024,
         config.max_line_bytes,

@@ -75,7 +75,12 @@ fn spawn_run(cfg: &std::path::Path, stderr: Stdio) -> Service {
 }
 
 fn start(cfg: &std::path::Path) -> Service {
-    let service = spawn_run(cfg, Stdio::inherit());
+    start_with_stderr(cfg, Stdio::inherit())
+}
+
+/// [`start`] with the service's stderr (its log) sent to `stderr`.
+fn start_with_stderr(cfg: &std::path::Path, stderr: Stdio) -> Service {
+    let service = spawn_run(cfg, stderr);
     let base = service.base.clone();
     assert!(
         base.starts_with("http://127.0.0.1:"),
@@ -1364,6 +1369,152 @@ fn sighup_reloads_the_rules_all_or_nothing() {
         );
     }
     stop(svc);
+}
+
+/// A deploy that empties the rules directory before writing the new rules, then a SIGHUP in
+/// between: the reload used to succeed with no rules, switching detection off (and dropping the
+/// open correlation windows) without a word in any answer.
+#[test]
+fn a_reload_onto_an_emptied_rules_directory_keeps_the_rules_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000010");
+    let admin = token(&cfg, "admin");
+    let log = dir.path().join("stderr.log");
+    let svc = start_with_stderr(&cfg, std::fs::File::create(&log).unwrap().into());
+    let client = reqwest::blocking::Client::new();
+    let ingest = |i: usize| -> serde_json::Value {
+        client
+            .post(format!("{}/ingest/okta", svc.base))
+            .bearer_auth(&admin)
+            .body(okta_event(9, i).to_string())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    assert_eq!(ingest(1)["alerts"], 1);
+    let rules_dir = dir.path().join("rules");
+    std::fs::remove_file(rules_dir.join("logins.yml")).unwrap();
+    unsafe {
+        assert_eq!(libc::kill(svc.child.id() as i32, libc::SIGHUP), 0);
+    }
+    // The refusal is counted as a failed reload (the only sign the reload was handled).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = svc.metrics();
+        if metrics
+            .lines()
+            .any(|l| l == "perimeter_rule_reloads_failed_total 1")
+        {
+            assert!(
+                metrics.lines().any(|l| l == "perimeter_rules_loaded 1"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reload onto no rules was not refused: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body: serde_json::Value = client
+        .get(format!("{}/api/v1/rules", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let listed: Vec<&serde_json::Value> = body["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] != "ueba")
+        .collect();
+    assert_eq!(listed.len(), 1, "{body}");
+    let ack = ingest(2);
+    assert_eq!(ack["alerts"], 1, "the rules in use still run: {ack}");
+    // The log says why, and names the directory.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refusal = text
+        .lines()
+        .find(|l| l.contains("rules not reloaded"))
+        .unwrap_or_else(|| panic!("no refusal in the log: {text}"));
+    assert!(
+        refusal.contains("no rules") && refusal.contains(rules_dir.to_str().unwrap()),
+        "{refusal}"
+    );
+    stop(svc);
+}
+
+/// SIGTERM while ingest batches are being stored: each client whose batch was stored is
+/// answered 200, however long past the grace period (0 s here) the store takes; one that is not
+/// answered had nothing stored. They used to be cut off at the end of the grace period while
+/// the pipeline went on to store their batches.
+#[test]
+fn sigterm_answers_the_ingest_batches_it_stores() {
+    const BATCHES: usize = 4;
+    const EVENTS: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with(dir.path(), "shutdown_grace_seconds = 0\n");
+    let responder = token(&cfg, "responder");
+    let svc = start(&cfg);
+    let senders: Vec<_> = (0..BATCHES)
+        .map(|b| {
+            let url = format!("{}/ingest/okta", svc.base);
+            let responder = responder.clone();
+            std::thread::spawn(move || {
+                let body: String = (0..EVENTS)
+                    .map(|i| format!("{}\n", okta_event(100 + b, i)))
+                    .collect();
+                let answer = reqwest::blocking::Client::new()
+                    .post(url)
+                    .bearer_auth(responder)
+                    .timeout(Duration::from_secs(300))
+                    .body(body)
+                    .send()
+                    .and_then(|r| Ok((r.status().as_u16(), r.json::<serde_json::Value>()?)));
+                answer.map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    // Once one batch is stored, the others are queued behind it or being stored.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !svc
+        .metrics()
+        .lines()
+        .any(|l| l.starts_with("perimeter_events_stored_total"))
+    {
+        assert!(Instant::now() < deadline, "no batch was ever stored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(svc);
+    let answers: Vec<_> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut acknowledged = 0;
+    for answer in &answers {
+        if let Ok((200, ack)) = answer {
+            assert_eq!(ack["events"], EVENTS, "{ack}");
+            acknowledged += EVENTS;
+        }
+    }
+    let out = perimeter(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "search",
+            "*",
+            "--limit",
+            &(BATCHES * EVENTS + 1).to_string(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(
+        stored, acknowledged,
+        "events stored but not acknowledged, or acknowledged but not stored: {answers:?}"
+    );
+    assert!(acknowledged > 0, "{answers:?}");
 }
 
 #[test]

@@ -26,9 +26,67 @@ pub enum IngestRefusal {
     Forbidden,
 }
 
+/// The ingest answers still owed: batches handed to the pipeline whose clients wait for the
+/// outcome. At shutdown the server cuts the connections left after its grace period, but only
+/// once none is owed ([`AnswersOwed::close_if_none_owed`]): a batch the pipeline took is stored
+/// (it drains its queue before the process exits), so cutting its client off would leave a
+/// stored batch unanswered. Batches not yet handed over after that are refused with a 503.
+#[derive(Debug, Clone, Default)]
+pub struct AnswersOwed(Arc<std::sync::Mutex<OwedState>>);
+
+#[derive(Debug, Default)]
+struct OwedState {
+    owed: usize,
+    /// Set once the connections are to be cut: no batch is handed over any more.
+    closed: bool,
+}
+
+/// One answer owed, until dropped (after the handler has its answer).
+#[derive(Debug)]
+pub struct OwedAnswer(AnswersOwed);
+
+impl AnswersOwed {
+    fn state(&self) -> std::sync::MutexGuard<'_, OwedState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Owe an answer for a batch about to be handed over; `None` once closed (the batch must not
+    /// be handed over: its client would be cut off).
+    pub fn owe(&self) -> Option<OwedAnswer> {
+        let mut state = self.state();
+        if state.closed {
+            return None;
+        }
+        state.owed += 1;
+        Some(OwedAnswer(self.clone()))
+    }
+
+    /// How many answers are owed now.
+    pub fn owed(&self) -> usize {
+        self.state().owed
+    }
+
+    /// Close (refuse further batches) if no answer is owed; whether it closed. Checked and
+    /// closed under one lock, so no batch is handed over between the check and the cut.
+    pub fn close_if_none_owed(&self) -> bool {
+        let mut state = self.state();
+        if state.owed == 0 {
+            state.closed = true;
+        }
+        state.closed
+    }
+}
+
+impl Drop for OwedAnswer {
+    fn drop(&mut self) {
+        self.0.state().owed -= 1;
+    }
+}
+
 #[derive(Clone)]
 struct IngestState {
     bus: BusSender,
+    owed: AnswersOwed,
     auth: IngestAuth,
     reader: JsonlReaderConfig,
     /// Most bytes a body may hold, after decompression too (a small gzip body can inflate to
@@ -38,14 +96,18 @@ struct IngestState {
 
 /// Routes: `POST /ingest/{source}` (source name, `auto` or `json`). Bodies up to `max_body_bytes`,
 /// lines (or CSV rows) up to `max_line_bytes`.
+/// `owed` counts the answers owed to clients whose batches the pipeline took (see
+/// [`AnswersOwed`]).
 pub fn ingest_router(
     bus: BusSender,
+    owed: AnswersOwed,
     auth: IngestAuth,
     max_body_bytes: usize,
     max_line_bytes: usize,
 ) -> Router {
     let state = IngestState {
         bus,
+        owed,
         auth,
         reader: JsonlReaderConfig::with_max_line_bytes(max_line_bytes),
         max_body_bytes,
@@ -248,6 +310,15 @@ async fn ingest(
             "no records in the request body",
         );
     }
+    // Held until the answer is made: the server does not cut connections at shutdown while
+    // one is owed, and hyper writes the answer in the same poll that ends this handler.
+    let Some(_owed) = state.owed.owe() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_stored",
+            "the service is shutting down; the batch was not stored: resend",
+        );
+    };
     match state.bus.submit(&source, &tenant, items).await {
         Ok(ack) => (StatusCode::OK, Json(ack)).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "not_stored", e.to_string()),
@@ -263,7 +334,7 @@ mod router_tests {
     async fn post(uri: &str, body: impl Into<axum::body::Body>) -> (StatusCode, serde_json::Value) {
         let (bus, _rx) = crate::bus::channel(1);
         let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
-        let router = ingest_router(bus, auth, 1000, 1000);
+        let router = ingest_router(bus, AnswersOwed::default(), auth, 1000, 1000);
         let request = axum::http::Request::post(uri)
             .header("authorization", "Bearer t")
             .body(body.into())
@@ -274,6 +345,44 @@ mod router_tests {
             .await
             .unwrap();
         (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// At shutdown the connections are cut only once no answer is owed: a batch the pipeline
+    /// took keeps them open until it is answered, and none is handed over after the cut.
+    #[tokio::test]
+    async fn a_batch_the_pipeline_took_holds_the_cutoff_until_answered() {
+        let (bus, mut rx) = crate::bus::channel(1);
+        let owed = AnswersOwed::default();
+        let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
+        let router = ingest_router(bus, owed.clone(), auth, 1000, 1000);
+        let request = || {
+            axum::http::Request::post("/ingest/okta")
+                .header("authorization", "Bearer t")
+                .body(axum::body::Body::from("{\"a\": 1}\n"))
+                .unwrap()
+        };
+        let in_flight = tokio::spawn(router.clone().oneshot(request()));
+        let taken = rx.recv().await.expect("the batch reaches the pipeline");
+        assert_eq!(owed.owed(), 1);
+        assert!(!owed.close_if_none_owed(), "cut while an answer is owed");
+        taken
+            .ack
+            .send(Ok(crate::bus::SubmitAck {
+                events: 1,
+                ..Default::default()
+            }))
+            .unwrap();
+        let answered = in_flight.await.unwrap().unwrap();
+        assert_eq!(answered.status(), StatusCode::OK);
+        assert_eq!(owed.owed(), 0);
+        assert!(owed.close_if_none_owed());
+        // After the cut a batch is refused, not handed over (its client would get no answer).
+        let refused = router.oneshot(request()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            rx.try_recv().is_err(),
+            "a batch was handed over after the cut"
+        );
     }
 
     #[tokio::test]
@@ -292,7 +401,7 @@ mod router_tests {
             "t" => Ok("acme".to_string()),
             _ => Err(IngestRefusal::Unauthorized),
         });
-        let router = ingest_router(bus, auth, 1000, 1000);
+        let router = ingest_router(bus, AnswersOwed::default(), auth, 1000, 1000);
         let send = |authorization: &str| {
             let request = axum::http::Request::post("/ingest/okta?x=1")
                 .header("authorization", authorization)

@@ -184,7 +184,13 @@ pub struct Server {
     listener: std::net::TcpListener,
     tls: Option<(LoadedCertificate, CertificateFiles)>,
     grace: Duration,
+    cutoff_gate: Option<CutoffGate>,
 }
+
+/// Asked, once the shutdown grace period is over, whether the connections still open may be
+/// cut now; `true` must stay `true` (it also stops what would need them open). Asked again
+/// until it says so. See [`Server::hold_cutoff_while`].
+pub type CutoffGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// What [`Server::check`] found the listener would be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,7 +415,16 @@ impl Server {
             listener,
             tls,
             grace: Duration::from_secs(config.shutdown_grace_seconds),
+            cutoff_gate: None,
         })
+    }
+
+    /// Past the shutdown grace period, cut the open connections only once `may_cut` says so
+    /// (the binary's ingest owes answers for batches that will be stored: their clients must
+    /// not be cut off). Without it they are cut when the grace period is over.
+    pub fn hold_cutoff_while(mut self, may_cut: CutoffGate) -> Server {
+        self.cutoff_gate = Some(may_cut);
+        self
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {
@@ -458,13 +473,30 @@ impl Server {
         let grace = self.grace;
         let signal = handle.clone();
         let metrics = state.metrics.clone();
+        let may_cut = self
+            .cutoff_gate
+            .clone()
+            .unwrap_or_else(|| Arc::new(|| true));
         tokio::spawn(async move {
             shutdown.await;
             state.set_ready(false);
-            signal.graceful_shutdown(Some(grace));
-            // Say when the grace period ran out with requests still open: their clients got
-            // no answer (an ingest client resends; what was stored is known by its ids).
+            // Stop accepting and let the open requests finish; the cutoff is ours, below
+            // (axum-server's own deadline would cut off clients whose answers are owed).
+            signal.graceful_shutdown(None);
             tokio::time::sleep(grace).await;
+            let mut said = false;
+            while !may_cut() {
+                if !said {
+                    said = true;
+                    tracing::info!(
+                        grace_seconds = grace.as_secs(),
+                        "the shutdown grace period is over; waiting for the batches being stored to be answered"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Say when requests were still open: their clients get no answer (an ingest
+            // client resends; nothing of theirs was handed to the pipeline).
             let open = signal.connection_count();
             if open > 0 {
                 tracing::warn!(
@@ -472,6 +504,7 @@ impl Server {
                     grace_seconds = grace.as_secs(),
                     "connections still open after the shutdown grace period were cut off"
                 );
+                signal.shutdown();
             }
         });
         let service = app.into_make_service();
