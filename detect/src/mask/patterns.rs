@@ -54,14 +54,18 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::SecretAssignment,
         // Group 1 is the name; the verifier applies the key-name rule to it. Group 2 is a prose
-        // separator (`password was X`), accepted only before a value that looks generated; it
-        // is empty for a password word followed by its value (`with password Hunter2x`).
+        // separator (`password was X`, `secret set to X`, `password reset to X`), accepted only
+        // before a value that looks generated; it is empty for a password word followed by its
+        // value (`with password Hunter2x`). The name may be qualified by whom it is for
+        // (`password for bob: X`, `the password for svc_deploy is X`), which makes it prose too.
+        // A YAML block scalar (`password: |` and the more indented lines after it) is matched up
+        // to its first line; `yaml_block` takes the whole block.
         // Besides `:` and `=`: Ruby's `=>` (`"password"=>"x"`), quotes escaped for HTML
         // (`password&quot;:&quot;x`, escaped twice: `&amp;quot;`) and an XML element (`<Password>x</Password>`, also with
         // a namespace prefix and attributes: `<wsse:Password Type="...">x`; the verifier wants
         // the `<`; its text may be a CDATA section).
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{3,80})(?:\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|\s+((?i:(?:is|was|set to|changed to)\s+)?))"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:#[^\n]*)?\r?\n\s*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -71,6 +75,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "passphrase",
             "passcode",
             "pwd",
+            // Short password names are sensitive as a key's last word only (`db_pass`, `pw`,
+            // not `bypass`): the key-name rule judges the name these anchors wake the regex for.
+            "pass",
+            "pw",
             "secret",
             "token",
             "authorization",
@@ -110,6 +118,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "mot_de_passe",
             "mot-de-passe",
             "motdepasse",
+            "mot.de.passe",
             "senha",
             "wachtwoord",
             "salasana",
@@ -629,18 +638,10 @@ impl Patterns {
                             verify(kind, s.as_str(), Some(&caps), text, s.start(), keys)
                         })
                         .map(|(g, s)| match kind {
-                            PatternKind::SecretAssignment if g == BARE_VALUE_GROUP => {
-                                if let Some(end) = cdata_end(text, s.start()) {
-                                    return s.start()..end;
-                                }
-                                match text.as_bytes()[s.start()] {
-                                    b'[' | b'{' => s.start()..bracketed_end(text, s.start()),
-                                    _ => {
-                                        let end = extend_bare_value(text, s.end());
-                                        s.start()..without_closing_parens(text, s.start(), end)
-                                    }
-                                }
-                            }
+                            PatternKind::SecretAssignment => caps
+                                .get(1)
+                                .and_then(|k| yaml_block(text, k.range(), s.start()))
+                                .unwrap_or_else(|| assignment_value(text, g, s)),
                             _ => s.range(),
                         })
                         // What masking wrote (`["[REDACTED:key]"]`) is not masked again.
@@ -672,6 +673,92 @@ impl Patterns {
 /// The group of [`value_alternatives`] that is a bare (unquoted) value, in the
 /// `SecretAssignment` pattern.
 const BARE_VALUE_GROUP: usize = 6;
+
+/// The secret of an assignment whose value group `group` matched `value` (on one line): a bare
+/// value goes on to the end of its CDATA section, JSON array or object, or over the `&` and `,`
+/// that do not separate it from another setting.
+fn assignment_value(text: &str, group: usize, value: regex::Match<'_>) -> std::ops::Range<usize> {
+    if group != BARE_VALUE_GROUP {
+        return value.range();
+    }
+    if let Some(end) = cdata_end(text, value.start()) {
+        return value.start()..end;
+    }
+    match text.as_bytes()[value.start()] {
+        b'[' | b'{' => value.start()..bracketed_end(text, value.start()),
+        _ => {
+            let end = extend_bare_value(text, value.end());
+            value.start()..without_closing_parens(text, value.start(), end)
+        }
+    }
+}
+
+/// The secret of a YAML-style `name:` whose value is a block: after a block scalar indicator
+/// (`password: |`, `>-`, ...) or on the lines after the name (`credentials:` then `  - x`). It
+/// is every following line indented more than the name (list items may also be at the name's
+/// column), from the first line's text to the last one's end; only the first line of it was
+/// matched. An indicator with no block after it is an empty value: the empty range at
+/// `value_start`. `None`: the value is on the name's line, or (without an indicator) no line is
+/// indented more, which leaves the value as matched.
+fn yaml_block(
+    text: &str,
+    name: std::ops::Range<usize>,
+    value_start: usize,
+) -> Option<std::ops::Range<usize>> {
+    let separator = &text[name.end..value_start];
+    let line_break = separator.find('\n')?;
+    let rest_of_line = separator[..line_break].trim_end();
+    let rest_of_line = rest_of_line
+        .strip_prefix(['"', '\''])
+        .unwrap_or(rest_of_line)
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
+    let indicator = !rest_of_line.is_empty();
+    if indicator && !is_block_indicator(rest_of_line) {
+        return None;
+    }
+    let line_start = text[..name.start].rfind('\n').map_or(0, |i| i + 1);
+    // A quoted name's column is its quote's.
+    let quoted = name.start > line_start && matches!(text.as_bytes()[name.start - 1], b'"' | b'\'');
+    let column = name.start - line_start - usize::from(quoted);
+    let mut block: Option<std::ops::Range<usize>> = None;
+    let mut line = name.end + line_break + 1;
+    while line < text.len() {
+        let line_end = text[line..].find('\n').map_or(text.len(), |i| line + i);
+        let content = text[line..line_end].trim_start_matches([' ', '\t']);
+        let body = content.trim_end();
+        let indent = line_end - line - content.len();
+        let list_item = body == "-" || body.starts_with("- ");
+        if !body.is_empty() {
+            if indent > column || (!indicator && indent == column && list_item) {
+                let start = block.as_ref().map_or(line_end - content.len(), |b| b.start);
+                block = Some(start..line_end - content.len() + body.len());
+            } else {
+                break;
+            }
+        }
+        line = line_end + 1;
+    }
+    match block {
+        Some(block) => Some(block),
+        None if indicator => Some(value_start..value_start),
+        None => None,
+    }
+}
+
+/// A YAML block scalar header: `|` or `>`, then an optional indentation digit and chomping
+/// indicator in either order (`|-`, `>+`, `|2-`), then optionally a comment.
+fn is_block_indicator(header: &str) -> bool {
+    let header = header.split(" #").next().unwrap_or(header).trim_end();
+    let Some(rest) = header.strip_prefix(['|', '>']) else {
+        return false;
+    };
+    rest.len() <= 2
+        && rest.bytes().filter(|b| matches!(b, b'+' | b'-')).count() <= 1
+        && rest.bytes().filter(u8::is_ascii_digit).count() <= 1
+        && rest.bytes().all(|b| matches!(b, b'+' | b'-' | b'1'..=b'9'))
+}
 
 /// Whether a JSON array or object (as text) holds nothing but values masking wrote: no other
 /// string value (keys aside), and no number or word outside strings.
@@ -1075,7 +1162,7 @@ fn name_byte(b: &u8) -> bool {
 
 /// Whether the assignment pattern can find a secret in `text`: a sensitive name (per `keys`,
 /// as its verifier requires) right before `:`/`=` (after an optional escaped quote and spaces),
-/// or any prose separator (`is`, `was`, ...), which the verifier then judges. Checked at every
+/// or any prose word (`is`, `was`, `to`, `for`, ...), which the verifier then judges. Checked at every
 /// separator rather than near an anchor, so it does not depend on where the anchor was.
 fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
     if keys.has_extra_words() || !text.is_ascii() {
@@ -1083,12 +1170,21 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
         // regex decide.
         return true;
     }
-    // `\s+(is|was|set to|changed to)\s+`: a whitespace byte, then the word's first letters.
+    // A prose verb (`is`, `was`, `has been`, `set`/`changed`/`reset`/`updated` `to`, `to`) or
+    // the `for <whom>` after a name: a whitespace byte, then the word's first letters.
     if text.windows(3).any(|x| {
         x[0].is_ascii_whitespace()
             && matches!(
                 [x[1].to_ascii_lowercase(), x[2].to_ascii_lowercase()],
-                [b'i', b's'] | [b'w', b'a'] | [b's', b'e'] | [b'c', b'h']
+                [b'i', b's']
+                    | [b'w', b'a']
+                    | [b'h', b'a']
+                    | [b's', b'e']
+                    | [b'c', b'h']
+                    | [b'r', b'e']
+                    | [b'u', b'p']
+                    | [b't', b'o']
+                    | [b'f', b'o']
             )
     }) {
         return true;
@@ -1122,7 +1218,7 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
                 .unwrap_or(tag.len());
             let name = &tag[..name_end];
             let name = name.rsplit(|b| *b == b':').next().unwrap_or(name);
-            return (3..=80).contains(&name.len())
+            return (2..=80).contains(&name.len())
                 && std::str::from_utf8(name).is_ok_and(|n| keys.is_sensitive(n));
         }
         // Back over spaces, an optional quote (or one escaped for HTML), an optional backslash
@@ -1166,7 +1262,7 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
             .map_or(0, |i| i + 1);
         let word = |i: usize| text[i].is_ascii_alphanumeric() || text[i] == b'_';
         (run_start..end).any(|p| {
-            (3..=80).contains(&(end - p))
+            (2..=80).contains(&(end - p))
                 && (p == 0 || word(p - 1) != word(p))
                 && std::str::from_utf8(&text[p..end]).is_ok_and(|n| keys.is_sensitive(n))
         })
@@ -1268,19 +1364,34 @@ fn verify(
             // `password Hunter2x` without a verb: only after a password word itself (`token
             // refresh2` is prose about tokens).
             let bare = prose.is_some_and(|p| p.as_str().is_empty());
-            caps.get(1).is_some_and(|k| {
-                // `name ... >` is an XML element's start tag only, and its value is text
-                // closed by an end tag (`<token>` in `Bearer <token>.` is a placeholder).
-                let separator = text[k.end()..start].trim_end();
-                let element = separator.ends_with('>') && !separator.ends_with("=>");
-                (!element || element_value(text, k.start(), start, secret))
+            // `password for bob: X` is a sentence about the password, as `password is X` is.
+            let for_whom = caps
+                .get(1)
+                .is_some_and(|k| names_whom_for(&text[k.end()..start]));
+            // A bare `to` (`set secret to X`) only after a verb of setting: `token to X` may
+            // name where a token went.
+            let to_after_setting = prose.is_none_or(|p| {
+                !p.as_str().trim_end().eq_ignore_ascii_case("to")
+                    || caps
+                        .get(1)
+                        .is_some_and(|k| follows_a_setting_verb(&text[..k.start()]))
+            });
+            to_after_setting
+                && !(for_whom && bare)
+                && caps.get(1).is_some_and(|k| {
+                    // `name ... >` is an XML element's start tag only, and its value is text
+                    // closed by an end tag (`<token>` in `Bearer <token>.` is a placeholder).
+                    let separator = text[k.end()..start].trim_end();
+                    let element = separator.ends_with('>') && !separator.ends_with("=>");
+                    (!element || element_value(text, k.start(), start, secret))
                     && keys.is_sensitive(k.as_str())
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
                     // Eight or more characters: `password Okta2FA policy` names a product.
                     && (!bare
                         || (super::keys::is_password_word(k.as_str()) && secret.len() >= 8))
-            }) && (prose.is_none() || looks_generated(secret))
+                })
+                && ((prose.is_none() && !for_whom) || looks_generated(secret))
                 && !is_status_word(secret)
         }),
         PatternKind::AuthHeader => {
@@ -1323,6 +1434,31 @@ fn verify(
         }
         _ => true,
     }
+}
+
+/// Whether the separator after a name (`separator`, up to the value) starts with `for <whom>`
+/// (`password for bob: X`).
+fn names_whom_for(separator: &str) -> bool {
+    let rest = separator.trim_start();
+    rest.len() < separator.len()
+        && rest.len() > 3
+        && rest.as_bytes()[..3].eq_ignore_ascii_case(b"for")
+        && rest.as_bytes()[3].is_ascii_whitespace()
+}
+
+/// Whether `before` (the text before a name) ends with a verb of setting (`set secret to X`,
+/// `changed the password to X`).
+fn follows_a_setting_verb(before: &str) -> bool {
+    let mut words = before.split_whitespace().rev();
+    let mut last = words.next();
+    if last.is_some_and(|w| w.eq_ignore_ascii_case("the")) {
+        last = words.next();
+    }
+    last.is_some_and(|w| {
+        ["set", "reset", "change", "changed", "update", "updated"]
+            .iter()
+            .any(|v| w.eq_ignore_ascii_case(v))
+    })
 }
 
 /// Whether `secret` at `start` is the text of the XML element whose name starts at

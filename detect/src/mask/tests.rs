@@ -382,6 +382,144 @@ fn stack_parameters_short_password_keys_and_what_is_no_secret() {
 }
 
 #[test]
+fn short_password_names_in_text_are_masked_and_words_holding_them_are_not() {
+    let m = masker();
+    let cases = [
+        (
+            "https://x/login?user=bob&pass=Zebra9KettleA",
+            "https://x/login?user=bob&pass=[REDACTED:secret_assignment]",
+        ),
+        (
+            "DB_PASS=Zebra9KettleA",
+            "DB_PASS=[REDACTED:secret_assignment]",
+        ),
+        (
+            "SMTP_PASS=Zebra9KettleA x",
+            "SMTP_PASS=[REDACTED:secret_assignment] x",
+        ),
+        ("PASS: Zebra9KettleA", "PASS: [REDACTED:secret_assignment]"),
+        (
+            "<pass>Zebra9KettleA</pass>",
+            "<pass>[REDACTED:secret_assignment]</pass>",
+        ),
+        (
+            r#"body {"pass": "Zebra9KettleA"}"#,
+            r#"body {"pass": "[REDACTED:secret_assignment]"}"#,
+        ),
+        (
+            "pass%3DZebra9KettleA",
+            "pass%3D[REDACTED:secret_assignment]",
+        ),
+        (
+            "?pw=Zebra9KettleA&user=bob",
+            "?pw=[REDACTED:secret_assignment]&user=bob",
+        ),
+        (
+            "ADMIN_PW: Zebra9KettleA",
+            "ADMIN_PW: [REDACTED:secret_assignment]",
+        ),
+    ];
+    for (text, want) in cases {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    for clean in [
+        "bypass=true",
+        "compass=north",
+        "passed=3",
+        "passenger_count=2",
+        "passport_type=diplomatic",
+        "pass Zebra9KettleA to bob",
+        "pwm=50",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
+
+#[test]
+fn passwords_in_sentences_are_masked_and_sentences_about_them_are_not() {
+    let m = masker();
+    for (text, want) in [
+        (
+            "Temporary password for bob: Zebra9Kettle42",
+            "Temporary password for bob: [REDACTED:secret_assignment]",
+        ),
+        (
+            "the password for svc_deploy is Zebra9Kettle42",
+            "the password for svc_deploy is [REDACTED:secret_assignment]",
+        ),
+        (
+            "password reset to Zebra9Kettle42 by admin",
+            "password reset to [REDACTED:secret_assignment] by admin",
+        ),
+        (
+            "set secret to 'Zebra9Kettle42'",
+            "set secret to '[REDACTED:secret_assignment]'",
+        ),
+        (
+            "the password was set to Zebra9Kettle42 by admin",
+            "the password was set to [REDACTED:secret_assignment] by admin",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    for clean in [
+        "password reset to default by admin",
+        "the password for bob is expired",
+        "password for bob: changed",
+        "token for github: revoked",
+        "sent the token to server01x",
+        "password for bob Zebra9Kettle42",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
+
+#[test]
+fn a_yaml_block_value_is_masked_whole_and_what_follows_stays() {
+    let m = masker();
+    for (text, want) in [
+        (
+            "spring:\n  datasource:\n    password: |\n      Zebra9KettleT3\n    url: jdbc:x\n",
+            "spring:\n  datasource:\n    password: |\n      [REDACTED:secret_assignment]\n    url: jdbc:x\n",
+        ),
+        (
+            "password: >-\n  Zebra9 KettleT3\n\n  second line\nuser: bob",
+            "password: >-\n  [REDACTED:secret_assignment]\nuser: bob",
+        ),
+        (
+            "- token: |2+ # pasted\n    Zebra9KettleT3\n  user: bob",
+            "- token: |2+ # pasted\n    [REDACTED:secret_assignment]\n  user: bob",
+        ),
+        (
+            "credentials:\n  - Zebra9KettleT3\n  - Second9Kettle\nnext: 1",
+            "credentials:\n  [REDACTED:secret_assignment]\nnext: 1",
+        ),
+        (
+            "credentials:\n- Zebra9KettleT3\n- Second9Kettle\nnext: 1",
+            "credentials:\n[REDACTED:secret_assignment]\nnext: 1",
+        ),
+        (
+            "\"client_secret\":\r\n  Zebra9KettleT3\r\n  Zebra9KettleT4\r\nid: 7",
+            "\"client_secret\":\r\n  [REDACTED:secret_assignment]\r\nid: 7",
+        ),
+        // No block after the indicator: the next key is no value.
+        ("password: |\nuser: bob", "password: |\nuser: bob"),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    let mut v =
+        json!({"config": "spring:\n  datasource:\n    password: |\n      Zebra9KettleT3\n"});
+    m.mask_value(&mut v);
+    assert!(!v.to_string().contains("Zebra9"), "{v}");
+}
+
+#[test]
 fn patterns_replace_substrings_and_keep_the_rest() {
     let m = masker();
     let mut v = json!({
