@@ -47,9 +47,53 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "senha",
     "wachtwoord",
     "salasana",
-    // PII by name: a social security number written any way (`123 45 6789`, `123456789`).
+    // PII by name: a social security number written any way (`123 45 6789`, `123456789`), a
+    // passport number.
     "ssn",
     "socialsecuritynumber",
+    "passportnumber",
+    "passportno",
+    // Card security codes (PCI data, never to be stored) and one-time codes.
+    "cvv",
+    "cvc",
+    "securitycode",
+    "mfacode",
+    // What recovers or derives an account or a wallet: shown once, as good as the password.
+    "recoverycode",
+    "backupcode",
+    "recoveryphrase",
+    "mnemonic",
+    // Keys and tokens by other names (`awsAccessKey`; `accessKeyId` is the key's public id).
+    "masterkey",
+    "accesskey",
+    "privkey",
+    "jwt",
+    "bearer",
+    // Connection strings hold the database password (`postgres://app:pw@db`, `...;Password=`).
+    "connectionstring",
+    "databaseurl",
+    "databaseuri",
+];
+
+/// Sensitive words (folded form) that are also pieces of ordinary words (`pinned`, `spinner`,
+/// `seedling`, `setting`, `syntaxId`, `international_id`): sensitive only as whole words of the
+/// key, begun and ended by a separator, a case change or the key's ends (`pin`, `user_pin`,
+/// `pinCode`, `TOTPSeed`, `National_ID`). The usual suffix rule then applies, so settings about
+/// them stay (`pin_enabled`, `otpType`, `National_ID_Type`).
+const WHOLE_WORDS: &[&str] = &[
+    "pin",
+    // One-time passwords, and the seeds they are made from (`mfa_seed`, `totp_seed`, a wallet's
+    // `seed`).
+    "otp",
+    "totp",
+    "hotp",
+    "seed",
+    // A data source name, with its password (`SENTRY_DSN`, an ODBC DSN).
+    "dsn",
+    // PII by name: national and taxpayer ids (an SSN is one), whatever their form.
+    "nationalid",
+    "taxid",
+    "tin",
 ];
 
 /// Short names of a password that are too common inside other words to look for anywhere in a
@@ -89,6 +133,10 @@ const SECRET_SUFFIXES: &[&str] = &[
     "entered",
     "1",
     "2",
+    // The number of an id (`national_id_number`, `ssnNo`), the words of a seed (`seed_phrase`).
+    "number",
+    "no",
+    "phrase",
     // A password of an environment or a temporary one is still the password.
     "temp",
     "tmp",
@@ -122,6 +170,8 @@ pub(crate) struct KeyMatcher {
     /// Bit per folded trigram that starts a sensitive word: most keys (`eventType`, `id`,
     /// `displayName`) contain none, and are rejected without running the automaton.
     word_starts: Box<[u64; TRIGRAM_WORDS]>,
+    /// Pattern ids of the [`WHOLE_WORDS`] in `automaton`.
+    whole_words: std::ops::Range<usize>,
     /// Folded exact names that are never sensitive.
     allow: Vec<String>,
     /// Whether configured words extend the built-in ones (the value patterns' anchors cover
@@ -189,6 +239,8 @@ const FOLD_BUF: usize = 96;
 impl KeyMatcher {
     pub(crate) fn new(extra: &[String], allow: &[String]) -> Result<KeyMatcher, DetectError> {
         let mut words: Vec<String> = SENSITIVE_WORDS.iter().map(|w| w.to_string()).collect();
+        let whole_words = words.len()..words.len() + WHOLE_WORDS.len();
+        words.extend(WHOLE_WORDS.iter().map(|w| w.to_string()));
         words.extend(extra.iter().map(|w| normalize_key(w)));
         let automaton = AhoCorasick::builder()
             .kind(Some(AhoCorasickKind::DFA))
@@ -208,6 +260,7 @@ impl KeyMatcher {
         Ok(KeyMatcher {
             automaton,
             word_starts,
+            whole_words,
             allow: allow.iter().map(|a| normalize_key(a)).collect(),
             has_extra_words: !extra.is_empty(),
         })
@@ -224,9 +277,9 @@ impl KeyMatcher {
         let mut buf = [0u8; FOLD_BUF];
         if key.len() <= FOLD_BUF {
             let n = fold_into(key, &mut buf);
-            self.is_sensitive_folded(&buf[..n], short_word)
+            self.is_sensitive_folded(key, &buf[..n], short_word)
         } else {
-            self.is_sensitive_folded(normalize_key(key).as_bytes(), short_word)
+            self.is_sensitive_folded(key, normalize_key(key).as_bytes(), short_word)
         }
     }
 
@@ -237,15 +290,20 @@ impl KeyMatcher {
         any_word_start(&self.word_starts, key.as_bytes()) || ends_with_short_password_word(key)
     }
 
-    /// `short_word`: the unfolded key ends with one of [`SHORT_PASSWORD_WORDS`] as a word of
-    /// its own, which folding can no longer tell.
-    fn is_sensitive_folded(&self, folded: &[u8], short_word: bool) -> bool {
+    /// `folded`: `key` folded. `short_word`: the key ends with one of [`SHORT_PASSWORD_WORDS`]
+    /// as a word of its own, which folding can no longer tell (nor where [`WHOLE_WORDS`] begin
+    /// and end: that is read from `key`).
+    fn is_sensitive_folded(&self, key: &str, folded: &[u8], short_word: bool) -> bool {
+        // Overlapping: `otp` ends where `totp` does, and either may be the one that counts.
         let hit = short_word
             || (any_word_start(&self.word_starts, folded)
-                && self.automaton.find_iter(folded).any(|m| {
+                && self.automaton.find_overlapping_iter(folded).any(|m| {
                     let before = &folded[..m.start()];
                     let after = &folded[m.end()..];
-                    is_secret_suffix(after) && !is_reference(before, &folded[m.start()..m.end()])
+                    (!self.whole_words.contains(&m.pattern().as_usize())
+                        || (is_word_boundary(key, m.start()) && is_word_boundary(key, m.end())))
+                        && is_secret_suffix(after)
+                        && !is_reference(before, &folded[m.start()..m.end()])
                 }));
         hit && !self.allow.iter().any(|a| a.as_bytes() == folded)
     }
@@ -298,6 +356,33 @@ fn ends_with_short_password_word(key: &str) -> bool {
             }
         }
     })
+}
+
+/// Whether a word of `key` begins or ends before its `pos`-th letter or digit (`pos` counts
+/// what folding keeps; the key's length in those is its end): at either end of the key, where
+/// folding dropped a byte (`user_pin`, `tax-id`), at a change to upper case (`userPin`,
+/// `TOTPSeed`: `S` is followed by lower case), or between letters and digits (`cvv2`).
+fn is_word_boundary(key: &str, pos: usize) -> bool {
+    let bytes = key.as_bytes();
+    let mut kept = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.is_ascii_alphanumeric())
+        .map(|(i, _)| i)
+        .skip(pos.saturating_sub(1));
+    let (Some(prev), Some(next)) = (kept.next().filter(|_| pos > 0), kept.next()) else {
+        return true;
+    };
+    if next != prev + 1 {
+        return true;
+    }
+    let (a, b) = (bytes[prev], bytes[next]);
+    let upper_after_lower =
+        (a.is_ascii_lowercase() || a.is_ascii_digit()) && b.is_ascii_uppercase();
+    let acronym_then_word = a.is_ascii_uppercase()
+        && b.is_ascii_uppercase()
+        && bytes.get(next + 1).is_some_and(u8::is_ascii_lowercase);
+    upper_after_lower || acronym_then_word || a.is_ascii_digit() != b.is_ascii_digit()
 }
 
 /// Lowercase ASCII letters and digits only (`X-Api-Key` -> `xapikey`).
@@ -442,6 +527,164 @@ mod tests {
         ] {
             assert!(!m.is_sensitive(k), "{k} should not be sensitive");
         }
+    }
+
+    #[test]
+    fn card_codes_one_time_codes_seeds_and_connection_strings_are_sensitive() {
+        let m = matcher();
+        for k in [
+            "cvv",
+            "CVV2",
+            "card_cvv",
+            "cardCvc",
+            "cvc",
+            "security_code",
+            "pin",
+            "PIN",
+            "user_pin",
+            "newPin",
+            "pin_code",
+            "pinCode",
+            "pin_number",
+            "otp",
+            "OTP",
+            "otp_code",
+            "smsOtp",
+            "totp",
+            "totp_code",
+            "mfa_code",
+            "mfaCode",
+            "mfa_seed",
+            "totp_seed",
+            "TOTPSeed",
+            "totpSeed",
+            "recovery_codes",
+            "backup_codes",
+            "backupCodes",
+            "recoveryPhrase",
+            "mnemonic",
+            "mnemonicPhrase",
+            "seed",
+            "wallet_seed",
+            "seed_phrase",
+            "seedPhrase",
+            "master_key",
+            "masterKey",
+            "access_key",
+            "accessKey",
+            "awsAccessKey",
+            "privKey",
+            "priv_key",
+            "jwt",
+            "id_jwt",
+            "bearer",
+            "connectionString",
+            "connection_string",
+            "ConnectionStrings",
+            "dsn",
+            "sentry_dsn",
+            "SENTRY_DSN",
+            "DATABASE_URL",
+            "databaseUri",
+        ] {
+            assert!(m.is_sensitive(k), "{k} should be sensitive");
+        }
+    }
+
+    #[test]
+    fn national_and_tax_ids_are_sensitive_but_not_their_types() {
+        let m = matcher();
+        for k in [
+            "National_ID",
+            "nationalId",
+            "national_id",
+            "national_id_number",
+            "tax_id",
+            "taxId",
+            "TaxID",
+            "tin",
+            "TIN",
+            "vendor_tin",
+            "passport_number",
+            "passportNo",
+            "ssn_no",
+            "ssnNumber",
+        ] {
+            assert!(m.is_sensitive(k), "{k} should be sensitive");
+        }
+        for k in [
+            "National_ID_Type",
+            "nationalIdCountry",
+            "tax_id_type",
+            "taxIdType",
+            "international_id",
+            "syntaxId",
+            "tin_type",
+            "tinder",
+            "setting",
+            "invoice_settings",
+            "destination",
+            "passportCountry",
+        ] {
+            assert!(!m.is_sensitive(k), "{k} should not be sensitive");
+        }
+    }
+
+    #[test]
+    fn short_words_inside_other_words_and_settings_about_secrets_are_not_secrets() {
+        let m = matcher();
+        for k in [
+            "pinned",
+            "pinned_by",
+            "ping",
+            "spinner",
+            "pins",
+            "pin_enabled",
+            "pinRequired",
+            "pinLength",
+            "otp_enabled",
+            "otpType",
+            "totp_enabled",
+            "hotpCounterSync",
+            "seeded",
+            "seedling",
+            "seed_id",
+            "seeds",
+            "jwt_issuer",
+            "jwtAlgorithm",
+            "jwtPayload",
+            "bearer_type",
+            "bearerFormat",
+            "dsn_type",
+            "password_snapshot",
+            "accessKeyId",
+            "access_key_id",
+            "AccessKeyMetadata",
+            "masterKeyId",
+            "cvc_check",
+            "mfa",
+            "mfa_code_sent",
+            "recovery_codes_regenerated",
+            "connectionStringName",
+            "mnemonicType",
+        ] {
+            assert!(!m.is_sensitive(k), "{k} should not be sensitive");
+        }
+    }
+
+    #[test]
+    fn word_boundaries_follow_separators_case_and_digits() {
+        let starts = |key: &str| -> Vec<usize> {
+            (0..=normalize_key(key).len())
+                .filter(|p| is_word_boundary(key, *p))
+                .collect()
+        };
+        assert_eq!(starts("user_pin"), [0, 4, 7]);
+        assert_eq!(starts("userPin"), [0, 4, 7]);
+        assert_eq!(starts("TOTPSeed"), [0, 4, 8]);
+        assert_eq!(starts("cvv2"), [0, 3, 4]);
+        assert_eq!(starts("pinned"), [0, 6]);
+        assert_eq!(starts(""), [0]);
     }
 
     #[test]

@@ -423,9 +423,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::UsSsn,
         // Dashes, spaces or dots, the same separator twice (as people write it in tickets and
-        // notes). A dotted one inside a longer dotted number is rejected by the verifier.
-        regex: r"(?:^|[^0-9-])([0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}|[0-9]{3}\.[0-9]{2}\.[0-9]{4})(?:$|[^0-9-])",
-        secret_groups: &[1],
+        // notes). A dotted one inside a longer dotted number is rejected by the verifier. Or
+        // nine bare digits, which the verifier takes only right after an SSN label (`SSN:
+        // 219099999`): alone they are any id.
+        regex: r"(?:^|[^0-9-])([0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}|[0-9]{3}\.[0-9]{2}\.[0-9]{4})(?:$|[^0-9-])|(?:^|[^0-9])([0-9]{9})(?:$|[^0-9-])",
+        secret_groups: &[1, 2],
         anchors: &[],
     },
     PatternSpec {
@@ -547,7 +549,8 @@ impl Patterns {
             if scan.card {
                 set |= digit_kinds & bit(PatternKind::CreditCard);
             }
-            if scan.ssn && has_ssn_shape(bytes) {
+            if (scan.ssn && has_ssn_shape(bytes)) || (scan.nine_digits && mentions_ssn_label(bytes))
+            {
                 set |= digit_kinds & bit(PatternKind::UsSsn);
             }
         }
@@ -928,6 +931,9 @@ struct ByteScan {
     card: bool,
     /// An SSN may be here: a run of 9+ digits split by single spaces, dashes or dots.
     ssn: bool,
+    /// A stretch of 9+ digits (with separators or not) occurs: an SSN written without
+    /// separators may be here, if the text labels one.
+    nine_digits: bool,
     /// Every byte is in [`ID_SHAPED`].
     id_shaped: bool,
     /// A `:`, `=` or `>` occurs.
@@ -999,6 +1005,7 @@ fn scan_bytes(bytes: &[u8]) -> ByteScan {
     let scan = ByteScan {
         card: false,
         ssn: false,
+        nine_digits: most >= 9,
         id_shaped: all & ID != 0 || bytes.is_empty(),
         has_assign: any & ASSIGN != 0,
         has_space: any & SPACE != 0,
@@ -1303,6 +1310,47 @@ fn has_ssn_shape(bytes: &[u8]) -> bool {
     })
 }
 
+/// Whether `bytes` holds the start of an SSN label (`ssn`, `social security`), in any case: a
+/// necessary condition of [`follows_ssn_label`].
+fn mentions_ssn_label(bytes: &[u8]) -> bool {
+    bytes.windows(3).any(|w| w.eq_ignore_ascii_case(b"ssn"))
+        || bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"social"))
+}
+
+/// An SSN label at the end of the text: `SSN`, `social security number` (words joined by
+/// spaces, `_`, `-` or `.`), then the separators people put before the number (`:`, `#`, `=`,
+/// `no.`, spaces, and the quotes of JSON text, escaped or not).
+static SSN_LABEL_AT_END: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+    Regex::new(
+        r#"(?i)(?:ssn|social[\s_.-]*security(?:[\s_.-]*(?:number|num|nbr|no))?)[\s"'\\]*(?:(?:no|nr|num|number)\.?)?[\s:#=."'\\]*$"#,
+    )
+    .expect("the SSN label pattern compiles")
+});
+
+/// Whether the text right before `start` is an SSN label ([`SSN_LABEL_AT_END`]) that begins a
+/// word (`employee_ssn`, `employeeSSN`; not `classname`): nine bare digits are an SSN only there.
+fn follows_ssn_label(text: &str, start: usize) -> bool {
+    // The longest label with its separators fits in far less.
+    let mut from = start.saturating_sub(64);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let before = &text[from..start];
+    let Some(label) = SSN_LABEL_AT_END.find(before) else {
+        return false;
+    };
+    let bytes = before.as_bytes();
+    match label.start().checked_sub(1).map(|i| bytes[i]) {
+        None => from == 0 || !text.as_bytes()[from - 1].is_ascii_alphanumeric(),
+        Some(b) if !b.is_ascii_alphanumeric() => true,
+        // `employeeSsn`, `mySSN`: a lower-case letter or digit, then the label capitalized.
+        Some(b) => {
+            (b.is_ascii_lowercase() || b.is_ascii_digit())
+                && bytes[label.start()].is_ascii_uppercase()
+        }
+    }
+}
+
 /// Whether `secret` (at `start` in `text`) is part of the hex of an `hmac:<hex>` pseudonym that
 /// masking wrote: its digits can look like a card number, and masking them again would break
 /// idempotence and the pseudonym's stability.
@@ -1412,6 +1460,9 @@ fn verify(
             is_card_number(secret)
                 && !(grouped && (glued(before) || glued(after)))
                 && !is_signed_number(text, start)
+        }
+        PatternKind::UsSsn if !secret.bytes().any(|b| matches!(b, b'-' | b' ' | b'.')) => {
+            is_valid_ssn(secret) && follows_ssn_label(text, start)
         }
         PatternKind::UsSsn => {
             is_valid_ssn(secret)
@@ -1679,16 +1730,14 @@ fn spaced_ssn_in_context(text: &str, start: usize, secret: &str) -> bool {
         || before.contains("social-security")
 }
 
-/// `ddd-dd-dddd` (or spaces or dots for the dashes) outside the ranges the SSA never issues (area 000, 666, 900-999; group 00;
-/// serial 0000).
+/// `ddd-dd-dddd` (or spaces or dots for the dashes, or `ddddddddd`) outside the ranges the SSA
+/// never issues (area 000, 666, 900-999; group 00; serial 0000).
 fn is_valid_ssn(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() != 11 {
-        return false;
-    }
-    let area = &s[0..3];
-    let group = &s[4..6];
-    let serial = &s[7..11];
+    let (area, group, serial) = match s.len() {
+        11 => (&s[0..3], &s[4..6], &s[7..11]),
+        9 => (&s[0..3], &s[3..5], &s[5..9]),
+        _ => return false,
+    };
     area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
 }
 
@@ -1761,10 +1810,62 @@ mod tests {
     }
 
     #[test]
+    fn nine_bare_digits_are_an_ssn_only_right_after_an_ssn_label() {
+        for text in [
+            "employee record updated, SSN: 219099999",
+            "ssn#219099999",
+            "SSN 219099999 on file",
+            "ssn=219099999&x=1",
+            "SSN no. 219099999",
+            "SSN No: 219099999",
+            "social security number: 219099999",
+            "Social_Security_Number=219099999",
+            "Social Security No. 219099999.",
+            "employee_ssn: 219099999",
+            "employeeSSN=219099999",
+            r#"{"ssn":"219099999"}"#,
+            r#"{\"ssn\": \"219099999\"}"#,
+        ] {
+            assert_eq!(
+                found(text),
+                [(PatternKind::UsSsn, "219099999".to_string())],
+                "{text:?}"
+            );
+        }
+        for text in [
+            // No label, or not right before the number: nine digits are an id.
+            "219099999",
+            "order 219099999 shipped",
+            "ssn check passed for order 219099999",
+            "SSN verified; ticket 219099999",
+            // Labels that are part of another word.
+            "classname: 219099999",
+            "lessn 219099999",
+            // Not nine digits, or outside the ranges the SSA issues.
+            "SSN: 2190999991",
+            "SSN: 21909999",
+            "SSN: 219099999-1",
+            "SSN: 919099999",
+            "SSN: 000099999",
+            "SSN: 219009999",
+            "SSN: 219090000",
+        ] {
+            assert!(
+                !found(text).iter().any(|(k, _)| *k == PatternKind::UsSsn),
+                "{text:?}: {:?}",
+                found(text)
+            );
+        }
+    }
+
+    #[test]
     fn ssn_ranges() {
         assert!(is_valid_ssn("123-45-6789"));
         assert!(is_valid_ssn("123 45 6789"));
+        assert!(is_valid_ssn("123456789"));
+        assert!(!is_valid_ssn("12345678"));
         for bad in [
+            "666123456",
             "000-12-3456",
             "666-12-3456",
             "912-12-3456",

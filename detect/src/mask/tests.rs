@@ -349,6 +349,116 @@ fn ssn_keys_mask_any_spelling_of_the_number() {
 }
 
 #[test]
+fn national_and_tax_ids_are_masked_by_key_but_not_their_types() {
+    let m = masker();
+    let mut v = json!({
+        "worker": {"National_ID": "219099999", "National_ID_Type": "USA-SSN"},
+        "employee": {"taxId": 219099999, "tax_id_type": "EIN", "passport_number": "X1234567"},
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["worker"]["National_ID"], "[REDACTED:key]");
+    assert_eq!(v["worker"]["National_ID_Type"], "USA-SSN");
+    assert_eq!(v["employee"]["taxId"], "[REDACTED:key]");
+    assert_eq!(v["employee"]["tax_id_type"], "EIN");
+    assert_eq!(v["employee"]["passport_number"], "[REDACTED:key]");
+}
+
+#[test]
+fn an_ssn_without_separators_is_masked_after_its_label_only() {
+    let m = masker();
+    for (text, masked) in [
+        (
+            "employee record updated, SSN: 219099999",
+            "employee record updated, SSN: [REDACTED:us_ssn]",
+        ),
+        ("ssn#219099999", "ssn#[REDACTED:us_ssn]"),
+        ("SSN 219099999", "SSN [REDACTED:us_ssn]"),
+        (
+            "Social_Security_Number=219099999",
+            "Social_Security_Number=[REDACTED:us_ssn]",
+        ),
+    ] {
+        let mut v = json!({ "message": text });
+        m.mask_value(&mut v);
+        assert_eq!(v["message"], masked, "{text}");
+    }
+    // Nine digits alone, or not right after the label, are ids.
+    for text in [
+        "219099999",
+        "order 219099999",
+        "SSN checked for order 219099999",
+    ] {
+        let mut v = json!({ "message": text });
+        m.mask_value(&mut v);
+        assert_eq!(v["message"], text);
+    }
+}
+
+#[test]
+fn card_codes_one_time_codes_seeds_and_connection_strings_are_masked_by_key() {
+    let m = masker();
+    let mut v = json!({
+        "payment": {"cvv": "123", "cvc": 456, "card": {"pin": "4321"}},
+        "mfa": {"otp": "918273", "mfa_code": "551234", "mfa_seed": "JBSWY3DPEHPK3PXP",
+                "totp_seed": "KRSXG5DSNFXGOIDB", "recovery_codes": ["7d3f-91ab", "0c2e-44d1"],
+                "backup_codes": [11223344, 55667788]},
+        "wallet": {"mnemonic": "abandon ability able", "wallet_seed": "c0ffee00", "seed": "deadbeef01"},
+        "kms": {"master_key": "mk-Qx81zz", "access_key": "plainAccessValue1", "privKey": "k9Zq0x"},
+        "auth": {"jwt": "opaque-session-jwt-1", "bearer": "opaque-bearer-1"},
+        "db": {"connectionString": "Server=db;User Id=app;Password=Qx81zz",
+               "connection_string": "Server=db2;Uid=app;Pwd=Qx81zz",
+               "dsn": "mysql:host=db;dbname=app;user=app;password=Qx81zz",
+               "DATABASE_URL": "postgres://app:Qx81zz@db/app"},
+    });
+    let original = v.clone();
+    let stats = m.mask_value(&mut v);
+    let text = v.to_string();
+    for secret in [
+        "123",
+        "456",
+        "4321",
+        "918273",
+        "551234",
+        "JBSWY3DPEHPK3PXP",
+        "KRSXG5DSNFXGOIDB",
+        "7d3f-91ab",
+        "11223344",
+        "abandon",
+        "c0ffee00",
+        "deadbeef01",
+        "mk-Qx81zz",
+        "plainAccessValue1",
+        "k9Zq0x",
+        "opaque-session-jwt-1",
+        "opaque-bearer-1",
+        "Qx81zz",
+    ] {
+        assert!(!text.contains(secret), "{secret} survived: {text}");
+    }
+    assert_eq!(v["payment"]["cvc"], "[REDACTED:key]");
+    assert_eq!(v["mfa"]["backup_codes"][1], "[REDACTED:key]");
+    assert!(stats.by_key >= 20, "{stats:?} from {original}");
+}
+
+#[test]
+fn settings_about_pins_otps_seeds_and_jwts_stay() {
+    let m = masker();
+    let clean = json!({
+        "pinned": "msg-1", "pinned_by": "bob", "ping": "ok", "spinner": "dots",
+        "pin_enabled": true, "pinRequired": false, "pin_length": 6,
+        "otp_enabled": true, "otpType": "sms", "totp_enabled": false,
+        "seeded": "2024-01-15", "seedling": "fern", "jwtAlgorithm": "RS256",
+        "jwt_issuer": "https://login.example.com", "bearer_type": "user",
+        "accessKeyId": "kid-42", "masterKeyId": "mk-id-7", "cvc_check": "pass",
+        "setting": "on", "destination": "ops", "mfa": "push",
+    });
+    let mut v = clean.clone();
+    let stats = m.mask_value(&mut v);
+    assert_eq!(v, clean);
+    assert_eq!(stats.total(), 0);
+}
+
+#[test]
 fn stack_parameters_short_password_keys_and_what_is_no_secret() {
     let m = masker();
     let mut v = json!({
@@ -1056,11 +1166,13 @@ fn recorded_fixture_pages_keep_their_audit_data() {
         diff_keys(&original, &v, "", &mut masked_keys);
     }
     // Exactly these keys change, each for a reason: OAuth tokens (Salesforce, Workday), Tines'
-    // credential settings (already "REDACTED" by the vendor, masked again by name), and torq's
+    // credential settings (already "REDACTED" by the vendor, masked again by name: the AWS
+    // access key of a credential is one since `access_key` names a secret), and torq's
     // `body`, a stringified CloudTrail event with an `AKIA...` access key id (hashed).
     let expected: std::collections::BTreeSet<String> = [
         "access_token",
         "refresh_token",
+        "awsAccessKey",
         "awsSecretKey",
         "jwtHs256Secret",
         "jwtPrivateKey",
