@@ -55,7 +55,10 @@ pub enum PatternKind {
     UrlCredentials,
     /// The signature of a pre-signed or shared-access URL (`X-Amz-Signature=`,
     /// `X-Goog-Signature=`, CloudFront `Signature=`, Azure SAS `sig=`): whoever holds it can use
-    /// the URL until it expires. The rest of the URL is kept.
+    /// the URL until it expires. Also the other credentials a URL's query carries under names
+    /// that are no sensitive key name: `code=` (an Azure Functions key), `pw=`, `auth=` (a
+    /// Firebase token), session ids (`session=`, `sessionid=`, `jsessionid=`). The rest of the
+    /// URL is kept.
     UrlSignature,
     /// The key in an Azure connection string (`AccountKey=` of a storage account,
     /// `SharedAccessKey=` of Service Bus, Event Hubs and IoT Hub); the rest of the string is
@@ -64,7 +67,10 @@ pub enum PatternKind {
     AzureConnectionKey,
     /// Credentials on a command line: `curl -u user:<password>`, `--user user:<password>`,
     /// `--password <value>` (and `--passwd`, `--token`, `--secret`, `--api-key`,
-    /// `--client-secret`) with a space instead of `=`, `mysql -p<password>`.
+    /// `--client-secret`) with a space instead of `=`, `mysql -p<password>` (also as an item of
+    /// an argument list after the program), `-passin pass:<password>`, `net user <name>
+    /// <password>`, `htpasswd -b`, `ConvertTo-SecureString '<password>'`, `sqlplus
+    /// user/<password>`, `jdbc:oracle:thin:user/<password>@`.
     CliCredentials,
     /// 40-char AWS secret key after `aws_secret_access_key=` / `SecretAccessKey:`.
     AwsSecretAccessKey,

@@ -141,10 +141,26 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::UrlSignature,
         // Also `code=`: an Azure Functions key (`?code=...`) or an OAuth authorization code in
-        // a redirect; 16 characters at least, so `code=200` or `code=US` stay.
-        regex: r"(?i)(?:^|[?&;,\s])(?:x-amz-signature|x-goog-signature|signature|sig|code)=([A-Za-z0-9%+/=_~.-]{16,})",
-        secret_groups: &[1],
-        anchors: &["signature=", "sig=", "code="],
+        // a redirect; 16 characters at least, so `code=200` or `code=US` stay. Group 2: the
+        // other credentials a URL carries under names the key-name rule does not hold
+        // sensitive (a Firebase `?auth=` token, `?pw=`, session ids); the verifier judges
+        // them by name (`SESSION_PARAMETERS`).
+        regex: concat!(
+            r"(?i)(?:^|[?&;,\s])(?:(?:x-amz-signature|x-goog-signature|signature|sig|code)=([A-Za-z0-9%+/=_~.-]{16,})",
+            r"|(?:auth|pw|session|session_?id|jsessionid|phpsessid)=([A-Za-z0-9%+/=_~.-]+))",
+        ),
+        secret_groups: &[1, 2],
+        anchors: &[
+            "signature=",
+            "sig=",
+            "code=",
+            "auth=",
+            "pw=",
+            "session=",
+            "sessionid=",
+            "session_id=",
+            "sessid=",
+        ],
     },
     PatternSpec {
         kind: PatternKind::AzureConnectionKey,
@@ -157,16 +173,35 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::CliCredentials,
-        // Group 1: `-u`/`--user` `name:password`; group 2: a secret option's value after
-        // spaces; group 3: `mysql -p<password>` (glued, as mysql wants it); group 4: `-p
-        // <password>` of the tools whose `-p` is the password (`sshpass`, `docker login`).
+        // After a space (or at the start): group 1: `-u`/`--user` `name:password`; group 2: a
+        // secret option's value after spaces; group 3: `-p <password>` of the tools whose `-p`
+        // is the password (`sshpass`, `docker login`); groups 4-6: OpenSSL's `-passin
+        // pass:<password>` (not `env:`, `file:`, `fd:`, `stdin`).
+        // Where a command starts (also after a path, a quote, `=`, `(`, `&` or a pipe): group
+        // 7: `mysql -p<password>` (glued, as the clients of `GLUED_PASSWORD_CLIENTS` want it);
+        // groups 8-9: `net user <name> <password>` (not `*`, which prompts); groups 10-13:
+        // `htpasswd -b` (the flags, then the password after the user, or after the file and
+        // the user without `-n`; the verifier wants a `b` among the flags); groups 14-18:
+        // PowerShell's `ConvertTo-SecureString '<password>'` (or the string piped into it; a
+        // `$variable` is no password); group 19: `sqlplus user/<password>`.
+        // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
         regex: concat!(
-            r#"(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
+            r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|--(?i:password|passwd|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
-            r#"|(?:mysql|mysqldump|mysqladmin)\s(?:.*\s)?-p([^\s'"]+)"#,
-            r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login)\s(?:.*\s)?-p\s+['"]?([^\s'"-][^\s'"]*))"#,
+            r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login)\s(?:.*\s)?-p\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
+            r#"|(?:^|[\s\\/"'=(|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
+            r#"|(?i:net1?(?:\.exe)?\s+user)\s+(?:"[^"]*"|[^\s"/]+)\s+(?:"([^"]*)"|([^\s"/][^\s"]*))"#,
+            r#"|(?i:htpasswd)(?:\.exe)?((?:\s+-[A-Za-z]+(?:\s+[0-9]+)?)*\s+-[A-Za-z]*n[A-Za-z]*(?:\s+-[A-Za-z]+(?:\s+[0-9]+)?)*)\s+['"]?[^\s'"-][^\s'"]*['"]?\s+['"]?([^\s'"]+)"#,
+            r#"|(?i:htpasswd)(?:\.exe)?((?:\s+-[A-Za-z]+(?:\s+[0-9]+)?)+)\s+['"]?[^\s'"-][^\s'"]*['"]?\s+['"]?[^\s'"-][^\s'"]*['"]?\s+['"]?([^\s'"]+)"#,
+            r#"|(?i:convertto-securestring(?:\s+-(?:asplaintext|force)(?::\$true)?)*\s+(?:-string\s+)?)(?:'([^']*)'|"([^"]*)"|([^\s'"$(|;-][^\s'"|;)]*))"#,
+            r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
+            r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
+            r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
         ),
-        secret_groups: &[1, 2, 3, 4],
+        secret_groups: &[
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+        ],
         anchors: &[
             "-u ",
             "-u\t",
@@ -179,10 +214,19 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--api-key",
             "--client-secret",
             "mysql",
+            "mariadb",
             "sshpass",
             "docker login",
             "podman login",
             "nerdctl login",
+            "pass:",
+            "net user",
+            "net.exe user",
+            "net1 user",
+            "htpasswd",
+            "convertto-securestring",
+            "sqlplus",
+            "jdbc:oracle:",
         ],
     },
     PatternSpec {
@@ -763,6 +807,77 @@ fn is_block_indicator(header: &str) -> bool {
         && rest.bytes().all(|b| matches!(b, b'+' | b'-' | b'1'..=b'9'))
 }
 
+/// The group of the `UrlSignature` pattern that is the value of a session or password query
+/// parameter (`?auth=`, `?pw=`, `?sessionid=`).
+const SESSION_PARAMETER_GROUP: usize = 2;
+
+/// The group of the `CliCredentials` pattern that is the bare password of `net user`.
+const NET_USER_PASSWORD_GROUP: usize = 9;
+
+/// The groups of the `CliCredentials` pattern that are `htpasswd`'s flags (with `-n`, without).
+const HTPASSWD_FLAGS_GROUPS: [usize; 2] = [10, 12];
+
+/// The MySQL and MariaDB clients, whose `-p` takes the password glued to it (`-pS3cret`; a
+/// bare `-p` prompts). The `CliCredentials` pattern names the same programs (a test holds
+/// them together), and the masking walk masks such an option in an argument list after one of
+/// them (`["mysql", "-uroot", "-pS3cret"]`).
+pub(crate) const GLUED_PASSWORD_CLIENTS: &[&str] = &[
+    "mysql",
+    "mysqldump",
+    "mysqladmin",
+    "mysqlimport",
+    "mysqlcheck",
+    "mysqlshow",
+    "mysqlpump",
+    "mysqlslap",
+    "mariadb",
+    "mariadb-dump",
+    "mariadb-admin",
+    "mariadb-import",
+    "mariadb-check",
+    "mariadb-show",
+    "mariadb-slap",
+];
+
+/// Whether the argument `program` runs one of [`GLUED_PASSWORD_CLIENTS`] (also by its path,
+/// or as a Windows `.exe`), in any case.
+pub(crate) fn is_glued_password_client(program: &str) -> bool {
+    let name = program.rsplit(['/', '\\']).next().unwrap_or(program);
+    let name = match name.len().checked_sub(4) {
+        Some(stem) if name.is_char_boundary(stem) && name[stem..].eq_ignore_ascii_case(".exe") => {
+            &name[..stem]
+        }
+        _ => name,
+    };
+    GLUED_PASSWORD_CLIENTS
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// Whether the value `secret` (at `start`) of a session or password query parameter is one:
+/// any value of `pw` other than a status word; of a session id (`sessionid`, `jsessionid`,
+/// `PHPSESSID`), one that mixes letters and digits or is 16+ characters; of the names that also
+/// carry plain settings (`?auth=google`, `?session=new`, `?auth=oauth2`), only one that looks
+/// generated (12+ characters mixing letters and digits) or is long (32+). What masking wrote
+/// (`hmac:...`) is not masked again.
+fn session_parameter_holds_secret(text: &str, start: usize, secret: &str) -> bool {
+    if is_masked(&text[start..]) {
+        return false;
+    }
+    let name_end = start.saturating_sub(1);
+    let name_start = text[..name_end]
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let name = &text[name_start..name_end];
+    if name.eq_ignore_ascii_case("pw") {
+        !is_status_word(secret)
+    } else if name.eq_ignore_ascii_case("auth") || name.eq_ignore_ascii_case("session") {
+        (secret.len() >= 12 && looks_generated(secret)) || secret.len() >= 32
+    } else {
+        looks_generated(secret) || secret.len() >= 16
+    }
+}
+
 /// Whether a JSON array or object (as text) holds nothing but values masking wrote: no other
 /// string value (keys aside), and no number or word outside strings.
 fn holds_only_masked_strings(json: &str) -> bool {
@@ -1132,15 +1247,19 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
                 .position(|b| *b == b':')
                 .is_some_and(|colon| info[colon..].contains(&b'@'))
         }
-        // `sig=` / `signature=`: at least 16 signature characters.
+        // `sig=` / `signature=` / `code=`: at least 16 signature characters; a session or
+        // password parameter: one.
         PatternKind::UrlSignature => {
+            let signature = [&b"sig="[..], b"signature=", b"code="]
+                .iter()
+                .any(|a| anchor.eq_ignore_ascii_case(a));
             rest.iter()
                 .take_while(|b| {
                     b.is_ascii_alphanumeric()
                         || matches!(b, b'%' | b'+' | b'/' | b'=' | b'_' | b'~' | b'.' | b'-')
                 })
                 .count()
-                >= 16
+                >= if signature { 16 } else { 1 }
         }
         // `SG.` (SendGrid) is also the end of many words (`msg.`): 22 key characters and a dot.
         PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"sg.") => {
@@ -1480,6 +1599,24 @@ fn verify(
         {
             looks_generated(secret)
         }
+        PatternKind::UrlSignature
+            if caps.is_some_and(|c| c.get(SESSION_PARAMETER_GROUP).is_some()) =>
+        {
+            session_parameter_holds_secret(text, start, secret)
+        }
+        PatternKind::CliCredentials => caps.is_some_and(|caps| {
+            // `net user <name> *` asks for the password; `htpasswd` without `-b` too.
+            (caps.get(NET_USER_PASSWORD_GROUP).is_none() || secret != "*")
+                && HTPASSWD_FLAGS_GROUPS
+                    .iter()
+                    .filter_map(|g| caps.get(*g))
+                    .all(|flags| {
+                        flags
+                            .as_str()
+                            .split_whitespace()
+                            .any(|f| f.starts_with('-') && f.contains('b'))
+                    })
+        }),
         PatternKind::SlackToken | PatternKind::VendorToken | PatternKind::Jwt => {
             !glued_to_word(text, start, start + secret.len(), false)
         }
@@ -1782,6 +1919,185 @@ mod tests {
         // Luhn-valid but an epoch-millis-like prefix
         assert!(!is_card_number("1234567812345670"));
         assert!(!is_card_number("411111111111"));
+    }
+
+    #[test]
+    fn passwords_on_command_lines_of_other_tools_are_masked() {
+        use PatternKind::CliCredentials;
+        for (text, secret) in [
+            (
+                "openssl rsa -in k.pem -passin pass:Zebra9KettleC1 -out k2.pem",
+                "Zebra9KettleC1",
+            ),
+            (
+                "openssl pkcs12 -export -passout pass:'Zebra9 Kettle' -out a.p12",
+                "Zebra9 Kettle",
+            ),
+            (
+                "openssl enc -aes256 -pass pass:Zebra9KettleC1",
+                "Zebra9KettleC1",
+            ),
+            ("net user svc Zebra9KettleC1 /add", "Zebra9KettleC1"),
+            (
+                "cmd.exe /c NET.EXE USER Administrator Zebra9KettleC1",
+                "Zebra9KettleC1",
+            ),
+            (
+                r#"net user "svc acct" "Zebra9 Kettle" /add /domain"#,
+                "Zebra9 Kettle",
+            ),
+            (
+                "htpasswd -b /etc/nginx/.htpasswd admin Zebra9KettleC1",
+                "Zebra9KettleC1",
+            ),
+            (
+                "htpasswd -cbB -C 12 users.txt admin Zebra9KettleC1",
+                "Zebra9KettleC1",
+            ),
+            (
+                "htpasswd -B -b users.txt admin Zebra9KettleC1",
+                "Zebra9KettleC1",
+            ),
+            (
+                "htpasswd -nb admin Zebra9KettleC1 > users.txt",
+                "Zebra9KettleC1",
+            ),
+            (
+                "ConvertTo-SecureString 'Zebra9KettleC1' -AsPlainText -Force",
+                "Zebra9KettleC1",
+            ),
+            (
+                r#"$p = ConvertTo-SecureString -String "Zebra9KettleC1" -AsPlainText -Force"#,
+                "Zebra9KettleC1",
+            ),
+            (
+                "convertto-securestring -AsPlainText -Force -String Zebra9KettleC1",
+                "Zebra9KettleC1",
+            ),
+            (
+                "'Zebra9KettleC1' | ConvertTo-SecureString -AsPlainText -Force",
+                "Zebra9KettleC1",
+            ),
+            (
+                "url=jdbc:oracle:thin:scott/Zebra9KettleC1@db:1521:orcl",
+                "Zebra9KettleC1",
+            ),
+            (
+                "jdbc:oracle:thin:scott/Zebra9KettleC1@//db.internal:1521/svc",
+                "Zebra9KettleC1",
+            ),
+            // A client run by its path, or after `&` (both were left in clear).
+            (
+                "cron: /usr/bin/mysqldump -uroot -pZebra9KettleC1 prod",
+                "Zebra9KettleC1",
+            ),
+            ("url: /api?x=1&mysql -pZebra9KettleC1", "Zebra9KettleC1"),
+            (
+                "sqlplus -s scott/Zebra9KettleC1@orcl @report.sql",
+                "Zebra9KettleC1",
+            ),
+        ] {
+            one(text, CliCredentials, secret);
+        }
+        for clean in [
+            "openssl rsa -in k.pem -passin env:KEY_PASSPHRASE -out k2.pem",
+            "openssl pkcs12 -passin file:/run/secrets/p12 -passout stdin",
+            "net user svc * /add",
+            "net user svc /delete",
+            "net user bob /domain",
+            "net user",
+            "htpasswd -c /etc/nginx/.htpasswd admin",
+            "htpasswd -D users.txt admin",
+            "htpasswd -n admin > users.txt",
+            "ConvertTo-SecureString $env:SVC_PASSWORD -AsPlainText -Force",
+            "ConvertTo-SecureString -String $pw -AsPlainText",
+            "Read-Host -AsSecureString | ConvertFrom-SecureString",
+            "jdbc:oracle:thin:@db:1521:orcl",
+            "jdbc:oracle:thin:@//db.internal:1521/svc",
+            "sqlplus / as sysdba",
+            "sqlplus scott@orcl",
+        ] {
+            assert!(
+                !found(clean).iter().any(|(k, _)| *k == CliCredentials),
+                "{clean:?}: {:?}",
+                found(clean)
+            );
+        }
+    }
+
+    #[test]
+    fn every_glued_password_client_is_one_the_text_pattern_knows() {
+        for client in GLUED_PASSWORD_CLIENTS {
+            one(
+                &format!("{client} -u root -pZebra9KettleC1 prod"),
+                PatternKind::CliCredentials,
+                "Zebra9KettleC1",
+            );
+            assert!(is_glued_password_client(client), "{client}");
+            assert!(is_glued_password_client(&format!("/usr/bin/{client}")));
+        }
+        assert!(is_glued_password_client(r"C:\mysql\bin\MYSQL.EXE"));
+        for other in ["ssh", "mysqlsh", "mysql-router", "psql", "docker"] {
+            assert!(!is_glued_password_client(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn session_and_password_query_parameters_are_masked() {
+        use PatternKind::UrlSignature;
+        for (text, secret) in [
+            (
+                "https://acme.firebaseio.com/users.json?auth=Zebra9KettleC1abc",
+                "Zebra9KettleC1abc",
+            ),
+            (
+                "https://x.example/y?sessionid=Zebra9KettleC1abc&lang=en",
+                "Zebra9KettleC1abc",
+            ),
+            (
+                "https://x.example/y?session_id=Zebra9KettleC1abc",
+                "Zebra9KettleC1abc",
+            ),
+            (
+                "https://x.example/y?session=Zebra9KettleC1",
+                "Zebra9KettleC1",
+            ),
+            (
+                "https://x.example/app;jsessionid=0A1B2C3D4E5F6A7B8C9D?x=1",
+                "0A1B2C3D4E5F6A7B8C9D",
+            ),
+            (
+                "GET /index.php?PHPSESSID=k3j4h5g6f7d8s9a0q1w2e3r4t5 HTTP/1.1",
+                "k3j4h5g6f7d8s9a0q1w2e3r4t5",
+            ),
+            (
+                "https://x.example/login?user=bob&pw=hunter&next=/",
+                "hunter",
+            ),
+            (
+                "https://x.example/y?session=abcdefghijklmnopqrstuvwxyzabcdefgh",
+                "abcdefghijklmnopqrstuvwxyzabcdefgh",
+            ),
+        ] {
+            one(text, UrlSignature, secret);
+        }
+        for clean in [
+            "https://x.example/y?session=new",
+            "https://x.example/login?auth=google&next=/home",
+            "https://x.example/login?auth=saml2",
+            "https://x.example/login?auth=oauth2&session=2fa-setup",
+            "https://x.example/y?sessionid=&x=1",
+            "https://x.example/y?pw=&x=1",
+            "https://x.example/y?pw=true",
+            "https://x.example/y?oauth=Zebra9KettleC1abc",
+            "session=expired",
+        ] {
+            assert!(
+                !found(clean).iter().any(|(k, _)| *k == UrlSignature),
+                "{clean:?}: {:?}",
+                found(clean)
+            );
+        }
     }
 
     #[test]

@@ -134,6 +134,77 @@ fn an_argument_after_its_secret_option_is_masked() {
 }
 
 #[test]
+fn a_password_glued_to_its_option_in_a_mysql_argument_list_is_masked() {
+    let m = masker();
+    // CloudTrail `RegisterTaskDefinition`: a container's command held as its arguments.
+    let mut v = json!({
+        "command": ["mysql", "-h", "db", "-uroot", "-pZebra9KettleC1"],
+        "dump": ["/usr/bin/mysqldump", "--single-transaction", "-pZebra9KettleC2", "prod"],
+        "exec": ["docker", "exec", "db", "mariadb", "-pZebra9KettleC3"],
+        "equals": ["mysqladmin", "--password=Zebra9KettleC4", "status"],
+        // mysql's `-p` alone prompts: the item after it is the database, not a password.
+        "prompt": ["mysql", "-h", "db", "-p", "prod"],
+        // `-p` of other programs is a port, a path, a profile.
+        "other": ["ssh", "-p2222", "host"],
+        "before": ["-pquiet", "mysql"],
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    assert!(!text.contains("Zebra9Kettle"), "{text}");
+    assert_eq!(
+        v["command"],
+        json!([
+            "mysql",
+            "-h",
+            "db",
+            "-uroot",
+            "-p[REDACTED:cli_credentials]"
+        ])
+    );
+    assert_eq!(v["prompt"], json!(["mysql", "-h", "db", "-p", "prod"]));
+    assert_eq!(v["other"], json!(["ssh", "-p2222", "host"]));
+    assert_eq!(v["before"], json!(["-pquiet", "mysql"]));
+    let once = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, once, "idempotent");
+}
+
+#[test]
+fn header_pairs_held_as_arrays_lose_their_secret_value() {
+    let m = masker();
+    let mut v = json!({
+        "headers": [
+            ["Authorization", "token Zebra9KettleC1"],
+            ["Cookie", "session=Zebra9KettleC2"],
+            ["x-api-key", "Zebra9KettleC3"],
+            ["Proxy-Authorization", "Basic Zebra9KettleC4"],
+            ["set-cookie", "sid=Zebra9KettleC5; Path=/"],
+            ["authorization", "Zebra9KettleC6"],
+            ["Content-Type", "application/json"],
+            ["Accept", "*/*"]
+        ],
+        // Lists of words that name secrets are no header pairs.
+        "grant_types": ["password", "refresh_token"],
+        "methods": ["Password", "Okta Verify"],
+        "response_types": ["token", "id_token"],
+        "pair_of_three": ["Authorization", "a", "b"],
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    assert!(!text.contains("Zebra9Kettle"), "{text}");
+    assert_eq!(v["headers"][0], json!(["Authorization", "[REDACTED:key]"]));
+    assert_eq!(v["headers"][6], json!(["Content-Type", "application/json"]));
+    assert_eq!(v["headers"][7], json!(["Accept", "*/*"]));
+    assert_eq!(v["grant_types"], json!(["password", "refresh_token"]));
+    assert_eq!(v["methods"], json!(["Password", "Okta Verify"]));
+    assert_eq!(v["response_types"], json!(["token", "id_token"]));
+    assert_eq!(v["pair_of_three"], json!(["Authorization", "a", "b"]));
+    let once = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, once, "idempotent");
+}
+
+#[test]
 fn name_value_pairs_with_a_secret_name_are_masked() {
     let m = masker();
     let mut v = json!({"parameters": [
@@ -1301,6 +1372,23 @@ fn planted_secret() -> impl Strategy<Value = (String, String)> {
                 let value = format!("Zq9{value}");
                 (format!("tool login --{opt} {value} --verbose"), value)
             }),
+        (0..7usize, "[A-Za-z0-9!*$%.:_]{6,30}").prop_map(|(form, value)| {
+            let value = format!("Zq9{value}");
+            let text = match form {
+                0 => format!("openssl rsa -in k.pem -passin pass:{value} -out k2.pem"),
+                1 => format!("net user svc {value} /add"),
+                2 => format!("htpasswd -bB /etc/nginx/.htpasswd admin {value}"),
+                3 => format!("$p = ConvertTo-SecureString '{value}' -AsPlainText -Force"),
+                4 => format!("url=jdbc:oracle:thin:scott/{value}@db:1521:orcl"),
+                5 => format!("mysql -h db -uroot -p{value} prod"),
+                _ => {
+                    // The URL's own characters only.
+                    let id: String = value.chars().filter(char::is_ascii_alphanumeric).collect();
+                    return (format!("https://x.example/y?sessionid={id}x7&lang=en"), id);
+                }
+            };
+            (text, value)
+        }),
         ("(AccountKey|SharedAccessKey)", "[A-Za-z0-9+/]{20,86}").prop_map(|(name, key)| {
             let key = format!("Zq9{key}==");
             (

@@ -14,7 +14,7 @@ use perimeter_model::raw_prelude::*;
 use perimeter_model::{write_json_str, RawJson};
 
 use super::cache::Memory;
-use super::patterns::{bit, is_masked, is_status_word, KindSet};
+use super::patterns::{bit, is_glued_password_client, is_masked, is_status_word, KindSet};
 
 use super::{
     card_number_text, forced_action, is_id_key, is_pair_name_key, is_pair_value_key,
@@ -183,7 +183,15 @@ impl<'a> MaskWalk<'a> {
                 // the items after it up to the footer is masked with it.
                 let pem_enabled = enabled & bit(PatternKind::PemPrivateKey) != 0;
                 let mut in_private_key = false;
+                // A header held as a `[name, value]` pair (`[["Authorization", "Bearer x"],
+                // ["Cookie", "sid=x"]]`): the value of a sensitive header is masked as under
+                // that key.
+                let header_secret = items.len() == 2 && self.is_secret_header_pair(items);
+                let glued_enabled = enabled & bit(PatternKind::CliCredentials) != 0;
+                let mut index = 0;
                 self.array(items, |w, item| {
+                    let i = index;
+                    index += 1;
                     let names_secret = std::mem::take(&mut named_secret);
                     if in_private_key {
                         if let Some(line) = item.as_str() {
@@ -193,10 +201,20 @@ impl<'a> MaskWalk<'a> {
                         }
                         in_private_key = false;
                     }
-                    if names_secret && item.is_str() {
+                    if (names_secret || (header_secret && i == 1)) && item.is_str() {
                         let m = w.masker;
                         w.force_leaves(item, m.key_action, "key");
                         return;
+                    }
+                    // `["mysql", "-uroot", "-pS3cret"]`: the password glued to mysql's `-p`,
+                    // which the text pattern masks in `mysql -uroot -pS3cret`.
+                    if glued_enabled {
+                        if let Some(secret) =
+                            item.as_str().and_then(|s| glued_password(items, i, s))
+                        {
+                            w.glued_password(secret);
+                            return;
+                        }
                     }
                     w.value(item, node, extra);
                     let text = item.as_str();
@@ -290,6 +308,46 @@ impl<'a> MaskWalk<'a> {
         looks_like_name
             && !is_masked(s)
             && self.masker.key_is_sensitive(self.mem.as_deref_mut(), name)
+    }
+
+    /// Whether the two-item array `items` is an HTTP header's name and value, the name one
+    /// that holds a secret (`["Authorization", "Bearer x"]`, `["x-api-key", "k"]`). A name is
+    /// header-shaped when it has a `-` between letters and digits, or is `Authorization` or
+    /// `Cookie` in any case: a capital letter alone is no sign of a header (`["Password",
+    /// "Okta Verify"]` lists sign-in methods), and neither is a lower-case word (`["password",
+    /// "refresh_token"]` lists OAuth grant types).
+    fn is_secret_header_pair(&mut self, items: &sonic_rs::Array) -> bool {
+        let (Some(name), Some(value)) = (items.first(), items.get(1)) else {
+            return false;
+        };
+        let Some(name) = name.as_str() else {
+            return false;
+        };
+        let header_shaped = (name.contains('-')
+            && !name.starts_with('-')
+            && !name.ends_with('-')
+            && name.len() <= 80
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            || name.eq_ignore_ascii_case("authorization")
+            || name.eq_ignore_ascii_case("cookie");
+        header_shaped
+            && value.is_str()
+            && self.masker.key_is_sensitive(self.mem.as_deref_mut(), name)
+    }
+
+    /// A password glued to a MySQL client's `-p`, masked whole after the option.
+    fn glued_password(&mut self, secret: &str) {
+        let kind = PatternKind::CliCredentials;
+        self.mark_changed(self.site);
+        self.counts.by_kind[kind.index()] += 1;
+        if let Some(out) = self.out.as_deref_mut() {
+            let r = self.masker.replacement(
+                self.masker.kind_actions[kind.index()],
+                kind.as_str(),
+                secret,
+            );
+            write_json_str(out, &format!("-p{r}"));
+        }
     }
 
     /// An array, each item through `each`.
@@ -476,6 +534,21 @@ fn opens_private_key(text: &str) -> bool {
     let header = &text[begin..];
     let line_end = header.find(['\n', '\r']).unwrap_or(header.len());
     header[..line_end].contains("PRIVATE KEY") && !header.contains("-----END")
+}
+
+/// The password in `arg`, the item at `index` of `items`, when it is glued to the `-p` of a
+/// MySQL client named by an earlier item (`["mysql", "-h", "db", "-pS3cret"]`). A bare `-p`
+/// prompts (the item after it is the database); `-p` before the program is another's option.
+/// Only items starting `-p` look back, so most arrays pay one byte comparison per item.
+fn glued_password<'s>(items: &sonic_rs::Array, index: usize, arg: &'s str) -> Option<&'s str> {
+    let secret = arg
+        .strip_prefix("-p")
+        .filter(|s| !s.is_empty() && !is_masked(s))?;
+    items
+        .iter()
+        .take(index)
+        .any(|earlier| earlier.as_str().is_some_and(is_glued_password_client))
+        .then_some(secret)
 }
 
 /// Whether the array item `line` closes a PEM private key (its footer).
