@@ -116,6 +116,34 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "contrasena",
             "contraseña",
             "mot_de_passe",
+            // Key words the key matcher has that occur in text as `name=value` too (`cvv=`,
+            // `SENTRY_DSN=`); the short ones only with a separator after them, since `pin`,
+            // `otp` and `seed` are inside common words (`shipping`).
+            "cvv",
+            "cvc",
+            "mnemonic",
+            "masterkey",
+            "master_key",
+            "master-key",
+            "master.key",
+            "databaseurl",
+            "database_url",
+            "database-url",
+            "connectionstring",
+            "connection_string",
+            "connection-string",
+            "dsn=",
+            "dsn:",
+            "dsn\"",
+            "pin=",
+            "pin:",
+            "pin\"",
+            "otp=",
+            "otp:",
+            "otp\"",
+            "seed=",
+            "seed:",
+            "seed\"",
             "mot-de-passe",
             "motdepasse",
             "mot.de.passe",
@@ -175,7 +203,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         kind: PatternKind::CliCredentials,
         // After a space (or at the start): group 1: `-u`/`--user` `name:password`; group 2: a
         // secret option's value after spaces; group 3: `-p <password>` of the tools whose `-p`
-        // is the password (`sshpass`, `docker login`); groups 4-6: OpenSSL's `-passin
+        // is the password (`sshpass`, `docker login`; `-P` of SQL Server's `sqlcmd` and `bcp`); groups 4-6: OpenSSL's `-passin
         // pass:<password>` (not `env:`, `file:`, `fd:`, `stdin`).
         // Where a command starts (also after a path, a quote, `=`, `(`, `&` or a pipe): group
         // 7: `mysql -p<password>` (glued, as the clients of `GLUED_PASSWORD_CLIENTS` want it);
@@ -188,7 +216,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|--(?i:password|passwd|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
-            r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login)\s(?:.*\s)?-p\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
             r#"|(?:^|[\s\\/"'=(|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
             r#"|(?i:net1?(?:\.exe)?\s+user)\s+(?:"[^"]*"|[^\s"/]+)\s+(?:"([^"]*)"|([^\s"/][^\s"]*))"#,
@@ -813,6 +841,14 @@ const SESSION_PARAMETER_GROUP: usize = 2;
 
 /// The group of the `CliCredentials` pattern that is the bare password of `net user`.
 const NET_USER_PASSWORD_GROUP: usize = 9;
+
+/// Whether the word after `net user <name>` is prose (`net user account was created`), not a
+/// password: a plain lower-case word that neither ends the text nor comes before a `/` switch
+/// (`net user bob hunter /add` sets one).
+fn net_user_prose(text: &str, start: usize, secret: &str) -> bool {
+    let after = text[start + secret.len()..].trim_start_matches([' ', '\t']);
+    secret.bytes().all(|b| b.is_ascii_lowercase()) && !after.is_empty() && !after.starts_with('/')
+}
 
 /// The groups of the `CliCredentials` pattern that are `htpasswd`'s flags (with `-n`, without).
 const HTPASSWD_FLAGS_GROUPS: [usize; 2] = [10, 12];
@@ -1606,7 +1642,8 @@ fn verify(
         }
         PatternKind::CliCredentials => caps.is_some_and(|caps| {
             // `net user <name> *` asks for the password; `htpasswd` without `-b` too.
-            (caps.get(NET_USER_PASSWORD_GROUP).is_none() || secret != "*")
+            (caps.get(NET_USER_PASSWORD_GROUP).is_none()
+                || (secret != "*" && !net_user_prose(text, start, secret)))
                 && HTPASSWD_FLAGS_GROUPS
                     .iter()
                     .filter_map(|g| caps.get(*g))

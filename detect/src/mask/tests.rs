@@ -1930,3 +1930,53 @@ fn pem_keys_as_lines_cdata_and_html_escaped_twice_are_masked() {
     m.mask_value_counted(&mut again, &mut MaskCounts::default());
     assert_eq!(again, out);
 }
+
+#[test]
+fn key_words_in_text_sqlcmd_passwords_and_net_user_prose() {
+    let m = masker();
+    for (text, masked) in [
+        (
+            "cvv=737 exp=12/27",
+            "cvv=[REDACTED:secret_assignment] exp=12/27",
+        ),
+        ("card cvv: 737", "card cvv: [REDACTED:secret_assignment]"),
+        ("user_pin: 4321", "user_pin: [REDACTED:secret_assignment]"),
+        ("otp=482913", "otp=[REDACTED:secret_assignment]"),
+        (
+            "SENTRY_DSN=https://abc123def456@o1.ingest.sentry.io/5",
+            "SENTRY_DSN=[REDACTED:secret_assignment]",
+        ),
+        (
+            "wallet seed: Zebra9KettleC1",
+            "wallet seed: [REDACTED:secret_assignment]",
+        ),
+        (
+            "master_key=Zebra9KettleC1",
+            "master_key=[REDACTED:secret_assignment]",
+        ),
+        (
+            "sqlcmd -S db -U sa -P Zebra9KettleC1 -Q go",
+            "sqlcmd -S db -U sa -P [REDACTED:cli_credentials] -Q go",
+        ),
+        (
+            "bcp dbo.t out t.dat -S db -U sa -P Zebra9KettleC1",
+            "bcp dbo.t out t.dat -S db -U sa -P [REDACTED:cli_credentials]",
+        ),
+        (
+            "net user bob hunter /add",
+            "net user bob [REDACTED:cli_credentials] /add",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), masked, "{text}");
+        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
+    }
+    for kept in [
+        "net user account was created",
+        "shipping pin: none",
+        "mapping=ok ping=12ms spinner=on",
+        "seeded=true",
+        "sqlcmd -S db -p -Q go",
+    ] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+}
