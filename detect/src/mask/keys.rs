@@ -51,6 +51,14 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     // passport number.
     "ssn",
     "socialsecuritynumber",
+];
+
+/// Sensitive words that name one value (a code, a key, a URL): their strings and numbers are
+/// masked, also in arrays (`recovery_codes`), but an object under them holds settings about the
+/// secret or its public parts (`{"pin": {"minLength": 6}}`, `{"jwt": {"alg": "RS256"}}`,
+/// CloudTrail's `{"accessKey": {"accessKeyId": ..., "status": ...}}`) and is walked as any
+/// other. The [`WHOLE_WORDS`] are of this kind too.
+const SCALAR_SECRET_WORDS: &[&str] = &[
     "passportnumber",
     "passportno",
     // Card security codes (PCI data, never to be stored) and one-time codes.
@@ -172,6 +180,8 @@ pub(crate) struct KeyMatcher {
     word_starts: Box<[u64; TRIGRAM_WORDS]>,
     /// Pattern ids of the [`WHOLE_WORDS`] in `automaton`.
     whole_words: std::ops::Range<usize>,
+    /// Pattern ids of the [`SCALAR_SECRET_WORDS`] and [`WHOLE_WORDS`] in `automaton`.
+    scalar_words: std::ops::Range<usize>,
     /// Folded exact names that are never sensitive.
     allow: Vec<String>,
     /// Whether configured words extend the built-in ones (the value patterns' anchors cover
@@ -239,8 +249,11 @@ const FOLD_BUF: usize = 96;
 impl KeyMatcher {
     pub(crate) fn new(extra: &[String], allow: &[String]) -> Result<KeyMatcher, DetectError> {
         let mut words: Vec<String> = SENSITIVE_WORDS.iter().map(|w| w.to_string()).collect();
+        let scalar_start = words.len();
+        words.extend(SCALAR_SECRET_WORDS.iter().map(|w| w.to_string()));
         let whole_words = words.len()..words.len() + WHOLE_WORDS.len();
         words.extend(WHOLE_WORDS.iter().map(|w| w.to_string()));
+        let scalar_words = scalar_start..whole_words.end;
         words.extend(extra.iter().map(|w| normalize_key(w)));
         let automaton = AhoCorasick::builder()
             .kind(Some(AhoCorasickKind::DFA))
@@ -261,6 +274,7 @@ impl KeyMatcher {
             automaton,
             word_starts,
             whole_words,
+            scalar_words,
             allow: allow.iter().map(|a| normalize_key(a)).collect(),
             has_extra_words: !extra.is_empty(),
         })
@@ -290,22 +304,48 @@ impl KeyMatcher {
         any_word_start(&self.word_starts, key.as_bytes()) || ends_with_short_password_word(key)
     }
 
+    /// Whether an object under the sensitive `key` is masked whole (`credentials`, `secret`,
+    /// `password`), rather than walked as settings about a value-like secret
+    /// ([`SCALAR_SECRET_WORDS`]: `pin`, `jwt`, `accessKey`).
+    pub(crate) fn masks_objects(&self, key: &str) -> bool {
+        if ends_with_short_password_word(key) {
+            return true;
+        }
+        let folded = normalize_key(key);
+        let whole = self
+            .sensitive_words(key, folded.as_bytes())
+            .any(|pattern| !self.scalar_words.contains(&pattern));
+        whole
+    }
+
     /// `folded`: `key` folded. `short_word`: the key ends with one of [`SHORT_PASSWORD_WORDS`]
     /// as a word of its own, which folding can no longer tell (nor where [`WHOLE_WORDS`] begin
     /// and end: that is read from `key`).
     fn is_sensitive_folded(&self, key: &str, folded: &[u8], short_word: bool) -> bool {
-        // Overlapping: `otp` ends where `totp` does, and either may be the one that counts.
         let hit = short_word
             || (any_word_start(&self.word_starts, folded)
-                && self.automaton.find_overlapping_iter(folded).any(|m| {
-                    let before = &folded[..m.start()];
-                    let after = &folded[m.end()..];
-                    (!self.whole_words.contains(&m.pattern().as_usize())
-                        || (is_word_boundary(key, m.start()) && is_word_boundary(key, m.end())))
-                        && is_secret_suffix(after)
-                        && !is_reference(before, &folded[m.start()..m.end()])
-                }));
+                && self.sensitive_words(key, folded).next().is_some());
         hit && !self.allow.iter().any(|a| a.as_bytes() == folded)
+    }
+
+    /// The pattern ids of the sensitive words that make `key` (folded: `folded`) sensitive.
+    fn sensitive_words<'a>(
+        &'a self,
+        key: &'a str,
+        folded: &'a [u8],
+    ) -> impl Iterator<Item = usize> + 'a {
+        // Overlapping: `otp` ends where `totp` does, and either may be the one that counts.
+        self.automaton
+            .find_overlapping_iter(folded)
+            .filter(move |m| {
+                let before = &folded[..m.start()];
+                let after = &folded[m.end()..];
+                (!self.whole_words.contains(&m.pattern().as_usize())
+                    || (is_word_boundary(key, m.start()) && is_word_boundary(key, m.end())))
+                    && is_secret_suffix(after)
+                    && !is_reference(before, &folded[m.start()..m.end()])
+            })
+            .map(|m| m.pattern().as_usize())
     }
 }
 

@@ -135,15 +135,43 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "dsn=",
             "dsn:",
             "dsn\"",
+            "dsn'",
+            "dsn>",
+            "dsn&",
             "pin=",
             "pin:",
             "pin\"",
+            "pin'",
+            "pin>",
+            "pin&",
             "otp=",
             "otp:",
             "otp\"",
+            "otp'",
+            "otp>",
+            "otp&",
             "seed=",
             "seed:",
             "seed\"",
+            "seed'",
+            "seed>",
+            "seed&",
+            "jwt=",
+            "jwt:",
+            "jwt\"",
+            "jwt'",
+            "jwt>",
+            "jwt&",
+            "accesskey",
+            "access_key",
+            "access-key",
+            "access.key",
+            "taxid",
+            "tax_id",
+            "tax-id",
+            "nationalid",
+            "national_id",
+            "national-id",
             "mot-de-passe",
             "motdepasse",
             "mot.de.passe",
@@ -215,8 +243,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
-            r#"|--(?i:password|passwd|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
-            r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|--(?i:password|passwd|pass|pw|pin|otp|mnemonic|cvv|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
             r#"|(?:^|[\s\\/"'=(|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
             r#"|(?i:net1?(?:\.exe)?\s+user)\s+(?:"[^"]*"|[^\s"/]+)\s+(?:"([^"]*)"|([^\s"/][^\s"]*))"#,
@@ -236,6 +264,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--user",
             "--proxy-user",
             "--password",
+            "--pass",
+            "--pw",
+            "--pin",
+            "--otp",
+            "--mnemonic",
+            "--cvv",
             "--passwd",
             "--token",
             "--secret",
@@ -816,10 +850,38 @@ fn yaml_block(
         line = line_end + 1;
     }
     match block {
+        // `password:` over `secretKeyRef:` / `valueFrom:` (Kubernetes, Helm, External Secrets)
+        // names where the secret is kept: nothing to mask, and which secret is used is what an
+        // analyst needs.
+        Some(block) if !indicator && names_a_secret_reference(&text[block.clone()]) => {
+            Some(value_start..value_start)
+        }
         Some(block) => Some(block),
         None if indicator => Some(value_start..value_start),
         None => None,
     }
+}
+
+/// Whether a YAML block starts with a mapping key that refers to a secret kept elsewhere.
+fn names_a_secret_reference(block: &str) -> bool {
+    const REFERENCE_KEYS: &[&str] = &[
+        "secretKeyRef",
+        "secretRef",
+        "valueFrom",
+        "configMapKeyRef",
+        "existingSecret",
+        "secretName",
+        "secretStoreRef",
+        "remoteRef",
+        "fromSecret",
+    ];
+    let Some((key, rest)) = block.split_once(':') else {
+        return false;
+    };
+    (rest.is_empty() || rest.starts_with([' ', '\n', '\r']))
+        && REFERENCE_KEYS
+            .iter()
+            .any(|r| key.trim_start_matches("- ").eq_ignore_ascii_case(r))
 }
 
 /// A YAML block scalar header: `|` or `>`, then an optional indentation digit and chomping
@@ -848,6 +910,54 @@ const NET_USER_PASSWORD_GROUP: usize = 9;
 fn net_user_prose(text: &str, start: usize, secret: &str) -> bool {
     let after = text[start + secret.len()..].trim_start_matches([' ', '\t']);
     secret.bytes().all(|b| b.is_ascii_lowercase()) && !after.is_empty() && !after.starts_with('/')
+}
+
+/// Whether `secret`, the value of `name` in text, can be what the name's last word calls it:
+/// the short or ambiguous names hold ordinary words in text too (`tests pass: all 42 green`,
+/// `seed=12345` of a test run, `OTP: sent via sms`, `pw: the usual`). A value of `pass`/`pw`
+/// must look generated (letters and digits) or mix in symbols, a `seed` must look generated or
+/// be long, an `otp`/`pin` must hold a digit; other names take any value.
+fn short_name_value_is_secret(name: &str, secret: &str) -> bool {
+    let last_word_is = |word: &str| {
+        name.len() >= word.len()
+            && name.is_char_boundary(name.len() - word.len())
+            && name[name.len() - word.len()..].eq_ignore_ascii_case(word)
+            && !name[..name.len() - word.len()]
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_lowercase() && word.as_bytes()[0].is_ascii_lowercase())
+    };
+    let digits_only = secret.bytes().all(|b| b.is_ascii_digit());
+    let symbols = secret.len() >= 6 && secret.bytes().any(|b| b.is_ascii_punctuation());
+    if last_word_is("pass") || last_word_is("pw") {
+        !digits_only && (looks_generated(secret) || symbols)
+    } else if last_word_is("seed") {
+        !digits_only && (looks_generated(secret) || secret.len() >= 16)
+    } else if ["otp", "totp", "hotp", "pin"]
+        .iter()
+        .any(|w| last_word_is(w))
+    {
+        secret.bytes().any(|b| b.is_ascii_digit())
+    } else {
+        true
+    }
+}
+
+/// Whether `token:<value>` is an Okta factor type (`token:software:totp`, `token:hardware`,
+/// `token:hotp`): what kind of factor a user enrolled, which an analyst needs, not a token.
+fn is_okta_factor_type(
+    text: &str,
+    name: std::ops::Range<usize>,
+    start: usize,
+    secret: &str,
+) -> bool {
+    text[name.clone()].eq_ignore_ascii_case("token")
+        && start == name.end + 1
+        && ["software", "hardware", "hotp", "totp"].iter().any(|t| {
+            secret
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+        })
 }
 
 /// The groups of the `CliCredentials` pattern that are `htpasswd`'s flags (with `-n`, without).
@@ -1590,6 +1700,8 @@ fn verify(
                     && keys.is_sensitive(k.as_str())
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
+                    && short_name_value_is_secret(k.as_str(), secret)
+                    && !is_okta_factor_type(text, k.range(), start, secret)
                     // Eight or more characters: `password Okta2FA policy` names a product.
                     && (!bare
                         || (super::keys::is_password_word(k.as_str()) && secret.len() >= 8))

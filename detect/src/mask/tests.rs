@@ -1980,3 +1980,110 @@ fn key_words_in_text_sqlcmd_passwords_and_net_user_prose() {
         assert_eq!(m.mask_text(kept), kept);
     }
 }
+
+#[test]
+fn settings_objects_under_value_like_secret_names_are_walked() {
+    let m = masker();
+    let input = json!({
+        "responseElements": {"accessKey": {"userName": "svc", "accessKeyId": "AKIA5X7Q2RZK4M8N3PTW",
+            "status": "Active", "secretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQ8vLmT2aB",
+            "createDate": "Nov 24, 2026"}},
+        "policy": {"pin": {"minLength": 6, "complexity": "medium", "enabled": true}},
+        "settings": {"otp": {"digits": 6, "period": 30, "algorithm": "SHA1"}},
+        "jwt": {"alg": "RS256", "kid": "key-2024"},
+        "accessKeys": [{"accessKeyId": "AKIA5X7Q2RZK4M8N3PTW", "status": "Inactive"}],
+        "user_pin": "4821",
+        "recovery_codes": ["abcd-1234", "efgh-5678"],
+        "credentials": {"user": "bob", "region": "eu"}
+    });
+    let mut out = input.clone();
+    m.mask_value_counted(&mut out, &mut MaskCounts::default());
+    let key = &out["responseElements"]["accessKey"];
+    assert_eq!(key["userName"], "svc");
+    assert_eq!(key["status"], "Active");
+    assert_eq!(key["createDate"], "Nov 24, 2026");
+    assert!(
+        key["accessKeyId"].as_str().unwrap().starts_with("hmac:"),
+        "{key}"
+    );
+    assert_eq!(key["secretAccessKey"], "[REDACTED:key]");
+    assert_eq!(out["policy"], input["policy"]);
+    assert_eq!(out["settings"], input["settings"]);
+    assert_eq!(out["jwt"], input["jwt"]);
+    assert_eq!(out["accessKeys"][0]["status"], "Inactive");
+    assert_eq!(out["user_pin"], "[REDACTED:key]");
+    assert_eq!(
+        out["recovery_codes"],
+        json!(["[REDACTED:key]", "[REDACTED:key]"])
+    );
+    // A word that names a secret with its parts still masks a whole object.
+    assert_eq!(
+        out["credentials"],
+        json!({"user": "[REDACTED:key]", "region": "[REDACTED:key]"})
+    );
+    let mut again = out.clone();
+    m.mask_value_counted(&mut again, &mut MaskCounts::default());
+    assert_eq!(again, out);
+}
+
+#[test]
+fn short_names_in_text_keep_ordinary_words_and_mask_secrets() {
+    let m = masker();
+    for kept in [
+        "CI summary - pass: 120, fail: 2",
+        "tests pass: all 42 green",
+        "Randomized with seed=12345",
+        "pytest: seed: 42",
+        "seed: completed 12 tables",
+        "db:seed completed; seed=done",
+        "OTP: sent via sms",
+        "otp=sent",
+        "pw: the usual",
+        "factor enrolled: token:software:totp",
+        "{\"factor\":\"token:hardware\"}",
+        "spec:\n  password:\n    secretKeyRef:\n      name: db-creds\n      key: password\n  image: postgres:15",
+    ] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+    for (text, masked) in [
+        ("pass=Zebra9KettleA", "pass=[REDACTED:secret_assignment]"),
+        ("PASS: hunter2", "PASS: [REDACTED:secret_assignment]"),
+        ("pw: S3cr3t!x", "pw: [REDACTED:secret_assignment]"),
+        ("seed=Zebra9KettleC1", "seed=[REDACTED:secret_assignment]"),
+        ("OTP: 482913", "OTP: [REDACTED:secret_assignment]"),
+        ("<Pin>4821</Pin>", "<Pin>[REDACTED:secret_assignment]</Pin>"),
+        ("'pin': '4821'", "'pin': '[REDACTED:secret_assignment]'"),
+        (
+            "&quot;otp&quot;:&quot;482193&quot;",
+            "&quot;otp&quot;:&quot;[REDACTED:secret_assignment]&quot;",
+        ),
+        (
+            "access_key: wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQ8vLmT2aB",
+            "access_key: [REDACTED:secret_assignment]",
+        ),
+        ("tax_id=12-3456789", "tax_id=[REDACTED:secret_assignment]"),
+        (
+            "national_id: QQ123456C",
+            "national_id: [REDACTED:secret_assignment]",
+        ),
+        (
+            "tool --pass Zebra9KettleC1 --pin 4821",
+            "tool --pass [REDACTED:cli_credentials] --pin [REDACTED:cli_credentials]",
+        ),
+        (
+            "sqlcmd -S db -U sa -PZebra9KettleC1",
+            "sqlcmd -S db -U sa -P[REDACTED:cli_credentials]",
+        ),
+        (
+            "token:Zebra9KettleC1abc",
+            "token:[REDACTED:secret_assignment]",
+        ),
+        (
+            "spec:\n  password:\n    hunter2sekrit\n  image: x",
+            "spec:\n  password:\n    [REDACTED:secret_assignment]\n  image: x",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), masked, "{text}");
+        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
+    }
+}

@@ -241,14 +241,18 @@ impl<'a> MaskWalk<'a> {
                     } else if rule.action != FieldAction::Keep
                         // A key masked just above held a secret value, it is no name for one.
                         && !is_masked(key)
-                        && ((m.key_is_sensitive(w.mem.as_deref_mut(), key)
-                            && !is_working_directory(key, child.as_str())
-                            && !(child.is_number() && is_token_count(key)))
-                            || (is_pair_value_key(key)
-                                // `{"field": "Token", "from": "enabled", "to": "disabled"}`
-                                && !child.as_str().is_some_and(is_status_word)
-                                && *pair_is_secret
-                                    .get_or_insert_with(|| w.pair_is_secret(map, enabled))))
+                        && m.key_is_sensitive(w.mem.as_deref_mut(), key)
+                        && !is_working_directory(key, child.as_str())
+                        && !(child.is_number() && is_token_count(key))
+                    {
+                        let extra = extra | rule.extra;
+                        w.force_key_value(child, view, key, child_node, extra);
+                    } else if rule.action != FieldAction::Keep
+                        && !is_masked(key)
+                        && is_pair_value_key(key)
+                        // `{"field": "Token", "from": "enabled", "to": "disabled"}`
+                        && !child.as_str().is_some_and(is_status_word)
+                        && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled))
                     {
                         w.force_leaves(child, m.key_action, "key");
                     } else if is_id_key(key)
@@ -449,6 +453,36 @@ impl<'a> MaskWalk<'a> {
         };
         self.json_str(&key);
         key
+    }
+
+    /// The value of the sensitive `key`: every leaf masked, except objects under a word that
+    /// names one value ([`super::keys::KeyMatcher::masks_objects`]: `{"pin": {"minLength":
+    /// 6}}` is settings), which are walked as any other; the strings and numbers beside them,
+    /// also in arrays, are still masked.
+    fn force_key_value(
+        &mut self,
+        value: &RawJson,
+        view: ValueRef<'_>,
+        key: &str,
+        node: Option<usize>,
+        extra: KindSet,
+    ) {
+        let m = self.masker;
+        let holds_object = match &view {
+            ValueRef::Object(_) => true,
+            ValueRef::Array(items) => items.iter().any(|item| item.is_object()),
+            _ => false,
+        };
+        if !holds_object || m.keys.masks_objects(key) {
+            self.force_leaves(value, m.key_action, "key");
+            return;
+        }
+        match view {
+            ValueRef::Array(items) => self.array(items, |w, item| {
+                w.force_key_value(item, item.as_ref(), key, node, extra)
+            }),
+            _ => self.value_of(value, view, node, extra),
+        }
     }
 
     /// Mask every string/number leaf under a sensitive key or a forced field rule.
