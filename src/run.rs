@@ -773,28 +773,36 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             .map(|()| format!("{} on", config.ueba.detectors().len()))
             .map_err(anyhow::Error::from),
     );
-    report(
-        "api",
-        Server::check(&config.api)
-            .map_err(anyhow::Error::from)
-            .map(|listener| {
-                let listen = config.api.listen;
-                match listener {
+    let api = Server::check(&config.api);
+    let listen = config.api.listen;
+    match api {
+        // An expired, not yet valid or CA certificate is an error of `Server::check` already,
+        // the same `run` and a reload stop at; one close to expiry is what `run` warns of.
+        Ok(ListenerCheck::Https {
+            certificate_expires: Some(at),
+        }) if at - chrono::Utc::now() < perimeter_query_api::CERTIFICATE_EXPIRY_WARNING => {
+            let days = (at - chrono::Utc::now()).num_days();
+            say!(
+                "warn   api: https on {listen}, certificate expires {at} (in {days} days): renew it before clients refuse the API"
+            );
+        }
+        api => report(
+            "api",
+            api.map_err(anyhow::Error::from)
+                .map(|listener| match listener {
                     ListenerCheck::Http => format!("http on {listen}"),
                     ListenerCheck::Https {
                         certificate_expires: None,
                     } => format!("https on {listen} (certificate expiry unreadable)"),
-                    // An expired, not yet valid or CA certificate is an error of
-                    // `Server::check` already, the same `run` and a reload stop at.
                     ListenerCheck::Https {
                         certificate_expires: Some(at),
                     } => {
                         let days = (at - chrono::Utc::now()).num_days();
                         format!("https on {listen}, certificate valid until {at} ({days} days)")
                     }
-                }
-            }),
-    );
+                }),
+        ),
+    }
     // Nothing is submitted: the bus only satisfies the source's constructor.
     let (bus, _unused) = perimeter_ingest::bus::channel(1);
     let mut poll_names = std::collections::HashSet::new();
@@ -1011,7 +1019,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let answers_owed = perimeter_ingest::http::AnswersOwed::default();
     let server = Server::bind(&api_config).await?.hold_cutoff_while({
         let owed = answers_owed.clone();
-        Arc::new(move || owed.close_if_none_owed())
+        Arc::new(move || owed.stop_taking())
     });
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };

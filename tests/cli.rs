@@ -1570,6 +1570,47 @@ fn run_refuses_the_certificates_run_check_refuses_with_the_same_error() {
     assert_eq!(run, checked);
 }
 
+/// A certificate within two weeks of expiry is a `warn` line of `run --check` (what `run`
+/// warns of at start), not an error: the exit code stays 0.
+#[test]
+fn run_check_warns_of_a_certificate_close_to_expiry() {
+    use chrono::Datelike;
+    let dir = tempfile::tempdir().unwrap();
+    let date =
+        |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
+    let today = chrono::Utc::now().date_naive();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = date(today - chrono::Days::new(30));
+    params.not_after = date(today + chrono::Days::new(5));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\ntls_cert_path = {cert_path:?}\ntls_key_path = {key_path:?}\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let out = run_until_it_ends(&cfg, true);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let api = text
+        .lines()
+        .find(|l| l.contains(" api: "))
+        .unwrap_or_else(|| panic!("no api line: {text}"));
+    assert!(
+        api.starts_with("warn   api: ")
+            && api.contains("certificate expires")
+            && api.contains("renew"),
+        "{api}"
+    );
+}
+
 #[test]
 fn revoking_a_token_twice_says_it_was_already_revoked() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,10 +27,12 @@ pub enum IngestRefusal {
 }
 
 /// The ingest answers still owed: batches handed to the pipeline whose clients wait for the
-/// outcome. At shutdown the server cuts the connections left after its grace period, but only
-/// once none is owed ([`AnswersOwed::close_if_none_owed`]): a batch the pipeline took is stored
-/// (it drains its queue before the process exits), so cutting its client off would leave a
-/// stored batch unanswered. Batches not yet handed over after that are refused with a 503.
+/// outcome. When the shutdown grace period is over the server stops handing batches over
+/// ([`AnswersOwed::stop_taking`]: later ones are answered 503, their connections still open)
+/// and cuts the connections left only once no answer is owed: a batch the pipeline took is
+/// stored (it drains its queue before the process exits), so cutting its client off would
+/// leave a stored batch unanswered. The wait is bounded by the batches taken before the grace
+/// period ended.
 #[derive(Debug, Clone, Default)]
 pub struct AnswersOwed(Arc<std::sync::Mutex<OwedState>>);
 
@@ -66,14 +68,12 @@ impl AnswersOwed {
         self.state().owed
     }
 
-    /// Close (refuse further batches) if no answer is owed; whether it closed. Checked and
-    /// closed under one lock, so no batch is handed over between the check and the cut.
-    pub fn close_if_none_owed(&self) -> bool {
+    /// Refuse further batches (from now on [`Self::owe`] says no); whether no answer is owed
+    /// any more, so the connections may be cut. Called again until it says so.
+    pub fn stop_taking(&self) -> bool {
         let mut state = self.state();
-        if state.owed == 0 {
-            state.closed = true;
-        }
-        state.closed
+        state.closed = true;
+        state.owed == 0
     }
 }
 
@@ -364,7 +364,12 @@ mod router_tests {
         let in_flight = tokio::spawn(router.clone().oneshot(request()));
         let taken = rx.recv().await.expect("the batch reaches the pipeline");
         assert_eq!(owed.owed(), 1);
-        assert!(!owed.close_if_none_owed(), "cut while an answer is owed");
+        assert!(!owed.stop_taking(), "cut while an answer is owed");
+        // Past the grace period a new batch is answered 503, not handed over, while the one
+        // taken before is still owed its answer.
+        let refused = router.clone().oneshot(request()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(owed.owed(), 1);
         taken
             .ack
             .send(Ok(crate::bus::SubmitAck {
@@ -375,7 +380,7 @@ mod router_tests {
         let answered = in_flight.await.unwrap().unwrap();
         assert_eq!(answered.status(), StatusCode::OK);
         assert_eq!(owed.owed(), 0);
-        assert!(owed.close_if_none_owed());
+        assert!(owed.stop_taking());
         // After the cut a batch is refused, not handed over (its client would get no answer).
         let refused = router.oneshot(request()).await.unwrap();
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -46,7 +46,7 @@ pub use outbox::DeliveryOutbox;
 pub use rule_switches::{RuleSwitchError, RuleSwitchStore};
 pub use server::{
     check_server_certificate, parse_listen, serve, ApiConfig, CertificateProblem,
-    CertificateValidity, CutoffGate, ListenerCheck, ServeError, Server,
+    CertificateValidity, CutoffGate, ListenerCheck, ServeError, Server, CERTIFICATE_EXPIRY_WARNING,
 };
 pub use state::{AppState, RuleService, RuleTestError};
 

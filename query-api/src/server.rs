@@ -276,8 +276,9 @@ fn expiry_state(
 }
 
 /// A certificate expiring within this is logged as a warning (at start, at each reload and
-/// daily).
-const EXPIRY_WARNING: chrono::TimeDelta = chrono::TimeDelta::days(14);
+/// daily), and is a `warn` line of `perimeter run --check`.
+pub const CERTIFICATE_EXPIRY_WARNING: chrono::TimeDelta = chrono::TimeDelta::days(14);
+const EXPIRY_WARNING: chrono::TimeDelta = CERTIFICATE_EXPIRY_WARNING;
 
 /// How often a served certificate close to expiry (or expired) is logged again.
 const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
@@ -419,9 +420,10 @@ impl Server {
         })
     }
 
-    /// Past the shutdown grace period, cut the open connections only once `may_cut` says so
-    /// (the binary's ingest owes answers for batches that will be stored: their clients must
-    /// not be cut off). Without it they are cut when the grace period is over.
+    /// Past the shutdown grace period, cut the open connections only once `may_cut` says so;
+    /// it is called from then on until it does (the binary's ingest stops taking batches at
+    /// the first call and owes answers for the ones it took, which will be stored: their
+    /// clients must not be cut off). Without it they are cut when the grace period is over.
     pub fn hold_cutoff_while(mut self, may_cut: CutoffGate) -> Server {
         self.cutoff_gate = Some(may_cut);
         self
@@ -580,6 +582,24 @@ pub async fn serve(
     Server::bind(&config).await?.run(state, shutdown).await
 }
 
+/// A PEM reading error for people: the marker a cut-short file lacks as text (rustls prints
+/// its bytes as numbers).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "the file is cut short: `-----END {}-----` is missing",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "not a valid PEM section start: `{}`",
+            String::from_utf8_lossy(line)
+        ),
+        Error::NoItemsFound => "no PEM item of the expected kind in the file".to_string(),
+        other => other.to_string(),
+    }
+}
+
 fn load_tls(
     cert_path: &std::path::Path,
     key_path: &std::path::Path,
@@ -588,7 +608,13 @@ fn load_tls(
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert_path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ServeError::Tls(format!("certificate {}: {e}", cert_path.display())))?;
+        .map_err(|e| {
+            ServeError::Tls(format!(
+                "certificate {}: {}",
+                cert_path.display(),
+                pem_problem(&e)
+            ))
+        })?;
     if certs.is_empty() {
         return Err(ServeError::Tls(format!(
             "certificate {}: no certificate found",
@@ -601,8 +627,13 @@ fn load_tls(
             path: cert_path.to_path_buf(),
             problem,
         })?;
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|e| ServeError::Tls(format!("private key {}: {e}", key_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+        ServeError::Tls(format!(
+            "private key {}: {}",
+            key_path.display(),
+            pem_problem(&e)
+        ))
+    })?;
     // An explicit provider: no process-wide default has to be installed by the binary.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -610,7 +641,13 @@ fn load_tls(
         .map_err(|e| ServeError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| ServeError::Tls(format!("certificate/key mismatch or unsupported: {e}")))?;
+        .map_err(|e| {
+            ServeError::Tls(format!(
+                "certificate {} and private key {} do not belong together (or the key type is unsupported): {e}",
+                cert_path.display(),
+                key_path.display()
+            ))
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(LoadedCertificate {
         config: Arc::new(config),
@@ -621,6 +658,7 @@ fn load_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Datelike;
 
     #[test]
     fn a_served_certificate_is_reminded_of_within_two_weeks_of_expiry() {
@@ -681,6 +719,40 @@ mod tests {
 
     fn utc(text: &str) -> chrono::DateTime<chrono::Utc> {
         text.parse().unwrap()
+    }
+
+    /// A cut-short PEM file and a key of another certificate are errors naming the files and
+    /// what is wrong, in words.
+    #[test]
+    fn unreadable_or_mismatched_tls_files_are_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = chrono::Utc::now().date_naive();
+        let (y, m) = (now.year(), now.month() as u8);
+        let (ours, theirs) = (
+            certificate((y - 1, m, 1), (y + 1, m, 1), false),
+            certificate((y - 1, m, 1), (y + 1, m, 1), false),
+        );
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let pem = ours.cert.pem();
+        std::fs::write(&cert_path, &pem[..pem.len() / 2]).unwrap();
+        std::fs::write(&key_path, ours.key_pair.serialize_pem()).unwrap();
+        let error = load_tls(&cert_path, &key_path).err().unwrap().to_string();
+        assert!(
+            error.contains("cut short") && error.contains("-----END CERTIFICATE-----"),
+            "{error}"
+        );
+        assert!(error.contains(&cert_path.display().to_string()), "{error}");
+        std::fs::write(&cert_path, &pem).unwrap();
+        std::fs::write(&key_path, theirs.key_pair.serialize_pem()).unwrap();
+        let error = load_tls(&cert_path, &key_path).err().unwrap().to_string();
+        assert!(
+            error.contains(&cert_path.display().to_string())
+                && error.contains(&key_path.display().to_string())
+                && error.contains("do not belong together"),
+            "{error}"
+        );
+        std::fs::write(&key_path, ours.key_pair.serialize_pem()).unwrap();
+        assert!(load_tls(&cert_path, &key_path).is_ok());
     }
 
     #[test]
