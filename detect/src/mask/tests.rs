@@ -1994,7 +1994,9 @@ fn settings_objects_under_value_like_secret_names_are_walked() {
         "accessKeys": [{"accessKeyId": "AKIA5X7Q2RZK4M8N3PTW", "status": "Inactive"}],
         "user_pin": "4821",
         "recovery_codes": ["abcd-1234", "efgh-5678"],
-        "credentials": {"user": "bob", "region": "eu"}
+        "credentials": {"user": "bob", "region": "eu"},
+        "pin_policy": {"pin": {"value": "4821", "minLength": 6}},
+        "mfa": {"otp": {"code": 482913, "digits": 6}, "jwt": {"token": "abc.def", "alg": "RS256"}}
     });
     let mut out = input.clone();
     m.mask_value_counted(&mut out, &mut MaskCounts::default());
@@ -2020,6 +2022,19 @@ fn settings_objects_under_value_like_secret_names_are_walked() {
     assert_eq!(
         out["credentials"],
         json!({"user": "[REDACTED:key]", "region": "[REDACTED:key]"})
+    );
+    // What names the secret with its parent word is the secret (`pin_value`, `otp_code`).
+    assert_eq!(
+        out["pin_policy"]["pin"],
+        json!({"value": "[REDACTED:key]", "minLength": 6})
+    );
+    assert_eq!(
+        out["mfa"]["otp"],
+        json!({"code": "[REDACTED:key]", "digits": 6})
+    );
+    assert_eq!(
+        out["mfa"]["jwt"],
+        json!({"token": "[REDACTED:key]", "alg": "RS256"})
     );
     let mut again = out.clone();
     m.mask_value_counted(&mut again, &mut MaskCounts::default());

@@ -37,6 +37,9 @@ pub(super) struct MaskWalk<'a> {
     /// Write mode: this many leading scan sites are known clean (from the check) and are
     /// copied without scanning them again.
     known_clean: u64,
+    /// The sensitive key whose object value is walked next as settings
+    /// ([`Self::force_key_value`]): its direct children are judged as compounds with it too.
+    settings_of: Option<String>,
 }
 
 impl<'a> MaskWalk<'a> {
@@ -55,6 +58,7 @@ impl<'a> MaskWalk<'a> {
             site: 0,
             clean_before_change: 0,
             known_clean: 0,
+            settings_of: None,
         }
     }
 
@@ -76,6 +80,7 @@ impl<'a> MaskWalk<'a> {
             site: 0,
             clean_before_change: 0,
             known_clean,
+            settings_of: None,
         }
     }
 
@@ -227,6 +232,10 @@ impl<'a> MaskWalk<'a> {
                 // Whether this object is a `{"name": <sensitive>, "value": ...}` pair: asked only
                 // when a value-like key comes up (most objects have none), then kept.
                 let mut pair_is_secret: Option<bool> = None;
+                // Settings of a value-like secret (`{"pin": {...}}`): a value filed under a
+                // word that names the secret with it is the secret (`{"pin": {"value": "4821"}}`
+                // is `pin_value`), its other settings stay (`minLength`).
+                let settings_of = self.settings_of.take();
                 self.object(map, enabled, |w, key, child| {
                     let view = child.as_ref();
                     if matches!(view, ValueRef::Null | ValueRef::Bool(_)) {
@@ -241,7 +250,11 @@ impl<'a> MaskWalk<'a> {
                     } else if rule.action != FieldAction::Keep
                         // A key masked just above held a secret value, it is no name for one.
                         && !is_masked(key)
-                        && m.key_is_sensitive(w.mem.as_deref_mut(), key)
+                        && (m.key_is_sensitive(w.mem.as_deref_mut(), key)
+                            || settings_of.as_deref().is_some_and(|of| {
+                                matches!(view, ValueRef::String(_) | ValueRef::Number(_))
+                                    && m.keys.is_sensitive(&format!("{of}_{key}"))
+                            }))
                         && !is_working_directory(key, child.as_str())
                         && !(child.is_number() && is_token_count(key))
                     {
@@ -481,7 +494,11 @@ impl<'a> MaskWalk<'a> {
             ValueRef::Array(items) => self.array(items, |w, item| {
                 w.force_key_value(item, item.as_ref(), key, node, extra)
             }),
-            _ => self.value_of(value, view, node, extra),
+            _ => {
+                self.settings_of = Some(key.to_string());
+                self.value_of(value, view, node, extra);
+                self.settings_of = None;
+            }
         }
     }
 
