@@ -51,14 +51,6 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     // passport number.
     "ssn",
     "socialsecuritynumber",
-];
-
-/// Sensitive words that name one value (a code, a key, a URL): their strings and numbers are
-/// masked, also in arrays (`recovery_codes`), but an object under them holds settings about the
-/// secret or its public parts (`{"pin": {"minLength": 6}}`, `{"jwt": {"alg": "RS256"}}`,
-/// CloudTrail's `{"accessKey": {"accessKeyId": ..., "status": ...}}`) and is walked as any
-/// other. The [`WHOLE_WORDS`] are of this kind too.
-const SCALAR_SECRET_WORDS: &[&str] = &[
     "passportnumber",
     "passportno",
     // Card security codes (PCI data, never to be stored) and one-time codes.
@@ -71,6 +63,14 @@ const SCALAR_SECRET_WORDS: &[&str] = &[
     "backupcode",
     "recoveryphrase",
     "mnemonic",
+];
+
+/// Sensitive words that name one value (a code, a key, a URL): their strings and numbers are
+/// masked, also in arrays (`recovery_codes`), but an object under them holds settings about the
+/// secret or its public parts (`{"pin": {"minLength": 6}}`, `{"jwt": {"alg": "RS256"}}`,
+/// CloudTrail's `{"accessKey": {"accessKeyId": ..., "status": ...}}`) and is walked as any
+/// other. The [`WHOLE_WORDS`] are of this kind too.
+const SCALAR_SECRET_WORDS: &[&str] = &[
     // Keys and tokens by other names (`awsAccessKey`; `accessKeyId` is the key's public id).
     "masterkey",
     "accesskey",
@@ -127,6 +127,9 @@ const SECRET_SUFFIXES: &[&str] = &[
     "code",
     "access",
     "b64",
+    "b32",
+    "base32",
+    "hex",
     "base64",
     "pem",
     "der",
@@ -347,6 +350,57 @@ impl KeyMatcher {
             })
             .map(|m| m.pattern().as_usize())
     }
+}
+
+/// Whether `key`, in the settings object of a value-like secret (`{"pin": {...}}`,
+/// [`KeyMatcher::masks_objects`]), names a setting or a public part, which stays: an id, a
+/// time, a state, a length, an algorithm (`minLength`, `status`, `alg`, `kid`, CloudTrail's
+/// `accessKey.{accessKeyId, userName, status, createDate}`). Every other value there is taken
+/// for the secret or a part of it (`value`, `code`, `words`, a JWK's `d`).
+pub(crate) fn is_secret_setting_key(key: &str) -> bool {
+    const SETTINGS: &[&str] = &[
+        "alg",
+        "algorithm",
+        "kid",
+        "iss",
+        "issuer",
+        "aud",
+        "audience",
+        "sub",
+        "scope",
+        "scopes",
+        "user",
+        "owner",
+        "state",
+        "enabled",
+        "disabled",
+        "required",
+        "kind",
+        "digits",
+        "period",
+        "interval",
+        "complexity",
+        "policy",
+        "format",
+        "version",
+        "counter",
+        "region",
+        "ttl",
+        "lifetime",
+        "label",
+        "description",
+        "provider",
+        "method",
+        "use",
+        "kty",
+        "crv",
+    ];
+    const ENDINGS: &[&str] = &[
+        "id", "ids", "at", "date", "time", "type", "count", "length", "status", "name", "seconds",
+        "minutes", "hours", "days",
+    ];
+    let folded = normalize_key(key);
+    SETTINGS.contains(&folded.as_str()) || ENDINGS.iter().any(|e| folded.ends_with(e))
 }
 
 /// Whether `before` ends with a qualifier that makes `word` a reference to a secret. A hashed

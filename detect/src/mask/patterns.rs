@@ -751,6 +751,7 @@ impl Patterns {
                                 .get(1)
                                 .and_then(|k| yaml_block(text, k.range(), s.start()))
                                 .unwrap_or_else(|| assignment_value(text, g, s)),
+                            PatternKind::CliCredentials => to_closing_quote(text, s.range()),
                             _ => s.range(),
                         })
                         // What masking wrote (`["[REDACTED:key]"]`) is not masked again.
@@ -786,6 +787,22 @@ const BARE_VALUE_GROUP: usize = 6;
 /// The secret of an assignment whose value group `group` matched `value` (on one line): a bare
 /// value goes on to the end of its CDATA section, JSON array or object, or over the `&` and `,`
 /// that do not separate it from another setting.
+/// A command-line secret that opens with a quote goes on to its closing quote (or the end of
+/// the text): `--mnemonic "abandon ability ..."` is all of the words, where the pattern's word
+/// stopped at the first space.
+fn to_closing_quote(text: &str, secret: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let bytes = text.as_bytes();
+    match secret.start.checked_sub(1).map(|i| bytes[i]) {
+        Some(quote @ (b'"' | b'\'')) if bytes.get(secret.end) != Some(&quote) => {
+            let end = text[secret.end..]
+                .find(char::from(quote))
+                .map_or(text.len(), |i| secret.end + i);
+            secret.start..end
+        }
+        _ => secret,
+    }
+}
+
 fn assignment_value(text: &str, group: usize, value: regex::Match<'_>) -> std::ops::Range<usize> {
     if group != BARE_VALUE_GROUP {
         return value.range();

@@ -1996,7 +1996,16 @@ fn settings_objects_under_value_like_secret_names_are_walked() {
         "recovery_codes": ["abcd-1234", "efgh-5678"],
         "credentials": {"user": "bob", "region": "eu"},
         "pin_policy": {"pin": {"value": "4821", "minLength": 6}},
-        "mfa": {"otp": {"code": 482913, "digits": 6}, "jwt": {"token": "abc.def", "alg": "RS256"}}
+        "mfa": {"otp": {"code": 482913, "digits": 6}, "jwt": {"token": "abc.def", "alg": "RS256"}},
+        "more": {
+            "pin": {"current": "4821", "previous": "1234", "settings": {"value": "4821", "minLength": 4}},
+            "privKey": {"d": "X2b8kq", "kty": "EC", "kid": "k1"},
+            "totp": {"key": "JBSWY3DPEHPK3PXP"},
+            "dsn": [{"value": "app:Xy7pQ2z@tcp(db:3306)/prod"}],
+            "recovery_codes": {"list": ["a1b2-c3d4"]},
+            "mnemonic": {"words": "abandon ability able"},
+            "secret_b32": "JBSWY3DPEHPK3PXP"
+        }
     });
     let mut out = input.clone();
     m.mask_value_counted(&mut out, &mut MaskCounts::default());
@@ -2036,6 +2045,21 @@ fn settings_objects_under_value_like_secret_names_are_walked() {
         out["mfa"]["jwt"],
         json!({"token": "[REDACTED:key]", "alg": "RS256"})
     );
+    let more = &out["more"];
+    assert_eq!(
+        more["pin"],
+        json!({"current": "[REDACTED:key]", "previous": "[REDACTED:key]",
+               "settings": {"value": "[REDACTED:key]", "minLength": 4}})
+    );
+    assert_eq!(
+        more["privKey"],
+        json!({"d": "[REDACTED:key]", "kty": "EC", "kid": "k1"})
+    );
+    assert_eq!(more["totp"]["key"], "[REDACTED:key]");
+    assert_eq!(more["dsn"][0]["value"], "[REDACTED:key]");
+    assert_eq!(more["recovery_codes"]["list"][0], "[REDACTED:key]");
+    assert_eq!(more["mnemonic"]["words"], "[REDACTED:key]");
+    assert_eq!(more["secret_b32"], "[REDACTED:key]");
     let mut again = out.clone();
     m.mask_value_counted(&mut again, &mut MaskCounts::default());
     assert_eq!(again, out);
@@ -2089,6 +2113,15 @@ fn short_names_in_text_keep_ordinary_words_and_mask_secrets() {
             "sqlcmd -S db -U sa -PZebra9KettleC1",
             "sqlcmd -S db -U sa -P[REDACTED:cli_credentials]",
         ),
+        (
+            "wallet restore --mnemonic \"abandon ability able about\" --network main",
+            "wallet restore --mnemonic \"[REDACTED:cli_credentials]\" --network main",
+        ),
+        (
+            "--password 'correct horse battery'",
+            "--password '[REDACTED:cli_credentials]'",
+        ),
+        ("--pin \"48 21", "--pin \"[REDACTED:cli_credentials]"),
         (
             "token:Zebra9KettleC1abc",
             "token:[REDACTED:secret_assignment]",

@@ -14,6 +14,7 @@ use perimeter_model::raw_prelude::*;
 use perimeter_model::{write_json_str, RawJson};
 
 use super::cache::Memory;
+use super::keys::is_secret_setting_key;
 use super::patterns::{bit, is_glued_password_client, is_masked, is_status_word, KindSet};
 
 use super::{
@@ -232,9 +233,8 @@ impl<'a> MaskWalk<'a> {
                 // Whether this object is a `{"name": <sensitive>, "value": ...}` pair: asked only
                 // when a value-like key comes up (most objects have none), then kept.
                 let mut pair_is_secret: Option<bool> = None;
-                // Settings of a value-like secret (`{"pin": {...}}`): a value filed under a
-                // word that names the secret with it is the secret (`{"pin": {"value": "4821"}}`
-                // is `pin_value`), its other settings stay (`minLength`).
+                // Settings of a value-like secret (`{"pin": {...}}`): what is not a setting
+                // there is the secret (`{"pin": {"value": "4821"}}`), also deeper down.
                 let settings_of = self.settings_of.take();
                 self.object(map, enabled, |w, key, child| {
                     let view = child.as_ref();
@@ -250,11 +250,15 @@ impl<'a> MaskWalk<'a> {
                     } else if rule.action != FieldAction::Keep
                         // A key masked just above held a secret value, it is no name for one.
                         && !is_masked(key)
-                        && (m.key_is_sensitive(w.mem.as_deref_mut(), key)
-                            || settings_of.as_deref().is_some_and(|of| {
-                                matches!(view, ValueRef::String(_) | ValueRef::Number(_))
-                                    && m.keys.is_sensitive(&format!("{of}_{key}"))
-                            }))
+                        && settings_of.is_some()
+                        && !is_secret_setting_key(key)
+                    {
+                        let of = settings_of.as_deref().unwrap_or_default();
+                        let extra = extra | rule.extra;
+                        w.force_key_value(child, view, of, child_node, extra);
+                    } else if rule.action != FieldAction::Keep
+                        && !is_masked(key)
+                        && m.key_is_sensitive(w.mem.as_deref_mut(), key)
                         && !is_working_directory(key, child.as_str())
                         && !(child.is_number() && is_token_count(key))
                     {
