@@ -245,27 +245,25 @@ impl<'a> MaskWalk<'a> {
                     let m = w.masker;
                     let child_node = node.and_then(|n| m.child_node(n, key));
                     let rule = child_node.and_then(|n| m.trie[n].rule).unwrap_or_default();
+                    // A key masked just above held a secret value, it is no name for one.
+                    let may_name_secret = rule.action != FieldAction::Keep && !is_masked(key);
                     if let Some(action) = forced_action(rule.action) {
                         w.force_leaves(child, action, "field");
-                    } else if rule.action != FieldAction::Keep
-                        // A key masked just above held a secret value, it is no name for one.
-                        && !is_masked(key)
+                    } else if may_name_secret
                         && settings_of.is_some()
                         && !is_secret_setting_key(key)
                     {
                         let of = settings_of.as_deref().unwrap_or_default();
                         let extra = extra | rule.extra;
                         w.force_key_value(child, view, of, child_node, extra);
-                    } else if rule.action != FieldAction::Keep
-                        && !is_masked(key)
+                    } else if may_name_secret
                         && m.key_is_sensitive(w.mem.as_deref_mut(), key)
                         && !is_working_directory(key, child.as_str())
                         && !(child.is_number() && is_token_count(key))
                     {
                         let extra = extra | rule.extra;
                         w.force_key_value(child, view, key, child_node, extra);
-                    } else if rule.action != FieldAction::Keep
-                        && !is_masked(key)
+                    } else if may_name_secret
                         && is_pair_value_key(key)
                         // `{"field": "Token", "from": "enabled", "to": "disabled"}`
                         && !child.as_str().is_some_and(is_status_word)
