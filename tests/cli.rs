@@ -1449,20 +1449,7 @@ fn run_check_says_when_the_tls_certificate_expires_and_refuses_an_expired_one() 
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        let cfg = dir.path().join("perimeter.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\ntls_cert_path = {cert_path:?}\ntls_key_path = {key_path:?}\n",
-                dir.path().join("data")
-            ),
-        )
-        .unwrap();
+        let (cfg, _) = write_tls_config(dir.path(), params);
         let out = perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let api = text
@@ -1488,6 +1475,30 @@ fn run_check_says_when_the_tls_certificate_expires_and_refuses_an_expired_one() 
 
 /// `perimeter run` (or `run --check`) with `cfg`, killed if it has not ended within 60 s (a
 /// `run` that started instead of refusing).
+/// A self-signed certificate from `params` with its key, and a configuration serving the API
+/// with them from a `data` directory, all in `dir`: the configuration's and the certificate's
+/// paths.
+fn write_tls_config(
+    dir: &std::path::Path,
+    params: rcgen::CertificateParams,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let cfg = dir.join("perimeter.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\ntls_cert_path = {cert_path:?}\ntls_key_path = {key_path:?}\n",
+            dir.join("data")
+        ),
+    )
+    .unwrap();
+    (cfg, cert_path)
+}
+
 fn run_until_it_ends(cfg: &std::path::Path, check: bool) -> std::process::Output {
     let mut args = vec!["--config", cfg.to_str().unwrap(), "run"];
     if check {
@@ -1518,19 +1529,7 @@ fn run_refuses_the_certificates_run_check_refuses_with_the_same_error() {
     let refused = |edit: &dyn Fn(&mut rcgen::CertificateParams)| -> (String, String) {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         edit(&mut params);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        let cfg = dir.path().join("perimeter.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "data_dir = {data:?}\n[api]\nlisten = \"127.0.0.1:0\"\ntls_cert_path = {cert_path:?}\ntls_key_path = {key_path:?}\n"
-            ),
-        )
-        .unwrap();
+        let (cfg, cert_path) = write_tls_config(dir.path(), params);
         let out = run_until_it_ends(&cfg, true);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert_eq!(out.status.code(), Some(1), "{text}");
@@ -1582,20 +1581,7 @@ fn run_check_warns_of_a_certificate_close_to_expiry() {
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     params.not_before = date(today - chrono::Days::new(30));
     params.not_after = date(today + chrono::Days::new(5));
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    let cfg = dir.path().join("perimeter.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\ntls_cert_path = {cert_path:?}\ntls_key_path = {key_path:?}\n",
-            dir.path().join("data")
-        ),
-    )
-    .unwrap();
+    let (cfg, _) = write_tls_config(dir.path(), params);
     let out = run_until_it_ends(&cfg, true);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(0), "{text}");
