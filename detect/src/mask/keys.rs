@@ -321,6 +321,20 @@ impl KeyMatcher {
         whole
     }
 
+    /// Whether `key`, in the settings object of the value-like secret `of` (`{"pin": {...}}`,
+    /// [`Self::masks_objects`]), names the secret or a part of it: with `of` it makes a
+    /// sensitive name (`value`, `code`, `current`, `phrase`, `hex`: `pin_value`), or it is
+    /// a private part of a key (a JWK's `d`, `p`, `q`, `k`) or an earlier secret (`previous`).
+    /// Its other keys are settings, kept for the analyst (`minLength`, a JWT's `claims`, an
+    /// OTP's `channel`, CloudTrail's `accessKey.{userName, status}`).
+    pub(crate) fn names_part_of_secret(&self, of: &str, key: &str) -> bool {
+        const SECRET_PARTS: &[&str] = &[
+            "d", "p", "q", "dp", "dq", "qi", "k", "previous", "prev", "words", "list",
+        ];
+        SECRET_PARTS.contains(&normalize_key(key).as_str())
+            || self.is_sensitive(&format!("{of}_{key}"))
+    }
+
     /// `folded`: `key` folded. `short_word`: the key ends with one of [`SHORT_PASSWORD_WORDS`]
     /// as a word of its own, which folding can no longer tell (nor where [`WHOLE_WORDS`] begin
     /// and end: that is read from `key`).
@@ -350,57 +364,6 @@ impl KeyMatcher {
             })
             .map(|m| m.pattern().as_usize())
     }
-}
-
-/// Whether `key`, in the settings object of a value-like secret (`{"pin": {...}}`,
-/// [`KeyMatcher::masks_objects`]), names a setting or a public part, which stays: an id, a
-/// time, a state, a length, an algorithm (`minLength`, `status`, `alg`, `kid`, CloudTrail's
-/// `accessKey.{accessKeyId, userName, status, createDate}`). Every other value there is taken
-/// for the secret or a part of it (`value`, `code`, `words`, a JWK's `d`).
-pub(crate) fn is_secret_setting_key(key: &str) -> bool {
-    const SETTINGS: &[&str] = &[
-        "alg",
-        "algorithm",
-        "kid",
-        "iss",
-        "issuer",
-        "aud",
-        "audience",
-        "sub",
-        "scope",
-        "scopes",
-        "user",
-        "owner",
-        "state",
-        "enabled",
-        "disabled",
-        "required",
-        "kind",
-        "digits",
-        "period",
-        "interval",
-        "complexity",
-        "policy",
-        "format",
-        "version",
-        "counter",
-        "region",
-        "ttl",
-        "lifetime",
-        "label",
-        "description",
-        "provider",
-        "method",
-        "use",
-        "kty",
-        "crv",
-    ];
-    const ENDINGS: &[&str] = &[
-        "id", "ids", "at", "date", "time", "type", "count", "length", "status", "name", "seconds",
-        "minutes", "hours", "days",
-    ];
-    let folded = normalize_key(key);
-    SETTINGS.contains(&folded.as_str()) || ENDINGS.iter().any(|e| folded.ends_with(e))
 }
 
 /// Whether `before` ends with a qualifier that makes `word` a reference to a secret. A hashed

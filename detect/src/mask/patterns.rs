@@ -243,7 +243,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
-            r#"|--(?i:password|passwd|pass|pw|pin|otp|mnemonic|cvv|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|mnemonic|seed-phrase|cvv|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
             r#"|(?:^|[\s\\/"'=(|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
@@ -269,6 +269,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--pin",
             "--otp",
             "--mnemonic",
+            "--passphrase",
+            "--seed-phrase",
             "--cvv",
             "--passwd",
             "--token",
@@ -793,11 +795,12 @@ const BARE_VALUE_GROUP: usize = 6;
 fn to_closing_quote(text: &str, secret: std::ops::Range<usize>) -> std::ops::Range<usize> {
     let bytes = text.as_bytes();
     match secret.start.checked_sub(1).map(|i| bytes[i]) {
-        Some(quote @ (b'"' | b'\'')) if bytes.get(secret.end) != Some(&quote) => {
-            let end = text[secret.end..]
-                .find(char::from(quote))
-                .map_or(text.len(), |i| secret.end + i);
-            secret.start..end
+        Some(quote @ (b'"' | b'\'')) if !secret.is_empty() => {
+            // A quote escaped with a backslash (`"ab\" cd"`) does not close it.
+            let end = (secret.end..bytes.len())
+                .find(|&i| bytes[i] == quote && bytes[i - 1] != b'\\')
+                .unwrap_or(text.len());
+            secret.start..end.max(secret.end)
         }
         _ => secret,
     }

@@ -2005,6 +2005,13 @@ fn settings_objects_under_value_like_secret_names_are_walked() {
             "recovery_codes": {"list": ["a1b2-c3d4"]},
             "mnemonic": {"words": "abandon ability able"},
             "secret_b32": "JBSWY3DPEHPK3PXP"
+        },
+        "kept": {
+            "jwt": {"claims": {"email": "bob@example.com", "groups": ["admins"], "exp": 1700000000}},
+            "otp": [{"channel": "sms", "deliveredTo": "+1 555 0100", "attempts": 3, "result": "DENY"}],
+            "seed": {"tables": 12, "rows": 5000, "database": "prod"},
+            "bearer": {"repository": "acme/api", "permission": "write"},
+            "dsn": {"host": "db.internal", "port": 5432}
         }
     });
     let mut out = input.clone();
@@ -2060,6 +2067,8 @@ fn settings_objects_under_value_like_secret_names_are_walked() {
     assert_eq!(more["recovery_codes"]["list"][0], "[REDACTED:key]");
     assert_eq!(more["mnemonic"]["words"], "[REDACTED:key]");
     assert_eq!(more["secret_b32"], "[REDACTED:key]");
+    // What an analyst needs about the secret stays.
+    assert_eq!(out["kept"], input["kept"]);
     let mut again = out.clone();
     m.mask_value_counted(&mut again, &mut MaskCounts::default());
     assert_eq!(again, out);
@@ -2122,6 +2131,14 @@ fn short_names_in_text_keep_ordinary_words_and_mask_secrets() {
             "--password '[REDACTED:cli_credentials]'",
         ),
         ("--pin \"48 21", "--pin \"[REDACTED:cli_credentials]"),
+        (
+            "app --secret \"ab\\\" Zq9xK2vL7w\" --v",
+            "app --secret \"[REDACTED:cli_credentials]\" --v",
+        ),
+        (
+            "wallet --seed-phrase \"abandon ability able\"",
+            "wallet --seed-phrase \"[REDACTED:cli_credentials]\"",
+        ),
         (
             "token:Zebra9KettleC1abc",
             "token:[REDACTED:secret_assignment]",
