@@ -322,17 +322,120 @@ impl KeyMatcher {
     }
 
     /// Whether `key`, in the settings object of the value-like secret `of` (`{"pin": {...}}`,
-    /// [`Self::masks_objects`]), names the secret or a part of it: with `of` it makes a
-    /// sensitive name (`value`, `code`, `current`, `phrase`, `hex`: `pin_value`), or it is
-    /// a private part of a key (a JWK's `d`, `p`, `q`, `k`) or an earlier secret (`previous`).
-    /// Its other keys are settings, kept for the analyst (`minLength`, a JWT's `claims`, an
-    /// OTP's `channel`, CloudTrail's `accessKey.{userName, status}`).
-    pub(crate) fn names_part_of_secret(&self, of: &str, key: &str) -> bool {
-        const SECRET_PARTS: &[&str] = &[
-            "d", "p", "q", "dp", "dq", "qi", "k", "previous", "prev", "words", "list",
+    /// [`Self::masks_objects`]), names a setting an analyst needs, which stays: an id, a time,
+    /// a state, a length, an algorithm, who and where (`minLength`, `status`, `alg`, a JWT's
+    /// `claims`, an OTP's `channel`, CloudTrail's `accessKey.{accessKeyId, userName, status,
+    /// createDate}`). Every other value there is taken for the secret or a part of it (fail
+    /// closed: `value`, `keyMaterial`, `pkcs8`, `xprv`, a JWK's `d`), and so is a setting-like
+    /// name that names the secret with `of` (`pin_current`, `seed_hex`) or the `id` of a
+    /// national or tax id.
+    pub(crate) fn is_secret_setting(&self, of: &str, key: &str) -> bool {
+        const SETTINGS: &[&str] = &[
+            "alg",
+            "algorithm",
+            "kid",
+            "iss",
+            "issuer",
+            "aud",
+            "audience",
+            "sub",
+            "scope",
+            "scopes",
+            "user",
+            "owner",
+            "state",
+            "enabled",
+            "disabled",
+            "required",
+            "kind",
+            "digits",
+            "period",
+            "interval",
+            "complexity",
+            "policy",
+            "format",
+            "version",
+            "counter",
+            "region",
+            "ttl",
+            "lifetime",
+            "label",
+            "description",
+            "provider",
+            "method",
+            "use",
+            "kty",
+            "crv",
+            "email",
+            "groups",
+            "group",
+            "roles",
+            "role",
+            "exp",
+            "iat",
+            "nbf",
+            "amr",
+            "acr",
+            "azp",
+            "claims",
+            "validation",
+            "result",
+            "reason",
+            "outcome",
+            "ip",
+            "country",
+            "city",
+            "location",
+            "channel",
+            "deliveredto",
+            "attempts",
+            "maxattempts",
+            "tables",
+            "rows",
+            "database",
+            "schema",
+            "file",
+            "duration",
+            "environment",
+            "job",
+            "exitcode",
+            "repository",
+            "repo",
+            "permission",
+            "permissions",
+            "app",
+            "application",
+            "client",
+            "useragent",
+            "path",
+            "project",
+            "bucket",
+            "host",
+            "hostname",
+            "port",
+            "server",
+            "timeout",
+            "purpose",
+            "device",
+            "remaining",
+            "tenant",
+            "organization",
+            "account",
+            "service",
+            "action",
         ];
-        SECRET_PARTS.contains(&normalize_key(key).as_str())
-            || self.is_sensitive(&format!("{of}_{key}"))
+        const ENDINGS: &[&str] = &[
+            "id", "ids", "at", "by", "date", "time", "type", "count", "length", "status", "name",
+            "ms", "seconds", "minutes", "hours", "days",
+        ];
+        let folded = normalize_key(key);
+        let setting =
+            SETTINGS.contains(&folded.as_str()) || ENDINGS.iter().any(|e| folded.ends_with(e));
+        let personal_id = folded == "id"
+            && ["nationalid", "taxid", "tin"]
+                .iter()
+                .any(|w| normalize_key(of).ends_with(w));
+        setting && !personal_id && !self.is_sensitive(&format!("{of}_{key}"))
     }
 
     /// `folded`: `key` folded. `short_word`: the key ends with one of [`SHORT_PASSWORD_WORDS`]

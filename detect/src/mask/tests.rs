@@ -2004,7 +2004,12 @@ fn settings_objects_under_value_like_secret_names_are_walked() {
             "dsn": [{"value": "app:Xy7pQ2z@tcp(db:3306)/prod"}],
             "recovery_codes": {"list": ["a1b2-c3d4"]},
             "mnemonic": {"words": "abandon ability able"},
-            "secret_b32": "JBSWY3DPEHPK3PXP"
+            "secret_b32": "JBSWY3DPEHPK3PXP",
+            "masterKey": {"keyMaterial": "c2VjcmV0a2V5bWF0", "keyId": "mrk-1"},
+            "seed": {"xprv": "xprv9s21ZrQH143K", "a": [{"b": "abandon ability"}]},
+            "national_id": {"id": "QQ123456C", "id_number": "QQ123456C", "country": "GB"},
+            "otp": {"sent": "482913"},
+            "DATABASE_URL": {"url": "postgres://app:p@ss@db/prod"}
         },
         "kept": {
             "jwt": {"claims": {"email": "bob@example.com", "groups": ["admins"], "exp": 1700000000}},
@@ -2067,6 +2072,21 @@ fn settings_objects_under_value_like_secret_names_are_walked() {
     assert_eq!(more["recovery_codes"]["list"][0], "[REDACTED:key]");
     assert_eq!(more["mnemonic"]["words"], "[REDACTED:key]");
     assert_eq!(more["secret_b32"], "[REDACTED:key]");
+    // Fail closed: what is not a known setting is the secret.
+    assert_eq!(
+        more["masterKey"],
+        json!({"keyMaterial": "[REDACTED:key]", "keyId": "mrk-1"})
+    );
+    assert_eq!(
+        more["seed"],
+        json!({"xprv": "[REDACTED:key]", "a": [{"b": "[REDACTED:key]"}]})
+    );
+    assert_eq!(
+        more["national_id"],
+        json!({"id": "[REDACTED:key]", "id_number": "[REDACTED:key]", "country": "GB"})
+    );
+    assert_eq!(more["otp"]["sent"], "[REDACTED:key]");
+    assert_eq!(more["DATABASE_URL"]["url"], "[REDACTED:key]");
     // What an analyst needs about the secret stays.
     assert_eq!(out["kept"], input["kept"]);
     let mut again = out.clone();

@@ -37,9 +37,8 @@ pub(super) struct MaskWalk<'a> {
     /// Write mode: this many leading scan sites are known clean (from the check) and are
     /// copied without scanning them again.
     known_clean: u64,
-    /// The value-like secret whose settings the object or array walked next belongs to
-    /// ([`Self::force_key_value`]); taken by that object or array, which hands it on to its own
-    /// objects and arrays.
+    /// The value-like secret whose settings the object walked next holds
+    /// ([`Self::force_key_value`]); taken by that object.
     settings_of: Option<String>,
 }
 
@@ -193,7 +192,6 @@ impl<'a> MaskWalk<'a> {
                 // ["Cookie", "sid=x"]]`): the value of a sensitive header is masked as under
                 // that key.
                 let header_secret = items.len() == 2 && self.is_secret_header_pair(items);
-                let settings_of = self.settings_of.take();
                 let glued_enabled = enabled & bit(PatternKind::CliCredentials) != 0;
                 let mut index = 0;
                 self.array(items, |w, item| {
@@ -223,9 +221,7 @@ impl<'a> MaskWalk<'a> {
                             return;
                         }
                     }
-                    w.settings_of = settings_of.clone();
                     w.value(item, node, extra);
-                    w.settings_of = None;
                     let text = item.as_str();
                     in_private_key = pem_enabled && text.is_some_and(opens_private_key);
                     named_secret =
@@ -236,11 +232,9 @@ impl<'a> MaskWalk<'a> {
                 // Whether this object is a `{"name": <sensitive>, "value": ...}` pair: asked only
                 // when a value-like key comes up (most objects have none), then kept.
                 let mut pair_is_secret: Option<bool> = None;
-                // Settings of a value-like secret (`{"pin": {...}}`): a value filed under a
-                // word that names the secret with it, or a part of one, is the secret
-                // (`{"pin": {"value": "4821"}}` is `pin_value`; a JWK's `d`), also deeper down;
-                // the rest are settings and stay (`minLength`, a JWT's claims, an OTP's
-                // `channel`).
+                // Settings of a value-like secret (`{"pin": {...}}`): what is not a known
+                // setting there is taken for the secret (fail closed: `{"pin": {"value"}}`,
+                // `{"masterKey": {"keyMaterial"}}`), objects and arrays under it too.
                 let settings_of = self.settings_of.take();
                 self.object(map, enabled, |w, key, child| {
                     let view = child.as_ref();
@@ -258,7 +252,7 @@ impl<'a> MaskWalk<'a> {
                     } else if may_name_secret
                         && settings_of
                             .as_deref()
-                            .is_some_and(|of| m.keys.names_part_of_secret(of, key))
+                            .is_some_and(|of| !m.keys.is_secret_setting(of, key))
                     {
                         let of = settings_of.as_deref().unwrap_or_default();
                         let extra = extra | rule.extra;
@@ -283,9 +277,7 @@ impl<'a> MaskWalk<'a> {
                     {
                         w.id_value(child, view, extra | rule.extra);
                     } else {
-                        w.settings_of = settings_of.clone();
                         w.value_of(child, view, child_node, extra | rule.extra);
-                        w.settings_of = None;
                     }
                 });
             }
