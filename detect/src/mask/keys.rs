@@ -497,25 +497,27 @@ fn is_secret_suffix(after: &[u8]) -> bool {
             .any(|w| after.starts_with(w.as_bytes()) && is_secret_suffix(&after[w.len()..]))
 }
 
-/// Whether the last word of `key` is one of [`SHORT_PASSWORD_WORDS`]: the whole key, or after a
-/// separator or a lower-to-upper case change (`db_pass`, `smtpPass`, `ADMIN_PW`; not `bypass`).
+/// Whether the last word of `key` is one of [`SHORT_PASSWORD_WORDS`] (`db_pass`, `smtpPass`,
+/// `ADMIN_PW`; not `bypass`).
 fn ends_with_short_password_word(key: &str) -> bool {
-    let bytes = key.as_bytes();
-    SHORT_PASSWORD_WORDS.iter().any(|w| {
-        let n = w.len();
-        if bytes.len() < n || !bytes[bytes.len() - n..].eq_ignore_ascii_case(w.as_bytes()) {
-            return false;
-        }
-        let word = &bytes[bytes.len() - n..];
-        match bytes.len().checked_sub(n + 1).map(|i| bytes[i]) {
-            None => true,
-            Some(b) if !b.is_ascii_alphanumeric() => true,
-            // `smtpPass`: a lower-case letter or digit, then the word capitalized.
-            Some(b) => {
-                (b.is_ascii_lowercase() || b.is_ascii_digit()) && word[0].is_ascii_uppercase()
-            }
-        }
-    })
+    SHORT_PASSWORD_WORDS.iter().any(|w| ends_with_word(key, w))
+}
+
+/// Whether `key` ends with `word` (in any case) as a word of its own: the whole key, or after
+/// a separator or a lower-to-upper case change (`db_pass`, `smtpPass`, `userPin`; not
+/// `bypass`, `shippin`).
+pub(crate) fn ends_with_word(key: &str, word: &str) -> bool {
+    let (bytes, n) = (key.as_bytes(), word.len());
+    if bytes.len() < n || !bytes[bytes.len() - n..].eq_ignore_ascii_case(word.as_bytes()) {
+        return false;
+    }
+    let word = &bytes[bytes.len() - n..];
+    match bytes.len().checked_sub(n + 1).map(|i| bytes[i]) {
+        None => true,
+        Some(b) if !b.is_ascii_alphanumeric() => true,
+        // `smtpPass`: a lower-case letter or digit, then the word capitalized.
+        Some(b) => (b.is_ascii_lowercase() || b.is_ascii_digit()) && word[0].is_ascii_uppercase(),
+    }
 }
 
 /// Whether a word of `key` begins or ends before its `pos`-th letter or digit (`pos` counts

@@ -938,15 +938,7 @@ fn net_user_prose(text: &str, start: usize, secret: &str) -> bool {
 /// must look generated (letters and digits) or mix in symbols, a `seed` must look generated or
 /// be long, an `otp`/`pin` must hold a digit; other names take any value.
 fn short_name_value_is_secret(name: &str, secret: &str) -> bool {
-    let last_word_is = |word: &str| {
-        name.len() >= word.len()
-            && name.is_char_boundary(name.len() - word.len())
-            && name[name.len() - word.len()..].eq_ignore_ascii_case(word)
-            && !name[..name.len() - word.len()]
-                .bytes()
-                .last()
-                .is_some_and(|b| b.is_ascii_lowercase() && word.as_bytes()[0].is_ascii_lowercase())
-    };
+    let last_word_is = |word: &str| super::keys::ends_with_word(name, word);
     let digits_only = secret.bytes().all(|b| b.is_ascii_digit());
     let symbols = secret.len() >= 6 && secret.bytes().any(|b| b.is_ascii_punctuation());
     if last_word_is("pass") || last_word_is("pw") {

@@ -162,19 +162,7 @@ impl<'a> MaskWalk<'a> {
                     })
                     .flatten();
                 match card {
-                    Some(text) => {
-                        self.mark_changed(self.site);
-                        self.counts.by_kind[PatternKind::CreditCard.index()] += 1;
-                        if self.out.is_some() {
-                            let kind = PatternKind::CreditCard;
-                            let r = self.masker.replacement(
-                                self.masker.kind_actions[kind.index()],
-                                kind.as_str(),
-                                &text,
-                            );
-                            self.json_str(&r);
-                        }
-                    }
+                    Some(text) => self.replace_leaf(PatternKind::CreditCard, "", &text),
                     None => self.leaf(value),
                 }
             }
@@ -217,7 +205,7 @@ impl<'a> MaskWalk<'a> {
                         if let Some(secret) =
                             item.as_str().and_then(|s| glued_password(items, i, s))
                         {
-                            w.glued_password(secret);
+                            w.replace_leaf(PatternKind::CliCredentials, "-p", secret);
                             return;
                         }
                     }
@@ -355,18 +343,18 @@ impl<'a> MaskWalk<'a> {
             && self.masker.key_is_sensitive(self.mem.as_deref_mut(), name)
     }
 
-    /// A password glued to a MySQL client's `-p`, masked whole after the option.
-    fn glued_password(&mut self, secret: &str) {
-        let kind = PatternKind::CliCredentials;
+    /// A leaf that is a secret of `kind` (`secret` is its text after `prefix`): masked whole,
+    /// `prefix` kept, and counted.
+    fn replace_leaf(&mut self, kind: PatternKind, prefix: &str, secret: &str) {
         self.mark_changed(self.site);
         self.counts.by_kind[kind.index()] += 1;
-        if let Some(out) = self.out.as_deref_mut() {
+        if self.out.is_some() {
             let r = self.masker.replacement(
                 self.masker.kind_actions[kind.index()],
                 kind.as_str(),
                 secret,
             );
-            write_json_str(out, &format!("-p{r}"));
+            self.json_str(&format!("{prefix}{r}"));
         }
     }
 
@@ -528,18 +516,8 @@ impl<'a> MaskWalk<'a> {
     fn pem_line(&mut self, line: &str) {
         if is_masked(line) {
             self.json_str(line);
-            return;
-        }
-        let kind = PatternKind::PemPrivateKey;
-        self.mark_changed(self.site);
-        self.counts.by_kind[kind.index()] += 1;
-        if self.out.is_some() {
-            let r = self.masker.replacement(
-                self.masker.kind_actions[kind.index()],
-                kind.as_str(),
-                line,
-            );
-            self.json_str(&r);
+        } else {
+            self.replace_leaf(PatternKind::PemPrivateKey, "", line);
         }
     }
 
