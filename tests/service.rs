@@ -23,6 +23,17 @@ impl Service {
             .text()
             .unwrap()
     }
+
+    /// Assert that `/metrics` has each of `lines` as a line of its own.
+    fn assert_metrics(&self, lines: &[&str]) {
+        let metrics = self.metrics();
+        for line in lines {
+            assert!(
+                metrics.lines().any(|l| l == *line),
+                "no `{line}` in {metrics}"
+            );
+        }
+    }
 }
 
 impl Drop for Service {
@@ -1358,16 +1369,10 @@ fn sighup_reloads_the_rules_all_or_nothing() {
     assert_eq!(listed(), 2);
     let ack = ingest(3);
     assert_eq!(ack["alerts"], 1, "the reloaded rules still run: {ack}");
-    let metrics = svc.metrics();
-    for line in [
+    svc.assert_metrics(&[
         "perimeter_rules_loaded 2",
         "perimeter_rule_reloads_failed_total 1",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "no `{line}` in {metrics}"
-        );
-    }
+    ]);
     stop(svc);
 }
 
@@ -1537,12 +1542,7 @@ fn a_resent_bad_line_is_not_counted_as_a_new_dead_letter() {
     assert_eq!(send()["dead_letters"], 1);
     assert_eq!(send()["dead_letters"], 0, "stored once");
     // It was counted at each sending: the metric disagreed with the store and the answers.
-    let metrics = svc.metrics();
-    let line = "perimeter_dead_letters_total{source=\"okta\"} 1";
-    assert!(
-        metrics.lines().any(|l| l == line),
-        "no `{line}` in {metrics}"
-    );
+    svc.assert_metrics(&["perimeter_dead_letters_total{source=\"okta\"} 1"]);
     stop(svc);
 }
 
@@ -1630,22 +1630,12 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_
         (1.into(), 0.into()),
         "{ack}"
     );
-    let metrics = svc.metrics();
     // Events in and out per source: both were stored.
-    for line in [
+    svc.assert_metrics(&[
         "perimeter_events_received_total{source=\"okta\"} 2",
         "perimeter_events_stored_total{source=\"okta\"} 2",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "no `{line}` in {metrics}"
-        );
-    }
-    let line = format!("perimeter_alerts_switched_off_total{{rule=\"{id}\"}} 1");
-    assert!(
-        metrics.lines().any(|l| l == line),
-        "no `{line}` in {metrics}"
-    );
+        &format!("perimeter_alerts_switched_off_total{{rule=\"{id}\"}} 1"),
+    ]);
     stop(svc);
 
     // The switch was persisted: still off after a restart, back on when switched on.
