@@ -1012,10 +1012,10 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     if let Some(listen) = args.listen {
         api_config.listen = listen;
     }
-    // Ingest clients whose batches the pipeline took are answered before the connections are
-    // cut at shutdown, however long past the grace period: the worker stores those batches
-    // anyway before the process exits (it drains the bus), so cutting them saves no time and
-    // would leave stored batches unanswered.
+    // At shutdown, once the grace period is over, ingest takes no more batches (503), and the
+    // clients whose batches the pipeline took before are answered before the connections are
+    // cut: the worker stores those batches anyway before the process exits (it drains the
+    // bus), so cutting them saves no time and would leave stored batches unanswered.
     let answers_owed = perimeter_ingest::http::AnswersOwed::default();
     let server = Server::bind(&api_config).await?.hold_cutoff_while({
         let owed = answers_owed.clone();

@@ -210,7 +210,7 @@ struct LoadedCertificate {
 }
 
 impl LoadedCertificate {
-    /// Say when the certificate expires: in the log (a warning within [`EXPIRY_WARNING`], an
+    /// Say when the certificate expires: in the log (a warning within [`CERTIFICATE_EXPIRY_WARNING`], an
     /// error once expired) and as the gauge `perimeter_tls_certificate_expiry_timestamp_seconds`,
     /// for an alert well before clients start to refuse the API.
     fn report(&self, path: &std::path::Path, metrics: &perimeter_model::Metrics) {
@@ -230,7 +230,7 @@ impl LoadedCertificate {
 }
 
 /// Log that the served certificate has expired (an error) or expires within
-/// [`EXPIRY_WARNING`] (a warning); returns whether it did. Said at start, at each reload and
+/// [`CERTIFICATE_EXPIRY_WARNING`] (a warning); returns whether it did. Said at start, at each reload and
 /// daily while serving ([`EXPIRY_REMINDER`]), so an on-call engineer reading the log learns of
 /// a renewal that never came before clients refuse the API.
 fn remind_expiry(
@@ -266,7 +266,7 @@ fn expiry_state(
     let left = not_after - now;
     if left <= chrono::TimeDelta::zero() {
         ExpiryState::Expired
-    } else if left < EXPIRY_WARNING {
+    } else if left < CERTIFICATE_EXPIRY_WARNING {
         ExpiryState::ExpiresSoon {
             days_left: left.num_days(),
         }
@@ -278,7 +278,6 @@ fn expiry_state(
 /// A certificate expiring within this is logged as a warning (at start, at each reload and
 /// daily), and is a `warn` line of `perimeter run --check`.
 pub const CERTIFICATE_EXPIRY_WARNING: chrono::TimeDelta = chrono::TimeDelta::days(14);
-const EXPIRY_WARNING: chrono::TimeDelta = CERTIFICATE_EXPIRY_WARNING;
 
 /// How often a served certificate close to expiry (or expired) is logged again.
 const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
