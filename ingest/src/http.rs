@@ -39,7 +39,8 @@ pub struct AnswersOwed(Arc<std::sync::Mutex<OwedState>>);
 #[derive(Debug, Default)]
 struct OwedState {
     owed: usize,
-    /// Set once the connections are to be cut: no batch is handed over any more.
+    /// Set when the grace period is over ([`AnswersOwed::stop_taking`]): no batch is handed
+    /// over any more.
     closed: bool,
 }
 
@@ -52,8 +53,9 @@ impl AnswersOwed {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Owe an answer for a batch about to be handed over; `None` once closed (the batch must not
-    /// be handed over: its client would be cut off).
+    /// Owe an answer for a batch about to be handed over; `None` once ingest stopped taking
+    /// batches (the batch must not be handed over: its client may be cut off before it is
+    /// answered).
     pub fn owe(&self) -> Option<OwedAnswer> {
         let mut state = self.state();
         if state.closed {
