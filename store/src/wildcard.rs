@@ -39,20 +39,27 @@ pub(crate) fn is_text_field(field: &str) -> bool {
         || TEXT_FIELDS.contains(&field)
 }
 
+/// An unquoted literal with `*` or `?` in it, other than a lone `*` (has a value, which
+/// tantivy's grammar reads itself). Wildcards alone are patterns too: `??` is any
+/// two-character term, `???*` any of three or more (they were taken literally and matched
+/// nothing, silently).
 fn is_wildcard(lit: &UserInputLiteral) -> bool {
-    lit.delimiter == Delimiter::None
-        && lit.phrase.contains(['*', '?'])
-        && lit.phrase.chars().any(|c| c != '*' && c != '?')
+    lit.delimiter == Delimiter::None && lit.phrase.contains(['*', '?']) && lit.phrase != "*"
+}
+
+fn only_wildcards(glob: &str) -> bool {
+    glob.chars().all(|c| c == '*' || c == '?')
 }
 
 fn wildcard_ast(lit: UserInputLiteral) -> UserInputAst {
     let field = lit.field_name.clone().unwrap_or_else(|| "all".to_string());
     let glob = lit.phrase.to_lowercase();
-    if TEXT_FIELDS.contains(&field.as_str()) {
+    if TEXT_FIELDS.contains(&field.as_str()) && !only_wildcards(&glob) {
         // Word fields hold words: a pattern spanning several words cannot match one term.
         // Wildcards cut off from their word by a character the tokenizer drops (`dana🔥*`)
         // stay with the word before them; with no word at all (`🔥*`, `.*`) no term can match:
-        // the pattern must not become a bare `*` matching every term.
+        // the pattern must not become a bare `*` matching every term. (Wildcards alone, `???*`,
+        // are a pattern over one word, below.)
         let mut words: Vec<String> = Vec::new();
         for fragment in glob.split(|c: char| !(c.is_alphanumeric() || c == '*' || c == '?')) {
             if fragment.chars().any(char::is_alphanumeric) {

@@ -418,6 +418,15 @@ fn search_is_per_tenant_newest_first_paginated_and_filtered() {
         ("user.name:*🔥*", 0),
         ("user.name:ali🔥*", 16),
         ("user.name:ali🔥* AND NOT user.name:bob", 16),
+        // Wildcards alone are patterns (they were taken literally and matched nothing): on a
+        // word field over one word, elsewhere over the whole term.
+        ("user.name:?????", 16),
+        ("user.name:???*", 31),
+        ("user.name:??????*", 0),
+        ("event.action:*?", 31),
+        ("event.action:??", 0),
+        ("event.action:?????????????????", 1),
+        ("**", 31),
         // Has a value (tantivy answers `field:*` from fast fields only).
         ("user.name:*", 31),
         ("user.target.name:*", 0),
