@@ -129,7 +129,11 @@ fn main() -> ExitCode {
                 // One JSON object like every other line a log collector reads from us.
                 tracing::error!(error = %text, "perimeter stopped");
             } else {
-                eprintln!("error: {}", logging::masked(&text));
+                // Escaped too, line by line (errors such as a bad config's quote its lines): a
+                // vendor's answer could hold terminal escape sequences.
+                let masked = logging::masked(&text);
+                let lines: Vec<_> = masked.lines().map(terminal_cmd::terminal_safe).collect();
+                eprintln!("error: {}", lines.join("\n"));
             }
             ExitCode::from(2)
         }

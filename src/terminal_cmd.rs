@@ -445,7 +445,9 @@ fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json:
     let token = target
         .token
         .as_deref()
-        .context("--token (or PERIMETER_TOKEN) is required with --server")?;
+        // Errors are masked on their way out, and `--token <word>` reads as a credential there:
+        // the message names the option last.
+        .context("an API token is required with --server: set PERIMETER_TOKEN or pass --token")?;
     api_call(
         target.server.as_deref().unwrap_or_default(),
         token,
@@ -758,10 +760,10 @@ pub fn context(config: &PerimeterConfig, args: ContextArgs) -> anyhow::Result<Ex
     eprintln!(
         "events of {} {} from {} to {} (search: {})",
         args.by,
-        values.join(", "),
-        body["from"].as_str().unwrap_or(""),
-        body["to"].as_str().unwrap_or(""),
-        body["query"].as_str().unwrap_or("")
+        terminal_safe(&values.join(", ")),
+        terminal_safe(body["from"].as_str().unwrap_or("")),
+        terminal_safe(body["to"].as_str().unwrap_or("")),
+        terminal_safe(body["query"].as_str().unwrap_or(""))
     );
     if body["more"].as_bool() == Some(true) {
         eprintln!(
@@ -910,7 +912,7 @@ pub fn switch_rule(
     };
     eprintln!(
         "rule {id} ({}) is now {state} {scope}",
-        rule["title"].as_str().unwrap_or("?"),
+        terminal_safe(rule["title"].as_str().unwrap_or("?")),
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -944,18 +946,25 @@ pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {
             Ok(record) => record,
             Err(e) => {
                 failed += 1;
-                eprintln!("alert {id}: {}", crate::error_text(&e));
+                eprintln!(
+                    "alert {}: {}",
+                    terminal_safe(id),
+                    terminal_safe(&crate::logging::masked(&crate::error_text(&e)))
+                );
                 continue;
             }
         };
         say_json(&record)?;
         let alert = &record["alert"];
+        // Titles, assignees and notes come from log data and from other analysts: written out
+        // with their control characters escaped, as the tables are.
         eprintln!(
-            "alert {id}: {} [{}], status {}, assignee {}, {} change(s) in its history",
-            alert["title"].as_str().unwrap_or("?"),
-            alert["severity"].as_str().unwrap_or("?"),
-            alert["status"].as_str().unwrap_or("?"),
-            record["assignee"].as_str().unwrap_or("none"),
+            "alert {}: {} [{}], status {}, assignee {}, {} change(s) in its history",
+            terminal_safe(id),
+            terminal_safe(alert["title"].as_str().unwrap_or("?")),
+            terminal_safe(alert["severity"].as_str().unwrap_or("?")),
+            terminal_safe(alert["status"].as_str().unwrap_or("?")),
+            terminal_safe(record["assignee"].as_str().unwrap_or("none")),
             record["history"].as_array().map_or(0, Vec::len),
         );
         if let Some(gone) = record["evidence_missing"]
@@ -963,7 +972,8 @@ pub fn triage(args: TriageArgs) -> anyhow::Result<ExitCode> {
             .filter(|g| !g.is_empty())
         {
             eprintln!(
-                "alert {id}: {} of its evidence events are no longer stored (event retention)",
+                "alert {}: {} of its evidence events are no longer stored (event retention)",
+                terminal_safe(id),
                 gone.len()
             );
         }
@@ -993,12 +1003,19 @@ fn triage_ids(args: &[String]) -> anyhow::Result<Vec<String>> {
             ids.push(arg.clone());
             continue;
         }
-        for line in std::io::stdin().lines() {
+        for (n, line) in std::io::stdin().lines().enumerate() {
             let line = line.context("reading alert ids from stdin")?;
             let line = line.trim();
             if line.is_empty() {
                 continue;
             }
+            // A JSON line cut short or mangled is not an id (it would be sent as one, and
+            // answered "no such alert" under a name nobody recognises).
+            anyhow::ensure!(
+                !line.starts_with('{') || serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "stdin line {} is not valid JSON: {line}",
+                n + 1
+            );
             let id = match serde_json::from_str::<serde_json::Value>(line) {
                 Ok(doc) if doc.is_object() => doc
                     .pointer("/alert/id")

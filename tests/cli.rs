@@ -1940,6 +1940,65 @@ fn a_limit_of_zero_is_refused_as_the_api_refuses_it() {
 }
 
 #[test]
+fn a_missing_token_is_named_in_a_readable_error() {
+    // The error passes the masker on its way out: it must not read as a credential.
+    for cmd in [
+        vec!["alerts", "--server", "http://127.0.0.1:9"],
+        vec!["search", "x", "--server", "http://127.0.0.1:9"],
+    ] {
+        let out = perimeter(&cmd, None);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(
+                "an API token is required with --server: set PERIMETER_TOKEN or pass --token"
+            ),
+            "{cmd:?}: {err}"
+        );
+        assert!(!err.contains("REDACTED"), "{err}");
+    }
+}
+
+#[test]
+fn errors_quoting_input_write_its_escape_sequences_out() {
+    // A name with an escape sequence in it (clear screen, retitle the window).
+    let out = perimeter(
+        &[
+            "normalize",
+            "--source",
+            "okta",
+            "--input",
+            "/nonexistent/x\u{1b}[2J\u{1b}]0;pwned\u{7}",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+    assert!(err.contains("x\\u{1b}[2J"), "{err:?}");
+}
+
+#[test]
+fn triage_refuses_a_mangled_json_line_instead_of_taking_it_for_an_id() {
+    let out = perimeter(
+        &[
+            "triage",
+            "-",
+            "--server",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+        ],
+        Some(b"a1\n{\"alert\": {\"id\": \"a2\"}}\n{\"bad json\n"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("stdin line 3 is not valid JSON"), "{err}");
+    // Refused before anything was sent: the server address is never tried.
+    assert!(!err.contains("alert a1"), "{err}");
+}
+
+#[test]
 fn a_server_url_without_its_scheme_is_refused_saying_what_to_write() {
     for cmd in [
         vec!["alerts", "--server", "127.0.0.1:9", "--token", "t"],

@@ -23,6 +23,7 @@ pub fn perimeter_in(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     cmd.args(args)
         .current_dir(dir)
         .env_remove("PERIMETER_CONFIG")
+        .env_remove("PERIMETER_TOKEN")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
