@@ -221,12 +221,17 @@ impl RuleService for SigmaRuleService {
         if let Some(f) = report.failed.first() {
             return Err(RuleTestError::Rule(f.to_string()));
         }
-        // A misspelt logsource loads and matches nothing: say so, as `rules check` does.
+        // Source names are lower-case, as ingest takes them (`/ingest/OKTA` is `okta`).
+        let source = source.map(str::to_ascii_lowercase);
+        let source = source.as_deref();
+        // A misspelt logsource loads and matches nothing: say so, as `rules check` does; and a
+        // misspelt `source` reads the events as plain JSON, which no vendor rule sees.
         let warnings: Vec<String> = set
             .misspelt_sources(&self.registry.names(), &options)
             .iter()
             .map(|w| w.to_string())
             .chain(set.spec_warnings().iter().map(|w| w.to_string()))
+            .chain(source.and_then(|s| self.registry.unnormalized_source_note(s)))
             .collect();
         let mut detector = SigmaDetector::new(set, &options);
         let mut matched = Vec::new();

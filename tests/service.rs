@@ -1139,6 +1139,20 @@ fn rule_tests_run_the_real_engine_and_name_the_posted_rule_in_errors() {
         serde_json::json!([0, 5]),
         "{body}"
     );
+    // Source names are taken in any case, as ingest takes them; a misspelt one reads the
+    // events as plain JSON, which the Okta rule does not see: the answer says so.
+    let r = test(serde_json::json!({"rule": rule, "events": events, "source": "Okta"}));
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        body["result"]["matched"],
+        serde_json::json!([0, 5]),
+        "{body}"
+    );
+    let r = test(serde_json::json!({"rule": rule, "events": events, "source": "otka"}));
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["result"]["matched"], serde_json::json!([]), "{body}");
+    let warning = body["result"]["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("did you mean `okta`?"), "{body}");
     // An event that cannot be used is the request's fault, not the rule's.
     let r = test(serde_json::json!({"rule": rule, "events": [1, 2]}));
     assert_eq!(r.status().as_u16(), 400);
