@@ -416,8 +416,18 @@ fn compare(sort: AlertSort, a: &SortKey, b: &SortKey) -> std::cmp::Ordering {
     }
 }
 
+/// `tag.severity.micros.id.check`: `check` is the first 8 hex digits of the BLAKE3 of the rest.
+/// Alert ids are free text to this parser (it keeps whatever follows the time), so without it
+/// a cursor with characters added or cut off still parsed, as another position: a page then
+/// began at, and repeated, the previous page's last alert.
 fn encode_cursor(sort: AlertSort, k: &SortKey) -> String {
-    format!("{}.{}.{}.{}", sort.tag(), k.0, k.1, k.2)
+    let body = format!("{}.{}.{}.{}", sort.tag(), k.0, k.1, k.2);
+    let check = cursor_check(&body);
+    format!("{body}.{check}")
+}
+
+fn cursor_check(body: &str) -> String {
+    blake3::hash(body.as_bytes()).to_hex()[..8].to_string()
 }
 
 fn decode_cursor(sort: AlertSort, c: &str) -> Result<SortKey> {
@@ -426,7 +436,11 @@ fn decode_cursor(sort: AlertSort, c: &str) -> Result<SortKey> {
             "bad cursor: pass the `next_cursor` of the previous page unchanged".into(),
         )
     };
-    let mut parts = c.splitn(4, '.');
+    let (body, check) = c.rsplit_once('.').ok_or_else(bad)?;
+    if check != cursor_check(body) {
+        return Err(bad());
+    }
+    let mut parts = body.splitn(4, '.');
     let tag = parts.next().ok_or_else(bad)?;
     let known = [AlertSort::Newest, AlertSort::Oldest, AlertSort::Severity];
     if !known.iter().any(|s| s.tag() == tag) {
@@ -1533,14 +1547,36 @@ mod tests {
             .items
             .iter()
             .all(|r| r.alert.severity >= Severity::High));
-        let bad = AlertQuery {
-            limit: 10,
-            cursor: Some("garbage".into()),
-            ..Default::default()
-        };
-        assert!(matches!(
-            book.list("acme", &bad),
-            Err(StoreError::InvalidQuery(_))
-        ));
+        // A cursor changed in any way is refused (one with characters added after the id
+        // parsed as another position, and the page repeated the previous page's last alert).
+        let first = book
+            .list(
+                "acme",
+                &AlertQuery {
+                    limit: 4,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let cursor = first.next_cursor.expect("more than one page");
+        let mut cut = cursor.clone();
+        cut.pop();
+        for changed in [
+            "garbage".to_string(),
+            format!("{cursor}x"),
+            format!("{cursor}.extra"),
+            cut,
+            cursor.replacen(".3.", ".2.", 1),
+        ] {
+            let bad = AlertQuery {
+                limit: 10,
+                cursor: Some(changed.clone()),
+                ..Default::default()
+            };
+            assert!(
+                matches!(book.list("acme", &bad), Err(StoreError::InvalidQuery(_))),
+                "{changed}"
+            );
+        }
     }
 }
