@@ -76,14 +76,28 @@ impl Buckets {
     /// more than [`MAX_HISTOGRAM_BUCKETS`]. `interval`: `None` picks one.
     pub fn covering(from: i64, to: i64, interval: Option<i64>) -> Result<Buckets> {
         let span = to.saturating_sub(from).max(1);
+        // Buckets start at multiples of the interval, so the range can touch one more bucket
+        // than its length divided by the interval: the count is of the aligned buckets.
+        let aligned_len = |interval: i64| {
+            let first = from.div_euclid(interval) * interval;
+            let last = (to - 1).div_euclid(interval) * interval;
+            (last - first) / interval + 1
+        };
+        let fits = |i: &i64| aligned_len(*i) <= AUTO_HISTOGRAM_BUCKETS;
         let interval = match interval {
             Some(i) => i,
             None => AUTO_INTERVALS
                 .iter()
                 .copied()
-                .find(|i| ceil_div(span, *i) <= AUTO_HISTOGRAM_BUCKETS)
-                // Past 100 weeks: whole weeks (a bucket still starts at a midnight).
-                .unwrap_or_else(|| ceil_div(ceil_div(span, AUTO_HISTOGRAM_BUCKETS), WEEK) * WEEK),
+                .find(fits)
+                .unwrap_or_else(|| {
+                    // Past 100 weeks: whole weeks (a bucket still starts at a midnight).
+                    let weeks = ceil_div(ceil_div(span, AUTO_HISTOGRAM_BUCKETS), WEEK);
+                    (weeks..)
+                        .map(|w| w * WEEK)
+                        .find(fits)
+                        .expect("a week interval as long as the range fits")
+                }),
         };
         if interval <= 0 {
             return Err(StoreError::InvalidQuery(
@@ -91,8 +105,7 @@ impl Buckets {
             ));
         }
         let first = from.div_euclid(interval) * interval;
-        let last = (to - 1).div_euclid(interval) * interval;
-        let len = (last - first) / interval + 1;
+        let len = aligned_len(interval);
         if len > MAX_HISTOGRAM_BUCKETS {
             return Err(StoreError::InvalidQuery(format!(
                 "an interval of {interval} s over this time range makes {len} buckets, at most \
@@ -327,6 +340,20 @@ mod tests {
         assert_eq!(decades.interval % WEEK, 0, "{decades:?}");
         let years = Buckets::covering(1_000, 1_000 + 171_848_100, None).unwrap();
         assert_eq!(years.interval, 3 * WEEK, "{years:?}");
+        // A range not starting at a multiple of the interval touches one bucket more than its
+        // length over the interval: still at most 100 (from 1750 to now made 101).
+        for (from, to) in [
+            (t("1750-01-01T00:00:00Z"), t("2026-12-04T16:00:00Z")),
+            (t("1700-01-01T00:00:00Z"), t("2026-12-04T16:00:00Z")),
+            (t("2026-11-24T10:17:00Z"), t("2026-11-24T11:57:00Z")),
+            (30, 30 + 100 * 60),
+        ] {
+            let b = Buckets::covering(from, to, None).unwrap();
+            assert!(
+                b.len as i64 <= AUTO_HISTOGRAM_BUCKETS,
+                "{from}..{to}: {b:?}"
+            );
+        }
     }
 
     #[test]
