@@ -389,6 +389,12 @@ async fn update_alert_audited(
     }
     if let Some(a) = &patch.assignee {
         bounded("assignee", a, MAX_LABEL_BYTES)?;
+        // A name: one line of printable text (it is shown in lists, Slack lines, terminals).
+        if a.chars().any(char::is_control) {
+            return Err(ApiError::invalid_parameter(
+                "`assignee` has control characters (line breaks, escapes): give a name",
+            ));
+        }
     }
     if let Some(n) = &patch.note {
         bounded("note", n, MAX_NOTE_BYTES)?;
@@ -399,7 +405,8 @@ async fn update_alert_audited(
     // Stored and returned masked, like everything else Perimeter keeps.
     let update = AlertUpdate {
         status: patch.status.map(Into::into),
-        assignee: patch.assignee.as_deref().map(|a| state.mask_text(a)),
+        // `"  "` clears as `""` does (it was kept as an assignee nobody could read).
+        assignee: patch.assignee.as_deref().map(|a| state.mask_text(a.trim())),
         note: patch.note.as_deref().map(|n| state.mask_text(n)),
     };
     let store = state.store.clone();

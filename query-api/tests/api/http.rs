@@ -622,6 +622,21 @@ fn alert_changes_are_objects_and_a_null_assignee_unassigns() {
     assert_eq!(code, 200, "{cleared}");
     assert!(cleared["assignee"].is_null(), "{cleared}");
     assert!(api.get_json(&path, ACME, Role::Viewer)["assignee"].is_null());
+    // Blanks around a name are dropped, blanks alone unassign; control characters are refused.
+    let padded = api.patch(&path, ACME, Role::Responder, json!({"assignee": "  dana "}));
+    assert_eq!(padded.json::<Value>().unwrap()["assignee"], "dana");
+    let blank = api.patch(&path, ACME, Role::Responder, json!({"assignee": "   "}));
+    assert!(blank.json::<Value>().unwrap()["assignee"].is_null());
+    assert_error(
+        api.patch(
+            &path,
+            ACME,
+            Role::Responder,
+            json!({"assignee": "bob\u{1b}]0;owned\u{7}"}),
+        ),
+        400,
+        "invalid_parameter",
+    );
     // Absent is still no change at all.
     assert_error(
         api.patch(&path, ACME, Role::Responder, json!({})),
