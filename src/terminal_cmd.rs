@@ -158,7 +158,8 @@ pub struct Target {
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
     /// Tenant to read when reading the data directory directly (default: the configuration's
-    /// `tenant`, or the directory's only tenant when that one has no data there).
+    /// `tenant`, or the directory's only tenant when that one has no data there). With
+    /// `--server` the token's tenant is read (a warning says so).
     #[arg(long)]
     pub tenant: Option<String>,
     /// Most results to print (fetched page by page, so any number works; at least 1).
@@ -442,6 +443,17 @@ const SUMMARY_ENTITY_COLUMNS: &[Column] = &[
 ];
 
 fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json::Value> {
+    if let Some(tenant) = &target.tenant {
+        // A token reads its own tenant only; the flag is for data directories. Said once, not
+        // per page.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!(
+                "warning: --tenant {} is not used with --server: the server answers for the token's tenant",
+                terminal_safe(tenant)
+            )
+        });
+    }
     let token = target
         .token
         .as_deref()
@@ -687,8 +699,13 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
         );
         let log = perimeter_query_api::AuditLog::open_read_only(&path)?;
         let [from, to] = args.time.parsed()?;
-        // The tenant as the other commands choose it: those with data in the directory.
-        let (_, tenant) = local_store(&args.target, config)?;
+        // The tenant as the other commands choose it (those with data in the directory),
+        // except that a tenant named with `--tenant` may have used the API without storing
+        // anything: its entries are in the log all the same.
+        let tenant = match &args.target.tenant {
+            Some(t) => t.clone(),
+            None => local_store(&args.target, config)?.1,
+        };
         let query = perimeter_query_api::AuditQuery {
             tenant,
             action: args.action.clone(),

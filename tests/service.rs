@@ -1052,6 +1052,50 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
     let exports = audit(&["--data-dir", data_dir, "--tenant", "acme", "--limit", "1"]);
     assert_eq!(exports.len(), 1);
     assert_eq!(exports[0], served[0], "newest first");
+    // A tenant with nothing stored still has its API use in the audit log (it was refused as
+    // "no data" there).
+    let out = perimeter(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "tokens",
+            "create",
+            "--tenant",
+            "globex",
+            "--role",
+            "viewer",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let globex = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let r = client
+        .get(format!(
+            "{}/api/v1/events/search?q=CreateAccessKey",
+            svc.base
+        ))
+        .bearer_auth(&globex)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let theirs = audit(&["--data-dir", data_dir, "--tenant", "globex"]);
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert_eq!(theirs[0]["tenant"], "globex", "{theirs:?}");
+    // Through the server the token's tenant is read whatever `--tenant` says: said so.
+    let out = perimeter(
+        &[
+            "audit", "--server", &svc.base, "--token", &admin, "--tenant", "globex", "--format",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--tenant globex is not used with --server"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(json_lines(&out).iter().all(|e| e["tenant"] == "acme"));
     stop(svc);
     let listed = dead_letters(&["--data-dir", data.to_str().unwrap()]);
     assert_eq!(listed.len(), 1, "{listed:?}");
