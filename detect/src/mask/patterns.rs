@@ -1706,8 +1706,11 @@ fn verify(
                 && caps.get(1).is_some_and(|k| {
                     // `name ... >` is an XML element's start tag only, and its value is text
                     // closed by an end tag (`<token>` in `Bearer <token>.` is a placeholder).
+                    // A YAML folded block (`password: >` ending its line) is no start tag.
                     let separator = text[k.end()..start].trim_end();
-                    let element = separator.ends_with('>') && !separator.ends_with("=>");
+                    let element = separator.ends_with('>')
+                        && !separator.ends_with("=>")
+                        && !is_folded_block_header(separator);
                     (!element || element_value(text, k.start(), start, secret))
                     && keys.is_sensitive(k.as_str())
                     && !super::is_working_directory(k.as_str(), Some(secret))
@@ -1783,6 +1786,18 @@ fn verify(
         }
         _ => true,
     }
+}
+
+/// Whether `separator` (after a name, up to its value, trimmed) is a YAML folded block scalar's
+/// header without modifiers: `:` then `>`, and the value on the lines after it (`password: >`).
+/// `>-`, `>+` and `>2` do not end in `>`, so they are never taken for an XML start tag.
+/// (The pattern takes `: >` only with a line break after it.)
+fn is_folded_block_header(separator: &str) -> bool {
+    separator
+        .trim_start_matches(['"', '\''])
+        .trim_start()
+        .strip_prefix(':')
+        .is_some_and(|rest| rest.trim() == ">")
 }
 
 /// Whether the separator after a name (`separator`, up to the value) starts with `for <whom>`

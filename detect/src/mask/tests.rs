@@ -2172,3 +2172,45 @@ fn short_names_in_text_keep_ordinary_words_and_mask_secrets() {
         assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
     }
 }
+
+#[test]
+fn a_yaml_folded_block_value_is_masked_whole() {
+    let m = masker();
+    for (text, want) in [
+        (
+            "password: >\n  Zebra9 KettleT3\n  folded on\nuser: bob",
+            "password: >\n  [REDACTED:secret_assignment]\nuser: bob",
+        ),
+        (
+            "db:\n  password: >-\n    Zebra9KettleT3\n  host: db1",
+            "db:\n  password: >-\n    [REDACTED:secret_assignment]\n  host: db1",
+        ),
+        (
+            "secret: >+\n  Zebra9KettleT3\n\nnext: 1",
+            "secret: >+\n  [REDACTED:secret_assignment]\n\nnext: 1",
+        ),
+        (
+            "\"client_secret\": >\r\n  Zebra9KettleT3\r\nid: 7",
+            "\"client_secret\": >\r\n  [REDACTED:secret_assignment]\r\nid: 7",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // A comparison in prose, or a `>` that does not end the line, is no block header.
+    for clean in [
+        "the password length > 8 is required",
+        "password length >\n 8 chars",
+        "password: > 8 characters",
+        "password: >\nuser: bob",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let mut v = json!({"config": "auth:\n  token: >\n    Zebra9KettleT3\n"});
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["config"],
+        "auth:\n  token: >\n    [REDACTED:secret_assignment]\n"
+    );
+}
