@@ -298,10 +298,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // Also the key right after its key id, as credential files and pasted pairs have it
         // (`AKIA...,wJalr...`): 40 such characters alone are too common to mask. After its
         // name, spaces also separate (`aws configure set aws_secret_access_key wJalr...`): the
-        // name is no word of prose.
+        // name is no word of prose. After a key id, a slash also separates (`AKIA... / wJalr...`,
+        // as pairs are pasted into notes).
         regex: concat!(
             r#"(?i)secret_?access_?key\\?["']?(?:\s*[:=]\s*|\s+)\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
-            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}[\s,;|:"'=]{1,4}([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$))"#,
+            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=]{1,4}|[ \t]*/[ \t]*)([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$))"#,
         ),
         secret_groups: &[1, 2],
         // Not `secret_access_key`: `access_key` is in it.

@@ -2214,3 +2214,38 @@ fn a_yaml_folded_block_value_is_masked_whole() {
         "auth:\n  token: >\n    [REDACTED:secret_assignment]\n"
     );
 }
+
+#[test]
+fn an_aws_secret_key_after_its_key_id_and_a_slash_is_masked() {
+    let m = masker();
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for sep in [" / ", "/", ":", ",", " ", "\t", ";", " | "] {
+        let text = format!("creds AKIAIOSFODNN7EXAMPLE{sep}{secret} end");
+        let masked = m.mask_text(&text);
+        assert!(
+            !masked.contains(secret) && !masked.contains("AKIAIOSFODNN7EXAMPLE"),
+            "{text:?} -> {masked}"
+        );
+        assert!(
+            masked.contains(&format!("{sep}[REDACTED:aws_secret_access_key] end")),
+            "{masked}"
+        );
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text:?}");
+    }
+    // A CSV of credentials, as IAM exports it.
+    let mut v = json!({"file": format!("User name,Access key ID,Secret access key\nci,AKIAIOSFODNN7EXAMPLE,{secret}\n")});
+    m.mask_value(&mut v);
+    assert!(!v.to_string().contains(secret), "{v}");
+    // 40 such characters not right after a key id stay (a commit id, a path).
+    for clean in [
+        "commit 3f786850e387550fdab836ed7e6dc881de23001b / 0123456789abcdef0123456789abcdef01234567",
+        "AKIAIOSFODNN7EXAMPLE user bob / wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYS",
+    ] {
+        let masked = m.mask_text(clean);
+        assert!(
+            masked.contains("3f786850e387550fdab836ed7e6dc881de23001b")
+                || masked.contains("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYS"),
+            "{masked}"
+        );
+    }
+}
