@@ -429,6 +429,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // credentials to this very store.
             r"|prm_[a-f0-9]{64}",
             r"|[0-9]{5,16}:AA[A-Za-z0-9_-]{33}",
+            // Twilio API key SID (upper-case `SK` only; see `anchor_can_match`).
+            r"|SK[0-9a-fA-F]{32}",
             r")",
         ),
         secret_groups: &[],
@@ -507,6 +509,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "nfp_",
             "prm_",
             ":aa",
+            "sk",
         ],
     },
     PatternSpec {
@@ -1432,12 +1435,29 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
         PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"-us") => {
             start >= 32 && text[start - 32..start].iter().all(u8::is_ascii_hexdigit)
         }
+        // `SK` (Twilio, upper case only) is in many words (`task`, `desk`): 32 hex digits after
+        // it, and no letter or digit before it.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"sk") => {
+            anchor == b"SK"
+                && is_twilio_key_tail(rest)
+                && !start
+                    .checked_sub(1)
+                    .is_some_and(|i| text[i].is_ascii_alphanumeric())
+        }
         // `:AA` (Telegram, upper case only): the bot id's digits before it.
         PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b":aa") => {
             anchor == b":AA" && start >= 5 && text[start - 5..start].iter().all(u8::is_ascii_digit)
         }
         _ => true,
     }
+}
+
+/// Whether `rest` (after `SK`) is a Twilio API key SID's: 32 hex digits, then no more letters
+/// or digits (a longer run is another id).
+fn is_twilio_key_tail(rest: &[u8]) -> bool {
+    rest.len() >= 32
+        && rest[..32].iter().all(u8::is_ascii_hexdigit)
+        && !rest.get(32).is_some_and(u8::is_ascii_alphanumeric)
 }
 
 /// Bytes of a `name = value` name in the assignment pattern.
@@ -1782,6 +1802,10 @@ fn verify(
                             .any(|f| f.starts_with('-') && f.contains('b'))
                     })
         }),
+        // A Twilio key SID has a fixed length: a longer run of letters and digits is another id.
+        PatternKind::VendorToken if secret.starts_with("SK") && secret.len() == 34 => {
+            !glued_to_word(text, start, start + secret.len(), true)
+        }
         PatternKind::SlackToken | PatternKind::VendorToken | PatternKind::Jwt => {
             !glued_to_word(text, start, start + secret.len(), false)
         }
@@ -2431,6 +2455,11 @@ mod tests {
             ("ssh://git@github.com/acme", PatternKind::UrlCredentials),
             ("?sig=short", PatternKind::UrlSignature),
             ("msg.received", PatternKind::VendorToken),
+            ("ask the desk about the task", PatternKind::VendorToken),
+            (
+                "TASK0123456789abcdef0123456789abcdef",
+                PatternKind::VendorToken,
+            ),
         ] {
             assert_eq!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");
         }
@@ -2459,6 +2488,7 @@ mod tests {
                 PatternKind::AzureConnectionKey,
             ),
             ("SG.abcdefghijklmnopqrstuv.x", PatternKind::VendorToken),
+            ("sid=SK0123456789abcdef0123456789abcdef", PatternKind::VendorToken),
         ] {
             assert_ne!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");
         }
@@ -2481,6 +2511,7 @@ mod tests {
                 "/", "?", "&", "sig=", "X-Amz-Signature=", "sk_live_", "SG.", "8Q~", "glpat-",
                 "AIza", "hf_", "msg.", "aB3dE6gH9jK2mN5pQ8rS1tV4wX7yZ0cF", "Shared", "AccessKey",
                 "Account", "Key=", ";", "-u ", "--token ", "mysql ", "-p", "curl",
+                "SK", "sk", "0123456789abcdef0123456789abcdef",
             ]),
             0..12,
         )) {
@@ -3021,6 +3052,7 @@ mod tests {
             format!("rnd_{}", alnum(32)),
             format!("nfp_{}", alnum(36)),
             format!("123456789:AA{}", alnum(33)),
+            format!("SK{}", hex(32)),
         ] {
             one(&format!("key {token} rotated"), VendorToken, &token);
         }
@@ -3113,6 +3145,12 @@ mod tests {
             "rnd_seed",
             "ATBB",
             "dt0c01",
+            // Not a Twilio key SID: lower case, glued to a word, one hex digit short or long.
+            "sk0123456789abcdef0123456789abcdef",
+            "TASK0123456789abcdef0123456789abcdef",
+            "SK0123456789abcdef0123456789abcde",
+            "SK0123456789abcdef0123456789abcdef0",
+            "ask desk SKU risk",
         ] {
             assert!(
                 found(clean)

@@ -2249,3 +2249,22 @@ fn an_aws_secret_key_after_its_key_id_and_a_slash_is_masked() {
         );
     }
 }
+
+#[test]
+fn a_twilio_api_key_sid_is_masked() {
+    let m = masker();
+    let sid = "SK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a";
+    let mut v = json!({
+        "msg": format!("twilio api key {sid} created"),
+        "env": format!("TWILIO_API_KEY={sid}"),
+        "task": "TASK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a",
+        "sku": "SKU-1234 desk risk",
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["msg"], "twilio api key [REDACTED:vendor_token] created");
+    assert!(!v["env"].to_string().contains(sid), "{v}");
+    assert_eq!(v["task"], "TASK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a");
+    assert_eq!(v["sku"], "SKU-1234 desk risk");
+    let masked = m.mask_text(&format!("sid {sid}"));
+    assert_eq!(m.mask_text(&masked), masked, "idempotent");
+}
