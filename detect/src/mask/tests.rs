@@ -2268,3 +2268,36 @@ fn a_twilio_api_key_sid_is_masked() {
     let masked = m.mask_text(&format!("sid {sid}"));
     assert_eq!(m.mask_text(&masked), masked, "idempotent");
 }
+
+#[test]
+fn a_password_hint_or_reminder_is_masked_and_its_settings_stay() {
+    let m = masker();
+    let mut v = json!({
+        "password_hint": "my dog Rex",
+        "passwordHint": "first car",
+        "password_reminder": "Rex2019",
+        "PasswordHints": ["dog", "car"],
+        "password_hint_enabled": true,
+        "passwordHintShown": false,
+        "passwordHintLength": 12,
+        "hint": "try the blue door",
+        "token_type_hint": "refresh_token",
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["password_hint"], "[REDACTED:key]");
+    assert_eq!(v["passwordHint"], "[REDACTED:key]");
+    assert_eq!(v["password_reminder"], "[REDACTED:key]");
+    assert_eq!(
+        v["PasswordHints"],
+        json!(["[REDACTED:key]", "[REDACTED:key]"])
+    );
+    assert_eq!(v["password_hint_enabled"], true);
+    assert_eq!(v["passwordHintShown"], false);
+    assert_eq!(v["passwordHintLength"], 12);
+    assert_eq!(v["hint"], "try the blue door");
+    assert_eq!(v["token_type_hint"], "refresh_token");
+    assert_eq!(
+        m.mask_text("set password_hint=Rex2019 for bob"),
+        "set password_hint=[REDACTED:secret_assignment] for bob"
+    );
+}
