@@ -241,6 +241,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // PowerShell's `ConvertTo-SecureString '<password>'` (or the string piped into it; a
         // `$variable` is no password); group 19: `sqlplus user/<password>`.
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
+        // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`,
+        // quoted, 12 words or more (`--seed 42`, a random seed, is no secret).
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|mnemonic|seed-phrase|cvv|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
@@ -254,9 +256,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
+            r#"|(?:^|\s)--seed(?:\s+|=)(?:"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$))"#,
         ),
         secret_groups: &[
-            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
         ],
         anchors: &[
             "-u ",
@@ -271,6 +274,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--mnemonic",
             "--passphrase",
             "--seed-phrase",
+            // Also `--seed` alone, before a quoted seed phrase.
+            "--seed",
             "--cvv",
             "--passwd",
             "--token",

@@ -2301,3 +2301,33 @@ fn a_password_hint_or_reminder_is_masked_and_its_settings_stay() {
         "set password_hint=[REDACTED:secret_assignment] for bob"
     );
 }
+
+#[test]
+fn a_seed_phrase_after_seed_is_masked_and_a_random_seed_stays() {
+    let m = masker();
+    let phrase =
+        "abandon ability able about above absent absorb abstract absurd abuse access accident";
+    for (text, want) in [
+        (
+            format!("wallet restore --seed \"{phrase}\" --network main"),
+            "wallet restore --seed \"[REDACTED:cli_credentials]\" --network main",
+        ),
+        (
+            format!("wallet restore --seed='{phrase} actor actress' -y"),
+            // (`seed=` was masked as an assignment already.)
+            "wallet restore --seed='[REDACTED:secret_assignment]' -y",
+        ),
+    ] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    for clean in [
+        "python train.py --seed 42 --epochs 3",
+        "pytest -p randomly --seed=1234",
+        "hypothesis --seed \"1234\"",
+        "gen --seed \"red green blue\"",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
