@@ -1749,6 +1749,9 @@ fn verify(
                 })
                 && ((prose.is_none() && !for_whom) || looks_generated(secret))
                 && !is_status_word(secret)
+                && !caps
+                    .get(1)
+                    .is_some_and(|k| stack_frame_on_next_line(text, k.end(), start))
         }),
         PatternKind::AuthHeader => {
             let scheme = caps.and_then(|c| c.get(1)).map_or("", |m| m.as_str());
@@ -1816,6 +1819,27 @@ fn verify(
         }
         _ => true,
     }
+}
+
+/// Whether the value at `start` is on a line after its name (which ends at `name_end`) and that
+/// line is a stack frame (`Error: invalid token:` then `    at Object.verify (/app/x.js:75:21)`):
+/// the error message ended with the name, nothing was assigned to it.
+fn stack_frame_on_next_line(text: &str, name_end: usize, start: usize) -> bool {
+    if !text[name_end..start].contains('\n') {
+        return false;
+    }
+    let line_end = text[start..]
+        .find(['\n', '\r'])
+        .map_or(text.len(), |i| start + i);
+    let line = text[start..line_end].trim_end();
+    let Some(frame) = line.strip_prefix("at ") else {
+        return false;
+    };
+    // `at fn (file:line:col)`, `at file:line:col`, Java's `at pkg.Class.method(File.java:42)`.
+    let location = frame.strip_suffix(')').unwrap_or(frame);
+    let mut parts = location.rsplit(':');
+    let last = parts.next().unwrap_or_default();
+    frame.ends_with(')') || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether `separator` (after a name, up to its value, trimmed) is a YAML folded block scalar's

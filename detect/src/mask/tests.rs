@@ -2331,3 +2331,31 @@ fn a_seed_phrase_after_seed_is_masked_and_a_random_seed_stays() {
         assert_eq!(m.mask_text(clean), clean);
     }
 }
+
+#[test]
+fn a_stack_frame_after_an_error_naming_a_secret_is_no_value() {
+    let m = masker();
+    for clean in [
+        "Error: invalid token:\n    at Object.verify (/app/node_modules/jsonwebtoken/verify.js:75:21)\n    at next (/app/x.js:1:2)",
+        "JsonWebTokenError: jwt malformed token:\n  at /app/node_modules/jsonwebtoken/verify.js:63:17",
+        "java.lang.IllegalStateException: bad password:\n\tat com.acme.Auth.check(Auth.java:42)",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+        let mut v = json!({"stack": clean});
+        m.mask_value(&mut v);
+        assert_eq!(v["stack"], clean);
+    }
+    // A value on the next line that is no stack frame is still taken, and so is a block.
+    for (text, want) in [
+        (
+            "temporary password:\nZebra9Kettle42\nplease change it",
+            "temporary password:\n[REDACTED:secret_assignment]\nplease change it",
+        ),
+        (
+            "password:\n  at home Zebra9\nuser: bob",
+            "password:\n  [REDACTED:secret_assignment]\nuser: bob",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), want, "{text}");
+    }
+}
