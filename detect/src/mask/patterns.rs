@@ -1749,6 +1749,7 @@ fn verify(
                 })
                 && ((prose.is_none() && !for_whom) || looks_generated(secret))
                 && !is_status_word(secret)
+                && !is_hash_algorithm(secret)
                 && !caps
                     .get(1)
                     .is_some_and(|k| stack_frame_on_next_line(text, k.end(), start))
@@ -1819,6 +1820,29 @@ fn verify(
         }
         _ => true,
     }
+}
+
+/// A hash algorithm's name as the whole value (`the password is sha256`, `password: bcrypt`):
+/// how passwords are stored, not one.
+fn is_hash_algorithm(value: &str) -> bool {
+    const ALGORITHMS: &[&str] = &[
+        "md5", "sha1", "sha224", "sha256", "sha384", "sha512", "sha3", "sha3256", "sha3512",
+        "bcrypt", "scrypt", "yescrypt", "argon2", "argon2i", "argon2d", "argon2id", "pbkdf2",
+    ];
+    let value = value.trim_end_matches(['.', ',', ')']);
+    let lower = value.to_ascii_lowercase();
+    // `sha-256`, `pbkdf2-sha256`, `pbkdf2_sha512`, `sha512crypt`.
+    let plain = lower.replace('-', "");
+    let plain = plain
+        .strip_suffix("crypt")
+        .filter(|p| p.starts_with("sha") || *p == "md5")
+        .unwrap_or(plain.as_str());
+    let plain = plain
+        .strip_prefix("pbkdf2")
+        .and_then(|rest| rest.strip_prefix(['_', ':']).or(Some(rest)))
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(plain);
+    ALGORITHMS.contains(&plain)
 }
 
 /// Whether the value at `start` is on a line after its name (which ends at `name_end`) and that

@@ -2359,3 +2359,43 @@ fn a_stack_frame_after_an_error_naming_a_secret_is_no_value() {
         assert_eq!(m.mask_text(text), want, "{text}");
     }
 }
+
+#[test]
+fn a_hash_algorithm_named_as_the_password_value_stays() {
+    let m = masker();
+    for clean in [
+        "the password is sha256",
+        "password hashed with bcrypt",
+        "password: bcrypt",
+        "password=argon2id",
+        "password_hash: pbkdf2-sha256",
+        "the password is SHA-512.",
+        "local all all password md5",
+        "password: scrypt",
+        "password: md5",
+        "password: sha512crypt",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    // A password that only starts like an algorithm is still one.
+    for (text, want) in [
+        (
+            "password: bcrypt2024x",
+            "password: [REDACTED:secret_assignment]",
+        ),
+        (
+            "the password is sha256Zebra9",
+            "the password is [REDACTED:secret_assignment]",
+        ),
+        (
+            "password: pbkdf2Zebra9",
+            "password: [REDACTED:secret_assignment]",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), want, "{text}");
+    }
+    // By key name the value is masked whatever it is.
+    let mut v = json!({"password": "bcrypt"});
+    m.mask_value(&mut v);
+    assert_eq!(v["password"], "[REDACTED:key]");
+}
