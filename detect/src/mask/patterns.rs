@@ -822,6 +822,9 @@ fn assignment_value(text: &str, group: usize, value: regex::Match<'_>) -> std::o
     if let Some(end) = cdata_end(text, value.start()) {
         return value.start()..end;
     }
+    if let Some(end) = digest_credentials_end(text, value.start()) {
+        return value.start()..end;
+    }
     match text.as_bytes()[value.start()] {
         b'[' | b'{' => value.start()..bracketed_end(text, value.start()),
         _ => {
@@ -829,6 +832,64 @@ fn assignment_value(text: &str, group: usize, value: regex::Match<'_>) -> std::o
             value.start()..without_closing_parens(text, value.start(), end)
         }
     }
+}
+
+/// Where HTTP Digest credentials starting at `start` end (`Digest username="bob", realm="x",
+/// nonce="...", response="6629..."`): after their last `name=value` parameter, quoted
+/// (`"..."`, also JSON-escaped `\"...\"`) or not. The response, nonce and cnonce are all in
+/// it, so the whole list is the secret. `None`: no `Digest` and a parameter at `start`.
+fn digest_credentials_end(text: &str, start: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let scheme = bytes.get(start..start + 6)?;
+    if !scheme.eq_ignore_ascii_case(b"digest") {
+        return None;
+    }
+    let mut pos = start + 6;
+    let spaces = bytes[pos..]
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
+    if spaces == 0 {
+        return None;
+    }
+    pos += spaces;
+    let mut end = None;
+    loop {
+        let name = bytes[pos..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            .count();
+        if name == 0 || bytes.get(pos + name) != Some(&b'=') {
+            break;
+        }
+        pos += name + 1;
+        let rest = &bytes[pos..];
+        pos += if rest.starts_with(b"\\\"") {
+            // JSON-escaped quotes: up to the next `\"` (or the end).
+            rest[2..]
+                .windows(2)
+                .position(|w| w == b"\\\"")
+                .map_or(rest.len(), |i| i + 4)
+        } else if rest.first() == Some(&b'"') {
+            (1..rest.len())
+                .find(|&i| rest[i] == b'"' && rest[i - 1] != b'\\')
+                .map_or(rest.len(), |i| i + 1)
+        } else {
+            rest.iter()
+                .take_while(|b| !b.is_ascii_whitespace() && !matches!(b, b',' | b'"' | b'\\'))
+                .count()
+        };
+        end = Some(pos);
+        let gap = bytes[pos..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace() || **b == b',')
+            .count();
+        if !bytes[pos..pos + gap].contains(&b',') {
+            break;
+        }
+        pos += gap;
+    }
+    end
 }
 
 /// The secret of a YAML-style `name:` whose value is a block: after a block scalar indicator

@@ -2399,3 +2399,55 @@ fn a_hash_algorithm_named_as_the_password_value_stays() {
     m.mask_value(&mut v);
     assert_eq!(v["password"], "[REDACTED:key]");
 }
+
+#[test]
+fn http_digest_credentials_are_masked_whole() {
+    let m = masker();
+    let digest = r#"Digest username="bob", realm="api@example.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="/dir/index.html", qop=auth, nc=00000001, cnonce="0a4f113b", response="6629fae49393a05397450978507c4ef1", opaque="5ccc069c403ebaf9f0171e9517f40e41""#;
+    for (text, want) in [
+        (
+            format!("GET /dir/index.html HTTP/1.1\r\nAuthorization: {digest}\r\nHost: example.com"),
+            "GET /dir/index.html HTTP/1.1\r\nAuthorization: [REDACTED:secret_assignment]\r\nHost: example.com".to_string(),
+        ),
+        (
+            format!("proxy-authorization={digest} via=proxy1"),
+            "proxy-authorization=[REDACTED:secret_assignment] via=proxy1".to_string(),
+        ),
+        (
+            // Cut short: the rest is masked.
+            r#"Authorization: Digest username="bob", response="6629fae4"#.to_string(),
+            "Authorization: [REDACTED:secret_assignment]".to_string(),
+        ),
+        (
+            // Inside JSON held as text.
+            format!(
+                "{{\"headers\": \"Authorization: {}\", \"status\": 401}}",
+                digest.replace('"', "\\\"")
+            ),
+            "{\"headers\": \"Authorization: [REDACTED:secret_assignment]\", \"status\": 401}"
+                .to_string(),
+        ),
+    ] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // As a header value under its key, or a header pair, it is masked whole by the key name.
+    let mut v = json!({
+        "authorization": digest,
+        "headers": [["Authorization", digest]],
+        "www-authenticate": r#"Digest realm="api@example.com", qop="auth", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093""#,
+        "note": "the digest username is bob",
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["authorization"], "[REDACTED:key]");
+    assert_eq!(v["headers"][0][1], "[REDACTED:key]");
+    assert!(
+        v["www-authenticate"]
+            .as_str()
+            .unwrap()
+            .starts_with("Digest realm="),
+        "{v}"
+    );
+    assert_eq!(v["note"], "the digest username is bob");
+}
