@@ -43,7 +43,8 @@ pub enum FieldAction {
 #[serde(rename_all = "snake_case")]
 pub enum PatternKind {
     /// `-----BEGIN ... PRIVATE KEY-----` through the matching END line (or end of text when
-    /// truncated).
+    /// truncated). Also a PuTTY key file's private part: its `Private-Lines:` and the
+    /// `Private-MAC:` value.
     PemPrivateKey,
     /// `name=value` / `"name": "value"` inside text where the name is a sensitive key name
     /// (URL query strings, log lines, stringified JSON, unparseable dead-letter lines).

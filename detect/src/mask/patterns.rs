@@ -47,9 +47,22 @@ macro_rules! value_alternatives {
 const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::PemPrivateKey,
-        regex: r"-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|$)",
-        secret_groups: &[],
-        anchors: &["-----begin"],
+        // Group 1: a PEM private key. A PuTTY key file (`PuTTY-User-Key-File-2: ssh-rsa`)
+        // keeps its private key as base64 lines after `Private-Lines: <n>` (group 2: whole
+        // lines, with real or escaped line breaks) and its MAC (or a version 1 file's hash)
+        // after `Private-MAC:` (group 3); its public lines and comment stay.
+        regex: concat!(
+            r"(-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|$))",
+            r"|Private-Lines:[ \t]*[0-9]+[ \t]*(?:\r?\n|\\r\\n|\\n)([A-Za-z0-9+/=]+(?:(?:\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]+)*)(?:\r?\n|\\r\\n|\\n|\r|$)",
+            r"|Private-(?:MAC|Hash):[ \t]*([0-9a-fA-F]{20,})",
+        ),
+        secret_groups: &[1, 2, 3],
+        anchors: &[
+            "-----begin",
+            "private-lines:",
+            "private-mac:",
+            "private-hash:",
+        ],
     },
     PatternSpec {
         kind: PatternKind::SecretAssignment,
@@ -1740,7 +1753,8 @@ fn plain_secret(
     whole: std::ops::Range<usize>,
 ) -> Option<std::ops::Range<usize>> {
     match kind {
-        PatternKind::SecretAssignment
+        PatternKind::PemPrivateKey
+        | PatternKind::SecretAssignment
         | PatternKind::AuthHeader
         | PatternKind::UrlCredentials
         | PatternKind::UrlSignature

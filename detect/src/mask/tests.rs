@@ -2451,3 +2451,73 @@ fn http_digest_credentials_are_masked_whole() {
     );
     assert_eq!(v["note"], "the digest username is bob");
 }
+
+#[test]
+fn a_putty_private_key_file_has_its_private_lines_and_mac_masked() {
+    let m = masker();
+    let public = "AAAAB3NzaC1yc2EAAAADAQABAAABAQCxO38tKAJXIs9ivPxt7AY\nfs2a9kq0ThQxYu1Y8Jr5ZCAQ5wq3ZJk8nZ0qH2sJ0jMqz1x2pYB";
+    let key = format!(
+        "PuTTY-User-Key-File-3: ssh-rsa\nEncryption: none\nComment: rsa-key-20240115\nPublic-Lines: 2\n{public}\nPrivate-Lines: 3\nAAABAQCQ3Jx8eY8pZ1b2c3d4e5f6g7h8i9j0kLmNoPqRsTuVwXyZ\nAAAAgQD7abcdefghij12345klmnopqrstuvWXYZ0123456789+/\nAAAAgQC1zyxwvutsrqponmlkjihgfedcba9876543210==\nPrivate-MAC: 7a3f2e9b1c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a\n"
+    );
+    let want = format!(
+        "PuTTY-User-Key-File-3: ssh-rsa\nEncryption: none\nComment: rsa-key-20240115\nPublic-Lines: 2\n{public}\nPrivate-Lines: 3\n[REDACTED:pem_private_key]\nPrivate-MAC: [REDACTED:pem_private_key]\n"
+    );
+    let masked = m.mask_text(&key);
+    assert_eq!(masked, want);
+    assert_eq!(m.mask_text(&masked), masked, "idempotent");
+    // CRLF line ends, a version 2 file; and the file inside JSON held as text (escaped breaks).
+    let crlf = key.replace("File-3", "File-2").replace('\n', "\r\n");
+    let masked = m.mask_text(&crlf);
+    assert_eq!(
+        masked,
+        want.replace("File-3", "File-2").replace('\n', "\r\n")
+    );
+    let escaped = format!("{{\"ppk\": \"{}\"}}", key.replace('\n', "\\n"));
+    let masked = m.mask_text(&escaped);
+    assert_eq!(
+        masked,
+        format!("{{\"ppk\": \"{}\"}}", want.replace('\n', "\\n"))
+    );
+    // In a JSON string, and held one line per array item.
+    let mut v = json!({"ppk": key, "lines": key.lines().collect::<Vec<_>>()});
+    m.mask_value(&mut v);
+    assert_eq!(v["ppk"], want.as_str());
+    let lines: Vec<&str> = v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "PuTTY-User-Key-File-3: ssh-rsa",
+            "Encryption: none",
+            "Comment: rsa-key-20240115",
+            "Public-Lines: 2",
+            "AAAAB3NzaC1yc2EAAAADAQABAAABAQCxO38tKAJXIs9ivPxt7AY",
+            "fs2a9kq0ThQxYu1Y8Jr5ZCAQ5wq3ZJk8nZ0qH2sJ0jMqz1x2pYB",
+            "Private-Lines: 3",
+            "[REDACTED:pem_private_key]",
+            "[REDACTED:pem_private_key]",
+            "[REDACTED:pem_private_key]",
+            "Private-MAC: [REDACTED:pem_private_key]",
+        ]
+    );
+    let again = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, again, "idempotent");
+    // Near misses: a count of private lines with nothing after it, prose about them.
+    for clean in [
+        "Private-Lines: 14",
+        "the Private-Lines: header counts lines",
+        "Private-MAC: none",
+        "Public-Lines: 2\nAAAAB3NzaC1yc2EAAAADAQABAAABAQCxO38tKAJXIs9ivPxt7AY",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let mut v = json!({"lines": ["Private-Lines: 0", "next item", "Private-Lines: x", "kept"]});
+    let clean = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, clean);
+}

@@ -176,6 +176,10 @@ impl<'a> MaskWalk<'a> {
                 // the items after it up to the footer is masked with it.
                 let pem_enabled = enabled & bit(PatternKind::PemPrivateKey) != 0;
                 let mut in_private_key = false;
+                // A PuTTY key file held one line per item: the items after `Private-Lines: <n>`
+                // are the private key's `n` lines (the `Private-MAC:` item is masked by its
+                // pattern).
+                let mut putty_private_lines = 0usize;
                 // A header held as a `[name, value]` pair (`[["Authorization", "Bearer x"],
                 // ["Cookie", "sid=x"]]`): the value of a sensitive header is masked as under
                 // that key.
@@ -193,6 +197,14 @@ impl<'a> MaskWalk<'a> {
                             return;
                         }
                         in_private_key = false;
+                    }
+                    if putty_private_lines > 0 {
+                        if let Some(line) = item.as_str() {
+                            putty_private_lines -= 1;
+                            w.pem_line(line);
+                            return;
+                        }
+                        putty_private_lines = 0;
                     }
                     if (names_secret || (header_secret && i == 1)) && item.is_str() {
                         let m = w.masker;
@@ -212,6 +224,11 @@ impl<'a> MaskWalk<'a> {
                     w.value(item, node, extra);
                     let text = item.as_str();
                     in_private_key = pem_enabled && text.is_some_and(opens_private_key);
+                    putty_private_lines = if pem_enabled {
+                        text.map_or(0, putty_private_line_count)
+                    } else {
+                        0
+                    };
                     named_secret =
                         text.is_some_and(|s| s.starts_with('-') && w.names_secret_argument(s));
                 });
@@ -581,6 +598,15 @@ fn glued_password<'s>(items: &sonic_rs::Array, index: usize, arg: &'s str) -> Op
         .take(index)
         .any(|earlier| earlier.as_str().is_some_and(is_glued_password_client))
         .then_some(secret)
+}
+
+/// How many private key lines follow the array item `line` when it is a PuTTY key file's
+/// `Private-Lines: <n>` header alone (0 otherwise).
+fn putty_private_line_count(line: &str) -> usize {
+    line.trim()
+        .strip_prefix("Private-Lines:")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether the array item `line` closes a PEM private key (its footer).
