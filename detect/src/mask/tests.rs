@@ -2521,3 +2521,29 @@ fn a_putty_private_key_file_has_its_private_lines_and_mac_masked() {
     m.mask_value(&mut v);
     assert_eq!(v, clean);
 }
+
+#[test]
+fn a_random_seed_in_a_command_held_as_arguments_stays() {
+    let m = masker();
+    let phrase =
+        "abandon ability able about above absent absorb abstract absurd abuse access accident";
+    let mut v = json!({
+        "train": ["python", "train.py", "--seed", "42", "--epochs", "3"],
+        "test": ["pytest", "-p", "randomly", "--seed", "-1"],
+        "wallet": ["wallet", "restore", "--seed", phrase],
+        "hex": ["wallet", "--seed", "000102030405060708090a0b0c0d0e0f"],
+        "password": ["login", "--password", "42"],
+    });
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["train"],
+        json!(["python", "train.py", "--seed", "42", "--epochs", "3"])
+    );
+    assert_eq!(
+        v["test"],
+        json!(["pytest", "-p", "randomly", "--seed", "-1"])
+    );
+    assert_eq!(v["wallet"][3], "[REDACTED:key]");
+    assert_eq!(v["hex"][2], "[REDACTED:key]");
+    assert_eq!(v["password"][2], "[REDACTED:key]");
+}

@@ -171,6 +171,9 @@ impl<'a> MaskWalk<'a> {
                 // its arguments (`["--password", "x"]`). (Not any pair: `["password",
                 // "refresh_token"]` is a list of OAuth grant types.)
                 let mut named_secret = false;
+                // `--seed 42` seeds a random generator (tests, model training): a number after
+                // `--seed` is no wallet seed and stays.
+                let mut named_seed = false;
                 // A PEM private key held one line per item (a config file or a key stored as
                 // its lines): the header item is masked by its pattern, the key material in
                 // the items after it up to the footer is masked with it.
@@ -189,7 +192,9 @@ impl<'a> MaskWalk<'a> {
                 self.array(items, |w, item| {
                     let i = index;
                     index += 1;
-                    let names_secret = std::mem::take(&mut named_secret);
+                    let names_secret = std::mem::take(&mut named_secret)
+                        && !(std::mem::take(&mut named_seed)
+                            && item.as_str().is_some_and(is_decimal_integer));
                     if in_private_key {
                         if let Some(line) = item.as_str() {
                             in_private_key = !ends_private_key(line);
@@ -231,6 +236,10 @@ impl<'a> MaskWalk<'a> {
                     };
                     named_secret =
                         text.is_some_and(|s| s.starts_with('-') && w.names_secret_argument(s));
+                    named_seed = named_secret
+                        && text.is_some_and(|s| {
+                            s.trim_start_matches('-').eq_ignore_ascii_case("seed")
+                        });
                 });
             }
             ValueRef::Object(map) => {
@@ -607,6 +616,12 @@ fn putty_private_line_count(line: &str) -> usize {
         .strip_prefix("Private-Lines:")
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Whether `s` is a decimal integer (`42`, `-1`).
+fn is_decimal_integer(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Whether the array item `line` closes a PEM private key (its footer).
