@@ -43,7 +43,8 @@ pub enum FieldAction {
 #[serde(rename_all = "snake_case")]
 pub enum PatternKind {
     /// `-----BEGIN ... PRIVATE KEY-----` through the matching END line (or end of text when
-    /// truncated).
+    /// truncated). Also a PuTTY key file's private part: its `Private-Lines:` and the
+    /// `Private-MAC:` value.
     PemPrivateKey,
     /// `name=value` / `"name": "value"` inside text where the name is a sensitive key name
     /// (URL query strings, log lines, stringified JSON, unparseable dead-letter lines).
@@ -107,7 +108,8 @@ pub enum PatternKind {
     /// (`AGE-SECRET-KEY-1`), Mailchimp (32 hex + `-us<N>`), JFrog (`AKCp`, `cmVmdGtu` reference
     /// tokens), Dynatrace (`dt0c01.`), Bitbucket (`ATBB`), Supabase (`sbp_`, `sb_secret_`),
     /// Fly.io (`fo1_`, `fm2_`), Render (`rnd_`), Netlify (`nfp_`), Telegram bot tokens
-    /// (`<bot id>:AA...`), and Perimeter's own API tokens (`prm_`).
+    /// (`<bot id>:AA...`), Twilio API key SIDs (`SK` + 32 hex), and Perimeter's own API tokens
+    /// (`prm_`).
     VendorToken,
     /// JSON Web Tokens (`eyJ...` `.` `eyJ...` `.` signature).
     Jwt,

@@ -148,6 +148,9 @@ const SECRET_SUFFIXES: &[&str] = &[
     "number",
     "no",
     "phrase",
+    // A hint or reminder of a password often gives it away (`password_hint: dog's name`).
+    "hint",
+    "reminder",
     // A password of an environment or a temporary one is still the password.
     "temp",
     "tmp",
@@ -636,6 +639,9 @@ mod tests {
             "password_prod",
             "auth_key",
             "authKey",
+            "password_hint",
+            "passwordHint",
+            "password_reminder",
         ] {
             assert!(m.is_sensitive(k), "{k} should be sensitive");
         }

@@ -47,9 +47,22 @@ macro_rules! value_alternatives {
 const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::PemPrivateKey,
-        regex: r"-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|$)",
-        secret_groups: &[],
-        anchors: &["-----begin"],
+        // Group 1: a PEM private key. A PuTTY key file (`PuTTY-User-Key-File-2: ssh-rsa`)
+        // keeps its private key as base64 lines after `Private-Lines: <n>` (group 2: whole
+        // lines, with real or escaped line breaks) and its MAC (or a version 1 file's hash)
+        // after `Private-MAC:` (group 3); its public lines and comment stay.
+        regex: concat!(
+            r"(-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|$))",
+            r"|Private-Lines:[ \t]*[0-9]+[ \t]*(?:\r?\n|\\r\\n|\\n)([A-Za-z0-9+/=]+(?:(?:\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]+)*)(?:\r?\n|\\r\\n|\\n|\r|$)",
+            r"|Private-(?:MAC|Hash):[ \t]*([0-9a-fA-F]{20,})",
+        ),
+        secret_groups: &[1, 2, 3],
+        anchors: &[
+            "-----begin",
+            "private-lines:",
+            "private-mac:",
+            "private-hash:",
+        ],
     },
     PatternSpec {
         kind: PatternKind::SecretAssignment,
@@ -241,6 +254,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // PowerShell's `ConvertTo-SecureString '<password>'` (or the string piped into it; a
         // `$variable` is no password); group 19: `sqlplus user/<password>`.
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
+        // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`,
+        // quoted, 12 words or more (`--seed 42`, a random seed, is no secret).
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|mnemonic|seed-phrase|cvv|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
@@ -254,9 +269,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
+            r#"|(?:^|\s)--seed(?:\s+|=)(?:"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$))"#,
         ),
         secret_groups: &[
-            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
         ],
         anchors: &[
             "-u ",
@@ -271,6 +287,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--mnemonic",
             "--passphrase",
             "--seed-phrase",
+            // Also `--seed` alone, before a quoted seed phrase.
+            "--seed",
             "--cvv",
             "--passwd",
             "--token",
@@ -298,10 +316,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // Also the key right after its key id, as credential files and pasted pairs have it
         // (`AKIA...,wJalr...`): 40 such characters alone are too common to mask. After its
         // name, spaces also separate (`aws configure set aws_secret_access_key wJalr...`): the
-        // name is no word of prose.
+        // name is no word of prose. After a key id, a slash also separates (`AKIA... / wJalr...`,
+        // as pairs are pasted into notes).
         regex: concat!(
             r#"(?i)secret_?access_?key\\?["']?(?:\s*[:=]\s*|\s+)\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
-            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}[\s,;|:"'=]{1,4}([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$))"#,
+            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=]{1,4}|[ \t]*/[ \t]*)([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$))"#,
         ),
         secret_groups: &[1, 2],
         // Not `secret_access_key`: `access_key` is in it.
@@ -428,6 +447,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // credentials to this very store.
             r"|prm_[a-f0-9]{64}",
             r"|[0-9]{5,16}:AA[A-Za-z0-9_-]{33}",
+            // Twilio API key SID (upper-case `SK` only; see `anchor_can_match`).
+            r"|SK[0-9a-fA-F]{32}",
             r")",
         ),
         secret_groups: &[],
@@ -506,6 +527,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "nfp_",
             "prm_",
             ":aa",
+            "sk",
         ],
     },
     PatternSpec {
@@ -813,6 +835,9 @@ fn assignment_value(text: &str, group: usize, value: regex::Match<'_>) -> std::o
     if let Some(end) = cdata_end(text, value.start()) {
         return value.start()..end;
     }
+    if let Some(end) = digest_credentials_end(text, value.start()) {
+        return value.start()..end;
+    }
     match text.as_bytes()[value.start()] {
         b'[' | b'{' => value.start()..bracketed_end(text, value.start()),
         _ => {
@@ -820,6 +845,64 @@ fn assignment_value(text: &str, group: usize, value: regex::Match<'_>) -> std::o
             value.start()..without_closing_parens(text, value.start(), end)
         }
     }
+}
+
+/// Where HTTP Digest credentials starting at `start` end (`Digest username="bob", realm="x",
+/// nonce="...", response="6629..."`): after their last `name=value` parameter, quoted
+/// (`"..."`, also JSON-escaped `\"...\"`) or not. The response, nonce and cnonce are all in
+/// it, so the whole list is the secret. `None`: no `Digest` and a parameter at `start`.
+fn digest_credentials_end(text: &str, start: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let scheme = bytes.get(start..start + 6)?;
+    if !scheme.eq_ignore_ascii_case(b"digest") {
+        return None;
+    }
+    let mut pos = start + 6;
+    let spaces = bytes[pos..]
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
+    if spaces == 0 {
+        return None;
+    }
+    pos += spaces;
+    let mut end = None;
+    loop {
+        let name = bytes[pos..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            .count();
+        if name == 0 || bytes.get(pos + name) != Some(&b'=') {
+            break;
+        }
+        pos += name + 1;
+        let rest = &bytes[pos..];
+        pos += if rest.starts_with(b"\\\"") {
+            // JSON-escaped quotes: up to the next `\"` (or the end).
+            rest[2..]
+                .windows(2)
+                .position(|w| w == b"\\\"")
+                .map_or(rest.len(), |i| i + 4)
+        } else if rest.first() == Some(&b'"') {
+            (1..rest.len())
+                .find(|&i| rest[i] == b'"' && rest[i - 1] != b'\\')
+                .map_or(rest.len(), |i| i + 1)
+        } else {
+            rest.iter()
+                .take_while(|b| !b.is_ascii_whitespace() && !matches!(b, b',' | b'"' | b'\\'))
+                .count()
+        };
+        end = Some(pos);
+        let gap = bytes[pos..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace() || **b == b',')
+            .count();
+        if !bytes[pos..pos + gap].contains(&b',') {
+            break;
+        }
+        pos += gap;
+    }
+    end
 }
 
 /// The secret of a YAML-style `name:` whose value is a block: after a block scalar indicator
@@ -1431,12 +1514,29 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
         PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"-us") => {
             start >= 32 && text[start - 32..start].iter().all(u8::is_ascii_hexdigit)
         }
+        // `SK` (Twilio, upper case only) is in many words (`task`, `desk`): 32 hex digits after
+        // it, and no letter or digit before it.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"sk") => {
+            anchor == b"SK"
+                && is_twilio_key_tail(rest)
+                && !start
+                    .checked_sub(1)
+                    .is_some_and(|i| text[i].is_ascii_alphanumeric())
+        }
         // `:AA` (Telegram, upper case only): the bot id's digits before it.
         PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b":aa") => {
             anchor == b":AA" && start >= 5 && text[start - 5..start].iter().all(u8::is_ascii_digit)
         }
         _ => true,
     }
+}
+
+/// Whether `rest` (after `SK`) is a Twilio API key SID's: 32 hex digits, then no more letters
+/// or digits (a longer run is another id).
+fn is_twilio_key_tail(rest: &[u8]) -> bool {
+    rest.len() >= 32
+        && rest[..32].iter().all(u8::is_ascii_hexdigit)
+        && !rest.get(32).is_some_and(u8::is_ascii_alphanumeric)
 }
 
 /// Bytes of a `name = value` name in the assignment pattern.
@@ -1653,7 +1753,8 @@ fn plain_secret(
     whole: std::ops::Range<usize>,
 ) -> Option<std::ops::Range<usize>> {
     match kind {
-        PatternKind::SecretAssignment
+        PatternKind::PemPrivateKey
+        | PatternKind::SecretAssignment
         | PatternKind::AuthHeader
         | PatternKind::UrlCredentials
         | PatternKind::UrlSignature
@@ -1706,8 +1807,11 @@ fn verify(
                 && caps.get(1).is_some_and(|k| {
                     // `name ... >` is an XML element's start tag only, and its value is text
                     // closed by an end tag (`<token>` in `Bearer <token>.` is a placeholder).
+                    // A YAML folded block (`password: >` ending its line) is no start tag.
                     let separator = text[k.end()..start].trim_end();
-                    let element = separator.ends_with('>') && !separator.ends_with("=>");
+                    let element = separator.ends_with('>')
+                        && !separator.ends_with("=>")
+                        && !is_folded_block_header(separator);
                     (!element || element_value(text, k.start(), start, secret))
                     && keys.is_sensitive(k.as_str())
                     && !super::is_working_directory(k.as_str(), Some(secret))
@@ -1720,6 +1824,10 @@ fn verify(
                 })
                 && ((prose.is_none() && !for_whom) || looks_generated(secret))
                 && !is_status_word(secret)
+                && !is_hash_algorithm(secret)
+                && !caps
+                    .get(1)
+                    .is_some_and(|k| stack_frame_on_next_line(text, k.end(), start))
         }),
         PatternKind::AuthHeader => {
             let scheme = caps.and_then(|c| c.get(1)).map_or("", |m| m.as_str());
@@ -1778,11 +1886,71 @@ fn verify(
                             .any(|f| f.starts_with('-') && f.contains('b'))
                     })
         }),
+        // A Twilio key SID has a fixed length: a longer run of letters and digits is another id.
+        PatternKind::VendorToken if secret.starts_with("SK") && secret.len() == 34 => {
+            !glued_to_word(text, start, start + secret.len(), true)
+        }
         PatternKind::SlackToken | PatternKind::VendorToken | PatternKind::Jwt => {
             !glued_to_word(text, start, start + secret.len(), false)
         }
         _ => true,
     }
+}
+
+/// A hash algorithm's name as the whole value (`the password is sha256`, `password: bcrypt`):
+/// how passwords are stored, not one.
+fn is_hash_algorithm(value: &str) -> bool {
+    const ALGORITHMS: &[&str] = &[
+        "md5", "sha1", "sha224", "sha256", "sha384", "sha512", "sha3", "sha3256", "sha3512",
+        "bcrypt", "scrypt", "yescrypt", "argon2", "argon2i", "argon2d", "argon2id", "pbkdf2",
+    ];
+    let value = value.trim_end_matches(['.', ',', ')']);
+    let lower = value.to_ascii_lowercase();
+    // `sha-256`, `pbkdf2-sha256`, `pbkdf2_sha512`, `sha512crypt`.
+    let plain = lower.replace('-', "");
+    let plain = plain
+        .strip_suffix("crypt")
+        .filter(|p| p.starts_with("sha") || *p == "md5")
+        .unwrap_or(plain.as_str());
+    let plain = plain
+        .strip_prefix("pbkdf2")
+        .and_then(|rest| rest.strip_prefix(['_', ':']).or(Some(rest)))
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(plain);
+    ALGORITHMS.contains(&plain)
+}
+
+/// Whether the value at `start` is on a line after its name (which ends at `name_end`) and that
+/// line is a stack frame (`Error: invalid token:` then `    at Object.verify (/app/x.js:75:21)`):
+/// the error message ended with the name, nothing was assigned to it.
+fn stack_frame_on_next_line(text: &str, name_end: usize, start: usize) -> bool {
+    if !text[name_end..start].contains('\n') {
+        return false;
+    }
+    let line_end = text[start..]
+        .find(['\n', '\r'])
+        .map_or(text.len(), |i| start + i);
+    let line = text[start..line_end].trim_end();
+    let Some(frame) = line.strip_prefix("at ") else {
+        return false;
+    };
+    // `at fn (file:line:col)`, `at file:line:col`, Java's `at pkg.Class.method(File.java:42)`.
+    let location = frame.strip_suffix(')').unwrap_or(frame);
+    let mut parts = location.rsplit(':');
+    let last = parts.next().unwrap_or_default();
+    frame.ends_with(')') || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether `separator` (after a name, up to its value, trimmed) is a YAML folded block scalar's
+/// header without modifiers: `:` then `>`, and the value on the lines after it (`password: >`).
+/// `>-`, `>+` and `>2` do not end in `>`, so they are never taken for an XML start tag.
+/// (The pattern takes `: >` only with a line break after it.)
+fn is_folded_block_header(separator: &str) -> bool {
+    separator
+        .trim_start_matches(['"', '\''])
+        .trim_start()
+        .strip_prefix(':')
+        .is_some_and(|rest| rest.trim() == ">")
 }
 
 /// Whether the separator after a name (`separator`, up to the value) starts with `for <whom>`
@@ -2415,6 +2583,11 @@ mod tests {
             ("ssh://git@github.com/acme", PatternKind::UrlCredentials),
             ("?sig=short", PatternKind::UrlSignature),
             ("msg.received", PatternKind::VendorToken),
+            ("ask the desk about the task", PatternKind::VendorToken),
+            (
+                "TASK0123456789abcdef0123456789abcdef",
+                PatternKind::VendorToken,
+            ),
         ] {
             assert_eq!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");
         }
@@ -2443,6 +2616,7 @@ mod tests {
                 PatternKind::AzureConnectionKey,
             ),
             ("SG.abcdefghijklmnopqrstuv.x", PatternKind::VendorToken),
+            ("sid=SK0123456789abcdef0123456789abcdef", PatternKind::VendorToken),
         ] {
             assert_ne!(kinds(text) & bit(kind), 0, "{text:?} {kind:?}");
         }
@@ -2465,6 +2639,7 @@ mod tests {
                 "/", "?", "&", "sig=", "X-Amz-Signature=", "sk_live_", "SG.", "8Q~", "glpat-",
                 "AIza", "hf_", "msg.", "aB3dE6gH9jK2mN5pQ8rS1tV4wX7yZ0cF", "Shared", "AccessKey",
                 "Account", "Key=", ";", "-u ", "--token ", "mysql ", "-p", "curl",
+                "SK", "sk", "0123456789abcdef0123456789abcdef",
             ]),
             0..12,
         )) {
@@ -3005,6 +3180,7 @@ mod tests {
             format!("rnd_{}", alnum(32)),
             format!("nfp_{}", alnum(36)),
             format!("123456789:AA{}", alnum(33)),
+            format!("SK{}", hex(32)),
         ] {
             one(&format!("key {token} rotated"), VendorToken, &token);
         }
@@ -3097,6 +3273,12 @@ mod tests {
             "rnd_seed",
             "ATBB",
             "dt0c01",
+            // Not a Twilio key SID: lower case, glued to a word, one hex digit short or long.
+            "sk0123456789abcdef0123456789abcdef",
+            "TASK0123456789abcdef0123456789abcdef",
+            "SK0123456789abcdef0123456789abcde",
+            "SK0123456789abcdef0123456789abcdef0",
+            "ask desk SKU risk",
         ] {
             assert!(
                 found(clean)

@@ -2172,3 +2172,378 @@ fn short_names_in_text_keep_ordinary_words_and_mask_secrets() {
         assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
     }
 }
+
+#[test]
+fn a_yaml_folded_block_value_is_masked_whole() {
+    let m = masker();
+    for (text, want) in [
+        (
+            "password: >\n  Zebra9 KettleT3\n  folded on\nuser: bob",
+            "password: >\n  [REDACTED:secret_assignment]\nuser: bob",
+        ),
+        (
+            "db:\n  password: >-\n    Zebra9KettleT3\n  host: db1",
+            "db:\n  password: >-\n    [REDACTED:secret_assignment]\n  host: db1",
+        ),
+        (
+            "secret: >+\n  Zebra9KettleT3\n\nnext: 1",
+            "secret: >+\n  [REDACTED:secret_assignment]\n\nnext: 1",
+        ),
+        (
+            "\"client_secret\": >\r\n  Zebra9KettleT3\r\nid: 7",
+            "\"client_secret\": >\r\n  [REDACTED:secret_assignment]\r\nid: 7",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // A comparison in prose, or a `>` that does not end the line, is no block header.
+    for clean in [
+        "the password length > 8 is required",
+        "password length >\n 8 chars",
+        "password: > 8 characters",
+        "password: >\nuser: bob",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let mut v = json!({"config": "auth:\n  token: >\n    Zebra9KettleT3\n"});
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["config"],
+        "auth:\n  token: >\n    [REDACTED:secret_assignment]\n"
+    );
+}
+
+#[test]
+fn an_aws_secret_key_after_its_key_id_and_a_slash_is_masked() {
+    let m = masker();
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for sep in [" / ", "/", ":", ",", " ", "\t", ";", " | "] {
+        let text = format!("creds AKIAIOSFODNN7EXAMPLE{sep}{secret} end");
+        let masked = m.mask_text(&text);
+        assert!(
+            !masked.contains(secret) && !masked.contains("AKIAIOSFODNN7EXAMPLE"),
+            "{text:?} -> {masked}"
+        );
+        assert!(
+            masked.contains(&format!("{sep}[REDACTED:aws_secret_access_key] end")),
+            "{masked}"
+        );
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text:?}");
+    }
+    // A CSV of credentials, as IAM exports it.
+    let mut v = json!({"file": format!("User name,Access key ID,Secret access key\nci,AKIAIOSFODNN7EXAMPLE,{secret}\n")});
+    m.mask_value(&mut v);
+    assert!(!v.to_string().contains(secret), "{v}");
+    // 40 such characters not right after a key id stay (a commit id, a path).
+    for clean in [
+        "commit 3f786850e387550fdab836ed7e6dc881de23001b / 0123456789abcdef0123456789abcdef01234567",
+        "AKIAIOSFODNN7EXAMPLE user bob / wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYS",
+    ] {
+        let masked = m.mask_text(clean);
+        assert!(
+            masked.contains("3f786850e387550fdab836ed7e6dc881de23001b")
+                || masked.contains("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYS"),
+            "{masked}"
+        );
+    }
+}
+
+#[test]
+fn a_twilio_api_key_sid_is_masked() {
+    let m = masker();
+    let sid = "SK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a";
+    let mut v = json!({
+        "msg": format!("twilio api key {sid} created"),
+        "env": format!("TWILIO_API_KEY={sid}"),
+        "task": "TASK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a",
+        "sku": "SKU-1234 desk risk",
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["msg"], "twilio api key [REDACTED:vendor_token] created");
+    assert!(!v["env"].to_string().contains(sid), "{v}");
+    assert_eq!(v["task"], "TASK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a");
+    assert_eq!(v["sku"], "SKU-1234 desk risk");
+    let masked = m.mask_text(&format!("sid {sid}"));
+    assert_eq!(m.mask_text(&masked), masked, "idempotent");
+}
+
+#[test]
+fn a_password_hint_or_reminder_is_masked_and_its_settings_stay() {
+    let m = masker();
+    let mut v = json!({
+        "password_hint": "my dog Rex",
+        "passwordHint": "first car",
+        "password_reminder": "Rex2019",
+        "PasswordHints": ["dog", "car"],
+        "password_hint_enabled": true,
+        "passwordHintShown": false,
+        "passwordHintLength": 12,
+        "hint": "try the blue door",
+        "token_type_hint": "refresh_token",
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["password_hint"], "[REDACTED:key]");
+    assert_eq!(v["passwordHint"], "[REDACTED:key]");
+    assert_eq!(v["password_reminder"], "[REDACTED:key]");
+    assert_eq!(
+        v["PasswordHints"],
+        json!(["[REDACTED:key]", "[REDACTED:key]"])
+    );
+    assert_eq!(v["password_hint_enabled"], true);
+    assert_eq!(v["passwordHintShown"], false);
+    assert_eq!(v["passwordHintLength"], 12);
+    assert_eq!(v["hint"], "try the blue door");
+    assert_eq!(v["token_type_hint"], "refresh_token");
+    assert_eq!(
+        m.mask_text("set password_hint=Rex2019 for bob"),
+        "set password_hint=[REDACTED:secret_assignment] for bob"
+    );
+}
+
+#[test]
+fn a_seed_phrase_after_seed_is_masked_and_a_random_seed_stays() {
+    let m = masker();
+    let phrase =
+        "abandon ability able about above absent absorb abstract absurd abuse access accident";
+    for (text, want) in [
+        (
+            format!("wallet restore --seed \"{phrase}\" --network main"),
+            "wallet restore --seed \"[REDACTED:cli_credentials]\" --network main",
+        ),
+        (
+            format!("wallet restore --seed='{phrase} actor actress' -y"),
+            // (`seed=` was masked as an assignment already.)
+            "wallet restore --seed='[REDACTED:secret_assignment]' -y",
+        ),
+    ] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    for clean in [
+        "python train.py --seed 42 --epochs 3",
+        "pytest -p randomly --seed=1234",
+        "hypothesis --seed \"1234\"",
+        "gen --seed \"red green blue\"",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
+
+#[test]
+fn a_stack_frame_after_an_error_naming_a_secret_is_no_value() {
+    let m = masker();
+    for clean in [
+        "Error: invalid token:\n    at Object.verify (/app/node_modules/jsonwebtoken/verify.js:75:21)\n    at next (/app/x.js:1:2)",
+        "JsonWebTokenError: jwt malformed token:\n  at /app/node_modules/jsonwebtoken/verify.js:63:17",
+        "java.lang.IllegalStateException: bad password:\n\tat com.acme.Auth.check(Auth.java:42)",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+        let mut v = json!({"stack": clean});
+        m.mask_value(&mut v);
+        assert_eq!(v["stack"], clean);
+    }
+    // A value on the next line that is no stack frame is still taken, and so is a block.
+    for (text, want) in [
+        (
+            "temporary password:\nZebra9Kettle42\nplease change it",
+            "temporary password:\n[REDACTED:secret_assignment]\nplease change it",
+        ),
+        (
+            "password:\n  at home Zebra9\nuser: bob",
+            "password:\n  [REDACTED:secret_assignment]\nuser: bob",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), want, "{text}");
+    }
+}
+
+#[test]
+fn a_hash_algorithm_named_as_the_password_value_stays() {
+    let m = masker();
+    for clean in [
+        "the password is sha256",
+        "password hashed with bcrypt",
+        "password: bcrypt",
+        "password=argon2id",
+        "password_hash: pbkdf2-sha256",
+        "the password is SHA-512.",
+        "local all all password md5",
+        "password: scrypt",
+        "password: md5",
+        "password: sha512crypt",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    // A password that only starts like an algorithm is still one.
+    for (text, want) in [
+        (
+            "password: bcrypt2024x",
+            "password: [REDACTED:secret_assignment]",
+        ),
+        (
+            "the password is sha256Zebra9",
+            "the password is [REDACTED:secret_assignment]",
+        ),
+        (
+            "password: pbkdf2Zebra9",
+            "password: [REDACTED:secret_assignment]",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), want, "{text}");
+    }
+    // By key name the value is masked whatever it is.
+    let mut v = json!({"password": "bcrypt"});
+    m.mask_value(&mut v);
+    assert_eq!(v["password"], "[REDACTED:key]");
+}
+
+#[test]
+fn http_digest_credentials_are_masked_whole() {
+    let m = masker();
+    let digest = r#"Digest username="bob", realm="api@example.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", uri="/dir/index.html", qop=auth, nc=00000001, cnonce="0a4f113b", response="6629fae49393a05397450978507c4ef1", opaque="5ccc069c403ebaf9f0171e9517f40e41""#;
+    for (text, want) in [
+        (
+            format!("GET /dir/index.html HTTP/1.1\r\nAuthorization: {digest}\r\nHost: example.com"),
+            "GET /dir/index.html HTTP/1.1\r\nAuthorization: [REDACTED:secret_assignment]\r\nHost: example.com".to_string(),
+        ),
+        (
+            format!("proxy-authorization={digest} via=proxy1"),
+            "proxy-authorization=[REDACTED:secret_assignment] via=proxy1".to_string(),
+        ),
+        (
+            // Cut short: the rest is masked.
+            r#"Authorization: Digest username="bob", response="6629fae4"#.to_string(),
+            "Authorization: [REDACTED:secret_assignment]".to_string(),
+        ),
+        (
+            // Inside JSON held as text.
+            format!(
+                "{{\"headers\": \"Authorization: {}\", \"status\": 401}}",
+                digest.replace('"', "\\\"")
+            ),
+            "{\"headers\": \"Authorization: [REDACTED:secret_assignment]\", \"status\": 401}"
+                .to_string(),
+        ),
+    ] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // As a header value under its key, or a header pair, it is masked whole by the key name.
+    let mut v = json!({
+        "authorization": digest,
+        "headers": [["Authorization", digest]],
+        "www-authenticate": r#"Digest realm="api@example.com", qop="auth", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093""#,
+        "note": "the digest username is bob",
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["authorization"], "[REDACTED:key]");
+    assert_eq!(v["headers"][0][1], "[REDACTED:key]");
+    assert!(
+        v["www-authenticate"]
+            .as_str()
+            .unwrap()
+            .starts_with("Digest realm="),
+        "{v}"
+    );
+    assert_eq!(v["note"], "the digest username is bob");
+}
+
+#[test]
+fn a_putty_private_key_file_has_its_private_lines_and_mac_masked() {
+    let m = masker();
+    let public = "AAAAB3NzaC1yc2EAAAADAQABAAABAQCxO38tKAJXIs9ivPxt7AY\nfs2a9kq0ThQxYu1Y8Jr5ZCAQ5wq3ZJk8nZ0qH2sJ0jMqz1x2pYB";
+    let key = format!(
+        "PuTTY-User-Key-File-3: ssh-rsa\nEncryption: none\nComment: rsa-key-20240115\nPublic-Lines: 2\n{public}\nPrivate-Lines: 3\nAAABAQCQ3Jx8eY8pZ1b2c3d4e5f6g7h8i9j0kLmNoPqRsTuVwXyZ\nAAAAgQD7abcdefghij12345klmnopqrstuvWXYZ0123456789+/\nAAAAgQC1zyxwvutsrqponmlkjihgfedcba9876543210==\nPrivate-MAC: 7a3f2e9b1c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a\n"
+    );
+    let want = format!(
+        "PuTTY-User-Key-File-3: ssh-rsa\nEncryption: none\nComment: rsa-key-20240115\nPublic-Lines: 2\n{public}\nPrivate-Lines: 3\n[REDACTED:pem_private_key]\nPrivate-MAC: [REDACTED:pem_private_key]\n"
+    );
+    let masked = m.mask_text(&key);
+    assert_eq!(masked, want);
+    assert_eq!(m.mask_text(&masked), masked, "idempotent");
+    // CRLF line ends, a version 2 file; and the file inside JSON held as text (escaped breaks).
+    let crlf = key.replace("File-3", "File-2").replace('\n', "\r\n");
+    let masked = m.mask_text(&crlf);
+    assert_eq!(
+        masked,
+        want.replace("File-3", "File-2").replace('\n', "\r\n")
+    );
+    let escaped = format!("{{\"ppk\": \"{}\"}}", key.replace('\n', "\\n"));
+    let masked = m.mask_text(&escaped);
+    assert_eq!(
+        masked,
+        format!("{{\"ppk\": \"{}\"}}", want.replace('\n', "\\n"))
+    );
+    // In a JSON string, and held one line per array item.
+    let mut v = json!({"ppk": key, "lines": key.lines().collect::<Vec<_>>()});
+    m.mask_value(&mut v);
+    assert_eq!(v["ppk"], want.as_str());
+    let lines: Vec<&str> = v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "PuTTY-User-Key-File-3: ssh-rsa",
+            "Encryption: none",
+            "Comment: rsa-key-20240115",
+            "Public-Lines: 2",
+            "AAAAB3NzaC1yc2EAAAADAQABAAABAQCxO38tKAJXIs9ivPxt7AY",
+            "fs2a9kq0ThQxYu1Y8Jr5ZCAQ5wq3ZJk8nZ0qH2sJ0jMqz1x2pYB",
+            "Private-Lines: 3",
+            "[REDACTED:pem_private_key]",
+            "[REDACTED:pem_private_key]",
+            "[REDACTED:pem_private_key]",
+            "Private-MAC: [REDACTED:pem_private_key]",
+        ]
+    );
+    let again = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, again, "idempotent");
+    // Near misses: a count of private lines with nothing after it, prose about them.
+    for clean in [
+        "Private-Lines: 14",
+        "the Private-Lines: header counts lines",
+        "Private-MAC: none",
+        "Public-Lines: 2\nAAAAB3NzaC1yc2EAAAADAQABAAABAQCxO38tKAJXIs9ivPxt7AY",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let mut v = json!({"lines": ["Private-Lines: 0", "next item", "Private-Lines: x", "kept"]});
+    let clean = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, clean);
+}
+
+#[test]
+fn a_random_seed_in_a_command_held_as_arguments_stays() {
+    let m = masker();
+    let phrase =
+        "abandon ability able about above absent absorb abstract absurd abuse access accident";
+    let mut v = json!({
+        "train": ["python", "train.py", "--seed", "42", "--epochs", "3"],
+        "test": ["pytest", "-p", "randomly", "--seed", "-1"],
+        "wallet": ["wallet", "restore", "--seed", phrase],
+        "hex": ["wallet", "--seed", "000102030405060708090a0b0c0d0e0f"],
+        "password": ["login", "--password", "42"],
+    });
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["train"],
+        json!(["python", "train.py", "--seed", "42", "--epochs", "3"])
+    );
+    assert_eq!(
+        v["test"],
+        json!(["pytest", "-p", "randomly", "--seed", "-1"])
+    );
+    assert_eq!(v["wallet"][3], "[REDACTED:key]");
+    assert_eq!(v["hex"][2], "[REDACTED:key]");
+    assert_eq!(v["password"][2], "[REDACTED:key]");
+}

@@ -171,11 +171,18 @@ impl<'a> MaskWalk<'a> {
                 // its arguments (`["--password", "x"]`). (Not any pair: `["password",
                 // "refresh_token"]` is a list of OAuth grant types.)
                 let mut named_secret = false;
+                // `--seed 42` seeds a random generator (tests, model training): a number after
+                // `--seed` is no wallet seed and stays.
+                let mut named_seed = false;
                 // A PEM private key held one line per item (a config file or a key stored as
                 // its lines): the header item is masked by its pattern, the key material in
                 // the items after it up to the footer is masked with it.
                 let pem_enabled = enabled & bit(PatternKind::PemPrivateKey) != 0;
                 let mut in_private_key = false;
+                // A PuTTY key file held one line per item: the items after `Private-Lines: <n>`
+                // are the private key's `n` lines (the `Private-MAC:` item is masked by its
+                // pattern).
+                let mut putty_private_lines = 0usize;
                 // A header held as a `[name, value]` pair (`[["Authorization", "Bearer x"],
                 // ["Cookie", "sid=x"]]`): the value of a sensitive header is masked as under
                 // that key.
@@ -185,7 +192,9 @@ impl<'a> MaskWalk<'a> {
                 self.array(items, |w, item| {
                     let i = index;
                     index += 1;
-                    let names_secret = std::mem::take(&mut named_secret);
+                    let names_secret = std::mem::take(&mut named_secret)
+                        && !(std::mem::take(&mut named_seed)
+                            && item.as_str().is_some_and(is_decimal_integer));
                     if in_private_key {
                         if let Some(line) = item.as_str() {
                             in_private_key = !ends_private_key(line);
@@ -193,6 +202,14 @@ impl<'a> MaskWalk<'a> {
                             return;
                         }
                         in_private_key = false;
+                    }
+                    if putty_private_lines > 0 {
+                        if let Some(line) = item.as_str() {
+                            putty_private_lines -= 1;
+                            w.pem_line(line);
+                            return;
+                        }
+                        putty_private_lines = 0;
                     }
                     if (names_secret || (header_secret && i == 1)) && item.is_str() {
                         let m = w.masker;
@@ -212,8 +229,17 @@ impl<'a> MaskWalk<'a> {
                     w.value(item, node, extra);
                     let text = item.as_str();
                     in_private_key = pem_enabled && text.is_some_and(opens_private_key);
+                    putty_private_lines = if pem_enabled {
+                        text.map_or(0, putty_private_line_count)
+                    } else {
+                        0
+                    };
                     named_secret =
                         text.is_some_and(|s| s.starts_with('-') && w.names_secret_argument(s));
+                    named_seed = named_secret
+                        && text.is_some_and(|s| {
+                            s.trim_start_matches('-').eq_ignore_ascii_case("seed")
+                        });
                 });
             }
             ValueRef::Object(map) => {
@@ -581,6 +607,21 @@ fn glued_password<'s>(items: &sonic_rs::Array, index: usize, arg: &'s str) -> Op
         .take(index)
         .any(|earlier| earlier.as_str().is_some_and(is_glued_password_client))
         .then_some(secret)
+}
+
+/// How many private key lines follow the array item `line` when it is a PuTTY key file's
+/// `Private-Lines: <n>` header alone (0 otherwise).
+fn putty_private_line_count(line: &str) -> usize {
+    line.trim()
+        .strip_prefix("Private-Lines:")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether `s` is a decimal integer (`42`, `-1`).
+fn is_decimal_integer(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Whether the array item `line` closes a PEM private key (its footer).
