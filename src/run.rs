@@ -917,7 +917,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         tracing::info!(
             open_windows = restore.restored.keys,
             correlations_changed = restore.restored.dropped_correlations,
-            "restored open correlation windows (correlations whose rule file changed start empty)"
+            "restored open correlation windows (correlations whose rule file, or a file of the rules they read, changed start empty)"
         );
     }
     match pipeline
