@@ -103,11 +103,12 @@ pub enum ServeError {
     },
     #[error("TLS: {0}")]
     Tls(String),
-    /// The certificate loads but clients would refuse it (see [`check_server_certificate`]).
+    /// The certificate file loads but clients would refuse a certificate of it (see
+    /// [`check_server_chain`]).
     #[error("TLS: certificate {}: {problem}", path.display())]
     Certificate {
         path: PathBuf,
-        problem: CertificateProblem,
+        problem: ChainProblem,
     },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -136,17 +137,40 @@ pub enum CertificateProblem {
     CaCertificate,
 }
 
-/// What [`check_server_certificate`] read from a certificate it accepted.
+/// Which certificate of a chain file clients would refuse, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "certificate #{} in the file ({}, subject `{subject}`) {problem}",
+    .index + 1,
+    chain_role(*.index)
+)]
+pub struct ChainProblem {
+    /// Its place in the file, from 0: the server's own (the leaf), then the chain's.
+    pub index: usize,
+    /// Its subject (`CN=...`), as x509-parser writes it.
+    pub subject: String,
+    pub problem: CertificateProblem,
+}
+
+fn chain_role(index: usize) -> &'static str {
+    if index == 0 {
+        "the server's own"
+    } else {
+        "a chain certificate"
+    }
+}
+
+/// What [`check_server_certificate`] or [`check_server_chain`] read from what it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CertificateValidity {
-    /// `None` when the certificate could not be parsed to read it (rustls may still load it).
+    /// When the certificate (of a chain: the first of its certificates) expires; `None` when
+    /// none could be parsed to read it (rustls may still load them).
     pub not_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Whether a DER leaf certificate may be served at `now`: within its validity period and not
-/// a CA certificate. The one rule `perimeter run --check`, the start and each reload apply.
-/// A certificate x509-parser cannot read passes (its expiry is reported unknown): rustls
-/// decides whether it loads.
+/// a CA certificate. A certificate x509-parser cannot read passes (its expiry is reported
+/// unknown): rustls decides whether it loads.
 pub fn check_server_certificate(
     der: &[u8],
     now: chrono::DateTime<chrono::Utc>,
@@ -154,6 +178,66 @@ pub fn check_server_certificate(
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Ok(CertificateValidity { not_after: None });
     };
+    let not_after = check_validity(&cert, now)?;
+    // An unreadable extension (a duplicate) is not called a CA here: rustls and the client
+    // judge that certificate on their own terms.
+    let is_ca = cert
+        .basic_constraints()
+        .is_ok_and(|constraints| constraints.is_some_and(|c| c.value.ca));
+    if is_ca {
+        return Err(CertificateProblem::CaCertificate);
+    }
+    Ok(CertificateValidity { not_after })
+}
+
+/// Whether a certificate chain (DER, in the order of the PEM file: the server's own first) may
+/// be served at `now`: the first certificate as [`check_server_certificate`] has it, and each
+/// of the others within its validity period (a client building the path through an expired
+/// intermediate refuses the server as surely as for an expired leaf). The one rule `perimeter
+/// run --check`, the start and each reload apply. Accepted, it says when the first of the
+/// readable certificates expires: what clients refuse first.
+pub fn check_server_chain(
+    chain: &[impl AsRef<[u8]>],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<CertificateValidity, ChainProblem> {
+    let mut earliest: Option<chrono::DateTime<chrono::Utc>> = None;
+    for (index, der) in chain.iter().enumerate() {
+        let der = der.as_ref();
+        let problem = |problem| {
+            let subject = x509_parser::parse_x509_certificate(der)
+                .map(|(_, cert)| cert.subject().to_string())
+                .unwrap_or_default();
+            ChainProblem {
+                index,
+                subject,
+                problem,
+            }
+        };
+        let not_after = if index == 0 {
+            check_server_certificate(der, now)
+                .map_err(problem)?
+                .not_after
+        } else {
+            match x509_parser::parse_x509_certificate(der) {
+                Ok((_, cert)) => check_validity(&cert, now).map_err(problem)?,
+                Err(_) => None,
+            }
+        };
+        earliest = match (earliest, not_after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(CertificateValidity {
+        not_after: earliest,
+    })
+}
+
+/// Whether `cert` is within its validity period at `now`; when it expires (`None`: unreadable).
+fn check_validity(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, CertificateProblem> {
     let time = |t: x509_parser::time::ASN1Time| chrono::DateTime::from_timestamp(t.timestamp(), 0);
     let validity = cert.validity();
     let not_after = time(validity.not_after);
@@ -167,15 +251,7 @@ pub fn check_server_certificate(
             return Err(CertificateProblem::Expired { not_after });
         }
     }
-    // An unreadable extension (a duplicate) is not called a CA here: rustls and the client
-    // judge that certificate on their own terms.
-    let is_ca = cert
-        .basic_constraints()
-        .is_ok_and(|constraints| constraints.is_some_and(|c| c.value.ca));
-    if is_ca {
-        return Err(CertificateProblem::CaCertificate);
-    }
-    Ok(CertificateValidity { not_after })
+    Ok(not_after)
 }
 
 /// A bound listener, not yet serving: lets the caller learn the port (when `listen` had
@@ -196,13 +272,13 @@ pub type CutoffGate = Arc<dyn Fn() -> bool + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerCheck {
     Http,
-    /// With when the certificate expires (`None`: its validity could not be read).
+    /// With when the first certificate of the chain expires (`None`: no validity could be read).
     Https {
         certificate_expires: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
-/// A certificate pair loaded for serving, and when its (leaf) certificate expires.
+/// A certificate pair loaded for serving, and when the first certificate of its chain expires.
 struct LoadedCertificate {
     config: Arc<rustls::ServerConfig>,
     /// `None` when the certificate's validity could not be read (rustls accepted it anyway).
@@ -299,7 +375,7 @@ impl CertificateFiles {
     /// Until the server stops: load the pair again whenever a file changed, and hand it to
     /// the listener. A renewal half written (the certificate new, the key still old) fails to
     /// load; it is retried at the next change, which the second file's write is. A renewal
-    /// [`check_server_certificate`] refuses (expired, a CA certificate) is not served either:
+    /// [`check_server_chain`] refuses (expired, a CA certificate) is not served either:
     /// the certificate in use stays. One not valid yet (issued a moment ahead of this clock)
     /// is tried again at each check until it is valid.
     async fn watch(
@@ -338,7 +414,10 @@ impl CertificateFiles {
             let not_yet_valid = matches!(
                 loaded,
                 Err(ServeError::Certificate {
-                    problem: CertificateProblem::NotYetValid { .. },
+                    problem: ChainProblem {
+                        problem: CertificateProblem::NotYetValid { .. },
+                        ..
+                    },
                     ..
                 })
             );
@@ -620,8 +699,7 @@ fn load_tls(
             cert_path.display()
         )));
     }
-    // The leaf is first in the chain.
-    let CertificateValidity { not_after } = check_server_certificate(&certs[0], chrono::Utc::now())
+    let CertificateValidity { not_after } = check_server_chain(&certs, chrono::Utc::now())
         .map_err(|problem| ServeError::Certificate {
             path: cert_path.to_path_buf(),
             problem,
@@ -798,6 +876,100 @@ mod tests {
         let e = e.to_string();
         assert!(
             e.contains(&cert_path.display().to_string()) && e.contains("CA:TRUE"),
+            "{e}"
+        );
+    }
+
+    /// A server certificate for localhost signed by an intermediate valid from
+    /// `intermediate_from` to `intermediate_until`, itself signed by a long-lived root: the
+    /// chain file's text (server's own, then the intermediate) and the server's key.
+    fn chain_through_intermediate(
+        intermediate_from: (i32, u8, u8),
+        intermediate_until: (i32, u8, u8),
+    ) -> (String, rcgen::KeyPair) {
+        let ca = |name: &str, from: (i32, u8, u8), until: (i32, u8, u8)| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+            params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+            params
+        };
+        let root_key = rcgen::KeyPair::generate().unwrap();
+        let root = ca("Test Root", (2020, 1, 1), (4000, 1, 1))
+            .self_signed(&root_key)
+            .unwrap();
+        let intermediate_key = rcgen::KeyPair::generate().unwrap();
+        let intermediate = ca("Test Intermediate", intermediate_from, intermediate_until)
+            .signed_by(&intermediate_key, &root, &root_key)
+            .unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(4000, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = params
+            .signed_by(&key, &intermediate, &intermediate_key)
+            .unwrap();
+        (format!("{}{}", leaf.pem(), intermediate.pem()), key)
+    }
+
+    /// Only the server's own certificate used to be checked: a chain file whose intermediate
+    /// had expired was served, and every client refused it.
+    #[test]
+    fn every_certificate_of_the_chain_must_be_valid_now() {
+        let now = chrono::Utc::now().date_naive();
+        let (y, m) = (now.year(), now.month() as u8);
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+        let load = |(chain, key): (String, rcgen::KeyPair)| {
+            std::fs::write(&cert_path, chain).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            load_tls(&cert_path, &key_path)
+        };
+        for (from, until, expected) in [
+            (
+                (2020, 1, 1),
+                (2021, 1, 1),
+                "expired on 2021-01-01 00:00:00 UTC",
+            ),
+            (
+                (4000, 1, 1),
+                (4001, 1, 1),
+                "not valid before 4000-01-01 00:00:00 UTC",
+            ),
+        ] {
+            let Err(e) = load(chain_through_intermediate(from, until)) else {
+                panic!("a chain with a refused intermediate loaded ({expected})");
+            };
+            let e = e.to_string();
+            assert!(
+                e.contains(&cert_path.display().to_string())
+                    && e.contains("certificate #2 in the file (a chain certificate, subject `CN=Test Intermediate`)")
+                    && e.contains(expected),
+                "{e}"
+            );
+        }
+        // Valid, the chain loads, and its expiry is the intermediate's (before the server's own).
+        let Ok(loaded) = load(chain_through_intermediate((y - 1, m, 1), (y + 1, m, 1))) else {
+            panic!("a valid chain did not load");
+        };
+        assert_eq!(
+            loaded.not_after.map(|t| t.date_naive()),
+            chrono::NaiveDate::from_ymd_opt(y + 1, m as u32, 1)
+        );
+        // The server's own certificate is named as such.
+        let expired = certificate((2020, 1, 1), (2021, 1, 1), false);
+        let e = check_server_chain(&[expired.cert.der()], utc("2026-06-01T00:00:00Z")).unwrap_err();
+        assert_eq!(
+            (e.index, e.subject.as_str()),
+            (0, "CN=rcgen self signed cert")
+        );
+        assert!(
+            e.to_string()
+                .starts_with("certificate #1 in the file (the server's own, subject"),
             "{e}"
         );
     }
