@@ -842,8 +842,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         }
     }
     // A certificate the listener would refuse (unreadable, expired, a CA's) stops the start
-    // before anything is opened, with the words of `run --check`; `Server::bind` loads it again.
-    Server::check(&config.api)?;
+    // before anything is opened, with the words of `run --check`; bound later as loaded here.
+    let mut api_config = config.api.clone();
+    if let Some(listen) = args.listen {
+        api_config.listen = listen;
+    }
+    let prepared_api = Server::prepare(&api_config)?;
     // The same words as `run --check` for a data_dir that is a file ("File exists" said less).
     writable_data_dir(&data_dir).context("data_dir")?;
     std::fs::create_dir_all(&data_dir)
@@ -1008,16 +1012,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         metrics.clone(),
         stop_rx.clone(),
     );
-    let mut api_config = config.api.clone();
-    if let Some(listen) = args.listen {
-        api_config.listen = listen;
-    }
     // At shutdown, once the grace period is over, ingest takes no more batches (503), and the
     // clients whose batches the pipeline took before are answered before the connections are
     // cut: the worker stores those batches anyway before the process exits (it drains the
     // bus), so cutting them saves no time and would leave stored batches unanswered.
     let answers_owed = perimeter_ingest::http::AnswersOwed::default();
-    let server = Server::bind(&api_config).await?.hold_cutoff_while({
+    let server = prepared_api.bind()?.hold_cutoff_while({
         let owed = answers_owed.clone();
         Arc::new(move || owed.stop_taking())
     });

@@ -451,23 +451,55 @@ impl CertificateFiles {
     }
 }
 
-impl Server {
-    /// Validate the config and load the certificate (if any) without binding: what
-    /// [`Self::bind`] would refuse, short of an address in use.
-    pub fn check(config: &ApiConfig) -> Result<ListenerCheck, ServeError> {
-        Ok(match Self::tls_of(config)? {
+/// A server whose config is validated and certificate (if any) loaded and checked, not bound
+/// yet ([`Server::prepare`]): a caller that must refuse a bad certificate before it opens
+/// anything else binds it later, without reading the certificate files a second time.
+pub struct PreparedServer {
+    listen: SocketAddr,
+    tls: Option<(LoadedCertificate, CertificateFiles)>,
+    grace: Duration,
+}
+
+impl PreparedServer {
+    /// What the listener will be.
+    pub fn listener_check(&self) -> ListenerCheck {
+        match &self.tls {
             None => ListenerCheck::Http,
             Some((tls, _)) => ListenerCheck::Https {
                 certificate_expires: tls.not_after,
             },
-        })
+        }
     }
 
-    fn tls_of(
-        config: &ApiConfig,
-    ) -> Result<Option<(LoadedCertificate, CertificateFiles)>, ServeError> {
+    /// Bind the listen address, with the certificate loaded by [`Server::prepare`].
+    pub fn bind(self) -> Result<Server, ServeError> {
+        let listener =
+            std::net::TcpListener::bind(self.listen).map_err(|source| ServeError::Bind {
+                addr: self.listen,
+                source,
+            })?;
+        listener.set_nonblocking(true)?;
+        Ok(Server {
+            listener,
+            tls: self.tls,
+            grace: self.grace,
+            cutoff_gate: None,
+        })
+    }
+}
+
+impl Server {
+    /// Validate the config and load the certificate (if any) without binding: what
+    /// [`Self::bind`] would refuse, short of an address in use.
+    pub fn check(config: &ApiConfig) -> Result<ListenerCheck, ServeError> {
+        Ok(Self::prepare(config)?.listener_check())
+    }
+
+    /// Validate the config and load the certificate (if any), to bind later
+    /// ([`PreparedServer::bind`]).
+    pub fn prepare(config: &ApiConfig) -> Result<PreparedServer, ServeError> {
         config.validate()?;
-        Ok(match (&config.tls_cert_path, &config.tls_key_path) {
+        let tls = match (&config.tls_cert_path, &config.tls_key_path) {
             (Some(cert), Some(key)) => Some((
                 load_tls(cert, key)?,
                 CertificateFiles {
@@ -478,24 +510,17 @@ impl Server {
                 },
             )),
             _ => None,
+        };
+        Ok(PreparedServer {
+            listen: config.listen,
+            tls,
+            grace: Duration::from_secs(config.shutdown_grace_seconds),
         })
     }
 
     /// Validate the config, load the certificate (if any) and bind.
     pub async fn bind(config: &ApiConfig) -> Result<Server, ServeError> {
-        let tls = Self::tls_of(config)?;
-        let listener =
-            std::net::TcpListener::bind(config.listen).map_err(|source| ServeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        listener.set_nonblocking(true)?;
-        Ok(Server {
-            listener,
-            tls,
-            grace: Duration::from_secs(config.shutdown_grace_seconds),
-            cutoff_gate: None,
-        })
+        Self::prepare(config)?.bind()
     }
 
     /// Past the shutdown grace period, cut the open connections only once `may_cut` says so;
