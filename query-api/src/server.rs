@@ -29,7 +29,7 @@ pub struct ApiConfig {
     /// either changed, the pair is loaded again and new connections get it, without a
     /// restart (certbot, cert-manager). A pair that does not load, or that clients would
     /// refuse (expired, not yet valid, a CA certificate), is logged and the one in use stays.
-    /// `0`: never.
+    /// `0`: never (the daily reminder of a certificate close to expiry still runs).
     #[serde(default = "default_tls_reload_check_seconds")]
     pub tls_reload_check_seconds: u64,
     /// How long in-flight requests may take to finish after shutdown is requested.
@@ -358,11 +358,14 @@ pub const CERTIFICATE_EXPIRY_WARNING: chrono::TimeDelta = chrono::TimeDelta::day
 /// How often a served certificate close to expiry (or expired) is logged again.
 const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
 
-/// Where the served certificate comes from, and how often to look for a renewed one.
+/// Where the served certificate comes from, how often to look for a renewed one, and how
+/// often to remind of its expiry.
 struct CertificateFiles {
     cert: PathBuf,
     key: PathBuf,
     check_every: Option<Duration>,
+    /// [`EXPIRY_REMINDER`] (shorter in tests).
+    remind_every: Duration,
 }
 
 impl CertificateFiles {
@@ -372,8 +375,10 @@ impl CertificateFiles {
         Some((modified(&self.cert)?, modified(&self.key)?))
     }
 
-    /// Until the server stops: load the pair again whenever a file changed, and hand it to
-    /// the listener. A renewal half written (the certificate new, the key still old) fails to
+    /// Until the server stops: remind of the certificate's expiry every `remind_every` (also
+    /// when renewals are not looked for: an expiring certificate needs its reminder all the
+    /// more), and, with `check_every`, load the pair again whenever a file changed, and hand it
+    /// to the listener. A renewal half written (the certificate new, the key still old) fails to
     /// load; it is retried at the next change, which the second file's write is. A renewal
     /// [`check_server_chain`] refuses (expired, a CA certificate) is not served either:
     /// the certificate in use stays. One not valid yet (issued a moment ahead of this clock)
@@ -384,23 +389,26 @@ impl CertificateFiles {
         metrics: Arc<perimeter_model::Metrics>,
         mut not_after: Option<chrono::DateTime<chrono::Utc>>,
     ) {
-        let Some(every) = self.check_every else {
-            return;
+        let start = tokio::time::Instant::now();
+        let every = |period: Duration| {
+            let mut ticks = tokio::time::interval_at(start + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
         };
-        let mut reminded = tokio::time::Instant::now();
+        let mut reminders = every(self.remind_every);
+        let mut checks = self.check_every.map(&every);
         let mut seen = self.stamp();
         // The files' stamp when a load last failed.
         let mut last_refused = None;
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
         loop {
-            ticks.tick().await;
-            if reminded.elapsed() >= EXPIRY_REMINDER {
-                reminded = tokio::time::Instant::now();
-                if let Some(not_after) = not_after {
-                    remind_expiry(&self.cert, not_after, chrono::Utc::now());
+            tokio::select! {
+                _ = reminders.tick() => {
+                    if let Some(not_after) = not_after {
+                        remind_expiry(&self.cert, not_after, chrono::Utc::now());
+                    }
+                    continue;
                 }
+                _ = next_tick(&mut checks) => {}
             }
             let now = self.stamp();
             if now.is_none() || now == seen {
@@ -433,7 +441,8 @@ impl CertificateFiles {
                     tracing::info!(cert = %self.cert.display(), "tls certificate reloaded");
                     loaded.report(&self.cert, &metrics);
                     not_after = loaded.not_after;
-                    reminded = tokio::time::Instant::now();
+                    // Just reported: the next reminder is a whole period away.
+                    reminders.reset();
                     last_refused = None;
                 }
                 Err(e) if first_try => {
@@ -488,6 +497,16 @@ impl PreparedServer {
     }
 }
 
+/// The next tick of `ticks`; never when there are none.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Server {
     /// Validate the config and load the certificate (if any) without binding: what
     /// [`Self::bind`] would refuse, short of an address in use.
@@ -507,6 +526,7 @@ impl Server {
                     key: key.clone(),
                     check_every: (config.tls_reload_check_seconds > 0)
                         .then(|| Duration::from_secs(config.tls_reload_check_seconds)),
+                    remind_every: EXPIRY_REMINDER,
                 },
             )),
             _ => None,
@@ -902,6 +922,79 @@ mod tests {
         assert!(
             e.contains(&cert_path.display().to_string()) && e.contains("CA:TRUE"),
             "{e}"
+        );
+    }
+
+    /// Log lines written by a `tracing` subscriber, for a test to read.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl CapturedLog {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    /// The expiry reminder used to run only while renewals were looked for
+    /// (`tls_reload_check_seconds` > 0): with `0`, a certificate expiring in days was said once,
+    /// at start, and never again.
+    #[test]
+    fn the_expiry_reminder_runs_without_renewal_checks() {
+        let log = CapturedLog::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let log = log.clone();
+                move || log.clone()
+            })
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let today = chrono::Utc::now().date_naive();
+        let in_three_days = today + chrono::Days::new(3);
+        let date = |d: chrono::NaiveDate| (d.year(), d.month() as u8, d.day() as u8);
+        let cert = certificate(
+            date(today - chrono::Days::new(30)),
+            date(in_three_days),
+            false,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        let Ok(loaded) = load_tls(&cert_path, &key_path) else {
+            panic!("the certificate did not load");
+        };
+        let files = CertificateFiles {
+            cert: cert_path,
+            key: key_path,
+            check_every: None,
+            remind_every: Duration::from_millis(20),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let served = axum_server::tls_rustls::RustlsConfig::from_config(loaded.config);
+            let metrics = Arc::new(perimeter_model::Metrics::new());
+            let watcher = tokio::spawn(files.watch(served, metrics, loaded.not_after));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            watcher.abort();
+        });
+        let text = log.text();
+        assert!(
+            text.matches("tls certificate expires soon").count() >= 2,
+            "{text}"
         );
     }
 
