@@ -319,9 +319,12 @@ fn ingest_auth(state: AppState) -> perimeter_ingest::http::IngestAuth {
 /// are in use once the reload is reported, without a restart (which would drop correlation windows and
 /// behavioural state). All or nothing: if any rule fails, each failure is logged and the rules
 /// in use stay; so do they when the paths hold no rules any more ([`empty_reload_refusal`]).
-/// Either refusal counts in `rule_reloads_failed_total`.
-fn spawn_rule_reloader(
+/// Either refusal counts in `rule_reloads_failed_total`. It also asks the API server to load
+/// its TLS certificate again (`certificates`; the server checks it, and keeps the one in use
+/// when it refuses the files).
+fn spawn_sighup_reloader(
     config: &PerimeterConfig,
+    certificates: Option<perimeter_query_api::CertificateReloader>,
     paths: Vec<PathBuf>,
     listed: Arc<SigmaRuleService>,
     (to_pipeline, wake): (
@@ -341,7 +344,10 @@ fn spawn_rule_reloader(
         let Ok(mut hangups) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
-            tracing::warn!("cannot listen for SIGHUP; rules reload only with a restart");
+            tracing::warn!(
+                "cannot listen for SIGHUP; rules (and the TLS certificate, unless its files are \
+                 checked for changes) reload only with a restart"
+            );
             return;
         };
         tokio::spawn(async move {
@@ -351,6 +357,9 @@ fn spawn_rule_reloader(
                 tokio::select! {
                     signal = hangups.recv() => if signal.is_none() { return },
                     _ = stop.changed() => return,
+                }
+                if let Some(certificates) = &certificates {
+                    certificates.reload();
                 }
                 let (paths, options) = (paths.clone(), options.clone());
                 let loaded =
@@ -395,7 +404,16 @@ fn spawn_rule_reloader(
         });
     }
     #[cfg(not(unix))]
-    let _ = (config, paths, listed, to_pipeline, wake, metrics, stop);
+    let _ = (
+        config,
+        certificates,
+        paths,
+        listed,
+        to_pipeline,
+        wake,
+        metrics,
+        stop,
+    );
 }
 
 /// Why a reload that found `found` rules must not replace the `in_use` ones, if it must not: a
@@ -988,8 +1006,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         .as_ref()
         .map_or(snapshot_every, |s| s.check_every().min(snapshot_every));
     spawn_pipeline_ticker(tick, bus.clone(), config, stop_rx.clone());
-    spawn_rule_reloader(
+    spawn_sighup_reloader(
         config,
+        prepared_api.certificate_reloader(),
         rule_paths.clone(),
         rules.clone(),
         (reload_tx, bus.clone()),

@@ -46,8 +46,8 @@ pub use outbox::DeliveryOutbox;
 pub use rule_switches::{RuleSwitchError, RuleSwitchStore};
 pub use server::{
     check_server_certificate, check_server_chain, parse_listen, serve, ApiConfig,
-    CertificateProblem, CertificateValidity, ChainProblem, CutoffGate, ListenerCheck,
-    PreparedServer, ServeError, Server, CERTIFICATE_EXPIRY_WARNING,
+    CertificateProblem, CertificateReloader, CertificateValidity, ChainProblem, CutoffGate,
+    ListenerCheck, PreparedServer, ServeError, Server, CERTIFICATE_EXPIRY_WARNING,
 };
 pub use state::{AppState, RuleService, RuleTestError};
 

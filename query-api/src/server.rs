@@ -29,7 +29,8 @@ pub struct ApiConfig {
     /// either changed, the pair is loaded again and new connections get it, without a
     /// restart (certbot, cert-manager). A pair that does not load, or that clients would
     /// refuse (expired, not yet valid, a CA certificate), is logged and the one in use stays.
-    /// `0`: never (the daily reminder of a certificate close to expiry still runs).
+    /// `0`: never (a [`CertificateReloader`] still reloads the pair, and the daily reminder of a
+    /// certificate close to expiry still runs).
     #[serde(default = "default_tls_reload_check_seconds")]
     pub tls_reload_check_seconds: u64,
     /// How long in-flight requests may take to finish after shutdown is requested.
@@ -366,6 +367,22 @@ struct CertificateFiles {
     check_every: Option<Duration>,
     /// [`EXPIRY_REMINDER`] (shorter in tests).
     remind_every: Duration,
+    /// Reloads asked for ([`CertificateReloader`]).
+    reload_requests: Arc<tokio::sync::Notify>,
+}
+
+/// Asks a server to load its certificate and key files again now, whether or not they changed
+/// (`perimeter run` on SIGHUP), as a renewal found by the file checks is: the same checks, and
+/// a pair that does not load or is refused is logged as a warning, counted in
+/// `tls_certificate_reloads_total{result="failed"}`, and the certificate in use stays. Requests
+/// made while one is being handled make one more reload, not one each.
+#[derive(Clone)]
+pub struct CertificateReloader(Arc<tokio::sync::Notify>);
+
+impl CertificateReloader {
+    pub fn reload(&self) {
+        self.0.notify_one();
+    }
 }
 
 impl CertificateFiles {
@@ -378,11 +395,13 @@ impl CertificateFiles {
     /// Until the server stops: remind of the certificate's expiry every `remind_every` (also
     /// when renewals are not looked for: an expiring certificate needs its reminder all the
     /// more), and, with `check_every`, load the pair again whenever a file changed, and hand it
-    /// to the listener. A renewal half written (the certificate new, the key still old) fails to
+    /// to the listener; and whenever a reload is requested ([`CertificateReloader`]), changed
+    /// or not. A renewal half written (the certificate new, the key still old) fails to
     /// load; it is retried at the next change, which the second file's write is. A renewal
     /// [`check_server_chain`] refuses (expired, a CA certificate) is not served either:
     /// the certificate in use stays. One not valid yet (issued a moment ahead of this clock)
-    /// is tried again at each check until it is valid.
+    /// is tried again at each check until it is valid. A failure is counted and logged once
+    /// per change of the files, and once per request.
     async fn watch(
         self,
         served: axum_server::tls_rustls::RustlsConfig,
@@ -401,17 +420,18 @@ impl CertificateFiles {
         // The files' stamp when a load last failed.
         let mut last_refused = None;
         loop {
-            tokio::select! {
+            let requested = tokio::select! {
                 _ = reminders.tick() => {
                     if let Some(not_after) = not_after {
                         remind_expiry(&self.cert, not_after, chrono::Utc::now());
                     }
                     continue;
                 }
-                _ = next_tick(&mut checks) => {}
-            }
+                _ = next_tick(&mut checks) => false,
+                _ = self.reload_requests.notified() => true,
+            };
             let now = self.stamp();
-            if now.is_none() || now == seen {
+            if !requested && (now.is_none() || now == seen) {
                 continue;
             }
             let (cert, key) = (self.cert.clone(), self.key.clone());
@@ -429,8 +449,9 @@ impl CertificateFiles {
                     ..
                 })
             );
-            // Counted and logged once per change, also while a not-yet-valid one is retried.
-            let first_try = last_refused != now;
+            // Counted and logged once per change, also while a not-yet-valid one is retried
+            // (and once per request).
+            let first_try = requested || last_refused != now;
             if !not_yet_valid {
                 seen = now;
             }
@@ -438,7 +459,7 @@ impl CertificateFiles {
                 Ok(loaded) => {
                     served.reload_from_config(loaded.config.clone());
                     metrics.inc("tls_certificate_reloads_total", &[("result", "ok")], 1);
-                    tracing::info!(cert = %self.cert.display(), "tls certificate reloaded");
+                    tracing::info!(cert = %self.cert.display(), requested, "tls certificate reloaded");
                     loaded.report(&self.cert, &metrics);
                     not_after = loaded.not_after;
                     // Just reported: the next reminder is a whole period away.
@@ -450,6 +471,7 @@ impl CertificateFiles {
                     metrics.inc("tls_certificate_reloads_total", &[("result", "failed")], 1);
                     tracing::warn!(
                         cert = %self.cert.display(),
+                        requested,
                         error = %e,
                         "renewed tls certificate not loaded; the one in use stays"
                     );
@@ -478,6 +500,14 @@ impl PreparedServer {
                 certificate_expires: tls.not_after,
             },
         }
+    }
+
+    /// Asks the server, once it runs, to load its certificate again (`None` without TLS). A
+    /// request made before it runs is handled when it starts.
+    pub fn certificate_reloader(&self) -> Option<CertificateReloader> {
+        self.tls
+            .as_ref()
+            .map(|(_, files)| CertificateReloader(files.reload_requests.clone()))
     }
 
     /// Bind the listen address, with the certificate loaded by [`Server::prepare`].
@@ -527,6 +557,7 @@ impl Server {
                     check_every: (config.tls_reload_check_seconds > 0)
                         .then(|| Duration::from_secs(config.tls_reload_check_seconds)),
                     remind_every: EXPIRY_REMINDER,
+                    reload_requests: Arc::default(),
                 },
             )),
             _ => None,
@@ -979,6 +1010,7 @@ mod tests {
             key: key_path,
             check_every: None,
             remind_every: Duration::from_millis(20),
+            reload_requests: Arc::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
