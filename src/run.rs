@@ -324,9 +324,12 @@ fn ingest_auth(state: AppState) -> perimeter_ingest::http::IngestAuth {
 /// are in use once the reload is reported, without a restart (which would drop correlation windows and
 /// behavioural state). All or nothing: if any rule fails, each failure is logged and the rules
 /// in use stay; so do they when the paths hold no rules any more ([`empty_reload_refusal`]).
-/// Either refusal counts in `rule_reloads_failed_total`.
-fn spawn_rule_reloader(
+/// Either refusal counts in `rule_reloads_failed_total`. It also asks the API server to load
+/// its TLS certificate again (`certificates`; the server checks it, and keeps the one in use
+/// when it refuses the files).
+fn spawn_sighup_reloader(
     config: &PerimeterConfig,
+    certificates: Option<perimeter_query_api::CertificateReloader>,
     paths: Vec<PathBuf>,
     listed: Arc<SigmaRuleService>,
     (to_pipeline, wake): (
@@ -346,7 +349,10 @@ fn spawn_rule_reloader(
         let Ok(mut hangups) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
-            tracing::warn!("cannot listen for SIGHUP; rules reload only with a restart");
+            tracing::warn!(
+                "cannot listen for SIGHUP; rules (and the TLS certificate, unless its files are \
+                 checked for changes) reload only with a restart"
+            );
             return;
         };
         tokio::spawn(async move {
@@ -356,6 +362,9 @@ fn spawn_rule_reloader(
                 tokio::select! {
                     signal = hangups.recv() => if signal.is_none() { return },
                     _ = stop.changed() => return,
+                }
+                if let Some(certificates) = &certificates {
+                    certificates.reload();
                 }
                 let (paths, options) = (paths.clone(), options.clone());
                 let loaded =
@@ -400,7 +409,16 @@ fn spawn_rule_reloader(
         });
     }
     #[cfg(not(unix))]
-    let _ = (config, paths, listed, to_pipeline, wake, metrics, stop);
+    let _ = (
+        config,
+        certificates,
+        paths,
+        listed,
+        to_pipeline,
+        wake,
+        metrics,
+        stop,
+    );
 }
 
 /// Why a reload that found `found` rules must not replace the `in_use` ones, if it must not: a
@@ -847,8 +865,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         }
     }
     // A certificate the listener would refuse (unreadable, expired, a CA's) stops the start
-    // before anything is opened, with the words of `run --check`; `Server::bind` loads it again.
-    Server::check(&config.api)?;
+    // before anything is opened, with the words of `run --check`; bound later as loaded here.
+    let mut api_config = config.api.clone();
+    if let Some(listen) = args.listen {
+        api_config.listen = listen;
+    }
+    let prepared_api = Server::prepare(&api_config)?;
     // The same words as `run --check` for a data_dir that is a file ("File exists" said less).
     writable_data_dir(&data_dir).context("data_dir")?;
     std::fs::create_dir_all(&data_dir)
@@ -922,7 +944,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         tracing::info!(
             open_windows = restore.restored.keys,
             correlations_changed = restore.restored.dropped_correlations,
-            "restored open correlation windows (correlations whose rule file changed start empty)"
+            "restored open correlation windows (correlations whose rule file, or a file of the rules they read, changed start empty)"
         );
     }
     match pipeline
@@ -989,8 +1011,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         .as_ref()
         .map_or(snapshot_every, |s| s.check_every().min(snapshot_every));
     spawn_pipeline_ticker(tick, bus.clone(), config, stop_rx.clone());
-    spawn_rule_reloader(
+    spawn_sighup_reloader(
         config,
+        prepared_api.certificate_reloader(),
         rule_paths.clone(),
         rules.clone(),
         (reload_tx, bus.clone()),
@@ -1013,16 +1036,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         metrics.clone(),
         stop_rx.clone(),
     );
-    let mut api_config = config.api.clone();
-    if let Some(listen) = args.listen {
-        api_config.listen = listen;
-    }
     // At shutdown, once the grace period is over, ingest takes no more batches (503), and the
     // clients whose batches the pipeline took before are answered before the connections are
     // cut: the worker stores those batches anyway before the process exits (it drains the
     // bus), so cutting them saves no time and would leave stored batches unanswered.
     let answers_owed = perimeter_ingest::http::AnswersOwed::default();
-    let server = Server::bind(&api_config).await?.hold_cutoff_while({
+    let server = prepared_api.bind()?.hold_cutoff_while({
         let owed = answers_owed.clone();
         Arc::new(move || owed.stop_taking())
     });

@@ -1473,8 +1473,6 @@ fn run_check_says_when_the_tls_certificate_expires_and_refuses_an_expired_one() 
     );
 }
 
-/// `perimeter run` (or `run --check`) with `cfg`, killed if it has not ended within 60 s (a
-/// `run` that started instead of refusing).
 /// A self-signed certificate from `params` with its key, and a configuration serving the API
 /// with them from a `data` directory, all in `dir`: the configuration's and the certificate's
 /// paths.
@@ -1484,8 +1482,53 @@ fn write_tls_config(
 ) -> (std::path::PathBuf, std::path::PathBuf) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
+    write_tls_files_config(dir, &cert.pem(), &key)
+}
+
+/// A certificate for localhost signed by an intermediate (`CN=Test Intermediate`) valid from
+/// `from` to `until`, signed by a root, and a configuration serving the chain file (the
+/// server's own certificate, then the intermediate), as [`write_tls_config`].
+fn write_tls_chain_config(
+    dir: &std::path::Path,
+    from: chrono::NaiveDate,
+    until: chrono::NaiveDate,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use chrono::Datelike;
+    let date =
+        |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
+    let ca = |name: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params
+    };
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let root = ca("Test Root").self_signed(&root_key).unwrap();
+    let mut intermediate = ca("Test Intermediate");
+    (intermediate.not_before, intermediate.not_after) = (date(from), date(until));
+    let intermediate_key = rcgen::KeyPair::generate().unwrap();
+    let intermediate = intermediate
+        .signed_by(&intermediate_key, &root, &root_key)
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &intermediate, &intermediate_key)
+        .unwrap();
+    write_tls_files_config(dir, &format!("{}{}", leaf.pem(), intermediate.pem()), &key)
+}
+
+fn write_tls_files_config(
+    dir: &std::path::Path,
+    chain_pem: &str,
+    key: &rcgen::KeyPair,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&cert_path, chain_pem).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     let cfg = dir.join("perimeter.toml");
     std::fs::write(
@@ -1499,6 +1542,8 @@ fn write_tls_config(
     (cfg, cert_path)
 }
 
+/// `perimeter run` (or `run --check`) with `cfg`, killed if it has not ended within 60 s (a
+/// `run` that started instead of refusing).
 fn run_until_it_ends(cfg: &std::path::Path, check: bool) -> std::process::Output {
     let mut args = vec!["--config", cfg.to_str().unwrap(), "run"];
     if check {
@@ -1567,6 +1612,51 @@ fn run_refuses_the_certificates_run_check_refuses_with_the_same_error() {
         refused(&|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
     assert!(checked.contains("CA certificate"), "{checked}");
     assert_eq!(run, checked);
+}
+
+/// Every certificate of the chain file is checked, not only the server's own: an expired
+/// intermediate is refused (naming it) by `run --check` and `run`, and one expiring first is
+/// what the `warn` line dates.
+#[test]
+fn run_check_and_run_check_every_certificate_of_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let ymd = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let api_line = |cfg: &std::path::Path| {
+        let out = run_until_it_ends(cfg, true);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let api = text
+            .lines()
+            .find(|l| l.contains(" api: "))
+            .unwrap_or_else(|| panic!("no api line: {text}"))
+            .to_string();
+        (out.status.code(), api)
+    };
+    let soon = today + chrono::Days::new(5);
+    let (cfg, _) = write_tls_chain_config(dir.path(), today - chrono::Days::new(30), soon);
+    let (code, api) = api_line(&cfg);
+    assert_eq!(code, Some(0), "{api}");
+    assert!(
+        api.starts_with("warn   api: ") && api.contains(&format!("certificate expires {soon}")),
+        "{api}"
+    );
+    let (cfg, cert_path) = write_tls_chain_config(dir.path(), ymd(2020, 1, 1), ymd(2021, 1, 1));
+    let (code, api) = api_line(&cfg);
+    assert_eq!(code, Some(1), "{api}");
+    let expected = format!(
+        "error  api: TLS: certificate {}: certificate #2 in the file (a chain certificate, \
+         subject `CN=Test Intermediate`) expired on 2021-01-01 00:00:00 UTC",
+        cert_path.display()
+    );
+    assert!(api.starts_with(&expected), "{api}");
+    let out = run_until_it_ends(&cfg, false);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("certificate #2 in the file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was opened");
 }
 
 /// A certificate within two weeks of expiry is a `warn` line of `run --check` (what `run`

@@ -1510,6 +1510,104 @@ fn a_reload_onto_an_emptied_rules_directory_keeps_the_rules_in_use() {
     stop(svc);
 }
 
+/// SIGHUP used to reload the rules only: a renewed certificate was served once the file checks
+/// (`tls_reload_check_seconds`) saw it, and never with them off. It now loads the certificate
+/// too, with the checks of a start: a refused one is counted and the served one stays.
+#[test]
+fn sighup_reloads_the_tls_certificate_and_keeps_the_served_one_when_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let write = |c: &rcgen::CertifiedKey| {
+        std::fs::write(&cert_path, c.cert.pem()).unwrap();
+        std::fs::write(&key_path, c.key_pair.serialize_pem()).unwrap();
+    };
+    let made = |edit: &dyn Fn(&mut rcgen::CertificateParams)| {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        edit(&mut params);
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key_pair).unwrap();
+        rcgen::CertifiedKey { cert, key_pair }
+    };
+    let first = made(&|_| {});
+    write(&first);
+    // No file checks: only SIGHUP reloads.
+    let cfg = write_config_with(
+        dir.path(),
+        &format!(
+            "tls_cert_path = {cert_path:?}\ntls_key_path = {key_path:?}\ntls_reload_check_seconds = 0\n"
+        ),
+    );
+    let svc = spawn_run(&cfg, Stdio::null());
+    // The certificates name localhost, not the address.
+    let base = svc.base.replace("127.0.0.1", "localhost");
+    assert!(base.starts_with("https://localhost:"), "{base}");
+    let trusting = |c: &rcgen::CertifiedKey| {
+        reqwest::blocking::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(c.cert.pem().as_bytes()).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let served_by = |c: &rcgen::CertifiedKey| {
+        trusting(c)
+            .get(format!("{base}/healthz"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    };
+    let reloads = |c: &rcgen::CertifiedKey, result: &str| -> f64 {
+        let text = trusting(c)
+            .get(format!("{base}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let name = format!("perimeter_tls_certificate_reloads_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let hangup = || unsafe {
+        assert_eq!(libc::kill(svc.child.id() as i32, libc::SIGHUP), 0);
+    };
+    until("the first certificate is served", &|| served_by(&first));
+
+    let renewed = made(&|p| p.not_after = rcgen::date_time_ymd(2099, 6, 30));
+    write(&renewed);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(served_by(&first), "without SIGHUP, nothing is reloaded");
+    hangup();
+    until("the renewed certificate is served after SIGHUP", &|| {
+        served_by(&renewed)
+    });
+    assert!(
+        !served_by(&first),
+        "the old certificate is no longer served"
+    );
+    assert_eq!(reloads(&renewed, "ok"), 1.0);
+
+    // An expired renewal: refused and counted, the renewed certificate stays served.
+    let expired = made(&|p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    write(&expired);
+    hangup();
+    until("the refused reload is counted", &|| {
+        reloads(&renewed, "failed") == 1.0
+    });
+    assert!(served_by(&renewed), "the certificate in use stays");
+    assert_eq!(reloads(&renewed, "ok"), 1.0);
+    stop(svc);
+}
+
 /// SIGTERM while ingest batches are being stored: each client whose batch was stored is
 /// answered 200, however long past the grace period (0 s here) the store takes; one that is not
 /// answered had nothing stored. They used to be cut off at the end of the grace period while

@@ -547,7 +547,7 @@ impl Pipeline {
     }
 
     /// Swap in newly loaded Sigma rules (a reload while running). Correlations whose rule file
-    /// did not change keep their open windows; the old rules' other correlations first emit
+    /// and the files of the rules they read did not change keep their open windows; the old rules' other correlations first emit
     /// what waits on their windows, as at the end of input, and their new versions start empty.
     /// Behavioural baselines are kept. Returns how many correlations kept their windows.
     pub fn replace_sigma(&mut self, mut sigma: SigmaDetector, out: &mut PipelineOutput) -> usize {
@@ -1457,6 +1457,72 @@ mod tests {
         assert_eq!(
             p.replace_sigma(SigmaDetector::new(single, &options), &mut out),
             0
+        );
+    }
+
+    /// A correlation whose counted rule lives in another file used to keep its windows when
+    /// only that rule changed: events the old rule matched went on counting towards the new one.
+    #[test]
+    fn a_reload_restarts_a_correlation_whose_rule_in_another_file_changed_and_no_other() {
+        let failure = |level: &str| {
+            format!(
+                "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a80\nname: okta_failure\n\
+                 logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
+                 \x20   condition: selection\nlevel: {level}\n"
+            )
+        };
+        let burst = "title: Burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a81\n\
+             correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
+             \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        gte: 3\nlevel: high\n";
+        let other = |level: &str| {
+            format!(
+                "title: Okta lockout\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a82\nlogsource:\n    product: okta\n\
+                 detection:\n    selection:\n        eventType: user.account.lock\n    condition: selection\nlevel: {level}\n"
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::sigma::SigmaOptions::default();
+        let load = |failure: &str, other: &str| {
+            std::fs::write(dir.path().join("failure.yml"), failure).unwrap();
+            std::fs::write(dir.path().join("burst.yml"), burst).unwrap();
+            std::fs::write(dir.path().join("other.yml"), other).unwrap();
+            let (rules, report) =
+                crate::sigma::RuleSet::load(&[dir.path().to_path_buf()], &options);
+            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            SigmaDetector::new(rules, &options)
+        };
+        let mut p = pipeline().with_sigma(load(&failure("low"), &other("low")));
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:00");
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:01");
+        // Another file changed: the burst's windows stay, the third failure completes it.
+        let kept = p.replace_sigma(load(&failure("low"), &other("medium")), &mut out);
+        assert_eq!(kept, 1, "a change of a rule the correlation does not read");
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:02");
+        assert_eq!(bursts_in(&out).len(), 1);
+        // The counted rule's file changed: the burst starts empty.
+        okta_failure(&mut p, &mut out, "acme", "erin", "10:03");
+        okta_failure(&mut p, &mut out, "acme", "erin", "10:04");
+        let kept = p.replace_sigma(load(&failure("medium"), &other("medium")), &mut out);
+        assert_eq!(kept, 0, "a change of the rule the correlation counts");
+        okta_failure(&mut p, &mut out, "acme", "erin", "10:05");
+        assert_eq!(
+            bursts_in(&out).len(),
+            1,
+            "erin's earlier failures were dropped"
+        );
+        // A correlation reading only rules of its own file keeps the identity it had before
+        // other files counted (snapshots written by earlier versions still restore).
+        let (rules, _) = failure_burst_rules();
+        let own = &rules.correlations[0].meta;
+        assert_eq!(
+            rules.corr_identities,
+            [format!(
+                "{}#{}/{}",
+                own.rule_hash,
+                own.line,
+                own.id.as_deref().unwrap()
+            )]
         );
     }
 

@@ -29,7 +29,8 @@ pub struct ApiConfig {
     /// either changed, the pair is loaded again and new connections get it, without a
     /// restart (certbot, cert-manager). A pair that does not load, or that clients would
     /// refuse (expired, not yet valid, a CA certificate), is logged and the one in use stays.
-    /// `0`: never.
+    /// `0`: never (a [`CertificateReloader`] still reloads the pair, and the daily reminder of a
+    /// certificate close to expiry still runs).
     #[serde(default = "default_tls_reload_check_seconds")]
     pub tls_reload_check_seconds: u64,
     /// How long in-flight requests may take to finish after shutdown is requested.
@@ -103,11 +104,12 @@ pub enum ServeError {
     },
     #[error("TLS: {0}")]
     Tls(String),
-    /// The certificate loads but clients would refuse it (see [`check_server_certificate`]).
+    /// The certificate file loads but clients would refuse a certificate of it (see
+    /// [`check_server_chain`]).
     #[error("TLS: certificate {}: {problem}", path.display())]
     Certificate {
         path: PathBuf,
-        problem: CertificateProblem,
+        problem: ChainProblem,
     },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -136,17 +138,40 @@ pub enum CertificateProblem {
     CaCertificate,
 }
 
-/// What [`check_server_certificate`] read from a certificate it accepted.
+/// Which certificate of a chain file clients would refuse, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "certificate #{} in the file ({}, subject `{subject}`) {problem}",
+    .index + 1,
+    chain_role(*.index)
+)]
+pub struct ChainProblem {
+    /// Its place in the file, from 0: the server's own (the leaf), then the chain's.
+    pub index: usize,
+    /// Its subject (`CN=...`), as x509-parser writes it.
+    pub subject: String,
+    pub problem: CertificateProblem,
+}
+
+fn chain_role(index: usize) -> &'static str {
+    if index == 0 {
+        "the server's own"
+    } else {
+        "a chain certificate"
+    }
+}
+
+/// What [`check_server_certificate`] or [`check_server_chain`] read from what it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CertificateValidity {
-    /// `None` when the certificate could not be parsed to read it (rustls may still load it).
+    /// When the certificate (of a chain: the first of its certificates) expires; `None` when
+    /// none could be parsed to read it (rustls may still load them).
     pub not_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Whether a DER leaf certificate may be served at `now`: within its validity period and not
-/// a CA certificate. The one rule `perimeter run --check`, the start and each reload apply.
-/// A certificate x509-parser cannot read passes (its expiry is reported unknown): rustls
-/// decides whether it loads.
+/// a CA certificate. A certificate x509-parser cannot read passes (its expiry is reported
+/// unknown): rustls decides whether it loads.
 pub fn check_server_certificate(
     der: &[u8],
     now: chrono::DateTime<chrono::Utc>,
@@ -154,6 +179,66 @@ pub fn check_server_certificate(
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Ok(CertificateValidity { not_after: None });
     };
+    let not_after = check_validity(&cert, now)?;
+    // An unreadable extension (a duplicate) is not called a CA here: rustls and the client
+    // judge that certificate on their own terms.
+    let is_ca = cert
+        .basic_constraints()
+        .is_ok_and(|constraints| constraints.is_some_and(|c| c.value.ca));
+    if is_ca {
+        return Err(CertificateProblem::CaCertificate);
+    }
+    Ok(CertificateValidity { not_after })
+}
+
+/// Whether a certificate chain (DER, in the order of the PEM file: the server's own first) may
+/// be served at `now`: the first certificate as [`check_server_certificate`] has it, and each
+/// of the others within its validity period (a client building the path through an expired
+/// intermediate refuses the server as surely as for an expired leaf). The one rule `perimeter
+/// run --check`, the start and each reload apply. Accepted, it says when the first of the
+/// readable certificates expires: what clients refuse first.
+pub fn check_server_chain(
+    chain: &[impl AsRef<[u8]>],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<CertificateValidity, ChainProblem> {
+    let mut earliest: Option<chrono::DateTime<chrono::Utc>> = None;
+    for (index, der) in chain.iter().enumerate() {
+        let der = der.as_ref();
+        let problem = |problem| {
+            let subject = x509_parser::parse_x509_certificate(der)
+                .map(|(_, cert)| cert.subject().to_string())
+                .unwrap_or_default();
+            ChainProblem {
+                index,
+                subject,
+                problem,
+            }
+        };
+        let not_after = if index == 0 {
+            check_server_certificate(der, now)
+                .map_err(problem)?
+                .not_after
+        } else {
+            match x509_parser::parse_x509_certificate(der) {
+                Ok((_, cert)) => check_validity(&cert, now).map_err(problem)?,
+                Err(_) => None,
+            }
+        };
+        earliest = match (earliest, not_after) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(CertificateValidity {
+        not_after: earliest,
+    })
+}
+
+/// Whether `cert` is within its validity period at `now`; when it expires (`None`: unreadable).
+fn check_validity(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, CertificateProblem> {
     let time = |t: x509_parser::time::ASN1Time| chrono::DateTime::from_timestamp(t.timestamp(), 0);
     let validity = cert.validity();
     let not_after = time(validity.not_after);
@@ -167,15 +252,7 @@ pub fn check_server_certificate(
             return Err(CertificateProblem::Expired { not_after });
         }
     }
-    // An unreadable extension (a duplicate) is not called a CA here: rustls and the client
-    // judge that certificate on their own terms.
-    let is_ca = cert
-        .basic_constraints()
-        .is_ok_and(|constraints| constraints.is_some_and(|c| c.value.ca));
-    if is_ca {
-        return Err(CertificateProblem::CaCertificate);
-    }
-    Ok(CertificateValidity { not_after })
+    Ok(not_after)
 }
 
 /// A bound listener, not yet serving: lets the caller learn the port (when `listen` had
@@ -196,13 +273,13 @@ pub type CutoffGate = Arc<dyn Fn() -> bool + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerCheck {
     Http,
-    /// With when the certificate expires (`None`: its validity could not be read).
+    /// With when the first certificate of the chain expires (`None`: no validity could be read).
     Https {
         certificate_expires: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
-/// A certificate pair loaded for serving, and when its (leaf) certificate expires.
+/// A certificate pair loaded for serving, and when the first certificate of its chain expires.
 struct LoadedCertificate {
     config: Arc<rustls::ServerConfig>,
     /// `None` when the certificate's validity could not be read (rustls accepted it anyway).
@@ -282,11 +359,30 @@ pub const CERTIFICATE_EXPIRY_WARNING: chrono::TimeDelta = chrono::TimeDelta::day
 /// How often a served certificate close to expiry (or expired) is logged again.
 const EXPIRY_REMINDER: Duration = Duration::from_secs(24 * 3600);
 
-/// Where the served certificate comes from, and how often to look for a renewed one.
+/// Where the served certificate comes from, how often to look for a renewed one, and how
+/// often to remind of its expiry.
 struct CertificateFiles {
     cert: PathBuf,
     key: PathBuf,
     check_every: Option<Duration>,
+    /// [`EXPIRY_REMINDER`] (shorter in tests).
+    remind_every: Duration,
+    /// Reloads asked for ([`CertificateReloader`]).
+    reload_requests: Arc<tokio::sync::Notify>,
+}
+
+/// Asks a server to load its certificate and key files again now, whether or not they changed
+/// (`perimeter run` on SIGHUP), as a renewal found by the file checks is: the same checks, and
+/// a pair that does not load or is refused is logged as a warning, counted in
+/// `tls_certificate_reloads_total{result="failed"}`, and the certificate in use stays. Requests
+/// made while one is being handled make one more reload, not one each.
+#[derive(Clone)]
+pub struct CertificateReloader(Arc<tokio::sync::Notify>);
+
+impl CertificateReloader {
+    pub fn reload(&self) {
+        self.0.notify_one();
+    }
 }
 
 impl CertificateFiles {
@@ -296,38 +392,46 @@ impl CertificateFiles {
         Some((modified(&self.cert)?, modified(&self.key)?))
     }
 
-    /// Until the server stops: load the pair again whenever a file changed, and hand it to
-    /// the listener. A renewal half written (the certificate new, the key still old) fails to
+    /// Until the server stops: remind of the certificate's expiry every `remind_every` (also
+    /// when renewals are not looked for: an expiring certificate needs its reminder all the
+    /// more), and, with `check_every`, load the pair again whenever a file changed, and hand it
+    /// to the listener; and whenever a reload is requested ([`CertificateReloader`]), changed
+    /// or not. A renewal half written (the certificate new, the key still old) fails to
     /// load; it is retried at the next change, which the second file's write is. A renewal
-    /// [`check_server_certificate`] refuses (expired, a CA certificate) is not served either:
+    /// [`check_server_chain`] refuses (expired, a CA certificate) is not served either:
     /// the certificate in use stays. One not valid yet (issued a moment ahead of this clock)
-    /// is tried again at each check until it is valid.
+    /// is tried again at each check until it is valid. A failure is counted and logged once
+    /// per change of the files, and once per request.
     async fn watch(
         self,
         served: axum_server::tls_rustls::RustlsConfig,
         metrics: Arc<perimeter_model::Metrics>,
         mut not_after: Option<chrono::DateTime<chrono::Utc>>,
     ) {
-        let Some(every) = self.check_every else {
-            return;
+        let start = tokio::time::Instant::now();
+        let every = |period: Duration| {
+            let mut ticks = tokio::time::interval_at(start + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
         };
-        let mut reminded = tokio::time::Instant::now();
+        let mut reminders = every(self.remind_every);
+        let mut checks = self.check_every.map(&every);
         let mut seen = self.stamp();
         // The files' stamp when a load last failed.
         let mut last_refused = None;
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
         loop {
-            ticks.tick().await;
-            if reminded.elapsed() >= EXPIRY_REMINDER {
-                reminded = tokio::time::Instant::now();
-                if let Some(not_after) = not_after {
-                    remind_expiry(&self.cert, not_after, chrono::Utc::now());
+            let requested = tokio::select! {
+                _ = reminders.tick() => {
+                    if let Some(not_after) = not_after {
+                        remind_expiry(&self.cert, not_after, chrono::Utc::now());
+                    }
+                    continue;
                 }
-            }
+                _ = next_tick(&mut checks) => false,
+                _ = self.reload_requests.notified() => true,
+            };
             let now = self.stamp();
-            if now.is_none() || now == seen {
+            if !requested && (now.is_none() || now == seen) {
                 continue;
             }
             let (cert, key) = (self.cert.clone(), self.key.clone());
@@ -338,12 +442,16 @@ impl CertificateFiles {
             let not_yet_valid = matches!(
                 loaded,
                 Err(ServeError::Certificate {
-                    problem: CertificateProblem::NotYetValid { .. },
+                    problem: ChainProblem {
+                        problem: CertificateProblem::NotYetValid { .. },
+                        ..
+                    },
                     ..
                 })
             );
-            // Counted and logged once per change, also while a not-yet-valid one is retried.
-            let first_try = last_refused != now;
+            // Counted and logged once per change, also while a not-yet-valid one is retried
+            // (and once per request).
+            let first_try = requested || last_refused != now;
             if !not_yet_valid {
                 seen = now;
             }
@@ -351,10 +459,11 @@ impl CertificateFiles {
                 Ok(loaded) => {
                     served.reload_from_config(loaded.config.clone());
                     metrics.inc("tls_certificate_reloads_total", &[("result", "ok")], 1);
-                    tracing::info!(cert = %self.cert.display(), "tls certificate reloaded");
+                    tracing::info!(cert = %self.cert.display(), requested, "tls certificate reloaded");
                     loaded.report(&self.cert, &metrics);
                     not_after = loaded.not_after;
-                    reminded = tokio::time::Instant::now();
+                    // Just reported: the next reminder is a whole period away.
+                    reminders.reset();
                     last_refused = None;
                 }
                 Err(e) if first_try => {
@@ -362,6 +471,7 @@ impl CertificateFiles {
                     metrics.inc("tls_certificate_reloads_total", &[("result", "failed")], 1);
                     tracing::warn!(
                         cert = %self.cert.display(),
+                        requested,
                         error = %e,
                         "renewed tls certificate not loaded; the one in use stays"
                     );
@@ -372,23 +482,73 @@ impl CertificateFiles {
     }
 }
 
-impl Server {
-    /// Validate the config and load the certificate (if any) without binding: what
-    /// [`Self::bind`] would refuse, short of an address in use.
-    pub fn check(config: &ApiConfig) -> Result<ListenerCheck, ServeError> {
-        Ok(match Self::tls_of(config)? {
+/// A server whose config is validated and certificate (if any) loaded and checked, not bound
+/// yet ([`Server::prepare`]): a caller that must refuse a bad certificate before it opens
+/// anything else binds it later, without reading the certificate files a second time.
+pub struct PreparedServer {
+    listen: SocketAddr,
+    tls: Option<(LoadedCertificate, CertificateFiles)>,
+    grace: Duration,
+}
+
+impl PreparedServer {
+    /// What the listener will be.
+    pub fn listener_check(&self) -> ListenerCheck {
+        match &self.tls {
             None => ListenerCheck::Http,
             Some((tls, _)) => ListenerCheck::Https {
                 certificate_expires: tls.not_after,
             },
-        })
+        }
     }
 
-    fn tls_of(
-        config: &ApiConfig,
-    ) -> Result<Option<(LoadedCertificate, CertificateFiles)>, ServeError> {
+    /// Asks the server, once it runs, to load its certificate again (`None` without TLS). A
+    /// request made before it runs is handled when it starts.
+    pub fn certificate_reloader(&self) -> Option<CertificateReloader> {
+        self.tls
+            .as_ref()
+            .map(|(_, files)| CertificateReloader(files.reload_requests.clone()))
+    }
+
+    /// Bind the listen address, with the certificate loaded by [`Server::prepare`].
+    pub fn bind(self) -> Result<Server, ServeError> {
+        let listener =
+            std::net::TcpListener::bind(self.listen).map_err(|source| ServeError::Bind {
+                addr: self.listen,
+                source,
+            })?;
+        listener.set_nonblocking(true)?;
+        Ok(Server {
+            listener,
+            tls: self.tls,
+            grace: self.grace,
+            cutoff_gate: None,
+        })
+    }
+}
+
+/// The next tick of `ticks`; never when there are none.
+async fn next_tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Server {
+    /// Validate the config and load the certificate (if any) without binding: what
+    /// [`Self::bind`] would refuse, short of an address in use.
+    pub fn check(config: &ApiConfig) -> Result<ListenerCheck, ServeError> {
+        Ok(Self::prepare(config)?.listener_check())
+    }
+
+    /// Validate the config and load the certificate (if any), to bind later
+    /// ([`PreparedServer::bind`]).
+    pub fn prepare(config: &ApiConfig) -> Result<PreparedServer, ServeError> {
         config.validate()?;
-        Ok(match (&config.tls_cert_path, &config.tls_key_path) {
+        let tls = match (&config.tls_cert_path, &config.tls_key_path) {
             (Some(cert), Some(key)) => Some((
                 load_tls(cert, key)?,
                 CertificateFiles {
@@ -396,27 +556,22 @@ impl Server {
                     key: key.clone(),
                     check_every: (config.tls_reload_check_seconds > 0)
                         .then(|| Duration::from_secs(config.tls_reload_check_seconds)),
+                    remind_every: EXPIRY_REMINDER,
+                    reload_requests: Arc::default(),
                 },
             )),
             _ => None,
+        };
+        Ok(PreparedServer {
+            listen: config.listen,
+            tls,
+            grace: Duration::from_secs(config.shutdown_grace_seconds),
         })
     }
 
     /// Validate the config, load the certificate (if any) and bind.
     pub async fn bind(config: &ApiConfig) -> Result<Server, ServeError> {
-        let tls = Self::tls_of(config)?;
-        let listener =
-            std::net::TcpListener::bind(config.listen).map_err(|source| ServeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        listener.set_nonblocking(true)?;
-        Ok(Server {
-            listener,
-            tls,
-            grace: Duration::from_secs(config.shutdown_grace_seconds),
-            cutoff_gate: None,
-        })
+        Self::prepare(config)?.bind()
     }
 
     /// Past the shutdown grace period, cut the open connections only once `may_cut` says so;
@@ -620,8 +775,7 @@ fn load_tls(
             cert_path.display()
         )));
     }
-    // The leaf is first in the chain.
-    let CertificateValidity { not_after } = check_server_certificate(&certs[0], chrono::Utc::now())
+    let CertificateValidity { not_after } = check_server_chain(&certs, chrono::Utc::now())
         .map_err(|problem| ServeError::Certificate {
             path: cert_path.to_path_buf(),
             problem,
@@ -798,6 +952,174 @@ mod tests {
         let e = e.to_string();
         assert!(
             e.contains(&cert_path.display().to_string()) && e.contains("CA:TRUE"),
+            "{e}"
+        );
+    }
+
+    /// Log lines written by a `tracing` subscriber, for a test to read.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl CapturedLog {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    /// The expiry reminder used to run only while renewals were looked for
+    /// (`tls_reload_check_seconds` > 0): with `0`, a certificate expiring in days was said once,
+    /// at start, and never again.
+    #[test]
+    fn the_expiry_reminder_runs_without_renewal_checks() {
+        let log = CapturedLog::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer({
+                let log = log.clone();
+                move || log.clone()
+            })
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let today = chrono::Utc::now().date_naive();
+        let in_three_days = today + chrono::Days::new(3);
+        let date = |d: chrono::NaiveDate| (d.year(), d.month() as u8, d.day() as u8);
+        let cert = certificate(
+            date(today - chrono::Days::new(30)),
+            date(in_three_days),
+            false,
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        let Ok(loaded) = load_tls(&cert_path, &key_path) else {
+            panic!("the certificate did not load");
+        };
+        let files = CertificateFiles {
+            cert: cert_path,
+            key: key_path,
+            check_every: None,
+            remind_every: Duration::from_millis(20),
+            reload_requests: Arc::default(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let served = axum_server::tls_rustls::RustlsConfig::from_config(loaded.config);
+            let metrics = Arc::new(perimeter_model::Metrics::new());
+            let watcher = tokio::spawn(files.watch(served, metrics, loaded.not_after));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            watcher.abort();
+        });
+        let text = log.text();
+        assert!(
+            text.matches("tls certificate expires soon").count() >= 2,
+            "{text}"
+        );
+    }
+
+    /// A server certificate for localhost signed by an intermediate valid from
+    /// `intermediate_from` to `intermediate_until`, itself signed by a long-lived root: the
+    /// chain file's text (server's own, then the intermediate) and the server's key.
+    fn chain_through_intermediate(
+        intermediate_from: (i32, u8, u8),
+        intermediate_until: (i32, u8, u8),
+    ) -> (String, rcgen::KeyPair) {
+        let ca = |name: &str, from: (i32, u8, u8), until: (i32, u8, u8)| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+            params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+            params
+        };
+        let root_key = rcgen::KeyPair::generate().unwrap();
+        let root = ca("Test Root", (2020, 1, 1), (4000, 1, 1))
+            .self_signed(&root_key)
+            .unwrap();
+        let intermediate_key = rcgen::KeyPair::generate().unwrap();
+        let intermediate = ca("Test Intermediate", intermediate_from, intermediate_until)
+            .signed_by(&intermediate_key, &root, &root_key)
+            .unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(4000, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = params
+            .signed_by(&key, &intermediate, &intermediate_key)
+            .unwrap();
+        (format!("{}{}", leaf.pem(), intermediate.pem()), key)
+    }
+
+    /// Only the server's own certificate used to be checked: a chain file whose intermediate
+    /// had expired was served, and every client refused it.
+    #[test]
+    fn every_certificate_of_the_chain_must_be_valid_now() {
+        let now = chrono::Utc::now().date_naive();
+        let (y, m) = (now.year(), now.month() as u8);
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("chain.pem"), dir.path().join("key.pem"));
+        let load = |(chain, key): (String, rcgen::KeyPair)| {
+            std::fs::write(&cert_path, chain).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            load_tls(&cert_path, &key_path)
+        };
+        for (from, until, expected) in [
+            (
+                (2020, 1, 1),
+                (2021, 1, 1),
+                "expired on 2021-01-01 00:00:00 UTC",
+            ),
+            (
+                (4000, 1, 1),
+                (4001, 1, 1),
+                "not valid before 4000-01-01 00:00:00 UTC",
+            ),
+        ] {
+            let Err(e) = load(chain_through_intermediate(from, until)) else {
+                panic!("a chain with a refused intermediate loaded ({expected})");
+            };
+            let e = e.to_string();
+            assert!(
+                e.contains(&cert_path.display().to_string())
+                    && e.contains("certificate #2 in the file (a chain certificate, subject `CN=Test Intermediate`)")
+                    && e.contains(expected),
+                "{e}"
+            );
+        }
+        // Valid, the chain loads, and its expiry is the intermediate's (before the server's own).
+        let Ok(loaded) = load(chain_through_intermediate((y - 1, m, 1), (y + 1, m, 1))) else {
+            panic!("a valid chain did not load");
+        };
+        assert_eq!(
+            loaded.not_after.map(|t| t.date_naive()),
+            chrono::NaiveDate::from_ymd_opt(y + 1, m as u32, 1)
+        );
+        // The server's own certificate is named as such.
+        let expired = certificate((2020, 1, 1), (2021, 1, 1), false);
+        let e = check_server_chain(&[expired.cert.der()], utc("2026-06-01T00:00:00Z")).unwrap_err();
+        assert_eq!(
+            (e.index, e.subject.as_str()),
+            (0, "CN=rcgen self signed cert")
+        );
+        assert!(
+            e.to_string()
+                .starts_with("certificate #1 in the file (the server's own, subject"),
             "{e}"
         );
     }

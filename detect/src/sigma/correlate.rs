@@ -850,7 +850,7 @@ pub struct CorrelatorSnapshot {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CorrelationSnapshot {
-    /// [`correlation_identity`] of the rule.
+    /// The rule's identity (`RuleSet::correlation_identities`).
     rule: String,
     keys: Vec<KeySnapshot>,
 }
@@ -886,14 +886,6 @@ pub struct CorrelationRestore {
     pub dropped_correlations: usize,
 }
 
-/// A correlation rule as itself, across restarts and reloads: its file's hash (any edit of the
-/// file gives a new identity, whose windows start empty), its place in the file and its id.
-fn correlation_identity(c: &CorrelationRule) -> String {
-    let m = &c.meta;
-    let id = m.id.as_deref().or(m.name.as_deref()).unwrap_or(&m.title);
-    format!("{}#{}/{id}", m.rule_hash, m.line)
-}
-
 fn key_check(key: &[u8; 16]) -> String {
     let mut h = ValueHash::new(key);
     h.write(b"perimeter correlation snapshot key check");
@@ -907,10 +899,10 @@ impl Correlator {
         let correlations = self
             .states
             .iter()
-            .zip(&rules.correlations)
+            .zip(&rules.corr_identities)
             .filter(|(st, _)| !st.keys.is_empty())
-            .map(|(st, c)| CorrelationSnapshot {
-                rule: correlation_identity(c),
+            .map(|(st, identity)| CorrelationSnapshot {
+                rule: identity.clone(),
                 keys: st
                     .keys
                     .iter()
@@ -963,11 +955,7 @@ impl Correlator {
         }
         let mut restored = CorrelationRestore::default();
         for cs in snap.correlations {
-            let Some(ci) = rules
-                .correlations
-                .iter()
-                .position(|c| correlation_identity(c) == cs.rule)
-            else {
+            let Some(ci) = rules.corr_identities.iter().position(|c| *c == cs.rule) else {
                 restored.dropped_correlations += 1;
                 continue;
             };
@@ -1044,13 +1032,8 @@ impl Correlator {
             return 0;
         }
         let mut adopted = 0;
-        for (ci, c) in rules.correlations.iter().enumerate() {
-            let identity = correlation_identity(c);
-            let Some(oi) = old_rules
-                .correlations
-                .iter()
-                .position(|o| correlation_identity(o) == identity)
-            else {
+        for (ci, identity) in rules.corr_identities.iter().enumerate() {
+            let Some(oi) = old_rules.corr_identities.iter().position(|o| o == identity) else {
                 continue;
             };
             let Some(old_state) = old.states.get_mut(oi) else {

@@ -159,6 +159,9 @@ pub struct RuleSet {
     /// Alerts of these rules are not emitted on their own (referenced by `generate: false`).
     pub(crate) det_suppressed: Vec<bool>,
     pub(crate) corr_suppressed: Vec<bool>,
+    /// Each correlation as itself across restarts and reloads (see
+    /// [`RuleSet::correlation_identities`]): equal identities keep their open windows.
+    pub(crate) corr_identities: Vec<String>,
 }
 
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<RuleError>, explicit: bool) {
@@ -440,6 +443,61 @@ impl RuleSet {
                     .collect()
             })
             .collect();
+        self.corr_identities = self.correlation_identities();
+    }
+
+    /// Each correlation's identity: its own file's hash, its line and its id, and, when it reads
+    /// rules of other files, a hash of those files' hashes. "Reads" is transitive: the rules of a
+    /// correlation it reads, and the filters of each detection rule it reads (they change what
+    /// that rule matches). An edit of any of those files gives a new identity, whose windows start
+    /// empty (the counted events were matched by the old rule); an edit of a file it does not read
+    /// keeps them. A correlation that reads only rules of its own file has the identity it had
+    /// before other files counted, so snapshots written then still restore.
+    fn correlation_identities(&self) -> Vec<String> {
+        (0..self.correlations.len())
+            .map(|ci| {
+                let own = &self.correlations[ci].meta;
+                let mut files = std::collections::BTreeSet::new();
+                let mut read = vec![false; self.correlations.len()];
+                let mut stack = vec![ci];
+                while let Some(c) = stack.pop() {
+                    for r in &self.corr_refs[c] {
+                        match *r {
+                            RuleRef::Detection(d) => {
+                                files.insert(self.detections[d].meta.rule_hash.as_str());
+                                for &f in &self.det_filters[d] {
+                                    files.insert(self.filters[f].meta.rule_hash.as_str());
+                                }
+                            }
+                            RuleRef::Correlation(m) => {
+                                files.insert(self.correlations[m].meta.rule_hash.as_str());
+                                if !read[m] {
+                                    read[m] = true;
+                                    stack.push(m);
+                                }
+                            }
+                        }
+                    }
+                }
+                files.remove(own.rule_hash.as_str());
+                let id = own
+                    .id
+                    .as_deref()
+                    .or(own.name.as_deref())
+                    .unwrap_or(&own.title);
+                let mut identity = format!("{}#{}/{id}", own.rule_hash, own.line);
+                if !files.is_empty() {
+                    let mut read_files = blake3::Hasher::new();
+                    for hash in files {
+                        read_files.update(hash.as_bytes());
+                        read_files.update(b"\n");
+                    }
+                    identity.push('+');
+                    identity.push_str(read_files.finalize().to_hex().as_str());
+                }
+                identity
+            })
+            .collect()
     }
 
     pub(crate) fn find_ref(&self, r: &str) -> Option<RuleRef> {
