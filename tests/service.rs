@@ -1176,25 +1176,18 @@ fn rule_tests_run_the_real_engine_and_name_the_posted_rule_in_errors() {
     );
     let r = test(serde_json::json!({"rule": rule, "events": plain, "source": "json"}));
     assert!(r.status().is_success(), "{}", r.text().unwrap());
-    let r = test(serde_json::json!({"rule": rule, "events": events, "source": "okta"}));
-    let body: serde_json::Value = r.json().unwrap();
-    assert_eq!(
-        body["result"]["matched"],
-        serde_json::json!([0, 5]),
-        "{body}"
-    );
+    // The Okta events under a named source: the answer, and which events matched.
+    let under = |source: &str, matched: serde_json::Value| {
+        let r = test(serde_json::json!({"rule": rule, "events": events, "source": source}));
+        let body: serde_json::Value = r.json().unwrap();
+        assert_eq!(body["result"]["matched"], matched, "{source}: {body}");
+        body
+    };
+    under("okta", serde_json::json!([0, 5]));
     // Source names are taken in any case, as ingest takes them; a misspelt one reads the
     // events as plain JSON, which the Okta rule does not see: the answer says so.
-    let r = test(serde_json::json!({"rule": rule, "events": events, "source": "Okta"}));
-    let body: serde_json::Value = r.json().unwrap();
-    assert_eq!(
-        body["result"]["matched"],
-        serde_json::json!([0, 5]),
-        "{body}"
-    );
-    let r = test(serde_json::json!({"rule": rule, "events": events, "source": "otka"}));
-    let body: serde_json::Value = r.json().unwrap();
-    assert_eq!(body["result"]["matched"], serde_json::json!([]), "{body}");
+    under("Okta", serde_json::json!([0, 5]));
+    let body = under("otka", serde_json::json!([]));
     let warning = body["result"]["warnings"][0].as_str().unwrap_or_default();
     assert!(warning.contains("did you mean `okta`?"), "{body}");
     // An event that cannot be used is the request's fault, not the rule's.
