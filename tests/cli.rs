@@ -1450,14 +1450,7 @@ fn run_check_says_when_the_tls_certificate_expires_and_refuses_an_expired_one() 
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
         let (cfg, _) = write_tls_config(dir.path(), params);
-        let out = perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let api = text
-            .lines()
-            .find(|l| l.contains(" api: "))
-            .unwrap_or_else(|| panic!("no api line: {text}"))
-            .to_string();
-        (out.status.code(), api)
+        run_check_api_line(&cfg)
     };
     let (code, api) = check((2099, 6, 30));
     assert_eq!(code, Some(0), "{api}");
@@ -1544,6 +1537,18 @@ fn write_tls_files_config(
 
 /// `perimeter run` (or `run --check`) with `cfg`, killed if it has not ended within 60 s (a
 /// `run` that started instead of refusing).
+/// The exit code of `perimeter run --check` and its line about the API (TLS included).
+fn run_check_api_line(cfg: &std::path::Path) -> (Option<i32>, String) {
+    let out = run_until_it_ends(cfg, true);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let api = text
+        .lines()
+        .find(|l| l.contains(" api: "))
+        .unwrap_or_else(|| panic!("no api line: {text}"))
+        .to_string();
+    (out.status.code(), api)
+}
+
 fn run_until_it_ends(cfg: &std::path::Path, check: bool) -> std::process::Output {
     let mut args = vec!["--config", cfg.to_str().unwrap(), "run"];
     if check {
@@ -1618,30 +1623,20 @@ fn run_refuses_the_certificates_run_check_refuses_with_the_same_error() {
 /// intermediate is refused (naming it) by `run --check` and `run`, and one expiring first is
 /// what the `warn` line dates.
 #[test]
-fn run_check_and_run_check_every_certificate_of_the_chain() {
+fn run_and_run_check_judge_every_certificate_of_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let ymd = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
     let today = chrono::Utc::now().date_naive();
-    let api_line = |cfg: &std::path::Path| {
-        let out = run_until_it_ends(cfg, true);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let api = text
-            .lines()
-            .find(|l| l.contains(" api: "))
-            .unwrap_or_else(|| panic!("no api line: {text}"))
-            .to_string();
-        (out.status.code(), api)
-    };
     let soon = today + chrono::Days::new(5);
     let (cfg, _) = write_tls_chain_config(dir.path(), today - chrono::Days::new(30), soon);
-    let (code, api) = api_line(&cfg);
+    let (code, api) = run_check_api_line(&cfg);
     assert_eq!(code, Some(0), "{api}");
     assert!(
         api.starts_with("warn   api: ") && api.contains(&format!("certificate expires {soon}")),
         "{api}"
     );
     let (cfg, cert_path) = write_tls_chain_config(dir.path(), ymd(2020, 1, 1), ymd(2021, 1, 1));
-    let (code, api) = api_line(&cfg);
+    let (code, api) = run_check_api_line(&cfg);
     assert_eq!(code, Some(1), "{api}");
     let expected = format!(
         "error  api: TLS: certificate {}: certificate #2 in the file (a chain certificate, \
