@@ -803,10 +803,13 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         // the same `run` and a reload stop at; one close to expiry is what `run` warns of.
         Ok(ListenerCheck::Https {
             certificate_expires: Some(at),
+            expiring_certificate,
         }) if at - chrono::Utc::now() < perimeter_query_api::CERTIFICATE_EXPIRY_WARNING => {
             let days = (at - chrono::Utc::now()).num_days();
+            // Which one: renewing the server's own does not help when an intermediate runs out.
+            let which = perimeter_query_api::certificate_place(expiring_certificate);
             say!(
-                "warn   api: https on {listen}, certificate expires {at} (in {days} days): renew it before clients refuse the API"
+                "warn   api: https on {listen}, certificate expires {at} (in {days} days; {which}): renew it before clients refuse the API"
             );
         }
         api => report(
@@ -816,9 +819,11 @@ fn check(config: &PerimeterConfig) -> ExitCode {
                     ListenerCheck::Http => format!("http on {listen}"),
                     ListenerCheck::Https {
                         certificate_expires: None,
+                        ..
                     } => format!("https on {listen} (certificate expiry unreadable)"),
                     ListenerCheck::Https {
                         certificate_expires: Some(at),
+                        ..
                     } => {
                         let days = (at - chrono::Utc::now()).num_days();
                         format!("https on {listen}, certificate valid until {at} ({days} days)")

@@ -161,12 +161,25 @@ fn chain_role(index: usize) -> &'static str {
     }
 }
 
+/// Which certificate of a chain file `index` (from 0) is, as errors and warnings name it:
+/// `certificate #2 in the file (a chain certificate)`. The one to renew when it expires.
+pub fn certificate_place(index: usize) -> String {
+    format!(
+        "certificate #{} in the file ({})",
+        index + 1,
+        chain_role(index)
+    )
+}
+
 /// What [`check_server_certificate`] or [`check_server_chain`] read from what it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CertificateValidity {
     /// When the certificate (of a chain: the first of its certificates) expires; `None` when
     /// none could be parsed to read it (rustls may still load them).
     pub not_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// The place in the file (from 0) of the certificate that expires at `not_after`: renewing
+    /// the server's own does not help when an intermediate runs out first.
+    pub first_to_expire: usize,
 }
 
 /// Whether a DER leaf certificate may be served at `now`: within its validity period and not
@@ -177,7 +190,10 @@ pub fn check_server_certificate(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<CertificateValidity, CertificateProblem> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Ok(CertificateValidity { not_after: None });
+        return Ok(CertificateValidity {
+            not_after: None,
+            first_to_expire: 0,
+        });
     };
     let not_after = check_validity(&cert, now)?;
     // An unreadable extension (a duplicate) is not called a CA here: rustls and the client
@@ -188,7 +204,10 @@ pub fn check_server_certificate(
     if is_ca {
         return Err(CertificateProblem::CaCertificate);
     }
-    Ok(CertificateValidity { not_after })
+    Ok(CertificateValidity {
+        not_after,
+        first_to_expire: 0,
+    })
 }
 
 /// Whether a certificate chain (DER, in the order of the PEM file: the server's own first) may
@@ -201,7 +220,7 @@ pub fn check_server_chain(
     chain: &[impl AsRef<[u8]>],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<CertificateValidity, ChainProblem> {
-    let mut earliest: Option<chrono::DateTime<chrono::Utc>> = None;
+    let mut earliest: Option<(chrono::DateTime<chrono::Utc>, usize)> = None;
     for (index, der) in chain.iter().enumerate() {
         let der = der.as_ref();
         let problem = |problem| {
@@ -220,17 +239,24 @@ pub fn check_server_chain(
                 .not_after
         } else {
             match x509_parser::parse_x509_certificate(der) {
+                // A self-signed root in the file is never part of a client's path (clients
+                // trust their own copy of a root, or not at all): current clients ignore an
+                // expired one (fullchain files kept the expired DST Root CA X3 for years), so
+                // its dates neither refuse the file nor are the chain's expiry.
+                Ok((_, cert)) if cert.subject().as_raw() == cert.issuer().as_raw() => None,
                 Ok((_, cert)) => check_validity(&cert, now).map_err(problem)?,
                 Err(_) => None,
             }
         };
-        earliest = match (earliest, not_after) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        if let Some(at) = not_after {
+            if earliest.is_none_or(|(first, _)| at < first) {
+                earliest = Some((at, index));
+            }
+        }
     }
     Ok(CertificateValidity {
-        not_after: earliest,
+        not_after: earliest.map(|(at, _)| at),
+        first_to_expire: earliest.map_or(0, |(_, index)| index),
     })
 }
 
@@ -276,14 +302,18 @@ pub enum ListenerCheck {
     /// With when the first certificate of the chain expires (`None`: no validity could be read).
     Https {
         certificate_expires: Option<chrono::DateTime<chrono::Utc>>,
+        /// The place in the file of the certificate that expires then
+        /// ([`certificate_place`] names it).
+        expiring_certificate: usize,
     },
 }
 
 /// A certificate pair loaded for serving, and when the first certificate of its chain expires.
 struct LoadedCertificate {
     config: Arc<rustls::ServerConfig>,
-    /// `None` when the certificate's validity could not be read (rustls accepted it anyway).
-    not_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// `not_after` is `None` when the certificate's validity could not be read (rustls
+    /// accepted it anyway).
+    validity: CertificateValidity,
 }
 
 impl LoadedCertificate {
@@ -291,7 +321,7 @@ impl LoadedCertificate {
     /// error once expired) and as the gauge `perimeter_tls_certificate_expiry_timestamp_seconds`,
     /// for an alert well before clients start to refuse the API.
     fn report(&self, path: &std::path::Path, metrics: &perimeter_model::Metrics) {
-        let Some(not_after) = self.not_after else {
+        let Some(not_after) = self.validity.not_after else {
             tracing::warn!(cert = %path.display(), "tls certificate expiry could not be read");
             return;
         };
@@ -300,7 +330,7 @@ impl LoadedCertificate {
             &[],
             not_after.timestamp() as f64,
         );
-        if !remind_expiry(path, not_after, chrono::Utc::now()) {
+        if !remind_expiry(path, self.validity, chrono::Utc::now()) {
             tracing::info!(cert = %path.display(), %not_after, "tls certificate valid");
         }
     }
@@ -312,16 +342,21 @@ impl LoadedCertificate {
 /// a renewal that never came before clients refuse the API.
 fn remind_expiry(
     path: &std::path::Path,
-    not_after: chrono::DateTime<chrono::Utc>,
+    validity: CertificateValidity,
     now: chrono::DateTime<chrono::Utc>,
 ) -> bool {
+    let Some(not_after) = validity.not_after else {
+        return false;
+    };
     let cert = path.display();
+    // Which one of the file: the one to renew.
+    let certificate = certificate_place(validity.first_to_expire);
     match expiry_state(not_after, now) {
         ExpiryState::Expired => {
-            tracing::error!(%cert, %not_after, "tls certificate has expired: clients refuse the API");
+            tracing::error!(%cert, %certificate, %not_after, "tls certificate has expired: clients refuse the API");
         }
         ExpiryState::ExpiresSoon { days_left } => {
-            tracing::warn!(%cert, %not_after, days_left, "tls certificate expires soon");
+            tracing::warn!(%cert, %certificate, %not_after, days_left, "tls certificate expires soon");
         }
         ExpiryState::Valid => return false,
     }
@@ -406,7 +441,7 @@ impl CertificateFiles {
         self,
         served: axum_server::tls_rustls::RustlsConfig,
         metrics: Arc<perimeter_model::Metrics>,
-        mut not_after: Option<chrono::DateTime<chrono::Utc>>,
+        mut validity: CertificateValidity,
     ) {
         let start = tokio::time::Instant::now();
         let every = |period: Duration| {
@@ -422,9 +457,7 @@ impl CertificateFiles {
         loop {
             let requested = tokio::select! {
                 _ = reminders.tick() => {
-                    if let Some(not_after) = not_after {
-                        remind_expiry(&self.cert, not_after, chrono::Utc::now());
-                    }
+                    remind_expiry(&self.cert, validity, chrono::Utc::now());
                     continue;
                 }
                 _ = next_tick(&mut checks) => false,
@@ -461,7 +494,7 @@ impl CertificateFiles {
                     metrics.inc("tls_certificate_reloads_total", &[("result", "ok")], 1);
                     tracing::info!(cert = %self.cert.display(), requested, "tls certificate reloaded");
                     loaded.report(&self.cert, &metrics);
-                    not_after = loaded.not_after;
+                    validity = loaded.validity;
                     // Just reported: the next reminder is a whole period away.
                     reminders.reset();
                     last_refused = None;
@@ -497,7 +530,8 @@ impl PreparedServer {
         match &self.tls {
             None => ListenerCheck::Http,
             Some((tls, _)) => ListenerCheck::Https {
-                certificate_expires: tls.not_after,
+                certificate_expires: tls.validity.not_after,
+                expiring_certificate: tls.validity.first_to_expire,
             },
         }
     }
@@ -669,7 +703,7 @@ impl Server {
                 tracing::info!(%addr, "api listening (https)");
                 tls.report(&files.cert, &metrics);
                 let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config);
-                let watcher = tokio::spawn(files.watch(config.clone(), metrics, tls.not_after));
+                let watcher = tokio::spawn(files.watch(config.clone(), metrics, tls.validity));
                 let _stop_watching = AbortOnDrop(watcher);
                 axum_server::from_tcp_rustls(self.listener, config)?
                     .map(JsonParseErrorsAcceptor)
@@ -775,11 +809,12 @@ fn load_tls(
             cert_path.display()
         )));
     }
-    let CertificateValidity { not_after } = check_server_chain(&certs, chrono::Utc::now())
-        .map_err(|problem| ServeError::Certificate {
+    let validity = check_server_chain(&certs, chrono::Utc::now()).map_err(|problem| {
+        ServeError::Certificate {
             path: cert_path.to_path_buf(),
             problem,
-        })?;
+        }
+    })?;
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
         ServeError::Tls(format!(
             "private key {}: {}",
@@ -804,7 +839,7 @@ fn load_tls(
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(LoadedCertificate {
         config: Arc::new(config),
-        not_after,
+        validity,
     })
 }
 
@@ -825,8 +860,12 @@ mod tests {
         assert_eq!(expiry_state(now, now), ExpiryState::Expired);
         assert_eq!(expiry_state(now - days(1), now), ExpiryState::Expired);
         let path = std::path::Path::new("server.pem");
-        assert!(!remind_expiry(path, now + days(30), now));
-        assert!(remind_expiry(path, now + days(1), now));
+        let expiring = |at| CertificateValidity {
+            not_after: Some(at),
+            first_to_expire: 1,
+        };
+        assert!(!remind_expiry(path, expiring(now + days(30)), now));
+        assert!(remind_expiry(path, expiring(now + days(1)), now));
     }
 
     #[test]
@@ -916,7 +955,8 @@ mod tests {
         assert_eq!(
             check("2026-06-01T00:00:00Z"),
             Ok(CertificateValidity {
-                not_after: Some(utc("2027-01-01T00:00:00Z"))
+                not_after: Some(utc("2027-01-01T00:00:00Z")),
+                first_to_expire: 0,
             })
         );
         assert_eq!(
@@ -939,7 +979,10 @@ mod tests {
         // What is not a certificate x509-parser reads is left to rustls.
         assert_eq!(
             check_server_certificate(b"junk", utc("2026-06-01T00:00:00Z")),
-            Ok(CertificateValidity { not_after: None })
+            Ok(CertificateValidity {
+                not_after: None,
+                first_to_expire: 0,
+            })
         );
         // The error names the file and says why.
         let dir = tempfile::tempdir().unwrap();
@@ -1019,7 +1062,7 @@ mod tests {
         runtime.block_on(async {
             let served = axum_server::tls_rustls::RustlsConfig::from_config(loaded.config);
             let metrics = Arc::new(perimeter_model::Metrics::new());
-            let watcher = tokio::spawn(files.watch(served, metrics, loaded.not_after));
+            let watcher = tokio::spawn(files.watch(served, metrics, loaded.validity));
             tokio::time::sleep(Duration::from_millis(300)).await;
             watcher.abort();
         });
@@ -1107,7 +1150,24 @@ mod tests {
             panic!("a valid chain did not load");
         };
         assert_eq!(
-            loaded.not_after.map(|t| t.date_naive()),
+            loaded.validity.not_after.map(|t| t.date_naive()),
+            chrono::NaiveDate::from_ymd_opt(y + 1, m as u32, 1)
+        );
+        assert_eq!(loaded.validity.first_to_expire, 1, "the intermediate");
+        // A self-signed root at the end of the file (as fullchain files kept the expired DST
+        // Root CA X3) is no part of a client's path: its dates are not the chain's.
+        let (chain, key) = chain_through_intermediate((y - 1, m, 1), (y + 1, m, 1));
+        let old_root_key = rcgen::KeyPair::generate().unwrap();
+        let mut old_root = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        old_root.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        old_root.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        old_root.not_after = rcgen::date_time_ymd(2021, 9, 30);
+        let old_root = old_root.self_signed(&old_root_key).unwrap();
+        let Ok(loaded) = load((format!("{chain}{}", old_root.pem()), key)) else {
+            panic!("an expired root after the chain refused it");
+        };
+        assert_eq!(
+            loaded.validity.not_after.map(|t| t.date_naive()),
             chrono::NaiveDate::from_ymd_opt(y + 1, m as u32, 1)
         );
         // The server's own certificate is named as such.
