@@ -2547,3 +2547,70 @@ fn a_random_seed_in_a_command_held_as_arguments_stays() {
     assert_eq!(v["hex"][2], "[REDACTED:key]");
     assert_eq!(v["password"][2], "[REDACTED:key]");
 }
+
+#[test]
+fn a_reference_to_a_secret_kept_elsewhere_stays_readable() {
+    let m = masker();
+    // Where the secret comes from (a shell, CI, PowerShell or Windows variable, a GitHub
+    // Actions expression, a template): no secret, and what an analyst of a CI log needs.
+    for text in [
+        "mytool --token $TOKEN",
+        "mytool --password $DB_PASSWORD --verbose",
+        "mytool --token ${API_TOKEN}",
+        r#"mytool --token "$TOKEN""#,
+        "mytool --token '${API_TOKEN}' --verbose",
+        "mysql -uroot -p$MYSQL_PWD prod",
+        "sshpass -p $SSHPASS ssh deploy@host",
+        "docker login -u ci -p $CI_REGISTRY_PASSWORD registry.example.com",
+        "curl -u admin:$ADMIN_PASSWORD https://x.example",
+        r#"curl -H "Authorization: Bearer $TOKEN" https://api.example.com"#,
+        "Authorization: Bearer ${GITHUB_TOKEN}",
+        "curl -H 'Authorization: token $GH_TOKEN' https://api.github.com",
+        "token=$TOKEN",
+        "export API_TOKEN=$VAULT_TOKEN",
+        "--token=$TOKEN",
+        "password: ${DB_PASSWORD}",
+        r#"password: "${DB_PASSWORD}""#,
+        "password: ${env.DB_PASSWORD}",
+        "token: ${{ secrets.NPM_TOKEN }}",
+        "NODE_AUTH_TOKEN=${{ secrets.NPM_TOKEN }}",
+        "--token ${{ steps.get-token.outputs.token }}",
+        "password=%API_TOKEN%",
+        "tool.exe --token %API_TOKEN%",
+        "tool --token $env:API_TOKEN",
+        "token=$env:api_token",
+        "token: {{ .Values.token }}",
+        "token: {{- .Values.auth.token -}}",
+        "password={{ token }}",
+        "--token {{ token }}",
+        "url: /x?a=1&token=$TOKEN&b=2",
+    ] {
+        assert_eq!(m.mask_text(text), text, "{text:?}");
+    }
+    // Near misses: a password may start with `$` (mixed case or digits after it: bcrypt,
+    // `$ecret...`), and a value with more than the name may hold a literal.
+    for (text, secret) in [
+        (
+            "mytool --token $2a$10$N9qo8uLOickgx2ZMRZoMye",
+            "N9qo8uLOickgx2ZMRZoMye",
+        ),
+        ("mytool --password $ecretPassw0rd", "ecretPassw0rd"),
+        ("password=$Passw0rd!", "Passw0rd"),
+        (
+            "token=$TOKEN_abc123realsecretvalue",
+            "abc123realsecretvalue",
+        ),
+        ("token=$token9secretvalue", "token9secretvalue"),
+        ("token=$TOKEN/Zq9x8c7v6", "Zq9x8c7v6"),
+        (r#"mytool --token "$TOKEN Zq9x8c7v6""#, "Zq9x8c7v6"),
+        ("password: ${DB_PASSWORD:-Hunter2Secret}", "Hunter2Secret"),
+        ("password=%Passw0rd%", "Passw0rd"),
+        ("password=%API_TOKEN%Zq9x8c7v6", "Zq9x8c7v6"),
+        (&format!("Authorization: Bearer {JWT}"), JWT),
+        (&format!("mytool --token {GHP}"), GHP),
+        ("--token $TOKEN --password Zq9x8c7v6b5", "Zq9x8c7v6b5"),
+    ] {
+        let out = m.mask_text(text);
+        assert!(!out.contains(secret), "{text:?} -> {out:?}");
+    }
+}
