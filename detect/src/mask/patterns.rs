@@ -976,14 +976,15 @@ fn yaml_block(
 }
 
 /// Whether the secret found at `range` of `text` is, whole, a reference to a secret kept
-/// elsewhere ([`reference_len`]), after an optional auth scheme (`Bearer $TOKEN`): nothing to
+/// elsewhere ([`reference_len`]) or a placeholder for one ([`placeholder_len`]), after an optional auth scheme (`Bearer $TOKEN`): nothing to
 /// mask. The reference may go on past `range` (a bare value stops at `}` or a space, as in
 /// `${API_TOKEN}` and `${{ secrets.NPM_TOKEN }}`), but then only up to the end of the value;
 /// anything after it in the value (`$TOKEN/x`, `${X}abc`) keeps the whole value masked.
 fn names_a_secret_source(text: &str, range: std::ops::Range<usize>) -> bool {
     let value = &text[range.start..];
     let skip = auth_scheme_len(value);
-    let Some(len) = reference_len(&value[skip..]) else {
+    let rest = &value[skip..];
+    let Some(len) = reference_len(rest).or_else(|| placeholder_len(rest)) else {
         return false;
     };
     let end = range.start + skip + len;
@@ -1104,6 +1105,45 @@ pub(crate) fn reference_len(value: &str) -> Option<usize> {
         return (n > 0 && rest.get(n) == Some(&b'%')).then_some(n + 2);
     }
     None
+}
+
+/// The length of the placeholder for a secret that `value` starts with, if it does: the text
+/// of documentation and examples, not a secret. An angle-bracketed name in one case, without
+/// digits (`<TOKEN>`, `<your-token>`, `<api key>`; `password=<your-password>` is not even
+/// taken for a value by the assignment pattern); a name saying what to put there
+/// (`YOUR_TOKEN_HERE`, `your-api-key`, `PASTE_TOKEN_HERE`, `REPLACE_ME`); or a run of one
+/// filler character (`xxxxxxxx`, `********`, `...`). Real default passwords (`changeme`,
+/// `admin`) are no placeholders, nor is a run of digits (`00000000` is a PIN).
+pub(crate) fn placeholder_len(value: &str) -> Option<usize> {
+    let bytes = value.as_bytes();
+    if let Some(rest) = bytes.strip_prefix(b"<") {
+        let close = rest.iter().position(|b| *b == b'>')?;
+        let inner = &rest[..close];
+        let one_case =
+            !inner.iter().any(u8::is_ascii_lowercase) || !inner.iter().any(u8::is_ascii_uppercase);
+        return (inner.first().is_some_and(u8::is_ascii_alphabetic)
+            && inner
+                .iter()
+                .all(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'-' | b'.' | b' '))
+            && one_case)
+            .then_some(close + 2);
+    }
+    let filler = value.chars().next()?;
+    if matches!(filler, 'x' | 'X' | '*' | '#' | '.' | '\u{2022}') {
+        let run = value.chars().take_while(|c| *c == filler).count();
+        if run >= 3 {
+            return Some(run * filler.len_utf8());
+        }
+    }
+    let word = bytes
+        .iter()
+        .take_while(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'-'))
+        .count();
+    let lower = value[..word].to_ascii_lowercase().replace('-', "_");
+    let says_what_to_put = (lower.starts_with("your_") && lower.len() > 5)
+        || (lower.ends_with("_here") && lower.len() > 5)
+        || ["replace_me", "replaceme", "replace_this"].contains(&lower.as_str());
+    says_what_to_put.then_some(word)
 }
 
 /// Whether a YAML block starts with a mapping key that refers to a secret kept elsewhere.

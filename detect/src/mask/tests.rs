@@ -2614,3 +2614,45 @@ fn a_reference_to_a_secret_kept_elsewhere_stays_readable() {
         assert!(!out.contains(secret), "{text:?} -> {out:?}");
     }
 }
+
+#[test]
+fn a_placeholder_for_a_secret_stays_readable_and_a_default_password_is_masked() {
+    let m = masker();
+    // Documentation and examples: what to put there, no secret.
+    for text in [
+        "mytool --token <TOKEN>",
+        "mytool --token <your-token> --verbose",
+        "mytool --api-key <api key>",
+        "password=<your-password>",
+        "token: YOUR_TOKEN_HERE",
+        "api_key=REPLACE_ME",
+        "export API_TOKEN=your-api-token",
+        "Authorization: Bearer YOUR_ACCESS_TOKEN",
+        "Authorization: Bearer <token>",
+        "password: xxxxxxxx",
+        "password: XXXXXXXXXXXX",
+        "password: ********",
+        "password=...",
+        "password: \u{2022}\u{2022}\u{2022}\u{2022}\u{2022}\u{2022}",
+    ] {
+        assert_eq!(m.mask_text(text), text, "{text:?}");
+    }
+    // Near misses: a real default password, digits, mixed case in brackets, more after the
+    // placeholder.
+    for (text, secret) in [
+        ("password: changeme", "changeme"),
+        ("password=CHANGE_ME", "CHANGE_ME"),
+        ("password: admin123", "admin123"),
+        ("pin: 00000000", "00000000"),
+        ("mytool --token <Passw0rd>", "Passw0rd"),
+        ("mytool --token <SecretValue>", "SecretValue"),
+        ("token: YOUR_TOKEN_HERE9x8c7v6", "9x8c7v6"),
+        ("token=your_token_Zq9x8c7v6", "Zq9x8c7v6"),
+        ("password: xxxxxxxxZq9", "Zq9"),
+        ("mytool --token <TOKEN>Zq9x8c7v6", "Zq9x8c7v6"),
+        ("mytool --password REPLACE_ME_Zq9x8c7v6", "Zq9x8c7v6"),
+    ] {
+        let out = m.mask_text(text);
+        assert!(!out.contains(secret), "{text:?} -> {out:?}");
+    }
+}
