@@ -1008,6 +1008,12 @@ fn names_a_secret_source(text: &str, range: std::ops::Range<usize>) -> bool {
         })
 }
 
+/// Whether `value` as a whole is a reference to a secret kept elsewhere or a placeholder for one
+/// (see [`names_a_secret_source`]): `$DB_PASSWORD`, `Bearer ${TOKEN}`, `<your-token>`.
+pub(crate) fn is_secret_source(value: &str) -> bool {
+    names_a_secret_source(value, 0..value.len())
+}
+
 /// The length of the auth scheme and the spaces after it that `value` starts with (`Bearer `,
 /// `token `), as the assignment pattern takes it into the value; 0 if none.
 pub(crate) fn auth_scheme_len(value: &str) -> usize {

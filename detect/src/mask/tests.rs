@@ -2656,3 +2656,59 @@ fn a_placeholder_for_a_secret_stays_readable_and_a_default_password_is_masked() 
         assert!(!out.contains(secret), "{text:?} -> {out:?}");
     }
 }
+
+#[test]
+fn a_reference_or_placeholder_under_a_sensitive_key_stays_as_in_text() {
+    let m = masker();
+    let mut v = json!({
+        "password": "$DB_PASSWORD",
+        "db": {"password": "${DB_PASSWORD}", "user": "app"},
+        "token": "${{ secrets.NPM_TOKEN }}",
+        "api_key": "<your-api-key>",
+        "client_secret": "YOUR_CLIENT_SECRET",
+        "headers": {"Authorization": "Bearer ${GITHUB_TOKEN}"},
+        "args": ["deploy", "--token", "$TOKEN", "--password", "%DB_PASSWORD%"],
+        "mysql": ["mysql", "-uroot", "-p$MYSQL_PWD", "prod"],
+        "params": [{"name": "password", "value": "$env:DB_PASSWORD"}]
+    });
+    let before = v.clone();
+    let stats = m.mask_value(&mut v);
+    assert_eq!(v, before);
+    assert_eq!(stats, MaskStats::default());
+    // Near misses under the same keys are masked; a field rule forcing an action masks a
+    // reference too.
+    let mut v = json!({
+        "password": "$ecretPassw0rd",
+        "secret": "$2a$10$N9qo8uLOickgx2ZMRZoMye",
+        "token": "$TOKEN_abc123realsecretvalue",
+        "api_key": "changeme",
+        "headers": {"Authorization": format!("Bearer {JWT}")},
+        "args": ["deploy", "--token", GHP, "--password", "$Passw0rd!"],
+        "mysql": ["mysql", "-uroot", "-p$ecretPassw0rd", "prod"],
+        "pw": "${DB_PASSWORD:-Hunter2Secret}"
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    for secret in [
+        "ecretPassw0rd",
+        "N9qo8uLOickgx2ZMRZoMye",
+        "abc123realsecretvalue",
+        "changeme",
+        JWT,
+        GHP,
+        "Passw0rd",
+        "Hunter2Secret",
+    ] {
+        assert!(!text.contains(secret), "{secret}: {text}");
+    }
+    let ruled = masker_with(
+        r#"
+[[fields]]
+path = "deploy.env"
+action = "redact"
+"#,
+    );
+    let mut v = json!({"deploy": {"env": "$DEPLOY_ENV"}});
+    ruled.mask_value(&mut v);
+    assert_eq!(v["deploy"]["env"], "[REDACTED:field]");
+}
