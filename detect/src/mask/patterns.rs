@@ -778,6 +778,12 @@ impl Patterns {
                             PatternKind::CliCredentials => to_closing_quote(text, s.range()),
                             _ => s.range(),
                         })
+                        .map(|r| match kind {
+                            PatternKind::SecretAssignment | PatternKind::CliCredentials => {
+                                to_expression_end(text, r)
+                            }
+                            _ => r,
+                        })
                         // What masking wrote (`["[REDACTED:key]"]`) is not masked again.
                         .filter(|r| !holds_only_masked_strings(&text[r.clone()]))
                         // `--token $TOKEN`, `password: ${DB_PASSWORD}`: where the secret
@@ -835,6 +841,23 @@ fn to_closing_quote(text: &str, secret: std::ops::Range<usize>) -> std::ops::Ran
             secret.start..end.max(secret.end)
         }
         _ => secret,
+    }
+}
+
+/// A secret that opens a shell or GitHub Actions expression (`${...}`, `${{ ... }}`, after an
+/// optional auth scheme) goes on to the expression's closing brace on the same line: a bare
+/// value stops at the first `}` or space, which left the rest of `${{ secrets.X || 'literal' }}`
+/// or `${VAR:-default value}` (a literal default may be the secret) unmasked.
+fn to_expression_end(text: &str, secret: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let value = secret.start + auth_scheme_len(&text[secret.start..]);
+    if !text[value..].starts_with("${") {
+        return secret;
+    }
+    let end = bracketed_end(text, value + 1);
+    if end > secret.end && text[..end].ends_with('}') && !text[value..end].contains('\n') {
+        secret.start..end
+    } else {
+        secret
     }
 }
 

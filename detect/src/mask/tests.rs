@@ -2609,6 +2609,14 @@ fn a_reference_to_a_secret_kept_elsewhere_stays_readable() {
         (&format!("Authorization: Bearer {JWT}"), JWT),
         (&format!("mytool --token {GHP}"), GHP),
         ("--token $TOKEN --password Zq9x8c7v6b5", "Zq9x8c7v6b5"),
+        // An expression holding a literal is masked to its closing brace.
+        ("token: ${{ secrets.X || 'Zq9x8c7v6b5' }}", "Zq9x8c7v6b5"),
+        (
+            "--token ${{ secrets.X || 'Zq9x8c7v6b5' }} --verbose",
+            "Zq9x8c7v6b5",
+        ),
+        ("password: ${DB_PASSWORD:-Hunter2 Secret99}", "Secret99"),
+        ("Authorization: Bearer ${TOKEN:-Zq9x8c7v6b5}", "Zq9x8c7v6b5"),
     ] {
         let out = m.mask_text(text);
         assert!(!out.contains(secret), "{text:?} -> {out:?}");
