@@ -778,8 +778,24 @@ impl Patterns {
                             PatternKind::CliCredentials => to_closing_quote(text, s.range()),
                             _ => s.range(),
                         })
+                        .map(|r| match kind {
+                            PatternKind::SecretAssignment | PatternKind::CliCredentials => {
+                                to_expression_end(text, r)
+                            }
+                            _ => r,
+                        })
                         // What masking wrote (`["[REDACTED:key]"]`) is not masked again.
                         .filter(|r| !holds_only_masked_strings(&text[r.clone()]))
+                        // `--token $TOKEN`, `password: ${DB_PASSWORD}`: where the secret
+                        // comes from, which an analyst of a CI log or shell history needs.
+                        .filter(|r| {
+                            !(matches!(
+                                kind,
+                                PatternKind::SecretAssignment
+                                    | PatternKind::CliCredentials
+                                    | PatternKind::AuthHeader
+                            ) && names_a_secret_source(text, r.clone()))
+                        })
                 }
             };
             match secret {
@@ -825,6 +841,23 @@ fn to_closing_quote(text: &str, secret: std::ops::Range<usize>) -> std::ops::Ran
             secret.start..end.max(secret.end)
         }
         _ => secret,
+    }
+}
+
+/// A secret that opens a shell or GitHub Actions expression (`${...}`, `${{ ... }}`, after an
+/// optional auth scheme) goes on to the expression's closing brace on the same line: a bare
+/// value stops at the first `}` or space, which left the rest of `${{ secrets.X || 'literal' }}`
+/// or `${VAR:-default value}` (a literal default may be the secret) unmasked.
+fn to_expression_end(text: &str, secret: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let value = secret.start + auth_scheme_len(&text[secret.start..]);
+    if !text[value..].starts_with("${") {
+        return secret;
+    }
+    let end = bracketed_end(text, value + 1);
+    if end > secret.end && text[..end].ends_with('}') && !text[value..end].contains('\n') {
+        secret.start..end
+    } else {
+        secret
     }
 }
 
@@ -963,6 +996,183 @@ fn yaml_block(
         None if indicator => Some(value_start..value_start),
         None => None,
     }
+}
+
+/// Whether the secret found at `range` of `text` is, whole, a reference to a secret kept
+/// elsewhere ([`reference_len`]) or a placeholder for one ([`placeholder_len`]), after an optional auth scheme (`Bearer $TOKEN`): nothing to
+/// mask. The reference may go on past `range` (a bare value stops at `}` or a space, as in
+/// `${API_TOKEN}` and `${{ secrets.NPM_TOKEN }}`), but then only up to the end of the value;
+/// anything after it in the value (`$TOKEN/x`, `${X}abc`) keeps the whole value masked.
+fn names_a_secret_source(text: &str, range: std::ops::Range<usize>) -> bool {
+    let value = &text[range.start..];
+    let skip = auth_scheme_len(value);
+    let rest = &value[skip..];
+    let Some(len) = reference_len(rest).or_else(|| placeholder_len(rest)) else {
+        return false;
+    };
+    let end = range.start + skip + len;
+    end >= range.end
+        && text[end..].bytes().next().is_none_or(|b| {
+            b.is_ascii_whitespace()
+                || matches!(
+                    b,
+                    b'"' | b'\''
+                        | b'`'
+                        | b','
+                        | b';'
+                        | b'&'
+                        | b')'
+                        | b']'
+                        | b'}'
+                        | b'|'
+                        | b'<'
+                        | b'\\'
+                )
+        })
+}
+
+/// Whether `value` as a whole is a reference to a secret kept elsewhere or a placeholder for one
+/// (see [`names_a_secret_source`]): `$DB_PASSWORD`, `Bearer ${TOKEN}`, `<your-token>`.
+pub(crate) fn is_secret_source(value: &str) -> bool {
+    names_a_secret_source(value, 0..value.len())
+}
+
+/// The length of the auth scheme and the spaces after it that `value` starts with (`Bearer `,
+/// `token `), as the assignment pattern takes it into the value; 0 if none.
+pub(crate) fn auth_scheme_len(value: &str) -> usize {
+    let bytes = value.as_bytes();
+    let word = bytes.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    let spaces = bytes[word..]
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace())
+        .count();
+    let scheme = &value[..word];
+    if spaces > 0
+        && ["bearer", "basic", "ssws", "token", "digest"]
+            .iter()
+            .any(|s| scheme.eq_ignore_ascii_case(s))
+    {
+        word + spaces
+    } else {
+        0
+    }
+}
+
+/// The length of the reference to a secret kept elsewhere that `value` starts with, if it
+/// does: a shell variable `$NAME` (upper case only, since a password may start with `$`:
+/// `$ecretPassw0rd`, bcrypt's `$2a$10$...`), `${name}` (also dotted: `${env.TOKEN}`), a
+/// PowerShell `$env:NAME`, a Windows `%NAME%` (upper case only), a GitHub Actions expression
+/// `${{ secrets.NAME }}` or a template `{{ .Values.token }}` / `{{ token }}` holding only a
+/// (dotted) name. An expression with anything else in it (`${VAR:-default}`, `{{ x | default
+/// "y" }}`) may hold a literal secret and is no reference.
+pub(crate) fn reference_len(value: &str) -> Option<usize> {
+    let bytes = value.as_bytes();
+    let ident = |s: &[u8]| {
+        if s.first()
+            .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+        {
+            s.iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                .count()
+        } else {
+            0
+        }
+    };
+    let upper_ident = |s: &[u8]| {
+        let n = s
+            .iter()
+            .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || **b == b'_')
+            .count();
+        let ok = n > 0 && !s[0].is_ascii_digit() && s[..n].iter().any(u8::is_ascii_uppercase);
+        if ok {
+            n
+        } else {
+            0
+        }
+    };
+    // A dotted path of names (`secrets.NPM_TOKEN`, `steps.get-token.outputs.token`), the whole
+    // of `s`.
+    let dotted_path = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|seg| {
+                let seg = seg.as_bytes();
+                seg.first()
+                    .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+                    && seg
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+            })
+    };
+    if let Some(rest) = value.strip_prefix("${{") {
+        let close = rest.find("}}")?;
+        return dotted_path(rest[..close].trim()).then_some(3 + close + 2);
+    }
+    if let Some(rest) = value.strip_prefix("{{") {
+        let close = rest.find("}}")?;
+        let inner = rest[..close].trim();
+        // Go template trim markers (`{{- .Values.token -}}`) and its root (`.Values`, `$.Values`).
+        let inner = inner.strip_prefix('-').unwrap_or(inner);
+        let inner = inner.strip_suffix('-').unwrap_or(inner).trim();
+        let inner = inner.strip_prefix('$').unwrap_or(inner);
+        let inner = inner.strip_prefix('.').unwrap_or(inner);
+        return dotted_path(inner).then_some(2 + close + 2);
+    }
+    if let Some(rest) = value.strip_prefix("${") {
+        let close = rest.find('}')?;
+        return dotted_path(&rest[..close]).then_some(2 + close + 1);
+    }
+    if bytes.len() > 5 && bytes[..5].eq_ignore_ascii_case(b"$env:") {
+        let n = ident(&bytes[5..]);
+        return (n > 0).then_some(5 + n);
+    }
+    if let Some(rest) = bytes.strip_prefix(b"$") {
+        let n = upper_ident(rest);
+        return (n > 0).then_some(1 + n);
+    }
+    if let Some(rest) = bytes.strip_prefix(b"%") {
+        let n = upper_ident(rest);
+        return (n > 0 && rest.get(n) == Some(&b'%')).then_some(n + 2);
+    }
+    None
+}
+
+/// The length of the placeholder for a secret that `value` starts with, if it does: the text
+/// of documentation and examples, not a secret. An angle-bracketed name in one case, without
+/// digits (`<TOKEN>`, `<your-token>`, `<api key>`; `password=<your-password>` is not even
+/// taken for a value by the assignment pattern); a name saying what to put there
+/// (`YOUR_TOKEN_HERE`, `your-api-key`, `PASTE_TOKEN_HERE`, `REPLACE_ME`); or a run of one
+/// filler character (`xxxxxxxx`, `********`, `...`). Real default passwords (`changeme`,
+/// `admin`) are no placeholders, nor is a run of digits (`00000000` is a PIN).
+pub(crate) fn placeholder_len(value: &str) -> Option<usize> {
+    let bytes = value.as_bytes();
+    if let Some(rest) = bytes.strip_prefix(b"<") {
+        let close = rest.iter().position(|b| *b == b'>')?;
+        let inner = &rest[..close];
+        let one_case =
+            !inner.iter().any(u8::is_ascii_lowercase) || !inner.iter().any(u8::is_ascii_uppercase);
+        return (inner.first().is_some_and(u8::is_ascii_alphabetic)
+            && inner
+                .iter()
+                .all(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'-' | b'.' | b' '))
+            && one_case)
+            .then_some(close + 2);
+    }
+    let filler = value.chars().next()?;
+    if matches!(filler, 'x' | 'X' | '*' | '#' | '.' | '\u{2022}') {
+        let run = value.chars().take_while(|c| *c == filler).count();
+        if run >= 3 {
+            return Some(run * filler.len_utf8());
+        }
+    }
+    let word = bytes
+        .iter()
+        .take_while(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'-'))
+        .count();
+    let lower = value[..word].to_ascii_lowercase().replace('-', "_");
+    let says_what_to_put = (lower.starts_with("your_") && lower.len() > 5)
+        || (lower.ends_with("_here") && lower.len() > 5)
+        || ["replace_me", "replaceme", "replace_this"].contains(&lower.as_str());
+    says_what_to_put.then_some(word)
 }
 
 /// Whether a YAML block starts with a mapping key that refers to a secret kept elsewhere.

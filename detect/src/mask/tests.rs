@@ -2547,3 +2547,176 @@ fn a_random_seed_in_a_command_held_as_arguments_stays() {
     assert_eq!(v["hex"][2], "[REDACTED:key]");
     assert_eq!(v["password"][2], "[REDACTED:key]");
 }
+
+#[test]
+fn a_reference_to_a_secret_kept_elsewhere_stays_readable() {
+    let m = masker();
+    // Where the secret comes from (a shell, CI, PowerShell or Windows variable, a GitHub
+    // Actions expression, a template): no secret, and what an analyst of a CI log needs.
+    for text in [
+        "mytool --token $TOKEN",
+        "mytool --password $DB_PASSWORD --verbose",
+        "mytool --token ${API_TOKEN}",
+        r#"mytool --token "$TOKEN""#,
+        "mytool --token '${API_TOKEN}' --verbose",
+        "mysql -uroot -p$MYSQL_PWD prod",
+        "sshpass -p $SSHPASS ssh deploy@host",
+        "docker login -u ci -p $CI_REGISTRY_PASSWORD registry.example.com",
+        "curl -u admin:$ADMIN_PASSWORD https://x.example",
+        r#"curl -H "Authorization: Bearer $TOKEN" https://api.example.com"#,
+        "Authorization: Bearer ${GITHUB_TOKEN}",
+        "curl -H 'Authorization: token $GH_TOKEN' https://api.github.com",
+        "token=$TOKEN",
+        "export API_TOKEN=$VAULT_TOKEN",
+        "--token=$TOKEN",
+        "password: ${DB_PASSWORD}",
+        r#"password: "${DB_PASSWORD}""#,
+        "password: ${env.DB_PASSWORD}",
+        "token: ${{ secrets.NPM_TOKEN }}",
+        "NODE_AUTH_TOKEN=${{ secrets.NPM_TOKEN }}",
+        "--token ${{ steps.get-token.outputs.token }}",
+        "password=%API_TOKEN%",
+        "tool.exe --token %API_TOKEN%",
+        "tool --token $env:API_TOKEN",
+        "token=$env:api_token",
+        "token: {{ .Values.token }}",
+        "token: {{- .Values.auth.token -}}",
+        "password={{ token }}",
+        "--token {{ token }}",
+        "url: /x?a=1&token=$TOKEN&b=2",
+    ] {
+        assert_eq!(m.mask_text(text), text, "{text:?}");
+    }
+    // Near misses: a password may start with `$` (mixed case or digits after it: bcrypt,
+    // `$ecret...`), and a value with more than the name may hold a literal.
+    for (text, secret) in [
+        (
+            "mytool --token $2a$10$N9qo8uLOickgx2ZMRZoMye",
+            "N9qo8uLOickgx2ZMRZoMye",
+        ),
+        ("mytool --password $ecretPassw0rd", "ecretPassw0rd"),
+        ("password=$Passw0rd!", "Passw0rd"),
+        (
+            "token=$TOKEN_abc123realsecretvalue",
+            "abc123realsecretvalue",
+        ),
+        ("token=$token9secretvalue", "token9secretvalue"),
+        ("token=$TOKEN/Zq9x8c7v6", "Zq9x8c7v6"),
+        (r#"mytool --token "$TOKEN Zq9x8c7v6""#, "Zq9x8c7v6"),
+        ("password: ${DB_PASSWORD:-Hunter2Secret}", "Hunter2Secret"),
+        ("password=%Passw0rd%", "Passw0rd"),
+        ("password=%API_TOKEN%Zq9x8c7v6", "Zq9x8c7v6"),
+        (&format!("Authorization: Bearer {JWT}"), JWT),
+        (&format!("mytool --token {GHP}"), GHP),
+        ("--token $TOKEN --password Zq9x8c7v6b5", "Zq9x8c7v6b5"),
+        // An expression holding a literal is masked to its closing brace.
+        ("token: ${{ secrets.X || 'Zq9x8c7v6b5' }}", "Zq9x8c7v6b5"),
+        (
+            "--token ${{ secrets.X || 'Zq9x8c7v6b5' }} --verbose",
+            "Zq9x8c7v6b5",
+        ),
+        ("password: ${DB_PASSWORD:-Hunter2 Secret99}", "Secret99"),
+        ("Authorization: Bearer ${TOKEN:-Zq9x8c7v6b5}", "Zq9x8c7v6b5"),
+    ] {
+        let out = m.mask_text(text);
+        assert!(!out.contains(secret), "{text:?} -> {out:?}");
+    }
+}
+
+#[test]
+fn a_placeholder_for_a_secret_stays_readable_and_a_default_password_is_masked() {
+    let m = masker();
+    // Documentation and examples: what to put there, no secret.
+    for text in [
+        "mytool --token <TOKEN>",
+        "mytool --token <your-token> --verbose",
+        "mytool --api-key <api key>",
+        "password=<your-password>",
+        "token: YOUR_TOKEN_HERE",
+        "api_key=REPLACE_ME",
+        "export API_TOKEN=your-api-token",
+        "Authorization: Bearer YOUR_ACCESS_TOKEN",
+        "Authorization: Bearer <token>",
+        "password: xxxxxxxx",
+        "password: XXXXXXXXXXXX",
+        "password: ********",
+        "password=...",
+        "password: \u{2022}\u{2022}\u{2022}\u{2022}\u{2022}\u{2022}",
+    ] {
+        assert_eq!(m.mask_text(text), text, "{text:?}");
+    }
+    // Near misses: a real default password, digits, mixed case in brackets, more after the
+    // placeholder.
+    for (text, secret) in [
+        ("password: changeme", "changeme"),
+        ("password=CHANGE_ME", "CHANGE_ME"),
+        ("password: admin123", "admin123"),
+        ("pin: 00000000", "00000000"),
+        ("mytool --token <Passw0rd>", "Passw0rd"),
+        ("mytool --token <SecretValue>", "SecretValue"),
+        ("token: YOUR_TOKEN_HERE9x8c7v6", "9x8c7v6"),
+        ("token=your_token_Zq9x8c7v6", "Zq9x8c7v6"),
+        ("password: xxxxxxxxZq9", "Zq9"),
+        ("mytool --token <TOKEN>Zq9x8c7v6", "Zq9x8c7v6"),
+        ("mytool --password REPLACE_ME_Zq9x8c7v6", "Zq9x8c7v6"),
+    ] {
+        let out = m.mask_text(text);
+        assert!(!out.contains(secret), "{text:?} -> {out:?}");
+    }
+}
+
+#[test]
+fn a_reference_or_placeholder_under_a_sensitive_key_stays_as_in_text() {
+    let m = masker();
+    let mut v = json!({
+        "password": "$DB_PASSWORD",
+        "db": {"password": "${DB_PASSWORD}", "user": "app"},
+        "token": "${{ secrets.NPM_TOKEN }}",
+        "api_key": "<your-api-key>",
+        "client_secret": "YOUR_CLIENT_SECRET",
+        "headers": {"Authorization": "Bearer ${GITHUB_TOKEN}"},
+        "args": ["deploy", "--token", "$TOKEN", "--password", "%DB_PASSWORD%"],
+        "mysql": ["mysql", "-uroot", "-p$MYSQL_PWD", "prod"],
+        "params": [{"name": "password", "value": "$env:DB_PASSWORD"}]
+    });
+    let before = v.clone();
+    let stats = m.mask_value(&mut v);
+    assert_eq!(v, before);
+    assert_eq!(stats, MaskStats::default());
+    // Near misses under the same keys are masked; a field rule forcing an action masks a
+    // reference too.
+    let mut v = json!({
+        "password": "$ecretPassw0rd",
+        "secret": "$2a$10$N9qo8uLOickgx2ZMRZoMye",
+        "token": "$TOKEN_abc123realsecretvalue",
+        "api_key": "changeme",
+        "headers": {"Authorization": format!("Bearer {JWT}")},
+        "args": ["deploy", "--token", GHP, "--password", "$Passw0rd!"],
+        "mysql": ["mysql", "-uroot", "-p$ecretPassw0rd", "prod"],
+        "pw": "${DB_PASSWORD:-Hunter2Secret}"
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    for secret in [
+        "ecretPassw0rd",
+        "N9qo8uLOickgx2ZMRZoMye",
+        "abc123realsecretvalue",
+        "changeme",
+        JWT,
+        GHP,
+        "Passw0rd",
+        "Hunter2Secret",
+    ] {
+        assert!(!text.contains(secret), "{secret}: {text}");
+    }
+    let ruled = masker_with(
+        r#"
+[[fields]]
+path = "deploy.env"
+action = "redact"
+"#,
+    );
+    let mut v = json!({"deploy": {"env": "$DEPLOY_ENV"}});
+    ruled.mask_value(&mut v);
+    assert_eq!(v["deploy"]["env"], "[REDACTED:field]");
+}

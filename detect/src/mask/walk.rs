@@ -14,7 +14,9 @@ use perimeter_model::raw_prelude::*;
 use perimeter_model::{write_json_str, RawJson};
 
 use super::cache::Memory;
-use super::patterns::{bit, is_glued_password_client, is_masked, is_status_word, KindSet};
+use super::patterns::{
+    bit, is_glued_password_client, is_masked, is_secret_source, is_status_word, KindSet,
+};
 
 use super::{
     card_number_text, forced_action, is_id_key, is_pair_name_key, is_pair_value_key,
@@ -523,6 +525,10 @@ impl<'a> MaskWalk<'a> {
     fn force_leaves(&mut self, value: &RawJson, action: Action, label: &str) {
         match value.as_ref() {
             ValueRef::String(s) if is_masked(s) => self.json_str(s),
+            // Under a sensitive name, a value that is only a reference to the secret or a
+            // placeholder for it (`{"password": "${DB_PASSWORD}"}`, `["--token", "$TOKEN"]`)
+            // stays, as in text. A field rule forcing an action masks it anyway.
+            ValueRef::String(s) if label == "key" && is_secret_source(s) => self.json_str(s),
             ValueRef::String(s) => self.forced(s, action, label),
             ValueRef::Number(n) => self.forced(&n.to_string(), action, label),
             ValueRef::Array(items) => {
@@ -597,11 +603,12 @@ fn opens_private_key(text: &str) -> bool {
 /// The password in `arg`, the item at `index` of `items`, when it is glued to the `-p` of a
 /// MySQL client named by an earlier item (`["mysql", "-h", "db", "-pS3cret"]`). A bare `-p`
 /// prompts (the item after it is the database); `-p` before the program is another's option.
-/// Only items starting `-p` look back, so most arrays pay one byte comparison per item.
+/// Only items starting `-p` look back, so most arrays pay one byte comparison per item. A
+/// reference (`-p$MYSQL_PWD`) is no password, as in text.
 fn glued_password<'s>(items: &sonic_rs::Array, index: usize, arg: &'s str) -> Option<&'s str> {
     let secret = arg
         .strip_prefix("-p")
-        .filter(|s| !s.is_empty() && !is_masked(s))?;
+        .filter(|s| !s.is_empty() && !is_masked(s) && !is_secret_source(s))?;
     items
         .iter()
         .take(index)
