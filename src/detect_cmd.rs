@@ -118,7 +118,10 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
 /// (deliberate, for vendors only rules know), which a misspelt name would otherwise hide.
 fn note_unnormalized_source(command: &str, registry: &NormalizerRegistry, source: &str) {
     if let Some(note) = registry.unnormalized_source_note(source) {
-        eprintln!("perimeter {command}: {note}");
+        eprintln!(
+            "perimeter {command}: {}",
+            crate::terminal_cmd::terminal_safe(&note)
+        );
     }
 }
 

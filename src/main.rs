@@ -132,8 +132,7 @@ fn main() -> ExitCode {
                 // Escaped too, line by line (errors such as a bad config's quote its lines): a
                 // vendor's answer could hold terminal escape sequences.
                 let masked = logging::masked(&text);
-                let lines: Vec<_> = masked.lines().map(terminal_cmd::terminal_safe).collect();
-                eprintln!("error: {}", lines.join("\n"));
+                eprintln!("error: {}", terminal_cmd::terminal_safe_lines(&masked));
             }
             ExitCode::from(2)
         }

@@ -139,14 +139,17 @@ fn check(config: &PerimeterConfig, paths: Vec<PathBuf>, format: &str) -> anyhow:
             serde_json::json!({"loaded": report.loaded, "failed": failed, "warnings": warnings})
         );
     } else {
+        // Paths and rule text are the user's, printed to a terminal: control characters in
+        // them are written out.
+        let safe = |text: String| crate::terminal_cmd::terminal_safe_lines(&text);
         for f in &report.failed {
-            println!("FAIL {f}");
+            println!("FAIL {}", safe(f.to_string()));
         }
         for m in &misspelt {
-            println!("WARN {m}");
+            println!("WARN {}", safe(m.to_string()));
         }
         for w in rules.spec_warnings() {
-            println!("WARN {w}");
+            println!("WARN {}", safe(w.to_string()));
         }
         println!(
             "{} rules loaded, {} failed",
@@ -178,7 +181,10 @@ fn test(config: &PerimeterConfig, dir: PathBuf) -> anyhow::Result<ExitCode> {
     };
     let report = run_rule_tests(&dir, &config.sigma, &normalize);
     for f in &report.failures {
-        println!("FAIL {f}");
+        println!(
+            "FAIL {}",
+            crate::terminal_cmd::terminal_safe_lines(&f.to_string())
+        );
     }
     println!(
         "{} rules tested, {} cases passed, {} failed",

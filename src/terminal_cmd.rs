@@ -271,6 +271,13 @@ pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// [`terminal_safe`] line by line: a message of several lines (a config file's error quoting
+/// its lines) stays readable, and a control character inside a line is written out.
+pub fn terminal_safe_lines(text: &str) -> String {
+    let lines: Vec<_> = text.lines().map(terminal_safe).collect();
+    lines.join("\n")
+}
+
 const ALERT_COLUMNS: &[Column] = &[
     Column::time("TIME (UTC)", 20, &["alert", "@timestamp"]),
     Column::new("SEVERITY", 13, &["alert", "severity"]),
@@ -702,9 +709,23 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
         // The tenant as the other commands choose it (those with data in the directory),
         // except that a tenant named with `--tenant` may have used the API without storing
         // anything: its entries are in the log all the same.
-        let tenant = match &args.target.tenant {
-            Some(t) => t.clone(),
-            None => local_store(&args.target, config)?.1,
+        let tenant = match (local_store(&args.target, config), &args.target.tenant) {
+            (Ok((_, tenant)), _) => tenant,
+            (Err(e), Some(t)) => {
+                let has_entries = log
+                    .query(&perimeter_query_api::AuditQuery {
+                        tenant: t.clone(),
+                        limit: 1,
+                        ..Default::default()
+                    })
+                    .is_ok_and(|page| !page.items.is_empty());
+                // A misspelt tenant is still an error, not an empty log.
+                if !has_entries {
+                    return Err(e);
+                }
+                t.clone()
+            }
+            (Err(e), None) => return Err(e),
         };
         let query = perimeter_query_api::AuditQuery {
             tenant,

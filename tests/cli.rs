@@ -2064,6 +2064,16 @@ fn errors_quoting_input_write_its_escape_sequences_out() {
     let err = stderr(&out);
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
     assert!(err.contains("x\\u{1b}[2J"), "{err:?}");
+    // The same in the report of `rules check` (stdout) and a source-name warning.
+    let out = perimeter(&["rules", "check", "/nonexistent/x\u{1b}[31my"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("FAIL ") && !report.contains('\u{1b}'),
+        "{report:?}"
+    );
+    let out = perimeter(&["normalize", "--source", "ok\u{1b}ta"], Some(b"{}\n"));
+    assert!(!stderr(&out).contains('\u{1b}'), "{:?}", stderr(&out));
 }
 
 #[test]

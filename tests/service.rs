@@ -1081,6 +1081,17 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
     let theirs = audit(&["--data-dir", data_dir, "--tenant", "globex"]);
     assert_eq!(theirs.len(), 1, "{theirs:?}");
     assert_eq!(theirs[0]["tenant"], "globex", "{theirs:?}");
+    // A tenant with neither data nor entries is still a misspelling to point out.
+    let out = perimeter(
+        &["audit", "--data-dir", data_dir, "--tenant", "globx"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tenant globx has no data"),
+        "{}",
+        stderr(&out)
+    );
     // Through the server the token's tenant is read whatever `--tenant` says: said so.
     let out = perimeter(
         &[
