@@ -697,6 +697,45 @@ fn sigterm_flushes_and_spool_files_are_ingested() {
         (&rows.into(), &1.into()),
         "{ack}"
     );
+    // The recorded rows are dated 2038: stored with their receive time, and their documents
+    // say so (ADR 012), in search hits and by id; the Okta events, with their own times, not.
+    let api_get = |path: &str| -> serde_json::Value {
+        reqwest::blocking::Client::new()
+            .get(format!("{}{path}", svc.base))
+            .bearer_auth(&viewer)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let adjusted_mark =
+        |doc: &serde_json::Value| doc["perimeter"].get("timestamp_adjusted").cloned();
+    let hits = api_get("/api/v1/events/search?q=event.module:salesforce&limit=100");
+    let hits = hits["items"].as_array().unwrap().clone();
+    assert_eq!(hits.len(), rows, "{hits:?}");
+    for hit in &hits {
+        assert_eq!(adjusted_mark(hit), Some(true.into()), "{hit}");
+        assert!(
+            hit["raw"]["TIMESTAMP"]
+                .as_str()
+                .unwrap()
+                .starts_with("2038"),
+            "{hit}"
+        );
+        assert!(hit["@timestamp"].as_str().unwrap() < "2038", "{hit}");
+    }
+    let by_id = api_get(&format!(
+        "/api/v1/events/{}",
+        hits[0]["event"]["id"].as_str().unwrap()
+    ));
+    assert_eq!(adjusted_mark(&by_id), Some(true.into()), "{by_id}");
+    let okta = api_get("/api/v1/events/search?q=event.module:okta&limit=10");
+    let okta = okta["items"].as_array().unwrap();
+    assert!(!okta.is_empty());
+    assert!(
+        okta.iter().all(|hit| adjusted_mark(hit).is_none()),
+        "{okta:?}"
+    );
     stop(svc);
     // After a clean stop the data is all there when read straight from the data directory.
     let out = perimeter(

@@ -585,6 +585,87 @@ async fn rate_limits_wait_as_told_and_refused_credentials_say_so_without_the_tok
     );
 }
 
+/// A vendor whose clock is off answers 429 with `Retry-After: 0` or a date already past. Taken
+/// at its word that had the poller ask once a second for as long as it lasted, ignoring
+/// `interval_seconds`; the waits must grow with the rate limits in a row as failures' do, and
+/// a long `Retry-After` must still be waited out. The waits are recorded, not spent.
+#[tokio::test]
+async fn rate_limits_asking_for_no_wait_back_off_growingly() {
+    let s = setup(Vendor::Github, fixture_pages("github/audit")).await;
+    let rate_limited = |retry_after: &str| {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            vec![("retry-after", retry_after.to_string())],
+        )
+    };
+    {
+        let mut failures = s.api.failures.lock().unwrap();
+        for _ in 0..4 {
+            failures.push_back(rate_limited("0"));
+        }
+        failures.push_back(rate_limited("Wed, 21 Oct 2015 07:28:00 GMT"));
+    }
+    let base = s.api.base.lock().unwrap().clone();
+    let source = PollSource::new(
+        PollConfig {
+            interval_seconds: 60,
+            ..config(Vendor::Github, &base)
+        },
+        "default",
+        s.state.path(),
+        s.bus.clone(),
+    )
+    .unwrap();
+    const WAITS: usize = 9;
+    let waits: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let sleep = {
+        let (waits, api) = (waits.clone(), s.api.clone());
+        move |wait: Duration| {
+            let mut recorded = waits.lock().unwrap();
+            recorded.push(wait);
+            let n = recorded.len();
+            // After the first poll that worked: a long Retry-After, then one asking for none.
+            if n == 6 {
+                let mut failures = api.failures.lock().unwrap();
+                failures.push_back(rate_limited("600"));
+                failures.push_back(rate_limited("0"));
+            }
+            async move {
+                if n >= WAITS {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(source.run_with_sleep(
+        async move {
+            let _ = stop_rx.await;
+        },
+        sleep,
+    ));
+    // Only a guard against hanging: no wait is spent, so this takes milliseconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while waits.lock().unwrap().len() < WAITS {
+        assert!(std::time::Instant::now() < deadline, "{:?}", waits.lock());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run ends at shutdown")
+        .unwrap();
+    let secs: Vec<u64> = waits.lock().unwrap().iter().map(|d| d.as_secs()).collect();
+    assert_eq!(
+        secs,
+        [2, 4, 8, 16, 32, 60, 600, 4, 60],
+        "growing up to the interval; the interval after a poll that worked; a long Retry-After in full"
+    );
+    // The first poll that worked stored both pages (the next listing repeats its last second).
+    let expected = all_records(&fixture_pages("github/audit"), None);
+    assert_eq!(s.consumer.records()[..expected.len()], expected);
+}
+
 #[tokio::test]
 async fn a_next_link_to_another_host_is_not_followed() {
     let s = setup(Vendor::Okta, fixture_pages("okta/system_log")).await;

@@ -183,6 +183,9 @@ enum Origin {
     Source,
     Tenant,
     Line,
+    /// `true` on an event whose vendor time could not be true and was replaced by the receive
+    /// time (ADR 012); absent on the others, as in `Event::to_output_json`.
+    TimestampAdjusted,
     Raw,
 }
 
@@ -206,6 +209,7 @@ fn layout() -> &'static [Slot] {
             ("perimeter.source", Origin::Source),
             ("perimeter.tenant", Origin::Tenant),
             ("perimeter.line", Origin::Line),
+            ("perimeter.timestamp_adjusted", Origin::TimestampAdjusted),
             ("raw", Origin::Raw),
         ]);
         paths.sort_by(|a, b| a.0.split('.').cmp(b.0.split('.')));
@@ -243,6 +247,7 @@ pub(crate) fn output_document<'b>(e: &Event, raw_text: &str, buf: &'b mut String
         // Absent values are skipped before any object is opened for them.
         let value: Option<EcsValue> = match slot.origin {
             Origin::Timestamp if e.ecs.timestamp.is_none() => continue,
+            Origin::TimestampAdjusted if !e.timestamp_adjusted => continue,
             Origin::Ecs(name) => match e.ecs.get(name) {
                 Some(v) => Some(v),
                 None => continue,
@@ -307,6 +312,7 @@ pub(crate) fn output_document<'b>(e: &Event, raw_text: &str, buf: &'b mut String
                 Some(n) => number(&mut out, n),
                 None => out.extend_from_slice(b"null"),
             },
+            (Origin::TimestampAdjusted, None) => out.extend_from_slice(b"true"),
             (Origin::Raw, None) => out.extend_from_slice(raw_text.as_bytes()),
             (Origin::Ecs(_), None) => {}
         }
@@ -371,6 +377,15 @@ mod tests {
                 Ecs::default(),
                 Some(1),
                 serde_json::json!(["top", "level", 3]),
+            ),
+            // Dated in 2999: the receive time is used instead, and the document says so.
+            event(
+                Ecs {
+                    timestamp: Some(Utc.with_ymd_and_hms(2999, 1, 1, 0, 0, 0).unwrap()),
+                    ..Default::default()
+                },
+                Some(2),
+                serde_json::json!({"published": "2999-01-01T00:00:00Z"}),
             ),
         ]
     }
@@ -455,7 +470,14 @@ mod tests {
             let doc = output_document(e, text.raw(i), &mut buf);
             let parsed: serde_json::Value = serde_json::from_str(doc).unwrap();
             assert_eq!(parsed, e.to_output_json(), "{doc}");
+            let adjusted = parsed["perimeter"].get("timestamp_adjusted");
+            assert_eq!(
+                adjusted,
+                e.timestamp_adjusted.then_some(&true.into()),
+                "{doc}"
+            );
         }
+        assert!(evs.iter().any(|e| e.timestamp_adjusted));
     }
 
     #[test]

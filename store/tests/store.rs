@@ -1083,6 +1083,70 @@ fn a_resent_event_with_an_adjusted_time_is_stored_once_across_midnight() {
     assert!(!dir.path().join("index/tenant=acme/dt=2026-11-19").exists());
 }
 
+/// ADR 012: an event whose vendor time could not be true is stored with the receive time and
+/// `perimeter.timestamp_adjusted: true` in its document, as read back by id and in search hits
+/// (the vendor's time stays in `raw`); an event with its own time has no such key.
+#[test]
+fn an_adjusted_event_says_so_in_its_stored_document() {
+    let received = ts(20, 12, 0);
+    let raw = json!({"uuid": "clock-off-2", "published": "2038-01-19T03:14:08Z",
+                     "eventType": "user.session.start"});
+    let ecs = Ecs {
+        timestamp: Some(Utc.with_ymd_and_hms(2038, 1, 19, 3, 14, 8).unwrap()),
+        event_action: Some("user.session.start".into()),
+        ..Default::default()
+    };
+    let record = RawRecord {
+        source: "okta".into(),
+        tenant: "acme".into(),
+        received_at: received,
+        line: Some(1),
+        raw: perimeter_model::raw_from_serde(&raw),
+    };
+    let adjusted = Event::new("okta", record, ecs);
+    assert!(adjusted.timestamp_adjusted);
+    let normal = event("acme", "okta", ts(20, 11, 0), "u", "user.session.start", 2);
+    assert!(!normal.timestamp_adjusted);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    store
+        .write_batch(&batch(vec![adjusted.clone(), normal.clone()]))
+        .unwrap();
+    let by_id = |e: &Event| store.get_event("acme", &e.id().0).unwrap().unwrap();
+    let doc = by_id(&adjusted);
+    assert_eq!(doc["perimeter"]["timestamp_adjusted"], true, "{doc}");
+    assert_eq!(doc["@timestamp"], "2026-11-20T12:00:00Z", "{doc}");
+    assert_eq!(doc["raw"]["published"], "2038-01-19T03:14:08Z", "{doc}");
+    assert_eq!(doc, adjusted.to_output_json());
+    let doc = by_id(&normal);
+    assert!(
+        doc["perimeter"].get("timestamp_adjusted").is_none(),
+        "{doc}"
+    );
+    let hits = search_all(&store, "acme", "", 10);
+    let marks: Vec<_> = hits
+        .iter()
+        .map(|h| {
+            (
+                h["event"]["id"].as_str().unwrap().to_string(),
+                h["perimeter"].get("timestamp_adjusted").cloned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        marks,
+        [
+            (adjusted.id().0.clone(), Some(true.into())),
+            (normal.id().0.clone(), None)
+        ]
+    );
+    // Also after a reopen (what the service and `perimeter search` read).
+    drop(store);
+    let store = Store::open(config(dir.path())).unwrap();
+    let doc = store.get_event("acme", &adjusted.id().0).unwrap().unwrap();
+    assert_eq!(doc["perimeter"]["timestamp_adjusted"], true, "{doc}");
+}
+
 /// One writer per data directory: a second one's recovery would delete the first one's
 /// unfinished files. Readers (`perimeter search` beside a running service) take no lock and
 /// touch nothing: an unfinished Parquet file, an index being created and a journal line being

@@ -212,7 +212,8 @@ pub enum PollError {
     /// With what the vendor said, when its answer says it (`: vendor says "..."`).
     #[error("the API refused the credential (HTTP {0}): check `token`{1}")]
     Unauthorized(u16, String),
-    /// Rate limited (429): retried after the vendor's delay.
+    /// Rate limited (429): the vendor's delay. Retried after it, or after the poller's own
+    /// backoff when that is longer (see [`PollPacing`]).
     #[error("rate limited; retrying in {0:?}")]
     RateLimited(Duration),
     /// Any other HTTP status.
@@ -279,6 +280,72 @@ impl ProbeReport {
             newest: first.map(|(_, time)| time),
             more: listed > 1 || !complete,
         }
+    }
+}
+
+/// A rate limit is logged as a warning when it begins and every this many times in a row.
+pub const RATE_LIMIT_WARN_EVERY: u32 = 10;
+
+/// How long a poller waits before its next poll, from how the polls went:
+/// - after a poll that worked, `interval_seconds`;
+/// - after a failure, 2 s, 4 s, 8 s, ... for failures in a row, up to the interval: a blip is
+///   retried soon, an outage is not hammered;
+/// - after a rate limit (429), what the vendor asks (`Retry-After`, at most an hour) but no less
+///   than the same growing backoff over the rate limits in a row (up to the interval). A vendor
+///   whose clock is off answers `Retry-After: 0` or a date already past, and taken at its word
+///   that had the poller ask once a second for as long as it lasted; a long `Retry-After` is
+///   still waited out in full.
+///
+/// A poll that works ends both runs.
+#[derive(Debug, Clone)]
+pub struct PollPacing {
+    interval: Duration,
+    failures_in_a_row: u32,
+    rate_limits_in_a_row: u32,
+}
+
+impl PollPacing {
+    /// Pacing for polls every `interval` (at least a second).
+    pub fn new(interval: Duration) -> PollPacing {
+        PollPacing {
+            interval: interval.max(Duration::from_secs(1)),
+            failures_in_a_row: 0,
+            rate_limits_in_a_row: 0,
+        }
+    }
+
+    /// Take the outcome of a poll; how long to wait before the next one.
+    pub fn after(&mut self, result: &Result<PollReport, PollError>) -> Duration {
+        match result {
+            Ok(_) => {
+                self.failures_in_a_row = 0;
+                self.rate_limits_in_a_row = 0;
+                self.interval
+            }
+            Err(PollError::RateLimited(vendor_delay)) => {
+                self.rate_limits_in_a_row = self.rate_limits_in_a_row.saturating_add(1);
+                (*vendor_delay).max(self.backoff(self.rate_limits_in_a_row))
+            }
+            Err(_) => {
+                self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+                self.backoff(self.failures_in_a_row)
+            }
+        }
+    }
+
+    /// Failures (other than rate limits) since the last poll that worked.
+    pub fn failures_in_a_row(&self) -> u32 {
+        self.failures_in_a_row
+    }
+
+    /// Rate limits since the last poll that worked.
+    pub fn rate_limits_in_a_row(&self) -> u32 {
+        self.rate_limits_in_a_row
+    }
+
+    /// 2^`in_a_row` seconds, at most the interval.
+    fn backoff(&self, in_a_row: u32) -> Duration {
+        Duration::from_secs(1u64 << in_a_row.min(16)).min(self.interval)
     }
 }
 
@@ -457,41 +524,84 @@ impl PollSource {
         std::fs::rename(&tmp, &self.checkpoint_path).map_err(|e| cp_err(e.to_string()))
     }
 
-    /// Poll until `shutdown` resolves: one poll now, then one every `interval_seconds` (sooner
-    /// after a rate limit's delay, later after failures, backing off up to the interval).
+    /// Poll until `shutdown` resolves: one poll now, then one every `interval_seconds` (later
+    /// after a rate limit or a failure, see [`PollPacing`]).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        self.run_with_sleep(shutdown, tokio::time::sleep).await
+    }
+
+    /// [`PollSource::run`], waiting between polls with `sleep` instead of the tokio timer: a
+    /// test records the waits instead of spending them.
+    pub async fn run_with_sleep<F: std::future::Future<Output = ()>>(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut sleep: impl FnMut(Duration) -> F,
+    ) {
         tokio::pin!(shutdown);
-        let interval = Duration::from_secs(self.config.interval_seconds.max(1));
-        let mut failures: u32 = 0;
+        let mut pacing = PollPacing::new(Duration::from_secs(self.config.interval_seconds));
         loop {
             let wait = tokio::select! {
                 _ = &mut shutdown => return,
-                result = self.poll_once() => match result {
-                    Ok(report) => {
-                        failures = 0;
-                        if report.records > 0 {
-                            tracing::info!(poller = %self.config.name, pages = report.pages,
-                                records = report.records, duplicates = report.duplicates, "polled");
-                        }
-                        interval
-                    }
-                    Err(PollError::RateLimited(delay)) => {
-                        tracing::warn!(poller = %self.config.name, ?delay, "rate limited");
-                        delay.max(Duration::from_secs(1))
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::error!(poller = %self.config.name, error = %e,
-                            failures_in_a_row = failures, "poll failed; the checkpoint stays");
-                        // 2 s, 4 s, ... up to the interval: a blip is retried soon, an outage
-                        // is not hammered.
-                        Duration::from_secs(1u64 << failures.min(16)).min(interval)
-                    }
-                },
+                result = self.poll_once() => {
+                    let rate_limits_before = pacing.rate_limits_in_a_row();
+                    let wait = pacing.after(&result);
+                    self.log_poll(&result, &pacing, rate_limits_before, wait);
+                    wait
+                }
             };
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tokio::time::sleep(wait) => {}
+                _ = sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Say how a poll went: records stored at info; a rate limit at warn when it begins and
+    /// every [`RATE_LIMIT_WARN_EVERY`]th time in a row (at debug between: a vendor that keeps
+    /// answering 429 would otherwise fill the log with one line per retry, and the
+    /// `poll_errors_total{kind="rate_limited"}` counter has them all), and at info when it ends;
+    /// any other failure at error.
+    fn log_poll(
+        &self,
+        result: &Result<PollReport, PollError>,
+        pacing: &PollPacing,
+        rate_limits_before: u32,
+        wait: Duration,
+    ) {
+        let poller = self.config.name.as_str();
+        match result {
+            Ok(report) => {
+                if rate_limits_before > 0 {
+                    tracing::info!(
+                        poller,
+                        rate_limits_in_a_row = rate_limits_before,
+                        "no longer rate limited"
+                    );
+                }
+                if report.records > 0 {
+                    tracing::info!(
+                        poller,
+                        pages = report.pages,
+                        records = report.records,
+                        duplicates = report.duplicates,
+                        "polled"
+                    );
+                }
+            }
+            Err(PollError::RateLimited(vendor_delay)) => {
+                let in_a_row = pacing.rate_limits_in_a_row();
+                if in_a_row == 1 || in_a_row.is_multiple_of(RATE_LIMIT_WARN_EVERY) {
+                    tracing::warn!(poller, ?vendor_delay, delay = ?wait,
+                        rate_limits_in_a_row = in_a_row, "rate limited");
+                } else {
+                    tracing::debug!(poller, ?vendor_delay, delay = ?wait,
+                        rate_limits_in_a_row = in_a_row, "rate limited");
+                }
+            }
+            Err(e) => {
+                tracing::error!(poller, error = %e,
+                    failures_in_a_row = pacing.failures_in_a_row(),
+                    "poll failed; the checkpoint stays");
             }
         }
     }
@@ -1206,6 +1316,46 @@ mod tests {
         h.insert("retry-after", at.parse().unwrap());
         let d = retry_delay(&h).as_secs();
         assert!((10..=12).contains(&d), "{at}: {d}");
+    }
+
+    #[test]
+    fn rate_limits_asking_for_less_than_the_backoff_wait_the_backoff() {
+        let mut pacing = PollPacing::new(Duration::from_secs(60));
+        let limited = |secs| Err(PollError::RateLimited(Duration::from_secs(secs)));
+        let failed = Err(PollError::Malformed("x".into()));
+        let waits = |pacing: &mut PollPacing, results: &[Result<PollReport, PollError>]| {
+            results
+                .iter()
+                .map(|r| pacing.after(r).as_secs())
+                .collect::<Vec<_>>()
+        };
+        // Retry-After 0 (taken as a second): growing like failures', up to the interval.
+        let zeros: Vec<_> = (0..8).map(|_| limited(1)).collect();
+        assert_eq!(waits(&mut pacing, &zeros), [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(pacing.rate_limits_in_a_row(), 8);
+        // A poll that worked ends the run; a long Retry-After is waited in full.
+        assert_eq!(
+            waits(
+                &mut pacing,
+                &[Ok(PollReport::default()), limited(3600), limited(1)]
+            ),
+            [60, 3600, 4]
+        );
+        // Failures count on their own.
+        assert_eq!(
+            waits(
+                &mut pacing,
+                &[failed, Err(PollError::NotStored("x".into()))]
+            ),
+            [2, 4]
+        );
+        assert_eq!(pacing.failures_in_a_row(), 2);
+        // An interval under the backoff caps it.
+        let mut fast = PollPacing::new(Duration::from_secs(3));
+        assert_eq!(
+            waits(&mut fast, &[limited(1), limited(1), limited(1)]),
+            [2, 3, 3]
+        );
     }
 
     #[test]
