@@ -3110,3 +3110,78 @@ fn terminal_commands_reach_an_https_server_whose_certificate_a_private_ca_signed
     );
     drop(service);
 }
+
+/// A body of more records than `ingest_max_records` is refused whole over real HTTP, gzipped or
+/// not (a tiny gzip of millions of lines took gigabytes), with a JSON error saying the limit;
+/// nothing of it is stored. One at the limit is stored.
+#[test]
+fn a_body_over_the_record_limit_is_refused_whole_and_one_at_it_is_stored() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("ingest_max_records = 1000\n{text}")).unwrap();
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let client = reqwest::blocking::Client::new();
+    let post = |body: Vec<u8>, gzip: bool| {
+        let request = client
+            .post(format!("{}/ingest/okta", svc.base))
+            .bearer_auth(&admin);
+        let request = if gzip {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(&body).unwrap();
+            request
+                .header("content-encoding", "gzip")
+                .body(enc.finish().unwrap())
+        } else {
+            request.body(body)
+        };
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().unwrap())
+    };
+    let events = |from: usize, n: usize| -> Vec<u8> {
+        (from..from + n)
+            .map(|i| format!("{}\n", okta_event(20, i)))
+            .collect::<String>()
+            .into_bytes()
+    };
+    // Valid events and garbage lines alike, one past the limit.
+    for (body, gzip) in [
+        (events(0, 1001), false),
+        (b"x\n".repeat(1001), true),
+        (b"not json\n".repeat(5000), false),
+    ] {
+        let (status, answer) = post(body, gzip);
+        assert_eq!(status, 413, "{answer}");
+        assert_eq!(answer["error"]["code"], "too_many_records", "{answer}");
+        assert_eq!(answer["error"]["max_records"], 1000, "{answer}");
+    }
+    assert!(stored_ids(&svc.base, &admin).is_empty(), "nothing stored");
+    let dead_letters: serde_json::Value = client
+        .get(format!("{}/api/v1/dead-letters", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        dead_letters["items"],
+        serde_json::json!([]),
+        "{dead_letters}"
+    );
+    // At the limit: stored, every line counted.
+    let (status, ack) = post(events(0, 1000), false);
+    assert_eq!((status, ack["events"].clone()), (200, 1000.into()), "{ack}");
+    let mut mixed = events(1000, 500);
+    mixed.extend(b"x\n".repeat(500));
+    let (status, ack) = post(mixed, true);
+    assert_eq!(
+        (status, ack["events"].clone(), ack["dead_letters"].clone()),
+        (200, 500.into(), 500.into()),
+        "{ack}"
+    );
+    assert_eq!(stored_ids(&svc.base, &admin).len(), 1500);
+    stop(svc);
+}
