@@ -3185,3 +3185,76 @@ fn a_body_over_the_record_limit_is_refused_whole_and_one_at_it_is_stored() {
     assert_eq!(stored_ids(&svc.base, &admin).len(), 1500);
     stop(svc);
 }
+
+/// Every dead letter of a spool file starts its reason with the file's name: the reader's
+/// (not JSON), and the normalizer's too (a record it cannot read, a source it does not know),
+/// which used to name only the normalizer. HTTP ingest has no file to name.
+#[test]
+fn every_dead_letter_of_a_spool_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let admin = token(&cfg, "admin");
+    let inbox = dir.path().join("data/inbox");
+    for (sub, name, body) in [
+        (
+            "okta",
+            "nopub.jsonl",
+            "{\"uuid\": \"u1\", \"eventType\": \"user.session.start\"}\nnot json\n",
+        ),
+        ("bad-src", "other.jsonl", "{\"a\": 1}\n"),
+    ] {
+        std::fs::create_dir_all(inbox.join(sub)).unwrap();
+        std::fs::write(inbox.join(sub).join(name), body).unwrap();
+    }
+    let svc = start(&cfg);
+    let client = reqwest::blocking::Client::new();
+    let ack: serde_json::Value = client
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&admin)
+        .body("{\"uuid\": \"u2\", \"eventType\": \"user.session.start\"}\n")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ack["dead_letters"], 1, "{ack}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reasons = loop {
+        let body: serde_json::Value = client
+            .get(format!("{}/api/v1/dead-letters", svc.base))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let mut reasons: Vec<String> = body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .iter()
+            .map(|d| d["reason"].as_str().unwrap().to_string())
+            .collect();
+        if reasons.len() >= 4 || Instant::now() > deadline {
+            reasons.sort();
+            break reasons;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("nopub.jsonl: invalid JSON"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("nopub.jsonl: okta normalizer: ")
+            && reasons[1].contains("published"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].starts_with("okta normalizer: ") && reasons[2].contains("published"),
+        "over HTTP: no file name: {reasons:?}"
+    );
+    assert!(
+        reasons[3].starts_with("other.jsonl: bad-src normalizer: "),
+        "{reasons:?}"
+    );
+    stop(svc);
+}

@@ -291,7 +291,7 @@ impl SpoolSource {
                     digest,
                 } => InputItem::Invalid {
                     line: line + ingested.lines,
-                    reason: format!("{}: {reason}", ingested.name),
+                    reason,
                     excerpt,
                     digest,
                 },
@@ -301,7 +301,12 @@ impl SpoolSource {
         let records = batch.len();
         for chunk in chunked(batch, self.config.batch_records) {
             self.bus
-                .submit(&ingested.source, &ingested.tenant, chunk)
+                .submit_from(
+                    Some(&ingested.name),
+                    &ingested.source,
+                    &ingested.tenant,
+                    chunk,
+                )
                 .await?;
         }
         // Only once all of it is stored: a batch not taken is read again.
@@ -436,31 +441,17 @@ impl SpoolSource {
                 what: path.display().to_string(),
                 source,
             })?;
-            // A dead letter says which file its line is of: "line 3" of a source with several
-            // files could not be traced.
-            let item = match item {
-                InputItem::Invalid {
-                    line,
-                    reason,
-                    excerpt,
-                    digest,
-                } => InputItem::Invalid {
-                    line,
-                    reason: format!("{file_name}: {reason}"),
-                    excerpt,
-                    digest,
-                },
-                record => record,
-            };
             batch.push(item);
             if batch.len() >= self.config.batch_records {
                 self.bus
-                    .submit(source, tenant, std::mem::take(&mut batch))
+                    .submit_from(Some(&file_name), source, tenant, std::mem::take(&mut batch))
                     .await?;
             }
         }
         if !batch.is_empty() {
-            self.bus.submit(source, tenant, batch).await?;
+            self.bus
+                .submit_from(Some(&file_name), source, tenant, batch)
+                .await?;
         }
         if FileStamp::of(path) != before {
             // Still being written (copied in place): what was read is stored, and the whole file
@@ -889,6 +880,7 @@ mod tests {
             let consumer = tokio::spawn(async move {
                 let mut lines = Vec::new();
                 while let Some(s) = rx.recv().await {
+                    assert_eq!(s.origin.as_deref(), Some("live.jsonl"));
                     for item in &s.items {
                         match item {
                             InputItem::Record { line, .. } => lines.push((*line, None)),
@@ -929,7 +921,7 @@ mod tests {
             let numbers: Vec<u64> = lines.iter().map(|(line, _)| *line).collect();
             assert_eq!(numbers, (1..=21).collect::<Vec<u64>>(), "{lines:?}");
             assert!(
-                matches!(&lines[19], (20, Some(reason)) if reason.starts_with("live.jsonl: ")),
+                matches!(&lines[19], (20, Some(reason)) if reason.starts_with("invalid JSON")),
                 "{lines:?}"
             );
             assert!(lines.iter().filter(|(_, dead)| dead.is_none()).count() == 20);
@@ -1097,32 +1089,27 @@ mod tests {
         );
     }
 
+    /// Batches carry the file's name, which the pipeline starts every dead letter's reason
+    /// with (the reader's and the normalizer's alike).
     #[tokio::test]
-    async fn dead_letters_name_their_file() {
+    async fn batches_name_their_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("okta")).unwrap();
         std::fs::write(dir.path().join("okta/b.jsonl"), "{\"a\":1}\nnot json\n").unwrap();
         let (tx, mut rx) = channel(4);
         let consumer = tokio::spawn(async move {
-            let mut reasons = Vec::new();
+            let mut origins = Vec::new();
             while let Some(s) = rx.recv().await {
-                for item in &s.items {
-                    if let InputItem::Invalid { line, reason, .. } = item {
-                        reasons.push((*line, reason.clone()));
-                    }
-                }
+                origins.push(s.origin.clone());
                 s.ack.send(Ok(SubmitAck::default())).unwrap();
             }
-            reasons
+            origins
         });
         let spool = spool_in(dir.path(), 100, tx);
         spool.scan_once(&mut Unreadable::default()).await.unwrap();
         drop(spool);
-        let reasons = consumer.await.unwrap();
-        assert!(
-            matches!(&reasons[..], [(2, reason)] if reason.starts_with("b.jsonl: ")),
-            "{reasons:?}"
-        );
+        // The pipeline starts every dead letter's reason with it, the normalizer's too.
+        assert_eq!(consumer.await.unwrap(), [Some("b.jsonl".to_string())]);
     }
 
     #[test]
