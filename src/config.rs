@@ -49,6 +49,12 @@ pub struct PerimeterConfig {
     /// longer one is a dead letter. A CloudTrail `{"Records": [...]}` file is a single line.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
+    /// Most records one `POST /ingest/{source}` may hold (non-blank lines, CSV rows, JSON
+    /// documents, each element of a JSON array counting as one); a body with more is refused
+    /// whole (413 `too_many_records`, nothing stored) for the sender to split. A batch is held
+    /// in memory until it is stored, ~1-3 KB per record: this bounds what one request takes.
+    #[serde(default = "default_ingest_max_records")]
+    pub ingest_max_records: usize,
     /// SaaS audit-log APIs `perimeter run` polls (`[[poll]]` tables): Okta, GitHub, Slack,
     /// 1Password, Google Workspace. Checkpoints live in `<data_dir>/state/poll/`.
     #[serde(default)]
@@ -71,6 +77,9 @@ fn default_tenant() -> String {
 }
 fn default_max_line_bytes() -> usize {
     perimeter_ingest::DEFAULT_MAX_LINE_BYTES
+}
+fn default_ingest_max_records() -> usize {
+    perimeter_ingest::http::DEFAULT_MAX_RECORDS_PER_REQUEST
 }
 fn default_state_snapshot_seconds() -> u64 {
     30

@@ -1056,8 +1056,11 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         bus.clone(),
         answers_owed,
         ingest_auth(state.clone()),
-        64 * 1024 * 1024,
-        config.max_line_bytes,
+        perimeter_ingest::http::IngestLimits {
+            max_body_bytes: 64 * 1024 * 1024,
+            max_line_bytes: config.max_line_bytes,
+            max_records: config.ingest_max_records,
+        },
     );
 
     let pollers = spawn_pollers(config, &data_dir, &bus, &metrics, &stop_rx)?;

@@ -6,7 +6,7 @@ use perimeter_detect::sigma::SigmaDetector;
 use perimeter_detect::silence::SourceSilence;
 use perimeter_ingest::bus::{BusReceiver, SubmitAck};
 use perimeter_ingest::InputItem;
-use perimeter_model::Metrics;
+use perimeter_model::{Masker, Metrics};
 use perimeter_query_api::AlertNotifier;
 use perimeter_store::{Store, StoreBatch, WriteAck};
 use std::path::PathBuf;
@@ -176,7 +176,15 @@ pub fn spawn_pipeline_worker(
                     continue;
                 }
                 let now = chrono::Utc::now();
+                // A spool file's name starts the reason of each of its dead letters, the
+                // normalizer's as well as the reader's: "line 3" of a source with several files
+                // could not be traced. Masked, as the reasons are.
+                let origin = sub
+                    .origin
+                    .as_deref()
+                    .map(|origin| format!("{}: ", pipeline.masker().mask_text(origin)));
                 for item in sub.items {
+                    let dead_letters_before = out.dead_letters.len();
                     match item {
                         InputItem::Record {
                             line,
@@ -206,6 +214,11 @@ pub fn spawn_pipeline_worker(
                             now,
                             &mut out,
                         ),
+                    }
+                    if let Some(origin) = &origin {
+                        for dead_letter in &mut out.dead_letters[dead_letters_before..] {
+                            dead_letter.reason.insert_str(0, origin);
+                        }
                     }
                 }
                 // Two ages of the batch's oldest event: since its event time (vendor delay and

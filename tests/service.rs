@@ -3153,3 +3153,151 @@ fn terminal_commands_reach_an_https_server_whose_certificate_a_private_ca_signed
     );
     drop(service);
 }
+
+/// A body of more records than `ingest_max_records` is refused whole over real HTTP, gzipped or
+/// not (a tiny gzip of millions of lines took gigabytes), with a JSON error saying the limit;
+/// nothing of it is stored. One at the limit is stored.
+#[test]
+fn a_body_over_the_record_limit_is_refused_whole_and_one_at_it_is_stored() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("ingest_max_records = 1000\n{text}")).unwrap();
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let client = reqwest::blocking::Client::new();
+    let post = |body: Vec<u8>, gzip: bool| {
+        let request = client
+            .post(format!("{}/ingest/okta", svc.base))
+            .bearer_auth(&admin);
+        let request = if gzip {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(&body).unwrap();
+            request
+                .header("content-encoding", "gzip")
+                .body(enc.finish().unwrap())
+        } else {
+            request.body(body)
+        };
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().unwrap())
+    };
+    let events = |from: usize, n: usize| -> Vec<u8> {
+        (from..from + n)
+            .map(|i| format!("{}\n", okta_event(20, i)))
+            .collect::<String>()
+            .into_bytes()
+    };
+    // Valid events and garbage lines alike, one past the limit.
+    for (body, gzip) in [
+        (events(0, 1001), false),
+        (b"x\n".repeat(1001), true),
+        (b"not json\n".repeat(5000), false),
+    ] {
+        let (status, answer) = post(body, gzip);
+        assert_eq!(status, 413, "{answer}");
+        assert_eq!(answer["error"]["code"], "too_many_records", "{answer}");
+        assert_eq!(answer["error"]["max_records"], 1000, "{answer}");
+    }
+    assert!(stored_ids(&svc.base, &admin).is_empty(), "nothing stored");
+    let dead_letters: serde_json::Value = client
+        .get(format!("{}/api/v1/dead-letters", svc.base))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        dead_letters["items"],
+        serde_json::json!([]),
+        "{dead_letters}"
+    );
+    // At the limit: stored, every line counted.
+    let (status, ack) = post(events(0, 1000), false);
+    assert_eq!((status, ack["events"].clone()), (200, 1000.into()), "{ack}");
+    let mut mixed = events(1000, 500);
+    mixed.extend(b"x\n".repeat(500));
+    let (status, ack) = post(mixed, true);
+    assert_eq!(
+        (status, ack["events"].clone(), ack["dead_letters"].clone()),
+        (200, 500.into(), 500.into()),
+        "{ack}"
+    );
+    assert_eq!(stored_ids(&svc.base, &admin).len(), 1500);
+    stop(svc);
+}
+
+/// Every dead letter of a spool file starts its reason with the file's name: the reader's
+/// (not JSON), and the normalizer's too (a record it cannot read, a source it does not know),
+/// which used to name only the normalizer. HTTP ingest has no file to name.
+#[test]
+fn every_dead_letter_of_a_spool_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let admin = token(&cfg, "admin");
+    let inbox = dir.path().join("data/inbox");
+    for (sub, name, body) in [
+        (
+            "okta",
+            "nopub.jsonl",
+            "{\"uuid\": \"u1\", \"eventType\": \"user.session.start\"}\nnot json\n",
+        ),
+        ("bad-src", "other.jsonl", "{\"a\": 1}\n"),
+    ] {
+        std::fs::create_dir_all(inbox.join(sub)).unwrap();
+        std::fs::write(inbox.join(sub).join(name), body).unwrap();
+    }
+    let svc = start(&cfg);
+    let client = reqwest::blocking::Client::new();
+    let ack: serde_json::Value = client
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&admin)
+        .body("{\"uuid\": \"u2\", \"eventType\": \"user.session.start\"}\n")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ack["dead_letters"], 1, "{ack}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reasons = loop {
+        let body: serde_json::Value = client
+            .get(format!("{}/api/v1/dead-letters", svc.base))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let mut reasons: Vec<String> = body["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"))
+            .iter()
+            .map(|d| d["reason"].as_str().unwrap().to_string())
+            .collect();
+        if reasons.len() >= 4 || Instant::now() > deadline {
+            reasons.sort();
+            break reasons;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("nopub.jsonl: invalid JSON"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("nopub.jsonl: okta normalizer: ")
+            && reasons[1].contains("published"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].starts_with("okta normalizer: ") && reasons[2].contains("published"),
+        "over HTTP: no file name: {reasons:?}"
+    );
+    assert!(
+        reasons[3].starts_with("other.jsonl: bad-src normalizer: "),
+        "{reasons:?}"
+    );
+    stop(svc);
+}

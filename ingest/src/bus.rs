@@ -40,6 +40,10 @@ pub struct Submission {
     /// Source name (`okta`, `auto`, `json`, ...).
     pub source: String,
     pub tenant: String,
+    /// The file the items were read from (a spool file's name), `None` for other input (HTTP,
+    /// pollers): every dead letter of the batch starts its reason with it, the normalizer's as
+    /// well as the reader's, so a line number can be traced to its file.
+    pub origin: Option<String>,
     pub items: Vec<InputItem>,
     /// Where the consumer sends the outcome once the batch is stored (or failed).
     pub ack: oneshot::Sender<std::result::Result<SubmitAck, String>>,
@@ -66,10 +70,23 @@ impl BusSender {
         tenant: &str,
         items: Vec<InputItem>,
     ) -> Result<SubmitAck> {
+        self.submit_from(None, source, tenant, items).await
+    }
+
+    /// [`Self::submit`] for items read from the file named `origin` (see
+    /// [`Submission::origin`]).
+    pub async fn submit_from(
+        &self,
+        origin: Option<&str>,
+        source: &str,
+        tenant: &str,
+        items: Vec<InputItem>,
+    ) -> Result<SubmitAck> {
         let (ack, wait) = oneshot::channel();
         let submission = Submission {
             source: source.to_string(),
             tenant: tenant.to_string(),
+            origin: origin.map(str::to_string),
             items,
             ack,
         };

@@ -94,25 +94,58 @@ struct IngestState {
     /// Most bytes a body may hold, after decompression too (a small gzip body can inflate to
     /// gigabytes).
     max_body_bytes: usize,
+    /// Most records a body may hold (see [`IngestLimits::max_records`]).
+    max_records: usize,
 }
 
-/// Routes: `POST /ingest/{source}` (source name, `auto` or `json`). Bodies up to `max_body_bytes`,
-/// lines (or CSV rows) up to `max_line_bytes`.
+/// The default of [`IngestLimits::max_records`]. A batch of this many records holds a few
+/// hundred MB while it is parsed, normalized and stored (measured: ~1 KB per dead letter,
+/// ~3 KB per minimal event), where the 64 MiB body limit alone let `x\n` x 8M (a 15 KB gzip)
+/// take 8 GB. Real audit records are 1-4 KB, so a full 64 MiB body of them holds 16k-64k:
+/// no log shipper's batch comes near it.
+pub const DEFAULT_MAX_RECORDS_PER_REQUEST: usize = 100_000;
+
+/// What one `POST /ingest/{source}` may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Most bytes in a body, after decompression too.
+    pub max_body_bytes: usize,
+    /// Longest line (or CSV row); a longer one is a dead letter.
+    pub max_line_bytes: usize,
+    /// Most records in a body: non-blank lines, CSV rows, JSON documents, counting each element
+    /// of a JSON array (a page of records) as one. The whole batch is held in memory until it is
+    /// stored (records, then events and dead letters), and bytes alone do not bound that: tiny
+    /// lines are a million to a few MB. A body over it is refused whole (413) and nothing is
+    /// stored, so nothing is acknowledged and nothing is lost: the sender splits it.
+    pub max_records: usize,
+}
+
+/// Routes: `POST /ingest/{source}` (source name, `auto` or `json`), within `limits`.
 /// `owed` counts the answers owed to clients whose batches the pipeline took (see
 /// [`AnswersOwed`]).
 pub fn ingest_router(
     bus: BusSender,
     owed: AnswersOwed,
     auth: IngestAuth,
-    max_body_bytes: usize,
-    max_line_bytes: usize,
+    limits: IngestLimits,
 ) -> Router {
+    let IngestLimits {
+        max_body_bytes,
+        max_line_bytes,
+        max_records,
+    } = limits;
     let state = IngestState {
         bus,
         owed,
         auth,
-        reader: JsonlReaderConfig::with_max_line_bytes(max_line_bytes),
+        reader: JsonlReaderConfig {
+            // A pretty-printed page is parsed whole before its records are handed out: stop
+            // it one past the limit, so a page of millions is not all made first.
+            max_items: Some(max_records),
+            ..JsonlReaderConfig::with_max_line_bytes(max_line_bytes)
+        },
         max_body_bytes,
+        max_records,
     };
     Router::new()
         .route("/ingest/{source}", post(ingest))
@@ -175,6 +208,49 @@ fn decoded_body(
     }
 }
 
+/// Why a body's items were not taken.
+#[derive(Debug)]
+enum ItemsRefused {
+    /// The body could not be read in its format.
+    Unreadable(std::io::Error),
+    /// It holds more than the limit of records.
+    TooMany,
+}
+
+/// The items of `body`, or [`ItemsRefused::TooMany`] as soon as they count more than
+/// `max_records` records: reading stops there, so a body of millions of tiny lines holds at
+/// most `max_records` items in memory, not millions of dead letters.
+fn read_items(
+    body: &[u8],
+    reader: &JsonlReaderConfig,
+    format: crate::InputFormat,
+    max_records: usize,
+) -> Result<Vec<InputItem>, ItemsRefused> {
+    let input =
+        JsonInput::with_format(body, reader.clone(), format).map_err(ItemsRefused::Unreadable)?;
+    let mut items = Vec::new();
+    let mut records = 0usize;
+    for item in input {
+        let item = item.map_err(ItemsRefused::Unreadable)?;
+        records = records.saturating_add(records_in(&item));
+        if records > max_records {
+            return Err(ItemsRefused::TooMany);
+        }
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// How many records `item` counts for against the limit: a JSON array (a vendor page on one
+/// line) is split into its elements by the pipeline, each one a record or a dead letter.
+fn records_in(item: &InputItem) -> usize {
+    use sonic_rs::JsonContainerTrait;
+    match item {
+        InputItem::Record { value, .. } => value.as_array().map_or(1, |a| a.len().max(1)),
+        InputItem::Invalid { .. } => 1,
+    }
+}
+
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = serde_json::json!({"error": {"code": code, "message": message.into()}});
     (status, Json(body)).into_response()
@@ -193,8 +269,12 @@ struct IngestDoc;
 /// API page or webhook payload), or CSV rows under a header (`Content-Type: text/csv`); gzip
 /// with `Content-Encoding: gzip`. Answered once the batch is stored, so a 200 is a durable
 /// acknowledgement; on any error resend (replays are stored once). Lines that are not usable
-/// records are stored as dead letters and counted in the answer. Takes a responder or admin
-/// token; the events go to the token's tenant.
+/// records are stored as dead letters and counted in the answer. At most 100,000 records per
+/// request by default (`ingest_max_records` in the config; non-blank lines, CSV rows, JSON
+/// documents, each element of a JSON array counting as one): a body with more is refused whole
+/// with a 413 `too_many_records` (its `max_records` says the limit) and nothing of it is stored,
+/// so split it and send the parts. Takes a responder or admin token; the events go to the
+/// token's tenant.
 #[utoipa::path(post, path = "/ingest/{source}", tag = "ingest",
     params(("source" = String, Path,
         description = "The normalizer: a vendor (`okta`, `github`, ...), `auto` to tell by each record's shape, or `json` for plain JSON objects")),
@@ -205,7 +285,7 @@ struct IngestDoc;
         (status = 400, description = "Bad source name, empty or undecodable body", body = Object),
         (status = 401, description = "No valid token", body = Object),
         (status = 403, description = "The token's role may not ingest", body = Object),
-        (status = 413, description = "Body larger than the limit (after decompression too)", body = Object),
+        (status = 413, description = "Body larger than the limit (after decompression too), `body_too_large`, or more records than the limit, `too_many_records` (nothing stored: split the batch)", body = Object),
         (status = 415, description = "Unsupported Content-Encoding", body = Object),
         (status = 503, description = "Not stored (store failure, shutting down): resend", body = Object),
     ),
@@ -299,11 +379,22 @@ async fn ingest(
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    let parsed = JsonInput::with_format(&body[..], state.reader.clone(), format)
-        .and_then(|input| input.collect());
-    let items: Vec<InputItem> = match parsed {
+    let items = match read_items(&body[..], &state.reader, format, state.max_records) {
         Ok(items) => items,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
+        Err(ItemsRefused::Unreadable(e)) => {
+            return error(StatusCode::BAD_REQUEST, "bad_body", e.to_string())
+        }
+        Err(ItemsRefused::TooMany) => {
+            let max = state.max_records;
+            let body = serde_json::json!({"error": {
+                "code": "too_many_records",
+                "message": format!(
+                    "the body holds more than {max} records (lines, CSV rows or elements of a JSON array); nothing was stored: split the batch into requests of at most {max} records and send them"
+                ),
+                "max_records": max,
+            }});
+            return (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response();
+        }
     };
     if items.is_empty() {
         return error(
@@ -332,11 +423,19 @@ mod router_tests {
     use super::*;
     use tower::ServiceExt;
 
+    fn limits(max_records: usize) -> IngestLimits {
+        IngestLimits {
+            max_body_bytes: 1000,
+            max_line_bytes: 1000,
+            max_records,
+        }
+    }
+
     /// POST `body` to `uri` with a token every request passes; the status and the JSON error.
     async fn post(uri: &str, body: impl Into<axum::body::Body>) -> (StatusCode, serde_json::Value) {
         let (bus, _rx) = crate::bus::channel(1);
         let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
-        let router = ingest_router(bus, AnswersOwed::default(), auth, 1000, 1000);
+        let router = ingest_router(bus, AnswersOwed::default(), auth, limits(1000));
         let request = axum::http::Request::post(uri)
             .header("authorization", "Bearer t")
             .body(body.into())
@@ -356,7 +455,7 @@ mod router_tests {
         let (bus, mut rx) = crate::bus::channel(1);
         let owed = AnswersOwed::default();
         let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
-        let router = ingest_router(bus, owed.clone(), auth, 1000, 1000);
+        let router = ingest_router(bus, owed.clone(), auth, limits(1000));
         let request = || {
             axum::http::Request::post("/ingest/okta")
                 .header("authorization", "Bearer t")
@@ -392,6 +491,95 @@ mod router_tests {
         );
     }
 
+    /// POST `body` to a router taking at most `max_records` records whose pipeline stores
+    /// every batch: the status, the JSON answer, and how many items reached the pipeline.
+    async fn post_within(
+        max_records: usize,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, serde_json::Value, usize) {
+        let (bus, mut rx) = crate::bus::channel(1);
+        let handed_over = tokio::spawn(async move {
+            let mut items = 0;
+            while let Some(batch) = rx.recv().await {
+                items += batch.items.len();
+                let _ = batch.ack.send(Ok(crate::bus::SubmitAck::default()));
+            }
+            items
+        });
+        let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
+        let limits = IngestLimits {
+            max_body_bytes: 1 << 20,
+            max_line_bytes: 1000,
+            max_records,
+        };
+        let router = ingest_router(bus, AnswersOwed::default(), auth, limits);
+        let request = axum::http::Request::post("/ingest/okta")
+            .header("authorization", "Bearer t")
+            .header("content-type", content_type)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 10_000)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap(),
+            handed_over.await.unwrap(),
+        )
+    }
+
+    /// Bytes did not bound a request's memory: millions of tiny lines (a 15 KB gzip) became
+    /// millions of dead letters held until stored. Past the record limit the body is refused
+    /// whole, in every shape a body takes, and nothing reaches the pipeline.
+    #[tokio::test]
+    async fn a_body_over_the_record_limit_is_refused_whole_with_a_json_413() {
+        let refused = |(status, answer, handed_over): (StatusCode, serde_json::Value, usize)| {
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+            assert_eq!(answer["error"]["code"], "too_many_records", "{answer}");
+            assert_eq!(answer["error"]["max_records"], 100, "{answer}");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("100 records") && message.contains("split"),
+                "{message}"
+            );
+            assert_eq!(handed_over, 0, "nothing of a refused body is stored");
+        };
+        let lines = |n: usize, line: &str| line.repeat(n).into_bytes();
+        let json = "application/x-ndjson";
+        // Garbage lines and valid ones alike, at the limit and one past it.
+        refused(post_within(100, json, lines(101, "x\n")).await);
+        refused(post_within(100, json, lines(101, "{\"a\":1}\n")).await);
+        let (status, answer, handed_over) = post_within(100, json, lines(100, "x\n")).await;
+        assert_eq!((status, handed_over), (StatusCode::OK, 100), "{answer}");
+        // Blank lines are no records.
+        let mut blanks = lines(100, "x\n");
+        blanks.extend(lines(50, "\n"));
+        assert_eq!(post_within(100, json, blanks).await.0, StatusCode::OK);
+        // A one-line page: the pipeline makes each element a record (or a dead letter).
+        let page = |n: usize| format!("[{}1]\n", "1,".repeat(n - 1)).into_bytes();
+        refused(post_within(100, json, page(101)).await);
+        assert_eq!(post_within(100, json, page(100)).await.0, StatusCode::OK);
+        // A pretty-printed page is parsed whole: it too stops at the limit.
+        let pretty = |n: usize| format!("[\n{}  1\n]\n", "  1,\n".repeat(n - 1)).into_bytes();
+        refused(post_within(100, json, pretty(101)).await);
+        let (status, _, handed_over) = post_within(100, json, pretty(100)).await;
+        assert_eq!((status, handed_over), (StatusCode::OK, 100));
+        // CSV rows.
+        let csv = |n: usize| {
+            let mut rows = b"a,b\n".to_vec();
+            rows.extend(lines(n, "1,2\n"));
+            rows
+        };
+        refused(post_within(100, "text/csv", csv(101)).await);
+        assert_eq!(
+            post_within(100, "text/csv", csv(100)).await.0,
+            StatusCode::OK
+        );
+    }
+
     #[tokio::test]
     async fn a_body_over_the_limit_is_a_json_413() {
         let (status, error) = post("/ingest/okta", vec![b'x'; 5000]).await;
@@ -408,7 +596,7 @@ mod router_tests {
             "t" => Ok("acme".to_string()),
             _ => Err(IngestRefusal::Unauthorized),
         });
-        let router = ingest_router(bus, AnswersOwed::default(), auth, 1000, 1000);
+        let router = ingest_router(bus, AnswersOwed::default(), auth, limits(1000));
         let send = |authorization: &str| {
             let request = axum::http::Request::post("/ingest/okta?x=1")
                 .header("authorization", authorization)

@@ -13,6 +13,13 @@ pub struct JsonlReaderConfig {
     /// How many bytes of an invalid line are kept as its excerpt (masked before storage).
     #[serde(default = "default_excerpt_bytes")]
     pub excerpt_bytes: usize,
+    /// Pretty-printed documents are parsed whole before their items are handed out: with a
+    /// limit, parsing stops once it made one item more than this, so a caller that refuses
+    /// larger inputs (HTTP ingest) sees it is over without a page of millions of elements all
+    /// made in memory first. JSON lines and CSV rows are read one at a time, so a caller stops
+    /// those itself. `None`: no limit.
+    #[serde(default)]
+    pub max_items: Option<usize>,
 }
 
 /// The default longest line: 1 MiB. Records are a few KB; a line far longer is most likely not
@@ -42,6 +49,7 @@ impl Default for JsonlReaderConfig {
         JsonlReaderConfig {
             max_line_bytes: default_max_line_bytes(),
             excerpt_bytes: default_excerpt_bytes(),
+            max_items: None,
         }
     }
 }
@@ -428,6 +436,7 @@ mod tests {
             JsonlReaderConfig {
                 max_line_bytes: 1000,
                 excerpt_bytes: 16,
+                max_items: None,
             },
         );
         match reader.next().unwrap().unwrap() {
@@ -465,7 +474,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic_and_line_numbers_increase(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2000)) {
             let mut last = 0;
-            for item in JsonlReader::new(&bytes[..], JsonlReaderConfig { max_line_bytes: 100, excerpt_bytes: 10 }) {
+            for item in JsonlReader::new(&bytes[..], JsonlReaderConfig { max_line_bytes: 100, excerpt_bytes: 10, max_items: None }) {
                 let line = match item.unwrap() {
                     InputItem::Record { line, .. } | InputItem::Invalid { line, .. } => line,
                 };
@@ -634,7 +643,11 @@ fn parse_documents(
     // 1-based line of a byte offset.
     let line_at = |offset: usize| line_starts.partition_point(|&s| s <= offset) as u64;
     let mut base = 0;
-    'documents: while base < bytes.len() {
+    // Past this many items the caller refuses the input: one more tells it so.
+    let enough = config
+        .max_items
+        .map_or(usize::MAX, |max| max.saturating_add(1));
+    'documents: while base < bytes.len() && out.len() < enough {
         // serde_json finds where each document ends; the document itself is parsed like a line.
         let mut stream = serde_json::Deserializer::from_slice(&bytes[base..])
             .into_iter::<serde::de::IgnoredAny>();
@@ -649,7 +662,10 @@ fn parse_documents(
                 None => break 'documents,
                 Some(Ok(_)) => {
                     let doc = &bytes[start..base + stream.byte_offset()];
-                    push_document(&mut out, doc, start, &line_at, config.excerpt_bytes);
+                    push_document(&mut out, doc, start, &line_at, config.excerpt_bytes, enough);
+                    if out.len() >= enough {
+                        break 'documents;
+                    }
                 }
                 Some(Err(e)) => {
                     // Reading resumes at the next line after this one that starts a document
@@ -706,16 +722,21 @@ fn without_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// One whole document: a record, or the records of a top-level array, each at its own line.
+/// One whole document: a record, or the records of a top-level array, each at its own line
+/// (until `out` holds `enough` items).
 fn push_document(
     out: &mut Vec<Result<InputItem, std::io::Error>>,
     doc: &[u8],
     offset: usize,
     line_at: &dyn Fn(usize) -> u64,
     excerpt_bytes: usize,
+    enough: usize,
 ) {
     if doc.first() == Some(&b'[') && !nesting_exceeds(doc, MAX_NESTING) {
         for element in array_elements(doc) {
+            if out.len() >= enough {
+                return;
+            }
             let start = offset + element.start;
             out.push(Ok(parse_record(
                 line_at(start),

@@ -6,6 +6,13 @@
 //! processed when the process dies is ingested again on restart; the store's idempotency on event
 //! id keeps that exactly-once.
 //!
+//! A file written in place whose writer pauses longer than `settle_ms` is ingested and archived
+//! while its writer still holds it open. The spool keeps a handle on every file it archived for
+//! 15 minutes after it was ingested or last grew: complete lines written to it after that are
+//! read on from where reading stopped (numbered in the file) and submitted, wherever the file
+//! went (`.processed/`, or deleted). Gzip and CSV files are not read on (a warning says how many
+//! bytes were not ingested). Writing a file elsewhere and moving it in avoids all of this.
+//!
 //! A file that cannot be read (a damaged or cut-off gzip export, a read error) does not hold up
 //! the files after it. It is retried at every scan while it changes (it may still be arriving);
 //! once it has failed the same way, unchanged, for `set_aside_after_ms`, it is moved to
@@ -150,11 +157,164 @@ struct Unreadable(HashMap<PathBuf, (Option<FileStamp>, Instant)>);
 pub struct SpoolSource {
     config: SpoolConfig,
     bus: BusSender,
+    /// Files read to their end and archived (or deleted) that are watched for lines written
+    /// after that (see [`IngestedFile`]). Taken out while a scan reads on from them.
+    ingested: std::sync::Mutex<Vec<IngestedFile>>,
+}
+
+/// How long an ingested file is watched for lines written after it was archived, from when it
+/// was ingested or last grew. A writer that keeps a file open in the inbox and pauses longer
+/// than `settle_ms` has it archived under its hands; the lines it writes afterwards land in the
+/// archived file (or in a deleted one with `keep_processed_hours = 0`).
+const WATCH_INGESTED_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// At most this many ingested files are watched (each holds an open file handle); past it the
+/// longest-watched one is let go.
+const MAX_WATCHED_FILES: usize = 256;
+
+/// At most this many bytes written after the archiving are read from a file per scan (the rest
+/// at the next scans).
+const MAX_READ_ON_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A file ingested to its end and archived. The spool keeps its own handle on it: that reads
+/// the same file wherever it was moved, even deleted, so a writer that still holds it open
+/// (a file written in place whose writer paused longer than the settle time) loses nothing: at
+/// each scan, complete lines written after `read_to` are read and submitted like the rest.
+struct IngestedFile {
+    file: std::fs::File,
+    /// The file's name, which its dead letters start with.
+    name: String,
+    /// Where it was archived (or "deleted"), for the log.
+    archived_as: String,
+    source: String,
+    tenant: String,
+    /// Bytes read and submitted.
+    read_to: u64,
+    /// Lines read, so later lines keep their numbers in the file.
+    lines: u64,
+    /// Plain JSON is read on from `read_to`; gzip and CSV (whose rows need the header) are not:
+    /// what is written to those after the archiving is warned about.
+    read_on: bool,
+    /// When it was ingested or last grew.
+    watched_since: Instant,
 }
 
 impl SpoolSource {
     pub fn new(config: SpoolConfig, bus: BusSender) -> Self {
-        SpoolSource { config, bus }
+        SpoolSource {
+            config,
+            bus,
+            ingested: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn ingested_files(&self) -> std::sync::MutexGuard<'_, Vec<IngestedFile>> {
+        self.ingested.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Read on from the ingested files that grew since they were read (see [`IngestedFile`]);
+    /// let go of those not grown for [`WATCH_INGESTED_FOR`]. A batch the pipeline did not take
+    /// is read again at the next scan.
+    async fn read_on_from_ingested(&self) -> Result<()> {
+        let mut watched = std::mem::take(&mut *self.ingested_files());
+        let mut outcome = Ok(());
+        for ingested in &mut watched {
+            if outcome.is_ok() {
+                outcome = self.read_on(ingested).await;
+            }
+        }
+        watched.retain(|f| f.watched_since.elapsed() < WATCH_INGESTED_FOR);
+        // Files archived during this pass (none: scans run one at a time) come after.
+        let mut kept = self.ingested_files();
+        watched.append(&mut kept);
+        *kept = watched;
+        outcome
+    }
+
+    /// The complete lines written to `ingested` after `read_to`, submitted.
+    async fn read_on(&self, ingested: &mut IngestedFile) -> Result<()> {
+        use std::io::{Read, Seek};
+        let io_error = |source| IngestError::Io {
+            what: ingested.archived_as.clone(),
+            source,
+        };
+        let len = ingested.file.metadata().map_err(io_error)?.len();
+        if len <= ingested.read_to {
+            return Ok(());
+        }
+        ingested.watched_since = Instant::now();
+        if !ingested.read_on {
+            tracing::warn!(file = %ingested.archived_as, bytes_not_ingested = len - ingested.read_to,
+                "a gzip or CSV spool file grew after it was ingested and archived: what was written since is not ingested (write spool files elsewhere and move them in)");
+            ingested.read_to = len;
+            return Ok(());
+        }
+        let mut grown = Vec::new();
+        ingested
+            .file
+            .seek(std::io::SeekFrom::Start(ingested.read_to))
+            .map_err(io_error)?;
+        (&ingested.file)
+            .take((len - ingested.read_to).min(MAX_READ_ON_BYTES))
+            .read_to_end(&mut grown)
+            .map_err(io_error)?;
+        // A last line without its newline is still being written: it waits for the next scan.
+        let Some(last_newline) = memchr::memrchr(b'\n', &grown) else {
+            return Ok(());
+        };
+        grown.truncate(last_newline + 1);
+        let reader = JsonlReaderConfig::with_max_line_bytes(self.config.max_line_bytes);
+        let mut input = JsonInput::new(&grown[..], reader).map_err(io_error)?;
+        let mut batch: Vec<InputItem> = Vec::new();
+        for item in input.by_ref() {
+            let item = item.map_err(io_error)?;
+            // Numbered in the whole file, as the lines read before.
+            let item = match item {
+                InputItem::Record {
+                    line,
+                    value,
+                    member_lines,
+                } => InputItem::Record {
+                    line: line + ingested.lines,
+                    value,
+                    member_lines: member_lines
+                        .into_iter()
+                        .map(|(key, lines)| {
+                            (key, lines.into_iter().map(|l| l + ingested.lines).collect())
+                        })
+                        .collect(),
+                },
+                InputItem::Invalid {
+                    line,
+                    reason,
+                    excerpt,
+                    digest,
+                } => InputItem::Invalid {
+                    line: line + ingested.lines,
+                    reason,
+                    excerpt,
+                    digest,
+                },
+            };
+            batch.push(item);
+        }
+        let records = batch.len();
+        for chunk in chunked(batch, self.config.batch_records) {
+            self.bus
+                .submit_from(
+                    Some(&ingested.name),
+                    &ingested.source,
+                    &ingested.tenant,
+                    chunk,
+                )
+                .await?;
+        }
+        // Only once all of it is stored: a batch not taken is read again.
+        ingested.read_to += grown.len() as u64;
+        ingested.lines += input.lines_read();
+        tracing::info!(file = %ingested.archived_as, records, bytes = grown.len(),
+            "spool file grew after it was ingested and archived (its writer still had it open): the lines written since are ingested too");
+        Ok(())
     }
 
     /// Run until `shutdown` resolves. Files are handled one at a time, oldest name first.
@@ -178,6 +338,9 @@ impl SpoolSource {
     /// Ingest the pending files once; unreadable ones are remembered in `unreadable` and set
     /// aside when they keep failing unchanged.
     async fn scan_once(&self, unreadable: &mut Unreadable) -> Result<()> {
+        if let Err(e) = self.read_on_from_ingested().await {
+            tracing::warn!(error = %e, "lines written to an ingested spool file after it was archived not ingested yet; will retry");
+        }
         let files = pending_files(&self.config.dir)?;
         unreadable
             .0
@@ -255,8 +418,14 @@ impl SpoolSource {
             what: path.display().to_string(),
             source,
         })?;
+        // The spool's own handle on the file, to read on from it after it is archived.
+        let handle = file.try_clone();
         let format = crate::InputFormat::from_path(path);
-        let reader = crate::jsonl::decompressed(std::io::BufReader::new(file))
+        let mut buffered = std::io::BufReader::new(file);
+        let gzip = std::io::BufRead::fill_buf(&mut buffered)
+            .map(|head| head.starts_with(&[0x1f, 0x8b]))
+            .unwrap_or(false);
+        let mut reader = crate::jsonl::decompressed(buffered)
             .and_then(|input| {
                 let reader = JsonlReaderConfig::with_max_line_bytes(self.config.max_line_bytes);
                 JsonInput::with_format(input, reader, format)
@@ -267,36 +436,22 @@ impl SpoolSource {
             })?;
         let mut batch: Vec<InputItem> = Vec::with_capacity(self.config.batch_records);
         let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-        for item in reader {
+        for item in reader.by_ref() {
             let item = item.map_err(|source| IngestError::Io {
                 what: path.display().to_string(),
                 source,
             })?;
-            // A dead letter says which file its line is of: "line 3" of a source with several
-            // files could not be traced.
-            let item = match item {
-                InputItem::Invalid {
-                    line,
-                    reason,
-                    excerpt,
-                    digest,
-                } => InputItem::Invalid {
-                    line,
-                    reason: format!("{file_name}: {reason}"),
-                    excerpt,
-                    digest,
-                },
-                record => record,
-            };
             batch.push(item);
             if batch.len() >= self.config.batch_records {
                 self.bus
-                    .submit(source, tenant, std::mem::take(&mut batch))
+                    .submit_from(Some(&file_name), source, tenant, std::mem::take(&mut batch))
                     .await?;
             }
         }
         if !batch.is_empty() {
-            self.bus.submit(source, tenant, batch).await?;
+            self.bus
+                .submit_from(Some(&file_name), source, tenant, batch)
+                .await?;
         }
         if FileStamp::of(path) != before {
             // Still being written (copied in place): what was read is stored, and the whole file
@@ -308,8 +463,29 @@ impl SpoolSource {
             let what = what.display().to_string();
             move |source| IngestError::Io { what, source }
         };
+        // Watched from here on, before it is moved: a line written from now on is read on from
+        // the archived (or deleted) file.
+        let read_to = before.as_ref().map_or(0, |stamp| stamp.len);
+        let lines = reader.lines_read();
+        let watch = |archived_as: &Path| match handle {
+            Ok(file) => self.watch_ingested(IngestedFile {
+                file,
+                name: file_name.to_string(),
+                archived_as: archived_as.display().to_string(),
+                source: source.to_string(),
+                tenant: tenant.to_string(),
+                read_to,
+                lines,
+                read_on: !gzip && format == crate::InputFormat::Json,
+                watched_since: Instant::now(),
+            }),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot keep a handle on the ingested spool file: lines its writer adds after it is archived will not be read");
+            }
+        };
         if self.config.keep_processed_hours == 0 {
             std::fs::remove_file(path).map_err(io_error(path))?;
+            watch(path);
             tracing::info!(file = %path.display(), "spool file ingested and deleted");
             return Ok(());
         }
@@ -317,6 +493,7 @@ impl SpoolSource {
         std::fs::create_dir_all(&done_dir).map_err(io_error(&done_dir))?;
         let target = free_name(&done_dir, path.file_name().unwrap_or_default());
         std::fs::rename(path, &target).map_err(io_error(path))?;
+        watch(&target);
         // Its time of change becomes the time it was ingested, which its age in `.processed`
         // is counted from (the file may have been written long before it was dropped in).
         let stamped = std::fs::File::options()
@@ -328,6 +505,17 @@ impl SpoolSource {
         }
         tracing::info!(file = %target.display(), "spool file ingested");
         Ok(())
+    }
+
+    /// Watch `ingested` for lines written after it was archived; past [`MAX_WATCHED_FILES`] the
+    /// longest-watched file is let go.
+    fn watch_ingested(&self, ingested: IngestedFile) {
+        let mut watched = self.ingested_files();
+        if watched.len() >= MAX_WATCHED_FILES {
+            let oldest = watched.remove(0);
+            tracing::debug!(file = %oldest.archived_as, "no longer watched for lines written after it was ingested");
+        }
+        watched.push(ingested);
     }
 
     /// Delete the files in `.processed/` ingested more than `keep_processed_hours` before `now`.
@@ -370,6 +558,16 @@ impl SpoolSource {
             );
         }
     }
+}
+
+/// `items` in batches of at most `size`.
+fn chunked(items: Vec<InputItem>, size: usize) -> Vec<Vec<InputItem>> {
+    let mut batches = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        batches.push(items.by_ref().take(size.max(1)).collect());
+    }
+    batches
 }
 
 /// Whether the file at `path` was last modified at least `settle` ago (a file whose time cannot
@@ -662,6 +860,74 @@ mod tests {
         consumer.await.unwrap();
     }
 
+    /// A file written in place whose writer pauses longer than the settle time is ingested and
+    /// archived while still open: the lines written to it afterwards (into the archived file,
+    /// the same inode) used to be left there unread, and deleted a day later. They are read on
+    /// from where the first read stopped, numbered in the file; a last line still being written
+    /// waits for its newline.
+    #[tokio::test]
+    async fn lines_written_to_a_file_after_it_was_archived_are_ingested_too() {
+        use std::io::Write;
+        for keep_processed_hours in [24, 0] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+            let path = dir.path().join("okta/live.jsonl");
+            let mut writer = std::fs::File::create(&path).unwrap();
+            for i in 0..10 {
+                writeln!(writer, "{{\"a\":{i}}}").unwrap();
+            }
+            let (tx, mut rx) = channel(4);
+            let consumer = tokio::spawn(async move {
+                let mut lines = Vec::new();
+                while let Some(s) = rx.recv().await {
+                    assert_eq!(s.origin.as_deref(), Some("live.jsonl"));
+                    for item in &s.items {
+                        match item {
+                            InputItem::Record { line, .. } => lines.push((*line, None)),
+                            InputItem::Invalid { line, reason, .. } => {
+                                lines.push((*line, Some(reason.clone())))
+                            }
+                        }
+                    }
+                    s.ack.send(Ok(SubmitAck::default())).unwrap();
+                }
+                lines
+            });
+            let mut spool = spool_in(dir.path(), 4, tx);
+            spool.config.keep_processed_hours = keep_processed_hours;
+            let mut unreadable = Unreadable::default();
+            spool.scan_once(&mut unreadable).await.unwrap();
+            assert!(!path.exists(), "ingested and archived");
+            // The writer goes on in the same open file, now archived (or deleted).
+            for i in 10..19 {
+                writeln!(writer, "{{\"a\":{i}}}").unwrap();
+            }
+            writeln!(writer, "not json").unwrap();
+            write!(writer, "{{\"a\":").unwrap();
+            spool.scan_once(&mut unreadable).await.unwrap();
+            // Nothing new: nothing submitted again.
+            spool.scan_once(&mut unreadable).await.unwrap();
+            writeln!(writer, "21}}").unwrap();
+            spool.scan_once(&mut unreadable).await.unwrap();
+            if keep_processed_hours > 0 {
+                let archived = dir.path().join(".processed/okta/live.jsonl");
+                assert_eq!(
+                    std::fs::read_to_string(archived).unwrap().lines().count(),
+                    21
+                );
+            }
+            drop(spool);
+            let lines = consumer.await.unwrap();
+            let numbers: Vec<u64> = lines.iter().map(|(line, _)| *line).collect();
+            assert_eq!(numbers, (1..=21).collect::<Vec<u64>>(), "{lines:?}");
+            assert!(
+                matches!(&lines[19], (20, Some(reason)) if reason.starts_with("invalid JSON")),
+                "{lines:?}"
+            );
+            assert!(lines.iter().filter(|(_, dead)| dead.is_none()).count() == 20);
+        }
+    }
+
     #[tokio::test]
     async fn files_move_to_processed_only_after_ack() {
         let dir = tempfile::tempdir().unwrap();
@@ -823,32 +1089,27 @@ mod tests {
         );
     }
 
+    /// Batches carry the file's name, which the pipeline starts every dead letter's reason
+    /// with (the reader's and the normalizer's alike).
     #[tokio::test]
-    async fn dead_letters_name_their_file() {
+    async fn batches_name_their_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("okta")).unwrap();
         std::fs::write(dir.path().join("okta/b.jsonl"), "{\"a\":1}\nnot json\n").unwrap();
         let (tx, mut rx) = channel(4);
         let consumer = tokio::spawn(async move {
-            let mut reasons = Vec::new();
+            let mut origins = Vec::new();
             while let Some(s) = rx.recv().await {
-                for item in &s.items {
-                    if let InputItem::Invalid { line, reason, .. } = item {
-                        reasons.push((*line, reason.clone()));
-                    }
-                }
+                origins.push(s.origin.clone());
                 s.ack.send(Ok(SubmitAck::default())).unwrap();
             }
-            reasons
+            origins
         });
         let spool = spool_in(dir.path(), 100, tx);
         spool.scan_once(&mut Unreadable::default()).await.unwrap();
         drop(spool);
-        let reasons = consumer.await.unwrap();
-        assert!(
-            matches!(&reasons[..], [(2, reason)] if reason.starts_with("b.jsonl: ")),
-            "{reasons:?}"
-        );
+        // The pipeline starts every dead letter's reason with it, the normalizer's too.
+        assert_eq!(consumer.await.unwrap(), [Some("b.jsonl".to_string())]);
     }
 
     #[test]
