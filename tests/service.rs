@@ -3089,16 +3089,24 @@ fn the_service_merges_the_parquet_files_of_its_batches() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let metrics = reqwest::blocking::get(format!("{}/metrics", svc.base))
-        .unwrap()
-        .text()
-        .unwrap();
-    let merged: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("perimeter_parquet_files_merged_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    assert!(merged >= 2, "{metrics}");
+    // Counted once the merge that left the one file has returned, a moment after its files
+    // were swapped in: read until it shows.
+    loop {
+        let metrics = reqwest::blocking::get(format!("{}/metrics", svc.base))
+            .unwrap()
+            .text()
+            .unwrap();
+        let merged: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("perimeter_parquet_files_merged_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if merged >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop(svc);
 }
 
