@@ -254,11 +254,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // PowerShell's `ConvertTo-SecureString '<password>'` (or the string piped into it; a
         // `$variable` is no password); group 19: `sqlplus user/<password>`.
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
-        // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`,
-        // quoted, 12 words or more (`--seed 42`, a random seed, is no secret).
+        // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`
+        // (any case, also `-seed`, `--seed_phrase`), quoted (also with escaped quotes, as in a
+        // command held in JSON text: `--seed \"...\"`), 12 words or more (`--seed 42`, a
+        // random seed, is no secret).
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
-            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|mnemonic|seed-phrase|cvv|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|mnemonic|seed[-_]phrase|cvv|token|secret|api-key|client-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
             r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
             r#"|(?:^|[\s\\/"'=(|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
@@ -269,7 +271,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
-            r#"|(?:^|\s)--seed(?:\s+|=)(?:"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$))"#,
+            r#"|(?:^|\s)--?(?i:seed(?:[-_]phrase)?)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$))"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
@@ -287,8 +289,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--mnemonic",
             "--passphrase",
             "--seed-phrase",
-            // Also `--seed` alone, before a quoted seed phrase.
-            "--seed",
+            // Also `--seed` alone (or `-seed`), before a quoted seed phrase.
+            "-seed",
             "--cvv",
             "--passwd",
             "--token",
@@ -830,9 +832,28 @@ const BARE_VALUE_GROUP: usize = 6;
 /// A command-line secret that opens with a quote goes on to its closing quote (or the end of
 /// the text): `--mnemonic "abandon ability ..."` is all of the words, where the pattern's word
 /// stopped at the first space.
+/// A quote escaped with backslashes (`--mnemonic \"abandon ...\"`, a command in JSON text)
+/// goes on to the same escaped quote.
 fn to_closing_quote(text: &str, secret: std::ops::Range<usize>) -> std::ops::Range<usize> {
     let bytes = text.as_bytes();
+    let escapes = bytes[..secret.start.saturating_sub(1)]
+        .iter()
+        .rev()
+        .take_while(|b| **b == b'\\')
+        .count();
     match secret.start.checked_sub(1).map(|i| bytes[i]) {
+        Some(quote @ (b'"' | b'\'')) if !secret.is_empty() && escapes > 0 => {
+            // The first quote after exactly as many backslashes: that one closes it.
+            let end = (secret.end..bytes.len())
+                .find(|&i| {
+                    bytes[i] == quote
+                        && i >= escapes
+                        && bytes[i - escapes..i].iter().all(|b| *b == b'\\')
+                        && (i == escapes || bytes[i - escapes - 1] != b'\\')
+                })
+                .map_or(text.len(), |i| i - escapes);
+            secret.start..end.max(secret.end)
+        }
         Some(quote @ (b'"' | b'\'')) if !secret.is_empty() => {
             // A quote escaped with a backslash (`"ab\" cd"`) does not close it.
             let end = (secret.end..bytes.len())

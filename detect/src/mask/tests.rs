@@ -2720,3 +2720,65 @@ action = "redact"
     ruled.mask_value(&mut v);
     assert_eq!(v["deploy"]["env"], "[REDACTED:field]");
 }
+
+#[test]
+fn a_seed_phrase_in_escaped_quotes_or_after_another_spelling_of_seed_is_masked() {
+    let m = masker();
+    let phrase =
+        "abandon ability able about above absent absorb abstract absurd abuse access accident";
+    for (text, want) in [
+        (
+            format!(r#"w --seed \"{phrase}\" -y"#),
+            r#"w --seed \"[REDACTED:cli_credentials]\" -y"#.to_string(),
+        ),
+        (
+            format!(r#"{{"msg":"{{\"cmd\": \"w --seed \\\"{phrase}\\\"\"}}"}}"#),
+            r#"{"msg":"{\"cmd\": \"w --seed \\\"[REDACTED:cli_credentials]\\\"\"}"}"#.to_string(),
+        ),
+        (
+            format!(r#"w --SEED "{phrase}""#),
+            r#"w --SEED "[REDACTED:cli_credentials]""#.to_string(),
+        ),
+        (
+            format!(r#"w -seed "{phrase}""#),
+            r#"w -seed "[REDACTED:cli_credentials]""#.to_string(),
+        ),
+        (
+            format!(r#"w --seed_phrase "{phrase}" -y"#),
+            r#"w --seed_phrase "[REDACTED:cli_credentials]" -y"#.to_string(),
+        ),
+        (
+            format!(r#"w --seed-phrase "{phrase}""#),
+            r#"w --seed-phrase "[REDACTED:cli_credentials]""#.to_string(),
+        ),
+        (
+            format!(r#"w --mnemonic \"{phrase}\" -y"#),
+            r#"w --mnemonic \"[REDACTED:cli_credentials]\" -y"#.to_string(),
+        ),
+        (
+            format!(r#"{{"cmd": "w --mnemonic \\\"{phrase}\\\" -y"}}"#),
+            r#"{"cmd": "w --mnemonic \\\"[REDACTED:cli_credentials]\\\" -y"}"#.to_string(),
+        ),
+    ] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // The same held as JSON: the string is the command with escaped quotes.
+    let mut v = json!({"msg": format!(r#"{{"cmd": "w --seed \"{phrase}\""}}"#)});
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["msg"],
+        r#"{"cmd": "w --seed \"[REDACTED:cli_credentials]\""}"#
+    );
+    // Near misses: a random seed, few words, a word ending in `-seed`.
+    for clean in [
+        r#"python train.py --SEED 42"#,
+        r#"hypothesis -seed \"1234\""#,
+        r#"gen --seed \"red green blue\" x"#,
+        r#"pre-seed "abandon ability able about above absent absorb abstract absurd abuse access accident""#,
+        r#"echo \"done\" --verbose"#,
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
