@@ -72,13 +72,14 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // value (`with password Hunter2x`). The name may be qualified by whom it is for
         // (`password for bob: X`, `the password for svc_deploy is X`), which makes it prose too.
         // A YAML block scalar (`password: |` and the more indented lines after it) is matched up
-        // to its first line; `yaml_block` takes the whole block.
+        // to its first line; `yaml_block` takes the whole block. Its line breaks may be escaped
+        // (`password: >\n  x`, a YAML file in a logged JSON body).
         // Besides `:` and `=`: Ruby's `=>` (`"password"=>"x"`), quotes escaped for HTML
         // (`password&quot;:&quot;x`, escaped twice: `&amp;quot;`) and an XML element (`<Password>x</Password>`, also with
         // a namespace prefix and attributes: `<wsse:Password Type="...">x`; the verifier wants
         // the `<`; its text may be a CDATA section).
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:#[^\n]*)?\r?\n\s*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -966,14 +967,27 @@ fn digest_credentials_end(text: &str, start: usize) -> Option<usize> {
 /// matched. An indicator with no block after it is an empty value: the empty range at
 /// `value_start`. `None`: the value is on the name's line, or (without an indicator) no line is
 /// indented more, which leaves the value as matched.
+///
+/// After an indicator, the line breaks may be escaped (`\n` of a YAML file held in JSON text,
+/// with as many backslashes as it is nested deep); the block then also ends where the string
+/// holding it does (an unescaped quote). A name after other text on its line (`cfg=password:
+/// >`, as a decoded query parameter has it) has the line's indentation as its column.
 fn yaml_block(
     text: &str,
     name: std::ops::Range<usize>,
     value_start: usize,
 ) -> Option<std::ops::Range<usize>> {
     let separator = &text[name.end..value_start];
-    let line_break = separator.find('\n')?;
-    let rest_of_line = separator[..line_break].trim_end();
+    let (line_break, brk) = first_line_break(separator)?;
+    let escapes = brk.len() - 1;
+    let mut rest_of_line = separator[..line_break].trim_end();
+    if escapes > 0 {
+        // An escaped CR before the escaped LF (`\r\n`).
+        rest_of_line = rest_of_line
+            .strip_suffix('r')
+            .filter(|r| r.ends_with(&brk[..escapes]))
+            .map_or(rest_of_line, |r| &r[..r.len() - escapes]);
+    }
     let rest_of_line = rest_of_line
         .strip_prefix(['"', '\''])
         .unwrap_or(rest_of_line)
@@ -984,14 +998,39 @@ fn yaml_block(
     if indicator && !is_block_indicator(rest_of_line) {
         return None;
     }
-    let line_start = text[..name.start].rfind('\n').map_or(0, |i| i + 1);
+    if escapes > 0 && !indicator {
+        return None;
+    }
+    let line_start = text[..name.start].rfind(brk).map_or(0, |i| i + brk.len());
     // A quoted name's column is its quote's.
     let quoted = name.start > line_start && matches!(text.as_bytes()[name.start - 1], b'"' | b'\'');
     let column = name.start - line_start - usize::from(quoted);
+    let before_name = &text[line_start..line_start + column];
+    let indentation = before_name.len() - before_name.trim_start_matches([' ', '\t']).len();
+    let after_indentation = before_name[indentation..].trim_end();
+    let column = if indicator && !after_indentation.is_empty() && after_indentation != "-" {
+        indentation
+    } else {
+        column
+    };
+    // Escaped breaks: the string holding the block ends at a quote with fewer backslashes.
+    let text_end = if escapes > 0 {
+        let bytes = text.as_bytes();
+        (value_start..bytes.len())
+            .find(|&i| {
+                bytes[i] == b'"'
+                    && bytes[..i].iter().rev().take_while(|b| **b == b'\\').count() < escapes
+            })
+            .unwrap_or(text.len())
+    } else {
+        text.len()
+    };
     let mut block: Option<std::ops::Range<usize>> = None;
-    let mut line = name.end + line_break + 1;
-    while line < text.len() {
-        let line_end = text[line..].find('\n').map_or(text.len(), |i| line + i);
+    let mut line = name.end + line_break + brk.len();
+    while line < text_end {
+        let line_end = text[line..text_end]
+            .find(brk)
+            .map_or(text_end, |i| line + i);
         let content = text[line..line_end].trim_start_matches([' ', '\t']);
         let body = content.trim_end();
         let indent = line_end - line - content.len();
@@ -1004,7 +1043,7 @@ fn yaml_block(
                 break;
             }
         }
-        line = line_end + 1;
+        line = line_end + brk.len();
     }
     match block {
         // `password:` over `secretKeyRef:` / `valueFrom:` (Kubernetes, Helm, External Secrets)
@@ -1017,6 +1056,27 @@ fn yaml_block(
         None if indicator => Some(value_start..value_start),
         None => None,
     }
+}
+
+/// The first line break in `s`: where it is and how it is written, a real `\n` or one escaped
+/// in JSON text (`\n`, or `\\\n` nested a level deeper: backslashes, then `n`).
+fn first_line_break(s: &str) -> Option<(usize, &str)> {
+    let bytes = s.as_bytes();
+    let real = memchr::memchr(b'\n', bytes);
+    let mut i = 0;
+    let limit = real.unwrap_or(bytes.len());
+    while i < limit {
+        if bytes[i] == b'\\' {
+            let run = bytes[i..].iter().take_while(|b| **b == b'\\').count();
+            if bytes.get(i + run) == Some(&b'n') {
+                return Some((i, &s[i..i + run + 1]));
+            }
+            i += run;
+        } else {
+            i += 1;
+        }
+    }
+    real.map(|i| (i, "\n"))
 }
 
 /// Whether the secret found at `range` of `text` is, whole, a reference to a secret kept
@@ -1218,9 +1278,17 @@ fn names_a_secret_reference(block: &str) -> bool {
             .any(|r| key.trim_start_matches("- ").eq_ignore_ascii_case(r))
 }
 
+/// Whether `secret` at `start` is a YAML block scalar indicator ending its line (`token: |-`
+/// held alone, as an array item of a file's lines): the block's header, no value.
+fn is_lone_block_indicator(text: &str, start: usize, secret: &str) -> bool {
+    let rest = &text[start + secret.len()..];
+    let rest = rest[..rest.find(['\n', '\\']).unwrap_or(rest.len())].trim();
+    is_block_indicator(secret) && (rest.is_empty() || rest.starts_with('#'))
+}
+
 /// A YAML block scalar header: `|` or `>`, then an optional indentation digit and chomping
 /// indicator in either order (`|-`, `>+`, `|2-`), then optionally a comment.
-fn is_block_indicator(header: &str) -> bool {
+pub(crate) fn is_block_indicator(header: &str) -> bool {
     let header = header.split(" #").next().unwrap_or(header).trim_end();
     let Some(rest) = header.strip_prefix(['|', '>']) else {
         return false;
@@ -2056,6 +2124,7 @@ fn verify(
                 && ((prose.is_none() && !for_whom) || looks_generated(secret))
                 && !is_status_word(secret)
                 && !is_hash_algorithm(secret)
+                && !is_lone_block_indicator(text, start, secret)
                 && !caps
                     .get(1)
                     .is_some_and(|k| stack_frame_on_next_line(text, k.end(), start))

@@ -2782,3 +2782,74 @@ fn a_seed_phrase_in_escaped_quotes_or_after_another_spelling_of_seed_is_masked()
         assert_eq!(m.mask_text(clean), clean);
     }
 }
+
+#[test]
+fn a_yaml_block_value_with_escaped_or_encoded_line_breaks_or_one_line_per_item_is_masked() {
+    let m = masker();
+    for (text, want) in [
+        // A logged JSON body: the breaks are `\n` in the JSON text.
+        (
+            r#"{"msg":"password: >\\n  hunter2Secret99\\nx: 1"}"#,
+            r#"{"msg":"password: >\\n  [REDACTED:secret_assignment]\\nx: 1"}"#,
+        ),
+        (
+            r#"{"msg":"password: |\\n  hunter2Secret99\\n  more9Secret\\nx: 1"}"#,
+            r#"{"msg":"password: |\\n  [REDACTED:secret_assignment]\\nx: 1"}"#,
+        ),
+        (
+            r#"{"msg":"password: |-\\n  hunter2Secret99"}"#,
+            r#"{"msg":"password: |-\\n  [REDACTED:secret_assignment]"}"#,
+        ),
+        // Nested a level deeper: JSON in a string in JSON.
+        (
+            r#"{"msg":"{\"cfg\": \"password: >-\\\\n  hunter2Secret99\\\\nx: 1\"}"}"#,
+            r#"{"msg":"{\"cfg\": \"password: >-\\\\n  [REDACTED:secret_assignment]\\\\nx: 1\"}"}"#,
+        ),
+        // URL-encoded.
+        (
+            "cfg=password%3A%20%3E%0A%20%20hunter2Secret99%0Ax%3A%201",
+            "cfg=password%3A%20%3E%0A%20%20[REDACTED:secret_assignment]%0Ax%3A%201",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    let mut v = json!({
+        "msg": "password: >\\n  hunter2Secret99\\nx: 1",
+        "doc": "{\"cfg\": \"password: |\\n  hunter2Secret99\\nx: 1\"}",
+        "cfg": ["password: >", "  hunter2Secret99", "", "  second9Line", "x: 1", "  kept"],
+        "list": ["- token: |-", "    hunter2Secret99", "  user: bob"],
+    });
+    m.mask_value(&mut v);
+    assert_eq!(
+        v,
+        json!({
+            "msg": "password: >\\n  [REDACTED:secret_assignment]\\nx: 1",
+            "doc": "{\"cfg\": \"password: |\\n  [REDACTED:secret_assignment]\\nx: 1\"}",
+            "cfg": ["password: >", "  [REDACTED:secret_assignment]", "",
+                    "  [REDACTED:secret_assignment]", "x: 1", "  kept"],
+            "list": ["- token: |-", "    [REDACTED:secret_assignment]", "  user: bob"],
+        })
+    );
+    let again = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, again, "idempotent");
+    // Near misses: a header with nothing indented after it, a comparison, a header of no
+    // secret, lines after a secret header that are not indented more.
+    for clean in [
+        r#"{"msg":"password: >\\nuser: bob"}"#,
+        r#"{"msg":"the password length > 8\\n  is required"}"#,
+        r#"{"msg":"description: >\\n  hunter2Secret99 is a fine example\\nx: 1"}"#,
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let mut v = json!({
+        "a": ["password: >", "user: bob", "  indented"],
+        "b": ["description: |", "  the token rotates daily"],
+        "c": ["password: |"],
+    });
+    let clean = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, clean);
+}

@@ -15,7 +15,8 @@ use perimeter_model::{write_json_str, RawJson};
 
 use super::cache::Memory;
 use super::patterns::{
-    bit, is_glued_password_client, is_masked, is_secret_source, is_status_word, KindSet,
+    bit, is_block_indicator, is_glued_password_client, is_masked, is_secret_source, is_status_word,
+    KindSet,
 };
 
 use super::{
@@ -185,6 +186,11 @@ impl<'a> MaskWalk<'a> {
                 // are the private key's `n` lines (the `Private-MAC:` item is masked by its
                 // pattern).
                 let mut putty_private_lines = 0usize;
+                // A YAML file held one line per item: after a block header naming a secret
+                // (`password: >`), the items indented more than its name are the value (the
+                // column of that name while in the block).
+                let yaml_enabled = enabled & bit(PatternKind::SecretAssignment) != 0;
+                let mut yaml_block_column: Option<usize> = None;
                 // A header held as a `[name, value]` pair (`[["Authorization", "Bearer x"],
                 // ["Cookie", "sid=x"]]`): the value of a sensitive header is masked as under
                 // that key.
@@ -204,6 +210,21 @@ impl<'a> MaskWalk<'a> {
                             return;
                         }
                         in_private_key = false;
+                    }
+                    if let Some(column) = yaml_block_column {
+                        if let Some(line) = item.as_str() {
+                            let content = line.trim_start_matches([' ', '\t']);
+                            if content.trim().is_empty() {
+                                w.json_str(line);
+                                return;
+                            }
+                            let indent = line.len() - content.len();
+                            if indent > column {
+                                w.yaml_block_line(&line[..indent], content);
+                                return;
+                            }
+                        }
+                        yaml_block_column = None;
                     }
                     if putty_private_lines > 0 {
                         if let Some(line) = item.as_str() {
@@ -231,6 +252,11 @@ impl<'a> MaskWalk<'a> {
                     w.value(item, node, extra);
                     let text = item.as_str();
                     in_private_key = pem_enabled && text.is_some_and(opens_private_key);
+                    yaml_block_column = if yaml_enabled {
+                        text.and_then(|t| w.yaml_block_header(t))
+                    } else {
+                        None
+                    };
                     putty_private_lines = if pem_enabled {
                         text.map_or(0, putty_private_line_count)
                     } else {
@@ -541,6 +567,36 @@ impl<'a> MaskWalk<'a> {
                 });
             }
             _ => self.leaf(value),
+        }
+    }
+
+    /// The column of the name when the array item `line` is a YAML block scalar header
+    /// naming a secret (`password: >`, `  "token": |-`, `- secret: >`), as written out, masked.
+    fn yaml_block_header(&mut self, line: &str) -> Option<usize> {
+        let (name, indicator) = line.split_once(':')?;
+        if !is_block_indicator(indicator.trim()) {
+            return None;
+        }
+        let bare = name.trim_start_matches([' ', '\t']);
+        let bare = bare.strip_prefix("- ").unwrap_or(bare).trim_start();
+        let column = name.len() - bare.len();
+        let bare = bare.trim_end().trim_matches(['"', '\'']);
+        let looks_like_name = !bare.is_empty()
+            && bare.len() <= 80
+            && bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        (looks_like_name && self.masker.key_is_sensitive(self.mem.as_deref_mut(), bare))
+            .then_some(column)
+    }
+
+    /// A line of a YAML block scalar naming a secret, after its header item: its text masked,
+    /// its indentation kept.
+    fn yaml_block_line(&mut self, indentation: &str, content: &str) {
+        if is_masked(content) {
+            self.json_str(&format!("{indentation}{content}"));
+        } else {
+            self.replace_leaf(PatternKind::SecretAssignment, indentation, content);
         }
     }
 
