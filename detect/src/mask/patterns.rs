@@ -320,10 +320,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // (`AKIA...,wJalr...`): 40 such characters alone are too common to mask. After its
         // name, spaces also separate (`aws configure set aws_secret_access_key wJalr...`): the
         // name is no word of prose. After a key id, a slash also separates (`AKIA... / wJalr...`,
-        // as pairs are pasted into notes).
+        // as pairs are pasted into notes). The separator and the key may be written encoded
+        // (`%2F`, `\u002F`, `\/`, `&#x2F;`, quotes around each), or the key be the next query
+        // parameter (`?id=AKIA...&s=...`); a key is 40 characters decoded, and then ends (see
+        // `aws_secret_ends`).
         regex: concat!(
             r#"(?i)secret_?access_?key\\?["']?(?:\s*[:=]\s*|\s+)\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
-            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=]{1,4}|[ \t]*/[ \t]*)([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$))"#,
+            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=/]|%(?:2[0247CcFf]|3[AaBbDd]|7[Cc])|\\u00(?:2[0247CcFf]|3[AaBbDd]|7[Cc])|\\[/"'t]|&(?:#x2[27CcFf]|#3[49]|#4[47]|quot|apos);|&[A-Za-z0-9_.-]{1,30}=){1,6}((?:[A-Za-z0-9+/]|%2[BbFf]|\\u002[BbFf]|\\/|&#x2[BbFf];|&#4[37];){40}))"#,
         ),
         secret_groups: &[1, 2],
         // Not `secret_access_key`: `access_key` is in it.
@@ -2186,6 +2189,7 @@ fn verify(
                             .any(|f| f.starts_with('-') && f.contains('b'))
                     })
         }),
+        PatternKind::AwsSecretAccessKey => aws_secret_ends(&text[start + secret.len()..]),
         // A Twilio key SID has a fixed length: a longer run of letters and digits is another id.
         PatternKind::VendorToken if secret.starts_with("SK") && secret.len() == 34 => {
             !glued_to_word(text, start, start + secret.len(), true)
@@ -2195,6 +2199,39 @@ fn verify(
         }
         _ => true,
     }
+}
+
+/// Whether `rest`, the text after 40 characters of an AWS secret key, goes on with no 41st
+/// character of it (plain or encoded): the key ends there.
+fn aws_secret_ends(rest: &str) -> bool {
+    let b = rest.as_bytes();
+    let lower = rest.get(..8).unwrap_or(rest).to_ascii_lowercase();
+    !(b.first()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'+'))
+        || [
+            "%2f", "%2b", "\\u002f", "\\u002b", "\\/", "&#x2f;", "&#x2b;", "&#47;", "&#43;",
+        ]
+        .iter()
+        .any(|unit| lower.starts_with(unit)))
+}
+
+/// Whether `s` is whole an AWS access key id (`AKIA...`, `ASIA...`).
+pub(crate) fn is_aws_key_id(s: &str) -> bool {
+    s.len() == 20
+        && (s.starts_with("AKIA") || s.starts_with("ASIA"))
+        && s[4..]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// Whether `s` is whole shaped as an AWS secret access key: 40 characters of base64's alphabet
+/// with both cases in them (a SHA-1 in hex, an id in one case, is another value).
+pub(crate) fn is_aws_secret_shape(s: &str) -> bool {
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+'))
+        && s.bytes().any(|b| b.is_ascii_uppercase())
+        && s.bytes().any(|b| b.is_ascii_lowercase())
 }
 
 /// A hash algorithm's name as the whole value (`the password is sha256`, `password: bcrypt`):

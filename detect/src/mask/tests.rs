@@ -2853,3 +2853,65 @@ fn a_yaml_block_value_with_escaped_or_encoded_line_breaks_or_one_line_per_item_i
     m.mask_value(&mut v);
     assert_eq!(v, clean);
 }
+
+#[test]
+fn an_aws_secret_key_after_its_key_id_with_encoded_separators_or_held_beside_it_is_masked() {
+    let m = masker();
+    let plain = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for text in [
+        "AKIAIOSFODNN7EXAMPLE%2FwJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY end",
+        "AKIAIOSFODNN7EXAMPLE%20%2F%20wJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY end",
+        "AKIAIOSFODNN7EXAMPLE%3AwJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
+        "AKIAIOSFODNN7EXAMPLE%2CwJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
+        r"AKIAIOSFODNN7EXAMPLE\u002FwJalrXUtnFEMI\u002FK7MDENG\u002FbPxRfiCYEXAMPLEKEY end",
+        r"AKIAIOSFODNN7EXAMPLE\u002CwJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
+        r"AKIAIOSFODNN7EXAMPLE \/ wJalrXUtnFEMI\/K7MDENG\/bPxRfiCYEXAMPLEKEY end",
+        "'AKIAIOSFODNN7EXAMPLE' / 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' end",
+        "AKIAIOSFODNN7EXAMPLE&#x2F;wJalrXUtnFEMI&#x2F;K7MDENG&#x2F;bPxRfiCYEXAMPLEKEY end",
+        "GET /x?id=AKIAIOSFODNN7EXAMPLE&s=wJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY end",
+    ] {
+        let masked = m.mask_text(text);
+        assert!(
+            masked.contains("[REDACTED:aws_secret_access_key]")
+                && !masked.contains("wJalr")
+                && !masked.contains("EXAMPLEKEY")
+                && masked.ends_with(" end"),
+            "{text} -> {masked}"
+        );
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    let mut v = json!({
+        "pair": ["AKIAIOSFODNN7EXAMPLE", plain],
+        "obj": {"id": "AKIAIOSFODNN7EXAMPLE", "value": plain},
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["pair"][1], "[REDACTED:aws_secret_access_key]");
+    assert_eq!(v["obj"]["value"], "[REDACTED:aws_secret_access_key]");
+    assert!(!v.to_string().contains("wJalr"), "{v}");
+    let again = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, again, "idempotent");
+    // Near misses: one character more (encoded or not), a SHA-1 beside a key id, 40 such
+    // characters after no key id or not right after it.
+    for clean in [
+        "AKIAIOSFODNN7EXAMPLE%2FwJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY%2F1",
+        "AKIAIOSFODNN7EXAMPLE/wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYX",
+    ] {
+        let masked = m.mask_text(clean);
+        assert!(!masked.contains("aws_secret_access_key"), "{masked}");
+    }
+    let mut v = json!({
+        "userIdentity": {"accessKeyId": "ASIABE0709DA6205595E", "commit": "3f786850e387550fdab836ed7e6dc881de23001b"},
+        "list": ["AKIAIOSFODNN7EXAMPLE", "bob", plain],
+        "other": {"id": "user-1", "value": plain},
+        "sha": ["AKIAIOSFODNN7EXAMPLE", "3F786850E387550FDAB836ED7E6DC881DE23001B"],
+    });
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["userIdentity"]["commit"],
+        "3f786850e387550fdab836ed7e6dc881de23001b"
+    );
+    assert_eq!(v["list"][2], plain);
+    assert_eq!(v["other"]["value"], plain);
+    assert_eq!(v["sha"][1], "3F786850E387550FDAB836ED7E6DC881DE23001B");
+}

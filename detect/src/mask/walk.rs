@@ -15,8 +15,8 @@ use perimeter_model::{write_json_str, RawJson};
 
 use super::cache::Memory;
 use super::patterns::{
-    bit, is_block_indicator, is_glued_password_client, is_masked, is_secret_source, is_status_word,
-    KindSet,
+    bit, is_aws_key_id, is_aws_secret_shape, is_block_indicator, is_glued_password_client,
+    is_masked, is_secret_source, is_status_word, KindSet,
 };
 
 use super::{
@@ -191,6 +191,9 @@ impl<'a> MaskWalk<'a> {
                 // column of that name while in the block).
                 let yaml_enabled = enabled & bit(PatternKind::SecretAssignment) != 0;
                 let mut yaml_block_column: Option<usize> = None;
+                // An AWS secret key held right after its key id (`["AKIA...", "wJalr..."]`).
+                let aws_enabled = enabled & bit(PatternKind::AwsSecretAccessKey) != 0;
+                let mut after_key_id = false;
                 // A header held as a `[name, value]` pair (`[["Authorization", "Bearer x"],
                 // ["Cookie", "sid=x"]]`): the value of a sensitive header is masked as under
                 // that key.
@@ -234,6 +237,12 @@ impl<'a> MaskWalk<'a> {
                         }
                         putty_private_lines = 0;
                     }
+                    if std::mem::take(&mut after_key_id) && aws_enabled {
+                        if let Some(secret) = item.as_str().filter(|s| is_aws_secret_shape(s)) {
+                            w.replace_leaf(PatternKind::AwsSecretAccessKey, "", secret);
+                            return;
+                        }
+                    }
                     if (names_secret || (header_secret && i == 1)) && item.is_str() {
                         let m = w.masker;
                         w.force_leaves(item, m.key_action, "key");
@@ -252,6 +261,7 @@ impl<'a> MaskWalk<'a> {
                     w.value(item, node, extra);
                     let text = item.as_str();
                     in_private_key = pem_enabled && text.is_some_and(opens_private_key);
+                    after_key_id = text.is_some_and(is_aws_key_id);
                     yaml_block_column = if yaml_enabled {
                         text.and_then(|t| w.yaml_block_header(t))
                     } else {
@@ -278,6 +288,11 @@ impl<'a> MaskWalk<'a> {
                 // setting there is taken for the secret (fail closed: `{"pin": {"value"}}`,
                 // `{"masterKey": {"keyMaterial"}}`), objects and arrays under it too.
                 let settings_of = self.settings_of.take();
+                // Whether a string of this object is an AWS key id: a secret key shaped value
+                // beside it is its secret (`{"id": "AKIA...", "value": "wJalr..."}`). Asked only
+                // when such a value comes up, then kept.
+                let aws_enabled = enabled & bit(PatternKind::AwsSecretAccessKey) != 0;
+                let mut holds_key_id: Option<bool> = None;
                 self.object(map, enabled, |w, key, child| {
                     let view = child.as_ref();
                     if matches!(view, ValueRef::Null | ValueRef::Bool(_)) {
@@ -313,6 +328,16 @@ impl<'a> MaskWalk<'a> {
                         && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled))
                     {
                         w.force_leaves(child, m.key_action, "key");
+                    } else if aws_enabled
+                        && rule.action != FieldAction::Keep
+                        && child.as_str().is_some_and(is_aws_secret_shape)
+                        && *holds_key_id.get_or_insert_with(|| {
+                            map.iter()
+                                .any(|(_, v)| v.as_str().is_some_and(is_aws_key_id))
+                        })
+                    {
+                        let secret = child.as_str().unwrap_or_default();
+                        w.replace_leaf(PatternKind::AwsSecretAccessKey, "", secret);
                     } else if is_id_key(key)
                         && rule.extra & bit(PatternKind::CreditCard) == 0
                         && matches!(view, ValueRef::String(_) | ValueRef::Number(_))
