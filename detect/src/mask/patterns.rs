@@ -780,7 +780,18 @@ impl Patterns {
                             PatternKind::SecretAssignment => caps
                                 .get(1)
                                 .and_then(|k| yaml_block(text, k.range(), s.start()))
-                                .unwrap_or_else(|| assignment_value(text, g, s)),
+                                .unwrap_or_else(|| {
+                                    let r = assignment_value(text, g, s);
+                                    match caps.get(1) {
+                                        Some(k)
+                                            if g == BARE_VALUE_GROUP
+                                                && names_a_hint(k.as_str()) =>
+                                        {
+                                            r.start..hint_end(text, r.end)
+                                        }
+                                        _ => r,
+                                    }
+                                }),
                             PatternKind::CliCredentials => to_closing_quote(text, s.range()),
                             _ => s.range(),
                         })
@@ -1279,6 +1290,24 @@ fn names_a_secret_reference(block: &str) -> bool {
         && REFERENCE_KEYS
             .iter()
             .any(|r| key.trim_start_matches("- ").eq_ignore_ascii_case(r))
+}
+
+/// Whether the name of an assignment is a password hint's or reminder's (`password_hint`,
+/// `passwordReminder`): its value is prose, which may give the password away whole.
+fn names_a_hint(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let name = name.strip_suffix('s').unwrap_or(&name);
+    name.ends_with("hint") || name.ends_with("reminder")
+}
+
+/// Where a hint's bare value that matched up to `end` ends: its words go on, like a quoted
+/// value's, to the next `;`, `&`, line end or quote (also an escaped one, `<` of markup).
+fn hint_end(text: &str, end: usize) -> usize {
+    let rest = &text[end..];
+    let stop = rest
+        .find([';', '&', '\n', '\r', '"', '\'', '<', '\\'])
+        .unwrap_or(rest.len());
+    end + rest[..stop].trim_end().len()
 }
 
 /// Whether `secret` at `start` is a YAML block scalar indicator ending its line (`token: |-`

@@ -2296,9 +2296,10 @@ fn a_password_hint_or_reminder_is_masked_and_its_settings_stay() {
     assert_eq!(v["passwordHintLength"], 12);
     assert_eq!(v["hint"], "try the blue door");
     assert_eq!(v["token_type_hint"], "refresh_token");
+    // A hint's words go on to the next delimiter: the rest of the line here.
     assert_eq!(
         m.mask_text("set password_hint=Rex2019 for bob"),
-        "set password_hint=[REDACTED:secret_assignment] for bob"
+        "set password_hint=[REDACTED:secret_assignment]"
     );
 }
 
@@ -2914,4 +2915,35 @@ fn an_aws_secret_key_after_its_key_id_with_encoded_separators_or_held_beside_it_
     assert_eq!(v["list"][2], plain);
     assert_eq!(v["other"]["value"], plain);
     assert_eq!(v["sha"][1], "3F786850E387550FDAB836ED7E6DC881DE23001B");
+}
+
+#[test]
+fn a_password_hint_in_text_is_masked_to_its_delimiter_and_what_follows_stays() {
+    let m = masker();
+    for (text, want) in [
+        (
+            "password_hint=my dog name; user=bob",
+            "password_hint=[REDACTED:secret_assignment]; user=bob",
+        ),
+        (
+            "password_reminder: my dog name\nuser: bob",
+            "password_reminder: [REDACTED:secret_assignment]\nuser: bob",
+        ),
+        (
+            "?password_hint=first car&user=bob",
+            "?password_hint=[REDACTED:secret_assignment]&user=bob",
+        ),
+        (
+            r#"{"log": "passwordHint=blue door by the lake"}"#,
+            r#"{"log": "passwordHint=[REDACTED:secret_assignment]"}"#,
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // Near misses: other settings whose values are words.
+    for clean in ["hint=try the blue door; user=bob"] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
 }
