@@ -1300,6 +1300,14 @@ fn names_a_hint(name: &str) -> bool {
     name.ends_with("hint") || name.ends_with("reminder")
 }
 
+/// Whether the name of an assignment is a password reminder's (`password_reminder`).
+pub(crate) fn names_a_reminder(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.strip_suffix('s')
+        .unwrap_or(&name)
+        .ends_with("reminder")
+}
+
 /// Where a hint's bare value that matched up to `end` ends: its words go on, like a quoted
 /// value's, to the next `;`, `&`, line end or quote (also an escaped one, `<` of markup).
 fn hint_end(text: &str, end: usize) -> usize {
@@ -2157,6 +2165,9 @@ fn verify(
                 && !is_status_word(secret)
                 && !is_hash_algorithm(secret)
                 && !is_lone_block_indicator(text, start, secret)
+                // `password_reminder: 14 days before expiry`: when to remind, a setting.
+                && !(caps.get(1).is_some_and(|k| names_a_reminder(k.as_str()))
+                    && secret.bytes().all(|b| b.is_ascii_digit()))
                 && !caps
                     .get(1)
                     .is_some_and(|k| stack_frame_on_next_line(text, k.end(), start))

@@ -2918,7 +2918,7 @@ fn an_aws_secret_key_after_its_key_id_with_encoded_separators_or_held_beside_it_
 }
 
 #[test]
-fn a_password_hint_in_text_is_masked_to_its_delimiter_and_what_follows_stays() {
+fn a_password_hint_in_text_is_masked_to_its_delimiter_and_a_reminder_in_days_stays() {
     let m = masker();
     for (text, want) in [
         (
@@ -2942,8 +2942,18 @@ fn a_password_hint_in_text_is_masked_to_its_delimiter_and_what_follows_stays() {
         assert_eq!(masked, want, "{text}");
         assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
     }
-    // Near misses: other settings whose values are words.
-    for clean in ["hint=try the blue door; user=bob"] {
+    // Near misses: a reminder in days, other settings whose values are words.
+    for clean in [
+        "password_reminder: 14 days before expiry",
+        "password_reminder=7; user=bob",
+        "hint=try the blue door; user=bob",
+    ] {
         assert_eq!(m.mask_text(clean), clean);
     }
+    let mut v =
+        json!({"password_reminder": 14, "passwordReminderDays": 7, "x": {"password_hint": "Rex"}});
+    m.mask_value(&mut v);
+    assert_eq!(v["password_reminder"], 14);
+    assert_eq!(v["passwordReminderDays"], 7);
+    assert_eq!(v["x"]["password_hint"], "[REDACTED:key]");
 }

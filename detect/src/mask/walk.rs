@@ -16,7 +16,7 @@ use perimeter_model::{write_json_str, RawJson};
 use super::cache::Memory;
 use super::patterns::{
     bit, is_aws_key_id, is_aws_secret_shape, is_block_indicator, is_glued_password_client,
-    is_masked, is_secret_source, is_status_word, KindSet,
+    is_masked, is_secret_source, is_status_word, names_a_reminder, KindSet,
 };
 
 use super::{
@@ -318,6 +318,8 @@ impl<'a> MaskWalk<'a> {
                         && m.key_is_sensitive(w.mem.as_deref_mut(), key)
                         && !is_working_directory(key, child.as_str())
                         && !(child.is_number() && is_token_count(key))
+                        // `{"password_reminder": 14}`: days before expiry, a setting.
+                        && !(child.is_number() && names_a_reminder(key))
                     {
                         let extra = extra | rule.extra;
                         w.force_key_value(child, view, key, child_node, extra);
