@@ -50,11 +50,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // Group 1: a PEM private key. A PuTTY key file (`PuTTY-User-Key-File-2: ssh-rsa`)
         // keeps its private key as base64 lines after `Private-Lines: <n>` (group 2: whole
         // lines, with real or escaped line breaks) and its MAC (or a version 1 file's hash)
-        // after `Private-MAC:` (group 3); its public lines and comment stay.
+        // after `Private-MAC:` (group 3); its public lines and comment stay. The names in any
+        // case; the lines may be broken by `<br>` too (the file pasted into HTML).
         regex: concat!(
             r"(-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|$))",
-            r"|Private-Lines:[ \t]*[0-9]+[ \t]*(?:\r?\n|\\r\\n|\\n)([A-Za-z0-9+/=]+(?:(?:\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]+)*)(?:\r?\n|\\r\\n|\\n|\r|$)",
-            r"|Private-(?:MAC|Hash):[ \t]*([0-9a-fA-F]{20,})",
+            r"|(?i:Private-Lines):[ \t]*[0-9]+[ \t]*(?:(?i:<br\s*/?>)(?:\r?\n)?|\r?\n|\\r\\n|\\n)([A-Za-z0-9+/=]+(?:(?:(?i:<br\s*/?>)(?:\r?\n)?|\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]+)*)(?:(?i:<br\s*/?>)|\r?\n|\\r\\n|\\n|\r|$)",
+            r"|(?i:Private-(?:MAC|Hash)):[ \t]*([0-9a-fA-F]{20,})",
         ),
         secret_groups: &[1, 2, 3],
         anchors: &[

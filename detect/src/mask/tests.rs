@@ -2957,3 +2957,44 @@ fn a_password_hint_in_text_is_masked_to_its_delimiter_and_a_reminder_in_days_sta
     assert_eq!(v["passwordReminderDays"], 7);
     assert_eq!(v["x"]["password_hint"], "[REDACTED:key]");
 }
+
+#[test]
+fn a_putty_key_with_lower_case_names_or_html_line_breaks_is_masked() {
+    let m = masker();
+    let mac = "7a3f2e9b1c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a";
+    let line1 = "AAABAQCQ3Jx8eY8pZ1b2c3d4e5f6g7h8i9j0kLmNoPqRsTuVwXyZ";
+    let line2 = "AAAAgQD7abcdefghij12345klmnopqrstuvWXYZ0123456789+/";
+    for (text, want) in [
+        (
+            format!("private-mac: {mac}"),
+            "private-mac: [REDACTED:pem_private_key]".to_string(),
+        ),
+        (
+            format!("private-lines: 1\n{line1}\nprivate-mac: {mac}"),
+            "private-lines: 1\n[REDACTED:pem_private_key]\nprivate-mac: [REDACTED:pem_private_key]"
+                .to_string(),
+        ),
+        (
+            format!("Public-Lines: 1<br>AAAAB3NzaC1yc2E<br>Private-Lines: 2<br>{line1}<br>{line2}<br>Private-MAC: {mac}<br>"),
+            "Public-Lines: 1<br>AAAAB3NzaC1yc2E<br>Private-Lines: 2<br>[REDACTED:pem_private_key]<br>Private-MAC: [REDACTED:pem_private_key]<br>"
+                .to_string(),
+        ),
+        (
+            format!("Private-Lines: 2<BR />\n{line1}<br/>\n{line2}<br />\nPrivate-MAC: {mac}"),
+            "Private-Lines: 2<BR />\n[REDACTED:pem_private_key]<br />\nPrivate-MAC: [REDACTED:pem_private_key]"
+                .to_string(),
+        ),
+    ] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // Near misses: prose about the lines, a MAC that is no hex, public lines.
+    for clean in [
+        "private-mac: none",
+        "the private-lines: header<br>counts lines",
+        "Public-Lines: 1<br>AAAAB3NzaC1yc2EAAAADAQABAAABAQCxO38tKAJXIs9ivPxt7AY",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
