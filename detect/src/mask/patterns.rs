@@ -454,8 +454,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // credentials to this very store.
             r"|prm_[a-f0-9]{64}",
             r"|[0-9]{5,16}:AA[A-Za-z0-9_-]{33}",
-            // Twilio API key SID (upper-case `SK` only; see `anchor_can_match`).
-            r"|SK[0-9a-fA-F]{32}",
+            // Twilio API key SID (upper-case `SK` only; see `anchor_can_match`): 32 lower-case
+            // hex digits, as Twilio writes them, with a letter among them (`SK000...001` is a
+            // product code or counter).
+            r"|SK[0-9a-f]{32}",
             r")",
         ),
         secret_groups: &[],
@@ -1871,11 +1873,15 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
     }
 }
 
-/// Whether `rest` (after `SK`) is a Twilio API key SID's: 32 hex digits, then no more letters
+/// Whether `rest` (after `SK`) is a Twilio API key SID's: 32 lower-case hex digits, not all
+/// decimal ones, then no more letters
 /// or digits (a longer run is another id).
 fn is_twilio_key_tail(rest: &[u8]) -> bool {
     rest.len() >= 32
-        && rest[..32].iter().all(u8::is_ascii_hexdigit)
+        && rest[..32]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && rest[..32].iter().any(u8::is_ascii_lowercase)
         && !rest.get(32).is_some_and(u8::is_ascii_alphanumeric)
 }
 
@@ -3657,6 +3663,9 @@ mod tests {
             "SK0123456789abcdef0123456789abcde",
             "SK0123456789abcdef0123456789abcdef0",
             "ask desk SKU risk",
+            // Upper-case hex, or decimal digits only: a product code, a counter.
+            "SK0123456789ABCDEF0123456789ABCDEF",
+            "SKU SK00000000000000000000000000000001 restocked",
         ] {
             assert!(
                 found(clean)

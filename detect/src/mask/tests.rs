@@ -2259,12 +2259,19 @@ fn a_twilio_api_key_sid_is_masked() {
         "env": format!("TWILIO_API_KEY={sid}"),
         "task": "TASK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a",
         "sku": "SKU-1234 desk risk",
+        "code": "SKU SK00000000000000000000000000000001 restocked",
+        "upper": "part SK2F4C8E1A9B3D5F7E6C0A1B2C3D4E5F6A",
     });
     m.mask_value(&mut v);
     assert_eq!(v["msg"], "twilio api key [REDACTED:vendor_token] created");
     assert!(!v["env"].to_string().contains(sid), "{v}");
     assert_eq!(v["task"], "TASK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a");
     assert_eq!(v["sku"], "SKU-1234 desk risk");
+    assert_eq!(
+        v["code"],
+        "SKU SK00000000000000000000000000000001 restocked"
+    );
+    assert_eq!(v["upper"], "part SK2F4C8E1A9B3D5F7E6C0A1B2C3D4E5F6A");
     let masked = m.mask_text(&format!("sid {sid}"));
     assert_eq!(m.mask_text(&masked), masked, "idempotent");
 }
