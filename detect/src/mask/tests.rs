@@ -3004,4 +3004,18 @@ fn a_putty_key_with_lower_case_names_or_html_line_breaks_is_masked() {
     ] {
         assert_eq!(m.mask_text(clean), clean);
     }
+    // Held one line per array item, the names in lower case.
+    let mut v =
+        json!({"lines": ["private-lines: 2", line1, line2, format!("private-mac: {mac}"), "next"]});
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["lines"],
+        json!([
+            "private-lines: 2",
+            "[REDACTED:pem_private_key]",
+            "[REDACTED:pem_private_key]",
+            "private-mac: [REDACTED:pem_private_key]",
+            "next"
+        ])
+    );
 }

@@ -700,11 +700,13 @@ fn glued_password<'s>(items: &sonic_rs::Array, index: usize, arg: &'s str) -> Op
 }
 
 /// How many private key lines follow the array item `line` when it is a PuTTY key file's
-/// `Private-Lines: <n>` header alone (0 otherwise).
+/// `Private-Lines: <n>` header alone, the name in any case (0 otherwise).
 fn putty_private_line_count(line: &str) -> usize {
-    line.trim()
-        .strip_prefix("Private-Lines:")
-        .and_then(|n| n.trim().parse().ok())
+    const NAME: &str = "private-lines:";
+    let line = line.trim();
+    line.get(..NAME.len())
+        .filter(|name| name.eq_ignore_ascii_case(NAME))
+        .and_then(|_| line[NAME.len()..].trim().parse().ok())
         .unwrap_or(0)
 }
 
