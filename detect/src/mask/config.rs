@@ -108,7 +108,7 @@ pub enum PatternKind {
     /// (`AGE-SECRET-KEY-1`), Mailchimp (32 hex + `-us<N>`), JFrog (`AKCp`, `cmVmdGtu` reference
     /// tokens), Dynatrace (`dt0c01.`), Bitbucket (`ATBB`), Supabase (`sbp_`, `sb_secret_`),
     /// Fly.io (`fo1_`, `fm2_`), Render (`rnd_`), Netlify (`nfp_`), Telegram bot tokens
-    /// (`<bot id>:AA...`), Twilio API key SIDs (`SK` + 32 hex), and Perimeter's own API tokens
+    /// (`<bot id>:AA...`), Twilio API key SIDs (`SK` + 32 lower-case hex, not all digits), and Perimeter's own API tokens
     /// (`prm_`).
     VendorToken,
     /// JSON Web Tokens (`eyJ...` `.` `eyJ...` `.` signature).

@@ -50,11 +50,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // Group 1: a PEM private key. A PuTTY key file (`PuTTY-User-Key-File-2: ssh-rsa`)
         // keeps its private key as base64 lines after `Private-Lines: <n>` (group 2: whole
         // lines, with real or escaped line breaks) and its MAC (or a version 1 file's hash)
-        // after `Private-MAC:` (group 3); its public lines and comment stay.
+        // after `Private-MAC:` (group 3); its public lines and comment stay. The names in any
+        // case; the lines may be broken by `<br>` too (the file pasted into HTML).
         regex: concat!(
             r"(-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|$))",
-            r"|Private-Lines:[ \t]*[0-9]+[ \t]*(?:\r?\n|\\r\\n|\\n)([A-Za-z0-9+/=]+(?:(?:\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]+)*)(?:\r?\n|\\r\\n|\\n|\r|$)",
-            r"|Private-(?:MAC|Hash):[ \t]*([0-9a-fA-F]{20,})",
+            r"|(?i:Private-Lines):[ \t]*[0-9]+[ \t]*(?:(?i:<br\s*/?>)(?:\r?\n)?|\r?\n|\\r\\n|\\n)([A-Za-z0-9+/=]+(?:(?:(?i:<br\s*/?>)(?:\r?\n)?|\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]+)*)(?:(?i:<br\s*/?>)|\r?\n|\\r\\n|\\n|\r|$)",
+            r"|(?i:Private-(?:MAC|Hash)):[ \t]*([0-9a-fA-F]{20,})",
         ),
         secret_groups: &[1, 2, 3],
         anchors: &[
@@ -72,13 +73,14 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // value (`with password Hunter2x`). The name may be qualified by whom it is for
         // (`password for bob: X`, `the password for svc_deploy is X`), which makes it prose too.
         // A YAML block scalar (`password: |` and the more indented lines after it) is matched up
-        // to its first line; `yaml_block` takes the whole block.
+        // to its first line; `yaml_block` takes the whole block. Its line breaks may be escaped
+        // (`password: >\n  x`, a YAML file in a logged JSON body).
         // Besides `:` and `=`: Ruby's `=>` (`"password"=>"x"`), quotes escaped for HTML
         // (`password&quot;:&quot;x`, escaped twice: `&amp;quot;`) and an XML element (`<Password>x</Password>`, also with
         // a namespace prefix and attributes: `<wsse:Password Type="...">x`; the verifier wants
         // the `<`; its text may be a CDATA section).
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:#[^\n]*)?\r?\n\s*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -254,11 +256,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // PowerShell's `ConvertTo-SecureString '<password>'` (or the string piped into it; a
         // `$variable` is no password); group 19: `sqlplus user/<password>`.
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
-        // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`,
-        // quoted, 12 words or more (`--seed 42`, a random seed, is no secret).
+        // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`
+        // (any case, also `-seed`, `--seed_phrase`), quoted (also with escaped quotes, as in a
+        // command held in JSON text: `--seed \"...\"`), 12 words or more (`--seed 42`, a
+        // random seed, is no secret).
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
-            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|mnemonic|seed-phrase|cvv|token|secret|api-key|client-secret)\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|mnemonic|seed[-_]phrase|cvv|token|secret|api-key|client-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
             r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
             r#"|(?:^|[\s\\/"'=(|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
@@ -269,7 +273,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
-            r#"|(?:^|\s)--seed(?:\s+|=)(?:"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$))"#,
+            r#"|(?:^|\s)--?(?i:seed(?:[-_]phrase)?)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$))"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
@@ -287,8 +291,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--mnemonic",
             "--passphrase",
             "--seed-phrase",
-            // Also `--seed` alone, before a quoted seed phrase.
-            "--seed",
+            // Also `--seed` alone (or `-seed`), before a quoted seed phrase.
+            "-seed",
             "--cvv",
             "--passwd",
             "--token",
@@ -317,10 +321,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // (`AKIA...,wJalr...`): 40 such characters alone are too common to mask. After its
         // name, spaces also separate (`aws configure set aws_secret_access_key wJalr...`): the
         // name is no word of prose. After a key id, a slash also separates (`AKIA... / wJalr...`,
-        // as pairs are pasted into notes).
+        // as pairs are pasted into notes). The separator and the key may be written encoded
+        // (`%2F`, `\u002F`, `\/`, `&#x2F;`, quotes around each), or the key be the next query
+        // parameter (`?id=AKIA...&s=...`); a key is 40 characters decoded, and then ends (see
+        // `aws_secret_ends`).
         regex: concat!(
             r#"(?i)secret_?access_?key\\?["']?(?:\s*[:=]\s*|\s+)\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
-            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=]{1,4}|[ \t]*/[ \t]*)([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$))"#,
+            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=/]|%(?:2[0247CcFf]|3[AaBbDd]|7[Cc])|\\u00(?:2[0247CcFf]|3[AaBbDd]|7[Cc])|\\[/"'t]|&(?:#x2[27CcFf]|#3[49]|#4[47]|quot|apos);|&[A-Za-z0-9_.-]{1,30}=){1,6}((?:[A-Za-z0-9+/]|%2[BbFf]|\\u002[BbFf]|\\/|&#x2[BbFf];|&#4[37];){40}))"#,
         ),
         secret_groups: &[1, 2],
         // Not `secret_access_key`: `access_key` is in it.
@@ -447,8 +454,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // credentials to this very store.
             r"|prm_[a-f0-9]{64}",
             r"|[0-9]{5,16}:AA[A-Za-z0-9_-]{33}",
-            // Twilio API key SID (upper-case `SK` only; see `anchor_can_match`).
-            r"|SK[0-9a-fA-F]{32}",
+            // Twilio API key SID (upper-case `SK` only; see `anchor_can_match`): 32 lower-case
+            // hex digits, as Twilio writes them, with a letter among them (`SK000...001` is a
+            // product code or counter).
+            r"|SK[0-9a-f]{32}",
             r")",
         ),
         secret_groups: &[],
@@ -774,7 +783,18 @@ impl Patterns {
                             PatternKind::SecretAssignment => caps
                                 .get(1)
                                 .and_then(|k| yaml_block(text, k.range(), s.start()))
-                                .unwrap_or_else(|| assignment_value(text, g, s)),
+                                .unwrap_or_else(|| {
+                                    let r = assignment_value(text, g, s);
+                                    match caps.get(1) {
+                                        Some(k)
+                                            if g == BARE_VALUE_GROUP
+                                                && names_a_hint(k.as_str()) =>
+                                        {
+                                            r.start..hint_end(text, r.end)
+                                        }
+                                        _ => r,
+                                    }
+                                }),
                             PatternKind::CliCredentials => to_closing_quote(text, s.range()),
                             _ => s.range(),
                         })
@@ -830,9 +850,28 @@ const BARE_VALUE_GROUP: usize = 6;
 /// A command-line secret that opens with a quote goes on to its closing quote (or the end of
 /// the text): `--mnemonic "abandon ability ..."` is all of the words, where the pattern's word
 /// stopped at the first space.
+/// A quote escaped with backslashes (`--mnemonic \"abandon ...\"`, a command in JSON text)
+/// goes on to the same escaped quote.
 fn to_closing_quote(text: &str, secret: std::ops::Range<usize>) -> std::ops::Range<usize> {
     let bytes = text.as_bytes();
+    let escapes = bytes[..secret.start.saturating_sub(1)]
+        .iter()
+        .rev()
+        .take_while(|b| **b == b'\\')
+        .count();
     match secret.start.checked_sub(1).map(|i| bytes[i]) {
+        Some(quote @ (b'"' | b'\'')) if !secret.is_empty() && escapes > 0 => {
+            // The first quote after exactly as many backslashes: that one closes it.
+            let end = (secret.end..bytes.len())
+                .find(|&i| {
+                    bytes[i] == quote
+                        && i >= escapes
+                        && bytes[i - escapes..i].iter().all(|b| *b == b'\\')
+                        && (i == escapes || bytes[i - escapes - 1] != b'\\')
+                })
+                .map_or(text.len(), |i| i - escapes);
+            secret.start..end.max(secret.end)
+        }
         Some(quote @ (b'"' | b'\'')) if !secret.is_empty() => {
             // A quote escaped with a backslash (`"ab\" cd"`) does not close it.
             let end = (secret.end..bytes.len())
@@ -945,14 +984,27 @@ fn digest_credentials_end(text: &str, start: usize) -> Option<usize> {
 /// matched. An indicator with no block after it is an empty value: the empty range at
 /// `value_start`. `None`: the value is on the name's line, or (without an indicator) no line is
 /// indented more, which leaves the value as matched.
+///
+/// After an indicator, the line breaks may be escaped (`\n` of a YAML file held in JSON text,
+/// with as many backslashes as it is nested deep); the block then also ends where the string
+/// holding it does (an unescaped quote). A name after other text on its line (`cfg=password:
+/// >`, as a decoded query parameter has it) has the line's indentation as its column.
 fn yaml_block(
     text: &str,
     name: std::ops::Range<usize>,
     value_start: usize,
 ) -> Option<std::ops::Range<usize>> {
     let separator = &text[name.end..value_start];
-    let line_break = separator.find('\n')?;
-    let rest_of_line = separator[..line_break].trim_end();
+    let (line_break, brk) = first_line_break(separator)?;
+    let escapes = brk.len() - 1;
+    let mut rest_of_line = separator[..line_break].trim_end();
+    if escapes > 0 {
+        // An escaped CR before the escaped LF (`\r\n`).
+        rest_of_line = rest_of_line
+            .strip_suffix('r')
+            .filter(|r| r.ends_with(&brk[..escapes]))
+            .map_or(rest_of_line, |r| &r[..r.len() - escapes]);
+    }
     let rest_of_line = rest_of_line
         .strip_prefix(['"', '\''])
         .unwrap_or(rest_of_line)
@@ -963,14 +1015,39 @@ fn yaml_block(
     if indicator && !is_block_indicator(rest_of_line) {
         return None;
     }
-    let line_start = text[..name.start].rfind('\n').map_or(0, |i| i + 1);
+    if escapes > 0 && !indicator {
+        return None;
+    }
+    let line_start = text[..name.start].rfind(brk).map_or(0, |i| i + brk.len());
     // A quoted name's column is its quote's.
     let quoted = name.start > line_start && matches!(text.as_bytes()[name.start - 1], b'"' | b'\'');
     let column = name.start - line_start - usize::from(quoted);
+    let before_name = &text[line_start..line_start + column];
+    let indentation = before_name.len() - before_name.trim_start_matches([' ', '\t']).len();
+    let after_indentation = before_name[indentation..].trim_end();
+    let column = if indicator && !after_indentation.is_empty() && after_indentation != "-" {
+        indentation
+    } else {
+        column
+    };
+    // Escaped breaks: the string holding the block ends at a quote with fewer backslashes.
+    let text_end = if escapes > 0 {
+        let bytes = text.as_bytes();
+        (value_start..bytes.len())
+            .find(|&i| {
+                bytes[i] == b'"'
+                    && bytes[..i].iter().rev().take_while(|b| **b == b'\\').count() < escapes
+            })
+            .unwrap_or(text.len())
+    } else {
+        text.len()
+    };
     let mut block: Option<std::ops::Range<usize>> = None;
-    let mut line = name.end + line_break + 1;
-    while line < text.len() {
-        let line_end = text[line..].find('\n').map_or(text.len(), |i| line + i);
+    let mut line = name.end + line_break + brk.len();
+    while line < text_end {
+        let line_end = text[line..text_end]
+            .find(brk)
+            .map_or(text_end, |i| line + i);
         let content = text[line..line_end].trim_start_matches([' ', '\t']);
         let body = content.trim_end();
         let indent = line_end - line - content.len();
@@ -983,7 +1060,7 @@ fn yaml_block(
                 break;
             }
         }
-        line = line_end + 1;
+        line = line_end + brk.len();
     }
     match block {
         // `password:` over `secretKeyRef:` / `valueFrom:` (Kubernetes, Helm, External Secrets)
@@ -996,6 +1073,27 @@ fn yaml_block(
         None if indicator => Some(value_start..value_start),
         None => None,
     }
+}
+
+/// The first line break in `s`: where it is and how it is written, a real `\n` or one escaped
+/// in JSON text (`\n`, or `\\\n` nested a level deeper: backslashes, then `n`).
+fn first_line_break(s: &str) -> Option<(usize, &str)> {
+    let bytes = s.as_bytes();
+    let real = memchr::memchr(b'\n', bytes);
+    let mut i = 0;
+    let limit = real.unwrap_or(bytes.len());
+    while i < limit {
+        if bytes[i] == b'\\' {
+            let run = bytes[i..].iter().take_while(|b| **b == b'\\').count();
+            if bytes.get(i + run) == Some(&b'n') {
+                return Some((i, &s[i..i + run + 1]));
+            }
+            i += run;
+        } else {
+            i += 1;
+        }
+    }
+    real.map(|i| (i, "\n"))
 }
 
 /// Whether the secret found at `range` of `text` is, whole, a reference to a secret kept
@@ -1197,9 +1295,43 @@ fn names_a_secret_reference(block: &str) -> bool {
             .any(|r| key.trim_start_matches("- ").eq_ignore_ascii_case(r))
 }
 
+/// Whether the name of an assignment is a password hint's or reminder's (`password_hint`,
+/// `passwordReminder`): its value is prose, which may give the password away whole.
+fn names_a_hint(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let name = name.strip_suffix('s').unwrap_or(&name);
+    name.ends_with("hint") || name.ends_with("reminder")
+}
+
+/// Whether the name of an assignment is a password reminder's (`password_reminder`).
+pub(crate) fn names_a_reminder(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.strip_suffix('s')
+        .unwrap_or(&name)
+        .ends_with("reminder")
+}
+
+/// Where a hint's bare value that matched up to `end` ends: its words go on, like a quoted
+/// value's, to the next `;`, `&`, line end or quote (also an escaped one, `<` of markup).
+fn hint_end(text: &str, end: usize) -> usize {
+    let rest = &text[end..];
+    let stop = rest
+        .find([';', '&', '\n', '\r', '"', '\'', '<', '\\'])
+        .unwrap_or(rest.len());
+    end + rest[..stop].trim_end().len()
+}
+
+/// Whether `secret` at `start` is a YAML block scalar indicator ending its line (`token: |-`
+/// held alone, as an array item of a file's lines): the block's header, no value.
+fn is_lone_block_indicator(text: &str, start: usize, secret: &str) -> bool {
+    let rest = &text[start + secret.len()..];
+    let rest = rest[..rest.find(['\n', '\\']).unwrap_or(rest.len())].trim();
+    is_block_indicator(secret) && (rest.is_empty() || rest.starts_with('#'))
+}
+
 /// A YAML block scalar header: `|` or `>`, then an optional indentation digit and chomping
 /// indicator in either order (`|-`, `>+`, `|2-`), then optionally a comment.
-fn is_block_indicator(header: &str) -> bool {
+pub(crate) fn is_block_indicator(header: &str) -> bool {
     let header = header.split(" #").next().unwrap_or(header).trim_end();
     let Some(rest) = header.strip_prefix(['|', '>']) else {
         return false;
@@ -1741,11 +1873,15 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
     }
 }
 
-/// Whether `rest` (after `SK`) is a Twilio API key SID's: 32 hex digits, then no more letters
+/// Whether `rest` (after `SK`) is a Twilio API key SID's: 32 lower-case hex digits, not all
+/// decimal ones, then no more letters
 /// or digits (a longer run is another id).
 fn is_twilio_key_tail(rest: &[u8]) -> bool {
     rest.len() >= 32
-        && rest[..32].iter().all(u8::is_ascii_hexdigit)
+        && rest[..32]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        && rest[..32].iter().any(u8::is_ascii_lowercase)
         && !rest.get(32).is_some_and(u8::is_ascii_alphanumeric)
 }
 
@@ -2035,6 +2171,10 @@ fn verify(
                 && ((prose.is_none() && !for_whom) || looks_generated(secret))
                 && !is_status_word(secret)
                 && !is_hash_algorithm(secret)
+                && !is_lone_block_indicator(text, start, secret)
+                // `password_reminder: 14 days before expiry`: when to remind, a setting.
+                && !(caps.get(1).is_some_and(|k| names_a_reminder(k.as_str()))
+                    && secret.bytes().all(|b| b.is_ascii_digit()))
                 && !caps
                     .get(1)
                     .is_some_and(|k| stack_frame_on_next_line(text, k.end(), start))
@@ -2096,6 +2236,7 @@ fn verify(
                             .any(|f| f.starts_with('-') && f.contains('b'))
                     })
         }),
+        PatternKind::AwsSecretAccessKey => aws_secret_ends(&text[start + secret.len()..]),
         // A Twilio key SID has a fixed length: a longer run of letters and digits is another id.
         PatternKind::VendorToken if secret.starts_with("SK") && secret.len() == 34 => {
             !glued_to_word(text, start, start + secret.len(), true)
@@ -2105,6 +2246,39 @@ fn verify(
         }
         _ => true,
     }
+}
+
+/// Whether `rest`, the text after 40 characters of an AWS secret key, goes on with no 41st
+/// character of it (plain or encoded): the key ends there.
+fn aws_secret_ends(rest: &str) -> bool {
+    let b = rest.as_bytes();
+    let lower = rest.get(..8).unwrap_or(rest).to_ascii_lowercase();
+    !(b.first()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'+'))
+        || [
+            "%2f", "%2b", "\\u002f", "\\u002b", "\\/", "&#x2f;", "&#x2b;", "&#47;", "&#43;",
+        ]
+        .iter()
+        .any(|unit| lower.starts_with(unit)))
+}
+
+/// Whether `s` is whole an AWS access key id (`AKIA...`, `ASIA...`).
+pub(crate) fn is_aws_key_id(s: &str) -> bool {
+    s.len() == 20
+        && (s.starts_with("AKIA") || s.starts_with("ASIA"))
+        && s[4..]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// Whether `s` is whole shaped as an AWS secret access key: 40 characters of base64's alphabet
+/// with both cases in them (a SHA-1 in hex, an id in one case, is another value).
+pub(crate) fn is_aws_secret_shape(s: &str) -> bool {
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+'))
+        && s.bytes().any(|b| b.is_ascii_uppercase())
+        && s.bytes().any(|b| b.is_ascii_lowercase())
 }
 
 /// A hash algorithm's name as the whole value (`the password is sha256`, `password: bcrypt`):
@@ -3489,6 +3663,9 @@ mod tests {
             "SK0123456789abcdef0123456789abcde",
             "SK0123456789abcdef0123456789abcdef0",
             "ask desk SKU risk",
+            // Upper-case hex, or decimal digits only: a product code, a counter.
+            "SK0123456789ABCDEF0123456789ABCDEF",
+            "SKU SK00000000000000000000000000000001 restocked",
         ] {
             assert!(
                 found(clean)

@@ -2259,12 +2259,19 @@ fn a_twilio_api_key_sid_is_masked() {
         "env": format!("TWILIO_API_KEY={sid}"),
         "task": "TASK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a",
         "sku": "SKU-1234 desk risk",
+        "code": "SKU SK00000000000000000000000000000001 restocked",
+        "upper": "part SK2F4C8E1A9B3D5F7E6C0A1B2C3D4E5F6A",
     });
     m.mask_value(&mut v);
     assert_eq!(v["msg"], "twilio api key [REDACTED:vendor_token] created");
     assert!(!v["env"].to_string().contains(sid), "{v}");
     assert_eq!(v["task"], "TASK2f4c8e1a9b3d5f7e6c0a1b2c3d4e5f6a");
     assert_eq!(v["sku"], "SKU-1234 desk risk");
+    assert_eq!(
+        v["code"],
+        "SKU SK00000000000000000000000000000001 restocked"
+    );
+    assert_eq!(v["upper"], "part SK2F4C8E1A9B3D5F7E6C0A1B2C3D4E5F6A");
     let masked = m.mask_text(&format!("sid {sid}"));
     assert_eq!(m.mask_text(&masked), masked, "idempotent");
 }
@@ -2296,9 +2303,10 @@ fn a_password_hint_or_reminder_is_masked_and_its_settings_stay() {
     assert_eq!(v["passwordHintLength"], 12);
     assert_eq!(v["hint"], "try the blue door");
     assert_eq!(v["token_type_hint"], "refresh_token");
+    // A hint's words go on to the next delimiter: the rest of the line here.
     assert_eq!(
         m.mask_text("set password_hint=Rex2019 for bob"),
-        "set password_hint=[REDACTED:secret_assignment] for bob"
+        "set password_hint=[REDACTED:secret_assignment]"
     );
 }
 
@@ -2719,4 +2727,295 @@ action = "redact"
     let mut v = json!({"deploy": {"env": "$DEPLOY_ENV"}});
     ruled.mask_value(&mut v);
     assert_eq!(v["deploy"]["env"], "[REDACTED:field]");
+}
+
+#[test]
+fn a_seed_phrase_in_escaped_quotes_or_after_another_spelling_of_seed_is_masked() {
+    let m = masker();
+    let phrase =
+        "abandon ability able about above absent absorb abstract absurd abuse access accident";
+    for (text, want) in [
+        (
+            format!(r#"w --seed \"{phrase}\" -y"#),
+            r#"w --seed \"[REDACTED:cli_credentials]\" -y"#.to_string(),
+        ),
+        (
+            format!(r#"{{"msg":"{{\"cmd\": \"w --seed \\\"{phrase}\\\"\"}}"}}"#),
+            r#"{"msg":"{\"cmd\": \"w --seed \\\"[REDACTED:cli_credentials]\\\"\"}"}"#.to_string(),
+        ),
+        (
+            format!(r#"w --SEED "{phrase}""#),
+            r#"w --SEED "[REDACTED:cli_credentials]""#.to_string(),
+        ),
+        (
+            format!(r#"w -seed "{phrase}""#),
+            r#"w -seed "[REDACTED:cli_credentials]""#.to_string(),
+        ),
+        (
+            format!(r#"w --seed_phrase "{phrase}" -y"#),
+            r#"w --seed_phrase "[REDACTED:cli_credentials]" -y"#.to_string(),
+        ),
+        (
+            format!(r#"w --seed-phrase "{phrase}""#),
+            r#"w --seed-phrase "[REDACTED:cli_credentials]""#.to_string(),
+        ),
+        (
+            format!(r#"w --mnemonic \"{phrase}\" -y"#),
+            r#"w --mnemonic \"[REDACTED:cli_credentials]\" -y"#.to_string(),
+        ),
+        (
+            format!(r#"{{"cmd": "w --mnemonic \\\"{phrase}\\\" -y"}}"#),
+            r#"{"cmd": "w --mnemonic \\\"[REDACTED:cli_credentials]\\\" -y"}"#.to_string(),
+        ),
+    ] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // The same held as JSON: the string is the command with escaped quotes.
+    let mut v = json!({"msg": format!(r#"{{"cmd": "w --seed \"{phrase}\""}}"#)});
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["msg"],
+        r#"{"cmd": "w --seed \"[REDACTED:cli_credentials]\""}"#
+    );
+    // Near misses: a random seed, few words, a word ending in `-seed`.
+    for clean in [
+        r#"python train.py --SEED 42"#,
+        r#"hypothesis -seed \"1234\""#,
+        r#"gen --seed \"red green blue\" x"#,
+        r#"pre-seed "abandon ability able about above absent absorb abstract absurd abuse access accident""#,
+        r#"echo \"done\" --verbose"#,
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
+
+#[test]
+fn a_yaml_block_value_with_escaped_or_encoded_line_breaks_or_one_line_per_item_is_masked() {
+    let m = masker();
+    for (text, want) in [
+        // A logged JSON body: the breaks are `\n` in the JSON text.
+        (
+            r#"{"msg":"password: >\\n  hunter2Secret99\\nx: 1"}"#,
+            r#"{"msg":"password: >\\n  [REDACTED:secret_assignment]\\nx: 1"}"#,
+        ),
+        (
+            r#"{"msg":"password: |\\n  hunter2Secret99\\n  more9Secret\\nx: 1"}"#,
+            r#"{"msg":"password: |\\n  [REDACTED:secret_assignment]\\nx: 1"}"#,
+        ),
+        (
+            r#"{"msg":"password: |-\\n  hunter2Secret99"}"#,
+            r#"{"msg":"password: |-\\n  [REDACTED:secret_assignment]"}"#,
+        ),
+        // Nested a level deeper: JSON in a string in JSON.
+        (
+            r#"{"msg":"{\"cfg\": \"password: >-\\\\n  hunter2Secret99\\\\nx: 1\"}"}"#,
+            r#"{"msg":"{\"cfg\": \"password: >-\\\\n  [REDACTED:secret_assignment]\\\\nx: 1\"}"}"#,
+        ),
+        // URL-encoded.
+        (
+            "cfg=password%3A%20%3E%0A%20%20hunter2Secret99%0Ax%3A%201",
+            "cfg=password%3A%20%3E%0A%20%20[REDACTED:secret_assignment]%0Ax%3A%201",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    let mut v = json!({
+        "msg": "password: >\\n  hunter2Secret99\\nx: 1",
+        "doc": "{\"cfg\": \"password: |\\n  hunter2Secret99\\nx: 1\"}",
+        "cfg": ["password: >", "  hunter2Secret99", "", "  second9Line", "x: 1", "  kept"],
+        "list": ["- token: |-", "    hunter2Secret99", "  user: bob"],
+    });
+    m.mask_value(&mut v);
+    assert_eq!(
+        v,
+        json!({
+            "msg": "password: >\\n  [REDACTED:secret_assignment]\\nx: 1",
+            "doc": "{\"cfg\": \"password: |\\n  [REDACTED:secret_assignment]\\nx: 1\"}",
+            "cfg": ["password: >", "  [REDACTED:secret_assignment]", "",
+                    "  [REDACTED:secret_assignment]", "x: 1", "  kept"],
+            "list": ["- token: |-", "    [REDACTED:secret_assignment]", "  user: bob"],
+        })
+    );
+    let again = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, again, "idempotent");
+    // Near misses: a header with nothing indented after it, a comparison, a header of no
+    // secret, lines after a secret header that are not indented more.
+    for clean in [
+        r#"{"msg":"password: >\\nuser: bob"}"#,
+        r#"{"msg":"the password length > 8\\n  is required"}"#,
+        r#"{"msg":"description: >\\n  hunter2Secret99 is a fine example\\nx: 1"}"#,
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let mut v = json!({
+        "a": ["password: >", "user: bob", "  indented"],
+        "b": ["description: |", "  the token rotates daily"],
+        "c": ["password: |"],
+    });
+    let clean = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, clean);
+}
+
+#[test]
+fn an_aws_secret_key_after_its_key_id_with_encoded_separators_or_held_beside_it_is_masked() {
+    let m = masker();
+    let plain = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for text in [
+        "AKIAIOSFODNN7EXAMPLE%2FwJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY end",
+        "AKIAIOSFODNN7EXAMPLE%20%2F%20wJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY end",
+        "AKIAIOSFODNN7EXAMPLE%3AwJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
+        "AKIAIOSFODNN7EXAMPLE%2CwJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
+        r"AKIAIOSFODNN7EXAMPLE\u002FwJalrXUtnFEMI\u002FK7MDENG\u002FbPxRfiCYEXAMPLEKEY end",
+        r"AKIAIOSFODNN7EXAMPLE\u002CwJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
+        r"AKIAIOSFODNN7EXAMPLE \/ wJalrXUtnFEMI\/K7MDENG\/bPxRfiCYEXAMPLEKEY end",
+        "'AKIAIOSFODNN7EXAMPLE' / 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' end",
+        "AKIAIOSFODNN7EXAMPLE&#x2F;wJalrXUtnFEMI&#x2F;K7MDENG&#x2F;bPxRfiCYEXAMPLEKEY end",
+        "GET /x?id=AKIAIOSFODNN7EXAMPLE&s=wJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY end",
+    ] {
+        let masked = m.mask_text(text);
+        assert!(
+            masked.contains("[REDACTED:aws_secret_access_key]")
+                && !masked.contains("wJalr")
+                && !masked.contains("EXAMPLEKEY")
+                && masked.ends_with(" end"),
+            "{text} -> {masked}"
+        );
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    let mut v = json!({
+        "pair": ["AKIAIOSFODNN7EXAMPLE", plain],
+        "obj": {"id": "AKIAIOSFODNN7EXAMPLE", "value": plain},
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["pair"][1], "[REDACTED:aws_secret_access_key]");
+    assert_eq!(v["obj"]["value"], "[REDACTED:aws_secret_access_key]");
+    assert!(!v.to_string().contains("wJalr"), "{v}");
+    let again = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, again, "idempotent");
+    // Near misses: one character more (encoded or not), a SHA-1 beside a key id, 40 such
+    // characters after no key id or not right after it.
+    for clean in [
+        "AKIAIOSFODNN7EXAMPLE%2FwJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY%2F1",
+        "AKIAIOSFODNN7EXAMPLE/wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYX",
+    ] {
+        let masked = m.mask_text(clean);
+        assert!(!masked.contains("aws_secret_access_key"), "{masked}");
+    }
+    let mut v = json!({
+        "userIdentity": {"accessKeyId": "ASIABE0709DA6205595E", "commit": "3f786850e387550fdab836ed7e6dc881de23001b"},
+        "list": ["AKIAIOSFODNN7EXAMPLE", "bob", plain],
+        "other": {"id": "user-1", "value": plain},
+        "sha": ["AKIAIOSFODNN7EXAMPLE", "3F786850E387550FDAB836ED7E6DC881DE23001B"],
+    });
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["userIdentity"]["commit"],
+        "3f786850e387550fdab836ed7e6dc881de23001b"
+    );
+    assert_eq!(v["list"][2], plain);
+    assert_eq!(v["other"]["value"], plain);
+    assert_eq!(v["sha"][1], "3F786850E387550FDAB836ED7E6DC881DE23001B");
+}
+
+#[test]
+fn a_password_hint_in_text_is_masked_to_its_delimiter_and_a_reminder_in_days_stays() {
+    let m = masker();
+    for (text, want) in [
+        (
+            "password_hint=my dog name; user=bob",
+            "password_hint=[REDACTED:secret_assignment]; user=bob",
+        ),
+        (
+            "password_reminder: my dog name\nuser: bob",
+            "password_reminder: [REDACTED:secret_assignment]\nuser: bob",
+        ),
+        (
+            "?password_hint=first car&user=bob",
+            "?password_hint=[REDACTED:secret_assignment]&user=bob",
+        ),
+        (
+            r#"{"log": "passwordHint=blue door by the lake"}"#,
+            r#"{"log": "passwordHint=[REDACTED:secret_assignment]"}"#,
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // Near misses: a reminder in days, other settings whose values are words.
+    for clean in [
+        "password_reminder: 14 days before expiry",
+        "password_reminder=7; user=bob",
+        "hint=try the blue door; user=bob",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let mut v =
+        json!({"password_reminder": 14, "passwordReminderDays": 7, "x": {"password_hint": "Rex"}});
+    m.mask_value(&mut v);
+    assert_eq!(v["password_reminder"], 14);
+    assert_eq!(v["passwordReminderDays"], 7);
+    assert_eq!(v["x"]["password_hint"], "[REDACTED:key]");
+}
+
+#[test]
+fn a_putty_key_with_lower_case_names_or_html_line_breaks_is_masked() {
+    let m = masker();
+    let mac = "7a3f2e9b1c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a";
+    let line1 = "AAABAQCQ3Jx8eY8pZ1b2c3d4e5f6g7h8i9j0kLmNoPqRsTuVwXyZ";
+    let line2 = "AAAAgQD7abcdefghij12345klmnopqrstuvWXYZ0123456789+/";
+    for (text, want) in [
+        (
+            format!("private-mac: {mac}"),
+            "private-mac: [REDACTED:pem_private_key]".to_string(),
+        ),
+        (
+            format!("private-lines: 1\n{line1}\nprivate-mac: {mac}"),
+            "private-lines: 1\n[REDACTED:pem_private_key]\nprivate-mac: [REDACTED:pem_private_key]"
+                .to_string(),
+        ),
+        (
+            format!("Public-Lines: 1<br>AAAAB3NzaC1yc2E<br>Private-Lines: 2<br>{line1}<br>{line2}<br>Private-MAC: {mac}<br>"),
+            "Public-Lines: 1<br>AAAAB3NzaC1yc2E<br>Private-Lines: 2<br>[REDACTED:pem_private_key]<br>Private-MAC: [REDACTED:pem_private_key]<br>"
+                .to_string(),
+        ),
+        (
+            format!("Private-Lines: 2<BR />\n{line1}<br/>\n{line2}<br />\nPrivate-MAC: {mac}"),
+            "Private-Lines: 2<BR />\n[REDACTED:pem_private_key]<br />\nPrivate-MAC: [REDACTED:pem_private_key]"
+                .to_string(),
+        ),
+    ] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // Near misses: prose about the lines, a MAC that is no hex, public lines.
+    for clean in [
+        "private-mac: none",
+        "the private-lines: header<br>counts lines",
+        "Public-Lines: 1<br>AAAAB3NzaC1yc2EAAAADAQABAAABAQCxO38tKAJXIs9ivPxt7AY",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    // Held one line per array item, the names in lower case.
+    let mut v =
+        json!({"lines": ["private-lines: 2", line1, line2, format!("private-mac: {mac}"), "next"]});
+    m.mask_value(&mut v);
+    assert_eq!(
+        v["lines"],
+        json!([
+            "private-lines: 2",
+            "[REDACTED:pem_private_key]",
+            "[REDACTED:pem_private_key]",
+            "private-mac: [REDACTED:pem_private_key]",
+            "next"
+        ])
+    );
 }

@@ -15,7 +15,8 @@ use perimeter_model::{write_json_str, RawJson};
 
 use super::cache::Memory;
 use super::patterns::{
-    bit, is_glued_password_client, is_masked, is_secret_source, is_status_word, KindSet,
+    bit, is_aws_key_id, is_aws_secret_shape, is_block_indicator, is_glued_password_client,
+    is_masked, is_secret_source, is_status_word, names_a_reminder, KindSet,
 };
 
 use super::{
@@ -185,6 +186,14 @@ impl<'a> MaskWalk<'a> {
                 // are the private key's `n` lines (the `Private-MAC:` item is masked by its
                 // pattern).
                 let mut putty_private_lines = 0usize;
+                // A YAML file held one line per item: after a block header naming a secret
+                // (`password: >`), the items indented more than its name are the value (the
+                // column of that name while in the block).
+                let yaml_enabled = enabled & bit(PatternKind::SecretAssignment) != 0;
+                let mut yaml_block_column: Option<usize> = None;
+                // An AWS secret key held right after its key id (`["AKIA...", "wJalr..."]`).
+                let aws_enabled = enabled & bit(PatternKind::AwsSecretAccessKey) != 0;
+                let mut after_key_id = false;
                 // A header held as a `[name, value]` pair (`[["Authorization", "Bearer x"],
                 // ["Cookie", "sid=x"]]`): the value of a sensitive header is masked as under
                 // that key.
@@ -205,6 +214,21 @@ impl<'a> MaskWalk<'a> {
                         }
                         in_private_key = false;
                     }
+                    if let Some(column) = yaml_block_column {
+                        if let Some(line) = item.as_str() {
+                            let content = line.trim_start_matches([' ', '\t']);
+                            if content.trim().is_empty() {
+                                w.json_str(line);
+                                return;
+                            }
+                            let indent = line.len() - content.len();
+                            if indent > column {
+                                w.yaml_block_line(&line[..indent], content);
+                                return;
+                            }
+                        }
+                        yaml_block_column = None;
+                    }
                     if putty_private_lines > 0 {
                         if let Some(line) = item.as_str() {
                             putty_private_lines -= 1;
@@ -212,6 +236,12 @@ impl<'a> MaskWalk<'a> {
                             return;
                         }
                         putty_private_lines = 0;
+                    }
+                    if std::mem::take(&mut after_key_id) && aws_enabled {
+                        if let Some(secret) = item.as_str().filter(|s| is_aws_secret_shape(s)) {
+                            w.replace_leaf(PatternKind::AwsSecretAccessKey, "", secret);
+                            return;
+                        }
                     }
                     if (names_secret || (header_secret && i == 1)) && item.is_str() {
                         let m = w.masker;
@@ -231,6 +261,12 @@ impl<'a> MaskWalk<'a> {
                     w.value(item, node, extra);
                     let text = item.as_str();
                     in_private_key = pem_enabled && text.is_some_and(opens_private_key);
+                    after_key_id = text.is_some_and(is_aws_key_id);
+                    yaml_block_column = if yaml_enabled {
+                        text.and_then(|t| w.yaml_block_header(t))
+                    } else {
+                        None
+                    };
                     putty_private_lines = if pem_enabled {
                         text.map_or(0, putty_private_line_count)
                     } else {
@@ -252,6 +288,11 @@ impl<'a> MaskWalk<'a> {
                 // setting there is taken for the secret (fail closed: `{"pin": {"value"}}`,
                 // `{"masterKey": {"keyMaterial"}}`), objects and arrays under it too.
                 let settings_of = self.settings_of.take();
+                // Whether a string of this object is an AWS key id: a secret key shaped value
+                // beside it is its secret (`{"id": "AKIA...", "value": "wJalr..."}`). Asked only
+                // when such a value comes up, then kept.
+                let aws_enabled = enabled & bit(PatternKind::AwsSecretAccessKey) != 0;
+                let mut holds_key_id: Option<bool> = None;
                 self.object(map, enabled, |w, key, child| {
                     let view = child.as_ref();
                     if matches!(view, ValueRef::Null | ValueRef::Bool(_)) {
@@ -277,6 +318,8 @@ impl<'a> MaskWalk<'a> {
                         && m.key_is_sensitive(w.mem.as_deref_mut(), key)
                         && !is_working_directory(key, child.as_str())
                         && !(child.is_number() && is_token_count(key))
+                        // `{"password_reminder": 14}`: days before expiry, a setting.
+                        && !(child.is_number() && names_a_reminder(key))
                     {
                         let extra = extra | rule.extra;
                         w.force_key_value(child, view, key, child_node, extra);
@@ -287,6 +330,16 @@ impl<'a> MaskWalk<'a> {
                         && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled))
                     {
                         w.force_leaves(child, m.key_action, "key");
+                    } else if aws_enabled
+                        && rule.action != FieldAction::Keep
+                        && child.as_str().is_some_and(is_aws_secret_shape)
+                        && *holds_key_id.get_or_insert_with(|| {
+                            map.iter()
+                                .any(|(_, v)| v.as_str().is_some_and(is_aws_key_id))
+                        })
+                    {
+                        let secret = child.as_str().unwrap_or_default();
+                        w.replace_leaf(PatternKind::AwsSecretAccessKey, "", secret);
                     } else if is_id_key(key)
                         && rule.extra & bit(PatternKind::CreditCard) == 0
                         && matches!(view, ValueRef::String(_) | ValueRef::Number(_))
@@ -544,6 +597,36 @@ impl<'a> MaskWalk<'a> {
         }
     }
 
+    /// The column of the name when the array item `line` is a YAML block scalar header
+    /// naming a secret (`password: >`, `  "token": |-`, `- secret: >`), as written out, masked.
+    fn yaml_block_header(&mut self, line: &str) -> Option<usize> {
+        let (name, indicator) = line.split_once(':')?;
+        if !is_block_indicator(indicator.trim()) {
+            return None;
+        }
+        let bare = name.trim_start_matches([' ', '\t']);
+        let bare = bare.strip_prefix("- ").unwrap_or(bare).trim_start();
+        let column = name.len() - bare.len();
+        let bare = bare.trim_end().trim_matches(['"', '\'']);
+        let looks_like_name = !bare.is_empty()
+            && bare.len() <= 80
+            && bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        (looks_like_name && self.masker.key_is_sensitive(self.mem.as_deref_mut(), bare))
+            .then_some(column)
+    }
+
+    /// A line of a YAML block scalar naming a secret, after its header item: its text masked,
+    /// its indentation kept.
+    fn yaml_block_line(&mut self, indentation: &str, content: &str) {
+        if is_masked(content) {
+            self.json_str(&format!("{indentation}{content}"));
+        } else {
+            self.replace_leaf(PatternKind::SecretAssignment, indentation, content);
+        }
+    }
+
     /// A line of a PEM private key after its header item: masked whole, as the header was.
     fn pem_line(&mut self, line: &str) {
         if is_masked(line) {
@@ -617,11 +700,13 @@ fn glued_password<'s>(items: &sonic_rs::Array, index: usize, arg: &'s str) -> Op
 }
 
 /// How many private key lines follow the array item `line` when it is a PuTTY key file's
-/// `Private-Lines: <n>` header alone (0 otherwise).
+/// `Private-Lines: <n>` header alone, the name in any case (0 otherwise).
 fn putty_private_line_count(line: &str) -> usize {
-    line.trim()
-        .strip_prefix("Private-Lines:")
-        .and_then(|n| n.trim().parse().ok())
+    const NAME: &str = "private-lines:";
+    let line = line.trim();
+    line.get(..NAME.len())
+        .filter(|name| name.eq_ignore_ascii_case(NAME))
+        .and_then(|_| line[NAME.len()..].trim().parse().ok())
         .unwrap_or(0)
 }
 
