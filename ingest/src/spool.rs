@@ -10,7 +10,8 @@
 //! while its writer still holds it open. The spool keeps a handle on every file it archived for
 //! 15 minutes after it was ingested or last grew: complete lines written to it after that are
 //! read on from where reading stopped (numbered in the file) and submitted, wherever the file
-//! went (`.processed/`, or deleted). Gzip and CSV files are not read on (a warning says how many
+//! went (`.processed/`, or deleted). A file truncated in place (logrotate's `copytruncate`) is
+//! read again from its start. Gzip and CSV files are not read on (a warning says how many
 //! bytes were not ingested). Writing a file elsewhere and moving it in avoids all of this.
 //!
 //! A file that cannot be read (a damaged or cut-off gzip export, a read error) does not hold up
@@ -197,6 +198,31 @@ struct IngestedFile {
     read_on: bool,
     /// When it was ingested or last grew.
     watched_since: Instant,
+    /// The last bytes read (up to [`LAST_READ_BYTES`], ending at `read_to`): a file that no
+    /// longer holds them there was truncated and written anew.
+    last_read: Vec<u8>,
+}
+
+/// How many of the last bytes read from a watched file are kept to tell that it was truncated.
+const LAST_READ_BYTES: usize = 4096;
+
+impl IngestedFile {
+    /// `read` was just read up to `read_to`.
+    fn remember_last_read(&mut self, read: &[u8]) {
+        self.last_read.extend_from_slice(read);
+        let excess = self.last_read.len().saturating_sub(LAST_READ_BYTES);
+        self.last_read.drain(..excess);
+    }
+}
+
+/// `len` bytes of `file` from `from` (fewer at its end).
+fn bytes_at(file: &std::fs::File, from: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut file = file;
+    file.seek(std::io::SeekFrom::Start(from))?;
+    let mut bytes = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 impl SpoolSource {
@@ -239,6 +265,29 @@ impl SpoolSource {
             source,
         };
         let len = ingested.file.metadata().map_err(io_error)?.len();
+        // Truncated in place (logrotate's copytruncate, a writer starting over): smaller than
+        // what was read, or, when new lines made it larger again before this scan, no longer
+        // holding the bytes last read where they were. What is in it now is new content: read
+        // from its start and numbered from line 1 (what was stored before is not stored twice:
+        // event ids are content hashes).
+        let truncated = len < ingested.read_to
+            || (len > ingested.read_to
+                && !ingested.last_read.is_empty()
+                && bytes_at(
+                    &ingested.file,
+                    ingested.read_to - ingested.last_read.len() as u64,
+                    ingested.last_read.len(),
+                )
+                .map_err(io_error)?
+                    != ingested.last_read);
+        if truncated {
+            tracing::warn!(file = %ingested.archived_as, size = len, read_to = ingested.read_to,
+                "spool file was truncated after it was ingested (it is smaller than what was read, or no longer holds what was read): it is read again from its start");
+            ingested.read_to = 0;
+            ingested.lines = 0;
+            ingested.last_read.clear();
+            ingested.watched_since = Instant::now();
+        }
         if len <= ingested.read_to {
             return Ok(());
         }
@@ -311,6 +360,7 @@ impl SpoolSource {
         }
         // Only once all of it is stored: a batch not taken is read again.
         ingested.read_to += grown.len() as u64;
+        ingested.remember_last_read(&grown);
         ingested.lines += input.lines_read();
         tracing::info!(file = %ingested.archived_as, records, bytes = grown.len(),
             "spool file grew after it was ingested and archived (its writer still had it open): the lines written since are ingested too");
@@ -469,6 +519,15 @@ impl SpoolSource {
         let lines = reader.lines_read();
         let watch = |archived_as: &Path| match handle {
             Ok(file) => self.watch_ingested(IngestedFile {
+                last_read: {
+                    let from = read_to.saturating_sub(LAST_READ_BYTES as u64);
+                    // Without them (a read error), a truncation is told by the size alone.
+                    let want = (read_to - from) as usize;
+                    bytes_at(&file, from, want)
+                        .ok()
+                        .filter(|bytes| bytes.len() == want)
+                        .unwrap_or_default()
+                },
                 file,
                 name: file_name.to_string(),
                 archived_as: archived_as.display().to_string(),
@@ -926,6 +985,83 @@ mod tests {
             );
             assert!(lines.iter().filter(|(_, dead)| dead.is_none()).count() == 20);
         }
+    }
+
+    /// Each item submitted: its line, its dead letter's reason (if it is one) and its record.
+    type Seen = Vec<(u64, Option<String>, Option<serde_json::Value>)>;
+
+    /// A consumer acknowledging every batch; returns what it was given.
+    fn collecting(mut rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<Seen> {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(s) = rx.recv().await {
+                for item in &s.items {
+                    match item {
+                        InputItem::Record { line, value, .. } => {
+                            let json = sonic_rs::to_string(value).unwrap();
+                            seen.push((*line, None, serde_json::from_str(&json).ok()))
+                        }
+                        InputItem::Invalid { line, reason, .. } => {
+                            seen.push((*line, Some(reason.clone()), None))
+                        }
+                    }
+                }
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            seen
+        })
+    }
+
+    /// A file truncated in place after it was ingested (logrotate's copytruncate) and written
+    /// anew used to be read on from the old offset, inside the new content: a garbage dead
+    /// letter, the first new lines lost, and nothing at all once it stayed smaller than the
+    /// offset. It is read again from its start, numbered from line 1.
+    #[tokio::test]
+    async fn a_file_truncated_after_it_was_ingested_is_read_from_its_start() {
+        use std::io::{Seek, Write};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let path = dir.path().join("okta/rotated.jsonl");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        for i in 0..5 {
+            writeln!(writer, "{{\"id\":\"before-truncate-{i}\"}}").unwrap();
+        }
+        let (tx, rx) = channel(4);
+        let consumer = collecting(rx);
+        let spool = spool_in(dir.path(), 100, tx);
+        let mut unreadable = Unreadable::default();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(!path.exists(), "ingested and archived");
+        writeln!(writer, "{{\"id\":\"appended\"}}").unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        // copytruncate: the file is emptied under the writer, which writes on at its start.
+        writer.set_len(0).unwrap();
+        writer.rewind().unwrap();
+        for i in 0..8 {
+            writeln!(writer, "{{\"id\":\"after-truncate-{i}\"}}").unwrap();
+        }
+        spool.scan_once(&mut unreadable).await.unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        // Again, staying smaller than what was read.
+        writer.set_len(0).unwrap();
+        writer.rewind().unwrap();
+        writeln!(writer, "{{\"id\":\"second-truncate\"}}").unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        drop(spool);
+        let seen = consumer.await.unwrap();
+        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
+        let ids: Vec<(u64, &str)> = seen
+            .iter()
+            .map(|(line, _, value)| (*line, value.as_ref().unwrap()["id"].as_str().unwrap()))
+            .collect();
+        let mut expected: Vec<(u64, String)> = (0..5)
+            .map(|i| (i + 1, format!("before-truncate-{i}")))
+            .collect();
+        expected.push((6, "appended".into()));
+        expected.extend((0..8).map(|i| (i + 1, format!("after-truncate-{i}"))));
+        expected.push((1, "second-truncate".into()));
+        let expected: Vec<(u64, &str)> = expected.iter().map(|(l, id)| (*l, id.as_str())).collect();
+        assert_eq!(ids, expected);
     }
 
     #[tokio::test]
