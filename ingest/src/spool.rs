@@ -10,7 +10,10 @@
 //! while its writer still holds it open. The spool keeps a handle on every file it archived for
 //! 15 minutes after it was ingested or last grew: complete lines written to it after that are
 //! read on from where reading stopped (numbered in the file) and submitted, wherever the file
-//! went (`.processed/`, or deleted). Gzip and CSV files are not read on (a warning says how many
+//! went (`.processed/`, or deleted). A last line without its newline that is not complete JSON
+//! (its writer paused in the middle of it) waits for its newline, at the first read too; when
+//! the watch ends (or at shutdown) it is taken as it is, a dead letter. A file truncated in place (logrotate's `copytruncate`) is
+//! read again from its start. Gzip and CSV files are not read on (a warning says how many
 //! bytes were not ingested). Writing a file elsewhere and moving it in avoids all of this.
 //!
 //! A file that cannot be read (a damaged or cut-off gzip export, a read error) does not hold up
@@ -197,6 +200,65 @@ struct IngestedFile {
     read_on: bool,
     /// When it was ingested or last grew.
     watched_since: Instant,
+    /// The last bytes read (up to [`LAST_READ_BYTES`], ending at `read_to`): a file that no
+    /// longer holds them there was truncated and written anew.
+    last_read: Vec<u8>,
+    /// Its size at the last scan.
+    len_seen: u64,
+    /// Its watch ends at the next scan (more than [`MAX_WATCHED_FILES`] are watched).
+    let_go: bool,
+}
+
+/// How many of the last bytes read from a watched file are kept to tell that it was truncated.
+const LAST_READ_BYTES: usize = 4096;
+
+impl IngestedFile {
+    /// `read` was just read up to `read_to`.
+    fn remember_last_read(&mut self, read: &[u8]) {
+        self.last_read.extend_from_slice(read);
+        let excess = self.last_read.len().saturating_sub(LAST_READ_BYTES);
+        self.last_read.drain(..excess);
+    }
+}
+
+/// Where the last line of the first `len` bytes of `file` starts when it has no newline and is
+/// not complete JSON (a line still being written); `None` for a whole last line, or one longer
+/// than `max_line_bytes` (a dead letter as it is).
+fn unfinished_last_line(
+    file: &std::fs::File,
+    len: u64,
+    max_line_bytes: usize,
+) -> std::io::Result<Option<u64>> {
+    let from = len.saturating_sub(max_line_bytes as u64 + 1);
+    let tail = bytes_at(file, from, (len - from) as usize)?;
+    if tail.last().is_none_or(|&b| b == b'\n') {
+        return Ok(None);
+    }
+    let start = match memchr::memrchr(b'\n', &tail) {
+        Some(newline) => newline + 1,
+        None if from == 0 => 0,
+        None => return Ok(None),
+    };
+    let mut line = &tail[start..];
+    if from == 0 && start == 0 {
+        line = line.strip_prefix(crate::jsonl::BOM).unwrap_or(line);
+    }
+    if line.iter().all(u8::is_ascii_whitespace)
+        || serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
+    {
+        return Ok(None);
+    }
+    Ok(Some(from + start as u64))
+}
+
+/// `len` bytes of `file` from `from` (fewer at its end).
+fn bytes_at(file: &std::fs::File, from: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut file = file;
+    file.seek(std::io::SeekFrom::Start(from))?;
+    let mut bytes = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 impl SpoolSource {
@@ -216,33 +278,111 @@ impl SpoolSource {
     /// let go of those not grown for [`WATCH_INGESTED_FOR`]. A batch the pipeline did not take
     /// is read again at the next scan.
     async fn read_on_from_ingested(&self) -> Result<()> {
-        let mut watched = std::mem::take(&mut *self.ingested_files());
+        let watched = std::mem::take(&mut *self.ingested_files());
         let mut outcome = Ok(());
-        for ingested in &mut watched {
-            if outcome.is_ok() {
-                outcome = self.read_on(ingested).await;
+        let mut still = Vec::with_capacity(watched.len());
+        for mut ingested in watched {
+            if outcome.is_err() {
+                // The pipeline did not take a batch: the rest is read at the next scan.
+                still.push(ingested);
+                continue;
             }
+            let mut read = self.read_on(&mut ingested, false).await;
+            let ends = ingested.let_go || ingested.watched_since.elapsed() >= WATCH_INGESTED_FOR;
+            if ends && read.is_ok() {
+                read = self.finish(&mut ingested).await;
+                if read.is_ok() {
+                    continue;
+                }
+            }
+            match read {
+                Ok(()) => {}
+                // Not taken: read (or finished) at the next scan.
+                Err(e @ (IngestError::PipelineClosed | IngestError::Rejected(_))) => {
+                    outcome = Err(e)
+                }
+                Err(e) if ends => {
+                    tracing::warn!(file = %ingested.archived_as, error = %e,
+                        "cannot read the end of a watched spool file; no longer watched");
+                    continue;
+                }
+                Err(e) => tracing::warn!(file = %ingested.archived_as, error = %e,
+                    "cannot read on from a watched spool file; tried again at the next scan"),
+            }
+            still.push(ingested);
         }
-        watched.retain(|f| f.watched_since.elapsed() < WATCH_INGESTED_FOR);
         // Files archived during this pass (none: scans run one at a time) come after.
         let mut kept = self.ingested_files();
-        watched.append(&mut kept);
-        *kept = watched;
+        still.append(&mut kept);
+        *kept = still;
         outcome
     }
 
-    /// The complete lines written to `ingested` after `read_to`, submitted.
-    async fn read_on(&self, ingested: &mut IngestedFile) -> Result<()> {
+    /// The watch of `ingested` ends: what was written to it since the last scan is read, and a
+    /// last line that never got its newline is taken as it is (a dead letter when it is not
+    /// complete JSON) rather than dropped.
+    async fn finish(&self, ingested: &mut IngestedFile) -> Result<()> {
+        loop {
+            let read_to = ingested.read_to;
+            self.read_on(ingested, true).await?;
+            if ingested.read_to == read_to {
+                return Ok(());
+            }
+        }
+    }
+
+    /// On shutdown: every watch ends (see [`Self::finish`]). A file is not watched again after a
+    /// restart (it is archived), so a line held for its newline would be lost.
+    async fn finish_watched(&self) {
+        let watched = std::mem::take(&mut *self.ingested_files());
+        for mut ingested in watched {
+            if let Err(e) = self.finish(&mut ingested).await {
+                tracing::warn!(file = %ingested.archived_as, error = %e,
+                    "at shutdown, the end of a watched spool file could not be ingested");
+            }
+        }
+    }
+
+    /// The complete lines written to `ingested` after `read_to`, submitted; with `last` (the
+    /// watch ends), a last line without its newline too.
+    async fn read_on(&self, ingested: &mut IngestedFile, last: bool) -> Result<()> {
         use std::io::{Read, Seek};
         let io_error = |source| IngestError::Io {
             what: ingested.archived_as.clone(),
             source,
         };
         let len = ingested.file.metadata().map_err(io_error)?.len();
+        // Truncated in place (logrotate's copytruncate, a writer starting over): smaller than
+        // what was read, or, when new lines made it larger again before this scan, no longer
+        // holding the bytes last read where they were. What is in it now is new content: read
+        // from its start and numbered from line 1 (what was stored before is not stored twice:
+        // event ids are content hashes).
+        let truncated = len < ingested.read_to
+            || (len > ingested.read_to
+                && !ingested.last_read.is_empty()
+                && bytes_at(
+                    &ingested.file,
+                    ingested.read_to - ingested.last_read.len() as u64,
+                    ingested.last_read.len(),
+                )
+                .map_err(io_error)?
+                    != ingested.last_read);
+        if truncated {
+            tracing::warn!(file = %ingested.archived_as, size = len, read_to = ingested.read_to,
+                "spool file was truncated after it was ingested (it is smaller than what was read, or no longer holds what was read): it is read again from its start");
+            ingested.read_to = 0;
+            ingested.lines = 0;
+            ingested.last_read.clear();
+            ingested.watched_since = Instant::now();
+        }
+        // Grown since the last scan (a line held for its newline does not keep the watch on).
+        if len != ingested.len_seen {
+            ingested.len_seen = len;
+            ingested.watched_since = Instant::now();
+        }
         if len <= ingested.read_to {
             return Ok(());
         }
-        ingested.watched_since = Instant::now();
         if !ingested.read_on {
             tracing::warn!(file = %ingested.archived_as, bytes_not_ingested = len - ingested.read_to,
                 "a gzip or CSV spool file grew after it was ingested and archived: what was written since is not ingested (write spool files elsewhere and move them in)");
@@ -258,11 +398,19 @@ impl SpoolSource {
             .take((len - ingested.read_to).min(MAX_READ_ON_BYTES))
             .read_to_end(&mut grown)
             .map_err(io_error)?;
-        // A last line without its newline is still being written: it waits for the next scan.
-        let Some(last_newline) = memchr::memrchr(b'\n', &grown) else {
-            return Ok(());
-        };
-        grown.truncate(last_newline + 1);
+        // A last line without its newline is still being written: it waits for the next scan,
+        // unless the watch ends.
+        let to_the_end = ingested.read_to + grown.len() as u64 == len;
+        let unfinished_line = grown.last().is_some_and(|&b| b != b'\n');
+        if !(last && to_the_end) {
+            let Some(last_newline) = memchr::memrchr(b'\n', &grown) else {
+                return Ok(());
+            };
+            grown.truncate(last_newline + 1);
+        } else if unfinished_line {
+            tracing::warn!(file = %ingested.archived_as,
+                "the last line of a watched spool file never got its newline: it is taken as it is (a dead letter unless it is complete JSON)");
+        }
         let reader = JsonlReaderConfig::with_max_line_bytes(self.config.max_line_bytes);
         let mut input = JsonInput::new(&grown[..], reader).map_err(io_error)?;
         let mut batch: Vec<InputItem> = Vec::new();
@@ -311,6 +459,7 @@ impl SpoolSource {
         }
         // Only once all of it is stored: a batch not taken is read again.
         ingested.read_to += grown.len() as u64;
+        ingested.remember_last_read(&grown);
         ingested.lines += input.lines_read();
         tracing::info!(file = %ingested.archived_as, records, bytes = grown.len(),
             "spool file grew after it was ingested and archived (its writer still had it open): the lines written since are ingested too");
@@ -329,7 +478,10 @@ impl SpoolSource {
                 pruned = Some(Instant::now());
             }
             tokio::select! {
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => {
+                    self.finish_watched().await;
+                    return Ok(());
+                }
                 _ = tokio::time::sleep(Duration::from_millis(self.config.poll_interval_ms)) => {}
             }
         }
@@ -421,19 +573,39 @@ impl SpoolSource {
         // The spool's own handle on the file, to read on from it after it is archived.
         let handle = file.try_clone();
         let format = crate::InputFormat::from_path(path);
-        let mut buffered = std::io::BufReader::new(file);
-        let gzip = std::io::BufRead::fill_buf(&mut buffered)
-            .map(|head| head.starts_with(&[0x1f, 0x8b]))
-            .unwrap_or(false);
-        let mut reader = crate::jsonl::decompressed(buffered)
-            .and_then(|input| {
-                let reader = JsonlReaderConfig::with_max_line_bytes(self.config.max_line_bytes);
-                JsonInput::with_format(input, reader, format)
-            })
-            .map_err(|source| IngestError::Io {
-                what: path.display().to_string(),
-                source,
-            })?;
+        let gzip = bytes_at(&file, 0, 2).is_ok_and(|head| head == [0x1f, 0x8b]);
+        // A last line of JSON lines without its newline that is not complete JSON is still
+        // being written (the writer paused past the settle time): it is left to be read on
+        // once it has its newline, like the lines written after the file is archived. Only
+        // when there is a handle to read on from.
+        let held = if handle.is_ok() && !gzip && format == crate::InputFormat::Json {
+            let len = before.as_ref().map_or(0, |stamp| stamp.len);
+            unfinished_last_line(&file, len, self.config.max_line_bytes).unwrap_or(None)
+        } else {
+            None
+        };
+        let open = |file: &std::fs::File, up_to: Option<u64>| {
+            use std::io::{Read, Seek};
+            let mut file = file.try_clone()?;
+            file.rewind()?;
+            let input = std::io::BufReader::new(file.take(up_to.unwrap_or(u64::MAX)));
+            let reader = JsonlReaderConfig::with_max_line_bytes(self.config.max_line_bytes);
+            JsonInput::with_format(crate::jsonl::decompressed(input)?, reader, format)
+        };
+        let opened = open(&file, held).and_then(|reader| match reader {
+            // Read as JSON lines without the held line, hence with it (the held line is not the
+            // one that tells documents from lines). Documents are read whole, as they are.
+            JsonInput::Lines(_) => Ok((reader, held)),
+            _ if held.is_some() => Ok((open(&file, None)?, None)),
+            _ => Ok((reader, None)),
+        });
+        let (mut reader, held) = opened.map_err(|source| IngestError::Io {
+            what: path.display().to_string(),
+            source,
+        })?;
+        if held.is_some() {
+            tracing::info!(file = %path.display(), "the last line of a spool file has no newline and is not complete JSON yet: it is read once it has its newline (or when the file is no longer watched)");
+        }
         let mut batch: Vec<InputItem> = Vec::with_capacity(self.config.batch_records);
         let file_name = path.file_name().unwrap_or_default().to_string_lossy();
         for item in reader.by_ref() {
@@ -465,10 +637,19 @@ impl SpoolSource {
         };
         // Watched from here on, before it is moved: a line written from now on is read on from
         // the archived (or deleted) file.
-        let read_to = before.as_ref().map_or(0, |stamp| stamp.len);
+        let read_to = held.unwrap_or(before.as_ref().map_or(0, |stamp| stamp.len));
         let lines = reader.lines_read();
         let watch = |archived_as: &Path| match handle {
             Ok(file) => self.watch_ingested(IngestedFile {
+                last_read: {
+                    let from = read_to.saturating_sub(LAST_READ_BYTES as u64);
+                    // Without them (a read error), a truncation is told by the size alone.
+                    let want = (read_to - from) as usize;
+                    bytes_at(&file, from, want)
+                        .ok()
+                        .filter(|bytes| bytes.len() == want)
+                        .unwrap_or_default()
+                },
                 file,
                 name: file_name.to_string(),
                 archived_as: archived_as.display().to_string(),
@@ -478,6 +659,8 @@ impl SpoolSource {
                 lines,
                 read_on: !gzip && format == crate::InputFormat::Json,
                 watched_since: Instant::now(),
+                let_go: false,
+                len_seen: before.as_ref().map_or(0, |stamp| stamp.len),
             }),
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot keep a handle on the ingested spool file: lines its writer adds after it is archived will not be read");
@@ -511,9 +694,12 @@ impl SpoolSource {
     /// longest-watched file is let go.
     fn watch_ingested(&self, ingested: IngestedFile) {
         let mut watched = self.ingested_files();
-        if watched.len() >= MAX_WATCHED_FILES {
-            let oldest = watched.remove(0);
-            tracing::debug!(file = %oldest.archived_as, "no longer watched for lines written after it was ingested");
+        if watched.iter().filter(|f| !f.let_go).count() >= MAX_WATCHED_FILES {
+            // Its watch ends at the next scan, which reads what is left in it.
+            if let Some(oldest) = watched.iter_mut().find(|f| !f.let_go) {
+                oldest.let_go = true;
+                tracing::debug!(file = %oldest.archived_as, "no longer watched for lines written after it was ingested");
+            }
         }
         watched.push(ingested);
     }
@@ -925,6 +1111,190 @@ mod tests {
                 "{lines:?}"
             );
             assert!(lines.iter().filter(|(_, dead)| dead.is_none()).count() == 20);
+        }
+    }
+
+    /// Each item submitted: its line, its dead letter's reason (if it is one) and its record.
+    type Seen = Vec<(u64, Option<String>, Option<serde_json::Value>)>;
+
+    /// A consumer acknowledging every batch; returns what it was given.
+    fn collecting(mut rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<Seen> {
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(s) = rx.recv().await {
+                for item in &s.items {
+                    match item {
+                        InputItem::Record { line, value, .. } => {
+                            let json = sonic_rs::to_string(value).unwrap();
+                            seen.push((*line, None, serde_json::from_str(&json).ok()))
+                        }
+                        InputItem::Invalid { line, reason, .. } => {
+                            seen.push((*line, Some(reason.clone()), None))
+                        }
+                    }
+                }
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            seen
+        })
+    }
+
+    /// A file truncated in place after it was ingested (logrotate's copytruncate) and written
+    /// anew used to be read on from the old offset, inside the new content: a garbage dead
+    /// letter, the first new lines lost, and nothing at all once it stayed smaller than the
+    /// offset. It is read again from its start, numbered from line 1.
+    #[tokio::test]
+    async fn a_file_truncated_after_it_was_ingested_is_read_from_its_start() {
+        use std::io::{Seek, Write};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let path = dir.path().join("okta/rotated.jsonl");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        for i in 0..5 {
+            writeln!(writer, "{{\"id\":\"before-truncate-{i}\"}}").unwrap();
+        }
+        let (tx, rx) = channel(4);
+        let consumer = collecting(rx);
+        let spool = spool_in(dir.path(), 100, tx);
+        let mut unreadable = Unreadable::default();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(!path.exists(), "ingested and archived");
+        writeln!(writer, "{{\"id\":\"appended\"}}").unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        // copytruncate: the file is emptied under the writer, which writes on at its start.
+        writer.set_len(0).unwrap();
+        writer.rewind().unwrap();
+        for i in 0..8 {
+            writeln!(writer, "{{\"id\":\"after-truncate-{i}\"}}").unwrap();
+        }
+        spool.scan_once(&mut unreadable).await.unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        // Again, staying smaller than what was read.
+        writer.set_len(0).unwrap();
+        writer.rewind().unwrap();
+        writeln!(writer, "{{\"id\":\"second-truncate\"}}").unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        drop(spool);
+        let seen = consumer.await.unwrap();
+        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
+        let ids: Vec<(u64, &str)> = seen
+            .iter()
+            .map(|(line, _, value)| (*line, value.as_ref().unwrap()["id"].as_str().unwrap()))
+            .collect();
+        let mut expected: Vec<(u64, String)> = (0..5)
+            .map(|i| (i + 1, format!("before-truncate-{i}")))
+            .collect();
+        expected.push((6, "appended".into()));
+        expected.extend((0..8).map(|i| (i + 1, format!("after-truncate-{i}"))));
+        expected.push((1, "second-truncate".into()));
+        let expected: Vec<(u64, &str)> = expected.iter().map(|(l, id)| (*l, id.as_str())).collect();
+        assert_eq!(ids, expected);
+    }
+
+    /// A writer that pauses past the settle time in the middle of its last line had the file
+    /// ingested with that fragment as a dead letter (`EOF while parsing a string`), then the
+    /// rest of the line as a second one, and the lines after numbered one off. The fragment
+    /// waits for its newline; a last line without one that is complete JSON is taken at once.
+    #[tokio::test]
+    async fn a_half_written_last_line_waits_for_its_newline() {
+        use std::io::Write;
+        for keep_processed_hours in [24, 0] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+            let path = dir.path().join("okta/half.jsonl");
+            let mut writer = std::fs::File::create(&path).unwrap();
+            write!(
+                writer,
+                "{{\"id\":\"hp-0\"}}\n{{\"id\":\"hp-1\",\"msg\":\"ha"
+            )
+            .unwrap();
+            // Many tools write no newline after the last line.
+            std::fs::write(
+                dir.path().join("okta/whole.jsonl"),
+                "{\"id\":\"w-0\"}\n{\"id\":\"w-1\"}",
+            )
+            .unwrap();
+            // A pretty-printed document, its `}` without a newline, is read whole at once.
+            std::fs::write(dir.path().join("okta/page.json"), "{\n  \"id\": \"doc\"\n}").unwrap();
+            let (tx, rx) = channel(4);
+            let consumer = collecting(rx);
+            let mut spool = spool_in(dir.path(), 100, tx);
+            spool.config.keep_processed_hours = keep_processed_hours;
+            let mut unreadable = Unreadable::default();
+            spool.scan_once(&mut unreadable).await.unwrap();
+            assert!(!path.exists(), "ingested and archived");
+            spool.scan_once(&mut unreadable).await.unwrap();
+            write!(writer, "lfC\"}}\n{{\"id\":\"hp-2\"}}\n").unwrap();
+            spool.scan_once(&mut unreadable).await.unwrap();
+            drop(spool);
+            let seen = consumer.await.unwrap();
+            assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
+            let got: Vec<(u64, String)> = seen
+                .iter()
+                .map(|(line, _, value)| (*line, value.as_ref().unwrap().to_string()))
+                .collect();
+            let expected: Vec<(u64, String)> = [
+                (1, r#"{"id":"hp-0"}"#),
+                (1, r#"{"id":"doc"}"#),
+                (1, r#"{"id":"w-0"}"#),
+                (2, r#"{"id":"w-1"}"#),
+                (2, r#"{"id":"hp-1","msg":"halfC"}"#),
+                (3, r#"{"id":"hp-2"}"#),
+            ]
+            .into_iter()
+            .map(|(line, json)| (line, json.to_string()))
+            .collect();
+            assert_eq!(got, expected);
+        }
+    }
+
+    /// A held last line that never gets its newline is not dropped: when the watch ends (after
+    /// its time, or at shutdown) it is taken as it is, a dead letter.
+    #[tokio::test]
+    async fn a_held_last_line_is_a_dead_letter_when_the_watch_ends() {
+        use std::io::Write;
+        for at_shutdown in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+            let path = dir.path().join("okta/half.jsonl");
+            let mut writer = std::fs::File::create(&path).unwrap();
+            write!(
+                writer,
+                "{{\"id\":\"hp-0\"}}\n{{\"id\":\"hp-1\",\"msg\":\"ha"
+            )
+            .unwrap();
+            let (tx, rx) = channel(4);
+            let consumer = collecting(rx);
+            let spool = spool_in(dir.path(), 100, tx);
+            let mut unreadable = Unreadable::default();
+            spool.scan_once(&mut unreadable).await.unwrap();
+            assert!(!path.exists(), "ingested and archived");
+            write!(writer, "lf").unwrap();
+            if at_shutdown {
+                spool.finish_watched().await;
+            } else {
+                // It grew: watched on, the fragment still held.
+                spool.scan_once(&mut unreadable).await.unwrap();
+                assert_eq!(spool.ingested_files().len(), 1);
+                // No growth for the watch's time.
+                for watched in spool.ingested_files().iter_mut() {
+                    match Instant::now().checked_sub(WATCH_INGESTED_FOR) {
+                        Some(then) => watched.watched_since = then,
+                        // A clock younger than that: let go the way a full watch list does.
+                        None => watched.let_go = true,
+                    }
+                }
+                spool.scan_once(&mut unreadable).await.unwrap();
+            }
+            assert!(spool.ingested_files().is_empty(), "no longer watched");
+            drop(spool);
+            let seen = consumer.await.unwrap();
+            assert_eq!(seen.len(), 2, "{seen:?}");
+            assert!(seen[0].1.is_none(), "{seen:?}");
+            assert!(
+                matches!(&seen[1], (2, Some(reason), None) if reason.contains("EOF while parsing")),
+                "{seen:?}"
+            );
         }
     }
 
