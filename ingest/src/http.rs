@@ -248,7 +248,7 @@ fn read_items(
 /// own short lists count a few more, which matters only at the limit; without this a 3.5 MB
 /// gzip of one envelope with 1.5M items took 2.7 GB.
 fn records_in(item: &InputItem) -> usize {
-    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+    use sonic_rs::JsonContainerTrait;
     match item {
         InputItem::Record { value, .. } => match (value.as_array(), value.as_object()) {
             (Some(items), _) => items.len().max(1),
