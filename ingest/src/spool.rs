@@ -411,6 +411,11 @@ impl SpoolSource {
             tracing::warn!(file = %ingested.archived_as,
                 "the last line of a watched spool file never got its newline: it is taken as it is (a dead letter unless it is complete JSON)");
         }
+        // What was read before ended inside a line (a complete last line without its newline):
+        // the first line read now is the rest of that one, not a line of its own.
+        let continues_line =
+            ingested.read_to > 0 && ingested.last_read.last().is_some_and(|&b| b != b'\n');
+        let lines_before = ingested.lines - u64::from(continues_line && ingested.lines > 0);
         let reader = JsonlReaderConfig::with_max_line_bytes(self.config.max_line_bytes);
         let mut input = JsonInput::new(&grown[..], reader).map_err(io_error)?;
         let mut batch: Vec<InputItem> = Vec::new();
@@ -423,12 +428,12 @@ impl SpoolSource {
                     value,
                     member_lines,
                 } => InputItem::Record {
-                    line: line + ingested.lines,
+                    line: line + lines_before,
                     value,
                     member_lines: member_lines
                         .into_iter()
                         .map(|(key, lines)| {
-                            (key, lines.into_iter().map(|l| l + ingested.lines).collect())
+                            (key, lines.into_iter().map(|l| l + lines_before).collect())
                         })
                         .collect(),
                 },
@@ -438,7 +443,7 @@ impl SpoolSource {
                     excerpt,
                     digest,
                 } => InputItem::Invalid {
-                    line: line + ingested.lines,
+                    line: line + lines_before,
                     reason,
                     excerpt,
                     digest,
@@ -460,7 +465,7 @@ impl SpoolSource {
         // Only once all of it is stored: a batch not taken is read again.
         ingested.read_to += grown.len() as u64;
         ingested.remember_last_read(&grown);
-        ingested.lines += input.lines_read();
+        ingested.lines = lines_before + input.lines_read();
         tracing::info!(file = %ingested.archived_as, records, bytes = grown.len(),
             "spool file grew after it was ingested and archived (its writer still had it open): the lines written since are ingested too");
         Ok(())
@@ -1208,12 +1213,9 @@ mod tests {
                 "{{\"id\":\"hp-0\"}}\n{{\"id\":\"hp-1\",\"msg\":\"ha"
             )
             .unwrap();
-            // Many tools write no newline after the last line.
-            std::fs::write(
-                dir.path().join("okta/whole.jsonl"),
-                "{\"id\":\"w-0\"}\n{\"id\":\"w-1\"}",
-            )
-            .unwrap();
+            // Many tools write no newline after the last line (and may write more later).
+            let mut whole = std::fs::File::create(dir.path().join("okta/whole.jsonl")).unwrap();
+            write!(whole, "{{\"id\":\"w-0\"}}\n{{\"id\":\"w-1\"}}").unwrap();
             // A pretty-printed document, its `}` without a newline, is read whole at once.
             std::fs::write(dir.path().join("okta/page.json"), "{\n  \"id\": \"doc\"\n}").unwrap();
             let (tx, rx) = channel(4);
@@ -1225,25 +1227,31 @@ mod tests {
             assert!(!path.exists(), "ingested and archived");
             spool.scan_once(&mut unreadable).await.unwrap();
             write!(writer, "lfC\"}}\n{{\"id\":\"hp-2\"}}\n").unwrap();
+            // The newline that ends w-1, then line 3 (it was numbered 4).
+            write!(whole, "\n{{\"id\":\"w-2\"}}\n").unwrap();
             spool.scan_once(&mut unreadable).await.unwrap();
             drop(spool);
             let seen = consumer.await.unwrap();
             assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
-            let got: Vec<(u64, String)> = seen
+            // Files are read on in no set order: compared as a set.
+            let mut got: Vec<(u64, String)> = seen
                 .iter()
                 .map(|(line, _, value)| (*line, value.as_ref().unwrap().to_string()))
                 .collect();
-            let expected: Vec<(u64, String)> = [
+            got.sort();
+            let mut expected: Vec<(u64, String)> = [
                 (1, r#"{"id":"hp-0"}"#),
                 (1, r#"{"id":"doc"}"#),
                 (1, r#"{"id":"w-0"}"#),
                 (2, r#"{"id":"w-1"}"#),
                 (2, r#"{"id":"hp-1","msg":"halfC"}"#),
                 (3, r#"{"id":"hp-2"}"#),
+                (3, r#"{"id":"w-2"}"#),
             ]
             .into_iter()
             .map(|(line, json)| (line, json.to_string()))
             .collect();
+            expected.sort();
             assert_eq!(got, expected);
         }
     }
