@@ -931,16 +931,25 @@ mod tests {
         )
     }
 
-    /// A consumer acknowledging every batch; returns the records it was given.
-    fn acking(mut rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<usize> {
+    /// A consumer acknowledging every batch; returns what `each` read of each batch.
+    fn each_batch_acked<T: Send + 'static>(
+        mut rx: crate::bus::BusReceiver,
+        mut each: impl FnMut(&crate::bus::Submission) -> T + Send + 'static,
+    ) -> tokio::task::JoinHandle<Vec<T>> {
         tokio::spawn(async move {
-            let mut records = 0;
+            let mut read = Vec::new();
             while let Some(s) = rx.recv().await {
-                records += s.items.len();
+                read.push(each(&s));
                 s.ack.send(Ok(SubmitAck::default())).unwrap();
             }
-            records
+            read
         })
+    }
+
+    /// A consumer acknowledging every batch; returns the records it was given.
+    fn acking(rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<usize> {
+        let batches = each_batch_acked(rx, |s| s.items.len());
+        tokio::spawn(async move { batches.await.unwrap().into_iter().sum() })
     }
 
     /// Ingested files are kept in `.processed` for `keep_processed_hours` from when they were
@@ -1123,25 +1132,20 @@ mod tests {
     type Seen = Vec<(u64, Option<String>, Option<serde_json::Value>)>;
 
     /// A consumer acknowledging every batch; returns what it was given.
-    fn collecting(mut rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<Seen> {
-        tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while let Some(s) = rx.recv().await {
-                for item in &s.items {
-                    match item {
-                        InputItem::Record { line, value, .. } => {
-                            let json = sonic_rs::to_string(value).unwrap();
-                            seen.push((*line, None, serde_json::from_str(&json).ok()))
-                        }
-                        InputItem::Invalid { line, reason, .. } => {
-                            seen.push((*line, Some(reason.clone()), None))
-                        }
+    fn collecting(rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<Seen> {
+        let batches = each_batch_acked(rx, |s| {
+            s.items
+                .iter()
+                .map(|item| match item {
+                    InputItem::Record { line, value, .. } => {
+                        let json = sonic_rs::to_string(value).unwrap();
+                        (*line, None, serde_json::from_str(&json).ok())
                     }
-                }
-                s.ack.send(Ok(SubmitAck::default())).unwrap();
-            }
-            seen
-        })
+                    InputItem::Invalid { line, reason, .. } => (*line, Some(reason.clone()), None),
+                })
+                .collect::<Seen>()
+        });
+        tokio::spawn(async move { batches.await.unwrap().into_iter().flatten().collect() })
     }
 
     /// A file truncated in place after it was ingested (logrotate's copytruncate) and written
@@ -1390,15 +1394,8 @@ mod tests {
         std::fs::write(&bad, b"\x1f\x8b\x08\x00garbage, not deflate").unwrap();
         let good = dir.path().join("okta/b.jsonl");
         std::fs::write(&good, "{\"a\":1}\n").unwrap();
-        let (tx, mut rx) = channel(2);
-        let consumer = tokio::spawn(async move {
-            let mut batches = 0;
-            while let Some(s) = rx.recv().await {
-                batches += 1;
-                s.ack.send(Ok(SubmitAck::default())).unwrap();
-            }
-            batches
-        });
+        let (tx, rx) = channel(2);
+        let consumer = each_batch_acked(rx, |_| ());
         let mut spool = spool_in(dir.path(), 100, tx);
         spool.config.set_aside_after_ms = 60_000;
         let mut unreadable = Unreadable::default();
@@ -1422,7 +1419,11 @@ mod tests {
         assert!(why.contains("a.json.gz"), "{why}");
         assert_eq!(pending_files(dir.path()).unwrap(), vec![]);
         drop(spool);
-        assert_eq!(consumer.await.unwrap(), 1, "only the good file's batch");
+        assert_eq!(
+            consumer.await.unwrap().len(),
+            1,
+            "only the good file's batch"
+        );
     }
 
     #[tokio::test]
@@ -1436,21 +1437,16 @@ mod tests {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
             std::fs::write(dir.path().join(sub).join("x.jsonl"), body).unwrap();
         }
-        let (tx, mut rx) = channel(4);
-        let consumer = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while let Some(s) = rx.recv().await {
-                seen.push((s.tenant.clone(), s.source.clone(), s.items.len()));
-                s.ack.send(Ok(SubmitAck::default())).unwrap();
-            }
-            seen.sort();
-            seen
-        });
+        let (tx, rx) = channel(4);
+        let consumer =
+            each_batch_acked(rx, |s| (s.tenant.clone(), s.source.clone(), s.items.len()));
         let spool = spool_in(dir.path(), 100, tx);
         spool.scan_once(&mut Unreadable::default()).await.unwrap();
         drop(spool);
+        let mut seen = consumer.await.unwrap();
+        seen.sort();
         assert_eq!(
-            consumer.await.unwrap(),
+            seen,
             vec![
                 ("globex".to_string(), "okta".to_string(), 2),
                 ("t1".to_string(), "okta".to_string(), 1),
@@ -1474,15 +1470,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("okta")).unwrap();
         std::fs::write(dir.path().join("okta/b.jsonl"), "{\"a\":1}\nnot json\n").unwrap();
-        let (tx, mut rx) = channel(4);
-        let consumer = tokio::spawn(async move {
-            let mut origins = Vec::new();
-            while let Some(s) = rx.recv().await {
-                origins.push(s.origin.clone());
-                s.ack.send(Ok(SubmitAck::default())).unwrap();
-            }
-            origins
-        });
+        let (tx, rx) = channel(4);
+        let consumer = each_batch_acked(rx, |s| s.origin.clone());
         let spool = spool_in(dir.path(), 100, tx);
         spool.scan_once(&mut Unreadable::default()).await.unwrap();
         drop(spool);
