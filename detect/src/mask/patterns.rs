@@ -2614,6 +2614,15 @@ mod tests {
             .collect()
     }
 
+    /// `kind` finds nothing in `text`.
+    fn none_of(kind: PatternKind, text: &str) {
+        let f = found(text);
+        assert!(
+            !f.iter().any(|(k, _)| *k == kind),
+            "{text:?}: expected no {kind:?}, got {f:?}"
+        );
+    }
+
     fn one(text: &str, kind: PatternKind, secret: &str) {
         let f = found(text);
         assert!(
@@ -2730,11 +2739,7 @@ mod tests {
             "sqlplus / as sysdba",
             "sqlplus scott@orcl",
         ] {
-            assert!(
-                !found(clean).iter().any(|(k, _)| *k == CliCredentials),
-                "{clean:?}: {:?}",
-                found(clean)
-            );
+            none_of(CliCredentials, clean);
         }
     }
 
@@ -2805,11 +2810,7 @@ mod tests {
             "https://x.example/y?oauth=Zebra9KettleC1abc",
             "session=expired",
         ] {
-            assert!(
-                !found(clean).iter().any(|(k, _)| *k == UrlSignature),
-                "{clean:?}: {:?}",
-                found(clean)
-            );
+            none_of(UrlSignature, clean);
         }
     }
 
@@ -2879,11 +2880,7 @@ mod tests {
             "SSN: 219009999",
             "SSN: 219090000",
         ] {
-            assert!(
-                !found(text).iter().any(|(k, _)| *k == PatternKind::UsSsn),
-                "{text:?}: {:?}",
-                found(text)
-            );
+            none_of(PatternKind::UsSsn, text);
         }
     }
 
