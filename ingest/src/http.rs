@@ -446,12 +446,21 @@ mod router_tests {
     /// POST `body` to `uri` with a token every request passes; the status and the JSON error.
     async fn post(uri: &str, body: impl Into<axum::body::Body>) -> (StatusCode, serde_json::Value) {
         let (bus, _rx) = crate::bus::channel(1);
-        let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
-        let router = ingest_router(bus, AnswersOwed::default(), auth, limits(1000));
-        let request = axum::http::Request::post(uri)
-            .header("authorization", "Bearer t")
-            .body(body.into())
-            .unwrap();
+        let router = ingest_router(bus, AnswersOwed::default(), any_token(), limits(1000));
+        let request = axum::http::Request::post(uri).header("authorization", "Bearer t");
+        answer(router, request.body(body.into()).unwrap()).await
+    }
+
+    /// Every token passes, for tenant `acme`.
+    fn any_token() -> IngestAuth {
+        Arc::new(|_: &str| Ok("acme".to_string()))
+    }
+
+    /// What `router` answers `request`: the status and the JSON body.
+    async fn answer(
+        router: axum::Router,
+        request: axum::http::Request<axum::body::Body>,
+    ) -> (StatusCode, serde_json::Value) {
         let response = router.oneshot(request).await.unwrap();
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 10_000)
@@ -466,8 +475,7 @@ mod router_tests {
     async fn a_batch_the_pipeline_took_holds_the_cutoff_until_answered() {
         let (bus, mut rx) = crate::bus::channel(1);
         let owed = AnswersOwed::default();
-        let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
-        let router = ingest_router(bus, owed.clone(), auth, limits(1000));
+        let router = ingest_router(bus, owed.clone(), any_token(), limits(1000));
         let request = || {
             axum::http::Request::post("/ingest/okta")
                 .header("authorization", "Bearer t")
@@ -519,28 +527,18 @@ mod router_tests {
             }
             items
         });
-        let auth: IngestAuth = Arc::new(|_: &str| Ok("acme".to_string()));
         let limits = IngestLimits {
             max_body_bytes: 1 << 20,
-            max_line_bytes: 1000,
-            max_records,
+            ..limits(max_records)
         };
-        let router = ingest_router(bus, AnswersOwed::default(), auth, limits);
+        let router = ingest_router(bus, AnswersOwed::default(), any_token(), limits);
         let request = axum::http::Request::post("/ingest/okta")
             .header("authorization", "Bearer t")
             .header("content-type", content_type)
             .body(axum::body::Body::from(body))
             .unwrap();
-        let response = router.oneshot(request).await.unwrap();
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 10_000)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&body).unwrap(),
-            handed_over.await.unwrap(),
-        )
+        let (status, answer) = answer(router, request).await;
+        (status, answer, handed_over.await.unwrap())
     }
 
     /// Bytes did not bound a request's memory: millions of tiny lines (a 15 KB gzip) became
