@@ -1298,17 +1298,18 @@ fn names_a_secret_reference(block: &str) -> bool {
 /// Whether the name of an assignment is a password hint's or reminder's (`password_hint`,
 /// `passwordReminder`): its value is prose, which may give the password away whole.
 fn names_a_hint(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    let name = name.strip_suffix('s').unwrap_or(&name);
-    name.ends_with("hint") || name.ends_with("reminder")
+    name_ends_with(name, "hint") || names_a_reminder(name)
 }
 
 /// Whether the name of an assignment is a password reminder's (`password_reminder`).
 pub(crate) fn names_a_reminder(name: &str) -> bool {
+    name_ends_with(name, "reminder")
+}
+
+/// Whether `name`, in any case and singular, ends with the lower-case `word`.
+fn name_ends_with(name: &str, word: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    name.strip_suffix('s')
-        .unwrap_or(&name)
-        .ends_with("reminder")
+    name.strip_suffix('s').unwrap_or(&name).ends_with(word)
 }
 
 /// Where a hint's bare value that matched up to `end` ends: its words go on, like a quoted
