@@ -229,6 +229,11 @@ fn unfinished_last_line(
     len: u64,
     max_line_bytes: usize,
 ) -> std::io::Result<Option<u64>> {
+    // Most files end with their newline: one byte tells, before the line is read.
+    let last = bytes_at(file, len.saturating_sub(1), 1)?;
+    if last.first().is_none_or(|&b| b == b'\n') {
+        return Ok(None);
+    }
     let from = len.saturating_sub(max_line_bytes as u64 + 1);
     let tail = bytes_at(file, from, (len - from) as usize)?;
     if tail.last().is_none_or(|&b| b == b'\n') {
