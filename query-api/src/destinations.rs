@@ -46,6 +46,10 @@ fn redelivery_wait_bases(rounds_failed: u32) -> u32 {
 const QUEUE_BATCHES: usize = 1024;
 /// Longest a webhook may take to answer one try.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The alerts of one post stay within this many bytes of JSON: many receivers refuse bodies
+/// over 1 MB, and an incident that raises thousands of alerts at once (a spray over every user)
+/// would otherwise be one post refused on every retry, none of its alerts ever arriving.
+const MAX_POST_BYTES: usize = 512 * 1024;
 /// Posts in flight to one destination: a webhook that is down ties up only its own.
 const POSTS_PER_DESTINATION: usize = 4;
 /// Destinations per tenant (a list an admin manages by hand).
@@ -487,13 +491,11 @@ impl AlertNotifier {
         let batches: Vec<(String, Vec<Alert>)> = tenants
             .into_iter()
             .filter(|tenant| self.destinations.has_any(tenant))
-            .map(|tenant| {
-                let alerts = alerts
-                    .iter()
-                    .filter(|a| a.tenant == tenant)
-                    .cloned()
-                    .collect();
-                (tenant.to_string(), alerts)
+            .flat_map(|tenant| {
+                let alerts = alerts.iter().filter(|a| a.tenant == tenant).cloned();
+                in_posts_of(alerts, MAX_POST_BYTES)
+                    .into_iter()
+                    .map(|part| (tenant.to_string(), part))
             })
             .collect();
         if batches.is_empty() {
@@ -522,6 +524,28 @@ impl AlertNotifier {
             }
         }
     }
+}
+
+/// `alerts` in order, in parts each of whose JSON array stays within `max_bytes` (an alert
+/// larger than that gets a part of its own), each part a batch of its own.
+fn in_posts_of(alerts: impl Iterator<Item = Alert>, max_bytes: usize) -> Vec<Vec<Alert>> {
+    let mut parts: Vec<Vec<Alert>> = Vec::new();
+    let mut bytes = 0;
+    for alert in alerts {
+        // Each alert and a `,` (or the first one `[`); an alert that cannot be encoded is taken
+        // as large (its post fails to encode on its own, see `deliver`).
+        let size = serde_json::to_vec(&alert).map_or(max_bytes, |v| v.len() + 1);
+        match parts.last_mut() {
+            Some(part) if bytes + size <= max_bytes => part.push(alert),
+            _ => {
+                parts.push(vec![alert]);
+                // The closing `]`.
+                bytes = 1;
+            }
+        }
+        bytes += size;
+    }
+    parts
 }
 
 /// [`AlertNotifier::notify_stored`]'s two lists, with each alert raised by the batch that also
@@ -845,8 +869,15 @@ fn slack_text(body: &Delivery<'_>) -> String {
         } else {
             String::new()
         };
+        // A still-firing alert's time is its first occurrence; when it last fired tells
+        // on-call whether it is firing now.
+        let last = a
+            .last_seen
+            .filter(|l| *l > a.timestamp)
+            .map(|l| format!(", last {}", l.format("%Y-%m-%d %H:%M:%S UTC")))
+            .unwrap_or_default();
         text.push_str(&format!(
-            "\n• *[{}]* {}{times} - {} ({}, {}, alert `{}`)",
+            "\n• *[{}]* {}{times} - {} ({}, {}{last}, alert `{}`)",
             tag,
             escape(&a.title),
             escape(&a.entity),
@@ -1048,6 +1079,133 @@ mod tests {
         assert!(metrics
             .render_prometheus()
             .contains("destination_batches_overflowed_total"));
+    }
+
+    /// `n` alerts of tenant `acme`, each with a description of about 1 KB.
+    fn large_alerts(n: usize) -> Vec<Alert> {
+        (0..n)
+            .map(|i| {
+                let mut a = test_alert(&format!("a{i:05}"));
+                a.description = Some("spray over every user ".repeat(48));
+                a
+            })
+            .collect()
+    }
+
+    #[test]
+    fn alerts_are_split_into_posts_of_bounded_size_in_order() {
+        let alerts = large_alerts(40);
+        let one = serde_json::to_vec(&alerts[0]).unwrap().len() + 1;
+        let parts = in_posts_of(alerts.clone().into_iter(), 10 * one + 1);
+        assert_eq!(
+            parts.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![10, 10, 10, 10]
+        );
+        assert_eq!(parts.concat(), alerts, "every alert once, in order");
+        for part in &parts {
+            assert!(serde_json::to_vec(part).unwrap().len() <= 10 * one + 1);
+        }
+        // An alert larger than the limit still goes, alone.
+        assert_eq!(
+            in_posts_of(alerts[..3].to_vec().into_iter(), one / 2).len(),
+            3
+        );
+    }
+
+    #[test]
+    fn an_incident_of_thousands_of_alerts_arrives_in_posts_receivers_take() {
+        let hook = super::webhook_receiver::WebhookReceiver::start(0);
+        let destinations = Arc::new(DestinationStore::in_memory());
+        destinations
+            .create("acme", "soc", &hook.url(), Severity::Low, "tok")
+            .unwrap();
+        let alerts = large_alerts(3000);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let bodies = runtime.block_on(async {
+            let notifier = AlertNotifier::spawn_sized(
+                destinations.clone(),
+                Arc::new(Metrics::new()),
+                Duration::from_millis(10),
+                Arc::new(DeliveryOutbox::in_memory()),
+                Vec::new(),
+                4,
+            );
+            notifier.notify(&alerts);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let bodies = hook.bodies();
+                let delivered: usize = bodies
+                    .iter()
+                    .map(|b| {
+                        let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                        v["alerts"].as_array().map_or(0, Vec::len)
+                    })
+                    .sum();
+                if delivered >= alerts.len() {
+                    return bodies;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{delivered} of {} alerts delivered",
+                    alerts.len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        assert!(
+            bodies.len() >= 6,
+            "{} posts for ~3 MB of alerts",
+            bodies.len()
+        );
+        let mut ids = Vec::new();
+        for body in &bodies {
+            assert!(
+                body.len() <= MAX_POST_BYTES + 1024,
+                "a post of {} bytes",
+                body.len()
+            );
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            ids.extend(
+                v["alerts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["id"].as_str().unwrap().to_string()),
+            );
+        }
+        ids.sort();
+        let expected: Vec<String> = alerts.iter().map(|a| a.id.clone()).collect();
+        assert_eq!(ids, expected, "each alert delivered once");
+    }
+
+    #[test]
+    fn a_still_firing_slack_line_says_when_it_last_fired() {
+        let mut firing = test_alert("a");
+        firing.count = 12;
+        let last = firing.timestamp + chrono::Duration::minutes(90);
+        firing.last_seen = Some(last);
+        let text = slack_text(&Delivery {
+            tenant: "acme",
+            destination: "d",
+            alerts: vec![&firing],
+            still_firing: true,
+        });
+        let first = firing.timestamp.format("%Y-%m-%d %H:%M:%S UTC");
+        let last = last.format("%Y-%m-%d %H:%M:%S UTC");
+        assert!(
+            text.contains(&format!(" ×12 - "))
+                && text.contains(&format!("{first}, last {last}, alert `a`")),
+            "{text}"
+        );
+        // A new alert has no later occurrence to show.
+        let new = test_alert("b");
+        let text = slack_text(&Delivery {
+            tenant: "acme",
+            destination: "d",
+            alerts: vec![&new],
+            still_firing: false,
+        });
+        assert!(!text.contains(", last "), "{text}");
     }
 
     #[test]

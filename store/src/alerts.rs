@@ -627,7 +627,10 @@ impl AlertBook {
             for (id, was) in before {
                 if let Some(r) = book.records.get(&id) {
                     if passes_power_of_ten(was, r.alert.count) {
-                        done.still_firing.push(r.alert.clone());
+                        // Receivers are told it fires still: when it last did, too.
+                        let mut firing = r.alert.clone();
+                        firing.last_seen = Some(r.last_occurrence());
+                        done.still_firing.push(firing);
                     }
                     if raised_here.contains(&id) && r.alert.count != was {
                         done.grown.push(r.alert.clone());
@@ -1074,6 +1077,10 @@ mod tests {
         assert_eq!(done.still_firing.len(), 1, "{done:?}");
         assert_eq!(done.still_firing[0].id, repeat("fail", "alice", 0, "e0").id);
         assert_eq!(done.still_firing[0].count, 12);
+        // It says when it last fired; its own time stays the first occurrence.
+        let (first, last) = (&fails(0..1)[0], &fails(11..12)[0]);
+        assert_eq!(done.still_firing[0].last_seen, Some(last.timestamp));
+        assert_eq!(done.still_firing[0].timestamp, first.timestamp);
         // 12 -> 99: no tenfold passed.
         let done = book.insert(journal, &fails(12..99)).unwrap();
         assert!(done.still_firing.is_empty());
