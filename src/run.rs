@@ -508,7 +508,13 @@ fn spawn_parquet_compaction(
                 report.files_merged as u64,
             );
             if report.files_merged > 0 {
-                tracing::info!(?report, "parquet files compacted");
+                tracing::info!(
+                    partitions = report.partitions_compacted,
+                    files_merged = report.files_merged,
+                    files_written = report.files_written,
+                    rows = report.rows,
+                    "parquet files compacted"
+                );
             }
         }
         Err(e) => {
