@@ -618,11 +618,28 @@ impl SpoolSource {
         }
         let mut batch: Vec<InputItem> = Vec::with_capacity(self.config.batch_records);
         let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-        for item in reader.by_ref() {
-            let item = item.map_err(|source| IngestError::Io {
-                what: path.display().to_string(),
-                source,
-            })?;
+        while let Some(item) = reader.next() {
+            let item = match item {
+                Ok(item) => item,
+                Err(error) => {
+                    // A cut-off gzip, a read error: the records read before it are stored too
+                    // (up to a whole batch of them was held here), and the error says up to
+                    // where, for whoever sets the file right and drops it in again.
+                    if !batch.is_empty() {
+                        self.bus
+                            .submit_from(Some(&file_name), source, tenant, batch)
+                            .await?;
+                    }
+                    return Err(IngestError::Io {
+                        what: format!(
+                            "{} after line {} (the records before it were ingested)",
+                            path.display(),
+                            reader.lines_read()
+                        ),
+                        source: error,
+                    });
+                }
+            };
             batch.push(item);
             if batch.len() >= self.config.batch_records {
                 self.bus
@@ -1428,6 +1445,53 @@ mod tests {
             consumer.await.unwrap().len(),
             1,
             "only the good file's batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_gzip_has_every_record_read_before_the_cut_stored() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        // Records of random text (so the deflate stream grows with them), gzipped, then cut
+        // short as an interrupted copy leaves a file.
+        let mut rng = 7u64;
+        let lines: String = (0..2000)
+            .map(|i| {
+                let noise: String = (0..40)
+                    .map(|_| {
+                        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        char::from(b'a' + (rng >> 59) as u8 % 26)
+                    })
+                    .collect();
+                format!("{{\"n\":{i},\"noise\":\"{noise}\"}}\n")
+            })
+            .collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(lines.as_bytes()).unwrap();
+        let whole = gz.finish().unwrap();
+        let file = dir.path().join("okta/cut.jsonl.gz");
+        std::fs::write(&file, &whole[..whole.len() / 2]).unwrap();
+        let (tx, rx) = channel(4);
+        let consumer = each_batch_acked(rx, |s| s.items.len());
+        // Batches larger than the readable part: all of it was held in the one batch not
+        // submitted when the read failed.
+        let spool = spool_in(dir.path(), 5000, tx);
+        let spooled = SpoolFile {
+            tenant: None,
+            source: "okta".into(),
+            path: file.clone(),
+        };
+        let error = spool.ingest_file(&spooled).await.unwrap_err().to_string();
+        drop(spool);
+        let stored: usize = consumer.await.unwrap().iter().sum();
+        assert!(
+            (500..2000).contains(&stored),
+            "{stored} of the 2000 records read before the cut"
+        );
+        assert!(
+            error.contains(&format!("after line {stored} ")),
+            "the error says up to where: {error}"
         );
     }
 
