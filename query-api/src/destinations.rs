@@ -1045,14 +1045,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            let notifier = AlertNotifier::spawn_sized(
-                destinations.clone(),
-                metrics.clone(),
-                Duration::from_millis(10),
-                Arc::new(DeliveryOutbox::in_memory()),
-                Vec::new(),
-                1,
-            );
+            let notifier = in_memory_notifier(&destinations, metrics.clone(), 1);
             for i in 0..5 {
                 notifier.notify(&[test_alert(&format!("a{i}"))]);
             }
@@ -1079,6 +1072,23 @@ mod tests {
         assert!(metrics
             .render_prometheus()
             .contains("destination_batches_overflowed_total"));
+    }
+
+    /// A notifier over `destinations` with an in-memory outbox, retrying after 10 ms, with
+    /// `queue_batches` batches in delivery at once (must run inside a tokio runtime).
+    fn in_memory_notifier(
+        destinations: &Arc<DestinationStore>,
+        metrics: Arc<Metrics>,
+        queue_batches: usize,
+    ) -> AlertNotifier {
+        AlertNotifier::spawn_sized(
+            destinations.clone(),
+            metrics,
+            Duration::from_millis(10),
+            Arc::new(DeliveryOutbox::in_memory()),
+            Vec::new(),
+            queue_batches,
+        )
     }
 
     /// `n` alerts of tenant `acme`, each with a description of about 1 KB.
@@ -1122,14 +1132,7 @@ mod tests {
         let alerts = large_alerts(3000);
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let bodies = runtime.block_on(async {
-            let notifier = AlertNotifier::spawn_sized(
-                destinations.clone(),
-                Arc::new(Metrics::new()),
-                Duration::from_millis(10),
-                Arc::new(DeliveryOutbox::in_memory()),
-                Vec::new(),
-                4,
-            );
+            let notifier = in_memory_notifier(&destinations, Arc::new(Metrics::new()), 4);
             notifier.notify(&alerts);
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             loop {
@@ -1239,14 +1242,7 @@ mod tests {
         };
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let body = runtime.block_on(async {
-            let notifier = AlertNotifier::spawn_sized(
-                destinations.clone(),
-                Arc::new(Metrics::new()),
-                Duration::from_millis(10),
-                Arc::new(DeliveryOutbox::in_memory()),
-                Vec::new(),
-                1,
-            );
+            let notifier = in_memory_notifier(&destinations, Arc::new(Metrics::new()), 1);
             notifier.notify(&[
                 alert(
                     "a1",
