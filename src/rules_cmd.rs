@@ -222,7 +222,11 @@ fn explain_cmd(
         .normalize_lenient(source, record)
         .map_err(|e| anyhow::anyhow!("normalizing the event: {e}"))?;
     let out = explain(&rule, &ev, &config.sigma).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // The rule sees clear values; what is printed is masked like every other output.
-    println!("{}", perimeter_model::Masker::mask_text(&masker, &out));
+    // The rule sees clear values; what is printed is masked like every other output, event
+    // values under secret keys as the masked event has them.
+    println!(
+        "{}",
+        perimeter_detect::pipeline::mask_event_quotes(&masker, &ev, &out)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -909,7 +909,7 @@ fn rules_explain_says_which_selection_matched_and_masks_values() {
     let rule = dir.path().join("mfa.yml");
     let text = MFA_RULE
         .replace("    condition: selection", "    filter:\n        actor.alternateId|endswith: '@svc.example'\n    condition: selection and not filter")
-        .replace("eventType: user.mfa.factor.deactivate", "eventType: user.mfa.factor.deactivate\n        debugContext.debugData.url|contains: token");
+        .replace("eventType: user.mfa.factor.deactivate", "eventType: user.mfa.factor.deactivate\n        debugContext.debugData.url|contains: token\n        debugContext.debugData.password|startswith: pw");
     std::fs::write(&rule, text).unwrap();
     let event = dir.path().join("event.json");
     let mut raw: serde_json::Value = serde_json::from_str(&okta_event(
@@ -918,7 +918,8 @@ fn rules_explain_says_which_selection_matched_and_masks_values() {
         3,
     ))
     .unwrap();
-    raw["debugContext"] = serde_json::json!({"debugData": {"url": "/x?token=ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ngX"}});
+    raw["debugContext"] = serde_json::json!({"debugData": {"url": "/x?token=ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ngX",
+        "password": "pw9x"}});
     std::fs::write(&event, serde_json::to_string_pretty(&raw).unwrap()).unwrap();
     let out = perimeter(
         &[
@@ -937,10 +938,16 @@ fn rules_explain_says_which_selection_matched_and_masks_values() {
         "{text}"
     );
     assert!(
-        text.contains("selection `filter` (line 11): not matched"),
+        text.contains("selection `filter` (line 12): not matched"),
         "{text}"
     );
     assert!(text.contains("result: MATCH"), "{text}");
+    // A value under a secret key, too short for any pattern, is shown as the masked event has
+    // it.
+    assert!(
+        !text.contains("pw9x") && text.contains("event value: \"[REDACTED:key]\""),
+        "{text}"
+    );
     // A near miss explains why it does not match.
     raw["eventType"] = "user.mfa.factor.activate".into();
     std::fs::write(&event, raw.to_string()).unwrap();

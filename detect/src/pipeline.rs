@@ -498,6 +498,9 @@ impl Pipeline {
         } else {
             self.stats.replayed += 1;
         }
+        if !alerts.is_empty() {
+            mask_quoted_values(&self.masker, &event, &mut alerts);
+        }
         self.scratch_alerts = alerts;
         self.stats.events += 1;
         self.drain_alerts(out);
@@ -812,6 +815,143 @@ pub fn entity_key(masker: &SecretMasker) -> [u8; 32] {
     derived_key(masker, "perimeter ueba entity key")
 }
 
+/// The values masking changes in `event`'s raw record, each in clear and as the masked event
+/// has it, longest first (a secret inside another is replaced as part of the longer).
+pub fn masked_values(masker: &SecretMasker, event: &Event) -> Vec<(String, String)> {
+    if !masker.raw_needs_masking(&event.raw) {
+        return Vec::new();
+    }
+    let mut masked = event.raw.clone();
+    masker.mask_record(&mut masked);
+    let mut out = Vec::new();
+    changed_leaves(&event.raw, Some(&masked), &mut out);
+    out.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
+}
+
+/// The leaves of `clear` that differ in `masked` (the same record masked: the same shape, keys
+/// in the same order), in clear and masked. Where the shapes part (`masked` is `None` below
+/// there), every leaf of `clear` counts as changed: fail closed.
+fn changed_leaves(clear: &RawJson, masked: Option<&RawJson>, out: &mut Vec<(String, String)>) {
+    use perimeter_model::raw_prelude::*;
+    let text = |v: &RawJson| match v.as_ref() {
+        ValueRef::String(s) => Some(s.to_string()),
+        ValueRef::Number(_) => sonic_rs::to_string(v).ok(),
+        _ => None,
+    };
+    match (clear.as_ref(), masked.map(|m| m.as_ref())) {
+        (ValueRef::Object(c), Some(ValueRef::Object(m))) if c.len() == m.len() => {
+            for ((_, cv), (_, mv)) in c.iter().zip(m.iter()) {
+                changed_leaves(cv, Some(mv), out);
+            }
+        }
+        (ValueRef::Array(c), Some(ValueRef::Array(m))) if c.len() == m.len() => {
+            for (cv, mv) in c.iter().zip(m.iter()) {
+                changed_leaves(cv, Some(mv), out);
+            }
+        }
+        (ValueRef::Object(c), _) => {
+            for (_, cv) in c.iter() {
+                changed_leaves(cv, None, out);
+            }
+        }
+        (ValueRef::Array(c), _) => {
+            for cv in c.iter() {
+                changed_leaves(cv, None, out);
+            }
+        }
+        _ => {
+            let Some(clear_text) = text(clear).filter(|t| !t.is_empty()) else {
+                return;
+            };
+            let masked_text = masked.and_then(text);
+            if masked_text.as_deref() != Some(clear_text.as_str()) {
+                let masked_text = masked_text.unwrap_or_else(|| "[REDACTED]".to_string());
+                out.push((clear_text, masked_text));
+            }
+        }
+    }
+}
+
+/// Values shorter than this are replaced in an alert's texts only where they are the whole
+/// text: a short secret (`1234`) would otherwise cut into unrelated words and numbers.
+const MIN_QUOTED_SECRET_LEN: usize = 6;
+
+/// `text` with each of `values` (from [`masked_values`]) in it replaced by its masked form:
+/// the whole text when it is one, else where it occurs in it.
+pub fn with_values_masked(text: &str, values: &[(String, String)]) -> Option<String> {
+    if let Some((_, masked)) = values.iter().find(|(clear, _)| clear == text) {
+        return Some(masked.clone());
+    }
+    let mut out: Option<String> = None;
+    for (clear, masked) in values {
+        let current = out.as_deref().unwrap_or(text);
+        if clear.len() >= MIN_QUOTED_SECRET_LEN && current.contains(clear.as_str()) {
+            out = Some(current.replace(clear.as_str(), masked));
+        }
+    }
+    out
+}
+
+/// `text` that quotes values of `event` (as JSON, `"..."`: `rules explain`), masked for
+/// output: each value masking changes in the event as the masked event has it, whatever its
+/// length, then whatever else masking finds in the text.
+pub fn mask_event_quotes(masker: &SecretMasker, event: &Event, text: &str) -> String {
+    let mut text = text.to_string();
+    for (clear, masked) in masked_values(masker, event) {
+        let (clear, masked) = (
+            serde_json::Value::String(clear).to_string(),
+            serde_json::Value::String(masked).to_string(),
+        );
+        text = text.replace(&clear, &masked);
+    }
+    perimeter_model::Masker::mask_text(masker, &text)
+}
+
+/// Alerts quote event values where nothing tells the masker what they are: a keyword match
+/// (`matched_fields.keywords`), an entity taken from a `password` field (a correlation's
+/// `group-by`), a field equal to a secret one (`fieldref`). Each value masking changes in the
+/// event that raised them is shown masked in them as the event shows it.
+fn mask_quoted_values(masker: &SecretMasker, event: &Event, alerts: &mut [Alert]) {
+    let values = masked_values(masker, event);
+    if values.is_empty() {
+        return;
+    }
+    let mask = |text: &mut String| {
+        if let Some(masked) = with_values_masked(text, &values) {
+            *text = masked;
+        }
+    };
+    for alert in alerts {
+        mask(&mut alert.entity);
+        if let Some(x) = alert.explanation.as_mut() {
+            mask(x);
+        }
+        for value in alert.matched_fields.values_mut() {
+            mask_json_strings(value, &mut |s| mask(s));
+        }
+    }
+}
+
+/// Each string in `value` through `f` (numbers that are a masked value become its text).
+fn mask_json_strings(value: &mut serde_json::Value, f: &mut impl FnMut(&mut String)) {
+    match value {
+        serde_json::Value::String(s) => f(s),
+        serde_json::Value::Number(n) => {
+            let mut text = n.to_string();
+            let before = text.clone();
+            f(&mut text);
+            if text != before {
+                *value = serde_json::Value::String(text);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| mask_json_strings(v, f)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| mask_json_strings(v, f)),
+        _ => {}
+    }
+}
+
 /// Mask everything in an alert that can carry event values.
 pub fn mask_alert(masker: &SecretMasker, alert: &mut Alert) {
     alert.entity = masker.mask_text(&alert.entity);
@@ -920,6 +1060,63 @@ mod tests {
         // And as the event has it.
         let event = out.events[0].raw.to_string();
         assert!(!event.contains("Hx7q"), "{event}");
+    }
+
+    #[test]
+    fn values_an_alert_quotes_without_their_key_are_masked_as_the_event_has_them() {
+        // A keyword match, a field equal to the password (`fieldref`) and a correlation grouped
+        // by the password: each quotes the password where no key name says what it is.
+        let (rules, options) = rules_from(
+            "title: Keyword\nid: 1c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e01\nlogsource:\n    product: okta\n\
+             detection:\n    keywords:\n        - 'unter'\n    condition: keywords\nlevel: high\n\
+             ---\ntitle: User is password\nid: 1c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e02\nname: same\n\
+             logsource:\n    product: okta\ndetection:\n    sel:\n\
+             \x20       actor.displayName|fieldref: debugContext.debugData.password\n\
+             \x20   condition: sel\nlevel: high\n\
+             ---\ntitle: Password burst\nid: 1c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e03\ncorrelation:\n\
+             \x20   type: event_count\n    generate: true\n    rules:\n        - same\n\
+             \x20   group-by:\n        - debugContext.debugData.password\n\
+             \x20   timespan: 5m\n    condition:\n        gte: 2\nlevel: high\n",
+        );
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let record = |minute: u32| {
+            sonic_rs::json!({"eventType": "user.session.start",
+                "published": format!("2026-11-24T10:0{minute}:00Z"),
+                "outcome": {"result": "FAILURE"},
+                "actor": {"alternateId": "a@x.io", "displayName": "Hunter2xyz"},
+                "debugContext": {"debugData": {"password": "Hunter2xyz"}}})
+        };
+        let mut out = PipelineOutput::default();
+        for minute in 0..2 {
+            p.process_value("okta", "t", None, record(minute), Utc::now(), &mut out);
+        }
+        let titles: Vec<&str> = out.alerts.iter().map(|a| a.title.as_str()).collect();
+        for title in ["Keyword", "User is password", "Password burst"] {
+            assert!(titles.contains(&title), "{title} raised: {titles:?}");
+        }
+        for alert in &out.alerts {
+            let text = serde_json::to_string(alert).unwrap();
+            assert!(!text.contains("Hunter2xyz"), "{text}");
+        }
+        let burst = out
+            .alerts
+            .iter()
+            .find(|a| a.title == "Password burst")
+            .unwrap();
+        assert_eq!(burst.entity, "[REDACTED:key]");
+        // The same texts of an event without secrets are left as they are.
+        assert_eq!(
+            with_values_masked("a@x.io", &[("Hunter2xyz".into(), "[REDACTED:key]".into())]),
+            None
+        );
+        assert_eq!(
+            with_values_masked(
+                "login of Hunter2xyz failed",
+                &[("Hunter2xyz".into(), "[REDACTED:key]".into())]
+            )
+            .as_deref(),
+            Some("login of [REDACTED:key] failed")
+        );
     }
 
     #[test]
