@@ -35,6 +35,10 @@ pub enum RulesCommand {
         /// Source of the event (`auto` detects it).
         #[arg(long, default_value = "auto")]
         source: String,
+        /// Evaluate the rule whatever its logsource (as `perimeter detect --ignore-logsource`),
+        /// e.g. a rule for another product on an event read with `--source json`.
+        #[arg(long)]
+        ignore_logsource: bool,
     },
     /// List the rules and behavioural detectors a running server uses, with what your tenant
     /// switched off (ON false: off for everyone; OFF FOR: entities it is off for).
@@ -89,7 +93,8 @@ pub fn run(config: &PerimeterConfig, cmd: RulesCommand) -> anyhow::Result<ExitCo
             rule,
             event,
             source,
-        } => explain_cmd(config, rule, event, &source),
+            ignore_logsource,
+        } => explain_cmd(config, rule, event, &source, ignore_logsource),
         RulesCommand::Disable {
             id,
             reason,
@@ -204,6 +209,7 @@ fn explain_cmd(
     rule: PathBuf,
     event: PathBuf,
     source: &str,
+    ignore_logsource: bool,
 ) -> anyhow::Result<ExitCode> {
     let (registry, masker) = base_parts(config)?;
     let text =
@@ -221,7 +227,9 @@ fn explain_cmd(
     let ev = registry
         .normalize_lenient(source, record)
         .map_err(|e| anyhow::anyhow!("normalizing the event: {e}"))?;
-    let out = explain(&rule, &ev, &config.sigma).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut options = config.sigma.clone();
+    options.ignore_logsource |= ignore_logsource;
+    let out = explain(&rule, &ev, &options).map_err(|e| anyhow::anyhow!("{e}"))?;
     // The rule sees clear values; what is printed is masked like every other output, event
     // values under secret keys as the masked event has them.
     println!(

@@ -970,6 +970,42 @@ fn rules_explain_says_which_selection_matched_and_masks_values() {
 }
 
 #[test]
+fn rules_explain_runs_a_rule_of_another_source_with_ignore_logsource() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("mfa.yml");
+    std::fs::write(&rule, MFA_RULE).unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        okta_event("user.mfa.factor.deactivate", "alice@example.com", 3),
+    )
+    .unwrap();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "rules",
+            "explain",
+            rule.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+            "--source",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = perimeter(&args, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let text = explain(&[]);
+    assert!(
+        text.contains("does NOT run (--ignore-logsource runs it anyway)"),
+        "{text}"
+    );
+    let text = explain(&["--ignore-logsource"]);
+    assert!(text.contains("event source `json`: runs"), "{text}");
+    assert!(text.contains("result: MATCH"), "{text}");
+}
+
+#[test]
 fn gzipped_input_is_read_like_plain_input() {
     use std::io::Write;
     let mut plain = Vec::new();

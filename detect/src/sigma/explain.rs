@@ -146,7 +146,7 @@ pub fn explain(
                     if runs {
                         "runs"
                     } else {
-                        "does NOT run (use ignore_logsource to force)"
+                        "does NOT run (--ignore-logsource runs it anyway)"
                     }
                 );
                 let m = explain_detection(&mut out, &r.detection, event);
