@@ -8,17 +8,73 @@
 //! number and the reason; reading goes on with the next row. Quoted fields may span lines: a
 //! record is reported at the line it starts on.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 
 use crate::jsonl::{excerpt, input_digest, InputItem, JsonlReaderConfig};
 
 /// The records of a CSV input, one [`InputItem`] per data row (blank lines are skipped).
 pub struct CsvRows<R: Read> {
-    reader: csv::Reader<R>,
+    reader: csv::Reader<CrlfAsLf<BufReader<R>>>,
     header: Option<Vec<String>>,
     config: JsonlReaderConfig,
     row: csv::ByteRecord,
     done: bool,
+}
+
+/// CSV text with each `\r\n` outside quoted fields read as `\n`. The csv reader counts the line
+/// break of a row ending in `\r\n` only when it reads the next row, so each row of a CRLF file
+/// (the usual CSV line ending, as Salesforce's) was reported one line early. Inside quotes the
+/// bytes are kept as they are: they are the field's value.
+struct CrlfAsLf<R> {
+    inner: R,
+    in_quotes: bool,
+}
+
+impl<R: BufRead> CrlfAsLf<R> {
+    fn new(inner: R) -> CrlfAsLf<R> {
+        CrlfAsLf {
+            inner,
+            in_quotes: false,
+        }
+    }
+}
+
+impl<R: BufRead> Read for CrlfAsLf<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let mut written = 0;
+        while written < out.len() {
+            let available = self.inner.fill_buf()?;
+            let Some(&first) = available.first() else {
+                break;
+            };
+            match first {
+                b'"' => {
+                    self.in_quotes = !self.in_quotes;
+                    out[written] = first;
+                    written += 1;
+                    self.inner.consume(1);
+                }
+                b'\r' if !self.in_quotes => {
+                    self.inner.consume(1);
+                    // A lone `\r` stays: line numbers count `\n`s, as `sed` and `grep -n` do.
+                    if self.inner.fill_buf()?.first() != Some(&b'\n') {
+                        out[written] = first;
+                        written += 1;
+                    }
+                }
+                _ => {
+                    // Up to the next byte that needs a look (a quote, a `\r`).
+                    let room = (out.len() - written).min(available.len());
+                    let plain = memchr::memchr2(b'"', b'\r', &available[..room]).unwrap_or(room);
+                    let plain = plain.max(usize::from(first == b'\r'));
+                    out[written..written + plain].copy_from_slice(&available[..plain]);
+                    written += plain;
+                    self.inner.consume(plain);
+                }
+            }
+        }
+        Ok(written)
+    }
 }
 
 impl<R: Read> CsvRows<R> {
@@ -28,7 +84,7 @@ impl<R: Read> CsvRows<R> {
             .has_headers(false)
             // Rows with another number of fields are reported here, not by the reader.
             .flexible(true)
-            .from_reader(input);
+            .from_reader(CrlfAsLf::new(BufReader::new(input)));
         CsvRows {
             reader,
             header: None,
@@ -249,6 +305,27 @@ mod tests {
         let mut rows = CsvRows::new(&text[..], JsonlReaderConfig::default());
         rows.by_ref().for_each(drop);
         assert_eq!(rows.lines_read(), 5);
+    }
+
+    #[test]
+    fn rows_of_a_crlf_file_have_the_lines_of_the_same_file_with_lf() {
+        let lf = b"a,b\n1,2\n\n\"x\r\ny\",3\n1,2,3\n4,5\n".to_vec();
+        // Line breaks as CRLF, but the one inside the quoted field, which stays as it is.
+        let crlf = b"a,b\r\n1,2\r\n\r\n\"x\r\ny\",3\r\n1,2,3\r\n4,5\r\n".to_vec();
+        let lines = |text: &[u8]| -> Vec<u64> {
+            items(text)
+                .iter()
+                .map(|item| match item {
+                    InputItem::Record { line, .. } | InputItem::Invalid { line, .. } => *line,
+                })
+                .collect()
+        };
+        assert_eq!(lines(&lf), vec![2, 4, 6, 7]);
+        assert_eq!(lines(&crlf), lines(&lf));
+        let InputItem::Record { value, .. } = &items(&crlf)[1] else {
+            panic!()
+        };
+        assert_eq!(value.get("a").and_then(|v| v.as_str()), Some("x\r\ny"));
     }
 
     #[test]
