@@ -81,6 +81,10 @@ pub struct FormatArg {
     /// single line: raise it for larger ones.
     #[arg(long, value_name = "BYTES")]
     pub max_line_bytes: Option<usize>,
+    /// Write every dead-lettered line to FILE, one JSON object per line (`line`, `source`,
+    /// `reason`, masked `excerpt`, `input_digest`); the summary on stderr shows the first 20.
+    #[arg(long, value_name = "FILE")]
+    pub dead_letters: Option<PathBuf>,
 }
 
 impl FormatArg {
@@ -183,7 +187,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     let stdout = std::io::stdout();
     let mut out_w = std::io::BufWriter::new(stdout.lock());
     let mut out = PipelineOutput::default();
-    let mut dead = Vec::new();
+    let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref())?;
     let format = args.format.of(&args.input);
     let mut reader =
         JsonInput::with_format(open_input(&args.input)?, args.format.reader(config), format)?;
@@ -197,7 +201,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
             serde_json::to_writer(&mut out_w, &e.to_output_json())?;
             out_w.write_all(b"\n")?;
         }
-        keep_dead_letters(&mut dead, &mut out.dead_letters);
+        dead.take(&mut out.dead_letters)?;
     }
     out_w.flush()?;
     let stats = pipeline.stats();
@@ -205,7 +209,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
         "perimeter normalize: {} records, {} events, {} values masked, {} dead-lettered",
         stats.records, stats.events, stats.values_masked, stats.dead_letters
     );
-    print_dead_letters(&dead, stats.dead_letters);
+    dead.finish(stats.dead_letters)?;
     print_timestamps_adjusted(stats.timestamps_adjusted);
     read_outcome(stopped, &args.input, reader.lines_read())?;
     Ok(ExitCode::SUCCESS)
@@ -266,27 +270,71 @@ fn feed(
 }
 
 /// Dead letters shown in the summary; the rest are counted (the pipeline's stats), not kept, so a
-/// file of millions of bad lines does not grow memory.
+/// file of millions of bad lines does not grow memory (`--dead-letters FILE` gets them all).
 const SHOWN_DEAD_LETTERS: usize = 20;
 
-fn keep_dead_letters(
-    kept: &mut Vec<perimeter_model::DeadLetter>,
-    new: &mut Vec<perimeter_model::DeadLetter>,
-) {
-    let room = SHOWN_DEAD_LETTERS.saturating_sub(kept.len());
-    // Dropping the drain empties `new`, the letters past `room` included.
-    kept.extend(new.drain(..).take(room));
+/// A run's dead letters: the first [`SHOWN_DEAD_LETTERS`] kept for the summary, every one
+/// written to the `--dead-letters` file as it comes.
+struct DeadLetterReport {
+    shown: Vec<perimeter_model::DeadLetter>,
+    file: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
 }
 
-fn print_dead_letters(dead: &[perimeter_model::DeadLetter], total: u64) {
-    for d in dead.iter().take(SHOWN_DEAD_LETTERS) {
-        match d.line {
-            Some(l) => eprintln!("  line {l}: {}", d.reason),
-            None => eprintln!("  {}", d.reason),
-        }
+impl DeadLetterReport {
+    fn new(path: Option<&Path>) -> anyhow::Result<DeadLetterReport> {
+        let file = match path {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                Some((path.to_path_buf(), std::io::BufWriter::new(file)))
+            }
+            None => None,
+        };
+        Ok(DeadLetterReport {
+            shown: Vec::new(),
+            file,
+        })
     }
-    if total > dead.len() as u64 {
-        eprintln!("  ... and {} more", total - dead.len() as u64);
+
+    /// Take the pipeline's new dead letters (`new` is left empty).
+    fn take(&mut self, new: &mut Vec<perimeter_model::DeadLetter>) -> anyhow::Result<()> {
+        if let Some((path, w)) = &mut self.file {
+            for d in new.iter() {
+                serde_json::to_writer(&mut *w, d)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| w.write_all(b"\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        let room = SHOWN_DEAD_LETTERS.saturating_sub(self.shown.len());
+        // Dropping the drain empties `new`, the letters past `room` included.
+        self.shown.extend(new.drain(..).take(room));
+        Ok(())
+    }
+
+    /// The summary's lines of dead letters, `total` of them in the run; the file completed.
+    fn finish(self, total: u64) -> anyhow::Result<()> {
+        for d in &self.shown {
+            match d.line {
+                Some(l) => eprintln!("  line {l}: {}", d.reason),
+                None => eprintln!("  {}", d.reason),
+            }
+        }
+        let more = total.saturating_sub(self.shown.len() as u64);
+        match self.file {
+            Some((path, mut w)) => {
+                w.flush()
+                    .with_context(|| format!("writing {}", path.display()))?;
+                if total > 0 {
+                    eprintln!("  every dead letter ({total}) is in {}", path.display());
+                }
+            }
+            None if more > 0 => {
+                eprintln!("  ... and {more} more (--dead-letters FILE writes them all)")
+            }
+            None => {}
+        }
+        Ok(())
     }
 }
 
@@ -367,7 +415,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let stdout = std::io::stdout();
     let mut out_w = std::io::BufWriter::new(stdout.lock());
     let mut out = PipelineOutput::default();
-    let mut dead = Vec::new();
+    let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref())?;
     let progress = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let mut last_progress = started;
@@ -390,7 +438,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         };
         feed(&mut pipeline, &args.source, &tenant, item, &mut out);
         write_alerts(&mut out, &mut out_w)?;
-        keep_dead_letters(&mut dead, &mut out.dead_letters);
+        dead.take(&mut out.dead_letters)?;
         // Every few seconds, on a terminal: a long run is seen to be going.
         if progress && last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = std::time::Instant::now();
@@ -441,7 +489,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
             config.sigma.allowed_lateness_seconds
         );
     }
-    print_dead_letters(&dead, stats.dead_letters);
+    dead.finish(stats.dead_letters)?;
     print_timestamps_adjusted(stats.timestamps_adjusted);
     read_outcome(stopped, &args.input, reader.lines_read())?;
     if !rules.failed.is_empty() {

@@ -90,6 +90,51 @@ fn detect_reports_every_malformed_line_and_keeps_going() {
 }
 
 #[test]
+fn every_dead_letter_of_a_long_run_is_written_to_the_dead_letters_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = dir.path().join("mfa.yml");
+    std::fs::write(&rule, MFA_RULE).unwrap();
+    // 30 bad lines, a good one between each ten; one bad line holds a secret.
+    let mut input = String::new();
+    for i in 0..30 {
+        if i % 10 == 0 {
+            input.push_str(&okta_event("user.session.start", "bob@example.com", 1));
+            input.push('\n');
+        }
+        input.push_str(&format!("not json {i} password=Hunter2xyz\n"));
+    }
+    let mut args = okta_detect_args(&rule);
+    let out = perimeter(&args, Some(input.as_bytes()));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("... and 10 more (--dead-letters FILE writes them all)"),
+        "{err}"
+    );
+    let file = dir.path().join("dead.jsonl");
+    args.extend(["--dead-letters", file.to_str().unwrap()]);
+    let out = perimeter(&args, Some(input.as_bytes()));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("every dead letter (30) is in {}", file.display())),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+            v["line"].as_u64().unwrap()
+        })
+        .collect();
+    let expected: Vec<u64> = (0..30u64).map(|i| i + 2 + i / 10).collect();
+    assert_eq!(lines, expected);
+    assert!(!text.contains("Hunter2xyz"), "{text}");
+}
+
+#[test]
 fn rules_check_json_names_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("good.yml"), MFA_RULE).unwrap();
