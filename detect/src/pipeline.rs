@@ -440,7 +440,8 @@ impl Pipeline {
         let envelope_lines = list_key
             .and_then(|key| member_lines.iter().find(|(k, _)| k == key))
             .map(|(_, lines)| lines);
-        for (element, raw) in records {
+        let count = records.len();
+        for (index, (element, raw)) in records.into_iter().enumerate() {
             let line = element
                 .and_then(|i| envelope_lines.and_then(|each| each.get(i)))
                 .copied()
@@ -462,7 +463,15 @@ impl Pipeline {
                     let mut raw = raw;
                     self.masker.mask_record(&mut raw);
                     let excerpt = sonic_rs::to_string(&raw).unwrap_or_default();
-                    let reason = format!("{source} normalizer: {err}");
+                    // Records of one input (an array, a page) share its line: which one.
+                    let reason = if count > 1 {
+                        format!(
+                            "{source} normalizer: record {} of {count}: {err}",
+                            index + 1
+                        )
+                    } else {
+                        format!("{source} normalizer: {err}")
+                    };
                     self.dead_letter(
                         &source,
                         &tenant,
@@ -1116,6 +1125,35 @@ mod tests {
             )
             .as_deref(),
             Some("login of [REDACTED:key] failed")
+        );
+    }
+
+    #[test]
+    fn dead_letters_of_records_sharing_a_line_say_which_record() {
+        let mut p = pipeline();
+        let mut out = PipelineOutput::default();
+        let line = sonic_rs::json!(["array", {"a": 1}, 3]);
+        p.process_value("json", "t", Some(4), line, Utc::now(), &mut out);
+        let reasons: Vec<&str> = out.dead_letters.iter().map(|d| d.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("record 1 of 3"), "{reasons:?}");
+        assert!(reasons[1].contains("record 3 of 3"), "{reasons:?}");
+        assert!(out.dead_letters.iter().all(|d| d.line == Some(4)));
+        assert_eq!(out.events.len(), 1);
+        // A line of one record needs no such count.
+        let mut out = PipelineOutput::default();
+        p.process_value(
+            "json",
+            "t",
+            Some(5),
+            sonic_rs::json!(7),
+            Utc::now(),
+            &mut out,
+        );
+        assert!(
+            !out.dead_letters[0].reason.contains("record"),
+            "{:?}",
+            out.dead_letters
         );
     }
 
