@@ -1344,10 +1344,36 @@ fn rule_test_runner() {
         .unwrap_or_default();
         std::fs::write(p.join(format!("{name}.tests.yml")), tests).unwrap_or_default();
     }
+    // Cases read as another source than the rule's: the failure says the rule never ran.
+    std::fs::write(
+        p.join("other_source.yml"),
+        detection("    sel:\n        x: 1", "sel").replace("id: r1", "id: r8"),
+    )
+    .unwrap_or_default();
+    std::fs::write(
+        p.join("other_source.tests.yml"),
+        "source: github\nmatch:\n  - {x: 1}\n",
+    )
+    .unwrap_or_default();
     let report = run_rule_tests(p, &SigmaOptions::default(), &test_normalize);
-    assert_eq!(report.rules_tested, 2);
+    assert_eq!(report.rules_tested, 3);
     assert_eq!(report.cases_passed, 3, "{:?}", report.failures);
-    assert_eq!(report.failures.len(), 4, "{:?}", report.failures);
+    assert_eq!(report.failures.len(), 5, "{:?}", report.failures);
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.rule.ends_with("other_source.yml")
+                && f.got.contains("does not run on source `github`")),
+        "{:?}",
+        report.failures
+    );
+    // A miss on the rule's own source is a plain one.
+    assert!(report
+        .failures
+        .iter()
+        .filter(|f| f.rule.ends_with("mfa.yml"))
+        .all(|f| !f.got.contains("does not run")));
     for name in ["empty_lists.yml", "source_only.yml"] {
         assert!(
             report

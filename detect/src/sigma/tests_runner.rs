@@ -309,6 +309,19 @@ pub fn run_rule_tests(
                         },
                         if got {
                             "the rule fired".into()
+                        } else if !options.ignore_logsource
+                            && !targets.iter().any(|&d| {
+                                rules.detections[d]
+                                    .sources
+                                    .as_ref()
+                                    .is_none_or(|s| s.contains(&event.source))
+                            })
+                        {
+                            // Not a miss of the detection: the rule never ran on the event.
+                            format!(
+                                "no match: the rule does not run on source `{}` (its logsource is not that source's; set the tests file's `source`)",
+                                event.source
+                            )
                         } else {
                             "no match".into()
                         },
