@@ -1201,6 +1201,8 @@ fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
     let burst = run(&[3], true);
     assert_eq!(burst.len(), 1, "{burst:?}");
     assert_eq!(burst[0]["event_ids"].as_array().unwrap().len(), 3);
+    // `lines` are of this input: its one line; the first input's events by their ids only.
+    assert_eq!(burst[0]["lines"], serde_json::json!([1]));
     // Each input alone: two logins, then one.
     assert!(run(&[1, 2], false).is_empty());
     assert!(run(&[3], false).is_empty());

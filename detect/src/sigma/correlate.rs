@@ -964,10 +964,13 @@ impl Correlator {
                 let mut entries: Vec<Entry> = k
                     .entries
                     .into_iter()
-                    .map(|(ts, val, line, id)| Entry {
+                    // The line was of the input read before the snapshot: an alert's `lines` name
+                    // lines of the input it is raised in (`detect --state-dir` over the next
+                    // file), so an earlier input's events are cited by their ids only.
+                    .map(|(ts, val, _line, id)| Entry {
                         ts,
                         val,
-                        line,
+                        line: 0,
                         id: u128::from_str_radix(&id, 16).unwrap_or(0),
                     })
                     .collect();
