@@ -1116,10 +1116,7 @@ mod tests {
             assert!(serde_json::to_vec(part).unwrap().len() <= 10 * one + 1);
         }
         // An alert larger than the limit still goes, alone.
-        assert_eq!(
-            in_posts_of(alerts[..3].to_vec().into_iter(), one / 2).len(),
-            3
-        );
+        assert_eq!(in_posts_of(alerts[..3].iter().cloned(), one / 2).len(), 3);
     }
 
     #[test]
@@ -1196,8 +1193,7 @@ mod tests {
         let first = firing.timestamp.format("%Y-%m-%d %H:%M:%S UTC");
         let last = last.format("%Y-%m-%d %H:%M:%S UTC");
         assert!(
-            text.contains(&format!(" ×12 - "))
-                && text.contains(&format!("{first}, last {last}, alert `a`")),
+            text.contains(" ×12 - ") && text.contains(&format!("{first}, last {last}, alert `a`")),
             "{text}"
         );
         // A new alert has no later occurrence to show.

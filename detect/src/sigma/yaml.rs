@@ -371,7 +371,7 @@ mod tests {
         let mut text = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n".to_string();
         for level in 1..9 {
             let prev = format!("*l{}", level - 1);
-            let items = vec![prev.as_str(); 10].join(", ");
+            let items = [prev.as_str(); 10].join(", ");
             text.push_str(&format!("l{level}: &l{level} [{items}]\n"));
         }
         let err = load_documents(&text).unwrap_err();
