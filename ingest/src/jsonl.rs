@@ -570,25 +570,37 @@ impl<R: BufRead> JsonInput<R> {
             input.consume(BOM.len());
         }
         let mut head = Vec::new();
-        let first = read_non_blank_line(&mut input, &mut head)?;
-        let parsed = |line: &[u8]| serde_json::from_slice::<serde_json::Value>(line);
+        let max = config.max_line_bytes;
+        let first = read_head_line(&mut input, &mut head, max)?;
+        // Only whether they parse: a line of millions of elements built as a `Value` took
+        // gigabytes just to be told JSON.
+        let parsed = |line: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(line);
         let incomplete = |line: &[u8]| matches!(parsed(line), Err(e) if e.is_eof());
         let as_lines = match first {
-            None => true,
-            Some(first) if parsed(&head[first.clone()]).is_ok() => true,
+            // No pretty-printed document starts with a line over the limit: JSON lines, whose
+            // reader dead-letters it without holding it.
+            HeadLine::End | HeadLine::TooLong => true,
+            HeadLine::Content(first) if parsed(&head[first.clone()]).is_ok() => true,
             // A pretty-printed object's second line is a key (`"uuid": ...`), never a whole
-            // object: a whole object there means JSON lines whose first line is broken.
-            Some(first) if incomplete(&head[first.clone()]) => {
+            // object (nor one over the line limit): a whole object there means JSON lines whose
+            // first line is broken.
+            HeadLine::Content(first) if incomplete(&head[first.clone()]) => {
                 head[first].starts_with(b"{")
-                    && read_non_blank_line(&mut input, &mut head)?.is_some_and(|second| {
-                        matches!(parsed(&head[second]), Ok(serde_json::Value::Object(_)))
-                    })
+                    && match read_head_line(&mut input, &mut head, max)? {
+                        HeadLine::Content(second) => {
+                            head[second.clone()].starts_with(b"{") && parsed(&head[second]).is_ok()
+                        }
+                        HeadLine::TooLong => true,
+                        HeadLine::End => false,
+                    }
             }
             // A first line that is no JSON at all (a stray header, a broken line): what follows
             // decides. A document opening on the next line means documents, with the first line
             // a dead letter of its own.
-            Some(_) => !read_non_blank_line(&mut input, &mut head)?
-                .is_some_and(|second| incomplete(&head[second])),
+            HeadLine::Content(_) => !matches!(
+                read_head_line(&mut input, &mut head, max)?,
+                HeadLine::Content(second) if incomplete(&head[second.clone()])
+            ),
         };
         if as_lines {
             let chained = std::io::Cursor::new(head).chain(input);
@@ -604,24 +616,42 @@ impl<R: BufRead> JsonInput<R> {
     }
 }
 
-/// Append lines of `input` to `buf` up to and including the next one with non-blank content;
-/// the range of that content (trimmed), or `None` at the end of the input.
-fn read_non_blank_line<R: BufRead>(
+/// The next line with non-blank content at the head of an input (see [`read_head_line`]).
+enum HeadLine {
+    /// The range of its content (trimmed) in the head.
+    Content(std::ops::Range<usize>),
+    /// Longer than the line limit: read only up to past the limit, the rest left in the input.
+    TooLong,
+    /// The input ended first.
+    End,
+}
+
+/// Append lines of `input` to `buf` up to and including the next one with non-blank content. A
+/// line over `max_line_bytes` is appended only up to one byte past the limit, so that it is not
+/// held whole (JSON lines dead-letter it as too long).
+fn read_head_line<R: BufRead>(
     input: &mut R,
     buf: &mut Vec<u8>,
-) -> std::io::Result<Option<std::ops::Range<usize>>> {
+    max_line_bytes: usize,
+) -> std::io::Result<HeadLine> {
     loop {
         let start = buf.len();
-        if input.read_until(b'\n', buf)? == 0 {
-            return Ok(None);
+        let mut limited = input.by_ref().take(max_line_bytes as u64 + 2);
+        if limited.read_until(b'\n', buf)? == 0 {
+            return Ok(HeadLine::End);
         }
         let line = &buf[start..];
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        if content.len() > max_line_bytes {
+            return Ok(HeadLine::TooLong);
+        }
         if let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) {
             let last = line
                 .iter()
                 .rposition(|b| !b.is_ascii_whitespace())
                 .unwrap_or(first);
-            return Ok(Some(start + first..start + last + 1));
+            return Ok(HeadLine::Content(start + first..start + last + 1));
         }
     }
 }
@@ -922,6 +952,48 @@ mod input_tests {
                 InputItem::Invalid { line, .. } => (*line, false),
             })
             .collect()
+    }
+
+    /// The line that decides lines or documents was read whole and built as a `Value` to be
+    /// told JSON: a 40 MB first line of small elements took 2 GB. A first (or deciding second)
+    /// line over the limit is read only up to it and is the reader's too-long dead letter,
+    /// numbered, with the lines after it read on.
+    #[test]
+    fn an_overlong_first_line_is_a_dead_letter_without_being_held() {
+        let config = JsonlReaderConfig {
+            max_line_bytes: 1000,
+            ..JsonlReaderConfig::default()
+        };
+        let elements = vec!["{\"a\":1}"; 100_000].join(",");
+        for head in [
+            format!("[{elements}]\n"),
+            // Not JSON at all, and the last line.
+            format!("{{\"a\": [{elements}"),
+            // A broken first line: the second decides.
+            format!("{{\"uuid\": \"u1\",\n{{\"items\": [{elements}]}}\n"),
+        ] {
+            let input = format!("{head}\n{{\"ok\":1}}\n");
+            let ok_line = input.lines().count() as u64;
+            let reader = JsonInput::new(input.as_bytes(), config.clone()).unwrap();
+            let JsonInput::Lines(lines) = &reader else {
+                panic!("read as documents");
+            };
+            let held = lines.input.get_ref().0.get_ref().len();
+            assert!(held <= 2 * (config.max_line_bytes + 2), "{held} bytes held");
+            let items: Vec<InputItem> = reader.map(|i| i.unwrap()).collect();
+            let too_long = items.iter().find_map(|item| match item {
+                InputItem::Invalid { line, reason, .. } if reason.contains("longer than") => {
+                    Some(*line)
+                }
+                _ => None,
+            });
+            assert_eq!(too_long, Some(head.lines().count() as u64), "{items:?}");
+            assert!(
+                matches!(items.last(), Some(InputItem::Record { line, value, .. })
+                    if *line == ok_line && value["ok"] == 1),
+                "{items:?}"
+            );
+        }
     }
 
     #[test]
