@@ -13,10 +13,10 @@ pub struct JsonlReaderConfig {
     /// How many bytes of an invalid line are kept as its excerpt (masked before storage).
     #[serde(default = "default_excerpt_bytes")]
     pub excerpt_bytes: usize,
-    /// Pretty-printed documents are parsed whole before their items are handed out: with a
-    /// limit, parsing stops once it made one item more than this, so a caller that refuses
-    /// larger inputs (HTTP ingest) sees it is over without a page of millions of elements all
-    /// made in memory first. JSON lines and CSV rows are read one at a time, so a caller stops
+    /// Pretty-printed documents are read whole and their items located before the first is
+    /// handed out (each is parsed when it is taken): with a limit, locating stops one item past
+    /// this, so a caller that refuses larger inputs (HTTP ingest) sees it is over without a
+    /// page of millions of elements all listed first. JSON lines and CSV rows are read one at a time, so a caller stops
     /// those itself. `None`: no limit.
     #[serde(default)]
     pub max_items: Option<usize>,
@@ -541,11 +541,50 @@ impl InputFormat {
 ///   next line that starts a document in column 0 (`{` or `[`), so what follows is not lost.
 pub enum JsonInput<R: Read> {
     Lines(JsonlReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>),
-    Documents {
-        items: std::vec::IntoIter<Result<InputItem, std::io::Error>>,
-        lines: u64,
-    },
+    Documents { items: DocumentItems, lines: u64 },
     Csv(crate::CsvRows<R>),
+}
+
+/// The items of pretty-printed documents, each parsed when it is taken: the input is held whole
+/// with where each item is in it, but its records are not all parsed at once (a page of 400,000
+/// array elements took 390 MB when they were, a batch of them is in memory now).
+pub struct DocumentItems {
+    bytes: Vec<u8>,
+    pending: std::vec::IntoIter<PendingItem>,
+    excerpt_bytes: usize,
+}
+
+/// An item of [`DocumentItems`] not taken yet.
+enum PendingItem {
+    /// The bytes at `range` (a document, or an element of a document that is an array) on
+    /// `line`, to be parsed; `member_lines` go with it when it is a record.
+    Record {
+        line: u64,
+        range: std::ops::Range<usize>,
+        member_lines: Vec<(String, Vec<u64>)>,
+    },
+    /// A broken document's dead letter, made while the documents were told apart.
+    Invalid(InputItem),
+}
+
+impl Iterator for DocumentItems {
+    type Item = Result<InputItem, std::io::Error>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(Ok(match self.pending.next()? {
+            PendingItem::Invalid(item) => item,
+            PendingItem::Record {
+                line,
+                range,
+                member_lines: lines,
+            } => {
+                let mut item = parse_record(line, &self.bytes[range], self.excerpt_bytes);
+                if let InputItem::Record { member_lines, .. } = &mut item {
+                    *member_lines = lines;
+                }
+                item
+            }
+        }))
+    }
 }
 
 /// The UTF-8 byte order mark some Windows tools write at the start of a text file.
@@ -609,8 +648,13 @@ impl<R: BufRead> JsonInput<R> {
         head.reserve(1 << 20);
         input.read_to_end(&mut head)?;
         let lines = count_lines(&head);
+        let pending = parse_documents(&head, &config).into_iter();
         Ok(JsonInput::Documents {
-            items: parse_documents(&head, &config).into_iter(),
+            items: DocumentItems {
+                bytes: head,
+                pending,
+                excerpt_bytes: config.excerpt_bytes,
+            },
             lines,
         })
     }
@@ -662,10 +706,8 @@ fn count_lines(bytes: &[u8]) -> u64 {
     newlines + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 
-fn parse_documents(
-    bytes: &[u8],
-    config: &JsonlReaderConfig,
-) -> Vec<Result<InputItem, std::io::Error>> {
+/// Where the items of the documents in `bytes` are (see [`DocumentItems`]).
+fn parse_documents(bytes: &[u8], config: &JsonlReaderConfig) -> Vec<PendingItem> {
     let mut out = Vec::new();
     let line_starts: Vec<usize> = std::iter::once(0)
         .chain(memchr::memchr_iter(b'\n', bytes).map(|i| i + 1))
@@ -692,7 +734,7 @@ fn parse_documents(
                 None => break 'documents,
                 Some(Ok(_)) => {
                     let doc = &bytes[start..base + stream.byte_offset()];
-                    push_document(&mut out, doc, start, &line_at, config.excerpt_bytes, enough);
+                    push_document(&mut out, doc, start, &line_at, enough);
                     if out.len() >= enough {
                         break 'documents;
                     }
@@ -708,7 +750,7 @@ fn parse_documents(
                         .find(|&s| s > start && matches!(bytes.get(s), Some(b'{' | b'[')));
                     let end = resume.unwrap_or(bytes.len());
                     let at = line_at(base) - 1;
-                    out.push(Ok(InputItem::Invalid {
+                    out.push(PendingItem::Invalid(InputItem::Invalid {
                         line: first_line as u64,
                         reason: format!(
                             "invalid JSON: {} at line {} column {}",
@@ -752,14 +794,13 @@ fn without_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// One whole document: a record, or the records of a top-level array, each at its own line
-/// (until `out` holds `enough` items).
+/// One whole document at `offset`: a record, or the records of a top-level array, each at its
+/// own line (until `out` holds `enough` items).
 fn push_document(
-    out: &mut Vec<Result<InputItem, std::io::Error>>,
+    out: &mut Vec<PendingItem>,
     doc: &[u8],
     offset: usize,
     line_at: &dyn Fn(usize) -> u64,
-    excerpt_bytes: usize,
     enough: usize,
 ) {
     if doc.first() == Some(&b'[') && !nesting_exceeds(doc, MAX_NESTING) {
@@ -767,25 +808,26 @@ fn push_document(
             if out.len() >= enough {
                 return;
             }
-            let start = offset + element.start;
-            out.push(Ok(parse_record(
-                line_at(start),
-                &doc[element],
-                excerpt_bytes,
-            )));
+            let range = offset + element.start..offset + element.end;
+            out.push(PendingItem::Record {
+                line: line_at(range.start),
+                range,
+                member_lines: Vec::new(),
+            });
         }
     } else {
-        let mut item = parse_record(line_at(offset), doc, excerpt_bytes);
-        if let InputItem::Record { member_lines, .. } = &mut item {
-            *member_lines = array_member_starts(doc)
-                .into_iter()
-                .map(|(key, starts)| {
-                    let lines = starts.into_iter().map(|s| line_at(offset + s)).collect();
-                    (key, lines)
-                })
-                .collect();
-        }
-        out.push(Ok(item));
+        let member_lines = array_member_starts(doc)
+            .into_iter()
+            .map(|(key, starts)| {
+                let lines = starts.into_iter().map(|s| line_at(offset + s)).collect();
+                (key, lines)
+            })
+            .collect();
+        out.push(PendingItem::Record {
+            line: line_at(offset),
+            range: offset..offset + doc.len(),
+            member_lines,
+        });
     }
 }
 
@@ -935,6 +977,35 @@ mod input_tests {
             .collect();
         assert_eq!(items.len(), 3);
         assert!(matches!(&items[1], InputItem::Invalid { line: 2, .. }));
+    }
+
+    /// A pretty-printed page of 400,000 elements held them all parsed at once (390 MB): they
+    /// are parsed as they are taken.
+    #[test]
+    fn the_elements_of_a_document_are_parsed_as_they_are_taken() {
+        let page = b"[\n  {\"a\": 1},\n  {\"a\": 2},\n  {\"a\": 3}\n]\n";
+        let mut input = JsonInput::new(&page[..], JsonlReaderConfig::default()).unwrap();
+        assert!(matches!(
+            input.next(),
+            Some(Ok(InputItem::Record { line: 2, .. }))
+        ));
+        let JsonInput::Documents { items, .. } = &input else {
+            panic!("read as lines");
+        };
+        let pending: Vec<(u64, &[u8])> = items
+            .pending
+            .as_slice()
+            .iter()
+            .map(|item| match item {
+                PendingItem::Record { line, range, .. } => (*line, &items.bytes[range.clone()]),
+                PendingItem::Invalid(item) => panic!("{item:?}"),
+            })
+            .collect();
+        assert_eq!(
+            pending,
+            [(3, &b"{\"a\": 2}"[..]), (4, &b"{\"a\": 3}"[..])],
+            "not parsed yet"
+        );
     }
 
     fn items(input: &[u8]) -> Vec<InputItem> {
