@@ -1077,7 +1077,8 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             ..SpoolConfig::new(spool_dir.clone(), config.tenant.clone())
         },
         bus,
-    );
+    )
+    .with_metrics(metrics.clone());
     let mut spool_stop = stop_rx.clone();
     let spool_task = tokio::spawn(async move {
         spool

@@ -13,10 +13,10 @@ pub struct JsonlReaderConfig {
     /// How many bytes of an invalid line are kept as its excerpt (masked before storage).
     #[serde(default = "default_excerpt_bytes")]
     pub excerpt_bytes: usize,
-    /// Pretty-printed documents are parsed whole before their items are handed out: with a
-    /// limit, parsing stops once it made one item more than this, so a caller that refuses
-    /// larger inputs (HTTP ingest) sees it is over without a page of millions of elements all
-    /// made in memory first. JSON lines and CSV rows are read one at a time, so a caller stops
+    /// Pretty-printed documents are read whole and their items located before the first is
+    /// handed out (each is parsed when it is taken): with a limit, locating stops one item past
+    /// this, so a caller that refuses larger inputs (HTTP ingest) sees it is over without a
+    /// page of millions of elements all listed first. JSON lines and CSV rows are read one at a time, so a caller stops
     /// those itself. `None`: no limit.
     #[serde(default)]
     pub max_items: Option<usize>,
@@ -541,11 +541,50 @@ impl InputFormat {
 ///   next line that starts a document in column 0 (`{` or `[`), so what follows is not lost.
 pub enum JsonInput<R: Read> {
     Lines(JsonlReader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>),
-    Documents {
-        items: std::vec::IntoIter<Result<InputItem, std::io::Error>>,
-        lines: u64,
-    },
+    Documents { items: DocumentItems, lines: u64 },
     Csv(crate::CsvRows<R>),
+}
+
+/// The items of pretty-printed documents, each parsed when it is taken: the input is held whole
+/// with where each item is in it, but its records are not all parsed at once (a page of 400,000
+/// array elements took 390 MB when they were, a batch of them is in memory now).
+pub struct DocumentItems {
+    bytes: Vec<u8>,
+    pending: std::vec::IntoIter<PendingItem>,
+    excerpt_bytes: usize,
+}
+
+/// An item of [`DocumentItems`] not taken yet.
+enum PendingItem {
+    /// The bytes at `range` (a document, or an element of a document that is an array) on
+    /// `line`, to be parsed; `member_lines` go with it when it is a record.
+    Record {
+        line: u64,
+        range: std::ops::Range<usize>,
+        member_lines: Vec<(String, Vec<u64>)>,
+    },
+    /// A broken document's dead letter, made while the documents were told apart.
+    Invalid(InputItem),
+}
+
+impl Iterator for DocumentItems {
+    type Item = Result<InputItem, std::io::Error>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(Ok(match self.pending.next()? {
+            PendingItem::Invalid(item) => item,
+            PendingItem::Record {
+                line,
+                range,
+                member_lines: lines,
+            } => {
+                let mut item = parse_record(line, &self.bytes[range], self.excerpt_bytes);
+                if let InputItem::Record { member_lines, .. } = &mut item {
+                    *member_lines = lines;
+                }
+                item
+            }
+        }))
+    }
 }
 
 /// The UTF-8 byte order mark some Windows tools write at the start of a text file.
@@ -570,25 +609,37 @@ impl<R: BufRead> JsonInput<R> {
             input.consume(BOM.len());
         }
         let mut head = Vec::new();
-        let first = read_non_blank_line(&mut input, &mut head)?;
-        let parsed = |line: &[u8]| serde_json::from_slice::<serde_json::Value>(line);
+        let max = config.max_line_bytes;
+        let first = read_head_line(&mut input, &mut head, max)?;
+        // Only whether they parse: a line of millions of elements built as a `Value` took
+        // gigabytes just to be told JSON.
+        let parsed = |line: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(line);
         let incomplete = |line: &[u8]| matches!(parsed(line), Err(e) if e.is_eof());
         let as_lines = match first {
-            None => true,
-            Some(first) if parsed(&head[first.clone()]).is_ok() => true,
+            // No pretty-printed document starts with a line over the limit: JSON lines, whose
+            // reader dead-letters it without holding it.
+            HeadLine::End | HeadLine::TooLong => true,
+            HeadLine::Content(first) if parsed(&head[first.clone()]).is_ok() => true,
             // A pretty-printed object's second line is a key (`"uuid": ...`), never a whole
-            // object: a whole object there means JSON lines whose first line is broken.
-            Some(first) if incomplete(&head[first.clone()]) => {
+            // object (nor one over the line limit): a whole object there means JSON lines whose
+            // first line is broken.
+            HeadLine::Content(first) if incomplete(&head[first.clone()]) => {
                 head[first].starts_with(b"{")
-                    && read_non_blank_line(&mut input, &mut head)?.is_some_and(|second| {
-                        matches!(parsed(&head[second]), Ok(serde_json::Value::Object(_)))
-                    })
+                    && match read_head_line(&mut input, &mut head, max)? {
+                        HeadLine::Content(second) => {
+                            head[second.clone()].starts_with(b"{") && parsed(&head[second]).is_ok()
+                        }
+                        HeadLine::TooLong => true,
+                        HeadLine::End => false,
+                    }
             }
             // A first line that is no JSON at all (a stray header, a broken line): what follows
             // decides. A document opening on the next line means documents, with the first line
             // a dead letter of its own.
-            Some(_) => !read_non_blank_line(&mut input, &mut head)?
-                .is_some_and(|second| incomplete(&head[second])),
+            HeadLine::Content(_) => !matches!(
+                read_head_line(&mut input, &mut head, max)?,
+                HeadLine::Content(second) if incomplete(&head[second.clone()])
+            ),
         };
         if as_lines {
             let chained = std::io::Cursor::new(head).chain(input);
@@ -597,31 +648,54 @@ impl<R: BufRead> JsonInput<R> {
         head.reserve(1 << 20);
         input.read_to_end(&mut head)?;
         let lines = count_lines(&head);
+        let pending = parse_documents(&head, &config).into_iter();
         Ok(JsonInput::Documents {
-            items: parse_documents(&head, &config).into_iter(),
+            items: DocumentItems {
+                bytes: head,
+                pending,
+                excerpt_bytes: config.excerpt_bytes,
+            },
             lines,
         })
     }
 }
 
-/// Append lines of `input` to `buf` up to and including the next one with non-blank content;
-/// the range of that content (trimmed), or `None` at the end of the input.
-fn read_non_blank_line<R: BufRead>(
+/// The next line with non-blank content at the head of an input (see [`read_head_line`]).
+enum HeadLine {
+    /// The range of its content (trimmed) in the head.
+    Content(std::ops::Range<usize>),
+    /// Longer than the line limit: read only up to past the limit, the rest left in the input.
+    TooLong,
+    /// The input ended first.
+    End,
+}
+
+/// Append lines of `input` to `buf` up to and including the next one with non-blank content. A
+/// line over `max_line_bytes` is appended only up to one byte past the limit, so that it is not
+/// held whole (JSON lines dead-letter it as too long).
+fn read_head_line<R: BufRead>(
     input: &mut R,
     buf: &mut Vec<u8>,
-) -> std::io::Result<Option<std::ops::Range<usize>>> {
+    max_line_bytes: usize,
+) -> std::io::Result<HeadLine> {
     loop {
         let start = buf.len();
-        if input.read_until(b'\n', buf)? == 0 {
-            return Ok(None);
+        let mut limited = input.by_ref().take(max_line_bytes as u64 + 2);
+        if limited.read_until(b'\n', buf)? == 0 {
+            return Ok(HeadLine::End);
         }
         let line = &buf[start..];
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        if content.len() > max_line_bytes {
+            return Ok(HeadLine::TooLong);
+        }
         if let Some(first) = line.iter().position(|b| !b.is_ascii_whitespace()) {
             let last = line
                 .iter()
                 .rposition(|b| !b.is_ascii_whitespace())
                 .unwrap_or(first);
-            return Ok(Some(start + first..start + last + 1));
+            return Ok(HeadLine::Content(start + first..start + last + 1));
         }
     }
 }
@@ -632,10 +706,8 @@ fn count_lines(bytes: &[u8]) -> u64 {
     newlines + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 
-fn parse_documents(
-    bytes: &[u8],
-    config: &JsonlReaderConfig,
-) -> Vec<Result<InputItem, std::io::Error>> {
+/// Where the items of the documents in `bytes` are (see [`DocumentItems`]).
+fn parse_documents(bytes: &[u8], config: &JsonlReaderConfig) -> Vec<PendingItem> {
     let mut out = Vec::new();
     let line_starts: Vec<usize> = std::iter::once(0)
         .chain(memchr::memchr_iter(b'\n', bytes).map(|i| i + 1))
@@ -662,7 +734,7 @@ fn parse_documents(
                 None => break 'documents,
                 Some(Ok(_)) => {
                     let doc = &bytes[start..base + stream.byte_offset()];
-                    push_document(&mut out, doc, start, &line_at, config.excerpt_bytes, enough);
+                    push_document(&mut out, doc, start, &line_at, enough);
                     if out.len() >= enough {
                         break 'documents;
                     }
@@ -678,7 +750,7 @@ fn parse_documents(
                         .find(|&s| s > start && matches!(bytes.get(s), Some(b'{' | b'[')));
                     let end = resume.unwrap_or(bytes.len());
                     let at = line_at(base) - 1;
-                    out.push(Ok(InputItem::Invalid {
+                    out.push(PendingItem::Invalid(InputItem::Invalid {
                         line: first_line as u64,
                         reason: format!(
                             "invalid JSON: {} at line {} column {}",
@@ -722,14 +794,13 @@ fn without_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// One whole document: a record, or the records of a top-level array, each at its own line
-/// (until `out` holds `enough` items).
+/// One whole document at `offset`: a record, or the records of a top-level array, each at its
+/// own line (until `out` holds `enough` items).
 fn push_document(
-    out: &mut Vec<Result<InputItem, std::io::Error>>,
+    out: &mut Vec<PendingItem>,
     doc: &[u8],
     offset: usize,
     line_at: &dyn Fn(usize) -> u64,
-    excerpt_bytes: usize,
     enough: usize,
 ) {
     if doc.first() == Some(&b'[') && !nesting_exceeds(doc, MAX_NESTING) {
@@ -737,25 +808,26 @@ fn push_document(
             if out.len() >= enough {
                 return;
             }
-            let start = offset + element.start;
-            out.push(Ok(parse_record(
-                line_at(start),
-                &doc[element],
-                excerpt_bytes,
-            )));
+            let range = offset + element.start..offset + element.end;
+            out.push(PendingItem::Record {
+                line: line_at(range.start),
+                range,
+                member_lines: Vec::new(),
+            });
         }
     } else {
-        let mut item = parse_record(line_at(offset), doc, excerpt_bytes);
-        if let InputItem::Record { member_lines, .. } = &mut item {
-            *member_lines = array_member_starts(doc)
-                .into_iter()
-                .map(|(key, starts)| {
-                    let lines = starts.into_iter().map(|s| line_at(offset + s)).collect();
-                    (key, lines)
-                })
-                .collect();
-        }
-        out.push(Ok(item));
+        let member_lines = array_member_starts(doc)
+            .into_iter()
+            .map(|(key, starts)| {
+                let lines = starts.into_iter().map(|s| line_at(offset + s)).collect();
+                (key, lines)
+            })
+            .collect();
+        out.push(PendingItem::Record {
+            line: line_at(offset),
+            range: offset..offset + doc.len(),
+            member_lines,
+        });
     }
 }
 
@@ -907,6 +979,35 @@ mod input_tests {
         assert!(matches!(&items[1], InputItem::Invalid { line: 2, .. }));
     }
 
+    /// A pretty-printed page of 400,000 elements held them all parsed at once (390 MB): they
+    /// are parsed as they are taken.
+    #[test]
+    fn the_elements_of_a_document_are_parsed_as_they_are_taken() {
+        let page = b"[\n  {\"a\": 1},\n  {\"a\": 2},\n  {\"a\": 3}\n]\n";
+        let mut input = JsonInput::new(&page[..], JsonlReaderConfig::default()).unwrap();
+        assert!(matches!(
+            input.next(),
+            Some(Ok(InputItem::Record { line: 2, .. }))
+        ));
+        let JsonInput::Documents { items, .. } = &input else {
+            panic!("read as lines");
+        };
+        let pending: Vec<(u64, &[u8])> = items
+            .pending
+            .as_slice()
+            .iter()
+            .map(|item| match item {
+                PendingItem::Record { line, range, .. } => (*line, &items.bytes[range.clone()]),
+                PendingItem::Invalid(item) => panic!("{item:?}"),
+            })
+            .collect();
+        assert_eq!(
+            pending,
+            [(3, &b"{\"a\": 2}"[..]), (4, &b"{\"a\": 3}"[..])],
+            "not parsed yet"
+        );
+    }
+
     fn items(input: &[u8]) -> Vec<InputItem> {
         JsonInput::new(input, JsonlReaderConfig::default())
             .unwrap()
@@ -922,6 +1023,48 @@ mod input_tests {
                 InputItem::Invalid { line, .. } => (*line, false),
             })
             .collect()
+    }
+
+    /// The line that decides lines or documents was read whole and built as a `Value` to be
+    /// told JSON: a 40 MB first line of small elements took 2 GB. A first (or deciding second)
+    /// line over the limit is read only up to it and is the reader's too-long dead letter,
+    /// numbered, with the lines after it read on.
+    #[test]
+    fn an_overlong_first_line_is_a_dead_letter_without_being_held() {
+        let config = JsonlReaderConfig {
+            max_line_bytes: 1000,
+            ..JsonlReaderConfig::default()
+        };
+        let elements = vec!["{\"a\":1}"; 100_000].join(",");
+        for head in [
+            format!("[{elements}]\n"),
+            // Not JSON at all, and the last line.
+            format!("{{\"a\": [{elements}"),
+            // A broken first line: the second decides.
+            format!("{{\"uuid\": \"u1\",\n{{\"items\": [{elements}]}}\n"),
+        ] {
+            let input = format!("{head}\n{{\"ok\":1}}\n");
+            let ok_line = input.lines().count() as u64;
+            let reader = JsonInput::new(input.as_bytes(), config.clone()).unwrap();
+            let JsonInput::Lines(lines) = &reader else {
+                panic!("read as documents");
+            };
+            let held = lines.input.get_ref().0.get_ref().len();
+            assert!(held <= 2 * (config.max_line_bytes + 2), "{held} bytes held");
+            let items: Vec<InputItem> = reader.map(|i| i.unwrap()).collect();
+            let too_long = items.iter().find_map(|item| match item {
+                InputItem::Invalid { line, reason, .. } if reason.contains("longer than") => {
+                    Some(*line)
+                }
+                _ => None,
+            });
+            assert_eq!(too_long, Some(head.lines().count() as u64), "{items:?}");
+            assert!(
+                matches!(items.last(), Some(InputItem::Record { line, value, .. })
+                    if *line == ok_line && value["ok"] == 1),
+                "{items:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,12 @@
 //! read on from where reading stopped (numbered in the file) and submitted, wherever the file
 //! went (`.processed/`, or deleted). A last line without its newline that is not complete JSON
 //! (its writer paused in the middle of it) waits for its newline, at the first read too; when
-//! the watch ends (or at shutdown) it is taken as it is, a dead letter. A file truncated in place (logrotate's `copytruncate`) is
+//! the watch ends (or at shutdown) it is taken as it is, a dead letter. Once the watch ended the
+//! handle is closed, but an archived file's size is still looked at, one stat per scan, while it
+//! is kept in `.processed/`: one that changes is warned about, counted
+//! (`spool_files_grown_after_watch_total{source}`) and watched again from where reading stopped.
+//! A deleted file (`keep_processed_hours = 0`) is not looked at after its watch, and watches are
+//! not kept across a restart. A file truncated in place (logrotate's `copytruncate`) is
 //! read again from its start. Gzip and CSV files are not read on (a warning says how many
 //! bytes were not ingested). Writing a file elsewhere and moving it in avoids all of this.
 //!
@@ -30,8 +35,10 @@
 use crate::bus::BusSender;
 use crate::jsonl::{JsonInput, JsonlReaderConfig};
 use crate::{IngestError, InputItem, Result};
+use perimeter_model::Metrics;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Configuration of the spool source.
@@ -163,6 +170,10 @@ pub struct SpoolSource {
     /// Files read to their end and archived (or deleted) that are watched for lines written
     /// after that (see [`IngestedFile`]). Taken out while a scan reads on from them.
     ingested: std::sync::Mutex<Vec<IngestedFile>>,
+    /// Archived files whose watch ended, looked at for growth while they are kept (see
+    /// [`LapsedFile`]), oldest first.
+    lapsed: std::sync::Mutex<Vec<LapsedFile>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// How long an ingested file is watched for lines written after it was archived, from when it
@@ -175,6 +186,14 @@ const WATCH_INGESTED_FOR: Duration = Duration::from_secs(15 * 60);
 /// longest-watched one is let go.
 const MAX_WATCHED_FILES: usize = 256;
 
+/// At most this many archived files whose watch ended are looked at for growth; past it the
+/// oldest is no longer looked at.
+const MAX_LAPSED_FILES: usize = 16_384;
+
+/// How many of the last bytes read are kept of a file whose watch ended (to tell, should it
+/// grow, that it was truncated and written anew): it is one of many.
+const LAPSED_LAST_READ_BYTES: usize = 64;
+
 /// At most this many bytes written after the archiving are read from a file per scan (the rest
 /// at the next scans).
 const MAX_READ_ON_BYTES: u64 = 16 * 1024 * 1024;
@@ -183,12 +202,16 @@ const MAX_READ_ON_BYTES: u64 = 16 * 1024 * 1024;
 /// the same file wherever it was moved, even deleted, so a writer that still holds it open
 /// (a file written in place whose writer paused longer than the settle time) loses nothing: at
 /// each scan, complete lines written after `read_to` are read and submitted like the rest.
-struct IngestedFile {
-    file: std::fs::File,
+/// `Handle` is the open file while it is watched, its [`FileIdentity`] once the watch ended
+/// ([`LapsedFile`]).
+struct IngestedFile<Handle = std::fs::File> {
+    file: Handle,
     /// The file's name, which its dead letters start with.
     name: String,
     /// Where it was archived (or "deleted"), for the log.
     archived_as: String,
+    /// Where it was archived; `None`: deleted (`keep_processed_hours = 0`).
+    archived_path: Option<PathBuf>,
     source: String,
     tenant: String,
     /// Bytes read and submitted.
@@ -212,12 +235,59 @@ struct IngestedFile {
 /// How many of the last bytes read from a watched file are kept to tell that it was truncated.
 const LAST_READ_BYTES: usize = 4096;
 
-impl IngestedFile {
+impl<Handle> IngestedFile<Handle> {
     /// `read` was just read up to `read_to`.
     fn remember_last_read(&mut self, read: &[u8]) {
         self.last_read.extend_from_slice(read);
         let excess = self.last_read.len().saturating_sub(LAST_READ_BYTES);
         self.last_read.drain(..excess);
+    }
+
+    /// The same file, where reading stopped, through `file`.
+    fn with_handle<Other>(self, file: Other) -> IngestedFile<Other> {
+        IngestedFile {
+            file,
+            name: self.name,
+            archived_as: self.archived_as,
+            archived_path: self.archived_path,
+            source: self.source,
+            tenant: self.tenant,
+            read_to: self.read_to,
+            lines: self.lines,
+            read_on: self.read_on,
+            watched_since: self.watched_since,
+            last_read: self.last_read,
+            len_seen: self.len_seen,
+            let_go: self.let_go,
+        }
+    }
+}
+
+/// An archived file whose watch ended (15 minutes without growth, or more than
+/// [`MAX_WATCHED_FILES`] watched). Its handle is closed, but while it is kept in `.processed/`
+/// its size is looked at at every scan (one stat): a writer that still holds it open and writes
+/// again after a pause over [`WATCH_INGESTED_FOR`] had those lines lost without a word. A file
+/// that grew (or shrank) is opened again, warned about and counted
+/// (`spool_files_grown_after_watch_total`), and watched on from where reading stopped.
+type LapsedFile = IngestedFile<FileIdentity>;
+
+/// What an archived file no longer held open is known by (its device and inode on Unix), so that
+/// another file given its name later is not read on from its offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity(Option<(u64, u64)>);
+
+impl FileIdentity {
+    fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            FileIdentity(Some((meta.dev(), meta.ino())))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            FileIdentity(None)
+        }
     }
 }
 
@@ -272,11 +342,102 @@ impl SpoolSource {
             config,
             bus,
             ingested: std::sync::Mutex::new(Vec::new()),
+            lapsed: std::sync::Mutex::new(Vec::new()),
+            metrics: None,
         }
+    }
+
+    /// Count spool events in `metrics` (label `source`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn ingested_files(&self) -> std::sync::MutexGuard<'_, Vec<IngestedFile>> {
         self.ingested.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lapsed_files(&self) -> std::sync::MutexGuard<'_, Vec<LapsedFile>> {
+        self.lapsed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The watch of `ingested` ended: its handle is closed, and its size is looked at while it
+    /// is kept (see [`LapsedFile`]). A deleted file cannot be looked at by its path.
+    fn lapse(&self, ingested: IngestedFile) {
+        if ingested.archived_path.is_none() {
+            return;
+        }
+        let Ok(meta) = ingested.file.metadata() else {
+            return;
+        };
+        let mut lapsed = ingested.with_handle(FileIdentity::of(&meta));
+        lapsed.len_seen = meta.len();
+        let excess = lapsed
+            .last_read
+            .len()
+            .saturating_sub(LAPSED_LAST_READ_BYTES);
+        lapsed.last_read.drain(..excess);
+        lapsed.last_read.shrink_to_fit();
+        let mut all = self.lapsed_files();
+        if all.len() >= MAX_LAPSED_FILES {
+            let oldest = all.remove(0);
+            tracing::debug!(file = %oldest.archived_as, "no longer looked at for growth after it was ingested");
+        }
+        all.push(lapsed);
+    }
+
+    /// Archived files whose watch ended and that changed size since are watched again, from
+    /// where reading stopped; those gone (pruned, moved away) or replaced are let go.
+    fn rewatch_grown_lapsed(&self) {
+        let lapsed = std::mem::take(&mut *self.lapsed_files());
+        let mut still = Vec::with_capacity(lapsed.len());
+        for file in lapsed {
+            let Some(path) = file.archived_path.as_deref() else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
+            if meta.len() == file.len_seen {
+                still.push(file);
+                continue;
+            }
+            let opened =
+                std::fs::File::open(path).and_then(|handle| Ok((handle.metadata()?, handle)));
+            let (meta, handle) = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::warn!(file = %file.archived_as, error = %e, bytes_not_ingested = meta.len().saturating_sub(file.read_to),
+                        "an ingested spool file grew after its watch ended, but cannot be opened: what was written since is not ingested");
+                    self.count_grown_after_watch(&file.source);
+                    continue;
+                }
+            };
+            if FileIdentity::of(&meta) != file.file {
+                // Another file was given its name.
+                continue;
+            }
+            tracing::warn!(file = %file.archived_as, size = meta.len(), read_to = file.read_to,
+                "an ingested spool file changed after its watch ended (its writer still holds it open and paused over 15 minutes): read on from where reading stopped (write spool files elsewhere and move them in)");
+            self.count_grown_after_watch(&file.source);
+            let mut watched = file.with_handle(handle);
+            watched.watched_since = Instant::now();
+            watched.let_go = false;
+            self.watch_ingested(watched);
+        }
+        let mut kept = self.lapsed_files();
+        still.append(&mut kept);
+        *kept = still;
+    }
+
+    fn count_grown_after_watch(&self, source: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.inc(
+                "spool_files_grown_after_watch_total",
+                &[("source", source)],
+                1,
+            );
+        }
     }
 
     /// Read on from the ingested files that grew since they were read (see [`IngestedFile`]);
@@ -297,6 +458,7 @@ impl SpoolSource {
             if ends && read.is_ok() {
                 read = self.finish(&mut ingested).await;
                 if read.is_ok() {
+                    self.lapse(ingested);
                     continue;
                 }
             }
@@ -309,6 +471,7 @@ impl SpoolSource {
                 Err(e) if ends => {
                     tracing::warn!(file = %ingested.archived_as, error = %e,
                         "cannot read the end of a watched spool file; no longer watched");
+                    self.lapse(ingested);
                     continue;
                 }
                 Err(e) => tracing::warn!(file = %ingested.archived_as, error = %e,
@@ -500,6 +663,7 @@ impl SpoolSource {
     /// Ingest the pending files once; unreadable ones are remembered in `unreadable` and set
     /// aside when they keep failing unchanged.
     async fn scan_once(&self, unreadable: &mut Unreadable) -> Result<()> {
+        self.rewatch_grown_lapsed();
         if let Err(e) = self.read_on_from_ingested().await {
             tracing::warn!(error = %e, "lines written to an ingested spool file after it was archived not ingested yet; will retry");
         }
@@ -666,7 +830,7 @@ impl SpoolSource {
         // the archived (or deleted) file.
         let read_to = held.unwrap_or(before.as_ref().map_or(0, |stamp| stamp.len));
         let lines = reader.lines_read();
-        let watch = |archived_as: &Path| match handle {
+        let watch = |archived_as: &Path, archived_path: Option<PathBuf>| match handle {
             Ok(file) => self.watch_ingested(IngestedFile {
                 last_read: {
                     let from = read_to.saturating_sub(LAST_READ_BYTES as u64);
@@ -680,6 +844,7 @@ impl SpoolSource {
                 file,
                 name: file_name.to_string(),
                 archived_as: archived_as.display().to_string(),
+                archived_path,
                 source: source.to_string(),
                 tenant: tenant.to_string(),
                 read_to,
@@ -695,7 +860,7 @@ impl SpoolSource {
         };
         if self.config.keep_processed_hours == 0 {
             std::fs::remove_file(path).map_err(io_error(path))?;
-            watch(path);
+            watch(path, None);
             tracing::info!(file = %path.display(), "spool file ingested and deleted");
             return Ok(());
         }
@@ -703,7 +868,7 @@ impl SpoolSource {
         std::fs::create_dir_all(&done_dir).map_err(io_error(&done_dir))?;
         let target = free_name(&done_dir, path.file_name().unwrap_or_default());
         std::fs::rename(path, &target).map_err(io_error(path))?;
-        watch(&target);
+        watch(&target, Some(target.clone()));
         // Its time of change becomes the time it was ingested, which its age in `.processed`
         // is counted from (the file may have been written long before it was dropped in).
         let stamped = std::fs::File::options()
@@ -1282,6 +1447,77 @@ mod tests {
         }
     }
 
+    /// Every watch ends at the next scan, as after [`WATCH_INGESTED_FOR`] without growth.
+    fn end_watches(spool: &SpoolSource) {
+        for watched in spool.ingested_files().iter_mut() {
+            match Instant::now().checked_sub(WATCH_INGESTED_FOR) {
+                Some(then) => watched.watched_since = then,
+                // A clock younger than that: let go the way a full watch list does.
+                None => watched.let_go = true,
+            }
+        }
+    }
+
+    /// Lines a writer still holding an archived file open wrote after its watch ended (a pause
+    /// over 15 minutes) were lost without a word. The archived file's size is looked at while it
+    /// is kept: they are read on from where reading stopped, numbered in the file, warned about
+    /// and counted. A deleted file (`keep_processed_hours = 0`) or one replaced under its name
+    /// is not read on.
+    #[tokio::test]
+    async fn lines_written_after_the_watch_ended_are_read_on_while_the_file_is_kept() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let path = dir.path().join("okta/late.jsonl");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        writeln!(writer, "{{\"id\":\"late-0\"}}").unwrap();
+        let replaced = dir.path().join("okta/replaced.jsonl");
+        std::fs::write(&replaced, "{\"id\":\"replaced-0\"}\n").unwrap();
+        let (tx, rx) = channel(4);
+        let consumer = collecting(rx);
+        let metrics = Arc::new(Metrics::new());
+        let spool = spool_in(dir.path(), 100, tx).with_metrics(metrics.clone());
+        let mut unreadable = Unreadable::default();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(!path.exists(), "ingested and archived");
+        end_watches(&spool);
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(spool.ingested_files().is_empty(), "no longer watched");
+        assert_eq!(spool.lapsed_files().len(), 2);
+        // Nothing written: still only looked at, nothing read.
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(spool.ingested_files().is_empty());
+        writeln!(writer, "{{\"id\":\"late-1\"}}").unwrap();
+        // Another file moved in under the archived name, longer: not read on from the old
+        // offset. (Made before the old one goes, which would free its inode for it.)
+        let other = dir.path().join("other.jsonl");
+        std::fs::write(&other, "{\"id\":\"other-0\"}\n{\"id\":\"other-1\"}\n").unwrap();
+        std::fs::rename(&other, dir.path().join(".processed/okta/replaced.jsonl")).unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert_eq!(
+            metrics.counter("spool_files_grown_after_watch_total", &[("source", "okta")]),
+            1
+        );
+        assert_eq!(spool.ingested_files().len(), 1, "watched again");
+        assert!(spool.lapsed_files().is_empty(), "the replaced one let go");
+        drop(spool);
+        let seen = consumer.await.unwrap();
+        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
+        let mut ids: Vec<(u64, String)> = seen
+            .iter()
+            .map(|(line, _, value)| (*line, value.as_ref().unwrap()["id"].to_string()))
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            [
+                (1, "\"late-0\"".to_string()),
+                (1, "\"replaced-0\"".to_string()),
+                (2, "\"late-1\"".to_string()),
+            ]
+        );
+    }
+
     /// A held last line that never gets its newline is not dropped: when the watch ends (after
     /// its time, or at shutdown) it is taken as it is, a dead letter.
     #[tokio::test]
@@ -1310,14 +1546,7 @@ mod tests {
                 // It grew: watched on, the fragment still held.
                 spool.scan_once(&mut unreadable).await.unwrap();
                 assert_eq!(spool.ingested_files().len(), 1);
-                // No growth for the watch's time.
-                for watched in spool.ingested_files().iter_mut() {
-                    match Instant::now().checked_sub(WATCH_INGESTED_FOR) {
-                        Some(then) => watched.watched_since = then,
-                        // A clock younger than that: let go the way a full watch list does.
-                        None => watched.let_go = true,
-                    }
-                }
+                end_watches(&spool);
                 spool.scan_once(&mut unreadable).await.unwrap();
             }
             assert!(spool.ingested_files().is_empty(), "no longer watched");

@@ -322,9 +322,17 @@ async fn setup(vendor: Vendor, pages: Vec<Value>) -> Setup {
 impl Setup {
     /// A new source over the same checkpoint directory (as after a restart).
     fn source(&self) -> PollSource {
+        self.source_every(1)
+    }
+
+    /// [`Setup::source`], polling every `interval_seconds`.
+    fn source_every(&self, interval_seconds: u64) -> PollSource {
         let base = self.api.base.lock().unwrap().clone();
         PollSource::new(
-            config(self.api.vendor, &base),
+            PollConfig {
+                interval_seconds,
+                ..config(self.api.vendor, &base)
+            },
             "default",
             self.state.path(),
             self.bus.clone(),
@@ -585,6 +593,139 @@ async fn rate_limits_wait_as_told_and_refused_credentials_say_so_without_the_tok
     );
 }
 
+/// `source` run until it has waited `num_waits` times between polls, with the waits recorded
+/// instead of spent; `at_wait(n)` is called at the `n`th (to queue the vendor's next answers).
+async fn waits_between_polls(
+    source: PollSource,
+    num_waits: usize,
+    at_wait: impl Fn(usize) + Send + 'static,
+) -> Vec<Duration> {
+    let waits: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let sleep = {
+        let waits = waits.clone();
+        move |wait: Duration| {
+            let mut recorded = waits.lock().unwrap();
+            recorded.push(wait);
+            let n = recorded.len();
+            at_wait(n);
+            async move {
+                if n >= num_waits {
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(source.run_with_sleep(
+        async move {
+            let _ = stop_rx.await;
+        },
+        sleep,
+    ));
+    // Only a guard against hanging: no wait is spent, so this takes milliseconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while waits.lock().unwrap().len() < num_waits {
+        assert!(std::time::Instant::now() < deadline, "{:?}", waits.lock());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("run ends at shutdown")
+        .unwrap();
+    let waits = waits.lock().unwrap().clone();
+    waits
+}
+
+/// Log lines written while it is alive (the test's thread: a current-thread runtime runs the
+/// poller there), at info and above.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn start(&self) -> tracing::subscriber::DefaultGuard {
+        let log = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || log.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn lines_with(&self, text: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|line| line.contains(text))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// A vendor answering 500 logged an ERROR at every retry (every 2 s, 4 s, ... up to the
+/// interval, for as long as its outage lasted). Like rate limits, server errors are logged when
+/// they begin and every tenth in a row, and once when they end; the backoff and the metrics
+/// still have every one.
+#[tokio::test]
+async fn server_errors_in_a_row_are_logged_when_they_begin_and_every_tenth() {
+    let s = setup(Vendor::Github, fixture_pages("github/audit")).await;
+    {
+        let mut failures = s.api.failures.lock().unwrap();
+        for status in [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY] {
+            for _ in 0..6 {
+                failures.push_back((status, vec![]));
+            }
+        }
+    }
+    let metrics = Arc::new(perimeter_model::Metrics::new());
+    let source = s.source_every(60).with_metrics(metrics.clone());
+    let log = CapturedLog::default();
+    let _logging = log.start();
+    let waits = waits_between_polls(source, 13, |_| {}).await;
+    let secs: Vec<u64> = waits.iter().map(|d| d.as_secs()).collect();
+    assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60, 60, 60, 60, 60, 60]);
+    let logged = log.lines_with("poll failed");
+    assert_eq!(logged.len(), 2, "{logged:#?}");
+    assert!(
+        logged.iter().all(|line| line.contains("ERROR")),
+        "{logged:#?}"
+    );
+    assert!(
+        logged[0].contains("server_errors_in_a_row=1"),
+        "{logged:#?}"
+    );
+    assert!(
+        logged[1].contains("server_errors_in_a_row=10"),
+        "{logged:#?}"
+    );
+    assert!(logged[1].contains("HTTP 502"), "{logged:#?}");
+    let ended = log.lines_with("no longer answers with server errors");
+    assert!(
+        matches!(&ended[..], [line] if line.contains("server_errors_in_a_row=12")),
+        "{ended:#?}"
+    );
+    assert_eq!(
+        metrics.counter(
+            "poll_errors_total",
+            &[("poller", "github-test"), ("kind", "http")]
+        ),
+        12
+    );
+    // Then the pages, all of them.
+    let expected = all_records(&fixture_pages("github/audit"), None);
+    assert_eq!(s.consumer.records()[..expected.len()], expected);
+}
+
 /// A vendor whose clock is off answers 429 with `Retry-After: 0` or a date already past. Taken
 /// at its word that had the poller ask once a second for as long as it lasted, ignoring
 /// `interval_seconds`; the waits must grow with the rate limits in a row as failures' do, and
@@ -605,57 +746,17 @@ async fn rate_limits_asking_for_no_wait_back_off_growingly() {
         }
         failures.push_back(rate_limited("Wed, 21 Oct 2015 07:28:00 GMT"));
     }
-    let base = s.api.base.lock().unwrap().clone();
-    let source = PollSource::new(
-        PollConfig {
-            interval_seconds: 60,
-            ..config(Vendor::Github, &base)
-        },
-        "default",
-        s.state.path(),
-        s.bus.clone(),
-    )
-    .unwrap();
-    const WAITS: usize = 9;
-    let waits: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let sleep = {
-        let (waits, api) = (waits.clone(), s.api.clone());
-        move |wait: Duration| {
-            let mut recorded = waits.lock().unwrap();
-            recorded.push(wait);
-            let n = recorded.len();
-            // After the first poll that worked: a long Retry-After, then one asking for none.
-            if n == 6 {
-                let mut failures = api.failures.lock().unwrap();
-                failures.push_back(rate_limited("600"));
-                failures.push_back(rate_limited("0"));
-            }
-            async move {
-                if n >= WAITS {
-                    std::future::pending::<()>().await
-                }
-            }
+    let api = s.api.clone();
+    let waits = waits_between_polls(s.source_every(60), 9, move |n| {
+        // After the first poll that worked: a long Retry-After, then one asking for none.
+        if n == 6 {
+            let mut failures = api.failures.lock().unwrap();
+            failures.push_back(rate_limited("600"));
+            failures.push_back(rate_limited("0"));
         }
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(source.run_with_sleep(
-        async move {
-            let _ = stop_rx.await;
-        },
-        sleep,
-    ));
-    // Only a guard against hanging: no wait is spent, so this takes milliseconds.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while waits.lock().unwrap().len() < WAITS {
-        assert!(std::time::Instant::now() < deadline, "{:?}", waits.lock());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("run ends at shutdown")
-        .unwrap();
-    let secs: Vec<u64> = waits.lock().unwrap().iter().map(|d| d.as_secs()).collect();
+    })
+    .await;
+    let secs: Vec<u64> = waits.iter().map(|d| d.as_secs()).collect();
     assert_eq!(
         secs,
         [2, 4, 8, 16, 32, 60, 600, 4, 60],

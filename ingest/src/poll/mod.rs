@@ -283,7 +283,8 @@ impl ProbeReport {
     }
 }
 
-/// A rate limit is logged as a warning when it begins and every this many times in a row.
+/// A rate limit is logged as a warning, and a server error of the vendor's (HTTP 5xx) as an
+/// error, when it begins and every this many times in a row.
 pub const RATE_LIMIT_WARN_EVERY: u32 = 10;
 
 /// How long a poller waits before its next poll, from how the polls went:
@@ -302,6 +303,8 @@ pub struct PollPacing {
     interval: Duration,
     failures_in_a_row: u32,
     rate_limits_in_a_row: u32,
+    /// Of the failures in a row, the vendor's server errors (5xx) since the last other outcome.
+    server_errors_in_a_row: u32,
 }
 
 impl PollPacing {
@@ -311,11 +314,16 @@ impl PollPacing {
             interval: interval.max(Duration::from_secs(1)),
             failures_in_a_row: 0,
             rate_limits_in_a_row: 0,
+            server_errors_in_a_row: 0,
         }
     }
 
     /// Take the outcome of a poll; how long to wait before the next one.
     pub fn after(&mut self, result: &Result<PollReport, PollError>) -> Duration {
+        self.server_errors_in_a_row = match result {
+            Err(e) if e.is_server_error() => self.server_errors_in_a_row.saturating_add(1),
+            _ => 0,
+        };
         match result {
             Ok(_) => {
                 self.failures_in_a_row = 0;
@@ -341,6 +349,11 @@ impl PollPacing {
     /// Rate limits since the last poll that worked.
     pub fn rate_limits_in_a_row(&self) -> u32 {
         self.rate_limits_in_a_row
+    }
+
+    /// The vendor's server errors (5xx) in a row, up to the last poll.
+    pub fn server_errors_in_a_row(&self) -> u32 {
+        self.server_errors_in_a_row
     }
 
     /// 2^`in_a_row` seconds, at most the interval.
@@ -543,9 +556,9 @@ impl PollSource {
             let wait = tokio::select! {
                 _ = &mut shutdown => return,
                 result = self.poll_once() => {
-                    let rate_limits_before = pacing.rate_limits_in_a_row();
+                    let before = pacing.clone();
                     let wait = pacing.after(&result);
-                    self.log_poll(&result, &pacing, rate_limits_before, wait);
+                    self.log_poll(&result, &before, &pacing, wait);
                     wait
                 }
             };
@@ -560,21 +573,30 @@ impl PollSource {
     /// every [`RATE_LIMIT_WARN_EVERY`]th time in a row (at debug between: a vendor that keeps
     /// answering 429 would otherwise fill the log with one line per retry, and the
     /// `poll_errors_total{kind="rate_limited"}` counter has them all), and at info when it ends;
-    /// any other failure at error.
+    /// a server error of the vendor's (5xx, an outage: `kind="http"`) the same way at error;
+    /// any other failure at error. `before` is the pacing before this poll's outcome.
     fn log_poll(
         &self,
         result: &Result<PollReport, PollError>,
+        before: &PollPacing,
         pacing: &PollPacing,
-        rate_limits_before: u32,
         wait: Duration,
     ) {
         let poller = self.config.name.as_str();
+        let paced = |in_a_row: u32| in_a_row == 1 || in_a_row.is_multiple_of(RATE_LIMIT_WARN_EVERY);
+        if before.server_errors_in_a_row() > 0 && pacing.server_errors_in_a_row() == 0 {
+            tracing::info!(
+                poller,
+                server_errors_in_a_row = before.server_errors_in_a_row(),
+                "the API no longer answers with server errors"
+            );
+        }
         match result {
             Ok(report) => {
-                if rate_limits_before > 0 {
+                if before.rate_limits_in_a_row() > 0 {
                     tracing::info!(
                         poller,
-                        rate_limits_in_a_row = rate_limits_before,
+                        rate_limits_in_a_row = before.rate_limits_in_a_row(),
                         "no longer rate limited"
                     );
                 }
@@ -590,12 +612,26 @@ impl PollSource {
             }
             Err(PollError::RateLimited(vendor_delay)) => {
                 let in_a_row = pacing.rate_limits_in_a_row();
-                if in_a_row == 1 || in_a_row.is_multiple_of(RATE_LIMIT_WARN_EVERY) {
+                if paced(in_a_row) {
                     tracing::warn!(poller, ?vendor_delay, delay = ?wait,
                         rate_limits_in_a_row = in_a_row, "rate limited");
                 } else {
                     tracing::debug!(poller, ?vendor_delay, delay = ?wait,
                         rate_limits_in_a_row = in_a_row, "rate limited");
+                }
+            }
+            Err(e) if e.is_server_error() => {
+                let in_a_row = pacing.server_errors_in_a_row();
+                if paced(in_a_row) {
+                    tracing::error!(poller, error = %e, delay = ?wait,
+                        server_errors_in_a_row = in_a_row,
+                        failures_in_a_row = pacing.failures_in_a_row(),
+                        "poll failed with a server error of the API; the checkpoint stays");
+                } else {
+                    tracing::debug!(poller, error = %e, delay = ?wait,
+                        server_errors_in_a_row = in_a_row,
+                        failures_in_a_row = pacing.failures_in_a_row(),
+                        "poll failed with a server error of the API; the checkpoint stays");
                 }
             }
             Err(e) => {
@@ -1145,6 +1181,12 @@ fn link_next(headers: &reqwest::header::HeaderMap) -> Option<String> {
 }
 
 impl PollError {
+    /// Whether the vendor answered with a server error (HTTP 5xx): an outage on its side,
+    /// retried with the backoff and logged like a rate limit.
+    pub fn is_server_error(&self) -> bool {
+        matches!(self, PollError::Http { status, .. } if (500..600).contains(status))
+    }
+
     /// The `kind` label of `poll_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
