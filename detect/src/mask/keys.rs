@@ -492,6 +492,15 @@ pub(crate) fn is_password_word(word: &str) -> bool {
         .any(|w| word.as_bytes().eq_ignore_ascii_case(w))
 }
 
+/// Whether `key` ends with a password word ([`PASSWORD_WORDS`]) as a word of its own
+/// (`passphrase`, `db_password`, `wifiPassphrase`).
+pub(crate) fn ends_with_password_word(key: &str) -> bool {
+    PASSWORD_WORDS
+        .iter()
+        .filter_map(|w| std::str::from_utf8(w).ok())
+        .any(|w| ends_with_word(key, w))
+}
+
 /// `after` is empty or made only of [`SECRET_SUFFIXES`] words.
 fn is_secret_suffix(after: &[u8]) -> bool {
     after.is_empty()

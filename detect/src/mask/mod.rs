@@ -453,13 +453,24 @@ impl SecretMasker {
         let seen = self
             .patterns
             .candidates_scanned(&current, enabled, &self.keys);
-        if seen.kinds != 0 {
-            current = self.replace_found(current, seen.kinds, counts);
+        // In text with escapes, an AWS key id is masked only after the decoded pass: a secret key
+        // after it behind an escaped separator (`AKIA...%0AwJalr...`, `AKIA...\u0026s=wJalr...`)
+        // is found there by the key id before it, which masking it first would hide.
+        let deferred = if seen.escaped {
+            seen.kinds & bit(PatternKind::AwsAccessKeyId)
+        } else {
+            0
+        };
+        if seen.kinds & !deferred != 0 {
+            current = self.replace_found(current, seen.kinds & !deferred, counts);
         }
         if !seen.escaped {
             return (current, seen.scanned);
         }
-        let (current, decoded) = self.mask_encoded(current, enabled, counts);
+        let (mut current, decoded) = self.mask_encoded(current, enabled, counts);
+        if deferred != 0 {
+            current = self.replace_found(current, deferred, counts);
+        }
         (current, seen.scanned || decoded)
     }
 

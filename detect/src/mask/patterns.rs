@@ -38,9 +38,11 @@ struct PatternSpec {
 /// Value alternatives shared by the `name = value` patterns: double-quoted (possibly truncated at
 /// end of text), JSON-escaped quoted (`\"...\"`, text that is itself a JSON string), single-quoted,
 /// or a bare word (optionally after an auth scheme, so `Authorization: Bearer x` masks `Bearer x`).
+/// A bare word may open with a bracketed placeholder glued to more of it (`<TOKEN>realsecret`):
+/// the placeholder alone (`<TOKEN>`) is no value, but what is glued after it may be the secret.
 macro_rules! value_alternatives {
     () => {
-        r#"(?:"((?:[^"\\]|\\.)*)(?:"|$)|\\"((?:[^"\\]|\\[^"])*)(?:\\"|$)|'([^']*)(?:'|$)|((?i:(?:bearer|basic|ssws|token|digest)\s+)?[^\s,&;}"'<>\\]+))"#
+        r#"(?:"((?:[^"\\]|\\.)*)(?:"|$)|\\"((?:[^"\\]|\\[^"])*)(?:\\"|$)|'([^']*)(?:'|$)|((?i:(?:bearer|basic|ssws|token|digest)\s+)?(?:<[A-Za-z][A-Za-z_. -]{0,62}>)?[^\s,&;}"'<>\\]+))"#
     };
 }
 
@@ -51,10 +53,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // keeps its private key as base64 lines after `Private-Lines: <n>` (group 2: whole
         // lines, with real or escaped line breaks) and its MAC (or a version 1 file's hash)
         // after `Private-MAC:` (group 3); its public lines and comment stay. The names in any
-        // case; the lines may be broken by `<br>` too (the file pasted into HTML).
+        // case; the lines may be broken by `<br>` too (the file pasted into HTML), also escaped
+        // for HTML (`&lt;br&gt;`, `&amp;lt;br&amp;gt;`: the page's text held as HTML again).
         regex: concat!(
             r"(-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|$))",
-            r"|(?i:Private-Lines):[ \t]*[0-9]+[ \t]*(?:(?i:<br\s*/?>)(?:\r?\n)?|\r?\n|\\r\\n|\\n)([A-Za-z0-9+/=]+(?:(?:(?i:<br\s*/?>)(?:\r?\n)?|\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]+)*)(?:(?i:<br\s*/?>)|\r?\n|\\r\\n|\\n|\r|$)",
+            r"|(?i:Private-Lines):[ \t]*[0-9]+[ \t]*(?:(?i:<br\s*/?>|&(?:amp;)?lt;br\s*/?&(?:amp;)?gt;)(?:\r?\n)?|\r?\n|\\r\\n|\\n)([A-Za-z0-9+/=]+(?:(?:(?i:<br\s*/?>|&(?:amp;)?lt;br\s*/?&(?:amp;)?gt;)(?:\r?\n)?|\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]+)*)(?:(?i:<br\s*/?>|&(?:amp;)?lt;br\s*/?&(?:amp;)?gt;)|\r?\n|\\r\\n|\\n|\r|$)",
             r"|(?i:Private-(?:MAC|Hash)):[ \t]*([0-9a-fA-F]{20,})",
         ),
         secret_groups: &[1, 2, 3],
@@ -259,7 +262,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`
         // (any case, also `-seed`, `--seed_phrase`), quoted (also with escaped quotes, as in a
         // command held in JSON text: `--seed \"...\"`), 12 words or more (`--seed 42`, a
-        // random seed, is no secret).
+        // random seed, is no secret); group 24: one word after it, a secret only as a `seed`
+        // value is (`--seed 9f86d0...`, a hex wallet seed; not `--seed 42` nor `--seed random`).
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|mnemonic|seed[-_]phrase|cvv|token|secret|api-key|client-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
@@ -273,10 +277,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
-            r#"|(?:^|\s)--?(?i:seed(?:[-_]phrase)?)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$))"#,
+            r#"|(?:^|\s)--?(?i:seed(?:[-_]phrase)?)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
         ),
         secret_groups: &[
-            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
         ],
         anchors: &[
             "-u ",
@@ -322,12 +326,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // name, spaces also separate (`aws configure set aws_secret_access_key wJalr...`): the
         // name is no word of prose. After a key id, a slash also separates (`AKIA... / wJalr...`,
         // as pairs are pasted into notes). The separator and the key may be written encoded
-        // (`%2F`, `\u002F`, `\/`, `&#x2F;`, quotes around each), or the key be the next query
+        // (`%2F`, `\u002F`, `\/`, `&#x2F;`, quotes around each; a line break escaped in JSON
+        // text, `\n`, at any depth), or the key be the next query
         // parameter (`?id=AKIA...&s=...`); a key is 40 characters decoded, and then ends (see
         // `aws_secret_ends`).
         regex: concat!(
             r#"(?i)secret_?access_?key\\?["']?(?:\s*[:=]\s*|\s+)\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
-            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=/]|%(?:2[0247CcFf]|3[AaBbDd]|7[Cc])|\\u00(?:2[0247CcFf]|3[AaBbDd]|7[Cc])|\\[/"'t]|&(?:#x2[27CcFf]|#3[49]|#4[47]|quot|apos);|&[A-Za-z0-9_.-]{1,30}=){1,6}((?:[A-Za-z0-9+/]|%2[BbFf]|\\u002[BbFf]|\\/|&#x2[BbFf];|&#4[37];){40}))"#,
+            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=/]|%(?:2[0247CcFf]|3[AaBbDd]|7[Cc])|\\+u00(?:0[9AaDd]|2[0247CcFf]|3[AaBbDd]|7[Cc])|\\+[/"'tnr]|&(?:#x2[27CcFf]|#3[49]|#4[47]|quot|apos);|&[A-Za-z0-9_.-]{1,30}=){1,6}((?:[A-Za-z0-9+/]|%2[BbFf]|\\u002[BbFf]|\\/|&#x2[BbFf];|&#4[37];){40}))"#,
         ),
         secret_groups: &[1, 2],
         // Not `secret_access_key`: `access_key` is in it.
@@ -792,6 +797,9 @@ impl Patterns {
                                         {
                                             r.start..hint_end(text, r.end)
                                         }
+                                        Some(k) if g == BARE_VALUE_GROUP => {
+                                            r.start..passphrase_end(text, k.range(), r.clone())
+                                        }
                                         _ => r,
                                     }
                                 }),
@@ -800,7 +808,7 @@ impl Patterns {
                         })
                         .map(|r| match kind {
                             PatternKind::SecretAssignment | PatternKind::CliCredentials => {
-                                to_expression_end(text, r)
+                                past_glued_reference(text, to_expression_end(text, r))
                             }
                             _ => r,
                         })
@@ -898,6 +906,53 @@ fn to_expression_end(text: &str, secret: std::ops::Range<usize>) -> std::ops::Ra
     } else {
         secret
     }
+}
+
+/// A value that opens with a reference or placeholder (after an optional auth scheme) and goes
+/// on glued to more characters (`${X}abc9secret`, `<TOKEN>realsecret`, `{{ .Values.x }}abc`)
+/// goes on to the end of those characters: a bare value stops at `}`, `<` or a space, which
+/// left what follows the reference, the secret, unmasked. A value that is the reference alone
+/// (or followed only by punctuation ending a sentence) is left as found, for
+/// [`names_a_secret_source`] to keep.
+fn past_glued_reference(text: &str, secret: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let value = secret.start + auth_scheme_len(&text[secret.start..]);
+    let rest = &text[value..];
+    let Some(len) = reference_len(rest).or_else(|| placeholder_len(rest)) else {
+        return secret;
+    };
+    let end = value + len;
+    if end < secret.end {
+        return secret;
+    }
+    let tail = glued_tail_len(&text[end..]);
+    if tail == 0 || only_closing_punctuation(&text[end..end + tail]) {
+        secret
+    } else {
+        secret.start..end + tail
+    }
+}
+
+/// How many characters at the start of `rest` go on a bare value (up to a space, quote, `,`,
+/// `&`, `;`, `}`, `<`, `>` or backslash).
+fn glued_tail_len(rest: &str) -> usize {
+    rest.bytes()
+        .take_while(|b| {
+            !b.is_ascii_whitespace()
+                && !matches!(
+                    b,
+                    b',' | b'&' | b';' | b'}' | b'"' | b'\'' | b'<' | b'>' | b'\\' | b'`'
+                )
+        })
+        .count()
+}
+
+/// Whether `tail` is only punctuation that ends a sentence or closes a bracket (`${TOKEN}.`,
+/// `<TOKEN>).`), at most two characters of it: no secret glued to the reference.
+fn only_closing_punctuation(tail: &str) -> bool {
+    tail.len() <= 2
+        && tail
+            .bytes()
+            .all(|b| matches!(b, b'.' | b':' | b'!' | b'?' | b')' | b']'))
 }
 
 fn assignment_value(text: &str, group: usize, value: regex::Match<'_>) -> std::ops::Range<usize> {
@@ -1099,8 +1154,9 @@ fn first_line_break(s: &str) -> Option<(usize, &str)> {
 /// Whether the secret found at `range` of `text` is, whole, a reference to a secret kept
 /// elsewhere ([`reference_len`]) or a placeholder for one ([`placeholder_len`]), after an optional auth scheme (`Bearer $TOKEN`): nothing to
 /// mask. The reference may go on past `range` (a bare value stops at `}` or a space, as in
-/// `${API_TOKEN}` and `${{ secrets.NPM_TOKEN }}`), but then only up to the end of the value;
-/// anything after it in the value (`$TOKEN/x`, `${X}abc`) keeps the whole value masked.
+/// `${API_TOKEN}` and `${{ secrets.NPM_TOKEN }}`), but then only up to the end of the value
+/// (punctuation ending a sentence may follow: `${TOKEN}.`); anything else after it in the value
+/// (`$TOKEN/x`, `${X}abc`, `<TOKEN>abc`) keeps the whole value masked.
 fn names_a_secret_source(text: &str, range: std::ops::Range<usize>) -> bool {
     let value = &text[range.start..];
     let skip = auth_scheme_len(value);
@@ -1109,6 +1165,10 @@ fn names_a_secret_source(text: &str, range: std::ops::Range<usize>) -> bool {
         return false;
     };
     let end = range.start + skip + len;
+    let tail = glued_tail_len(&text[end..]);
+    if tail > 0 && only_closing_punctuation(&text[end..end + tail]) {
+        return end + tail >= range.end;
+    }
     end >= range.end
         && text[end..].bytes().next().is_none_or(|b| {
             b.is_ascii_whitespace()
@@ -1322,6 +1382,137 @@ fn hint_end(text: &str, end: usize) -> usize {
     end + rest[..stop].trim_end().len()
 }
 
+/// Where an unquoted value `value` of the assignment named at `name` ends when it may be a
+/// passphrase of several words: the name is a password's (`passphrase`, `db_password`), starts
+/// its line (a setting: config files, `.env`, YAML; a line break may be escaped) and a
+/// spaced `:` or `=` stands before the value (`passphrase: correct horse battery
+/// staple`, `password = my secret words`, as config files and prose write it). Its words go on,
+/// one space or tab apart, up to the end of the line (or a `;`, `,`, `&`, `|`, quote, `<`,
+/// backslash or ` #` comment), but not into another setting: a word with `=` in it, ending
+/// in `:`, followed by a spaced `=` or `:`, or an option (`--x`). `key=value` logs
+/// (`password=x user=bob`) have no space there and keep the first word; so does a value that
+/// is a reference or placeholder (`password: ******** (hidden)`).
+fn passphrase_end(
+    text: &str,
+    name: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+) -> usize {
+    let separator = &text[name.end..value.start];
+    let spaced = separator.ends_with([' ', '\t'])
+        && !separator.contains(['\n', '\r', '>', '&', '"', '\'', '\\'])
+        && separator.trim().len() == 1
+        && separator.trim().starts_with([':', '=']);
+    // The name starts its line (after indentation or a list marker): a setting, not a sentence
+    // about a password (`Update password: User update password for Okta`).
+    let line_start = [
+        text[..name.start].rfind(['\n', '\r']).map(|i| i + 1),
+        text[..name.start].rfind("\\n").map(|i| i + 2),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0);
+    let before = text[line_start..name.start].trim_matches([' ', '\t']);
+    if !spaced
+        || !(before.is_empty() || before == "-" || before == "#")
+        || !super::keys::ends_with_password_word(&text[name.clone()])
+        || is_secret_source(&text[value.clone()])
+    {
+        return value.end;
+    }
+    let stops = |b: u8| {
+        b.is_ascii_whitespace()
+            || matches!(
+                b,
+                b';' | b',' | b'&' | b'|' | b'"' | b'\'' | b'<' | b'`' | b'\\'
+            )
+    };
+    let bytes = text.as_bytes();
+    let mut end = value.end;
+    loop {
+        let gap = bytes[end..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        let word_start = end + gap;
+        let word = bytes[word_start..]
+            .iter()
+            .take_while(|b| !stops(**b))
+            .count();
+        if gap == 0 || word == 0 {
+            break;
+        }
+        let w = &text[word_start..word_start + word];
+        let next = text[word_start + word..].trim_start_matches([' ', '\t']);
+        if w.contains('=')
+            || w.ends_with(':')
+            || w.starts_with('#')
+            || w.starts_with("--")
+            || is_masked(w)
+            || next.starts_with(['=', ':'])
+        {
+            break;
+        }
+        end = word_start + word;
+    }
+    end
+}
+
+/// Whether `value` opens with an HTML tag (`<b>`, `<br>`, `<strong>`) rather than a placeholder.
+fn opens_with_html_tag(value: &str) -> bool {
+    const TAGS: &[&str] = &[
+        "a",
+        "abbr",
+        "b",
+        "big",
+        "blockquote",
+        "br",
+        "center",
+        "code",
+        "dd",
+        "del",
+        "div",
+        "dl",
+        "dt",
+        "em",
+        "font",
+        "hr",
+        "i",
+        "ins",
+        "kbd",
+        "li",
+        "mark",
+        "nobr",
+        "ol",
+        "p",
+        "pre",
+        "q",
+        "s",
+        "samp",
+        "small",
+        "span",
+        "strike",
+        "strong",
+        "sub",
+        "sup",
+        "table",
+        "tbody",
+        "td",
+        "th",
+        "thead",
+        "tr",
+        "tt",
+        "u",
+        "ul",
+        "var",
+        "wbr",
+    ];
+    value
+        .strip_prefix('<')
+        .and_then(|rest| rest.split_once('>'))
+        .is_some_and(|(tag, _)| TAGS.iter().any(|t| tag.trim().eq_ignore_ascii_case(t)))
+}
+
 /// Whether `secret` at `start` is a YAML block scalar indicator ending its line (`token: |-`
 /// held alone, as an array item of a file's lines): the block's header, no value.
 fn is_lone_block_indicator(text: &str, start: usize, secret: &str) -> bool {
@@ -1346,6 +1537,9 @@ pub(crate) fn is_block_indicator(header: &str) -> bool {
 /// The group of the `UrlSignature` pattern that is the value of a session or password query
 /// parameter (`?auth=`, `?pw=`, `?sessionid=`).
 const SESSION_PARAMETER_GROUP: usize = 2;
+
+/// The group of the `CliCredentials` pattern that is the one word after `--seed`.
+const SEED_WORD_GROUP: usize = 24;
 
 /// The group of the `CliCredentials` pattern that is the bare password of `net user`.
 const NET_USER_PASSWORD_GROUP: usize = 9;
@@ -2159,7 +2353,12 @@ fn verify(
                     let element = separator.ends_with('>')
                         && !separator.ends_with("=>")
                         && !is_folded_block_header(separator);
-                    (!element || element_value(text, k.start(), start, secret))
+                    // (A placeholder-shaped start, `<Value>x`, is a child element's tag there.)
+                    (!element
+                        || (!secret[auth_scheme_len(secret)..].starts_with('<')
+                            && element_value(text, k.start(), start, secret)))
+                    // `Password: <b>Reset</b>`: markup, no placeholder glued to a value.
+                    && !opens_with_html_tag(&secret[auth_scheme_len(secret)..])
                     && keys.is_sensitive(k.as_str())
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
@@ -2224,8 +2423,11 @@ fn verify(
             session_parameter_holds_secret(text, start, secret)
         }
         PatternKind::CliCredentials => caps.is_some_and(|caps| {
+            // `--seed 42` seeds a random generator: only a seed that looks generated or is long
+            // (a hex wallet seed) is one, as for a `seed=` assignment.
+            (caps.get(SEED_WORD_GROUP).is_none() || short_name_value_is_secret("seed", secret))
             // `net user <name> *` asks for the password; `htpasswd` without `-b` too.
-            (caps.get(NET_USER_PASSWORD_GROUP).is_none()
+            && (caps.get(NET_USER_PASSWORD_GROUP).is_none()
                 || (secret != "*" && !net_user_prose(text, start, secret)))
                 && HTPASSWD_FLAGS_GROUPS
                     .iter()

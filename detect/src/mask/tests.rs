@@ -3019,3 +3019,247 @@ fn a_putty_key_with_lower_case_names_or_html_line_breaks_is_masked() {
         ])
     );
 }
+
+#[test]
+fn a_reference_or_placeholder_glued_to_more_of_the_value_keeps_the_value_masked() {
+    let m = masker();
+    for (text, want) in [
+        (
+            "password=<TOKEN>realsecret",
+            "password=[REDACTED:secret_assignment]",
+        ),
+        (
+            "token=${X}abc9secret next",
+            "token=[REDACTED:secret_assignment] next",
+        ),
+        (
+            "token=${{ secrets.X }}abc9",
+            "token=[REDACTED:secret_assignment]",
+        ),
+        (
+            "password={{ .Values.x }}abc9",
+            "password=[REDACTED:secret_assignment]",
+        ),
+        (
+            "Authorization: Bearer <TOKEN>abc9secret",
+            "Authorization: [REDACTED:secret_assignment]",
+        ),
+        (
+            "Authorization: Bearer ${TOKEN}abc9secret",
+            "Authorization: [REDACTED:secret_assignment]",
+        ),
+        (
+            "curl --token ${{ secrets.X }}abc9 https://x",
+            "curl --token [REDACTED:cli_credentials] https://x",
+        ),
+        (
+            "token=$TOKENabc9secret",
+            "token=[REDACTED:secret_assignment]",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // Near misses: the reference or placeholder is the whole value (maybe ending a sentence).
+    for clean in [
+        "password=<TOKEN>",
+        "use password=<TOKEN> here",
+        "token=${X}",
+        "Authorization: Bearer ${TOKEN}",
+        "Authorization: Bearer <TOKEN>",
+        "curl --token $TOKEN https://x",
+        "set password=${DB_PASSWORD}.",
+        "set password=<your-password>.",
+        "password: \"{{ .Values.db.password }}\"",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
+
+#[test]
+fn an_aws_secret_key_after_its_key_id_behind_an_escaped_separator_is_masked() {
+    let m = masker();
+    let id = "AKIAIOSFODNN7EXAMPLE";
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    for sep in [
+        "%0A",
+        "%0D%0A",
+        "%26s%3D",
+        "\\u0026s=",
+        "\\u000a",
+        "\\n",
+        "\\\\r\\\\n",
+    ] {
+        let text = format!("creds {id}{sep}{secret} end");
+        let masked = m.mask_text(&text);
+        assert!(!masked.contains(secret), "{text} -> {masked}");
+        assert!(!masked.contains(id), "{text} -> {masked}");
+        assert!(
+            masked.contains(&format!("{sep}[REDACTED:aws_secret_access_key] end")),
+            "{text} -> {masked}"
+        );
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // Near misses: a key id alone before escaped text keeps the text, only the id is hashed.
+    for text in [format!("{id}%0Arotated ok"), format!("{id}\\u0026next=1")] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, text.replace(id, &m.pseudonymize(id)), "{text}");
+    }
+}
+
+#[test]
+fn a_putty_key_with_html_escaped_line_breaks_is_masked() {
+    let m = masker();
+    let mac = "7a3f2e9b1c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a";
+    let line1 = "AAABAQCQ3Jx8eY8pZ1b2c3d4e5f6g7h8i9j0kLmNoPqRsTuVwXyZ";
+    let line2 = "AAAAgQD7abcdefghij12345klmnopqrstuvWXYZ0123456789+/";
+    for br in ["&lt;br&gt;", "&lt;BR /&gt;", "&amp;lt;br&amp;gt;"] {
+        let text = format!("Private-Lines: 2{br}{line1}{br}{line2}{br}Private-MAC: {mac}");
+        let masked = m.mask_text(&text);
+        assert_eq!(
+            masked,
+            format!("Private-Lines: 2{br}[REDACTED:pem_private_key]{br}Private-MAC: [REDACTED:pem_private_key]"),
+            "{text}"
+        );
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // Near misses: public lines, prose about the header.
+    for clean in [
+        "Public-Lines: 1&lt;br&gt;AAAAB3NzaC1yc2EAAAADAQABAAABAQCxO38tKAJXIs9ivPxt7AY",
+        "the private-lines: header&lt;br&gt;counts lines",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
+
+#[test]
+fn a_hex_seed_after_seed_is_masked_and_a_random_seed_stays() {
+    let m = masker();
+    let hex = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    for (text, want) in [
+        (
+            format!("wallet restore --seed {hex} --network main"),
+            "wallet restore --seed [REDACTED:cli_credentials] --network main",
+        ),
+        (
+            format!("wallet -seed {hex}"),
+            "wallet -seed [REDACTED:cli_credentials]",
+        ),
+        (
+            format!("wallet --seed \"{hex}\""),
+            "wallet --seed \"[REDACTED:cli_credentials]\"",
+        ),
+    ] {
+        let masked = m.mask_text(&text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    for clean in [
+        "python train.py --seed 42 --epochs 3",
+        "pytest --seed -1",
+        "gen --seed random",
+        "gen --seed 1234567890123456789",
+        "gen --seed 0x2a",
+        "gen --seed $SEED",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+}
+
+#[test]
+fn an_unquoted_passphrase_of_several_words_is_masked_whole() {
+    let m = masker();
+    for (text, want) in [
+        (
+            "passphrase: correct horse battery staple",
+            "passphrase: [REDACTED:secret_assignment]",
+        ),
+        (
+            "password = my secret words",
+            "password = [REDACTED:secret_assignment]",
+        ),
+        (
+            "db_password = my secret words # set by ops",
+            "db_password = [REDACTED:secret_assignment] # set by ops",
+        ),
+        (
+            "wifi_passphrase: blue sky over the bay; ssid: home",
+            "wifi_passphrase: [REDACTED:secret_assignment]; ssid: home",
+        ),
+        (
+            "[db]\npassword = my secret words\nuser = app",
+            "[db]\npassword = [REDACTED:secret_assignment]\nuser = app",
+        ),
+        (
+            "{\"env\": \"A=1\\n  - passphrase: correct horse battery staple\\nB=2\"}",
+            "{\"env\": \"A=1\\n  - passphrase: [REDACTED:secret_assignment]\\nB=2\"}",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, want, "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
+    }
+    // Near misses: the next setting, `key=value` logs, non-password names, placeholders.
+    for (text, want) in [
+        (
+            "password=abc9x user=bob",
+            "password=[REDACTED:secret_assignment] user=bob",
+        ),
+        (
+            "password = abc9x user = bob",
+            "password = [REDACTED:secret_assignment] user = bob",
+        ),
+        (
+            "password: abc9x next: 1",
+            "password: [REDACTED:secret_assignment] next: 1",
+        ),
+        (
+            "token: abc123 more words",
+            "token: [REDACTED:secret_assignment] more words",
+        ),
+        ("password: ******** (hidden)", "password: ******** (hidden)"),
+        (
+            "password: expired for user bob",
+            "password: expired for user bob",
+        ),
+        ("password: $DB_PASS from env", "password: $DB_PASS from env"),
+        (
+            "Password: <b>Reset</b> required",
+            "Password: <b>Reset</b> required",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), want, "{text}");
+    }
+    // A sentence about a password (the name does not start its line) keeps its words.
+    for text in [
+        "Update password: User update password for Okta",
+        "Reset password: Admin reset the password of bob",
+    ] {
+        let masked = m.mask_text(text);
+        let tail = text
+            .split_once(": ")
+            .map_or("", |(_, v)| v)
+            .split_once(' ')
+            .map_or("", |(_, t)| t);
+        assert!(masked.ends_with(tail), "{text} -> {masked}");
+    }
+}
+
+#[test]
+fn escaped_yaml_block_scalars_with_chomping_or_indentation_headers_are_masked() {
+    // A regression guard: `|-`, `>-`, `|+`, `|2` headers in escaped text (`\n` in a JSON
+    // string) are block headers as `|` and `>` are.
+    let m = masker();
+    for header in ["|", ">", "|-", ">-", "|+", "|2", ">2-"] {
+        let text = format!("cfg: \\\"password: {header}\\n  hunter2secret\\n  more\\nother: x\\\"");
+        let masked = m.mask_text(&text);
+        assert_eq!(
+            masked,
+            format!("cfg: \\\"password: {header}\\n  [REDACTED:secret_assignment]\\nother: x\\\""),
+            "{text}"
+        );
+    }
+    // Near miss: a pipe that is no block header (`a | b`) stays a value of its own.
+    assert_eq!(m.mask_text("mode: |x\\n  y"), "mode: |x\\n  y");
+}
