@@ -933,7 +933,14 @@ fn mask_quoted_values(masker: &SecretMasker, event: &Event, alerts: &mut [Alert]
         }
     };
     for alert in alerts {
-        mask(&mut alert.entity);
+        // The entity is what alerts are grouped and switched off by: a secret one gets a keyed
+        // pseudonym (`hmac:...`, as the `hash` action writes), so two groups of a correlation
+        // by a secret field stay two alerts, not one `[REDACTED:key]`.
+        if values.iter().any(|(clear, _)| *clear == alert.entity) {
+            alert.entity = masker.pseudonymize(&alert.entity);
+        } else {
+            mask(&mut alert.entity);
+        }
         if let Some(x) = alert.explanation.as_mut() {
             mask(x);
         }
@@ -1112,7 +1119,7 @@ mod tests {
             .iter()
             .find(|a| a.title == "Password burst")
             .unwrap();
-        assert_eq!(burst.entity, "[REDACTED:key]");
+        assert_eq!(burst.entity, p.masker.pseudonymize("Hunter2xyz"));
         // The same texts of an event without secrets are left as they are.
         assert_eq!(
             with_values_masked("a@x.io", &[("Hunter2xyz".into(), "[REDACTED:key]".into())]),
