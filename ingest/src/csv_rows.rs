@@ -28,6 +28,9 @@ pub struct CsvRows<R: Read> {
 struct CrlfAsLf<R> {
     inner: R,
     in_quotes: bool,
+    /// A read error met after some bytes were given out in the same call: those come first,
+    /// the error at the next call (a cut-off gzip's rows before the cut are all read).
+    error: Option<std::io::Error>,
 }
 
 impl<R: BufRead> CrlfAsLf<R> {
@@ -35,14 +38,33 @@ impl<R: BufRead> CrlfAsLf<R> {
         CrlfAsLf {
             inner,
             in_quotes: false,
+            error: None,
         }
     }
 }
 
 impl<R: BufRead> Read for CrlfAsLf<R> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
         let mut written = 0;
-        while written < out.len() {
+        let result = self.fill(out, &mut written);
+        match result {
+            Err(e) if written > 0 => {
+                self.error = Some(e);
+                Ok(written)
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(written),
+        }
+    }
+}
+
+impl<R: BufRead> CrlfAsLf<R> {
+    /// Copy into `out` what fits, `written` counting it (also when an error ends the copy).
+    fn fill(&mut self, out: &mut [u8], written: &mut usize) -> std::io::Result<()> {
+        while *written < out.len() {
             let available = self.inner.fill_buf()?;
             let Some(&first) = available.first() else {
                 break;
@@ -50,30 +72,39 @@ impl<R: BufRead> Read for CrlfAsLf<R> {
             match first {
                 b'"' => {
                     self.in_quotes = !self.in_quotes;
-                    out[written] = first;
-                    written += 1;
+                    out[*written] = first;
+                    *written += 1;
                     self.inner.consume(1);
                 }
                 b'\r' if !self.in_quotes => {
                     self.inner.consume(1);
                     // A lone `\r` stays: line numbers count `\n`s, as `sed` and `grep -n` do.
-                    if self.inner.fill_buf()?.first() != Some(&b'\n') {
-                        out[written] = first;
-                        written += 1;
+                    // (An error reading on keeps it: the input ends there anyway.)
+                    let next = match self.inner.fill_buf() {
+                        Ok(next) => next.first().copied(),
+                        Err(e) => {
+                            out[*written] = first;
+                            *written += 1;
+                            return Err(e);
+                        }
+                    };
+                    if next != Some(b'\n') {
+                        out[*written] = first;
+                        *written += 1;
                     }
                 }
                 _ => {
                     // Up to the next byte that needs a look (a quote, a `\r`).
-                    let room = (out.len() - written).min(available.len());
+                    let room = (out.len() - *written).min(available.len());
                     let plain = memchr::memchr2(b'"', b'\r', &available[..room]).unwrap_or(room);
                     let plain = plain.max(usize::from(first == b'\r'));
-                    out[written..written + plain].copy_from_slice(&available[..plain]);
-                    written += plain;
+                    out[*written..*written + plain].copy_from_slice(&available[..plain]);
+                    *written += plain;
                     self.inner.consume(plain);
                 }
             }
         }
-        Ok(written)
+        Ok(())
     }
 }
 
@@ -326,6 +357,34 @@ mod tests {
             panic!()
         };
         assert_eq!(value.get("a").and_then(|v| v.as_str()), Some("x\r\ny"));
+    }
+
+    #[test]
+    fn every_row_read_before_a_read_error_is_given_out_before_it() {
+        /// The bytes in chunks of 100, then an error (a cut-off gzip).
+        struct CutOff(Vec<u8>, usize);
+        impl Read for CutOff {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                if self.1 >= self.0.len() {
+                    return Err(std::io::Error::other("incomplete deflate stream"));
+                }
+                let n = out.len().min(100).min(self.0.len() - self.1);
+                out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        for ending in ["\n", "\r\n"] {
+            let mut text = format!("n,text{ending}");
+            for i in 0..500 {
+                text.push_str(&format!("{i},\"row {i}\"{ending}"));
+            }
+            // Cut inside the last row.
+            text.truncate(text.len() - 3);
+            let mut rows = CsvRows::new(CutOff(text.into_bytes(), 0), JsonlReaderConfig::default());
+            let read = rows.by_ref().take_while(Result::is_ok).count();
+            assert_eq!(read, 499, "{ending:?}: every whole row before the error");
+        }
     }
 
     #[test]
