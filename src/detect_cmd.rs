@@ -187,7 +187,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     let stdout = std::io::stdout();
     let mut out_w = std::io::BufWriter::new(stdout.lock());
     let mut out = PipelineOutput::default();
-    let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref())?;
+    let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref(), &args.input)?;
     let format = args.format.of(&args.input);
     let mut reader =
         JsonInput::with_format(open_input(&args.input)?, args.format.reader(config), format)?;
@@ -273,6 +273,15 @@ fn feed(
 /// file of millions of bad lines does not grow memory (`--dead-letters FILE` gets them all).
 const SHOWN_DEAD_LETTERS: usize = 20;
 
+/// Whether `a` and `b` name the same existing file (links and other names included).
+fn is_same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// A run's dead letters: the first [`SHOWN_DEAD_LETTERS`] kept for the summary, every one
 /// written to the `--dead-letters` file as it comes.
 struct DeadLetterReport {
@@ -281,9 +290,20 @@ struct DeadLetterReport {
 }
 
 impl DeadLetterReport {
-    fn new(path: Option<&Path>) -> anyhow::Result<DeadLetterReport> {
+    /// `path`: the `--dead-letters` file, refused when it is the `input` being read (creating
+    /// it would empty the input before a line is read).
+    fn new(path: Option<&Path>, input: &Path) -> anyhow::Result<DeadLetterReport> {
         let file = match path {
             Some(path) => {
+                anyhow::ensure!(
+                    path != Path::new("-"),
+                    "--dead-letters takes a file path (`-` is not stdout: stdout carries the output)"
+                );
+                anyhow::ensure!(
+                    !is_same_file(path, input),
+                    "--dead-letters {} is the input file: writing it would empty the input",
+                    path.display()
+                );
                 let file = std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?;
                 Some((path.to_path_buf(), std::io::BufWriter::new(file)))
@@ -415,7 +435,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let stdout = std::io::stdout();
     let mut out_w = std::io::BufWriter::new(stdout.lock());
     let mut out = PipelineOutput::default();
-    let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref())?;
+    let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref(), &args.input)?;
     let progress = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let mut last_progress = started;

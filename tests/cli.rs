@@ -132,6 +132,28 @@ fn every_dead_letter_of_a_long_run_is_written_to_the_dead_letters_file() {
     let expected: Vec<u64> = (0..30u64).map(|i| i + 2 + i / 10).collect();
     assert_eq!(lines, expected);
     assert!(!text.contains("Hunter2xyz"), "{text}");
+    // The input file itself, by its name or a link to it, is refused, and left as it was.
+    let input_file = dir.path().join("input.jsonl");
+    std::fs::write(&input_file, &input).unwrap();
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&input_file, &link).unwrap();
+    for target in [&input_file, &link] {
+        let mut args = okta_detect_args(&rule);
+        args.extend([
+            "--input",
+            input_file.to_str().unwrap(),
+            "--dead-letters",
+            target.to_str().unwrap(),
+        ]);
+        let out = perimeter(&args, None);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("is the input file"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read_to_string(&input_file).unwrap(), input);
+    }
 }
 
 #[test]
