@@ -418,7 +418,7 @@ impl SpoolSource {
                 continue;
             }
             tracing::warn!(file = %file.archived_as, size = meta.len(), read_to = file.read_to,
-                "an ingested spool file changed after its watch ended (its writer still holds it open and paused over 15 minutes): read on from where reading stopped (write spool files elsewhere and move them in)");
+                "an ingested spool file changed after its watch ended (its writer still holds it open and paused longer than the watch: 15 minutes, less when more than 256 files are watched): read on from where reading stopped (write spool files elsewhere and move them in)");
             self.count_grown_after_watch(&file.source);
             let mut watched = file.with_handle(handle);
             watched.watched_since = Instant::now();
