@@ -354,8 +354,12 @@ impl SecretMasker {
     ) -> Option<T> {
         walk::with_write_buffer(|text| {
             let mut written = MaskCounts::default();
-            let changed =
-                walk::MaskWalk::write(self, mem, text, &mut written, known_clean).run(raw, root);
+            let (changed, key_secrets) =
+                walk::MaskWalk::write(self, mem, text, &mut written, known_clean)
+                    .run_write(raw, root);
+            if !key_secrets.is_empty() {
+                written.by_key += walk::mask_repeated_secrets(text, &key_secrets);
+            }
             changed.then(|| {
                 counts.add(&written);
                 parse(text)

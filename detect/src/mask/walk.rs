@@ -43,6 +43,9 @@ pub(super) struct MaskWalk<'a> {
     /// The value-like secret whose settings the object walked next holds
     /// ([`Self::force_key_value`]); taken by that object.
     settings_of: Option<String>,
+    /// Write mode: the values masked for their key name (clear, as written masked) that are
+    /// long enough to be looked for elsewhere in the record ([`Self::run_write`]).
+    key_secrets: Vec<(String, String)>,
 }
 
 impl<'a> MaskWalk<'a> {
@@ -62,6 +65,7 @@ impl<'a> MaskWalk<'a> {
             clean_before_change: 0,
             known_clean: 0,
             settings_of: None,
+            key_secrets: Vec::new(),
         }
     }
 
@@ -84,13 +88,19 @@ impl<'a> MaskWalk<'a> {
             clean_before_change: 0,
             known_clean,
             settings_of: None,
+            key_secrets: Vec::new(),
         }
     }
 
-    /// Walk `value` from path-trie node `node`; returns whether anything changed.
-    pub(super) fn run(mut self, value: &RawJson, node: Option<usize>) -> bool {
+    /// Write mode: walk `value` from path-trie node `node`; whether anything changed, and the
+    /// values masked for their key name (see [`MIN_REPEATED_SECRET_LEN`]).
+    pub(super) fn run_write(
+        mut self,
+        value: &RawJson,
+        node: Option<usize>,
+    ) -> (bool, Vec<(String, String)>) {
         self.value(value, node, 0);
-        self.changed
+        (self.changed, self.key_secrets)
     }
 
     /// Check mode: `None` when masking changes nothing, else how many leading scan sites are
@@ -641,9 +651,61 @@ impl<'a> MaskWalk<'a> {
         self.counts.by_key += 1;
         if self.out.is_some() {
             let r = self.masker.replacement(action, label, secret);
+            if label == "key" && may_repeat_elsewhere(secret) {
+                self.key_secrets.push((secret.to_string(), r.clone()));
+            }
             self.json_str(&r);
         }
     }
+}
+
+/// A value masked for its key name is masked where the same record holds it again as a whole
+/// value under another name (`{"password": "Tr0ub4dor&3", "note": "Tr0ub4dor&3"}`) when it has
+/// at least this many characters: a short one (`admin`, `true`) is as likely another field's
+/// own value.
+pub(super) const MIN_REPEATED_SECRET_LEN: usize = 6;
+
+/// Whether a value masked for its key name is looked for elsewhere in its record: long enough
+/// (see [`MIN_REPEATED_SECRET_LEN`]), with letters and digits or symbols. A word alone is as
+/// likely a placeholder that other fields share (`REDACTED` in every credential setting a
+/// vendor hides), and digits alone a time or count (`"expiration": 1700000000`).
+fn may_repeat_elsewhere(secret: &str) -> bool {
+    secret.chars().count() >= MIN_REPEATED_SECRET_LEN
+        && secret.chars().any(char::is_alphabetic)
+        && secret
+            .chars()
+            .any(|c| c.is_ascii_digit() || c.is_ascii_punctuation())
+}
+
+/// `text` (a record as the write mode wrote it, compact JSON) with each string value that is
+/// one of `secrets` in clear replaced by its masked form; keys stay. How many were replaced.
+pub(super) fn mask_repeated_secrets(text: &mut Vec<u8>, secrets: &[(String, String)]) -> u64 {
+    let mut replaced = 0;
+    for (secret, masked) in secrets {
+        let mut needle = Vec::with_capacity(secret.len() + 2);
+        write_json_str(&mut needle, secret);
+        let Some(found) = memchr::memmem::find(text, &needle) else {
+            continue;
+        };
+        let mut with = Vec::with_capacity(masked.len() + 2);
+        write_json_str(&mut with, masked);
+        let mut out = Vec::with_capacity(text.len());
+        let mut from = 0;
+        let mut at = Some(found);
+        while let Some(start) = at {
+            let end = start + needle.len();
+            // A key is followed by `:`; a value by `,`, `]` or `}`.
+            let is_value = text.get(end) != Some(&b':');
+            out.extend_from_slice(&text[from..start]);
+            out.extend_from_slice(if is_value { &with } else { &needle });
+            replaced += u64::from(is_value);
+            from = end;
+            at = memchr::memmem::find(&text[from..], &needle).map(|i| from + i);
+        }
+        out.extend_from_slice(&text[from..]);
+        *text = out;
+    }
+    replaced
 }
 
 thread_local! {
