@@ -684,7 +684,7 @@ fn is_base64_json(text: &str) -> bool {
 /// Whether `text` is whole padded base64 (standard or URL-safe alphabet) of 12 bytes or more.
 fn is_padded_base64(text: &str) -> bool {
     let bytes = text.as_bytes();
-    bytes.len() >= 16 && bytes.len() % 4 == 0 && bytes.ends_with(b"=") && {
+    bytes.len() >= 16 && bytes.len().is_multiple_of(4) && bytes.ends_with(b"=") && {
         let body = bytes
             .strip_suffix(b"==")
             .unwrap_or(&bytes[..bytes.len() - 1]);
