@@ -446,12 +446,22 @@ impl SecretMasker {
         enabled: KindSet,
         counts: &mut MaskCounts,
     ) -> (Cow<'a, str>, bool) {
+        // Whether a decoded copy of `text` was scanned (then worth remembering as clean).
+        let mut decoded = false;
         let mut current = match text.as_bytes().first() {
             Some(b'{' | b'[') => self.mask_json_text(text, counts),
-            Some(b'e' | b'W') => match self.mask_base64_json(text, enabled, counts) {
-                Some(masked) => return (Cow::Owned(masked), true),
-                None => Cow::Borrowed(text),
-            },
+            // Base64 of a JSON document, or padded base64 of other text (`cGFzc3dvcmQ9...`).
+            // Ids and hashes are neither (most have no `=` at the end, the rest decode to bytes
+            // that are no text), so this costs next to nothing on them.
+            _ if is_base64_json(text) || is_padded_base64(text) => {
+                match self.mask_base64(text, enabled, counts) {
+                    (Some(masked), _) => return (Cow::Owned(masked), true),
+                    (None, scanned) => {
+                        decoded = scanned;
+                        Cow::Borrowed(text)
+                    }
+                }
+            }
             _ => Cow::Borrowed(text),
         };
         let seen = self
@@ -469,13 +479,13 @@ impl SecretMasker {
             current = self.replace_found(current, seen.kinds & !deferred, counts);
         }
         if !seen.escaped {
-            return (current, seen.scanned);
+            return (current, seen.scanned || decoded);
         }
-        let (mut current, decoded) = self.mask_encoded(current, enabled, counts);
+        let (mut current, unescaped) = self.mask_encoded(current, enabled, counts);
         if deferred != 0 {
             current = self.replace_found(current, deferred, counts);
         }
-        (current, seen.scanned || decoded)
+        (current, seen.scanned || decoded || unescaped)
     }
 
     /// Replace what the patterns of `candidates` find in `text`, one kind after the other.
@@ -587,42 +597,48 @@ impl SecretMasker {
     }
 
     /// A value that is a JSON document in base64 (`eyJwYXNzd29yZCI6...`: a message body, a
-    /// webhook payload or a state parameter passed on as it came), masked decoded and written
-    /// back in base64 of the same alphabet; `None` when it is no such value or nothing in it
-    /// was masked. The value patterns cannot read base64.
-    fn mask_base64_json(
+    /// webhook payload or a state parameter passed on as it came, see [`is_base64_json`]) or
+    /// other text in padded base64 ([`is_padded_base64`]), masked decoded and written back in
+    /// base64 of the same alphabet; `None` when it is no such value or nothing in it was
+    /// masked. The value patterns cannot read base64. Also whether the decoded text was scanned.
+    fn mask_base64(
         &self,
         text: &str,
         enabled: KindSet,
         counts: &mut MaskCounts,
-    ) -> Option<String> {
+    ) -> (Option<String>, bool) {
         use base64::engine::general_purpose::{
             STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
         };
         use base64::Engine as _;
-        // `{"`, `{ "`, `[{"`, `[{ ` encoded; a JWT's parts are base64 too, but joined by dots.
-        if text.len() < 16
-            || !["eyJ", "eyAi", "W3si", "W3sg"]
-                .iter()
-                .any(|p| text.starts_with(p))
-        {
-            return None;
-        }
         let engine = match (text.contains(['-', '_']), text.ends_with('=')) {
             (false, true) => &STANDARD,
             (false, false) => &STANDARD_NO_PAD,
             (true, true) => &URL_SAFE,
             (true, false) => &URL_SAFE_NO_PAD,
         };
-        let decoded = String::from_utf8(engine.decode(text).ok()?).ok()?;
+        let Some(decoded) = engine
+            .decode(text)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+        else {
+            return (None, false);
+        };
+        // Text, not bytes that happen to be valid UTF-8.
+        if decoded
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        {
+            return (None, false);
+        }
         let mut inner = MaskCounts::default();
-        // The decoded text starts with `{` or `[`: scanned as JSON text, never as base64 again.
+        // Each level of base64 is shorter: a value in base64 of base64 ends too.
         let (masked, _) = self.scan_str(&decoded, enabled, &mut inner);
         if inner == MaskCounts::default() {
-            return None;
+            return (None, true);
         }
         counts.add(&inner);
-        Some(engine.encode(masked.as_bytes()))
+        (Some(engine.encode(masked.as_bytes())), true)
     }
 
     /// Whether `key` names a secret (remembered per thread, see [`cache`]).
@@ -657,6 +673,27 @@ impl SecretMasker {
                 out
             }
         }
+    }
+}
+
+/// Whether `text` opens like a JSON document in base64: `{"`, `{ "`, `[{"`, `[{ ` encoded (a
+/// JWT's parts are base64 too, but joined by dots).
+fn is_base64_json(text: &str) -> bool {
+    text.len() >= 16
+        && ["eyJ", "eyAi", "W3si", "W3sg"]
+            .iter()
+            .any(|p| text.starts_with(p))
+}
+
+/// Whether `text` is whole padded base64 (standard or URL-safe alphabet) of 12 bytes or more.
+fn is_padded_base64(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= 16 && bytes.len().is_multiple_of(4) && bytes.ends_with(b"=") && {
+        let body = bytes
+            .strip_suffix(b"==")
+            .unwrap_or(&bytes[..bytes.len() - 1]);
+        body.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
     }
 }
 

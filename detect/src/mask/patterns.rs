@@ -40,9 +40,10 @@ struct PatternSpec {
 /// or a bare word (optionally after an auth scheme, so `Authorization: Bearer x` masks `Bearer x`).
 /// A bare word may open with a bracketed placeholder glued to more of it (`<TOKEN>realsecret`):
 /// the placeholder alone (`<TOKEN>`) is no value, but what is glued after it may be the secret.
+/// So for the placeholder escaped for HTML (`&lt;TOKEN&gt;realsecret`).
 macro_rules! value_alternatives {
     () => {
-        r#"(?:"((?:[^"\\]|\\.)*)(?:"|$)|\\"((?:[^"\\]|\\[^"])*)(?:\\"|$)|'([^']*)(?:'|$)|((?i:(?:bearer|basic|ssws|token|digest)\s+)?(?:<[A-Za-z][A-Za-z_. -]{0,62}>)?[^\s,&;}"'<>\\]+))"#
+        r#"(?:"((?:[^"\\]|\\.)*)(?:"|$)|\\"((?:[^"\\]|\\[^"])*)(?:\\"|$)|'([^']*)(?:'|$)|((?i:(?:bearer|basic|ssws|token|digest)\s+)?(?:<[A-Za-z][A-Za-z_. -]{0,62}>|&lt;[A-Za-z][A-Za-z_. -]{0,62}&gt;)?[^\s,&;}"'<>\\]+))"#
     };
 }
 
@@ -262,7 +263,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`
         // (any case, also `-seed`, `--seed_phrase`), quoted (also with escaped quotes, as in a
         // command held in JSON text: `--seed \"...\"`), 12 words or more (`--seed 42`, a
-        // random seed, is no secret); group 24: one word after it, a secret only as a `seed`
+        // random seed, is no secret); group 24: such a phrase unquoted, as wallets write it
+        // (12, 15, 18, 21 or 24 lower-case words of 3-8 letters, the words of BIP-39, and no
+        // more: prose has shorter words); group 25: one word after it, a secret only as a `seed`
         // value is (`--seed 9f86d0...`, a hex wallet seed; not `--seed 42` nor `--seed random`).
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
@@ -277,10 +280,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
-            r#"|(?:^|\s)--?(?i:seed(?:[-_]phrase)?)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
+            r#"|(?:^|\s)--?(?i:seed(?:[-_]phrase)?)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|([a-z]{3,8}(?:[ \t]+[a-z]{3,8}){11}(?:(?:[ \t]+[a-z]{3,8}){3}){0,4})(?:[ \t]*(?:$|[^A-Za-z0-9 \t])|[ \t]+[A-Z0-9])|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
         ),
         secret_groups: &[
-            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
         ],
         anchors: &[
             "-u ",
@@ -328,11 +331,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // as pairs are pasted into notes). The separator and the key may be written encoded
         // (`%2F`, `\u002F`, `\/`, `&#x2F;`, quotes around each; a line break escaped in JSON
         // text, `\n`, at any depth), or the key be the next query
-        // parameter (`?id=AKIA...&s=...`); a key is 40 characters decoded, and then ends (see
+        // parameter (`?id=AKIA...&s=...`) or follow a bare `&` (`AKIA...&wJalr...`, `%26`,
+        // `\u0026`, `&amp;`); a key is 40 characters decoded, and then ends (see
         // `aws_secret_ends`).
         regex: concat!(
             r#"(?i)secret_?access_?key\\?["']?(?:\s*[:=]\s*|\s+)\\?["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
-            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=/]|%(?:2[0247CcFf]|3[AaBbDd]|7[Cc])|\\+u00(?:0[9AaDd]|2[0247CcFf]|3[AaBbDd]|7[Cc])|\\+[/"'tnr]|&(?:#x2[27CcFf]|#3[49]|#4[47]|quot|apos);|&[A-Za-z0-9_.-]{1,30}=){1,6}((?:[A-Za-z0-9+/]|%2[BbFf]|\\u002[BbFf]|\\/|&#x2[BbFf];|&#4[37];){40}))"#,
+            r#"|(?-i:(?:^|[^A-Za-z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:[\s,;|:"'=/&]|%(?:2[02467CcFf]|3[AaBbDd]|7[Cc])|\\+u00(?:0[9AaDd]|2[02467CcFf]|3[AaBbDd]|7[Cc])|\\+[/"'tnr]|&(?:#x2[267CcFf]|#3[489]|#4[47]|quot|apos|amp);|&[A-Za-z0-9_.-]{1,30}=){1,6}((?:[A-Za-z0-9+/]|%2[BbFf]|\\u002[BbFf]|\\/|&#x2[BbFf];|&#4[37];){40}))"#,
         ),
         secret_groups: &[1, 2],
         // Not `secret_access_key`: `access_key` is in it.
@@ -933,15 +937,26 @@ fn past_glued_reference(text: &str, secret: std::ops::Range<usize>) -> std::ops:
 }
 
 /// How many characters at the start of `rest` go on a bare value (up to a space, quote, `,`,
-/// `&`, `;`, `}`, `<`, `>` or backslash).
+/// `&`, `;`, `<`, `>`, backslash or a `}` it did not open: `${X}${Y}` goes on over `${Y}`).
 fn glued_tail_len(rest: &str) -> usize {
+    let mut open = 0usize;
     rest.bytes()
-        .take_while(|b| {
-            !b.is_ascii_whitespace()
-                && !matches!(
-                    b,
-                    b',' | b'&' | b';' | b'}' | b'"' | b'\'' | b'<' | b'>' | b'\\' | b'`'
-                )
+        .take_while(|b| match b {
+            b'{' => {
+                open += 1;
+                true
+            }
+            b'}' if open > 0 => {
+                open -= 1;
+                true
+            }
+            _ => {
+                !b.is_ascii_whitespace()
+                    && !matches!(
+                        b,
+                        b',' | b'&' | b';' | b'}' | b'"' | b'\'' | b'<' | b'>' | b'\\' | b'`'
+                    )
+            }
         })
         .count()
 }
@@ -1299,7 +1314,7 @@ pub(crate) fn reference_len(value: &str) -> Option<usize> {
 /// digits (`<TOKEN>`, `<your-token>`, `<api key>`; `password=<your-password>` is not even
 /// taken for a value by the assignment pattern); a name saying what to put there
 /// (`YOUR_TOKEN_HERE`, `your-api-key`, `PASTE_TOKEN_HERE`, `REPLACE_ME`); or a run of one
-/// filler character (`xxxxxxxx`, `********`, `...`). Real default passwords (`changeme`,
+/// filler character (`xxxxxxxx`, `********`, `...`). Names in one case only. Real default passwords (`changeme`,
 /// `admin`) are no placeholders, nor is a run of digits (`00000000` is a PIN).
 pub(crate) fn placeholder_len(value: &str) -> Option<usize> {
     let bytes = value.as_bytes();
@@ -1326,10 +1341,14 @@ pub(crate) fn placeholder_len(value: &str) -> Option<usize> {
         .iter()
         .take_while(|b| b.is_ascii_alphabetic() || matches!(b, b'_' | b'-'))
         .count();
+    // In one case, as such names are written: `YOUR_TOKEN_HEREabc` goes on with a secret.
+    let one_case = !value[..word].bytes().any(|b| b.is_ascii_lowercase())
+        || !value[..word].bytes().any(|b| b.is_ascii_uppercase());
     let lower = value[..word].to_ascii_lowercase().replace('-', "_");
-    let says_what_to_put = (lower.starts_with("your_") && lower.len() > 5)
-        || (lower.ends_with("_here") && lower.len() > 5)
-        || ["replace_me", "replaceme", "replace_this"].contains(&lower.as_str());
+    let says_what_to_put = one_case
+        && ((lower.starts_with("your_") && lower.len() > 5)
+            || (lower.ends_with("_here") && lower.len() > 5)
+            || ["replace_me", "replaceme", "replace_this"].contains(&lower.as_str()));
     says_what_to_put.then_some(word)
 }
 
@@ -1539,7 +1558,7 @@ pub(crate) fn is_block_indicator(header: &str) -> bool {
 const SESSION_PARAMETER_GROUP: usize = 2;
 
 /// The group of the `CliCredentials` pattern that is the one word after `--seed`.
-const SEED_WORD_GROUP: usize = 24;
+const SEED_WORD_GROUP: usize = 25;
 
 /// The group of the `CliCredentials` pattern that is the bare password of `net user`.
 const NET_USER_PASSWORD_GROUP: usize = 9;

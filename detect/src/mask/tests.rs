@@ -428,10 +428,46 @@ fn json_in_base64_is_masked_decoded_and_stays_base64() {
         STANDARD.encode(r#"{"user":"bob","action":"login"}"#),
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0".to_string(),
         STANDARD.encode("password: not json here at all"),
+        STANDARD.encode("user=bob action=login at 2026-12-04"),
+        // Bytes that are no text (a digest), and ids that are no padded base64.
+        STANDARD.encode([
+            0x9f, 0x86, 0xd0, 0x81, 0x88, 0x4c, 0x7d, 0x65, 0x9a, 0x2f, 0xea, 0xa0, 0xc5, 0x5a,
+        ]),
+        "dGhpcyBpcyBhbiBpZA".to_string(),
+        "AbCdEfGhIjKlMnOp=".to_string(),
     ] {
         let mut v = json!({ "data": clean.clone() });
         m.mask_value(&mut v);
         assert_eq!(v["data"], clean.as_str());
+    }
+}
+
+#[test]
+fn a_secret_in_base64_of_other_text_is_masked_decoded_and_stays_base64() {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use base64::Engine as _;
+    let m = masker();
+    for (engine, plain, secret) in [
+        (
+            &STANDARD,
+            "key: AKIAIOSFODNN7EXAMPLE",
+            "AKIAIOSFODNN7EXAMPLE",
+        ),
+        (&STANDARD, "password=hunter2xyz", "hunter2xyz"),
+        (
+            &URL_SAFE,
+            "curl -H 'Authorization: Bearer ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789' ??>",
+            "ghp_",
+        ),
+    ] {
+        let encoded = engine.encode(plain);
+        assert!(encoded.ends_with('='), "{encoded}");
+        let mut v = json!({ "blob": encoded });
+        assert!(m.mask_value(&mut v).total() > 0, "{plain}: {v}");
+        let masked = v["blob"].as_str().unwrap().to_string();
+        let decoded = String::from_utf8(engine.decode(&masked).expect("still base64")).unwrap();
+        assert!(!decoded.contains(secret), "{decoded}");
+        assert_eq!(m.mask_value(&mut v).total(), 0, "idempotent: {v}");
     }
 }
 
@@ -2349,6 +2385,18 @@ fn a_seed_phrase_after_seed_is_masked_and_a_random_seed_stays() {
             "wallet restore --seed \"[REDACTED:cli_credentials]\" --network main",
         ),
         (
+            format!("wallet restore --seed {phrase} --network main"),
+            "wallet restore --seed [REDACTED:cli_credentials] --network main",
+        ),
+        (
+            format!("wallet restore --seed {phrase} actor actress adapt"),
+            "wallet restore --seed [REDACTED:cli_credentials]",
+        ),
+        (
+            format!("w --seed {phrase} {phrase}"),
+            "w --seed [REDACTED:cli_credentials]",
+        ),
+        (
             format!("wallet restore --seed='{phrase} actor actress' -y"),
             // (`seed=` was masked as an assignment already.)
             "wallet restore --seed='[REDACTED:secret_assignment]' -y",
@@ -2363,6 +2411,9 @@ fn a_seed_phrase_after_seed_is_masked_and_a_random_seed_stays() {
         "pytest -p randomly --seed=1234",
         "hypothesis --seed \"1234\"",
         "gen --seed \"red green blue\"",
+        // Prose after `--seed` (short words), and 13 words: no seed phrase.
+        "use the --seed option to pass a fixed value when you want the runs to be reproducible",
+        &format!("w --seed {phrase} actor"),
     ] {
         assert_eq!(m.mask_text(clean), clean);
     }
@@ -2657,6 +2708,20 @@ fn a_reference_to_a_secret_kept_elsewhere_stays_readable() {
         let out = m.mask_text(text);
         assert!(!out.contains(secret), "{text:?} -> {out:?}");
     }
+    // References glued together are masked whole, up to the last closing brace.
+    for (text, want) in [
+        ("token=${X}${Y}", "token=[REDACTED:secret_assignment]"),
+        (
+            "token=${X}${Y} end",
+            "token=[REDACTED:secret_assignment] end",
+        ),
+        (
+            "token=${X}a${Y}b, next",
+            "token=[REDACTED:secret_assignment], next",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), want, "{text:?}");
+    }
 }
 
 #[test]
@@ -2678,6 +2743,10 @@ fn a_placeholder_for_a_secret_stays_readable_and_a_default_password_is_masked() 
         "password: ********",
         "password=...",
         "password: \u{2022}\u{2022}\u{2022}\u{2022}\u{2022}\u{2022}",
+        "password=&lt;TOKEN&gt;",
+        "password=&lt;TOKEN&gt; is required",
+        "token: your_token_here",
+        "token=YOUR_TOKEN_HERE.",
     ] {
         assert_eq!(m.mask_text(text), text, "{text:?}");
     }
@@ -2695,6 +2764,10 @@ fn a_placeholder_for_a_secret_stays_readable_and_a_default_password_is_masked() 
         ("password: xxxxxxxxZq9", "Zq9"),
         ("mytool --token <TOKEN>Zq9x8c7v6", "Zq9x8c7v6"),
         ("mytool --password REPLACE_ME_Zq9x8c7v6", "Zq9x8c7v6"),
+        ("password=&lt;TOKEN&gt;hunter2x", "hunter2x"),
+        ("password=&lt;TOKEN&gt;Zq9x8c7v6 end", "Zq9x8c7v6"),
+        ("token=YOUR_TOKEN_HEREabc", "abc"),
+        ("token=your_token_hereZqx", "Zqx"),
     ] {
         let out = m.mask_text(text);
         assert!(!out.contains(secret), "{text:?} -> {out:?}");
@@ -2905,6 +2978,10 @@ fn an_aws_secret_key_after_its_key_id_with_encoded_separators_or_held_beside_it_
         "'AKIAIOSFODNN7EXAMPLE' / 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' end",
         "AKIAIOSFODNN7EXAMPLE&#x2F;wJalrXUtnFEMI&#x2F;K7MDENG&#x2F;bPxRfiCYEXAMPLEKEY end",
         "GET /x?id=AKIAIOSFODNN7EXAMPLE&s=wJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY end",
+        "AKIAIOSFODNN7EXAMPLE%26wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
+        r"AKIAIOSFODNN7EXAMPLE\u0026wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
+        "AKIAIOSFODNN7EXAMPLE&wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
+        "AKIAIOSFODNN7EXAMPLE&amp;wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY end",
     ] {
         let masked = m.mask_text(text);
         assert!(
@@ -2932,6 +3009,8 @@ fn an_aws_secret_key_after_its_key_id_with_encoded_separators_or_held_beside_it_
     for clean in [
         "AKIAIOSFODNN7EXAMPLE%2FwJalrXUtnFEMI%2FK7MDENG%2FbPxRfiCYEXAMPLEKEY%2F1",
         "AKIAIOSFODNN7EXAMPLE/wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYX",
+        "AKIAIOSFODNN7EXAMPLE&wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEYX",
+        "AKIAIOSFODNN7EXAMPLE&page=2&sort=desc&filter=wJalrXUtnFEMI",
     ] {
         let masked = m.mask_text(clean);
         assert!(!masked.contains("aws_secret_access_key"), "{masked}");
