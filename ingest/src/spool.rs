@@ -1105,6 +1105,27 @@ mod tests {
     use crate::bus::{channel, BusSender, SubmitAck};
 
     /// A spool over `dir` for tenant `t1`, submitting batches of `batch_records`.
+    /// A spool directory with an `okta` source directory in it.
+    fn okta_spool_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        dir
+    }
+
+    /// `okta/half.jsonl` in spool `dir`: a whole line, then a line its writer is still writing
+    /// (no newline, JSON cut in a string); the writer, to write on.
+    fn half_written_file(dir: &Path) -> (PathBuf, std::fs::File) {
+        use std::io::Write;
+        let path = dir.join("okta/half.jsonl");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        write!(
+            writer,
+            "{{\"id\":\"hp-0\"}}\n{{\"id\":\"hp-1\",\"msg\":\"ha"
+        )
+        .unwrap();
+        (path, writer)
+    }
+
     fn spool_in(dir: &Path, batch_records: usize, bus: BusSender) -> SpoolSource {
         SpoolSource::new(
             SpoolConfig {
@@ -1143,8 +1164,7 @@ mod tests {
     /// ingested (not from when they were written), then deleted; with 0 they are not kept.
     #[tokio::test]
     async fn ingested_files_are_deleted_after_keep_processed_hours() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let dir = okta_spool_dir();
         let file = dir.path().join("okta/old.jsonl");
         std::fs::write(&file, "{\"a\":1}\n").unwrap();
         // Written two days before it was dropped in.
@@ -1186,8 +1206,7 @@ mod tests {
     /// while it is read stays to be read again; an archived file of the same name is kept.
     #[tokio::test]
     async fn files_still_being_written_wait_and_archived_names_are_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let dir = okta_spool_dir();
         let file = dir.path().join("okta/okta.jsonl");
         std::fs::write(&file, "{\"a\":1}\n").unwrap();
         let (tx, rx) = channel(2);
@@ -1256,8 +1275,7 @@ mod tests {
     async fn lines_written_to_a_file_after_it_was_archived_are_ingested_too() {
         use std::io::Write;
         for keep_processed_hours in [24, 0] {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+            let dir = okta_spool_dir();
             let path = dir.path().join("okta/live.jsonl");
             let mut writer = std::fs::File::create(&path).unwrap();
             for i in 0..10 {
@@ -1342,8 +1360,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_truncated_after_it_was_ingested_is_read_from_its_start() {
         use std::io::{Seek, Write};
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let dir = okta_spool_dir();
         let path = dir.path().join("okta/rotated.jsonl");
         let mut writer = std::fs::File::create(&path).unwrap();
         for i in 0..5 {
@@ -1395,15 +1412,8 @@ mod tests {
     async fn a_half_written_last_line_waits_for_its_newline() {
         use std::io::Write;
         for keep_processed_hours in [24, 0] {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir_all(dir.path().join("okta")).unwrap();
-            let path = dir.path().join("okta/half.jsonl");
-            let mut writer = std::fs::File::create(&path).unwrap();
-            write!(
-                writer,
-                "{{\"id\":\"hp-0\"}}\n{{\"id\":\"hp-1\",\"msg\":\"ha"
-            )
-            .unwrap();
+            let dir = okta_spool_dir();
+            let (path, mut writer) = half_written_file(dir.path());
             // Many tools write no newline after the last line (and may write more later).
             let mut whole = std::fs::File::create(dir.path().join("okta/whole.jsonl")).unwrap();
             write!(whole, "{{\"id\":\"w-0\"}}\n{{\"id\":\"w-1\"}}").unwrap();
@@ -1466,8 +1476,7 @@ mod tests {
     #[tokio::test]
     async fn lines_written_after_the_watch_ended_are_read_on_while_the_file_is_kept() {
         use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let dir = okta_spool_dir();
         let path = dir.path().join("okta/late.jsonl");
         let mut writer = std::fs::File::create(&path).unwrap();
         writeln!(writer, "{{\"id\":\"late-0\"}}").unwrap();
@@ -1524,15 +1533,8 @@ mod tests {
     async fn a_held_last_line_is_a_dead_letter_when_the_watch_ends() {
         use std::io::Write;
         for at_shutdown in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir_all(dir.path().join("okta")).unwrap();
-            let path = dir.path().join("okta/half.jsonl");
-            let mut writer = std::fs::File::create(&path).unwrap();
-            write!(
-                writer,
-                "{{\"id\":\"hp-0\"}}\n{{\"id\":\"hp-1\",\"msg\":\"ha"
-            )
-            .unwrap();
+            let dir = okta_spool_dir();
+            let (path, mut writer) = half_written_file(dir.path());
             let (tx, rx) = channel(4);
             let consumer = collecting(rx);
             let spool = spool_in(dir.path(), 100, tx);
@@ -1563,8 +1565,7 @@ mod tests {
 
     #[tokio::test]
     async fn files_move_to_processed_only_after_ack() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let dir = okta_spool_dir();
         let file = dir.path().join("okta/a.jsonl");
         std::fs::write(&file, "{\"a\":1}\nbad\n{\"a\":2}\n").unwrap();
         let (tx, mut rx) = channel(2);
@@ -1638,8 +1639,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreadable_file_does_not_hold_up_the_others_and_is_set_aside_once_unchanged() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let dir = okta_spool_dir();
         // A gzip header and then garbage: sorted first, so it used to block `b` for good.
         let bad = dir.path().join("okta/a.json.gz");
         std::fs::write(&bad, b"\x1f\x8b\x08\x00garbage, not deflate").unwrap();
@@ -1680,8 +1680,7 @@ mod tests {
     #[tokio::test]
     async fn a_cut_off_gzip_has_every_record_read_before_the_cut_stored() {
         use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let dir = okta_spool_dir();
         // Records of random text (so the deflate stream grows with them), gzipped, then cut
         // short as an interrupted copy leaves a file.
         let mut rng = 7u64;
@@ -1765,8 +1764,7 @@ mod tests {
     /// with (the reader's and the normalizer's alike).
     #[tokio::test]
     async fn batches_name_their_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("okta")).unwrap();
+        let dir = okta_spool_dir();
         std::fs::write(dir.path().join("okta/b.jsonl"), "{\"a\":1}\nnot json\n").unwrap();
         let (tx, rx) = channel(4);
         let consumer = each_batch_acked(rx, |s| s.origin.clone());
