@@ -1560,17 +1560,8 @@ fn a_reload_onto_an_emptied_rules_directory_keeps_the_rules_in_use() {
 fn sighup_reloads_the_tls_certificate_and_keeps_the_served_one_when_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let write = |c: &rcgen::CertifiedKey| {
-        std::fs::write(&cert_path, c.cert.pem()).unwrap();
-        std::fs::write(&key_path, c.key_pair.serialize_pem()).unwrap();
-    };
-    let made = |edit: &dyn Fn(&mut rcgen::CertificateParams)| {
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        edit(&mut params);
-        let key_pair = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key_pair).unwrap();
-        rcgen::CertifiedKey { cert, key_pair }
-    };
+    let write = |c: &rcgen::CertifiedKey| crate::certs::write_pem(c, &cert_path, &key_path);
+    let made = crate::certs::self_signed;
     let first = made(&|_| {});
     write(&first);
     // No file checks: only SIGHUP reloads.

@@ -2,6 +2,10 @@
 
 mod util;
 
+// The query API's certificate helpers, for the TLS tests of the service.
+#[path = "../query-api/tests/api/certs.rs"]
+mod certs;
+
 pub mod cli;
 pub mod secrets;
 mod service;

@@ -123,10 +123,7 @@ fn a_renewed_certificate_is_served_without_a_restart_and_a_bad_one_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
-    let write = |c: &rcgen::CertifiedKey| {
-        std::fs::write(&cert_path, c.cert.pem()).unwrap();
-        std::fs::write(&key_path, c.key_pair.serialize_pem()).unwrap();
-    };
+    let write = |c: &rcgen::CertifiedKey| crate::certs::write_pem(c, &cert_path, &key_path);
     let first = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     write(&first);
     let api = TestApi::start_with(ApiConfig {
@@ -189,17 +186,8 @@ fn a_renewal_that_is_expired_or_a_ca_certificate_is_refused_and_the_served_one_s
     let dir = tempfile::tempdir().unwrap();
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
-    let write = |c: &rcgen::CertifiedKey| {
-        std::fs::write(&cert_path, c.cert.pem()).unwrap();
-        std::fs::write(&key_path, c.key_pair.serialize_pem()).unwrap();
-    };
-    let made = |edit: &dyn Fn(&mut rcgen::CertificateParams)| {
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        edit(&mut params);
-        let key_pair = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key_pair).unwrap();
-        rcgen::CertifiedKey { cert, key_pair }
-    };
+    let write = |c: &rcgen::CertifiedKey| crate::certs::write_pem(c, &cert_path, &key_path);
+    let made = crate::certs::self_signed;
     let good = made(&|_| {});
     write(&good);
     let api = TestApi::start_with(ApiConfig {
