@@ -1599,32 +1599,9 @@ fn write_tls_chain_config(
     until: chrono::NaiveDate,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
     use chrono::Datelike;
-    let date =
-        |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
-    let ca = |name: &str| {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params
-    };
-    let root_key = rcgen::KeyPair::generate().unwrap();
-    let root = ca("Test Root").self_signed(&root_key).unwrap();
-    let mut intermediate = ca("Test Intermediate");
-    (intermediate.not_before, intermediate.not_after) = (date(from), date(until));
-    let intermediate_key = rcgen::KeyPair::generate().unwrap();
-    let intermediate = intermediate
-        .signed_by(&intermediate_key, &root, &root_key)
-        .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &intermediate, &intermediate_key)
-        .unwrap();
-    write_tls_files_config(dir, &format!("{}{}", leaf.pem(), intermediate.pem()), &key)
+    let date = |d: chrono::NaiveDate| (d.year(), d.month() as u8, d.day() as u8);
+    let (chain, key) = crate::certs::chain_through_intermediate(date(from), date(until));
+    write_tls_files_config(dir, &chain, &key)
 }
 
 fn write_tls_files_config(

@@ -844,6 +844,10 @@ fn load_tls(
 }
 
 #[cfg(test)]
+#[path = "../tests/api/certs.rs"]
+mod certs;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use chrono::Datelike;
@@ -1073,42 +1077,6 @@ mod tests {
         );
     }
 
-    /// A server certificate for localhost signed by an intermediate valid from
-    /// `intermediate_from` to `intermediate_until`, itself signed by a long-lived root: the
-    /// chain file's text (server's own, then the intermediate) and the server's key.
-    fn chain_through_intermediate(
-        intermediate_from: (i32, u8, u8),
-        intermediate_until: (i32, u8, u8),
-    ) -> (String, rcgen::KeyPair) {
-        let ca = |name: &str, from: (i32, u8, u8), until: (i32, u8, u8)| {
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, name);
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-            params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
-            params
-        };
-        let root_key = rcgen::KeyPair::generate().unwrap();
-        let root = ca("Test Root", (2020, 1, 1), (4000, 1, 1))
-            .self_signed(&root_key)
-            .unwrap();
-        let intermediate_key = rcgen::KeyPair::generate().unwrap();
-        let intermediate = ca("Test Intermediate", intermediate_from, intermediate_until)
-            .signed_by(&intermediate_key, &root, &root_key)
-            .unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(4000, 1, 1);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let leaf = params
-            .signed_by(&key, &intermediate, &intermediate_key)
-            .unwrap();
-        (format!("{}{}", leaf.pem(), intermediate.pem()), key)
-    }
-
     /// Only the server's own certificate used to be checked: a chain file whose intermediate
     /// had expired was served, and every client refused it.
     #[test]
@@ -1134,7 +1102,7 @@ mod tests {
                 "not valid before 4000-01-01 00:00:00 UTC",
             ),
         ] {
-            let Err(e) = load(chain_through_intermediate(from, until)) else {
+            let Err(e) = load(super::certs::chain_through_intermediate(from, until)) else {
                 panic!("a chain with a refused intermediate loaded ({expected})");
             };
             let e = e.to_string();
@@ -1146,7 +1114,10 @@ mod tests {
             );
         }
         // Valid, the chain loads, and its expiry is the intermediate's (before the server's own).
-        let Ok(loaded) = load(chain_through_intermediate((y - 1, m, 1), (y + 1, m, 1))) else {
+        let Ok(loaded) = load(super::certs::chain_through_intermediate(
+            (y - 1, m, 1),
+            (y + 1, m, 1),
+        )) else {
             panic!("a valid chain did not load");
         };
         assert_eq!(
@@ -1156,7 +1127,7 @@ mod tests {
         assert_eq!(loaded.validity.first_to_expire, 1, "the intermediate");
         // A self-signed root at the end of the file (as fullchain files kept the expired DST
         // Root CA X3) is no part of a client's path: its dates are not the chain's.
-        let (chain, key) = chain_through_intermediate((y - 1, m, 1), (y + 1, m, 1));
+        let (chain, key) = super::certs::chain_through_intermediate((y - 1, m, 1), (y + 1, m, 1));
         let old_root_key = rcgen::KeyPair::generate().unwrap();
         let mut old_root = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         old_root.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
