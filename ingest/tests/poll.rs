@@ -637,40 +637,10 @@ async fn waits_between_polls(
     waits
 }
 
-/// Log lines written while it is alive (the test's thread: a current-thread runtime runs the
-/// poller there), at info and above.
-#[derive(Clone, Default)]
-struct CapturedLog(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLog {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl CapturedLog {
-    fn start(&self) -> tracing::subscriber::DefaultGuard {
-        let log = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || log.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn lines_with(&self, text: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .filter(|line| line.contains(text))
-            .map(str::to_string)
-            .collect()
-    }
-}
+/// Log lines of the test's thread (a current-thread runtime runs the poller there).
+#[path = "../../tests/support/captured_log.rs"]
+mod captured_log;
+use captured_log::CapturedLog;
 
 /// A vendor answering 500 logged an ERROR at every retry (every 2 s, 4 s, ... up to the
 /// interval, for as long as its outage lasted). Like rate limits, server errors are logged when

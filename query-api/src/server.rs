@@ -848,6 +848,10 @@ fn load_tls(
 mod certs;
 
 #[cfg(test)]
+#[path = "../../tests/support/captured_log.rs"]
+mod captured_log;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use chrono::Datelike;
@@ -1003,40 +1007,13 @@ mod tests {
         );
     }
 
-    /// Log lines written by a `tracing` subscriber, for a test to read.
-    #[derive(Clone, Default)]
-    struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for CapturedLog {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl CapturedLog {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-        }
-    }
-
     /// The expiry reminder used to run only while renewals were looked for
     /// (`tls_reload_check_seconds` > 0): with `0`, a certificate expiring in days was said once,
     /// at start, and never again.
     #[test]
     fn the_expiry_reminder_runs_without_renewal_checks() {
-        let log = CapturedLog::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer({
-                let log = log.clone();
-                move || log.clone()
-            })
-            .finish();
-        let _logging = tracing::subscriber::set_default(subscriber);
+        let log = super::captured_log::CapturedLog::default();
+        let _logging = log.start();
         let today = chrono::Utc::now().date_naive();
         let in_three_days = today + chrono::Days::new(3);
         let date = |d: chrono::NaiveDate| (d.year(), d.month() as u8, d.day() as u8);
