@@ -1446,8 +1446,12 @@ fn planted_secret() -> impl Strategy<Value = (String, String)> {
                 4 => format!("url=jdbc:oracle:thin:scott/{value}@db:1521:orcl"),
                 5 => format!("mysql -h db -uroot -p{value} prod"),
                 _ => {
-                    // The URL's own characters only.
-                    let id: String = value.chars().filter(char::is_ascii_alphanumeric).collect();
+                    // The URL's own characters only, as many as the other forms' values have
+                    // (`Zq9` and 6 more): a value of symbols only left `Zq9` alone, a 5-character
+                    // `sessionid=Zq9x7`, which is no session id a server hands out.
+                    let mut id: String =
+                        value.chars().filter(char::is_ascii_alphanumeric).collect();
+                    id.extend("k7Qm2X".chars().take(9usize.saturating_sub(id.len())));
                     return (format!("https://x.example/y?sessionid={id}x7&lang=en"), id);
                 }
             };
