@@ -93,16 +93,34 @@ fn a_secret_repeated_under_another_name_in_the_record_is_masked_there_too() {
     assert_eq!(v["note"], "[REDACTED:key]");
     assert_eq!(v["history"], json!(["[REDACTED:key]", "other"]));
     assert_eq!(v["Tr0ub4dor&3xyz"], "a key stays a key");
-    // Whole values only: a sentence that holds it is not searched (known gap).
-    assert_eq!(v["comment"], "typed Tr0ub4dor&3xyz twice");
+    // Inside a longer text too.
+    assert_eq!(v["comment"], "typed [REDACTED:key] twice");
     // Too short to tell from another field's own value.
     assert_eq!(v["pin"], "[REDACTED:key]");
     assert_eq!(v["user"], "admin");
-    assert_eq!(stats.by_key, 4, "{stats:?}");
+    assert_eq!(stats.by_key, 5, "{stats:?}");
     // Masking the output again changes nothing.
     let again = v.clone();
     m.mask_value(&mut v);
     assert_eq!(v, again);
+}
+
+#[test]
+fn a_repeated_secret_is_found_in_written_text_but_not_inside_an_escape() {
+    let m = masker();
+    let mut v = json!({
+        "password": "n1x9\"Sec!",
+        // Written, this text is `a\n1x9\"Sec!b`: the secret's written bytes appear in it, but
+        // from inside the `\n` escape; the text (a newline, then `1x9...`) does not hold it.
+        "newline": "a\n1x9\"Sec!b",
+        "quoted": "said \"n1x9\"Sec!\" twice",
+        "lines": ["x", "before n1x9\"Sec!\nafter"],
+    });
+    m.mask_value(&mut v);
+    assert_eq!(v["password"], "[REDACTED:key]");
+    assert_eq!(v["newline"], "a\n1x9\"Sec!b");
+    assert_eq!(v["quoted"], "said \"[REDACTED:key]\" twice");
+    assert_eq!(v["lines"], json!(["x", "before [REDACTED:key]\nafter"]));
 }
 
 #[test]

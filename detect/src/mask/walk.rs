@@ -659,10 +659,10 @@ impl<'a> MaskWalk<'a> {
     }
 }
 
-/// A value masked for its key name is masked where the same record holds it again as a whole
-/// value under another name (`{"password": "Tr0ub4dor&3", "note": "Tr0ub4dor&3"}`) when it has
-/// at least this many characters: a short one (`admin`, `true`) is as likely another field's
-/// own value.
+/// A value masked for its key name is masked where the same record holds it again under another
+/// name, whole or inside a longer text (`{"password": "Tr0ub4dor&3", "note": "typed
+/// Tr0ub4dor&3 twice"}`), when it has at least this many characters: a short one (`admin`,
+/// `true`) is as likely another field's own value or part of a word.
 pub(super) const MIN_REPEATED_SECRET_LEN: usize = 6;
 
 /// Whether a value masked for its key name is looked for elsewhere in its record: long enough
@@ -677,34 +677,97 @@ fn may_repeat_elsewhere(secret: &str) -> bool {
             .any(|c| c.is_ascii_digit() || c.is_ascii_punctuation())
 }
 
-/// `text` (a record as the write mode wrote it, compact JSON) with each string value that is
-/// one of `secrets` in clear replaced by its masked form; keys stay. How many were replaced.
+/// `text` (a record as the write mode wrote it, compact JSON) with each of `secrets` in clear
+/// replaced by its masked form wherever a string value holds it, whole or in part; keys stay.
+/// How many were replaced.
 pub(super) fn mask_repeated_secrets(text: &mut Vec<u8>, secrets: &[(String, String)]) -> u64 {
-    let mut replaced = 0;
-    for (secret, masked) in secrets {
-        let mut needle = Vec::with_capacity(secret.len() + 2);
-        write_json_str(&mut needle, secret);
-        let Some(found) = memchr::memmem::find(text, &needle) else {
-            continue;
-        };
-        let mut with = Vec::with_capacity(masked.len() + 2);
-        write_json_str(&mut with, masked);
-        let mut out = Vec::with_capacity(text.len());
-        let mut from = 0;
-        let mut at = Some(found);
-        while let Some(start) = at {
-            let end = start + needle.len();
-            // A key is followed by `:`; a value by `,`, `]` or `}`.
-            let is_value = text.get(end) != Some(&b':');
-            out.extend_from_slice(&text[from..start]);
-            out.extend_from_slice(if is_value { &with } else { &needle });
-            replaced += u64::from(is_value);
-            from = end;
-            at = memchr::memmem::find(&text[from..], &needle).map(|i| from + i);
-        }
-        out.extend_from_slice(&text[from..]);
-        *text = out;
+    // Both sides as they are written inside a JSON string (escaped, without the quotes): the
+    // record's strings are searched in their written form.
+    let escaped = |s: &str| {
+        let mut quoted = Vec::with_capacity(s.len() + 2);
+        write_json_str(&mut quoted, s);
+        quoted[1..quoted.len() - 1].to_vec()
+    };
+    let pairs: Vec<(Vec<u8>, Vec<u8>)> = secrets
+        .iter()
+        .map(|(secret, masked)| (escaped(secret), escaped(masked)))
+        .filter(|(needle, _)| memchr::memmem::find(text, needle).is_some())
+        .collect();
+    if pairs.is_empty() {
+        return 0;
     }
+    let mut out = Vec::with_capacity(text.len());
+    let mut replaced = 0;
+    let mut at = 0;
+    while let Some(open) = memchr::memchr(b'"', &text[at..]).map(|i| at + i) {
+        let body_start = open + 1;
+        let body_end = string_end(text, body_start);
+        out.extend_from_slice(&text[at..body_start]);
+        let body = &text[body_start..body_end];
+        // A key is followed by `:`; a value by `,`, `]` or `}`.
+        if text.get(body_end + 1) == Some(&b':') {
+            out.extend_from_slice(body);
+        } else {
+            replaced += replace_in_string(body, &pairs, &mut out);
+        }
+        at = body_end;
+        if at < text.len() {
+            out.push(b'"');
+            at += 1;
+        }
+    }
+    out.extend_from_slice(&text[at..]);
+    *text = out;
+    replaced
+}
+
+/// Where the JSON string whose body starts at `from` ends (its closing quote).
+fn string_end(text: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while i < text.len() {
+        match text[i] {
+            b'\\' => i += 2,
+            b'"' => return i,
+            _ => i += 1,
+        }
+    }
+    text.len()
+}
+
+/// `body` (a written JSON string's inside) onto `out` with every needle of `pairs` replaced;
+/// how many were. A match that starts inside an escape (`\n` then `n1x...`) is not one: the
+/// needle is whole escapes, so a match at an escape's start also ends at one.
+fn replace_in_string(body: &[u8], pairs: &[(Vec<u8>, Vec<u8>)], out: &mut Vec<u8>) -> u64 {
+    let mut current = std::borrow::Cow::Borrowed(body);
+    let mut replaced = 0;
+    for (needle, with) in pairs {
+        if memchr::memmem::find(&current, needle).is_none() {
+            continue;
+        }
+        let mut next = Vec::with_capacity(current.len());
+        let mut from = 0;
+        let mut search = 0;
+        while let Some(start) = memchr::memmem::find(&current[search..], needle).map(|i| search + i)
+        {
+            let backslashes = current[..start]
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\\')
+                .count();
+            if backslashes % 2 == 1 {
+                search = start + 1;
+                continue;
+            }
+            next.extend_from_slice(&current[from..start]);
+            next.extend_from_slice(with);
+            replaced += 1;
+            from = start + needle.len();
+            search = from;
+        }
+        next.extend_from_slice(&current[from..]);
+        current = std::borrow::Cow::Owned(next);
+    }
+    out.extend_from_slice(&current);
     replaced
 }
 
