@@ -276,7 +276,16 @@ const SHOWN_DEAD_LETTERS: usize = 20;
 /// Whether `a` and `b` name the same existing file (links and other names included).
 fn is_same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
+    // `-` reads standard input: what it is open on (a pipe, a file) is what a path must not
+    // name (`--dead-letters /dev/stdin` opened the pipe's write end, so the read never ended).
+    let stdin_or = |p: &Path| {
+        if p == Path::new("-") {
+            Path::new("/dev/stdin").to_path_buf()
+        } else {
+            p.to_path_buf()
+        }
+    };
+    match (std::fs::metadata(stdin_or(a)), std::fs::metadata(stdin_or(b))) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }

@@ -154,6 +154,17 @@ fn every_dead_letter_of_a_long_run_is_written_to_the_dead_letters_file() {
         );
         assert_eq!(std::fs::read_to_string(&input_file).unwrap(), input);
     }
+    // So is standard input when it is the input (the pipe's write end, opened, kept the read
+    // from ever ending).
+    let mut args = okta_detect_args(&rule);
+    args.extend(["--dead-letters", "/dev/stdin"]);
+    let out = perimeter(&args, Some(input.as_bytes()));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/dev/stdin is the input file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
