@@ -285,7 +285,10 @@ fn is_same_file(a: &Path, b: &Path) -> bool {
             p.to_path_buf()
         }
     };
-    match (std::fs::metadata(stdin_or(a)), std::fs::metadata(stdin_or(b))) {
+    match (
+        std::fs::metadata(stdin_or(a)),
+        std::fs::metadata(stdin_or(b)),
+    ) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }

@@ -261,15 +261,16 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // `$variable` is no password); group 19: `sqlplus user/<password>`.
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
         // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`
-        // (any case, also `-seed`, `--seed_phrase`), quoted (also with escaped quotes, as in a
+        // (any case, also `-seed`, `--seed_phrase`, `--mnemonic`), quoted (also with escaped quotes, as in a
         // command held in JSON text: `--seed \"...\"`), 12 words or more (`--seed 42`, a
         // random seed, is no secret); group 24: such a phrase unquoted, as wallets write it
         // (12, 15, 18, 21 or 24 lower-case words of 3-8 letters, the words of BIP-39, and no
-        // more: prose has shorter words); group 25: one word after it, a secret only as a `seed`
-        // value is (`--seed 9f86d0...`, a hex wallet seed; not `--seed 42` nor `--seed random`).
+        // more: prose has shorter words); group 25: one word after it, after `--seed` a secret
+        // only as a `seed` value is (`--seed 9f86d0...`, a hex wallet seed; not `--seed 42` nor
+        // `--seed random`), after the other names any word.
         regex: concat!(
             r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
-            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|mnemonic|seed[-_]phrase|cvv|token|secret|api-key|client-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
+            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|cvv|token|secret|api-key|client-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
             r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
             r#"|(?:^|[\s\\/"'=(|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
@@ -280,7 +281,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
-            r#"|(?:^|\s)--?(?i:seed(?:[-_]phrase)?)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|([a-z]{3,8}(?:[ \t]+[a-z]{3,8}){11}(?:(?:[ \t]+[a-z]{3,8}){3}){0,4})(?:[ \t]*(?:$|[^A-Za-z0-9 \t])|[ \t]+[A-Z0-9])|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
+            r#"|(?:^|\s)--?(?i:seed(?:[-_]phrase)?|mnemonic)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|([a-z]{3,8}(?:[ \t]+[a-z]{3,8}){11}(?:(?:[ \t]+[a-z]{3,8}){3}){0,4})(?:[ \t]*(?:$|[^A-Za-z0-9 \t])|[ \t]+[A-Z0-9])|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
@@ -1560,6 +1561,14 @@ const SESSION_PARAMETER_GROUP: usize = 2;
 /// The group of the `CliCredentials` pattern that is the one word after `--seed`.
 const SEED_WORD_GROUP: usize = 25;
 
+/// Whether the option before the value at `start` (`--seed 9f86...`, `-seed="..."`) is `seed`
+/// itself, not `--seed-phrase` or `--mnemonic`, which hold nothing but secrets.
+fn option_before_is_seed(text: &str, start: usize) -> bool {
+    let option = text[..start].trim_end_matches(['"', '\'', '\\', ' ', '\t', '=']);
+    let option = option.as_bytes();
+    option.len() >= 5 && option[option.len() - 5..].eq_ignore_ascii_case(b"-seed")
+}
+
 /// The group of the `CliCredentials` pattern that is the bare password of `net user`.
 const NET_USER_PASSWORD_GROUP: usize = 9;
 
@@ -2444,7 +2453,9 @@ fn verify(
         PatternKind::CliCredentials => caps.is_some_and(|caps| {
             // `--seed 42` seeds a random generator: only a seed that looks generated or is long
             // (a hex wallet seed) is one, as for a `seed=` assignment.
-            (caps.get(SEED_WORD_GROUP).is_none() || short_name_value_is_secret("seed", secret))
+            (caps.get(SEED_WORD_GROUP).is_none()
+                || !option_before_is_seed(text, start)
+                || short_name_value_is_secret("seed", secret))
             // `net user <name> *` asks for the password; `htpasswd` without `-b` too.
             && (caps.get(NET_USER_PASSWORD_GROUP).is_none()
                 || (secret != "*" && !net_user_prose(text, start, secret)))

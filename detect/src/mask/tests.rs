@@ -2418,6 +2418,24 @@ fn a_seed_phrase_after_seed_is_masked_and_a_random_seed_stays() {
             format!("w --seed {phrase} {phrase}"),
             "w --seed [REDACTED:cli_credentials]",
         ),
+        // `--mnemonic` and `--seed-phrase` take the whole phrase too (they masked only its first
+        // word), and any one word.
+        (
+            format!("wallet restore --mnemonic {phrase} --out w.json"),
+            "wallet restore --mnemonic [REDACTED:cli_credentials] --out w.json",
+        ),
+        (
+            format!("wallet restore --seed-phrase {phrase}"),
+            "wallet restore --seed-phrase [REDACTED:cli_credentials]",
+        ),
+        (
+            format!("wallet restore --MNEMONIC \"{phrase}\""),
+            "wallet restore --MNEMONIC \"[REDACTED:cli_credentials]\"",
+        ),
+        (
+            "wallet restore --mnemonic abandon".to_string(),
+            "wallet restore --mnemonic [REDACTED:cli_credentials]",
+        ),
         (
             format!("wallet restore --seed='{phrase} actor actress' -y"),
             // (`seed=` was masked as an assignment already.)
