@@ -97,6 +97,7 @@ impl PerimeterConfig {
             toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
         config
             .check_tenants()
+            .and_then(|()| config.check_limits())
             .with_context(|| format!("config {}", path.display()))?;
         // The store's own `data_dir` key is replaced by the top-level one: set there, it would
         // be accepted and silently not used.
@@ -120,6 +121,22 @@ impl PerimeterConfig {
             anyhow::ensure!(
                 perimeter_model::is_valid_label(tenant),
                 "{key} `{tenant}`: expected 1-128 characters from [A-Za-z0-9-_.@] (the name API tokens are issued for)"
+            );
+        }
+        Ok(())
+    }
+
+    /// A limit of 0 would refuse every request (`ingest_max_records`) or dead-letter every
+    /// record (`max_line_bytes`): a typo, not a choice, and the service would pass its checks
+    /// and then ingest nothing.
+    fn check_limits(&self) -> anyhow::Result<()> {
+        for (key, value) in [
+            ("max_line_bytes", self.max_line_bytes),
+            ("ingest_max_records", self.ingest_max_records),
+        ] {
+            anyhow::ensure!(
+                value > 0,
+                "{key} = 0 would refuse every record; it must be at least 1"
             );
         }
         Ok(())
@@ -164,6 +181,19 @@ mod tests {
         }
         std::fs::write(&path, "tenant = \"acme-prod.eu@x_1\"\n").unwrap();
         assert!(PerimeterConfig::load(Some(&path)).is_ok());
+    }
+
+    #[test]
+    fn limits_of_zero_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        for key in ["max_line_bytes", "ingest_max_records"] {
+            std::fs::write(&path, format!("{key} = 0\n")).unwrap();
+            let err = format!("{:#}", PerimeterConfig::load(Some(&path)).unwrap_err());
+            assert!(err.contains(&format!("{key} = 0 would refuse")), "{err}");
+            std::fs::write(&path, format!("{key} = 10\n")).unwrap();
+            assert!(PerimeterConfig::load(Some(&path)).is_ok(), "{key}");
+        }
     }
 
     #[test]

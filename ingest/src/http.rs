@@ -304,7 +304,9 @@ struct IngestDoc;
     security(("bearer" = [])))]
 async fn ingest(
     State(state): State<IngestState>,
-    Path(source): Path<String>,
+    // A path axum cannot read (not UTF-8: `/ingest/%ff`) is a bad source name, answered as the
+    // others are, after the token check: axum's own rejection was plain text, before it.
+    source: Result<Path<String>, axum::extract::rejection::PathRejection>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
@@ -363,6 +365,7 @@ async fn ingest(
         }
         Err(r) => return error(r.status(), "bad_body", r.body_text()),
     };
+    let source = source.map_or_else(|_| String::new(), |Path(source)| source);
     if source.is_empty()
         || source.len() > 64
         || !source
@@ -646,10 +649,23 @@ mod router_tests {
         }
         let refused = send("Bearer nope").await.unwrap();
         assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        // A source name that is not UTF-8 waits for the token check too.
+        let request = axum::http::Request::post("/ingest/%ff")
+            .body(axum::body::Body::from("{}"))
+            .unwrap();
+        let (status, _) = answer(router.clone(), request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(
             refused.headers()["www-authenticate"],
             "Bearer realm=\"perimeter\""
         );
+    }
+
+    #[tokio::test]
+    async fn a_source_name_that_is_not_utf8_is_a_json_bad_source() {
+        let (status, error) = post("/ingest/%ff", "{}").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(error["error"]["code"], "bad_source", "{error}");
     }
 
     #[tokio::test]

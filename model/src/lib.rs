@@ -28,7 +28,7 @@ pub use sonic_rs;
 pub use switches::{apply_switch, RuleSwitch, RuleSwitches, SwitchedOff, SwitchedOffRules};
 pub use time::{
     parse_duration, parse_time_bound, parse_time_delta, parse_timestamp, parse_timestamp_str,
-    DurationError, TimeBoundError, TimestampError,
+    without_leap_second, DurationError, TimeBoundError, TimestampError,
 };
 
 /// Whether `value` can name a tenant, a token or a destination: 1 to 128 characters from

@@ -31,6 +31,23 @@ pub fn parse_timestamp(value: &crate::RawJson) -> Result<DateTime<Utc>, Timestam
 
 /// String form of [`parse_timestamp`].
 pub fn parse_timestamp_str(s: &str) -> Result<DateTime<Utc>, TimestampError> {
+    parse_timestamp_text(s).map(without_leap_second)
+}
+
+/// `t` with a leap second (`10:00:60Z`, which the parsers accept) moved to the next minute's
+/// first second: written back as `:60`, it is a time most consumers refuse (Python's
+/// `datetime`, JavaScript's `Date`), in exports and webhooks alike.
+pub fn without_leap_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Timelike;
+    let nanos = t.nanosecond();
+    if nanos < 1_000_000_000 {
+        return t;
+    }
+    t.with_nanosecond(nanos - 1_000_000_000)
+        .map_or(t, |t| t + chrono::Duration::seconds(1))
+}
+
+fn parse_timestamp_text(s: &str) -> Result<DateTime<Utc>, TimestampError> {
     let s = s.trim();
     if s.is_empty() {
         return Err(TimestampError);
@@ -297,6 +314,18 @@ mod tests {
             rfc(json!("2019-01-01T12:00:00.00")),
             "2019-01-01T12:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn a_leap_second_is_the_next_minute() {
+        for (text, want) in [
+            ("2026-12-04T10:00:60Z", "2026-12-04T10:01:00.000Z"),
+            ("2026-12-31T23:59:60.5Z", "2027-01-01T00:00:00.500Z"),
+            ("2026-12-04 10:00:60", "2026-12-04T10:01:00.000Z"),
+            ("2026-12-04T10:00:60+01:00", "2026-12-04T09:01:00.000Z"),
+        ] {
+            assert_eq!(rfc(json!(text)), want, "{text}");
+        }
     }
 
     #[test]

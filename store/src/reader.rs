@@ -157,7 +157,8 @@ impl Store {
         // For IP ranges and CIDR blocks (`ip_query`); a regex typed by the user stays refused.
         parser.allow_regexes();
         let spelt = crate::operators::spell_operators(q).map_err(StoreError::InvalidQuery)?;
-        let unquoted = crate::time_query::unquote_comparisons(&spelt);
+        let unquoted =
+            crate::time_query::unquote_comparisons(&crate::time_query::quote_bare_instants(&spelt));
         let ast = tantivy::query_grammar::parse_query(&unquoted)
             .map_err(|_| StoreError::InvalidQuery(format!("syntax error in query `{q}`")))?;
         if has_regex(&ast) {

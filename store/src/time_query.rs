@@ -38,6 +38,28 @@ pub(crate) fn unquote_comparisons(query: &str) -> String {
         .into_owned()
 }
 
+/// `@timestamp:2026-11-24T14:13:31Z` as `@timestamp:"2026-11-24T14:13:31Z"`: the colons of a
+/// time are query syntax, so pasted unquoted (from an alert, an event) it was a bare syntax
+/// error. Only a term that is a whole date-time is quoted.
+pub(crate) fn quote_bare_instants(query: &str) -> String {
+    static BARE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(^|[\s(+-])(@timestamp:)(\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:?\d\d)?)(\s|\)|$)",
+        )
+        .expect("a valid pattern")
+    });
+    // A match takes the space after its time, which the next one starts with: terms side by side
+    // take more than one pass (a quoted time matches no more).
+    let mut text = query.to_string();
+    loop {
+        let quoted = BARE.replace_all(&text, "${1}${2}\"${3}\"${4}");
+        if quoted == text {
+            return text;
+        }
+        text = quoted.into_owned();
+    }
+}
+
 /// Rewrite every `@timestamp` literal and range bound into RFC 3339; `Err` says which value is
 /// no time. `now` anchors relative times (`now-15m`).
 pub(crate) fn rewrite_times(ast: UserInputAst, now: DateTime<Utc>) -> Result<UserInputAst, String> {
@@ -175,6 +197,41 @@ mod tests {
             "{:?}",
             rewrite_times(parse_query(q).unwrap(), now()).unwrap()
         )
+    }
+
+    #[test]
+    fn an_unquoted_instant_is_read_as_the_quoted_one() {
+        for (bare, quoted) in [
+            (
+                "@timestamp:2026-11-24T14:13:31Z",
+                "@timestamp:\"2026-11-24T14:13:31Z\"",
+            ),
+            (
+                "okta AND (@timestamp:2026-11-24T14:13:31.5+01:00) -x",
+                "okta AND (@timestamp:\"2026-11-24T14:13:31.5+01:00\") -x",
+            ),
+            (
+                "@timestamp:2026-11-24T14:13:31Z @timestamp:2026-11-24T14:13:32Z",
+                "@timestamp:\"2026-11-24T14:13:31Z\" @timestamp:\"2026-11-24T14:13:32Z\"",
+            ),
+            (
+                "-@timestamp:2026-11-24T14:13:00Z",
+                "-@timestamp:\"2026-11-24T14:13:00Z\"",
+            ),
+        ] {
+            assert_eq!(quote_bare_instants(bare), quoted);
+            assert_eq!(rewritten(&quote_bare_instants(bare)), rewritten(quoted));
+        }
+        // Dates, quoted times, comparisons and ranges are left as they are.
+        for kept in [
+            "@timestamp:2026-11-24",
+            "@timestamp:\"2026-11-24T14:13:31Z\"",
+            "@timestamp:>=2026-11-24T14:13:31Z",
+            "@timestamp:[2026-11-24T14:13:31Z TO now]",
+            "x@timestamp:2026-11-24T14:13:31Z",
+        ] {
+            assert_eq!(quote_bare_instants(kept), kept);
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::path::Path;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use perimeter_model::raw_prelude::*;
 use perimeter_model::RawJson as Value;
-use perimeter_model::{parse_timestamp, Ecs, NormalizeError, Normalizer, Outcome};
+use perimeter_model::{
+    parse_timestamp, without_leap_second, Ecs, NormalizeError, Normalizer, Outcome,
+};
 use serde::Deserialize;
 
 use super::fields;
@@ -753,10 +755,10 @@ impl MappingNormalizer {
         match (&self.ts_format, v.as_str()) {
             (Some(fmt), Some(s)) => {
                 if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
-                    return Ok(Some(dt.with_timezone(&Utc)));
+                    return Ok(Some(without_leap_second(dt.with_timezone(&Utc))));
                 }
                 NaiveDateTime::parse_from_str(s, fmt)
-                    .map(|n| Some(Utc.from_utc_datetime(&n)))
+                    .map(|n| Some(without_leap_second(Utc.from_utc_datetime(&n))))
                     .map_err(|e| bad(&format!("does not match format `{fmt}`: {e}")))
             }
             _ => parse_timestamp(v)

@@ -98,6 +98,14 @@ fn categorize(ecs: &mut Ecs, action: &str) {
         a if a.starts_with("user.mfa.okta_verify") || a == "user.mfa.attempt_bypass" => {
             (AUTH_START, &["info"])
         }
+        // The push, SMS, voice call or e-mail Okta sends to challenge a signing-in user
+        // (`system.push.send_factor_verify_push`, `system.voice.send_mfa_challenge_call`): a
+        // step of a sign-in, not a change to a system setting, which `system.*` is otherwise.
+        a if a.starts_with("system.")
+            && (a.contains(".send_factor_verify") || a.contains(".send_mfa_challenge")) =>
+        {
+            (AUTH_START, &["info"])
+        }
         a if a.starts_with("security.threat.")
             || a.starts_with("security.attack.")
             || a == "user.account.report_suspicious_activity_by_enduser" =>

@@ -256,6 +256,42 @@ fn split_gives_one_google_record_per_event_entry() {
 }
 
 #[test]
+fn okta_mfa_challenges_sent_at_sign_in_are_authentication_not_configuration() {
+    let r = NormalizerRegistry::builtin();
+    let okta = |action: &str| {
+        let ev = r
+            .normalize(
+                "okta",
+                record(json!({
+                    "uuid": "u1", "published": "2025-12-31T23:59:60Z", "eventType": action,
+                    "actor": {"alternateId": "dana@acme.test", "type": "User"},
+                    "outcome": {"result": "SUCCESS"},
+                })),
+            )
+            .expect("normalizes");
+        // (A leap second reads as the next minute's first second.)
+        assert_eq!(ev.timestamp.to_rfc3339(), "2026-01-01T00:00:00+00:00");
+        (ev.ecs.event_category, ev.ecs.event_type)
+    };
+    for action in [
+        "system.push.send_factor_verify_push",
+        "system.sms.send_factor_verify_message",
+        "system.voice.send_mfa_challenge_call",
+        "system.email.send_factor_verify_message",
+    ] {
+        assert_eq!(
+            okta(action),
+            (vec!["authentication".into()], vec!["info".into()]),
+            "{action}"
+        );
+    }
+    assert_eq!(
+        okta("system.api_token.create"),
+        (vec!["configuration".into()], vec!["creation".into()])
+    );
+}
+
+#[test]
 fn json_source_reads_only_ecs_named_fields() {
     let r = NormalizerRegistry::builtin();
     let ev = r
