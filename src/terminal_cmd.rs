@@ -301,10 +301,23 @@ const EVENT_COLUMNS: &[Column] = &[
     Column::new("ID", 32, &["event", "id"]),
 ];
 
-/// `s` cut to `n` characters, the last one an ellipsis when cut.
+/// `s` cut to `n` characters, the last one an ellipsis when cut. A closing qualifier in
+/// parentheses (` (repeated)`) is kept after the ellipsis: it is what tells two alerts of one
+/// rule apart, and cut off, the first alert and its grouped repeats looked the same.
 fn cut(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
+    let len = s.chars().count();
+    let qualifier = s
+        .rfind(" (")
+        .filter(|_| s.ends_with(')'))
+        .map(|i| (i, s[i..].chars().count()))
+        .filter(|(_, q)| *q <= n / 3);
+    if len <= n {
         s.to_string()
+    } else if let Some((i, q)) = qualifier {
+        let mut t: String = s[..i].chars().take(n - q - 1).collect();
+        t.push('…');
+        t.push_str(&s[i..]);
+        t
     } else {
         let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
         t.push('…');
@@ -1715,6 +1728,15 @@ mod tests {
             "dana.kim@acme-corp.example"
         );
         assert_eq!(cut("abcdef", 4), "abc…");
+        let repeated = "Password spray: one source IP failing against many users (repeated)";
+        let cell = cut(repeated, 54);
+        assert_eq!(
+            cell,
+            "Password spray: one source IP failing agai… (repeated)"
+        );
+        assert_eq!(cell.chars().count(), 54);
+        // A qualifier longer than a third of the cell is cut as any text.
+        assert_eq!(cut("abcdef (ghijkl)", 10), "abcdef (g…");
 
         let items = [serde_json::json!({"alert": {"entity": arn, "title": "t"}})];
         let mut out = Vec::new();

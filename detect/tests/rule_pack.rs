@@ -124,6 +124,14 @@ fn the_demo_attack_story_raises_the_expected_alerts() {
             "missing alert {expected:?}; got {titles:?}"
         );
     }
+    // Every alert names its ATT&CK technique, correlations' too (they had no tags).
+    for a in &alerts {
+        assert!(
+            !a.threat_technique_id.is_empty(),
+            "{} has no ATT&CK technique",
+            a.title
+        );
+    }
     // Benign activity of the day (about 2,400 events) stays almost silent.
     let before_attack = alerts
         .iter()

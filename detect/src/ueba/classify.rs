@@ -64,8 +64,9 @@ struct RawFacts<'a> {
     token: [Option<Cow<'a, str>>; 5],
     /// App candidates in priority order: GitHub `oauth_application_name`, `oauth_application_id`,
     /// `integration`; Slack `entity.app.name`, `context.app.name`; Okta
-    /// `debugContext.debugData.clientId`; M365 `AppId`; `client_id`.
-    app: [Option<Cow<'a, str>>; 8],
+    /// `debugContext.debugData.clientId`; M365 `AppId`; `client_id`; Google Workspace
+    /// `events[0].parameters` `app_name`, `client_id` (OAuth grants, `token` activities).
+    app: [Option<Cow<'a, str>>; 10],
     /// Okta `actor.id` when the actor is an app.
     actor_app: Option<Cow<'a, str>>,
 }
@@ -101,6 +102,10 @@ fn scan_raw(raw: &Value) -> RawFacts<'_> {
             "debugContext" => f.app[5] = text(v.get("debugData").and_then(|d| d.get("clientId"))),
             "AppId" => f.app[6] = text(Some(v)),
             "client_id" => f.app[7] = text(Some(v)),
+            "events" => {
+                f.app[8] = google_parameter(v, "app_name");
+                f.app[9] = google_parameter(v, "client_id");
+            }
             "errorCode" | "error" => f.throttled |= is_throttle_code(v),
             "status" | "status_code" | "statusCode" | "response_code" => {
                 f.throttled |= is_429(Some(v))
@@ -113,6 +118,17 @@ fn scan_raw(raw: &Value) -> RawFacts<'_> {
         }
     }
     f
+}
+
+/// The value of parameter `wanted` of a Google Workspace activity's first event
+/// (`events[0].parameters[].{name, value}`): a record holds one event once split per event.
+fn google_parameter<'a>(events: &'a Value, wanted: &str) -> Option<Cow<'a, str>> {
+    let parameters = events.as_array()?.iter().next()?.get("parameters")?;
+    let found = parameters
+        .as_array()?
+        .iter()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(wanted))?;
+    text(found.get("value"))
 }
 
 fn words(patterns: &[&str]) -> AhoCorasick {
@@ -198,6 +214,33 @@ pub(crate) fn user_agent_family(ua: &str) -> Option<&str> {
     Some(&ua[..end]).filter(|s| !s.is_empty())
 }
 
+/// Whether the event is a user changing their own account (a password, an MFA factor, the
+/// profile): an `iam` change of type `user`, not of an admin role or a group, whose target is
+/// the actor or is not named (self-service records often name none). Every password-expiry
+/// cycle and every new hire's first day made `config_change` alerts: those are no security
+/// configuration of the organization. (A factor reset by someone else names another target and
+/// still counts; the Sigma rules watch MFA changes themselves.)
+fn changes_own_account(ecs: &perimeter_model::Ecs) -> bool {
+    let has =
+        |values: &[String], wanted: &[&str]| values.iter().any(|v| wanted.contains(&v.as_str()));
+    if !has(&ecs.event_category, &["iam"])
+        || !has(&ecs.event_type, &["user"])
+        || has(&ecs.event_type, &["admin", "group", "creation", "deletion"])
+    {
+        return false;
+    }
+    let targets = [
+        (&ecs.user_name, &ecs.user_target_name),
+        (&ecs.user_email, &ecs.user_target_email),
+        (&ecs.user_id, &ecs.user_target_id),
+    ];
+    let named = targets.iter().any(|(_, target)| target.is_some());
+    !named
+        || targets.iter().any(|(actor, target)| {
+            matches!((actor, target), (Some(a), Some(t)) if a.eq_ignore_ascii_case(t))
+        })
+}
+
 pub(crate) fn classify(event: &Event) -> Classified<'_> {
     let ecs = &event.ecs;
     let raw = &event.raw;
@@ -245,7 +288,7 @@ pub(crate) fn classify(event: &Event) -> Classified<'_> {
     if authentication && ecs.event_outcome != Outcome::Unknown {
         c.auth = Some(ecs.event_outcome);
     }
-    c.config_change = config && changes;
+    c.config_change = config && changes && !changes_own_account(ecs);
 
     let raw_facts = scan_raw(raw);
     c.rate_limit = RATE_LIMIT_WORDS.is_match(action) || raw_facts.throttled;
@@ -341,6 +384,30 @@ mod tests {
     }
 
     #[test]
+    fn google_workspace_oauth_grants_name_their_app() {
+        let grant = ev(
+            Ecs {
+                event_action: Some("authorize".into()),
+                event_category: vec!["configuration".into()],
+                event_type: vec!["creation".into()],
+                ..Default::default()
+            },
+            json!({"kind": "admin#reports#activity", "events": [{"type": "auth", "name": "authorize",
+                "parameters": [{"name": "client_id", "value": "9482.apps.googleusercontent.com"},
+                               {"name": "app_name", "value": "Drive Backup Helper"},
+                               {"name": "scope", "multiValue": ["https://mail.google.com/"]}]}]}),
+        );
+        let c = classify(&grant);
+        assert_eq!(c.app.as_deref(), Some("Drive Backup Helper"));
+        assert!(c.app_grant);
+        let unnamed = ev(
+            grant.ecs.clone(),
+            json!({"events": [{"parameters": [{"name": "client_id", "value": "9482.apps"}]}]}),
+        );
+        assert_eq!(classify(&unnamed).app.as_deref(), Some("9482.apps"));
+    }
+
+    #[test]
     fn downloads_and_config_changes() {
         let dl = ev(
             Ecs {
@@ -363,6 +430,30 @@ mod tests {
         );
         let c = classify(&cfg);
         assert!(c.config_change && !c.volume);
+        // A user's own password, factor or profile: self-service, not a configuration change;
+        // the same change made to another user is one.
+        let user_change = |actor: &str, target: Option<&str>| {
+            ev(
+                Ecs {
+                    event_action: Some("user.account.update_password".into()),
+                    event_category: vec!["iam".into()],
+                    event_type: vec!["user".into(), "change".into()],
+                    user_name: Some(actor.into()),
+                    user_target_name: target.map(Into::into),
+                    ..Default::default()
+                },
+                json!({}),
+            )
+        };
+        assert!(!classify(&user_change("dana@acme.test", Some("Dana@acme.test"))).config_change);
+        assert!(!classify(&user_change("dana@acme.test", None)).config_change);
+        assert!(classify(&user_change("admin@acme.test", Some("dana@acme.test"))).config_change);
+        let mut grant = user_change("dana@acme.test", Some("dana@acme.test"));
+        grant.ecs.event_type = vec!["admin".into(), "change".into()];
+        assert!(
+            classify(&grant).config_change,
+            "a role granted to oneself counts"
+        );
     }
 
     #[test]

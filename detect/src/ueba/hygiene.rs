@@ -51,6 +51,40 @@ impl UebaDetector {
         }
     }
 
+    /// The ATT&CK techniques its alerts stand for (`threat.technique.id`). Rate limiting says a
+    /// client is automated, not what it does, so it names none.
+    pub fn attack_techniques(&self) -> &'static [&'static str] {
+        match self {
+            UebaDetector::AuthFailureBurst => &["T1110"],
+            UebaDetector::PasswordSpray => &["T1110.003"],
+            UebaDetector::BruteForceSuccess => &["T1110", "T1078"],
+            UebaDetector::RateLimitViolation => &[],
+            UebaDetector::ConfigChange => &["T1562", "T1098"],
+            UebaDetector::FirstSeen => &["T1078"],
+            UebaDetector::VolumeAnomaly => &["T1530"],
+        }
+    }
+
+    fn technique_ids(&self) -> Vec<String> {
+        self.attack_techniques()
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
+    }
+
+    /// The alert tags: `ueba`, `ueba.<detector>`, and `attack.<technique>` as Sigma rules write
+    /// them.
+    fn tags(&self) -> Vec<String> {
+        ["ueba".to_string(), format!("ueba.{}", self.name())]
+            .into_iter()
+            .chain(
+                self.attack_techniques()
+                    .iter()
+                    .map(|t| format!("attack.{}", t.to_ascii_lowercase())),
+            )
+            .collect()
+    }
+
     /// What the detector looks for, for rule listings.
     pub fn title(&self) -> &'static str {
         match self {
@@ -262,7 +296,8 @@ impl Hygiene {
         }
         alert.explanation = Some(f.explanation.clone());
         alert.score = Some(f.score);
-        alert.tags = vec!["ueba".into(), format!("ueba.{}", f.detector.name())];
+        alert.tags = f.detector.tags();
+        alert.threat_technique_id = f.detector.technique_ids();
         alerts.push(alert.seal());
         self.groups.insert(
             key,
@@ -387,11 +422,9 @@ fn summary(key: GroupKey, g: Group) -> Option<Alert> {
     ));
     alert.score = Some(g.max_score);
     alert.count = total;
-    alert.tags = vec![
-        "ueba".into(),
-        format!("ueba.{}", key.detector.name()),
-        "grouped".into(),
-    ];
+    alert.tags = key.detector.tags();
+    alert.tags.push("grouped".into());
+    alert.threat_technique_id = key.detector.technique_ids();
     Some(alert.seal())
 }
 

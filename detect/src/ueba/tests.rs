@@ -370,6 +370,15 @@ fn thirty_users_failing_from_one_ip_in_ten_minutes_is_a_password_spray() {
         spray[1].explanation
     );
     assert!(spray[1].tags.contains(&"grouped".to_string()));
+    // Both name the ATT&CK technique, in the tags as Sigma rules write it.
+    for a in &spray {
+        assert_eq!(a.threat_technique_id, ["T1110.003"]);
+        assert!(
+            a.tags.contains(&"attack.t1110.003".to_string()),
+            "{:?}",
+            a.tags
+        );
+    }
 
     // The same 30 users failing from 30 different IPs is not a spray.
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
