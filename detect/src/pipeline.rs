@@ -1248,13 +1248,20 @@ mod tests {
     /// A rule for failed Okta logins and a correlation: 3 of them for one user within 10 minutes
     /// ("Burst").
     fn failure_burst_rules() -> (crate::sigma::RuleSet, crate::sigma::SigmaOptions) {
-        rules_from(
+        failure_burst_rules_with("gte: 3")
+    }
+
+    /// The Okta failure rule and a `Burst` of them under `condition` (keys of `condition:`).
+    fn failure_burst_rules_with(
+        condition: &str,
+    ) -> (crate::sigma::RuleSet, crate::sigma::SigmaOptions) {
+        rules_from(&format!(
             "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6c\nname: okta_failure\n\
              logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
              \x20   condition: selection\nlevel: low\n---\ntitle: Burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6d\n\
              correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
-             \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        gte: 3\nlevel: high\n",
-        )
+             \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        {condition}\nlevel: high\n",
+        ))
     }
 
     /// An Okta login failure for `user` at `at` (`HH:MM` on 2026-11-24), into `out`.
@@ -1582,6 +1589,29 @@ mod tests {
         okta_failure(&mut p, &mut out, "acme", "erin", "10:02");
         okta_failure(&mut p, &mut out, "globex", "dana.kim", "10:02");
         assert!(bursts_in(&out).is_empty());
+    }
+
+    /// A window judged when it closes (a range) is snapshotted and restored like the others, and
+    /// after the restore it slides past too few events as before.
+    #[test]
+    fn a_range_window_survives_a_restart_and_slides_after_it() {
+        let (rules, options) = failure_burst_rules_with("gte: 3\n        lte: 5");
+        let state = tempfile::tempdir().unwrap();
+        let mut before = pipeline().with_sigma(SigmaDetector::new(rules.clone(), &options));
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut before, &mut out, "acme", "dana", "10:00");
+        okta_failure(&mut before, &mut out, "acme", "dana", "10:09");
+        before.save_state(state.path()).unwrap();
+        let mut after = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let r = after.restore_correlations(state.path()).unwrap();
+        assert_eq!(r.restored.keys, 1);
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut after, &mut out, "acme", "dana", "10:11");
+        okta_failure(&mut after, &mut out, "acme", "dana", "10:12");
+        after.finish(&mut out);
+        let bursts = bursts_in(&out);
+        assert_eq!(bursts.len(), 1, "10:09, 10:11 and 10:12: {bursts:?}");
+        assert_eq!(bursts[0].len(), 3);
     }
 
     /// A pipeline whose mask key is read from a file holding `key`, with the Okta failure rule.

@@ -933,6 +933,37 @@ fn value_count_counts_distinct_values() {
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].entity, "9.9.9.9");
     assert_eq!(alerts[0].entity_kind, perimeter_model::EntityKind::Ip);
+    // It says what it counted: distinct values of which field, from how many events.
+    assert_eq!(
+        alerts[0].explanation.as_deref(),
+        Some("value_count correlation: 3 distinct actor.alternateId values from 4 events over 3s (timespan 600s), grouped by client.ipAddress, condition gte 3")
+    );
+}
+
+fn assert_explains(alert: &perimeter_model::Alert, start: &str) {
+    let text = alert.explanation.as_deref().unwrap_or_default();
+    assert!(text.starts_with(start), "{text}");
+}
+
+/// An event counted for two rules of a temporal correlation is one event of its explanation.
+#[test]
+fn a_temporal_explanation_counts_the_events_it_cites() {
+    let text = format!(
+        "title: c\nid: c1\ncorrelation:\n    type: temporal_ordered\n    rules: [okta_fail, okta_ok, okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 10m\n---\n{FAIL_RULE}---\n{SUCCESS_RULE}"
+    );
+    let evs = [
+        okta_fail("bob", "x", 0, 0),
+        okta_ok("bob", 1),
+        okta_fail("bob", "x", 2, 0),
+    ];
+    let alerts = run_events(&text, &SigmaOptions::default(), &evs);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].event_ids.len(), 3);
+    assert_eq!(alerts[0].count, 3);
+    assert_explains(
+        &alerts[0],
+        "temporal_ordered correlation: 3 events over 120s",
+    );
 }
 
 #[test]
@@ -1087,6 +1118,43 @@ fn upper_bound_and_range_conditions_evaluate_on_window_close() {
     );
 }
 
+/// A range is judged when a window closes; a window with too few events slides to its next
+/// event (a burst across the first window's end is not lost), one with too many is consumed
+/// (a burst too large does not fire from its tail).
+#[test]
+fn a_range_window_slides_past_too_few_and_consumes_too_many() {
+    let text = corr("    type: event_count\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 10m\n    condition:\n        gte: 3\n        lte: 5");
+    let opts = SigmaOptions::default();
+    // 10:00 alone in its window (10:09 is the only other): then 10:09, 10:11, 10:12.
+    let evs: Vec<Event> = [0, 9, 11, 12]
+        .iter()
+        .map(|m| okta_fail("bob", "x", *m, 0))
+        .collect();
+    let alerts = run_events(&text, &opts, &evs);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let ids: Vec<String> = evs[1..].iter().map(|e| e.id().0.clone()).collect();
+    assert_eq!(alerts[0].event_ids, ids);
+    assert_eq!(alerts[0].timestamp, evs[3].timestamp);
+    // Out of order within the allowed lateness: the same alert.
+    let shuffled = [&evs[1], &evs[0], &evs[3], &evs[2]].map(Clone::clone);
+    let again = run_events(&text, &opts, &shuffled);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].id, alerts[0].id);
+    // Ten in a minute: too many, and none of their tails fires either.
+    let burst: Vec<Event> = (0..10).map(|i| okta_fail("bob", "x", 0, i)).collect();
+    assert!(run_events(&text, &opts, &burst).is_empty());
+    // Windows close by the watermark too, not only on flush: two separate bursts, two alerts.
+    let mut two: Vec<Event> = (0..3).map(|i| okta_fail("bob", "x", 0, i)).collect();
+    two.extend((0..4).map(|i| okta_fail("bob", "x", 30, i)));
+    two.push(okta_fail("eve", "x", 59, 0));
+    let mut d = SigmaDetector::new(ruleset(&text), &opts);
+    let mut before_flush = Vec::new();
+    for e in &two {
+        d.detect(e, &mut before_flush);
+    }
+    assert_eq!(before_flush.len(), 2, "{before_flush:?}");
+}
+
 const SUCCESS_RULE: &str = "title: ok\nid: ok1\nname: okta_ok\nlogsource: {product: okta}\ndetection:\n    sel:\n        eventType: user.session.start\n        outcome.result: SUCCESS\n    condition: sel\n";
 
 fn okta_ok(user: &str, minute: u32) -> Event {
@@ -1172,8 +1240,28 @@ fn chained_correlations_and_aliases() {
         "inner correlation and base rules are suppressed (generate: false)"
     );
     assert_eq!(alerts[0].severity, perimeter_model::Severity::Critical);
+    // The outer alert cites the events of the inner hit, not only its last one.
+    let ids: Vec<String> = evs.iter().map(|e| e.id().0.clone()).collect();
+    assert_eq!(alerts[0].event_ids, ids);
+    assert_explains(
+        &alerts[0],
+        "temporal_ordered correlation: 4 events over 60s",
+    );
     // Success without the burst first: nothing.
     assert!(run_events(&text, &SigmaOptions::default(), &[okta_ok("bob", 1)]).is_empty());
+    // An inner correlation with an upper bound fires when its window closes, and that hit
+    // counts for the outer one as an early hit does.
+    let range = text.replace("gte: 3\n", "gte: 3\n        lte: 5\n");
+    assert_ne!(range, text);
+    let alerts = run_events(&range, &SigmaOptions::default(), &evs);
+    let outer: Vec<_> = alerts.iter().filter(|a| a.rule_id == "outer").collect();
+    assert_eq!(outer.len(), 1, "{alerts:?}");
+    assert_eq!(outer[0].event_ids, ids);
+    assert_eq!(outer[0].entity, "bob");
+    // Six failures are too many for the inner one: no outer alert.
+    let mut six: Vec<Event> = (0..6).map(|i| okta_fail("bob", "x", 0, i)).collect();
+    six.push(okta_ok("bob", 1));
+    assert!(run_events(&range, &SigmaOptions::default(), &six).is_empty());
 }
 
 #[test]

@@ -17,9 +17,21 @@
 //! - Conditions that can only become true as events arrive (`gt`/`gte` counts, sums, temporal)
 //!   fire as soon as a window of `timespan` containing the new event satisfies them; the entries
 //!   of that window are then consumed, so one burst gives one alert.
-//! - Conditions with an upper bound (`lt`, `lte`, `eq`, `neq`) are evaluated when a tumbling
-//!   window (starting at the key's first event) closes: when the watermark passes its end, or on
-//!   flush.
+//! - Conditions with an upper bound (`lt`, `lte`, `eq`, `neq`, ranges) are evaluated when a
+//!   window closes: when its stream's watermark (minus the allowed lateness) passes its end, or
+//!   on flush. A window starts at the key's oldest open event and spans `timespan`. A closed
+//!   window that holds too few (below a lower bound: `gt`, `gte`, or `eq` not reached) slides:
+//!   its first event is dropped and the next window starts at its second event, so each event
+//!   starts a window at most once and a burst is not lost to a boundary that fell inside it. A
+//!   window that fires, or holds too many (an upper bound exceeded, or `neq` equal), is consumed
+//!   whole: a burst of 10 does not fire `lte: 5` from its tail.
+//! - A correlation's hit is passed to the correlations that read it (chained correlations),
+//!   whether it fired early or when its window closed. A window that closes has no event at
+//!   hand: a correlation read by others keeps, per key, a small stand-in event with the fields
+//!   those read (group-by, counted field, `entity_field`), dated by the window's newest event.
+//!   It is not snapshotted (clear values): after a restore it is rebuilt from the key's next
+//!   event. The reading correlation's alert cites the events of the hit (lines and event ids,
+//!   at most [`MAX_EVIDENCE_IDS`] ids), kept beside its entry while it is open.
 //! - Memory is bounded: entries expire by event time, each key keeps at most a fixed number of
 //!   entries, and each correlation keeps at most `max_correlation_keys` keys, evicting the least
 //!   recently used eighth when full.
@@ -122,7 +134,63 @@ struct Entry {
     line: u64,
     /// The event's id as a number (ids are 32 hex digits), so alerts can name their evidence.
     id: u128,
+    /// Events this entry stands for: 1, or for `value_count` (one entry per value, at its latest
+    /// time) the events of the value within one timespan up to it. Fits the entry's padding.
+    n: u32,
+    /// For `value_count`: seconds from the first of those `n` events to this one.
+    run_secs: u32,
 }
+
+impl Entry {
+    fn new(ts: i64, val: u64, line: u64, id: u128) -> Entry {
+        Entry {
+            ts,
+            val,
+            line,
+            id,
+            n: 1,
+            run_secs: 0,
+        }
+    }
+}
+
+/// The events an entry that is another correlation's hit stands for (its window's events).
+#[derive(Debug, Clone)]
+struct Cited {
+    /// The entry's time and id.
+    ts: i64,
+    id: u128,
+    events: Box<[Entry]>,
+}
+
+/// What a correlation counts: a detection rule's event, or the hit of a correlation it reads,
+/// dated by that window's newest event and citing the window's events.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    ts: i64,
+    line: u64,
+    id: u128,
+    /// Empty for a detection rule's event.
+    cites: &'a [Entry],
+}
+
+/// Field values read from the event itself (a stand-in event has no matcher cache).
+struct EventFields;
+
+impl FieldValues for EventFields {
+    fn visit(
+        &mut self,
+        _slot: u32,
+        path: &FieldPath,
+        event: &Event,
+        f: &mut dyn FnMut(Leaf<'_>) -> bool,
+    ) -> Found {
+        path.visit_event(event, f)
+    }
+}
+
+// The value_count fields live in the padding of the 16-byte aligned id.
+const _: () = assert!(std::mem::size_of::<Entry>() <= 48);
 
 /// Most evidence event ids a correlation alert lists (the latest ones).
 const MAX_EVIDENCE_IDS: usize = 100;
@@ -143,6 +211,25 @@ struct WindowInfo {
     tenant: String,
     entity: String,
     entity_kind: EntityKind,
+    /// For a correlation that others read: the stand-in event its closed windows pass to them.
+    carrier: Option<Box<Carrier>>,
+}
+
+/// A stand-in event: tenant, source and the fields the reading correlations use.
+#[derive(Debug, Clone)]
+struct Carrier {
+    event: Event,
+    /// Approximate heap bytes, for [`Correlator::state_bytes`].
+    bytes: usize,
+}
+
+/// A window that closed and fired.
+struct ClosedWindow {
+    /// Its entries.
+    used: Vec<Entry>,
+    /// The events it cites, oldest first ([`cited_evidence`]).
+    cites: Vec<Entry>,
+    info: Box<WindowInfo>,
 }
 
 #[derive(Debug)]
@@ -150,9 +237,64 @@ struct KeyState {
     last_used: u64,
     /// The stream (tenant + source) of the last event; its watermark closes this key's windows.
     stream: u64,
-    window_start: i64,
     entries: Vec<Entry>,
     window: Option<Box<WindowInfo>>,
+    /// Evidence of entries that are hits of a correlation this one reads.
+    cited: Option<Box<[Cited]>>,
+}
+
+impl KeyState {
+    /// Drop the evidence of entries no longer held.
+    fn prune_citations(&mut self) {
+        let entries = &self.entries;
+        let held = |c: &Cited| entries.iter().any(|e| e.ts == c.ts && e.id == c.id);
+        if self.cited.as_ref().is_some_and(|l| !l.iter().all(held)) {
+            let kept: Vec<Cited> = self
+                .cited
+                .take()
+                .into_iter()
+                .flatten()
+                .filter(held)
+                .collect();
+            self.cited = (!kept.is_empty()).then(|| kept.into_boxed_slice());
+        }
+    }
+
+    /// Keep the events an entry at (`ts`, `id`) cites (the latest [`MAX_EVIDENCE_IDS`]).
+    fn cite(&mut self, ts: i64, id: u128, events: &[Entry]) {
+        if self
+            .cited
+            .iter()
+            .flatten()
+            .any(|c| c.ts == ts && c.id == id)
+        {
+            return;
+        }
+        let skip = events.len().saturating_sub(MAX_EVIDENCE_IDS);
+        let mut list: Vec<Cited> = self.cited.take().map(Vec::from).unwrap_or_default();
+        list.push(Cited {
+            ts,
+            id,
+            events: events[skip..].into(),
+        });
+        self.cited = Some(list.into_boxed_slice());
+    }
+}
+
+/// The events `used` cites: each entry, and the events of the correlation hits among them,
+/// oldest first, each event once (an event counted for two rules of a temporal correlation,
+/// or cited by a hit and counted itself, is one event).
+fn cited_evidence(cited: Option<&[Cited]>, used: &[Entry]) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::with_capacity(used.len());
+    for e in used {
+        if let Some(c) = cited.and_then(|l| l.iter().find(|c| c.ts == e.ts && c.id == e.id)) {
+            out.extend_from_slice(&c.events);
+        }
+        out.push(*e);
+    }
+    out.sort_by_key(|e| (e.ts, e.id));
+    out.dedup_by(|a, b| a.id != 0 && a.id == b.id && a.ts == b.ts);
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,7 +496,16 @@ impl Correlator {
                                         + w.source.len()
                                         + w.tenant.len()
                                         + w.entity.len()
+                                        + w.carrier.as_ref().map_or(0, |c| c.bytes)
                                 })
+                                + k.cited
+                                    .iter()
+                                    .flatten()
+                                    .map(|c| {
+                                        std::mem::size_of::<Cited>()
+                                            + c.events.len() * std::mem::size_of::<Entry>()
+                                    })
+                                    .sum::<usize>()
                         })
                         .sum::<usize>()
             })
@@ -455,10 +606,99 @@ impl Correlator {
         alerts: &mut Vec<Alert>,
         fields: &mut dyn FieldValues,
     ) {
-        let ts = event.timestamp.timestamp_millis();
+        let origin = Origin {
+            ts: event.timestamp.timestamp_millis(),
+            line: event.line.unwrap_or(0),
+            id: u128::from_str_radix(event.id().as_str(), 16).unwrap_or(0),
+            cites: &[],
+        };
+        self.count(ci, from, event, origin, rules, alerts, fields);
+    }
+
+    /// The stand-in event a closed window of `ci` passes to the correlations that read it: the
+    /// tenant and source of `event`, and the values of the fields they read: `ci`'s group-by
+    /// fields under its own names, the paths the readers resolve for `ci` (aliases), their
+    /// counted fields and `entity_field`. Dated when passed on.
+    fn carrier_for(&self, ci: usize, j0: usize, event: &Event, rules: &RuleSet) -> Box<Carrier> {
+        let mut raw = serde_json::Map::new();
+        let mut put = |name: &str, path: &FieldPath| {
+            if raw.contains_key(name) {
+                return;
+            }
+            let mut value = None;
+            path.visit_event(event, &mut |leaf: Leaf<'_>| {
+                if leaf.with_text(|t| t.is_some()) {
+                    value = Some(leaf.to_json());
+                }
+                value.is_some()
+            });
+            if let Some(v) = value {
+                raw.insert(name.to_string(), v);
+            }
+        };
+        let c = &rules.correlations[ci];
+        for (g, p) in c.group_by.iter().zip(&self.states[ci].group_paths[j0]) {
+            put(g, p);
+        }
+        for &p in &rules.corr_parents[ci] {
+            let st = &self.states[p];
+            for (j, r) in rules.corr_refs[p].iter().enumerate() {
+                if *r == RuleRef::Correlation(ci) {
+                    for path in st.group_paths[j].iter().chain(&st.value_paths[j]) {
+                        put(&path.name, path);
+                    }
+                }
+            }
+            if let Some(f) = &rules.correlations[p].meta.entity_field {
+                put(f, &FieldPath::new(f));
+            }
+        }
+        let raw = serde_json::Value::Object(raw);
+        let bytes = std::mem::size_of::<Carrier>()
+            + event.source.len()
+            + event.tenant.len()
+            + serde_json::to_string(&raw).map_or(0, |t| t.len() * 2);
+        let ecs = perimeter_model::Ecs {
+            timestamp: Some(event.timestamp),
+            user_name: event.ecs.user_name.clone(),
+            user_email: event.ecs.user_email.clone(),
+            source_ip: event.ecs.source_ip.clone(),
+            ..Default::default()
+        };
+        let record = perimeter_model::RawRecord {
+            source: event.source.clone(),
+            tenant: event.tenant.clone(),
+            received_at: event.received_at,
+            line: None,
+            raw: perimeter_model::raw_from_serde(&raw),
+        };
+        Box::new(Carrier {
+            event: Event::new(event.source.clone(), record, ecs),
+            bytes,
+        })
+    }
+
+    /// Count `origin` (of `event`) for correlation `ci`.
+    #[allow(clippy::too_many_arguments)]
+    fn count(
+        &mut self,
+        ci: usize,
+        from: RuleRef,
+        event: &Event,
+        origin: Origin<'_>,
+        rules: &RuleSet,
+        alerts: &mut Vec<Alert>,
+        fields: &mut dyn FieldValues,
+    ) {
+        let ts = origin.ts;
         let stream = stream_of(event);
         let stream_ts = self.streams.get(&stream).copied().unwrap_or(i64::MIN);
-        if stream_ts != i64::MIN && ts < stream_ts.saturating_sub(self.lateness_ms) {
+        // A correlation's hit is dated by its window's newest event, and a window closes only
+        // once its stream is past the allowed lateness: that is no late event.
+        if matches!(from, RuleRef::Detection(_))
+            && stream_ts != i64::MIN
+            && ts < stream_ts.saturating_sub(self.lateness_ms)
+        {
             self.late_dropped += 1;
             return;
         }
@@ -522,6 +762,17 @@ impl Correlator {
                 }
             }
         };
+        let mode = st.mode;
+        // A correlation that others read passes its closed windows on with a stand-in event.
+        let carrier = (mode == Mode::OnClose
+            && !rules.corr_parents[ci].is_empty()
+            && st
+                .keys
+                .get(&key)
+                .and_then(|k| k.window.as_ref())
+                .is_none_or(|w| w.carrier.is_none()))
+        .then(|| self.carrier_for(ci, j0, event, rules));
+        let st = &mut self.states[ci];
         self.seq += 1;
         self.state_version += 1;
         if !st.keys.contains_key(&key) && st.keys.len() >= self.max_keys {
@@ -532,16 +783,14 @@ impl Correlator {
             .max(ts)
             .saturating_sub(span)
             .saturating_sub(self.lateness_ms);
-        let mode = st.mode;
         let max_entries = st.max_entries;
-        let line = event.line.unwrap_or(0);
-        let id = u128::from_str_radix(event.id().as_str(), 16).unwrap_or(0);
+        let (line, id) = (origin.line, origin.id);
         let ks = st.keys.entry(key).or_insert_with(|| KeyState {
             last_used: 0,
             stream,
-            window_start: ts,
             entries: Vec::with_capacity(1),
             window: None,
+            cited: None,
         });
         ks.last_used = self.seq;
         ks.stream = stream;
@@ -552,23 +801,17 @@ impl Correlator {
                 tenant: event.tenant.clone(),
                 entity,
                 entity_kind,
+                carrier: None,
             }));
         }
-        let mut pending_close: Vec<Vec<Entry>> = Vec::new();
+        if let (Some(w), Some(carrier)) = (&mut ks.window, carrier) {
+            w.carrier = Some(carrier);
+        }
+        let mut closed: Vec<ClosedWindow> = Vec::new();
         if mode == Mode::OnClose {
-            if ks.entries.is_empty() {
-                ks.window_start = ts;
-            }
-            while !ks.entries.is_empty()
-                && ts > ks.window_start.saturating_add(span)
-                && ts.saturating_sub(ks.window_start) > span
-            {
-                let end = ks.window_start.saturating_add(span);
-                let cut = ks.entries.partition_point(|e| e.ts <= end);
-                pending_close.push(ks.entries.drain(..cut).collect());
-                ks.window_start = ks.entries.first().map_or(ts, |e| e.ts.min(ts));
-            }
-            ks.window_start = ks.window_start.min(ts);
+            // The windows this stream's watermark has passed: no event still accepted is in them.
+            let watermark = stream_ts.max(ts).saturating_sub(self.lateness_ms);
+            close_windows(c, ks, Some(watermark), &mut self.distinct, &mut closed);
         } else {
             let keep_from = ks.entries.partition_point(|e| e.ts < horizon);
             if keep_from > 0 {
@@ -576,7 +819,8 @@ impl Correlator {
             }
         }
         // value_count only needs each distinct value once, at its latest time: keeps a key's
-        // entries (and memory) bounded by the number of distinct values.
+        // entries (and memory) bounded by the number of distinct values. The entry counts the
+        // value's events within one timespan up to it (`n`), for the alert's explanation.
         // An event counted already (sent again after a restart that restored the window it was
         // counted in) is not counted twice. Same event, same time: only entries at `ts` are read.
         // For temporal correlations an entry is an event *for one of the rules* (`val` is the
@@ -592,13 +836,30 @@ impl Correlator {
                 .take_while(|e| e.ts == ts)
                 .any(|e| e.id == id && id != 0 && (!temporal || e.val == v))
         };
+        let secs = |ms: i64| u32::try_from(ms.max(0) / 1000).unwrap_or(u32::MAX);
         let mut insert = true;
+        let mut new_entry = Entry::new(ts, val, line, id);
         if c.kind == CorrelationType::ValueCount {
             if let Some(pos) = ks.entries.iter().position(|e| e.val == val) {
-                if ks.entries[pos].ts >= ts {
+                let old = ks.entries[pos];
+                if old.ts >= ts {
                     insert = false;
+                    // An earlier event of the value, arriving late: one more for its entry.
+                    if old.id != id && old.ts.saturating_sub(ts) <= span {
+                        let e = &mut ks.entries[pos];
+                        e.n = e.n.saturating_add(1);
+                        e.run_secs = e.run_secs.max(secs(old.ts - ts));
+                    }
                 } else {
                     ks.entries.remove(pos);
+                    let run_start = old.ts.saturating_sub(i64::from(old.run_secs) * 1000);
+                    if run_start >= ts.saturating_sub(span) {
+                        new_entry.n = old.n.saturating_add(1);
+                        new_entry.run_secs = secs(ts - run_start);
+                    } else if old.ts >= ts.saturating_sub(span) {
+                        new_entry.n = 2;
+                        new_entry.run_secs = secs(ts - old.ts);
+                    }
                 }
             }
         }
@@ -611,24 +872,21 @@ impl Correlator {
             ks.entries.insert(
                 at,
                 Entry {
-                    ts,
                     val: v,
-                    line,
-                    id,
+                    ..new_entry
                 },
             );
+        }
+        if !origin.cites.is_empty() && insert {
+            ks.cite(ts, id, origin.cites);
         }
         if ks.entries.len() > max_entries {
             let extra = ks.entries.len() - max_entries;
             ks.entries.drain(..extra);
         }
-        if !pending_close.is_empty() {
-            let window = ks.window.clone();
-            for closed in pending_close {
-                if let Some(w) = &window {
-                    self.fire_closed(ci, &closed, w, rules, alerts);
-                }
-            }
+        ks.prune_citations();
+        for w in closed {
+            self.fire_closed(ci, w, rules, alerts);
         }
         if mode == Mode::Early {
             let ks = match self.states[ci].keys.get_mut(&key) {
@@ -637,73 +895,84 @@ impl Correlator {
             };
             if let Some((lo, hi)) = find_window(c, &ks.entries, ts, val, &mut self.distinct) {
                 let used: Vec<Entry> = ks.entries.drain(lo..hi).collect();
+                let cites = cited_evidence(ks.cited.as_deref(), &used);
+                ks.prune_citations();
                 let entity = Self::entity(c, &self.states[ci].group_paths[j0], event, rules, ci);
                 let mut alert = base_alert(&c.meta, DetectorKind::Correlation, event, entity);
                 // The window's newest event dates the alert, whichever arrived last (events
                 // within the allowed lateness may come out of order): the same events give
                 // the same alert. The triggering event's own time keeps its full precision.
                 let newest = used.iter().map(|e| e.ts).max().unwrap_or(ts);
-                if newest > ts {
+                if newest > event.timestamp.timestamp_millis() {
                     alert.timestamp =
                         chrono::DateTime::from_timestamp_millis(newest).unwrap_or(alert.timestamp);
                 }
-                for e in &used {
-                    if e.line > 0 && !alert.lines.contains(&e.line) {
-                        alert.lines.push(e.line);
-                    }
+                alert.lines = cited_lines(&cites);
+                alert.event_ids = evidence_ids(&cites);
+                let trigger = if id != 0 {
+                    format!("{id:032x}")
+                } else {
+                    event.id().0.clone()
+                };
+                if !alert.event_ids.contains(&trigger) {
+                    alert.event_ids.push(trigger);
                 }
-                alert.lines.sort_unstable();
-                alert.event_ids = evidence_ids(&used);
-                if !alert.event_ids.contains(&event.id().0) {
-                    alert.event_ids.push(event.id().0.clone());
-                }
-                alert.count = used.len() as u64;
-                alert.explanation = Some(explain_window(c, &used));
+                alert.count = events_counted(c, &used, &cites);
+                alert.explanation = Some(explain_window(c, &used, &cites, &mut self.distinct));
                 let alert = alert.seal();
                 if !rules.corr_suppressed[ci] {
                     alerts.push(alert);
                 }
+                let up = Origin {
+                    cites: &cites,
+                    ..origin
+                };
                 for &p in &rules.corr_parents[ci] {
-                    self.hit(p, RuleRef::Correlation(ci), event, rules, alerts, fields);
+                    self.count(
+                        p,
+                        RuleRef::Correlation(ci),
+                        event,
+                        up,
+                        rules,
+                        alerts,
+                        fields,
+                    );
                 }
             }
         }
     }
 
+    /// Alert for a window that closed and fired, and pass its hit to the correlations that
+    /// read this one (as [`Correlator::count`] does for an early hit).
     fn fire_closed(
         &mut self,
         ci: usize,
-        entries: &[Entry],
-        w: &WindowInfo,
+        w: ClosedWindow,
         rules: &RuleSet,
         alerts: &mut Vec<Alert>,
     ) {
         let c = &rules.correlations[ci];
-        if entries.is_empty() {
+        let Some(newest) = w.used.iter().copied().max_by_key(|e| e.ts) else {
             return;
-        }
-        let agg = aggregate(c, entries, None, &mut self.distinct);
-        if !c.condition.iter().all(|(op, n)| op.holds(agg, *n)) {
-            return;
-        }
-        let last = entries.iter().map(|e| e.ts).max().unwrap_or(0);
-        let ts = chrono::DateTime::from_timestamp_millis(last).unwrap_or_default();
+        };
+        let ts = chrono::DateTime::from_timestamp_millis(newest.ts).unwrap_or_default();
         let sev = c
             .meta
             .level
             .as_deref()
             .and_then(perimeter_model::Severity::parse)
             .unwrap_or_default();
+        let info = &w.info;
         let mut a = Alert::new(
             c.meta.key(),
             c.meta.title.clone(),
             sev,
             DetectorKind::Correlation,
-            w.source.clone(),
-            w.tenant.clone(),
+            info.source.clone(),
+            info.tenant.clone(),
             ts,
-            w.entity.clone(),
-            w.entity_kind,
+            info.entity.clone(),
+            info.entity_kind,
         );
         a.rule_status = c.meta.status.clone();
         a.description = c.meta.description.clone();
@@ -711,21 +980,36 @@ impl Correlator {
         a.threat_technique_id = super::compile::technique_ids(&c.meta.tags);
         a.references = c.meta.references.clone();
         a.rule_hash = Some(c.meta.rule_hash.clone());
-        a.lines = entries
-            .iter()
-            .filter(|e| e.line > 0)
-            .map(|e| e.line)
-            .collect();
-        a.lines.sort_unstable();
-        a.lines.dedup();
-        a.count = entries.len() as u64;
-        a.explanation = Some(explain_window(c, entries));
-        a.event_ids = evidence_ids(entries);
+        a.lines = cited_lines(&w.cites);
+        a.count = events_counted(c, &w.used, &w.cites);
+        a.explanation = Some(explain_window(c, &w.used, &w.cites, &mut self.distinct));
+        a.event_ids = evidence_ids(&w.cites);
         if !rules.corr_suppressed[ci] {
             alerts.push(a.seal());
         }
+        if let Some(carrier) = &info.carrier {
+            let mut event = carrier.event.clone();
+            event.timestamp = ts;
+            event.line = (newest.line > 0).then_some(newest.line);
+            let origin = Origin {
+                ts: newest.ts,
+                line: newest.line,
+                id: newest.id,
+                cites: &w.cites,
+            };
+            for &p in &rules.corr_parents[ci] {
+                self.count(
+                    p,
+                    RuleRef::Correlation(ci),
+                    &event,
+                    origin,
+                    rules,
+                    alerts,
+                    &mut EventFields,
+                );
+            }
+        }
     }
-
     /// Called after every event: advance the watermark, expire old state, close windows.
     pub fn advance(&mut self, event: &Event, rules: &RuleSet, alerts: &mut Vec<Alert>) {
         let ts = event.timestamp.timestamp_millis();
@@ -777,10 +1061,11 @@ impl Correlator {
 
     fn sweep(&mut self, ci: usize, rules: &RuleSet, alerts: &mut Vec<Alert>, all: bool) {
         self.state_version += 1;
-        let span = rules.correlations[ci].timespan_ms;
-        let (streams, lateness) = (&self.streams, self.lateness_ms);
+        let c = &rules.correlations[ci];
+        let span = c.timespan_ms;
+        let (streams, lateness, distinct) = (&self.streams, self.lateness_ms, &mut self.distinct);
         let st = &mut self.states[ci];
-        let mut closed: Vec<(Vec<Entry>, Box<WindowInfo>)> = Vec::new();
+        let mut closed: Vec<ClosedWindow> = Vec::new();
         let mode = st.mode;
         st.keys.retain(|_, ks| {
             let watermark = streams
@@ -788,46 +1073,51 @@ impl Correlator {
                 .copied()
                 .unwrap_or(i64::MIN)
                 .saturating_sub(lateness);
-            let horizon = watermark.saturating_sub(span);
             if mode == Mode::OnClose {
-                while !ks.entries.is_empty()
-                    && (all || ks.window_start.saturating_add(span) < watermark)
-                {
-                    let end = ks.window_start.saturating_add(span);
-                    let cut = if all {
-                        ks.entries.partition_point(|e| e.ts <= end).max(1)
-                    } else {
-                        ks.entries.partition_point(|e| e.ts <= end)
-                    };
-                    let chunk: Vec<Entry> = ks.entries.drain(..cut).collect();
-                    if let Some(w) = &ks.window {
-                        closed.push((chunk, w.clone()));
-                    }
-                    if let Some(first) = ks.entries.first() {
-                        ks.window_start = first.ts;
-                    }
-                }
+                close_windows(c, ks, (!all).then_some(watermark), distinct, &mut closed);
             } else {
+                let horizon = watermark.saturating_sub(span);
                 let keep_from = if all {
                     ks.entries.len()
                 } else {
                     ks.entries.partition_point(|e| e.ts < horizon)
                 };
                 ks.entries.drain(..keep_from);
+                ks.prune_citations();
             }
             !ks.entries.is_empty()
         });
-        for (entries, w) in closed {
-            self.fire_closed(ci, &entries, &w, rules, alerts);
+        for w in closed {
+            self.fire_closed(ci, w, rules, alerts);
         }
     }
-
     /// End of input: close every open window.
+    /// A correlation is flushed before those that read it: the hits of its last windows still
+    /// count for them.
     pub fn flush(&mut self, rules: &RuleSet, alerts: &mut Vec<Alert>) {
+        let mut order = Vec::with_capacity(self.states.len());
+        let mut seen = vec![false; self.states.len()];
         for ci in 0..self.states.len() {
+            readers_last(ci, rules, &mut seen, &mut order);
+        }
+        for ci in order {
             self.sweep(ci, rules, alerts, true);
         }
     }
+}
+
+/// Push `ci` to `order` after the correlations it reads (correlations reading each other in a
+/// cycle are rejected when loading).
+fn readers_last(ci: usize, rules: &RuleSet, seen: &mut [bool], order: &mut Vec<usize>) {
+    if std::mem::replace(&mut seen[ci], true) {
+        return;
+    }
+    for r in &rules.corr_refs[ci] {
+        if let RuleRef::Correlation(c) = *r {
+            readers_last(c, rules, seen, order);
+        }
+    }
+    order.push(ci);
 }
 
 /// Format tag of [`CorrelatorSnapshot`].
@@ -910,7 +1200,9 @@ impl Correlator {
                         key: *key,
                         last_used: ks.last_used,
                         stream: ks.stream,
-                        window_start: ks.window_start,
+                        // The window start of format 1's tumbling windows: a window now starts
+                        // at its oldest open event.
+                        window_start: ks.entries.first().map_or(0, |e| e.ts),
                         entries: ks
                             .entries
                             .iter()
@@ -967,11 +1259,8 @@ impl Correlator {
                     // The line was of the input read before the snapshot: an alert's `lines` name
                     // lines of the input it is raised in (`detect --state-dir` over the next
                     // file), so an earlier input's events are cited by their ids only.
-                    .map(|(ts, val, _line, id)| Entry {
-                        ts,
-                        val,
-                        line: 0,
-                        id: u128::from_str_radix(&id, 16).unwrap_or(0),
+                    .map(|(ts, val, _line, id)| {
+                        Entry::new(ts, val, 0, u128::from_str_radix(&id, 16).unwrap_or(0))
                     })
                     .collect();
                 entries.sort_by_key(|e| e.ts);
@@ -986,7 +1275,8 @@ impl Correlator {
                     KeyState {
                         last_used: k.last_used,
                         stream: k.stream,
-                        window_start: k.window_start,
+                        // Snapshots of tumbling windows (before 2026-12) load too: their
+                        // events are evaluated in windows from the oldest one on.
                         entries,
                         window: k.window.map(|w| {
                             Box::new(WindowInfo {
@@ -994,8 +1284,10 @@ impl Correlator {
                                 tenant: w.tenant,
                                 entity: w.entity,
                                 entity_kind: w.entity_kind,
+                                carrier: None,
                             })
                         }),
+                        cited: None,
                     },
                 );
                 restored.keys += 1;
@@ -1201,10 +1493,117 @@ fn find_window(
     None
 }
 
-fn explain_window(c: &CorrelationRule, w: &[Entry]) -> String {
+/// How a closed window's condition came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Fire,
+    /// Below a lower bound (`gt`, `gte`, `eq` not reached): the window slides.
+    TooFew,
+    /// Over an upper bound, or `neq` equal: the window is consumed.
+    TooMany,
+}
+
+fn verdict(c: &CorrelationRule, agg: f64) -> Verdict {
+    if c.condition.iter().all(|(op, n)| op.holds(agg, *n)) {
+        return Verdict::Fire;
+    }
+    let too_many = c.condition.iter().any(|(op, n)| match op {
+        CountOp::Lt | CountOp::Lte => !op.holds(agg, *n),
+        CountOp::Eq => agg > *n,
+        _ => false,
+    });
+    let too_few = c.condition.iter().any(|(op, n)| match op {
+        CountOp::Gt | CountOp::Gte => !op.holds(agg, *n),
+        CountOp::Eq => agg < *n,
+        _ => false,
+    });
+    if too_few && !too_many {
+        Verdict::TooFew
+    } else {
+        Verdict::TooMany
+    }
+}
+
+/// Evaluate the windows of `ks` (each from its oldest open event, `timespan` long) that end
+/// before `watermark`, every window when `None` (flush). One with too few slides to its next
+/// event; one that fires (pushed to `out`) or has too many is consumed whole.
+fn close_windows(
+    c: &CorrelationRule,
+    ks: &mut KeyState,
+    watermark: Option<i64>,
+    distinct: &mut Vec<u64>,
+    out: &mut Vec<ClosedWindow>,
+) {
+    let mut lo = 0;
+    while lo < ks.entries.len() {
+        let end = ks.entries[lo].ts.saturating_add(c.timespan_ms);
+        if watermark.is_some_and(|w| end >= w) {
+            break;
+        }
+        let hi = lo + ks.entries[lo..].partition_point(|e| e.ts <= end);
+        let w = &ks.entries[lo..hi];
+        match verdict(c, aggregate(c, w, None, distinct)) {
+            Verdict::TooFew => lo += 1,
+            Verdict::TooMany => lo = hi,
+            Verdict::Fire => {
+                if let Some(info) = &ks.window {
+                    out.push(ClosedWindow {
+                        cites: cited_evidence(ks.cited.as_deref(), w),
+                        used: w.to_vec(),
+                        info: info.clone(),
+                    });
+                }
+                lo = hi;
+            }
+        }
+    }
+    if lo > 0 {
+        ks.entries.drain(..lo);
+        ks.prune_citations();
+    }
+}
+
+/// The input lines of `cites`, sorted, each once.
+fn cited_lines(cites: &[Entry]) -> Vec<u64> {
+    let mut lines: Vec<u64> = cites.iter().map(|e| e.line).filter(|l| *l > 0).collect();
+    lines.sort_unstable();
+    lines.dedup();
+    lines
+}
+
+/// The events a window counted: for `value_count` those of its values (an entry stands for
+/// the value's events within one timespan up to it), else the events it cites.
+fn events_counted(c: &CorrelationRule, used: &[Entry], cites: &[Entry]) -> u64 {
+    match c.kind {
+        CorrelationType::ValueCount => used.iter().map(|e| u64::from(e.n)).sum(),
+        _ => cites.len() as u64,
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// `used` are the window's entries, `cites` the events it cites, oldest first.
+fn explain_window(
+    c: &CorrelationRule,
+    used: &[Entry],
+    cites: &[Entry],
+    distinct: &mut Vec<u64>,
+) -> String {
     let span = c.timespan_ms / 1000;
-    let first = w.first().map_or(0, |e| e.ts);
-    let last = w.last().map_or(0, |e| e.ts);
+    // A value_count entry's events start `run_secs` before it.
+    let first = used
+        .iter()
+        .map(|e| e.ts.saturating_sub(i64::from(e.run_secs) * 1000))
+        .chain(cites.first().map(|e| e.ts))
+        .min()
+        .unwrap_or(0);
+    let last = cites.last().map_or(0, |e| e.ts);
     let cond: Vec<String> = c
         .condition
         .iter()
@@ -1220,10 +1619,22 @@ fn explain_window(c: &CorrelationRule, w: &[Entry]) -> String {
             format!("{op} {n}")
         })
         .collect();
+    let counted = match c.kind {
+        CorrelationType::ValueCount => {
+            let values = aggregate(c, used, None, distinct) as u64;
+            let events = events_counted(c, used, cites);
+            format!(
+                "{values} distinct {} value{} from {events} event{}",
+                c.fields.join("+"),
+                plural(values),
+                plural(events)
+            )
+        }
+        _ => format!("{} event{}", cites.len(), plural(cites.len() as u64)),
+    };
     format!(
-        "{} correlation: {} events over {}s (timespan {}s){}{}",
+        "{} correlation: {counted} over {}s (timespan {}s){}{}",
         c.kind.as_str(),
-        w.len(),
         (last - first) / 1000,
         span,
         if c.group_by.is_empty() {
