@@ -1181,8 +1181,7 @@ fn field_words(f: &str) -> Vec<String> {
         if c.is_uppercase() && !word.is_empty() {
             let prev = chars[i - 1];
             let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
-            if prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower)
-            {
+            if prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower) {
                 words.push(std::mem::take(&mut word));
             }
         }
@@ -1396,7 +1395,10 @@ mod tests {
             ("Microsoft 365 Failed Login Burst For One User", User),
             ("Google Drive Bulk Download By One User", User),
             ("1Password Bulk Secret Reveal By One User", User),
-            ("Okta MFA Factor Reset Followed By New Factor Enrolment", User),
+            (
+                "Okta MFA Factor Reset Followed By New Factor Enrolment",
+                User,
+            ),
             ("Okta Password Spraying From One IP", Ip),
             ("Okta Authentication Failure Burst For One User", User),
             ("GitHub Mass Repository Clone By One Actor", User),
