@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use perimeter_detect::sigma::{run_rule_tests, RuleSet, SigmaDetector, SigmaOptions};
-use perimeter_model::{parse_timestamp, Detector, Ecs, Event, RawRecord};
+use perimeter_model::{parse_timestamp, Detector, Ecs, EntityKind, Event, RawRecord};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -130,6 +130,37 @@ fn the_demo_attack_story_raises_the_expected_alerts() {
             !a.threat_technique_id.is_empty(),
             "{} has no ATT&CK technique",
             a.title
+        );
+    }
+    // The correlations' alerts say what they are about (the demo and the alert store show it):
+    // the MFA reset's `account` alias is a user, not an organization.
+    for (title, kind) in [
+        (
+            "Okta MFA Factor Reset Followed By New Factor Enrolment",
+            EntityKind::User,
+        ),
+        ("Okta Password Spraying From One IP", EntityKind::Ip),
+        (
+            "Okta Authentication Failure Burst For One User",
+            EntityKind::User,
+        ),
+        ("Google Drive Bulk Download By One User", EntityKind::User),
+        (
+            "GitHub Mass Repository Clone By One Actor",
+            EntityKind::User,
+        ),
+        // (Not the CloudTrail correlation: it names the normalized `user.name`, which these
+        // events without normalizing lack.)
+        ("1Password Bulk Secret Reveal By One User", EntityKind::User),
+    ] {
+        let kinds: Vec<EntityKind> = alerts
+            .iter()
+            .filter(|a| a.title == title)
+            .map(|a| a.entity_kind)
+            .collect();
+        assert!(
+            !kinds.is_empty() && kinds.iter().all(|k| *k == kind),
+            "{title}: {kinds:?}"
         );
     }
     // Benign activity of the day (about 2,400 events) stays almost silent.

@@ -26,7 +26,7 @@ use super::matcher::{
     visit_leaves, Detection, FieldMatch, FieldPath, Found, Leaf, Selection, StrKind, StrTest,
     ValueTest, NO_SLOT,
 };
-use super::parse::{DetectionRule, RuleMeta};
+use super::parse::{CorrelationRule, DetectionRule, RuleMeta};
 use super::{RuleRef, RuleSet, SigmaOptions};
 
 /// What a needle requires of its field's values.
@@ -1149,26 +1149,98 @@ pub(crate) fn entity_of(meta: &RuleMeta, event: &Event) -> (String, EntityKind) 
     ("unknown".to_string(), EntityKind::Unknown)
 }
 
+/// What a field holds, from the words of its name (split at `.`, `_`, `-` and camelCase:
+/// `userIdentity.principalId` is user, identity, principal, id). The last word that names a kind
+/// decides (`userIdentity.accessKeyId` is a token, `client.ipAddress` an address). Whole words
+/// only: `principalId`, `recipient` and `description` hold no `ip`.
 pub(crate) fn entity_kind_for_field(f: &str) -> EntityKind {
-    let f = f.to_ascii_lowercase();
-    if f.contains("ip") || f.contains("address") {
-        EntityKind::Ip
-    } else if f.contains("user")
-        || f.contains("actor")
-        || f.contains("email")
-        || f.contains("login")
-        || f.contains("principal")
-    {
-        EntityKind::User
-    } else if f.contains("token") || f.contains("key") {
-        EntityKind::Token
-    } else if f.contains("app") || f.contains("client") {
-        EntityKind::App
-    } else if f.contains("org") || f.contains("tenant") || f.contains("account") {
-        EntityKind::Org
-    } else {
-        EntityKind::Unknown
+    let words = field_words(f);
+    for (i, w) in words.iter().enumerate().rev() {
+        let before = i.checked_sub(1).map(|j| words[j].as_str());
+        if let Some(kind) = word_kind(w, before) {
+            return kind;
+        }
     }
+    EntityKind::Unknown
+}
+
+/// The lowercased words of a field name: split at anything but a letter or digit, before an
+/// upper-case letter that follows a lower-case one or a digit (`userId`), and before the last
+/// capital of a run followed by a lower-case letter (`sourceIPAddress`: source, ip, address).
+fn field_words(f: &str) -> Vec<String> {
+    let chars: Vec<char> = f.chars().collect();
+    let mut words = Vec::new();
+    let mut word = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if !c.is_alphanumeric() {
+            if !word.is_empty() {
+                words.push(std::mem::take(&mut word));
+            }
+            continue;
+        }
+        if c.is_uppercase() && !word.is_empty() {
+            let prev = chars[i - 1];
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            if prev.is_lowercase() || prev.is_ascii_digit() || (prev.is_uppercase() && next_lower) {
+                words.push(std::mem::take(&mut word));
+            }
+        }
+        word.extend(c.to_lowercase());
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// The kind one word of a field name names, if any (`before`: the word before it).
+fn word_kind(w: &str, before: Option<&str>) -> Option<EntityKind> {
+    // Names written in lower case without separators (`clientip`, `username`).
+    const IP_OWNERS: [&str; 10] = [
+        "client", "src", "source", "dst", "dest", "remote", "caller", "actor", "host", "public",
+    ];
+    Some(match w {
+        // An e-mail address is someone's, another address a network one.
+        "address" | "addr" if matches!(before, Some("email" | "mail")) => EntityKind::User,
+        "ip" | "ips" | "ipv4" | "ipv6" | "ipaddr" | "ipaddress" | "address" | "addr" => {
+            EntityKind::Ip
+        }
+        _ if w
+            .strip_suffix("ip")
+            .is_some_and(|owner| IP_OWNERS.contains(&owner)) =>
+        {
+            EntityKind::Ip
+        }
+        "user" | "users" | "username" | "userid" | "useremail" | "userprincipalname" | "upn"
+        | "email" | "emails" | "login" | "principal" | "actor" | "caller" => EntityKind::User,
+        // `userAgent` names a program, not the user.
+        "agent" => EntityKind::Unknown,
+        "token" | "tokens" | "key" | "keys" | "apikey" | "accesskey" | "jwt" => EntityKind::Token,
+        "app" | "apps" | "application" | "client" | "clientid" | "appid" | "integration" => {
+            EntityKind::App
+        }
+        "org" | "orgs" | "organization" | "organisation" | "tenant" | "account" | "workspace"
+        | "enterprise" => EntityKind::Org,
+        _ => return None,
+    })
+}
+
+/// The kind of a correlation's group-by field. An alias names another field per rule: when
+/// those fields agree on a kind, that is the alias's (the pack's `account` of Okta's
+/// `target.alternateId` and `actor.alternateId` is a user, not an organization).
+pub(crate) fn entity_kind_for_group_by(c: &CorrelationRule, field: &str) -> EntityKind {
+    if let Some(per_rule) = c.aliases.get(field) {
+        let mut kinds = per_rule
+            .values()
+            .map(|f| entity_kind_for_field(f))
+            .filter(|k| *k != EntityKind::Unknown);
+        if let Some(first) = kinds.next() {
+            if kinds.all(|k| k == first) {
+                return first;
+            }
+        }
+    }
+    entity_kind_for_field(field)
 }
 
 pub(crate) fn base_alert(
@@ -1256,5 +1328,86 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         assert_eq!(technique_ids(&tags), vec!["T1078.004", "T1098"]);
+    }
+
+    #[test]
+    fn entity_kind_comes_from_the_words_of_the_field_name() {
+        use EntityKind::*;
+        for (field, kind) in [
+            ("userIdentity.principalId", User),
+            ("actor.alternateId", User),
+            ("actor", User),
+            ("UserId", User),
+            ("user.email", User),
+            ("actor.email", User),
+            ("emailAddress", User),
+            ("username", User),
+            ("caller", User),
+            ("client.ipAddress", Ip),
+            ("sourceIPAddress", Ip),
+            ("ClientIP", Ip),
+            ("ActorIpAddress", Ip),
+            ("actor_ip", Ip),
+            ("src-ip", Ip),
+            ("clientip", Ip),
+            ("remote_addr", Ip),
+            ("userIdentity.accessKeyId", Token),
+            ("token", Token),
+            ("client_id", App),
+            ("applicationName", App),
+            ("recipientAccountId", Org),
+            ("tenantId", Org),
+            ("org", Org),
+            // No whole word names an entity: substrings do not count.
+            ("recipient", Unknown),
+            ("description", Unknown),
+            ("shipping", Unknown),
+            ("apple", Unknown),
+            ("keyword", Unknown),
+            ("userAgent", Unknown),
+            ("target.alternateId", Unknown),
+            ("", Unknown),
+        ] {
+            assert_eq!(entity_kind_for_field(field), kind, "{field}");
+        }
+    }
+
+    #[test]
+    fn the_packs_correlations_name_the_entity_they_group_by() {
+        use EntityKind::*;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../detection-rules");
+        let (rules, load) = RuleSet::load(&[dir], &SigmaOptions::default());
+        assert!(load.failed.is_empty(), "{:?}", load.failed);
+        // As the alert takes it: the rule's `entity_field`, else its first group-by field.
+        let kinds: HashMap<String, EntityKind> = rules
+            .correlations
+            .iter()
+            .map(|c| {
+                let kind = match &c.meta.entity_field {
+                    Some(f) => entity_kind_for_field(f),
+                    None => entity_kind_for_group_by(c, &c.group_by[0]),
+                };
+                (c.meta.title.clone(), kind)
+            })
+            .collect();
+        let expected: HashMap<String, EntityKind> = [
+            ("Microsoft 365 Mass File Download By One User", User),
+            ("Microsoft 365 Failed Login Burst For One User", User),
+            ("Google Drive Bulk Download By One User", User),
+            ("1Password Bulk Secret Reveal By One User", User),
+            (
+                "Okta MFA Factor Reset Followed By New Factor Enrolment",
+                User,
+            ),
+            ("Okta Password Spraying From One IP", Ip),
+            ("Okta Authentication Failure Burst For One User", User),
+            ("GitHub Mass Repository Clone By One Actor", User),
+            ("AWS New IAM User Created And Given An Access Key", User),
+            ("AWS Console Login Failure Burst From One IP", Ip),
+        ]
+        .into_iter()
+        .map(|(n, k)| (n.to_string(), k))
+        .collect();
+        assert_eq!(kinds, expected);
     }
 }

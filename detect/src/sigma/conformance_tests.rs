@@ -113,6 +113,33 @@ fn modifiers_that_would_be_ignored_are_errors() {
             "'-x'",
             "`windash` must come before `base64offset`",
         ),
+        // Time parts no date has, or that every date has.
+        (
+            "f|hour",
+            "25",
+            "`hour` is 0 to 23: `hour: 25` never matches",
+        ),
+        ("f|hour", "[3, 24]", "`hour: 24` never matches"),
+        ("f|minute", "60", "`minute: 60` never matches"),
+        ("f|minute", "-1", "`minute: -1` never matches"),
+        ("f|day", "0", "`day: 0` never matches"),
+        ("f|day", "32", "`day: 32` never matches"),
+        ("f|week", "54", "`week: 54` never matches"),
+        ("f|month", "13", "`month: 13` never matches"),
+        ("f|month|neq", "0", "`month: 0` never matches"),
+        (
+            "f|year",
+            "2024.5",
+            "`year` is a whole number: `year: 2024.5` never matches",
+        ),
+        ("f|hour|gte", "24", "`hour|gte: 24` never matches"),
+        ("f|hour|gt", "23", "`hour|gt: 23` never matches"),
+        ("f|day|lt", "1", "`day|lt: 1` never matches"),
+        ("f|hour|lte", "-1", "`hour|lte: -1` never matches"),
+        ("f|hour|gte", "0", "`hour|gte: 0` holds for every date"),
+        ("f|hour|lt", "24", "`hour|lt: 24` holds for every date"),
+        ("f|month|lte", "12", "`month|lte: 12` holds for every date"),
+        ("f|day|gt", "0", "`day|gt: 0` holds for every date"),
     ] {
         let err = load_error(&detection(
             &format!("    sel:\n        {key}: {value}"),
@@ -134,6 +161,14 @@ fn modifiers_that_would_be_ignored_are_errors() {
         ("f|utf16le|windash|base64|contains", "'-x'"),
         ("f|wide|base64offset|contains", "'x'"),
         ("f|hour|gte", "5"),
+        ("f|hour", "[0, 23]"),
+        ("f|minute|lt", "59"),
+        ("f|day", "31"),
+        ("f|day|gt", "30"),
+        ("f|week", "53"),
+        ("f|month|gte", "12"),
+        ("f|month|lte", "1"),
+        ("f|year", "1999"),
         ("f|fieldref|contains", "g"),
         ("f|re|i", "'a.c'"),
         ("f|base64offset|contains", "'5'"),
@@ -1156,6 +1191,135 @@ fn a_range_window_slides_past_too_few_and_consumes_too_many() {
 }
 
 const SUCCESS_RULE: &str = "title: ok\nid: ok1\nname: okta_ok\nlogsource: {product: okta}\ndetection:\n    sel:\n        eventType: user.session.start\n        outcome.result: SUCCESS\n    condition: sel\n";
+
+#[test]
+fn a_correlation_condition_that_never_or_always_holds_is_reported_at_its_line() {
+    // Line 9 is `condition:`, its entries follow from line 10.
+    let text = |kind: &str, rules: &str, cond: &str| {
+        let extra = if kind.starts_with("value") {
+            "\n        field: client.ipAddress"
+        } else {
+            ""
+        };
+        format!("title: corr\nid: c1\nlevel: high\ncorrelation:\n    type: {kind}\n    rules: [{rules}]\n    group-by: [actor.alternateId]\n    timespan: 5m\n    condition:\n        {cond}{extra}\n---\n{FAIL_RULE}---\n{SUCCESS_RULE}")
+    };
+    for (kind, cond, line, message) in [
+        (
+            "event_count",
+            "gte: -1",
+            10,
+            "`gte: -1` always holds (an event count is a whole number from 0)",
+        ),
+        ("event_count", "gte: 0", 10, "`gte: 0` always holds"),
+        ("event_count", "neq: -3", 10, "`neq: -3` always holds"),
+        ("event_count", "lt: 0", 10, "`lt: 0` can never hold"),
+        ("event_count", "lte: -1", 10, "`lte: -1` can never hold"),
+        ("event_count", "eq: 2.5", 10, "`eq: 2.5` can never hold"),
+        (
+            "event_count",
+            "gt: 5\n        lt: 3",
+            11,
+            "`gt: 5, lt: 3` can never hold",
+        ),
+        (
+            "event_count",
+            "gt: 3\n        lt: 4",
+            11,
+            "`gt: 3, lt: 4` can never hold",
+        ),
+        (
+            "event_count",
+            "eq: 3\n        neq: 3",
+            11,
+            "`eq: 3, neq: 3` can never hold",
+        ),
+        (
+            "event_count",
+            "gte: 2\n        lte: 2\n        neq: 2",
+            12,
+            "`gte: 2, lte: 2, neq: 2` can never hold",
+        ),
+        (
+            "value_count",
+            "lt: 0",
+            10,
+            "`lt: 0` can never hold (a count of values is a whole number from 0)",
+        ),
+        (
+            "value_sum",
+            "gt: 10\n        lte: 10",
+            11,
+            "`gt: 10, lte: 10` can never hold",
+        ),
+        (
+            "value_avg",
+            "eq: 1\n        lt: 1",
+            11,
+            "`eq: 1, lt: 1` can never hold",
+        ),
+        (
+            "value_percentile",
+            "gt: 100",
+            10,
+            "`gt: 100` can never hold (a percentile is 0 to 100)",
+        ),
+        (
+            "value_percentile",
+            "lte: 100",
+            10,
+            "`lte: 100` always holds",
+        ),
+        (
+            "temporal",
+            "gte: 3",
+            10,
+            "`gte: 3` can never hold (the number of rules seen",
+        ),
+        ("temporal", "lte: 2", 10, "`lte: 2` always holds"),
+    ] {
+        let err = load_error(&text(kind, "okta_fail, okta_ok", cond));
+        assert_eq!(
+            (err.line, err.field.as_deref()),
+            (Some(line), Some("correlation.condition")),
+            "{kind} {cond}: {err}"
+        );
+        assert!(err.message.contains(message), "{kind} {cond}: {err}");
+    }
+    // Their possible neighbours load.
+    for (kind, cond) in [
+        ("event_count", "gte: 1"),
+        ("event_count", "gt: 0"),
+        ("event_count", "lt: 1"),
+        ("event_count", "gt: 3\n        lt: 5"),
+        ("event_count", "gte: 2\n        lte: 3\n        neq: 2"),
+        ("event_count", "eq: 0"),
+        ("value_sum", "lt: -5"),
+        ("value_avg", "gt: 10\n        lt: 10.5"),
+        ("value_percentile", "lte: 1"),
+        ("temporal", "gte: 2"),
+        ("temporal_ordered", "eq: 1"),
+    ] {
+        let (_, errs) = parse_file(
+            Path::new("test.yml"),
+            &text(kind, "okta_fail, okta_ok", cond),
+            &Pipelines::builtin(),
+        );
+        assert!(errs.is_empty(), "{kind} {cond}: {errs:?}");
+    }
+}
+
+#[test]
+fn a_filter_of_no_rules_is_an_error() {
+    for rules in ["[]", ""] {
+        let text = format!("title: f\nlogsource: {{product: okta}}\nfilter:\n    rules: {rules}\n    selection:\n        actor.alternateId: svc\n    condition: selection\n---\n{FAIL_RULE}");
+        let err = load_error(&text);
+        assert_eq!(
+            err.to_string(),
+            "test.yml:4: field `filter.rules`: `rules` is empty: a filter applies to the rules it names",
+            "rules: {rules}"
+        );
+    }
+}
 
 fn okta_ok(user: &str, minute: u32) -> Event {
     event(

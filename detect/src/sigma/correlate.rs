@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::compile::{base_alert, entity_kind_for_field, entity_of};
+use super::compile::{base_alert, entity_kind_for_group_by, entity_of};
 use super::matcher::{FieldPath, Found, Leaf, NO_SLOT};
 use super::parse::{CorrelationRule, CorrelationType, CountOp};
 use super::{RuleRef, RuleSet, SigmaOptions};
@@ -578,7 +578,7 @@ impl Correlator {
         match paths {
             [] => entity_of(&c.meta, event),
             [p] => match Self::first_text(p, event) {
-                Some(v) => (v, entity_kind_for_field(&c.group_by[0])),
+                Some(v) => (v, entity_kind_for_group_by(c, &c.group_by[0])),
                 None => entity_of(&c.meta, event),
             },
             many => {

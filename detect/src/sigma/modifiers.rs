@@ -383,6 +383,7 @@ pub fn compile_field(
                 Value::Float(f) => *f,
                 _ => return Err(err(it.line, "time modifiers need a number")),
             };
+            check_time_value(part, cmp, n).map_err(|m| err(it.line, m))?;
             fm.tests.push(ValueTest::Time {
                 part,
                 op: cmp,
@@ -587,6 +588,51 @@ fn keyword_tokens(mut toks: Vec<Tok>) -> Vec<Tok> {
         toks.push(Tok::Star);
     }
     toks
+}
+
+/// A time part's value no date has (`hour: 25`), or a comparison every date passes
+/// (`hour|lt: 24`): the test would never match, or ask only that the field holds a date.
+fn check_time_value(part: TimePart, cmp: Option<CmpOp>, value: f64) -> Result<(), String> {
+    // The modifiers appendix's ranges, but weeks as the matcher counts them: ISO weeks, of
+    // which some years have 53.
+    let (name, range) = match part {
+        TimePart::Minute => ("minute", Some((0.0, 59.0))),
+        TimePart::Hour => ("hour", Some((0.0, 23.0))),
+        TimePart::Day => ("day", Some((1.0, 31.0))),
+        TimePart::Week => ("week", Some((1.0, 53.0))),
+        TimePart::Month => ("month", Some((1.0, 12.0))),
+        TimePart::Year => ("year", None),
+    };
+    let test = match cmp {
+        Some(op) => format!("{name}|{}: {value}", cmp_name(op)),
+        None => format!("{name}: {value}"),
+    };
+    if cmp.is_none() && value.fract() != 0.0 {
+        return Err(format!(
+            "`{name}` is a whole number: `{test}` never matches"
+        ));
+    }
+    let Some((low, high)) = range else {
+        return Ok(());
+    };
+    let (never, always) = match cmp {
+        None => (value < low || value > high, false),
+        Some(CmpOp::Gt) => (value >= high, value < low),
+        Some(CmpOp::Gte) => (value > high, value <= low),
+        Some(CmpOp::Lt) => (value <= low, value > high),
+        Some(CmpOp::Lte) => (value < low, value >= high),
+    };
+    if never {
+        return Err(format!(
+            "`{name}` is {low} to {high}: `{test}` never matches"
+        ));
+    }
+    if always {
+        return Err(format!(
+            "`{name}` is {low} to {high}: `{test}` holds for every date (`exists: true` asks for the field)"
+        ));
+    }
+    Ok(())
 }
 
 fn cmp_name(op: CmpOp) -> &'static str {

@@ -477,7 +477,16 @@ fn parse_doc(
                     Value::Seq(items) => items.iter().map(|i| i.line).collect(),
                     _ => vec![r.line],
                 };
-                (str_list(r, path, "filter.rules")?, lines)
+                let rules = str_list(r, path, "filter.rules")?;
+                if rules.is_empty() {
+                    return Err(rerr(
+                        path,
+                        r.line,
+                        Some("filter.rules"),
+                        "`rules` is empty: a filter applies to the rules it names",
+                    ));
+                }
+                (rules, lines)
             }
             None => {
                 return Err(rerr(
@@ -842,6 +851,8 @@ fn parse_correlation(
         )
     })?;
     let mut condition = Vec::new();
+    // The key and line of each entry of `condition`, for errors.
+    let mut condition_keys = Vec::new();
     let mut fields = Vec::new();
     let mut field_line = c.line;
     if let Some(cond) = c.get("condition") {
@@ -887,7 +898,16 @@ fn parse_correlation(
                     ))
                 }
             };
+            if !n.is_finite() {
+                return Err(rerr(
+                    path,
+                    v.line,
+                    Some("correlation.condition"),
+                    format!("`{k}` needs a finite number"),
+                ));
+            }
             condition.push((op, n));
+            condition_keys.push((k.as_str(), v.line));
         }
     }
     let needs_condition = !matches!(
@@ -945,6 +965,8 @@ fn parse_correlation(
             ),
         ));
     }
+    check_condition_can_hold(kind, rules.len(), &condition, &condition_keys)
+        .map_err(|(line, m)| rerr(path, line, Some("correlation.condition"), m))?;
     let mut aliases = HashMap::new();
     let mut alias_rule_lines = Vec::new();
     if let Some(a) = c.get("aliases") {
@@ -1013,6 +1035,117 @@ fn parse_correlation(
         alias_rule_lines,
         generate,
     })
+}
+
+/// A correlation condition no window meets (`lt: 0`, `gt: 5` with `lt: 3`) or every window
+/// meets (`gte: -1`): the correlation would never fire, or fire on every event. Checked against
+/// what the correlator compares: counts are whole numbers from 0, a temporal correlation counts
+/// at most its rules, a percentile is 0 to 100, sums and averages are any number. The error
+/// names the line of the entry that empties the range (the first entry's when all always hold).
+fn check_condition_can_hold(
+    kind: CorrelationType,
+    n_rules: usize,
+    condition: &[(CountOp, f64)],
+    keys: &[(&str, usize)],
+) -> Result<(), (usize, String)> {
+    let (what, low, high, whole) = match kind {
+        CorrelationType::EventCount => (
+            "an event count is a whole number from 0",
+            0.0,
+            f64::INFINITY,
+            true,
+        ),
+        CorrelationType::ValueCount => (
+            "a count of values is a whole number from 0",
+            0.0,
+            f64::INFINITY,
+            true,
+        ),
+        CorrelationType::Temporal | CorrelationType::TemporalOrdered => (
+            "the number of rules seen is a whole number from 0 to the rules correlated",
+            0.0,
+            n_rules as f64,
+            true,
+        ),
+        CorrelationType::ValuePercentile => ("a percentile is 0 to 100", 0.0, 100.0, false),
+        CorrelationType::ValueSum | CorrelationType::ValueAvg => {
+            ("", f64::NEG_INFINITY, f64::INFINITY, false)
+        }
+    };
+    let shown = |upto: usize| {
+        let entries: Vec<String> = condition[..upto]
+            .iter()
+            .zip(keys)
+            .map(|((_, n), (key, _))| format!("{key}: {n}"))
+            .collect();
+        entries.join(", ")
+    };
+    let because = if what.is_empty() {
+        String::new()
+    } else {
+        format!(" ({what})")
+    };
+    // The values that meet the entries so far: `lo` to `hi`, each bound with whether it is
+    // excluded; for whole numbers the bounds are made inclusive whole numbers.
+    let (mut lo, mut hi) = ((low, false), (high, false));
+    let raise = |lo: &mut (f64, bool), b: (f64, bool)| {
+        if b.0 > lo.0 || (b.0 == lo.0 && b.1) {
+            *lo = b;
+        }
+    };
+    let lower = |hi: &mut (f64, bool), b: (f64, bool)| {
+        if b.0 < hi.0 || (b.0 == hi.0 && b.1) {
+            *hi = b;
+        }
+    };
+    // A YAML map holds one `neq`: it empties a range of a single value.
+    let mut excluded = None;
+    for (i, &(op, n)) in condition.iter().enumerate() {
+        let mut no_whole_value = false;
+        match op {
+            CountOp::Gt if whole => raise(&mut lo, (n.floor() + 1.0, false)),
+            CountOp::Gte if whole => raise(&mut lo, (n.ceil(), false)),
+            CountOp::Lt if whole => lower(&mut hi, (n.ceil() - 1.0, false)),
+            CountOp::Lte if whole => lower(&mut hi, (n.floor(), false)),
+            CountOp::Gt => raise(&mut lo, (n, true)),
+            CountOp::Gte => raise(&mut lo, (n, false)),
+            CountOp::Lt => lower(&mut hi, (n, true)),
+            CountOp::Lte => lower(&mut hi, (n, false)),
+            CountOp::Eq => {
+                no_whole_value = whole && n.fract() != 0.0;
+                raise(&mut lo, (n, false));
+                lower(&mut hi, (n, false));
+            }
+            CountOp::Neq => excluded = Some(n),
+        }
+        let empty = no_whole_value
+            || lo.0 > hi.0
+            || (lo.0 == hi.0 && (lo.1 || hi.1 || excluded == Some(lo.0)));
+        if empty {
+            return Err((
+                keys[i].1,
+                format!("`{}` can never hold{because}", shown(i + 1)),
+            ));
+        }
+    }
+    let always = |&(op, n): &(CountOp, f64)| match op {
+        CountOp::Gt => low > n,
+        CountOp::Gte => low >= n,
+        CountOp::Lt => high < n,
+        CountOp::Lte => high <= n,
+        CountOp::Eq => false,
+        CountOp::Neq => n < low || n > high || (whole && n.fract() != 0.0),
+    };
+    if !condition.is_empty() && condition.iter().all(always) {
+        return Err((
+            keys[0].1,
+            format!(
+                "`{}` always holds{because}: every event would fire the correlation",
+                shown(condition.len())
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

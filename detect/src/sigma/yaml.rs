@@ -168,11 +168,12 @@ impl Builder {
                     }
                     *pending = Some((key, node.line));
                 }
-                // A list or map under a key starts on the lines after it: the key's line is
-                // where it is (`selection:`, `cmd|contains|all:`), in errors and `explain`.
+                // A list or map under a key starts on the lines after it, and an empty value
+                // is marked where the next token is: the key's line is where they are
+                // (`selection:`, `cmd|contains|all:`, `rules:`), in errors and `explain`.
                 Some((key, key_line)) => {
                     let mut node = node;
-                    if matches!(node.value, Value::Seq(_) | Value::Map(_)) {
+                    if matches!(node.value, Value::Seq(_) | Value::Map(_) | Value::Null) {
                         node.line = key_line;
                     }
                     entries.push((key, node))
