@@ -1662,10 +1662,7 @@ pub(crate) const GLUED_PASSWORD_CLIENTS: &[&str] = &[
 /// Whether the argument `program` runs one of [`GLUED_PASSWORD_CLIENTS`] (also by its path,
 /// or as a Windows `.exe`), in any case.
 pub(crate) fn is_glued_password_client(program: &str) -> bool {
-    let name = program_name(program);
-    GLUED_PASSWORD_CLIENTS
-        .iter()
-        .any(|c| name.eq_ignore_ascii_case(c))
+    runs_one_of(program, GLUED_PASSWORD_CLIENTS)
 }
 
 /// The other programs whose credentials the `CliCredentials` pattern reads from their command
@@ -1692,21 +1689,20 @@ pub(crate) const CREDENTIAL_CLIENTS: &[&str] = &[
 /// Whether the argument `program` runs one of [`CREDENTIAL_CLIENTS`] (as
 /// [`is_glued_password_client`] reads it).
 pub(crate) fn is_credential_client(program: &str) -> bool {
-    let name = program_name(program);
-    CREDENTIAL_CLIENTS
-        .iter()
-        .any(|c| name.eq_ignore_ascii_case(c))
+    runs_one_of(program, CREDENTIAL_CLIENTS)
 }
 
-/// The program an argument runs: its file name without the path and a Windows `.exe`.
-fn program_name(program: &str) -> &str {
+/// Whether the argument `program` runs one of `programs`: its file name, without the path and
+/// a Windows `.exe`, is one of them in any case.
+fn runs_one_of(program: &str, programs: &[&str]) -> bool {
     let name = program.rsplit(['/', '\\']).next().unwrap_or(program);
-    match name.len().checked_sub(4) {
+    let name = match name.len().checked_sub(4) {
         Some(stem) if name.is_char_boundary(stem) && name[stem..].eq_ignore_ascii_case(".exe") => {
             &name[..stem]
         }
         _ => name,
-    }
+    };
+    programs.iter().any(|p| name.eq_ignore_ascii_case(p))
 }
 
 /// Whether the value `secret` (at `start`) of a session or password query parameter is one:
