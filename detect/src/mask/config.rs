@@ -68,8 +68,9 @@ pub enum PatternKind {
     AzureConnectionKey,
     /// Credentials on a command line: `curl -u user:<password>`, `--user user:<password>`,
     /// `--password <value>` (and `--passwd`, `--token`, `--secret`, `--api-key`,
-    /// `--client-secret`) with a space instead of `=`, `mysql -p<password>` (also as an item of
-    /// an argument list after the program), `-passin pass:<password>`, `net user <name>
+    /// `--client-secret`) with a space instead of `=`, `sshpass`/`docker login -p`, `redis-cli
+    /// -a`, `mysql -p<password>` (also as an item of an argument list after the program; the
+    /// other programs' argument lists are read as their command line), `-passin pass:<password>`, `net user <name>
     /// <password>`, `htpasswd -b`, `ConvertTo-SecureString '<password>'`, `sqlplus
     /// user/<password>`, `jdbc:oracle:thin:user/<password>@`.
     CliCredentials,
@@ -190,6 +191,24 @@ impl PatternKind {
         self != PatternKind::Email
     }
 
+    /// Whether the kind's secrets may be guessable: passwords (after a name, on a command line,
+    /// in a URL, in a `Basic` header or a `pw=` parameter), card numbers and SSNs. Hashed with
+    /// the public built-in key, such a value is found again by hashing guesses (a word list, the
+    /// card or SSN ranges), so `hash` needs a `hmac_key` for them. Tokens and keys with a random
+    /// part of their own cannot be guessed that way.
+    pub fn holds_guessable_values(self) -> bool {
+        matches!(
+            self,
+            PatternKind::SecretAssignment
+                | PatternKind::AuthHeader
+                | PatternKind::UrlCredentials
+                | PatternKind::UrlSignature
+                | PatternKind::CliCredentials
+                | PatternKind::CreditCard
+                | PatternKind::UsSsn
+        )
+    }
+
     /// The action used when the config says nothing about the kind. Identifiers that analysts
     /// correlate on (access key ids, emails) are hashed; secrets are redacted; card numbers keep
     /// their last 4 digits as PCI DSS allows for display.
@@ -218,7 +237,8 @@ pub struct PatternConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
-    /// Replacement for values under a sensitive key (default `redact`).
+    /// Replacement for values under a sensitive key (default `redact`). `hash` needs a
+    /// `hmac_key`: passwords are guessable, and the built-in key is public.
     #[serde(default = "default_key_action")]
     pub action: Action,
     /// Extra sensitive words, added to the built-in list (`password`, `secret`, `token`, ...).

@@ -63,6 +63,15 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "backupcode",
     "recoveryphrase",
     "mnemonic",
+    // The answer to a security question resets the account (`securityAnswer`,
+    // `recovery_question_answer`; `secret_answer` is `secret` with its `answer`).
+    "securityanswer",
+    "securityquestionanswer",
+    "recoveryanswer",
+    "recoveryquestionanswer",
+    "secretquestionanswer",
+    // Azure API Management's subscription key (`Ocp-Apim-Subscription-Key`).
+    "subscriptionkey",
 ];
 
 /// Sensitive words that name one value (a code, a key, a URL): their strings and numbers are
@@ -135,6 +144,9 @@ const SECRET_SUFFIXES: &[&str] = &[
     "der",
     "bytes",
     "encoded",
+    // Secrets Manager's `SecretBinary` beside its `SecretString`.
+    "binary",
+    "answer",
     "new",
     "old",
     "current",

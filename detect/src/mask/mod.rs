@@ -100,6 +100,36 @@ struct CompiledRule {
     extra: KindSet,
 }
 
+/// `hash` of values that may be guessable (passwords under sensitive keys, and the kinds of
+/// [`PatternKind::holds_guessable_values`]) is refused with the public built-in key: anyone
+/// with this source can hash a word list and find them again (`hmac:...` of `Summer2024!`).
+/// A field rule's `hash` stays allowed: it names a field, mostly an identifier (`user.email`),
+/// as the documented examples do.
+fn refuse_guessable_hashes(
+    key_action: Action,
+    kind_actions: &[Action; PatternKind::COUNT],
+) -> Result<(), DetectError> {
+    let err = |setting: String| {
+        DetectError::Config {
+        path: std::path::PathBuf::from(config::INLINE),
+        message: format!(
+            "{setting} = \"hash\" needs hmac_key (env:NAME or file:/path): with the public \
+             built-in key these hashes are reversed by hashing guesses; use \"redact\" or set hmac_key"
+        ),
+    }
+    };
+    if key_action == Action::Hash {
+        return Err(err("keys.action".into()));
+    }
+    match PatternKind::ALL
+        .iter()
+        .find(|k| k.holds_guessable_values() && kind_actions[k.index()] == Action::Hash)
+    {
+        Some(kind) => Err(err(format!("patterns.{}.action", kind.as_str()))),
+        None => Ok(()),
+    }
+}
+
 /// Raw JSON paths of the field rules, one segment per node. Arrays are transparent.
 #[derive(Debug, Clone, Default)]
 struct TrieNode {
@@ -168,6 +198,9 @@ impl SecretMasker {
             Some(reference) => (resolve_secret(reference)?, false),
             None => (BUILTIN_HMAC_KEY.to_vec(), true),
         };
+        if builtin_key {
+            refuse_guessable_hashes(config.keys.action, &kind_actions)?;
+        }
         let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key_bytes)
             .map_err(|e| DetectError::Other(format!("hmac key: {e}")))?;
 

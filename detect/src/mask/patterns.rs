@@ -219,12 +219,15 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // a redirect; 16 characters at least, so `code=200` or `code=US` stay. Group 2: the
         // other credentials a URL carries under names the key-name rule does not hold
         // sensitive (a Firebase `?auth=` token, `?pw=`, session ids); the verifier judges
-        // them by name (`SESSION_PARAMETERS`).
+        // them by name (`SESSION_PARAMETERS`). Group 3: an API key passed as a URL's `key`
+        // parameter (`?key=...`, Azure APIM, Google, many others), whole up to the parameter's
+        // end; judged as a session parameter (a path or a word, `?key=reports`, stays).
         regex: concat!(
             r"(?i)(?:^|[?&;,\s])(?:(?:x-amz-signature|x-goog-signature|signature|sig|code)=([A-Za-z0-9%+/=_~.-]{16,})",
             r"|(?:auth|pw|session|session_?id|jsessionid|phpsessid)=([A-Za-z0-9%+/=_~.-]+))",
+            r#"|[?&]key=([A-Za-z0-9+_~-]{12,})(?:$|[&#\s"'<>\\])"#,
         ),
-        secret_groups: &[1, 2],
+        secret_groups: &[1, 2, 3],
         anchors: &[
             "signature=",
             "sig=",
@@ -235,6 +238,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "sessionid=",
             "session_id=",
             "sessid=",
+            "key=",
         ],
     },
     PatternSpec {
@@ -248,11 +252,15 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::CliCredentials,
-        // After a space (or at the start): group 1: `-u`/`--user` `name:password`; group 2: a
-        // secret option's value after spaces; group 3: `-p <password>` of the tools whose `-p`
-        // is the password (`sshpass`, `docker login`; `-P` of SQL Server's `sqlcmd` and `bcp`); groups 4-6: OpenSSL's `-passin
-        // pass:<password>` (not `env:`, `file:`, `fd:`, `stdin`).
-        // Where a command starts (also after a path, a quote, `=`, `(`, `&` or a pipe): group
+        // After a space, an opening quote, backtick, bracket or parenthesis (a command quoted
+        // in a message or run by `sh -c "..."`), or at the start: group 1: `-u`/`--user`
+        // `name:password`; group 2: a secret option's value after spaces; group 3: `-p
+        // <password>` of the tools whose `-p` is the password (`sshpass`, `docker login`; `-P`
+        // of SQL Server's `sqlcmd` and `bcp`; `-a` of `redis-cli`, up to a shell separator:
+        // other tools' `-a` is no password); groups 4-6: OpenSSL's
+        // `-passin pass:<password>` (not `env:`, `file:`, `fd:`, `stdin`).
+        // Where a command starts (also after a path, a quote, a backtick, `=`, `(`, `[`, `&` or
+        // a pipe): group
         // 7: `mysql -p<password>` (glued, as the clients of `GLUED_PASSWORD_CLIENTS` want it);
         // groups 8-9: `net user <name> <password>` (not `*`, which prompts); groups 10-13:
         // `htpasswd -b` (the flags, then the password after the user, or after the file and
@@ -260,7 +268,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // PowerShell's `ConvertTo-SecureString '<password>'` (or the string piped into it; a
         // `$variable` is no password); group 19: `sqlplus user/<password>`.
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
-        // After a space (or at the start): groups 22-23: a wallet seed phrase after `--seed`
+        // Where groups 1-6 may start: groups 22-23: a wallet seed phrase after `--seed`
         // (any case, also `-seed`, `--seed_phrase`, `--mnemonic`), quoted (also with escaped quotes, as in a
         // command held in JSON text: `--seed \"...\"`), 12 words or more (`--seed 42`, a
         // random seed, is no secret); group 24: such a phrase unquoted, as wallets write it
@@ -269,11 +277,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // only as a `seed` value is (`--seed 9f86d0...`, a hex wallet seed; not `--seed 42` nor
         // `--seed random`), after the other names any word.
         regex: concat!(
-            r#"(?:(?:^|\s)(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
+            r#"(?:(?:^|[\s"'`(\[])(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|cvv|token|secret|api-key|client-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
-            r#"|(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]\s*['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?:(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]|(?i:redis-cli)(?:\.exe)?\s(?:[^;|&\n]*\s)?-a\s)\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
-            r#"|(?:^|[\s\\/"'=(|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
+            r#"|(?:^|[\s\\/"'`=(\[|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
             r#"|(?i:net1?(?:\.exe)?\s+user)\s+(?:"[^"]*"|[^\s"/]+)\s+(?:"([^"]*)"|([^\s"/][^\s"]*))"#,
             r#"|(?i:htpasswd)(?:\.exe)?((?:\s+-[A-Za-z]+(?:\s+[0-9]+)?)*\s+-[A-Za-z]*n[A-Za-z]*(?:\s+-[A-Za-z]+(?:\s+[0-9]+)?)*)\s+['"]?[^\s'"-][^\s'"]*['"]?\s+['"]?([^\s'"]+)"#,
             r#"|(?i:htpasswd)(?:\.exe)?((?:\s+-[A-Za-z]+(?:\s+[0-9]+)?)+)\s+['"]?[^\s'"-][^\s'"]*['"]?\s+['"]?[^\s'"-][^\s'"]*['"]?\s+['"]?([^\s'"]+)"#,
@@ -281,7 +289,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
-            r#"|(?:^|\s)--?(?i:seed(?:[-_]phrase)?|mnemonic)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|([a-z]{3,8}(?:[ \t]+[a-z]{3,8}){11}(?:(?:[ \t]+[a-z]{3,8}){3}){0,4})(?:[ \t]*(?:$|[^A-Za-z0-9 \t])|[ \t]+[A-Z0-9])|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
+            r#"|(?:^|[\s"'`(\[])--?(?i:seed(?:[-_]phrase)?|mnemonic)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|([a-z]{3,8}(?:[ \t]+[a-z]{3,8}){11}(?:(?:[ \t]+[a-z]{3,8}){3}){0,4})(?:[ \t]*(?:$|[^A-Za-z0-9 \t])|[ \t]+[A-Z0-9])|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
@@ -310,6 +318,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "mysql",
             "mariadb",
             "sshpass",
+            "sqlcmd",
+            "bcp",
+            "redis-cli",
             "docker login",
             "podman login",
             "nerdctl login",
@@ -1558,6 +1569,9 @@ pub(crate) fn is_block_indicator(header: &str) -> bool {
 /// parameter (`?auth=`, `?pw=`, `?sessionid=`).
 const SESSION_PARAMETER_GROUP: usize = 2;
 
+/// The group of the `UrlSignature` pattern that is the value of a URL's `key` parameter.
+const URL_KEY_GROUP: usize = 3;
+
 /// The group of the `CliCredentials` pattern that is the one word after `--seed`.
 const SEED_WORD_GROUP: usize = 25;
 
@@ -1648,6 +1662,39 @@ pub(crate) const GLUED_PASSWORD_CLIENTS: &[&str] = &[
 /// Whether the argument `program` runs one of [`GLUED_PASSWORD_CLIENTS`] (also by its path,
 /// or as a Windows `.exe`), in any case.
 pub(crate) fn is_glued_password_client(program: &str) -> bool {
+    runs_one_of(program, GLUED_PASSWORD_CLIENTS)
+}
+
+/// The other programs whose credentials the `CliCredentials` pattern reads from their command
+/// line (`curl -u user:<password>`, `sshpass -p`, `docker login -p`, `sqlcmd -P`, `redis-cli
+/// -a`, `htpasswd -b`, `net user <name> <password>`, `openssl -passin pass:`, `sqlplus
+/// user/<password>`). An argument list holding one of them is read as that command line (a
+/// test holds the two together).
+pub(crate) const CREDENTIAL_CLIENTS: &[&str] = &[
+    "curl",
+    "sshpass",
+    "docker",
+    "podman",
+    "nerdctl",
+    "sqlcmd",
+    "bcp",
+    "redis-cli",
+    "htpasswd",
+    "net",
+    "net1",
+    "openssl",
+    "sqlplus",
+];
+
+/// Whether the argument `program` runs one of [`CREDENTIAL_CLIENTS`] (as
+/// [`is_glued_password_client`] reads it).
+pub(crate) fn is_credential_client(program: &str) -> bool {
+    runs_one_of(program, CREDENTIAL_CLIENTS)
+}
+
+/// Whether the argument `program` runs one of `programs`: its file name, without the path and
+/// a Windows `.exe`, is one of them in any case.
+fn runs_one_of(program: &str, programs: &[&str]) -> bool {
     let name = program.rsplit(['/', '\\']).next().unwrap_or(program);
     let name = match name.len().checked_sub(4) {
         Some(stem) if name.is_char_boundary(stem) && name[stem..].eq_ignore_ascii_case(".exe") => {
@@ -1655,16 +1702,14 @@ pub(crate) fn is_glued_password_client(program: &str) -> bool {
         }
         _ => name,
     };
-    GLUED_PASSWORD_CLIENTS
-        .iter()
-        .any(|c| name.eq_ignore_ascii_case(c))
+    programs.iter().any(|p| name.eq_ignore_ascii_case(p))
 }
 
 /// Whether the value `secret` (at `start`) of a session or password query parameter is one:
 /// any value of `pw` other than a status word; of a session id (`sessionid`, `jsessionid`,
 /// `PHPSESSID`), one that mixes letters and digits or is 16+ characters; of the names that also
-/// carry plain settings (`?auth=google`, `?session=new`, `?auth=oauth2`), only one that looks
-/// generated (12+ characters mixing letters and digits) or is long (32+). What masking wrote
+/// carry plain settings (`?auth=google`, `?session=new`, `?auth=oauth2`) and of a URL's `key`
+/// (`?key=orders_by_day`), only one that looks generated (12+ characters mixing letters and digits) or is long (32+). What masking wrote
 /// (`hmac:...`) is not masked again.
 fn session_parameter_holds_secret(text: &str, start: usize, secret: &str) -> bool {
     if is_masked(&text[start..]) {
@@ -1677,7 +1722,10 @@ fn session_parameter_holds_secret(text: &str, start: usize, secret: &str) -> boo
     let name = &text[name_start..name_end];
     if name.eq_ignore_ascii_case("pw") {
         !is_status_word(secret)
-    } else if name.eq_ignore_ascii_case("auth") || name.eq_ignore_ascii_case("session") {
+    } else if ["auth", "session", "key"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+    {
         (secret.len() >= 12 && looks_generated(secret)) || secret.len() >= 32
     } else {
         looks_generated(secret) || secret.len() >= 16
@@ -2446,7 +2494,9 @@ fn verify(
             looks_generated(secret)
         }
         PatternKind::UrlSignature
-            if caps.is_some_and(|c| c.get(SESSION_PARAMETER_GROUP).is_some()) =>
+            if caps.is_some_and(|c| {
+                c.get(SESSION_PARAMETER_GROUP).is_some() || c.get(URL_KEY_GROUP).is_some()
+            }) =>
         {
             session_parameter_holds_secret(text, start, secret)
         }
@@ -2990,6 +3040,47 @@ mod tests {
         assert!(is_glued_password_client(r"C:\mysql\bin\MYSQL.EXE"));
         for other in ["ssh", "mysqlsh", "mysql-router", "psql", "docker"] {
             assert!(!is_glued_password_client(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn every_credential_client_is_one_the_text_pattern_knows() {
+        let commands = [
+            "curl -u bob:Zebra9KettleC1 https://x",
+            "sshpass -p Zebra9KettleC1 ssh h",
+            "docker login -u ci -p Zebra9KettleC1 r",
+            "podman login -p Zebra9KettleC1 r",
+            "nerdctl login -p Zebra9KettleC1 r",
+            "sqlcmd -S db -P Zebra9KettleC1",
+            "bcp t out f -S db -P Zebra9KettleC1",
+            "redis-cli -h r -a Zebra9KettleC1 ping",
+            "htpasswd -b /etc/h bob Zebra9KettleC1",
+            "net user bob Zebra9KettleC1 /add",
+            "net1 user bob Zebra9KettleC1",
+            "openssl rsa -passin pass:Zebra9KettleC1",
+            "sqlplus scott/Zebra9KettleC1@orcl",
+        ];
+        for client in CREDENTIAL_CLIENTS {
+            assert!(
+                commands
+                    .iter()
+                    .any(|c| c.split(' ').next() == Some(*client)),
+                "{client} has no command here"
+            );
+            assert!(is_credential_client(&format!("/usr/bin/{client}")));
+            assert!(is_credential_client(&format!(
+                "{}.EXE",
+                client.to_uppercase()
+            )));
+        }
+        for command in commands {
+            assert!(is_credential_client(
+                command.split(' ').next().unwrap_or_default()
+            ));
+            one(command, PatternKind::CliCredentials, "Zebra9KettleC1");
+        }
+        for other in ["ssh", "curl-config", "docker-compose", "netstat", "mysql"] {
+            assert!(!is_credential_client(other), "{other}");
         }
     }
 

@@ -216,6 +216,139 @@ fn a_password_glued_to_its_option_in_a_mysql_argument_list_is_masked() {
 }
 
 #[test]
+fn a_command_line_held_as_arguments_is_masked_as_its_text_is() {
+    let m = masker();
+    // Process and exec audit records keep a command as its arguments.
+    let mut v = json!({
+        "curl": ["curl", "-u", "bob:Zebra9KettleC1", "https://x.example"],
+        "sqlcmd": ["sqlcmd", "-S", "db", "-U", "sa", "-P", "Zebra9KettleC2"],
+        // (Not under a key named `htpasswd`: that names a password.)
+        "apache": ["/usr/bin/htpasswd", "-b", "/etc/h", "bob", "Zebra9KettleC3"],
+        "sshpass": ["sshpass", "-p", "Zebra9KettleC4", "ssh", "h"],
+        "net": ["net", "user", "bob", "Zebra9KettleC5", "/add"],
+        "redis": ["redis-cli", "-h", "r", "-a", "Zebra9KettleC6", "ping"],
+        "docker": ["docker", "login", "-u", "ci", "-p", "Zebra9KettleC7", "registry"],
+        // What the same commands say with no password in them, and other tools' options.
+        "net_add": ["net", "user", "bob", "/add"],
+        "net_prompt": ["net", "user", "bob", "*"],
+        "curl_user": ["curl", "-u", "bob", "https://x.example"],
+        "docker_run": ["docker", "run", "-p", "8080:80", "nginx"],
+        "redis_port": ["redis-cli", "-p", "6380", "ping"],
+        "ssh": ["ssh", "-p", "2222", "h"],
+        "apache_prompt": ["htpasswd", "-c", "/etc/users", "bob"],
+        "words": ["curl", "net", "user", "list"],
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    assert!(!text.contains("Zebra9Kettle"), "{text}");
+    assert_eq!(
+        v["curl"],
+        json!([
+            "curl",
+            "-u",
+            "bob:[REDACTED:cli_credentials]",
+            "https://x.example"
+        ])
+    );
+    assert_eq!(
+        v["net"],
+        json!(["net", "user", "bob", "[REDACTED:cli_credentials]", "/add"])
+    );
+    assert_eq!(v["redis"][4], "[REDACTED:cli_credentials]");
+    assert_eq!(v["redis"][5], "ping");
+    for kept in [
+        "net_add",
+        "net_prompt",
+        "curl_user",
+        "docker_run",
+        "redis_port",
+        "ssh",
+        "apache_prompt",
+        "words",
+    ] {
+        assert!(
+            !v[kept].to_string().contains("REDACTED"),
+            "{kept}: {}",
+            v[kept]
+        );
+    }
+    assert_eq!(
+        v["docker_run"],
+        json!(["docker", "run", "-p", "8080:80", "nginx"])
+    );
+    assert_eq!(v["redis_port"], json!(["redis-cli", "-p", "6380", "ping"]));
+    let once = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, once, "idempotent");
+}
+
+#[test]
+fn a_command_quoted_in_text_has_its_credentials_masked() {
+    let m = masker();
+    // After a quote, a backtick, a bracket or a parenthesis the command starts as after a space
+    // (`sh -c "..."`, a command quoted in a message, a dead letter's JSON text).
+    for (text, masked) in [
+        (
+            r#"/bin/sh -c "docker login -u ci -p Zebra9KettleC1 registry.example""#,
+            r#"/bin/sh -c "docker login -u ci -p [REDACTED:cli_credentials] registry.example""#,
+        ),
+        (
+            r#"/bin/sh -c "sqlcmd -S db -U sa -P Zebra9KettleC1""#,
+            r#"/bin/sh -c "sqlcmd -S db -U sa -P [REDACTED:cli_credentials]""#,
+        ),
+        (
+            r#"executed "sshpass -p Zebra9KettleC1 ssh root@h""#,
+            r#"executed "sshpass -p [REDACTED:cli_credentials] ssh root@h""#,
+        ),
+        (
+            "executed `docker login -p Zebra9KettleC1 r`",
+            "executed `docker login -p [REDACTED:cli_credentials] r`",
+        ),
+        (
+            r#"args="--password Zebra9KettleC1""#,
+            r#"args="--password [REDACTED:cli_credentials]""#,
+        ),
+        (
+            "executed (sshpass -p Zebra9KettleC1 ssh root@h)",
+            "executed (sshpass -p [REDACTED:cli_credentials] ssh root@h)",
+        ),
+        (
+            "ran [curl -u bob:Zebra9KettleC1 https://x]",
+            "ran [curl -u bob:[REDACTED:cli_credentials] https://x]",
+        ),
+        (
+            "bash -c 'mysql -uroot -pZebra9KettleC1 app'",
+            "bash -c 'mysql -uroot -p[REDACTED:cli_credentials] app'",
+        ),
+        (
+            "redis-cli -h cache -a Zebra9KettleC1 ping",
+            "redis-cli -h cache -a [REDACTED:cli_credentials] ping",
+        ),
+        (
+            r#"{"eventType":"x","cmd":"sshpass -p Zebra9KettleC1 ssh h"}}"#,
+            r#"{"eventType":"x","cmd":"sshpass -p [REDACTED:cli_credentials] ssh h"}}"#,
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), masked, "{text}");
+        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
+    }
+    for kept in [
+        r#"sh -c "ls -p /tmp""#,
+        r#"sh -c "ssh -p 2222 host""#,
+        r#"docker run "-p" "8080:80" nginx"#,
+        r#"ran "net user bob /add""#,
+        "(net user bob /domain)",
+        "redis-cli -p 6380 ping",
+        "redis-cli ping; ls -a /tmp",
+        r#"sudo "-u" root"#,
+        r#"the "password reset" email was sent"#,
+        "`--password` is deprecated, use --password-stdin",
+    ] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+}
+
+#[test]
 fn header_pairs_held_as_arrays_lose_their_secret_value() {
     let m = masker();
     let mut v = json!({
@@ -954,6 +1087,50 @@ fn a_missing_hmac_key_is_taken_from_a_key_file_made_once() {
 }
 
 #[test]
+fn hashing_guessable_secrets_needs_a_hmac_key_of_its_own() {
+    // With the public built-in key a hashed password is found again by hashing a word list.
+    for (toml, setting) in [
+        ("[keys]\naction = \"hash\"", "keys.action"),
+        (
+            "[patterns.secret_assignment]\naction = \"hash\"",
+            "patterns.secret_assignment.action",
+        ),
+        (
+            "[patterns.cli_credentials]\naction = \"hash\"",
+            "patterns.cli_credentials.action",
+        ),
+        (
+            "[patterns.us_ssn]\naction = \"hash\"",
+            "patterns.us_ssn.action",
+        ),
+    ] {
+        let config = MaskConfig::from_toml_str(toml).expect("config parses");
+        let err = SecretMasker::new(&config).expect_err(toml).to_string();
+        assert!(
+            err.contains(setting) && err.contains("hmac_key"),
+            "{toml}: {err}"
+        );
+    }
+    // Random tokens, ids, emails and field rules may be hashed with it, as documented.
+    for toml in [
+        "[patterns.github_token]\naction = \"hash\"",
+        "[patterns.email]\nenabled = true\naction = \"hash\"",
+        "[keys]\naction = \"partial\"",
+        "[[fields]]\npath = \"user.email\"\naction = \"hash\"",
+    ] {
+        let config = MaskConfig::from_toml_str(toml).expect("config parses");
+        assert!(SecretMasker::new(&config).is_ok(), "{toml}");
+    }
+    std::env::set_var("PERIMETER_MASK_TEST_KEY_GUESSABLE", "a key of its own");
+    let m = masker_with(
+        "hmac_key = \"env:PERIMETER_MASK_TEST_KEY_GUESSABLE\"\n[keys]\naction = \"hash\"",
+    );
+    let mut v = json!({"password": "Summer2024!"});
+    m.mask_value(&mut v);
+    assert_eq!(v["password"], m.pseudonymize("Summer2024!"));
+}
+
+#[test]
 fn hmac_key_from_env_reference() {
     std::env::set_var("PERIMETER_MASK_TEST_KEY_1", "k1");
     let m = masker_with("hmac_key = \"env:PERIMETER_MASK_TEST_KEY_1\"");
@@ -1175,7 +1352,10 @@ fn secrets_in_object_keys_are_masked() {
 
 #[test]
 fn masking_is_idempotent() {
-    let m = masker_with("[keys]\naction = \"hash\"");
+    std::env::set_var("PERIMETER_MASK_TEST_KEY_IDEMPOTENT", "idempotent-test-key");
+    let m = masker_with(
+        "hmac_key = \"env:PERIMETER_MASK_TEST_KEY_IDEMPOTENT\"\n[keys]\naction = \"hash\"",
+    );
     let mut v = json!({"password": "hunter2", "card": "4111111111111111", "msg": format!("{GHP} AKIAIOSFODNN7EXAMPLE")});
     m.mask_value(&mut v);
     let once = v.clone();
@@ -2015,6 +2195,44 @@ fn pem_keys_as_lines_cdata_and_html_escaped_twice_are_masked() {
     let mut again = out.clone();
     m.mask_value_counted(&mut again, &mut MaskCounts::default());
     assert_eq!(again, out);
+}
+
+#[test]
+fn security_answers_subscription_keys_and_url_keys_are_masked() {
+    let m = masker();
+    let mut v = json!({
+        "Ocp-Apim-Subscription-Key": "Zebra9KettleC1",
+        "secretBinary": "Zebra9KettleC2",
+        "secret_answer": "Zebra9KettleC3",
+        "securityAnswer": "Zebra9KettleC4",
+        "recovery_question_answer": "Zebra9KettleC5",
+        "url": "https://x.example/api?key=Zebra9KettleC6Ab&format=json",
+        // About the secret, not the secret.
+        "security_question": "first pet?",
+        "answer": "42",
+        "subscriptionId": "sub-1",
+        "subscription_key_id": "k-1",
+        "secretBinarySize": 128,
+        "securityAnswerUpdated": "2024-01-01",
+        "cache": "https://x.example/api?key=orders_by_day",
+        "object": "https://x.example/get?key=reports/2024/q1.csv",
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    assert!(!text.contains("Zebra9Kettle"), "{text}");
+    assert_eq!(v["secretBinary"], "[REDACTED:key]");
+    assert_eq!(
+        v["url"],
+        "https://x.example/api?key=[REDACTED:url_signature]&format=json"
+    );
+    assert_eq!(v["security_question"], "first pet?");
+    assert_eq!(v["answer"], "42");
+    assert_eq!(v["subscriptionId"], "sub-1");
+    assert_eq!(v["subscription_key_id"], "k-1");
+    assert_eq!(v["secretBinarySize"], 128);
+    assert_eq!(v["securityAnswerUpdated"], "2024-01-01");
+    assert_eq!(v["cache"], "https://x.example/api?key=orders_by_day");
+    assert_eq!(v["object"], "https://x.example/get?key=reports/2024/q1.csv");
 }
 
 #[test]

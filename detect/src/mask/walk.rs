@@ -15,8 +15,9 @@ use perimeter_model::{write_json_str, RawJson};
 
 use super::cache::Memory;
 use super::patterns::{
-    bit, is_aws_key_id, is_aws_secret_shape, is_block_indicator, is_glued_password_client,
-    is_masked, is_secret_source, is_status_word, names_a_reminder, KindSet,
+    bit, is_aws_key_id, is_aws_secret_shape, is_block_indicator, is_credential_client,
+    is_glued_password_client, is_masked, is_secret_source, is_status_word, names_a_reminder,
+    KindSet,
 };
 
 use super::{
@@ -209,6 +210,14 @@ impl<'a> MaskWalk<'a> {
                 // that key.
                 let header_secret = items.len() == 2 && self.is_secret_header_pair(items);
                 let glued_enabled = enabled & bit(PatternKind::CliCredentials) != 0;
+                // A command line held as its arguments after a program whose credentials the
+                // text pattern reads (`["sshpass", "-p", "x"]`, `["net", "user", "bob", "x"]`):
+                // the items that pattern finds secret in the joined command line.
+                let argv_secrets = if glued_enabled {
+                    command_line_secrets(self.masker, items)
+                } else {
+                    Vec::new()
+                };
                 let mut index = 0;
                 self.array(items, |w, item| {
                     let i = index;
@@ -257,6 +266,12 @@ impl<'a> MaskWalk<'a> {
                         let m = w.masker;
                         w.force_leaves(item, m.key_action, "key");
                         return;
+                    }
+                    if let Some(&(_, at)) = argv_secrets.iter().find(|(j, _)| *j == i) {
+                        if let Some(arg) = item.as_str() {
+                            w.replace_leaf(PatternKind::CliCredentials, &arg[..at], &arg[at..]);
+                            return;
+                        }
                     }
                     // `["mysql", "-uroot", "-pS3cret"]`: the password glued to mysql's `-p`,
                     // which the text pattern masks in `mysql -uroot -pS3cret`.
@@ -822,6 +837,50 @@ fn glued_password<'s>(items: &sonic_rs::Array, index: usize, arg: &'s str) -> Op
         .take(index)
         .any(|earlier| earlier.as_str().is_some_and(is_glued_password_client))
         .then_some(secret)
+}
+
+/// The string items of `items` that hold a command-line credential when one of them runs a
+/// program of [`is_credential_client`]: the items joined by spaces are read by the
+/// `CliCredentials` pattern, as the same command written as one string is, and each item a
+/// secret it found covers is given with where the secret starts in it (`["curl", "-u",
+/// "bob:x"]` keeps `bob:`). Decided from the items alone, so the check and the write agree.
+fn command_line_secrets(masker: &SecretMasker, items: &sonic_rs::Array) -> Vec<(usize, usize)> {
+    if !items
+        .iter()
+        .any(|item| item.as_str().is_some_and(is_credential_client))
+    {
+        return Vec::new();
+    }
+    let mut line = String::new();
+    let mut spans = Vec::new();
+    for (i, arg) in items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| item.as_str().map(|s| (i, s)))
+    {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        spans.push((i, line.len()..line.len() + arg.len()));
+        line.push_str(arg);
+    }
+    let mut found = Vec::new();
+    masker
+        .patterns
+        .find(PatternKind::CliCredentials, &line, &masker.keys, &mut found);
+    let mut secrets: Vec<(usize, usize)> = Vec::new();
+    for f in &found {
+        for (i, span) in &spans {
+            if f.start < span.end && f.end > span.start {
+                let at = f.start.saturating_sub(span.start);
+                match secrets.iter_mut().find(|(j, _)| j == i) {
+                    Some((_, earlier)) => *earlier = (*earlier).min(at),
+                    None => secrets.push((*i, at)),
+                }
+            }
+        }
+    }
+    secrets
 }
 
 /// How many private key lines follow the array item `line` when it is a PuTTY key file's
