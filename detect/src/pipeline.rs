@@ -540,7 +540,7 @@ impl Pipeline {
         out: &mut PipelineOutput,
     ) {
         // Mask first, then bound: cutting first could split a secret so its pattern no longer matches.
-        let masked = self.masker.mask_text(excerpt);
+        let masked = self.masker.mask_excerpt(excerpt);
         let bounded: String = masked.chars().take(DEAD_LETTER_EXCERPT_CHARS).collect();
         let digest = match clear_digest {
             Some(clear) => DeadLetter::digest_of(&self.masker.pseudonymize(clear)),
@@ -1428,6 +1428,43 @@ mod tests {
             "[REDACTED:key]"
         );
         assert_eq!(v["eventType"], "user.session.start");
+    }
+
+    #[test]
+    fn a_record_with_junk_after_it_is_masked_as_a_record_in_its_dead_letter() {
+        use base64::Engine as _;
+        // Each a whole record and a stray `}`: invalid JSON, so a dead letter, yet the record's
+        // secrets are known only by its keys and pairs, which text masking cannot read.
+        let base64 = base64::engine::general_purpose::STANDARD.encode("password=Hk28Dq9Zr2Lp0");
+        let lines = [
+            r#"{"eventType":"x","note":"Hk31Dq9Zr2Lp0Vx5Mt","password":"Hk31Dq9Zr2Lp0Vx5Mt"}}"#
+                .to_string(),
+            r#"{"eventType":"x","headers":[["Authorization","token Hk33Dq9Zr2Lp0Vx5Mt"]]}} and more"#
+                .to_string(),
+            format!(r#"  {{"eventType":"x","blob":"{base64}"}}]"#),
+        ];
+        let mut p = pipeline();
+        let mut out = PipelineOutput::default();
+        for line in &lines {
+            p.dead_letter(
+                "okta",
+                "t",
+                Some(1),
+                "invalid JSON",
+                line,
+                None,
+                Utc::now(),
+                &mut out,
+            );
+        }
+        for (d, line) in out.dead_letters.iter().zip(&lines) {
+            assert!(!d.excerpt.contains("Hk3"), "{}", d.excerpt);
+            assert!(!d.excerpt.contains(&base64), "{}", d.excerpt);
+            // The record's readable parts, and what followed it, are kept.
+            assert!(d.excerpt.contains(r#""eventType":"x""#), "{}", d.excerpt);
+            let tail = &line[line.rfind(['}', ']']).unwrap()..];
+            assert!(d.excerpt.ends_with(tail), "{} / {tail}", d.excerpt);
+        }
     }
 
     #[test]

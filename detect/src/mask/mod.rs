@@ -322,6 +322,38 @@ impl SecretMasker {
         counts.stats()
     }
 
+    /// Masked text of input that is no record (a dead letter's excerpt). When it starts with a
+    /// whole JSON document followed by more (`{...}}`: a record with a stray byte after it),
+    /// that document is masked as a record ([`Self::mask_record`]: values under secret key
+    /// names, key/value pairs, encoded values), which text masking alone cannot do; the text
+    /// after it, and text that starts with no document, are masked as text.
+    pub fn mask_excerpt(&self, text: &str) -> String {
+        let start = text.len() - text.trim_start().len();
+        let leading_document = matches!(text.as_bytes().get(start), Some(b'{' | b'['))
+            .then(|| {
+                let mut documents = serde_json::Deserializer::from_str(&text[start..])
+                    .into_iter::<serde::de::IgnoredAny>();
+                documents.next()?.ok()?;
+                Some(start + documents.byte_offset())
+            })
+            .flatten()
+            .filter(|&end| end < text.len());
+        let Some(end) = leading_document else {
+            return self.mask_text(text);
+        };
+        let Ok(mut record) = sonic_rs::from_str::<RawJson>(&text[start..end]) else {
+            return self.mask_text(text);
+        };
+        self.mask_record(&mut record);
+        let document = sonic_rs::to_string(&record).unwrap_or_else(|_| UNSERIALIZABLE.into());
+        format!(
+            "{}{}{}",
+            &text[..start],
+            self.mask_text(&document),
+            self.mask_text(&text[end..])
+        )
+    }
+
     /// Whether masking `raw` would change it.
     pub fn raw_needs_masking(&self, raw: &RawJson) -> bool {
         let root = self.has_path_rules.then_some(RAW_ROOT);
