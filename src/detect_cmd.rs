@@ -456,11 +456,17 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         args.format.reader(config),
         args.format.of(&args.input),
     )?;
+    // Flushed when it wrote any: on a live stream (`tail -f log | perimeter detect`) an alert
+    // is seen when it fires, not when the input ends or 8 KiB of alerts have piled up.
     let write_alerts = |out: &mut PipelineOutput, w: &mut dyn Write| -> anyhow::Result<()> {
+        if out.alerts.is_empty() {
+            return Ok(());
+        }
         for a in out.alerts.drain(..) {
             serde_json::to_writer(&mut *w, &a)?;
             w.write_all(b"\n")?;
         }
+        w.flush()?;
         Ok(())
     };
     let mut stopped = None;

@@ -1874,6 +1874,43 @@ fn detect_says_when_it_runs_short_of_its_rules() {
 }
 
 #[test]
+fn detect_on_a_live_stream_prints_each_alert_when_it_fires() {
+    use std::io::{BufRead, BufReader, Write};
+    let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap();
+    let stop_logging = demo.lines().find(|l| l.contains("StopLogging")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["detect", "--no-ueba", "--rules", "detection-rules"])
+        .current_dir(repo())
+        .env_remove("PERIMETER_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{stop_logging}").unwrap();
+    stdin.flush().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    // The input stays open (`tail -f`): the alert must come out before it ends.
+    let first = rx.recv_timeout(std::time::Duration::from_secs(60));
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let first = first.expect("no alert while the input was still open");
+    let alert: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert!(
+        alert["rule_id"].as_str().is_some() && alert["lines"] == serde_json::json!([1]),
+        "{alert}"
+    );
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
 fn detect_names_the_line_of_each_record_of_a_pretty_printed_page() {
     let dir = tempfile::tempdir().unwrap();
     let rule = dir.path().join("mfa.yml");
