@@ -34,6 +34,7 @@ pub struct NormalizeArgs {
 #[derive(clap::Args)]
 pub struct DetectArgs {
     /// Sigma rule directory or file (repeatable). Default: config `rules`, else ./detection-rules.
+    /// A directory holding no rule file (*.yml, *.yaml) is refused (exit code 2).
     #[arg(long)]
     pub rules: Vec<PathBuf>,
     /// Source name, `auto` (detect per record) or `json` (plain JSON, no vendor normalization).
@@ -384,6 +385,14 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
          ./detection-rules here; pass --rules DIR"
     );
     let (set, options, rules) = load_rules_reported(config, &rule_paths, args.ignore_logsource)?;
+    // A directory without a rule file (a wrong or emptied one) loads without an error: refused
+    // too, before reading the input, even with the behavioural detectors to run.
+    if let Some(empty) = rule_paths.iter().find(|p| RuleSet::files(p).is_empty()) {
+        anyhow::bail!(
+            "no rules to run in {}: it holds no rule file (*.yml, *.yaml); pass --rules DIR",
+            empty.display()
+        );
+    }
     for f in &rules.failed {
         eprintln!("rule error: {f}");
     }

@@ -2018,6 +2018,66 @@ fn rules_check_json_reports_a_missing_path_as_failed() {
 }
 
 #[test]
+fn a_rules_directory_without_rules_is_refused_not_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("rules");
+    std::fs::create_dir(&empty).unwrap();
+    // Only test cases, no rule: still no rule to run.
+    std::fs::write(empty.join("mfa.tests.yml"), "match: []\n").unwrap();
+    let empty = empty.to_str().unwrap();
+    let input = format!(
+        "{}\n",
+        okta_event("user.mfa.factor.deactivate", "alice@example.com", 2)
+    );
+    // Refused before reading the input, behavioural detectors on or off.
+    for extra in [None, Some("--no-ueba")] {
+        let mut args = vec!["detect", "--rules", empty, "--source", "okta"];
+        args.extend(extra);
+        let out = perimeter(&args, Some(input.as_bytes()));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+        let err = stderr(&out);
+        assert!(
+            err.contains("no rules to run in") && err.contains("holds no rule file"),
+            "{err}"
+        );
+    }
+    // Beside a good rule file too: a wrong directory among the paths is named.
+    let rule = dir.path().join("mfa.yml");
+    std::fs::write(&rule, MFA_RULE).unwrap();
+    let out = perimeter(
+        &["detect", "--rules", rule.to_str().unwrap(), "--rules", empty],
+        Some(input.as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = perimeter(
+        &["rules", "check", rule.to_str().unwrap(), empty, "--format", "json"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = &json_lines(&out)[0];
+    assert_eq!(report["loaded"], 1);
+    assert_eq!(report["failed"][0]["path"], empty, "{report}");
+    assert!(
+        report["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("holds no rule file"),
+        "{report}"
+    );
+    let out = perimeter(&["rules", "check", empty], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 rules loaded, 1 failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = perimeter(&["rules", "test", empty], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("holds no rule file"), "{}", stderr(&out));
+}
+
+#[test]
 fn run_check_refuses_a_data_dir_it_cannot_write_and_warns_without_rules() {
     let dir = tempfile::tempdir().unwrap();
     // The data directory would be under a file: `run` could not create it.
