@@ -251,7 +251,24 @@ fn feed(
             line,
             value,
             member_lines,
-        } => pipeline.process_value_at(source, tenant, Some(line), &member_lines, value, now, out),
+        } => {
+            let empty_before = out.empty_inputs;
+            pipeline.process_value_at(source, tenant, Some(line), &member_lines, value, now, out);
+            // A value without a record (`{}`, `[]`, an envelope with an empty list) gives no
+            // event: a dead letter says so, or it would vanish from the output and the counts.
+            if out.empty_inputs > empty_before {
+                pipeline.dead_letter(
+                    source,
+                    tenant,
+                    Some(line),
+                    "holds no record (an empty object, array or page)",
+                    "",
+                    None,
+                    now,
+                    out,
+                );
+            }
+        }
         InputItem::Invalid {
             line,
             reason,

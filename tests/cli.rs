@@ -168,6 +168,52 @@ fn every_dead_letter_of_a_long_run_is_written_to_the_dead_letters_file() {
 }
 
 #[test]
+fn an_input_value_without_a_record_is_a_dead_letter_from_a_file_and_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!(
+        "{{}}\n{}\n[]\n{{\"items\": []}}\n",
+        okta_event("user.session.start", "bob@example.com", 1)
+    );
+    let file = dir.path().join("in.jsonl");
+    std::fs::write(&file, &input).unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let from_file = [
+        "normalize",
+        "--input",
+        file.to_str().unwrap(),
+        "--dead-letters",
+        dead.to_str().unwrap(),
+    ];
+    let from_stdin = ["normalize", "--dead-letters", dead.to_str().unwrap()];
+    for (args, stdin) in [
+        (&from_file[..], None),
+        (&from_stdin[..], Some(input.as_bytes())),
+    ] {
+        let out = perimeter(args, stdin);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(json_lines(&out).len(), 1, "{err}");
+        assert!(
+            err.contains("1 records, 1 events, 0 values masked, 3 dead-lettered"),
+            "{args:?}: {err}"
+        );
+        let letters: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let lines: Vec<u64> = letters.iter().map(|d| d["line"].as_u64().unwrap()).collect();
+        assert_eq!(lines, [1, 3, 4], "{args:?}");
+        assert!(
+            letters
+                .iter()
+                .all(|d| d["reason"].as_str().unwrap().contains("holds no record")),
+            "{letters:?}"
+        );
+    }
+}
+
+#[test]
 fn rules_check_json_names_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("good.yml"), MFA_RULE).unwrap();
