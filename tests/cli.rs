@@ -1012,6 +1012,75 @@ fn a_reader_that_stops_early_ends_the_output_quietly() {
     assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
 }
 
+#[test]
+fn ctrl_c_ends_normalize_and_detect_with_whole_lines_and_their_summary() {
+    use std::io::{BufRead, BufReader, Write};
+    let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap();
+    for args in [
+        &["normalize"][..],
+        &["detect", "--no-ueba", "--rules", "detection-rules"][..],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
+            .args(args)
+            .current_dir(repo())
+            .env_remove("PERIMETER_CONFIG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // An input that never ends by itself: only the interrupt can end the run.
+        let mut stdin = child.stdin.take().unwrap();
+        let demo = demo.clone();
+        std::thread::spawn(move || while stdin.write_all(demo.as_bytes()).is_ok() {});
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = BufReader::new(stdout);
+            let mut all = Vec::new();
+            let mut told = false;
+            loop {
+                let mut line = Vec::new();
+                match out.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => all.push(line),
+                }
+                if !told {
+                    told = tx.send(()).is_ok();
+                }
+            }
+            all
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("no output line");
+        // SAFETY: signalling our own child, still running (not waited for yet).
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{args:?} went on after SIGINT");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let lines = reader.join().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(130), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("perimeter {}: ", args[0]))
+                && err.contains(" dead-lettered")
+                && err.contains("interrupted after line "),
+            "{args:?}: {err}"
+        );
+        assert!(!lines.is_empty());
+        for line in &lines {
+            assert!(line.ends_with(b"\n"), "{args:?}: a cut-off last line");
+            serde_json::from_slice::<serde_json::Value>(line).expect("a whole JSON line");
+        }
+    }
+}
+
 pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
