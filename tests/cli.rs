@@ -202,7 +202,10 @@ fn an_input_value_without_a_record_is_a_dead_letter_from_a_file_and_from_stdin()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        let lines: Vec<u64> = letters.iter().map(|d| d["line"].as_u64().unwrap()).collect();
+        let lines: Vec<u64> = letters
+            .iter()
+            .map(|d| d["line"].as_u64().unwrap())
+            .collect();
         assert_eq!(lines, [1, 3, 4], "{args:?}");
         assert!(
             letters
@@ -2161,12 +2164,25 @@ fn a_rules_directory_without_rules_is_refused_not_passed() {
     let rule = dir.path().join("mfa.yml");
     std::fs::write(&rule, MFA_RULE).unwrap();
     let out = perimeter(
-        &["detect", "--rules", rule.to_str().unwrap(), "--rules", empty],
+        &[
+            "detect",
+            "--rules",
+            rule.to_str().unwrap(),
+            "--rules",
+            empty,
+        ],
         Some(input.as_bytes()),
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = perimeter(
-        &["rules", "check", rule.to_str().unwrap(), empty, "--format", "json"],
+        &[
+            "rules",
+            "check",
+            rule.to_str().unwrap(),
+            empty,
+            "--format",
+            "json",
+        ],
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -2189,7 +2205,11 @@ fn a_rules_directory_without_rules_is_refused_not_passed() {
     );
     let out = perimeter(&["rules", "test", empty], None);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("holds no rule file"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds no rule file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
