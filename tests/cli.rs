@@ -1,6 +1,6 @@
 //! The command-line contracts: `normalize`, `detect`, `rules check|test`, `demo`.
 
-use crate::util::{fixtures, json_lines, perimeter, perimeter_in, repo, stderr};
+use crate::util::{fixtures, json_lines, perimeter, perimeter_in, repo, spawn_perimeter, stderr};
 
 const MFA_RULE: &str = "title: Okta MFA factor deactivated
 id: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e11
@@ -1023,15 +1023,7 @@ fn ctrl_c_ends_normalize_and_detect_with_whole_lines_and_their_summary() {
         &["normalize"][..],
         &["detect", "--no-ueba", "--rules", "detection-rules"][..],
     ] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
-            .args(args)
-            .current_dir(repo())
-            .env_remove("PERIMETER_CONFIG")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_perimeter(args, std::process::Stdio::piped());
         // An input that never ends by itself: only the interrupt can end the run.
         let mut stdin = child.stdin.take().unwrap();
         let demo = demo.clone();
@@ -1996,15 +1988,10 @@ fn detect_on_a_live_stream_prints_each_alert_when_it_fires() {
     use std::io::{BufRead, BufReader, Write};
     let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap();
     let stop_logging = demo.lines().find(|l| l.contains("StopLogging")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(["detect", "--no-ueba", "--rules", "detection-rules"])
-        .current_dir(repo())
-        .env_remove("PERIMETER_CONFIG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_perimeter(
+        &["detect", "--no-ueba", "--rules", "detection-rules"],
+        std::process::Stdio::null(),
+    );
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{stop_logging}").unwrap();
     stdin.flush().unwrap();
