@@ -34,6 +34,7 @@ pub struct NormalizeArgs {
 #[derive(clap::Args)]
 pub struct DetectArgs {
     /// Sigma rule directory or file (repeatable). Default: config `rules`, else ./detection-rules.
+    /// A directory holding no rule file (*.yml, *.yaml) is refused (exit code 2).
     #[arg(long)]
     pub rules: Vec<PathBuf>,
     /// Source name, `auto` (detect per record) or `json` (plain JSON, no vendor normalization).
@@ -176,8 +177,76 @@ pub fn load_rules_reported(
     Ok((set, options, report))
 }
 
-/// How often `detect` says how far it got, on a terminal.
+/// How often `normalize` and `detect` say how far they got, on a terminal.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How far a run got, said every [`PROGRESS_EVERY`] on stderr when it is a terminal: a long
+/// run is seen to be going.
+struct Progress {
+    on: bool,
+    started: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    fn start() -> Progress {
+        let now = std::time::Instant::now();
+        Progress {
+            on: std::io::stderr().is_terminal(),
+            started: now,
+            last: now,
+        }
+    }
+
+    /// `records` read so far, and the count of what the run makes of them (`(n, "events")`).
+    fn tick(&mut self, records: u64, (made, what): (u64, &str)) {
+        if !self.on || self.last.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        eprintln!(
+            "  ... {records} records, {made} {what} in {secs:.0}s ({:.0} records/s)",
+            records as f64 / secs.max(0.001)
+        );
+    }
+}
+
+/// Set by the first SIGINT once [`stop_on_interrupt`] is in place.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// From here on the first SIGINT (Ctrl-C) asks the read loop to stop after the input item in
+/// hand, so the output ends with a whole line, is flushed and the summary is printed (killed
+/// mid-write, the output ended in a cut-off JSON object). The handler resets itself: a second
+/// Ctrl-C ends the process at once, as usual (a read waiting on a quiet stdin, say).
+fn stop_on_interrupt() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe; the action is
+    // fully initialised (zeroed, then its mask emptied) before it is installed.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = note_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESETHAND | libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// After an interrupted run's summary: where it stopped, and the exit code of a process ended
+/// by SIGINT (128 + 2), so a script still learns that the run did not finish.
+fn interrupted_exit(command: &str, lines: u64) -> ExitCode {
+    eprintln!(
+        "perimeter {command}: interrupted after line {lines}; the output above covers the lines before"
+    );
+    ExitCode::from(130)
+}
 
 pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Result<ExitCode> {
     let (registry, masker) = base_parts(config)?;
@@ -191,6 +260,8 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     let format = args.format.of(&args.input);
     let mut reader =
         JsonInput::with_format(open_input(&args.input)?, args.format.reader(config), format)?;
+    let mut progress = Progress::start();
+    stop_on_interrupt();
     let mut stopped = None;
     for item in reader.by_ref() {
         let Some(item) = input_item(item, &mut stopped) else {
@@ -202,6 +273,11 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
             out_w.write_all(b"\n")?;
         }
         dead.take(&mut out.dead_letters)?;
+        let stats = pipeline.stats();
+        progress.tick(stats.records, (stats.events, "events"));
+        if interrupted() {
+            break;
+        }
     }
     out_w.flush()?;
     let stats = pipeline.stats();
@@ -212,6 +288,9 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     dead.finish(stats.dead_letters)?;
     print_timestamps_adjusted(stats.timestamps_adjusted);
     read_outcome(stopped, &args.input, reader.lines_read())?;
+    if interrupted() {
+        return Ok(interrupted_exit("normalize", reader.lines_read()));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -250,7 +329,24 @@ fn feed(
             line,
             value,
             member_lines,
-        } => pipeline.process_value_at(source, tenant, Some(line), &member_lines, value, now, out),
+        } => {
+            let empty_before = out.empty_inputs;
+            pipeline.process_value_at(source, tenant, Some(line), &member_lines, value, now, out);
+            // A value without a record (`{}`, `[]`, an envelope with an empty list) gives no
+            // event: a dead letter says so, or it would vanish from the output and the counts.
+            if out.empty_inputs > empty_before {
+                pipeline.dead_letter(
+                    source,
+                    tenant,
+                    Some(line),
+                    "holds no record (an empty object, array or page)",
+                    "",
+                    None,
+                    now,
+                    out,
+                );
+            }
+        }
         InputItem::Invalid {
             line,
             reason,
@@ -384,6 +480,14 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
          ./detection-rules here; pass --rules DIR"
     );
     let (set, options, rules) = load_rules_reported(config, &rule_paths, args.ignore_logsource)?;
+    // A directory without a rule file (a wrong or emptied one) loads without an error: refused
+    // too, before reading the input, even with the behavioural detectors to run.
+    if let Some(empty) = rule_paths.iter().find(|p| RuleSet::files(p).is_empty()) {
+        anyhow::bail!(
+            "no rules to run in {}: it holds no rule file (*.yml, *.yaml); pass --rules DIR",
+            empty.display()
+        );
+    }
     for f in &rules.failed {
         eprintln!("rule error: {f}");
     }
@@ -448,21 +552,26 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let mut out_w = std::io::BufWriter::new(stdout.lock());
     let mut out = PipelineOutput::default();
     let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref(), &args.input)?;
-    let progress = std::io::stderr().is_terminal();
-    let started = std::time::Instant::now();
-    let mut last_progress = started;
+    let mut progress = Progress::start();
     let mut reader = JsonInput::with_format(
         open_input(&args.input)?,
         args.format.reader(config),
         args.format.of(&args.input),
     )?;
+    // Flushed when it wrote any: on a live stream (`tail -f log | perimeter detect`) an alert
+    // is seen when it fires, not when the input ends or 8 KiB of alerts have piled up.
     let write_alerts = |out: &mut PipelineOutput, w: &mut dyn Write| -> anyhow::Result<()> {
+        if out.alerts.is_empty() {
+            return Ok(());
+        }
         for a in out.alerts.drain(..) {
             serde_json::to_writer(&mut *w, &a)?;
             w.write_all(b"\n")?;
         }
+        w.flush()?;
         Ok(())
     };
+    stop_on_interrupt();
     let mut stopped = None;
     for item in reader.by_ref() {
         let Some(item) = input_item(item, &mut stopped) else {
@@ -471,17 +580,11 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         feed(&mut pipeline, &args.source, &tenant, item, &mut out);
         write_alerts(&mut out, &mut out_w)?;
         dead.take(&mut out.dead_letters)?;
-        // Every few seconds, on a terminal: a long run is seen to be going.
-        if progress && last_progress.elapsed() >= PROGRESS_EVERY {
-            last_progress = std::time::Instant::now();
-            let stats = pipeline.stats();
-            let secs = started.elapsed().as_secs_f64();
-            eprintln!(
-                "  ... {} records, {} alerts in {secs:.0}s ({:.0} records/s)",
-                stats.records,
-                stats.alerts,
-                stats.records as f64 / secs.max(0.001)
-            );
+        let stats = pipeline.stats();
+        progress.tick(stats.records, (stats.alerts, "alerts"));
+        // Interrupted, the input read so far is finished as an input that ends here.
+        if interrupted() {
+            break;
         }
     }
     // With a state directory the next run continues the stream: open windows are saved, not
@@ -506,7 +609,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         stats.events,
         stats.alerts,
         stats.dead_letters,
-        started.elapsed().as_secs_f64()
+        progress.started.elapsed().as_secs_f64()
     );
     if stats.replayed > 0 {
         eprintln!(
@@ -524,6 +627,9 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     dead.finish(stats.dead_letters)?;
     print_timestamps_adjusted(stats.timestamps_adjusted);
     read_outcome(stopped, &args.input, reader.lines_read())?;
+    if interrupted() {
+        return Ok(interrupted_exit("detect", reader.lines_read()));
+    }
     if !rules.failed.is_empty() {
         // The run went on with the rules that loaded; a script must still learn that it was
         // not the detection it asked for.

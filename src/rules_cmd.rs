@@ -122,7 +122,19 @@ pub fn run(config: &PerimeterConfig, cmd: RulesCommand) -> anyhow::Result<ExitCo
 fn check(config: &PerimeterConfig, paths: Vec<PathBuf>, format: &str) -> anyhow::Result<ExitCode> {
     // A path that does not exist is a failed entry of the report (`cannot read: ...`), so a
     // script reading the JSON sees it there like any other failure.
-    let (rules, report) = RuleSet::load(&paths, &config.sigma);
+    let (rules, mut report) = RuleSet::load(&paths, &config.sigma);
+    // A directory without a rule file loads without an error, and a check of it that passed
+    // would vouch for nothing (a wrong or emptied directory): it fails like a missing path.
+    for path in paths.iter().filter(|p| p.exists()) {
+        if RuleSet::files(path).is_empty() {
+            report.failed.push(perimeter_detect::sigma::RuleError {
+                path: path.clone(),
+                line: None,
+                field: None,
+                message: "holds no rule file (*.yml, *.yaml)".into(),
+            });
+        }
+    }
     let (registry, _) = base_parts(config)?;
     let misspelt = rules.misspelt_sources(&registry.names(), &config.sigma);
     if format == "json" {
@@ -171,6 +183,12 @@ fn check(config: &PerimeterConfig, paths: Vec<PathBuf>, format: &str) -> anyhow:
 
 fn test(config: &PerimeterConfig, dir: PathBuf) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    // "0 rules tested" with exit code 0 would pass a wrong or emptied directory.
+    anyhow::ensure!(
+        !RuleSet::files(&dir).is_empty(),
+        "{} holds no rule file (*.yml, *.yaml): nothing to test",
+        dir.display()
+    );
     let (registry, _) = base_parts(config)?;
     let normalize = |source: &str, raw: serde_json::Value, index: u64| {
         let record = RawRecord {

@@ -346,26 +346,29 @@ pub fn write_table(
     columns: &[Column],
     items: &[serde_json::Value],
 ) -> std::io::Result<()> {
-    let line = |cell: &dyn Fn(&Column) -> String| -> String {
-        let cells: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                let text = cell(c);
-                let fitted = if c.identity {
-                    cut_middle(&text, c.width)
-                } else {
-                    cut(&text, c.width)
-                };
-                format!("{fitted:<w$}", w = c.width)
-            })
-            .collect();
-        cells.join(" ").trim_end().to_string()
-    };
-    writeln!(out, "{}", line(&|c| c.header.to_string()))?;
+    writeln!(out, "{}", table_line(columns, &|c| c.header.to_string()))?;
     for item in items {
-        writeln!(out, "{}", line(&|c| c.cell(item)))?;
+        writeln!(out, "{}", table_line(columns, &|c| c.cell(item)))?;
     }
     Ok(())
+}
+
+/// One line of a table: each column's `cell`, fitted to the column's width. The widths are
+/// fixed, so a row is printed without looking at the others.
+fn table_line(columns: &[Column], cell: &dyn Fn(&Column) -> String) -> String {
+    let cells: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let text = cell(c);
+            let fitted = if c.identity {
+                cut_middle(&text, c.width)
+            } else {
+                cut(&text, c.width)
+            };
+            format!("{fitted:<w$}", w = c.width)
+        })
+        .collect();
+    cells.join(" ").trim_end().to_string()
 }
 
 #[derive(clap::Args)]
@@ -631,14 +634,15 @@ const DEAD_LETTER_COLUMNS: &[Column] = &[
 /// `perimeter dead-letters`: the input that could not be used, newest first, with line, reason
 /// and a masked excerpt, from a data directory or a running server.
 pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
-    let items: Vec<serde_json::Value> = if args.target.server.is_some() {
+    let mut printer = ItemPrinter::new(args.target.format, DEAD_LETTER_COLUMNS);
+    if args.target.server.is_some() {
         let filters = [
             ("source", &args.source),
             ("q", &args.query),
             ("from", &args.time.from),
             ("to", &args.time.to),
         ];
-        server_items(&args.target, "/dead-letters", &filters)?
+        server_items(&args.target, "/dead-letters", &filters, &mut printer)?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
         let [from, to] = args.time.parsed()?;
@@ -649,7 +653,7 @@ pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::
             to,
             ..Default::default()
         };
-        paged(args.target.limit, |limit, cursor| {
+        paged(args.target.limit, &mut printer, |limit, cursor| {
             let page = store.list_dead_letters(
                 &tenant,
                 &perimeter_store::DeadLetterQuery {
@@ -661,12 +665,7 @@ pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::
             Ok((page.items, page.next_cursor))
         })?
     };
-    print_items(
-        &items,
-        "dead letters",
-        args.target.format,
-        DEAD_LETTER_COLUMNS,
-    )
+    printer.finish("dead letters")
 }
 
 #[derive(clap::Args)]
@@ -706,8 +705,9 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
         ("from", &args.time.from),
         ("to", &args.time.to),
     ];
-    let items = if args.target.server.is_some() {
-        server_items(&args.target, "/audit", &filters)?
+    let mut printer = ItemPrinter::new(args.target.format, AUDIT_COLUMNS);
+    if args.target.server.is_some() {
+        server_items(&args.target, "/audit", &filters, &mut printer)?
     } else {
         let dir = args.target.data_dir.as_ref().unwrap_or(&config.data_dir);
         let path = dir.join(perimeter_query_api::audit::AUDIT_FILE);
@@ -749,7 +749,7 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
             to,
             ..Default::default()
         };
-        paged(args.target.limit, |limit, cursor| {
+        paged(args.target.limit, &mut printer, |limit, cursor| {
             let page = log.query(&perimeter_query_api::AuditQuery {
                 limit,
                 cursor,
@@ -758,7 +758,7 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
             Ok((page.items, page.next_cursor))
         })?
     };
-    print_items(&items, "audit entries", args.target.format, AUDIT_COLUMNS)
+    printer.finish("audit entries")
 }
 
 #[derive(clap::Args)]
@@ -1110,45 +1110,49 @@ fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chro
         .transpose()?)
 }
 
-/// Up to `limit` items as JSON, page after page: a page holds at most [`MAX_PAGE_LIMIT`]
+/// Up to `limit` items printed page after page: a page holds at most [`MAX_PAGE_LIMIT`]
 /// items, and `--limit 5000` means 5000, not the first page. `page(size, cursor)` fetches one
-/// page and its `next_cursor`.
+/// page and its `next_cursor`. Each page is printed before the next is fetched: a reader sees the
+/// first results at once, and memory holds one page, whatever the limit.
 fn paged<T: serde::Serialize>(
     limit: usize,
+    printer: &mut ItemPrinter,
     mut page: impl FnMut(usize, Option<String>) -> anyhow::Result<(Vec<T>, Option<String>)>,
-) -> anyhow::Result<Vec<serde_json::Value>> {
-    let mut items = Vec::new();
+) -> anyhow::Result<()> {
+    let mut shown = 0;
     let mut cursor = None;
-    while items.len() < limit {
-        let (got, next) = page((limit - items.len()).min(MAX_PAGE_LIMIT), cursor.take())?;
-        for item in &got {
-            items.push(serde_json::to_value(item)?);
-        }
+    // A page longer than asked, or a cursor left over: more than `limit` match.
+    let mut more = false;
+    while shown < limit {
+        let room = limit - shown;
+        let (got, next) = page(room.min(MAX_PAGE_LIMIT), cursor.take())?;
+        more |= got.len() > room;
+        let got = &got[..got.len().min(room)];
+        printer.page(got)?;
+        shown += got.len();
         match next {
             Some(c) => cursor = Some(c),
             None => break,
         }
     }
-    // A cursor left over, or a page longer than asked: more than `limit` match.
-    let more = items.len() > limit || cursor.is_some();
-    items.truncate(limit);
     // Said on stderr, beside the count: a script piping the output on (`alerts --format json |
     // triage -`) would otherwise handle the first `--limit` only, unaware of the rest.
-    if more {
+    if more || cursor.is_some() {
         eprintln!("more match than --limit {limit}: only the first {limit} are shown (raise --limit for the rest)");
     }
-    Ok(items)
+    Ok(())
 }
 
-/// Up to `--limit` items from a running server: `path` (no query string) with the filters
-/// that are set, `limit`, and the cursor of each next page.
+/// Up to `--limit` items from a running server, printed page by page: `path` (no query string)
+/// with the filters that are set, `limit`, and the cursor of each next page.
 fn server_items(
     target: &Target,
     path: &str,
     filters: &[(&str, &Option<String>)],
-) -> anyhow::Result<Vec<serde_json::Value>> {
+    printer: &mut ItemPrinter,
+) -> anyhow::Result<()> {
     let params = query_string(filters);
-    paged(target.limit, |size, cursor| {
+    paged(target.limit, printer, |size, cursor| {
         let mut page_params = vec![format!("limit={size}")];
         if !params.is_empty() {
             page_params.push(params.clone());
@@ -1158,7 +1162,14 @@ fn server_items(
         }
         let body = get_json(target, &format!("{path}?{}", page_params.join("&")))?;
         let next = body["next_cursor"].as_str().map(str::to_string);
-        Ok((body["items"].as_array().cloned().unwrap_or_default(), next))
+        let items = match body {
+            serde_json::Value::Object(mut o) => match o.remove("items") {
+                Some(serde_json::Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        Ok((items, next))
     })
 }
 
@@ -1230,29 +1241,83 @@ fn choose_tenant(
     })
 }
 
+/// Listed items to stdout as they come: JSON lines, or table rows at a terminal (`--format`);
+/// then their count on stderr. Written, not `println!`ed: a reader that stops early (`| head`)
+/// is an error to return, not a panic.
+struct ItemPrinter {
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    /// The table's columns, and whether its header is out; `None` for JSON lines.
+    table: Option<(&'static [Column], bool)>,
+    count: usize,
+}
+
+impl ItemPrinter {
+    fn new(format: OutputFormat, columns: &'static [Column]) -> ItemPrinter {
+        let stdout = std::io::stdout();
+        let table = format.is_table(&stdout).then_some((columns, false));
+        ItemPrinter {
+            out: std::io::BufWriter::new(stdout.lock()),
+            table,
+            count: 0,
+        }
+    }
+
+    /// Print `items` (and the table's header before the first), flushed: a page is seen as
+    /// soon as it is read.
+    fn page<T: serde::Serialize>(&mut self, items: &[T]) -> anyhow::Result<()> {
+        use std::io::Write;
+        self.header()?;
+        for item in items {
+            // Through a `Value`, as before: its keys print sorted, whatever `T`'s field order.
+            let item = serde_json::to_value(item)?;
+            match self.table {
+                Some((columns, _)) => {
+                    writeln!(self.out, "{}", table_line(columns, &|c| c.cell(&item)))?
+                }
+                None => {
+                    serde_json::to_writer(&mut self.out, &item)?;
+                    self.out.write_all(b"\n")?;
+                }
+            }
+        }
+        self.count += items.len();
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// The table's header, once (an empty listing gets one too).
+    fn header(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        if let Some((columns, done @ false)) = &mut self.table {
+            *done = true;
+            writeln!(
+                self.out,
+                "{}",
+                table_line(columns, &|c| c.header.to_string())
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The output completed, and `N <what>` said on stderr.
+    fn finish(mut self, what: &str) -> anyhow::Result<ExitCode> {
+        use std::io::Write;
+        self.header()?;
+        self.out.flush()?;
+        eprintln!("{} {what}", self.count);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 fn print_items(
     items: &[serde_json::Value],
     what: &str,
     format: OutputFormat,
-    columns: &[Column],
+    columns: &'static [Column],
 ) -> anyhow::Result<ExitCode> {
-    use std::io::Write;
-    // Written, not `println!`ed: a reader that stops early (`| head`) is an error to return,
-    // not a panic.
-    let stdout = std::io::stdout();
-    let table = format.is_table(&stdout);
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    if table {
-        write_table(&mut out, columns, items)?;
-    } else {
-        for item in items {
-            serde_json::to_writer(&mut out, item)?;
-            out.write_all(b"\n")?;
-        }
-    }
-    out.flush()?;
-    eprintln!("{} {what}", items.len());
-    Ok(ExitCode::SUCCESS)
+    let mut printer = ItemPrinter::new(format, columns);
+    printer.page(items)?;
+    printer.finish(what)
 }
 
 pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<ExitCode> {
@@ -1262,7 +1327,8 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
     if let Some(field) = &args.top {
         return top_values(config, &args, field);
     }
-    let items: Vec<serde_json::Value> = if args.target.server.is_some() {
+    let mut printer = ItemPrinter::new(args.target.format, EVENT_COLUMNS);
+    if args.target.server.is_some() {
         let query = Some(args.query.clone());
         server_items(
             &args.target,
@@ -1273,6 +1339,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
                 ("to", &args.to),
                 ("sort", &args.sort),
             ],
+            &mut printer,
         )?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
@@ -1284,7 +1351,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
             .transpose()
             .map_err(anyhow::Error::msg)?
             .unwrap_or_default();
-        paged(args.target.limit, |limit, cursor| {
+        paged(args.target.limit, &mut printer, |limit, cursor| {
             let q = perimeter_store::EventQuery {
                 query: args.query.clone(),
                 from,
@@ -1297,7 +1364,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
             Ok((page.items, page.next_cursor))
         })?
     };
-    print_items(&items, "events", args.target.format, EVENT_COLUMNS)
+    printer.finish("events")
 }
 
 /// `perimeter search --histogram`: the counts from a server or the data directory, printed.
@@ -1519,14 +1586,15 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
         };
         return print_summary(&summary, args.target.format);
     }
-    let items: Vec<serde_json::Value> = if args.target.server.is_some() {
+    let mut printer = ItemPrinter::new(args.target.format, ALERT_COLUMNS);
+    if args.target.server.is_some() {
         let mut filters = filters.to_vec();
         filters.push(("sort", &args.sort));
-        server_items(&args.target, "/alerts", &filters)?
+        server_items(&args.target, "/alerts", &filters, &mut printer)?
     } else {
         let (store, tenant) = local_store(&args.target, config)?;
         let q = local_alert_query(&args)?;
-        paged(args.target.limit, |limit, cursor| {
+        paged(args.target.limit, &mut printer, |limit, cursor| {
             let page = store.list_alerts(
                 &tenant,
                 &perimeter_store::AlertQuery {
@@ -1538,7 +1606,7 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
             Ok((page.items, page.next_cursor))
         })?
     };
-    print_items(&items, "alerts", args.target.format, ALERT_COLUMNS)
+    printer.finish("alerts")
 }
 
 /// The store query of `perimeter alerts`' filters, for a data directory.

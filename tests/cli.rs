@@ -1,6 +1,6 @@
 //! The command-line contracts: `normalize`, `detect`, `rules check|test`, `demo`.
 
-use crate::util::{fixtures, json_lines, perimeter, perimeter_in, repo, stderr};
+use crate::util::{fixtures, json_lines, perimeter, perimeter_in, repo, spawn_perimeter, stderr};
 
 const MFA_RULE: &str = "title: Okta MFA factor deactivated
 id: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e11
@@ -165,6 +165,55 @@ fn every_dead_letter_of_a_long_run_is_written_to_the_dead_letters_file() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn an_input_value_without_a_record_is_a_dead_letter_from_a_file_and_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = format!(
+        "{{}}\n{}\n[]\n{{\"items\": []}}\n",
+        okta_event("user.session.start", "bob@example.com", 1)
+    );
+    let file = dir.path().join("in.jsonl");
+    std::fs::write(&file, &input).unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let from_file = [
+        "normalize",
+        "--input",
+        file.to_str().unwrap(),
+        "--dead-letters",
+        dead.to_str().unwrap(),
+    ];
+    let from_stdin = ["normalize", "--dead-letters", dead.to_str().unwrap()];
+    for (args, stdin) in [
+        (&from_file[..], None),
+        (&from_stdin[..], Some(input.as_bytes())),
+    ] {
+        let out = perimeter(args, stdin);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(json_lines(&out).len(), 1, "{err}");
+        assert!(
+            err.contains("1 records, 1 events, 0 values masked, 3 dead-lettered"),
+            "{args:?}: {err}"
+        );
+        let letters: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let lines: Vec<u64> = letters
+            .iter()
+            .map(|d| d["line"].as_u64().unwrap())
+            .collect();
+        assert_eq!(lines, [1, 3, 4], "{args:?}");
+        assert!(
+            letters
+                .iter()
+                .all(|d| d["reason"].as_str().unwrap().contains("holds no record")),
+            "{letters:?}"
+        );
+    }
 }
 
 #[test]
@@ -964,6 +1013,67 @@ fn a_reader_that_stops_early_ends_the_output_quietly() {
     let err = stderr(&out);
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn ctrl_c_ends_normalize_and_detect_with_whole_lines_and_their_summary() {
+    use std::io::{BufRead, BufReader, Write};
+    let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap();
+    for args in [
+        &["normalize"][..],
+        &["detect", "--no-ueba", "--rules", "detection-rules"][..],
+    ] {
+        let mut child = spawn_perimeter(args, std::process::Stdio::piped());
+        // An input that never ends by itself: only the interrupt can end the run.
+        let mut stdin = child.stdin.take().unwrap();
+        let demo = demo.clone();
+        std::thread::spawn(move || while stdin.write_all(demo.as_bytes()).is_ok() {});
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut out = BufReader::new(stdout);
+            let mut all = Vec::new();
+            let mut told = false;
+            loop {
+                let mut line = Vec::new();
+                match out.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => all.push(line),
+                }
+                if !told {
+                    told = tx.send(()).is_ok();
+                }
+            }
+            all
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("no output line");
+        // SAFETY: signalling our own child, still running (not waited for yet).
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{args:?} went on after SIGINT");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let lines = reader.join().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(130), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("perimeter {}: ", args[0]))
+                && err.contains(" dead-lettered")
+                && err.contains("interrupted after line "),
+            "{args:?}: {err}"
+        );
+        assert!(!lines.is_empty());
+        for line in &lines {
+            assert!(line.ends_with(b"\n"), "{args:?}: a cut-off last line");
+            serde_json::from_slice::<serde_json::Value>(line).expect("a whole JSON line");
+        }
+    }
 }
 
 pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -1874,6 +1984,38 @@ fn detect_says_when_it_runs_short_of_its_rules() {
 }
 
 #[test]
+fn detect_on_a_live_stream_prints_each_alert_when_it_fires() {
+    use std::io::{BufRead, BufReader, Write};
+    let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap();
+    let stop_logging = demo.lines().find(|l| l.contains("StopLogging")).unwrap();
+    let mut child = spawn_perimeter(
+        &["detect", "--no-ueba", "--rules", "detection-rules"],
+        std::process::Stdio::null(),
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{stop_logging}").unwrap();
+    stdin.flush().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        let _ = tx.send(first);
+    });
+    // The input stays open (`tail -f`): the alert must come out before it ends.
+    let first = rx.recv_timeout(std::time::Duration::from_secs(60));
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let first = first.expect("no alert while the input was still open");
+    let alert: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert!(
+        alert["rule_id"].as_str().is_some() && alert["lines"] == serde_json::json!([1]),
+        "{alert}"
+    );
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
 fn detect_names_the_line_of_each_record_of_a_pretty_printed_page() {
     let dir = tempfile::tempdir().unwrap();
     let rule = dir.path().join("mfa.yml");
@@ -1978,6 +2120,83 @@ fn rules_check_json_reports_a_missing_path_as_failed() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(json_lines(&out)[0]["loaded"], 1);
+}
+
+#[test]
+fn a_rules_directory_without_rules_is_refused_not_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("rules");
+    std::fs::create_dir(&empty).unwrap();
+    // Only test cases, no rule: still no rule to run.
+    std::fs::write(empty.join("mfa.tests.yml"), "match: []\n").unwrap();
+    let empty = empty.to_str().unwrap();
+    let input = format!(
+        "{}\n",
+        okta_event("user.mfa.factor.deactivate", "alice@example.com", 2)
+    );
+    // Refused before reading the input, behavioural detectors on or off.
+    for extra in [None, Some("--no-ueba")] {
+        let mut args = vec!["detect", "--rules", empty, "--source", "okta"];
+        args.extend(extra);
+        let out = perimeter(&args, Some(input.as_bytes()));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+        let err = stderr(&out);
+        assert!(
+            err.contains("no rules to run in") && err.contains("holds no rule file"),
+            "{err}"
+        );
+    }
+    // Beside a good rule file too: a wrong directory among the paths is named.
+    let rule = dir.path().join("mfa.yml");
+    std::fs::write(&rule, MFA_RULE).unwrap();
+    let out = perimeter(
+        &[
+            "detect",
+            "--rules",
+            rule.to_str().unwrap(),
+            "--rules",
+            empty,
+        ],
+        Some(input.as_bytes()),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = perimeter(
+        &[
+            "rules",
+            "check",
+            rule.to_str().unwrap(),
+            empty,
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = &json_lines(&out)[0];
+    assert_eq!(report["loaded"], 1);
+    assert_eq!(report["failed"][0]["path"], empty, "{report}");
+    assert!(
+        report["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("holds no rule file"),
+        "{report}"
+    );
+    let out = perimeter(&["rules", "check", empty], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 rules loaded, 1 failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = perimeter(&["rules", "test", empty], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds no rule file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

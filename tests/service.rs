@@ -2419,6 +2419,68 @@ impl FakeRequest {
     }
 }
 
+/// A fake Perimeter API on loopback whose listings hold `first` and a `next_cursor`, and that
+/// fails the request for the next page (500); its base URL.
+fn api_failing_after_one_page(first: serde_json::Value) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let request = FakeRequest::read(&mut stream);
+            let (status, body) = if request.line.contains("cursor=") {
+                (
+                    "500 Internal Server Error",
+                    r#"{"error":"boom"}"#.to_string(),
+                )
+            } else {
+                let page = serde_json::json!({"items": first, "next_cursor": "page2"});
+                ("200 OK", page.to_string())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    base
+}
+
+#[test]
+fn listings_print_each_page_as_it_comes() {
+    let events = serde_json::json!([
+        {"@timestamp": "2026-11-24T10:01:00Z", "event": {"id": "e1", "module": "okta"}},
+        {"@timestamp": "2026-11-24T10:00:00Z", "event": {"id": "e2", "module": "okta"}},
+    ]);
+    let base = api_failing_after_one_page(events);
+    let server = ["--server", base.as_str(), "--token", "t", "--limit", "50"];
+    // The second page fails: the first one is out already, not held back with the rest.
+    let mut args = vec!["search", "event.module:okta", "--format", "json"];
+    args.extend(server);
+    let out = perimeter(&args, None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("500"), "{}", stderr(&out));
+    let ids: Vec<_> = json_lines(&out)
+        .iter()
+        .map(|e| e["event"]["id"].clone())
+        .collect();
+    assert_eq!(ids, ["e1", "e2"]);
+    // Table rows too (the columns have fixed widths): the header, then the page's rows.
+    let mut args = vec!["search", "event.module:okta", "--format", "table"];
+    args.extend(server);
+    let out = perimeter(&args, None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(
+        rows[0].starts_with("TIME (UTC)") && rows[1].contains("e1"),
+        "{table}"
+    );
+}
+
 /// A fake Okta System Log API on loopback: page `n` (`after=n`, the first without) holds
 /// `pages[n]` and links to `after=n+1`; past the last page the log's tail is empty and links to
 /// itself (Okta's polling mode). Each answer waits `delay`. Returns its base URL and what it saw

@@ -44,6 +44,20 @@ pub fn perimeter_in(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().expect("waiting for perimeter")
 }
 
+/// The `perimeter` binary started with `args` from the repo root, its stdin and stdout piped
+/// (a live input, read as it comes), its stderr to `stderr`.
+pub fn spawn_perimeter(args: &[&str], stderr: Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(args)
+        .current_dir(repo())
+        .env_remove("PERIMETER_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawning perimeter")
+}
+
 /// Parse stdout as JSON lines.
 pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)

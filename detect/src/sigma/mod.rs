@@ -205,6 +205,15 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<RuleError
 }
 
 impl RuleSet {
+    /// The rule files [`RuleSet::load`] reads for `path`: the file itself, or a directory's
+    /// `*.yml`/`*.yaml` files (recursively, `*.tests.yml` skipped), sorted. Empty for a directory
+    /// holding none, which a caller can refuse: loading it is no error, just no rules.
+    pub fn files(path: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        collect_files(path, &mut files, &mut Vec::new(), true);
+        files
+    }
+
     /// Load rules from files and/or directories (recursively, `*.yml`/`*.yaml`; skips
     /// `*.tests.yml`). Bad rules are reported in the [`LoadReport`]; the others load.
     pub fn load(paths: &[PathBuf], options: &SigmaOptions) -> (RuleSet, LoadReport) {

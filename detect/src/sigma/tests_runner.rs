@@ -141,27 +141,6 @@ fn parse_tests(text: &str) -> Result<TestFile, String> {
     Ok(tf)
 }
 
-fn rule_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            rule_files(&p, out);
-        } else {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if (name.ends_with(".yml") || name.ends_with(".yaml"))
-                && !name.ends_with(".tests.yml")
-                && !name.ends_with(".tests.yaml")
-            {
-                out.push(p);
-            }
-        }
-    }
-}
-
 fn tests_path(rule: &Path) -> PathBuf {
     let name = rule.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let stem = name
@@ -179,8 +158,7 @@ pub fn run_rule_tests(
 ) -> TestReport {
     let mut report = TestReport::default();
     let (rules, load) = RuleSet::load(&[dir.to_path_buf()], options);
-    let mut files = Vec::new();
-    rule_files(dir, &mut files);
+    let files = RuleSet::files(dir);
     let mut matcher = SigmaDetector::new(rules.clone(), options);
     let fail =
         |report: &mut TestReport, rule: &Path, case: String, expected: String, got: String| {
