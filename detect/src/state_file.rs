@@ -182,10 +182,18 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("No space left on device"), "{error}");
-        assert!(!tmp.exists() && tmp.symlink_metadata().is_err(), "temp file left");
+        assert!(
+            !tmp.exists() && tmp.symlink_metadata().is_err(),
+            "temp file left"
+        );
         assert!(!path.exists());
         // The next attempt, with space again, writes the file.
         write_json(&path, "unstored alerts", &value, true).unwrap();
-        assert_eq!(read_state::<Vec<String>>(&path, "unstored alerts").unwrap().len(), 10);
+        assert_eq!(
+            read_state::<Vec<String>>(&path, "unstored alerts")
+                .unwrap()
+                .len(),
+            10
+        );
     }
 }
