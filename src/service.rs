@@ -552,7 +552,7 @@ pub fn report_unsaved_shutdowns(dir: &std::path::Path) {
         };
         tracing::error!(
             shutdown_at = %at,
-            alerts_lost = ?alerts_lost,
+            alerts_lost,
             "the previous shutdown could not save the detection state: {} the restored detection state (baselines, correlation windows, replay window) is older than the store, so events stored after its last snapshot are detected and counted again if resent",
             match alerts_lost {
                 Some(n) => format!("{n} alert(s) neither stored nor kept were lost;"),
