@@ -474,6 +474,13 @@ fn run_stderr_until_listening(cfg: &std::path::Path, format: &str) -> String {
     std::fs::read_to_string(&log).unwrap()
 }
 
+/// Each line of a `--log-format json` log as JSON; fails on a line that is not.
+fn json_log_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 #[test]
 fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text_or_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -501,10 +508,7 @@ fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text_or_json()
     );
     // For log collectors: one JSON object per line, the level and fields as keys.
     let stderr = run_stderr_until_listening(&cfg, "json");
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let lines = json_log_lines(&stderr);
     let warned: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l.to_string().contains("raw_text_search_off"))
@@ -1514,10 +1518,7 @@ fn a_rule_reload_is_logged_as_json_with_json_logs() {
     }
     stop(svc);
     let text = std::fs::read_to_string(&log).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let lines = json_log_lines(&text);
     let reloaded: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l["fields"]["message"] == "rules reloaded (1 rules in use)")
@@ -2416,13 +2417,8 @@ fn a_shutdown_that_cannot_save_the_detection_state_says_so_and_fails() {
     let blocker = block_alert_journal(dir.path());
     let state_blocker = dir.path().join("data/state/unstored-alerts.json.tmp");
     std::fs::create_dir(&state_blocker).unwrap();
-    let failed = reqwest::blocking::Client::new()
-        .post(format!("{}/ingest/okta", svc.base))
-        .bearer_auth(&admin)
-        .body(okta_event(5, 1).to_string())
-        .send()
-        .unwrap();
-    assert_eq!(failed.status().as_u16(), 503);
+    let failed = ingest_login(&svc, &admin, 1);
+    assert_eq!(failed["error"]["code"], "not_stored", "{failed}");
     let status = stop_with_status(svc);
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(1), "{text}");
