@@ -404,7 +404,8 @@ fn spawn_sighup_reloader(
                 if wake.submit("", &tenant, Vec::new()).await.is_err() {
                     return;
                 }
-                eprintln!("perimeter: rules reloaded ({count} rules in use)");
+                // A log line like the others: with `--log-format json`, one JSON object.
+                tracing::info!(rules = count, "rules reloaded ({count} rules in use)");
             }
         });
     }
@@ -927,6 +928,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let state_dir = data_dir.join("state");
     let state_path = state_dir.join(UEBA_SNAPSHOT);
     std::fs::create_dir_all(&state_dir)?;
+    crate::service::report_unsaved_shutdowns(&state_dir);
     let (ueba, set_aside) = UebaEngine::restore_or_set_aside(config.ueba.clone(), key, &state_path)
         .with_context(|| format!("restoring behavioural state from {}", state_path.display()))?;
     if let Some((aside, reason)) = set_aside {
@@ -1132,11 +1134,27 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         tracing::error!(error = %e, "api server stopped with an error");
     }
     // Every bus sender is gone now: the worker drains, stores, snapshots and flushes.
-    tokio::task::spawn_blocking(move || worker.join())
-        .await
-        .ok();
-    tracing::info!("stopped cleanly");
-    Ok(ExitCode::SUCCESS)
+    match tokio::task::spawn_blocking(move || worker.join()).await {
+        Ok(Ok(losses)) if losses.is_clean() => {
+            tracing::info!("stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        // A service manager or an operator reads the exit code: a shutdown that lost data
+        // must not look like a clean one.
+        Ok(Ok(losses)) => {
+            tracing::error!(
+                alerts_lost = losses.alerts_lost,
+                state_not_saved = losses.state_not_saved,
+                store_not_flushed = losses.store_not_flushed,
+                "stopped, but not cleanly: the shutdown could not save everything (see the errors above)"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Ok(Err(_)) | Err(_) => {
+            tracing::error!("stopped, but not cleanly: the pipeline thread panicked, so its last alerts and detection state were not saved");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// After the demo run: serve the API over the demo data with a fresh admin token.

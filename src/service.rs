@@ -66,7 +66,25 @@ pub struct WorkerControl {
     pub silence: Option<SourceSilence>,
 }
 
-/// Run the pipeline on its own thread (CPU-bound, synchronous) until every bus sender is gone.
+/// What the pipeline worker could not keep when it stopped; all zero for a clean stop.
+#[derive(Debug, Default)]
+pub struct ShutdownLosses {
+    /// Alerts neither stored nor saved with the detection state: gone with the process.
+    pub alerts_lost: usize,
+    /// The detection state was not saved: the next start restores an older one.
+    pub state_not_saved: bool,
+    /// The store's final flush failed.
+    pub store_not_flushed: bool,
+}
+
+impl ShutdownLosses {
+    pub fn is_clean(&self) -> bool {
+        self.alerts_lost == 0 && !self.state_not_saved && !self.store_not_flushed
+    }
+}
+
+/// Run the pipeline on its own thread (CPU-bound, synchronous) until every bus sender is gone;
+/// the thread's result says what the shutdown could not keep.
 pub fn spawn_pipeline_worker(
     mut pipeline: Pipeline,
     store: Arc<Store>,
@@ -75,7 +93,7 @@ pub fn spawn_pipeline_worker(
     state: StateSnapshots,
     notifier: AlertNotifier,
     control: WorkerControl,
-) -> std::thread::JoinHandle<()> {
+) -> std::thread::JoinHandle<ShutdownLosses> {
     let WorkerControl {
         rule_reloads,
         silence,
@@ -335,13 +353,40 @@ pub fn spawn_pipeline_worker(
                     &metrics,
                     &notifier,
                     &mut unstored_alerts,
-                    "alerts not stored at shutdown (behavioural groups closed by the shutdown, or kept from failed batches); kept with the detection state and stored at the next start",
+                    "alerts not stored at shutdown (behavioural groups closed by the shutdown, or kept from failed batches)",
                 );
             }
-            save_state(&pipeline, &unstored_alerts, &state.dir, &metrics);
+            let mut losses = ShutdownLosses::default();
+            // Whether the alerts are kept is said once it is known, not promised before.
+            match write_state(&pipeline, &unstored_alerts, &state.dir) {
+                Ok(()) => {
+                    note_state_current(&metrics);
+                    if !unstored_alerts.is_empty() {
+                        tracing::warn!(
+                            alerts = unstored_alerts.len(),
+                            file = %state.dir.join(perimeter_detect::pipeline::UNSTORED_ALERTS).display(),
+                            "alerts not stored at shutdown are kept with the detection state; stored at the next start"
+                        );
+                    }
+                }
+                Err(e) => {
+                    metrics.inc("state_snapshots_failed_total", &[], 1);
+                    losses.alerts_lost = unstored_alerts.len();
+                    losses.state_not_saved = true;
+                    tracing::error!(
+                        error = %e,
+                        alerts_lost = losses.alerts_lost,
+                        "detection state NOT saved at shutdown: {} alert(s) neither stored nor kept are lost, and the next start restores the state of the last snapshot, older than the store",
+                        losses.alerts_lost
+                    );
+                    note_unsaved_shutdown(&state.dir, losses.alerts_lost);
+                }
+            }
             if let Err(e) = store.flush() {
                 tracing::error!(error = %e, "final store flush failed");
+                losses.store_not_flushed = true;
             }
+            losses
         })
         .expect("spawning the pipeline thread")
 }
@@ -441,7 +486,7 @@ fn save_state(
     dir: &std::path::Path,
     metrics: &Metrics,
 ) -> bool {
-    match save_unstored_alerts(dir, unstored_alerts).and_then(|()| pipeline.save_state(dir)) {
+    match write_state(pipeline, unstored_alerts, dir) {
         Ok(()) => {
             note_state_current(metrics);
             true
@@ -449,6 +494,73 @@ fn save_state(
         Err(e) => {
             snapshot_failed(metrics, &e, "detection state");
             false
+        }
+    }
+}
+
+/// [`save_state`] without the logging and counting: the alerts first, then the state (see
+/// [`save_unstored_alerts`]); the state is not written when the alerts could not be, since
+/// state that counted their events would keep a resend from raising them again.
+fn write_state(
+    pipeline: &Pipeline,
+    unstored_alerts: &[perimeter_model::Alert],
+    dir: &std::path::Path,
+) -> perimeter_detect::Result<()> {
+    save_unstored_alerts(dir, unstored_alerts).and_then(|()| pipeline.save_state(dir))
+}
+
+/// Start of the name of the file a shutdown that could not save the detection state leaves in
+/// the state directory, for the next start to tell (see [`note_unsaved_shutdown`]).
+const UNSAVED_SHUTDOWN_PREFIX: &str = "unsaved-shutdown-";
+
+/// Leave a record in `dir` that this shutdown could not save the detection state and lost
+/// `alerts_lost` alerts. An empty file with the facts in its name: a full disk, the usual
+/// cause, still takes a new empty file (a name and an inode), not a byte of content.
+fn note_unsaved_shutdown(dir: &std::path::Path, alerts_lost: usize) {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let path = dir.join(format!(
+        "{UNSAVED_SHUTDOWN_PREFIX}{stamp}-{alerts_lost}-alerts-lost"
+    ));
+    if let Err(e) = std::fs::File::create(&path) {
+        tracing::error!(error = %e, file = %path.display(), "cannot leave a note of the unsaved shutdown for the next start");
+    }
+}
+
+/// Tell what the shutdowns [`note_unsaved_shutdown`] recorded in the state directory `dir`
+/// lost, once: the notes are removed after they are logged.
+pub fn report_unsaved_shutdowns(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut notes: Vec<(String, std::path::PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.starts_with(UNSAVED_SHUTDOWN_PREFIX)
+                .then(|| (name, e.path()))
+        })
+        .collect();
+    notes.sort();
+    for (name, path) in notes {
+        let facts = name.trim_start_matches(UNSAVED_SHUTDOWN_PREFIX);
+        let (at, alerts_lost) = match facts
+            .strip_suffix("-alerts-lost")
+            .and_then(|f| f.split_once('-'))
+        {
+            Some((at, n)) => (at.to_string(), n.parse::<usize>().ok()),
+            None => (facts.to_string(), None),
+        };
+        tracing::error!(
+            shutdown_at = %at,
+            alerts_lost,
+            "the previous shutdown could not save the detection state: {} the restored detection state (baselines, correlation windows, replay window) is older than the store, so events stored after its last snapshot are detected and counted again if resent",
+            match alerts_lost {
+                Some(n) => format!("{n} alert(s) neither stored nor kept were lost;"),
+                None => "alerts may have been lost;".to_string(),
+            }
+        );
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %e, file = %path.display(), "removing the note of an unsaved shutdown failed");
         }
     }
 }

@@ -66,8 +66,19 @@ fn write_config_with(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
 
 /// `perimeter run` with `cfg`, once it says where it listens (its base URL, as printed).
 fn spawn_run(cfg: &std::path::Path, stderr: Stdio) -> Service {
+    spawn_run_logging(cfg, stderr, "text")
+}
+
+/// [`spawn_run`] with `--log-format <log_format>`.
+fn spawn_run_logging(cfg: &std::path::Path, stderr: Stdio, log_format: &str) -> Service {
     let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-format",
+            log_format,
+            "run",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -410,18 +421,23 @@ fn an_unkeyed_service_keeps_a_key_of_its_own_and_knows_a_resend_after_a_restart(
     );
 }
 
-fn stop(mut svc: Service) {
+fn stop(svc: Service) {
+    let status = stop_with_status(svc);
+    assert!(
+        status.success(),
+        "perimeter run exited with {status} on SIGTERM"
+    );
+}
+
+/// SIGTERM, then how the service exited.
+fn stop_with_status(mut svc: Service) -> std::process::ExitStatus {
     let pid = svc.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = svc.child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "perimeter run exited with {status} on SIGTERM"
-            );
-            return;
+            return status;
         }
         assert!(
             Instant::now() < deadline,
@@ -458,6 +474,13 @@ fn run_stderr_until_listening(cfg: &std::path::Path, format: &str) -> String {
     std::fs::read_to_string(&log).unwrap()
 }
 
+/// Each line of a `--log-format json` log as JSON; fails on a line that is not.
+fn json_log_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 #[test]
 fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text_or_json() {
     let dir = tempfile::tempdir().unwrap();
@@ -485,10 +508,7 @@ fn a_misspelt_raw_text_search_off_source_is_warned_about_in_plain_text_or_json()
     );
     // For log collectors: one JSON object per line, the level and fields as keys.
     let stderr = run_stderr_until_listening(&cfg, "json");
-    let lines: Vec<serde_json::Value> = stderr
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let lines = json_log_lines(&stderr);
     let warned: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l.to_string().contains("raw_text_search_off"))
@@ -1477,6 +1497,36 @@ fn sighup_reloads_the_rules_all_or_nothing() {
     stop(svc);
 }
 
+/// With `--log-format json` every line on stderr is a JSON object, the reload's too (it was a
+/// bare `perimeter: rules reloaded (...)` line, which log collectors reject).
+#[test]
+fn a_rule_reload_is_logged_as_json_with_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000010");
+    let log = dir.path().join("stderr.log");
+    let svc = spawn_run_logging(&cfg, std::fs::File::create(&log).unwrap().into(), "json");
+    unsafe {
+        assert_eq!(libc::kill(svc.child.id() as i32, libc::SIGHUP), 0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("rules reloaded")
+    {
+        assert!(Instant::now() < deadline, "no reload logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(svc);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = json_log_lines(&text);
+    let reloaded: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "rules reloaded (1 rules in use)")
+        .collect();
+    assert_eq!(reloaded.len(), 1, "{text}");
+    assert_eq!(reloaded[0]["level"], "INFO", "{}", reloaded[0]);
+}
+
 /// A deploy that empties the rules directory before writing the new rules, then a SIGHUP in
 /// between: the reload used to succeed with no rules, switching detection off (and dropping the
 /// open correlation windows) without a word in any answer.
@@ -2349,6 +2399,61 @@ fn an_alert_the_store_could_not_write_survives_a_restart() {
     assert_one_alert_of(&svc, &admin, id);
     stop(svc);
     assert!(!dir.path().join("data/state/unstored-alerts.json").exists());
+}
+
+/// A shutdown that can neither store an alert nor keep it with the detection state (a full
+/// disk) says the alert is lost and exits non-zero: it said the alert was kept and stored at
+/// the next start, then "stopped cleanly", exit code 0. The next start tells what was lost.
+#[test]
+fn a_shutdown_that_cannot_save_the_detection_state_says_so_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = "3f1c2a44-0000-4000-8000-000000000061";
+    let cfg = keyed_any_login_config(dir.path(), id);
+    let admin = token(&cfg, "admin");
+    let log = dir.path().join("stderr.log");
+    let svc = start_with_stderr(&cfg, std::fs::File::create(&log).unwrap().into());
+    // The alert can be stored neither with its batch nor at shutdown, and the file that would
+    // keep it cannot be written (a directory where its temp file goes).
+    let blocker = block_alert_journal(dir.path());
+    let state_blocker = dir.path().join("data/state/unstored-alerts.json.tmp");
+    std::fs::create_dir(&state_blocker).unwrap();
+    let failed = ingest_login(&svc, &admin, 1);
+    assert_eq!(failed["error"]["code"], "not_stored", "{failed}");
+    let status = stop_with_status(svc);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "detection state NOT saved at shutdown: 1 alert(s) neither stored nor kept are lost"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("stopped, but not cleanly"), "{text}");
+    assert!(!text.contains("stopped cleanly"), "{text}");
+    assert!(!text.contains("kept with the detection state"), "{text}");
+
+    std::fs::remove_file(&blocker).unwrap();
+    std::fs::remove_dir(&state_blocker).unwrap();
+    let log = dir.path().join("stderr.restart.log");
+    let svc = start_with_stderr(&cfg, std::fs::File::create(&log).unwrap().into());
+    stop(svc);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the previous shutdown could not save the detection state: 1 alert(s) neither stored nor kept were lost"),
+        "{text}"
+    );
+    // Told once: the note is gone, and this shutdown saved everything.
+    let notes: Vec<_> = std::fs::read_dir(dir.path().join("data/state"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("unsaved-shutdown-")
+        })
+        .collect();
+    assert!(notes.is_empty(), "{notes:?}");
+    assert!(text.contains("stopped cleanly"), "{text}");
 }
 
 /// A second `perimeter run` on the same data directory (a restart racing the old process, two

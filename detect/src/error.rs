@@ -11,6 +11,13 @@ pub enum DetectError {
         path: PathBuf,
         cause: std::io::Error,
     },
+    /// Writing (or replacing, removing) a file failed: a full disk must not read as a read
+    /// error. Kept apart from `Io`, which restoring state treats as "the file may be fine".
+    #[error("writing {path}: {cause}")]
+    Write {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error(transparent)]

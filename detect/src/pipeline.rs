@@ -764,7 +764,7 @@ pub fn save_unstored_alerts(dir: &std::path::Path, alerts: &[Alert]) -> crate::R
     if alerts.is_empty() {
         return match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(crate::DetectError::Io { path, cause: e })
+                Err(crate::DetectError::Write { path, cause: e })
             }
             _ => Ok(()),
         };

@@ -18,6 +18,13 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> DetectError + '_ {
     }
 }
 
+fn write_io(path: &Path) -> impl Fn(std::io::Error) -> DetectError + '_ {
+    move |cause| DetectError::Write {
+        path: path.to_path_buf(),
+        cause,
+    }
+}
+
 /// Write `value` as JSON to `path` atomically: a temp file beside it, renamed over it, so a
 /// crash of the process leaves either the old file or the new one. `durable`: fsync the file
 /// before the rename, so a crash of the machine does too (costs a disk flush). `what` names the
@@ -64,18 +71,34 @@ fn write_atomically(
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::create_dir_all(dir).map_err(write_io(dir))?;
     }
-    let file = File::create(&tmp).map_err(io(&tmp))?;
+    let written = write_tmp(&tmp, what, durable, write);
+    if written.is_err() {
+        // A cut-off temp file is of no use, and on a full disk it holds space that the next
+        // attempt (or another state file) needs.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::rename(&tmp, path).map_err(write_io(path))?;
+    Ok(())
+}
+
+fn write_tmp(
+    tmp: &Path,
+    what: &str,
+    durable: bool,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<(), String>,
+) -> crate::Result<()> {
+    let file = File::create(tmp).map_err(write_io(tmp))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     write(&mut w)
         .map_err(|e| DetectError::Other(format!("writing {what} {}: {e}", tmp.display())))?;
-    w.flush().map_err(io(&tmp))?;
-    let file = w.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+    w.flush().map_err(write_io(tmp))?;
+    let file = w.into_inner().map_err(|e| write_io(tmp)(e.into_error()))?;
     if durable {
-        file.sync_all().map_err(io(&tmp))?;
+        file.sync_all().map_err(write_io(tmp))?;
     }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
     Ok(())
 }
 
@@ -134,4 +157,43 @@ fn set_aside(path: &Path) -> crate::Result<PathBuf> {
     let aside = path.with_file_name(format!("{name}.unreadable-{stamp}"));
     std::fs::rename(path, &aside).map_err(io(path))?;
     Ok(aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk while a state file is written: the error says writing and names the cause
+    /// (it said "reading"), and no cut-off temp file is left holding space.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_a_write_error_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unstored-alerts.json");
+        let tmp = dir.path().join("unstored-alerts.json.tmp");
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+        let value = vec!["alert"; 10];
+        let error = write_json(&path, "unstored alerts", &value, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(&format!("writing {}", tmp.display())),
+            "{error}"
+        );
+        assert!(error.contains("No space left on device"), "{error}");
+        assert!(
+            !tmp.exists() && tmp.symlink_metadata().is_err(),
+            "temp file left"
+        );
+        assert!(!path.exists());
+        // The next attempt, with space again, writes the file.
+        write_json(&path, "unstored alerts", &value, true).unwrap();
+        assert_eq!(
+            read_state::<Vec<String>>(&path, "unstored alerts")
+                .unwrap()
+                .len(),
+            10
+        );
+    }
 }

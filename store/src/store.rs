@@ -454,10 +454,13 @@ impl Store {
     pub fn write_batch(&self, batch: &StoreBatch) -> Result<WriteAck> {
         self.ensure_writable()?;
         let past_retention = self.past_retention(&batch.events, Utc::now());
-        let result = self.write_batch_grouped(batch).map(|ack| WriteAck {
-            events_past_retention: past_retention,
-            ..ack
-        });
+        let result = self
+            .write_batch_grouped(batch)
+            .map(|ack| WriteAck {
+                events_past_retention: past_retention,
+                ..ack
+            })
+            .map_err(|e| crate::error::name_full_disk(e, &self.layout.root));
         self.note_write_result(&result);
         result
     }

@@ -364,7 +364,7 @@ impl MaskConfig {
         if self.hmac_key.is_some() {
             return Ok(self.clone());
         }
-        let io = |cause: std::io::Error| DetectError::Io {
+        let io = |cause: std::io::Error| DetectError::Write {
             path: key_file.to_path_buf(),
             cause,
         };
