@@ -169,7 +169,9 @@ struct Cited {
 struct Origin<'a> {
     ts: i64,
     line: u64,
-    id: u128,
+    /// `None`: the event's own id, derived only once the event is counted (most hits are not:
+    /// no group-by value, late), as deriving it hashes the whole record.
+    id: Option<u128>,
     /// Empty for a detection rule's event.
     cites: &'a [Entry],
 }
@@ -609,7 +611,7 @@ impl Correlator {
         let origin = Origin {
             ts: event.timestamp.timestamp_millis(),
             line: event.line.unwrap_or(0),
-            id: u128::from_str_radix(event.id().as_str(), 16).unwrap_or(0),
+            id: None,
             cites: &[],
         };
         self.count(ci, from, event, origin, rules, alerts, fields);
@@ -784,7 +786,10 @@ impl Correlator {
             .saturating_sub(span)
             .saturating_sub(self.lateness_ms);
         let max_entries = st.max_entries;
-        let (line, id) = (origin.line, origin.id);
+        let line = origin.line;
+        let id = origin
+            .id
+            .unwrap_or_else(|| u128::from_str_radix(event.id().as_str(), 16).unwrap_or(0));
         let ks = st.keys.entry(key).or_insert_with(|| KeyState {
             last_used: 0,
             stream,
@@ -994,7 +999,7 @@ impl Correlator {
             let origin = Origin {
                 ts: newest.ts,
                 line: newest.line,
-                id: newest.id,
+                id: Some(newest.id),
                 cites: &w.cites,
             };
             for &p in &rules.corr_parents[ci] {
