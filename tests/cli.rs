@@ -1,6 +1,9 @@
 //! The command-line contracts: `normalize`, `detect`, `rules check|test`, `demo`.
 
-use crate::util::{fixtures, json_lines, perimeter, perimeter_in, repo, spawn_perimeter, stderr};
+use crate::util::{
+    assert_stderr_says, fixtures, json_lines, perimeter, perimeter_in, repo, spawn_perimeter,
+    stderr,
+};
 
 const MFA_RULE: &str = "title: Okta MFA factor deactivated
 id: 6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e11
@@ -147,11 +150,7 @@ fn every_dead_letter_of_a_long_run_is_written_to_the_dead_letters_file() {
         ]);
         let out = perimeter(&args, None);
         assert!(!out.status.success());
-        assert!(
-            stderr(&out).contains("is the input file"),
-            "{}",
-            stderr(&out)
-        );
+        assert_stderr_says(&out, "is the input file");
         assert_eq!(std::fs::read_to_string(&input_file).unwrap(), input);
     }
     // So is standard input when it is the input (the pipe's write end, opened, kept the read
@@ -160,11 +159,7 @@ fn every_dead_letter_of_a_long_run_is_written_to_the_dead_letters_file() {
     args.extend(["--dead-letters", "/dev/stdin"]);
     let out = perimeter(&args, Some(input.as_bytes()));
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("/dev/stdin is the input file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "/dev/stdin is the input file");
 }
 
 #[test]
@@ -348,20 +343,12 @@ fn demo_finds_the_attack_and_stores_it() {
         let sev = a["alert"]["severity"].as_str().unwrap_or_default();
         assert!(sev == "high" || sev == "critical", "{a}");
     }
-    assert!(
-        stderr(&out).contains("reading tenant demo"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "reading tenant demo");
     assert!(!stderr(&out).contains("more match"), "{}", stderr(&out));
     // Cut at --limit: said on stderr (a script piping them on would miss the rest).
     let out = perimeter(&["alerts", "--data-dir", d, "--limit", "2"], None);
     assert_eq!(json_lines(&out).len(), 2);
-    assert!(
-        stderr(&out).contains("more match than --limit 2"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "more match than --limit 2");
     // The API's alert filters, from the terminal: source, rule, time (dates and relative), sort.
     let filtered = |extra: &[&str]| {
         let mut args = vec!["alerts", "--data-dir", d, "--limit", "1000"];
@@ -430,7 +417,7 @@ fn demo_finds_the_attack_and_stores_it() {
     );
     let out = perimeter(&["alerts", "--data-dir", d, "--from", "last tuesday"], None);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("now-24h"), "{}", stderr(&out));
+    assert_stderr_says(&out, "now-24h");
     // A query may start with `-` (exclusion), not taken for a flag.
     let out = perimeter(
         &[
@@ -553,7 +540,7 @@ fn demo_finds_the_attack_and_stores_it() {
         None,
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("at most 1000"), "{}", stderr(&out));
+    assert_stderr_says(&out, "at most 1000");
     let out = perimeter(
         &[
             "search",
@@ -567,7 +554,7 @@ fn demo_finds_the_attack_and_stores_it() {
         None,
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not a duration"), "{}", stderr(&out));
+    assert_stderr_says(&out, "not a duration");
     let out = perimeter(&["search", "--data-dir", d, "--interval", "1h", "*"], None);
     assert!(!out.status.success(), "--interval needs --histogram");
     // The demo's closing hint names a real evidence event: the command works as printed.
@@ -623,14 +610,10 @@ fn demo_finds_the_attack_and_stores_it() {
         .map(|e| e["@timestamp"].as_str().unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
-    assert!(
-        stderr(&out).contains(&format!("events of user {user}")),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, &format!("events of user {user}"));
     let out = perimeter(&["context", "0000", "--data-dir", d], None);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no event `0000`"), "{}", stderr(&out));
+    assert_stderr_says(&out, "no event `0000`");
     // The busiest values of a field: each count is what searching for the value finds.
     let out = perimeter(
         &[
@@ -697,7 +680,7 @@ fn demo_finds_the_attack_and_stores_it() {
     );
     let out = perimeter(&["search", "--data-dir", d, "--top", "actor.id", "*"], None);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("user.name"), "{}", stderr(&out));
+    assert_stderr_says(&out, "user.name");
     let out = perimeter(
         &[
             "search",
@@ -787,17 +770,9 @@ fn a_source_without_a_normalizer_is_read_as_plain_json_and_said_so() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["event"]["module"], "okat");
     assert_eq!(events[0]["raw"]["who"], "alice");
-    assert!(
-        stderr(&out).contains("no normalizer for source `okat`"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "no normalizer for source `okat`");
     // A name near a known one is most likely a typo: no Okta rule would see these records.
-    assert!(
-        stderr(&out).contains("did you mean `okta`?"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "did you mean `okta`?");
     // A vendor only rules know (no normalizer of its own) is nothing like a known name.
     let out = perimeter(&["normalize", "--source", "hubspot"], Some(line));
     assert!(stderr(&out).contains("no normalizer for source `hubspot`"));
@@ -920,11 +895,7 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
     assert!(local.status.success(), "{}", stderr(&local));
     assert!(json_lines(&local).len() >= 10, "{}", stderr(&local));
     assert!(!second.status.success());
-    assert!(
-        stderr(&second).contains("in use by another Perimeter process"),
-        "{}",
-        stderr(&second)
-    );
+    assert_stderr_says(&second, "in use by another Perimeter process");
     assert_eq!(still_served.unwrap(), 200);
     assert!(
         data.join("index").is_dir(),
@@ -941,11 +912,7 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         None,
     );
     assert!(!foreign.status.success());
-    assert!(
-        stderr(&foreign).contains("did not write"),
-        "{}",
-        stderr(&foreign)
-    );
+    assert_stderr_says(&foreign, "did not write");
     assert!(data.join("index").is_dir());
     assert!(out.status.success(), "{}", stderr(&out));
     let ids: std::collections::HashSet<String> = json_lines(&out)
@@ -1242,7 +1209,7 @@ fn gzipped_input_is_read_like_plain_input() {
     std::fs::write(&file, &gz[..gz.len() - 8]).unwrap();
     let cut = normalize_file();
     assert!(!cut.status.success());
-    assert!(stderr(&cut).contains("okta.jsonl.gz"), "{}", stderr(&cut));
+    assert_stderr_says(&cut, "okta.jsonl.gz");
 }
 
 /// Salesforce Event Monitoring log files are CSV: `*.csv` inputs are read as rows keyed by the
@@ -1357,11 +1324,7 @@ fn detect_with_a_state_dir_continues_correlation_windows_into_the_next_input() {
     args.extend(["--state-dir", state.to_str().unwrap()]);
     let out = perimeter(&args, Some(&input(&[6])));
     assert!(json_lines(&out).iter().all(|a| a["title"] != "Login burst"));
-    assert!(
-        stderr(&out).contains("1 correlation(s) changed since"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "1 correlation(s) changed since");
 }
 
 /// Events later than the allowed lateness are left out of correlations, and the summary says
@@ -1378,12 +1341,9 @@ fn detect_says_how_many_events_came_too_late_for_correlations() {
     let out = perimeter(&okta_detect_args(&rule), Some(input.as_bytes()));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(json_lines(&out).iter().all(|a| a["title"] != "Login burst"));
-    assert!(
-        stderr(&out).contains(
-            "3 events came more than 300s (sigma.allowed_lateness_seconds) after newer events"
-        ),
-        "{}",
-        stderr(&out)
+    assert_stderr_says(
+        &out,
+        "3 events came more than 300s (sigma.allowed_lateness_seconds) after newer events",
     );
     // In time order they are a burst, and nothing is said.
     let mut sorted: Vec<&str> = input.lines().collect();
@@ -1562,13 +1522,13 @@ fn tokens_can_expire_and_say_when() {
     let before = chrono::Utc::now();
     let out = create(&["--expires-in", "2h"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains(", expires 20"), "{}", stderr(&out));
+    assert_stderr_says(&out, ", expires 20");
     let out = create(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     for bad in ["0s", "soon", "1y"] {
         let out = create(&["--expires-in", bad]);
         assert!(!out.status.success(), "--expires-in {bad}");
-        assert!(stderr(&out).contains("--expires-in"), "{}", stderr(&out));
+        assert_stderr_says(&out, "--expires-in");
     }
     let listed = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None));
     assert_eq!(listed.len(), 2, "{listed:?}");
@@ -1859,11 +1819,7 @@ fn run_and_run_check_judge_every_certificate_of_the_chain() {
     assert!(api.starts_with(&expected), "{api}");
     let out = run_until_it_ends(&cfg, false);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("certificate #2 in the file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "certificate #2 in the file");
     assert!(!dir.path().join("data").exists(), "nothing was opened");
 }
 
@@ -1922,21 +1878,13 @@ fn revoking_a_token_twice_says_it_was_already_revoked() {
     // Again: done already, which is what the operator wanted (exit code 0), and said so.
     let out = revoke(&id);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!("token {id} was already revoked at 20")),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, &format!("token {id} was already revoked at 20"));
     let listed = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None));
     assert_eq!(listed[0]["revoked_at"].as_str(), Some(revoked_at.as_str()));
     // An id no token has is still an error.
     let out = revoke("0123456789ab");
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("no token with id 0123456789ab"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "no token with id 0123456789ab");
 }
 
 #[test]
@@ -1954,7 +1902,7 @@ fn detect_says_when_it_runs_short_of_its_rules() {
         Some(input.as_bytes()),
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no rules to run"), "{}", stderr(&out));
+    assert_stderr_says(&out, "no rules to run");
     // One good rule and one broken one: the good one runs, the exit code says the run was
     // short of a rule.
     let rules = dir.path().join("rules");
@@ -1976,11 +1924,7 @@ fn detect_says_when_it_runs_short_of_its_rules() {
     std::fs::remove_file(rules.join("mfa.yml")).unwrap();
     let out = perimeter(&okta_detect_args(&rules), Some(input.as_bytes()));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no detector to run"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "no detector to run");
 }
 
 #[test]
@@ -2041,11 +1985,7 @@ fn detect_names_the_line_of_each_record_of_a_pretty_printed_page() {
     assert_eq!(alerts.len(), 1, "{}", stderr(&out));
     assert_eq!(alerts[0]["lines"], serde_json::json!([expected_line]));
     let lines = page.lines().count();
-    assert!(
-        stderr(&out).contains(&format!("perimeter detect: {lines} lines, 2 records")),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, &format!("perimeter detect: {lines} lines, 2 records"));
     // The same records in an envelope page (`{"items": [...]}`, as 1Password and Google
     // Workspace send them) are told where they start too.
     let page = serde_json::to_string_pretty(&serde_json::json!({"items": records, "cursor": null}))
@@ -2192,11 +2132,7 @@ fn a_rules_directory_without_rules_is_refused_not_passed() {
     );
     let out = perimeter(&["rules", "test", empty], None);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("holds no rule file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "holds no rule file");
 }
 
 #[test]
@@ -2325,11 +2261,7 @@ fn the_demo_says_its_address_is_taken_before_running_the_pipeline() {
         None,
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cannot serve the API"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "cannot serve the API");
     assert!(!data.exists(), "nothing was run or written");
 }
 
@@ -2342,7 +2274,7 @@ fn a_limit_of_zero_is_refused_as_the_api_refuses_it() {
     ] {
         let out = perimeter(command, None);
         assert_eq!(out.status.code(), Some(2), "{command:?}");
-        assert!(stderr(&out).contains("--limit"), "{}", stderr(&out));
+        assert_stderr_says(&out, "--limit");
     }
 }
 

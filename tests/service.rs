@@ -1,7 +1,7 @@
 //! `perimeter run` as a real process: HTTP ingest acknowledged only after storage, kill -9 and
 //! restart without losing or duplicating an acknowledged event, graceful SIGTERM.
 
-use crate::util::{json_lines, perimeter, repo, stderr};
+use crate::util::{assert_stderr_says, json_lines, perimeter, repo, stderr};
 #[path = "../query-api/tests/api/webhook_receiver.rs"]
 mod webhook_receiver;
 use std::collections::HashMap;
@@ -949,15 +949,11 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         .unwrap()
         .iter()
         .any(|n| n["text"] == "fixed in the repo"));
-    assert!(
-        stderr(&shown).contains("status resolved"),
-        "{}",
-        stderr(&shown)
-    );
+    assert_stderr_says(&shown, "status resolved");
     let viewer = token(&cfg, "viewer");
     let refused = triage(&viewer, &["--status", "open"]);
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("403"), "{}", stderr(&refused));
+    assert_stderr_says(&refused, "403");
     // A webhook URL that carries a token is listed masked.
     let token_url = "http://127.0.0.1:9/hook?token=Wh00kT0k3nN0tT0B3L1st3d";
     add_destination(&svc.base, &admin, token_url);
@@ -1146,11 +1142,7 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         None,
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("tenant globx has no data"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "tenant globx has no data");
     // Through the server the token's tenant is read whatever `--tenant` says: said so.
     let out = perimeter(
         &[
@@ -1160,11 +1152,7 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--tenant globex is not used with --server"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "--tenant globex is not used with --server");
     assert!(json_lines(&out).iter().all(|e| e["tenant"] == "acme"));
     stop(svc);
     let listed = dead_letters(&["--data-dir", data.to_str().unwrap()]);
@@ -1326,11 +1314,7 @@ fn a_poll_table_that_cannot_work_stops_run_before_the_store_is_opened() {
     );
     let out = perimeter(&["--config", cfg.to_str().unwrap(), "run"], None);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("late_records_minutes"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "late_records_minutes");
     assert!(!dir.path().join("data").exists(), "the store was opened");
 }
 
@@ -1929,7 +1913,7 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_
         None,
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("403"), "{}", stderr(&out));
+    assert_stderr_says(&out, "403");
     // Triage in bulk: the alerts `perimeter alerts` lists, piped into `perimeter triage -`,
     // plus an id that does not exist (reported; the others are still changed).
     let listed = perimeter(
@@ -1948,11 +1932,7 @@ fn a_rule_switched_off_raises_no_alerts_for_the_tenant_or_the_entity_even_after_
         Some(&input),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("3 of 4 alerts changed, 1 failed"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "3 of 4 alerts changed, 1 failed");
     let statuses: Vec<serde_json::Value> = json_lines(&out)
         .iter()
         .map(|r| r["alert"]["status"].clone())
@@ -2566,7 +2546,7 @@ fn listings_print_each_page_as_it_comes() {
     args.extend(server);
     let out = perimeter(&args, None);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("500"), "{}", stderr(&out));
+    assert_stderr_says(&out, "500");
     let ids: Vec<_> = json_lines(&out)
         .iter()
         .map(|e| e["event"]["id"].clone())
@@ -2746,11 +2726,7 @@ fn poll_check_fetches_the_next_page_without_storing_it() {
 
     let out = check(&["okta-typo"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("no [[poll]] table is named `okta-typo`"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "no [[poll]] table is named `okta-typo`");
 
     // A name used twice, which `perimeter run` refuses: the check said ok.
     let mut text = std::fs::read_to_string(&cfg).unwrap();
@@ -2761,11 +2737,7 @@ fn poll_check_fetches_the_next_page_without_storing_it() {
     std::fs::write(&cfg, text).unwrap();
     let out = check(&["okta-good"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("name `okta-good` is used twice"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "name `okta-good` is used twice");
 }
 
 /// A vendor that refuses every request with `status` and a JSON `body`; its base URL.
@@ -3308,15 +3280,11 @@ fn terminal_commands_reach_an_https_server_whose_certificate_a_private_ca_signed
     // Without it the certificate is refused, and the error says why.
     let out = alerts(None);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
+    assert_stderr_says(&out, "certificate");
     // A file that holds no certificate is named.
     let out = alerts(Some(&dir.path().join("perimeter.toml")));
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no PEM certificate"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_says(&out, "no PEM certificate");
     drop(service);
 }
 

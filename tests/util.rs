@@ -72,3 +72,9 @@ pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Fail, showing the whole of stderr, unless it holds `text`.
+pub fn assert_stderr_says(out: &Output, text: &str) {
+    let err = stderr(out);
+    assert!(err.contains(text), "stderr lacks {text:?}:\n{err}");
+}
