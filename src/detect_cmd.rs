@@ -219,11 +219,81 @@ extern "C" fn note_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Input items the read loop has finished, and whether it has left the loop: what tells the
+/// watchdog of [`stop_on_interrupt`] a loop waiting for input from one at work.
+static ITEMS_DONE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static LOOP_LEFT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The read loop finished an input item; `true` when it is to stop (interrupted).
+fn item_done() -> bool {
+    ITEMS_DONE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stop = interrupted();
+    if stop {
+        LOOP_LEFT.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    stop
+}
+
+/// How long an interrupted read loop may take to finish its item before the watchdog takes it
+/// for one waiting on input that does not come.
+const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Output a watchdog flushes: what the read loop has written is seen within a moment on a live
+/// stream (`tail -f | perimeter normalize`), not once 8 KiB have piled up. The loop holds the
+/// lock for each item's lines, so a flush writes whole lines.
+type SharedOutput = std::sync::Arc<std::sync::Mutex<std::io::BufWriter<std::io::Stdout>>>;
+
+fn shared_output() -> SharedOutput {
+    std::sync::Arc::new(std::sync::Mutex::new(std::io::BufWriter::new(
+        std::io::stdout(),
+    )))
+}
+
 /// From here on the first SIGINT (Ctrl-C) asks the read loop to stop after the input item in
 /// hand, so the output ends with a whole line, is flushed and the summary is printed (killed
 /// mid-write, the output ended in a cut-off JSON object). The handler resets itself: a second
-/// Ctrl-C ends the process at once, as usual (a read waiting on a quiet stdin, say).
-fn stop_on_interrupt() {
+/// Ctrl-C ends the process at once, as usual.
+///
+/// A loop waiting for input that does not come (a pipe whose writer stays open) would not see
+/// the interrupt: a watchdog thread ends such a run after [`INTERRUPT_GRACE`], `output` flushed
+/// (whole lines), saying so, with the exit code of an interrupted run. It also flushes `output`
+/// every 100 ms.
+fn stop_on_interrupt(command: &'static str, output: Option<SharedOutput>) {
+    let flush = move || {
+        if let Some(Ok(mut w)) = output.as_ref().map(|o| o.lock()) {
+            let _ = w.flush();
+        }
+    };
+    std::thread::spawn(move || {
+        let mut waiting_since: Option<(u64, std::time::Instant)> = None;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if LOOP_LEFT.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            flush();
+            if !interrupted() {
+                continue;
+            }
+            let done = ITEMS_DONE.load(std::sync::atomic::Ordering::Relaxed);
+            match waiting_since {
+                Some((seen, since)) if seen == done => {
+                    if since.elapsed() >= INTERRUPT_GRACE {
+                        flush();
+                        eprintln!(
+                            "perimeter {command}: interrupted while waiting for input, after {done} input items; the output above is whole, the summary (and detect's saved state) are not written"
+                        );
+                        std::process::exit(130);
+                    }
+                }
+                _ => waiting_since = Some((done, std::time::Instant::now())),
+            }
+        }
+    });
+    stop_on_sigint();
+}
+
+fn stop_on_sigint() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe; the action is
     // fully initialised (zeroed, then its mask emptied) before it is installed.
     unsafe {
@@ -253,33 +323,36 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     note_unnormalized_source("normalize", &registry, &args.source);
     let tenant = args.tenant.unwrap_or_else(|| config.tenant.clone());
     let mut pipeline = Pipeline::new(registry, masker, Arc::new(Metrics::new()), true);
-    let stdout = std::io::stdout();
-    let mut out_w = std::io::BufWriter::new(stdout.lock());
+    let output = shared_output();
     let mut out = PipelineOutput::default();
     let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref(), &args.input)?;
     let format = args.format.of(&args.input);
     let mut reader =
         JsonInput::with_format(open_input(&args.input)?, args.format.reader(config), format)?;
     let mut progress = Progress::start();
-    stop_on_interrupt();
+    stop_on_interrupt("normalize", Some(output.clone()));
     let mut stopped = None;
     for item in reader.by_ref() {
         let Some(item) = input_item(item, &mut stopped) else {
             break;
         };
         feed(&mut pipeline, &args.source, &tenant, item, &mut out);
-        for e in out.events.drain(..) {
-            serde_json::to_writer(&mut out_w, &e.to_output_json())?;
-            out_w.write_all(b"\n")?;
+        {
+            let mut out_w = output.lock().expect("output lock");
+            for e in out.events.drain(..) {
+                serde_json::to_writer(&mut *out_w, &e.to_output_json())?;
+                out_w.write_all(b"\n")?;
+            }
         }
         dead.take(&mut out.dead_letters)?;
         let stats = pipeline.stats();
         progress.tick(stats.records, (stats.events, "events"));
-        if interrupted() {
+        if item_done() {
             break;
         }
     }
-    out_w.flush()?;
+    LOOP_LEFT.store(true, std::sync::atomic::Ordering::Relaxed);
+    output.lock().expect("output lock").flush()?;
     let stats = pipeline.stats();
     eprintln!(
         "perimeter normalize: {} records, {} events, {} values masked, {} dead-lettered",
@@ -571,7 +644,8 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         w.flush()?;
         Ok(())
     };
-    stop_on_interrupt();
+    // Alerts are flushed as they are written: nothing for the watchdog to flush.
+    stop_on_interrupt("detect", None);
     let mut stopped = None;
     for item in reader.by_ref() {
         let Some(item) = input_item(item, &mut stopped) else {
@@ -583,10 +657,11 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         let stats = pipeline.stats();
         progress.tick(stats.records, (stats.alerts, "alerts"));
         // Interrupted, the input read so far is finished as an input that ends here.
-        if interrupted() {
+        if item_done() {
             break;
         }
     }
+    LOOP_LEFT.store(true, std::sync::atomic::Ordering::Relaxed);
     // With a state directory the next run continues the stream: open windows are saved, not
     // closed.
     if args.state_dir.is_some() {

@@ -983,6 +983,57 @@ fn a_reader_that_stops_early_ends_the_output_quietly() {
 }
 
 #[test]
+fn ctrl_c_ends_a_run_waiting_on_a_quiet_input_and_normalize_output_is_seen_live() {
+    use std::io::{BufRead, BufReader, Write};
+    let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap();
+    let first = format!("{}\n", demo.lines().next().unwrap());
+    for args in [
+        &["normalize"][..],
+        &["detect", "--no-ueba", "--rules", "detection-rules"][..],
+    ] {
+        let mut child = spawn_perimeter(args, std::process::Stdio::piped());
+        // One record, then the writer stays: the run waits for input that does not come.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(first.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).split(b'\n') {
+                let _ = tx.send(());
+                lines.push(line.unwrap());
+            }
+            lines
+        });
+        if args[0] == "normalize" {
+            // Its event is printed while the input is still open (it sat in a buffer).
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the normalized event was not printed while the input stayed open");
+        } else {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+        // SAFETY: signalling our own child, still running (not waited for yet).
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{args:?} waited on its input after SIGINT");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(130), "{args:?}: {}", stderr(&out));
+        assert_stderr_says(&out, "interrupted while waiting for input");
+        for line in reader.join().unwrap() {
+            serde_json::from_slice::<serde_json::Value>(&line).expect("a whole JSON line");
+        }
+    }
+}
+
+#[test]
 fn ctrl_c_ends_normalize_and_detect_with_whole_lines_and_their_summary() {
     use std::io::{BufRead, BufReader, Write};
     let demo = std::fs::read_to_string(repo().join("demo/events.jsonl")).unwrap();
