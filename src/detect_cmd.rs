@@ -485,6 +485,18 @@ impl DeadLetterReport {
                     "--dead-letters {} is the input file: writing it would empty the input",
                     path.display()
                 );
+                // Nor the file or pipe the output goes to (`--dead-letters /dev/stdout`, or
+                // `> FILE` and `--dead-letters FILE`): each would overwrite the other. (A
+                // terminal or /dev/null for both is no loss.)
+                let device = {
+                    use std::os::unix::fs::FileTypeExt;
+                    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_char_device())
+                };
+                anyhow::ensure!(
+                    device || !is_same_file(path, Path::new("/dev/stdout")),
+                    "--dead-letters {} is where the output goes: each would overwrite the other",
+                    path.display()
+                );
                 let file = std::fs::File::create(path)
                     .with_context(|| format!("creating {}", path.display()))?;
                 Some((path.to_path_buf(), std::io::BufWriter::new(file)))

@@ -160,6 +160,21 @@ fn every_dead_letter_of_a_long_run_is_written_to_the_dead_letters_file() {
     let out = perimeter(&args, Some(input.as_bytes()));
     assert!(!out.status.success());
     assert_stderr_says(&out, "/dev/stdin is the input file");
+    // And the file the output goes to: the output would be overwritten.
+    let output = std::fs::File::create(dir.path().join("out.jsonl")).unwrap();
+    let mut args = okta_detect_args(&rule);
+    let out_path = dir.path().join("out.jsonl");
+    args.extend(["--input", input_file.to_str().unwrap()]);
+    args.extend(["--dead-letters", out_path.to_str().unwrap()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(&args)
+        .current_dir(repo())
+        .env_remove("PERIMETER_CONFIG")
+        .stdout(output)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_stderr_says(&out, "is where the output goes");
 }
 
 #[test]

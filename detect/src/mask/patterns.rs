@@ -253,7 +253,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::CliCredentials,
         // After a space, an opening quote, backtick, bracket or parenthesis (a command quoted
-        // in a message or run by `sh -c "..."`), or at the start: group 1: `-u`/`--user`
+        // in a message or run by `sh -c "..."`), a `/` (a program run by its path,
+        // `/usr/bin/sshpass -p ...`), or at the start: group 1: `-u`/`--user`
         // `name:password`; group 2: a secret option's value after spaces; group 3: `-p
         // <password>` of the tools whose `-p` is the password (`sshpass`, `docker login`; `-P`
         // of SQL Server's `sqlcmd` and `bcp`; `-a` of `redis-cli`, up to a shell separator:
@@ -277,7 +278,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // only as a `seed` value is (`--seed 9f86d0...`, a hex wallet seed; not `--seed 42` nor
         // `--seed random`), after the other names any word.
         regex: concat!(
-            r#"(?:(?:^|[\s"'`(\[])(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
+            r#"(?:(?:^|[\s"'`(\[/])(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|cvv|token|secret|api-key|client-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
             r#"|(?:(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]|(?i:redis-cli)(?:\.exe)?\s(?:[^;|&\n]*\s)?-a\s)\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
@@ -321,9 +322,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "sqlcmd",
             "bcp",
             "redis-cli",
-            "docker login",
-            "podman login",
-            "nerdctl login",
+            // The program alone: `docker  login` and `docker\tlogin` are the same command.
+            "docker",
+            "podman",
+            "nerdctl",
             "pass:",
             "net user",
             "net.exe user",

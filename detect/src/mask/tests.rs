@@ -324,6 +324,19 @@ fn a_command_quoted_in_text_has_its_credentials_masked() {
             "redis-cli -h cache -a Zebra9KettleC1 ping",
             "redis-cli -h cache -a [REDACTED:cli_credentials] ping",
         ),
+        // Run by its path, with the words apart by more than one space.
+        (
+            "/usr/bin/docker  login\t-p Zebra9KettleC1 r",
+            "/usr/bin/docker  login\t-p [REDACTED:cli_credentials] r",
+        ),
+        (
+            r#"sh -c "/usr/bin/redis-cli -a Zebra9KettleC1""#,
+            r#"sh -c "/usr/bin/redis-cli -a [REDACTED:cli_credentials]""#,
+        ),
+        (
+            "/usr/bin/sshpass -p Zebra9KettleC1 ssh h",
+            "/usr/bin/sshpass -p [REDACTED:cli_credentials] ssh h",
+        ),
         (
             r#"{"eventType":"x","cmd":"sshpass -p Zebra9KettleC1 ssh h"}}"#,
             r#"{"eventType":"x","cmd":"sshpass -p [REDACTED:cli_credentials] ssh h"}}"#,
