@@ -100,24 +100,27 @@ struct CompiledRule {
     extra: KindSet,
 }
 
-/// `hash` of values that may be guessable (passwords under sensitive keys, and the kinds of
-/// [`PatternKind::holds_guessable_values`]) is refused with the public built-in key: anyone
-/// with this source can hash a word list and find them again (`hmac:...` of `Summer2024!`).
-/// A field rule's `hash` stays allowed: it names a field, mostly an identifier (`user.email`),
-/// as the documented examples do.
-fn refuse_guessable_hashes(
-    key_action: Action,
-    kind_actions: &[Action; PatternKind::COUNT],
-) -> Result<(), DetectError> {
-    let err = |setting: String| {
-        DetectError::Config {
+/// The error for a `hash` of guessable values with the public built-in key; `setting` names it.
+fn guessable_hash_refused(setting: String) -> DetectError {
+    DetectError::Config {
         path: std::path::PathBuf::from(config::INLINE),
         message: format!(
             "{setting} = \"hash\" needs hmac_key (env:NAME or file:/path): with the public \
              built-in key these hashes are reversed by hashing guesses; use \"redact\" or set hmac_key"
         ),
     }
-    };
+}
+
+/// `hash` of values that may be guessable (passwords under sensitive keys, and the kinds of
+/// [`PatternKind::holds_guessable_values`]) is refused with the public built-in key: anyone
+/// with this source can hash a word list and find them again (`hmac:...` of `Summer2024!`).
+/// A field rule's `hash` stays allowed unless the field is named as a secret: it names a field,
+/// mostly an identifier (`user.email`), as the documented examples do.
+fn refuse_guessable_hashes(
+    key_action: Action,
+    kind_actions: &[Action; PatternKind::COUNT],
+) -> Result<(), DetectError> {
+    let err = guessable_hash_refused;
     if key_action == Action::Hash {
         return Err(err("keys.action".into()));
     }
@@ -200,6 +203,20 @@ impl SecretMasker {
         };
         if builtin_key {
             refuse_guessable_hashes(config.keys.action, &kind_actions)?;
+            // A field rule that hashes a field named as a secret (`path = "password"`, `ssn`)
+            // is the same guessable hash.
+            if let Some(rule) = config.fields.iter().find(|r| {
+                r.action == FieldAction::Hash
+                    && r.path
+                        .rsplit('.')
+                        .next()
+                        .is_some_and(|name| keys.is_sensitive(name))
+            }) {
+                return Err(guessable_hash_refused(format!(
+                    "[[mask.fields]] path = \"{}\": action",
+                    rule.path
+                )));
+            }
         }
         let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key_bytes)
             .map_err(|e| DetectError::Other(format!("hmac key: {e}")))?;

@@ -1116,6 +1116,15 @@ fn hashing_guessable_secrets_needs_a_hmac_key_of_its_own() {
             "[patterns.us_ssn]\naction = \"hash\"",
             "patterns.us_ssn.action",
         ),
+        // A field rule on a field named as a secret, too.
+        (
+            "[[fields]]\npath = \"debugContext.password\"\naction = \"hash\"",
+            "path = \"debugContext.password\": action",
+        ),
+        (
+            "[[fields]]\npath = \"ssn\"\naction = \"hash\"",
+            "path = \"ssn\": action",
+        ),
     ] {
         let config = MaskConfig::from_toml_str(toml).expect("config parses");
         let err = SecretMasker::new(&config).expect_err(toml).to_string();
