@@ -126,7 +126,9 @@ fn modifiers_that_would_be_ignored_are_errors() {
         ("f|day", "32", "`day: 32` never matches"),
         ("f|week", "54", "`week: 54` never matches"),
         ("f|month", "13", "`month: 13` never matches"),
-        ("f|month|neq", "0", "`month: 0` never matches"),
+        // Negated, a value no date has holds for every date.
+        ("f|month|neq", "0", "`month|neq: 0` holds for every date"),
+        ("f|hour|neq", "24", "`hour|neq: 24` holds for every date"),
         (
             "f|year",
             "2024.5",
@@ -1208,9 +1210,13 @@ fn a_correlation_condition_that_never_or_always_holds_is_reported_at_its_line() 
             "event_count",
             "gte: -1",
             10,
-            "`gte: -1` always holds (an event count is a whole number from 0)",
+            "`gte: -1` always holds (an event count is a whole number from 1)",
         ),
         ("event_count", "gte: 0", 10, "`gte: 0` always holds"),
+        // A window holds the event it is judged on at least.
+        ("event_count", "gte: 1", 10, "`gte: 1` always holds"),
+        ("event_count", "lte: 0", 10, "`lte: 0` can never hold"),
+        ("event_count", "eq: 0", 10, "`eq: 0` can never hold"),
         ("event_count", "neq: -3", 10, "`neq: -3` always holds"),
         ("event_count", "lt: 0", 10, "`lt: 0` can never hold"),
         ("event_count", "lte: -1", 10, "`lte: -1` can never hold"),
@@ -1243,7 +1249,7 @@ fn a_correlation_condition_that_never_or_always_holds_is_reported_at_its_line() 
             "value_count",
             "lt: 0",
             10,
-            "`lt: 0` can never hold (a count of values is a whole number from 0)",
+            "`lt: 0` can never hold (a count of values is a whole number from 1)",
         ),
         (
             "value_sum",
@@ -1287,12 +1293,12 @@ fn a_correlation_condition_that_never_or_always_holds_is_reported_at_its_line() 
     }
     // Their possible neighbours load.
     for (kind, cond) in [
-        ("event_count", "gte: 1"),
-        ("event_count", "gt: 0"),
-        ("event_count", "lt: 1"),
+        ("event_count", "gte: 2"),
+        ("event_count", "gt: 1"),
+        ("event_count", "lt: 2"),
         ("event_count", "gt: 3\n        lt: 5"),
         ("event_count", "gte: 2\n        lte: 3\n        neq: 2"),
-        ("event_count", "eq: 0"),
+        ("event_count", "eq: 1"),
         ("value_sum", "lt: -5"),
         ("value_avg", "gt: 10\n        lt: 10.5"),
         ("value_percentile", "lte: 1"),

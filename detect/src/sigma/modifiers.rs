@@ -383,7 +383,7 @@ pub fn compile_field(
                 Value::Float(f) => *f,
                 _ => return Err(err(it.line, "time modifiers need a number")),
             };
-            check_time_value(part, cmp, n).map_err(|m| err(it.line, m))?;
+            check_time_value(part, cmp, n, fm.negate).map_err(|m| err(it.line, m))?;
             fm.tests.push(ValueTest::Time {
                 part,
                 op: cmp,
@@ -592,7 +592,13 @@ fn keyword_tokens(mut toks: Vec<Tok>) -> Vec<Tok> {
 
 /// A time part's value no date has (`hour: 25`), or a comparison every date passes
 /// (`hour|lt: 24`): the test would never match, or ask only that the field holds a date.
-fn check_time_value(part: TimePart, cmp: Option<CmpOp>, value: f64) -> Result<(), String> {
+/// `negated` (`neq`) turns one into the other: `hour|neq: 24` holds for every date.
+fn check_time_value(
+    part: TimePart,
+    cmp: Option<CmpOp>,
+    value: f64,
+    negated: bool,
+) -> Result<(), String> {
     // The modifiers appendix's ranges, but weeks as the matcher counts them: ISO weeks, of
     // which some years have 53.
     let (name, range) = match part {
@@ -603,14 +609,20 @@ fn check_time_value(part: TimePart, cmp: Option<CmpOp>, value: f64) -> Result<()
         TimePart::Month => ("month", Some((1.0, 12.0))),
         TimePart::Year => ("year", None),
     };
-    let test = match cmp {
-        Some(op) => format!("{name}|{}: {value}", cmp_name(op)),
-        None => format!("{name}: {value}"),
+    let test = match (cmp, negated) {
+        (Some(op), false) => format!("{name}|{}: {value}", cmp_name(op)),
+        (Some(op), true) => format!("{name}|{}|neq: {value}", cmp_name(op)),
+        (None, false) => format!("{name}: {value}"),
+        (None, true) => format!("{name}|neq: {value}"),
+    };
+    let every_date = "holds for every date (`exists: true` asks for the field)";
+    let (never_text, always_text) = if negated {
+        (every_date, "never matches")
+    } else {
+        ("never matches", every_date)
     };
     if cmp.is_none() && value.fract() != 0.0 {
-        return Err(format!(
-            "`{name}` is a whole number: `{test}` never matches"
-        ));
+        return Err(format!("`{name}` is a whole number: `{test}` {never_text}"));
     }
     let Some((low, high)) = range else {
         return Ok(());
@@ -624,12 +636,12 @@ fn check_time_value(part: TimePart, cmp: Option<CmpOp>, value: f64) -> Result<()
     };
     if never {
         return Err(format!(
-            "`{name}` is {low} to {high}: `{test}` never matches"
+            "`{name}` is {low} to {high}: `{test}` {never_text}"
         ));
     }
     if always {
         return Err(format!(
-            "`{name}` is {low} to {high}: `{test}` holds for every date (`exists: true` asks for the field)"
+            "`{name}` is {low} to {high}: `{test}` {always_text}"
         ));
     }
     Ok(())

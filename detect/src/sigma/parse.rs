@@ -1039,7 +1039,7 @@ fn parse_correlation(
 
 /// A correlation condition no window meets (`lt: 0`, `gt: 5` with `lt: 3`) or every window
 /// meets (`gte: -1`): the correlation would never fire, or fire on every event. Checked against
-/// what the correlator compares: counts are whole numbers from 0, a temporal correlation counts
+/// what the correlator compares: counts are whole numbers from 1, a temporal correlation counts
 /// at most its rules, a percentile is 0 to 100, sums and averages are any number. The error
 /// names the line of the entry that empties the range (the first entry's when all always hold).
 fn check_condition_can_hold(
@@ -1049,21 +1049,23 @@ fn check_condition_can_hold(
     keys: &[(&str, usize)],
 ) -> Result<(), (usize, String)> {
     let (what, low, high, whole) = match kind {
+        // A window is judged on an event it counts: it holds one at least (`gte: 1` fires on
+        // every event, `lte: 0` never).
         CorrelationType::EventCount => (
-            "an event count is a whole number from 0",
-            0.0,
+            "an event count is a whole number from 1",
+            1.0,
             f64::INFINITY,
             true,
         ),
         CorrelationType::ValueCount => (
-            "a count of values is a whole number from 0",
-            0.0,
+            "a count of values is a whole number from 1",
+            1.0,
             f64::INFINITY,
             true,
         ),
         CorrelationType::Temporal | CorrelationType::TemporalOrdered => (
-            "the number of rules seen is a whole number from 0 to the rules correlated",
-            0.0,
+            "the number of rules seen is a whole number from 1 to the rules correlated",
+            1.0,
             n_rules as f64,
             true,
         ),
