@@ -224,6 +224,24 @@ fn an_input_value_without_a_record_is_a_dead_letter_from_a_file_and_from_stdin()
             "{letters:?}"
         );
     }
+    // In a file of pretty-printed documents too (an empty array there was no document at all).
+    let pretty = dir.path().join("pretty.json");
+    std::fs::write(&pretty, "{\n  \"a\": 1\n}\n[\n]\n").unwrap();
+    let out = perimeter(
+        &[
+            "normalize",
+            "--source",
+            "json",
+            "--input",
+            pretty.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_stderr_says(
+        &out,
+        "1 records, 1 events, 0 values masked, 1 dead-lettered",
+    );
+    assert_stderr_says(&out, "line 4: holds no record");
 }
 
 #[test]

@@ -803,8 +803,13 @@ fn push_document(
     line_at: &dyn Fn(usize) -> u64,
     enough: usize,
 ) {
-    if doc.first() == Some(&b'[') && !nesting_exceeds(doc, MAX_NESTING) {
-        for element in array_elements(doc) {
+    let elements = (doc.first() == Some(&b'[') && !nesting_exceeds(doc, MAX_NESTING))
+        .then(|| array_elements(doc))
+        // An empty array is handed on whole, as a record: what reads it says it holds none (it
+        // vanished from the counts otherwise).
+        .filter(|elements| !elements.is_empty());
+    if let Some(elements) = elements {
+        for element in elements {
             if out.len() >= enough {
                 return;
             }
