@@ -1468,6 +1468,53 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_record_has_its_secret_pairs_masked_where_they_repeat_in_its_dead_letter() {
+        // No whole document to mask as a record: the pairs' values are looked for in the text.
+        let lines = [
+            r#"{"id":2,"password":"S3cretPassP2","note":"typed S3cretPassP2 twice",}"#,
+            r#"{"id":3,"password":"S3cretPassP3","note":"typed S3cretPassP3 twice""#,
+            r#"{"id":5,"password":"S3cretPassP5" "note":"typed S3cretPassP5 twice"}"#,
+            r#"x{"id":6,"password":"S3cretPassP6","note":"typed S3cretPassP6 twice"}"#,
+            r#"{"id":7,"client_secret" : "S3cretPassP7","n":NaN,"note":"S3cretPassP7"}"#,
+        ];
+        let mut p = pipeline();
+        let mut out = PipelineOutput::default();
+        for line in lines {
+            p.dead_letter(
+                "okta",
+                "t",
+                Some(1),
+                "invalid JSON",
+                line,
+                None,
+                Utc::now(),
+                &mut out,
+            );
+        }
+        for d in &out.dead_letters {
+            assert!(!d.excerpt.contains("S3cretPass"), "{}", d.excerpt);
+            assert!(d.excerpt.contains(r#""id":"#), "{}", d.excerpt);
+        }
+        // A value too plain to be told from other text is not spread.
+        p.dead_letter(
+            "okta",
+            "t",
+            Some(1),
+            "invalid JSON",
+            r#"{"pin":"admin","user":"admin","#,
+            None,
+            Utc::now(),
+            &mut out,
+        );
+        assert!(out
+            .dead_letters
+            .last()
+            .unwrap()
+            .excerpt
+            .contains(r#""user":"admin""#));
+    }
+
+    #[test]
     fn dead_letter_excerpt_is_masked_before_it_is_bounded() {
         let token = "ghp_R4nd0mT0k3nV4lu3F0rP3r1m3t3rT3st1ngX";
         // The token straddles the excerpt bound: cutting first would leave a prefix the

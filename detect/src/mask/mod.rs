@@ -356,10 +356,10 @@ impl SecretMasker {
             .flatten()
             .filter(|&end| end < text.len());
         let Some(end) = leading_document else {
-            return self.mask_text(text);
+            return self.without_pair_secrets(text, self.mask_text(text));
         };
         let Ok(mut record) = sonic_rs::from_str::<RawJson>(&text[start..end]) else {
-            return self.mask_text(text);
+            return self.without_pair_secrets(text, self.mask_text(text));
         };
         self.mask_record(&mut record);
         let document = sonic_rs::to_string(&record).unwrap_or_else(|_| UNSERIALIZABLE.into());
@@ -369,6 +369,27 @@ impl SecretMasker {
             self.mask_text(&document),
             self.mask_text(&text[end..])
         )
+    }
+
+    /// `masked` (the masked form of `text`, broken JSON) with the values of `text`'s secret
+    /// pairs (`"password": "..."`, by key name) masked where they are repeated: text masking
+    /// masks the pair itself, not the same password elsewhere (`"note": "typed it twice"`), as
+    /// the masking of a whole record does (see [`walk::mask_repeated_secrets`]).
+    fn without_pair_secrets(&self, text: &str, mut masked: String) -> String {
+        static PAIR: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r#""((?:[^"\\]|\\.)+)"\s*:\s*"((?:[^"\\]|\\.)+)""#)
+                .expect("a valid pattern")
+        });
+        for pair in PAIR.captures_iter(text) {
+            let (key, value) = (&pair[1], &pair[2]);
+            if walk::may_repeat_elsewhere(value)
+                && !is_masked(value)
+                && self.key_is_sensitive(None, key)
+            {
+                masked = masked.replace(value, "[REDACTED:key]");
+            }
+        }
+        masked
     }
 
     /// Whether masking `raw` would change it.

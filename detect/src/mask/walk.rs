@@ -684,7 +684,7 @@ pub(super) const MIN_REPEATED_SECRET_LEN: usize = 6;
 /// (see [`MIN_REPEATED_SECRET_LEN`]), with letters and digits or symbols. A word alone is as
 /// likely a placeholder that other fields share (`REDACTED` in every credential setting a
 /// vendor hides), and digits alone a time or count (`"expiration": 1700000000`).
-fn may_repeat_elsewhere(secret: &str) -> bool {
+pub(super) fn may_repeat_elsewhere(secret: &str) -> bool {
     secret.chars().count() >= MIN_REPEATED_SECRET_LEN
         && secret.chars().any(char::is_alphabetic)
         && secret
