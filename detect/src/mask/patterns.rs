@@ -270,7 +270,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // `$variable` is no password); group 19: `sqlplus user/<password>`.
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
         // Where groups 1-6 may start: groups 22-23: a wallet seed phrase after `--seed`
-        // (any case, also `-seed`, `--seed_phrase`, `--mnemonic`), quoted (also with escaped quotes, as in a
+        // (any case, also `-seed`, `--seed_phrase`, `--seedphrase`, `--mnemonic`,
+        // `--mnemonic-phrase`, `--recovery-phrase`, `--secret-recovery-phrase`), quoted (also with escaped quotes, as in a
         // command held in JSON text: `--seed \"...\"`), 12 words or more (`--seed 42`, a
         // random seed, is no secret); group 24: such a phrase unquoted, as wallets write it
         // (12, 15, 18, 21 or 24 lower-case words of 3-8 letters, the words of BIP-39, and no
@@ -290,7 +291,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
-            r#"|(?:^|[\s"'`(\[])--?(?i:seed(?:[-_]phrase)?|mnemonic)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|([a-z]{3,8}(?:[ \t]+[a-z]{3,8}){11}(?:(?:[ \t]+[a-z]{3,8}){3}){0,4})(?:[ \t]*(?:$|[^A-Za-z0-9 \t])|[ \t]+[A-Z0-9])|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
+            r#"|(?:^|[\s"'`(\[])--?(?i:seed(?:[-_]?phrase)?|mnemonic(?:[-_]phrase)?|(?:secret[-_])?recovery[-_]phrase)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|([a-z]{3,8}(?:[ \t]+[a-z]{3,8}){11}(?:(?:[ \t]+[a-z]{3,8}){3}){0,4})(?:[ \t]*(?:$|[^A-Za-z0-9 \t])|[ \t]+[A-Z0-9])|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
@@ -308,8 +309,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--mnemonic",
             "--passphrase",
             "--seed-phrase",
-            // Also `--seed` alone (or `-seed`), before a quoted seed phrase.
+            // Also `--seed` alone (or `-seed`, `--seedphrase`), before a quoted seed phrase.
             "-seed",
+            "recovery-phrase",
+            "recovery_phrase",
             "--cvv",
             "--passwd",
             "--token",
@@ -1577,6 +1580,22 @@ const URL_KEY_GROUP: usize = 3;
 /// The group of the `CliCredentials` pattern that is the one word after `--seed`.
 const SEED_WORD_GROUP: usize = 25;
 
+/// Whether `name` (of an option, `--<name>=`) is one the command-line pattern reads a wallet
+/// seed phrase after.
+pub(super) fn names_a_seed_option(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace('_', "-");
+    [
+        "seed",
+        "seed-phrase",
+        "seedphrase",
+        "mnemonic",
+        "mnemonic-phrase",
+        "recovery-phrase",
+        "secret-recovery-phrase",
+    ]
+    .contains(&name.as_str())
+}
+
 /// Whether the option before the value at `start` (`--seed 9f86...`, `-seed="..."`) is `seed`
 /// itself, not `--seed-phrase` or `--mnemonic`, which hold nothing but secrets.
 fn option_before_is_seed(text: &str, start: usize) -> bool {
@@ -2438,6 +2457,9 @@ fn verify(
                     // `Password: <b>Reset</b>`: markup, no placeholder glued to a value.
                     && !opens_with_html_tag(&secret[auth_scheme_len(secret)..])
                     && keys.is_sensitive(k.as_str())
+                    // `--mnemonic=abandon ability ...`: an option the command-line pattern reads
+                    // whole (the phrase), where this one would take its first word only.
+                    && !(text[..k.start()].ends_with('-') && names_a_seed_option(k.as_str()))
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
                     && short_name_value_is_secret(k.as_str(), secret)

@@ -2676,16 +2676,59 @@ fn a_seed_phrase_after_seed_is_masked_and_a_random_seed_stays() {
             "wallet restore --mnemonic abandon".to_string(),
             "wallet restore --mnemonic [REDACTED:cli_credentials]",
         ),
+        // After `=`, and under the other names wallets give it.
+        (
+            format!("wallet restore --mnemonic={phrase} -y"),
+            "wallet restore --mnemonic=[REDACTED:cli_credentials] -y",
+        ),
+        (
+            format!("w --recovery-phrase {phrase}"),
+            "w --recovery-phrase [REDACTED:cli_credentials]",
+        ),
+        (
+            format!("w --secret-recovery-phrase {phrase}"),
+            "w --secret-recovery-phrase [REDACTED:cli_credentials]",
+        ),
+        (
+            format!("w --mnemonic-phrase {phrase}"),
+            "w --mnemonic-phrase [REDACTED:cli_credentials]",
+        ),
+        (
+            format!("w --seedphrase {phrase}"),
+            "w --seedphrase [REDACTED:cli_credentials]",
+        ),
         (
             format!("wallet restore --seed='{phrase} actor actress' -y"),
-            // (`seed=` was masked as an assignment already.)
-            "wallet restore --seed='[REDACTED:secret_assignment]' -y",
+            // (An option's `=` is read as the command line's, not as an assignment.)
+            "wallet restore --seed='[REDACTED:cli_credentials]' -y",
         ),
     ] {
         let masked = m.mask_text(&text);
         assert_eq!(masked, want, "{text}");
         assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
     }
+    // Held as arguments, a word per item.
+    let mut argv: Vec<&str> = vec!["wallet", "restore", "--mnemonic"];
+    argv.extend(phrase.split(' '));
+    argv.push("--yes");
+    let mut v = json!({ "argv": argv });
+    m.mask_value(&mut v);
+    let items = v["argv"].as_array().unwrap();
+    assert_eq!(items[2], "--mnemonic");
+    assert!(
+        items[3..15].iter().all(|w| w == "[REDACTED:key]"),
+        "{items:?}"
+    );
+    assert_eq!(items[15], "--yes");
+    // Fewer than 12 words are no seed phrase: only the option's own value, the next item, is
+    // taken.
+    let mut argv: Vec<&str> = vec!["wallet", "--mnemonic"];
+    argv.extend(phrase.split(' ').take(11));
+    let mut v = json!({ "argv": argv });
+    m.mask_value(&mut v);
+    let items = v["argv"].as_array().unwrap();
+    assert_eq!(items[2], "[REDACTED:key]");
+    assert_eq!(items[3], "ability");
     for clean in [
         "python train.py --seed 42 --epochs 3",
         "pytest -p randomly --seed=1234",

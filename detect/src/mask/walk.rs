@@ -17,7 +17,7 @@ use super::cache::Memory;
 use super::patterns::{
     bit, is_aws_key_id, is_aws_secret_shape, is_block_indicator, is_credential_client,
     is_glued_password_client, is_masked, is_secret_source, is_status_word, names_a_reminder,
-    KindSet,
+    names_a_seed_option, KindSet,
 };
 
 use super::{
@@ -218,6 +218,9 @@ impl<'a> MaskWalk<'a> {
                 } else {
                     Vec::new()
                 };
+                // `["wallet", "--mnemonic", "abandon", "ability", ...]`: an unquoted seed phrase
+                // after its option, a word per item.
+                let seed_words = seed_phrase_items(items);
                 let mut index = 0;
                 self.array(items, |w, item| {
                     let i = index;
@@ -262,7 +265,9 @@ impl<'a> MaskWalk<'a> {
                             return;
                         }
                     }
-                    if (names_secret || (header_secret && i == 1)) && item.is_str() {
+                    if (names_secret || (header_secret && i == 1) || seed_words.contains(&i))
+                        && item.is_str()
+                    {
                         let m = w.masker;
                         w.force_leaves(item, m.key_action, "key");
                         return;
@@ -837,6 +842,30 @@ fn glued_password<'s>(items: &sonic_rs::Array, index: usize, arg: &'s str) -> Op
         .take(index)
         .any(|earlier| earlier.as_str().is_some_and(is_glued_password_client))
         .then_some(secret)
+}
+
+/// The items of `items` that are the words of a wallet seed phrase after the option naming it
+/// (`--mnemonic`, `--seed-phrase`, ...; 12 to 24 lower-case words of 3-8 letters, as
+/// [`super::patterns`]' text form reads them). Decided from the items alone.
+fn seed_phrase_items(items: &sonic_rs::Array) -> Vec<usize> {
+    let texts: Vec<Option<&str>> = items.iter().map(|item| item.as_str()).collect();
+    let is_word = |t: &&Option<&str>| {
+        t.is_some_and(|w| (3..=8).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_lowercase()))
+    };
+    let mut out = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let Some(option) = text.and_then(|t| t.strip_prefix('-')) else {
+            continue;
+        };
+        if !names_a_seed_option(option.trim_start_matches('-')) {
+            continue;
+        }
+        let words = texts[i + 1..].iter().take_while(is_word).count();
+        if words >= 12 {
+            out.extend(i + 1..i + 1 + words.min(24));
+        }
+    }
+    out
 }
 
 /// The string items of `items` that hold a command-line credential when one of them runs a
