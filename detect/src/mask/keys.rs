@@ -72,6 +72,8 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "secretquestionanswer",
     // Azure API Management's subscription key (`Ocp-Apim-Subscription-Key`).
     "subscriptionkey",
+    // redis-cli's password variable (`REDISCLI_AUTH=...`), as `PGPASSWORD` is Postgres'.
+    "rediscliauth",
 ];
 
 /// Sensitive words that name one value (a code, a key, a URL): their strings and numbers are

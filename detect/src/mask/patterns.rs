@@ -130,6 +130,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "encryption-key",
             "encryption.key",
             "encryptionkey",
+            // `Ocp-Apim-Subscription-Key: ...` in a header line, `REDISCLI_AUTH=...` in an
+            // environment.
+            "subscription-key",
+            "subscription_key",
+            "subscriptionkey",
+            "rediscli_auth",
             "passwort",
             "kennwort",
             "contrasena",

@@ -2229,6 +2229,9 @@ fn security_answers_subscription_keys_and_url_keys_are_masked() {
         "securityAnswer": "Zebra9KettleC4",
         "recovery_question_answer": "Zebra9KettleC5",
         "url": "https://x.example/api?key=Zebra9KettleC6Ab&format=json",
+        "REDISCLI_AUTH": "Zebra9KettleC7",
+        "env": "REDISCLI_AUTH=Zebra9KettleC8 redis-cli ping",
+        "header": "Ocp-Apim-Subscription-Key: Zebra9KettleC9",
         // About the secret, not the secret.
         "security_question": "first pet?",
         "answer": "42",
