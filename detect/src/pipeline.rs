@@ -1430,6 +1430,25 @@ mod tests {
         assert_eq!(v["eventType"], "user.session.start");
     }
 
+    /// The dead letters a fresh pipeline makes of `lines`, each invalid JSON at line 1.
+    fn dead_letters_of<S: AsRef<str>>(lines: &[S]) -> Vec<DeadLetter> {
+        let mut p = pipeline();
+        let mut out = PipelineOutput::default();
+        for line in lines {
+            p.dead_letter(
+                "okta",
+                "t",
+                Some(1),
+                "invalid JSON",
+                line.as_ref(),
+                None,
+                Utc::now(),
+                &mut out,
+            );
+        }
+        out.dead_letters
+    }
+
     #[test]
     fn a_record_with_junk_after_it_is_masked_as_a_record_in_its_dead_letter() {
         use base64::Engine as _;
@@ -1443,21 +1462,8 @@ mod tests {
                 .to_string(),
             format!(r#"  {{"eventType":"x","blob":"{base64}"}}]"#),
         ];
-        let mut p = pipeline();
-        let mut out = PipelineOutput::default();
-        for line in &lines {
-            p.dead_letter(
-                "okta",
-                "t",
-                Some(1),
-                "invalid JSON",
-                line,
-                None,
-                Utc::now(),
-                &mut out,
-            );
-        }
-        for (d, line) in out.dead_letters.iter().zip(&lines) {
+        let letters = dead_letters_of(&lines);
+        for (d, line) in letters.iter().zip(&lines) {
             assert!(!d.excerpt.contains("Hk3"), "{}", d.excerpt);
             assert!(!d.excerpt.contains(&base64), "{}", d.excerpt);
             // The record's readable parts, and what followed it, are kept.
@@ -1477,41 +1483,14 @@ mod tests {
             r#"x{"id":6,"password":"S3cretPassP6","note":"typed S3cretPassP6 twice"}"#,
             r#"{"id":7,"client_secret" : "S3cretPassP7","n":NaN,"note":"S3cretPassP7"}"#,
         ];
-        let mut p = pipeline();
-        let mut out = PipelineOutput::default();
-        for line in lines {
-            p.dead_letter(
-                "okta",
-                "t",
-                Some(1),
-                "invalid JSON",
-                line,
-                None,
-                Utc::now(),
-                &mut out,
-            );
-        }
-        for d in &out.dead_letters {
+        let letters = dead_letters_of(&lines);
+        for d in &letters {
             assert!(!d.excerpt.contains("S3cretPass"), "{}", d.excerpt);
             assert!(d.excerpt.contains(r#""id":"#), "{}", d.excerpt);
         }
         // A value too plain to be told from other text is not spread.
-        p.dead_letter(
-            "okta",
-            "t",
-            Some(1),
-            "invalid JSON",
-            r#"{"pin":"admin","user":"admin","#,
-            None,
-            Utc::now(),
-            &mut out,
-        );
-        assert!(out
-            .dead_letters
-            .last()
-            .unwrap()
-            .excerpt
-            .contains(r#""user":"admin""#));
+        let letters = dead_letters_of(&[r#"{"pin":"admin","user":"admin","#]);
+        assert!(letters[0].excerpt.contains(r#""user":"admin""#));
     }
 
     #[test]
