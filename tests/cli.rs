@@ -1,8 +1,8 @@
 //! The command-line contracts: `normalize`, `detect`, `rules check|test`, `demo`.
 
 use crate::util::{
-    assert_stderr_says, fixtures, json_lines, perimeter, perimeter_in, repo, spawn_perimeter,
-    stderr,
+    assert_stderr_says, fixtures, json_lines, perimeter, perimeter_command, perimeter_in, repo,
+    spawn_perimeter, stderr,
 };
 
 const MFA_RULE: &str = "title: Okta MFA factor deactivated
@@ -166,10 +166,7 @@ fn every_dead_letter_of_a_long_run_is_written_to_the_dead_letters_file() {
     let out_path = dir.path().join("out.jsonl");
     args.extend(["--input", input_file.to_str().unwrap()]);
     args.extend(["--dead-letters", out_path.to_str().unwrap()]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(&args)
-        .current_dir(repo())
-        .env_remove("PERIMETER_CONFIG")
+    let out = perimeter_command(&repo(), &args)
         .stdout(output)
         .output()
         .unwrap();

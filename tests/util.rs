@@ -18,19 +18,26 @@ pub fn perimeter(args: &[&str], stdin: Option<&[u8]>) -> Output {
     perimeter_in(&repo(), args, stdin)
 }
 
-pub fn perimeter_in(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+/// The `perimeter` binary with `args`, run in `dir`, without the caller's config or token
+/// from the environment; its standard streams as the caller sets them.
+pub fn perimeter_command(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_perimeter"));
     cmd.args(args)
         .current_dir(dir)
         .env_remove("PERIMETER_CONFIG")
-        .env_remove("PERIMETER_TOKEN")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env_remove("PERIMETER_TOKEN");
+    cmd
+}
+
+pub fn perimeter_in(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = perimeter_command(dir, args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawning perimeter");
     if let Some(input) = stdin {
         use std::io::Write;
@@ -47,10 +54,7 @@ pub fn perimeter_in(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
 /// The `perimeter` binary started with `args` from the repo root, its stdin and stdout piped
 /// (a live input, read as it comes), its stderr to `stderr`.
 pub fn spawn_perimeter(args: &[&str], stderr: Stdio) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(args)
-        .current_dir(repo())
-        .env_remove("PERIMETER_CONFIG")
+    perimeter_command(&repo(), args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr)
