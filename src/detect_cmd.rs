@@ -227,11 +227,7 @@ static LOOP_LEFT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 /// The read loop finished an input item; `true` when it is to stop (interrupted).
 fn item_done() -> bool {
     ITEMS_DONE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let stop = interrupted();
-    if stop {
-        LOOP_LEFT.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    stop
+    interrupted()
 }
 
 /// How long an interrupted read loop may take to finish its item before the watchdog takes it

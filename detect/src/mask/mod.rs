@@ -386,7 +386,7 @@ impl SecretMasker {
                 && !is_masked(value)
                 && self.key_is_sensitive(None, key)
             {
-                masked = masked.replace(value, "[REDACTED:key]");
+                masked = masked.replace(value, &self.replacement(self.key_action, "key", value));
             }
         }
         masked
