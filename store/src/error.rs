@@ -93,25 +93,8 @@ fn name_full_disk_with(error: StoreError, root: &std::path::Path, free: Option<u
 }
 
 /// Bytes free for unprivileged writers on the filesystem holding `path`, if it can be told.
-#[cfg(unix)]
 fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `path` is a NUL-terminated C string living across the call, and `stat` is
-    // memory for one `statvfs`, read only after the call filled it (returned 0).
-    let stat = unsafe {
-        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
-            return None;
-        }
-        stat.assume_init()
-    };
-    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
-}
-
-#[cfg(not(unix))]
-fn free_bytes(_: &std::path::Path) -> Option<u64> {
-    None
+    fs4::available_space(path).ok()
 }
 
 /// The store's result type.
