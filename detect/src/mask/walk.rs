@@ -848,6 +848,14 @@ fn glued_password<'s>(items: &sonic_rs::Array, index: usize, arg: &'s str) -> Op
 /// (`--mnemonic`, `--seed-phrase`, ...; 12 to 24 lower-case words of 3-8 letters, as
 /// [`super::patterns`]' text form reads them). Decided from the items alone.
 fn seed_phrase_items(items: &sonic_rs::Array) -> Vec<usize> {
+    // Most arrays hold no option at all: no allocation for them (this runs for every array of
+    // every record masked).
+    if !items
+        .iter()
+        .any(|item| item.as_str().is_some_and(|t| t.starts_with('-')))
+    {
+        return Vec::new();
+    }
     let texts: Vec<Option<&str>> = items.iter().map(|item| item.as_str()).collect();
     let is_word = |t: &&Option<&str>| {
         t.is_some_and(|w| (3..=8).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_lowercase()))
