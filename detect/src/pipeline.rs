@@ -470,7 +470,10 @@ impl Pipeline {
                             index + 1
                         )
                     } else {
-                        format!("{source} normalizer: {err}")
+                        match crate::normalize::unwrapped_page_hint(&raw) {
+                            Some(hint) => format!("{source} normalizer: {err} ({hint})"),
+                            None => format!("{source} normalizer: {err}"),
+                        }
                     };
                     self.dead_letter(
                         &source,

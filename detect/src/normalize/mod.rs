@@ -433,6 +433,9 @@ const META_KEYS: &[&str] = &[
     "previous_page",
     "prev_page",
     "status",
+    // Slack Web API answers (`{"ok": true, "warning": "..", ...}`).
+    "ok",
+    "warning",
 ];
 
 /// Split one parsed input value into individual vendor records: API page envelopes
@@ -533,6 +536,35 @@ fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>)
         }
     }
     out.push(value);
+}
+
+/// Why `value`, read as one record, may really be a page that was not unwrapped: it holds a
+/// list of records under a page's list key beside keys that are no known page metadata. Said in
+/// the dead letter of a record its normalizer refused, since "missing field" alone hides that
+/// the whole page went there.
+pub fn unwrapped_page_hint(value: &Value) -> Option<String> {
+    let obj = value.as_object()?;
+    let (key, items) = obj.iter().find_map(|(k, v)| {
+        let items = v.as_array()?;
+        let key = LIST_KEYS.iter().find(|l| **l == k)?;
+        (!items.is_empty() && items.iter().all(|i| i.is_object())).then_some((*key, items.len()))
+    })?;
+    let others: Vec<String> = obj
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| *k != key && !META_KEYS.contains(k))
+        .take(3)
+        .map(|k| format!("`{k}`"))
+        .collect();
+    (!others.is_empty()).then(|| {
+        format!(
+            "it looks like a page of {items} record{} under `{key}`, read as one record \
+             because {} {} no page metadata",
+            if items == 1 { "" } else { "s" },
+            others.join(", "),
+            if others.len() == 1 { "is" } else { "are" }
+        )
+    })
 }
 
 /// The list key when `obj` is a page envelope rather than a record.

@@ -169,6 +169,31 @@ fn auto_detection_picks_each_builtin_by_shape() {
 }
 
 #[test]
+fn a_page_kept_whole_is_named_in_the_hint() {
+    let rec = json!({"action": "user_login", "date_create": 1});
+    let page = json!({"entries": [rec, rec, rec], "ok": true, "extra": [1], "team": "T1"});
+    assert_eq!(
+        split(AUTO, page.clone()).len(),
+        1,
+        "not unwrapped: `extra`, `team`"
+    );
+    let hint = unwrapped_page_hint(&raw_from_serde(&page)).expect("a hint");
+    assert!(hint.contains("3 records under `entries`"), "{hint}");
+    assert!(
+        hint.contains("`extra`, `team` are no page metadata"),
+        "{hint}"
+    );
+    // A record that holds a list of values, or a page that was unwrapped, gets none.
+    for v in [
+        json!({"id": 1, "items": [1, 2], "action": "x"}),
+        json!({"entries": [rec], "cursor": "c"}),
+        json!({"action": "x"}),
+    ] {
+        assert_eq!(unwrapped_page_hint(&raw_from_serde(&v)), None, "{v}");
+    }
+}
+
+#[test]
 fn split_unwraps_vendor_envelopes() {
     let rec = json!({"eventType": "a", "published": "t"});
     let two = |v: Value| split(AUTO, v).len();
@@ -202,6 +227,11 @@ fn split_unwraps_vendor_envelopes() {
     );
     assert_eq!(
         two(json!({"status": {"error": false, "code": 200}, "pagination": {}, "data": [rec, rec]})),
+        2
+    );
+    // Slack Web API answers carry `ok` (and sometimes `warning`).
+    assert_eq!(
+        two(json!({"ok": true, "entries": [rec, rec], "warning": "superfluous_charset"})),
         2
     );
     assert_eq!(two(json!({"data": [], "total": 0})), 0);
