@@ -885,12 +885,21 @@ fn matches(q: &AlertQuery, r: &AlertRecord, text: Option<&str>, entity: Option<&
             .as_deref()
             .is_none_or(|x| a.source.eq_ignore_ascii_case(x))
         && entity.is_none_or(|x| a.entity.to_lowercase() == x)
-        && text.is_none_or(|t| alert_text_matches(a, t))
+        && text.is_none_or(|t| record_text_matches(r, t))
 }
 
-fn alert_text_matches(a: &Alert, needle: &str) -> bool {
+/// Free text (`needle` lowercased): what the alert says (title, rule, entity, description,
+/// explanation, matched values), how it is classified (tags such as `attack.persistence`,
+/// technique ids such as `T1098.001`: an analyst hunts "everything T1098") and its triage
+/// (assignee, notes).
+fn record_text_matches(r: &AlertRecord, needle: &str) -> bool {
+    let a = &r.alert;
     let hay = |s: &str| s.to_lowercase().contains(needle);
     hay(&a.title)
+        || a.tags.iter().any(|t| hay(t))
+        || a.threat_technique_id.iter().any(|t| hay(t))
+        || r.assignee.as_deref().is_some_and(hay)
+        || r.notes.iter().any(|n| hay(&n.text))
         || hay(&a.rule_id)
         || hay(&a.entity)
         || a.description.as_deref().is_some_and(hay)
@@ -1036,6 +1045,32 @@ mod tests {
         );
         a.event_ids.push(id_seed.to_string());
         a.seal()
+    }
+
+    #[test]
+    fn free_text_finds_tags_techniques_assignee_and_notes() {
+        let mut a = alert("x", Severity::High, 1);
+        a.tags = vec!["attack.persistence".into(), "attack.t1098.001".into()];
+        a.threat_technique_id = vec!["T1098.001".into()];
+        let mut r = new_record(a);
+        r.assignee = Some("Dana".into());
+        r.notes.push(Note {
+            at: r.alert.timestamp,
+            by: "bob".into(),
+            text: "Escalated to IR".into(),
+        });
+        for hit in [
+            "t1098",
+            "attack.persistence",
+            "dana",
+            "escalated",
+            "title x",
+        ] {
+            assert!(record_text_matches(&r, hit), "{hit}");
+        }
+        for miss in ["t1110", "carol", "phishing"] {
+            assert!(!record_text_matches(&r, miss), "{miss}");
+        }
     }
 
     /// An alert of rule `rule` for `entity` at `minute` past 10:00, caused by event `event`.

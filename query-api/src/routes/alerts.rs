@@ -39,8 +39,8 @@ pub struct AlertListParams {
     pub source: Option<String>,
     /// Entity (user, IP, token) the alert is about.
     pub entity: Option<String>,
-    /// Case-insensitive text in title, description, explanation, entity, rule id or matched
-    /// field values.
+    /// Case-insensitive text in title, description, explanation, entity, rule id, matched
+    /// field values, tags, ATT&CK technique ids (`T1098`), assignee or notes.
     pub q: Option<String>,
     /// Page size, 1..=1000 (default 50).
     pub limit: Option<usize>,
