@@ -427,6 +427,10 @@ impl Pipeline {
         received_at: DateTime<Utc>,
         out: &mut PipelineOutput,
     ) {
+        // Before anything reads it (the envelope and page keys too): a repeated key has its last
+        // value everywhere from here on, the store's copy included.
+        let mut value = value;
+        perimeter_model::resolve_repeated_keys(&mut value);
         let (source, tenant, value) = unwrap_perimeter_envelope(source, tenant, value);
         let (list_key, records) = if member_lines.is_empty() {
             let records = split_records(&source, value);
