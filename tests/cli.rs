@@ -823,7 +823,8 @@ fn a_source_without_a_normalizer_is_read_as_plain_json_and_said_so() {
 /// only) and a Perimeter envelope's `source`.
 #[test]
 fn a_repeated_key_has_its_last_value_in_normalized_events() {
-    let repeated = b"{\"source\":\"json\",\"event\":{\"who\":\"alice\",\"n\":1,\"who\":\"mallory\"}}\n\
+    let repeated =
+        b"{\"source\":\"json\",\"event\":{\"who\":\"alice\",\"n\":1,\"who\":\"mallory\"}}\n\
         {\"source\":\"github\",\"event\":{\"who\":\"bob\"},\"source\":\"json\"}\n";
     let resolved = b"{\"source\":\"json\",\"event\":{\"who\":\"mallory\",\"n\":1}}\n\
         {\"source\":\"json\",\"event\":{\"who\":\"bob\"}}\n";
@@ -834,7 +835,10 @@ fn a_repeated_key_has_its_last_value_in_normalized_events() {
     };
     let (events, expected) = (normalized(repeated), normalized(resolved));
     assert_eq!(events.len(), 2, "{events:?}");
-    assert_eq!(events[0]["raw"], serde_json::json!({"who": "mallory", "n": 1}));
+    assert_eq!(
+        events[0]["raw"],
+        serde_json::json!({"who": "mallory", "n": 1})
+    );
     assert_eq!(events[1]["event"]["module"], "json", "{}", events[1]);
     for (event, same) in events.iter().zip(&expected) {
         assert_eq!(event["event"]["id"], same["event"]["id"]);

@@ -1159,8 +1159,22 @@ mod tests {
         };
         let (deactivate, start) = ("user.mfa.factor.deactivate", "user.session.start");
         let mut out = PipelineOutput::default();
-        p.process_value("okta", "t", Some(1), record(start, deactivate), Utc::now(), &mut out);
-        p.process_value("okta", "t", Some(2), record(deactivate, start), Utc::now(), &mut out);
+        p.process_value(
+            "okta",
+            "t",
+            Some(1),
+            record(start, deactivate),
+            Utc::now(),
+            &mut out,
+        );
+        p.process_value(
+            "okta",
+            "t",
+            Some(2),
+            record(deactivate, start),
+            Utc::now(),
+            &mut out,
+        );
         // The rule sees the last value: it fires on line 1, not on line 2.
         let lines: Vec<_> = out.alerts.iter().map(|a| a.lines.clone()).collect();
         assert_eq!(lines, [vec![1]], "{:?}", out.alerts);
