@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sonic_rs::ValueRef;
+use sonic_rs::{JsonType, JsonValueTrait, ValueRef};
 
 use crate::RawJson;
 
@@ -37,31 +37,38 @@ pub fn resolve_repeated_keys(raw: &mut RawJson) -> bool {
     }
 }
 
-/// Whether an object in `v` repeats a key.
+/// Whether an object in `v` repeats a key. One pass over each object: its keys are checked as
+/// its values are visited, and only containers are entered.
 fn repeats_a_key(v: &RawJson) -> bool {
     match v.as_ref() {
-        ValueRef::Object(o) => object_repeats_a_key(o) || o.iter().any(|(_, x)| repeats_a_key(x)),
-        ValueRef::Array(a) => a.iter().any(repeats_a_key),
+        ValueRef::Object(o) => object_repeats_a_key(o),
+        ValueRef::Array(a) => a.iter().any(|x| is_container(x) && repeats_a_key(x)),
         _ => false,
     }
 }
 
+/// An object or an array, told by one type read (each read is a call into the DOM).
+fn is_container(x: &RawJson) -> bool {
+    matches!(x.get_type(), JsonType::Object | JsonType::Array)
+}
+
 fn object_repeats_a_key(o: &sonic_rs::Object) -> bool {
     let n = o.len();
-    if n < 2 {
-        return false;
-    }
-    if n > SMALL_OBJECT {
-        let mut seen = HashSet::with_capacity(n);
-        return !o.iter().all(|(k, _)| seen.insert(k));
-    }
+    let mut large = (n > SMALL_OBJECT).then(|| HashSet::with_capacity(n));
     let mut shapes = 0u128;
-    for (i, (k, _)) in o.iter().enumerate() {
-        let bit = 1u128 << key_shape(k);
-        if shapes & bit != 0 && o.iter().take(i).any(|(earlier, _)| earlier == k) {
+    for (i, (k, x)) in o.iter().enumerate() {
+        let repeated = match &mut large {
+            Some(seen) => !seen.insert(k),
+            None => {
+                let bit = 1u128 << key_shape(k);
+                let hit = shapes & bit != 0;
+                shapes |= bit;
+                hit && o.iter().take(i).any(|(earlier, _)| earlier == k)
+            }
+        };
+        if repeated || (is_container(x) && repeats_a_key(x)) {
             return true;
         }
-        shapes |= bit;
     }
     false
 }
@@ -124,7 +131,7 @@ fn write_resolved(out: &mut Vec<u8>, v: &RawJson) {
 mod tests {
     use super::*;
     use crate::EventId;
-    use sonic_rs::JsonValueTrait;
+    use sonic_rs::JsonContainerTrait;
 
     fn parse(text: &str) -> RawJson {
         sonic_rs::from_str(text).expect("valid JSON")
