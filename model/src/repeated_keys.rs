@@ -12,8 +12,9 @@ use sonic_rs::{JsonType, JsonValueTrait, ValueRef};
 
 use crate::RawJson;
 
-/// Objects with more keys than this are checked with a hash set; smaller ones (nearly all) with
-/// a 128-bit filter of their key shapes, comparing keys only where two shapes meet.
+/// The keys of an object past this many are checked with a hash set; before (nearly all
+/// objects), with a 128-bit filter of their key shapes, comparing keys only where two shapes
+/// meet.
 const SMALL_OBJECT: usize = 32;
 
 /// Give each key repeated in an object of `raw` (at any depth) its last value, at its first
@@ -53,12 +54,15 @@ fn is_container(x: &RawJson) -> bool {
 }
 
 fn object_repeats_a_key(o: &sonic_rs::Object) -> bool {
-    let n = o.len();
-    let mut large = (n > SMALL_OBJECT).then(|| HashSet::with_capacity(n));
+    let mut large: Option<HashSet<&str>> = None;
     let mut shapes = 0u128;
     for (i, (k, x)) in o.iter().enumerate() {
         let repeated = match &mut large {
             Some(seen) => !seen.insert(k),
+            None if i == SMALL_OBJECT => {
+                let seen = large.insert(o.iter().take(i).map(|(k, _)| k).collect());
+                !seen.insert(k)
+            }
             None => {
                 let bit = 1u128 << key_shape(k);
                 let hit = shapes & bit != 0;
