@@ -158,6 +158,22 @@ fn okta_event(batch: usize, i: usize) -> serde_json::Value {
     })
 }
 
+/// The events a search for `q` returns (its first page).
+fn searched_events(base: &str, token: &str, q: &str) -> Vec<serde_json::Value> {
+    let r: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{base}/api/v1/events/search"))
+        .query(&[("q", q)])
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    r["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .clone()
+}
+
 /// Every stored event id of the tenant, with how often it is stored.
 fn stored_ids(base: &str, token: &str) -> HashMap<String, usize> {
     let client = reqwest::blocking::Client::new();
@@ -872,17 +888,7 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
     // The access key id is stored hashed; searching the id itself finds its event, since the
     // query's terms are hashed alike. A redacted token is not searchable (every redacted token
     // looks the same), and its search finds nothing rather than every redacted event.
-    let hits = |q: &str| -> usize {
-        let r: serde_json::Value = client
-            .get(format!("{}/api/v1/events/search", svc.base))
-            .query(&[("q", q)])
-            .bearer_auth(&admin)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        r["items"].as_array().unwrap_or_else(|| panic!("{r}")).len()
-    };
+    let hits = |q: &str| searched_events(&svc.base, &admin, q).len();
     let key_id = crate::secrets::SECRETS[1];
     assert_eq!(hits(key_id), 1);
     assert_eq!(
@@ -1783,20 +1789,7 @@ fn a_repeated_key_is_stored_with_the_value_the_rules_saw() {
         (1.into(), 1.into()),
         "{ack}"
     );
-    let search = |q: &str| -> Vec<serde_json::Value> {
-        let r: serde_json::Value = reqwest::blocking::Client::new()
-            .get(format!("{}/api/v1/events/search", svc.base))
-            .query(&[("q", q)])
-            .bearer_auth(&admin)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        r["items"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{r}"))
-            .clone()
-    };
+    let search = |q: &str| searched_events(&svc.base, &admin, q);
     assert!(search("Xqfirstword").is_empty());
     let found = search("Zqlastword");
     assert_eq!(found.len(), 1);
