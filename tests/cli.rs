@@ -818,6 +818,33 @@ fn a_source_without_a_normalizer_is_read_as_plain_json_and_said_so() {
     }
 }
 
+/// A key repeated in a record has its last value (at its first position) for every stage: the
+/// ECS view, the output record, the event id (that of the record written with the last value
+/// only) and a Perimeter envelope's `source`.
+#[test]
+fn a_repeated_key_has_its_last_value_in_normalized_events() {
+    let repeated =
+        b"{\"source\":\"json\",\"event\":{\"who\":\"alice\",\"n\":1,\"who\":\"mallory\"}}\n\
+        {\"source\":\"github\",\"event\":{\"who\":\"bob\"},\"source\":\"json\"}\n";
+    let resolved = b"{\"source\":\"json\",\"event\":{\"who\":\"mallory\",\"n\":1}}\n\
+        {\"source\":\"json\",\"event\":{\"who\":\"bob\"}}\n";
+    let normalized = |input: &[u8]| {
+        let out = perimeter(&["normalize", "--source", "auto"], Some(input));
+        assert!(out.status.success(), "{}", stderr(&out));
+        json_lines(&out)
+    };
+    let (events, expected) = (normalized(repeated), normalized(resolved));
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        events[0]["raw"],
+        serde_json::json!({"who": "mallory", "n": 1})
+    );
+    assert_eq!(events[1]["event"]["module"], "json", "{}", events[1]);
+    for (event, same) in events.iter().zip(&expected) {
+        assert_eq!(event["event"]["id"], same["event"]["id"]);
+    }
+}
+
 #[test]
 fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
     use std::io::{BufRead, BufReader};

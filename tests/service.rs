@@ -158,6 +158,22 @@ fn okta_event(batch: usize, i: usize) -> serde_json::Value {
     })
 }
 
+/// The events a search for `q` returns (its first page).
+fn searched_events(base: &str, token: &str, q: &str) -> Vec<serde_json::Value> {
+    let r: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!("{base}/api/v1/events/search"))
+        .query(&[("q", q)])
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    r["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .clone()
+}
+
 /// Every stored event id of the tenant, with how often it is stored.
 fn stored_ids(base: &str, token: &str) -> HashMap<String, usize> {
     let client = reqwest::blocking::Client::new();
@@ -872,17 +888,7 @@ fn no_secret_survives_into_the_store_the_api_or_any_file() {
     // The access key id is stored hashed; searching the id itself finds its event, since the
     // query's terms are hashed alike. A redacted token is not searchable (every redacted token
     // looks the same), and its search finds nothing rather than every redacted event.
-    let hits = |q: &str| -> usize {
-        let r: serde_json::Value = client
-            .get(format!("{}/api/v1/events/search", svc.base))
-            .query(&[("q", q)])
-            .bearer_auth(&admin)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        r["items"].as_array().unwrap_or_else(|| panic!("{r}")).len()
-    };
+    let hits = |q: &str| searched_events(&svc.base, &admin, q).len();
     let key_id = crate::secrets::SECRETS[1];
     assert_eq!(hits(key_id), 1);
     assert_eq!(
@@ -1744,6 +1750,67 @@ fn sigterm_answers_the_ingest_batches_it_stores() {
         "events stored but not acknowledged, or acknowledged but not stored: {answers:?}"
     );
     assert!(acknowledged > 0, "{answers:?}");
+}
+
+/// A key repeated in an ingested record is stored with its last value only, the one the rules
+/// saw: a search for the first value finds nothing, the stored event shows the last, and the
+/// secret under the first of two `password` keys is in no file of the store.
+#[test]
+fn a_repeated_key_is_stored_with_the_value_the_rules_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = okta_rule(
+        "3c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f",
+        "Factor removed",
+        "    selection:\n        eventType: user.mfa.factor.deactivate\n    condition: selection\n",
+    );
+    let cfg = config_with_rules(dir.path(), &[("factor.yml", rule)]);
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let mut record = okta_event(12, 1);
+    record["displayMessage"] = "Xqfirstword".into();
+    record["debugContext"] = serde_json::json!({"debugData": {"password": "Hx7qFirstSecret"}});
+    // serde_json keeps one value per key: the repeats are written into the text.
+    let text = record.to_string();
+    let line = format!(
+        "{},\"displayMessage\":\"Zqlastword\",\"debugContext\":{{\"debugData\":{{\"password\":\"x\"}}}},\
+         \"eventType\":\"user.mfa.factor.deactivate\"}}\n",
+        text.strip_suffix('}').unwrap()
+    );
+    let ack: serde_json::Value = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&admin)
+        .body(line)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        (ack["events"].clone(), ack["alerts"].clone()),
+        (1.into(), 1.into()),
+        "{ack}"
+    );
+    let search = |q: &str| searched_events(&svc.base, &admin, q);
+    assert!(search("Xqfirstword").is_empty());
+    let found = search("Zqlastword");
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        found[0]["event"]["action"], "user.mfa.factor.deactivate",
+        "{}",
+        found[0]
+    );
+    assert_eq!(found[0]["raw"]["eventType"], "user.mfa.factor.deactivate");
+    assert!(!found[0].to_string().contains("Hx7q"), "{}", found[0]);
+    stop(svc);
+    for path in crate::cli::walk(dir.path()) {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            !bytes.windows(8).any(|w| w == b"Hx7qFirs"),
+            "{}",
+            path.display()
+        );
+    }
+    let (_, parquet) = parquet_text(dir.path()).expect("parquet files");
+    assert!(parquet.contains("Zqlastword") && !parquet.contains("Xqfirstword"));
 }
 
 #[test]

@@ -427,6 +427,10 @@ impl Pipeline {
         received_at: DateTime<Utc>,
         out: &mut PipelineOutput,
     ) {
+        // Before anything reads it (the envelope and page keys too): a repeated key has its last
+        // value everywhere from here on, the store's copy included.
+        let mut value = value;
+        perimeter_model::resolve_repeated_keys(&mut value);
         let (source, tenant, value) = unwrap_perimeter_envelope(source, tenant, value);
         let (list_key, records) = if member_lines.is_empty() {
             let records = split_records(&source, value);
@@ -1136,6 +1140,61 @@ mod tests {
             .as_deref(),
             Some("login of [REDACTED:key] failed")
         );
+    }
+
+    #[test]
+    fn a_repeated_key_has_its_last_value_for_rules_ecs_output_and_masking() {
+        let (rules, options) = rules_from(
+            "title: Factor removed\nid: 2b1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f\nlogsource:\n    product: okta\n\
+             detection:\n    selection:\n        eventType: user.mfa.factor.deactivate\n\
+             \x20   condition: selection\nlevel: high\n",
+        );
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let record = |first: &str, last: &str| {
+            let text = format!(
+                r#"{{"uuid": "{first}", "eventType": "{first}", "published": "2026-11-24T10:00:00Z",
+                "outcome": {{"result": "SUCCESS"}},
+                "actor": {{"alternateId": "alice@x.io", "alternateId": "mallory@x.io"}},
+                "debugContext": {{"debugData": {{"password": "Hx7qFirstSecret", "password": "other"}}}},
+                "eventType": "{last}"}}"#
+            );
+            sonic_rs::from_str::<RawJson>(&text).unwrap()
+        };
+        let (deactivate, start) = ("user.mfa.factor.deactivate", "user.session.start");
+        let mut out = PipelineOutput::default();
+        p.process_value(
+            "okta",
+            "t",
+            Some(1),
+            record(start, deactivate),
+            Utc::now(),
+            &mut out,
+        );
+        p.process_value(
+            "okta",
+            "t",
+            Some(2),
+            record(deactivate, start),
+            Utc::now(),
+            &mut out,
+        );
+        // The rule sees the last value: it fires on line 1, not on line 2.
+        let lines: Vec<_> = out.alerts.iter().map(|a| a.lines.clone()).collect();
+        assert_eq!(lines, [vec![1]], "{:?}", out.alerts);
+        assert_eq!(out.events.len(), 2);
+        for (event, last) in out.events.iter().zip([deactivate, start]) {
+            assert_eq!(event.ecs.event_action.as_deref(), Some(last));
+            assert_eq!(event.ecs.user_name.as_deref(), Some("mallory@x.io"));
+            // The output (and stored) record holds the one value the detectors saw.
+            let output = event.to_output_json();
+            assert_eq!(output["raw"]["eventType"], last);
+            let raw = sonic_rs::to_string(&event.raw).unwrap();
+            assert_eq!(raw.matches("eventType").count(), 1, "{raw}");
+            assert!(!raw.contains("alice@x.io"), "{raw}");
+            // The secret under the first `password` is gone with its pair.
+            assert!(!raw.contains("Hx7q"), "{raw}");
+            assert!(!output.to_string().contains("Hx7q"), "{output}");
+        }
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub(crate) fn object(raw: &RawJson) -> Result<&Obj, NormalizeError> {
 /// A record's top-level keys, read once. A normalizer looks up a dozen top-level fields of each
 /// record, and a lookup in the parsed DOM decodes every key it passes on the way (about 40
 /// instructions a key, most of normalizing); here a lookup compares lengths and bytes in a
-/// slice. Duplicate keys resolve to the first, as in the DOM.
+/// slice. Records reach normalizers with their repeated keys resolved to the last value
+/// ([`perimeter_model::resolve_repeated_keys`]), so each key is here once.
 pub(crate) struct Record<'a> {
     pairs: Vec<(&'a str, &'a RawJson)>,
 }

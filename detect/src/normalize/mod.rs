@@ -235,7 +235,10 @@ impl NormalizerRegistry {
 
     /// Normalize with `source` = a name, `auto` (detect by shape; [`NormalizeError::UndetectedSource`]
     /// if nothing fits) or `json`.
-    pub fn normalize(&self, source: &str, record: RawRecord) -> Result<Event, NormalizeError> {
+    /// A key repeated in an object of the record has its last value
+    /// ([`perimeter_model::resolve_repeated_keys`]), as in the pipeline.
+    pub fn normalize(&self, source: &str, mut record: RawRecord) -> Result<Event, NormalizeError> {
+        perimeter_model::resolve_repeated_keys(&mut record.raw);
         let name = if source == AUTO {
             if !record.raw.is_object() {
                 return Err(NormalizeError::NotAnObject);
@@ -254,7 +257,8 @@ impl NormalizerRegistry {
     }
 
     /// The ECS view of `raw` and the source name it was normalized as, without taking the record:
-    /// the pipeline keeps ownership for the dead letter when this fails. `source` is a name,
+    /// the pipeline keeps ownership for the dead letter when this fails (and resolves the
+    /// record's repeated keys before, [`perimeter_model::resolve_repeated_keys`]). `source` is a name,
     /// `auto` or `json`; a name with no normalizer of its own (a vendor only rules know, such as
     /// `azure`) is read with the `json` normalizer but keeps its name, so logsource dispatch works.
     pub fn normalize_ecs<'a>(
@@ -287,8 +291,9 @@ impl NormalizerRegistry {
     pub fn normalize_lenient(
         &self,
         source: &str,
-        record: RawRecord,
+        mut record: RawRecord,
     ) -> Result<Event, NormalizeError> {
+        perimeter_model::resolve_repeated_keys(&mut record.raw);
         let (name, ecs) = self.normalize_ecs(source, &record.raw)?;
         Ok(Event::new(name, record, ecs))
     }
