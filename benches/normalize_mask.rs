@@ -8,7 +8,7 @@ mod cputime;
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use perimeter_detect::mask::SecretMasker;
 use perimeter_detect::normalize::NormalizerRegistry;
-use perimeter_model::{sonic_rs, Masker, RawJson, RawRecord};
+use perimeter_model::{sonic_rs, Event, Masker, RawJson, RawRecord};
 
 fn bench(c: &mut Criterion) {
     let records = common::mixed_records();
@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
             line: None,
             raw,
         };
-        let mut e = registry.normalize(source, rec).ok()?;
+        let mut e = pipeline_event(&registry, source, rec)?;
         let stats = masker.map(|m| m.mask(&mut e));
         if id {
             std::hint::black_box(e.id());
@@ -141,20 +141,38 @@ fn bench(c: &mut Criterion) {
     }
     // The floor of any masking that walks the parsed record: one bare pass touching every key
     // and string (no decisions), per CPU-second, for reading the figures above.
-    let walk_rate = {
+    // Per CPU-second of `pass` (over every record), median of 15.
+    let rate_of = |pass: &dyn Fn()| {
         let mut rates: Vec<f64> = (0..15)
             .map(|_| {
                 let cpu = cputime::thread_cpu_seconds();
-                for (_, raw) in &records {
-                    std::hint::black_box(bare_walk(raw));
-                }
+                pass();
                 records.len() as f64 / (cputime::thread_cpu_seconds() - cpu)
             })
             .collect();
         rates.sort_by(f64::total_cmp);
         rates[rates.len() / 2]
     };
+    let walk_rate = rate_of(&|| {
+        for (_, raw) in &records {
+            std::hint::black_box(bare_walk(raw));
+        }
+    });
     eprintln!("one bare walk over every key and string (reference): {walk_rate:.0} records per CPU-second");
+    // What the figures above start after: parsing, and the repeated-key check the pipeline runs
+    // on each parsed input before anything reads it (`resolve_repeated_keys`).
+    let parse_rate = rate_of(&|| {
+        for l in &lines {
+            std::hint::black_box(sonic_rs::from_str::<RawJson>(l).expect("valid"));
+        }
+    });
+    let check_rate = rate_of(&|| {
+        for (_, raw) in &records {
+            let mut raw = raw.clone();
+            std::hint::black_box(perimeter_model::resolve_repeated_keys(&mut raw));
+        }
+    });
+    eprintln!("parse (sonic-rs DOM): {parse_rate:.0} records per CPU-second; repeated-key check of the parsed record: {check_rate:.0}");
     let mut g = c.benchmark_group("normalize_mask");
     g.throughput(Throughput::Elements(n));
 
@@ -163,6 +181,16 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for l in &lines {
                 let v: RawJson = sonic_rs::from_str(l).expect("valid");
+                std::hint::black_box(v);
+            }
+        })
+    });
+    // What the pipeline does with each parsed input before anything reads it.
+    g.bench_function("parse_json_resolve_repeated_keys", |b| {
+        b.iter(|| {
+            for l in &lines {
+                let mut v: RawJson = sonic_rs::from_str(l).expect("valid");
+                perimeter_model::resolve_repeated_keys(&mut v);
                 std::hint::black_box(v);
             }
         })
@@ -214,16 +242,21 @@ fn bench(c: &mut Criterion) {
     g.bench_function("parse_normalize_mask", |b| {
         b.iter(|| {
             for ((source, _), l) in records.iter().zip(&lines) {
-                run(
-                    source,
-                    sonic_rs::from_str(l).expect("valid"),
-                    Some(&masker),
-                    false,
-                );
+                let mut raw: RawJson = sonic_rs::from_str(l).expect("valid");
+                perimeter_model::resolve_repeated_keys(&mut raw);
+                run(source, raw, Some(&masker), false);
             }
         })
     });
     g.finish();
+}
+
+/// The event the pipeline makes of an already-parsed record (`normalize_ecs`, then the event):
+/// the repeated-key check (`resolve_repeated_keys`) runs where records enter the pipeline,
+/// before pages are split, so it is measured with parsing (`parse_json_resolve_repeated_keys`).
+fn pipeline_event(registry: &NormalizerRegistry, source: &str, rec: RawRecord) -> Option<Event> {
+    let (name, ecs) = registry.normalize_ecs(source, &rec.raw).ok()?;
+    Some(Event::new(name, rec, ecs))
 }
 
 /// Bytes of every key and string in `v`, read through the same DOM API masking uses.
@@ -260,7 +293,7 @@ fn measured_pass(
             line: None,
             raw,
         };
-        let Ok(mut e) = registry.normalize(&source, rec) else {
+        let Some(mut e) = pipeline_event(registry, &source, rec) else {
             continue;
         };
         if masker.is_some_and(|m| m.mask(&mut e).total() > 0) {
