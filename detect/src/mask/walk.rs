@@ -747,8 +747,8 @@ pub(super) fn mask_repeated_secrets(text: &mut Vec<u8>, secrets: &[(String, Stri
 
 /// The forms a value masked for its key name is looked for in elsewhere in its record: as it
 /// is, percent-encoded (a query parameter or a form body: `Hunter2%21Hunter2`, when that differs)
-/// and in standard base64 (an `Authorization: Basic` header or a payload passed on encoded: the
-/// whole value alone, padded). Upper-case hex, as RFC 3986 asks and encoders write.
+/// and in standard base64 (a value or payload passed on encoded: the whole value alone,
+/// padded). Upper-case hex, as RFC 3986 asks and encoders write.
 pub(super) fn written_forms(secret: &str) -> impl Iterator<Item = String> {
     use base64::Engine as _;
     /// What a URL component escapes: all but the unreserved characters.
