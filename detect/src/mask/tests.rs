@@ -148,7 +148,10 @@ fn a_repeated_secret_is_masked_percent_encoded_and_in_base64_too() {
         "note": "url https://x.example.com/?p=Hunter2Hunter2xyz%21 and b64 SHVudGVyMkh1bnRlcjJ4eXo=",
     });
     let stats = m.mask_value(&mut v);
-    assert_eq!(v["note"], "url https://x.example.com/?p=[REDACTED:key]%21 and b64 [REDACTED:key]");
+    assert_eq!(
+        v["note"],
+        "url https://x.example.com/?p=[REDACTED:key]%21 and b64 [REDACTED:key]"
+    );
     assert_eq!(stats.by_key, 3, "{stats:?}");
     // A dead letter's broken JSON: its pairs' values are looked for in the same forms.
     let excerpt = m.mask_excerpt(r#"{"password": "Hunter2!Hunter2", "url": "?q=Hunter2%21Hunter2"#);
@@ -596,7 +599,13 @@ fn name_value_pairs_inside_json_text_are_masked() {
 #[test]
 fn a_json_array_or_object_held_as_text_is_masked_as_the_parsed_value_is() {
     let m = masker();
-    let args = json!(["docker", "login", "-p", "S3cr3tPassw0rd!x", "registry.example.com"]);
+    let args = json!([
+        "docker",
+        "login",
+        "-p",
+        "S3cr3tPassw0rd!x",
+        "registry.example.com"
+    ]);
     let mut as_array = json!({ "args": args });
     let mut as_text = json!({ "argv": args.to_string() });
     let array_stats = m.mask_value(&mut as_array);
@@ -604,8 +613,8 @@ fn a_json_array_or_object_held_as_text_is_masked_as_the_parsed_value_is() {
     assert_eq!(text_stats, array_stats);
     assert_eq!(as_array["args"][3], "[REDACTED:cli_credentials]");
     // Still a string, holding the masked array.
-    let argv: Value = serde_json::from_str(as_text["argv"].as_str().expect("still text"))
-        .expect("still JSON");
+    let argv: Value =
+        serde_json::from_str(as_text["argv"].as_str().expect("still text")).expect("still JSON");
     assert_eq!(argv, as_array["args"]);
     let once = as_text.clone();
     assert_eq!(m.mask_value(&mut as_text).total(), 0, "idempotent");
@@ -613,7 +622,10 @@ fn a_json_array_or_object_held_as_text_is_masked_as_the_parsed_value_is() {
     // An object held as text: a secret under a number or in an array, which text cannot tell.
     let object = r#"{"user": "bob", "pin": 482193, "grant": ["--client-secret", "Hx7qCs9x"]}"#;
     let masked = m.mask_text(object);
-    assert!(!masked.contains("482193") && !masked.contains("Hx7qCs9x"), "{masked}");
+    assert!(
+        !masked.contains("482193") && !masked.contains("Hx7qCs9x"),
+        "{masked}"
+    );
     assert!(masked.contains(r#""user":"bob""#), "{masked}");
     // Nothing to mask: the text is kept as it came, spaces and all.
     for clean in [
