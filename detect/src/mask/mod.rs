@@ -386,7 +386,10 @@ impl SecretMasker {
                 && !is_masked(value)
                 && self.key_is_sensitive(None, key)
             {
-                masked = masked.replace(value, &self.replacement(self.key_action, "key", value));
+                let replacement = self.replacement(self.key_action, "key", value);
+                for form in walk::written_forms(value) {
+                    masked = masked.replace(&form, &replacement);
+                }
             }
         }
         masked
@@ -674,18 +677,20 @@ impl SecretMasker {
         (Cow::Owned(out), true)
     }
 
-    /// A string that is itself a JSON document with name/value pairs in it (the `requestbody` of
-    /// Azure activity logs: `{"name": "DB_PASSWORD", "value": "..."}`) is walked like a record,
-    /// so the pairs are masked as they are in records: the value patterns see no key there.
-    /// Walked before the patterns run over the text, whose replacements may leave it no longer
-    /// JSON. Written back compact, and only when something in it was masked.
+    /// A string that is itself a JSON document (the `requestbody` of Azure activity logs, a
+    /// command's arguments logged as text: `"[\"docker\",\"login\",\"-p\",\"...\"]"`) is
+    /// walked like a record, so it is masked as the same value in a record is: the value patterns
+    /// read it as text and see no structure there (no `{"name": "DB_PASSWORD", "value": "..."}`
+    /// pair, no argument list). Walked before the patterns run over the text, whose replacements
+    /// may leave it no longer JSON. Written back compact, and only when something in it was
+    /// masked. A text that is no JSON fails the parse at its first bytes mostly (`{a=b}`,
+    /// `[1] note`); a clean one is remembered as any clean text ([`Self::mask_str_in`]).
     fn mask_json_text<'a>(&self, text: &'a str, counts: &mut MaskCounts) -> Cow<'a, str> {
         let framed = matches!(
             (text.as_bytes().first(), text.as_bytes().last()),
             (Some(b'{'), Some(b'}')) | (Some(b'['), Some(b']'))
         );
-        // Every pair value key (`is_pair_value_key`) ends in `alue` or `alues`.
-        if !framed || memchr::memmem::find(text.as_bytes(), b"alue").is_none() {
+        if !framed {
             return Cow::Borrowed(text);
         }
         let Ok(raw) = sonic_rs::from_str::<RawJson>(text) else {

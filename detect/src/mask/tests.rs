@@ -124,6 +124,41 @@ fn a_repeated_secret_is_found_in_written_text_but_not_inside_an_escape() {
 }
 
 #[test]
+fn a_repeated_secret_is_masked_percent_encoded_and_in_base64_too() {
+    let m = masker();
+    // `!` percent-encoded in a URL, and the whole value in standard base64 (padded).
+    let mut v = json!({
+        "password": "Hunter2!Hunter2",
+        "note": "url https://x.example.com/?q=Hunter2%21Hunter2&r=1",
+        "payload": "SHVudGVyMiFIdW50ZXIy",
+        "other": "https://x.example.com/?q=Hunter2%21Hunter3",
+    });
+    let stats = m.mask_value(&mut v);
+    assert_eq!(v["password"], "[REDACTED:key]");
+    assert_eq!(v["note"], "url https://x.example.com/?q=[REDACTED:key]&r=1");
+    assert_eq!(v["payload"], "[REDACTED:key]");
+    assert_eq!(v["other"], "https://x.example.com/?q=Hunter2%21Hunter3");
+    assert_eq!(stats.by_key, 3, "{stats:?}");
+    let again = v.clone();
+    assert_eq!(m.mask_value(&mut v).total(), 0, "idempotent");
+    assert_eq!(v, again);
+    // A secret that encodes to itself is looked for once; its base64 is looked for too.
+    let mut v = json!({
+        "password": "Hunter2Hunter2xyz",
+        "note": "url https://x.example.com/?p=Hunter2Hunter2xyz%21 and b64 SHVudGVyMkh1bnRlcjJ4eXo=",
+    });
+    let stats = m.mask_value(&mut v);
+    assert_eq!(
+        v["note"],
+        "url https://x.example.com/?p=[REDACTED:key]%21 and b64 [REDACTED:key]"
+    );
+    assert_eq!(stats.by_key, 3, "{stats:?}");
+    // A dead letter's broken JSON: its pairs' values are looked for in the same forms.
+    let excerpt = m.mask_excerpt(r#"{"password": "Hunter2!Hunter2", "url": "?q=Hunter2%21Hunter2"#);
+    assert!(!excerpt.contains("Hunter2"), "{excerpt}");
+}
+
+#[test]
 fn a_working_directory_and_the_parenthesis_around_a_secret_stay() {
     let m = masker();
     let mut v = json!({
@@ -559,6 +594,49 @@ fn name_value_pairs_inside_json_text_are_masked() {
     let once = v.clone();
     assert_eq!(m.mask_value(&mut v).total(), 0, "idempotent");
     assert_eq!(v, once);
+}
+
+#[test]
+fn a_json_array_or_object_held_as_text_is_masked_as_the_parsed_value_is() {
+    let m = masker();
+    let args = json!([
+        "docker",
+        "login",
+        "-p",
+        "S3cr3tPassw0rd!x",
+        "registry.example.com"
+    ]);
+    let mut as_array = json!({ "args": args });
+    let mut as_text = json!({ "argv": args.to_string() });
+    let array_stats = m.mask_value(&mut as_array);
+    let text_stats = m.mask_value(&mut as_text);
+    assert_eq!(text_stats, array_stats);
+    assert_eq!(as_array["args"][3], "[REDACTED:cli_credentials]");
+    // Still a string, holding the masked array.
+    let argv: Value =
+        serde_json::from_str(as_text["argv"].as_str().expect("still text")).expect("still JSON");
+    assert_eq!(argv, as_array["args"]);
+    let once = as_text.clone();
+    assert_eq!(m.mask_value(&mut as_text).total(), 0, "idempotent");
+    assert_eq!(as_text, once);
+    // An object held as text: a secret under a number or in an array, which text cannot tell.
+    let object = r#"{"user": "bob", "pin": 482193, "grant": ["--client-secret", "Hx7qCs9x"]}"#;
+    let masked = m.mask_text(object);
+    assert!(
+        !masked.contains("482193") && !masked.contains("Hx7qCs9x"),
+        "{masked}"
+    );
+    assert!(masked.contains(r#""user":"bob""#), "{masked}");
+    // Nothing to mask: the text is kept as it came, spaces and all.
+    for clean in [
+        r#"["docker", "login", "registry.example.com"]"#,
+        r#"{"user": "bob", "pin_enabled": true}"#,
+        "[1] see {note}",
+    ] {
+        let mut v = json!({ "argv": clean });
+        assert_eq!(m.mask_value(&mut v).total(), 0, "{v}");
+        assert_eq!(v["argv"], clean);
+    }
 }
 
 #[test]
@@ -2840,12 +2918,12 @@ fn http_digest_credentials_are_masked_whole() {
             "Authorization: [REDACTED:secret_assignment]".to_string(),
         ),
         (
-            // Inside JSON held as text.
+            // Inside JSON held as text (walked as a record: written back compact).
             format!(
                 "{{\"headers\": \"Authorization: {}\", \"status\": 401}}",
                 digest.replace('"', "\\\"")
             ),
-            "{\"headers\": \"Authorization: [REDACTED:secret_assignment]\", \"status\": 401}"
+            "{\"headers\":\"Authorization: [REDACTED:secret_assignment]\",\"status\":401}"
                 .to_string(),
         ),
     ] {
@@ -2897,7 +2975,7 @@ fn a_putty_private_key_file_has_its_private_lines_and_mac_masked() {
     let masked = m.mask_text(&escaped);
     assert_eq!(
         masked,
-        format!("{{\"ppk\": \"{}\"}}", want.replace('\n', "\\n"))
+        format!("{{\"ppk\":\"{}\"}}", want.replace('\n', "\\n"))
     );
     // In a JSON string, and held one line per array item.
     let mut v = json!({"ppk": key, "lines": key.lines().collect::<Vec<_>>()});
@@ -3176,7 +3254,7 @@ fn a_seed_phrase_in_escaped_quotes_or_after_another_spelling_of_seed_is_masked()
         ),
         (
             format!(r#"{{"msg":"{{\"cmd\": \"w --seed \\\"{phrase}\\\"\"}}"}}"#),
-            r#"{"msg":"{\"cmd\": \"w --seed \\\"[REDACTED:cli_credentials]\\\"\"}"}"#.to_string(),
+            r#"{"msg":"{\"cmd\":\"w --seed \\\"[REDACTED:cli_credentials]\\\"\"}"}"#.to_string(),
         ),
         (
             format!(r#"w --SEED "{phrase}""#),
@@ -3200,19 +3278,19 @@ fn a_seed_phrase_in_escaped_quotes_or_after_another_spelling_of_seed_is_masked()
         ),
         (
             format!(r#"{{"cmd": "w --mnemonic \\\"{phrase}\\\" -y"}}"#),
-            r#"{"cmd": "w --mnemonic \\\"[REDACTED:cli_credentials]\\\" -y"}"#.to_string(),
+            r#"{"cmd":"w --mnemonic \\\"[REDACTED:cli_credentials]\\\" -y"}"#.to_string(),
         ),
     ] {
         let masked = m.mask_text(&text);
         assert_eq!(masked, want, "{text}");
         assert_eq!(m.mask_text(&masked), masked, "idempotent: {text}");
     }
-    // The same held as JSON: the string is the command with escaped quotes.
+    // The same held as JSON text: walked as a record (written back compact).
     let mut v = json!({"msg": format!(r#"{{"cmd": "w --seed \"{phrase}\""}}"#)});
     m.mask_value(&mut v);
     assert_eq!(
         v["msg"],
-        r#"{"cmd": "w --seed \"[REDACTED:cli_credentials]\""}"#
+        r#"{"cmd":"w --seed \"[REDACTED:cli_credentials]\""}"#
     );
     // Near misses: a random seed, few words, a word ending in `-seed`.
     for clean in [
@@ -3246,7 +3324,7 @@ fn a_yaml_block_value_with_escaped_or_encoded_line_breaks_or_one_line_per_item_i
         // Nested a level deeper: JSON in a string in JSON.
         (
             r#"{"msg":"{\"cfg\": \"password: >-\\\\n  hunter2Secret99\\\\nx: 1\"}"}"#,
-            r#"{"msg":"{\"cfg\": \"password: >-\\\\n  [REDACTED:secret_assignment]\\\\nx: 1\"}"}"#,
+            r#"{"msg":"{\"cfg\":\"password: >-\\\\n  [REDACTED:secret_assignment]\\\\nx: 1\"}"}"#,
         ),
         // URL-encoded.
         (
@@ -3269,7 +3347,7 @@ fn a_yaml_block_value_with_escaped_or_encoded_line_breaks_or_one_line_per_item_i
         v,
         json!({
             "msg": "password: >\\n  [REDACTED:secret_assignment]\\nx: 1",
-            "doc": "{\"cfg\": \"password: |\\n  [REDACTED:secret_assignment]\\nx: 1\"}",
+            "doc": "{\"cfg\":\"password: |\\n  [REDACTED:secret_assignment]\\nx: 1\"}",
             "cfg": ["password: >", "  [REDACTED:secret_assignment]", "",
                     "  [REDACTED:secret_assignment]", "x: 1", "  kept"],
             "list": ["- token: |-", "    [REDACTED:secret_assignment]", "  user: bob"],
@@ -3383,7 +3461,7 @@ fn a_password_hint_in_text_is_masked_to_its_delimiter_and_a_reminder_in_days_sta
         ),
         (
             r#"{"log": "passwordHint=blue door by the lake"}"#,
-            r#"{"log": "passwordHint=[REDACTED:secret_assignment]"}"#,
+            r#"{"log":"passwordHint=[REDACTED:secret_assignment]"}"#,
         ),
     ] {
         let masked = m.mask_text(text);
@@ -3634,7 +3712,7 @@ fn an_unquoted_passphrase_of_several_words_is_masked_whole() {
         ),
         (
             "{\"env\": \"A=1\\n  - passphrase: correct horse battery staple\\nB=2\"}",
-            "{\"env\": \"A=1\\n  - passphrase: [REDACTED:secret_assignment]\\nB=2\"}",
+            "{\"env\":\"A=1\\n  - passphrase: [REDACTED:secret_assignment]\\nB=2\"}",
         ),
     ] {
         let masked = m.mask_text(text);

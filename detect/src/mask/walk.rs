@@ -697,8 +697,9 @@ pub(super) fn may_repeat_elsewhere(secret: &str) -> bool {
             .any(|c| c.is_ascii_digit() || c.is_ascii_punctuation())
 }
 
-/// `text` (a record as the write mode wrote it, compact JSON) with each of `secrets` in clear
-/// replaced by its masked form wherever a string value holds it, whole or in part; keys stay.
+/// `text` (a record as the write mode wrote it, compact JSON) with each of `secrets` in clear,
+/// in any of its [`written_forms`], replaced by its masked form wherever a string value holds
+/// it, whole or in part; keys stay.
 /// How many were replaced.
 pub(super) fn mask_repeated_secrets(text: &mut Vec<u8>, secrets: &[(String, String)]) -> u64 {
     // Both sides as they are written inside a JSON string (escaped, without the quotes): the
@@ -710,7 +711,10 @@ pub(super) fn mask_repeated_secrets(text: &mut Vec<u8>, secrets: &[(String, Stri
     };
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = secrets
         .iter()
-        .map(|(secret, masked)| (escaped(secret), escaped(masked)))
+        .flat_map(|(secret, masked)| {
+            let masked = escaped(masked);
+            written_forms(secret).map(move |form| (escaped(&form), masked.clone()))
+        })
         .filter(|(needle, _)| memchr::memmem::find(text, needle).is_some())
         .collect();
     if pairs.is_empty() {
@@ -739,6 +743,29 @@ pub(super) fn mask_repeated_secrets(text: &mut Vec<u8>, secrets: &[(String, Stri
     out.extend_from_slice(&text[at..]);
     *text = out;
     replaced
+}
+
+/// The forms a value masked for its key name is looked for in elsewhere in its record: as it
+/// is, percent-encoded (a query parameter or a form body: `Hunter2%21Hunter2`, when that differs)
+/// and in standard base64 (a value or payload passed on encoded: the whole value alone,
+/// padded). Upper-case hex, as RFC 3986 asks and encoders write.
+pub(super) fn written_forms(secret: &str) -> impl Iterator<Item = String> {
+    use base64::Engine as _;
+    /// What a URL component escapes: all but the unreserved characters.
+    const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(secret, URL_COMPONENT).to_string();
+    let base64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    [
+        Some(secret.to_string()),
+        (encoded != secret).then_some(encoded),
+        Some(base64),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Where the JSON string whose body starts at `from` ends (its closing quote).
