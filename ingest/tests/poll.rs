@@ -53,10 +53,11 @@ struct Seen {
 type Failure = (StatusCode, Vec<(&'static str, String)>);
 
 /// A fake vendor API: answers page `n` of `pages` with the vendor's paging, after any queued
-/// failure statuses.
+/// failure statuses. Slack's pages hold only the entries from the request's `oldest` on.
 struct FakeApi {
     vendor: Vendor,
-    pages: Vec<Value>,
+    /// A test may add pages between polls (records the vendor has since).
+    pages: Mutex<Vec<Value>>,
     base: Mutex<String>,
     seen: Mutex<Vec<Seen>>,
     failures: Mutex<VecDeque<Failure>>,
@@ -86,14 +87,15 @@ impl FakeApi {
             .unwrap_or(0)
     }
 
-    fn answer(&self, n: usize) -> Response {
-        let last = self.pages.len() - 1;
+    fn answer(&self, n: usize, uri: &str) -> Response {
+        let pages = self.pages.lock().unwrap().clone();
+        let last = pages.len() - 1;
         let base = self.base.lock().unwrap().clone();
         match self.vendor {
             Vendor::Okta | Vendor::Github => {
                 // Okta links on from its last page too (where new records will appear); GitHub
                 // stops linking.
-                let body = self.pages.get(n).cloned().unwrap_or(json!([]));
+                let body = pages.get(n).cloned().unwrap_or(json!([]));
                 let path = if self.vendor == Vendor::Okta {
                     "/api/v1/logs"
                 } else {
@@ -116,13 +118,22 @@ impl FakeApi {
                 (headers, axum::Json(body)).into_response()
             }
             Vendor::Slack | Vendor::GoogleWorkspace => {
-                let mut body = self.pages[n.min(last)].clone();
+                let mut body = pages[n.min(last)].clone();
                 let cursor = if n < last {
                     format!("c{}", n + 1)
                 } else {
                     String::new()
                 };
                 if self.vendor == Vendor::Slack {
+                    let oldest: i64 = uri
+                        .split(['?', '&'])
+                        .find_map(|kv| kv.strip_prefix("oldest="))
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    body["entries"]
+                        .as_array_mut()
+                        .unwrap()
+                        .retain(|e| e["date_create"].as_i64() >= Some(oldest));
                     body["response_metadata"] = json!({ "next_cursor": cursor });
                 } else if cursor.is_empty() {
                     body.as_object_mut().unwrap().remove("nextPageToken");
@@ -133,7 +144,7 @@ impl FakeApi {
             }
             Vendor::Launchdarkly => {
                 // The page's own links as recorded, and a next link on every page but the last.
-                let mut body = self.pages.get(n).cloned().unwrap_or(json!({"items": []}));
+                let mut body = pages.get(n).cloned().unwrap_or(json!({"items": []}));
                 let links = body["_links"].as_object_mut().unwrap();
                 links.remove("next");
                 if n < last {
@@ -149,8 +160,8 @@ impl FakeApi {
                 unreachable!("these have fakes of their own")
             }
             Vendor::Onepassword => {
-                let mut body = self.pages.get(n).cloned().unwrap_or(json!({"items": []}));
-                body["cursor"] = json!(format!("c{}", (n + 1).min(self.pages.len())));
+                let mut body = pages.get(n).cloned().unwrap_or(json!({"items": []}));
+                body["cursor"] = json!(format!("c{}", (n + 1).min(pages.len())));
                 body["has_more"] = json!(n < last);
                 axum::Json(body).into_response()
             }
@@ -207,14 +218,14 @@ async fn serve(State(api): State<Arc<FakeApi>>, request: Request) -> Response {
         return (status, h, body).into_response();
     }
     let n = api.page_index(&uri, &body);
-    api.answer(n)
+    api.answer(n, &uri)
 }
 
 /// A fake API on a loopback port.
 async fn fake_api(vendor: Vendor, pages: Vec<Value>) -> Arc<FakeApi> {
     let api = Arc::new(FakeApi {
         vendor,
-        pages,
+        pages: Mutex::new(pages),
         base: Mutex::new(String::new()),
         seen: Mutex::new(Vec::new()),
         failures: Mutex::new(VecDeque::new()),
@@ -456,6 +467,69 @@ async fn slack_listings_are_read_through_then_start_at_the_newest_time() {
         next.contains(&format!("oldest={newest}")) && !next.contains("cursor"),
         "{next}"
     );
+}
+
+/// One record dated in the year 3000 (a vendor clock far off, milliseconds read as seconds)
+/// moved the checkpoint there: every later listing asked for `oldest=32503680000`, and no later
+/// record of the source was read again, with nothing in the log or the metrics. The record is
+/// stored; the checkpoint stays at the newest plausible time, and a warning and a count say so.
+#[tokio::test]
+async fn a_record_dated_far_ahead_is_stored_but_does_not_move_the_checkpoint() {
+    const YEAR_3000: i64 = 32_503_680_000;
+    let mut pages = fixture_pages("slack/audit");
+    pages[0]["entries"][0]["date_create"] = json!(YEAR_3000);
+    let first = all_records(&pages, Some("entries"));
+    let newest_plausible = first
+        .iter()
+        .filter_map(|e| e["date_create"].as_i64())
+        .filter(|t| *t != YEAR_3000)
+        .max()
+        .unwrap();
+    let s = setup(Vendor::Slack, pages).await;
+    let metrics = Arc::new(perimeter_model::Metrics::new());
+    let log = CapturedLog::default();
+    let report = {
+        let _logging = log.start();
+        s.source()
+            .with_metrics(metrics.clone())
+            .poll_once()
+            .await
+            .unwrap()
+    };
+    assert_eq!(report.records, first.len());
+    assert_eq!(s.consumer.records(), first);
+    let cp = s.source().checkpoint().unwrap();
+    assert_eq!(cp.since.map(|t| t.timestamp()), Some(newest_plausible));
+    assert_eq!(
+        metrics.counter(
+            "poll_errors_total",
+            &[("poller", "slack-test"), ("kind", "implausible_time")]
+        ),
+        1
+    );
+    let warned = log.lines_with("the checkpoint does not move to their time");
+    assert!(
+        matches!(&warned[..], [line] if line.contains("WARN")
+            && line.contains("slack-test") && line.contains("3000-01-01")),
+        "{warned:#?}"
+    );
+
+    // Records the vendor has since, newer than the plausible ones, are read at the next poll.
+    let mut later = first[1].clone();
+    later["id"] = json!("later-than-the-checkpoint");
+    later["date_create"] = json!(newest_plausible + 60);
+    s.api
+        .pages
+        .lock()
+        .unwrap()
+        .insert(0, json!({ "entries": [later.clone()] }));
+    s.source().poll_once().await.unwrap();
+    let next = &s.seen()[3].uri;
+    assert!(
+        next.contains(&format!("oldest={newest_plausible}")),
+        "{next}"
+    );
+    assert!(s.consumer.records().contains(&later), "{next}");
 }
 
 #[tokio::test]
