@@ -63,6 +63,8 @@ struct FakeApi {
     failures: Mutex<VecDeque<Failure>>,
     /// Okta: a next link pointing elsewhere on this page index.
     foreign_link_on: Mutex<Option<usize>>,
+    /// Okta: page `.0`'s next link leads to page `.1` (a vendor cursor going round in a loop).
+    link_back: Mutex<Option<(usize, usize)>>,
 }
 
 impl FakeApi {
@@ -101,7 +103,14 @@ impl FakeApi {
                 } else {
                     "/orgs/acme/audit-log"
                 };
-                let next = if self.vendor == Vendor::Okta {
+                let link_back = self
+                    .link_back
+                    .lock()
+                    .unwrap()
+                    .filter(|(from, _)| *from == n);
+                let next = if let Some((_, to)) = link_back {
+                    Some(to)
+                } else if self.vendor == Vendor::Okta {
                     Some(n.min(last) + 1)
                 } else {
                     (n < last).then_some(n + 1)
@@ -230,6 +239,7 @@ async fn fake_api(vendor: Vendor, pages: Vec<Value>) -> Arc<FakeApi> {
         seen: Mutex::new(Vec::new()),
         failures: Mutex::new(VecDeque::new()),
         foreign_link_on: Mutex::new(None),
+        link_back: Mutex::new(None),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     *api.base.lock().unwrap() = format!("http://{}", listener.local_addr().unwrap());
@@ -239,7 +249,8 @@ async fn fake_api(vendor: Vendor, pages: Vec<Value>) -> Arc<FakeApi> {
 }
 
 /// The store's side of the bus: acknowledges batches, or refuses them as `script` says (one
-/// entry per batch, `false` refuses; accepts when it is empty), and keeps what it took.
+/// entry per batch, `false` refuses; accepts when it is empty), and keeps what it took. Like
+/// the store, it tells records it took before (equal ones) as duplicates.
 #[derive(Clone, Default)]
 struct Consumer {
     taken: Arc<Mutex<Vec<(String, String, Value)>>>,
@@ -259,14 +270,15 @@ impl Consumer {
                     continue;
                 }
                 let n = sub.items.len();
+                let mut duplicates = 0;
                 let mut taken = me.taken.lock().unwrap();
                 for item in sub.items {
                     match item {
-                        InputItem::Record { value, .. } => taken.push((
-                            sub.source.clone(),
-                            sub.tenant.clone(),
-                            perimeter_model::raw_to_serde(&value),
-                        )),
+                        InputItem::Record { value, .. } => {
+                            let value = perimeter_model::raw_to_serde(&value);
+                            duplicates += usize::from(taken.iter().any(|(_, _, v)| *v == value));
+                            taken.push((sub.source.clone(), sub.tenant.clone(), value));
+                        }
                         InputItem::Invalid { line, reason, .. } => {
                             me.invalid.lock().unwrap().push((line, reason))
                         }
@@ -274,6 +286,7 @@ impl Consumer {
                 }
                 let _ = sub.ack.send(Ok(SubmitAck {
                     events: n,
+                    duplicates,
                     ..SubmitAck::default()
                 }));
             }
@@ -821,6 +834,73 @@ async fn a_next_link_to_another_host_is_not_followed() {
     assert!(s.consumer.records().is_empty());
     assert_eq!(s.source().checkpoint().unwrap(), Checkpoint::default());
     assert_eq!(s.seen().len(), 1);
+}
+
+/// A next link leading back to a page already read (QA: a cursor looping back) had an Okta
+/// poller read the same pages at every poll, all of them duplicates, while its metrics said
+/// success. A link back within a poll is not followed round again, and a poll that reads only
+/// duplicates and ends at the link it began with is stuck too: both are warned and counted. A
+/// quiet source is not stuck.
+#[tokio::test]
+async fn a_next_link_going_round_in_a_loop_is_reported_as_stuck() {
+    let s = setup(Vendor::Okta, fixture_pages("okta/system_log")).await;
+    *s.api.link_back.lock().unwrap() = Some((0, 0));
+    let metrics = Arc::new(perimeter_model::Metrics::new());
+    let stuck = || {
+        metrics.counter(
+            "poll_errors_total",
+            &[("poller", "okta-test"), ("kind", "stuck")],
+        )
+    };
+    let log = CapturedLog::default();
+    let _logging = log.start();
+    let report = s
+        .source()
+        .with_metrics(metrics.clone())
+        .poll_once()
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.pages, report.records, report.duplicates),
+        (2, 2, 1),
+        "requests: {}",
+        s.seen().len()
+    );
+    assert_eq!(stuck(), 1);
+
+    // One page per poll: each poll reads the same page again and ends at the link it began with.
+    let base = s.api.base.lock().unwrap().clone();
+    let one_page = || {
+        PollSource::new(
+            PollConfig {
+                max_pages_per_poll: 1,
+                ..config(Vendor::Okta, &base)
+            },
+            "default",
+            s.state.path(),
+            s.bus.clone(),
+        )
+        .unwrap()
+        .with_metrics(metrics.clone())
+    };
+    let report = one_page().poll_once().await.unwrap();
+    assert_eq!((report.records, report.duplicates), (1, 1));
+    assert_eq!(stuck(), 2);
+    let warned = log.lines_with("the poller is stuck");
+    assert!(
+        warned.len() == 2
+            && warned
+                .iter()
+                .all(|l| l.contains("WARN") && l.contains("okta-test")),
+        "{warned:#?}"
+    );
+
+    // The vendor links on again: re-reading the page, then nothing new, is no loop.
+    *s.api.link_back.lock().unwrap() = None;
+    for _ in 0..3 {
+        one_page().poll_once().await.unwrap();
+    }
+    assert_eq!(stuck(), 2);
 }
 
 #[tokio::test]

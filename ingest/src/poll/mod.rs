@@ -247,6 +247,10 @@ pub(crate) struct CheckpointTime {
 /// [`checkpoint_time`]).
 pub const IMPLAUSIBLE_TIME: &str = "implausible_time";
 
+/// The `poll_errors_total` kind of a poll that went round in a loop of the vendor's links or
+/// cursors (its records are stored; see [`PollSource::poll_once`]).
+pub const STUCK: &str = "stuck";
+
 /// Why a poll stopped early. The checkpoint stays where the last stored page left it.
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -852,9 +856,20 @@ impl PollSource {
         }
         let mut cp = self.checkpoint()?;
         self.begin_sweep_if_due(&mut cp, Utc::now());
+        let resumed_from = cp.resume.clone();
+        // The requests made (URL and body): a vendor link or cursor leading back to one is a
+        // loop, which would be read again up to `max_pages_per_poll` at every poll.
+        let mut requested = std::collections::HashSet::new();
         let mut report = PollReport::default();
         while report.pages < self.config.max_pages_per_poll.max(1) {
             let request = self.api.request(&cp, start)?;
+            if !requested.insert((request.url.to_string(), request.body.clone())) {
+                self.note_stuck(
+                    "the vendor's next link or cursor leads back to a page this poll read; not followed",
+                    &report,
+                );
+                return Ok(report);
+            }
             let (body, headers) = match self.fetch(&request, &authorization).await {
                 // A link or cursor the vendor no longer knows (expired after a long stop):
                 // start the listing again from its lower bound, which repeats records the
@@ -871,6 +886,8 @@ impl PollSource {
                         ..Checkpoint::default()
                     };
                     self.save_checkpoint(&cp)?;
+                    // Listing again from the bound repeats requests on purpose.
+                    requested.clear();
                     continue;
                 }
                 other => other?,
@@ -889,7 +906,36 @@ impl PollSource {
                 break;
             }
         }
+        // A poll that goes on from a vendor link or cursor, reads only records stored before,
+        // and ends at the same link or cursor will do the same at every poll. (A quiet source
+        // reads nothing, or re-reads the records of a listing's lower bound with no cursor.)
+        if report.records > 0
+            && report.duplicates == report.records
+            && resumed_from.is_some()
+            && cp.resume == resumed_from
+        {
+            self.note_stuck(
+                "the poll read only records stored before and the vendor's next link or cursor ends where it began",
+                &report,
+            );
+        }
         Ok(report)
+    }
+
+    /// Warn about and count (`poll_errors_total{kind="stuck"}`) a poll whose vendor paging goes
+    /// round in a loop: the poll itself works (its records are stored, and `last_success` moves),
+    /// so without this nothing would tell that no new record can come.
+    fn note_stuck(&self, why: &str, report: &PollReport) {
+        tracing::warn!(poller = %self.config.name, pages = report.pages,
+            records = report.records, duplicates = report.duplicates,
+            "the poller is stuck: {why}");
+        if let Some(m) = &self.metrics {
+            m.inc(
+                "poll_errors_total",
+                &[("poller", self.config.name.as_str()), ("kind", STUCK)],
+                1,
+            );
+        }
     }
 
     /// At the start of a new listing, when a sweep is due: list from `late_records_minutes`
