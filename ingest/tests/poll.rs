@@ -53,15 +53,18 @@ struct Seen {
 type Failure = (StatusCode, Vec<(&'static str, String)>);
 
 /// A fake vendor API: answers page `n` of `pages` with the vendor's paging, after any queued
-/// failure statuses.
+/// failure statuses. Slack's pages hold only the entries from the request's `oldest` on.
 struct FakeApi {
     vendor: Vendor,
-    pages: Vec<Value>,
+    /// A test may add pages between polls (records the vendor has since).
+    pages: Mutex<Vec<Value>>,
     base: Mutex<String>,
     seen: Mutex<Vec<Seen>>,
     failures: Mutex<VecDeque<Failure>>,
     /// Okta: a next link pointing elsewhere on this page index.
     foreign_link_on: Mutex<Option<usize>>,
+    /// Okta: page `.0`'s next link leads to page `.1` (a vendor cursor going round in a loop).
+    link_back: Mutex<Option<(usize, usize)>>,
 }
 
 impl FakeApi {
@@ -86,20 +89,28 @@ impl FakeApi {
             .unwrap_or(0)
     }
 
-    fn answer(&self, n: usize) -> Response {
-        let last = self.pages.len() - 1;
+    fn answer(&self, n: usize, uri: &str) -> Response {
+        let pages = self.pages.lock().unwrap().clone();
+        let last = pages.len() - 1;
         let base = self.base.lock().unwrap().clone();
         match self.vendor {
             Vendor::Okta | Vendor::Github => {
                 // Okta links on from its last page too (where new records will appear); GitHub
                 // stops linking.
-                let body = self.pages.get(n).cloned().unwrap_or(json!([]));
+                let body = pages.get(n).cloned().unwrap_or(json!([]));
                 let path = if self.vendor == Vendor::Okta {
                     "/api/v1/logs"
                 } else {
                     "/orgs/acme/audit-log"
                 };
-                let next = if self.vendor == Vendor::Okta {
+                let link_back = self
+                    .link_back
+                    .lock()
+                    .unwrap()
+                    .filter(|(from, _)| *from == n);
+                let next = if let Some((_, to)) = link_back {
+                    Some(to)
+                } else if self.vendor == Vendor::Okta {
                     Some(n.min(last) + 1)
                 } else {
                     (n < last).then_some(n + 1)
@@ -116,13 +127,22 @@ impl FakeApi {
                 (headers, axum::Json(body)).into_response()
             }
             Vendor::Slack | Vendor::GoogleWorkspace => {
-                let mut body = self.pages[n.min(last)].clone();
+                let mut body = pages[n.min(last)].clone();
                 let cursor = if n < last {
                     format!("c{}", n + 1)
                 } else {
                     String::new()
                 };
                 if self.vendor == Vendor::Slack {
+                    let oldest: i64 = uri
+                        .split(['?', '&'])
+                        .find_map(|kv| kv.strip_prefix("oldest="))
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    body["entries"]
+                        .as_array_mut()
+                        .unwrap()
+                        .retain(|e| e["date_create"].as_i64() >= Some(oldest));
                     body["response_metadata"] = json!({ "next_cursor": cursor });
                 } else if cursor.is_empty() {
                     body.as_object_mut().unwrap().remove("nextPageToken");
@@ -133,7 +153,7 @@ impl FakeApi {
             }
             Vendor::Launchdarkly => {
                 // The page's own links as recorded, and a next link on every page but the last.
-                let mut body = self.pages.get(n).cloned().unwrap_or(json!({"items": []}));
+                let mut body = pages.get(n).cloned().unwrap_or(json!({"items": []}));
                 let links = body["_links"].as_object_mut().unwrap();
                 links.remove("next");
                 if n < last {
@@ -149,8 +169,8 @@ impl FakeApi {
                 unreachable!("these have fakes of their own")
             }
             Vendor::Onepassword => {
-                let mut body = self.pages.get(n).cloned().unwrap_or(json!({"items": []}));
-                body["cursor"] = json!(format!("c{}", (n + 1).min(self.pages.len())));
+                let mut body = pages.get(n).cloned().unwrap_or(json!({"items": []}));
+                body["cursor"] = json!(format!("c{}", (n + 1).min(pages.len())));
                 body["has_more"] = json!(n < last);
                 axum::Json(body).into_response()
             }
@@ -207,18 +227,19 @@ async fn serve(State(api): State<Arc<FakeApi>>, request: Request) -> Response {
         return (status, h, body).into_response();
     }
     let n = api.page_index(&uri, &body);
-    api.answer(n)
+    api.answer(n, &uri)
 }
 
 /// A fake API on a loopback port.
 async fn fake_api(vendor: Vendor, pages: Vec<Value>) -> Arc<FakeApi> {
     let api = Arc::new(FakeApi {
         vendor,
-        pages,
+        pages: Mutex::new(pages),
         base: Mutex::new(String::new()),
         seen: Mutex::new(Vec::new()),
         failures: Mutex::new(VecDeque::new()),
         foreign_link_on: Mutex::new(None),
+        link_back: Mutex::new(None),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     *api.base.lock().unwrap() = format!("http://{}", listener.local_addr().unwrap());
@@ -228,7 +249,8 @@ async fn fake_api(vendor: Vendor, pages: Vec<Value>) -> Arc<FakeApi> {
 }
 
 /// The store's side of the bus: acknowledges batches, or refuses them as `script` says (one
-/// entry per batch, `false` refuses; accepts when it is empty), and keeps what it took.
+/// entry per batch, `false` refuses; accepts when it is empty), and keeps what it took. Like
+/// the store, it tells records it took before (equal ones) as duplicates.
 #[derive(Clone, Default)]
 struct Consumer {
     taken: Arc<Mutex<Vec<(String, String, Value)>>>,
@@ -248,14 +270,15 @@ impl Consumer {
                     continue;
                 }
                 let n = sub.items.len();
+                let mut duplicates = 0;
                 let mut taken = me.taken.lock().unwrap();
                 for item in sub.items {
                     match item {
-                        InputItem::Record { value, .. } => taken.push((
-                            sub.source.clone(),
-                            sub.tenant.clone(),
-                            perimeter_model::raw_to_serde(&value),
-                        )),
+                        InputItem::Record { value, .. } => {
+                            let value = perimeter_model::raw_to_serde(&value);
+                            duplicates += usize::from(taken.iter().any(|(_, _, v)| *v == value));
+                            taken.push((sub.source.clone(), sub.tenant.clone(), value));
+                        }
                         InputItem::Invalid { line, reason, .. } => {
                             me.invalid.lock().unwrap().push((line, reason))
                         }
@@ -263,6 +286,7 @@ impl Consumer {
                 }
                 let _ = sub.ack.send(Ok(SubmitAck {
                     events: n,
+                    duplicates,
                     ..SubmitAck::default()
                 }));
             }
@@ -456,6 +480,69 @@ async fn slack_listings_are_read_through_then_start_at_the_newest_time() {
         next.contains(&format!("oldest={newest}")) && !next.contains("cursor"),
         "{next}"
     );
+}
+
+/// One record dated in the year 3000 (a vendor clock far off, milliseconds read as seconds)
+/// moved the checkpoint there: every later listing asked for `oldest=32503680000`, and no later
+/// record of the source was read again, with nothing in the log or the metrics. The record is
+/// stored; the checkpoint stays at the newest plausible time, and a warning and a count say so.
+#[tokio::test]
+async fn a_record_dated_far_ahead_is_stored_but_does_not_move_the_checkpoint() {
+    const YEAR_3000: i64 = 32_503_680_000;
+    let mut pages = fixture_pages("slack/audit");
+    pages[0]["entries"][0]["date_create"] = json!(YEAR_3000);
+    let first = all_records(&pages, Some("entries"));
+    let newest_plausible = first
+        .iter()
+        .filter_map(|e| e["date_create"].as_i64())
+        .filter(|t| *t != YEAR_3000)
+        .max()
+        .unwrap();
+    let s = setup(Vendor::Slack, pages).await;
+    let metrics = Arc::new(perimeter_model::Metrics::new());
+    let log = CapturedLog::default();
+    let report = {
+        let _logging = log.start();
+        s.source()
+            .with_metrics(metrics.clone())
+            .poll_once()
+            .await
+            .unwrap()
+    };
+    assert_eq!(report.records, first.len());
+    assert_eq!(s.consumer.records(), first);
+    let cp = s.source().checkpoint().unwrap();
+    assert_eq!(cp.since.map(|t| t.timestamp()), Some(newest_plausible));
+    assert_eq!(
+        metrics.counter(
+            "poll_errors_total",
+            &[("poller", "slack-test"), ("kind", "implausible_time")]
+        ),
+        1
+    );
+    let warned = log.lines_with("the checkpoint does not move to their time");
+    assert!(
+        matches!(&warned[..], [line] if line.contains("WARN")
+            && line.contains("slack-test") && line.contains("3000-01-01")),
+        "{warned:#?}"
+    );
+
+    // Records the vendor has since, newer than the plausible ones, are read at the next poll.
+    let mut later = first[1].clone();
+    later["id"] = json!("later-than-the-checkpoint");
+    later["date_create"] = json!(newest_plausible + 60);
+    s.api
+        .pages
+        .lock()
+        .unwrap()
+        .insert(0, json!({ "entries": [later.clone()] }));
+    s.source().poll_once().await.unwrap();
+    let next = &s.seen()[3].uri;
+    assert!(
+        next.contains(&format!("oldest={newest_plausible}")),
+        "{next}"
+    );
+    assert!(s.consumer.records().contains(&later), "{next}");
 }
 
 #[tokio::test]
@@ -747,6 +834,73 @@ async fn a_next_link_to_another_host_is_not_followed() {
     assert!(s.consumer.records().is_empty());
     assert_eq!(s.source().checkpoint().unwrap(), Checkpoint::default());
     assert_eq!(s.seen().len(), 1);
+}
+
+/// A next link leading back to a page already read (QA: a cursor looping back) had an Okta
+/// poller read the same pages at every poll, all of them duplicates, while its metrics said
+/// success. A link back within a poll is not followed round again, and a poll that reads only
+/// duplicates and ends at the link it began with is stuck too: both are warned and counted. A
+/// quiet source is not stuck.
+#[tokio::test]
+async fn a_next_link_going_round_in_a_loop_is_reported_as_stuck() {
+    let s = setup(Vendor::Okta, fixture_pages("okta/system_log")).await;
+    *s.api.link_back.lock().unwrap() = Some((0, 0));
+    let metrics = Arc::new(perimeter_model::Metrics::new());
+    let stuck = || {
+        metrics.counter(
+            "poll_errors_total",
+            &[("poller", "okta-test"), ("kind", "stuck")],
+        )
+    };
+    let log = CapturedLog::default();
+    let _logging = log.start();
+    let report = s
+        .source()
+        .with_metrics(metrics.clone())
+        .poll_once()
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.pages, report.records, report.duplicates),
+        (2, 2, 1),
+        "requests: {}",
+        s.seen().len()
+    );
+    assert_eq!(stuck(), 1);
+
+    // One page per poll: each poll reads the same page again and ends at the link it began with.
+    let base = s.api.base.lock().unwrap().clone();
+    let one_page = || {
+        PollSource::new(
+            PollConfig {
+                max_pages_per_poll: 1,
+                ..config(Vendor::Okta, &base)
+            },
+            "default",
+            s.state.path(),
+            s.bus.clone(),
+        )
+        .unwrap()
+        .with_metrics(metrics.clone())
+    };
+    let report = one_page().poll_once().await.unwrap();
+    assert_eq!((report.records, report.duplicates), (1, 1));
+    assert_eq!(stuck(), 2);
+    let warned = log.lines_with("the poller is stuck");
+    assert!(
+        warned.len() == 2
+            && warned
+                .iter()
+                .all(|l| l.contains("WARN") && l.contains("okta-test")),
+        "{warned:#?}"
+    );
+
+    // The vendor links on again: re-reading the page, then nothing new, is no loop.
+    *s.api.link_back.lock().unwrap() = None;
+    for _ in 0..3 {
+        one_page().poll_once().await.unwrap();
+    }
+    assert_eq!(stuck(), 2);
 }
 
 #[tokio::test]

@@ -158,6 +158,13 @@ pub const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::days(1);
 pub const EARLIEST_EVENT_TIME: DateTime<Utc> =
     DateTime::from_timestamp_nanos(946_684_800_000_000_000);
 
+/// Whether a vendor time can be true of a record received at `received_at`: not more than
+/// [`MAX_FUTURE_SKEW`] after it, not before [`EARLIEST_EVENT_TIME`] (ADR 012). Pollers apply
+/// the same rule to the record times their checkpoints move to.
+pub fn is_plausible_event_time(time: DateTime<Utc>, received_at: DateTime<Utc>) -> bool {
+    time >= EARLIEST_EVENT_TIME && time <= received_at + MAX_FUTURE_SKEW
+}
+
 #[derive(Debug, Clone)]
 pub struct Event {
     /// Derived from `source` and `raw` on first use ([`Event::id`]): hashing the whole record is
@@ -205,9 +212,7 @@ impl Event {
     /// for all tenants; and it would sort first in every search, forever.
     pub fn new(source: impl Into<String>, record: RawRecord, mut ecs: Ecs) -> Event {
         let source = source.into();
-        let plausible = |t: &DateTime<Utc>| {
-            *t >= EARLIEST_EVENT_TIME && *t <= record.received_at + MAX_FUTURE_SKEW
-        };
+        let plausible = |t: &DateTime<Utc>| is_plausible_event_time(*t, record.received_at);
         let timestamp_adjusted = ecs.timestamp.is_some_and(|t| !plausible(&t));
         let timestamp = ecs
             .timestamp

@@ -21,7 +21,10 @@ mod time;
 
 pub use alert::{Alert, AlertStatus, DetectorKind, EntityKind, Severity};
 pub use ecs::{Ecs, EcsValue, Outcome, ECS_FIELDS};
-pub use event::{raw_from_serde, raw_to_serde, DeadLetter, Event, EventId, RawJson, RawRecord};
+pub use event::{
+    is_plausible_event_time, raw_from_serde, raw_to_serde, DeadLetter, Event, EventId, RawJson,
+    RawRecord,
+};
 pub use json_text::write_json_str;
 pub use metrics::Metrics;
 pub use repeated_keys::resolve_repeated_keys;

@@ -210,7 +210,7 @@ pub(super) async fn poll(
         cp = Checkpoint {
             resume: Some(blob.id),
             listing_since: None,
-            since: Some(blob.created),
+            since: src.checkpoint_time(cp.since, [blob.created]),
             ..Checkpoint::default()
         };
         src.save_checkpoint(&cp)?;

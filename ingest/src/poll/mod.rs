@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use perimeter_model::{is_secret_reference, Metrics};
+use perimeter_model::{is_plausible_event_time, is_secret_reference, Metrics};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
@@ -189,7 +189,8 @@ pub struct Checkpoint {
     /// The lower time bound of a listing read part-way (Slack, Google Workspace).
     #[serde(default)]
     pub listing_since: Option<DateTime<Utc>>,
-    /// The newest record time stored: new listings start there.
+    /// The newest record time stored, never past the time it was saved (see
+    /// [`checkpoint_time`]): new listings start there.
     #[serde(default)]
     pub since: Option<DateTime<Utc>>,
     /// CloudTrail: the objects stored within the last minutes before the newest one (files can
@@ -201,6 +202,54 @@ pub struct Checkpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sweep: Option<DateTime<Utc>>,
 }
+
+/// Where a checkpoint's `since` may move once records with `times` are stored, from `previous`
+/// (the checkpoint's), with the poll's clock at `now`: the newest record time, but never past
+/// `now`, and only from plausible times (ADR 012's rule, [`is_plausible_event_time`]: at most a
+/// day after `now`, not before 2000). `since` is where the next listing starts
+/// (an inclusive lower bound): one record dated in the year 3000 moved it there, and every later
+/// record of the source was never asked for again. Such a record is still stored (with its
+/// receive time as event time, ADR 012); it only does not move the checkpoint. A `previous`
+/// ahead of `now` (saved before this rule) is brought back to `now`. Records up to a day ahead
+/// are plausible but still do not take `since` past `now`: a record re-read at the boundary is
+/// kept once by the store, one published meanwhile with an earlier time is not skipped.
+pub(crate) fn checkpoint_time(
+    previous: Option<DateTime<Utc>>,
+    times: impl IntoIterator<Item = DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> CheckpointTime {
+    let mut next = CheckpointTime {
+        since: previous.map(|t| t.min(now)),
+        ..CheckpointTime::default()
+    };
+    for time in times {
+        if is_plausible_event_time(time, now) {
+            next.since = next.since.max(Some(time.min(now)));
+        } else {
+            next.implausible += 1;
+            next.first_implausible.get_or_insert(time);
+        }
+    }
+    next
+}
+
+/// What [`checkpoint_time`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct CheckpointTime {
+    /// Where `since` moves.
+    pub since: Option<DateTime<Utc>>,
+    /// How many records had a time that cannot be true, and the first of them.
+    pub implausible: usize,
+    pub first_implausible: Option<DateTime<Utc>>,
+}
+
+/// The `poll_errors_total` kind of records dated implausibly (the poll goes on; see
+/// [`checkpoint_time`]).
+pub const IMPLAUSIBLE_TIME: &str = "implausible_time";
+
+/// The `poll_errors_total` kind of a poll that went round in a loop of the vendor's links or
+/// cursors (its records are stored; see [`PollSource::poll_once`]).
+pub const STUCK: &str = "stuck";
 
 /// Why a poll stopped early. The checkpoint stays where the last stored page left it.
 #[derive(Debug, thiserror::Error)]
@@ -687,7 +736,9 @@ impl PollSource {
         let (body, headers) = self
             .fetch(&request, &self.authorization(&token).await?)
             .await?;
-        let page = self.api.page(&cp, start, body, link_next(&headers))?;
+        let page = self
+            .api
+            .page(&cp, start, Utc::now(), body, link_next(&headers))?;
         Ok(ProbeReport {
             url: request.url.to_string(),
             records: page.records.len(),
@@ -805,9 +856,20 @@ impl PollSource {
         }
         let mut cp = self.checkpoint()?;
         self.begin_sweep_if_due(&mut cp, Utc::now());
+        let resumed_from = cp.resume.clone();
+        // The requests made (URL and body): a vendor link or cursor leading back to one is a
+        // loop, which would be read again up to `max_pages_per_poll` at every poll.
+        let mut requested = std::collections::HashSet::new();
         let mut report = PollReport::default();
         while report.pages < self.config.max_pages_per_poll.max(1) {
             let request = self.api.request(&cp, start)?;
+            if !requested.insert((request.url.to_string(), request.body.clone())) {
+                self.note_stuck(
+                    "the vendor's next link or cursor leads back to a page this poll read; not followed",
+                    &report,
+                );
+                return Ok(report);
+            }
             let (body, headers) = match self.fetch(&request, &authorization).await {
                 // A link or cursor the vendor no longer knows (expired after a long stop):
                 // start the listing again from its lower bound, which repeats records the
@@ -824,11 +886,16 @@ impl PollSource {
                         ..Checkpoint::default()
                     };
                     self.save_checkpoint(&cp)?;
+                    // Listing again from the bound repeats requests on purpose.
+                    requested.clear();
                     continue;
                 }
                 other => other?,
             };
-            let page = self.api.page(&cp, start, body, link_next(&headers))?;
+            let page = self
+                .api
+                .page(&cp, start, Utc::now(), body, link_next(&headers))?;
+            self.note_implausible_times(&page.times);
             report.pages += 1;
             let (records, duplicates) = self.submit(page.records).await?;
             report.records += records;
@@ -839,7 +906,36 @@ impl PollSource {
                 break;
             }
         }
+        // A poll that goes on from a vendor link or cursor, reads only records stored before,
+        // and ends at the same link or cursor will do the same at every poll. (A quiet source
+        // reads nothing, or re-reads the records of a listing's lower bound with no cursor.)
+        if report.records > 0
+            && report.duplicates == report.records
+            && resumed_from.is_some()
+            && cp.resume == resumed_from
+        {
+            self.note_stuck(
+                "the poll read only records stored before and the vendor's next link or cursor ends where it began",
+                &report,
+            );
+        }
         Ok(report)
+    }
+
+    /// Warn about and count (`poll_errors_total{kind="stuck"}`) a poll whose vendor paging goes
+    /// round in a loop: the poll itself works (its records are stored, and `last_success` moves),
+    /// so without this nothing would tell that no new record can come.
+    fn note_stuck(&self, why: &str, report: &PollReport) {
+        tracing::warn!(poller = %self.config.name, pages = report.pages,
+            records = report.records, duplicates = report.duplicates,
+            "the poller is stuck: {why}");
+        if let Some(m) = &self.metrics {
+            m.inc(
+                "poll_errors_total",
+                &[("poller", self.config.name.as_str()), ("kind", STUCK)],
+                1,
+            );
+        }
     }
 
     /// At the start of a new listing, when a sweep is due: list from `late_records_minutes`
@@ -869,6 +965,40 @@ impl PollSource {
             "sweeping for records published late");
         cp.listing_since = Some(since - chrono::Duration::minutes(window as i64));
         cp.last_sweep = Some(now);
+    }
+
+    /// Where `since` moves from `previous` once records with `times` are stored (see
+    /// [`checkpoint_time`]), saying so when some of them were dated implausibly.
+    fn checkpoint_time(
+        &self,
+        previous: Option<DateTime<Utc>>,
+        times: impl IntoIterator<Item = DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        let found = checkpoint_time(previous, times, Utc::now());
+        self.note_implausible_times(&found);
+        found.since
+    }
+
+    /// Warn about and count (`poll_errors_total{kind="implausible_time"}`, one per record)
+    /// records whose time cannot be true: they are stored, with their receive time as event
+    /// time (ADR 012), but the checkpoint does not move to their time.
+    fn note_implausible_times(&self, found: &CheckpointTime) {
+        let Some(first) = found.first_implausible else {
+            return;
+        };
+        tracing::warn!(poller = %self.config.name, records = found.implausible,
+            time = %first.to_rfc3339(),
+            "records dated more than a day ahead or before 2000: stored with their receive time; the checkpoint does not move to their time");
+        if let Some(m) = &self.metrics {
+            m.inc(
+                "poll_errors_total",
+                &[
+                    ("poller", self.config.name.as_str()),
+                    ("kind", IMPLAUSIBLE_TIME),
+                ],
+                found.implausible as u64,
+            );
+        }
     }
 
     /// Submit a page's records (line = place on the page) and wait until they are stored;
@@ -1335,6 +1465,33 @@ mod tests {
             assert_eq!(said(nothing), None, "{nothing:?}");
         }
         assert_eq!(vendor_message(&[0xff, 0xfe, b'x']), None);
+    }
+
+    #[test]
+    fn checkpoints_move_to_plausible_record_times_and_never_past_now() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let now = at("2026-12-04T12:00:00Z");
+        let before = Some(at("2026-12-04T11:00:00Z"));
+        let moved = |previous, times: &[&str]| {
+            let found = checkpoint_time(previous, times.iter().map(|t| at(t)), now);
+            (found.since, found.implausible)
+        };
+        assert_eq!(
+            moved(before, &["2026-12-04T11:30:00Z", "2026-12-04T11:10:00Z"]),
+            (Some(at("2026-12-04T11:30:00Z")), 0)
+        );
+        // An hour ahead is plausible (a vendor clock a little off), but `since` stops at now.
+        assert_eq!(moved(before, &["2026-12-04T13:00:00Z"]), (Some(now), 0));
+        // The year 3000, or before 2000: stored, counted, and `since` does not move.
+        assert_eq!(
+            moved(before, &["3000-01-01T00:00:00Z", "1970-01-01T00:00:01Z"]),
+            (before, 2)
+        );
+        assert_eq!(moved(None, &["3000-01-01T00:00:00Z"]), (None, 1));
+        // A checkpoint saved ahead of now (before this rule) comes back to now.
+        assert_eq!(moved(Some(at("3000-01-01T00:00:00Z")), &[]), (Some(now), 0));
+        let found = checkpoint_time(before, [at("3000-01-01T00:00:00Z")], now);
+        assert_eq!(found.first_implausible, Some(at("3000-01-01T00:00:00Z")));
     }
 
     #[test]

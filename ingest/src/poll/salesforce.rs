@@ -141,14 +141,15 @@ async fn poll_audit_trail(
             other => other?,
         };
         report.pages += 1;
-        let newest = newest_created(&rows);
+        let created = rows.iter().filter_map(|r| time_at(r, &["CreatedDate"]));
+        let newest = src.checkpoint_time(Some(since), created);
         let (records, duplicates) = src.submit(rows).await?;
         report.records += records;
         report.duplicates += duplicates;
         cp = Checkpoint {
             resume: next.clone(),
             listing_since: None,
-            since: Some(newest.map_or(since, |n| n.max(since))),
+            since: newest,
             ..Checkpoint::default()
         };
         src.save_checkpoint(&cp)?;
@@ -285,8 +286,8 @@ async fn poll_log_files(
             report.duplicates += duplicates;
         }
         // The ids of the files stored within the settle window before the newest one.
-        let newest = cp.since.map_or(file.log_date, |s| s.max(file.log_date));
-        let keep_from = newest - Duration::hours(SETTLE_HOURS);
+        let newest = src.checkpoint_time(cp.since, [file.log_date]);
+        let keep_from = newest.unwrap_or(file.log_date) - Duration::hours(SETTLE_HOURS);
         cp.recent_keys
             .push(format!("{}@{}", file.id, file.log_date.timestamp()));
         cp.recent_keys.retain(|k| {
@@ -294,7 +295,7 @@ async fn poll_log_files(
                 .and_then(|(_, t)| t.parse::<i64>().ok())
                 .is_some_and(|t| t >= keep_from.timestamp())
         });
-        cp.since = Some(newest);
+        cp.since = newest;
         src.save_checkpoint(&cp)?;
     }
     Ok(report)

@@ -20,7 +20,7 @@ use perimeter_model::RawJson;
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use super::{Checkpoint, PollError};
+use super::{checkpoint_time, Checkpoint, CheckpointTime, PollError};
 
 /// The SaaS APIs Perimeter polls, by the name of the normalizer their records go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -139,6 +139,8 @@ pub(crate) struct Page {
     pub checkpoint: Checkpoint,
     /// Whether another page is due now (else wait for the next poll).
     pub more: bool,
+    /// The records' times as the checkpoint took them (which it did not, and why).
+    pub times: CheckpointTime,
 }
 
 /// A configured API: vendor, where, and what.
@@ -252,12 +254,14 @@ impl Api {
         }
     }
 
-    /// Read a page answered to a request made at `cp`. `link_next` is the `Link` header's
-    /// `rel="next"` target, if any.
+    /// Read a page answered to a request made at `cp`, at `now`. `link_next` is the `Link`
+    /// header's `rel="next"` target, if any. The checkpoint's `since` moves to the newest record
+    /// time as [`checkpoint_time`] allows.
     pub fn page(
         &self,
         cp: &Checkpoint,
         start: DateTime<Utc>,
+        now: DateTime<Utc>,
         body: RawJson,
         link_next: Option<String>,
     ) -> Result<Page, PollError> {
@@ -288,15 +292,13 @@ impl Api {
             Vendor::Onepassword => (list_at(&body, "items", false)?, &["timestamp"]),
             Vendor::Launchdarkly => (list_at(&body, "items", false)?, &["date"]),
         };
-        let newest = records
-            .iter()
-            .filter_map(|r| time_at(r, time_path))
-            .max()
-            .into_iter()
-            .chain(cp.since)
-            .max();
+        let times = checkpoint_time(
+            cp.since,
+            records.iter().filter_map(|r| time_at(r, time_path)),
+            now,
+        );
         let mut next = Checkpoint {
-            since: newest,
+            since: times.since,
             ..cp.clone()
         };
         let more;
@@ -341,6 +343,7 @@ impl Api {
             records,
             checkpoint: next,
             more,
+            times,
         })
     }
 
@@ -442,7 +445,8 @@ mod tests {
     fn a_page_without_its_records_list_is_an_error_unless_the_vendor_leaves_it_out() {
         let cp = Checkpoint::default();
         let start = Utc::now();
-        let page = |vendor: Vendor, body: sonic_rs::Value| api(vendor).page(&cp, start, body, None);
+        let page =
+            |vendor: Vendor, body: sonic_rs::Value| api(vendor).page(&cp, start, start, body, None);
         // A vendor error sent with status 200 is no quiet source.
         for (vendor, body) in [
             (
@@ -467,6 +471,29 @@ mod tests {
         )
         .is_ok_and(|p| p.records.is_empty()));
         assert!(page(Vendor::Okta, sonic_rs::json!({})).is_ok_and(|p| p.records.is_empty()));
+    }
+
+    #[test]
+    fn a_record_time_far_ahead_does_not_move_the_checkpoint() {
+        // GitHub's `@timestamp` is in milliseconds; the year 3000 moved `since` there and the
+        // next listing asked for `created:>=3000-01-01`.
+        let now = Utc::now();
+        let cp = Checkpoint {
+            since: Some(now - chrono::Duration::hours(2)),
+            ..Checkpoint::default()
+        };
+        let newest = now - chrono::Duration::hours(1);
+        let body = sonic_rs::json!([
+            {"@timestamp": newest.timestamp_millis(), "_document_id": "a"},
+            {"@timestamp": 32_503_680_000_000i64, "_document_id": "b"},
+        ]);
+        let page = api(Vendor::Github).page(&cp, now, now, body, None).unwrap();
+        assert_eq!(page.records.len(), 2);
+        assert_eq!(
+            page.checkpoint.since.map(|t| t.timestamp_millis()),
+            Some(newest.timestamp_millis())
+        );
+        assert_eq!(page.times.implausible, 1);
     }
 
     #[test]
