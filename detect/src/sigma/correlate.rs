@@ -14,6 +14,8 @@
 //!   Google Workspace and Microsoft 365 hours behind): one watermark for everything made every
 //!   event of a delayed source "late", so correlations on it never fired. A key's windows close
 //!   and expire by the watermark of the stream that last fed it.
+//!   A record dated after its receipt moves its stream's watermark only as far as its receipt
+//!   allows ([`StreamClock`]), so one skewed or forged record cannot make the others late.
 //! - Conditions that can only become true as events arrive (`gt`/`gte` counts, sums, temporal)
 //!   fire as soon as a window of `timespan` containing the new event satisfies them; the entries
 //!   of that window are then consumed, so one burst gives one alert.
@@ -78,6 +80,68 @@ impl Hasher for IdentityHasher {
 }
 
 type KeyMap = HashMap<u64, KeyState, BuildHasherDefault<IdentityHasher>>;
+
+/// How far a stream (tenant + source) has come in event time: its watermark, built from what
+/// its records say, each believed only as far as its receipt allows.
+///
+/// A record dated after it was received (a vendor clock ahead, or a forged or skewed record,
+/// believed up to `MAX_FUTURE_SKEW` by `Event::new`) cannot prove its stream got past its
+/// receipt: taken at its word, one record dated `now + 9h` made every on-time event of its
+/// stream "late" for nine hours. Such a record moves the watermark only as far as its receive
+/// time, minus the delay of the stream's newest record dated before receipt: live, that is
+/// about its receipt (a stream whose clock runs ahead still advances); in a replay of old logs
+/// (every record received "now", dated days ago) it is about where the replay is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StreamClock {
+    /// Newest time of a record dated at or before its receipt.
+    dated: i64,
+    /// That record's receive time minus its time.
+    delay: i64,
+    /// Newest receive time of a record dated after its receipt.
+    ahead_received: i64,
+}
+
+impl StreamClock {
+    const NEW: StreamClock = StreamClock {
+        dated: i64::MIN,
+        delay: 0,
+        ahead_received: i64::MIN,
+    };
+
+    /// The watermark: no record still to come is expected older than this (minus the lateness).
+    fn watermark(&self) -> i64 {
+        if self.dated == i64::MIN {
+            self.ahead_received
+        } else {
+            self.dated
+                .max(self.ahead_received.saturating_sub(self.delay))
+        }
+    }
+
+    /// Take a record dated `ts` and received at `received` (ms). Returns whether it is dated
+    /// after its receipt.
+    fn observe(&mut self, ts: i64, received: i64) -> bool {
+        if ts <= received {
+            if ts > self.dated {
+                self.dated = ts;
+                self.delay = received - ts;
+            }
+            false
+        } else {
+            self.ahead_received = self.ahead_received.max(received);
+            true
+        }
+    }
+
+    /// The later of two clocks of one stream (a snapshot, the correlator before a reload).
+    fn merge(&mut self, other: StreamClock) {
+        if other.dated > self.dated {
+            self.dated = other.dated;
+            self.delay = other.delay;
+        }
+        self.ahead_received = self.ahead_received.max(other.ahead_received);
+    }
+}
 
 /// Keyed SipHash-1-3 of group-by and counted values. Keyed, because snapshots hold these hashes:
 /// an unkeyed hash of a user name or an IP can be tested against guesses, and FNV's initial
@@ -327,8 +391,8 @@ pub struct Correlator {
     max_keys: usize,
     /// Newest event time over all streams: schedules sweeps.
     max_ts: i64,
-    /// Newest event time per stream (tenant + source): lateness and window closing.
-    streams: HashMap<u64, i64, BuildHasherDefault<IdentityHasher>>,
+    /// Each stream's clock (tenant + source): lateness and window closing.
+    streams: HashMap<u64, StreamClock, BuildHasherDefault<IdentityHasher>>,
     /// Event time at which the next correlation is due for a sweep: `advance` does nothing
     /// per correlation before that.
     next_sweep_ts: i64,
@@ -337,8 +401,12 @@ pub struct Correlator {
     /// Changes whenever the windows may have changed (see [`Correlator::state_version`]).
     state_version: u64,
     seq: u64,
-    /// Events too late for their window (older than newest seen minus allowed lateness).
+    /// Events too late for their window (older than their stream's watermark minus the allowed
+    /// lateness).
     pub late_dropped: u64,
+    /// Events dated more than the allowed lateness after they were received: believed for
+    /// their own windows, not for their stream's watermark ([`StreamClock`]).
+    pub dated_ahead: u64,
     /// Keys (open windows) dropped to stay within `max_correlation_keys`: detections that may
     /// have been missed.
     pub evicted_keys: u64,
@@ -458,6 +526,7 @@ impl Correlator {
             state_version: 0,
             seq: 0,
             late_dropped: 0,
+            dated_ahead: 0,
             evicted_keys: 0,
             distinct: Vec::new(),
             hash_key: DEFAULT_HASH_KEY,
@@ -694,7 +763,17 @@ impl Correlator {
     ) {
         let ts = origin.ts;
         let stream = stream_of(event);
-        let stream_ts = self.streams.get(&stream).copied().unwrap_or(i64::MIN);
+        let mut clock = self
+            .streams
+            .get(&stream)
+            .copied()
+            .unwrap_or(StreamClock::NEW);
+        // The stream's clock with this event taken ([`Correlator::advance`] takes it after the
+        // event's hits): an event that moves it is not late for it.
+        if matches!(from, RuleRef::Detection(_)) && !event.timestamp_adjusted {
+            clock.observe(ts, event.received_at.timestamp_millis());
+        }
+        let stream_ts = clock.watermark();
         // A correlation's hit is dated by its window's newest event, and a window closes only
         // once its stream is past the allowed lateness: that is no late event.
         if matches!(from, RuleRef::Detection(_))
@@ -781,8 +860,9 @@ impl Correlator {
             self.evicted_keys += evict_lru(&mut st.keys, &mut self.distinct);
         }
         let span = c.timespan_ms;
+        // By the stream's clock, not the event's own time: a record dated hours ahead must not
+        // expire its key's open events.
         let horizon = stream_ts
-            .max(ts)
             .saturating_sub(span)
             .saturating_sub(self.lateness_ms);
         let max_entries = st.max_entries;
@@ -815,7 +895,7 @@ impl Correlator {
         let mut closed: Vec<ClosedWindow> = Vec::new();
         if mode == Mode::OnClose {
             // The windows this stream's watermark has passed: no event still accepted is in them.
-            let watermark = stream_ts.max(ts).saturating_sub(self.lateness_ms);
+            let watermark = stream_ts.saturating_sub(self.lateness_ms);
             close_windows(c, ks, Some(watermark), &mut self.distinct, &mut closed);
         } else {
             let keep_from = ks.entries.partition_point(|e| e.ts < horizon);
@@ -1022,12 +1102,17 @@ impl Correlator {
         // of how far its stream has come: taken as the watermark, one such record (`9999-12-31`
         // in a replayed file) would make every later event of the stream too late to count.
         if !event.timestamp_adjusted {
-            let stream_ts = self.streams.entry(stream_of(event)).or_insert(i64::MIN);
-            if ts > *stream_ts {
-                *stream_ts = ts;
-            }
-            if ts > self.max_ts {
-                self.max_ts = ts;
+            let received = event.received_at.timestamp_millis();
+            let clock = self
+                .streams
+                .entry(stream_of(event))
+                .or_insert(StreamClock::NEW);
+            clock.observe(ts, received);
+            // Sweeps follow the watermarks too: a record dated hours ahead would otherwise
+            // put the next sweep hours away (until a forced one).
+            self.max_ts = self.max_ts.max(clock.watermark());
+            if ts > received.saturating_add(self.lateness_ms) {
+                self.dated_ahead += 1;
             }
         }
         self.events_since_sweep += 1;
@@ -1075,8 +1160,7 @@ impl Correlator {
         st.keys.retain(|_, ks| {
             let watermark = streams
                 .get(&ks.stream)
-                .copied()
-                .unwrap_or(i64::MIN)
+                .map_or(i64::MIN, StreamClock::watermark)
                 .saturating_sub(lateness);
             if mode == Mode::OnClose {
                 close_windows(c, ks, (!all).then_some(watermark), distinct, &mut closed);
@@ -1138,7 +1222,13 @@ pub struct CorrelatorSnapshot {
     key_check: String,
     max_ts: i64,
     seq: u64,
+    /// Per stream, the newest time of a record dated at or before its receipt
+    /// ([`StreamClock`]; before 2026-12, the newest time of any record).
     streams: Vec<(u64, i64)>,
+    /// Per stream, the rest of its clock: (stream, delay, newest receive time of a record dated
+    /// after its receipt). Absent from snapshots written before 2026-12.
+    #[serde(default)]
+    stream_clocks: Vec<(u64, i64, i64)>,
     correlations: Vec<CorrelationSnapshot>,
 }
 
@@ -1228,7 +1318,12 @@ impl Correlator {
             key_check: key_check(&self.hash_key),
             max_ts: self.max_ts,
             seq: self.seq,
-            streams: self.streams.iter().map(|(k, v)| (*k, *v)).collect(),
+            streams: self.streams.iter().map(|(k, v)| (*k, v.dated)).collect(),
+            stream_clocks: self
+                .streams
+                .iter()
+                .map(|(k, v)| (*k, v.delay, v.ahead_received))
+                .collect(),
             correlations,
         }
     }
@@ -1301,7 +1396,23 @@ impl Correlator {
                 self.evicted_keys += evict_lru(&mut st.keys, &mut self.distinct);
             }
         }
-        self.take_clocks(snap.streams, snap.max_ts, snap.seq);
+        let mut clocks: HashMap<u64, StreamClock> = snap
+            .streams
+            .into_iter()
+            .map(|(stream, dated)| {
+                let clock = StreamClock {
+                    dated,
+                    ..StreamClock::NEW
+                };
+                (stream, clock)
+            })
+            .collect();
+        for (stream, delay, ahead_received) in snap.stream_clocks {
+            let clock = clocks.entry(stream).or_insert(StreamClock::NEW);
+            clock.delay = delay;
+            clock.ahead_received = ahead_received;
+        }
+        self.take_clocks(clocks, snap.max_ts, snap.seq);
         self.state_version += 1;
         Ok(restored)
     }
@@ -1310,13 +1421,15 @@ impl Correlator {
     /// the correlator before a reload), keeping the later of each, and sweep at the next event.
     fn take_clocks(
         &mut self,
-        streams: impl IntoIterator<Item = (u64, i64)>,
+        streams: impl IntoIterator<Item = (u64, StreamClock)>,
         max_ts: i64,
         seq: u64,
     ) {
-        for (stream, ts) in streams {
-            let t = self.streams.entry(stream).or_insert(i64::MIN);
-            *t = (*t).max(ts);
+        for (stream, clock) in streams {
+            self.streams
+                .entry(stream)
+                .or_insert(StreamClock::NEW)
+                .merge(clock);
         }
         self.max_ts = self.max_ts.max(max_ts);
         self.seq = self.seq.max(seq);
