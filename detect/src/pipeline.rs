@@ -1334,6 +1334,32 @@ mod tests {
         assert_eq!(p.metrics.counter("correlation_late_events_total", &[]), 3);
     }
 
+    /// The late-event figure (the `detect` summary, `correlation_late_events_total`) sizes the
+    /// loss in events: it used to count each late event once per correlation reading it.
+    #[test]
+    fn late_events_are_counted_once_however_many_correlations_read_them() {
+        let (rules, options) = rules_from(
+            "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6c\nname: okta_failure\n\
+             logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
+             \x20   condition: selection\nlevel: low\n---\ntitle: Burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6d\n\
+             correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
+             \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        gte: 3\nlevel: high\n\
+             ---\ntitle: Long burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6e\n\
+             correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
+             \x20       - actor.alternateId\n    timespan: 1h\n    condition:\n        gte: 10\nlevel: high\n",
+        );
+        let metrics = Arc::new(Metrics::new());
+        let mut p = pipeline_with(metrics.clone()).with_sigma(SigmaDetector::new(rules, &options));
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut p, &mut out, "acme", "carl", "13:30");
+        for at in ["10:40", "10:41", "10:42"] {
+            okta_failure(&mut p, &mut out, "acme", "fred", at);
+        }
+        assert_eq!(p.late_events_dropped(), 3);
+        p.publish_metrics("okta", &PipelineOutput::default());
+        assert_eq!(metrics.counter("correlation_late_events_total", &[]), 3);
+    }
+
     /// A record dated hours ahead of its receipt (believed: within `MAX_FUTURE_SKEW`) used to
     /// move its stream's watermark to its own time: every on-time event after it was "late" and
     /// no correlation of its tenant and source fired for hours. It moves the watermark no

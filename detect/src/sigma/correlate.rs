@@ -402,8 +402,11 @@ pub struct Correlator {
     state_version: u64,
     seq: u64,
     /// Events too late for their window (older than their stream's watermark minus the allowed
-    /// lateness).
+    /// lateness): each event once, however many correlations read it.
     pub late_dropped: u64,
+    /// The event being detected was too late for a correlation ([`Correlator::advance`] adds
+    /// it to `late_dropped` once).
+    late_now: bool,
     /// Events dated more than the allowed lateness after they were received: believed for
     /// their own windows, not for their stream's watermark ([`StreamClock`]).
     pub dated_ahead: u64,
@@ -526,6 +529,7 @@ impl Correlator {
             state_version: 0,
             seq: 0,
             late_dropped: 0,
+            late_now: false,
             dated_ahead: 0,
             evicted_keys: 0,
             distinct: Vec::new(),
@@ -780,7 +784,7 @@ impl Correlator {
             && stream_ts != i64::MIN
             && ts < stream_ts.saturating_sub(self.lateness_ms)
         {
-            self.late_dropped += 1;
+            self.late_now = true;
             return;
         }
         let c = &rules.correlations[ci];
@@ -1098,6 +1102,11 @@ impl Correlator {
     /// Called after every event: advance the watermark, expire old state, close windows.
     pub fn advance(&mut self, event: &Event, rules: &RuleSet, alerts: &mut Vec<Alert>) {
         let ts = event.timestamp.timestamp_millis();
+        // An event is late or not for all correlations alike (one stream, one time): the
+        // loss is counted in events, not in events times the correlations that read them.
+        if std::mem::take(&mut self.late_now) {
+            self.late_dropped += 1;
+        }
         // An event whose impossible vendor time was replaced by its receive time says nothing
         // of how far its stream has come: taken as the watermark, one such record (`9999-12-31`
         // in a replayed file) would make every later event of the stream too late to count.
