@@ -977,6 +977,51 @@ fn value_count_counts_distinct_values() {
     );
 }
 
+/// Sigma compares values case-insensitively, and SaaS identities are: `BOB@example.com` and
+/// `bob@example.com` are one group and one distinct value (they used to split a burst, break
+/// a temporal sequence and make 10 accounts look like 20). The alert shows a value as seen.
+#[test]
+fn group_by_and_counted_values_fold_case() {
+    let opts = SigmaOptions::default();
+    let burst = corr("    type: event_count\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 5m\n    condition:\n        gte: 3");
+    let evs: Vec<Event> = ["Bob@Example.com", "bob@example.com", "BOB@EXAMPLE.COM"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| okta_fail(u, "x", 0, i as u32))
+        .collect();
+    let alerts = run_events(&burst, &opts, &evs);
+    let c: Vec<_> = alerts.iter().filter(|a| a.rule_id == "c1").collect();
+    assert_eq!(c.len(), 1, "{alerts:?}");
+    assert_eq!(c[0].entity, "BOB@EXAMPLE.COM");
+    // Beyond ASCII: by their lowercase.
+    let evs: Vec<Event> = ["ÉLODIE", "élodie", "Élodie"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| okta_fail(u, "x", 0, i as u32))
+        .collect();
+    assert_eq!(run_events(&burst, &opts, &evs).len(), 1);
+    // Longer than the folding buffer (folded in pieces).
+    let long = format!("{}@example.com", "Mallory".repeat(20));
+    let evs: Vec<Event> = [long.to_uppercase(), long.to_lowercase(), long]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| okta_fail(u, "x", 0, i as u32))
+        .collect();
+    assert_eq!(run_events(&burst, &opts, &evs).len(), 1);
+    let spray = corr("    type: value_count\n    rules: [okta_fail]\n    group-by: [client.ipAddress]\n    timespan: 10m\n    condition:\n        field: actor.alternateId\n        gte: 3");
+    let two: Vec<Event> = ["ann", "ANN", "Ben", "ben"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| okta_fail(u, "9.9.9.9", 0, i as u32))
+        .collect();
+    assert!(run_events(&spray, &opts, &two).is_empty());
+    let text = format!(
+        "title: c\nid: c1\ncorrelation:\n    type: temporal_ordered\n    rules: [okta_fail, okta_ok]\n    group-by: [actor.alternateId]\n    timespan: 10m\n---\n{FAIL_RULE}---\n{SUCCESS_RULE}"
+    );
+    let evs = [okta_fail("ALICE", "x", 0, 0), okta_ok("alice", 1)];
+    assert_eq!(run_events(&text, &opts, &evs).len(), 1);
+}
+
 fn assert_explains(alert: &perimeter_model::Alert, start: &str) {
     let text = alert.explanation.as_deref().unwrap_or_default();
     assert!(text.starts_with(start), "{text}");

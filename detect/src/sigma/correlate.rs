@@ -5,6 +5,8 @@
 //!   snapshotted to disk ([`Correlator::snapshot`]) and survive a restart, and kept across a rule
 //!   reload ([`Correlator::adopt`]), without holding a value that could be tested by guessing.
 //!
+//! - Group-by and counted values are hashed case-folded ([`ValueHash::write_folded`]): Sigma
+//!   compares field values case-insensitively, and SaaS identities are case-insensitive.
 //! - Keys belong to one tenant: the tenant is part of every group-by key, so two tenants'
 //!   events never count towards one window.
 //! - Event-time windows, with a watermark per stream (tenant + source): events older than the
@@ -158,6 +160,32 @@ impl ValueHash {
     }
     fn finish(&self) -> u64 {
         Hasher::finish(&self.0)
+    }
+
+    /// Write `text` case-folded, as Sigma compares by default (the matcher folds ASCII letters,
+    /// and other letters through Unicode case-insensitive regexes; here their lowercase):
+    /// `BOB@example.com` and `bob@example.com` are one group-by key and one distinct value.
+    /// Lowercase text hashes as before folding, so keys of lowercase values in a snapshot
+    /// written before still match.
+    fn write_folded(&mut self, text: &str) {
+        let bytes = text.as_bytes();
+        if !bytes
+            .iter()
+            .any(|b| !b.is_ascii() || b.is_ascii_uppercase())
+        {
+            self.write(bytes);
+        } else if text.is_ascii() {
+            // SipHash over pieces is SipHash over their concatenation: no allocation.
+            let mut buf = [0u8; 64];
+            for chunk in bytes.chunks(buf.len()) {
+                let piece = &mut buf[..chunk.len()];
+                piece.copy_from_slice(chunk);
+                piece.make_ascii_lowercase();
+                self.write(piece);
+            }
+        } else {
+            self.write(text.to_lowercase().as_bytes());
+        }
     }
 }
 
@@ -618,7 +646,7 @@ impl Correlator {
         let r = fields.visit(slot, path, event, &mut |leaf: Leaf<'_>| {
             leaf.with_text(|t| {
                 if let Some(t) = t {
-                    h.write(t.as_bytes());
+                    h.write_folded(t);
                     found = true;
                 }
             });
