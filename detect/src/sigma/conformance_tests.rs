@@ -1022,6 +1022,54 @@ fn group_by_and_counted_values_fold_case() {
     assert_eq!(run_events(&text, &opts, &evs).len(), 1);
 }
 
+/// A group-by path through an array (the Okta `target` list) has a value per element: the
+/// event counts under each, so the order of the elements does not matter (only the first one
+/// used to count: a reset whose target list began with the factor never met the enrolment).
+#[test]
+fn a_group_by_through_an_array_counts_under_each_element() {
+    let reset = |targets: &[&str]| {
+        let targets: Vec<_> = targets.iter().map(|t| json!({"alternateId": t})).collect();
+        event(
+            "okta",
+            json!({"eventType": "user.mfa.factor.deactivate", "actor": {"alternateId": "admin"},
+                   "target": targets, "published": "2024-05-01T10:00:00Z"}),
+        )
+    };
+    let enrol = event(
+        "okta",
+        json!({"eventType": "user.mfa.factor.activate", "actor": {"alternateId": "Alice"},
+               "published": "2024-05-01T10:10:00Z"}),
+    );
+    let rules = "title: reset\nid: r1\nname: reset\nlogsource: {product: okta}\ndetection:\n    sel: {eventType: user.mfa.factor.deactivate}\n    condition: sel\n---\n\
+                 title: enrol\nid: r2\nname: enrol\nlogsource: {product: okta}\ndetection:\n    sel: {eventType: user.mfa.factor.activate}\n    condition: sel\n";
+    let text = format!(
+        "title: c\nid: c1\ncorrelation:\n    type: temporal_ordered\n    rules: [reset, enrol]\n    aliases:\n        account:\n            reset: target.alternateId\n            enrol: actor.alternateId\n    group-by: [account]\n    timespan: 1h\n---\n{rules}"
+    );
+    let opts = SigmaOptions::default();
+    for targets in [["alice", "Okta Verify"], ["Okta Verify", "alice"]] {
+        let alerts = run_events(&text, &opts, &[reset(&targets), enrol.clone()]);
+        let c: Vec<_> = alerts.iter().filter(|a| a.rule_id == "c1").collect();
+        assert_eq!(c.len(), 1, "{targets:?}: {alerts:?}");
+        assert_eq!(c[0].entity, "Alice");
+    }
+    // A count over such a field: the event counts once under each distinct value, and the
+    // alert names the value its window is of.
+    let burst = format!(
+        "title: c\nid: c1\ncorrelation:\n    type: event_count\n    rules: [reset]\n    group-by: [target.alternateId]\n    timespan: 1h\n    condition:\n        gte: 2\n---\n{rules}"
+    );
+    let evs = [
+        reset(&["Okta Verify", "bob", "BOB"]),
+        reset(&["carol", "bob"]),
+    ];
+    let alerts = run_events(&burst, &opts, &evs);
+    let entities: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.rule_id == "c1")
+        .map(|a| a.entity.as_str())
+        .collect();
+    assert_eq!(entities, vec!["bob"]);
+}
+
 fn assert_explains(alert: &perimeter_model::Alert, start: &str) {
     let text = alert.explanation.as_deref().unwrap_or_default();
     assert!(text.starts_with(start), "{text}");

@@ -7,6 +7,8 @@
 //!
 //! - Group-by and counted values are hashed case-folded ([`ValueHash::write_folded`]): Sigma
 //!   compares field values case-insensitively, and SaaS identities are case-insensitive.
+//!   A group-by path through an array has a value per element: the event counts under each
+//!   distinct value (at most [`MAX_GROUP_KEYS`] keys), whatever the elements' order.
 //! - Keys belong to one tenant: the tenant is part of every group-by key, so two tenants'
 //!   events never count towards one window.
 //! - Event-time windows, with a watermark per stream (tenant + source): events older than the
@@ -664,15 +666,18 @@ impl Correlator {
         out
     }
 
+    /// The alert's entity: `entity_field`, else the group-by values (`values`, as seen, when
+    /// the event has several keys; else the event's).
     fn entity(
         c: &CorrelationRule,
         paths: &[FieldPath],
+        values: Option<&[String]>,
         event: &Event,
-        rules: &RuleSet,
-        ci: usize,
     ) -> (String, EntityKind) {
-        let _ = rules;
-        let _ = ci;
+        let value = |i: usize, p: &FieldPath| match values {
+            Some(v) => v.get(i).cloned(),
+            None => Self::first_text(p, event),
+        };
         // The rule's own choice (`entity_field`) names the alert, whatever it groups by: a
         // group of role sessions keyed by their ARN is about the person who acted.
         if c.meta.entity_field.is_some() {
@@ -680,19 +685,19 @@ impl Correlator {
         }
         match paths {
             [] => entity_of(&c.meta, event),
-            [p] => match Self::first_text(p, event) {
+            [p] => match value(0, p) {
                 Some(v) => (v, entity_kind_for_group_by(c, &c.group_by[0])),
                 None => entity_of(&c.meta, event),
             },
             many => {
                 let mut s = String::new();
-                for (g, p) in c.group_by.iter().zip(many) {
+                for (i, (g, p)) in c.group_by.iter().zip(many).enumerate() {
                     if !s.is_empty() {
                         s.push_str(", ");
                     }
                     s.push_str(g);
                     s.push('=');
-                    s.push_str(Self::first_text(p, event).as_deref().unwrap_or("-"));
+                    s.push_str(value(i, p).as_deref().unwrap_or("-"));
                 }
                 (s, EntityKind::Unknown)
             }
@@ -722,8 +727,20 @@ impl Correlator {
     /// tenant and source of `event`, and the values of the fields they read: `ci`'s group-by
     /// fields under its own names, the paths the readers resolve for `ci` (aliases), their
     /// counted fields and `entity_field`. Dated when passed on.
-    fn carrier_for(&self, ci: usize, j0: usize, event: &Event, rules: &RuleSet) -> Box<Carrier> {
+    fn carrier_for(
+        &self,
+        ci: usize,
+        j0: usize,
+        values: Option<&[String]>,
+        event: &Event,
+        rules: &RuleSet,
+    ) -> Box<Carrier> {
         let mut raw = serde_json::Map::new();
+        let c = &rules.correlations[ci];
+        // The key's own values, when the event has several keys.
+        for (g, v) in c.group_by.iter().zip(values.into_iter().flatten()) {
+            raw.insert(g.clone(), serde_json::Value::String(v.clone()));
+        }
         let mut put = |name: &str, path: &FieldPath| {
             if raw.contains_key(name) {
                 return;
@@ -739,7 +756,6 @@ impl Correlator {
                 raw.insert(name.to_string(), v);
             }
         };
-        let c = &rules.correlations[ci];
         for (g, p) in c.group_by.iter().zip(&self.states[ci].group_paths[j0]) {
             put(g, p);
         }
@@ -828,18 +844,14 @@ impl Correlator {
             return;
         };
         let st = &mut self.states[ci];
-        let mut h = ValueHash::new(&self.hash_key);
-        h.write(event.tenant.as_bytes());
-        h.write(&[0xff]);
-        for (p, &slot) in st.group_paths[j0].iter().zip(&st.group_slots[j0]) {
+        let (paths, slots) = (&st.group_paths[j0], &st.group_slots[j0]);
+        let groups = match group_key(&self.hash_key, paths, slots, event, fields) {
             // An event without a group-by value belongs to no group (as `stats ... by field`
             // drops it): ten failures of ten unknown users are not ten failures of one.
-            if !Self::text_of(p, slot, event, fields, &mut h) {
-                return;
-            }
-            h.write(&[0xff]);
-        }
-        let key = h.finish();
+            None => return,
+            Some(Some(key)) => Groups::One(key),
+            Some(None) => Groups::Many(group_keys(&self.hash_key, paths, slots, event, fields)),
+        };
         let val = match c.kind {
             CorrelationType::EventCount
             | CorrelationType::Temporal
@@ -875,6 +887,55 @@ impl Correlator {
                 }
             }
         };
+        match groups {
+            Groups::One(key) => {
+                let group = (key, None);
+                let at = (stream, stream_ts);
+                self.count_key(
+                    ci, from, j0, event, origin, group, val, at, rules, alerts, fields,
+                );
+            }
+            Groups::Many(keys) => {
+                for (key, values) in &keys {
+                    let group = (*key, Some(values.as_slice()));
+                    let at = (stream, stream_ts);
+                    self.count_key(
+                        ci, from, j0, event, origin, group, val, at, rules, alerts, fields,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Count `origin` (of `event`, value `val`) for correlation `ci` under one group-by key
+    /// (`group`: the key, and its values as seen when the event has several keys).
+    #[allow(clippy::too_many_arguments)]
+    fn count_key(
+        &mut self,
+        ci: usize,
+        from: RuleRef,
+        j0: usize,
+        event: &Event,
+        origin: Origin<'_>,
+        group: (u64, Option<&[String]>),
+        val: u64,
+        stream_at: (u64, i64),
+        rules: &RuleSet,
+        alerts: &mut Vec<Alert>,
+        fields: &mut dyn FieldValues,
+    ) {
+        let (key, values) = group;
+        let ts = origin.ts;
+        let c = &rules.correlations[ci];
+        let positions = || {
+            rules.corr_refs[ci]
+                .iter()
+                .enumerate()
+                .filter(move |(_, r)| **r == from)
+                .map(|(j, _)| j)
+        };
+        let (stream, stream_ts) = stream_at;
+        let st = &self.states[ci];
         let mode = st.mode;
         // A correlation that others read passes its closed windows on with a stand-in event.
         let carrier = (mode == Mode::OnClose
@@ -884,7 +945,7 @@ impl Correlator {
                 .get(&key)
                 .and_then(|k| k.window.as_ref())
                 .is_none_or(|w| w.carrier.is_none()))
-        .then(|| self.carrier_for(ci, j0, event, rules));
+        .then(|| self.carrier_for(ci, j0, values, event, rules));
         let st = &mut self.states[ci];
         self.seq += 1;
         self.state_version += 1;
@@ -912,7 +973,7 @@ impl Correlator {
         ks.last_used = self.seq;
         ks.stream = stream;
         if mode == Mode::OnClose && ks.window.is_none() {
-            let (entity, entity_kind) = Self::entity(c, &st.group_paths[j0], event, rules, ci);
+            let (entity, entity_kind) = Self::entity(c, &st.group_paths[j0], values, event);
             ks.window = Some(Box::new(WindowInfo {
                 source: event.source.clone(),
                 tenant: event.tenant.clone(),
@@ -1014,7 +1075,7 @@ impl Correlator {
                 let used: Vec<Entry> = ks.entries.drain(lo..hi).collect();
                 let cites = cited_evidence(ks.cited.as_deref(), &used);
                 ks.prune_citations();
-                let entity = Self::entity(c, &self.states[ci].group_paths[j0], event, rules, ci);
+                let entity = Self::entity(c, &self.states[ci].group_paths[j0], values, event);
                 let mut alert = base_alert(&c.meta, DetectorKind::Correlation, event, entity);
                 // The window's newest event dates the alert, whichever arrived last (events
                 // within the allowed lateness may come out of order): the same events give
@@ -1502,6 +1563,104 @@ impl Correlator {
         self.state_version = self.state_version.max(old.state_version) + 1;
         adopted
     }
+}
+
+/// Most group-by keys one event counts under (a group-by path through an array has a value
+/// per element).
+const MAX_GROUP_KEYS: usize = 8;
+
+/// The group-by keys an event counts under.
+enum Groups {
+    One(u64),
+    /// Each key with its values as seen (for the alert's entity).
+    Many(Vec<(u64, Vec<String>)>),
+}
+
+/// The hasher every group-by key starts from: the tenant's.
+fn tenant_hash(hash_key: &[u8; 16], event: &Event) -> ValueHash {
+    let mut h = ValueHash::new(hash_key);
+    h.write(event.tenant.as_bytes());
+    h.write(&[0xff]);
+    h
+}
+
+/// The group-by key of `event` (tenant and each group-by value, case-folded) when each field
+/// has one value: `None` when a field has none, `Some(None)` when one has several (an array):
+/// then [`group_keys`]. The common case, without allocating.
+fn group_key(
+    hash_key: &[u8; 16],
+    paths: &[FieldPath],
+    slots: &[u32],
+    event: &Event,
+    fields: &mut dyn FieldValues,
+) -> Option<Option<u64>> {
+    let mut h = tenant_hash(hash_key, event);
+    for (p, &slot) in paths.iter().zip(slots) {
+        let mut texts = 0u32;
+        fields.visit(slot, p, event, &mut |leaf: Leaf<'_>| {
+            leaf.with_text(|t| {
+                if let Some(t) = t {
+                    if texts == 0 {
+                        h.write_folded(t);
+                    }
+                    texts += 1;
+                }
+            });
+            texts > 1
+        });
+        match texts {
+            0 => return None,
+            1 => h.write(&[0xff]),
+            _ => return Some(None),
+        }
+    }
+    Some(Some(h.finish()))
+}
+
+/// The group-by keys of an event with several values of a group-by field (a path through an
+/// array: the Okta `target` list): it counts under each distinct (case-folded) combination,
+/// whatever the order of the elements, at most [`MAX_GROUP_KEYS`].
+fn group_keys(
+    hash_key: &[u8; 16],
+    paths: &[FieldPath],
+    slots: &[u32],
+    event: &Event,
+    fields: &mut dyn FieldValues,
+) -> Vec<(u64, Vec<String>)> {
+    let mut partial: Vec<(ValueHash, Vec<String>)> = vec![(tenant_hash(hash_key, event), vec![])];
+    for (p, &slot) in paths.iter().zip(slots) {
+        let mut values: Vec<(String, String)> = Vec::new();
+        fields.visit(slot, p, event, &mut |leaf: Leaf<'_>| {
+            leaf.with_text(|t| {
+                if let Some(t) = t {
+                    let folded = t.to_lowercase();
+                    if !values.iter().any(|(f, _)| *f == folded) {
+                        values.push((folded, t.to_string()));
+                    }
+                }
+            });
+            values.len() >= MAX_GROUP_KEYS
+        });
+        let mut next = Vec::with_capacity(MAX_GROUP_KEYS);
+        for (h, seen) in &partial {
+            for (_, v) in &values {
+                if next.len() == MAX_GROUP_KEYS {
+                    break;
+                }
+                let mut h = h.clone();
+                h.write_folded(v);
+                h.write(&[0xff]);
+                let mut seen = seen.clone();
+                seen.push(v.clone());
+                next.push((h, seen));
+            }
+        }
+        partial = next;
+    }
+    partial
+        .into_iter()
+        .map(|(h, values)| (h.finish(), values))
+        .collect()
 }
 
 /// The stream an event belongs to: its tenant and source.
