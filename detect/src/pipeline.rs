@@ -1276,13 +1276,18 @@ mod tests {
     fn failure_burst_rules_with(
         condition: &str,
     ) -> (crate::sigma::RuleSet, crate::sigma::SigmaOptions) {
-        rules_from(&format!(
+        rules_from(&failure_burst_text(condition))
+    }
+
+    /// The rule file of [`failure_burst_rules_with`].
+    fn failure_burst_text(condition: &str) -> String {
+        format!(
             "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6c\nname: okta_failure\n\
              logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
              \x20   condition: selection\nlevel: low\n---\ntitle: Burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6d\n\
              correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
              \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        {condition}\nlevel: high\n",
-        ))
+        )
     }
 
     /// An Okta login failure for `user` at `at` (`HH:MM` on 2026-11-24), into `out`.
@@ -1338,16 +1343,12 @@ mod tests {
     /// loss in events: it used to count each late event once per correlation reading it.
     #[test]
     fn late_events_are_counted_once_however_many_correlations_read_them() {
-        let (rules, options) = rules_from(
-            "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6c\nname: okta_failure\n\
-             logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
-             \x20   condition: selection\nlevel: low\n---\ntitle: Burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6d\n\
-             correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
-             \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        gte: 3\nlevel: high\n\
-             ---\ntitle: Long burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6e\n\
+        let (rules, options) = rules_from(&format!(
+            "{}---\ntitle: Long burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6e\n\
              correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
              \x20       - actor.alternateId\n    timespan: 1h\n    condition:\n        gte: 10\nlevel: high\n",
-        );
+            failure_burst_text("gte: 3")
+        ));
         let metrics = Arc::new(Metrics::new());
         let mut p = pipeline_with(metrics.clone()).with_sigma(SigmaDetector::new(rules, &options));
         let mut out = PipelineOutput::default();
@@ -1420,30 +1421,19 @@ mod tests {
         // now comes first, another in the middle.
         let now = "2026-11-25T12:00:00Z";
         let replay = "replay";
-        send(&mut p, replay, "r0", "x@x.io", "2026-11-25T20:00:00Z", now);
         let mut fired = Vec::new();
-        for (i, at) in ["10:00", "10:01", "10:02"].iter().enumerate() {
-            let at = format!("2026-11-24T{at}:00Z");
-            fired.extend(send(
-                &mut p,
-                replay,
-                &format!("r{}", i + 1),
-                "fred@x.io",
-                &at,
-                now,
-            ));
-        }
-        send(&mut p, replay, "r4", "x@x.io", "2026-11-25T21:00:00Z", now);
-        for (i, at) in ["10:03", "10:04", "10:05"].iter().enumerate() {
-            let at = format!("2026-11-24T{at}:00Z");
-            fired.extend(send(
-                &mut p,
-                replay,
-                &format!("r{}", i + 5),
-                "gus@x.io",
-                &at,
-                now,
-            ));
+        let bursts = [
+            ("fred@x.io", ["10:00", "10:01", "10:02"]),
+            ("gus@x.io", ["10:03", "10:04", "10:05"]),
+        ];
+        for (n, (user, minutes)) in bursts.iter().enumerate() {
+            let ahead = format!("2026-11-25T2{n}:00:00Z");
+            send(&mut p, replay, &format!("r{n}"), "x@x.io", &ahead, now);
+            for at in minutes {
+                let id = format!("r{n}-{at}");
+                let at = format!("2026-11-24T{at}:00Z");
+                fired.extend(send(&mut p, replay, &id, user, &at, now));
+            }
         }
         assert_eq!(fired, vec!["fred@x.io", "gus@x.io"]);
         assert_eq!(p.late_events_dropped(), 0);

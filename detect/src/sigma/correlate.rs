@@ -832,15 +832,7 @@ impl Correlator {
             return;
         }
         let c = &rules.correlations[ci];
-        // Positions of `from` in the correlation's rule list (usually one), without allocating.
-        let positions = || {
-            rules.corr_refs[ci]
-                .iter()
-                .enumerate()
-                .filter(move |(_, r)| **r == from)
-                .map(|(j, _)| j)
-        };
-        let Some(j0) = positions().next() else {
+        let Some(j0) = positions(rules, ci, from).next() else {
             return;
         };
         let st = &mut self.states[ci];
@@ -927,13 +919,6 @@ impl Correlator {
         let (key, values) = group;
         let ts = origin.ts;
         let c = &rules.correlations[ci];
-        let positions = || {
-            rules.corr_refs[ci]
-                .iter()
-                .enumerate()
-                .filter(move |(_, r)| **r == from)
-                .map(|(j, _)| j)
-        };
         let (stream, stream_ts) = stream_at;
         let st = &self.states[ci];
         let mode = st.mode;
@@ -1041,7 +1026,7 @@ impl Correlator {
                 }
             }
         }
-        for j in positions().filter(|_| insert) {
+        for j in positions(rules, ci, from).filter(|_| insert) {
             let v = if temporal { j as u64 } else { val };
             if counted(&ks.entries, v) {
                 continue;
@@ -1563,6 +1548,15 @@ impl Correlator {
         self.state_version = self.state_version.max(old.state_version) + 1;
         adopted
     }
+}
+
+/// Positions of `from` in correlation `ci`'s rule list (usually one), without allocating.
+fn positions(rules: &RuleSet, ci: usize, from: RuleRef) -> impl Iterator<Item = usize> + '_ {
+    rules.corr_refs[ci]
+        .iter()
+        .enumerate()
+        .filter(move |(_, r)| **r == from)
+        .map(|(j, _)| j)
 }
 
 /// Most group-by keys one event counts under (a group-by path through an array has a value
