@@ -707,6 +707,13 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
             config.sigma.allowed_lateness_seconds
         );
     }
+    let ahead = pipeline.events_dated_ahead();
+    if ahead > 0 {
+        eprintln!(
+            "  {ahead} events were dated more than {}s after they were read (a clock ahead, or a forged time): counted by their own time, but not allowed to make other events of their source late",
+            config.sigma.allowed_lateness_seconds
+        );
+    }
     dead.finish(stats.dead_letters)?;
     print_timestamps_adjusted(stats.timestamps_adjusted);
     read_outcome(stopped, &args.input, reader.lines_read())?;

@@ -1461,6 +1461,30 @@ fn detect_says_how_many_events_came_too_late_for_correlations() {
     assert!(!stderr(&out).contains("came more than"), "{}", stderr(&out));
 }
 
+/// A replay of old logs with one record dated hours after the run (believed: within a day):
+/// it used to move its source's watermark there, so the burst after it was "late" and gone.
+/// It counts by its own time but cannot make the others late, and the summary says so.
+#[test]
+fn detect_a_record_dated_after_the_run_does_not_make_the_rest_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = login_burst_rules(dir.path(), "6f1c2f3e-4a55-4c7e-9d1a-0a3b5c7d9e4");
+    let ahead = (chrono::Utc::now() + chrono::TimeDelta::hours(9)).to_rfc3339();
+    let mut input = okta_event("user.session.start", "bob@example.com", 0)
+        .replace("2026-11-24T10:00:00.000Z", &ahead)
+        + "\n";
+    for m in 1..=3 {
+        input += &(okta_event("user.session.start", "alice@example.com", m) + "\n");
+    }
+    let out = perimeter(&okta_detect_args(&rule), Some(input.as_bytes()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json_lines(&out).iter().any(|a| a["title"] == "Login burst"));
+    assert!(!stderr(&out).contains("came more than"), "{}", stderr(&out));
+    assert_stderr_says(
+        &out,
+        "1 events were dated more than 300s after they were read",
+    );
+}
+
 /// With a mask key configured, `detect --state-dir` remembers the events it saw: an input sent
 /// again (a collector that retried) is not detected twice; new events are.
 #[test]

@@ -212,6 +212,8 @@ pub struct Pipeline {
     late_reported: u64,
     /// The correlator's evicted-key count already added to the metrics.
     corr_evicted_reported: u64,
+    /// The correlator's count of events dated ahead of receipt already added to the metrics.
+    dated_ahead_reported: u64,
     /// UEBA's (idle, at capacity) evicted-entity counts already added to the metrics.
     ueba_evicted_reported: (u64, u64),
 }
@@ -238,6 +240,7 @@ impl Pipeline {
             switches: None,
             late_reported: 0,
             corr_evicted_reported: 0,
+            dated_ahead_reported: 0,
             ueba_evicted_reported: (0, 0),
         }
     }
@@ -388,6 +391,14 @@ impl Pipeline {
         self.sigma
             .as_ref()
             .map_or(0, SigmaDetector::late_events_dropped)
+    }
+
+    /// Events dated more than the allowed lateness after their receipt: counted in their own
+    /// correlation windows, but not trusted to move their stream's watermark.
+    pub fn events_dated_ahead(&self) -> u64 {
+        self.sigma
+            .as_ref()
+            .map_or(0, SigmaDetector::events_dated_ahead)
     }
 
     pub fn registry(&self) -> &NormalizerRegistry {
@@ -584,6 +595,7 @@ impl Pipeline {
         // The new rules' correlator counts from zero.
         self.late_reported = 0;
         self.corr_evicted_reported = 0;
+        self.dated_ahead_reported = 0;
         kept
     }
 
@@ -625,6 +637,15 @@ impl Pipeline {
                 &[],
                 sigma.late_events_dropped(),
                 &mut self.late_reported,
+            );
+            // Records dated ahead of their receipt (a clock ahead, a forged time): not allowed
+            // to make their stream's other events late, but worth a look when it grows.
+            count_growth(
+                m,
+                "correlation_events_dated_ahead_total",
+                &[],
+                sigma.events_dated_ahead(),
+                &mut self.dated_ahead_reported,
             );
             // How much detection state a restart must carry over (and memory it holds).
             m.set(
@@ -1317,13 +1338,18 @@ mod tests {
     fn failure_burst_rules_with(
         condition: &str,
     ) -> (crate::sigma::RuleSet, crate::sigma::SigmaOptions) {
-        rules_from(&format!(
+        rules_from(&failure_burst_text(condition))
+    }
+
+    /// The rule file of [`failure_burst_rules_with`].
+    fn failure_burst_text(condition: &str) -> String {
+        format!(
             "title: Okta failure\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6c\nname: okta_failure\n\
              logsource:\n    product: okta\ndetection:\n    selection:\n        outcome.result: FAILURE\n\
              \x20   condition: selection\nlevel: low\n---\ntitle: Burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6d\n\
              correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
              \x20       - actor.alternateId\n    timespan: 10m\n    condition:\n        {condition}\nlevel: high\n",
-        ))
+        )
     }
 
     /// An Okta login failure for `user` at `at` (`HH:MM` on 2026-11-24), into `out`.
@@ -1373,6 +1399,123 @@ mod tests {
         assert!(bursts(&mut p, "acme", "fred", &["10:40", "10:41", "10:42"]).is_empty());
         p.publish_metrics("okta", &PipelineOutput::default());
         assert_eq!(p.metrics.counter("correlation_late_events_total", &[]), 3);
+    }
+
+    /// The late-event figure (the `detect` summary, `correlation_late_events_total`) sizes the
+    /// loss in events: it used to count each late event once per correlation reading it.
+    #[test]
+    fn late_events_are_counted_once_however_many_correlations_read_them() {
+        let (rules, options) = rules_from(&format!(
+            "{}---\ntitle: Long burst\nid: 5d1f7b9e-2c4a-4f3e-9a1b-0c2d3e4f5a6e\n\
+             correlation:\n    type: event_count\n    rules:\n        - okta_failure\n    group-by:\n\
+             \x20       - actor.alternateId\n    timespan: 1h\n    condition:\n        gte: 10\nlevel: high\n",
+            failure_burst_text("gte: 3")
+        ));
+        let metrics = Arc::new(Metrics::new());
+        let mut p = pipeline_with(metrics.clone()).with_sigma(SigmaDetector::new(rules, &options));
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut p, &mut out, "acme", "carl", "13:30");
+        for at in ["10:40", "10:41", "10:42"] {
+            okta_failure(&mut p, &mut out, "acme", "fred", at);
+        }
+        assert_eq!(p.late_events_dropped(), 3);
+        p.publish_metrics("okta", &PipelineOutput::default());
+        assert_eq!(metrics.counter("correlation_late_events_total", &[]), 3);
+    }
+
+    /// A record dated hours ahead of its receipt (believed: within `MAX_FUTURE_SKEW`) used to
+    /// move its stream's watermark to its own time: every on-time event after it was "late" and
+    /// no correlation of its tenant and source fired for hours. It moves the watermark no
+    /// further than its receipt now, live and in a replay of old logs alike.
+    #[test]
+    fn a_record_dated_ahead_of_its_receipt_does_not_make_its_stream_late() {
+        let (rules, options) = failure_burst_rules();
+        let metrics = Arc::new(Metrics::new());
+        let mut p = pipeline_with(metrics.clone()).with_sigma(SigmaDetector::new(rules, &options));
+        let mut out = PipelineOutput::default();
+        let mut send =
+            |p: &mut Pipeline, tenant: &str, id: &str, user: &str, at: &str, received: &str| {
+                let record = sonic_rs::json!({"uuid": id, "eventType": "user.session.start",
+                "published": at, "outcome": {"result": "FAILURE"},
+                "actor": {"alternateId": user}});
+                let received: DateTime<Utc> = received.parse().unwrap();
+                out.alerts.clear();
+                p.process_value("okta", tenant, None, record, received, &mut out);
+                out.alerts
+                    .iter()
+                    .filter(|a| a.title == "Burst")
+                    .map(|a| a.entity.clone())
+                    .collect::<Vec<_>>()
+            };
+        // Live: records come a few seconds after their time; one is dated nine hours ahead.
+        let live = "live";
+        send(
+            &mut p,
+            live,
+            "l0",
+            "erin@x.io",
+            "2026-11-24T10:00:00Z",
+            "2026-11-24T10:00:05Z",
+        );
+        send(
+            &mut p,
+            live,
+            "l1",
+            "x@x.io",
+            "2026-11-24T19:00:00Z",
+            "2026-11-24T10:00:06Z",
+        );
+        let mut fired = Vec::new();
+        for (i, at) in ["10:01:00", "10:02:00", "10:03:00"].iter().enumerate() {
+            let received = format!("2026-11-24T{}:05Z", &at[..5]);
+            let at = format!("2026-11-24T{at}Z");
+            fired.extend(send(
+                &mut p,
+                live,
+                &format!("l{}", i + 2),
+                "dana@x.io",
+                &at,
+                &received,
+            ));
+        }
+        assert_eq!(fired, vec!["dana@x.io"]);
+        // A replay of the day before, every record received now: one record dated ahead of
+        // now comes first, another in the middle.
+        let now = "2026-11-25T12:00:00Z";
+        let replay = "replay";
+        let mut fired = Vec::new();
+        let bursts = [
+            ("fred@x.io", ["10:00", "10:01", "10:02"]),
+            ("gus@x.io", ["10:03", "10:04", "10:05"]),
+        ];
+        for (n, (user, minutes)) in bursts.iter().enumerate() {
+            let ahead = format!("2026-11-25T2{n}:00:00Z");
+            send(&mut p, replay, &format!("r{n}"), "x@x.io", &ahead, now);
+            for at in minutes {
+                let id = format!("r{n}-{at}");
+                let at = format!("2026-11-24T{at}:00Z");
+                fired.extend(send(&mut p, replay, &id, user, &at, now));
+            }
+        }
+        assert_eq!(fired, vec!["fred@x.io", "gus@x.io"]);
+        assert_eq!(p.late_events_dropped(), 0);
+        // Out of order within a stream still counts as late.
+        let late = send(
+            &mut p,
+            replay,
+            "r8",
+            "hal@x.io",
+            "2026-11-24T09:00:00Z",
+            now,
+        );
+        assert!(late.is_empty());
+        assert!(p.late_events_dropped() > 0);
+        p.publish_metrics("okta", &PipelineOutput::default());
+        assert_eq!(p.events_dated_ahead(), 3);
+        assert_eq!(
+            metrics.counter("correlation_events_dated_ahead_total", &[]),
+            3
+        );
     }
 
     /// One record dated far in the future used to move the correlations' event-time watermark

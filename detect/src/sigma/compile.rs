@@ -977,6 +977,12 @@ impl SigmaDetector {
         self.correlator.late_dropped
     }
 
+    /// Events dated more than the allowed lateness after their receipt (their time is not
+    /// taken for their stream's watermark).
+    pub fn events_dated_ahead(&self) -> u64 {
+        self.correlator.dated_ahead
+    }
+
     /// Detection rules that match the event (filters applied), in rule order. Used by the
     /// detector and by `rules test`.
     pub(crate) fn match_rules(&mut self, event: &Event) -> &[u32] {

@@ -977,6 +977,99 @@ fn value_count_counts_distinct_values() {
     );
 }
 
+/// Sigma compares values case-insensitively, and SaaS identities are: `BOB@example.com` and
+/// `bob@example.com` are one group and one distinct value (they used to split a burst, break
+/// a temporal sequence and make 10 accounts look like 20). The alert shows a value as seen.
+#[test]
+fn group_by_and_counted_values_fold_case() {
+    let opts = SigmaOptions::default();
+    let burst = corr("    type: event_count\n    rules: [okta_fail]\n    group-by: [actor.alternateId]\n    timespan: 5m\n    condition:\n        gte: 3");
+    let evs: Vec<Event> = ["Bob@Example.com", "bob@example.com", "BOB@EXAMPLE.COM"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| okta_fail(u, "x", 0, i as u32))
+        .collect();
+    let alerts = run_events(&burst, &opts, &evs);
+    let c: Vec<_> = alerts.iter().filter(|a| a.rule_id == "c1").collect();
+    assert_eq!(c.len(), 1, "{alerts:?}");
+    assert_eq!(c[0].entity, "BOB@EXAMPLE.COM");
+    // Beyond ASCII: by their lowercase.
+    let evs: Vec<Event> = ["ÉLODIE", "élodie", "Élodie"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| okta_fail(u, "x", 0, i as u32))
+        .collect();
+    assert_eq!(run_events(&burst, &opts, &evs).len(), 1);
+    // Longer than the folding buffer (folded in pieces).
+    let long = format!("{}@example.com", "Mallory".repeat(20));
+    let evs: Vec<Event> = [long.to_uppercase(), long.to_lowercase(), long]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| okta_fail(u, "x", 0, i as u32))
+        .collect();
+    assert_eq!(run_events(&burst, &opts, &evs).len(), 1);
+    let spray = corr("    type: value_count\n    rules: [okta_fail]\n    group-by: [client.ipAddress]\n    timespan: 10m\n    condition:\n        field: actor.alternateId\n        gte: 3");
+    let two: Vec<Event> = ["ann", "ANN", "Ben", "ben"]
+        .iter()
+        .enumerate()
+        .map(|(i, u)| okta_fail(u, "9.9.9.9", 0, i as u32))
+        .collect();
+    assert!(run_events(&spray, &opts, &two).is_empty());
+    let text = format!(
+        "title: c\nid: c1\ncorrelation:\n    type: temporal_ordered\n    rules: [okta_fail, okta_ok]\n    group-by: [actor.alternateId]\n    timespan: 10m\n---\n{FAIL_RULE}---\n{SUCCESS_RULE}"
+    );
+    let evs = [okta_fail("ALICE", "x", 0, 0), okta_ok("alice", 1)];
+    assert_eq!(run_events(&text, &opts, &evs).len(), 1);
+}
+
+/// A group-by path through an array (the Okta `target` list) has a value per element: the
+/// event counts under each, so the order of the elements does not matter (only the first one
+/// used to count: a reset whose target list began with the factor never met the enrolment).
+#[test]
+fn a_group_by_through_an_array_counts_under_each_element() {
+    let reset = |targets: &[&str]| {
+        let targets: Vec<_> = targets.iter().map(|t| json!({"alternateId": t})).collect();
+        event(
+            "okta",
+            json!({"eventType": "user.mfa.factor.deactivate", "actor": {"alternateId": "admin"},
+                   "target": targets, "published": "2024-05-01T10:00:00Z"}),
+        )
+    };
+    let enrol = event(
+        "okta",
+        json!({"eventType": "user.mfa.factor.activate", "actor": {"alternateId": "Alice"},
+               "published": "2024-05-01T10:10:00Z"}),
+    );
+    let rules = "title: reset\nid: r1\nname: reset\nlogsource: {product: okta}\ndetection:\n    sel: {eventType: user.mfa.factor.deactivate}\n    condition: sel\n---\n\
+                 title: enrol\nid: r2\nname: enrol\nlogsource: {product: okta}\ndetection:\n    sel: {eventType: user.mfa.factor.activate}\n    condition: sel\n";
+    let text = format!(
+        "title: c\nid: c1\ncorrelation:\n    type: temporal_ordered\n    rules: [reset, enrol]\n    aliases:\n        account:\n            reset: target.alternateId\n            enrol: actor.alternateId\n    group-by: [account]\n    timespan: 1h\n---\n{rules}"
+    );
+    let opts = SigmaOptions::default();
+    for targets in [["alice", "Okta Verify"], ["Okta Verify", "alice"]] {
+        let alerts = run_events(&text, &opts, &[reset(&targets), enrol.clone()]);
+        let c: Vec<_> = alerts.iter().filter(|a| a.rule_id == "c1").collect();
+        assert_eq!(c.len(), 1, "{targets:?}: {alerts:?}");
+        assert_eq!(c[0].entity, "Alice");
+    }
+    // A count over such a field: the event counts once under each distinct value, and the
+    // alert names the value its window is of.
+    let burst = format!(
+        "title: c\nid: c1\ncorrelation:\n    type: event_count\n    rules: [reset]\n    group-by: [target.alternateId]\n    timespan: 1h\n    condition:\n        gte: 2\n---\n{rules}"
+    );
+    let evs = [
+        reset(&["Okta Verify", "bob", "BOB"]),
+        reset(&["carol", "bob"]),
+    ];
+    let alerts = run_events(&burst, &opts, &evs);
+    let entities: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.rule_id == "c1")
+        .map(|a| a.entity.as_str())
+        .collect();
+    assert_eq!(entities, vec!["bob"]);
+}
+
 fn assert_explains(alert: &perimeter_model::Alert, start: &str) {
     let text = alert.explanation.as_deref().unwrap_or_default();
     assert!(text.starts_with(start), "{text}");

@@ -5,6 +5,10 @@
 //!   snapshotted to disk ([`Correlator::snapshot`]) and survive a restart, and kept across a rule
 //!   reload ([`Correlator::adopt`]), without holding a value that could be tested by guessing.
 //!
+//! - Group-by and counted values are hashed case-folded ([`ValueHash::write_folded`]): Sigma
+//!   compares field values case-insensitively, and SaaS identities are case-insensitive.
+//!   A group-by path through an array has a value per element: the event counts under each
+//!   distinct value (at most [`MAX_GROUP_KEYS`] keys), whatever the elements' order.
 //! - Keys belong to one tenant: the tenant is part of every group-by key, so two tenants'
 //!   events never count towards one window.
 //! - Event-time windows, with a watermark per stream (tenant + source): events older than the
@@ -14,6 +18,8 @@
 //!   Google Workspace and Microsoft 365 hours behind): one watermark for everything made every
 //!   event of a delayed source "late", so correlations on it never fired. A key's windows close
 //!   and expire by the watermark of the stream that last fed it.
+//!   A record dated after its receipt moves its stream's watermark only as far as its receipt
+//!   allows ([`StreamClock`]), so one skewed or forged record cannot make the others late.
 //! - Conditions that can only become true as events arrive (`gt`/`gte` counts, sums, temporal)
 //!   fire as soon as a window of `timespan` containing the new event satisfies them; the entries
 //!   of that window are then consumed, so one burst gives one alert.
@@ -79,6 +85,68 @@ impl Hasher for IdentityHasher {
 
 type KeyMap = HashMap<u64, KeyState, BuildHasherDefault<IdentityHasher>>;
 
+/// How far a stream (tenant + source) has come in event time: its watermark, built from what
+/// its records say, each believed only as far as its receipt allows.
+///
+/// A record dated after it was received (a vendor clock ahead, or a forged or skewed record,
+/// believed up to `MAX_FUTURE_SKEW` by `Event::new`) cannot prove its stream got past its
+/// receipt: taken at its word, one record dated `now + 9h` made every on-time event of its
+/// stream "late" for nine hours. Such a record moves the watermark only as far as its receive
+/// time, minus the delay of the stream's newest record dated before receipt: live, that is
+/// about its receipt (a stream whose clock runs ahead still advances); in a replay of old logs
+/// (every record received "now", dated days ago) it is about where the replay is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StreamClock {
+    /// Newest time of a record dated at or before its receipt.
+    dated: i64,
+    /// That record's receive time minus its time.
+    delay: i64,
+    /// Newest receive time of a record dated after its receipt.
+    ahead_received: i64,
+}
+
+impl StreamClock {
+    const NEW: StreamClock = StreamClock {
+        dated: i64::MIN,
+        delay: 0,
+        ahead_received: i64::MIN,
+    };
+
+    /// The watermark: no record still to come is expected older than this (minus the lateness).
+    fn watermark(&self) -> i64 {
+        if self.dated == i64::MIN {
+            self.ahead_received
+        } else {
+            self.dated
+                .max(self.ahead_received.saturating_sub(self.delay))
+        }
+    }
+
+    /// Take a record dated `ts` and received at `received` (ms). Returns whether it is dated
+    /// after its receipt.
+    fn observe(&mut self, ts: i64, received: i64) -> bool {
+        if ts <= received {
+            if ts > self.dated {
+                self.dated = ts;
+                self.delay = received - ts;
+            }
+            false
+        } else {
+            self.ahead_received = self.ahead_received.max(received);
+            true
+        }
+    }
+
+    /// The later of two clocks of one stream (a snapshot, the correlator before a reload).
+    fn merge(&mut self, other: StreamClock) {
+        if other.dated > self.dated {
+            self.dated = other.dated;
+            self.delay = other.delay;
+        }
+        self.ahead_received = self.ahead_received.max(other.ahead_received);
+    }
+}
+
 /// Keyed SipHash-1-3 of group-by and counted values. Keyed, because snapshots hold these hashes:
 /// an unkeyed hash of a user name or an IP can be tested against guesses, and FNV's initial
 /// state can even be recovered from one known pair. Stable across runs for the same key.
@@ -94,6 +162,32 @@ impl ValueHash {
     }
     fn finish(&self) -> u64 {
         Hasher::finish(&self.0)
+    }
+
+    /// Write `text` case-folded, as Sigma compares by default (the matcher folds ASCII letters,
+    /// and other letters through Unicode case-insensitive regexes; here their lowercase):
+    /// `BOB@example.com` and `bob@example.com` are one group-by key and one distinct value.
+    /// Lowercase text hashes as before folding, so keys of lowercase values in a snapshot
+    /// written before still match.
+    fn write_folded(&mut self, text: &str) {
+        let bytes = text.as_bytes();
+        if !bytes
+            .iter()
+            .any(|b| !b.is_ascii() || b.is_ascii_uppercase())
+        {
+            self.write(bytes);
+        } else if text.is_ascii() {
+            // SipHash over pieces is SipHash over their concatenation: no allocation.
+            let mut buf = [0u8; 64];
+            for chunk in bytes.chunks(buf.len()) {
+                let piece = &mut buf[..chunk.len()];
+                piece.copy_from_slice(chunk);
+                piece.make_ascii_lowercase();
+                self.write(piece);
+            }
+        } else {
+            self.write(text.to_lowercase().as_bytes());
+        }
     }
 }
 
@@ -327,8 +421,8 @@ pub struct Correlator {
     max_keys: usize,
     /// Newest event time over all streams: schedules sweeps.
     max_ts: i64,
-    /// Newest event time per stream (tenant + source): lateness and window closing.
-    streams: HashMap<u64, i64, BuildHasherDefault<IdentityHasher>>,
+    /// Each stream's clock (tenant + source): lateness and window closing.
+    streams: HashMap<u64, StreamClock, BuildHasherDefault<IdentityHasher>>,
     /// Event time at which the next correlation is due for a sweep: `advance` does nothing
     /// per correlation before that.
     next_sweep_ts: i64,
@@ -337,8 +431,15 @@ pub struct Correlator {
     /// Changes whenever the windows may have changed (see [`Correlator::state_version`]).
     state_version: u64,
     seq: u64,
-    /// Events too late for their window (older than newest seen minus allowed lateness).
+    /// Events too late for their window (older than their stream's watermark minus the allowed
+    /// lateness): each event once, however many correlations read it.
     pub late_dropped: u64,
+    /// The event being detected was too late for a correlation ([`Correlator::advance`] adds
+    /// it to `late_dropped` once).
+    late_now: bool,
+    /// Events dated more than the allowed lateness after they were received: believed for
+    /// their own windows, not for their stream's watermark ([`StreamClock`]).
+    pub dated_ahead: u64,
     /// Keys (open windows) dropped to stay within `max_correlation_keys`: detections that may
     /// have been missed.
     pub evicted_keys: u64,
@@ -458,6 +559,8 @@ impl Correlator {
             state_version: 0,
             seq: 0,
             late_dropped: 0,
+            late_now: false,
+            dated_ahead: 0,
             evicted_keys: 0,
             distinct: Vec::new(),
             hash_key: DEFAULT_HASH_KEY,
@@ -545,7 +648,7 @@ impl Correlator {
         let r = fields.visit(slot, path, event, &mut |leaf: Leaf<'_>| {
             leaf.with_text(|t| {
                 if let Some(t) = t {
-                    h.write(t.as_bytes());
+                    h.write_folded(t);
                     found = true;
                 }
             });
@@ -563,15 +666,18 @@ impl Correlator {
         out
     }
 
+    /// The alert's entity: `entity_field`, else the group-by values (`values`, as seen, when
+    /// the event has several keys; else the event's).
     fn entity(
         c: &CorrelationRule,
         paths: &[FieldPath],
+        values: Option<&[String]>,
         event: &Event,
-        rules: &RuleSet,
-        ci: usize,
     ) -> (String, EntityKind) {
-        let _ = rules;
-        let _ = ci;
+        let value = |i: usize, p: &FieldPath| match values {
+            Some(v) => v.get(i).cloned(),
+            None => Self::first_text(p, event),
+        };
         // The rule's own choice (`entity_field`) names the alert, whatever it groups by: a
         // group of role sessions keyed by their ARN is about the person who acted.
         if c.meta.entity_field.is_some() {
@@ -579,19 +685,19 @@ impl Correlator {
         }
         match paths {
             [] => entity_of(&c.meta, event),
-            [p] => match Self::first_text(p, event) {
+            [p] => match value(0, p) {
                 Some(v) => (v, entity_kind_for_group_by(c, &c.group_by[0])),
                 None => entity_of(&c.meta, event),
             },
             many => {
                 let mut s = String::new();
-                for (g, p) in c.group_by.iter().zip(many) {
+                for (i, (g, p)) in c.group_by.iter().zip(many).enumerate() {
                     if !s.is_empty() {
                         s.push_str(", ");
                     }
                     s.push_str(g);
                     s.push('=');
-                    s.push_str(Self::first_text(p, event).as_deref().unwrap_or("-"));
+                    s.push_str(value(i, p).as_deref().unwrap_or("-"));
                 }
                 (s, EntityKind::Unknown)
             }
@@ -621,8 +727,20 @@ impl Correlator {
     /// tenant and source of `event`, and the values of the fields they read: `ci`'s group-by
     /// fields under its own names, the paths the readers resolve for `ci` (aliases), their
     /// counted fields and `entity_field`. Dated when passed on.
-    fn carrier_for(&self, ci: usize, j0: usize, event: &Event, rules: &RuleSet) -> Box<Carrier> {
+    fn carrier_for(
+        &self,
+        ci: usize,
+        j0: usize,
+        values: Option<&[String]>,
+        event: &Event,
+        rules: &RuleSet,
+    ) -> Box<Carrier> {
         let mut raw = serde_json::Map::new();
+        let c = &rules.correlations[ci];
+        // The key's own values, when the event has several keys.
+        for (g, v) in c.group_by.iter().zip(values.into_iter().flatten()) {
+            raw.insert(g.clone(), serde_json::Value::String(v.clone()));
+        }
         let mut put = |name: &str, path: &FieldPath| {
             if raw.contains_key(name) {
                 return;
@@ -638,7 +756,6 @@ impl Correlator {
                 raw.insert(name.to_string(), v);
             }
         };
-        let c = &rules.correlations[ci];
         for (g, p) in c.group_by.iter().zip(&self.states[ci].group_paths[j0]) {
             put(g, p);
         }
@@ -694,41 +811,39 @@ impl Correlator {
     ) {
         let ts = origin.ts;
         let stream = stream_of(event);
-        let stream_ts = self.streams.get(&stream).copied().unwrap_or(i64::MIN);
+        let mut clock = self
+            .streams
+            .get(&stream)
+            .copied()
+            .unwrap_or(StreamClock::NEW);
+        // The stream's clock with this event taken ([`Correlator::advance`] takes it after the
+        // event's hits): an event that moves it is not late for it.
+        if matches!(from, RuleRef::Detection(_)) && !event.timestamp_adjusted {
+            clock.observe(ts, event.received_at.timestamp_millis());
+        }
+        let stream_ts = clock.watermark();
         // A correlation's hit is dated by its window's newest event, and a window closes only
         // once its stream is past the allowed lateness: that is no late event.
         if matches!(from, RuleRef::Detection(_))
             && stream_ts != i64::MIN
             && ts < stream_ts.saturating_sub(self.lateness_ms)
         {
-            self.late_dropped += 1;
+            self.late_now = true;
             return;
         }
         let c = &rules.correlations[ci];
-        // Positions of `from` in the correlation's rule list (usually one), without allocating.
-        let positions = || {
-            rules.corr_refs[ci]
-                .iter()
-                .enumerate()
-                .filter(move |(_, r)| **r == from)
-                .map(|(j, _)| j)
-        };
-        let Some(j0) = positions().next() else {
+        let Some(j0) = positions(rules, ci, from).next() else {
             return;
         };
         let st = &mut self.states[ci];
-        let mut h = ValueHash::new(&self.hash_key);
-        h.write(event.tenant.as_bytes());
-        h.write(&[0xff]);
-        for (p, &slot) in st.group_paths[j0].iter().zip(&st.group_slots[j0]) {
+        let (paths, slots) = (&st.group_paths[j0], &st.group_slots[j0]);
+        let groups = match group_key(&self.hash_key, paths, slots, event, fields) {
             // An event without a group-by value belongs to no group (as `stats ... by field`
             // drops it): ten failures of ten unknown users are not ten failures of one.
-            if !Self::text_of(p, slot, event, fields, &mut h) {
-                return;
-            }
-            h.write(&[0xff]);
-        }
-        let key = h.finish();
+            None => return,
+            Some(Some(key)) => Groups::One(key),
+            Some(None) => Groups::Many(group_keys(&self.hash_key, paths, slots, event, fields)),
+        };
         let val = match c.kind {
             CorrelationType::EventCount
             | CorrelationType::Temporal
@@ -764,6 +879,48 @@ impl Correlator {
                 }
             }
         };
+        match groups {
+            Groups::One(key) => {
+                let group = (key, None);
+                let at = (stream, stream_ts);
+                self.count_key(
+                    ci, from, j0, event, origin, group, val, at, rules, alerts, fields,
+                );
+            }
+            Groups::Many(keys) => {
+                for (key, values) in &keys {
+                    let group = (*key, Some(values.as_slice()));
+                    let at = (stream, stream_ts);
+                    self.count_key(
+                        ci, from, j0, event, origin, group, val, at, rules, alerts, fields,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Count `origin` (of `event`, value `val`) for correlation `ci` under one group-by key
+    /// (`group`: the key, and its values as seen when the event has several keys).
+    #[allow(clippy::too_many_arguments)]
+    fn count_key(
+        &mut self,
+        ci: usize,
+        from: RuleRef,
+        j0: usize,
+        event: &Event,
+        origin: Origin<'_>,
+        group: (u64, Option<&[String]>),
+        val: u64,
+        stream_at: (u64, i64),
+        rules: &RuleSet,
+        alerts: &mut Vec<Alert>,
+        fields: &mut dyn FieldValues,
+    ) {
+        let (key, values) = group;
+        let ts = origin.ts;
+        let c = &rules.correlations[ci];
+        let (stream, stream_ts) = stream_at;
+        let st = &self.states[ci];
         let mode = st.mode;
         // A correlation that others read passes its closed windows on with a stand-in event.
         let carrier = (mode == Mode::OnClose
@@ -773,7 +930,7 @@ impl Correlator {
                 .get(&key)
                 .and_then(|k| k.window.as_ref())
                 .is_none_or(|w| w.carrier.is_none()))
-        .then(|| self.carrier_for(ci, j0, event, rules));
+        .then(|| self.carrier_for(ci, j0, values, event, rules));
         let st = &mut self.states[ci];
         self.seq += 1;
         self.state_version += 1;
@@ -781,8 +938,9 @@ impl Correlator {
             self.evicted_keys += evict_lru(&mut st.keys, &mut self.distinct);
         }
         let span = c.timespan_ms;
+        // By the stream's clock, not the event's own time: a record dated hours ahead must not
+        // expire its key's open events.
         let horizon = stream_ts
-            .max(ts)
             .saturating_sub(span)
             .saturating_sub(self.lateness_ms);
         let max_entries = st.max_entries;
@@ -800,7 +958,7 @@ impl Correlator {
         ks.last_used = self.seq;
         ks.stream = stream;
         if mode == Mode::OnClose && ks.window.is_none() {
-            let (entity, entity_kind) = Self::entity(c, &st.group_paths[j0], event, rules, ci);
+            let (entity, entity_kind) = Self::entity(c, &st.group_paths[j0], values, event);
             ks.window = Some(Box::new(WindowInfo {
                 source: event.source.clone(),
                 tenant: event.tenant.clone(),
@@ -815,7 +973,7 @@ impl Correlator {
         let mut closed: Vec<ClosedWindow> = Vec::new();
         if mode == Mode::OnClose {
             // The windows this stream's watermark has passed: no event still accepted is in them.
-            let watermark = stream_ts.max(ts).saturating_sub(self.lateness_ms);
+            let watermark = stream_ts.saturating_sub(self.lateness_ms);
             close_windows(c, ks, Some(watermark), &mut self.distinct, &mut closed);
         } else {
             let keep_from = ks.entries.partition_point(|e| e.ts < horizon);
@@ -868,7 +1026,7 @@ impl Correlator {
                 }
             }
         }
-        for j in positions().filter(|_| insert) {
+        for j in positions(rules, ci, from).filter(|_| insert) {
             let v = if temporal { j as u64 } else { val };
             if counted(&ks.entries, v) {
                 continue;
@@ -902,7 +1060,7 @@ impl Correlator {
                 let used: Vec<Entry> = ks.entries.drain(lo..hi).collect();
                 let cites = cited_evidence(ks.cited.as_deref(), &used);
                 ks.prune_citations();
-                let entity = Self::entity(c, &self.states[ci].group_paths[j0], event, rules, ci);
+                let entity = Self::entity(c, &self.states[ci].group_paths[j0], values, event);
                 let mut alert = base_alert(&c.meta, DetectorKind::Correlation, event, entity);
                 // The window's newest event dates the alert, whichever arrived last (events
                 // within the allowed lateness may come out of order): the same events give
@@ -1018,16 +1176,26 @@ impl Correlator {
     /// Called after every event: advance the watermark, expire old state, close windows.
     pub fn advance(&mut self, event: &Event, rules: &RuleSet, alerts: &mut Vec<Alert>) {
         let ts = event.timestamp.timestamp_millis();
+        // An event is late or not for all correlations alike (one stream, one time): the
+        // loss is counted in events, not in events times the correlations that read them.
+        if std::mem::take(&mut self.late_now) {
+            self.late_dropped += 1;
+        }
         // An event whose impossible vendor time was replaced by its receive time says nothing
         // of how far its stream has come: taken as the watermark, one such record (`9999-12-31`
         // in a replayed file) would make every later event of the stream too late to count.
         if !event.timestamp_adjusted {
-            let stream_ts = self.streams.entry(stream_of(event)).or_insert(i64::MIN);
-            if ts > *stream_ts {
-                *stream_ts = ts;
-            }
-            if ts > self.max_ts {
-                self.max_ts = ts;
+            let received = event.received_at.timestamp_millis();
+            let clock = self
+                .streams
+                .entry(stream_of(event))
+                .or_insert(StreamClock::NEW);
+            clock.observe(ts, received);
+            // Sweeps follow the watermarks too: a record dated hours ahead would otherwise
+            // put the next sweep hours away (until a forced one).
+            self.max_ts = self.max_ts.max(clock.watermark());
+            if ts > received.saturating_add(self.lateness_ms) {
+                self.dated_ahead += 1;
             }
         }
         self.events_since_sweep += 1;
@@ -1075,8 +1243,7 @@ impl Correlator {
         st.keys.retain(|_, ks| {
             let watermark = streams
                 .get(&ks.stream)
-                .copied()
-                .unwrap_or(i64::MIN)
+                .map_or(i64::MIN, StreamClock::watermark)
                 .saturating_sub(lateness);
             if mode == Mode::OnClose {
                 close_windows(c, ks, (!all).then_some(watermark), distinct, &mut closed);
@@ -1138,7 +1305,13 @@ pub struct CorrelatorSnapshot {
     key_check: String,
     max_ts: i64,
     seq: u64,
+    /// Per stream, the newest time of a record dated at or before its receipt
+    /// ([`StreamClock`]; before 2026-12, the newest time of any record).
     streams: Vec<(u64, i64)>,
+    /// Per stream, the rest of its clock: (stream, delay, newest receive time of a record dated
+    /// after its receipt). Absent from snapshots written before 2026-12.
+    #[serde(default)]
+    stream_clocks: Vec<(u64, i64, i64)>,
     correlations: Vec<CorrelationSnapshot>,
 }
 
@@ -1228,7 +1401,12 @@ impl Correlator {
             key_check: key_check(&self.hash_key),
             max_ts: self.max_ts,
             seq: self.seq,
-            streams: self.streams.iter().map(|(k, v)| (*k, *v)).collect(),
+            streams: self.streams.iter().map(|(k, v)| (*k, v.dated)).collect(),
+            stream_clocks: self
+                .streams
+                .iter()
+                .map(|(k, v)| (*k, v.delay, v.ahead_received))
+                .collect(),
             correlations,
         }
     }
@@ -1301,7 +1479,23 @@ impl Correlator {
                 self.evicted_keys += evict_lru(&mut st.keys, &mut self.distinct);
             }
         }
-        self.take_clocks(snap.streams, snap.max_ts, snap.seq);
+        let mut clocks: HashMap<u64, StreamClock> = snap
+            .streams
+            .into_iter()
+            .map(|(stream, dated)| {
+                let clock = StreamClock {
+                    dated,
+                    ..StreamClock::NEW
+                };
+                (stream, clock)
+            })
+            .collect();
+        for (stream, delay, ahead_received) in snap.stream_clocks {
+            let clock = clocks.entry(stream).or_insert(StreamClock::NEW);
+            clock.delay = delay;
+            clock.ahead_received = ahead_received;
+        }
+        self.take_clocks(clocks, snap.max_ts, snap.seq);
         self.state_version += 1;
         Ok(restored)
     }
@@ -1310,13 +1504,15 @@ impl Correlator {
     /// the correlator before a reload), keeping the later of each, and sweep at the next event.
     fn take_clocks(
         &mut self,
-        streams: impl IntoIterator<Item = (u64, i64)>,
+        streams: impl IntoIterator<Item = (u64, StreamClock)>,
         max_ts: i64,
         seq: u64,
     ) {
-        for (stream, ts) in streams {
-            let t = self.streams.entry(stream).or_insert(i64::MIN);
-            *t = (*t).max(ts);
+        for (stream, clock) in streams {
+            self.streams
+                .entry(stream)
+                .or_insert(StreamClock::NEW)
+                .merge(clock);
         }
         self.max_ts = self.max_ts.max(max_ts);
         self.seq = self.seq.max(seq);
@@ -1352,6 +1548,113 @@ impl Correlator {
         self.state_version = self.state_version.max(old.state_version) + 1;
         adopted
     }
+}
+
+/// Positions of `from` in correlation `ci`'s rule list (usually one), without allocating.
+fn positions(rules: &RuleSet, ci: usize, from: RuleRef) -> impl Iterator<Item = usize> + '_ {
+    rules.corr_refs[ci]
+        .iter()
+        .enumerate()
+        .filter(move |(_, r)| **r == from)
+        .map(|(j, _)| j)
+}
+
+/// Most group-by keys one event counts under (a group-by path through an array has a value
+/// per element).
+const MAX_GROUP_KEYS: usize = 8;
+
+/// The group-by keys an event counts under.
+enum Groups {
+    One(u64),
+    /// Each key with its values as seen (for the alert's entity).
+    Many(Vec<(u64, Vec<String>)>),
+}
+
+/// The hasher every group-by key starts from: the tenant's.
+fn tenant_hash(hash_key: &[u8; 16], event: &Event) -> ValueHash {
+    let mut h = ValueHash::new(hash_key);
+    h.write(event.tenant.as_bytes());
+    h.write(&[0xff]);
+    h
+}
+
+/// The group-by key of `event` (tenant and each group-by value, case-folded) when each field
+/// has one value: `None` when a field has none, `Some(None)` when one has several (an array):
+/// then [`group_keys`]. The common case, without allocating.
+fn group_key(
+    hash_key: &[u8; 16],
+    paths: &[FieldPath],
+    slots: &[u32],
+    event: &Event,
+    fields: &mut dyn FieldValues,
+) -> Option<Option<u64>> {
+    let mut h = tenant_hash(hash_key, event);
+    for (p, &slot) in paths.iter().zip(slots) {
+        let mut texts = 0u32;
+        fields.visit(slot, p, event, &mut |leaf: Leaf<'_>| {
+            leaf.with_text(|t| {
+                if let Some(t) = t {
+                    if texts == 0 {
+                        h.write_folded(t);
+                    }
+                    texts += 1;
+                }
+            });
+            texts > 1
+        });
+        match texts {
+            0 => return None,
+            1 => h.write(&[0xff]),
+            _ => return Some(None),
+        }
+    }
+    Some(Some(h.finish()))
+}
+
+/// The group-by keys of an event with several values of a group-by field (a path through an
+/// array: the Okta `target` list): it counts under each distinct (case-folded) combination,
+/// whatever the order of the elements, at most [`MAX_GROUP_KEYS`].
+fn group_keys(
+    hash_key: &[u8; 16],
+    paths: &[FieldPath],
+    slots: &[u32],
+    event: &Event,
+    fields: &mut dyn FieldValues,
+) -> Vec<(u64, Vec<String>)> {
+    let mut partial: Vec<(ValueHash, Vec<String>)> = vec![(tenant_hash(hash_key, event), vec![])];
+    for (p, &slot) in paths.iter().zip(slots) {
+        let mut values: Vec<(String, String)> = Vec::new();
+        fields.visit(slot, p, event, &mut |leaf: Leaf<'_>| {
+            leaf.with_text(|t| {
+                if let Some(t) = t {
+                    let folded = t.to_lowercase();
+                    if !values.iter().any(|(f, _)| *f == folded) {
+                        values.push((folded, t.to_string()));
+                    }
+                }
+            });
+            values.len() >= MAX_GROUP_KEYS
+        });
+        let mut next = Vec::with_capacity(MAX_GROUP_KEYS);
+        for (h, seen) in &partial {
+            for (_, v) in &values {
+                if next.len() == MAX_GROUP_KEYS {
+                    break;
+                }
+                let mut h = h.clone();
+                h.write_folded(v);
+                h.write(&[0xff]);
+                let mut seen = seen.clone();
+                seen.push(v.clone());
+                next.push((h, seen));
+            }
+        }
+        partial = next;
+    }
+    partial
+        .into_iter()
+        .map(|(h, values)| (h.finish(), values))
+        .collect()
 }
 
 /// The stream an event belongs to: its tenant and source.
