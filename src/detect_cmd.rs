@@ -356,6 +356,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     );
     dead.finish(stats.dead_letters)?;
     print_timestamps_adjusted(stats.timestamps_adjusted);
+    print_repeated_keys(stats.inputs_with_repeated_keys);
     read_outcome(stopped, &args.input, reader.lines_read())?;
     if interrupted() {
         return Ok(interrupted_exit("normalize", reader.lines_read()));
@@ -716,6 +717,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     }
     dead.finish(stats.dead_letters)?;
     print_timestamps_adjusted(stats.timestamps_adjusted);
+    print_repeated_keys(stats.inputs_with_repeated_keys);
     read_outcome(stopped, &args.input, reader.lines_read())?;
     if interrupted() {
         return Ok(interrupted_exit("detect", reader.lines_read()));
@@ -730,6 +732,16 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Say how many inputs repeated a key in an object (each such key kept its last value): rare
+/// from a vendor, so a sign of a broken exporter or of a record crafted to show rules one value.
+fn print_repeated_keys(count: u64) {
+    if count > 0 {
+        eprintln!(
+            "  {count} inputs repeated a key in an object; each such key kept its last value, as the events show"
+        );
+    }
 }
 
 /// Say how many events had an implausible time replaced by their receive time: their

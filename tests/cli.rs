@@ -831,9 +831,12 @@ fn a_repeated_key_has_its_last_value_in_normalized_events() {
     let normalized = |input: &[u8]| {
         let out = perimeter(&["normalize", "--source", "auto"], Some(input));
         assert!(out.status.success(), "{}", stderr(&out));
-        json_lines(&out)
+        (json_lines(&out), stderr(&out))
     };
-    let (events, expected) = (normalized(repeated), normalized(resolved));
+    let ((events, said), (expected, said_resolved)) = (normalized(repeated), normalized(resolved));
+    // Counted in the summary: a record crafted this way does not pass unseen.
+    assert!(said.contains("2 inputs repeated a key"), "{said}");
+    assert!(!said_resolved.contains("repeated a key"), "{said_resolved}");
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(
         events[0]["raw"],

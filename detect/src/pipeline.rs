@@ -52,6 +52,10 @@ pub struct PipelineStats {
     /// Events whose vendor timestamp could not be true and was replaced by the receive time
     /// ([`Event::new`]).
     pub timestamps_adjusted: u64,
+    /// Inputs (a record, or a page of them) with an object that repeated a key: each such key
+    /// kept its last value only ([`perimeter_model::resolve_repeated_keys`]). Rare in vendor
+    /// output, so worth a look: a record can be crafted to show rules one value and people another.
+    pub inputs_with_repeated_keys: u64,
 }
 
 /// How many recent events a pipeline remembers by default (8 bytes each, plus the set).
@@ -441,7 +445,10 @@ impl Pipeline {
         // Before anything reads it (the envelope and page keys too): a repeated key has its last
         // value everywhere from here on, the store's copy included.
         let mut value = value;
-        perimeter_model::resolve_repeated_keys(&mut value);
+        if perimeter_model::resolve_repeated_keys(&mut value) {
+            self.stats.inputs_with_repeated_keys += 1;
+            self.metrics.inc("inputs_with_repeated_keys_total", &[], 1);
+        }
         let (source, tenant, value) = unwrap_perimeter_envelope(source, tenant, value);
         let (list_key, records) = if member_lines.is_empty() {
             let records = split_records(&source, value);
@@ -1216,6 +1223,21 @@ mod tests {
             assert!(!raw.contains("Hx7q"), "{raw}");
             assert!(!output.to_string().contains("Hx7q"), "{output}");
         }
+        // Counted, so a crafted record does not pass unseen; a record without repeats is not.
+        assert_eq!(p.stats().inputs_with_repeated_keys, 2);
+        assert_eq!(p.metrics.counter("inputs_with_repeated_keys_total", &[]), 2);
+        p.process_value(
+            "okta",
+            "t",
+            Some(3),
+            record(start, start),
+            Utc::now(),
+            &mut out,
+        );
+        assert_eq!(p.stats().inputs_with_repeated_keys, 3);
+        let plain = sonic_rs::from_str::<RawJson>(r#"{"eventType": "x", "uuid": "u"}"#).unwrap();
+        p.process_value("okta", "t", Some(4), plain, Utc::now(), &mut out);
+        assert_eq!(p.stats().inputs_with_repeated_keys, 3);
     }
 
     #[test]
