@@ -2401,6 +2401,36 @@ fn sweep_and_page_settings_that_cannot_work_are_refused() {
         ..config(Vendor::GoogleWorkspace, base)
     });
     assert!(err.contains("late_sweep_interval_minutes"), "{err}");
+    // Zero was quietly read as 1 (a poll every second).
+    for (zeroed, setting) in [
+        (
+            PollConfig {
+                interval_seconds: 0,
+                ..config(Vendor::Okta, base)
+            },
+            "interval_seconds",
+        ),
+        (
+            PollConfig {
+                request_timeout_seconds: 0,
+                ..config(Vendor::Okta, base)
+            },
+            "request_timeout_seconds",
+        ),
+        (
+            PollConfig {
+                max_pages_per_poll: 0,
+                ..config(Vendor::Okta, base)
+            },
+            "max_pages_per_poll",
+        ),
+    ] {
+        let err = refused(zeroed);
+        assert!(
+            err.contains(&format!("{setting} must be at least 1")),
+            "{err}"
+        );
+    }
     let err = refused(PollConfig {
         max_page_bytes: 0,
         ..config(Vendor::Slack, base)

@@ -502,8 +502,20 @@ impl PollSource {
                 config.vendor.source()
             )));
         }
-        if config.late_sweep_interval_minutes == 0 {
-            return Err(err("late_sweep_interval_minutes must be at least 1".into()));
+        // Zero would not mean "off" here: it was quietly read as 1 (a poll every second, a
+        // 1-second timeout, one page), which is not what whoever wrote it meant.
+        for (setting, value) in [
+            (
+                "late_sweep_interval_minutes",
+                config.late_sweep_interval_minutes,
+            ),
+            ("interval_seconds", config.interval_seconds),
+            ("request_timeout_seconds", config.request_timeout_seconds),
+            ("max_pages_per_poll", u64::from(config.max_pages_per_poll)),
+        ] {
+            if value == 0 {
+                return Err(err(format!("{setting} must be at least 1")));
+            }
         }
         if config.max_page_bytes < MIN_PAGE_BYTES {
             return Err(err(format!(
