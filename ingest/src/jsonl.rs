@@ -145,63 +145,9 @@ fn memchr_newline(hay: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', hay)
 }
 
-/// Deepest nesting of arrays and objects accepted (serde_json's default). The parser and every
-/// walk over a record recurse once per level, so an adversarial `[[[[...` line must become a
-/// dead letter, not a stack overflow.
-pub const MAX_NESTING: usize = 128;
-
-/// Whether the JSON text nests deeper than `max` (strings are skipped, so brackets inside them
-/// do not count). Audit records have a few dozen brackets at most: counting them with a SIMD
-/// search settles almost every line without the byte-by-byte pass.
-fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
-    if memchr::memchr2_iter(b'[', b'{', bytes).count() <= max {
-        return false;
-    }
-    let mut depth = 0usize;
-    let mut strings = Strings::default();
-    for &b in bytes {
-        if !strings.outside(b) {
-            continue;
-        }
-        match b {
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
-}
-
-/// Follows JSON text byte by byte to tell structure from the inside of strings (escapes
-/// included), without parsing it.
-#[derive(Default)]
-struct Strings {
-    in_string: bool,
-    escaped: bool,
-}
-
-impl Strings {
-    /// Whether `b` stands outside every string: an opening quote does, a closing one does not.
-    fn outside(&mut self, b: u8) -> bool {
-        if self.in_string {
-            if self.escaped {
-                self.escaped = false;
-            } else if b == b'\\' {
-                self.escaped = true;
-            } else if b == b'"' {
-                self.in_string = false;
-            }
-            return false;
-        }
-        self.in_string = b == b'"';
-        true
-    }
-}
+/// Deepest nesting of arrays and objects accepted (see [`perimeter_model::MAX_JSON_NESTING`]).
+pub use perimeter_model::MAX_JSON_NESTING as MAX_NESTING;
+use perimeter_model::{json_nesting_exceeds as nesting_exceeds, JsonStrings as Strings};
 
 /// BLAKE3 of a rejected line's bytes, hex (see [`InputItem::Invalid`]).
 pub fn input_digest(bytes: &[u8]) -> String {
@@ -847,7 +793,7 @@ fn array_member_starts(object: &[u8]) -> Vec<(String, Vec<usize>)> {
     let (mut in_member_array, mut element_open) = (false, false);
     for (i, &b) in object.iter().enumerate() {
         if !strings.outside(b) {
-            if let (false, Some(start)) = (strings.in_string, key_start) {
+            if let (false, Some(start)) = (strings.in_string(), key_start) {
                 key = String::from_utf8_lossy(&object[start + 1..i]).into_owned();
                 key_start = None;
             }
@@ -902,7 +848,7 @@ fn array_elements(array: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut last_content = 0;
     for (i, &b) in array.iter().enumerate() {
         if !strings.outside(b) {
-            if !strings.in_string {
+            if !strings.in_string() {
                 // The closing quote ends a string element.
                 last_content = i;
             }

@@ -136,3 +136,66 @@ mod tests {
         assert_eq!(out, br#""a\"b\\c\nd\u0001e""#);
     }
 }
+
+/// Deepest nesting of arrays and objects accepted (serde_json's default). The parser and every
+/// walk over a record recurse once per level, so an adversarial `[[[[...` line must become a
+/// dead letter, not a stack overflow.
+pub const MAX_JSON_NESTING: usize = 128;
+
+/// Whether the JSON text nests deeper than `max` (strings are skipped, so brackets inside them
+/// do not count). Audit records have a few dozen brackets at most: counting them with a SIMD
+/// search settles almost every line without the byte-by-byte pass.
+pub fn json_nesting_exceeds(bytes: &[u8], max: usize) -> bool {
+    if memchr::memchr2_iter(b'[', b'{', bytes).count() <= max {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut strings = JsonStrings::default();
+    for &b in bytes {
+        if !strings.outside(b) {
+            continue;
+        }
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Follows JSON text byte by byte to tell structure from the inside of strings (escapes
+/// included), without parsing it.
+#[derive(Debug, Default)]
+pub struct JsonStrings {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl JsonStrings {
+    /// Whether the last byte given to [`Self::outside`] left the text inside a string.
+    pub fn in_string(&self) -> bool {
+        self.in_string
+    }
+
+    /// Whether `b` stands outside every string: an opening quote does, a closing one does not.
+    pub fn outside(&mut self, b: u8) -> bool {
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+            }
+            return false;
+        }
+        self.in_string = b == b'"';
+        true
+    }
+}

@@ -35,7 +35,9 @@ mod walk;
 use std::borrow::Cow;
 
 use hmac::{Hmac, Mac};
-use perimeter_model::{raw_from_serde, Event, MaskStats, Masker, RawJson, ECS_FIELDS};
+use perimeter_model::{
+    raw_from_serde, Event, MaskStats, Masker, RawJson, ECS_FIELDS, MAX_JSON_NESTING,
+};
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -554,7 +556,8 @@ impl SecretMasker {
     ) -> (Cow<'a, str>, bool) {
         // Whether a decoded copy of `text` was scanned (then worth remembering as clean).
         let mut decoded = false;
-        let mut current = match text.as_bytes().first() {
+        // JSON text may come with the line break (or spaces) it was logged with.
+        let mut current = match text.trim_start().as_bytes().first() {
             Some(b'{' | b'[') => self.mask_json_text(text, counts),
             // Base64 of a JSON document, or padded base64 of other text (`cGFzc3dvcmQ9...`).
             // Ids and hashes are neither (most have no `=` at the end, the rest decode to bytes
@@ -686,17 +689,32 @@ impl SecretMasker {
     /// masked. A text that is no JSON fails the parse at its first bytes mostly (`{a=b}`,
     /// `[1] note`); a clean one is remembered as any clean text ([`Self::mask_str_in`]).
     fn mask_json_text<'a>(&self, text: &'a str, counts: &mut MaskCounts) -> Cow<'a, str> {
+        let document = text.trim();
         let framed = matches!(
-            (text.as_bytes().first(), text.as_bytes().last()),
+            (document.as_bytes().first(), document.as_bytes().last()),
             (Some(b'{'), Some(b'}')) | (Some(b'['), Some(b']'))
         );
-        if !framed {
+        // The parser and the walk recurse once per level, and JSON text may hold JSON text in
+        // its strings: past the input's nesting limit, or a few documents deep, the text is
+        // masked as text (its patterns), not walked, so `[[[[...` in a field is no stack overflow.
+        thread_local! {
+            static DOCUMENTS_DEEP: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+        }
+        const MAX_DOCUMENTS_DEEP: u8 = 4;
+        let deep = DOCUMENTS_DEEP.with(|d| d.get());
+        if !framed
+            || deep >= MAX_DOCUMENTS_DEEP
+            || perimeter_model::json_nesting_exceeds(document.as_bytes(), MAX_JSON_NESTING)
+        {
             return Cow::Borrowed(text);
         }
-        let Ok(raw) = sonic_rs::from_str::<RawJson>(text) else {
+        let Ok(raw) = sonic_rs::from_str::<RawJson>(document) else {
             return Cow::Borrowed(text);
         };
-        match self.masked_text(&raw, None, counts, |t| String::from_utf8(t.to_vec()).ok()) {
+        DOCUMENTS_DEEP.with(|d| d.set(deep + 1));
+        let masked = self.masked_text(&raw, None, counts, |t| String::from_utf8(t.to_vec()).ok());
+        DOCUMENTS_DEEP.with(|d| d.set(deep));
+        match masked {
             None => Cow::Borrowed(text),
             Some(Some(masked)) => Cow::Owned(masked),
             // The walk writes valid UTF-8; should it not, nothing unmasked may remain.
@@ -788,7 +806,8 @@ impl SecretMasker {
 /// JWT's parts are base64 too, but joined by dots).
 fn is_base64_json(text: &str) -> bool {
     text.len() >= 16
-        && ["eyJ", "eyAi", "W3si", "W3sg"]
+        // `{"`, `{ "`, `[{"`, `[{ `, `["` (an argument list), `[ "`.
+        && ["eyJ", "eyAi", "W3si", "W3sg", "WyJ", "WyAi"]
             .iter()
             .any(|p| text.starts_with(p))
 }

@@ -640,6 +640,82 @@ fn a_json_array_or_object_held_as_text_is_masked_as_the_parsed_value_is() {
 }
 
 #[test]
+fn json_text_with_spaces_around_it_or_in_unpadded_base64_is_masked_too() {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use base64::Engine as _;
+    let m = masker();
+    let args = r#"["docker", "login", "-p", "Zq8vN3pLw2Xk9RtY"]"#;
+    // Logged with its line break, or after a space.
+    for text in [
+        format!(" {args}"),
+        format!("{args}\n"),
+        format!("\t{args} \r\n"),
+    ] {
+        let mut v = json!({ "cmd": text });
+        m.mask_value(&mut v);
+        assert!(!v.to_string().contains("Zq8vN3pLw2Xk9RtY"), "{v}");
+    }
+    // An argument list in base64 whose length needs no padding (`["` is `WyJ`).
+    let encoded = STANDARD.encode(r#"["docker", "login", "-p", "Zq8vN3pLw2Xk9RtY"]"#);
+    assert!(!encoded.ends_with('='), "{encoded}");
+    let mut v = json!({ "cmd": encoded });
+    assert!(m.mask_value(&mut v).total() > 0, "{v}");
+    // Written back as it came: base64 without padding.
+    let decoded = STANDARD_NO_PAD
+        .decode(v["cmd"].as_str().unwrap())
+        .expect("still base64");
+    assert!(!String::from_utf8_lossy(&decoded).contains("Zq8vN3pLw2Xk9RtY"));
+}
+
+/// JSON text nested deeper than input may be (or documents held in documents' strings, many
+/// deep) is masked as text, not walked: the walk recursing once per level must not overflow the
+/// stack on `[[[[...`, which any audited text field can carry.
+#[test]
+fn deeply_nested_json_text_is_masked_as_text_without_overflowing_the_stack() {
+    let m = masker();
+    let deep = format!(
+        "{}\"ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789\"{}",
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let mut v = json!({ "msg": deep });
+    // Run on a thread with a small stack, as a pipeline thread might have.
+    let masked = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            m.mask_value(&mut v);
+            v
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    let text = masked["msg"].as_str().unwrap();
+    assert!(
+        !text.contains("ghp_aBcDeF"),
+        "the token inside is still masked as text"
+    );
+    assert!(text.starts_with("[[[["));
+    // Documents held as text in documents' strings, a dozen deep: past a few, the rest is
+    // masked as text, and the token in it still is.
+    let mut nested = json!(["ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789"]).to_string();
+    for _ in 0..12 {
+        nested = json!([[[nested]]]).to_string();
+    }
+    let mut v = json!({ "msg": nested });
+    let masker = masker();
+    let masked = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            masker.mask_value(&mut v);
+            v
+        })
+        .unwrap()
+        .join()
+        .expect("no stack overflow");
+    assert!(!masked.to_string().contains("ghp_aBcDeF"), "{masked}");
+}
+
+#[test]
 fn json_in_base64_is_masked_decoded_and_stays_base64() {
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     use base64::Engine as _;
