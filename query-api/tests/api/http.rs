@@ -2422,13 +2422,7 @@ fn bad_requests_are_4xx_json_never_500() {
 #[test]
 fn openapi_document_and_router_agree() {
     let api = TestApi::start();
-    let doc: Value = api
-        .client
-        .get(api.url("/api/v1/openapi.json"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let doc = served_openapi(&api);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     assert_eq!(
         doc,
@@ -2529,13 +2523,7 @@ fn openapi_document_and_router_agree() {
 #[test]
 fn openapi_parameter_bounds_and_words_are_the_servers() {
     let api = TestApi::start();
-    let doc: Value = api
-        .client
-        .get(api.url("/api/v1/openapi.json"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let doc = served_openapi(&api);
     let event_path = format!("/api/v1/events/{}", api.data.acme_events[0].id().0);
     let alert_path = format!("/api/v1/alerts/{}", api.data.acme_alerts[0].id);
     let mut checked = BTreeSet::new();
@@ -2638,13 +2626,7 @@ fn openapi_parameter_bounds_and_words_are_the_servers() {
 #[test]
 fn openapi_lists_the_client_errors_of_every_operation() {
     let api = TestApi::start();
-    let doc: Value = api
-        .client
-        .get(api.url("/api/v1/openapi.json"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let doc = served_openapi(&api);
     for (path, item) in doc["paths"].as_object().unwrap() {
         if !path.starts_with("/api/") {
             continue;
@@ -2767,6 +2749,12 @@ fn graceful_shutdown_stops_the_server() {
 }
 
 /// Send raw bytes and read the answer until the server closes or 5 s pass.
+/// The OpenAPI document the server serves.
+fn served_openapi(api: &TestApi) -> Value {
+    let response = api.client.get(api.url("/api/v1/openapi.json")).send();
+    response.unwrap().json().unwrap()
+}
+
 fn raw_request(api: &TestApi, request: &str) -> String {
     use std::io::{Read, Write};
     let addr = api.base.trim_start_matches("http://");
