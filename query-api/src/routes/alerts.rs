@@ -364,7 +364,7 @@ pub async fn get_alert(
         (status = 400, description = "Malformed body, unknown status, or a query parameter (none is taken)", body = ErrorBody),
         (status = 403, description = "Needs role responder", body = ErrorBody),
         (status = 404, description = "No such alert for this tenant", body = ErrorBody),
-        (status = 413, description = "Body over 4 MiB", body = ErrorBody),
+        (status = 413, description = "Body over the request size limit", body = ErrorBody),
         (status = 415, description = "Body not sent as `Content-Type: application/json`", body = ErrorBody),
     ))]
 pub async fn update_alert(

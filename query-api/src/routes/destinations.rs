@@ -84,7 +84,7 @@ pub async fn list_destinations(
         (status = 400, description = "Bad name, URL or body, or a query parameter (none is taken)", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
-        (status = 413, description = "Body over 4 MiB", body = ErrorBody),
+        (status = 413, description = "Body over the request size limit", body = ErrorBody),
         (status = 415, description = "Body not sent as `Content-Type: application/json`", body = ErrorBody),
     ))]
 pub async fn create_destination(

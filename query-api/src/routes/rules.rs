@@ -141,7 +141,7 @@ fn with_switch_state(rule: &mut serde_json::Value, switch: perimeter_model::Rule
         (status = 400, description = "Malformed body, no reason, a past `until`, or a filter rule", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
         (status = 404, description = "No such rule", body = ErrorBody),
-        (status = 413, description = "Body over 4 MiB", body = ErrorBody),
+        (status = 413, description = "Body over the request size limit", body = ErrorBody),
         (status = 415, description = "Body not sent as `Content-Type: application/json`", body = ErrorBody),
     ))]
 pub async fn switch_rule(
@@ -255,7 +255,7 @@ async fn switch_rule_audited(
         (status = 200, description = "Test result", body = RuleTestResponse),
         (status = 400, description = "Malformed request, or a query parameter (none is taken)", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
-        (status = 413, description = "Body over 4 MiB", body = ErrorBody),
+        (status = 413, description = "Body over the request size limit", body = ErrorBody),
         (status = 415, description = "Body not sent as `Content-Type: application/json`", body = ErrorBody),
         (status = 422, description = "The rule does not compile", body = ErrorBody),
     ))]
