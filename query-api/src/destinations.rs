@@ -79,7 +79,7 @@ pub struct Destination {
     /// `http://` or `https://` URL the alerts are POSTed to.
     pub url: String,
     /// Only alerts at or above this severity are sent.
-    #[schema(value_type = String, example = "high")]
+    #[schema(inline, value_type = crate::routes::SeverityName, example = "high")]
     pub min_severity: Severity,
     /// `json` (default) or `slack`.
     #[serde(default)]

@@ -5,12 +5,16 @@
 use std::sync::Arc;
 
 use axum::{Extension, Json};
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Object, RefOr, Schema};
+use utoipa::Number;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::routes::{admin, alerts, destinations, events, health, rules, sources};
+use crate::error::ErrorBody;
+use crate::routes::{admin, alerts, destinations, events, health, rules, sources, MAX_LIMIT};
 use crate::state::AppState;
 
 /// Prefix of the versioned API.
@@ -71,11 +75,83 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(destinations::delete_destination))
         .routes(routes!(openapi_json));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
-        .nest(API_PREFIX, v1)
+        .nest(API_PREFIX, v1);
+    document_bounds(router.get_openapi_mut());
+    router
+}
+
+/// The count parameters (`GET` path, name) and the largest value each handler accepts; every
+/// one refuses 0 (`routes::limit_within`). utoipa's `#[param(maximum = ..)]` takes only
+/// literals, so the bounds are written into the document here from the constants the handlers
+/// check, not copied into the attributes.
+const COUNT_PARAMETERS: [(&str, &str, usize); 8] = [
+    ("/alerts", "limit", MAX_LIMIT),
+    ("/events/search", "limit", MAX_LIMIT),
+    ("/events/top", "limit", perimeter_store::MAX_TOP_VALUES),
+    ("/events/top", "sample", perimeter_store::MAX_TOP_SAMPLE),
+    (
+        "/events/{id}/context",
+        "limit",
+        perimeter_store::MAX_CONTEXT_EVENTS,
+    ),
+    ("/events/export", "max_events", events::MAX_EXPORT_EVENTS),
+    ("/dead-letters", "limit", MAX_LIMIT),
+    ("/audit", "limit", MAX_LIMIT),
+];
+
+/// Bounds and closed sets the derives cannot say: the ranges of [`COUNT_PARAMETERS`] and of a
+/// rule test's `limit`, and the fields `GET /events/top` counts. A name missing from the
+/// document is a bug in this table, caught by any test that builds the router.
+fn document_bounds(doc: &mut utoipa::openapi::OpenApi) {
+    for (path, name, max) in COUNT_PARAMETERS {
+        set_range(query_parameter(doc, path, name), 1, max);
+    }
+    let fields = perimeter_store::top_value_fields();
+    query_parameter(doc, "/events/top", "field").enum_values =
+        Some(fields.into_iter().map(Into::into).collect());
+    let rule_test = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("RuleTestRequest"));
+    let Some(RefOr::T(Schema::Object(rule_test))) = rule_test else {
+        panic!("no RuleTestRequest schema in the OpenAPI document");
+    };
+    match rule_test.properties.get_mut("limit") {
+        Some(RefOr::T(Schema::Object(limit))) => set_range(limit, 1, rules::MAX_TEST_EVENTS),
+        _ => panic!("no `limit` in the RuleTestRequest schema"),
+    }
+}
+
+fn set_range(schema: &mut Object, min: usize, max: usize) {
+    schema.minimum = Some(Number::UInt(min));
+    schema.maximum = Some(Number::UInt(max));
+}
+
+/// The schema of query parameter `name` of `GET <API_PREFIX><path>`.
+fn query_parameter<'a>(
+    doc: &'a mut utoipa::openapi::OpenApi,
+    path: &str,
+    name: &str,
+) -> &'a mut Object {
+    let full = format!("{API_PREFIX}{path}");
+    let parameter = doc
+        .paths
+        .paths
+        .get_mut(&full)
+        .and_then(|item| item.get.as_mut())
+        .and_then(|op| op.parameters.as_mut())
+        .and_then(|ps| {
+            ps.iter_mut()
+                .find(|p| p.name == name && p.parameter_in == ParameterIn::Query)
+        });
+    match parameter.and_then(|p| p.schema.as_mut()) {
+        Some(RefOr::T(Schema::Object(schema))) => schema,
+        _ => panic!("no query parameter `{name}` of GET {full} in the OpenAPI document"),
+    }
 }
 
 /// The OpenAPI document of this API (what `/api/v1/openapi.json` serves).
@@ -85,7 +161,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// This document, as JSON.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",
-    responses((status = 200, description = "OpenAPI 3 document", body = Object)))]
+    responses(
+        (status = 200, description = "OpenAPI 3 document", body = Object),
+        (status = 400, description = "A query parameter (none is taken)", body = ErrorBody),
+    ))]
 pub async fn openapi_json(
     Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>,
     _: crate::extract::ApiQuery<crate::extract::NoParams>,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{blocking, bounded, page_limit, time_range, ItemsPage};
+use super::{blocking, bounded, page_limit, time_range, ItemsPage, SeverityName};
 use crate::auth::{Auth, ResponderRole};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, NoParams};
@@ -30,8 +30,10 @@ pub struct AlertListParams {
     pub to: Option<String>,
     /// Minimum severity: `informational`, `low`, `medium`, `high` or `critical`
     /// (`high` also returns `critical`).
+    #[param(inline, value_type = Option<SeverityName>)]
     pub severity: Option<String>,
     /// `open`, `acknowledged`, `resolved` or `false_positive`.
+    #[param(inline, value_type = Option<AlertStatusParam>)]
     pub status: Option<String>,
     /// Rule id.
     pub rule: Option<String>,
@@ -47,7 +49,18 @@ pub struct AlertListParams {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// `newest` (default), `oldest`, or `severity` (highest first, then newest).
+    #[param(inline, value_type = Option<AlertSortName>)]
     pub sort: Option<String>,
+}
+
+// The schema of `sort`; `parse_sort` reads it.
+/// The order of `GET /alerts`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertSortName {
+    Newest,
+    Oldest,
+    Severity,
 }
 
 /// Filters for `GET /alerts/summary`: those of `GET /alerts`, without paging. Unknown
@@ -62,8 +75,10 @@ pub struct AlertSummaryParams {
     /// Alerts whose first occurrence is before this time (exclusive).
     pub to: Option<String>,
     /// Minimum severity.
+    #[param(inline, value_type = Option<SeverityName>)]
     pub severity: Option<String>,
     /// `open`, `acknowledged`, `resolved` or `false_positive`.
+    #[param(inline, value_type = Option<AlertStatusParam>)]
     pub status: Option<String>,
     /// Rule id.
     pub rule: Option<String>,
@@ -302,6 +317,7 @@ pub async fn alert_summary(
     responses(
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "The alert", body = AlertDetail),
+        (status = 400, description = "A query parameter (none is taken) or an id too long", body = ErrorBody),
         (status = 404, description = "No such alert for this tenant", body = ErrorBody),
     ))]
 pub async fn get_alert(
@@ -345,9 +361,11 @@ pub async fn get_alert(
     responses(
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "The updated alert record", body = Object),
-        (status = 400, description = "Malformed body or unknown status", body = ErrorBody),
+        (status = 400, description = "Malformed body, unknown status, or a query parameter (none is taken)", body = ErrorBody),
         (status = 403, description = "Needs role responder", body = ErrorBody),
         (status = 404, description = "No such alert for this tenant", body = ErrorBody),
+        (status = 413, description = "Body over the request size limit", body = ErrorBody),
+        (status = 415, description = "Body not sent as `Content-Type: application/json`", body = ErrorBody),
     ))]
 pub async fn update_alert(
     State(state): State<AppState>,

@@ -32,7 +32,7 @@ pub struct NewDestination {
     pub url: String,
     /// Only alerts at or above this severity are sent (default `medium`).
     #[serde(default)]
-    #[schema(value_type = Option<String>, example = "high")]
+    #[schema(inline, value_type = super::SeverityName, example = "high")]
     pub min_severity: Severity,
     /// `json` (default: the alerts whole) or `slack` (`{"text"}`, one line per alert, for a
     /// Slack incoming webhook or a compatible chat).
@@ -52,6 +52,7 @@ fn invalid(e: DestinationError) -> ApiError {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Destinations", body = DestinationList),
+        (status = 400, description = "A query parameter (none is taken)", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
     ))]
@@ -80,9 +81,11 @@ pub async fn list_destinations(
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Created", body = Destination),
-        (status = 400, description = "Bad name, URL or body", body = ErrorBody),
+        (status = 400, description = "Bad name, URL or body, or a query parameter (none is taken)", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
+        (status = 413, description = "Body over the request size limit", body = ErrorBody),
+        (status = 415, description = "Body not sent as `Content-Type: application/json`", body = ErrorBody),
     ))]
 pub async fn create_destination(
     State(state): State<AppState>,
@@ -130,6 +133,7 @@ pub async fn create_destination(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, description = "A query parameter (none is taken) or an id too long", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
         (status = 404, description = "No such destination for this tenant", body = ErrorBody),

@@ -58,7 +58,17 @@ pub struct EventSearchParams {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// `newest` first (default) or `oldest` first (a timeline).
+    #[param(inline, value_type = Option<EventSortName>)]
     pub sort: Option<String>,
+}
+
+// The schema of `sort`; `EventSort`'s `FromStr` reads it.
+/// The order of the event endpoints.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSortName {
+    Newest,
+    Oldest,
 }
 
 /// `sort` of the event endpoints: `newest` (default) or `oldest`.
@@ -361,6 +371,7 @@ async fn event_top_values_audited(
     responses(
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "The stored (masked) event", body = Object),
+        (status = 400, description = "A query parameter (none is taken) or an id too long", body = ErrorBody),
         (status = 404, description = "No such event for this tenant", body = ErrorBody),
     ))]
 pub async fn get_event(
@@ -391,12 +402,22 @@ pub async fn get_event(
 pub struct EventContextParams {
     /// `user` (default): the events of the event's user (`user.name`, `user.email`) as actor or
     /// target; `ip`: the events from or about its addresses (`related.ip`).
+    #[param(inline, value_type = Option<ContextPivotName>)]
     pub by: Option<String>,
     /// How far before and after the event: a whole number and a unit, `s`, `m`, `h`, `d` or `w`
     /// (default `15m`, at most `30d`).
     pub window: Option<String>,
     /// Events listed at most, oldest first (default 100, at most 1000).
     pub limit: Option<usize>,
+}
+
+// The schema of `by`; `perimeter_store::ContextPivot`'s `FromStr` reads it.
+/// What `GET /events/{id}/context` pivots on.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextPivotName {
+    User,
+    Ip,
 }
 
 /// The events around one event: what its user (or its address) did shortly before and after.
@@ -520,9 +541,20 @@ pub struct EventExportParams {
     pub max_events: Option<usize>,
     /// `jsonl` (default: every stored event document whole) or `csv` (one row per event with
     /// the main ECS columns, for a spreadsheet; cells are guarded against formula injection).
+    #[param(inline, value_type = Option<ExportFormatName>)]
     pub format: Option<String>,
     /// `newest` first (default) or `oldest` first.
+    #[param(inline, value_type = Option<EventSortName>)]
     pub sort: Option<String>,
+}
+
+// The schema of `format`; `export_events_audited` reads it.
+/// The file format of `GET /events/export`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormatName {
+    Jsonl,
+    Csv,
 }
 
 /// The columns of a CSV export: header and JSON path in the stored event document.

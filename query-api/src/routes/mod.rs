@@ -20,6 +20,19 @@ pub const DEFAULT_LIMIT: usize = 50;
 /// Largest accepted `limit`; larger asks are refused (400), not silently capped.
 pub const MAX_LIMIT: usize = 1000;
 
+// The schema of the severity parameters and fields; the handlers read them with
+// `perimeter_model::Severity::parse` (query) or its serde names (bodies).
+/// An alert severity, lowest first.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SeverityName {
+    Informational,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
 /// A page of results; pass `next_cursor` back as `cursor` for the next page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ItemsPage {

@@ -88,6 +88,7 @@ pub struct RuleTestResponse {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Loaded rules", body = RuleList),
+        (status = 400, description = "A query parameter (none is taken)", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
     ))]
 pub async fn list_rules(
@@ -140,6 +141,8 @@ fn with_switch_state(rule: &mut serde_json::Value, switch: perimeter_model::Rule
         (status = 400, description = "Malformed body, no reason, a past `until`, or a filter rule", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
         (status = 404, description = "No such rule", body = ErrorBody),
+        (status = 413, description = "Body over the request size limit", body = ErrorBody),
+        (status = 415, description = "Body not sent as `Content-Type: application/json`", body = ErrorBody),
     ))]
 pub async fn switch_rule(
     State(state): State<AppState>,
@@ -250,8 +253,10 @@ async fn switch_rule_audited(
     responses(
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 200, description = "Test result", body = RuleTestResponse),
-        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 400, description = "Malformed request, or a query parameter (none is taken)", body = ErrorBody),
         (status = 403, description = "Needs role admin", body = ErrorBody),
+        (status = 413, description = "Body over the request size limit", body = ErrorBody),
+        (status = 415, description = "Body not sent as `Content-Type: application/json`", body = ErrorBody),
         (status = 422, description = "The rule does not compile", body = ErrorBody),
     ))]
 pub async fn test_rule(

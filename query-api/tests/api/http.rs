@@ -2422,13 +2422,7 @@ fn bad_requests_are_4xx_json_never_500() {
 #[test]
 fn openapi_document_and_router_agree() {
     let api = TestApi::start();
-    let doc: Value = api
-        .client
-        .get(api.url("/api/v1/openapi.json"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let doc = served_openapi(&api);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     assert_eq!(
         doc,
@@ -2523,6 +2517,175 @@ fn openapi_document_and_router_agree() {
     }
 }
 
+/// The document's bounds and closed sets are the server's: for every query parameter with a
+/// `minimum`/`maximum` or an `enum`, the bounds and every listed word are accepted, the values
+/// just outside and a word not listed are refused (400). Every count parameter is bounded.
+#[test]
+fn openapi_parameter_bounds_and_words_are_the_servers() {
+    let api = TestApi::start();
+    let doc = served_openapi(&api);
+    let event_path = format!("/api/v1/events/{}", api.data.acme_events[0].id().0);
+    let alert_path = format!("/api/v1/alerts/{}", api.data.acme_alerts[0].id);
+    let mut checked = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("/api/v1/events/{id}", &event_path)
+            .replace("/api/v1/alerts/{id}", &alert_path);
+        for (method, op) in item.as_object().unwrap() {
+            let query_parameters: Vec<&Value> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .collect();
+            // Required parameters are given their first allowed word.
+            let required: Vec<(String, String)> = query_parameters
+                .iter()
+                .filter(|p| p["required"] == true)
+                .map(|p| {
+                    let word = p["schema"]["enum"][0].as_str();
+                    let word = word.unwrap_or_else(|| panic!("{path}: required {p} has no enum"));
+                    (p["name"].as_str().unwrap().to_string(), word.to_string())
+                })
+                .collect();
+            let status_with = |name: &str, value: &str| -> (u16, String) {
+                let mut query: Vec<(&str, &str)> = required
+                    .iter()
+                    .filter(|(n, _)| n != name)
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                query.push((name, value));
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let response = api
+                    .req(method, &concrete, ACME, Role::Admin)
+                    .query(&query)
+                    .send()
+                    .unwrap();
+                (response.status().as_u16(), response.text().unwrap())
+            };
+            let expect = |name: &str, value: &str, accepted: bool| {
+                let (status, body) = status_with(name, value);
+                let wanted = if accepted { 200 } else { 400 };
+                assert_eq!(status, wanted, "{method} {path}?{name}={value}: {body}");
+            };
+            for parameter in query_parameters {
+                let name = parameter["name"].as_str().unwrap();
+                let schema = &parameter["schema"];
+                let integer = schema["type"] == "integer"
+                    || schema["type"]
+                        .as_array()
+                        .is_some_and(|t| t.contains(&json!("integer")));
+                if integer {
+                    let (Some(min), Some(max)) =
+                        (schema["minimum"].as_u64(), schema["maximum"].as_u64())
+                    else {
+                        panic!("{method} {path}: `{name}` has no bounds: {schema}");
+                    };
+                    expect(name, &min.to_string(), true);
+                    expect(name, &max.to_string(), true);
+                    if let Some(below) = min.checked_sub(1) {
+                        expect(name, &below.to_string(), false);
+                    }
+                    expect(name, &(max + 1).to_string(), false);
+                    checked.insert(format!("{path} {name}"));
+                }
+                if let Some(words) = schema["enum"].as_array() {
+                    for word in words {
+                        expect(name, word.as_str().unwrap(), true);
+                    }
+                    expect(name, "no_such_word", false);
+                    checked.insert(format!("{path} {name}"));
+                }
+            }
+        }
+    }
+    // The bounded and closed parameters of the issue are among those checked.
+    for parameter in [
+        "/api/v1/alerts limit",
+        "/api/v1/alerts severity",
+        "/api/v1/alerts status",
+        "/api/v1/alerts sort",
+        "/api/v1/events/export max_events",
+        "/api/v1/events/export format",
+        "/api/v1/events/top sample",
+        "/api/v1/events/top field",
+        "/api/v1/events/{id}/context by",
+        "/api/v1/audit limit",
+        "/api/v1/dead-letters limit",
+    ] {
+        assert!(
+            checked.contains(parameter),
+            "{parameter} not checked: {checked:?}"
+        );
+    }
+}
+
+/// Every API operation lists the client errors it answers when a query parameter is unknown
+/// (400) and, taking a body, when the body is not JSON (415) or too large (413), each with the
+/// JSON error body.
+#[test]
+fn openapi_lists_the_client_errors_of_every_operation() {
+    let api = TestApi::start();
+    let doc = served_openapi(&api);
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        let concrete = path.replace("{id}", "some-id");
+        for (method, op) in item.as_object().unwrap() {
+            let request = || {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                api.req(method, &concrete, ACME, Role::Admin)
+            };
+            let unknown_parameter = request()
+                .query(&[("no_such_parameter", "1")])
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .unwrap();
+            let mut answers = vec![("an unknown parameter", unknown_parameter.status().as_u16())];
+            if op.get("requestBody").is_some() {
+                let text = request()
+                    .header("content-type", "text/plain")
+                    .body("{}")
+                    .send()
+                    .unwrap();
+                answers.push(("a text body", text.status().as_u16()));
+                // Announced, not sent: the server answers from the length.
+                let oversize = raw_request(
+                    &api,
+                    &format!(
+                        "{} {concrete} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+                         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        method.to_uppercase(),
+                        api.token(ACME, Role::Admin),
+                        perimeter_query_api::MAX_BODY_BYTES + 1
+                    ),
+                );
+                let status = oversize.get(9..12).and_then(|s| s.parse().ok());
+                answers.push(("an oversize body", status.unwrap_or(0)));
+            }
+            let statuses: Vec<u16> = answers.iter().map(|(_, status)| *status).collect();
+            let expected: &[u16] = if answers.len() > 1 {
+                &[400, 415, 413]
+            } else {
+                &[400]
+            };
+            assert_eq!(statuses, expected, "{method} {path}");
+            for (what, status) in answers {
+                let listed = &op["responses"][status.to_string()];
+                assert_eq!(
+                    listed["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} answers {status} to {what}, not listed with the error body: \
+                     {}",
+                    op["responses"]
+                );
+            }
+        }
+    }
+}
+
 /// A URI over hyper's fixed limit (65,534 bytes) is refused by hyper before the router sees
 /// it; the answer is still a JSON error like every other client error.
 #[test]
@@ -2586,6 +2749,12 @@ fn graceful_shutdown_stops_the_server() {
 }
 
 /// Send raw bytes and read the answer until the server closes or 5 s pass.
+/// The OpenAPI document the server serves.
+fn served_openapi(api: &TestApi) -> Value {
+    let response = api.client.get(api.url("/api/v1/openapi.json")).send();
+    response.unwrap().json().unwrap()
+}
+
 fn raw_request(api: &TestApi, request: &str) -> String {
     use std::io::{Read, Write};
     let addr = api.base.trim_start_matches("http://");
