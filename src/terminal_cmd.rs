@@ -437,8 +437,8 @@ pub struct AlertsArgs {
     /// Only alerts about this entity (user or IP, case-insensitive).
     #[arg(long)]
     pub entity: Option<String>,
-    /// Only alerts with this text (case-insensitive) in title, description, entity, rule id or a
-    /// matched value.
+    /// Only alerts with this text (case-insensitive) in title, description, explanation, entity,
+    /// rule id, a matched value, tags, ATT&CK technique ids (T1098), assignee or notes.
     #[arg(long, short = 'q')]
     pub query: Option<String>,
     /// newest (default), oldest, or severity (highest first).
