@@ -15,7 +15,8 @@
 pub(crate) struct StreamClock {
     /// Newest time of a record dated at or before its receipt.
     pub(crate) dated: i64,
-    /// That record's receive time minus its time.
+    /// That record's receive time minus its time (`i64::MAX` while unknown:
+    /// [`StreamClock::restored`]).
     pub(crate) delay: i64,
     /// Newest receive time of a record dated after its receipt.
     pub(crate) ahead_received: i64,
@@ -27,6 +28,18 @@ impl StreamClock {
         delay: 0,
         ahead_received: i64::MIN,
     };
+
+    /// A clock known only by its watermark (a snapshot that kept no more). Its delay is
+    /// unknown, so a record dated after its receipt is believed up to that watermark, not up to
+    /// its receipt (in a replay of old logs resumed from a snapshot, "now"), until a newer record
+    /// dated before its receipt tells the delay again.
+    pub(crate) fn restored(watermark: i64) -> StreamClock {
+        StreamClock {
+            dated: watermark,
+            delay: i64::MAX,
+            ..StreamClock::NEW
+        }
+    }
 
     /// The watermark: no record still to come is expected older than this (minus the lateness).
     pub(crate) fn watermark(&self) -> i64 {

@@ -14,6 +14,7 @@ use super::baseline::read_legacy_windows;
 use super::hygiene::{Group, GroupKey, GroupV2};
 use super::state::{EntityState, KeyMap};
 use super::UebaEngine;
+use crate::stream_clock::StreamClock;
 use crate::DetectError;
 
 const FORMAT: &str = "perimeter-ueba/3";
@@ -92,8 +93,8 @@ fn snapshot_out(engine: &UebaEngine) -> SnapshotOut<'_, &Group> {
         entities: &engine.entities,
         groups: engine.hygiene.groups.iter().collect(),
         stream_clocks: {
-            // A stream's watermark: the rest of its clock is learnt again from its next record
-            // dated before receipt.
+            // A stream's watermark only: the rest of its clock is learnt again from its next
+            // record dated before receipt ([`StreamClock::restored`]).
             let mut clocks: HashMap<String, HashMap<String, i64>> = engine
                 .stream_clocks
                 .iter()
@@ -211,13 +212,7 @@ pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectErr
         .map(|(tenant, sources)| {
             let sources = sources
                 .into_iter()
-                .map(|(source, watermark)| {
-                    let clock = crate::stream_clock::StreamClock {
-                        dated: watermark,
-                        ..crate::stream_clock::StreamClock::NEW
-                    };
-                    (source, clock)
-                })
+                .map(|(source, watermark)| (source, StreamClock::restored(watermark)))
                 .collect();
             (tenant, sources)
         })

@@ -601,6 +601,17 @@ fn a_record_dated_ahead_of_its_receipt_does_not_blind_its_entitys_windows() {
     // It still counts, at its believed time: with it, the ninth on-time failure alerts and the
     // tenth is a repeat.
     assert_eq!(bursts(&alerts), [1, 2], "{alerts:#?}");
+
+    // The replay resumed from a snapshot (`detect --state-dir`, the next file), the forged
+    // record first: the stream's delay is not in the snapshot, its watermark bounds the record.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ueba.snapshot");
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut alerts = run(&mut engine, &events[..1]);
+    engine.snapshot_to(&path).unwrap();
+    let mut engine = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
+    alerts.extend(run(&mut engine, &events[1..]));
+    assert_eq!(bursts(&alerts), [1], "resumed replay: {alerts:#?}");
 }
 
 /// The same record moved its stream's clock nine hours ahead, which closed the stream's alert
