@@ -649,6 +649,41 @@ fn a_record_dated_ahead_of_its_receipt_does_not_close_its_streams_groups() {
     );
 }
 
+/// A record whose time `Event::new` replaced (dated 2999, say) is dated at its receipt: in a
+/// replay of old logs, "now". It moved its stream's clock there, which closed the stream's
+/// alert groups at once; it no longer moves it.
+#[test]
+fn a_replayed_record_with_a_replaced_time_does_not_close_its_streams_groups() {
+    let start = t0() + Duration::hours(9);
+    let now = start + Duration::days(2);
+    let mut events = Vec::new();
+    for i in 0..40i64 {
+        let user = format!("user{i:02}@example.com");
+        let at = start + Duration::seconds(10 * i);
+        let l = Login::new(&user, "203.0.113.50", false);
+        events.push(received(okta_login("acme", at, i as u64 + 1, &l), now));
+        if i == 25 {
+            // What `Event::new` makes of a record dated 2999 received now.
+            let l = Login::new("carl@example.com", "198.51.100.7", true);
+            let mut e = received(okta_login("acme", now, 100, &l), now);
+            e.timestamp_adjusted = true;
+            events.push(e);
+        }
+    }
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut alerts = run(&mut engine, &events);
+    engine.flush(&mut alerts);
+    let sprays: Vec<u64> = of(&alerts, "password_spray")
+        .iter()
+        .map(|a| a.count)
+        .collect();
+    assert_eq!(
+        sprays,
+        [1, 21],
+        "one alert, then its repeats grouped: {alerts:#?}"
+    );
+}
+
 #[test]
 fn steady_service_account_is_normal_but_a_quiet_user_doing_the_same_is_not() {
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
