@@ -324,34 +324,21 @@ impl UebaEngine {
     /// after its receipt and past what its stream's clock allows: [`StreamClock::believe`]) and
     /// whether the clock entered a new hour.
     fn note_stream_time(&mut self, event: &Event) -> (i64, bool) {
-        let ts = event.timestamp.timestamp();
         let (tenant, source) = (event.tenant.as_str(), event.source.as_str());
-        if !self
-            .stream_clocks
-            .get(tenant)
-            .is_some_and(|sources| sources.contains_key(source))
-        {
-            self.stream_clocks
-                .entry(event.tenant.clone())
-                .or_default()
-                .insert(event.source.clone(), StreamClock::NEW);
-        }
-        let Some(clock) = self
+        if let Some(clock) = self
             .stream_clocks
             .get_mut(tenant)
             .and_then(|sources| sources.get_mut(source))
-        else {
-            return (ts, false);
-        };
-        let before = clock.watermark();
-        // A time `Event::new` replaced (implausible) is its receipt: no evidence of how far the
-        // stream has come (in a replay of old logs, "now").
-        if !event.timestamp_adjusted {
-            clock.observe(ts, event.received_at.timestamp());
+        {
+            return tick(clock, event);
         }
-        let after = clock.watermark();
-        let turned = before != i64::MIN && after.div_euclid(3600) > before.div_euclid(3600);
-        (clock.believe(ts), turned)
+        let clock = self
+            .stream_clocks
+            .entry(event.tenant.clone())
+            .or_default()
+            .entry(event.source.clone())
+            .or_insert(StreamClock::NEW);
+        tick(clock, event)
     }
 
     /// Close the alert groups of one stream that its own clock has passed. The hourly sweep
@@ -656,6 +643,21 @@ impl UebaEngine {
         self.stats.count_capacity_evictions(evicted);
         self.findings = findings;
     }
+}
+
+/// Take `event` on its stream's clock: the time it counts at ([`StreamClock::believe`]), and
+/// whether the clock entered a new hour.
+fn tick(clock: &mut StreamClock, event: &Event) -> (i64, bool) {
+    let ts = event.timestamp.timestamp();
+    let before = clock.watermark();
+    // A time `Event::new` replaced (implausible) is its receipt: no evidence of how far the
+    // stream has come (in a replay of old logs, "now").
+    if !event.timestamp_adjusted {
+        clock.observe(ts, event.received_at.timestamp());
+    }
+    let after = clock.watermark();
+    let turned = before != i64::MIN && after.div_euclid(3600) > before.div_euclid(3600);
+    (clock.believe(ts), turned)
 }
 
 /// Drop the least recently seen sixteenth of the entities: amortised O(1) per insert without an
