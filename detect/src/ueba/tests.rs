@@ -614,34 +614,47 @@ fn a_record_dated_ahead_of_its_receipt_does_not_blind_its_entitys_windows() {
     assert_eq!(bursts(&alerts), [1], "resumed replay: {alerts:#?}");
 }
 
-/// The same record moved its stream's clock nine hours ahead, which closed the stream's alert
-/// groups at once: every further finding of a spray under way became a new alert.
-#[test]
-fn a_record_dated_ahead_of_its_receipt_does_not_close_its_streams_groups() {
+/// The counts of the password-spray alerts of 40 users failing from one address, 10 s apart,
+/// each received at `receipt(its time)`, with `odd(time of the 26th)` after the 26th.
+fn spray_alert_counts(
+    receipt: impl Fn(DateTime<Utc>) -> DateTime<Utc>,
+    odd: impl Fn(DateTime<Utc>) -> Event,
+) -> (Vec<u64>, Vec<Alert>) {
     let start = t0() + Duration::hours(9);
     let mut events = Vec::new();
     for i in 0..40i64 {
         let user = format!("user{i:02}@example.com");
         let at = start + Duration::seconds(10 * i);
-        events.push(okta_login(
-            "acme",
-            at,
-            i as u64 + 1,
-            &Login::new(&user, "203.0.113.50", false),
+        let l = Login::new(&user, "203.0.113.50", false);
+        events.push(received(
+            okta_login("acme", at, i as u64 + 1, &l),
+            receipt(at),
         ));
         if i == 25 {
-            let l = Login::new("carl@example.com", "198.51.100.7", true);
-            let e = okta_login("acme", at + Duration::hours(9), 100, &l);
-            events.push(received(e, at));
+            events.push(odd(at));
         }
     }
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
     let mut alerts = run(&mut engine, &events);
     engine.flush(&mut alerts);
-    let sprays: Vec<u64> = of(&alerts, "password_spray")
+    let counts = of(&alerts, "password_spray")
         .iter()
         .map(|a| a.count)
         .collect();
+    (counts, alerts)
+}
+
+/// The same record moved its stream's clock nine hours ahead, which closed the stream's alert
+/// groups at once: every further finding of a spray under way became a new alert.
+#[test]
+fn a_record_dated_ahead_of_its_receipt_does_not_close_its_streams_groups() {
+    let (sprays, alerts) = spray_alert_counts(
+        |at| at,
+        |at| {
+            let l = Login::new("carl@example.com", "198.51.100.7", true);
+            received(okta_login("acme", at + Duration::hours(9), 100, &l), at)
+        },
+    );
     assert_eq!(
         sprays,
         [1, 21],
@@ -654,29 +667,17 @@ fn a_record_dated_ahead_of_its_receipt_does_not_close_its_streams_groups() {
 /// alert groups at once; it no longer moves it.
 #[test]
 fn a_replayed_record_with_a_replaced_time_does_not_close_its_streams_groups() {
-    let start = t0() + Duration::hours(9);
-    let now = start + Duration::days(2);
-    let mut events = Vec::new();
-    for i in 0..40i64 {
-        let user = format!("user{i:02}@example.com");
-        let at = start + Duration::seconds(10 * i);
-        let l = Login::new(&user, "203.0.113.50", false);
-        events.push(received(okta_login("acme", at, i as u64 + 1, &l), now));
-        if i == 25 {
+    let now = t0() + Duration::days(2);
+    let (sprays, alerts) = spray_alert_counts(
+        |_| now,
+        |_| {
             // What `Event::new` makes of a record dated 2999 received now.
             let l = Login::new("carl@example.com", "198.51.100.7", true);
-            let mut e = received(okta_login("acme", now, 100, &l), now);
+            let mut e = okta_login("acme", now, 100, &l);
             e.timestamp_adjusted = true;
-            events.push(e);
-        }
-    }
-    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
-    let mut alerts = run(&mut engine, &events);
-    engine.flush(&mut alerts);
-    let sprays: Vec<u64> = of(&alerts, "password_spray")
-        .iter()
-        .map(|a| a.count)
-        .collect();
+            e
+        },
+    );
     assert_eq!(
         sprays,
         [1, 21],
