@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod sigma;
 pub mod silence;
 mod state_file;
+mod stream_clock;
 pub mod ueba;
 
 pub use error::{DetectError, Result};

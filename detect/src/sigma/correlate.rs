@@ -51,6 +51,7 @@ use super::compile::{base_alert, entity_kind_for_group_by, entity_of};
 use super::matcher::{FieldPath, Found, Leaf, NO_SLOT};
 use super::parse::{CorrelationRule, CorrelationType, CountOp};
 use super::{RuleRef, RuleSet, SigmaOptions};
+use crate::stream_clock::StreamClock;
 
 /// Where a correlation reads an event's field values: the matcher's per-event cache, or the
 /// event itself.
@@ -84,68 +85,6 @@ impl Hasher for IdentityHasher {
 }
 
 type KeyMap = HashMap<u64, KeyState, BuildHasherDefault<IdentityHasher>>;
-
-/// How far a stream (tenant + source) has come in event time: its watermark, built from what
-/// its records say, each believed only as far as its receipt allows.
-///
-/// A record dated after it was received (a vendor clock ahead, or a forged or skewed record,
-/// believed up to `MAX_FUTURE_SKEW` by `Event::new`) cannot prove its stream got past its
-/// receipt: taken at its word, one record dated `now + 9h` made every on-time event of its
-/// stream "late" for nine hours. Such a record moves the watermark only as far as its receive
-/// time, minus the delay of the stream's newest record dated before receipt: live, that is
-/// about its receipt (a stream whose clock runs ahead still advances); in a replay of old logs
-/// (every record received "now", dated days ago) it is about where the replay is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct StreamClock {
-    /// Newest time of a record dated at or before its receipt.
-    dated: i64,
-    /// That record's receive time minus its time.
-    delay: i64,
-    /// Newest receive time of a record dated after its receipt.
-    ahead_received: i64,
-}
-
-impl StreamClock {
-    const NEW: StreamClock = StreamClock {
-        dated: i64::MIN,
-        delay: 0,
-        ahead_received: i64::MIN,
-    };
-
-    /// The watermark: no record still to come is expected older than this (minus the lateness).
-    fn watermark(&self) -> i64 {
-        if self.dated == i64::MIN {
-            self.ahead_received
-        } else {
-            self.dated
-                .max(self.ahead_received.saturating_sub(self.delay))
-        }
-    }
-
-    /// Take a record dated `ts` and received at `received` (ms). Returns whether it is dated
-    /// after its receipt.
-    fn observe(&mut self, ts: i64, received: i64) -> bool {
-        if ts <= received {
-            if ts > self.dated {
-                self.dated = ts;
-                self.delay = received - ts;
-            }
-            false
-        } else {
-            self.ahead_received = self.ahead_received.max(received);
-            true
-        }
-    }
-
-    /// The later of two clocks of one stream (a snapshot, the correlator before a reload).
-    fn merge(&mut self, other: StreamClock) {
-        if other.dated > self.dated {
-            self.dated = other.dated;
-            self.delay = other.delay;
-        }
-        self.ahead_received = self.ahead_received.max(other.ahead_received);
-    }
-}
 
 /// Keyed SipHash-1-3 of group-by and counted values. Keyed, because snapshots hold these hashes:
 /// an unkeyed hash of a user name or an IP can be tested against guesses, and FNV's initial

@@ -49,6 +49,8 @@ use config::DetectorSettings;
 use hygiene::{Finding, Hygiene};
 use state::{EntityKey, EntityState, KeyMap};
 
+use crate::stream_clock::StreamClock;
+
 /// What a detector needs to know about the event being processed.
 pub(crate) struct Ctx<'a> {
     pub event: &'a Event,
@@ -148,11 +150,14 @@ pub struct UebaEngine {
     /// Highest event time seen (Unix seconds): the clock for eviction, and for group expiry of
     /// streams not seen since a restart.
     watermark: i64,
-    /// Highest event time per stream (tenant + source): the clock that closes a stream's alert
-    /// groups. A source delivered hours behind another must not have its groups closed by the
-    /// other's time (each repeat would then be a new alert). In the snapshot, so a restart
-    /// does not close a delayed stream's groups by the newest stream's time.
-    stream_clocks: HashMap<String, HashMap<String, i64>>,
+    /// Each stream's clock (tenant + source, Unix seconds): it closes the stream's alert groups,
+    /// and bounds the time a record dated after its receipt is counted at
+    /// ([`StreamClock::believe`]). A source delivered hours behind another must not have its
+    /// groups closed by the other's time (each repeat would then be a new alert), nor a record
+    /// dated `now + 9h` close them early or hold its entity's windows hours ahead. In the
+    /// snapshot (its watermark), so a restart does not close a delayed stream's groups by the
+    /// newest stream's time.
+    stream_clocks: HashMap<String, HashMap<String, StreamClock>>,
     /// Earliest event time per tenant (Unix seconds): how long the tenant has been watched.
     tenant_since: HashMap<String, i64>,
     /// Hour bucket of the last housekeeping sweep.
@@ -307,8 +312,7 @@ impl UebaEngine {
                 clocks
                     .get(tenant)
                     .and_then(|sources| sources.get(source))
-                    .copied()
-                    .unwrap_or(fallback)
+                    .map_or(fallback, StreamClock::watermark)
             },
             alerts,
         );
@@ -316,31 +320,39 @@ impl UebaEngine {
     }
 
     /// Move the event's stream clock forward (looked up by borrowed names: no allocation once
-    /// the stream is known). Returns whether the clock entered a new hour.
-    fn note_stream_time(&mut self, event: &Event, t: i64) -> bool {
+    /// the stream is known). Returns the time the event counts at (its own, unless it is dated
+    /// after its receipt and past what its stream's clock allows: [`StreamClock::believe`]) and
+    /// whether the clock entered a new hour.
+    fn note_stream_time(&mut self, event: &Event) -> (i64, bool) {
+        let (tenant, source) = (event.tenant.as_str(), event.source.as_str());
         if let Some(clock) = self
             .stream_clocks
-            .get_mut(event.tenant.as_str())
-            .and_then(|sources| sources.get_mut(event.source.as_str()))
+            .get_mut(tenant)
+            .and_then(|sources| sources.get_mut(source))
         {
-            let turned = t.div_euclid(3600) > (*clock).div_euclid(3600);
-            *clock = (*clock).max(t);
-            return turned;
+            return tick(clock, event);
         }
-        self.stream_clocks
+        let clock = self
+            .stream_clocks
             .entry(event.tenant.clone())
             .or_default()
-            .insert(event.source.clone(), t);
-        false
+            .entry(event.source.clone())
+            .or_insert(StreamClock::NEW);
+        tick(clock, event)
     }
 
     /// Close the alert groups of one stream that its own clock has passed. The hourly sweep
     /// ([`Self::advance`]) goes by the newest time of all streams: a tenant whose events are
     /// no newer than another's (the same day sent twice, a backfill) would otherwise have its
     /// groups closed only by another tenant's later input, and counted in that input's answer.
-    fn expire_stream(&mut self, event: &Event, t: i64, alerts: &mut Vec<Alert>) {
+    fn expire_stream(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
         let before = alerts.len();
         let (tenant, source) = (event.tenant.as_str(), event.source.as_str());
+        let t = self
+            .stream_clocks
+            .get(tenant)
+            .and_then(|sources| sources.get(source))
+            .map_or(i64::MIN, StreamClock::watermark);
         self.hygiene.expire(
             |g_tenant, g_source| {
                 if g_tenant == tenant && g_source == source {
@@ -360,11 +372,11 @@ impl UebaEngine {
     }
 
     fn process(&mut self, event: &Event, alerts: &mut Vec<Alert>) {
-        let t = event.timestamp.timestamp();
-        let hour_turned = self.note_stream_time(event, t);
+        // Every clock below (windows, baselines, warm-up, idle eviction) reads this time.
+        let (t, hour_turned) = self.note_stream_time(event);
         self.advance(t, alerts);
         if hour_turned {
-            self.expire_stream(event, t, alerts);
+            self.expire_stream(event, alerts);
         }
         let c = classify::classify(event);
         let tenant = event.tenant.as_str();
@@ -631,6 +643,21 @@ impl UebaEngine {
         self.stats.count_capacity_evictions(evicted);
         self.findings = findings;
     }
+}
+
+/// Take `event` on its stream's clock: the time it counts at ([`StreamClock::believe`]), and
+/// whether the clock entered a new hour.
+fn tick(clock: &mut StreamClock, event: &Event) -> (i64, bool) {
+    let ts = event.timestamp.timestamp();
+    let before = clock.watermark();
+    // A time `Event::new` replaced (implausible) is its receipt: no evidence of how far the
+    // stream has come (in a replay of old logs, "now").
+    if !event.timestamp_adjusted {
+        clock.observe(ts, event.received_at.timestamp());
+    }
+    let after = clock.watermark();
+    let turned = before != i64::MIN && after.div_euclid(3600) > before.div_euclid(3600);
+    (clock.believe(ts), turned)
 }
 
 /// Drop the least recently seen sixteenth of the entities: amortised O(1) per insert without an

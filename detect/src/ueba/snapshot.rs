@@ -14,6 +14,7 @@ use super::baseline::read_legacy_windows;
 use super::hygiene::{Group, GroupKey, GroupV2};
 use super::state::{EntityState, KeyMap};
 use super::UebaEngine;
+use crate::stream_clock::StreamClock;
 use crate::DetectError;
 
 const FORMAT: &str = "perimeter-ueba/3";
@@ -92,7 +93,19 @@ fn snapshot_out(engine: &UebaEngine) -> SnapshotOut<'_, &Group> {
         entities: &engine.entities,
         groups: engine.hygiene.groups.iter().collect(),
         stream_clocks: {
-            let mut clocks = engine.stream_clocks.clone();
+            // A stream's watermark only: the rest of its clock is learnt again from its next
+            // record dated before receipt ([`StreamClock::restored`]).
+            let mut clocks: HashMap<String, HashMap<String, i64>> = engine
+                .stream_clocks
+                .iter()
+                .map(|(tenant, sources)| {
+                    let sources = sources
+                        .iter()
+                        .map(|(source, clock)| (source.clone(), clock.watermark()))
+                        .collect();
+                    (tenant.clone(), sources)
+                })
+                .collect();
             for (tenant, since) in &engine.tenant_since {
                 clocks
                     .entry(tenant.clone())
@@ -194,7 +207,16 @@ pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectErr
         .iter_mut()
         .filter_map(|(tenant, sources)| Some((tenant.clone(), sources.remove(TENANT_SINCE)?)))
         .collect();
-    engine.stream_clocks = clocks;
+    engine.stream_clocks = clocks
+        .into_iter()
+        .map(|(tenant, sources)| {
+            let sources = sources
+                .into_iter()
+                .map(|(source, watermark)| (source, StreamClock::restored(watermark)))
+                .collect();
+            (tenant, sources)
+        })
+        .collect();
     // A smaller `max_entities` than when the snapshot was written still holds after restore.
     while engine.entities.len() as u64 > engine.config.max_entities.max(1) {
         engine.evict_lru();

@@ -540,6 +540,151 @@ fn a_tenant_behind_another_closes_its_groups_by_its_own_input() {
     );
 }
 
+/// `e` as received at `at` (the other helpers receive every record at its own time).
+fn received(mut e: Event, at: DateTime<Utc>) -> Event {
+    e.received_at = at;
+    e
+}
+
+/// A record dated hours after its receipt (a clock ahead, a forged record; believed within
+/// `MAX_FUTURE_SKEW`) was counted at its own time: its entity's windows moved nine hours
+/// ahead, so the burst from the same address right after it, on time, fell out of them and
+/// raised nothing. It counts at what its stream's clock allows now, live and in a replay of old
+/// logs (every record received "now") alike.
+#[test]
+fn a_record_dated_ahead_of_its_receipt_does_not_blind_its_entitys_windows() {
+    let ip = "203.0.113.66";
+    let bursts = |alerts: &[Alert]| -> Vec<u64> {
+        of(alerts, "auth_failure_burst")
+            .into_iter()
+            .filter(|a| a.entity == ip)
+            .map(|a| a.count)
+            .collect()
+    };
+    let start = t0() + Duration::hours(9);
+    let forged = |received_at: DateTime<Utc>| {
+        let l = Login::new("kai@example.com", ip, false);
+        let e = okta_login("acme", received_at + Duration::hours(9), 1, &l);
+        received(e, received_at)
+    };
+    let failures = |at: DateTime<Utc>| -> Vec<Event> {
+        (0..10)
+            .map(|i| {
+                let user = format!("user{i:02}@example.com");
+                let at = at + Duration::seconds(10 * i);
+                okta_login("acme", at, i as u64 + 2, &Login::new(&user, ip, false))
+            })
+            .collect()
+    };
+    // Live: the records arrive as they happen.
+    let mut events = vec![okta_login(
+        "acme",
+        start,
+        100,
+        &Login::new("carl@example.com", "198.51.100.7", true),
+    )];
+    events.push(forged(start + Duration::seconds(5)));
+    events.extend(failures(start + Duration::seconds(60)));
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let alerts = run(&mut engine, &events);
+    assert_eq!(bursts(&alerts), [1], "live: {alerts:#?}");
+
+    // A replay of those hours two days later, every record received then: the forged record
+    // is dated ahead of that receipt.
+    let now = start + Duration::days(2);
+    let mut events: Vec<Event> = events.iter().map(|e| received(e.clone(), now)).collect();
+    events[1] = forged(now);
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut alerts = run(&mut engine, &events);
+    assert_eq!(bursts(&alerts), [1], "replay: {alerts:#?}");
+    engine.flush(&mut alerts);
+    // It still counts, at its believed time: with it, the ninth on-time failure alerts and the
+    // tenth is a repeat.
+    assert_eq!(bursts(&alerts), [1, 2], "{alerts:#?}");
+
+    // The replay resumed from a snapshot (`detect --state-dir`, the next file), the forged
+    // record first: the stream's delay is not in the snapshot, its watermark bounds the record.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ueba.snapshot");
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut alerts = run(&mut engine, &events[..1]);
+    engine.snapshot_to(&path).unwrap();
+    let mut engine = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
+    alerts.extend(run(&mut engine, &events[1..]));
+    assert_eq!(bursts(&alerts), [1], "resumed replay: {alerts:#?}");
+}
+
+/// The counts of the password-spray alerts of 40 users failing from one address, 10 s apart,
+/// each received at `receipt(its time)`, with `odd(time of the 26th)` after the 26th.
+fn spray_alert_counts(
+    receipt: impl Fn(DateTime<Utc>) -> DateTime<Utc>,
+    odd: impl Fn(DateTime<Utc>) -> Event,
+) -> (Vec<u64>, Vec<Alert>) {
+    let start = t0() + Duration::hours(9);
+    let mut events = Vec::new();
+    for i in 0..40i64 {
+        let user = format!("user{i:02}@example.com");
+        let at = start + Duration::seconds(10 * i);
+        let l = Login::new(&user, "203.0.113.50", false);
+        events.push(received(
+            okta_login("acme", at, i as u64 + 1, &l),
+            receipt(at),
+        ));
+        if i == 25 {
+            events.push(odd(at));
+        }
+    }
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut alerts = run(&mut engine, &events);
+    engine.flush(&mut alerts);
+    let counts = of(&alerts, "password_spray")
+        .iter()
+        .map(|a| a.count)
+        .collect();
+    (counts, alerts)
+}
+
+/// The same record moved its stream's clock nine hours ahead, which closed the stream's alert
+/// groups at once: every further finding of a spray under way became a new alert.
+#[test]
+fn a_record_dated_ahead_of_its_receipt_does_not_close_its_streams_groups() {
+    let (sprays, alerts) = spray_alert_counts(
+        |at| at,
+        |at| {
+            let l = Login::new("carl@example.com", "198.51.100.7", true);
+            received(okta_login("acme", at + Duration::hours(9), 100, &l), at)
+        },
+    );
+    assert_eq!(
+        sprays,
+        [1, 21],
+        "one alert, then its repeats grouped: {alerts:#?}"
+    );
+}
+
+/// A record whose time `Event::new` replaced (dated 2999, say) is dated at its receipt: in a
+/// replay of old logs, "now". It moved its stream's clock there, which closed the stream's
+/// alert groups at once; it no longer moves it.
+#[test]
+fn a_replayed_record_with_a_replaced_time_does_not_close_its_streams_groups() {
+    let now = t0() + Duration::days(2);
+    let (sprays, alerts) = spray_alert_counts(
+        |_| now,
+        |_| {
+            // What `Event::new` makes of a record dated 2999 received now.
+            let l = Login::new("carl@example.com", "198.51.100.7", true);
+            let mut e = okta_login("acme", now, 100, &l);
+            e.timestamp_adjusted = true;
+            e
+        },
+    );
+    assert_eq!(
+        sprays,
+        [1, 21],
+        "one alert, then its repeats grouped: {alerts:#?}"
+    );
+}
+
 #[test]
 fn steady_service_account_is_normal_but_a_quiet_user_doing_the_same_is_not() {
     let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
