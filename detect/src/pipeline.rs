@@ -2002,6 +2002,33 @@ mod tests {
         okta_failure(&mut q, &mut out, "acme", "dana", "10:01");
     }
 
+    /// A correlation snapshot of format 1 (written by the release before `stream_clocks`, binary
+    /// form: `perimeter detect --tenant acme --state-dir` with [`failure_burst_text`]`("gte: 3")`
+    /// over dana's failures at 10:00 and 10:01) restores, and the third failure raises the
+    /// burst (QA: the new build set such a file aside as invalid and raised nothing).
+    #[test]
+    fn a_correlation_snapshot_of_format_1_restores_and_its_window_completes() {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/state/correlation-format1.snapshot");
+        let state = tempfile::tempdir().unwrap();
+        std::fs::copy(&fixture, state.path().join(CORRELATION_SNAPSHOT)).unwrap();
+        let (rules, options) = failure_burst_rules();
+        let mut p = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let r = p.restore_correlations(state.path()).unwrap();
+        assert_eq!(r.set_aside, None);
+        assert_eq!((r.restored.keys, r.restored.dropped_correlations), (1, 0));
+        let mut out = PipelineOutput::default();
+        okta_failure(&mut p, &mut out, "acme", "dana", "10:02");
+        let bursts: Vec<_> = out.alerts.iter().filter(|a| a.title == "Burst").collect();
+        assert_eq!(bursts.len(), 1, "{:?}", out.alerts);
+        // Written again, it is of the current format and restores too.
+        p.save_state(state.path()).unwrap();
+        let (rules, options) = failure_burst_rules();
+        let mut q = pipeline().with_sigma(SigmaDetector::new(rules, &options));
+        let r = q.restore_correlations(state.path()).unwrap();
+        assert_eq!(r.set_aside, None);
+    }
+
     /// A reload (SIGHUP) used to restart every correlation; unchanged ones now keep their windows.
     #[test]
     fn a_rule_reload_keeps_the_windows_of_unchanged_correlations() {

@@ -1231,13 +1231,21 @@ fn readers_last(ci: usize, rules: &RuleSet, seen: &mut [bool], order: &mut Vec<u
     order.push(ci);
 }
 
-/// Format tag of [`CorrelatorSnapshot`].
-const SNAPSHOT_FORMAT: &str = "perimeter-correlation/1";
+/// Format tag of [`CorrelatorSnapshot`]: 2 added `stream_clocks`.
+const SNAPSHOT_FORMAT: &str = "perimeter-correlation/2";
+
+/// Format tag of snapshots written before `stream_clocks` (2026-12-04), which still restore. The
+/// binary form has no field names, so this tag, the first field, is what says that the field is
+/// not in the file (reading format 2's fields from it failed, and set the snapshot aside).
+const SNAPSHOT_FORMAT_1: &str = "perimeter-correlation/1";
 
 /// The open correlation windows, as written to disk: keyed hashes, times, event ids, input
 /// lines, and for windows that close later the alert's source, tenant and (masked) entity.
+///
+/// Read through its own `Deserialize` (below) for format 1; `remote = "Self"` makes the derived
+/// reading and writing plain functions that it and `Serialize` call.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct CorrelatorSnapshot {
     format: String,
     /// Proves which hash key wrote it without revealing the key.
@@ -1248,10 +1256,80 @@ pub struct CorrelatorSnapshot {
     /// ([`StreamClock`]; before 2026-12, the newest time of any record).
     streams: Vec<(u64, i64)>,
     /// Per stream, the rest of its clock: (stream, delay, newest receive time of a record dated
-    /// after its receipt). Absent from snapshots written before 2026-12.
+    /// after its receipt). Absent from snapshots of format 1 (before 2026-12-05).
     #[serde(default)]
     stream_clocks: Vec<(u64, i64, i64)>,
     correlations: Vec<CorrelationSnapshot>,
+}
+
+impl Serialize for CorrelatorSnapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        CorrelatorSnapshot::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CorrelatorSnapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = CorrelatorSnapshot;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a correlation snapshot")
+            }
+
+            /// Named fields (JSON): the derived reading, where format 1 lacks `stream_clocks`.
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                CorrelatorSnapshot::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+
+            /// Fields in order (the binary form): the format, first, says which follow.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                /// Field `index`; a file ending before it is cut off.
+                fn next<'de, T: Deserialize<'de>, A: serde::de::SeqAccess<'de>>(
+                    seq: &mut A,
+                    index: usize,
+                ) -> Result<T, A::Error> {
+                    seq.next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(index, &Fields))
+                }
+                let format: String = next(&mut seq, 0)?;
+                let format_1 = format == SNAPSHOT_FORMAT_1;
+                Ok(CorrelatorSnapshot {
+                    key_check: next(&mut seq, 1)?,
+                    max_ts: next(&mut seq, 2)?,
+                    seq: next(&mut seq, 3)?,
+                    streams: next(&mut seq, 4)?,
+                    stream_clocks: if format_1 {
+                        Vec::new()
+                    } else {
+                        next(&mut seq, 5)?
+                    },
+                    correlations: next(&mut seq, if format_1 { 5 } else { 6 })?,
+                    format,
+                })
+            }
+        }
+        deserializer.deserialize_struct(
+            "CorrelatorSnapshot",
+            &[
+                "format",
+                "key_check",
+                "max_ts",
+                "seq",
+                "streams",
+                "stream_clocks",
+                "correlations",
+            ],
+            Fields,
+        )
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1358,9 +1436,9 @@ impl Correlator {
         rules: &RuleSet,
         snap: CorrelatorSnapshot,
     ) -> Result<CorrelationRestore, String> {
-        if snap.format != SNAPSHOT_FORMAT {
+        if snap.format != SNAPSHOT_FORMAT && snap.format != SNAPSHOT_FORMAT_1 {
             return Err(format!(
-                "format `{}` is not `{SNAPSHOT_FORMAT}`",
+                "format `{}` is neither `{SNAPSHOT_FORMAT}` nor `{SNAPSHOT_FORMAT_1}`",
                 snap.format
             ));
         }
