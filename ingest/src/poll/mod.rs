@@ -189,7 +189,7 @@ pub struct Checkpoint {
     /// The lower time bound of a listing read part-way (Slack, Google Workspace).
     #[serde(default)]
     pub listing_since: Option<DateTime<Utc>>,
-    /// The newest record time stored, never past the time it was saved (see
+    /// The newest record time stored that was not after the time it was saved (see
     /// [`checkpoint_time`]): new listings start there.
     #[serde(default)]
     pub since: Option<DateTime<Utc>>,
@@ -204,15 +204,19 @@ pub struct Checkpoint {
 }
 
 /// Where a checkpoint's `since` may move once records with `times` are stored, from `previous`
-/// (the checkpoint's), with the poll's clock at `now`: the newest record time, but never past
-/// `now`, and only from plausible times (ADR 012's rule, [`is_plausible_event_time`]: at most a
-/// day after `now`, not before 2000). `since` is where the next listing starts
-/// (an inclusive lower bound): one record dated in the year 3000 moved it there, and every later
-/// record of the source was never asked for again. Such a record is still stored (with its
-/// receive time as event time, ADR 012); it only does not move the checkpoint. A `previous`
-/// ahead of `now` (saved before this rule) is brought back to `now`. Records up to a day ahead
-/// are plausible but still do not take `since` past `now`: a record re-read at the boundary is
-/// kept once by the store, one published meanwhile with an earlier time is not skipped.
+/// (the checkpoint's), with the poll's clock at `now`: the newest record time at or before
+/// `now`. `since` is where the next listing starts (an inclusive lower bound), so it moves
+/// only to times that have passed:
+/// - a record dated after `now`, even a plausible hour ahead (a vendor clock a little off),
+///   does not move it at all. Moving it to that time, or to `now`, skipped the records the
+///   vendor publishes later with earlier times (Google hours late, GitHub minutes; ADR 014);
+///   the record dated ahead is listed again until `now` passes it, and the store keeps it once;
+/// - a time that cannot be true (ADR 012's rule, [`is_plausible_event_time`]: more than a day
+///   after `now`, or before 2000) does not move it either and is counted: one record dated in
+///   the year 3000 moved it there, and no later record of the source was asked for again. Such
+///   a record is still stored (with its receive time as event time, ADR 012).
+///
+/// A `previous` ahead of `now` (saved before this rule) is brought back to `now`.
 pub(crate) fn checkpoint_time(
     previous: Option<DateTime<Utc>>,
     times: impl IntoIterator<Item = DateTime<Utc>>,
@@ -223,11 +227,10 @@ pub(crate) fn checkpoint_time(
         ..CheckpointTime::default()
     };
     for time in times {
-        if is_plausible_event_time(time, now) {
-            next.since = next.since.max(Some(time.min(now)));
-        } else {
-            next.implausible += 1;
-            next.first_implausible.get_or_insert(time);
+        if !is_plausible_event_time(time, now) {
+            next.implausible.push(time);
+        } else if time <= now {
+            next.since = next.since.max(Some(time));
         }
     }
     next
@@ -238,10 +241,13 @@ pub(crate) fn checkpoint_time(
 pub(crate) struct CheckpointTime {
     /// Where `since` moves.
     pub since: Option<DateTime<Utc>>,
-    /// How many records had a time that cannot be true, and the first of them.
-    pub implausible: usize,
-    pub first_implausible: Option<DateTime<Utc>>,
+    /// The record times that cannot be true, in order.
+    pub implausible: Vec<DateTime<Utc>>,
 }
+
+/// How many far-ahead record times a poller remembers having counted (see
+/// [`PollSource::note_implausible_times`]); past that it forgets them all and counts anew.
+const IMPLAUSIBLE_TIMES_REMEMBERED: usize = 1024;
 
 /// The `poll_errors_total` kind of records dated implausibly (the poll goes on; see
 /// [`checkpoint_time`]).
@@ -422,6 +428,9 @@ pub struct PollSource {
     metrics: Option<Arc<Metrics>>,
     /// Microsoft 365 with a `client_id`: the access token and when to get a new one.
     access_token: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
+    /// The record times more than a day ahead already warned about and counted: `since` never
+    /// reaches them, so the vendor lists such a record again at every poll.
+    implausible_noted: std::sync::Mutex<std::collections::HashSet<DateTime<Utc>>>,
 }
 
 impl PollSource {
@@ -553,6 +562,7 @@ impl PollSource {
             client,
             metrics: None,
             access_token: tokio::sync::Mutex::new(None),
+            implausible_noted: std::sync::Mutex::default(),
         })
     }
 
@@ -993,12 +1003,32 @@ impl PollSource {
 
     /// Warn about and count (`poll_errors_total{kind="implausible_time"}`, one per record)
     /// records whose time cannot be true: they are stored, with their receive time as event
-    /// time (ADR 012), but the checkpoint does not move to their time.
+    /// time (ADR 012), but the checkpoint does not move to their time. A record dated far ahead
+    /// is listed again at every poll (`since` stays before it): its time is counted once while
+    /// the poller runs, not at every poll (two such records with the same time count once).
     fn note_implausible_times(&self, found: &CheckpointTime) {
-        let Some(first) = found.first_implausible else {
+        let now = Utc::now();
+        let new: Vec<DateTime<Utc>> = {
+            let mut noted = self
+                .implausible_noted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let new: Vec<_> = found
+                .implausible
+                .iter()
+                .copied()
+                .filter(|t| *t <= now || !noted.contains(t))
+                .collect();
+            if noted.len() + new.len() > IMPLAUSIBLE_TIMES_REMEMBERED {
+                noted.clear();
+            }
+            noted.extend(new.iter().filter(|t| **t > now));
+            new
+        };
+        let Some(first) = new.first() else {
             return;
         };
-        tracing::warn!(poller = %self.config.name, records = found.implausible,
+        tracing::warn!(poller = %self.config.name, records = new.len(),
             time = %first.to_rfc3339(),
             "records dated more than a day ahead or before 2000: stored with their receive time; the checkpoint does not move to their time");
         if let Some(m) = &self.metrics {
@@ -1008,7 +1038,7 @@ impl PollSource {
                     ("poller", self.config.name.as_str()),
                     ("kind", IMPLAUSIBLE_TIME),
                 ],
-                found.implausible as u64,
+                new.len() as u64,
             );
         }
     }
@@ -1486,14 +1516,23 @@ mod tests {
         let before = Some(at("2026-12-04T11:00:00Z"));
         let moved = |previous, times: &[&str]| {
             let found = checkpoint_time(previous, times.iter().map(|t| at(t)), now);
-            (found.since, found.implausible)
+            (found.since, found.implausible.len())
         };
         assert_eq!(
             moved(before, &["2026-12-04T11:30:00Z", "2026-12-04T11:10:00Z"]),
             (Some(at("2026-12-04T11:30:00Z")), 0)
         );
-        // An hour ahead is plausible (a vendor clock a little off), but `since` stops at now.
-        assert_eq!(moved(before, &["2026-12-04T13:00:00Z"]), (Some(now), 0));
+        // An hour ahead is plausible (a vendor clock a little off) but does not move `since`,
+        // not even to now: records the vendor publishes later, dated between the newest one
+        // that has passed and now, would be skipped.
+        assert_eq!(moved(before, &["2026-12-04T13:00:00Z"]), (before, 0));
+        assert_eq!(
+            moved(before, &["2026-12-04T13:00:00Z", "2026-12-04T11:30:00Z"]),
+            (Some(at("2026-12-04T11:30:00Z")), 0)
+        );
+        assert_eq!(moved(None, &["2026-12-04T13:00:00Z"]), (None, 0));
+        // A record dated now has passed.
+        assert_eq!(moved(before, &["2026-12-04T12:00:00Z"]), (Some(now), 0));
         // The year 3000, or before 2000: stored, counted, and `since` does not move.
         assert_eq!(
             moved(before, &["3000-01-01T00:00:00Z", "1970-01-01T00:00:01Z"]),
@@ -1503,7 +1542,7 @@ mod tests {
         // A checkpoint saved ahead of now (before this rule) comes back to now.
         assert_eq!(moved(Some(at("3000-01-01T00:00:00Z")), &[]), (Some(now), 0));
         let found = checkpoint_time(before, [at("3000-01-01T00:00:00Z")], now);
-        assert_eq!(found.first_implausible, Some(at("3000-01-01T00:00:00Z")));
+        assert_eq!(found.implausible, [at("3000-01-01T00:00:00Z")]);
     }
 
     #[test]

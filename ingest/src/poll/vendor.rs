@@ -493,7 +493,7 @@ mod tests {
             page.checkpoint.since.map(|t| t.timestamp_millis()),
             Some(newest.timestamp_millis())
         );
-        assert_eq!(page.times.implausible, 1);
+        assert_eq!(page.times.implausible.len(), 1);
     }
 
     #[test]
