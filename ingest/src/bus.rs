@@ -25,6 +25,11 @@ pub struct SubmitAck {
     /// destinations hear of them with that count (marked still firing, unless the batch raised
     /// them too).
     pub alerts_still_firing: usize,
+    /// Records handed to the Kafka bus (`[kafka]`): on the broker, detected and stored by the
+    /// detector instances after this answer, so the counts above stay 0. Left out on the
+    /// embedded bus.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub queued: usize,
     /// Events of this batch dated before their retention window: stored, but the next
     /// retention sweep (hourly, and at start) removes them. Raise the retention to keep them.
     pub past_retention: usize,
@@ -32,6 +37,10 @@ pub struct SubmitAck {
     /// records are stored as plain JSON); left out when there is nothing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A batch on its way to the pipeline.

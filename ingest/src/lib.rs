@@ -12,6 +12,7 @@ pub mod bus;
 pub mod csv_rows;
 pub mod http;
 pub mod jsonl;
+pub mod kafka;
 pub mod poll;
 pub mod spool;
 

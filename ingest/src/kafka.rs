@@ -1,0 +1,659 @@
+//! The Kafka bus (ADR 019): the scaled-out form of [`crate::bus`]. Ingest instances hand their
+//! batches to a topic ([`KafkaBusProducer`]); detector instances read it in one consumer group
+//! ([`KafkaBusConsumer`]) and feed the same pipeline worker the embedded bus feeds. The contract
+//! stays the one of the embedded bus, stretched over the broker:
+//!
+//! - a source's batch is acknowledged once the broker has every item (`acks=all`, idempotent
+//!   producer): the source may then forget it;
+//! - a detector commits a message's offset only after the batch it was in is stored: killed
+//!   before that, its partitions are read again from the last commit, by it or by another
+//!   instance, and the store's idempotence on event ids drops the repeats.
+//!
+//! Messages are keyed by tenant and entity (the user, else the source IP, as the binary's
+//! [`PartitionKey`] reads them), so one entity's records land on one partition, hence on one
+//! detector instance, in order: the behavioural and correlation state of an entity stays in
+//! one place.
+//!
+//! Records travel in clear, as on the embedded bus: masking happens in the detector, which
+//! must see clear values. The topic is to be protected like the SaaS APIs' credentials
+//! (TLS/SASL through [`KafkaBusConfig::properties`], ACLs, a short retention).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::bus::{BusReceiver, BusSender, Submission, SubmitAck};
+use crate::jsonl::{input_digest, InputItem};
+
+/// `[kafka]` of the configuration: where the bus is and how it is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaBusConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic input records travel on; created with [`Self::partitions`] partitions when
+    /// missing.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// The consumer group the detector instances share.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Partitions of a topic this service creates: the most detector instances that can share
+    /// the work. An existing topic is used as it is.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replicas of a topic this service creates (3 on a production cluster).
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// Most records a detector takes into one batch (one store commit, one offset commit).
+    #[serde(default = "default_batch_records")]
+    pub batch_records: usize,
+    /// How long a detector waits for more records before it processes what it has.
+    #[serde(default = "default_batch_linger_ms")]
+    pub batch_linger_ms: u64,
+    /// More librdkafka properties for both clients (`security.protocol`, `sasl.*`, `ssl.*`,
+    /// `session.timeout.ms`, ...); they override this module's defaults.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_topic() -> String {
+    "perimeter.records".into()
+}
+fn default_group() -> String {
+    "perimeter-detect".into()
+}
+fn default_partitions() -> i32 {
+    12
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_batch_records() -> usize {
+    5_000
+}
+fn default_batch_linger_ms() -> u64 {
+    200
+}
+
+impl KafkaBusConfig {
+    /// A configuration with the defaults, for `brokers`.
+    pub fn new(brokers: impl Into<String>) -> KafkaBusConfig {
+        KafkaBusConfig {
+            brokers: brokers.into(),
+            topic: default_topic(),
+            group: default_group(),
+            partitions: default_partitions(),
+            replication_factor: default_replication(),
+            batch_records: default_batch_records(),
+            batch_linger_ms: default_batch_linger_ms(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// What a configuration check reports: settings that cannot work.
+    pub fn validate(&self) -> Result<(), KafkaBusError> {
+        let bad = |what: &str| Err(KafkaBusError::Config(what.to_string()));
+        if self.brokers.trim().is_empty() {
+            return bad("brokers is empty");
+        }
+        if self.topic.trim().is_empty() || self.group.trim().is_empty() {
+            return bad("topic and group must not be empty");
+        }
+        if self.partitions < 1 || self.replication_factor < 1 {
+            return bad("partitions and replication_factor must be at least 1");
+        }
+        if self.batch_records == 0 {
+            return bad("batch_records must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaBusError {
+    #[error("[kafka] {0}")]
+    Config(String),
+    #[error("kafka: {what}: {source}")]
+    Kafka { what: String, source: KafkaError },
+}
+
+fn kafka(what: &str) -> impl FnOnce(KafkaError) -> KafkaBusError + '_ {
+    move |source| KafkaBusError::Kafka {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// The partition key of an item: `(source, tenant, item)` to the message key. The binary reads
+/// the entity with the normalizers (which this crate cannot see); [`tenant_key`] is the
+/// fallback.
+pub type PartitionKey = Arc<dyn Fn(&str, &str, &InputItem) -> Vec<u8> + Send + Sync>;
+
+/// A key naming the tenant only (items with no entity: bad lines, unknown shapes).
+pub fn tenant_key(tenant: &str) -> Vec<u8> {
+    tenant.as_bytes().to_vec()
+}
+
+/// One input item on the wire: the batch's source, tenant and origin with it, so a detector can
+/// rebuild batches from any mix of messages.
+#[derive(Serialize, Deserialize)]
+struct BusMessage {
+    /// Format version, for readers of a later release.
+    v: u32,
+    source: String,
+    tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
+    line: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    record: Option<perimeter_model::RawJson>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    member_lines: Vec<(String, Vec<u64>)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    invalid: Option<InvalidLine>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct InvalidLine {
+    reason: String,
+    excerpt: String,
+    digest: String,
+}
+
+const FORMAT: u32 = 1;
+
+fn encode(sub: &Submission, item: &InputItem) -> Vec<u8> {
+    let (line, record, member_lines, invalid) = match item {
+        InputItem::Record {
+            line,
+            value,
+            member_lines,
+        } => (*line, Some(value.clone()), member_lines.clone(), None),
+        InputItem::Invalid {
+            line,
+            reason,
+            excerpt,
+            digest,
+        } => (
+            *line,
+            None,
+            Vec::new(),
+            Some(InvalidLine {
+                reason: reason.clone(),
+                excerpt: excerpt.clone(),
+                digest: digest.clone(),
+            }),
+        ),
+    };
+    let message = BusMessage {
+        v: FORMAT,
+        source: sub.source.clone(),
+        tenant: sub.tenant.clone(),
+        origin: sub.origin.clone(),
+        line,
+        record,
+        member_lines,
+        invalid,
+    };
+    sonic_rs::to_vec(&message).expect("a bus message serializes")
+}
+
+/// A message read back: its batch keys and item. A message that is not one (another writer on
+/// the topic, a later format) becomes a bad line of source `kafka`, so it is a dead letter
+/// with its reason instead of vanishing.
+fn decode(payload: Option<&[u8]>, partition: i32, offset: i64) -> (BatchKey, InputItem) {
+    let bytes = payload.unwrap_or_default();
+    let parsed = sonic_rs::from_slice::<BusMessage>(bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|m| {
+            if m.v == FORMAT {
+                Ok(m)
+            } else {
+                Err(format!(
+                    "message format {} (this release reads {FORMAT})",
+                    m.v
+                ))
+            }
+        });
+    let message = match parsed {
+        Ok(m) => m,
+        Err(why) => {
+            let key = BatchKey {
+                source: "kafka".into(),
+                tenant: "default".into(),
+                origin: Some(format!("partition {partition} offset {offset}")),
+            };
+            let item = InputItem::Invalid {
+                line: 0,
+                reason: format!("not a Perimeter bus message: {why}"),
+                excerpt: crate::jsonl::excerpt(bytes, 512),
+                digest: input_digest(bytes),
+            };
+            return (key, item);
+        }
+    };
+    let key = BatchKey {
+        source: message.source,
+        tenant: message.tenant,
+        origin: message.origin,
+    };
+    let item = match (message.record, message.invalid) {
+        (Some(value), _) => InputItem::Record {
+            line: message.line,
+            value,
+            member_lines: message.member_lines,
+        },
+        (None, Some(bad)) => InputItem::Invalid {
+            line: message.line,
+            reason: bad.reason,
+            excerpt: bad.excerpt,
+            digest: bad.digest,
+        },
+        (None, None) => InputItem::Invalid {
+            line: message.line,
+            reason: "bus message without a record".into(),
+            excerpt: crate::jsonl::excerpt(bytes, 512),
+            digest: input_digest(bytes),
+        },
+    };
+    (key, item)
+}
+
+/// Creates the topic when it is missing.
+pub async fn ensure_topic(config: &KafkaBusConfig) -> Result<(), KafkaBusError> {
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config(&[])
+        .create()
+        .map_err(kafka("creating the admin client"))?;
+    let topic = NewTopic::new(
+        &config.topic,
+        config.partitions,
+        TopicReplication::Fixed(config.replication_factor),
+    );
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&topic], &options)
+        .await
+        .map_err(kafka("creating the topic"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaBusError::Kafka {
+                    what: format!("creating topic {name}"),
+                    source: KafkaError::AdminOp(code),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Hands the batches of the embedded bus's sources to the topic.
+pub struct KafkaBusProducer {
+    producer: FutureProducer,
+    topic: String,
+    key: PartitionKey,
+}
+
+impl KafkaBusProducer {
+    pub fn new(config: &KafkaBusConfig, key: PartitionKey) -> Result<Self, KafkaBusError> {
+        config.validate()?;
+        let producer = config
+            .client_config(&[
+                // Acknowledged means on every in-sync replica, written once, in order.
+                ("acks", "all"),
+                ("enable.idempotence", "true"),
+                ("compression.type", "lz4"),
+                ("linger.ms", "5"),
+                ("message.timeout.ms", "60000"),
+            ])
+            .create()
+            .map_err(kafka("creating the producer"))?;
+        Ok(KafkaBusProducer {
+            producer,
+            topic: config.topic.clone(),
+            key,
+        })
+    }
+
+    /// Put every item of `sub` on the topic; returns once the broker has all of them.
+    pub async fn produce(&self, sub: &Submission) -> Result<usize, KafkaBusError> {
+        let mut pending: std::collections::VecDeque<DeliveryFuture> = Default::default();
+        for item in &sub.items {
+            let payload = encode(sub, item);
+            let key = (self.key)(&sub.source, &sub.tenant, item);
+            loop {
+                let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push_back(delivery);
+                        break;
+                    }
+                    // The local queue is full: wait for the oldest message in flight.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        match pending.pop_front() {
+                            Some(oldest) => delivered(oldest).await?,
+                            None => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                    Err((e, _)) => return Err(kafka("queueing a record")(e)),
+                }
+            }
+        }
+        for delivery in pending {
+            delivered(delivery).await?;
+        }
+        Ok(sub.items.len())
+    }
+
+    /// Serve the embedded bus's sources until they are all gone: each batch is acknowledged
+    /// with how many records it queued, or refused with why (the source keeps it and retries).
+    pub async fn run(self, mut rx: BusReceiver) {
+        while let Some(sub) = rx.recv().await {
+            let outcome = self.produce(&sub).await;
+            let reply = match outcome {
+                Ok(queued) => Ok(SubmitAck {
+                    queued,
+                    ..SubmitAck::default()
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, source = %sub.source, "a batch could not be put on the Kafka bus");
+                    Err(e.to_string())
+                }
+            };
+            let _ = sub.ack.send(reply);
+        }
+        let _ = self.producer.flush(Duration::from_secs(30));
+    }
+}
+
+async fn delivered(delivery: DeliveryFuture) -> Result<(), KafkaBusError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(kafka("delivering a record")(e)),
+        Err(_) => Err(KafkaBusError::Kafka {
+            what: "delivering a record".into(),
+            source: KafkaError::Canceled,
+        }),
+    }
+}
+
+/// The source, tenant and origin a batch shares.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BatchKey {
+    source: String,
+    tenant: String,
+    origin: Option<String>,
+}
+
+/// Reads the topic as one member of the detectors' consumer group and feeds the pipeline.
+pub struct KafkaBusConsumer {
+    consumer: StreamConsumer,
+    batch_records: usize,
+    linger: Duration,
+}
+
+/// What [`KafkaBusConsumer::run`] did, for the log at its end.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConsumedTotals {
+    pub messages: u64,
+    pub batches: u64,
+}
+
+impl KafkaBusConsumer {
+    pub fn new(config: &KafkaBusConfig) -> Result<Self, KafkaBusError> {
+        config.validate()?;
+        let consumer: StreamConsumer = config
+            .client_config(&[
+                ("group.id", config.group.as_str()),
+                // Offsets are committed by hand, after the batch is stored.
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                ("partition.assignment.strategy", "range"),
+            ])
+            .create()
+            .map_err(kafka("creating the consumer"))?;
+        consumer
+            .subscribe(&[config.topic.as_str()])
+            .map_err(kafka("subscribing to the topic"))?;
+        Ok(KafkaBusConsumer {
+            consumer,
+            batch_records: config.batch_records,
+            linger: Duration::from_millis(config.batch_linger_ms),
+        })
+    }
+
+    /// Read, submit to `pipeline` (the worker's embedded bus) and commit, until `stop` turns
+    /// true. A batch the pipeline refuses is retried (its offsets stay uncommitted meanwhile);
+    /// one stopped before it is stored is read again by the next member.
+    pub async fn run(
+        self,
+        pipeline: BusSender,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<ConsumedTotals, KafkaBusError> {
+        let mut totals = ConsumedTotals::default();
+        loop {
+            let Some(batch) = self.next_batch(&mut stop).await? else {
+                return Ok(totals);
+            };
+            totals.messages += batch.messages as u64;
+            totals.batches += 1;
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match submit_batch(&pipeline, &batch.groups).await {
+                    Ok(()) => break,
+                    Err(reason) => {
+                        if *stop.borrow() {
+                            // Not stored: left uncommitted, read again after the restart.
+                            return Ok(totals);
+                        }
+                        tracing::error!(%reason, "the pipeline refused a batch from the Kafka bus; retrying it");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            self.commit(&batch.next_offsets)?;
+        }
+    }
+
+    /// The next batch: the first message as it comes, then more until the batch is full or the
+    /// linger is over. `None` when stopped while waiting for the first.
+    async fn next_batch(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Batch>, KafkaBusError> {
+        let mut batch = Batch::default();
+        loop {
+            if *stop.borrow() {
+                return Ok(None);
+            }
+            tokio::select! {
+                received = self.consumer.recv() => {
+                    batch.add(received.map_err(kafka("reading the topic"))?);
+                    break;
+                }
+                _ = stop.changed() => {}
+            }
+        }
+        let until = tokio::time::Instant::now() + self.linger;
+        while batch.messages < self.batch_records {
+            match tokio::time::timeout_at(until, self.consumer.recv()).await {
+                Ok(received) => batch.add(received.map_err(kafka("reading the topic"))?),
+                Err(_) => break,
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    fn commit(&self, next_offsets: &HashMap<(String, i32), i64>) -> Result<(), KafkaBusError> {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), next) in next_offsets {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(kafka("listing offsets"))?;
+        }
+        match self.consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => Ok(()),
+            // The partitions went to another member meanwhile (a rebalance): it reads them
+            // from the last commit, and the store drops what this member already stored.
+            Err(e) => {
+                tracing::warn!(error = %e, "committing Kafka offsets failed; the records are read again and stored once");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Runs of consecutive messages of one batch key, in the order read.
+    groups: Vec<(BatchKey, Vec<InputItem>)>,
+    next_offsets: HashMap<(String, i32), i64>,
+    messages: usize,
+}
+
+impl Batch {
+    fn add(&mut self, message: rdkafka::message::BorrowedMessage<'_>) {
+        let (key, item) = decode(message.payload(), message.partition(), message.offset());
+        let next = self
+            .next_offsets
+            .entry((message.topic().to_string(), message.partition()))
+            .or_insert(0);
+        *next = (*next).max(message.offset() + 1);
+        self.messages += 1;
+        match self.groups.last_mut() {
+            Some((last, items)) if *last == key => items.push(item),
+            _ => self.groups.push((key, vec![item])),
+        }
+    }
+}
+
+async fn submit_batch(
+    pipeline: &BusSender,
+    groups: &[(BatchKey, Vec<InputItem>)],
+) -> Result<(), String> {
+    for (key, items) in groups {
+        pipeline
+            .submit_from(
+                key.origin.as_deref(),
+                &key.source,
+                &key.tenant,
+                items.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(items: Vec<InputItem>) -> Submission {
+        let (ack, _) = tokio::sync::oneshot::channel();
+        Submission {
+            source: "okta".into(),
+            tenant: "acme".into(),
+            origin: Some("spool/a.jsonl".into()),
+            items,
+            ack,
+        }
+    }
+
+    #[test]
+    fn items_survive_the_wire_format() {
+        let record = InputItem::Record {
+            line: 7,
+            value: sonic_rs::json!({"uuid": "e1", "n": 1.5, "nested": {"a": [1, "x"]}}),
+            member_lines: vec![("items".into(), vec![3, 4])],
+        };
+        let bad = InputItem::Invalid {
+            line: 9,
+            reason: "not JSON".into(),
+            excerpt: "{oops".into(),
+            digest: "abc".into(),
+        };
+        let sub = submission(vec![record.clone(), bad.clone()]);
+        for item in [record, bad] {
+            let (key, back) = decode(Some(&encode(&sub, &item)), 0, 0);
+            assert_eq!(back, item);
+            assert_eq!(key.source, "okta");
+            assert_eq!(key.tenant, "acme");
+            assert_eq!(key.origin.as_deref(), Some("spool/a.jsonl"));
+        }
+    }
+
+    #[test]
+    fn a_foreign_message_is_a_bad_line_with_its_place() {
+        for (payload, why) in [
+            (&b"hello"[..], "not a Perimeter bus message"),
+            (
+                br#"{"v":2,"source":"okta","tenant":"t","line":1}"#,
+                "format 2",
+            ),
+        ] {
+            let (key, item) = decode(Some(payload), 3, 41);
+            assert_eq!(key.source, "kafka");
+            assert_eq!(key.origin.as_deref(), Some("partition 3 offset 41"));
+            match item {
+                InputItem::Invalid { reason, digest, .. } => {
+                    assert!(reason.contains(why), "{reason}");
+                    assert_eq!(digest, input_digest(payload));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unusable_settings_are_refused() {
+        let ok = KafkaBusConfig::new("127.0.0.1:9092");
+        assert!(ok.validate().is_ok());
+        for broken in [
+            KafkaBusConfig {
+                brokers: " ".into(),
+                ..ok.clone()
+            },
+            KafkaBusConfig {
+                partitions: 0,
+                ..ok.clone()
+            },
+            KafkaBusConfig {
+                batch_records: 0,
+                ..ok.clone()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The Kafka bus against a real Kafka-protocol broker (see `tests/support/kafka_broker.rs`):
+//! batches cross it keyed by entity, a detector commits only what its pipeline stored, and a
+//! member that stops before storing leaves its records to the next one.
+
+#[path = "../../tests/support/kafka_broker.rs"]
+mod kafka_broker;
+
+use kafka_broker::KafkaBroker;
+use perimeter_ingest::bus::{self, BusReceiver, BusSender, SubmitAck};
+use perimeter_ingest::kafka::{
+    ensure_topic, KafkaBusConfig, KafkaBusConsumer, KafkaBusProducer, PartitionKey,
+};
+use perimeter_ingest::InputItem;
+use perimeter_model::sonic_rs::{self, JsonValueTrait};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+fn config(broker: &KafkaBroker, name: &str) -> KafkaBusConfig {
+    let mut config = KafkaBusConfig::new(broker.brokers());
+    config.topic = format!("records-{name}");
+    config.group = format!("detect-{name}");
+    config.partitions = 4;
+    config.batch_linger_ms = 50;
+    config.batch_records = 64;
+    // A test cannot wait the production defaults out when a member leaves.
+    for (k, v) in [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+        ("max.poll.interval.ms", "10000"),
+    ] {
+        config.properties.insert(k.into(), v.into());
+    }
+    config
+}
+
+/// Keyed by the record's `user`, as the binary keys by the normalized entity.
+fn user_key() -> PartitionKey {
+    Arc::new(|_source, tenant, item| match item {
+        InputItem::Record { value, .. } => {
+            format!("{tenant}/{}", value["user"].as_str().unwrap_or("")).into_bytes()
+        }
+        InputItem::Invalid { .. } => tenant.as_bytes().to_vec(),
+    })
+}
+
+fn records(from: u64, n: u64) -> Vec<InputItem> {
+    (from..from + n)
+        .map(|i| InputItem::Record {
+            line: i,
+            value: sonic_rs::json!({"user": format!("user{}", i % 7), "seq": i}),
+            member_lines: Vec::new(),
+        })
+        .collect()
+}
+
+fn start_producer(config: &KafkaBusConfig) -> BusSender {
+    let (tx, rx) = bus::channel(4);
+    let producer = KafkaBusProducer::new(config, user_key()).unwrap();
+    tokio::spawn(producer.run(rx));
+    tx
+}
+
+/// What a pipeline worker stored: `(user, seq)` in the order it stored them.
+type Stored = Arc<Mutex<Vec<(String, u64)>>>;
+
+/// A pipeline worker that refuses its first `refuse` batches (a full disk) and stores the rest.
+fn worker(mut rx: BusReceiver, refuse: usize, stored: Stored) {
+    tokio::spawn(async move {
+        let mut refused = 0;
+        while let Some(sub) = rx.recv().await {
+            if refused < refuse {
+                refused += 1;
+                let _ = sub.ack.send(Err("no space left on device".into()));
+                continue;
+            }
+            let mut stored = stored.lock().unwrap();
+            for item in &sub.items {
+                if let InputItem::Record { value, .. } = item {
+                    let user = value["user"].as_str().unwrap().to_string();
+                    stored.push((user, value["seq"].as_u64().unwrap()));
+                }
+            }
+            let _ = sub.ack.send(Ok(SubmitAck {
+                events: sub.items.len(),
+                ..Default::default()
+            }));
+        }
+    });
+}
+
+fn start_consumer(
+    config: &KafkaBusConfig,
+    pipeline: BusSender,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<perimeter_ingest::kafka::ConsumedTotals>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let consumer = KafkaBusConsumer::new(config).unwrap();
+    let task = tokio::spawn(async move { consumer.run(pipeline, stop_rx).await.unwrap() });
+    (stop_tx, task)
+}
+
+async fn wait_for(stored: &Stored, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while stored.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} records reached the pipeline",
+            stored.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_cross_the_broker_in_entity_order_and_commits_follow_storage() {
+    let broker = KafkaBroker::start();
+    let config = config(&broker, "order");
+    ensure_topic(&config).await.unwrap();
+    // Creating it again is no error.
+    ensure_topic(&config).await.unwrap();
+    let sources = start_producer(&config);
+    for batch in 0..3 {
+        let ack = sources
+            .submit("okta", "acme", records(batch * 100, 100))
+            .await
+            .unwrap();
+        assert_eq!(ack.queued, 100, "acknowledged once all are on the broker");
+        assert_eq!(ack.events, 0, "nothing is stored by the ingest side");
+    }
+
+    let stored: Stored = Arc::default();
+    let (pipeline, rx) = bus::channel(4);
+    // The first two batches meet a full disk: retried, not committed, nothing lost.
+    worker(rx, 2, stored.clone());
+    let (stop, member) = start_consumer(&config, pipeline);
+    wait_for(&stored, 300, Duration::from_secs(60)).await;
+    {
+        let stored = stored.lock().unwrap();
+        let mut seqs: Vec<u64> = stored.iter().map(|(_, s)| *s).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs, (0..300).collect::<Vec<_>>(), "every record, once");
+        assert_eq!(
+            stored.len(),
+            300,
+            "refused batches are retried, not doubled"
+        );
+        // One entity's records stay in order (one partition, read in order).
+        for user in 0..7 {
+            let name = format!("user{user}");
+            let mine: Vec<u64> = stored
+                .iter()
+                .filter(|(u, _)| *u == name)
+                .map(|(_, s)| *s)
+                .collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "{name}: {mine:?}");
+        }
+    }
+    stop.send(true).unwrap();
+    let totals = member.await.unwrap();
+    assert_eq!(totals.messages, 300);
+
+    // A new member of the group starts after the last commit: only new records reach it.
+    let again: Stored = Arc::default();
+    let (pipeline, rx) = bus::channel(4);
+    worker(rx, 0, again.clone());
+    let (stop, member) = start_consumer(&config, pipeline);
+    sources
+        .submit("okta", "acme", records(300, 10))
+        .await
+        .unwrap();
+    wait_for(&again, 10, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seqs: Vec<u64> = again.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (300..310).collect::<Vec<_>>(), "{seqs:?}");
+    stop.send(true).unwrap();
+    member.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopped_before_storing_leaves_its_records_to_the_next() {
+    let broker = KafkaBroker::start();
+    let config = config(&broker, "handover");
+    ensure_topic(&config).await.unwrap();
+    let sources = start_producer(&config);
+    sources
+        .submit("okta", "acme", records(0, 50))
+        .await
+        .unwrap();
+
+    // The first member's pipeline takes the batch and never stores it.
+    let (pipeline, mut rx) = bus::channel(4);
+    let taken = tokio::spawn(async move {
+        let sub = rx.recv().await.unwrap();
+        let n = sub.items.len();
+        // Hold the batch (and the bus) until the test ends: never acknowledged.
+        std::mem::forget(sub);
+        std::mem::forget(rx);
+        n
+    });
+    let (_stop, member) = start_consumer(&config, pipeline);
+    assert!(taken.await.unwrap() > 0);
+    // It dies waiting for the store (its task is dropped, as a crash drops it): no commit.
+    member.abort();
+    let _ = member.await;
+
+    let stored: Stored = Arc::default();
+    let (pipeline, rx) = bus::channel(4);
+    worker(rx, 0, stored.clone());
+    let (stop, member) = start_consumer(&config, pipeline);
+    wait_for(&stored, 50, Duration::from_secs(60)).await;
+    let mut seqs: Vec<u64> = stored.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..50).collect::<Vec<_>>());
+    stop.send(true).unwrap();
+    member.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broker_that_is_not_there_refuses_the_batch_with_why() {
+    // Nothing listens on port 1 of loopback: the batch is refused, the source keeps it.
+    let mut config = KafkaBusConfig::new("127.0.0.1:1");
+    config
+        .properties
+        .insert("message.timeout.ms".into(), "1500".into());
+    let sources = start_producer(&config);
+    let err = sources
+        .submit("okta", "acme", records(0, 3))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("delivering a record"), "{err}");
+}
