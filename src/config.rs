@@ -59,6 +59,11 @@ pub struct PerimeterConfig {
     /// 1Password, Google Workspace. Checkpoints live in `<data_dir>/state/poll/`.
     #[serde(default)]
     pub poll: Vec<perimeter_ingest::poll::PollConfig>,
+    /// `[kafka]`: the scaled-out bus (ADR 019). Without it, `run` uses the embedded bus. With
+    /// it, what the sources take in goes to the topic, and the service reads its share of the
+    /// topic as a member of the detectors' consumer group (offsets committed once stored).
+    #[serde(default)]
+    pub kafka: Option<perimeter_ingest::kafka::KafkaBusConfig>,
     /// How often `perimeter run` snapshots detection state (behavioural baselines, correlation
     /// windows) to `<data_dir>/state` while batches change it; also at shutdown. At least 1.
     #[serde(default = "default_state_snapshot_seconds")]

@@ -897,6 +897,11 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(open_store(config, &data_dir)?);
     let (registry, masker) = base_parts(config)?;
+    // The Kafka producer keys records by entity with normalizers of its own.
+    let registry_for_keys = match config.kafka {
+        Some(_) => Some(base_parts(config)?.0),
+        None => None,
+    };
     for (setting, source) in unknown_store_sources(config, &registry) {
         tracing::warn!(
             source = source.as_str(),
@@ -1018,6 +1023,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let rules = Arc::new(SigmaRuleService::new(config, listed_rules)?);
     metrics.set("rules_loaded", &[], rule_count as f64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // What the sources submit to: the worker's bus, or with `[kafka]` the topic (and this
+    // service reads its share of the topic into the worker's bus).
+    let (sources_bus, kafka_tasks) = match &config.kafka {
+        None => (bus.clone(), Vec::new()),
+        Some(kafka) => start_kafka_bus(kafka, registry_for_keys, &bus, &stop_rx).await?,
+    };
     // Twice per snapshot interval, so an idle pipeline's snapshot is at most 1.5 intervals late.
     let snapshot_every = std::time::Duration::from_secs(config.state_snapshot_seconds.max(2)) / 2;
     let tick = silence
@@ -1061,7 +1072,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };
     let ingest = perimeter_ingest::http::ingest_router(
-        bus.clone(),
+        sources_bus.clone(),
         answers_owed,
         ingest_auth(state.clone()),
         perimeter_ingest::http::IngestLimits {
@@ -1071,14 +1082,14 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         },
     );
 
-    let pollers = spawn_pollers(config, &data_dir, &bus, &metrics, &stop_rx)?;
+    let pollers = spawn_pollers(config, &data_dir, &sources_bus, &metrics, &stop_rx)?;
     let spool = SpoolSource::new(
         SpoolConfig {
             max_line_bytes: config.max_line_bytes,
             keep_processed_hours: config.spool_keep_processed_hours,
             ..SpoolConfig::new(spool_dir.clone(), config.tenant.clone())
         },
-        bus,
+        sources_bus,
     )
     .with_metrics(metrics.clone());
     let mut spool_stop = stop_rx.clone();
@@ -1124,6 +1135,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let server_task = tokio::spawn(server.run_with(ingest, ingest_doc, state, async move {
         let _ = server_stop.changed().await;
     }));
+    // The sources, the ticker, the reloader and the Kafka member hold their own senders: once
+    // they are gone, the worker drains and ends.
+    drop(bus);
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let _ = spool_task.await;
@@ -1132,6 +1146,11 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     }
     if let Ok(Err(e)) = server_task.await {
         tracing::error!(error = %e, "api server stopped with an error");
+    }
+    // The Kafka producer has sent what the sources handed it; the group member has stored
+    // and committed its last batch (or left it uncommitted, to be read again).
+    for task in kafka_tasks {
+        let _ = task.await;
     }
     // Every bus sender is gone now: the worker drains, stores, snapshots and flushes.
     match tokio::task::spawn_blocking(move || worker.join()).await {
@@ -1155,6 +1174,54 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The Kafka bus of `[kafka]` (ADR 019): the topic is created when missing, a producer takes
+/// what the sources submit (the returned sender; acknowledged once on the broker), and a
+/// member of the detectors' consumer group feeds `worker` (committing once stored). Both
+/// tasks end after `stop`.
+async fn start_kafka_bus(
+    kafka: &perimeter_ingest::kafka::KafkaBusConfig,
+    registry: Option<perimeter_detect::normalize::NormalizerRegistry>,
+    worker: &perimeter_ingest::bus::BusSender,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(
+    perimeter_ingest::bus::BusSender,
+    Vec<tokio::task::JoinHandle<()>>,
+)> {
+    use perimeter_ingest::kafka::{
+        ensure_topic, entity_partition_key, KafkaBusConsumer, KafkaBusProducer,
+    };
+    ensure_topic(kafka)
+        .await
+        .with_context(|| format!("the Kafka topic {} on {}", kafka.topic, kafka.brokers))?;
+    let registry = Arc::new(registry.context("normalizers for the Kafka keys")?);
+    let key = entity_partition_key(move |source, record| registry.entity_of(source, record));
+    let producer = KafkaBusProducer::new(kafka, key)?;
+    let (sources_bus, sources_rx) = perimeter_ingest::bus::channel(16);
+    let produce = tokio::spawn(producer.run(sources_rx));
+    let consumer = KafkaBusConsumer::new(kafka)?;
+    let (worker, stop) = (worker.clone(), stop.clone());
+    let topic = kafka.topic.clone();
+    let consume = tokio::spawn(async move {
+        match consumer.run(worker, stop).await {
+            Ok(totals) => tracing::info!(
+                messages = totals.messages,
+                batches = totals.batches,
+                "left the Kafka consumer group"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, topic, "reading the Kafka bus failed; this instance detects nothing more until restarted")
+            }
+        }
+    });
+    tracing::info!(
+        brokers = kafka.brokers,
+        topic = kafka.topic,
+        group = kafka.group,
+        "on the Kafka bus: sources produce to the topic, this service consumes its share"
+    );
+    Ok((sources_bus, vec![produce, consume]))
 }
 
 /// After the demo run: serve the API over the demo data with a fresh admin token.

@@ -307,6 +307,8 @@ pub fn spawn_pipeline_worker(
                     alerts: raised.saturating_sub(own(&ack.alerts_known)),
                     past_retention: ack.events_past_retention,
                     warnings,
+                    // Stored here, not handed on.
+                    queued: 0,
                 });
                 if let Err(e) = &reply {
                     metrics.inc("store_batches_failed_total", &[], 1);

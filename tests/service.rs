@@ -3502,3 +3502,101 @@ fn every_dead_letter_of_a_spool_file_names_the_file() {
     );
     stop(svc);
 }
+
+/// `[kafka]` for a test broker: a topic and group of the test's own, and timeouts a test can
+/// wait out when a member dies.
+fn kafka_table(broker: &crate::kafka_broker::KafkaBroker, name: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{}\"\ntopic = \"records-{name}\"\ngroup = \"detect-{name}\"\n\
+         partitions = 4\nbatch_records = 1000\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\
+         \"heartbeat.interval.ms\" = \"500\"\n\"max.poll.interval.ms\" = \"10000\"\n",
+        broker.brokers()
+    )
+}
+
+/// Every id of `expected` stored exactly once, waiting up to `within` for the detector side
+/// (it stores after the ingest answer on the Kafka bus).
+fn wait_stored_once(base: &str, token: &str, expected: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let stored = stored_ids(base, token);
+        assert!(
+            stored.values().all(|&n| n == 1),
+            "some event is stored twice"
+        );
+        let missing = expected
+            .iter()
+            .filter(|id| !stored.contains_key(*id))
+            .count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged events never stored",
+            expected.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn on_the_kafka_bus_kill_9_loses_nothing_the_broker_acknowledged() {
+    let broker = crate::kafka_broker::KafkaBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with(dir.path(), &kafka_table(&broker, "kill9"));
+    let ingest_token = token(&cfg, "responder");
+    let mut svc = start(&cfg);
+    let base = svc.base.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
+    let poster_token = ingest_token.clone();
+    let poster = std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        for batch in 0..10_000 {
+            let events: Vec<serde_json::Value> = (0..200).map(|i| okta_event(batch, i)).collect();
+            let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+            let ids = events
+                .iter()
+                .map(|e| {
+                    perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0
+                })
+                .collect();
+            match client
+                .post(format!("{base}/ingest/okta"))
+                .bearer_auth(&poster_token)
+                .body(body)
+                .send()
+            {
+                Ok(r) if r.status().is_success() => {
+                    let ack: serde_json::Value = r.json().unwrap();
+                    // On the broker, not yet stored: the answer says so.
+                    assert_eq!(ack["queued"], 200, "{ack}");
+                    assert_eq!(ack["events"], 0, "{ack}");
+                    if tx.send(ids).is_err() {
+                        return;
+                    }
+                }
+                _ => return, // the server died: this batch was not acknowledged
+            }
+        }
+    });
+    let mut acked: Vec<String> = Vec::new();
+    while acked.len() < 2000 {
+        acked.extend(
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("ingest stalled"),
+        );
+    }
+    // Some of it stored and committed, some consumed and not yet stored, some not yet read.
+    svc.child.kill().unwrap(); // SIGKILL
+    svc.child.wait().unwrap();
+    poster.join().unwrap();
+    acked.extend(rx.try_iter().flatten());
+
+    let svc = start(&cfg);
+    wait_stored_once(&svc.base, &ingest_token, &acked, Duration::from_secs(120));
+    stop(svc);
+}

@@ -6,6 +6,10 @@ mod util;
 #[path = "../query-api/tests/api/certs.rs"]
 mod certs;
 
+// A real Kafka-protocol broker for the Kafka bus tests.
+#[path = "support/kafka_broker.rs"]
+mod kafka_broker;
+
 pub mod cli;
 pub mod secrets;
 mod service;

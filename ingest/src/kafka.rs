@@ -158,6 +158,31 @@ pub fn tenant_key(tenant: &str) -> Vec<u8> {
     tenant.as_bytes().to_vec()
 }
 
+/// The [`PartitionKey`] of tenant and entity, `entity_of(source, record)` naming the entity:
+/// hashed (the key shows in every broker tool; who the records are about is none of their
+/// business). Items without an entity (bad lines, records that name no one) are keyed by
+/// tenant.
+pub fn entity_partition_key(
+    entity_of: impl Fn(&str, &perimeter_model::RawJson) -> Option<String> + Send + Sync + 'static,
+) -> PartitionKey {
+    Arc::new(move |source, tenant, item| {
+        let entity = match item {
+            InputItem::Record { value, .. } => entity_of(source, value),
+            InputItem::Invalid { .. } => None,
+        };
+        match entity {
+            Some(e) => {
+                let mut hasher = blake3::Hasher::new();
+                hasher.update(tenant.as_bytes());
+                hasher.update(&[0]);
+                hasher.update(e.as_bytes());
+                hasher.finalize().as_bytes()[..16].to_vec()
+            }
+            None => tenant_key(tenant),
+        }
+    })
+}
+
 /// One input item on the wire: the batch's source, tenant and origin with it, so a detector can
 /// rebuild batches from any mix of messages.
 #[derive(Serialize, Deserialize)]
@@ -611,6 +636,32 @@ mod tests {
             assert_eq!(key.tenant, "acme");
             assert_eq!(key.origin.as_deref(), Some("spool/a.jsonl"));
         }
+    }
+
+    #[test]
+    fn keys_follow_tenant_and_entity_without_showing_them() {
+        let key = entity_partition_key(|_, record| record["user"].as_str().map(str::to_string));
+        let item = |user: &str| InputItem::Record {
+            line: 1,
+            value: sonic_rs::json!({ "user": user }),
+            member_lines: Vec::new(),
+        };
+        let alice = key("okta", "acme", &item("alice"));
+        assert_eq!(
+            alice,
+            key("github", "acme", &item("alice")),
+            "one entity, one key"
+        );
+        assert_ne!(alice, key("okta", "acme", &item("bob")));
+        assert_ne!(alice, key("okta", "other", &item("alice")), "tenants apart");
+        assert!(!alice.windows(5).any(|w| w == b"alice"));
+        let bad = InputItem::Invalid {
+            line: 1,
+            reason: "x".into(),
+            excerpt: "x".into(),
+            digest: "x".into(),
+        };
+        assert_eq!(key("okta", "acme", &bad), b"acme");
     }
 
     #[test]

@@ -287,6 +287,22 @@ impl NormalizerRegistry {
         Ok((name, ecs))
     }
 
+    /// The entity a record is about, for keying it on a partitioned bus (the Kafka bus keeps
+    /// one entity's records on one detector instance, with its behavioural and correlation
+    /// state): the user (`user.name`, else `user.email`, `user.id`), else the source IP. `None`
+    /// when the record does not normalize (a page, an unknown shape) or names neither.
+    pub fn entity_of(&self, source: &str, raw: &Value) -> Option<String> {
+        let (_, ecs) = self.normalize_ecs(source, raw).ok()?;
+        ["user.name", "user.email", "user.id", "source.ip"]
+            .iter()
+            .find_map(|field| match ecs.get(field) {
+                Some(perimeter_model::EcsValue::Str(s)) if !s.is_empty() => {
+                    Some(s.to_ascii_lowercase())
+                }
+                _ => None,
+            })
+    }
+
     /// [`Self::normalize_ecs`] into an [`Event`] (ids derive from the resolved source name).
     pub fn normalize_lenient(
         &self,

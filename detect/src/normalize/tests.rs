@@ -771,3 +771,36 @@ fn a_cloudtrail_assumed_role_is_named_by_its_session_with_the_role_related() {
         Some("AWSReservedSSO_PlatformAdmin_4f1c2d3e")
     );
 }
+
+#[test]
+fn the_entity_of_a_record_is_its_user_else_its_source_ip() {
+    let registry = NormalizerRegistry::builtin();
+    let okta = json!({
+        "uuid": "e1", "published": "2026-11-01T10:00:00.000Z",
+        "eventType": "user.session.start", "outcome": {"result": "FAILURE"},
+        "actor": {"id": "00u1", "type": "User", "alternateId": "Alice@Acme.Example"},
+        "client": {"ipAddress": "198.51.100.7"}
+    });
+    assert_eq!(
+        registry
+            .entity_of("okta", &raw_from_serde(&okta))
+            .as_deref(),
+        Some("alice@acme.example"),
+        "case-folded: one user, one partition"
+    );
+    let anonymous = json!({
+        "uuid": "e2", "published": "2026-11-01T10:00:00.000Z",
+        "eventType": "user.session.start", "outcome": {"result": "FAILURE"},
+        "client": {"ipAddress": "198.51.100.7"}
+    });
+    assert_eq!(
+        registry
+            .entity_of("okta", &raw_from_serde(&anonymous))
+            .as_deref(),
+        Some("198.51.100.7")
+    );
+    assert_eq!(
+        registry.entity_of("okta", &raw_from_serde(&json!([1, 2]))),
+        None
+    );
+}
