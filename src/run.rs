@@ -858,6 +858,13 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         })();
         report(&format!("poll {}", poll.name), outcome);
     }
+    if let Some(kafka) = &config.kafka {
+        report(
+            "kafka bus",
+            perimeter_ingest::kafka::probe(kafka, std::time::Duration::from_secs(10))
+                .map_err(anyhow::Error::from),
+        );
+    }
     if failed > 0 {
         say!("{failed} part(s) would keep `perimeter run` from starting or leave something out");
         ExitCode::FAILURE

@@ -3600,3 +3600,31 @@ fn on_the_kafka_bus_kill_9_loses_nothing_the_broker_acknowledged() {
     wait_stored_once(&svc.base, &ingest_token, &acked, Duration::from_secs(120));
     stop(svc);
 }
+
+#[test]
+fn run_check_says_whether_the_kafka_bus_answers() {
+    let broker = crate::kafka_broker::KafkaBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with(dir.path(), &kafka_table(&broker, "check"));
+    let check = |cfg: &std::path::Path| {
+        let out =
+            crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("kafka bus"))
+            .unwrap_or_else(|| panic!("no kafka line in {text}"))
+            .to_string();
+        (out.status.success(), line)
+    };
+    let (ok, line) = check(&cfg);
+    assert!(ok, "{line}");
+    assert!(
+        line.starts_with("ok     kafka bus: 1 broker(s)") && line.contains("records-check"),
+        "{line}"
+    );
+    drop(broker);
+    let (ok, line) = check(&cfg);
+    assert!(!ok, "a bus that does not answer fails the check: {line}");
+    assert!(line.starts_with("error  kafka bus:"), "{line}");
+}

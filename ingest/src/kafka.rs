@@ -338,6 +338,42 @@ pub async fn ensure_topic(config: &KafkaBusConfig) -> Result<(), KafkaBusError> 
     Ok(())
 }
 
+/// What `run --check` says of the bus: whether the brokers answer within `timeout`, and the
+/// topic's partitions (or that it is created at the start). Opens no group membership.
+pub fn probe(config: &KafkaBusConfig, timeout: Duration) -> Result<String, KafkaBusError> {
+    config.validate()?;
+    let client: rdkafka::consumer::BaseConsumer = config
+        .client_config(&[])
+        .create()
+        .map_err(kafka("creating a client"))?;
+    let metadata = client
+        .fetch_metadata(Some(&config.topic), timeout)
+        .map_err(kafka(&format!("asking {} for the topic", config.brokers)))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == config.topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0);
+    Ok(match partitions {
+        Some(n) => format!(
+            "{} broker(s) at {}; topic {} has {n} partition(s), group {}",
+            metadata.brokers().len(),
+            config.brokers,
+            config.topic,
+            config.group
+        ),
+        None => format!(
+            "{} broker(s) at {}; topic {} is created at the start ({} partitions), group {}",
+            metadata.brokers().len(),
+            config.brokers,
+            config.topic,
+            config.partitions,
+            config.group
+        ),
+    })
+}
+
 /// Hands the batches of the embedded bus's sources to the topic.
 pub struct KafkaBusProducer {
     producer: FutureProducer,
