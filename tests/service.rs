@@ -3628,3 +3628,121 @@ fn run_check_says_whether_the_kafka_bus_answers() {
     assert!(!ok, "a bus that does not answer fails the check: {line}");
     assert!(line.starts_with("error  kafka bus:"), "{line}");
 }
+
+/// The id of every stored event of the tenant, with its `user.name` (as stored: masked alike
+/// for one user).
+fn stored_users(base: &str, token: &str) -> HashMap<String, String> {
+    let client = reqwest::blocking::Client::new();
+    let mut users = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/api/v1/events/search?q=*&limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let body: serde_json::Value = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let items = body["items"].as_array().unwrap();
+        for e in items {
+            let id = e["event"]["id"].as_str().unwrap().to_string();
+            let user = e["user"]["name"].as_str().unwrap_or_default().to_string();
+            assert!(users.insert(id, user).is_none(), "stored twice: {e}");
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) if !items.is_empty() => cursor = Some(c.to_string()),
+            _ => return users,
+        }
+    }
+}
+
+#[test]
+fn two_detector_instances_share_the_kafka_topic_by_entity() {
+    let broker = crate::kafka_broker::KafkaBroker::start();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let table = kafka_table(&broker, "share");
+    let a_cfg = write_config_with(a_dir.path(), &table);
+    let b_cfg = write_config_with(b_dir.path(), &table);
+    let (a_token, b_token) = (token(&a_cfg, "responder"), token(&b_cfg, "responder"));
+    let a = start(&a_cfg);
+    let b = start(&b_cfg);
+    let client = reqwest::blocking::Client::new();
+    let mut posted = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    // Batches go in through instance A only; the group spreads them over both.
+    let mut batch = 0;
+    loop {
+        let events: Vec<serde_json::Value> = (0..200).map(|i| okta_event(batch, i)).collect();
+        let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+        let r = client
+            .post(format!("{}/ingest/okta", a.base))
+            .bearer_auth(&a_token)
+            .body(body)
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+        posted.extend(events.iter().map(|e| {
+            perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0
+        }));
+        batch += 1;
+        std::thread::sleep(Duration::from_millis(500));
+        let (on_a, on_b) = (
+            stored_users(&a.base, &a_token),
+            stored_users(&b.base, &b_token),
+        );
+        if !on_a.is_empty() && !on_b.is_empty() && batch >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never gave both instances work: {} on A, {} on B",
+            on_a.len(),
+            on_b.len()
+        );
+    }
+    // Everything posted is stored, on one instance or the other.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (on_a, on_b) = loop {
+        let (on_a, on_b) = (
+            stored_users(&a.base, &a_token),
+            stored_users(&b.base, &b_token),
+        );
+        let missing = posted
+            .iter()
+            .filter(|id| !on_a.contains_key(*id) && !on_b.contains_key(*id))
+            .count();
+        if missing == 0 {
+            break (on_a, on_b);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} posted events never stored"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // Once the group settled, one user's events went to one instance: the users both hold are
+    // only those of the first batches, read before the second member joined.
+    let users = |stored: &HashMap<String, String>| -> std::collections::HashSet<String> {
+        stored.values().cloned().collect()
+    };
+    let last_batch: std::collections::HashSet<&String> =
+        posted[posted.len() - 200..].iter().collect();
+    let late_users = |stored: &HashMap<String, String>| -> std::collections::HashSet<String> {
+        stored
+            .iter()
+            .filter(|(id, _)| last_batch.contains(id))
+            .map(|(_, u)| u.clone())
+            .collect()
+    };
+    assert!(
+        late_users(&on_a).is_disjoint(&late_users(&on_b)),
+        "a user's events split over both instances"
+    );
+    assert!(users(&on_a).len() + users(&on_b).len() >= 40);
+    stop(a);
+    stop(b);
+}
