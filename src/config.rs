@@ -228,6 +228,28 @@ mod tests {
     }
 
     #[test]
+    fn the_example_kafka_table_parses_once_uncommented() {
+        let example = include_str!("../perimeter.example.toml");
+        let start = example.find("# [kafka]").expect("kafka example");
+        let uncommented: String = example[start..]
+            .lines()
+            .map_while(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config: PerimeterConfig = toml::from_str(&uncommented).expect("kafka example parses");
+        let kafka = config.kafka.expect("[kafka]");
+        assert_eq!(kafka.brokers, "kafka-1:9092,kafka-2:9092");
+        assert_eq!(kafka.replication_factor, 3);
+        assert_eq!(kafka.properties["security.protocol"], "SASL_SSL");
+        assert!(kafka.validate().is_ok());
+        let typo =
+            toml::from_str::<PerimeterConfig>("[kafka]\nbrokers = \"b:9092\"\ngroupp = \"x\"")
+                .unwrap_err()
+                .to_string();
+        assert!(typo.contains("groupp"), "{typo}");
+    }
+
+    #[test]
     fn the_example_poll_tables_parse_once_uncommented() {
         let example = include_str!("../perimeter.example.toml");
         let start = example.find("# [[poll]]").expect("poll examples");

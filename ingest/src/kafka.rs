@@ -639,6 +639,7 @@ async fn submit_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sonic_rs::JsonValueTrait;
 
     fn submission(items: Vec<InputItem>) -> Submission {
         let (ack, _) = tokio::sync::oneshot::channel();
