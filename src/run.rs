@@ -1034,7 +1034,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     // service reads its share of the topic into the worker's bus).
     let (sources_bus, kafka_tasks) = match &config.kafka {
         None => (bus.clone(), Vec::new()),
-        Some(kafka) => start_kafka_bus(kafka, registry_for_keys, &bus, &stop_rx).await?,
+        Some(kafka) => start_kafka_bus(kafka, registry_for_keys, &bus, &stop_rx, &metrics).await?,
     };
     // Twice per snapshot interval, so an idle pipeline's snapshot is at most 1.5 intervals late.
     let snapshot_every = std::time::Duration::from_secs(config.state_snapshot_seconds.max(2)) / 2;
@@ -1192,6 +1192,7 @@ async fn start_kafka_bus(
     registry: Option<perimeter_detect::normalize::NormalizerRegistry>,
     worker: &perimeter_ingest::bus::BusSender,
     stop: &tokio::sync::watch::Receiver<bool>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<(
     perimeter_ingest::bus::BusSender,
     Vec<tokio::task::JoinHandle<()>>,
@@ -1204,10 +1205,10 @@ async fn start_kafka_bus(
         .with_context(|| format!("the Kafka topic {} on {}", kafka.topic, kafka.brokers))?;
     let registry = Arc::new(registry.context("normalizers for the Kafka keys")?);
     let key = entity_partition_key(move |source, record| registry.entity_of(source, record));
-    let producer = KafkaBusProducer::new(kafka, key)?;
+    let producer = KafkaBusProducer::new(kafka, key)?.with_metrics(metrics.clone());
     let (sources_bus, sources_rx) = perimeter_ingest::bus::channel(16);
     let produce = tokio::spawn(producer.run(sources_rx));
-    let consumer = KafkaBusConsumer::new(kafka)?;
+    let consumer = KafkaBusConsumer::new(kafka)?.with_metrics(metrics.clone());
     let (worker, stop) = (worker.clone(), stop.clone());
     let topic = kafka.topic.clone();
     let consume = tokio::spawn(async move {

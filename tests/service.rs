@@ -3598,7 +3598,29 @@ fn on_the_kafka_bus_kill_9_loses_nothing_the_broker_acknowledged() {
 
     let svc = start(&cfg);
     wait_stored_once(&svc.base, &ingest_token, &acked, Duration::from_secs(120));
+    // The on-call view: what this member read and committed, and how far behind it is.
+    let metrics = svc.metrics();
+    assert!(
+        kafka_counter(&metrics, "kafka_records_consumed_total") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        kafka_counter(&metrics, "kafka_batches_committed_total") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("perimeter_kafka_consumer_lag_records{partition="),
+        "{metrics}"
+    );
     stop(svc);
+}
+
+/// The value of counter `perimeter_<name>` in a `/metrics` text (0 when absent).
+fn kafka_counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("perimeter_{name} ")))
+        .map_or(0.0, |v| v.parse().unwrap())
 }
 
 #[test]
@@ -3743,6 +3765,15 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
         "a user's events split over both instances"
     );
     assert!(users(&on_a).len() + users(&on_b).len() >= 40);
+    assert_eq!(
+        kafka_counter(&a.metrics(), "kafka_records_produced_total"),
+        posted.len() as f64,
+        "A put every posted record on the topic"
+    );
+    assert_eq!(
+        kafka_counter(&b.metrics(), "kafka_records_produced_total"),
+        0.0
+    );
     stop(a);
     stop(b);
 }

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 use crate::bus::{BusReceiver, BusSender, Submission, SubmitAck};
 use crate::jsonl::{input_digest, InputItem};
+use perimeter_model::Metrics;
 
 /// `[kafka]` of the configuration: where the bus is and how it is read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,6 +380,14 @@ pub struct KafkaBusProducer {
     producer: FutureProducer,
     topic: String,
     key: PartitionKey,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Add `by` to counter `name` when there are metrics.
+fn count(metrics: &Option<Arc<Metrics>>, name: &str, by: u64) {
+    if let Some(m) = metrics {
+        m.inc(name, &[], by);
+    }
 }
 
 impl KafkaBusProducer {
@@ -399,7 +408,14 @@ impl KafkaBusProducer {
             producer,
             topic: config.topic.clone(),
             key,
+            metrics: None,
         })
+    }
+
+    /// Count in `metrics`: `kafka_records_produced_total`, `kafka_batches_refused_total`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Put every item of `sub` on the topic; returns once the broker has all of them.
@@ -438,11 +454,15 @@ impl KafkaBusProducer {
         while let Some(sub) = rx.recv().await {
             let outcome = self.produce(&sub).await;
             let reply = match outcome {
-                Ok(queued) => Ok(SubmitAck {
-                    queued,
-                    ..SubmitAck::default()
-                }),
+                Ok(queued) => {
+                    count(&self.metrics, "kafka_records_produced_total", queued as u64);
+                    Ok(SubmitAck {
+                        queued,
+                        ..SubmitAck::default()
+                    })
+                }
                 Err(e) => {
+                    count(&self.metrics, "kafka_batches_refused_total", 1);
                     tracing::error!(error = %e, source = %sub.source, "a batch could not be put on the Kafka bus");
                     Err(e.to_string())
                 }
@@ -475,6 +495,9 @@ struct BatchKey {
 /// Reads the topic as one member of the detectors' consumer group and feeds the pipeline.
 pub struct KafkaBusConsumer {
     consumer: StreamConsumer,
+    metrics: Option<Arc<Metrics>>,
+    /// When the partitions' lag was last measured (for `kafka_consumer_lag_records`).
+    lag_measured: std::sync::Mutex<Option<std::time::Instant>>,
     batch_records: usize,
     linger: Duration,
 }
@@ -505,9 +528,20 @@ impl KafkaBusConsumer {
             .map_err(kafka("subscribing to the topic"))?;
         Ok(KafkaBusConsumer {
             consumer,
+            metrics: None,
+            lag_measured: Default::default(),
             batch_records: config.batch_records,
             linger: Duration::from_millis(config.batch_linger_ms),
         })
+    }
+
+    /// Count in `metrics`: `kafka_records_consumed_total`, `kafka_batches_committed_total`,
+    /// `kafka_commit_failures_total`, `kafka_read_errors_total`, `kafka_batches_retried_total`,
+    /// and the gauge `kafka_consumer_lag_records{partition}` (records on the broker past this
+    /// member's last commit, measured at most every 10 s).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Read, submit to `pipeline` (the worker's embedded bus) and commit, until `stop` turns
@@ -534,6 +568,7 @@ impl KafkaBusConsumer {
                             // Not stored: left uncommitted, read again after the restart.
                             return Ok(totals);
                         }
+                        count(&self.metrics, "kafka_batches_retried_total", 1);
                         tracing::error!(%reason, "the pipeline refused a batch from the Kafka bus; retrying it");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
@@ -543,7 +578,13 @@ impl KafkaBusConsumer {
                     }
                 }
             }
+            count(
+                &self.metrics,
+                "kafka_records_consumed_total",
+                batch.messages as u64,
+            );
             self.commit(&batch.next_offsets)?;
+            self.measure_lag(&batch.next_offsets);
         }
     }
 
@@ -554,26 +595,41 @@ impl KafkaBusConsumer {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Option<Batch>, KafkaBusError> {
         let mut batch = Batch::default();
-        loop {
+        while batch.messages == 0 {
             if *stop.borrow() {
                 return Ok(None);
             }
             tokio::select! {
-                received = self.consumer.recv() => {
-                    batch.add(received.map_err(kafka("reading the topic"))?);
-                    break;
-                }
+                received = self.consumer.recv() => self.take(&mut batch, received).await,
                 _ = stop.changed() => {}
             }
         }
         let until = tokio::time::Instant::now() + self.linger;
         while batch.messages < self.batch_records {
             match tokio::time::timeout_at(until, self.consumer.recv()).await {
-                Ok(received) => batch.add(received.map_err(kafka("reading the topic"))?),
+                Ok(received) => self.take(&mut batch, received).await,
                 Err(_) => break,
             }
         }
         Ok(Some(batch))
+    }
+
+    /// Add a received message to `batch`. A read error (a broker gone, a rebalance under way)
+    /// is logged and waited out: librdkafka reconnects by itself, and the member must not stop
+    /// reading for good because a broker restarted.
+    async fn take(
+        &self,
+        batch: &mut Batch,
+        received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    ) {
+        match received {
+            Ok(message) => batch.add(message),
+            Err(e) => {
+                count(&self.metrics, "kafka_read_errors_total", 1);
+                tracing::warn!(error = %e, "reading the Kafka bus; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 
     fn commit(&self, next_offsets: &HashMap<(String, i32), i64>) -> Result<(), KafkaBusError> {
@@ -583,12 +639,46 @@ impl KafkaBusConsumer {
                 .map_err(kafka("listing offsets"))?;
         }
         match self.consumer.commit(&list, CommitMode::Sync) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                count(&self.metrics, "kafka_batches_committed_total", 1);
+                Ok(())
+            }
             // The partitions went to another member meanwhile (a rebalance): it reads them
             // from the last commit, and the store drops what this member already stored.
             Err(e) => {
+                count(&self.metrics, "kafka_commit_failures_total", 1);
                 tracing::warn!(error = %e, "committing Kafka offsets failed; the records are read again and stored once");
                 Ok(())
+            }
+        }
+    }
+}
+
+impl KafkaBusConsumer {
+    /// Set `kafka_consumer_lag_records{partition}` for the partitions just committed: what the
+    /// broker holds past the commit. At most every 10 s (each asks the broker).
+    fn measure_lag(&self, committed: &HashMap<(String, i32), i64>) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        {
+            let mut last = self.lag_measured.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        for ((topic, partition), next) in committed {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(topic, *partition, Duration::from_secs(1))
+            {
+                let label = partition.to_string();
+                metrics.set(
+                    "kafka_consumer_lag_records",
+                    &[("partition", &label)],
+                    (high - next).max(0) as f64,
+                );
             }
         }
     }
