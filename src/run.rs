@@ -1119,6 +1119,14 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             p.interval_seconds.max(1)
         );
     }
+    if let Some(kafka) = &config.kafka {
+        say!(
+            "  bus:    Kafka topic {} at {} (consumer group {}: ingest answers mean queued on the broker)",
+            kafka.topic,
+            kafka.brokers,
+            kafka.group
+        );
+    }
     say!("  API:    {scheme}://{addr}/api/v1/openapi.json");
     say!("  data:   {}", data_dir.display());
     let rule_dirs: Vec<String> = rule_paths.iter().map(|p| p.display().to_string()).collect();
