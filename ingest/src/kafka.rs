@@ -212,6 +212,33 @@ struct InvalidLine {
 
 const FORMAT: u32 = 1;
 
+/// librdkafka's and the broker's default `message.max.bytes`.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// `payload` when the bus takes a message of its size; else the item as a bad line saying so
+/// (a dead letter with its reason, not a batch the broker refuses at every retry).
+fn within_limit(sub: &Submission, item: &InputItem, payload: Vec<u8>, max: usize) -> Vec<u8> {
+    if payload.len() <= max {
+        return payload;
+    }
+    let (line, text) = match item {
+        InputItem::Record { line, value, .. } => {
+            (*line, sonic_rs::to_vec(value).unwrap_or_default())
+        }
+        InputItem::Invalid { line, excerpt, .. } => (*line, excerpt.clone().into_bytes()),
+    };
+    let bad = InputItem::Invalid {
+        line,
+        reason: format!(
+            "record of {} bytes is over the Kafka bus's message limit ({max} bytes, `message.max.bytes` in [kafka.properties])",
+            payload.len()
+        ),
+        excerpt: crate::jsonl::excerpt(&text, 512),
+        digest: input_digest(&text),
+    };
+    encode(sub, &bad)
+}
+
 fn encode(sub: &Submission, item: &InputItem) -> Vec<u8> {
     let (line, record, member_lines, invalid) = match item {
         InputItem::Record {
@@ -381,6 +408,8 @@ pub struct KafkaBusProducer {
     topic: String,
     key: PartitionKey,
     metrics: Option<Arc<Metrics>>,
+    /// The largest message the producer may send (`message.max.bytes`).
+    max_message_bytes: usize,
 }
 
 /// Add `by` to counter `name` when there are metrics.
@@ -409,6 +438,11 @@ impl KafkaBusProducer {
             topic: config.topic.clone(),
             key,
             metrics: None,
+            max_message_bytes: config
+                .properties
+                .get("message.max.bytes")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
         })
     }
 
@@ -422,7 +456,7 @@ impl KafkaBusProducer {
     pub async fn produce(&self, sub: &Submission) -> Result<usize, KafkaBusError> {
         let mut pending: std::collections::VecDeque<DeliveryFuture> = Default::default();
         for item in &sub.items {
-            let payload = encode(sub, item);
+            let payload = within_limit(sub, item, encode(sub, item), self.max_message_bytes);
             let key = (self.key)(&sub.source, &sub.tenant, item);
             loop {
                 let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
@@ -811,6 +845,38 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_record_over_the_message_limit_travels_as_a_bad_line_saying_so() {
+        let big = InputItem::Record {
+            line: 4,
+            value: sonic_rs::json!({"blob": "x".repeat(5000)}),
+            member_lines: Vec::new(),
+        };
+        let sub = submission(vec![big.clone()]);
+        let payload = within_limit(&sub, &big, encode(&sub, &big), 1000);
+        assert!(payload.len() < 1000);
+        match decode(Some(&payload), 0, 0).1 {
+            InputItem::Invalid {
+                line,
+                reason,
+                excerpt,
+                ..
+            } => {
+                assert_eq!(line, 4);
+                assert!(
+                    reason.contains("over the Kafka bus's message limit (1000 bytes"),
+                    "{reason}"
+                );
+                // Cut where no token is split (as any excerpt).
+                assert!(excerpt.starts_with("{\"blob\":"), "{excerpt}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Within the limit, the record itself.
+        let payload = within_limit(&sub, &big, encode(&sub, &big), 1_000_000);
+        assert_eq!(decode(Some(&payload), 0, 0).1, big);
     }
 
     #[test]
