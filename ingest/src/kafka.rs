@@ -528,7 +528,7 @@ struct BatchKey {
 
 /// Reads the topic as one member of the detectors' consumer group and feeds the pipeline.
 pub struct KafkaBusConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<RevokeNotes>,
     metrics: Option<Arc<Metrics>>,
     /// When the partitions' lag was last measured (for `kafka_consumer_lag_records`).
     lag_measured: std::sync::Mutex<Option<std::time::Instant>>,
@@ -546,7 +546,7 @@ pub struct ConsumedTotals {
 impl KafkaBusConsumer {
     pub fn new(config: &KafkaBusConfig) -> Result<Self, KafkaBusError> {
         config.validate()?;
-        let consumer: StreamConsumer = config
+        let consumer: StreamConsumer<RevokeNotes> = config
             .client_config(&[
                 ("group.id", config.group.as_str()),
                 // Offsets are committed by hand, after the batch is stored.
@@ -555,7 +555,7 @@ impl KafkaBusConsumer {
                 ("auto.offset.reset", "earliest"),
                 ("partition.assignment.strategy", "range"),
             ])
-            .create()
+            .create_with_context(RevokeNotes::default())
             .map_err(kafka("creating the consumer"))?;
         consumer
             .subscribe(&[config.topic.as_str()])
@@ -591,11 +591,16 @@ impl KafkaBusConsumer {
             let Some(batch) = self.next_batch(&mut stop).await? else {
                 return Ok(totals);
             };
-            totals.messages += batch.messages as u64;
+            let messages = batch.len() as u64;
+            let (groups, next_offsets) = batch.into_parts();
+            if groups.is_empty() {
+                continue;
+            }
+            totals.messages += messages;
             totals.batches += 1;
             let mut backoff = Duration::from_millis(200);
             loop {
-                match submit_batch(&pipeline, &batch.groups).await {
+                match submit_batch(&pipeline, &groups).await {
                     Ok(()) => break,
                     Err(reason) => {
                         if *stop.borrow() {
@@ -612,13 +617,9 @@ impl KafkaBusConsumer {
                     }
                 }
             }
-            count(
-                &self.metrics,
-                "kafka_records_consumed_total",
-                batch.messages as u64,
-            );
-            self.commit(&batch.next_offsets)?;
-            self.measure_lag(&batch.next_offsets);
+            count(&self.metrics, "kafka_records_consumed_total", messages);
+            self.commit(&next_offsets)?;
+            self.measure_lag(&next_offsets);
         }
     }
 
@@ -629,7 +630,9 @@ impl KafkaBusConsumer {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Option<Batch>, KafkaBusError> {
         let mut batch = Batch::default();
-        while batch.messages == 0 {
+        // Partitions taken away before this batch was read are not in it.
+        self.consumer.context().take();
+        while batch.len() == 0 {
             if *stop.borrow() {
                 return Ok(None);
             }
@@ -639,11 +642,23 @@ impl KafkaBusConsumer {
             }
         }
         let until = tokio::time::Instant::now() + self.linger;
-        while batch.messages < self.batch_records {
+        while batch.len() < self.batch_records {
             match tokio::time::timeout_at(until, self.consumer.recv()).await {
                 Ok(received) => self.take(&mut batch, received).await,
                 Err(_) => break,
             }
+        }
+        let left = batch.without_partitions(&self.consumer.context().take());
+        if left > 0 {
+            count(
+                &self.metrics,
+                "kafka_records_left_to_new_owner_total",
+                left as u64,
+            );
+            tracing::info!(
+                records = left,
+                "a rebalance took partitions away while a batch was read: their records are left to the new owner"
+            );
         }
         Ok(Some(batch))
     }
@@ -718,26 +733,88 @@ impl KafkaBusConsumer {
     }
 }
 
+/// The messages of one batch, in the order read.
 #[derive(Default)]
 struct Batch {
-    /// Runs of consecutive messages of one batch key, in the order read.
-    groups: Vec<(BatchKey, Vec<InputItem>)>,
-    next_offsets: HashMap<(String, i32), i64>,
-    messages: usize,
+    read: Vec<ReadMessage>,
+}
+
+struct ReadMessage {
+    key: BatchKey,
+    partition: (String, i32),
+    offset: i64,
+    item: InputItem,
 }
 
 impl Batch {
     fn add(&mut self, message: rdkafka::message::BorrowedMessage<'_>) {
         let (key, item) = decode(message.payload(), message.partition(), message.offset());
-        let next = self
-            .next_offsets
-            .entry((message.topic().to_string(), message.partition()))
-            .or_insert(0);
-        *next = (*next).max(message.offset() + 1);
-        self.messages += 1;
-        match self.groups.last_mut() {
-            Some((last, items)) if *last == key => items.push(item),
-            _ => self.groups.push((key, vec![item])),
+        self.read.push(ReadMessage {
+            key,
+            partition: (message.topic().to_string(), message.partition()),
+            offset: message.offset(),
+            item,
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.read.len()
+    }
+
+    /// Leave out the messages of `revoked` partitions (taken away by a rebalance while the
+    /// batch was read): their new owner reads them from the last commit, so storing them here
+    /// too would put them in two instances' stores. How many were left out.
+    fn without_partitions(&mut self, revoked: &[(String, i32)]) -> usize {
+        let before = self.read.len();
+        self.read.retain(|m| !revoked.contains(&m.partition));
+        before - self.read.len()
+    }
+
+    /// Runs of consecutive items of one batch key (submitted in order), and the offset to
+    /// commit per partition once they are stored.
+    fn into_parts(self) -> (Vec<(BatchKey, Vec<InputItem>)>, HashMap<(String, i32), i64>) {
+        let mut groups: Vec<(BatchKey, Vec<InputItem>)> = Vec::new();
+        let mut next_offsets: HashMap<(String, i32), i64> = HashMap::new();
+        for m in self.read {
+            let next = next_offsets.entry(m.partition).or_insert(0);
+            *next = (*next).max(m.offset + 1);
+            match groups.last_mut() {
+                Some((last, items)) if *last == m.key => items.push(m.item),
+                _ => groups.push((m.key, vec![m.item])),
+            }
+        }
+        (groups, next_offsets)
+    }
+}
+
+/// The consumer's context: notes the partitions a rebalance takes away (see
+/// [`Batch::without_partitions`]).
+#[derive(Default)]
+struct RevokeNotes {
+    revoked: std::sync::Mutex<Vec<(String, i32)>>,
+}
+
+impl RevokeNotes {
+    fn take(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl rdkafka::ClientContext for RevokeNotes {}
+
+impl rdkafka::consumer::ConsumerContext for RevokeNotes {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            revoked.extend(
+                list.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition())),
+            );
         }
     }
 }
@@ -877,6 +954,50 @@ mod tests {
         // Within the limit, the record itself.
         let payload = within_limit(&sub, &big, encode(&sub, &big), 1_000_000);
         assert_eq!(decode(Some(&payload), 0, 0).1, big);
+    }
+
+    fn read(partition: i32, offset: i64, source: &str) -> ReadMessage {
+        ReadMessage {
+            key: BatchKey {
+                source: source.into(),
+                tenant: "acme".into(),
+                origin: None,
+            },
+            partition: ("records".into(), partition),
+            offset,
+            item: InputItem::Record {
+                line: offset as u64,
+                value: sonic_rs::json!({ "offset": offset }),
+                member_lines: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_batch_commits_past_what_it_holds_and_leaves_revoked_partitions_out() {
+        let mut batch = Batch {
+            read: vec![
+                read(0, 10, "okta"),
+                read(1, 5, "okta"),
+                read(0, 11, "github"),
+                read(2, 7, "github"),
+                read(0, 12, "okta"),
+            ],
+        };
+        assert_eq!(batch.without_partitions(&[("records".into(), 2)]), 1);
+        let (groups, next) = batch.into_parts();
+        let sources: Vec<(&str, usize)> = groups
+            .iter()
+            .map(|(k, items)| (k.source.as_str(), items.len()))
+            .collect();
+        // Consecutive runs, in the order read: one source's order is kept.
+        assert_eq!(sources, [("okta", 2), ("github", 1), ("okta", 1)]);
+        assert_eq!(next[&("records".into(), 0)], 13);
+        assert_eq!(next[&("records".into(), 1)], 6);
+        assert!(
+            !next.contains_key(&("records".into(), 2)),
+            "left to its new owner"
+        );
     }
 
     #[test]
