@@ -174,10 +174,9 @@ fn searched_events(base: &str, token: &str, q: &str) -> Vec<serde_json::Value> {
         .clone()
 }
 
-/// Every stored event id of the tenant, with how often it is stored.
-fn stored_ids(base: &str, token: &str) -> HashMap<String, usize> {
+/// Every stored event of the tenant (the search's pages, `q=*`), each through `each`.
+fn each_stored_event(base: &str, token: &str, mut each: impl FnMut(&serde_json::Value)) {
     let client = reqwest::blocking::Client::new();
-    let mut ids = HashMap::new();
     let mut cursor: Option<String> = None;
     loop {
         let mut url = format!("{base}/api/v1/events/search?q=*&limit=1000");
@@ -194,26 +193,35 @@ fn stored_ids(base: &str, token: &str) -> HashMap<String, usize> {
         let items = body["items"]
             .as_array()
             .unwrap_or_else(|| panic!("no items: {body}"));
-        for e in items {
-            *ids.entry(e["event"]["id"].as_str().unwrap().to_string())
-                .or_insert(0) += 1;
-        }
+        items.iter().for_each(&mut each);
         match body["next_cursor"].as_str() {
             Some(c) if !items.is_empty() => cursor = Some(c.to_string()),
-            _ => return ids,
+            _ => return,
         }
     }
 }
 
-#[test]
-fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path());
-    let ingest_token = token(&cfg, "responder");
-    let mut svc = start(&cfg);
-    let base = svc.base.clone();
+/// Every stored event id of the tenant, with how often it is stored.
+fn stored_ids(base: &str, token: &str) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    each_stored_event(base, token, |e| {
+        *ids.entry(e["event"]["id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    });
+    ids
+}
+
+/// Posts batches of 200 Okta events to `base`'s ingest until the server dies, sending the event
+/// ids of each acknowledged batch; `check` reads each answer.
+fn spawn_poster(
+    base: String,
+    token: String,
+    check: fn(&serde_json::Value),
+) -> (
+    std::sync::mpsc::Receiver<Vec<String>>,
+    std::thread::JoinHandle<()>,
+) {
     let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
-    let poster_token = ingest_token.clone();
     let poster = std::thread::spawn(move || {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -230,11 +238,12 @@ fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
                 .collect();
             match client
                 .post(format!("{base}/ingest/okta"))
-                .bearer_auth(&poster_token)
+                .bearer_auth(&token)
                 .body(body)
                 .send()
             {
                 Ok(r) if r.status().is_success() => {
+                    check(&r.json().unwrap());
                     if tx.send(ids).is_err() {
                         return;
                     }
@@ -242,6 +251,18 @@ fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
                 _ => return, // the server died: this batch was not acknowledged
             }
         }
+    });
+    (rx, poster)
+}
+
+#[test]
+fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let ingest_token = token(&cfg, "responder");
+    let mut svc = start(&cfg);
+    let (rx, poster) = spawn_poster(svc.base.clone(), ingest_token.clone(), |ack| {
+        assert_eq!(ack["events"], 200, "{ack}");
     });
     let mut acked: Vec<String> = Vec::new();
     while acked.len() < 2000 {
@@ -3547,41 +3568,10 @@ fn on_the_kafka_bus_kill_9_loses_nothing_the_broker_acknowledged() {
     let cfg = write_config_with(dir.path(), &kafka_table(&broker, "kill9"));
     let ingest_token = token(&cfg, "responder");
     let mut svc = start(&cfg);
-    let base = svc.base.clone();
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
-    let poster_token = ingest_token.clone();
-    let poster = std::thread::spawn(move || {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        for batch in 0..10_000 {
-            let events: Vec<serde_json::Value> = (0..200).map(|i| okta_event(batch, i)).collect();
-            let body: String = events.iter().map(|e| format!("{e}\n")).collect();
-            let ids = events
-                .iter()
-                .map(|e| {
-                    perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0
-                })
-                .collect();
-            match client
-                .post(format!("{base}/ingest/okta"))
-                .bearer_auth(&poster_token)
-                .body(body)
-                .send()
-            {
-                Ok(r) if r.status().is_success() => {
-                    let ack: serde_json::Value = r.json().unwrap();
-                    // On the broker, not yet stored: the answer says so.
-                    assert_eq!(ack["queued"], 200, "{ack}");
-                    assert_eq!(ack["events"], 0, "{ack}");
-                    if tx.send(ids).is_err() {
-                        return;
-                    }
-                }
-                _ => return, // the server died: this batch was not acknowledged
-            }
-        }
+    // On the broker, not yet stored: the answer says so.
+    let (rx, poster) = spawn_poster(svc.base.clone(), ingest_token.clone(), |ack| {
+        assert_eq!(ack["queued"], 200, "{ack}");
+        assert_eq!(ack["events"], 0, "{ack}");
     });
     let mut acked: Vec<String> = Vec::new();
     while acked.len() < 2000 {
@@ -3654,32 +3644,13 @@ fn run_check_says_whether_the_kafka_bus_answers() {
 /// The id of every stored event of the tenant, with its `user.name` (as stored: masked alike
 /// for one user).
 fn stored_users(base: &str, token: &str) -> HashMap<String, String> {
-    let client = reqwest::blocking::Client::new();
     let mut users = HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/api/v1/events/search?q=*&limit=1000");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let body: serde_json::Value = client
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        let items = body["items"].as_array().unwrap();
-        for e in items {
-            let id = e["event"]["id"].as_str().unwrap().to_string();
-            let user = e["user"]["name"].as_str().unwrap_or_default().to_string();
-            assert!(users.insert(id, user).is_none(), "stored twice: {e}");
-        }
-        match body["next_cursor"].as_str() {
-            Some(c) if !items.is_empty() => cursor = Some(c.to_string()),
-            _ => return users,
-        }
-    }
+    each_stored_event(base, token, |e| {
+        let id = e["event"]["id"].as_str().unwrap().to_string();
+        let user = e["user"]["name"].as_str().unwrap_or_default().to_string();
+        assert!(users.insert(id, user).is_none(), "stored twice: {e}");
+    });
+    users
 }
 
 #[test]
