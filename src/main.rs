@@ -62,7 +62,9 @@ enum Command {
     /// a table of the alerts, then the API over the demo data.
     Demo(demo::DemoArgs),
     /// Run the service: ingest (SaaS API pollers from `[[poll]]`, spool directory, HTTP), detect,
-    /// store and API in one process.
+    /// store and API in one process. With `[kafka]` in the config, ingest goes through a Kafka
+    /// topic and the service detects its share of it as a member of a consumer group (scale out
+    /// by starting more instances).
     Run(run::RunArgs),
     /// Manage API tokens.
     #[command(subcommand)]

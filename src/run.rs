@@ -1,6 +1,6 @@
 //! `perimeter run`: one process with ingest (the `[[poll]]` API pollers, the spool directory and
-//! `POST /ingest/{source}`), detect, store and the API on the embedded bus. SIGTERM/SIGINT flush
-//! and commit before exit.
+//! `POST /ingest/{source}`), detect, store and the API on the embedded bus, or with `[kafka]` on
+//! the Kafka bus (ADR 019). SIGTERM/SIGINT flush and commit before exit.
 
 use crate::config::PerimeterConfig;
 use crate::detect_cmd::{base_parts, load_rules_reported};
