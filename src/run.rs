@@ -1212,8 +1212,13 @@ async fn start_kafka_bus(
         .await
         .with_context(|| format!("the Kafka topic {} on {}", kafka.topic, kafka.brokers))?;
     let registry = Arc::new(registry.context("normalizers for the Kafka keys")?);
+    let names = registry.clone();
     let key = entity_partition_key(move |source, record| registry.entity_of(source, record));
-    let producer = KafkaBusProducer::new(kafka, key)?.with_metrics(metrics.clone());
+    let producer = KafkaBusProducer::new(kafka, key)?
+        .with_metrics(metrics.clone())
+        .with_source_note(Arc::new(move |source| {
+            names.unnormalized_source_note(source)
+        }));
     let (sources_bus, sources_rx) = perimeter_ingest::bus::channel(16);
     let produce = tokio::spawn(producer.run(sources_rx));
     let consumer = KafkaBusConsumer::new(kafka)?.with_metrics(metrics.clone());

@@ -3664,6 +3664,22 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
     let a = start(&a_cfg);
     let b = start(&b_cfg);
     let client = reqwest::blocking::Client::new();
+    // A misspelt source is pointed out in the answer, as on the embedded bus.
+    let ack: serde_json::Value = client
+        .post(format!("{}/ingest/otka", a.base))
+        .bearer_auth(&a_token)
+        .body("{\"uuid\": \"typo-1\"}\n")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ack["queued"], 1, "{ack}");
+    assert!(
+        ack["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("did you mean `okta`")),
+        "{ack}"
+    );
     let mut posted = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     // Batches go in through instance A only; the group spreads them over both.
@@ -3738,8 +3754,8 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
     assert!(users(&on_a).len() + users(&on_b).len() >= 40);
     assert_eq!(
         kafka_counter(&a.metrics(), "kafka_records_produced_total"),
-        posted.len() as f64,
-        "A put every posted record on the topic"
+        posted.len() as f64 + 1.0,
+        "A put every posted record on the topic (and the misspelt one)"
     );
     assert_eq!(
         kafka_counter(&b.metrics(), "kafka_records_produced_total"),

@@ -410,7 +410,12 @@ pub struct KafkaBusProducer {
     metrics: Option<Arc<Metrics>>,
     /// The largest message the producer may send (`message.max.bytes`).
     max_message_bytes: usize,
+    /// What to tell a source about its name (see [`Self::with_source_note`]).
+    source_note: Option<SourceNote>,
 }
+
+/// A warning for the sender of a batch, by source name (`None`: nothing to say).
+pub type SourceNote = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Add `by` to counter `name` when there are metrics.
 fn count(metrics: &Option<Arc<Metrics>>, name: &str, by: u64) {
@@ -438,12 +443,21 @@ impl KafkaBusProducer {
             topic: config.topic.clone(),
             key,
             metrics: None,
+            source_note: None,
             max_message_bytes: config
                 .properties
                 .get("message.max.bytes")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
         })
+    }
+
+    /// Answer each batch with `note(source)` among its warnings, as the pipeline answers on the
+    /// embedded bus (a source name no normalizer knows is a detection gap the sender must hear
+    /// of while it sends, not later from the detectors' logs).
+    pub fn with_source_note(mut self, note: SourceNote) -> Self {
+        self.source_note = Some(note);
+        self
     }
 
     /// Count in `metrics`: `kafka_records_produced_total`, `kafka_batches_refused_total`.
@@ -492,6 +506,12 @@ impl KafkaBusProducer {
                     count(&self.metrics, "kafka_records_produced_total", queued as u64);
                     Ok(SubmitAck {
                         queued,
+                        warnings: self
+                            .source_note
+                            .as_ref()
+                            .and_then(|note| note(&sub.source))
+                            .into_iter()
+                            .collect(),
                         ..SubmitAck::default()
                     })
                 }
