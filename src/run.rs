@@ -1120,11 +1120,15 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         );
     }
     if let Some(kafka) = &config.kafka {
+        let role = if kafka.consume {
+            format!("detecting its share in consumer group {}", kafka.group)
+        } else {
+            "ingest only: this service stores nothing".to_string()
+        };
         say!(
-            "  bus:    Kafka topic {} at {} (consumer group {}: ingest answers mean queued on the broker)",
+            "  bus:    Kafka topic {} at {} ({role}; ingest answers mean queued on the broker)",
             kafka.topic,
             kafka.brokers,
-            kafka.group
         );
     }
     say!("  API:    {scheme}://{addr}/api/v1/openapi.json");
@@ -1221,6 +1225,14 @@ async fn start_kafka_bus(
         }));
     let (sources_bus, sources_rx) = perimeter_ingest::bus::channel(16);
     let produce = tokio::spawn(producer.run(sources_rx));
+    if !kafka.consume {
+        tracing::info!(
+            brokers = kafka.brokers,
+            topic = kafka.topic,
+            "on the Kafka bus, ingest only: sources produce to the topic; this service detects and stores nothing ([kafka] consume = false)"
+        );
+        return Ok((sources_bus, vec![produce]));
+    }
     let consumer = KafkaBusConsumer::new(kafka)?.with_metrics(metrics.clone());
     let (worker, stop) = (worker.clone(), stop.clone());
     let topic = kafka.topic.clone();

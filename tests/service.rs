@@ -3663,6 +3663,14 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
     let (a_token, b_token) = (token(&a_cfg, "responder"), token(&b_cfg, "responder"));
     let a = start(&a_cfg);
     let b = start(&b_cfg);
+    // An ingest-only edge: what it takes in goes to the topic, for A and B to store.
+    let edge_dir = tempfile::tempdir().unwrap();
+    let edge_cfg = write_config_with(
+        edge_dir.path(),
+        &table.replace("[kafka]\n", "[kafka]\nconsume = false\n"),
+    );
+    let edge_token = token(&edge_cfg, "responder");
+    let edge = start(&edge_cfg);
     let client = reqwest::blocking::Client::new();
     // A misspelt source is pointed out in the answer, as on the embedded bus.
     let ack: serde_json::Value = client
@@ -3761,6 +3769,46 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
         kafka_counter(&b.metrics(), "kafka_records_produced_total"),
         0.0
     );
+    // The edge's batch reached the detectors; the edge itself stored nothing.
+    let edge_events: Vec<serde_json::Value> = (0..50).map(|i| okta_event(9_999, i)).collect();
+    let body: String = edge_events.iter().map(|e| format!("{e}\n")).collect();
+    let ack: serde_json::Value = client
+        .post(format!("{}/ingest/okta", edge.base))
+        .bearer_auth(&edge_token)
+        .body(body)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ack["queued"], 50, "{ack}");
+    let edge_ids: Vec<String> = edge_events
+        .iter()
+        .map(|e| perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (on_a, on_b) = (
+            stored_users(&a.base, &a_token),
+            stored_users(&b.base, &b_token),
+        );
+        if edge_ids
+            .iter()
+            .all(|id| on_a.contains_key(id) || on_b.contains_key(id))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edge's events never reached a detector"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(stored_users(&edge.base, &edge_token).is_empty());
+    assert_eq!(
+        kafka_counter(&edge.metrics(), "kafka_records_consumed_total"),
+        0.0
+    );
+    stop(edge);
     stop(a);
     stop(b);
 }

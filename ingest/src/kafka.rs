@@ -63,6 +63,11 @@ pub struct KafkaBusConfig {
     /// How long a detector waits for more records before it processes what it has.
     #[serde(default = "default_batch_linger_ms")]
     pub batch_linger_ms: u64,
+    /// Whether this instance is a detector: a member of `group` that reads, detects and stores
+    /// its share of the topic. `false` makes an ingest-only instance (an edge that takes
+    /// webhooks and files, puts them on the topic and stores nothing).
+    #[serde(default = "default_consume")]
+    pub consume: bool,
     /// More librdkafka properties for both clients (`security.protocol`, `sasl.*`, `ssl.*`,
     /// `session.timeout.ms`, ...); they override this module's defaults.
     #[serde(default)]
@@ -87,6 +92,9 @@ fn default_batch_records() -> usize {
 fn default_batch_linger_ms() -> u64 {
     200
 }
+fn default_consume() -> bool {
+    true
+}
 
 impl KafkaBusConfig {
     /// A configuration with the defaults, for `brokers`.
@@ -99,6 +107,7 @@ impl KafkaBusConfig {
             replication_factor: default_replication(),
             batch_records: default_batch_records(),
             batch_linger_ms: default_batch_linger_ms(),
+            consume: default_consume(),
             properties: BTreeMap::new(),
         }
     }
