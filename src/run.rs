@@ -1034,7 +1034,17 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     // service reads its share of the topic into the worker's bus).
     let (sources_bus, kafka_tasks) = match &config.kafka {
         None => (bus.clone(), Vec::new()),
-        Some(kafka) => start_kafka_bus(kafka, registry_for_keys, &bus, &stop_rx, &metrics).await?,
+        Some(kafka) => {
+            start_kafka_bus(
+                kafka,
+                registry_for_keys,
+                &bus,
+                &stop_rx,
+                &metrics,
+                &config.tenant,
+            )
+            .await?
+        }
     };
     // Twice per snapshot interval, so an idle pipeline's snapshot is at most 1.5 intervals late.
     let snapshot_every = std::time::Duration::from_secs(config.state_snapshot_seconds.max(2)) / 2;
@@ -1205,6 +1215,7 @@ async fn start_kafka_bus(
     worker: &perimeter_ingest::bus::BusSender,
     stop: &tokio::sync::watch::Receiver<bool>,
     metrics: &Arc<Metrics>,
+    tenant: &str,
 ) -> anyhow::Result<(
     perimeter_ingest::bus::BusSender,
     Vec<tokio::task::JoinHandle<()>>,
@@ -1212,6 +1223,15 @@ async fn start_kafka_bus(
     use perimeter_ingest::kafka::{
         ensure_topic, entity_partition_key, KafkaBusConsumer, KafkaBusProducer,
     };
+    // Settings that cannot work, and brokers that do not answer, in `run --check`'s words and
+    // at once (creating the topic would only time out after a minute).
+    kafka.validate()?;
+    let probe = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        perimeter_ingest::kafka::probe(&probe, std::time::Duration::from_secs(10))
+    })
+    .await
+    .context("asking the Kafka brokers")??;
     ensure_topic(kafka)
         .await
         .with_context(|| format!("the Kafka topic {} on {}", kafka.topic, kafka.brokers))?;
@@ -1233,7 +1253,9 @@ async fn start_kafka_bus(
         );
         return Ok((sources_bus, vec![produce]));
     }
-    let consumer = KafkaBusConsumer::new(kafka)?.with_metrics(metrics.clone());
+    let consumer = KafkaBusConsumer::new(kafka)?
+        .with_metrics(metrics.clone())
+        .with_tenant(tenant);
     let (worker, stop) = (worker.clone(), stop.clone());
     let topic = kafka.topic.clone();
     let consume = tokio::spawn(async move {

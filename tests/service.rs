@@ -3602,6 +3602,22 @@ fn on_the_kafka_bus_kill_9_loses_nothing_the_broker_acknowledged() {
         metrics.contains("perimeter_kafka_consumer_lag_records{partition="),
         "{metrics}"
     );
+    // Everything is stored: the lag comes down to 0 while the member idles (no stale backlog
+    // for a lag alert to fire on).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let metrics = svc.metrics();
+        let lags: Vec<f64> = metrics
+            .lines()
+            .filter(|l| l.starts_with("perimeter_kafka_consumer_lag_records{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        if !lags.is_empty() && lags.iter().all(|&lag| lag == 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag never came down: {lags:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
     stop(svc);
 }
 

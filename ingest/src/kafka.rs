@@ -130,31 +130,109 @@ impl KafkaBusConfig {
         Ok(())
     }
 
-    fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+    /// A client's configuration: `defaults`, then the `properties` that apply to `role` (a
+    /// property of the other role would only be warned about at every start).
+    fn client_config(&self, role: Role, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         for (k, v) in defaults {
             config.set(*k, *v);
         }
         for (k, v) in &self.properties {
-            config.set(k, v);
+            let consumer_only = CONSUMER_ONLY.contains(&k.as_str());
+            let producer_only = PRODUCER_ONLY.contains(&k.as_str());
+            let applies = match role {
+                Role::Consumer => !producer_only,
+                Role::Producer => !consumer_only,
+                Role::Admin => !consumer_only && !producer_only,
+            };
+            if applies {
+                config.set(k, v);
+            }
         }
         config
     }
 }
 
+/// Which client a configuration is for.
+#[derive(Clone, Copy)]
+enum Role {
+    Producer,
+    Consumer,
+    Admin,
+}
+
+/// librdkafka properties only a consumer reads.
+const CONSUMER_ONLY: &[&str] = &[
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "partition.assignment.strategy",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "coordinator.query.interval.ms",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "fetch.wait.max.ms",
+    "fetch.error.backoff.ms",
+    "fetch.queue.backoff.ms",
+    "max.partition.fetch.bytes",
+    "fetch.message.max.bytes",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "isolation.level",
+    "check.crcs",
+    "enable.partition.eof",
+];
+
+/// librdkafka properties only a producer reads.
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "request.timeout.ms",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "batch.num.messages",
+    "batch.size",
+    "compression.type",
+    "compression.codec",
+    "compression.level",
+    "enable.idempotence",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "message.send.max.retries",
+    "retries",
+    "retry.backoff.ms",
+    "partitioner",
+    "sticky.partitioning.linger.ms",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.gapless.guarantee",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaBusError {
     #[error("[kafka] {0}")]
     Config(String),
-    #[error("kafka: {what}: {source}")]
-    Kafka { what: String, source: KafkaError },
+    // Not a `source` field: its text is in this message already, and a chain printer would
+    // repeat it.
+    #[error("kafka: {what}: {reason}")]
+    Kafka { what: String, reason: KafkaError },
 }
 
 fn kafka(what: &str) -> impl FnOnce(KafkaError) -> KafkaBusError + '_ {
-    move |source| KafkaBusError::Kafka {
+    move |reason| KafkaBusError::Kafka {
         what: what.to_string(),
-        source,
+        reason,
     }
 }
 
@@ -230,6 +308,17 @@ fn within_limit(sub: &Submission, item: &InputItem, payload: Vec<u8>, max: usize
     if payload.len() <= max {
         return payload;
     }
+    oversized(
+        sub,
+        item,
+        payload.len(),
+        &format!("the Kafka bus's message limit ({max} bytes for the record, `message.max.bytes` in [kafka.properties])"),
+    )
+}
+
+/// The message standing in for `item` (of `size` bytes as a message) when it is over `limit`:
+/// a bad line with its reason and excerpt.
+fn oversized(sub: &Submission, item: &InputItem, size: usize, limit: &str) -> Vec<u8> {
     let (line, text) = match item {
         InputItem::Record { line, value, .. } => {
             (*line, sonic_rs::to_vec(value).unwrap_or_default())
@@ -238,15 +327,16 @@ fn within_limit(sub: &Submission, item: &InputItem, payload: Vec<u8>, max: usize
     };
     let bad = InputItem::Invalid {
         line,
-        reason: format!(
-            "record of {} bytes is over the Kafka bus's message limit ({max} bytes, `message.max.bytes` in [kafka.properties])",
-            payload.len()
-        ),
+        reason: format!("record of {size} bytes is over {limit}"),
         excerpt: crate::jsonl::excerpt(&text, 512),
         digest: input_digest(&text),
     };
     encode(sub, &bad)
 }
+
+/// What librdkafka counts against `message.max.bytes` beside the key and value: the record's
+/// and its batch's framing (headers, lengths, CRC), with room to spare.
+const MESSAGE_OVERHEAD: usize = 512;
 
 fn encode(sub: &Submission, item: &InputItem) -> Vec<u8> {
     let (line, record, member_lines, invalid) = match item {
@@ -287,18 +377,37 @@ fn encode(sub: &Submission, item: &InputItem) -> Vec<u8> {
 /// A message read back: its batch keys and item. A message that is not one (another writer on
 /// the topic, a later format) becomes a bad line of source `kafka`, so it is a dead letter
 /// with its reason instead of vanishing.
-fn decode(payload: Option<&[u8]>, partition: i32, offset: i64) -> (BatchKey, InputItem) {
+fn decode(
+    payload: Option<&[u8]>,
+    partition: i32,
+    offset: i64,
+    own_tenant: &str,
+) -> (BatchKey, InputItem) {
     let bytes = payload.unwrap_or_default();
+    // Why a message is not one, in words of this module only: a parser's message quotes the
+    // bytes around the error, which may hold a secret (the excerpt is masked, the reason not).
     let parsed = sonic_rs::from_slice::<BusMessage>(bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|m| {
-            if m.v == FORMAT {
-                Ok(m)
+        .map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                format!("not JSON (byte {})", e.offset())
             } else {
+                "JSON, but not of the bus format".to_string()
+            }
+        })
+        .and_then(|m| {
+            if m.v != FORMAT {
                 Err(format!(
                     "message format {} (this release reads {FORMAT})",
                     m.v
                 ))
+            } else if !perimeter_model::is_valid_label(&m.tenant) {
+                // A tenant is a directory and a token's scope: one the API could never issue
+                // would be refused by the store at every retry, or make a tenant of its own.
+                Err("its tenant is no tenant name (1-128 characters from [A-Za-z0-9-_.@])".into())
+            } else if !is_bus_source_name(&m.source) {
+                Err("its source is no source name (1-64 characters from [a-z0-9_])".into())
+            } else {
+                Ok(m)
             }
         });
     let message = match parsed {
@@ -306,7 +415,7 @@ fn decode(payload: Option<&[u8]>, partition: i32, offset: i64) -> (BatchKey, Inp
         Err(why) => {
             let key = BatchKey {
                 source: "kafka".into(),
-                tenant: "default".into(),
+                tenant: own_tenant.to_string(),
                 origin: Some(format!("partition {partition} offset {offset}")),
             };
             let item = InputItem::Invalid {
@@ -345,10 +454,19 @@ fn decode(payload: Option<&[u8]>, partition: i32, offset: i64) -> (BatchKey, Inp
     (key, item)
 }
 
+/// A source name as the normalizers take them (`okta`, `auto`, `json`, a mapping's name).
+fn is_bus_source_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// Creates the topic when it is missing.
 pub async fn ensure_topic(config: &KafkaBusConfig) -> Result<(), KafkaBusError> {
     let admin: AdminClient<DefaultClientContext> = config
-        .client_config(&[])
+        .client_config(Role::Admin, &[])
         .create()
         .map_err(kafka("creating the admin client"))?;
     let topic = NewTopic::new(
@@ -367,7 +485,7 @@ pub async fn ensure_topic(config: &KafkaBusConfig) -> Result<(), KafkaBusError> 
             Err((name, code)) => {
                 return Err(KafkaBusError::Kafka {
                     what: format!("creating topic {name}"),
-                    source: KafkaError::AdminOp(code),
+                    reason: KafkaError::AdminOp(code),
                 })
             }
         }
@@ -380,12 +498,19 @@ pub async fn ensure_topic(config: &KafkaBusConfig) -> Result<(), KafkaBusError> 
 pub fn probe(config: &KafkaBusConfig, timeout: Duration) -> Result<String, KafkaBusError> {
     config.validate()?;
     let client: rdkafka::consumer::BaseConsumer = config
-        .client_config(&[])
+        .client_config(Role::Admin, &[])
         .create()
         .map_err(kafka("creating a client"))?;
     let metadata = client
         .fetch_metadata(Some(&config.topic), timeout)
-        .map_err(kafka(&format!("asking {} for the topic", config.brokers)))?;
+        .map_err(|e| KafkaBusError::Kafka {
+            what: format!(
+                "no broker at {} answered within {} s",
+                config.brokers,
+                timeout.as_secs()
+            ),
+            reason: e,
+        })?;
     let partitions = metadata
         .topics()
         .iter()
@@ -437,14 +562,17 @@ impl KafkaBusProducer {
     pub fn new(config: &KafkaBusConfig, key: PartitionKey) -> Result<Self, KafkaBusError> {
         config.validate()?;
         let producer = config
-            .client_config(&[
-                // Acknowledged means on every in-sync replica, written once, in order.
-                ("acks", "all"),
-                ("enable.idempotence", "true"),
-                ("compression.type", "lz4"),
-                ("linger.ms", "5"),
-                ("message.timeout.ms", "60000"),
-            ])
+            .client_config(
+                Role::Producer,
+                &[
+                    // Acknowledged means on every in-sync replica, written once, in order.
+                    ("acks", "all"),
+                    ("enable.idempotence", "true"),
+                    ("compression.type", "lz4"),
+                    ("linger.ms", "5"),
+                    ("message.timeout.ms", "60000"),
+                ],
+            )
             .create()
             .map_err(kafka("creating the producer"))?;
         Ok(KafkaBusProducer {
@@ -477,32 +605,85 @@ impl KafkaBusProducer {
 
     /// Put every item of `sub` on the topic; returns once the broker has all of them.
     pub async fn produce(&self, sub: &Submission) -> Result<usize, KafkaBusError> {
-        let mut pending: std::collections::VecDeque<DeliveryFuture> = Default::default();
-        for item in &sub.items {
-            let payload = within_limit(sub, item, encode(sub, item), self.max_message_bytes);
+        let mut pending: std::collections::VecDeque<(usize, DeliveryFuture)> = Default::default();
+        for (index, item) in sub.items.iter().enumerate() {
             let key = (self.key)(&sub.source, &sub.tenant, item);
+            let room = self
+                .max_message_bytes
+                .saturating_sub(key.len() + MESSAGE_OVERHEAD);
+            let mut payload = within_limit(sub, item, encode(sub, item), room);
             loop {
                 let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
-                        pending.push_back(delivery);
+                        pending.push_back((index, delivery));
                         break;
                     }
                     // The local queue is full: wait for the oldest message in flight.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         match pending.pop_front() {
-                            Some(oldest) => delivered(oldest).await?,
+                            Some(oldest) => self.settle(sub, oldest).await?,
                             None => tokio::time::sleep(Duration::from_millis(10)).await,
                         }
+                    }
+                    // Over the limit after all (framing larger than allowed for): sent as a
+                    // dead letter, not refused at every retry of the batch.
+                    Err((
+                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                        _,
+                    )) => {
+                        payload = oversized(
+                            sub,
+                            item,
+                            payload.len(),
+                            "the producer's message limit (`message.max.bytes`)",
+                        );
                     }
                     Err((e, _)) => return Err(kafka("queueing a record")(e)),
                 }
             }
         }
         for delivery in pending {
-            delivered(delivery).await?;
+            self.settle(sub, delivery).await?;
         }
         Ok(sub.items.len())
+    }
+
+    /// Wait for the delivery of item `index` of `sub`. One the broker refuses as too large (its
+    /// own `message.max.bytes` below the producer's) is sent again as a dead letter saying so.
+    async fn settle(
+        &self,
+        sub: &Submission,
+        (index, delivery): (usize, DeliveryFuture),
+    ) -> Result<(), KafkaBusError> {
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                message,
+            ))) => {
+                let item = &sub.items[index];
+                let key = (self.key)(&sub.source, &sub.tenant, item);
+                let size = message.payload().map_or(0, <[u8]>::len);
+                let payload = oversized(
+                    sub,
+                    item,
+                    size,
+                    "the broker's message limit (`message.max.bytes`)",
+                );
+                let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+                self.producer
+                    .send(record, Duration::from_secs(60))
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| kafka("delivering a record")(e))
+            }
+            Ok(Err((e, _))) => Err(kafka("delivering a record")(e)),
+            Err(_) => Err(KafkaBusError::Kafka {
+                what: "delivering a record".into(),
+                reason: KafkaError::Canceled,
+            }),
+        }
     }
 
     /// Serve the embedded bus's sources until they are all gone: each batch is acknowledged
@@ -536,17 +717,6 @@ impl KafkaBusProducer {
     }
 }
 
-async fn delivered(delivery: DeliveryFuture) -> Result<(), KafkaBusError> {
-    match delivery.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(kafka("delivering a record")(e)),
-        Err(_) => Err(KafkaBusError::Kafka {
-            what: "delivering a record".into(),
-            source: KafkaError::Canceled,
-        }),
-    }
-}
-
 /// The source, tenant and origin a batch shares.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct BatchKey {
@@ -563,6 +733,12 @@ pub struct KafkaBusConsumer {
     lag_measured: std::sync::Mutex<Option<std::time::Instant>>,
     batch_records: usize,
     linger: Duration,
+    /// The tenant of this instance: dead letters of messages that name none are filed under it.
+    own_tenant: String,
+    /// When a read error was last logged (one line per 30 s while a broker is away).
+    read_error_logged: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The offset this member last committed per partition, for the lag gauge.
+    committed: std::sync::Mutex<HashMap<(String, i32), i64>>,
 }
 
 /// What [`KafkaBusConsumer::run`] did, for the log at its end.
@@ -576,14 +752,17 @@ impl KafkaBusConsumer {
     pub fn new(config: &KafkaBusConfig) -> Result<Self, KafkaBusError> {
         config.validate()?;
         let consumer: StreamConsumer<RevokeNotes> = config
-            .client_config(&[
-                ("group.id", config.group.as_str()),
-                // Offsets are committed by hand, after the batch is stored.
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-                ("partition.assignment.strategy", "range"),
-            ])
+            .client_config(
+                Role::Consumer,
+                &[
+                    ("group.id", config.group.as_str()),
+                    // Offsets are committed by hand, after the batch is stored.
+                    ("enable.auto.commit", "false"),
+                    ("enable.auto.offset.store", "false"),
+                    ("auto.offset.reset", "earliest"),
+                    ("partition.assignment.strategy", "range"),
+                ],
+            )
             .create_with_context(RevokeNotes::default())
             .map_err(kafka("creating the consumer"))?;
         consumer
@@ -595,7 +774,17 @@ impl KafkaBusConsumer {
             lag_measured: Default::default(),
             batch_records: config.batch_records,
             linger: Duration::from_millis(config.batch_linger_ms),
+            own_tenant: "default".into(),
+            read_error_logged: Default::default(),
+            committed: Default::default(),
         })
+    }
+
+    /// File dead letters of messages that name no tenant (foreign messages) under `tenant`,
+    /// this instance's (`default` otherwise).
+    pub fn with_tenant(mut self, tenant: &str) -> Self {
+        self.own_tenant = tenant.to_string();
+        self
     }
 
     /// Count in `metrics`: `kafka_records_consumed_total`, `kafka_batches_committed_total`,
@@ -648,7 +837,7 @@ impl KafkaBusConsumer {
             }
             count(&self.metrics, "kafka_records_consumed_total", messages);
             self.commit(&next_offsets)?;
-            self.measure_lag(&next_offsets);
+            self.measure_lag();
         }
     }
 
@@ -660,7 +849,7 @@ impl KafkaBusConsumer {
     ) -> Result<Option<Batch>, KafkaBusError> {
         let mut batch = Batch::default();
         // Partitions taken away before this batch was read are not in it.
-        self.consumer.context().take();
+        self.revoked();
         while batch.len() == 0 {
             if *stop.borrow() {
                 return Ok(None);
@@ -668,6 +857,8 @@ impl KafkaBusConsumer {
             tokio::select! {
                 received = self.consumer.recv() => self.take(&mut batch, received).await,
                 _ = stop.changed() => {}
+                // Idle: the lag gauge still follows what arrives for others to read.
+                _ = tokio::time::sleep(Duration::from_secs(10)) => self.measure_lag(),
             }
         }
         let until = tokio::time::Instant::now() + self.linger;
@@ -677,7 +868,7 @@ impl KafkaBusConsumer {
                 Err(_) => break,
             }
         }
-        let left = batch.without_partitions(&self.consumer.context().take());
+        let left = batch.without_partitions(&self.revoked());
         if left > 0 {
             count(
                 &self.metrics,
@@ -701,10 +892,19 @@ impl KafkaBusConsumer {
         received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
     ) {
         match received {
-            Ok(message) => batch.add(message),
+            Ok(message) => batch.add(message, &self.own_tenant),
             Err(e) => {
                 count(&self.metrics, "kafka_read_errors_total", 1);
-                tracing::warn!(error = %e, "reading the Kafka bus; retrying");
+                {
+                    let mut logged = self
+                        .read_error_logged
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                        *logged = Some(std::time::Instant::now());
+                        tracing::warn!(error = %e, "reading the Kafka bus; retrying (logged once per 30 s while it lasts, counted in kafka_read_errors_total)");
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -719,6 +919,10 @@ impl KafkaBusConsumer {
         match self.consumer.commit(&list, CommitMode::Sync) {
             Ok(()) => {
                 count(&self.metrics, "kafka_batches_committed_total", 1);
+                self.committed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(next_offsets.iter().map(|(tp, next)| (tp.clone(), *next)));
                 Ok(())
             }
             // The partitions went to another member meanwhile (a rebalance): it reads them
@@ -733,12 +937,40 @@ impl KafkaBusConsumer {
 }
 
 impl KafkaBusConsumer {
-    /// Set `kafka_consumer_lag_records{partition}` for the partitions just committed: what the
-    /// broker holds past the commit. At most every 10 s (each asks the broker).
-    fn measure_lag(&self, committed: &HashMap<(String, i32), i64>) {
+    /// The partitions a rebalance took away since the last call: no longer this member's, so
+    /// their lag gauge is 0 here (their new owner reports them).
+    fn revoked(&self) -> Vec<(String, i32)> {
+        let revoked = self.consumer.context().take();
+        if !revoked.is_empty() {
+            let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+            for tp in &revoked {
+                committed.remove(tp);
+                if let Some(metrics) = &self.metrics {
+                    metrics.set(
+                        "kafka_consumer_lag_records",
+                        &[("partition", &tp.1.to_string())],
+                        0.0,
+                    );
+                }
+            }
+        }
+        revoked
+    }
+
+    /// Set `kafka_consumer_lag_records{partition}` for the partitions this member committed:
+    /// what the broker holds past its commit. At most every 10 s (each asks the broker).
+    fn measure_lag(&self) {
         let Some(metrics) = &self.metrics else {
             return;
         };
+        let committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if committed.is_empty() {
+            return;
+        }
         {
             let mut last = self.lag_measured.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
@@ -747,16 +979,17 @@ impl KafkaBusConsumer {
             *last = Some(std::time::Instant::now());
         }
         for ((topic, partition), next) in committed {
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(topic, *partition, Duration::from_secs(1))
+            match self
+                .consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(1))
             {
-                let label = partition.to_string();
-                metrics.set(
+                Ok((_, high)) => metrics.set(
                     "kafka_consumer_lag_records",
-                    &[("partition", &label)],
+                    &[("partition", &partition.to_string())],
                     (high - next).max(0) as f64,
-                );
+                ),
+                // The broker is away: the read errors say so; try again next time.
+                Err(_) => return,
             }
         }
     }
@@ -776,8 +1009,13 @@ struct ReadMessage {
 }
 
 impl Batch {
-    fn add(&mut self, message: rdkafka::message::BorrowedMessage<'_>) {
-        let (key, item) = decode(message.payload(), message.partition(), message.offset());
+    fn add(&mut self, message: rdkafka::message::BorrowedMessage<'_>, own_tenant: &str) {
+        let (key, item) = decode(
+            message.payload(),
+            message.partition(),
+            message.offset(),
+            own_tenant,
+        );
         self.read.push(ReadMessage {
             key,
             partition: (message.topic().to_string(), message.partition()),
@@ -897,7 +1135,7 @@ mod tests {
         };
         let sub = submission(vec![record.clone(), bad.clone()]);
         for item in [record, bad] {
-            let (key, back) = decode(Some(&encode(&sub, &item)), 0, 0);
+            let (key, back) = decode(Some(&encode(&sub, &item)), 0, 0, "own");
             assert_eq!(back, item);
             assert_eq!(key.source, "okta");
             assert_eq!(key.tenant, "acme");
@@ -933,20 +1171,57 @@ mod tests {
 
     #[test]
     fn a_foreign_message_is_a_bad_line_with_its_place() {
+        let record = r#""line":1,"record":{"uuid":"e1"}}"#;
         for (payload, why) in [
-            (&b"hello"[..], "not a Perimeter bus message"),
+            (b"hello".to_vec(), "not JSON (byte 0)"),
             (
-                br#"{"v":2,"source":"okta","tenant":"t","line":1}"#,
+                br#"{"v":2,"source":"okta","tenant":"t","line":1}"#.to_vec(),
                 "format 2",
             ),
+            (
+                br#"{"v":1,"source":"okta"}"#.to_vec(),
+                "not of the bus format",
+            ),
+            // Names the store would refuse at every retry (a stuck partition), or take for a
+            // tenant nobody could be issued a token for.
+            (
+                format!(r#"{{"v":1,"source":"okta","tenant":"",{record}"#).into_bytes(),
+                "its tenant is no tenant name",
+            ),
+            (
+                format!(r#"{{"v":1,"source":"okta","tenant":"../x",{record}"#).into_bytes(),
+                "its tenant is no tenant name",
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"source":"okta","tenant":"{}",{record}"#,
+                    "t".repeat(300)
+                )
+                .into_bytes(),
+                "its tenant is no tenant name",
+            ),
+            (
+                format!(r#"{{"v":1,"source":"","tenant":"acme",{record}"#).into_bytes(),
+                "its source is no source name",
+            ),
+            // The parser's words quote the bytes around the error; the reason must not.
+            (
+                br#"{"password": "hunter2secret" oops}"#.to_vec(),
+                "not JSON",
+            ),
         ] {
-            let (key, item) = decode(Some(payload), 3, 41);
+            let (key, item) = decode(Some(&payload), 3, 41, "acme");
             assert_eq!(key.source, "kafka");
+            assert_eq!(
+                key.tenant, "acme",
+                "filed where the instance's analysts look"
+            );
             assert_eq!(key.origin.as_deref(), Some("partition 3 offset 41"));
             match item {
                 InputItem::Invalid { reason, digest, .. } => {
                     assert!(reason.contains(why), "{reason}");
-                    assert_eq!(digest, input_digest(payload));
+                    assert!(!reason.contains("hunter2"), "{reason}");
+                    assert_eq!(digest, input_digest(&payload));
                 }
                 other => panic!("{other:?}"),
             }
@@ -963,7 +1238,7 @@ mod tests {
         let sub = submission(vec![big.clone()]);
         let payload = within_limit(&sub, &big, encode(&sub, &big), 1000);
         assert!(payload.len() < 1000);
-        match decode(Some(&payload), 0, 0).1 {
+        match decode(Some(&payload), 0, 0, "own").1 {
             InputItem::Invalid {
                 line,
                 reason,
@@ -982,7 +1257,7 @@ mod tests {
         }
         // Within the limit, the record itself.
         let payload = within_limit(&sub, &big, encode(&sub, &big), 1_000_000);
-        assert_eq!(decode(Some(&payload), 0, 0).1, big);
+        assert_eq!(decode(Some(&payload), 0, 0, "own").1, big);
     }
 
     fn read(partition: i32, offset: i64, source: &str) -> ReadMessage {
@@ -1027,6 +1302,44 @@ mod tests {
             !next.contains_key(&("records".into(), 2)),
             "left to its new owner"
         );
+    }
+
+    #[tokio::test]
+    async fn tls_and_scram_can_be_configured() {
+        // librdkafka refuses these at client creation when built without OpenSSL.
+        let mut config = KafkaBusConfig::new("127.0.0.1:9093");
+        for (k, v) in [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "perimeter"),
+            ("sasl.password", "not-a-real-one"),
+        ] {
+            config.properties.insert(k.into(), v.into());
+        }
+        let key = Arc::new(|_: &str, tenant: &str, _: &InputItem| tenant_key(tenant));
+        KafkaBusProducer::new(&config, key).expect("a TLS + SCRAM producer");
+        KafkaBusConsumer::new(&config).expect("a TLS + SCRAM consumer");
+    }
+
+    #[test]
+    fn each_client_gets_the_properties_of_its_role() {
+        let mut config = KafkaBusConfig::new("127.0.0.1:9092");
+        for (k, v) in [
+            ("session.timeout.ms", "6000"),
+            ("linger.ms", "20"),
+            ("client.id", "edge-1"),
+        ] {
+            config.properties.insert(k.into(), v.into());
+        }
+        let has = |role, key| config.client_config(role, &[]).get(key).is_some();
+        assert!(has(Role::Consumer, "session.timeout.ms"));
+        assert!(!has(Role::Producer, "session.timeout.ms"));
+        assert!(has(Role::Producer, "linger.ms"));
+        assert!(!has(Role::Consumer, "linger.ms"));
+        assert!(!has(Role::Admin, "linger.ms") && !has(Role::Admin, "session.timeout.ms"));
+        for role in [Role::Producer, Role::Consumer, Role::Admin] {
+            assert!(has(role, "client.id"));
+        }
     }
 
     #[test]

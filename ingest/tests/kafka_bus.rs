@@ -235,3 +235,85 @@ async fn a_broker_that_is_not_there_refuses_the_batch_with_why() {
         .unwrap_err();
     assert!(err.to_string().contains("delivering a record"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_foreign_messages_reach_the_pipeline_as_bad_lines_and_reading_goes_on() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let broker = KafkaBroker::start();
+    let config = config(&broker, "bad");
+    ensure_topic(&config).await.unwrap();
+    let sources = start_producer(&config);
+    // Just under librdkafka's 1,000,000-byte limit as a value, over it with key and framing.
+    let edge = InputItem::Record {
+        line: 1,
+        value: sonic_rs::json!({"user": "user1", "seq": 0, "blob": "x".repeat(999_850)}),
+        member_lines: Vec::new(),
+    };
+    let ack = sources
+        .submit("okta", "acme", vec![edge])
+        .await
+        .expect("taken as a dead letter, not refused at every retry");
+    assert_eq!(ack.queued, 1);
+    // Another writer's message, and one naming a tenant the store would refuse.
+    let raw: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .create()
+        .unwrap();
+    for payload in [
+        "not json".to_string(),
+        r#"{"v":1,"source":"okta","tenant":"","line":1,"record":{"user":"x","seq":1}}"#.into(),
+    ] {
+        raw.send(
+            FutureRecord::<(), _>::to(&config.topic).payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    }
+    sources.submit("okta", "acme", records(2, 1)).await.unwrap();
+
+    let (pipeline, mut rx) = bus::channel(4);
+    let (stop, member) = {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let consumer = KafkaBusConsumer::new(&config).unwrap().with_tenant("acme");
+        let task = tokio::spawn(async move { consumer.run(pipeline, stop_rx).await.unwrap() });
+        (stop_tx, task)
+    };
+    let mut bad = Vec::new();
+    let mut good = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bad.len() + good.len() < 4 {
+        let sub = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .expect("every message reaches the pipeline")
+            .unwrap();
+        assert_eq!(sub.tenant, "acme", "{:?}", sub.items);
+        for item in &sub.items {
+            match item {
+                InputItem::Invalid { reason, .. } => bad.push((sub.source.clone(), reason.clone())),
+                InputItem::Record { .. } => good.push(sub.source.clone()),
+            }
+        }
+        let _ = sub.ack.send(Ok(SubmitAck::default()));
+    }
+    bad.sort();
+    assert_eq!(good, ["okta"], "the record after them is read too");
+    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert!(
+        bad.iter()
+            .any(|(s, r)| s == "okta" && r.contains("over the")),
+        "{bad:?}"
+    );
+    assert!(
+        bad.iter()
+            .any(|(s, r)| s == "kafka" && r.contains("not JSON")),
+        "{bad:?}"
+    );
+    assert!(
+        bad.iter()
+            .any(|(s, r)| s == "kafka" && r.contains("its tenant is no tenant name")),
+        "{bad:?}"
+    );
+    stop.send(true).unwrap();
+    member.await.unwrap();
+}
