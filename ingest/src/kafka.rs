@@ -995,6 +995,12 @@ impl KafkaBusConsumer {
     }
 }
 
+/// Consecutive items of one source, tenant and origin: one submission to the pipeline.
+type BatchRun = (BatchKey, Vec<InputItem>);
+
+/// The offset to commit per (topic, partition).
+type NextOffsets = HashMap<(String, i32), i64>;
+
 /// The messages of one batch, in the order read.
 #[derive(Default)]
 struct Batch {
@@ -1039,9 +1045,9 @@ impl Batch {
 
     /// Runs of consecutive items of one batch key (submitted in order), and the offset to
     /// commit per partition once they are stored.
-    fn into_parts(self) -> (Vec<(BatchKey, Vec<InputItem>)>, HashMap<(String, i32), i64>) {
-        let mut groups: Vec<(BatchKey, Vec<InputItem>)> = Vec::new();
-        let mut next_offsets: HashMap<(String, i32), i64> = HashMap::new();
+    fn into_parts(self) -> (Vec<BatchRun>, NextOffsets) {
+        let mut groups: Vec<BatchRun> = Vec::new();
+        let mut next_offsets = NextOffsets::new();
         for m in self.read {
             let next = next_offsets.entry(m.partition).or_insert(0);
             *next = (*next).max(m.offset + 1);
