@@ -255,17 +255,16 @@ fn spawn_poster(
     (rx, poster)
 }
 
-#[test]
-fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path());
-    let ingest_token = token(&cfg, "responder");
-    let mut svc = start(&cfg);
-    let (rx, poster) = spawn_poster(svc.base.clone(), ingest_token.clone(), |ack| {
-        assert_eq!(ack["events"], 200, "{ack}");
-    });
+/// Once the poster of [`spawn_poster`] has `n` events acknowledged, `kill -9` the service; the
+/// ids of every batch it acknowledged.
+fn kill_9_after_acked(
+    svc: &mut Service,
+    rx: std::sync::mpsc::Receiver<Vec<String>>,
+    poster: std::thread::JoinHandle<()>,
+    n: usize,
+) -> Vec<String> {
     let mut acked: Vec<String> = Vec::new();
-    while acked.len() < 2000 {
+    while acked.len() < n {
         acked.extend(
             rx.recv_timeout(Duration::from_secs(60))
                 .expect("ingest stalled"),
@@ -275,6 +274,19 @@ fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
     svc.child.wait().unwrap();
     poster.join().unwrap();
     acked.extend(rx.try_iter().flatten());
+    acked
+}
+
+#[test]
+fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let ingest_token = token(&cfg, "responder");
+    let mut svc = start(&cfg);
+    let (rx, poster) = spawn_poster(svc.base.clone(), ingest_token.clone(), |ack| {
+        assert_eq!(ack["events"], 200, "{ack}");
+    });
+    let acked = kill_9_after_acked(&mut svc, rx, poster, 2000);
 
     let svc = start(&cfg);
     let stored = stored_ids(&svc.base, &ingest_token);
@@ -3573,18 +3585,8 @@ fn on_the_kafka_bus_kill_9_loses_nothing_the_broker_acknowledged() {
         assert_eq!(ack["queued"], 200, "{ack}");
         assert_eq!(ack["events"], 0, "{ack}");
     });
-    let mut acked: Vec<String> = Vec::new();
-    while acked.len() < 2000 {
-        acked.extend(
-            rx.recv_timeout(Duration::from_secs(60))
-                .expect("ingest stalled"),
-        );
-    }
     // Some of it stored and committed, some consumed and not yet stored, some not yet read.
-    svc.child.kill().unwrap(); // SIGKILL
-    svc.child.wait().unwrap();
-    poster.join().unwrap();
-    acked.extend(rx.try_iter().flatten());
+    let acked = kill_9_after_acked(&mut svc, rx, poster, 2000);
 
     let svc = start(&cfg);
     wait_stored_once(&svc.base, &ingest_token, &acked, Duration::from_secs(120));
