@@ -115,8 +115,17 @@ impl KafkaBusConfig {
     /// What a configuration check reports: settings that cannot work.
     pub fn validate(&self) -> Result<(), KafkaBusError> {
         let bad = |what: &str| Err(KafkaBusError::Config(what.to_string()));
-        if self.brokers.trim().is_empty() {
-            return bad("brokers is empty");
+        if self.brokers.split(',').all(|b| b.trim().is_empty()) {
+            return bad("brokers names no broker (`host:port[,host:port...]`)");
+        }
+        if let Some(max) = self.properties.get("message.max.bytes") {
+            // Below this even a dead letter standing in for a large record (its reason and a
+            // 512-byte excerpt, escaped) may not fit.
+            if max.parse::<usize>().map_or(true, |m| m < MIN_MESSAGE_BYTES) {
+                return bad(&format!(
+                    "message.max.bytes = {max:?}: at least {MIN_MESSAGE_BYTES} (Kafka's default is 1000000)"
+                ));
+            }
         }
         if self.topic.trim().is_empty() || self.group.trim().is_empty() {
             return bad("topic and group must not be empty");
@@ -298,6 +307,9 @@ struct InvalidLine {
 }
 
 const FORMAT: u32 = 1;
+
+/// The smallest `message.max.bytes` this bus takes (see [`KafkaBusConfig::validate`]).
+const MIN_MESSAGE_BYTES: usize = 16_384;
 
 /// librdkafka's and the broker's default `message.max.bytes`.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
@@ -538,7 +550,7 @@ pub fn probe(config: &KafkaBusConfig, timeout: Duration) -> Result<String, Kafka
 
 /// Hands the batches of the embedded bus's sources to the topic.
 pub struct KafkaBusProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietErrors>,
     topic: String,
     key: PartitionKey,
     metrics: Option<Arc<Metrics>>,
@@ -573,7 +585,7 @@ impl KafkaBusProducer {
                     ("message.timeout.ms", "60000"),
                 ],
             )
-            .create()
+            .create_with_context(QuietErrors::default())
             .map_err(kafka("creating the producer"))?;
         Ok(KafkaBusProducer {
             producer,
@@ -612,6 +624,7 @@ impl KafkaBusProducer {
                 .max_message_bytes
                 .saturating_sub(key.len() + MESSAGE_OVERHEAD);
             let mut payload = within_limit(sub, item, encode(sub, item), room);
+            let mut standing_in = false;
             loop {
                 let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
                 match self.producer.send_result(record) {
@@ -631,7 +644,8 @@ impl KafkaBusProducer {
                     Err((
                         KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
                         _,
-                    )) => {
+                    )) if !standing_in => {
+                        standing_in = true;
                         payload = oversized(
                             sub,
                             item,
@@ -1065,6 +1079,7 @@ impl Batch {
 #[derive(Default)]
 struct RevokeNotes {
     revoked: std::sync::Mutex<Vec<(String, i32)>>,
+    quiet: QuietErrors,
 }
 
 impl RevokeNotes {
@@ -1073,7 +1088,38 @@ impl RevokeNotes {
     }
 }
 
-impl rdkafka::ClientContext for RevokeNotes {}
+impl rdkafka::ClientContext for RevokeNotes {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.quiet.error(error, reason);
+    }
+}
+
+/// A client context that logs librdkafka's client-wide errors (every broker down, ...) once per
+/// 30 s per kind instead of a few times a second while they last.
+#[derive(Default)]
+pub struct QuietErrors {
+    last: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl QuietErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = format!("{:?}", error.rdkafka_error_code());
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last
+            .get(&kind)
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(30));
+        if due {
+            last.insert(kind, std::time::Instant::now());
+            tracing::error!(%error, reason, "Kafka client error (logged once per 30 s while it lasts)");
+        }
+    }
+}
+
+impl rdkafka::ClientContext for QuietErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        QuietErrors::error(self, error, reason);
+    }
+}
 
 impl rdkafka::consumer::ConsumerContext for RevokeNotes {
     fn pre_rebalance(
@@ -1346,6 +1392,45 @@ mod tests {
         for role in [Role::Producer, Role::Consumer, Role::Admin] {
             assert!(has(role, "client.id"));
         }
+    }
+
+    #[tokio::test]
+    async fn a_limit_too_small_for_a_dead_letter_refuses_the_batch_instead_of_spinning() {
+        let mut config = KafkaBusConfig::new("127.0.0.1:1");
+        config
+            .properties
+            .insert("message.max.bytes".into(), "1000".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("at least 16384"), "{err}");
+        // Past validation anyway (librdkafka refuses locally, before any broker): the dead
+        // letter standing in for the record is over the limit too. Refused with why, at once.
+        let producer = KafkaBusProducer {
+            producer: config
+                .client_config(Role::Producer, &[])
+                .create_with_context(QuietErrors::default())
+                .unwrap(),
+            topic: "records".into(),
+            key: Arc::new(|_: &str, tenant: &str, _: &InputItem| tenant_key(tenant)),
+            metrics: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            source_note: None,
+        };
+        let quotes = InputItem::Record {
+            line: 1,
+            value: sonic_rs::json!({ "q": "\"".repeat(1500) }),
+            member_lines: Vec::new(),
+        };
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            producer.produce(&submission(vec![quotes])),
+        )
+        .await
+        .expect("refused, not retried in a loop");
+        let err = outcome.unwrap_err().to_string();
+        assert!(
+            err.contains("MessageSizeTooLarge") || err.contains("too large"),
+            "{err}"
+        );
     }
 
     #[test]
