@@ -1443,6 +1443,10 @@ mod tests {
                 ..ok.clone()
             },
             KafkaBusConfig {
+                brokers: " , ".into(),
+                ..ok.clone()
+            },
+            KafkaBusConfig {
                 partitions: 0,
                 ..ok.clone()
             },
