@@ -416,7 +416,7 @@ fn decode(
                 // A tenant is a directory and a token's scope: one the API could never issue
                 // would be refused by the store at every retry, or make a tenant of its own.
                 Err("its tenant is no tenant name (1-128 characters from [A-Za-z0-9-_.@])".into())
-            } else if !is_bus_source_name(&m.source) {
+            } else if !perimeter_model::is_source_name(&m.source) {
                 Err("its source is no source name (1-64 characters from [a-z0-9_])".into())
             } else {
                 Ok(m)
@@ -464,15 +464,6 @@ fn decode(
         },
     };
     (key, item)
-}
-
-/// A source name as the normalizers take them (`okta`, `auto`, `json`, a mapping's name).
-fn is_bus_source_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Creates the topic when it is missing.

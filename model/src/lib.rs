@@ -46,6 +46,17 @@ pub fn is_valid_label(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
 }
 
+/// A plausible source name: `[a-z0-9_]{1,64}` (what logsource products map to, what the
+/// normalizers and mappings are named). The normalizers read records of any other name as dead
+/// letters; the Kafka bus refuses a message naming one.
+pub fn is_source_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// Turns one raw vendor record into an [`Event`] with a normalized ECS view. Pure: no IO, no state.
 pub trait Normalizer: Send + Sync {
     /// The source name this normalizer handles (`okta`, `github`, ...).

@@ -28,7 +28,7 @@ use std::path::Path;
 
 use perimeter_model::raw_prelude::*;
 use perimeter_model::RawJson as Value;
-use perimeter_model::{Ecs, Event, NormalizeError, Normalizer, RawRecord};
+use perimeter_model::{is_source_name, Ecs, Event, NormalizeError, Normalizer, RawRecord};
 
 pub use aws_cloudtrail::CloudTrailNormalizer;
 pub use github::GithubAuditLogNormalizer;
@@ -313,15 +313,6 @@ impl NormalizerRegistry {
         let (name, ecs) = self.normalize_ecs(source, &record.raw)?;
         Ok(Event::new(name, record, ecs))
     }
-}
-
-/// A plausible source name: `[a-z0-9_]{1,64}` (what logsource products map to).
-fn is_source_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// The keys the built-in shape tests ([`NormalizerRegistry::detect_source`]) require, found in one
