@@ -18,6 +18,7 @@
 //! must see clear values. The topic is to be protected like the SaaS APIs' credentials
 //! (TLS/SASL through [`KafkaBusConfig::properties`], ACLs, a short retention).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,29 +282,30 @@ pub fn entity_partition_key(
 }
 
 /// One input item on the wire: the batch's source, tenant and origin with it, so a detector can
-/// rebuild batches from any mix of messages.
+/// rebuild batches from any mix of messages. Borrowed when written (a record is serialized
+/// from the submission, not copied first), owned when read.
 #[derive(Serialize, Deserialize)]
-struct BusMessage {
+struct BusMessage<'a> {
     /// Format version, for readers of a later release.
     v: u32,
-    source: String,
-    tenant: String,
+    source: Cow<'a, str>,
+    tenant: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    origin: Option<String>,
+    origin: Option<Cow<'a, str>>,
     line: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    record: Option<perimeter_model::RawJson>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    member_lines: Vec<(String, Vec<u64>)>,
+    record: Option<Cow<'a, perimeter_model::RawJson>>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    member_lines: Cow<'a, [(String, Vec<u64>)]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    invalid: Option<InvalidLine>,
+    invalid: Option<InvalidLine<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct InvalidLine {
-    reason: String,
-    excerpt: String,
-    digest: String,
+struct InvalidLine<'a> {
+    reason: Cow<'a, str>,
+    excerpt: Cow<'a, str>,
+    digest: Cow<'a, str>,
 }
 
 const FORMAT: u32 = 1;
@@ -356,7 +358,7 @@ fn encode(sub: &Submission, item: &InputItem) -> Vec<u8> {
             line,
             value,
             member_lines,
-        } => (*line, Some(value.clone()), member_lines.clone(), None),
+        } => (*line, Some(Cow::Borrowed(value)), &member_lines[..], None),
         InputItem::Invalid {
             line,
             reason,
@@ -365,22 +367,22 @@ fn encode(sub: &Submission, item: &InputItem) -> Vec<u8> {
         } => (
             *line,
             None,
-            Vec::new(),
+            &[][..],
             Some(InvalidLine {
-                reason: reason.clone(),
-                excerpt: excerpt.clone(),
-                digest: digest.clone(),
+                reason: Cow::Borrowed(reason),
+                excerpt: Cow::Borrowed(excerpt),
+                digest: Cow::Borrowed(digest),
             }),
         ),
     };
     let message = BusMessage {
         v: FORMAT,
-        source: sub.source.clone(),
-        tenant: sub.tenant.clone(),
-        origin: sub.origin.clone(),
+        source: Cow::Borrowed(&sub.source),
+        tenant: Cow::Borrowed(&sub.tenant),
+        origin: sub.origin.as_deref().map(Cow::Borrowed),
         line,
         record,
-        member_lines,
+        member_lines: Cow::Borrowed(member_lines),
         invalid,
     };
     sonic_rs::to_vec(&message).expect("a bus message serializes")
@@ -440,21 +442,21 @@ fn decode(
         }
     };
     let key = BatchKey {
-        source: message.source,
-        tenant: message.tenant,
-        origin: message.origin,
+        source: message.source.into_owned(),
+        tenant: message.tenant.into_owned(),
+        origin: message.origin.map(Cow::into_owned),
     };
     let item = match (message.record, message.invalid) {
         (Some(value), _) => InputItem::Record {
             line: message.line,
-            value,
-            member_lines: message.member_lines,
+            value: value.into_owned(),
+            member_lines: message.member_lines.into_owned(),
         },
         (None, Some(bad)) => InputItem::Invalid {
             line: message.line,
-            reason: bad.reason,
-            excerpt: bad.excerpt,
-            digest: bad.digest,
+            reason: bad.reason.into_owned(),
+            excerpt: bad.excerpt.into_owned(),
+            digest: bad.digest.into_owned(),
         },
         (None, None) => InputItem::Invalid {
             line: message.line,
