@@ -132,14 +132,20 @@ fn note_unnormalized_source(command: &str, registry: &NormalizerRegistry, source
 
 /// Build the registry (+ extra mappings) and masker every command shares.
 pub fn base_parts(config: &PerimeterConfig) -> anyhow::Result<(NormalizerRegistry, SecretMasker)> {
+    let registry = normalizers(config)?;
+    let masker = SecretMasker::new(&config.mask).context("building the masker")?;
+    Ok((registry, masker))
+}
+
+/// The built-in normalizers and the config's mappings.
+pub fn normalizers(config: &PerimeterConfig) -> anyhow::Result<NormalizerRegistry> {
     let mut registry = NormalizerRegistry::builtin();
     if let Some(dir) = &config.mappings_dir {
         registry
             .load_mappings_dir(dir)
             .with_context(|| format!("loading mappings from {}", dir.display()))?;
     }
-    let masker = SecretMasker::new(&config.mask).context("building the masker")?;
-    Ok((registry, masker))
+    Ok(registry)
 }
 
 /// Load rules; rule errors are printed (file, line, field, why) and the rest still run. The

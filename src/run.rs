@@ -861,8 +861,7 @@ fn check(config: &PerimeterConfig) -> ExitCode {
     if let Some(kafka) = &config.kafka {
         report(
             "kafka bus",
-            perimeter_ingest::kafka::probe(kafka, std::time::Duration::from_secs(10))
-                .map_err(anyhow::Error::from),
+            perimeter_ingest::kafka::probe(kafka).map_err(anyhow::Error::from),
         );
     }
     if failed > 0 {
@@ -906,7 +905,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let (registry, masker) = base_parts(config)?;
     // The Kafka producer keys records by entity with normalizers of its own.
     let registry_for_keys = match config.kafka {
-        Some(_) => Some(base_parts(config)?.0),
+        Some(_) => Some(crate::detect_cmd::normalizers(config)?),
         None => None,
     };
     for (setting, source) in unknown_store_sources(config, &registry) {
@@ -1225,13 +1224,10 @@ async fn start_kafka_bus(
     };
     // Settings that cannot work, and brokers that do not answer, in `run --check`'s words and
     // at once (creating the topic would only time out after a minute).
-    kafka.validate()?;
     let probe = kafka.clone();
-    tokio::task::spawn_blocking(move || {
-        perimeter_ingest::kafka::probe(&probe, std::time::Duration::from_secs(10))
-    })
-    .await
-    .context("asking the Kafka brokers")??;
+    tokio::task::spawn_blocking(move || perimeter_ingest::kafka::probe(&probe))
+        .await
+        .context("asking the Kafka brokers")??;
     ensure_topic(kafka)
         .await
         .with_context(|| format!("the Kafka topic {} on {}", kafka.topic, kafka.brokers))?;

@@ -119,15 +119,7 @@ impl KafkaBusConfig {
         if self.brokers.split(',').all(|b| b.trim().is_empty()) {
             return bad("brokers names no broker (`host:port[,host:port...]`)");
         }
-        if let Some(max) = self.properties.get("message.max.bytes") {
-            // Below this even a dead letter standing in for a large record (its reason and a
-            // 512-byte excerpt, escaped) may not fit.
-            if max.parse::<usize>().map_or(true, |m| m < MIN_MESSAGE_BYTES) {
-                return bad(&format!(
-                    "message.max.bytes = {max:?}: at least {MIN_MESSAGE_BYTES} (Kafka's default is 1000000)"
-                ));
-            }
-        }
+        self.max_message_bytes()?;
         if self.topic.trim().is_empty() || self.group.trim().is_empty() {
             return bad("topic and group must not be empty");
         }
@@ -138,6 +130,23 @@ impl KafkaBusConfig {
             return bad("batch_records must be at least 1");
         }
         Ok(())
+    }
+
+    /// `message.max.bytes` of `properties`, else Kafka's default. Below [`MIN_MESSAGE_BYTES`]
+    /// even a dead letter standing in for a large record (its reason and excerpt, escaped) may
+    /// not fit: refused.
+    fn max_message_bytes(&self) -> Result<usize, KafkaBusError> {
+        let Some(max) = self.properties.get("message.max.bytes") else {
+            return Ok(DEFAULT_MAX_MESSAGE_BYTES);
+        };
+        max.parse::<usize>()
+            .ok()
+            .filter(|m| *m >= MIN_MESSAGE_BYTES)
+            .ok_or_else(|| {
+                KafkaBusError::Config(format!(
+                    "message.max.bytes = {max:?}: at least {MIN_MESSAGE_BYTES} (Kafka's default is 1000000)"
+                ))
+            })
     }
 
     /// A client's configuration: `defaults`, then the `properties` that apply to `role` (a
@@ -310,6 +319,9 @@ struct InvalidLine<'a> {
 
 const FORMAT: u32 = 1;
 
+/// The excerpt a dead letter of the bus keeps of what it stands for.
+const EXCERPT_BYTES: usize = 512;
+
 /// The smallest `message.max.bytes` this bus takes (see [`KafkaBusConfig::validate`]).
 const MIN_MESSAGE_BYTES: usize = 16_384;
 
@@ -342,7 +354,7 @@ fn oversized(sub: &Submission, item: &InputItem, size: usize, limit: &str) -> Ve
     let bad = InputItem::Invalid {
         line,
         reason: format!("record of {size} bytes is over {limit}"),
-        excerpt: crate::jsonl::excerpt(&text, 512),
+        excerpt: crate::jsonl::excerpt(&text, EXCERPT_BYTES),
         digest: input_digest(&text),
     };
     encode(sub, &bad)
@@ -435,7 +447,7 @@ fn decode(
             let item = InputItem::Invalid {
                 line: 0,
                 reason: format!("not a Perimeter bus message: {why}"),
-                excerpt: crate::jsonl::excerpt(bytes, 512),
+                excerpt: crate::jsonl::excerpt(bytes, EXCERPT_BYTES),
                 digest: input_digest(bytes),
             };
             return (key, item);
@@ -461,7 +473,7 @@ fn decode(
         (None, None) => InputItem::Invalid {
             line: message.line,
             reason: "bus message without a record".into(),
-            excerpt: crate::jsonl::excerpt(bytes, 512),
+            excerpt: crate::jsonl::excerpt(bytes, EXCERPT_BYTES),
             digest: input_digest(bytes),
         },
     };
@@ -498,9 +510,13 @@ pub async fn ensure_topic(config: &KafkaBusConfig) -> Result<(), KafkaBusError> 
     Ok(())
 }
 
-/// What `run --check` says of the bus: whether the brokers answer within `timeout`, and the
-/// topic's partitions (or that it is created at the start). Opens no group membership.
-pub fn probe(config: &KafkaBusConfig, timeout: Duration) -> Result<String, KafkaBusError> {
+/// How long [`probe`] waits for a broker to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `run --check` says of the bus: whether the brokers answer within 10 s, and the topic's
+/// partitions (or that it is created at the start). Opens no group membership.
+pub fn probe(config: &KafkaBusConfig) -> Result<String, KafkaBusError> {
+    let timeout = PROBE_TIMEOUT;
     config.validate()?;
     let client: rdkafka::consumer::BaseConsumer = config
         .client_config(Role::Admin, &[])
@@ -586,11 +602,7 @@ impl KafkaBusProducer {
             key,
             metrics: None,
             source_note: None,
-            max_message_bytes: config
-                .properties
-                .get("message.max.bytes")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            max_message_bytes: config.max_message_bytes()?,
         })
     }
 
@@ -813,7 +825,7 @@ impl KafkaBusConsumer {
     ) -> Result<ConsumedTotals, KafkaBusError> {
         let mut totals = ConsumedTotals::default();
         loop {
-            let Some(batch) = self.next_batch(&mut stop).await? else {
+            let Some(batch) = self.next_batch(&mut stop).await else {
                 return Ok(totals);
             };
             let messages = batch.len() as u64;
@@ -850,16 +862,13 @@ impl KafkaBusConsumer {
 
     /// The next batch: the first message as it comes, then more until the batch is full or the
     /// linger is over. `None` when stopped while waiting for the first.
-    async fn next_batch(
-        &self,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Batch>, KafkaBusError> {
+    async fn next_batch(&self, stop: &mut watch::Receiver<bool>) -> Option<Batch> {
         let mut batch = Batch::default();
         // Partitions taken away before this batch was read are not in it.
         self.revoked();
         while batch.len() == 0 {
             if *stop.borrow() {
-                return Ok(None);
+                return None;
             }
             tokio::select! {
                 received = self.consumer.recv() => self.take(&mut batch, received).await,
@@ -887,7 +896,7 @@ impl KafkaBusConsumer {
                 "a rebalance took partitions away while a batch was read: their records are left to the new owner"
             );
         }
-        Ok(Some(batch))
+        Some(batch)
     }
 
     /// Add a received message to `batch`. A read error (a broker gone, a rebalance under way)
