@@ -25,6 +25,8 @@ pub(super) struct Memory {
     owner: u64,
     clean: HashSet<Box<str>, Build>,
     sensitive_keys: HashMap<Box<str>, bool, Build>,
+    /// What the walk asks about an object key ([`super::KeyFacts`]), as its bits.
+    key_facts: HashMap<Box<str>, u8, Build>,
 }
 
 impl Memory {
@@ -40,11 +42,12 @@ impl Memory {
     fn clear(&mut self) {
         self.clean.clear();
         self.sensitive_keys.clear();
+        self.key_facts.clear();
     }
 
     /// Room for one more entry: the memory is emptied when full.
     fn make_room(&mut self) {
-        if self.clean.len() + self.sensitive_keys.len() >= MAX_ENTRIES {
+        if self.clean.len() + self.sensitive_keys.len() + self.key_facts.len() >= MAX_ENTRIES {
             self.clear();
         }
     }
@@ -75,6 +78,22 @@ impl Memory {
         self.sensitive_keys.insert(key.into(), sensitive);
         sensitive
     }
+
+    /// The facts about object key `key` ([`super::KeyFacts`]' bits), computed by `decide` once
+    /// per key: records of a source repeat their keys, so one lookup replaces the several
+    /// byte-level checks of each.
+    pub(super) fn key_facts(&mut self, key: &str, decide: impl FnOnce() -> u8) -> u8 {
+        if key.len() > MAX_TEXT_LEN {
+            return decide();
+        }
+        if let Some(known) = self.key_facts.get(key) {
+            return *known;
+        }
+        let facts = decide();
+        self.make_room();
+        self.key_facts.insert(key.into(), facts);
+        facts
+    }
 }
 
 thread_local! {
@@ -84,6 +103,7 @@ thread_local! {
         owner: 0,
         clean: HashSet::default(),
         sensitive_keys: HashMap::default(),
+        key_facts: HashMap::default(),
     });
 }
 
@@ -137,5 +157,24 @@ mod tests {
             }));
         }
         assert_eq!(calls, 1);
+        let mut facts_calls = 0;
+        for _ in 0..3 {
+            let facts = with_memory(5, |m| {
+                m.map(|m| {
+                    m.key_facts("userId", || {
+                        facts_calls += 1;
+                        8
+                    })
+                })
+            });
+            assert_eq!(facts, Some(8));
+        }
+        assert_eq!(facts_calls, 1, "a key's facts are decided once");
+        // Key facts share the bound with the other entries.
+        for i in 0..MAX_ENTRIES {
+            remember_clean(5, &format!("value {i}"));
+        }
+        let decided_again = with_memory(5, |m| m.map(|m| m.key_facts("userId", || 9)));
+        assert_eq!(decided_again, Some(9), "emptied when full");
     }
 }

@@ -135,6 +135,45 @@ fn refuse_guessable_hashes(
     }
 }
 
+/// What the masking walk asks about an object key, all pure functions of its text under one
+/// masker: decided together and remembered per key (see [`cache`]), since a source's records
+/// repeat their keys.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyFacts(u8);
+
+impl KeyFacts {
+    const NEEDS_SCAN: u8 = 1;
+    const SENSITIVE: u8 = 2;
+    const PAIR_VALUE: u8 = 4;
+    const ID: u8 = 8;
+    const MASKED: u8 = 16;
+
+    /// The key is scanned for value patterns ([`key_needs_scan`]).
+    fn needs_scan(self) -> bool {
+        self.0 & Self::NEEDS_SCAN != 0
+    }
+
+    /// The key names a secret ([`SecretMasker::key_is_sensitive`]).
+    fn sensitive(self) -> bool {
+        self.0 & Self::SENSITIVE != 0
+    }
+
+    /// The value side of a name/value pair ([`is_pair_value_key`]).
+    fn pair_value(self) -> bool {
+        self.0 & Self::PAIR_VALUE != 0
+    }
+
+    /// The key names an identifier ([`is_id_key`]).
+    fn id(self) -> bool {
+        self.0 & Self::ID != 0
+    }
+
+    /// The key is masking's output ([`is_masked`]).
+    fn masked(self) -> bool {
+        self.0 & Self::MASKED != 0
+    }
+}
+
 /// Raw JSON paths of the field rules, one segment per node. Arrays are transparent.
 #[derive(Debug, Clone, Default)]
 struct TrieNode {
@@ -784,6 +823,27 @@ impl SecretMasker {
             Some(mem) => mem.key_is_sensitive(key, decide),
             None => decide(),
         }
+    }
+
+    /// The [`KeyFacts`] of object key `key` (remembered per thread, see [`cache`]).
+    fn key_facts(&self, mem: Option<&mut Memory>, key: &str) -> KeyFacts {
+        let decide = || {
+            let facts = [
+                (key_needs_scan(key), KeyFacts::NEEDS_SCAN),
+                (self.key_is_sensitive(None, key), KeyFacts::SENSITIVE),
+                (is_pair_value_key(key), KeyFacts::PAIR_VALUE),
+                (is_id_key(key), KeyFacts::ID),
+                (is_masked(key), KeyFacts::MASKED),
+            ];
+            facts
+                .into_iter()
+                .filter(|(holds, _)| *holds)
+                .fold(0, |bits, (_, bit)| bits | bit)
+        };
+        KeyFacts(match mem {
+            Some(mem) => mem.key_facts(key, decide),
+            None => decide(),
+        })
     }
 
     fn replacement(&self, action: Action, label: &str, secret: &str) -> String {

@@ -21,9 +21,8 @@ use super::patterns::{
 };
 
 use super::{
-    card_number_text, forced_action, is_id_key, is_pair_name_key, is_pair_value_key,
-    is_token_count, is_working_directory, key_needs_scan, Action, FieldAction, MaskCounts,
-    PatternKind, SecretMasker,
+    card_number_text, forced_action, is_pair_name_key, is_token_count, is_working_directory,
+    Action, FieldAction, KeyFacts, MaskCounts, PatternKind, SecretMasker,
 };
 
 pub(super) struct MaskWalk<'a> {
@@ -225,11 +224,17 @@ impl<'a> MaskWalk<'a> {
                 self.array(items, |w, item| {
                     let i = index;
                     index += 1;
+                    // The item's type is read once: each read is a dispatch on the DOM node.
+                    let view = item.as_ref();
+                    let text = match view {
+                        ValueRef::String(s) => Some(s),
+                        _ => None,
+                    };
                     let names_secret = std::mem::take(&mut named_secret)
                         && !(std::mem::take(&mut named_seed)
-                            && item.as_str().is_some_and(is_decimal_integer));
+                            && text.is_some_and(is_decimal_integer));
                     if in_private_key {
-                        if let Some(line) = item.as_str() {
+                        if let Some(line) = text {
                             in_private_key = !ends_private_key(line);
                             w.pem_line(line);
                             return;
@@ -237,7 +242,7 @@ impl<'a> MaskWalk<'a> {
                         in_private_key = false;
                     }
                     if let Some(column) = yaml_block_column {
-                        if let Some(line) = item.as_str() {
+                        if let Some(line) = text {
                             let content = line.trim_start_matches([' ', '\t']);
                             if content.trim().is_empty() {
                                 w.json_str(line);
@@ -252,7 +257,7 @@ impl<'a> MaskWalk<'a> {
                         yaml_block_column = None;
                     }
                     if putty_private_lines > 0 {
-                        if let Some(line) = item.as_str() {
+                        if let Some(line) = text {
                             putty_private_lines -= 1;
                             w.pem_line(line);
                             return;
@@ -260,20 +265,20 @@ impl<'a> MaskWalk<'a> {
                         putty_private_lines = 0;
                     }
                     if std::mem::take(&mut after_key_id) && aws_enabled {
-                        if let Some(secret) = item.as_str().filter(|s| is_aws_secret_shape(s)) {
+                        if let Some(secret) = text.filter(|s| is_aws_secret_shape(s)) {
                             w.replace_leaf(PatternKind::AwsSecretAccessKey, "", secret);
                             return;
                         }
                     }
                     if (names_secret || (header_secret && i == 1) || seed_words.contains(&i))
-                        && item.is_str()
+                        && text.is_some()
                     {
                         let m = w.masker;
                         w.force_leaves(item, m.key_action, "key");
                         return;
                     }
                     if let Some(&(_, at)) = argv_secrets.iter().find(|(j, _)| *j == i) {
-                        if let Some(arg) = item.as_str() {
+                        if let Some(arg) = text {
                             w.replace_leaf(PatternKind::CliCredentials, &arg[..at], &arg[at..]);
                             return;
                         }
@@ -281,15 +286,12 @@ impl<'a> MaskWalk<'a> {
                     // `["mysql", "-uroot", "-pS3cret"]`: the password glued to mysql's `-p`,
                     // which the text pattern masks in `mysql -uroot -pS3cret`.
                     if glued_enabled {
-                        if let Some(secret) =
-                            item.as_str().and_then(|s| glued_password(items, i, s))
-                        {
+                        if let Some(secret) = text.and_then(|s| glued_password(items, i, s)) {
                             w.replace_leaf(PatternKind::CliCredentials, "-p", secret);
                             return;
                         }
                     }
-                    w.value(item, node, extra);
-                    let text = item.as_str();
+                    w.value_of(item, view, node, extra);
                     in_private_key = pem_enabled && text.is_some_and(opens_private_key);
                     after_key_id = text.is_some_and(is_aws_key_id);
                     yaml_block_column = if yaml_enabled {
@@ -323,17 +325,22 @@ impl<'a> MaskWalk<'a> {
                 // when such a value comes up, then kept.
                 let aws_enabled = enabled & bit(PatternKind::AwsSecretAccessKey) != 0;
                 let mut holds_key_id: Option<bool> = None;
-                self.object(map, enabled, |w, key, child| {
+                self.object(map, enabled, |w, key, facts, child| {
                     let view = child.as_ref();
                     if matches!(view, ValueRef::Null | ValueRef::Bool(_)) {
                         w.leaf(child);
                         return;
                     }
+                    let (text, is_number) = match view {
+                        ValueRef::String(s) => (Some(s), false),
+                        ValueRef::Number(_) => (None, true),
+                        _ => (None, false),
+                    };
                     let m = w.masker;
                     let child_node = node.and_then(|n| m.child_node(n, key));
                     let rule = child_node.and_then(|n| m.trie[n].rule).unwrap_or_default();
                     // A key masked just above held a secret value, it is no name for one.
-                    let may_name_secret = rule.action != FieldAction::Keep && !is_masked(key);
+                    let may_name_secret = rule.action != FieldAction::Keep && !facts.masked();
                     if let Some(action) = forced_action(rule.action) {
                         w.force_leaves(child, action, "field");
                     } else if may_name_secret
@@ -345,32 +352,32 @@ impl<'a> MaskWalk<'a> {
                         let extra = extra | rule.extra;
                         w.force_key_value(child, view, of, child_node, extra);
                     } else if may_name_secret
-                        && m.key_is_sensitive(w.mem.as_deref_mut(), key)
-                        && !is_working_directory(key, child.as_str())
-                        && !(child.is_number() && is_token_count(key))
+                        && facts.sensitive()
+                        && !is_working_directory(key, text)
+                        && !(is_number && is_token_count(key))
                         // `{"password_reminder": 14}`: days before expiry, a setting.
-                        && !(child.is_number() && names_a_reminder(key))
+                        && !(is_number && names_a_reminder(key))
                     {
                         let extra = extra | rule.extra;
                         w.force_key_value(child, view, key, child_node, extra);
                     } else if may_name_secret
-                        && is_pair_value_key(key)
+                        && facts.pair_value()
                         // `{"field": "Token", "from": "enabled", "to": "disabled"}`
-                        && !child.as_str().is_some_and(is_status_word)
+                        && !text.is_some_and(is_status_word)
                         && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled))
                     {
                         w.force_leaves(child, m.key_action, "key");
                     } else if aws_enabled
                         && rule.action != FieldAction::Keep
-                        && child.as_str().is_some_and(is_aws_secret_shape)
+                        && text.is_some_and(is_aws_secret_shape)
                         && *holds_key_id.get_or_insert_with(|| {
                             map.iter()
                                 .any(|(_, v)| v.as_str().is_some_and(is_aws_key_id))
                         })
                     {
-                        let secret = child.as_str().unwrap_or_default();
+                        let secret = text.unwrap_or_default();
                         w.replace_leaf(PatternKind::AwsSecretAccessKey, "", secret);
-                    } else if is_id_key(key)
+                    } else if facts.id()
                         && rule.extra & bit(PatternKind::CreditCard) == 0
                         && matches!(view, ValueRef::String(_) | ValueRef::Number(_))
                     {
@@ -485,12 +492,13 @@ impl<'a> MaskWalk<'a> {
     }
 
     /// An object: each key written (masked when it carries a secret, see [`Self::object_key`]),
-    /// then its value through `each`, which gets the key the value is filed under.
+    /// then its value through `each`, which gets the key the value is filed under and its
+    /// [`KeyFacts`].
     fn object(
         &mut self,
         map: &sonic_rs::Object,
         enabled: KindSet,
-        mut each: impl FnMut(&mut Self, &str, &RawJson),
+        mut each: impl FnMut(&mut Self, &str, KeyFacts, &RawJson),
     ) {
         self.raw(b"{");
         let mut renamed = Vec::new();
@@ -501,9 +509,15 @@ impl<'a> MaskWalk<'a> {
             if i > 0 {
                 self.raw(b",");
             }
-            let key = self.object_key(map, &mut renamed, key, enabled);
+            let facts = self.masker.key_facts(self.mem.as_deref_mut(), key);
+            let key = self.object_key(map, &mut renamed, key, facts, enabled);
+            // A key masked for a secret in it is judged as written.
+            let facts = match &key {
+                Cow::Owned(masked) => self.masker.key_facts(self.mem.as_deref_mut(), masked),
+                Cow::Borrowed(_) => facts,
+            };
             self.raw(b":");
-            each(self, &key, child);
+            each(self, &key, facts, child);
         }
         self.raw(b"}");
     }
@@ -537,10 +551,11 @@ impl<'a> MaskWalk<'a> {
         map: &sonic_rs::Object,
         renamed: &mut Vec<String>,
         key: &'k str,
+        facts: KeyFacts,
         enabled: KindSet,
     ) -> Cow<'k, str> {
         let site = self.site;
-        let masked = if key_needs_scan(key) {
+        let masked = if facts.needs_scan() {
             self.site += 1;
             if site < self.known_clean {
                 Cow::Borrowed(key)
@@ -619,7 +634,7 @@ impl<'a> MaskWalk<'a> {
             }
             ValueRef::Object(map) => {
                 let enabled = self.masker.enabled;
-                self.object(map, enabled, |w, _, child| {
+                self.object(map, enabled, |w, _, _, child| {
                     w.force_leaves(child, action, label)
                 });
             }
