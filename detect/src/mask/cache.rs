@@ -5,13 +5,25 @@
 //! and two thirds of string values (by bytes) are repeats. Scanning each again costs the pattern
 //! prefilter per string, which dominated masking; a hash lookup replaces it.
 //!
-//! Only outcomes that hold for the exact text are kept: a text found clean under a masker's
-//! configuration (the default kinds, not a field rule's extras) and whether a key name is
-//! sensitive. Lookups compare whole texts, so a hit is never a near miss. Entries belong to one
-//! masker instance (its configuration); the memory is bounded and simply emptied when full.
+//! What is kept is the outcome of masking a text under one set of kinds (the masker's
+//! defaults, or those of an id key, which looks for no card numbers):
+//! - **clean**: the text itself is kept and compared on lookup, so a clean hit is never a near
+//!   miss (a secret is never let through for looking like a clean text);
+//! - **masked**: its masked form and what masking it counted (an AWS access key id in every
+//!   CloudTrail record, a user's email when emails are masked: the regex and the HMAC ran once).
+//!   The clear text is not kept: the entry is found by a 128-bit keyed hash of it. Two texts
+//!   sharing that hash (about 2^-128 a pair) would give the second the first's masked form: a
+//!   wrong value, never a clear secret, as the output is a masked text.
+//!
+//! and, per key name, whether it is sensitive and the walk's other facts about it. Entries belong
+//! to one masker instance (its configuration); the memory is bounded and simply emptied when
+//! full.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use super::patterns::KindSet;
 
 /// Entries kept per thread before the memory is emptied.
 const MAX_ENTRIES: usize = 16_384;
@@ -20,10 +32,56 @@ const MAX_TEXT_LEN: usize = 256;
 
 type Build = foldhash::fast::RandomState;
 
+/// Hashes a [`TextKey`], already a keyed hash, to its low 64 bits.
+#[derive(Default)]
+struct TextKeyHasher(u64);
+
+impl Hasher for TextKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u128` keys are hashed here; fold anything else in all the same.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u128(&mut self, key: u128) {
+        self.0 = key as u64;
+    }
+}
+
+/// A text and the kinds it was masked under, as a 128-bit keyed hash.
+type TextKey = u128;
+
+/// What masking made of a text under one set of kinds.
+enum Outcome {
+    /// Nothing to mask. The text, compared on lookup.
+    Clean(Box<str>),
+    /// Its masked form and what masking it counted (see [`super::MaskCounts::counted`]).
+    Masked {
+        masked: Box<str>,
+        counted: Box<[(u8, u32)]>,
+    },
+}
+
+/// What [`Memory::recall`] found.
+pub(super) enum Recalled<'m> {
+    Clean,
+    Masked {
+        masked: &'m str,
+        counted: &'m [(u8, u32)],
+    },
+}
+
 /// One thread's memory, borrowed for a whole record by [`with_memory`].
 pub(super) struct Memory {
     owner: u64,
-    clean: HashSet<Box<str>, Build>,
+    /// Two independently seeded hashers: the halves of a [`TextKey`].
+    seeds: (Build, Build),
+    texts: HashMap<TextKey, Outcome, BuildHasherDefault<TextKeyHasher>>,
     sensitive_keys: HashMap<Box<str>, bool, Build>,
     /// What the walk asks about an object key ([`super::KeyFacts`]), as its bits.
     key_facts: HashMap<Box<str>, u8, Build>,
@@ -40,28 +98,57 @@ impl Memory {
     }
 
     fn clear(&mut self) {
-        self.clean.clear();
+        self.texts.clear();
         self.sensitive_keys.clear();
         self.key_facts.clear();
     }
 
     /// Room for one more entry: the memory is emptied when full.
     fn make_room(&mut self) {
-        if self.clean.len() + self.sensitive_keys.len() + self.key_facts.len() >= MAX_ENTRIES {
+        if self.texts.len() + self.sensitive_keys.len() + self.key_facts.len() >= MAX_ENTRIES {
             self.clear();
         }
     }
 
-    /// Whether `text` was found clean before (under the masker's default kinds).
-    pub(super) fn is_clean(&self, text: &str) -> bool {
-        text.len() <= MAX_TEXT_LEN && self.clean.contains(text)
+    fn text_key(&self, enabled: KindSet, text: &str) -> TextKey {
+        let low = self.seeds.0.hash_one((enabled, text));
+        let high = self.seeds.1.hash_one((enabled, text));
+        (u128::from(high) << 64) | u128::from(low)
     }
 
-    /// Remember that `text` is clean under the masker's default kinds.
-    pub(super) fn remember_clean(&mut self, text: &str) {
+    /// What masking `text` under `enabled` gave before, if it is remembered.
+    pub(super) fn recall(&self, enabled: KindSet, text: &str) -> Option<Recalled<'_>> {
+        if text.len() > MAX_TEXT_LEN {
+            return None;
+        }
+        match self.texts.get(&self.text_key(enabled, text))? {
+            Outcome::Clean(clean) => (**clean == *text).then_some(Recalled::Clean),
+            Outcome::Masked { masked, counted } => Some(Recalled::Masked { masked, counted }),
+        }
+    }
+
+    /// Remember that `text` is clean under `enabled`.
+    pub(super) fn remember_clean(&mut self, enabled: KindSet, text: &str) {
         if text.len() <= MAX_TEXT_LEN {
             self.make_room();
-            self.clean.insert(text.into());
+            let key = self.text_key(enabled, text);
+            self.texts.insert(key, Outcome::Clean(text.into()));
+        }
+    }
+
+    /// Remember that masking `text` under `enabled` gives `masked`, counting `counted`.
+    pub(super) fn remember_masked(
+        &mut self,
+        enabled: KindSet,
+        text: &str,
+        masked: &str,
+        counted: Box<[(u8, u32)]>,
+    ) {
+        if text.len() <= MAX_TEXT_LEN {
+            self.make_room();
+            let key = self.text_key(enabled, text);
+            let masked = masked.into();
+            self.texts.insert(key, Outcome::Masked { masked, counted });
         }
     }
 
@@ -101,7 +188,8 @@ thread_local! {
     // turn each lookup into a long probe.
     static MEMORY: RefCell<Memory> = RefCell::new(Memory {
         owner: 0,
-        clean: HashSet::default(),
+        seeds: (Build::default(), Build::default()),
+        texts: HashMap::default(),
         sensitive_keys: HashMap::default(),
         key_facts: HashMap::default(),
     });
@@ -121,12 +209,17 @@ pub(super) fn with_memory<R>(owner: u64, f: impl FnOnce(Option<&mut Memory>) -> 
 mod tests {
     use super::*;
 
+    /// The kinds the tests remember texts under.
+    const KINDS: KindSet = 0b1011;
+
     fn is_known_clean(owner: u64, text: &str) -> bool {
-        with_memory(owner, |m| m.is_some_and(|m| m.is_clean(text)))
+        with_memory(owner, |m| {
+            m.is_some_and(|m| matches!(m.recall(KINDS, text), Some(Recalled::Clean)))
+        })
     }
 
     fn remember_clean(owner: u64, text: &str) {
-        with_memory(owner, |m| m.map(|m| m.remember_clean(text)));
+        with_memory(owner, |m| m.map(|m| m.remember_clean(KINDS, text)));
     }
 
     fn key_is_sensitive(owner: u64, key: &str, decide: impl FnOnce() -> bool) -> bool {

@@ -47,7 +47,7 @@ pub use config::{
 };
 
 use crate::DetectError;
-use cache::Memory;
+use cache::{Memory, Recalled};
 use keys::KeyMatcher;
 use patterns::{bit, is_masked, Found, KindSet, Patterns};
 
@@ -83,6 +83,36 @@ impl MaskCounts {
         MaskStats {
             by_key: self.by_key,
             by_pattern: self.by_kind.iter().sum(),
+        }
+    }
+
+    /// Index of `by_key` in [`Self::counted`].
+    const BY_KEY: u8 = u8::MAX;
+
+    /// The non-zero counts, compactly (kind index, or [`Self::BY_KEY`]; count): what masking a
+    /// text counted, kept with its masked form in the memory ([`cache`]).
+    fn counted(&self) -> Box<[(u8, u32)]> {
+        let by_key = (self.by_key > 0).then_some((Self::BY_KEY, self.by_key));
+        let by_kind = self
+            .by_kind
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (i as u8, *n));
+        by_key
+            .into_iter()
+            .chain(by_kind)
+            .map(|(i, n)| (i, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect()
+    }
+
+    /// Add counts given as [`Self::counted`] gives them.
+    fn add_counted(&mut self, counted: &[(u8, u32)]) {
+        for &(i, n) in counted {
+            match i {
+                Self::BY_KEY => self.by_key += u64::from(n),
+                _ => self.by_kind[usize::from(i)] += u64::from(n),
+            }
         }
     }
 
@@ -562,8 +592,9 @@ impl SecretMasker {
         })
     }
 
-    /// [`Self::mask_str`] with this thread's memory (see [`cache`]) already borrowed: texts found
-    /// clean before under the default kinds are not scanned again.
+    /// [`Self::mask_str`] with this thread's memory (see [`cache`]) already borrowed: a text
+    /// masked before under the same kinds is not scanned again; its outcome (clean, or its masked
+    /// form and counts) is taken from the memory.
     fn mask_str_in<'a>(
         &self,
         mem: Option<&mut Memory>,
@@ -571,17 +602,27 @@ impl SecretMasker {
         enabled: KindSet,
         counts: &mut MaskCounts,
     ) -> Cow<'a, str> {
-        let Some(mem) = mem.filter(|_| enabled == self.enabled) else {
+        let Some(mem) = mem else {
             return self.scan_str(text, enabled, counts).0;
         };
-        if mem.is_clean(text) {
-            return Cow::Borrowed(text);
+        match mem.recall(enabled, text) {
+            Some(Recalled::Clean) => return Cow::Borrowed(text),
+            Some(Recalled::Masked { masked, counted }) => {
+                counts.add_counted(counted);
+                return Cow::Owned(masked.to_string());
+            }
+            None => {}
         }
-        let (masked, scanned) = self.scan_str(text, enabled, counts);
-        // Only texts the automaton had to read are worth remembering: the others (short,
-        // id-shaped: mostly unique ids and times) were cheap and would only churn the memory.
-        if matches!(masked, Cow::Borrowed(_)) && scanned {
-            mem.remember_clean(text);
+        let mut found = MaskCounts::default();
+        let (masked, scanned) = self.scan_str(text, enabled, &mut found);
+        counts.add(&found);
+        match &masked {
+            // Only clean texts the automaton had to read are worth remembering: the others
+            // (short, id-shaped: mostly unique ids and times) were cheap and would only churn
+            // the memory.
+            Cow::Borrowed(_) if scanned => mem.remember_clean(enabled, text),
+            Cow::Borrowed(_) => {}
+            Cow::Owned(m) => mem.remember_masked(enabled, text, m, found.counted()),
         }
         masked
     }

@@ -36,6 +36,50 @@ const GHP: &str = "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789";
 const JWT: &str =
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 
+/// The per-thread memory keeps each text's outcome under the kinds it was masked with: a
+/// repeated secret is masked and counted each time; a card number under an id key (no card
+/// kind) and the same digits under another key (card kind) keep their own outcomes, in either
+/// order.
+#[test]
+fn remembered_outcomes_are_per_kind_set_and_counted_each_time() {
+    let masker = SecretMasker::default();
+    let mut total = MaskCounts::default();
+    let mut outputs = Vec::new();
+    for _ in 0..3 {
+        let mut e = event(
+            json!({"accessKeyId": "AKIAIOSFODNN7EXAMPLE", "note": GHP}),
+            Ecs::default(),
+        );
+        masker.mask_counted(&mut e, &mut total);
+        outputs.push(perimeter_model::raw_to_serde(&e.raw));
+    }
+    assert_eq!(total.by_kind(PatternKind::AwsAccessKeyId), 3, "{outputs:?}");
+    assert_eq!(total.by_kind(PatternKind::GithubToken), 3, "{outputs:?}");
+    assert!(outputs.windows(2).all(|w| w[0] == w[1]), "{outputs:?}");
+    let text = outputs[0].to_string();
+    assert!(
+        !text.contains("AKIAIOSFODNN7EXAMPLE") && !text.contains(GHP),
+        "{text}"
+    );
+
+    // Text with spaces: the anchor automaton reads it, so its outcome is remembered.
+    const PAID: &str = "paid with 4111111111111111 today";
+    for order in [["orderId", "note"], ["note", "orderId"]] {
+        // A fresh masker each time: its memory starts empty.
+        let masker = SecretMasker::default();
+        for key in order {
+            let mut e = event(json!({ key: PAID }), Ecs::default());
+            masker.mask(&mut e);
+            let value = perimeter_model::raw_to_serde(&e.raw)[key].clone();
+            if key == "orderId" {
+                assert_eq!(value, json!(PAID), "an id keeps its digits");
+            } else {
+                assert_ne!(value, json!(PAID), "a card number is masked");
+            }
+        }
+    }
+}
+
 #[test]
 fn sensitive_keys_mask_strings_numbers_and_every_leaf() {
     let m = masker();
