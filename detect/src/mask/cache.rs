@@ -67,6 +67,12 @@ enum Outcome {
     },
 }
 
+/// Where a text's outcome is kept: its [`TextKey`], or `None` for a text too long to keep.
+pub(super) struct Slot(Option<TextKey>);
+
+/// Tags of cheap clean texts seen once ([`Memory::remember_clean_if_seen`]), a power of two.
+const SEEN_ONCE_SLOTS: usize = 4096;
+
 /// What [`Memory::recall`] found.
 pub(super) enum Recalled<'m> {
     Clean,
@@ -81,6 +87,8 @@ pub(super) struct Memory {
     owner: u64,
     /// Two independently seeded hashers: the halves of a [`TextKey`].
     seeds: (Build, Build),
+    /// See [`Memory::remember_clean_if_seen`].
+    seen_once: Box<[u64]>,
     texts: HashMap<TextKey, Outcome, BuildHasherDefault<TextKeyHasher>>,
     sensitive_keys: HashMap<Box<str>, bool, Build>,
     /// What the walk asks about an object key ([`super::KeyFacts`]), as its bits.
@@ -110,43 +118,53 @@ impl Memory {
         }
     }
 
-    fn text_key(&self, enabled: KindSet, text: &str) -> TextKey {
-        let low = self.seeds.0.hash_one((enabled, text));
-        let high = self.seeds.1.hash_one((enabled, text));
-        (u128::from(high) << 64) | u128::from(low)
+    /// Where `text` masked under `enabled` is kept (hashed once for the lookup and the entry).
+    pub(super) fn slot(&self, enabled: KindSet, text: &str) -> Slot {
+        Slot((text.len() <= MAX_TEXT_LEN).then(|| {
+            let low = self.seeds.0.hash_one((enabled, text));
+            let high = self.seeds.1.hash_one((enabled, text));
+            (u128::from(high) << 64) | u128::from(low)
+        }))
     }
 
-    /// What masking `text` under `enabled` gave before, if it is remembered.
-    pub(super) fn recall(&self, enabled: KindSet, text: &str) -> Option<Recalled<'_>> {
-        if text.len() > MAX_TEXT_LEN {
-            return None;
-        }
-        match self.texts.get(&self.text_key(enabled, text))? {
+    /// What masking `text` gave before in `slot`, if it is remembered.
+    pub(super) fn recall(&self, slot: &Slot, text: &str) -> Option<Recalled<'_>> {
+        match self.texts.get(&slot.0?)? {
             Outcome::Clean(clean) => (**clean == *text).then_some(Recalled::Clean),
             Outcome::Masked { masked, counted } => Some(Recalled::Masked { masked, counted }),
         }
     }
 
-    /// Remember that `text` is clean under `enabled`.
-    pub(super) fn remember_clean(&mut self, enabled: KindSet, text: &str) {
-        if text.len() <= MAX_TEXT_LEN {
+    /// Remember that `text` is clean (in `slot`).
+    pub(super) fn remember_clean(&mut self, slot: &Slot, text: &str) {
+        if let Some(key) = slot.0 {
             self.make_room();
-            let key = self.text_key(enabled, text);
             self.texts.insert(key, Outcome::Clean(text.into()));
         }
     }
 
-    /// Remember that masking `text` under `enabled` gives `masked`, counting `counted`.
-    pub(super) fn remember_masked(
-        &mut self,
-        enabled: KindSet,
-        text: &str,
-        masked: &str,
-        counted: Box<[(u8, u32)]>,
-    ) {
-        if text.len() <= MAX_TEXT_LEN {
+    /// Remember a clean text that was cheap to scan (short, or id-shaped: the anchor automaton
+    /// did not read it) on its second sighting only: most such texts are unique (times, request
+    /// ids) and would only churn the memory, while the repeated ones (a user's IP address, an
+    /// account id, in the record and again in its ECS fields) are worth a lookup.
+    pub(super) fn remember_clean_if_seen(&mut self, slot: &Slot, text: &str) {
+        let Some(key) = slot.0 else {
+            return;
+        };
+        let at = (key as usize) & (SEEN_ONCE_SLOTS - 1);
+        // Never 0, the empty slot.
+        let tag = ((key >> 64) as u64) | 1;
+        if self.seen_once[at] == tag {
+            self.remember_clean(slot, text);
+        } else {
+            self.seen_once[at] = tag;
+        }
+    }
+
+    /// Remember that masking the text of `slot` gives `masked`, counting `counted`.
+    pub(super) fn remember_masked(&mut self, slot: &Slot, masked: &str, counted: Box<[(u8, u32)]>) {
+        if let Some(key) = slot.0 {
             self.make_room();
-            let key = self.text_key(enabled, text);
             let masked = masked.into();
             self.texts.insert(key, Outcome::Masked { masked, counted });
         }
@@ -189,6 +207,7 @@ thread_local! {
     static MEMORY: RefCell<Memory> = RefCell::new(Memory {
         owner: 0,
         seeds: (Build::default(), Build::default()),
+        seen_once: vec![0; SEEN_ONCE_SLOTS].into_boxed_slice(),
         texts: HashMap::default(),
         sensitive_keys: HashMap::default(),
         key_facts: HashMap::default(),
@@ -214,16 +233,43 @@ mod tests {
 
     fn is_known_clean(owner: u64, text: &str) -> bool {
         with_memory(owner, |m| {
-            m.is_some_and(|m| matches!(m.recall(KINDS, text), Some(Recalled::Clean)))
+            m.is_some_and(|m| {
+                let slot = m.slot(KINDS, text);
+                matches!(m.recall(&slot, text), Some(Recalled::Clean))
+            })
         })
     }
 
     fn remember_clean(owner: u64, text: &str) {
-        with_memory(owner, |m| m.map(|m| m.remember_clean(KINDS, text)));
+        with_memory(owner, |m| {
+            m.map(|m| {
+                let slot = m.slot(KINDS, text);
+                m.remember_clean(&slot, text)
+            })
+        });
     }
 
     fn key_is_sensitive(owner: u64, key: &str, decide: impl FnOnce() -> bool) -> bool {
         with_memory(owner, |m| m.map(|m| m.key_is_sensitive(key, decide))).expect("memory free")
+    }
+
+    #[test]
+    fn a_cheap_clean_text_is_remembered_on_its_second_sighting() {
+        let sight = |text: &str| {
+            with_memory(6, |m| {
+                m.map(|m| {
+                    let slot = m.slot(KINDS, text);
+                    m.remember_clean_if_seen(&slot, text)
+                })
+            })
+        };
+        sight("198.51.100.10");
+        assert!(!is_known_clean(6, "198.51.100.10"), "not on the first");
+        sight("198.51.100.10");
+        assert!(is_known_clean(6, "198.51.100.10"), "on the second");
+        // Another text sighted once in between is not remembered by the first's sightings.
+        sight("203.0.113.66");
+        assert!(!is_known_clean(6, "203.0.113.66"));
     }
 
     #[test]

@@ -605,7 +605,8 @@ impl SecretMasker {
         let Some(mem) = mem else {
             return self.scan_str(text, enabled, counts).0;
         };
-        match mem.recall(enabled, text) {
+        let slot = mem.slot(enabled, text);
+        match mem.recall(&slot, text) {
             Some(Recalled::Clean) => return Cow::Borrowed(text),
             Some(Recalled::Masked { masked, counted }) => {
                 counts.add_counted(counted);
@@ -617,12 +618,9 @@ impl SecretMasker {
         let (masked, scanned) = self.scan_str(text, enabled, &mut found);
         counts.add(&found);
         match &masked {
-            // Only clean texts the automaton had to read are worth remembering: the others
-            // (short, id-shaped: mostly unique ids and times) were cheap and would only churn
-            // the memory.
-            Cow::Borrowed(_) if scanned => mem.remember_clean(enabled, text),
-            Cow::Borrowed(_) => {}
-            Cow::Owned(m) => mem.remember_masked(enabled, text, m, found.counted()),
+            Cow::Borrowed(_) if scanned => mem.remember_clean(&slot, text),
+            Cow::Borrowed(_) => mem.remember_clean_if_seen(&slot, text),
+            Cow::Owned(m) => mem.remember_masked(&slot, m, found.counted()),
         }
         masked
     }
