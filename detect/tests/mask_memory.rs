@@ -2,28 +2,11 @@
 //! of the recorded vendor pages and the demo day, masked by a masker whose memory has seen them
 //! all (twice), comes out as when masked with an empty memory, with the same counts.
 
-use chrono::{TimeZone, Utc};
 use perimeter_detect::mask::{MaskCounts, SecretMasker};
 use perimeter_detect::normalize::{split_records, NormalizerRegistry};
-use perimeter_model::{Event, RawJson, RawRecord};
+use perimeter_model::{Event, RawJson};
 
-/// `shared/` sits next to the repository clone (`<clone>/../shared`); in a git worktree under
-/// `wt/<name>/` it is one level further up.
-fn shared() -> std::path::PathBuf {
-    let near = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/saas-api-pages"
-    );
-    let worktree = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/saas-api-pages"
-    );
-    if std::path::Path::new(near).is_dir() {
-        near.into()
-    } else {
-        worktree.into()
-    }
-}
+mod common;
 
 fn json_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -42,7 +25,7 @@ fn json_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 /// Every record of every recorded page, and the demo day's events.
 fn records() -> Vec<RawJson> {
     let mut files = Vec::new();
-    json_files(&shared(), &mut files);
+    json_files(std::path::Path::new(&common::shared()), &mut files);
     files.sort();
     let mut out = Vec::new();
     for file in files {
@@ -64,16 +47,7 @@ fn records() -> Vec<RawJson> {
 }
 
 fn event(registry: &NormalizerRegistry, raw: RawJson) -> Event {
-    let record = RawRecord {
-        source: "auto".into(),
-        tenant: "t".into(),
-        received_at: Utc
-            .with_ymd_and_hms(2026, 11, 24, 12, 0, 0)
-            .single()
-            .expect("valid time"),
-        line: None,
-        raw,
-    };
+    let record = common::record(raw, None);
     let source = registry
         .detect_source(&record.raw)
         .unwrap_or("json")

@@ -3,28 +3,13 @@
 //! the same path the CLI uses: `split_records("auto", page)` -> `detect_source` -> `normalize`.
 //! The ECS view of every record is pinned in an insta snapshot (`tests/snapshots/`).
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use perimeter_detect::normalize::{split_records, NormalizerRegistry};
 use perimeter_model::{Event, Outcome, RawRecord};
 use serde_json::Value;
 
-/// `shared/` sits next to the repository clone (`<clone>/../shared`); in a git worktree under
-/// `wt/<name>/` it is one level further up.
-fn shared() -> String {
-    let near = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/saas-api-pages"
-    );
-    let worktree = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/saas-api-pages"
-    );
-    if std::path::Path::new(near).is_dir() {
-        near.to_owned()
-    } else {
-        worktree.to_owned()
-    }
-}
+mod common;
+use common::shared;
 const LOCAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn read(path: &str) -> perimeter_model::RawJson {
@@ -45,18 +30,7 @@ fn normalize_page(registry: &NormalizerRegistry, path: &str, source: &str) -> Ve
                 Some(source),
                 "{path} record {i}: detected source"
             );
-            let record = RawRecord {
-                source: "auto".into(),
-                tenant: "test".into(),
-                // After every sample's own time: a vendor time more than a day after receipt
-                // would be replaced by this one (`Event::new`).
-                received_at: Utc
-                    .with_ymd_and_hms(2026, 12, 31, 0, 0, 0)
-                    .single()
-                    .expect("valid date"),
-                line: Some(i as u64 + 1),
-                raw,
-            };
+            let record = common::record(raw, Some(i as u64 + 1));
             let event = registry
                 .normalize("auto", record)
                 .unwrap_or_else(|e| panic!("{path} record {i}: {e}"));

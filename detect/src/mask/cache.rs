@@ -172,32 +172,33 @@ impl Memory {
 
     /// Whether `key` is a sensitive key name, computed by `decide` once per key.
     pub(super) fn key_is_sensitive(&mut self, key: &str, decide: impl FnOnce() -> bool) -> bool {
-        if key.len() > MAX_TEXT_LEN {
-            return decide();
-        }
-        if let Some(known) = self.sensitive_keys.get(key) {
-            return *known;
-        }
-        let sensitive = decide();
-        self.make_room();
-        self.sensitive_keys.insert(key.into(), sensitive);
-        sensitive
+        self.remembered(|m| &mut m.sensitive_keys, key, decide)
     }
 
     /// The facts about object key `key` ([`super::KeyFacts`]' bits), computed by `decide` once
     /// per key: records of a source repeat their keys, so one lookup replaces the several
     /// byte-level checks of each.
     pub(super) fn key_facts(&mut self, key: &str, decide: impl FnOnce() -> u8) -> u8 {
+        self.remembered(|m| &mut m.key_facts, key, decide)
+    }
+
+    /// What `decide` says of key name `key`, kept in the map `pick` gives.
+    fn remembered<V: Copy>(
+        &mut self,
+        pick: fn(&mut Memory) -> &mut HashMap<Box<str>, V, Build>,
+        key: &str,
+        decide: impl FnOnce() -> V,
+    ) -> V {
         if key.len() > MAX_TEXT_LEN {
             return decide();
         }
-        if let Some(known) = self.key_facts.get(key) {
+        if let Some(known) = pick(self).get(key) {
             return *known;
         }
-        let facts = decide();
+        let value = decide();
         self.make_room();
-        self.key_facts.insert(key.into(), facts);
-        facts
+        pick(self).insert(key.into(), value);
+        value
     }
 }
 
