@@ -32,7 +32,7 @@ const MAX_TEXT_LEN: usize = 256;
 
 type Build = foldhash::fast::RandomState;
 
-/// Hashes a [`TextKey`], already a keyed hash, to its low 64 bits.
+/// Hashes a [`TextKey`], already a keyed hash, to itself.
 #[derive(Default)]
 struct TextKeyHasher(u64);
 
@@ -42,19 +42,21 @@ impl Hasher for TextKeyHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Only `u128` keys are hashed here; fold anything else in all the same.
+        // Only `u64` keys are hashed here; fold anything else in all the same.
         for b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
 
-    fn write_u128(&mut self, key: u128) {
-        self.0 = key as u64;
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
     }
 }
 
-/// A text and the kinds it was masked under, as a 128-bit keyed hash.
-type TextKey = u128;
+/// A text and the kinds it was masked under, as a 64-bit keyed hash: where its outcome is kept.
+/// A masked outcome also holds a second, independently keyed 64-bit hash of them, checked on
+/// lookup (the two make the 128 bits that identify a masked text).
+type TextKey = u64;
 
 /// What masking made of a text under one set of kinds.
 enum Outcome {
@@ -62,13 +64,18 @@ enum Outcome {
     Clean(Box<str>),
     /// Its masked form and what masking it counted (see [`super::MaskCounts::counted`]).
     Masked {
+        check: u64,
         masked: Box<str>,
         counted: Box<[(u8, u32)]>,
     },
 }
 
-/// Where a text's outcome is kept: its [`TextKey`], or `None` for a text too long to keep.
-pub(super) struct Slot(Option<TextKey>);
+/// Where a text's outcome is kept: the kinds and its [`TextKey`], or `None` for a text too long
+/// to keep.
+pub(super) struct Slot {
+    enabled: KindSet,
+    key: Option<TextKey>,
+}
 
 /// Tags of cheap clean texts seen once ([`Memory::remember_clean_if_seen`]), a power of two.
 const SEEN_ONCE_SLOTS: usize = 4096;
@@ -120,24 +127,30 @@ impl Memory {
 
     /// Where `text` masked under `enabled` is kept (hashed once for the lookup and the entry).
     pub(super) fn slot(&self, enabled: KindSet, text: &str) -> Slot {
-        Slot((text.len() <= MAX_TEXT_LEN).then(|| {
-            let low = self.seeds.0.hash_one((enabled, text));
-            let high = self.seeds.1.hash_one((enabled, text));
-            (u128::from(high) << 64) | u128::from(low)
-        }))
+        let key = (text.len() <= MAX_TEXT_LEN).then(|| self.seeds.0.hash_one((enabled, text)));
+        Slot { enabled, key }
+    }
+
+    /// The second hash of a masked text (see [`TextKey`]).
+    fn check(&self, slot: &Slot, text: &str) -> u64 {
+        self.seeds.1.hash_one((slot.enabled, text))
     }
 
     /// What masking `text` gave before in `slot`, if it is remembered.
     pub(super) fn recall(&self, slot: &Slot, text: &str) -> Option<Recalled<'_>> {
-        match self.texts.get(&slot.0?)? {
+        match self.texts.get(&slot.key?)? {
             Outcome::Clean(clean) => (**clean == *text).then_some(Recalled::Clean),
-            Outcome::Masked { masked, counted } => Some(Recalled::Masked { masked, counted }),
+            Outcome::Masked {
+                check,
+                masked,
+                counted,
+            } => (*check == self.check(slot, text)).then_some(Recalled::Masked { masked, counted }),
         }
     }
 
     /// Remember that `text` is clean (in `slot`).
     pub(super) fn remember_clean(&mut self, slot: &Slot, text: &str) {
-        if let Some(key) = slot.0 {
+        if let Some(key) = slot.key {
             self.make_room();
             self.texts.insert(key, Outcome::Clean(text.into()));
         }
@@ -148,12 +161,12 @@ impl Memory {
     /// ids) and would only churn the memory, while the repeated ones (a user's IP address, an
     /// account id, in the record and again in its ECS fields) are worth a lookup.
     pub(super) fn remember_clean_if_seen(&mut self, slot: &Slot, text: &str) {
-        let Some(key) = slot.0 else {
+        let Some(key) = slot.key else {
             return;
         };
         let at = (key as usize) & (SEEN_ONCE_SLOTS - 1);
-        // Never 0, the empty slot.
-        let tag = ((key >> 64) as u64) | 1;
+        // The bits above the index; never 0, the empty slot.
+        let tag = (key >> SEEN_ONCE_SLOTS.trailing_zeros()) | 1;
         if self.seen_once[at] == tag {
             self.remember_clean(slot, text);
         } else {
@@ -161,12 +174,24 @@ impl Memory {
         }
     }
 
-    /// Remember that masking the text of `slot` gives `masked`, counting `counted`.
-    pub(super) fn remember_masked(&mut self, slot: &Slot, masked: &str, counted: Box<[(u8, u32)]>) {
-        if let Some(key) = slot.0 {
+    /// Remember that masking `text` (in `slot`) gives `masked`, counting `counted`.
+    pub(super) fn remember_masked(
+        &mut self,
+        slot: &Slot,
+        text: &str,
+        masked: &str,
+        counted: Box<[(u8, u32)]>,
+    ) {
+        if let Some(key) = slot.key {
             self.make_room();
+            let check = self.check(slot, text);
             let masked = masked.into();
-            self.texts.insert(key, Outcome::Masked { masked, counted });
+            let outcome = Outcome::Masked {
+                check,
+                masked,
+                counted,
+            };
+            self.texts.insert(key, outcome);
         }
     }
 

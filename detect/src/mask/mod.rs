@@ -620,7 +620,7 @@ impl SecretMasker {
         match &masked {
             Cow::Borrowed(_) if scanned => mem.remember_clean(&slot, text),
             Cow::Borrowed(_) => mem.remember_clean_if_seen(&slot, text),
-            Cow::Owned(m) => mem.remember_masked(&slot, m, found.counted()),
+            Cow::Owned(m) => mem.remember_masked(&slot, text, m, found.counted()),
         }
         masked
     }
