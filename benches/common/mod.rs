@@ -29,11 +29,22 @@ pub fn mixed_records() -> Vec<(String, perimeter_model::RawJson)> {
         ("onepassword", "onepassword/events_itemusages"),
         ("onepassword", "onepassword/events_audit"),
     ];
-    let fixtures = repo().join("../shared/fixtures/saas-api-pages");
+    // `shared/` sits next to the repository clone; in a git worktree under `wt/<name>/` it is
+    // one level further up. Without it the input would silently shrink to the demo day, and
+    // figures would not compare with other runs: refuse instead.
+    let fixtures = ["../shared", "../../shared"]
+        .iter()
+        .map(|up| repo().join(up).join("fixtures/saas-api-pages"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| {
+            panic!(
+                "the recorded pages are missing: no shared/fixtures/saas-api-pages next to {}",
+                repo().display()
+            )
+        });
     for (source, dir) in pages {
-        let Ok(rd) = std::fs::read_dir(fixtures.join(dir)) else {
-            continue;
-        };
+        let rd = std::fs::read_dir(fixtures.join(dir))
+            .unwrap_or_else(|e| panic!("{}: {e}", fixtures.join(dir).display()));
         for f in rd.flatten() {
             let Ok(text) = std::fs::read_to_string(f.path()) else {
                 continue;
