@@ -11,9 +11,10 @@
 //!   miss (a secret is never let through for looking like a clean text);
 //! - **masked**: its masked form and what masking it counted (an AWS access key id in every
 //!   CloudTrail record, a user's email when emails are masked: the regex and the HMAC ran once).
-//!   The clear text is not kept: the entry is found by a 128-bit keyed hash of it. Two texts
-//!   sharing that hash (about 2^-128 a pair) would give the second the first's masked form: a
-//!   wrong value, never a clear secret, as the output is a masked text.
+//!   The clear text is not kept: the entry is found by a 64-bit keyed hash of it and checked
+//!   against a second, independently keyed one (128 bits together). Two texts sharing both
+//!   (about 2^-128 a pair) would give the second the first's masked form: a wrong value, never
+//!   the second's secret, which the first's masked form replaces whole.
 //!
 //! and, per key name, whether it is sensitive and the walk's other facts about it. Entries belong
 //! to one masker instance (its configuration); the memory is bounded and simply emptied when
