@@ -12,6 +12,7 @@
 //! detectors see clear values in memory only.
 
 pub mod error;
+mod identity_hash;
 pub mod mask;
 pub mod normalize;
 pub mod pipeline;

@@ -22,9 +22,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::BuildHasher;
 
 use super::patterns::KindSet;
+use crate::identity_hash::BuildIdentity;
 
 /// Entries kept per thread before the memory is emptied.
 const MAX_ENTRIES: usize = 16_384;
@@ -32,27 +33,6 @@ const MAX_ENTRIES: usize = 16_384;
 const MAX_TEXT_LEN: usize = 256;
 
 type Build = foldhash::fast::RandomState;
-
-/// Hashes a [`TextKey`], already a keyed hash, to itself.
-#[derive(Default)]
-struct TextKeyHasher(u64);
-
-impl Hasher for TextKeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed here; fold anything else in all the same.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, key: u64) {
-        self.0 = key;
-    }
-}
 
 /// A text and the kinds it was masked under, as a 64-bit keyed hash: where its outcome is kept.
 /// A masked outcome also holds a second, independently keyed 64-bit hash of them, checked on
@@ -93,13 +73,13 @@ pub(super) enum Recalled<'m> {
 /// One thread's memory, borrowed for a whole record by [`with_memory`].
 pub(super) struct Memory {
     owner: u64,
-    /// Two independently seeded hashers: the halves of a [`TextKey`].
+    /// Two independently seeded hashers: a text's [`TextKey`], and the check of a masked one.
     seeds: (Build, Build),
     /// See [`Memory::remember_clean_if_seen`].
     seen_once: Box<[u64]>,
-    texts: HashMap<TextKey, Outcome, BuildHasherDefault<TextKeyHasher>>,
-    sensitive_keys: HashMap<Box<str>, bool, Build>,
-    /// What the walk asks about an object key ([`super::KeyFacts`]), as its bits.
+    /// Keyed by [`TextKey`], already a keyed hash.
+    texts: HashMap<TextKey, Outcome, BuildIdentity>,
+    /// What is decided about a key name ([`super::KeyFacts`]), as its bits.
     key_facts: HashMap<Box<str>, u8, Build>,
 }
 
@@ -115,13 +95,12 @@ impl Memory {
 
     fn clear(&mut self) {
         self.texts.clear();
-        self.sensitive_keys.clear();
         self.key_facts.clear();
     }
 
     /// Room for one more entry: the memory is emptied when full.
     fn make_room(&mut self) {
-        if self.texts.len() + self.sensitive_keys.len() + self.key_facts.len() >= MAX_ENTRIES {
+        if self.texts.len() + self.key_facts.len() >= MAX_ENTRIES {
             self.clear();
         }
     }
@@ -196,35 +175,20 @@ impl Memory {
         }
     }
 
-    /// Whether `key` is a sensitive key name, computed by `decide` once per key.
-    pub(super) fn key_is_sensitive(&mut self, key: &str, decide: impl FnOnce() -> bool) -> bool {
-        self.remembered(|m| &mut m.sensitive_keys, key, decide)
-    }
-
-    /// The facts about object key `key` ([`super::KeyFacts`]' bits), computed by `decide` once
+    /// The facts about key name `key` ([`super::KeyFacts`]' bits), computed by `decide` once
     /// per key: records of a source repeat their keys, so one lookup replaces the several
     /// byte-level checks of each.
     pub(super) fn key_facts(&mut self, key: &str, decide: impl FnOnce() -> u8) -> u8 {
-        self.remembered(|m| &mut m.key_facts, key, decide)
-    }
-
-    /// What `decide` says of key name `key`, kept in the map `pick` gives.
-    fn remembered<V: Copy>(
-        &mut self,
-        pick: fn(&mut Memory) -> &mut HashMap<Box<str>, V, Build>,
-        key: &str,
-        decide: impl FnOnce() -> V,
-    ) -> V {
         if key.len() > MAX_TEXT_LEN {
             return decide();
         }
-        if let Some(known) = pick(self).get(key) {
+        if let Some(known) = self.key_facts.get(key) {
             return *known;
         }
-        let value = decide();
+        let facts = decide();
         self.make_room();
-        pick(self).insert(key.into(), value);
-        value
+        self.key_facts.insert(key.into(), facts);
+        facts
     }
 }
 
@@ -236,7 +200,6 @@ thread_local! {
         seeds: (Build::default(), Build::default()),
         seen_once: vec![0; SEEN_ONCE_SLOTS].into_boxed_slice(),
         texts: HashMap::default(),
-        sensitive_keys: HashMap::default(),
         key_facts: HashMap::default(),
     });
 }
@@ -276,8 +239,8 @@ mod tests {
         });
     }
 
-    fn key_is_sensitive(owner: u64, key: &str, decide: impl FnOnce() -> bool) -> bool {
-        with_memory(owner, |m| m.map(|m| m.key_is_sensitive(key, decide))).expect("memory free")
+    fn key_facts(owner: u64, key: &str, decide: impl FnOnce() -> u8) -> u8 {
+        with_memory(owner, |m| m.map(|m| m.key_facts(key, decide))).expect("memory free")
     }
 
     #[test]
@@ -317,30 +280,28 @@ mod tests {
         assert!(!is_known_clean(3, &long));
         let mut calls = 0;
         for _ in 0..3 {
-            assert!(key_is_sensitive(4, "password", || {
-                calls += 1;
-                true
-            }));
+            assert_eq!(
+                key_facts(4, "password", || {
+                    calls += 1;
+                    2
+                }),
+                2
+            );
         }
         assert_eq!(calls, 1);
         let mut facts_calls = 0;
         for _ in 0..3 {
-            let facts = with_memory(5, |m| {
-                m.map(|m| {
-                    m.key_facts("userId", || {
-                        facts_calls += 1;
-                        8
-                    })
-                })
+            let facts = key_facts(5, "userId", || {
+                facts_calls += 1;
+                8
             });
-            assert_eq!(facts, Some(8));
+            assert_eq!(facts, 8);
         }
         assert_eq!(facts_calls, 1, "a key's facts are decided once");
         // Key facts share the bound with the other entries.
         for i in 0..MAX_ENTRIES {
             remember_clean(5, &format!("value {i}"));
         }
-        let decided_again = with_memory(5, |m| m.map(|m| m.key_facts("userId", || 9)));
-        assert_eq!(decided_again, Some(9), "emptied when full");
+        assert_eq!(key_facts(5, "userId", || 9), 9, "emptied when full");
     }
 }

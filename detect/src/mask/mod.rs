@@ -857,10 +857,10 @@ impl SecretMasker {
         if !self.keys.may_be_sensitive(key) {
             return false;
         }
-        let decide = || self.keys.is_sensitive(&without_redaction_markers(key));
         match mem {
-            Some(mem) => mem.key_is_sensitive(key, decide),
-            None => decide(),
+            // Remembered with the key's other facts.
+            Some(mem) => self.key_facts(Some(mem), key).sensitive(),
+            None => self.keys.is_sensitive(&without_redaction_markers(key)),
         }
     }
 

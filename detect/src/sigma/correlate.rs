@@ -45,7 +45,9 @@
 use perimeter_model::{Alert, DetectorKind, EntityKind, Event};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
+
+use crate::identity_hash::BuildIdentity;
 
 use super::compile::{base_alert, entity_kind_for_group_by, entity_of};
 use super::matcher::{FieldPath, Found, Leaf, NO_SLOT};
@@ -66,25 +68,7 @@ pub(crate) trait FieldValues {
     ) -> Found;
 }
 
-/// Keys are already hashes: no need to hash them again.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type KeyMap = HashMap<u64, KeyState, BuildHasherDefault<IdentityHasher>>;
+type KeyMap = HashMap<u64, KeyState, BuildIdentity>;
 
 /// Keyed SipHash-1-3 of group-by and counted values. Keyed, because snapshots hold these hashes:
 /// an unkeyed hash of a user name or an IP can be tested against guesses, and FNV's initial
@@ -361,7 +345,7 @@ pub struct Correlator {
     /// Newest event time over all streams: schedules sweeps.
     max_ts: i64,
     /// Each stream's clock (tenant + source): lateness and window closing.
-    streams: HashMap<u64, StreamClock, BuildHasherDefault<IdentityHasher>>,
+    streams: HashMap<u64, StreamClock, BuildIdentity>,
     /// Event time at which the next correlation is due for a sweep: `advance` does nothing
     /// per correlation before that.
     next_sweep_ts: i64,
