@@ -4,7 +4,7 @@
 use perimeter_detect::pipeline::{save_unstored_alerts, Pipeline, PipelineOutput};
 use perimeter_detect::sigma::SigmaDetector;
 use perimeter_detect::silence::SourceSilence;
-use perimeter_ingest::bus::{BusReceiver, SubmitAck};
+use perimeter_ingest::bus::{BusReceiver, Submission, SubmitAck};
 use perimeter_ingest::InputItem;
 use perimeter_model::{Masker, Metrics};
 use perimeter_query_api::AlertNotifier;
@@ -140,7 +140,22 @@ pub fn spawn_pipeline_worker(
             // Silence alerts raised by this run (one per silence; the store dedups across runs).
             let mut silences_raised = std::collections::HashSet::new();
             let mut last_silence_check: Option<Instant> = None;
-            while let Some(sub) = rx.blocking_recv() {
+            while let Some(first) = rx.blocking_recv() {
+                // The submissions that queued while the last group was detected and stored are
+                // stored with this one: one commit for the group instead of one per submission,
+                // which costs several times more per event for small batches (webhooks, API
+                // pages). Each is still answered only once the group is stored.
+                let mut subs = vec![first];
+                let mut records = subs[0].items.len();
+                while records < GROUP_MAX_RECORDS {
+                    match rx.try_recv() {
+                        Ok(sub) => {
+                            records += sub.items.len();
+                            subs.push(sub);
+                        }
+                        Err(_) => break,
+                    }
+                }
                 out.clear();
                 // Rules reloaded meanwhile (SIGHUP) apply from this batch on.
                 while let Ok(sigma) = rule_reloads.try_recv() {
@@ -183,151 +198,69 @@ pub fn spawn_pipeline_worker(
                         }
                     }
                 }
-                // An empty submission only wakes the worker (sources never send one): for a
-                // reload, or the ticker's periodic work when no input comes. Nothing to store
-                // unless the old rules flushed alerts.
-                if sub.items.is_empty() && out.alerts.is_empty() {
-                    let _ = sub.ack.send(Ok(SubmitAck::default()));
+                let now = chrono::Utc::now();
+                // Each submission's detection output; alerts the old rules flushed go with the
+                // first one stored.
+                let mut group: Vec<(Submission, PipelineOutput)> = Vec::with_capacity(subs.len());
+                for sub in subs {
+                    // An empty submission only wakes the worker (sources never send one): for
+                    // a reload, or the ticker's periodic work when no input comes. Nothing to
+                    // store unless the old rules flushed alerts.
+                    if sub.items.is_empty() && out.alerts.is_empty() {
+                        let _ = sub.ack.send(Ok(SubmitAck::default()));
+                        continue;
+                    }
+                    let mut sub = sub;
+                    let mut sub_out = std::mem::take(&mut out);
+                    detect_submission(&mut pipeline, &mut sub, &mut sub_out, now);
+                    group.push((sub, sub_out));
+                }
+                if group.is_empty() {
                     // A quiet spell must not leave the last batches out of the snapshot: a
                     // `kill -9` in it would have their resend detected (and sent) again.
                     snapshots.save_if_due(&pipeline, &unstored_alerts, &state.dir, &metrics);
                     continue;
                 }
-                let now = chrono::Utc::now();
-                // A spool file's name starts the reason of each of its dead letters, the
-                // normalizer's as well as the reader's: "line 3" of a source with several files
-                // could not be traced. Masked, as the reasons are.
-                let origin = sub
-                    .origin
-                    .as_deref()
-                    .map(|origin| format!("{}: ", pipeline.masker().mask_text(origin)));
-                for item in sub.items {
-                    let dead_letters_before = out.dead_letters.len();
-                    match item {
-                        InputItem::Record {
-                            line,
-                            value,
-                            member_lines,
-                        } => pipeline.process_value_at(
-                            &sub.source,
-                            &sub.tenant,
-                            Some(line),
-                            &member_lines,
-                            value,
-                            now,
-                            &mut out,
-                        ),
-                        InputItem::Invalid {
-                            line,
-                            reason,
-                            excerpt,
-                            digest,
-                        } => pipeline.dead_letter(
-                            &sub.source,
-                            &sub.tenant,
-                            Some(line),
-                            &reason,
-                            &excerpt,
-                            Some(&digest),
-                            now,
-                            &mut out,
-                        ),
-                    }
-                    if let Some(origin) = &origin {
-                        for dead_letter in &mut out.dead_letters[dead_letters_before..] {
-                            dead_letter.reason.insert_str(0, origin);
-                        }
-                    }
-                }
-                // Two ages of the batch's oldest event: since its event time (vendor delay and
-                // backfills included: freshness), and, once stored, since Perimeter received it
-                // (Perimeter's own delay: what an on-call engineer acts on).
-                let lag = out
-                    .events
+                let mut answers: Vec<Answer> = group
                     .iter()
-                    .map(|e| (now - e.timestamp).num_milliseconds() as f64 / 1000.0)
-                    .fold(0.0f64, f64::max);
-                let first_received = out.events.iter().map(|e| e.received_at).min();
-                // The answer goes to this batch's tenant: it counts that tenant's alerts only
-                // (another tenant's, released by this batch's time, are stored all the same).
-                let own_alerts: std::collections::HashSet<String> = out
-                    .alerts
-                    .iter()
-                    .filter(|a| a.tenant == sub.tenant)
-                    .map(|a| a.id.clone())
+                    .map(|(sub, sub_out)| {
+                        let answer = Answer::before_store(sub, sub_out, now);
+                        // Counted once, with the batch that raised them (before kept ones join).
+                        pipeline.publish_metrics(&sub.source, sub_out);
+                        answer
+                    })
                     .collect();
-                let raised = own_alerts.len();
-                // Counted once, with the batch that raised them (before kept ones join).
-                pipeline.publish_metrics(&sub.source, &out);
-                out.alerts.splice(0..0, unstored_alerts.drain(..));
-                let result = store_output(&store, &mut out, &metrics);
-                metrics.set("pipeline_lag_seconds", &[], lag.max(0.0));
-                if let Some(received) = first_received {
-                    let processing = (chrono::Utc::now() - received).num_milliseconds() as f64;
-                    metrics.set(
-                        "pipeline_processing_lag_seconds",
-                        &[],
-                        (processing / 1000.0).max(0.0),
+                group[0].1.alerts.splice(0..0, unstored_alerts.drain(..));
+                let mut outs: Vec<PipelineOutput> =
+                    group.iter_mut().map(|(_, o)| std::mem::take(o)).collect();
+                let results = store_outputs(&store, &mut outs, &metrics);
+                let mut stored = false;
+                for ((((sub, _), sub_out), result), answer) in
+                    group.into_iter().zip(outs).zip(results).zip(answers.drain(..))
+                {
+                    let mut sub_out = sub_out;
+                    let reply = answer.reply(
+                        &pipeline,
+                        &sub,
+                        &sub_out,
+                        result,
+                        &metrics,
+                        &notifier,
+                        &mut warned_sources,
                     );
-                }
-                let mut warnings: Vec<String> = pipeline
-                    .registry()
-                    .unnormalized_source_note(&sub.source)
-                    .into_iter()
-                    .collect();
-                if let Some(note) = warnings.first() {
-                    if warned_sources.insert(sub.source.clone()) {
-                        tracing::warn!(source = %sub.source, "{note}");
+                    if reply.is_err() {
+                        unstored_alerts.append(&mut sub_out.alerts);
+                        tracing::error!(
+                            error = %reply.as_ref().err().map(String::as_str).unwrap_or_default(),
+                            alerts_kept_for_the_next_batch = unstored_alerts.len(),
+                            "batch not stored; the source will retry"
+                        )
                     }
+                    stored |= reply.is_ok();
+                    let _ = sub.ack.send(reply);
                 }
-                if out.empty_inputs > 0 {
-                    warnings.push(format!(
-                        "{} input value(s) held no record (an empty page such as `{{}}`, `[]` or `{{\"data\": []}}`): nothing was stored for them",
-                        out.empty_inputs
-                    ));
-                }
-                if let Ok(ack) = &result {
-                    // Stored: the (masked) alerts go to their tenants' destinations.
-                    notify_stored(&notifier, &out.alerts, ack);
-                }
-                let own = |ids: &[String]| ids.iter().filter(|id| own_alerts.contains(*id)).count();
-                let reply = result.map(|ack| SubmitAck {
-                    alerts_grouped: own(&ack.alerts_grouped),
-                    alerts_still_firing: ack
-                        .alerts_still_firing
-                        .iter()
-                        .filter(|a| a.tenant == sub.tenant)
-                        .count(),
-                    events: ack.events_written,
-                    duplicates: ack.events_duplicate,
-                    // Stored ones: a resent bad line is kept once, as a resent event is.
-                    dead_letters: ack.dead_letters_written,
-                    // Alerts already stored (the same events detected again) are not raised
-                    // anew.
-                    alerts: raised.saturating_sub(own(&ack.alerts_known)),
-                    past_retention: ack.events_past_retention,
-                    warnings,
-                    // Stored here, not handed on.
-                    queued: 0,
-                });
-                if let Err(e) = &reply {
-                    metrics.inc("store_batches_failed_total", &[], 1);
-                    metrics.set(
-                        "store_last_failure_timestamp_seconds",
-                        &[],
-                        chrono::Utc::now().timestamp() as f64,
-                    );
-                    unstored_alerts.append(&mut out.alerts);
-                    tracing::error!(
-                        error = %e,
-                        alerts_kept_for_the_next_batch = unstored_alerts.len(),
-                        "batch not stored; the source will retry"
-                    )
-                }
-                let stored = reply.is_ok();
-                let _ = sub.ack.send(reply);
-                // After the answer, so the snapshot never holds events whose source was not told
-                // they are stored (a restart would count those again when they are resent).
+                // After the answers, so the snapshot never holds events whose source was not
+                // told they are stored (a restart would count those again when they are resent).
                 if stored {
                     let (windows, version) = pipeline.correlation_state();
                     if version != saved_correlations && windows <= PER_BATCH_SNAPSHOT_MAX_WINDOWS {
@@ -391,6 +324,179 @@ pub fn spawn_pipeline_worker(
             losses
         })
         .expect("spawning the pipeline thread")
+}
+
+/// Most records of the submissions stored together with one commit: the store's cost per event
+/// stops falling at a few tens of thousands of events per commit (`store` bench), and the group
+/// is held in memory until stored.
+const GROUP_MAX_RECORDS: usize = 50_000;
+
+/// Run the detection over one submission's items into `out` (their events, alerts and dead
+/// letters); the items are taken.
+fn detect_submission(
+    pipeline: &mut Pipeline,
+    sub: &mut Submission,
+    out: &mut PipelineOutput,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    // A spool file's name starts the reason of each of its dead letters, the normalizer's as
+    // well as the reader's: "line 3" of a source with several files could not be traced.
+    // Masked, as the reasons are.
+    let origin = sub
+        .origin
+        .as_deref()
+        .map(|origin| format!("{}: ", pipeline.masker().mask_text(origin)));
+    for item in std::mem::take(&mut sub.items) {
+        let dead_letters_before = out.dead_letters.len();
+        match item {
+            InputItem::Record {
+                line,
+                value,
+                member_lines,
+            } => pipeline.process_value_at(
+                &sub.source,
+                &sub.tenant,
+                Some(line),
+                &member_lines,
+                value,
+                now,
+                out,
+            ),
+            InputItem::Invalid {
+                line,
+                reason,
+                excerpt,
+                digest,
+            } => pipeline.dead_letter(
+                &sub.source,
+                &sub.tenant,
+                Some(line),
+                &reason,
+                &excerpt,
+                Some(&digest),
+                now,
+                out,
+            ),
+        }
+        if let Some(origin) = &origin {
+            for dead_letter in &mut out.dead_letters[dead_letters_before..] {
+                dead_letter.reason.insert_str(0, origin);
+            }
+        }
+    }
+}
+
+/// What a submission's answer needs from before its output is stored.
+struct Answer {
+    /// Age of the submission's oldest event since its event time (vendor delay and backfills
+    /// included: freshness).
+    lag: f64,
+    /// When Perimeter received its oldest event: once stored, Perimeter's own delay (what an
+    /// on-call engineer acts on).
+    first_received: Option<chrono::DateTime<chrono::Utc>>,
+    /// The answer goes to the submission's tenant: it counts that tenant's alerts only
+    /// (another tenant's, released by this batch's time, are stored all the same).
+    own_alerts: std::collections::HashSet<String>,
+}
+
+impl Answer {
+    fn before_store(
+        sub: &Submission,
+        out: &PipelineOutput,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Answer {
+        Answer {
+            lag: out
+                .events
+                .iter()
+                .map(|e| (now - e.timestamp).num_milliseconds() as f64 / 1000.0)
+                .fold(0.0f64, f64::max),
+            first_received: out.events.iter().map(|e| e.received_at).min(),
+            own_alerts: out
+                .alerts
+                .iter()
+                .filter(|a| a.tenant == sub.tenant)
+                .map(|a| a.id.clone())
+                .collect(),
+        }
+    }
+
+    /// The submission's answer once the store has `result` for its output `out`; also the
+    /// lag metrics, the warnings a sender gets, and the stored alerts sent on.
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        self,
+        pipeline: &Pipeline,
+        sub: &Submission,
+        out: &PipelineOutput,
+        result: Result<WriteAck, String>,
+        metrics: &Metrics,
+        notifier: &AlertNotifier,
+        warned_sources: &mut std::collections::HashSet<String>,
+    ) -> Result<SubmitAck, String> {
+        metrics.set("pipeline_lag_seconds", &[], self.lag.max(0.0));
+        if let Some(received) = self.first_received {
+            let processing = (chrono::Utc::now() - received).num_milliseconds() as f64;
+            metrics.set(
+                "pipeline_processing_lag_seconds",
+                &[],
+                (processing / 1000.0).max(0.0),
+            );
+        }
+        let mut warnings: Vec<String> = pipeline
+            .registry()
+            .unnormalized_source_note(&sub.source)
+            .into_iter()
+            .collect();
+        if let Some(note) = warnings.first() {
+            if warned_sources.insert(sub.source.clone()) {
+                tracing::warn!(source = %sub.source, "{note}");
+            }
+        }
+        if out.empty_inputs > 0 {
+            warnings.push(format!(
+                "{} input value(s) held no record (an empty page such as `{{}}`, `[]` or `{{\"data\": []}}`): nothing was stored for them",
+                out.empty_inputs
+            ));
+        }
+        if let Ok(ack) = &result {
+            // Stored: the (masked) alerts go to their tenants' destinations.
+            notify_stored(notifier, &out.alerts, ack);
+        }
+        let raised = self.own_alerts.len();
+        let own = |ids: &[String]| {
+            ids.iter()
+                .filter(|id| self.own_alerts.contains(*id))
+                .count()
+        };
+        let reply = result.map(|ack| SubmitAck {
+            alerts_grouped: own(&ack.alerts_grouped),
+            alerts_still_firing: ack
+                .alerts_still_firing
+                .iter()
+                .filter(|a| a.tenant == sub.tenant)
+                .count(),
+            events: ack.events_written,
+            duplicates: ack.events_duplicate,
+            // Stored ones: a resent bad line is kept once, as a resent event is.
+            dead_letters: ack.dead_letters_written,
+            // Alerts already stored (the same events detected again) are not raised anew.
+            alerts: raised.saturating_sub(own(&ack.alerts_known)),
+            past_retention: ack.events_past_retention,
+            warnings,
+            // Stored here, not handed on.
+            queued: 0,
+        });
+        if reply.is_err() {
+            metrics.inc("store_batches_failed_total", &[], 1);
+            metrics.set(
+                "store_last_failure_timestamp_seconds",
+                &[],
+                chrono::Utc::now().timestamp() as f64,
+            );
+        }
+        reply
+    }
 }
 
 /// When the detection state is written whole (fsynced): every `StateSnapshots::every`, after
@@ -747,18 +853,50 @@ pub fn store_output(
     out: &mut PipelineOutput,
     metrics: &Metrics,
 ) -> Result<WriteAck, String> {
-    let batch = StoreBatch {
-        events: std::mem::take(&mut out.events),
-        alerts: out.alerts.clone(),
-        dead_letters: out.dead_letters.clone(),
-    };
+    store_outputs(store, std::slice::from_mut(out), metrics)
+        .pop()
+        .unwrap_or_else(|| Ok(WriteAck::default()))
+}
+
+/// Store pipeline outputs with one commit (see [`Store::write_batches`]); what the store
+/// reports for each, in order. The outputs keep their events.
+pub fn store_outputs(
+    store: &Store,
+    outs: &mut [PipelineOutput],
+    metrics: &Metrics,
+) -> Vec<Result<WriteAck, String>> {
+    let batches: Vec<StoreBatch> = outs
+        .iter_mut()
+        .map(|out| StoreBatch {
+            events: std::mem::take(&mut out.events),
+            alerts: out.alerts.clone(),
+            dead_letters: out.dead_letters.clone(),
+        })
+        .collect();
     let started = Instant::now();
-    let ack = store.write_batch(&batch).map_err(|e| e.to_string())?;
-    metrics.set(
-        "store_commit_latency_seconds",
-        &[],
-        started.elapsed().as_secs_f64(),
-    );
+    let results = store.write_batches(&batches);
+    if results.iter().any(|r| r.is_ok()) {
+        metrics.set(
+            "store_commit_latency_seconds",
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    for (out, batch) in outs.iter_mut().zip(batches) {
+        out.events = batch.events;
+    }
+    results
+        .into_iter()
+        .map(|result| {
+            let ack = result.map_err(|e| e.to_string())?;
+            count_stored(&ack, metrics);
+            Ok(ack)
+        })
+        .collect()
+}
+
+/// The metrics of what one stored batch brought.
+fn count_stored(ack: &WriteAck, metrics: &Metrics) {
     if !ack.alerts_grouped.is_empty() {
         metrics.inc("alerts_grouped_total", &[], ack.alerts_grouped.len() as u64);
     }
@@ -789,13 +927,124 @@ pub fn store_output(
              them)"
         );
     }
-    out.events = batch.events;
-    Ok(ack)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An Okta sign-in of the day before yesterday (inside the default retention).
+    fn okta_record(id: &str) -> InputItem {
+        let day = (chrono::Utc::now() - chrono::Duration::days(2)).format("%Y-%m-%d");
+        let text = format!(
+            r#"{{"uuid":"{id}","published":"{day}T08:00:00.000Z","eventType":"user.session.start","outcome":{{"result":"SUCCESS"}},"actor":{{"id":"00u1","type":"User","alternateId":"dana@acme.test"}},"client":{{"ipAddress":"198.51.100.7"}}}}"#
+        );
+        InputItem::Record {
+            line: 1,
+            value: perimeter_model::sonic_rs::from_str(&text).unwrap(),
+            member_lines: Vec::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_submissions_are_stored_with_one_commit_and_answered_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(
+            Store::open(perimeter_store::StoreConfig {
+                data_dir: data.clone(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let pipeline = Pipeline::new(
+            perimeter_detect::normalize::NormalizerRegistry::builtin(),
+            perimeter_detect::mask::SecretMasker::default(),
+            metrics.clone(),
+            true,
+        );
+        let destinations = Arc::new(perimeter_query_api::DestinationStore::open_in(&data).unwrap());
+        let (outbox, pending) = perimeter_query_api::DeliveryOutbox::open_in(&data).unwrap();
+        let notifier = AlertNotifier::spawn(
+            destinations,
+            metrics.clone(),
+            Duration::from_secs(1),
+            Arc::new(outbox),
+            pending,
+        );
+        let (bus, rx) = perimeter_ingest::bus::channel(16);
+        let invalid = InputItem::Invalid {
+            line: 3,
+            reason: "not JSON".into(),
+            excerpt: "{nope".into(),
+            digest: "d1".into(),
+        };
+        // Queued before the worker runs, so it takes them together: a repeat across two of
+        // them, a bad line, another tenant, and an empty wake-up.
+        let submissions = [
+            ("acme", vec![okta_record("a1"), okta_record("a2"), invalid]),
+            ("acme", vec![okta_record("a2"), okta_record("a3")]),
+            ("globex", vec![okta_record("g1")]),
+            ("acme", vec![]),
+        ];
+        let answers: Vec<_> = submissions
+            .into_iter()
+            .map(|(tenant, items)| {
+                let bus = bus.clone();
+                tokio::spawn(async move { bus.submit("okta", tenant, items).await })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bus.queued() < 4 {
+            assert!(Instant::now() < deadline, "submissions never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (_reloads, rule_reloads) = std::sync::mpsc::channel();
+        let worker = spawn_pipeline_worker(
+            pipeline,
+            store.clone(),
+            rx,
+            metrics,
+            StateSnapshots {
+                dir: dir.path().join("state"),
+                every: Duration::from_secs(30),
+            },
+            notifier,
+            WorkerControl {
+                rule_reloads,
+                silence: None,
+            },
+        );
+        let mut acks = Vec::new();
+        for answer in answers {
+            acks.push(answer.await.unwrap().expect("stored"));
+        }
+        let counts: Vec<_> = acks
+            .iter()
+            .map(|a| (a.events, a.duplicates, a.dead_letters))
+            .collect();
+        assert_eq!(counts, [(2, 0, 1), (1, 1, 0), (1, 0, 0), (0, 0, 0)]);
+        drop(bus);
+        let losses = tokio::task::spawn_blocking(move || worker.join().unwrap())
+            .await
+            .unwrap();
+        assert!(losses.is_clean(), "{losses:?}");
+        // One commit for the group: one Parquet file for acme's Okta day (the two submissions
+        // would each have written theirs), one for globex's.
+        let files = |tenant: &str| {
+            let mut n = 0;
+            let root = data.join(format!("parquet/events/tenant={tenant}/source=okta"));
+            for day in std::fs::read_dir(&root).unwrap() {
+                for f in std::fs::read_dir(day.unwrap().path()).unwrap() {
+                    n += usize::from(f.unwrap().path().extension() == Some("parquet".as_ref()));
+                }
+            }
+            n
+        };
+        assert_eq!((files("acme"), files("globex")), (1, 1));
+        assert_eq!(store.stats().events_stored, 4);
+    }
 
     #[test]
     fn slow_snapshots_are_taken_less_often() {

@@ -72,6 +72,11 @@ pub fn channel(capacity: usize) -> (BusSender, BusReceiver) {
 }
 
 impl BusSender {
+    /// Batches submitted and not yet taken by the consumer (the backlog in front of it).
+    pub fn queued(&self) -> usize {
+        self.0.max_capacity() - self.0.capacity()
+    }
+
     /// Submit a batch and wait until it is stored. `Err` if the consumer failed or is gone.
     pub async fn submit(
         &self,

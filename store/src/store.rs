@@ -465,6 +465,59 @@ impl Store {
         result
     }
 
+    /// Store several batches with one commit per touched index (group commit): each result is
+    /// what [`Store::write_batch`] would have answered for that batch, in the same order, and
+    /// none is returned before all are durable. For a caller that holds several batches at
+    /// once (the service's pipeline, when submissions queued while it worked): a commit per
+    /// small batch costs far more per event than one for their sum. A batch that is invalid as
+    /// given gets its own error; the others are written.
+    pub fn write_batches(&self, batches: &[StoreBatch]) -> Vec<Result<WriteAck>> {
+        if let Err(e) = self.ensure_writable() {
+            let msg = e.to_string();
+            let mut first = Some(e);
+            return batches
+                .iter()
+                .map(|_| {
+                    Err(first
+                        .take()
+                        .unwrap_or_else(|| StoreError::GroupCommit(msg.clone())))
+                })
+                .collect();
+        }
+        let now = Utc::now();
+        let checked: Vec<Result<()>> = batches.iter().map(validate_batch).collect();
+        let valid: Vec<&StoreBatch> = batches
+            .iter()
+            .zip(&checked)
+            .filter(|(_, c)| c.is_ok())
+            .map(|(b, _)| b)
+            .collect();
+        let mut written = self.write_group(&valid).into_iter();
+        let results: Vec<Result<WriteAck>> = batches
+            .iter()
+            .zip(checked)
+            .map(|(b, c)| {
+                c?;
+                let ack = written
+                    .next()
+                    .unwrap_or_else(|| Ok(WriteAck::default()))
+                    .map_err(|e| crate::error::name_full_disk(e, &self.layout.root))?;
+                Ok(WriteAck {
+                    events_past_retention: self.past_retention(&b.events, now),
+                    ..ack
+                })
+            })
+            .collect();
+        // The store's health is that of the write: the first valid batch's result.
+        if let Some(r) = results
+            .iter()
+            .find(|r| !matches!(r, Err(StoreError::InvalidBatch(_))))
+        {
+            self.note_write_result(r);
+        }
+        results
+    }
+
     /// Track whether the store is failing (see [`Store::write_failure`]). A batch that is
     /// wrong as given says nothing about the store's health.
     fn note_write_result(&self, result: &Result<WriteAck>) {

@@ -1,0 +1,230 @@
+//! End-to-end ingest through `perimeter run`: HTTP `POST /ingest/{source}` -> embedded bus ->
+//! normalize, detect (the shipped rules), mask -> tantivy + Parquet, each request answered once
+//! its batch is stored. Prints acknowledged events/s, the service process's CPU per event and
+//! the request latency. The `store` bench measures the store alone with 50k-event batches; this
+//! one measures what senders of ordinary batch sizes (webhooks, API pages, log shippers) get.
+//!
+//! Knobs (environment):
+//! - `PERIMETER_BENCH_EVENTS` (default 200 000): events sent;
+//! - `PERIMETER_BENCH_BATCH` (default 1 000): records per request;
+//! - `PERIMETER_BENCH_CLIENTS` (default 8): concurrent senders, each waiting for its answer
+//!   before sending its next request.
+//!
+//! The records are the mixed set of the other benches (recorded vendor pages + the demo day),
+//! each sent with a distinct `bench_seq` field so none is a replay of another.
+
+mod common;
+
+use perimeter_model::sonic_rs;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// The service's CPU seconds so far (user + system, all threads), from `/proc/<pid>/stat`.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start past the last `)`.
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the state field's 1.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Request bodies (source, JSON lines) of `batch` records each, `n` records in all: each
+/// source's records in turn, round-robin over the sources, every record given its own
+/// `bench_seq`.
+fn request_bodies(n: usize, batch: usize) -> Vec<(String, Vec<u8>)> {
+    let mut by_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (source, raw) in common::mixed_records() {
+        // Objects only: each gets a field.
+        let text = sonic_rs::to_string(&raw).expect("serializing");
+        if text.starts_with('{') && text.len() > 2 {
+            by_source.entry(source).or_default().push(text);
+        }
+    }
+    // Sources in the proportions of the mixed set: a source gets a request per this many
+    // of its records sent.
+    let total: usize = by_source.values().map(Vec::len).sum();
+    let mut next: BTreeMap<&str, usize> = by_source.keys().map(|s| (s.as_str(), 0)).collect();
+    let mut bodies = Vec::new();
+    let mut seq = 0usize;
+    let mut credit: BTreeMap<&str, f64> = by_source.keys().map(|s| (s.as_str(), 0.0)).collect();
+    while seq < n {
+        for (source, records) in &by_source {
+            let c = credit
+                .get_mut(source.as_str())
+                .expect("every source has credit");
+            *c += records.len() as f64 / total as f64 * batch as f64;
+            if *c < batch as f64 || seq >= n {
+                continue;
+            }
+            *c -= batch as f64;
+            let mut body = Vec::new();
+            for _ in 0..batch.min(n - seq) {
+                let at = next
+                    .get_mut(source.as_str())
+                    .expect("every source has a cursor");
+                let text = &records[*at % records.len()];
+                *at += 1;
+                // The field goes first, the record's own keys keep their order.
+                body.extend_from_slice(format!("{{\"bench_seq\":{seq},").as_bytes());
+                body.extend_from_slice(&text.as_bytes()[1..]);
+                body.push(b'\n');
+                seq += 1;
+            }
+            bodies.push((source.clone(), body));
+        }
+    }
+    bodies
+}
+
+fn main() {
+    // criterion-style arguments (`--bench`) are ignored.
+    let n = env_usize("PERIMETER_BENCH_EVENTS", 200_000);
+    let batch = env_usize("PERIMETER_BENCH_BATCH", 1_000).max(1);
+    let clients = env_usize("PERIMETER_BENCH_CLIENTS", 8).max(1);
+    let bodies = request_bodies(n, batch);
+    let bytes: usize = bodies.iter().map(|(_, b)| b.len()).sum();
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            // Retention off: the recorded pages are years old, and a sweep would delete them.
+            "data_dir = {:?}\ntenant = \"acme\"\nrules = [{:?}]\n[api]\nlisten = \"127.0.0.1:0\"\n[store]\nretention_days = 0\n",
+            dir.path().join("data"),
+            repo.join("detection-rules")
+        ),
+    )
+    .expect("writing the config");
+    let perimeter = env!("CARGO_BIN_EXE_perimeter");
+    let out = Command::new(perimeter)
+        .args(["--config", cfg.to_str().expect("utf-8 path")])
+        .args(["tokens", "create", "--tenant", "acme", "--role", "admin"])
+        .output()
+        .expect("perimeter tokens create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut child = Command::new(perimeter)
+        .args(["--config", cfg.to_str().expect("utf-8 path"), "run"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning perimeter run");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines
+        .next()
+        .expect("perimeter run printed nothing")
+        .expect("reading stdout");
+    let base = first.rsplit(' ').next().unwrap_or_default().to_string();
+    std::thread::spawn(move || for _ in lines {});
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .expect("http client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "the service never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "service ingest bench: {n} events, {} requests of {batch}, {clients} clients, {} bytes per record on average",
+        bodies.len(),
+        bytes / n.max(1)
+    );
+
+    let queue = Arc::new(Mutex::new(bodies.into_iter()));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let acknowledged = Arc::new(Mutex::new((0usize, 0usize, 0usize)));
+    let cpu0 = process_cpu_seconds(child.id());
+    let t0 = Instant::now();
+    let senders: Vec<_> = (0..clients)
+        .map(|_| {
+            let (queue, latencies, acknowledged) =
+                (queue.clone(), latencies.clone(), acknowledged.clone());
+            let (http, base, token) = (http.clone(), base.clone(), token.clone());
+            std::thread::spawn(move || loop {
+                let Some((source, body)) = queue.lock().expect("queue").next() else {
+                    return;
+                };
+                let sent = Instant::now();
+                let r = http
+                    .post(format!("{base}/ingest/{source}"))
+                    .bearer_auth(&token)
+                    .body(body)
+                    .send()
+                    .expect("ingest request");
+                let status = r.status();
+                let answer: serde_json::Value = r.json().expect("a JSON answer");
+                assert!(status.is_success(), "{status}: {answer}");
+                latencies.lock().expect("latencies").push(sent.elapsed());
+                let count = |k: &str| answer[k].as_u64().unwrap_or(0) as usize;
+                let mut a = acknowledged.lock().expect("counts");
+                a.0 += count("events");
+                a.1 += count("duplicates");
+                a.2 += count("dead_letters");
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().expect("sender thread");
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds(child.id()) - cpu0;
+    let (events, duplicates, dead_letters) = *acknowledged.lock().expect("counts");
+    let mut lat = latencies.lock().expect("latencies").clone();
+    lat.sort();
+    println!(
+        "ingest: {events} events stored ({duplicates} duplicates, {dead_letters} dead letters) in {wall:.1} s = {:.0} events/s acknowledged; request latency p50 {:.0} ms p99 {:.0} ms",
+        events as f64 / wall,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+    );
+    println!(
+        "service CPU: {:.1} us per event (all threads) = at most {:.0} events/s per core; load average {}",
+        cpu * 1e6 / events.max(1) as f64,
+        events as f64 / cpu.max(1e-9),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
