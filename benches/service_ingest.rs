@@ -8,7 +8,9 @@
 //! - `PERIMETER_BENCH_EVENTS` (default 200 000): events sent;
 //! - `PERIMETER_BENCH_BATCH` (default 1 000): records per request;
 //! - `PERIMETER_BENCH_CLIENTS` (default 8): concurrent senders, each waiting for its answer
-//!   before sending its next request.
+//!   before sending its next request;
+//! - `PERIMETER_BENCH_BIN`: the `perimeter` binary to run (default: this build's), to compare
+//!   two builds on the same input.
 //!
 //! The records are the mixed set of the other benches (recorded vendor pages + the demo day),
 //! each sent with a distinct `bench_seq` field so none is a replay of another.
@@ -124,7 +126,10 @@ fn main() {
         ),
     )
     .expect("writing the config");
-    let perimeter = env!("CARGO_BIN_EXE_perimeter");
+    // Another build's binary, to compare two builds on the same input.
+    let perimeter = std::env::var("PERIMETER_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_perimeter").to_string());
+    let perimeter = perimeter.as_str();
     let out = Command::new(perimeter)
         .args(["--config", cfg.to_str().expect("utf-8 path")])
         .args(["tokens", "create", "--tenant", "acme", "--role", "admin"])

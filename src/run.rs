@@ -1007,7 +1007,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         undelivered,
     );
     let silence = perimeter_detect::silence::SourceSilence::new(&config.silence);
-    let (bus, rx) = perimeter_ingest::bus::channel(16);
+    // Up to this many submissions wait for the worker, which stores those waiting together
+    // (one commit): many concurrent senders of small batches (webhooks) make larger groups.
+    let (bus, rx) = perimeter_ingest::bus::channel(64);
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     let worker = crate::service::spawn_pipeline_worker(
         pipeline,

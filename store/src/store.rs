@@ -643,7 +643,11 @@ impl Store {
                 }
             }
         }
-        let results = acks
+        // The alert Parquet files of the days the group's alerts touched are rewritten once for
+        // the group, after every batch's alerts are journaled (a day's file holds all its
+        // alerts, so a rewrite per batch would redo the same file).
+        let mut touched = Vec::new();
+        let mut results: Vec<Result<WriteAck>> = acks
             .into_iter()
             .zip(batches)
             .map(|(mut ack, b)| {
@@ -651,8 +655,8 @@ impl Store {
                     let layout = &self.layout;
                     let mut book = write(&self.alerts);
                     let inserted = book.insert(|t| layout.alerts_journal(t), &b.alerts)?;
-                    export_touched_days(layout, &book, &inserted.touched)?;
                     drop(book);
+                    touched.extend(inserted.touched);
                     ack.alerts_written = inserted.written;
                     ack.alerts_grouped = inserted.grouped;
                     ack.alerts_known = inserted.known;
@@ -667,6 +671,23 @@ impl Store {
                 Ok(ack)
             })
             .collect();
+        if !touched.is_empty() {
+            let book = read(&self.alerts);
+            if let Err(e) = export_touched_days(&self.layout, &book, &touched) {
+                // The batches with alerts fail, as a batch whose export failed did before
+                // groups: the alerts are journaled, and the day's file is rewritten whole, with
+                // them, when the next alert of that day is stored.
+                let msg = e.to_string();
+                let mut first = Some(e);
+                for (r, b) in results.iter_mut().zip(batches) {
+                    if r.is_ok() && !b.alerts.is_empty() {
+                        *r = Err(first
+                            .take()
+                            .unwrap_or_else(|| StoreError::GroupCommit(msg.clone())));
+                    }
+                }
+            }
+        }
         self.counters
             .batches
             .fetch_add(batches.len() as u64, Ordering::Relaxed);

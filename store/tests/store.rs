@@ -1349,6 +1349,57 @@ fn alerts_are_in_parquet_per_tenant_and_day_as_they_stand() {
 }
 
 #[test]
+fn batches_written_together_are_answered_each_and_committed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let ev = |n: u64, user: &str| event("acme", "okta", ts(20, 3, n as u32), user, "a", n);
+    let (a1, a2, b1) = (ev(1, "alice"), ev(2, "alice"), ev(3, "bob"));
+    let mut first = batch(vec![a1.clone(), a2.clone()]);
+    first.alerts = vec![alert_for("acme", &a1, Severity::High, "rule-a")];
+    let mut second = batch(vec![a2.clone(), b1.clone()]);
+    second.alerts = vec![alert_for("acme", &b1, Severity::Low, "rule-b")];
+    let mut invalid = batch(vec![ev(4, "carol")]);
+    invalid.events[0].tenant.clear();
+    let results = store.write_batches(&[first, second, invalid]);
+    let acks: Vec<_> = results
+        .iter()
+        .take(2)
+        .map(|r| r.as_ref().unwrap())
+        .collect();
+    // Each batch's own counts: the event both hold is new in the first, a duplicate in the
+    // second.
+    assert_eq!(
+        acks.iter()
+            .map(|a| (a.events_written, a.events_duplicate, a.alerts_written))
+            .collect::<Vec<_>>(),
+        [(2, 0, 1), (1, 1, 1)]
+    );
+    assert!(matches!(results[2], Err(StoreError::InvalidBatch(_))));
+    assert_eq!(store.stats().events_stored, 3);
+    // One commit: one Parquet file for the partition both batches wrote to.
+    let event_files: Vec<PathBuf> = parquet_files(dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/parquet/events/"))
+        .collect();
+    assert_eq!(event_files.len(), 1, "{event_files:?}");
+    let mut ids = Vec::new();
+    for b in read_parquet_file(&event_files[0]).unwrap() {
+        let col = b.column_by_name("event_id").unwrap().as_string::<i32>();
+        ids.extend(col.iter().map(|v| v.unwrap().to_string()));
+    }
+    ids.sort();
+    let mut expected = vec![a1.id().0.clone(), a2.id().0.clone(), b1.id().0.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    // The day's alert file, written once for the group, holds both batches' alerts.
+    let alert_ids: Vec<String> = alert_file_rows(dir.path(), "acme", 20)
+        .into_iter()
+        .map(|(id, ..)| id)
+        .collect();
+    assert_eq!(alert_ids.len(), 2, "{alert_ids:?}");
+}
+
+#[test]
 fn alerts_are_idempotent_and_triage_history_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let e1 = event(
