@@ -140,7 +140,16 @@ pub fn spawn_pipeline_worker(
             // Silence alerts raised by this run (one per silence; the store dedups across runs).
             let mut silences_raised = std::collections::HashSet::new();
             let mut last_silence_check: Option<Instant> = None;
+            // Storing runs on its own thread: while it stores (and answers) one group, this
+            // thread detects the next.
+            let mut stage = StoreStage::spawn(
+                store.clone(),
+                metrics.clone(),
+                notifier.clone(),
+                state.dir.clone(),
+            );
             while let Some(first) = rx.blocking_recv() {
+                stage.absorb_finished(&mut unstored_alerts, &mut saved_correlations);
                 // The submissions that queued while the last group was detected and stored are
                 // stored with this one: one commit for the group instead of one per submission,
                 // which costs several times more per event for small batches (webhooks, API
@@ -201,8 +210,8 @@ pub fn spawn_pipeline_worker(
                 let now = chrono::Utc::now();
                 // Each submission's detection output; alerts the old rules flushed go with the
                 // first one stored.
-                let mut group: Vec<(Submission, PipelineOutput)> = Vec::with_capacity(subs.len());
-                for sub in subs {
+                let mut group: Vec<GroupMember> = Vec::with_capacity(subs.len());
+                for mut sub in subs {
                     // An empty submission only wakes the worker (sources never send one): for
                     // a reload, or the ticker's periodic work when no input comes. Nothing to
                     // store unless the old rules flushed alerts.
@@ -210,72 +219,56 @@ pub fn spawn_pipeline_worker(
                         let _ = sub.ack.send(Ok(SubmitAck::default()));
                         continue;
                     }
-                    let mut sub = sub;
                     let mut sub_out = std::mem::take(&mut out);
                     detect_submission(&mut pipeline, &mut sub, &mut sub_out, now);
-                    group.push((sub, sub_out));
-                }
-                if group.is_empty() {
-                    // A quiet spell must not leave the last batches out of the snapshot: a
-                    // `kill -9` in it would have their resend detected (and sent) again.
-                    snapshots.save_if_due(&pipeline, &unstored_alerts, &state.dir, &metrics);
-                    continue;
-                }
-                let mut answers: Vec<Answer> = group
-                    .iter()
-                    .map(|(sub, sub_out)| {
-                        let answer = Answer::before_store(sub, sub_out, now);
-                        // Counted once, with the batch that raised them (before kept ones join).
-                        pipeline.publish_metrics(&sub.source, sub_out);
-                        answer
-                    })
-                    .collect();
-                group[0].1.alerts.splice(0..0, unstored_alerts.drain(..));
-                let mut outs: Vec<PipelineOutput> =
-                    group.iter_mut().map(|(_, o)| std::mem::take(o)).collect();
-                let results = store_outputs(&store, &mut outs, &metrics);
-                let mut stored = false;
-                for ((((sub, _), sub_out), result), answer) in
-                    group.into_iter().zip(outs).zip(results).zip(answers.drain(..))
-                {
-                    let mut sub_out = sub_out;
-                    let reply = answer.reply(
-                        &pipeline,
-                        &sub,
-                        &sub_out,
-                        result,
-                        &metrics,
-                        &notifier,
-                        &mut warned_sources,
-                    );
-                    if reply.is_err() {
-                        unstored_alerts.append(&mut sub_out.alerts);
-                        tracing::error!(
-                            error = %reply.as_ref().err().map(String::as_str).unwrap_or_default(),
-                            alerts_kept_for_the_next_batch = unstored_alerts.len(),
-                            "batch not stored; the source will retry"
-                        )
-                    }
-                    stored |= reply.is_ok();
-                    let _ = sub.ack.send(reply);
-                }
-                // After the answers, so the snapshot never holds events whose source was not
-                // told they are stored (a restart would count those again when they are resent).
-                if stored {
-                    let (windows, version) = pipeline.correlation_state();
-                    if version != saved_correlations && windows <= PER_BATCH_SNAPSHOT_MAX_WINDOWS {
-                        match pipeline.save_correlations(&state.dir, false) {
-                            Ok(()) => saved_correlations = version,
-                            Err(e) => snapshot_failed(&metrics, &e, "correlation windows"),
+                    let answer = Answer::before_store(&pipeline, &sub, &sub_out, now);
+                    if let Some(note) = &answer.source_note {
+                        if warned_sources.insert(sub.source.clone()) {
+                            tracing::warn!(source = %sub.source, "{note}");
                         }
                     }
+                    // Counted once, with the batch that raised them (before kept ones join).
+                    pipeline.publish_metrics(&sub.source, &sub_out);
+                    group.push(GroupMember {
+                        sub,
+                        out: sub_out,
+                        answer,
+                    });
                 }
-                if last_retention.elapsed() > RETENTION_EVERY {
-                    apply_retention(&store, &metrics);
-                    last_retention = Instant::now();
+                if !group.is_empty() {
+                    // Alerts of groups the store failed so far are stored with this one.
+                    stage.absorb_finished(&mut unstored_alerts, &mut saved_correlations);
+                    group[0].out.alerts.splice(0..0, unstored_alerts.drain(..));
+                    // The correlation windows as of this group, written once it is stored:
+                    // the file then never holds events whose source was not told they are
+                    // stored (a restart would count those again when they are resent).
+                    let (windows, version) = pipeline.correlation_state();
+                    let correlations = (version != saved_correlations
+                        && windows <= PER_BATCH_SNAPSHOT_MAX_WINDOWS)
+                        .then(|| pipeline.correlation_snapshot())
+                        .flatten();
+                    if correlations.is_some() {
+                        saved_correlations = version;
+                    }
+                    stage.store(StoreJob {
+                        group,
+                        correlations,
+                    });
                 }
-                snapshots.save_if_due(&pipeline, &unstored_alerts, &state.dir, &metrics);
+                let retention_due = last_retention.elapsed() > RETENTION_EVERY;
+                if retention_due || snapshots.due() {
+                    // The snapshot holds the detection state of every group detected so far:
+                    // each must be stored and answered first (and retention waits for no write).
+                    stage.finish_all(&mut unstored_alerts, &mut saved_correlations);
+                    if retention_due {
+                        apply_retention(&store, &metrics);
+                        last_retention = Instant::now();
+                    }
+                    snapshots.save_if_due(&pipeline, &unstored_alerts, &state.dir, &metrics);
+                }
             }
+            stage.finish_all(&mut unstored_alerts, &mut saved_correlations);
+            stage.stop();
             // What the last batch left in `out` is stored and sent already.
             out.clear();
             out.alerts.append(&mut unstored_alerts);
@@ -397,14 +390,27 @@ struct Answer {
     /// The answer goes to the submission's tenant: it counts that tenant's alerts only
     /// (another tenant's, released by this batch's time, are stored all the same).
     own_alerts: std::collections::HashSet<String>,
+    /// Why the source's records are stored as plain JSON (no normalizer knows its name).
+    source_note: Option<String>,
+    /// What the sender should know about the batch.
+    warnings: Vec<String>,
 }
 
 impl Answer {
     fn before_store(
+        pipeline: &Pipeline,
         sub: &Submission,
         out: &PipelineOutput,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Answer {
+        let source_note = pipeline.registry().unnormalized_source_note(&sub.source);
+        let mut warnings: Vec<String> = source_note.iter().cloned().collect();
+        if out.empty_inputs > 0 {
+            warnings.push(format!(
+                "{} input value(s) held no record (an empty page such as `{{}}`, `[]` or `{{\"data\": []}}`): nothing was stored for them",
+                out.empty_inputs
+            ));
+        }
         Answer {
             lag: out
                 .events
@@ -418,21 +424,20 @@ impl Answer {
                 .filter(|a| a.tenant == sub.tenant)
                 .map(|a| a.id.clone())
                 .collect(),
+            source_note,
+            warnings,
         }
     }
 
     /// The submission's answer once the store has `result` for its output `out`; also the
-    /// lag metrics, the warnings a sender gets, and the stored alerts sent on.
-    #[allow(clippy::too_many_arguments)]
+    /// lag metrics and the stored alerts sent on.
     fn reply(
         self,
-        pipeline: &Pipeline,
         sub: &Submission,
         out: &PipelineOutput,
         result: Result<WriteAck, String>,
         metrics: &Metrics,
         notifier: &AlertNotifier,
-        warned_sources: &mut std::collections::HashSet<String>,
     ) -> Result<SubmitAck, String> {
         metrics.set("pipeline_lag_seconds", &[], self.lag.max(0.0));
         if let Some(received) = self.first_received {
@@ -442,22 +447,6 @@ impl Answer {
                 &[],
                 (processing / 1000.0).max(0.0),
             );
-        }
-        let mut warnings: Vec<String> = pipeline
-            .registry()
-            .unnormalized_source_note(&sub.source)
-            .into_iter()
-            .collect();
-        if let Some(note) = warnings.first() {
-            if warned_sources.insert(sub.source.clone()) {
-                tracing::warn!(source = %sub.source, "{note}");
-            }
-        }
-        if out.empty_inputs > 0 {
-            warnings.push(format!(
-                "{} input value(s) held no record (an empty page such as `{{}}`, `[]` or `{{\"data\": []}}`): nothing was stored for them",
-                out.empty_inputs
-            ));
         }
         if let Ok(ack) = &result {
             // Stored: the (masked) alerts go to their tenants' destinations.
@@ -483,7 +472,7 @@ impl Answer {
             // Alerts already stored (the same events detected again) are not raised anew.
             alerts: raised.saturating_sub(own(&ack.alerts_known)),
             past_retention: ack.events_past_retention,
-            warnings,
+            warnings: self.warnings,
             // Stored here, not handed on.
             queued: 0,
         });
@@ -496,6 +485,186 @@ impl Answer {
             );
         }
         reply
+    }
+}
+
+/// A submission of a group, detected: its output and what its answer needs.
+struct GroupMember {
+    sub: Submission,
+    out: PipelineOutput,
+    answer: Answer,
+}
+
+/// A detected group for the store stage.
+struct StoreJob {
+    group: Vec<GroupMember>,
+    /// The correlation windows as of the group's detection, written once every submission of
+    /// the group is stored and answered.
+    correlations: Option<perimeter_detect::sigma::CorrelatorSnapshot>,
+}
+
+/// What the store stage reports for a job.
+struct JobDone {
+    /// Alerts of the submissions the store failed: stored with a later group.
+    unstored_alerts: Vec<perimeter_model::Alert>,
+    /// The job's correlation windows were not written (the group was not all stored, or the
+    /// write failed): the next group writes them.
+    correlations_not_written: bool,
+}
+
+/// The thread that stores detected groups and answers their submissions, one group at a time,
+/// while the pipeline thread detects the next: detection and storing overlap, and a group is
+/// handed over only when the previous one is stored, so at most one waits.
+struct StoreStage {
+    jobs: Option<std::sync::mpsc::SyncSender<StoreJob>>,
+    done: std::sync::mpsc::Receiver<JobDone>,
+    /// Jobs handed over whose report was not taken yet.
+    in_flight: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StoreStage {
+    fn spawn(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        notifier: AlertNotifier,
+        state_dir: PathBuf,
+    ) -> StoreStage {
+        // Rendezvous: a job is taken only when the stage is done with the one before.
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<StoreJob>(0);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || {
+                for job in job_rx {
+                    let report = store_group(job, &store, &metrics, &notifier, &state_dir);
+                    if done_tx.send(report).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the store thread");
+        StoreStage {
+            jobs: Some(jobs),
+            done,
+            in_flight: 0,
+            thread: Some(thread),
+        }
+    }
+
+    /// Hand a group over; waits while the stage stores the one before.
+    fn store(&mut self, job: StoreJob) {
+        let Some(jobs) = &self.jobs else { return };
+        match jobs.send(job) {
+            Ok(()) => self.in_flight += 1,
+            // The stage is gone (it panicked): the job's submissions are dropped with it, and
+            // their senders see the pipeline closed and resend.
+            Err(_) => tracing::error!("the store thread is gone; the batch is not stored"),
+        }
+    }
+
+    fn absorb(
+        &mut self,
+        report: JobDone,
+        unstored_alerts: &mut Vec<perimeter_model::Alert>,
+        saved_correlations: &mut u64,
+    ) {
+        self.in_flight -= 1;
+        unstored_alerts.extend(report.unstored_alerts);
+        if report.correlations_not_written {
+            *saved_correlations = u64::MAX;
+        }
+    }
+
+    /// Take the reports of the jobs finished so far (not waiting).
+    fn absorb_finished(
+        &mut self,
+        unstored_alerts: &mut Vec<perimeter_model::Alert>,
+        saved_correlations: &mut u64,
+    ) {
+        while self.in_flight > 0 {
+            match self.done.try_recv() {
+                Ok(report) => self.absorb(report, unstored_alerts, saved_correlations),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Wait until every job handed over is stored and answered.
+    fn finish_all(
+        &mut self,
+        unstored_alerts: &mut Vec<perimeter_model::Alert>,
+        saved_correlations: &mut u64,
+    ) {
+        while self.in_flight > 0 {
+            match self.done.recv() {
+                Ok(report) => self.absorb(report, unstored_alerts, saved_correlations),
+                Err(_) => {
+                    self.in_flight = 0;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn stop(mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the store thread panicked");
+            }
+        }
+    }
+}
+
+/// Store a group with one commit, answer each submission, then write the correlation windows
+/// taken with the group if all of it is stored.
+fn store_group(
+    job: StoreJob,
+    store: &Store,
+    metrics: &Metrics,
+    notifier: &AlertNotifier,
+    state_dir: &std::path::Path,
+) -> JobDone {
+    let StoreJob {
+        group,
+        correlations,
+    } = job;
+    let (members, mut outs): (Vec<(Submission, Answer)>, Vec<PipelineOutput>) = group
+        .into_iter()
+        .map(|m| ((m.sub, m.answer), m.out))
+        .unzip();
+    let results = store_outputs(store, &mut outs, metrics);
+    let mut unstored_alerts = Vec::new();
+    let mut all_stored = true;
+    for (((sub, answer), mut out), result) in members.into_iter().zip(outs).zip(results) {
+        let reply = answer.reply(&sub, &out, result, metrics, notifier);
+        if let Err(e) = &reply {
+            all_stored = false;
+            unstored_alerts.append(&mut out.alerts);
+            tracing::error!(
+                error = %e,
+                alerts_kept_for_the_next_batch = unstored_alerts.len(),
+                "batch not stored; the source will retry"
+            )
+        }
+        let _ = sub.ack.send(reply);
+    }
+    let mut correlations_not_written = false;
+    if let Some(snapshot) = correlations {
+        correlations_not_written = true;
+        if all_stored {
+            match perimeter_detect::pipeline::write_correlation_snapshot(
+                state_dir, &snapshot, false,
+            ) {
+                Ok(()) => correlations_not_written = false,
+                Err(e) => snapshot_failed(metrics, &e, "correlation windows"),
+            }
+        }
+    }
+    JobDone {
+        unstored_alerts,
+        correlations_not_written,
     }
 }
 
@@ -518,6 +687,11 @@ impl PeriodicSnapshots {
             last: Instant::now(),
             written: None,
         }
+    }
+
+    /// Whether [`Self::save_if_due`] would look at the state now.
+    fn due(&self) -> bool {
+        self.last.elapsed() > self.every
     }
 
     fn save_if_due(

@@ -320,16 +320,19 @@ impl Pipeline {
     /// machine losing power). Cheap when few windows are open: a service writes it after every
     /// stored batch, so a `kill -9` loses at most the batch in flight.
     pub fn save_correlations(&self, dir: &std::path::Path, durable: bool) -> crate::Result<()> {
-        if let Some(sigma) = &self.sigma {
-            let snapshot = sigma.correlation_snapshot(&|text| self.masker.mask_text(text));
-            crate::state_file::write_binary(
-                &dir.join(CORRELATION_SNAPSHOT),
-                "correlation snapshot",
-                &snapshot,
-                durable,
-            )?;
+        match self.correlation_snapshot() {
+            Some(snapshot) => write_correlation_snapshot(dir, &snapshot, durable),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The open correlation windows as of now, as [`Pipeline::save_correlations`] writes them
+    /// (`None` without rules): taken here, written later with [`write_correlation_snapshot`]
+    /// (once the events they counted are stored, while the pipeline goes on).
+    pub fn correlation_snapshot(&self) -> Option<crate::sigma::CorrelatorSnapshot> {
+        self.sigma
+            .as_ref()
+            .map(|sigma| sigma.correlation_snapshot(&|text| self.masker.mask_text(text)))
     }
 
     /// Numbers that change whenever the detection state may have changed (behavioural state:
@@ -786,6 +789,21 @@ const UNSTORED_ALERTS_FORMAT: &str = "perimeter-unstored-alerts/1";
 struct UnstoredAlerts<'a> {
     format: String,
     alerts: std::borrow::Cow<'a, [Alert]>,
+}
+
+/// Write a correlation snapshot ([`Pipeline::correlation_snapshot`]) where
+/// [`Pipeline::restore_correlations`] reads it.
+pub fn write_correlation_snapshot(
+    dir: &std::path::Path,
+    snapshot: &crate::sigma::CorrelatorSnapshot,
+    durable: bool,
+) -> crate::Result<()> {
+    crate::state_file::write_binary(
+        &dir.join(CORRELATION_SNAPSHOT),
+        "correlation snapshot",
+        snapshot,
+        durable,
+    )
 }
 
 /// Keep `alerts` (masked: they come out of a pipeline) in `dir` until they are stored, or remove
