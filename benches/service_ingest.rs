@@ -10,10 +10,14 @@
 //! - `PERIMETER_BENCH_CLIENTS` (default 8): concurrent senders, each waiting for its answer
 //!   before sending its next request;
 //! - `PERIMETER_BENCH_BIN`: the `perimeter` binary to run (default: this build's), to compare
-//!   two builds on the same input.
+//!   two builds on the same input;
+//! - `PERIMETER_BENCH_RECORDED_TIMES=1`: keep the records' recorded times (they span years, so
+//!   each batch touches many day partitions, as a backfill does). By default they are re-dated
+//!   to the hour before the run, as a live feed is.
 //!
 //! The records are the mixed set of the other benches (recorded vendor pages + the demo day),
-//! each sent with a distinct `bench_seq` field so none is a replay of another.
+//! each sent with a distinct `bench_seq` field so none is a replay of another, and dated to the
+//! hour before the run.
 
 mod common;
 
@@ -57,10 +61,54 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// `record` (a JSON object) with the event time fields the normalizers read set to `when`, in
+/// the form each had (epoch seconds or milliseconds, or RFC 3339 text).
+fn dated(record: &str, when: chrono::DateTime<chrono::Utc>) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(record).expect("a bench record");
+    let set = |field: &mut serde_json::Value| {
+        *field = match field {
+            serde_json::Value::Number(n) if n.as_u64().is_some_and(|t| t > 100_000_000_000) => {
+                when.timestamp_millis().into()
+            }
+            serde_json::Value::Number(_) => when.timestamp().into(),
+            _ => when
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                .into(),
+        }
+    };
+    const TIME_FIELDS: &[&str] = &[
+        "published",
+        "@timestamp",
+        "created_at",
+        "date_create",
+        "timestamp",
+        "eventTime",
+        "CreationTime",
+        "time",
+    ];
+    if let Some(obj) = v.as_object_mut() {
+        for key in TIME_FIELDS {
+            if let Some(field) = obj.get_mut(*key) {
+                set(field);
+            }
+        }
+        // Google Workspace's activity time.
+        if let Some(field) = obj.get_mut("id").and_then(|id| id.get_mut("time")) {
+            set(field);
+        }
+    }
+    v.to_string()
+}
+
 /// Request bodies (source, JSON lines) of `batch` records each, `n` records in all: each
 /// source's records in turn, round-robin over the sources, every record given its own
-/// `bench_seq`.
-fn request_bodies(n: usize, batch: usize) -> Vec<(String, Vec<u8>)> {
+/// `bench_seq`. `live`: the records are re-dated to the hour before it (else they keep the
+/// recorded pages' times, which span years: a backfill, each batch touching many days).
+fn request_bodies(
+    n: usize,
+    batch: usize,
+    live: Option<chrono::DateTime<chrono::Utc>>,
+) -> Vec<(String, Vec<u8>)> {
     let mut by_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (source, raw) in common::mixed_records() {
         // Objects only: each gets a field.
@@ -93,6 +141,14 @@ fn request_bodies(n: usize, batch: usize) -> Vec<(String, Vec<u8>)> {
                     .expect("every source has a cursor");
                 let text = &records[*at % records.len()];
                 *at += 1;
+                let text = match live {
+                    Some(start) => {
+                        // Events of the last hour, a millisecond apart, as a live feed is.
+                        let when = start - chrono::Duration::milliseconds((n - seq) as i64);
+                        std::borrow::Cow::Owned(dated(text, when))
+                    }
+                    None => std::borrow::Cow::Borrowed(text.as_str()),
+                };
                 // The field goes first, the record's own keys keep their order.
                 body.extend_from_slice(format!("{{\"bench_seq\":{seq},").as_bytes());
                 body.extend_from_slice(&text.as_bytes()[1..]);
@@ -110,7 +166,8 @@ fn main() {
     let n = env_usize("PERIMETER_BENCH_EVENTS", 200_000);
     let batch = env_usize("PERIMETER_BENCH_BATCH", 1_000).max(1);
     let clients = env_usize("PERIMETER_BENCH_CLIENTS", 8).max(1);
-    let bodies = request_bodies(n, batch);
+    let recorded_times = std::env::var_os("PERIMETER_BENCH_RECORDED_TIMES").is_some();
+    let bodies = request_bodies(n, batch, (!recorded_times).then(chrono::Utc::now));
     let bytes: usize = bodies.iter().map(|(_, b)| b.len()).sum();
 
     let dir = tempfile::tempdir().expect("temp dir");

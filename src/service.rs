@@ -207,18 +207,18 @@ pub fn spawn_pipeline_worker(
                         }
                     }
                 }
-                let now = chrono::Utc::now();
                 // Each submission's detection output; alerts the old rules flushed go with the
                 // first one stored.
                 let mut group: Vec<GroupMember> = Vec::with_capacity(subs.len());
-                for mut sub in subs {
+                let mut admit = |mut sub: Submission| {
                     // An empty submission only wakes the worker (sources never send one): for
                     // a reload, or the ticker's periodic work when no input comes. Nothing to
                     // store unless the old rules flushed alerts.
                     if sub.items.is_empty() && out.alerts.is_empty() {
                         let _ = sub.ack.send(Ok(SubmitAck::default()));
-                        continue;
+                        return None;
                     }
+                    let now = chrono::Utc::now();
                     let mut sub_out = std::mem::take(&mut out);
                     detect_submission(&mut pipeline, &mut sub, &mut sub_out, now);
                     let answer = Answer::before_store(&pipeline, &sub, &sub_out, now);
@@ -229,11 +229,30 @@ pub fn spawn_pipeline_worker(
                     }
                     // Counted once, with the batch that raised them (before kept ones join).
                     pipeline.publish_metrics(&sub.source, &sub_out);
-                    group.push(GroupMember {
+                    Some(GroupMember {
                         sub,
                         out: sub_out,
                         answer,
-                    });
+                    })
+                };
+                group.extend(subs.into_iter().filter_map(&mut admit));
+                // While the store thread is still busy with the group before, what arrives joins
+                // this one: senders answered together send again together, and a group handed
+                // over at once would hold only the first of them.
+                while records < GROUP_MAX_RECORDS
+                    && !group.is_empty()
+                    && stage.busy(&mut unstored_alerts, &mut saved_correlations)
+                {
+                    match rx.try_recv() {
+                        Ok(sub) => {
+                            records += sub.items.len();
+                            group.extend(admit(sub));
+                        }
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                            stage.wait_briefly(&mut unstored_alerts, &mut saved_correlations)
+                        }
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+                    }
                 }
                 if !group.is_empty() {
                     // Alerts of groups the store failed so far are stored with this one.
@@ -587,6 +606,32 @@ impl StoreStage {
                 Ok(report) => self.absorb(report, unstored_alerts, saved_correlations),
                 Err(_) => return,
             }
+        }
+    }
+
+    /// Whether a job handed over is still being stored (reports taken first).
+    fn busy(
+        &mut self,
+        unstored_alerts: &mut Vec<perimeter_model::Alert>,
+        saved_correlations: &mut u64,
+    ) -> bool {
+        self.absorb_finished(unstored_alerts, saved_correlations);
+        self.in_flight > 0
+    }
+
+    /// Wait a little for the job in the store to finish (taking its report if it does).
+    fn wait_briefly(
+        &mut self,
+        unstored_alerts: &mut Vec<perimeter_model::Alert>,
+        saved_correlations: &mut u64,
+    ) {
+        if self.in_flight == 0 {
+            return;
+        }
+        match self.done.recv_timeout(Duration::from_micros(500)) {
+            Ok(report) => self.absorb(report, unstored_alerts, saved_correlations),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => self.in_flight = 0,
         }
     }
 
