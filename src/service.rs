@@ -1207,17 +1207,21 @@ mod tests {
             ("globex", vec![okta_record("g1")]),
             ("acme", vec![]),
         ];
-        let answers: Vec<_> = submissions
-            .into_iter()
-            .map(|(tenant, items)| {
-                let bus = bus.clone();
-                tokio::spawn(async move { bus.submit("okta", tenant, items).await })
-            })
-            .collect();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while bus.queued() < 4 {
-            assert!(Instant::now() < deadline, "submissions never queued");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut answers = Vec::new();
+        for (queued, (tenant, items)) in submissions.into_iter().enumerate() {
+            let sender = bus.clone();
+            answers.push(tokio::spawn(async move {
+                sender.submit("okta", tenant, items).await
+            }));
+            // One at a time, so they queue in this order.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while bus.queued() <= queued {
+                assert!(
+                    Instant::now() < deadline,
+                    "submission {queued} never queued"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
         let (_reloads, rule_reloads) = std::sync::mpsc::channel();
         let worker = spawn_pipeline_worker(
