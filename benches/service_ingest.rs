@@ -11,6 +11,8 @@
 //!   before sending its next request;
 //! - `PERIMETER_BENCH_BIN`: the `perimeter` binary to run (default: this build's), to compare
 //!   two builds on the same input;
+//! - `PERIMETER_BENCH_STORE_CONFIG`: more `[store]` settings, TOML lines
+//!   (`index_writer_threads = 2`);
 //! - `PERIMETER_BENCH_RECORDED_TIMES=1`: keep the records' recorded times (they span years, so
 //!   each batch touches many day partitions, as a backfill does). By default they are re-dated
 //!   to the hour before the run, as a live feed is.
@@ -177,9 +179,10 @@ fn main() {
         &cfg,
         format!(
             // Retention off: the recorded pages are years old, and a sweep would delete them.
-            "data_dir = {:?}\ntenant = \"acme\"\nrules = [{:?}]\n[api]\nlisten = \"127.0.0.1:0\"\n[store]\nretention_days = 0\n",
+            "data_dir = {:?}\ntenant = \"acme\"\nrules = [{:?}]\n[api]\nlisten = \"127.0.0.1:0\"\n[store]\nretention_days = 0\n{}\n",
             dir.path().join("data"),
-            repo.join("detection-rules")
+            repo.join("detection-rules"),
+            std::env::var("PERIMETER_BENCH_STORE_CONFIG").unwrap_or_default()
         ),
     )
     .expect("writing the config");
