@@ -149,7 +149,7 @@ pub fn spawn_pipeline_worker(
                 state.dir.clone(),
             );
             while let Some(first) = rx.blocking_recv() {
-                stage.absorb_finished(&mut unstored_alerts, &mut saved_correlations);
+                stage.poll();
                 // The submissions that queued while the last group was detected and stored are
                 // stored with this one: one commit for the group instead of one per submission,
                 // which costs several times more per event for small batches (webhooks, API
@@ -241,7 +241,7 @@ pub fn spawn_pipeline_worker(
                 // over at once would hold only the first of them.
                 while records < GROUP_MAX_RECORDS
                     && !group.is_empty()
-                    && stage.busy(&mut unstored_alerts, &mut saved_correlations)
+                    && stage.busy()
                 {
                     match rx.try_recv() {
                         Ok(sub) => {
@@ -249,14 +249,15 @@ pub fn spawn_pipeline_worker(
                             group.extend(admit(sub));
                         }
                         Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                            stage.wait_briefly(&mut unstored_alerts, &mut saved_correlations)
+                            stage.wait_briefly()
                         }
                         Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
                     }
                 }
                 if !group.is_empty() {
                     // Alerts of groups the store failed so far are stored with this one.
-                    stage.absorb_finished(&mut unstored_alerts, &mut saved_correlations);
+                    stage.poll();
+                    stage.take_returned(&mut unstored_alerts, &mut saved_correlations);
                     group[0].out.alerts.splice(0..0, unstored_alerts.drain(..));
                     // The correlation windows as of this group, written once it is stored:
                     // the file then never holds events whose source was not told they are
@@ -278,7 +279,8 @@ pub fn spawn_pipeline_worker(
                 if retention_due || snapshots.due() {
                     // The snapshot holds the detection state of every group detected so far:
                     // each must be stored and answered first (and retention waits for no write).
-                    stage.finish_all(&mut unstored_alerts, &mut saved_correlations);
+                    stage.finish_all();
+                    stage.take_returned(&mut unstored_alerts, &mut saved_correlations);
                     if retention_due {
                         apply_retention(&store, &metrics);
                         last_retention = Instant::now();
@@ -286,7 +288,8 @@ pub fn spawn_pipeline_worker(
                     snapshots.save_if_due(&pipeline, &unstored_alerts, &state.dir, &metrics);
                 }
             }
-            stage.finish_all(&mut unstored_alerts, &mut saved_correlations);
+            stage.finish_all();
+            stage.take_returned(&mut unstored_alerts, &mut saved_correlations);
             stage.stop();
             // What the last batch left in `out` is stored and sent already.
             out.clear();
@@ -540,6 +543,10 @@ struct StoreStage {
     /// Jobs handed over whose report was not taken yet.
     in_flight: usize,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Alerts of groups the store failed, from the reports taken, for [`Self::take_returned`].
+    returned_alerts: Vec<perimeter_model::Alert>,
+    /// A report taken said its correlation windows were not written.
+    correlations_not_written: bool,
 }
 
 impl StoreStage {
@@ -568,6 +575,8 @@ impl StoreStage {
             done,
             in_flight: 0,
             thread: Some(thread),
+            returned_alerts: Vec::new(),
+            correlations_not_written: false,
         }
     }
 
@@ -582,73 +591,61 @@ impl StoreStage {
         }
     }
 
-    fn absorb(
-        &mut self,
-        report: JobDone,
-        unstored_alerts: &mut Vec<perimeter_model::Alert>,
-        saved_correlations: &mut u64,
-    ) {
+    fn absorb(&mut self, report: JobDone) {
         self.in_flight -= 1;
-        unstored_alerts.extend(report.unstored_alerts);
-        if report.correlations_not_written {
-            *saved_correlations = u64::MAX;
-        }
+        self.returned_alerts.extend(report.unstored_alerts);
+        self.correlations_not_written |= report.correlations_not_written;
     }
 
     /// Take the reports of the jobs finished so far (not waiting).
-    fn absorb_finished(
-        &mut self,
-        unstored_alerts: &mut Vec<perimeter_model::Alert>,
-        saved_correlations: &mut u64,
-    ) {
+    fn poll(&mut self) {
         while self.in_flight > 0 {
             match self.done.try_recv() {
-                Ok(report) => self.absorb(report, unstored_alerts, saved_correlations),
+                Ok(report) => self.absorb(report),
                 Err(_) => return,
             }
         }
     }
 
-    /// Whether a job handed over is still being stored (reports taken first).
-    fn busy(
-        &mut self,
-        unstored_alerts: &mut Vec<perimeter_model::Alert>,
-        saved_correlations: &mut u64,
-    ) -> bool {
-        self.absorb_finished(unstored_alerts, saved_correlations);
+    /// Whether a job handed over is still being stored.
+    fn busy(&mut self) -> bool {
+        self.poll();
         self.in_flight > 0
     }
 
     /// Wait a little for the job in the store to finish (taking its report if it does).
-    fn wait_briefly(
-        &mut self,
-        unstored_alerts: &mut Vec<perimeter_model::Alert>,
-        saved_correlations: &mut u64,
-    ) {
+    fn wait_briefly(&mut self) {
         if self.in_flight == 0 {
             return;
         }
         match self.done.recv_timeout(Duration::from_micros(500)) {
-            Ok(report) => self.absorb(report, unstored_alerts, saved_correlations),
+            Ok(report) => self.absorb(report),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => self.in_flight = 0,
         }
     }
 
     /// Wait until every job handed over is stored and answered.
-    fn finish_all(
+    fn finish_all(&mut self) {
+        while self.in_flight > 0 {
+            match self.done.recv() {
+                Ok(report) => self.absorb(report),
+                Err(_) => self.in_flight = 0,
+            }
+        }
+    }
+
+    /// What the reports taken so far give back: the alerts of failed groups (into
+    /// `unstored_alerts`), and whether correlation windows went unwritten (then
+    /// `saved_correlations` is reset, so the next group writes them).
+    fn take_returned(
         &mut self,
         unstored_alerts: &mut Vec<perimeter_model::Alert>,
         saved_correlations: &mut u64,
     ) {
-        while self.in_flight > 0 {
-            match self.done.recv() {
-                Ok(report) => self.absorb(report, unstored_alerts, saved_correlations),
-                Err(_) => {
-                    self.in_flight = 0;
-                    return;
-                }
-            }
+        unstored_alerts.append(&mut self.returned_alerts);
+        if std::mem::take(&mut self.correlations_not_written) {
+            *saved_correlations = u64::MAX;
         }
     }
 

@@ -473,16 +473,8 @@ impl Store {
     /// given gets its own error; the others are written.
     pub fn write_batches(&self, batches: &[StoreBatch]) -> Vec<Result<WriteAck>> {
         if let Err(e) = self.ensure_writable() {
-            let msg = e.to_string();
-            let mut first = Some(e);
-            return batches
-                .iter()
-                .map(|_| {
-                    Err(first
-                        .take()
-                        .unwrap_or_else(|| StoreError::GroupCommit(msg.clone())))
-                })
-                .collect();
+            let mut error = failed_together(e);
+            return batches.iter().map(|_| Err(error())).collect();
         }
         let now = Utc::now();
         let checked: Vec<Result<()>> = batches.iter().map(validate_batch).collect();
@@ -630,16 +622,8 @@ impl Store {
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
-                    let mut first = Some(e);
-                    return batches
-                        .iter()
-                        .map(|_| {
-                            Err(first
-                                .take()
-                                .unwrap_or_else(|| StoreError::GroupCommit(msg.clone())))
-                        })
-                        .collect();
+                    let mut error = failed_together(e);
+                    return batches.iter().map(|_| Err(error())).collect();
                 }
             }
         }
@@ -677,13 +661,10 @@ impl Store {
                 // The batches with alerts fail, as a batch whose export failed did before
                 // groups: the alerts are journaled, and the day's file is rewritten whole, with
                 // them, when the next alert of that day is stored.
-                let msg = e.to_string();
-                let mut first = Some(e);
+                let mut error = failed_together(e);
                 for (r, b) in results.iter_mut().zip(batches) {
                     if r.is_ok() && !b.alerts.is_empty() {
-                        *r = Err(first
-                            .take()
-                            .unwrap_or_else(|| StoreError::GroupCommit(msg.clone())));
+                        *r = Err(error());
                     }
                 }
             }
@@ -1170,6 +1151,18 @@ fn export_touched_days(
         crate::alert_parquet::export_days(layout, book, tenant, days)?;
     }
     Ok(())
+}
+
+/// The errors of batches that failed together, one per call: `e` for the first,
+/// [`StoreError::GroupCommit`] naming it for the others.
+fn failed_together(e: StoreError) -> impl FnMut() -> StoreError {
+    let msg = e.to_string();
+    let mut first = Some(e);
+    move || {
+        first
+            .take()
+            .unwrap_or_else(|| StoreError::GroupCommit(msg.clone()))
+    }
 }
 
 fn validate_batch(batch: &StoreBatch) -> Result<()> {
