@@ -277,8 +277,11 @@ pub fn spawn_pipeline_worker(
                 }
                 let retention_due = last_retention.elapsed() > RETENTION_EVERY;
                 if retention_due || snapshots.due() {
-                    // The snapshot holds the detection state of every group detected so far:
-                    // each must be stored and answered first (and retention waits for no write).
+                    // Checked on idle wakes too: a quiet spell must not leave the last batches
+                    // out of the snapshot (a `kill -9` in it would have their resend detected,
+                    // and sent, again). The snapshot holds the detection state of every group
+                    // detected so far: each must be stored and answered first (and retention
+                    // waits for no write).
                     stage.finish_all();
                     stage.take_returned(&mut unstored_alerts, &mut saved_correlations);
                     if retention_due {
