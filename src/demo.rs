@@ -7,7 +7,7 @@ use crate::service::store_output;
 use anyhow::Context;
 use perimeter_detect::pipeline::{entity_key, Pipeline, PipelineOutput};
 use perimeter_detect::ueba::UebaEngine;
-use perimeter_ingest::{InputItem, JsonlReader, JsonlReaderConfig};
+use perimeter_ingest::{JsonlReader, JsonlReaderConfig};
 use perimeter_model::{Alert, EntityKind, Metrics};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -123,27 +123,7 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
         Ok(())
     };
     for item in JsonlReader::new(DEMO_EVENTS.as_bytes(), JsonlReaderConfig::default()) {
-        match item? {
-            // JSON lines: one record per line, no member lines.
-            InputItem::Record { line, value, .. } => {
-                pipeline.process_value("auto", DEMO_TENANT, Some(line), value, now, &mut out)
-            }
-            InputItem::Invalid {
-                line,
-                reason,
-                excerpt,
-                digest,
-            } => pipeline.dead_letter(
-                "auto",
-                DEMO_TENANT,
-                Some(line),
-                &reason,
-                &excerpt,
-                Some(&digest),
-                now,
-                &mut out,
-            ),
-        }
+        crate::service::process_item(&mut pipeline, "auto", DEMO_TENANT, item?, now, &mut out);
         if out.events.len() >= 2000 {
             flush(&mut out, &mut alerts)?;
         }

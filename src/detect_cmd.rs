@@ -400,44 +400,21 @@ fn feed(
     out: &mut PipelineOutput,
 ) {
     let now = chrono::Utc::now();
-    match item {
-        InputItem::Record {
-            line,
-            value,
-            member_lines,
-        } => {
-            let empty_before = out.empty_inputs;
-            pipeline.process_value_at(source, tenant, Some(line), &member_lines, value, now, out);
-            // A value without a record (`{}`, `[]`, an envelope with an empty list) gives no
-            // event: a dead letter says so, or it would vanish from the output and the counts.
-            if out.empty_inputs > empty_before {
-                pipeline.dead_letter(
-                    source,
-                    tenant,
-                    Some(line),
-                    "holds no record (an empty object, array or page)",
-                    "",
-                    None,
-                    now,
-                    out,
-                );
-            }
-        }
-        InputItem::Invalid {
-            line,
-            reason,
-            excerpt,
-            digest,
-        } => pipeline.dead_letter(
+    let empty_before = out.empty_inputs;
+    let line = crate::service::process_item(pipeline, source, tenant, item, now, out);
+    // A value without a record (`{}`, `[]`, an envelope with an empty list) gives no event: a
+    // dead letter says so, or it would vanish from the output and the counts.
+    if out.empty_inputs > empty_before {
+        pipeline.dead_letter(
             source,
             tenant,
             Some(line),
-            &reason,
-            &excerpt,
-            Some(&digest),
+            "holds no record (an empty object, array or page)",
+            "",
+            None,
             now,
             out,
-        ),
+        );
     }
 }
 

@@ -149,22 +149,6 @@ pub fn spawn_pipeline_worker(
                 state.dir.clone(),
             );
             while let Some(first) = rx.blocking_recv() {
-                stage.poll();
-                // The submissions that queued while the last group was detected and stored are
-                // stored with this one: one commit for the group instead of one per submission,
-                // which costs several times more per event for small batches (webhooks, API
-                // pages). Each is still answered only once the group is stored.
-                let mut subs = vec![first];
-                let mut records = subs[0].items.len();
-                while records < GROUP_MAX_RECORDS {
-                    match rx.try_recv() {
-                        Ok(sub) => {
-                            records += sub.items.len();
-                            subs.push(sub);
-                        }
-                        Err(_) => break,
-                    }
-                }
                 out.clear();
                 // Rules reloaded meanwhile (SIGHUP) apply from this batch on.
                 while let Ok(sigma) = rule_reloads.try_recv() {
@@ -209,7 +193,7 @@ pub fn spawn_pipeline_worker(
                 }
                 // Each submission's detection output; alerts the old rules flushed go with the
                 // first one stored.
-                let mut group: Vec<GroupMember> = Vec::with_capacity(subs.len());
+                let mut group: Vec<GroupMember> = Vec::new();
                 let mut admit = |mut sub: Submission| {
                     // An empty submission only wakes the worker (sources never send one): for
                     // a reload, or the ticker's periodic work when no input comes. Nothing to
@@ -235,23 +219,26 @@ pub fn spawn_pipeline_worker(
                         answer,
                     })
                 };
-                group.extend(subs.into_iter().filter_map(&mut admit));
-                // While the store thread is still busy with the group before, what arrives joins
-                // this one: senders answered together send again together, and a group handed
-                // over at once would hold only the first of them.
-                while records < GROUP_MAX_RECORDS
-                    && !group.is_empty()
-                    && stage.busy()
-                {
+                let mut records = first.items.len();
+                group.extend(admit(first));
+                // The submissions that queued meanwhile are stored with this one: one commit for
+                // the group instead of one per submission, which costs several times more per
+                // event for small batches (webhooks, API pages). Each is still answered only
+                // once the group is stored. While the store thread is still busy with the group
+                // before, what arrives joins this one too: senders answered together send again
+                // together, and a group handed over at once would hold only the first of them.
+                while records < GROUP_MAX_RECORDS {
                     match rx.try_recv() {
                         Ok(sub) => {
                             records += sub.items.len();
                             group.extend(admit(sub));
                         }
-                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty)
+                            if !group.is_empty() && stage.busy() =>
+                        {
                             stage.wait_briefly()
                         }
-                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+                        Err(_) => break,
                     }
                 }
                 if !group.is_empty() {
@@ -366,40 +353,51 @@ fn detect_submission(
         .map(|origin| format!("{}: ", pipeline.masker().mask_text(origin)));
     for item in std::mem::take(&mut sub.items) {
         let dead_letters_before = out.dead_letters.len();
-        match item {
-            InputItem::Record {
-                line,
-                value,
-                member_lines,
-            } => pipeline.process_value_at(
-                &sub.source,
-                &sub.tenant,
-                Some(line),
-                &member_lines,
-                value,
-                now,
-                out,
-            ),
-            InputItem::Invalid {
-                line,
-                reason,
-                excerpt,
-                digest,
-            } => pipeline.dead_letter(
-                &sub.source,
-                &sub.tenant,
+        process_item(pipeline, &sub.source, &sub.tenant, item, now, out);
+        if let Some(origin) = &origin {
+            for dead_letter in &mut out.dead_letters[dead_letters_before..] {
+                dead_letter.reason.insert_str(0, origin);
+            }
+        }
+    }
+}
+
+/// One input item into the pipeline: a record is normalized, detected and masked into `out`, an
+/// unusable line becomes a dead letter. Returns the item's input line.
+pub(crate) fn process_item(
+    pipeline: &mut Pipeline,
+    source: &str,
+    tenant: &str,
+    item: InputItem,
+    now: chrono::DateTime<chrono::Utc>,
+    out: &mut PipelineOutput,
+) -> u64 {
+    match item {
+        InputItem::Record {
+            line,
+            value,
+            member_lines,
+        } => {
+            pipeline.process_value_at(source, tenant, Some(line), &member_lines, value, now, out);
+            line
+        }
+        InputItem::Invalid {
+            line,
+            reason,
+            excerpt,
+            digest,
+        } => {
+            pipeline.dead_letter(
+                source,
+                tenant,
                 Some(line),
                 &reason,
                 &excerpt,
                 Some(&digest),
                 now,
                 out,
-            ),
-        }
-        if let Some(origin) = &origin {
-            for dead_letter in &mut out.dead_letters[dead_letters_before..] {
-                dead_letter.reason.insert_str(0, origin);
-            }
+            );
+            line
         }
     }
 }
