@@ -453,16 +453,26 @@ impl Store {
     /// alert id, across restarts too.
     pub fn write_batch(&self, batch: &StoreBatch) -> Result<WriteAck> {
         self.ensure_writable()?;
-        let past_retention = self.past_retention(&batch.events, Utc::now());
-        let result = self
-            .write_batch_grouped(batch)
-            .map(|ack| WriteAck {
-                events_past_retention: past_retention,
-                ..ack
-            })
-            .map_err(|e| crate::error::name_full_disk(e, &self.layout.root));
+        let now = Utc::now();
+        let result = self.answered(self.write_batch_grouped(batch), batch, now);
         self.note_write_result(&result);
         result
+    }
+
+    /// A batch's result as callers get it: what it holds past retention at `now` counted, a full
+    /// disk named as such.
+    fn answered(
+        &self,
+        result: Result<WriteAck>,
+        batch: &StoreBatch,
+        now: DateTime<Utc>,
+    ) -> Result<WriteAck> {
+        result
+            .map(|ack| WriteAck {
+                events_past_retention: self.past_retention(&batch.events, now),
+                ..ack
+            })
+            .map_err(|e| crate::error::name_full_disk(e, &self.layout.root))
     }
 
     /// Store several batches with one commit per touched index (group commit): each result is
@@ -490,14 +500,8 @@ impl Store {
             .zip(checked)
             .map(|(b, c)| {
                 c?;
-                let ack = written
-                    .next()
-                    .unwrap_or_else(|| Ok(WriteAck::default()))
-                    .map_err(|e| crate::error::name_full_disk(e, &self.layout.root))?;
-                Ok(WriteAck {
-                    events_past_retention: self.past_retention(&b.events, now),
-                    ..ack
-                })
+                let ack = written.next().unwrap_or_else(|| Ok(WriteAck::default()));
+                self.answered(ack, b, now)
             })
             .collect();
         // The store's health is that of the write: the first valid batch's result.
