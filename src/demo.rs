@@ -3,12 +3,12 @@
 
 use crate::config::PerimeterConfig;
 use crate::detect_cmd::{base_parts, load_rules};
-use crate::service::store_output;
 use anyhow::Context;
 use perimeter_detect::pipeline::{entity_key, Pipeline, PipelineOutput};
 use perimeter_detect::ueba::UebaEngine;
 use perimeter_ingest::{JsonlReader, JsonlReaderConfig};
 use perimeter_model::{Alert, EntityKind, Metrics};
+use perimeter_serve::store_output;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,13 +117,13 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
         let ack = store_output(&store, out, &metrics)
             .map_err(|e| anyhow::anyhow!("storing demo data: {e}"))?;
         repeats += ack.alerts_grouped.len();
-        alerts.extend_from_slice(&crate::service::new_alerts(&out.alerts, &ack));
+        alerts.extend_from_slice(&perimeter_serve::new_alerts(&out.alerts, &ack));
         dead += out.dead_letters.len();
         out.clear();
         Ok(())
     };
     for item in JsonlReader::new(DEMO_EVENTS.as_bytes(), JsonlReaderConfig::default()) {
-        crate::service::process_item(&mut pipeline, "auto", DEMO_TENANT, item?, now, &mut out);
+        perimeter_serve::process_item(&mut pipeline, "auto", DEMO_TENANT, item?, now, &mut out);
         if out.events.len() >= 2000 {
             flush(&mut out, &mut alerts)?;
         }

@@ -401,7 +401,7 @@ fn feed(
 ) {
     let now = chrono::Utc::now();
     let empty_before = out.empty_inputs;
-    let line = crate::service::process_item(pipeline, source, tenant, item, now, out);
+    let line = perimeter_serve::process_item(pipeline, source, tenant, item, now, out);
     // A value without a record (`{}`, `[]`, an envelope with an empty list) gives no event: a
     // dead letter says so, or it would vanish from the output and the counts.
     if out.empty_inputs > empty_before {

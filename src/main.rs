@@ -18,7 +18,6 @@ mod logging;
 mod poll_cmd;
 mod rules_cmd;
 mod run;
-mod service;
 mod terminal_cmd;
 
 use clap::{Parser, Subcommand};

@@ -939,7 +939,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let state_dir = data_dir.join("state");
     let state_path = state_dir.join(UEBA_SNAPSHOT);
     std::fs::create_dir_all(&state_dir)?;
-    crate::service::report_unsaved_shutdowns(&state_dir);
+    perimeter_serve::report_unsaved_shutdowns(&state_dir);
     let (ueba, set_aside) = UebaEngine::restore_or_set_aside(config.ueba.clone(), key, &state_path)
         .with_context(|| format!("restoring behavioural state from {}", state_path.display()))?;
     if let Some((aside, reason)) = set_aside {
@@ -1011,17 +1011,17 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     // (one commit): many concurrent senders of small batches (webhooks) make larger groups.
     let (bus, rx) = perimeter_ingest::bus::channel(64);
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
-    let worker = crate::service::spawn_pipeline_worker(
+    let worker = perimeter_serve::spawn_pipeline_worker(
         pipeline,
         store.clone(),
         rx,
         metrics.clone(),
-        crate::service::StateSnapshots {
+        perimeter_serve::StateSnapshots {
             dir: state_dir,
             every: std::time::Duration::from_secs(config.state_snapshot_seconds.max(1)),
         },
         notifier,
-        crate::service::WorkerControl {
+        perimeter_serve::WorkerControl {
             rule_reloads: reload_rx,
             silence: silence.clone(),
         },

@@ -1,5 +1,16 @@
-//! The embedded service: bus -> pipeline -> store, acknowledging each batch to its source only
-//! after the store committed it.
+//! The embedded service loop of `perimeter run`: bus -> pipeline (normalize, detect, mask) ->
+//! store, on a pipeline thread and a store thread of its own.
+//!
+//! Guarantees:
+//! - a submission is answered (acknowledged to its source) only after the store committed its
+//!   events and alerts (ADR 005); one that could not be stored is answered with the error;
+//! - submissions queued behind each other are stored with one commit, each still answered with
+//!   its own counts (ADR 020);
+//! - a snapshot of the detection state never holds events whose source was not told they are
+//!   stored (ADR 013), and alerts the store could not write are kept for the next batch and across
+//!   a restart.
+//!
+//! [`process_item`] and [`store_output`] are the same steps for `perimeter detect` and the demo.
 
 use perimeter_detect::pipeline::{save_unstored_alerts, Pipeline, PipelineOutput};
 use perimeter_detect::sigma::SigmaDetector;
@@ -364,7 +375,7 @@ fn detect_submission(
 
 /// One input item into the pipeline: a record is normalized, detected and masked into `out`, an
 /// unusable line becomes a dead letter. Returns the item's input line.
-pub(crate) fn process_item(
+pub fn process_item(
     pipeline: &mut Pipeline,
     source: &str,
     tenant: &str,
@@ -1044,7 +1055,7 @@ fn notify_stored(notifier: &AlertNotifier, alerts: &[perimeter_model::Alert], ac
 /// The alerts destinations hear of: not those the store counted into an earlier alert of the
 /// same rule and entity (the first of a group was sent; its repeats are in its `count`), nor
 /// those it already had (sent when they were first stored).
-pub(crate) fn new_alerts<'a>(
+pub fn new_alerts<'a>(
     alerts: &'a [perimeter_model::Alert],
     ack: &WriteAck,
 ) -> std::borrow::Cow<'a, [perimeter_model::Alert]> {
