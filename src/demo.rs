@@ -90,7 +90,7 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     let key = entity_key(&masker);
     let (rule_set, sigma_options) = load_rules(config, &rules_dir(&args, config), false)?;
     // Listed by the demo's API, so `GET /rules` shows what produced the alerts.
-    let listed_rules = crate::run::rule_list(&rule_set);
+    let listed_rules = perimeter_serve::rule_service::rule_list(&rule_set);
     let sigma = perimeter_detect::sigma::SigmaDetector::new(rule_set, &sigma_options);
     let metrics = Arc::new(Metrics::new());
     let mut pipeline = Pipeline::new(registry, masker, metrics.clone(), true)

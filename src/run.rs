@@ -11,12 +11,13 @@ use perimeter_detect::sigma::{RuleSet, SigmaDetector};
 use perimeter_detect::ueba::UebaEngine;
 use perimeter_ingest::poll::PollSource;
 use perimeter_ingest::spool::{SpoolConfig, SpoolSource};
-use perimeter_model::{Detector, Metrics, RawRecord};
+use perimeter_model::Metrics;
 use perimeter_query_api::auth::Role;
 use perimeter_query_api::{
-    AlertNotifier, AppState, DeliveryOutbox, DestinationStore, ListenerCheck, RuleService,
-    RuleSwitchStore, RuleTestError, Server,
+    AlertNotifier, AppState, DeliveryOutbox, DestinationStore, ListenerCheck, RuleSwitchStore,
+    Server,
 };
+use perimeter_serve::rule_service::{rule_list, SigmaRuleService};
 use perimeter_store::Store;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -135,160 +136,37 @@ fn query_term_masker(
     }))
 }
 
-/// The Sigma engine behind `GET /rules` and `POST /rules/test`.
-struct SigmaRuleService {
-    /// What `GET /rules` lists; replaced when the rules are reloaded.
-    rules: std::sync::RwLock<Vec<serde_json::Value>>,
-    /// The behavioural detectors that run, listed after the rules (they can be switched off
-    /// per tenant like rules).
-    detectors: Vec<serde_json::Value>,
-    config_sigma: perimeter_detect::sigma::SigmaOptions,
-    registry: perimeter_detect::normalize::NormalizerRegistry,
-}
-
-/// One JSON object per rule of `set`, as `GET /rules` lists them.
-pub fn rule_list(set: &RuleSet) -> Vec<serde_json::Value> {
-    set.rules()
-        .map(|r| {
+/// The Sigma engine behind the API's rule endpoints, with the rules in use (`listed`) and the
+/// behavioural detectors `config` runs.
+fn rule_service(
+    config: &PerimeterConfig,
+    listed: Vec<serde_json::Value>,
+) -> anyhow::Result<SigmaRuleService> {
+    let (registry, _) = base_parts(config)?;
+    let detectors = config
+        .ueba
+        .detectors()
+        .into_iter()
+        .map(|d| {
             serde_json::json!({
-                "id": r.id, "title": r.title, "level": r.level, "status": r.status,
-                "path": r.path, "product": r.product, "service": r.service, "tags": r.tags,
-                "kind": format!("{:?}", r.kind).to_lowercase(),
+                "id": d.rule_id(), "title": d.title(), "kind": "ueba", "detector": d.name(),
             })
         })
-        .collect()
-}
-
-impl SigmaRuleService {
-    /// `listed`: the [`rule_list`] of the rules in use (loaded once, by the caller).
-    fn new(
-        config: &PerimeterConfig,
-        listed: Vec<serde_json::Value>,
-    ) -> anyhow::Result<SigmaRuleService> {
-        let (registry, _) = base_parts(config)?;
-        Ok(SigmaRuleService {
-            rules: std::sync::RwLock::new(listed),
-            detectors: config
-                .ueba
-                .detectors()
-                .into_iter()
-                .map(|d| {
-                    serde_json::json!({
-                        "id": d.rule_id(), "title": d.title(), "kind": "ueba", "detector": d.name(),
-                    })
-                })
-                // Listed (and so switchable per tenant) when it runs.
-                .chain((config.silence.after_seconds > 0).then(|| {
-                    serde_json::json!({
-                        "id": perimeter_detect::silence::SOURCE_SILENT_RULE_ID,
-                        "title": "Source went silent", "kind": "source_health",
-                        "detector": "source_silence",
-                    })
-                }))
-                .collect(),
-            config_sigma: config.sigma.clone(),
-            registry,
-        })
-    }
-
-    /// How many rules are in use (listed), the behavioural detectors left out.
-    fn rule_count(&self) -> usize {
-        self.rules.read().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// List `set` from now on (the rules were reloaded).
-    fn replace(&self, set: &RuleSet) {
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rule_list(set);
-    }
-}
-
-impl RuleService for SigmaRuleService {
-    fn list(&self) -> Vec<serde_json::Value> {
-        let mut listed = self.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
-        listed.extend(self.detectors.iter().cloned());
-        listed
-    }
-
-    fn test(
-        &self,
-        rule_yaml: &str,
-        events: Vec<serde_json::Value>,
-        source: Option<&str>,
-    ) -> Result<serde_json::Value, RuleTestError> {
-        let mut options = self.config_sigma.clone();
-        options.ignore_logsource = false;
-        let (set, report) = RuleSet::from_text("rule", rule_yaml, &options);
-        if let Some(f) = report.failed.first() {
-            return Err(RuleTestError::Rule(f.to_string()));
-        }
-        // Source names are lower-case, as ingest takes them (`/ingest/OKTA` is `okta`).
-        let source = source.map(str::to_ascii_lowercase);
-        let source = source.as_deref();
-        // A misspelt logsource loads and matches nothing: say so, as `rules check` does; and a
-        // misspelt `source` reads the events as plain JSON, which no vendor rule sees.
-        let warnings: Vec<String> = set
-            .misspelt_sources(&self.registry.names(), &options)
-            .iter()
-            .map(|w| w.to_string())
-            .chain(set.spec_warnings().iter().map(|w| w.to_string()))
-            .chain(source.and_then(|s| self.registry.unnormalized_source_note(s)))
-            .collect();
-        let mut detector = SigmaDetector::new(set, &options);
-        let mut matched = Vec::new();
-        let mut matched_event_ids = Vec::new();
-        let mut alerts = Vec::new();
-        for (i, doc) in events.into_iter().enumerate() {
-            let stored_id = doc.pointer("/event/id").cloned();
-            // Stored documents carry their source and raw record; plain objects are raw records
-            // of the request's `source`, or told by their shape.
-            let (source, raw) = match (
-                doc.get("raw"),
-                doc.pointer("/event/module").and_then(|s| s.as_str()),
-            ) {
-                (Some(raw), Some(source)) => (source.to_string(), raw.clone()),
-                _ => (source.unwrap_or("auto").to_string(), doc),
-            };
-            let record = RawRecord {
-                source: source.clone(),
-                tenant: String::new(),
-                received_at: chrono::Utc::now(),
-                line: Some(i as u64 + 1),
-                raw: perimeter_model::raw_from_serde(&raw),
-            };
-            let event = self
-                .registry
-                .normalize_lenient(&source, record)
-                .map_err(|e| RuleTestError::Event(format!("events[{i}]: {}", api_advice(&e))))?;
-            let before = alerts.len();
-            detector.detect(&event, &mut alerts);
-            if alerts.len() > before {
-                matched.push(i);
-                matched_event_ids.extend(stored_id);
-            }
-        }
-        detector.flush(&mut alerts);
-        let mut result = serde_json::json!({"matched": matched, "alerts": alerts.len()});
-        // Stored events were not seen by the caller: their ids say which they are.
-        if !matched_event_ids.is_empty() {
-            result["matched_event_ids"] = serde_json::Value::Array(matched_event_ids);
-        }
-        if !warnings.is_empty() {
-            result["warnings"] = warnings.into();
-        }
-        Ok(result)
-    }
-}
-
-/// `error` as the API says it: the advice to name the source speaks of the request's
-/// `source` field, not of the CLI's `--source`.
-fn api_advice(error: &perimeter_model::NormalizeError) -> String {
-    match error {
-        perimeter_model::NormalizeError::UndetectedSource => "could not detect the source from \
-            the event's shape (name it: `\"source\": \"<name>\"` in the request, `okta`, \
-            `github`, ..., or `\"json\"` for plain JSON objects)"
-            .to_string(),
-        other => other.to_string(),
-    }
+        // Listed (and so switchable per tenant) when it runs.
+        .chain((config.silence.after_seconds > 0).then(|| {
+            serde_json::json!({
+                "id": perimeter_detect::silence::SOURCE_SILENT_RULE_ID,
+                "title": "Source went silent", "kind": "source_health",
+                "detector": "source_silence",
+            })
+        }))
+        .collect();
+    Ok(SigmaRuleService::new(
+        listed,
+        detectors,
+        config.sigma.clone(),
+        registry,
+    ))
 }
 
 /// The masker the API applies to what it records itself (audit details).
@@ -395,7 +273,7 @@ fn spawn_sighup_reloader(
                 let count = set.len();
                 metrics.set("rules_loaded", &[], count as f64);
                 let detector =
-                    perimeter_detect::sigma::SigmaDetector::new(set, &listed.config_sigma);
+                    perimeter_detect::sigma::SigmaDetector::new(set, listed.sigma_options());
                 if to_pipeline.send(detector).is_err() {
                     return;
                 }
@@ -1028,7 +906,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     );
 
     let rule_count = listed_rules.len();
-    let rules = Arc::new(SigmaRuleService::new(config, listed_rules)?);
+    let rules = Arc::new(rule_service(config, listed_rules)?);
     metrics.set("rules_loaded", &[], rule_count as f64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // What the sources submit to: the worker's bus, or with `[kafka]` the topic (and this
@@ -1290,7 +1168,7 @@ pub fn serve_demo(
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         // The rules the demo ran, so `GET /rules` lists what produced its alerts.
-        let rules = Arc::new(SigmaRuleService::new(config, listed_rules)?);
+        let rules = Arc::new(rule_service(config, listed_rules)?);
         let state = AppState::open_in(data_dir, store, rules, metrics)?.with_masker(value_masker(config)?);
         let (_, token) = state.tokens.create(tenant, Role::Admin, Some("demo"))?;
         let mut api_config = config.api.clone();

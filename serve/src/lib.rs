@@ -11,6 +11,9 @@
 //!   a restart.
 //!
 //! [`process_item`] and [`store_output`] are the same steps for `perimeter detect` and the demo.
+//! [`rule_service`] is the Sigma engine behind the API's rule endpoints.
+
+pub mod rule_service;
 
 use perimeter_detect::pipeline::{save_unstored_alerts, Pipeline, PipelineOutput};
 use perimeter_detect::sigma::SigmaDetector;
