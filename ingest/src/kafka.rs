@@ -1144,9 +1144,13 @@ async fn submit_batch(
     pipeline: &BusSender,
     groups: &[(BatchKey, Vec<InputItem>)],
 ) -> Result<(), String> {
+    // All runs are put on the bus first, then waited for: a read interleaves many sources, and
+    // waiting for each run's store commit before putting the next made one commit (and fsync)
+    // per run. The worker takes them in this order, so each entity's records keep theirs.
+    let mut pending = Vec::with_capacity(groups.len());
     for (key, items) in groups {
-        pipeline
-            .submit_from(
+        let ack = pipeline
+            .enqueue_from(
                 key.origin.as_deref(),
                 &key.source,
                 &key.tenant,
@@ -1154,6 +1158,12 @@ async fn submit_batch(
             )
             .await
             .map_err(|e| e.to_string())?;
+        pending.push(ack);
+    }
+    // A refused run fails the batch, which is retried whole (uncommitted); the runs stored
+    // meanwhile come back as duplicates and are dropped by event id.
+    for ack in pending {
+        ack.stored().await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -1459,5 +1469,50 @@ mod tests {
         ] {
             assert!(broken.validate().is_err(), "{broken:?}");
         }
+    }
+
+    /// The runs of one read are all on the bus before the first is waited for (so the store
+    /// can commit them together), in read order, and the batch answers once every run is
+    /// stored; a refused run fails it.
+    #[tokio::test]
+    async fn a_reads_runs_are_all_put_on_the_bus_in_order_before_waiting() {
+        let run = |source: &str, line: u64| {
+            let key = BatchKey {
+                source: source.into(),
+                tenant: "acme".into(),
+                origin: None,
+            };
+            let item = InputItem::Record {
+                line,
+                value: sonic_rs::json!({"n": line}),
+                member_lines: Vec::new(),
+            };
+            (key, vec![item])
+        };
+        let groups = vec![run("okta", 1), run("github", 2), run("okta", 3)];
+        let (bus, mut rx) = crate::bus::channel(8);
+        // A worker that answers nothing until it holds all three: waiting for each run's
+        // answer before putting the next would never get there.
+        let worker = tokio::spawn(async move {
+            let mut taken = Vec::new();
+            for _ in 0..3 {
+                taken.push(rx.recv().await.expect("a run"));
+            }
+            let order: Vec<String> = taken.iter().map(|s| s.source.clone()).collect();
+            for (i, s) in taken.into_iter().enumerate() {
+                let answer = if i == 1 {
+                    Err("disk full".to_string())
+                } else {
+                    Ok(crate::bus::SubmitAck::default())
+                };
+                let _ = s.ack.send(answer);
+            }
+            order
+        });
+        let answer = tokio::time::timeout(Duration::from_secs(10), submit_batch(&bus, &groups))
+            .await
+            .expect("the runs were put on the bus without waiting for each");
+        assert!(answer.unwrap_err().contains("disk full"));
+        assert_eq!(worker.await.unwrap(), ["okta", "github", "okta"]);
     }
 }
