@@ -87,8 +87,11 @@ fn default_partitions() -> i32 {
 fn default_replication() -> i32 {
     1
 }
+/// Measured with `service_ingest` on the Kafka bus: a member reads nothing while its batch is
+/// stored, so small batches leave it idle between them (1,000: 14k events/s stored; 5,000: 24k;
+/// 10,000 and 20,000: 26-27k). 10,000 records take a few tenths of a second to store.
 fn default_batch_records() -> usize {
-    5_000
+    10_000
 }
 fn default_batch_linger_ms() -> u64 {
     200
