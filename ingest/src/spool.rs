@@ -32,7 +32,7 @@
 //! is kept in `.processed` for `keep_processed_hours` (to look at or drop in again), then
 //! deleted. Files in `.failed` stay until someone deals with them.
 
-use crate::bus::BusSender;
+use crate::bus::{BusSender, PendingAck};
 use crate::jsonl::{JsonInput, JsonlReaderConfig};
 use crate::{IngestError, InputItem, Result};
 use perimeter_model::Metrics;
@@ -782,6 +782,10 @@ impl SpoolSource {
         }
         let mut batch: Vec<InputItem> = Vec::with_capacity(self.config.batch_records);
         let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+        // One batch in flight while the next is read: the pipeline detects and stores it
+        // meanwhile, instead of waiting for this task to read and parse each batch. Batches
+        // are taken in order; the file moves on only once all of them are stored.
+        let mut in_flight: Option<PendingAck> = None;
         while let Some(item) = reader.next() {
             let item = match item {
                 Ok(item) => item,
@@ -793,6 +797,9 @@ impl SpoolSource {
                         self.bus
                             .submit_from(Some(&file_name), source, tenant, batch)
                             .await?;
+                    }
+                    if let Some(pending) = in_flight.take() {
+                        pending.stored().await?;
                     }
                     return Err(IngestError::Io {
                         what: format!(
@@ -806,15 +813,26 @@ impl SpoolSource {
             };
             batch.push(item);
             if batch.len() >= self.config.batch_records {
-                self.bus
-                    .submit_from(Some(&file_name), source, tenant, std::mem::take(&mut batch))
+                let next = self
+                    .bus
+                    .enqueue_from(Some(&file_name), source, tenant, std::mem::take(&mut batch))
                     .await?;
+                if let Some(previous) = in_flight.replace(next) {
+                    previous.stored().await?;
+                }
             }
         }
         if !batch.is_empty() {
-            self.bus
-                .submit_from(Some(&file_name), source, tenant, batch)
+            let last = self
+                .bus
+                .enqueue_from(Some(&file_name), source, tenant, batch)
                 .await?;
+            if let Some(previous) = in_flight.replace(last) {
+                previous.stored().await?;
+            }
+        }
+        if let Some(last) = in_flight {
+            last.stored().await?;
         }
         if FileStamp::of(path) != before {
             // Still being written (copied in place): what was read is stored, and the whole file
@@ -1595,7 +1613,51 @@ mod tests {
         assert!(dir.path().join(".processed/okta/a.jsonl").exists());
         assert_eq!(pending_files(dir.path()).unwrap(), vec![]);
         drop(spool);
-        assert_eq!(consumer.await.unwrap(), vec![2, 1]);
+        // The failed attempt had put its second batch on the bus before it heard of the first's
+        // failure (one batch is in flight while the next is read); the retry reads the file
+        // from its start, and the store drops what that batch had stored.
+        assert_eq!(consumer.await.unwrap(), vec![1, 2, 1]);
+    }
+
+    /// The next batch of a file is read and put on the bus while the one before is being
+    /// stored: a worker that answers nothing until it holds two batches still gets them.
+    #[tokio::test]
+    async fn the_next_batch_is_read_while_the_one_before_is_stored() {
+        let dir = okta_spool_dir();
+        let file = dir.path().join("okta/a.jsonl");
+        std::fs::write(
+            &file,
+            "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n{\"a\":4}\n{\"a\":5}\n",
+        )
+        .unwrap();
+        let (tx, mut rx) = channel(4);
+        let spool = spool_in(dir.path(), 2, tx);
+        let consumer = tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            let first = rx.recv().await.unwrap();
+            let second = rx.recv().await.unwrap();
+            for s in [first, second] {
+                sizes.push(s.items.len());
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            while let Some(s) = rx.recv().await {
+                sizes.push(s.items.len());
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            sizes
+        });
+        let spooled = SpoolFile {
+            tenant: None,
+            source: "okta".into(),
+            path: file.clone(),
+        };
+        tokio::time::timeout(Duration::from_secs(10), spool.ingest_file(&spooled))
+            .await
+            .expect("the second batch was put on the bus before the first was stored")
+            .unwrap();
+        assert!(!file.exists(), "moved once every batch is stored");
+        drop(spool);
+        assert_eq!(consumer.await.unwrap(), vec![2, 2, 1]);
     }
 
     #[tokio::test]
