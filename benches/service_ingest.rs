@@ -1,7 +1,7 @@
 //! End-to-end ingest through `perimeter run`: HTTP `POST /ingest/{source}` -> embedded bus ->
 //! normalize, detect (the shipped rules), mask -> tantivy + Parquet, each request answered once
-//! its batch is stored. Prints acknowledged events/s, the service process's CPU per event and
-//! the request latency. The `store` bench measures the store alone with 50k-event batches; this
+//! its batch is stored. Prints acknowledged events/s, the service process's CPU per event,
+//! the request latency and its memory (resident at the end and at most). The `store` bench measures the store alone with 50k-event batches; this
 //! one measures what senders of ordinary batch sizes (webhooks, API pages, log shippers) get.
 //!
 //! Knobs (environment):
@@ -364,6 +364,20 @@ fn main() {
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
+    );
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    println!(
+        "service memory: {} MB resident at the end, {} MB at most",
+        kib("VmRSS:") / 1024,
+        kib("VmHWM:") / 1024
     );
     let _ = child.kill();
     let _ = child.wait();
