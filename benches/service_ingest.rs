@@ -24,7 +24,8 @@
 //!   until the detector side has stored every record and counted it consumed, which it does
 //!   after the store committed and before it commits the offsets). `PERIMETER_BENCH_KAFKA_PARTITIONS` (default 4) and
 //!   `PERIMETER_BENCH_KAFKA_BATCH_RECORDS` (default: the config's) set the topic's partitions and
-//!   the consumer's batch.
+//!   the consumer's batch; `PERIMETER_BENCH_KAFKA_PROPERTIES` adds TOML lines to
+//!   `[kafka.properties]` (`"queued.max.messages.kbytes" = "16384"`).
 //!
 //! The records are the mixed set of the other benches (recorded vendor pages + the demo day),
 //! each sent with a distinct `bench_seq` field so none is a replay of another, and dated to the
@@ -195,9 +196,10 @@ fn main() {
             .unwrap_or_default();
         format!(
             "[kafka]\nbrokers = \"{}\"\ntopic = \"bench-records\"\ngroup = \"bench-detect\"\npartitions = {}\n{batch_records}\
-             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+             [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n{}\n",
             b.brokers(),
-            env_usize("PERIMETER_BENCH_KAFKA_PARTITIONS", 4).max(1)
+            env_usize("PERIMETER_BENCH_KAFKA_PARTITIONS", 4).max(1),
+            std::env::var("PERIMETER_BENCH_KAFKA_PROPERTIES").unwrap_or_default()
         )
     });
     let bodies = request_bodies(n, batch, (!recorded_times).then(chrono::Utc::now));
