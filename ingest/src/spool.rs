@@ -137,6 +137,25 @@ impl FileStamp {
     }
 }
 
+/// A file read and put on the bus by [`SpoolSource::put_file`], with what archiving and
+/// watching it needs once its last batch is stored.
+struct FilePut {
+    spooled: SpoolFile,
+    /// How it looked before it was read (it is read again if it changed meanwhile).
+    before: Option<FileStamp>,
+    /// The spool's own handle, to read on from it after it is archived.
+    handle: std::io::Result<std::fs::File>,
+    /// Where reading stopped before a last line still being written.
+    held: Option<u64>,
+    /// JSON lines, not gzip: lines written to it later are read on.
+    read_on: bool,
+    lines: u64,
+    /// Its last batch, not known to be stored yet.
+    pending: Option<PendingAck>,
+    /// About how many records that batch holds.
+    pending_records: usize,
+}
+
 /// A file waiting in the inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolFile {
@@ -672,6 +691,12 @@ impl SpoolSource {
             .0
             .retain(|path, _| files.iter().any(|f| &f.path == path));
         let settle = Duration::from_millis(self.config.set_aside_after_ms);
+        // Files whose last batch is on the bus and not known to be stored yet, oldest first:
+        // the next files are read meanwhile, so a backlog of small files is stored a few dozen
+        // per commit instead of one per commit. They are put on the bus whole and in order, so
+        // records keep the order of the files; each is archived once its batches are stored.
+        let mut in_flight: std::collections::VecDeque<FilePut> = Default::default();
+        let mut in_flight_records = 0;
         for file in files {
             let path = &file.path;
             if !settled(path, Duration::from_millis(self.config.settle_ms)) {
@@ -684,20 +709,67 @@ impl SpoolSource {
                     continue;
                 }
             }
-            match self.ingest_file(&file).await {
-                Ok(()) => {
-                    unreadable.0.remove(path);
-                }
-                // The pipeline did not take a batch: nothing wrong with the file, and the next
-                // files would meet the same. All are retried at the next scan.
-                Err(e @ (IngestError::PipelineClosed | IngestError::Rejected(_))) => {
-                    tracing::warn!(file = %path.display(), error = %e, "spool file not ingested; will retry");
+            while in_flight_records >= self.config.batch_records.max(1) {
+                let Some(oldest) = in_flight.pop_front() else {
+                    break;
+                };
+                in_flight_records -= oldest.pending_records;
+                if !self.file_done(oldest, unreadable).await {
                     return Ok(());
                 }
-                Err(e) => self.file_failed(&file, &e, unreadable),
+            }
+            let put = self.put_file(&file).await;
+            match put {
+                Ok(put) => {
+                    in_flight_records += put.pending_records;
+                    in_flight.push_back(put);
+                }
+                Err(e) => {
+                    if !self.file_outcome(&file, Err(e), unreadable) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        for put in in_flight {
+            if !self.file_done(put, unreadable).await {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Finish a file put on the bus ([`Self::finish_file`]) and take note of how it went; false
+    /// when the pipeline refused it (the scan stops).
+    async fn file_done(&self, put: FilePut, unreadable: &mut Unreadable) -> bool {
+        let file = put.spooled.clone();
+        let outcome = self.finish_file(put).await;
+        self.file_outcome(&file, outcome, unreadable)
+    }
+
+    /// Take note of how ingesting `file` went; false when the pipeline refused it: nothing is
+    /// wrong with the file, and the next files would meet the same, so all of them (and those
+    /// put on the bus after it, which are not archived) are read again at the next scan.
+    fn file_outcome(
+        &self,
+        file: &SpoolFile,
+        outcome: Result<()>,
+        unreadable: &mut Unreadable,
+    ) -> bool {
+        match outcome {
+            Ok(()) => {
+                unreadable.0.remove(&file.path);
+                true
+            }
+            Err(e @ (IngestError::PipelineClosed | IngestError::Rejected(_))) => {
+                tracing::warn!(file = %file.path.display(), error = %e, "spool file not ingested; will retry");
+                false
+            }
+            Err(e) => {
+                self.file_failed(file, &e, unreadable);
+                true
+            }
+        }
     }
 
     /// A file could not be read: remember how it looked, or, when it failed the same way before
@@ -737,6 +809,13 @@ impl SpoolSource {
     /// Ingest one file in batches; move it to `.processed` after every batch was acknowledged,
     /// unless it changed meanwhile (it is then read again later).
     pub async fn ingest_file(&self, spooled: &SpoolFile) -> Result<()> {
+        let put = self.put_file(spooled).await?;
+        self.finish_file(put).await
+    }
+
+    /// Read a file and put its batches on the bus; its last batch may not be stored yet
+    /// ([`Self::finish_file`] waits for it and archives the file).
+    async fn put_file(&self, spooled: &SpoolFile) -> Result<FilePut> {
         let (source, path) = (spooled.source.as_str(), spooled.path.as_path());
         let before = FileStamp::of(path);
         let tenant = spooled.tenant.as_deref().unwrap_or(&self.config.tenant);
@@ -822,7 +901,9 @@ impl SpoolSource {
                 }
             }
         }
+        let mut pending_records = in_flight.as_ref().map_or(0, |_| self.config.batch_records);
         if !batch.is_empty() {
+            pending_records = batch.len();
             let last = self
                 .bus
                 .enqueue_from(Some(&file_name), source, tenant, batch)
@@ -831,9 +912,38 @@ impl SpoolSource {
                 previous.stored().await?;
             }
         }
-        if let Some(last) = in_flight {
+        Ok(FilePut {
+            spooled: spooled.clone(),
+            before,
+            handle,
+            held,
+            read_on: !gzip && format == crate::InputFormat::Json,
+            lines: reader.lines_read(),
+            pending: in_flight,
+            pending_records,
+        })
+    }
+
+    /// Wait until the last batch of a file [`Self::put_file`] read is stored, then move the file
+    /// to `.processed` (or delete it) and watch it for lines written later; a file that changed
+    /// while it was read is left to be read again.
+    async fn finish_file(&self, put: FilePut) -> Result<()> {
+        let FilePut {
+            spooled,
+            before,
+            handle,
+            held,
+            read_on,
+            lines,
+            pending,
+            pending_records: _,
+        } = put;
+        if let Some(last) = pending {
             last.stored().await?;
         }
+        let (source, path) = (spooled.source.as_str(), spooled.path.as_path());
+        let tenant = spooled.tenant.as_deref().unwrap_or(&self.config.tenant);
+        let file_name = path.file_name().unwrap_or_default().to_string_lossy();
         if FileStamp::of(path) != before {
             // Still being written (copied in place): what was read is stored, and the whole file
             // is read again once it stops changing; its records already stored are known.
@@ -847,7 +957,6 @@ impl SpoolSource {
         // Watched from here on, before it is moved: a line written from now on is read on from
         // the archived (or deleted) file.
         let read_to = held.unwrap_or(before.as_ref().map_or(0, |stamp| stamp.len));
-        let lines = reader.lines_read();
         let watch = |archived_as: &Path, archived_path: Option<PathBuf>| match handle {
             Ok(file) => self.watch_ingested(IngestedFile {
                 last_read: {
@@ -867,7 +976,7 @@ impl SpoolSource {
                 tenant: tenant.to_string(),
                 read_to,
                 lines,
-                read_on: !gzip && format == crate::InputFormat::Json,
+                read_on,
                 watched_since: Instant::now(),
                 let_go: false,
                 len_seen: before.as_ref().map_or(0, |stamp| stamp.len),
@@ -1617,6 +1726,78 @@ mod tests {
         // failure (one batch is in flight while the next is read); the retry reads the file
         // from its start, and the store drops what that batch had stored.
         assert_eq!(consumer.await.unwrap(), vec![1, 2, 1]);
+    }
+
+    /// A backlog of small files is put on the bus several at a time (up to `batch_records`
+    /// records in flight), in order, each archived once stored: a worker that answers nothing
+    /// until it holds three files still gets them, and a refused one is left in the inbox with
+    /// the files after it.
+    #[tokio::test]
+    async fn small_files_are_put_on_the_bus_together_and_archived_once_stored() {
+        let dir = okta_spool_dir();
+        for (name, n) in [("a", 1), ("b", 2), ("c", 3)] {
+            std::fs::write(
+                dir.path().join(format!("okta/{name}.jsonl")),
+                format!("{{\"n\":{n}}}\n"),
+            )
+            .unwrap();
+        }
+        let (tx, mut rx) = channel(8);
+        let spool = spool_in(dir.path(), 10, tx);
+        let consumer = tokio::spawn(async move {
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                held.push(rx.recv().await.unwrap());
+            }
+            let order: Vec<u64> = held
+                .iter()
+                .map(|s| match &s.items[..] {
+                    [InputItem::Record { value, .. }] => {
+                        sonic_rs::JsonValueTrait::as_u64(&value["n"]).unwrap()
+                    }
+                    other => panic!("one record per file: {other:?}"),
+                })
+                .collect();
+            for s in held {
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            // The next scan: `d` is refused, `e` after it stored.
+            let refused = rx.recv().await.unwrap();
+            let after = rx.recv().await.unwrap();
+            refused.ack.send(Err("disk full".into())).unwrap();
+            after.ack.send(Ok(SubmitAck::default())).unwrap();
+            order
+        });
+        let mut unreadable = Unreadable::default();
+        tokio::time::timeout(Duration::from_secs(10), spool.scan_once(&mut unreadable))
+            .await
+            .expect("the files were put on the bus before the first was stored")
+            .unwrap();
+        for name in ["a", "b", "c"] {
+            assert!(
+                dir.path()
+                    .join(format!(".processed/okta/{name}.jsonl"))
+                    .exists(),
+                "{name}"
+            );
+        }
+        for (name, n) in [("d", 4), ("e", 5)] {
+            std::fs::write(
+                dir.path().join(format!("okta/{name}.jsonl")),
+                format!("{{\"n\":{n}}}\n"),
+            )
+            .unwrap();
+        }
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(
+            dir.path().join("okta/d.jsonl").exists(),
+            "refused: read again"
+        );
+        assert!(
+            dir.path().join("okta/e.jsonl").exists(),
+            "after a refused one: read again"
+        );
+        assert_eq!(consumer.await.unwrap(), [1, 2, 3], "in the files' order");
     }
 
     /// The next batch of a file is read and put on the bus while the one before is being
