@@ -17,7 +17,7 @@ use std::io::Read;
 
 use super::sigv4::{sign_get, AwsCredentials};
 use super::vendor::PageRequest;
-use super::{read_secret, Checkpoint, PollError, PollReport, PollSource, ProbeReport};
+use super::{read_secret, Checkpoint, InFlight, PollError, PollReport, PollSource, ProbeReport};
 
 /// How far behind the newest stored file a late one is still looked for.
 const SETTLE_MINUTES: i64 = 15;
@@ -225,7 +225,8 @@ fn new_keys(keys: Vec<String>, cp: &Checkpoint, settled: Option<DateTime<Utc>>) 
 }
 
 /// One poll: list from the checkpoint on and store new files in key order, the checkpoint
-/// moving after each.
+/// moving past each once it is stored (files are put on the bus in key order, and the next
+/// ones fetched while the ones before are stored).
 pub(super) async fn poll(
     src: &PollSource,
     secret_access_key: &str,
@@ -236,29 +237,44 @@ pub(super) async fn poll(
     let mut cp = src.checkpoint()?;
     let (mut after, settled) = listing_start(&prefix, &cp, start);
     let mut report = PollReport::default();
+    // Each file moves the checkpoint past it once it is stored.
+    let mut in_flight = InFlight::new(|cp: &mut Checkpoint, key: String| {
+        *cp = advance(std::mem::take(cp), key);
+    });
     loop {
-        let (keys, truncated) = list(src, &creds, &prefix, after.as_deref()).await?;
+        let listed = list(src, &creds, &prefix, after.as_deref()).await;
+        let (keys, truncated) = match listed {
+            Ok(listed) => listed,
+            Err(e) => {
+                // What was fetched is stored and checkpointed before the error is told.
+                in_flight.settle_all(src, &mut cp, &mut report).await?;
+                return Err(e);
+            }
+        };
         after = keys.last().cloned();
+        // The keys in flight are not in `cp` yet, which is fine: each listing starts after
+        // the last key of the one before, so it never lists them again.
         for key in new_keys(keys, &cp, settled) {
             if report.pages >= src.config.max_pages_per_poll.max(1) {
+                in_flight.settle_all(src, &mut cp, &mut report).await?;
                 return Ok(report);
             }
             report.pages += 1;
-            match file_records(src, &creds, &key).await {
-                Ok(records) => {
-                    let (stored, duplicates) = src.submit(records).await?;
-                    report.records += stored;
-                    report.duplicates += duplicates;
-                }
+            let queued = match file_records(src, &creds, &key).await {
+                Ok(records) => src.enqueue(records).await?,
                 // S3 objects never change: fetching it again cannot help, and every later
                 // file would wait behind it.
-                Err(PollError::Malformed(reason)) => src.set_aside(&key, &reason).await?,
-                Err(e) => return Err(e),
-            }
-            cp = advance(cp, key);
-            src.save_checkpoint(&cp)?;
+                Err(PollError::Malformed(reason)) => src.enqueue_set_aside(&key, &reason).await?,
+                Err(e) => {
+                    in_flight.settle_all(src, &mut cp, &mut report).await?;
+                    return Err(e);
+                }
+            };
+            in_flight.push(key, queued);
+            in_flight.make_room(src, &mut cp, &mut report).await?;
         }
         if !truncated || after.is_none() {
+            in_flight.settle_all(src, &mut cp, &mut report).await?;
             return Ok(report);
         }
     }

@@ -16,7 +16,7 @@ use perimeter_model::RawJson;
 use reqwest::Url;
 
 use super::vendor::{str_at, time_at, PageRequest};
-use super::{Checkpoint, PollError, PollReport, PollSource, ProbeReport};
+use super::{Checkpoint, InFlight, PollError, PollReport, PollSource, ProbeReport};
 
 /// How far back the API keeps content.
 const RETAINED_DAYS: i64 = 7;
@@ -177,8 +177,9 @@ async fn blob_records(
         })
 }
 
-/// One poll: list the window after the checkpoint, store its new blobs one by one (the
-/// checkpoint moves after each), then move past a window read through.
+/// One poll: list the window after the checkpoint, store its new blobs in order (the next
+/// fetched while the ones before are stored; the checkpoint moves past each once it is
+/// stored), then move past a window read through.
 pub(super) async fn poll(
     src: &PollSource,
     authorization: &str,
@@ -188,33 +189,37 @@ pub(super) async fn poll(
     let (from, to) = window(&cp, start);
     let (_, blobs, complete) = list(src, authorization, from, to, Subscribe::IfMissing).await?;
     let mut report = PollReport::default();
-    for blob in new_blobs(blobs, &cp) {
-        if report.pages >= src.config.max_pages_per_poll.max(1) {
-            return Ok(report);
-        }
-        report.pages += 1;
-        match blob_records(src, authorization, &blob).await {
-            Ok(records) => {
-                let ack = src.submit(records).await?;
-                report.records += ack.0;
-                report.duplicates += ack.1;
-            }
-            // A blob is written once: fetching it again cannot help, and every later blob
-            // would wait behind it.
-            Err(PollError::Malformed(reason)) => {
-                src.set_aside(&format!("content blob {}", blob.id), &reason)
-                    .await?
-            }
-            Err(e) => return Err(e),
-        }
-        cp = Checkpoint {
+    let mut in_flight = InFlight::new(|cp: &mut Checkpoint, blob: Blob| {
+        *cp = Checkpoint {
             resume: Some(blob.id),
             listing_since: None,
             since: src.checkpoint_time(cp.since, [blob.created]),
             ..Checkpoint::default()
         };
-        src.save_checkpoint(&cp)?;
+    });
+    for blob in new_blobs(blobs, &cp) {
+        if report.pages >= src.config.max_pages_per_poll.max(1) {
+            in_flight.settle_all(src, &mut cp, &mut report).await?;
+            return Ok(report);
+        }
+        report.pages += 1;
+        let queued = match blob_records(src, authorization, &blob).await {
+            Ok(records) => src.enqueue(records).await?,
+            // A blob is written once: fetching it again cannot help, and every later blob
+            // would wait behind it.
+            Err(PollError::Malformed(reason)) => {
+                src.enqueue_set_aside(&format!("content blob {}", blob.id), &reason)
+                    .await?
+            }
+            Err(e) => {
+                in_flight.settle_all(src, &mut cp, &mut report).await?;
+                return Err(e);
+            }
+        };
+        in_flight.push(blob, queued);
+        in_flight.make_room(src, &mut cp, &mut report).await?;
     }
+    in_flight.settle_all(src, &mut cp, &mut report).await?;
     let settled = to - Duration::minutes(SETTLE_MINUTES);
     if complete && settled > from && cp.since.is_none_or(|s| s < settled) {
         src.save_checkpoint(&Checkpoint {

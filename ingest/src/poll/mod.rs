@@ -257,6 +257,97 @@ pub const IMPLAUSIBLE_TIME: &str = "implausible_time";
 /// cursors (its records are stored; see [`PollSource::poll_once`]).
 pub const STUCK: &str = "stuck";
 
+/// Items of a feed put on the bus ([`PollSource::enqueue`]), not yet known to be stored.
+pub(crate) struct Queued {
+    pending: Option<crate::bus::PendingAck>,
+    count: usize,
+    /// A page of the feed, counted once stored (not a set-aside item's dead letter).
+    page: bool,
+}
+
+impl Queued {
+    /// Records it holds (0 for a set-aside item's dead letter).
+    pub(crate) fn records(&self) -> usize {
+        if self.page {
+            self.count
+        } else {
+            0
+        }
+    }
+}
+
+/// Records of a feed's items (CloudTrail's files, Microsoft 365's content blobs) put on the bus
+/// before the oldest of them must be stored: the next items are fetched meanwhile, and the
+/// store commits several small ones at once instead of one commit per item.
+const MAX_RECORDS_IN_FLIGHT: usize = 5_000;
+
+/// A feed's items put on the bus and not yet known to be stored, oldest first, each with what
+/// moves the checkpoint past it (`advance`); the checkpoint is saved after each stored item, in
+/// order, so it never moves past an item that is not stored.
+pub(crate) struct InFlight<T, A: Fn(&mut Checkpoint, T)> {
+    items: std::collections::VecDeque<(T, Queued)>,
+    records: usize,
+    advance: A,
+}
+
+impl<T, A: Fn(&mut Checkpoint, T)> InFlight<T, A> {
+    pub(crate) fn new(advance: A) -> Self {
+        InFlight {
+            items: Default::default(),
+            records: 0,
+            advance,
+        }
+    }
+
+    pub(crate) fn push(&mut self, item: T, queued: Queued) {
+        self.records += queued.records();
+        self.items.push_back((item, queued));
+    }
+
+    /// Wait for the oldest items until at most [`MAX_RECORDS_IN_FLIGHT`] records are in flight.
+    pub(crate) async fn make_room(
+        &mut self,
+        src: &PollSource,
+        cp: &mut Checkpoint,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        while self.records > MAX_RECORDS_IN_FLIGHT && self.settle_oldest(src, cp, report).await? {}
+        Ok(())
+    }
+
+    /// Wait for every item, in order (before a poll ends, also on an error: what was fetched is
+    /// stored and checkpointed first).
+    pub(crate) async fn settle_all(
+        &mut self,
+        src: &PollSource,
+        cp: &mut Checkpoint,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        while self.settle_oldest(src, cp, report).await? {}
+        Ok(())
+    }
+
+    /// Wait for the oldest item; the checkpoint moves past it once it is stored. False when
+    /// there is none.
+    async fn settle_oldest(
+        &mut self,
+        src: &PollSource,
+        cp: &mut Checkpoint,
+        report: &mut PollReport,
+    ) -> Result<bool, PollError> {
+        let Some((item, queued)) = self.items.pop_front() else {
+            return Ok(false);
+        };
+        self.records -= queued.records();
+        let (stored, duplicates) = src.stored(queued).await?;
+        report.records += stored;
+        report.duplicates += duplicates;
+        (self.advance)(cp, item);
+        src.save_checkpoint(cp)?;
+        Ok(true)
+    }
+}
+
 /// Why a poll stopped early. The checkpoint stays where the last stored page left it.
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -1050,6 +1141,14 @@ impl PollSource {
         &self,
         records: Vec<perimeter_model::RawJson>,
     ) -> Result<(usize, usize), PollError> {
+        let queued = self.enqueue(records).await?;
+        self.stored(queued).await
+    }
+
+    /// [`Self::submit`] without waiting: the page is on the bus, [`Self::stored`] waits for it.
+    /// The bus is taken in order, so a feed of many small items (CloudTrail's files) fetches the
+    /// next while the ones before are stored, and the store commits several at once.
+    async fn enqueue(&self, records: Vec<perimeter_model::RawJson>) -> Result<Queued, PollError> {
         let items: Vec<InputItem> = records
             .into_iter()
             .enumerate()
@@ -1059,39 +1158,67 @@ impl PollSource {
                 member_lines: Vec::new(),
             })
             .collect();
-        self.submit_items(items).await
+        self.enqueue_items(items, true).await
     }
 
     /// Submit a page's items (records, and dead letters for parts of it that are unusable,
     /// such as a CSV row that does not fit its header); how many, and how many were duplicates.
     async fn submit_items(&self, items: Vec<InputItem>) -> Result<(usize, usize), PollError> {
-        let counted = |records: usize| {
-            if let Some(m) = &self.metrics {
-                let poller = [("poller", self.config.name.as_str())];
-                m.inc("poll_pages_total", &poller, 1);
-                m.inc("poll_records_total", &poller, records as u64);
-            }
+        let queued = self.enqueue_items(items, true).await?;
+        self.stored(queued).await
+    }
+
+    /// Put `items` on the bus; `page`: they are a page of the feed (counted in the metrics once
+    /// stored), not the dead letter of a set-aside item.
+    async fn enqueue_items(&self, items: Vec<InputItem>, page: bool) -> Result<Queued, PollError> {
+        let count = items.len();
+        let pending = if items.is_empty() {
+            None
+        } else {
+            let pending = self
+                .bus
+                .enqueue_from(None, self.config.vendor.source(), &self.tenant, items)
+                .await
+                .map_err(|e| PollError::NotStored(e.to_string()))?;
+            Some(pending)
         };
-        if items.is_empty() {
-            counted(0);
+        Ok(Queued {
+            pending,
+            count,
+            page,
+        })
+    }
+
+    /// Wait until `queued` is stored: a page's records and how many the store already had
+    /// (0 and 0 for a set-aside item's dead letter). Counts the page in the metrics.
+    async fn stored(&self, queued: Queued) -> Result<(usize, usize), PollError> {
+        let duplicates = match queued.pending {
+            Some(pending) => {
+                pending
+                    .stored()
+                    .await
+                    .map_err(|e| PollError::NotStored(e.to_string()))?
+                    .duplicates
+            }
+            None => 0,
+        };
+        if !queued.page {
             return Ok((0, 0));
         }
-        let count = items.len();
-        let ack = self
-            .bus
-            .submit(self.config.vendor.source(), &self.tenant, items)
-            .await
-            .map_err(|e| PollError::NotStored(e.to_string()))?;
-        counted(count);
-        Ok((count, ack.duplicates))
+        if let Some(m) = &self.metrics {
+            let poller = [("poller", self.config.name.as_str())];
+            m.inc("poll_pages_total", &poller, 1);
+            m.inc("poll_records_total", &poller, queued.count as u64);
+        }
+        Ok((queued.count, duplicates))
     }
 
     /// Store one dead letter for a whole item of a feed that cannot be used however often it
     /// is fetched again (a cut-off S3 log file, a content blob that is not JSON: both are
     /// written once and never change), so the feed goes on past it instead of failing on it at
     /// every poll while everything after it waits. `item` names it (an S3 key, a blob id);
-    /// `reason` is why.
-    async fn set_aside(&self, item: &str, reason: &str) -> Result<(), PollError> {
+    /// `reason` is why. The dead letter is put on the bus like a page ([`InFlight`] waits for it).
+    async fn enqueue_set_aside(&self, item: &str, reason: &str) -> Result<Queued, PollError> {
         tracing::warn!(poller = %self.config.name, item, reason, "unusable item stored as a dead letter; going on past it");
         if let Some(m) = &self.metrics {
             m.inc(
@@ -1106,11 +1233,7 @@ impl PollSource {
             excerpt: item.to_string(),
             digest: crate::jsonl::input_digest(format!("{item}\n{reason}").as_bytes()),
         };
-        self.bus
-            .submit(self.config.vendor.source(), &self.tenant, vec![invalid])
-            .await
-            .map_err(|e| PollError::NotStored(e.to_string()))?;
-        Ok(())
+        self.enqueue_items(vec![invalid], false).await
     }
 
     /// Make one request (`authorization` empty: none); the parsed body and the headers.
