@@ -4,8 +4,10 @@
 //! what is new since its checkpoint, page by page, submits each page's records to the bus, and
 //! moves its checkpoint past a page only once the bus acknowledged it (the records are stored).
 //! A crash, `kill -9` or store failure between fetching and storing a page means the page is
-//! fetched again; the store, idempotent on event id, keeps its records once. The checkpoint is a
-//! small JSON file per source (`<state_dir>/<name>.json`), replaced atomically.
+//! fetched again; the store, idempotent on event id, keeps its records once. The next page is
+//! fetched while the ones before are stored ([`InFlight`]), so after a refused page the pages
+//! fetched behind it are fetched again too. The checkpoint is a small JSON file per source
+//! (`<state_dir>/<name>.json`), replaced atomically.
 //!
 //! The credential is a secret reference (`env:NAME` or `file:/path`), read again at every poll so
 //! a rotated token file is picked up; it is never logged, and links the vendor returns are
@@ -970,59 +972,38 @@ impl PollSource {
         let mut cp = self.checkpoint()?;
         self.begin_sweep_if_due(&mut cp, Utc::now());
         let resumed_from = cp.resume.clone();
-        // The requests made (URL and body): a vendor link or cursor leading back to one is a
-        // loop, which would be read again up to `max_pages_per_poll` at every poll.
-        let mut requested = std::collections::HashSet::new();
+        // `cp` is where reading stands (the next request is made from it); `saved` is the
+        // checkpoint, moved past a page only once the page is stored. The next page is fetched
+        // while the ones before are stored.
+        let mut saved = cp.clone();
+        let mut in_flight = InFlight::new(|saved: &mut Checkpoint, next: Checkpoint| *saved = next);
         let mut report = PollReport::default();
-        while report.pages < self.config.max_pages_per_poll.max(1) {
-            let request = self.api.request(&cp, start)?;
-            if !requested.insert((request.url.to_string(), request.body.clone())) {
-                self.note_stuck(
-                    "the vendor's next link or cursor leads back to a page this poll read; not followed",
-                    &report,
-                );
-                return Ok(report);
+        let read = self
+            .read_pages(
+                &authorization,
+                start,
+                (&mut cp, &mut saved),
+                &mut in_flight,
+                &mut report,
+            )
+            .await;
+        let stuck_noted = match read {
+            Ok(noted) => noted,
+            // A page the store refused: the checkpoint stays before it (the pages after it,
+            // stored or not, are read again).
+            Err(e @ PollError::NotStored(_)) => return Err(e),
+            // What was fetched before the error is stored and checkpointed first.
+            Err(e) => {
+                in_flight.settle_all(self, &mut saved, &mut report).await?;
+                return Err(e);
             }
-            let (body, headers) = match self.fetch(&request, &authorization).await {
-                // A link or cursor the vendor no longer knows (expired after a long stop):
-                // start the listing again from its lower bound, which repeats records the
-                // store already has rather than skipping any.
-                Err(PollError::Http { status, .. })
-                    if request.resumes && matches!(status, 400 | 404 | 410) =>
-                {
-                    tracing::warn!(poller = %self.config.name, status,
-                        "the vendor no longer knows where we were; reading from the last stored time again");
-                    cp = Checkpoint {
-                        resume: None,
-                        listing_since: None,
-                        since: cp.listing_since.or(cp.since),
-                        ..Checkpoint::default()
-                    };
-                    self.save_checkpoint(&cp)?;
-                    // Listing again from the bound repeats requests on purpose.
-                    requested.clear();
-                    continue;
-                }
-                other => other?,
-            };
-            let page = self
-                .api
-                .page(&cp, start, Utc::now(), body, link_next(&headers))?;
-            self.note_implausible_times(&page.times);
-            report.pages += 1;
-            let (records, duplicates) = self.submit(page.records).await?;
-            report.records += records;
-            report.duplicates += duplicates;
-            self.save_checkpoint(&page.checkpoint)?;
-            cp = page.checkpoint;
-            if !page.more {
-                break;
-            }
-        }
+        };
+        in_flight.settle_all(self, &mut saved, &mut report).await?;
         // A poll that goes on from a vendor link or cursor, reads only records stored before,
         // and ends at the same link or cursor will do the same at every poll. (A quiet source
         // reads nothing, or re-reads the records of a listing's lower bound with no cursor.)
-        if report.records > 0
+        if !stuck_noted
+            && report.records > 0
             && report.duplicates == report.records
             && resumed_from.is_some()
             && cp.resume == resumed_from
@@ -1033,6 +1014,68 @@ impl PollSource {
             );
         }
         Ok(report)
+    }
+
+    /// The pages of one poll from `cp` on, each put on the bus (`in_flight`); true when the
+    /// poll stopped at a page it had already requested (a loop, reported as stuck).
+    async fn read_pages<A: Fn(&mut Checkpoint, Checkpoint)>(
+        &self,
+        authorization: &str,
+        start: DateTime<Utc>,
+        (cp, saved): (&mut Checkpoint, &mut Checkpoint),
+        in_flight: &mut InFlight<Checkpoint, A>,
+        report: &mut PollReport,
+    ) -> Result<bool, PollError> {
+        // The requests made (URL and body): a vendor link or cursor leading back to one is a
+        // loop, which would be read again up to `max_pages_per_poll` at every poll.
+        let mut requested = std::collections::HashSet::new();
+        while report.pages < self.config.max_pages_per_poll.max(1) {
+            let request = self.api.request(cp, start)?;
+            if !requested.insert((request.url.to_string(), request.body.clone())) {
+                self.note_stuck(
+                    "the vendor's next link or cursor leads back to a page this poll read; not followed",
+                    report,
+                );
+                return Ok(true);
+            }
+            let (body, headers) = match self.fetch(&request, authorization).await {
+                // A link or cursor the vendor no longer knows (expired after a long stop):
+                // start the listing again from its lower bound, which repeats records the
+                // store already has rather than skipping any.
+                Err(PollError::Http { status, .. })
+                    if request.resumes && matches!(status, 400 | 404 | 410) =>
+                {
+                    tracing::warn!(poller = %self.config.name, status,
+                        "the vendor no longer knows where we were; reading from the last stored time again");
+                    in_flight.settle_all(self, saved, report).await?;
+                    *cp = Checkpoint {
+                        resume: None,
+                        listing_since: None,
+                        since: cp.listing_since.or(cp.since),
+                        ..Checkpoint::default()
+                    };
+                    self.save_checkpoint(cp)?;
+                    *saved = cp.clone();
+                    // Listing again from the bound repeats requests on purpose.
+                    requested.clear();
+                    continue;
+                }
+                other => other?,
+            };
+            let page = self
+                .api
+                .page(cp, start, Utc::now(), body, link_next(&headers))?;
+            self.note_implausible_times(&page.times);
+            report.pages += 1;
+            let queued = self.enqueue(page.records).await?;
+            *cp = page.checkpoint.clone();
+            in_flight.push(page.checkpoint, queued);
+            in_flight.make_room(self, saved, report).await?;
+            if !page.more {
+                break;
+            }
+        }
+        Ok(false)
     }
 
     /// Warn about and count (`poll_errors_total{kind="stuck"}`) a poll whose vendor paging goes
