@@ -5,7 +5,7 @@
 //! moves its checkpoint past a page only once the bus acknowledged it (the records are stored).
 //! A crash, `kill -9` or store failure between fetching and storing a page means the page is
 //! fetched again; the store, idempotent on event id, keeps its records once. The next page is
-//! fetched while the ones before are stored ([`InFlight`]), so after a refused page the pages
+//! fetched while the ones before are stored (`InFlight`), so after a refused page the pages
 //! fetched behind it are fetched again too. The checkpoint is a small JSON file per source
 //! (`<state_dir>/<name>.json`), replaced atomically.
 //!
