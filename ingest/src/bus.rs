@@ -125,18 +125,38 @@ impl BusSender {
             .send(submission)
             .await
             .map_err(|_| IngestError::PipelineClosed)?;
-        Ok(PendingAck(wait))
+        Ok(PendingAck { wait, answer: None })
     }
 }
 
 /// The answer to a batch put on the bus by [`BusSender::enqueue_from`].
 #[derive(Debug)]
-pub struct PendingAck(oneshot::Receiver<std::result::Result<SubmitAck, String>>);
+pub struct PendingAck {
+    wait: oneshot::Receiver<std::result::Result<SubmitAck, String>>,
+    /// The answer, once [`Self::is_answered`] saw it.
+    answer: Option<Result<SubmitAck>>,
+}
 
 impl PendingAck {
+    /// Whether the consumer has answered (stored or refused the batch), without waiting: a
+    /// sender with several batches in flight moves its checkpoint past the ones already stored.
+    pub fn is_answered(&mut self) -> bool {
+        if self.answer.is_none() {
+            self.answer = match self.wait.try_recv() {
+                Ok(answer) => Some(answer.map_err(IngestError::Rejected)),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(IngestError::PipelineClosed)),
+            };
+        }
+        self.answer.is_some()
+    }
+
     /// Wait until the batch is stored. `Err` if the consumer failed or is gone.
     pub async fn stored(self) -> Result<SubmitAck> {
-        match self.0.await {
+        if let Some(answer) = self.answer {
+            return answer;
+        }
+        match self.wait.await {
             Ok(Ok(ack)) => Ok(ack),
             Ok(Err(reason)) => Err(IngestError::Rejected(reason)),
             Err(_) => Err(IngestError::PipelineClosed),

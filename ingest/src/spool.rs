@@ -156,6 +156,13 @@ struct FilePut {
     pending_records: usize,
 }
 
+impl FilePut {
+    /// Whether its last batch has been answered for (stored or refused), without waiting.
+    fn is_answered(&mut self) -> bool {
+        self.pending.as_mut().is_none_or(PendingAck::is_answered)
+    }
+}
+
 /// A file waiting in the inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolFile {
@@ -709,7 +716,17 @@ impl SpoolSource {
                     continue;
                 }
             }
-            while in_flight_records >= self.config.batch_records.max(1) {
+            // Files already answered for are finished (archived) as the scan goes, and the
+            // oldest are waited for while the records in flight fill a batch.
+            loop {
+                let limit = self.config.batch_records.max(1);
+                let due = match in_flight.front_mut() {
+                    Some(oldest) => oldest.is_answered() || in_flight_records >= limit,
+                    None => false,
+                };
+                if !due {
+                    break;
+                }
                 let Some(oldest) = in_flight.pop_front() else {
                     break;
                 };

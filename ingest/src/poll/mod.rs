@@ -268,6 +268,13 @@ pub(crate) struct Queued {
 }
 
 impl Queued {
+    /// Whether the store has answered for it (see [`crate::bus::PendingAck::is_answered`]).
+    fn is_answered(&mut self) -> bool {
+        self.pending
+            .as_mut()
+            .is_none_or(crate::bus::PendingAck::is_answered)
+    }
+
     /// Records it holds (0 for a set-aside item's dead letter).
     pub(crate) fn records(&self) -> usize {
         if self.page {
@@ -306,13 +313,22 @@ impl<T, A: Fn(&mut Checkpoint, T)> InFlight<T, A> {
         self.items.push_back((item, queued));
     }
 
-    /// Wait for the oldest items until at most [`MAX_RECORDS_IN_FLIGHT`] records are in flight.
+    /// Take the oldest items the store has already answered for (the checkpoint follows what
+    /// is stored as it goes, so a `kill -9` repeats little), then wait for the oldest until at
+    /// most [`MAX_RECORDS_IN_FLIGHT`] records are in flight.
     pub(crate) async fn make_room(
         &mut self,
         src: &PollSource,
         cp: &mut Checkpoint,
         report: &mut PollReport,
     ) -> Result<(), PollError> {
+        while self
+            .items
+            .front_mut()
+            .is_some_and(|(_, queued)| queued.is_answered())
+        {
+            self.settle_oldest(src, cp, report).await?;
+        }
         while self.records > MAX_RECORDS_IN_FLIGHT && self.settle_oldest(src, cp, report).await? {}
         Ok(())
     }
