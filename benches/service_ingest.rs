@@ -310,52 +310,14 @@ fn main() {
     if let Some(trail) = &trail {
         let (files, records) = trail.size();
         println!("cloudtrail: {files} files of up to {batch} records, {records} records in all");
-        let cpu0 = process_cpu_seconds(child.id());
-        let t0 = Instant::now();
-        let stored = |http: &reqwest::blocking::Client| {
-            let metrics = http
-                .get(format!("{base}/metrics"))
-                .send()
-                .and_then(|r| r.text())
-                .unwrap_or_default();
-            metric_sum(&metrics, "store_events_written_total") as usize
-        };
-        let mut first: Option<(Instant, usize)> = None;
-        let mut last_print = Instant::now();
-        loop {
-            let now = stored(&http);
-            if first.is_none() && now > 0 {
-                first = Some((Instant::now(), now));
-            }
-            if now >= records {
-                break;
-            }
-            if last_print.elapsed() > Duration::from_secs(10) {
-                eprintln!(
-                    "  {:.0} s: {now} of {records} stored",
-                    t0.elapsed().as_secs_f64()
-                );
-                last_print = Instant::now();
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(3600),
-                "the poller never caught up"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let cpu = process_cpu_seconds(child.id()) - cpu0;
-        let events = stored(&http);
-        let (t_first, n_first) = first.unwrap_or((t0, 0));
-        println!(
-            "cloudtrail: {events} events stored in {:.1} s from the start; {:.0} events/s from the first stored event on",
-            t0.elapsed().as_secs_f64(),
-            (events - n_first) as f64 / t_first.elapsed().as_secs_f64().max(1e-9)
+        drain(
+            &http,
+            &base,
+            child.id(),
+            "cloudtrail",
+            Instant::now(),
+            |stored| (stored < records).then(|| format!("{stored} of {records} stored")),
         );
-        println!(
-            "service CPU: {:.1} us per event (all threads)",
-            cpu * 1e6 / events.max(1) as f64
-        );
-        print_memory(child.id());
         let _ = child.kill();
         let _ = child.wait();
         return;
@@ -496,51 +458,68 @@ fn spool_backlog(
     }
     // Past the spool's settle time (2 s unchanged), so the files are read as soon as seen.
     std::thread::sleep(Duration::from_millis(2200));
-    let stored = |http: &reqwest::blocking::Client| {
-        let metrics = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        metric_sum(&metrics, "store_events_written_total") as usize
-    };
-    let archived = |dir: &std::path::Path| walk_files(&dir.join(".processed"));
-    let cpu0 = process_cpu_seconds(pid);
     let t0 = Instant::now();
     for (from, to) in &moves {
         std::fs::rename(from, to).expect("moving a file into the inbox");
     }
-    let mut first: Option<(Instant, usize)> = None;
+    drain(http, base, pid, "spool", t0, |stored| {
+        let done = walk_files(&inbox.join(".processed"));
+        (done < files).then(|| format!("{done} of {files} files archived, {stored} events stored"))
+    });
+}
+
+/// The events the service has stored so far (`/metrics`).
+fn stored_events(http: &reqwest::blocking::Client, base: &str) -> usize {
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    metric_sum(&metrics, "store_events_written_total") as usize
+}
+
+/// Poll `check` every 50 ms until it is done (`None`), printing its progress every 10 s; an
+/// hour at most.
+fn wait_until(t0: Instant, what: &str, mut check: impl FnMut() -> Option<String>) {
     let mut last_print = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    loop {
-        let now_stored = stored(http);
-        if first.is_none() && now_stored > 0 {
-            first = Some((Instant::now(), now_stored));
-        }
-        let done = archived(&inbox);
-        if done >= files {
-            break;
-        }
+    while let Some(progress) = check() {
         if last_print.elapsed() > Duration::from_secs(10) {
-            eprintln!(
-                "  {:.0} s: {done} of {files} files archived, {now_stored} events stored",
-                t0.elapsed().as_secs_f64()
-            );
+            eprintln!("  {:.0} s: {progress}", t0.elapsed().as_secs_f64());
             last_print = Instant::now();
         }
         assert!(
-            Instant::now() < deadline,
-            "the spool never caught up: {done} of {files} files"
+            t0.elapsed() < Duration::from_secs(3600),
+            "{what} never caught up: {progress}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let wall = t0.elapsed().as_secs_f64();
+}
+
+/// Wait until `pending` (given the events stored so far) says nothing is left, then print the
+/// rate from the first stored event on, the service's CPU per event and its memory.
+fn drain(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    pid: u32,
+    what: &str,
+    t0: Instant,
+    mut pending: impl FnMut(usize) -> Option<String>,
+) {
+    let cpu0 = process_cpu_seconds(pid);
+    let mut first: Option<(Instant, usize)> = None;
+    wait_until(t0, what, || {
+        let stored = stored_events(http, base);
+        if first.is_none() && stored > 0 {
+            first = Some((Instant::now(), stored));
+        }
+        pending(stored)
+    });
     let cpu = process_cpu_seconds(pid) - cpu0;
-    let events = stored(http);
+    let events = stored_events(http, base);
     let (t_first, n_first) = first.unwrap_or((t0, 0));
     println!(
-        "spool: {files} files, {events} events stored in {wall:.1} s from the drop; {:.0} events/s from the first stored event on",
+        "{what}: {events} events stored in {:.1} s; {:.0} events/s from the first stored event on",
+        t0.elapsed().as_secs_f64(),
         (events - n_first) as f64 / t_first.elapsed().as_secs_f64().max(1e-9)
     );
     println!(
@@ -769,9 +748,8 @@ fn wait_until_consumed(
     queued: usize,
     t0: Instant,
 ) -> (usize, usize, usize) {
-    let mut last_print = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    loop {
+    let mut counts = (0, 0, 0);
+    wait_until(t0, "the detector side", || {
         let metrics = http
             .get(format!("{base}/metrics"))
             .send()
@@ -779,22 +757,13 @@ fn wait_until_consumed(
             .unwrap_or_default();
         let consumed = metric_sum(&metrics, "kafka_records_consumed_total") as usize;
         let stored = metric_sum(&metrics, "store_events_written_total") as usize;
-        let duplicates = metric_sum(&metrics, "store_events_duplicate_total") as usize;
-        let dead = metric_sum(&metrics, "store_dead_letters_written_total") as usize;
-        if consumed >= queued {
-            return (stored, duplicates, dead);
-        }
-        if last_print.elapsed() > Duration::from_secs(10) {
-            eprintln!(
-                "  {:.0} s: {consumed} of {queued} records consumed, {stored} events stored",
-                t0.elapsed().as_secs_f64()
-            );
-            last_print = Instant::now();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the detector side never caught up: {consumed} of {queued} consumed, {stored} stored"
+        counts = (
+            stored,
+            metric_sum(&metrics, "store_events_duplicate_total") as usize,
+            metric_sum(&metrics, "store_dead_letters_written_total") as usize,
         );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        (consumed < queued)
+            .then(|| format!("{consumed} of {queued} records consumed, {stored} events stored"))
+    });
+    counts
 }
