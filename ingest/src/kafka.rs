@@ -625,7 +625,14 @@ impl KafkaBusProducer {
 
     /// Put every item of `sub` on the topic; returns once the broker has all of them.
     pub async fn produce(&self, sub: &Submission) -> Result<usize, KafkaBusError> {
-        let mut pending: std::collections::VecDeque<(usize, DeliveryFuture)> = Default::default();
+        let pending = self.queue(sub).await?;
+        self.settle_all(sub, pending).await
+    }
+
+    /// Hand every item of `sub` to the producer, in order (which keeps each entity's records
+    /// in order on its partition); their deliveries, still to be settled.
+    async fn queue(&self, sub: &Submission) -> Result<Deliveries, KafkaBusError> {
+        let mut pending: Deliveries = Default::default();
         for (index, item) in sub.items.iter().enumerate() {
             let key = (self.key)(&sub.source, &sub.tenant, item);
             let room = self
@@ -665,6 +672,15 @@ impl KafkaBusProducer {
                 }
             }
         }
+        Ok(pending)
+    }
+
+    /// Wait until the broker has every item [`Self::queue`] handed over.
+    async fn settle_all(
+        &self,
+        sub: &Submission,
+        pending: Deliveries,
+    ) -> Result<usize, KafkaBusError> {
         for delivery in pending {
             self.settle(sub, delivery).await?;
         }
@@ -711,33 +727,57 @@ impl KafkaBusProducer {
     /// Serve the embedded bus's sources until they are all gone: each batch is acknowledged
     /// with how many records it queued, or refused with why (the source keeps it and retries).
     pub async fn run(self, mut rx: BusReceiver) {
+        // Each batch's items are handed to the producer in the order the batches come; their
+        // deliveries settle (and the batch is answered) on a task of their own while the next
+        // batch is queued. Waiting for each batch's deliveries before queueing the next made
+        // every sender wait for the others' round trips to the broker.
+        let this = Arc::new(self);
+        let mut settling = tokio::task::JoinSet::new();
         while let Some(sub) = rx.recv().await {
-            let outcome = self.produce(&sub).await;
-            let reply = match outcome {
-                Ok(queued) => {
-                    count(&self.metrics, "kafka_records_produced_total", queued as u64);
-                    Ok(SubmitAck {
-                        queued,
-                        warnings: self
-                            .source_note
-                            .as_ref()
-                            .and_then(|note| note(&sub.source))
-                            .into_iter()
-                            .collect(),
-                        ..SubmitAck::default()
-                    })
+            match this.queue(&sub).await {
+                Ok(pending) => {
+                    let this = this.clone();
+                    settling.spawn(async move {
+                        let outcome = this.settle_all(&sub, pending).await;
+                        this.answer(sub, outcome);
+                    });
                 }
-                Err(e) => {
-                    count(&self.metrics, "kafka_batches_refused_total", 1);
-                    tracing::error!(error = %e, source = %sub.source, "a batch could not be put on the Kafka bus");
-                    Err(e.to_string())
-                }
-            };
-            let _ = sub.ack.send(reply);
+                Err(e) => this.answer(sub, Err(e)),
+            }
+            while settling.try_join_next().is_some() {}
         }
-        let _ = self.producer.flush(Duration::from_secs(30));
+        while settling.join_next().await.is_some() {}
+        let _ = this.producer.flush(Duration::from_secs(30));
+    }
+
+    /// Answer `sub` with how its produce went.
+    fn answer(&self, sub: Submission, outcome: Result<usize, KafkaBusError>) {
+        let reply = match outcome {
+            Ok(queued) => {
+                count(&self.metrics, "kafka_records_produced_total", queued as u64);
+                Ok(SubmitAck {
+                    queued,
+                    warnings: self
+                        .source_note
+                        .as_ref()
+                        .and_then(|note| note(&sub.source))
+                        .into_iter()
+                        .collect(),
+                    ..SubmitAck::default()
+                })
+            }
+            Err(e) => {
+                count(&self.metrics, "kafka_batches_refused_total", 1);
+                tracing::error!(error = %e, source = %sub.source, "a batch could not be put on the Kafka bus");
+                Err(e.to_string())
+            }
+        };
+        let _ = sub.ack.send(reply);
     }
 }
+
+/// Deliveries of a batch's items, by item index, oldest first.
+type Deliveries = std::collections::VecDeque<(usize, DeliveryFuture)>;
 
 /// The source, tenant and origin a batch shares.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
