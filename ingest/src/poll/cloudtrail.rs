@@ -245,11 +245,7 @@ pub(super) async fn poll(
         let listed = list(src, &creds, &prefix, after.as_deref()).await;
         let (keys, truncated) = match listed {
             Ok(listed) => listed,
-            Err(e) => {
-                // What was fetched is stored and checkpointed before the error is told.
-                in_flight.settle_all(src, &mut cp, &mut report).await?;
-                return Err(e);
-            }
+            Err(e) => return Err(in_flight.stop_with(src, &mut cp, &mut report, e).await),
         };
         after = keys.last().cloned();
         // The keys in flight are not in `cp` yet, which is fine: each listing starts after
@@ -265,10 +261,7 @@ pub(super) async fn poll(
                 // S3 objects never change: fetching it again cannot help, and every later
                 // file would wait behind it.
                 Err(PollError::Malformed(reason)) => src.enqueue_set_aside(&key, &reason).await?,
-                Err(e) => {
-                    in_flight.settle_all(src, &mut cp, &mut report).await?;
-                    return Err(e);
-                }
+                Err(e) => return Err(in_flight.stop_with(src, &mut cp, &mut report, e).await),
             };
             in_flight.push(key, queued);
             in_flight.make_room(src, &mut cp, &mut report).await?;

@@ -211,10 +211,7 @@ pub(super) async fn poll(
                 src.enqueue_set_aside(&format!("content blob {}", blob.id), &reason)
                     .await?
             }
-            Err(e) => {
-                in_flight.settle_all(src, &mut cp, &mut report).await?;
-                return Err(e);
-            }
+            Err(e) => return Err(in_flight.stop_with(src, &mut cp, &mut report, e).await),
         };
         in_flight.push(blob, queued);
         in_flight.make_room(src, &mut cp, &mut report).await?;

@@ -345,6 +345,25 @@ impl<T, A: Fn(&mut Checkpoint, T)> InFlight<T, A> {
         Ok(())
     }
 
+    /// The poll stops with `error`: what was fetched before it is stored and checkpointed
+    /// first, unless the store refused an item (nothing behind a refused item may move the
+    /// checkpoint). The error to return.
+    pub(crate) async fn stop_with(
+        &mut self,
+        src: &PollSource,
+        cp: &mut Checkpoint,
+        report: &mut PollReport,
+        error: PollError,
+    ) -> PollError {
+        if matches!(error, PollError::NotStored(_)) {
+            return error;
+        }
+        match self.settle_all(src, cp, report).await {
+            Ok(()) => error,
+            Err(settling) => settling,
+        }
+    }
+
     /// Wait for the oldest item; the checkpoint moves past it once it is stored. False when
     /// there is none.
     async fn settle_oldest(
@@ -1005,14 +1024,7 @@ impl PollSource {
             .await;
         let stuck_noted = match read {
             Ok(noted) => noted,
-            // A page the store refused: the checkpoint stays before it (the pages after it,
-            // stored or not, are read again).
-            Err(e @ PollError::NotStored(_)) => return Err(e),
-            // What was fetched before the error is stored and checkpointed first.
-            Err(e) => {
-                in_flight.settle_all(self, &mut saved, &mut report).await?;
-                return Err(e);
-            }
+            Err(e) => return Err(in_flight.stop_with(self, &mut saved, &mut report, e).await),
         };
         in_flight.settle_all(self, &mut saved, &mut report).await?;
         // A poll that goes on from a vendor link or cursor, reads only records stored before,
