@@ -344,6 +344,23 @@ impl DayIndex {
     }
 }
 
+/// tantivy's log merge policy, with every segment size its own level.
+///
+/// The default puts every segment under 10,000 documents in one level, and merges a level
+/// once it holds 8 segments. A store fed small batches (a poller's pages, single webhook
+/// events, a group commit of a few requests) commits small segments, so the default merges the
+/// level's one large segment again with every 7 new small ones until it passes 10,000
+/// documents: an early document is merged up to 10,000 / (7 x the segment size) times (~140
+/// for segments of 10). With levels by size all the way down, a document is merged about once
+/// per 8x of growth. Batches of 10,000 events and more commit segments above that size, where
+/// nothing changes. Measured with the `store` bench, CPU per event: batches of 400 events
+/// 189-209 -> 144-160 µs, of 10 events 3,993 -> 3,124 µs; search latency unchanged.
+fn merge_policy() -> tantivy::indexer::LogMergePolicy {
+    let mut policy = tantivy::indexer::LogMergePolicy::default();
+    policy.set_min_layer_size(1);
+    policy
+}
+
 /// An open writer with the ids its index holds (committed + pending), for dedup.
 pub struct DayWriter {
     pub index: Arc<DayIndex>,
@@ -359,7 +376,8 @@ impl DayWriter {
         memory_bytes: usize,
         last_used: u64,
     ) -> Result<DayWriter> {
-        let writer = index.index.writer_with_num_threads(threads, memory_bytes)?;
+        let writer: IndexWriter = index.index.writer_with_num_threads(threads, memory_bytes)?;
+        writer.set_merge_policy(Box::new(merge_policy()));
         let ids = index.load_ids()?;
         Ok(DayWriter {
             index,
@@ -405,4 +423,39 @@ impl PreparedDayCommit<'_> {
 /// Remove an index directory (after its handles were dropped).
 pub fn remove_index_dir(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(dir).at(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use tantivy::index::SegmentId;
+    use tantivy::indexer::MergePolicy;
+    use tantivy::schema::Schema;
+    use tantivy::Index;
+
+    use super::merge_policy;
+
+    /// Small commits must not drag the segment they were already merged into along with every
+    /// new handful: that merges the same documents again and again.
+    #[test]
+    fn small_segments_merge_among_themselves_not_into_a_larger_one() {
+        let index = Index::create_in_ram(Schema::builder().build());
+        let merged_before = index.new_segment_meta(SegmentId::generate_random(), 3_200);
+        let mut segments = vec![merged_before.clone()];
+        let small: Vec<_> = (0..8)
+            .map(|_| index.new_segment_meta(SegmentId::generate_random(), 400))
+            .collect();
+        segments.extend(small.iter().cloned());
+
+        let candidates = merge_policy().compute_merge_candidates(&segments);
+        assert_eq!(candidates.len(), 1, "{candidates:?}");
+        let mut merged = candidates[0].0.clone();
+        merged.sort();
+        let mut expected: Vec<_> = small.iter().map(|s| s.id()).collect();
+        expected.sort();
+        assert_eq!(merged, expected, "only the 8 small segments are merged");
+
+        // Fewer than 8 of a size: nothing to merge yet.
+        let candidates = merge_policy().compute_merge_candidates(&segments[..8]);
+        assert!(candidates.is_empty(), "{candidates:?}");
+    }
 }
