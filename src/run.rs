@@ -403,6 +403,24 @@ fn spawn_parquet_compaction(
     });
 }
 
+/// Bring the alert Parquet files up to date every `[store] alert_parquet_export_seconds` when
+/// batches stop coming (stored batches do it themselves while they come).
+fn spawn_alert_export(
+    store: Arc<Store>,
+    every_seconds: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if every_seconds == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_secs(every_seconds);
+    spawn_blocking_every(every, false, stop, move || {
+        if let Err(e) = store.export_due_alerts() {
+            tracing::warn!(error = %e, "alert parquet export failed");
+        }
+    });
+}
+
 /// Drop the audit log's expired days at start and hourly (nothing to do with `days` 0).
 fn spawn_audit_retention(
     audit: Arc<perimeter_query_api::AuditLog>,
@@ -954,6 +972,11 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         store.clone(),
         config.store.parquet_compact_every_seconds,
         metrics.clone(),
+        stop_rx.clone(),
+    );
+    spawn_alert_export(
+        store.clone(),
+        config.store.alert_parquet_export_seconds,
         stop_rx.clone(),
     );
     // At shutdown, once the grace period is over, ingest takes no more batches (503), and the

@@ -169,6 +169,16 @@ pub struct Store {
     /// write: the same bad line read again (a spool file re-read after a crash, an HTTP batch
     /// resent) is not stored twice.
     recent_dead: Mutex<HashMap<String, RecentDeadLetters>>,
+    /// The days whose alert Parquet file is behind the alert book
+    /// (`StoreConfig::alert_parquet_export_seconds`).
+    alert_export: Mutex<AlertExport>,
+}
+
+/// The alert Parquet files not yet rewritten with the alerts stored since, per tenant, and
+/// when they were last all brought up to date.
+struct AlertExport {
+    behind: BTreeMap<String, BTreeSet<chrono::NaiveDate>>,
+    last: std::time::Instant,
 }
 
 /// How many of a tenant's newest dead letters are remembered for deduplication: a resend comes
@@ -359,6 +369,10 @@ impl Store {
             write_failure: Mutex::new(None),
             query_masker: None,
             recent_dead: Mutex::new(HashMap::new()),
+            alert_export: Mutex::new(AlertExport {
+                behind: BTreeMap::new(),
+                last: std::time::Instant::now(),
+            }),
         };
         store
             .counters
@@ -633,7 +647,8 @@ impl Store {
         }
         // The alert Parquet files of the days the group's alerts touched are rewritten once for
         // the group, after every batch's alerts are journaled (a day's file holds all its
-        // alerts, so a rewrite per batch would redo the same file).
+        // alerts, so a rewrite per batch would redo the same file), and no more often than
+        // `alert_parquet_export_seconds`.
         let mut touched = Vec::new();
         let mut results: Vec<Result<WriteAck>> = acks
             .into_iter()
@@ -660,16 +675,17 @@ impl Store {
             })
             .collect();
         if !touched.is_empty() {
-            let book = read(&self.alerts);
-            if let Err(e) = export_touched_days(&self.layout, &book, &touched) {
-                // The batches with alerts fail, as a batch whose export failed did before
-                // groups: the alerts are journaled, and the day's file is rewritten whole, with
-                // them, when the next alert of that day is stored.
-                let mut error = failed_together(e);
-                for (r, b) in results.iter_mut().zip(batches) {
-                    if r.is_ok() && !b.alerts.is_empty() {
-                        *r = Err(error());
-                    }
+            self.note_alert_days(&touched);
+        }
+        if let Err(e) = self.export_alert_days(false) {
+            // The batches with alerts fail, as a batch whose export failed did before groups:
+            // the alerts are journaled, and the days' files stay due, to be rewritten whole by
+            // the next export.
+            tracing::warn!(error = %e, "alert parquet export failed");
+            let mut error = failed_together(e);
+            for (r, b) in results.iter_mut().zip(batches) {
+                if r.is_ok() && !b.alerts.is_empty() {
+                    *r = Err(error());
                 }
             }
         }
@@ -1133,28 +1149,63 @@ impl Store {
         for (_, w) in st.writers.drain() {
             w.writer.wait_merging_threads()?;
         }
+        drop(st);
+        self.export_alert_days(true)
+    }
+
+    /// Rewrite the alert Parquet files that are behind, if `alert_parquet_export_seconds` have
+    /// passed since they were last brought up to date. Stored batches do this themselves; a
+    /// service calls it now and then so that the files catch up when batches stop coming.
+    pub fn export_due_alerts(&self) -> Result<()> {
+        self.export_alert_days(false)
+    }
+
+    /// Note the days of the alerts a group added or grew as behind in the Parquet export.
+    fn note_alert_days(&self, touched: &[(String, String)]) {
+        let days: Vec<(&String, chrono::NaiveDate)> = {
+            let book = read(&self.alerts);
+            touched
+                .iter()
+                .filter_map(|(tenant, id)| {
+                    Some((tenant, book.get(tenant, id)?.alert.timestamp.date_naive()))
+                })
+                .collect()
+        };
+        // Taken after the book is let go: the export holds this lock, then reads the book.
+        let mut export = lock(&self.alert_export);
+        for (tenant, day) in days {
+            export.behind.entry(tenant.clone()).or_default().insert(day);
+        }
+    }
+
+    /// Rewrite the alert Parquet files that are behind: now if `force`, else once
+    /// `alert_parquet_export_seconds` have passed since the last time. On an error they all
+    /// stay behind (a file rewritten again is the same file).
+    fn export_alert_days(&self, force: bool) -> Result<()> {
+        let mut export = lock(&self.alert_export);
+        let every = std::time::Duration::from_secs(self.config.alert_parquet_export_seconds);
+        if export.behind.is_empty() || !(force || export.last.elapsed() >= every) {
+            return Ok(());
+        }
+        let book = read(&self.alerts);
+        for (tenant, days) in &export.behind {
+            crate::alert_parquet::export_days(&self.layout, &book, tenant, days.iter().copied())?;
+        }
+        drop(book);
+        export.behind.clear();
+        export.last = std::time::Instant::now();
         Ok(())
     }
 }
 
-/// Write the Parquet export of the days of the alerts a batch added or grew.
-fn export_touched_days(
-    layout: &Layout,
-    book: &AlertBook,
-    touched: &[(String, String)],
-) -> Result<()> {
-    let mut days: BTreeMap<&str, BTreeSet<chrono::NaiveDate>> = BTreeMap::new();
-    for (tenant, id) in touched {
-        if let Some(r) = book.get(tenant, id) {
-            days.entry(tenant)
-                .or_default()
-                .insert(r.alert.timestamp.date_naive());
+impl Drop for Store {
+    /// The alert Parquet files catch up with the alerts stored since their last rewrite (were
+    /// this to fail or not run, the next open rewrites them all).
+    fn drop(&mut self) {
+        if let Err(e) = self.export_alert_days(true) {
+            tracing::warn!(error = %e, "alert parquet export at close failed");
         }
     }
-    for (tenant, days) in days {
-        crate::alert_parquet::export_days(layout, book, tenant, days)?;
-    }
-    Ok(())
 }
 
 /// The errors of batches that failed together, one per call: `e` for the first,

@@ -55,6 +55,8 @@ fn config(dir: &Path) -> StoreConfig {
     StoreConfig {
         index_writer_threads: 1,
         index_writer_memory_bytes: 20_000_000,
+        // The alert Parquet files are read right after the batch that changed them.
+        alert_parquet_export_seconds: 0,
         ..StoreConfig::at(dir)
     }
 }
@@ -1239,6 +1241,77 @@ fn alert_file_rows(
         }
     }
     rows
+}
+
+/// The alert files are rewritten whole, so they catch up at most every
+/// `alert_parquet_export_seconds` while batches come, and at flush and close.
+#[test]
+fn alert_files_catch_up_with_the_journal_at_intervals_and_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir
+        .path()
+        .join("parquet/alerts/tenant=acme/dt=2026-11-20/alerts.parquet");
+    let with_alert = |n: u64| {
+        let e = event("acme", "okta", ts(20, 1, n as u32), "alice", "x", n);
+        let a = alert_for("acme", &e, Severity::High, &format!("rule_{n}"));
+        (
+            StoreBatch {
+                events: vec![e],
+                alerts: vec![a.clone()],
+                dead_letters: vec![],
+            },
+            a,
+        )
+    };
+    let ids = || -> Vec<String> {
+        alert_file_rows(dir.path(), "acme", 20)
+            .into_iter()
+            .map(|r| r.0)
+            .collect()
+    };
+    let hourly = StoreConfig {
+        alert_parquet_export_seconds: 3600,
+        ..config(dir.path())
+    };
+    let store = Store::open(hourly.clone()).unwrap();
+    let (b1, a1) = with_alert(1);
+    store.write_batch(&b1).unwrap();
+    assert!(!file.exists(), "not rewritten before the interval");
+    store.export_due_alerts().unwrap();
+    assert!(!file.exists(), "not due yet");
+    // The API reads the journal: the alert is there at once.
+    assert_eq!(
+        store.get_alert("acme", &a1.id).unwrap().unwrap().alert.id,
+        a1.id
+    );
+    store.flush().unwrap();
+    assert_eq!(ids(), [a1.id.clone()]);
+    let (b2, a2) = with_alert(2);
+    store.write_batch(&b2).unwrap();
+    assert_eq!(ids(), [a1.id.clone()]);
+    drop(store);
+    assert_eq!(ids(), [a1.id.clone(), a2.id.clone()], "caught up at close");
+
+    // With a short interval, a later batch (with no alert of its own) brings the file up to date.
+    let store = Store::open(StoreConfig {
+        alert_parquet_export_seconds: 1,
+        ..hourly
+    })
+    .unwrap();
+    let (b3, a3) = with_alert(3);
+    store.write_batch(&b3).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    store
+        .write_batch(&batch(vec![event(
+            "acme",
+            "okta",
+            ts(20, 2, 0),
+            "bob",
+            "x",
+            9,
+        )]))
+        .unwrap();
+    assert_eq!(ids(), [a1.id.clone(), a2.id.clone(), a3.id.clone()]);
 }
 
 #[test]
