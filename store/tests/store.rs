@@ -1285,10 +1285,10 @@ fn alert_files_catch_up_with_the_journal_at_intervals_and_at_close() {
         a1.id
     );
     store.flush().unwrap();
-    assert_eq!(ids(), [a1.id.clone()]);
+    assert_eq!(ids(), vec![a1.id.clone()]);
     let (b2, a2) = with_alert(2);
     store.write_batch(&b2).unwrap();
-    assert_eq!(ids(), [a1.id.clone()]);
+    assert_eq!(ids(), vec![a1.id.clone()]);
     drop(store);
     assert_eq!(ids(), [a1.id.clone(), a2.id.clone()], "caught up at close");
 
