@@ -74,7 +74,7 @@ pub struct StoreConfig {
     #[serde(default)]
     pub alert_retention_days: u32,
     /// The alert Parquet files (`parquet/alerts/`, one per tenant and day, rewritten whole) are
-    /// brought up to date at most this often while batches with alerts are stored, and always
+    /// brought up to date at most this often while alerts are stored or triaged, and always
     /// when the store is flushed or closed (and at open). Rewriting a day's file with every
     /// batch costs ~2 ms per 1,000 alerts of that day, per batch: an alert storm would slow every
     /// batch it touches. The journal is what makes alerts durable and what the API reads, so

@@ -525,7 +525,10 @@ impl Store {
     }
 
     /// Change status / assignee / add a note; each change is recorded with `actor` and the
-    /// time, durably, before this returns. `None` when the tenant has no such alert.
+    /// time, durably, before this returns. `None` when the tenant has no such alert. The day's
+    /// alert Parquet file follows as stored alerts do (`alert_parquet_export_seconds`): a
+    /// script triaging a thousand alerts of a busy day would otherwise rewrite it a thousand
+    /// times.
     pub fn update_alert(
         &self,
         tenant: &str,
@@ -535,11 +538,14 @@ impl Store {
     ) -> Result<Option<AlertRecord>> {
         self.ensure_writable()?;
         let path = self.layout.alerts_journal(tenant);
-        let mut book = write(&self.alerts);
-        let record = book.update(&path, tenant, id, update, actor, Utc::now())?;
+        let record = write(&self.alerts).update(&path, tenant, id, update, actor, Utc::now())?;
         if let Some(r) = &record {
-            let day = r.alert.timestamp.date_naive();
-            crate::alert_parquet::export_days(&self.layout, &book, tenant, [day])?;
+            self.alert_days_behind([(tenant.to_string(), r.alert.timestamp.date_naive())]);
+            // The change is durable in the journal: a file that failed to catch up stays
+            // behind for the next export rather than fail the change.
+            if let Err(e) = self.export_alert_days(false) {
+                tracing::warn!(error = %e, "alert parquet export failed");
+            }
         }
         Ok(record)
     }

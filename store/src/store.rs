@@ -1171,17 +1171,25 @@ impl Store {
                 })
                 .collect()
         };
-        // Taken after the book is let go: the export holds this lock, then reads the book.
+        self.alert_days_behind(days.into_iter().map(|(t, d)| (t.clone(), d)));
+    }
+
+    /// Note days of tenants whose alert Parquet file is behind the book. Not to be called with
+    /// the book locked: the export holds this lock, then reads the book.
+    pub(crate) fn alert_days_behind(
+        &self,
+        days: impl IntoIterator<Item = (String, chrono::NaiveDate)>,
+    ) {
         let mut export = lock(&self.alert_export);
         for (tenant, day) in days {
-            export.behind.entry(tenant.clone()).or_default().insert(day);
+            export.behind.entry(tenant).or_default().insert(day);
         }
     }
 
     /// Rewrite the alert Parquet files that are behind: now if `force`, else once
     /// `alert_parquet_export_seconds` have passed since the last time. On an error they all
     /// stay behind (a file rewritten again is the same file).
-    fn export_alert_days(&self, force: bool) -> Result<()> {
+    pub(crate) fn export_alert_days(&self, force: bool) -> Result<()> {
         let mut export = lock(&self.alert_export);
         let every = std::time::Duration::from_secs(self.config.alert_parquet_export_seconds);
         if export.behind.is_empty() || !(force || export.last.elapsed() >= every) {

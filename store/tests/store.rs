@@ -1289,8 +1289,21 @@ fn alert_files_catch_up_with_the_journal_at_intervals_and_at_close() {
     let (b2, a2) = with_alert(2);
     store.write_batch(&b2).unwrap();
     assert_eq!(ids(), vec![a1.id.clone()]);
+    // Triage follows the same interval.
+    let resolve = AlertUpdate {
+        status: Some(AlertStatus::Resolved),
+        assignee: None,
+        note: None,
+    };
+    store
+        .update_alert("acme", &a1.id, &resolve, "bob@soc")
+        .unwrap()
+        .unwrap();
+    let status_of_a1 = || alert_file_rows(dir.path(), "acme", 20)[0].1.clone();
+    assert_eq!(status_of_a1(), "open");
     drop(store);
     assert_eq!(ids(), [a1.id.clone(), a2.id.clone()], "caught up at close");
+    assert_eq!(status_of_a1(), "resolved");
 
     // With a short interval, a later batch (with no alert of its own) brings the file up to date.
     let store = Store::open(StoreConfig {
