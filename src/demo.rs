@@ -130,6 +130,11 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
     }
     pipeline.finish(&mut out);
     flush(&mut out, &mut alerts)?;
+    // The alert Parquet files catch up now rather than at the next export interval, as the
+    // demo says where the data landed next.
+    store
+        .flush()
+        .map_err(|e| anyhow::anyhow!("storing demo data: {e}"))?;
     // As the queue has them: a rule's repeats for one entity are counted into its first alert.
     let alerts: Vec<Alert> = alerts
         .into_iter()

@@ -1192,6 +1192,9 @@ pub fn serve_demo(
     runtime.block_on(async {
         // The rules the demo ran, so `GET /rules` lists what produced its alerts.
         let rules = Arc::new(rule_service(config, listed_rules)?);
+        // Triage through the API reaches the alert Parquet files as in `run`.
+        let (_keep_exporting, stop) = tokio::sync::watch::channel(false);
+        spawn_alert_export(store.clone(), config.store.alert_parquet_export_seconds, stop);
         let state = AppState::open_in(data_dir, store, rules, metrics)?.with_masker(value_masker(config)?);
         let (_, token) = state.tokens.create(tenant, Role::Admin, Some("demo"))?;
         let mut api_config = config.api.clone();

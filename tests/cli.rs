@@ -882,6 +882,16 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
     // The reader of the demo's stdout is gone now (as after `perimeter demo | head`): the demo
     // must keep serving whether its last lines were written before or after that.
     let (url, token) = (url.expect("API url printed"), token.expect("token printed"));
+    // Where it says the data landed, the alerts are too while it serves (their Parquet files
+    // are otherwise only brought up to date every `alert_parquet_export_seconds`).
+    let alert_files = walk(&data.join("parquet/alerts"))
+        .into_iter()
+        .filter(|p| p.ends_with("alerts.parquet"))
+        .count();
+    assert!(
+        alert_files > 0,
+        "no alert parquet files while the demo serves"
+    );
     std::thread::sleep(std::time::Duration::from_millis(200));
     let body: serde_json::Value = reqwest::blocking::Client::new()
         .get(format!("{url}/rules"))
