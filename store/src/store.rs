@@ -1162,16 +1162,19 @@ impl Store {
 
     /// Note the days of the alerts a group added or grew as behind in the Parquet export.
     fn note_alert_days(&self, touched: &[(String, String)]) {
-        let days: Vec<(&String, chrono::NaiveDate)> = {
+        let days: Vec<(String, chrono::NaiveDate)> = {
             let book = read(&self.alerts);
             touched
                 .iter()
                 .filter_map(|(tenant, id)| {
-                    Some((tenant, book.get(tenant, id)?.alert.timestamp.date_naive()))
+                    Some((
+                        tenant.clone(),
+                        book.get(tenant, id)?.alert.timestamp.date_naive(),
+                    ))
                 })
                 .collect()
         };
-        self.alert_days_behind(days.into_iter().map(|(t, d)| (t.clone(), d)));
+        self.alert_days_behind(days);
     }
 
     /// Note days of tenants whose alert Parquet file is behind the book. Not to be called with

@@ -354,7 +354,7 @@ impl DayIndex {
 /// for segments of 10). With levels by size all the way down, a document is merged about once
 /// per 8x of growth. Batches of 10,000 events and more commit segments above that size, where
 /// nothing changes. Measured with the `store` bench, CPU per event: batches of 400 events
-/// 189-209 -> 144-160 µs, of 10 events 3,993 -> 3,124 µs; search latency unchanged.
+/// 176-214 -> 144-163 µs, of 10 events 3,993-4,058 -> 2,834-3,124 µs; search latency unchanged.
 fn merge_policy() -> tantivy::indexer::LogMergePolicy {
     let mut policy = tantivy::indexer::LogMergePolicy::default();
     policy.set_min_layer_size(1);

@@ -1314,16 +1314,8 @@ fn alert_files_catch_up_with_the_journal_at_intervals_and_at_close() {
     let (b3, a3) = with_alert(3);
     store.write_batch(&b3).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1_100));
-    store
-        .write_batch(&batch(vec![event(
-            "acme",
-            "okta",
-            ts(20, 2, 0),
-            "bob",
-            "x",
-            9,
-        )]))
-        .unwrap();
+    let no_alert = event("acme", "okta", ts(20, 2, 0), "bob", "x", 9);
+    store.write_batch(&batch(vec![no_alert])).unwrap();
     assert_eq!(ids(), [a1.id.clone(), a2.id.clone(), a3.id.clone()]);
 }
 
