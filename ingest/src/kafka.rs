@@ -19,7 +19,7 @@
 //! (TLS/SASL through [`KafkaBusConfig::properties`], ACLs, a short retention).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -861,16 +861,58 @@ impl KafkaBusConsumer {
     /// Read, submit to `pipeline` (the worker's embedded bus) and commit, until `stop` turns
     /// true. A batch the pipeline refuses is retried (its offsets stay uncommitted meanwhile);
     /// one stopped before it is stored is read again by the next member.
+    ///
+    /// The next batch is read and put on the bus while the one before is being stored (at most
+    /// [`BATCHES_IN_FLIGHT`]), so detection of one overlaps the store commit of the other, as
+    /// on the embedded bus. Offsets are still committed in read order, each batch's only once
+    /// it and every batch before it are stored.
     pub async fn run(
         self,
         pipeline: BusSender,
         mut stop: watch::Receiver<bool>,
     ) -> Result<ConsumedTotals, KafkaBusError> {
         let mut totals = ConsumedTotals::default();
+        let mut in_flight: VecDeque<InFlightBatch> = VecDeque::new();
+        let mut next_id = 0u64;
         loop {
-            let Some(batch) = self.next_batch(&mut stop).await else {
-                return Ok(totals);
-            };
+            let stopping = *stop.borrow();
+            if stopping || in_flight.len() >= BATCHES_IN_FLIGHT {
+                let Some(oldest) = in_flight.pop_front() else {
+                    return Ok(totals);
+                };
+                if !self.settle(oldest, &pipeline, &mut stop).await? {
+                    // Refused while stopping: it and the batches after it stay uncommitted,
+                    // read again after the restart.
+                    return Ok(totals);
+                }
+                continue;
+            }
+            // The first message of the next batch, or the oldest batch in flight stored,
+            // whichever comes first (a quiet topic must not hold up a stored batch's commit).
+            let mut batch = Batch::default();
+            // Partitions taken away before this batch was read are not in it.
+            self.revoked();
+            tokio::select! {
+                // A batch answered goes first: a refused one is retried before more is read.
+                biased;
+                // (An async block does nothing until polled, and it is polled only when a batch
+                // is in flight.)
+                answer = async { in_flight.front_mut().expect("in flight").answered().await },
+                    if !in_flight.is_empty() => {
+                    let oldest = in_flight.pop_front().expect("a batch in flight");
+                    if !self.settle_answered(oldest, answer, &pipeline, &mut stop).await? {
+                        return Ok(totals);
+                    }
+                }
+                received = self.consumer.recv() => self.take(&mut batch, received).await,
+                _ = stop.changed() => {}
+                // Idle: the lag gauge still follows what arrives for others to read.
+                _ = tokio::time::sleep(Duration::from_secs(10)) => self.measure_lag(),
+            }
+            if batch.len() == 0 {
+                continue;
+            }
+            self.fill(&mut batch).await;
             let messages = batch.len() as u64;
             let (groups, next_offsets) = batch.into_parts();
             if groups.is_empty() {
@@ -878,52 +920,91 @@ impl KafkaBusConsumer {
             }
             totals.messages += messages;
             totals.batches += 1;
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match submit_batch(&pipeline, &groups).await {
-                    Ok(()) => break,
-                    Err(reason) => {
-                        if *stop.borrow() {
-                            // Not stored: left uncommitted, read again after the restart.
-                            return Ok(totals);
-                        }
-                        count(&self.metrics, "kafka_batches_retried_total", 1);
-                        tracing::error!(%reason, "the pipeline refused a batch from the Kafka bus; retrying it");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = stop.changed() => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                }
-            }
-            count(&self.metrics, "kafka_records_consumed_total", messages);
-            self.commit(&next_offsets)?;
-            self.measure_lag();
+            let answer = enqueue_batch(&pipeline, &groups).await;
+            next_id += 1;
+            let id = next_id;
+            // The answer is awaited on a task of its own, which notes it where the rebalance
+            // callback can see it while this task is held inside a read.
+            let uncommitted = self.consumer.context().uncommitted.clone();
+            uncommitted.push(id, next_offsets.clone());
+            let answer = tokio::spawn(async move {
+                let answer = answer.await;
+                uncommitted.answered(id, answer.is_ok());
+                answer
+            });
+            in_flight.push_back(InFlightBatch {
+                id,
+                groups,
+                next_offsets,
+                messages,
+                answer,
+            });
         }
     }
 
-    /// The next batch: the first message as it comes, then more until the batch is full or the
-    /// linger is over. `None` when stopped while waiting for the first.
-    async fn next_batch(&self, stop: &mut watch::Receiver<bool>) -> Option<Batch> {
-        let mut batch = Batch::default();
-        // Partitions taken away before this batch was read are not in it.
-        self.revoked();
-        while batch.len() == 0 {
+    /// Wait for `batch` to be stored, then commit its offsets (see [`Self::settle_answered`]).
+    async fn settle(
+        &self,
+        mut batch: InFlightBatch,
+        pipeline: &BusSender,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, KafkaBusError> {
+        let answer = batch.answered().await;
+        self.settle_answered(batch, answer, pipeline, stop).await
+    }
+
+    /// Commit the offsets of a batch the pipeline answered. A refused batch is submitted again
+    /// until stored (with a growing pause); `false` if `stop` came first, the batch then left
+    /// uncommitted.
+    async fn settle_answered(
+        &self,
+        batch: InFlightBatch,
+        mut answer: Result<(), String>,
+        pipeline: &BusSender,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, KafkaBusError> {
+        let mut backoff = Duration::from_millis(200);
+        while let Err(reason) = answer {
             if *stop.borrow() {
-                return None;
+                return Ok(false);
             }
+            count(&self.metrics, "kafka_batches_retried_total", 1);
+            tracing::error!(%reason, "the pipeline refused a batch from the Kafka bus; retrying it");
             tokio::select! {
-                received = self.consumer.recv() => self.take(&mut batch, received).await,
+                _ = tokio::time::sleep(backoff) => {}
                 _ = stop.changed() => {}
-                // Idle: the lag gauge still follows what arrives for others to read.
-                _ = tokio::time::sleep(Duration::from_secs(10)) => self.measure_lag(),
             }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            answer = enqueue_batch(pipeline, &batch.groups).await.await;
         }
+        let uncommitted = &self.consumer.context().uncommitted;
+        if uncommitted.remove(batch.id) {
+            // Committed by the rebalance callback, before its partitions were taken away.
+            count(
+                &self.metrics,
+                "kafka_records_consumed_total",
+                batch.messages,
+            );
+            count(&self.metrics, "kafka_batches_committed_total", 1);
+            return Ok(true);
+        }
+        count(
+            &self.metrics,
+            "kafka_records_consumed_total",
+            batch.messages,
+        );
+        self.commit(&batch.next_offsets)?;
+        self.measure_lag();
+        Ok(true)
+    }
+
+    /// More messages for `batch` (which holds its first), until it is full or the linger is
+    /// over; then the messages of partitions a rebalance took away meanwhile are left out.
+    async fn fill(&self, batch: &mut Batch) {
         let until = tokio::time::Instant::now() + self.linger;
         while batch.len() < self.batch_records {
             match tokio::time::timeout_at(until, self.consumer.recv()).await {
-                Ok(received) => self.take(&mut batch, received).await,
+                Ok(received) => self.take(batch, received).await,
                 Err(_) => break,
             }
         }
@@ -939,7 +1020,6 @@ impl KafkaBusConsumer {
                 "a rebalance took partitions away while a batch was read: their records are left to the new owner"
             );
         }
-        Some(batch)
     }
 
     /// Add a received message to `batch`. A read error (a broker gone, a rebalance under way)
@@ -1054,6 +1134,153 @@ impl KafkaBusConsumer {
     }
 }
 
+/// Batches a detector has put on the bus and not yet committed: one being stored while the
+/// next is read and detected. More would only hold more records in memory: the store takes
+/// what is queued together in one commit anyway (ADR 020).
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// The wait for every run of a batch to be stored (`Err`: the reason one was refused).
+type BatchAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// A batch put on the bus, its offsets to commit once it is stored.
+struct InFlightBatch {
+    /// Its entry in [`Uncommitted`].
+    id: u64,
+    groups: Vec<BatchRun>,
+    next_offsets: NextOffsets,
+    messages: u64,
+    answer: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl InFlightBatch {
+    /// The pipeline's answer (waiting for it can be given up and taken up again).
+    async fn answered(&mut self) -> Result<(), String> {
+        match (&mut self.answer).await {
+            Ok(answer) => answer,
+            Err(e) => Err(format!("waiting for the pipeline's answer: {e}")),
+        }
+    }
+}
+
+/// The batches a member has put on the bus and not committed yet, shared with the rebalance
+/// callback. A member reads the next batch while the one before is stored, so partitions can
+/// be taken away while a batch of theirs is in the pipeline; the callback then waits for it to
+/// be stored and commits it before letting them go, so that their new owner does not read and
+/// store those records again.
+#[derive(Default)]
+struct Uncommitted {
+    batches: std::sync::Mutex<VecDeque<UncommittedBatch>>,
+    answered: std::sync::Condvar,
+}
+
+struct UncommittedBatch {
+    id: u64,
+    next_offsets: NextOffsets,
+    /// `None` until the pipeline answers; then whether it stored the batch.
+    stored: Option<bool>,
+    /// Committed by the rebalance callback.
+    committed: bool,
+}
+
+impl Uncommitted {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<UncommittedBatch>> {
+        self.batches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, id: u64, next_offsets: NextOffsets) {
+        self.lock().push_back(UncommittedBatch {
+            id,
+            next_offsets,
+            stored: None,
+            committed: false,
+        });
+    }
+
+    fn answered(&self, id: u64, stored: bool) {
+        if let Some(b) = self.lock().iter_mut().find(|b| b.id == id) {
+            b.stored = Some(stored);
+        }
+        self.answered.notify_all();
+    }
+
+    /// Forget batch `id` (settled); whether the rebalance callback committed it.
+    fn remove(&self, id: u64) -> bool {
+        let mut batches = self.lock();
+        let committed = batches
+            .iter()
+            .find(|b| b.id == id)
+            .is_some_and(|b| b.committed);
+        batches.retain(|b| b.id != id);
+        committed
+    }
+
+    /// Wait until every batch has its answer, at most `within`, then commit through `consumer`
+    /// the leading ones that were stored (in read order: a refused batch stops there, as its
+    /// offsets may not be passed). The rest is left to the new owner, read again from the last
+    /// commit.
+    fn commit_stored<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<C>,
+        within: Duration,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        let mut batches = self.lock();
+        if batches.iter().all(|b| b.committed) {
+            return;
+        }
+        while batches.iter().any(|b| b.stored.is_none()) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            batches = self
+                .answered
+                .wait_timeout(batches, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let mut offsets = NextOffsets::new();
+        let mut ids = Vec::new();
+        for b in batches.iter().take_while(|b| b.stored == Some(true)) {
+            if !b.committed {
+                for (tp, next) in &b.next_offsets {
+                    let o = offsets.entry(tp.clone()).or_insert(0);
+                    *o = (*o).max(*next);
+                }
+                ids.push(b.id);
+            }
+        }
+        // Not held while committing: the tasks noting answers take it.
+        drop(batches);
+        if offsets.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), next) in &offsets {
+            if list
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                return;
+            }
+        }
+        match consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => {
+                for b in self.lock().iter_mut().filter(|b| ids.contains(&b.id)) {
+                    b.committed = true;
+                }
+                tracing::info!(
+                    batches = ids.len(),
+                    "partitions are being taken away: committed the batches stored meanwhile first"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "committing before a rebalance failed; the new owner reads those records again and stores them too")
+            }
+        }
+    }
+}
+
 /// Consecutive items of one source, tenant and origin: one submission to the pipeline.
 type BatchRun = (BatchKey, Vec<InputItem>);
 
@@ -1124,6 +1351,7 @@ impl Batch {
 #[derive(Default)]
 struct RevokeNotes {
     revoked: std::sync::Mutex<Vec<(String, i32)>>,
+    uncommitted: Arc<Uncommitted>,
     quiet: QuietErrors,
 }
 
@@ -1169,30 +1397,45 @@ impl rdkafka::ClientContext for QuietErrors {
 impl rdkafka::consumer::ConsumerContext for RevokeNotes {
     fn pre_rebalance(
         &self,
-        _: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-            revoked.extend(
-                list.elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition())),
-            );
+            {
+                let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+                revoked.extend(
+                    list.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition())),
+                );
+            }
+            // Called from inside a read, on the member's task: the batches in flight are
+            // answered on other tasks, so this thread may block for them only once the
+            // runtime has handed its other work on (a multi-threaded runtime, as the service
+            // runs). Elsewhere only the batches already stored are committed.
+            let wait = || self.uncommitted.commit_stored(consumer, REVOKE_WAIT);
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+                Ok(_) => self.uncommitted.commit_stored(consumer, Duration::ZERO),
+                Err(_) => wait(),
+            }
         }
     }
 }
 
-async fn submit_batch(
-    pipeline: &BusSender,
-    groups: &[(BatchKey, Vec<InputItem>)],
-) -> Result<(), String> {
-    // All runs are put on the bus first, then waited for: a read interleaves many sources, and
-    // waiting for each run's store commit before putting the next made one commit (and fsync)
-    // per run. The worker takes them in this order, so each entity's records keep theirs.
+/// The longest a rebalance waits for a member's batches in flight to be stored (it holds up
+/// the group meanwhile); two batches usually take a second or two.
+const REVOKE_WAIT: Duration = Duration::from_secs(30);
+
+/// Put every run of a batch on the bus, and return the wait for all their answers.
+///
+/// All runs are put on the bus first, then waited for: a read interleaves many sources, and
+/// waiting for each run's store commit before putting the next made one commit (and fsync)
+/// per run. The worker takes them in this order, so each entity's records keep theirs.
+async fn enqueue_batch(pipeline: &BusSender, groups: &[BatchRun]) -> BatchAnswer {
     let mut pending = Vec::with_capacity(groups.len());
     for (key, items) in groups {
-        let ack = pipeline
+        match pipeline
             .enqueue_from(
                 key.origin.as_deref(),
                 &key.source,
@@ -1200,15 +1443,22 @@ async fn submit_batch(
                 items.clone(),
             )
             .await
-            .map_err(|e| e.to_string())?;
-        pending.push(ack);
+        {
+            Ok(ack) => pending.push(ack),
+            Err(e) => {
+                let reason = e.to_string();
+                return Box::pin(async move { Err(reason) });
+            }
+        }
     }
     // A refused run fails the batch, which is retried whole (uncommitted); the runs stored
     // meanwhile come back as duplicates and are dropped by event id.
-    for ack in pending {
-        ack.stored().await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    Box::pin(async move {
+        for ack in pending {
+            ack.stored().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -1552,9 +1802,11 @@ mod tests {
             }
             order
         });
-        let answer = tokio::time::timeout(Duration::from_secs(10), submit_batch(&bus, &groups))
-            .await
-            .expect("the runs were put on the bus without waiting for each");
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            enqueue_batch(&bus, &groups).await.await
+        })
+        .await
+        .expect("the runs were put on the bus without waiting for each");
         assert!(answer.unwrap_err().contains("disk full"));
         assert_eq!(worker.await.unwrap(), ["okta", "github", "okta"]);
     }

@@ -74,19 +74,24 @@ fn worker(mut rx: BusReceiver, refuse: usize, stored: Stored) {
                 let _ = sub.ack.send(Err("no space left on device".into()));
                 continue;
             }
-            let mut stored = stored.lock().unwrap();
-            for item in &sub.items {
-                if let InputItem::Record { value, .. } = item {
-                    let user = value["user"].as_str().unwrap().to_string();
-                    stored.push((user, value["seq"].as_u64().unwrap()));
-                }
-            }
-            let _ = sub.ack.send(Ok(SubmitAck {
-                events: sub.items.len(),
-                ..Default::default()
-            }));
+            store(&stored, sub);
         }
     });
+}
+
+/// Store a submission's records in `stored` and acknowledge it.
+fn store(stored: &Stored, sub: bus::Submission) {
+    let mut stored = stored.lock().unwrap();
+    for item in &sub.items {
+        if let InputItem::Record { value, .. } = item {
+            let user = value["user"].as_str().unwrap().to_string();
+            stored.push((user, value["seq"].as_u64().unwrap()));
+        }
+    }
+    let _ = sub.ack.send(Ok(SubmitAck {
+        events: sub.items.len(),
+        ..Default::default()
+    }));
 }
 
 fn start_consumer(
@@ -180,6 +185,135 @@ async fn batches_cross_the_broker_in_entity_order_and_commits_follow_storage() {
     assert_eq!(sorted, (300..310).collect::<Vec<_>>(), "{seqs:?}");
     stop.send(true).unwrap();
     member.await.unwrap();
+}
+
+/// The next batch is read and put on the bus while the one before is still being stored (so
+/// detection of one overlaps the store commit of the other), and the offsets of both are
+/// committed once both are stored: a member that comes after reads none of them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_is_on_the_bus_while_one_is_stored_and_both_are_committed() {
+    let broker = KafkaBroker::start();
+    let mut config = config(&broker, "ahead");
+    config.batch_records = 20;
+    ensure_topic(&config).await.unwrap();
+    let sources = start_producer(&config);
+    sources
+        .submit("okta", "acme", records(0, 100))
+        .await
+        .unwrap();
+
+    // A store that answers its first batch only once the second is on the bus: a member that
+    // waited for each batch's answer before reading the next would never send the second.
+    let (pipeline, mut rx) = bus::channel(4);
+    let stored: Stored = Arc::default();
+    let held = {
+        let stored = stored.clone();
+        tokio::spawn(async move {
+            let first = rx.recv().await.unwrap();
+            let second = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("the second batch came while the first was unanswered")
+                .unwrap();
+            store(&stored, first);
+            store(&stored, second);
+            worker(rx, 0, stored);
+        })
+    };
+    let (stop, member) = start_consumer(&config, pipeline);
+    held.await.unwrap();
+    wait_for(&stored, 100, Duration::from_secs(60)).await;
+    stop.send(true).unwrap();
+    let totals = member.await.unwrap();
+    assert_eq!(totals.messages, 100);
+    assert!(totals.batches >= 2, "{totals:?}");
+    let mut seqs: Vec<u64> = stored.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..100).collect::<Vec<_>>(), "every record, once");
+
+    // Every batch was committed before the member stopped.
+    let again: Stored = Arc::default();
+    let (pipeline, rx) = bus::channel(4);
+    worker(rx, 0, again.clone());
+    let (stop, member) = start_consumer(&config, pipeline);
+    sources
+        .submit("okta", "acme", records(100, 5))
+        .await
+        .unwrap();
+    wait_for(&again, 5, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seqs: Vec<u64> = again.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (100..105).collect::<Vec<_>>());
+    stop.send(true).unwrap();
+    member.await.unwrap();
+}
+
+/// Partitions taken away while a batch of theirs is still being stored (the member reads on
+/// meanwhile, so a rebalance can come then) are let go only once it is stored and committed:
+/// the member that gets them does not read and store those records again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_waits_for_the_batch_being_stored_and_commits_it() {
+    let broker = KafkaBroker::start();
+    let config = config(&broker, "rebalance");
+    ensure_topic(&config).await.unwrap();
+    let sources = start_producer(&config);
+    // Fewer than a batch: the first member reads them as one batch, then waits for more.
+    sources
+        .submit("okta", "acme", records(0, 40))
+        .await
+        .unwrap();
+
+    // The first member's store answers its first batch only 10 s after taking it: the second
+    // member joins meanwhile (the group takes a few seconds to hand it partitions).
+    let first: Stored = Arc::default();
+    let (pipeline, mut rx) = bus::channel(4);
+    let (took, took_it) = tokio::sync::oneshot::channel();
+    {
+        let first = first.clone();
+        tokio::spawn(async move {
+            let sub = rx.recv().await.unwrap();
+            let _ = took.send(sub.items.len());
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            store(&first, sub);
+            worker(rx, 0, first);
+        });
+    }
+    let (stop_first, first_member) = start_consumer(&config, pipeline);
+    assert_eq!(took_it.await.unwrap(), 40);
+    let second: Stored = Arc::default();
+    let (pipeline, rx) = bus::channel(4);
+    worker(rx, 0, second.clone());
+    let (stop_second, second_member) = start_consumer(&config, pipeline);
+
+    // Once the group has settled, new records go to whichever member owns their partition.
+    wait_for(&first, 40, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    sources
+        .submit("okta", "acme", records(40, 40))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (a, b) = (first.lock().unwrap().len(), second.lock().unwrap().len());
+        if a + b >= 80 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{a} + {b} of 80 records stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seqs = |s: &Stored| -> Vec<u64> { s.lock().unwrap().iter().map(|(_, q)| *q).collect() };
+    let (a, b) = (seqs(&first), seqs(&second));
+    assert!(!b.is_empty(), "the second member got partitions");
+    let both: Vec<&u64> = a.iter().filter(|q| b.contains(q)).collect();
+    assert!(both.is_empty(), "stored by both members: {both:?}");
+    let mut all = [a, b].concat();
+    all.sort_unstable();
+    assert_eq!(all, (0..80).collect::<Vec<_>>(), "every record, once");
+    stop_first.send(true).unwrap();
+    stop_second.send(true).unwrap();
+    first_member.await.unwrap();
+    second_member.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
