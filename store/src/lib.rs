@@ -32,6 +32,7 @@ pub mod histogram;
 mod ip_query;
 mod journal;
 pub mod layout;
+mod managed_list;
 mod operators;
 mod parallel;
 pub mod parquet_sink;

@@ -333,7 +333,7 @@ impl Store {
                     }
                     continue;
                 }
-                let idx = DayIndex::open(&ddir, &tenant, day, &schema)?;
+                let idx = DayIndex::open(&ddir, &tenant, day, &schema, writer)?;
                 last_seq = last_seq.max(idx.committed_seq()?);
                 events_stored += idx.reader.searcher().num_docs();
                 indexes.insert((tenant.clone(), day), Arc::new(idx));
@@ -457,7 +457,7 @@ impl Store {
             return Ok(idx.clone());
         }
         let dir = self.layout.index_dir(tenant, day);
-        let idx = Arc::new(DayIndex::open(&dir, tenant, day, &self.schema)?);
+        let idx = Arc::new(DayIndex::open(&dir, tenant, day, &self.schema, true)?);
         write(&self.indexes).insert(key, idx.clone());
         Ok(idx)
     }

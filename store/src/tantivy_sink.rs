@@ -30,6 +30,7 @@ use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
 
 use crate::catch_all::{CatchAllTokenizer, CATCH_ALL_TOKENIZER};
 use crate::error::IoContext;
+use crate::managed_list::{register_unlisted_segment_files, ManagedListOncePerCommit};
 use crate::Result;
 
 /// The event id field: the id's high 64 bits as a u64 (see [`EventSchema::id`]).
@@ -282,19 +283,28 @@ pub struct DayIndex {
 }
 
 impl DayIndex {
-    /// Open (or create) the index in `dir`.
+    /// Open (or create) the index in `dir`; `writer`: for a store that writes (which may
+    /// tidy the directory up first, see [`register_unlisted_segment_files`]).
     pub fn open(
         dir: &Path,
         tenant: &str,
         day: NaiveDate,
         schema: &EventSchema,
+        writer: bool,
     ) -> Result<DayIndex> {
         let exists = dir.join("meta.json").exists();
         let mut index = if exists {
-            Index::open_in_dir(dir)?
+            if writer {
+                register_unlisted_segment_files(dir).at(dir)?;
+            }
+            Index::open(ManagedListOncePerCommit::open(dir)?)?
         } else {
             crate::layout::create_dir_durable(dir)?;
-            Index::create_in_dir(dir, schema.schema.clone())?
+            Index::create(
+                ManagedListOncePerCommit::open(dir)?,
+                schema.schema.clone(),
+                tantivy::IndexSettings::default(),
+            )?
         };
         if exists && index.schema() != schema.schema {
             return Err(crate::StoreError::Corrupt {
