@@ -79,6 +79,13 @@ fn worker(mut rx: BusReceiver, refuse: usize, stored: Stored) {
     });
 }
 
+/// The sequence numbers `stored` holds, sorted.
+fn sorted_seqs(stored: &Stored) -> Vec<u64> {
+    let mut seqs: Vec<u64> = stored.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    seqs.sort_unstable();
+    seqs
+}
+
 /// Store a submission's records in `stored` and acknowledge it.
 fn store(stored: &Stored, sub: bus::Submission) {
     let mut stored = stored.lock().unwrap();
@@ -226,8 +233,7 @@ async fn the_next_batch_is_on_the_bus_while_one_is_stored_and_both_are_committed
     let totals = member.await.unwrap();
     assert_eq!(totals.messages, 100);
     assert!(totals.batches >= 2, "{totals:?}");
-    let mut seqs: Vec<u64> = stored.lock().unwrap().iter().map(|(_, s)| *s).collect();
-    seqs.sort_unstable();
+    let seqs = sorted_seqs(&stored);
     assert_eq!(seqs, (0..100).collect::<Vec<_>>(), "every record, once");
 
     // Every batch was committed before the member stopped.
@@ -241,9 +247,7 @@ async fn the_next_batch_is_on_the_bus_while_one_is_stored_and_both_are_committed
         .unwrap();
     wait_for(&again, 5, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut seqs: Vec<u64> = again.lock().unwrap().iter().map(|(_, s)| *s).collect();
-    seqs.sort_unstable();
-    assert_eq!(seqs, (100..105).collect::<Vec<_>>());
+    assert_eq!(sorted_seqs(&again), (100..105).collect::<Vec<_>>());
     stop.send(true).unwrap();
     member.await.unwrap();
 }
@@ -302,8 +306,7 @@ async fn a_rebalance_waits_for_the_batch_being_stored_and_commits_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let seqs = |s: &Stored| -> Vec<u64> { s.lock().unwrap().iter().map(|(_, q)| *q).collect() };
-    let (a, b) = (seqs(&first), seqs(&second));
+    let (a, b) = (sorted_seqs(&first), sorted_seqs(&second));
     assert!(!b.is_empty(), "the second member got partitions");
     let both: Vec<&u64> = a.iter().filter(|q| b.contains(q)).collect();
     assert!(both.is_empty(), "stored by both members: {both:?}");
@@ -348,8 +351,7 @@ async fn a_member_stopped_before_storing_leaves_its_records_to_the_next() {
     worker(rx, 0, stored.clone());
     let (stop, member) = start_consumer(&config, pipeline);
     wait_for(&stored, 50, Duration::from_secs(60)).await;
-    let mut seqs: Vec<u64> = stored.lock().unwrap().iter().map(|(_, s)| *s).collect();
-    seqs.sort_unstable();
+    let seqs = sorted_seqs(&stored);
     assert_eq!(seqs, (0..50).collect::<Vec<_>>());
     stop.send(true).unwrap();
     member.await.unwrap();
