@@ -977,22 +977,16 @@ impl KafkaBusConsumer {
             backoff = (backoff * 2).min(Duration::from_secs(10));
             answer = enqueue_batch(pipeline, &batch.groups).await.await;
         }
-        let uncommitted = &self.consumer.context().uncommitted;
-        if uncommitted.remove(batch.id) {
-            // Committed by the rebalance callback, before its partitions were taken away.
-            count(
-                &self.metrics,
-                "kafka_records_consumed_total",
-                batch.messages,
-            );
-            count(&self.metrics, "kafka_batches_committed_total", 1);
-            return Ok(true);
-        }
         count(
             &self.metrics,
             "kafka_records_consumed_total",
             batch.messages,
         );
+        if self.consumer.context().uncommitted.remove(batch.id) {
+            // Committed by the rebalance callback, before its partitions were taken away.
+            count(&self.metrics, "kafka_batches_committed_total", 1);
+            return Ok(true);
+        }
         self.commit(&batch.next_offsets)?;
         self.measure_lag();
         Ok(true)
