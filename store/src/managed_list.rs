@@ -14,7 +14,9 @@
 //! every file of every committed segment, so those are still deleted when merged away. Only
 //! the files created after the last commit, by a process that then died, can be missing from
 //! it; [`register_unlisted_segment_files`] adds them to the list when a writer opens the
-//! index, and tantivy deletes them at its next commit, since no segment uses them.
+//! index, and tantivy deletes them at its next commit, since no segment uses them. It also
+//! removes the temporary files of atomic writes cut short (`.tmp*`), which tantivy never
+//! cleans up.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -110,9 +112,12 @@ impl Directory for ManagedListOncePerCommit {
     }
 }
 
-/// Add to `dir`'s `.managed.json` the segment files it does not list: files a process created
-/// after its last commit before it died (module docs). tantivy deletes them at the index's next
-/// commit, as it does every managed file no segment uses. Returns how many were added.
+/// Tidy up after a writer that died: add to `dir`'s `.managed.json` the segment files it does
+/// not list, which a process created after its last commit (module docs), and delete the
+/// temporary files of atomic writes it was in the middle of (`.tmp*`, which tantivy never
+/// manages). tantivy deletes the registered files at the index's next commit, as it does every
+/// managed file no segment uses. Returns how many files were registered. Only for the one
+/// writer of the directory, before it opens the index.
 pub fn register_unlisted_segment_files(dir: &Path) -> io::Result<usize> {
     let list_path = dir.join(MANAGED_LIST);
     let mut listed: BTreeSet<PathBuf> = match std::fs::read(&list_path) {
@@ -125,7 +130,12 @@ pub fn register_unlisted_segment_files(dir: &Path) -> io::Result<usize> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if is_segment_file(name) && entry.file_type()?.is_file() && listed.insert(name.into()) {
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        if name.starts_with(".tmp") {
+            std::fs::remove_file(entry.path())?;
+        } else if is_segment_file(name) && listed.insert(name.into()) {
             added += 1;
         }
     }
@@ -205,7 +215,8 @@ mod tests {
 
     /// Files a process created after its last commit and before it died are not on the list
     /// on disk: the next writer registers them at open, and tantivy deletes them at its next
-    /// commit; the committed documents stay.
+    /// commit; the committed documents stay. A temporary file of a write cut short goes at
+    /// open.
     #[test]
     fn files_left_by_a_dead_writer_are_deleted_at_the_next_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -223,7 +234,10 @@ mod tests {
         for name in orphans {
             std::fs::write(dir.path().join(name), b"half a segment").unwrap();
         }
+        // And the temporary file of an atomic write (`meta.json`'s) cut short.
+        std::fs::write(dir.path().join(".tmpAbC123"), b"{\"segm").unwrap();
         assert_eq!(register_unlisted_segment_files(dir.path()).unwrap(), 2);
+        assert!(!dir.path().join(".tmpAbC123").exists());
         assert_eq!(register_unlisted_segment_files(dir.path()).unwrap(), 0);
 
         let index = Index::open(ManagedListOncePerCommit::open(dir.path()).unwrap()).unwrap();
