@@ -11,10 +11,10 @@
 //!
 //! What tantivy needs the list for: deleting files no segment uses any more (merged away, or
 //! left by a commit that never happened). Written before `meta.json`, the list on disk names
-//! every file of every committed segment, so those are still deleted when merged away. Only
-//! the files created after the last commit, by a process that then died, can be missing from
-//! it; [`register_unlisted_segment_files`] adds them to the list when a writer opens the
-//! index, and tantivy deletes them at its next commit, since no segment uses them. It also
+//! every file of every committed segment, so those are still deleted when merged away. What a
+//! crash can leave off it (the files created after the last commit by a process that then
+//! died, or a last list write the crash lost) [`register_unlisted_segment_files`] adds when a
+//! writer opens the index, and tantivy deletes what no segment uses at its next commit. It also
 //! removes the temporary files of atomic writes cut short (`.tmp*`), which tantivy never
 //! cleans up.
 
