@@ -173,7 +173,8 @@ mod tests {
             .collect()
     }
 
-    fn index(dir: &Path) -> (Index, tantivy::schema::Field) {
+    /// A new index in `dir` and a writer that has committed one document to it.
+    fn index_with_one_commit(dir: &Path) -> (Index, IndexWriter) {
         let mut schema = Schema::builder();
         let f = schema.add_text_field("f", STRING);
         let index = Index::create(
@@ -182,7 +183,10 @@ mod tests {
             tantivy::IndexSettings::default(),
         )
         .unwrap();
-        (index, f)
+        let mut writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        writer.add_document(doc!(f => "a")).unwrap();
+        writer.commit().unwrap();
+        (index, writer)
     }
 
     /// The list reaches the disk with `meta.json`, not with each file: after a prepared
@@ -191,10 +195,8 @@ mod tests {
     #[test]
     fn the_list_on_disk_names_every_committed_file_and_is_written_with_the_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let (index, f) = index(dir.path());
-        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
-        writer.add_document(doc!(f => "a")).unwrap();
-        writer.commit().unwrap();
+        let (index, mut writer) = index_with_one_commit(dir.path());
+        let f = index.schema().get_field("f").unwrap();
         let first = segment_files(dir.path());
         assert!(!first.is_empty());
         assert!(first.is_subset(&listed_on_disk(dir.path())));
@@ -220,12 +222,7 @@ mod tests {
     #[test]
     fn files_left_by_a_dead_writer_are_deleted_at_the_next_commit() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let (index, f) = index(dir.path());
-            let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
-            writer.add_document(doc!(f => "a")).unwrap();
-            writer.commit().unwrap();
-        }
+        drop(index_with_one_commit(dir.path()));
         // What a segment being written when the process died leaves behind.
         let orphans = [
             "0123456789abcdef0123456789abcdef.idx",
