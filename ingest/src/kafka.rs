@@ -926,7 +926,7 @@ impl KafkaBusConsumer {
             // The answer is awaited on a task of its own, which notes it where the rebalance
             // callback can see it while this task is held inside a read.
             let uncommitted = self.consumer.context().uncommitted.clone();
-            uncommitted.push(id, next_offsets.clone());
+            uncommitted.push(id, next_offsets);
             let answer = tokio::spawn(async move {
                 let answer = answer.await;
                 uncommitted.answered(id, answer.is_ok());
@@ -935,7 +935,6 @@ impl KafkaBusConsumer {
             in_flight.push_back(InFlightBatch {
                 id,
                 groups,
-                next_offsets,
                 messages,
                 answer,
             });
@@ -982,12 +981,16 @@ impl KafkaBusConsumer {
             "kafka_records_consumed_total",
             batch.messages,
         );
-        if self.consumer.context().uncommitted.remove(batch.id) {
-            // Committed by the rebalance callback, before its partitions were taken away.
-            count(&self.metrics, "kafka_batches_committed_total", 1);
-            return Ok(true);
+        // Its offsets are kept where the rebalance callback sees them; it is pushed there as it
+        // goes on the bus.
+        if let Some(settled) = self.consumer.context().uncommitted.remove(batch.id) {
+            if settled.committed {
+                // Committed by the rebalance callback, before its partitions were taken away.
+                count(&self.metrics, "kafka_batches_committed_total", 1);
+                return Ok(true);
+            }
+            self.commit(&settled.next_offsets)?;
         }
-        self.commit(&batch.next_offsets)?;
         self.measure_lag();
         Ok(true)
     }
@@ -1136,12 +1139,11 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// The wait for every run of a batch to be stored (`Err`: the reason one was refused).
 type BatchAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
-/// A batch put on the bus, its offsets to commit once it is stored.
+/// A batch put on the bus; its offsets to commit once it is stored are in [`Uncommitted`].
 struct InFlightBatch {
     /// Its entry in [`Uncommitted`].
     id: u64,
     groups: Vec<BatchRun>,
-    next_offsets: NextOffsets,
     messages: u64,
     answer: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -1197,15 +1199,12 @@ impl Uncommitted {
         self.answered.notify_all();
     }
 
-    /// Forget batch `id` (settled); whether the rebalance callback committed it.
-    fn remove(&self, id: u64) -> bool {
+    /// Take batch `id` out (settled): its offsets, and whether the rebalance callback
+    /// committed them.
+    fn remove(&self, id: u64) -> Option<UncommittedBatch> {
         let mut batches = self.lock();
-        let committed = batches
-            .iter()
-            .find(|b| b.id == id)
-            .is_some_and(|b| b.committed);
-        batches.retain(|b| b.id != id);
-        committed
+        let at = batches.iter().position(|b| b.id == id)?;
+        batches.remove(at)
     }
 
     /// Wait until every batch has its answer, at most `within`, then commit through `consumer`

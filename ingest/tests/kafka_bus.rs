@@ -54,6 +54,17 @@ fn records(from: u64, n: u64) -> Vec<InputItem> {
         .collect()
 }
 
+/// A broker, the topic `name` on it, a producer to it, and `records(0, n)` on the topic
+/// (submitted by the producer, so on the broker).
+async fn topic_with_records(name: &str, n: u64) -> (KafkaBroker, KafkaBusConfig, BusSender) {
+    let broker = KafkaBroker::start();
+    let config = config(&broker, name);
+    ensure_topic(&config).await.unwrap();
+    let sources = start_producer(&config);
+    sources.submit("okta", "acme", records(0, n)).await.unwrap();
+    (broker, config, sources)
+}
+
 fn start_producer(config: &KafkaBusConfig) -> BusSender {
     let (tx, rx) = bus::channel(4);
     let producer = KafkaBusProducer::new(config, user_key()).unwrap();
@@ -199,15 +210,8 @@ async fn batches_cross_the_broker_in_entity_order_and_commits_follow_storage() {
 /// committed once both are stored: a member that comes after reads none of them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_batch_is_on_the_bus_while_one_is_stored_and_both_are_committed() {
-    let broker = KafkaBroker::start();
-    let mut config = config(&broker, "ahead");
+    let (_broker, mut config, sources) = topic_with_records("ahead", 100).await;
     config.batch_records = 20;
-    ensure_topic(&config).await.unwrap();
-    let sources = start_producer(&config);
-    sources
-        .submit("okta", "acme", records(0, 100))
-        .await
-        .unwrap();
 
     // A store that answers its first batch only once the second is on the bus: a member that
     // waited for each batch's answer before reading the next would never send the second.
@@ -257,15 +261,8 @@ async fn the_next_batch_is_on_the_bus_while_one_is_stored_and_both_are_committed
 /// the member that gets them does not read and store those records again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_waits_for_the_batch_being_stored_and_commits_it() {
-    let broker = KafkaBroker::start();
-    let config = config(&broker, "rebalance");
-    ensure_topic(&config).await.unwrap();
-    let sources = start_producer(&config);
     // Fewer than a batch: the first member reads them as one batch, then waits for more.
-    sources
-        .submit("okta", "acme", records(0, 40))
-        .await
-        .unwrap();
+    let (_broker, config, sources) = topic_with_records("rebalance", 40).await;
 
     // The first member's store answers its first batch only 10 s after taking it: the second
     // member joins meanwhile (the group takes a few seconds to hand it partitions).
@@ -321,14 +318,7 @@ async fn a_rebalance_waits_for_the_batch_being_stored_and_commits_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_stopped_before_storing_leaves_its_records_to_the_next() {
-    let broker = KafkaBroker::start();
-    let config = config(&broker, "handover");
-    ensure_topic(&config).await.unwrap();
-    let sources = start_producer(&config);
-    sources
-        .submit("okta", "acme", records(0, 50))
-        .await
-        .unwrap();
+    let (_broker, config, _sources) = topic_with_records("handover", 50).await;
 
     // The first member's pipeline takes the batch and never stores it.
     let (pipeline, mut rx) = bus::channel(4);
