@@ -3636,27 +3636,97 @@ fn run_check_says_whether_the_kafka_bus_answers() {
     let broker = crate::kafka_broker::KafkaBroker::start();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config_with(dir.path(), &kafka_table(&broker, "check"));
-    let check = |cfg: &std::path::Path| {
-        let out =
-            crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = text
-            .lines()
-            .find(|l| l.contains("kafka bus"))
-            .unwrap_or_else(|| panic!("no kafka line in {text}"))
-            .to_string();
-        (out.status.success(), line)
-    };
-    let (ok, line) = check(&cfg);
+    let (ok, line) = kafka_check_line(&cfg);
     assert!(ok, "{line}");
     assert!(
         line.starts_with("ok     kafka bus: 1 broker(s)") && line.contains("records-check"),
         "{line}"
     );
     drop(broker);
-    let (ok, line) = check(&cfg);
+    let (ok, line) = kafka_check_line(&cfg);
     assert!(!ok, "a bus that does not answer fails the check: {line}");
     assert!(line.starts_with("error  kafka bus:"), "{line}");
+}
+
+/// `perimeter run --check`'s exit status and its line about the Kafka bus.
+fn kafka_check_line(cfg: &std::path::Path) -> (bool, String) {
+    let out = crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("kafka bus"))
+        .unwrap_or_else(|| panic!("no kafka line in {text}"))
+        .to_string();
+    (out.status.success(), line)
+}
+
+#[test]
+fn on_the_kafka_bus_over_tls_records_are_stored_and_an_untrusted_broker_is_refused() {
+    use crate::tls_front::{TestCa, TlsFront};
+    // The broker is reached only through TLS (a terminator in front of it, which it advertises
+    // as its address), with a certificate for `localhost` from a CA of the test's own.
+    let ca = TestCa::new();
+    let mut front = TlsFront::bind();
+    let broker = crate::kafka_broker::KafkaBroker::start_advertising(&front.address());
+    front.forward_to(broker.addr, &ca);
+    let dir = tempfile::tempdir().unwrap();
+    let tls_table = |ca_pem: &str, name: &str| {
+        let ca_path = dir.path().join(format!("{name}-ca.pem"));
+        std::fs::write(&ca_path, ca_pem).unwrap();
+        format!(
+            "{}\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n\
+             \"broker.address.family\" = \"v4\"\n",
+            kafka_table(&broker, "tls"),
+            ca_path.display()
+        )
+    };
+    let cfg = write_config_with(dir.path(), &tls_table(&ca.ca_pem, "trusted"));
+    let (ok, line) = kafka_check_line(&cfg);
+    assert!(ok, "{line}");
+    assert!(line.starts_with("ok     kafka bus: 1 broker(s)"), "{line}");
+
+    let ingest_token = token(&cfg, "responder");
+    let svc = start(&cfg);
+    let events: Vec<serde_json::Value> = (0..300).map(|i| okta_event(1, i)).collect();
+    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+    let ack: serde_json::Value = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&ingest_token)
+        .body(body)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ack["queued"], 300, "on the broker: {ack}");
+    let posted: Vec<String> = events
+        .iter()
+        .map(|e| perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0)
+        .collect();
+    wait_stored_once(&svc.base, &ingest_token, &posted, Duration::from_secs(90));
+    stop(svc);
+    assert!(
+        front.handshakes() >= 2,
+        "the producer and the consumer each went through TLS: {} handshakes",
+        front.handshakes()
+    );
+    assert_eq!(front.refused(), 0);
+
+    // Trusting another CA: the broker's certificate is refused, and the check says why.
+    let other = TestCa::new();
+    let other_dir = tempfile::tempdir().unwrap();
+    let untrusting = write_config_with(other_dir.path(), &tls_table(&other.ca_pem, "other"));
+    let (ok, line) = kafka_check_line(&untrusting);
+    assert!(!ok, "{line}");
+    assert!(
+        line.starts_with("error  kafka bus:") && line.contains("certificate verify failed"),
+        "{line}"
+    );
+    assert!(front.refused() > 0, "no handshake was refused");
+    // The service does not start on it, and says why.
+    let out = crate::util::perimeter(&["--config", untrusting.to_str().unwrap(), "run"], None);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(log.contains("certificate verify failed"), "{log}");
 }
 
 /// The id of every stored event of the tenant, with its `user.name` (as stored: masked alike

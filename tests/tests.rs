@@ -10,6 +10,10 @@ mod certs;
 #[path = "support/kafka_broker.rs"]
 mod kafka_broker;
 
+// A TLS terminator in front of that broker, for the Kafka bus over TLS.
+#[path = "support/tls_front.rs"]
+mod tls_front;
+
 pub mod cli;
 pub mod secrets;
 mod service;

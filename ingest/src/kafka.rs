@@ -521,19 +521,33 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn probe(config: &KafkaBusConfig) -> Result<String, KafkaBusError> {
     let timeout = PROBE_TIMEOUT;
     config.validate()?;
-    let client: rdkafka::consumer::BaseConsumer = config
+    let client: rdkafka::consumer::BaseConsumer<LastClientError> = config
         .client_config(Role::Admin, &[])
-        .create()
+        // librdkafka logs at the `log` crate's level, which nothing here raises from off.
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
+        .create_with_context(LastClientError::default())
         .map_err(kafka("creating a client"))?;
     let metadata = client
         .fetch_metadata(Some(&config.topic), timeout)
-        .map_err(|e| KafkaBusError::Kafka {
-            what: format!(
-                "no broker at {} answered within {} s",
-                config.brokers,
-                timeout.as_secs()
-            ),
-            reason: e,
+        .map_err(|e| {
+            // The client's logs and errors reach its context when it is polled, one per poll.
+            let until = std::time::Instant::now() + Duration::from_millis(100);
+            while std::time::Instant::now() < until {
+                let _ = client.poll(Duration::from_millis(10));
+            }
+            KafkaBusError::Kafka {
+                what: format!(
+                    "no broker at {} answered within {} s{}",
+                    config.brokers,
+                    timeout.as_secs(),
+                    client
+                        .context()
+                        .last()
+                        .map(|cause| format!(" ({cause})"))
+                        .unwrap_or_default()
+                ),
+                reason: e,
+            }
         })?;
     let partitions = metadata
         .topics()
@@ -1339,6 +1353,48 @@ impl Batch {
     }
 }
 
+/// The probe's client context: keeps why librdkafka's last connection to a broker failed (a TLS
+/// handshake that refused the broker's certificate, a refused login, a name that does not
+/// resolve), to say why no broker answered: the request itself only fails with a timeout or a
+/// "transport failure".
+#[derive(Default)]
+struct LastClientError {
+    /// The last connection failure librdkafka logged (its `FAIL` lines).
+    failure: std::sync::Mutex<Option<String>>,
+    /// The last client-wide error.
+    error: std::sync::Mutex<Option<String>>,
+}
+
+impl LastClientError {
+    fn last(&self) -> Option<String> {
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        failure.or_else(|| self.error.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+impl rdkafka::ClientContext for LastClientError {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        if facility == "FAIL" {
+            // `[thrd:<broker>]: <broker>: <what failed>`: the thread's name adds nothing.
+            let message = match message.strip_prefix("[thrd:") {
+                Some(rest) => rest.split_once("]: ").map_or(message, |(_, m)| m),
+                None => message,
+            };
+            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.to_string());
+        }
+    }
+
+    fn error(&self, _error: KafkaError, reason: &str) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LastClientError {}
+
 /// The consumer's context: notes the partitions a rebalance takes away (see
 /// [`Batch::without_partitions`]).
 #[derive(Default)]
@@ -1651,6 +1707,36 @@ mod tests {
         assert!(
             !next.contains_key(&("records".into(), 2)),
             "left to its new owner"
+        );
+    }
+
+    #[test]
+    fn the_probe_names_the_last_connection_failure() {
+        use rdkafka::config::RDKafkaLogLevel;
+        use rdkafka::ClientContext;
+        let context = LastClientError::default();
+        assert_eq!(context.last(), None);
+        context.error(
+            KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert_eq!(context.last().as_deref(), Some("1/1 brokers are down"));
+        // A connection failure says more than the error it leads to, and other lines are no
+        // reason.
+        context.log(
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "[thrd:ssl://kafka-1:9093/bootstrap]: ssl://kafka-1:9093/bootstrap: SSL handshake \
+             failed: certificate verify failed",
+        );
+        context.log(RDKafkaLogLevel::Error, "SSL", "kafka: error:06880006:asn1 encoding");
+        context.error(
+            KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert_eq!(
+            context.last().as_deref(),
+            Some("ssl://kafka-1:9093/bootstrap: SSL handshake failed: certificate verify failed")
         );
     }
 

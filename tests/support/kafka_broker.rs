@@ -9,25 +9,42 @@ use std::time::{Duration, Instant};
 
 pub struct KafkaBroker {
     child: Child,
+    /// Where the broker listens.
     pub addr: SocketAddr,
+    /// Where it tells clients to reach it, when not at `addr` (`host:port`).
+    advertised: Option<String>,
 }
 
 impl KafkaBroker {
     /// Start a broker and wait until it accepts connections.
     pub fn start() -> KafkaBroker {
+        Self::start_with(None)
+    }
+
+    /// [`Self::start`], the broker telling clients to reach it at `advertised` (`host:port`:
+    /// a TLS front before it) rather than where it listens. Clients bootstrap there too.
+    #[allow(dead_code)] // Only the service tests run a broker behind a front.
+    pub fn start_advertising(advertised: &str) -> KafkaBroker {
+        Self::start_with(Some(advertised.to_string()))
+    }
+
+    fn start_with(advertised: Option<String>) -> KafkaBroker {
         let bin = broker_bin();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = advertised
+            .as_ref()
+            .map_or_else(|| url.clone(), |a| format!("tcp://{a}"));
         let child = Command::new(&bin)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
                 "--storage-engine",
                 "memory://tansu/",
             ])
@@ -37,7 +54,11 @@ impl KafkaBroker {
             .spawn()
             .unwrap_or_else(|e| panic!("starting the Kafka broker {bin}: {e}"));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let broker = KafkaBroker { child, addr };
+        let broker = KafkaBroker {
+            child,
+            addr,
+            advertised,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             assert!(Instant::now() < deadline, "the Kafka broker never listened");
@@ -48,7 +69,9 @@ impl KafkaBroker {
 
     /// `host:port` for `bootstrap.servers`.
     pub fn brokers(&self) -> String {
-        self.addr.to_string()
+        self.advertised
+            .clone()
+            .unwrap_or_else(|| self.addr.to_string())
     }
 }
 
