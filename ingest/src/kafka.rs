@@ -836,7 +836,11 @@ impl KafkaBusConsumer {
                     ("enable.auto.commit", "false"),
                     ("enable.auto.offset.store", "false"),
                     ("auto.offset.reset", "earliest"),
-                    ("partition.assignment.strategy", "range"),
+                    // A member joining or leaving moves only the partitions it must: the
+                    // others keep theirs, and with them their entities' detection state (which
+                    // does not move with a partition). `range` could move partitions between
+                    // the members that stay, and stopped every member while the group changed.
+                    ("partition.assignment.strategy", "cooperative-sticky"),
                 ],
             )
             .create_with_context(RevokeNotes::default())
@@ -1729,7 +1733,11 @@ mod tests {
             "[thrd:ssl://kafka-1:9093/bootstrap]: ssl://kafka-1:9093/bootstrap: SSL handshake \
              failed: certificate verify failed",
         );
-        context.log(RDKafkaLogLevel::Error, "SSL", "kafka: error:06880006:asn1 encoding");
+        context.log(
+            RDKafkaLogLevel::Error,
+            "SSL",
+            "kafka: error:06880006:asn1 encoding",
+        );
         context.error(
             KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown),
             "1/1 brokers are down",

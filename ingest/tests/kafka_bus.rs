@@ -12,6 +12,7 @@ use perimeter_ingest::kafka::{
 };
 use perimeter_ingest::InputItem;
 use perimeter_model::sonic_rs::{self, JsonValueTrait};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -314,6 +315,107 @@ async fn a_rebalance_waits_for_the_batch_being_stored_and_commits_it() {
     stop_second.send(true).unwrap();
     first_member.await.unwrap();
     second_member.await.unwrap();
+}
+
+/// The users each pipeline stored records of.
+fn users_of(stored: &Stored) -> HashSet<String> {
+    stored
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(u, _)| u.clone())
+        .collect()
+}
+
+/// A member leaving moves only its own partitions: the members that stay keep theirs, so the
+/// entities they detect on (and the correlation windows and baselines they hold for them) stay
+/// with them. (With the `range` assignment a member leaving could move partitions between
+/// the members that stay.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaving_moves_only_its_own_partitions() {
+    let broker = KafkaBroker::start();
+    let mut config = config(&broker, "sticky");
+    config.partitions = 6;
+    ensure_topic(&config).await.unwrap();
+    let sources = start_producer(&config);
+    // Records of 60 users: every partition holds some.
+    let records_of_users = |from: u64, n: u64| -> Vec<InputItem> {
+        (from..from + n)
+            .map(|i| InputItem::Record {
+                line: i,
+                value: sonic_rs::json!({"user": format!("user{}", i % 60), "seq": i}),
+                member_lines: Vec::new(),
+            })
+            .collect()
+    };
+    let members: Vec<_> = (0..3)
+        .map(|_| {
+            let stored: Stored = Arc::default();
+            let (pipeline, rx) = bus::channel(4);
+            worker(rx, 0, stored.clone());
+            let (stop, task) = start_consumer(&config, pipeline);
+            (stored, stop, task)
+        })
+        .collect();
+    // Until each member holds partitions, records go to whoever holds them at the time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seq = 0;
+    loop {
+        for (stored, _, _) in &members {
+            stored.lock().unwrap().clear();
+        }
+        sources
+            .submit("okta", "acme", records_of_users(seq, 120))
+            .await
+            .unwrap();
+        seq += 120;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let stored: Vec<usize> = members.iter().map(|m| users_of(&m.0).len()).collect();
+        if stored.iter().sum::<usize>() == 60 && stored.iter().all(|&n| n > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never settled: {stored:?}"
+        );
+    }
+    let before: Vec<HashSet<String>> = members.iter().map(|m| users_of(&m.0)).collect();
+
+    // The third member leaves; its partitions go to the other two.
+    let mut members = members;
+    let (_, stop, task) = members.pop().unwrap();
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (stored, _, _) in &members {
+            stored.lock().unwrap().clear();
+        }
+        sources
+            .submit("okta", "acme", records_of_users(seq, 120))
+            .await
+            .unwrap();
+        seq += 120;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let stored: usize = members.iter().map(|m| users_of(&m.0).len()).sum();
+        if stored == 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the third member's users never came back"
+        );
+    }
+    for (i, (stored, _, _)) in members.iter().enumerate() {
+        let after = users_of(stored);
+        let moved: Vec<&String> = before[i].difference(&after).collect();
+        assert!(moved.is_empty(), "member {i} lost users it held: {moved:?}");
+        assert!(after.len() > before[i].len(), "member {i} took over none");
+    }
+    for (_, stop, task) in members {
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
