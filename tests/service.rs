@@ -158,6 +158,34 @@ fn okta_event(batch: usize, i: usize) -> serde_json::Value {
     })
 }
 
+/// The event ids the pipeline gives Okta records.
+fn okta_ids(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0)
+        .collect()
+}
+
+/// Post `okta_event(batch, 0..n)` to `base`'s ingest: its answer (a success) and the ids of the
+/// events.
+fn post_okta_batch(
+    base: &str,
+    token: &str,
+    batch: usize,
+    n: usize,
+) -> (serde_json::Value, Vec<String>) {
+    let events: Vec<serde_json::Value> = (0..n).map(|i| okta_event(batch, i)).collect();
+    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{base}/ingest/okta"))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    (r.json().unwrap(), okta_ids(&events))
+}
+
 /// The events a search for `q` returns (its first page).
 fn searched_events(base: &str, token: &str, q: &str) -> Vec<serde_json::Value> {
     let r: serde_json::Value = reqwest::blocking::Client::new()
@@ -230,12 +258,7 @@ fn spawn_poster(
         for batch in 0..10_000 {
             let events: Vec<serde_json::Value> = (0..200).map(|i| okta_event(batch, i)).collect();
             let body: String = events.iter().map(|e| format!("{e}\n")).collect();
-            let ids = events
-                .iter()
-                .map(|e| {
-                    perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0
-                })
-                .collect();
+            let ids = okta_ids(&events);
             match client
                 .post(format!("{base}/ingest/okta"))
                 .bearer_auth(&token)
@@ -3687,21 +3710,8 @@ fn on_the_kafka_bus_over_tls_records_are_stored_and_an_untrusted_broker_is_refus
 
     let ingest_token = token(&cfg, "responder");
     let svc = start(&cfg);
-    let events: Vec<serde_json::Value> = (0..300).map(|i| okta_event(1, i)).collect();
-    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
-    let ack: serde_json::Value = reqwest::blocking::Client::new()
-        .post(format!("{}/ingest/okta", svc.base))
-        .bearer_auth(&ingest_token)
-        .body(body)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let (ack, posted) = post_okta_batch(&svc.base, &ingest_token, 1, 300);
     assert_eq!(ack["queued"], 300, "on the broker: {ack}");
-    let posted: Vec<String> = events
-        .iter()
-        .map(|e| perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0)
-        .collect();
     wait_stored_once(&svc.base, &ingest_token, &posted, Duration::from_secs(90));
     stop(svc);
     assert!(
@@ -3781,18 +3791,7 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
     // Batches go in through instance A only; the group spreads them over both.
     let mut batch = 0;
     loop {
-        let events: Vec<serde_json::Value> = (0..200).map(|i| okta_event(batch, i)).collect();
-        let body: String = events.iter().map(|e| format!("{e}\n")).collect();
-        let r = client
-            .post(format!("{}/ingest/okta", a.base))
-            .bearer_auth(&a_token)
-            .body(body)
-            .send()
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.text().unwrap());
-        posted.extend(events.iter().map(|e| {
-            perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0
-        }));
+        posted.extend(post_okta_batch(&a.base, &a_token, batch, 200).1);
         batch += 1;
         std::thread::sleep(Duration::from_millis(500));
         let (on_a, on_b) = (
@@ -3858,21 +3857,8 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
         0.0
     );
     // The edge's batch reached the detectors; the edge itself stored nothing.
-    let edge_events: Vec<serde_json::Value> = (0..50).map(|i| okta_event(9_999, i)).collect();
-    let body: String = edge_events.iter().map(|e| format!("{e}\n")).collect();
-    let ack: serde_json::Value = client
-        .post(format!("{}/ingest/okta", edge.base))
-        .bearer_auth(&edge_token)
-        .body(body)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let (ack, edge_ids) = post_okta_batch(&edge.base, &edge_token, 9_999, 50);
     assert_eq!(ack["queued"], 50, "{ack}");
-    let edge_ids: Vec<String> = edge_events
-        .iter()
-        .map(|e| perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0)
-        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (on_a, on_b) = (

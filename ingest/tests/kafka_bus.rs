@@ -46,10 +46,15 @@ fn user_key() -> PartitionKey {
 }
 
 fn records(from: u64, n: u64) -> Vec<InputItem> {
+    records_of_users(from, n, 7)
+}
+
+/// Records `from..from + n` of `users` users, in turn.
+fn records_of_users(from: u64, n: u64, users: u64) -> Vec<InputItem> {
     (from..from + n)
         .map(|i| InputItem::Record {
             line: i,
-            value: sonic_rs::json!({"user": format!("user{}", i % 7), "seq": i}),
+            value: sonic_rs::json!({"user": format!("user{}", i % users), "seq": i}),
             member_lines: Vec::new(),
         })
         .collect()
@@ -327,6 +332,38 @@ fn users_of(stored: &Stored) -> HashSet<String> {
         .collect()
 }
 
+/// A member of a group in a test: what its pipeline stored, its stop switch, its task.
+type Member = (
+    Stored,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<perimeter_ingest::kafka::ConsumedTotals>,
+);
+
+/// Submit rounds of records of 60 users (from `seq` on) until the number of users each member
+/// stored in the last round is `settled`.
+async fn users_per_member(
+    sources: &BusSender,
+    members: &[Member],
+    seq: &mut u64,
+    settled: impl Fn(&[usize]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (stored, _, _) in members {
+            stored.lock().unwrap().clear();
+        }
+        let round = records_of_users(*seq, 120, 60);
+        sources.submit("okta", "acme", round).await.unwrap();
+        *seq += 120;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let users: Vec<usize> = members.iter().map(|m| users_of(&m.0).len()).collect();
+        if settled(&users) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "users per member: {users:?}");
+    }
+}
+
 /// A member leaving moves only its own partitions: the members that stay keep theirs, so the
 /// entities they detect on (and the correlation windows and baselines they hold for them) stay
 /// with them. (With the `range` assignment a member leaving could move partitions between
@@ -338,17 +375,7 @@ async fn a_member_leaving_moves_only_its_own_partitions() {
     config.partitions = 6;
     ensure_topic(&config).await.unwrap();
     let sources = start_producer(&config);
-    // Records of 60 users: every partition holds some.
-    let records_of_users = |from: u64, n: u64| -> Vec<InputItem> {
-        (from..from + n)
-            .map(|i| InputItem::Record {
-                line: i,
-                value: sonic_rs::json!({"user": format!("user{}", i % 60), "seq": i}),
-                member_lines: Vec::new(),
-            })
-            .collect()
-    };
-    let members: Vec<_> = (0..3)
+    let members: Vec<Member> = (0..3)
         .map(|_| {
             let stored: Stored = Arc::default();
             let (pipeline, rx) = bus::channel(4);
@@ -358,27 +385,11 @@ async fn a_member_leaving_moves_only_its_own_partitions() {
         })
         .collect();
     // Until each member holds partitions, records go to whoever holds them at the time.
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut seq = 0;
-    loop {
-        for (stored, _, _) in &members {
-            stored.lock().unwrap().clear();
-        }
-        sources
-            .submit("okta", "acme", records_of_users(seq, 120))
-            .await
-            .unwrap();
-        seq += 120;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let stored: Vec<usize> = members.iter().map(|m| users_of(&m.0).len()).collect();
-        if stored.iter().sum::<usize>() == 60 && stored.iter().all(|&n| n > 0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the group never settled: {stored:?}"
-        );
-    }
+    users_per_member(&sources, &members, &mut seq, |users| {
+        users.iter().sum::<usize>() == 60 && users.iter().all(|&n| n > 0)
+    })
+    .await;
     let before: Vec<HashSet<String>> = members.iter().map(|m| users_of(&m.0)).collect();
 
     // The third member leaves; its partitions go to the other two.
@@ -386,26 +397,10 @@ async fn a_member_leaving_moves_only_its_own_partitions() {
     let (_, stop, task) = members.pop().unwrap();
     stop.send(true).unwrap();
     task.await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        for (stored, _, _) in &members {
-            stored.lock().unwrap().clear();
-        }
-        sources
-            .submit("okta", "acme", records_of_users(seq, 120))
-            .await
-            .unwrap();
-        seq += 120;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let stored: usize = members.iter().map(|m| users_of(&m.0).len()).sum();
-        if stored == 60 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the third member's users never came back"
-        );
-    }
+    users_per_member(&sources, &members, &mut seq, |users| {
+        users.iter().sum::<usize>() == 60
+    })
+    .await;
     for (i, (stored, _, _)) in members.iter().enumerate() {
         let after = users_of(stored);
         let moved: Vec<&String> = before[i].difference(&after).collect();
