@@ -35,7 +35,9 @@
 //!   after the store committed and before it commits the offsets). `PERIMETER_BENCH_KAFKA_PARTITIONS` (default 4) and
 //!   `PERIMETER_BENCH_KAFKA_BATCH_RECORDS` (default: the config's) set the topic's partitions and
 //!   the consumer's batch; `PERIMETER_BENCH_KAFKA_PROPERTIES` adds TOML lines to
-//!   `[kafka.properties]` (`"queued.max.messages.kbytes" = "16384"`).
+//!   `[kafka.properties]` (`"queued.max.messages.kbytes" = "16384"`);
+//!   `PERIMETER_BENCH_KAFKA_PAYLOAD_KEY=1` seals the records on the topic (`payload_keys`, a
+//!   key of the bench's own).
 //!
 //! The records are the mixed set of the other benches (recorded vendor pages + the demo day),
 //! each sent with a distinct `bench_seq` field so none is a replay of another, and dated to the
@@ -221,12 +223,20 @@ fn main() {
     let broker = kafka.then(kafka_broker::KafkaBroker::start);
     // The consumer timeouts of the tests: Tansu holds a group's first join for about the
     // session timeout.
+    let keys = tempfile::tempdir().expect("temp dir");
     let kafka_table = broker.as_ref().map_or(String::new(), |b| {
         let batch_records = std::env::var("PERIMETER_BENCH_KAFKA_BATCH_RECORDS")
             .map(|v| format!("batch_records = {v}\n"))
             .unwrap_or_default();
+        let payload_keys = if std::env::var_os("PERIMETER_BENCH_KAFKA_PAYLOAD_KEY").is_some() {
+            let key = keys.path().join("bus.key");
+            std::fs::write(&key, "5e".repeat(32)).expect("writing the payload key");
+            format!("payload_keys = [\"{}\"]\n", key.display())
+        } else {
+            String::new()
+        };
         format!(
-            "[kafka]\nbrokers = \"{}\"\ntopic = \"bench-records\"\ngroup = \"bench-detect\"\npartitions = {}\n{batch_records}\
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"bench-records\"\ngroup = \"bench-detect\"\npartitions = {}\n{batch_records}{payload_keys}\
              [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n{}\n",
             b.brokers(),
             env_usize("PERIMETER_BENCH_KAFKA_PARTITIONS", 4).max(1),

@@ -3665,6 +3665,32 @@ fn run_check_says_whether_the_kafka_bus_answers() {
         line.starts_with("ok     kafka bus: 1 broker(s)") && line.contains("records-check"),
         "{line}"
     );
+    assert!(
+        line.ends_with("records in clear on the topic (no payload_keys)"),
+        "{line}"
+    );
+    // A payload key is checked too: a file that holds none is named, its content not quoted.
+    let keyed_dir = tempfile::tempdir().unwrap();
+    let key = keyed_dir.path().join("bus.key");
+    let keyed = write_config_with(
+        keyed_dir.path(),
+        &kafka_table(&broker, "check").replace(
+            "[kafka]\n",
+            &format!("[kafka]\npayload_keys = [\"{}\"]\n", key.display()),
+        ),
+    );
+    std::fs::write(&key, "s3cr3t-but-not-a-key").unwrap();
+    let (ok, line) = kafka_check_line(&keyed);
+    assert!(!ok, "{line}");
+    assert!(
+        line.contains("bus.key") && line.contains("64 hex digits"),
+        "{line}"
+    );
+    assert!(!line.contains("s3cr3t"), "{line}");
+    std::fs::write(&key, "5e".repeat(32)).unwrap();
+    let (ok, line) = kafka_check_line(&keyed);
+    assert!(ok, "{line}");
+    assert!(line.contains("records sealed with payload key "), "{line}");
     drop(broker);
     let (ok, line) = kafka_check_line(&cfg);
     assert!(!ok, "a bus that does not answer fails the check: {line}");

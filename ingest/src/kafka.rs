@@ -36,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::bus::{BusReceiver, BusSender, Submission, SubmitAck};
 use crate::jsonl::{input_digest, InputItem};
+use crate::kafka_seal::{OpenError, Opener, Sealer, SEAL_OVERHEAD};
 use perimeter_model::Metrics;
 
 /// `[kafka]` of the configuration: where the bus is and how it is read.
@@ -73,6 +74,14 @@ pub struct KafkaBusConfig {
     /// `session.timeout.ms`, ...); they override this module's defaults.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Files of the keys the records are sealed with on the topic (AES-256-GCM; 32 bytes as 64
+    /// hex digits, e.g. `openssl rand -hex 32`), so the brokers never hold them in clear: the
+    /// first seals what this instance produces, each opens what it reads (to rotate, list the
+    /// new key second on every instance, then first). Empty: records travel in clear, and the
+    /// topic must be protected otherwise. A detector that reads a record sealed with a key it
+    /// does not hold stops reading (nothing after it is committed) until it is given the key.
+    #[serde(default)]
+    pub payload_keys: Vec<std::path::PathBuf>,
 }
 
 fn default_topic() -> String {
@@ -113,6 +122,7 @@ impl KafkaBusConfig {
             batch_linger_ms: default_batch_linger_ms(),
             consume: default_consume(),
             properties: BTreeMap::new(),
+            payload_keys: Vec::new(),
         }
     }
 
@@ -132,6 +142,7 @@ impl KafkaBusConfig {
         if self.batch_records == 0 {
             return bad("batch_records must be at least 1");
         }
+        Opener::new(&self.payload_keys).map_err(KafkaBusError::Config)?;
         Ok(())
     }
 
@@ -405,14 +416,38 @@ fn encode(sub: &Submission, item: &InputItem) -> Vec<u8> {
 
 /// A message read back: its batch keys and item. A message that is not one (another writer on
 /// the topic, a later format) becomes a bad line of source `kafka`, so it is a dead letter
-/// with its reason instead of vanishing.
+/// with its reason instead of vanishing. A sealed message is opened first; one sealed with a
+/// key `opener` does not hold is no bad message but a key missing here: `Err`.
 fn decode(
     payload: Option<&[u8]>,
     partition: i32,
     offset: i64,
     own_tenant: &str,
-) -> (BatchKey, InputItem) {
-    let bytes = payload.unwrap_or_default();
+    opener: &Opener,
+) -> Result<(BatchKey, InputItem), UnopenedMessage> {
+    let sealed = payload.unwrap_or_default();
+    let opened;
+    let bytes = if Opener::is_sealed(sealed) {
+        match opener.open(sealed) {
+            Ok(clear) => {
+                opened = clear;
+                &opened[..]
+            }
+            Err(OpenError::UnknownKey(key_id)) => {
+                return Err(UnopenedMessage {
+                    key_id,
+                    partition,
+                    offset,
+                })
+            }
+            Err(OpenError::Forged) => {
+                let why = "sealed, but it does not open with its key (corrupted or forged)";
+                return Ok(not_a_message(partition, offset, own_tenant, why, sealed));
+            }
+        }
+    } else {
+        sealed
+    };
     // Why a message is not one, in words of this module only: a parser's message quotes the
     // bytes around the error, which may hold a secret (the excerpt is masked, the reason not).
     let parsed = sonic_rs::from_slice::<BusMessage>(bytes)
@@ -441,20 +476,7 @@ fn decode(
         });
     let message = match parsed {
         Ok(m) => m,
-        Err(why) => {
-            let key = BatchKey {
-                source: "kafka".into(),
-                tenant: own_tenant.to_string(),
-                origin: Some(format!("partition {partition} offset {offset}")),
-            };
-            let item = InputItem::Invalid {
-                line: 0,
-                reason: format!("not a Perimeter bus message: {why}"),
-                excerpt: crate::jsonl::excerpt(bytes, EXCERPT_BYTES),
-                digest: input_digest(bytes),
-            };
-            return (key, item);
-        }
+        Err(why) => return Ok(not_a_message(partition, offset, own_tenant, &why, bytes)),
     };
     let key = BatchKey {
         source: message.source.into_owned(),
@@ -480,7 +502,38 @@ fn decode(
             digest: input_digest(bytes),
         },
     };
+    Ok((key, item))
+}
+
+/// A message that is none of this bus's, as a bad line of source `kafka` filed under
+/// `own_tenant`.
+fn not_a_message(
+    partition: i32,
+    offset: i64,
+    own_tenant: &str,
+    why: &str,
+    bytes: &[u8],
+) -> (BatchKey, InputItem) {
+    let key = BatchKey {
+        source: "kafka".into(),
+        tenant: own_tenant.to_string(),
+        origin: Some(format!("partition {partition} offset {offset}")),
+    };
+    let item = InputItem::Invalid {
+        line: 0,
+        reason: format!("not a Perimeter bus message: {why}"),
+        excerpt: crate::jsonl::excerpt(bytes, EXCERPT_BYTES),
+        digest: input_digest(bytes),
+    };
     (key, item)
+}
+
+/// A message sealed with a key this member does not hold (hex id), and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UnopenedMessage {
+    key_id: String,
+    partition: i32,
+    offset: i64,
 }
 
 /// Creates the topic when it is missing.
@@ -555,7 +608,15 @@ pub fn probe(config: &KafkaBusConfig) -> Result<String, KafkaBusError> {
         .find(|t| t.name() == config.topic && t.error().is_none())
         .map(|t| t.partitions().len())
         .filter(|n| *n > 0);
-    Ok(match partitions {
+    // Which key seals (its id, as a reader without it names it), or that records go in clear.
+    let sealing = match config.payload_keys.first() {
+        Some(path) => {
+            let (id, _) = crate::kafka_seal::read_key(path).map_err(KafkaBusError::Config)?;
+            format!("; records sealed with payload key {}", hex::encode(id))
+        }
+        None => "; records in clear on the topic (no payload_keys)".to_string(),
+    };
+    let described = match partitions {
         Some(n) => format!(
             "{} broker(s) at {}; topic {} has {n} partition(s), group {}",
             metadata.brokers().len(),
@@ -571,7 +632,8 @@ pub fn probe(config: &KafkaBusConfig) -> Result<String, KafkaBusError> {
             config.partitions,
             config.group
         ),
-    })
+    };
+    Ok(described + &sealing)
 }
 
 /// Hands the batches of the embedded bus's sources to the topic.
@@ -584,6 +646,8 @@ pub struct KafkaBusProducer {
     max_message_bytes: usize,
     /// What to tell a source about its name (see [`Self::with_source_note`]).
     source_note: Option<SourceNote>,
+    /// Seals each message when `payload_keys` names a key.
+    sealer: Option<Sealer>,
 }
 
 /// A warning for the sender of a batch, by source name (`None`: nothing to say).
@@ -620,6 +684,7 @@ impl KafkaBusProducer {
             metrics: None,
             source_note: None,
             max_message_bytes: config.max_message_bytes()?,
+            sealer: Sealer::new(&config.payload_keys).map_err(KafkaBusError::Config)?,
         })
     }
 
@@ -637,6 +702,14 @@ impl KafkaBusProducer {
         self
     }
 
+    /// A message as it goes on the topic: sealed when there is a key.
+    fn wire(&self, message: Vec<u8>) -> Vec<u8> {
+        match &self.sealer {
+            Some(sealer) => sealer.seal(&message),
+            None => message,
+        }
+    }
+
     /// Put every item of `sub` on the topic; returns once the broker has all of them.
     pub async fn produce(&self, sub: &Submission) -> Result<usize, KafkaBusError> {
         let pending = self.queue(sub).await?;
@@ -649,10 +722,15 @@ impl KafkaBusProducer {
         let mut pending: Deliveries = Default::default();
         for (index, item) in sub.items.iter().enumerate() {
             let key = (self.key)(&sub.source, &sub.tenant, item);
+            let sealing = if self.sealer.is_some() {
+                SEAL_OVERHEAD
+            } else {
+                0
+            };
             let room = self
                 .max_message_bytes
-                .saturating_sub(key.len() + MESSAGE_OVERHEAD);
-            let mut payload = within_limit(sub, item, encode(sub, item), room);
+                .saturating_sub(key.len() + MESSAGE_OVERHEAD + sealing);
+            let mut payload = self.wire(within_limit(sub, item, encode(sub, item), room));
             let mut standing_in = false;
             loop {
                 let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
@@ -675,12 +753,12 @@ impl KafkaBusProducer {
                         _,
                     )) if !standing_in => {
                         standing_in = true;
-                        payload = oversized(
+                        payload = self.wire(oversized(
                             sub,
                             item,
                             payload.len(),
                             "the producer's message limit (`message.max.bytes`)",
-                        );
+                        ));
                     }
                     Err((e, _)) => return Err(kafka("queueing a record")(e)),
                 }
@@ -717,12 +795,12 @@ impl KafkaBusProducer {
                 let item = &sub.items[index];
                 let key = (self.key)(&sub.source, &sub.tenant, item);
                 let size = message.payload().map_or(0, <[u8]>::len);
-                let payload = oversized(
+                let payload = self.wire(oversized(
                     sub,
                     item,
                     size,
                     "the broker's message limit (`message.max.bytes`)",
-                );
+                ));
                 let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
                 self.producer
                     .send(record, Duration::from_secs(60))
@@ -815,6 +893,8 @@ pub struct KafkaBusConsumer {
     read_error_logged: std::sync::Mutex<Option<std::time::Instant>>,
     /// The offset this member last committed per partition, for the lag gauge.
     committed: std::sync::Mutex<HashMap<(String, i32), i64>>,
+    /// Opens sealed messages with the `payload_keys`.
+    opener: Opener,
 }
 
 /// What [`KafkaBusConsumer::run`] did, for the log at its end.
@@ -857,6 +937,7 @@ impl KafkaBusConsumer {
             own_tenant: "default".into(),
             read_error_logged: Default::default(),
             committed: Default::default(),
+            opener: Opener::new(&config.payload_keys).map_err(KafkaBusError::Config)?,
         })
     }
 
@@ -927,10 +1008,12 @@ impl KafkaBusConsumer {
                 // Idle: the lag gauge still follows what arrives for others to read.
                 _ = tokio::time::sleep(Duration::from_secs(10)) => self.measure_lag(),
             }
+            self.opened_all(&batch)?;
             if batch.len() == 0 {
                 continue;
             }
             self.fill(&mut batch).await;
+            self.opened_all(&batch)?;
             let messages = batch.len() as u64;
             let (groups, next_offsets) = batch.into_parts();
             if groups.is_empty() {
@@ -956,6 +1039,26 @@ impl KafkaBusConsumer {
                 messages,
                 answer,
             });
+        }
+    }
+
+    /// An error when `batch` met a message sealed with a key this member does not hold: reading
+    /// on would commit past it (it is not a bad message to file as a dead letter: its records
+    /// are fine, the key is missing here). The batches before it are stored and committed as
+    /// usual when the member stops; the message and what follows it are read again once the
+    /// member has the key.
+    fn opened_all(&self, batch: &Batch) -> Result<(), KafkaBusError> {
+        match &batch.unopened {
+            None => Ok(()),
+            Some(m) => {
+                count(&self.metrics, "kafka_messages_unopened_total", 1);
+                Err(KafkaBusError::Config(format!(
+                    "the message at partition {} offset {} is sealed with payload key {}, which \
+                     this instance does not hold: add its file to `payload_keys` and restart \
+                     (nothing from it on is committed)",
+                    m.partition, m.offset, m.key_id
+                )))
+            }
         }
     }
 
@@ -1046,7 +1149,7 @@ impl KafkaBusConsumer {
         received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
     ) {
         match received {
-            Ok(message) => batch.add(message, &self.own_tenant),
+            Ok(message) => batch.add(message, &self.own_tenant, &self.opener),
             Err(e) => {
                 count(&self.metrics, "kafka_read_errors_total", 1);
                 {
@@ -1302,6 +1405,9 @@ type NextOffsets = HashMap<(String, i32), i64>;
 #[derive(Default)]
 struct Batch {
     read: Vec<ReadMessage>,
+    /// A message sealed with a key this member does not hold: the batch takes nothing after it
+    /// (nothing read from it on is committed), and the member stops.
+    unopened: Option<UnopenedMessage>,
 }
 
 struct ReadMessage {
@@ -1312,13 +1418,29 @@ struct ReadMessage {
 }
 
 impl Batch {
-    fn add(&mut self, message: rdkafka::message::BorrowedMessage<'_>, own_tenant: &str) {
-        let (key, item) = decode(
+    fn add(
+        &mut self,
+        message: rdkafka::message::BorrowedMessage<'_>,
+        own_tenant: &str,
+        opener: &Opener,
+    ) {
+        if self.unopened.is_some() {
+            return;
+        }
+        let decoded = decode(
             message.payload(),
             message.partition(),
             message.offset(),
             own_tenant,
+            opener,
         );
+        let (key, item) = match decoded {
+            Ok(decoded) => decoded,
+            Err(unopened) => {
+                self.unopened = Some(unopened);
+                return;
+            }
+        };
         self.read.push(ReadMessage {
             key,
             partition: (message.topic().to_string(), message.partition()),
@@ -1516,6 +1638,17 @@ async fn enqueue_batch(pipeline: &BusSender, groups: &[BatchRun]) -> BatchAnswer
 
 #[cfg(test)]
 mod tests {
+    /// [`decode`] of a message in clear, by a member without payload keys.
+    fn decode_clear(
+        payload: Option<&[u8]>,
+        partition: i32,
+        offset: i64,
+        own_tenant: &str,
+    ) -> (BatchKey, InputItem) {
+        let opener = Opener::new(&[]).unwrap();
+        decode(payload, partition, offset, own_tenant, &opener).expect("not sealed")
+    }
+
     use super::*;
     use sonic_rs::JsonValueTrait;
 
@@ -1545,7 +1678,7 @@ mod tests {
         };
         let sub = submission(vec![record.clone(), bad.clone()]);
         for item in [record, bad] {
-            let (key, back) = decode(Some(&encode(&sub, &item)), 0, 0, "own");
+            let (key, back) = decode_clear(Some(&encode(&sub, &item)), 0, 0, "own");
             assert_eq!(back, item);
             assert_eq!(key.source, "okta");
             assert_eq!(key.tenant, "acme");
@@ -1620,7 +1753,7 @@ mod tests {
                 "not JSON",
             ),
         ] {
-            let (key, item) = decode(Some(&payload), 3, 41, "acme");
+            let (key, item) = decode_clear(Some(&payload), 3, 41, "acme");
             assert_eq!(key.source, "kafka");
             assert_eq!(
                 key.tenant, "acme",
@@ -1648,7 +1781,7 @@ mod tests {
         let sub = submission(vec![big.clone()]);
         let payload = within_limit(&sub, &big, encode(&sub, &big), 1000);
         assert!(payload.len() < 1000);
-        match decode(Some(&payload), 0, 0, "own").1 {
+        match decode_clear(Some(&payload), 0, 0, "own").1 {
             InputItem::Invalid {
                 line,
                 reason,
@@ -1667,7 +1800,7 @@ mod tests {
         }
         // Within the limit, the record itself.
         let payload = within_limit(&sub, &big, encode(&sub, &big), 1_000_000);
-        assert_eq!(decode(Some(&payload), 0, 0, "own").1, big);
+        assert_eq!(decode_clear(Some(&payload), 0, 0, "own").1, big);
     }
 
     fn read(partition: i32, offset: i64, source: &str) -> ReadMessage {
@@ -1697,6 +1830,7 @@ mod tests {
                 read(2, 7, "github"),
                 read(0, 12, "okta"),
             ],
+            unopened: None,
         };
         assert_eq!(batch.without_partitions(&[("records".into(), 2)]), 1);
         let (groups, next) = batch.into_parts();
@@ -1806,6 +1940,7 @@ mod tests {
             metrics: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             source_note: None,
+            sealer: None,
         };
         let quotes = InputItem::Record {
             line: 1,

@@ -13,6 +13,7 @@ pub mod csv_rows;
 pub mod http;
 pub mod jsonl;
 pub mod kafka;
+mod kafka_seal;
 pub mod poll;
 pub mod spool;
 

@@ -444,6 +444,114 @@ async fn a_member_stopped_before_storing_leaves_its_records_to_the_next() {
     member.await.unwrap();
 }
 
+/// A payload key file of `byte` repeated (a test key).
+fn payload_key(dir: &std::path::Path, byte: u8) -> std::path::PathBuf {
+    let path = dir.join(format!("{byte:02x}.key"));
+    std::fs::write(&path, hex::encode([byte; 32])).unwrap();
+    path
+}
+
+/// Every message on `topic`'s partitions, read as they are on the broker (not as a member).
+fn raw_messages(config: &KafkaBusConfig, partitions: i32, n: usize) -> Vec<Vec<u8>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", "raw-reader")
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(&config.topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    reader.assign(&list).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut payloads = Vec::new();
+    while payloads.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} messages read",
+            payloads.len()
+        );
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+            payloads.push(m.payload().unwrap_or_default().to_vec());
+        }
+    }
+    payloads
+}
+
+/// With `payload_keys`, the records on the topic are sealed: what the broker holds shows none
+/// of them, members holding the key read them as before, and a member without it stops at the
+/// first sealed message, commits nothing past it, and says which key it lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_records_are_unreadable_on_the_broker_and_a_member_without_the_key_stops() {
+    let broker = KafkaBroker::start();
+    let keys = tempfile::tempdir().unwrap();
+    let mut config = config(&broker, "sealed");
+    config.payload_keys = vec![payload_key(keys.path(), 0xa1)];
+    ensure_topic(&config).await.unwrap();
+    let sources = start_producer(&config);
+    let secret_records: Vec<InputItem> = (0..50)
+        .map(|i| InputItem::Record {
+            line: i,
+            value: sonic_rs::json!({"user": format!("user{}", i % 7), "seq": i, "password": "Hunter2-Horse"}),
+            member_lines: Vec::new(),
+        })
+        .collect();
+    sources
+        .submit("okta", "acme", secret_records)
+        .await
+        .unwrap();
+
+    for payload in raw_messages(&config, config.partitions, 50) {
+        for clear in ["Hunter2-Horse", "user", "acme", "okta"] {
+            assert!(
+                !payload.windows(clear.len()).any(|w| w == clear.as_bytes()),
+                "{clear} in clear on the broker"
+            );
+        }
+    }
+
+    // A member with another key: it stops, having handed nothing on and committed nothing.
+    let mut stranger = config.clone();
+    stranger.payload_keys = vec![payload_key(keys.path(), 0xb2)];
+    let nothing: Stored = Arc::default();
+    let (pipeline, rx) = bus::channel(4);
+    worker(rx, 0, nothing.clone());
+    let consumer = KafkaBusConsumer::new(&stranger).unwrap();
+    let (_stop, stop_rx) = watch::channel(false);
+    let err = tokio::time::timeout(Duration::from_secs(60), consumer.run(pipeline, stop_rx))
+        .await
+        .expect("stops")
+        .expect_err("a key missing is an error");
+    let key_id = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest([0xa1; 32])[..4])
+    };
+    assert!(
+        err.to_string()
+            .contains(&format!("sealed with payload key {key_id}")),
+        "{err}"
+    );
+    assert!(nothing.lock().unwrap().is_empty());
+
+    // A member with the key (the current one listed second, as during a rotation) reads them.
+    let mut rotating = config.clone();
+    rotating.payload_keys = vec![
+        payload_key(keys.path(), 0xc3),
+        payload_key(keys.path(), 0xa1),
+    ];
+    let stored: Stored = Arc::default();
+    let (pipeline, rx) = bus::channel(4);
+    worker(rx, 0, stored.clone());
+    let (stop, member) = start_consumer(&rotating, pipeline);
+    wait_for(&stored, 50, Duration::from_secs(60)).await;
+    assert_eq!(sorted_seqs(&stored), (0..50).collect::<Vec<_>>());
+    stop.send(true).unwrap();
+    member.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_broker_that_is_not_there_refuses_the_batch_with_why() {
     // Nothing listens on port 1 of loopback: the batch is refused, the source keeps it.
