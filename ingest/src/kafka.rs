@@ -1856,6 +1856,44 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_message_opens_with_its_key_a_forged_one_is_a_dead_letter_and_a_missing_key_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("bus.key");
+        std::fs::write(&key, "7a".repeat(32)).unwrap();
+        let sealer = Sealer::new(std::slice::from_ref(&key)).unwrap().unwrap();
+        let item = InputItem::Record {
+            line: 3,
+            value: sonic_rs::json!({"user": "alice", "password": "Hunter2-Horse"}),
+            member_lines: Vec::new(),
+        };
+        let sub = submission(vec![item.clone()]);
+        let sealed = sealer.seal(&encode(&sub, &item));
+        let opener = Opener::new(&[key]).unwrap();
+        let (batch_key, back) = decode(Some(&sealed), 2, 9, "own", &opener).unwrap();
+        assert_eq!((batch_key.source.as_str(), back), ("okta", item));
+
+        let mut forged = sealed.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 0x01;
+        let (batch_key, bad) = decode(Some(&forged), 2, 9, "own", &opener).unwrap();
+        assert_eq!(batch_key.source, "kafka");
+        match bad {
+            InputItem::Invalid {
+                reason, excerpt, ..
+            } => {
+                assert!(reason.contains("does not open with its key"), "{reason}");
+                assert!(!excerpt.contains("Hunter2"), "{excerpt}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let without = Opener::new(&[]).unwrap();
+        let unopened = decode(Some(&sealed), 2, 9, "own", &without).unwrap_err();
+        assert_eq!((unopened.partition, unopened.offset), (2, 9));
+        assert_eq!(unopened.key_id.len(), 8, "{unopened:?}");
+    }
+
+    #[test]
     fn the_probe_names_the_last_connection_failure() {
         use rdkafka::config::RDKafkaLogLevel;
         use rdkafka::ClientContext;
