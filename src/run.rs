@@ -1157,6 +1157,7 @@ async fn start_kafka_bus(
         .with_tenant(tenant);
     let (worker, stop) = (worker.clone(), stop.clone());
     let topic = kafka.topic.clone();
+    let consumer_metrics = metrics.clone();
     let consume = tokio::spawn(async move {
         match consumer.run(worker, stop).await {
             Ok(totals) => tracing::info!(
@@ -1165,7 +1166,8 @@ async fn start_kafka_bus(
                 "left the Kafka consumer group"
             ),
             Err(e) => {
-                tracing::error!(error = %e, topic, "reading the Kafka bus failed; this instance detects nothing more until restarted")
+                tracing::error!(error = %e, topic, "reading the Kafka bus failed; this instance detects nothing more until restarted");
+                consumer_metrics.part_stopped("Kafka consumer", &e.to_string());
             }
         }
     });

@@ -3765,6 +3765,59 @@ fn on_the_kafka_bus_over_tls_records_are_stored_and_an_untrusted_broker_is_refus
     assert!(log.contains("certificate verify failed"), "{log}");
 }
 
+#[test]
+fn on_the_kafka_bus_sealed_records_reach_key_holders_and_a_detector_without_the_key_is_not_ready() {
+    let broker = crate::kafka_broker::KafkaBroker::start();
+    let keys = tempfile::tempdir().unwrap();
+    let with_key = |name: &str, byte: &str| {
+        let key = keys.path().join(format!("{name}.key"));
+        std::fs::write(&key, byte.repeat(32)).unwrap();
+        kafka_table(&broker, "sealed").replace(
+            "[kafka]\n",
+            &format!("[kafka]\npayload_keys = [\"{}\"]\n", key.display()),
+        )
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_cfg = write_config_with(a_dir.path(), &with_key("bus", "4d"));
+    let b_cfg = write_config_with(b_dir.path(), &with_key("other", "9f"));
+    let a_token = token(&a_cfg, "responder");
+    let a = start(&a_cfg);
+    let (_, mut posted) = post_okta_batch(&a.base, &a_token, 0, 200);
+    wait_stored_once(&a.base, &a_token, &posted, Duration::from_secs(90));
+
+    // B joins the group with another key: once it gets partitions it meets sealed records it
+    // cannot open, stops reading, and says so; the group gives its partitions back to A.
+    let b = start(&b_cfg);
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut batch = 1;
+    let not_ready = loop {
+        posted.extend(post_okta_batch(&a.base, &a_token, batch, 50).1);
+        batch += 1;
+        std::thread::sleep(Duration::from_millis(500));
+        let r = client.get(format!("{}/readyz", b.base)).send().unwrap();
+        if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            break r.json::<serde_json::Value>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "B never met a sealed record");
+    };
+    let why = not_ready["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("Kafka consumer stopped until a restart") && why.contains("payload key"),
+        "{not_ready}"
+    );
+    assert!(
+        b.metrics()
+            .contains("perimeter_part_stopped{part=\"Kafka consumer\"} 1"),
+        "{}",
+        b.metrics()
+    );
+    // Nothing B could not open is lost: A, holding the key, stores all of it.
+    wait_stored_once(&a.base, &a_token, &posted, Duration::from_secs(120));
+    stop(a);
+    stop(b);
+}
+
 /// The id of every stored event of the tenant, with its `user.name` (as stored: masked alike
 /// for one user).
 fn stored_users(base: &str, token: &str) -> HashMap<String, String> {

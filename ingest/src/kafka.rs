@@ -82,6 +82,11 @@ pub struct KafkaBusConfig {
     /// does not hold stops reading (nothing after it is committed) until it is given the key.
     #[serde(default)]
     pub payload_keys: Vec<std::path::PathBuf>,
+    /// Take sealed messages only: one in clear is a dead letter instead of a record. Then only
+    /// a holder of a payload key can put records before the detectors (by default a member with
+    /// keys still reads clear messages, so instances can be given keys one by one).
+    #[serde(default)]
+    pub require_sealed: bool,
 }
 
 fn default_topic() -> String {
@@ -123,6 +128,7 @@ impl KafkaBusConfig {
             consume: default_consume(),
             properties: BTreeMap::new(),
             payload_keys: Vec::new(),
+            require_sealed: false,
         }
     }
 
@@ -143,6 +149,9 @@ impl KafkaBusConfig {
             return bad("batch_records must be at least 1");
         }
         Opener::new(&self.payload_keys).map_err(KafkaBusError::Config)?;
+        if self.require_sealed && self.payload_keys.is_empty() {
+            return bad("require_sealed needs payload_keys (the keys sealed messages open with)");
+        }
         Ok(())
     }
 
@@ -445,6 +454,9 @@ fn decode(
                 return Ok(not_a_message(partition, offset, own_tenant, why, sealed));
             }
         }
+    } else if opener.requires_seal() {
+        let why = "in clear, and this member takes sealed messages only (`require_sealed`)";
+        return Ok(not_a_message(partition, offset, own_tenant, why, sealed));
     } else {
         sealed
     };
@@ -944,7 +956,9 @@ impl KafkaBusConsumer {
             own_tenant: "default".into(),
             read_error_logged: Default::default(),
             committed: Default::default(),
-            opener: Opener::new(&config.payload_keys).map_err(KafkaBusError::Config)?,
+            opener: Opener::new(&config.payload_keys)
+                .map_err(KafkaBusError::Config)?
+                .requiring_seal(config.require_sealed),
         })
     }
 
@@ -1870,7 +1884,7 @@ mod tests {
         let sealed = sealer.seal(&encode(&sub, &item));
         let opener = Opener::new(&[key]).unwrap();
         let (batch_key, back) = decode(Some(&sealed), 2, 9, "own", &opener).unwrap();
-        assert_eq!((batch_key.source.as_str(), back), ("okta", item));
+        assert_eq!((batch_key.source.as_str(), back), ("okta", item.clone()));
 
         let mut forged = sealed.clone();
         let last = forged.len() - 1;
@@ -1891,6 +1905,26 @@ mod tests {
         let unopened = decode(Some(&sealed), 2, 9, "own", &without).unwrap_err();
         assert_eq!((unopened.partition, unopened.offset), (2, 9));
         assert_eq!(unopened.key_id.len(), 8, "{unopened:?}");
+
+        // A message in clear: read by default, a dead letter when sealed ones are required.
+        let clear = encode(&sub, &item);
+        let (_, back) = decode(Some(&clear), 2, 10, "own", &opener).unwrap();
+        assert_eq!(back, item);
+        let strict = Opener::new(&[dir.path().join("bus.key")])
+            .unwrap()
+            .requiring_seal(true);
+        let (batch_key, refused) = decode(Some(&clear), 2, 10, "own", &strict).unwrap();
+        assert_eq!(batch_key.source, "kafka");
+        assert!(
+            matches!(&refused, InputItem::Invalid { reason, .. } if reason.contains("require_sealed")),
+            "{refused:?}"
+        );
+        let (_, opened) = decode(Some(&sealed), 2, 9, "own", &strict).unwrap();
+        assert_eq!(opened, item);
+        let mut config = KafkaBusConfig::new("localhost:9092");
+        config.require_sealed = true;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("require_sealed needs payload_keys"), "{err}");
     }
 
     #[test]

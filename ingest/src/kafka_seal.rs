@@ -143,6 +143,8 @@ type Session = ([u8; KEY_ID_LEN], [u8; SALT_LEN]);
 pub(crate) struct Opener {
     keys: Vec<PayloadKey>,
     sessions: Mutex<HashMap<Session, LessSafeKey>>,
+    /// Whether a message in clear is refused.
+    require_sealed: bool,
 }
 
 impl Opener {
@@ -150,7 +152,18 @@ impl Opener {
         Ok(Opener {
             keys: load_keys(paths)?,
             sessions: Mutex::default(),
+            require_sealed: false,
         })
+    }
+
+    /// This opener refusing messages in clear (`require_sealed`) or not.
+    pub(crate) fn requiring_seal(mut self, require: bool) -> Opener {
+        self.require_sealed = require;
+        self
+    }
+
+    pub(crate) fn requires_seal(&self) -> bool {
+        self.require_sealed
     }
 
     /// Whether `payload` is a sealed message (else it travelled in clear).

@@ -12,6 +12,8 @@ type Series = BTreeMap<SeriesKey, f64>;
 pub struct Metrics {
     counters: Mutex<Series>,
     gauges: Mutex<Series>,
+    /// Parts of the service that stopped until a restart, with why (see [`Self::part_stopped`]).
+    stopped: Mutex<Vec<(String, String)>>,
 }
 
 fn key(name: &str, labels: &[(&str, &str)]) -> SeriesKey {
@@ -39,6 +41,23 @@ impl Metrics {
     pub fn set(&self, name: &str, labels: &[(&str, &str)], value: f64) {
         let mut g = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
         g.insert(key(name, labels), value);
+    }
+
+    /// Note that `part` of the service stopped for good (until a restart) because of `why`:
+    /// `/readyz` reports it, and gauge `part_stopped{part}` is 1.
+    pub fn part_stopped(&self, part: &str, why: &str) {
+        self.set("part_stopped", &[("part", part)], 1.0);
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        stopped.retain(|(p, _)| p != part);
+        stopped.push((part.to_string(), why.to_string()));
+    }
+
+    /// The parts that stopped ([`Self::part_stopped`]), with why.
+    pub fn stopped_parts(&self) -> Vec<(String, String)> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Current value of a counter (0 when never incremented).

@@ -24,14 +24,16 @@ pub async fn healthz() -> Json<HealthStatus> {
     Json(HealthStatus { status: "ok" })
 }
 
-/// Readiness: the server is not shutting down and the store writes what it is given. While
-/// the store fails batch after batch (disk full, unwritable files) the service takes input it
-/// cannot store, so it is not ready: 503 says since when and why, and clears with the next
-/// batch stored. Searches keep working meanwhile.
+/// Readiness: the server is not shutting down, the store writes what it is given, and no part
+/// of the service stopped. While the store fails batch after batch (disk full, unwritable
+/// files) the service takes input it cannot store, so it is not ready: 503 says since when and
+/// why, and clears with the next batch stored. A part that stopped until a restart (the Kafka
+/// consumer, on a record sealed with a key it lacks) keeps it not ready, saying which and why.
+/// Searches keep working meanwhile.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = HealthStatus),
-        (status = 503, description = "Not ready: shutting down, or the store is failing to write batches", body = ErrorBody),
+        (status = 503, description = "Not ready: shutting down, the store is failing to write batches, or a part of the service stopped", body = ErrorBody),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>, ApiError> {
     if !state.is_ready() {
@@ -43,6 +45,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>,
             f.batches,
             f.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             f.error
+        )));
+    }
+    if let Some((part, why)) = state.metrics.stopped_parts().into_iter().next() {
+        return Err(ApiError::Unavailable(format!(
+            "the {part} stopped until a restart: {why}"
         )));
     }
     Ok(Json(HealthStatus { status: "ready" }))
