@@ -1500,13 +1500,16 @@ impl Batch {
     }
 }
 
-/// The probe's client context: keeps why librdkafka's last connection to a broker failed (a TLS
+/// The probe's client context: keeps why librdkafka's connections to a broker failed (a TLS
 /// handshake that refused the broker's certificate, a refused login, a name that does not
 /// resolve), to say why no broker answered: the request itself only fails with a timeout or a
 /// "transport failure".
 #[derive(Default)]
 struct LastClientError {
-    /// The last connection failure librdkafka logged (its `FAIL` lines).
+    /// The first connection failure librdkafka logged (its `FAIL` lines): the first says most
+    /// (`SSL handshake failed: ... certificate verify failed: broker certificate could not be
+    /// verified, verify that ssl.ca.location is correctly configured ...`), the repeats after it
+    /// are shorter.
     failure: std::sync::Mutex<Option<String>>,
     /// The last client-wide error.
     error: std::sync::Mutex<Option<String>>,
@@ -1531,7 +1534,10 @@ impl rdkafka::ClientContext for LastClientError {
                 Some(rest) => rest.split_once("]: ").map_or(message, |(_, m)| m),
                 None => message,
             };
-            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.to_string());
+            self.failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| message.to_string());
         }
     }
 
@@ -1928,7 +1934,7 @@ mod tests {
     }
 
     #[test]
-    fn the_probe_names_the_last_connection_failure() {
+    fn the_probe_names_why_connections_failed() {
         use rdkafka::config::RDKafkaLogLevel;
         use rdkafka::ClientContext;
         let context = LastClientError::default();
@@ -1938,8 +1944,8 @@ mod tests {
             "1/1 brokers are down",
         );
         assert_eq!(context.last().as_deref(), Some("1/1 brokers are down"));
-        // A connection failure says more than the error it leads to, and other lines are no
-        // reason.
+        // A connection failure says more than the error it leads to, its first line more than
+        // its repeats, and other lines are no reason.
         context.log(
             RDKafkaLogLevel::Error,
             "FAIL",
@@ -1950,6 +1956,12 @@ mod tests {
             RDKafkaLogLevel::Error,
             "SSL",
             "kafka: error:06880006:asn1 encoding",
+        );
+        context.log(
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "[thrd:ssl://kafka-1:9093/bootstrap]: ssl://kafka-1:9093/bootstrap: certificate \
+             verify failed (after 1ms in state SSL_HANDSHAKE)",
         );
         context.error(
             KafkaError::MetadataFetch(RDKafkaErrorCode::AllBrokersDown),
