@@ -1855,13 +1855,7 @@ fn write_tls_files_config(
 /// The exit code of `perimeter run --check` and its line about the API (TLS included).
 fn run_check_api_line(cfg: &std::path::Path) -> (Option<i32>, String) {
     let out = run_until_it_ends(cfg, true);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let api = text
-        .lines()
-        .find(|l| l.contains(" api: "))
-        .unwrap_or_else(|| panic!("no api line: {text}"))
-        .to_string();
-    (out.status.code(), api)
+    (out.status.code(), crate::util::check_line(&out, " api: "))
 }
 
 fn run_until_it_ends(cfg: &std::path::Path, check: bool) -> std::process::Output {

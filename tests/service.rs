@@ -3700,13 +3700,10 @@ fn run_check_says_whether_the_kafka_bus_answers() {
 /// `perimeter run --check`'s exit status and its line about the Kafka bus.
 fn kafka_check_line(cfg: &std::path::Path) -> (bool, String) {
     let out = crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = text
-        .lines()
-        .find(|l| l.contains("kafka bus"))
-        .unwrap_or_else(|| panic!("no kafka line in {text}"))
-        .to_string();
-    (out.status.success(), line)
+    (
+        out.status.success(),
+        crate::util::check_line(&out, "kafka bus"),
+    )
 }
 
 #[test]

@@ -82,3 +82,12 @@ pub fn assert_stderr_says(out: &Output, text: &str) {
     let err = stderr(out);
     assert!(err.contains(text), "stderr lacks {text:?}:\n{err}");
 }
+
+/// The line of `perimeter run --check`'s report (`out`) about the part whose name holds `part`.
+pub fn check_line(out: &Output, part: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.contains(part))
+        .unwrap_or_else(|| panic!("no line about {part}: {text}"))
+        .to_string()
+}
