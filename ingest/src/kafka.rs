@@ -1029,12 +1029,21 @@ impl KafkaBusConsumer {
                 // Idle: the lag gauge still follows what arrives for others to read.
                 _ = tokio::time::sleep(Duration::from_secs(10)) => self.measure_lag(),
             }
-            self.opened_all(&batch)?;
-            if batch.len() == 0 {
+            if batch.unopened.is_none() && batch.len() == 0 {
                 continue;
             }
-            self.fill(&mut batch).await;
-            self.opened_all(&batch)?;
+            if batch.unopened.is_none() {
+                self.fill(&mut batch).await;
+            }
+            if let Err(e) = self.opened_all(&batch) {
+                // The batches before it are stored and committed first.
+                while let Some(oldest) = in_flight.pop_front() {
+                    if !self.settle(oldest, &pipeline, &mut stop).await? {
+                        break;
+                    }
+                }
+                return Err(e);
+            }
             let messages = batch.len() as u64;
             let (groups, next_offsets) = batch.into_parts();
             if groups.is_empty() {
@@ -1065,9 +1074,9 @@ impl KafkaBusConsumer {
 
     /// An error when `batch` met a message sealed with a key this member does not hold: reading
     /// on would commit past it (it is not a bad message to file as a dead letter: its records
-    /// are fine, the key is missing here). The batches before it are stored and committed as
-    /// usual when the member stops; the message and what follows it are read again once the
-    /// member has the key.
+    /// are fine, the key is missing here). The member stops once the batches before it are
+    /// stored and committed; that message, and the ones of this batch, are read again by
+    /// whoever holds the key (or by this member once given it).
     fn opened_all(&self, batch: &Batch) -> Result<(), KafkaBusError> {
         match &batch.unopened {
             None => Ok(()),
