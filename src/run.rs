@@ -759,6 +759,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             "kafka bus",
             perimeter_ingest::kafka::probe(kafka).map_err(anyhow::Error::from),
         );
+        for warning in perimeter_ingest::kafka::payload_key_warnings(kafka) {
+            say!("warn   kafka bus: {warning}");
+        }
     }
     if failed > 0 {
         say!("{failed} part(s) would keep `perimeter run` from starting or leave something out");
@@ -1131,6 +1134,9 @@ async fn start_kafka_bus(
     tokio::task::spawn_blocking(move || perimeter_ingest::kafka::probe(&probe))
         .await
         .context("asking the Kafka brokers")??;
+    for warning in perimeter_ingest::kafka::payload_key_warnings(kafka) {
+        tracing::warn!("{warning}");
+    }
     ensure_topic(kafka)
         .await
         .with_context(|| format!("the Kafka topic {} on {}", kafka.topic, kafka.brokers))?;

@@ -3688,9 +3688,27 @@ fn run_check_says_whether_the_kafka_bus_answers() {
     );
     assert!(!line.contains("s3cr3t"), "{line}");
     std::fs::write(&key, "5e".repeat(32)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (ok, line) = kafka_check_line(&keyed);
     assert!(ok, "{line}");
     assert!(line.contains("records sealed with payload key "), "{line}");
+    // A key others can read works, with a warning saying how to fix it.
+    let check = |cfg: &std::path::Path| {
+        crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None)
+    };
+    let out = check(&keyed);
+    assert!(out.status.success());
+    let warning = crate::util::check_line(&out, "warn   kafka bus: payload key");
+    assert!(
+        warning.contains("bus.key")
+            && warning.contains("mode 644")
+            && warning.contains("chmod 600"),
+        "{warning}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check(&keyed);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warn   kafka bus"));
     drop(broker);
     let (ok, line) = kafka_check_line(&cfg);
     assert!(!ok, "a bus that does not answer fails the check: {line}");

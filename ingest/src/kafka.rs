@@ -578,6 +578,25 @@ pub async fn ensure_topic(config: &KafkaBusConfig) -> Result<(), KafkaBusError> 
     Ok(())
 }
 
+/// What is wrong but works with the payload key files: one readable by other users of the
+/// machine (anyone who can read it can read the topic), with how to fix it.
+pub fn payload_key_warnings(config: &KafkaBusConfig) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    config
+        .payload_keys
+        .iter()
+        .filter_map(|path| {
+            let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then(|| {
+                format!(
+                    "payload key {} is readable by other users (mode {mode:o}): `chmod 600` it",
+                    path.display()
+                )
+            })
+        })
+        .collect()
+}
+
 /// How long [`probe`] waits for a broker to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
