@@ -39,7 +39,8 @@ struct PayloadKey {
     bytes: [u8; 32],
 }
 
-/// Why a key file cannot be used (its content is never quoted).
+/// The id and bytes of the key in the file at `path`; an error names the file and never quotes
+/// its content.
 pub(crate) fn read_key(path: &Path) -> Result<([u8; KEY_ID_LEN], [u8; 32]), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("payload key {}: {e}", path.display()))?;
