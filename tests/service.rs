@@ -3690,15 +3690,11 @@ fn run_check_says_whether_the_kafka_bus_answers() {
     std::fs::write(&key, "5e".repeat(32)).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (ok, line) = kafka_check_line(&keyed);
-    assert!(ok, "{line}");
-    assert!(line.contains("records sealed with payload key "), "{line}");
     // A key others can read works, with a warning saying how to fix it.
-    let check = |cfg: &std::path::Path| {
-        crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None)
-    };
-    let out = check(&keyed);
-    assert!(out.status.success());
+    let out = run_check(&keyed);
+    let line = crate::util::check_line(&out, "kafka bus");
+    assert!(out.status.success(), "{line}");
+    assert!(line.contains("records sealed with payload key "), "{line}");
     let warning = crate::util::check_line(&out, "warn   kafka bus: payload key");
     assert!(
         warning.contains("bus.key")
@@ -3707,7 +3703,7 @@ fn run_check_says_whether_the_kafka_bus_answers() {
         "{warning}"
     );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = check(&keyed);
+    let out = run_check(&keyed);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("warn   kafka bus"));
     drop(broker);
     let (ok, line) = kafka_check_line(&cfg);
@@ -3715,9 +3711,14 @@ fn run_check_says_whether_the_kafka_bus_answers() {
     assert!(line.starts_with("error  kafka bus:"), "{line}");
 }
 
+/// `perimeter run --check` of `cfg`.
+fn run_check(cfg: &std::path::Path) -> std::process::Output {
+    crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None)
+}
+
 /// `perimeter run --check`'s exit status and its line about the Kafka bus.
 fn kafka_check_line(cfg: &std::path::Path) -> (bool, String) {
-    let out = crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+    let out = run_check(cfg);
     (
         out.status.success(),
         crate::util::check_line(&out, "kafka bus"),

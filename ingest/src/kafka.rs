@@ -1217,11 +1217,7 @@ impl KafkaBusConsumer {
     }
 
     fn commit(&self, next_offsets: &HashMap<(String, i32), i64>) -> Result<(), KafkaBusError> {
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), next) in next_offsets {
-            list.add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .map_err(kafka("listing offsets"))?;
-        }
+        let list = offset_list(next_offsets).map_err(kafka("listing offsets"))?;
         match self.consumer.commit(&list, CommitMode::Sync) {
             Ok(()) => {
                 count(&self.metrics, "kafka_batches_committed_total", 1);
@@ -1418,15 +1414,9 @@ impl Uncommitted {
         if offsets.is_empty() {
             return;
         }
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), next) in &offsets {
-            if list
-                .add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .is_err()
-            {
-                return;
-            }
-        }
+        let Ok(list) = offset_list(&offsets) else {
+            return;
+        };
         match consumer.commit(&list, CommitMode::Sync) {
             Ok(()) => {
                 for b in self.lock().iter_mut().filter(|b| ids.contains(&b.id)) {
@@ -1442,6 +1432,15 @@ impl Uncommitted {
             }
         }
     }
+}
+
+/// The list to commit `offsets` with.
+fn offset_list(offsets: &NextOffsets) -> Result<TopicPartitionList, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), next) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+    }
+    Ok(list)
 }
 
 /// Consecutive items of one source, tenant and origin: one submission to the pipeline.

@@ -193,20 +193,28 @@ async fn batches_cross_the_broker_in_entity_order_and_commits_follow_storage() {
     assert_eq!(totals.messages, 300);
 
     // A new member of the group starts after the last commit: only new records reach it.
+    only_new_records_reach_a_new_member(&config, &sources, 300, 10).await;
+}
+
+/// A new member of the group, started now, gets `records(from, n)` submitted after it and
+/// nothing before them: everything before was committed.
+async fn only_new_records_reach_a_new_member(
+    config: &KafkaBusConfig,
+    sources: &BusSender,
+    from: u64,
+    n: u64,
+) {
     let again: Stored = Arc::default();
     let (pipeline, rx) = bus::channel(4);
     worker(rx, 0, again.clone());
-    let (stop, member) = start_consumer(&config, pipeline);
+    let (stop, member) = start_consumer(config, pipeline);
     sources
-        .submit("okta", "acme", records(300, 10))
+        .submit("okta", "acme", records(from, n))
         .await
         .unwrap();
-    wait_for(&again, 10, Duration::from_secs(60)).await;
+    wait_for(&again, n as usize, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let seqs: Vec<u64> = again.lock().unwrap().iter().map(|(_, s)| *s).collect();
-    let mut sorted = seqs.clone();
-    sorted.sort_unstable();
-    assert_eq!(sorted, (300..310).collect::<Vec<_>>(), "{seqs:?}");
+    assert_eq!(sorted_seqs(&again), (from..from + n).collect::<Vec<_>>());
     stop.send(true).unwrap();
     member.await.unwrap();
 }
@@ -247,19 +255,7 @@ async fn the_next_batch_is_on_the_bus_while_one_is_stored_and_both_are_committed
     assert_eq!(seqs, (0..100).collect::<Vec<_>>(), "every record, once");
 
     // Every batch was committed before the member stopped.
-    let again: Stored = Arc::default();
-    let (pipeline, rx) = bus::channel(4);
-    worker(rx, 0, again.clone());
-    let (stop, member) = start_consumer(&config, pipeline);
-    sources
-        .submit("okta", "acme", records(100, 5))
-        .await
-        .unwrap();
-    wait_for(&again, 5, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sorted_seqs(&again), (100..105).collect::<Vec<_>>());
-    stop.send(true).unwrap();
-    member.await.unwrap();
+    only_new_records_reach_a_new_member(&config, &sources, 100, 5).await;
 }
 
 /// Partitions taken away while a batch of theirs is still being stored (the member reads on
