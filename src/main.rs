@@ -16,6 +16,7 @@ mod demo;
 mod detect_cmd;
 mod logging;
 mod poll_cmd;
+mod reindex_cmd;
 mod rules_cmd;
 mod run;
 mod terminal_cmd;
@@ -87,6 +88,11 @@ enum Command {
     /// stored, no checkpoint moves) and say what came back, so a token or URL is known good
     /// before `perimeter run`. Exit 1 if any failed.
     PollCheck(poll_cmd::PollCheckArgs),
+    /// Rebuild the search indexes from the Parquet files: indexes lost, damaged or written by
+    /// another version (which `perimeter run` refuses to open), or with --all every one in a
+    /// range (after changing `raw_text_search_off`). Stop `perimeter run` first: the data
+    /// directory is locked while it runs.
+    Reindex(reindex_cmd::ReindexArgs),
     /// Triage alerts through a running server: set their status, assignee or add a note (who and
     /// when are recorded); without changes, show them with their history and evidence.
     Triage(terminal_cmd::TriageArgs),
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => terminal_cmd::audit(&config, args),
             Command::Sources(args) => terminal_cmd::sources(&config, args),
             Command::PollCheck(args) => poll_cmd::poll_check(&config, args),
+            Command::Reindex(args) => reindex_cmd::reindex(&config, args),
             Command::Triage(args) => terminal_cmd::triage(args),
         }
     })();

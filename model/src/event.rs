@@ -239,6 +239,14 @@ impl Event {
             .get_or_init(|| EventId::derive(&self.source, &self.raw))
     }
 
+    /// An event read back from storage with the id it was stored under. The id was derived
+    /// from the record as received, and storage keeps the record masked, so it cannot be
+    /// derived again from what was read (`perimeter reindex`).
+    pub fn with_stored_id(self, id: EventId) -> Event {
+        let _ = self.id.set(id);
+        self
+    }
+
     /// The raw record for changing it (masking). The id is fixed first, from the content as
     /// received.
     pub fn raw_mut(&mut self) -> &mut RawJson {

@@ -37,6 +37,7 @@ mod operators;
 mod parallel;
 pub mod parquet_sink;
 mod reader;
+mod reindex;
 mod retention;
 mod store;
 pub mod tantivy_sink;
@@ -58,6 +59,7 @@ pub use histogram::{
     MAX_HISTOGRAM_BUCKETS,
 };
 pub use reader::{AlertEvidence, EventQuery, EventSnapshot, EventSort};
+pub use reindex::{ReindexOptions, ReindexProgress, ReindexReport, ReindexedDay, VendorTime};
 pub use retention::RetentionReport;
 pub use store::{
     lock_data_dir, DeadLetterQuery, QueryTermMasker, Store, StoreBatch, StoreStats, WriteAck,

@@ -26,11 +26,12 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use perimeter_model::Event;
+use perimeter_model::{Ecs, Event, Outcome, RawRecord};
 
 use crate::error::IoContext;
 use crate::Result;
@@ -140,6 +141,141 @@ pub fn events_to_record_batch(events: &[&Event], raws: &[&str]) -> Result<Record
     columns.extend(lists.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     columns.push(Arc::new(raw.finish()));
     Ok(RecordBatch::try_new(event_arrow_schema(), columns)?)
+}
+
+/// The events of a record batch written by [`events_to_record_batch`], read back: what the
+/// store kept of each (masked raw record, ECS columns, id, times, input line), with `tenant` and
+/// `source` from the partition the file is in. `timestamp_adjusted` is not a column: it comes
+/// back false, and the caller decides it ([`crate::Store::reindex`]).
+pub fn events_from_record_batch(
+    batch: &RecordBatch,
+    tenant: &str,
+    source: &str,
+) -> Result<Vec<Event>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+    let bad = |what: &str| crate::StoreError::InvalidBatch(format!("parquet events: {what}"));
+    let column = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(name));
+    let strings = |name: &str| {
+        column(name)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| bad(name))
+    };
+    let times = |name: &str| {
+        column(name)?
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| bad(name))
+    };
+    let ints = |name: &str| {
+        column(name)?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| bad(name))
+    };
+    let ids = strings("event_id")?;
+    let (timestamps, received) = (times("timestamp")?, times("received_at")?);
+    let (lines, as_numbers) = (ints("line")?, ints("source_as_number")?);
+    let raws = strings("raw")?;
+    let string_columns = STRING_COLUMNS
+        .iter()
+        .map(|(col, ecs)| Ok((*ecs, strings(col)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let list_columns = LIST_COLUMNS
+        .iter()
+        .map(|(col, ecs)| {
+            Ok((
+                *ecs,
+                column(col)?.as_list_opt::<i32>().ok_or_else(|| bad(col))?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let time = |micros: i64| {
+        DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| bad("a time out of range"))
+    };
+    let mut events = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let mut ecs = Ecs::default();
+        for (name, values) in &string_columns {
+            if values.is_valid(row) {
+                set_ecs_text(&mut ecs, name, values.value(row));
+            }
+        }
+        for (name, lists) in &list_columns {
+            if lists.is_valid(row) {
+                let items = lists.value(row);
+                let items = items.as_string_opt::<i32>().ok_or_else(|| bad(name))?;
+                let list: Vec<String> = (0..items.len())
+                    .filter(|&i| items.is_valid(i))
+                    .map(|i| items.value(i).to_string())
+                    .collect();
+                set_ecs_list(&mut ecs, name, list);
+            }
+        }
+        ecs.source_as_number = as_numbers
+            .is_valid(row)
+            .then(|| u64::try_from(as_numbers.value(row)).ok())
+            .flatten();
+        let timestamp = time(timestamps.value(row))?;
+        ecs.timestamp = Some(timestamp);
+        let raw: perimeter_model::RawJson = sonic_rs::from_str(raws.value(row))
+            .map_err(|e| bad(&format!("raw record of {}: {e}", ids.value(row))))?;
+        let record = RawRecord {
+            source: source.to_string(),
+            tenant: tenant.to_string(),
+            received_at: time(received.value(row))?,
+            line: lines
+                .is_valid(row)
+                .then(|| u64::try_from(lines.value(row)).ok())
+                .flatten(),
+            raw,
+        };
+        let mut event = Event::new(source, record, ecs)
+            .with_stored_id(perimeter_model::EventId(ids.value(row).to_string()));
+        // As stored, even when `Event::new` would judge the time anew (the check is relative
+        // to the receive time, which was the same when it was stored).
+        event.timestamp = timestamp;
+        event.timestamp_adjusted = false;
+        event.ecs.timestamp = Some(timestamp);
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// Set the text ECS field `name` (an `ECS_FIELDS` name of [`STRING_COLUMNS`]).
+fn set_ecs_text(ecs: &mut Ecs, name: &str, value: &str) {
+    let v = Some(value.to_string());
+    match name {
+        "event.action" => ecs.event_action = v,
+        "event.outcome" => {
+            ecs.event_outcome = match value {
+                "success" => Outcome::Success,
+                "failure" => Outcome::Failure,
+                _ => Outcome::Unknown,
+            }
+        }
+        "user.name" => ecs.user_name = v,
+        "user.email" => ecs.user_email = v,
+        "user.id" => ecs.user_id = v,
+        "user.target.name" => ecs.user_target_name = v,
+        "user.target.email" => ecs.user_target_email = v,
+        "user.target.id" => ecs.user_target_id = v,
+        "source.ip" => ecs.source_ip = v,
+        "source.geo.country_iso_code" => ecs.source_geo_country_iso_code = v,
+        "user_agent.original" => ecs.user_agent_original = v,
+        "organization.id" => ecs.organization_id = v,
+        "cloud.account.id" => ecs.cloud_account_id = v,
+        _ => debug_assert!(false, "no ECS text field {name}"),
+    }
+}
+
+/// Set the list ECS field `name` (an `ECS_FIELDS` name of [`LIST_COLUMNS`]).
+fn set_ecs_list(ecs: &mut Ecs, name: &str, values: Vec<String>) {
+    match name {
+        "event.category" => ecs.event_category = values,
+        "event.type" => ecs.event_type = values,
+        "related.ip" => ecs.related_ip = values,
+        "related.user" => ecs.related_user = values,
+        _ => debug_assert!(false, "no ECS list field {name}"),
+    }
 }
 
 pub(crate) fn writer_properties() -> WriterProperties {

@@ -276,11 +276,11 @@ struct PendingFile {
 fn tmp_name(seq: u64, n: usize) -> String {
     format!(".part-{seq:020}-{n:04}.parquet.tmp")
 }
-fn final_name(seq: u64, n: usize) -> String {
+pub(crate) fn final_name(seq: u64, n: usize) -> String {
     format!("part-{seq:020}-{n:04}.parquet")
 }
 /// Batch sequence number from a temporary file name.
-fn seq_of_tmp(name: &str) -> Option<(u64, usize)> {
+pub(crate) fn seq_of_tmp(name: &str) -> Option<(u64, usize)> {
     let rest = name.strip_prefix(".part-")?.strip_suffix(".parquet.tmp")?;
     let (seq, n) = rest.split_once('-')?;
     Some((seq.parse().ok()?, n.parse().ok()?))
@@ -314,6 +314,9 @@ impl Store {
         } else {
             None
         };
+        if writer {
+            crate::reindex::remove_unfinished_rebuilds(&layout.index_root())?;
+        }
         let schema = EventSchema::new();
         let mut indexes = BTreeMap::new();
         let mut last_seq = 0;
@@ -333,7 +336,19 @@ impl Store {
                     }
                     continue;
                 }
-                let idx = DayIndex::open(&ddir, &tenant, day, &schema, writer)?;
+                // A damaged index stops the store, which would otherwise take it for empty (and
+                // store resends of its events again); the Parquet files can rebuild it.
+                let idx =
+                    DayIndex::open(&ddir, &tenant, day, &schema, writer).map_err(|e| match e {
+                        StoreError::Tantivy(e) => StoreError::Corrupt {
+                            path: ddir.clone(),
+                            reason: format!(
+                                "{e}: rebuild the index from the Parquet files with \
+                                 `perimeter reindex`"
+                            ),
+                        },
+                        other => other,
+                    })?;
                 last_seq = last_seq.max(idx.committed_seq()?);
                 events_stored += idx.reader.searcher().num_docs();
                 indexes.insert((tenant.clone(), day), Arc::new(idx));

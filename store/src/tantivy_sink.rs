@@ -309,7 +309,10 @@ impl DayIndex {
         if exists && index.schema() != schema.schema {
             return Err(crate::StoreError::Corrupt {
                 path: dir.to_path_buf(),
-                reason: "index schema differs from this version's event schema".into(),
+                reason:
+                    "index schema differs from this version's event schema (written by another \
+                         version): rebuild it from the Parquet files with `perimeter reindex`"
+                        .into(),
             });
         }
         index.set_tokenizers(schema.tokenizers.clone());

@@ -13,8 +13,8 @@ use perimeter_model::{
 };
 use perimeter_store::parquet_sink::read_parquet_file;
 use perimeter_store::{
-    AlertQuery, AlertUpdate, DeadLetterQuery, EventQuery, EventSort, RetentionRule, Store,
-    StoreBatch, StoreConfig, StoreError,
+    AlertQuery, AlertUpdate, DeadLetterQuery, EventQuery, EventSort, ReindexOptions,
+    ReindexProgress, RetentionRule, Store, StoreBatch, StoreConfig, StoreError,
 };
 use serde_json::json;
 
@@ -3356,4 +3356,229 @@ fn an_event_is_found_by_its_own_nanosecond_timestamp() {
     let hits = search_all(&store, "acme", &exact, 10);
     assert_eq!(hits.len(), 1, "{exact}");
     assert_eq!(hits[0]["user"]["name"], "dana");
+}
+
+/// Every stored document of `tenant` (search hits), sorted by event id.
+fn documents_by_id(store: &Store, tenant: &str) -> Vec<serde_json::Value> {
+    let mut docs = search_all(store, tenant, "", 7);
+    docs.sort_by(|a, b| a["event"]["id"].as_str().cmp(&b["event"]["id"].as_str()));
+    docs
+}
+
+/// Every Parquet file under `root` with its bytes.
+fn parquet_contents(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    parquet_files(root)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// The vendor time of the test records (`published`), as the binary's normalizers read it.
+fn published(_source: &str, raw: &perimeter_model::RawJson) -> Option<DateTime<Utc>> {
+    let raw = perimeter_model::raw_to_serde(raw);
+    raw["published"].as_str()?.parse().ok()
+}
+
+/// `Store::reindex` rebuilds lost, unusable and incomplete indexes from the Parquet files
+/// alone: the same documents come back (the adjusted-time mark included, which is no Parquet
+/// column), searches and dedup work as before, the Parquet files are untouched, sound indexes
+/// are left alone, and what an interrupted rebuild leaves is removed on open.
+#[test]
+fn reindex_rebuilds_lost_unusable_and_incomplete_indexes_from_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let received = ts(20, 12, 0);
+    let raw = json!({"uuid": "clock-off", "published": "2038-01-19T03:14:08Z",
+                     "eventType": "user.session.start", "debug": {"note": "rarewordinraw"}});
+    let record = RawRecord {
+        source: "okta".into(),
+        tenant: "acme".into(),
+        received_at: received,
+        line: Some(9),
+        raw: perimeter_model::raw_from_serde(&raw),
+    };
+    let ecs = Ecs {
+        timestamp: Some(Utc.with_ymd_and_hms(2038, 1, 19, 3, 14, 8).unwrap()),
+        event_action: Some("user.session.start".into()),
+        ..Default::default()
+    };
+    let adjusted = Event::new("okta", record, ecs);
+    assert!(adjusted.timestamp_adjusted);
+    let mut events = vec![adjusted];
+    for n in 0..30 {
+        let (tenant, source) = match n % 3 {
+            0 => ("acme", "okta"),
+            1 => ("acme", "github"),
+            _ => ("globex", "okta"),
+        };
+        let day = 20 + (n % 2) as u32;
+        events.push(event(
+            tenant,
+            source,
+            ts(day, 8, n as u32),
+            &format!("user{n}"),
+            "user.session.start",
+            n,
+        ));
+    }
+    let store = Store::open(config(dir.path())).unwrap();
+    store.write_batch(&batch(events.clone())).unwrap();
+    let before: Vec<_> = ["acme", "globex"]
+        .iter()
+        .map(|t| documents_by_id(&store, t))
+        .collect();
+    assert_eq!(before[0].len() + before[1].len(), events.len());
+    drop(store);
+    let parquet_before = parquet_contents(dir.path());
+
+    // acme's 20th: unusable; acme's 21st: gone; globex's 21st: loses its segments (its meta.json
+    // names none, so it opens holding no events); globex's 20th: sound.
+    let index = |tenant: &str, day: &str| {
+        dir.path()
+            .join(format!("index/tenant={tenant}/dt=2026-11-{day}"))
+    };
+    std::fs::write(index("acme", "20").join("meta.json"), b"{not json").unwrap();
+    std::fs::remove_dir_all(index("acme", "21")).unwrap();
+    let globex_21 = index("globex", "21");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(globex_21.join("meta.json")).unwrap()).unwrap();
+    let mut emptied = meta.clone();
+    emptied["segments"] = json!([]);
+    std::fs::write(
+        globex_21.join("meta.json"),
+        serde_json::to_vec(&emptied).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        Store::open(config(dir.path())).is_err(),
+        "an unusable index stops the store"
+    );
+
+    let mut progress = Vec::new();
+    let report = Store::reindex(
+        config(dir.path()),
+        &ReindexOptions::default(),
+        &published,
+        &mut |p| progress.push(p.clone()),
+    )
+    .unwrap();
+    let rebuilt: Vec<_> = report
+        .rebuilt
+        .iter()
+        .map(|d| {
+            (
+                d.tenant.as_str(),
+                d.day.to_string(),
+                d.why.split(':').next().unwrap().to_string(),
+                d.events,
+            )
+        })
+        .collect();
+    let acme_20 = before[0]
+        .iter()
+        .filter(|d| d["@timestamp"].as_str().unwrap().starts_with("2026-11-20"))
+        .count() as u64;
+    let globex_21_events = before[1]
+        .iter()
+        .filter(|d| d["@timestamp"].as_str().unwrap().starts_with("2026-11-21"))
+        .count() as u64;
+    assert_eq!(
+        rebuilt,
+        vec![
+            (
+                "acme",
+                "2026-11-20".to_string(),
+                "cannot be used".to_string(),
+                acme_20
+            ),
+            (
+                "acme",
+                "2026-11-21".to_string(),
+                "missing".to_string(),
+                before[0].len() as u64 - acme_20
+            ),
+            (
+                "globex",
+                "2026-11-21".to_string(),
+                format!("holds 0 events, its Parquet files {globex_21_events}"),
+                globex_21_events
+            ),
+        ]
+    );
+    assert_eq!(report.sound, 1, "globex's 20th is left as it was");
+    assert!(
+        matches!(
+            progress.first(),
+            Some(ReindexProgress::Starting { n: 1, of: 3, .. })
+        ),
+        "{progress:?}"
+    );
+    assert_eq!(
+        progress
+            .iter()
+            .filter(|p| matches!(p, ReindexProgress::Done(_)))
+            .count(),
+        3
+    );
+
+    let store = Store::open(config(dir.path())).unwrap();
+    for (tenant, docs) in ["acme", "globex"].iter().zip(&before) {
+        assert_eq!(
+            &documents_by_id(&store, tenant),
+            docs,
+            "{tenant}: the same documents"
+        );
+    }
+    let adjusted_doc = store.get_event("acme", &events[0].id().0).unwrap().unwrap();
+    assert_eq!(
+        adjusted_doc["perimeter"]["timestamp_adjusted"], true,
+        "{adjusted_doc}"
+    );
+    assert_eq!(adjusted_doc, events[0].to_output_json());
+    let raw_word = search_all(&store, "acme", "rarewordinraw", 10);
+    assert_eq!(
+        raw_word.len(),
+        1,
+        "free text over raw values is indexed again"
+    );
+    assert_eq!(
+        parquet_contents(dir.path()),
+        parquet_before,
+        "Parquet files untouched"
+    );
+    let again = store.write_batch(&batch(events.clone())).unwrap();
+    assert_eq!(
+        (again.events_written, again.events_duplicate),
+        (0, events.len()),
+        "dedup knows every event"
+    );
+    drop(store);
+
+    // Asked for: a sound index is rebuilt too, to the same documents.
+    let report = Store::reindex(
+        config(dir.path()),
+        &ReindexOptions {
+            tenant: Some("globex".into()),
+            all: true,
+            ..Default::default()
+        },
+        &published,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(report.rebuilt.len(), 2, "{report:?}");
+    assert!(report
+        .rebuilt
+        .iter()
+        .all(|d| d.tenant == "globex" && d.why.contains("--all")));
+
+    // What a rebuild interrupted before its swap leaves is removed on open.
+    let leftover = dir.path().join("index/tenant=acme/.rebuild-dt=2026-11-20");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("meta.json"), b"{}").unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    assert!(!leftover.exists());
+    assert_eq!(documents_by_id(&store, "globex"), before[1]);
 }

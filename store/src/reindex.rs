@@ -1,0 +1,479 @@
+//! Rebuilding the tantivy event indexes from the Parquet files (`perimeter reindex`).
+//!
+//! Every stored event is in both: its index (search, dedup) and its Parquet partition (the
+//! masked raw record, every ECS field, the id, times and input line). An index that is lost
+//! (a disk, a bad restore), damaged, or written by a version with another index schema (which
+//! [`Store::open`] refuses) is rebuilt from the Parquet files alone, without the original input.
+//! So is every index in a range on request: after `raw_text_search_off` changed, to apply it to
+//! events stored before.
+//!
+//! Each (tenant, day) index is built beside the old one (`index/tenant=T/.rebuild-dt=D`) and
+//! swapped in with one `renameat2(RENAME_EXCHANGE)`, so the day has the old index or the new
+//! one, never none; what is left of an interrupted rebuild is removed when the store is opened
+//! for writing, or by the next reindex. The new index's commit payload is the newest batch
+//! sequence number of the partition's files, which Parquet recovery on open compares with.
+//! The data directory is locked while it runs, as by a writer: stop `perimeter run` first.
+//!
+//! What comes back is what Parquet keeps: times to the microsecond (a receive time read to the
+//! nanosecond shows fewer digits in `event.ingested` afterwards); everything else as stored.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use perimeter_model::{Event, RawJson};
+
+use crate::doc_text::{output_document, BatchText};
+use crate::error::IoContext;
+use crate::layout::{self, Layout};
+use crate::parquet_sink::{event_arrow_schema, events_from_record_batch};
+use crate::store::lock_data_dir;
+use crate::tantivy_sink::{id_key, DayIndex, DayWriter, EventSchema};
+use crate::{Result, Store, StoreConfig, StoreError};
+
+/// Events handed to the index writer at a time (their texts are built together).
+const CHUNK_EVENTS: usize = 20_000;
+
+/// Prefix of an index being rebuilt, beside the day's index in its tenant's directory.
+const REBUILD_PREFIX: &str = ".rebuild-";
+
+/// Which indexes `Store::reindex` rebuilds.
+#[derive(Debug, Clone, Default)]
+pub struct ReindexOptions {
+    /// Only this tenant's indexes.
+    pub tenant: Option<String>,
+    /// Only days on or after this one.
+    pub from: Option<NaiveDate>,
+    /// Only days on or before this one.
+    pub to: Option<NaiveDate>,
+    /// Rebuild every index in the range, not only those that are missing, unreadable, of
+    /// another schema, or holding another number of events than their Parquet files.
+    pub all: bool,
+    /// Only say which indexes would be rebuilt (`rebuilt` lists them, with no events), and
+    /// change nothing: interrupted batches' files are left for the writer's recovery too.
+    pub check_only: bool,
+}
+
+impl ReindexOptions {
+    fn selects(&self, tenant: &str, day: NaiveDate) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+            && self.from.is_none_or(|f| day >= f)
+            && self.to.is_none_or(|t| day <= t)
+    }
+}
+
+/// One index rebuilt (or, in a progress report, about to be).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReindexedDay {
+    pub tenant: String,
+    pub day: NaiveDate,
+    /// Why it was rebuilt: `missing`, `cannot be used: ...`, `holds 10 events, its Parquet files
+    /// 12`, `asked for (--all)`.
+    pub why: String,
+    /// Events indexed (0 in the progress report made before it starts).
+    pub events: u64,
+    /// Rows of its Parquet files whose event id came earlier (not indexed twice).
+    pub duplicate_rows: u64,
+    pub files: usize,
+    pub seconds: f64,
+}
+
+/// What `Store::reindex` did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReindexReport {
+    /// The indexes rebuilt (with `check_only`: those that would be).
+    pub rebuilt: Vec<ReindexedDay>,
+    /// Indexes in range found sound and left as they were.
+    pub sound: usize,
+    /// Readable `.parquet.tmp` files of batches a crash interrupted, put into place (their
+    /// events are indexed with the rest; a resend of them is then a duplicate).
+    pub interrupted_files_kept: usize,
+    /// Unreadable ones (cut short by the crash, so never acknowledged), removed.
+    pub interrupted_files_removed: usize,
+}
+
+impl ReindexReport {
+    pub fn events(&self) -> u64 {
+        self.rebuilt.iter().map(|d| d.events).sum()
+    }
+}
+
+/// Progress of a reindex, for a long one to show.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReindexProgress {
+    /// About to rebuild the `n`th (1-based) of `of` indexes.
+    Starting {
+        n: usize,
+        of: usize,
+        day: ReindexedDay,
+    },
+    /// `events` of it indexed so far.
+    Indexed { events: u64 },
+    /// Rebuilt and swapped in.
+    Done(ReindexedDay),
+}
+
+/// The vendor's own time in a stored (masked) raw record of a source, when it has one: how
+/// a reindex tells whether the stored time replaced an implausible vendor time
+/// (`Event::timestamp_adjusted`, not a Parquet column). The binary passes the normalizers'.
+pub type VendorTime<'a> = dyn Fn(&str, &RawJson) -> Option<DateTime<Utc>> + 'a;
+
+/// A Parquet partition of one source, within a (tenant, day).
+struct Partition {
+    source: String,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Rebuild the tantivy event indexes of `config.data_dir` from its Parquet files: those
+    /// [`ReindexOptions`] selects (see the module docs). Locks the data directory like a writer.
+    pub fn reindex(
+        config: StoreConfig,
+        options: &ReindexOptions,
+        vendor_time: &VendorTime<'_>,
+        progress: &mut dyn FnMut(&ReindexProgress),
+    ) -> Result<ReindexReport> {
+        config.validate()?;
+        let layout = Layout {
+            root: config.data_dir.clone(),
+        };
+        std::fs::create_dir_all(&layout.root).at(&layout.root)?;
+        let _lock = lock_data_dir(&layout.root)?;
+        if !options.check_only {
+            remove_unfinished_rebuilds(&layout.index_root())?;
+            crate::compaction::remove_staging(&layout.root)?;
+        }
+        let schema = EventSchema::new();
+        let mut report = ReindexReport::default();
+
+        let mut plan = Vec::new();
+        for ((tenant, day), parts) in parquet_partitions(&layout)? {
+            if !options.selects(&tenant, day) {
+                continue;
+            }
+            let mut files = 0;
+            for p in &parts {
+                if !options.check_only {
+                    crate::compaction::recover_compactions(&p.dir)?;
+                    let (kept, removed) = settle_interrupted_files(&p.dir)?;
+                    report.interrupted_files_kept += kept;
+                    report.interrupted_files_removed += removed;
+                }
+                files += part_files(&p.dir)?.len();
+            }
+            let dir = layout.index_dir(&tenant, day);
+            let why = if options.all {
+                Some("asked for (--all)".to_string())
+            } else {
+                unsound(&dir, &tenant, day, &schema, &parts)?
+            };
+            match why {
+                Some(why) => plan.push((tenant, day, parts, files, why)),
+                None => report.sound += 1,
+            }
+        }
+
+        let of = plan.len();
+        if options.check_only {
+            report.rebuilt = plan
+                .into_iter()
+                .map(|(tenant, day, _, files, why)| ReindexedDay {
+                    tenant,
+                    day,
+                    why,
+                    events: 0,
+                    duplicate_rows: 0,
+                    files,
+                    seconds: 0.0,
+                })
+                .collect();
+            return Ok(report);
+        }
+        for (n, (tenant, day, parts, files, why)) in plan.into_iter().enumerate() {
+            let mut done = ReindexedDay {
+                tenant,
+                day,
+                why,
+                events: 0,
+                duplicate_rows: 0,
+                files,
+                seconds: 0.0,
+            };
+            progress(&ReindexProgress::Starting {
+                n: n + 1,
+                of,
+                day: done.clone(),
+            });
+            let started = Instant::now();
+            let (events, duplicates) = rebuild_day(
+                &layout,
+                &config,
+                &schema,
+                &done,
+                &parts,
+                vendor_time,
+                progress,
+            )?;
+            done.events = events;
+            done.duplicate_rows = duplicates;
+            done.seconds = started.elapsed().as_secs_f64();
+            progress(&ReindexProgress::Done(done.clone()));
+            report.rebuilt.push(done);
+        }
+        Ok(report)
+    }
+}
+
+/// Remove what interrupted rebuilds left in the tenants' index directories. Either the day's
+/// index was never swapped (the rebuild is incomplete or unused) or it was and this is the
+/// old one: both go.
+pub(crate) fn remove_unfinished_rebuilds(index_root: &Path) -> Result<()> {
+    for (_, tdir) in layout::list_dirs(index_root)? {
+        for (name, dir) in layout::list_dirs(&tdir)? {
+            if name.starts_with(REBUILD_PREFIX) {
+                std::fs::remove_dir_all(&dir).at(&dir)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The event partitions under the Parquet root, by (tenant, day).
+fn parquet_partitions(layout: &Layout) -> Result<BTreeMap<(String, NaiveDate), Vec<Partition>>> {
+    let mut out: BTreeMap<(String, NaiveDate), Vec<Partition>> = BTreeMap::new();
+    for (tname, tdir) in layout::list_dirs(&layout.parquet_events_root())? {
+        let Some(tenant) = layout::partition_value(&tname, "tenant") else {
+            continue;
+        };
+        for (sname, sdir) in layout::list_dirs(&tdir)? {
+            let Some(source) = layout::partition_value(&sname, "source") else {
+                continue;
+            };
+            for (dname, dir) in layout::list_dirs(&sdir)? {
+                if let Some(day) = layout::parse_day(&dname) {
+                    out.entry((tenant.clone(), day))
+                        .or_default()
+                        .push(Partition {
+                            source: source.clone(),
+                            dir,
+                        });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The committed event files of a partition directory, by name (batch order), with their
+/// batch sequence numbers.
+fn part_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let seq = name
+            .strip_prefix("part-")
+            .and_then(|r| r.strip_suffix(".parquet"))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(seq, _)| seq.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            files.push((entry.path(), seq));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Put the readable `.parquet.tmp` files of interrupted batches into place and remove the
+/// others; (kept, removed). A batch writes and syncs its Parquet files before its index
+/// commits, so an unreadable one was never committed, let alone acknowledged. A readable one
+/// may or may not have been: its index, which would tell, is what is being rebuilt. Keeping it
+/// loses nothing either way: were it never acknowledged, its resend is a duplicate of what the
+/// rebuilt index holds.
+fn settle_interrupted_files(dir: &Path) -> Result<(usize, usize)> {
+    let (mut kept, mut removed) = (0, 0);
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some((seq, n)) = crate::store::seq_of_tmp(&name) else {
+            continue;
+        };
+        let readable = std::fs::File::open(entry.path())
+            .ok()
+            .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).ok())
+            .is_some();
+        if readable {
+            let dst = dir.join(crate::store::final_name(seq, n));
+            std::fs::rename(entry.path(), &dst).at(&dst)?;
+            kept += 1;
+        } else {
+            std::fs::remove_file(entry.path()).at(entry.path())?;
+            removed += 1;
+        }
+    }
+    if kept + removed > 0 {
+        layout::sync_dir(dir)?;
+    }
+    Ok((kept, removed))
+}
+
+/// Why the index in `dir` needs rebuilding, or `None` when it opens with this version's schema
+/// and holds as many events as its Parquet files.
+fn unsound(
+    dir: &Path,
+    tenant: &str,
+    day: NaiveDate,
+    schema: &EventSchema,
+    parts: &[Partition],
+) -> Result<Option<String>> {
+    if !dir.join("meta.json").exists() {
+        return Ok(Some("missing".into()));
+    }
+    let index = match DayIndex::open(dir, tenant, day, schema, false) {
+        Ok(index) => index,
+        Err(e) => return Ok(Some(format!("cannot be used: {e}"))),
+    };
+    let indexed = index.reader.searcher().num_docs();
+    let mut rows = 0u64;
+    for p in parts {
+        for (path, _) in part_files(&p.dir)? {
+            let file = std::fs::File::open(&path).at(&path)?;
+            rows += ParquetRecordBatchReaderBuilder::try_new(file)?
+                .metadata()
+                .file_metadata()
+                .num_rows() as u64;
+        }
+    }
+    Ok((indexed != rows).then(|| format!("holds {indexed} events, its Parquet files {rows}")))
+}
+
+/// Build the index of `day` from its partitions beside the old one and swap it in; (events
+/// indexed, duplicate rows).
+fn rebuild_day(
+    layout: &Layout,
+    config: &StoreConfig,
+    schema: &EventSchema,
+    day: &ReindexedDay,
+    parts: &[Partition],
+    vendor_time: &VendorTime<'_>,
+    progress: &mut dyn FnMut(&ReindexProgress),
+) -> Result<(u64, u64)> {
+    let target = layout.index_dir(&day.tenant, day.day);
+    let tenant_dir = target
+        .parent()
+        .ok_or_else(|| StoreError::InvalidBatch("index directory has no parent".into()))?
+        .to_path_buf();
+    let staging = tenant_dir.join(format!(
+        "{REBUILD_PREFIX}{}",
+        target.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).at(&staging)?;
+    }
+    std::fs::create_dir_all(&tenant_dir).at(&tenant_dir)?;
+    let index = Arc::new(DayIndex::open(
+        &staging,
+        &day.tenant,
+        day.day,
+        schema,
+        true,
+    )?);
+    let mut writer = DayWriter::open(
+        index,
+        config.index_writer_threads,
+        config.index_writer_memory_bytes,
+        0,
+    )?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut seen: HashSet<u128> = HashSet::new();
+    let (mut events, mut duplicates, mut last_seq) = (0u64, 0u64, 0u64);
+    let mut chunk: Vec<Event> = Vec::with_capacity(CHUNK_EVENTS);
+    let mut text = BatchText::default();
+    let (mut output, mut all) = (String::new(), String::new());
+    let mut add_chunk = |chunk: &mut Vec<Event>, writer: &mut DayWriter| -> Result<()> {
+        let refs: Vec<&Event> = chunk.iter().collect();
+        text.rebuild(&refs, cores, &|e: &Event| {
+            config.raw_text_searched(&e.source)
+        })?;
+        for (i, e) in refs.iter().enumerate() {
+            let out = output_document(e, text.raw(i), &mut output);
+            writer
+                .writer
+                .add_document(schema.document(e, text.raw_words(i), out, &mut all))?;
+        }
+        chunk.clear();
+        Ok(())
+    };
+    for p in parts {
+        for (path, seq) in part_files(&p.dir)? {
+            last_seq = last_seq.max(seq);
+            let file = std::fs::File::open(&path).at(&path)?;
+            for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
+                let batch = batch?;
+                let corrupt = |reason: String| StoreError::Corrupt {
+                    path: path.clone(),
+                    reason,
+                };
+                if batch.schema() != event_arrow_schema() {
+                    return Err(corrupt(
+                        "parquet schema differs from the event schema".into(),
+                    ));
+                }
+                let read = events_from_record_batch(&batch, &day.tenant, &p.source)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                for mut e in read {
+                    if !seen.insert(id_key(&e.id().0)) {
+                        duplicates += 1;
+                        continue;
+                    }
+                    e.timestamp_adjusted = e.timestamp == e.received_at
+                        && vendor_time(&e.source, &e.raw).is_some_and(|t| t != e.timestamp);
+                    chunk.push(e);
+                    events += 1;
+                    if chunk.len() >= CHUNK_EVENTS {
+                        add_chunk(&mut chunk, &mut writer)?;
+                        progress(&ReindexProgress::Indexed { events });
+                    }
+                }
+            }
+        }
+    }
+    add_chunk(&mut chunk, &mut writer)?;
+    // The old index's payload when it can be read: no file of a committed batch is newer,
+    // but an old index may have committed batches whose files retention has removed since.
+    let old_seq = if target.join("meta.json").exists() {
+        DayIndex::open(&target, &day.tenant, day.day, schema, false)
+            .and_then(|old| old.committed_seq())
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    writer.prepare(last_seq.max(old_seq))?.commit()?;
+    drop(writer);
+    swap_in(&staging, &target)?;
+    Ok((events, duplicates))
+}
+
+/// Put the rebuilt index `staging` in place of `target` (which may not exist) and remove what
+/// `staging` then holds.
+fn swap_in(staging: &Path, target: &Path) -> Result<()> {
+    let parent = target.parent().unwrap_or(target);
+    if target.exists() {
+        if crate::compaction::exchange(target, staging).is_err() {
+            // No atomic exchange here (not Linux, some file systems): until the rename below the
+            // day has no index; a crash there leaves it missing, and the next reindex rebuilds it.
+            std::fs::remove_dir_all(target).at(target)?;
+            std::fs::rename(staging, target).at(target)?;
+        }
+    } else {
+        std::fs::rename(staging, target).at(target)?;
+    }
+    layout::sync_dir(parent)?;
+    if staging.exists() {
+        std::fs::remove_dir_all(staging).at(staging)?;
+    }
+    Ok(())
+}
