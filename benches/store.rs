@@ -17,6 +17,8 @@
 //! - `PERIMETER_BENCH_RAW_TEXT_SEARCH_OFF` (e.g. `okta,github,google_workspace`, the bench's
 //!   sources): the store's `raw_text_search_off`, to measure ingest without raw free text;
 //! - `RUST_LOG` (e.g. `perimeter_store=debug`): log the store's per-batch timing breakdown;
+//! - `PERIMETER_BENCH_REINDEX=1`: last, rebuild every event index from the Parquet files
+//!   (`Store::reindex`, what `perimeter reindex --all` runs): events/s and CPU per event;
 //! - `PERIMETER_BENCH_DIR`: store directory (default: a temp dir, removed at the end);
 //!   if it already holds a store with events, ingest is skipped and only queries run.
 //!
@@ -618,6 +620,37 @@ fn main() {
         report.rows,
         report.rows as f64 / wall.max(1e-9),
         cpu * 1e6 / (report.rows.max(1) as f64)
+    );
+
+    if std::env::var_os("PERIMETER_BENCH_REINDEX").is_some() {
+        let config = store.config().clone();
+        drop(store);
+        reindex_all(config);
+    }
+}
+
+/// `PERIMETER_BENCH_REINDEX=1`: rebuild every event index from the Parquet files
+/// (`perimeter reindex --all`), after compaction, as after an upgrade or a lost index disk.
+fn reindex_all(config: StoreConfig) {
+    let (t0, c0) = (Instant::now(), process_cpu());
+    let report = Store::reindex(
+        config,
+        &perimeter_store::ReindexOptions {
+            all: true,
+            ..Default::default()
+        },
+        // The bench's events have plausible times: none was adjusted.
+        &|_, _| None,
+        &mut |_| {},
+    )
+    .expect("reindex");
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), process_cpu() - c0);
+    let events = report.events();
+    println!(
+        "reindex from Parquet: {} indexes, {events} events in {wall:.1} s = {:.0} events/s; {:.1} us CPU per event (all threads)",
+        report.rebuilt.len(),
+        events as f64 / wall.max(1e-9),
+        cpu.as_secs_f64() * 1e6 / events.max(1) as f64
     );
 }
 
