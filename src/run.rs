@@ -582,6 +582,16 @@ impl std::fmt::Display for NoRules {
 
 impl std::error::Error for NoRules {}
 
+/// What the data directory holds, read as `run` would open it: an index `run` would refuse
+/// (damaged, another version's) fails here, naming `perimeter reindex`, before a restart does.
+fn stored_events(config: &PerimeterConfig) -> anyhow::Result<String> {
+    if !config.data_dir.join("index").is_dir() {
+        return Ok(String::new());
+    }
+    let store = open_store_read_only(config, &config.data_dir)?;
+    Ok(format!(" ({} events stored)", store.stats().events_stored))
+}
+
 fn check(config: &PerimeterConfig) -> ExitCode {
     let mut failed = 0;
     let mut report = |part: &str, outcome: anyhow::Result<String>| match outcome {
@@ -679,7 +689,8 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             .validate()
             .map_err(anyhow::Error::from)
             .and_then(|()| writable_data_dir(&config.data_dir))
-            .map(|()| format!("data under {}", config.data_dir.display())),
+            .and_then(|()| stored_events(config))
+            .map(|stored| format!("data under {}{stored}", config.data_dir.display())),
     );
     let spool = spool_dir(config);
     report(

@@ -2512,6 +2512,11 @@ fn reindex_rebuilds_a_damaged_index_and_search_finds_everything_again() {
     let d = data.to_str().unwrap();
     let out = perimeter(&["demo", "--no-serve", "--data-dir", d], None);
     assert!(out.status.success(), "{}", stderr(&out));
+    // "2629 events from 2629 records, ..."
+    let stored = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.split_once(" events from ").map(|(n, _)| n.to_string()))
+        .expect("the demo says how many events it stored");
     let search = || {
         perimeter(
             &[
@@ -2541,6 +2546,18 @@ fn reindex_rebuilds_a_damaged_index_and_search_finds_everything_again() {
     let broken = search();
     assert!(!broken.status.success());
     assert_stderr_says(&broken, "perimeter reindex");
+    // `run --check` finds it before a restart would.
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(&cfg, format!("data_dir = {data:?}\n")).unwrap();
+    let run_check = || {
+        let out = perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+        crate::util::check_line(&out, "store:")
+    };
+    let line = run_check();
+    assert!(
+        line.starts_with("error") && line.contains("perimeter reindex"),
+        "{line}"
+    );
 
     let check = perimeter(&["reindex", "--data-dir", d, "--check"], None);
     assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
@@ -2573,5 +2590,10 @@ fn reindex_rebuilds_a_damaged_index_and_search_finds_everything_again() {
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stdout)
+    );
+    let line = run_check();
+    assert!(
+        line.starts_with("ok") && line.ends_with(&format!("({stored} events stored)")),
+        "{line}"
     );
 }
