@@ -64,16 +64,18 @@ pub fn reindex(config: &PerimeterConfig, args: ReindexArgs) -> anyhow::Result<Ex
         check_only: args.check,
     };
     let started = std::time::Instant::now();
-    let mut current = String::new();
+    // Several days are rebuilt at a time: each progress line names its own.
+    let mut names = std::collections::HashMap::new();
     let report = Store::reindex(store_config, &options, &vendor_time, &mut |p| match p {
         ReindexProgress::Starting { n, of, day } => {
-            current = format!("[{n}/{of}] {}", name(day));
-            eprintln!(
-                "{current}: rebuilding ({}) from {} files",
-                day.why, day.files
-            );
+            let label = format!("[{n}/{of}] {}", name(day));
+            eprintln!("{label}: rebuilding ({}) from {} files", day.why, day.files);
+            names.insert(*n, label);
         }
-        ReindexProgress::Indexed { events } => eprintln!("{current}: {events} events indexed"),
+        ReindexProgress::Indexed { n, events } => {
+            let label = names.get(n).map_or("", String::as_str);
+            eprintln!("{label}: {events} events indexed");
+        }
         ReindexProgress::Done(day) => say!(
             "rebuilt  {}  {} events{} in {:.1}s ({})",
             name(day),

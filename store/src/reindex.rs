@@ -19,7 +19,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -30,7 +31,7 @@ use crate::doc_text::{output_document, BatchText};
 use crate::error::IoContext;
 use crate::layout::{self, Layout};
 use crate::parquet_sink::{event_arrow_schema, events_from_record_batch};
-use crate::store::lock_data_dir;
+use crate::store::{lock, lock_data_dir};
 use crate::tantivy_sink::{id_key, DayIndex, DayWriter, EventSchema};
 use crate::{Result, Store, StoreConfig, StoreError};
 
@@ -104,14 +105,14 @@ impl ReindexReport {
 /// Progress of a reindex, for a long one to show.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReindexProgress {
-    /// About to rebuild the `n`th (1-based) of `of` indexes.
+    /// About to rebuild the `n`th (1-based) of `of` indexes. Several are rebuilt at a time.
     Starting {
         n: usize,
         of: usize,
         day: ReindexedDay,
     },
-    /// `events` of it indexed so far.
-    Indexed { events: u64 },
+    /// `events` of the `n`th indexed so far.
+    Indexed { n: usize, events: u64 },
     /// Rebuilt and swapped in.
     Done(ReindexedDay),
 }
@@ -119,7 +120,7 @@ pub enum ReindexProgress {
 /// The vendor's own time in a stored (masked) raw record of a source, when it has one: how
 /// a reindex tells whether the stored time replaced an implausible vendor time
 /// (`Event::timestamp_adjusted`, not a Parquet column). The binary passes the normalizers'.
-pub type VendorTime<'a> = dyn Fn(&str, &RawJson) -> Option<DateTime<Utc>> + 'a;
+pub type VendorTime<'a> = dyn Fn(&str, &RawJson) -> Option<DateTime<Utc>> + Sync + 'a;
 
 /// A Parquet partition of one source, within a (tenant, day).
 struct Partition {
@@ -134,7 +135,7 @@ impl Store {
         config: StoreConfig,
         options: &ReindexOptions,
         vendor_time: &VendorTime<'_>,
-        progress: &mut dyn FnMut(&ReindexProgress),
+        progress: &mut (dyn FnMut(&ReindexProgress) + Send),
     ) -> Result<ReindexReport> {
         config.validate()?;
         let layout = Layout {
@@ -176,11 +177,10 @@ impl Store {
             }
         }
 
-        let of = plan.len();
-        if options.check_only {
-            report.rebuilt = plan
-                .into_iter()
-                .map(|(tenant, day, _, files, why)| ReindexedDay {
+        let plan: Vec<(ReindexedDay, Vec<Partition>)> = plan
+            .into_iter()
+            .map(|(tenant, day, parts, files, why)| {
+                let day = ReindexedDay {
                     tenant,
                     day,
                     why,
@@ -188,43 +188,79 @@ impl Store {
                     duplicate_rows: 0,
                     files,
                     seconds: 0.0,
-                })
-                .collect();
+                };
+                (day, parts)
+            })
+            .collect();
+        if options.check_only {
+            report.rebuilt = plan.into_iter().map(|(day, _)| day).collect();
             return Ok(report);
         }
-        for (n, (tenant, day, parts, files, why)) in plan.into_iter().enumerate() {
-            let mut done = ReindexedDay {
-                tenant,
-                day,
-                why,
-                events: 0,
-                duplicate_rows: 0,
-                files,
-                seconds: 0.0,
-            };
-            progress(&ReindexProgress::Starting {
-                n: n + 1,
-                of,
-                day: done.clone(),
-            });
-            let started = Instant::now();
-            let (events, duplicates) = rebuild_day(
-                &layout,
-                &config,
-                &schema,
-                &done,
-                &parts,
-                vendor_time,
-                progress,
-            )?;
-            done.events = events;
-            done.duplicate_rows = duplicates;
-            done.seconds = started.elapsed().as_secs_f64();
-            progress(&ReindexProgress::Done(done.clone()));
-            report.rebuilt.push(done);
-        }
+        report.rebuilt = rebuild_days(&layout, &config, &schema, plan, vendor_time, progress)?;
         Ok(report)
     }
+}
+
+/// Rebuild the `plan`ned days, as many at a time as there are cores (each day's index has its
+/// own writer, and a large store has many days), in plan order; the first failure stops the
+/// days not started yet and is returned.
+fn rebuild_days(
+    layout: &Layout,
+    config: &StoreConfig,
+    schema: &EventSchema,
+    plan: Vec<(ReindexedDay, Vec<Partition>)>,
+    vendor_time: &VendorTime<'_>,
+    progress: &mut (dyn FnMut(&ReindexProgress) + Send),
+) -> Result<Vec<ReindexedDay>> {
+    let of = plan.len();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(of);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let progress = Mutex::new(progress);
+    let report = |p: &ReindexProgress| (lock(&progress))(p);
+    let results: Vec<Mutex<Option<Result<ReindexedDay>>>> =
+        (0..of).map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= of || failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (day, parts) = &plan[n];
+                report(&ReindexProgress::Starting {
+                    n: n + 1,
+                    of,
+                    day: day.clone(),
+                });
+                let started = Instant::now();
+                let indexed = |events| report(&ReindexProgress::Indexed { n: n + 1, events });
+                let result = rebuild_day(layout, config, schema, day, parts, vendor_time, &indexed)
+                    .map(|(events, duplicate_rows)| ReindexedDay {
+                        events,
+                        duplicate_rows,
+                        seconds: started.elapsed().as_secs_f64(),
+                        ..day.clone()
+                    });
+                match &result {
+                    Ok(done) => report(&ReindexProgress::Done(done.clone())),
+                    Err(_) => failed.store(true, Ordering::Relaxed),
+                }
+                *lock(&results[n]) = Some(result);
+            });
+        }
+    });
+    let mut rebuilt = Vec::with_capacity(of);
+    for r in results {
+        match r.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(Ok(day)) => rebuilt.push(day),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    Ok(rebuilt)
 }
 
 /// Remove what interrupted rebuilds left in the tenants' index directories. Either the day's
@@ -359,7 +395,7 @@ fn rebuild_day(
     day: &ReindexedDay,
     parts: &[Partition],
     vendor_time: &VendorTime<'_>,
-    progress: &mut dyn FnMut(&ReindexProgress),
+    indexed: &dyn Fn(u64),
 ) -> Result<(u64, u64)> {
     let target = layout.index_dir(&day.tenant, day.day);
     let tenant_dir = target
@@ -435,7 +471,7 @@ fn rebuild_day(
                     events += 1;
                     if chunk.len() >= CHUNK_EVENTS {
                         add_chunk(&mut chunk, &mut writer)?;
-                        progress(&ReindexProgress::Indexed { events });
+                        indexed(events);
                     }
                 }
             }
