@@ -377,7 +377,8 @@ fn unsound(
     for p in parts {
         for (path, _) in part_files(&p.dir)? {
             let file = std::fs::File::open(&path).at(&path)?;
-            rows += ParquetRecordBatchReaderBuilder::try_new(file)?
+            rows += ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| unreadable(&path, e))?
                 .metadata()
                 .file_metadata()
                 .num_rows() as u64;
@@ -447,8 +448,11 @@ fn rebuild_day(
         for (path, seq) in part_files(&p.dir)? {
             last_seq = last_seq.max(seq);
             let file = std::fs::File::open(&path).at(&path)?;
-            for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
-                let batch = batch?;
+            let batches = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.build())
+                .map_err(|e| unreadable(&path, e))?;
+            for batch in batches {
+                let batch = batch.map_err(|e| unreadable(&path, e))?;
                 let corrupt = |reason: String| StoreError::Corrupt {
                     path: path.clone(),
                     reason,
@@ -491,6 +495,15 @@ fn rebuild_day(
     drop(writer);
     swap_in(&staging, &target)?;
     Ok((events, duplicates))
+}
+
+/// A Parquet file that cannot be read: named, since the rebuild stops at it (an index built
+/// without its events would pass for complete).
+fn unreadable(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("unreadable parquet file ({e}); no index is rebuilt from it"),
+    }
 }
 
 /// Put the rebuilt index `staging` in place of `target` (which may not exist) and remove what

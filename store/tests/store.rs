@@ -3585,3 +3585,46 @@ fn reindex_rebuilds_lost_unusable_and_incomplete_indexes_from_parquet() {
     assert!(!leftover.exists());
     assert_eq!(documents_by_id(&store, "globex"), before[1]);
 }
+
+/// A Parquet file that cannot be read stops the rebuild of its day with an error naming it,
+/// and no index built without its events is put in place.
+#[test]
+fn reindex_stops_at_an_unreadable_parquet_file_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let events: Vec<Event> = (0..4)
+        .map(|n| {
+            event(
+                "acme",
+                "okta",
+                ts(20, 9, n as u32),
+                "u",
+                "user.session.start",
+                n,
+            )
+        })
+        .collect();
+    store.write_batch(&batch(events)).unwrap();
+    drop(store);
+    let file = parquet_files(dir.path()).pop().unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let index = dir.path().join("index/tenant=acme/dt=2026-11-20");
+    std::fs::remove_dir_all(&index).unwrap();
+
+    let err = Store::reindex(
+        config(dir.path()),
+        &ReindexOptions::default(),
+        &published,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    match err {
+        StoreError::Corrupt { path, reason } => {
+            assert_eq!(path, file);
+            assert!(reason.contains("unreadable parquet file"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    assert!(!index.exists(), "no partial index put in place");
+}
