@@ -107,7 +107,7 @@ pub fn reindex(config: &PerimeterConfig, args: ReindexArgs) -> anyhow::Result<Ex
     }
     if report.interrupted_files_kept + report.interrupted_files_removed > 0 {
         say!(
-            "files of batches a crash interrupted: {} kept and indexed, {} unreadable removed",
+            "files of batches a crash interrupted: {} kept, {} removed (uncommitted or cut short)",
             report.interrupted_files_kept,
             report.interrupted_files_removed
         );

@@ -588,7 +588,11 @@ fn stored_events(config: &PerimeterConfig) -> anyhow::Result<String> {
     if !config.data_dir.join("index").is_dir() {
         return Ok(String::new());
     }
-    let store = open_store_read_only(config, &config.data_dir)?;
+    // Opened without the search masker: the masking key is the masking part's to check.
+    let mut store_config = config.store.clone();
+    store_config.data_dir = config.data_dir.clone();
+    let store = Store::open_read_only(store_config)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     Ok(format!(" ({} events stored)", store.stats().events_stored))
 }
 

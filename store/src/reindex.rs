@@ -89,10 +89,11 @@ pub struct ReindexReport {
     pub rebuilt: Vec<ReindexedDay>,
     /// Indexes in range found sound and left as they were.
     pub sound: usize,
-    /// Readable `.parquet.tmp` files of batches a crash interrupted, put into place (their
-    /// events are indexed with the rest; a resend of them is then a duplicate).
+    /// `.parquet.tmp` files of batches a crash interrupted put into place: those of committed
+    /// batches, and where the day's index is lost every readable one (its events are indexed
+    /// with the rest; a resend of them is then a duplicate).
     pub interrupted_files_kept: usize,
-    /// Unreadable ones (cut short by the crash, so never acknowledged), removed.
+    /// The others (uncommitted, or cut short by the crash), removed.
     pub interrupted_files_removed: usize,
 }
 
@@ -155,17 +156,18 @@ impl Store {
             if !options.selects(&tenant, day) {
                 continue;
             }
+            let dir = layout.index_dir(&tenant, day);
             let mut files = 0;
             for p in &parts {
                 if !options.check_only {
                     crate::compaction::recover_compactions(&p.dir)?;
-                    let (kept, removed) = settle_interrupted_files(&p.dir)?;
+                    let committed = committed_seq(&dir, &tenant, day, &schema);
+                    let (kept, removed) = settle_interrupted_files(&p.dir, committed)?;
                     report.interrupted_files_kept += kept;
                     report.interrupted_files_removed += removed;
                 }
                 files += part_files(&p.dir)?.len();
             }
-            let dir = layout.index_dir(&tenant, day);
             let why = if options.all {
                 Some("asked for (--all)".to_string())
             } else {
@@ -323,13 +325,25 @@ fn part_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
     Ok(files)
 }
 
-/// Put the readable `.parquet.tmp` files of interrupted batches into place and remove the
-/// others; (kept, removed). A batch writes and syncs its Parquet files before its index
-/// commits, so an unreadable one was never committed, let alone acknowledged. A readable one
-/// may or may not have been: its index, which would tell, is what is being rebuilt. Keeping it
+/// The commit payload of the index in `dir` (the last batch it committed), when it can be used.
+fn committed_seq(dir: &Path, tenant: &str, day: NaiveDate, schema: &EventSchema) -> Option<u64> {
+    if !dir.join("meta.json").exists() {
+        return None;
+    }
+    DayIndex::open(dir, tenant, day, schema, false)
+        .and_then(|index| index.committed_seq())
+        .ok()
+}
+
+/// Settle the `.parquet.tmp` files of interrupted batches; (kept, removed). With the day's
+/// index usable (`committed`: its last batch), as the writer's recovery on open does: a file of
+/// a committed batch is put into place, others are removed. Without it, a readable file is put
+/// into place and indexed, an unreadable one removed. A batch writes and syncs its Parquet files
+/// before its index commits, so an unreadable one was never committed, let alone acknowledged.
+/// A readable one may or may not have been, which only the lost index could tell; keeping it
 /// loses nothing either way: were it never acknowledged, its resend is a duplicate of what the
 /// rebuilt index holds.
-fn settle_interrupted_files(dir: &Path) -> Result<(usize, usize)> {
+fn settle_interrupted_files(dir: &Path, committed: Option<u64>) -> Result<(usize, usize)> {
     let (mut kept, mut removed) = (0, 0);
     for entry in std::fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
@@ -337,11 +351,14 @@ fn settle_interrupted_files(dir: &Path) -> Result<(usize, usize)> {
         let Some((seq, n)) = crate::store::seq_of_tmp(&name) else {
             continue;
         };
-        let readable = std::fs::File::open(entry.path())
-            .ok()
-            .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).ok())
-            .is_some();
-        if readable {
+        let keep = match committed {
+            Some(committed) => seq <= committed,
+            None => std::fs::File::open(entry.path())
+                .ok()
+                .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).ok())
+                .is_some(),
+        };
+        if keep {
             let dst = dir.join(crate::store::final_name(seq, n));
             std::fs::rename(entry.path(), &dst).at(&dst)?;
             kept += 1;
@@ -484,13 +501,7 @@ fn rebuild_day(
     add_chunk(&mut chunk, &mut writer)?;
     // The old index's payload when it can be read: no file of a committed batch is newer,
     // but an old index may have committed batches whose files retention has removed since.
-    let old_seq = if target.join("meta.json").exists() {
-        DayIndex::open(&target, &day.tenant, day.day, schema, false)
-            .and_then(|old| old.committed_seq())
-            .unwrap_or(0)
-    } else {
-        0
-    };
+    let old_seq = committed_seq(&target, &day.tenant, day.day, schema).unwrap_or(0);
     writer.prepare(last_seq.max(old_seq))?.commit()?;
     drop(writer);
     swap_in(&staging, &target)?;

@@ -3628,3 +3628,98 @@ fn reindex_stops_at_an_unreadable_parquet_file_and_names_it() {
     }
     assert!(!index.exists(), "no partial index put in place");
 }
+
+/// A crash between writing a batch's Parquet files and committing its index leaves
+/// `.parquet.tmp` files. With the day's index usable, a reindex settles them as the writer's
+/// recovery does (only a committed batch's file stays); with the index lost, a readable file is
+/// kept and indexed (never a loss: a resend of its events is a duplicate), an unreadable one
+/// (cut short, so never committed) removed.
+#[test]
+fn reindex_settles_the_files_of_interrupted_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let first: Vec<Event> = (0..4)
+        .map(|n| {
+            event(
+                "acme",
+                "okta",
+                ts(20, 9, n as u32),
+                "u",
+                "user.session.start",
+                n,
+            )
+        })
+        .collect();
+    store.write_batch(&batch(first.clone())).unwrap();
+    drop(store);
+    let committed = parquet_files(dir.path()).pop().unwrap();
+    // The file a later batch of two other events wrote before its index commit.
+    let other = tempfile::tempdir().unwrap();
+    let store = Store::open(config(other.path())).unwrap();
+    let second: Vec<Event> = (10..12)
+        .map(|n| {
+            event(
+                "acme",
+                "okta",
+                ts(20, 10, n as u32),
+                "v",
+                "user.session.start",
+                n,
+            )
+        })
+        .collect();
+    store.write_batch(&batch(second.clone())).unwrap();
+    drop(store);
+    let second_file = parquet_files(other.path()).pop().unwrap();
+    let seq: u64 = committed.file_name().unwrap().to_str().unwrap()[5..25]
+        .parse()
+        .unwrap();
+    let partition = committed.parent().unwrap().to_path_buf();
+    let interrupted = |n: u64| partition.join(format!(".part-{:020}-0000.parquet.tmp", seq + n));
+    let leave_interrupted_batches = || {
+        std::fs::copy(&second_file, interrupted(1)).unwrap();
+        std::fs::write(interrupted(2), b"PAR1 cut short").unwrap();
+    };
+    let reindex = || {
+        Store::reindex(
+            config(dir.path()),
+            &ReindexOptions::default(),
+            &published,
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+
+    leave_interrupted_batches();
+    let report = reindex();
+    assert_eq!(
+        (
+            report.interrupted_files_kept,
+            report.interrupted_files_removed,
+            report.sound
+        ),
+        (0, 2, 1),
+        "{report:?}"
+    );
+    assert_eq!(parquet_files(dir.path()), vec![committed.clone()]);
+
+    leave_interrupted_batches();
+    std::fs::remove_dir_all(dir.path().join("index/tenant=acme/dt=2026-11-20")).unwrap();
+    let report = reindex();
+    assert_eq!(
+        (
+            report.interrupted_files_kept,
+            report.interrupted_files_removed,
+            report.events()
+        ),
+        (1, 1, 6),
+        "{report:?}"
+    );
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(search_all(&store, "acme", "", 10).len(), 6);
+    let again = store.write_batch(&batch(second)).unwrap();
+    assert_eq!(
+        again.events_duplicate, 2,
+        "the kept file's events are known"
+    );
+}
