@@ -386,6 +386,14 @@ fn spawn_parquet_compaction(
                 &[],
                 report.files_merged as u64,
             );
+            // Each named in the log by the store: an unreadable file, a partition that failed.
+            if !report.failed.is_empty() {
+                metrics.inc(
+                    "parquet_compaction_failures_total",
+                    &[],
+                    report.failed.len() as u64,
+                );
+            }
             if report.files_merged > 0 {
                 tracing::info!(
                     partitions = report.partitions_compacted,

@@ -40,6 +40,11 @@ pub struct CompactionReport {
     pub files_merged: usize,
     pub files_written: usize,
     pub rows: u64,
+    /// What could not be compacted, each naming its partition or file and why: an unreadable
+    /// file is left as it is (and not merged), a partition that failed keeps its files as they
+    /// were; the other partitions are compacted all the same.
+    #[serde(default)]
+    pub failed: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -161,6 +166,48 @@ pub(crate) fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
     Err(std::io::ErrorKind::Unsupported.into())
 }
 
+/// Write each group of `plan` merged into its file `tmp_of(n)`, synced; (rows, files).
+fn write_merged(
+    dir: &Path,
+    plan: &[Vec<(String, i64)>],
+    tmp_of: &dyn Fn(usize) -> PathBuf,
+) -> Result<(u64, Vec<PathBuf>)> {
+    let mut total = 0u64;
+    let mut tmps = Vec::new();
+    for (n, group) in plan.iter().enumerate() {
+        let tmp = tmp_of(n);
+        let file = File::create(&tmp).at(&tmp)?;
+        let mut writer =
+            ArrowWriter::try_new(file, event_arrow_schema(), Some(writer_properties()))?;
+        for (name, _) in group {
+            let path = dir.join(name);
+            let unreadable = |e: &dyn std::fmt::Display| StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!("unreadable parquet file ({e})"),
+            };
+            let file = File::open(&path).at(&path)?;
+            let batches = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.build())
+                .map_err(|e| unreadable(&e))?;
+            for batch in batches {
+                let batch = batch.map_err(|e| unreadable(&e))?;
+                if batch.schema() != event_arrow_schema() {
+                    return Err(StoreError::Corrupt {
+                        path,
+                        reason: "parquet schema differs from the event schema".into(),
+                    });
+                }
+                total += batch.num_rows() as u64;
+                writer.write(&batch)?;
+            }
+        }
+        let file = writer.into_inner()?;
+        file.sync_all().at(&tmp)?;
+        tmps.push(tmp);
+    }
+    Ok((total, tmps))
+}
+
 fn remove_if_exists(p: &Path) -> Result<()> {
     match std::fs::remove_file(p) {
         Ok(()) => Ok(()),
@@ -179,58 +226,83 @@ impl Store {
         let min_age = Duration::from_secs(self.config.parquet_max_file_age_seconds);
         let now = SystemTime::now();
         for dir in partition_dirs(&self.layout.parquet_events_root())? {
-            let mut small = Vec::new();
-            for entry in std::fs::read_dir(&dir).at(&dir)? {
-                let entry = entry.at(&dir)?;
-                let name = entry.file_name().to_string_lossy().to_string();
-                if !(name.starts_with("part-") && name.ends_with(".parquet")) {
-                    continue;
-                }
-                let meta = entry.metadata().at(entry.path())?;
-                let old_enough = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
-                    .is_none_or(|age| age >= min_age);
-                let file = File::open(entry.path()).at(entry.path())?;
-                let rows = ParquetRecordBatchReaderBuilder::try_new(file)?
-                    .metadata()
-                    .file_metadata()
-                    .num_rows();
-                if old_enough && rows < max_rows {
-                    small.push((name, rows));
-                }
+            // One damaged partition (a file cut short, bit rot) must not stop the others from
+            // ever being compacted again.
+            if let Err(e) = self.compact_dir(&dir, max_rows, min_age, now, &mut report) {
+                tracing::error!(partition = %dir.display(), error = %e, "parquet partition not compacted");
+                report.failed.push(format!("{}: {e}", dir.display()));
             }
-            small.sort();
-            // Groups of consecutive files up to `max_rows`; a group of one would only be
-            // rewritten, so it is left as is.
-            let mut plan: Vec<Vec<(String, i64)>> = vec![Vec::new()];
-            let mut rows_in_current = 0;
-            for (name, rows) in small {
-                if rows_in_current > 0 && rows_in_current + rows > max_rows {
-                    plan.push(Vec::new());
-                    rows_in_current = 0;
-                }
-                rows_in_current += rows;
-                if let Some(last) = plan.last_mut() {
-                    last.push((name, rows));
-                }
-            }
-            plan.retain(|g| g.len() >= 2);
-            if plan.is_empty() {
-                continue;
-            }
-            let seq = {
-                let mut st = lock(&self.write);
-                st.last_seq += 1;
-                st.last_seq
-            };
-            report.files_merged += plan.iter().map(Vec::len).sum::<usize>();
-            report.files_written += plan.len();
-            report.rows += self.compact_partition(&dir, &plan, seq)?;
-            report.partitions_compacted += 1;
         }
         Ok(report)
+    }
+
+    fn compact_dir(
+        &self,
+        dir: &Path,
+        max_rows: i64,
+        min_age: Duration,
+        now: SystemTime,
+        report: &mut CompactionReport,
+    ) -> Result<()> {
+        let mut small = Vec::new();
+        for entry in std::fs::read_dir(dir).at(dir)? {
+            let entry = entry.at(dir)?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !(name.starts_with("part-") && name.ends_with(".parquet")) {
+                continue;
+            }
+            let meta = entry.metadata().at(entry.path())?;
+            let old_enough = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_none_or(|age| age >= min_age);
+            let file = File::open(entry.path()).at(entry.path())?;
+            let rows = match ParquetRecordBatchReaderBuilder::try_new(file) {
+                Ok(reader) => reader.metadata().file_metadata().num_rows(),
+                Err(e) => {
+                    let path = entry.path();
+                    tracing::error!(file = %path.display(), error = %e, "unreadable parquet file left out of compaction");
+                    report.failed.push(format!(
+                        "{}: unreadable ({e}); left as it is",
+                        path.display()
+                    ));
+                    continue;
+                }
+            };
+            if old_enough && rows < max_rows {
+                small.push((name, rows));
+            }
+        }
+        small.sort();
+        // Groups of consecutive files up to `max_rows`; a group of one would only be
+        // rewritten, so it is left as is.
+        let mut plan: Vec<Vec<(String, i64)>> = vec![Vec::new()];
+        let mut rows_in_current = 0;
+        for (name, rows) in small {
+            if rows_in_current > 0 && rows_in_current + rows > max_rows {
+                plan.push(Vec::new());
+                rows_in_current = 0;
+            }
+            rows_in_current += rows;
+            if let Some(last) = plan.last_mut() {
+                last.push((name, rows));
+            }
+        }
+        plan.retain(|g| g.len() >= 2);
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let seq = {
+            let mut st = lock(&self.write);
+            st.last_seq += 1;
+            st.last_seq
+        };
+        report.rows += self.compact_partition(dir, &plan, seq)?;
+        report.files_merged += plan.iter().map(Vec::len).sum::<usize>();
+        report.files_written += plan.len();
+        report.partitions_compacted += 1;
+        Ok(())
     }
 
     fn compact_partition(&self, dir: &Path, plan: &[Vec<(String, i64)>], seq: u64) -> Result<u64> {
@@ -249,32 +321,20 @@ impl Store {
             f.sync_all().at(&manifest_path)?;
         }
         layout::sync_dir(dir)?;
-        let mut total = 0u64;
-        let mut tmps = Vec::new();
-        for (n, group) in plan.iter().enumerate() {
-            let tmp = dir.join(format!(".compact-{seq:020}-{n:04}.parquet.tmp"));
-            let file = File::create(&tmp).at(&tmp)?;
-            let mut writer =
-                ArrowWriter::try_new(file, event_arrow_schema(), Some(writer_properties()))?;
-            for (name, _) in group {
-                let path = dir.join(name);
-                let file = File::open(&path).at(&path)?;
-                for batch in ParquetRecordBatchReaderBuilder::try_new(file)?.build()? {
-                    let batch = batch?;
-                    if batch.schema() != event_arrow_schema() {
-                        return Err(StoreError::Corrupt {
-                            path,
-                            reason: "parquet schema differs from the event schema".into(),
-                        });
-                    }
-                    total += batch.num_rows() as u64;
-                    writer.write(&batch)?;
+        let tmp_of = |n: usize| dir.join(format!(".compact-{seq:020}-{n:04}.parquet.tmp"));
+        let (total, tmps) = match write_merged(dir, plan, &tmp_of) {
+            Ok(merged) => merged,
+            Err(e) => {
+                // Nothing was swapped in: the partition stays as it was, without this attempt's
+                // leftovers.
+                for n in 0..plan.len() {
+                    remove_if_exists(&tmp_of(n))?;
                 }
+                remove_if_exists(&manifest_path)?;
+                layout::sync_dir(dir)?;
+                return Err(e);
             }
-            let file = writer.into_inner()?;
-            file.sync_all().at(&tmp)?;
-            tmps.push(tmp);
-        }
+        };
         if !self.swap_in_next_generation(dir, &tmps, &outputs, &inputs, seq)? {
             for (tmp, out) in tmps.iter().zip(&outputs) {
                 let dst = dir.join(out);

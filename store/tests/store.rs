@@ -3723,3 +3723,78 @@ fn reindex_settles_the_files_of_interrupted_batches() {
         "the kept file's events are known"
     );
 }
+
+/// One unreadable Parquet file (cut short, bit rot) is named and left as it is; the rest of its
+/// partition and every other partition are still compacted, and no row is lost or doubled.
+#[test]
+fn compaction_names_an_unreadable_file_and_compacts_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        parquet_max_file_age_seconds: 0,
+        ..config(dir.path())
+    })
+    .unwrap();
+    for b in 0..3u64 {
+        let events: Vec<Event> = ["okta", "github"]
+            .iter()
+            .flat_map(|source| {
+                (0..4).map(move |i| {
+                    event(
+                        "acme",
+                        source,
+                        ts(20, b as u32, i as u32),
+                        "u",
+                        "a",
+                        b * 100 + i,
+                    )
+                })
+            })
+            .collect();
+        store.write_batch(&batch(events)).unwrap();
+    }
+    let okta_files: Vec<PathBuf> = parquet_files(dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("source=okta"))
+        .collect();
+    assert_eq!(okta_files.len(), 3);
+    let damaged = &okta_files[1];
+    let bytes = std::fs::read(damaged).unwrap();
+    std::fs::write(damaged, &bytes[..bytes.len() / 2]).unwrap();
+
+    let report = store.compact().unwrap();
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(
+        report.failed[0].starts_with(&damaged.display().to_string())
+            && report.failed[0].contains("unreadable"),
+        "{report:?}"
+    );
+    assert_eq!(
+        (
+            report.partitions_compacted,
+            report.files_merged,
+            report.rows
+        ),
+        (2, 5, 20),
+        "{report:?}"
+    );
+    let files = parquet_files(dir.path());
+    assert_eq!(
+        files.len(),
+        3,
+        "one merged file per partition, and the damaged one: {files:?}"
+    );
+    assert!(files.contains(damaged));
+    let rows: usize = files
+        .iter()
+        .filter(|f| *f != damaged)
+        .flat_map(|f| read_parquet_file(f).unwrap())
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 20);
+    let leftovers: Vec<_> = std::fs::read_dir(damaged.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
