@@ -3266,19 +3266,9 @@ fn a_range_open_at_both_ends_finds_the_events_with_the_field() {
 fn a_snapshot_pages_and_counts_as_the_store_was_when_it_was_taken() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).unwrap();
-    let first: Vec<Event> = (0..5)
-        .map(|n| {
-            event(
-                "acme",
-                "okta",
-                ts(10, 8, n as u32),
-                "dana",
-                "user.session.start",
-                n,
-            )
-        })
-        .collect();
-    store.write_batch(&batch(first)).unwrap();
+    store
+        .write_batch(&batch(acme_okta(10, 8, "dana", 0..5)))
+        .unwrap();
     let snapshot = store.event_snapshot("acme");
     // Stored after the snapshot: one later than all, one in between, one on a new day.
     let later = vec![
@@ -3363,6 +3353,47 @@ fn documents_by_id(store: &Store, tenant: &str) -> Vec<serde_json::Value> {
     let mut docs = search_all(store, tenant, "", 7);
     docs.sort_by(|a, b| a["event"]["id"].as_str().cmp(&b["event"]["id"].as_str()));
     docs
+}
+
+/// Okta sign-ins of tenant acme by `user`, one a minute from minute `n` of `day`'s `hour`, `n`
+/// running over `ns` (also the input line).
+fn acme_okta(day: u32, hour: u32, user: &str, ns: std::ops::Range<u64>) -> Vec<Event> {
+    ns.map(|n| {
+        event(
+            "acme",
+            "okta",
+            ts(day, hour, n as u32),
+            user,
+            "user.session.start",
+            n,
+        )
+    })
+    .collect()
+}
+
+/// Store `events` as one batch in a store at `dir` (closed after), and return the Parquet file
+/// the batch wrote last.
+fn stored_once(dir: &Path, events: Vec<Event>) -> PathBuf {
+    let store = Store::open(config(dir)).unwrap();
+    store.write_batch(&batch(events)).unwrap();
+    drop(store);
+    parquet_files(dir).pop().unwrap()
+}
+
+/// `Store::reindex` of the store at `dir` with the default options: what is unsound.
+fn reindex_unsound(dir: &Path) -> Result<perimeter_store::ReindexReport, StoreError> {
+    Store::reindex(
+        config(dir),
+        &ReindexOptions::default(),
+        &published,
+        &mut |_| {},
+    )
+}
+
+/// Cut a file to half its length, as a crash or a bad disk may leave it.
+fn cut_short(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
 }
 
 /// Every Parquet file under `root` with its bytes.
@@ -3591,34 +3622,12 @@ fn reindex_rebuilds_lost_unusable_and_incomplete_indexes_from_parquet() {
 #[test]
 fn reindex_stops_at_an_unreadable_parquet_file_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(config(dir.path())).unwrap();
-    let events: Vec<Event> = (0..4)
-        .map(|n| {
-            event(
-                "acme",
-                "okta",
-                ts(20, 9, n as u32),
-                "u",
-                "user.session.start",
-                n,
-            )
-        })
-        .collect();
-    store.write_batch(&batch(events)).unwrap();
-    drop(store);
-    let file = parquet_files(dir.path()).pop().unwrap();
-    let bytes = std::fs::read(&file).unwrap();
-    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let file = stored_once(dir.path(), acme_okta(20, 9, "u", 0..4));
+    cut_short(&file);
     let index = dir.path().join("index/tenant=acme/dt=2026-11-20");
     std::fs::remove_dir_all(&index).unwrap();
 
-    let err = Store::reindex(
-        config(dir.path()),
-        &ReindexOptions::default(),
-        &published,
-        &mut |_| {},
-    )
-    .unwrap_err();
+    let err = reindex_unsound(dir.path()).unwrap_err();
     match err {
         StoreError::Corrupt { path, reason } => {
             assert_eq!(path, file);
@@ -3637,40 +3646,11 @@ fn reindex_stops_at_an_unreadable_parquet_file_and_names_it() {
 #[test]
 fn reindex_settles_the_files_of_interrupted_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(config(dir.path())).unwrap();
-    let first: Vec<Event> = (0..4)
-        .map(|n| {
-            event(
-                "acme",
-                "okta",
-                ts(20, 9, n as u32),
-                "u",
-                "user.session.start",
-                n,
-            )
-        })
-        .collect();
-    store.write_batch(&batch(first.clone())).unwrap();
-    drop(store);
-    let committed = parquet_files(dir.path()).pop().unwrap();
+    let committed = stored_once(dir.path(), acme_okta(20, 9, "u", 0..4));
     // The file a later batch of two other events wrote before its index commit.
     let other = tempfile::tempdir().unwrap();
-    let store = Store::open(config(other.path())).unwrap();
-    let second: Vec<Event> = (10..12)
-        .map(|n| {
-            event(
-                "acme",
-                "okta",
-                ts(20, 10, n as u32),
-                "v",
-                "user.session.start",
-                n,
-            )
-        })
-        .collect();
-    store.write_batch(&batch(second.clone())).unwrap();
-    drop(store);
-    let second_file = parquet_files(other.path()).pop().unwrap();
+    let second = acme_okta(20, 10, "v", 10..12);
+    let second_file = stored_once(other.path(), second.clone());
     let seq: u64 = committed.file_name().unwrap().to_str().unwrap()[5..25]
         .parse()
         .unwrap();
@@ -3680,15 +3660,7 @@ fn reindex_settles_the_files_of_interrupted_batches() {
         std::fs::copy(&second_file, interrupted(1)).unwrap();
         std::fs::write(interrupted(2), b"PAR1 cut short").unwrap();
     };
-    let reindex = || {
-        Store::reindex(
-            config(dir.path()),
-            &ReindexOptions::default(),
-            &published,
-            &mut |_| {},
-        )
-        .unwrap()
-    };
+    let reindex = || reindex_unsound(dir.path()).unwrap();
 
     leave_interrupted_batches();
     let report = reindex();
@@ -3758,8 +3730,7 @@ fn compaction_names_an_unreadable_file_and_compacts_everything_else() {
         .collect();
     assert_eq!(okta_files.len(), 3);
     let damaged = &okta_files[1];
-    let bytes = std::fs::read(damaged).unwrap();
-    std::fs::write(damaged, &bytes[..bytes.len() / 2]).unwrap();
+    cut_short(damaged);
 
     let report = store.compact().unwrap();
     assert_eq!(report.failed.len(), 1, "{report:?}");
