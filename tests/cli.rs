@@ -2596,4 +2596,30 @@ fn reindex_rebuilds_a_damaged_index_and_search_finds_everything_again() {
         line.starts_with("ok") && line.ends_with(&format!("({stored} events stored)")),
         "{line}"
     );
+
+    // kill -9 while --all rebuilds the sound index: the day keeps its old index or has the new
+    // one, never none, and a writer opening the directory removes what the rebuild left.
+    use std::io::BufRead;
+    let mut child = perimeter_command(&repo(), &["reindex", "--data-dir", d, "--all"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut progress = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    assert!(progress.any(|l| l.is_ok_and(|l| l.contains("rebuilding"))));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after_kill = search();
+    assert!(after_kill.status.success(), "{}", stderr(&after_kill));
+    assert_eq!(
+        to_micros(json_lines(&after_kill)),
+        to_micros(json_lines(&after))
+    );
+    let tidy = perimeter(&["reindex", "--data-dir", d], None);
+    assert!(tidy.status.success(), "{}", stderr(&tidy));
+    let left: Vec<_> = std::fs::read_dir(data.join("index/tenant=demo"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
 }
