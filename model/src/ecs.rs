@@ -209,6 +209,76 @@ impl Ecs {
         }
     }
 
+    /// Set the text field `field` (dotted name; `event.outcome` from its name, an unknown one
+    /// being `unknown`). False for a name that is no text field.
+    pub fn set_text(&mut self, field: &str, value: &str) -> bool {
+        let v = Some(value.to_string());
+        match field {
+            "event.action" => self.event_action = v,
+            "event.outcome" => {
+                self.event_outcome = match value {
+                    "success" => Outcome::Success,
+                    "failure" => Outcome::Failure,
+                    _ => Outcome::Unknown,
+                }
+            }
+            "user.name" => self.user_name = v,
+            "user.email" => self.user_email = v,
+            "user.id" => self.user_id = v,
+            "user.target.name" => self.user_target_name = v,
+            "user.target.email" => self.user_target_email = v,
+            "user.target.id" => self.user_target_id = v,
+            "source.ip" => self.source_ip = v,
+            "source.geo.country_iso_code" => self.source_geo_country_iso_code = v,
+            "user_agent.original" => self.user_agent_original = v,
+            "organization.id" => self.organization_id = v,
+            "cloud.account.id" => self.cloud_account_id = v,
+            _ => return false,
+        }
+        true
+    }
+
+    /// Set the list field `field` (dotted name). False for a name that is no list field.
+    pub fn set_list(&mut self, field: &str, values: Vec<String>) -> bool {
+        match field {
+            "event.category" => self.event_category = values,
+            "event.type" => self.event_type = values,
+            "related.ip" => self.related_ip = values,
+            "related.user" => self.related_user = values,
+            _ => return false,
+        }
+        true
+    }
+
+    /// The ECS view of a document [`Ecs::to_json`] made (a stored event read back); fields it
+    /// does not hold, or holds with another type, stay empty.
+    pub fn from_json(doc: &serde_json::Value) -> Ecs {
+        let mut ecs = Ecs {
+            timestamp: doc["@timestamp"].as_str().and_then(|t| t.parse().ok()),
+            ..Ecs::default()
+        };
+        for name in ECS_FIELDS.iter().skip(1) {
+            let value = name.split('.').fold(doc, |v, part| &v[part]);
+            match value {
+                serde_json::Value::String(s) => {
+                    ecs.set_text(name, s);
+                }
+                serde_json::Value::Array(items) => {
+                    let list = items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect();
+                    ecs.set_list(name, list);
+                }
+                serde_json::Value::Number(n) if *name == "source.as.number" => {
+                    ecs.source_as_number = n.as_u64();
+                }
+                _ => {}
+            }
+        }
+        ecs
+    }
+
     /// The nested ECS JSON document (`{"event": {"action": ...}, "user": {...}}`); empty fields
     /// are left out.
     pub fn to_json(&self) -> serde_json::Value {

@@ -294,6 +294,30 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The event an output document ([`Event::to_output_json`], what the store's indexes keep)
+    /// was made from: `None` when it lacks the id, source, tenant, times or raw record.
+    pub fn from_output_json(doc: &serde_json::Value) -> Option<Event> {
+        let meta = &doc["perimeter"];
+        let time = |v: &serde_json::Value| v.as_str()?.parse::<DateTime<Utc>>().ok();
+        let timestamp = time(&doc["@timestamp"])?;
+        let record = RawRecord {
+            source: meta["source"].as_str()?.to_string(),
+            tenant: meta["tenant"].as_str()?.to_string(),
+            received_at: time(&doc["event"]["ingested"])?,
+            line: meta["line"].as_u64(),
+            raw: raw_from_serde(doc.get("raw")?),
+        };
+        let source = record.source.clone();
+        let mut event = Event::new(source, record, Ecs::from_json(doc))
+            .with_stored_id(EventId(doc["event"]["id"].as_str()?.to_string()));
+        event.timestamp = timestamp;
+        event.ecs.timestamp = Some(timestamp);
+        event.timestamp_adjusted = meta["timestamp_adjusted"].as_bool().unwrap_or(false);
+        Some(event)
+    }
+}
+
 /// Input that could not be processed, kept with the reason instead of vanishing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -323,6 +347,51 @@ impl DeadLetter {
 mod tests {
     use super::*;
     use sonic_rs::json;
+
+    /// What the store keeps of an event gives the event back: every ECS field, the id (which
+    /// cannot be derived again from a masked record), times, line and the adjusted-time mark.
+    #[test]
+    fn an_output_document_reads_back_as_its_event() {
+        let received = Utc::now();
+        let mut ecs = Ecs {
+            timestamp: Some(received + chrono::Duration::days(400)),
+            event_action: Some("user.session.start".into()),
+            event_outcome: crate::Outcome::Failure,
+            event_category: vec!["authentication".into()],
+            event_type: vec!["start".into(), "info".into()],
+            user_name: Some("dana".into()),
+            user_email: Some("dana@acme.example".into()),
+            user_id: Some("00u1".into()),
+            user_target_name: Some("sam".into()),
+            user_target_email: Some("sam@acme.example".into()),
+            user_target_id: Some("00u2".into()),
+            source_ip: Some("203.0.113.9".into()),
+            source_geo_country_iso_code: Some("NL".into()),
+            source_as_number: Some(64500),
+            user_agent_original: Some("curl/8".into()),
+            organization_id: Some("org1".into()),
+            cloud_account_id: Some("123456789012".into()),
+            ..Ecs::default()
+        };
+        ecs.fill_related();
+        let record = RawRecord {
+            source: "okta".into(),
+            tenant: "acme".into(),
+            received_at: received,
+            line: Some(7),
+            raw: json!({"uuid": "u-1", "nested": {"list": [1, "two", null]}}),
+        };
+        let event = Event::new("okta", record, ecs);
+        assert!(event.timestamp_adjusted, "a time 400 days ahead is replaced");
+        let doc = event.to_output_json();
+        let back = Event::from_output_json(&doc).expect("reads back");
+        assert_eq!(back, event);
+        assert_eq!(back.ecs, event.ecs);
+        assert!(back.timestamp_adjusted);
+        let mut without_raw = doc.clone();
+        without_raw.as_object_mut().unwrap().remove("raw");
+        assert!(Event::from_output_json(&without_raw).is_none());
+    }
 
     fn event(source: &str, raw: RawJson) -> Event {
         let record = RawRecord {

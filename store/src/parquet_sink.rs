@@ -31,7 +31,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use perimeter_model::{Ecs, Event, Outcome, RawRecord};
+use perimeter_model::{Ecs, Event, RawRecord};
 
 use crate::error::IoContext;
 use crate::Result;
@@ -196,7 +196,7 @@ pub fn events_from_record_batch(
         let mut ecs = Ecs::default();
         for (name, values) in &string_columns {
             if values.is_valid(row) {
-                set_ecs_text(&mut ecs, name, values.value(row));
+                ecs.set_text(name, values.value(row));
             }
         }
         for (name, lists) in &list_columns {
@@ -207,7 +207,7 @@ pub fn events_from_record_batch(
                     .filter(|&i| items.is_valid(i))
                     .map(|i| items.value(i).to_string())
                     .collect();
-                set_ecs_list(&mut ecs, name, list);
+                ecs.set_list(name, list);
             }
         }
         ecs.source_as_number = as_numbers
@@ -238,44 +238,6 @@ pub fn events_from_record_batch(
         events.push(event);
     }
     Ok(events)
-}
-
-/// Set the text ECS field `name` (an `ECS_FIELDS` name of [`STRING_COLUMNS`]).
-fn set_ecs_text(ecs: &mut Ecs, name: &str, value: &str) {
-    let v = Some(value.to_string());
-    match name {
-        "event.action" => ecs.event_action = v,
-        "event.outcome" => {
-            ecs.event_outcome = match value {
-                "success" => Outcome::Success,
-                "failure" => Outcome::Failure,
-                _ => Outcome::Unknown,
-            }
-        }
-        "user.name" => ecs.user_name = v,
-        "user.email" => ecs.user_email = v,
-        "user.id" => ecs.user_id = v,
-        "user.target.name" => ecs.user_target_name = v,
-        "user.target.email" => ecs.user_target_email = v,
-        "user.target.id" => ecs.user_target_id = v,
-        "source.ip" => ecs.source_ip = v,
-        "source.geo.country_iso_code" => ecs.source_geo_country_iso_code = v,
-        "user_agent.original" => ecs.user_agent_original = v,
-        "organization.id" => ecs.organization_id = v,
-        "cloud.account.id" => ecs.cloud_account_id = v,
-        _ => debug_assert!(false, "no ECS text field {name}"),
-    }
-}
-
-/// Set the list ECS field `name` (an `ECS_FIELDS` name of [`LIST_COLUMNS`]).
-fn set_ecs_list(ecs: &mut Ecs, name: &str, values: Vec<String>) {
-    match name {
-        "event.category" => ecs.event_category = values,
-        "event.type" => ecs.event_type = values,
-        "related.ip" => ecs.related_ip = values,
-        "related.user" => ecs.related_user = values,
-        _ => debug_assert!(false, "no ECS list field {name}"),
-    }
 }
 
 pub(crate) fn writer_properties() -> WriterProperties {
