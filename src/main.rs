@@ -93,6 +93,10 @@ enum Command {
     /// range (after changing `raw_text_search_off`). Stop `perimeter run` first: the data
     /// directory is locked while it runs.
     Reindex(reindex_cmd::ReindexArgs),
+    /// Write back from the search indexes the events the Parquet files lost (a file that cannot
+    /// be read any more, a deleted partition), and set unreadable files aside
+    /// (`.<name>.unreadable`). Stop `perimeter run` first.
+    RepairParquet(reindex_cmd::RepairParquetArgs),
     /// Triage alerts through a running server: set their status, assignee or add a note (who and
     /// when are recorded); without changes, show them with their history and evidence.
     Triage(terminal_cmd::TriageArgs),
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
             Command::Sources(args) => terminal_cmd::sources(&config, args),
             Command::PollCheck(args) => poll_cmd::poll_check(&config, args),
             Command::Reindex(args) => reindex_cmd::reindex(&config, args),
+            Command::RepairParquet(args) => reindex_cmd::repair_parquet(&config, args),
             Command::Triage(args) => terminal_cmd::triage(args),
         }
     })();

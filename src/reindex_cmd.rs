@@ -1,4 +1,5 @@
-//! `perimeter reindex`: rebuild the search indexes from the Parquet files.
+//! `perimeter reindex` and `perimeter repair-parquet`: rebuild the search indexes from the
+//! Parquet files, and write back from the indexes what the Parquet files lost.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,12 +10,13 @@ use perimeter_store::{ReindexOptions, ReindexProgress, ReindexedDay, Store};
 
 use crate::config::PerimeterConfig;
 
+/// The days of a data directory a store repair works on.
 #[derive(clap::Args)]
-pub struct ReindexArgs {
+pub struct StoreDays {
     /// Data directory (default: the configuration's `data_dir`).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Only this tenant's indexes.
+    /// Only this tenant's days.
     #[arg(long)]
     pub tenant: Option<String>,
     /// Only days on or after this one (`2026-11-01`, UTC).
@@ -23,6 +25,40 @@ pub struct ReindexArgs {
     /// Only days on or before this one (`2026-11-30`, UTC).
     #[arg(long, value_name = "DAY")]
     pub to: Option<NaiveDate>,
+}
+
+impl StoreDays {
+    /// The store config for the data directory, and the options selecting the days.
+    fn resolve(
+        self,
+        config: &PerimeterConfig,
+        needs: &str,
+    ) -> anyhow::Result<(perimeter_store::StoreConfig, ReindexOptions)> {
+        let data_dir = self.data_dir.unwrap_or_else(|| config.data_dir.clone());
+        anyhow::ensure!(
+            data_dir.join(needs).is_dir(),
+            "no {needs} in {}: pass --data-dir (`perimeter demo` stores into data/demo)",
+            data_dir.display()
+        );
+        if let (Some(from), Some(to)) = (self.from, self.to) {
+            anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+        }
+        let mut store_config = config.store.clone();
+        store_config.data_dir = data_dir;
+        let options = ReindexOptions {
+            tenant: self.tenant,
+            from: self.from,
+            to: self.to,
+            ..ReindexOptions::default()
+        };
+        Ok((store_config, options))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ReindexArgs {
+    #[command(flatten)]
+    pub days: StoreDays,
     /// Rebuild every index in range, sound ones too: to apply a changed `raw_text_search_off`
     /// (or a new version's indexing) to events stored before.
     #[arg(long)]
@@ -33,20 +69,22 @@ pub struct ReindexArgs {
     pub check: bool,
 }
 
+#[derive(clap::Args)]
+pub struct RepairParquetArgs {
+    #[command(flatten)]
+    pub days: StoreDays,
+    /// Only list the partitions that would be repaired (events to write back, unreadable
+    /// files); change nothing. Exit 1 when there is any.
+    #[arg(long)]
+    pub check: bool,
+}
+
 /// Rebuild what `args` selects, printing progress to stderr and one line per index to stdout.
 pub fn reindex(config: &PerimeterConfig, args: ReindexArgs) -> anyhow::Result<ExitCode> {
-    let data_dir = args.data_dir.unwrap_or_else(|| config.data_dir.clone());
-    anyhow::ensure!(
-        data_dir.join("parquet").is_dir(),
-        "no Parquet files in {} to rebuild from: pass --data-dir (`perimeter demo` stores into \
-         data/demo)",
-        data_dir.display()
-    );
-    if let (Some(from), Some(to)) = (args.from, args.to) {
-        anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
-    }
-    let mut store_config = config.store.clone();
-    store_config.data_dir = data_dir.clone();
+    let (store_config, mut options) = args.days.resolve(config, "parquet")?;
+    options.all = args.all;
+    options.check_only = args.check;
+    let data_dir = store_config.data_dir.clone();
     // The vendor's own time, read as when the record was stored: it tells which events had an
     // implausible one replaced by their receive time (marked `timestamp_adjusted`).
     let registry = crate::detect_cmd::normalizers(config)?;
@@ -55,13 +93,6 @@ pub fn reindex(config: &PerimeterConfig, args: ReindexArgs) -> anyhow::Result<Ex
             .normalize_ecs(source, raw)
             .ok()
             .and_then(|(_, ecs)| ecs.timestamp)
-    };
-    let options = ReindexOptions {
-        tenant: args.tenant,
-        from: args.from,
-        to: args.to,
-        all: args.all,
-        check_only: args.check,
     };
     let started = std::time::Instant::now();
     // Several days are rebuilt at a time: each progress line names its own.
@@ -133,4 +164,61 @@ fn indexes(n: usize) -> String {
 
 fn name(day: &ReindexedDay) -> String {
     format!("tenant {} {}", day.tenant, day.day)
+}
+
+/// Write back from the indexes the events the Parquet files of the selected days lost (an
+/// unreadable file, a deleted partition), and set unreadable files aside.
+pub fn repair_parquet(
+    config: &PerimeterConfig,
+    args: RepairParquetArgs,
+) -> anyhow::Result<ExitCode> {
+    let (store_config, mut options) = args.days.resolve(config, "index")?;
+    options.check_only = args.check;
+    let data_dir = store_config.data_dir.clone();
+    let report = Store::repair_parquet(store_config, &options)
+        .with_context(|| format!("repairing the Parquet files of {}", data_dir.display()))?;
+    let verb = if args.check { "to repair" } else { "repaired" };
+    for p in &report.repaired {
+        say!(
+            "{verb}  tenant {} {} source {}: {} events {} from the index{}",
+            p.tenant,
+            p.day,
+            p.source,
+            p.restored,
+            if args.check {
+                "to write back"
+            } else {
+                "written back"
+            },
+            match p.unreadable.len() {
+                0 => String::new(),
+                n => format!(
+                    "; {n} unreadable file(s) {}: {}",
+                    if args.check {
+                        "to set aside"
+                    } else {
+                        "set aside as .<name>.unreadable"
+                    },
+                    p.unreadable
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
+        );
+    }
+    for unusable in &report.unusable_indexes {
+        say!("skipped  {unusable} (`perimeter reindex` rebuilds an index from the Parquet files)");
+    }
+    say!(
+        "{} partition(s) {verb}, {} day(s) sound",
+        report.repaired.len(),
+        report.sound
+    );
+    Ok(if args.check && !report.repaired.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

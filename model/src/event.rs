@@ -382,7 +382,10 @@ mod tests {
             raw: json!({"uuid": "u-1", "nested": {"list": [1, "two", null]}}),
         };
         let event = Event::new("okta", record, ecs);
-        assert!(event.timestamp_adjusted, "a time 400 days ahead is replaced");
+        assert!(
+            event.timestamp_adjusted,
+            "a time 400 days ahead is replaced"
+        );
         let doc = event.to_output_json();
         let back = Event::from_output_json(&doc).expect("reads back");
         assert_eq!(back, event);

@@ -59,7 +59,7 @@ pub struct ReindexOptions {
 }
 
 impl ReindexOptions {
-    fn selects(&self, tenant: &str, day: NaiveDate) -> bool {
+    pub(crate) fn selects(&self, tenant: &str, day: NaiveDate) -> bool {
         self.tenant.as_deref().is_none_or(|t| t == tenant)
             && self.from.is_none_or(|f| day >= f)
             && self.to.is_none_or(|t| day <= t)
@@ -307,7 +307,7 @@ fn parquet_partitions(layout: &Layout) -> Result<BTreeMap<(String, NaiveDate), V
 
 /// The committed event files of a partition directory, by name (batch order), with their
 /// batch sequence numbers.
-fn part_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
+pub(crate) fn part_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;

@@ -1,0 +1,283 @@
+//! Restoring event Parquet files from the indexes (`perimeter repair-parquet`): the other
+//! direction of [`crate::reindex`].
+//!
+//! An index keeps each event's output document (`Event::to_output_json`): every ECS field, the
+//! id, the times, the input line and the masked raw record, which is all a Parquet row holds.
+//! So the rows of a Parquet file that cannot be read any more (cut short, bit rot), or of a
+//! partition that was deleted, can be written again from the day's index, as long as that index
+//! is sound. For each (tenant, day) index in range:
+//!
+//! - the ids in its partitions' readable files are read (the `event_id` column); a file that
+//!   fails to read is unreadable;
+//! - when a file is unreadable, or the index holds events the files do not, those events are
+//!   read out of the index and written as one new file per source
+//!   (`part-<seq>-0000.parquet`, through a synced temporary file renamed into place);
+//! - then each unreadable file is renamed `.<name>.unreadable`: out of the readers' globs and of
+//!   compaction, kept for whoever wants to look at it. A crash between the two steps leaves the
+//!   restored file and the unreadable one; the next run finds nothing missing and moves the
+//!   unreadable one aside.
+//!
+//! Like `reindex`, it takes the data directory's lock: stop `perimeter run` first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use perimeter_model::Event;
+use tantivy::schema::Value as _;
+use tantivy::TantivyDocument;
+
+use crate::error::IoContext;
+use crate::layout::{self, Layout};
+use crate::reindex::{part_files, ReindexOptions};
+use crate::store::lock_data_dir;
+use crate::tantivy_sink::{id_key, DayIndex, EventSchema};
+use crate::{Result, Store, StoreConfig, StoreError};
+
+/// Suffix an unreadable Parquet file is renamed with (after a leading dot).
+const UNREADABLE_SUFFIX: &str = ".unreadable";
+/// Prefix of a restored file while it is written.
+const REPAIR_TMP_PREFIX: &str = ".repair-";
+
+/// One partition repaired (or, with `check_only`, to repair).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepairedPartition {
+    pub tenant: String,
+    pub source: String,
+    pub day: NaiveDate,
+    /// Events written back from the index.
+    pub restored: u64,
+    /// The unreadable files, as they were named (renamed `.<name>.unreadable` since).
+    pub unreadable: Vec<PathBuf>,
+    /// The file the events were written to (none with `check_only`, or nothing to restore).
+    pub file: Option<PathBuf>,
+}
+
+/// What `Store::repair_parquet` did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParquetRepairReport {
+    pub repaired: Vec<RepairedPartition>,
+    /// Days whose files hold every event of their index, all readable.
+    pub sound: usize,
+    /// Days whose index cannot be used (`perimeter reindex` is the tool for those, from the
+    /// files): nothing to restore from.
+    pub unusable_indexes: Vec<String>,
+}
+
+impl Store {
+    /// Write back, from the indexes, the events missing from the Parquet files of the days
+    /// `options` selects (`all` is not used), and set unreadable files aside: see the module
+    /// docs. Locks the data directory like a writer.
+    pub fn repair_parquet(
+        config: StoreConfig,
+        options: &ReindexOptions,
+    ) -> Result<ParquetRepairReport> {
+        config.validate()?;
+        let layout = Layout {
+            root: config.data_dir.clone(),
+        };
+        let _lock = lock_data_dir(&layout.root)?;
+        let schema = EventSchema::new();
+        let mut report = ParquetRepairReport::default();
+        for (tname, tdir) in layout::list_dirs(&layout.index_root())? {
+            let Some(tenant) = layout::partition_value(&tname, "tenant") else {
+                continue;
+            };
+            for (dname, ddir) in layout::list_dirs(&tdir)? {
+                let Some(day) = layout::parse_day(&dname) else {
+                    continue;
+                };
+                if !options.selects(&tenant, day) || !ddir.join("meta.json").exists() {
+                    continue;
+                }
+                let index = match DayIndex::open(&ddir, &tenant, day, &schema, false) {
+                    Ok(index) => index,
+                    Err(e) => {
+                        report
+                            .unusable_indexes
+                            .push(format!("tenant {tenant} {day}: {e}"));
+                        continue;
+                    }
+                };
+                let repaired = repair_day(&layout, &schema, &index, options.check_only)?;
+                if repaired.is_empty() {
+                    report.sound += 1;
+                }
+                report.repaired.extend(repaired);
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The ids in a partition's readable files, and its unreadable files.
+fn read_partition(dir: &Path) -> Result<(HashSet<u128>, Vec<PathBuf>)> {
+    let mut ids = HashSet::new();
+    let mut unreadable = Vec::new();
+    for (path, _) in part_files(dir)? {
+        let mut found = Vec::new();
+        let read = (|| -> std::result::Result<(), Box<dyn std::error::Error>> {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path)?)?;
+            let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
+            for batch in builder.with_projection(mask).build()? {
+                let batch = batch?;
+                let column = arrow::array::AsArray::as_string_opt::<i32>(batch.column(0))
+                    .ok_or("event_id is not text")?;
+                found.extend(column.iter().flatten().map(id_key));
+            }
+            Ok(())
+        })();
+        match read {
+            Ok(()) => ids.extend(found),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "unreadable parquet file");
+                unreadable.push(path);
+            }
+        }
+    }
+    Ok((ids, unreadable))
+}
+
+/// Repair the partitions of one day from its index; the partitions repaired.
+fn repair_day(
+    layout: &Layout,
+    schema: &EventSchema,
+    index: &DayIndex,
+    check_only: bool,
+) -> Result<Vec<RepairedPartition>> {
+    let (tenant, day) = (&index.tenant, index.day);
+    let tenant_dir = layout
+        .parquet_events_root()
+        .join(format!("tenant={}", layout::encode_partition_value(tenant)));
+    // By source: its partition directory, the ids its readable files hold, its unreadable files.
+    let mut partitions: BTreeMap<String, (PathBuf, HashSet<u128>, Vec<PathBuf>)> = BTreeMap::new();
+    for (sname, sdir) in layout::list_dirs(&tenant_dir)? {
+        let Some(source) = layout::partition_value(&sname, "source") else {
+            continue;
+        };
+        let dir = sdir.join(format!("dt={}", layout::format_day(day)));
+        if dir.is_dir() {
+            remove_repair_leftovers(&dir)?;
+            let (ids, unreadable) = read_partition(&dir)?;
+            partitions.insert(source, (dir, ids, unreadable));
+        }
+    }
+    let searcher = index.reader.searcher();
+    let present: usize = partitions.values().map(|(_, ids, _)| ids.len()).sum();
+    let unreadable = partitions.values().any(|(_, _, u)| !u.is_empty());
+    if !unreadable && present as u64 >= searcher.num_docs() {
+        return Ok(Vec::new());
+    }
+
+    // The index's events the readable files do not hold, by source.
+    let mut missing: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for segment in searcher.segment_readers() {
+        let index_dir = layout.index_dir(tenant, day);
+        let store = segment.get_store_reader(64).at(&index_dir)?;
+        let alive = segment.alive_bitset();
+        for doc in 0..segment.max_doc() {
+            if alive.is_some_and(|a| !a.is_alive(doc)) {
+                continue;
+            }
+            let stored: TantivyDocument = store.get(doc)?;
+            let text = stored
+                .get_first(schema.doc)
+                .and_then(|v| v.as_str())
+                .unwrap_or("{}");
+            let output: serde_json::Value = serde_json::from_str(text)?;
+            let event = Event::from_output_json(&output).ok_or_else(|| StoreError::Corrupt {
+                path: layout.index_dir(tenant, day),
+                reason: "a stored document lacks what an event needs".into(),
+            })?;
+            let id = id_key(&event.id().0);
+            let held = partitions
+                .get(&event.source)
+                .is_some_and(|(_, ids, _)| ids.contains(&id));
+            if !held {
+                missing.entry(event.source.clone()).or_default().push(event);
+            }
+        }
+    }
+
+    let mut repaired = Vec::new();
+    let sources: HashSet<String> = partitions.keys().chain(missing.keys()).cloned().collect();
+    let mut sources: Vec<String> = sources.into_iter().collect();
+    sources.sort();
+    for source in sources {
+        let events = missing.remove(&source).unwrap_or_default();
+        let unreadable = partitions
+            .get(&source)
+            .map(|(_, _, u)| u.clone())
+            .unwrap_or_default();
+        if events.is_empty() && unreadable.is_empty() {
+            continue;
+        }
+        let dir = layout.parquet_partition_dir(tenant, &source, day);
+        let file = if check_only || events.is_empty() {
+            None
+        } else {
+            Some(write_restored(&dir, &events)?)
+        };
+        if !check_only {
+            for path in &unreadable {
+                set_aside(path)?;
+            }
+        }
+        repaired.push(RepairedPartition {
+            tenant: tenant.clone(),
+            source,
+            day,
+            restored: events.len() as u64,
+            unreadable,
+            file,
+        });
+    }
+    Ok(repaired)
+}
+
+/// Write `events` as a new file of partition `dir` (created if need be): synced under a
+/// temporary name, then renamed into place.
+fn write_restored(dir: &Path, events: &[Event]) -> Result<PathBuf> {
+    layout::create_dir_durable(dir)?;
+    let seq = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+    let name = crate::store::final_name(seq, 0);
+    let tmp = dir.join(format!("{REPAIR_TMP_PREFIX}{name}.tmp"));
+    let raws: Vec<String> = events
+        .iter()
+        .map(|e| sonic_rs::to_string(&e.raw))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| StoreError::InvalidBatch(format!("raw record as JSON: {e}")))?;
+    let refs: Vec<&Event> = events.iter().collect();
+    let raw_refs: Vec<&str> = raws.iter().map(String::as_str).collect();
+    crate::parquet_sink::write_events_file(&tmp, &refs, &raw_refs)?;
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).at(&path)?;
+    layout::sync_dir(dir)?;
+    Ok(path)
+}
+
+/// Rename an unreadable file `.<name>.unreadable`, out of the readers' `*.parquet` globs and of
+/// compaction and reindex, which read `part-*.parquet` only.
+fn set_aside(path: &Path) -> Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let aside = path.with_file_name(format!(".{name}{UNREADABLE_SUFFIX}"));
+    std::fs::rename(path, &aside).at(&aside)?;
+    if let Some(dir) = path.parent() {
+        layout::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Remove the temporary files of a repair a crash interrupted.
+fn remove_repair_leftovers(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(REPAIR_TMP_PREFIX) && name.ends_with(".tmp") {
+            std::fs::remove_file(entry.path()).at(entry.path())?;
+        }
+    }
+    Ok(())
+}
