@@ -24,13 +24,14 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ProjectionMask;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use perimeter_model::Event;
 use tantivy::schema::Value as _;
 use tantivy::TantivyDocument;
 
 use crate::error::IoContext;
 use crate::layout::{self, Layout};
+use crate::parquet_sink::{event_arrow_schema, events_to_record_batch};
 use crate::reindex::{part_files, ReindexOptions};
 use crate::store::lock_data_dir;
 use crate::tantivy_sink::{id_key, DayIndex, EventSchema};
@@ -171,10 +172,12 @@ fn repair_day(
         return Ok(Vec::new());
     }
 
-    // The index's events the readable files do not hold, by source.
-    let mut missing: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    // The index's events the readable files do not hold, written back by source as they are
+    // read (a file per source, fed a record batch at a time: a deleted partition can hold
+    // millions of events).
+    let mut restored: BTreeMap<String, RestoredFile> = BTreeMap::new();
+    let index_dir = layout.index_dir(tenant, day);
     for segment in searcher.segment_readers() {
-        let index_dir = layout.index_dir(tenant, day);
         let store = segment.get_store_reader(64).at(&index_dir)?;
         let alive = segment.alive_bitset();
         for doc in 0..segment.max_doc() {
@@ -188,38 +191,43 @@ fn repair_day(
                 .unwrap_or("{}");
             let output: serde_json::Value = serde_json::from_str(text)?;
             let event = Event::from_output_json(&output).ok_or_else(|| StoreError::Corrupt {
-                path: layout.index_dir(tenant, day),
+                path: index_dir.clone(),
                 reason: "a stored document lacks what an event needs".into(),
             })?;
             let id = id_key(&event.id().0);
             let held = partitions
                 .get(&event.source)
                 .is_some_and(|(_, ids, _)| ids.contains(&id));
-            if !held {
-                missing.entry(event.source.clone()).or_default().push(event);
+            if held {
+                continue;
+            }
+            if !restored.contains_key(&event.source) {
+                let dir = layout.parquet_partition_dir(tenant, &event.source, day);
+                let file = RestoredFile::new(dir, check_only)?;
+                restored.insert(event.source.clone(), file);
+            }
+            if let Some(file) = restored.get_mut(&event.source) {
+                file.push(event)?;
             }
         }
     }
 
     let mut repaired = Vec::new();
-    let sources: HashSet<String> = partitions.keys().chain(missing.keys()).cloned().collect();
-    let mut sources: Vec<String> = sources.into_iter().collect();
+    let mut sources: Vec<String> = partitions.keys().chain(restored.keys()).cloned().collect();
     sources.sort();
+    sources.dedup();
     for source in sources {
-        let events = missing.remove(&source).unwrap_or_default();
         let unreadable = partitions
             .get(&source)
             .map(|(_, _, u)| u.clone())
             .unwrap_or_default();
-        if events.is_empty() && unreadable.is_empty() {
+        let (restored, file) = match restored.remove(&source) {
+            Some(f) => f.finish()?,
+            None => (0, None),
+        };
+        if restored == 0 && unreadable.is_empty() {
             continue;
         }
-        let dir = layout.parquet_partition_dir(tenant, &source, day);
-        let file = if check_only || events.is_empty() {
-            None
-        } else {
-            Some(write_restored(&dir, &events)?)
-        };
         if !check_only {
             for path in &unreadable {
                 set_aside(path)?;
@@ -229,7 +237,7 @@ fn repair_day(
             tenant: tenant.clone(),
             source,
             day,
-            restored: events.len() as u64,
+            restored,
             unreadable,
             file,
         });
@@ -237,25 +245,84 @@ fn repair_day(
     Ok(repaired)
 }
 
-/// Write `events` as a new file of partition `dir` (created if need be): synced under a
-/// temporary name, then renamed into place.
-fn write_restored(dir: &Path, events: &[Event]) -> Result<PathBuf> {
-    layout::create_dir_durable(dir)?;
-    let seq = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
-    let name = crate::store::final_name(seq, 0);
-    let tmp = dir.join(format!("{REPAIR_TMP_PREFIX}{name}.tmp"));
-    let raws: Vec<String> = events
-        .iter()
-        .map(|e| sonic_rs::to_string(&e.raw))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| StoreError::InvalidBatch(format!("raw record as JSON: {e}")))?;
-    let refs: Vec<&Event> = events.iter().collect();
-    let raw_refs: Vec<&str> = raws.iter().map(String::as_str).collect();
-    crate::parquet_sink::write_events_file(&tmp, &refs, &raw_refs)?;
-    let path = dir.join(name);
-    std::fs::rename(&tmp, &path).at(&path)?;
-    layout::sync_dir(dir)?;
-    Ok(path)
+/// A partition's new file of events written back, filled a record batch at a time under a
+/// temporary name (only counted with `check_only`).
+struct RestoredFile {
+    dir: PathBuf,
+    /// The temporary path and its writer; `None` with `check_only`.
+    writer: Option<(PathBuf, ArrowWriter<std::fs::File>)>,
+    pending: Vec<Event>,
+    count: u64,
+}
+
+/// Events per record batch of a restored file.
+const RESTORED_BATCH: usize = 4096;
+
+impl RestoredFile {
+    fn new(dir: PathBuf, check_only: bool) -> Result<RestoredFile> {
+        let writer = if check_only {
+            None
+        } else {
+            layout::create_dir_durable(&dir)?;
+            let tmp = dir.join(format!("{REPAIR_TMP_PREFIX}{}.tmp", std::process::id()));
+            let file = std::fs::File::create(&tmp).at(&tmp)?;
+            let writer = ArrowWriter::try_new(
+                file,
+                event_arrow_schema(),
+                Some(crate::parquet_sink::writer_properties()),
+            )?;
+            Some((tmp, writer))
+        };
+        Ok(RestoredFile {
+            dir,
+            writer,
+            pending: Vec::new(),
+            count: 0,
+        })
+    }
+
+    fn push(&mut self, event: Event) -> Result<()> {
+        self.count += 1;
+        if self.writer.is_some() {
+            self.pending.push(event);
+            if self.pending.len() >= RESTORED_BATCH {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let Some((_, writer)) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        let raws: Vec<String> = self
+            .pending
+            .iter()
+            .map(|e| sonic_rs::to_string(&e.raw))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| StoreError::InvalidBatch(format!("raw record as JSON: {e}")))?;
+        let refs: Vec<&Event> = self.pending.iter().collect();
+        let raw_refs: Vec<&str> = raws.iter().map(String::as_str).collect();
+        writer.write(&events_to_record_batch(&refs, &raw_refs)?)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Close, sync and rename the file into place; (events, its path).
+    fn finish(mut self) -> Result<(u64, Option<PathBuf>)> {
+        self.flush()?;
+        let Some((tmp, writer)) = self.writer.take() else {
+            return Ok((self.count, None));
+        };
+        let file = writer.into_inner()?;
+        file.sync_all().at(&tmp)?;
+        let seq = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+        let path = self.dir.join(crate::store::final_name(seq, 0));
+        std::fs::rename(&tmp, &path).at(&path)?;
+        layout::sync_dir(&self.dir)?;
+        Ok((self.count, Some(path)))
+    }
 }
 
 /// Rename an unreadable file `.<name>.unreadable`, out of the readers' `*.parquet` globs and of
