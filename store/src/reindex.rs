@@ -36,7 +36,7 @@ use crate::tantivy_sink::{id_key, DayIndex, DayWriter, EventSchema};
 use crate::{Result, Store, StoreConfig, StoreError};
 
 /// Events handed to the index writer at a time (their texts are built together).
-const CHUNK_EVENTS: usize = 20_000;
+const CHUNK_EVENTS: usize = 4_096;
 
 /// Prefix of an index being rebuilt, beside the day's index in its tenant's directory.
 const REBUILD_PREFIX: &str = ".rebuild-";
