@@ -3866,3 +3866,42 @@ fn repair_parquet_restores_unreadable_and_deleted_files_from_the_index() {
     let store = Store::open(config(dir.path())).unwrap();
     assert_eq!(documents_by_id(&store, "acme"), before);
 }
+
+/// A day larger than what a rebuild reads ahead at a time is rebuilt whole, reporting progress
+/// on the way.
+#[test]
+fn reindex_rebuilds_a_day_larger_than_its_read_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<Event> = (0..4_500u64)
+        .map(|n| {
+            event(
+                "acme",
+                "okta",
+                ts(20, (n / 600) as u32, (n % 60) as u32),
+                &format!("u{n}"),
+                "a",
+                n,
+            )
+        })
+        .collect();
+    stored_once(dir.path(), events);
+    let mut indexed = Vec::new();
+    let report = Store::reindex(
+        config(dir.path()),
+        &ReindexOptions {
+            all: true,
+            ..Default::default()
+        },
+        &published,
+        &mut |p| {
+            if let ReindexProgress::Indexed { n, events } = p {
+                indexed.push((*n, *events));
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(report.events(), 4_500);
+    assert_eq!(indexed, [(1, 4_096)], "progress after each read-ahead");
+    let store = Store::open(config(dir.path())).unwrap();
+    assert_eq!(store.stats().events_stored, 4_500);
+}
