@@ -152,22 +152,23 @@ fn repair_day(
     let tenant_dir = layout
         .parquet_events_root()
         .join(format!("tenant={}", layout::encode_partition_value(tenant)));
-    // By source: its partition directory, the ids its readable files hold, its unreadable files.
-    let mut partitions: BTreeMap<String, (PathBuf, HashSet<u128>, Vec<PathBuf>)> = BTreeMap::new();
+    // By source: the ids its readable files hold, its unreadable files.
+    let mut partitions: BTreeMap<String, (HashSet<u128>, Vec<PathBuf>)> = BTreeMap::new();
     for (sname, sdir) in layout::list_dirs(&tenant_dir)? {
         let Some(source) = layout::partition_value(&sname, "source") else {
             continue;
         };
         let dir = sdir.join(format!("dt={}", layout::format_day(day)));
         if dir.is_dir() {
-            remove_repair_leftovers(&dir)?;
-            let (ids, unreadable) = read_partition(&dir)?;
-            partitions.insert(source, (dir, ids, unreadable));
+            if !check_only {
+                remove_repair_leftovers(&dir)?;
+            }
+            partitions.insert(source, read_partition(&dir)?);
         }
     }
     let searcher = index.reader.searcher();
-    let present: usize = partitions.values().map(|(_, ids, _)| ids.len()).sum();
-    let unreadable = partitions.values().any(|(_, _, u)| !u.is_empty());
+    let present: usize = partitions.values().map(|(ids, _)| ids.len()).sum();
+    let unreadable = partitions.values().any(|(_, u)| !u.is_empty());
     if !unreadable && present as u64 >= searcher.num_docs() {
         return Ok(Vec::new());
     }
@@ -197,7 +198,7 @@ fn repair_day(
             let id = id_key(&event.id().0);
             let held = partitions
                 .get(&event.source)
-                .is_some_and(|(_, ids, _)| ids.contains(&id));
+                .is_some_and(|(ids, _)| ids.contains(&id));
             if held {
                 continue;
             }
@@ -219,7 +220,7 @@ fn repair_day(
     for source in sources {
         let unreadable = partitions
             .get(&source)
-            .map(|(_, _, u)| u.clone())
+            .map(|(_, u)| u.clone())
             .unwrap_or_default();
         let (restored, file) = match restored.remove(&source) {
             Some(f) => f.finish()?,
