@@ -73,6 +73,22 @@ impl Layout {
     pub fn index_root(&self) -> PathBuf {
         self.root.join("index")
     }
+    /// The (tenant, day) index directories under the index root, with the tenant decoded;
+    /// other names (a rebuild's `.rebuild-*`) are left out.
+    pub fn index_days(&self) -> Result<Vec<(String, NaiveDate, PathBuf)>> {
+        let mut out = Vec::new();
+        for (tname, tdir) in list_dirs(&self.index_root())? {
+            let Some(tenant) = partition_value(&tname, "tenant") else {
+                continue;
+            };
+            for (dname, ddir) in list_dirs(&tdir)? {
+                if let Some(day) = parse_day(&dname) {
+                    out.push((tenant.clone(), day, ddir));
+                }
+            }
+        }
+        Ok(out)
+    }
     pub fn index_dir(&self, tenant: &str, day: NaiveDate) -> PathBuf {
         self.index_root()
             .join(format!("tenant={}", encode_partition_value(tenant)))

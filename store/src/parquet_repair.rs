@@ -82,32 +82,24 @@ impl Store {
         let _lock = lock_data_dir(&layout.root)?;
         let schema = EventSchema::new();
         let mut report = ParquetRepairReport::default();
-        for (tname, tdir) in layout::list_dirs(&layout.index_root())? {
-            let Some(tenant) = layout::partition_value(&tname, "tenant") else {
+        for (tenant, day, ddir) in layout.index_days()? {
+            if !options.selects(&tenant, day) || !ddir.join("meta.json").exists() {
                 continue;
-            };
-            for (dname, ddir) in layout::list_dirs(&tdir)? {
-                let Some(day) = layout::parse_day(&dname) else {
-                    continue;
-                };
-                if !options.selects(&tenant, day) || !ddir.join("meta.json").exists() {
-                    continue;
-                }
-                let index = match DayIndex::open(&ddir, &tenant, day, &schema, false) {
-                    Ok(index) => index,
-                    Err(e) => {
-                        report
-                            .unusable_indexes
-                            .push(format!("tenant {tenant} {day}: {e}"));
-                        continue;
-                    }
-                };
-                let repaired = repair_day(&layout, &schema, &index, options.check_only)?;
-                if repaired.is_empty() {
-                    report.sound += 1;
-                }
-                report.repaired.extend(repaired);
             }
+            let index = match DayIndex::open(&ddir, &tenant, day, &schema, false) {
+                Ok(index) => index,
+                Err(e) => {
+                    report
+                        .unusable_indexes
+                        .push(format!("tenant {tenant} {day}: {e}"));
+                    continue;
+                }
+            };
+            let repaired = repair_day(&layout, &schema, &index, options.check_only)?;
+            if repaired.is_empty() {
+                report.sound += 1;
+            }
+            report.repaired.extend(repaired);
         }
         Ok(report)
     }

@@ -321,38 +321,30 @@ impl Store {
         let mut indexes = BTreeMap::new();
         let mut last_seq = 0;
         let mut events_stored = 0;
-        for (tname, tdir) in layout::list_dirs(&layout.index_root())? {
-            let Some(tenant) = layout::partition_value(&tname, "tenant") else {
-                continue;
-            };
-            for (dname, ddir) in layout::list_dirs(&tdir)? {
-                let Some(day) = layout::parse_day(&dname) else {
-                    continue;
-                };
-                if !ddir.join("meta.json").exists() {
-                    // Created but never committed (crash during the first batch of the day).
-                    if writer {
-                        std::fs::remove_dir_all(&ddir).at(&ddir)?;
-                    }
-                    continue;
+        for (tenant, day, ddir) in layout.index_days()? {
+            if !ddir.join("meta.json").exists() {
+                // Created but never committed (crash during the first batch of the day).
+                if writer {
+                    std::fs::remove_dir_all(&ddir).at(&ddir)?;
                 }
-                // A damaged index stops the store, which would otherwise take it for empty (and
-                // store resends of its events again); the Parquet files can rebuild it.
-                let idx =
-                    DayIndex::open(&ddir, &tenant, day, &schema, writer).map_err(|e| match e {
-                        StoreError::Tantivy(e) => StoreError::Corrupt {
-                            path: ddir.clone(),
-                            reason: format!(
-                                "{e}: rebuild the index from the Parquet files with \
-                                 `perimeter reindex`"
-                            ),
-                        },
-                        other => other,
-                    })?;
-                last_seq = last_seq.max(idx.committed_seq()?);
-                events_stored += idx.reader.searcher().num_docs();
-                indexes.insert((tenant.clone(), day), Arc::new(idx));
+                continue;
             }
+            // A damaged index stops the store, which would otherwise take it for empty (and
+            // store resends of its events again); the Parquet files can rebuild it.
+            let idx =
+                DayIndex::open(&ddir, &tenant, day, &schema, writer).map_err(|e| match e {
+                    StoreError::Tantivy(e) => StoreError::Corrupt {
+                        path: ddir.clone(),
+                        reason: format!(
+                            "{e}: rebuild the index from the Parquet files with \
+                             `perimeter reindex`"
+                        ),
+                    },
+                    other => other,
+                })?;
+            last_seq = last_seq.max(idx.committed_seq()?);
+            events_stored += idx.reader.searcher().num_docs();
+            indexes.insert((tenant.clone(), day), Arc::new(idx));
         }
         let store = Store {
             alerts: RwLock::new({
