@@ -119,6 +119,7 @@ pub fn reindex(config: &PerimeterConfig, args: ReindexArgs) -> anyhow::Result<Ex
             day.why
         ),
     })
+    .map_err(|e| needs_the_directory(e, &data_dir))
     .with_context(|| format!("reindexing {}", data_dir.display()))?;
 
     if args.check {
@@ -155,6 +156,22 @@ pub fn reindex(config: &PerimeterConfig, args: ReindexArgs) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
+/// A repair writes the data directory: when a service holds it, say so without the store's
+/// hint about reading through `--server`, which does not apply here.
+fn needs_the_directory(
+    e: perimeter_store::StoreError,
+    data_dir: &std::path::Path,
+) -> anyhow::Error {
+    match e {
+        perimeter_store::StoreError::Locked { .. } => anyhow::anyhow!(
+            "{} is in use by a running `perimeter run` or `perimeter demo`: stop it first (a \
+             repair needs the data directory to itself)",
+            data_dir.display()
+        ),
+        other => other.into(),
+    }
+}
+
 fn indexes(n: usize) -> String {
     match n {
         1 => "1 index".to_string(),
@@ -176,6 +193,7 @@ pub fn repair_parquet(
     options.check_only = args.check;
     let data_dir = store_config.data_dir.clone();
     let report = Store::repair_parquet(store_config, &options)
+        .map_err(|e| needs_the_directory(e, &data_dir))
         .with_context(|| format!("repairing the Parquet files of {}", data_dir.display()))?;
     let verb = if args.check { "to repair" } else { "repaired" };
     for p in &report.repaired {

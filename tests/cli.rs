@@ -2641,6 +2641,21 @@ fn repair_parquet_writes_back_a_lost_file_from_the_index() {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
 
+    // While a service holds the directory, a repair says to stop it.
+    let held = perimeter_store::lock_data_dir(&data).unwrap();
+    let refused = perimeter(&["repair-parquet", "--data-dir", d], None);
+    assert!(!refused.status.success());
+    assert_stderr_says(
+        &refused,
+        "stop it first (a repair needs the data directory to itself)",
+    );
+    assert!(
+        !stderr(&refused).contains("--server"),
+        "{}",
+        stderr(&refused)
+    );
+    drop(held);
+
     let check = perimeter(&["repair-parquet", "--data-dir", d, "--check"], None);
     assert_eq!(check.status.code(), Some(1), "{}", stderr(&check));
     let said = String::from_utf8_lossy(&check.stdout);
