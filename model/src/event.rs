@@ -239,12 +239,29 @@ impl Event {
             .get_or_init(|| EventId::derive(&self.source, &self.raw))
     }
 
-    /// An event read back from storage with the id it was stored under. The id was derived
-    /// from the record as received, and storage keeps the record masked, so it cannot be
-    /// derived again from what was read (`perimeter reindex`).
-    pub fn with_stored_id(self, id: EventId) -> Event {
-        let _ = self.id.set(id);
-        self
+    /// An event read back from storage, as it was stored: with the id it was stored under (it
+    /// was derived from the record as received, and storage keeps the record masked, so it
+    /// cannot be derived again from what was read), and its time and adjusted-time mark as
+    /// they were judged on arrival rather than judged again.
+    pub fn stored(
+        record: RawRecord,
+        mut ecs: Ecs,
+        id: EventId,
+        timestamp: DateTime<Utc>,
+        timestamp_adjusted: bool,
+    ) -> Event {
+        ecs.timestamp = Some(timestamp);
+        Event {
+            id: OnceLock::from(id),
+            source: record.source,
+            tenant: record.tenant,
+            received_at: record.received_at,
+            timestamp,
+            timestamp_adjusted,
+            line: record.line,
+            ecs,
+            raw: record.raw,
+        }
     }
 
     /// The raw record for changing it (masking). The id is fixed first, from the content as
@@ -308,13 +325,13 @@ impl Event {
             line: meta["line"].as_u64(),
             raw: raw_from_serde(doc.get("raw")?),
         };
-        let source = record.source.clone();
-        let mut event = Event::new(source, record, Ecs::from_json(doc))
-            .with_stored_id(EventId(doc["event"]["id"].as_str()?.to_string()));
-        event.timestamp = timestamp;
-        event.ecs.timestamp = Some(timestamp);
-        event.timestamp_adjusted = meta["timestamp_adjusted"].as_bool().unwrap_or(false);
-        Some(event)
+        Some(Event::stored(
+            record,
+            Ecs::from_json(doc),
+            EventId(doc["event"]["id"].as_str()?.to_string()),
+            timestamp,
+            meta["timestamp_adjusted"].as_bool().unwrap_or(false),
+        ))
     }
 }
 

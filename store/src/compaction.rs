@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::IoContext;
 use crate::layout;
-use crate::parquet_sink::{event_arrow_schema, writer_properties};
+use crate::parquet_sink::{event_arrow_schema, read_event_batches, writer_properties};
 use crate::store::{lock, Store};
-use crate::{Result, StoreError};
+use crate::Result;
 
 /// What `compact` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,21 +55,6 @@ struct Manifest {
 
 fn manifest_name(seq: u64) -> String {
     format!(".compact-{seq:020}.json")
-}
-
-/// Partition directories `tenant=/source=/dt=` under the events root.
-pub(crate) fn partition_dirs(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for (_, tdir) in layout::list_dirs(root)? {
-        for (_, sdir) in layout::list_dirs(&tdir)? {
-            for (dname, ddir) in layout::list_dirs(&sdir)? {
-                if layout::parse_day(&dname).is_some() {
-                    out.push(ddir);
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Finish or undo interrupted compactions in one partition directory.
@@ -180,26 +165,10 @@ fn write_merged(
         let mut writer =
             ArrowWriter::try_new(file, event_arrow_schema(), Some(writer_properties()))?;
         for (name, _) in group {
-            let path = dir.join(name);
-            let unreadable = |e: &dyn std::fmt::Display| StoreError::Corrupt {
-                path: path.clone(),
-                reason: format!("unreadable parquet file ({e})"),
-            };
-            let file = File::open(&path).at(&path)?;
-            let batches = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .map_err(|e| unreadable(&e))?;
-            for batch in batches {
-                let batch = batch.map_err(|e| unreadable(&e))?;
-                if batch.schema() != event_arrow_schema() {
-                    return Err(StoreError::Corrupt {
-                        path,
-                        reason: "parquet schema differs from the event schema".into(),
-                    });
-                }
+            read_event_batches(&dir.join(name), |batch| {
                 total += batch.num_rows() as u64;
-                writer.write(&batch)?;
-            }
+                Ok(writer.write(&batch)?)
+            })?;
         }
         let file = writer.into_inner()?;
         file.sync_all().at(&tmp)?;
@@ -225,7 +194,7 @@ impl Store {
         let max_rows = self.config.parquet_max_rows_per_file as i64;
         let min_age = Duration::from_secs(self.config.parquet_max_file_age_seconds);
         let now = SystemTime::now();
-        for dir in partition_dirs(&self.layout.parquet_events_root())? {
+        for dir in self.layout.event_partitions()?.into_iter().map(|p| p.dir) {
             // One damaged partition (a file cut short, bit rot) must not stop the others from
             // ever being compacted again.
             if let Err(e) = self.compact_dir(&dir, max_rows, min_age, now, &mut report) {

@@ -64,6 +64,15 @@ pub fn parse_day(dir_name: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(v, "%Y-%m-%d").ok()
 }
 
+/// One event Parquet partition directory ([`Layout::event_partitions`]).
+#[derive(Debug, Clone)]
+pub struct EventPartition {
+    pub tenant: String,
+    pub source: String,
+    pub day: NaiveDate,
+    pub dir: PathBuf,
+}
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub root: PathBuf,
@@ -96,6 +105,32 @@ impl Layout {
     }
     pub fn parquet_events_root(&self) -> PathBuf {
         self.root.join("parquet").join("events")
+    }
+    /// The event Parquet partitions (`tenant=/source=/dt=` directories), with their tenant,
+    /// source and day decoded; other names are left out.
+    pub fn event_partitions(&self) -> Result<Vec<EventPartition>> {
+        let mut out = Vec::new();
+        for (tname, tdir) in list_dirs(&self.parquet_events_root())? {
+            let Some(tenant) = partition_value(&tname, "tenant") else {
+                continue;
+            };
+            for (sname, sdir) in list_dirs(&tdir)? {
+                let Some(source) = partition_value(&sname, "source") else {
+                    continue;
+                };
+                for (dname, dir) in list_dirs(&sdir)? {
+                    if let Some(day) = parse_day(&dname) {
+                        out.push(EventPartition {
+                            tenant: tenant.clone(),
+                            source: source.clone(),
+                            day,
+                            dir,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
     pub fn parquet_partition_dir(&self, tenant: &str, source: &str, day: NaiveDate) -> PathBuf {
         self.parquet_events_root()

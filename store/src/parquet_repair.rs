@@ -32,7 +32,7 @@ use tantivy::TantivyDocument;
 use crate::error::IoContext;
 use crate::layout::{self, Layout};
 use crate::parquet_sink::{event_arrow_schema, events_to_record_batch};
-use crate::reindex::{part_files, ReindexOptions};
+use crate::reindex::{parquet_partitions, part_files, Partition, ReindexOptions};
 use crate::store::lock_data_dir;
 use crate::tantivy_sink::{id_key, DayIndex, EventSchema};
 use crate::{Result, Store, StoreConfig, StoreError};
@@ -82,6 +82,7 @@ impl Store {
         let _lock = lock_data_dir(&layout.root)?;
         let schema = EventSchema::new();
         let mut report = ParquetRepairReport::default();
+        let partitions = parquet_partitions(&layout)?;
         for (tenant, day, ddir) in layout.index_days()? {
             if !options.selects(&tenant, day) || !ddir.join("meta.json").exists() {
                 continue;
@@ -95,7 +96,10 @@ impl Store {
                     continue;
                 }
             };
-            let repaired = repair_day(&layout, &schema, &index, options.check_only)?;
+            let parts = partitions
+                .get(&(tenant, day))
+                .map_or(&[][..], Vec::as_slice);
+            let repaired = repair_day(&layout, &schema, &index, parts, options.check_only)?;
             if repaired.is_empty() {
                 report.sound += 1;
             }
@@ -138,25 +142,17 @@ fn repair_day(
     layout: &Layout,
     schema: &EventSchema,
     index: &DayIndex,
+    parts: &[Partition],
     check_only: bool,
 ) -> Result<Vec<RepairedPartition>> {
     let (tenant, day) = (&index.tenant, index.day);
-    let tenant_dir = layout
-        .parquet_events_root()
-        .join(format!("tenant={}", layout::encode_partition_value(tenant)));
     // By source: the ids its readable files hold, its unreadable files.
     let mut partitions: BTreeMap<String, (HashSet<u128>, Vec<PathBuf>)> = BTreeMap::new();
-    for (sname, sdir) in layout::list_dirs(&tenant_dir)? {
-        let Some(source) = layout::partition_value(&sname, "source") else {
-            continue;
-        };
-        let dir = sdir.join(format!("dt={}", layout::format_day(day)));
-        if dir.is_dir() {
-            if !check_only {
-                remove_repair_leftovers(&dir)?;
-            }
-            partitions.insert(source, read_partition(&dir)?);
+    for p in parts {
+        if !check_only {
+            remove_repair_leftovers(&p.dir)?;
         }
+        partitions.insert(p.source.clone(), read_partition(&p.dir)?);
     }
     let searcher = index.reader.searcher();
     let present: usize = partitions.values().map(|(ids, _)| ids.len()).sum();

@@ -215,7 +215,6 @@ pub fn events_from_record_batch(
             .then(|| u64::try_from(as_numbers.value(row)).ok())
             .flatten();
         let timestamp = time(timestamps.value(row))?;
-        ecs.timestamp = Some(timestamp);
         let raw: perimeter_model::RawJson = sonic_rs::from_str(raws.value(row))
             .map_err(|e| bad(&format!("raw record of {}: {e}", ids.value(row))))?;
         let record = RawRecord {
@@ -228,14 +227,8 @@ pub fn events_from_record_batch(
                 .flatten(),
             raw,
         };
-        let mut event = Event::new(source, record, ecs)
-            .with_stored_id(perimeter_model::EventId(ids.value(row).to_string()));
-        // As stored, even when `Event::new` would judge the time anew (the check is relative
-        // to the receive time, which was the same when it was stored).
-        event.timestamp = timestamp;
-        event.timestamp_adjusted = false;
-        event.ecs.timestamp = Some(timestamp);
-        events.push(event);
+        let id = perimeter_model::EventId(ids.value(row).to_string());
+        events.push(Event::stored(record, ecs, id, timestamp, false));
     }
     Ok(events)
 }
@@ -277,6 +270,34 @@ pub fn write_events_file(path: &Path, events: &[&Event], raws: &[&str]) -> Resul
         }
         Ok(())
     })
+}
+
+/// Read the event file at `path` record batch by record batch into `each`. A file that cannot be
+/// read, or holds another schema, is `Corrupt` naming it: compaction and reindex stop at it
+/// rather than write a merged file or an index without its rows.
+pub(crate) fn read_event_batches(
+    path: &Path,
+    mut each: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let corrupt = |reason: String| crate::StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let unreadable = |e: &dyn std::fmt::Display| corrupt(format!("unreadable parquet file ({e})"));
+    let file = File::open(path).at(path)?;
+    let batches = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| unreadable(&e))?;
+    for batch in batches {
+        let batch = batch.map_err(|e| unreadable(&e))?;
+        if batch.schema() != event_arrow_schema() {
+            return Err(corrupt(
+                "parquet schema differs from the event schema".into(),
+            ));
+        }
+        each(batch)?;
+    }
+    Ok(())
 }
 
 /// Write one complete Parquet file at `path` and fsync it. Returns the bytes written.

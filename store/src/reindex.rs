@@ -30,8 +30,8 @@ use perimeter_model::{Event, RawJson};
 use crate::doc_text::{output_document, BatchText};
 use crate::error::IoContext;
 use crate::layout::{self, Layout};
-use crate::parquet_sink::{event_arrow_schema, events_from_record_batch};
-use crate::store::{lock, lock_data_dir};
+use crate::parquet_sink::{events_from_record_batch, read_event_batches};
+use crate::store::{lock, lock_data_dir, settle_interrupted_batches};
 use crate::tantivy_sink::{id_key, DayIndex, DayWriter, EventSchema};
 use crate::{Result, Store, StoreConfig, StoreError};
 
@@ -124,9 +124,9 @@ pub enum ReindexProgress {
 pub type VendorTime<'a> = dyn Fn(&str, &RawJson) -> Option<DateTime<Utc>> + Sync + 'a;
 
 /// A Parquet partition of one source, within a (tenant, day).
-struct Partition {
-    source: String,
-    dir: PathBuf,
+pub(crate) struct Partition {
+    pub(crate) source: String,
+    pub(crate) dir: PathBuf,
 }
 
 impl Store {
@@ -156,13 +156,17 @@ impl Store {
             if !options.selects(&tenant, day) {
                 continue;
             }
-            let dir = layout.index_dir(&tenant, day);
+            let existing =
+                ExistingIndex::of(&layout.index_dir(&tenant, day), &tenant, day, &schema);
+            let committed = match existing {
+                ExistingIndex::Usable { committed, .. } => Some(committed),
+                _ => None,
+            };
             let mut files = 0;
             for p in &parts {
                 if !options.check_only {
                     crate::compaction::recover_compactions(&p.dir)?;
-                    let committed = committed_seq(&dir, &tenant, day, &schema);
-                    let (kept, removed) = settle_interrupted_files(&p.dir, committed)?;
+                    let (kept, removed) = settle_interrupted_batches(&p.dir, committed)?;
                     report.interrupted_files_kept += kept;
                     report.interrupted_files_removed += removed;
                 }
@@ -171,18 +175,14 @@ impl Store {
             let why = if options.all {
                 Some("asked for (--all)".to_string())
             } else {
-                unsound(&dir, &tenant, day, &schema, &parts)?
+                unsound(&existing, &parts)?
             };
-            match why {
-                Some(why) => plan.push((tenant, day, parts, files, why)),
-                None => report.sound += 1,
-            }
-        }
-
-        let plan: Vec<(ReindexedDay, Vec<Partition>)> = plan
-            .into_iter()
-            .map(|(tenant, day, parts, files, why)| {
-                let day = ReindexedDay {
+            let Some(why) = why else {
+                report.sound += 1;
+                continue;
+            };
+            plan.push(PlannedDay {
+                day: ReindexedDay {
                     tenant,
                     day,
                     why,
@@ -190,12 +190,13 @@ impl Store {
                     duplicate_rows: 0,
                     files,
                     seconds: 0.0,
-                };
-                (day, parts)
-            })
-            .collect();
+                },
+                parts,
+                committed: committed.unwrap_or(0),
+            });
+        }
         if options.check_only {
-            report.rebuilt = plan.into_iter().map(|(day, _)| day).collect();
+            report.rebuilt = plan.into_iter().map(|p| p.day).collect();
             return Ok(report);
         }
         report.rebuilt = rebuild_days(&layout, &config, &schema, plan, vendor_time, progress)?;
@@ -210,7 +211,7 @@ fn rebuild_days(
     layout: &Layout,
     config: &StoreConfig,
     schema: &EventSchema,
-    plan: Vec<(ReindexedDay, Vec<Partition>)>,
+    plan: Vec<PlannedDay>,
     vendor_time: &VendorTime<'_>,
     progress: &mut (dyn FnMut(&ReindexProgress) + Send),
 ) -> Result<Vec<ReindexedDay>> {
@@ -231,7 +232,8 @@ fn rebuild_days(
                 if n >= of || failed.load(Ordering::Relaxed) {
                     break;
                 }
-                let (day, parts) = &plan[n];
+                let planned = &plan[n];
+                let day = &planned.day;
                 report(&ReindexProgress::Starting {
                     n: n + 1,
                     of,
@@ -239,7 +241,7 @@ fn rebuild_days(
                 });
                 let started = Instant::now();
                 let indexed = |events| report(&ReindexProgress::Indexed { n: n + 1, events });
-                let result = rebuild_day(layout, config, schema, day, parts, vendor_time, &indexed)
+                let result = rebuild_day(layout, config, schema, planned, vendor_time, &indexed)
                     .map(|(events, duplicate_rows)| ReindexedDay {
                         events,
                         duplicate_rows,
@@ -280,27 +282,15 @@ pub(crate) fn remove_unfinished_rebuilds(index_root: &Path) -> Result<()> {
 }
 
 /// The event partitions under the Parquet root, by (tenant, day).
-fn parquet_partitions(layout: &Layout) -> Result<BTreeMap<(String, NaiveDate), Vec<Partition>>> {
+pub(crate) fn parquet_partitions(
+    layout: &Layout,
+) -> Result<BTreeMap<(String, NaiveDate), Vec<Partition>>> {
     let mut out: BTreeMap<(String, NaiveDate), Vec<Partition>> = BTreeMap::new();
-    for (tname, tdir) in layout::list_dirs(&layout.parquet_events_root())? {
-        let Some(tenant) = layout::partition_value(&tname, "tenant") else {
-            continue;
-        };
-        for (sname, sdir) in layout::list_dirs(&tdir)? {
-            let Some(source) = layout::partition_value(&sname, "source") else {
-                continue;
-            };
-            for (dname, dir) in layout::list_dirs(&sdir)? {
-                if let Some(day) = layout::parse_day(&dname) {
-                    out.entry((tenant.clone(), day))
-                        .or_default()
-                        .push(Partition {
-                            source: source.clone(),
-                            dir,
-                        });
-                }
-            }
-        }
+    for p in layout.event_partitions()? {
+        out.entry((p.tenant, p.day)).or_default().push(Partition {
+            source: p.source,
+            dir: p.dir,
+        });
     }
     Ok(out)
 }
@@ -325,71 +315,44 @@ pub(crate) fn part_files(dir: &Path) -> Result<Vec<(PathBuf, u64)>> {
     Ok(files)
 }
 
-/// The commit payload of the index in `dir` (the last batch it committed), when it can be used.
-fn committed_seq(dir: &Path, tenant: &str, day: NaiveDate, schema: &EventSchema) -> Option<u64> {
-    if !dir.join("meta.json").exists() {
-        return None;
-    }
-    DayIndex::open(dir, tenant, day, schema, false)
-        .and_then(|index| index.committed_seq())
-        .ok()
+/// The index a day has before its rebuild, opened once: whether it can be used, and if so the
+/// last batch it committed and the events it holds.
+enum ExistingIndex {
+    Missing,
+    Unusable(String),
+    Usable { committed: u64, events: u64 },
 }
 
-/// Settle the `.parquet.tmp` files of interrupted batches; (kept, removed). With the day's
-/// index usable (`committed`: its last batch), as the writer's recovery on open does: a file of
-/// a committed batch is put into place, others are removed. Without it, a readable file is put
-/// into place and indexed, an unreadable one removed. A batch writes and syncs its Parquet files
-/// before its index commits, so an unreadable one was never committed, let alone acknowledged.
-/// A readable one may or may not have been, which only the lost index could tell; keeping it
-/// loses nothing either way: were it never acknowledged, its resend is a duplicate of what the
-/// rebuilt index holds.
-fn settle_interrupted_files(dir: &Path, committed: Option<u64>) -> Result<(usize, usize)> {
-    let (mut kept, mut removed) = (0, 0);
-    for entry in std::fs::read_dir(dir).at(dir)? {
-        let entry = entry.at(dir)?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        let Some((seq, n)) = crate::store::seq_of_tmp(&name) else {
-            continue;
-        };
-        let keep = match committed {
-            Some(committed) => seq <= committed,
-            None => std::fs::File::open(entry.path())
-                .ok()
-                .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).ok())
-                .is_some(),
-        };
-        if keep {
-            let dst = dir.join(crate::store::final_name(seq, n));
-            std::fs::rename(entry.path(), &dst).at(&dst)?;
-            kept += 1;
-        } else {
-            std::fs::remove_file(entry.path()).at(entry.path())?;
-            removed += 1;
+impl ExistingIndex {
+    fn of(dir: &Path, tenant: &str, day: NaiveDate, schema: &EventSchema) -> ExistingIndex {
+        if !dir.join("meta.json").exists() {
+            return ExistingIndex::Missing;
+        }
+        let opened = DayIndex::open(dir, tenant, day, schema, false)
+            .and_then(|index| Ok((index.committed_seq()?, index.reader.searcher().num_docs())));
+        match opened {
+            Ok((committed, events)) => ExistingIndex::Usable { committed, events },
+            Err(e) => ExistingIndex::Unusable(e.to_string()),
         }
     }
-    if kept + removed > 0 {
-        layout::sync_dir(dir)?;
-    }
-    Ok((kept, removed))
 }
 
-/// Why the index in `dir` needs rebuilding, or `None` when it opens with this version's schema
-/// and holds as many events as its Parquet files.
-fn unsound(
-    dir: &Path,
-    tenant: &str,
-    day: NaiveDate,
-    schema: &EventSchema,
-    parts: &[Partition],
-) -> Result<Option<String>> {
-    if !dir.join("meta.json").exists() {
-        return Ok(Some("missing".into()));
-    }
-    let index = match DayIndex::open(dir, tenant, day, schema, false) {
-        Ok(index) => index,
-        Err(e) => return Ok(Some(format!("cannot be used: {e}"))),
+/// A day to rebuild: what the report will say of it, its partitions, and the last batch its
+/// old index committed (0 without one), which the new index's payload does not go below.
+struct PlannedDay {
+    day: ReindexedDay,
+    parts: Vec<Partition>,
+    committed: u64,
+}
+
+/// Why the day's index needs rebuilding, or `None` when it opens with this version's schema and
+/// holds as many events as its Parquet files.
+fn unsound(existing: &ExistingIndex, parts: &[Partition]) -> Result<Option<String>> {
+    let indexed = match existing {
+        ExistingIndex::Missing => return Ok(Some("missing".into())),
+        ExistingIndex::Unusable(e) => return Ok(Some(format!("cannot be used: {e}"))),
+        ExistingIndex::Usable { events, .. } => *events,
     };
-    let indexed = index.reader.searcher().num_docs();
     let mut rows = 0u64;
     for p in parts {
         for (path, _) in part_files(&p.dir)? {
@@ -410,11 +373,11 @@ fn rebuild_day(
     layout: &Layout,
     config: &StoreConfig,
     schema: &EventSchema,
-    day: &ReindexedDay,
-    parts: &[Partition],
+    planned: &PlannedDay,
     vendor_time: &VendorTime<'_>,
     indexed: &dyn Fn(u64),
 ) -> Result<(u64, u64)> {
+    let (day, parts) = (&planned.day, &planned.parts);
     let target = layout.index_dir(&day.tenant, day.day);
     let tenant_dir = target
         .parent()
@@ -464,23 +427,14 @@ fn rebuild_day(
     for p in parts {
         for (path, seq) in part_files(&p.dir)? {
             last_seq = last_seq.max(seq);
-            let file = std::fs::File::open(&path).at(&path)?;
-            let batches = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .map_err(|e| unreadable(&path, e))?;
-            for batch in batches {
-                let batch = batch.map_err(|e| unreadable(&path, e))?;
-                let corrupt = |reason: String| StoreError::Corrupt {
-                    path: path.clone(),
-                    reason,
-                };
-                if batch.schema() != event_arrow_schema() {
-                    return Err(corrupt(
-                        "parquet schema differs from the event schema".into(),
-                    ));
-                }
-                let read = events_from_record_batch(&batch, &day.tenant, &p.source)
-                    .map_err(|e| corrupt(e.to_string()))?;
+            read_event_batches(&path, |batch| {
+                let read =
+                    events_from_record_batch(&batch, &day.tenant, &p.source).map_err(|e| {
+                        StoreError::Corrupt {
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
                 for mut e in read {
                     if !seen.insert(id_key(&e.id().0)) {
                         duplicates += 1;
@@ -495,14 +449,14 @@ fn rebuild_day(
                         indexed(events);
                     }
                 }
-            }
+                Ok(())
+            })?;
         }
     }
     add_chunk(&mut chunk, &mut writer)?;
-    // The old index's payload when it can be read: no file of a committed batch is newer,
-    // but an old index may have committed batches whose files retention has removed since.
-    let old_seq = committed_seq(&target, &day.tenant, day.day, schema).unwrap_or(0);
-    writer.prepare(last_seq.max(old_seq))?.commit()?;
+    // Not below the old index's payload: no file of a committed batch is newer, but an old
+    // index may have committed batches whose files retention has removed since.
+    writer.prepare(last_seq.max(planned.committed))?.commit()?;
     drop(writer);
     swap_in(&staging, &target)?;
     Ok((events, duplicates))

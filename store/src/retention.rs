@@ -70,24 +70,11 @@ impl Store {
         let mut st = lock(&self.write);
 
         // Parquet partitions.
-        for (tname, tdir) in layout::list_dirs(&self.layout.parquet_events_root())? {
-            let Some(tenant) = layout::partition_value(&tname, "tenant") else {
-                continue;
-            };
-            for (sname, sdir) in layout::list_dirs(&tdir)? {
-                let Some(source) = layout::partition_value(&sname, "source") else {
-                    continue;
-                };
-                let days = self.config.retention_days_for(&tenant, &source);
-                for (dname, ddir) in layout::list_dirs(&sdir)? {
-                    let Some(day) = layout::parse_day(&dname) else {
-                        continue;
-                    };
-                    if is_expired(day, days, now) {
-                        std::fs::remove_dir_all(&ddir).at(&ddir)?;
-                        report.parquet_partitions_dropped.push(ddir);
-                    }
-                }
+        for p in self.layout.event_partitions()? {
+            let days = self.config.retention_days_for(&p.tenant, &p.source);
+            if is_expired(p.day, days, now) {
+                std::fs::remove_dir_all(&p.dir).at(&p.dir)?;
+                report.parquet_partitions_dropped.push(p.dir);
             }
         }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perimeter_model::{Alert, DeadLetter, Event};
 use serde::{Deserialize, Serialize};
 
@@ -280,10 +281,54 @@ pub(crate) fn final_name(seq: u64, n: usize) -> String {
     format!("part-{seq:020}-{n:04}.parquet")
 }
 /// Batch sequence number from a temporary file name.
-pub(crate) fn seq_of_tmp(name: &str) -> Option<(u64, usize)> {
+fn seq_of_tmp(name: &str) -> Option<(u64, usize)> {
     let rest = name.strip_prefix(".part-")?.strip_suffix(".parquet.tmp")?;
     let (seq, n) = rest.split_once('-')?;
     Some((seq.parse().ok()?, n.parse().ok()?))
+}
+
+/// Settle the `.parquet.tmp` files of batches a crash interrupted in partition `dir`; (put into
+/// place, removed). With the day's index usable (`committed`: the last batch it committed), as
+/// recovery on open does: a committed batch's file is put into place (its events are in the
+/// index and were acknowledged), the others are removed (never acknowledged: resent). Without it
+/// (`perimeter reindex` rebuilding a lost index), a readable file is put into place and indexed,
+/// an unreadable one removed. A batch writes and syncs its Parquet files before its index
+/// commits, so an unreadable one was never committed; a readable one may or may not have been,
+/// which only the lost index could tell, and keeping it loses nothing either way: were it never
+/// acknowledged, its resend is a duplicate of what the rebuilt index holds.
+pub(crate) fn settle_interrupted_batches(
+    dir: &std::path::Path,
+    committed: Option<u64>,
+) -> Result<(usize, usize)> {
+    let (mut kept, mut removed) = (0, 0);
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".parquet.tmp") {
+            continue;
+        }
+        let keep = seq_of_tmp(&name).filter(|(seq, _)| match committed {
+            Some(committed) => *seq <= committed,
+            None => std::fs::File::open(entry.path())
+                .ok()
+                .and_then(|f| ParquetRecordBatchReaderBuilder::try_new(f).ok())
+                .is_some(),
+        });
+        if let Some((seq, n)) = keep {
+            let dst = dir.join(final_name(seq, n));
+            std::fs::rename(entry.path(), &dst).at(&dst)?;
+            tracing::info!(file = %dst.display(), "recovered parquet file of an interrupted batch");
+            kept += 1;
+        } else {
+            std::fs::remove_file(entry.path()).at(entry.path())?;
+            tracing::info!(file = %name, "removed parquet file of an unacknowledged batch");
+            removed += 1;
+        }
+    }
+    if kept + removed > 0 {
+        layout::sync_dir(dir)?;
+    }
+    Ok((kept, removed))
 }
 
 impl Store {
@@ -419,41 +464,14 @@ impl Store {
     /// acknowledged, so its events will be replayed).
     fn recover_parquet(&self) -> Result<()> {
         crate::compaction::remove_staging(&self.layout.root)?;
-        let root = self.layout.parquet_events_root();
         let indexes = read(&self.indexes);
-        for (tname, tdir) in layout::list_dirs(&root)? {
-            let Some(tenant) = layout::partition_value(&tname, "tenant") else {
-                continue;
+        for p in self.layout.event_partitions()? {
+            crate::compaction::recover_compactions(&p.dir)?;
+            let committed = match indexes.get(&(p.tenant, p.day)) {
+                Some(idx) => idx.committed_seq()?,
+                None => 0,
             };
-            for (_, sdir) in layout::list_dirs(&tdir)? {
-                for (dname, ddir) in layout::list_dirs(&sdir)? {
-                    let Some(day) = layout::parse_day(&dname) else {
-                        continue;
-                    };
-                    crate::compaction::recover_compactions(&ddir)?;
-                    let committed = match indexes.get(&(tenant.clone(), day)) {
-                        Some(idx) => idx.committed_seq()?,
-                        None => 0,
-                    };
-                    for entry in std::fs::read_dir(&ddir).at(&ddir)? {
-                        let entry = entry.at(&ddir)?;
-                        let name = entry.file_name().to_string_lossy().to_string();
-                        if !name.ends_with(".parquet.tmp") {
-                            continue;
-                        }
-                        let parsed = seq_of_tmp(&name);
-                        if let Some((seq, n)) = parsed.filter(|(seq, _)| *seq <= committed) {
-                            let dst = ddir.join(final_name(seq, n));
-                            std::fs::rename(entry.path(), &dst).at(&dst)?;
-                            tracing::info!(file = %dst.display(), "recovered parquet file of a committed batch");
-                        } else {
-                            std::fs::remove_file(entry.path()).at(entry.path())?;
-                            tracing::info!(file = %name, "removed parquet file of an unacknowledged batch");
-                        }
-                    }
-                    layout::sync_dir(&ddir)?;
-                }
-            }
+            settle_interrupted_batches(&p.dir, Some(committed))?;
         }
         Ok(())
     }
