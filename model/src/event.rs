@@ -210,7 +210,7 @@ impl Event {
     /// detectors' windows and housekeeping: one record dated in the year 2999 would otherwise
     /// make every later event "late" for correlations and age every behavioural baseline out,
     /// for all tenants; and it would sort first in every search, forever.
-    pub fn new(source: impl Into<String>, record: RawRecord, mut ecs: Ecs) -> Event {
+    pub fn new(source: impl Into<String>, record: RawRecord, ecs: Ecs) -> Event {
         let source = source.into();
         let plausible = |t: &DateTime<Utc>| is_plausible_event_time(*t, record.received_at);
         let timestamp_adjusted = ecs.timestamp.is_some_and(|t| !plausible(&t));
@@ -218,9 +218,28 @@ impl Event {
             .timestamp
             .filter(plausible)
             .unwrap_or(record.received_at);
+        Event::from_parts(
+            OnceLock::new(),
+            source,
+            record,
+            ecs,
+            timestamp,
+            timestamp_adjusted,
+        )
+    }
+
+    /// The event of `record` with its id (set or to derive) and its judged time.
+    fn from_parts(
+        id: OnceLock<EventId>,
+        source: String,
+        record: RawRecord,
+        mut ecs: Ecs,
+        timestamp: DateTime<Utc>,
+        timestamp_adjusted: bool,
+    ) -> Event {
         ecs.timestamp = Some(timestamp);
         Event {
-            id: OnceLock::new(),
+            id,
             source,
             tenant: record.tenant,
             received_at: record.received_at,
@@ -245,23 +264,20 @@ impl Event {
     /// they were judged on arrival rather than judged again.
     pub fn stored(
         record: RawRecord,
-        mut ecs: Ecs,
+        ecs: Ecs,
         id: EventId,
         timestamp: DateTime<Utc>,
         timestamp_adjusted: bool,
     ) -> Event {
-        ecs.timestamp = Some(timestamp);
-        Event {
-            id: OnceLock::from(id),
-            source: record.source,
-            tenant: record.tenant,
-            received_at: record.received_at,
+        let source = record.source.clone();
+        Event::from_parts(
+            OnceLock::from(id),
+            source,
+            record,
+            ecs,
             timestamp,
             timestamp_adjusted,
-            line: record.line,
-            ecs,
-            raw: record.raw,
-        }
+        )
     }
 
     /// The raw record for changing it (masking). The id is fixed first, from the content as
