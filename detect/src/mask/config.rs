@@ -109,8 +109,12 @@ pub enum PatternKind {
     /// (`AGE-SECRET-KEY-1`), Mailchimp (32 hex + `-us<N>`), JFrog (`AKCp`, `cmVmdGtu` reference
     /// tokens), Dynatrace (`dt0c01.`), Bitbucket (`ATBB`), Supabase (`sbp_`, `sb_secret_`),
     /// Fly.io (`fo1_`, `fm2_`), Render (`rnd_`), Netlify (`nfp_`), Telegram bot tokens
-    /// (`<bot id>:AA...`), Twilio API key SIDs (`SK` + 32 lower-case hex, not all digits), and Perimeter's own API tokens
-    /// (`prm_`).
+    /// (`<bot id>:AA...`), Twilio API key SIDs (`SK` + 32 lower-case hex, not all digits),
+    /// OpenAI's older keys (`sk-...T3BlbkFJ...`), AWS STS session tokens (`IQoJb3JpZ2luX2Vj`,
+    /// `FwoGZXIvYXdz`), Google OAuth refresh tokens (`1//0`), Braintree
+    /// (`access_token$production$`), Meta (`EAACEdEose0cBA`, `EAAM`/`EAAC` + 100), Dropbox
+    /// (`sl.`), Airtable (`pat...`), Replicate (`r8_`), Groq (`gsk_`), xAI (`xai-`), Perplexity
+    /// (`pplx-`), Mapbox secret tokens (`sk.eyJ1Ijoi`), and Perimeter's own API tokens (`prm_`).
     VendorToken,
     /// JSON Web Tokens (`eyJ...` `.` `eyJ...` `.` signature).
     Jwt,

@@ -486,6 +486,22 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // credentials to this very store.
             r"|prm_[a-f0-9]{64}",
             r"|[0-9]{5,16}:AA[A-Za-z0-9_-]{33}",
+            // OpenAI's older keys carry `T3BlbkFJ` (base64 of `OpenAI`) in the middle.
+            r"|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}",
+            // AWS STS session tokens: base64 of a binary blob whose first bytes are fixed
+            // (`IQoJb3JpZ2luX2Vj` decodes to `!\n\torigin_ec`).
+            r"|(?:IQoJb3JpZ2luX2Vj|FwoGZXIvYXdz|FQoGZXIvYXdz)[A-Za-z0-9+/]{80,}={0,2}",
+            // Google OAuth refresh tokens (`1//0` + the token).
+            r"|1//0[A-Za-z0-9_-]{40,}",
+            r"|access_token\$production\$[0-9a-z]{16}\$[0-9a-f]{32}",
+            r"|EAACEdEose0cBA[0-9A-Za-z]{20,}|EAA[MC][A-Za-z0-9]{100,}",
+            r"|sl\.(?:u\.)?[A-Za-z0-9_-]{130,}",
+            r"|pat[A-Za-z0-9]{14}\.[a-f0-9]{64}",
+            r"|r8_[A-Za-z0-9]{37}",
+            r"|gsk_[A-Za-z0-9]{52}",
+            r"|xai-[A-Za-z0-9]{80}",
+            r"|pplx-[A-Za-z0-9]{48}",
+            r"|sk\.eyJ1Ijoi[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{20,}",
             // Twilio API key SID (upper-case `SK` only; see `anchor_can_match`): 32 lower-case
             // hex digits, as Twilio writes them, with a letter among them (`SK000...001` is a
             // product code or counter).
@@ -569,6 +585,21 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "prm_",
             ":aa",
             "sk",
+            "t3blbkfj",
+            "iqojb3jpz2lux2vj",
+            "fwogzxivyxdz",
+            "fqogzxivyxdz",
+            "1//0",
+            "access_token$production$",
+            "eaa",
+            // `sl.` ends many words (`ssl.`), `pat` starts many (`path`): see `anchor_can_match`.
+            "sl.",
+            "pat",
+            "r8_",
+            "gsk_",
+            "xai-",
+            "pplx-",
+            "sk.eyj1ijoi",
         ],
     },
     PatternSpec {
@@ -1898,11 +1929,13 @@ fn is_storage_key_shape(bytes: &[u8]) -> bool {
 }
 
 /// Anchors made of [`ID_SHAPED`] bytes only, whose secret goes on with 28 or more random
-/// characters: Telegram's `:AA` + 33, Dynatrace's `dt0c01.` + 89, Bitbucket's `ATBB` + 28. A
-/// random part that long made only of identifier bytes (27 or 28 of the token alphabet's 62-66
-/// characters) does not occur (odds below 1e-10), so identifier-shaped strings may still skip
-/// the automaton with these anchors in it.
-const ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL: &[&str] = &[":aa", "dt0c01.", "atbb", "a3-"];
+/// characters: Telegram's `:AA` + 33, Dynatrace's `dt0c01.` + 89, Bitbucket's `ATBB` + 28,
+/// Google's refresh tokens `1//0` + 40, Meta's `EAA` + 100. A random part that long made only of
+/// identifier bytes (27 or 28 of the token alphabet's 62-66 characters) does not occur (odds
+/// below 1e-10), so identifier-shaped strings may still skip the automaton with these anchors in
+/// it.
+const ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL: &[&str] =
+    &[":aa", "dt0c01.", "atbb", "a3-", "1//0", "eaa"];
 
 /// Bytes of identifier-shaped values: digits, hex letters, `T`/`Z` and the separators of
 /// UUIDs, timestamps and IP addresses.
@@ -2162,6 +2195,43 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
                 && !start
                     .checked_sub(1)
                     .is_some_and(|i| text[i].is_ascii_alphanumeric())
+        }
+        // `T3BlbkFJ` (OpenAI, exact case): `sk-` and 20 key characters before it.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"t3blbkfj") => {
+            anchor == b"T3BlbkFJ"
+                && start >= 23
+                && text[start - 23..start - 20] == *b"sk-"
+                && text[start - 20..start].iter().all(u8::is_ascii_alphanumeric)
+        }
+        // `EAA` (Meta, exact case) starts words (`EAAS`): `CEdEose0cBA`, or `M`/`C` and 100
+        // key characters.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"eaa") => {
+            anchor == b"EAA"
+                && (rest.starts_with(b"CEdEose0cBA")
+                    || (matches!(rest.first(), Some(b'M' | b'C'))
+                        && rest.len() > 100
+                        && rest[1..101].iter().all(u8::is_ascii_alphanumeric)))
+        }
+        // `sl.` (Dropbox, lower case): not the end of a word (`ssl.`), 130 token characters.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"sl.") => {
+            anchor == b"sl."
+                && !start
+                    .checked_sub(1)
+                    .is_some_and(|i| text[i].is_ascii_alphanumeric())
+                && rest
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                    .count()
+                    >= 130
+        }
+        // `pat` (Airtable, lower case) starts many words (`path`): 14 letters or digits, a dot
+        // and 64 hex digits.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"pat") => {
+            anchor == b"pat"
+                && rest.len() >= 79
+                && rest[..14].iter().all(u8::is_ascii_alphanumeric)
+                && rest[14] == b'.'
+                && rest[15..79].iter().all(u8::is_ascii_hexdigit)
         }
         // `:AA` (Telegram, upper case only): the bot id's digits before it.
         PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b":aa") => {
@@ -3916,6 +3986,21 @@ mod tests {
             format!("nfp_{}", alnum(36)),
             format!("123456789:AA{}", alnum(33)),
             format!("SK{}", hex(32)),
+            format!("sk-{}T3BlbkFJ{}", alnum(20), alnum(20)),
+            format!("IQoJb3JpZ2luX2VjEHYaCXVzLWVhc3QtMSJHMEUCIQD{}", alnum(120)),
+            format!("FwoGZXIvYXdzEBYaDH{}==", alnum(100)),
+            format!("1//0g{}", alnum(60)),
+            format!("access_token$production${}${}", "abcd1234efgh5678", hex(32)),
+            format!("EAACEdEose0cBA{}", alnum(40)),
+            format!("EAAM{}", alnum(120)),
+            format!("sl.{}", alnum(140)),
+            format!("sl.u.{}", alnum(140)),
+            format!("pat{}.{}", alnum(14), hex(64)),
+            format!("r8_{}", alnum(37)),
+            format!("gsk_{}", alnum(52)),
+            format!("xai-{}", alnum(80)),
+            format!("pplx-{}", alnum(48)),
+            format!("sk.eyJ1IjoiYWNtZSIsImEiOiJja2FiY2RlZmcwMTIzNDU2Nzg5In0.{}", alnum(22)),
         ] {
             one(&format!("key {token} rotated"), VendorToken, &token);
         }
@@ -4017,6 +4102,14 @@ mod tests {
             // Upper-case hex, or decimal digits only: a product code, a counter.
             "SK0123456789ABCDEF0123456789ABCDEF",
             "SKU SK00000000000000000000000000000001 restocked",
+            // Words that start or end like the prefixes of newer vendor formats.
+            "https://ssl.example.com/path/to/patterns/patch",
+            "curl --cacert /etc/ssl.d/ca.pem https://x",
+            "EAAS policy applied, EAAC team",
+            "sk-1234 T3BlbkFJ",
+            "fallback 1//0 path",
+            "xai-grok model, pplx-api, r8_model, gsk_helper",
+            "pk.eyJ1IjoiYWNtZSIsImEiOiJja2FiY2RlZmcwMTIzNDU2Nzg5In0.AbCdEfGhIjKlMnOpQrStUv",
         ] {
             assert!(
                 found(clean)
