@@ -17,6 +17,8 @@ pub const SECRETS: &[&str] = &[
     "Pl4ntedD1sc0rdW3bh00kT0k3nF0rP3r1m3t3rT3st1ng_0123456789abcdefABCDEF-xyz",
     "7364519283:AAPl4ntedT3l3gr4mB0tT0k3nF0rP3r1m3t",
     "Pl4ntedAzur3St0rag3K3yF0rP3r1m3t3rT3st1ng+/0123456789abcdefghijklmnopqrstuvwxyzABCDEFG==",
+    "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",
+    "IQoJb3JpZ2luX2VjEHYaCXVzLWVhc3QtMSJHMEUCIQDPl4ntedStsS3ss10nT0k3nF0rP3r1m3t3rT3st1ng0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ",
 ];
 
 pub fn secret_events() -> String {
@@ -47,7 +49,8 @@ pub fn secret_events() -> String {
             "actor": {"id": "00u1", "type": "User", "alternateId": "bob@example.com"},
             "client": {"ipAddress": "203.0.113.9"},
             "debugContext": {"debugData": {"requestUri": format!("/login?access_token={}", s[3]),
-                "url": format!("https://acct.blob.core.windows.net/exports/all.csv?sv=2022-11-02&sp=r&sig={}", s[9])}}}}),
+                "url": format!("https://acct.blob.core.windows.net/exports/all.csv?sv=2022-11-02&sp=r&sig={}", s[9]),
+                "comment": format!("rotated {} and session {}", s[13], s[14])}}}}),
     ];
     let mut text = String::new();
     for e in events {

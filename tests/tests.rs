@@ -15,5 +15,6 @@ mod kafka_broker;
 mod tls_front;
 
 pub mod cli;
+mod parquet_readers;
 pub mod secrets;
 mod service;

@@ -2201,7 +2201,9 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
             anchor == b"T3BlbkFJ"
                 && start >= 23
                 && text[start - 23..start - 20] == *b"sk-"
-                && text[start - 20..start].iter().all(u8::is_ascii_alphanumeric)
+                && text[start - 20..start]
+                    .iter()
+                    .all(u8::is_ascii_alphanumeric)
         }
         // `EAA` (Meta, exact case) starts words (`EAAS`): `CEdEose0cBA`, or `M`/`C` and 100
         // key characters.
@@ -4000,7 +4002,10 @@ mod tests {
             format!("gsk_{}", alnum(52)),
             format!("xai-{}", alnum(80)),
             format!("pplx-{}", alnum(48)),
-            format!("sk.eyJ1IjoiYWNtZSIsImEiOiJja2FiY2RlZmcwMTIzNDU2Nzg5In0.{}", alnum(22)),
+            format!(
+                "sk.eyJ1IjoiYWNtZSIsImEiOiJja2FiY2RlZmcwMTIzNDU2Nzg5In0.{}",
+                alnum(22)
+            ),
         ] {
             one(&format!("key {token} rotated"), VendorToken, &token);
         }
