@@ -2,6 +2,10 @@
 would, and print what each reader saw as one JSON object on stdout.
 
     python3 tests/parquet_readers.py DATA_DIR
+    python3 tests/parquet_readers.py --export FILE   # a file of GET /api/v1/events/export?format=parquet
+
+An export holds `tenant` and `source` as columns, and no `dt`: its rows get the day of their
+`timestamp` there, so they compare with the store's rows as they are.
 
 Needs `pip install pyarrow duckdb`. The integration test `parquet_readers` compares both readers'
 rows with what Perimeter stored; by hand it shows the files open outside Perimeter.
@@ -19,6 +23,8 @@ import sys
 import duckdb
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from datetime import datetime, timezone
 
 
 def raw_is_object(text):
@@ -32,7 +38,10 @@ def pyarrow_rows(root, columns, row):
     """Every row of the hive-partitioned dataset at `root` (pyarrow skips `.`-prefixed files)."""
     if not os.path.isdir(root):
         return []
-    table = ds.dataset(root, format="parquet", partitioning="hive").to_table()
+    return table_rows(ds.dataset(root, format="parquet", partitioning="hive").to_table(), columns, row)
+
+
+def table_rows(table, columns, row):
     # Timestamps as microseconds since the epoch, whatever the reader's time zone.
     table = table.set_column(
         table.schema.get_field_index("timestamp"),
@@ -51,19 +60,53 @@ def duckdb_rows(con, root, select, row):
     return sorted(row(r) for r in con.sql(query).fetchall())
 
 
+EVENT_COLUMNS = [
+    "tenant", "source", "dt", "event_id", "timestamp", "line", "source_as_number",
+    "event_category", "user_name", "raw",
+]
+
+
+def event(r):
+    return [r[0], r[1], str(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9]]
+
+
+def export(path):
+    """The rows of one exported file, `dt` the UTC day of each `timestamp`."""
+    def day(us):
+        return datetime.fromtimestamp(us // 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d")
+
+    columns = [c for c in EVENT_COLUMNS if c != "dt"]
+    pyarrow = table_rows(
+        pq.read_table(path),
+        columns,
+        lambda r: event(
+            [r["tenant"], r["source"], day(r["timestamp"])]
+            + [r[c] for c in columns[2:-1]]
+            + [raw_is_object(r["raw"])]
+        ),
+    )
+    query = (
+        "select tenant, source, strftime(timestamp at time zone 'UTC', '%Y-%m-%d'), event_id, "
+        "epoch_us(timestamp), line, source_as_number, event_category, user_name, "
+        "json_type(raw) = 'OBJECT' from read_parquet('" + path.replace("'", "''") + "')"
+    )
+    rows = sorted(event(r) for r in duckdb.connect().sql(query).fetchall())
+    return {"events": {"pyarrow": pyarrow, "duckdb": rows}, "alerts": {"pyarrow": [], "duckdb": []}}
+
+
 def main():
+    if sys.argv[1] == "--export":
+        out = export(sys.argv[2])
+        out["pyarrow_version"] = __import__("pyarrow").__version__
+        out["duckdb_version"] = duckdb.__version__
+        json.dump(out, sys.stdout)
+        return
     data = sys.argv[1]
     events = os.path.join(data, "parquet", "events")
     alerts = os.path.join(data, "parquet", "alerts")
     con = duckdb.connect()
 
-    def event(r):
-        return [r[0], r[1], str(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9]]
-
-    event_columns = [
-        "tenant", "source", "dt", "event_id", "timestamp", "line", "source_as_number",
-        "event_category", "user_name", "raw",
-    ]
+    event_columns = EVENT_COLUMNS
     out = {
         "pyarrow_version": __import__("pyarrow").__version__,
         "duckdb_version": duckdb.__version__,

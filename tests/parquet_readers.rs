@@ -8,8 +8,9 @@
 //! `duckdb`, else `python3` is used when it has both (`.ci/run` installs them).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::Command;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use chrono::{DateTime, TimeZone, Utc};
 use perimeter_model::{Ecs, Event, Outcome, RawRecord};
@@ -36,18 +37,18 @@ fn readers_python() -> String {
     "python3".into()
 }
 
-/// What pyarrow and DuckDB read from `data`, once it is checked that both read the same rows.
-/// Returns (event rows, alert rows); their layout is in `parquet_readers.py`.
-fn read_with_both(data: &Path) -> (Vec<Value>, Vec<Value>) {
+/// What pyarrow and DuckDB read from a data directory (or, with `--export`, one exported
+/// file), once it is checked that both read the same rows. Returns (event rows, alert rows);
+/// their layout is in `parquet_readers.py`.
+fn read_with_both(args: &[&OsStr]) -> (Vec<Value>, Vec<Value>) {
     let out = Command::new(readers_python())
         .arg(repo().join("tests/parquet_readers.py"))
-        .arg(data)
+        .args(args)
         .output()
         .expect("running the Parquet readers");
     assert!(
         out.status.success(),
-        "pyarrow or DuckDB failed on {}: {}",
-        data.display(),
+        "pyarrow or DuckDB failed on {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let seen: Value = serde_json::from_slice(&out.stdout).expect("the readers print JSON");
@@ -76,13 +77,51 @@ fn micros(text: &str) -> i64 {
         .timestamp_micros()
 }
 
+/// A child process killed when the test ends, passed or not.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A demo serving its API: (process, API URL, its admin token).
+fn serving_demo(data: &std::path::Path) -> (KilledOnDrop, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env_remove("PERIMETER_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut url, mut token) = (None, None);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("API serving the demo data at ") {
+            url = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(t) = line
+            .split("): ")
+            .nth(1)
+            .filter(|_| line.contains("demo token"))
+        {
+            token = Some(t.trim().to_string());
+            break;
+        }
+    }
+    let (url, token) = (url.expect("API url printed"), token.expect("token printed"));
+    (KilledOnDrop(child), url, token)
+}
+
 #[test]
-fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter() {
+fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter_and_its_export() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
     let d = data.to_str().unwrap();
-    let out = perimeter(&["demo", "--no-serve", "--data-dir", d], None);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let (_demo, url, token) = serving_demo(&data);
 
     let search = perimeter(
         &[
@@ -104,7 +143,7 @@ fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter() {
         .collect();
     assert!(stored.len() > 2000, "{} events stored", stored.len());
 
-    let (events, alerts) = read_with_both(&data);
+    let (events, alerts) = read_with_both(&[data.as_os_str()]);
     assert_eq!(events.len(), stored.len(), "every event once, no more");
     for row in &events {
         let id = row[3].as_str().unwrap();
@@ -158,6 +197,28 @@ fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter() {
         );
         assert_eq!(row[6], a["event_ids"], "{id}");
     }
+
+    // The API's Parquet export of everything: the same rows, `tenant` and `source` as columns.
+    let export = reqwest::blocking::Client::new()
+        .get(format!(
+            "{url}/events/export?format=parquet&max_events=100000"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(export.status(), 200);
+    assert_eq!(
+        export.headers()["content-type"],
+        "application/vnd.apache.parquet"
+    );
+    assert_eq!(
+        export.headers()["x-perimeter-exported"],
+        stored.len().to_string().as_str()
+    );
+    let file = dir.path().join("perimeter-events.parquet");
+    std::fs::write(&file, export.bytes().unwrap()).unwrap();
+    let (exported, _) = read_with_both(&[OsStr::new("--export"), file.as_os_str()]);
+    assert_eq!(exported, events);
 }
 
 fn login(tenant: &str, source: &str, at: DateTime<Utc>, n: u64) -> Event {
@@ -277,7 +338,7 @@ fn partition_values_and_unfinished_files_leave_the_readers_right() {
     )
     .unwrap();
 
-    let (rows, alerts) = read_with_both(dir.path());
+    let (rows, alerts) = read_with_both(&[dir.path().as_os_str()]);
     assert!(alerts.is_empty(), "{alerts:?}");
     let mut expected: Vec<Value> = written.iter().map(expected_row).collect();
     expected.sort_by_key(|v| v.to_string());

@@ -35,6 +35,7 @@ pub mod layout;
 mod managed_list;
 mod operators;
 mod parallel;
+mod parquet_export;
 mod parquet_repair;
 pub mod parquet_sink;
 mod reader;
@@ -59,6 +60,7 @@ pub use histogram::{
     EventHistogram, EventHistogramQuery, HistogramBucket, AUTO_HISTOGRAM_BUCKETS,
     MAX_HISTOGRAM_BUCKETS,
 };
+pub use parquet_export::{export_arrow_schema, ParquetEventExport, EXPORT_ROW_GROUP_ROWS};
 pub use parquet_repair::{ParquetRepairReport, RepairedPartition};
 pub use reader::{AlertEvidence, EventQuery, EventSnapshot, EventSort};
 pub use reindex::{ReindexOptions, ReindexProgress, ReindexReport, ReindexedDay, VendorTime};

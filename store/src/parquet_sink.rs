@@ -234,6 +234,10 @@ pub fn events_from_record_batch(
 }
 
 pub(crate) fn writer_properties() -> WriterProperties {
+    writer_properties_builder().build()
+}
+
+pub(crate) fn writer_properties_builder() -> parquet::file::properties::WriterPropertiesBuilder {
     // Snappy and format v1 pages: the combination every Parquet reader supports. The unique
     // columns (`event_id`, `raw`, and the per-event numbers `timestamp`, `received_at`, `line`)
     // skip the dictionary attempt (every value would be hashed, and a dictionary holding every
@@ -249,7 +253,6 @@ pub(crate) fn writer_properties() -> WriterProperties {
         .set_column_dictionary_enabled(unique("raw"), false)
         .set_column_statistics_enabled(unique("raw"), EnabledStatistics::None)
         .set_created_by(format!("perimeter-store {}", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// Events per arrow record batch when writing a file: the builders' buffers (about 1.3 KB per

@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use perimeter_store::{EventQuery, EventSort};
+use perimeter_model::Event;
+use perimeter_store::{EventQuery, EventSort, Page, ParquetEventExport};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -539,8 +540,10 @@ pub struct EventExportParams {
     /// Most events to export, 1..=10 000 000 (default 100 000); the newest ones are kept
     /// (the oldest with `sort=oldest`).
     pub max_events: Option<usize>,
-    /// `jsonl` (default: every stored event document whole) or `csv` (one row per event with
-    /// the main ECS columns, for a spreadsheet; cells are guarded against formula injection).
+    /// `jsonl` (default: every stored event document whole), `csv` (one row per event with
+    /// the main ECS columns, for a spreadsheet; cells are guarded against formula injection) or
+    /// `parquet` (one file with the columns of the store's Parquet files plus `tenant` and
+    /// `source`, for DuckDB, pyarrow or pandas).
     #[param(inline, value_type = Option<ExportFormatName>)]
     pub format: Option<String>,
     /// `newest` first (default) or `oldest` first.
@@ -555,6 +558,98 @@ pub struct EventExportParams {
 pub enum ExportFormatName {
     Jsonl,
     Csv,
+    Parquet,
+}
+
+/// How an export turns pages of stored event documents into the bytes of its file.
+enum ExportEncoder {
+    Jsonl,
+    Csv,
+    Parquet(Box<ParquetEventExport>),
+}
+
+impl ExportEncoder {
+    fn new(format: Option<&str>) -> Result<ExportEncoder, ApiError> {
+        match format {
+            None | Some("jsonl") => Ok(ExportEncoder::Jsonl),
+            Some("csv") => Ok(ExportEncoder::Csv),
+            Some("parquet") => ParquetEventExport::new()
+                .map(|p| ExportEncoder::Parquet(Box::new(p)))
+                .map_err(ApiError::from),
+            Some(other) => Err(ApiError::invalid_parameter(format!(
+                "unknown format `{other}` (expected jsonl, csv or parquet)"
+            ))),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            ExportEncoder::Jsonl => "jsonl",
+            ExportEncoder::Csv => "csv",
+            ExportEncoder::Parquet(_) => "parquet",
+        }
+    }
+
+    /// Content type and download name.
+    fn content(&self) -> (&'static str, &'static str) {
+        match self {
+            ExportEncoder::Jsonl => (
+                "application/x-ndjson",
+                "attachment; filename=\"perimeter-events.jsonl\"",
+            ),
+            ExportEncoder::Csv => (
+                "text/csv; charset=utf-8",
+                "attachment; filename=\"perimeter-events.csv\"",
+            ),
+            ExportEncoder::Parquet(_) => (
+                "application/vnd.apache.parquet",
+                "attachment; filename=\"perimeter-events.parquet\"",
+            ),
+        }
+    }
+
+    /// What comes before the first event: the CSV header.
+    fn head(&self) -> Vec<u8> {
+        match self {
+            ExportEncoder::Csv => {
+                let names: Vec<&str> = CSV_COLUMNS.iter().map(|(name, _)| *name).collect();
+                format!("{}\r\n", names.join(",")).into_bytes()
+            }
+            ExportEncoder::Jsonl | ExportEncoder::Parquet(_) => Vec::new(),
+        }
+    }
+
+    /// The bytes of some stored event documents, in order.
+    fn encode(&mut self, docs: Vec<serde_json::Value>) -> std::io::Result<Vec<u8>> {
+        let mut chunk = Vec::with_capacity(docs.len() * 1024);
+        match self {
+            ExportEncoder::Jsonl => {
+                for doc in &docs {
+                    serde_json::to_writer(&mut chunk, doc)
+                        .map_err(|_| std::io::Error::other("encoding an exported event"))?;
+                    chunk.push(b'\n');
+                }
+            }
+            ExportEncoder::Csv => docs.iter().for_each(|doc| csv_row(&mut chunk, doc)),
+            ExportEncoder::Parquet(file) => {
+                let events = docs
+                    .iter()
+                    .map(Event::from_output_json)
+                    .collect::<Option<Vec<Event>>>()
+                    .ok_or_else(|| std::io::Error::other("a stored event could not be read"))?;
+                chunk = file.write(&events).map_err(std::io::Error::other)?;
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// What comes after the last event: a Parquet file's last row group and footer.
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            ExportEncoder::Parquet(file) => file.finish().map_err(std::io::Error::other),
+            ExportEncoder::Jsonl | ExportEncoder::Csv => Ok(Vec::new()),
+        }
+    }
 }
 
 /// The columns of a CSV export: header and JSON path in the stored event document.
@@ -627,14 +722,15 @@ const EXPORT_TRUNCATED: header::HeaderName =
     header::HeaderName::from_static("x-perimeter-truncated");
 
 /// Export the masked events a query matches, newest first, as JSON lines (one stored event
-/// document per line). The body streams page by page, so exports far larger than a search page
+/// document per line), CSV or Parquet. The body streams page by page (a Parquet file row group
+/// by row group, its footer last), so exports far larger than a search page
 /// need neither server memory nor paging by the client. Bad parameters and bad query syntax are
 /// refused before the first byte; a store failure mid-stream cuts the response short (the
 /// chunked body does not end cleanly), so a partial export cannot pass for a complete one.
 #[utoipa::path(get, path = "/events/export", tag = "events", params(EventExportParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "JSON lines (`application/x-ndjson`), one event per line; or CSV (`text/csv`) with `format=csv`", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "JSON lines (`application/x-ndjson`), one event per line; CSV (`text/csv`) with `format=csv`; one Parquet file (`application/vnd.apache.parquet`) with `format=parquet`", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "Bad query syntax or parameter", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Not an admin token", body = ErrorBody),
@@ -667,15 +763,7 @@ async fn export_events_audited(
         DEFAULT_EXPORT_EVENTS,
         MAX_EXPORT_EVENTS,
     )?;
-    let csv = match params.format.as_deref() {
-        None | Some("jsonl") => false,
-        Some("csv") => true,
-        Some(other) => {
-            return Err(ApiError::invalid_parameter(format!(
-                "unknown format `{other}` (expected jsonl or csv)"
-            )))
-        }
-    };
+    let encoder = ExportEncoder::new(params.format.as_deref())?;
     let query = EventQuery {
         query: query_text.to_string(),
         from,
@@ -706,44 +794,49 @@ async fn export_events_audited(
     let exported = matched.min(max_events as u64);
     *details = json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events,
                "sort": params.sort.as_deref().unwrap_or("newest"),
-               "format": if csv { "csv" } else { "jsonl" }, "matched": matched});
+               "format": encoder.name(), "matched": matched});
 
-    // Each step sends what is left of one page, then reads the next while under the bound.
+    // Each step sends what is left of one page, then reads the next while under the bound;
+    // once the pages end, the step without one sends the file's end (a Parquet footer).
     let store = state.store.clone();
-    let header: Vec<u8> = if csv {
-        let names: Vec<&str> = CSV_COLUMNS.iter().map(|(name, _)| *name).collect();
-        format!("{}\r\n", names.join(",")).into_bytes()
-    } else {
-        Vec::new()
+    let header = encoder.head();
+    let (content_type, disposition) = encoder.content();
+    let start = ExportStep {
+        page: Some(first),
+        sent: 0,
+        encoder,
     };
-    let body = futures_util::stream::unfold(Some((first, 0usize)), move |step| {
+    let body = futures_util::stream::unfold(Some(start), move |step| {
         let store = store.clone();
         let snapshot = snapshot.clone();
         let mut query = query.clone();
         async move {
-            let (mut page, mut sent) = step?;
-            if page.items.is_empty() || sent >= max_events {
-                return None;
-            }
+            let ExportStep {
+                page,
+                mut sent,
+                mut encoder,
+            } = step?;
+            let mut page = match page {
+                Some(page) if !page.items.is_empty() && sent < max_events => page,
+                _ => {
+                    let end = encoder.finish();
+                    return end.map_or_else(
+                        |e| Some((Err(e), None)),
+                        |end| (!end.is_empty()).then(|| (Ok(Bytes::from(end)), None)),
+                    );
+                }
+            };
             let take = page.items.len().min(max_events - sent);
-            let mut chunk = Vec::with_capacity(take * 1024);
-            for item in page.items.drain(..take) {
-                if csv {
-                    csv_row(&mut chunk, &item);
-                    continue;
-                }
-                if serde_json::to_writer(&mut chunk, &item).is_err() {
-                    let e = std::io::Error::other("encoding an exported event");
-                    return Some((Err(e), None));
-                }
-                chunk.push(b'\n');
-            }
+            let chunk = match encoder.encode(page.items.drain(..take).collect()) {
+                Ok(chunk) => chunk,
+                Err(e) => return Some((Err(e), None)),
+            };
             sent += take;
             let next = match page.next_cursor.take() {
                 Some(cursor) if sent < max_events => {
                     query.cursor = Some(cursor);
                     match blocking(move || store.search_snapshot(&snapshot, &query)).await {
-                        Ok(Ok(page)) => Some((page, sent)),
+                        Ok(Ok(page)) => Some(page),
                         _ => {
                             let e = std::io::Error::other("store read failed during export");
                             return Some((Err(e), None));
@@ -752,22 +845,16 @@ async fn export_events_audited(
                 }
                 _ => None,
             };
-            Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), next))
+            let step = ExportStep {
+                page: next,
+                sent,
+                encoder,
+            };
+            Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), Some(step)))
         }
     });
     let header_chunk =
         futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(header)) });
-    let (content_type, disposition) = if csv {
-        (
-            "text/csv; charset=utf-8",
-            "attachment; filename=\"perimeter-events.csv\"",
-        )
-    } else {
-        (
-            "application/x-ndjson",
-            "attachment; filename=\"perimeter-events.jsonl\"",
-        )
-    };
     let (matched, exported, truncated) = (
         matched.to_string(),
         exported.to_string(),
@@ -784,6 +871,14 @@ async fn export_events_audited(
         Body::from_stream(futures_util::StreamExt::chain(header_chunk, body)),
     )
         .into_response())
+}
+
+/// Where a streaming export is: the page in hand (none once the pages ran out), how many events
+/// were sent, and the file being made.
+struct ExportStep {
+    page: Option<Page<serde_json::Value>>,
+    sent: usize,
+    encoder: ExportEncoder,
 }
 
 /// Parameters of `GET /dead-letters`.
