@@ -14,6 +14,7 @@ mod alloc;
 mod config;
 mod demo;
 mod detect_cmd;
+mod export_cmd;
 mod logging;
 mod poll_cmd;
 mod reindex_cmd;
@@ -71,6 +72,9 @@ enum Command {
     Tokens(terminal_cmd::TokensCommand),
     /// Search stored events (tantivy query syntax).
     Search(terminal_cmd::SearchArgs),
+    /// Export the events a query matches as one file: JSON lines, CSV (for a spreadsheet) or
+    /// Parquet (for DuckDB, pyarrow, pandas), from the data directory or a running server.
+    Export(export_cmd::ExportArgs),
     /// Show what an event's user (or address) did shortly before and after it: the events of the
     /// same user within a window, oldest first.
     Context(terminal_cmd::ContextArgs),
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(&config, args),
             Command::Tokens(cmd) => terminal_cmd::tokens(&config, cmd),
             Command::Search(args) => terminal_cmd::search(&config, args),
+            Command::Export(args) => export_cmd::export(&config, args),
             Command::Context(args) => terminal_cmd::context(&config, args),
             Command::Alerts(args) => terminal_cmd::alerts(&config, args),
             Command::DeadLetters(args) => terminal_cmd::dead_letters(&config, args),

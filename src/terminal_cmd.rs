@@ -138,9 +138,9 @@ fn server_url(text: &str) -> Result<String, String> {
     }
 }
 
-/// Where `search`/`alerts` read from.
+/// Where `search`/`alerts`/`export` read from: a running server, or a data directory.
 #[derive(clap::Args)]
-pub struct Target {
+pub struct Access {
     /// A running server (`http://127.0.0.1:8080`); without it the data directory is read directly.
     #[arg(long, env = "PERIMETER_SERVER", value_parser = server_url)]
     pub server: Option<String>,
@@ -162,6 +162,13 @@ pub struct Target {
     /// `--server` the token's tenant is read (a warning says so).
     #[arg(long)]
     pub tenant: Option<String>,
+}
+
+/// Where `search`/`alerts` read from, and how many results they print how.
+#[derive(clap::Args)]
+pub struct Target {
+    #[command(flatten)]
+    pub at: Access,
     /// Most results to print (fetched page by page, so any number works; at least 1).
     #[arg(long, default_value_t = 20,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -465,7 +472,7 @@ const SUMMARY_ENTITY_COLUMNS: &[Column] = &[
     Column::identity("ENTITY", 60, &["entity"]),
 ];
 
-fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json::Value> {
+fn get_json(target: &Access, path_and_query: &str) -> anyhow::Result<serde_json::Value> {
     if let Some(tenant) = &target.tenant {
         // A token reads its own tenant only; the flag is for data directories. Said once, not
         // per page.
@@ -493,17 +500,13 @@ fn get_json(target: &Target, path_and_query: &str) -> anyhow::Result<serde_json:
     )
 }
 
-/// One API request to a running server; an error answer is an error naming the request.
-fn api_call(
-    server: &str,
-    token: &str,
+/// An HTTP client for a running server: `ca_cert` trusted besides the public roots, requests
+/// given up after `timeout` (`None`: never, for a download of any length).
+pub(crate) fn http_client(
     ca_cert: Option<&std::path::Path>,
-    method: reqwest::Method,
-    path_and_query: &str,
-    body: Option<&serde_json::Value>,
-) -> anyhow::Result<serde_json::Value> {
-    let url = format!("{}/api/v1{path_and_query}", server.trim_end_matches('/'));
-    let mut client = reqwest::blocking::Client::builder();
+    timeout: Option<std::time::Duration>,
+) -> anyhow::Result<reqwest::blocking::Client> {
+    let mut client = reqwest::blocking::Client::builder().timeout(timeout);
     if let Some(path) = ca_cert {
         let pem = std::fs::read(path)
             .with_context(|| format!("reading the CA certificate {}", path.display()))?;
@@ -515,7 +518,20 @@ fn api_call(
             client = client.add_root_certificate(cert);
         }
     }
-    let client = client.build().context("building the HTTP client")?;
+    client.build().context("building the HTTP client")
+}
+
+/// One API request to a running server; an error answer is an error naming the request.
+fn api_call(
+    server: &str,
+    token: &str,
+    ca_cert: Option<&std::path::Path>,
+    method: reqwest::Method,
+    path_and_query: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}/api/v1{path_and_query}", server.trim_end_matches('/'));
+    let client = http_client(ca_cert, Some(std::time::Duration::from_secs(30)))?;
     let mut request = client.request(method.clone(), &url).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(body);
@@ -635,7 +651,7 @@ const DEAD_LETTER_COLUMNS: &[Column] = &[
 /// and a masked excerpt, from a data directory or a running server.
 pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
     let mut printer = ItemPrinter::new(args.target.format, DEAD_LETTER_COLUMNS);
-    if args.target.server.is_some() {
+    if args.target.at.server.is_some() {
         let filters = [
             ("source", &args.source),
             ("q", &args.query),
@@ -644,7 +660,7 @@ pub fn dead_letters(config: &PerimeterConfig, args: DeadLettersArgs) -> anyhow::
         ];
         server_items(&args.target, "/dead-letters", &filters, &mut printer)?
     } else {
-        let (store, tenant) = local_store(&args.target, config)?;
+        let (store, tenant) = local_store(&args.target.at, config)?;
         let [from, to] = args.time.parsed()?;
         let query = perimeter_store::DeadLetterQuery {
             source: args.source.clone(),
@@ -706,10 +722,10 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
         ("to", &args.time.to),
     ];
     let mut printer = ItemPrinter::new(args.target.format, AUDIT_COLUMNS);
-    if args.target.server.is_some() {
+    if args.target.at.server.is_some() {
         server_items(&args.target, "/audit", &filters, &mut printer)?
     } else {
-        let dir = args.target.data_dir.as_ref().unwrap_or(&config.data_dir);
+        let dir = args.target.at.data_dir.as_ref().unwrap_or(&config.data_dir);
         let path = dir.join(perimeter_query_api::audit::AUDIT_FILE);
         anyhow::ensure!(
             path.is_file(),
@@ -722,7 +738,7 @@ pub fn audit(config: &PerimeterConfig, args: AuditArgs) -> anyhow::Result<ExitCo
         // The tenant as the other commands choose it (those with data in the directory),
         // except that a tenant named with `--tenant` may have used the API without storing
         // anything: its entries are in the log all the same.
-        let tenant = match (local_store(&args.target, config), &args.target.tenant) {
+        let tenant = match (local_store(&args.target.at, config), &args.target.at.tenant) {
             (Ok((_, tenant)), _) => tenant,
             (Err(e), Some(t)) => {
                 let has_entries = log
@@ -783,18 +799,18 @@ pub fn context(config: &PerimeterConfig, args: ContextArgs) -> anyhow::Result<Ex
         .target
         .limit
         .clamp(1, perimeter_store::MAX_CONTEXT_EVENTS);
-    let body = if args.target.server.is_some() {
+    let body = if args.target.at.server.is_some() {
         let params = query_string(&[
             ("by", &Some(args.by.clone())),
             ("window", &Some(args.window.clone())),
             ("limit", &Some(limit.to_string())),
         ]);
         get_json(
-            &args.target,
+            &args.target.at,
             &format!("/events/{}/context?{params}", enc(&args.id)),
         )?
     } else {
-        let (store, tenant) = local_store(&args.target, config)?;
+        let (store, tenant) = local_store(&args.target.at, config)?;
         let by: perimeter_store::ContextPivot = args.by.parse().map_err(anyhow::Error::msg)?;
         let window = perimeter_model::parse_time_delta(&args.window)
             .with_context(|| format!("--window {}", args.window))?;
@@ -849,11 +865,11 @@ const SOURCE_COLUMNS: &[Column] = &[
 /// `perimeter sources`: each source's newest event and how long it has been quiet, from a data
 /// directory or a running server.
 pub fn sources(config: &PerimeterConfig, args: SourcesArgs) -> anyhow::Result<ExitCode> {
-    let mut items: Vec<serde_json::Value> = if args.target.server.is_some() {
-        let body = get_json(&args.target, "/sources")?;
+    let mut items: Vec<serde_json::Value> = if args.target.at.server.is_some() {
+        let body = get_json(&args.target.at, "/sources")?;
         body["items"].as_array().cloned().unwrap_or_default()
     } else {
-        let (store, tenant) = local_store(&args.target, config)?;
+        let (store, tenant) = local_store(&args.target.at, config)?;
         let now = chrono::Utc::now();
         // The API's items, so both ways of reading print the same.
         store
@@ -1104,7 +1120,9 @@ const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHAN
     .remove(b'.')
     .remove(b'~');
 
-fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+pub(crate) fn parse_time(
+    s: &Option<String>,
+) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
     Ok(s.as_deref()
         .map(|t| perimeter_model::parse_time_bound(t, chrono::Utc::now()))
         .transpose()?)
@@ -1160,7 +1178,7 @@ fn server_items(
         if let Some(c) = cursor {
             page_params.push(format!("cursor={}", enc(&c)));
         }
-        let body = get_json(target, &format!("{path}?{}", page_params.join("&")))?;
+        let body = get_json(&target.at, &format!("{path}?{}", page_params.join("&")))?;
         let next = body["next_cursor"].as_str().map(str::to_string);
         let items = match body {
             serde_json::Value::Object(mut o) => match o.remove("items") {
@@ -1174,7 +1192,7 @@ fn server_items(
 }
 
 /// `k=v&...` of the filters that are set, values percent-encoded.
-fn query_string(filters: &[(&str, &Option<String>)]) -> String {
+pub(crate) fn query_string(filters: &[(&str, &Option<String>)]) -> String {
     filters
         .iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
@@ -1184,8 +1202,8 @@ fn query_string(filters: &[(&str, &Option<String>)]) -> String {
 
 /// The store in the data directory `target` names, and the tenant to read. Reading never
 /// creates a data directory: a missing one is an error saying where to look instead.
-fn local_store(
-    target: &Target,
+pub(crate) fn local_store(
+    target: &Access,
     config: &PerimeterConfig,
 ) -> anyhow::Result<(perimeter_store::Store, String)> {
     let dir = target.data_dir.as_ref().unwrap_or(&config.data_dir);
@@ -1205,7 +1223,7 @@ fn local_store(
 /// `sources --silent-for` report no blind spot); else the configuration's, or the directory's
 /// only tenant when the configuration's has no data there.
 fn choose_tenant(
-    target: &Target,
+    target: &Access,
     config: &PerimeterConfig,
     dir: &std::path::Path,
     tenants: &[String],
@@ -1328,7 +1346,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
         return top_values(config, &args, field);
     }
     let mut printer = ItemPrinter::new(args.target.format, EVENT_COLUMNS);
-    if args.target.server.is_some() {
+    if args.target.at.server.is_some() {
         let query = Some(args.query.clone());
         server_items(
             &args.target,
@@ -1342,7 +1360,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
             &mut printer,
         )?
     } else {
-        let (store, tenant) = local_store(&args.target, config)?;
+        let (store, tenant) = local_store(&args.target.at, config)?;
         let (from, to) = (parse_time(&args.from)?, parse_time(&args.to)?);
         let sort = args
             .sort
@@ -1370,7 +1388,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
 /// `perimeter search --histogram`: the counts from a server or the data directory, printed.
 fn histogram(config: &PerimeterConfig, args: &SearchArgs) -> anyhow::Result<ExitCode> {
     let interval = args.interval.clone();
-    let body = if args.target.server.is_some() {
+    let body = if args.target.at.server.is_some() {
         let query = Some(args.query.clone());
         let params = query_string(&[
             ("q", &query),
@@ -1378,13 +1396,13 @@ fn histogram(config: &PerimeterConfig, args: &SearchArgs) -> anyhow::Result<Exit
             ("to", &args.to),
             ("interval", &interval),
         ]);
-        get_json(&args.target, &format!("/events/histogram?{params}"))?
+        get_json(&args.target.at, &format!("/events/histogram?{params}"))?
     } else {
         let interval_seconds = interval
             .as_deref()
             .map(perimeter_model::parse_duration)
             .transpose()?;
-        let (store, tenant) = local_store(&args.target, config)?;
+        let (store, tenant) = local_store(&args.target.at, config)?;
         let h = store.event_histogram(
             &tenant,
             &perimeter_store::EventHistogramQuery {
@@ -1407,7 +1425,7 @@ fn top_values(
     field: &str,
 ) -> anyhow::Result<ExitCode> {
     let limit = args.target.limit.clamp(1, perimeter_store::MAX_TOP_VALUES);
-    let body = if args.target.server.is_some() {
+    let body = if args.target.at.server.is_some() {
         let params = query_string(&[
             ("field", &Some(field.to_string())),
             ("q", &Some(args.query.clone())),
@@ -1416,9 +1434,9 @@ fn top_values(
             ("limit", &Some(limit.to_string())),
             ("sample", &args.sample.map(|n| n.to_string())),
         ]);
-        get_json(&args.target, &format!("/events/top?{params}"))?
+        get_json(&args.target.at, &format!("/events/top?{params}"))?
     } else {
-        let (store, tenant) = local_store(&args.target, config)?;
+        let (store, tenant) = local_store(&args.target.at, config)?;
         let top = store.top_values(
             &tenant,
             &perimeter_store::TopValuesQuery {
@@ -1575,24 +1593,24 @@ pub fn alerts(config: &PerimeterConfig, args: AlertsArgs) -> anyhow::Result<Exit
         ("q", &args.query),
     ];
     if args.summary {
-        let summary = if args.target.server.is_some() {
+        let summary = if args.target.at.server.is_some() {
             get_json(
-                &args.target,
+                &args.target.at,
                 &format!("/alerts/summary?{}", query_string(&filters)),
             )?
         } else {
-            let (store, tenant) = local_store(&args.target, config)?;
+            let (store, tenant) = local_store(&args.target.at, config)?;
             serde_json::to_value(store.alert_summary(&tenant, &local_alert_query(&args)?))?
         };
         return print_summary(&summary, args.target.format);
     }
     let mut printer = ItemPrinter::new(args.target.format, ALERT_COLUMNS);
-    if args.target.server.is_some() {
+    if args.target.at.server.is_some() {
         let mut filters = filters.to_vec();
         filters.push(("sort", &args.sort));
         server_items(&args.target, "/alerts", &filters, &mut printer)?
     } else {
-        let (store, tenant) = local_store(&args.target, config)?;
+        let (store, tenant) = local_store(&args.target.at, config)?;
         let q = local_alert_query(&args)?;
         paged(args.target.limit, &mut printer, |limit, cursor| {
             let page = store.list_alerts(
@@ -1694,14 +1712,12 @@ mod tests {
     #[test]
     fn the_tenant_read_is_one_with_data_and_a_misspelt_one_is_an_error() {
         let config: PerimeterConfig = toml::from_str("").unwrap();
-        let target = |tenant: Option<&str>| Target {
+        let target = |tenant: Option<&str>| Access {
             server: None,
             token: None,
             ca_cert: None,
             data_dir: None,
             tenant: tenant.map(str::to_string),
-            limit: 20,
-            format: OutputFormat::Auto,
         };
         let dir = std::path::Path::new("data/demo");
         let one = ["demo".to_string()];

@@ -2686,3 +2686,154 @@ fn repair_parquet_writes_back_a_lost_file_from_the_index() {
         "{rebuilt}"
     );
 }
+
+#[test]
+fn export_writes_what_search_finds_in_each_format_and_never_a_partial_file() {
+    use arrow::array::AsArray;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let d = data.to_str().unwrap();
+    let out = perimeter(&["demo", "--no-serve", "--data-dir", d], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let query = "event.outcome:failure";
+    let search = perimeter(
+        &[
+            "search",
+            query,
+            "--data-dir",
+            d,
+            "--format",
+            "json",
+            "--limit",
+            "100000",
+        ],
+        None,
+    );
+    let ids: Vec<String> = json_lines(&search)
+        .iter()
+        .map(|e| e["event"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.len() > 10, "{} failures", ids.len());
+    let export = |name: &str, extra: &[&str]| {
+        let path = dir.path().join(name);
+        let mut args = vec![
+            "export",
+            query,
+            "--data-dir",
+            d,
+            "--output",
+            path.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        (perimeter(&args, None), path)
+    };
+
+    // The format follows the extension; every event search finds, in its order.
+    let (out, jsonl) = export("failures.jsonl", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = format!("exported {n} events of the {n} matched", n = ids.len());
+    assert!(stderr(&out).contains(&said), "{}", stderr(&out));
+    let lines: Vec<String> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(lines, ids);
+
+    let (out, csv) = export("failures.csv", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert!(
+        rows[0].starts_with("@timestamp,event.module"),
+        "{}",
+        rows[0]
+    );
+    let csv_ids: Vec<&str> = rows[1..]
+        .iter()
+        .map(|r| r.rsplit(',').next().unwrap())
+        .collect();
+    assert_eq!(csv_ids, ids);
+
+    let (out, parquet) = export("failures.parquet", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&parquet).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut parquet_ids = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let id = batch.column_by_name("event_id").unwrap().as_string::<i32>();
+        let outcome = batch
+            .column_by_name("event_outcome")
+            .unwrap()
+            .as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            assert_eq!(outcome.value(row), "failure");
+            parquet_ids.push(id.value(row).to_string());
+        }
+    }
+    assert_eq!(parquet_ids, ids);
+
+    // An existing file is kept unless --force; --format overrides the extension; a cut says so.
+    let (out, _) = export("failures.jsonl", &["--max-events", "5"]);
+    assert!(!out.status.success());
+    assert_stderr_says(&out, "--force");
+    assert_eq!(
+        std::fs::read_to_string(&jsonl).unwrap().lines().count(),
+        ids.len()
+    );
+    let (out, _) = export(
+        "failures.jsonl",
+        &["--max-events", "5", "--force", "--format", "csv"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_stderr_says(&out, "cut at --max-events 5");
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    assert_eq!(
+        text.split("\r\n").filter(|l| !l.is_empty()).count(),
+        6,
+        "{text}"
+    );
+
+    // A query the store refuses: an error, and nothing left behind.
+    let before = std::fs::read_dir(dir.path()).unwrap().count();
+    let bad = perimeter(
+        &[
+            "export",
+            "user.name:(",
+            "--data-dir",
+            d,
+            "--output",
+            dir.path().join("bad.jsonl").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert_stderr_says(&bad, "invalid query");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before);
+    // To standard output.
+    let piped = perimeter(
+        &[
+            "export",
+            query,
+            "--data-dir",
+            d,
+            "--output",
+            "-",
+            "--max-events",
+            "3",
+        ],
+        None,
+    );
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert_eq!(json_lines(&piped).len(), 3);
+}

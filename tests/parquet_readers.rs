@@ -219,6 +219,27 @@ fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter_and_its_export(
     std::fs::write(&file, export.bytes().unwrap()).unwrap();
     let (exported, _) = read_with_both(&[OsStr::new("--export"), file.as_os_str()]);
     assert_eq!(exported, events);
+
+    // The same through `perimeter export` from the server, and from the data directory.
+    let server = url.trim_end_matches("/api/v1");
+    for (name, access) in [
+        (
+            "remote.parquet",
+            ["--server", server, "--token", token.as_str()],
+        ),
+        ("local.parquet", ["--data-dir", d, "--tenant", "demo"]),
+    ] {
+        let file = dir.path().join(name);
+        let f = file.to_str().unwrap();
+        let mut args = vec!["export", "*", "--output", f, "--max-events", "100000"];
+        args.extend(access);
+        let out = perimeter(&args, None);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let said = format!("exported {n} events of the {n} matched", n = stored.len());
+        assert!(stderr(&out).contains(&said), "{name}: {}", stderr(&out));
+        let (exported, _) = read_with_both(&[OsStr::new("--export"), file.as_os_str()]);
+        assert_eq!(exported, events, "{name}");
+    }
 }
 
 fn login(tenant: &str, source: &str, at: DateTime<Utc>, n: u64) -> Event {

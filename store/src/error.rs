@@ -30,6 +30,10 @@ pub enum StoreError {
     /// The store was opened for reading ([`crate::Store::open_read_only`]).
     #[error("the store in {path} is open read-only")]
     ReadOnly { path: PathBuf },
+    /// Writing an export's bytes where its caller sends them failed (a full disk, a closed
+    /// pipe).
+    #[error("writing the export: {0}")]
+    ExportOutput(#[source] std::io::Error),
     #[error("io error on {path}: {source}")]
     Io {
         path: PathBuf,

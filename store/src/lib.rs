@@ -27,6 +27,7 @@ mod config;
 mod context;
 mod doc_text;
 mod error;
+mod export;
 mod fuzzy;
 pub mod histogram;
 mod ip_query;
@@ -35,7 +36,6 @@ pub mod layout;
 mod managed_list;
 mod operators;
 mod parallel;
-mod parquet_export;
 mod parquet_repair;
 pub mod parquet_sink;
 mod reader;
@@ -56,11 +56,15 @@ pub use compaction::CompactionReport;
 pub use config::{RetentionRule, StoreConfig};
 pub use context::{ContextPivot, EventContext, MAX_CONTEXT_EVENTS, MAX_CONTEXT_WINDOW_DAYS};
 pub use error::{Result, StoreError};
+pub use export::{
+    export_arrow_schema, EventExportEncoder, ExportFormat, ExportSummary, ParquetEventExport,
+    CSV_COLUMNS, DEFAULT_EXPORT_EVENTS, EXPORT_PAGE_EVENTS, EXPORT_ROW_GROUP_ROWS,
+    MAX_EXPORT_EVENTS,
+};
 pub use histogram::{
     EventHistogram, EventHistogramQuery, HistogramBucket, AUTO_HISTOGRAM_BUCKETS,
     MAX_HISTOGRAM_BUCKETS,
 };
-pub use parquet_export::{export_arrow_schema, ParquetEventExport, EXPORT_ROW_GROUP_ROWS};
 pub use parquet_repair::{ParquetRepairReport, RepairedPartition};
 pub use reader::{AlertEvidence, EventQuery, EventSnapshot, EventSort};
 pub use reindex::{ReindexOptions, ReindexProgress, ReindexReport, ReindexedDay, VendorTime};

@@ -5,8 +5,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use perimeter_model::Event;
-use perimeter_store::{EventQuery, EventSort, Page, ParquetEventExport};
+use perimeter_store::{
+    EventExportEncoder, EventQuery, EventSort, ExportFormat, Page, EXPORT_PAGE_EVENTS,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -519,12 +520,7 @@ async fn event_context_audited(
     }))
 }
 
-/// Events one export sends when `max_events` is not given.
-pub const DEFAULT_EXPORT_EVENTS: usize = 100_000;
-/// Largest `max_events` accepted; larger asks are refused (400), not silently capped.
-pub const MAX_EXPORT_EVENTS: usize = 10_000_000;
-/// Events fetched from the store per step of an export.
-const EXPORT_PAGE: usize = 1000;
+pub use perimeter_store::{DEFAULT_EXPORT_EVENTS, MAX_EXPORT_EVENTS};
 
 /// Parameters of `GET /events/export`. Unknown parameters are refused.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -559,159 +555,6 @@ pub enum ExportFormatName {
     Jsonl,
     Csv,
     Parquet,
-}
-
-/// How an export turns pages of stored event documents into the bytes of its file.
-enum ExportEncoder {
-    Jsonl,
-    Csv,
-    Parquet(Box<ParquetEventExport>),
-}
-
-impl ExportEncoder {
-    fn new(format: Option<&str>) -> Result<ExportEncoder, ApiError> {
-        match format {
-            None | Some("jsonl") => Ok(ExportEncoder::Jsonl),
-            Some("csv") => Ok(ExportEncoder::Csv),
-            Some("parquet") => ParquetEventExport::new()
-                .map(|p| ExportEncoder::Parquet(Box::new(p)))
-                .map_err(ApiError::from),
-            Some(other) => Err(ApiError::invalid_parameter(format!(
-                "unknown format `{other}` (expected jsonl, csv or parquet)"
-            ))),
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            ExportEncoder::Jsonl => "jsonl",
-            ExportEncoder::Csv => "csv",
-            ExportEncoder::Parquet(_) => "parquet",
-        }
-    }
-
-    /// Content type and download name.
-    fn content(&self) -> (&'static str, &'static str) {
-        match self {
-            ExportEncoder::Jsonl => (
-                "application/x-ndjson",
-                "attachment; filename=\"perimeter-events.jsonl\"",
-            ),
-            ExportEncoder::Csv => (
-                "text/csv; charset=utf-8",
-                "attachment; filename=\"perimeter-events.csv\"",
-            ),
-            ExportEncoder::Parquet(_) => (
-                "application/vnd.apache.parquet",
-                "attachment; filename=\"perimeter-events.parquet\"",
-            ),
-        }
-    }
-
-    /// What comes before the first event: the CSV header.
-    fn head(&self) -> Vec<u8> {
-        match self {
-            ExportEncoder::Csv => {
-                let names: Vec<&str> = CSV_COLUMNS.iter().map(|(name, _)| *name).collect();
-                format!("{}\r\n", names.join(",")).into_bytes()
-            }
-            ExportEncoder::Jsonl | ExportEncoder::Parquet(_) => Vec::new(),
-        }
-    }
-
-    /// The bytes of some stored event documents, in order.
-    fn encode(&mut self, docs: Vec<serde_json::Value>) -> std::io::Result<Vec<u8>> {
-        let mut chunk = Vec::with_capacity(docs.len() * 1024);
-        match self {
-            ExportEncoder::Jsonl => {
-                for doc in &docs {
-                    serde_json::to_writer(&mut chunk, doc)
-                        .map_err(|_| std::io::Error::other("encoding an exported event"))?;
-                    chunk.push(b'\n');
-                }
-            }
-            ExportEncoder::Csv => docs.iter().for_each(|doc| csv_row(&mut chunk, doc)),
-            ExportEncoder::Parquet(file) => {
-                let events = docs
-                    .iter()
-                    .map(Event::from_output_json)
-                    .collect::<Option<Vec<Event>>>()
-                    .ok_or_else(|| std::io::Error::other("a stored event could not be read"))?;
-                chunk = file.write(&events).map_err(std::io::Error::other)?;
-            }
-        }
-        Ok(chunk)
-    }
-
-    /// What comes after the last event: a Parquet file's last row group and footer.
-    fn finish(self) -> std::io::Result<Vec<u8>> {
-        match self {
-            ExportEncoder::Parquet(file) => file.finish().map_err(std::io::Error::other),
-            ExportEncoder::Jsonl | ExportEncoder::Csv => Ok(Vec::new()),
-        }
-    }
-}
-
-/// The columns of a CSV export: header and JSON path in the stored event document.
-const CSV_COLUMNS: &[(&str, &[&str])] = &[
-    ("@timestamp", &["@timestamp"]),
-    ("event.module", &["event", "module"]),
-    ("event.action", &["event", "action"]),
-    ("event.outcome", &["event", "outcome"]),
-    ("user.name", &["user", "name"]),
-    ("user.email", &["user", "email"]),
-    ("user.target.name", &["user", "target", "name"]),
-    ("source.ip", &["source", "ip"]),
-    (
-        "source.geo.country_iso_code",
-        &["source", "geo", "country_iso_code"],
-    ),
-    ("user_agent.original", &["user_agent", "original"]),
-    ("event.id", &["event", "id"]),
-];
-
-/// One CSV field (RFC 4180 quoting). Event values are attacker-controlled: a cell a spreadsheet
-/// would run as a formula (`=`, `+`, `-`, `@`, tab, carriage return first) gets a leading `'`.
-fn csv_cell(out: &mut Vec<u8>, value: &str) {
-    let guarded = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    let quoted = guarded || value.contains([',', '"', '\n', '\r']);
-    if quoted {
-        out.push(b'"');
-    }
-    if guarded {
-        out.push(b'\'');
-    }
-    for b in value.bytes() {
-        if b == b'"' {
-            out.push(b'"');
-        }
-        out.push(b);
-    }
-    if quoted {
-        out.push(b'"');
-    }
-}
-
-/// One event as a CSV row; list values are joined with `;`.
-fn csv_row(out: &mut Vec<u8>, doc: &serde_json::Value) {
-    for (i, (_, path)) in CSV_COLUMNS.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let value = path.iter().try_fold(doc, |v, k| v.get(*k));
-        let text = match value {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Array(items)) => items
-                .iter()
-                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
-                .collect::<Vec<_>>()
-                .join(";"),
-            Some(serde_json::Value::Null) | None => String::new(),
-            Some(other) => other.to_string(),
-        };
-        csv_cell(out, &text);
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Export headers: how many events the search matched, how many the file holds (at most
@@ -763,12 +606,16 @@ async fn export_events_audited(
         DEFAULT_EXPORT_EVENTS,
         MAX_EXPORT_EVENTS,
     )?;
-    let encoder = ExportEncoder::new(params.format.as_deref())?;
+    let format = match params.format.as_deref() {
+        None => ExportFormat::Jsonl,
+        Some(name) => name.parse().map_err(ApiError::invalid_parameter)?,
+    };
+    let encoder = EventExportEncoder::new(format)?;
     let query = EventQuery {
         query: query_text.to_string(),
         from,
         to,
-        limit: EXPORT_PAGE.min(max_events),
+        limit: EXPORT_PAGE_EVENTS.min(max_events),
         cursor: None,
         sort: parse_event_sort(params.sort.as_deref())?,
     };
@@ -794,13 +641,17 @@ async fn export_events_audited(
     let exported = matched.min(max_events as u64);
     *details = json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events,
                "sort": params.sort.as_deref().unwrap_or("newest"),
-               "format": encoder.name(), "matched": matched});
+               "format": format.as_str(), "matched": matched});
 
     // Each step sends what is left of one page, then reads the next while under the bound;
     // once the pages end, the step without one sends the file's end (a Parquet footer).
     let store = state.store.clone();
     let header = encoder.head();
-    let (content_type, disposition) = encoder.content();
+    let content_type = format.content_type();
+    let disposition = format!(
+        "attachment; filename=\"perimeter-events.{}\"",
+        format.as_str()
+    );
     let start = ExportStep {
         page: Some(first),
         sent: 0,
@@ -819,7 +670,7 @@ async fn export_events_audited(
             let mut page = match page {
                 Some(page) if !page.items.is_empty() && sent < max_events => page,
                 _ => {
-                    let end = encoder.finish();
+                    let end = encoder.finish().map_err(std::io::Error::other);
                     return end.map_or_else(
                         |e| Some((Err(e), None)),
                         |end| (!end.is_empty()).then(|| (Ok(Bytes::from(end)), None)),
@@ -827,9 +678,9 @@ async fn export_events_audited(
                 }
             };
             let take = page.items.len().min(max_events - sent);
-            let chunk = match encoder.encode(page.items.drain(..take).collect()) {
+            let chunk = match encoder.encode(&page.items[..take]) {
                 Ok(chunk) => chunk,
-                Err(e) => return Some((Err(e), None)),
+                Err(e) => return Some((Err(std::io::Error::other(e)), None)),
             };
             sent += take;
             let next = match page.next_cursor.take() {
@@ -863,7 +714,7 @@ async fn export_events_audited(
     Ok((
         [
             (header::CONTENT_TYPE, content_type),
-            (header::CONTENT_DISPOSITION, disposition),
+            (header::CONTENT_DISPOSITION, disposition.as_str()),
             (EXPORT_MATCHED, matched.as_str()),
             (EXPORT_EVENTS, exported.as_str()),
             (EXPORT_TRUNCATED, truncated.as_str()),
@@ -878,7 +729,7 @@ async fn export_events_audited(
 struct ExportStep {
     page: Option<Page<serde_json::Value>>,
     sent: usize,
-    encoder: ExportEncoder,
+    encoder: EventExportEncoder,
 }
 
 /// Parameters of `GET /dead-letters`.
@@ -968,42 +819,4 @@ async fn list_dead_letters_audited(
         items,
         next_cursor: page.next_cursor,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{csv_cell, csv_row};
-
-    fn cell(value: &str) -> String {
-        let mut out = Vec::new();
-        csv_cell(&mut out, value);
-        String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn csv_cells_are_quoted_and_formula_guarded() {
-        assert_eq!(cell("alice@acme.test"), "alice@acme.test");
-        assert_eq!(cell("a,b"), "\"a,b\"");
-        assert_eq!(cell("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(cell("two\nlines"), "\"two\nlines\"");
-        // Attacker-controlled values a spreadsheet would run as formulas.
-        assert_eq!(
-            cell("=HYPERLINK(\"http://x\")"),
-            "\"'=HYPERLINK(\"\"http://x\"\")\""
-        );
-        for risky in ["+1", "-2+3", "@SUM(A1)", "\tx"] {
-            assert!(cell(risky).starts_with("\"'"), "{risky}: {}", cell(risky));
-        }
-        let mut row = Vec::new();
-        csv_row(
-            &mut row,
-            &serde_json::json!({"@timestamp": "2024-05-01T10:00:00Z", "event": {"module": "okta",
-                "action": "user.session.start", "id": "abc"}, "user": {"name": "=cmd"},
-                "related": {"ip": ["1.2.3.4"]}}),
-        );
-        assert_eq!(
-            String::from_utf8(row).unwrap(),
-            "2024-05-01T10:00:00Z,okta,user.session.start,,\"'=cmd\",,,,,,abc\r\n"
-        );
-    }
 }
