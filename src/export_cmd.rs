@@ -225,7 +225,7 @@ fn from_data_dir(
         &query,
         args.max_events,
         format,
-        &mut |bytes| out.write_all(bytes),
+        &mut |bytes| out.write_all(&bytes),
         &mut |done, matched| {
             progress.say(|| {
                 format!(

@@ -238,48 +238,114 @@ pub const MAX_EXPORT_EVENTS: usize = 10_000_000;
 pub const EXPORT_PAGE_EVENTS: usize = 1000;
 
 impl Store {
-    /// Write every event of `tenant` that `query` matches (its `limit` and `cursor` are not
-    /// used), in its sort order and at most `max_events` of them, as one file of `format`
-    /// handed to `out` in pieces. All of it is read from one snapshot: events stored meanwhile
-    /// are not in it, so the file holds what the summary says. `progress(exported, matched)`
-    /// is called after each page.
+    /// Begin an export of the events of `tenant` that `query` matches (its `limit` and `cursor`
+    /// are not used), in its sort order and at most `max_events` of them, as one file of
+    /// `format`. Everything is read from one snapshot taken now: events stored meanwhile are
+    /// not in it, so the file holds what [`EventExport::summary`] says. A query the store
+    /// refuses is an error here, before any byte is written.
+    pub fn start_export(
+        &self,
+        tenant: &str,
+        query: &EventQuery,
+        max_events: usize,
+        format: ExportFormat,
+    ) -> Result<EventExport> {
+        let snapshot = self.event_snapshot(tenant);
+        let query = EventQuery {
+            limit: EXPORT_PAGE_EVENTS.min(max_events.max(1)),
+            cursor: None,
+            ..query.clone()
+        };
+        let first = self.search_snapshot(&snapshot, &query)?;
+        let matched = self.count_snapshot(&snapshot, &query.query, query.from, query.to)?;
+        Ok(EventExport {
+            snapshot,
+            query,
+            first,
+            max_events,
+            encoder: EventExportEncoder::new(format)?,
+            matched,
+        })
+    }
+
+    /// [`Self::start_export`] and [`EventExport::write`] at once.
     pub fn export_events(
         &self,
         tenant: &str,
         query: &EventQuery,
         max_events: usize,
         format: ExportFormat,
-        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+        out: &mut dyn FnMut(Vec<u8>) -> std::io::Result<()>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<ExportSummary> {
-        let snapshot = self.event_snapshot(tenant);
-        let matched = self.count_snapshot(&snapshot, &query.query, query.from, query.to)?;
-        let mut encoder = EventExportEncoder::new(format)?;
-        let mut send = |bytes: &[u8]| {
+        self.start_export(tenant, query, max_events, format)?
+            .write(self, out, progress)
+    }
+}
+
+/// An export begun by [`Store::start_export`]: its snapshot, its first page and its count.
+pub struct EventExport {
+    snapshot: crate::reader::EventSnapshot,
+    query: EventQuery,
+    first: crate::Page<serde_json::Value>,
+    max_events: usize,
+    encoder: EventExportEncoder,
+    matched: u64,
+}
+
+impl EventExport {
+    /// How many events matched, and how many the file will hold.
+    pub fn summary(&self) -> ExportSummary {
+        ExportSummary {
+            matched: self.matched,
+            exported: self.matched.min(self.max_events as u64),
+        }
+    }
+
+    pub fn format(&self) -> ExportFormat {
+        self.encoder.format()
+    }
+
+    /// Write the file, in pieces handed to `out` in order, reading page after page from the
+    /// snapshot of `store` (the store it was begun on). `progress(exported, matched)` is called
+    /// after each page. An error of `out` (a closed pipe, a client gone) ends the export.
+    pub fn write(
+        self,
+        store: &Store,
+        out: &mut dyn FnMut(Vec<u8>) -> std::io::Result<()>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ExportSummary> {
+        let EventExport {
+            snapshot,
+            mut query,
+            first,
+            max_events,
+            mut encoder,
+            matched,
+        } = self;
+        let mut send = |bytes: Vec<u8>| {
             if bytes.is_empty() {
                 return Ok(());
             }
             out(bytes).map_err(StoreError::ExportOutput)
         };
-        send(&encoder.head())?;
-        let mut page_query = EventQuery {
-            limit: EXPORT_PAGE_EVENTS.min(max_events.max(1)),
-            cursor: None,
-            ..query.clone()
-        };
+        send(encoder.head())?;
+        let mut page = first;
         let mut exported = 0u64;
-        while (exported as usize) < max_events {
-            let page = self.search_snapshot(&snapshot, &page_query)?;
+        loop {
             let take = page.items.len().min(max_events - exported as usize);
-            send(&encoder.encode(&page.items[..take])?)?;
+            send(encoder.encode(&page.items[..take])?)?;
             exported += take as u64;
             progress(exported, matched);
             match page.next_cursor {
-                Some(cursor) if take > 0 => page_query.cursor = Some(cursor),
+                Some(cursor) if take > 0 && (exported as usize) < max_events => {
+                    query.cursor = Some(cursor);
+                    page = store.search_snapshot(&snapshot, &query)?;
+                }
                 _ => break,
             }
         }
-        send(&encoder.finish()?)?;
+        send(encoder.finish()?)?;
         Ok(ExportSummary { matched, exported })
     }
 }

@@ -5,9 +5,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use perimeter_store::{
-    EventExportEncoder, EventQuery, EventSort, ExportFormat, Page, EXPORT_PAGE_EVENTS,
-};
+use perimeter_store::{EventQuery, EventSort, ExportFormat, ExportSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -610,102 +608,51 @@ async fn export_events_audited(
         None => ExportFormat::Jsonl,
         Some(name) => name.parse().map_err(ApiError::invalid_parameter)?,
     };
-    let encoder = EventExportEncoder::new(format)?;
     let query = EventQuery {
         query: query_text.to_string(),
         from,
         to,
-        limit: EXPORT_PAGE_EVENTS.min(max_events),
+        limit: 0,
         cursor: None,
         sort: parse_event_sort(params.sort.as_deref())?,
     };
-    // The first page is fetched before answering, so bad query syntax is still a 400. Every
-    // page and the count come from one snapshot of the store: events stored while a long
-    // export streams are not in it, so the body holds what the headers announce.
+    // The snapshot, the first page and the count are taken before answering, so bad query
+    // syntax is still a 400, and the headers say how many events the body holds: events stored
+    // while a long export streams are not in its snapshot.
     let store = state.store.clone();
-    let snapshot = state.store.event_snapshot(auth.tenant());
-    let first_query = query.clone();
-    let first_snapshot = snapshot.clone();
-    // And how many match, so a file cut at `max_events` says so in its headers.
-    let (first, matched) = blocking(move || {
-        let first = store.search_snapshot(&first_snapshot, &first_query)?;
-        let matched = store.count_snapshot(
-            &first_snapshot,
-            &first_query.query,
-            first_query.from,
-            first_query.to,
-        )?;
-        Ok::<_, perimeter_store::StoreError>((first, matched))
-    })
-    .await??;
-    let exported = matched.min(max_events as u64);
+    let tenant = auth.tenant().to_string();
+    let export =
+        blocking(move || store.start_export(&tenant, &query, max_events, format)).await??;
+    let ExportSummary { matched, exported } = export.summary();
     *details = json!({"q": query_text, "from": params.from, "to": params.to, "max_events": max_events,
                "sort": params.sort.as_deref().unwrap_or("newest"),
                "format": format.as_str(), "matched": matched});
 
-    // Each step sends what is left of one page, then reads the next while under the bound;
-    // once the pages end, the step without one sends the file's end (a Parquet footer).
+    // The file is written on a blocking thread and streamed as it comes; the channel's bound
+    // holds the writer back while the client reads slowly. A client gone ends the writing; a
+    // store failure mid-stream ends the body with an error, so the response does not end
+    // cleanly and a partial export cannot pass for a complete one.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let store = state.store.clone();
-    let header = encoder.head();
+    tokio::task::spawn_blocking(move || {
+        let mut send = |bytes: Vec<u8>| {
+            tx.blocking_send(Ok(Bytes::from(bytes))).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })
+        };
+        if let Err(e) = export.write(&store, &mut send, &mut |_, _| {}) {
+            if !matches!(&e, perimeter_store::StoreError::ExportOutput(_)) {
+                tracing::warn!(error = %e, "an export failed while streaming");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let content_type = format.content_type();
     let disposition = format!(
         "attachment; filename=\"perimeter-events.{}\"",
         format.as_str()
     );
-    let start = ExportStep {
-        page: Some(first),
-        sent: 0,
-        encoder,
-    };
-    let body = futures_util::stream::unfold(Some(start), move |step| {
-        let store = store.clone();
-        let snapshot = snapshot.clone();
-        let mut query = query.clone();
-        async move {
-            let ExportStep {
-                page,
-                mut sent,
-                mut encoder,
-            } = step?;
-            let mut page = match page {
-                Some(page) if !page.items.is_empty() && sent < max_events => page,
-                _ => {
-                    let end = encoder.finish().map_err(std::io::Error::other);
-                    return end.map_or_else(
-                        |e| Some((Err(e), None)),
-                        |end| (!end.is_empty()).then(|| (Ok(Bytes::from(end)), None)),
-                    );
-                }
-            };
-            let take = page.items.len().min(max_events - sent);
-            let chunk = match encoder.encode(&page.items[..take]) {
-                Ok(chunk) => chunk,
-                Err(e) => return Some((Err(std::io::Error::other(e)), None)),
-            };
-            sent += take;
-            let next = match page.next_cursor.take() {
-                Some(cursor) if sent < max_events => {
-                    query.cursor = Some(cursor);
-                    match blocking(move || store.search_snapshot(&snapshot, &query)).await {
-                        Ok(Ok(page)) => Some(page),
-                        _ => {
-                            let e = std::io::Error::other("store read failed during export");
-                            return Some((Err(e), None));
-                        }
-                    }
-                }
-                _ => None,
-            };
-            let step = ExportStep {
-                page: next,
-                sent,
-                encoder,
-            };
-            Some((Ok::<Bytes, std::io::Error>(Bytes::from(chunk)), Some(step)))
-        }
-    });
-    let header_chunk =
-        futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(header)) });
     let (matched, exported, truncated) = (
         matched.to_string(),
         exported.to_string(),
@@ -719,17 +666,9 @@ async fn export_events_audited(
             (EXPORT_EVENTS, exported.as_str()),
             (EXPORT_TRUNCATED, truncated.as_str()),
         ],
-        Body::from_stream(futures_util::StreamExt::chain(header_chunk, body)),
+        Body::from_stream(body),
     )
         .into_response())
-}
-
-/// Where a streaming export is: the page in hand (none once the pages ran out), how many events
-/// were sent, and the file being made.
-struct ExportStep {
-    page: Option<Page<serde_json::Value>>,
-    sent: usize,
-    encoder: EventExportEncoder,
 }
 
 /// Parameters of `GET /dead-letters`.
