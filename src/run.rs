@@ -592,16 +592,30 @@ impl std::error::Error for NoRules {}
 
 /// What the data directory holds, read as `run` would open it: an index `run` would refuse
 /// (damaged, another version's) fails here, naming `perimeter reindex`, before a restart does.
-fn stored_events(config: &PerimeterConfig) -> anyhow::Result<String> {
+/// Also what is worth a warning there.
+fn stored_events(config: &PerimeterConfig) -> anyhow::Result<(String, Vec<String>)> {
     if !config.data_dir.join("index").is_dir() {
-        return Ok(String::new());
+        return Ok((String::new(), Vec::new()));
     }
     // Opened without the search masker: the masking key is the masking part's to check.
     let mut store_config = config.store.clone();
     store_config.data_dir = config.data_dir.clone();
     let store = Store::open_read_only(store_config)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    Ok(format!(" ({} events stored)", store.stats().events_stored))
+    // A warning, not a failure: the service runs without them; the disk they take is the
+    // on-call's call.
+    let aside = store.set_aside_parquet_files()?;
+    let warnings = aside.first().map(|first| {
+        let bytes: u64 = aside.iter().map(|f| f.bytes).sum();
+        format!(
+            "{} Parquet file(s) that could not be read were set aside by `perimeter repair-parquet` ({:.1} MB), e.g. {}: their events were written back, so delete them once the damage is understood",
+            aside.len(),
+            bytes as f64 / 1e6,
+            first.path.display()
+        )
+    });
+    let stored = format!(" ({} events stored)", store.stats().events_stored);
+    Ok((stored, warnings.into_iter().collect()))
 }
 
 fn check(config: &PerimeterConfig) -> ExitCode {
@@ -694,6 +708,7 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         Err(e) if e.is::<NoRules>() => say!("warn   rules: {e}"),
         rules => report("rules", rules),
     }
+    let mut store_warnings = Vec::new();
     report(
         "store",
         config
@@ -702,8 +717,14 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|()| writable_data_dir(&config.data_dir))
             .and_then(|()| stored_events(config))
-            .map(|stored| format!("data under {}{stored}", config.data_dir.display())),
+            .map(|(stored, warnings)| {
+                store_warnings = warnings;
+                format!("data under {}{stored}", config.data_dir.display())
+            }),
     );
+    for warning in store_warnings {
+        say!("warn   store: {warning}");
+    }
     let spool = spool_dir(config);
     report(
         "spool",

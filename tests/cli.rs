@@ -2665,6 +2665,24 @@ fn repair_parquet_writes_back_a_lost_file_from_the_index() {
     let repair = perimeter(&["repair-parquet", "--data-dir", d], None);
     assert!(repair.status.success(), "{}", stderr(&repair));
     assert!(!file.exists());
+    // `run --check` says the set-aside file is there, without failing.
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(&cfg, format!("data_dir = {data:?}\n")).unwrap();
+    let check_run = perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+    let said = String::from_utf8_lossy(&check_run.stdout);
+    let aside = format!(
+        ".{}.unreadable",
+        file.file_name().unwrap().to_string_lossy()
+    );
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("warn   store: 1 Parquet file(s)") && l.contains(&aside)),
+        "{said}"
+    );
+    assert!(
+        said.lines().any(|l| l.starts_with("ok     store:")),
+        "{said}"
+    );
     let again = perimeter(&["repair-parquet", "--data-dir", d, "--check"], None);
     assert!(
         again.status.success(),
@@ -2695,6 +2713,27 @@ fn export_writes_what_search_finds_in_each_format_and_never_a_partial_file() {
     let d = data.to_str().unwrap();
     let out = perimeter(&["demo", "--no-serve", "--data-dir", d], None);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The demo's export hint works as printed.
+    let hint = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("perimeter export ")
+                .map(str::to_string)
+        })
+        .expect("the demo hints at an export");
+    let hinted: Vec<String> = hint
+        .split('#')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').to_string())
+        .collect();
+    let mut args = vec!["export"];
+    args.extend(hinted.iter().map(String::as_str));
+    let out = crate::util::perimeter_in(dir.path(), &args, None);
+    assert!(out.status.success(), "{hint}: {}", stderr(&out));
+    assert!(dir.path().join("okta.parquet").is_file(), "{hint}");
     let query = "event.outcome:failure";
     let search = perimeter(
         &[

@@ -65,7 +65,7 @@ pub use histogram::{
     EventHistogram, EventHistogramQuery, HistogramBucket, AUTO_HISTOGRAM_BUCKETS,
     MAX_HISTOGRAM_BUCKETS,
 };
-pub use parquet_repair::{ParquetRepairReport, RepairedPartition};
+pub use parquet_repair::{ParquetRepairReport, RepairedPartition, SetAsideFile};
 pub use reader::{AlertEvidence, EventQuery, EventSnapshot, EventSort};
 pub use reindex::{ReindexOptions, ReindexProgress, ReindexReport, ReindexedDay, VendorTime};
 pub use retention::RetentionReport;

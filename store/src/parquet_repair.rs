@@ -67,7 +67,41 @@ pub struct ParquetRepairReport {
     pub unusable_indexes: Vec<String>,
 }
 
+/// A Parquet file `perimeter repair-parquet` set aside, unreadable, after writing its events
+/// back from the index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetAsideFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
 impl Store {
+    /// The files repairs set aside (`.<name>.unreadable`) and nobody removed yet: they hold
+    /// nothing the store needs any more (their events were written back), only disk space, and
+    /// whatever an investigation of the damage wants from them.
+    pub fn set_aside_parquet_files(&self) -> Result<Vec<SetAsideFile>> {
+        let layout = Layout {
+            root: self.config.data_dir.clone(),
+        };
+        let mut out = Vec::new();
+        for partition in layout.event_partitions()? {
+            for entry in std::fs::read_dir(&partition.dir).at(&partition.dir)? {
+                let entry = entry.at(&partition.dir)?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(UNREADABLE_SUFFIX) {
+                    let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    out.push(SetAsideFile {
+                        path: entry.path(),
+                        bytes,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+
     /// Write back, from the indexes, the events missing from the Parquet files of the days
     /// `options` selects (`all` is not used), and set unreadable files aside: see the module
     /// docs. Locks the data directory like a writer.
