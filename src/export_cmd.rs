@@ -11,7 +11,7 @@ use perimeter_store::{ExportFormat, ExportSummary, DEFAULT_EXPORT_EVENTS, MAX_EX
 
 use crate::config::PerimeterConfig;
 use crate::terminal_cmd::{
-    http_client, local_store, parse_time, query_string, terminal_safe, Access,
+    http_client, local_store, query_string, terminal_safe, Access, TimeRange,
 };
 
 #[derive(clap::Args)]
@@ -29,13 +29,8 @@ pub struct ExportArgs {
     /// --output (`.jsonl`, `.ndjson`, `.json`, `.csv`, `.parquet`), else jsonl.
     #[arg(long, value_parser = ["jsonl", "csv", "parquet"])]
     pub format: Option<String>,
-    /// Only events at or after this time: RFC 3339, a date (2024-05-01, UTC) or relative to
-    /// now (now-15m, now-24h, now-7d).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Only events before this time (same forms as --from).
-    #[arg(long)]
-    pub to: Option<String>,
+    #[command(flatten)]
+    pub range: TimeRange,
     /// newest (default) or oldest first.
     #[arg(long, value_parser = ["newest", "oldest"])]
     pub sort: Option<String>,
@@ -211,10 +206,11 @@ fn from_data_dir(
         .transpose()
         .map_err(anyhow::Error::msg)?
         .unwrap_or_default();
+    let [from, to] = args.range.parsed()?;
     let query = perimeter_store::EventQuery {
         query: args.query.clone(),
-        from: parse_time(&args.from)?,
-        to: parse_time(&args.to)?,
+        from,
+        to,
         limit: 0,
         cursor: None,
         sort,
@@ -254,8 +250,8 @@ fn from_server(
     }
     let params = query_string(&[
         ("q", &Some(args.query.clone())),
-        ("from", &args.from),
-        ("to", &args.to),
+        ("from", &args.range.from),
+        ("to", &args.range.to),
         ("sort", &args.sort),
         ("max_events", &Some(args.max_events.to_string())),
         ("format", &Some(format.as_str().to_string())),

@@ -631,7 +631,7 @@ pub struct TimeRange {
 
 impl TimeRange {
     /// The two bounds parsed, for reading a data directory.
-    fn parsed(&self) -> anyhow::Result<[Option<chrono::DateTime<chrono::Utc>>; 2]> {
+    pub(crate) fn parsed(&self) -> anyhow::Result<[Option<chrono::DateTime<chrono::Utc>>; 2]> {
         Ok([
             parse_time(&self.from).context("--from")?,
             parse_time(&self.to).context("--to")?,

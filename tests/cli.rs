@@ -850,38 +850,13 @@ fn a_repeated_key_has_its_last_value_in_normalized_events() {
 
 #[test]
 fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
-    use std::io::{BufRead, BufReader};
     // Started outside the repository: no ./detection-rules, so the demo takes the source
     // tree's rules; the API must list those, not an empty set.
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .current_dir(dir.path())
-        .env_remove("PERIMETER_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let (mut url, mut token) = (None, None);
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("API serving the demo data at ") {
-            url = rest.split_whitespace().next().map(str::to_string);
-        }
-        if let Some(t) = line
-            .split("): ")
-            .nth(1)
-            .filter(|_| line.contains("demo token"))
-        {
-            token = Some(t.trim().to_string());
-            break;
-        }
-    }
+    let (demo, url, token) = crate::util::serving_demo(&data, dir.path());
     // The reader of the demo's stdout is gone now (as after `perimeter demo | head`): the demo
     // must keep serving whether its last lines were written before or after that.
-    let (url, token) = (url.expect("API url printed"), token.expect("token printed"));
     // Where it says the data landed, the alerts are too while it serves (their Parquet files
     // are otherwise only brought up to date every `alert_parquet_export_seconds`).
     let alert_files = walk(&data.join("parquet/alerts"))
@@ -960,8 +935,7 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         .bearer_auth(&token)
         .send()
         .map(|r| r.status().as_u16());
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(demo);
     assert!(local.status.success(), "{}", stderr(&local));
     assert!(json_lines(&local).len() >= 10, "{}", stderr(&local));
     assert!(!second.status.success());

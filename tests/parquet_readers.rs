@@ -9,15 +9,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use chrono::{DateTime, TimeZone, Utc};
 use perimeter_model::{Ecs, Event, Outcome, RawRecord};
 use perimeter_store::{Store, StoreBatch, StoreConfig};
 use serde_json::{json, Value};
 
-use crate::util::{json_lines, perimeter, repo, stderr};
+use crate::util::{json_lines, perimeter, repo, serving_demo, stderr};
 
 /// An interpreter that imports both readers.
 fn readers_python() -> String {
@@ -77,51 +76,12 @@ fn micros(text: &str) -> i64 {
         .timestamp_micros()
 }
 
-/// A child process killed when the test ends, passed or not.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A demo serving its API: (process, API URL, its admin token).
-fn serving_demo(data: &std::path::Path) -> (KilledOnDrop, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
-        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env_remove("PERIMETER_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (mut url, mut token) = (None, None);
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("API serving the demo data at ") {
-            url = rest.split_whitespace().next().map(str::to_string);
-        }
-        if let Some(t) = line
-            .split("): ")
-            .nth(1)
-            .filter(|_| line.contains("demo token"))
-        {
-            token = Some(t.trim().to_string());
-            break;
-        }
-    }
-    let (url, token) = (url.expect("API url printed"), token.expect("token printed"));
-    (KilledOnDrop(child), url, token)
-}
-
 #[test]
 fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter_and_its_export() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
     let d = data.to_str().unwrap();
-    let (_demo, url, token) = serving_demo(&data);
+    let (_demo, url, token) = serving_demo(&data, dir.path());
 
     let search = perimeter(
         &[

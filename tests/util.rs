@@ -91,3 +91,46 @@ pub fn check_line(out: &Output, part: &str) -> String {
         .unwrap_or_else(|| panic!("no line about {part}: {text}"))
         .to_string()
 }
+
+/// A child process killed when the test ends, passed or not.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `perimeter demo` serving its API over `data`, started in `cwd`: (process, API URL, its admin
+/// token). Its stdout is read up to the token line, then dropped, as `perimeter demo | head`
+/// would.
+pub fn serving_demo(data: &Path, cwd: &Path) -> (KilledOnDrop, String, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_perimeter"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .current_dir(cwd)
+        .env_remove("PERIMETER_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut url, mut token) = (None, None);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("API serving the demo data at ") {
+            url = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(t) = line
+            .split("): ")
+            .nth(1)
+            .filter(|_| line.contains("demo token"))
+        {
+            token = Some(t.trim().to_string());
+            break;
+        }
+    }
+    let (url, token) = (url.expect("API url printed"), token.expect("token printed"));
+    (KilledOnDrop(child), url, token)
+}
