@@ -234,7 +234,9 @@ pub struct ExportSummary {
 pub const DEFAULT_EXPORT_EVENTS: usize = 100_000;
 /// Largest bound on the events of one export; larger asks are refused, not silently capped.
 pub const MAX_EXPORT_EVENTS: usize = 10_000_000;
-/// Events read from the store per step of an export.
+/// Events read from the store per step of an export: a search page. Pages of 10,000 measured no
+/// faster over 700k events (CSV 9.4-9.9 against 10.5-11.9 s of CPU, JSON lines 13.1-13.7
+/// against 10.9-12.8 s) and took 680-710 MB at their peak against 400 MB.
 pub const EXPORT_PAGE_EVENTS: usize = 1000;
 
 impl Store {
