@@ -571,7 +571,12 @@ const EXPORT_TRUNCATED: header::HeaderName =
 #[utoipa::path(get, path = "/events/export", tag = "events", params(EventExportParams),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "JSON lines (`application/x-ndjson`), one event per line; CSV (`text/csv`) with `format=csv`; one Parquet file (`application/vnd.apache.parquet`) with `format=parquet`", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "JSON lines (`application/x-ndjson`), one event per line; CSV (`text/csv`) with `format=csv`; one Parquet file (`application/vnd.apache.parquet`) with `format=parquet`",
+            content(
+                (String = "application/x-ndjson"),
+                (String = "text/csv"),
+                (Vec<u8> = "application/vnd.apache.parquet"),
+            )),
         (status = 400, description = "Bad query syntax or parameter", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Not an admin token", body = ErrorBody),

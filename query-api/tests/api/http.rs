@@ -1067,6 +1067,30 @@ fn events_export_as_parquet_is_one_file_of_the_matching_events_newest_first() {
         .collect();
     assert_eq!(ids(&alice), doc_ids);
     assert!(rows("/api/v1/events/export?format=parquet&q=user.name:nobody").is_empty());
+    // The OpenAPI document offers the format and says what each answer is.
+    let doc = served_openapi(&api);
+    let op = &doc["paths"]["/api/v1/events/export"]["get"];
+    let media: BTreeSet<&str> = op["responses"]["200"]["content"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        media,
+        BTreeSet::from([
+            "application/vnd.apache.parquet",
+            "application/x-ndjson",
+            "text/csv"
+        ])
+    );
+    let format = op["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "format")
+        .unwrap();
+    assert_eq!(format["schema"]["enum"], json!(["jsonl", "csv", "parquet"]));
 }
 
 #[test]
