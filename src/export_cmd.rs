@@ -11,7 +11,7 @@ use perimeter_store::{ExportFormat, ExportSummary, DEFAULT_EXPORT_EVENTS, MAX_EX
 
 use crate::config::PerimeterConfig;
 use crate::terminal_cmd::{
-    http_client, local_store, query_string, terminal_safe, Access, TimeRange,
+    event_sort, http_client, local_store, query_string, terminal_safe, Access, TimeRange,
 };
 
 #[derive(clap::Args)]
@@ -199,13 +199,7 @@ fn from_data_dir(
     out: &mut dyn Write,
 ) -> anyhow::Result<ExportSummary> {
     let (store, tenant) = local_store(&args.at, config)?;
-    let sort = args
-        .sort
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(anyhow::Error::msg)?
-        .unwrap_or_default();
+    let sort = event_sort(&args.sort)?;
     let [from, to] = args.range.parsed()?;
     let query = perimeter_store::EventQuery {
         query: args.query.clone(),

@@ -1120,9 +1120,16 @@ const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHAN
     .remove(b'.')
     .remove(b'~');
 
-pub(crate) fn parse_time(
-    s: &Option<String>,
-) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+/// `--sort newest|oldest` (newest when absent) for reading a data directory.
+pub(crate) fn event_sort(s: &Option<String>) -> anyhow::Result<perimeter_store::EventSort> {
+    Ok(s.as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or_default())
+}
+
+fn parse_time(s: &Option<String>) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
     Ok(s.as_deref()
         .map(|t| perimeter_model::parse_time_bound(t, chrono::Utc::now()))
         .transpose()?)
@@ -1362,13 +1369,7 @@ pub fn search(config: &PerimeterConfig, args: SearchArgs) -> anyhow::Result<Exit
     } else {
         let (store, tenant) = local_store(&args.target.at, config)?;
         let (from, to) = (parse_time(&args.from)?, parse_time(&args.to)?);
-        let sort = args
-            .sort
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?
-            .unwrap_or_default();
+        let sort = event_sort(&args.sort)?;
         paged(args.target.limit, &mut printer, |limit, cursor| {
             let q = perimeter_store::EventQuery {
                 query: args.query.clone(),
