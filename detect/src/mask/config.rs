@@ -114,7 +114,11 @@ pub enum PatternKind {
     /// `FwoGZXIvYXdz`), Google OAuth refresh tokens (`1//0`), Braintree
     /// (`access_token$production$`), Meta (`EAACEdEose0cBA`, `EAAM`/`EAAC` + 100), Dropbox
     /// (`sl.`), Airtable (`pat...`), Replicate (`r8_`), Groq (`gsk_`), xAI (`xai-`), Perplexity
-    /// (`pplx-`), Mapbox secret tokens (`sk.eyJ1Ijoi`), and Perimeter's own API tokens (`prm_`).
+    /// (`pplx-`), Mapbox secret tokens (`sk.eyJ1Ijoi`), Salesforce session ids (`00D...!...`),
+    /// LaunchDarkly access tokens and SDK keys (`api-`/`sdk-` + UUID), HubSpot (`pat-na1-`),
+    /// ClickUp (`pk_<digits>_`), PlanetScale (`pscale_tkn_`), SonarQube (`squ_`), RubyGems
+    /// (`rubygems_`), Intercom (`dG9rOj`), crates.io (`cio` + 32), and Perimeter's own API tokens
+    /// (`prm_`).
     VendorToken,
     /// JSON Web Tokens (`eyJ...` `.` `eyJ...` `.` signature).
     Jwt,

@@ -502,6 +502,17 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r"|xai-[A-Za-z0-9]{80}",
             r"|pplx-[A-Za-z0-9]{48}",
             r"|sk\.eyJ1Ijoi[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{20,}",
+            // A Salesforce session id (an access token): the org id, `!`, the session part.
+            r"|00D[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?![A-Za-z0-9._]{80,}",
+            // LaunchDarkly access tokens and server-side SDK keys; HubSpot private app tokens.
+            r"|(?:api|sdk)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            r"|pat-(?:na|eu)[0-9]-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            r"|pk_[0-9]{6,10}_[A-Z0-9]{32}",
+            r"|pscale_(?:tkn|pw|oauth)_[A-Za-z0-9._=-]{32,64}",
+            r"|sq[upa]_[0-9a-f]{40}",
+            r"|rubygems_[0-9a-f]{48}",
+            r"|dG9rOj[A-Za-z0-9+/]{40,}={0,2}",
+            r"|cio[A-Za-z0-9]{32}",
             // Twilio API key SID (upper-case `SK` only; see `anchor_can_match`): 32 lower-case
             // hex digits, as Twilio writes them, with a letter among them (`SK000...001` is a
             // product code or counter).
@@ -600,6 +611,21 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "xai-",
             "pplx-",
             "sk.eyj1ijoi",
+            "00d",
+            "api-",
+            "sdk-",
+            "pat-na",
+            "pat-eu",
+            "pk_",
+            "pscale_tkn_",
+            "pscale_pw_",
+            "pscale_oauth_",
+            "squ_",
+            "sqp_",
+            "sqa_",
+            "rubygems_",
+            "dg9roj",
+            "cio",
         ],
     },
     PatternSpec {
@@ -1934,8 +1960,11 @@ fn is_storage_key_shape(bytes: &[u8]) -> bool {
 /// identifier bytes (27 or 28 of the token alphabet's 62-66 characters) does not occur (odds
 /// below 1e-10), so identifier-shaped strings may still skip the automaton with these anchors in
 /// it.
+///
+/// Salesforce's `00D` is there too for another reason: its session id has a `!`, which no
+/// identifier-shaped string holds.
 const ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL: &[&str] =
-    &[":aa", "dt0c01.", "atbb", "a3-", "1//0", "eaa"];
+    &[":aa", "dt0c01.", "atbb", "a3-", "1//0", "eaa", "00d"];
 
 /// Bytes of identifier-shaped values: digits, hex letters, `T`/`Z` and the separators of
 /// UUIDs, timestamps and IP addresses.
@@ -2235,12 +2264,47 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
                 && rest[14] == b'.'
                 && rest[15..79].iter().all(u8::is_ascii_hexdigit)
         }
+        // `00D` (Salesforce, exact case) is in many ids: the org id's 12 or 15 characters and
+        // `!` after it.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"00d") => {
+            let org = rest
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric())
+                .count();
+            anchor == b"00D" && matches!(org, 12 | 15) && rest.get(org) == Some(&b'!')
+        }
+        // `api-`/`sdk-` (LaunchDarkly, lower case) start many words (`api-key`): a UUID after.
+        PatternKind::VendorToken
+            if anchor.eq_ignore_ascii_case(b"api-") || anchor.eq_ignore_ascii_case(b"sdk-") =>
+        {
+            !anchor.iter().any(u8::is_ascii_uppercase) && is_uuid_start(rest)
+        }
+        // `cio` (crates.io, lower case) is in words (`precious`): a word of its own, 32 letters
+        // or digits after it and no more.
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"cio") => {
+            anchor == b"cio"
+                && !start
+                    .checked_sub(1)
+                    .is_some_and(|i| text[i].is_ascii_alphanumeric())
+                && rest.len() >= 32
+                && rest[..32].iter().all(u8::is_ascii_alphanumeric)
+                && !rest.get(32).is_some_and(u8::is_ascii_alphanumeric)
+        }
         // `:AA` (Telegram, upper case only): the bot id's digits before it.
         PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b":aa") => {
             anchor == b":AA" && start >= 5 && text[start - 5..start].iter().all(u8::is_ascii_digit)
         }
         _ => true,
     }
+}
+
+/// Whether `rest` starts with a UUID in lower-case hex (`0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0`).
+fn is_uuid_start(rest: &[u8]) -> bool {
+    rest.len() >= 36
+        && rest[..36].iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
+        })
 }
 
 /// Whether `rest` (after `SK`) is a Twilio API key SID's: 32 lower-case hex digits, not all
@@ -4006,6 +4070,17 @@ mod tests {
                 "sk.eyJ1IjoiYWNtZSIsImEiOiJja2FiY2RlZmcwMTIzNDU2Nzg5In0.{}",
                 alnum(22)
             ),
+            format!("00D5g000004ABCD!{}", alnum(96)),
+            format!("00D5g000004ABCDEAU!{}.{}", alnum(40), alnum(60)),
+            "api-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".to_string(),
+            "sdk-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".to_string(),
+            "pat-na1-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".to_string(),
+            "pk_12345678_ABCDEFGHIJKLMNOPQRSTUVWXYZ012345".to_string(),
+            format!("pscale_tkn_{}", alnum(43)),
+            format!("squ_{}", hex(40)),
+            format!("rubygems_{}", hex(48)),
+            format!("dG9rOj{}=", alnum(56)),
+            format!("cio{}", alnum(32)),
         ] {
             one(&format!("key {token} rotated"), VendorToken, &token);
         }
@@ -4114,6 +4189,11 @@ mod tests {
             "sk-1234 T3BlbkFJ",
             "fallback 1//0 path",
             "xai-grok model, pplx-api, r8_model, gsk_helper",
+            "record 00D5g000004ABCD updated, 00Dxx0000001gPL!",
+            "api-key-rotation api-gateway sdk-version mob-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+            "API-0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0",
+            "pat-na1 region, pk_live_publishable, pscale_tkn_, squ_short",
+            "precious cioccolato ciofor, cio",
             "pk.eyJ1IjoiYWNtZSIsImEiOiJja2FiY2RlZmcwMTIzNDU2Nzg5In0.AbCdEfGhIjKlMnOpQrStUv",
         ] {
             assert!(
