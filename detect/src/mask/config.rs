@@ -117,8 +117,10 @@ pub enum PatternKind {
     /// (`pplx-`), Mapbox secret tokens (`sk.eyJ1Ijoi`), Salesforce session ids (`00D...!...`),
     /// LaunchDarkly access tokens and SDK keys (`api-`/`sdk-` + UUID), HubSpot (`pat-na1-`),
     /// ClickUp (`pk_<digits>_`), PlanetScale (`pscale_tkn_`), SonarQube (`squ_`), RubyGems
-    /// (`rubygems_`), Intercom (`dG9rOj`), crates.io (`cio` + 32), and Perimeter's own API tokens
-    /// (`prm_`).
+    /// (`rubygems_`), Intercom (`dG9rOj`), crates.io (`cio` + 32), GitLab's other tokens
+    /// (`glcbt-`, `gloas-`, `glft-`, `glimt-`, `glagent-`, `glsoat-`, runner `GR1348941`),
+    /// Contentful (`CFPAT-`), New Relic insert keys (`NRII-`), Typeform (`tfp_`), Pinecone
+    /// (`pcsk_`), LangSmith (`lsv2_`), and Perimeter's own API tokens (`prm_`).
     VendorToken,
     /// JSON Web Tokens (`eyJ...` `.` `eyJ...` `.` signature).
     Jwt,

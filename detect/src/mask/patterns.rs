@@ -435,7 +435,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r"(?:",
             r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,247}",
             r"|whsec_[A-Za-z0-9+/=]{32,}",
-            r"|gl(?:pat|ptt|dt|rt)-[A-Za-z0-9_-]{20,}",
+            r"|gl(?:pat|ptt|dt|rt|cbt|oas|ft|imt|agent|soat)-[A-Za-z0-9_-]{20,}",
+            r"|GR1348941[A-Za-z0-9_-]{20,}",
             r"|npm_[A-Za-z0-9]{36}",
             r"|pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,}",
             r"|AIza[0-9A-Za-z_-]{35}",
@@ -513,6 +514,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r"|rubygems_[0-9a-f]{48}",
             r"|dG9rOj[A-Za-z0-9+/]{40,}={0,2}",
             r"|cio[A-Za-z0-9]{32}",
+            r"|CFPAT-[A-Za-z0-9_-]{43}",
+            r"|NRII-[A-Za-z0-9_-]{32}",
+            r"|tfp_[A-Za-z0-9_-]{40,60}",
+            r"|pcsk_[A-Za-z0-9_]{40,}",
+            r"|lsv2_(?:pt|sk)_[a-f0-9]{32}_[a-f0-9]{10}",
             // Twilio API key SID (upper-case `SK` only; see `anchor_can_match`): 32 lower-case
             // hex digits, as Twilio writes them, with a letter among them (`SK000...001` is a
             // product code or counter).
@@ -530,6 +536,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "glptt-",
             "gldt-",
             "glrt-",
+            "glcbt-",
+            "gloas-",
+            "glft-",
+            "glimt-",
+            "glagent-",
+            "glsoat-",
+            "gr1348941",
             "npm_",
             "pypi-ageichlwas5vcmc",
             "aiza",
@@ -626,6 +639,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "rubygems_",
             "dg9roj",
             "cio",
+            "cfpat-",
+            "nrii-",
+            "tfp_",
+            "pcsk_",
+            "lsv2_",
         ],
     },
     PatternSpec {
@@ -4081,6 +4099,14 @@ mod tests {
             format!("rubygems_{}", hex(48)),
             format!("dG9rOj{}=", alnum(56)),
             format!("cio{}", alnum(32)),
+            format!("glcbt-{}", alnum(24)),
+            format!("glsoat-{}", alnum(24)),
+            format!("GR1348941{}", alnum(20)),
+            format!("CFPAT-{}", alnum(43)),
+            format!("NRII-{}", alnum(32)),
+            format!("tfp_{}", alnum(59)),
+            format!("pcsk_{}", alnum(60)),
+            format!("lsv2_pt_{}_{}", hex(32), hex(10)),
         ] {
             one(&format!("key {token} rotated"), VendorToken, &token);
         }
@@ -4194,6 +4220,7 @@ mod tests {
             "API-0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0",
             "pat-na1 region, pk_live_publishable, pscale_tkn_, squ_short",
             "precious cioccolato ciofor, cio",
+            "glft-config tfp_form pcsk_ lsv2_ CFPAT- NRII-",
             "pk.eyJ1IjoiYWNtZSIsImEiOiJja2FiY2RlZmcwMTIzNDU2Nzg5In0.AbCdEfGhIjKlMnOpQrStUv",
         ] {
             assert!(
