@@ -57,9 +57,8 @@ pub use config::{RetentionRule, StoreConfig};
 pub use context::{ContextPivot, EventContext, MAX_CONTEXT_EVENTS, MAX_CONTEXT_WINDOW_DAYS};
 pub use error::{Result, StoreError};
 pub use export::{
-    export_arrow_schema, EventExport, EventExportEncoder, ExportFormat, ExportSummary,
-    ParquetEventExport, CSV_COLUMNS, DEFAULT_EXPORT_EVENTS, EXPORT_PAGE_EVENTS,
-    EXPORT_ROW_GROUP_ROWS, MAX_EXPORT_EVENTS,
+    export_arrow_schema, EventExport, ExportFormat, ExportSummary, DEFAULT_EXPORT_EVENTS,
+    MAX_EXPORT_EVENTS,
 };
 pub use histogram::{
     EventHistogram, EventHistogramQuery, HistogramBucket, AUTO_HISTOGRAM_BUCKETS,
