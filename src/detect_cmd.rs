@@ -189,32 +189,31 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// How far a run got, said every [`PROGRESS_EVERY`] on stderr when it is a terminal: a long
 /// run is seen to be going.
 struct Progress {
-    on: bool,
     started: std::time::Instant,
-    last: std::time::Instant,
+    lines: crate::progress::ProgressLines,
 }
 
 impl Progress {
     fn start() -> Progress {
-        let now = std::time::Instant::now();
         Progress {
-            on: std::io::stderr().is_terminal(),
-            started: now,
-            last: now,
+            started: std::time::Instant::now(),
+            lines: crate::progress::ProgressLines::new(
+                PROGRESS_EVERY,
+                std::io::stderr().is_terminal(),
+            ),
         }
     }
 
     /// `records` read so far, and the count of what the run makes of them (`(n, "events")`).
     fn tick(&mut self, records: u64, (made, what): (u64, &str)) {
-        if !self.on || self.last.elapsed() < PROGRESS_EVERY {
-            return;
-        }
-        self.last = std::time::Instant::now();
-        let secs = self.started.elapsed().as_secs_f64();
-        eprintln!(
-            "  ... {records} records, {made} {what} in {secs:.0}s ({:.0} records/s)",
-            records as f64 / secs.max(0.001)
-        );
+        let started = self.started;
+        self.lines.say(|| {
+            let secs = started.elapsed().as_secs_f64();
+            format!(
+                "  ... {records} records, {made} {what} in {secs:.0}s ({:.0} records/s)",
+                records as f64 / secs.max(0.001)
+            )
+        });
     }
 }
 

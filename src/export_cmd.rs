@@ -4,12 +4,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use perimeter_store::{ExportFormat, ExportSummary, DEFAULT_EXPORT_EVENTS, MAX_EXPORT_EVENTS};
 
 use crate::config::PerimeterConfig;
+use crate::progress::ProgressLines;
 use crate::terminal_cmd::{
     event_sort, http_client, local_store, query_string, terminal_safe, Access, TimeRange,
 };
@@ -129,27 +130,8 @@ impl Output {
     }
 }
 
-/// At most one progress line on stderr per interval: a long export says it is moving.
-struct Progress {
-    last: Instant,
-}
-
-impl Progress {
-    const EVERY: Duration = Duration::from_secs(2);
-
-    fn new() -> Progress {
-        Progress {
-            last: Instant::now(),
-        }
-    }
-
-    fn say(&mut self, line: impl FnOnce() -> String) {
-        if self.last.elapsed() >= Self::EVERY {
-            eprintln!("{}", line());
-            self.last = Instant::now();
-        }
-    }
-}
+/// How often a long export says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 pub fn export(config: &PerimeterConfig, args: ExportArgs) -> anyhow::Result<ExitCode> {
     let format = match &args.format {
@@ -209,7 +191,7 @@ fn from_data_dir(
         cursor: None,
         sort,
     };
-    let mut progress = Progress::new();
+    let mut progress = ProgressLines::new(PROGRESS_EVERY, true);
     Ok(store.export_events(
         &tenant,
         &query,
@@ -279,7 +261,7 @@ fn from_server(
         exported: count("x-perimeter-exported")?,
     };
     // The body streams; a server failing mid-export breaks it, which is an error here.
-    let mut progress = Progress::new();
+    let mut progress = ProgressLines::new(PROGRESS_EVERY, true);
     let mut buf = vec![0u8; 1 << 16];
     let mut received = 0u64;
     loop {

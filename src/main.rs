@@ -17,6 +17,7 @@ mod detect_cmd;
 mod export_cmd;
 mod logging;
 mod poll_cmd;
+mod progress;
 mod reindex_cmd;
 mod rules_cmd;
 mod run;
