@@ -1,4 +1,4 @@
-"""Read a Perimeter data directory's Parquet files with pyarrow and with DuckDB, as an analyst
+"""Read a Perimeter data directory's Parquet files with pyarrow, DuckDB and Spark, as an analyst
 would, and print what each reader saw as one JSON object on stdout.
 
     python3 tests/parquet_readers.py DATA_DIR
@@ -7,8 +7,10 @@ would, and print what each reader saw as one JSON object on stdout.
 An export holds `tenant` and `source` as columns, and no `dt`: its rows get the day of their
 `timestamp` there, so they compare with the store's rows as they are.
 
-Needs `pip install pyarrow duckdb`. The integration test `parquet_readers` compares both readers'
-rows with what Perimeter stored; by hand it shows the files open outside Perimeter.
+Needs `pip install pyarrow duckdb pyspark` and a Java runtime for Spark (17 or later). Spark runs
+in local mode on loopback with its defaults otherwise, partition type inference included. The
+integration test `parquet_readers` compares the readers' rows with what Perimeter stored; by hand
+it shows the files open outside Perimeter.
 
 Each event row: [tenant, source, dt, event_id, timestamp (us since the epoch), line,
 source_as_number, event_category, user_name, raw is a JSON object]. Each alert row: [tenant, dt,
@@ -16,9 +18,15 @@ alert_id, rule_id, severity, timestamp (us), event_ids]. Rows are sorted, so the
 lists compare as they are.
 """
 
-import json
+# Spark's driver binds to loopback only (before pyspark starts its JVM).
 import os
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+import glob
+import json
 import sys
+import tempfile
 
 import duckdb
 import pyarrow.compute as pc
@@ -51,6 +59,47 @@ def table_rows(table, columns, row):
     return sorted(row(r) for r in table.select(columns).to_pylist())
 
 
+def has_parquet(root):
+    """Whether `root` holds a file Spark reads (it skips `.`- and `_`-prefixed names, as
+    pyarrow does, and fails on a tree with none where the others read no rows)."""
+    return any(
+        not any(part.startswith((".", "_")) for part in os.path.relpath(f, root).split(os.sep))
+        for f in glob.glob(os.path.join(root, "**", "*.parquet"), recursive=True)
+    )
+
+
+SPARK = None
+
+
+def spark():
+    """One local Spark session for the whole run (starting its JVM takes seconds)."""
+    global SPARK
+    if SPARK is None:
+        from pyspark.sql import SparkSession
+
+        SPARK = (
+            SparkSession.builder.master("local[1]")
+            .appName("perimeter-parquet-readers")
+            .config("spark.ui.enabled", "false")
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.sql.warehouse.dir", tempfile.mkdtemp(prefix="perimeter-spark-"))
+            # Times compare as microseconds since the epoch; the day of an export's rows is UTC.
+            .config("spark.sql.session.timeZone", "UTC")
+            .getOrCreate()
+        )
+        SPARK.sparkContext.setLogLevel("ERROR")
+    return SPARK
+
+
+def spark_rows(path, select, row):
+    """Every row of a hive-partitioned tree (or one file) as `spark.read.parquet` reads it."""
+    if not os.path.isfile(path) and not has_parquet(path):
+        return []
+    frame = spark().read.parquet(path)
+    return sorted(row(list(r)) for r in frame.selectExpr(*select).collect())
+
+
 def duckdb_rows(con, root, select, row):
     """Every row of `root/**/*.parquet` with hive partitioning, as DuckDB reads a glob."""
     if not os.path.isdir(root):
@@ -68,6 +117,27 @@ EVENT_COLUMNS = [
 
 def event(r):
     return [r[0], r[1], str(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9]]
+
+
+# The event row's columns as Spark SQL expressions; `raw` is checked in Python (`spark_event`).
+SPARK_EVENT_SELECT = [
+    "tenant", "source", "cast(dt as string)", "event_id", "unix_micros(timestamp)", "line",
+    "source_as_number", "event_category", "user_name", "raw",
+]
+
+
+def spark_event(r):
+    return event(r[:-1] + [raw_is_object(r[-1])])
+
+
+def versions():
+    import pyspark
+
+    return {
+        "pyarrow_version": __import__("pyarrow").__version__,
+        "duckdb_version": duckdb.__version__,
+        "spark_version": pyspark.__version__,
+    }
 
 
 def export(path):
@@ -91,14 +161,19 @@ def export(path):
         "json_type(raw) = 'OBJECT' from read_parquet('" + path.replace("'", "''") + "')"
     )
     rows = sorted(event(r) for r in duckdb.connect().sql(query).fetchall())
-    return {"events": {"pyarrow": pyarrow, "duckdb": rows}, "alerts": {"pyarrow": [], "duckdb": []}}
+    spark = spark_rows(
+        path,
+        ["tenant", "source", "date_format(timestamp, 'yyyy-MM-dd')"] + SPARK_EVENT_SELECT[3:],
+        spark_event,
+    )
+    none = {"pyarrow": [], "duckdb": [], "spark": []}
+    return {"events": {"pyarrow": pyarrow, "duckdb": rows, "spark": spark}, "alerts": none}
 
 
 def main():
     if sys.argv[1] == "--export":
         out = export(sys.argv[2])
-        out["pyarrow_version"] = __import__("pyarrow").__version__
-        out["duckdb_version"] = duckdb.__version__
+        out.update(versions())
         json.dump(out, sys.stdout)
         return
     data = sys.argv[1]
@@ -107,9 +182,8 @@ def main():
     con = duckdb.connect()
 
     event_columns = EVENT_COLUMNS
-    out = {
-        "pyarrow_version": __import__("pyarrow").__version__,
-        "duckdb_version": duckdb.__version__,
+    out = versions()
+    out.update({
         "events": {
             "pyarrow": pyarrow_rows(
                 events,
@@ -123,8 +197,9 @@ def main():
                 "source_as_number, event_category, user_name, json_type(raw) = 'OBJECT'",
                 event,
             ),
+            "spark": spark_rows(events, SPARK_EVENT_SELECT, spark_event),
         },
-    }
+    })
 
     alert_columns = ["tenant", "dt", "alert_id", "rule_id", "severity", "timestamp", "event_ids"]
 
@@ -137,6 +212,14 @@ def main():
             con,
             alerts,
             "tenant, cast(dt as varchar), alert_id, rule_id, severity, epoch_us(timestamp), event_ids",
+            alert,
+        ),
+        "spark": spark_rows(
+            alerts,
+            [
+                "tenant", "cast(dt as string)", "alert_id", "rule_id", "severity",
+                "unix_micros(timestamp)", "event_ids",
+            ],
             alert,
         ),
     }

@@ -1,11 +1,12 @@
-//! The Parquet files read by the tools analysts use on them, pyarrow and DuckDB
+//! The Parquet files read by the tools analysts use on them, pyarrow, DuckDB and Spark
 //! (`parquet_readers.py`), must hold exactly what Perimeter stored: every event once, its
 //! decoded hive partition values, its times to the microsecond. Files a writer has not finished
 //! (a batch or a merge cut off by a crash) and files a repair set aside must stay invisible to
 //! them.
 //!
-//! The readers run in Python: `PERIMETER_PARQUET_PYTHON` names an interpreter with `pyarrow` and
-//! `duckdb`, else `python3` is used when it has both (`.ci/run` installs them).
+//! The readers run in Python: `PERIMETER_PARQUET_PYTHON` names an interpreter with `pyarrow`,
+//! `duckdb` and `pyspark` (and Spark needs `java`), else `python3` is used when it has all three
+//! (`.ci/run` installs them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -18,28 +19,31 @@ use serde_json::{json, Value};
 
 use crate::util::{json_lines, perimeter, repo, serving_demo, stderr};
 
-/// An interpreter that imports both readers.
+/// The readers `parquet_readers.py` runs, as its output names them.
+const READERS: [&str; 3] = ["pyarrow", "duckdb", "spark"];
+
+/// An interpreter that imports all the readers.
 fn readers_python() -> String {
     if let Ok(python) = std::env::var("PERIMETER_PARQUET_PYTHON") {
         return python;
     }
-    let has_both = Command::new("python3")
-        .args(["-c", "import pyarrow, duckdb"])
+    let has_all = Command::new("python3")
+        .args(["-c", "import pyarrow, duckdb, pyspark"])
         .output()
         .is_ok_and(|o| o.status.success());
     assert!(
-        has_both,
-        "the Parquet reader tests need pyarrow and DuckDB: `pip install pyarrow duckdb` (or run \
-         `bash .ci/run`, which installs them), or set PERIMETER_PARQUET_PYTHON to a python3 that \
-         has them"
+        has_all,
+        "the Parquet reader tests need pyarrow, DuckDB and Spark: `pip install pyarrow duckdb \
+         pyspark` and a Java runtime (or run `bash .ci/run`, which installs them), or set \
+         PERIMETER_PARQUET_PYTHON to a python3 that has them"
     );
     "python3".into()
 }
 
-/// What pyarrow and DuckDB read from a data directory (or, with `--export`, one exported
-/// file), once it is checked that both read the same rows. Returns (event rows, alert rows);
-/// their layout is in `parquet_readers.py`.
-fn read_with_both(args: &[&OsStr]) -> (Vec<Value>, Vec<Value>) {
+/// What pyarrow, DuckDB and Spark read from a data directory (or, with `--export`, one
+/// exported file), once it is checked that all of them read the same rows. Returns (event
+/// rows, alert rows); their layout is in `parquet_readers.py`.
+fn read_with_all(args: &[&OsStr]) -> (Vec<Value>, Vec<Value>) {
     let out = Command::new(readers_python())
         .arg(repo().join("tests/parquet_readers.py"))
         .args(args)
@@ -47,25 +51,29 @@ fn read_with_both(args: &[&OsStr]) -> (Vec<Value>, Vec<Value>) {
         .expect("running the Parquet readers");
     assert!(
         out.status.success(),
-        "pyarrow or DuckDB failed on {args:?}: {}",
+        "a Parquet reader failed on {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let seen: Value = serde_json::from_slice(&out.stdout).expect("the readers print JSON");
     let rows = |what: &str| {
-        let pyarrow = seen[what]["pyarrow"]
-            .as_array()
-            .expect("pyarrow rows")
-            .clone();
-        let duckdb = seen[what]["duckdb"]
-            .as_array()
-            .expect("DuckDB rows")
-            .clone();
-        assert_eq!(
-            pyarrow, duckdb,
-            "pyarrow {} and DuckDB {} read other {what}",
-            seen["pyarrow_version"], seen["duckdb_version"]
-        );
-        pyarrow
+        let read = |reader: &str| {
+            seen[what][reader]
+                .as_array()
+                .unwrap_or_else(|| panic!("{reader}'s {what}"))
+                .clone()
+        };
+        let first = read(READERS[0]);
+        for other in &READERS[1..] {
+            assert_eq!(
+                first,
+                read(other),
+                "{} {} and {other} {} read other {what}",
+                READERS[0],
+                seen[format!("{}_version", READERS[0])],
+                seen[format!("{other}_version")]
+            );
+        }
+        first
     };
     (rows("events"), rows("alerts"))
 }
@@ -77,7 +85,7 @@ fn micros(text: &str) -> i64 {
 }
 
 #[test]
-fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter_and_its_export() {
+fn the_demo_reads_the_same_in_pyarrow_duckdb_and_spark_as_in_perimeter_and_its_export() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
     let d = data.to_str().unwrap();
@@ -103,7 +111,7 @@ fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter_and_its_export(
         .collect();
     assert!(stored.len() > 2000, "{} events stored", stored.len());
 
-    let (events, alerts) = read_with_both(&[data.as_os_str()]);
+    let (events, alerts) = read_with_all(&[data.as_os_str()]);
     assert_eq!(events.len(), stored.len(), "every event once, no more");
     for row in &events {
         let id = row[3].as_str().unwrap();
@@ -177,7 +185,7 @@ fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter_and_its_export(
     );
     let file = dir.path().join("perimeter-events.parquet");
     std::fs::write(&file, export.bytes().unwrap()).unwrap();
-    let (exported, _) = read_with_both(&[OsStr::new("--export"), file.as_os_str()]);
+    let (exported, _) = read_with_all(&[OsStr::new("--export"), file.as_os_str()]);
     assert_eq!(exported, events);
 
     // The same through `perimeter export` from the server, and from the data directory.
@@ -197,7 +205,7 @@ fn the_demo_reads_the_same_in_pyarrow_and_duckdb_as_in_perimeter_and_its_export(
         assert!(out.status.success(), "{name}: {}", stderr(&out));
         let said = format!("exported {n} events of the {n} matched", n = stored.len());
         assert!(stderr(&out).contains(&said), "{name}: {}", stderr(&out));
-        let (exported, _) = read_with_both(&[OsStr::new("--export"), file.as_os_str()]);
+        let (exported, _) = read_with_all(&[OsStr::new("--export"), file.as_os_str()]);
         assert_eq!(exported, events, "{name}");
     }
 }
@@ -254,8 +262,9 @@ fn partition_values_and_unfinished_files_leave_the_readers_right() {
         ..StoreConfig::at(dir.path())
     };
     let store = Store::open(config).unwrap();
-    // A tenant name with a path separator, a space, `%`, `=` and a non-ASCII letter: stored as
-    // `%XX` in its directory names, which both readers must decode.
+    // A tenant name with a path separator, a space, `%`, `=` and a non-ASCII letter: stored with
+    // `%XX` for the ASCII ones in its directory names, which every reader must decode (Spark
+    // decodes each `%XX` as one character, so the letter stays as it is).
     let tenants = ["acme", "acme/eu = ü%"];
     let at = |day: u32, n: u64| {
         Utc.with_ymd_and_hms(2026, 11, day, 9, 0, 0).unwrap()
@@ -299,7 +308,7 @@ fn partition_values_and_unfinished_files_leave_the_readers_right() {
     // them: a batch's file cut short, a merge's output cut short, a file set aside.
     let partition = dir
         .path()
-        .join("parquet/events/tenant=acme%2Feu%20%3D%20%C3%BC%25/source=okta/dt=2026-11-24");
+        .join("parquet/events/tenant=acme%2Feu%20%3D%20ü%25/source=okta/dt=2026-11-24");
     let finished: Vec<_> = std::fs::read_dir(&partition)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -319,7 +328,7 @@ fn partition_values_and_unfinished_files_leave_the_readers_right() {
     )
     .unwrap();
 
-    let (rows, alerts) = read_with_both(&[dir.path().as_os_str()]);
+    let (rows, alerts) = read_with_all(&[dir.path().as_os_str()]);
     assert!(alerts.is_empty(), "{alerts:?}");
     let mut expected: Vec<Value> = written.iter().map(expected_row).collect();
     expected.sort_by_key(|v| v.to_string());

@@ -16,16 +16,23 @@ use chrono::NaiveDate;
 use crate::error::IoContext;
 use crate::Result;
 
-/// Hive-style escaping of a partition value: everything outside `[A-Za-z0-9_-]` becomes `%XX`,
-/// so a tenant called `../x` can never leave its directory and `.`-prefixed names never become
-/// hidden files. Readers (Spark, DuckDB, pyarrow) decode `%XX` in partition values.
+/// Hive-style escaping of a partition value: every ASCII character outside `[A-Za-z0-9_-]`
+/// becomes `%XX`, so a tenant called `../x` can never leave its directory and `.`-prefixed names
+/// never become hidden files. Readers (Spark, DuckDB, pyarrow) decode `%XX` in partition values.
+///
+/// Other characters stay as they are, as Hive writes them: Spark decodes each `%XX` as one
+/// character, so a letter written as its UTF-8 bytes (`ü` as `%C3%BC`) would read as two
+/// (`Ã¼`) there, while pyarrow and DuckDB decode either form. Directories written when letters
+/// were escaped too still decode to the same name here, and the names the product accepts
+/// (tenants `[A-Za-z0-9-_.@]`, sources `[a-z0-9_]`) are ASCII, so no store the service wrote
+/// has such a directory.
 pub fn encode_partition_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            out.push(b as char);
+    for c in value.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' || !c.is_ascii() {
+            out.push(c);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push_str(&format!("%{:02X}", c as u32));
         }
     }
     out
@@ -237,6 +244,9 @@ mod tests {
             assert_eq!(decode_partition_value(&e).as_deref(), Some(v));
         }
         assert_eq!(encode_partition_value("acme-1_x"), "acme-1_x");
+        // Letters beyond ASCII as they are (Spark's decoding); escaped, as once, they decode too.
+        assert_eq!(encode_partition_value("ü %"), "ü%20%25");
+        assert_eq!(decode_partition_value("%C3%BC%20%25").as_deref(), Some("ü %"));
         assert_eq!(decode_partition_value("%zz"), None);
         assert_eq!(
             partition_value("tenant=a%20b", "tenant").as_deref(),
