@@ -331,6 +331,14 @@ impl Event {
     /// The event an output document ([`Event::to_output_json`], what the store's indexes keep)
     /// was made from: `None` when it lacks the id, source, tenant, times or raw record.
     pub fn from_output_json(doc: &serde_json::Value) -> Option<Event> {
+        Event::from_output_json_with_raw(doc, raw_from_serde(doc.get("raw")?))
+    }
+
+    /// [`Self::from_output_json`] with the raw record given instead of read from `doc["raw"]`:
+    /// turning the document's `raw` into a [`RawJson`] is most of the work, and a caller that
+    /// only writes the record out again (a Parquet export, which serializes `doc["raw"]` as it
+    /// is) passes an empty one.
+    pub fn from_output_json_with_raw(doc: &serde_json::Value, raw: RawJson) -> Option<Event> {
         let meta = &doc["perimeter"];
         let time = |v: &serde_json::Value| v.as_str()?.parse::<DateTime<Utc>>().ok();
         let timestamp = time(&doc["@timestamp"])?;
@@ -339,7 +347,7 @@ impl Event {
             tenant: meta["tenant"].as_str()?.to_string(),
             received_at: time(&doc["event"]["ingested"])?,
             line: meta["line"].as_u64(),
-            raw: raw_from_serde(doc.get("raw")?),
+            raw,
         };
         Some(Event::stored(
             record,
