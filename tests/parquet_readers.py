@@ -23,8 +23,10 @@ import os
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
+import atexit
 import glob
 import json
+import shutil
 import sys
 import tempfile
 
@@ -77,18 +79,21 @@ def spark():
     if SPARK is None:
         from pyspark.sql import SparkSession
 
+        warehouse = tempfile.mkdtemp(prefix="perimeter-spark-")
+        atexit.register(shutil.rmtree, warehouse, ignore_errors=True)
         SPARK = (
             SparkSession.builder.master("local[1]")
             .appName("perimeter-parquet-readers")
             .config("spark.ui.enabled", "false")
             .config("spark.driver.host", "127.0.0.1")
             .config("spark.driver.bindAddress", "127.0.0.1")
-            .config("spark.sql.warehouse.dir", tempfile.mkdtemp(prefix="perimeter-spark-"))
+            .config("spark.sql.warehouse.dir", warehouse)
             # Times compare as microseconds since the epoch; the day of an export's rows is UTC.
             .config("spark.sql.session.timeZone", "UTC")
             .getOrCreate()
         )
         SPARK.sparkContext.setLogLevel("ERROR")
+        atexit.register(SPARK.stop)
     return SPARK
 
 

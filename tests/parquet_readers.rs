@@ -24,6 +24,15 @@ const READERS: [&str; 3] = ["pyarrow", "duckdb", "spark"];
 
 /// An interpreter that imports all the readers.
 fn readers_python() -> String {
+    let has_java = Command::new("java")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        has_java,
+        "the Parquet reader tests run Spark, which needs a Java runtime (17 or later) on the \
+         PATH: `apt-get install default-jre-headless` (or run `bash .ci/run`, which installs it)"
+    );
     if let Ok(python) = std::env::var("PERIMETER_PARQUET_PYTHON") {
         return python;
     }

@@ -184,32 +184,38 @@ impl EventExportEncoder {
         }
     }
 
-    /// The bytes that follow for these documents (none yet, for Parquet, until a row group is
-    /// complete).
-    pub fn encode(&mut self, docs: &[serde_json::Value]) -> Result<Vec<u8>> {
-        // The text formats write into one buffer sized for the page; Parquet hands back its
-        // writer's bytes.
-        let text = || Vec::with_capacity(docs.len() * 1024);
-        let chunk = match self {
+    /// The bytes that follow for these stored documents, each the JSON text the store keeps
+    /// (none yet, for Parquet, until a row group is complete).
+    pub fn encode(&mut self, texts: &[String]) -> Result<Vec<u8>> {
+        let parsed = || -> Result<Vec<serde_json::Value>> {
+            texts
+                .iter()
+                .map(|text| Ok(serde_json::from_str(text)?))
+                .collect()
+        };
+        Ok(match self {
+            // A JSON line is the stored text as it is: parsing it and writing it again took
+            // most of that export's time (700k events: 14.8-16.5 s against ~5 s).
             EventExportEncoder::Jsonl => {
-                let mut chunk = text();
-                for doc in docs {
-                    serde_json::to_writer(&mut chunk, doc)?;
+                let mut chunk = Vec::with_capacity(texts.iter().map(|t| t.len() + 1).sum());
+                for text in texts {
+                    chunk.extend_from_slice(text.as_bytes());
                     chunk.push(b'\n');
                 }
                 chunk
             }
             EventExportEncoder::Csv => {
-                let mut chunk = text();
-                docs.iter().for_each(|doc| csv_row(&mut chunk, doc));
+                let mut chunk = Vec::with_capacity(texts.len() * 256);
+                parsed()?.iter().for_each(|doc| csv_row(&mut chunk, doc));
                 chunk
             }
             EventExportEncoder::Parquet(file) => {
                 // The raw record goes out as the document holds it: read back into a `RawJson`
                 // only to be written out again, it took half of a Parquet export's time.
+                let docs = parsed()?;
                 let mut raws = Vec::with_capacity(docs.len());
                 let mut events = Vec::with_capacity(docs.len());
-                for doc in docs {
+                for doc in &docs {
                     let event = doc.get("raw").and_then(|raw| {
                         raws.push(serde_json::to_string(raw).ok()?);
                         Event::from_output_json_with_raw(doc, RawJson::new())
@@ -221,8 +227,7 @@ impl EventExportEncoder {
                 }
                 file.write(&events, &raws)?
             }
-        };
-        Ok(chunk)
+        })
     }
 
     /// What comes after the last event: a Parquet file's last row group and footer.
@@ -271,7 +276,7 @@ impl Store {
             cursor: None,
             ..query.clone()
         };
-        let first = self.search_snapshot(&snapshot, &query)?;
+        let first = self.search_snapshot_text(&snapshot, &query)?;
         let matched = self.count_snapshot(&snapshot, &query.query, query.from, query.to)?;
         Ok(EventExport {
             snapshot,
@@ -302,7 +307,7 @@ impl Store {
 pub struct EventExport {
     snapshot: crate::reader::EventSnapshot,
     query: EventQuery,
-    first: crate::Page<serde_json::Value>,
+    first: crate::Page<String>,
     max_events: usize,
     encoder: EventExportEncoder,
     matched: u64,
@@ -355,7 +360,7 @@ impl EventExport {
             match page.next_cursor {
                 Some(cursor) if take > 0 && (exported as usize) < max_events => {
                     query.cursor = Some(cursor);
-                    page = store.search_snapshot(&snapshot, &query)?;
+                    page = store.search_snapshot_text(&snapshot, &query)?;
                 }
                 _ => break,
             }
@@ -478,8 +483,11 @@ mod tests {
     }
 
     /// The stored documents of `events`, as an export reads them.
-    fn documents(events: &[Event]) -> Vec<serde_json::Value> {
-        events.iter().map(Event::to_output_json).collect()
+    fn documents(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e.to_output_json().to_string())
+            .collect()
     }
 
     fn parquet_encoder() -> EventExportEncoder {
@@ -570,6 +578,31 @@ mod tests {
             String::from_utf8(row).unwrap(),
             "2024-05-01T10:00:00Z,okta,user.session.start,,\"'=cmd\",,,,,,abc\r\n"
         );
+    }
+
+    #[test]
+    fn json_lines_are_the_stored_documents_as_they_are_and_csv_reads_their_fields() {
+        let events: Vec<Event> = (0..3).map(event).collect();
+        // Key order as the store wrote it, which parsing into a map would have sorted.
+        let texts: Vec<String> = documents(&events)
+            .into_iter()
+            .map(|t| t.replacen('{', r#"{"zz_first":1,"#, 1))
+            .collect();
+        let mut jsonl = EventExportEncoder::new(ExportFormat::Jsonl).unwrap();
+        let lines = String::from_utf8(jsonl.encode(&texts).unwrap()).unwrap();
+        assert_eq!(
+            lines,
+            texts.iter().map(|t| format!("{t}\n")).collect::<String>()
+        );
+
+        let mut csv = EventExportEncoder::new(ExportFormat::Csv).unwrap();
+        let rows = String::from_utf8(csv.encode(&texts).unwrap()).unwrap();
+        assert_eq!(rows.lines().count(), 3);
+        assert!(rows.contains(&events[2].id().0), "{rows}");
+        // A stored text that is no JSON is an error of the export, not a panic or a blank row.
+        let broken = vec!["{not json".to_string()];
+        assert!(csv.encode(&broken).is_err());
+        assert!(parquet_encoder().encode(&broken).is_err());
     }
 
     #[test]

@@ -246,7 +246,10 @@ mod tests {
         assert_eq!(encode_partition_value("acme-1_x"), "acme-1_x");
         // Letters beyond ASCII as they are (Spark's decoding); escaped, as once, they decode too.
         assert_eq!(encode_partition_value("ü %"), "ü%20%25");
-        assert_eq!(decode_partition_value("%C3%BC%20%25").as_deref(), Some("ü %"));
+        assert_eq!(
+            decode_partition_value("%C3%BC%20%25").as_deref(),
+            Some("ü %")
+        );
         assert_eq!(decode_partition_value("%zz"), None);
         assert_eq!(
             partition_value("tenant=a%20b", "tenant").as_deref(),

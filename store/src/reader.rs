@@ -207,6 +207,25 @@ impl Store {
         snapshot: &EventSnapshot,
         q: &EventQuery,
     ) -> Result<Page<serde_json::Value>> {
+        self.search_snapshot_with(snapshot, q, |doc| self.stored_output(doc))
+    }
+
+    /// [`Self::search_snapshot`] with each hit as the JSON text the store keeps of it (the
+    /// document [`Self::search_snapshot`] parses), for an export that writes it out as it is.
+    pub(crate) fn search_snapshot_text(
+        &self,
+        snapshot: &EventSnapshot,
+        q: &EventQuery,
+    ) -> Result<Page<String>> {
+        self.search_snapshot_with(snapshot, q, |doc| Ok(self.stored_text(doc).to_string()))
+    }
+
+    fn search_snapshot_with<T>(
+        &self,
+        snapshot: &EventSnapshot,
+        q: &EventQuery,
+        read: impl Fn(&TantivyDocument) -> Result<T>,
+    ) -> Result<Page<T>> {
         let limit = q.limit.clamp(1, MAX_PAGE_LIMIT);
         let user_query = self.parse_event_query(&q.query)?;
         let oldest = q.sort == EventSort::Oldest;
@@ -243,7 +262,7 @@ impl Store {
 
         let query = self.within_time(user_query, lower, upper);
 
-        let mut hits: Vec<(EventKey, serde_json::Value)> = Vec::new();
+        let mut hits: Vec<(EventKey, T)> = Vec::new();
         let mut days: Vec<&(NaiveDate, Searcher)> = snapshot.days.iter().collect();
         if oldest {
             days.reverse();
@@ -283,7 +302,7 @@ impl Store {
                 let Some(rank) = rank else { continue };
                 let key = in_order(q.sort, rank);
                 let doc: TantivyDocument = searcher.doc(addr)?;
-                hits.push((key, self.stored_output(&doc)?));
+                hits.push((key, read(&doc)?));
             }
             if hits.len() > limit {
                 break;
@@ -459,11 +478,13 @@ impl Store {
     }
 
     fn stored_output(&self, doc: &TantivyDocument) -> Result<serde_json::Value> {
-        let text = doc
-            .get_first(self.schema.doc)
+        Ok(serde_json::from_str(self.stored_text(doc))?)
+    }
+
+    fn stored_text<'d>(&self, doc: &'d TantivyDocument) -> &'d str {
+        doc.get_first(self.schema.doc)
             .and_then(|v| v.as_str())
-            .unwrap_or("{}");
-        Ok(serde_json::from_str(text)?)
+            .unwrap_or("{}")
     }
 
     /// One event of a tenant by id (the `Event::to_output_json` document).
