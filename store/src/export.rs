@@ -199,7 +199,15 @@ impl EventExportEncoder {
             EventExportEncoder::Jsonl => {
                 let mut chunk = Vec::with_capacity(texts.iter().map(|t| t.len() + 1).sum());
                 for text in texts {
-                    chunk.extend_from_slice(text.as_bytes());
+                    // The store writes its documents compact, but a line break in one (a
+                    // document written otherwise) would split the line: that one is written
+                    // anew.
+                    if text.as_bytes().contains(&b'\n') {
+                        let doc: serde_json::Value = serde_json::from_str(text)?;
+                        serde_json::to_writer(&mut chunk, &doc)?;
+                    } else {
+                        chunk.extend_from_slice(text.as_bytes());
+                    }
                     chunk.push(b'\n');
                 }
                 chunk
@@ -593,6 +601,15 @@ mod tests {
         assert_eq!(
             lines,
             texts.iter().map(|t| format!("{t}\n")).collect::<String>()
+        );
+        // A document with a line break in it still makes one line, the same document.
+        let spread = texts[0].replacen(',', ",\n", 1);
+        let line = String::from_utf8(jsonl.encode(&[spread]).unwrap()).unwrap();
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        let again: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(&texts[0]).unwrap()
         );
 
         let mut csv = EventExportEncoder::new(ExportFormat::Csv).unwrap();
