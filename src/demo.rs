@@ -204,7 +204,7 @@ pub fn demo(config: &PerimeterConfig, args: DemoArgs) -> anyhow::Result<ExitCode
             a.title
         );
     }
-    say!("  perimeter export --data-dir {dir} 'event.module:okta' --output okta.parquet   # for DuckDB, pyarrow, pandas");
+    say!("  perimeter export --data-dir {dir} 'event.module:okta' --output okta.parquet   # for DuckDB, pyarrow, pandas, Spark");
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
     }

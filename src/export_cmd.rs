@@ -26,8 +26,8 @@ pub struct ExportArgs {
     pub output: PathBuf,
     /// `jsonl`: every stored (masked) event whole, one per line; `csv`: the main ECS columns,
     /// for a spreadsheet; `parquet`: every column (as in the store's Parquet files, plus
-    /// `tenant` and `source`), for DuckDB, pyarrow or pandas. Default: from the extension of
-    /// --output (`.jsonl`, `.ndjson`, `.json`, `.csv`, `.parquet`), else jsonl.
+    /// `tenant` and `source`), for DuckDB, pyarrow, pandas or Spark. Default: from the
+    /// extension of --output (`.jsonl`, `.ndjson`, `.json`, `.csv`, `.parquet`), else jsonl.
     #[arg(long, value_parser = ["jsonl", "csv", "parquet"])]
     pub format: Option<String>,
     #[command(flatten)]

@@ -74,7 +74,7 @@ enum Command {
     /// Search stored events (tantivy query syntax).
     Search(terminal_cmd::SearchArgs),
     /// Export the events a query matches as one file: JSON lines, CSV (for a spreadsheet) or
-    /// Parquet (for DuckDB, pyarrow, pandas), from the data directory or a running server.
+    /// Parquet (for DuckDB, pyarrow, pandas, Spark), from the data directory or a running server.
     Export(export_cmd::ExportArgs),
     /// Show what an event's user (or address) did shortly before and after it: the events of the
     /// same user within a window, oldest first.
