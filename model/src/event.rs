@@ -336,8 +336,8 @@ impl Event {
 
     /// [`Self::from_output_json`] with the raw record given instead of read from `doc["raw"]`:
     /// turning the document's `raw` into a [`RawJson`] is most of the work, and a caller that
-    /// only writes the record out again (a Parquet export, which serializes `doc["raw"]` as it
-    /// is) passes an empty one.
+    /// only writes the record out again (a Parquet export, which writes the raw record's text
+    /// as the stored document holds it) passes an empty one.
     pub fn from_output_json_with_raw(doc: &serde_json::Value, raw: RawJson) -> Option<Event> {
         let meta = &doc["perimeter"];
         let time = |v: &serde_json::Value| v.as_str()?.parse::<DateTime<Utc>>().ok();
