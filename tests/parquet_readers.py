@@ -14,8 +14,8 @@ it shows the files open outside Perimeter.
 
 Each event row: [tenant, source, dt, event_id, timestamp (us since the epoch), line,
 source_as_number, event_category, user_name, raw is a JSON object]. Each alert row: [tenant, dt,
-alert_id, rule_id, severity, timestamp (us), event_ids]. Rows are sorted, so the two readers'
-lists compare as they are.
+alert_id, rule_id, severity, timestamp (us), event_ids]. Rows are sorted, so the readers' lists
+compare as they are.
 """
 
 # Spark's driver binds to loopback only (before pyspark starts its JVM).
@@ -109,8 +109,8 @@ def duckdb_rows(con, root, select, row):
     """Every row of `root/**/*.parquet` with hive partitioning, as DuckDB reads a glob."""
     if not os.path.isdir(root):
         return []
-    glob = os.path.join(root, "**", "*.parquet").replace("'", "''")
-    query = f"select {select} from read_parquet('{glob}', hive_partitioning = true)"
+    pattern = os.path.join(root, "**", "*.parquet").replace("'", "''")
+    query = f"select {select} from read_parquet('{pattern}', hive_partitioning = true)"
     return sorted(row(r) for r in con.sql(query).fetchall())
 
 
