@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, TimeZone, Utc};
 use perimeter_model::{Ecs, Event, Outcome, RawRecord};
@@ -22,8 +23,14 @@ use crate::util::{json_lines, perimeter, repo, serving_demo, stderr};
 /// The readers `parquet_readers.py` runs, as its output names them.
 const READERS: [&str; 3] = ["pyarrow", "duckdb", "spark"];
 
-/// An interpreter that imports all the readers.
-fn readers_python() -> String {
+/// An interpreter that imports all the readers, checked once per test run (each check starts a
+/// JVM or a Python).
+fn readers_python() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(find_readers_python)
+}
+
+fn find_readers_python() -> String {
     let has_java = Command::new("java")
         .arg("-version")
         .output()
