@@ -58,6 +58,99 @@ pub(super) struct Slot {
     key: Option<TextKey>,
 }
 
+/// Slots of [`KeyFront`], a power of two: well above the distinct keys of a day's sources.
+const KEY_FRONT_SLOTS: usize = 4096;
+
+/// A key name as its length and two words of its bytes (see [`key_words`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct KeyWords {
+    words: (u64, u64),
+    len: u32,
+}
+
+/// A length no key has: an empty [`KeyFront`] slot.
+const NO_KEY: u32 = u32::MAX;
+
+/// For a key of at most 16 bytes, its length and two words that hold every byte of it, so equal
+/// [`KeyWords`] mean equal keys; longer keys are compared whole as well.
+fn key_words(key: &[u8]) -> KeyWords {
+    let n = key.len();
+    let word = |at: usize, width: usize| {
+        let mut bytes = [0u8; 8];
+        bytes[..width].copy_from_slice(&key[at..at + width]);
+        u64::from_le_bytes(bytes)
+    };
+    let words = match n {
+        8.. => (word(0, 8), word(n - 8, 8)),
+        4..=7 => (word(0, 4), word(n - 4, 4)),
+        1..=3 => (
+            u64::from(key[0]) | (u64::from(key[n / 2]) << 8),
+            u64::from(key[n - 1]),
+        ),
+        0 => (0, 0),
+    };
+    KeyWords {
+        words,
+        len: u32::try_from(n).unwrap_or(NO_KEY - 1),
+    }
+}
+
+/// A direct-mapped table in front of the key facts: the keys of a source repeat in every record
+/// and are few, so nearly every lookup is one slot read and two word compares, against a keyed
+/// hash, a probe and a byte compare in the map. Its index is an unkeyed hash: keys crafted to
+/// share a slot only evict each other and fall through to the keyed map.
+struct KeyFront {
+    /// Each slot's key (`len` [`NO_KEY`] when empty) and its facts.
+    slots: Box<[(KeyWords, u8)]>,
+    /// A slot's key when it is longer than 16 bytes, whose words do not hold all of it; apart,
+    /// so that the slots stay small.
+    long_keys: Box<[Option<Box<str>>]>,
+}
+
+impl KeyFront {
+    fn new() -> KeyFront {
+        let empty = KeyWords {
+            words: (0, 0),
+            len: NO_KEY,
+        };
+        KeyFront {
+            slots: vec![(empty, 0); KEY_FRONT_SLOTS].into_boxed_slice(),
+            long_keys: (0..KEY_FRONT_SLOTS).map(|_| None).collect(),
+        }
+    }
+
+    fn index(words: &KeyWords) -> usize {
+        let (a, b) = words.words;
+        let mixed =
+            (a ^ b.rotate_left(29) ^ u64::from(words.len)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> (64 - KEY_FRONT_SLOTS.trailing_zeros())) as usize
+    }
+
+    fn get(&self, key: &str, words: &KeyWords) -> Option<u8> {
+        let at = Self::index(words);
+        let (held, facts) = &self.slots[at];
+        if held != words {
+            return None;
+        }
+        if key.len() > 16 && self.long_keys[at].as_deref() != Some(key) {
+            return None;
+        }
+        Some(*facts)
+    }
+
+    fn put(&mut self, key: &str, words: KeyWords, facts: u8) {
+        let at = Self::index(&words);
+        self.slots[at] = (words, facts);
+        self.long_keys[at] = (key.len() > 16).then(|| key.into());
+    }
+
+    fn clear(&mut self) {
+        for (words, _) in self.slots.iter_mut() {
+            words.len = NO_KEY;
+        }
+    }
+}
+
 /// Tags of cheap clean texts seen once ([`Memory::remember_clean_if_seen`]), a power of two.
 const SEEN_ONCE_SLOTS: usize = 4096;
 
@@ -81,6 +174,8 @@ pub(super) struct Memory {
     texts: HashMap<TextKey, Outcome, BuildIdentity>,
     /// What is decided about a key name ([`super::KeyFacts`]), as its bits.
     key_facts: HashMap<Box<str>, u8, Build>,
+    /// In front of `key_facts`, holding a subset of it.
+    key_front: KeyFront,
 }
 
 impl Memory {
@@ -96,6 +191,7 @@ impl Memory {
     fn clear(&mut self) {
         self.texts.clear();
         self.key_facts.clear();
+        self.key_front.clear();
     }
 
     /// Room for one more entry: the memory is emptied when full.
@@ -182,12 +278,20 @@ impl Memory {
         if key.len() > MAX_TEXT_LEN {
             return decide();
         }
-        if let Some(known) = self.key_facts.get(key) {
-            return *known;
+        let words = key_words(key.as_bytes());
+        if let Some(known) = self.key_front.get(key, &words) {
+            return known;
         }
-        let facts = decide();
-        self.make_room();
-        self.key_facts.insert(key.into(), facts);
+        let facts = match self.key_facts.get(key) {
+            Some(known) => *known,
+            None => {
+                let facts = decide();
+                self.make_room();
+                self.key_facts.insert(key.into(), facts);
+                facts
+            }
+        };
+        self.key_front.put(key, words, facts);
         facts
     }
 }
@@ -201,6 +305,7 @@ thread_local! {
         seen_once: vec![0; SEEN_ONCE_SLOTS].into_boxed_slice(),
         texts: HashMap::default(),
         key_facts: HashMap::default(),
+        key_front: KeyFront::new(),
     });
 }
 
@@ -260,6 +365,37 @@ mod tests {
         // Another text sighted once in between is not remembered by the first's sightings.
         sight("203.0.113.66");
         assert!(!is_known_clean(6, "203.0.113.66"));
+    }
+
+    #[test]
+    fn key_facts_are_told_apart_by_every_byte_of_the_key() {
+        // Keys of every length up to past the two words, differing in one byte each; and two
+        // long keys whose first and last 8 bytes and length agree (one front slot, told apart
+        // by the whole key).
+        let mut keys: Vec<String> = Vec::new();
+        for len in 0..=20 {
+            let base: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            keys.push(base.clone());
+            for at in 0..len {
+                let mut bytes = base.clone().into_bytes();
+                bytes[at] = b'Z';
+                keys.push(String::from_utf8(bytes).unwrap());
+            }
+        }
+        keys.push("aaaaaaaaXbbbbbbbb".into());
+        keys.push("aaaaaaaaYbbbbbbbb".into());
+        let facts_of = |i: usize| (i % 251) as u8;
+        for _ in 0..2 {
+            for (i, key) in keys.iter().enumerate() {
+                assert_eq!(key_facts(7, key, || facts_of(i)), facts_of(i), "{key:?}");
+            }
+        }
+        // Remembered: a second decision would answer otherwise.
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(key_facts(7, key, || 255), facts_of(i), "{key:?}");
+        }
     }
 
     #[test]
