@@ -6,9 +6,23 @@ mod common;
 mod cputime;
 
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
-use perimeter_detect::mask::SecretMasker;
+use perimeter_detect::mask::{MaskConfig, SecretMasker};
 use perimeter_detect::normalize::NormalizerRegistry;
 use perimeter_model::{sonic_rs, Event, Masker, RawJson, RawRecord};
+
+/// The masker the figures use: the default configuration, or the `[mask]` table of the TOML
+/// file `NORMALIZE_MASK_CONFIG` names (to price a narrower masking scope, e.g.
+/// `benches/mask-issue3-minimum.toml`).
+fn bench_masker() -> SecretMasker {
+    match std::env::var_os("NORMALIZE_MASK_CONFIG") {
+        None => SecretMasker::default(),
+        Some(path) => {
+            let config = MaskConfig::from_toml_file(std::path::Path::new(&path))
+                .unwrap_or_else(|e| panic!("NORMALIZE_MASK_CONFIG: {e}"));
+            SecretMasker::new(&config).unwrap_or_else(|e| panic!("NORMALIZE_MASK_CONFIG: {e}"))
+        }
+    }
+}
 
 fn bench(c: &mut Criterion) {
     let records = common::mixed_records();
@@ -23,7 +37,7 @@ fn bench(c: &mut Criterion) {
         bytes / records.len().max(1)
     );
     let registry = NormalizerRegistry::builtin();
-    let masker = SecretMasker::default();
+    let masker = bench_masker();
     let now = chrono::Utc::now();
     // One record: normalize, and mask when a masker is given; what masking changed. The event is
     // dropped here, inside the timed part, as the pipeline drops it.
@@ -64,7 +78,7 @@ fn bench(c: &mut Criterion) {
         Warm,
     }
     let per_cpu_second = |recs: &[(String, RawJson)], mask: bool, id: bool, memory: Memory| {
-        let shared = SecretMasker::default();
+        let shared = bench_masker();
         let mut rates: Vec<f64> = (0..15)
             .map(|_| {
                 let batch = recs.to_vec();
@@ -72,7 +86,7 @@ fn bench(c: &mut Criterion) {
                 let masker = if memory == Memory::Warm {
                     &shared
                 } else {
-                    fresh = SecretMasker::default();
+                    fresh = bench_masker();
                     &fresh
                 };
                 let cpu = cputime::thread_cpu_seconds();
@@ -318,10 +332,10 @@ fn passes_only(passes: usize) {
     // memory of clean texts and the regexes' lazy DFAs built (the steady state of a long
     // stream); the first pass is cold, so two runs' difference counts the warm passes.
     let warm = std::env::var_os("NORMALIZE_MASK_WARM").is_some();
-    let shared = (mask && warm).then(SecretMasker::default);
+    let shared = (mask && warm).then(bench_masker);
     let mut changed = 0;
     for _ in 0..passes {
-        let fresh = (mask && !warm).then(SecretMasker::default);
+        let fresh = (mask && !warm).then(bench_masker);
         let masker = shared.as_ref().or(fresh.as_ref());
         changed += measured_pass(&registry, masker, records.clone());
     }
