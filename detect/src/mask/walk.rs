@@ -491,7 +491,7 @@ impl<'a> MaskWalk<'a> {
         self.raw(b"]");
     }
 
-    /// An object: each key written (masked when it carries a secret, see [`Self::object_key`]),
+    /// An object: each key written (masked when it carries a secret, see [`Self::scanned_object_key`]),
     /// then its value through `each`, which gets the key the value is filed under and its
     /// [`KeyFacts`].
     fn object(
@@ -513,7 +513,7 @@ impl<'a> MaskWalk<'a> {
             // Most keys are no scan site: written as they are, without the call (its frame cost
             // more than the rest of a key's handling).
             let key = if facts.needs_scan() {
-                self.object_key(map, &mut renamed, key, facts, enabled)
+                self.scanned_object_key(map, &mut renamed, key, enabled)
             } else {
                 self.json_str(key);
                 Cow::Borrowed(key)
@@ -550,28 +550,24 @@ impl<'a> MaskWalk<'a> {
         }
     }
 
-    /// Write an object key, masked when it carries a secret itself (`{"ghp_...": 1}`, an email
-    /// as a map key); returns the key the value is filed under. Two secrets can mask to the same
-    /// text, so a masked key that collides with another key of the object gets `#2`, `#3`, ...
-    fn object_key<'k>(
+    /// Write an object key that is a scan site ([`KeyFacts::needs_scan`]), masked when it
+    /// carries a secret itself (`{"ghp_...": 1}`, an email as a map key); returns the key the
+    /// value is filed under. Two secrets can mask to the same text, so a masked key that
+    /// collides with another key of the object gets `#2`, `#3`, ...
+    fn scanned_object_key<'k>(
         &mut self,
         map: &sonic_rs::Object,
         renamed: &mut Vec<String>,
         key: &'k str,
-        facts: KeyFacts,
         enabled: KindSet,
     ) -> Cow<'k, str> {
         let site = self.site;
-        let masked = if facts.needs_scan() {
-            self.site += 1;
-            if site < self.known_clean {
-                Cow::Borrowed(key)
-            } else {
-                self.masker
-                    .mask_str_in(self.mem.as_deref_mut(), key, enabled, self.counts)
-            }
-        } else {
+        self.site += 1;
+        let masked = if site < self.known_clean {
             Cow::Borrowed(key)
+        } else {
+            self.masker
+                .mask_str_in(self.mem.as_deref_mut(), key, enabled, self.counts)
         };
         let key = match masked {
             Cow::Borrowed(_) => Cow::Borrowed(key),
