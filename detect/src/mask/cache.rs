@@ -43,6 +43,10 @@ type TextKey = u64;
 enum Outcome {
     /// Nothing to mask. The text, compared on lookup.
     Clean(Box<str>),
+    /// Nothing to mask, for a text of at most 16 bytes: held in the entry as its length and two
+    /// words ([`key_words`]), compared on lookup without a pointer to follow or a `memcmp` call
+    /// (most remembered texts are this short: event types, outcomes, IP addresses).
+    CleanShort(KeyWords),
     /// Its masked form and what masking it counted (see [`super::MaskCounts::counted`]).
     Masked {
         check: u64,
@@ -71,8 +75,8 @@ struct KeyWords {
 /// A length no key has: an empty [`KeyFront`] slot.
 const NO_KEY: u32 = u32::MAX;
 
-/// For a key of at most 16 bytes, its length and two words that hold every byte of it, so equal
-/// [`KeyWords`] mean equal keys; longer keys are compared whole as well.
+/// For a key (or any text) of at most 16 bytes, its length and two words that hold every byte
+/// of it, so equal [`KeyWords`] mean equal texts; longer keys are compared whole as well.
 fn key_words(key: &[u8]) -> KeyWords {
     let n = key.len();
     let word = |at: usize, width: usize| {
@@ -216,6 +220,9 @@ impl Memory {
     pub(super) fn recall(&self, slot: &Slot, text: &str) -> Option<Recalled<'_>> {
         match self.texts.get(&slot.key?)? {
             Outcome::Clean(clean) => (**clean == *text).then_some(Recalled::Clean),
+            Outcome::CleanShort(words) => (text.len() <= 16
+                && *words == key_words(text.as_bytes()))
+            .then_some(Recalled::Clean),
             Outcome::Masked {
                 check,
                 masked,
@@ -228,7 +235,12 @@ impl Memory {
     pub(super) fn remember_clean(&mut self, slot: &Slot, text: &str) {
         if let Some(key) = slot.key {
             self.make_room();
-            self.texts.insert(key, Outcome::Clean(text.into()));
+            let outcome = if text.len() <= 16 {
+                Outcome::CleanShort(key_words(text.as_bytes()))
+            } else {
+                Outcome::Clean(text.into())
+            };
+            self.texts.insert(key, outcome);
         }
     }
 
@@ -274,14 +286,29 @@ impl Memory {
     /// The facts about key name `key` ([`super::KeyFacts`]' bits), computed by `decide` once
     /// per key: records of a source repeat their keys, so one lookup replaces the several
     /// byte-level checks of each.
+    ///
+    /// Inlined into the walk up to the front's answer, which is nearly every key: the rest is out
+    /// of line, as its frame (the map, the decision) cost more than a front hit itself.
+    #[inline]
     pub(super) fn key_facts(&mut self, key: &str, decide: impl FnOnce() -> u8) -> u8 {
-        if key.len() > MAX_TEXT_LEN {
-            return decide();
+        if key.len() <= MAX_TEXT_LEN {
+            let words = key_words(key.as_bytes());
+            if let Some(known) = self.key_front.get(key, &words) {
+                return known;
+            }
+            return self.key_facts_behind_front(key, words, decide);
         }
-        let words = key_words(key.as_bytes());
-        if let Some(known) = self.key_front.get(key, &words) {
-            return known;
-        }
+        decide()
+    }
+
+    /// [`Self::key_facts`] for a key the front does not hold.
+    #[inline(never)]
+    fn key_facts_behind_front(
+        &mut self,
+        key: &str,
+        words: KeyWords,
+        decide: impl FnOnce() -> u8,
+    ) -> u8 {
         let facts = match self.key_facts.get(key) {
             Some(known) => *known,
             None => {
@@ -395,6 +422,38 @@ mod tests {
         // Remembered: a second decision would answer otherwise.
         for (i, key) in keys.iter().enumerate() {
             assert_eq!(key_facts(7, key, || 255), facts_of(i), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn a_clean_entry_vouches_only_for_its_own_text() {
+        // Each text remembered clean, then recalled from its own slot with a text that differs
+        // in one byte (as a text sharing its hash would be): never taken for clean. Short texts
+        // are held as words, longer ones whole; lengths cover both and the boundary between.
+        for len in 1..=24 {
+            let text: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            remember_clean(8, &text);
+            assert!(is_known_clean(8, &text), "{text:?}");
+            for at in 0..len {
+                let mut bytes = text.clone().into_bytes();
+                bytes[at] = b'Z';
+                let other = String::from_utf8(bytes).unwrap();
+                let recalled = with_memory(8, |m| {
+                    let m = m.expect("memory free");
+                    let slot = m.slot(KINDS, &text);
+                    matches!(m.recall(&slot, &other), Some(Recalled::Clean))
+                });
+                assert!(!recalled, "{other:?} taken for {text:?}");
+            }
+            let longer = format!("{text}a");
+            let recalled = with_memory(8, |m| {
+                let m = m.expect("memory free");
+                let slot = m.slot(KINDS, &text);
+                matches!(m.recall(&slot, &longer), Some(Recalled::Clean))
+            });
+            assert!(!recalled, "{longer:?} taken for {text:?}");
         }
     }
 

@@ -865,6 +865,7 @@ impl SecretMasker {
     }
 
     /// The [`KeyFacts`] of object key `key` (remembered per thread, see [`cache`]).
+    #[inline]
     fn key_facts(&self, mem: Option<&mut Memory>, key: &str) -> KeyFacts {
         let decide = || {
             let facts = [
