@@ -289,7 +289,7 @@ impl Memory {
     ///
     /// Inlined into the walk up to the front's answer, which is nearly every key: the rest is out
     /// of line, as its frame (the map, the decision) cost more than a front hit itself.
-    #[inline]
+    #[inline(always)]
     pub(super) fn key_facts(&mut self, key: &str, decide: impl FnOnce() -> u8) -> u8 {
         if key.len() <= MAX_TEXT_LEN {
             let words = key_words(key.as_bytes());

@@ -851,21 +851,23 @@ impl SecretMasker {
     /// pair's name says a secret was there, not that the value is one (and reading it so would
     /// make masking the output again change it).
     fn key_is_sensitive(&self, mem: Option<&mut Memory>, key: &str) -> bool {
-        // Most keys hold no start of a sensitive word at all: they are rejected on their bytes,
-        // before any memory lookup. (A key with a marker in it is judged without the marker,
-        // whose removal can join two halves of a word: the pre-check passes those on.)
-        if !self.keys.may_be_sensitive(key) {
-            return false;
-        }
         match mem {
-            // Remembered with the key's other facts.
+            // Remembered with the key's other facts: a repeated name (a pair's `name`, a header)
+            // costs a slot of the memory's front, less than the pre-check below reading its
+            // bytes.
             Some(mem) => self.key_facts(Some(mem), key).sensitive(),
-            None => self.keys.is_sensitive(&without_redaction_markers(key)),
+            // Most keys hold no start of a sensitive word at all: they are rejected on their
+            // bytes. (A key with a marker in it is judged without the marker, whose removal can
+            // join two halves of a word: the pre-check passes those on.)
+            None => {
+                self.keys.may_be_sensitive(key)
+                    && self.keys.is_sensitive(&without_redaction_markers(key))
+            }
         }
     }
 
     /// The [`KeyFacts`] of object key `key` (remembered per thread, see [`cache`]).
-    #[inline]
+    #[inline(always)]
     fn key_facts(&self, mem: Option<&mut Memory>, key: &str) -> KeyFacts {
         let decide = || {
             let facts = [
