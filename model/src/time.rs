@@ -110,13 +110,14 @@ fn parse_timestamp_text(s: &str) -> Result<DateTime<Utc>, TimestampError> {
 }
 
 /// The RFC 3339 form nearly every vendor writes, `2021-06-24T00:04:08Z` with an optional fraction
-/// of up to 9 digits and `Z` or a `+hh:mm`/`-hh:mm` offset, read directly: about a tenth of what
-/// chrono's general parser costs, and every event has a timestamp. Anything else (a leap second,
+/// of up to 9 digits and `Z` or a `+hh:mm`/`-hh:mm` offset, read directly, without chrono's
+/// general parsing (every event has a timestamp: on the `normalize_mask` bench, timestamp parsing
+/// went from 7.7M to 5.7M instructions). Anything else (a leap second,
 /// lowercase `t`/`z`, longer fractions, other layouts) is `None`, left to the parsers after it,
 /// which accept what this accepts with the same result (a proptest compares them).
 fn parse_rfc3339_common(b: &[u8]) -> Option<DateTime<Utc>> {
-    // The digit at `at`; `None` for any other byte. Unrolled by hand below: the fixed layout
-    // makes each field a few instructions, where a loop over the bytes cost more than chrono.
+    // The digit at `at`; `None` for any other byte. Fields are read two digits at a time at
+    // their fixed places: a loop folding each field's bytes measured no cheaper than chrono.
     let digit = |at: usize| -> Option<u32> {
         let d = b[at].wrapping_sub(b'0');
         (d < 10).then_some(u32::from(d))
