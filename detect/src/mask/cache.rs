@@ -75,6 +75,10 @@ struct KeyWords {
 /// A length no key has: an empty [`KeyFront`] slot.
 const NO_KEY: u32 = u32::MAX;
 
+/// Texts of up to this many bytes are held whole by their [`KeyWords`]; longer ones are compared
+/// whole as well.
+const HELD_BY_WORDS: usize = 16;
+
 /// For a key (or any text) of at most 16 bytes, its length and two words that hold every byte
 /// of it, so equal [`KeyWords`] mean equal texts; longer keys are compared whole as well.
 fn key_words(key: &[u8]) -> KeyWords {
@@ -136,7 +140,7 @@ impl KeyFront {
         if held != words {
             return None;
         }
-        if key.len() > 16 && self.long_keys[at].as_deref() != Some(key) {
+        if key.len() > HELD_BY_WORDS && self.long_keys[at].as_deref() != Some(key) {
             return None;
         }
         Some(*facts)
@@ -145,7 +149,7 @@ impl KeyFront {
     fn put(&mut self, key: &str, words: KeyWords, facts: u8) {
         let at = Self::index(&words);
         self.slots[at] = (words, facts);
-        self.long_keys[at] = (key.len() > 16).then(|| key.into());
+        self.long_keys[at] = (key.len() > HELD_BY_WORDS).then(|| key.into());
     }
 
     fn clear(&mut self) {
@@ -220,7 +224,7 @@ impl Memory {
     pub(super) fn recall(&self, slot: &Slot, text: &str) -> Option<Recalled<'_>> {
         match self.texts.get(&slot.key?)? {
             Outcome::Clean(clean) => (**clean == *text).then_some(Recalled::Clean),
-            Outcome::CleanShort(words) => (text.len() <= 16
+            Outcome::CleanShort(words) => (text.len() <= HELD_BY_WORDS
                 && *words == key_words(text.as_bytes()))
             .then_some(Recalled::Clean),
             Outcome::Masked {
@@ -235,7 +239,7 @@ impl Memory {
     pub(super) fn remember_clean(&mut self, slot: &Slot, text: &str) {
         if let Some(key) = slot.key {
             self.make_room();
-            let outcome = if text.len() <= 16 {
+            let outcome = if text.len() <= HELD_BY_WORDS {
                 Outcome::CleanShort(key_words(text.as_bytes()))
             } else {
                 Outcome::Clean(text.into())
@@ -354,12 +358,32 @@ mod tests {
     const KINDS: KindSet = 0b1011;
 
     fn is_known_clean(owner: u64, text: &str) -> bool {
+        is_clean_in_slot_of(owner, text, text)
+    }
+
+    /// Whether `text`, looked up in the slot of `slot_of` (its own, or one it would share by a
+    /// hash collision), is recalled as clean.
+    fn is_clean_in_slot_of(owner: u64, slot_of: &str, text: &str) -> bool {
         with_memory(owner, |m| {
-            m.is_some_and(|m| {
-                let slot = m.slot(KINDS, text);
-                matches!(m.recall(&slot, text), Some(Recalled::Clean))
-            })
+            let m = m.expect("memory free");
+            let slot = m.slot(KINDS, slot_of);
+            matches!(m.recall(&slot, text), Some(Recalled::Clean))
         })
+    }
+
+    /// A text of `len` bytes (`abc...`) and its variants with one byte changed, one per byte.
+    fn with_one_byte_changed(len: usize) -> (String, Vec<String>) {
+        let base: String = (0..len)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let variants = (0..len)
+            .map(|at| {
+                let mut bytes = base.clone().into_bytes();
+                bytes[at] = b'Z';
+                String::from_utf8(bytes).unwrap()
+            })
+            .collect();
+        (base, variants)
     }
 
     fn remember_clean(owner: u64, text: &str) {
@@ -401,15 +425,9 @@ mod tests {
         // by the whole key).
         let mut keys: Vec<String> = Vec::new();
         for len in 0..=20 {
-            let base: String = (0..len)
-                .map(|i| char::from(b'a' + (i % 26) as u8))
-                .collect();
-            keys.push(base.clone());
-            for at in 0..len {
-                let mut bytes = base.clone().into_bytes();
-                bytes[at] = b'Z';
-                keys.push(String::from_utf8(bytes).unwrap());
-            }
+            let (base, variants) = with_one_byte_changed(len);
+            keys.push(base);
+            keys.extend(variants);
         }
         keys.push("aaaaaaaaXbbbbbbbb".into());
         keys.push("aaaaaaaaYbbbbbbbb".into());
@@ -431,29 +449,15 @@ mod tests {
         // in one byte (as a text sharing its hash would be): never taken for clean. Short texts
         // are held as words, longer ones whole; lengths cover both and the boundary between.
         for len in 1..=24 {
-            let text: String = (0..len)
-                .map(|i| char::from(b'a' + (i % 26) as u8))
-                .collect();
+            let (text, variants) = with_one_byte_changed(len);
             remember_clean(8, &text);
             assert!(is_known_clean(8, &text), "{text:?}");
-            for at in 0..len {
-                let mut bytes = text.clone().into_bytes();
-                bytes[at] = b'Z';
-                let other = String::from_utf8(bytes).unwrap();
-                let recalled = with_memory(8, |m| {
-                    let m = m.expect("memory free");
-                    let slot = m.slot(KINDS, &text);
-                    matches!(m.recall(&slot, &other), Some(Recalled::Clean))
-                });
-                assert!(!recalled, "{other:?} taken for {text:?}");
+            for other in variants.into_iter().chain([format!("{text}a")]) {
+                assert!(
+                    !is_clean_in_slot_of(8, &text, &other),
+                    "{other:?} taken for {text:?}"
+                );
             }
-            let longer = format!("{text}a");
-            let recalled = with_memory(8, |m| {
-                let m = m.expect("memory free");
-                let slot = m.slot(KINDS, &text);
-                matches!(m.recall(&slot, &longer), Some(Recalled::Clean))
-            });
-            assert!(!recalled, "{longer:?} taken for {text:?}");
         }
     }
 
