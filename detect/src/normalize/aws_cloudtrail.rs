@@ -42,13 +42,19 @@ impl CloudTrailNormalizer {
         };
         categorize(&mut ecs, service, name);
 
+        // The role behind an assumed role's session or a federated user, also a related user.
+        let mut issuer_role = None;
         if let Some(id) = at(raw, &["userIdentity"]) {
+            // Its keys read once too: up to eight lookups follow.
+            let id = &fields::Record::new(id);
+            let kind = str_at(id, &["type"]);
             ecs.user_id = fields::id_at(id, &["principalId"]);
             let arn = str_at(id, &["arn"]);
             // An assumed role's session names who acts (`.../assumed-role/<role>/<session>`:
             // the SSO user, the CI job); the role, in `related.user` too, is what they act as.
             let role = str_at(id, &["sessionContext", "sessionIssuer", "userName"]);
-            let session = (str_at(id, &["type"]) == Some("AssumedRole"))
+            issuer_role = role;
+            let session = (kind == Some("AssumedRole"))
                 .then(|| arn.and_then(|a| a.strip_prefix("arn:")?.split_once(":assumed-role/")))
                 .flatten()
                 .and_then(|(_, rest)| rest.split_once('/'))
@@ -56,7 +62,7 @@ impl CloudTrailNormalizer {
                 .filter(|s| !s.is_empty());
             // A federated user (`.../federated-user/<name>`, from `GetFederationToken`) acts
             // with the credentials of the IAM user in `sessionIssuer`, who only issued them.
-            let federated = (str_at(id, &["type"]) == Some("FederatedUser"))
+            let federated = (kind == Some("FederatedUser"))
                 .then(|| arn.and_then(|a| a.split_once(":federated-user/")))
                 .flatten()
                 .map(|(_, name)| name)
@@ -66,7 +72,7 @@ impl CloudTrailNormalizer {
                 .or(federated)
                 .or(role)
                 .or_else(|| {
-                    if str_at(id, &["type"]) == Some("Root") {
+                    if kind == Some("Root") {
                         Some("root")
                     } else {
                         None
@@ -90,9 +96,7 @@ impl CloudTrailNormalizer {
         ecs.source_ip = str_at(raw, &["sourceIPAddress"]).and_then(fields::clean_ip);
         ecs.user_agent_original = fields::owned(str_at(raw, &["userAgent"]));
         ecs.fill_related();
-        if let Some(role) = at(raw, &["userIdentity"])
-            .and_then(|id| str_at(id, &["sessionContext", "sessionIssuer", "userName"]))
-        {
+        if let Some(role) = issuer_role {
             if !ecs.related_user.iter().any(|u| u == role) {
                 ecs.related_user.push(role.to_string());
             }
