@@ -214,6 +214,7 @@ impl Memory {
     /// Always inlined with its hashing, as [`Self::recall`] is (the hashing went out of line
     /// when unrelated code of the crate changed: ~12 instructions more per string).
     #[inline(always)]
+    #[allow(clippy::manual_hash_one)] // spelt out so that the hashing is inlined here too
     pub(super) fn slot(&self, enabled: KindSet, text: &str) -> Slot {
         let key = (text.len() <= MAX_TEXT_LEN).then(|| {
             let mut hasher = self.seeds.0.build_hasher();
