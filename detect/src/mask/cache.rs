@@ -212,7 +212,7 @@ impl Memory {
     /// Where `text` masked under `enabled` is kept (hashed once for the lookup and the entry).
     ///
     /// Always inlined with its hashing, as [`Self::recall`] is (the hashing went out of line
-    /// when unrelated code of the crate changed: ~12 instructions more per string).
+    /// when unrelated code of the crate changed: ~10 instructions more per string).
     #[inline(always)]
     #[allow(clippy::manual_hash_one)] // spelt out so that the hashing is inlined here too
     pub(super) fn slot(&self, enabled: KindSet, text: &str) -> Slot {
