@@ -52,8 +52,7 @@ impl CloudTrailNormalizer {
             let arn = str_at(id, &["arn"]);
             // An assumed role's session names who acts (`.../assumed-role/<role>/<session>`:
             // the SSO user, the CI job); the role, in `related.user` too, is what they act as.
-            let role = str_at(id, &["sessionContext", "sessionIssuer", "userName"]);
-            issuer_role = role;
+            issuer_role = str_at(id, &["sessionContext", "sessionIssuer", "userName"]);
             let session = (kind == Some("AssumedRole"))
                 .then(|| arn.and_then(|a| a.strip_prefix("arn:")?.split_once(":assumed-role/")))
                 .flatten()
@@ -70,7 +69,7 @@ impl CloudTrailNormalizer {
             let name = str_at(id, &["userName"])
                 .or(session)
                 .or(federated)
-                .or(role)
+                .or(issuer_role)
                 .or_else(|| {
                     if kind == Some("Root") {
                         Some("root")
