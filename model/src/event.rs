@@ -92,7 +92,7 @@ fn encode_len(buf: &mut Vec<u8>, len: usize) {
 
 fn encode_value(buf: &mut Vec<u8>, v: &RawJson) {
     use sonic_rs::{JsonNumberTrait, ValueRef};
-    match v.as_ref() {
+    match crate::raw_prelude::node_view(v) {
         ValueRef::Null => buf.push(0),
         ValueRef::Bool(b) => buf.extend_from_slice(&[1, b as u8]),
         ValueRef::Number(n) => {

@@ -140,6 +140,24 @@ pub mod raw_prelude {
     pub use sonic_rs::{
         JsonContainerTrait, JsonNumberTrait, JsonType, JsonValueMutTrait, JsonValueTrait, ValueRef,
     };
+
+    /// `v.as_ref()`, read the cheap way for the common kinds. sonic-rs's `as_ref` is a call that
+    /// decodes the node's kind once to build its view and, for an object or array, a second time
+    /// to cast it; `as_str`, `as_object` and `as_array` inline into one kind test each. Walks
+    /// that visit every node of every record (masking, the event id, the store's text) read
+    /// mostly strings, then objects and arrays.
+    #[inline(always)]
+    pub fn node_view(v: &crate::RawJson) -> ValueRef<'_> {
+        if let Some(s) = v.as_str() {
+            ValueRef::String(s)
+        } else if let Some(o) = v.as_object() {
+            ValueRef::Object(o)
+        } else if let Some(a) = v.as_array() {
+            ValueRef::Array(a)
+        } else {
+            v.as_ref()
+        }
+    }
 }
 
 /// An error and its causes on one line (`error sending request: connection refused`): reqwest's
@@ -156,4 +174,42 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw_prelude::*;
+    use super::{raw_from_serde, RawJson};
+
+    /// Every node of `v`, depth first, with `v` itself first.
+    fn nodes(v: &RawJson) -> Vec<&RawJson> {
+        let mut all = vec![v];
+        if let Some(a) = v.as_array() {
+            all.extend(a.iter().flat_map(nodes));
+        } else if let Some(o) = v.as_object() {
+            all.extend(o.iter().flat_map(|(_, x)| nodes(x)));
+        }
+        all
+    }
+
+    /// `node_view` reads each kind of node as sonic-rs's `as_ref` does, in a parsed record (its
+    /// nodes live in the parser's DOM) and in a built one (owned nodes), empty containers and
+    /// every number kind included.
+    #[test]
+    fn node_view_reads_every_kind_of_node_as_as_ref_does() {
+        let text = r#"{"s":"x","e":"","u":18446744073709551615,"i":-2,"f":1.5,"t":true,
+            "n":null,"a":[1,"y",[],{}],"o":{"k":{"deep":["z"]}},"ea":[],"eo":{}}"#;
+        let parsed: RawJson = sonic_rs::from_str(text).unwrap();
+        let built = raw_from_serde(&serde_json::from_str(text).unwrap());
+        for record in [&parsed, &built] {
+            let all = nodes(record);
+            assert_eq!(all.len(), 19, "every node is visited");
+            for v in all {
+                assert_eq!(format!("{:?}", node_view(v)), format!("{:?}", v.as_ref()));
+                if let (ValueRef::String(a), ValueRef::String(b)) = (node_view(v), v.as_ref()) {
+                    assert_eq!(a.as_ptr(), b.as_ptr(), "the same text, not a copy");
+                }
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@
 
 use std::sync::OnceLock;
 
-use perimeter_model::raw_prelude::ValueRef;
+use perimeter_model::raw_prelude::{node_view, ValueRef};
 use perimeter_model::{write_json_str, EcsValue, Event, RawJson, ECS_FIELDS};
 
 use crate::parallel;
@@ -131,7 +131,7 @@ impl TextPart {
 /// Append `v` as JSON to `json`, and its strings and numbers (not keys, booleans or nulls),
 /// each followed by a space, to `words`.
 fn walk(v: &RawJson, json: &mut Vec<u8>, words: &mut Vec<u8>, num: &mut String) {
-    match v.as_ref() {
+    match node_view(v) {
         ValueRef::String(s) => {
             write_json_str(json, s);
             words.extend_from_slice(s.as_bytes());

@@ -151,7 +151,7 @@ impl<'a> MaskWalk<'a> {
     }
 
     fn value(&mut self, value: &RawJson, node: Option<usize>, extra: KindSet) {
-        self.value_of(value, value.as_ref(), node, extra)
+        self.value_of(value, node_view(value), node, extra)
     }
 
     /// [`Self::value`] with the value's type already read (`value.as_ref()`): reading it is a
@@ -225,7 +225,7 @@ impl<'a> MaskWalk<'a> {
                     let i = index;
                     index += 1;
                     // The item's type is read once: each read is a dispatch on the DOM node.
-                    let view = item.as_ref();
+                    let view = node_view(item);
                     let text = match view {
                         ValueRef::String(s) => Some(s),
                         _ => None,
@@ -326,7 +326,7 @@ impl<'a> MaskWalk<'a> {
                 let aws_enabled = enabled & bit(PatternKind::AwsSecretAccessKey) != 0;
                 let mut holds_key_id: Option<bool> = None;
                 self.object(map, enabled, |w, key, facts, child| {
-                    let view = child.as_ref();
+                    let view = node_view(child);
                     if matches!(view, ValueRef::Null | ValueRef::Bool(_)) {
                         w.leaf(child);
                         return;
