@@ -79,7 +79,7 @@ impl GoogleWorkspaceActivityNormalizer {
         ecs.source_ip = str_at(raw, &["ipAddress"]).and_then(fields::clean_ip);
         ecs.organization_id = fields::id_at(raw, &["id", "customerId"]);
         if let Some(params) = event.get("parameters").and_then(Value::as_array) {
-            let target = params.iter().find_map(|p| match str_at(p, &["name"]) {
+            let target = params.iter().find_map(|p| match param_name(p) {
                 Some(
                     "USER_EMAIL" | "target_user" | "affected_email_address" | "target_user_email",
                 ) => str_at(p, &["value"]),
@@ -101,7 +101,7 @@ impl GoogleWorkspaceActivityNormalizer {
 /// `Challenge Failed`.
 fn challenge_outcome(event: &Value) -> Option<Outcome> {
     let params = event.get("parameters")?.as_array()?;
-    let status = params.iter().find_map(|p| match str_at(p, &["name"]) {
+    let status = params.iter().find_map(|p| match param_name(p) {
         Some("login_challenge_status") => str_at(p, &["value"]),
         _ => None,
     })?;
@@ -109,6 +109,17 @@ fn challenge_outcome(event: &Value) -> Option<Outcome> {
         "challenge passed" | "passed" => Some(Outcome::Success),
         "challenge failed" | "failed" => Some(Outcome::Failure),
         _ => None,
+    }
+}
+
+/// A `parameters[]` entry's name. Google writes `name` first: the first key is read before a
+/// lookup by name, which decodes every key it passes (a Drive event has about eight entries, and
+/// each was a lookup). Repeated keys are resolved before normalizing, so a first `name` is the
+/// only one.
+fn param_name(p: &Value) -> Option<&str> {
+    match p.as_object().and_then(|o| o.iter().next()) {
+        Some(("name", v)) => v.as_str().filter(|s| !fields::is_blank(s)),
+        _ => str_at(p, &["name"]),
     }
 }
 
