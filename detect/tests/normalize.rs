@@ -621,6 +621,45 @@ fn ecs_of(source: &str, record: Value) -> perimeter_model::Ecs {
     ecs
 }
 
+/// Google writes a parameter's `name` first and the normalizer reads that key first; a record
+/// that puts it elsewhere still has its target user and challenge result read.
+#[test]
+fn a_google_parameter_is_named_wherever_its_name_key_is() {
+    let registry = NormalizerRegistry::builtin();
+    let activity = |name: &str, params: &str| {
+        let text = format!(
+            r#"{{"kind": "admin#reports#activity",
+                "id": {{"time": "2024-05-01T10:00:00Z", "applicationName": "admin", "customerId": "C1"}},
+                "actor": {{"email": "admin@example.com"}},
+                "events": [{{"type": "USER_SETTINGS", "name": "{name}", "parameters": {params}}}]}}"#
+        );
+        let raw: perimeter_model::RawJson = sonic_rs::from_str(&text).expect("valid JSON");
+        let (_, ecs) = registry
+            .normalize_ecs("google_workspace", &raw)
+            .unwrap_or_else(|e| panic!("{params}: {e}"));
+        ecs
+    };
+    for params in [
+        r#"[{"name": "doc_id", "value": "1"}, {"name": "USER_EMAIL", "value": "eve@example.com"}]"#,
+        r#"[{"value": "1", "name": "doc_id"}, {"value": "eve@example.com", "name": "USER_EMAIL"}]"#,
+        r#"[{"name": "", "value": "x"}, {"boolValue": true, "name": "USER_EMAIL", "value": "eve@example.com"}]"#,
+    ] {
+        let ecs = activity("SUSPEND_USER", params);
+        assert_eq!(
+            ecs.user_target_email.as_deref(),
+            Some("eve@example.com"),
+            "{params}"
+        );
+    }
+    for params in [
+        r#"[{"name": "login_challenge_status", "value": "Challenge Failed"}]"#,
+        r#"[{"value": "Challenge Failed", "name": "login_challenge_status"}]"#,
+    ] {
+        let ecs = activity("login_challenge", params);
+        assert_eq!(ecs.event_outcome, Outcome::Failure, "{params}");
+    }
+}
+
 #[test]
 fn who_acted_from_where_and_with_what_result() {
     // Google login challenges carry their result in a parameter.

@@ -154,7 +154,7 @@ impl<'a> MaskWalk<'a> {
         self.value_of(value, node_view(value), node, extra)
     }
 
-    /// [`Self::value`] with the value's type already read (`value.as_ref()`): reading it is a
+    /// [`Self::value`] with the value's type already read (`node_view(value)`): reading it is a
     /// dispatch per node of the DOM, and objects read each child's anyway.
     fn value_of(
         &mut self,
