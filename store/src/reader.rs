@@ -106,12 +106,8 @@ fn decode_cursor(sort: EventSort, c: &str) -> Result<EventKey> {
         }
     };
     let (ts, id) = c.split_once('.').ok_or_else(bad)?;
-    if id.len() != 32 {
-        return Err(bad());
-    }
     let ts: i64 = ts.parse().map_err(|_| bad())?;
-    let hi = u64::from_str_radix(&id[..16], 16).map_err(|_| bad())?;
-    let lo = u64::from_str_radix(&id[16..], 16).map_err(|_| bad())?;
+    let (hi, lo) = crate::tantivy_sink::hex_id_halves(id).ok_or_else(bad)?;
     Ok((ts, hi, lo))
 }
 
@@ -927,6 +923,9 @@ mod tests {
             "1.abc",
             "abc.0000000000000000000000000000000g",
             "1.00",
+            // 32 bytes with a character across byte 16: refused, not cut there.
+            &format!("1.{}\u{a5d35}{}", "0".repeat(15), "0".repeat(13)),
+            &format!("1.+{}", "0".repeat(31)),
         ] {
             assert!(
                 matches!(

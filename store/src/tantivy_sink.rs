@@ -242,19 +242,26 @@ impl Default for EventSchema {
 /// The 128-bit event id as two u64 (for the dedup set and the sort tie-break). Ids that are
 /// not 32 hex chars (never produced by the model) are hashed instead.
 pub fn id_halves(id: &str) -> (u64, u64) {
-    if id.len() == 32 {
-        if let (Ok(hi), Ok(lo)) = (
-            u64::from_str_radix(&id[..16], 16),
-            u64::from_str_radix(&id[16..], 16),
-        ) {
-            return (hi, lo);
-        }
+    if let Some(halves) = hex_id_halves(id) {
+        return halves;
     }
     let h = blake3::hash(id.as_bytes());
     let b = h.as_bytes();
     let hi = u64::from_be_bytes(b[..8].try_into().unwrap_or_default());
     let lo = u64::from_be_bytes(b[8..16].try_into().unwrap_or_default());
     (hi, lo)
+}
+
+/// The two u64 of an id written as 32 hex digits (as the model writes every id), `None` for any
+/// other text. The bytes are checked before the text is cut in two: 32 bytes of other
+/// characters (an id in a request) may hold one that byte 16 would cut.
+pub(crate) fn hex_id_halves(id: &str) -> Option<(u64, u64)> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let hi = u64::from_str_radix(&id[..16], 16).ok()?;
+    let lo = u64::from_str_radix(&id[16..], 16).ok()?;
+    Some((hi, lo))
 }
 
 pub fn id_key(id: &str) -> u128 {
@@ -445,7 +452,34 @@ mod tests {
     use tantivy::schema::Schema;
     use tantivy::Index;
 
-    use super::merge_policy;
+    use super::{hex_id_halves, id_halves, merge_policy};
+
+    /// Ids in requests are any text: one of 32 bytes with a character across byte 16 (which
+    /// the API fuzzing found) is hashed like any other id that is not 32 hex digits, and a
+    /// model id is read as its two halves.
+    #[test]
+    fn an_id_is_read_as_hex_halves_only_when_it_is_32_hex_digits() {
+        let model_id = "00112233445566778899aabbccddeeff";
+        assert_eq!(
+            hex_id_halves(model_id),
+            Some((0x0011_2233_4455_6677, 0x8899_aabb_ccdd_eeff))
+        );
+        assert_eq!(id_halves(model_id), hex_id_halves(model_id).unwrap());
+        let cut = format!("{}\u{a5d35}{}", "0".repeat(15), "0".repeat(13));
+        assert_eq!(cut.len(), 32);
+        assert!(!cut.is_char_boundary(16));
+        let signed = format!("+{}", &model_id[1..]);
+        let spaced = format!("{} {}", &model_id[..16], &model_id[17..]);
+        for other in [&cut, &signed, &spaced] {
+            assert_eq!(hex_id_halves(other), None, "{other}");
+            assert_eq!(
+                id_halves(other),
+                id_halves(other),
+                "hashed, the same each time"
+            );
+            assert_ne!(id_halves(other), id_halves(model_id));
+        }
+    }
 
     /// Small commits must not drag the segment they were already merged into along with every
     /// new handful: that merges the same documents again and again.
