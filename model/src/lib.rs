@@ -144,8 +144,8 @@ pub mod raw_prelude {
     /// `v.as_ref()`, read the cheap way for the common kinds. sonic-rs's `as_ref` is a call that
     /// decodes the node's kind once to build its view and, for an object or array, a second time
     /// to cast it; `as_str`, `as_object` and `as_array` inline into one kind test each. Walks
-    /// that visit every node of every record (masking, the event id, the store's text) read
-    /// mostly strings, then objects and arrays.
+    /// that visit every node of every record (masking, the event id, the store's text, the
+    /// repeated-key check) read mostly strings, then objects and arrays.
     #[inline(always)]
     pub fn node_view(v: &crate::RawJson) -> ValueRef<'_> {
         if let Some(s) = v.as_str() {

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use sonic_rs::{JsonType, JsonValueTrait, ValueRef};
 
+use crate::raw_prelude::node_view;
 use crate::RawJson;
 
 /// The keys of an object past this many are checked with a hash set; before (nearly all
@@ -41,7 +42,7 @@ pub fn resolve_repeated_keys(raw: &mut RawJson) -> bool {
 /// Whether an object in `v` repeats a key. One pass over each object: its keys are checked as
 /// its values are visited, and only containers are entered.
 fn repeats_a_key(v: &RawJson) -> bool {
-    match v.as_ref() {
+    match node_view(v) {
         ValueRef::Object(o) => object_repeats_a_key(o),
         ValueRef::Array(a) => a.iter().any(|x| is_container(x) && repeats_a_key(x)),
         _ => false,
