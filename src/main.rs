@@ -109,6 +109,9 @@ enum Command {
 
 fn main() -> ExitCode {
     alloc::tune();
+    // The HTTP clients (pollers, webhooks, this CLI against a server) use the process default
+    // provider: aws-lc-rs, as the API server does, so they offer the post-quantum key exchange.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     init_logs(&cli);
     let json_logs = cli.log_format == "json";

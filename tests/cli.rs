@@ -2850,3 +2850,71 @@ fn export_writes_what_search_finds_in_each_format_and_never_a_partial_file() {
     assert!(piped.status.success(), "{}", stderr(&piped));
     assert_eq!(json_lines(&piped).len(), 3);
 }
+
+/// The CLI's HTTP client (as the pollers' and the webhooks') offers the hybrid post-quantum key
+/// exchange: a server that supports it settles on it. Without the provider the binary installs,
+/// reqwest's own would be ring, which has no ML-KEM, and the handshake would settle on a
+/// classical group.
+#[test]
+fn the_cli_client_offers_the_post_quantum_key_exchange() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let ca = dir.path().join("cert.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap();
+        let connection = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, socket);
+        let (mut buf, mut head) = ([0u8; 4096], Vec::new());
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tls.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body = r#"{"error":"no such token"}"#;
+        let _ = write!(
+            tls,
+            "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+        tls.conn.negotiated_key_exchange_group().map(|g| g.name())
+    });
+    let server_url = format!("https://localhost:{port}");
+    let out = perimeter(
+        &[
+            "alerts",
+            "--server",
+            &server_url,
+            "--token",
+            "x",
+            "--ca-cert",
+            ca.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert_stderr_says(&out, "401");
+    assert_eq!(
+        server.join().unwrap(),
+        Some(rustls::NamedGroup::X25519MLKEM768),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -823,7 +823,8 @@ fn load_tls(
         ))
     })?;
     // An explicit provider: no process-wide default has to be installed by the binary.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // aws-lc-rs offers the hybrid post-quantum key exchange first.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ServeError::Tls(e.to_string()))?
@@ -1136,7 +1137,7 @@ mod tests {
     /// presenting it (in memory; the `perimeter` CLI's client is rustls too).
     fn handshake(cert: &rcgen::CertifiedKey) -> Result<(), rustls::Error> {
         use rustls::pki_types::pem::PemObject;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(
             cert.key_pair.serialize_pem().as_bytes(),
         )

@@ -70,7 +70,7 @@ impl TlsFront {
     /// Serve TLS with `ca`'s server certificate and pass each connection's bytes on to
     /// `upstream`.
     pub fn forward_to(&mut self, upstream: SocketAddr, ca: &TestCa) {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()

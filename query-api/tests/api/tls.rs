@@ -15,10 +15,19 @@ fn https_get(
     ca_der: &rustls::pki_types::CertificateDer<'static>,
     path: &str,
 ) -> std::io::Result<String> {
+    https_get_with_group(addr, ca_der, path).map(|(response, _)| response)
+}
+
+/// [`https_get`], with the key exchange group the handshake settled on.
+fn https_get_with_group(
+    addr: &str,
+    ca_der: &rustls::pki_types::CertificateDer<'static>,
+    path: &str,
+) -> std::io::Result<(String, Option<rustls::NamedGroup>)> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_der.clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
@@ -34,14 +43,16 @@ fn https_get(
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;
     let mut response = String::new();
-    match tls.read_to_string(&mut response) {
+    let read = match tls.read_to_string(&mut response) {
         Ok(_) => Ok(response),
         // Servers may close without close_notify after `Connection: close`.
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
             Ok(response)
         }
         Err(e) => Err(e),
-    }
+    };
+    let group = tls.conn.negotiated_key_exchange_group().map(|g| g.name());
+    read.map(|response| (response, group))
 }
 
 #[test]
@@ -75,8 +86,11 @@ fn serves_https_when_a_certificate_is_configured() {
     assert!(response.contains("{\"status\":\"ok\"}"), "{response}");
 
     // Authenticated API over TLS: no token is still a JSON 401.
-    let response = https_get(&addr, cert.cert.der(), "/api/v1/alerts").unwrap();
+    let (response, group) = https_get_with_group(&addr, cert.cert.der(), "/api/v1/alerts").unwrap();
     assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    // A client offering the hybrid post-quantum key exchange gets it (a server on rustls's
+    // ring provider, which has no ML-KEM, would settle on a classical group).
+    assert_eq!(group, Some(rustls::NamedGroup::X25519MLKEM768));
 
     // Plain HTTP to the TLS port gets no HTTP answer.
     let plain = reqwest::blocking::Client::new()
