@@ -74,6 +74,33 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "subscriptionkey",
     // redis-cli's password variable (`REDISCLI_AUTH=...`), as `PGPASSWORD` is Postgres'.
     "rediscliauth",
+    // Key material by other names: an `hmac_key` (as this tool's own `[mask]` setting), a
+    // `sharedKey`, an `aes_key`, a KMS import's `keyMaterial`, a BitLocker `recoveryKey`, a
+    // storage `accountKey`, a `license_key`. Their ids and settings stay (`accountKeyId`,
+    // `wrappingKeySpec`, `tls_key_path`).
+    "hmackey",
+    "mackey",
+    "sharedkey",
+    "aeskey",
+    "symmetrickey",
+    "wrappingkey",
+    "decryptionkey",
+    "keymaterial",
+    "recoverykey",
+    "licensekey",
+    "webhookkey",
+    "tlskey",
+    "accountkey",
+    // Codes and assertions that sign a user or a client in: an emailed `verification_code`,
+    // an `unlock_code`, an OAuth `auth_code` and its PKCE `code_verifier`, a
+    // `client_assertion` (a signed JWT), a SAML `SAMLResponse` (a signed assertion).
+    "verificationcode",
+    "unlockcode",
+    "authcode",
+    "codeverifier",
+    "clientassertion",
+    "samlresponse",
+    "samlassertion",
 ];
 
 /// Sensitive words that name one value (a code, a key, a URL): their strings and numbers are
@@ -109,6 +136,9 @@ const WHOLE_WORDS: &[&str] = &[
     "seed",
     // A data source name, with its password (`SENTRY_DSN`, an ODBC DSN).
     "dsn",
+    // Key-encryption and data-encryption keys (`kek`, `wrapped_dek`).
+    "kek",
+    "dek",
     // PII by name: national and taxpayer ids (an SSN is one), whatever their form.
     "nationalid",
     "taxid",

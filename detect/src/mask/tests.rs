@@ -955,6 +955,80 @@ fn settings_about_pins_otps_seeds_and_jwts_stay() {
     assert_eq!(stats.total(), 0);
 }
 
+/// Key material, sign-in codes and assertions under the names vendors and tools give them are
+/// masked by key, alone in a record (no other secret to find them by), and so are the same
+/// names in text; their ids, specs and paths stay.
+#[test]
+fn key_material_codes_and_assertions_are_masked_by_their_names() {
+    let m = masker();
+    let v_ = "K9x2mQ7vLp4sT8wZ3nB6yR1cF5hJ0dG";
+    for key in [
+        "hmac_key",
+        "hmacKey",
+        "shared_key",
+        "sharedKey",
+        "aes_key",
+        "symmetric_key",
+        "wrapping_key",
+        "decryption_key",
+        "key_material",
+        "keyMaterial",
+        "recovery_key",
+        "recoveryKey",
+        "license_key",
+        "webhook_key",
+        "mac_key",
+        "tls_key",
+        "account_key",
+        "accountKey",
+        "storageAccountKey",
+        "kek",
+        "wrapped_dek",
+        "verification_code",
+        "unlock_code",
+        "auth_code",
+        "code_verifier",
+        "client_assertion",
+        "SAMLResponse",
+    ] {
+        let mut v = json!({ key: v_, "a": "b" });
+        m.mask_value(&mut v);
+        assert_eq!(v[key], "[REDACTED:key]", "{key}: {v}");
+        let text = m.mask_text(&format!("config {key}={v_} loaded"));
+        assert!(!text.contains(v_), "{key} in text: {text}");
+    }
+    let clean = json!({
+        "accountKeyId": "kid-42", "wrappingKeySpec": "RSA_4096", "tls_key_path": "/etc/k.pem",
+        "keyMaterialOrigin": "EXTERNAL", "license_key_count": 3, "dekker": "x", "kekule": "y",
+        "sessionId": "102abc", "code": "E0000004",
+    });
+    let mut v = clean.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, clean);
+}
+
+/// An unclosed quote ends its value at the end of its line: the lines after it (a parse
+/// error's marker and message) stay, and the secret on the line is still masked.
+#[test]
+fn an_unclosed_quoted_secret_takes_its_line_only() {
+    let m = masker();
+    for text in [
+        "TOML parse error at line 6, column 24\n  |\n6 | token = \"s3cretValue99\n  |                        ^\ninvalid basic string, expected `\"`\n",
+        "6 | hmac_key = 's3cretValue99\r\n  |   ^\nexpected `'`",
+    ] {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains("s3cretValue99"), "{masked}");
+        assert!(masked.contains("^"), "{masked}");
+        assert!(masked.contains("expected `"), "{masked}");
+    }
+    // A closed quote on the line is unchanged in kind: only what is inside is masked.
+    let masked = m.mask_text("password = \"hunter2x\" then \"more\"");
+    assert!(
+        !masked.contains("hunter2x") && masked.contains("then \"more\""),
+        "{masked}"
+    );
+}
+
 #[test]
 fn stack_parameters_short_password_keys_and_what_is_no_secret() {
     let m = masker();
@@ -1157,7 +1231,7 @@ fn azure_storage_keys_on_their_own_are_masked() {
     let mut v = json!({
         "operationName": "Microsoft.Storage/storageAccounts/listKeys/action",
         "properties": {"keys": [{"keyName": "key1", "value": key, "permissions": "FULL"}],
-                       "settings": {"accountKey": key}},
+                       "settings": {"primary": key}},
         // One character short, or text around it: not the shape of a key on its own.
         "digest": format!("{}=", &key[..86]),
         "note": format!("rotated {key}"),
@@ -1166,7 +1240,9 @@ fn azure_storage_keys_on_their_own_are_masked() {
     let masked = "[REDACTED:azure_connection_key]";
     assert_eq!(v["properties"]["keys"][0]["value"], masked);
     assert_eq!(v["properties"]["keys"][0]["keyName"], "key1");
-    assert_eq!(v["properties"]["settings"]["accountKey"], masked);
+    // (Under a sensitive name such as `accountKey` it would be masked for the name, and then
+    // also where the record repeats it, as in `note`.)
+    assert_eq!(v["properties"]["settings"]["primary"], masked);
     assert_eq!(v["digest"], format!("{}=", &key[..86]));
     assert_eq!(v["note"], format!("rotated {key}"));
 }
