@@ -79,8 +79,9 @@ pub struct FormatArg {
     pub format: String,
     /// Longest line (or CSV row) read, in bytes; a longer one is a dead letter. Default: the
     /// config's `max_line_bytes`, 1 MiB unless set. A CloudTrail `{"Records": [...]}` file is a
-    /// single line: raise it for larger ones.
-    #[arg(long, value_name = "BYTES")]
+    /// single line: raise it for larger ones. At least 1 (0 would dead-letter every line).
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_line_bytes: Option<usize>,
     /// Write every dead-lettered line to FILE, one JSON object per line (`line`, `source`,
     /// `reason`, masked `excerpt`, `input_digest`); the summary on stderr shows the first 20.
@@ -89,6 +90,23 @@ pub struct FormatArg {
 }
 
 impl FormatArg {
+    /// The reader of `input` (a file or `-`) in this format. Reading starts here (the format
+    /// is told from the first bytes), so an input that fails at once is named as one that
+    /// fails later is.
+    fn open(
+        &self,
+        config: &PerimeterConfig,
+        input: &Path,
+    ) -> anyhow::Result<JsonInput<Box<dyn BufRead>>> {
+        JsonInput::with_format(open_input(input)?, self.reader(config), self.of(input))
+            .with_context(|| {
+                format!(
+                    "reading input {} stopped before its first line",
+                    input.display()
+                )
+            })
+    }
+
     fn of(&self, input: &Path) -> InputFormat {
         match self.format.as_str() {
             "csv" => InputFormat::Csv,
@@ -327,9 +345,7 @@ pub fn normalize(config: &PerimeterConfig, args: NormalizeArgs) -> anyhow::Resul
     let output = shared_output();
     let mut out = PipelineOutput::default();
     let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref(), &args.input)?;
-    let format = args.format.of(&args.input);
-    let mut reader =
-        JsonInput::with_format(open_input(&args.input)?, args.format.reader(config), format)?;
+    let mut reader = args.format.open(config, &args.input)?;
     let mut progress = Progress::start();
     stop_on_interrupt("normalize", Some(output.clone()));
     let mut stopped = None;
@@ -617,11 +633,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
     let mut out = PipelineOutput::default();
     let mut dead = DeadLetterReport::new(args.format.dead_letters.as_deref(), &args.input)?;
     let mut progress = Progress::start();
-    let mut reader = JsonInput::with_format(
-        open_input(&args.input)?,
-        args.format.reader(config),
-        args.format.of(&args.input),
-    )?;
+    let mut reader = args.format.open(config, &args.input)?;
     // Flushed when it wrote any: on a live stream (`tail -f log | perimeter detect`) an alert
     // is seen when it fires, not when the input ends or 8 KiB of alerts have piled up.
     let write_alerts = |out: &mut PipelineOutput, w: &mut dyn Write| -> anyhow::Result<()> {

@@ -126,11 +126,14 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
 }
 
 /// A `--server` value: an `http://` or `https://` URL (a bare `127.0.0.1:8080` got the HTTP
-/// client's "relative URL without a base").
+/// client's "relative URL without a base"). The API's own base (`.../api/v1`, as `perimeter
+/// demo` prints it) and trailing slashes are taken off: requests add `/api/v1/...` themselves.
 fn server_url(text: &str) -> Result<String, String> {
     let lower = text.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        Ok(text.to_string())
+        let base = text.trim_end_matches('/');
+        let base = base.strip_suffix("/api/v1").unwrap_or(base);
+        Ok(base.trim_end_matches('/').to_string())
     } else {
         Err(format!(
             "`{text}` needs its scheme: http://{text} (or https:// for a TLS server)"
@@ -1700,6 +1703,30 @@ fn write_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_url_is_taken_with_or_without_the_api_base_and_needs_its_scheme() {
+        for given in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/",
+            "http://127.0.0.1:8080/api/v1",
+            "http://127.0.0.1:8080/api/v1/",
+        ] {
+            assert_eq!(
+                server_url(given).unwrap(),
+                "http://127.0.0.1:8080",
+                "{given}"
+            );
+        }
+        // Behind a proxy under a path prefix: the prefix stays.
+        assert_eq!(
+            server_url("https://soc.example/perimeter/api/v1").unwrap(),
+            "https://soc.example/perimeter"
+        );
+        assert!(server_url("127.0.0.1:8080")
+            .unwrap_err()
+            .contains("http://127.0.0.1:8080"));
+    }
 
     #[test]
     fn triage_takes_each_id_once_in_the_order_given() {

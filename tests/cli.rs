@@ -1305,6 +1305,13 @@ fn gzipped_input_is_read_like_plain_input() {
     let cut = normalize_file();
     assert!(!cut.status.success());
     assert_stderr_says(&cut, "okta.jsonl.gz");
+    // So is one cut off inside its first line, where reading begins (the format is told from
+    // the first bytes).
+    std::fs::write(&file, &gz[..30]).unwrap();
+    let cut = normalize_file();
+    assert!(!cut.status.success());
+    assert_stderr_says(&cut, "reading input");
+    assert_stderr_says(&cut, "okta.jsonl.gz stopped before its first line");
 }
 
 /// Salesforce Event Monitoring log files are CSV: `*.csv` inputs are read as rows keyed by the
