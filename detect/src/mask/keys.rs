@@ -32,7 +32,6 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "cookie",
     "apikey",
     "privatekey",
-    "credential",
     "sessionkey",
     "signingkey",
     "encryptionkey",
@@ -101,6 +100,18 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "clientassertion",
     "samlresponse",
     "samlassertion",
+    // API keys by other names: Datadog's `DD_APPLICATION_KEY` / `DD_APP_KEY` (and Laravel's
+    // `APP_KEY`), Azure Functions' `x-functions-key`, Algolia's admin key, a PagerDuty
+    // integration key.
+    "applicationkey",
+    "appkey",
+    "functionskey",
+    "adminkey",
+    "integrationkey",
+    // `password` in Norwegian and Swedish (`lösenord` folds to `lsenord`).
+    "passord",
+    "losenord",
+    "lsenord",
 ];
 
 /// Sensitive words that name one value (a code, a key, a URL): their strings and numbers are
@@ -109,6 +120,11 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
 /// CloudTrail's `{"accessKey": {"accessKeyId": ..., "status": ...}}`) and is walked as any
 /// other. The [`WHOLE_WORDS`] are of this kind too.
 const SCALAR_SECRET_WORDS: &[&str] = &[
+    // Credentials: an object of them is walked so, for the ids and times beside the secrets
+    // (CloudTrail's `AssumeRole` answer: `credentials.accessKeyId`, hashed by its pattern, is
+    // the key later records are signed with, and `expiration`; the session token and secret
+    // key are masked by their names, anything unknown there as a secret).
+    "credential",
     // Keys and tokens by other names (`awsAccessKey`; `accessKeyId` is the key's public id).
     "masterkey",
     "accesskey",
@@ -139,6 +155,10 @@ const WHOLE_WORDS: &[&str] = &[
     // Key-encryption and data-encryption keys (`kek`, `wrapped_dek`).
     "kek",
     "dek",
+    // A personal access token (`AZURE_DEVOPS_EXT_PAT`, `github_pat`); `clave`, a password in
+    // Spanish.
+    "pat",
+    "clave",
     // PII by name: national and taxpayer ids (an SSN is one), whatever their form.
     "nationalid",
     "taxid",
@@ -186,8 +206,9 @@ const SECRET_SUFFIXES: &[&str] = &[
     "confirm",
     "input",
     "entered",
-    "1",
-    "2",
+    // Rails' `SECRET_KEY_BASE` (`base` alone would make `seed_database` a seed's data).
+    // (Versions and years, `JWT_SECRET_V2`, `api_key_2024`, are read by `version_suffix_len`.)
+    "keybase",
     // The number of an id (`national_id_number`, `ssnNo`), the words of a seed (`seed_phrase`).
     "number",
     "no",
@@ -470,6 +491,9 @@ impl KeyMatcher {
             "account",
             "service",
             "action",
+            "expiration",
+            "expiry",
+            "expires",
         ];
         const ENDINGS: &[&str] = &[
             "id", "ids", "at", "by", "date", "time", "type", "count", "length", "status", "name",
@@ -545,12 +569,25 @@ pub(crate) fn ends_with_password_word(key: &str) -> bool {
         .any(|w| ends_with_word(key, w))
 }
 
-/// `after` is empty or made only of [`SECRET_SUFFIXES`] words.
+/// `after` is empty or made only of [`SECRET_SUFFIXES`] words and versions.
 fn is_secret_suffix(after: &[u8]) -> bool {
     after.is_empty()
+        || version_suffix_len(after).is_some_and(|n| is_secret_suffix(&after[n..]))
         || SECRET_SUFFIXES
             .iter()
             .any(|w| after.starts_with(w.as_bytes()) && is_secret_suffix(&after[w.len()..]))
+}
+
+/// The length of the version or year that `after` starts with, if it does: digits, after a
+/// `v` or not (`JWT_SECRET_V2`, `SIGNING_SECRET_V1`, `api_key_2024`, `password2`): a secret's
+/// rotations, each as secret as the first.
+fn version_suffix_len(after: &[u8]) -> Option<usize> {
+    let start = usize::from(after.first() == Some(&b'v'));
+    let digits = after[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    (digits > 0).then_some(start + digits)
 }
 
 /// Whether the last word of `key` is one of [`SHORT_PASSWORD_WORDS`] (`db_pass`, `smtpPass`,

@@ -1082,6 +1082,16 @@ fn is_pair_name_key(key: &str) -> bool {
             | "propertyName"
             | "setting"
             | "settingName"
+            // Elastic Beanstalk's option settings in CloudTrail, headers and variables held as
+            // objects, a 1Password item's fields.
+            | "optionName"
+            | "OptionName"
+            | "headerName"
+            | "HeaderName"
+            | "variable"
+            | "Variable"
+            | "variableName"
+            | "label"
     )
 }
 
@@ -1117,6 +1127,20 @@ fn is_pair_value_key(key: &str) -> bool {
             | "val"
             | "before"
             | "after"
+            // PagerDuty's audit records (`{"name": "secret", "before_value": ...}`: a deleted
+            // or rotated secret, often still valid), Slack's `previous_value`.
+            | "before_value"
+            | "beforeValue"
+            | "after_value"
+            | "afterValue"
+            | "previous_value"
+            | "current_value"
+            | "headerValue"
+            | "HeaderValue"
+            // A variable's default (`{"name": "db_password", "default": ...}`).
+            | "default"
+            | "defaultValue"
+            | "DefaultValue"
     )
 }
 

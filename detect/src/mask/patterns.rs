@@ -46,7 +46,7 @@ struct PatternSpec {
 /// after it up to the next quote somewhere (which hid the rest of the error).
 macro_rules! value_alternatives {
     () => {
-        r#"(?:"((?:[^"\\\r\n]|\\.)*)(?:"|$|\r|\n)|\\"((?:[^"\\\r\n]|\\[^"])*)(?:\\"|$|\r|\n)|'([^'\r\n]*)(?:'|$|\r|\n)|((?i:(?:bearer|basic|ssws|token|digest)\s+)?(?:<[A-Za-z][A-Za-z_. -]{0,62}>|&lt;[A-Za-z][A-Za-z_. -]{0,62}&gt;)?[^\s,&;}"'<>\\]+))"#
+        r#"(?:"((?:[^"\\\r\n]|\\.)*)(?:"|$|\r|\n)|\\"((?:[^"\\\r\n]|\\[^"])*)(?:\\"|$|\r|\n)|'([^'\r\n]*)(?:'|$|\r|\n)|((?i:(?:bearer|basic|ssws|token|digest|apikey|api-key|splunk|ntlm|negotiate|geniekey|sso-key|key|oauth)\s+)?(?:<[A-Za-z][A-Za-z_. -]{0,62}>|&lt;[A-Za-z][A-Za-z_. -]{0,62}&gt;)?[^\s,&;}"'<>\\]+))"#
     };
 }
 
@@ -63,13 +63,29 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r"(-----BEGIN[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[A-Z0-9 ]* PRIVATE KEY(?: BLOCK)?-----|$))",
             r"|(?i:Private-Lines):[ \t]*[0-9]+[ \t]*(?:(?i:<br\s*/?>|&(?:amp;)?lt;br\s*/?&(?:amp;)?gt;)(?:\r?\n)?|\r?\n|\\r\\n|\\n)([A-Za-z0-9+/=]+(?:(?:(?i:<br\s*/?>|&(?:amp;)?lt;br\s*/?&(?:amp;)?gt;)(?:\r?\n)?|\r?\n|\\r\\n|\\n)[A-Za-z0-9+/=]+)*)(?:(?i:<br\s*/?>|&(?:amp;)?lt;br\s*/?&(?:amp;)?gt;)|\r?\n|\\r\\n|\\n|\r|$)",
             r"|(?i:Private-(?:MAC|Hash)):[ \t]*([0-9a-fA-F]{20,})",
+            // Group 4: a DER private key's base64 without its PEM lines (pasted into a setting,
+            // or a PEM's body cut out of it): an RSA, EC or Ed25519 key in PKCS#8, an RSA key in
+            // PKCS#1 or an EC key in SEC1, told by the algorithm and version bytes at its start
+            // (a public key's `SubjectPublicKeyInfo` has a BIT STRING there, `AAOC`, not the
+            // private key's OCTET STRING, `AASC`).
+            r"|((?:MI[IG][A-Za-z0-9+/]{1,3}[A-Za-z0-9+/]{0,8}(?:ADANBgkqhkiG9w0BAQEFAASC|IBAAKCA[QgY]EA|AgEAMBMGByqGSM49AgEGCC)|MC4CAQAwBQYDK2VwBCIEI|MHcCAQEEI)[A-Za-z0-9+/=]{40,}(?:(?:\\r\\n|\\n|\r?\n)[A-Za-z0-9+/=]+)*)",
+            // Group 5: the SSH.com (SSH2) private key file (four dashes, not five).
+            r"|(---- BEGIN SSH2 (?:ENCRYPTED )?PRIVATE KEY ----(?s:.*?)(?:---- END SSH2 (?:ENCRYPTED )?PRIVATE KEY ----|$))",
         ),
-        secret_groups: &[1, 2, 3],
+        secret_groups: &[1, 2, 3, 4, 5],
         anchors: &[
             "-----begin",
             "private-lines:",
             "private-mac:",
             "private-hash:",
+            "adanbgkqhkig9w0baqefaasc",
+            "ibaakcaqea",
+            "ibaakcagea",
+            "ibaakcayea",
+            "ageambmgbyqgsm49agegcc",
+            "mc4caqawbqydk2vwbciei",
+            "mhccaqeei",
+            "---- begin ssh2",
         ],
     },
     PatternSpec {
@@ -300,6 +316,41 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "dek'",
             "dek>",
             "dek&",
+            "application_key",
+            "application-key",
+            "application.key",
+            "applicationkey",
+            "app_key",
+            "app-key",
+            "app.key",
+            "appkey",
+            "functions_key",
+            "functions-key",
+            "functions.key",
+            "functionskey",
+            "admin_key",
+            "admin-key",
+            "admin.key",
+            "adminkey",
+            "integration_key",
+            "integration-key",
+            "integration.key",
+            "integrationkey",
+            "passord",
+            "losenord",
+            "lsenord",
+            "pat=",
+            "pat:",
+            "pat\"",
+            "pat'",
+            "pat>",
+            "pat&",
+            "clave=",
+            "clave:",
+            "clave\"",
+            "clave'",
+            "clave>",
+            "clave&",
         ],
     },
     PatternSpec {
@@ -383,7 +434,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // `--seed random`), after the other names any word.
         regex: concat!(
             r#"(?:(?:^|[\s"'`(\[/])(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
-            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|cvv|token|secret|api-key|client-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
+            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|cvv|token|secret|api-key|client-secret|access-token|auth-token|api-token|api-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
             r#"|(?:(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]|(?i:redis-cli)(?:\.exe)?\s(?:[^;|&\n]*\s)?-a\s)\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
             r#"|(?:^|[\s\\/"'`=(\[|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
@@ -395,9 +446,18 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
             r#"|(?:^|[\s"'`(\[])--?(?i:seed(?:[-_]?phrase)?|mnemonic(?:[-_]phrase)?|(?:secret[-_])?recovery[-_]phrase)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|([a-z]{3,8}(?:[ \t]+[a-z]{3,8}){11}(?:(?:[ \t]+[a-z]{3,8}){3}){0,4})(?:[ \t]*(?:$|[^A-Za-z0-9 \t])|[ \t]+[A-Z0-9])|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
+            // Admin and attack tools' passwords: groups 26: `psexec`/`paexec`/`mongo...` `-p`;
+            // 27: `ldap...` `-w`; 28-29: FreeRDP's `/p:`; 30-31: `net use \\host\share
+            // <password>`; 32: impacket's `domain/user:<password>@host`.
+            r#"|(?:^|[\s"'`(\[/\\])(?i:psexec(?:64)?|paexec|mongo(?:sh|dump|restore|import|export)?)(?:\.exe)?\s(?:[^;|&\n]*\s)?-p\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?:^|[\s"'`(\[/\\])(?i:ldap(?:search|add|modify|delete|passwd|whoami|compare|modrdn|exop))\s(?:[^;|&\n]*\s)?-w\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?i:[a-z]*freerdp3?)(?:\.exe)?\s(?:[^;|&\n]*\s)?[/-]p:(?:"([^"]*)"|([^\s"]+))"#,
+            r#"|(?i:net1?(?:\.exe)?\s+use)\s+(?:[A-Za-z*]:\s+)?\\\\[^\s]+\s+(?:"([^"]*)"|([^\s"/*][^\s"]*))"#,
+            r#"|(?i:impacket-[a-z]+|(?:[a-z]*exec|secretsdump|smbclient|getuserspns|getnpusers|gettgt|getst)\.py)\s+(?:\S+\s+)*?['"]?[^\s/:@'"]+/[^\s/:@'"]+:([^\s@'"]+)@"#,
         ),
         secret_groups: &[
-            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
+            27, 28, 29, 30, 31, 32,
         ],
         anchors: &[
             "-u ",
@@ -422,6 +482,25 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--secret",
             "--api-key",
             "--client-secret",
+            "--access-token",
+            "--auth-token",
+            "--api-token",
+            "--api-secret",
+            "psexec",
+            "paexec",
+            "mongo",
+            "ldap",
+            "freerdp",
+            "net use",
+            "net.exe use",
+            "net1 use",
+            "impacket-",
+            "exec.py",
+            "secretsdump",
+            "smbclient.py",
+            "getuserspns",
+            "getnpusers",
+            "gettgt",
             "mysql",
             "mariadb",
             "sshpass",

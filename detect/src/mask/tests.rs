@@ -99,8 +99,17 @@ fn sensitive_keys_mask_strings_numbers_and_every_leaf() {
     assert_eq!(v["user"], "alice");
     assert_eq!(v["password"], "[REDACTED:key]");
     assert_eq!(v["pin"]["passcode"], "[REDACTED:key]");
-    assert_eq!(v["credentials"]["accessKeyId"], "[REDACTED:key]");
-    assert_eq!(v["credentials"]["expiration"], "[REDACTED:key]");
+    // Credentials are walked for their ids and times (the key id hashed by its pattern, the
+    // same entity as where it signs), the token masked by its name.
+    assert!(
+        v["credentials"]["accessKeyId"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac:"),
+        "{v}"
+    );
+    assert_eq!(v["credentials"]["sessionToken"], "[REDACTED:key]");
+    assert_eq!(v["credentials"]["expiration"], 1700000000);
     assert_eq!(v["credentials"]["ok"], true, "booleans carry no secret");
     assert_eq!(v["headers"]["Authorization"], "[REDACTED:key]");
     assert_eq!(
@@ -115,8 +124,8 @@ fn sensitive_keys_mask_strings_numbers_and_every_leaf() {
     assert_eq!(
         stats,
         MaskStats {
-            by_key: 8,
-            by_pattern: 0
+            by_key: 6,
+            by_pattern: 1
         }
     );
 }
@@ -1005,6 +1014,105 @@ fn key_material_codes_and_assertions_are_masked_by_their_names() {
     let mut v = clean.clone();
     m.mask_value(&mut v);
     assert_eq!(v, clean);
+}
+
+/// Secrets a second QA pass found in clear, each in the shape a vendor logs it: a pair's old
+/// value, environment variables named the way frameworks name them, a variable flagged
+/// sensitive, headers held as objects, an `Authorization` of another scheme, a DER private key
+/// without its PEM lines.
+#[test]
+fn secrets_in_vendor_shapes_found_by_qa_are_masked() {
+    let m = masker();
+    let s = "Pw7nB3kL9mQ2rT6vX1zC4dF8gH0jK5sA";
+    let mut v = json!({
+        "pagerduty": {"fields": [{"name": "name", "before_value": "Payments webhook"},
+                                 {"name": "secret", "before_value": s}]},
+        "slack": {"name": "slack_signing_secret", "new_value": "x-new", "previous_value": s},
+        "ecs": {"environment": [{"name": "SECRET_KEY_BASE", "value": s},
+                                {"name": "APP_KEY", "value": s},
+                                {"name": "DD_APP_KEY", "value": s},
+                                {"name": "JWT_SECRET_V2", "value": s},
+                                {"name": "api_key_2024", "value": s},
+                                {"name": "AZURE_DEVOPS_EXT_PAT", "value": s}]},
+        "beanstalk": [{"namespace": "aws:elasticbeanstalk:application:environment",
+                       "optionName": "DB_PASSWORD", "value": s}],
+        "headers": [{"name": "x-functions-key", "value": s},
+                    {"name": "DD-APPLICATION-KEY", "value": s},
+                    {"headerName": "X-Api-Key", "headerValue": s}],
+        "tfc": {"key": "STRIPE", "value": s, "sensitive": true, "category": "env"},
+        "onepassword": {"id": "f1", "type": "CONCEALED", "label": "one-time", "value": s},
+        "variable": {"variable": "API_TOKEN", "value": s},
+        "tf": {"name": "db_password", "default": s},
+        "der": format!("MIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQC7VJTUt9Us8cKjMzEfYyjiWA4R4{s}"),
+        "pkcs1": format!("MIIEpAIBAAKCAQEA7VJTUt9Us8cKjMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGe{s}"),
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    assert!(!text.contains(s), "{text}");
+    // What is no secret stays: the names, the flag, the other pair's old value.
+    assert_eq!(
+        v["pagerduty"]["fields"][0]["before_value"],
+        "Payments webhook"
+    );
+    assert_eq!(v["tfc"]["sensitive"], true);
+    assert_eq!(v["beanstalk"][0]["optionName"], "DB_PASSWORD");
+    // A public key (a BIT STRING where a private key has an OCTET STRING) stays.
+    let public = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq";
+    let mut v = json!({"key": public, "a": {"value": "plain", "sensitive": false}});
+    let clean = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, clean);
+
+    for (text, secret) in [
+        ("Authorization: ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==", "VnVhQ2ZHY0JD"),
+        ("authorization: Splunk 7c1b2a3d-9e8f-4a5b-8c7d-6e5f4a3b2c1d", "7c1b2a3d"),
+        ("Authorization: NTLM TlRMTVNTUAADAAAAGAAYAEAAAAAYABgAWAAAAA", "TlRMTVNTUAAD"),
+        ("Authorization: Negotiate YIIGhgYGKwYBBQUCoIIGejCCBnag", "YIIGhgYGKwYB"),
+        ("psexec.exe \\\\dc01 -u corp\\administrator -p Summer2024!x cmd.exe", "Summer2024!x"),
+        ("net use \\\\fs01\\c$ Summer2024!x /user:corp\\administrator", "Summer2024!x"),
+        ("impacket-psexec corp.local/administrator:Summer2024!x@10.0.0.5", "Summer2024!x"),
+        ("mongo -u admin -p Summer2024!x --authenticationDatabase admin", "Summer2024!x"),
+        ("ldapsearch -x -D cn=admin,dc=corp -w Summer2024!x -b dc=corp", "Summer2024!x"),
+        ("xfreerdp /u:administrator /p:Summer2024!x /v:10.0.0.5", "Summer2024!x"),
+        ("doctl auth init --access-token Qz8vR2mT7pLx4Kw9Nb3Hc6Yd1Fg5Js0A", "Qz8vR2mT7pLx"),
+        ("---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nComment: k\nP2/56wAAAi4AAAA3aWYtbW9kbg==\n---- END SSH2 ENCRYPTED PRIVATE KEY ----", "P2/56wAAAi4A"),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains(secret), "{text} -> {masked}");
+    }
+    // The option names and the rest of the command stay.
+    let masked = m.mask_text("xfreerdp /u:administrator /p:Summer2024!x /v:10.0.0.5");
+    assert!(
+        masked.contains("/u:administrator") && masked.contains("/v:10.0.0.5"),
+        "{masked}"
+    );
+    let masked = m.mask_text("ssh -p 2222 deploy@host; mongo --port 27017");
+    assert_eq!(masked, "ssh -p 2222 deploy@host; mongo --port 27017");
+}
+
+/// CloudTrail's `AssumeRole` answer: the temporary key id stays the same entity as in the later
+/// records it signs (hashed, not redacted), its expiry stays, the session token and secret key
+/// do not; an unknown member of `credentials` is taken for a secret (fail closed).
+#[test]
+fn assumed_role_credentials_keep_their_key_id_and_expiry() {
+    let m = masker();
+    let key_id = "ASIAQ3EGRXMPLE5ZT3YB";
+    let mut v = json!({"responseElements": {"credentials": {
+        "accessKeyId": key_id,
+        "sessionToken": "IQoJb3JpZ2luX2VjEXAMPLEtokenvalue0123456789",
+        "secretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "expiration": "May 1, 2024, 11:00:00 AM",
+        "blob": "opaque-unknown-member-1",
+    }}, "userIdentity": {"accessKeyId": key_id}});
+    m.mask_value(&mut v);
+    let c = &v["responseElements"]["credentials"];
+    assert_eq!(c["accessKeyId"], v["userIdentity"]["accessKeyId"], "{v}");
+    assert_ne!(c["accessKeyId"], key_id);
+    assert_eq!(c["expiration"], "May 1, 2024, 11:00:00 AM");
+    let text = v.to_string();
+    for secret in ["IQoJb3JpZ2lu", "wJalrXUtnFEMI", "opaque-unknown-member-1"] {
+        assert!(!text.contains(secret), "{secret}: {text}");
+    }
 }
 
 /// An unclosed quote ends its value at the end of its line: the lines after it (a parse
@@ -2650,11 +2758,9 @@ fn settings_objects_under_value_like_secret_names_are_walked() {
         out["recovery_codes"],
         json!(["[REDACTED:key]", "[REDACTED:key]"])
     );
-    // A word that names a secret with its parts still masks a whole object.
-    assert_eq!(
-        out["credentials"],
-        json!({"user": "[REDACTED:key]", "region": "[REDACTED:key]"})
-    );
+    // Credentials keep their known settings as the value-like words do (who, where; CloudTrail's
+    // `AssumeRole` answer: the key id and expiry), the rest is taken for the secret.
+    assert_eq!(out["credentials"], input["credentials"]);
     // What names the secret with its parent word is the secret (`pin_value`, `otp_code`).
     assert_eq!(
         out["pin_policy"]["pin"],

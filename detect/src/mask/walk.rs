@@ -409,16 +409,17 @@ impl<'a> MaskWalk<'a> {
     fn pair_is_secret(&mut self, map: &sonic_rs::Object, enabled: KindSet) -> bool {
         let m = self.masker;
         map.iter().any(|(k, v)| {
-            is_pair_name_key(k)
-                && v.as_str().is_some_and(|n| {
-                    let name = m.mask_str_in(
-                        self.mem.as_deref_mut(),
-                        n,
-                        enabled,
-                        &mut MaskCounts::default(),
-                    );
-                    !is_masked(&name) && m.key_is_sensitive(self.mem.as_deref_mut(), &name)
-                })
+            flags_a_secret_value(k, v)
+                || is_pair_name_key(k)
+                    && v.as_str().is_some_and(|n| {
+                        let name = m.mask_str_in(
+                            self.mem.as_deref_mut(),
+                            n,
+                            enabled,
+                            &mut MaskCounts::default(),
+                        );
+                        !is_masked(&name) && m.key_is_sensitive(self.mem.as_deref_mut(), &name)
+                    })
         })
     }
 
@@ -974,6 +975,20 @@ fn putty_private_line_count(line: &str) -> usize {
         .filter(|name| name.eq_ignore_ascii_case(NAME))
         .and_then(|_| line[NAME.len()..].trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Whether the pair `k`: `v` of an object says the object's value is a secret, whatever its
+/// name: the flag of a variable (Terraform Cloud's and Azure DevOps' `sensitive`, `isSecret`,
+/// GitLab's `masked`) or a 1Password field's `CONCEALED` type. Masking leaves both as they are,
+/// so the masked record is judged the same.
+fn flags_a_secret_value(k: &str, v: &RawJson) -> bool {
+    match k {
+        "sensitive" | "isSensitive" | "is_sensitive" | "isSecret" | "is_secret" | "masked" => {
+            v.as_bool() == Some(true)
+        }
+        "type" | "fieldType" => v.as_str().is_some_and(|s| s == "CONCEALED"),
+        _ => false,
+    }
 }
 
 /// Whether `s` is a decimal integer (`42`, `-1`).
