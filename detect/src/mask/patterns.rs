@@ -590,10 +590,19 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // any host: the token shapes are their own.
             r#"|[a-z0-9.-]+(?::[0-9]{1,5})?/hooks/([a-z0-9]{26})(?:[^A-Za-z0-9]|$)"#,
             r#"|[a-z0-9.-]+(?::[0-9]{1,5})?/hooks/[A-Za-z0-9]{17}/([A-Za-z0-9]{40,})"#,
+            // Log intake URLs that carry the account's key in their path: Datadog's HTTP
+            // intake (`/v1/input/<api key>`), Sumo Logic's HTTP source
+            // (`/receiver/v1/http/<token>`), Loggly's (`/inputs/<token>`, `/bulk/<token>`).
+            r#"|datadoghq\.(?:com|eu)/(?:v1/input|api/v2/logs)/([0-9a-f]{32})(?:[^0-9a-f]|$)"#,
+            r#"|sumologic\.com/receiver/v1/(?:http|otlp)/([A-Za-z0-9_=-]{20,})"#,
+            r#"|loggly\.com/(?:inputs|bulk)/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"#,
             r#")"#,
         ),
-        secret_groups: &[1, 2, 3, 4, 5, 6, 7, 8],
+        secret_groups: &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
         anchors: &[
+            "datadoghq.",
+            "sumologic.com/receiver",
+            "loggly.com/",
             "pagerduty.com/integration",
             "discord",
             "webhook.office",
@@ -699,10 +708,15 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // hex digits, as Twilio writes them, with a letter among them (`SK000...001` is a
             // product code or counter).
             r"|SK[0-9a-f]{32}",
+            // NuGet API keys; Firebase Cloud Messaging's legacy server keys.
+            r"|oy2[a-z0-9]{43}",
+            r"|AAAA[A-Za-z0-9_-]{7}:APA91b[A-Za-z0-9_-]{134}",
             r")",
         ),
         secret_groups: &[],
         anchors: &[
+            "oy2",
+            "apa91b",
             "sk_live_",
             "sk_test_",
             "rk_live_",

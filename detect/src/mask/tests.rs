@@ -1075,11 +1075,23 @@ fn secrets_in_vendor_shapes_found_by_qa_are_masked() {
         ("ldapsearch -x -D cn=admin,dc=corp -w Summer2024!x -b dc=corp", "Summer2024!x"),
         ("xfreerdp /u:administrator /p:Summer2024!x /v:10.0.0.5", "Summer2024!x"),
         ("doctl auth init --access-token Qz8vR2mT7pLx4Kw9Nb3Hc6Yd1Fg5Js0A", "Qz8vR2mT7pLx"),
+        ("https://http-intake.logs.datadoghq.com/v1/input/8f2a6c4e1b3d5f7a9c0e2b4d6f8a1c3e?ddsource=github", "8f2a6c4e1b3d5f7a"),
+        ("https://endpoint4.collection.us2.sumologic.com/receiver/v1/http/ZaVnC4dhaV3_abcdEFGH1234xyz==", "ZaVnC4dhaV3_"),
+        ("https://logs-01.loggly.com/inputs/b5e3b2a1-1234-4abc-9def-0123456789ab/tag/http/", "b5e3b2a1-1234"),
+        ("nuget push pkg.nupkg -k oy2abcdefghijklmnopqrstuvwxyz0123456789abcdefgh", "oy2abcdefghij"),
         ("---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nComment: k\nP2/56wAAAi4AAAA3aWYtbW9kbg==\n---- END SSH2 ENCRYPTED PRIVATE KEY ----", "P2/56wAAAi4A"),
     ] {
         let masked = m.mask_text(text);
         assert!(!masked.contains(secret), "{text} -> {masked}");
     }
+    // Where a hook points stays.
+    let masked =
+        m.mask_text("https://http-intake.logs.datadoghq.com/v1/input/8f2a6c4e1b3d5f7a9c0e2b4d6f8a1c3e?ddsource=github");
+    assert!(
+        masked.starts_with("https://http-intake.logs.datadoghq.com/v1/input/")
+            && masked.ends_with("?ddsource=github"),
+        "{masked}"
+    );
     // The option names and the rest of the command stay.
     let masked = m.mask_text("xfreerdp /u:administrator /p:Summer2024!x /v:10.0.0.5");
     assert!(
