@@ -569,6 +569,12 @@ pub(crate) fn ends_with_password_word(key: &str) -> bool {
         .any(|w| ends_with_word(key, w))
 }
 
+/// Whether `key` names a session key (`SESSION_KEY`, `sessionKey`, `x-session-keys`).
+pub(crate) fn names_a_session_key(key: &str) -> bool {
+    let folded = normalize_key(key);
+    folded.ends_with("sessionkey") || folded.ends_with("sessionkeys")
+}
+
 /// `after` is empty or made only of [`SECRET_SUFFIXES`] words and versions.
 fn is_secret_suffix(after: &[u8]) -> bool {
     after.is_empty()

@@ -1102,6 +1102,27 @@ fn secrets_in_vendor_shapes_found_by_qa_are_masked() {
     assert_eq!(masked, "ssh -p 2222 deploy@host; mongo --port 27017");
 }
 
+/// Salesforce's `SESSION_KEY` ties a user's events of one session together: hashed (the same
+/// value, the same output), not redacted, and never in clear.
+#[test]
+fn session_keys_are_hashed_so_a_session_still_ties_events_together() {
+    let m = masker();
+    let row = |key: &str| json!({"EVENT_TYPE": "URI", "SESSION_KEY": key, "LOGIN_KEY": "Qd7yBfQ2nXh3Lp9w"});
+    let (mut a, mut b, mut c) = (
+        row("Hbm6n3Ue/ZCvZVzg"),
+        row("Hbm6n3Ue/ZCvZVzg"),
+        row("Zq81vQ0aLmN4pR7t"),
+    );
+    for v in [&mut a, &mut b, &mut c] {
+        m.mask_value(v);
+    }
+    let hashed = a["SESSION_KEY"].as_str().unwrap();
+    assert!(hashed.starts_with("hmac:"), "{a}");
+    assert_eq!(a["SESSION_KEY"], b["SESSION_KEY"]);
+    assert_ne!(a["SESSION_KEY"], c["SESSION_KEY"]);
+    assert_eq!(a["LOGIN_KEY"], "Qd7yBfQ2nXh3Lp9w");
+}
+
 /// CloudTrail's `AssumeRole` answer: the temporary key id stays the same entity as in the later
 /// records it signs (hashed, not redacted), its expiry stays, the session token and secret key
 /// do not; an unknown member of `credentials` is taken for a secret (fail closed).

@@ -608,7 +608,13 @@ impl<'a> MaskWalk<'a> {
             _ => false,
         };
         if !holds_object || m.keys.masks_objects(key) {
-            self.force_leaves(value, m.key_action, "key");
+            // A session key is what ties a user's events together (Salesforce's `SESSION_KEY`,
+            // in every Event Monitoring row): hashed, it still does, and stays hidden.
+            let action = match m.key_action {
+                Action::Redact if super::keys::names_a_session_key(key) => Action::Hash,
+                action => action,
+            };
+            self.force_leaves(value, action, "key");
             return;
         }
         match view {
