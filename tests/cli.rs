@@ -1355,7 +1355,10 @@ fn csv_log_files_are_read_row_by_row() {
     // The session key is a secret by its column name: hashed (the same key, the same output, so
     // a session still ties its events together), never in clear.
     assert!(!out.stdout.windows(16).any(|w| w == b"rZ1BfJm3Pq8rD2sH"));
-    assert_eq!(events[0]["raw"]["SESSION_KEY"], events[1]["raw"]["SESSION_KEY"]);
+    assert_eq!(
+        events[0]["raw"]["SESSION_KEY"],
+        events[1]["raw"]["SESSION_KEY"]
+    );
     assert!(events[0]["raw"]["SESSION_KEY"]
         .as_str()
         .is_some_and(|k| k.starts_with("hmac:")));
