@@ -433,7 +433,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // only as a `seed` value is (`--seed 9f86d0...`, a hex wallet seed; not `--seed 42` nor
         // `--seed random`), after the other names any word.
         regex: concat!(
-            r#"(?:(?:^|[\s"'`(\[/])(?:(?:-u|--user|--proxy-user)\s+['"]?[^\s:'"]+:([^\s'"]+)"#,
+            r#"(?:(?:^|[\s"'`(\[/])(?:(?:-u\s+|--user(?:\s+|=)|--proxy-user(?:\s+|=))['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|cvv|token|secret|api-key|client-secret|access-token|auth-token|api-token|api-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
             r#"|(?:(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]|(?i:redis-cli)(?:\.exe)?\s(?:[^;|&\n]*\s)?-a\s)\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
@@ -454,10 +454,19 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?i:[a-z]*freerdp3?)(?:\.exe)?\s(?:[^;|&\n]*\s)?[/-]p:(?:"([^"]*)"|([^\s"]+))"#,
             r#"|(?i:net1?(?:\.exe)?\s+use)\s+(?:[A-Za-z*]:\s+)?\\\\[^\s]+\s+(?:"([^"]*)"|([^\s"/*][^\s"]*))"#,
             r#"|(?i:impacket-[a-z]+|(?:[a-z]*exec|secretsdump|smbclient|getuserspns|getnpusers|gettgt|getst)\.py)\s+(?:\S+\s+)*?['"]?[^\s/:@'"]+/[^\s/:@'"]+:([^\s@'"]+)@"#,
+            // Group 33-35: SQL's `CREATE`/`ALTER USER <name> IDENTIFIED BY <password>` (quoted or,
+            // as Oracle takes it, bare; also `IDENTIFIED WITH <plugin> BY`); 36: `ipmitool -P`; 37: Samba's `-U user%<password>`;
+            // 38: Java keytool's and jarsigner's `-storepass`/`-keypass` (and the `src`/`dest`
+            // ones); 39: `lftp -u user,<password>`.
+            r#"|(?i:(?:create|alter)\s+(?:user|role|login)\s+(?:if\s+(?:not\s+)?exists\s+)?\S+\s+identified\s+(?:with\s+\S+\s+)?by)\s+(?:'([^']*)'|"([^"]*)"|([^\s;'"]+))"#,
+            r#"|(?i:ipmitool)(?:\.exe)?\s(?:[^;|&\n]*\s)?-P\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?i:smbclient|rpcclient|smbget|smbcacls)(?:\.exe)?\s(?:[^;|&\n]*\s)?(?:-U|--user(?:=|\s+))\s*['"]?[^\s%'"]+%([^\s'"]+)"#,
+            r#"|(?:^|\s)-(?i:(?:src|dest)?(?:store|key)pass)\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?i:lftp)\s(?:[^;|&\n]*\s)?-u\s+['"]?[^\s,'"]+,([^\s'"]+)"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
-            27, 28, 29, 30, 31, 32,
+            27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39,
         ],
         anchors: &[
             "-u ",
@@ -501,6 +510,15 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "getuserspns",
             "getnpusers",
             "gettgt",
+            "identified",
+            "ipmitool",
+            "smbclient",
+            "rpcclient",
+            "smbget",
+            "smbcacls",
+            "storepass",
+            "keypass",
+            "lftp",
             "mysql",
             "mariadb",
             "sshpass",

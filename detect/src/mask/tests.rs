@@ -1079,6 +1079,14 @@ fn secrets_in_vendor_shapes_found_by_qa_are_masked() {
         ("https://endpoint4.collection.us2.sumologic.com/receiver/v1/http/ZaVnC4dhaV3_abcdEFGH1234xyz==", "ZaVnC4dhaV3_"),
         ("https://logs-01.loggly.com/inputs/b5e3b2a1-1234-4abc-9def-0123456789ab/tag/http/", "b5e3b2a1-1234"),
         ("nuget push pkg.nupkg -k oy2abcdefghijklmnopqrstuvwxyz0123456789abcdefgh", "oy2abcdefghij"),
+        ("curl --user=deploy:Summer2024!x https://x", "Summer2024!x"),
+        ("CREATE USER 'app'@'%' IDENTIFIED BY 'Summer2024!x';", "Summer2024!x"),
+        ("create user scott identified by Summer2024x;", "Summer2024x"),
+        ("ALTER USER app IDENTIFIED WITH mysql_native_password BY \"Summer2024!x\"", "Summer2024!x"),
+        ("ipmitool -I lanplus -H 10.0.0.9 -U admin -P Summer2024!x power status", "Summer2024!x"),
+        ("smbclient //fs01/c$ -U 'corp\\admin%Summer2024!x'", "Summer2024!x"),
+        ("keytool -list -keystore k.jks -storepass Summer2024!x", "Summer2024!x"),
+        ("lftp -u deploy,Summer2024!x sftp://files", "Summer2024!x"),
         ("---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----\nComment: k\nP2/56wAAAi4AAAA3aWYtbW9kbg==\n---- END SSH2 ENCRYPTED PRIVATE KEY ----", "P2/56wAAAi4A"),
     ] {
         let masked = m.mask_text(text);
@@ -1100,6 +1108,14 @@ fn secrets_in_vendor_shapes_found_by_qa_are_masked() {
     );
     let masked = m.mask_text("ssh -p 2222 deploy@host; mongo --port 27017");
     assert_eq!(masked, "ssh -p 2222 deploy@host; mongo --port 27017");
+    for clean in [
+        "the user was identified by their badge",
+        "mysql -uroot -h db",
+        "ipmitool -P",
+        "sort -u names.txt",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
 }
 
 /// Salesforce's `SESSION_KEY` ties a user's events of one session together: hashed (the same
