@@ -358,7 +358,8 @@ impl KeyMatcher {
     }
 
     pub(crate) fn is_sensitive(&self, key: &str) -> bool {
-        let short_word = ends_with_short_password_word(key);
+        let short_word =
+            ends_with_short_password_word(key) || names_a_password_in_another_script(key);
         let mut buf = [0u8; FOLD_BUF];
         if key.len() <= FOLD_BUF {
             let n = fold_into(key, &mut buf);
@@ -372,7 +373,9 @@ impl KeyMatcher {
     /// sensitive word starts anywhere in it and it has no `[` (a necessary condition of
     /// [`Self::is_sensitive`] of the key without its markers, cheaper than it and than a lookup).
     pub(crate) fn may_be_sensitive(&self, key: &str) -> bool {
-        any_word_start(&self.word_starts, key.as_bytes()) || ends_with_short_password_word(key)
+        any_word_start(&self.word_starts, key.as_bytes())
+            || ends_with_short_password_word(key)
+            || names_a_password_in_another_script(key)
     }
 
     /// Whether an object under the sensitive `key` is masked whole (`credentials`, `secret`,
@@ -567,6 +570,33 @@ pub(crate) fn ends_with_password_word(key: &str) -> bool {
         .iter()
         .filter_map(|w| std::str::from_utf8(w).ok())
         .any(|w| ends_with_word(key, w))
+}
+
+/// `password` in scripts that folding drops, and in Latin-script languages whose word loses a
+/// letter to it (`hasło`, `şifre`, `jelszó`): a tenant's custom fields are named in its language
+/// (`{"пароль": ...}`).
+const OTHER_SCRIPT_PASSWORD_WORDS: &[&str] = &[
+    "пароль",
+    "密码",
+    "密碼",
+    "パスワード",
+    "暗証番号",
+    "비밀번호",
+    "hasło",
+    "şifre",
+    "jelszó",
+    "κωδικός",
+    "סיסמה",
+];
+
+/// Whether `key`, lowercased, holds one of [`OTHER_SCRIPT_PASSWORD_WORDS`] (ASCII keys never do).
+fn names_a_password_in_another_script(key: &str) -> bool {
+    !key.is_ascii() && {
+        let lower = key.to_lowercase();
+        OTHER_SCRIPT_PASSWORD_WORDS
+            .iter()
+            .any(|w| lower.contains(w))
+    }
 }
 
 /// Whether `key` names a session key (`SESSION_KEY`, `sessionKey`, `x-session-keys`).

@@ -1164,6 +1164,21 @@ fn assumed_role_credentials_keep_their_key_id_and_expiry() {
     }
 }
 
+/// Custom fields named `password` in the tenant's language are masked as `password` is; other
+/// non-ASCII keys stay.
+#[test]
+fn password_keys_in_other_scripts_are_masked() {
+    let m = masker();
+    let s = "Zq81vQ0aLmN4pR7t";
+    let mut v = json!({"fields": {"пароль": s, "密码": s, "パスワード": s, "비밀번호": s,
+                                  "Hasło": s, "şifre": s, "Пароль_пользователя": s,
+                                  "имя": "Иван", "部门": "工程"}});
+    m.mask_value(&mut v);
+    assert!(!v.to_string().contains(s), "{v}");
+    assert_eq!(v["fields"]["имя"], "Иван");
+    assert_eq!(v["fields"]["部门"], "工程");
+}
+
 /// An unclosed quote ends its value at the end of its line: the lines after it (a parse
 /// error's marker and message) stay, and the secret on the line is still masked.
 #[test]
