@@ -90,6 +90,8 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "webhookkey",
     "tlskey",
     "accountkey",
+    // An Azure storage account's key by its other name (`storageKey`, `STORAGE_KEY`).
+    "storagekey",
     // Codes and assertions that sign a user or a client in: an emailed `verification_code`,
     // an `unlock_code`, an OAuth `auth_code` and its PKCE `code_verifier`, a
     // `client_assertion` (a signed JWT), a SAML `SAMLResponse` (a signed assertion).

@@ -463,10 +463,20 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?i:smbclient|rpcclient|smbget|smbcacls)(?:\.exe)?\s(?:[^;|&\n]*\s)?(?:-U|--user(?:=|\s+))\s*['"]?[^\s%'"]+%([^\s'"]+)"#,
             r#"|(?:^|\s)-(?i:(?:src|dest)?(?:store|key)pass)\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|(?i:lftp)\s(?:[^;|&\n]*\s)?-u\s+['"]?[^\s,'"]+,([^\s'"]+)"#,
+            // Group 40: `curl -uuser:<password>` (glued); 41: an archiver's glued `-p<password>`
+            // (7-Zip, RAR; a bare `-p` prompts); 42: `zip`/`unzip -P <password>`; 43: `echo
+            // user:<password> | chpasswd`; 44: `echo <password> | passwd --stdin`; 45:
+            // `redis-cli ... AUTH [user] <password>`.
+            r#"|(?:^|[\s"'`(\[/\\])(?i:curl)(?:\.exe)?\s(?:[^;|&\n]*\s)?-u['"]?[^\s:'"-][^\s:'"]*:([^\s'"]+)"#,
+            r#"|(?:^|[\s"'`(\[/\\])(?i:7z[arz]?|rar|unrar|winrar)(?:\.exe)?\s(?:[^;|&\n]*\s)?-p['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?:^|[\s"'`(\[/\\])(?i:zip|unzip|zipcloak)(?:\.exe)?\s(?:[^;|&\n]*\s)?(?:-P|--password)\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?:echo|printf)\s+(?:-[en]+\s+)?['"]?[^\s:'"|]+:([^\s'"|]+)['"]?\s*\|\s*(?:sudo\s+)?(?:/usr/sbin/)?chpasswd"#,
+            r#"|(?:echo|printf)\s+(?:-[en]+\s+)?['"]?([^\s'"|$-][^\s'"|]*)['"]?\s*\|\s*(?:sudo\s+)?(?:/usr/bin/)?passwd\s+--stdin"#,
+            r#"|(?i:redis-cli)(?:\.exe)?\s[^;|&\n]*?\s(?i:auth)[ \t]+(?:[^\s'"]+[ \t]+)?['"]?([^\s'"]+)"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
-            27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39,
+            27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45,
         ],
         anchors: &[
             "-u ",
@@ -519,6 +529,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "storepass",
             "keypass",
             "lftp",
+            "curl",
+            "7z",
+            "rar",
+            "zip",
+            "chpasswd",
+            "passwd --stdin",
             "mysql",
             "mariadb",
             "sshpass",
@@ -1893,6 +1909,9 @@ fn option_before_is_seed(text: &str, start: usize) -> bool {
     option.len() >= 5 && option[option.len() - 5..].eq_ignore_ascii_case(b"-seed")
 }
 
+/// The group of the `CliCredentials` pattern that is `zip -P`'s password.
+const ZIP_PASSWORD_GROUP: usize = 42;
+
 /// The group of the `CliCredentials` pattern that is the bare password of `net user`.
 const NET_USER_PASSWORD_GROUP: usize = 9;
 
@@ -1994,6 +2013,12 @@ pub(crate) const CREDENTIAL_CLIENTS: &[&str] = &[
     "net1",
     "openssl",
     "sqlplus",
+    "7z",
+    "7za",
+    "rar",
+    "unrar",
+    "zip",
+    "unzip",
 ];
 
 /// Whether the argument `program` runs one of [`CREDENTIAL_CLIENTS`] (as
@@ -2189,8 +2214,12 @@ fn is_storage_key_shape(bytes: &[u8]) -> bool {
 ///
 /// Salesforce's `00D` is there too for another reason: its session id has a `!`, which no
 /// identifier-shaped string holds.
+///
+/// And 7-Zip's `7z`, a trade-off: a 7-Zip command made of identifier bytes only (`7z a -p1234
+/// f.7z`, no path, no `.exe`, a password of hex digits) is left to the other kinds, so that
+/// every timestamp and UUID does not run the automaton.
 const ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL: &[&str] =
-    &[":aa", "dt0c01.", "atbb", "a3-", "1//0", "eaa", "00d"];
+    &[":aa", "dt0c01.", "atbb", "a3-", "1//0", "eaa", "00d", "7z"];
 
 /// Bytes of identifier-shaped values: digits, hex letters, `T`/`Z` and the separators of
 /// UUIDs, timestamps and IP addresses.
@@ -2892,6 +2921,13 @@ fn verify(
         {
             session_parameter_holds_secret(text, start, secret)
         }
+        // `zip -P` in prose (`the zip code -P is ...`): a password looks generated or mixes
+        // in symbols, as a `pass` value in text must.
+        PatternKind::CliCredentials
+            if caps.is_some_and(|c| c.get(ZIP_PASSWORD_GROUP).is_some()) =>
+        {
+            short_name_value_is_secret("pass", secret)
+        }
         PatternKind::CliCredentials => caps.is_some_and(|caps| {
             // `--seed 42` seeds a random generator: only a seed that looks generated or is long
             // (a hex wallet seed) is one, as for a `seed=` assignment.
@@ -3393,6 +3429,31 @@ mod tests {
                 "sqlplus -s scott/Zebra9KettleC1@orcl @report.sql",
                 "Zebra9KettleC1",
             ),
+            ("curl -sS -ubob:Zebra9KettleC1 https://x", "Zebra9KettleC1"),
+            (
+                "7z a -pZebra9KettleC1 -mhe=on out.7z docs/",
+                "Zebra9KettleC1",
+            ),
+            (
+                r#"C:\tools\7za.exe x -p"Zebra9KettleC1" in.7z"#,
+                "Zebra9KettleC1",
+            ),
+            (
+                "rar a -hpZebra9KettleC1 -pZebra9KettleC1 b.rar f",
+                "Zebra9KettleC1",
+            ),
+            ("zip -r -P Zebra9KettleC1 out.zip docs/", "Zebra9KettleC1"),
+            ("unzip -P Zebra9KettleC1 in.zip", "Zebra9KettleC1"),
+            ("echo 'svc:Zebra9KettleC1' | chpasswd", "Zebra9KettleC1"),
+            (
+                "echo Zebra9KettleC1 | sudo passwd --stdin svc",
+                "Zebra9KettleC1",
+            ),
+            ("redis-cli -h cache AUTH Zebra9KettleC1", "Zebra9KettleC1"),
+            (
+                "redis-cli -h cache auth default Zebra9KettleC1",
+                "Zebra9KettleC1",
+            ),
         ] {
             one(text, CliCredentials, secret);
         }
@@ -3413,6 +3474,16 @@ mod tests {
             "jdbc:oracle:thin:@//db.internal:1521/svc",
             "sqlplus / as sysdba",
             "sqlplus scott@orcl",
+            "curl -u bob https://x",
+            "curl -uploader https://x",
+            "7z a -p out.7z docs/",
+            "7z x in.7z -o/tmp/out",
+            "gzip -p 4 big.log",
+            "zip -r out.zip docs/ -x '*.tmp'",
+            "the zip code -P is unknown",
+            "echo 'svc:$NEW_PW' | chpasswd",
+            "echo $PW | passwd --stdin svc",
+            "redis-cli -h cache ping",
         ] {
             none_of(CliCredentials, clean);
         }
@@ -3451,6 +3522,12 @@ mod tests {
             "net1 user bob Zebra9KettleC1",
             "openssl rsa -passin pass:Zebra9KettleC1",
             "sqlplus scott/Zebra9KettleC1@orcl",
+            "7z a -pZebra9KettleC1 out.7z f",
+            "7za a -pZebra9KettleC1 out.7z f",
+            "rar a -pZebra9KettleC1 out.rar f",
+            "unrar x -pZebra9KettleC1 in.rar",
+            "zip -P Zebra9KettleC1 out.zip f",
+            "unzip -P Zebra9KettleC1 in.zip",
         ];
         for client in CREDENTIAL_CLIENTS {
             assert!(

@@ -990,6 +990,8 @@ fn key_material_codes_and_assertions_are_masked_by_their_names() {
         "tls_key",
         "account_key",
         "accountKey",
+        "storageKey",
+        "AZURE_STORAGE_KEY",
         "storageAccountKey",
         "kek",
         "wrapped_dek",
