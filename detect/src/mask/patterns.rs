@@ -101,9 +101,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // Besides `:` and `=`: Ruby's `=>` (`"password"=>"x"`), quotes escaped for HTML
         // (`password&quot;:&quot;x`, escaped twice: `&amp;quot;`) and an XML element (`<Password>x</Password>`, also with
         // a namespace prefix and attributes: `<wsse:Password Type="...">x`; the verifier wants
-        // the `<`; its text may be a CDATA section).
+        // the `<`; its text may be a CDATA section). And a name/value pair held as text, where
+        // the name is the pair's name: `{"name": "DB_PASSWORD", "value": "x"}` (JSON after a
+        // prefix, which the walk does not parse) and YAML's `- name: DB_PASSWORD` with
+        // `value: x` on the next line (a Kubernetes manifest's `env`).
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
+            r#"(?-u:\b)([A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -276,6 +279,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "account-key",
             "account.key",
             "accountkey",
+            "storage_key",
+            "storage-key",
+            "storage.key",
+            "storagekey",
             "verification_code",
             "verification-code",
             "verification.code",
@@ -2679,13 +2686,64 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
             .iter()
             .rposition(|b| !name_byte(b))
             .map_or(0, |i| i + 1);
-        let word = |i: usize| text[i].is_ascii_alphanumeric() || text[i] == b'_';
-        (run_start..end).any(|p| {
-            (2..=80).contains(&(end - p))
-                && (p == 0 || word(p - 1) != word(p))
-                && std::str::from_utf8(&text[p..end]).is_ok_and(|n| keys.is_sensitive(n))
-        })
+        sensitive_name_ends_at(text, end, keys)
+            || (text[run_start..end].eq_ignore_ascii_case(b"value")
+                && pair_name_end(text, run_start)
+                    .is_some_and(|name_end| sensitive_name_ends_at(text, name_end, keys)))
     })
+}
+
+/// Whether a name the assignment pattern may take (a run of name bytes begun at a word
+/// boundary, 2-80 bytes) ends at `end` and is sensitive per `keys`.
+fn sensitive_name_ends_at(text: &[u8], end: usize, keys: &KeyMatcher) -> bool {
+    let run_start = text[..end]
+        .iter()
+        .rposition(|b| !name_byte(b))
+        .map_or(0, |i| i + 1);
+    let word = |i: usize| text[i].is_ascii_alphanumeric() || text[i] == b'_';
+    (run_start..end).any(|p| {
+        (2..=80).contains(&(end - p))
+            && (p == 0 || word(p - 1) != word(p))
+            && std::str::from_utf8(&text[p..end]).is_ok_and(|n| keys.is_sensitive(n))
+    })
+}
+
+/// Where the pair's name ends, for a `value` key that starts at `value_start`: before `", "`
+/// (JSON: `"name": "DB_PASSWORD", "value": ...`, quotes escaped or not) or before a line break
+/// (YAML: `- name: DB_PASSWORD` and `value: ...` on the next line), as the assignment pattern's
+/// pair separator reads them.
+fn pair_name_end(text: &[u8], value_start: usize) -> Option<usize> {
+    let mut i = value_start;
+    let back_over = |i: &mut usize, what: &dyn Fn(u8) -> bool| {
+        while *i > 0 && what(text[*i - 1]) {
+            *i -= 1;
+        }
+    };
+    back_over(&mut i, &|b| matches!(b, b'"' | b'\\' | b'\''));
+    let spaces_end = i;
+    back_over(&mut i, &|b| b.is_ascii_whitespace());
+    if i > 0 && text[i - 1] == b',' {
+        i -= 1;
+        back_over(&mut i, &|b| b.is_ascii_whitespace());
+        back_over(&mut i, &|b| matches!(b, b'"' | b'\\' | b'\''));
+        Some(i)
+    } else if text[i..spaces_end].contains(&b'\n') {
+        Some(i)
+    } else {
+        // A line break escaped in JSON text (`\n`, `\r\n`, `\\n` at a deeper level).
+        let head = &text[..i];
+        let head = head.strip_suffix(b"n")?;
+        let slashes = head.iter().rev().take_while(|b| **b == b'\\').count();
+        (slashes > 0).then(|| {
+            let head = &head[..head.len() - slashes];
+            match head.strip_suffix(b"r") {
+                Some(r) if r.ends_with(b"\\") => {
+                    r.len() - r.iter().rev().take_while(|b| **b == b'\\').count()
+                }
+                _ => head.len(),
+            }
+        })
+    }
 }
 
 /// Whether `after` (the text after a name) starts with `:`/`=`, after an optional escaped quote

@@ -4150,3 +4150,36 @@ fn escaped_yaml_block_scalars_with_chomping_or_indentation_headers_are_masked() 
     // Near miss: a pipe that is no block header (`a | b`) stays a value of its own.
     assert_eq!(m.mask_text("mode: |x\\n  y"), "mode: |x\\n  y");
 }
+
+/// A name/value pair held as text, not as JSON the walk parses: JSON after a prefix, or YAML
+/// (a Kubernetes manifest's `env` in a logged message). The pair's name says what its value is.
+#[test]
+fn name_value_pairs_in_text_are_masked_by_their_name() {
+    let m = masker();
+    let s = "Zebra9KettleC1";
+    for text in [
+        format!(r#"deploy env: {{"name":"DB_PASSWORD","value":"{s}"}}"#),
+        format!(r#"env: [{{"Name": "api_token", "Value": "{s}"}}] sent"#),
+        format!(r#"body={{\"name\":\"DB_PASSWORD\",\"value\":\"{s}\"}}"#),
+        format!("env:\n- name: DB_PASSWORD\n  value: {s}\n- name: LOG_LEVEL\n  value: debug"),
+        format!("env:\\n- name: STRIPE_SECRET_KEY\\n  value: \"{s}\"\\n"),
+    ] {
+        let masked = m.mask_text(&text);
+        assert!(!masked.contains(s), "{text} -> {masked}");
+    }
+    // The other pairs, and names that are no secret, stay.
+    for text in [
+        r#"deploy env: {"name":"LOG_LEVEL","value":"debug"}"#,
+        "env:\n- name: DB_PASSWORD_FILE\n  value: /run/secrets/db\n- name: LOG_LEVEL\n  value: debug",
+        r#"changed {"name":"password_policy","value":"strict"}"#,
+    ] {
+        assert_eq!(m.mask_text(text), text);
+    }
+    let masked = m.mask_text(&format!(
+        "env:\n- name: DB_PASSWORD\n  value: {s}\n- name: LOG_LEVEL\n  value: debug"
+    ));
+    assert!(
+        masked.ends_with("- name: LOG_LEVEL\n  value: debug"),
+        "{masked}"
+    );
+}
