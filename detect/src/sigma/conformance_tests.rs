@@ -1456,6 +1456,72 @@ fn temporal_and_temporal_ordered() {
     .is_empty());
 }
 
+/// `neq|all: [a, b]` is each value's `neq` linked by AND: neither `a` nor `b` (negating "equals
+/// all of them" held for every event).
+#[test]
+fn neq_all_excludes_every_value_listed() {
+    let rule = "title: t\nid: t1\nlogsource: {product: okta}\ndetection:\n    sel:\n        actor.alternateId|neq|all:\n            - bob\n            - eve\n    condition: sel\n";
+    let alerts = run_events(
+        rule,
+        &SigmaOptions::default(),
+        &[okta_ok("bob", 0), okta_ok("eve", 1), okta_ok("al", 2)],
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].entity, "al");
+}
+
+/// A temporal condition with an upper bound ("a failure without a success": `lt: 2`; exactly
+/// two of three rules: `eq: 2`) is judged over the whole window, when it has closed: a QA pass
+/// found each event firing alone, before the window's other rules could match.
+#[test]
+fn temporal_with_an_upper_bound_is_judged_when_the_window_closes() {
+    let temporal = |condition: &str| {
+        format!(
+            "title: tmp\nid: c1\ncorrelation:\n    type: temporal\n    rules: [okta_fail, okta_ok]\n    group-by: [actor.alternateId]\n    timespan: 10m\n    condition:\n        {condition}\n---\n{FAIL_RULE}---\n{SUCCESS_RULE}"
+        )
+    };
+    let opts = SigmaOptions::default();
+    let without_success = temporal("lt: 2");
+    assert!(run_events(
+        &without_success,
+        &opts,
+        &[okta_fail("bob", "x", 0, 0), okta_ok("bob", 1)]
+    )
+    .is_empty());
+    let alerts = run_events(
+        &without_success,
+        &opts,
+        &[
+            okta_fail("bob", "x", 0, 0),
+            okta_ok("eve", 1),
+            okta_fail("eve", "x", 2, 0),
+        ],
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].entity, "bob");
+    // A success 30 minutes later is another window: the failure's window closed without one.
+    assert_eq!(
+        run_events(
+            &without_success,
+            &opts,
+            &[okta_fail("bob", "x", 0, 0), okta_ok("bob", 30)]
+        )
+        .len(),
+        2
+    );
+    let both = temporal("eq: 2");
+    assert_eq!(
+        run_events(
+            &both,
+            &opts,
+            &[okta_fail("bob", "x", 0, 0), okta_ok("bob", 1)]
+        )
+        .len(),
+        1
+    );
+    assert!(run_events(&both, &opts, &[okta_fail("bob", "x", 0, 0)]).is_empty());
+}
+
 /// An event that matches two of the rules counts for each: an admin's sign-in is a sign-in
 /// too. Which rule is written first in the file does not matter.
 #[test]

@@ -20,7 +20,8 @@
 //!   and expire by the watermark of the stream that last fed it.
 //!   A record dated after its receipt moves its stream's watermark only as far as its receipt
 //!   allows ([`StreamClock`]), so one skewed or forged record cannot make the others late.
-//! - Conditions that can only become true as events arrive (`gt`/`gte` counts, sums, temporal)
+//! - Conditions that can only become true as events arrive (`gt`/`gte` counts, sums, temporal
+//!   without a condition or with `gt`/`gte`)
 //!   fire as soon as a window of `timespan` containing the new event satisfies them; the entries
 //!   of that window are then consumed, so one burst gives one alert.
 //! - Conditions with an upper bound (`lt`, `lte`, `eq`, `neq`, ranges) are evaluated when a
@@ -409,10 +410,13 @@ impl Correlator {
                     .condition
                     .iter()
                     .all(|(op, _)| matches!(op, CountOp::Gt | CountOp::Gte));
+                // A temporal correlation counts the rules matched in a window: `lt: 2` ("A
+                // without B") is known only when the window has closed without B.
                 let mode = match c.kind {
                     CorrelationType::EventCount
                     | CorrelationType::ValueCount
                     | CorrelationType::ValueSum
+                    | CorrelationType::Temporal
                         if !lower_only =>
                     {
                         Mode::OnClose
@@ -421,7 +425,9 @@ impl Correlator {
                 };
                 let threshold = c.condition.iter().map(|(_, n)| *n).fold(0.0f64, f64::max);
                 let max_entries = match c.kind {
-                    CorrelationType::Temporal | CorrelationType::TemporalOrdered => {
+                    CorrelationType::Temporal | CorrelationType::TemporalOrdered
+                        if mode == Mode::Early =>
+                    {
                         16 * c.rules.len().max(1)
                     }
                     CorrelationType::EventCount | CorrelationType::ValueCount

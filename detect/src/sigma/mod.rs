@@ -241,7 +241,7 @@ impl RuleSet {
             docs.extend(ok);
             report.failed.extend(errs);
         }
-        let set = RuleSet::from_docs(docs, &mut report.failed);
+        let set = RuleSet::from_whole_files(docs, &mut report.failed);
         report.loaded = set.len();
         (set, report)
     }
@@ -253,21 +253,40 @@ impl RuleSet {
         let pipelines = load_pipelines(options, &mut report.failed);
         let (docs, errs) = parse::parse_file(Path::new(label), text, &pipelines);
         report.failed.extend(errs);
-        let set = RuleSet::from_docs(docs, &mut report.failed);
+        let set = RuleSet::from_whole_files(docs, &mut report.failed);
         report.loaded = set.len();
         (set, report)
+    }
+
+    /// [`RuleSet::from_docs`] over the documents of the files without errors: a file with an
+    /// error loads nothing. Its other documents may be the base rules of a correlation that
+    /// failed, which alone would alert on every event they match (a multi-document file's base
+    /// rules make no alerts of their own), or a correlation whose input failed. A file that
+    /// refers to a rule of a refused file is refused in turn.
+    pub(crate) fn from_whole_files(mut docs: Vec<RuleDoc>, errors: &mut Vec<RuleError>) -> RuleSet {
+        loop {
+            let failed: std::collections::HashSet<&Path> =
+                errors.iter().map(|e| e.path.as_path()).collect();
+            docs.retain(|d| !failed.contains(d.meta().path.as_path()));
+            let mut more = Vec::new();
+            let set = RuleSet::from_docs(docs.clone(), &mut more);
+            let refused_more = more
+                .iter()
+                .any(|e| docs.iter().any(|d| d.meta().path == e.path));
+            errors.extend(more);
+            if !refused_more {
+                return set;
+            }
+        }
     }
 
     /// Build from parsed documents: check ids, resolve correlation and filter references.
     pub(crate) fn from_docs(docs: Vec<RuleDoc>, errors: &mut Vec<RuleError>) -> RuleSet {
         let mut set = RuleSet::default();
         let mut seen_ids: std::collections::HashMap<String, PathBuf> = Default::default();
+        let mut seen_names: std::collections::HashMap<String, PathBuf> = Default::default();
         for d in docs {
-            let meta = match &d {
-                RuleDoc::Detection(r) => &r.meta,
-                RuleDoc::Correlation(r) => &r.meta,
-                RuleDoc::Filter(r) => &r.meta,
-            };
+            let meta = d.meta();
             if let Some(id) = &meta.id {
                 if let Some(first) = seen_ids.get(id) {
                     errors.push(RuleError {
@@ -282,6 +301,23 @@ impl RuleSet {
                     continue;
                 }
                 seen_ids.insert(id.clone(), meta.path.clone());
+            }
+            // Correlations and filters name the rules they read by `name` as by `id`: two
+            // rules of one name would leave which one is read to the order files load in.
+            if let Some(name) = &meta.name {
+                if let Some(first) = seen_names.get(name) {
+                    errors.push(RuleError {
+                        path: meta.path.clone(),
+                        line: Some(meta.name_line),
+                        field: Some("name".into()),
+                        message: format!(
+                            "duplicate rule name `{name}` (first defined in {}); a name must be unique, as correlations and filters refer to rules by it",
+                            first.display()
+                        ),
+                    });
+                    continue;
+                }
+                seen_names.insert(name.clone(), meta.path.clone());
             }
             match d {
                 RuleDoc::Detection(r) => set.detections.push(r),
@@ -348,33 +384,70 @@ impl RuleSet {
                 .iter()
                 .map(|c| c.rules.iter().filter_map(|r| self.find_ref(r)).collect())
                 .collect();
-            let cyclic = (0..self.correlations.len()).find(|&start| {
+            // A cycle through `start`: the correlations on it, in order, from `start`.
+            let cycle = (0..self.correlations.len()).find_map(|start| {
+                let mut parent: Vec<Option<usize>> = vec![None; refs.len()];
                 let mut stack = vec![start];
-                let mut seen = vec![false; refs.len()];
                 while let Some(n) = stack.pop() {
                     for r in &refs[n] {
-                        if let RuleRef::Correlation(m) = r {
-                            if *m == start {
-                                return true;
+                        if let RuleRef::Correlation(m) = *r {
+                            if m == start {
+                                let mut path = vec![n];
+                                while let Some(p) = parent[*path.last()?] {
+                                    path.push(p);
+                                }
+                                path.reverse();
+                                return Some(path);
                             }
-                            if !seen[*m] {
-                                seen[*m] = true;
-                                stack.push(*m);
+                            if parent[m].is_none() && m != start {
+                                parent[m] = Some(n);
+                                stack.push(m);
                             }
                         }
                     }
                 }
-                false
+                None
             });
-            match cyclic {
-                Some(ci) => {
-                    let c = self.correlations.remove(ci);
-                    errors.push(RuleError {
-                        path: c.meta.path,
-                        line: Some(c.meta.line),
-                        field: Some("correlation.rules".into()),
-                        message: "correlation rules reference each other in a cycle".into(),
-                    });
+            match cycle {
+                Some(cycle) => {
+                    // Every correlation on it is refused (each would be left reading a rule
+                    // that is gone), each at its `rules` entry for the next one.
+                    let label = |ci: usize| {
+                        let m = &self.correlations[ci].meta;
+                        m.name
+                            .clone()
+                            .or(m.id.clone())
+                            .unwrap_or_else(|| m.title.clone())
+                    };
+                    let chain = cycle
+                        .iter()
+                        .chain(cycle.first())
+                        .map(|ci| format!("`{}`", label(*ci)))
+                        .collect::<Vec<_>>()
+                        .join(" -> ");
+                    for (k, &ci) in cycle.iter().enumerate() {
+                        let next = cycle[(k + 1) % cycle.len()];
+                        let c = &self.correlations[ci];
+                        let line = c
+                            .rules
+                            .iter()
+                            .position(|r| self.find_ref(r) == Some(RuleRef::Correlation(next)))
+                            .and_then(|i| c.rule_lines.get(i).copied())
+                            .unwrap_or(c.meta.line);
+                        errors.push(RuleError {
+                            path: c.meta.path.clone(),
+                            line: Some(line),
+                            field: Some("correlation.rules".into()),
+                            message: format!(
+                                "correlation rules reference each other in a cycle: {chain}"
+                            ),
+                        });
+                    }
+                    let mut gone = cycle;
+                    gone.sort_unstable();
+                    for ci in gone.into_iter().rev() {
+                        self.correlations.remove(ci);
+                    }
                 }
                 None => {
                     self.corr_refs = refs;

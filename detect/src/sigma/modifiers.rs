@@ -332,6 +332,12 @@ pub fn compile_field(
             other => return Err(err(line, format!("unknown modifier `{other}`"))),
         }
     }
+    // `neq|all: [a, b]` is "neither a nor b": each value's `neq` linked by AND is, by De
+    // Morgan, the negation of any of them (negating "all of them" would hold for every event
+    // with one value).
+    if fm.negate && fm.all {
+        fm.all = false;
+    }
     check_combination(&modifiers, value_type, line)?;
     if fm.all && items.len() == 1 && fm.field.is_some() {
         // The spec forbids `all` on a single value; accept it (it is harmless) rather than

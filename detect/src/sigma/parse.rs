@@ -28,6 +28,8 @@ pub struct RuleMeta {
     pub line: usize,
     /// The line of the `id` key (the document's first line without one).
     pub id_line: usize,
+    /// The line of the `name` key (the document's first line without one).
+    pub name_line: usize,
     /// The line of `logsource`'s `product` (else `service`, else `logsource`, else the
     /// document's first line): where a misspelt source is.
     pub logsource_line: usize,
@@ -152,6 +154,17 @@ pub enum RuleDoc {
     Detection(DetectionRule),
     Correlation(CorrelationRule),
     Filter(FilterRule),
+}
+
+impl RuleDoc {
+    /// The document's metadata (title, id, name, file and lines).
+    pub fn meta(&self) -> &RuleMeta {
+        match self {
+            RuleDoc::Detection(r) => &r.meta,
+            RuleDoc::Correlation(r) => &r.meta,
+            RuleDoc::Filter(r) => &r.meta,
+        }
+    }
 }
 
 fn rerr(path: &Path, line: usize, field: Option<&str>, message: impl Into<String>) -> RuleError {
@@ -304,6 +317,7 @@ fn parse_meta(doc: &Node, path: &Path, hash: &str) -> Result<RuleMeta, RuleError
         path: path.to_path_buf(),
         line: doc.line,
         id_line: doc.get("id").map_or(doc.line, |n| n.line),
+        name_line: doc.get("name").map_or(doc.line, |n| n.line),
         logsource_line: doc.get("logsource").map_or(doc.line, |ls| {
             ls.get("product")
                 .or(ls.get("service"))
@@ -318,6 +332,21 @@ fn parse_meta(doc: &Node, path: &Path, hash: &str) -> Result<RuleMeta, RuleError
 
 /// The Sigma specification's rules for metadata (rules specification and its JSON schema) that
 /// a rule breaks: each a warning naming line and field.
+/// Whether `tag` fits the rule schema's pattern for tags, `^[a-z0-9_-]+\.[a-z0-9._-]+$`.
+fn is_spec_tag(tag: &str) -> bool {
+    let part = |s: &str, dot: bool| {
+        !s.is_empty()
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'_' | b'-')
+                    || (dot && b == b'.')
+            })
+    };
+    tag.split_once('.')
+        .is_some_and(|(namespace, rest)| part(namespace, false) && part(rest, true))
+}
+
 fn spec_warnings(doc: &Node, path: &Path) -> Vec<RuleError> {
     let mut out = Vec::new();
     let mut warn = |node: &Node, field: &str, message: String| {
@@ -364,8 +393,23 @@ fn spec_warnings(doc: &Node, path: &Path) -> Vec<RuleError> {
         }
     }
     if let Some(n) = doc.get("tags") {
-        if !matches!(n.value, Value::Seq(_) | Value::Null) {
-            warn(n, "tags", "should be a list".into());
+        match &n.value {
+            Value::Seq(items) => {
+                // The schema's pattern: a lower-case namespace, a dot, the tag
+                // (`attack.t1098`, `cve.2021-44228`).
+                for item in items {
+                    let tag = item.scalar_text().unwrap_or_default();
+                    if !is_spec_tag(&tag) {
+                        warn(
+                            item,
+                            "tags",
+                            format!("`{tag}` is not `namespace.tag` in lower case (e.g. `attack.t1098`)"),
+                        );
+                    }
+                }
+            }
+            Value::Null => {}
+            _ => warn(n, "tags", "should be a list".into()),
         }
     }
     const RELATIONS: [&str; 5] = ["derived", "obsolete", "merged", "renamed", "similar"];
@@ -460,6 +504,21 @@ fn parse_doc(
             a.line,
             Some("action"),
             "`action: global`/`repeat` collections are legacy Sigma v1 syntax and not supported; write separate rules",
+        ));
+    }
+    // A correlation and a global filter are documents of their own (correlation and filter
+    // specifications): a second section beside one would be dropped without a word.
+    let sections = ["correlation", "filter", "detection"];
+    let present: Vec<(&str, usize)> = sections
+        .iter()
+        .filter_map(|k| doc.get(k).map(|n| (*k, n.line)))
+        .collect();
+    if let [(first, _), (second, line), ..] = present[..] {
+        return Err(rerr(
+            path,
+            line,
+            Some(second),
+            format!("a rule document holds both `{first}` and `{second}`; write each as a document of its own (separated by `---`)"),
         ));
     }
     let meta = parse_meta(doc, path, hash)?;
@@ -929,6 +988,18 @@ fn parse_correlation(
             | CorrelationType::ValueAvg
             | CorrelationType::ValuePercentile
     );
+    if !needs_field && !fields.is_empty() {
+        // Counting events or rules reads no field: the author likely meant `value_count`.
+        return Err(rerr(
+            path,
+            field_line,
+            Some("correlation.condition.field"),
+            format!(
+                "`{}` reads no field (`condition.field` is for `value_count`, `value_sum`, `value_avg`, `value_percentile`)",
+                kind.as_str()
+            ),
+        ));
+    }
     if needs_field && fields.is_empty() {
         return Err(rerr(
             path,
@@ -1180,11 +1251,88 @@ mod tests {
         let rule = "title: t\nid: 5d2c1b7e-1111-4c7e-9d1a-0a3b5c7d9e11\nlogsource:\n    product: okta\ndetection:\n    sel:\n        eventType: x\n    condition: sel\n";
         let text = format!("{rule}---\n{rule}");
         let (_, report) = super::super::RuleSet::from_text("r.yml", &text, &Default::default());
-        assert_eq!(report.loaded, 1);
+        // A file with an error loads nothing, the first copy included.
+        assert_eq!(report.loaded, 0);
         let e = &report.failed[0];
         assert!(e.message.contains("duplicate rule id"), "{e}");
         // The second document starts on line 10; its `id` is on line 11.
         assert_eq!((e.line, e.field.as_deref()), (Some(11), Some("id")), "{e}");
+    }
+
+    /// Findings of a QA pass against the Sigma specification: a `name` is unique, a document
+    /// is one of detection, correlation and filter, `condition.field` belongs to the value
+    /// correlations, a correlation cycle is named and refuses each of its rules, and a file with
+    /// an error loads nothing (its base rules would otherwise alert alone on every match).
+    #[test]
+    fn rule_set_errors_found_against_the_specification() {
+        let load =
+            |text: &str| super::super::RuleSet::from_text("r.yml", text, &Default::default()).1;
+        let base = |name: &str, value: &str| {
+            format!("title: {name}\nname: {name}\nlogsource: {{product: okta}}\ndetection:\n    sel: {{eventType: {value}}}\n    condition: sel\n")
+        };
+        let report = load(&format!("{}---\n{}", base("fail", "a"), base("fail", "b")));
+        assert_eq!(report.loaded, 0);
+        let e = &report.failed[0];
+        assert!(e.message.contains("duplicate rule name `fail`"), "{e}");
+        assert_eq!((e.line, e.field.as_deref()), (Some(9), Some("name")), "{e}");
+
+        let both = "title: c\ncorrelation:\n    type: event_count\n    rules: [fail]\n    group-by: [user]\n    timespan: 5m\n    condition: {gte: 3}\ndetection:\n    sel: {a: b}\n    condition: sel\n";
+        let report = load(&format!("{both}---\n{}", base("fail", "a")));
+        let e = &report.failed[0];
+        assert!(
+            e.message.contains("both `correlation` and `detection`"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(8), "{e}");
+
+        let counted_field = "title: c\ncorrelation:\n    type: event_count\n    rules: [fail]\n    group-by: [user]\n    timespan: 5m\n    condition:\n        gte: 3\n        field: ip\n";
+        let report = load(&format!("{counted_field}---\n{}", base("fail", "a")));
+        let e = &report.failed[0];
+        assert!(e.message.contains("reads no field"), "{e}");
+        assert_eq!(e.line, Some(9), "{e}");
+
+        // A typo in the correlation: its base rule does not start alerting on its own.
+        let typo = "title: c\ncorrelation:\n    type: event_count\n    rules: [fail]\n    group-by: [user]\n    timespan: 1H\n    condition: {gte: 3}\n";
+        let (set, report) = super::super::RuleSet::from_text(
+            "r.yml",
+            &format!("{typo}---\n{}", base("fail", "a")),
+            &Default::default(),
+        );
+        assert_eq!((set.len(), report.loaded), (0, 0), "{:?}", report.failed);
+
+        let cycle = "title: ca\nname: ca\ncorrelation:\n    type: event_count\n    rules:\n        - fail\n        - cb\n    group-by: [user]\n    timespan: 5m\n    condition: {gte: 3}\n---\ntitle: cb\nname: cb\ncorrelation:\n    type: event_count\n    rules: [ca]\n    group-by: [user]\n    timespan: 5m\n    condition: {gte: 3}\n";
+        let report = load(&format!("{cycle}---\n{}", base("fail", "a")));
+        let cycles: Vec<_> = report
+            .failed
+            .iter()
+            .filter(|e| e.message.contains("cycle"))
+            .collect();
+        assert_eq!(cycles.len(), 2, "{:?}", report.failed);
+        assert!(
+            cycles[0].message.contains("`ca` -> `cb` -> `ca`")
+                || cycles[0].message.contains("`cb` -> `ca` -> `cb`"),
+            "{}",
+            cycles[0]
+        );
+        let mut lines: Vec<_> = cycles.iter().map(|e| e.line).collect();
+        lines.sort();
+        assert_eq!(lines, [Some(7), Some(16)]);
+    }
+
+    #[test]
+    fn tags_outside_the_schemas_pattern_are_warned_about() {
+        assert!(is_spec_tag("attack.t1098"));
+        assert!(is_spec_tag("cve.2021-44228"));
+        assert!(is_spec_tag("attack.credential_access"));
+        for bad in [
+            "Attack T1098",
+            "attack",
+            "Attack.t1098",
+            ".t1098",
+            "attack.",
+        ] {
+            assert!(!is_spec_tag(bad), "{bad}");
+        }
     }
 
     #[test]

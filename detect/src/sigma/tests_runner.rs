@@ -296,9 +296,18 @@ pub fn run_rule_tests(
                             })
                         {
                             // Not a miss of the detection: the rule never ran on the event.
+                            let mut runs_on: Vec<String> = targets
+                                .iter()
+                                .filter_map(|&d| rules.detections[d].sources.as_ref())
+                                .flatten()
+                                .map(|s| format!("`{s}`"))
+                                .collect();
+                            runs_on.sort();
+                            runs_on.dedup();
                             format!(
-                                "no match: the rule does not run on source `{}` (its logsource is not that source's; set the tests file's `source`)",
-                                event.source
+                                "no match: the rule does not run on source `{}`: its logsource is source {} (set the tests file's `source` to it, or give the rule the logsource of the source its events come from)",
+                                event.source,
+                                runs_on.join(", ")
                             )
                         } else {
                             "no match".into()
