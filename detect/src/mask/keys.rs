@@ -137,6 +137,8 @@ const SCALAR_SECRET_WORDS: &[&str] = &[
     "connectionstring",
     "databaseurl",
     "databaseuri",
+    "dburl",
+    "dburi",
 ];
 
 /// Sensitive words (folded form) that are also pieces of ordinary words (`pinned`, `spinner`,

@@ -368,10 +368,18 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::UrlCredentials,
-        // `scheme://user:password@`: the user stops at the first `:`, the password at the first
-        // `@`; neither crosses a path, query, quote or space.
-        regex: r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]{0,30}://[^\s/?#@:"'<>\\]{0,128}:([^\s/?#@"'<>\\]{1,256})@"#,
-        secret_groups: &[1],
+        // `scheme://user:password@host`: the user stops at the first `:` (it may be an email,
+        // `bob@corp.com`), the password runs to the last `@` that a host and the URL's end
+        // follow: generated passwords hold `/`, `+`, `=`, `#`, `?`, and `@` is often left
+        // unencoded (`postgres://app:P@ss!@db:5432`). Neither crosses a quote or space. A
+        // port then a path (`https://host:8443/x@y`) is no password (see `verify`). Group 2:
+        // a token alone as the user info (`https://<token>@github.com/...`), long and
+        // generated-looking (`ssh://git@github.com` stays).
+        regex: concat!(
+            r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]{0,30}://(?:[^\s/?#:"'<>\\]{0,128}:([^\s"'<>\\]{1,256})@(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?(?:[/?#\s"'<>\\.,;)\]}!]|$)"#,
+            r#"|([A-Za-z0-9_-]{20,256})@[a-z0-9-]+\.)"#,
+        ),
+        secret_groups: &[1, 2],
         anchors: &["://"],
     },
     PatternSpec {
@@ -2438,19 +2446,33 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
             }
             starts(r, b"token")
         }
-        // `://user:password@`: a `:` then an `@` before the user info ends.
+        // `://user:password@`: a `:` then an `@` before a space or quote, and not a port then
+        // a path (`host:8443/x@y`); or `://<token>@`: 20 or more token characters, then `@`.
         PatternKind::UrlCredentials => {
-            let info_end = rest
+            let end = rest
                 .iter()
                 .position(|b| {
-                    b.is_ascii_whitespace()
-                        || matches!(b, b'/' | b'?' | b'#' | b'"' | b'\'' | b'<' | b'>' | b'\\')
+                    b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'>' | b'\\')
                 })
                 .unwrap_or(rest.len());
-            let info = &rest[..info_end];
-            info.iter()
-                .position(|b| *b == b':')
-                .is_some_and(|colon| info[colon..].contains(&b'@'))
+            let info = &rest[..end];
+            let user_end = info
+                .iter()
+                .position(|b| matches!(b, b'/' | b'?' | b'#' | b':'))
+                .unwrap_or(info.len());
+            let password = info[user_end..]
+                .strip_prefix(b":")
+                .filter(|after| after.contains(&b'@') && !is_port_then_path(after));
+            let token_user = info[..user_end]
+                .iter()
+                .position(|b| *b == b'@')
+                .is_some_and(|at| {
+                    at >= 20
+                        && info[..at]
+                            .iter()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+                });
+            password.is_some() || token_user
         }
         // `sig=` / `signature=` / `code=`: at least 16 signature characters; a session or
         // password parameter: one.
@@ -2558,6 +2580,13 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
         }
         _ => true,
     }
+}
+
+/// Whether `after` (what follows `host:` in a URL) is a port, then a path, query or fragment:
+/// `8443/x@y` is no password before an `@`.
+fn is_port_then_path(after: &[u8]) -> bool {
+    let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+    (1..=5).contains(&digits) && matches!(after.get(digits), Some(b'/' | b'?' | b'#') | None)
 }
 
 /// Whether `rest` starts with a UUID in lower-case hex (`0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0`).
@@ -2986,6 +3015,13 @@ fn verify(
         {
             short_name_value_is_secret("pass", secret)
         }
+        // A port and a path before a later `@` (`https://host:8443/x@y`) is no password; a
+        // token as the whole user info must look generated (`https://deploy-bot-account@`
+        // is a user name).
+        PatternKind::UrlCredentials => match caps {
+            Some(c) if c.get(2).is_some() => looks_generated(secret),
+            _ => !is_port_then_path(secret.as_bytes()),
+        },
         PatternKind::CliCredentials => caps.is_some_and(|caps| {
             // `--seed 42` seeds a random generator: only a seed that looks generated or is long
             // (a hex wallet seed) is one, as for a `seed=` assignment.

@@ -4183,3 +4183,63 @@ fn name_value_pairs_in_text_are_masked_by_their_name() {
         "{masked}"
     );
 }
+
+/// URL credentials as a third QA pass wrote them: generated passwords with `/`, `+`, `=`, `#`,
+/// `?` or an unencoded `@`, an email as the user, a token alone as the user info. The host and
+/// path stay; a port and a path before a later `@` is no password.
+#[test]
+fn url_credentials_with_any_password_characters_are_masked() {
+    let m = masker();
+    for (text, secret, kept) in [
+        ("mongodb://admin:Ab/cd+Ef==@host/db", "Ab/cd", "@host/db"),
+        ("postgres://app:P@ssw0rd!@db:5432/x", "ssw0rd", "@db:5432/x"),
+        (
+            "redis://default:pa#ss99word@cache:6379",
+            "ss99word",
+            "@cache:6379",
+        ),
+        (
+            "amqps://svc:Zx9?vQ2w@mq.corp:5671/vh",
+            "vQ2w",
+            "@mq.corp:5671/vh",
+        ),
+        (
+            "see postgres://u:Zx9.Pw@db.internal.",
+            "Zx9.Pw",
+            "@db.internal.",
+        ),
+        (
+            "git clone https://bob@corp.com:Hunter2024x@git.corp.com/repo.git",
+            "Hunter2024x",
+            "@git.corp.com/repo.git",
+        ),
+        (
+            "git clone https://0123456789abcdef0123456789abcdef01234567@github.com/org/repo.git",
+            "0123456789abcdef0123456789abcdef01234567",
+            "@github.com/org/repo.git",
+        ),
+        (
+            "jdbc:postgresql://db:5432/x?user=a",
+            "",
+            "postgresql://db:5432/x",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(
+            secret.is_empty() || !masked.contains(secret),
+            "{text} -> {masked}"
+        );
+        assert!(masked.contains(kept), "{text} -> {masked}");
+    }
+    for clean in [
+        "https://example.com:8443/x@y",
+        "ssh://git@github.com/acme",
+        "https://deploy-bot@github.com/org/repo",
+        "http://localhost:3000/users/@bob",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let mut v = json!({"db_url": "mongodb://admin:Ab/cd+Ef==@host/db"});
+    m.mask_value(&mut v);
+    assert!(!v.to_string().contains("Ab/cd"), "{v}");
+}
