@@ -110,6 +110,11 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "functionskey",
     "adminkey",
     "integrationkey",
+    // `user:password` by the name of its scheme (`basic_auth`, `basicAuth`, `http_auth`,
+    // `proxy_auth`).
+    "basicauth",
+    "httpauth",
+    "proxyauth",
     // `password` in Norwegian and Swedish (`lösenord` folds to `lsenord`).
     "passord",
     "losenord",
@@ -163,6 +168,8 @@ const WHOLE_WORDS: &[&str] = &[
     // Spanish.
     "pat",
     "clave",
+    // Credentials, short (`creds: bob:pw`, `db_creds`).
+    "creds",
     // PII by name: national and taxpayer ids (an SSN is one), whatever their form.
     "nationalid",
     "taxid",
@@ -238,6 +245,9 @@ const REFERENCE_PREFIXES: &[&str] = &[
     "masked",
     "redacted",
     "page",
+    // A public key by any name (`publicKeyMaterial`, an imported SSH key that analysts look
+    // for) is no secret.
+    "public",
     "next",
     "continuation",
     "pagination",

@@ -1137,6 +1137,9 @@ fn is_pair_value_key(key: &str) -> bool {
             | "current_value"
             | "headerValue"
             | "HeaderValue"
+            // Jira's changelog items (`{"field": "password", "fromString": ...}`).
+            | "fromString"
+            | "toString"
             // A variable's default (`{"name": "db_password", "default": ...}`).
             | "default"
             | "defaultValue"

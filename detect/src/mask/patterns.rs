@@ -68,7 +68,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // PKCS#1 or an EC key in SEC1, told by the algorithm and version bytes at its start
             // (a public key's `SubjectPublicKeyInfo` has a BIT STRING there, `AAOC`, not the
             // private key's OCTET STRING, `AASC`).
-            r"|((?:MI[IG][A-Za-z0-9+/]{1,3}[A-Za-z0-9+/]{0,8}(?:ADANBgkqhkiG9w0BAQEFAASC|IBAAKCA[QgY]EA|AgEAMBMGByqGSM49AgEGCC)|MC4CAQAwBQYDK2VwBCIEI|MHcCAQEEI)[A-Za-z0-9+/=]{40,}(?:(?:\\r\\n|\\n|\r?\n)[A-Za-z0-9+/=]+)*)",
+            r"|((?:MI[IG][A-Za-z0-9+/]{1,3}[A-Za-z0-9+/]{0,8}(?:ADANBgkqhkiG9w0BAQEFAASC|IBAAKCA[QgY]EA|AgEAMBMGByqGSM49AgEGCC)|MC4CAQAwBQYDK2VwBCIEI|MHcCAQEEI|b3BlbnNzaC1rZXktdjE|MII[A-Za-z0-9+/]{3}IBAzCC)[A-Za-z0-9+/=]{40,}(?:(?:\\r\\n|\\n|\r?\n)[A-Za-z0-9+/=]+)*)",
             // Group 5: the SSH.com (SSH2) private key file (four dashes, not five).
             r"|(---- BEGIN SSH2 (?:ENCRYPTED )?PRIVATE KEY ----(?s:.*?)(?:---- END SSH2 (?:ENCRYPTED )?PRIVATE KEY ----|$))",
         ),
@@ -85,6 +85,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "ageambmgbyqgsm49agegcc",
             "mc4caqawbqydk2vwbciei",
             "mhccaqeei",
+            // An OpenSSH private key's body (base64 of `openssh-key-v1`) and a PKCS#12 (PFX)
+            // bundle's (version 3), without their armour.
+            "b3blbnnzac1rzxktdje",
+            "ibazcc",
             "---- begin ssh2",
         ],
     },
@@ -279,6 +283,16 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "account-key",
             "account.key",
             "accountkey",
+            "basic_auth",
+            "basic-auth",
+            "basicauth",
+            "http_auth",
+            "http-auth",
+            "httpauth",
+            "proxy_auth",
+            "proxy-auth",
+            "proxyauth",
+            "creds",
             "storage_key",
             "storage-key",
             "storage.key",
@@ -362,9 +376,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::AuthHeader,
-        regex: r"(?i)(?-u:\b)(bearer|basic)\s+([A-Za-z0-9._~+/=-]{8,})",
-        secret_groups: &[2],
-        anchors: &["bearer", "basic"],
+        // Group 3: Rails' `Authorization: Token token="..."` (Zendesk, others), quoted.
+        regex: r#"(?i)(?-u:\b)(?:(bearer|basic)\s+([A-Za-z0-9._~+/=-]{8,})|token\s+token=\\?"([^"\\]{8,}))"#,
+        secret_groups: &[2, 3],
+        anchors: &["bearer", "basic", "token token="],
     },
     PatternSpec {
         kind: PatternKind::UrlCredentials,
@@ -690,7 +705,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r"|PMAK-[a-f0-9]{24}-[a-f0-9]{34}",
             r"|NRAK-[A-Z0-9]{27}",
             r"|sntry[su]_[A-Za-z0-9+/=_-]{40,}",
-            r"|dp\.(?:pt|st|sa)\.[A-Za-z0-9]{40,44}",
+            r"|dp\.(?:pt|st(?:\.[a-z0-9_-]{2,35})?|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44}",
+            // Amazon Bedrock API keys: long-term (`ABSK` + base64 of `BedrockAPIKey-...`) and
+            // short-term; New Relic's license keys (36 characters, then `NRAL`).
+            r"|ABSKQmVkcm9ja0FQSUtleS[A-Za-z0-9+/]{20,}={0,2}",
+            r"|bedrock-api-key-[A-Za-z0-9+/]{40,}={0,2}",
+            r"|(?-u:\b)[A-Za-z0-9]{36}NRAL(?-u:\b)",
             r"|HRKU-[A-Za-z0-9_-]{60}",
             r"|glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}",
             r"|glc_[A-Za-z0-9+/]{32,400}={0,2}",
@@ -814,6 +834,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "dp.pt.",
             "dp.st.",
             "dp.sa.",
+            "dp.ct.",
+            "dp.scim.",
+            "dp.audit.",
+            "abskqmvkcm9ja0fqsutles",
+            "bedrock-api-key-",
+            "nral",
             "hrku-",
             "glsa_",
             "glc_",
@@ -887,7 +913,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::Jwt,
-        regex: r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
+        // Also a JWE, encrypted (five parts; the second, the encrypted key, is empty for
+        // `dir`): NextAuth session cookies, encrypted ID tokens.
+        regex: r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
         secret_groups: &[],
         anchors: &["eyj"],
     },
@@ -2412,6 +2440,8 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
             separator_follows(&rest[name_end..], space)
                 || rest[name_end..].first().is_some_and(space)
         }
+        // `Token token="x"`: the regex decides.
+        PatternKind::AuthHeader if anchor.eq_ignore_ascii_case(b"token token=") => true,
         // `Bearer x` / `Basic x`: spaces, then at least 8 token characters.
         PatternKind::AuthHeader => {
             let spaces = rest.iter().take_while(|b| space(b)).count();
@@ -2489,6 +2519,15 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
                 >= if signature { 16 } else { 1 }
         }
         // `SG.` (SendGrid) is also the end of many words (`msg.`): 22 key characters and a dot.
+        // `NRAL` ends a license key: upper case, after 36 letters and digits (`neural`,
+        // `generally` hold the letters too).
+        PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"nral") => {
+            anchor == b"NRAL"
+                && start >= 36
+                && text[start - 36..start]
+                    .iter()
+                    .all(u8::is_ascii_alphanumeric)
+        }
         PatternKind::VendorToken if anchor.eq_ignore_ascii_case(b"sg.") => {
             rest.len() > 22
                 && rest[..22]
@@ -2907,6 +2946,20 @@ fn verify(
         return false;
     }
     match kind {
+        // `creds: AKIA... wJalr...`: an access key id is hashed by its own kind, and read with
+        // the secret key after it by the key-pair pattern, which taking the id here would hide.
+        PatternKind::SecretAssignment if is_aws_key_id(secret) => false,
+        // `Authorization: Token token="..."`: the scheme and the parameter's name, not the
+        // token, which the header pattern takes from its quotes.
+        PatternKind::SecretAssignment
+            if secret.ends_with('=')
+                && secret
+                    .get(..6)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("token "))
+                && text[start + secret.len()..].starts_with(['"', '\\']) =>
+        {
+            false
+        }
         PatternKind::SecretAssignment => caps.is_some_and(|caps| {
             let prose = caps.get(2);
             // `password Hunter2x` without a verb: only after a password word itself (`token

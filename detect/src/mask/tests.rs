@@ -4243,3 +4243,75 @@ fn url_credentials_with_any_password_characters_are_masked() {
     m.mask_value(&mut v);
     assert!(!v.to_string().contains("Ab/cd"), "{v}");
 }
+
+/// More of the third QA pass: vendor tokens and key bodies by their shapes, a JSON Web Key's
+/// private members, a Kubernetes Secret's data, credentials by the names of their schemes, a
+/// Jira changelog's values; and what stays: a public key's material, a JWK's public members.
+#[test]
+fn secrets_of_the_third_qa_pass_are_masked() {
+    let m = masker();
+    let mut v = json!({
+        "privateKeyJwk": {"kty": "EC", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                          "d": "jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"},
+        "jwks": {"keys": [{"kty": "RSA", "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4",
+                           "e": "AQAB", "p": "83i-7IvMGXoMXCskv73TKr8637FiO7Z27zv8oj6pbWUQyLPQBQxtPVnwD20R-60eTDmD2ujnMt5PoqMrm8RfmNhVWDtjjMmCMjOpSXicFHj7XOuVIYQyqVWlWEh6dN36GVZYk93N8Bc9vY41xy8B9RzzOGVQzXvNEvn7O0nVbfs"}]},
+        "kind": "Secret", "apiVersion": "v1", "metadata": {"name": "db"},
+        "data": {"db-creds": "SHVudGVyMjAyNCE=", "username": "Ym9i"},
+        "basic_auth": "bob:BasicAuth2024!", "creds": "bob:Creds2024!",
+        "changelog": {"items": [{"field": "password", "fromString": "OldPw2024!", "toString": "NewPw2024!"}]},
+        "m1": "doppler dp.ct.abcdefghijklmnopqrstuvwxyz0123456789ABCD",
+        "m2": "doppler dp.st.prd.abcdefghijklmnopqrstuvwxyz0123456789ABCD",
+        "m3": "bedrock ABSKQmVkcm9ja0FQSUtleS1hYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0NTY3ODk=",
+        "m4": "bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29tLz9BY3Rpb249Q2FsbFdpdGhCZWFyZXJUb2tlbg==",
+        "m5": "newrelic license eu01xx0123456789abcdef0123456789abcdNRAL",
+        "jwe": "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..Zm9vYmFyYmF6cXV4.YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo0NTY3ODkw.dGFnMTIzNDU2Nzg5MGFi",
+        "ssh_body": "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZWQyNTUxOQAAACDb",
+        "pfx": "MIIKPAIBAzCCCfYGCSqGSIb3DQEHAaCCCecEggnjMIIJ3zCCBgAGCSqGSIb3DQEHAaCCBfEEggXtMIIF6TCCBeUGCyqGSIb3DQEMCgECoIIE",
+        "header": "Authorization: Token token=\"abcDEF123ghiJKL456\", email=\"bob@x.com\"",
+        "publicKeyMaterial": "c3NoLXJzYSBBQUFBQjNOemFDMXljMkVBQUFBREFRQUJBQUFCQVFDM2FC",
+        "note": "a generally neural net",
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    for leaked in [
+        "jpsQnnGQmL",
+        "83i-7IvMGXo",
+        "SHVudGVy",
+        "Ym9i",
+        "BasicAuth2024",
+        "Creds2024",
+        "OldPw2024",
+        "NewPw2024",
+        "dp.ct.abc",
+        "prd.abcdef",
+        "ABSKQmVk",
+        "bedrock-api-key-YmVk",
+        "abNRAL",
+        "Zm9vYmFyYmF6cXV4",
+        "b3BlbnNzaC1rZXkt",
+        "MIIKPAIBAzCC",
+        "abcDEF123ghiJKL456",
+    ] {
+        assert!(!text.contains(leaked), "{leaked}: {text}");
+    }
+    assert_eq!(
+        v["privateKeyJwk"]["x"],
+        "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU"
+    );
+    assert_eq!(v["jwks"]["keys"][0]["e"], "AQAB");
+    assert_eq!(v["metadata"]["name"], "db");
+    assert_eq!(v["changelog"]["items"][0]["field"], "password");
+    assert_eq!(
+        v["publicKeyMaterial"],
+        "c3NoLXJzYSBBQUFBQjNOemFDMXljMkVBQUFBREFRQUJBQUFCQVFDM2FC"
+    );
+    assert_eq!(v["note"], "a generally neural net");
+    // A dead-lettered line is masked as text: a pair's value by its name there too.
+    let excerpt = m.mask_text(r#"{"cfg":{"name":"password","value":"DlPair2024!"},"#);
+    assert!(!excerpt.contains("DlPair2024"), "{excerpt}");
+    // An object of one kind is no Secret: its data stays.
+    let mut v = json!({"kind": "ConfigMap", "data": {"log_level": "debug"}});
+    let clean = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, clean);
+}

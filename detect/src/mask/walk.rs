@@ -325,6 +325,8 @@ impl<'a> MaskWalk<'a> {
                 // when such a value comes up, then kept.
                 let aws_enabled = enabled & bit(PatternKind::AwsSecretAccessKey) != 0;
                 let mut holds_key_id: Option<bool> = None;
+                let mut is_jwk: Option<bool> = None;
+                let mut is_k8s_secret: Option<bool> = None;
                 self.object(map, enabled, |w, key, facts, child| {
                     let view = node_view(child);
                     if matches!(view, ValueRef::Null | ValueRef::Bool(_)) {
@@ -366,6 +368,23 @@ impl<'a> MaskWalk<'a> {
                         && !text.is_some_and(is_status_word)
                         && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled))
                     {
+                        w.force_leaves(child, m.key_action, "key");
+                    } else if rule.action != FieldAction::Keep
+                        && matches!(key, "data" | "stringData")
+                        && *is_k8s_secret.get_or_insert_with(|| {
+                            map.get(&"kind").and_then(|k| k.as_str()) == Some("Secret")
+                        })
+                    {
+                        // A Kubernetes Secret (in an audit event's request or response body):
+                        // every value of its `data` is a secret, whatever its key's name.
+                        w.force_leaves(child, m.key_action, "key");
+                    } else if rule.action != FieldAction::Keep
+                        && is_jwk_private_member(key)
+                        && *is_jwk.get_or_insert_with(|| map.get(&"kty").is_some())
+                    {
+                        // A JSON Web Key's private parts (`d` of an EC or OKP key, `d`, `p`,
+                        // `q`, `dp`, `dq`, `qi` of an RSA key, `k` of a symmetric one); its
+                        // public ones (`x`, `y`, `n`, `e`, `kid`) stay.
                         w.force_leaves(child, m.key_action, "key");
                     } else if aws_enabled
                         && rule.action != FieldAction::Keep
@@ -995,6 +1014,11 @@ fn flags_a_secret_value(k: &str, v: &RawJson) -> bool {
         "type" | "fieldType" => v.as_str().is_some_and(|s| s == "CONCEALED"),
         _ => false,
     }
+}
+
+/// Whether `key` names a private member of a JSON Web Key (RFC 7518, section 6).
+fn is_jwk_private_member(key: &str) -> bool {
+    key.len() <= 2 && matches!(key, "d" | "p" | "q" | "dp" | "dq" | "qi" | "k")
 }
 
 /// Whether `s` is a decimal integer (`42`, `-1`).
