@@ -108,9 +108,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // the `<`; its text may be a CDATA section). And a name/value pair held as text, where
         // the name is the pair's name: `{"name": "DB_PASSWORD", "value": "x"}` (JSON after a
         // prefix, which the walk does not parse) and YAML's `- name: DB_PASSWORD` with
-        // `value: x` on the next line (a Kubernetes manifest's `env`).
+        // `value: x` on the next line (a Kubernetes manifest's `env`), or XML's `<add
+        // key="DbPassword" value="x" />`. A name may be two words of a label (`API key: x`,
+        // `Private key: x`, `seed phrase: ...`); LDIF writes base64 values after `::`.
         regex: concat!(
-            r#"(?-u:\b)([A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
+            r#"(?-u:\b)((?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|[A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -144,6 +146,17 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // checked.
             "api.key",
             "private.key",
+            // Labels of two words (`API key: x`, `Seed phrase: ...`).
+            "api key",
+            "private key",
+            "secret key",
+            "access key",
+            "access token",
+            "signing key",
+            "encryption key",
+            "master key",
+            "seed phrase",
+            "recovery phrase",
             "session_key",
             "session-key",
             "session.key",
@@ -503,10 +516,31 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:echo|printf)\s+(?:-[en]+\s+)?['"]?[^\s:'"|]+:([^\s'"|]+)['"]?\s*\|\s*(?:sudo\s+)?(?:/usr/sbin/)?chpasswd"#,
             r#"|(?:echo|printf)\s+(?:-[en]+\s+)?['"]?([^\s'"|$-][^\s'"|]*)['"]?\s*\|\s*(?:sudo\s+)?(?:/usr/bin/)?passwd\s+--stdin"#,
             r#"|(?i:redis-cli)(?:\.exe)?\s[^;|&\n]*?\s(?i:auth)[ \t]+(?:[^\s'"]+[ \t]+)?['"]?([^\s'"]+)"#,
+            // Group 46: attack and admin tools' `-p <password>` (evil-winrm, CrackMapExec /
+            // NetExec, Hydra, Medusa, kerbrute, smbmap, rdesktop); 47: `az login -p`; 48: their
+            // `-H <NTLM hash>` (pass-the-hash: the hash signs in as the password does); 49:
+            // mimikatz's `/ntlm:`, `/rc4:`, `/aes128:`, `/aes256:` keys; 50: `openssl ... -k
+            // <password>`; 51: `rabbitmqctl change_password|add_user <user> <password>`; 52:
+            // `ldappasswd -s <new password>`; 53-54: `schtasks ... /rp <password>` (`*`
+            // prompts); 55: sqlmap's `--auth-cred=user:<password>`; 56: MongoDB's
+            // `changeUserPassword("user", "<password>")`; 57: SQL's `SET PASSWORD [FOR user] =
+            // [PASSWORD(]'<password>'`.
+            r#"|(?:^|[\s"'`(\[/\\])(?i:evil-winrm|crackmapexec|cme|nxc|netexec|hydra|medusa|kerbrute|smbmap|rdesktop)(?:\.exe|\.py)?\s(?:[^;|&\n]*\s)?-p\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?i:az(?:\.cmd)?\s+login)\s(?:[^;|&\n]*\s)?(?:-p|--password)(?:\s+|=)['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?:^|[\s"'`(\[/\\])(?i:evil-winrm|crackmapexec|cme|nxc|netexec|smbmap)(?:\.exe|\.py)?\s(?:[^;|&\n]*\s)?-H\s+['"]?((?:[0-9a-fA-F]{32}:)?[0-9a-fA-F]{32})"#,
+            r#"|(?i:/(?:ntlm|rc4|aes128|aes256)):([0-9a-fA-F]{32,64})"#,
+            r#"|(?i:openssl)(?:\.exe)?\s(?:[^;|&\n]*\s)?-k\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?i:rabbitmqctl)(?:\.bat)?\s+(?:-[a-z]\s+\S+\s+)*(?:change_password|add_user)\s+['"]?[^\s'"]+['"]?\s+['"]?([^\s'"]+)"#,
+            r#"|(?i:ldappasswd)\s(?:[^;|&\n]*\s)?-s\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?i:schtasks)(?:\.exe)?\s(?:[^;|&\n]*\s)?/(?i:rp)\s+(?:"([^"]*)"|([^\s"*/][^\s"]*))"#,
+            r#"|--auth-cred(?:=|\s+)['"]?[^\s:'"]+:([^\s'"]+)"#,
+            r#"|(?i:changeUserPassword)\(\s*["'][^"']*["']\s*,\s*["']([^"']+)"#,
+            r#"|(?i:set\s+password(?:\s+for\s+\S+)?\s*=\s*(?:password\s*\(\s*)?)'([^']*)'"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
-            27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45,
+            27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
+            49, 50, 51, 52, 53, 54, 55, 56, 57,
         ],
         anchors: &[
             "-u ",
@@ -565,6 +599,28 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "zip",
             "chpasswd",
             "passwd --stdin",
+            "evil-winrm",
+            "crackmapexec",
+            "cme ",
+            "nxc ",
+            "netexec",
+            "hydra",
+            "medusa",
+            "kerbrute",
+            "smbmap",
+            "rdesktop",
+            "az login",
+            "az.cmd login",
+            "/ntlm:",
+            "/rc4:",
+            "/aes128:",
+            "/aes256:",
+            "openssl",
+            "rabbitmqctl",
+            "schtasks",
+            "--auth-cred",
+            "changeuserpassword",
+            "set password",
             "mysql",
             "mariadb",
             "sshpass",
@@ -1166,6 +1222,20 @@ impl Patterns {
                                         {
                                             r.start..hint_end(text, r.end)
                                         }
+                                        // `Cookie: a=1; session=x; b=2`: every cookie (a
+                                        // `Set-Cookie` sets one, then its attributes).
+                                        Some(k)
+                                            if g == BARE_VALUE_GROUP
+                                                && k.as_str().eq_ignore_ascii_case("cookie") =>
+                                        {
+                                            r.start..header_line_end(text, r.end)
+                                        }
+                                        Some(k)
+                                            if g == BARE_VALUE_GROUP
+                                                && names_a_phrase(k.as_str()) =>
+                                        {
+                                            r.start..seed_phrase_end(text, r.end)
+                                        }
                                         Some(k) if g == BARE_VALUE_GROUP => {
                                             r.start..passphrase_end(text, k.range(), r.clone())
                                         }
@@ -1764,6 +1834,55 @@ fn hint_end(text: &str, end: usize) -> usize {
         .find([';', '&', '\n', '\r', '"', '\'', '<', '\\'])
         .unwrap_or(rest.len());
     end + rest[..stop].trim_end().len()
+}
+
+/// Where a header line's value that starts before `end` ends: at the line's end (a real or
+/// escaped line break), a quote, or the text's end.
+fn header_line_end(text: &str, end: usize) -> usize {
+    text[end..]
+        .find(['\r', '\n', '"', '\\'])
+        .map_or(text.len(), |i| end + i)
+}
+
+/// Whether `name` names a wallet's seed or recovery phrase (`seed phrase`, `mnemonic`,
+/// `recovery_phrase`): its value is a dozen words or more.
+fn names_a_phrase(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("mnemonic") || (name.ends_with("phrase") && !name.ends_with("passphrase"))
+}
+
+/// Where a seed phrase whose first word ends at `end` ends: after 12 to 24 lower-case words
+/// of 3-8 letters (BIP-39's), one space or tab apart; else at `end` (one word).
+fn seed_phrase_end(text: &str, end: usize) -> usize {
+    let bytes = text.as_bytes();
+    let mut pos = end;
+    let mut words = 1;
+    let mut last = end;
+    while words < 24 {
+        let spaces = bytes[pos..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        let letters = bytes[pos + spaces..]
+            .iter()
+            .take_while(|b| b.is_ascii_lowercase())
+            .count();
+        let after = bytes.get(pos + spaces + letters);
+        if spaces == 0
+            || !(3..=8).contains(&letters)
+            || after.is_some_and(u8::is_ascii_alphanumeric)
+        {
+            break;
+        }
+        pos += spaces + letters;
+        words += 1;
+        last = pos;
+    }
+    if words >= 12 {
+        last
+    } else {
+        end
+    }
 }
 
 /// Where an unquoted value `value` of the assignment named at `name` ends when it may be a
@@ -2773,7 +2892,24 @@ fn sensitive_name_ends_at(text: &[u8], end: usize, keys: &KeyMatcher) -> bool {
         (2..=80).contains(&(end - p))
             && (p == 0 || word(p - 1) != word(p))
             && std::str::from_utf8(&text[p..end]).is_ok_and(|n| keys.is_sensitive(n))
-    })
+    }) || two_word_name_before(text, run_start, end, keys)
+}
+
+/// Whether a label of two words ends at `end` (`API key`, `seed phrase`: the word before the
+/// name run `run_start..end`, one space or tab apart) that is sensitive per `keys`.
+fn two_word_name_before(text: &[u8], run_start: usize, end: usize, keys: &KeyMatcher) -> bool {
+    let Some(space) = run_start.checked_sub(1) else {
+        return false;
+    };
+    if !matches!(text[space], b' ' | b'\t') || run_start == end {
+        return false;
+    }
+    let first = text[..space]
+        .iter()
+        .rposition(|b| !b.is_ascii_alphabetic())
+        .map_or(0, |i| i + 1);
+    (3..=10).contains(&(space - first))
+        && std::str::from_utf8(&text[first..end]).is_ok_and(|n| keys.is_sensitive(n))
 }
 
 /// Where the pair's name ends, for a `value` key that starts at `value_start`: before `", "`
@@ -2793,6 +2929,10 @@ fn pair_name_end(text: &[u8], value_start: usize) -> Option<usize> {
     if i > 0 && text[i - 1] == b',' {
         i -= 1;
         back_over(&mut i, &|b| b.is_ascii_whitespace());
+        back_over(&mut i, &|b| matches!(b, b'"' | b'\\' | b'\''));
+        Some(i)
+    } else if i > 0 && spaces_end > i && matches!(text[i - 1], b'"' | b'\'') {
+        // XML attributes: `key="DbPassword" value=`.
         back_over(&mut i, &|b| matches!(b, b'"' | b'\\' | b'\''));
         Some(i)
     } else if text[i..spaces_end].contains(&b'\n') {
@@ -3000,12 +3140,23 @@ fn verify(
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
                     && short_name_value_is_secret(k.as_str(), secret)
+                    // A phrase is a dozen words (or a generated value): `seed phrase: shown
+                    // once` is about it.
+                    && (!names_a_phrase(k.as_str())
+                        || looks_generated(secret)
+                        || seed_phrase_end(text, start + secret.len()) > start + secret.len())
                     && !is_okta_factor_type(text, k.range(), start, secret)
                     // Eight or more characters: `password Okta2FA policy` names a product.
                     && (!bare
                         || (super::keys::is_password_word(k.as_str()) && secret.len() >= 8))
                 })
-                && ((prose.is_none() && !for_whom) || looks_generated(secret))
+                && ((prose.is_none() && !for_whom)
+                    || looks_generated(secret)
+                    // `recovery phrase is abandon ability ...`: a dozen words or more.
+                    || caps.get(1).is_some_and(|k| {
+                        names_a_phrase(k.as_str())
+                            && seed_phrase_end(text, start + secret.len()) > start + secret.len()
+                    }))
                 && !is_status_word(secret)
                 && !is_hash_algorithm(secret)
                 && !is_lone_block_indicator(text, start, secret)
@@ -3076,9 +3227,11 @@ fn verify(
             _ => !is_port_then_path(secret.as_bytes()),
         },
         PatternKind::CliCredentials => caps.is_some_and(|caps| {
+            // `-u http://app` (`az login`'s service principal) is a URL, not `user:password`.
+            !(caps.get(1).is_some() && secret.starts_with("//"))
             // `--seed 42` seeds a random generator: only a seed that looks generated or is long
             // (a hex wallet seed) is one, as for a `seed=` assignment.
-            (caps.get(SEED_WORD_GROUP).is_none()
+            && (caps.get(SEED_WORD_GROUP).is_none()
                 || !option_before_is_seed(text, start)
                 || short_name_value_is_secret("seed", secret))
             // `net user <name> *` asks for the password; `htpasswd` without `-b` too.

@@ -4315,3 +4315,53 @@ fn secrets_of_the_third_qa_pass_are_masked() {
     m.mask_value(&mut v);
     assert_eq!(v, clean);
 }
+
+/// Text shapes of the third QA pass: labels of two words, a seed phrase in prose, a whole
+/// `Cookie:` line, XML's `key=`/`value=` pair, LDIF's base64 `::`, and the command lines of
+/// admin and attack tools.
+#[test]
+fn text_shapes_of_the_third_qa_pass_are_masked() {
+    let m = masker();
+    let phrase =
+        "abandon ability able about above absent absorb abstract absurd abuse access accident";
+    for (text, secret) in [
+        ("API key: a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", "a1b2c3d4e5f6"),
+        ("Private key: 0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318", "4c0883a691"),
+        ("api key = a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", "a1b2c3d4e5f6"),
+        (&format!("seed phrase: {phrase}"), "absurd abuse"),
+        (&format!("recovery phrase is {phrase}"), "absurd abuse"),
+        ("Cookie: _ga=GA1.2.3; user_session=AbCdEf123456XyZ789; logged_in=yes; _gh_sess=Zm9vYmFyYmF6cXV4MTIzNDU2", "AbCdEf123456"),
+        ("Cookie: _ga=GA1.2.3; user_session=AbCdEf123456XyZ789; _gh_sess=Zm9vYmFyYmF6cXV4MTIzNDU2", "Zm9vYmFy"),
+        (r#"<add key="DbPassword" value="Hunter2024!" />"#, "Hunter2024"),
+        ("dn: cn=bob\nunicodePwd:: IgBQAGEAcwBzAHcAbwByAGQAMQAiAA==\n", "IgBQAGEAcwBz"),
+        ("az login --service-principal -u http://app -p Zz9Yy8Xx7Ww6Vv5Uu4 --tenant t", "Zz9Yy8Xx7Ww6"),
+        ("evil-winrm -i 10.0.0.5 -u admin -p Hunter2024!", "Hunter2024"),
+        ("crackmapexec smb 10.0.0.5 -u admin -p Hunter2024!", "Hunter2024"),
+        ("hydra -l admin -p Hunter2024! ssh://h", "Hunter2024"),
+        ("openssl enc -aes-256-cbc -k Hunter2024! -in f", "Hunter2024"),
+        ("rabbitmqctl change_password bob Rabbit2024!", "Rabbit2024"),
+        ("ldappasswd -s NewLdap2024! uid=bob", "NewLdap2024"),
+        ("schtasks /create /tn t /tr x /ru admin /rp Hunter2024!", "Hunter2024"),
+        ("sqlmap -u x --auth-cred=admin:Hunter2024!", "Hunter2024"),
+        (r#"db.changeUserPassword("bob", "Mongo2024!")"#, "Mongo2024"),
+        ("SET PASSWORD FOR 'bob'@'%' = PASSWORD('MySet2024!')", "MySet2024"),
+        ("mimikatz sekurlsa::pth /user:admin /domain:corp /ntlm:31d6cfe0d16ae931b73c59d7e0c089c0", "31d6cfe0d16ae931"),
+        ("nxc smb 10.0.0.5 -u admin -H 31d6cfe0d16ae931b73c59d7e0c089c0", "31d6cfe0d16ae931"),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains(secret), "{text} -> {masked}");
+    }
+    // What is no secret stays: the service principal's URL, a prose mention, the setting names.
+    let masked = m.mask_text("az login --service-principal -u http://app -p Zz9Yy8Xx7Ww6Vv5Uu4");
+    assert!(masked.contains("-u http://app"), "{masked}");
+    for clean in [
+        "the API key was rotated",
+        "seed phrase: shown once",
+        r#"<add key="LogLevel" value="debug" />"#,
+        "schtasks /create /tn t /tr x /ru admin /rp *",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let masked = m.mask_text(&format!("seed phrase: {phrase} (backed up)"));
+    assert!(masked.ends_with(" (backed up)"), "{masked}");
+}
