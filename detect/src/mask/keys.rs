@@ -26,11 +26,7 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "passphrase",
     "passcode",
     "pwd",
-    "secret",
-    "token",
-    "authorization",
     "cookie",
-    "apikey",
     "privatekey",
     "sessionkey",
     "signingkey",
@@ -127,6 +123,13 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
 /// CloudTrail's `{"accessKey": {"accessKeyId": ..., "status": ...}}`) and is walked as any
 /// other. The [`WHOLE_WORDS`] are of this kind too.
 const SCALAR_SECRET_WORDS: &[&str] = &[
+    // Secrets, tokens, API keys and authorizations: an object under one of these names is the
+    // record of one (a vendor's token list: its id, name, scopes, dates, who made it), walked
+    // as settings, its unknown members masked.
+    "secret",
+    "token",
+    "authorization",
+    "apikey",
     // Credentials: an object of them is walked so, for the ids and times beside the secrets
     // (CloudTrail's `AssumeRole` answer: `credentials.accessKeyId`, hashed by its pattern, is
     // the key later records are signed with, and `expiration`; the session token and secret

@@ -640,7 +640,12 @@ impl SecretMasker {
             // Base64 of a JSON document, or padded base64 of other text (`cGFzc3dvcmQ9...`).
             // Ids and hashes are neither (most have no `=` at the end, the rest decode to bytes
             // that are no text), so this costs next to nothing on them.
-            _ if is_base64_json(text) || is_padded_base64(text) => {
+            // Also base64 of a PEM block without padding (`LS0tLS1CRUdJTi` is `-----BEGIN`:
+            // a kubeconfig's `client-key-data`).
+            _ if is_base64_json(text)
+                || is_padded_base64(text)
+                || text.starts_with("LS0tLS1CRUdJTi") =>
+            {
                 match self.mask_base64(text, enabled, counts) {
                     (Some(masked), _) => return (Cow::Owned(masked), true),
                     (None, scanned) => {

@@ -421,7 +421,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // end; judged as a session parameter (a path or a word, `?key=reports`, stays).
         regex: concat!(
             r"(?i)(?:^|[?&;,\s])(?:(?:x-amz-signature|x-goog-signature|signature|sig|code)=([A-Za-z0-9%+/=_~.-]{16,})",
-            r"|(?:auth|pw|session|session_?id|jsessionid|phpsessid)=([A-Za-z0-9%+/=_~.-]+))",
+            r"|(?:auth|pw|session|session_?id|jsessionid|phpsessid|ticket)=([A-Za-z0-9%+/=_~.-]+))",
             r#"|[?&]key=([A-Za-z0-9+_~-]{12,})(?:$|[&#\s"'<>\\])"#,
         ),
         secret_groups: &[1, 2, 3],
@@ -435,6 +435,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "sessionid=",
             "session_id=",
             "sessid=",
+            // A password-reset or sign-in ticket (Auth0's `/lo/reset?ticket=`, CAS's `ST-`).
+            "ticket=",
             "key=",
         ],
     },
@@ -2219,7 +2221,7 @@ fn session_parameter_holds_secret(text: &str, start: usize, secret: &str) -> boo
     let name = &text[name_start..name_end];
     if name.eq_ignore_ascii_case("pw") {
         !is_status_word(secret)
-    } else if ["auth", "session", "key"]
+    } else if ["auth", "session", "key", "ticket"]
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n))
     {
@@ -2991,7 +2993,9 @@ fn has_ssn_shape(bytes: &[u8]) -> bool {
 /// Whether `bytes` holds the start of an SSN label (`ssn`, `social security`), in any case: a
 /// necessary condition of [`follows_ssn_label`].
 fn mentions_ssn_label(bytes: &[u8]) -> bool {
-    bytes.windows(3).any(|w| w.eq_ignore_ascii_case(b"ssn"))
+    bytes
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"ssn") || w.eq_ignore_ascii_case(b"ss#"))
         || bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"social"))
 }
 
@@ -3000,7 +3004,7 @@ fn mentions_ssn_label(bytes: &[u8]) -> bool {
 /// `no.`, spaces, and the quotes of JSON text, escaped or not).
 static SSN_LABEL_AT_END: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
     Regex::new(
-        r#"(?i)(?:ssn|social[\s_.-]*security(?:[\s_.-]*(?:number|num|nbr|no))?)[\s"'\\]*(?:(?:no|nr|num|number)\.?)?[\s:#=."'\\]*$"#,
+        r#"(?i)(?:ssn|ss#|social[\s_.-]*security(?:[\s_.-]*(?:number|num|nbr|no))?)[\s"'\\]*(?:(?:no|nr|num|number)\.?)?[\s:#=."'\\]*$"#,
     )
     .expect("the SSN label pattern compiles")
 });

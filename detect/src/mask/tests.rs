@@ -1801,8 +1801,10 @@ fn secrets_in_object_keys_are_masked() {
     assert!(!out.contains(GHP) && !out.contains("xoxb-"), "{out}");
     assert_eq!(v["by_actor"]["[REDACTED:github_token]"]["uses"], 3);
     assert_eq!(v["by_actor"]["[REDACTED:slack_token]"], 4);
+    // An object under `tokens` is a record of them (here a count per token): the token in
+    // the key is masked by its pattern, the count stays.
     assert_eq!(
-        v["tokens"]["[REDACTED:github_token]"], "[REDACTED:key]",
+        v["tokens"]["[REDACTED:github_token]"], 1,
         "keys under a sensitive key too"
     );
     assert_eq!(stats.by_pattern, 3);
@@ -4364,4 +4366,50 @@ fn text_shapes_of_the_third_qa_pass_are_masked() {
     }
     let masked = m.mask_text(&format!("seed phrase: {phrase} (backed up)"));
     assert!(masked.ends_with(" (backed up)"), "{masked}");
+}
+
+/// The third QA pass's last finds: a PEM key in base64 without padding, a ticket in a URL, an
+/// SSN after `SS#`; and objects under `token`, `api_key`, `secret`, `authorization` are records
+/// of one (ids, names, dates, scopes stay), their unknown members masked.
+#[test]
+fn records_of_tokens_keep_their_settings_and_the_last_third_pass_finds_are_masked() {
+    let m = masker();
+    let mut v = json!({
+        "token": {"_id": "tok123abc", "name": "CI deploy token", "ending": "9f2c", "serviceToken": true,
+                  "value": "Zz9Yy8Xx7Ww6Vv5Uu4"},
+        "api_key": {"id": "key_123", "name": "CI key", "created_by": "bob@corp.com", "last_used_at": "2024-01-02",
+                    "scopes": ["read"]},
+        "authorization": {"id": "auth_1", "scopes": ["repo"], "created_at": "2024-01-01", "token": "gho_notreal"},
+        "secret": {"name": "prod/db", "created_at": "2024-01-01", "SecretString": "Hunter2024!"},
+        "client-key-data": "LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0tLQpNSUlFb3dJQkFBS0NBUUVBdGVzdGtleTEKLS0tLS1FTkQgUlNBIFBSSVZBVEUgS0VZLS0tLS0K",
+        "m1": "https://tenant.auth0.com/lo/reset?ticket=Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2#",
+        "m2": "https://desk.corp.com/view?ticket=INC0012345",
+        "ssn_note": "SS#: 123456789",
+        "token_string": "Zz9Yy8Xx7Ww6Vv5Uu4",
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    for leaked in [
+        "Zz9Yy8Xx7Ww6Vv5Uu4",
+        "gho_notreal",
+        "Hunter2024",
+        "LS0tLS1CRUdJTiBSU0Eg",
+        "123456789",
+    ] {
+        assert!(!text.contains(leaked), "{leaked}: {text}");
+    }
+    assert_eq!(v["token"]["_id"], "tok123abc");
+    assert_eq!(v["token"]["name"], "CI deploy token");
+    assert_eq!(v["api_key"]["created_by"], "bob@corp.com");
+    assert_eq!(v["api_key"]["scopes"], json!(["read"]));
+    assert_eq!(v["authorization"]["created_at"], "2024-01-01");
+    assert_eq!(v["secret"]["name"], "prod/db");
+    assert_eq!(v["m2"], "https://desk.corp.com/view?ticket=INC0012345");
+    // A string under these names is still the secret.
+    let mut v = json!({"token": "Zz9Yy8Xx7Ww6Vv5Uu4", "apiKey": ["k1", "k2"]});
+    m.mask_value(&mut v);
+    assert_eq!(
+        v,
+        json!({"token": "[REDACTED:key]", "apiKey": ["[REDACTED:key]", "[REDACTED:key]"]})
+    );
 }
