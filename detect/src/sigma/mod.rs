@@ -2,7 +2,8 @@
 //! that dispatches by source and skips rules whose literals are absent from the event.
 //!
 //! Guarantees:
-//! - a rule that fails to load is reported with file, line, key and reason; the others load;
+//! - a rule that fails to load is reported with file, line, key and reason; the other files
+//!   load (a file with an error loads none of its rules: they may be a correlation's base rules);
 //! - compiled matching gives the same result as evaluating every rule's condition naively
 //!   (checked by a property test);
 //! - correlation state is bounded: per-key entries expire by event time and the number of keys
@@ -215,7 +216,8 @@ impl RuleSet {
     }
 
     /// Load rules from files and/or directories (recursively, `*.yml`/`*.yaml`; skips
-    /// `*.tests.yml`). Bad rules are reported in the [`LoadReport`]; the others load.
+    /// `*.tests.yml`). Bad rules are reported in the [`LoadReport`]; the other files load (see
+    /// [`RuleSet::from_whole_files`]).
     pub fn load(paths: &[PathBuf], options: &SigmaOptions) -> (RuleSet, LoadReport) {
         let mut report = LoadReport::default();
         let pipelines = load_pipelines(options, &mut report.failed);
