@@ -184,16 +184,17 @@ fn value_masker(
 fn ingest_auth(state: AppState) -> perimeter_ingest::http::IngestAuth {
     use perimeter_ingest::http::IngestRefusal;
     Arc::new(
-        move |presented: &str| match state.tokens.verify(presented) {
-            Some(t) if t.role >= Role::Responder => Ok(t.tenant.clone()),
-            Some(t) => {
+        move |presented: &str| match state.tokens.check(presented, chrono::Utc::now()) {
+            Ok(t) if t.role >= Role::Responder => Ok(t.tenant.clone()),
+            Ok(t) => {
                 let details = serde_json::json!({"outcome": "forbidden", "needs": Role::Responder.to_string()});
                 if let Err(e) = state.audit(&t, "request.denied", Some("POST /ingest"), details) {
                     tracing::warn!(error = %e, "auditing a refused ingest failed");
                 }
                 Err(IngestRefusal::Forbidden)
             }
-            None => Err(IngestRefusal::Unauthorized),
+            Err(_) if presented.is_empty() => Err(IngestRefusal::Unauthorized(None)),
+            Err(refusal) => Err(IngestRefusal::Unauthorized(Some(refusal.to_string()))),
         },
     )
 }
@@ -1118,7 +1119,11 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     drop(bus);
     shutdown_signal().await;
     let _ = stop_tx.send(true);
-    let _ = spool_task.await;
+    match spool_task.await {
+        Ok(Err(error)) => tracing::error!(%error, "the spool directory stopped"),
+        Err(error) => tracing::error!(%error, "the spool directory's task failed"),
+        Ok(Ok(())) => {}
+    }
     for poller in pollers {
         let _ = poller.await;
     }

@@ -18,10 +18,11 @@ use std::sync::Arc;
 pub type IngestAuth = Arc<dyn Fn(&str) -> Result<String, IngestRefusal> + Send + Sync>;
 
 /// Why a token may not ingest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestRefusal {
-    /// No token, or one nobody issued (or revoked, or expired): 401.
-    Unauthorized,
+    /// No token, or one nobody issued (or revoked, or expired): 401, saying which (`None`:
+    /// no token was presented).
+    Unauthorized(Option<String>),
     /// A valid token whose role may not ingest: 403.
     Forbidden,
 }
@@ -320,12 +321,14 @@ async fn ingest(
         .map_or("", |(_, token)| token.trim());
     let tenant = match (state.auth)(token) {
         Ok(tenant) => tenant,
-        Err(IngestRefusal::Unauthorized) => {
-            let mut refused = error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid ingest token is required",
-            );
+        Err(IngestRefusal::Unauthorized(why)) => {
+            // Why a token is refused (expired, revoked, unknown), as the API's routes say: a
+            // shipper whose token expired is told so.
+            let message = match why {
+                Some(why) => format!("a valid ingest token is required: {why}"),
+                None => "a valid ingest token is required".to_string(),
+            };
+            let mut refused = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
             // RFC 7235 3.1: a 401 names the scheme that would be accepted.
             refused.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -632,7 +635,8 @@ mod router_tests {
         let (bus, _rx) = crate::bus::channel(1);
         let auth: IngestAuth = Arc::new(|token: &str| match token {
             "t" => Ok("acme".to_string()),
-            _ => Err(IngestRefusal::Unauthorized),
+            "" => Err(IngestRefusal::Unauthorized(None)),
+            _ => Err(IngestRefusal::Unauthorized(Some("unknown token".into()))),
         });
         let router = ingest_router(bus, AnswersOwed::default(), auth, limits(1000));
         let send = |authorization: &str| {
@@ -653,11 +657,25 @@ mod router_tests {
         let request = axum::http::Request::post("/ingest/%ff")
             .body(axum::body::Body::from("{}"))
             .unwrap();
-        let (status, _) = answer(router.clone(), request).await;
+        let (status, error) = answer(router.clone(), request).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // No token: what is wanted; a refused one: why (a shipper whose token expired is told).
+        assert_eq!(
+            error["error"]["message"],
+            "a valid ingest token is required"
+        );
         assert_eq!(
             refused.headers()["www-authenticate"],
             "Bearer realm=\"perimeter\""
+        );
+        let request = axum::http::Request::post("/ingest/okta")
+            .header("authorization", "Bearer nope")
+            .body(axum::body::Body::from("{}"))
+            .unwrap();
+        let (_, error) = answer(router.clone(), request).await;
+        assert_eq!(
+            error["error"]["message"],
+            "a valid ingest token is required: unknown token"
         );
     }
 

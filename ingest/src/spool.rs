@@ -671,7 +671,16 @@ impl SpoolSource {
         let mut unreadable = Unreadable::default();
         let mut pruned: Option<Instant> = None;
         loop {
-            self.scan_once(&mut unreadable).await?;
+            match self.scan_once(&mut unreadable).await {
+                Ok(()) => {}
+                // Nothing is left to take the files: the service is stopping or broken.
+                Err(e @ IngestError::PipelineClosed) => return Err(e),
+                // Listing the inbox failed (no file descriptor left, a directory removed
+                // while it was read): the next scan tries again, as for an unreadable file.
+                Err(error) => {
+                    tracing::error!(%error, "scanning the spool directory failed; will retry");
+                }
+            }
             if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 self.prune_processed(SystemTime::now());
                 pruned = Some(Instant::now());
@@ -1302,6 +1311,42 @@ mod tests {
     fn acking(rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<usize> {
         let batches = each_batch_acked(rx, |s| s.items.len());
         tokio::spawn(async move { batches.await.unwrap().into_iter().sum() })
+    }
+
+    /// A scan that fails (the inbox is not a directory for a while, as when no file descriptor
+    /// is left) is logged and retried: the spool does not stop, and reads the files dropped
+    /// once the inbox can be listed again. (It stopped for good, without a word, before.)
+    #[tokio::test]
+    async fn a_failed_scan_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        std::fs::write(&inbox, "not a directory").unwrap();
+        let (tx, rx) = channel(2);
+        let consumer = acking(rx);
+        let spool = spool_in(&inbox, 100, tx);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(spool.run(async {
+            let _ = stop_rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!task.is_finished(), "a failed scan ended the spool");
+        std::fs::remove_file(&inbox).unwrap();
+        std::fs::create_dir_all(inbox.join("okta")).unwrap();
+        std::fs::write(inbox.join("okta/a.jsonl"), "{\"a\":1}\n").unwrap();
+        let archived = inbox.join(".processed/okta/a.jsonl");
+        for _ in 0..500 {
+            if archived.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            archived.exists(),
+            "the file dropped after the failures was not read"
+        );
+        stop_tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        assert_eq!(consumer.await.unwrap(), 1);
     }
 
     /// Ingested files are kept in `.processed` for `keep_processed_hours` from when they were

@@ -368,11 +368,20 @@ impl TokenStore {
 
     fn modify(&self, change: impl FnOnce(&mut Vec<TokenRecord>)) -> Result<(), AuthError> {
         let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
-        // Start from the file as it is now, so two writers do not drop each other's tokens.
-        let mut fresh = read_file(&self.path)?;
-        change(&mut fresh.records);
-        write_file(&self.path, &fresh.records)?;
-        fresh.stamp = file_stamp(&self.path);
+        // Start from the file as it is now, so two writers do not drop each other's tokens; the
+        // lock keeps another process (the service recording a token's use, `perimeter tokens`)
+        // from writing between this read and write.
+        let io = |source| AuthError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let fresh = crate::files::with_lock(&self.path, io, || {
+            let mut fresh = read_file(&self.path)?;
+            change(&mut fresh.records);
+            write_file(&self.path, &fresh.records)?;
+            fresh.stamp = file_stamp(&self.path);
+            Ok::<_, AuthError>(fresh)
+        })?;
         *loaded = fresh;
         Ok(())
     }

@@ -36,6 +36,13 @@ pub struct ApiConfig {
     /// How long in-flight requests may take to finish after shutdown is requested.
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
+    /// How long (seconds) a connection may send nothing of a request: its first request, the
+    /// rest of a request's headers, the next request on a kept-alive connection. Past it the
+    /// connection is closed: idle or half-sent connections (a client gone, or one holding
+    /// sockets open on purpose) would each hold a file descriptor until the process had none
+    /// left for the store. At least 1.
+    #[serde(default = "default_client_silence_seconds")]
+    pub client_silence_seconds: u64,
     /// Whether alert webhooks may point at loopback and private addresses (an internal relay).
     /// Turn it off where tenant admins are not the operator. Link-local addresses (cloud
     /// metadata) are refused either way (`egress`).
@@ -60,6 +67,10 @@ fn default_shutdown_grace_seconds() -> u64 {
     10
 }
 
+fn default_client_silence_seconds() -> u64 {
+    30
+}
+
 fn default_tls_reload_check_seconds() -> u64 {
     60
 }
@@ -72,6 +83,7 @@ impl Default for ApiConfig {
             tls_key_path: None,
             tls_reload_check_seconds: default_tls_reload_check_seconds(),
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
+            client_silence_seconds: default_client_silence_seconds(),
             allow_private_destinations: default_allow_private_destinations(),
             audit_retention_days: 0,
         }
@@ -287,6 +299,7 @@ pub struct Server {
     listener: std::net::TcpListener,
     tls: Option<(LoadedCertificate, CertificateFiles)>,
     grace: Duration,
+    silence: Duration,
     cutoff_gate: Option<CutoffGate>,
 }
 
@@ -522,6 +535,7 @@ pub struct PreparedServer {
     listen: SocketAddr,
     tls: Option<(LoadedCertificate, CertificateFiles)>,
     grace: Duration,
+    silence: Duration,
 }
 
 impl PreparedServer {
@@ -556,6 +570,7 @@ impl PreparedServer {
             listener,
             tls: self.tls,
             grace: self.grace,
+            silence: self.silence,
             cutoff_gate: None,
         })
     }
@@ -600,6 +615,7 @@ impl Server {
             listen: config.listen,
             tls,
             grace: Duration::from_secs(config.shutdown_grace_seconds),
+            silence: Duration::from_secs(config.client_silence_seconds.max(1)),
         })
     }
 
@@ -661,6 +677,7 @@ impl Server {
         let addr = self.local_addr()?;
         let handle = axum_server::Handle::new();
         let grace = self.grace;
+        let silence = self.silence;
         let signal = handle.clone();
         let metrics = state.metrics.clone();
         let may_cut = self
@@ -705,19 +722,21 @@ impl Server {
                 let config = axum_server::tls_rustls::RustlsConfig::from_config(tls.config);
                 let watcher = tokio::spawn(files.watch(config.clone(), metrics, tls.validity));
                 let _stop_watching = AbortOnDrop(watcher);
-                axum_server::from_tcp_rustls(self.listener, config)?
+                let mut server = axum_server::from_tcp_rustls(self.listener, config)?
                     .map(JsonParseErrorsAcceptor)
                     .handle(handle)
-                    .serve(service)
-                    .await?;
+                    .first_request_timeout(silence);
+                server.http_builder().http1().header_read_timeout(silence);
+                server.serve(service).await?;
             }
             None => {
                 tracing::info!(%addr, "api listening (http)");
-                axum_server::from_tcp(self.listener)?
+                let mut server = axum_server::from_tcp(self.listener)?
                     .map(JsonParseErrorsAcceptor)
                     .handle(handle)
-                    .serve(service)
-                    .await?;
+                    .first_request_timeout(silence);
+                server.http_builder().http1().header_read_timeout(silence);
+                server.serve(service).await?;
             }
         }
         tracing::info!(%addr, "api stopped");

@@ -1161,7 +1161,9 @@ fn resolve_secret(reference: &str) -> Result<Vec<u8>, DetectError> {
     };
     perimeter_model::resolve_secret(reference).map_err(|e| match e {
         SecretError::EnvUnset(name) => config_err(format!(
-            "hmac_key: environment variable `{name}` is not set (or not UTF-8)"
+            // Not `hmac_key: environment ...`: the binary masks what it prints, and that reads
+            // as a key and its value.
+            "the environment variable `{name}` that hmac_key names is not set (or not UTF-8)"
         )),
         SecretError::File { path, source } => DetectError::Io {
             path,

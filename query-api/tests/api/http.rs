@@ -2902,3 +2902,50 @@ fn urlencode(s: &str) -> String {
     }
     out
 }
+
+/// A connection that sends nothing, or a request's headers only in part, is closed after
+/// `client_silence_seconds`: such connections (a client gone, or one holding sockets open on
+/// purpose) held a file descriptor each for ever, until the service had none left.
+#[test]
+fn connections_silent_past_the_limit_are_closed() {
+    use std::io::{Read, Write};
+    let api = TestApi::start_with(perimeter_query_api::ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        client_silence_seconds: 1,
+        ..perimeter_query_api::ApiConfig::default()
+    });
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let closed_within = |mut stream: std::net::TcpStream| {
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        // Closed: a read of 0 bytes (or a reset), not the read timeout.
+        match stream.read(&mut buf) {
+            Ok(n) => assert!(
+                n == 0 || buf[..n].starts_with(b"HTTP/1.1 408"),
+                "{:?}",
+                &buf[..n]
+            ),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "not closed: {e}"
+            ),
+        }
+        started.elapsed()
+    };
+    let idle = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(closed_within(idle) < std::time::Duration::from_secs(8));
+    let mut partial = std::net::TcpStream::connect(&addr).unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert!(closed_within(partial) < std::time::Duration::from_secs(8));
+    // A request sent at once is answered as before.
+    let response = reqwest::blocking::get(api.url("/healthz")).unwrap();
+    assert_eq!(response.status(), 200);
+}
