@@ -285,41 +285,35 @@ impl RuleSet {
     /// Build from parsed documents: check ids, resolve correlation and filter references.
     pub(crate) fn from_docs(docs: Vec<RuleDoc>, errors: &mut Vec<RuleError>) -> RuleSet {
         let mut set = RuleSet::default();
-        let mut seen_ids: std::collections::HashMap<String, PathBuf> = Default::default();
-        let mut seen_names: std::collections::HashMap<String, PathBuf> = Default::default();
+        // Correlations and filters name the rules they read by `id` or by `name`: two rules of
+        // one id or one name would leave which one is read to the order files load in.
+        let mut seen: [std::collections::HashMap<String, PathBuf>; 2] = Default::default();
         for d in docs {
             let meta = d.meta();
-            if let Some(id) = &meta.id {
-                if let Some(first) = seen_ids.get(id) {
-                    errors.push(RuleError {
-                        path: meta.path.clone(),
-                        line: Some(meta.id_line),
-                        field: Some("id".into()),
-                        message: format!(
-                            "duplicate rule id `{id}` (first defined in {})",
-                            first.display()
-                        ),
-                    });
-                    continue;
-                }
-                seen_ids.insert(id.clone(), meta.path.clone());
+            let keys = [
+                ("id", meta.id.as_ref(), meta.id_line),
+                ("name", meta.name.as_ref(), meta.name_line),
+            ];
+            let duplicate = keys.iter().zip(&seen).find_map(|((field, value, line), seen)| {
+                let value = (*value)?;
+                seen.get(value).map(|first| RuleError {
+                    path: meta.path.clone(),
+                    line: Some(*line),
+                    field: Some((*field).into()),
+                    message: format!(
+                        "duplicate rule {field} `{value}` (first defined in {}); a rule's {field} must be unique",
+                        first.display()
+                    ),
+                })
+            });
+            if let Some(error) = duplicate {
+                errors.push(error);
+                continue;
             }
-            // Correlations and filters name the rules they read by `name` as by `id`: two
-            // rules of one name would leave which one is read to the order files load in.
-            if let Some(name) = &meta.name {
-                if let Some(first) = seen_names.get(name) {
-                    errors.push(RuleError {
-                        path: meta.path.clone(),
-                        line: Some(meta.name_line),
-                        field: Some("name".into()),
-                        message: format!(
-                            "duplicate rule name `{name}` (first defined in {}); a name must be unique, as correlations and filters refer to rules by it",
-                            first.display()
-                        ),
-                    });
-                    continue;
+            for ((_, value, _), seen) in keys.iter().zip(&mut seen) {
+                if let Some(value) = value {
+                    seen.insert((*value).clone(), meta.path.clone());
                 }
-                seen_names.insert(name.clone(), meta.path.clone());
             }
             match d {
                 RuleDoc::Detection(r) => set.detections.push(r),
