@@ -1049,14 +1049,27 @@ pub(crate) fn is_token_count(key: &str) -> bool {
     k.len() > "tokens".len() && k[k.len() - 6..].eq_ignore_ascii_case(b"tokens")
 }
 
-/// A key naming an identifier: `id`, `userId`, `user_id`, `ID`, Google Workspace's
-/// `uniqueQualifier`.
+/// A key naming an identifier, or a list of them: `id`, `userId`, `user_id`, `ID`,
+/// `repository_ids`, `instanceIds`, Google Workspace's `uniqueQualifier`, a device's `imei`
+/// (Luhn-checked by design, so it would pass for a card number).
 pub(crate) fn is_id_key(key: &str) -> bool {
     key.eq_ignore_ascii_case("id")
         || key.ends_with("Id")
         || key.ends_with("ID")
         || key.ends_with("_id")
+        || key.ends_with("Ids")
+        || key.ends_with("IDs")
+        || key.ends_with("_ids")
         || key.eq_ignore_ascii_case("uniqueQualifier")
+        || key.eq_ignore_ascii_case("imei")
+}
+
+/// Whether the name/value pair object `map` names an identifier (`{"name": "order_id",
+/// "value": ...}`): its value is one, as under that key.
+pub(crate) fn pair_names_an_id(map: &sonic_rs::Object) -> bool {
+    use sonic_rs::JsonValueTrait;
+    map.iter()
+        .any(|(k, v)| is_pair_name_key(k) && v.as_str().is_some_and(is_id_key))
 }
 
 /// `name` of a name/value pair object (`{"name": "password", "value": "..."}`).

@@ -4413,3 +4413,25 @@ fn records_of_tokens_keep_their_settings_and_the_last_third_pass_finds_are_maske
         json!({"token": "[REDACTED:key]", "apiKey": ["[REDACTED:key]", "[REDACTED:key]"]})
     );
 }
+
+/// Ids are no card numbers wherever an id is named: a pair naming one (`{"name": "order_id",
+/// "value": ...}`), a list of them (`repository_ids`, `instanceIds`), a device's IMEI. A card
+/// number elsewhere still is one.
+#[test]
+fn ids_named_by_pairs_lists_and_imei_are_not_cards() {
+    let m = masker();
+    let mut v = json!({
+        "parameters": [{"name": "order_id", "value": "4532015112830366"},
+                       {"name": "ticket_id", "intValue": "4532015112830366"}],
+        "repository_ids": [4532015112830366_u64],
+        "instanceIds": ["4532015112830366", null],
+        "imei": "352099001761481",
+    });
+    let clean = v.clone();
+    m.mask_value(&mut v);
+    assert_eq!(v, clean);
+    let mut v = json!({"parameters": [{"name": "card", "value": "4532015112830366"}],
+                       "note": "card 4532015112830366", "ids": [{"card": "4532015112830366"}]});
+    m.mask_value(&mut v);
+    assert!(!v.to_string().contains("4532015112830366"), "{v}");
+}

@@ -22,7 +22,7 @@ use super::patterns::{
 
 use super::{
     card_number_text, forced_action, is_pair_name_key, is_token_count, is_working_directory,
-    Action, FieldAction, KeyFacts, MaskCounts, PatternKind, SecretMasker,
+    pair_names_an_id, Action, FieldAction, KeyFacts, MaskCounts, PatternKind, SecretMasker,
 };
 
 pub(super) struct MaskWalk<'a> {
@@ -327,6 +327,7 @@ impl<'a> MaskWalk<'a> {
                 let mut holds_key_id: Option<bool> = None;
                 let mut is_jwk: Option<bool> = None;
                 let mut is_k8s_secret: Option<bool> = None;
+                let mut names_an_id: Option<bool> = None;
                 self.object(map, enabled, |w, key, facts, child| {
                     let view = node_view(child);
                     if matches!(view, ValueRef::Null | ValueRef::Bool(_)) {
@@ -396,9 +397,11 @@ impl<'a> MaskWalk<'a> {
                     {
                         let secret = text.unwrap_or_default();
                         w.replace_leaf(PatternKind::AwsSecretAccessKey, "", secret);
-                    } else if facts.id()
-                        && rule.extra & bit(PatternKind::CreditCard) == 0
-                        && matches!(view, ValueRef::String(_) | ValueRef::Number(_))
+                    } else if rule.extra & bit(PatternKind::CreditCard) == 0
+                        && (facts.id()
+                            || (facts.pair_value()
+                                && *names_an_id.get_or_insert_with(|| pair_names_an_id(map))))
+                        && is_scalar_or_scalars(&view)
                     {
                         w.id_value(child, view, extra | rule.extra);
                     } else {
@@ -417,6 +420,11 @@ impl<'a> MaskWalk<'a> {
         let enabled = (self.masker.enabled | extra) & !bit(PatternKind::CreditCard);
         match view {
             ValueRef::String(s) => self.string(s, enabled),
+            // A list of ids (`repository_ids`), of strings and numbers only.
+            ValueRef::Array(items) => self.array(items, |w, item| match node_view(item) {
+                ValueRef::String(s) => w.string(s, enabled),
+                _ => w.leaf(item),
+            }),
             _ => self.leaf(value),
         }
     }
@@ -1012,6 +1020,20 @@ fn flags_a_secret_value(k: &str, v: &RawJson) -> bool {
             v.as_bool() == Some(true)
         }
         "type" | "fieldType" => v.as_str().is_some_and(|s| s == "CONCEALED"),
+        _ => false,
+    }
+}
+
+/// Whether `view` is a string or a number, or an array of nothing else: what an id key holds.
+fn is_scalar_or_scalars(view: &ValueRef<'_>) -> bool {
+    match view {
+        ValueRef::String(_) | ValueRef::Number(_) => true,
+        ValueRef::Array(items) => items.iter().all(|item| {
+            matches!(
+                node_view(item),
+                ValueRef::String(_) | ValueRef::Number(_) | ValueRef::Null
+            )
+        }),
         _ => false,
     }
 }
