@@ -3092,7 +3092,15 @@ fn verify(
     match kind {
         // `creds: AKIA... wJalr...`: an access key id is hashed by its own kind, and read with
         // the secret key after it by the key-pair pattern, which taking the id here would hide.
-        PatternKind::SecretAssignment if is_aws_key_id(secret) => false,
+        // So is SigV4's `Credential=AKIA.../20240101/us-east-1/s3/aws4_request`: the key id and
+        // its scope, no secret (the request's `Signature=` is masked by its own pattern).
+        PatternKind::SecretAssignment
+            if is_aws_key_id(secret)
+                || (secret.get(..20).is_some_and(is_aws_key_id)
+                    && secret[20..].starts_with('/')) =>
+        {
+            false
+        }
         // `Authorization: Token token="..."`: the scheme and the parameter's name, not the
         // token, which the header pattern takes from its quotes.
         PatternKind::SecretAssignment
