@@ -161,7 +161,7 @@ impl AppState {
         });
         self.audit
             .append(&AuditEntry::new(token, action, target.as_deref(), details))
-            .map_err(|e| ApiError::Internal(e.to_string()))
+            .map_err(audit_unavailable)
     }
 
     /// [`Self::audit`] for an action that may have failed, with its result passed on. A
@@ -188,6 +188,22 @@ impl AppState {
     }
 }
 
+/// A request refused because its audit line could not be written (a full disk): 503, saying
+/// so, without the log's path (that goes to the server log), so the client knows to retry and
+/// an operator what to free.
+fn audit_unavailable(error: AuditError) -> ApiError {
+    match error {
+        AuditError::Io { source, .. } => {
+            tracing::error!(error = %source, "writing the audit log failed; the request is refused");
+            ApiError::Unavailable(format!(
+                "the audit log cannot be written ({}); requests are refused rather than go unrecorded",
+                source.kind()
+            ))
+        }
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
 /// The audit `outcome` of a failed action.
 fn outcome_of(error: &ApiError) -> &'static str {
     match error {
@@ -209,4 +225,25 @@ pub enum StateError {
     Tokens(#[from] AuthError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+}
+
+#[cfg(test)]
+mod audit_failure_tests {
+    use super::*;
+
+    /// A full disk refuses audited requests with a 503 that says why (not an opaque 500),
+    /// and without the log's path.
+    #[test]
+    fn an_audit_line_that_cannot_be_written_is_a_503_saying_so() {
+        let error = audit_unavailable(AuditError::Io {
+            path: "/secret/place/audit.jsonl".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+        assert_eq!(error.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.code(), "unavailable");
+        let message = error.to_string();
+        assert!(message.contains("audit log cannot be written"), "{message}");
+        assert!(message.contains("no storage space"), "{message}");
+        assert!(!message.contains("/secret/place"), "{message}");
+    }
 }
