@@ -248,8 +248,8 @@ const REFERENCE_PREFIXES: &[&str] = &[
     "masked",
     "redacted",
     "page",
-    // A public key by any name (`publicKeyMaterial`, an imported SSH key that analysts look
-    // for) is no secret.
+    // A public key's material (`publicKeyMaterial`, an imported SSH key that analysts look
+    // for) is no secret (`is_reference` allows `public` before that word only).
     "public",
     "next",
     "continuation",
@@ -566,7 +566,10 @@ impl KeyMatcher {
 /// is only an id for it.
 fn is_reference(before: &[u8], word: &[u8]) -> bool {
     REFERENCE_PREFIXES.iter().any(|p| {
-        before.ends_with(p.as_bytes()) && !(*p == "hashed" && PASSWORD_WORDS.contains(&word))
+        before.ends_with(p.as_bytes())
+            && !(*p == "hashed" && PASSWORD_WORDS.contains(&word))
+            // `publicKeyMaterial` is a public key; `public_secret` is still a secret.
+            && (*p != "public" || word == b"keymaterial")
     })
 }
 

@@ -397,14 +397,16 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::UrlCredentials,
         // `scheme://user:password@host`: the user stops at the first `:` (it may be an email,
-        // `bob@corp.com`), the password runs to the last `@` that a host and the URL's end
-        // follow: generated passwords hold `/`, `+`, `=`, `#`, `?`, and `@` is often left
-        // unencoded (`postgres://app:P@ss!@db:5432`). Neither crosses a quote or space. A
+        // `bob@corp.com`), the password runs to the first `@` that a host and the host's end
+        // follow (a path, query, port, space, quote, or the end): generated passwords hold `/`,
+        // `+`, `=`, `#`, `?`, and `@` is often left unencoded (`postgres://app:P@ss!@db:5432`);
+        // an `@` later in the path or query (`/search?q=bob@example.com`, `/@babel/core`) is
+        // no part of it. Neither crosses a quote or space. A
         // port then a path (`https://host:8443/x@y`) is no password (see `verify`). Group 2:
         // a token alone as the user info (`https://<token>@github.com/...`), long and
         // generated-looking (`ssh://git@github.com` stays).
         regex: concat!(
-            r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]{0,30}://(?:[^\s/?#:"'<>\\]{0,128}:([^\s"'<>\\]{1,256})@(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?(?:[/?#\s"'<>\\.,;)\]}!]|$)"#,
+            r#"(?i)(?-u:\b)[a-z][a-z0-9+.-]{0,30}://(?:[^\s/?#:"'<>\\]{0,128}:([^\s"'<>\\]{1,256}?)@(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?(?:[/?#\s"'<>\\,;)\]}]|\.(?:[\s"'<>]|$)|$)"#,
             r#"|([A-Za-z0-9_-]{20,256})@[a-z0-9-]+\.)"#,
         ),
         secret_groups: &[1, 2],
@@ -529,11 +531,13 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // [PASSWORD(]'<password>'`.
             r#"|(?:^|[\s"'`(\[/\\])(?i:evil-winrm|crackmapexec|cme|nxc|netexec|hydra|medusa|kerbrute|smbmap|rdesktop)(?:\.exe|\.py)?\s(?:[^;|&\n]*\s)?-p\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|(?i:az(?:\.cmd)?\s+login)\s(?:[^;|&\n]*\s)?(?:-p|--password)(?:\s+|=)['"]?([^\s'"-][^\s'"]*)"#,
-            r#"|(?:^|[\s"'`(\[/\\])(?i:evil-winrm|crackmapexec|cme|nxc|netexec|smbmap)(?:\.exe|\.py)?\s(?:[^;|&\n]*\s)?-H\s+['"]?((?:[0-9a-fA-F]{32}:)?[0-9a-fA-F]{32})"#,
+            // (48 and 52 are the option alone, the program checked before it by `verify`: a
+            // match of the program's `-p` or `-w` ends before them.)
+            r#"|(?:^|\s)-H\s+['"]?((?:[0-9a-fA-F]{32}:)?[0-9a-fA-F]{32})(?:[^0-9A-Za-z]|$)"#,
             r#"|(?i:/(?:ntlm|rc4|aes128|aes256)):([0-9a-fA-F]{32,64})"#,
             r#"|(?i:openssl)(?:\.exe)?\s(?:[^;|&\n]*\s)?-k\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|(?i:rabbitmqctl)(?:\.bat)?\s+(?:-[a-z]\s+\S+\s+)*(?:change_password|add_user)\s+['"]?[^\s'"]+['"]?\s+['"]?([^\s'"]+)"#,
-            r#"|(?i:ldappasswd)\s(?:[^;|&\n]*\s)?-s\s+['"]?([^\s'"-][^\s'"]*)"#,
+            r#"|(?:^|\s)-s\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|(?i:schtasks)(?:\.exe)?\s(?:[^;|&\n]*\s)?/(?i:rp)\s+(?:"([^"]*)"|([^\s"*/][^\s"]*))"#,
             r#"|--auth-cred(?:=|\s+)['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|(?i:changeUserPassword)\(\s*["'][^"']*["']\s*,\s*["']([^"']+)"#,
@@ -1230,7 +1234,7 @@ impl Patterns {
                                             if g == BARE_VALUE_GROUP
                                                 && k.as_str().eq_ignore_ascii_case("cookie") =>
                                         {
-                                            r.start..header_line_end(text, r.end)
+                                            r.start..cookie_pairs_end(text, r.end)
                                         }
                                         Some(k)
                                             if g == BARE_VALUE_GROUP
@@ -1525,7 +1529,15 @@ fn yaml_block(
     if escapes > 0 && !indicator {
         return None;
     }
-    let line_start = text[..name.start].rfind(brk).map_or(0, |i| i + brk.len());
+    // The line's start, looked for within a bounded distance: a block header is no further
+    // than that into its line, and an unbounded search for each header was quadratic.
+    let mut window = name.start.saturating_sub(4096);
+    while !text.is_char_boundary(window) {
+        window += 1;
+    }
+    let line_start = text[window..name.start]
+        .rfind(brk)
+        .map_or(window, |i| window + i + brk.len());
     // A quoted name's column is its quote's.
     let quoted = name.start > line_start && matches!(text.as_bytes()[name.start - 1], b'"' | b'\'');
     let column = name.start - line_start - usize::from(quoted);
@@ -1838,12 +1850,33 @@ fn hint_end(text: &str, end: usize) -> usize {
     end + rest[..stop].trim_end().len()
 }
 
-/// Where a header line's value that starts before `end` ends: at the line's end (a real or
-/// escaped line break), a quote, or the text's end.
-fn header_line_end(text: &str, end: usize) -> usize {
-    text[end..]
-        .find(['\r', '\n', '"', '\\'])
-        .map_or(text.len(), |i| end + i)
+/// Where a `Cookie:` header's cookies end, the first ending at `end`: over each further
+/// `; name=value` (RFC 6265's separator), and no further: what follows on a one-line log
+/// (`status=302 dst=...`) stays.
+fn cookie_pairs_end(text: &str, end: usize) -> usize {
+    let bytes = text.as_bytes();
+    let mut pos = end;
+    loop {
+        let Some(b';') = bytes.get(pos) else {
+            return pos;
+        };
+        let name_start = pos + 1 + bytes[pos + 1..].iter().take_while(|b| **b == b' ').count();
+        let name_len = bytes[name_start..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$'))
+            .count();
+        if name_len == 0 || bytes.get(name_start + name_len) != Some(&b'=') {
+            return pos;
+        }
+        let value_start = name_start + name_len + 1;
+        let value_len = bytes[value_start..]
+            .iter()
+            .take_while(|b| {
+                !b.is_ascii_whitespace() && !matches!(b, b';' | b',' | b'"' | b'\'' | b'\\')
+            })
+            .count();
+        pos = value_start + value_len;
+    }
 }
 
 /// Whether `name` names a wallet's seed or recovery phrase (`seed phrase`, `mnemonic`,
@@ -1908,18 +1941,18 @@ fn passphrase_end(
         && separator.trim().len() == 1
         && separator.trim().starts_with([':', '=']);
     // The name starts its line (after indentation or a list marker): a setting, not a sentence
-    // about a password (`Update password: User update password for Okta`).
-    let line_start = [
-        text[..name.start].rfind(['\n', '\r']).map(|i| i + 1),
-        text[..name.start].rfind("\\n").map(|i| i + 2),
-    ]
-    .into_iter()
-    .flatten()
-    .max()
-    .unwrap_or(0);
-    let before = text[line_start..name.start].trim_matches([' ', '\t']);
+    // about a password (`Update password: User update password for Okta`). Read back from the
+    // name over that much only: a search for the line's start read the whole text before each
+    // value found (quadratic on a long line of many).
+    let before = text[..name.start].trim_end_matches([' ', '\t']);
+    let before = before
+        .strip_suffix(['-', '#'])
+        .unwrap_or(before)
+        .trim_end_matches([' ', '\t']);
+    let starts_line =
+        before.is_empty() || before.ends_with(['\n', '\r']) || before.ends_with("\\n");
     if !spaced
-        || !(before.is_empty() || before == "-" || before == "#")
+        || !starts_line
         || !super::keys::ends_with_password_word(&text[name.clone()])
         || is_secret_source(&text[value.clone()])
     {
@@ -2021,9 +2054,13 @@ fn opens_with_html_tag(value: &str) -> bool {
 /// Whether `secret` at `start` is a YAML block scalar indicator ending its line (`token: |-`
 /// held alone, as an array item of a file's lines): the block's header, no value.
 fn is_lone_block_indicator(text: &str, start: usize, secret: &str) -> bool {
-    let rest = &text[start + secret.len()..];
-    let rest = rest[..rest.find(['\n', '\\']).unwrap_or(rest.len())].trim();
-    is_block_indicator(secret) && (rest.is_empty() || rest.starts_with('#'))
+    // The cheap test first: this runs for every value found, and the rest of a long line is
+    // read only after an indicator (reading it for each of many values was quadratic).
+    is_block_indicator(secret) && {
+        let rest = &text[start + secret.len()..];
+        let rest = rest[..rest.find(['\n', '\\']).unwrap_or(rest.len())].trim();
+        rest.is_empty() || rest.starts_with('#')
+    }
 }
 
 /// A YAML block scalar header: `|` or `>`, then an optional indentation digit and chomping
@@ -2075,6 +2112,39 @@ fn option_before_is_seed(text: &str, start: usize) -> bool {
 
 /// The group of the `CliCredentials` pattern that is `zip -P`'s password.
 const ZIP_PASSWORD_GROUP: usize = 42;
+
+/// The groups of the `CliCredentials` pattern that are an option alone, `-H <NTLM hash>` and
+/// `-s <new password>`, with the programs that must run it (checked by [`runs_before`]).
+const OPTION_ALONE_GROUPS: [(usize, &[&str]); 2] = [
+    (
+        48,
+        &[
+            "evil-winrm",
+            "crackmapexec",
+            "cme",
+            "nxc",
+            "netexec",
+            "smbmap",
+        ],
+    ),
+    (52, &["ldappasswd"]),
+];
+
+/// Whether one of `programs` runs the command that `start` is in: named before it, with no
+/// command separator (`;`, `|`, `&`, a line break) between, within 1 KiB.
+fn runs_before(text: &str, start: usize, programs: &[&str]) -> bool {
+    let mut from = start.saturating_sub(1024);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let command = &text[from..start];
+    let command = command
+        .rfind([';', '|', '&', '\n'])
+        .map_or(command, |i| &command[i + 1..]);
+    command
+        .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '(' | '['))
+        .any(|word| runs_one_of(word.trim_end_matches(".py"), programs))
+}
 
 /// The group of the `CliCredentials` pattern that is the bare password of `net user`.
 const NET_USER_PASSWORD_GROUP: usize = 9;
@@ -2742,6 +2812,17 @@ fn anchor_can_match(kind: PatternKind, text: &[u8], start: usize, end: usize) ->
     }
 }
 
+/// Whether a URL's user info without a password is a token rather than a user name: letters
+/// and digits only (`svc_build_automation01`, `deploy-bot` are names), 32+ hex digits or a mix
+/// of upper case, lower case and digits.
+fn is_token_shaped(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().all(u8::is_ascii_alphanumeric)
+        && b.iter().any(u8::is_ascii_digit)
+        && ((b.len() >= 32 && b.iter().all(u8::is_ascii_hexdigit))
+            || (b.iter().any(u8::is_ascii_uppercase) && b.iter().any(u8::is_ascii_lowercase)))
+}
+
 /// Whether `after` (what follows `host:` in a URL) is a port, then a path, query or fragment:
 /// `8443/x@y` is no password before an `@`.
 fn is_port_then_path(after: &[u8]) -> bool {
@@ -3235,12 +3316,15 @@ fn verify(
         // token as the whole user info must look generated (`https://deploy-bot-account@`
         // is a user name).
         PatternKind::UrlCredentials => match caps {
-            Some(c) if c.get(2).is_some() => looks_generated(secret),
+            Some(c) if c.get(2).is_some() => is_token_shaped(secret),
             _ => !is_port_then_path(secret.as_bytes()),
         },
         PatternKind::CliCredentials => caps.is_some_and(|caps| {
             // `-u http://app` (`az login`'s service principal) is a URL, not `user:password`.
             !(caps.get(1).is_some() && secret.starts_with("//"))
+            && OPTION_ALONE_GROUPS
+                .iter()
+                .all(|(group, programs)| caps.get(*group).is_none() || runs_before(text, start, programs))
             // `--seed 42` seeds a random generator: only a seed that looks generated or is long
             // (a hex wallet seed) is one, as for a `seed=` assignment.
             && (caps.get(SEED_WORD_GROUP).is_none()

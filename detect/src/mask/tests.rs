@@ -4453,3 +4453,52 @@ fn a_sigv4_credential_keeps_its_scope_and_pseudonymizes_its_key_id() {
     let pseudonym = alone.split(' ').nth(1).unwrap_or_default();
     assert!(masked.contains(pseudonym), "{masked} / {alone}");
 }
+
+/// A regression pass over the third QA pass's fixes: what they must not take (a URL's host
+/// and path after an `@` in its query, a one-line log's fields after a `Cookie:` header, a user
+/// name as a URL's user info, `public_secret`), and option orders they must still read.
+#[test]
+fn the_third_qa_passs_fixes_keep_what_is_no_secret() {
+    let m = masker();
+    for (text, kept) in [
+        ("https://u:p@api.example.com/search?q=bob@example.com", "@api.example.com/search?q=bob@example.com"),
+        ("https://u:p@registry.example.com/npm/@babel/core@7.22.0", "@registry.example.com/npm/@babel/core@7.22.0"),
+        ("method=GET path=/login Cookie: sid=AbCdEf123456XyZ789; b=2 status=302 dst=app.example.com", " status=302 dst=app.example.com"),
+        ("git clone https://svc_build_automation01@dev.azure.com/org/repo", "svc_build_automation01@dev.azure.com"),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(masked.contains(kept), "{text} -> {masked}");
+    }
+    for (text, secret) in [
+        (
+            "method=GET Cookie: a=1; sid=AbCdEf123456XyZ789; b=2 status=302",
+            "AbCdEf123456",
+        ),
+        (
+            "ldappasswd -x -D cn=admin -w OldLdap2024! -s NewLdap2024! uid=bob",
+            "NewLdap2024",
+        ),
+        (
+            "ldappasswd -x -D cn=admin -w OldLdap2024! -s NewLdap2024! uid=bob",
+            "OldLdap2024",
+        ),
+        (
+            "nxc smb 10.0.0.5 -u admin -p Hunter2024! -H 31d6cfe0d16ae931b73c59d7e0c089c0",
+            "31d6cfe0d16ae931",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains(secret), "{text} -> {masked}");
+    }
+    // `-s` and `-H` of other programs are no secrets.
+    for clean in [
+        "curl -s -H 31d6cfe0d16ae931b73c59d7e0c089c0 x",
+        "sort -s -k 2 file",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let mut v =
+        json!({"public_secret": "Zz9Yy8Xx7Ww6Vv5Uu4", "publicSecretKey": "Zz9Yy8Xx7Ww6Vv5Uu4"});
+    m.mask_value(&mut v);
+    assert!(!v.to_string().contains("Zz9Yy8Xx7Ww6"), "{v}");
+}
