@@ -2113,6 +2113,12 @@ fn option_before_is_seed(text: &str, start: usize) -> bool {
 /// The group of the `CliCredentials` pattern that is `zip -P`'s password.
 const ZIP_PASSWORD_GROUP: usize = 42;
 
+/// The group of the `CliCredentials` pattern that is the admin and attack tools' `-p`.
+const TOOLS_PASSWORD_GROUP: usize = 46;
+
+/// The group of the `CliCredentials` pattern that is `rabbitmqctl`'s password.
+const RABBITMQ_PASSWORD_GROUP: usize = 51;
+
 /// The groups of the `CliCredentials` pattern that are an option alone, `-H <NTLM hash>` and
 /// `-s <new password>`, with the programs that must run it (checked by [`runs_before`]).
 const OPTION_ALONE_GROUPS: [(usize, &[&str]); 2] = [
@@ -3233,6 +3239,12 @@ fn verify(
                     && !super::is_working_directory(k.as_str(), Some(secret))
                     && !is_resource_name_segment(text, k.start())
                     && short_name_value_is_secret(k.as_str(), secret)
+                    // A label of two words (`Encryption key: arn:aws:kms:...`, `API key:
+                    // rotated by admin`) names a key's metadata as often as the key: only a
+                    // generated-looking value that is no ARN, path, fingerprint or algorithm.
+                    && (!k.as_str().contains([' ', '\t'])
+                        || names_a_phrase(k.as_str())
+                        || (looks_generated(secret) && !names_key_metadata(secret)))
                     // A phrase is a dozen words (or a generated value): `seed phrase: shown
                     // once` is about it.
                     && (!names_a_phrase(k.as_str())
@@ -3325,6 +3337,11 @@ fn verify(
             && OPTION_ALONE_GROUPS
                 .iter()
                 .all(|(group, programs)| caps.get(*group).is_none() || runs_before(text, start, programs))
+            // `hydra ... -p 22` in prose is a port; `rabbitmqctl add_user command requires a
+            // password` is a sentence.
+            && (caps.get(TOOLS_PASSWORD_GROUP).is_none()
+                || !(secret.len() <= 5 && secret.bytes().all(|b| b.is_ascii_digit())))
+            && (caps.get(RABBITMQ_PASSWORD_GROUP).is_none() || !net_user_prose(text, start, secret))
             // `--seed 42` seeds a random generator: only a seed that looks generated or is long
             // (a hex wallet seed) is one, as for a `seed=` assignment.
             && (caps.get(SEED_WORD_GROUP).is_none()
@@ -3390,6 +3407,23 @@ pub(crate) fn is_aws_secret_shape(s: &str) -> bool {
 
 /// A hash algorithm's name as the whole value (`the password is sha256`, `password: bcrypt`):
 /// how passwords are stored, not one.
+/// Whether `value`, after a label such as `Encryption key:`, says which key rather than being
+/// it: an ARN, a path, a public fingerprint (`SHA256:...`, `MD5:...`), an algorithm and size
+/// (`AES-256`, `RSA-2048`, `P-256`).
+fn names_key_metadata(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    lower.starts_with("arn:")
+        || lower.starts_with('/')
+        || lower.starts_with("sha256:")
+        || lower.starts_with("md5:")
+        || (value.len() <= 16
+            && [
+                "aes", "rsa", "ecdsa", "ed25519", "p-", "hmac", "sha", "chacha", "x25519",
+            ]
+            .iter()
+            .any(|a| lower.starts_with(a)))
+}
+
 fn is_hash_algorithm(value: &str) -> bool {
     const ALGORITHMS: &[&str] = &[
         "md5", "sha1", "sha224", "sha256", "sha384", "sha512", "sha3", "sha3256", "sha3512",

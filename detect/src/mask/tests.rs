@@ -4502,3 +4502,22 @@ fn the_third_qa_passs_fixes_keep_what_is_no_secret() {
     m.mask_value(&mut v);
     assert!(!v.to_string().contains("Zz9Yy8Xx7Ww6"), "{v}");
 }
+
+/// Labels of two words and tools' names in prose: what they name is kept when it is no secret.
+#[test]
+fn labels_and_tool_names_in_prose_keep_what_is_no_secret() {
+    let m = masker();
+    for clean in [
+        "Encryption key: arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "Encryption key: AES-256",
+        "Signing key: SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8",
+        "API key: rotated by admin",
+        "Private key: /etc/ssl/private/site.key",
+        "run hydra against ssh with -p 22 open",
+        "the rabbitmqctl add_user command requires a password",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
+    let masked = m.mask_text("API key: a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6");
+    assert!(!masked.contains("a1b2c3d4"), "{masked}");
+}
