@@ -390,7 +390,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     PatternSpec {
         kind: PatternKind::AuthHeader,
         // Group 3: Rails' `Authorization: Token token="..."` (Zendesk, others), quoted.
-        regex: r#"(?i)(?-u:\b)(?:(bearer|basic)\s+([A-Za-z0-9._~+/=-]{8,})|token\s+token=\\?"([^"\\]{8,}))"#,
+        regex: r#"(?i)(?-u:\b)(?:(bearer|basic)\s+([A-Za-z0-9._~+/=-]{8,})|token\s+token=\\?["']([^"'\\]{8,}))"#,
         secret_groups: &[2, 3],
         anchors: &["bearer", "basic", "token token="],
     },
@@ -3195,7 +3195,7 @@ fn verify(
                 && secret
                     .get(..6)
                     .is_some_and(|s| s.eq_ignore_ascii_case("token "))
-                && text[start + secret.len()..].starts_with(['"', '\\']) =>
+                && text[start + secret.len()..].starts_with(['"', '\'', '\\']) =>
         {
             false
         }

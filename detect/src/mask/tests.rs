@@ -4270,6 +4270,7 @@ fn secrets_of_the_third_qa_pass_are_masked() {
         "ssh_body": "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZWQyNTUxOQAAACDb",
         "pfx": "MIIKPAIBAzCCCfYGCSqGSIb3DQEHAaCCCecEggnjMIIJ3zCCBgAGCSqGSIb3DQEHAaCCBfEEggXtMIIF6TCCBeUGCyqGSIb3DQEMCgECoIIE",
         "header": "Authorization: Token token=\"abcDEF123ghiJKL456\", email=\"bob@x.com\"",
+        "header2": "authorization: token token='abcDEF123ghiJKL456'",
         "publicKeyMaterial": "c3NoLXJzYSBBQUFBQjNOemFDMXljMkVBQUFBREFRQUJBQUFCQVFDM2FC",
         "note": "a generally neural net",
     });
