@@ -2990,7 +2990,15 @@ fn two_word_name_before(text: &[u8], run_start: usize, end: usize, keys: &KeyMat
     let Some(space) = run_start.checked_sub(1) else {
         return false;
     };
-    if !matches!(text[space], b' ' | b'\t') || run_start == end {
+    // The pattern's labels end in one of these words (`API key`, `seed phrase`, `access
+    // token`): any other name before a separator needs no second look (this runs at every
+    // `:` and `=` of every text).
+    let second = &text[run_start..end];
+    if !matches!(text[space], b' ' | b'\t')
+        || !(second.eq_ignore_ascii_case(b"key")
+            || second.eq_ignore_ascii_case(b"phrase")
+            || second.eq_ignore_ascii_case(b"token"))
+    {
         return false;
     }
     let first = text[..space]
