@@ -325,8 +325,6 @@ impl<'a> MaskWalk<'a> {
                 // when such a value comes up, then kept.
                 let aws_enabled = enabled & bit(PatternKind::AwsSecretAccessKey) != 0;
                 let mut holds_key_id: Option<bool> = None;
-                let mut is_jwk: Option<bool> = None;
-                let mut is_k8s_secret: Option<bool> = None;
                 let mut names_an_id: Option<bool> = None;
                 self.object(map, enabled, |w, key, facts, child| {
                     let view = node_view(child);
@@ -363,29 +361,15 @@ impl<'a> MaskWalk<'a> {
                     {
                         let extra = extra | rule.extra;
                         w.force_key_value(child, view, key, child_node, extra);
-                    } else if may_name_secret
+                    } else if (may_name_secret
                         && facts.pair_value()
                         // `{"field": "Token", "from": "enabled", "to": "disabled"}`
                         && !text.is_some_and(is_status_word)
-                        && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled))
+                        && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled)))
+                        || (rule.action != FieldAction::Keep
+                            && (is_jwk_private_member(key) || matches!(key, "data" | "stringData"))
+                            && is_secret_member_of_record(map, key))
                     {
-                        w.force_leaves(child, m.key_action, "key");
-                    } else if rule.action != FieldAction::Keep
-                        && matches!(key, "data" | "stringData")
-                        && *is_k8s_secret.get_or_insert_with(|| {
-                            map.get(&"kind").and_then(|k| k.as_str()) == Some("Secret")
-                        })
-                    {
-                        // A Kubernetes Secret (in an audit event's request or response body):
-                        // every value of its `data` is a secret, whatever its key's name.
-                        w.force_leaves(child, m.key_action, "key");
-                    } else if rule.action != FieldAction::Keep
-                        && is_jwk_private_member(key)
-                        && *is_jwk.get_or_insert_with(|| map.get(&"kty").is_some())
-                    {
-                        // A JSON Web Key's private parts (`d` of an EC or OKP key, `d`, `p`,
-                        // `q`, `dp`, `dq`, `qi` of an RSA key, `k` of a symmetric one); its
-                        // public ones (`x`, `y`, `n`, `e`, `kid`) stay.
                         w.force_leaves(child, m.key_action, "key");
                     } else if aws_enabled
                         && rule.action != FieldAction::Keep
@@ -1035,6 +1019,20 @@ fn is_scalar_or_scalars(view: &ValueRef<'_>) -> bool {
             )
         }),
         _ => false,
+    }
+}
+
+/// Whether the member `key` of `map` is secret by what the object is, whatever its name: a
+/// JSON Web Key's private parts (`d` of an EC or OKP key, `d`, `p`, `q`, `dp`, `dq`, `qi` of an
+/// RSA key, `k` of a symmetric one; its public ones, `x`, `y`, `n`, `e`, `kid`, stay), or a
+/// Kubernetes Secret's `data`/`stringData` (in an audit event's request or response body).
+/// Out of line: the per-key closure of the walk is hot, and rare keys only call this.
+#[inline(never)]
+fn is_secret_member_of_record(map: &sonic_rs::Object, key: &str) -> bool {
+    if matches!(key, "data" | "stringData") {
+        map.get(&"kind").and_then(|k| k.as_str()) == Some("Secret")
+    } else {
+        map.get(&"kty").is_some()
     }
 }
 
