@@ -367,7 +367,7 @@ impl<'a> MaskWalk<'a> {
                         && !text.is_some_and(is_status_word)
                         && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled)))
                         || (rule.action != FieldAction::Keep
-                            && (is_jwk_private_member(key) || matches!(key, "data" | "stringData"))
+                            && (is_jwk_private_member(key) || is_kubernetes_secret_data(key))
                             && is_secret_member_of_record(map, key))
                     {
                         w.force_leaves(child, m.key_action, "key");
@@ -1029,11 +1029,16 @@ fn is_scalar_or_scalars(view: &ValueRef<'_>) -> bool {
 /// Out of line: the per-key closure of the walk is hot, and rare keys only call this.
 #[inline(never)]
 fn is_secret_member_of_record(map: &sonic_rs::Object, key: &str) -> bool {
-    if matches!(key, "data" | "stringData") {
+    if is_kubernetes_secret_data(key) {
         map.get(&"kind").and_then(|k| k.as_str()) == Some("Secret")
     } else {
         map.get(&"kty").is_some()
     }
+}
+
+/// Whether `key` names the members of a Kubernetes Secret that hold its values.
+fn is_kubernetes_secret_data(key: &str) -> bool {
+    matches!(key, "data" | "stringData")
 }
 
 /// Whether `key` names a private member of a JSON Web Key (RFC 7518, section 6).
