@@ -17,6 +17,8 @@
 
 pub mod audit;
 pub mod auth;
+mod body_silence;
+mod connection_cap;
 pub mod destinations;
 pub mod egress;
 pub mod error;

@@ -37,12 +37,19 @@ pub struct ApiConfig {
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
     /// How long (seconds) a connection may send nothing of a request: its first request, the
-    /// rest of a request's headers, the next request on a kept-alive connection. Past it the
+    /// rest of a request's headers, the next part of its body (answered `408`), the next
+    /// request on a kept-alive connection. Past it the
     /// connection is closed: idle or half-sent connections (a client gone, or one holding
     /// sockets open on purpose) would each hold a file descriptor until the process had none
     /// left for the store. At least 1.
     #[serde(default = "default_client_silence_seconds")]
     pub client_silence_seconds: u64,
+    /// Connections open at once, at most (API clients, shippers, analysts' browsers, all
+    /// counted); a connection past it is closed as it is accepted, counted in
+    /// `api_connections_refused_total` and warned about once a minute. Keep it well under the
+    /// process's open-file limit (`ulimit -n`): the store opens files as it writes. At least 1.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Whether alert webhooks may point at loopback and private addresses (an internal relay).
     /// Turn it off where tenant admins are not the operator. Link-local addresses (cloud
     /// metadata) are refused either way (`egress`).
@@ -71,6 +78,10 @@ fn default_client_silence_seconds() -> u64 {
     30
 }
 
+fn default_max_connections() -> usize {
+    1024
+}
+
 fn default_tls_reload_check_seconds() -> u64 {
     60
 }
@@ -84,6 +95,7 @@ impl Default for ApiConfig {
             tls_reload_check_seconds: default_tls_reload_check_seconds(),
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
             client_silence_seconds: default_client_silence_seconds(),
+            max_connections: default_max_connections(),
             allow_private_destinations: default_allow_private_destinations(),
             audit_retention_days: 0,
         }
@@ -300,6 +312,7 @@ pub struct Server {
     tls: Option<(LoadedCertificate, CertificateFiles)>,
     grace: Duration,
     silence: Duration,
+    max_connections: usize,
     cutoff_gate: Option<CutoffGate>,
 }
 
@@ -536,6 +549,7 @@ pub struct PreparedServer {
     tls: Option<(LoadedCertificate, CertificateFiles)>,
     grace: Duration,
     silence: Duration,
+    max_connections: usize,
 }
 
 impl PreparedServer {
@@ -571,6 +585,7 @@ impl PreparedServer {
             tls: self.tls,
             grace: self.grace,
             silence: self.silence,
+            max_connections: self.max_connections,
             cutoff_gate: None,
         })
     }
@@ -616,6 +631,7 @@ impl Server {
             tls,
             grace: Duration::from_secs(config.shutdown_grace_seconds),
             silence: Duration::from_secs(config.client_silence_seconds.max(1)),
+            max_connections: config.max_connections.max(1),
         })
     }
 
@@ -673,11 +689,19 @@ impl Server {
                 state.clone(),
                 crate::count_requests,
             ));
-        let app = crate::router_documenting(state.clone(), extra_doc).merge(extra);
+        // Outermost, so its 408 replaces whatever a handler answered to a body gone silent.
+        let app = crate::router_documenting(state.clone(), extra_doc)
+            .merge(extra)
+            .layer(axum::middleware::from_fn_with_state(
+                self.silence,
+                crate::body_silence::answer_silent_bodies,
+            ));
         let addr = self.local_addr()?;
         let handle = axum_server::Handle::new();
         let grace = self.grace;
         let silence = self.silence;
+        let cap =
+            crate::connection_cap::ConnectionCap::new(self.max_connections, state.metrics.clone());
         let signal = handle.clone();
         let metrics = state.metrics.clone();
         let may_cut = self
@@ -723,7 +747,10 @@ impl Server {
                 let watcher = tokio::spawn(files.watch(config.clone(), metrics, tls.validity));
                 let _stop_watching = AbortOnDrop(watcher);
                 let mut server = axum_server::from_tcp_rustls(self.listener, config)?
-                    .map(JsonParseErrorsAcceptor)
+                    .map(|inner| crate::connection_cap::CappedAcceptor {
+                        inner: JsonParseErrorsAcceptor(inner),
+                        cap: cap.clone(),
+                    })
                     .handle(handle)
                     .first_request_timeout(silence);
                 server.http_builder().http1().header_read_timeout(silence);
@@ -732,7 +759,10 @@ impl Server {
             None => {
                 tracing::info!(%addr, "api listening (http)");
                 let mut server = axum_server::from_tcp(self.listener)?
-                    .map(JsonParseErrorsAcceptor)
+                    .map(|inner| crate::connection_cap::CappedAcceptor {
+                        inner: JsonParseErrorsAcceptor(inner),
+                        cap: cap.clone(),
+                    })
                     .handle(handle)
                     .first_request_timeout(silence);
                 server.http_builder().http1().header_read_timeout(silence);

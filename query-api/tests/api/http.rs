@@ -2949,3 +2949,123 @@ fn connections_silent_past_the_limit_are_closed() {
     let response = reqwest::blocking::get(api.url("/healthz")).unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// A request whose body stops arriving part way is answered `408` with the JSON error once
+/// no part of it came for `client_silence_seconds`, and the connection closed: the header
+/// timeout alone let such a client hold a handler and its socket for as long as it liked.
+/// A body sent in parts with pauses shorter than the limit is read whole.
+#[test]
+fn a_request_body_silent_past_the_limit_is_answered_408() {
+    use std::io::{Read, Write};
+    let api = TestApi::start_with(perimeter_query_api::ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        client_silence_seconds: 1,
+        ..perimeter_query_api::ApiConfig::default()
+    });
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let body = json!({"rule": "title: carol\nkeyword: carol", "events": [{"user": "carol"}, {"user": "dave"}]}).to_string();
+    let send = |pauses: &[std::time::Duration], whole: bool| {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "POST /api/v1/rules/test HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            api.token(ACME, Role::Admin),
+            body.len()
+        )
+        .unwrap();
+        let parts = body
+            .as_bytes()
+            .chunks(body.len() / 3 + 1)
+            .collect::<Vec<_>>();
+        let sent = if whole { parts.len() } else { parts.len() - 1 };
+        for (part, pause) in parts[..sent].iter().zip(
+            pauses
+                .iter()
+                .chain(std::iter::repeat(&std::time::Duration::ZERO)),
+        ) {
+            stream.write_all(part).unwrap();
+            std::thread::sleep(*pause);
+        }
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).ok();
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let (answer, waited) = send(&[], false);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let json_body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json_body["error"]["code"], "request_timeout", "{answer}");
+    assert!(waited < std::time::Duration::from_secs(8), "{waited:?}");
+    // Pauses under the limit: the body is read whole and the rule tested.
+    let pause = std::time::Duration::from_millis(400);
+    let (answer, _) = send(&[pause, pause], true);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"matched\":1"), "{answer}");
+}
+
+/// Past `max_connections` open connections a new one is closed as it is accepted (and
+/// counted); once one of the open ones closes, connections are served again. Without the cap,
+/// clients holding connections open could take every file descriptor the process may have.
+#[test]
+fn connections_past_max_connections_are_closed_at_once() {
+    use std::io::{Read, Write};
+    let api = TestApi::start_with(perimeter_query_api::ApiConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_connections: 2,
+        ..perimeter_query_api::ApiConfig::default()
+    });
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let get = |stream: &mut std::net::TcpStream, path: &str| {
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok();
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        (
+            read.is_ok() || !answer.is_empty(),
+            String::from_utf8_lossy(&answer).into_owned(),
+        )
+    };
+    // Idle connections fill the cap (each is held until `client_silence_seconds`): one more
+    // is closed unserved.
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut past = std::net::TcpStream::connect(&addr).unwrap();
+    let (_, answer) = get(&mut past, "/healthz");
+    assert!(
+        answer.is_empty(),
+        "a connection past the cap was served: {answer}"
+    );
+    drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut again = std::net::TcpStream::connect(&addr).unwrap();
+    let (_, answer) = get(&mut again, "/metrics");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let refused = answer
+        .lines()
+        .find(|l| {
+            l.starts_with("perimeter_api_connections_refused_total")
+                || l.starts_with("api_connections_refused_total")
+        })
+        .unwrap_or_else(|| panic!("no refusal counted: {answer}"));
+    let count: f64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 1.0, "{refused}");
+}
