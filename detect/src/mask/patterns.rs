@@ -421,12 +421,17 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // them by name (`SESSION_PARAMETERS`). Group 3: an API key passed as a URL's `key`
         // parameter (`?key=...`, Azure APIM, Google, many others), whole up to the parameter's
         // end; judged as a session parameter (a path or a word, `?key=reports`, stays).
+        // Group 4: the one-time token of a password-reset, activation, invitation or sign-in
+        // link, as a path segment (`/signin/reset-password/<token>`, `/welcome/<token>`,
+        // Okta's and most web apps' links): whoever reads it can use the link while it is
+        // valid. Only one that looks generated (`/welcome/getting-started` stays).
         regex: concat!(
             r"(?i)(?:^|[?&;,\s])(?:(?:x-amz-signature|x-goog-signature|signature|sig|code)=([A-Za-z0-9%+/=_~.-]{16,})",
             r"|(?:auth|pw|session|session_?id|jsessionid|phpsessid|ticket)=([A-Za-z0-9%+/=_~.-]+))",
             r#"|[?&]key=([A-Za-z0-9+_~-]{12,})(?:$|[&#\s"'<>\\])"#,
+            r#"|/(?:reset-?password|reset_password|password[-_/]reset|welcome|activate|activation|verify-email|confirm-email|magic-?link|invite|invitation|recovery)/([A-Za-z0-9_-]{16,128})(?:$|[/?#&\s"'<>\\])"#,
         ),
-        secret_groups: &[1, 2, 3],
+        secret_groups: &[1, 2, 3, 4],
         anchors: &[
             "signature=",
             "sig=",
@@ -440,6 +445,23 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // A password-reset or sign-in ticket (Auth0's `/lo/reset?ticket=`, CAS's `ST-`).
             "ticket=",
             "key=",
+            // Group 4's link paths (each ends with the `/` before the token).
+            "/resetpassword/",
+            "/reset-password/",
+            "/reset_password/",
+            "/password-reset/",
+            "/password_reset/",
+            "/password/reset/",
+            "/welcome/",
+            "/activate/",
+            "/activation/",
+            "/verify-email/",
+            "/confirm-email/",
+            "/magic-link/",
+            "/magiclink/",
+            "/invite/",
+            "/invitation/",
+            "/recovery/",
         ],
     },
     PatternSpec {
@@ -2083,6 +2105,9 @@ const SESSION_PARAMETER_GROUP: usize = 2;
 /// The group of the `UrlSignature` pattern that is the value of a URL's `key` parameter.
 const URL_KEY_GROUP: usize = 3;
 
+/// The group of the `UrlSignature` pattern that is a one-time link's token in a URL path.
+const LINK_TOKEN_GROUP: usize = 4;
+
 /// The group of the `CliCredentials` pattern that is the one word after `--seed`.
 const SEED_WORD_GROUP: usize = 25;
 
@@ -2829,6 +2854,16 @@ fn is_token_shaped(s: &str) -> bool {
             || (b.iter().any(u8::is_ascii_uppercase) && b.iter().any(u8::is_ascii_lowercase)))
 }
 
+/// Whether a path segment after a one-time link's name (`/welcome/...`) is its token: it mixes
+/// letters and digits, and no part of it between `-` and `_` is a lower-case word (a page's
+/// slug, `page2-overview-and-more`, is words).
+fn is_link_token(s: &str) -> bool {
+    looks_generated(s)
+        && !s
+            .split(['-', '_'])
+            .any(|part| part.len() >= 4 && part.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
 /// Whether `after` (what follows `host:` in a URL) is a port, then a path, query or fragment:
 /// `8443/x@y` is no password before an `@`.
 fn is_port_then_path(after: &[u8]) -> bool {
@@ -3317,6 +3352,9 @@ fn verify(
             if start >= 5 && text.as_bytes()[start - 5..start].eq_ignore_ascii_case(b"code=") =>
         {
             looks_generated(secret)
+        }
+        PatternKind::UrlSignature if caps.is_some_and(|c| c.get(LINK_TOKEN_GROUP).is_some()) => {
+            is_link_token(secret) && !is_masked(&text[start..])
         }
         PatternKind::UrlSignature
             if caps.is_some_and(|c| {
@@ -4040,6 +4078,47 @@ mod tests {
             "https://x.example/y?pw=true",
             "https://x.example/y?oauth=Zebra9KettleC1abc",
             "session=expired",
+        ] {
+            none_of(UrlSignature, clean);
+        }
+    }
+
+    /// The token of a password-reset, activation or invitation link in a URL's path (Okta's
+    /// `requestUri`, web access logs) works for whoever reads it while the link is valid.
+    #[test]
+    fn one_time_link_tokens_in_url_paths_are_masked() {
+        use PatternKind::UrlSignature;
+        for (text, secret) in [
+            (
+                "/signin/reset-password/XE6wE17zmphl3KqAPFxO",
+                "XE6wE17zmphl3KqAPFxO",
+            ),
+            (
+                "https://acme.okta.com/welcome/drpFgIbz9sVbP3c7Yk1L?fromURI=/app",
+                "drpFgIbz9sVbP3c7Yk1L",
+            ),
+            (
+                "GET /accounts/password/reset/Mz-5fq8bk2r7a1XyZq9w/ HTTP/1.1",
+                "Mz-5fq8bk2r7a1XyZq9w",
+            ),
+            (
+                "https://app.example.com/invite/9f8e7d6c5b4a39281706f5e4",
+                "9f8e7d6c5b4a39281706f5e4",
+            ),
+            (
+                "see https://x.example/magic-link/Ab3dEf6hIj9kLm2nOp5q for the sign-in",
+                "Ab3dEf6hIj9kLm2nOp5q",
+            ),
+        ] {
+            one(text, UrlSignature, secret);
+        }
+        for clean in [
+            "https://help.example.com/welcome/getting-started-with-okta",
+            "/signin/reset-password/",
+            "https://x.example/invite/members",
+            "/activate/short1",
+            "https://x.example/docs/welcome/page2-overview-and-more",
+            "/signin/reset-password/hmac:0123456789abcdef0123456789abcdef",
         ] {
             none_of(UrlSignature, clean);
         }
