@@ -524,10 +524,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?i:net1?(?:\.exe)?\s+use)\s+(?:[A-Za-z*]:\s+)?\\\\[^\s]+\s+(?:"([^"]*)"|([^\s"/*][^\s"]*))"#,
             r#"|(?i:impacket-[a-z]+|(?:[a-z]*exec|secretsdump|smbclient|getuserspns|getnpusers|gettgt|getst)\.py)\s+(?:\S+\s+)*?['"]?[^\s/:@'"]+/[^\s/:@'"]+:([^\s@'"]+)@"#,
             // Group 33-35: SQL's `CREATE`/`ALTER USER <name> IDENTIFIED BY <password>` (quoted or,
-            // as Oracle takes it, bare; also `IDENTIFIED WITH <plugin> BY`); 36: `ipmitool -P`; 37: Samba's `-U user%<password>`;
+            // as Oracle takes it, bare; also `IDENTIFIED WITH <plugin> BY`, and MySQL 5's
+            // `GRANT ... TO <user> IDENTIFIED BY`); 36: `ipmitool -P`; 37: Samba's `-U user%<password>`;
             // 38: Java keytool's and jarsigner's `-storepass`/`-keypass` (and the `src`/`dest`
             // ones); 39: `lftp -u user,<password>`.
-            r#"|(?i:(?:create|alter)\s+(?:user|role|login)\s+(?:if\s+(?:not\s+)?exists\s+)?\S+\s+identified\s+(?:with\s+\S+\s+)?by)\s+(?:'([^']*)'|"([^"]*)"|([^\s;'"]+))"#,
+            r#"|(?i:(?:(?:create|alter)\s+(?:user|role|login)\s+(?:if\s+(?:not\s+)?exists\s+)?|grant\s[^;'"]{1,200}?\sto\s+)\S+\s+identified\s+(?:with\s+\S+\s+)?by)\s+(?:'([^']*)'|"([^"]*)"|([^\s;'"]+))"#,
             r#"|(?i:ipmitool)(?:\.exe)?\s(?:[^;|&\n]*\s)?-P\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|(?i:smbclient|rpcclient|smbget|smbcacls)(?:\.exe)?\s(?:[^;|&\n]*\s)?(?:-U|--user(?:=|\s+))\s*['"]?[^\s%'"]+%([^\s'"]+)"#,
             r#"|(?:^|\s)-(?i:(?:src|dest)?(?:store|key)pass)\s+['"]?([^\s'"-][^\s'"]*)"#,

@@ -1084,6 +1084,8 @@ fn secrets_in_vendor_shapes_found_by_qa_are_masked() {
         ("curl --user=deploy:Summer2024!x https://x", "Summer2024!x"),
         ("CREATE USER 'app'@'%' IDENTIFIED BY 'Summer2024!x';", "Summer2024!x"),
         ("create user scott identified by Summer2024x;", "Summer2024x"),
+        ("GRANT ALL ON *.* TO 'u'@'%' IDENTIFIED BY 'Summer2024!x'", "Summer2024!x"),
+        ("grant select on db.* to app@localhost identified by Summer2024x;", "Summer2024x"),
         ("ALTER USER app IDENTIFIED WITH mysql_native_password BY \"Summer2024!x\"", "Summer2024!x"),
         ("ipmitool -I lanplus -H 10.0.0.9 -U admin -P Summer2024!x power status", "Summer2024!x"),
         ("smbclient //fs01/c$ -U 'corp\\admin%Summer2024!x'", "Summer2024!x"),
