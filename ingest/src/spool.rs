@@ -670,15 +670,16 @@ impl SpoolSource {
         tokio::pin!(shutdown);
         let mut unreadable = Unreadable::default();
         let mut pruned: Option<Instant> = None;
+        let mut failing = ScanFailures::default();
         loop {
             match self.scan_once(&mut unreadable).await {
-                Ok(()) => {}
+                Ok(()) => failing.recovered(),
                 // Nothing is left to take the files: the service is stopping or broken.
                 Err(e @ IngestError::PipelineClosed) => return Err(e),
                 // Listing the inbox failed (no file descriptor left, a directory removed
                 // while it was read): the next scan tries again, as for an unreadable file.
                 Err(error) => {
-                    tracing::error!(%error, "scanning the spool directory failed; will retry");
+                    failing.failed(&error);
                 }
             }
             if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
@@ -1252,8 +1253,69 @@ fn spool_files(
     Ok(())
 }
 
+/// Scans of the inbox failing in a row: the first failure, a different one, and then one
+/// every [`SCAN_FAILURE_REPEAT_LOG`] are logged (a scan runs every poll interval, so a
+/// directory gone for good logged an error a second), and the scan working again is said.
+#[derive(Debug, Default)]
+struct ScanFailures {
+    in_a_row: u64,
+    last: Option<String>,
+    logged_at: Option<Instant>,
+}
+
+const SCAN_FAILURE_REPEAT_LOG: Duration = Duration::from_secs(300);
+
+impl ScanFailures {
+    /// Whether this failure was logged.
+    fn failed(&mut self, error: &IngestError) -> bool {
+        self.in_a_row += 1;
+        let text = error.to_string();
+        let due = self.last.as_deref() != Some(text.as_str())
+            || self
+                .logged_at
+                .is_none_or(|at| at.elapsed() >= SCAN_FAILURE_REPEAT_LOG);
+        if due {
+            tracing::error!(%error, failures_in_a_row = self.in_a_row,
+                "scanning the spool directory failed; will retry (repeats of this error are logged every 5 minutes)");
+            self.last = Some(text);
+            self.logged_at = Some(Instant::now());
+        }
+        due
+    }
+
+    fn recovered(&mut self) {
+        if self.in_a_row > 0 {
+            tracing::info!(
+                failures = self.in_a_row,
+                "scanning the spool directory works again"
+            );
+        }
+        *self = ScanFailures::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// A scan failing at every poll logged an error each time (every second by default): the
+    /// first and a different one are logged, repeats not, and after a working scan the next
+    /// failure is again.
+    #[test]
+    fn repeated_scan_failures_are_logged_once() {
+        let gone = |why: &str| IngestError::Io {
+            what: "the spool directory".into(),
+            source: std::io::Error::other(why.to_string()),
+        };
+        let mut failing = ScanFailures::default();
+        assert!(failing.failed(&gone("no such directory")));
+        assert!(!failing.failed(&gone("no such directory")));
+        assert!(!failing.failed(&gone("no such directory")));
+        assert!(failing.failed(&gone("too many open files")));
+        assert_eq!(failing.in_a_row, 4);
+        failing.recovered();
+        assert!(failing.failed(&gone("too many open files")));
+    }
+
     use super::*;
     use crate::bus::{channel, BusSender, SubmitAck};
 
