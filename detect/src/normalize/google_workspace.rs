@@ -131,6 +131,19 @@ fn categorize(ecs: &mut Ecs, app: &str, kind: &str, name: &str) {
             (&["authentication"], &["info"], Outcome::Unknown)
         }
         (_, "logout") => (&["authentication"], &["end"], Outcome::Success),
+        // A user's 2-step verification, password or recovery settings changed (the Reports
+        // API logs changes that happened): an account change, as Okta's factor changes are.
+        (
+            "login",
+            "2sv_disable"
+            | "2sv_enroll"
+            | "recovery_email_edit"
+            | "recovery_phone_edit"
+            | "recovery_secret_qa_edit"
+            | "password_edit"
+            | "titanium_enroll"
+            | "titanium_unenroll",
+        ) => (&["iam"], &["user", "change"], Outcome::Success),
         ("login", _) => (&["authentication"], &["info"], Outcome::Unknown),
         ("token", "authorize") => (&["configuration"], &["creation"], Outcome::Success),
         ("token", "revoke") => (&["configuration"], &["deletion"], Outcome::Success),

@@ -112,7 +112,17 @@ fn categorize(ecs: &mut Ecs, op: &str) {
         | "Change user license."
         | "Set force change user password."
         | "Disable account."
-        | "Enable account." => (&["iam"], &["user", "change"]),
+        | "Enable account."
+        // A user's MFA switched off or on, or their sign-in methods (security info) changed:
+        // an account change (the user acted on is the target).
+        | "Disable Strong Authentication."
+        | "Enable Strong Authentication."
+        | "Admin deleted security info"
+        | "User deleted security info"
+        | "Admin registered security info"
+        | "User registered security info"
+        | "Admin updated security info"
+        | "User changed default security info" => (&["iam"], &["user", "change"]),
         "Add member to group." | "Remove member from group." | "Update group." => {
             (&["iam"], &["group", "change"])
         }

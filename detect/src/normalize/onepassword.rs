@@ -82,7 +82,7 @@ impl OnePasswordEventsNormalizer {
                 }
                 ecs.source_geo_country_iso_code =
                     str_at(raw, &["country"]).and_then(fields::country_iso);
-                ecs.source_ip = str_at(raw, &["client", "ip"]).and_then(fields::clean_ip);
+                ecs.source_ip = client_ip(raw);
             }
             OnePasswordEventKind::ItemUsage => {
                 let action = str_at(raw, &["action"]).unwrap_or("item_usage");
@@ -95,7 +95,7 @@ impl OnePasswordEventsNormalizer {
                     ecs.user_name =
                         fields::owned(str_at(user, &["email"]).or_else(|| str_at(user, &["name"])));
                 }
-                ecs.source_ip = str_at(raw, &["client", "ip"]).and_then(fields::clean_ip);
+                ecs.source_ip = client_ip(raw);
                 ecs.source_geo_country_iso_code =
                     str_at(raw, &["location", "country"]).and_then(fields::country_iso);
             }
@@ -149,6 +149,14 @@ fn categorize_audit(ecs: &mut Ecs, object: &str, action: &str) {
         _ => (&["configuration"], verb),
     };
     classify(ecs, cat, kind);
+}
+
+/// The client's address: `client.ip` in the recorded pages, `client.ip_address` in
+/// 1Password's API reference and other collectors' copies; either is read.
+fn client_ip<'a>(raw: impl fields::Lookup<'a>) -> Option<String> {
+    str_at(raw, &["client", "ip"])
+        .or_else(|| str_at(raw, &["client", "ip_address"]))
+        .and_then(fields::clean_ip)
 }
 
 impl Normalizer for OnePasswordEventsNormalizer {

@@ -804,3 +804,55 @@ fn the_entity_of_a_record_is_its_user_else_its_source_ip() {
         None
     );
 }
+
+/// A user's MFA switched off and their sign-in methods changed are account changes with the
+/// user acted on as the target (M365 named no category and no target for them; Google's
+/// `2sv_disable` was a sign-in step of unknown outcome), and 1Password's client address is
+/// read under either name it is written with.
+#[test]
+fn mfa_changes_are_account_changes_and_1password_addresses_are_read_under_both_names() {
+    let r = NormalizerRegistry::builtin();
+    let norm = |source: &str, raw: Value| r.normalize(source, record(raw)).expect("normalizes");
+    for op in [
+        "Disable Strong Authentication.",
+        "Admin deleted security info",
+        "User deleted security info",
+    ] {
+        let ev = norm(
+            "m365",
+            json!({"CreationTime": "2026-01-01T00:00:00", "Operation": op, "RecordType": 8,
+                   "UserId": "admin@acme.example", "ObjectId": "mallory@acme.example",
+                   "ResultStatus": "Success", "Workload": "AzureActiveDirectory"}),
+        );
+        assert_eq!(ev.ecs.event_category, vec!["iam".to_string()], "{op}");
+        assert_eq!(
+            ev.ecs.event_type,
+            vec!["user".to_string(), "change".to_string()],
+            "{op}"
+        );
+        assert_eq!(
+            ev.ecs.user_target_email.as_deref(),
+            Some("mallory@acme.example"),
+            "{op}"
+        );
+    }
+    let ev = norm(
+        "google_workspace",
+        json!({"kind": "admin#reports#activity", "id": {"time": "2026-01-01T00:00:00.000Z",
+               "uniqueQualifier": "1", "applicationName": "login", "customerId": "C0"},
+               "actor": {"email": "bob@acme.example"},
+               "events": [{"type": "2sv_change", "name": "2sv_disable"}]}),
+    );
+    assert_eq!(ev.ecs.event_category, vec!["iam".to_string()]);
+    assert_eq!(ev.ecs.event_outcome, Outcome::Success);
+    for key in ["ip", "ip_address"] {
+        let ev = norm(
+            "onepassword",
+            json!({"uuid": "u1", "session_uuid": "s1", "timestamp": "2026-01-01T00:00:00Z",
+                   "category": "credentials_failed", "type": "password_secret_bad",
+                   "target_user": {"uuid": "t1", "name": "Ann", "email": "ann@acme.example"},
+                   "client": {"app_name": "1Password Extension", key: "203.0.113.161"}}),
+        );
+        assert_eq!(ev.ecs.source_ip.as_deref(), Some("203.0.113.161"), "{key}");
+    }
+}
