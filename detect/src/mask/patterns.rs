@@ -551,7 +551,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // `ldappasswd -s <new password>`; 53-54: `schtasks ... /rp <password>` (`*`
             // prompts); 55: sqlmap's `--auth-cred=user:<password>`; 56: MongoDB's
             // `changeUserPassword("user", "<password>")`; 57: SQL's `SET PASSWORD [FOR user] =
-            // [PASSWORD(]'<password>'`.
+            // [PASSWORD(]'<password>'`; 58: SQL's `INSERT INTO t (<columns>) VALUES (`, the
+            // secret being the quoted value at the place of a sensitive column
+            // (`sql_insert_secret`).
             r#"|(?:^|[\s"'`(\[/\\])(?i:evil-winrm|crackmapexec|cme|nxc|netexec|hydra|medusa|kerbrute|smbmap|rdesktop)(?:\.exe|\.py)?\s(?:[^;|&\n]*\s)?-p\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|(?i:az(?:\.cmd)?\s+login)\s(?:[^;|&\n]*\s)?(?:-p|--password)(?:\s+|=)['"]?([^\s'"-][^\s'"]*)"#,
             // (48 and 52 are the option alone, the program checked before it by `verify`: a
@@ -565,11 +567,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|--auth-cred(?:=|\s+)['"]?[^\s:'"]+:([^\s'"]+)"#,
             r#"|(?i:changeUserPassword)\(\s*["'][^"']*["']\s*,\s*["']([^"']+)"#,
             r#"|(?i:set\s+password(?:\s+for\s+\S+)?\s*=\s*(?:password\s*\(\s*)?)'([^']*)'"#,
+            r#"|(?i:insert\s+into)\s+[^\s(]{1,128}\s*\(([^()]{1,1000})\)\s*(?i:values)\s*\("#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
             27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
-            49, 50, 51, 52, 53, 54, 55, 56, 57,
+            49, 50, 51, 52, 53, 54, 55, 56, 57, 58,
         ],
         anchors: &[
             "-u ",
@@ -578,6 +581,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--proxy-user",
             "--password",
             "--pass",
+            // `INSERT INTO users (name, password) VALUES (...)` (group 58).
+            "insert",
             "--pw",
             "--pin",
             "--otp",
@@ -1271,6 +1276,11 @@ impl Patterns {
                                         _ => r,
                                     }
                                 }),
+                            PatternKind::CliCredentials if g == SQL_INSERT_COLUMNS_GROUP => {
+                                let values = caps.get(0).map_or(text.len(), |m| m.end());
+                                sql_insert_secret(text, values, s.as_str(), keys)
+                                    .unwrap_or(s.end()..s.end())
+                            }
                             PatternKind::CliCredentials => to_closing_quote(text, s.range()),
                             _ => s.range(),
                         })
@@ -2141,6 +2151,76 @@ const ZIP_PASSWORD_GROUP: usize = 42;
 
 /// The group of the `CliCredentials` pattern that is the admin and attack tools' `-p`.
 const TOOLS_PASSWORD_GROUP: usize = 46;
+
+/// The group of the `CliCredentials` pattern that is the column list of an SQL `INSERT`.
+const SQL_INSERT_COLUMNS_GROUP: usize = 58;
+
+/// The quoted value of an SQL `INSERT`'s row (its `VALUES (` list starting at `values`) at the
+/// place of the first column of `columns` that names a secret (`password`, `api_key`), inside
+/// its quotes: `INSERT INTO users (email, password) VALUES ('a@b.c', '<secret>')`. `None`
+/// when no column names one, the row is cut short, or that value is no quoted string (`NULL`,
+/// a number, a placeholder such as `?` or `$2`, a function call: no secret written out).
+fn sql_insert_secret(
+    text: &str,
+    values: usize,
+    columns: &str,
+    keys: &KeyMatcher,
+) -> Option<std::ops::Range<usize>> {
+    let wanted = columns
+        .split(',')
+        .map(|c| c.trim().trim_matches(['`', '"', '[', ']']))
+        .position(|c| keys.is_sensitive(c))?;
+    let b = text.as_bytes();
+    let skip_space = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = values;
+    for place in 0..=wanted {
+        i = skip_space(i);
+        let (value, next) = match *b.get(i)? {
+            quote @ (b'\'' | b'"') => {
+                let mut j = i + 1;
+                loop {
+                    match *b.get(j)? {
+                        // A doubled quote is one inside the string (SQL's escape).
+                        c if c == quote && b.get(j + 1) == Some(&quote) => j += 2,
+                        c if c == quote => break,
+                        b'\\' => j += 2,
+                        _ => j += 1,
+                    }
+                }
+                (Some(i + 1..j), j + 1)
+            }
+            _ => {
+                let mut depth = 0usize;
+                let mut j = i;
+                while let Some(&c) = b.get(j) {
+                    match c {
+                        b'(' => depth += 1,
+                        b')' if depth == 0 => break,
+                        b')' => depth -= 1,
+                        b',' if depth == 0 => break,
+                        _ => {}
+                    }
+                    j += 1;
+                }
+                (None, j)
+            }
+        };
+        if place == wanted {
+            return value.filter(|r| r.end > r.start);
+        }
+        i = skip_space(next);
+        if b.get(i) != Some(&b',') {
+            return None;
+        }
+        i += 1;
+    }
+    None
+}
 
 /// The group of the `CliCredentials` pattern that is `rabbitmqctl`'s password.
 const RABBITMQ_PASSWORD_GROUP: usize = 51;
@@ -3394,6 +3474,11 @@ fn verify(
             && (caps.get(SEED_WORD_GROUP).is_none()
                 || !option_before_is_seed(text, start)
                 || short_name_value_is_secret("seed", secret))
+            // An `INSERT` whose row has a quoted value under a sensitive column.
+            && caps.get(SQL_INSERT_COLUMNS_GROUP).is_none_or(|columns| {
+                let values = caps.get(0).map_or(text.len(), |m| m.end());
+                sql_insert_secret(text, values, columns.as_str(), keys).is_some()
+            })
             // `net user <name> *` asks for the password; `htpasswd` without `-b` too.
             && (caps.get(NET_USER_PASSWORD_GROUP).is_none()
                 || (secret != "*" && !net_user_prose(text, start, secret)))

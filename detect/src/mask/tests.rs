@@ -1086,6 +1086,9 @@ fn secrets_in_vendor_shapes_found_by_qa_are_masked() {
         ("create user scott identified by Summer2024x;", "Summer2024x"),
         ("GRANT ALL ON *.* TO 'u'@'%' IDENTIFIED BY 'Summer2024!x'", "Summer2024!x"),
         ("grant select on db.* to app@localhost identified by Summer2024x;", "Summer2024x"),
+        ("INSERT INTO users (email, password) VALUES ('a@b.c', 'Summer2024!x')", "Summer2024!x"),
+        ("insert into `svc` (`name`,`api_key`,`n`) values ('ci', 'Summer2024x''s', 3);", "Summer2024x"),
+        ("INSERT INTO t(id, note, secret) VALUES (7, concat('a', 'b'), \"Summer2024!x\")", "Summer2024!x"),
         ("ALTER USER app IDENTIFIED WITH mysql_native_password BY \"Summer2024!x\"", "Summer2024!x"),
         ("ipmitool -I lanplus -H 10.0.0.9 -U admin -P Summer2024!x power status", "Summer2024!x"),
         ("smbclient //fs01/c$ -U 'corp\\admin%Summer2024!x'", "Summer2024!x"),
@@ -4523,4 +4526,29 @@ fn labels_and_tool_names_in_prose_keep_what_is_no_secret() {
     }
     let masked = m.mask_text("API key: a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6");
     assert!(!masked.contains("a1b2c3d4"), "{masked}");
+}
+
+/// An SQL `INSERT` writes a password out by its column's place, not beside its name: the value
+/// at a sensitive column's place is masked and the others stay; a row with no such column, or
+/// a placeholder or `NULL` there, has nothing to mask.
+#[test]
+fn the_value_of_a_sensitive_column_in_an_sql_insert_is_masked() {
+    let m = masker();
+    let masked = m.mask_text(
+        "INSERT INTO users (email, password, role) VALUES ('a@b.c', 'Summer2024!x', 'admin')",
+    );
+    assert!(!masked.contains("Summer2024!x"), "{masked}");
+    assert!(
+        masked.contains("'a@b.c'") && masked.contains("'admin'"),
+        "{masked}"
+    );
+    for clean in [
+        "INSERT INTO users (email, role) VALUES ('a@b.c', 'Summer2024!x')",
+        "INSERT INTO users (email, password) VALUES (?, ?)",
+        "INSERT INTO users (email, password) VALUES ($1, $2)",
+        "INSERT INTO users (email, password) VALUES ('a@b.c', NULL)",
+        "insert the card into the reader (slot 2) values (none)",
+    ] {
+        assert_eq!(m.mask_text(clean), clean);
+    }
 }
