@@ -136,9 +136,10 @@ pub struct Alert {
     /// `alert_group_seconds`; `None`: the store's setting, `0`: no grouping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alert_group_seconds: Option<u64>,
-    /// Event time of the newest repeat grouped into this alert, on an alert sent to
-    /// destinations as still firing (its `@timestamp` stays the first occurrence). The store
-    /// keeps it in its alert record; `None` everywhere else.
+    /// Event time of the newest repeat grouped into this alert (its `@timestamp` stays the
+    /// first occurrence): on an alert sent to destinations as still firing, and on a
+    /// behavioural detector's grouped repeats (`... (repeated)`), which the store keeps as the
+    /// alert record's span. The store keeps it in its alert record; `None` everywhere else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<DateTime<Utc>>,
 }

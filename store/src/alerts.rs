@@ -911,12 +911,14 @@ fn record_text_matches(r: &AlertRecord, needle: &str) -> bool {
 }
 
 fn new_record(alert: Alert) -> AlertRecord {
+    // An alert that already spans occurrences (UEBA's grouped repeats) brings its last one.
+    let last_seen = alert.last_seen.filter(|last| *last > alert.timestamp);
     AlertRecord {
         alert,
         assignee: None,
         notes: Vec::new(),
         history: Vec::new(),
-        last_seen: None,
+        last_seen,
         first_seen: None,
     }
 }
@@ -1339,6 +1341,41 @@ mod tests {
             .unwrap()
             .items
             .is_empty());
+    }
+
+    /// A behavioural detector's grouped repeats come as one alert spanning them (`@timestamp`
+    /// the first, `last_seen` the last): it is found for any time inside that span, also after
+    /// the journal is read again.
+    #[test]
+    fn an_alert_that_spans_its_repeats_is_found_over_the_whole_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenant=acme").join("journal.jsonl");
+        let journal = |_: &str| path.clone();
+        let mut grouped = repeat("ueba.auth_failure_burst", "203.0.113.66", 0, "e0");
+        grouped.detector = DetectorKind::Ueba;
+        grouped.last_seen = Some(grouped.timestamp + chrono::TimeDelta::minutes(12));
+        let grouped = grouped.seal();
+        let inside = |book: &AlertBook| {
+            book.list(
+                "acme",
+                &AlertQuery {
+                    limit: 10,
+                    from: Some(grouped.timestamp + chrono::TimeDelta::minutes(4)),
+                    to: Some(grouped.timestamp + chrono::TimeDelta::minutes(8)),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .items
+            .len()
+        };
+        let mut book = AlertBook::default();
+        book.insert(journal, std::slice::from_ref(&grouped))
+            .unwrap();
+        assert_eq!(inside(&book), 1);
+        let r = book.get("acme", &grouped.id).unwrap();
+        assert_eq!(r.last_occurrence(), grouped.last_seen.unwrap());
+        assert_eq!(inside(&AlertBook::load(dir.path(), false).unwrap()), 1);
     }
 
     #[test]

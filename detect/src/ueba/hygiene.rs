@@ -392,6 +392,14 @@ fn summary(key: GroupKey, g: Group) -> Option<Alert> {
         .entity_clear
         .clone()
         .unwrap_or_else(|| format!("entity:{}", key.entity.to_hex()));
+    let from = if g.reported == 0 {
+        g.first_t
+    } else {
+        g.reported_until_t
+    };
+    // Dated at the first occurrence it counts, with the last in `last_seen`, as the store
+    // keeps a grouped alert's span: a query over any part of the span finds it (dated at the
+    // last repeat, it was found only by a window holding that one).
     let mut alert = Alert::new(
         key.detector.rule_id(),
         format!("{} (repeated)", g.title),
@@ -399,7 +407,7 @@ fn summary(key: GroupKey, g: Group) -> Option<Alert> {
         DetectorKind::Ueba,
         g.source,
         g.tenant,
-        ts(g.last_t),
+        ts(from),
         entity,
         g.entity_kind,
     );
@@ -408,11 +416,7 @@ fn summary(key: GroupKey, g: Group) -> Option<Alert> {
         .last_explanation
         .map(|e| format!("; last: {e}"))
         .unwrap_or_default();
-    let from = if g.reported == 0 {
-        g.first_t
-    } else {
-        g.reported_until_t
-    };
+    alert.last_seen = (g.last_t > from).then(|| ts(g.last_t));
     alert.explanation = Some(format!(
         "{total} occurrences between {} and {} (first alerted at {}, {} repeats grouped{since}){last}",
         fmt_time(from),
@@ -488,6 +492,10 @@ mod tests {
         let grouped = &alerts[1];
         assert_eq!(grouped.count, 5);
         assert_eq!(grouped.lines, vec![2, 3, 4, 5]);
+        // Dated at the first occurrence it counts, the last in `last_seen`: the span a time
+        // query must find it over.
+        assert_eq!(grouped.timestamp.timestamp(), t0);
+        assert_eq!(grouped.last_seen.map(|t| t.timestamp()), Some(t0 + 4 * 60));
         assert_eq!(
             grouped.severity,
             Severity::High,
