@@ -120,7 +120,10 @@ fn open_store_as(
     store_config.data_dir = data_dir.to_path_buf();
     let store = open(store_config)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    Ok(store.with_query_masker(query_term_masker(mask)?))
+    let pseudonyms = SecretMasker::new(mask).context("building the masker")?;
+    Ok(store
+        .with_query_masker(query_term_masker(mask)?)
+        .with_query_pseudonyms(Arc::new(move |term: &str| pseudonyms.pseudonymize(term))))
 }
 
 /// Search terms masked as stored values are: only where masking gives each value a stable

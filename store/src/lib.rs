@@ -69,8 +69,8 @@ pub use reader::{AlertEvidence, EventQuery, EventSnapshot, EventSort};
 pub use reindex::{ReindexOptions, ReindexProgress, ReindexReport, ReindexedDay, VendorTime};
 pub use retention::RetentionReport;
 pub use store::{
-    lock_data_dir, DeadLetterQuery, QueryTermMasker, Store, StoreBatch, StoreStats, WriteAck,
-    WriteFailure, LOCK_FILE,
+    lock_data_dir, DeadLetterQuery, QueryTermMasker, QueryTermPseudonym, Store, StoreBatch,
+    StoreStats, WriteAck, WriteFailure, LOCK_FILE,
 };
 pub use top_values::{
     top_value_fields, TopValues, TopValuesQuery, ValueCount, DEFAULT_TOP_SAMPLE,

@@ -164,9 +164,13 @@ impl Store {
             ));
         }
         let ast = refuse_event_id_ranges(ast).map_err(StoreError::InvalidQuery)?;
-        let ast = match &self.query_masker {
-            Some(masker) => mask_query_terms(ast, masker.as_ref()),
-            None => ast,
+        let ast = match (&self.query_masker, &self.query_pseudonym) {
+            (None, None) => ast,
+            (masker, pseudonym) => mask_query_terms(
+                ast,
+                &|term: &str| masker.as_ref().and_then(|m| m(term)),
+                pseudonym.as_deref(),
+            ),
         };
         let ast = rewrite_fuzzy(rewrite_unbounded_ranges(ast)).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_times(ast, Utc::now()).map_err(StoreError::InvalidQuery)?;
@@ -615,10 +619,13 @@ fn rewrite_event_ids(ast: UserInputAst) -> UserInputAst {
 
 /// Each term of the query masked as the pipeline masks stored values (`masker`), so a value
 /// stored masked is found by the value itself. Wildcard terms, ids and times are left alone;
-/// a masked term is searched as a phrase, as its quoted masked form would be.
+/// a masked term is searched as a phrase, as its quoted masked form would be. A term `masker`
+/// leaves alone also matches its `pseudonym` (`(term OR "hmac:...")`), when there is one: the
+/// form of a value hashed whole for its key's name or its field's rule.
 fn mask_query_terms(
     ast: UserInputAst,
-    masker: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+    masker: &dyn Fn(&str) -> Option<String>,
+    pseudonym: Option<&(dyn Fn(&str) -> String + Send + Sync)>,
 ) -> UserInputAst {
     let skipped = |field: &Option<String>| {
         matches!(
@@ -637,6 +644,23 @@ fn mask_query_terms(
                     if lit.delimiter == Delimiter::None {
                         lit.delimiter = Delimiter::DoubleQuotes;
                     }
+                } else if let Some(pseudonym) =
+                    pseudonym.filter(|_| !lit.phrase.is_empty() && !is_pseudonym(&lit.phrase))
+                {
+                    let hashed = UserInputLiteral {
+                        phrase: pseudonym(&lit.phrase),
+                        delimiter: Delimiter::DoubleQuotes,
+                        slop: 0,
+                        prefix: false,
+                        field_name: lit.field_name.clone(),
+                    };
+                    let leaf = |l: UserInputLiteral| {
+                        (
+                            Some(Occur::Should),
+                            UserInputAst::Leaf(Box::new(UserInputLeaf::Literal(l))),
+                        )
+                    };
+                    return UserInputAst::Clause(vec![leaf(lit), leaf(hashed)]);
                 }
                 UserInputLeaf::Literal(lit)
             }
@@ -650,6 +674,12 @@ fn mask_query_terms(
             other => other,
         }))
     })
+}
+
+/// Whether a term is already a keyed hash as masking writes it (`hmac:` and hex digits).
+fn is_pseudonym(term: &str) -> bool {
+    term.strip_prefix("hmac:")
+        .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Ranges on `event.id` (`event.id:>1`, `event.id:[a TO b]`) are refused: ids are content

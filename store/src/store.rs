@@ -166,6 +166,8 @@ pub struct Store {
     write_failure: Mutex<Option<WriteFailure>>,
     /// Masks a query's terms as stored values were masked ([`Store::with_query_masker`]).
     pub(crate) query_masker: Option<QueryTermMasker>,
+    /// The keyed hash a term would be stored as ([`Store::with_query_pseudonyms`]).
+    pub(crate) query_pseudonym: Option<QueryTermPseudonym>,
     /// Per tenant, the keys of its newest dead letters, loaded from its journal at its first
     /// write: the same bad line read again (a spool file re-read after a crash, an HTTP batch
     /// resent) is not stored twice.
@@ -254,6 +256,11 @@ impl RecentDeadLetters {
 /// Masks one search term the way the pipeline masks the values it stores: the masked text, or
 /// `None` when the term holds nothing to mask.
 pub type QueryTermMasker = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The stand-in the pipeline stores for a value it hashes whole (`hmac:...`): for a value hashed
+/// for its key's name (Salesforce's `SESSION_KEY`) or a field the masking config hashes
+/// (`user.email`), which no pattern recognises in a search term.
+pub type QueryTermPseudonym = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves state that is still consistent on disk (every
@@ -420,6 +427,7 @@ impl Store {
             dir_lock: lock,
             write_failure: Mutex::new(None),
             query_masker: None,
+            query_pseudonym: None,
             recent_dead: Mutex::new(HashMap::new()),
             alert_export: Mutex::new(AlertExport {
                 behind: BTreeMap::new(),
@@ -451,6 +459,15 @@ impl Store {
     /// the value itself, as the analyst has it from elsewhere.
     pub fn with_query_masker(mut self, masker: QueryTermMasker) -> Store {
         self.query_masker = Some(masker);
+        self
+    }
+
+    /// Let each search term that `with_query_masker`'s masker leaves alone also match its
+    /// keyed hash (`term` becomes `(term OR "<pseudonym>")`): a value stored hashed because of
+    /// its key's name or its field's masking rule is found by the value itself, written exactly
+    /// (the hash is of the exact text, case included).
+    pub fn with_query_pseudonyms(mut self, pseudonym: QueryTermPseudonym) -> Store {
+        self.query_pseudonym = Some(pseudonym);
         self
     }
 

@@ -3905,3 +3905,62 @@ fn reindex_rebuilds_a_day_larger_than_its_read_ahead() {
     let store = Store::open(config(dir.path())).unwrap();
     assert_eq!(store.stats().events_stored, 4_500);
 }
+
+/// A value stored as its keyed hash because of its key's name (Salesforce's `SESSION_KEY`) or
+/// its field's masking rule (`user.email`) is found by the value itself once the store knows
+/// how terms are hashed: each term also matches its pseudonym. The value's other terms and a
+/// search for the stored form itself still work; another value does not match.
+#[test]
+fn values_stored_hashed_whole_are_found_by_the_value_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in for the masker's keyed hash: any fixed function of the exact text.
+    let pseudonym = |term: &str| {
+        format!(
+            "hmac:{:016x}",
+            term.bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+        )
+    };
+    let store = Store::open(config(dir.path()))
+        .unwrap()
+        .with_query_pseudonyms(std::sync::Arc::new(pseudonym));
+    let mut a = event(
+        "acme",
+        "salesforce",
+        ts(20, 1, 0),
+        "alice@acme.test",
+        "Login",
+        1,
+    );
+    let mut raw = perimeter_model::raw_to_serde(&a.raw);
+    raw["SESSION_KEY"] = json!(pseudonym("c75cccb7df1d20a6"));
+    a.raw = perimeter_model::raw_from_serde(&raw);
+    a.ecs.user_email = Some(pseudonym("hashme0@acme.example"));
+    let b = event(
+        "acme",
+        "salesforce",
+        ts(20, 2, 0),
+        "bob@acme.test",
+        "Login",
+        2,
+    );
+    store
+        .write_batch(&batch(vec![a.clone(), b.clone()]))
+        .unwrap();
+    let ids = |q: &str| -> Vec<String> {
+        search_all(&store, "acme", q, 10)
+            .iter()
+            .map(|d| d["event"]["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let only_a = vec![a.id().0.clone()];
+    assert_eq!(ids("c75cccb7df1d20a6"), only_a);
+    assert_eq!(ids("\"c75cccb7df1d20a6\""), only_a);
+    assert_eq!(ids("user.email:\"hashme0@acme.example\""), only_a);
+    assert_eq!(ids("event.action:Login AND c75cccb7df1d20a6"), only_a);
+    assert_eq!(ids(&format!("\"{}\"", pseudonym("c75cccb7df1d20a6"))), only_a);
+    assert!(ids("61f86575daf6da29").is_empty());
+    // Terms stored in clear are found as before.
+    assert_eq!(ids("bob"), vec![b.id().0.clone()]);
+    assert_eq!(ids("event.action:Login").len(), 2);
+}
