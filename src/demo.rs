@@ -35,7 +35,7 @@ pub struct DemoArgs {
 }
 
 /// Marks a directory as the demo's, so a later demo may replace it.
-const DEMO_MARKER: &str = ".perimeter-demo";
+pub(crate) const DEMO_MARKER: &str = ".perimeter-demo";
 
 /// Remove the previous demo's data in `dir`. Refused while a process (a demo still serving, a
 /// `perimeter run`) uses it, and for a directory holding other data: `--data-dir ./data` must

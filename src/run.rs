@@ -59,6 +59,21 @@ pub fn open_store_with(
 /// terms are hashed with the key the service hashed the stored values with (its generated one
 /// when the config sets none).
 pub fn open_store_read_only(config: &PerimeterConfig, data_dir: &Path) -> anyhow::Result<Store> {
+    // Without the config, a service's own `[mask] hmac_key` (the usual production setup) is
+    // unknown here: the built-in key would hash search terms, and a search for a hashed value
+    // would find nothing, without a word. A data directory written with the built-in key (one
+    // older than the generated key) holds no key file either, so this is a warning.
+    if config.mask.hmac_key.is_none()
+        && !generated_key_file(data_dir).exists()
+        && holds_data(data_dir)
+        // The demo's data is hashed with the built-in key, as the demo says.
+        && !data_dir.join(crate::demo::DEMO_MARKER).exists()
+    {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "no [mask] hmac_key given and the data directory holds no generated key: search terms are hashed with the built-in key; if the service that wrote this data sets [mask] hmac_key, pass its --config, or hashed values will not be found"
+        );
+    }
     let config = with_data_dir_key(config, data_dir, false)?;
     open_store_as(
         config.store.clone(),

@@ -2933,3 +2933,42 @@ fn the_cli_client_offers_the_post_quantum_key_exchange() {
         stderr(&out)
     );
 }
+
+/// Searching a data directory without the config that wrote it: when the directory holds
+/// data but no generated key, and no `[mask] hmac_key` is given, the service may have hashed
+/// with a key of its own, and a search for a hashed value would find nothing without a word:
+/// the command warns. Not for the demo's directory, hashed with the built-in key by design.
+#[test]
+fn searching_a_data_directory_without_its_key_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("index")).unwrap();
+    let d = data.to_str().unwrap();
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--tenant",
+            "acme",
+            "AKIA5X7Q2RZK4M8N3PTW",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_stderr_says(&out, "pass its --config");
+    std::fs::write(data.join(".perimeter-demo"), "").unwrap();
+    let out = perimeter(
+        &[
+            "search",
+            "--data-dir",
+            d,
+            "--tenant",
+            "acme",
+            "AKIA5X7Q2RZK4M8N3PTW",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("hmac_key"), "{}", stderr(&out));
+}

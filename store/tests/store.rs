@@ -3958,7 +3958,10 @@ fn values_stored_hashed_whole_are_found_by_the_value_itself() {
     assert_eq!(ids("\"c75cccb7df1d20a6\""), only_a);
     assert_eq!(ids("user.email:\"hashme0@acme.example\""), only_a);
     assert_eq!(ids("event.action:Login AND c75cccb7df1d20a6"), only_a);
-    assert_eq!(ids(&format!("\"{}\"", pseudonym("c75cccb7df1d20a6"))), only_a);
+    assert_eq!(
+        ids(&format!("\"{}\"", pseudonym("c75cccb7df1d20a6"))),
+        only_a
+    );
     assert!(ids("61f86575daf6da29").is_empty());
     // Terms stored in clear are found as before.
     assert_eq!(ids("bob"), vec![b.id().0.clone()]);
