@@ -428,7 +428,8 @@ pub struct AlertsArgs {
     /// Minimum severity (informational, low, medium, high, critical).
     #[arg(long)]
     pub severity: Option<String>,
-    /// open, acknowledged, resolved, false_positive.
+    /// open, acknowledged, resolved, false_positive; several separated by commas
+    /// (open,acknowledged: the queue still to be worked).
     #[arg(long)]
     pub status: Option<String>,
     /// Only alerts at or after this time: RFC 3339, a date (2024-05-01, UTC) or relative to
@@ -447,8 +448,9 @@ pub struct AlertsArgs {
     /// Only alerts about this entity (user or IP, case-insensitive).
     #[arg(long)]
     pub entity: Option<String>,
-    /// Only alerts with this text (case-insensitive) in title, description, explanation, entity,
-    /// rule id, a matched value, tags, ATT&CK technique ids (T1098), assignee or notes.
+    /// Only alerts with each of these words (and "quoted phrases"), case-insensitive, somewhere
+    /// in title, description, explanation, entity, rule id, a matched value, tags, ATT&CK
+    /// technique ids (T1098), assignee or notes.
     #[arg(long, short = 'q')]
     pub query: Option<String>,
     /// newest (default), oldest, or severity (highest first).
@@ -1648,12 +1650,14 @@ fn local_alert_query(args: &AlertsArgs) -> anyhow::Result<perimeter_store::Alert
             perimeter_model::Severity::parse(s).with_context(|| format!("unknown severity {s}"))?,
         );
     }
-    if let Some(s) = &args.status {
-        q.status = Some(
-            // Case aside, as the API takes it.
-            serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
-                .with_context(|| format!("unknown status {s}"))?,
-        );
+    if let Some(list) = &args.status {
+        for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            q.statuses.push(
+                // Case aside, as the API takes it.
+                serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+                    .with_context(|| format!("unknown status {s}"))?,
+            );
+        }
     }
     if let Some(s) = &args.sort {
         q.sort = serde_json::from_value(serde_json::Value::String(s.clone()))

@@ -962,7 +962,7 @@ fn resolve_ended_silences(
     for status in [AlertStatus::Open, AlertStatus::Acknowledged] {
         let query = perimeter_store::AlertQuery {
             rule_id: Some(perimeter_detect::silence::SOURCE_SILENT_RULE_ID.to_string()),
-            status: Some(status),
+            statuses: vec![status],
             limit: perimeter_store::MAX_PAGE_LIMIT,
             ..Default::default()
         };

@@ -130,15 +130,18 @@ pub struct AlertQuery {
     pub to: Option<DateTime<Utc>>,
     /// Minimum severity (`high` also returns `critical`).
     pub severity: Option<Severity>,
-    pub status: Option<AlertStatus>,
+    /// Any of these statuses (empty: any status): `[Open, Acknowledged]` is the queue still
+    /// to be worked.
+    pub statuses: Vec<AlertStatus>,
     /// Exact rule id.
     pub rule_id: Option<String>,
     /// Exact source name.
     pub source: Option<String>,
     /// Exact entity (case-insensitive).
     pub entity: Option<String>,
-    /// Case-insensitive substring of title, description, explanation, entity, rule id, or a
-    /// matched field value.
+    /// Words (and `"quoted phrases"`), each a case-insensitive substring of some part of the
+    /// alert: title, description, explanation, entity, rule id, tags, technique ids, assignee,
+    /// notes, or a matched field value. All must be found.
     pub text: Option<String>,
     /// Page size (clamped to `1..=MAX_PAGE_LIMIT`).
     pub limit: usize,
@@ -728,7 +731,7 @@ impl AlertBook {
             .as_deref()
             .map(|c| decode_cursor(q.sort, c))
             .transpose()?;
-        let text = q.text.as_deref().map(str::to_lowercase);
+        let text = q.text.as_deref().map(text_terms);
         let entity = q.entity.as_deref().map(str::to_lowercase);
         let Some(alerts) = self.tenants.get(tenant).map(|t| &t.records) else {
             return Ok(Page {
@@ -763,7 +766,7 @@ impl AlertBook {
     /// Counts of the tenant's alerts that `q`'s filters select (its page fields are not used):
     /// by severity, status, rule and entity, for the morning look at the queue.
     pub fn summary(&self, tenant: &str, q: &AlertQuery) -> AlertSummary {
-        let text = q.text.as_deref().map(str::to_lowercase);
+        let text = q.text.as_deref().map(text_terms);
         let entity = q.entity.as_deref().map(str::to_lowercase);
         let mut out = AlertSummary::default();
         // Per rule: its count, and the title of its oldest alert (titles of grouped repeats
@@ -874,18 +877,38 @@ fn status_name(status: AlertStatus) -> &'static str {
 /// selects alerts with an occurrence in it: a grouped alert spans its first (`@timestamp`, or
 /// `first_seen`) to its last (`last_seen`) occurrence, so one still firing shows in "the last
 /// hour" although it began earlier.
-fn matches(q: &AlertQuery, r: &AlertRecord, text: Option<&str>, entity: Option<&str>) -> bool {
+fn matches(q: &AlertQuery, r: &AlertRecord, text: Option<&[String]>, entity: Option<&str>) -> bool {
     let a = &r.alert;
     q.from.is_none_or(|f| r.last_occurrence() >= f)
         && q.to.is_none_or(|t| r.first_occurrence() < t)
         && q.severity.is_none_or(|s| a.severity >= s)
-        && q.status.is_none_or(|s| a.status == s)
+        && (q.statuses.is_empty() || q.statuses.contains(&a.status))
         && q.rule_id.as_deref().is_none_or(|x| a.rule_id == x)
         && q.source
             .as_deref()
             .is_none_or(|x| a.source.eq_ignore_ascii_case(x))
         && entity.is_none_or(|x| a.entity.to_lowercase() == x)
-        && text.is_none_or(|t| record_text_matches(r, t))
+        && text.is_none_or(|terms| terms.iter().all(|t| record_text_matches(r, t)))
+}
+
+/// The terms of an alert text search, lowercased: its words, and each `"quoted phrase"` as one
+/// term; an alert matches when each is found in some part of it. (The whole text as one
+/// substring found nothing for `spray password` or a quoted phrase, where event search, in
+/// tantivy's syntax, finds them.)
+fn text_terms(text: &str) -> Vec<String> {
+    let lower = text.to_lowercase();
+    let mut terms = Vec::new();
+    for (i, part) in lower.split('"').enumerate() {
+        if i % 2 == 1 {
+            let phrase = part.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !phrase.is_empty() {
+                terms.push(phrase);
+            }
+        } else {
+            terms.extend(part.split_whitespace().map(str::to_string));
+        }
+    }
+    terms
 }
 
 /// Free text (`needle` lowercased): what the alert says (title, rule, entity, description,
@@ -1073,6 +1096,14 @@ mod tests {
         for miss in ["t1110", "carol", "phishing"] {
             assert!(!record_text_matches(&r, miss), "{miss}");
         }
+        // Several words each match somewhere, in any order; a quoted phrase as written.
+        let all = |q: &str| text_terms(q).iter().all(|t| record_text_matches(&r, t));
+        assert!(all("dana t1098"));
+        assert!(all("Escalated  dana"));
+        assert!(all("\"escalated to  ir\" dana"));
+        assert!(!all("dana carol"));
+        assert!(!all("\"to escalated\""));
+        assert_eq!(text_terms(" a \"b  c\" d\""), vec!["a", "b c", "d"]);
     }
 
     /// An alert of rule `rule` for `entity` at `minute` past 10:00, caused by event `event`.

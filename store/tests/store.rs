@@ -1544,7 +1544,7 @@ fn alerts_are_idempotent_and_triage_history_survives_reopen() {
             (Some(ts(20, 1, 0)), Some(ts(20, 2, 0)))
         );
         let open = AlertQuery {
-            status: Some(AlertStatus::Open),
+            statuses: vec![AlertStatus::Open],
             ..Default::default()
         };
         let summary = store.alert_summary("acme", &open);
@@ -1612,7 +1612,7 @@ fn alerts_are_idempotent_and_triage_history_survives_reopen() {
     assert_eq!(evidence.events, vec![e1.to_output_json()]);
     assert!(evidence.missing.is_empty());
     let q = AlertQuery {
-        status: Some(AlertStatus::Open),
+        statuses: vec![AlertStatus::Open],
         limit: 10,
         ..Default::default()
     };

@@ -32,8 +32,9 @@ pub struct AlertListParams {
     /// (`high` also returns `critical`).
     #[param(inline, value_type = Option<SeverityName>)]
     pub severity: Option<String>,
-    /// `open`, `acknowledged`, `resolved` or `false_positive`.
-    #[param(inline, value_type = Option<AlertStatusParam>)]
+    /// `open`, `acknowledged`, `resolved` or `false_positive`, or several separated by commas
+    /// (`open,acknowledged`: the queue still to be worked).
+    #[param(inline, value_type = Option<Vec<AlertStatusParam>>, style = Form, explode = false)]
     pub status: Option<String>,
     /// Rule id.
     pub rule: Option<String>,
@@ -41,8 +42,9 @@ pub struct AlertListParams {
     pub source: Option<String>,
     /// Entity (user, IP, token) the alert is about.
     pub entity: Option<String>,
-    /// Case-insensitive text in title, description, explanation, entity, rule id, matched
-    /// field values, tags, ATT&CK technique ids (`T1098`), assignee or notes.
+    /// Words and `"quoted phrases"`, each case-insensitive text found in the title,
+    /// description, explanation, entity, rule id, matched field values, tags, ATT&CK technique
+    /// ids (`T1098`), assignee or notes; all must be found (`spray 203.0.113.66`).
     pub q: Option<String>,
     /// Page size, 1..=1000 (default 50).
     pub limit: Option<usize>,
@@ -77,8 +79,9 @@ pub struct AlertSummaryParams {
     /// Minimum severity.
     #[param(inline, value_type = Option<SeverityName>)]
     pub severity: Option<String>,
-    /// `open`, `acknowledged`, `resolved` or `false_positive`.
-    #[param(inline, value_type = Option<AlertStatusParam>)]
+    /// `open`, `acknowledged`, `resolved` or `false_positive`, or several separated by commas
+    /// (`open,acknowledged`: the queue still to be worked).
+    #[param(inline, value_type = Option<Vec<AlertStatusParam>>, style = Form, explode = false)]
     pub status: Option<String>,
     /// Rule id.
     pub rule: Option<String>,
@@ -165,6 +168,17 @@ fn parse_status(value: &str) -> Result<AlertStatus, ApiError> {
         })
 }
 
+/// `status=open,acknowledged`: any of the listed statuses; none or an empty value: any.
+fn parse_statuses(value: Option<&str>) -> Result<Vec<AlertStatus>, ApiError> {
+    value
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_status)
+        .collect()
+}
+
 fn parse_severity(value: &str) -> Result<Severity, ApiError> {
     Severity::parse(value).ok_or_else(|| {
         ApiError::invalid_parameter(format!(
@@ -200,7 +214,7 @@ fn alert_query(p: &AlertListParams) -> Result<AlertQuery, ApiError> {
         from,
         to,
         severity: p.severity.as_deref().map(parse_severity).transpose()?,
-        status: p.status.as_deref().map(parse_status).transpose()?,
+        statuses: parse_statuses(p.status.as_deref())?,
         rule_id: label("rule", &p.rule)?,
         source: label("source", &p.source)?,
         entity: label("entity", &p.entity)?,

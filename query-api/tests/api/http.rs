@@ -902,6 +902,23 @@ fn alert_changes_are_recorded_with_who_and_when_and_audited() {
         ids(&resolved["items"], "/alert/id"),
         std::slice::from_ref(&alert.id)
     );
+    // Several statuses at once: the alerts of any of them.
+    let all = api.get_json("/api/v1/alerts?limit=1000", ACME, Role::Viewer)["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let active = api.get_json(
+        "/api/v1/alerts?status=open,acknowledged&limit=1000",
+        ACME,
+        Role::Viewer,
+    );
+    assert_eq!(active["items"].as_array().unwrap().len(), all - 1);
+    let either = api.get_json(
+        "/api/v1/alerts?status=false_positive,%20OPEN&limit=1000",
+        ACME,
+        Role::Viewer,
+    );
+    assert_eq!(either["items"].as_array().unwrap().len(), all);
 
     // The audit log says who changed what, newest first.
     let audit = api.get_json("/api/v1/audit?limit=100", ACME, Role::Admin);
@@ -2703,7 +2720,11 @@ fn openapi_parameter_bounds_and_words_are_the_servers() {
                     expect(name, &(max + 1).to_string(), false);
                     checked.insert(format!("{path} {name}"));
                 }
-                if let Some(words) = schema["enum"].as_array() {
+                // A list (`status=open,acknowledged`) names its words in its items' schema.
+                if let Some(words) = schema["enum"]
+                    .as_array()
+                    .or_else(|| schema["items"]["enum"].as_array())
+                {
                     for word in words {
                         expect(name, word.as_str().unwrap(), true);
                     }
