@@ -45,8 +45,10 @@ pub struct PerimeterConfig {
     /// deleted (they hold the vendor's records unmasked); 0 deletes them once stored.
     #[serde(default = "default_spool_keep_processed_hours")]
     pub spool_keep_processed_hours: u64,
-    /// Longest input line (or CSV row) read from files, stdin, the spool and HTTP ingest; a
-    /// longer one is a dead letter. A CloudTrail `{"Records": [...]}` file is a single line.
+    /// Longest input line (or CSV row) read from files, stdin and the spool, and longest CSV row
+    /// of HTTP ingest (a JSON line of an HTTP body may be as long as the body: a page sent
+    /// compact is one line); a longer one is a dead letter. A CloudTrail `{"Records": [...]}`
+    /// file is a single line.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
     /// Most records one `POST /ingest/{source}` may hold (non-blank lines, CSV rows, JSON

@@ -3976,3 +3976,34 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
     stop(a);
     stop(b);
 }
+
+/// A page sent compact (`JSON.stringify(records)`) is one line: over `max_line_bytes`, its
+/// records were one dead letter answered 200, and a resend 200 with nothing counted. The body
+/// limit bounds an HTTP body, so its lines are read whole.
+#[test]
+fn a_compact_json_page_longer_than_max_line_bytes_is_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("max_line_bytes = 2000\n{text}")).unwrap();
+    let admin = token(&cfg, "admin");
+    let svc = start(&cfg);
+    let events: Vec<serde_json::Value> = (0..40).map(|i| okta_event(12, i)).collect();
+    let body = serde_json::to_string(&events).unwrap();
+    assert!(body.len() > 4000 && !body.contains('\n'));
+    let answer: serde_json::Value = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&admin)
+        .body(body)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(answer["events"], 40, "{answer}");
+    assert_eq!(answer["dead_letters"], 0, "{answer}");
+    let stored = stored_ids(&svc.base, &admin);
+    assert!(okta_ids(&events)
+        .iter()
+        .all(|id| stored.get(id) == Some(&1)));
+    stop(svc);
+}

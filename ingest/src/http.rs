@@ -111,7 +111,8 @@ pub const DEFAULT_MAX_RECORDS_PER_REQUEST: usize = 100_000;
 pub struct IngestLimits {
     /// Most bytes in a body, after decompression too.
     pub max_body_bytes: usize,
-    /// Longest line (or CSV row); a longer one is a dead letter.
+    /// Longest CSV row; a longer one is a dead letter. A JSON line may be as long as the body
+    /// (a page sent compact is one line).
     pub max_line_bytes: usize,
     /// Most records in a body: non-blank lines, CSV rows, JSON documents, counting each element
     /// of a JSON array (a page of records) as one. The whole batch is held in memory until it is
@@ -143,7 +144,11 @@ pub fn ingest_router(
             // A pretty-printed page is parsed whole before its records are handed out: stop
             // it one past the limit, so a page of millions is not all made first.
             max_items: Some(max_records),
-            ..JsonlReaderConfig::with_max_line_bytes(max_line_bytes)
+            // A page sent compact (`JSON.stringify(records)`, `json.dumps`) is one line: with
+            // the file readers' line limit, a batch over 1 MiB became one dead letter answered
+            // 200. The body is already held whole and bounded by `max_body_bytes`, which the
+            // line limit is there to bound for files and streams.
+            ..JsonlReaderConfig::with_max_line_bytes(max_line_bytes.max(max_body_bytes))
         },
         max_body_bytes,
         max_records,
