@@ -238,7 +238,15 @@ fn parse_record(line: u64, bytes: &[u8], excerpt_bytes: usize) -> InputItem {
             digest: input_digest(bytes),
         };
     }
-    match sonic_rs::from_str::<perimeter_model::RawJson>(text) {
+    let parsed = sonic_rs::from_str::<perimeter_model::RawJson>(text).or_else(|e| {
+        // Half of a surrogate pair escaped alone (`\ud83d`, a string cut mid-emoji): read as
+        // the replacement character rather than losing the record.
+        match perimeter_model::without_lone_surrogates(bytes) {
+            Some(fixed) => sonic_rs::from_slice::<perimeter_model::RawJson>(&fixed),
+            None => Err(e),
+        }
+    });
+    match parsed {
         Ok(value) if matches!(value.get_type(), JsonType::Object | JsonType::Array) => {
             InputItem::Record {
                 line,
@@ -654,6 +662,10 @@ fn count_lines(bytes: &[u8]) -> u64 {
 
 /// Where the items of the documents in `bytes` are (see [`DocumentItems`]).
 fn parse_documents(bytes: &[u8], config: &JsonlReaderConfig) -> Vec<PendingItem> {
+    // Half of a surrogate pair escaped alone (`\ud83d`) would make the whole document invalid:
+    // read as the replacement character (same length, so lines and offsets stay).
+    let fixed = perimeter_model::without_lone_surrogates(bytes);
+    let bytes = fixed.as_deref().unwrap_or(bytes);
     let mut out = Vec::new();
     let line_starts: Vec<usize> = std::iter::once(0)
         .chain(memchr::memchr_iter(b'\n', bytes).map(|i| i + 1))
@@ -928,6 +940,34 @@ mod input_tests {
             .collect();
         assert_eq!(items.len(), 3);
         assert!(matches!(&items[1], InputItem::Invalid { line: 2, .. }));
+    }
+
+    /// Half of a surrogate pair escaped alone (`\ud83d`: a string cut mid-emoji, as
+    /// JavaScript writes it) made a line a dead letter and a whole page invalid: it is read as
+    /// the replacement character, in a JSON line and in a pretty-printed page alike.
+    #[test]
+    fn a_lone_surrogate_escape_is_read_as_the_replacement_character() {
+        use sonic_rs::JsonValueTrait;
+        let lines = b"{\"m\":\"Signed in \\ud83d\"}\n{\"m\":\"ok\"}\n";
+        let page = b"[\n  {\"m\": \"cut \\ud83d\"},\n  {\"m\": \"\\ud83d\\ude00\"}\n]\n";
+        for input in [&lines[..], &page[..]] {
+            let items: Vec<InputItem> = JsonInput::new(input, JsonlReaderConfig::default())
+                .unwrap()
+                .map(|i| i.unwrap())
+                .collect();
+            assert_eq!(items.len(), 2, "{items:?}");
+            let InputItem::Record { value, .. } = &items[0] else {
+                panic!("{items:?}")
+            };
+            assert!(
+                value["m"].as_str().unwrap().ends_with('\u{fffd}'),
+                "{value:?}"
+            );
+            let InputItem::Record { value, .. } = &items[1] else {
+                panic!("{items:?}")
+            };
+            assert!(value["m"] == "ok" || value["m"] == "\u{1f600}", "{value:?}");
+        }
     }
 
     /// A pretty-printed page of 400,000 elements held them all parsed at once (390 MB): they

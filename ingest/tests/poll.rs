@@ -416,6 +416,28 @@ async fn okta_pages_are_stored_once_and_a_restart_goes_on_from_the_checkpoint() 
     assert_eq!(s.consumer.records().len(), expected.len());
 }
 
+/// A record holding half of a surrogate pair escaped alone (`\ud83d`: a display name cut
+/// mid-emoji, as JavaScript writes it) made the whole page "not JSON" at every poll, and the
+/// poller never got past it: the page is read, that half as the replacement character.
+#[tokio::test]
+async fn a_page_with_a_lone_surrogate_escape_is_read() {
+    let s = setup(Vendor::Okta, fixture_pages("okta/system_log")).await;
+    let mut record = fixture_pages("okta/system_log")[0][0].clone();
+    record["displayMessage"] = Value::from("Signed in LONE_HALF");
+    let page = Value::Array(vec![record])
+        .to_string()
+        .replace("LONE_HALF", "\\ud83d");
+    s.api
+        .failures
+        .lock()
+        .unwrap()
+        .push_back((StatusCode::OK, vec![("body", page)]));
+    let report = s.source().poll_once().await.unwrap();
+    assert!(report.records >= 1, "{report:?}");
+    let first = &s.consumer.records()[0];
+    assert_eq!(first["displayMessage"], "Signed in \u{fffd}");
+}
+
 #[tokio::test]
 async fn a_page_the_store_did_not_take_is_fetched_again_and_nothing_is_lost() {
     let pages = fixture_pages("onepassword/events_audit");

@@ -19,6 +19,49 @@ const ESCAPE: [u8; 256] = {
     t
 };
 
+/// `bytes` with each lone UTF-16 surrogate escape written as `\ufffd` (the replacement
+/// character), or `None` when it holds none. JSON text may escape half of a surrogate pair
+/// (`"\ud83d"`): JavaScript's `JSON.stringify` writes one for a string cut in the middle of an
+/// emoji, so a vendor that cuts a display name or message to a length sends it. The parsers
+/// refuse it, and a page (or record) holding one would be refused whole, for ever. The length
+/// is kept, so offsets and line numbers of the text stay true.
+pub fn without_lone_surrogates(bytes: &[u8]) -> Option<Vec<u8>> {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let escaped_unit = |at: usize| -> Option<u16> {
+        (bytes.get(at) == Some(&b'\\') && bytes.get(at + 1) == Some(&b'u'))
+            .then(|| unit(at + 2))
+            .flatten()
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while let Some(found) = memchr::memchr(b'\\', &bytes[i..]) {
+        let at = i + found;
+        i = at + 2;
+        let Some(u) = escaped_unit(at) else {
+            continue;
+        };
+        i = at + 6;
+        let lone = match u {
+            0xD800..=0xDBFF => match escaped_unit(at + 6) {
+                Some(0xDC00..=0xDFFF) => {
+                    i = at + 12;
+                    false
+                }
+                _ => true,
+            },
+            0xDC00..=0xDFFF => true,
+            _ => false,
+        };
+        if lone {
+            out.get_or_insert_with(|| bytes.to_vec())[at + 2..at + 6].copy_from_slice(b"fffd");
+        }
+    }
+    out
+}
+
 /// Append `s` to `out` as a JSON string literal (quotes included).
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -87,6 +130,34 @@ fn word_needs_escape(w: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// Lone halves of surrogate pairs become the replacement character, in place; pairs,
+    /// other escapes and an escaped backslash before a `u` stay.
+    #[test]
+    fn lone_surrogate_escapes_become_the_replacement_character() {
+        let fixed = |text: &str| {
+            super::without_lone_surrogates(text.as_bytes()).map(|b| String::from_utf8(b).unwrap())
+        };
+        assert_eq!(
+            fixed(r#"{"m": "Signed in \ud83d", "n": "\uDE00 x"}"#).as_deref(),
+            Some(r#"{"m": "Signed in \ufffd", "n": "\ufffd x"}"#)
+        );
+        assert_eq!(
+            fixed(r#"{"m": "\ud83d\ude00 \ud83d\u0041"}"#).as_deref(),
+            Some(r#"{"m": "\ud83d\ude00 \ufffd\u0041"}"#)
+        );
+        for clean in [
+            r#"{"m": "\ud83d\ude00", "p": "C:\\ud83d", "e": "\n\"\u00e9"}"#,
+            r#"{"cut": "\ud8"}"#,
+            "plain",
+        ] {
+            assert_eq!(fixed(clean), None, "{clean}");
+        }
+        let repaired = fixed(r#"{"m": "a\ud83d"}"#).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&repaired).unwrap();
+        assert_eq!(value["m"], "a\u{fffd}");
+    }
+
     use super::*;
 
     proptest::proptest! {

@@ -25,7 +25,9 @@ pub use event::{
     is_plausible_event_time, raw_from_serde, raw_to_serde, DeadLetter, Event, EventId, RawJson,
     RawRecord,
 };
-pub use json_text::{json_nesting_exceeds, write_json_str, JsonStrings, MAX_JSON_NESTING};
+pub use json_text::{
+    json_nesting_exceeds, without_lone_surrogates, write_json_str, JsonStrings, MAX_JSON_NESTING,
+};
 pub use metrics::Metrics;
 pub use repeated_keys::resolve_repeated_keys;
 pub use secret::{is_secret_reference, resolve_secret, SecretError};

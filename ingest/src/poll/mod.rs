@@ -1318,7 +1318,17 @@ impl PollSource {
             headers.push(("authorization", authorization.to_string()));
         }
         let (bytes, headers) = self.fetch_bytes(request, &headers).await?;
-        let body = sonic_rs::from_slice(&bytes).map_err(|e| {
+        // Half of a surrogate pair escaped alone in one record (`\ud83d`, a string a vendor cut
+        // mid-emoji) made the whole page "not JSON", at every poll, for as long as the vendor
+        // listed it: read as the replacement character instead.
+        let parsed =
+            sonic_rs::from_slice(&bytes).or_else(
+                |e| match perimeter_model::without_lone_surrogates(&bytes) {
+                    Some(fixed) => sonic_rs::from_slice(&fixed),
+                    None => Err(e),
+                },
+            );
+        let body = parsed.map_err(|e| {
             PollError::Malformed(format!(
                 "the page is not JSON: {}",
                 crate::jsonl::why_not_json(&bytes, &e)
