@@ -898,6 +898,17 @@ impl<R: BufRead> Iterator for JsonInput<R> {
 }
 
 impl<R: BufRead> JsonInput<R> {
+    /// Whether the input is documents whose last one ends before it is complete (`EOF while
+    /// parsing`): a pretty-printed page still being written.
+    pub fn ends_unfinished(&self) -> bool {
+        match self {
+            JsonInput::Documents { items, .. } => items.pending.as_slice().last().is_some_and(
+                |p| matches!(p, PendingItem::Invalid(InputItem::Invalid { reason, .. }) if reason.contains("EOF while parsing")),
+            ),
+            _ => false,
+        }
+    }
+
     /// Physical lines consumed (for documents: all of them, read at the start).
     pub fn lines_read(&self) -> u64 {
         match self {

@@ -199,8 +199,16 @@ pub struct SpoolSource {
     /// Archived files whose watch ended, looked at for growth while they are kept (see
     /// [`LapsedFile`]), oldest first.
     lapsed: std::sync::Mutex<Vec<LapsedFile>>,
+    /// Files holding a JSON document not complete yet, left for a later scan (said once).
+    unfinished: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     metrics: Option<Arc<Metrics>>,
 }
+
+/// How long a file whose JSON document is not complete (a pretty-printed page still being
+/// written, a download that paused) is left in the inbox since it last changed before it is
+/// read as it is (its unfinished document a dead letter). Read before, the document was a
+/// dead letter and the rest of it, written later, was read on as JSON lines, in fragments.
+const UNFINISHED_DOCUMENT_WAIT: Duration = Duration::from_secs(5 * 60);
 
 /// How long an ingested file is watched for lines written after it was archived, from when it
 /// was ingested or last grew. A writer that keeps a file open in the inbox and pauses longer
@@ -369,6 +377,7 @@ impl SpoolSource {
             bus,
             ingested: std::sync::Mutex::new(Vec::new()),
             lapsed: std::sync::Mutex::new(Vec::new()),
+            unfinished: std::sync::Mutex::new(std::collections::HashSet::new()),
             metrics: None,
         }
     }
@@ -747,7 +756,9 @@ impl SpoolSource {
             }
             let put = self.put_file(&file).await;
             match put {
-                Ok(put) => {
+                // Its document is still being written: a later scan reads it.
+                Ok(None) => {}
+                Ok(Some(put)) => {
                     in_flight_records += put.pending_records;
                     in_flight.push_back(put);
                 }
@@ -836,13 +847,17 @@ impl SpoolSource {
     /// Ingest one file in batches; move it to `.processed` after every batch was acknowledged,
     /// unless it changed meanwhile (it is then read again later).
     pub async fn ingest_file(&self, spooled: &SpoolFile) -> Result<()> {
-        let put = self.put_file(spooled).await?;
-        self.finish_file(put).await
+        match self.put_file(spooled).await? {
+            Some(put) => self.finish_file(put).await,
+            None => Ok(()),
+        }
     }
 
     /// Read a file and put its batches on the bus; its last batch may not be stored yet
-    /// ([`Self::finish_file`] waits for it and archives the file).
-    async fn put_file(&self, spooled: &SpoolFile) -> Result<FilePut> {
+    /// ([`Self::finish_file`] waits for it and archives the file). `None`: the file holds a JSON
+    /// document not complete yet and changed within [`UNFINISHED_DOCUMENT_WAIT`]; nothing was
+    /// read from it.
+    async fn put_file(&self, spooled: &SpoolFile) -> Result<Option<FilePut>> {
         let (source, path) = (spooled.source.as_str(), spooled.path.as_path());
         let before = FileStamp::of(path);
         let tenant = spooled.tenant.as_deref().unwrap_or(&self.config.tenant);
@@ -885,6 +900,22 @@ impl SpoolSource {
         })?;
         if held.is_some() {
             tracing::info!(file = %path.display(), "the last line of a spool file has no newline and is not complete JSON yet: it is read once it has its newline (or when the file is no longer watched)");
+        }
+        let changed_lately = before
+            .as_ref()
+            .and_then(|stamp| stamp.modified)
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age < UNFINISHED_DOCUMENT_WAIT);
+        {
+            let mut unfinished = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
+            if !gzip && reader.ends_unfinished() && changed_lately {
+                if unfinished.insert(path.to_path_buf()) {
+                    tracing::info!(file = %path.display(), wait_seconds = UNFINISHED_DOCUMENT_WAIT.as_secs(),
+                        "spool file holds a JSON document that is not complete yet (still being written?): read once it is, or as it is when it stays unchanged this long");
+                }
+                return Ok(None);
+            }
+            unfinished.remove(path);
         }
         let mut batch: Vec<InputItem> = Vec::with_capacity(self.config.batch_records);
         let file_name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -939,16 +970,18 @@ impl SpoolSource {
                 previous.stored().await?;
             }
         }
-        Ok(FilePut {
+        Ok(Some(FilePut {
             spooled: spooled.clone(),
             before,
             handle,
             held,
-            read_on: !gzip && format == crate::InputFormat::Json,
+            // Lines written on after it was read are read as JSON lines: not for documents,
+            // whose growth is no record of its own (told as for gzip).
+            read_on: !gzip && matches!(reader, JsonInput::Lines(_)),
             lines: reader.lines_read(),
             pending: in_flight,
             pending_records,
-        })
+        }))
     }
 
     /// Wait until the last batch of a file [`Self::put_file`] read is stored, then move the file
@@ -1706,6 +1739,41 @@ mod tests {
             expected.sort();
             assert_eq!(got, expected);
         }
+    }
+
+    /// A pretty-printed page written in place with a pause past the settle time (a slow
+    /// download) was read unfinished: a dead letter, then its rest read on as JSON lines, in
+    /// fragments. It waits in the inbox until it is complete, then all its records are read.
+    #[tokio::test]
+    async fn a_pretty_printed_page_still_being_written_waits_until_it_is_complete() {
+        use std::io::Write;
+        let dir = okta_spool_dir();
+        let path = dir.path().join("okta/page.json");
+        let records: Vec<String> = (0..4)
+            .map(|i| format!("  {{\n    \"id\": \"pp-{i}\",\n    \"n\": {i}\n  }}"))
+            .collect();
+        let text = format!("[\n{}\n]\n", records.join(",\n"));
+        let half = text.len() / 2;
+        let mut writer = std::fs::File::create(&path).unwrap();
+        writer.write_all(&text.as_bytes()[..half]).unwrap();
+        let (tx, rx) = channel(4);
+        let consumer = collecting(rx);
+        let spool = spool_in(dir.path(), 100, tx);
+        let mut unreadable = Unreadable::default();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(path.exists(), "left in the inbox while unfinished");
+        writer.write_all(&text.as_bytes()[half..]).unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(!path.exists(), "ingested and archived once complete");
+        drop(spool);
+        let seen = consumer.await.unwrap();
+        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
+        let ids: Vec<String> = seen
+            .iter()
+            .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["pp-0", "pp-1", "pp-2", "pp-3"]);
     }
 
     /// Every watch ends at the next scan, as after [`WATCH_INGESTED_FOR`] without growth.
