@@ -579,7 +579,8 @@ impl SpoolSource {
             ingested.watched_since = Instant::now();
         }
         // Grown since the last scan (a line held for its newline does not keep the watch on).
-        if len != ingested.len_seen {
+        let grew_since_last_scan = len != ingested.len_seen;
+        if grew_since_last_scan {
             ingested.len_seen = len;
             ingested.watched_since = Instant::now();
         }
@@ -606,10 +607,23 @@ impl SpoolSource {
         let to_the_end = ingested.read_to + grown.len() as u64 == len;
         let unfinished_line = grown.last().is_some_and(|&b| b != b'\n');
         if !(last && to_the_end) {
-            let Some(last_newline) = memchr::memrchr(b'\n', &grown) else {
-                return Ok(());
-            };
-            grown.truncate(last_newline + 1);
+            // A last line without its newline that is complete JSON and did not change since
+            // the last scan is taken: a page saved in place without a final newline (`curl
+            // -o`), finished after a pause, waited the whole 15-minute watch for a newline
+            // that never comes.
+            let rest_from = memchr::memrchr(b'\n', &grown).map_or(0, |newline| newline + 1);
+            let rest = &grown[rest_from..];
+            let complete_rest = to_the_end
+                && !grew_since_last_scan
+                && !(rest_from == 0 && ingested.last_read.last().is_some_and(|&b| b != b'\n'))
+                && !rest.iter().all(u8::is_ascii_whitespace)
+                && serde_json::from_slice::<serde::de::IgnoredAny>(rest).is_ok();
+            if !complete_rest {
+                if rest_from == 0 {
+                    return Ok(());
+                }
+                grown.truncate(rest_from);
+            }
         } else if unfinished_line {
             tracing::warn!(file = %ingested.archived_as,
                 "the last line of a watched spool file never got its newline: it is taken as it is (a dead letter unless it is complete JSON)");
@@ -1774,6 +1788,36 @@ mod tests {
             .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(ids, ["pp-0", "pp-1", "pp-2", "pp-3"]);
+    }
+
+    /// A compact page saved in place without a final newline (`curl -o`), whose writer paused
+    /// in it: held at the first read, then finished without a newline. It waited the whole
+    /// 15-minute watch for one; once it is complete JSON and unchanged for a scan, it is read.
+    #[tokio::test]
+    async fn a_last_line_finished_without_a_newline_is_read_once_it_stays_complete() {
+        use std::io::Write;
+        let dir = okta_spool_dir();
+        let path = dir.path().join("okta/page.json");
+        let mut writer = std::fs::File::create(&path).unwrap();
+        write!(writer, "{{\"id\":\"cp-0\",\"msg\":\"ha").unwrap();
+        let (tx, rx) = channel(4);
+        let consumer = collecting(rx);
+        let spool = spool_in(dir.path(), 100, tx);
+        let mut unreadable = Unreadable::default();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        assert!(!path.exists(), "archived, its last line held");
+        write!(writer, "lf\"}}").unwrap();
+        // The scan that sees it grow waits; the next one, finding it unchanged, reads it.
+        spool.scan_once(&mut unreadable).await.unwrap();
+        spool.scan_once(&mut unreadable).await.unwrap();
+        drop(spool);
+        let seen = consumer.await.unwrap();
+        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
+        let ids: Vec<String> = seen
+            .iter()
+            .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["cp-0"]);
     }
 
     /// Every watch ends at the next scan, as after [`WATCH_INGESTED_FOR`] without growth.
