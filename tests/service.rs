@@ -1344,9 +1344,20 @@ fn the_served_openapi_document_has_the_ingest_route() {
     assert_eq!(ingest["parameters"][0]["name"], "source", "{ingest}");
     // The answer's fields, as the route sends them.
     let ack = &doc["components"]["schemas"]["SubmitAck"]["properties"];
-    for field in ["events", "duplicates", "dead_letters", "alerts"] {
+    for field in [
+        "events",
+        "duplicates",
+        "dead_letters",
+        "alerts",
+        "dead_letter_lines",
+    ] {
         assert!(ack[field].is_object(), "{field}: {ack}");
     }
+    assert!(
+        doc["components"]["schemas"]["DeadLetterLine"]["properties"]["reason"].is_object(),
+        "{}",
+        doc["components"]["schemas"]
+    );
     // The API's own routes are still there.
     assert!(doc["paths"]["/api/v1/events/search"]["get"].is_object());
     // Ingest answers are counted with the API's: a shipper refused for its token shows.
@@ -1886,7 +1897,18 @@ fn a_resent_bad_line_is_not_counted_as_a_new_dead_letter() {
             .json()
             .unwrap()
     };
-    assert_eq!(send()["dead_letters"], 1);
+    let first = send();
+    assert_eq!(first["dead_letters"], 1);
+    // Which line failed, and why: also in the answer to the resend, which stores nothing.
+    for answer in [first, send()] {
+        let lines = answer["dead_letter_lines"].as_array().unwrap();
+        assert_eq!(lines.len(), 1, "{answer}");
+        assert_eq!(lines[0]["line"], 2, "{answer}");
+        assert!(
+            lines[0]["reason"].as_str().unwrap().contains("JSON"),
+            "{answer}"
+        );
+    }
     assert_eq!(send()["dead_letters"], 0, "stored once");
     // It was counted at each sending: the metric disagreed with the store and the answers.
     svc.assert_metrics(&["perimeter_dead_letters_total{source=\"okta\"} 1"]);

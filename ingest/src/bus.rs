@@ -37,6 +37,23 @@ pub struct SubmitAck {
     /// records are stored as plain JSON); left out when there is nothing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The batch's first dead letters (at most [`MAX_DEAD_LETTER_LINES`]): each one's input
+    /// line and why (masked), so the sender can tell which of its lines failed; also for a bad
+    /// line sent again (not counted in `dead_letters` again). Left out when there is none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dead_letter_lines: Vec<DeadLetterLine>,
+}
+
+/// At most this many dead letters are listed in a batch's answer ([`SubmitAck::dead_letter_lines`]).
+pub const MAX_DEAD_LETTER_LINES: usize = 20;
+
+/// A dead letter of a batch, as its answer lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetterLine {
+    /// The input line (of the body; for a JSON array, of its element), when known.
+    pub line: Option<u64>,
+    /// Why it is a dead letter (masked).
+    pub reason: String,
 }
 
 fn is_zero(n: &usize) -> bool {

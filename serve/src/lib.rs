@@ -431,6 +431,8 @@ struct Answer {
     source_note: Option<String>,
     /// What the sender should know about the batch.
     warnings: Vec<String>,
+    /// Its first dead letters, for the answer.
+    dead_letter_lines: Vec<perimeter_ingest::bus::DeadLetterLine>,
 }
 
 impl Answer {
@@ -463,6 +465,15 @@ impl Answer {
                 .collect(),
             source_note,
             warnings,
+            dead_letter_lines: out
+                .dead_letters
+                .iter()
+                .take(perimeter_ingest::bus::MAX_DEAD_LETTER_LINES)
+                .map(|d| perimeter_ingest::bus::DeadLetterLine {
+                    line: d.line,
+                    reason: d.reason.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -510,6 +521,7 @@ impl Answer {
             alerts: raised.saturating_sub(own(&ack.alerts_known)),
             past_retention: ack.events_past_retention,
             warnings: self.warnings,
+            dead_letter_lines: self.dead_letter_lines,
             // Stored here, not handed on.
             queued: 0,
         });

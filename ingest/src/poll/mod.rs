@@ -1246,9 +1246,17 @@ impl PollSource {
         let pending = if items.is_empty() {
             None
         } else {
+            // Dead letters say which poller they came from, as a spool file's name its own:
+            // two pollers of one vendor (two Okta orgs) are told apart.
+            let origin = format!("poller {}", self.config.name);
             let pending = self
                 .bus
-                .enqueue_from(None, self.config.vendor.source(), &self.tenant, items)
+                .enqueue_from(
+                    Some(&origin),
+                    self.config.vendor.source(),
+                    &self.tenant,
+                    items,
+                )
                 .await
                 .map_err(|e| PollError::NotStored(e.to_string()))?;
             Some(pending)
