@@ -613,10 +613,14 @@ impl SpoolSource {
             // that never comes.
             let rest_from = memchr::memrchr(b'\n', &grown).map_or(0, |newline| newline + 1);
             let rest = &grown[rest_from..];
+            // (Not when it would be the rest of a line read before without its newline.)
+            let continues_earlier_line =
+                rest_from == 0 && ingested.last_read.last().is_some_and(|&b| b != b'\n');
+            let blank = rest.iter().all(u8::is_ascii_whitespace);
             let complete_rest = to_the_end
                 && !grew_since_last_scan
-                && !(rest_from == 0 && ingested.last_read.last().is_some_and(|&b| b != b'\n'))
-                && !rest.iter().all(u8::is_ascii_whitespace)
+                && !continues_earlier_line
+                && !blank
                 && serde_json::from_slice::<serde::de::IgnoredAny>(rest).is_ok();
             if !complete_rest {
                 if rest_from == 0 {
