@@ -825,6 +825,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         for warning in perimeter_ingest::kafka::payload_key_warnings(kafka) {
             say!("warn   kafka bus: {warning}");
         }
+        if let Some(warning) = kafka_mask_key_warning(config) {
+            say!("warn   kafka bus: {warning}");
+        }
     }
     if failed > 0 {
         say!("{failed} part(s) would keep `perimeter run` from starting or leave something out");
@@ -998,6 +1001,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let (sources_bus, kafka_tasks) = match &config.kafka {
         None => (bus.clone(), Vec::new()),
         Some(kafka) => {
+            if let Some(warning) = kafka_mask_key_warning(config) {
+                tracing::warn!("{warning}");
+            }
             start_kafka_bus(
                 kafka,
                 registry_for_keys,
@@ -1175,6 +1181,15 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// On the Kafka bus without `[mask] hmac_key`, each instance hashes with the key generated in
+/// its own data directory: the same person gets a different pseudonym on each detector (and in
+/// each store), which breaks "one stable pseudonym per person" across the group.
+fn kafka_mask_key_warning(config: &PerimeterConfig) -> Option<String> {
+    (config.kafka.is_some() && config.mask.hmac_key.is_none()).then(|| {
+        "no [mask] hmac_key: each instance hashes with a key of its own data directory, so one value gets a different pseudonym on each detector; set the same hmac_key (e.g. \"env:PERIMETER_MASK_KEY\") on every instance".to_string()
+    })
 }
 
 /// The Kafka bus of `[kafka]` (ADR 019): the topic is created when missing, a producer takes

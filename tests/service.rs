@@ -3721,6 +3721,21 @@ fn run_check_says_whether_the_kafka_bus_answers() {
     );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = run_check(&keyed);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warn   kafka bus: payload key"));
+    // Without `[mask] hmac_key` each instance would hash with a key of its own data directory:
+    // said, and not with one.
+    let warning = crate::util::check_line(&out, "warn   kafka bus: no [mask] hmac_key");
+    assert!(warning.contains("every instance"), "{warning}");
+    let mask_key = keyed_dir.path().join("mask.key");
+    std::fs::write(&mask_key, "the group's own mask key").unwrap();
+    let text = std::fs::read_to_string(&keyed).unwrap();
+    std::fs::write(
+        &keyed,
+        format!("{text}[mask]\nhmac_key = \"file:{}\"\n", mask_key.display()),
+    )
+    .unwrap();
+    let out = run_check(&keyed);
+    assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("warn   kafka bus"));
     drop(broker);
     let (ok, line) = kafka_check_line(&cfg);

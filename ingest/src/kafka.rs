@@ -172,6 +172,47 @@ impl KafkaBusConfig {
             })
     }
 
+    /// The producer's configuration, the settings Perimeter relies on first.
+    fn producer_client_config(&self) -> ClientConfig {
+        // Sealed messages do not compress: lz4 would only cost CPU. (Compressing before
+        // sealing would let the sizes on the broker tell about a record's content.)
+        let compression = if self.payload_keys.is_empty() {
+            "lz4"
+        } else {
+            "none"
+        };
+        self.client_config(
+            Role::Producer,
+            &[
+                // Acknowledged means on every in-sync replica, written once, in order.
+                ("acks", "all"),
+                ("enable.idempotence", "true"),
+                ("compression.type", compression),
+                ("linger.ms", "5"),
+                ("message.timeout.ms", "60000"),
+            ],
+        )
+    }
+
+    /// The consumer's configuration, the settings Perimeter relies on first.
+    fn consumer_client_config(&self) -> ClientConfig {
+        self.client_config(
+            Role::Consumer,
+            &[
+                ("group.id", self.group.as_str()),
+                // Offsets are committed by hand, after the batch is stored.
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                // A member joining or leaving moves only the partitions it must: the others
+                // keep theirs, and with them their entities' detection state (which does not
+                // move with a partition). `range` could move partitions between the members
+                // that stay, and stopped every member while the group changed.
+                ("partition.assignment.strategy", "cooperative-sticky"),
+            ],
+        )
+    }
+
     /// A client's configuration: `defaults`, then the `properties` that apply to `role` (a
     /// property of the other role would only be warned about at every start).
     fn client_config(&self, role: Role, defaults: &[(&str, &str)]) -> ClientConfig {
@@ -605,6 +646,20 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn probe(config: &KafkaBusConfig) -> Result<String, KafkaBusError> {
     let timeout = PROBE_TIMEOUT;
     config.validate()?;
+    // The producer's and the consumer's properties as `run` sets them (the admin client below
+    // reads neither kind): a value librdkafka refuses, or one that clashes with what Perimeter
+    // sets (`acks = 0` against idempotence), passed the check and stopped `run`. Creating a
+    // client connects to nothing yet.
+    config
+        .producer_client_config()
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
+        .create::<rdkafka::producer::BaseProducer>()
+        .map_err(kafka("the producer's properties"))?;
+    config
+        .consumer_client_config()
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .map_err(kafka("the consumer's properties"))?;
     let client: rdkafka::consumer::BaseConsumer<LastClientError> = config
         .client_config(Role::Admin, &[])
         // librdkafka logs at the `log` crate's level, which nothing here raises from off.
@@ -670,6 +725,8 @@ pub fn probe(config: &KafkaBusConfig) -> Result<String, KafkaBusError> {
 /// Hands the batches of the embedded bus's sources to the topic.
 pub struct KafkaBusProducer {
     producer: FutureProducer<QuietErrors>,
+    /// What the producer was made with, to make it again after a fatal error.
+    client_config: ClientConfig,
     topic: String,
     key: PartitionKey,
     metrics: Option<Arc<Metrics>>,
@@ -696,27 +753,13 @@ impl KafkaBusProducer {
         config.validate()?;
         // Sealed messages do not compress: lz4 would only cost CPU. (Compressing before
         // sealing would let the sizes on the broker tell about a record's content.)
-        let compression = if config.payload_keys.is_empty() {
-            "lz4"
-        } else {
-            "none"
-        };
-        let producer = config
-            .client_config(
-                Role::Producer,
-                &[
-                    // Acknowledged means on every in-sync replica, written once, in order.
-                    ("acks", "all"),
-                    ("enable.idempotence", "true"),
-                    ("compression.type", compression),
-                    ("linger.ms", "5"),
-                    ("message.timeout.ms", "60000"),
-                ],
-            )
+        let client_config = config.producer_client_config();
+        let producer = client_config
             .create_with_context(QuietErrors::default())
             .map_err(kafka("creating the producer"))?;
         Ok(KafkaBusProducer {
             producer,
+            client_config,
             topic: config.topic.clone(),
             key,
             metrics: None,
@@ -861,9 +904,16 @@ impl KafkaBusProducer {
         // deliveries settle (and the batch is answered) on a task of their own while the next
         // batch is queued. Waiting for each batch's deliveries before queueing the next made
         // every sender wait for the others' round trips to the broker.
-        let this = Arc::new(self);
+        let mut this = Arc::new(self);
         let mut settling = tokio::task::JoinSet::new();
         while let Some(sub) = rx.recv().await {
+            if this.producer.client().fatal_error().is_some() {
+                // The batches in flight fail with it; then a new producer takes the next.
+                while settling.join_next().await.is_some() {}
+                if let Some(only) = Arc::get_mut(&mut this) {
+                    only.replace_if_fatal();
+                }
+            }
             match this.queue(&sub).await {
                 Ok(pending) => {
                     let this = this.clone();
@@ -878,6 +928,31 @@ impl KafkaBusProducer {
         }
         while settling.join_next().await.is_some() {}
         let _ = this.producer.flush(Duration::from_secs(30));
+    }
+
+    /// After a fatal error (an idempotent producer fenced or out of sequence after a broker
+    /// outage) librdkafka's producer refuses every message for good: every batch was refused
+    /// until a restart. A new one is made from the same settings; whether it could be is
+    /// logged. `true` when it was replaced.
+    fn replace_if_fatal(&mut self) -> bool {
+        let Some((code, reason)) = self.producer.client().fatal_error() else {
+            return false;
+        };
+        count(&self.metrics, "kafka_producer_fatal_errors_total", 1);
+        match self
+            .client_config
+            .create_with_context::<_, FutureProducer<QuietErrors>>(QuietErrors::default())
+        {
+            Ok(producer) => {
+                tracing::warn!(error = ?code, reason, "the Kafka producer failed for good; a new one takes the next batches (the batches refused meanwhile are resent by their sources)");
+                self.producer = producer;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = ?code, reason, cause = %e, "the Kafka producer failed for good and a new one could not be made; batches are refused until a restart");
+                false
+            }
+        }
     }
 
     /// Answer `sub` with how its produce went.
@@ -929,6 +1004,8 @@ pub struct KafkaBusConsumer {
     own_tenant: String,
     /// When a read error was last logged (one line per 30 s while a broker is away).
     read_error_logged: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Read errors since the last message (see [`KafkaBusConsumer::take`]).
+    read_errors_in_a_row: std::sync::atomic::AtomicU64,
     /// The offset this member last committed per partition, for the lag gauge.
     committed: std::sync::Mutex<HashMap<(String, i32), i64>>,
     /// Opens sealed messages with the `payload_keys`.
@@ -942,25 +1019,15 @@ pub struct ConsumedTotals {
     pub batches: u64,
 }
 
+/// Read errors in a row after which the consumer pauses half a second (see
+/// `KafkaBusConsumer::take`).
+const READ_ERRORS_BEFORE_A_PAUSE: u64 = 100;
+
 impl KafkaBusConsumer {
     pub fn new(config: &KafkaBusConfig) -> Result<Self, KafkaBusError> {
         config.validate()?;
         let consumer: StreamConsumer<RevokeNotes> = config
-            .client_config(
-                Role::Consumer,
-                &[
-                    ("group.id", config.group.as_str()),
-                    // Offsets are committed by hand, after the batch is stored.
-                    ("enable.auto.commit", "false"),
-                    ("enable.auto.offset.store", "false"),
-                    ("auto.offset.reset", "earliest"),
-                    // A member joining or leaving moves only the partitions it must: the
-                    // others keep theirs, and with them their entities' detection state (which
-                    // does not move with a partition). `range` could move partitions between
-                    // the members that stay, and stopped every member while the group changed.
-                    ("partition.assignment.strategy", "cooperative-sticky"),
-                ],
-            )
+            .consumer_client_config()
             .create_with_context(RevokeNotes::default())
             .map_err(kafka("creating the consumer"))?;
         consumer
@@ -974,6 +1041,7 @@ impl KafkaBusConsumer {
             linger: Duration::from_millis(config.batch_linger_ms),
             own_tenant: "default".into(),
             read_error_logged: Default::default(),
+            read_errors_in_a_row: Default::default(),
             committed: Default::default(),
             opener: Opener::new(&config.payload_keys)
                 .map_err(KafkaBusError::Config)?
@@ -1197,10 +1265,15 @@ impl KafkaBusConsumer {
         batch: &mut Batch,
         received: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
     ) {
+        use std::sync::atomic::Ordering;
         match received {
-            Ok(message) => batch.add(message, &self.own_tenant, &self.opener),
+            Ok(message) => {
+                self.read_errors_in_a_row.store(0, Ordering::Relaxed);
+                batch.add(message, &self.own_tenant, &self.opener)
+            }
             Err(e) => {
                 count(&self.metrics, "kafka_read_errors_total", 1);
+                let in_a_row = self.read_errors_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
                 {
                     let mut logged = self
                         .read_error_logged
@@ -1211,7 +1284,14 @@ impl KafkaBusConsumer {
                         tracing::warn!(error = %e, "reading the Kafka bus; retrying (logged once per 30 s while it lasts, counted in kafka_read_errors_total)");
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // The errors queued during an outage come back one per read once it is over:
+                // with a pause after each, they took minutes to go through (2 a second), and
+                // the partitions assigned meanwhile waited behind them, unread. librdkafka
+                // paces the errors of an outage itself; a pause after every 100 in a row only
+                // keeps an error storm from spinning.
+                if in_a_row.is_multiple_of(READ_ERRORS_BEFORE_A_PAUSE) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     }
@@ -2038,6 +2118,51 @@ mod tests {
         }
     }
 
+    /// A producer that failed for good (fenced after a broker outage) refused every batch
+    /// until a restart: it is replaced by a new one made with the same settings.
+    #[test]
+    fn a_producer_failed_for_good_is_replaced() {
+        let config = KafkaBusConfig::new("127.0.0.1:1");
+        let key = Arc::new(|_: &str, tenant: &str, _: &InputItem| tenant_key(tenant));
+        let mut producer = KafkaBusProducer::new(&config, key).unwrap();
+        assert!(!producer.replace_if_fatal(), "nothing to replace");
+        let reason = std::ffi::CString::new("fenced in a test").unwrap();
+        // SAFETY: the client pointer is live (owned by `producer`), the reason a C string.
+        let injected = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__FENCED,
+                reason.as_ptr(),
+            )
+        };
+        assert_eq!(
+            injected,
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+        assert!(producer.producer.client().fatal_error().is_some());
+        assert!(producer.replace_if_fatal());
+        assert!(producer.producer.client().fatal_error().is_none());
+    }
+
+    /// `run --check` asked the brokers with an admin client, which reads neither consumer nor
+    /// producer properties: a bad one of those passed the check and `run` refused it. The
+    /// probe refuses them before asking any broker.
+    #[test]
+    fn the_probe_refuses_consumer_and_producer_properties_run_would_refuse() {
+        for ((key, value), role) in [
+            (("session.timeout.ms", "abc"), "consumer"),
+            (("acks", "0"), "producer"),
+        ] {
+            let mut config = KafkaBusConfig::new("127.0.0.1:1");
+            config.properties.insert(key.into(), value.into());
+            let err = probe(&config).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("the {role}'s properties")),
+                "{key}: {err}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_limit_too_small_for_a_dead_letter_refuses_the_batch_instead_of_spinning() {
         let mut config = KafkaBusConfig::new("127.0.0.1:1");
@@ -2053,6 +2178,7 @@ mod tests {
                 .client_config(Role::Producer, &[])
                 .create_with_context(QuietErrors::default())
                 .unwrap(),
+            client_config: config.client_config(Role::Producer, &[]),
             topic: "records".into(),
             key: Arc::new(|_: &str, tenant: &str, _: &InputItem| tenant_key(tenant)),
             metrics: None,
