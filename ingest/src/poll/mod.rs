@@ -1326,17 +1326,7 @@ impl PollSource {
             headers.push(("authorization", authorization.to_string()));
         }
         let (bytes, headers) = self.fetch_bytes(request, &headers).await?;
-        // Half of a surrogate pair escaped alone in one record (`\ud83d`, a string a vendor cut
-        // mid-emoji) made the whole page "not JSON", at every poll, for as long as the vendor
-        // listed it: read as the replacement character instead.
-        let parsed =
-            sonic_rs::from_slice(&bytes).or_else(
-                |e| match perimeter_model::without_lone_surrogates(&bytes) {
-                    Some(fixed) => sonic_rs::from_slice(&fixed),
-                    None => Err(e),
-                },
-            );
-        let body = parsed.map_err(|e| {
+        let body = parse_page(&bytes).map_err(|e| {
             PollError::Malformed(format!(
                 "the page is not JSON: {}",
                 crate::jsonl::why_not_json(&bytes, &e)
@@ -1644,8 +1634,50 @@ fn read_secret(reference: &str) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|_| format!("`{reference}` is not UTF-8"))
 }
 
+/// A page's JSON. One record in it holding half of a surrogate pair escaped alone (`\ud83d`, a
+/// string a vendor cut mid-emoji), or one byte that is not UTF-8 (a Latin-1 `é` from a legacy
+/// system behind the API), made the whole page "not JSON", at every poll, for as long as the
+/// vendor listed it, and the poller never got past it: both are read as the replacement
+/// character instead.
+fn parse_page(bytes: &[u8]) -> Result<perimeter_model::RawJson, sonic_rs::Error> {
+    sonic_rs::from_slice(bytes).or_else(|e| {
+        let lossy = std::str::from_utf8(bytes)
+            .is_err()
+            .then(|| String::from_utf8_lossy(bytes).into_owned().into_bytes());
+        let text = lossy.as_deref().unwrap_or(bytes);
+        match perimeter_model::without_lone_surrogates(text) {
+            Some(fixed) => sonic_rs::from_slice(&fixed),
+            None if lossy.is_some() => sonic_rs::from_slice(text),
+            None => Err(e),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// A page holding a lone surrogate escape or a byte that is not UTF-8 is read, those as
+    /// the replacement character; a page that is no JSON is still refused.
+    #[test]
+    fn a_page_with_a_lone_surrogate_or_a_stray_byte_is_read() {
+        use sonic_rs::JsonValueTrait;
+        let page =
+            |text: &[u8]| super::parse_page(text).map(|v| v[0]["m"].as_str().map(str::to_string));
+        assert_eq!(
+            page(br#"[{"m": "cut \ud83d"}]"#).unwrap().as_deref(),
+            Some("cut \u{fffd}")
+        );
+        assert_eq!(
+            page(b"[{\"m\": \"Caf\xe9\"}]").unwrap().as_deref(),
+            Some("Caf\u{fffd}")
+        );
+        assert_eq!(
+            page(b"[{\"m\": \"\xe9 \\ud83d\"}]").unwrap().as_deref(),
+            Some("\u{fffd} \u{fffd}")
+        );
+        assert!(super::parse_page(b"<html>busy</html>").is_err());
+    }
+
     use super::*;
 
     #[test]
