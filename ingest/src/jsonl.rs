@@ -1186,7 +1186,26 @@ mod input_tests {
 /// CloudTrail's `*.json.gz` files, `zcat`-less pipes). Decided by content, not by file name, so
 /// stdin works too; concatenated gzip members read as one stream.
 pub fn decompressed<R: BufRead>(mut input: R) -> std::io::Result<MaybeGzip<R>> {
-    let gzip = input.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    let head = input.fill_buf()?;
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    // UTF-16 with its byte order mark (Windows PowerShell 5's `Out-File` and `>`): each line
+    // was a dead letter, and nothing said why. Read whole and written as UTF-8.
+    let utf16 = match head {
+        [0xff, 0xfe, ..] => Some(u16::from_le_bytes as fn([u8; 2]) -> u16),
+        [0xfe, 0xff, ..] => Some(u16::from_be_bytes as fn([u8; 2]) -> u16),
+        _ => None,
+    };
+    if let Some(unit) = utf16 {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes)?;
+        let units = bytes[2..]
+            .chunks(2)
+            .map(|pair| unit([pair[0], *pair.get(1).unwrap_or(&0)]));
+        let text: String = char::decode_utf16(units)
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect();
+        return Ok(MaybeGzip::Utf16(std::io::Cursor::new(text.into_bytes())));
+    }
     Ok(if gzip {
         MaybeGzip::Gzip(std::io::BufReader::with_capacity(
             1 << 16,
@@ -1201,6 +1220,8 @@ pub fn decompressed<R: BufRead>(mut input: R) -> std::io::Result<MaybeGzip<R>> {
 pub enum MaybeGzip<R: BufRead> {
     Plain(R),
     Gzip(std::io::BufReader<flate2::bufread::MultiGzDecoder<R>>),
+    /// UTF-16 input (with its byte order mark), written as UTF-8.
+    Utf16(std::io::Cursor<Vec<u8>>),
 }
 
 impl<R: BufRead> Read for MaybeGzip<R> {
@@ -1208,6 +1229,7 @@ impl<R: BufRead> Read for MaybeGzip<R> {
         match self {
             MaybeGzip::Plain(r) => r.read(buf),
             MaybeGzip::Gzip(r) => r.read(buf),
+            MaybeGzip::Utf16(r) => r.read(buf),
         }
     }
 }
@@ -1217,6 +1239,7 @@ impl<R: BufRead> BufRead for MaybeGzip<R> {
         match self {
             MaybeGzip::Plain(r) => r.fill_buf(),
             MaybeGzip::Gzip(r) => r.fill_buf(),
+            MaybeGzip::Utf16(r) => r.fill_buf(),
         }
     }
 
@@ -1224,6 +1247,7 @@ impl<R: BufRead> BufRead for MaybeGzip<R> {
         match self {
             MaybeGzip::Plain(r) => r.consume(amount),
             MaybeGzip::Gzip(r) => r.consume(amount),
+            MaybeGzip::Utf16(r) => r.consume(amount),
         }
     }
 }
@@ -1237,6 +1261,24 @@ mod decompression_tests {
         let mut out = Vec::new();
         decompressed(bytes).unwrap().read_to_end(&mut out).unwrap();
         out
+    }
+
+    /// UTF-16 with its byte order mark, either order, is read as the text it holds.
+    #[test]
+    fn utf16_with_a_byte_order_mark_is_read_as_its_text() {
+        let text = "[\r\n  {\"m\": \"caf\u{e9} \u{1f600}\"}\r\n]\r\n";
+        let le: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let be: Vec<u8> = [0xfe, 0xff]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+        assert_eq!(read_all(&le), text.as_bytes());
+        assert_eq!(read_all(&be), text.as_bytes());
+        // Plain UTF-8 is left as it is.
+        assert_eq!(read_all(text.as_bytes()), text.as_bytes());
     }
 
     #[test]

@@ -886,7 +886,10 @@ impl SpoolSource {
         // The spool's own handle on the file, to read on from it after it is archived.
         let handle = file.try_clone();
         let format = crate::InputFormat::from_path(path);
-        let gzip = bytes_at(&file, 0, 2).is_ok_and(|head| head == [0x1f, 0x8b]);
+        // Gzip, or UTF-16 (read whole and written as UTF-8): their bytes on disk are no lines to
+        // hold a last one of, or to read on from.
+        let gzip = bytes_at(&file, 0, 2)
+            .is_ok_and(|head| matches!(head[..], [0x1f, 0x8b] | [0xff, 0xfe] | [0xfe, 0xff]));
         // A last line of JSON lines without its newline that is not complete JSON is still
         // being written (the writer paused past the settle time): it is left to be read on
         // once it has its newline, like the lines written after the file is archived. Only
@@ -1822,6 +1825,31 @@ mod tests {
             .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(ids, ["cp-0"]);
+    }
+
+    /// A file written by Windows PowerShell 5 (`ConvertTo-Json | Out-File`) is UTF-16 with a
+    /// byte order mark: each of its lines was a dead letter. Its records are read.
+    #[tokio::test]
+    async fn a_utf16_file_is_read() {
+        let dir = okta_spool_dir();
+        let text = "[\r\n  {\"id\": \"u16-0\"},\r\n  {\"id\": \"u16-1\"}\r\n]\r\n";
+        let bytes: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        std::fs::write(dir.path().join("okta/ps.json"), bytes).unwrap();
+        let (tx, rx) = channel(4);
+        let consumer = collecting(rx);
+        let spool = spool_in(dir.path(), 100, tx);
+        spool.scan_once(&mut Unreadable::default()).await.unwrap();
+        drop(spool);
+        let seen = consumer.await.unwrap();
+        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
+        let ids: Vec<String> = seen
+            .iter()
+            .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["u16-0", "u16-1"]);
     }
 
     /// Every watch ends at the next scan, as after [`WATCH_INGESTED_FOR`] without growth.
