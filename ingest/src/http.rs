@@ -154,7 +154,7 @@ pub fn ingest_router(
         max_records,
     };
     Router::new()
-        .route("/ingest/{source}", post(ingest))
+        .route("/ingest/{source}", post(ingest).get(verify_event_hook))
         .method_not_allowed_fallback(|| async {
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -274,13 +274,81 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, Json(body)).into_response()
 }
 
+/// The tenant of the request's ingest token, or the refusal to answer (401 saying why, 403).
+fn authorized_tenant(state: &IngestState, headers: &HeaderMap) -> Result<String, Box<Response>> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        // The scheme is case-insensitive (RFC 7235 2.1), as on the API's routes.
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
+    match (state.auth)(token) {
+        Ok(tenant) => Ok(tenant),
+        Err(IngestRefusal::Unauthorized(why)) => {
+            // Why a token is refused (expired, revoked, unknown), as the API's routes say: a
+            // shipper whose token expired is told so.
+            let message = match why {
+                Some(why) => format!("a valid ingest token is required: {why}"),
+                None => "a valid ingest token is required".to_string(),
+            };
+            let mut refused = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+            // RFC 7235 3.1: a 401 names the scheme that would be accepted.
+            refused.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"perimeter\""),
+            );
+            Err(Box::new(refused))
+        }
+        Err(IngestRefusal::Forbidden) => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "ingest takes a responder or admin token",
+        ))),
+    }
+}
+
+/// `GET /ingest/{source}` answers an Okta event hook's one-time verification: Okta sends the
+/// challenge in `x-okta-verification-challenge` (with the hook's `Authorization` header, an
+/// ingest token) and enables the hook once it gets it back as `{"verification": ...}`. The hook's
+/// deliveries then come as `POST`s, their events taken out of the hook's envelope.
+#[utoipa::path(get, path = "/ingest/{source}", tag = "ingest",
+    params(("source" = String, Path, description = "The source the hook delivers to (`okta`)"),
+        ("x-okta-verification-challenge" = String, Header, description = "Okta's challenge")),
+    responses(
+        (status = 200, description = "The challenge sent back: `{\"verification\": ...}`", body = Object),
+        (status = 401, description = "No valid token", body = Object),
+        (status = 403, description = "The token's role may not ingest", body = Object),
+        (status = 405, description = "No challenge: ingest takes POST", body = Object),
+    ),
+    security(("bearer" = [])))]
+async fn verify_event_hook(State(state): State<IngestState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorized_tenant(&state, &headers) {
+        return *refused;
+    }
+    match headers
+        .get("x-okta-verification-challenge")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(challenge) => Json(serde_json::json!({ "verification": challenge })).into_response(),
+        None => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "ingest takes POST (a GET answers an Okta event hook's verification challenge)",
+        ),
+    }
+}
+
 /// The OpenAPI entry of `POST /ingest/{source}`, for the document the API serves beside it.
 pub fn ingest_openapi() -> utoipa::openapi::OpenApi {
     <IngestDoc as utoipa::OpenApi>::openapi()
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(ingest), tags((name = "ingest", description = "Sending events in")))]
+#[openapi(
+    paths(ingest, verify_event_hook),
+    tags((name = "ingest", description = "Sending events in"))
+)]
 struct IngestDoc;
 
 /// Send events: a JSON-lines body (one raw vendor event per line), one JSON document (a vendor
@@ -317,37 +385,9 @@ async fn ingest(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        // The scheme is case-insensitive (RFC 7235 2.1), as on the API's routes.
-        .and_then(|v| v.trim_start().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map_or("", |(_, token)| token.trim());
-    let tenant = match (state.auth)(token) {
+    let tenant = match authorized_tenant(&state, &headers) {
         Ok(tenant) => tenant,
-        Err(IngestRefusal::Unauthorized(why)) => {
-            // Why a token is refused (expired, revoked, unknown), as the API's routes say: a
-            // shipper whose token expired is told so.
-            let message = match why {
-                Some(why) => format!("a valid ingest token is required: {why}"),
-                None => "a valid ingest token is required".to_string(),
-            };
-            let mut refused = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
-            // RFC 7235 3.1: a 401 names the scheme that would be accepted.
-            refused.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer realm=\"perimeter\""),
-            );
-            return refused;
-        }
-        Err(IngestRefusal::Forbidden) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "ingest takes a responder or admin token",
-            )
-        }
+        Err(refused) => return *refused,
     };
     // The tenant is the token's and the source is in the path: a parameter (`?tenant=other`)
     // would be silently ignored, and the shipper sent there by mistake.
@@ -478,6 +518,38 @@ mod router_tests {
             .await
             .unwrap();
         (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// An Okta event hook is enabled by answering its verification challenge to a GET with
+    /// the hook's token: the challenge is sent back. A GET without one is no ingest (405), and
+    /// one without a valid token gets the 401 any ingest request gets.
+    #[tokio::test]
+    async fn an_okta_event_hook_verification_is_answered() {
+        let get = |token: Option<&str>, challenge: Option<&str>| {
+            let (bus, _rx) = crate::bus::channel(1);
+            let auth: IngestAuth = Arc::new(|token: &str| match token {
+                "good" => Ok("acme".to_string()),
+                _ => Err(IngestRefusal::Unauthorized(None)),
+            });
+            let router = ingest_router(bus, AnswersOwed::default(), auth, limits(1000));
+            let mut request = axum::http::Request::get("/ingest/okta");
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            if let Some(challenge) = challenge {
+                request = request.header("x-okta-verification-challenge", challenge);
+            }
+            answer(router, request.body(axum::body::Body::empty()).unwrap())
+        };
+        let (status, body) = get(Some("good"), Some("c2b1e5")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!({"verification": "c2b1e5"}));
+        let (status, body) = get(Some("good"), None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+        let (status, _) = get(Some("bad"), Some("c2b1e5")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = get(None, Some("c2b1e5")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
     /// At shutdown the connections are cut only once no answer is owed: a batch the pipeline

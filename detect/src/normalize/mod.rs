@@ -527,6 +527,12 @@ fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>)
         }
         return;
     }
+    if let Some(events) = okta_event_hook_events(&value) {
+        for event in events.iter() {
+            split_into(event.clone(), split_google, 3, out);
+        }
+        return;
+    }
     if split_google && GoogleWorkspaceActivityNormalizer::matches(&value) {
         if let Some(events) = value.get("events").and_then(|e| e.as_array()) {
             if events.len() > 1 {
@@ -580,6 +586,21 @@ pub fn unwrapped_page_hint(value: &Value) -> Option<String> {
 }
 
 /// The list key when `obj` is a page envelope rather than a record.
+/// The events of an Okta event hook's delivery (`{"eventType": "com.okta.event_hook", ...,
+/// "data": {"events": [...]}}`), each a System Log event. A delivery's first key is one of its
+/// envelope's (Okta writes `eventType` first; sorted, `cloudEventsVersion`), which a System Log
+/// event's is not (`actor`, sorted or not): other records are passed over at their first key.
+fn okta_event_hook_events(value: &Value) -> Option<&sonic_rs::Array> {
+    const ENVELOPE_KEYS: [&str; 4] = ["eventType", "cloudEventsVersion", "contentType", "data"];
+    let (first, _) = value.as_object()?.iter().next()?;
+    if !ENVELOPE_KEYS.contains(&first) {
+        return None;
+    }
+    (value.get("eventType")?.as_str()? == "com.okta.event_hook")
+        .then(|| value.get("data")?.get("events")?.as_array())
+        .flatten()
+}
+
 fn envelope_key(obj: &Value) -> Option<&'static str> {
     // An envelope has only list and metadata keys, so a record is told apart by its first key
     // alone (the lookups below scan every key once per list key).

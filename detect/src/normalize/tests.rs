@@ -856,3 +856,24 @@ fn mfa_changes_are_account_changes_and_1password_addresses_are_read_under_both_n
         assert_eq!(ev.ecs.source_ip.as_deref(), Some("203.0.113.161"), "{key}");
     }
 }
+
+/// An Okta event hook's delivery carries System Log events under `data.events`: they are the
+/// records (the envelope was one record, a dead letter for its missing `published`).
+#[test]
+fn an_okta_event_hook_delivery_is_its_events() {
+    let event = |id: &str| {
+        json!({"uuid": id, "published": "2026-01-01T00:00:00.000Z",
+        "eventType": "user.session.start", "actor": {"alternateId": "ann@acme.test", "type": "User"},
+        "outcome": {"result": "SUCCESS"}})
+    };
+    let delivery = json!({"eventType": "com.okta.event_hook", "eventTypeVersion": "1.0",
+        "cloudEventsVersion": "0.1", "source": "https://acme.okta.com/api/v1/eventHooks/who1",
+        "eventId": "e1", "data": {"events": [event("a"), event("b")]},
+        "eventTime": "2026-01-01T00:00:01.000Z", "contentType": "application/json"});
+    for source in ["okta", "auto"] {
+        let records = split(source, delivery.clone());
+        assert_eq!(records, vec![event("a"), event("b")], "{source}");
+    }
+    // An Okta event is left whole.
+    assert_eq!(split("okta", event("c")), vec![event("c")]);
+}
