@@ -166,11 +166,24 @@ impl Store {
         let ast = refuse_event_id_ranges(ast).map_err(StoreError::InvalidQuery)?;
         let ast = match (&self.query_masker, &self.query_pseudonym) {
             (None, None) => ast,
-            (masker, pseudonym) => mask_query_terms(
-                ast,
-                &|term: &str| masker.as_ref().and_then(|m| m(term)),
-                pseudonym.as_deref(),
-            ),
+            (masker, pseudonym) => {
+                let schema = &self.schema.schema;
+                // Only text holds a keyed hash: a number field's term stays a number.
+                let text_field = |name: &str| {
+                    schema.get_field(name).is_ok_and(|field| {
+                        matches!(
+                            schema.get_field_entry(field).field_type(),
+                            tantivy::schema::FieldType::Str(_)
+                        )
+                    })
+                };
+                mask_query_terms(
+                    ast,
+                    &|term: &str| masker.as_ref().and_then(|m| m(term)),
+                    pseudonym.as_deref(),
+                    &text_field,
+                )
+            }
         };
         let ast = rewrite_fuzzy(rewrite_unbounded_ranges(ast)).map_err(StoreError::InvalidQuery)?;
         let ast = rewrite_times(ast, Utc::now()).map_err(StoreError::InvalidQuery)?;
@@ -626,6 +639,7 @@ fn mask_query_terms(
     ast: UserInputAst,
     masker: &dyn Fn(&str) -> Option<String>,
     pseudonym: Option<&(dyn Fn(&str) -> String + Send + Sync)>,
+    text_field: &dyn Fn(&str) -> bool,
 ) -> UserInputAst {
     let skipped = |field: &Option<String>| {
         matches!(
@@ -644,9 +658,11 @@ fn mask_query_terms(
                     if lit.delimiter == Delimiter::None {
                         lit.delimiter = Delimiter::DoubleQuotes;
                     }
-                } else if let Some(pseudonym) =
-                    pseudonym.filter(|_| !lit.phrase.is_empty() && !is_pseudonym(&lit.phrase))
-                {
+                } else if let Some(pseudonym) = pseudonym.filter(|_| {
+                    !lit.phrase.is_empty()
+                        && !is_pseudonym(&lit.phrase)
+                        && lit.field_name.as_deref().is_none_or(text_field)
+                }) {
                     let hashed = UserInputLiteral {
                         phrase: pseudonym(&lit.phrase),
                         delimiter: Delimiter::DoubleQuotes,

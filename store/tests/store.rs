@@ -3963,7 +3963,13 @@ fn values_stored_hashed_whole_are_found_by_the_value_itself() {
         only_a
     );
     assert!(ids("61f86575daf6da29").is_empty());
-    // Terms stored in clear are found as before.
+    // Terms stored in clear are found as before, on every kind of field.
     assert_eq!(ids("bob"), vec![b.id().0.clone()]);
     assert_eq!(ids("event.action:Login").len(), 2);
+    assert_eq!(ids("source.as.number:64501"), only_a);
+    assert_eq!(ids("source.as.number:[64500 TO 64502]").len(), 2);
+    assert_eq!(ids("source.ip:198.51.100.0/24").len(), 2);
+    assert_eq!(ids("user.name:ali*"), only_a);
+    assert_eq!(ids(&format!("event.id:{}", a.id().0)), only_a);
+    assert_eq!(ids("@timestamp:[2020-01-01 TO *] AND NOT bob"), only_a);
 }
