@@ -88,6 +88,31 @@ fn generated_key_file(data_dir: &Path) -> PathBuf {
     data_dir.join("state").join(GENERATED_KEY_FILE)
 }
 
+/// Why `data_dir` cannot be used without its generated key, when that key is gone: no
+/// `[mask] hmac_key`, no `state/mask.key`, and detection state written with a key other than
+/// the built-in one (which a data directory without a key file was assumed to use). Started
+/// anyway, the service hashed with the public built-in key from then on, set its detection
+/// state aside, and no hashed value stored before could be searched for.
+fn missing_generated_key(config: &PerimeterConfig, data_dir: &Path) -> Option<String> {
+    let key_file = generated_key_file(data_dir);
+    if config.mask.hmac_key.is_some() || key_file.exists() {
+        return None;
+    }
+    let builtin = SecretMasker::new(&config.mask).ok()?;
+    let snapshot = data_dir.join("state").join(UEBA_SNAPSHOT);
+    let written_with_builtin = perimeter_detect::ueba::snapshot_written_with(
+        &snapshot,
+        &perimeter_detect::pipeline::entity_key(&builtin),
+    )?;
+    (!written_with_builtin).then(|| {
+        format!(
+            "{} is missing, and the detection state in {} was written with it: restore it from a backup (the stored hashes were made with it), or set [mask] hmac_key to the key the data was written with",
+            key_file.display(),
+            snapshot.display()
+        )
+    })
+}
+
 /// Whether `data_dir` holds stored data or detection state (written with some mask key).
 fn holds_data(data_dir: &Path) -> bool {
     let ueba_snapshot = data_dir.join("state").join(UEBA_SNAPSHOT);
@@ -109,6 +134,11 @@ fn with_data_dir_key(
     let key_file = generated_key_file(data_dir);
     let holds_data = holds_data(data_dir);
     let keyless = config.mask.hmac_key.is_none() && !key_file.exists();
+    if create {
+        if let Some(missing) = missing_generated_key(config, data_dir) {
+            anyhow::bail!("{missing}");
+        }
+    }
     if create && keyless && holds_data {
         tracing::warn!(
             data_dir = %data_dir.display(),
@@ -647,7 +677,10 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         }
     };
     // The key `run` would hash with: the configured one, else the data directory's own.
-    let keyed = with_data_dir_key(config, &config.data_dir, false);
+    let keyed = match missing_generated_key(config, &config.data_dir) {
+        Some(missing) => Err(anyhow::anyhow!("{missing}")),
+        None => with_data_dir_key(config, &config.data_dir, false),
+    };
     let parts = keyed
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e:#}"))

@@ -491,6 +491,37 @@ fn an_unkeyed_service_keeps_a_key_of_its_own_and_knows_a_resend_after_a_restart(
         key,
         "the same key"
     );
+    // The key lost (a restore that missed it): the detection state tells it was not the
+    // built-in one, so neither the check nor a start takes the public key instead.
+    std::fs::rename(&key_file, dir.path().join("mask.key.aside")).unwrap();
+    let check = |cfg: &std::path::Path| {
+        crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None)
+    };
+    let out = check(&cfg);
+    assert!(!out.status.success());
+    let line = crate::util::check_line(&out, "sources and masking");
+    assert!(
+        line.starts_with("error") && line.contains("mask.key is missing"),
+        "{line}"
+    );
+    let out = crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run"], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mask.key is missing") && err.contains("restore it"),
+        "{err}"
+    );
+    assert!(!key_file.exists(), "no new key made");
+    // Damaged (cut short): refused too, not taken as a key.
+    std::fs::write(&key_file, &key[..10]).unwrap();
+    let line = crate::util::check_line(&check(&cfg), "sources and masking");
+    assert!(
+        line.starts_with("error") && line.contains("is damaged"),
+        "{line}"
+    );
+    // Put back, all is well.
+    std::fs::write(&key_file, &key).unwrap();
+    assert!(check(&cfg).status.success());
 }
 
 fn stop(svc: Service) {

@@ -390,6 +390,16 @@ impl MaskConfig {
         if !key_file.exists() {
             return Ok(self.clone());
         }
+        // What Perimeter writes is 64 hex digits: anything else (a file cut short, overwritten,
+        // restored from the wrong place) would be taken as the key and hash everything anew.
+        let text = std::fs::read_to_string(key_file).map_err(io)?;
+        let key = text.trim();
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DetectError::Other(format!(
+                "the generated mask key {} is damaged (it holds not the 64 hex digits Perimeter writes): restore it from a backup, as the stored hashes and the detection state were made with it, or set [mask] hmac_key",
+                key_file.display()
+            )));
+        }
         Ok(MaskConfig {
             hmac_key: Some(format!("file:{}", key_file.display())),
             ..self.clone()

@@ -43,6 +43,7 @@ pub use config::{
     UebaConfig, VolumeAnomalyConfig, VolumeAnomalyOverride,
 };
 pub use hygiene::UebaDetector;
+pub use snapshot::written_with as snapshot_written_with;
 
 use baseline::BaselineParams;
 use config::DetectorSettings;

@@ -169,6 +169,22 @@ fn earlier_out<'a>(engine: &'a UebaEngine, format: &'static str) -> SnapshotOut<
     }
 }
 
+/// Whether the snapshot at `path` was written with `entity_key`; `None` when there is none,
+/// or it cannot be read. Reads its head only.
+pub fn written_with(path: &Path, entity_key: &[u8; 32]) -> Option<bool> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[allow(dead_code)]
+        format: String,
+        key_check: String,
+    }
+    if !path.exists() {
+        return None;
+    }
+    let head = crate::state_file::read_state::<Head>(path, "ueba snapshot").ok()?;
+    Some(head.key_check == key_check(entity_key))
+}
+
 pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectError> {
     // The layout of a binary snapshot follows from its format, which the file states first:
     // the format is read alone, then the file in its layout.
