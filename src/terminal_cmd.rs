@@ -887,6 +887,10 @@ pub fn sources(config: &PerimeterConfig, args: SourcesArgs) -> anyhow::Result<Ex
     if let Some(at_least) = args.silent_for {
         items.retain(|item| silent(item) >= at_least);
     }
+    let any_silent = !items.is_empty();
+    // `--limit` bounds what is printed; the exit code of `--silent-for` is of all of them.
+    let more = items.len().saturating_sub(args.target.limit);
+    items.truncate(args.target.limit);
     let stdout = std::io::stdout();
     if args.target.format.is_table(&stdout) {
         for item in &mut items {
@@ -894,7 +898,10 @@ pub fn sources(config: &PerimeterConfig, args: SourcesArgs) -> anyhow::Result<Ex
         }
     }
     print_items(&items, "sources", args.target.format, SOURCE_COLUMNS)?;
-    Ok(if args.silent_for.is_some() && !items.is_empty() {
+    if more > 0 {
+        eprintln!("... and {more} more source(s) (raise --limit to see them)");
+    }
+    Ok(if args.silent_for.is_some() && any_silent {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

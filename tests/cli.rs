@@ -765,6 +765,22 @@ fn demo_finds_the_attack_and_stores_it() {
     );
     assert!(none.status.success(), "{}", stderr(&none));
     assert!(json_lines(&none).is_empty());
+    // `--limit` bounds what is printed (it was ignored); the exit code is of all of them.
+    let few = perimeter(
+        &[
+            "sources",
+            "--data-dir",
+            d,
+            "--silent-for",
+            "1h",
+            "--limit",
+            "2",
+        ],
+        None,
+    );
+    assert_eq!(few.status.code(), Some(1), "{}", stderr(&few));
+    assert_eq!(json_lines(&few), sources[..2].to_vec());
+    assert!(stderr(&few).contains(&format!("{} more source(s)", sources.len() - 2)));
 
     let out = perimeter(&["alerts", "--data-dir", d, "--format", "table"], None);
     let table = String::from_utf8_lossy(&out.stdout).into_owned();

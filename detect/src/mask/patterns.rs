@@ -2155,21 +2155,26 @@ const TOOLS_PASSWORD_GROUP: usize = 46;
 /// The group of the `CliCredentials` pattern that is the column list of an SQL `INSERT`.
 const SQL_INSERT_COLUMNS_GROUP: usize = 58;
 
-/// The quoted value of an SQL `INSERT`'s row (its `VALUES (` list starting at `values`) at the
-/// place of the first column of `columns` that names a secret (`password`, `api_key`), inside
-/// its quotes: `INSERT INTO users (email, password) VALUES ('a@b.c', '<secret>')`. `None`
-/// when no column names one, the row is cut short, or that value is no quoted string (`NULL`,
-/// a number, a placeholder such as `?` or `$2`, a function call: no secret written out).
+/// The span of an SQL `INSERT`'s secrets: from the first to the last quoted value at the place of
+/// a column of `columns` that names a secret (`password`, `api_key`), in every row of its
+/// `VALUES (...), (...)` list (starting at `values`, inside the first row's parenthesis):
+/// `INSERT INTO users (email, password) VALUES ('a@b.c', '<secret>')`. The values between two
+/// secrets are masked with them, so that no secret is left between (the masking takes one span
+/// per match). `None` when no column names one, or no such value is a quoted string (`NULL`, a
+/// number, a placeholder such as `?` or `$2`, a function call: no secret written out).
 fn sql_insert_secret(
     text: &str,
     values: usize,
     columns: &str,
     keys: &KeyMatcher,
 ) -> Option<std::ops::Range<usize>> {
-    let wanted = columns
+    let secret_places: Vec<bool> = columns
         .split(',')
-        .map(|c| c.trim().trim_matches(['`', '"', '[', ']']))
-        .position(|c| keys.is_sensitive(c))?;
+        .map(|c| keys.is_sensitive(c.trim().trim_matches(['`', '"', '[', ']'])))
+        .collect();
+    if !secret_places.contains(&true) {
+        return None;
+    }
     let b = text.as_bytes();
     let skip_space = |mut i: usize| {
         while b.get(i).is_some_and(u8::is_ascii_whitespace) {
@@ -2177,49 +2182,68 @@ fn sql_insert_secret(
         }
         i
     };
+    let mut span: Option<std::ops::Range<usize>> = None;
     let mut i = values;
-    for place in 0..=wanted {
-        i = skip_space(i);
-        let (value, next) = match *b.get(i)? {
-            quote @ (b'\'' | b'"') => {
-                let mut j = i + 1;
-                loop {
-                    match *b.get(j)? {
-                        // A doubled quote is one inside the string (SQL's escape).
-                        c if c == quote && b.get(j + 1) == Some(&quote) => j += 2,
-                        c if c == quote => break,
-                        b'\\' => j += 2,
-                        _ => j += 1,
+    // Rows: the first starts at `values`; each next one after `, (`.
+    for _row in 0..10_000 {
+        for (place, secret) in secret_places.iter().enumerate() {
+            i = skip_space(i);
+            let (value, next) = match *b.get(i)? {
+                quote @ (b'\'' | b'"') => {
+                    let mut j = i + 1;
+                    loop {
+                        match *b.get(j)? {
+                            // A doubled quote is one inside the string (SQL's escape).
+                            c if c == quote && b.get(j + 1) == Some(&quote) => j += 2,
+                            c if c == quote => break,
+                            b'\\' => j += 2,
+                            _ => j += 1,
+                        }
                     }
+                    (Some(i + 1..j), j + 1)
                 }
-                (Some(i + 1..j), j + 1)
-            }
-            _ => {
-                let mut depth = 0usize;
-                let mut j = i;
-                while let Some(&c) = b.get(j) {
-                    match c {
-                        b'(' => depth += 1,
-                        b')' if depth == 0 => break,
-                        b')' => depth -= 1,
-                        b',' if depth == 0 => break,
-                        _ => {}
+                _ => {
+                    let mut depth = 0usize;
+                    let mut j = i;
+                    while let Some(&c) = b.get(j) {
+                        match c {
+                            b'(' => depth += 1,
+                            b')' if depth == 0 => break,
+                            b')' => depth -= 1,
+                            b',' if depth == 0 => break,
+                            _ => {}
+                        }
+                        j += 1;
                     }
-                    j += 1;
+                    (None, j)
                 }
-                (None, j)
+            };
+            if let Some(value) = value.filter(|r| *secret && r.end > r.start) {
+                span = Some(match span {
+                    Some(s) => s.start..value.end,
+                    None => value,
+                });
             }
-        };
-        if place == wanted {
-            return value.filter(|r| r.end > r.start);
+            i = skip_space(next);
+            let last = place + 1 == secret_places.len();
+            match b.get(i) {
+                Some(b',') if !last => i += 1,
+                Some(b')') if last => i += 1,
+                _ => return span,
+            }
         }
-        i = skip_space(next);
+        // Another row: `, (`.
+        i = skip_space(i);
         if b.get(i) != Some(&b',') {
-            return None;
+            return span;
+        }
+        i = skip_space(i + 1);
+        if b.get(i) != Some(&b'(') {
+            return span;
         }
         i += 1;
     }
-    None
+    span
 }
 
 /// The group of the `CliCredentials` pattern that is `rabbitmqctl`'s password.

@@ -4542,6 +4542,18 @@ fn the_value_of_a_sensitive_column_in_an_sql_insert_is_masked() {
         masked.contains("'a@b.c'") && masked.contains("'admin'"),
         "{masked}"
     );
+    // Every sensitive column, in every row.
+    for text in [
+        "INSERT INTO users (user, api_key, password) VALUES ('ann', 'Kq9vR2mT7pLx', 'Summer2024!x')",
+        "INSERT INTO users (name, password) VALUES ('ann', 'Kq9vR2mT7pLx'), ('bob', 'Summer2024!x');",
+    ] {
+        let masked = m.mask_text(text);
+        assert!(
+            !masked.contains("Summer2024!x") && !masked.contains("Kq9vR2mT7pLx"),
+            "{masked}"
+        );
+        assert!(masked.contains("'ann'"), "{masked}");
+    }
     for clean in [
         "INSERT INTO users (email, role) VALUES ('a@b.c', 'Summer2024!x')",
         "INSERT INTO users (email, password) VALUES (?, ?)",

@@ -608,7 +608,16 @@ impl PollSource {
             .vendor
             .missing(config.org.as_deref(), config.feed.as_deref())
         {
-            return Err(err(format!("{:?} needs {what}", config.vendor)));
+            // Named as the config names it; a feed that is set but none of the feeds is said
+            // to be (it read as missing).
+            let given = match (what.starts_with("`feed`"), config.feed.as_deref()) {
+                (true, Some(feed)) => format!(": `feed = {feed:?}` is none of them"),
+                _ => String::new(),
+            };
+            return Err(err(format!(
+                "{} needs {what}{given}",
+                config.vendor.source()
+            )));
         }
         if config.vendor == Vendor::AwsCloudtrail {
             if config.aws_region.is_none() {
