@@ -2960,13 +2960,44 @@ fn is_token_shaped(s: &str) -> bool {
 }
 
 /// Whether a path segment after a one-time link's name (`/welcome/...`) is its token: it mixes
-/// letters and digits, and no part of it between `-` and `_` is a lower-case word (a page's
-/// slug, `page2-overview-and-more`, is words).
+/// letters and digits, no part of it between `-` and `_` is a lower-case word (a page's slug,
+/// `page2-overview-and-more`, is words), and words are not half of it (`NewHire2025Checklist`,
+/// `ENG-1234-Platform`, `Onboarding_2025_Q1` are names; in a random token few of its letters are
+/// in runs of four or more shaped like a word).
 fn is_link_token(s: &str) -> bool {
     looks_generated(s)
         && !s
             .split(['-', '_'])
             .any(|part| part.len() >= 4 && part.bytes().all(|b| b.is_ascii_lowercase()))
+        && 2 * word_letters(s) < s.bytes().filter(u8::is_ascii_alphabetic).count()
+}
+
+/// How many letters of `s` are in word-shaped runs: four or more letters, all lower case or one
+/// capital then lower case (runs split where a capital follows a lower-case letter).
+fn word_letters(s: &str) -> usize {
+    let b = s.as_bytes();
+    let mut total = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_alphabetic() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        i += 1;
+        while i < b.len()
+            && b[i].is_ascii_alphabetic()
+            && !(b[i].is_ascii_uppercase() && b[i - 1].is_ascii_lowercase())
+        {
+            i += 1;
+        }
+        let run = &b[start..i];
+        let rest_lower = run[1..].iter().all(u8::is_ascii_lowercase);
+        if run.len() >= 4 && rest_lower {
+            total += run.len();
+        }
+    }
+    total
 }
 
 /// Whether `after` (what follows `host:` in a URL) is a port, then a path, query or fragment:
@@ -4229,6 +4260,9 @@ mod tests {
             "/activate/short1",
             "https://x.example/docs/welcome/page2-overview-and-more",
             "/signin/reset-password/hmac:0123456789abcdef0123456789abcdef",
+            "https://wiki.example/welcome/NewHire2025Checklist",
+            "https://x.example/invite/ENG-1234-Platform",
+            "https://x.example/welcome/Onboarding_2025_Q1",
         ] {
             none_of(UrlSignature, clean);
         }
