@@ -88,6 +88,48 @@ fn generated_key_file(data_dir: &Path) -> PathBuf {
     data_dir.join("state").join(GENERATED_KEY_FILE)
 }
 
+/// Raise this process's open-file limit to the most it may have (the soft limit is often 1024,
+/// under systemd and in login shells, far below the hard one), as Go's runtime does: the API's
+/// connections and the store's files share it. The soft limit in force after, if known.
+fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit to fill and setrlimit to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur as u64)
+}
+
+/// Files the store, the logs and the pollers keep open beside the API's connections.
+const FILES_BESIDE_CONNECTIONS: u64 = 512;
+
+/// A warning when `[api] max_connections` would take the open files the store needs: with the
+/// limit at 1024, 1,015 idle connections made ingest, snapshots and the spool fail before one
+/// connection was refused.
+fn open_file_limit_warning(open_files: Option<u64>, max_connections: usize) -> Option<String> {
+    let limit = open_files?;
+    (limit < max_connections as u64 + FILES_BESIDE_CONNECTIONS).then(|| {
+        format!(
+            "the open-file limit ({limit}) leaves too few files beside [api] max_connections = {max_connections}: the store and the spool would fail before a connection is refused; raise the limit (`LimitNOFILE=` in a systemd unit, `ulimit -n`) or lower max_connections to at most {}",
+            limit.saturating_sub(FILES_BESIDE_CONNECTIONS)
+        )
+    })
+}
+
 /// Why `data_dir` cannot be used without its generated key, when that key is gone: no
 /// `[mask] hmac_key`, no `state/mask.key`, and detection state written with a key other than
 /// the built-in one (which a data directory without a key file was assumed to use). Started
@@ -830,6 +872,12 @@ fn check(config: &PerimeterConfig) -> ExitCode {
                 }),
         ),
     }
+    // The limit `run` would have (it raises its own, as this does).
+    if let Some(warning) =
+        open_file_limit_warning(raise_open_file_limit(), config.api.max_connections)
+    {
+        say!("warn   api: {warning}");
+    }
     // Nothing is submitted: the bus only satisfies the source's constructor.
     let (bus, _unused) = perimeter_ingest::bus::channel(1);
     let mut poll_names = std::collections::HashSet::new();
@@ -887,6 +935,10 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         api_config.listen = listen;
     }
     let prepared_api = Server::prepare(&api_config)?;
+    let open_files = raise_open_file_limit();
+    if let Some(warning) = open_file_limit_warning(open_files, api_config.max_connections) {
+        tracing::warn!("{warning}");
+    }
     // The same words as `run --check` for a data_dir that is a file ("File exists" said less).
     writable_data_dir(&data_dir).context("data_dir")?;
     std::fs::create_dir_all(&data_dir)

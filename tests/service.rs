@@ -4075,3 +4075,28 @@ fn a_compact_json_page_longer_than_max_line_bytes_is_stored_whole() {
         .all(|id| stored.get(id) == Some(&1)));
     stop(svc);
 }
+
+/// `[api] max_connections` past what the open-file limit leaves for the store is warned about
+/// (idle connections took every descriptor before one was refused), and 0, which would mean
+/// one connection at a time, is refused.
+#[test]
+fn max_connections_is_checked_against_the_open_file_limit_and_zero_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // `write_config` ends with the `[api]` table.
+    let cfg = write_config_with(dir.path(), "max_connections = 100000000\n");
+    let out = run_check(&cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let warning = crate::util::check_line(&out, "warn   api: the open-file limit");
+    assert!(warning.contains("max_connections = 100000000"), "{warning}");
+    let zero_dir = dir.path().join("zero");
+    std::fs::create_dir_all(&zero_dir).unwrap();
+    let zero = write_config_with(&zero_dir, "max_connections = 0\n");
+    let out = run_check(&zero);
+    assert!(!out.status.success());
+    let line = crate::util::check_line(&out, "max_connections");
+    assert!(line.contains("at least 1"), "{line}");
+}

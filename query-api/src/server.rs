@@ -112,6 +112,14 @@ impl ApiConfig {
             (None, Some(_)) => Err(ServeError::Config(
                 "`tls_key_path` is set but `tls_cert_path` is not".into(),
             )),
+            // Elsewhere 0 means off or unlimited: here it would mean one connection at a
+            // time, or a 408 after a second's pause.
+            _ if self.max_connections == 0 => Err(ServeError::Config(
+                "`max_connections` is 0: at least 1 (the default is 1024)".into(),
+            )),
+            _ if self.client_silence_seconds == 0 => Err(ServeError::Config(
+                "`client_silence_seconds` is 0: at least 1 (the default is 30)".into(),
+            )),
             _ => Ok(()),
         }
     }
