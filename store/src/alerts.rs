@@ -917,7 +917,21 @@ fn text_terms(text: &str) -> Vec<String> {
 /// (assignee, notes).
 fn record_text_matches(r: &AlertRecord, needle: &str) -> bool {
     let a = &r.alert;
-    let hay = |s: &str| s.to_lowercase().contains(needle);
+    // A phrase matches across a line break or doubled spaces (a note of several lines, a
+    // description written as a YAML block), as its words are written.
+    let phrase = needle.contains(' ');
+    let hay = |s: &str| {
+        let lower = s.to_lowercase();
+        if phrase {
+            lower
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(needle)
+        } else {
+            lower.contains(needle)
+        }
+    };
     hay(&a.title)
         || a.tags.iter().any(|t| hay(t))
         || a.threat_technique_id.iter().any(|t| hay(t))
@@ -1101,9 +1115,14 @@ mod tests {
         assert!(all("dana t1098"));
         assert!(all("Escalated  dana"));
         assert!(all("\"escalated to  ir\" dana"));
+
         assert!(!all("dana carol"));
         assert!(!all("\"to escalated\""));
         assert_eq!(text_terms(" a \"b  c\" d\""), vec!["a", "b c", "d"]);
+        r.notes[0].text = "Escalated\nto   IR".into();
+        assert!(text_terms("\"escalated to ir\"")
+            .iter()
+            .all(|t| record_text_matches(&r, t)));
     }
 
     /// An alert of rule `rule` for `entity` at `minute` past 10:00, caused by event `event`.
