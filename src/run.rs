@@ -951,6 +951,17 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     // Without `[mask] hmac_key`, a key of this data directory's own (made at the first start).
     let config = &with_data_dir_key(config, &data_dir, true)?;
     let metrics = Arc::new(Metrics::new());
+    // Failure counters are there from the start, at 0: an alert on `increase(...) > 0` sees the
+    // first failure (a series born at 1 shows no increase), and a typo in its name shows.
+    for failures in [
+        "store_batches_failed_total",
+        "state_snapshots_failed_total",
+        "retention_failures_total",
+        "parquet_compaction_failures_total",
+        "api_connections_refused_total",
+    ] {
+        metrics.inc(failures, &[], 0);
+    }
     let store = Arc::new(open_store(config, &data_dir)?);
     let (registry, masker) = base_parts(config)?;
     // The Kafka producer keys records by entity with normalizers of its own.

@@ -1405,6 +1405,15 @@ fn the_served_openapi_document_has_the_ingest_route() {
         ),
         "{metrics}"
     );
+    // Failure counters are there at 0 before any failure (an alert on their increase sees the
+    // first one).
+    for zero in [
+        "perimeter_store_batches_failed_total 0",
+        "perimeter_state_snapshots_failed_total 0",
+        "perimeter_api_connections_refused_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == zero), "{zero}: {metrics}");
+    }
     stop(svc);
 }
 

@@ -589,7 +589,7 @@ impl SpoolSource {
         }
         if !ingested.read_on {
             tracing::warn!(file = %ingested.archived_as, bytes_not_ingested = len - ingested.read_to,
-                "a gzip or CSV spool file grew after it was ingested and archived: what was written since is not ingested (write spool files elsewhere and move them in)");
+                "a gzip, CSV or JSON-document spool file grew after it was ingested and archived: what was written since is not ingested (write spool files elsewhere and move them in)");
             ingested.read_to = len;
             return Ok(());
         }
@@ -850,6 +850,13 @@ impl SpoolSource {
             Ok(to) => {
                 tracing::error!(file = %path.display(), moved_to = %to.display(), error = %error,
                     "spool file unreadable and unchanged: set aside (records read before the failure were ingested)");
+                if let Some(metrics) = &self.metrics {
+                    metrics.inc(
+                        "spool_files_set_aside_total",
+                        &[("source", &file.source)],
+                        1,
+                    );
+                }
                 unreadable.0.remove(path);
             }
             Err(e) => {
@@ -931,7 +938,7 @@ impl SpoolSource {
             let mut unfinished = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
             if !gzip && reader.ends_unfinished() && changed_lately {
                 if unfinished.insert(path.to_path_buf()) {
-                    tracing::info!(file = %path.display(), wait_seconds = UNFINISHED_DOCUMENT_WAIT.as_secs(),
+                    tracing::warn!(file = %path.display(), wait_seconds = UNFINISHED_DOCUMENT_WAIT.as_secs(),
                         "spool file holds a JSON document that is not complete yet (still being written?): read once it is, or as it is when it stays unchanged this long");
                 }
                 return Ok(None);
