@@ -1215,12 +1215,14 @@ fn pending_files(dir: &Path) -> Result<Vec<SpoolFile>> {
     if !dir.exists() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
+    warn_files_outside_source_dirs(dir).map_err(io)?;
     for (name, path) in subdirs(dir).map_err(io)? {
         match name.strip_prefix(TENANT_DIR_PREFIX) {
             // The API's rule for tenant names; `.` and `..` are no names for a directory.
             Some(tenant)
                 if perimeter_model::is_valid_label(tenant) && !matches!(tenant, "." | "..") =>
             {
+                warn_files_outside_source_dirs(&path).map_err(io)?;
                 for (source, path) in subdirs(&path).map_err(io)? {
                     spool_files(Some(tenant), &source, &path, &mut out).map_err(io)?;
                 }
@@ -1245,6 +1247,22 @@ fn warn_once(path: &Path, why: &str) {
         tracing::warn!(path = %path.display(), "{why}");
         warned.push(path.to_path_buf());
     }
+}
+
+/// Files dropped where no source directory is (`inbox/okta.jsonl`, `inbox/tenant=t/x.jsonl`):
+/// they sat there unread without a word, the likeliest mistake of a first use.
+fn warn_files_outside_source_dirs(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && entry.path().is_file() {
+            warn_once(
+                &entry.path(),
+                "spool file left alone: files are read from a source's directory (`<inbox>/<source>/`, e.g. `okta/`, or `auto/`), not above it",
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `(name, path)` of the subdirectories of `dir` whose names do not start with a dot.
