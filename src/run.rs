@@ -313,6 +313,10 @@ fn spawn_sighup_reloader(
         let options = config.sigma.clone();
         let tenant = config.tenant.clone();
         let paths_for_log: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        // The sources the normalizers produce, for the warnings a start gives of the rules.
+        let known: Vec<String> = crate::detect_cmd::normalizers(config)
+            .map(|r| r.names().iter().map(|n| n.to_string()).collect())
+            .unwrap_or_default();
         // Registered before returning: a SIGHUP right after start must not end the process
         // (the default action).
         let Ok(mut hangups) =
@@ -359,6 +363,15 @@ fn spawn_sighup_reloader(
                         "rules not reloaded: {refusal}"
                     );
                     continue;
+                }
+                // The warnings a start logs (a misspelt product, a tag off the spec): a rule
+                // deployed by SIGHUP had none.
+                let names: Vec<&str> = known.iter().map(String::as_str).collect();
+                for warning in set.misspelt_sources(&names, &listed.sigma_options()) {
+                    tracing::warn!("rules: {warning}");
+                }
+                for warning in set.spec_warnings() {
+                    tracing::warn!("rules: {warning}");
                 }
                 listed.replace(&set);
                 let count = set.len();

@@ -1602,6 +1602,17 @@ fn a_rule_reload_is_logged_as_json_with_json_logs() {
     let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000010");
     let log = dir.path().join("stderr.log");
     let svc = spawn_run_logging(&cfg, std::fs::File::create(&log).unwrap().into(), "json");
+    // A rule added for the reload whose product is misspelt: warned about as at a start.
+    std::fs::write(
+        dir.path().join("rules/misspelt.yml"),
+        okta_rule(
+            "3f1c2a44-0000-4000-8000-000000000011",
+            "Misspelt product",
+            ANY_LOGIN,
+        )
+        .replace("product: okta", "product: okat"),
+    )
+    .unwrap();
     unsafe {
         assert_eq!(libc::kill(svc.child.id() as i32, libc::SIGHUP), 0);
     }
@@ -1618,10 +1629,17 @@ fn a_rule_reload_is_logged_as_json_with_json_logs() {
     let lines = json_log_lines(&text);
     let reloaded: Vec<&serde_json::Value> = lines
         .iter()
-        .filter(|l| l["fields"]["message"] == "rules reloaded (1 rules in use)")
+        .filter(|l| l["fields"]["message"] == "rules reloaded (2 rules in use)")
         .collect();
     assert_eq!(reloaded.len(), 1, "{text}");
     assert_eq!(reloaded[0]["level"], "INFO", "{}", reloaded[0]);
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("okat") && m.contains("okta"))),
+        "{text}"
+    );
 }
 
 /// A deploy that empties the rules directory before writing the new rules, then a SIGHUP in
