@@ -526,6 +526,20 @@ pub(crate) fn http_client(
     client.build().context("building the HTTP client")
 }
 
+/// What to do about a request that got no answer, from its error's words (`failure`, its cause
+/// chain): a certificate of a CA the system does not trust (a self-signed one), TLS spoken to
+/// a plain `http://` URL. reqwest's words (`UnknownIssuer`, `invalid HTTP version parsed`) said
+/// what failed, not how to fix it.
+fn send_failure_hint(failure: &str) -> Option<&'static str> {
+    if failure.contains("UnknownIssuer") || failure.contains("certificate") {
+        Some("the server's certificate is not one this machine trusts: pass its certificate or its CA's with --ca-cert (or PERIMETER_CA_CERT)")
+    } else if failure.contains("invalid HTTP version") {
+        Some("the server speaks HTTPS: use https:// in --server")
+    } else {
+        None
+    }
+}
+
 /// One API request to a running server; an error answer is an error naming the request.
 fn api_call(
     server: &str,
@@ -541,7 +555,17 @@ fn api_call(
     if let Some(body) = body {
         request = request.json(body);
     }
-    let resp = request.send().with_context(|| format!("{method} {url}"))?;
+    let resp = request
+        .send()
+        .map_err(|e| {
+            let e = anyhow::Error::new(e);
+            let hint = send_failure_hint(&format!("{e:#}"));
+            match hint {
+                Some(hint) => e.context(hint),
+                None => e,
+            }
+        })
+        .with_context(|| format!("{method} {url}"))?;
     let status = resp.status();
     let body: serde_json::Value = resp
         .json()

@@ -3480,10 +3480,21 @@ fn terminal_commands_reach_an_https_server_whose_certificate_a_private_ca_signed
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(out.status.success(), "{}", stderr(&out));
-    // Without it the certificate is refused, and the error says why.
+    // Without it the certificate is refused, and the error says why and what to pass.
     let out = alerts(None);
     assert!(!out.status.success());
     assert_stderr_says(&out, "certificate");
+    assert_stderr_says(&out, "--ca-cert");
+    // Plain http to the TLS port: told to use https.
+    let plain = server.replace("https://", "http://");
+    let out = perimeter(
+        &[
+            "alerts", "--server", &plain, "--token", &token, "--format", "json",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert_stderr_says(&out, "use https://");
     // A file that holds no certificate is named.
     let out = alerts(Some(&dir.path().join("perimeter.toml")));
     assert!(!out.status.success());
