@@ -1255,7 +1255,7 @@ fn warn_files_outside_source_dirs(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && entry.path().is_file() {
+        if !name.starts_with('.') && !is_symlink(&entry.path()) && entry.path().is_file() {
             warn_once(
                 &entry.path(),
                 "spool file left alone: files are read from a source's directory (`<inbox>/<source>/`, e.g. `okta/`, or `auto/`), not above it",
@@ -1265,17 +1265,34 @@ fn warn_files_outside_source_dirs(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `(name, path)` of the subdirectories of `dir` whose names do not start with a dot.
+/// `(name, path)` of the subdirectories of `dir` whose names do not start with a dot. A
+/// symbolic link is not followed (see [`SYMLINK_LEFT_ALONE`]).
 fn subdirs(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && entry.path().is_dir() {
+        if name.starts_with('.') {
+            continue;
+        }
+        if entry.file_type()?.is_symlink() {
+            warn_once(&entry.path(), SYMLINK_LEFT_ALONE);
+        } else if entry.path().is_dir() {
             out.push((name, entry.path()));
         }
     }
     Ok(out)
+}
+
+/// Symbolic links in the inbox are not followed: whoever may drop files there could otherwise
+/// have the service read any file it can (a key, another tenant's data) into a tenant's events,
+/// or archive (move away) the files of its data directory, its API tokens among them.
+const SYMLINK_LEFT_ALONE: &str =
+    "a symbolic link in the spool directory is not followed: left alone (move the file itself in)";
+
+/// Whether `path` is a symbolic link itself (not what it points to).
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// The spool files of one source directory, added to `out`.
@@ -1308,7 +1325,9 @@ fn spool_files(
         ]
         .iter()
         .any(|suffix| lower.ends_with(suffix));
-        if path.is_dir() {
+        if is_symlink(&path) {
+            warn_once(&path, SYMLINK_LEFT_ALONE);
+        } else if path.is_dir() {
             warn_once(
                 &path,
                 "directories inside a source directory are not read: move its files up a level",
@@ -1875,6 +1894,43 @@ mod tests {
             .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(ids, ["u16-0", "u16-1"]);
+    }
+
+    /// Symbolic links in the inbox are not followed: a linked file (a key elsewhere) was read
+    /// into a tenant's events, and a linked source directory had the data directory's own files
+    /// (API tokens) archived away. Both are left alone; a real file beside them is read.
+    #[tokio::test]
+    async fn symbolic_links_in_the_inbox_are_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(
+            outside.path().join("secret.json"),
+            "{\"id\": \"outside\"}\n",
+        )
+        .unwrap();
+        let dir = okta_spool_dir();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.json"),
+            dir.path().join("okta/linked.json"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("github")).unwrap();
+        std::fs::write(dir.path().join("okta/real.json"), "{\"id\": \"real\"}\n").unwrap();
+        let (tx, rx) = channel(4);
+        let consumer = collecting(rx);
+        let spool = spool_in(dir.path(), 100, tx);
+        spool.scan_once(&mut Unreadable::default()).await.unwrap();
+        drop(spool);
+        let seen = consumer.await.unwrap();
+        let ids: Vec<String> = seen
+            .iter()
+            .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["real"]);
+        assert!(
+            outside.path().join("secret.json").exists(),
+            "not moved away"
+        );
+        assert!(dir.path().join("okta/linked.json").exists(), "left alone");
     }
 
     /// Every watch ends at the next scan, as after [`WATCH_INGESTED_FOR`] without growth.
