@@ -382,9 +382,11 @@ async fn ingest(
     // others are, after the token check: axum's own rejection was plain text, before it.
     source: Result<Path<String>, axum::extract::rejection::PathRejection>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    // Read only once the token passed: taken as bytes first, a body of up to the limit (64 MiB)
+    // was held for every caller, a token or not.
+    request: axum::extract::Request,
 ) -> Response {
+    let headers = request.headers().clone();
     let tenant = match authorized_tenant(&state, &headers) {
         Ok(tenant) => tenant,
         Err(refused) => return *refused,
@@ -399,20 +401,23 @@ async fn ingest(
         );
     }
     // A body over the limit is refused like any other request: with a JSON error.
-    let body = match body {
-        Ok(body) => body,
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                r.status(),
-                "body_too_large",
-                format!(
-                    "the body is larger than {} bytes; send smaller batches",
-                    state.max_body_bytes
-                ),
-            )
-        }
-        Err(r) => return error(r.status(), "bad_body", r.body_text()),
-    };
+    let body =
+        match <axum::body::Bytes as axum::extract::FromRequest<_>>::from_request(request, &state)
+            .await
+        {
+            Ok(body) => body,
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return error(
+                    r.status(),
+                    "body_too_large",
+                    format!(
+                        "the body is larger than {} bytes; send smaller batches",
+                        state.max_body_bytes
+                    ),
+                )
+            }
+            Err(r) => return error(r.status(), "bad_body", r.body_text()),
+        };
     let source = source.map_or_else(|_| String::new(), |Path(source)| source);
     if source.is_empty()
         || source.len() > 64
@@ -518,6 +523,26 @@ mod router_tests {
             .await
             .unwrap();
         (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    /// A request without a valid token is refused before its body is read: the body (up to the
+    /// 64 MiB limit) was read and held first, for any caller. Here the body never comes, and
+    /// the 401 does at once.
+    #[tokio::test]
+    async fn a_request_without_a_valid_token_is_refused_before_its_body_is_read() {
+        let (bus, _rx) = crate::bus::channel(1);
+        let auth: IngestAuth = Arc::new(|_: &str| Err(IngestRefusal::Unauthorized(None)));
+        let router = ingest_router(bus, AnswersOwed::default(), auth, limits(1000));
+        let never = futures_util::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let request = axum::http::Request::post("/ingest/okta")
+            .header("content-length", "900")
+            .body(axum::body::Body::from_stream(never))
+            .unwrap();
+        let answered =
+            tokio::time::timeout(std::time::Duration::from_secs(5), answer(router, request))
+                .await
+                .expect("answered without waiting for the body");
+        assert_eq!(answered.0, StatusCode::UNAUTHORIZED);
     }
 
     /// An Okta event hook is enabled by answering its verification challenge to a GET with
