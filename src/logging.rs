@@ -61,14 +61,84 @@ impl Drop for MaskedLine {
             return;
         }
         let line = masked(&String::from_utf8_lossy(&self.0));
+        let line = without_control_characters(&line);
         // Nowhere to report a failed write to stderr.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
 
+/// `line` with the characters that could forge or hide log lines written as escapes: a line
+/// break inside it (`\n`, `\r`), other control characters and right-to-left overrides (`\u001b`,
+/// `\u202e`). A value from outside (a file name, a destination's name a tenant admin chose)
+/// could otherwise start a line of its own, or drive the terminal. The colour codes the log
+/// formatter writes at a terminal (`ESC [ ... m`) stay, as does the line's final newline. In
+/// JSON lines only the overrides can occur (the encoder escapes control characters), and
+/// `\u202e` is JSON's own escape of the same character.
+fn without_control_characters(line: &str) -> std::borrow::Cow<'_, str> {
+    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let body = line.strip_suffix('\n').unwrap_or(line);
+    if !body
+        .chars()
+        .any(|c| (c.is_control() && c != '\t') || bidi(c))
+    {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    let mut chars = body.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push(c),
+            '\u{1b}' if is_colour_code(&body[at..]) => out.push(c),
+            c if c.is_control() || bidi(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    if line.ends_with('\n') {
+        out.push('\n');
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Whether `text` starts with a colour code (SGR: `ESC [`, digits and `;`, `m`).
+fn is_colour_code(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("\u{1b}[") else {
+        return false;
+    };
+    let params = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_digit() || *b == b';')
+        .count();
+    rest.as_bytes().get(params) == Some(&b'm')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value with a line break, a terminal escape or a right-to-left override forged a log
+    /// line of its own, or hid one: written as escapes; the formatter's colours and the final
+    /// newline stay, and a clean line is untouched.
+    #[test]
+    fn control_characters_in_a_line_are_escaped() {
+        let forged = "INFO destination=\"ops\n2026-12-06T00:00:00Z ERROR forged\" \u{1b}]0;title\u{7} \u{202e}nimda\n";
+        let line = without_control_characters(forged);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(line.ends_with('\n'));
+        assert!(
+            line.contains("ops\\n2026") && line.contains("\\u001b]0;title\\u0007"),
+            "{line}"
+        );
+        assert!(line.contains("\\u202enimda"), "{line}");
+        let coloured = "\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m ok\n";
+        assert_eq!(without_control_characters(coloured), coloured);
+        let clean = "INFO all\tfine\n";
+        assert!(matches!(
+            without_control_characters(clean),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn a_line_is_masked_whole_when_written() {
