@@ -79,11 +79,24 @@ impl Output {
         let name = path
             .file_name()
             .with_context(|| format!("--output {} names no file", path.display()))?;
+        // A new file of an unguessable name, never one there already: in a directory others
+        // may write to (`/tmp`), a name known in advance could be a link planted to have the
+        // export overwrite another file, or land where someone else reads it.
+        // (The standard library's hasher is keyed from the OS's randomness per process.)
+        let nonce = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            (std::process::id(), std::time::SystemTime::now()),
+        );
         let mut partial_name = std::ffi::OsString::from(".");
         partial_name.push(name);
-        partial_name.push(format!(".partial-{}", std::process::id()));
+        partial_name.push(format!(".partial-{nonce:016x}"));
         let partial = path.with_file_name(partial_name);
-        let file = std::fs::File::create(&partial)
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(&partial)
             .with_context(|| format!("creating {}", partial.display()))?;
         Ok(Output::File {
             file: std::io::BufWriter::new(file),
