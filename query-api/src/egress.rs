@@ -52,8 +52,16 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
 
 fn refusal_v4(ip: Ipv4Addr, allow_private: bool) -> Option<&'static str> {
     let [a, b, ..] = ip.octets();
+    // Clouds whose metadata endpoint is no link-local address: Alibaba's (in the shared
+    // address space) and Oracle's (the IETF protocol assignments block).
+    const METADATA_V4: [Ipv4Addr; 2] = [
+        Ipv4Addr::new(100, 100, 100, 200),
+        Ipv4Addr::new(192, 0, 0, 192),
+    ];
     if ip.is_link_local() {
         Some("a link-local address (cloud metadata lives there)")
+    } else if METADATA_V4.contains(&ip) {
+        Some("the cloud metadata endpoint")
     } else if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || a == 0 {
         Some("not a unicast address")
     } else if !allow_private
@@ -145,6 +153,9 @@ mod tests {
             "2002:a9fe:a9fe::1",
             // AWS's over IPv6 (it was allowed with allow_private_destinations).
             "fd00:ec2::254",
+            // Alibaba's and Oracle's.
+            "100.100.100.200",
+            "192.0.0.192",
         ] {
             assert!(refusal(ip(always), true).is_some(), "{always}");
         }
