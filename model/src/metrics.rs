@@ -16,6 +16,31 @@ pub struct Metrics {
     stopped: Mutex<Vec<(String, String)>>,
 }
 
+/// Most series one metric name may have (label sets). Labels come from source names, rule ids
+/// and destinations, which a token holder can invent (`POST /ingest/<any name>`): past this,
+/// a new label set is not added (its updates count in `metrics_series_dropped_total`), so the
+/// unauthenticated `/metrics` and the registry's memory stay bounded.
+pub const MAX_SERIES_PER_NAME: usize = 1000;
+
+/// Whether `key` may be updated in `series`: it is there, it has no labels, or its name has
+/// room for another series.
+fn admitted(series: &Series, key: &SeriesKey) -> bool {
+    if key.1.is_empty() || series.contains_key(key) {
+        return true;
+    }
+    let of_name = series
+        .range((key.0.clone(), Vec::new())..)
+        .take_while(|((name, _), _)| *name == key.0)
+        .count();
+    of_name < MAX_SERIES_PER_NAME
+}
+
+fn dropped(series: &mut Series) {
+    *series
+        .entry(("metrics_series_dropped_total".to_string(), Vec::new()))
+        .or_insert(0.0) += 1.0;
+}
+
 fn key(name: &str, labels: &[(&str, &str)]) -> SeriesKey {
     (
         name.to_string(),
@@ -34,13 +59,25 @@ impl Metrics {
     /// Add `by` to counter `name{labels}` (e.g. `events_received_total{source="okta"}`).
     pub fn inc(&self, name: &str, labels: &[(&str, &str)], by: u64) {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        *c.entry(key(name, labels)).or_insert(0.0) += by as f64;
+        let key = key(name, labels);
+        if !admitted(&c, &key) {
+            return dropped(&mut c);
+        }
+        *c.entry(key).or_insert(0.0) += by as f64;
     }
 
     /// Set gauge `name{labels}` (e.g. `pipeline_lag_seconds`, `store_commit_latency_seconds`).
     pub fn set(&self, name: &str, labels: &[(&str, &str)], value: f64) {
-        let mut g = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
-        g.insert(key(name, labels), value);
+        let key = key(name, labels);
+        {
+            let mut g = self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+            if admitted(&g, &key) {
+                g.insert(key, value);
+                return;
+            }
+        }
+        // One lock at a time: no order between the two to keep.
+        dropped(&mut self.counters.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Note that `part` of the service stopped for good (until a restart) because of `why`:
@@ -111,6 +148,29 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+
+    /// Label values a client invents (a new source name per request) add series without end
+    /// to the unauthenticated `/metrics`: past the bound, new ones are counted as dropped.
+    #[test]
+    fn the_series_of_one_name_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_SERIES_PER_NAME + 5 {
+            m.inc("events_received_total", &[("source", &format!("s{i}"))], 1);
+        }
+        m.inc("events_received_total", &[("source", "s0")], 1);
+        assert_eq!(m.counter("events_received_total", &[("source", "s0")]), 2);
+        assert_eq!(
+            m.counter(
+                "events_received_total",
+                &[("source", &format!("s{}", MAX_SERIES_PER_NAME))]
+            ),
+            0
+        );
+        assert_eq!(m.counter("metrics_series_dropped_total", &[]), 5);
+        m.inc("other_total", &[("source", "new")], 1);
+        assert_eq!(m.counter("other_total", &[("source", "new")]), 1);
+    }
+
     use super::*;
 
     #[test]
