@@ -827,7 +827,14 @@ fn slack_text(body: &Delivery<'_>) -> String {
                 '&' => out.push_str("&amp;"),
                 '<' => out.push_str("&lt;"),
                 '>' => out.push_str("&gt;"),
-                c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}') => {
+                // Also the direction overrides and isolates: `\u{202e}` in a user name made it
+                // read as another one in the channel.
+                c if c.is_control()
+                    || matches!(
+                        c,
+                        '\u{2028}' | '\u{2029}' | '\u{85}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+                    ) =>
+                {
                     out.extend(c.escape_default())
                 }
                 c => out.push(c),
@@ -1176,6 +1183,22 @@ mod tests {
         ids.sort();
         let expected: Vec<String> = alerts.iter().map(|a| a.id.clone()).collect();
         assert_eq!(ids, expected, "each alert delivered once");
+    }
+
+    /// A right-to-left override in an entity made a user name read as another one in the
+    /// channel: written out as an escape.
+    #[test]
+    fn direction_overrides_in_a_slack_line_are_written_out() {
+        let mut alert = test_alert("a");
+        alert.entity = "ann\u{202e}nimda@acme.test".into();
+        let text = slack_text(&Delivery {
+            tenant: "acme",
+            destination: "d",
+            alerts: vec![&alert],
+            still_firing: false,
+        });
+        assert!(!text.contains('\u{202e}'), "{text}");
+        assert!(text.contains("ann\\u{202e}nimda"), "{text}");
     }
 
     #[test]
