@@ -195,7 +195,12 @@ pub struct TokenStore {
     /// Per token id, when a use was last written (or tried: a file that cannot be written is
     /// not retried, nor logged, on every request).
     use_noted: std::sync::Mutex<std::collections::HashMap<String, DateTime<Utc>>>,
+    /// Per token id, when its refused use (revoked, expired) was last logged.
+    refusal_logged: std::sync::Mutex<std::collections::HashMap<String, DateTime<Utc>>>,
 }
+
+/// A revoked or expired token still presented is logged at most this often, per token.
+const REFUSED_USE_LOG_EVERY: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 
 impl TokenStore {
     /// Open (or start) the token store at `path`. A missing file is an empty store.
@@ -206,6 +211,7 @@ impl TokenStore {
             path,
             loaded: RwLock::new(loaded),
             use_noted: Default::default(),
+            refusal_logged: Default::default(),
         })
     }
 
@@ -317,13 +323,41 @@ impl TokenStore {
             }
         }
         let info = &found.ok_or(Refusal::Unknown)?.info;
-        if info.is_revoked() {
-            return Err(Refusal::Revoked);
+        let refusal = if info.is_revoked() {
+            Refusal::Revoked
+        } else {
+            match info.expires_at {
+                Some(at) if info.is_expired_at(now) => Refusal::Expired(at),
+                _ => return Ok(info.clone()),
+            }
+        };
+        self.log_refused_use(info, &refusal, now);
+        Err(refusal)
+    }
+
+    /// A revoked or expired token still presented is an incident signal (a departed
+    /// contractor's, a leaked one tried): which one it is is logged (its id and name, never
+    /// the token), once a minute per token. It left no trace before.
+    fn log_refused_use(&self, info: &TokenInfo, refusal: &Refusal, now: DateTime<Utc>) {
+        let mut logged = self
+            .refusal_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if logged
+            .get(&info.id)
+            .is_some_and(|at| now - *at < REFUSED_USE_LOG_EVERY)
+        {
+            return;
         }
-        match info.expires_at {
-            Some(at) if info.is_expired_at(now) => Err(Refusal::Expired(at)),
-            _ => Ok(info.clone()),
-        }
+        logged.insert(info.id.clone(), now);
+        tracing::warn!(
+            token_id = %info.id,
+            token_name = %info.name,
+            tenant = %info.tenant,
+            role = %info.role,
+            why = %refusal,
+            "a refused token was presented (logged once a minute per token)"
+        );
     }
 
     /// Write `now` as the token's last use when the stored one is older than the resolution.
