@@ -698,8 +698,25 @@ impl std::error::Error for NoRules {}
 /// (damaged, another version's) fails here, naming `perimeter reindex`, before a restart does.
 /// Also what is worth a warning there.
 fn stored_events(config: &PerimeterConfig) -> anyhow::Result<(String, Vec<String>)> {
+    // A full disk: the check said ok and the start then failed to open the store, so a
+    // service running degraded did not come back after a restart.
+    let mut warnings = Vec::new();
+    if let Some(free) = free_bytes(&config.data_dir) {
+        anyhow::ensure!(
+            free >= NEEDED_FREE_BYTES,
+            "{} has {free} bytes free: `run` cannot open the store on a full disk; free space first",
+            config.data_dir.display()
+        );
+        if free < LOW_FREE_BYTES {
+            warnings.push(format!(
+                "{} has {:.0} MB free: the store stops taking batches when it runs out",
+                config.data_dir.display(),
+                free as f64 / 1e6
+            ));
+        }
+    }
     if !config.data_dir.join("index").is_dir() {
-        return Ok((String::new(), Vec::new()));
+        return Ok((String::new(), warnings));
     }
     // Opened without the search masker: the masking key is the masking part's to check.
     let mut store_config = config.store.clone();
@@ -709,7 +726,7 @@ fn stored_events(config: &PerimeterConfig) -> anyhow::Result<(String, Vec<String
     // A warning, not a failure: the service runs without them; the disk they take is the
     // on-call's call.
     let aside = store.set_aside_parquet_files()?;
-    let warnings = aside.first().map(|first| {
+    let aside_warning = aside.first().map(|first| {
         let bytes: u64 = aside.iter().map(|f| f.bytes).sum();
         format!(
             "{} Parquet file(s) that could not be read were set aside by `perimeter repair-parquet` ({:.1} MB), e.g. {}: their events were written back, so delete them once the damage is understood",
@@ -719,7 +736,25 @@ fn stored_events(config: &PerimeterConfig) -> anyhow::Result<(String, Vec<String
         )
     });
     let stored = format!(" ({} events stored)", store.stats().events_stored);
-    Ok((stored, warnings.into_iter().collect()))
+    let aside_warning = aside_warning.into_iter();
+    Ok((stored, warnings.into_iter().chain(aside_warning).collect()))
+}
+
+/// Less free space than this, and the store cannot be opened (it writes as it opens).
+const NEEDED_FREE_BYTES: u64 = 16 << 20;
+/// Less free space than this is worth a warning.
+const LOW_FREE_BYTES: u64 = 1 << 30;
+
+/// Bytes free for this process on the file system of `path` (its nearest existing ancestor).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a valid C string, and a zeroed statvfs for the call to fill.
+    unsafe {
+        let mut stats: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c_path.as_ptr(), &mut stats) == 0)
+            .then(|| stats.f_bavail as u64 * stats.f_frsize as u64)
+    }
 }
 
 fn check(config: &PerimeterConfig) -> ExitCode {
