@@ -736,6 +736,14 @@ fn stored_events(config: &PerimeterConfig) -> anyhow::Result<(String, Vec<String
         )
     });
     let stored = format!(" ({} events stored)", store.stats().events_stored);
+    // The retention sweep runs at the start: what it would remove, before it does.
+    let expiring = store.retention_preview(chrono::Utc::now())?;
+    if expiring.events > 0 || expiring.parquet_partitions > 0 {
+        warnings.push(format!(
+            "the retention settings remove {} stored event(s) ({} Parquet partition(s)) at the start: raise retention_days (or a [[store.retention]] rule) first if they are to be kept",
+            expiring.events, expiring.parquet_partitions
+        ));
+    }
     let aside_warning = aside_warning.into_iter();
     Ok((stored, warnings.into_iter().chain(aside_warning).collect()))
 }

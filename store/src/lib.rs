@@ -67,7 +67,7 @@ pub use histogram::{
 pub use parquet_repair::{ParquetRepairReport, RepairedPartition, SetAsideFile};
 pub use reader::{AlertEvidence, EventQuery, EventSnapshot, EventSort};
 pub use reindex::{ReindexOptions, ReindexProgress, ReindexReport, ReindexedDay, VendorTime};
-pub use retention::RetentionReport;
+pub use retention::{RetentionPreview, RetentionReport};
 pub use store::{
     lock_data_dir, DeadLetterQuery, QueryTermMasker, QueryTermPseudonym, Store, StoreBatch,
     StoreStats, WriteAck, WriteFailure, LOCK_FILE,

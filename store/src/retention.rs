@@ -62,7 +62,43 @@ pub(crate) fn is_expired(day: NaiveDate, retention_days: u32, now: DateTime<Utc>
     day < oldest_kept
 }
 
+/// What [`Store::apply_retention`] would remove at a time, removing nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPreview {
+    /// Stored events of expired days (counted from the indexes).
+    pub events: u64,
+    /// Parquet `dt=` partitions of expired days.
+    pub parquet_partitions: usize,
+}
+
 impl Store {
+    /// What [`Self::apply_retention`] would remove at `now`, touching nothing: for `perimeter
+    /// run --check`, since the sweep runs at the start (a `retention_days = 9` meant as 90
+    /// removed everything stored with one log line).
+    pub fn retention_preview(&self, now: DateTime<Utc>) -> Result<RetentionPreview> {
+        let mut preview = RetentionPreview::default();
+        for p in self.layout.event_partitions()? {
+            let days = self.config.retention_days_for(&p.tenant, &p.source);
+            if is_expired(p.day, days, now) {
+                preview.parquet_partitions += 1;
+            }
+        }
+        let indexes: Vec<_> = read(&self.indexes)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for ((tenant, day), idx) in indexes {
+            let searcher = idx.reader.searcher();
+            for source in index_sources(&idx, self.schema.module)? {
+                if is_expired(day, self.config.retention_days_for(&tenant, &source), now) {
+                    let term = Term::from_field_text(self.schema.module, &source);
+                    preview.events += searcher.doc_freq(&term)?;
+                }
+            }
+        }
+        Ok(preview)
+    }
+
     /// Delete exactly the partitions expired at `now` (see the module doc).
     pub fn apply_retention(&self, now: DateTime<Utc>) -> Result<RetentionReport> {
         self.ensure_writable()?;

@@ -1692,7 +1692,21 @@ fn retention_deletes_exactly_the_expired_partitions() {
     let ack = store.write_batch(&batch(events.clone())).unwrap();
     // Today (after 2026-11-28) every okta and github day here is past: 8 + 8; `keep` never.
     assert_eq!(ack.events_past_retention, 16);
+    // What the sweep will remove, told before it does (`run --check`), removing nothing.
+    let preview = store.retention_preview(now).unwrap();
+    assert_eq!(preview.events, 10);
+    assert_eq!(preview.parquet_partitions, 10);
+    assert_eq!(
+        store.retention_preview(now).unwrap(),
+        preview,
+        "nothing removed"
+    );
     let report = store.apply_retention(now).unwrap();
+    assert_eq!(report.events_removed, preview.events);
+    assert_eq!(
+        report.parquet_partitions_dropped.len(),
+        preview.parquet_partitions
+    );
 
     // okta keeps 2026-11-22 ..= 25 (3 days), github keeps 24 ..= 25 (1 day), keep keeps all.
     let days_of = |t: &str, s: &str| -> Vec<String> {
