@@ -111,7 +111,7 @@ fn raise_open_file_limit() -> Option<u64> {
             }
         }
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// Files the store, the logs and the pollers keep open beside the API's connections.
@@ -367,7 +367,7 @@ fn spawn_sighup_reloader(
                 // The warnings a start logs (a misspelt product, a tag off the spec): a rule
                 // deployed by SIGHUP had none.
                 let names: Vec<&str> = known.iter().map(String::as_str).collect();
-                for warning in set.misspelt_sources(&names, &listed.sigma_options()) {
+                for warning in set.misspelt_sources(&names, listed.sigma_options()) {
                     tracing::warn!("rules: {warning}");
                 }
                 for warning in set.spec_warnings() {

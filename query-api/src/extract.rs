@@ -22,10 +22,44 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         refuse_announced_oversize(&req)?;
-        let axum::Json(JsonObject(value)) =
-            axum::Json::<JsonObject<T>>::from_request(req, state).await?;
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::UnsupportedBody {
+                status: axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                message: "expected `Content-Type: application/json`".into(),
+            });
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(axum::extract::rejection::JsonRejection::from)?;
+        // Half of a surrogate pair escaped alone (`\ud83d`, text cut mid-emoji, which ingest
+        // takes as U+FFFD): an event pasted into a rule test, a note, read the same way.
+        let parsed = axum::Json::<JsonObject<T>>::from_bytes(&bytes).or_else(|e| {
+            match perimeter_model::without_lone_surrogates(&bytes) {
+                Some(fixed) => axum::Json::<JsonObject<T>>::from_bytes(&fixed),
+                None => Err(e),
+            }
+        });
+        let axum::Json(JsonObject(value)) = parsed?;
         Ok(ApiJson(value))
     }
+}
+
+/// `application/json`, or another JSON type (`application/<x>+json`), as axum's `Json` takes.
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `T` read from a JSON object only. serde also builds a struct from an array of its fields

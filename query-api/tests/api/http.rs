@@ -2136,6 +2136,16 @@ fn rules_list_and_test_inline_and_stored_events() {
     let inline: Value = inline.json().unwrap();
     assert_eq!(inline["num_events_tested"], 2);
     assert_eq!(inline["result"]["matched"], 1);
+    // An event holding half of a surrogate pair escaped alone (text cut mid-emoji, which
+    // ingest takes) is tested too, that half read as U+FFFD.
+    let cut = api
+        .req(Method::POST, "/api/v1/rules/test", ACME, Role::Admin)
+        .header("content-type", "application/json")
+        .body(r#"{"rule": "title: carol\nkeyword: carol", "events": [{"user": "carol \ud83d"}]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(cut.status(), 200);
+    assert_eq!(cut.json::<Value>().unwrap()["result"]["matched"], 1);
     assert!(inline["result"]["source"].is_null(), "{inline}");
     // Raw records whose shape does not tell their source can name it, as `--source` does.
     let named = api
