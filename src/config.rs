@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PerimeterConfig {
+    /// The file this config was read from (`None`: no file, the defaults). Not a key of the
+    /// file: what `run --check` and the start say they read, and what a SIGHUP compares.
+    #[serde(skip)]
+    pub source_path: Option<PathBuf>,
     /// Where Perimeter keeps its data (indexes, Parquet, state, tokens).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -100,8 +104,9 @@ impl PerimeterConfig {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        let config: PerimeterConfig =
+        let mut config: PerimeterConfig =
             toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        config.source_path = Some(path.to_path_buf());
         config
             .check_tenants()
             .and_then(|()| config.check_limits())

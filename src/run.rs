@@ -313,6 +313,10 @@ fn spawn_sighup_reloader(
         let options = config.sigma.clone();
         let tenant = config.tenant.clone();
         let paths_for_log: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        // The config file as read at the start: a SIGHUP says when it changed since, as its
+        // other settings take a restart (the rules and the certificate reload).
+        let config_file = config.source_path.clone();
+        let config_text = config_file.as_ref().and_then(|p| std::fs::read(p).ok());
         // The sources the normalizers produce, for the warnings a start gives of the rules.
         let known: Vec<String> = crate::detect_cmd::normalizers(config)
             .map(|r| r.names().iter().map(|n| n.to_string()).collect())
@@ -338,6 +342,14 @@ fn spawn_sighup_reloader(
                 }
                 if let Some(certificates) = &certificates {
                     certificates.reload();
+                }
+                if let Some(path) = &config_file {
+                    if std::fs::read(path).ok() != config_text {
+                        tracing::warn!(
+                            config = %path.display(),
+                            "the config file changed since the start: a SIGHUP reloads the rules and the TLS certificate only; restart to apply the rest"
+                        );
+                    }
                 }
                 let (paths, options) = (paths.clone(), options.clone());
                 let loaded =
@@ -765,7 +777,23 @@ fn free_bytes(path: &Path) -> Option<u64> {
     }
 }
 
+/// Which config file was read, and the data directory it names, as absolute paths: a relative
+/// path follows the shell's working directory, and a check run elsewhere (or without
+/// `--config`) checked something else than the service, saying `ok` all the same.
+fn config_said(config: &PerimeterConfig) -> String {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let data = absolute(&config.data_dir);
+    match &config.source_path {
+        Some(path) => format!("{} (data_dir {})", absolute(path).display(), data.display()),
+        None => format!(
+            "none given: the defaults (data_dir {}); pass --config or set PERIMETER_CONFIG",
+            data.display()
+        ),
+    }
+}
+
 fn check(config: &PerimeterConfig) -> ExitCode {
+    say!("ok     config: {}", config_said(config));
     let mut failed = 0;
     let mut report = |part: &str, outcome: anyhow::Result<String>| match outcome {
         Ok(what) => say!("ok     {part}: {what}"),
@@ -991,6 +1019,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         api_config.listen = listen;
     }
     let prepared_api = Server::prepare(&api_config)?;
+    tracing::info!(config = %config_said(config), "configuration");
     let open_files = raise_open_file_limit();
     if let Some(warning) = open_file_limit_warning(open_files, api_config.max_connections) {
         tracing::warn!("{warning}");

@@ -1709,6 +1709,13 @@ fn run_check_names_each_broken_part_and_starts_nothing() {
     assert!(example.status.success(), "{text}{}", stderr(&example));
     assert!(text.lines().all(|l| l.starts_with("ok ")), "{text}");
     assert!(text.contains("ok     rules: "), "{text}");
+    // It says which file it read, as an absolute path (relative ones follow the shell).
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.starts_with("ok     config: /")
+            && first.contains("perimeter.example.toml (data_dir /"),
+        "{first}"
+    );
 
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
