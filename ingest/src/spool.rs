@@ -1685,6 +1685,14 @@ mod tests {
     /// Each item submitted: its line, its dead letter's reason (if it is one) and its record.
     type Seen = Vec<(u64, Option<String>, Option<serde_json::Value>)>;
 
+    /// The `id` of each record seen, in order; every item seen must be a record.
+    fn record_ids(seen: &Seen) -> Vec<String> {
+        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
+        seen.iter()
+            .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// A consumer acknowledging every batch; returns what it was given.
     fn collecting(rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<Seen> {
         let batches = each_batch_acked(rx, |s| {
@@ -1832,12 +1840,7 @@ mod tests {
         spool.scan_once(&mut unreadable).await.unwrap();
         assert!(!path.exists(), "ingested and archived once complete");
         drop(spool);
-        let seen = consumer.await.unwrap();
-        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
-        let ids: Vec<String> = seen
-            .iter()
-            .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
-            .collect();
+        let ids = record_ids(&consumer.await.unwrap());
         assert_eq!(ids, ["pp-0", "pp-1", "pp-2", "pp-3"]);
     }
 
@@ -1862,12 +1865,7 @@ mod tests {
         spool.scan_once(&mut unreadable).await.unwrap();
         spool.scan_once(&mut unreadable).await.unwrap();
         drop(spool);
-        let seen = consumer.await.unwrap();
-        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
-        let ids: Vec<String> = seen
-            .iter()
-            .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
-            .collect();
+        let ids = record_ids(&consumer.await.unwrap());
         assert_eq!(ids, ["cp-0"]);
     }
 
@@ -1887,12 +1885,7 @@ mod tests {
         let spool = spool_in(dir.path(), 100, tx);
         spool.scan_once(&mut Unreadable::default()).await.unwrap();
         drop(spool);
-        let seen = consumer.await.unwrap();
-        assert!(seen.iter().all(|(_, dead, _)| dead.is_none()), "{seen:?}");
-        let ids: Vec<String> = seen
-            .iter()
-            .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
-            .collect();
+        let ids = record_ids(&consumer.await.unwrap());
         assert_eq!(ids, ["u16-0", "u16-1"]);
     }
 
@@ -1920,11 +1913,7 @@ mod tests {
         let spool = spool_in(dir.path(), 100, tx);
         spool.scan_once(&mut Unreadable::default()).await.unwrap();
         drop(spool);
-        let seen = consumer.await.unwrap();
-        let ids: Vec<String> = seen
-            .iter()
-            .map(|(_, _, v)| v.as_ref().unwrap()["id"].as_str().unwrap().to_string())
-            .collect();
+        let ids = record_ids(&consumer.await.unwrap());
         assert_eq!(ids, ["real"]);
         assert!(
             outside.path().join("secret.json").exists(),
