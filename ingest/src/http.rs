@@ -323,20 +323,21 @@ fn authorized_tenant(state: &IngestState, headers: &HeaderMap) -> Result<String,
     ),
     security(("bearer" = [])))]
 async fn verify_event_hook(State(state): State<IngestState>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorized_tenant(&state, &headers) {
-        return *refused;
-    }
-    match headers
+    // A GET that is no verification is a wrong method, whoever sends it.
+    let Some(challenge) = headers
         .get("x-okta-verification-challenge")
         .and_then(|v| v.to_str().ok())
-    {
-        Some(challenge) => Json(serde_json::json!({ "verification": challenge })).into_response(),
-        None => error(
+    else {
+        return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "ingest takes POST (a GET answers an Okta event hook's verification challenge)",
-        ),
+        );
+    };
+    if let Err(refused) = authorized_tenant(&state, &headers) {
+        return *refused;
     }
+    Json(serde_json::json!({ "verification": challenge })).into_response()
 }
 
 /// The OpenAPI entry of `POST /ingest/{source}`, for the document the API serves beside it.

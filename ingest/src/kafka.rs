@@ -648,15 +648,18 @@ pub fn probe(config: &KafkaBusConfig) -> Result<String, KafkaBusError> {
     config.validate()?;
     // The producer's and the consumer's properties as `run` sets them (the admin client below
     // reads neither kind): a value librdkafka refuses, or one that clashes with what Perimeter
-    // sets (`acks = 0` against idempotence), passed the check and stopped `run`. Creating a
-    // client connects to nothing yet.
+    // sets (`acks = 0` against idempotence), passed the check and stopped `run`. Made without
+    // brokers, the clients connect to nothing (a client made and dropped at once was a TLS
+    // handshake cut short at the broker).
     config
         .producer_client_config()
+        .remove("bootstrap.servers")
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
         .create::<rdkafka::producer::BaseProducer>()
         .map_err(kafka("the producer's properties"))?;
     config
         .consumer_client_config()
+        .remove("bootstrap.servers")
         .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
         .create::<rdkafka::consumer::BaseConsumer>()
         .map_err(kafka("the consumer's properties"))?;
