@@ -49,6 +49,16 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
     // config pointing elsewhere must not pass for "no tokens".
     let data_dir = &config.data_dir;
     if matches!(cmd, TokensCommand::Create { .. }) {
+        // Said when it is new: run from another directory, a relative `data_dir` made a new,
+        // empty one, and the service knew nothing of the token it held.
+        if !data_dir.exists() {
+            eprintln!(
+                "note: created a new data directory {} (it held no Perimeter data): a service reading another one will not know this token; check `data_dir` and --config",
+                std::path::absolute(data_dir)
+                    .unwrap_or_else(|_| data_dir.to_path_buf())
+                    .display()
+            );
+        }
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     } else {

@@ -1676,8 +1676,15 @@ fn tokens_can_expire_and_say_when() {
     let out = create(&["--expires-in", "2h"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_stderr_says(&out, ", expires 20");
+    // The data directory was new: said (a wrong `data_dir` made one without a word).
+    assert_stderr_says(&out, "created a new data directory");
     let out = create(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("new data directory"),
+        "{}",
+        stderr(&out)
+    );
     for bad in ["0s", "soon", "1y"] {
         let out = create(&["--expires-in", bad]);
         assert!(!out.status.success(), "--expires-in {bad}");
