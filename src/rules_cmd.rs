@@ -232,6 +232,10 @@ fn explain_cmd(
     let (registry, masker) = base_parts(config)?;
     let text =
         std::fs::read_to_string(&event).with_context(|| format!("reading {}", event.display()))?;
+    // Half of a surrogate pair escaped alone (text cut mid-emoji) is read as ingest reads it.
+    let text = perimeter_model::without_lone_surrogates(text.as_bytes())
+        .and_then(|fixed| String::from_utf8(fixed).ok())
+        .unwrap_or(text);
     let raw: serde_json::Value = serde_json::from_str(text.trim())
         .or_else(|_| serde_json::from_str(text.lines().next().unwrap_or("")))
         .with_context(|| format!("{} holds no JSON event", event.display()))?;

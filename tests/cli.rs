@@ -1236,6 +1236,23 @@ fn rules_explain_says_which_selection_matched_and_masks_values() {
         "{text}"
     );
     assert!(!text.contains("ghp_R4nd0m"), "{text}");
+    // An event cut mid-emoji (half of a surrogate pair escaped alone) is explained too.
+    raw["eventType"] = "user.mfa.factor.deactivate".into();
+    raw["displayMessage"] = "cut LONE_HALF".into();
+    std::fs::write(&event, raw.to_string().replace("LONE_HALF", "\\ud83d")).unwrap();
+    let out = perimeter(
+        &[
+            "rules",
+            "explain",
+            rule.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("result: MATCH"), "{text}");
 }
 
 #[test]
