@@ -963,6 +963,9 @@ impl KafkaBusProducer {
         let reply = match outcome {
             Ok(queued) => {
                 count(&self.metrics, "kafka_records_produced_total", queued as u64);
+                if let Some(m) = &self.metrics {
+                    m.part_recovered("Kafka producer");
+                }
                 Ok(SubmitAck {
                     queued,
                     warnings: self
@@ -976,6 +979,11 @@ impl KafkaBusProducer {
             }
             Err(e) => {
                 count(&self.metrics, "kafka_batches_refused_total", 1);
+                // Not ready while batches cannot reach the broker (a load balancer sends
+                // senders elsewhere): `/readyz` said ready all along.
+                if let Some(m) = &self.metrics {
+                    m.part_failing("Kafka producer", &e.to_string());
+                }
                 tracing::error!(error = %e, source = %sub.source, "a batch could not be put on the Kafka bus");
                 Err(e.to_string())
             }

@@ -14,6 +14,8 @@ pub struct Metrics {
     gauges: Mutex<Series>,
     /// Parts of the service that stopped until a restart, with why (see [`Self::part_stopped`]).
     stopped: Mutex<Vec<(String, String)>>,
+    /// Parts failing now that may recover by themselves, with why (see [`Self::part_failing`]).
+    failing: Mutex<Vec<(String, String)>>,
 }
 
 /// Most series one metric name may have (label sets). Labels come from source names, rule ids
@@ -87,6 +89,33 @@ impl Metrics {
         let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
         stopped.retain(|(p, _)| p != part);
         stopped.push((part.to_string(), why.to_string()));
+    }
+
+    /// Note that `part` fails now because of `why` (a Kafka broker not answering): `/readyz`
+    /// reports it until [`Self::part_recovered`], and gauge `part_failing{part}` is 1.
+    pub fn part_failing(&self, part: &str, why: &str) {
+        self.set("part_failing", &[("part", part)], 1.0);
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        failing.retain(|(p, _)| p != part);
+        failing.push((part.to_string(), why.to_string()));
+    }
+
+    /// `part` works again ([`Self::part_failing`]).
+    pub fn part_recovered(&self, part: &str) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if failing.iter().any(|(p, _)| p == part) {
+            failing.retain(|(p, _)| p != part);
+            drop(failing);
+            self.set("part_failing", &[("part", part)], 0.0);
+        }
+    }
+
+    /// The parts failing now ([`Self::part_failing`]), with why.
+    pub fn failing_parts(&self) -> Vec<(String, String)> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The parts that stopped ([`Self::part_stopped`]), with why.

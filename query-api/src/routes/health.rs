@@ -52,6 +52,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthStatus>,
             "the {part} stopped until a restart: {why}"
         )));
     }
+    if let Some((part, why)) = state.metrics.failing_parts().into_iter().next() {
+        return Err(ApiError::Unavailable(format!(
+            "the {part} is failing: {why}"
+        )));
+    }
     Ok(Json(HealthStatus { status: "ready" }))
 }
 

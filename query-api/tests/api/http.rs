@@ -3100,3 +3100,27 @@ fn connections_past_max_connections_are_closed_at_once() {
     let count: f64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 1.0, "{refused}");
 }
+
+/// A part failing for now (the Kafka producer when the broker does not answer) makes `/readyz`
+/// answer 503 saying so, until it works again: it said ready all along.
+#[test]
+fn readiness_fails_while_a_part_is_failing_and_comes_back() {
+    let api = TestApi::start();
+    let ready = || api.client.get(api.url("/readyz")).send().unwrap();
+    assert_eq!(ready().status(), 200);
+    api.state
+        .metrics
+        .part_failing("Kafka producer", "no broker answered");
+    let r = ready();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Kafka producer is failing: no broker answered"),
+        "{body}"
+    );
+    api.state.metrics.part_recovered("Kafka producer");
+    assert_eq!(ready().status(), 200);
+}
