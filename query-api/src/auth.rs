@@ -528,6 +528,18 @@ impl<R: MinRole> Auth<R> {
 }
 
 fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
+    // Two of them: which one a proxy on the way reads may not be the one used here.
+    if parts
+        .headers
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(ApiError::Unauthorized(
+            "more than one Authorization header: send the API token once".into(),
+        ));
+    }
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)

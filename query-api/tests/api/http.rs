@@ -3124,3 +3124,27 @@ fn readiness_fails_while_a_part_is_failing_and_comes_back() {
     api.state.metrics.part_recovered("Kafka producer");
     assert_eq!(ready().status(), 200);
 }
+
+/// Two `Authorization` headers are refused: the first was used, and a proxy on the way may
+/// read the other one.
+#[test]
+fn two_authorization_headers_are_refused() {
+    let api = TestApi::start();
+    let token = api.token(ACME, Role::Viewer).to_string();
+    let r = api
+        .client
+        .get(api.url("/api/v1/alerts"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", "Bearer other")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than one Authorization header"),
+        "{body}"
+    );
+}
