@@ -302,12 +302,27 @@ impl TokenStore {
     /// token's `last_used_at` becomes `now` (written when it was older than
     /// [`LAST_USED_RESOLUTION`]).
     pub fn check(&self, presented: &str, now: DateTime<Utc>) -> Result<TokenInfo, Refusal> {
+        self.check_naming(presented, now)
+            .map_err(|(refusal, _)| refusal)
+    }
+
+    /// [`Self::check`], naming the token a refusal is of when it is a known one (revoked,
+    /// expired): for the audit log of its tenant.
+    pub fn check_naming(
+        &self,
+        presented: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenInfo, (Refusal, Option<TokenInfo>)> {
         let info = self.find(presented, now)?;
         self.note_use(&info, now);
         Ok(info)
     }
 
-    fn find(&self, presented: &str, now: DateTime<Utc>) -> Result<TokenInfo, Refusal> {
+    fn find(
+        &self,
+        presented: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenInfo, (Refusal, Option<TokenInfo>)> {
         self.refresh();
         let presented_hash = Sha256::digest(presented.as_bytes());
         let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
@@ -322,7 +337,7 @@ impl TokenStore {
                 found = Some(record);
             }
         }
-        let info = &found.ok_or(Refusal::Unknown)?.info;
+        let info = &found.ok_or((Refusal::Unknown, None))?.info;
         let refusal = if info.is_revoked() {
             Refusal::Revoked
         } else {
@@ -332,7 +347,7 @@ impl TokenStore {
             }
         };
         self.log_refused_use(info, &refusal, now);
-        Err(refusal)
+        Err((refusal, Some(info.clone())))
     }
 
     /// A revoked or expired token still presented is an incident signal (a departed
@@ -570,19 +585,35 @@ impl<R: MinRole> FromRequestParts<AppState> for Auth<R> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Auth<R>, ApiError> {
         let token = bearer_token(parts)?;
-        let info = state
-            .tokens
-            .check(token, Utc::now())
-            .map_err(|refusal| ApiError::Unauthorized(refusal.to_string()))?;
+        // The path as requested: nested routers see it without their prefix.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or(parts.uri.path(), |u| u.0.path());
+        let target = format!("{} {path}", parts.method);
+        let info = match state.tokens.check_naming(token, Utc::now()) {
+            Ok(info) => info,
+            Err((refusal, known)) => {
+                // A revoked or expired token still in use (a departed contractor's, a leaked
+                // one tried) goes to its tenant's audit log, as a refused role does.
+                if let Some(info) = known {
+                    let outcome = match refusal {
+                        Refusal::Revoked => "revoked",
+                        _ => "expired",
+                    };
+                    let details = serde_json::json!({ "outcome": outcome });
+                    if let Err(e) =
+                        state.audit(&info, crate::audit::DENIED_ACTION, Some(&target), details)
+                    {
+                        tracing::warn!(error = %e, "auditing the use of a refused token failed");
+                    }
+                }
+                return Err(ApiError::Unauthorized(refusal.to_string()));
+            }
+        };
         if info.role < R::ROLE {
             // A valid token reaching beyond its role is worth knowing about (a viewer trying
             // an export or the audit log): recorded like any other use, with what it tried.
-            // The path as requested: nested routers see it without their prefix.
-            let path = parts
-                .extensions
-                .get::<axum::extract::OriginalUri>()
-                .map_or(parts.uri.path(), |u| u.0.path());
-            let target = format!("{} {path}", parts.method);
             let details = serde_json::json!({"outcome": "forbidden", "needs": R::ROLE.to_string()});
             state.audit(&info, crate::audit::DENIED_ACTION, Some(&target), details)?;
             return Err(ApiError::Forbidden(format!(

@@ -303,6 +303,18 @@ fn missing_malformed_unknown_revoked_and_expired_tokens_are_401() {
             "unauthorized",
         );
     }
+    // A revoked or expired token still presented is in its tenant's audit log, saying which.
+    let audit = api.get_json("/api/v1/audit?limit=1000", ACME, Role::Admin);
+    let denied = |outcome: &str| {
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "request.denied" && e["details"]["outcome"] == outcome)
+            .count()
+    };
+    assert!(denied("revoked") >= 1, "{audit}");
+    assert!(denied("expired") >= 1, "{audit}");
 }
 
 /// The auth scheme is case-insensitive (RFC 7235), and every 401 says which scheme to use.
