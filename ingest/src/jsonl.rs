@@ -697,6 +697,33 @@ fn parse_documents(bytes: &[u8], config: &JsonlReaderConfig) -> Vec<PendingItem>
                         break 'documents;
                     }
                 }
+                // A page (an array) cut short: its complete elements are records, the rest one
+                // dead letter. It was all one dead letter, the records in it lost.
+                Some(Err(e))
+                    if e.is_eof()
+                        && bytes.get(start) == Some(&b'[')
+                        && !nesting_exceeds(&bytes[start..], MAX_NESTING) =>
+                {
+                    let complete = array_elements(&bytes[start..]);
+                    let Some(last) = complete.last().map(|r| start + r.end) else {
+                        push_unfinished(&mut out, bytes, start, &line_at, config, &e, 0);
+                        break 'documents;
+                    };
+                    let n = complete.len();
+                    for element in complete {
+                        if out.len() >= enough {
+                            break 'documents;
+                        }
+                        let range = start + element.start..start + element.end;
+                        out.push(PendingItem::Record {
+                            line: line_at(range.start),
+                            range,
+                            member_lines: Vec::new(),
+                        });
+                    }
+                    push_unfinished(&mut out, bytes, last, &line_at, config, &e, n);
+                    break 'documents;
+                }
                 Some(Err(e)) => {
                     // Reading resumes at the next line after this one that starts a document
                     // in column 0: the next JSON line, or the next page of a pretty-printed
@@ -851,7 +878,35 @@ fn array_member_starts(object: &[u8]) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// The byte ranges of the elements of `array`, a whole, valid JSON array (trimmed).
+/// The dead letter of an array page cut short, from `from` (after its `read` complete
+/// elements, or its start) to the end of the input.
+fn push_unfinished(
+    out: &mut Vec<PendingItem>,
+    bytes: &[u8],
+    from: usize,
+    line_at: &dyn Fn(usize) -> u64,
+    config: &JsonlReaderConfig,
+    error: &serde_json::Error,
+    read: usize,
+) {
+    let tail = &bytes[from..];
+    let skipped = tail
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace() || **b == b',')
+        .count();
+    out.push(PendingItem::Invalid(InputItem::Invalid {
+        line: line_at(from + skipped.min(tail.len().saturating_sub(1))),
+        reason: format!(
+            "invalid JSON: {}: a JSON array that ends before it closes (its {read} complete element(s) before this were read)",
+            without_position(error)
+        ),
+        excerpt: excerpt(tail, config.excerpt_bytes),
+        digest: input_digest(tail),
+    }));
+}
+
+/// The byte ranges of the elements of `array`, a whole, valid JSON array (trimmed). Of an
+/// array cut short, the elements that are complete (followed by their `,`).
 fn array_elements(array: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut depth = 0usize;
@@ -951,6 +1006,35 @@ mod input_tests {
             .collect();
         assert_eq!(items.len(), 3);
         assert!(matches!(&items[1], InputItem::Invalid { line: 2, .. }));
+    }
+
+    /// A page (an array) cut short was one dead letter, the records in it lost: its complete
+    /// elements are records, at their lines, and the rest one dead letter saying so.
+    #[test]
+    fn the_complete_elements_of_an_array_cut_short_are_read() {
+        let cut = b"[\n  {\"a\": 1},\n  {\"a\": 2},\n  {\"a\": 3, \"b\": [1, 2";
+        let items: Vec<InputItem> = JsonInput::new(&cut[..], JsonlReaderConfig::default())
+            .unwrap()
+            .map(|i| i.unwrap())
+            .collect();
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert!(matches!(&items[0], InputItem::Record { line: 2, value, .. } if value["a"] == 1));
+        assert!(matches!(&items[1], InputItem::Record { line: 3, value, .. } if value["a"] == 2));
+        assert!(
+            matches!(&items[2], InputItem::Invalid { line: 4, reason, .. }
+                if reason.contains("ends before it closes") && reason.contains("its 2 complete")),
+            "{items:?}"
+        );
+        // Nothing complete in it: one dead letter, as before.
+        let items: Vec<InputItem> =
+            JsonInput::new(&b"[\n  {\"a\": 1"[..], JsonlReaderConfig::default())
+                .unwrap()
+                .map(|i| i.unwrap())
+                .collect();
+        assert!(
+            matches!(&items[..], [InputItem::Invalid { .. }]),
+            "{items:?}"
+        );
     }
 
     /// Half of a surrogate pair escaped alone (`\ud83d`: a string cut mid-emoji, as
