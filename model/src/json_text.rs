@@ -37,7 +37,8 @@ pub fn without_lone_surrogates(bytes: &[u8]) -> Option<Vec<u8>> {
     };
     let mut out: Option<Vec<u8>> = None;
     let mut i = 0;
-    while let Some(found) = memchr::memchr(b'\\', &bytes[i..]) {
+    // (A backslash last in the input puts `i` past its end.)
+    while let Some(found) = bytes.get(i..).and_then(|rest| memchr::memchr(b'\\', rest)) {
         let at = i + found;
         i = at + 2;
         let Some(u) = escaped_unit(at) else {
@@ -147,6 +148,8 @@ mod tests {
             Some(r#"{"m": "\ud83d\ude00 \ufffd\u0041"}"#)
         );
         for clean in [
+            "ends with a backslash \\",
+            "\\",
             r#"{"m": "\ud83d\ude00", "p": "C:\\ud83d", "e": "\n\"\u00e9"}"#,
             r#"{"cut": "\ud8"}"#,
             "plain",
