@@ -312,7 +312,7 @@ impl TokenStore {
         &self,
         presented: &str,
         now: DateTime<Utc>,
-    ) -> Result<TokenInfo, (Refusal, Option<TokenInfo>)> {
+    ) -> Result<TokenInfo, (Refusal, Option<Box<TokenInfo>>)> {
         let info = self.find(presented, now)?;
         self.note_use(&info, now);
         Ok(info)
@@ -322,7 +322,7 @@ impl TokenStore {
         &self,
         presented: &str,
         now: DateTime<Utc>,
-    ) -> Result<TokenInfo, (Refusal, Option<TokenInfo>)> {
+    ) -> Result<TokenInfo, (Refusal, Option<Box<TokenInfo>>)> {
         self.refresh();
         let presented_hash = Sha256::digest(presented.as_bytes());
         let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
@@ -347,7 +347,7 @@ impl TokenStore {
             }
         };
         self.log_refused_use(info, &refusal, now);
-        Err((refusal, Some(info.clone())))
+        Err((refusal, Some(Box::new(info.clone()))))
     }
 
     /// A revoked or expired token still presented is an incident signal (a departed
