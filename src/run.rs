@@ -207,23 +207,22 @@ fn open_store_as(
     store_config.data_dir = data_dir.to_path_buf();
     let store = open(store_config)
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-    let pseudonyms = SecretMasker::new(mask).context("building the masker")?;
+    // One masker for both (building one compiles every pattern).
+    let masker = Arc::new(SecretMasker::new(mask).context("building the masker")?);
+    let pseudonyms = masker.clone();
     Ok(store
-        .with_query_masker(query_term_masker(mask)?)
+        .with_query_masker(query_term_masker(masker))
         .with_query_pseudonyms(Arc::new(move |term: &str| pseudonyms.pseudonymize(term))))
 }
 
 /// Search terms masked as stored values are: only where masking gives each value a stable
 /// stand-in (`hash`); a redacted or partly kept term would find every value masked alike.
-fn query_term_masker(
-    mask: &perimeter_detect::mask::MaskConfig,
-) -> anyhow::Result<perimeter_store::QueryTermMasker> {
-    let masker = SecretMasker::new(mask).context("building the masker")?;
-    Ok(Arc::new(move |term: &str| {
-        let masked = perimeter_model::Masker::mask_text(&masker, term);
+fn query_term_masker(masker: Arc<SecretMasker>) -> perimeter_store::QueryTermMasker {
+    Arc::new(move |term: &str| {
+        let masked = perimeter_model::Masker::mask_text(masker.as_ref(), term);
         (masked != term && !masked.contains("[REDACTED:") && !masked.contains("****"))
             .then_some(masked)
-    }))
+    })
 }
 
 /// The Sigma engine behind the API's rule endpoints, with the rules in use (`listed`) and the
@@ -295,11 +294,12 @@ fn ingest_auth(state: AppState) -> perimeter_ingest::http::IngestAuth {
 /// in use stay; so do they when the paths hold no rules any more ([`empty_reload_refusal`]).
 /// Either refusal counts in `rule_reloads_failed_total`. It also asks the API server to load
 /// its TLS certificate again (`certificates`; the server checks it, and keeps the one in use
-/// when it refuses the files).
+/// when it refuses the files). `known`, beside the rules' paths: the sources the normalizers
+/// produce, for the warnings a reload gives of the rules (a misspelt product), as a start does.
 fn spawn_sighup_reloader(
     config: &PerimeterConfig,
     certificates: Option<perimeter_query_api::CertificateReloader>,
-    paths: Vec<PathBuf>,
+    (paths, known): (Vec<PathBuf>, Vec<String>),
     listed: Arc<SigmaRuleService>,
     (to_pipeline, wake): (
         std::sync::mpsc::Sender<perimeter_detect::sigma::SigmaDetector>,
@@ -317,10 +317,6 @@ fn spawn_sighup_reloader(
         // other settings take a restart (the rules and the certificate reload).
         let config_file = config.source_path.clone();
         let config_text = config_file.as_ref().and_then(|p| std::fs::read(p).ok());
-        // The sources the normalizers produce, for the warnings a start gives of the rules.
-        let known: Vec<String> = crate::detect_cmd::normalizers(config)
-            .map(|r| r.names().iter().map(|n| n.to_string()).collect())
-            .unwrap_or_default();
         // Registered before returning: a SIGHUP right after start must not end the process
         // (the default action).
         let Ok(mut hangups) =
@@ -411,6 +407,7 @@ fn spawn_sighup_reloader(
         listed,
         to_pipeline,
         wake,
+        known,
         metrics,
         stop,
     );
@@ -1073,6 +1070,8 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     for f in &loaded.failed {
         tracing::error!("rule error, the file's rules do not run: {f}");
     }
+    // For the warnings a SIGHUP reload gives of the rules, as these.
+    let source_names: Vec<String> = registry.names().iter().map(|n| n.to_string()).collect();
     for rule in rule_set.misspelt_sources(&registry.names(), &sigma_options) {
         tracing::warn!("{rule}");
     }
@@ -1205,7 +1204,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     spawn_sighup_reloader(
         config,
         prepared_api.certificate_reloader(),
-        rule_paths.clone(),
+        (rule_paths.clone(), source_names),
         rules.clone(),
         (reload_tx, bus.clone()),
         metrics.clone(),
