@@ -63,6 +63,19 @@ pub fn without_lone_surrogates(bytes: &[u8]) -> Option<Vec<u8>> {
     out
 }
 
+/// `parse(bytes)`, or, when that fails and `bytes` holds lone surrogate escapes, `parse` of
+/// the text with them read as the replacement character ([`without_lone_surrogates`]). Clean
+/// input costs nothing extra: the text is only searched for them once a first parse failed.
+pub fn parse_with_lone_surrogates<T, E>(
+    bytes: &[u8],
+    parse: impl Fn(&[u8]) -> Result<T, E>,
+) -> Result<T, E> {
+    parse(bytes).or_else(|e| match without_lone_surrogates(bytes) {
+        Some(fixed) => parse(&fixed),
+        None => Err(e),
+    })
+}
+
 /// Append `s` to `out` as a JSON string literal (quotes included).
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";

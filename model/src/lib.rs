@@ -26,7 +26,8 @@ pub use event::{
     RawRecord,
 };
 pub use json_text::{
-    json_nesting_exceeds, without_lone_surrogates, write_json_str, JsonStrings, MAX_JSON_NESTING,
+    json_nesting_exceeds, parse_with_lone_surrogates, without_lone_surrogates, write_json_str,
+    JsonStrings, MAX_JSON_NESTING,
 };
 pub use metrics::Metrics;
 pub use repeated_keys::resolve_repeated_keys;

@@ -33,11 +33,8 @@ where
             .map_err(axum::extract::rejection::JsonRejection::from)?;
         // Half of a surrogate pair escaped alone (`\ud83d`, text cut mid-emoji, which ingest
         // takes as U+FFFD): an event pasted into a rule test, a note, read the same way.
-        let parsed = axum::Json::<JsonObject<T>>::from_bytes(&bytes).or_else(|e| {
-            match perimeter_model::without_lone_surrogates(&bytes) {
-                Some(fixed) => axum::Json::<JsonObject<T>>::from_bytes(&fixed),
-                None => Err(e),
-            }
+        let parsed = perimeter_model::parse_with_lone_surrogates(&bytes, |b| {
+            axum::Json::<JsonObject<T>>::from_bytes(b)
         });
         let axum::Json(JsonObject(value)) = parsed?;
         Ok(ApiJson(value))

@@ -198,17 +198,15 @@ async fn file_records(
     } else {
         bytes
     };
-    let body: RawJson = sonic_rs::from_slice(&text)
-        .or_else(|e| match perimeter_model::without_lone_surrogates(&text) {
-            Some(fixed) => sonic_rs::from_slice(&fixed),
-            None => Err(e),
-        })
-        .map_err(|e| {
-            PollError::Malformed(format!(
-                "{key}: not JSON: {}",
-                crate::jsonl::why_not_json(&text, &e)
-            ))
-        })?;
+    let body: RawJson =
+        perimeter_model::parse_with_lone_surrogates(&text, |b| sonic_rs::from_slice(b)).map_err(
+            |e| {
+                PollError::Malformed(format!(
+                    "{key}: not JSON: {}",
+                    crate::jsonl::why_not_json(&text, &e)
+                ))
+            },
+        )?;
     body.get("Records")
         .and_then(|r| r.as_array())
         .map(|a| a.iter().cloned().collect())
