@@ -65,6 +65,8 @@ struct FakeApi {
     foreign_link_on: Mutex<Option<usize>>,
     /// Okta: page `.0`'s next link leads to page `.1` (a vendor cursor going round in a loop).
     link_back: Mutex<Option<(usize, usize)>>,
+    /// Every page after the first answered 404 (a proxy that breaks the vendor's links).
+    refuse_cursors: Mutex<bool>,
 }
 
 impl FakeApi {
@@ -227,6 +229,9 @@ async fn serve(State(api): State<Arc<FakeApi>>, request: Request) -> Response {
         return (status, h, body).into_response();
     }
     let n = api.page_index(&uri, &body);
+    if n > 0 && *api.refuse_cursors.lock().unwrap() {
+        return (StatusCode::NOT_FOUND, "{\"error\":\"no such page\"}").into_response();
+    }
     api.answer(n, &uri)
 }
 
@@ -240,6 +245,7 @@ async fn fake_api(vendor: Vendor, pages: Vec<Value>) -> Arc<FakeApi> {
         failures: Mutex::new(VecDeque::new()),
         foreign_link_on: Mutex::new(None),
         link_back: Mutex::new(None),
+        refuse_cursors: Mutex::new(false),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     *api.base.lock().unwrap() = format!("http://{}", listener.local_addr().unwrap());
@@ -269,14 +275,16 @@ impl Consumer {
                     let _ = sub.ack.send(Err("disk full".into()));
                     continue;
                 }
-                let n = sub.items.len();
+                let mut events = 0;
                 let mut duplicates = 0;
                 let mut taken = me.taken.lock().unwrap();
                 for item in sub.items {
                     match item {
                         InputItem::Record { value, .. } => {
                             let value = perimeter_model::raw_to_serde(&value);
-                            duplicates += usize::from(taken.iter().any(|(_, _, v)| *v == value));
+                            let again = taken.iter().any(|(_, _, v)| *v == value);
+                            duplicates += usize::from(again);
+                            events += usize::from(!again);
                             taken.push((sub.source.clone(), sub.tenant.clone(), value));
                         }
                         InputItem::Invalid { line, reason, .. } => {
@@ -284,8 +292,9 @@ impl Consumer {
                         }
                     }
                 }
+                // As the store answers: new events, and those it had.
                 let _ = sub.ack.send(Ok(SubmitAck {
-                    events: n,
+                    events,
                     duplicates,
                     ..SubmitAck::default()
                 }));
@@ -995,8 +1004,13 @@ async fn a_next_link_going_round_in_a_loop_is_reported_as_stuck() {
         .await
         .unwrap();
     assert_eq!(
-        (report.pages, report.records, report.duplicates),
-        (2, 2, 1),
+        (
+            report.pages,
+            report.records,
+            report.duplicates,
+            report.events
+        ),
+        (2, 2, 1, 1),
         "requests: {}",
         s.seen().len()
     );
@@ -1061,6 +1075,47 @@ async fn an_expired_cursor_restarts_the_listing_from_the_last_stored_time() {
     );
     // The record at that time came again; the store (idempotent on id) keeps it once.
     assert_eq!(s.consumer.records().len(), stored + 1);
+}
+
+/// QA: behind a proxy that broke the vendor's next links, every poll read the first page, was
+/// refused its link, listed again from the stored time, and did so up to `max_pages_per_poll`
+/// times (~200 requests in a second, at every poll) while reporting success. Listing again
+/// happens once per poll; a link refused after that fails the poll.
+#[tokio::test]
+async fn a_link_refused_again_after_listing_anew_fails_the_poll() {
+    for vendor in [Vendor::Okta, Vendor::GoogleWorkspace] {
+        let pages = fixture_pages(match vendor {
+            Vendor::Okta => "okta/system_log",
+            _ => "gsuite/activities",
+        });
+        let s = setup(vendor, pages).await;
+        *s.api.refuse_cursors.lock().unwrap() = true;
+        let err = s.source().poll_once().await.unwrap_err();
+        assert!(
+            matches!(err, PollError::Http { status: 404, .. })
+                && err.to_string().contains("refused again"),
+            "{vendor:?}: {err}"
+        );
+        let seen: Vec<String> = s.seen().into_iter().map(|r| r.uri).collect();
+        assert_eq!(
+            seen.len(),
+            4,
+            "{vendor:?}: first page, link, first page, link: {seen:?}"
+        );
+        // The first page's records were stored; the next poll fails the same way.
+        let distinct = || {
+            let records = s.consumer.records();
+            records
+                .iter()
+                .map(Value::to_string)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        let stored = distinct();
+        assert!(stored > 0, "{vendor:?}");
+        s.source().poll_once().await.unwrap_err();
+        assert_eq!(distinct(), stored, "{vendor:?}");
+    }
 }
 
 #[tokio::test]

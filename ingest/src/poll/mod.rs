@@ -376,9 +376,7 @@ impl<T, A: Fn(&mut Checkpoint, T)> InFlight<T, A> {
             return Ok(false);
         };
         self.records -= queued.records();
-        let (stored, duplicates) = src.stored(queued).await?;
-        report.records += stored;
-        report.duplicates += duplicates;
+        report.add_stored(src.stored(queued).await?);
         (self.advance)(cp, item);
         src.save_checkpoint(cp)?;
         Ok(true)
@@ -430,8 +428,29 @@ pub enum PollError {
 pub struct PollReport {
     pub pages: u32,
     pub records: usize,
-    /// Records the store already had (the boundary of a listing, or a page fetched again).
+    /// Events the store already had (the boundary of a listing, or a page fetched again).
     pub duplicates: usize,
+    /// Events new to the store. (Not `records - duplicates`: one record of some vendors, such
+    /// as a Google Workspace activity, holds several events.)
+    pub events: usize,
+}
+
+impl PollReport {
+    /// Add what the store answered for one more item of the poll.
+    fn add_stored(&mut self, stored: Stored) {
+        self.records += stored.records;
+        self.duplicates += stored.duplicates;
+        self.events += stored.events;
+    }
+}
+
+/// What the store answered for one submitted item: its records, and the events they made that
+/// it already had and that are new.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stored {
+    records: usize,
+    duplicates: usize,
+    events: usize,
 }
 
 /// What [`PollSource::probe`] found.
@@ -1040,8 +1059,8 @@ impl PollSource {
         // and ends at the same link or cursor will do the same at every poll. (A quiet source
         // reads nothing, or re-reads the records of a listing's lower bound with no cursor.)
         if !stuck_noted
-            && report.records > 0
-            && report.duplicates == report.records
+            && report.duplicates > 0
+            && report.events == 0
             && resumed_from.is_some()
             && cp.resume == resumed_from
         {
@@ -1066,6 +1085,8 @@ impl PollSource {
         // The requests made (URL and body): a vendor link or cursor leading back to one is a
         // loop, which would be read again up to `max_pages_per_poll` at every poll.
         let mut requested = std::collections::HashSet::new();
+        // Whether this poll already listed again from the stored time after a refused link.
+        let mut listed_again = false;
         while report.pages < self.config.max_pages_per_poll.max(1) {
             let request = self.api.request(cp, start)?;
             if !requested.insert((request.url.to_string(), request.body.clone())) {
@@ -1079,9 +1100,29 @@ impl PollSource {
                 // A link or cursor the vendor no longer knows (expired after a long stop):
                 // start the listing again from its lower bound, which repeats records the
                 // store already has rather than skipping any.
+                // Refused again after listing anew: the vendor's own links do not work (a proxy
+                // or a `base_url` that rewrites paths, a cursor tied to another credential).
+                // Listing anew once more would re-read the first page up to
+                // `max_pages_per_poll` times at every poll while the poller looked healthy.
+                Err(PollError::Http {
+                    status,
+                    url,
+                    detail,
+                }) if request.resumes && matches!(status, 400 | 404 | 410) && listed_again => {
+                    return Err(PollError::Http {
+                        status,
+                        url,
+                        detail: format!(
+                            "{detail} (the vendor's next link or cursor was refused again after \
+                             listing from the last stored time: does `base_url` or a proxy \
+                             change the vendor's links?)"
+                        ),
+                    });
+                }
                 Err(PollError::Http { status, .. })
                     if request.resumes && matches!(status, 400 | 404 | 410) =>
                 {
+                    listed_again = true;
                     tracing::warn!(poller = %self.config.name, status,
                         "the vendor no longer knows where we were; reading from the last stored time again");
                     in_flight.settle_all(self, saved, report).await?;
@@ -1217,10 +1258,7 @@ impl PollSource {
     /// Submit a page's records (line = place on the page) and wait until they are stored;
     /// how many there were and how many the store already had. Counts the page and its records
     /// in the metrics once stored.
-    async fn submit(
-        &self,
-        records: Vec<perimeter_model::RawJson>,
-    ) -> Result<(usize, usize), PollError> {
+    async fn submit(&self, records: Vec<perimeter_model::RawJson>) -> Result<Stored, PollError> {
         let queued = self.enqueue(records).await?;
         self.stored(queued).await
     }
@@ -1243,7 +1281,7 @@ impl PollSource {
 
     /// Submit a page's items (records, and dead letters for parts of it that are unusable,
     /// such as a CSV row that does not fit its header); how many, and how many were duplicates.
-    async fn submit_items(&self, items: Vec<InputItem>) -> Result<(usize, usize), PollError> {
+    async fn submit_items(&self, items: Vec<InputItem>) -> Result<Stored, PollError> {
         let queued = self.enqueue_items(items, true).await?;
         self.stored(queued).await
     }
@@ -1277,28 +1315,32 @@ impl PollSource {
         })
     }
 
-    /// Wait until `queued` is stored: a page's records and how many the store already had
-    /// (0 and 0 for a set-aside item's dead letter). Counts the page in the metrics.
-    async fn stored(&self, queued: Queued) -> Result<(usize, usize), PollError> {
-        let duplicates = match queued.pending {
+    /// Wait until `queued` is stored: a page's records and the store's counts of its events
+    /// (all 0 for a set-aside item's dead letter). Counts the page in the metrics.
+    async fn stored(&self, queued: Queued) -> Result<Stored, PollError> {
+        let (duplicates, events) = match queued.pending {
             Some(pending) => {
-                pending
+                let ack = pending
                     .stored()
                     .await
-                    .map_err(|e| PollError::NotStored(e.to_string()))?
-                    .duplicates
+                    .map_err(|e| PollError::NotStored(e.to_string()))?;
+                (ack.duplicates, ack.events)
             }
-            None => 0,
+            None => (0, 0),
         };
         if !queued.page {
-            return Ok((0, 0));
+            return Ok(Stored::default());
         }
         if let Some(m) = &self.metrics {
             let poller = [("poller", self.config.name.as_str())];
             m.inc("poll_pages_total", &poller, 1);
             m.inc("poll_records_total", &poller, queued.count as u64);
         }
-        Ok((queued.count, duplicates))
+        Ok(Stored {
+            records: queued.count,
+            duplicates,
+            events,
+        })
     }
 
     /// Store one dead letter for a whole item of a feed that cannot be used however often it

@@ -143,9 +143,7 @@ async fn poll_audit_trail(
         report.pages += 1;
         let created = rows.iter().filter_map(|r| time_at(r, &["CreatedDate"]));
         let newest = src.checkpoint_time(Some(since), created);
-        let (records, duplicates) = src.submit(rows).await?;
-        report.records += records;
-        report.duplicates += duplicates;
+        report.add_stored(src.submit(rows).await?);
         cp = Checkpoint {
             resume: next.clone(),
             listing_since: None,
@@ -281,9 +279,7 @@ async fn poll_log_files(
             if batch.is_empty() {
                 break;
             }
-            let (records, duplicates) = src.submit_items(batch).await?;
-            report.records += records;
-            report.duplicates += duplicates;
+            report.add_stored(src.submit_items(batch).await?);
         }
         // The ids of the files stored within the settle window before the newest one.
         let newest = src.checkpoint_time(cp.since, [file.log_date]);
