@@ -1603,6 +1603,34 @@ async fn serve_s3(State(s3): State<Arc<FakeS3>>, request: Request) -> Response {
         let prefix = query.get("prefix").cloned().unwrap_or_default();
         let after = query.get("start-after").cloned().unwrap_or_default();
         let objects = s3.objects.lock().unwrap();
+        if query.get("delimiter").map(String::as_str) == Some("/") {
+            // The folders under `prefix`, `page` at a time; the continuation token is the last
+            // folder of the page before.
+            let token = query.get("continuation-token").cloned().unwrap_or_default();
+            let folders: std::collections::BTreeSet<String> = objects
+                .keys()
+                .filter_map(|k| k.strip_prefix(prefix.as_str()))
+                .filter_map(|rest| rest.split_once('/'))
+                .map(|(folder, _)| format!("{prefix}{folder}/"))
+                .filter(|f| *f > token)
+                .collect();
+            let page: Vec<&String> = folders.iter().take(s3.page).collect();
+            let truncated = folders.len() > s3.page;
+            let common: String = page
+                .iter()
+                .map(|f| format!("<CommonPrefixes><Prefix>{f}</Prefix></CommonPrefixes>"))
+                .collect();
+            let next = match (truncated, page.last()) {
+                (true, Some(last)) => {
+                    format!("<NextContinuationToken>{last}</NextContinuationToken>")
+                }
+                _ => String::new(),
+            };
+            return format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>trail-bucket</Name><Prefix>{prefix}</Prefix><Delimiter>/</Delimiter><IsTruncated>{truncated}</IsTruncated>{common}{next}</ListBucketResult>"
+            )
+            .into_response();
+        }
         let keys: Vec<&String> = objects
             .keys()
             .filter(|k| k.starts_with(&prefix) && **k > after)
@@ -1650,10 +1678,20 @@ const TRAIL: &str = "AWSLogs/111122223333/CloudTrail/us-east-1/";
 /// A CloudTrail file made `minutes_ago`, holding one record per name in `events`, gzipped, and
 /// its key.
 fn trail_file(minutes_ago: i64, unique: &str, events: &[&str]) -> (String, Vec<u8>) {
+    region_trail_file("us-east-1", minutes_ago, unique, events)
+}
+
+/// [`trail_file`] in another region's folder of the same account.
+fn region_trail_file(
+    region: &str,
+    minutes_ago: i64,
+    unique: &str,
+    events: &[&str],
+) -> (String, Vec<u8>) {
     use std::io::Write;
     let t = chrono::Utc::now() - chrono::Duration::minutes(minutes_ago);
     let key = format!(
-        "{TRAIL}{}/111122223333_CloudTrail_us-east-1_{}_{unique}.json.gz",
+        "AWSLogs/111122223333/CloudTrail/{region}/{}/111122223333_CloudTrail_{region}_{}_{unique}.json.gz",
         t.format("%Y/%m/%d"),
         t.format("%Y%m%dT%H%MZ")
     );
@@ -1789,6 +1827,78 @@ async fn cloudtrail_files_are_read_in_order_and_late_ones_are_not_missed() {
 /// ones before are stored), in key order, and the checkpoint moves past each once it is
 /// stored: a store that answers nothing until it holds three files still gets them, and one
 /// that refuses the second leaves the checkpoint after the first.
+/// QA: with the account's folder as prefix (`AWSLogs/<account>/`, every region of a
+/// multi-region trail), listings went on after the last key stored, so new files of regions
+/// sorting before it (eu-west-1 behind us-east-1) were never read, and digests were dead
+/// letters. Each region folder under the prefix now has its own place in the checkpoint, and
+/// digests are not fetched.
+#[tokio::test]
+async fn an_account_prefix_reads_every_region_and_skips_digests() {
+    let digest = (
+        "AWSLogs/111122223333/CloudTrail-Digest/us-east-1/2024/01/01/111122223333_CloudTrail-Digest_us-east-1_x_us-east-1_20240101T000000Z.json.gz".to_string(),
+        b"{}".to_vec(),
+    );
+    let s3 = fake_s3(vec![
+        region_trail_file("ap-southeast-2", 50, "ap1", &["CreateUser"]),
+        region_trail_file("eu-west-1", 45, "eu1", &["AttachUserPolicy"]),
+        region_trail_file("us-east-1", 40, "us1", &["DeleteTrail"]),
+        region_trail_file("us-west-2", 35, "usw1", &["StopLogging"]),
+        digest,
+    ])
+    .await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = cloudtrail_config(&s3, "AKIAFAKEPOLLER0000001");
+    // Without its last `/`, as a user may write it.
+    cfg.feed = Some("AWSLogs/111122223333".into());
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+    let names = |c: &Consumer| -> Vec<String> {
+        let mut names: Vec<String> = c
+            .records()
+            .iter()
+            .map(|r| r["eventName"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let report = source().poll_once().await.unwrap();
+    assert_eq!((report.pages, report.records), (4, 4));
+    assert_eq!(
+        names(&consumer),
+        [
+            "AttachUserPolicy",
+            "CreateUser",
+            "DeleteTrail",
+            "StopLogging"
+        ]
+    );
+    // New files in a region sorting before the newest key stored, and after it.
+    s3.objects.lock().unwrap().extend([
+        region_trail_file("eu-west-1", 20, "eu2", &["ConsoleLogin"]),
+        region_trail_file("us-east-1", 20, "us2", &["PutBucketPolicy"]),
+    ]);
+    let report = source().poll_once().await.unwrap();
+    assert_eq!(report.records, 2);
+    assert!(names(&consumer).contains(&"ConsoleLogin".to_string()));
+    assert!(names(&consumer).contains(&"PutBucketPolicy".to_string()));
+    let cp = source().checkpoint().unwrap();
+    assert_eq!(cp.folders.len(), 4, "{cp:?}");
+    assert!(cp.folders["AWSLogs/111122223333/CloudTrail/eu-west-1/"]
+        .resume
+        .as_deref()
+        .is_some_and(|k| k.ends_with("_eu2.json.gz")));
+    // Nothing new: nothing fetched, and the digest never was.
+    assert_eq!(source().poll_once().await.unwrap().records, 0);
+    assert!(!s3
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.uri.contains("Digest") && !r.uri.contains("list-type")));
+    assert!(consumer.invalid.lock().unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn cloudtrail_files_are_put_on_the_bus_before_the_ones_before_are_stored() {
     let files = vec![

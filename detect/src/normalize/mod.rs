@@ -527,6 +527,9 @@ fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>)
         }
         return;
     }
+    if is_cloudtrail_digest(obj) {
+        return;
+    }
     if let Some(events) = okta_event_hook_events(&value) {
         for event in events.iter() {
             split_into(event.clone(), split_google, 3, out);
@@ -583,6 +586,19 @@ pub fn unwrapped_page_hint(value: &Value) -> Option<String> {
             if others.len() == 1 { "is" } else { "are" }
         )
     })
+}
+
+/// Whether `obj` is a CloudTrail digest file (`awsAccountId` first, then `digestStartTime`, ...,
+/// `logFiles`): written beside the log files every hour per region, it lists them and holds no
+/// event, so it is read as an empty page, not as a record that is no event (a synced bucket's
+/// digests buried the real dead letters). Judged by its first key first, as this runs on every
+/// record.
+fn is_cloudtrail_digest(obj: &sonic_rs::Object) -> bool {
+    obj.iter()
+        .next()
+        .is_some_and(|(first, _)| first == "awsAccountId")
+        && obj.get(&"digestStartTime").is_some()
+        && obj.get(&"logFiles").is_some_and(|files| files.is_array())
 }
 
 /// The list key when `obj` is a page envelope rather than a record.

@@ -193,6 +193,26 @@ fn a_page_kept_whole_is_named_in_the_hint() {
     }
 }
 
+/// QA: CloudTrail digest files (one per region and hour beside the logs) were dead letters in
+/// every input path; they hold no event and are read as an empty page. A record that merely
+/// has an `awsAccountId` is still one.
+#[test]
+fn cloudtrail_digests_hold_no_records() {
+    let digest = json!({
+        "awsAccountId": "111122223333",
+        "digestStartTime": "2024-01-01T00:00:00Z",
+        "digestEndTime": "2024-01-01T01:00:00Z",
+        "digestS3Bucket": "trail-bucket",
+        "logFiles": [{"s3Bucket": "trail-bucket", "s3Object": "AWSLogs/x.json.gz"}],
+        "previousDigestSignature": "ab12"
+    });
+    for source in [AUTO, "aws_cloudtrail", "json"] {
+        assert!(split(source, digest.clone()).is_empty(), "{source}");
+    }
+    let record = json!({"awsAccountId": "111122223333", "eventName": "CreateUser"});
+    assert_eq!(split(AUTO, record).len(), 1);
+}
+
 #[test]
 fn split_unwraps_vendor_envelopes() {
     let rec = json!({"eventType": "a", "published": "t"});

@@ -7,7 +7,14 @@
 //! the same minute, a late delivery), so each poll lists again from the start of the day
 //! [`SETTLE_MINUTES`] before the newest file stored, and skips what it stored already: files
 //! older than that margin, and the ones within it, which the checkpoint remembers
-//! (`recent_keys`). A prefix without that layout is listed after the last key stored.
+//! (`recent_keys`).
+//!
+//! A prefix above the region folders (an account's `AWSLogs/<account>/`, which holds every
+//! region of a multi-region trail, an organization trail's `AWSLogs/<org>/`, or `AWSLogs/`) is
+//! read as each `CloudTrail/<region>/` folder under it, found at each poll, each with a place
+//! of its own in the checkpoint (`folders`): one position for all of them skipped every region
+//! sorting before the last key stored. A prefix without that layout is listed after the last
+//! key stored.
 
 use chrono::{DateTime, Duration, NaiveDateTime, Utc};
 use perimeter_model::raw_prelude::*;
@@ -77,16 +84,68 @@ fn key_time(key: &str) -> Option<DateTime<Utc>> {
     })
 }
 
-/// Whether the prefix is a trail's region folder, under which keys go `YYYY/MM/DD/<file>`.
+/// Whether the prefix is a trail's region folder (`.../CloudTrail/<region>/`), under which keys
+/// go `YYYY/MM/DD/<file>`.
 fn dated(prefix: &str) -> bool {
-    prefix.ends_with('/') && prefix.contains("/CloudTrail/")
+    prefix
+        .rsplit_once("/CloudTrail/")
+        .is_some_and(|(_, region)| {
+            region.len() > 1 && region.ends_with('/') && region.matches('/').count() == 1
+        })
+}
+
+/// Whether a folder under a prefix above the region folders can lead to them: `AWSLogs`, an
+/// account id, an organization id, or `CloudTrail` itself (not `CloudTrail-Digest`, whose files
+/// hold no records, nor anything else in the bucket).
+fn leads_to_trail(name: &str) -> bool {
+    name == "AWSLogs"
+        || name == "CloudTrail"
+        || (name.len() == 12 && name.bytes().all(|b| b.is_ascii_digit()))
+        || name.strip_prefix("o-").is_some_and(|id| {
+            (10..=32).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// The region folders (`.../CloudTrail/<region>/`) at most four folders under `prefix`, found
+/// by listing folder by folder through the ones that lead to them ([`leads_to_trail`]).
+async fn region_folders(
+    src: &PollSource,
+    creds: &Credentials,
+    prefix: &str,
+) -> Result<Vec<String>, PollError> {
+    let mut found = Vec::new();
+    let mut level = vec![prefix.to_string()];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for parent in &level {
+            for folder in list_folders(src, creds, parent).await? {
+                let name = folder[parent.len()..].trim_end_matches('/');
+                if dated(&folder) && parent.ends_with("/CloudTrail/") {
+                    found.push(folder);
+                } else if leads_to_trail(name) {
+                    next.push(folder);
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// The configured prefix, with the `/` a trail's region folder needs (`.../CloudTrail/us-east-1`
 /// would otherwise not be read as dated, and a first poll would list the trail's whole history).
+/// Likewise a prefix naming a folder above them (`AWSLogs/<account>`).
 fn trail_prefix(src: &PollSource) -> String {
     let mut prefix = src.config.feed.clone().unwrap_or_default();
-    if prefix.contains("/CloudTrail/") && !prefix.ends_with('/') {
+    let last = prefix.rsplit('/').next().unwrap_or_default();
+    if !prefix.ends_with('/') && (prefix.contains("/CloudTrail/") || leads_to_trail(last)) {
         prefix.push('/');
     }
     prefix
@@ -110,6 +169,52 @@ fn listing_start(
     )
 }
 
+/// The folders right under `prefix` (`ListObjectsV2` with `delimiter=/`, every page).
+async fn list_folders(
+    src: &PollSource,
+    creds: &Credentials,
+    prefix: &str,
+) -> Result<Vec<String>, PollError> {
+    let mut folders = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut url = src.api.join("")?;
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("list-type", "2")
+                .append_pair("prefix", prefix)
+                .append_pair("delimiter", "/");
+            if let Some(token) = &token {
+                q.append_pair("continuation-token", token);
+            }
+        }
+        let text = listing(src, creds, &url).await?;
+        for common in xml_values(&text, "CommonPrefixes") {
+            folders.extend(xml_values(&common, "Prefix"));
+        }
+        let truncated =
+            xml_values(&text, "IsTruncated").first().map(String::as_str) == Some("true");
+        token = xml_values(&text, "NextContinuationToken").pop();
+        if !truncated || token.is_none() {
+            return Ok(folders);
+        }
+    }
+}
+
+/// A bucket listing's XML.
+async fn listing(src: &PollSource, creds: &Credentials, url: &Url) -> Result<String, PollError> {
+    let (bytes, _) = src
+        .fetch_bytes(&PageRequest::get(url.clone()), &creds.sign(url))
+        .await?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if !text.contains("<ListBucketResult") {
+        return Err(PollError::Malformed(
+            "the bucket listing is not a ListBucketResult".into(),
+        ));
+    }
+    Ok(text)
+}
+
 /// One `ListObjectsV2` page after `start_after`: its keys and whether more follow.
 async fn list(
     src: &PollSource,
@@ -127,15 +232,7 @@ async fn list(
         }
         q.append_pair("max-keys", "1000");
     }
-    let (bytes, _) = src
-        .fetch_bytes(&PageRequest::get(url.clone()), &creds.sign(&url))
-        .await?;
-    let text = String::from_utf8_lossy(&bytes);
-    if !text.contains("<ListBucketResult") {
-        return Err(PollError::Malformed(
-            "the bucket listing is not a ListBucketResult".into(),
-        ));
-    }
+    let text = listing(src, creds, &url).await?;
     let keys = xml_values(&text, "Key");
     let truncated = xml_values(&text, "IsTruncated").first().map(String::as_str) == Some("true");
     Ok((keys, truncated))
@@ -217,6 +314,8 @@ async fn file_records(
 fn new_keys(keys: Vec<String>, cp: &Checkpoint, settled: Option<DateTime<Utc>>) -> Vec<String> {
     keys.into_iter()
         .filter(|k| k.ends_with(".json.gz") || k.ends_with(".json"))
+        // Digests list the log files of an hour and hold no records.
+        .filter(|k| !k.contains("/CloudTrail-Digest/"))
         .filter(|k| !cp.recent_keys.contains(k))
         .filter(|k| match (settled, key_time(k), &cp.resume) {
             // Stored before the margin: not looked at again.
@@ -229,49 +328,108 @@ fn new_keys(keys: Vec<String>, cp: &Checkpoint, settled: Option<DateTime<Utc>>) 
 
 /// One poll: list from the checkpoint on and store new files in key order, the checkpoint
 /// moving past each once it is stored (files are put on the bus in key order, and the next
-/// ones fetched while the ones before are stored).
+/// ones fetched while the ones before are stored). Under a prefix above the region folders,
+/// each folder in turn.
 pub(super) async fn poll(
     src: &PollSource,
     secret_access_key: &str,
     start: DateTime<Utc>,
 ) -> Result<PollReport, PollError> {
     let creds = Credentials::resolve(src, secret_access_key)?;
-    let prefix = trail_prefix(src);
+    let listings = listings(src, &creds).await?;
     let mut cp = src.checkpoint()?;
-    let (mut after, settled) = listing_start(&prefix, &cp, start);
     let mut report = PollReport::default();
-    // Each file moves the checkpoint past it once it is stored.
-    let mut in_flight = InFlight::new(|cp: &mut Checkpoint, key: String| {
-        *cp = advance(std::mem::take(cp), key);
+    // Each file moves its folder's checkpoint past it once it is stored.
+    let mut in_flight = InFlight::new(|cp: &mut Checkpoint, (folder, key): FileOf| {
+        let at = folder_checkpoint(cp, folder.as_deref());
+        *at = advance(std::mem::take(at), key);
     });
-    loop {
-        let listed = list(src, &creds, &prefix, after.as_deref()).await;
-        let (keys, truncated) = match listed {
-            Ok(listed) => listed,
+    for (folder, folder_prefix) in listings {
+        let read = read_folder(
+            src,
+            &creds,
+            (folder, &folder_prefix, start),
+            &mut cp,
+            &mut in_flight,
+            &mut report,
+        )
+        .await;
+        match read {
+            Ok(true) => continue,
+            Ok(false) => break,
             Err(e) => return Err(in_flight.stop_with(src, &mut cp, &mut report, e).await),
-        };
+        }
+    }
+    in_flight.settle_all(src, &mut cp, &mut report).await?;
+    Ok(report)
+}
+
+/// The prefixes to list, each with the region folder it is when the poller's prefix is above
+/// them: the region folders found under it, or (none found, or a region folder itself) the
+/// poller's prefix alone.
+async fn listings(
+    src: &PollSource,
+    creds: &Credentials,
+) -> Result<Vec<(Option<String>, String)>, PollError> {
+    let prefix = trail_prefix(src);
+    let folders = if dated(&prefix) {
+        Vec::new()
+    } else {
+        region_folders(src, creds, &prefix).await?
+    };
+    Ok(if folders.is_empty() {
+        vec![(None, prefix)]
+    } else {
+        folders.into_iter().map(|f| (Some(f.clone()), f)).collect()
+    })
+}
+
+/// A file to store: the region folder it is in (under a prefix above them) and its key.
+type FileOf = (Option<String>, String);
+
+/// The checkpoint of a region folder under a prefix above them, or the poller's own.
+fn folder_checkpoint<'a>(cp: &'a mut Checkpoint, folder: Option<&str>) -> &'a mut Checkpoint {
+    match folder {
+        Some(folder) => cp.folders.entry(folder.to_string()).or_default(),
+        None => cp,
+    }
+}
+
+/// Put the new files of one prefix on the bus (`folder`: the region folder it is, when the
+/// poller's prefix is above them); false once the poll's page budget is spent.
+async fn read_folder<A: Fn(&mut Checkpoint, FileOf)>(
+    src: &PollSource,
+    creds: &Credentials,
+    (folder, prefix, start): (Option<String>, &str, DateTime<Utc>),
+    cp: &mut Checkpoint,
+    in_flight: &mut InFlight<FileOf, A>,
+    report: &mut PollReport,
+) -> Result<bool, PollError> {
+    let (mut after, settled) =
+        listing_start(prefix, folder_checkpoint(cp, folder.as_deref()), start);
+    loop {
+        let (keys, truncated) = list(src, creds, prefix, after.as_deref()).await?;
         after = keys.last().cloned();
         // The keys in flight are not in `cp` yet, which is fine: each listing starts after
         // the last key of the one before, so it never lists them again.
-        for key in new_keys(keys, &cp, settled) {
+        let keys = new_keys(keys, folder_checkpoint(cp, folder.as_deref()), settled);
+        for key in keys {
             if report.pages >= src.config.max_pages_per_poll.max(1) {
-                in_flight.settle_all(src, &mut cp, &mut report).await?;
-                return Ok(report);
+                return Ok(false);
             }
             report.pages += 1;
-            let queued = match file_records(src, &creds, &key).await {
+            let queued = match file_records(src, creds, &key).await {
                 Ok(records) => src.enqueue(records).await?,
                 // S3 objects never change: fetching it again cannot help, and every later
                 // file would wait behind it.
                 Err(PollError::Malformed(reason)) => src.enqueue_set_aside(&key, &reason).await?,
-                Err(e) => return Err(in_flight.stop_with(src, &mut cp, &mut report, e).await),
+                Err(e) => return Err(e),
             };
-            in_flight.push(key, queued);
-            in_flight.make_room(src, &mut cp, &mut report).await?;
+            in_flight.push((folder.clone(), key), queued);
+            in_flight.make_room(src, cp, report).await?;
         }
         if !truncated || after.is_none() {
-            in_flight.settle_all(src, &mut cp, &mut report).await?;
-            return Ok(report);
+            return Ok(true);
         }
     }
 }
@@ -298,20 +456,28 @@ pub(super) async fn probe(
     start: DateTime<Utc>,
 ) -> Result<ProbeReport, PollError> {
     let creds = Credentials::resolve(src, secret_access_key)?;
-    let prefix = trail_prefix(src);
-    let cp = src.checkpoint()?;
-    let (after, settled) = listing_start(&prefix, &cp, start);
-    let (keys, truncated) = list(src, &creds, &prefix, after.as_deref()).await?;
-    let keys = new_keys(keys, &cp, settled);
-    let records = match keys.first() {
-        Some(key) => file_records(src, &creds, key).await?.len(),
-        None => 0,
-    };
+    let listings = listings(src, &creds).await?;
+    let mut cp = src.checkpoint()?;
+    let last = listings.len() - 1;
+    for (i, (folder, prefix)) in listings.into_iter().enumerate() {
+        let at = folder_checkpoint(&mut cp, folder.as_deref()).clone();
+        let (after, settled) = listing_start(&prefix, &at, start);
+        let (keys, truncated) = list(src, &creds, &prefix, after.as_deref()).await?;
+        let keys = new_keys(keys, &at, settled);
+        if let Some(key) = keys.first() {
+            return Ok(ProbeReport {
+                url: src.api.base.to_string(),
+                records: file_records(src, &creds, key).await?.len(),
+                newest: key_time(key),
+                more: keys.len() > 1 || truncated || i < last,
+            });
+        }
+    }
     Ok(ProbeReport {
         url: src.api.base.to_string(),
-        records,
-        newest: keys.first().and_then(|k| key_time(k)),
-        more: keys.len() > 1 || truncated,
+        records: 0,
+        newest: None,
+        more: false,
     })
 }
 
@@ -325,6 +491,36 @@ mod tests {
         format!(
             "{P}2024/01/{day}/111122223333_CloudTrail_us-east-1_202401{day}T{hhmm}Z_{unique}.json.gz"
         )
+    }
+
+    #[test]
+    fn region_folders_are_dated_and_folders_above_them_lead_to_them() {
+        assert!(dated(P));
+        assert!(dated(
+            "trails/AWSLogs/o-abcdefghij/111122223333/CloudTrail/eu-west-1/"
+        ));
+        for above in [
+            "AWSLogs/111122223333/",
+            "AWSLogs/111122223333/CloudTrail/",
+            "AWSLogs/",
+            "",
+            "AWSLogs/111122223333/CloudTrail/us-east-1/2024/",
+            "AWSLogs/111122223333/CloudTrail/us-east-1",
+        ] {
+            assert!(!dated(above), "{above}");
+        }
+        for name in ["AWSLogs", "CloudTrail", "111122223333", "o-a1b2c3d4e5"] {
+            assert!(leads_to_trail(name), "{name}");
+        }
+        for name in [
+            "CloudTrail-Digest",
+            "CloudTrail-Insight",
+            "logs",
+            "1111",
+            "o-x",
+        ] {
+            assert!(!leads_to_trail(name), "{name}");
+        }
     }
 
     #[test]

@@ -203,6 +203,10 @@ pub struct Checkpoint {
     /// [`PollConfig::late_records_minutes`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sweep: Option<DateTime<Utc>>,
+    /// CloudTrail under a prefix above the trail's region folders: each folder's own place
+    /// (its `resume` and `recent_keys`), by the folder's prefix.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub folders: std::collections::BTreeMap<String, Checkpoint>,
 }
 
 /// Where a checkpoint's `since` may move once records with `times` are stored, from `previous`
