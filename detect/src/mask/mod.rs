@@ -799,7 +799,14 @@ impl SecretMasker {
         DOCUMENTS_DEEP.with(|d| d.set(deep));
         match masked {
             None => Cow::Borrowed(text),
-            Some(Some(masked)) => Cow::Owned(masked),
+            // The whitespace around the document stays: a JSON log line masked lost its line
+            // end, and the next log line was glued to it (QA).
+            Some(Some(masked)) if document.len() == text.len() => Cow::Owned(masked),
+            Some(Some(masked)) => {
+                let lead = text.len() - text.trim_start().len();
+                let trail = text.trim_end().len();
+                Cow::Owned(format!("{}{masked}{}", &text[..lead], &text[trail..]))
+            }
             // The walk writes valid UTF-8; should it not, nothing unmasked may remain.
             Some(None) => Cow::Borrowed(UNSERIALIZABLE),
         }

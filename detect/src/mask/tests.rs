@@ -525,6 +525,26 @@ fn name_value_pairs_with_a_secret_name_are_masked() {
     assert_eq!(v["changedValues"][0]["fieldName"], "Password");
 }
 
+/// QA: a JSON log line (`--log-format json`) whose text was masked lost its final newline, so
+/// the next log line was glued to it. The whitespace around a JSON document stays.
+#[test]
+fn json_text_masked_keeps_the_whitespace_around_it() {
+    let m = masker();
+    let line = "{\"message\":\"no normalizer for ghp_abcdefghijklmnopqrstuvwxyz0123456789\"}\n";
+    let masked = m.mask_text(line);
+    assert!(!masked.contains("ghp_abcdef"), "{masked}");
+    assert!(
+        masked.starts_with('{') && masked.ends_with("}\n"),
+        "{masked:?}"
+    );
+    let padded = format!("  {}\r\n", line.trim_end());
+    let masked = m.mask_text(&padded);
+    assert!(
+        masked.starts_with("  {") && masked.ends_with("}\r\n"),
+        "{masked:?}"
+    );
+}
+
 #[test]
 fn a_sensitive_name_in_json_text_loses_its_whole_array_or_object_value() {
     let m = masker();
