@@ -789,6 +789,23 @@ fn config_said(config: &PerimeterConfig) -> String {
     }
 }
 
+/// What `run` reads of the API's own files in `data_dir`: its tokens, the alert destinations
+/// and the rule switches (read only).
+fn api_state(data_dir: &Path) -> anyhow::Result<String> {
+    let tokens = perimeter_query_api::auth::TokenStore::open_in(data_dir)
+        .context("API tokens (`perimeter tokens`)")?
+        .list();
+    let live = tokens
+        .iter()
+        .filter(|t| !t.is_revoked() && !t.is_expired_at(chrono::Utc::now()))
+        .count();
+    DestinationStore::open_in(data_dir).context("alert destinations")?;
+    RuleSwitchStore::open_in(data_dir).context("rule switches")?;
+    Ok(format!(
+        "{live} API token(s) in use; alert destinations and rule switches readable"
+    ))
+}
+
 fn check(config: &PerimeterConfig) -> ExitCode {
     say!("ok     config: {}", config_said(config));
     let mut failed = 0;
@@ -900,6 +917,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
     for warning in store_warnings {
         say!("warn   store: {warning}");
     }
+    // The files the API keeps beside the store, which `run` refuses to start without reading
+    // (a hand edit, a partial restore).
+    report("api state", api_state(&config.data_dir));
     let spool = spool_dir(config);
     report(
         "spool",

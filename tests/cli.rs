@@ -1817,6 +1817,41 @@ fn run_check_names_each_broken_part_and_starts_nothing() {
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // QA: a damaged token store, destination list or rule switch file passed the check, and
+    // `run` then refused to start on it.
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(
+        &plain,
+        format!(
+            "data_dir = {data:?}\nrules = [{rules:?}]\n[mask]\nhmac_key = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let out = perimeter(
+            &["--config", plain.to_str().unwrap(), "run", "--check"],
+            None,
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = check();
+    assert!(
+        code == Some(0) && text.contains("ok     api state: 0 API token(s) in use"),
+        "{text}"
+    );
+    for file in ["api-tokens.json", "destinations.json", "rule_switches.json"] {
+        std::fs::write(data.join(file), "{\"cut\": ").unwrap();
+        let (code, text) = check();
+        assert!(
+            code == Some(1) && text.contains("error  api state:") && text.contains(file),
+            "{file}: {text}"
+        );
+        std::fs::remove_file(data.join(file)).unwrap();
+    }
 }
 
 #[test]
