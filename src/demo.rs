@@ -37,18 +37,43 @@ pub struct DemoArgs {
 /// Marks a directory as the demo's, so a later demo may replace it.
 pub(crate) const DEMO_MARKER: &str = ".perimeter-demo";
 
+/// Marks a directory a `perimeter run` has used: a demo never replaces it, even the default
+/// demo directory or one a demo first made.
+const SERVICE_MARKER: &str = ".perimeter-service";
+
+/// Mark `dir` as a service's store before `run` writes to it. A directory a demo made is one
+/// no longer (QA: `perimeter demo` wiped the events, tokens and audit log a service had since
+/// kept there, without a word).
+pub(crate) fn adopt_for_service(dir: &std::path::Path) -> anyhow::Result<()> {
+    let service = dir.join(SERVICE_MARKER);
+    if !service.exists() {
+        std::fs::write(
+            &service,
+            "used by perimeter run: perimeter demo does not replace it\n",
+        )
+        .with_context(|| format!("writing {}", service.display()))?;
+    }
+    let demo = dir.join(DEMO_MARKER);
+    if demo.exists() {
+        std::fs::remove_file(&demo).with_context(|| format!("removing {}", demo.display()))?;
+        tracing::info!(data_dir = %dir.display(),
+            "this directory was made by perimeter demo; it is a service's store now, which perimeter demo will not replace");
+    }
+    Ok(())
+}
+
 /// Remove the previous demo's data in `dir`. Refused while a process (a demo still serving, a
 /// `perimeter run`) uses it, and for a directory holding other data: `--data-dir ./data` must
-/// not wipe a service's store. The default directory is always the demo's (earlier versions
-/// did not mark it).
+/// not wipe a service's store. The default directory is the demo's unless a service has used it
+/// (earlier versions did not mark it).
 fn clear_previous_demo(dir: &std::path::Path) -> anyhow::Result<()> {
-    let is_default = dir == std::path::Path::new("data/demo");
+    let is_default = dir == std::path::Path::new("data/demo") && !dir.join(SERVICE_MARKER).exists();
     let is_empty = std::fs::read_dir(dir)
         .map(|mut d| d.next().is_none())
         .unwrap_or(false);
     anyhow::ensure!(
         is_default || is_empty || dir.join(DEMO_MARKER).exists(),
-        "{} holds data that `perimeter demo` did not write; not replacing it (choose another --data-dir)",
+        "{} holds data that `perimeter demo` did not write, or a `perimeter run` has used; not replacing it (choose another --data-dir)",
         dir.display()
     );
     let _lock = perimeter_store::lock_data_dir(dir)?;

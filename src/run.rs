@@ -1065,6 +1065,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         metrics.inc(failures, &[], 0);
     }
     let store = Arc::new(open_store(config, &data_dir)?);
+    crate::demo::adopt_for_service(&data_dir)?;
     let (registry, masker) = base_parts(config)?;
     // The Kafka producer keys records by entity with normalizers of its own.
     let registry_for_keys = match config.kafka {

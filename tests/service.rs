@@ -4138,3 +4138,39 @@ fn max_connections_is_checked_against_the_open_file_limit_and_zero_refused() {
     let line = crate::util::check_line(&out, "max_connections");
     assert!(line.contains("at least 1"), "{line}");
 }
+
+/// QA: a directory a demo made and a service then used (its events, tokens and audit log) was
+/// wiped by the next `perimeter demo` on it, without a word. The service adopts it.
+#[test]
+fn a_demo_does_not_replace_a_directory_a_service_has_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let demo = || {
+        perimeter(
+            &["demo", "--no-serve", "--data-dir", data.to_str().unwrap()],
+            None,
+        )
+    };
+    let first = demo();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // A demo replaces its own directory.
+    let again = demo();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let cfg = write_config(dir.path());
+    let service = start(&cfg);
+    drop(service);
+    assert!(!data.join(".perimeter-demo").exists());
+    let refused = demo();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("a `perimeter run` has used"), "{said}");
+    assert!(data.join("index").is_dir(), "the service's data was kept");
+}
