@@ -225,12 +225,30 @@ impl AuditLog {
         let mut line = serde_json::to_vec(entry)?;
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        file.write_all(&line)
+        self.reopen_if_moved(&mut file)
+            .and_then(|()| file.write_all(&line))
             .and_then(|_| file.flush())
             .map_err(|source| AuditError::Io {
                 path: self.path.clone(),
                 source,
             })
+    }
+
+    /// Open the log at its path again when the file there is no longer the one held (moved
+    /// away or deleted: logrotate, an operator archiving it). Entries went on into the moved
+    /// file, or into a deleted one and were lost, until a restart (QA).
+    fn reopen_if_moved(&self, file: &mut File) -> std::io::Result<()> {
+        let held = file.metadata()?;
+        let same = match std::fs::metadata(&self.path) {
+            Ok(at_path) => at_path.ino() == held.ino() && at_path.dev() == held.dev(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        if !same {
+            *file = owner_only(OpenOptions::new().create(true).append(true)).open(&self.path)?;
+            tracing::info!(path = %self.path.display(), "the audit log was moved or removed; writing a new one at its path");
+        }
+        Ok(())
     }
 
     /// The log opened for reading, with its metadata taken under the append lock: its length
@@ -249,7 +267,17 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let (file, meta) = self.open_whole_lines().map_err(io)?;
+        let (file, meta) = match self.open_whole_lines() {
+            // Moved away (rotated) and nothing written since: empty, as the next entry starts
+            // a new log.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(AuditPage {
+                    items: Vec::new(),
+                    next_cursor: None,
+                })
+            }
+            other => other.map_err(io)?,
+        };
         let end = match q.cursor.as_deref() {
             None => meta.len(),
             Some(c) => cursor_offset(&file, c, meta.ino(), meta.len())?,
@@ -314,7 +342,10 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let (src, meta) = self.open_whole_lines().map_err(io)?;
+        let (src, meta) = match self.open_whole_lines() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            other => other.map_err(io)?,
+        };
         let len = meta.len();
         let mut reader = BufReader::new(std::io::Read::take(&src, len));
         let (mut head, mut lines) = (0u64, 0u64);
@@ -464,6 +495,28 @@ mod tests {
             .unwrap();
         assert_eq!(reopened.expire(Utc::now(), 1).unwrap(), 1);
         assert_eq!(mode(&old), 0o600);
+    }
+
+    /// QA: after logrotate moved `audit.jsonl` away (or it was deleted), entries went on into
+    /// the moved (or deleted) file and reading the log failed until a restart.
+    #[test]
+    fn a_log_moved_or_deleted_is_written_anew_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_in(dir.path()).unwrap();
+        let entry = |q: i64| AuditEntry::new(&token("a"), "events.search", None, json!({"q": q}));
+        log.append(&entry(1)).unwrap();
+        let rotated = dir.path().join("audit.jsonl.1");
+        std::fs::rename(log.path(), &rotated).unwrap();
+        assert!(recent(&log, "a", 10).is_empty(), "nothing written since");
+        log.append(&entry(2)).unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!((read(&rotated), read(log.path())), (1, 1));
+        assert_eq!(recent(&log, "a", 10)[0].details["q"], 2);
+        std::fs::remove_file(log.path()).unwrap();
+        assert_eq!(log.expire(Utc::now(), 1).unwrap(), 0);
+        log.append(&entry(3)).unwrap();
+        assert_eq!(read(log.path()), 1);
+        assert_eq!(recent(&log, "a", 10)[0].details["q"], 3);
     }
 
     #[test]
