@@ -1061,8 +1061,14 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         "retention_failures_total",
         "parquet_compaction_failures_total",
         "api_connections_refused_total",
+        "rule_reloads_failed_total",
     ] {
         metrics.inc(failures, &[], 0);
+    }
+    if config.api.tls_cert_path.is_some() {
+        for result in ["ok", "failed"] {
+            metrics.inc("tls_certificate_reloads_total", &[("result", result)], 0);
+        }
     }
     let store = Arc::new(open_store(config, &data_dir)?);
     crate::demo::adopt_for_service(&data_dir)?;

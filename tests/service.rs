@@ -1411,6 +1411,7 @@ fn the_served_openapi_document_has_the_ingest_route() {
         "perimeter_store_batches_failed_total 0",
         "perimeter_state_snapshots_failed_total 0",
         "perimeter_api_connections_refused_total 0",
+        "perimeter_rule_reloads_failed_total 0",
     ] {
         assert!(metrics.lines().any(|l| l == zero), "{zero}: {metrics}");
     }
