@@ -141,6 +141,14 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {
             StoreError::InvalidQuery(reason) => ApiError::bad_request("invalid_query", reason),
+            // A full disk is the operator's to mend, and the change can be sent again then
+            // (QA: an alert update on a full disk was a bare 500).
+            other if other.is_no_space() => {
+                tracing::error!(error = %other, "request failed: the store cannot write");
+                ApiError::Unavailable(
+                    "the store cannot write (no space left on the data directory's disk); retry once space is freed".into(),
+                )
+            }
             other => ApiError::Internal(format!("store: {other}")),
         }
     }
@@ -196,6 +204,16 @@ mod tests {
         for e in errors {
             assert!(e.status().is_client_error(), "{e:?} -> {}", e.status());
         }
+        let full = StoreError::Io {
+            path: "/data/alerts/tenant=a/journal.jsonl".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        let e: ApiError = full.into();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert!(!e.to_string().contains("/data"), "no path on the wire: {e}");
         assert_eq!(
             ApiError::Internal("disk".into()).status(),
             StatusCode::INTERNAL_SERVER_ERROR

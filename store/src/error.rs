@@ -59,6 +59,21 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the store could not write for want of space (a full disk, a quota): a client
+    /// may retry once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StoreError::NoSpace { .. } => true,
+            StoreError::Io { source, .. } | StoreError::ExportOutput(source) => {
+                source.raw_os_error() == Some(28) // ENOSPC
+                    || source.raw_os_error() == Some(122) // EDQUOT
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Below this many free bytes a write failure is put down to a full disk: a batch of 50k events
 /// takes tens of MB (its index segment, its Parquet file), and a failed segment's files stay
 /// until the next commit cleans them up.
