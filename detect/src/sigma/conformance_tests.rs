@@ -59,6 +59,78 @@ fn load_error(text: &str) -> RuleError {
     errs.into_iter().next().expect("an error")
 }
 
+/// QA: a modifier on a search identifier, rule keys indented under `detection:`, a v1
+/// `timeframe` and YAML merge keys each loaded with a meaning other than the one written
+/// (a `critical` rule alerting as `medium`), without a word. Each is refused, naming its line.
+#[test]
+fn detection_keys_that_would_change_the_rule_silently_are_errors() {
+    let rule = |detection: &str| {
+        format!("title: t\nlogsource:\n    product: okta\ndetection:\n{detection}\nlevel: high\n")
+    };
+    for (detection, field, message) in [
+        (
+            "    keywords|all:\n        - a\n        - b\n    condition: 1 of keywords*",
+            "keywords|all",
+            "a modifier belongs on a field name",
+        ),
+        (
+            "    sel:\n        eventType: x\n    level: critical\n    condition: sel",
+            "level",
+            "as a rule key it goes at the top level",
+        ),
+        (
+            "    sel:\n        eventType: x\n    tags:\n        - attack.t1098\n    condition: 1 of them",
+            "tags",
+            "as a rule key it goes at the top level",
+        ),
+        (
+            "    base: &b\n        eventType: x\n    sel:\n        <<: *b\n        outcome.result: FAILURE\n    condition: sel",
+            "sel.<<",
+            "YAML merge keys",
+        ),
+    ] {
+        let e = load_error(&rule(detection));
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        assert!(e.message.contains(message) && e.line.is_some(), "{e}");
+    }
+    // A top-level merge key too.
+    let e = load_error(
+        "defaults: &d\n    level: critical\n<<: *d\ntitle: t\nlogsource:\n    product: okta\ndetection:\n    sel:\n        eventType: x\n    condition: sel\n",
+    );
+    assert_eq!(e.field.as_deref(), Some("<<"), "{e}");
+    // An identifier named like a rule key that the condition names is a choice, kept.
+    let set = ruleset(&detection("    name:\n        eventType: x", "name"));
+    assert_eq!(set.len(), 1);
+}
+
+/// QA: `prodcut: okta` left the rule without a product (it ran on every source), and a v1
+/// `timeframe` was taken without a word: both warned.
+#[test]
+fn an_unknown_logsource_key_is_warned() {
+    let set = ruleset(
+        "title: t\nlogsource:\n    prodcut: okta\ndetection:\n    sel:\n        eventType: x\n    condition: sel\n",
+    );
+    let warnings = set.spec_warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.field.as_deref() == Some("logsource.prodcut") && w.line == Some(3)),
+        "{warnings:?}"
+    );
+    // A v1 `timeframe` without its aggregation does nothing: said.
+    let set = ruleset(&detection(
+        "    sel:\n        eventType: x\n    timeframe: 5m",
+        "sel",
+    ));
+    let warnings = set.spec_warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.field.as_deref() == Some("detection.timeframe")),
+        "{warnings:?}"
+    );
+}
+
 #[test]
 fn modifiers_that_would_be_ignored_are_errors() {
     for (key, value, message) in [

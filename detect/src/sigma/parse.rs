@@ -260,13 +260,18 @@ pub fn parse_file(
 }
 
 fn parse_meta(doc: &Node, path: &Path, hash: &str) -> Result<RuleMeta, RuleError> {
-    if doc.as_map().is_none() {
+    let Some(keys) = doc.as_map() else {
         return Err(rerr(
             path,
             doc.line,
             None,
             format!("a Sigma document must be a map, found a {}", doc.kind()),
         ));
+    };
+    // What a merge key brings in (`<<: *defaults` with `level: critical`) was dropped without
+    // a word (QA): refused, here and in the detection.
+    if let Some((_, merged)) = keys.iter().find(|(k, _)| k == "<<") {
+        return Err(rerr(path, merged.line, Some("<<"), MERGE_KEYS_UNSUPPORTED));
     }
     let title = opt_str(doc, "title", path)?
         .ok_or_else(|| rerr(path, doc.line, Some("title"), "missing `title`"))?;
@@ -347,11 +352,42 @@ fn is_spec_tag(tag: &str) -> bool {
         .is_some_and(|(namespace, rest)| part(namespace, false) && part(rest, true))
 }
 
+/// Why a YAML merge key is refused.
+const MERGE_KEYS_UNSUPPORTED: &str =
+    "YAML merge keys (`<<`) are not supported: write the keys out (anchors and aliases of whole values work)";
+
 fn spec_warnings(doc: &Node, path: &Path) -> Vec<RuleError> {
     let mut out = Vec::new();
     let mut warn = |node: &Node, field: &str, message: String| {
         out.push(rerr(path, node.line, Some(field), message));
     };
+    // Public rules carry it; it only ever worked with the v1 aggregations, which are refused.
+    if let Some(t) = doc.get("detection").and_then(|d| d.get("timeframe")) {
+        warn(
+            t,
+            "detection.timeframe",
+            "has no effect: it belonged to Sigma v1 aggregations; count over a window with a correlation rule (`timespan`)".into(),
+        );
+    }
+    // A misspelt key (`prodcut: okta`) left the rule without a product: it ran on every
+    // source (QA).
+    const LOGSOURCE_KEYS: [&str; 4] = ["category", "product", "service", "definition"];
+    for (key, value) in doc
+        .get("logsource")
+        .and_then(Node::as_map)
+        .unwrap_or_default()
+    {
+        if !LOGSOURCE_KEYS.contains(&key.as_str()) {
+            warn(
+                value,
+                &format!("logsource.{key}"),
+                format!(
+                    "`{key}` is no logsource key ({}): it does not narrow the rule, which applies to every source it does not otherwise exclude",
+                    LOGSOURCE_KEYS.join(", ")
+                ),
+            );
+        }
+    }
     if let Some(t) = doc.get("title") {
         match t.as_str() {
             Some(title) if title.chars().count() > 256 => warn(
@@ -646,6 +682,9 @@ pub fn parse_detection(
         if skip.contains(&name.as_str()) {
             continue;
         }
+        if let Some(why) = misplaced_identifier(name) {
+            return Err(rerr(path, node.line, Some(name), why));
+        }
         selections.push(parse_selection(name, node, path, &ctx)?);
     }
     let Some(cn) = condition_node else {
@@ -682,6 +721,23 @@ pub fn parse_detection(
     if texts.is_empty() {
         return Err(rerr(path, cn.line, Some("condition"), "empty condition"));
     }
+    // A rule key indented under `detection:` (`level: critical`) became a search identifier,
+    // and the rule alerted at the default level without a word (QA); `1 of them` would even
+    // search for its value. Kept only when the condition names it.
+    for (name, node) in entries {
+        let named = texts.iter().any(|(t, _)| {
+            t.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                .any(|word| word == name)
+        });
+        if RULE_KEYS.contains(&name.as_str()) && !named {
+            return Err(rerr(
+                path,
+                node.line,
+                Some(name),
+                format!("`{name}` under `detection:` would be a search identifier; as a rule key it goes at the top level (check its indentation)"),
+            ));
+        }
+    }
     let mut conds = Vec::new();
     for (t, line) in texts {
         conds
@@ -698,6 +754,40 @@ pub fn parse_detection(
     })
 }
 
+/// Top-level keys of a Sigma rule, which indented under `detection:` would be taken as search
+/// identifiers.
+const RULE_KEYS: [&str; 16] = [
+    "title",
+    "id",
+    "name",
+    "status",
+    "description",
+    "author",
+    "references",
+    "level",
+    "tags",
+    "falsepositives",
+    "date",
+    "modified",
+    "logsource",
+    "fields",
+    "related",
+    "license",
+];
+
+/// Why `name` cannot be a search identifier's name, when it cannot.
+fn misplaced_identifier(name: &str) -> Option<String> {
+    if name == "<<" {
+        return Some(MERGE_KEYS_UNSUPPORTED.into());
+    }
+    // `keywords|all:` was an identifier named `keywords|all`, its modifier dropped (QA).
+    name.contains('|').then(|| {
+        format!(
+            "a modifier belongs on a field name, not on a search identifier (`{name}`); for a keyword list write `'|all':` (or another modifier) as the one key inside it"
+        )
+    })
+}
+
 fn parse_selection(
     name: &str,
     node: &Node,
@@ -709,6 +799,14 @@ fn parse_selection(
     let map_alt = |m: &[(String, Node)]| -> Result<Vec<super::matcher::FieldMatch>, RuleError> {
         m.iter()
             .map(|(k, v)| {
+                if k == "<<" {
+                    return Err(rerr(
+                        path,
+                        v.line,
+                        Some(&format!("{name}.<<")),
+                        MERGE_KEYS_UNSUPPORTED,
+                    ));
+                }
                 compile_field(k, v, ctx).map_err(|e| field_err(e, &format!("{name}.{k}")))
             })
             .collect()
