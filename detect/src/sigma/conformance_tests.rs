@@ -1447,6 +1447,23 @@ fn a_correlation_condition_that_never_or_always_holds_is_reported_at_its_line() 
             "`gte: 3` can never hold (the number of rules seen",
         ),
         ("temporal", "lte: 2", 10, "`lte: 2` always holds"),
+        // Past what a window keeps per key (QA: `gte: 12000` never fired, `lt: 11000` fired
+        // on 12,000 events counted as 10,000).
+        (
+            "event_count",
+            "gte: 12000",
+            10,
+            "`gte: 12000`: a correlation counts at most 10000 events",
+        ),
+        ("event_count", "gt: 10000", 10, "counts at most 10000"),
+        ("event_count", "lt: 11000", 10, "counts at most 10000"),
+        (
+            "event_count",
+            "gt: 3\n        lte: 10000",
+            11,
+            "`gt: 3, lte: 10000`: a correlation counts at most",
+        ),
+        ("value_count", "gte: 10001", 10, "counts at most 10000"),
     ] {
         let err = load_error(&text(kind, "okta_fail, okta_ok", cond));
         assert_eq!(
@@ -1464,6 +1481,8 @@ fn a_correlation_condition_that_never_or_always_holds_is_reported_at_its_line() 
         ("event_count", "gt: 3\n        lt: 5"),
         ("event_count", "gte: 2\n        lte: 3\n        neq: 2"),
         ("event_count", "eq: 1"),
+        ("event_count", "gte: 10000"),
+        ("event_count", "lt: 10000"),
         ("value_sum", "lt: -5"),
         ("value_avg", "gt: 10\n        lt: 10.5"),
         ("value_percentile", "lte: 1"),

@@ -372,7 +372,10 @@ pub struct Correlator {
     hash_key: [u8; 16],
 }
 
-const MAX_ENTRIES_CAP: usize = 10_000;
+/// The most events a correlation keeps per group-by key and window: the oldest go past it.
+/// Counts are exact up to it; conditions that would need more are refused at load
+/// ([`super::parse`]).
+pub(crate) const MAX_ENTRIES_CAP: usize = 10_000;
 
 fn resolve_field(
     c: &CorrelationRule,

@@ -1299,6 +1299,29 @@ fn check_condition_can_hold(
             ));
         }
     }
+    // A window keeps at most `MAX_ENTRIES_CAP` events per key (the oldest go): a count holds
+    // that many at most, so a bound from it on could never be reached (`gte: 12000`) or
+    // would be judged on a count cut short (`lt: 11000` met by 12,000 events) (QA).
+    if matches!(
+        kind,
+        CorrelationType::EventCount | CorrelationType::ValueCount
+    ) {
+        let cap = super::correlate::MAX_ENTRIES_CAP as f64;
+        // A count cut short reads `cap`, the true count being `cap` or more.
+        if let Some(i) = condition.iter().position(|&(op, n)| match op {
+            CountOp::Gte | CountOp::Lt => n > cap,
+            CountOp::Gt | CountOp::Lte | CountOp::Eq | CountOp::Neq => n >= cap,
+        }) {
+            return Err((
+                keys[i].1,
+                format!(
+                    "`{}`: a correlation counts at most {} events per group and window, so this bound cannot be judged",
+                    shown(i + 1),
+                    super::correlate::MAX_ENTRIES_CAP
+                ),
+            ));
+        }
+    }
     let always = |&(op, n): &(CountOp, f64)| match op {
         CountOp::Gt => low > n,
         CountOp::Gte => low >= n,
