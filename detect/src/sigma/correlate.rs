@@ -1778,6 +1778,12 @@ fn find_window(
         return None;
     }
     let first = entries.partition_point(|e| e.ts < ts.saturating_sub(span));
+    if matches!(
+        c.kind,
+        CorrelationType::EventCount | CorrelationType::ValueCount | CorrelationType::ValueSum
+    ) {
+        return sliding_window(c, entries, ts, first);
+    }
     for lo in first..entries.len() {
         let start = entries[lo].ts;
         if start > ts {
@@ -1806,6 +1812,77 @@ fn find_window(
         };
         if ok {
             return Some((lo, hi));
+        }
+    }
+    None
+}
+
+/// [`find_window`] for the aggregates that can be kept as the window slides from one start to
+/// the next (a count, the values seen, a sum): the same windows in the same order, each judged
+/// without going over it again. Recomputing each start's aggregate (for `value_count` a sort of
+/// its values) made a burst of new values cubic: 4,000 events at `gte: 1000` took 7-10 s (QA).
+fn sliding_window(
+    c: &CorrelationRule,
+    entries: &[Entry],
+    ts: i64,
+    first: usize,
+) -> Option<(usize, usize)> {
+    let span = c.timespan_ms;
+    let mut values: HashMap<u64, u32> = HashMap::new();
+    let mut sum = 0.0f64;
+    let mut end = first;
+    for lo in first..entries.len() {
+        let start = entries[lo].ts;
+        if start > ts {
+            break;
+        }
+        // Starts only move later, so ends do too.
+        while entries
+            .get(end)
+            .is_some_and(|e| e.ts <= start.saturating_add(span))
+        {
+            let e = &entries[end];
+            match c.kind {
+                CorrelationType::ValueCount => *values.entry(e.val).or_default() += 1,
+                CorrelationType::ValueSum => sum += f64::from_bits(e.val),
+                _ => {}
+            }
+            end += 1;
+        }
+        let hi = end;
+        let agg = match c.kind {
+            CorrelationType::ValueCount => values.len() as f64,
+            CorrelationType::ValueSum => sum,
+            _ => (hi - lo) as f64,
+        };
+        let holds = |agg: f64| c.condition.iter().all(|(op, n)| op.holds(agg, *n));
+        let mut ok = holds(agg);
+        if c.kind == CorrelationType::ValueSum {
+            // A running sum drifts by rounding as values leave it: near a bound, or when it
+            // would fire, the window's own sum decides.
+            let near = c
+                .condition
+                .iter()
+                .any(|(_, n)| (agg - n).abs() <= 1e-9 * n.abs().max(agg.abs()).max(1.0));
+            if ok || near {
+                ok = holds(entries[lo..hi].iter().map(|e| f64::from_bits(e.val)).sum());
+            }
+        }
+        if ok {
+            return Some((lo, hi));
+        }
+        let leaving = &entries[lo];
+        match c.kind {
+            CorrelationType::ValueCount => {
+                if let Some(n) = values.get_mut(&leaving.val) {
+                    *n -= 1;
+                    if *n == 0 {
+                        values.remove(&leaving.val);
+                    }
+                }
+            }
+            CorrelationType::ValueSum => sum -= f64::from_bits(leaving.val),
+            _ => {}
         }
     }
     None
