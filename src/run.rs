@@ -384,6 +384,7 @@ fn spawn_sighup_reloader(
                 listed.replace(&set);
                 let count = set.len();
                 metrics.set("rules_loaded", &[], count as f64);
+                metrics.set("rule_files_failed", &[], 0.0);
                 let detector =
                     perimeter_detect::sigma::SigmaDetector::new(set, listed.sigma_options());
                 if to_pipeline.send(detector).is_err() {
@@ -1202,6 +1203,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     let rule_count = listed_rules.len();
     let rules = Arc::new(rule_service(config, listed_rules)?);
     metrics.set("rules_loaded", &[], rule_count as f64);
+    // Rule files left out at the start (each logged): a dashboard or an alert sees that
+    // detections are missing, as it sees a failed reload (QA).
+    metrics.set("rule_files_failed", &[], rules_left_out as f64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // What the sources submit to: the worker's bus, or with `[kafka]` the topic (and this
     // service reads its share of the topic into the worker's bus).

@@ -1591,7 +1591,12 @@ fn sighup_reloads_the_rules_all_or_nothing() {
     svc.assert_metrics(&[
         "perimeter_rules_loaded 2",
         "perimeter_rule_reloads_failed_total 1",
+        "perimeter_rule_files_failed 0",
     ]);
+    stop(svc);
+    // Started with the broken file: the others run, and the file left out is a metric too.
+    let svc = start(&cfg);
+    svc.assert_metrics(&["perimeter_rules_loaded 1", "perimeter_rule_files_failed 1"]);
     stop(svc);
 }
 
