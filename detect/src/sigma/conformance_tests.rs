@@ -1265,6 +1265,14 @@ fn a_temporal_correlation_of_one_rule_and_an_alias_for_a_rule_not_correlated_are
         errors[0].to_string(),
         "c.yml:8: field `correlation.aliases`: alias names rule `nope`, which is not in the correlation's `rules`"
     );
+    // An alias grouping by that leaves a correlated rule out (QA: the correlation never fired).
+    let partial = text("okta_fail").replace("            okta_ok: actor.alternateId\n", "");
+    let (set, errors) = load(&partial);
+    assert!(set.correlations.is_empty());
+    assert_eq!(
+        errors[0].to_string(),
+        "c.yml:8: field `correlation.aliases`: alias `user` gives no field for rule `okta_ok`, whose events would then never be counted"
+    );
 }
 
 #[test]

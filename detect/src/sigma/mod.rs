@@ -359,6 +359,34 @@ impl RuleSet {
                         break 'outer;
                     }
                 }
+                // An alias used for grouping or counting that leaves out a rule the
+                // correlation reads: that rule's events would be looked up under the alias's
+                // own name, which they do not have, and never counted (QA).
+                for (alias, per_rule) in &c.aliases {
+                    if !c.group_by.contains(alias) && !c.fields.contains(alias) {
+                        continue;
+                    }
+                    let missing = c.rules.iter().find(|r| {
+                        let target = self.find_ref(r);
+                        !per_rule.keys().any(|k| self.find_ref(k) == target)
+                    });
+                    if let Some(r) = missing {
+                        let line = c
+                            .alias_rule_lines
+                            .iter()
+                            .find(|(k, _)| per_rule.contains_key(k))
+                            .map_or(c.meta.line, |(_, l)| *l);
+                        bad = Some((
+                            ci,
+                            line,
+                            "correlation.aliases",
+                            format!(
+                                "alias `{alias}` gives no field for rule `{r}`, whose events would then never be counted"
+                            ),
+                        ));
+                        break 'outer;
+                    }
+                }
             }
             match bad {
                 Some((ci, line, field, msg)) => {
