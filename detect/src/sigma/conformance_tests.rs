@@ -660,6 +660,20 @@ fn fieldref_compares_two_fields() {
         &[json!({"a": "abc", "b": "ab"})],
         &[json!({"a": "abc", "b": "bc"})],
     );
+    // Case folded beyond ASCII, as literal values are.
+    check(
+        "    sel:\n        a|fieldref: b",
+        &[
+            json!({"a": "JOSÉ", "b": "josé"}),
+            json!({"a": "STRAẞE", "b": "straße"}),
+        ],
+        &[json!({"a": "JOSÉ", "b": "jose"})],
+    );
+    check(
+        "    sel:\n        a|fieldref|cased: b",
+        &[json!({"a": "josé", "b": "josé"})],
+        &[json!({"a": "JOSÉ", "b": "josé"})],
+    );
 }
 
 #[test]
