@@ -869,6 +869,18 @@ fn alert_metadata() {
 #[test]
 fn filters_suppress_named_rules() {
     let text = "title: t\nid: r1\nlogsource: {product: okta}\ndetection:\n    sel: {eventType: x}\n    condition: sel\n---\ntitle: f\nlogsource: {product: okta}\nfilter:\n    rules: [r1]\n    selection:\n        actor.alternateId|startswith: 'svc_'\n    condition: selection\n";
+    assert!(ruleset(text).spec_warnings().is_empty());
+    // QA: a filter for another product than its rule's never applied, without a word.
+    let elsewhere = ruleset(&text.replacen(
+        "logsource: {product: okta}\nfilter",
+        "logsource: {product: github}\nfilter",
+        1,
+    ));
+    let warnings = elsewhere.spec_warnings();
+    assert!(
+        warnings.len() == 1 && warnings[0].message.contains("never applies to that rule"),
+        "{warnings:?}"
+    );
     let mut d = SigmaDetector::new(ruleset(text), &SigmaOptions::default());
     let mut alerts = Vec::new();
     d.detect(

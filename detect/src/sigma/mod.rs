@@ -549,6 +549,34 @@ impl RuleSet {
                     .collect()
             })
             .collect();
+        // A filter whose logsource shares no source with a rule it names never sees that
+        // rule's events: loaded, it would never filter anything, without a word (QA).
+        for (d, filters) in self.detections.iter().zip(&self.det_filters) {
+            let Some(rule_sources) = &d.sources else {
+                continue;
+            };
+            for &fi in filters {
+                let f = &mut self.filters[fi];
+                let Some(filter_sources) = &f.sources else {
+                    continue;
+                };
+                if !filter_sources.iter().any(|s| rule_sources.contains(s)) {
+                    let message = format!(
+                        "the filter's logsource ({}) shares no source with rule `{}` ({}): it never applies to that rule",
+                        filter_sources.join(", "),
+                        d.meta.key(),
+                        rule_sources.join(", ")
+                    );
+                    let line = f.meta.logsource_line;
+                    f.meta.warnings.push(RuleError {
+                        path: f.meta.path.clone(),
+                        line: Some(line),
+                        field: Some("logsource".into()),
+                        message,
+                    });
+                }
+            }
+        }
         self.corr_identities = self.correlation_identities();
     }
 
