@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::arrow::ArrowWriter;
 use perimeter_model::Event;
 use tantivy::schema::Value as _;
 use tantivy::TantivyDocument;
@@ -143,7 +143,9 @@ impl Store {
     }
 }
 
-/// The ids in a partition's readable files, and its unreadable files.
+/// The ids in a partition's readable files, and its unreadable files. Every column is read, not
+/// only the ids: damage in another column's pages (bit rot) left a file "sound" here that
+/// `reindex`, DuckDB or Spark could not read (QA).
 fn read_partition(dir: &Path) -> Result<(HashSet<u128>, Vec<PathBuf>)> {
     let mut ids = HashSet::new();
     let mut unreadable = Vec::new();
@@ -151,10 +153,12 @@ fn read_partition(dir: &Path) -> Result<(HashSet<u128>, Vec<PathBuf>)> {
         let mut found = Vec::new();
         let read = (|| -> std::result::Result<(), Box<dyn std::error::Error>> {
             let builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path)?)?;
-            let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
-            for batch in builder.with_projection(mask).build()? {
+            for batch in builder.build()? {
                 let batch = batch?;
-                let column = arrow::array::AsArray::as_string_opt::<i32>(batch.column(0))
+                let column = batch
+                    .column_by_name("event_id")
+                    .ok_or("no event_id column")?;
+                let column = arrow::array::AsArray::as_string_opt::<i32>(column)
                     .ok_or("event_id is not text")?;
                 found.extend(column.iter().flatten().map(id_key));
             }
