@@ -704,6 +704,20 @@ impl std::fmt::Display for NoRules {
 
 impl std::error::Error for NoRules {}
 
+/// The warning for days whose events are in Parquet files but that have no index, if any.
+fn days_without_index_warning(store: &Store) -> anyhow::Result<Option<String>> {
+    let days = store.days_without_index()?;
+    let Some((tenant, first)) = days.first() else {
+        return Ok(None);
+    };
+    let from = days.iter().map(|(_, d)| *d).min().unwrap_or(*first);
+    let last = days.iter().map(|(_, d)| *d).max().unwrap_or(*first);
+    Ok(Some(format!(
+        "{} day(s) hold events in Parquet files but have no index (e.g. tenant {tenant} {first}): searches of them find nothing, and events sent again are stored again; rebuild them with `perimeter reindex --from {from} --to {last}` while the service is stopped",
+        days.len()
+    )))
+}
+
 /// What the data directory holds, read as `run` would open it: an index `run` would refuse
 /// (damaged, another version's) fails here, naming `perimeter reindex`, before a restart does.
 /// Also what is worth a warning there.
@@ -725,7 +739,8 @@ fn stored_events(config: &PerimeterConfig) -> anyhow::Result<(String, Vec<String
             ));
         }
     }
-    if !config.data_dir.join("index").is_dir() {
+    // (Parquet files without any index: every day lost its index.)
+    if !config.data_dir.join("index").is_dir() && !config.data_dir.join("parquet").is_dir() {
         return Ok((String::new(), warnings));
     }
     // Opened without the search masker: the masking key is the masking part's to check.
@@ -746,6 +761,7 @@ fn stored_events(config: &PerimeterConfig) -> anyhow::Result<(String, Vec<String
         )
     });
     let stored = format!(" ({} events stored)", store.stats().events_stored);
+    warnings.extend(days_without_index_warning(&store)?);
     // The retention sweep runs at the start: what it would remove, before it does.
     let expiring = store.retention_preview(chrono::Utc::now())?;
     if expiring.events > 0 || expiring.parquet_partitions > 0 {
@@ -1073,6 +1089,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     }
     let store = Arc::new(open_store(config, &data_dir)?);
     crate::demo::adopt_for_service(&data_dir)?;
+    if let Some(warning) = days_without_index_warning(&store)? {
+        tracing::warn!("{warning}");
+    }
     let (registry, masker) = base_parts(config)?;
     // The Kafka producer keys records by entity with normalizers of its own.
     let registry_for_keys = match config.kafka {

@@ -3050,3 +3050,40 @@ fn searching_a_data_directory_without_its_key_warns() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("hmac_key"), "{}", stderr(&out));
 }
+
+/// QA: a day's index deleted while the service was stopped went unnoticed (the day searched as
+/// empty, events sent again were stored again). `run --check` says so and names the rebuild.
+#[test]
+fn run_check_warns_of_a_day_without_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let demo = perimeter(
+        &["demo", "--no-serve", "--data-dir", data.to_str().unwrap()],
+        None,
+    );
+    assert!(demo.status.success(), "{}", stderr(&demo));
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(&cfg, format!("data_dir = {data:?}\n")).unwrap();
+    let check = || {
+        let out = perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!check().contains("have no index"), "{}", check());
+    let tenant = std::fs::read_dir(data.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let day = std::fs::read_dir(&tenant)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    std::fs::remove_dir_all(&day).unwrap();
+    let text = check();
+    assert!(
+        text.contains("warn   store: 1 day(s) hold events in Parquet files but have no index")
+            && text.contains("perimeter reindex"),
+        "{text}"
+    );
+}

@@ -1155,6 +1155,36 @@ impl Store {
     }
 
     /// Every tenant with events, alerts or dead letters, sorted.
+    /// The days (tenant, day) whose events are in Parquet files but that have no index: one
+    /// deleted or lost while the service was stopped. Searched, such a day looks empty, alert
+    /// evidence looks expired, and events sent again are stored again (QA); `reindex` rebuilds
+    /// them.
+    pub fn days_without_index(&self) -> Result<Vec<(String, chrono::NaiveDate)>> {
+        let indexed: std::collections::HashSet<(String, chrono::NaiveDate)> = self
+            .layout
+            .index_days()?
+            .into_iter()
+            .map(|(tenant, day, _)| (tenant, day))
+            .collect();
+        let mut missing = std::collections::BTreeSet::new();
+        for p in self.layout.event_partitions()? {
+            if indexed.contains(&(p.tenant.clone(), p.day)) {
+                continue;
+            }
+            let holds_files = std::fs::read_dir(&p.dir).at(&p.dir)?.any(|e| {
+                e.is_ok_and(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    !name.starts_with('.') && name.ends_with(".parquet")
+                })
+            });
+            if holds_files {
+                missing.insert((p.tenant, p.day));
+            }
+        }
+        Ok(missing.into_iter().collect())
+    }
+
     pub fn tenants(&self) -> Vec<String> {
         let mut set: std::collections::BTreeSet<String> =
             read(&self.indexes).keys().map(|(t, _)| t.clone()).collect();
