@@ -335,11 +335,17 @@ async fn verify_event_hook(State(state): State<IngestState>, headers: HeaderMap)
         .get("x-okta-verification-challenge")
         .and_then(|v| v.to_str().ok())
     else {
-        return error(
+        let mut refused = error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "ingest takes POST (a GET answers an Okta event hook's verification challenge)",
         );
+        // As every 405 (RFC 9110 15.5.6), and as this route's others say.
+        refused.headers_mut().insert(
+            axum::http::header::ALLOW,
+            axum::http::HeaderValue::from_static("POST,GET,HEAD"),
+        );
+        return refused;
     };
     if let Err(refused) = authorized_tenant(&state, &headers) {
         return *refused;
@@ -583,6 +589,19 @@ mod router_tests {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         let (status, _) = get(None, Some("c2b1e5")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // The 405 says what is allowed, as every 405 does.
+        let (bus, _rx) = crate::bus::channel(1);
+        let router = ingest_router(bus, AnswersOwed::default(), any_token(), limits(1000));
+        let refused = router
+            .oneshot(
+                axum::http::Request::get("/ingest/okta")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(refused.headers()["allow"], "POST,GET,HEAD");
     }
 
     /// At shutdown the connections are cut only once no answer is owed: a batch the pipeline
