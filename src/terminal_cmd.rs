@@ -883,7 +883,8 @@ pub fn context(config: &PerimeterConfig, args: ContextArgs) -> anyhow::Result<Ex
 #[derive(clap::Args)]
 pub struct SourcesArgs {
     /// Only the sources quiet for at least this long (`30m`, `6h`, `2d`), and exit code 1 when
-    /// there is any: `perimeter sources --silent-for 6h || <alert someone>` in a cron job.
+    /// there is any, or when the tenant has no source at all (nothing ever delivered, or all of
+    /// it past retention): `perimeter sources --silent-for 6h || <alert someone>` in a cron job.
     #[arg(long, value_name = "DURATION", value_parser = parse_silence)]
     pub silent_for: Option<i64>,
     #[command(flatten)]
@@ -918,6 +919,12 @@ pub fn sources(config: &PerimeterConfig, args: SourcesArgs) -> anyhow::Result<Ex
             .collect::<Result<_, _>>()?
     };
     let silent = |item: &serde_json::Value| item["silent_seconds"].as_i64().unwrap_or(0);
+    // A tenant none of whose integrations ever delivered is the quietest of all (QA: a
+    // monitor pointed at one reported green).
+    let none_at_all = items.is_empty();
+    if none_at_all && args.silent_for.is_some() {
+        eprintln!("no source has stored an event for this tenant: every source is silent");
+    }
     if let Some(at_least) = args.silent_for {
         items.retain(|item| silent(item) >= at_least);
     }
@@ -935,11 +942,13 @@ pub fn sources(config: &PerimeterConfig, args: SourcesArgs) -> anyhow::Result<Ex
     if more > 0 {
         eprintln!("... and {more} more source(s) (raise --limit to see them)");
     }
-    Ok(if args.silent_for.is_some() && any_silent {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if args.silent_for.is_some() && (any_silent || none_at_all) {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 /// Seconds as a person reads a span: the two largest units (`3d 4h`, `2h 5m`, `12m`, `40s`).

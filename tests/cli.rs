@@ -765,6 +765,7 @@ fn demo_finds_the_attack_and_stores_it() {
     );
     assert!(none.status.success(), "{}", stderr(&none));
     assert!(json_lines(&none).is_empty());
+
     // `--limit` bounds what is printed (it was ignored); the exit code is of all of them.
     let few = perimeter(
         &[
@@ -948,6 +949,38 @@ fn the_demo_api_lists_the_rules_the_demo_ran_from_any_directory() {
         None,
     );
     let served_sources = perimeter(&["sources", "--server", server, "--token", &token], None);
+    // A tenant with no source at all is as silent as can be (QA: a monitor said green).
+    let cfg = dir.path().join("nobody.toml");
+    std::fs::write(&cfg, format!("data_dir = {data:?}\n")).unwrap();
+    let nobody = perimeter(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "tokens",
+            "create",
+            "--tenant",
+            "nobody",
+            "--role",
+            "viewer",
+        ],
+        None,
+    );
+    assert!(nobody.status.success(), "{}", stderr(&nobody));
+    let nobody = String::from_utf8_lossy(&nobody.stdout).trim().to_string();
+    let silent = perimeter(
+        &[
+            "sources",
+            "--server",
+            server,
+            "--token",
+            &nobody,
+            "--silent-for",
+            "1h",
+        ],
+        None,
+    );
+    assert_eq!(silent.status.code(), Some(1), "{}", stderr(&silent));
+    assert!(stderr(&silent).contains("no source has stored an event"));
     let local_sources = perimeter(&["sources", "--data-dir", data.to_str().unwrap()], None);
     let still_served = reqwest::blocking::Client::new()
         .get(format!("{url}/alerts"))
