@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{blocking, bounded, page_limit, time_range};
+use super::{blocking, page_limit, time_range};
 use crate::audit::{AuditEntry, AuditError, AuditQuery};
 use crate::auth::{AdminRole, Auth};
 use crate::error::{ApiError, ErrorBody};
@@ -80,11 +80,7 @@ async fn list_audit_audited(
 ) -> Result<Json<AuditList>, ApiError> {
     let limit = page_limit(params.limit)?;
     let (from, to) = time_range(params.from.as_deref(), params.to.as_deref())?;
-    let text = |name: &str, v: &Option<String>| -> Result<Option<String>, ApiError> {
-        v.as_deref()
-            .map(|v| bounded(name, v, 256).map(str::to_string))
-            .transpose()
-    };
+    let text = |name: &str, v: &Option<String>| super::filter_text(name, v, 256);
     let query = AuditQuery {
         tenant: auth.tenant().to_string(),
         limit,

@@ -108,16 +108,14 @@ async fn search(
     details: &mut serde_json::Value,
 ) -> Result<Json<ItemsPage>, ApiError> {
     let (query_text, (from, to)) = event_filter(&params.q, &params.from, &params.to)?;
-    if let Some(c) = &params.cursor {
-        bounded("cursor", c, MAX_QUERY_BYTES)?;
-    }
+    let cursor = super::filter_text("cursor", &params.cursor, MAX_QUERY_BYTES)?;
     let sort = parse_event_sort(params.sort.as_deref())?;
     let query = EventQuery {
         query: query_text.to_string(),
         from,
         to,
         limit: page_limit(params.limit)?,
-        cursor: params.cursor.clone(),
+        cursor,
         sort,
     };
     *details = json!({"q": query_text, "from": params.from, "to": params.to, "limit": query.limit});
@@ -736,11 +734,7 @@ async fn list_dead_letters_audited(
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let limit = limit_within("limit", params.limit, super::DEFAULT_LIMIT, MAX_LIMIT)?;
     let (from, to) = time_range(params.from.as_deref(), params.to.as_deref())?;
-    let text = |name: &str, v: &Option<String>| -> Result<Option<String>, ApiError> {
-        v.as_deref()
-            .map(|v| bounded(name, v, 1024).map(str::to_string))
-            .transpose()
-    };
+    let text = |name: &str, v: &Option<String>| super::filter_text(name, v, 1024);
     let query = perimeter_store::DeadLetterQuery {
         limit,
         source: text("source", &params.source)?,

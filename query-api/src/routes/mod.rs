@@ -107,6 +107,21 @@ pub(crate) fn bounded<'a>(name: &str, value: &'a str, max_len: usize) -> Result<
     Ok(value)
 }
 
+/// An optional text filter of a list, at most `max_len` bytes. An empty value is no filter, as
+/// on every list (QA: `/audit?action=` from a script's unset variable answered an empty audit
+/// log, which reads as "nobody did anything", while `/alerts` ignored the same).
+pub(crate) fn filter_text(
+    name: &str,
+    value: &Option<String>,
+    max_len: usize,
+) -> Result<Option<String>, ApiError> {
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map(|v| bounded(name, v, max_len).map(str::to_string))
+        .transpose()
+}
+
 /// Run blocking store IO off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
