@@ -56,6 +56,8 @@ impl AuditEntry {
         target: Option<&str>,
         details: serde_json::Value,
     ) -> AuditEntry {
+        let mut details = details;
+        cut_long_texts(&mut details);
         AuditEntry {
             timestamp: Utc::now(),
             tenant: token.tenant.clone(),
@@ -63,9 +65,38 @@ impl AuditEntry {
             token_name: token.name.clone(),
             role: token.role,
             action: action.to_string(),
-            target: target.map(str::to_string),
+            target: target.map(|t| cut_text(t).into_owned()),
             details,
         }
+    }
+}
+
+/// The longest text an audit entry keeps of a request's value: the longest value the API takes
+/// (a query, 4 KiB). A longer one was refused; it is kept cut, with its length, so any token
+/// cannot grow the log by the URI limit (64 KiB) per request (QA).
+const AUDIT_TEXT_BYTES: usize = 4096;
+
+/// `text` cut to [`AUDIT_TEXT_BYTES`] (on a character boundary), saying how long it was.
+fn cut_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= AUDIT_TEXT_BYTES {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = AUDIT_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}... ({} bytes)", &text[..end], text.len()))
+}
+
+/// Every text in `value` cut as [`cut_text`] does.
+fn cut_long_texts(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.len() > AUDIT_TEXT_BYTES => {
+            *s = cut_text(s).into_owned();
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(cut_long_texts),
+        serde_json::Value::Object(map) => map.values_mut().for_each(cut_long_texts),
+        _ => {}
     }
 }
 
@@ -495,6 +526,27 @@ mod tests {
             .unwrap();
         assert_eq!(reopened.expire(Utc::now(), 1).unwrap(), 1);
         assert_eq!(mode(&old), 0o600);
+    }
+
+    /// QA: a refused parameter of 60 KB went into the log whole, for any token.
+    #[test]
+    fn long_texts_are_kept_cut_with_their_length() {
+        let long = "é".repeat(30_000);
+        let e = AuditEntry::new(
+            &token("a"),
+            "events.search",
+            Some(&long),
+            json!({"q": long, "n": [long.clone(), "short"]}),
+        );
+        let kept = e.details["q"].as_str().unwrap();
+        assert!(
+            kept.len() < 4200 && kept.ends_with("... (60000 bytes)"),
+            "{}",
+            kept.len()
+        );
+        assert_eq!(e.details["n"][1], "short");
+        assert!(e.details["n"][0].as_str().unwrap().len() < 4200);
+        assert!(e.target.unwrap().ends_with("(60000 bytes)"));
     }
 
     /// QA: after logrotate moved `audit.jsonl` away (or it was deleted), entries went on into
