@@ -31,6 +31,24 @@ struct SilenceLimitedBody {
     expired: Arc<AtomicBool>,
 }
 
+/// Whether the request's body went silent (a request extension): what the request counter
+/// records, since the `408` is put in place after it has seen the handler's answer.
+#[derive(Clone)]
+pub(crate) struct BodyWentSilent(Arc<AtomicBool>);
+
+impl BodyWentSilent {
+    /// The status a request's answer goes out with: `408` when its body went silent.
+    pub(crate) fn status_of(request: &Request) -> impl Fn(StatusCode) -> StatusCode {
+        let flag = request.extensions().get::<BodyWentSilent>().cloned();
+        move |status| match &flag {
+            Some(BodyWentSilent(expired)) if expired.load(Ordering::Relaxed) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            _ => status,
+        }
+    }
+}
+
 /// The read error of a body silent past the limit.
 #[derive(Debug, thiserror::Error)]
 #[error("no part of the request body arrived for {0} seconds")]
@@ -77,6 +95,10 @@ pub(crate) async fn answer_silent_bodies(
     next: Next,
 ) -> Response {
     let expired = Arc::new(AtomicBool::new(false));
+    let mut request = request;
+    request
+        .extensions_mut()
+        .insert(BodyWentSilent(expired.clone()));
     let request = request.map(|inner| {
         Body::new(SilenceLimitedBody {
             inner,

@@ -143,13 +143,15 @@ pub(crate) async fn count_requests(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let method = method_label(request.method());
+    // (QA: a silent body's 408 was counted as the handler's 400.)
+    let sent_status = crate::body_silence::BodyWentSilent::status_of(&request);
     let response = next.run(request).await;
     state.metrics.inc(
         "api_requests_total",
         &[
             ("route", &route),
             ("method", method),
-            ("status", response.status().as_str()),
+            ("status", sent_status(response.status()).as_str()),
         ],
         1,
     );

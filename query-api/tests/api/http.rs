@@ -3067,6 +3067,20 @@ fn a_request_body_silent_past_the_limit_is_answered_408() {
     let json_body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(json_body["error"]["code"], "request_timeout", "{answer}");
     assert!(waited < std::time::Duration::from_secs(8), "{waited:?}");
+    // Counted as the 408 it was answered with (QA: counted as the handler's 400).
+    let metrics = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "perimeter_api_requests_total{route=\"/api/v1/rules/test\",method=\"POST\",status=\"408\"} 1"
+        ),
+        "{metrics}"
+    );
     // Pauses under the limit: the body is read whole and the rule tested.
     let pause = std::time::Duration::from_millis(400);
     let (answer, _) = send(&[pause, pause], true);
