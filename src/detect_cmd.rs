@@ -161,7 +161,7 @@ pub fn normalizers(config: &PerimeterConfig) -> anyhow::Result<NormalizerRegistr
     if let Some(dir) = &config.mappings_dir {
         registry
             .load_mappings_dir(dir)
-            .with_context(|| format!("loading mappings from {}", dir.display()))?;
+            .with_context(|| format!("mappings_dir: loading mappings from {}", dir.display()))?;
     }
     Ok(registry)
 }
@@ -195,7 +195,13 @@ pub fn load_rules_reported(
     options.ignore_logsource |= ignore_logsource;
     let paths = config.rule_paths(rules);
     for p in &paths {
-        anyhow::ensure!(p.exists(), "rule path {} does not exist", p.display());
+        // Named as given: `--rules` on the command line, else the config's `rules`.
+        let given = if rules.is_empty() { "rules" } else { "--rules" };
+        anyhow::ensure!(
+            p.exists(),
+            "{given}: rule path {} does not exist",
+            p.display()
+        );
     }
     let (set, report) = RuleSet::load(&paths, &options);
     Ok((set, options, report))

@@ -924,7 +924,7 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             .store
             .validate()
             .map_err(anyhow::Error::from)
-            .and_then(|()| writable_data_dir(&config.data_dir))
+            .and_then(|()| writable_data_dir(&config.data_dir).context("data_dir"))
             .and_then(|()| stored_events(config))
             .map(|(stored, warnings)| {
                 store_warnings = warnings;
@@ -940,7 +940,7 @@ fn check(config: &PerimeterConfig) -> ExitCode {
     let spool = spool_dir(config);
     report(
         "spool",
-        writable_data_dir(&spool).map(|()| {
+        writable_data_dir(&spool).context("spool_dir").map(|()| {
             format!(
                 "files dropped into {}/<source>/ are ingested",
                 spool.display()

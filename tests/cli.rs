@@ -2402,7 +2402,9 @@ fn run_check_refuses_a_data_dir_it_cannot_write_and_warns_without_rules() {
         .find(|l| l.contains(" store: "))
         .unwrap_or_default();
     assert!(
-        store.starts_with("error") && store.contains("is not a directory"),
+        store.starts_with("error")
+            && store.contains("store: data_dir: ")
+            && store.contains("is not a directory"),
         "{text}"
     );
     assert!(text.contains("warn   rules: none"), "{text}");
