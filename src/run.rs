@@ -288,6 +288,21 @@ fn ingest_auth(state: AppState) -> perimeter_ingest::http::IngestAuth {
     )
 }
 
+/// The names, sizes and modification times of the files in `dir`: whether they changed.
+fn files_fingerprint(dir: &Path) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.file_name(), meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// SIGHUP reloads the rules from their paths while the service runs: new and changed rules
 /// are in use once the reload is reported, without a restart (which would drop correlation windows and
 /// behavioural state). All or nothing: if any rule fails, each failure is logged and the rules
@@ -317,6 +332,10 @@ fn spawn_sighup_reloader(
         // other settings take a restart (the rules and the certificate reload).
         let config_file = config.source_path.clone();
         let config_text = config_file.as_ref().and_then(|p| std::fs::read(p).ok());
+        // Likewise the mappings (QA: a mapping added for a new vendor was thought live after a
+        // SIGHUP, while its records went on being stored as plain JSON).
+        let mappings_dir = config.mappings_dir.clone();
+        let mappings_seen = mappings_dir.as_deref().map(files_fingerprint);
         // Registered before returning: a SIGHUP right after start must not end the process
         // (the default action).
         let Ok(mut hangups) =
@@ -338,6 +357,14 @@ fn spawn_sighup_reloader(
                 }
                 if let Some(certificates) = &certificates {
                     certificates.reload();
+                }
+                if let Some(dir) = &mappings_dir {
+                    if Some(files_fingerprint(dir)) != mappings_seen {
+                        tracing::warn!(
+                            mappings_dir = %dir.display(),
+                            "the mappings changed since the start: a SIGHUP reloads the rules and the TLS certificate only; restart to use them"
+                        );
+                    }
                 }
                 if let Some(path) = &config_file {
                     if std::fs::read(path).ok() != config_text {

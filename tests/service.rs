@@ -1648,6 +1648,42 @@ fn a_rule_reload_is_logged_as_json_with_json_logs() {
     );
 }
 
+/// QA: a mapping added after the start was thought live after a SIGHUP (which reloads the
+/// rules and the certificate only), while its vendor's records went on being stored as plain
+/// JSON. The reload says that the mappings changed and take a restart.
+#[test]
+fn a_reload_says_when_the_mappings_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = any_login_config(dir.path(), "3f1c2a44-0000-4000-8000-000000000010");
+    let maps = dir.path().join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("mappings_dir = {maps:?}\n{text}")).unwrap();
+    let log = dir.path().join("stderr.log");
+    let svc = start_with_stderr(&cfg, std::fs::File::create(&log).unwrap().into());
+    let reload = |times: usize| {
+        unsafe {
+            assert_eq!(libc::kill(svc.child.id() as i32, libc::SIGHUP), 0);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("rules reloaded")
+            .count()
+            < times
+        {
+            assert!(Instant::now() < deadline, "no reload logged");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let said = "the mappings changed since the start";
+    assert!(!reload(1).contains(said));
+    std::fs::write(maps.join("acme_crm.toml"), "# a new vendor's mapping\n").unwrap();
+    assert!(reload(2).contains(said));
+    stop(svc);
+}
+
 /// A deploy that empties the rules directory before writing the new rules, then a SIGHUP in
 /// between: the reload used to succeed with no rules, switching detection off (and dropping the
 /// open correlation windows) without a word in any answer.
