@@ -110,6 +110,13 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
                     )
                 })
                 .unwrap_or_default();
+            // A new credential leaves a trail in the tenant's audit log (QA: none did).
+            audit_token_change(
+                data_dir,
+                &info,
+                "tokens.create",
+                serde_json::json!({"role": info.role.as_str(), "name": info.name, "expires_at": info.expires_at}),
+            )?;
             eprintln!(
                 "created token {} (tenant {}, role {}{until}); store it now, it is not shown again:",
                 info.id,
@@ -124,7 +131,17 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
             }
         }
         TokensCommand::Revoke { id } => match store.revoke(&id)? {
-            Revocation::Revoked => eprintln!("revoked {id}"),
+            Revocation::Revoked => {
+                if let Some(info) = store.list().into_iter().find(|t| t.id == id) {
+                    audit_token_change(
+                        data_dir,
+                        &info,
+                        "tokens.revoke",
+                        serde_json::json!({"role": info.role.as_str(), "name": info.name}),
+                    )?;
+                }
+                eprintln!("revoked {id}")
+            }
             Revocation::AlreadyRevoked(at) => eprintln!(
                 "token {id} was already revoked at {}; nothing changed",
                 at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -133,6 +150,21 @@ pub fn tokens(config: &PerimeterConfig, cmd: TokensCommand) -> anyhow::Result<Ex
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write `action` on token `info` to its tenant's audit log in `data_dir` (beside a running
+/// service, which appends to the same file: each entry is one write of one line).
+fn audit_token_change(
+    data_dir: &std::path::Path,
+    info: &perimeter_query_api::auth::TokenInfo,
+    action: &str,
+    details: serde_json::Value,
+) -> anyhow::Result<()> {
+    let entry =
+        perimeter_query_api::AuditEntry::by_cli(&info.tenant, action, Some(&info.id), details);
+    perimeter_query_api::AuditLog::open_in(data_dir)
+        .and_then(|log| log.append(&entry))
+        .context("writing the audit log")
 }
 
 /// A `--server` value: an `http://` or `https://` URL (a bare `127.0.0.1:8080` got the HTTP

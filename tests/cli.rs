@@ -2120,6 +2120,32 @@ fn revoking_a_token_twice_says_it_was_already_revoked() {
     assert_stderr_says(&out, &format!("token {id} was already revoked at 20"));
     let listed = json_lines(&perimeter(&["--config", cfg, "tokens", "list"], None));
     assert_eq!(listed[0]["revoked_at"].as_str(), Some(revoked_at.as_str()));
+    // Each change is in the tenant's audit log, by the command (QA: a new admin credential
+    // left no trace); the second revocation changed nothing and is not.
+    let audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+    let entries: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let done: Vec<(&str, &str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["tenant"].as_str().unwrap(),
+                e["target"].as_str().unwrap(),
+                e["token_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        done,
+        [
+            ("tokens.create", "acme", id.as_str(), "cli"),
+            ("tokens.revoke", "acme", id.as_str(), "cli")
+        ]
+    );
+    assert_eq!(entries[0]["details"]["role"], "viewer");
     // An id no token has is still an error.
     let out = revoke("0123456789ab");
     assert_eq!(out.status.code(), Some(2));

@@ -38,8 +38,13 @@ pub struct AuditEntry {
     pub token_id: String,
     pub token_name: String,
     pub role: Role,
-    /// What was done: `alerts.list`, `alerts.get`, `alerts.update`, `events.search`,
-    /// `events.get`, `rules.list`, `rules.test`, `dead_letters.list`, `audit.list`.
+    /// What was done: `alerts.list`, `alerts.get`, `alerts.update`, `alerts.summary`,
+    /// `events.search`, `events.get`, `events.context`, `events.histogram`, `events.top`,
+    /// `events.export`, `sources.list`, `rules.list`, `rules.test`, `rules.switch_off`,
+    /// `rules.switch_on`, `destinations.list`, `destinations.create`, `destinations.delete`,
+    /// `dead_letters.list`, `audit.list`, `request.denied` (a request refused for the token's
+    /// role or state), and with the `perimeter` command (actor `cli`) `tokens.create` and
+    /// `tokens.revoke`.
     pub action: String,
     /// The alert/event id acted on, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,12 +63,45 @@ impl AuditEntry {
     ) -> AuditEntry {
         let mut details = details;
         cut_long_texts(&mut details);
+        AuditEntry::with_actor(
+            (&token.tenant, &token.id, &token.name, token.role),
+            action,
+            target,
+            details,
+        )
+    }
+
+    /// An action taken with the `perimeter` command on the data directory, not through the
+    /// API (creating or revoking a token): the actor is `cli`, named after the OS user.
+    pub fn by_cli(
+        tenant: &str,
+        action: &str,
+        target: Option<&str>,
+        details: serde_json::Value,
+    ) -> AuditEntry {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        AuditEntry::with_actor(
+            (tenant, "cli", &format!("cli:{user}"), Role::Admin),
+            action,
+            target,
+            details,
+        )
+    }
+
+    fn with_actor(
+        (tenant, token_id, token_name, role): (&str, &str, &str, Role),
+        action: &str,
+        target: Option<&str>,
+        details: serde_json::Value,
+    ) -> AuditEntry {
         AuditEntry {
             timestamp: Utc::now(),
-            tenant: token.tenant.clone(),
-            token_id: token.id.clone(),
-            token_name: token.name.clone(),
-            role: token.role,
+            tenant: tenant.to_string(),
+            token_id: token_id.to_string(),
+            token_name: token_name.to_string(),
+            role,
             action: action.to_string(),
             target: target.map(|t| cut_text(t).into_owned()),
             details,
