@@ -52,6 +52,9 @@ pub struct AuditEntry {
     /// Parameters of the action (the search query, the requested change).
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+    /// The IP address the request came from (absent for the `perimeter` command's entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 impl AuditEntry {
@@ -105,6 +108,7 @@ impl AuditEntry {
             action: action.to_string(),
             target: target.map(|t| cut_text(t).into_owned()),
             details,
+            client: crate::client::current_client(),
         }
     }
 }

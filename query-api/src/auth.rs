@@ -371,6 +371,7 @@ impl TokenStore {
             tenant = %info.tenant,
             role = %info.role,
             why = %refusal,
+            client = crate::client::current_client().unwrap_or_default(),
             "a refused token was presented (logged once a minute per token)"
         );
     }

@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod auth;
 mod body_silence;
+pub mod client;
 mod connection_cap;
 pub mod destinations;
 pub mod egress;

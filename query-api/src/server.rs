@@ -746,7 +746,9 @@ impl Server {
                 signal.shutdown();
             }
         });
-        let service = app.into_make_service();
+        let service = app
+            .layer(axum::middleware::from_fn(crate::client::remember_client))
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
         match self.tls {
             Some((tls, files)) => {
                 tracing::info!(%addr, "api listening (https)");

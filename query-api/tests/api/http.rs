@@ -315,6 +315,15 @@ fn missing_malformed_unknown_revoked_and_expired_tokens_are_401() {
     };
     assert!(denied("revoked") >= 1, "{audit}");
     assert!(denied("expired") >= 1, "{audit}");
+    // Each entry says where the request came from (QA: nothing did).
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["client"] == "127.0.0.1"),
+        "{audit}"
+    );
 }
 
 /// The auth scheme is case-insensitive (RFC 7235), and every 401 says which scheme to use.
