@@ -570,6 +570,49 @@ fn mapping_sources_pick_outcome_and_category() {
         .all(|e| e.ecs.event_category == ["authentication"]));
 }
 
+/// Entra ID sign-ins as Azure Monitor delivers them: the user, the address, the outcome from
+/// the error code, and the browser (QA: `properties.userAgent` was not read).
+#[test]
+fn azure_sign_in_logs_give_the_user_address_outcome_and_agent() {
+    let registry = NormalizerRegistry::builtin();
+    let events = normalize_page(
+        &registry,
+        &format!("{LOCAL}/azure/signin_logs.json"),
+        "azure",
+    );
+    let seen: Vec<(Outcome, Option<&str>, Option<&str>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.ecs.event_outcome,
+                e.ecs.user_name.as_deref(),
+                e.ecs.source_ip.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                Outcome::Failure,
+                Some("alice@contoso.example"),
+                Some("203.0.113.8")
+            ),
+            (
+                Outcome::Success,
+                Some("alice@contoso.example"),
+                Some("203.0.113.8")
+            ),
+        ]
+    );
+    assert!(events.iter().all(|e| e
+        .ecs
+        .user_agent_original
+        .as_deref()
+        .is_some_and(|ua| ua.contains("Edg/124.0"))
+        && strs(&e.ecs.event_category) == ["authentication"]));
+}
+
 #[test]
 fn bad_records_give_errors_naming_the_field() {
     let registry = NormalizerRegistry::builtin();
