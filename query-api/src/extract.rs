@@ -113,6 +113,24 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // The parser reads bytes that are no UTF-8 as the replacement character: a client
+        // sending Latin-1 (`q=dana%ff`) got the answer to another query, without a word (QA).
+        // Refused, as a path that is no UTF-8 is.
+        if let Some(query) = parts.uri.query() {
+            for pair in query.split('&') {
+                let bytes: Vec<u8> = percent_encoding::percent_decode_str(pair).collect();
+                if let Err(e) = std::str::from_utf8(&bytes) {
+                    let name = pair.split('=').next().unwrap_or_default();
+                    return Err(ApiError::invalid_parameter(format!(
+                        "`{}` is not UTF-8 (byte {} of its percent-decoded text)",
+                        String::from_utf8_lossy(
+                            &percent_encoding::percent_decode_str(name).collect::<Vec<u8>>()
+                        ),
+                        e.valid_up_to()
+                    )));
+                }
+            }
+        }
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(ApiQuery(value))

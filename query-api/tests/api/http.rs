@@ -2369,6 +2369,13 @@ fn bad_requests_are_4xx_json_never_500() {
     );
     assert_error(get("/api/v1/alerts?sort=random"), 400, "invalid_parameter");
     assert_error(get("/api/v1/alerts?colour=red"), 400, "invalid_parameter");
+    // A value that is no UTF-8 (Latin-1 `ÿ`): refused, not answered for another query.
+    let body = assert_error(
+        get("/api/v1/events/search?q=dana%ff"),
+        400,
+        "invalid_parameter",
+    );
+    assert!(body.to_string().contains("`q` is not UTF-8"), "{body}");
     // Routes without parameters refuse them too, rather than ignore a misspelt filter.
     let event_path = format!("/api/v1/events/{}", api.data.acme_events[0].id().0);
     for path in [
