@@ -4216,3 +4216,44 @@ fn a_demo_does_not_replace_a_directory_a_service_has_used() {
     assert!(said.contains("a `perimeter run` has used"), "{said}");
     assert!(data.join("index").is_dir(), "the service's data was kept");
 }
+
+/// QA: a token sent as the source name of `POST /ingest/{source}` was masked in the log but
+/// shown in clear in `/metrics` (which takes no token). The `source` labels are masked too.
+#[test]
+fn a_secret_sent_as_a_source_name_is_masked_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path());
+    let svc = start(&cfg);
+    let token = token(&cfg, "responder");
+    let secret = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/{secret}", svc.base))
+        .bearer_auth(&token)
+        .body("{\"message\": \"hello\"}\n")
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap());
+    let metrics = svc.metrics();
+    assert!(
+        !metrics.contains("abcdefghijklmnopqrstuvwxyz0123456789"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("perimeter_events_received_total{source=\"[REDACTED")),
+        "{metrics}"
+    );
+    // Plain names stay as they are.
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/ingest/okta", svc.base))
+        .bearer_auth(&token)
+        .body(format!("{}\n", okta_event(1, 1)))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    assert!(svc
+        .metrics()
+        .contains("perimeter_events_received_total{source=\"okta\"}"));
+    stop(svc);
+}

@@ -134,6 +134,15 @@ impl Metrics {
 
     /// Render everything in the Prometheus text exposition format, names prefixed `perimeter_`.
     pub fn render_prometheus(&self) -> String {
+        self.render_prometheus_with(|_, value| std::borrow::Cow::Borrowed(value))
+    }
+
+    /// [`Self::render_prometheus`] with each label value as `label(name, value)` gives it (the
+    /// API masks the `source` names clients chose, as its log does).
+    pub fn render_prometheus_with(
+        &self,
+        label: impl for<'a> Fn(&str, &'a str) -> std::borrow::Cow<'a, str>,
+    ) -> String {
         let mut out = String::new();
         let render = |out: &mut String, kind: &str, map: &Series| {
             let mut last = "";
@@ -150,7 +159,7 @@ impl Metrics {
                         if i > 0 {
                             out.push(',');
                         }
-                        let esc = val
+                        let esc = label(k, val)
                             .replace('\\', "\\\\")
                             .replace('"', "\\\"")
                             .replace('\n', "\\n");
