@@ -553,6 +553,13 @@ pub enum ExportFormatName {
     Parquet,
 }
 
+/// A file's bytes (the Parquet export), as the OpenAPI document describes it: binary, not a
+/// JSON array of numbers.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct BinaryFile(Vec<u8>);
+
 /// Export headers: how many events the search matched, how many the file holds (at most
 /// `max_events`), and whether it holds fewer than matched.
 const EXPORT_MATCHED: header::HeaderName = header::HeaderName::from_static("x-perimeter-matched");
@@ -573,7 +580,12 @@ const EXPORT_TRUNCATED: header::HeaderName =
             content(
                 (String = "application/x-ndjson"),
                 (String = "text/csv"),
-                (Vec<u8> = "application/vnd.apache.parquet"),
+                (BinaryFile = "application/vnd.apache.parquet"),
+            ),
+            headers(
+                ("x-perimeter-matched" = u64, description = "How many events the query matched"),
+                ("x-perimeter-exported" = u64, description = "How many events the file holds"),
+                ("x-perimeter-truncated" = bool, description = "Whether `max_events` cut the export short"),
             )),
         (status = 400, description = "Bad query syntax or parameter", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),

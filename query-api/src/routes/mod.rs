@@ -38,7 +38,7 @@ pub enum SeverityName {
 pub struct ItemsPage {
     #[schema(value_type = Vec<Object>)]
     pub items: Vec<serde_json::Value>,
-    /// Absent on the last page.
+    /// Null on the last page.
     pub next_cursor: Option<String>,
 }
 

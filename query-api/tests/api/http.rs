@@ -2817,6 +2817,22 @@ fn openapi_parameter_bounds_and_words_are_the_servers() {
 fn openapi_lists_the_client_errors_of_every_operation() {
     let api = TestApi::start();
     let doc = served_openapi(&api);
+    // The Parquet export is a binary file (it was an array of integers) with its count headers.
+    let export = &doc["paths"]["/api/v1/events/export"]["get"]["responses"]["200"];
+    let parquet = &export["content"]["application/vnd.apache.parquet"]["schema"];
+    assert_eq!(parquet["$ref"], "#/components/schemas/BinaryFile");
+    let file = &doc["components"]["schemas"]["BinaryFile"];
+    assert_eq!(
+        (&file["type"], &file["format"]),
+        (&json!("string"), &json!("binary"))
+    );
+    for header in [
+        "x-perimeter-matched",
+        "x-perimeter-exported",
+        "x-perimeter-truncated",
+    ] {
+        assert!(export["headers"][header].is_object(), "{header}: {export}");
+    }
     for (path, item) in doc["paths"].as_object().unwrap() {
         if !path.starts_with("/api/") {
             continue;
