@@ -1897,6 +1897,17 @@ async fn an_account_prefix_reads_every_region_and_skips_digests() {
         .iter()
         .any(|r| r.uri.contains("Digest") && !r.uri.contains("list-type")));
     assert!(consumer.invalid.lock().unwrap().is_empty());
+    // From `AWSLogs/` (or an organization's folder) the same region folders are found.
+    let root_state = tempfile::tempdir().unwrap();
+    let mut root = cfg.clone();
+    root.name = "trail-root".into();
+    root.feed = Some("AWSLogs".into());
+    let report = PollSource::new(root, "default", root_state.path(), bus.clone())
+        .unwrap()
+        .poll_once()
+        .await
+        .unwrap();
+    assert_eq!(report.records, 6, "{report:?}");
 }
 
 #[tokio::test]

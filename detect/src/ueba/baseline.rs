@@ -151,6 +151,12 @@ impl WindowCounter {
         self.total()
     }
 
+    /// Whether `t` falls before the newest time counted (to the window's slot): an event
+    /// arriving after later ones.
+    pub fn precedes(&self, t: i64, window_seconds: u64) -> bool {
+        t.div_euclid(slot_seconds(window_seconds)) < self.head
+    }
+
     /// The count in the window ending at `t`.
     pub fn total_at(&mut self, t: i64, window_seconds: u64) -> u64 {
         self.advance(t.div_euclid(slot_seconds(window_seconds)));

@@ -274,6 +274,32 @@ fn failures_of_an_expired_burst_are_not_the_evidence_of_a_later_one() {
     assert!(why.contains("9 failed logins from 1 source IP(s)"), "{why}");
 }
 
+/// QA: a success dated an hour before the failures, arriving after them (a late page, a
+/// newest-first listing), raised the alert naming the user's own login and closed the burst, so
+/// the attacker's success right after went unreported.
+#[test]
+fn a_success_dated_before_the_failures_does_not_close_the_burst() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let burst = t0() + Duration::hours(12);
+    let mut events = failed_logins("erin@example.com", burst, "203.0.113.77", 1, 6);
+    let own = Login::new("erin@example.com", "198.51.100.10", true);
+    events.push(okta_login("acme", burst - Duration::hours(1), 7, &own));
+    let attacker = Login::new("erin@example.com", "203.0.113.77", true);
+    events.push(okta_login(
+        "acme",
+        burst + Duration::seconds(120),
+        8,
+        &attacker,
+    ));
+    let alerts = run(&mut engine, &events);
+    let bf = of(&alerts, "brute_force_success");
+    assert_eq!(bf.len(), 1, "{alerts:#?}");
+    assert_eq!(bf[0].timestamp, burst + Duration::seconds(120));
+    let why = bf[0].explanation.as_deref().unwrap();
+    assert!(why.contains("from 203.0.113.77"), "{why}");
+    assert!(!bf[0].lines.contains(&7), "{:?}", bf[0].lines);
+}
+
 /// A burst's evidence is the events of the window its explanation counts, not failures of
 /// days before (an analyst would pivot on the wrong address and day).
 #[test]

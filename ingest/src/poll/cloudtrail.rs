@@ -109,8 +109,9 @@ fn leads_to_trail(name: &str) -> bool {
         })
 }
 
-/// The region folders (`.../CloudTrail/<region>/`) at most four folders under `prefix`, found
-/// by listing folder by folder through the ones that lead to them ([`leads_to_trail`]).
+/// The region folders (`.../CloudTrail/<region>/`) at most five folders under `prefix` (from the
+/// bucket's root through an organization trail: `AWSLogs/<org>/<account>/CloudTrail/<region>/`),
+/// found by listing folder by folder through the ones that lead to them ([`leads_to_trail`]).
 async fn region_folders(
     src: &PollSource,
     creds: &Credentials,
@@ -118,7 +119,7 @@ async fn region_folders(
 ) -> Result<Vec<String>, PollError> {
     let mut found = Vec::new();
     let mut level = vec![prefix.to_string()];
-    for _ in 0..4 {
+    for _ in 0..5 {
         let mut next = Vec::new();
         for parent in &level {
             for folder in list_folders(src, creds, parent).await? {
