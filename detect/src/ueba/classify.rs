@@ -307,10 +307,11 @@ pub(crate) fn classify(event: &Event) -> Classified<'_> {
     c.token = token.into_iter().flatten().next();
     // Okta: an app acting on its own (actor type `PublicClientApp` / `App`) is the client.
     c.app = app.into_iter().flatten().next().or(actor_app);
-    c.app_grant = c.app.is_some()
-        && GRANT_WORDS.is_match(action)
-        && !c.rate_limit
-        && c.auth != Some(Outcome::Failure);
+    // A sign-in to an app uses a grant made before; it makes none (QA: Okta's
+    // `app.oauth2.as.authorize.*` and `token.grant.*` sign-ins, authentications, each raised "new
+    // OAuth app for the organization" for an app first seen after the warm-up).
+    c.app_grant =
+        c.app.is_some() && GRANT_WORDS.is_match(action) && !c.rate_limit && !authentication;
     c
 }
 
@@ -381,6 +382,22 @@ mod tests {
         let c = classify(&gh);
         assert!(c.rate_limit);
         assert_eq!(c.token.as_deref(), Some("12345"));
+    }
+
+    #[test]
+    fn an_oauth_sign_in_is_no_app_grant() {
+        let sign_in = ev(
+            Ecs {
+                event_action: Some("app.oauth2.as.authorize.code".into()),
+                event_category: vec!["authentication".into()],
+                event_type: vec!["start".into()],
+                event_outcome: Outcome::Success,
+                ..Default::default()
+            },
+            json!({"actor": {"type": "PublicClientApp", "id": "0oaEXPENSES", "alternateId": "0oaEXPENSES"}}),
+        );
+        let c = classify(&sign_in);
+        assert!(!c.app_grant, "{:?}", c.app);
     }
 
     #[test]
