@@ -10,7 +10,10 @@ pub struct JsonlReaderConfig {
     /// Lines longer than this many bytes are dead-lettered without being buffered whole.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
-    /// How many bytes of an invalid line are kept as its excerpt (masked before storage).
+    /// How many bytes of an invalid line are kept as its excerpt (masked before storage, then
+    /// cut to the 256 characters stored). More than is stored: a value cut here is masked
+    /// only if its pattern still matches, and a cut at 256 bytes left the head of a card
+    /// number, a seed phrase or an SSN in clear (QA).
     #[serde(default = "default_excerpt_bytes")]
     pub excerpt_bytes: usize,
     /// Pretty-printed documents are read whole and their items located before the first is
@@ -31,7 +34,7 @@ fn default_max_line_bytes() -> usize {
     DEFAULT_MAX_LINE_BYTES
 }
 fn default_excerpt_bytes() -> usize {
-    256
+    4096
 }
 
 impl JsonlReaderConfig {

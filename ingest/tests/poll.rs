@@ -1910,6 +1910,69 @@ async fn an_account_prefix_reads_every_region_and_skips_digests() {
     assert_eq!(report.records, 6, "{report:?}");
 }
 
+/// QA on the per-region reading: a busy region read first at every poll spent the page budget
+/// and the regions after it were never read; and an upgrade from the single position a build
+/// before kept for the whole prefix started every region at the lookback, so a service stopped
+/// longer than that lost files.
+#[tokio::test]
+async fn account_prefix_regions_take_turns_and_an_old_checkpoint_is_kept() {
+    let busy: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| region_trail_file("ap-south-1", 50 - i, &format!("ap{i}"), &["GetObject"]))
+        .collect();
+    let mut files = busy.clone();
+    files.push(region_trail_file("eu-west-1", 40, "eu1", &["ConsoleLogin"]));
+    let s3 = fake_s3(files).await;
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = cloudtrail_config(&s3, "AKIAFAKEPOLLER0000001");
+    cfg.feed = Some("AWSLogs/111122223333/".into());
+    cfg.max_pages_per_poll = 2;
+    let source = || PollSource::new(cfg.clone(), "default", state.path(), bus.clone()).unwrap();
+    let report = source().poll_once().await.unwrap();
+    assert_eq!(report.pages, 2);
+    // The busy region spent the budget: the next poll reads eu-west-1 first.
+    source().poll_once().await.unwrap();
+    let names: Vec<String> = consumer
+        .records()
+        .iter()
+        .map(|r| r["eventName"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"ConsoleLogin".to_string()), "{names:?}");
+    // Every file is read in the end.
+    for _ in 0..3 {
+        source().poll_once().await.unwrap();
+    }
+    assert_eq!(consumer.records().len(), 5);
+
+    // An old checkpoint: one position for the account, 30 hours back (the lookback is 24).
+    let old = region_trail_file("us-east-1", 30 * 60, "old", &["CreateUser"]);
+    let missed = region_trail_file("eu-west-1", 28 * 60, "missed", &["DeleteTrail"]);
+    let s3 = fake_s3(vec![old.clone(), missed]).await;
+    let upgraded = tempfile::tempdir().unwrap();
+    let mut cfg = cloudtrail_config(&s3, "AKIAFAKEPOLLER0000001");
+    cfg.name = "trail-upgraded".into();
+    cfg.feed = Some("AWSLogs/111122223333/".into());
+    std::fs::write(
+        upgraded.path().join("trail-upgraded.json"),
+        serde_json::to_vec(&json!({"resume": old.0})).unwrap(),
+    )
+    .unwrap();
+    let (bus, rx) = bus::channel(4);
+    let consumer = Consumer::start(rx);
+    PollSource::new(cfg, "default", upgraded.path(), bus)
+        .unwrap()
+        .poll_once()
+        .await
+        .unwrap();
+    let names: Vec<String> = consumer
+        .records()
+        .iter()
+        .map(|r| r["eventName"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"DeleteTrail".to_string()), "{names:?}");
+}
+
 #[tokio::test]
 async fn cloudtrail_files_are_put_on_the_bus_before_the_ones_before_are_stored() {
     let files = vec![

@@ -126,7 +126,8 @@ async fn region_folders(
                 let name = folder[parent.len()..].trim_end_matches('/');
                 if dated(&folder) && parent.ends_with("/CloudTrail/") {
                     found.push(folder);
-                } else if leads_to_trail(name) {
+                } else if name.is_empty() || leads_to_trail(name) {
+                    // (Empty: the prefix itself as a folder, written without its `/`.)
                     next.push(folder);
                 }
             }
@@ -337,19 +338,40 @@ pub(super) async fn poll(
     start: DateTime<Utc>,
 ) -> Result<PollReport, PollError> {
     let creds = Credentials::resolve(src, secret_access_key)?;
-    let listings = listings(src, &creds).await?;
+    let mut listings = listings(src, &creds).await?;
     let mut cp = src.checkpoint()?;
+    // The folders after the one that spent the last poll's page budget go first, that one
+    // last: a busy region read first at every poll kept the others from ever being read (QA).
+    if let Some(last) = &cp.next_folder {
+        let after = listings.partition_point(|(f, _)| f.as_ref().is_some_and(|f| f <= last));
+        listings.rotate_left(after);
+    }
+    // A checkpoint of a build that kept one position for the whole prefix: each region folder
+    // new to the checkpoint starts no later than that position's time, so a service stopped
+    // longer than the lookback loses no file on its first poll after the upgrade.
+    let upgraded_start = match (
+        cp.folders.is_empty(),
+        cp.resume.as_deref().and_then(key_time),
+    ) {
+        (true, Some(t)) => start.min(t - Duration::minutes(SETTLE_MINUTES)),
+        _ => start,
+    };
     let mut report = PollReport::default();
     // Each file moves its folder's checkpoint past it once it is stored.
     let mut in_flight = InFlight::new(|cp: &mut Checkpoint, (folder, key): FileOf| {
         let at = folder_checkpoint(cp, folder.as_deref());
         *at = advance(std::mem::take(at), key);
     });
+    let mut budget_spent_in = None;
     for (folder, folder_prefix) in listings {
+        let folder_start = match &folder {
+            Some(f) if !cp.folders.contains_key(f) => upgraded_start,
+            _ => start,
+        };
         let read = read_folder(
             src,
             &creds,
-            (folder, &folder_prefix, start),
+            (folder.clone(), &folder_prefix, folder_start),
             &mut cp,
             &mut in_flight,
             &mut report,
@@ -357,11 +379,18 @@ pub(super) async fn poll(
         .await;
         match read {
             Ok(true) => continue,
-            Ok(false) => break,
+            Ok(false) => {
+                budget_spent_in = folder;
+                break;
+            }
             Err(e) => return Err(in_flight.stop_with(src, &mut cp, &mut report, e).await),
         }
     }
     in_flight.settle_all(src, &mut cp, &mut report).await?;
+    if cp.next_folder != budget_spent_in {
+        cp.next_folder = budget_spent_in;
+        src.save_checkpoint(&cp)?;
+    }
     Ok(report)
 }
 

@@ -207,6 +207,10 @@ pub struct Checkpoint {
     /// (its `resume` and `recent_keys`), by the folder's prefix.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub folders: std::collections::BTreeMap<String, Checkpoint>,
+    /// CloudTrail region folders: the one whose files spent the last poll's page budget; the
+    /// next poll reads the folders after it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_folder: Option<String>,
 }
 
 /// Where a checkpoint's `since` may move once records with `times` are stored, from `previous`
