@@ -359,34 +359,6 @@ impl RuleSet {
                         break 'outer;
                     }
                 }
-                // An alias used for grouping or counting that leaves out a rule the
-                // correlation reads: that rule's events would be looked up under the alias's
-                // own name, which they do not have, and never counted (QA).
-                for (alias, per_rule) in &c.aliases {
-                    if !c.group_by.contains(alias) && !c.fields.contains(alias) {
-                        continue;
-                    }
-                    let missing = c.rules.iter().find(|r| {
-                        let target = self.find_ref(r);
-                        !per_rule.keys().any(|k| self.find_ref(k) == target)
-                    });
-                    if let Some(r) = missing {
-                        let line = c
-                            .alias_rule_lines
-                            .iter()
-                            .find(|(k, _)| per_rule.contains_key(k))
-                            .map_or(c.meta.line, |(_, l)| *l);
-                        bad = Some((
-                            ci,
-                            line,
-                            "correlation.aliases",
-                            format!(
-                                "alias `{alias}` gives no field for rule `{r}`, whose events would then never be counted"
-                            ),
-                        ));
-                        break 'outer;
-                    }
-                }
             }
             match bad {
                 Some((ci, line, field, msg)) => {
@@ -400,6 +372,46 @@ impl RuleSet {
                 }
                 None => break,
             }
+        }
+        // An alias used for grouping or counting that gives no field for a rule the correlation
+        // reads: that rule's events are looked up under the alias's own name, which works only
+        // when they have a field of that name (QA: when they had none, the correlation never
+        // counted them, without a word). Warned, as the field may exist.
+        let mut alias_warnings = Vec::new();
+        for (ci, c) in self.correlations.iter().enumerate() {
+            for (alias, per_rule) in &c.aliases {
+                if !c.group_by.contains(alias) && !c.fields.contains(alias) {
+                    continue;
+                }
+                for r in &c.rules {
+                    let target = self.find_ref(r);
+                    if per_rule.keys().any(|k| self.find_ref(k) == target) {
+                        continue;
+                    }
+                    let line = c
+                        .alias_rule_lines
+                        .iter()
+                        .find(|(k, _)| per_rule.contains_key(k))
+                        .map_or(c.meta.line, |(_, l)| *l);
+                    alias_warnings.push((
+                        ci,
+                        line,
+                        format!(
+                            "alias `{alias}` gives no field for rule `{r}`: its events are read at a field named `{alias}`, and not counted when they have none"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (ci, line, message) in alias_warnings {
+            let meta = &mut self.correlations[ci].meta;
+            let path = meta.path.clone();
+            meta.warnings.push(RuleError {
+                path,
+                line: Some(line),
+                field: Some("correlation.aliases".into()),
+                message,
+            });
         }
         // Cycles between correlations.
         loop {

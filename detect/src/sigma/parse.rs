@@ -723,11 +723,15 @@ pub fn parse_detection(
     }
     // A rule key indented under `detection:` (`level: critical`) became a search identifier,
     // and the rule alerted at the default level without a word (QA); `1 of them` would even
-    // search for its value. Kept only when the condition names it.
+    // search for its value. Kept only when the condition names it, or a pattern of it
+    // (`1 of status*`), not `them`.
     for (name, node) in entries {
         let named = texts.iter().any(|(t, _)| {
             t.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
-                .any(|word| word == name)
+                .any(|word| match word.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => word == name,
+                })
         });
         if RULE_KEYS.contains(&name.as_str()) && !named {
             return Err(rerr(
@@ -754,9 +758,11 @@ pub fn parse_detection(
     })
 }
 
-/// Top-level keys of a Sigma rule, which indented under `detection:` would be taken as search
-/// identifiers.
-const RULE_KEYS: [&str; 16] = [
+/// Top-level keys of a Sigma rule (and Perimeter's own), which indented under `detection:` would
+/// be taken as search identifiers.
+const RULE_KEYS: [&str; 18] = [
+    "entity_field",
+    "alert_group_seconds",
     "title",
     "id",
     "name",
