@@ -315,7 +315,25 @@ pub enum KafkaBusError {
 fn kafka(what: &str) -> impl FnOnce(KafkaError) -> KafkaBusError + '_ {
     move |reason| KafkaBusError::Kafka {
         what: what.to_string(),
-        reason,
+        reason: without_property_value(reason),
+    }
+}
+
+/// `error` without the value of the property librdkafka refused: a misspelt `sasl.passwd`, or
+/// `sasl.jaas.config` (a Java client's, holding the password), was printed whole in the log and
+/// by `run --check` (QA).
+fn without_property_value(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(res, desc, key, value) => {
+            let hidden = "(value not shown)";
+            let desc = if value.is_empty() {
+                desc
+            } else {
+                desc.replace(&value, hidden)
+            };
+            KafkaError::ClientConfig(res, desc, key, hidden.to_string())
+        }
+        other => other,
     }
 }
 
@@ -2169,6 +2187,23 @@ mod tests {
             let err = probe(&config).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("the {role}'s properties")),
+                "{key}: {err}"
+            );
+        }
+        // The value of a refused property is not shown: it may be a password (QA).
+        for (key, value) in [
+            ("sasl.passwd", "Pl4nted-Kafka-Passw0rd"),
+            (
+                "sasl.jaas.config",
+                "PlainLoginModule required password=\"Pl4nted-Kafka-Passw0rd\";",
+            ),
+            ("session.timeout.ms", "Pl4nted-Kafka-Passw0rd"),
+        ] {
+            let mut config = KafkaBusConfig::new("127.0.0.1:1");
+            config.properties.insert(key.into(), value.into());
+            let err = probe(&config).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && !err.contains("Pl4nted"),
                 "{key}: {err}"
             );
         }
