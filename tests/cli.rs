@@ -3148,3 +3148,28 @@ fn run_check_warns_of_a_day_without_its_index() {
         "{text}"
     );
 }
+
+/// QA: `run --check` printed its error lines as they were, while `run` masks the same errors in
+/// its log: a token in a path showed in clear.
+#[test]
+fn run_check_masks_its_error_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("perimeter.toml");
+    let rules = dir.path().join("ghp_abcdefghijklmnopqrstuvwxyz0123456789");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nrules = [{rules:?}]\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let out = perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("error  rules: "), "{text}");
+    assert!(
+        !text.contains("abcdefghijklmnopqrstuvwxyz0123456789"),
+        "{text}"
+    );
+}
