@@ -1097,6 +1097,24 @@ mod input_tests {
         );
     }
 
+    /// QA: a bad line was cut to 256 bytes before masking, between the groups of a card number
+    /// (or the words of a seed phrase), leaving their head in clear in the dead letter. The
+    /// excerpt reaches well past what is stored, so the whole value is there to be masked.
+    #[test]
+    fn a_bad_line_keeps_enough_for_a_value_past_the_stored_excerpt_to_be_masked() {
+        let line = format!(
+            "{{\"note\": \"{} 4111 1111 1111 1111 then more\n",
+            "x".repeat(230)
+        );
+        let got = items(line.as_bytes());
+        match &got[..] {
+            [InputItem::Invalid { excerpt, .. }] => {
+                assert!(excerpt.contains("4111 1111 1111 1111"), "{excerpt}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn items(input: &[u8]) -> Vec<InputItem> {
         JsonInput::new(input, JsonlReaderConfig::default())
             .unwrap()
