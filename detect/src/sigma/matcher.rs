@@ -608,7 +608,8 @@ impl ValueTest {
                 let found = other.visit_event(event, &mut |o| {
                     o.with_text(|theirs| {
                         theirs.is_some_and(|theirs| {
-                            if !*cased && !(mine.is_ascii() && theirs.is_ascii()) {
+                            let ascii = mine.is_ascii() && theirs.is_ascii();
+                            if !*cased && !ascii {
                                 // Folded beyond ASCII, as literal values are (QA: `JOSÉ` did
                                 // not match `josé`).
                                 let (h, n) = (mine.to_lowercase(), theirs.to_lowercase());
