@@ -599,6 +599,7 @@ pub fn detect(config: &PerimeterConfig, args: DetectArgs) -> anyhow::Result<Exit
         Pipeline::new(registry, masker, Arc::new(Metrics::new()), false).with_sigma(sigma);
     let ueba_state = args.state_dir.as_ref().map(|d| d.join(UEBA_SNAPSHOT));
     if ueba_on {
+        config.ueba.validate()?;
         let engine = match &ueba_state {
             Some(p) if p.exists() => UebaEngine::restore_from(config.ueba.clone(), key, p)
                 .with_context(|| format!("restoring behavioural state from {}", p.display()))?,

@@ -1070,6 +1070,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
 
 async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
+    // `[ueba]` values `run --check` refuses stop the start with the same words (QA: `run`
+    // clamped them without a word, so the thresholds in use were not the ones configured).
+    config.ueba.validate()?;
     // A `[[poll]]` table that cannot work stops the start before anything is opened or swept.
     {
         let (bus, _unused) = perimeter_ingest::bus::channel(1);

@@ -3173,3 +3173,44 @@ fn run_check_masks_its_error_lines() {
         "{text}"
     );
 }
+
+/// QA: `[ueba]` values `run --check` refuses were clamped by `run` and `detect` without a word,
+/// so the thresholds in use were not the ones configured. Both refuse them, naming the key.
+#[test]
+fn run_and_detect_refuse_the_ueba_values_run_check_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("perimeter.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\n[ueba.volume_anomaly]\nmax_p_value = 0.0\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    for check in [true, false] {
+        let out = run_until_it_ends(&cfg, check);
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(
+            !out.status.success() && said.contains("max_p_value"),
+            "check {check}: {said}"
+        );
+    }
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("mfa.yml"), MFA_RULE).unwrap();
+    let out = perimeter(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "detect",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--source",
+            "okta",
+        ],
+        Some(b"{}\n"),
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert_stderr_says(&out, "max_p_value");
+}
