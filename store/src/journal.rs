@@ -48,12 +48,18 @@ pub fn rewrite<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
         serde_json::to_writer(&mut buf, r)?;
         buf.push(b'\n');
     }
+    replace_durably(path, &buf)
+}
+
+/// Put `bytes` in place of the file at `path`: written to a temporary file beside it, fsynced,
+/// renamed over it, directory fsynced. A crash leaves either the old or the new file.
+fn replace_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".rewrite");
     let tmp = path.with_file_name(format!(".{}", tmp_name.to_string_lossy()));
     {
         let mut file = File::create(&tmp).at(&tmp)?;
-        file.write_all(&buf).at(&tmp)?;
+        file.write_all(bytes).at(&tmp)?;
         file.sync_all().at(&tmp)?;
     }
     std::fs::rename(&tmp, path).at(path)?;
@@ -181,20 +187,7 @@ fn set_aside_damaged(path: &Path, damaged: &[(u64, Vec<u8>, String)], rewrite: b
         .filter(|(i, _)| !bad.contains(&(*i as u64 + 1)))
         .flat_map(|(_, l)| l.iter().copied())
         .collect();
-    let tmp = path.with_file_name(format!(
-        ".{}.mend",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    {
-        let mut file = File::create(&tmp).at(&tmp)?;
-        file.write_all(&kept).at(&tmp)?;
-        file.sync_all().at(&tmp)?;
-    }
-    std::fs::rename(&tmp, path).at(path)?;
-    if let Some(parent) = path.parent() {
-        crate::layout::sync_dir(parent)?;
-    }
-    Ok(())
+    replace_durably(path, &kept)
 }
 
 #[cfg(test)]
