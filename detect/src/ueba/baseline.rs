@@ -294,6 +294,13 @@ impl RateBaseline {
         self.bucket_count = self.bucket_count.saturating_add(n);
     }
 
+    /// Learn nothing of the hour being counted so far: it held an anomaly. An attack's hour
+    /// learned as normal raised the mean and the variance so far that the same attack a day or
+    /// a week later was no surprise, and went unreported (QA).
+    pub fn forget_current_hour(&mut self) {
+        self.bucket_count = 0;
+    }
+
     /// Close every hourly bucket before `t`'s hour.
     pub fn roll(&mut self, t: i64, p: &BaselineParams) {
         let b = t.div_euclid(HOUR);
