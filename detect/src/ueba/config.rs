@@ -369,6 +369,10 @@ pub(crate) struct DetectorSettings {
     pub volume_anomaly: VolumeAnomalyConfig,
 }
 
+/// The longest window a detector takes: event-time arithmetic on i64 seconds stays far from
+/// overflow.
+pub(crate) const MAX_WINDOW_SECONDS: u64 = 31 * 86_400;
+
 impl UebaConfig {
     /// The detectors that run (globally; tenants may switch more off). None when UEBA is off.
     pub fn detectors(&self) -> Vec<super::UebaDetector> {
@@ -430,8 +434,8 @@ impl UebaConfig {
             };
             let p_ok = |p: f64| p > 0.0 && p <= 1.0;
             check(
-                s.auth_failure_burst.window_seconds > 0,
-                at("auth_failure_burst.window_seconds must be > 0"),
+                (1..=MAX_WINDOW_SECONDS).contains(&s.auth_failure_burst.window_seconds),
+                at("auth_failure_burst.window_seconds must be 1 to 2678400 (31 days)"),
             );
             check(
                 p_ok(s.auth_failure_burst.max_p_value),
@@ -442,20 +446,20 @@ impl UebaConfig {
                 at("auth_failure_burst.prior_per_hour must be > 0"),
             );
             check(
-                s.password_spray.window_seconds > 0,
-                at("password_spray.window_seconds must be > 0"),
+                (1..=MAX_WINDOW_SECONDS).contains(&s.password_spray.window_seconds),
+                at("password_spray.window_seconds must be 1 to 2678400 (31 days)"),
             );
             check(
                 s.password_spray.max_tracked_users >= s.password_spray.min_distinct_users,
                 at("password_spray.max_tracked_users must be >= min_distinct_users"),
             );
             check(
-                s.brute_force_success.window_seconds > 0,
-                at("brute_force_success.window_seconds must be > 0"),
+                (1..=MAX_WINDOW_SECONDS).contains(&s.brute_force_success.window_seconds),
+                at("brute_force_success.window_seconds must be 1 to 2678400 (31 days)"),
             );
             check(
-                s.rate_limit_violation.window_seconds > 0,
-                at("rate_limit_violation.window_seconds must be > 0"),
+                (1..=MAX_WINDOW_SECONDS).contains(&s.rate_limit_violation.window_seconds),
+                at("rate_limit_violation.window_seconds must be 1 to 2678400 (31 days)"),
             );
             check(
                 p_ok(s.rate_limit_violation.max_p_value),
@@ -470,8 +474,8 @@ impl UebaConfig {
                 at("config_change.unusual_hour_max_share must be in [0, 1]"),
             );
             check(
-                s.volume_anomaly.window_seconds > 0,
-                at("volume_anomaly.window_seconds must be > 0"),
+                (1..=MAX_WINDOW_SECONDS).contains(&s.volume_anomaly.window_seconds),
+                at("volume_anomaly.window_seconds must be 1 to 2678400 (31 days)"),
             );
             check(
                 p_ok(s.volume_anomaly.max_p_value),
@@ -481,7 +485,41 @@ impl UebaConfig {
                 s.volume_anomaly.prior_per_hour > 0.0,
                 at("volume_anomaly.prior_per_hour must be > 0"),
             );
+            // Values that load but make a detector meaningless (QA): a "spray" of one user,
+            // floors of 0, a ratio that is no number.
+            check(
+                s.password_spray.min_distinct_users >= 2,
+                at("password_spray.min_distinct_users must be >= 2"),
+            );
+            check(
+                s.auth_failure_burst.min_failures >= 1,
+                at("auth_failure_burst.min_failures must be >= 1"),
+            );
+            check(
+                s.brute_force_success.min_failures >= 1,
+                at("brute_force_success.min_failures must be >= 1"),
+            );
+            check(
+                s.volume_anomaly.min_events >= 1,
+                at("volume_anomaly.min_events must be >= 1"),
+            );
+            check(
+                s.volume_anomaly.min_ratio.is_finite() && s.volume_anomaly.min_ratio >= 0.0,
+                at("volume_anomaly.min_ratio must be a number >= 0"),
+            );
+            check(
+                s.first_seen.max_values_per_attribute >= 1,
+                at("first_seen.max_values_per_attribute must be >= 1"),
+            );
         }
+        check(
+            self.max_evidence_events >= 1,
+            "max_evidence_events must be >= 1 (an alert cites its events)".into(),
+        );
+        check(
+            self.escalate_score.is_finite() && self.escalate_score > 0.0,
+            "escalate_score must be a number > 0".into(),
+        );
         if problems.is_empty() {
             Ok(())
         } else {
@@ -580,5 +618,38 @@ mod tests {
             err.contains("ueba.tenants.acme.volume_anomaly.max_p_value"),
             "{err}"
         );
+        // Values that loaded and made a detector meaningless (QA).
+        for (toml, key) in [
+            (
+                "[password_spray]\nmin_distinct_users = 0",
+                "password_spray.min_distinct_users",
+            ),
+            ("max_evidence_events = 0", "max_evidence_events"),
+            (
+                "[auth_failure_burst]\nwindow_seconds = 99999999",
+                "auth_failure_burst.window_seconds",
+            ),
+            ("escalate_score = nan", "escalate_score"),
+            (
+                "[volume_anomaly]\nmin_ratio = -1.0",
+                "volume_anomaly.min_ratio",
+            ),
+            (
+                "[first_seen]\nmax_values_per_attribute = 0",
+                "first_seen.max_values_per_attribute",
+            ),
+            (
+                "[brute_force_success]\nmin_failures = 0",
+                "brute_force_success.min_failures",
+            ),
+        ] {
+            let err = UebaConfig::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        assert!(UebaConfig::default().validate().is_ok());
     }
 }

@@ -715,9 +715,8 @@ fn clamp(mut s: DetectorSettings) -> DetectorSettings {
     };
     let rate = |r: f64| if r.is_finite() && r > 0.0 { r } else { 1e-3 };
     // Durations are event-time arithmetic on i64 seconds: keep them far from overflow.
-    const MAX_WINDOW: u64 = 31 * 86_400;
     const MAX_SUPPRESS: u64 = 366 * 86_400;
-    let w = |v: &mut u64| *v = (*v).clamp(1, MAX_WINDOW);
+    let w = |v: &mut u64| *v = (*v).clamp(1, config::MAX_WINDOW_SECONDS);
     w(&mut s.auth_failure_burst.window_seconds);
     w(&mut s.password_spray.window_seconds);
     w(&mut s.brute_force_success.window_seconds);
