@@ -58,7 +58,7 @@ impl CloudTrailNormalizer {
                 .flatten()
                 .and_then(|(_, rest)| rest.split_once('/'))
                 .map(|(_, session)| session)
-                .filter(|s| !s.is_empty());
+                .filter(|s| !s.is_empty() && !is_machine_session(s));
             // A federated user (`.../federated-user/<name>`, from `GetFederationToken`) acts
             // with the credentials of the IAM user in `sessionIssuer`, who only issued them.
             let federated = (kind == Some("FederatedUser"))
@@ -225,5 +225,54 @@ impl Normalizer for CloudTrailNormalizer {
 
     fn normalize_ecs(&self, raw: &Value) -> Result<Ecs, NormalizeError> {
         Self::ecs(raw)
+    }
+}
+
+/// Whether an assumed role's session name is one a machine made up for a single run (an EC2
+/// instance id, an ECS task id, an SDK's default `botocore-session-<n>`, a UUID): who acts is
+/// then the role. QA: a nightly job whose session was its ECS task id was a new user every
+/// night, and its routine volume an anomaly every night.
+fn is_machine_session(session: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(id) = session.strip_prefix("i-") {
+        return (8..=17).contains(&id.len()) && hex(id);
+    }
+    [
+        "botocore-session-",
+        "aws-go-sdk-",
+        "aws-sdk-java-",
+        "aws-sdk-js-",
+    ]
+    .iter()
+    .any(|p| session.strip_prefix(p).is_some_and(digits))
+        || (session.len() == 32 && hex(session))
+        || (session.len() == 36
+            && session.bytes().filter(|&b| b == b'-').count() == 4
+            && hex(&session.replace('-', "")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn machine_made_session_names_are_told_from_people_and_jobs() {
+        for machine in [
+            "i-0abc123def4567890",
+            "0123456789abcdef0123456789abcdef",
+            "botocore-session-1733480000",
+            "aws-go-sdk-1733480000123",
+            "3f1c2a44-0000-4000-8000-000000000003",
+        ] {
+            assert!(super::is_machine_session(machine), "{machine}");
+        }
+        for person in [
+            "alice@example.com",
+            "GitHubActions",
+            "terraform-deploy",
+            "i-am-bob",
+            "deadbeef",
+        ] {
+            assert!(!super::is_machine_session(person), "{person}");
+        }
     }
 }
