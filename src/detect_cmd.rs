@@ -422,10 +422,14 @@ fn feed(
 ) {
     let now = chrono::Utc::now();
     let empty_before = out.empty_inputs;
+    // A CloudTrail digest lists log files and holds no record by design: no dead letter (a
+    // synced bucket's digests buried the real ones).
+    let digest = matches!(&item, InputItem::Record { value, .. }
+        if perimeter_detect::normalize::is_cloudtrail_digest_value(value));
     let line = perimeter_serve::process_item(pipeline, source, tenant, item, now, out);
     // A value without a record (`{}`, `[]`, an envelope with an empty list) gives no event: a
     // dead letter says so, or it would vanish from the output and the counts.
-    if out.empty_inputs > empty_before {
+    if out.empty_inputs > empty_before && !digest {
         pipeline.dead_letter(
             source,
             tenant,

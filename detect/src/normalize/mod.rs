@@ -601,6 +601,12 @@ fn is_cloudtrail_digest(obj: &sonic_rs::Object) -> bool {
         && obj.get(&"logFiles").is_some_and(|files| files.is_array())
 }
 
+/// Whether `value` is a CloudTrail digest file (see [`split_records`]): a value that holds no
+/// record by design, not one to report as empty.
+pub fn is_cloudtrail_digest_value(value: &Value) -> bool {
+    value.as_object().is_some_and(is_cloudtrail_digest)
+}
+
 /// The list key when `obj` is a page envelope rather than a record.
 /// The events of an Okta event hook's delivery (`{"eventType": "com.okta.event_hook", ...,
 /// "data": {"events": [...]}}`), each a System Log event. A delivery's first key is one of its
