@@ -1327,7 +1327,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
     });
     let addr = server.local_addr()?;
     let scheme = if server.is_tls() { "https" } else { "http" };
-    let ingest = perimeter_ingest::http::ingest_router(
+    let ingest = perimeter_ingest::http::ingest_router_checking_sources(
         sources_bus.clone(),
         answers_owed,
         ingest_auth(state.clone()),
@@ -1336,6 +1336,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             max_line_bytes: config.max_line_bytes,
             max_records: config.ingest_max_records,
         },
+        // A name the masker would mask is a secret, not a vendor; not echoed back.
+        Some(Arc::new(|source: &str| {
+            (crate::logging::masked(source) != source).then(|| {
+                "the source name looks like a secret (a token or key): name the vendor, such as `okta`".to_string()
+            })
+        })),
     );
 
     let pollers = spawn_pollers(config, &data_dir, &sources_bus, &metrics, &stop_rx)?;

@@ -97,7 +97,15 @@ struct IngestState {
     max_body_bytes: usize,
     /// Most records a body may hold (see [`IngestLimits::max_records`]).
     max_records: usize,
+    /// Why a source name is refused beyond its form, if it is ([`SourceNameCheck`]).
+    source_check: Option<SourceNameCheck>,
 }
+
+/// Why a source name is refused (`Some`), beyond its form: the binary refuses a name its masker
+/// would mask. A token sent as the name (`POST /ingest/ghp_...`) was masked in the log but
+/// stored as the source of every record: in Parquet partition names, the index, `/sources`,
+/// exports (QA).
+pub type SourceNameCheck = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// The default of [`IngestLimits::max_records`]. A batch of this many records holds a few
 /// hundred MB while it is parsed, normalized and stored (measured: ~1 KB per dead letter,
@@ -131,6 +139,17 @@ pub fn ingest_router(
     auth: IngestAuth,
     limits: IngestLimits,
 ) -> Router {
+    ingest_router_checking_sources(bus, owed, auth, limits, None)
+}
+
+/// [`ingest_router`], refusing (400 `bad_source`) the source names `check` refuses.
+pub fn ingest_router_checking_sources(
+    bus: BusSender,
+    owed: AnswersOwed,
+    auth: IngestAuth,
+    limits: IngestLimits,
+    check: Option<SourceNameCheck>,
+) -> Router {
     let IngestLimits {
         max_body_bytes,
         max_line_bytes,
@@ -152,6 +171,7 @@ pub fn ingest_router(
         },
         max_body_bytes,
         max_records,
+        source_check: check,
     };
     Router::new()
         .route("/ingest/{source}", post(ingest).get(verify_event_hook))
@@ -449,6 +469,9 @@ async fn ingest(
     // partitions): `Okta` is `okta`. Kept as sent, such a name was neither normalized nor read
     // as plain JSON, and every record of it was dead-lettered.
     let source = source.to_ascii_lowercase();
+    if let Some(why) = state.source_check.as_ref().and_then(|check| check(&source)) {
+        return error(StatusCode::BAD_REQUEST, "bad_source", why);
+    }
     // Log shippers (Fluent Bit, Vector, Logstash) compress their batches.
     let body = match decoded_body(&headers, body, state.max_body_bytes) {
         Ok(body) => body,
