@@ -18,11 +18,12 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Wraps each connection the inner acceptor (plain TCP, or TLS) produces in
-/// [`JsonParseErrors`].
-#[derive(Debug, Clone)]
-pub(crate) struct JsonParseErrorsAcceptor<A>(pub A);
+/// [`JsonParseErrors`]; each answer replaced is counted in `metrics` (`api_requests_total`
+/// with `route="unparsed"`: QA found them counted nowhere).
+#[derive(Clone)]
+pub(crate) struct JsonParseErrorsAcceptor<A>(pub A, pub std::sync::Arc<perimeter_model::Metrics>);
 
-type Wrap<S, V> = fn((S, V)) -> (JsonParseErrors<S>, V);
+type Wrap<S, V> = Box<dyn FnOnce((S, V)) -> (JsonParseErrors<S>, V) + Send>;
 
 impl<A, I, S> axum_server::accept::Accept<I, S> for JsonParseErrorsAcceptor<A>
 where
@@ -33,16 +34,20 @@ where
     type Future = futures_util::future::MapOk<A::Future, Wrap<A::Stream, A::Service>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
-        let wrap: Wrap<A::Stream, A::Service> = |(stream, service)| {
-            (
-                JsonParseErrors {
-                    inner: stream,
-                    replacing: None,
-                },
-                service,
-            )
-        };
-        futures_util::TryFutureExt::map_ok(self.0.accept(stream, service), wrap)
+        let metrics = self.1.clone();
+        futures_util::TryFutureExt::map_ok(
+            self.0.accept(stream, service),
+            Box::new(move |(stream, service)| {
+                (
+                    JsonParseErrors {
+                        inner: stream,
+                        replacing: None,
+                        metrics,
+                    },
+                    service,
+                )
+            }),
+        )
     }
 }
 
@@ -53,6 +58,7 @@ pub(crate) struct JsonParseErrors<S> {
     /// The answer written in place of hyper's, how much of it is written, and the length of
     /// hyper's buffer (what to report written once the replacement is out).
     replacing: Option<(Vec<u8>, usize, usize)>,
+    metrics: std::sync::Arc<perimeter_model::Metrics>,
 }
 
 /// The JSON answer to send instead of `head`, when `head` is one of hyper's own.
@@ -136,6 +142,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<S> {
         // hyper offers the same buffer again after `Pending`: the replacement goes on.
         if this.replacing.is_none() {
             if let Some(bytes) = replacement(buf) {
+                let status = std::str::from_utf8(&bytes[9..12]).unwrap_or("400");
+                this.metrics.inc(
+                    "api_requests_total",
+                    &[
+                        ("route", "unparsed"),
+                        ("method", "unknown"),
+                        ("status", status),
+                    ],
+                    1,
+                );
                 this.replacing = Some((bytes, 0, buf.len()));
             }
         }

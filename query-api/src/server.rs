@@ -712,6 +712,7 @@ impl Server {
             crate::connection_cap::ConnectionCap::new(self.max_connections, state.metrics.clone());
         let signal = handle.clone();
         let metrics = state.metrics.clone();
+        let parse_metrics = state.metrics.clone();
         let may_cut = self
             .cutoff_gate
             .clone()
@@ -758,7 +759,7 @@ impl Server {
                 let _stop_watching = AbortOnDrop(watcher);
                 let mut server = axum_server::from_tcp_rustls(self.listener, config)?
                     .map(|inner| crate::connection_cap::CappedAcceptor {
-                        inner: JsonParseErrorsAcceptor(inner),
+                        inner: JsonParseErrorsAcceptor(inner, parse_metrics.clone()),
                         cap: cap.clone(),
                     })
                     .handle(handle)
@@ -770,7 +771,7 @@ impl Server {
                 tracing::info!(%addr, "api listening (http)");
                 let mut server = axum_server::from_tcp(self.listener)?
                     .map(|inner| crate::connection_cap::CappedAcceptor {
-                        inner: JsonParseErrorsAcceptor(inner),
+                        inner: JsonParseErrorsAcceptor(inner, parse_metrics.clone()),
                         cap: cap.clone(),
                     })
                     .handle(handle)

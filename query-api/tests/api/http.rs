@@ -2915,6 +2915,20 @@ fn a_uri_too_long_for_http_gets_a_json_error() {
     );
     let body: Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["error"]["code"], "uri_too_long", "{body}");
+    // Counted, as every answer (QA: hyper's own answers were counted nowhere).
+    let metrics = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "perimeter_api_requests_total{route=\"unparsed\",method=\"unknown\",status=\"414\"} 1"
+        ),
+        "{metrics}"
+    );
     // Below the limit, the API's own bound answers, as JSON too.
     let under = api.get(
         &format!("/api/v1/events/search?q={}", "x".repeat(10_000)),
