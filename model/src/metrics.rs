@@ -148,6 +148,9 @@ impl Metrics {
             let mut last = "";
             for ((name, labels), v) in map {
                 if name != last {
+                    if let Some(help) = help_of(name) {
+                        out.push_str(&format!("# HELP perimeter_{name} {help}\n"));
+                    }
                     out.push_str(&format!("# TYPE perimeter_{name} {kind}\n"));
                     last = name;
                 }
@@ -182,6 +185,41 @@ impl Metrics {
         );
         out
     }
+}
+
+/// What a metric counts, for the `# HELP` line of the ones a dashboard or an alert starts from
+/// (QA: none had one). The query-api README describes them all.
+fn help_of(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "events_received_total" => "Records received, per source.",
+        "events_stored_total" => "Events stored, per source.",
+        "dead_letters_total" => {
+            "Inputs stored as dead letters (unusable lines, records no normalizer takes)."
+        }
+        "alerts_total" => "Alerts raised, per rule.",
+        "alerts_grouped_total" => {
+            "Repeats counted into an open alert instead of raised on their own."
+        }
+        "api_requests_total" => "API and ingest requests answered, per route, method and status.",
+        "api_connections_refused_total" => {
+            "Connections closed as accepted past [api] max_connections."
+        }
+        "store_batches_failed_total" => {
+            "Batches the store could not write (the source retries them)."
+        }
+        "state_snapshots_failed_total" => "Detection state snapshots that could not be written.",
+        "retention_failures_total" => "Retention sweeps that failed.",
+        "parquet_compaction_failures_total" => "Parquet compactions that failed.",
+        "rule_reloads_failed_total" => "SIGHUP rule reloads refused (the rules in use stay).",
+        "rule_files_failed" => "Rule files left out at the start for an error.",
+        "rules_loaded" => "Sigma rules in use.",
+        "tls_certificate_reloads_total" => "TLS certificate reloads, per result.",
+        "pipeline_lag_seconds" => "Receive time minus event time of the newest batch.",
+        "poll_errors_total" => "Poll failures, per poller and kind.",
+        "poll_last_success_timestamp_seconds" => "When each poller last polled without an error.",
+        "metrics_series_dropped_total" => "Label sets not kept for a metric past 1000 series.",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -219,6 +257,9 @@ mod tests {
         m.set("pipeline_lag_seconds", &[], 1.5);
         let text = m.render_prometheus();
         assert!(text.contains("# TYPE perimeter_events_received_total counter\n"));
+        assert!(text.contains(
+            "# HELP perimeter_events_received_total Records received, per source.\n# TYPE"
+        ));
         assert!(text.contains("perimeter_events_received_total{source=\"okta\"} 5\n"));
         assert!(text.contains("perimeter_pipeline_lag_seconds 1.5\n"));
         assert_eq!(m.counter("events_received_total", &[("source", "okta")]), 5);
