@@ -39,6 +39,10 @@ pub(crate) fn observe(
     let Some((n, score)) = s.observe_burst(ctx, &rule) else {
         return;
     };
+    // Failures are not a workload that grows: an hour under attack learned as normal made the
+    // same attack days later no surprise (QA). A routine volume (rate limits, downloads) is
+    // learned as it comes.
+    s.baseline.forget_current_hour();
     let window = human_duration(cfg.window_seconds);
     let (title, what) = match st.kind {
         EntityKind::Ip => ("Burst of failed logins from one source IP", "from"),

@@ -282,7 +282,6 @@ impl RateState {
         if score.p_value > rule.max_p_value {
             return None;
         }
-        self.baseline.forget_current_hour();
         Some((n, score))
     }
 
