@@ -468,10 +468,11 @@ async fn ingest(
     // Source names are lower case everywhere else (normalizers, mappings, logsource products,
     // partitions): `Okta` is `okta`. Kept as sent, such a name was neither normalized nor read
     // as plain JSON, and every record of it was dead-lettered.
-    let source = source.to_ascii_lowercase();
+    // Judged as sent: in lower case, an `AKIA...` key no longer looks like one.
     if let Some(why) = state.source_check.as_ref().and_then(|check| check(&source)) {
         return error(StatusCode::BAD_REQUEST, "bad_source", why);
     }
+    let source = source.to_ascii_lowercase();
     // Log shippers (Fluent Bit, Vector, Logstash) compress their batches.
     let body = match decoded_body(&headers, body, state.max_body_bytes) {
         Ok(body) => body,

@@ -1953,6 +1953,9 @@ async fn account_prefix_regions_take_turns_and_an_old_checkpoint_is_kept() {
     let mut cfg = cloudtrail_config(&s3, "AKIAFAKEPOLLER0000001");
     cfg.name = "trail-upgraded".into();
     cfg.feed = Some("AWSLogs/111122223333/".into());
+    // One file a poll: a folder read at a later poll than the first still starts from the old
+    // position (QA: it started at the lookback).
+    cfg.max_pages_per_poll = 1;
     std::fs::write(
         upgraded.path().join("trail-upgraded.json"),
         serde_json::to_vec(&json!({"resume": old.0})).unwrap(),
@@ -1960,11 +1963,13 @@ async fn account_prefix_regions_take_turns_and_an_old_checkpoint_is_kept() {
     .unwrap();
     let (bus, rx) = bus::channel(4);
     let consumer = Consumer::start(rx);
-    PollSource::new(cfg, "default", upgraded.path(), bus)
-        .unwrap()
-        .poll_once()
-        .await
-        .unwrap();
+    for _ in 0..3 {
+        PollSource::new(cfg.clone(), "default", upgraded.path(), bus.clone())
+            .unwrap()
+            .poll_once()
+            .await
+            .unwrap();
+    }
     let names: Vec<String> = consumer
         .records()
         .iter()

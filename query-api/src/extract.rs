@@ -118,16 +118,18 @@ where
         // Refused, as a path that is no UTF-8 is.
         if let Some(query) = parts.uri.query() {
             for pair in query.split('&') {
-                let bytes: Vec<u8> = percent_encoding::percent_decode_str(pair).collect();
-                if let Err(e) = std::str::from_utf8(&bytes) {
-                    let name = pair.split('=').next().unwrap_or_default();
-                    return Err(ApiError::invalid_parameter(format!(
-                        "`{}` is not UTF-8 (byte {} of its percent-decoded text)",
-                        String::from_utf8_lossy(
-                            &percent_encoding::percent_decode_str(name).collect::<Vec<u8>>()
-                        ),
-                        e.valid_up_to()
-                    )));
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let decoded = |part: &str| -> Vec<u8> {
+                    percent_encoding::percent_decode_str(part).collect()
+                };
+                for (part, what) in [(name, "name"), (value, "value")] {
+                    if let Err(e) = std::str::from_utf8(&decoded(part)) {
+                        return Err(ApiError::invalid_parameter(format!(
+                            "`{}` is not UTF-8 (byte {} of its percent-decoded {what})",
+                            String::from_utf8_lossy(&decoded(name)),
+                            e.valid_up_to()
+                        )));
+                    }
                 }
             }
         }

@@ -247,8 +247,14 @@ pub(crate) fn set_login(
 pub(crate) fn country_iso(value: &str) -> Option<String> {
     let v = value.trim();
     if v.len() == 2 && v.bytes().all(|b| b.is_ascii_alphabetic()) {
+        // `UK` is the one common two-letter name that is no ISO code.
+        if v.eq_ignore_ascii_case("uk") {
+            return Some("GB".to_owned());
+        }
         return Some(v.to_ascii_uppercase());
     }
+    // ISO's own forms end in ` (the)` (`Bahamas (the)`).
+    let v = v.strip_suffix(" (the)").unwrap_or(v);
     // Looked up by the name in lower case (ASCII), in a buffer on the stack: the table holds
     // every ISO name (QA: with only the common ones, a login from Kazakhstan lost its country),
     // and a scan of it ran for every event that names a country.
@@ -350,6 +356,25 @@ const COUNTRIES: &[(&str, &str)] = &[
     ("Philippines", "PH"),
     ("Australia", "AU"),
     ("New Zealand", "NZ"),
+    // Spellings vendors use beside ISO's: without accents, short forms, older names.
+    ("Democratic Republic of the Congo", "CD"),
+    ("DR Congo", "CD"),
+    ("DRC", "CD"),
+    ("Congo Republic", "CG"),
+    ("Republic of the Congo", "CG"),
+    ("The Gambia", "GM"),
+    ("The Bahamas", "BS"),
+    ("The Netherlands", "NL"),
+    ("Macau", "MO"),
+    ("UAE", "AE"),
+    ("Great Britain", "GB"),
+    ("Curacao", "CW"),
+    ("Reunion", "RE"),
+    ("Cote d'Ivoire", "CI"),
+    ("Turkiye", "TR"),
+    ("Aland Islands", "AX"),
+    ("Sao Tome and Principe", "ST"),
+    ("Saint Barthelemy", "BL"),
     // The other ISO 3166-1 names (short, common and official) and a few older spellings.
     ("Aruba", "AW"),
     ("Afghanistan", "AF"),
@@ -734,6 +759,10 @@ mod tests {
             ("Republic of Cyprus", "CY"),
             ("Czech Republic", "CZ"),
             ("Côte d'Ivoire", "CI"),
+            ("DR Congo", "CD"),
+            ("Bahamas (the)", "BS"),
+            ("UAE", "AE"),
+            ("uk", "GB"),
         ] {
             assert_eq!(country_iso(name).as_deref(), Some(code), "{name}");
         }

@@ -151,10 +151,15 @@ impl WindowCounter {
         self.total()
     }
 
-    /// Whether `t` falls before the newest time counted (to the window's slot): an event
-    /// arriving after later ones.
-    pub fn precedes(&self, t: i64, window_seconds: u64) -> bool {
-        t.div_euclid(slot_seconds(window_seconds)) < self.head
+    /// The count in the window ending at `t`, without moving the window: for a `t` before the
+    /// newest time counted too (an event arriving after later ones), the slots kept up to `t`'s.
+    pub fn total_until(&self, t: i64, window_seconds: u64) -> u64 {
+        let slot = t.div_euclid(slot_seconds(window_seconds));
+        let span = WINDOW_SLOTS as i64 - 1;
+        let (from, to) = ((self.head - span).max(slot - span), slot.min(self.head));
+        (from..=to)
+            .map(|s| self.counts[s.rem_euclid(WINDOW_SLOTS as i64) as usize] as u64)
+            .sum()
     }
 
     /// The count in the window ending at `t`.

@@ -57,15 +57,13 @@ pub(crate) fn on_success(
     let Some(mut s) = st.brute_force.take() else {
         return;
     };
-    if s.window.precedes(ctx.t, cfg.window_seconds) {
-        // Dated before the newest failure (a late page, a newest-first listing): it did not
-        // follow the burst. QA: it raised a HIGH alert naming the user's own login, and closed
-        // the burst, so the attacker's success right after went unreported.
-        st.brute_force = Some(s);
-        return;
-    }
-    let failures = s.window.total_at(ctx.t, cfg.window_seconds);
+    // Only the failures before the success count: one dated before the burst (a late page, a
+    // newest-first listing) follows none of it. QA: it raised a HIGH alert naming the user's
+    // own login, and closed the burst, so the attacker's success right after went unreported.
+    let failures = s.window.total_until(ctx.t, cfg.window_seconds);
     if failures < cfg.min_failures {
+        // Not this burst's end: the failures after this success still count for a later one.
+        st.brute_force = Some(s);
         return;
     }
     s.evidence.push(ctx.event, ctx.max_evidence + 1);

@@ -511,6 +511,19 @@ impl UebaConfig {
                 s.first_seen.max_values_per_attribute >= 1,
                 at("first_seen.max_values_per_attribute must be >= 1"),
             );
+            check(
+                s.rate_limit_violation.min_events >= 1,
+                at("rate_limit_violation.min_events must be >= 1"),
+            );
+            check(
+                s.config_change.rare_max_changes_per_week.is_finite()
+                    && s.config_change.rare_max_changes_per_week >= 0.0,
+                at("config_change.rare_max_changes_per_week must be a number >= 0"),
+            );
+            check(
+                s.config_change.min_activity_events >= 1,
+                at("config_change.min_activity_events must be >= 1"),
+            );
         }
         check(
             self.max_evidence_events >= 1,
@@ -641,6 +654,14 @@ mod tests {
             (
                 "[brute_force_success]\nmin_failures = 0",
                 "brute_force_success.min_failures",
+            ),
+            (
+                "[rate_limit_violation]\nmin_events = 0",
+                "rate_limit_violation.min_events",
+            ),
+            (
+                "[config_change]\nrare_max_changes_per_week = nan",
+                "config_change.rare_max_changes_per_week",
             ),
         ] {
             let err = UebaConfig::from_toml(toml)

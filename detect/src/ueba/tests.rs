@@ -298,6 +298,25 @@ fn a_success_dated_before_the_failures_does_not_close_the_burst() {
     let why = bf[0].explanation.as_deref().unwrap();
     assert!(why.contains("from 203.0.113.77"), "{why}");
     assert!(!bf[0].lines.contains(&7), "{:?}", bf[0].lines);
+    // QA: a success dated before the newest failure but after enough of them (the user's own
+    // typos after the attacker's success, arriving first) is still the attacker's.
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut events = failed_logins("erin@example.com", burst, "203.0.113.77", 1, 10);
+    events.extend(failed_logins(
+        "erin@example.com",
+        burst + Duration::seconds(150),
+        "198.51.100.10",
+        11,
+        2,
+    ));
+    events.push(okta_login(
+        "acme",
+        burst + Duration::seconds(120),
+        13,
+        &attacker,
+    ));
+    let bf = of(&run(&mut engine, &events), "brute_force_success").len();
+    assert_eq!(bf, 1);
 }
 
 /// QA: after one burst of failures for a user, the same burst two days later was not

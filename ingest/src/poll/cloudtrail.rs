@@ -171,6 +171,35 @@ fn listing_start(
     )
 }
 
+/// How long the region folders found under a prefix are used before they are looked for again:
+/// finding them takes a listing per folder level and per account (an organization of 100
+/// accounts: ~2,000 requests), and a trail gains a region rarely.
+const REGION_FOLDERS_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// [`region_folders`], found again at most every [`REGION_FOLDERS_TTL`] (a poller that found
+/// none looks again at every poll, as an empty bucket fills).
+async fn known_region_folders(
+    src: &PollSource,
+    creds: &Credentials,
+    prefix: &str,
+) -> Result<Vec<String>, PollError> {
+    let cached = |now: std::time::Instant| {
+        let held = src.region_folders.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref()
+            .filter(|(at, folders)| {
+                !folders.is_empty() && now.duration_since(*at) < REGION_FOLDERS_TTL
+            })
+            .map(|(_, folders)| folders.clone())
+    };
+    if let Some(folders) = cached(std::time::Instant::now()) {
+        return Ok(folders);
+    }
+    let folders = region_folders(src, creds, prefix).await?;
+    *src.region_folders.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((std::time::Instant::now(), folders.clone()));
+    Ok(folders)
+}
+
 /// The folders right under `prefix` (`ListObjectsV2` with `delimiter=/`, every page).
 async fn list_folders(
     src: &PollSource,
@@ -349,12 +378,11 @@ pub(super) async fn poll(
     // A checkpoint of a build that kept one position for the whole prefix: each region folder
     // new to the checkpoint starts no later than that position's time, so a service stopped
     // longer than the lookback loses no file on its first poll after the upgrade.
-    let upgraded_start = match (
-        cp.folders.is_empty(),
-        cp.resume.as_deref().and_then(key_time),
-    ) {
-        (true, Some(t)) => start.min(t - Duration::minutes(SETTLE_MINUTES)),
-        _ => start,
+    // (Until every folder has a place of its own: a first poll may spend its page budget in
+    // one folder, and the others start at a later poll.)
+    let upgraded_start = match cp.resume.as_deref().and_then(key_time) {
+        Some(t) => start.min(t - Duration::minutes(SETTLE_MINUTES)),
+        None => start,
     };
     let mut report = PollReport::default();
     // Each file moves its folder's checkpoint past it once it is stored.
@@ -405,7 +433,7 @@ async fn listings(
     let folders = if dated(&prefix) {
         Vec::new()
     } else {
-        region_folders(src, creds, &prefix).await?
+        known_region_folders(src, creds, &prefix).await?
     };
     Ok(if folders.is_empty() {
         vec![(None, prefix)]

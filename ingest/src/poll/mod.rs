@@ -586,6 +586,8 @@ pub struct PollSource {
     /// The record times more than a day ahead already warned about and counted: `since` never
     /// reaches them, so the vendor lists such a record again at every poll.
     implausible_noted: std::sync::Mutex<std::collections::HashSet<DateTime<Utc>>>,
+    /// CloudTrail under a prefix above the region folders: the folders found, and when.
+    region_folders: std::sync::Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
 
 impl PollSource {
@@ -727,6 +729,7 @@ impl PollSource {
             metrics: None,
             access_token: tokio::sync::Mutex::new(None),
             implausible_noted: std::sync::Mutex::default(),
+            region_folders: std::sync::Mutex::default(),
         })
     }
 
