@@ -491,39 +491,43 @@ impl UebaConfig {
                 s.password_spray.min_distinct_users >= 2,
                 at("password_spray.min_distinct_users must be >= 2"),
             );
-            check(
-                s.auth_failure_burst.min_failures >= 1,
-                at("auth_failure_burst.min_failures must be >= 1"),
-            );
-            check(
-                s.brute_force_success.min_failures >= 1,
-                at("brute_force_success.min_failures must be >= 1"),
-            );
-            check(
-                s.volume_anomaly.min_events >= 1,
-                at("volume_anomaly.min_events must be >= 1"),
-            );
-            check(
-                s.volume_anomaly.min_ratio.is_finite() && s.volume_anomaly.min_ratio >= 0.0,
-                at("volume_anomaly.min_ratio must be a number >= 0"),
-            );
-            check(
-                s.first_seen.max_values_per_attribute >= 1,
-                at("first_seen.max_values_per_attribute must be >= 1"),
-            );
-            check(
-                s.rate_limit_violation.min_events >= 1,
-                at("rate_limit_violation.min_events must be >= 1"),
-            );
-            check(
-                s.config_change.rare_max_changes_per_week.is_finite()
-                    && s.config_change.rare_max_changes_per_week >= 0.0,
-                at("config_change.rare_max_changes_per_week must be a number >= 0"),
-            );
-            check(
-                s.config_change.min_activity_events >= 1,
-                at("config_change.min_activity_events must be >= 1"),
-            );
+            for (value, key) in [
+                (
+                    s.auth_failure_burst.min_failures,
+                    "auth_failure_burst.min_failures",
+                ),
+                (
+                    s.brute_force_success.min_failures,
+                    "brute_force_success.min_failures",
+                ),
+                (s.volume_anomaly.min_events, "volume_anomaly.min_events"),
+                (
+                    s.rate_limit_violation.min_events,
+                    "rate_limit_violation.min_events",
+                ),
+                (
+                    s.first_seen.max_values_per_attribute,
+                    "first_seen.max_values_per_attribute",
+                ),
+                (
+                    s.config_change.min_activity_events,
+                    "config_change.min_activity_events",
+                ),
+            ] {
+                check(value >= 1, at(&format!("{key} must be >= 1")));
+            }
+            for (value, key) in [
+                (s.volume_anomaly.min_ratio, "volume_anomaly.min_ratio"),
+                (
+                    s.config_change.rare_max_changes_per_week,
+                    "config_change.rare_max_changes_per_week",
+                ),
+            ] {
+                check(
+                    value.is_finite() && value >= 0.0,
+                    at(&format!("{key} must be a number >= 0")),
+                );
+            }
         }
         check(
             self.max_evidence_events >= 1,

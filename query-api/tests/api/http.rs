@@ -2916,13 +2916,7 @@ fn a_uri_too_long_for_http_gets_a_json_error() {
     let body: Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["error"]["code"], "uri_too_long", "{body}");
     // Counted, as every answer (QA: hyper's own answers were counted nowhere).
-    let metrics = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = api.metrics_text();
     assert!(
         metrics.contains(
             "perimeter_api_requests_total{route=\"unparsed\",method=\"unknown\",status=\"414\"} 1"
@@ -3114,13 +3108,7 @@ fn a_request_body_silent_past_the_limit_is_answered_408() {
     assert_eq!(json_body["error"]["code"], "request_timeout", "{answer}");
     assert!(waited < std::time::Duration::from_secs(8), "{waited:?}");
     // Counted as the 408 it was answered with (QA: counted as the handler's 400).
-    let metrics = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = api.metrics_text();
     assert!(
         metrics.contains(
             "perimeter_api_requests_total{route=\"/api/v1/rules/test\",method=\"POST\",status=\"408\"} 1"
