@@ -1693,6 +1693,16 @@ mod tests {
             .collect()
     }
 
+    /// The `id` of each record one scan of the inbox in `dir` reads (see [`record_ids`]).
+    async fn ids_after_one_scan(dir: &Path) -> Vec<String> {
+        let (tx, rx) = channel(4);
+        let consumer = collecting(rx);
+        let spool = spool_in(dir, 100, tx);
+        spool.scan_once(&mut Unreadable::default()).await.unwrap();
+        drop(spool);
+        record_ids(&consumer.await.unwrap())
+    }
+
     /// A consumer acknowledging every batch; returns what it was given.
     fn collecting(rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<Seen> {
         let batches = each_batch_acked(rx, |s| {
@@ -1880,12 +1890,7 @@ mod tests {
             .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
             .collect();
         std::fs::write(dir.path().join("okta/ps.json"), bytes).unwrap();
-        let (tx, rx) = channel(4);
-        let consumer = collecting(rx);
-        let spool = spool_in(dir.path(), 100, tx);
-        spool.scan_once(&mut Unreadable::default()).await.unwrap();
-        drop(spool);
-        let ids = record_ids(&consumer.await.unwrap());
+        let ids = ids_after_one_scan(dir.path()).await;
         assert_eq!(ids, ["u16-0", "u16-1"]);
     }
 
@@ -1908,12 +1913,7 @@ mod tests {
         .unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("github")).unwrap();
         std::fs::write(dir.path().join("okta/real.json"), "{\"id\": \"real\"}\n").unwrap();
-        let (tx, rx) = channel(4);
-        let consumer = collecting(rx);
-        let spool = spool_in(dir.path(), 100, tx);
-        spool.scan_once(&mut Unreadable::default()).await.unwrap();
-        drop(spool);
-        let ids = record_ids(&consumer.await.unwrap());
+        let ids = ids_after_one_scan(dir.path()).await;
         assert_eq!(ids, ["real"]);
         assert!(
             outside.path().join("secret.json").exists(),
