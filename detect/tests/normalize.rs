@@ -613,6 +613,83 @@ fn azure_sign_in_logs_give_the_user_address_outcome_and_agent() {
         && strs(&e.ecs.event_category) == ["authentication"]));
 }
 
+/// The same Entra logs read from Microsoft Graph (`/auditLogs/signIns`, `/directoryAudits`),
+/// with no Azure Monitor envelope: each shape is told apart by its keys (`auto`), a sign-in gets
+/// the action Azure Monitor gives it, its outcome from the error code and its country; an audit
+/// its actor (a user, or an app) and the user it acted on (QA: both shapes had no action).
+#[test]
+fn entra_logs_read_from_graph_normalize_like_azure_monitor_ones() {
+    let registry = NormalizerRegistry::builtin();
+    let events: Vec<Event> = ["graph_signins.json", "graph_directory_audits.json"]
+        .iter()
+        .flat_map(|file| normalize_page(&registry, &format!("{LOCAL}/azure/{file}"), "azure"))
+        .collect();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.source.as_str(),
+                e.ecs.event_action.as_deref(),
+                e.ecs.event_outcome,
+                strs(&e.ecs.event_category),
+                e.ecs.user_name.as_deref(),
+                e.ecs.source_ip.as_deref(),
+                e.ecs.source_geo_country_iso_code.as_deref(),
+                e.ecs.user_target_name.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "azure",
+                Some("Sign-in activity"),
+                Outcome::Failure,
+                vec!["authentication"],
+                Some("alice@contoso.example"),
+                Some("203.0.113.8"),
+                Some("NG"),
+                None,
+            ),
+            (
+                "azure",
+                Some("Sign-in activity"),
+                Outcome::Success,
+                vec!["authentication"],
+                Some("alice@contoso.example"),
+                Some("198.51.100.20"),
+                Some("US"),
+                None,
+            ),
+            (
+                "azure",
+                Some("Update user"),
+                Outcome::Success,
+                vec!["iam"],
+                Some("admin@contoso.example"),
+                Some("203.0.113.9"),
+                None,
+                Some("bob@contoso.example"),
+            ),
+            (
+                "azure",
+                Some("Update conditional access policy"),
+                Outcome::Failure,
+                vec!["configuration"],
+                Some("Microsoft Graph Command Line Tools"),
+                None,
+                None,
+                None,
+            ),
+        ]
+    );
+    assert_eq!(
+        events[0].timestamp.to_rfc3339(),
+        "2024-05-01T11:00:00+00:00"
+    );
+}
+
 #[test]
 fn bad_records_give_errors_naming_the_field() {
     let registry = NormalizerRegistry::builtin();

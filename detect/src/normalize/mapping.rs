@@ -371,8 +371,22 @@ enum Found<'a> {
 }
 
 impl FieldSource {
-    /// A path, or a template when the text holds `{`: literal text with `{path}` placeholders.
+    /// A path; a template when the text holds `{`: literal text with `{path}` placeholders; or a
+    /// constant in single quotes (`'Sign-in activity'`), for a kind of record that names no
+    /// action of its own (a key set in `[detect]` tells it apart), last among the alternatives.
     fn parse(text: &str) -> Result<FieldSource, String> {
+        if let Some(constant) = text
+            .strip_prefix('\'')
+            .and_then(|t| t.strip_suffix('\''))
+        {
+            if constant.trim().is_empty() {
+                return Err(format!("constant `{text}` is empty"));
+            }
+            return Ok(FieldSource::Template {
+                text: text.to_owned(),
+                pieces: vec![TemplatePiece::Literal(constant.to_owned())],
+            });
+        }
         if !text.contains('{') {
             return JsonPath::parse(text).map(FieldSource::Path);
         }
@@ -1009,6 +1023,24 @@ type = ["start"]
             assert_eq!(ecs.event_action.as_deref(), Some("login_ok"));
             assert_eq!(ecs.user_id, None);
         }
+    }
+
+    #[test]
+    fn a_quoted_constant_is_the_last_resort_of_its_field() {
+        let text = MINIMAL.replace(
+            "\"event.action\" = \"acme_event\"",
+            "\"event.action\" = [\"acme_event\", \"'sign-in'\"]",
+        );
+        let m = MappingNormalizer::from_toml(&text, Path::new("acme.toml")).expect("valid");
+        let named = json!({"acme_event": "logout", "when": 1700000000});
+        assert_eq!(m.ecs(&named).unwrap().event_action.as_deref(), Some("logout"));
+        let unnamed = json!({"when": 1700000000});
+        assert_eq!(m.ecs(&unnamed).unwrap().event_action.as_deref(), Some("sign-in"));
+        let empty = MINIMAL.replace("\"event.action\" = \"acme_event\"", "\"event.action\" = \"' '\"");
+        let err = MappingNormalizer::from_toml(&empty, Path::new("acme.toml"))
+            .expect_err("an empty constant")
+            .to_string();
+        assert!(err.contains("acme.toml") && err.contains("empty"), "{err}");
     }
 
     #[test]
