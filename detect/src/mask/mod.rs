@@ -347,7 +347,19 @@ impl SecretMasker {
 
     /// Keyed HMAC of a value, the same function `hash` uses (for stable pseudonymous entity keys):
     /// `hmac:` followed by `hash_hex_chars` hex characters.
+    ///
+    /// An email address is one mailbox whatever its case (`Dana.Kim@Acme.example` in one SaaS is
+    /// `dana.kim@acme.example` in the next): its pseudonym is that of its lower-case form, so
+    /// alert entities, masked fields and searches by address name one person. Other values (ids,
+    /// tokens) keep their case: `00uAbC` and `00uabc` are different ids.
     pub fn pseudonymize(&self, value: &str) -> String {
+        let folded;
+        let value = if is_mixed_case_address(value) {
+            folded = value.to_ascii_lowercase();
+            &folded
+        } else {
+            value
+        };
         let mut mac = self.mac.clone();
         mac.update(value.as_bytes());
         let digest = mac.finalize().into_bytes();
@@ -914,6 +926,18 @@ impl SecretMasker {
             }
         }
     }
+}
+
+/// An email address (one `@`, a dotted domain, no spaces) with an upper-case ASCII letter.
+fn is_mixed_case_address(value: &str) -> bool {
+    let Some((local, domain)) = value.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.contains('@')
+        && !value.bytes().any(|b| b.is_ascii_whitespace())
+        && value.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// Whether `text` opens like a JSON document in base64: `{"`, `{ "`, `[{"`, `[{ ` encoded (a

@@ -1502,6 +1502,28 @@ fn partial_never_reveals_short_values() {
     assert_eq!(v["password"], "****xyz1");
 }
 
+/// One mailbox, one pseudonym: an address written with capitals in one SaaS and in lower case in
+/// the next is one entity for the analyst (QA: two pseudonyms); ids keep their case.
+#[test]
+fn an_address_has_one_pseudonym_whatever_its_case() {
+    let m = masker();
+    let lower = m.pseudonymize("dana.kim@acme-corp.example");
+    assert_eq!(m.pseudonymize("Dana.Kim@ACME-corp.example"), lower);
+    assert_ne!(m.pseudonymize("00uAbCd123"), m.pseudonymize("00uabcd123"));
+    assert_ne!(
+        m.pseudonymize("Not An@address.example"),
+        m.pseudonymize("not an@address.example")
+    );
+    let mut v = serde_json::json!({"note": "mail from Dana.Kim@Acme-Corp.example"});
+    let emails = masker_with("[mask.patterns.email]\nenabled = true");
+    emails.mask_value(&mut v);
+    let text = v["note"].as_str().expect("text");
+    assert!(
+        text.contains(&emails.pseudonymize("dana.kim@acme-corp.example")),
+        "{text}"
+    );
+}
+
 #[test]
 fn hmac_is_stable_and_keyed() {
     let a = masker();

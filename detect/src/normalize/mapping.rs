@@ -375,10 +375,7 @@ impl FieldSource {
     /// constant in single quotes (`'Sign-in activity'`), for a kind of record that names no
     /// action of its own (a key set in `[detect]` tells it apart), last among the alternatives.
     fn parse(text: &str) -> Result<FieldSource, String> {
-        if let Some(constant) = text
-            .strip_prefix('\'')
-            .and_then(|t| t.strip_suffix('\''))
-        {
+        if let Some(constant) = text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')) {
             if constant.trim().is_empty() {
                 return Err(format!("constant `{text}` is empty"));
             }
@@ -1033,10 +1030,19 @@ type = ["start"]
         );
         let m = MappingNormalizer::from_toml(&text, Path::new("acme.toml")).expect("valid");
         let named = json!({"acme_event": "logout", "when": 1700000000});
-        assert_eq!(m.ecs(&named).unwrap().event_action.as_deref(), Some("logout"));
+        assert_eq!(
+            m.ecs(&named).unwrap().event_action.as_deref(),
+            Some("logout")
+        );
         let unnamed = json!({"when": 1700000000});
-        assert_eq!(m.ecs(&unnamed).unwrap().event_action.as_deref(), Some("sign-in"));
-        let empty = MINIMAL.replace("\"event.action\" = \"acme_event\"", "\"event.action\" = \"' '\"");
+        assert_eq!(
+            m.ecs(&unnamed).unwrap().event_action.as_deref(),
+            Some("sign-in")
+        );
+        let empty = MINIMAL.replace(
+            "\"event.action\" = \"acme_event\"",
+            "\"event.action\" = \"' '\"",
+        );
         let err = MappingNormalizer::from_toml(&empty, Path::new("acme.toml"))
             .expect_err("an empty constant")
             .to_string();
