@@ -187,18 +187,47 @@ impl Metrics {
     }
 }
 
-/// What a metric counts, for the `# HELP` line of the ones a dashboard or an alert starts from
-/// (QA: none had one). The query-api README describes them all.
-fn help_of(name: &str) -> Option<&'static str> {
+/// What a metric counts, for its `# HELP` line (QA: none had one, then only some did). Every
+/// series the service exports has one; the query-api README describes them at length.
+pub fn help_of(name: &str) -> Option<&'static str> {
     Some(match name {
         "events_received_total" => "Records received, per source.",
-        "events_stored_total" => "Events stored, per source.",
+        "events_stored_total" => "Events stored, per source (new events only, not replays).",
         "dead_letters_total" => {
             "Inputs stored as dead letters (unusable lines, records no normalizer takes)."
+        }
+        "events_timestamp_adjusted_total" => {
+            "Events whose impossible vendor time was replaced by the receive time, per source."
+        }
+        "events_unattributed_total" => "Events with neither a user nor a source IP, per source.",
+        "events_without_action_total" => "Events normalized without an action, per source.",
+        "events_past_retention_total" => {
+            "Events stored although dated before their retention window."
+        }
+        "inputs_with_repeated_keys_total" => {
+            "Inputs with an object that repeated a key (the last value is kept)."
         }
         "alerts_total" => "Alerts raised, per rule.",
         "alerts_grouped_total" => {
             "Repeats counted into an open alert instead of raised on their own."
+        }
+        "alerts_still_firing_total" => "Grouped alerts whose count passed 10, 100, 1000, ...",
+        "alerts_switched_off_total" => {
+            "Alerts dropped because their tenant switched the rule off, per rule."
+        }
+        "correlation_open_windows" => "Correlation windows held in memory.",
+        "correlation_keys_evicted_total" => {
+            "Correlation windows dropped at max_correlation_keys (detections possibly missed)."
+        }
+        "correlation_late_events_total" => {
+            "Events left out of correlations for coming later than allowed_lateness_seconds."
+        }
+        "correlation_events_dated_ahead_total" => {
+            "Events dated more than allowed_lateness_seconds after they were received."
+        }
+        "ueba_tracked_entities" => "Entities with behavioural baselines held in memory.",
+        "ueba_entities_evicted_total" => {
+            "Behavioural baselines dropped, per reason (capacity: detections possibly missed)."
         }
         "api_requests_total" => "API and ingest requests answered, per route, method and status.",
         "api_connections_refused_total" => {
@@ -207,16 +236,88 @@ fn help_of(name: &str) -> Option<&'static str> {
         "store_batches_failed_total" => {
             "Batches the store could not write (the source retries them)."
         }
+        "store_last_failure_timestamp_seconds" => {
+            "When the store last failed to write a batch (Unix time)."
+        }
+        "store_commit_latency_seconds" => "How long the last store commit took.",
+        "store_events_stored" => "Events in the store.",
+        "store_events_written_total" => "Events written to the store since the start.",
+        "store_events_duplicate_total" => {
+            "Events not written again because the store held them already."
+        }
+        "store_alerts_stored" => "Alerts in the store.",
+        "store_dead_letters_written_total" => "Dead letters written since the start.",
+        "store_batches_written_total" => "Batches written since the start.",
+        "store_last_commit_seconds" => "How long the last index commit took.",
+        "store_last_batch_seconds" => "How long the last batch took to store, all of it.",
+        "store_index_days" => "Day indexes in the store.",
+        "store_open_index_writers" => "Day indexes open for writing.",
+        "store_parquet_files_written_total" => "Parquet files written since the start.",
+        "store_batches_failing" => "Batches failing to be stored now.",
         "state_snapshots_failed_total" => "Detection state snapshots that could not be written.",
+        "state_last_snapshot_timestamp_seconds" => {
+            "When the detection state on disk last matched memory (Unix time)."
+        }
+        "state_snapshot_duration_seconds" => "How long the last detection state snapshot took.",
+        "retention_removed_total" => "What the retention sweeps removed, per kind.",
         "retention_failures_total" => "Retention sweeps that failed.",
+        "parquet_files_merged_total" => "Parquet files merged by compaction.",
         "parquet_compaction_failures_total" => "Parquet compactions that failed.",
         "rule_reloads_failed_total" => "SIGHUP rule reloads refused (the rules in use stay).",
         "rule_files_failed" => "Rule files left out at the start for an error.",
         "rules_loaded" => "Sigma rules in use.",
         "tls_certificate_reloads_total" => "TLS certificate reloads, per result.",
+        "tls_certificate_expiry_timestamp_seconds" => {
+            "When the served certificate chain expires first (Unix time)."
+        }
         "pipeline_lag_seconds" => "Receive time minus event time of the newest batch.",
+        "pipeline_processing_lag_seconds" => {
+            "Age since receipt of the oldest event of the last stored batch."
+        }
+        "part_stopped" => "1 for a part of the service that stopped until a restart.",
+        "part_failing" => "1 for a part of the service failing now (it may recover).",
         "poll_errors_total" => "Poll failures, per poller and kind.",
         "poll_last_success_timestamp_seconds" => "When each poller last polled without an error.",
+        "poll_pages_total" => "API pages read, per poller.",
+        "poll_records_total" => "Records read from the APIs, per poller.",
+        "poll_items_set_aside_total" => {
+            "Items a poller could not read and set aside (an S3 key, a blob), per poller."
+        }
+        "spool_files_set_aside_total" => "Spool files moved to .failed/, per source.",
+        "spool_files_grown_after_watch_total" => {
+            "Spool files that grew after they were read, per source."
+        }
+        "destination_alerts_sent_total" => "Alerts delivered, per destination.",
+        "destination_failures_total" => "Failed delivery rounds, per destination.",
+        "destination_batches_abandoned_total" => {
+            "Alert batches given up on after a day of failed deliveries, per destination."
+        }
+        "destination_outbox_pending_batches" => "Alert batches in the outbox not delivered yet.",
+        "destination_batches_overflowed_total" => {
+            "Alert batches that arrived while more than 2,048 were pending."
+        }
+        "destination_batches_dropped_total" => {
+            "Alert batches that arrived while delivery shut down (kept in the outbox)."
+        }
+        "kafka_records_produced_total" => "Records put on the Kafka topic.",
+        "kafka_batches_refused_total" => "Ingest batches the Kafka producer could not deliver.",
+        "kafka_producer_fatal_errors_total" => {
+            "Kafka producers replaced after a fatal error (fenced, out of sequence)."
+        }
+        "kafka_records_consumed_total" => "Records read from the Kafka topic.",
+        "kafka_batches_committed_total" => "Consumed batches committed once stored.",
+        "kafka_commit_failures_total" => "Offset commits that failed (the records are read again).",
+        "kafka_read_errors_total" => "Errors reading from the Kafka brokers.",
+        "kafka_batches_retried_total" => "Consumed batches stored again after a failure.",
+        "kafka_messages_unopened_total" => {
+            "Sealed messages no configured payload key opens (left for a member that has it)."
+        }
+        "kafka_records_left_to_new_owner_total" => {
+            "Records of revoked partitions left for their new owner to read."
+        }
+        "kafka_consumer_lag_records" => {
+            "Records on the broker past this member's last commit, per partition."
+        }
         "metrics_series_dropped_total" => "Label sets not kept for a metric past 1000 series.",
         _ => return None,
     })

@@ -412,6 +412,9 @@ impl AlertNotifier {
         queue_batches: usize,
     ) -> AlertNotifier {
         let queue_batches = queue_batches.max(1);
+        for destination in destinations.lock().iter() {
+            counted_from_zero(&metrics, &destination.id);
+        }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PendingBatch>();
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -733,6 +736,19 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// A destination's counters are exported at 0 from its first delivery (and, for those registered
+/// before the start, from the start): an alert on `increase(...) > 0` sees the first failure or
+/// abandoned batch, which a series born at 1 does not show (QA).
+fn counted_from_zero(metrics: &Metrics, id: &str) {
+    for name in [
+        "destination_alerts_sent_total",
+        "destination_failures_total",
+        "destination_batches_abandoned_total",
+    ] {
+        metrics.inc(name, &[("destination", id)], 0);
+    }
+}
+
 async fn deliver(
     client: &reqwest::Client,
     destination: &Destination,
@@ -741,6 +757,7 @@ async fn deliver(
     metrics: &Metrics,
     status: &DestinationStore,
 ) -> RoundOutcome {
+    counted_from_zero(metrics, &destination.id);
     let encoded = match destination.format {
         DestinationFormat::Json => serde_json::to_vec(body),
         DestinationFormat::Slack => serde_json::to_vec(&serde_json::json!({
@@ -964,6 +981,11 @@ mod tests {
             2,
             "two failed rounds"
         );
+        // Nothing was given up on, and that shows as a 0, not as no series.
+        assert!(metrics.render_prometheus().contains(&format!(
+            "perimeter_destination_batches_abandoned_total{{destination=\"{}\"}} 0\n",
+            d.id
+        )));
         let status = destinations.list("acme");
         let soar = status.iter().find(|x| x.id == d.id).unwrap();
         assert_eq!(

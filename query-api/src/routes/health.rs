@@ -82,9 +82,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     {
         render_store_stats(&mut text, &stats);
         let failing = failure.map_or(0, |f| f.batches);
-        text.push_str(&format!(
-            "# TYPE perimeter_store_batches_failing gauge\nperimeter_store_batches_failing {failing}\n"
-        ));
+        push_series(&mut text, "store_batches_failing", "gauge", failing as f64);
     }
     (
         [(
@@ -143,8 +141,16 @@ fn render_store_stats(out: &mut String, stats: &perimeter_store::StoreStats) {
         ),
     ];
     for (name, kind, value) in series {
-        out.push_str(&format!(
-            "# TYPE perimeter_{name} {kind}\nperimeter_{name} {value}\n"
-        ));
+        push_series(out, name, kind, value);
     }
+}
+
+/// One unlabelled series with its `# HELP` and `# TYPE` lines.
+fn push_series(out: &mut String, name: &str, kind: &str, value: f64) {
+    if let Some(help) = perimeter_model::metrics::help_of(name) {
+        out.push_str(&format!("# HELP perimeter_{name} {help}\n"));
+    }
+    out.push_str(&format!(
+        "# TYPE perimeter_{name} {kind}\nperimeter_{name} {value}\n"
+    ));
 }

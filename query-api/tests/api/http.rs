@@ -57,6 +57,18 @@ fn health_readiness_and_metrics_need_no_token() {
         "{text}"
     );
 
+    // Every metric says what it counts (QA: 19 of them did), right before its type.
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(typed) = line.strip_prefix("# TYPE ") {
+            let name = typed.split(' ').next().unwrap();
+            assert!(
+                i > 0 && lines[i - 1].starts_with(&format!("# HELP {name} ")),
+                "{name} has no HELP line:\n{text}"
+            );
+        }
+    }
+
     api.state.set_ready(false);
     assert_error(
         api.client.get(api.url("/readyz")).send().unwrap(),
