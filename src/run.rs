@@ -1336,12 +1336,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             max_line_bytes: config.max_line_bytes,
             max_records: config.ingest_max_records,
         },
-        // A name the masker would mask is a secret, not a vendor; not echoed back.
-        Some(Arc::new(|source: &str| {
-            (crate::logging::masked(source) != source).then(|| {
-                "the source name looks like a secret (a token or key): name the vendor, such as `okta`".to_string()
-            })
-        })),
+        Some(secret_source_names()),
     );
 
     let pollers = spawn_pollers(config, &data_dir, &sources_bus, &metrics, &stop_rx)?;
@@ -1353,7 +1348,8 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         },
         sources_bus,
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_source_check(secret_source_names());
     let mut spool_stop = stop_rx.clone();
     let spool_task = tokio::spawn(async move {
         spool
@@ -1571,5 +1567,16 @@ pub fn serve_demo(
         let _ = std::io::stdout().flush();
         server.run(state, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The source names refused over HTTP and in the inbox: a name the masker would mask is a
+/// secret (a token pasted as the source), not a vendor; it is not echoed back.
+fn secret_source_names() -> perimeter_ingest::http::SourceNameCheck {
+    Arc::new(|source: &str| {
+        (crate::logging::masked(source) != source).then(|| {
+            "the source name looks like a secret (a token or key): name the vendor, such as `okta`"
+                .to_string()
+        })
     })
 }

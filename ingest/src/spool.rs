@@ -202,6 +202,8 @@ pub struct SpoolSource {
     /// Files holding a JSON document not complete yet, left for a later scan (said once).
     unfinished: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
     metrics: Option<Arc<Metrics>>,
+    /// Why a source directory's name is refused beyond its form ([`Self::with_source_check`]).
+    source_check: Option<crate::http::SourceNameCheck>,
 }
 
 /// How long a file whose JSON document is not complete (a pretty-printed page still being
@@ -379,7 +381,16 @@ impl SpoolSource {
             lapsed: std::sync::Mutex::new(Vec::new()),
             unfinished: std::sync::Mutex::new(std::collections::HashSet::new()),
             metrics: None,
+            source_check: None,
         }
+    }
+
+    /// Leave alone the source directories whose name `check` refuses, as HTTP ingest refuses
+    /// such a source ([`crate::http::ingest_router_checking_sources`]): a directory named like a
+    /// token would put that token in every event's `source`, in the metrics and in the logs.
+    pub fn with_source_check(mut self, check: crate::http::SourceNameCheck) -> Self {
+        self.source_check = Some(check);
+        self
     }
 
     /// Count spool events in `metrics` (label `source`).
@@ -730,7 +741,7 @@ impl SpoolSource {
         if let Err(e) = self.read_on_from_ingested().await {
             tracing::warn!(error = %e, "lines written to an ingested spool file after it was archived not ingested yet; will retry");
         }
-        let files = pending_files(&self.config.dir)?;
+        let files = pending_files(&self.config.dir, self.source_check.as_ref())?;
         unreadable
             .0
             .retain(|path, _| files.iter().any(|f| &f.path == path));
@@ -1206,7 +1217,10 @@ fn set_aside(dir: &Path, file: &SpoolFile, error: &IngestError) -> std::io::Resu
 
 /// Every `*.json`/`*.jsonl`/`*.csv` file (or gzipped, `*.json.gz`/...) under `dir/<source>/`
 /// and `dir/tenant=<name>/<source>/`, sorted by path.
-fn pending_files(dir: &Path) -> Result<Vec<SpoolFile>> {
+fn pending_files(
+    dir: &Path,
+    check: Option<&crate::http::SourceNameCheck>,
+) -> Result<Vec<SpoolFile>> {
     let io = |e| IngestError::Io {
         what: dir.display().to_string(),
         source: e,
@@ -1224,18 +1238,35 @@ fn pending_files(dir: &Path) -> Result<Vec<SpoolFile>> {
             {
                 warn_files_outside_source_dirs(&path).map_err(io)?;
                 for (source, path) in subdirs(&path).map_err(io)? {
-                    spool_files(Some(tenant), &source, &path, &mut out).map_err(io)?;
+                    if source_allowed(check, &source, &path) {
+                        spool_files(Some(tenant), &source, &path, &mut out).map_err(io)?;
+                    }
                 }
             }
             Some(_) => warn_once(
                 &path,
                 "not a tenant name (letters, digits, - _ . @); its files are left alone",
             ),
-            None => spool_files(None, &name, &path, &mut out).map_err(io)?,
+            None if source_allowed(check, &name, &path) => {
+                spool_files(None, &name, &path, &mut out).map_err(io)?
+            }
+            None => {}
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
+}
+
+/// Whether the source directory `path`, named `source`, may be read; a refused one is said once
+/// (the log masks its name).
+fn source_allowed(check: Option<&crate::http::SourceNameCheck>, source: &str, path: &Path) -> bool {
+    match check.and_then(|check| check(source)) {
+        Some(why) => {
+            warn_once(path, &format!("source directory left alone: {why}"));
+            false
+        }
+        None => true,
+    }
 }
 
 /// Warn that `path` is left in the inbox and why, once per path: the inbox is scanned twice a
@@ -2058,7 +2089,7 @@ mod tests {
         spool.ingest_file(&spooled).await.unwrap();
         assert!(!file.exists());
         assert!(dir.path().join(".processed/okta/a.jsonl").exists());
-        assert_eq!(pending_files(dir.path()).unwrap(), vec![]);
+        assert_eq!(pending_files(dir.path(), None).unwrap(), vec![]);
         drop(spool);
         // The failed attempt had put its second batch on the bus before it heard of the first's
         // failure (one batch is in flight while the next is read); the retry reads the file
@@ -2197,7 +2228,7 @@ mod tests {
             path: file.clone(),
         };
         assert_eq!(
-            pending_files(dir.path()).unwrap(),
+            pending_files(dir.path(), None).unwrap(),
             vec![spooled.clone()],
             "gzipped JSON is pending, other files are not"
         );
@@ -2249,7 +2280,7 @@ mod tests {
         assert!(failed.join("a.json.gz").exists());
         let why = std::fs::read_to_string(failed.join("a.json.gz.error.txt")).unwrap();
         assert!(why.contains("a.json.gz"), "{why}");
-        assert_eq!(pending_files(dir.path()).unwrap(), vec![]);
+        assert_eq!(pending_files(dir.path(), None).unwrap(), vec![]);
         drop(spool);
         assert_eq!(
             consumer.await.unwrap().len(),
@@ -2357,6 +2388,38 @@ mod tests {
     }
 
     #[test]
+    fn source_directories_whose_name_the_check_refuses_are_left_alone() {
+        // QA: HTTP ingest refused a source named like a token, the inbox read it.
+        let dir = tempfile::tempdir().unwrap();
+        for sub in [
+            "okta",
+            "ghp_TokenLikeName",
+            "tenant=acme/ghp_Other",
+            "tenant=acme/github",
+        ] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+            std::fs::write(dir.path().join(sub).join("a.jsonl"), "{}\n").unwrap();
+        }
+        let check: crate::http::SourceNameCheck = Arc::new(|name: &str| {
+            name.starts_with("ghp_")
+                .then(|| "looks like a token".to_string())
+        });
+        let files = pending_files(dir.path(), Some(&check)).unwrap();
+        let sources: Vec<(Option<String>, String)> = files
+            .iter()
+            .map(|f| (f.tenant.clone(), f.source.clone()))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (None, "okta".to_string()),
+                (Some("acme".to_string()), "github".to_string())
+            ]
+        );
+        assert_eq!(pending_files(dir.path(), None).unwrap().len(), 4);
+    }
+
+    #[test]
     fn source_directories_are_lower_cased_and_extensions_read_in_any_case() {
         // `inbox/Okta/` dead-lettered every record (no source `Okta`) while `/ingest/Okta`
         // stored them; `x.JSONL` was never read, and said nothing.
@@ -2367,7 +2430,7 @@ mod tests {
         for name in ["a.JSONL", "b.json.GZ", "c.txt", "sub/d.jsonl"] {
             std::fs::write(dir.path().join("Okta").join(name), "{}\n").unwrap();
         }
-        let files = pending_files(dir.path()).unwrap();
+        let files = pending_files(dir.path(), None).unwrap();
         let found: Vec<(String, String)> = files
             .iter()
             .map(|f| {
