@@ -152,6 +152,13 @@ fn note_unnormalized_source(command: &str, registry: &NormalizerRegistry, source
 pub fn base_parts(config: &PerimeterConfig) -> anyhow::Result<(NormalizerRegistry, SecretMasker)> {
     let registry = normalizers(config)?;
     let masker = SecretMasker::new(&config.mask).context("building the masker")?;
+    // Event and alert ids keyed with the deployment's own masking key: unkeyed, they were a way
+    // to test guesses of what masking hid.
+    if let Some(key) = perimeter_detect::pipeline::id_key(&masker) {
+        if !perimeter_model::key_ids(key) {
+            anyhow::bail!("event ids were keyed with another masking key in this process");
+        }
+    }
     Ok((registry, masker))
 }
 

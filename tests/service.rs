@@ -13,6 +13,8 @@ use webhook_receiver::WebhookReceiver;
 struct Service {
     child: Child,
     base: String,
+    /// The key of its event ids ([`id_key_of`]).
+    id_key: Option<[u8; 32]>,
 }
 
 impl Service {
@@ -93,7 +95,36 @@ fn spawn_run_logging(cfg: &std::path::Path, stderr: Stdio, log_format: &str) -> 
     let base = first.rsplit(' ').next().unwrap().to_string();
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Service { child, base }
+    Service {
+        child,
+        base,
+        id_key: id_key_of(cfg),
+    }
+}
+
+/// The key the service run with `cfg` keys its event ids with (`perimeter_detect::pipeline::id_key`):
+/// from the config's `[mask] hmac_key`, else from the key the service made for its data
+/// directory at its start.
+fn id_key_of(cfg: &std::path::Path) -> Option<[u8; 32]> {
+    let config: toml::Value = toml::from_str(&std::fs::read_to_string(cfg).ok()?).ok()?;
+    let configured = config
+        .get("mask")
+        .and_then(|m| m.get("hmac_key"))
+        .and_then(|k| k.as_str());
+    let reference = match configured {
+        Some(reference) => reference.to_string(),
+        None => {
+            let file =
+                std::path::Path::new(config.get("data_dir")?.as_str()?).join("state/mask.key");
+            format!("file:{}", file.display())
+        }
+    };
+    let masker = perimeter_detect::mask::SecretMasker::new(&perimeter_detect::mask::MaskConfig {
+        hmac_key: Some(reference),
+        ..Default::default()
+    })
+    .ok()?;
+    perimeter_detect::pipeline::id_key(&masker)
 }
 
 fn start(cfg: &std::path::Path) -> Service {
@@ -158,22 +189,26 @@ fn okta_event(batch: usize, i: usize) -> serde_json::Value {
     })
 }
 
-/// The event ids the pipeline gives Okta records.
-fn okta_ids(events: &[serde_json::Value]) -> Vec<String> {
+/// The event ids a service keying them with `key` gives Okta records.
+fn okta_ids(events: &[serde_json::Value], key: Option<[u8; 32]>) -> Vec<String> {
     events
         .iter()
-        .map(|e| perimeter_model::EventId::derive("okta", &perimeter_model::raw_from_serde(e)).0)
+        .map(|e| {
+            let raw = perimeter_model::raw_from_serde(e);
+            perimeter_model::EventId::derive_with("okta", &raw, key.as_ref()).0
+        })
         .collect()
 }
 
 /// Post `okta_event(batch, 0..n)` to `base`'s ingest: its answer (a success) and the ids of the
 /// events.
 fn post_okta_batch(
-    base: &str,
+    svc: &Service,
     token: &str,
     batch: usize,
     n: usize,
 ) -> (serde_json::Value, Vec<String>) {
+    let base = &svc.base;
     let events: Vec<serde_json::Value> = (0..n).map(|i| okta_event(batch, i)).collect();
     let body: String = events.iter().map(|e| format!("{e}\n")).collect();
     let r = reqwest::blocking::Client::new()
@@ -183,7 +218,7 @@ fn post_okta_batch(
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.text().unwrap());
-    (r.json().unwrap(), okta_ids(&events))
+    (r.json().unwrap(), okta_ids(&events, svc.id_key))
 }
 
 /// The events a search for `q` returns (its first page).
@@ -243,6 +278,7 @@ fn stored_ids(base: &str, token: &str) -> HashMap<String, usize> {
 /// ids of each acknowledged batch; `check` reads each answer.
 fn spawn_poster(
     base: String,
+    id_key: Option<[u8; 32]>,
     token: String,
     check: fn(&serde_json::Value),
 ) -> (
@@ -258,7 +294,7 @@ fn spawn_poster(
         for batch in 0..10_000 {
             let events: Vec<serde_json::Value> = (0..200).map(|i| okta_event(batch, i)).collect();
             let body: String = events.iter().map(|e| format!("{e}\n")).collect();
-            let ids = okta_ids(&events);
+            let ids = okta_ids(&events, id_key);
             match client
                 .post(format!("{base}/ingest/okta"))
                 .bearer_auth(&token)
@@ -306,7 +342,7 @@ fn kill_9_during_ingest_loses_and_duplicates_nothing_acknowledged() {
     let cfg = write_config(dir.path());
     let ingest_token = token(&cfg, "responder");
     let mut svc = start(&cfg);
-    let (rx, poster) = spawn_poster(svc.base.clone(), ingest_token.clone(), |ack| {
+    let (rx, poster) = spawn_poster(svc.base.clone(), svc.id_key, ingest_token.clone(), |ack| {
         assert_eq!(ack["events"], 200, "{ack}");
     });
     let acked = kill_9_after_acked(&mut svc, rx, poster, 2000);
@@ -3703,6 +3739,34 @@ fn kafka_table(broker: &crate::kafka_broker::KafkaBroker, name: &str) -> String 
     )
 }
 
+/// [`kafka_table`] of an instance of a deployment: with the masking key all its instances share
+/// (`run --check` warns without one; pseudonyms and event ids derive from it).
+fn kafka_instance(broker: &crate::kafka_broker::KafkaBroker, name: &str) -> String {
+    format!(
+        "[mask]\nhmac_key = \"file:{}\"\n{}",
+        shared_mask_key().display(),
+        kafka_table(broker, name)
+    )
+}
+
+/// The masking key every instance of a scaled-out deployment shares (README: pseudonyms and
+/// event ids derive from it), one file per test process.
+fn shared_mask_key() -> &'static std::path::Path {
+    static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!(
+            "perimeter-tests-{}-shared-mask.key",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            "the mask key every instance of the deployment shares",
+        )
+        .unwrap();
+        path
+    })
+}
+
 /// Every id of `expected` stored exactly once, waiting up to `within` for the detector side
 /// (it stores after the ingest answer on the Kafka bus).
 fn wait_stored_once(base: &str, token: &str, expected: &[String], within: Duration) {
@@ -3733,11 +3797,11 @@ fn wait_stored_once(base: &str, token: &str, expected: &[String], within: Durati
 fn on_the_kafka_bus_kill_9_loses_nothing_the_broker_acknowledged() {
     let broker = crate::kafka_broker::KafkaBroker::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config_with(dir.path(), &kafka_table(&broker, "kill9"));
+    let cfg = write_config_with(dir.path(), &kafka_instance(&broker, "kill9"));
     let ingest_token = token(&cfg, "responder");
     let mut svc = start(&cfg);
     // On the broker, not yet stored: the answer says so.
-    let (rx, poster) = spawn_poster(svc.base.clone(), ingest_token.clone(), |ack| {
+    let (rx, poster) = spawn_poster(svc.base.clone(), svc.id_key, ingest_token.clone(), |ack| {
         assert_eq!(ack["queued"], 200, "{ack}");
         assert_eq!(ack["events"], 0, "{ack}");
     });
@@ -3884,7 +3948,7 @@ fn on_the_kafka_bus_over_tls_records_are_stored_and_an_untrusted_broker_is_refus
         format!(
             "{}\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n\
              \"broker.address.family\" = \"v4\"\n",
-            kafka_table(&broker, "tls"),
+            kafka_instance(&broker, "tls"),
             ca_path.display()
         )
     };
@@ -3895,7 +3959,7 @@ fn on_the_kafka_bus_over_tls_records_are_stored_and_an_untrusted_broker_is_refus
 
     let ingest_token = token(&cfg, "responder");
     let svc = start(&cfg);
-    let (ack, posted) = post_okta_batch(&svc.base, &ingest_token, 1, 300);
+    let (ack, posted) = post_okta_batch(&svc, &ingest_token, 1, 300);
     assert_eq!(ack["queued"], 300, "on the broker: {ack}");
     wait_stored_once(&svc.base, &ingest_token, &posted, Duration::from_secs(90));
     stop(svc);
@@ -3931,7 +3995,7 @@ fn on_the_kafka_bus_sealed_records_reach_key_holders_and_a_detector_without_the_
     let with_key = |name: &str, byte: &str| {
         let key = keys.path().join(format!("{name}.key"));
         std::fs::write(&key, byte.repeat(32)).unwrap();
-        kafka_table(&broker, "sealed").replace(
+        kafka_instance(&broker, "sealed").replace(
             "[kafka]\n",
             &format!("[kafka]\npayload_keys = [\"{}\"]\n", key.display()),
         )
@@ -3941,7 +4005,7 @@ fn on_the_kafka_bus_sealed_records_reach_key_holders_and_a_detector_without_the_
     let b_cfg = write_config_with(b_dir.path(), &with_key("other", "9f"));
     let a_token = token(&a_cfg, "responder");
     let a = start(&a_cfg);
-    let (_, mut posted) = post_okta_batch(&a.base, &a_token, 0, 200);
+    let (_, mut posted) = post_okta_batch(&a, &a_token, 0, 200);
     wait_stored_once(&a.base, &a_token, &posted, Duration::from_secs(90));
 
     // B joins the group with another key: once it gets partitions it meets sealed records it
@@ -3951,7 +4015,7 @@ fn on_the_kafka_bus_sealed_records_reach_key_holders_and_a_detector_without_the_
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut batch = 1;
     let not_ready = loop {
-        posted.extend(post_okta_batch(&a.base, &a_token, batch, 50).1);
+        posted.extend(post_okta_batch(&a, &a_token, batch, 50).1);
         batch += 1;
         std::thread::sleep(Duration::from_millis(500));
         let r = client.get(format!("{}/readyz", b.base)).send().unwrap();
@@ -3993,7 +4057,7 @@ fn stored_users(base: &str, token: &str) -> HashMap<String, String> {
 fn two_detector_instances_share_the_kafka_topic_by_entity() {
     let broker = crate::kafka_broker::KafkaBroker::start();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let table = kafka_table(&broker, "share");
+    let table = kafka_instance(&broker, "share");
     let a_cfg = write_config_with(a_dir.path(), &table);
     let b_cfg = write_config_with(b_dir.path(), &table);
     let (a_token, b_token) = (token(&a_cfg, "responder"), token(&b_cfg, "responder"));
@@ -4029,7 +4093,7 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
     // Batches go in through instance A only; the group spreads them over both.
     let mut batch = 0;
     loop {
-        posted.extend(post_okta_batch(&a.base, &a_token, batch, 200).1);
+        posted.extend(post_okta_batch(&a, &a_token, batch, 200).1);
         batch += 1;
         std::thread::sleep(Duration::from_millis(500));
         let (on_a, on_b) = (
@@ -4095,7 +4159,7 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
         0.0
     );
     // The edge's batch reached the detectors; the edge itself stored nothing.
-    let (ack, edge_ids) = post_okta_batch(&edge.base, &edge_token, 9_999, 50);
+    let (ack, edge_ids) = post_okta_batch(&edge, &edge_token, 9_999, 50);
     assert_eq!(ack["queued"], 50, "{ack}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -4150,7 +4214,7 @@ fn a_compact_json_page_longer_than_max_line_bytes_is_stored_whole() {
     assert_eq!(answer["events"], 40, "{answer}");
     assert_eq!(answer["dead_letters"], 0, "{answer}");
     let stored = stored_ids(&svc.base, &admin);
-    assert!(okta_ids(&events)
+    assert!(okta_ids(&events, svc.id_key)
         .iter()
         .all(|id| stored.get(id) == Some(&1)));
     stop(svc);

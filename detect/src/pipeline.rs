@@ -871,6 +871,13 @@ fn derived_key(masker: &SecretMasker, purpose: &str) -> [u8; 32] {
     *blake3::hash(masker.pseudonymize(purpose).as_bytes()).as_bytes()
 }
 
+/// The key of event and alert ids ([`perimeter_model::key_ids`]): derived from the masker's HMAC
+/// key when it is the deployment's own. With the built-in key, which is public, keying them would
+/// hide nothing, so ids stay as they were (and as stores written that way hold them).
+pub fn id_key(masker: &SecretMasker) -> Option<[u8; 32]> {
+    (!masker.uses_builtin_key()).then(|| masker.derive_key("perimeter event and alert id key"))
+}
+
 /// The key behavioural state is pseudonymized with: derived from the masker's HMAC key, so it is
 /// as secret as that key and stable across restarts of the same deployment.
 pub fn entity_key(masker: &SecretMasker) -> [u8; 32] {

@@ -206,8 +206,10 @@ impl Alert {
     }
 
     /// Compute the stable id from rule id, tenant, entity and evidence. Call after evidence is set.
+    /// Keyed as event ids are ([`crate::key_ids`]): the entity is hashed in clear, and the alert
+    /// shows it pseudonymized.
     pub fn seal(mut self) -> Alert {
-        let mut h = blake3::Hasher::new();
+        let mut h = crate::event::id_hasher();
         for part in [&self.rule_id, &self.tenant, &self.entity] {
             h.update(part.as_bytes());
             h.update(&[0]);

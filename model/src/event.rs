@@ -36,8 +36,19 @@ impl EventId {
     /// bytes, whatever their JSON formatting (whitespace, escapes) was; no escaping or number
     /// formatting is done, which made id derivation the slowest step of normalization when it
     /// hashed the JSON text.
+    ///
+    /// With a key set ([`key_ids`]) the hash is keyed.
     pub fn derive(source: &str, raw: &RawJson) -> EventId {
-        let digest = with_encoding(source, raw, blake3::hash);
+        Self::derive_with(source, raw, ID_KEY.get())
+    }
+
+    /// [`Self::derive`] keyed with `key` (none: unkeyed), whatever this process's key is: the
+    /// id another process with that key gives the record.
+    pub fn derive_with(source: &str, raw: &RawJson, key: Option<&[u8; 32]>) -> EventId {
+        let digest = with_encoding(source, raw, |bytes| match key {
+            Some(key) => blake3::keyed_hash(key, bytes),
+            None => blake3::hash(bytes),
+        });
         EventId(hex16(&digest.as_bytes()[..16]))
     }
 
@@ -49,6 +60,28 @@ impl EventId {
 impl std::fmt::Display for EventId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The key of the event and alert ids this process derives, when the deployment has a secret key
+/// of its own ([`key_ids`]).
+static ID_KEY: OnceLock<[u8; 32]> = OnceLock::new();
+
+/// Key every event and alert id this process derives with `key` (one derived from the
+/// deployment's secret masking key). Unkeyed, an id is a plain hash of the record as received,
+/// before masking: whoever reads a stored event, an export or a webhook could put guesses where
+/// a value was masked (a password, a card number's hidden digits, the address behind a
+/// pseudonym) and compare ids until one matched (QA: a card number from `****0950` in seconds).
+/// Set once, before any id is derived; `false` when another key was set before (it stays).
+pub fn key_ids(key: [u8; 32]) -> bool {
+    *ID_KEY.get_or_init(|| key) == key
+}
+
+/// The hasher of event and alert ids: keyed when [`key_ids`] set a key.
+pub(crate) fn id_hasher() -> blake3::Hasher {
+    match ID_KEY.get() {
+        Some(key) => blake3::Hasher::new_keyed(key),
+        None => blake3::Hasher::new(),
     }
 }
 

@@ -368,6 +368,15 @@ impl SecretMasker {
         format!("hmac:{hex}")
     }
 
+    /// A 32-byte key for `purpose`: the full HMAC-SHA256 of `purpose` under the masking key
+    /// (a pseudonym keeps only `hash_hex_chars` of it), as secret as that key and different per
+    /// purpose.
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// True when `hmac_key` was not configured and the public built-in key is in use (the binary
     /// should warn about it outside demos).
     pub fn uses_builtin_key(&self) -> bool {
