@@ -147,17 +147,13 @@ impl Store {
         // event (newest first, then turned), the rest from it on; a side with fewer leaves its
         // share to the other.
         let search = |from, to, sort, limit| {
-            self.search_events(
-                tenant,
-                &EventQuery {
-                    query: query.clone(),
-                    from: Some(from),
-                    to: Some(to),
-                    limit,
-                    cursor: None,
-                    sort,
-                },
-            )
+            self.exact_matches(tenant, &query, (from, to, sort), limit, |doc| {
+                fields.iter().any(|f| {
+                    values_in_doc(doc, f)
+                        .iter()
+                        .any(|v| values.iter().any(|want| same_value(by, v, want)))
+                })
+            })
         };
         // (A limit of 1 is the event itself: one before is looked at only to tell `more`.)
         let mut before = search(from, at, EventSort::Newest, (limit / 2).max(1))?;
@@ -185,5 +181,61 @@ impl Store {
             more,
             items,
         }))
+    }
+
+    /// Up to `limit` events of `query` in `(from, to)` sorted by `sort` that `exact` keeps, and
+    /// whether more are left (`next_cursor` set). The query's phrases on word fields also match
+    /// longer values (`"kim@acme.example"` is a run of words of `dana.kim@acme.example`: QA, a
+    /// context of 351 events, 350 another user's), so each page is filtered, and pages are read
+    /// on until `limit` are kept, at most [`MAX_CONTEXT_SCANNED`] events in all.
+    fn exact_matches(
+        &self,
+        tenant: &str,
+        query: &str,
+        (from, to, sort): (DateTime<Utc>, DateTime<Utc>, EventSort),
+        limit: usize,
+        exact: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<crate::alerts::Page<serde_json::Value>> {
+        let mut kept = Vec::new();
+        let mut cursor = None;
+        let mut scanned = 0;
+        loop {
+            let page = self.search_events(
+                tenant,
+                &EventQuery {
+                    query: query.to_string(),
+                    from: Some(from),
+                    to: Some(to),
+                    limit: (limit + 1).clamp(100, crate::alerts::MAX_PAGE_LIMIT),
+                    cursor,
+                    sort,
+                },
+            )?;
+            scanned += page.items.len();
+            kept.extend(page.items.into_iter().filter(|doc| exact(doc)));
+            cursor = page.next_cursor;
+            if kept.len() > limit || cursor.is_none() || scanned >= MAX_CONTEXT_SCANNED {
+                break;
+            }
+        }
+        let more = kept.len() > limit || cursor.is_some();
+        kept.truncate(limit);
+        Ok(crate::alerts::Page {
+            items: kept,
+            // Only whether there are more is read.
+            next_cursor: more.then(String::new),
+        })
+    }
+}
+
+/// Most events a context reads on each side to find the ones of its user or address exactly.
+const MAX_CONTEXT_SCANNED: usize = 20_000;
+
+/// Whether a stored value is the value a context looks for: a user whatever its case, an address
+/// as written.
+fn same_value(by: ContextPivot, stored: &str, wanted: &str) -> bool {
+    match by {
+        ContextPivot::User => stored.to_lowercase() == wanted.to_lowercase(),
+        ContextPivot::Ip => stored == wanted,
     }
 }

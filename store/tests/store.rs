@@ -3024,6 +3024,63 @@ fn top_values_count_a_fields_values_among_the_matches() {
     assert!(e.to_string().contains("user.name"), "{e}");
 }
 
+/// A user's context holds that user's events, whatever their case, and not those of a user
+/// whose name merely contains it (QA: `kim@acme.example`'s context was 350 events of
+/// `dana.kim@acme.example`, since the search's phrase matches a run of words).
+#[test]
+fn an_events_context_is_its_users_exactly() {
+    use perimeter_store::ContextPivot;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    let pivot = event("acme", "okta", ts(20, 10, 5), "kim@acme.example", "a", 1);
+    let pivot_id = pivot.id().0.clone();
+    let mut events = vec![
+        pivot,
+        event("acme", "okta", ts(20, 10, 7), "Kim@ACME.example", "a", 2),
+    ];
+    // More longer names than one page of the search holds, on both sides of the pivot.
+    for n in 0..250u32 {
+        events.push(event(
+            "acme",
+            "okta",
+            ts(20, 9 + n / 125, (n % 60) as u32),
+            "dana.kim@acme.example",
+            "a",
+            100 + n as u64,
+        ));
+    }
+    events.push(event(
+        "acme",
+        "okta",
+        ts(20, 11, 9),
+        "kim@acme.example",
+        "a",
+        3,
+    ));
+    store.write_batch(&batch(events)).unwrap();
+    let context = store
+        .event_context(
+            "acme",
+            &pivot_id,
+            ContextPivot::User,
+            chrono::Duration::hours(2),
+            10,
+        )
+        .unwrap()
+        .unwrap();
+    let users: Vec<&str> = context
+        .items
+        .iter()
+        .map(|e| e["user"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        users,
+        ["kim@acme.example", "Kim@ACME.example", "kim@acme.example"],
+        "{context:?}"
+    );
+    assert!(!context.more);
+}
+
 #[test]
 fn an_events_context_is_its_users_or_addresses_events_around_it() {
     use perimeter_store::ContextPivot;
