@@ -1,6 +1,6 @@
 //! Timestamp parsing for every vendor format seen in audit-log APIs.
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, TimeZone, Utc};
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[error("unrecognised timestamp format")]
@@ -197,11 +197,21 @@ pub enum TimeBoundError {
 /// A time bound as an analyst types it, for search and alert filters:
 /// - RFC 3339 or any vendor format [`parse_timestamp_str`] reads (`2024-05-01T10:00:00Z`,
 ///   epoch seconds/milliseconds, `2024-05-01 10:00:00`);
-/// - a date, `2024-05-01`, meaning midnight UTC at its start;
+/// - a date, `2024-05-01` (or `20240501`), meaning midnight UTC at its start;
 /// - `now`, or `now-<n><unit>` / `now+<n><unit>` with unit `s`, `m`, `h`, `d` or `w`
 ///   (`now-15m`, `now-7d`), relative to `now`.
 pub fn parse_time_bound(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, TimeBoundError> {
     let t = s.trim();
+    // A date in ISO 8601's basic form (`20261125`), not the epoch second of 1970 it also is
+    // (QA: `--from 20261125` matched everything since 1970, without a word).
+    if t.len() == 8 && t.bytes().all(|b| b.is_ascii_digit()) {
+        return chrono::NaiveDate::parse_from_str(t, "%Y%m%d")
+            .ok()
+            .filter(|d| (1900..3000).contains(&d.year()))
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc())
+            .ok_or_else(|| TimeBoundError::Unrecognised(s.to_string()));
+    }
     let Some(rest) = t.strip_prefix("now") else {
         return parse_timestamp_str(t).map_err(|_| TimeBoundError::Unrecognised(s.to_string()));
     };
@@ -493,6 +503,12 @@ mod tests {
         assert_eq!(at("2026-12-01T10:30:00+02:00"), "2026-12-01T08:30:00+00:00");
         assert_eq!(at("now"), "2026-12-02T12:00:00+00:00");
         assert_eq!(at("now-15m"), "2026-12-02T11:45:00+00:00");
+        // A compact date is the date, not an epoch second of 1970; eight digits that are no
+        // date are refused.
+        assert_eq!(at("20261125"), "2026-11-25T00:00:00+00:00");
+        let now = chrono::Utc::now();
+        assert!(parse_time_bound("20261345", now).is_err());
+        assert!(parse_time_bound("00000001", now).is_err());
         assert_eq!(at(" now - 24h "), "2026-12-01T12:00:00+00:00");
         assert_eq!(at("now-7d"), "2026-11-25T12:00:00+00:00");
         assert_eq!(at("now-2w"), "2026-11-18T12:00:00+00:00");
