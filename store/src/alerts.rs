@@ -769,9 +769,8 @@ impl AlertBook {
         let text = q.text.as_deref().map(text_terms);
         let entity = q.entity.as_deref().map(str::to_lowercase);
         let mut out = AlertSummary::default();
-        // Per rule: its count, and the title of its oldest alert (titles of grouped repeats
-        // differ; the map's order is arbitrary, the oldest is not).
-        let mut rules: HashMap<&str, (RuleCount, DateTime<Utc>)> = HashMap::new();
+        // Per rule: its count, highest severity, and what its alerts' titles share.
+        let mut rules: HashMap<&str, RuleCount> = HashMap::new();
         let mut entities: HashMap<&str, usize> = HashMap::new();
         let selected = self
             .tenants
@@ -788,26 +787,23 @@ impl AlertBook {
             *out.by_status
                 .entry(status_name(a.status).into())
                 .or_default() += 1;
-            let (rule, oldest) = rules.entry(&a.rule_id).or_insert_with(|| {
-                let rule = RuleCount {
-                    rule_id: a.rule_id.clone(),
-                    title: a.title.clone(),
-                    severity: a.severity,
-                    count: 0,
-                };
-                (rule, a.timestamp)
+            let title = a.title.strip_suffix(REPEATED_TITLE).unwrap_or(&a.title);
+            let rule = rules.entry(&a.rule_id).or_insert_with(|| RuleCount {
+                rule_id: a.rule_id.clone(),
+                title: title.to_string(),
+                severity: a.severity,
+                count: 0,
             });
             rule.count += 1;
             rule.severity = rule.severity.max(a.severity);
-            if a.timestamp < *oldest {
-                *oldest = a.timestamp;
-                rule.title = a.title.clone();
-            }
+            // A detector's alerts say what kind each is ("... for one user", "... from one
+            // source IP"): the row says what they share (QA: one alert's title stood for all).
+            rule.title = shared_words(&rule.title, title);
             *entities.entry(&a.entity).or_default() += 1;
             out.oldest = Some(out.oldest.map_or(a.timestamp, |t| t.min(a.timestamp)));
             out.newest = Some(out.newest.map_or(a.timestamp, |t| t.max(a.timestamp)));
         }
-        out.by_rule = rules.into_values().map(|(rule, _)| rule).collect();
+        out.by_rule = rules.into_values().collect();
         out.by_rule
             .sort_by(|a, b| b.count.cmp(&a.count).then(a.rule_id.cmp(&b.rule_id)));
         out.by_rule.truncate(SUMMARY_TOP_RULES);
@@ -862,6 +858,24 @@ pub struct RuleCount {
 pub struct EntityCount {
     pub entity: String,
     pub count: usize,
+}
+
+/// What a grouped alert's title ends with once it has repeats.
+const REPEATED_TITLE: &str = " (repeated)";
+
+/// The words two titles start with alike (the first when they share none).
+fn shared_words(a: &str, b: &str) -> String {
+    let shared: Vec<&str> = a
+        .split(' ')
+        .zip(b.split(' '))
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect();
+    if shared.is_empty() {
+        a.to_string()
+    } else {
+        shared.join(" ")
+    }
 }
 
 fn status_name(status: AlertStatus) -> &'static str {
@@ -1068,6 +1082,24 @@ fn apply_update(r: &mut AlertRecord, u: &AlertUpdate, by: &str, at: DateTime<Utc
 mod tests {
     use super::*;
     use perimeter_model::{DetectorKind, EntityKind};
+
+    /// A summary row names what its alerts share, not one alert's kind (QA: "Burst of failed
+    /// logins from one source IP (repeated)" stood for per-user bursts too).
+    #[test]
+    fn a_rules_row_is_titled_by_what_its_alerts_share() {
+        let titles = [
+            "Burst of failed logins for one user",
+            "Burst of failed logins from one source IP (repeated)",
+            "Burst of failed logins for one user (repeated)",
+        ];
+        let row = titles.iter().fold(None::<String>, |row, t| {
+            let t = t.strip_suffix(REPEATED_TITLE).unwrap_or(t);
+            Some(row.map_or(t.to_string(), |r| shared_words(&r, t)))
+        });
+        assert_eq!(row.as_deref(), Some("Burst of failed logins"));
+        assert_eq!(shared_words("Okta login", "Okta login"), "Okta login");
+        assert_eq!(shared_words("A b", "C d"), "A b");
+    }
 
     fn alert(id_seed: &str, sev: Severity, minute: u32) -> Alert {
         let ts = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 1, 10, minute, 0).unwrap();
