@@ -1755,6 +1755,37 @@ fn chained_correlations_and_aliases() {
     assert!(run_events(&range, &SigmaOptions::default(), &six).is_empty());
 }
 
+/// An outer correlation grouped by the alias its inner one groups by: the inner's hits carry
+/// the alias's value (QA: the outer never fired, and `rules check` said nothing).
+#[test]
+fn a_chained_correlation_groups_by_the_inner_ones_alias() {
+    let rules = "title: r_a\nid: ra\nname: r_a\nlogsource: {product: test}\ndetection:\n    sel: {act: a}\n    condition: sel\n---\ntitle: r_b\nid: rb\nname: r_b\nlogsource: {product: test}\ndetection:\n    sel: {act: b}\n    condition: sel\n";
+    let text = format!(
+        "title: inner\nid: inner\nname: t_alias\ncorrelation:\n    type: temporal\n    rules: [r_a, r_b]\n    aliases:\n        who:\n            r_a: src_user\n            r_b: dst_user\n    group-by: [who]\n    timespan: 5m\n---\ntitle: outer\nid: outer\ncorrelation:\n    type: event_count\n    rules: [t_alias]\n    group-by: [who]\n    timespan: 1h\n    condition: {{gte: 2}}\nlevel: critical\n---\n{rules}"
+    );
+    let ev = |m: u32, act: &str, field: &str, user: &str| {
+        event(
+            "test",
+            json!({"act": act, field: user, "ts": format!("2024-05-01T10:{m:02}:00Z")}),
+        )
+    };
+    let evs = [
+        ev(0, "a", "src_user", "Bob"),
+        ev(1, "b", "dst_user", "bob"),
+        ev(2, "b", "dst_user", "carol"),
+        ev(20, "a", "src_user", "bob"),
+        ev(21, "b", "dst_user", "BOB"),
+    ];
+    let opts = SigmaOptions {
+        ignore_logsource: true,
+        ..Default::default()
+    };
+    let alerts = run_events(&text, &opts, &evs);
+    let outer: Vec<_> = alerts.iter().filter(|a| a.rule_id == "outer").collect();
+    assert_eq!(outer.len(), 1, "{alerts:?}");
+    assert_eq!(outer[0].event_ids.len(), 4, "{:?}", outer[0]);
+}
+
 #[test]
 fn value_sum_and_avg() {
     let rule = "title: dl\nid: dl1\nname: download\nlogsource: {product: box}\ndetection:\n    sel: {event_type: DOWNLOAD}\n    condition: sel\n";

@@ -1020,18 +1020,26 @@ impl Correlator {
                 }
                 let up = Origin {
                     cites: &cites,
+                    id: Some(id),
                     ..origin
                 };
-                for &p in &rules.corr_parents[ci] {
-                    self.count(
-                        p,
-                        RuleRef::Correlation(ci),
-                        event,
-                        up,
-                        rules,
-                        alerts,
-                        fields,
-                    );
+                if !rules.corr_parents[ci].is_empty() {
+                    // The hit goes on as a stand-in event, as a closed window's does: it holds
+                    // this correlation's group-by values under their names, which the event
+                    // that completed it may not (an alias: QA, an outer correlation grouped by
+                    // the inner one's alias never fired).
+                    let carrier = self.carrier_for(ci, j0, values, event, rules);
+                    for &p in &rules.corr_parents[ci] {
+                        self.count(
+                            p,
+                            RuleRef::Correlation(ci),
+                            &carrier.event,
+                            up,
+                            rules,
+                            alerts,
+                            &mut EventFields,
+                        );
+                    }
                 }
             }
         }
