@@ -239,24 +239,34 @@ fn explain_cmd(
     let raw: serde_json::Value = serde_json::from_str(text.trim())
         .or_else(|_| serde_json::from_str(text.lines().next().unwrap_or("")))
         .with_context(|| format!("{} holds no JSON event", event.display()))?;
-    let record = RawRecord {
-        source: source.to_string(),
-        tenant: config.tenant.clone(),
-        received_at: chrono::Utc::now(),
-        line: Some(1),
-        raw: perimeter_model::raw_from_serde(&raw),
-    };
-    let ev = registry
-        .normalize_lenient(source, record)
-        .map_err(|e| anyhow::anyhow!("normalizing the event: {e}"))?;
     let mut options = config.sigma.clone();
     options.ignore_logsource |= ignore_logsource;
-    let out = explain(&rule, &ev, &options).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // The rule sees clear values; what is printed is masked like every other output, event
-    // values under secret keys as the masked event has them.
-    println!(
-        "{}",
-        perimeter_detect::pipeline::mask_event_quotes(&masker, &ev, &out)
-    );
+    // A page, or a Google Workspace activity of several events, is explained record by record,
+    // as `detect` reads it (QA: an activity of two events was refused).
+    let records =
+        perimeter_detect::normalize::split_records(source, perimeter_model::raw_from_serde(&raw));
+    let several = records.len() > 1;
+    for (i, raw) in records.into_iter().enumerate() {
+        let record = RawRecord {
+            source: source.to_string(),
+            tenant: config.tenant.clone(),
+            received_at: chrono::Utc::now(),
+            line: Some(1),
+            raw,
+        };
+        let ev = registry
+            .normalize_lenient(source, record)
+            .map_err(|e| anyhow::anyhow!("normalizing the event: {e}"))?;
+        let out = explain(&rule, &ev, &options).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if several {
+            println!("record {} of the input:", i + 1);
+        }
+        // The rule sees clear values; what is printed is masked like every other output, event
+        // values under secret keys as the masked event has them.
+        println!(
+            "{}",
+            perimeter_detect::pipeline::mask_event_quotes(&masker, &ev, &out)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

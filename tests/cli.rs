@@ -1290,6 +1290,38 @@ fn rules_explain_says_which_selection_matched_and_masks_values() {
     assert!(text.contains("result: MATCH"), "{text}");
 }
 
+/// A Google Workspace activity of several events is explained event by event, as `detect`
+/// splits it (QA: refused, advising an internal function).
+#[test]
+fn rules_explain_takes_an_activity_of_several_events_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("activity.json");
+    std::fs::write(
+        &event,
+        r#"{"kind":"admin#reports#activity","id":{"time":"2026-11-24T09:30:00.000Z","uniqueQualifier":"-44","applicationName":"admin","customerId":"C03az79cb"},"actor":{"callerType":"USER","email":"nina@acme.example","profileId":"1"},"ipAddress":"198.51.100.10","events":[{"type":"SECURITY_SETTINGS","name":"ENFORCE_STRONG_AUTHENTICATION","parameters":[{"name":"NEW_VALUE","value":"false"},{"name":"OLD_VALUE","value":"true"}]},{"type":"SECURITY_SETTINGS","name":"ALLOW_STRONG_AUTHENTICATION_TRUSTED_DEVICES","parameters":[{"name":"NEW_VALUE","value":"false"},{"name":"OLD_VALUE","value":"true"}]}]}"#,
+    )
+    .unwrap();
+    let rule = repo().join("detection-rules/google_workspace/gws_2sv_enforcement_disabled.yml");
+    let out = perimeter(
+        &[
+            "rules",
+            "explain",
+            rule.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+            "--source",
+            "google_workspace",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let second = text.find("record 2 of the input:").expect("two records");
+    assert!(text.starts_with("record 1 of the input:"), "{text}");
+    assert!(text[..second].contains("result: MATCH"), "{text}");
+    assert!(text[second..].contains("result: no match"), "{text}");
+}
+
 #[test]
 fn rules_explain_runs_a_rule_of_another_source_with_ignore_logsource() {
     let dir = tempfile::tempdir().unwrap();
