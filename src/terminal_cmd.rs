@@ -1301,8 +1301,15 @@ pub(crate) fn local_store(
     config: &PerimeterConfig,
 ) -> anyhow::Result<(perimeter_store::Store, String)> {
     let dir = target.data_dir.as_ref().unwrap_or(&config.data_dir);
+    // A service that has stored no event yet may have dead letters, an audit log or tokens:
+    // that is when someone asks why nothing was stored (QA: refused as "no Perimeter data").
     anyhow::ensure!(
-        dir.join("index").is_dir() || dir.join("alerts").is_dir(),
+        ["index", "alerts", "dead_letters"]
+            .iter()
+            .any(|d| dir.join(d).is_dir())
+            || ["audit.jsonl", "api-tokens.json", "state/mask.key"]
+                .iter()
+                .any(|f| dir.join(f).is_file()),
         "no Perimeter data in {}: pass --data-dir (`perimeter demo` stores into data/demo) or \
          --server for a running `perimeter run`",
         dir.display()

@@ -2566,6 +2566,51 @@ fn the_demo_says_its_address_is_taken_before_running_the_pipeline() {
     assert!(!data.exists(), "nothing was run or written");
 }
 
+/// A data directory that holds dead letters but no stored event yet is read: that is when
+/// someone asks why nothing was stored (QA: "no Perimeter data", exit 2).
+#[test]
+fn dead_letters_are_read_from_a_directory_that_stored_no_event_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let letters = data.join("dead_letters/tenant=acme");
+    std::fs::create_dir_all(&letters).unwrap();
+    let letter = serde_json::json!({
+        "line": 1, "source": "aws_cloudtrail", "tenant": "acme",
+        "received_at": "2026-12-01T10:00:00Z",
+        "reason": "line is 1631497 bytes, longer than the limit of 1048576 bytes",
+        "excerpt": "{\"Records\": ["
+    });
+    std::fs::write(letters.join("dead_letters.jsonl"), format!("{letter}\n")).unwrap();
+    let out = perimeter(
+        &[
+            "dead-letters",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--format",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("longer than the limit"));
+    // A directory with nothing of Perimeter's in it is still refused.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = perimeter(
+        &["dead-letters", "--data-dir", empty.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_stderr_says(&out, "no Perimeter data");
+}
+
 #[test]
 fn a_limit_of_zero_is_refused_as_the_api_refuses_it() {
     for command in [
