@@ -882,6 +882,27 @@ fn check(config: &PerimeterConfig) -> ExitCode {
         |_| Vec::new(),
         |(registry, _)| unknown_store_sources(config, registry),
     );
+    // A configured key that is not the one the detection state was written with: the start
+    // sets the state aside (QA: the check said ok, the restart logged three errors).
+    let key_changed = parts.as_ref().ok().and_then(|(_, masker)| {
+        config.mask.hmac_key.as_ref()?;
+        let snapshot = config.data_dir.join("state").join(UEBA_SNAPSHOT);
+        let same = perimeter_detect::ueba::snapshot_written_with(
+            &snapshot,
+            &perimeter_detect::pipeline::entity_key(masker),
+        )?;
+        let written_with = generated_key_file(&config.data_dir);
+        (!same).then(|| {
+            format!(
+                "[mask] hmac_key is not the key this data directory's detection state was written with: at the start the behavioural baselines, open correlation windows and replay window are set aside, and hashed values stored before no longer match new ones; to keep them, set hmac_key to the key they were written with{}",
+                if written_with.exists() {
+                    format!(" (\"file:{}\")", written_with.display())
+                } else {
+                    String::new()
+                }
+            )
+        })
+    });
     report(
         "sources and masking",
         parts.map(|(registry, masker)| {
@@ -906,6 +927,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             )
         }),
     );
+    if let Some(warning) = key_changed {
+        say!("warn   sources and masking: {warning}");
+    }
     for (setting, source) in unknown_store {
         say!("warn   store: {setting} names `{source}`, which no normalizer produces");
     }

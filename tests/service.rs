@@ -558,6 +558,36 @@ fn an_unkeyed_service_keeps_a_key_of_its_own_and_knows_a_resend_after_a_restart(
     // Put back, all is well.
     std::fs::write(&key_file, &key).unwrap();
     assert!(check(&cfg).status.success());
+    // Another key configured on this data: the check says what a start would set aside, and
+    // which key the data was written with (QA: it said ok).
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, "a key of the deployment's, not this data's").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "{text}[mask]\nhmac_key = \"file:{}\"\n",
+            other_key.display()
+        ),
+    )
+    .unwrap();
+    let out = check(&other);
+    let warning = crate::util::check_line(&out, "warn   sources and masking");
+    assert!(
+        warning.contains("not the key this data directory's detection state was written with")
+            && warning.contains("mask.key"),
+        "{warning}"
+    );
+    // The key it was written with, configured: no warning.
+    let same = dir.path().join("same.toml");
+    std::fs::write(
+        &same,
+        format!("{text}[mask]\nhmac_key = \"file:{}\"\n", key_file.display()),
+    )
+    .unwrap();
+    let out = check(&same);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warn   sources and masking"));
 }
 
 fn stop(svc: Service) {
