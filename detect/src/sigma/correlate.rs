@@ -815,17 +815,13 @@ impl Correlator {
             Groups::One(key) => {
                 let group = (key, None);
                 let at = (stream, stream_ts);
-                self.count_key(
-                    ci, from, j0, event, origin, group, val, at, rules, alerts, fields,
-                );
+                self.count_key(ci, from, j0, event, origin, group, val, at, rules, alerts);
             }
             Groups::Many(keys) => {
                 for (key, values) in &keys {
                     let group = (*key, Some(values.as_slice()));
                     let at = (stream, stream_ts);
-                    self.count_key(
-                        ci, from, j0, event, origin, group, val, at, rules, alerts, fields,
-                    );
+                    self.count_key(ci, from, j0, event, origin, group, val, at, rules, alerts);
                 }
             }
         }
@@ -846,7 +842,6 @@ impl Correlator {
         stream_at: (u64, i64),
         rules: &RuleSet,
         alerts: &mut Vec<Alert>,
-        fields: &mut dyn FieldValues,
     ) {
         let (key, values) = group;
         let ts = origin.ts;
