@@ -88,6 +88,8 @@ pub struct JsonlReader<R> {
     line: u64,
     buf: Vec<u8>,
     done: bool,
+    /// Lines longer than `max_line_bytes` (each a dead letter).
+    too_long: u64,
 }
 
 impl<R: BufRead> JsonlReader<R> {
@@ -96,6 +98,7 @@ impl<R: BufRead> JsonlReader<R> {
             input,
             config,
             line: 0,
+            too_long: 0,
             buf: Vec::with_capacity(4096),
             done: false,
         }
@@ -104,6 +107,11 @@ impl<R: BufRead> JsonlReader<R> {
     /// Number of lines consumed so far (including blank ones).
     pub fn lines_read(&self) -> u64 {
         self.line
+    }
+
+    /// How many lines were longer than `max_line_bytes` (each given as a dead letter).
+    pub fn lines_too_long(&self) -> u64 {
+        self.too_long
     }
 
     /// Read the next physical line into `self.buf`. Returns `Ok(None)` at end of input and
@@ -196,6 +204,7 @@ impl<R: BufRead> Iterator for JsonlReader<R> {
             let line = self.line;
             let max = self.config.excerpt_bytes;
             if total > self.config.max_line_bytes {
+                self.too_long += 1;
                 return Some(Ok(InputItem::Invalid {
                     line,
                     reason: format!(
@@ -973,6 +982,14 @@ impl<R: BufRead> JsonInput<R> {
             JsonInput::Lines(r) => r.lines_read(),
             JsonInput::Csv(c) => c.lines_read(),
             JsonInput::Documents { lines, .. } => *lines,
+        }
+    }
+
+    /// JSON lines longer than `max_line_bytes` read so far (each a dead letter).
+    pub fn lines_too_long(&self) -> u64 {
+        match self {
+            JsonInput::Lines(r) => r.lines_too_long(),
+            _ => 0,
         }
     }
 }

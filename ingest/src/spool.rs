@@ -154,6 +154,8 @@ struct FilePut {
     pending: Option<PendingAck>,
     /// About how many records that batch holds.
     pending_records: usize,
+    /// Lines longer than `max_line_bytes`, each stored as a dead letter.
+    too_long: u64,
 }
 
 impl FilePut {
@@ -1020,6 +1022,7 @@ impl SpoolSource {
             lines: reader.lines_read(),
             pending: in_flight,
             pending_records,
+            too_long: reader.lines_too_long(),
         }))
     }
 
@@ -1036,6 +1039,7 @@ impl SpoolSource {
             lines,
             pending,
             pending_records: _,
+            too_long,
         } = put;
         if let Some(last) = pending {
             last.stored().await?;
@@ -1053,6 +1057,27 @@ impl SpoolSource {
             let what = what.display().to_string();
             move |source| IngestError::Io { what, source }
         };
+        if too_long > 0 {
+            // Its longest lines are dead letters whose excerpts cannot give back the records
+            // (a CloudTrail object, a compact API page is one line): the file is kept in
+            // `.failed/`, not archived for deletion, with what to do (QA: an INFO "ingested",
+            // and the only copy deleted a day later).
+            let why = IngestError::Io {
+                what: path.display().to_string(),
+                source: std::io::Error::other(format!(
+                    "{too_long} line(s) longer than max_line_bytes ({} bytes) were stored as dead letters, the other lines were ingested: raise max_line_bytes and move this file back into the inbox to ingest those records (the ones stored already are recognised)",
+                    self.config.max_line_bytes
+                )),
+            };
+            let moved = set_aside(&self.config.dir, &spooled, &why).map_err(io_error(path))?;
+            tracing::warn!(file = %path.display(), moved_to = %moved.display(), lines = too_long,
+                max_line_bytes = self.config.max_line_bytes,
+                "spool file has lines longer than max_line_bytes (dead letters): set aside with the reason beside it; raise max_line_bytes and move it back to ingest them");
+            if let Some(metrics) = &self.metrics {
+                metrics.inc("spool_files_set_aside_total", &[("source", source)], 1);
+            }
+            return Ok(());
+        }
         // Watched from here on, before it is moved: a line written from now on is read on from
         // the archived (or deleted) file.
         let read_to = held.unwrap_or(before.as_ref().map_or(0, |stamp| stamp.len));
@@ -2287,6 +2312,46 @@ mod tests {
             1,
             "only the good file's batch"
         );
+    }
+
+    /// A line over `max_line_bytes` (a CloudTrail object, a compact page: one line) is a dead
+    /// letter whose excerpt cannot give its records back: the file is kept in `.failed/` with
+    /// what to do, not archived for deletion (QA: an INFO "ingested", deleted a day later).
+    #[tokio::test]
+    async fn a_file_with_lines_over_the_limit_is_set_aside_once_stored() {
+        let dir = okta_spool_dir();
+        let file = dir.path().join("okta/page.jsonl");
+        let long = format!("{{\"Records\": [\"{}\"]}}", "x".repeat(300));
+        std::fs::write(&file, format!("{{\"a\":1}}\n{long}\n{{\"a\":2}}\n")).unwrap();
+        let (tx, rx) = channel(2);
+        let consumer = each_batch_acked(rx, |s| {
+            s.items
+                .iter()
+                .map(|i| matches!(i, InputItem::Invalid { .. }))
+                .collect::<Vec<bool>>()
+        });
+        let mut spool = spool_in(dir.path(), 100, tx);
+        spool.config.max_line_bytes = 200;
+        let metrics = Arc::new(Metrics::new());
+        spool = spool.with_metrics(metrics.clone());
+        spool.scan_once(&mut Unreadable::default()).await.unwrap();
+        assert!(!file.exists());
+        assert!(!dir.path().join(".processed/okta/page.jsonl").exists());
+        let failed = dir.path().join(".failed/okta");
+        assert!(failed.join("page.jsonl").exists(), "kept");
+        let why = std::fs::read_to_string(failed.join("page.jsonl.error.txt")).unwrap();
+        assert!(
+            why.contains("1 line(s) longer than max_line_bytes (200 bytes)")
+                && why.contains("move this file back"),
+            "{why}"
+        );
+        assert_eq!(
+            metrics.counter("spool_files_set_aside_total", &[("source", "okta")]),
+            1
+        );
+        drop(spool);
+        // Its other lines were stored, the long one as a dead letter.
+        assert_eq!(consumer.await.unwrap(), [vec![false, true, false]]);
     }
 
     #[tokio::test]
