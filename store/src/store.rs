@@ -67,8 +67,9 @@ pub struct WriteAck {
     /// `events_written` per source (for the per-source "events out" metric).
     #[serde(default)]
     pub events_written_by_source: std::collections::BTreeMap<String, usize>,
-    /// Events of the batch (new or duplicate) dated before their tenant's and source's
-    /// retention window: stored all the same, and removed by the next `apply_retention`.
+    /// Events of the batch dated before their tenant's and source's retention window, at most
+    /// as many as it wrote (a resent batch that stored nothing counts none): stored all the
+    /// same, and removed by the next `apply_retention`.
     /// Reported so a backfill past retention is not lost without a word.
     #[serde(default)]
     pub events_past_retention: usize,
@@ -525,7 +526,11 @@ impl Store {
     ) -> Result<WriteAck> {
         result
             .map(|ack| WriteAck {
-                events_past_retention: self.past_retention(&batch.events, now),
+                // Resent events stored nothing: a batch counts at most the events it wrote
+                // (QA: every resend of an old record counted and warned again).
+                events_past_retention: self
+                    .past_retention(&batch.events, now)
+                    .min(ack.events_written),
                 ..ack
             })
             .map_err(|e| crate::error::name_full_disk(e, &self.layout.root))
