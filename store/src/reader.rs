@@ -549,7 +549,11 @@ impl Store {
             return Ok(AlertEvidence::default());
         };
         let mut out = AlertEvidence::default();
-        for eid in ids {
+        // Only event ids are looked up: a source-silence alert's evidence is the time of the
+        // source's newest event (`newest:<µs>`), no event of its own (QA: reported as "no
+        // longer stored (event retention)" minutes after it was raised).
+        let is_event_id = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        for eid in ids.into_iter().filter(|id| is_event_id(id)) {
             match self.get_event(tenant, &eid)? {
                 Some(ev) => out.events.push(ev),
                 None => out.missing.push(eid),

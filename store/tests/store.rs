@@ -1611,6 +1611,21 @@ fn alerts_are_idempotent_and_triage_history_survives_reopen() {
     let evidence = store.alert_evidence("acme", &id1).unwrap();
     assert_eq!(evidence.events, vec![e1.to_output_json()]);
     assert!(evidence.missing.is_empty());
+    // A source-silence alert's evidence is a time, no event: not reported missing.
+    let mut silent = alert_for("quiet", &e1, Severity::Medium, "perimeter.source_silent");
+    silent.event_ids = vec!["newest:1796596789000000".into()];
+    let silent = silent.seal();
+    store
+        .write_batch(&StoreBatch {
+            alerts: vec![silent.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+    let evidence = store.alert_evidence("quiet", &silent.id).unwrap();
+    assert!(
+        evidence.events.is_empty() && evidence.missing.is_empty(),
+        "{evidence:?}"
+    );
     let q = AlertQuery {
         statuses: vec![AlertStatus::Open],
         limit: 10,
