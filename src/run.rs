@@ -1517,6 +1517,24 @@ async fn start_kafka_bus(
     let names = registry.clone();
     let key = entity_partition_key(move |source, record| registry.entity_of(source, record));
     let producer = KafkaBusProducer::new(kafka, key)?
+        .with_record_splitter(Arc::new(|source, item| match item {
+            perimeter_ingest::InputItem::Record {
+                line,
+                value,
+                member_lines,
+            } => perimeter_detect::normalize::records_of_input(source, value, *line, member_lines)
+                .map(|records| {
+                    records
+                        .into_iter()
+                        .map(|(line, value)| perimeter_ingest::InputItem::Record {
+                            line,
+                            value,
+                            member_lines: Vec::new(),
+                        })
+                        .collect()
+                }),
+            _ => None,
+        }))
         .with_metrics(metrics.clone())
         .with_source_note(Arc::new(move |source| {
             names.unnormalized_source_note(source)

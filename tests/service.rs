@@ -4205,8 +4205,20 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
         0.0
     );
     // The edge's batch reached the detectors; the edge itself stored nothing.
-    let (ack, edge_ids) = post_okta_batch(&edge, &edge_token, 9_999, 50);
+    // Sent as one page (a JSON array), its records go on the topic one by one, each keyed by
+    // its user (QA: a page was one message keyed by the tenant, so a user's records split
+    // over the detectors and bursts were missed).
+    let events: Vec<serde_json::Value> = (0..50).map(|i| okta_event(9_999, i)).collect();
+    let ack: serde_json::Value = client
+        .post(format!("{}/ingest/okta", edge.base))
+        .bearer_auth(&edge_token)
+        .body(serde_json::to_string(&events).unwrap())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(ack["queued"], 50, "{ack}");
+    let edge_ids = okta_ids(&events, edge.id_key);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (on_a, on_b) = (
@@ -4217,6 +4229,18 @@ fn two_detector_instances_share_the_kafka_topic_by_entity() {
             .iter()
             .all(|id| on_a.contains_key(id) || on_b.contains_key(id))
         {
+            let page_users =
+                |stored: &HashMap<String, String>| -> std::collections::HashSet<String> {
+                    edge_ids
+                        .iter()
+                        .filter_map(|id| stored.get(id).cloned())
+                        .collect()
+                };
+            let (page_a, page_b) = (page_users(&on_a), page_users(&on_b));
+            assert!(
+                !page_a.is_empty() && !page_b.is_empty() && page_a.is_disjoint(&page_b),
+                "the page's records by user: {page_a:?} / {page_b:?}"
+            );
             break;
         }
         assert!(

@@ -499,6 +499,49 @@ pub fn split_records_indexed(
     (Some(key), out)
 }
 
+/// The records of one input (`value`, read at `line`, with the lines of a pretty-printed
+/// envelope's elements in `member_lines`) when it holds several: a page envelope, an event hook
+/// delivery, a CloudTrail file, a Google Workspace activity of several events; each with the
+/// line it starts on. `None` when it is one record or none, and for a Perimeter envelope
+/// (`{"source", "event"}`), which the pipeline reads whole. What the pipeline would split it
+/// into, for a bus that keys each record by its own entity.
+pub fn records_of_input(
+    source: &str,
+    value: &Value,
+    line: u64,
+    member_lines: &[(String, Vec<u64>)],
+) -> Option<Vec<(u64, Value)>> {
+    if !value.is_array() && envelope_key(value).is_none() && okta_event_hook_events(value).is_none()
+    {
+        // One record (or a Google Workspace activity, split below only when it has several).
+        if !(source == AUTO || source == GoogleWorkspaceActivityNormalizer::SOURCE)
+            || !GoogleWorkspaceActivityNormalizer::matches(value)
+        {
+            return None;
+        }
+    }
+    let mut value = value.clone();
+    // As the pipeline reads it: a repeated key's last value, before the list is found.
+    perimeter_model::resolve_repeated_keys(&mut value);
+    let (list_key, records) = split_records_indexed(source, value);
+    if records.len() < 2 {
+        return None;
+    }
+    let lines = list_key.and_then(|key| member_lines.iter().find(|(k, _)| k == key));
+    Some(
+        records
+            .into_iter()
+            .map(|(element, record)| {
+                let at = element
+                    .and_then(|i| lines.and_then(|(_, each)| each.get(i)))
+                    .copied()
+                    .unwrap_or(line);
+                (at, record)
+            })
+            .collect(),
+    )
+}
+
 // Children are taken out by `clone`, which for a parsed document is a reference-counted view
 // into the same arena; mutating a parsed document would convert it into owned maps.
 fn split_into(value: Value, split_google: bool, depth: u8, out: &mut Vec<Value>) {

@@ -302,7 +302,25 @@ fn split_gives_one_google_record_per_event_entry() {
     assert_eq!(indexed, [None, None, None]);
     // With `json`, nothing vendor-specific happens.
     assert_eq!(split("json", activity.clone()).len(), 1);
-    assert_eq!(split("google_workspace", activity).len(), 3);
+    assert_eq!(split("google_workspace", activity.clone()).len(), 3);
+    // For a bus keying each record by its entity: the page's records at their lines, the
+    // activity's events at its line; one record, or a Perimeter envelope, stays whole.
+    let lines = [("items".to_string(), vec![3, 40])];
+    let records = records_of_input(AUTO, &raw_from_serde(&page), 1, &lines).expect("a page");
+    let at: Vec<u64> = records.iter().map(|(line, _)| *line).collect();
+    assert_eq!(at, [3, 3, 3, 40]);
+    let events = records_of_input("google_workspace", &raw_from_serde(&activity), 7, &[]);
+    assert_eq!(events.map(|r| r.len()), Some(3));
+    assert!(records_of_input("json", &raw_from_serde(&activity), 7, &[]).is_none());
+    let one = json!({"eventType": "user.session.start", "published": "2024-05-01T10:00:00Z"});
+    assert!(records_of_input(AUTO, &raw_from_serde(&one), 1, &[]).is_none());
+    let wrapped = json!({"source": "okta", "event": {"items": [one.clone(), one.clone()]}});
+    assert!(records_of_input(AUTO, &raw_from_serde(&wrapped), 1, &[]).is_none());
+    let array = json!([one.clone(), one]);
+    assert_eq!(
+        records_of_input("okta", &raw_from_serde(&array), 5, &[]).map(|r| r.len()),
+        Some(2)
+    );
 }
 
 #[test]
