@@ -781,6 +781,29 @@ pub struct KafkaBusProducer {
     sealer: Option<Sealer>,
     /// Splits an input holding several records (see [`Self::with_record_splitter`]).
     splitter: Option<RecordSplitter>,
+    /// A delivery failed because the broker fenced this producer off: it is made anew before
+    /// the next batch, as after a fatal error (see [`is_fencing`]).
+    fenced: std::sync::atomic::AtomicBool,
+}
+
+/// Whether `error` says the broker no longer takes this producer's writes (its id fenced off or
+/// its sequence lost after a broker outage): every later record fails the same way until a
+/// producer of a new id takes over, whether or not librdkafka marks it fatal (QA: after a
+/// broker stall every batch was refused with `ProducerFenced` until a restart).
+fn is_fencing(error: &KafkaBusError) -> bool {
+    let KafkaBusError::Kafka { reason, .. } = error else {
+        return false;
+    };
+    matches!(
+        reason.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::UnknownProducerId
+        )
+    )
 }
 
 /// The records of one input item (`source`, the item) when it holds several (a page envelope,
@@ -817,6 +840,7 @@ impl KafkaBusProducer {
             max_message_bytes: config.max_message_bytes()?,
             sealer: Sealer::new(&config.payload_keys).map_err(KafkaBusError::Config)?,
             splitter: None,
+            fenced: Default::default(),
         })
     }
 
@@ -991,7 +1015,8 @@ impl KafkaBusProducer {
         let mut this = Arc::new(self);
         let mut settling = tokio::task::JoinSet::new();
         while let Some(sub) = rx.recv().await {
-            if this.producer.client().fatal_error().is_some() {
+            let fenced = this.fenced.load(std::sync::atomic::Ordering::Relaxed);
+            if fenced || this.producer.client().fatal_error().is_some() {
                 // The batches in flight fail with it; then a new producer takes the next.
                 while settling.join_next().await.is_some() {}
                 if let Some(only) = Arc::get_mut(&mut this) {
@@ -1020,7 +1045,15 @@ impl KafkaBusProducer {
     /// until a restart. A new one is made from the same settings; whether it could be is
     /// logged. `true` when it was replaced.
     fn replace_if_fatal(&mut self) -> bool {
-        let Some((code, reason)) = self.producer.client().fatal_error() else {
+        let fenced = std::mem::take(self.fenced.get_mut());
+        let Some((code, reason)) = self.producer.client().fatal_error().or_else(|| {
+            fenced.then(|| {
+                (
+                    RDKafkaErrorCode::ProducerFenced,
+                    "the broker fenced the producer off".to_string(),
+                )
+            })
+        }) else {
             return false;
         };
         count(&self.metrics, "kafka_producer_fatal_errors_total", 1);
@@ -1061,6 +1094,10 @@ impl KafkaBusProducer {
             }
             Err(e) => {
                 count(&self.metrics, "kafka_batches_refused_total", 1);
+                if is_fencing(&e) {
+                    self.fenced
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 // Not ready while batches cannot reach the broker (a load balancer sends
                 // senders elsewhere): `/readyz` said ready all along.
                 if let Some(m) = &self.metrics {
@@ -2191,6 +2228,20 @@ mod tests {
     }
 
     #[test]
+    fn a_fenced_producer_is_told_from_other_failures() {
+        let failed = |code| KafkaBusError::Kafka {
+            what: "delivering a record".into(),
+            reason: KafkaError::MessageProduction(code),
+        };
+        assert!(is_fencing(&failed(RDKafkaErrorCode::ProducerFenced)));
+        assert!(is_fencing(&failed(
+            RDKafkaErrorCode::OutOfOrderSequenceNumber
+        )));
+        assert!(!is_fencing(&failed(RDKafkaErrorCode::MessageTimedOut)));
+        assert!(!is_fencing(&KafkaBusError::Config("x".into())));
+    }
+
+    #[test]
     fn properties_perimeters_guarantees_rest_on_are_refused() {
         for key in [
             "enable.auto.commit",
@@ -2316,6 +2367,7 @@ mod tests {
             source_note: None,
             sealer: None,
             splitter: None,
+            fenced: Default::default(),
         };
         let quotes = InputItem::Record {
             line: 1,
