@@ -1061,7 +1061,9 @@ fn check(config: &PerimeterConfig) -> ExitCode {
             // Secrets are read when polling starts; a missing one is found here instead.
             for reference in std::iter::once(&poll.token).chain(poll.aws_access_key_id.as_ref()) {
                 perimeter_model::resolve_secret(reference)
-                    .with_context(|| format!("secret {reference}"))?;
+                    // Not "secret <path>: ...", which reads as a secret assignment to the log's
+                    // masking when the path names a secret file (QA: the reference redacted).
+                    .with_context(|| format!("reading the secret {reference} names"))?;
             }
             Ok(format!(
                 "{} from {} every {} s (`perimeter poll-check` asks it)",
