@@ -72,7 +72,9 @@ pub enum PatternKind {
     /// -a`, `mysql -p<password>` (also as an item of an argument list after the program; the
     /// other programs' argument lists are read as their command line), `-passin pass:<password>`, `net user <name>
     /// <password>`, `htpasswd -b`, `ConvertTo-SecureString '<password>'`, `sqlplus
-    /// user/<password>`, `jdbc:oracle:thin:user/<password>@`.
+    /// user/<password>`, `jdbc:oracle:thin:user/<password>@`, a password piped on the standard
+    /// input (`echo <password> | passwd --stdin`, `| sudo -S`, `| docker login
+    /// --password-stdin`).
     CliCredentials,
     /// 40-char AWS secret key after `aws_secret_access_key=` / `SecretAccessKey:`.
     AwsSecretAccessKey,

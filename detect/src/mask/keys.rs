@@ -115,6 +115,18 @@ pub(crate) const SENSITIVE_WORDS: &[&str] = &[
     "passord",
     "losenord",
     "lsenord",
+    // Passwords by their tools' names: OpenLDAP's `BINDPW` (`ldap.conf`), a `PGPASS` line
+    // (`host:port:db:user:password`), npm's `_auth` (`NPM_AUTH`: base64 of `user:password`).
+    // Their files' paths stay (`PGPASSFILE`).
+    "bindpw",
+    "pgpass",
+    "npmauth",
+    // Key material by short names (`CIPHER_KEY`, `ENC_KEY`, `ENCRYPT_KEY`, an mTLS
+    // `CLIENT_KEY`, kubeconfig's `client-key-data`); their ids stay (`client_key_id`).
+    "cipherkey",
+    "enckey",
+    "encryptkey",
+    "clientkey",
 ];
 
 /// Sensitive words that name one value (a code, a key, a URL): their strings and numbers are
@@ -177,7 +189,18 @@ const WHOLE_WORDS: &[&str] = &[
     "nationalid",
     "taxid",
     "tin",
+    // A MAC key, or a MAC made with it, by the algorithm's name alone (`HMAC`; `hmac_key` is
+    // in [`SENSITIVE_WORDS`]; `hmacAlgorithm` stays); a password hash's pepper, secret by
+    // definition.
+    "hmac",
+    "pepper",
 ];
+
+/// Sensitive words (folded form) that name a secret only as the key's last word, after another
+/// word that says what it is for (`COOKIE_SALT`, `SIGNING_SALT`, `signingSalt`): a salt alone is
+/// stored beside its hash and no secret (`salt`, `salt_rounds`), and the word is inside others
+/// (`salted`, `saltstack`, `basalt`).
+const QUALIFIED_WORDS: &[&str] = &["salt"];
 
 /// Short names of a password that are too common inside other words to look for anywhere in a
 /// key (`compass`, `bypass`, `pwm`): sensitive as the key's last word only (`pass`, `db_pass`,
@@ -268,7 +291,10 @@ pub(crate) struct KeyMatcher {
     word_starts: Box<[u64; TRIGRAM_WORDS]>,
     /// Pattern ids of the [`WHOLE_WORDS`] in `automaton`.
     whole_words: std::ops::Range<usize>,
-    /// Pattern ids of the [`SCALAR_SECRET_WORDS`] and [`WHOLE_WORDS`] in `automaton`.
+    /// Pattern ids of the [`QUALIFIED_WORDS`] in `automaton`.
+    qualified_words: std::ops::Range<usize>,
+    /// Pattern ids of the [`SCALAR_SECRET_WORDS`], [`WHOLE_WORDS`] and [`QUALIFIED_WORDS`] in
+    /// `automaton`.
     scalar_words: std::ops::Range<usize>,
     /// Folded exact names that are never sensitive.
     allow: Vec<String>,
@@ -341,7 +367,9 @@ impl KeyMatcher {
         words.extend(SCALAR_SECRET_WORDS.iter().map(|w| w.to_string()));
         let whole_words = words.len()..words.len() + WHOLE_WORDS.len();
         words.extend(WHOLE_WORDS.iter().map(|w| w.to_string()));
-        let scalar_words = scalar_start..whole_words.end;
+        let qualified_words = words.len()..words.len() + QUALIFIED_WORDS.len();
+        words.extend(QUALIFIED_WORDS.iter().map(|w| w.to_string()));
+        let scalar_words = scalar_start..qualified_words.end;
         words.extend(extra.iter().map(|w| normalize_key(w)));
         let automaton = AhoCorasick::builder()
             .kind(Some(AhoCorasickKind::DFA))
@@ -362,6 +390,7 @@ impl KeyMatcher {
             automaton,
             word_starts,
             whole_words,
+            qualified_words,
             scalar_words,
             allow: allow.iter().map(|a| normalize_key(a)).collect(),
             has_extra_words: !extra.is_empty(),
@@ -551,8 +580,11 @@ impl KeyMatcher {
             .filter(move |m| {
                 let before = &folded[..m.start()];
                 let after = &folded[m.end()..];
-                (!self.whole_words.contains(&m.pattern().as_usize())
+                let pattern = m.pattern().as_usize();
+                let qualified = self.qualified_words.contains(&pattern);
+                (!(self.whole_words.contains(&pattern) || qualified)
                     || (is_word_boundary(key, m.start()) && is_word_boundary(key, m.end())))
+                    && (!qualified || (m.start() > 0 && after.is_empty()))
                     && is_secret_suffix(after)
                     && !is_reference(before, &folded[m.start()..m.end()])
             })

@@ -924,6 +924,11 @@ impl SecretMasker {
     fn replacement(&self, action: Action, label: &str, secret: &str) -> String {
         match action {
             Action::Redact => format!("[REDACTED:{label}]"),
+            // An address with its `@` escaped for HTML is the same mailbox, with the same
+            // pseudonym.
+            Action::Hash if label == PatternKind::Email.as_str() && secret.contains("&#") => {
+                self.pseudonymize(&unescape_at_sign(secret))
+            }
             Action::Hash => self.pseudonymize(secret),
             Action::Partial => {
                 let num_chars = secret.chars().count();
@@ -935,6 +940,14 @@ impl SecretMasker {
             }
         }
     }
+}
+
+/// `address` with an `@` escaped for HTML (`&#64;`, `&#x40;`) written plain.
+fn unescape_at_sign(address: &str) -> String {
+    address
+        .replace("&#64;", "@")
+        .replace("&#x40;", "@")
+        .replace("&#X40;", "@")
 }
 
 /// An email address (one `@`, a dotted domain, no spaces) with an upper-case ASCII letter.

@@ -99,20 +99,24 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // before a value that looks generated; it is empty for a password word followed by its
         // value (`with password Hunter2x`). The name may be qualified by whom it is for
         // (`password for bob: X`, `the password for svc_deploy is X`), which makes it prose too.
+        // A change of the value names its old value first (`password changed from X to Y`,
+        // `passcode updated: 'X' -> 'Y'`): taken only with the new value after it, which `find`
+        // masks too (`change_new_value`).
         // A YAML block scalar (`password: |` and the more indented lines after it) is matched up
         // to its first line; `yaml_block` takes the whole block. Its line breaks may be escaped
         // (`password: >\n  x`, a YAML file in a logged JSON body).
         // Besides `:` and `=`: Ruby's `=>` (`"password"=>"x"`), quotes escaped for HTML
-        // (`password&quot;:&quot;x`, escaped twice: `&amp;quot;`) and an XML element (`<Password>x</Password>`, also with
-        // a namespace prefix and attributes: `<wsse:Password Type="...">x`; the verifier wants
-        // the `<`; its text may be a CDATA section). And a name/value pair held as text, where
-        // the name is the pair's name: `{"name": "DB_PASSWORD", "value": "x"}` (JSON after a
+        // (`password&quot;:&quot;x`, escaped twice: `&amp;quot;`) and an XML element
+        // (`<Password>x</Password>`, also with a namespace prefix and attributes:
+        // `<wsse:Password Type="...">x`; the verifier wants the `<`; its text may be a CDATA
+        // section; an arrow, `->` or `=>`, ends no start tag). And a name/value pair held as
+        // text, where the name is the pair's name: `{"name": "DB_PASSWORD", "value": "x"}` (JSON after a
         // prefix, which the walk does not parse) and YAML's `- name: DB_PASSWORD` with
         // `value: x` on the next line (a Kubernetes manifest's `env`), or XML's `<add
         // key="DbPassword" value="x" />`. A name may be two words of a label (`API key: x`,
         // `Private key: x`, `seed phrase: ...`); LDIF writes base64 values after `::`.
         regex: concat!(
-            r#"(?-u:\b)((?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|[A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s[^<>]{0,200})?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+to|is|was|to)\s+)?))"#,
+            r#"(?-u:\b)((?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|[A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|is|was|to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -385,6 +389,42 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "clave'",
             "clave>",
             "clave&",
+            // The key matcher's tool names and short key names (`BINDPW` and `PGPASS` hold
+            // `pw` and `pass`): `NPM_AUTH=`, `CIPHER_KEY=`, `ENC_KEY=`, `CLIENT_KEY=`, `HMAC=`,
+            // `COOKIE_SALT=`, `PEPPER=`.
+            "npm_auth",
+            "npm-auth",
+            "npm.auth",
+            "npmauth",
+            "cipher_key",
+            "cipher-key",
+            "cipher.key",
+            "cipherkey",
+            "enc_key",
+            "enc-key",
+            "enc.key",
+            "enckey",
+            "encrypt_key",
+            "encrypt-key",
+            "encrypt.key",
+            "encryptkey",
+            "client_key",
+            "client-key",
+            "client.key",
+            "clientkey",
+            "hmac=",
+            "hmac:",
+            "hmac\"",
+            "hmac'",
+            "hmac>",
+            "hmac&",
+            "salt=",
+            "salt:",
+            "salt\"",
+            "salt'",
+            "salt>",
+            "salt&",
+            "pepper",
         ],
     },
     PatternSpec {
@@ -568,11 +608,16 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?i:changeUserPassword)\(\s*["'][^"']*["']\s*,\s*["']([^"']+)"#,
             r#"|(?i:set\s+password(?:\s+for\s+\S+)?\s*=\s*(?:password\s*\(\s*)?)'([^']*)'"#,
             r#"|(?i:insert\s+into)\s+[^\s(]{1,128}\s*\(([^()]{1,1000})\)\s*(?i:values)\s*\("#,
+            // Group 59: a password piped into a command that reads it on its standard input, as
+            // `passwd --stdin` does (group 44): `echo <password> | sudo -S` (`-kS`, `--stdin`,
+            // after other options of sudo's own), `echo <password> | docker login -u ci
+            // --password-stdin` (podman, nerdctl, `helm registry login`, buildah, skopeo, oras).
+            r#"|(?:echo|printf)\s+(?:-[en]+\s+)?['"]?([^\s'"|$-][^\s'"|]*)['"]?\s*\|\s*(?:(?:/usr/bin/)?sudo(?:\s+(?:--[a-z-]+(?:=\S+|\s+[^\s-]\S*)?|-[A-RT-Za-z]*[CDghpRrTUu]\s+[^\s-]\S*|-[A-RT-Za-z]+))*\s+(?:-[A-Za-z]*S[A-Za-z]*|--stdin)(?:\s|$)|(?i:docker|podman|nerdctl|helm|buildah|skopeo|oras)(?:\.exe)?\s(?:[^|;&\n]*\s)?login\s(?:[^|;&\n]*\s)?--password-stdin(?:[\s;&|)"'`]|$))"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
             27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
-            49, 50, 51, 52, 53, 54, 55, 56, 57, 58,
+            49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
         ],
         anchors: &[
             "-u ",
@@ -633,6 +678,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "zip",
             "chpasswd",
             "passwd --stdin",
+            // `echo <password> | sudo -S` (group 59; `--password-stdin` wakes it as
+            // `--password`).
+            "| sudo",
+            "|sudo",
+            "/usr/bin/sudo",
             "evil-winrm",
             "crackmapexec",
             "cme ",
@@ -1035,9 +1085,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
     },
     PatternSpec {
         kind: PatternKind::Email,
-        regex: r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+        // The `@` may be escaped for HTML (`dana&#64;acme.example`, `&#x40;`), as in mail and
+        // ticket bodies.
+        regex: r"[A-Za-z0-9._%+-]+(?:@|&#64;|&#[xX]40;)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
         secret_groups: &[],
-        anchors: &["@"],
+        anchors: &["@", "&#64;", "&#x40;"],
     },
 ];
 
@@ -1225,6 +1277,8 @@ impl Patterns {
                 break;
             };
             let whole = m.range();
+            // The new value of a change whose old value is the secret found.
+            let mut new_value: Option<std::ops::Range<usize>> = None;
             let secret = match plain_secret(kind, text, whole.clone()) {
                 Some(range) => Some(range)
                     .filter(|r| verify(kind, &text[r.clone()], None, text, r.start, keys)),
@@ -1232,7 +1286,8 @@ impl Patterns {
                     let Some(caps) = re.captures_at(text, pos) else {
                         break;
                     };
-                    spec.secret_groups
+                    let found = spec
+                        .secret_groups
                         .iter()
                         .find_map(|g| caps.get(*g).map(|m| (*g, m)))
                         .or_else(|| {
@@ -1301,7 +1356,20 @@ impl Patterns {
                                     | PatternKind::CliCredentials
                                     | PatternKind::AuthHeader
                             ) && names_a_secret_source(text, r.clone()))
-                        })
+                        });
+                    // `password changed from X to Y`: the new value too.
+                    if kind == PatternKind::SecretAssignment
+                        && caps.get(2).is_some_and(|p| names_a_change_from(p.as_str()))
+                    {
+                        new_value = found
+                            .as_ref()
+                            .and_then(|r| change_new_value(text, r.end))
+                            .filter(|n| {
+                                !is_masked(&text[n.clone()])
+                                    && !names_a_secret_source(text, n.clone())
+                            });
+                    }
+                    found
                 }
             };
             match secret {
@@ -1314,6 +1382,14 @@ impl Patterns {
                         });
                     }
                     pos = s.end.max(whole.start + 1);
+                    if let Some(n) = new_value.take().filter(|n| n.start >= s.end) {
+                        out.push(Found {
+                            start: n.start,
+                            end: n.end,
+                            kind,
+                        });
+                        pos = pos.max(n.end);
+                    }
                 }
                 // Rejected (`url=...` is not a secret name, a number fails Luhn): look again one
                 // character further, so a secret inside the rejected span is still found.
@@ -3395,7 +3471,12 @@ fn verify(
                         .get(1)
                         .is_some_and(|k| follows_a_setting_verb(&text[..k.start()]))
             });
+            // `password changed from X to Y`: only with the new value after the old one.
+            let change = prose
+                .filter(|p| names_a_change_from(p.as_str()))
+                .map(|_| change_new_value(text, start + secret.len()));
             to_after_setting
+                && change.as_ref().is_none_or(Option::is_some)
                 && !(for_whom && bare)
                 && caps.get(1).is_some_and(|k| {
                     // `name ... >` is an XML element's start tag only, and its value is text
@@ -3430,12 +3511,22 @@ fn verify(
                         || looks_generated(secret)
                         || seed_phrase_end(text, start + secret.len()) > start + secret.len())
                     && !is_okta_factor_type(text, k.range(), start, secret)
+                    // `hmac:<hex>` is masking's own pseudonym, no `hmac` name and value.
+                    && !text
+                        .get(k.end().saturating_sub(4)..)
+                        .is_some_and(|t| t.starts_with("hmac:"))
+                    && !is_cmdlet_value(text, k.start(), secret)
+                    && !is_account_setting(k.as_str(), secret)
                     // Eight or more characters: `password Okta2FA policy` names a product.
                     && (!bare
                         || (super::keys::is_password_word(k.as_str()) && secret.len() >= 8))
                 })
                 && ((prose.is_none() && !for_whom)
                     || looks_generated(secret)
+                    || change
+                        .clone()
+                        .flatten()
+                        .is_some_and(|new| looks_generated(&text[new]))
                     // `recovery phrase is abandon ability ...`: a dozen words or more.
                     || caps.get(1).is_some_and(|k| {
                         names_a_phrase(k.as_str())
@@ -3557,6 +3648,121 @@ fn verify(
         }
         _ => true,
     }
+}
+
+/// Whether the prose separator `prose` (the assignment pattern's group 2) names the old value of
+/// a change, the new one after it (`changed from`, `updated:`).
+fn names_a_change_from(prose: &str) -> bool {
+    let p = prose.trim_end();
+    p.ends_with(':')
+        || p.len()
+            .checked_sub(4)
+            .and_then(|i| p.get(i..))
+            .is_some_and(|w| w.eq_ignore_ascii_case("from"))
+}
+
+/// The new value of a change whose old value ends at `old_end` (`password changed from X to
+/// Y`, `passcode updated: 'X' -> 'Y'`): after the old value's closing quote, ` to ` or an
+/// arrow (`->`, `=>`, `→`), a quoted value (its text, to the closing quote or the line's end)
+/// or a bare one (up to a space, `,`, `;`, `<`, `>` or a quote; a sentence's final `.` is no
+/// part of it).
+fn change_new_value(text: &str, old_end: usize) -> Option<std::ops::Range<usize>> {
+    let mut rest = text.get(old_end..)?;
+    if let Some(r) = rest.strip_prefix(['\'', '"']) {
+        rest = r;
+    }
+    let trimmed = rest.trim_start_matches([' ', '\t']);
+    let spaced = trimmed.len() < rest.len();
+    let after = match ["->", "=>", "→"]
+        .iter()
+        .find_map(|a| trimmed.strip_prefix(a))
+    {
+        Some(after) => after,
+        None if spaced
+            && trimmed.as_bytes().get(..3).is_some_and(|w| {
+                w[..2].eq_ignore_ascii_case(b"to") && matches!(w[2], b' ' | b'\t')
+            }) =>
+        {
+            &trimmed[2..]
+        }
+        None => return None,
+    };
+    let value = after.trim_start_matches([' ', '\t']);
+    let start = text.len() - value.len();
+    let range = match value.chars().next()? {
+        q @ ('\'' | '"') => {
+            let inner = &value[1..];
+            let len = inner.find([q, '\n', '\r']).unwrap_or(inner.len());
+            start + 1..start + 1 + len
+        }
+        _ => {
+            let len = value
+                .find(|c: char| {
+                    c.is_whitespace() || matches!(c, ',' | ';' | '<' | '>' | '\'' | '"')
+                })
+                .unwrap_or(value.len());
+            let bare = &value[..len];
+            let bare = match bare.strip_suffix('.') {
+                Some(b) if !b.is_empty() => b,
+                _ => bare,
+            };
+            start..start + bare.len()
+        }
+    };
+    (range.end > range.start).then_some(range)
+}
+
+/// Whether `secret`, the value of the name that starts at `name_start`, is the PowerShell
+/// cmdlet that makes the value (`$password = ConvertTo-SecureString 'x' -AsPlainText`, `$pw =
+/// Read-Host -AsSecureString`): no secret, and what an analyst looks for. The literal after
+/// `ConvertTo-SecureString` is the command-line pattern's to find.
+fn is_cmdlet_value(text: &str, name_start: usize, secret: &str) -> bool {
+    const VERBS: &[&str] = &[
+        "convertto",
+        "convertfrom",
+        "get",
+        "read",
+        "new",
+        "import",
+        "invoke",
+    ];
+    let Some((verb, noun)) = secret.split_once('-') else {
+        return false;
+    };
+    let cmdlet = VERBS.iter().any(|v| verb.eq_ignore_ascii_case(v))
+        && noun.len() >= 3
+        && noun.bytes().all(|b| b.is_ascii_alphabetic());
+    cmdlet
+        && (text[..name_start].ends_with('$')
+            || secret.eq_ignore_ascii_case("convertto-securestring"))
+}
+
+/// Whether `secret`, the value of the sensitive name `name`, is itself a setting that names an
+/// account (`Invalid credentials: username=erin`): who failed to sign in is no secret, and a
+/// secret beside it is found by its own name (`password=...`). A cookie's value is secret
+/// whatever it holds (`Cookie: user=erin; sid=...`).
+fn is_account_setting(name: &str, secret: &str) -> bool {
+    const ACCOUNT_NAMES: &[&str] = &[
+        "user",
+        "username",
+        "userid",
+        "login",
+        "loginname",
+        "account",
+        "accountname",
+        "email",
+        "upn",
+        "uid",
+        "principal",
+        "userprincipalname",
+    ];
+    let Some((inner, _)) = secret.split_once('=') else {
+        return false;
+    };
+    !inner.is_empty()
+        && inner.bytes().all(|b| name_byte(&b))
+        && ACCOUNT_NAMES.contains(&super::keys::normalize_key(inner).as_str())
+        && !super::keys::normalize_key(name).contains("cookie")
 }
 
 /// Whether `rest`, the text after 40 characters of an AWS secret key, goes on with no 41st

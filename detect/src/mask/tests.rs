@@ -4606,3 +4606,310 @@ fn the_value_of_a_sensitive_column_in_an_sql_insert_is_masked() {
         assert_eq!(m.mask_text(clean), clean);
     }
 }
+
+/// QA: `$password = ConvertTo-SecureString '<pw>' -AsPlainText -Force` (Microsoft's own idiom)
+/// kept the password and masked the cmdlet: the assignment took the cmdlet for the value.
+#[test]
+fn a_securestring_literal_assigned_to_a_powershell_variable_is_masked_and_the_cmdlet_kept() {
+    let m = masker();
+    for (text, masked) in [
+        (
+            "$password = ConvertTo-SecureString 'Winter2026!' -AsPlainText -Force",
+            "$password = ConvertTo-SecureString '[REDACTED:cli_credentials]' -AsPlainText -Force",
+        ),
+        (
+            "$user = 'svc'; $pass = ConvertTo-SecureString -String 'Autumn2026!' -AsPlainText -Force",
+            "$user = 'svc'; $pass = ConvertTo-SecureString -String '[REDACTED:cli_credentials]' -AsPlainText -Force",
+        ),
+        (
+            r#"$Secure_String_Pwd = ConvertTo-SecureString "P@ssW0rD!xyz" -AsPlainText -Force"#,
+            r#"$Secure_String_Pwd = ConvertTo-SecureString "[REDACTED:cli_credentials]" -AsPlainText -Force"#,
+        ),
+        (
+            "$pw = ConvertTo-SecureString -String 'PsSecStrPw81' -AsPlainText -Force",
+            "$pw = ConvertTo-SecureString -String '[REDACTED:cli_credentials]' -AsPlainText -Force",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), masked, "{text}");
+        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
+    }
+    // No literal: nothing to mask, and the cmdlet stays.
+    for kept in [
+        "$password = Read-Host -AsSecureString",
+        "$password = ConvertTo-SecureString $env:SVC_PASSWORD -AsPlainText -Force",
+    ] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+    // A value that merely looks like a cmdlet is still a password.
+    assert_eq!(
+        m.mask_text("password=Get-Lucky"),
+        "password=[REDACTED:secret_assignment]"
+    );
+}
+
+/// QA: `echo 'pw' | passwd --stdin` was masked, but not the same shape into `sudo -S` or a
+/// registry's `login --password-stdin` (the form Docker's docs recommend for CI).
+#[test]
+fn a_password_piped_to_sudo_or_a_registry_login_on_stdin_is_masked() {
+    let m = masker();
+    for (text, masked) in [
+        (
+            "echo 'SudoPipePw55' | sudo -S apt-get update",
+            "echo '[REDACTED:cli_credentials]' | sudo -S apt-get update",
+        ),
+        (
+            "echo 'hunterPw88' | sudo -S systemctl restart app",
+            "echo '[REDACTED:cli_credentials]' | sudo -S systemctl restart app",
+        ),
+        (
+            r#"echo "hunterPw88" | sudo -u root -kS bash -c 'id'"#,
+            r#"echo "[REDACTED:cli_credentials]" | sudo -u root -kS bash -c 'id'"#,
+        ),
+        (
+            "echo hunterPw88 | sudo --stdin whoami",
+            "echo [REDACTED:cli_credentials] | sudo --stdin whoami",
+        ),
+        (
+            "echo 'DockStdin66x' | docker login -u ci --password-stdin ghcr.io",
+            "echo '[REDACTED:cli_credentials]' | docker login -u ci --password-stdin ghcr.io",
+        ),
+        (
+            r#"echo "DockStdinPw42" | docker login --password-stdin"#,
+            r#"echo "[REDACTED:cli_credentials]" | docker login --password-stdin"#,
+        ),
+        (
+            "echo 'HelmStdin77x' | helm registry login ghcr.io -u ci --password-stdin",
+            "echo '[REDACTED:cli_credentials]' | helm registry login ghcr.io -u ci --password-stdin",
+        ),
+        (
+            "echo 'PodmanStdin88' | podman login -u ci --password-stdin quay.io",
+            "echo '[REDACTED:cli_credentials]' | podman login -u ci --password-stdin quay.io",
+        ),
+        (
+            "printf 'NerdStdin99x' | nerdctl login --password-stdin r.example",
+            "printf '[REDACTED:cli_credentials]' | nerdctl login --password-stdin r.example",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), masked, "{text}");
+        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
+    }
+    for kept in [
+        // Where the password comes from, which the analyst needs.
+        "echo $TOKEN | docker login -u ci --password-stdin",
+        r#"echo "${CR_PAT}" | docker login ghcr.io --password-stdin"#,
+        // `-S` of the command sudo runs (pacman's sync), not sudo's own.
+        "echo 'y' | sudo pacman -S vim",
+        "echo done | sudo tee /etc/motd",
+    ] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+}
+
+/// QA: a change of a secret named in prose gave both values (`changed from X to Y`, `'old' ->
+/// 'new'`), where `changed to <v>` masked its one value.
+#[test]
+fn both_values_of_a_secret_changed_from_one_to_another_are_masked() {
+    let m = masker();
+    for (text, masked) in [
+        (
+            "password changed from Prose2Old26 to Prose2New26",
+            "password changed from [REDACTED:secret_assignment] to [REDACTED:secret_assignment]",
+        ),
+        (
+            "Meeting passcode changed from 'Prose3Old26' to 'Prose3New26'",
+            "Meeting passcode changed from '[REDACTED:secret_assignment]' to '[REDACTED:secret_assignment]'",
+        ),
+        (
+            "Meeting passcode changed from 'Old4Pass9' to 'New5Pass8'",
+            "Meeting passcode changed from '[REDACTED:secret_assignment]' to '[REDACTED:secret_assignment]'",
+        ),
+        (
+            "Wi-Fi password updated: 'Prose5Wifi26' -> 'Prose5Wifi27'",
+            "Wi-Fi password updated: '[REDACTED:secret_assignment]' -> '[REDACTED:secret_assignment]'",
+        ),
+        (
+            "API token updated: abc123XYZ789 => def456UVW012.",
+            "API token updated: [REDACTED:secret_assignment] => [REDACTED:secret_assignment].",
+        ),
+        (
+            "client secret changed from Sec4Old99 to Sec4New99 by admin",
+            "client secret changed from [REDACTED:secret_assignment] to [REDACTED:secret_assignment] by admin",
+        ),
+    ] {
+        assert_eq!(m.mask_text(text), masked, "{text}");
+        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
+    }
+    for kept in [
+        "password changed from the admin console",
+        "Token changed from v1 to v2",
+        "Display name changed from Bob2024 to Robert2024",
+        "password updated: successfully",
+    ] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+}
+
+/// QA: Google Workspace's `CHANGE_APPLICATION_SETTING` gives the setting's name and its old and
+/// new values as separate `parameters`: a setting that names a secret kept both values.
+#[test]
+fn old_and_new_values_of_a_google_setting_that_names_a_secret_are_masked() {
+    let m = masker();
+    let setting = |name: &str| {
+        json!({"events": [{"type": "APPLICATION_SETTINGS", "name": "CHANGE_APPLICATION_SETTING",
+        "parameters": [
+            {"name": "APPLICATION_NAME", "value": "Gmail"},
+            {"name": "SETTING_NAME", "value": name},
+            {"name": "OLD_VALUE", "value": "Relay0ldPw9"},
+            {"name": "NEW_VALUE", "value": "RelayN3wPw7"},
+        ]}]})
+    };
+    let mut v = setting("SMTP relay password");
+    m.mask_value(&mut v);
+    let params = &v["events"][0]["parameters"];
+    assert_eq!(params[0]["value"], "Gmail");
+    assert_eq!(params[1]["value"], "SMTP relay password");
+    assert_eq!(params[2]["value"], "[REDACTED:key]", "{v}");
+    assert_eq!(params[3]["value"], "[REDACTED:key]", "{v}");
+    let mut again = v.clone();
+    m.mask_value(&mut again);
+    assert_eq!(again, v, "idempotent");
+    // The same in an event's record, through the check and write modes.
+    let mut e = event(setting("SMTP relay password"), Ecs::default());
+    m.mask(&mut e);
+    let text = perimeter_model::raw_to_serde(&e.raw).to_string();
+    assert!(
+        !text.contains("Relay0ldPw9") && !text.contains("RelayN3wPw7"),
+        "{text}"
+    );
+    // Other settings keep their values.
+    for name in [
+        "Password policy",
+        "Email forwarding",
+        "SMTP relay password_length",
+    ] {
+        let mut v = setting(name);
+        let before = v.clone();
+        m.mask_value(&mut v);
+        assert_eq!(v, before, "{name}");
+    }
+}
+
+/// QA: credential names from tools and environments whose values were kept: OpenLDAP's
+/// `BINDPW`, `PGPASS`, npm's `NPM_AUTH`, short key names, `HMAC`, a named `_SALT`.
+#[test]
+fn tool_and_short_key_names_of_credentials_are_masked_by_key() {
+    let m = masker();
+    let mut v = json!({"requestParameters": {"environment": {"variables": {
+        "BINDPW": "Bind2026!pw",
+        "PGPASS": "db.acme.internal:5432:app:app:PgPassLine2026",
+        "NPM_AUTH": "Y2ktYm90Ok5wbUJhc2ljUHcyMDI2",
+        "NPM_AUTH_TOKEN": "EnvV03qZk7z9",
+        "CIPHER_KEY": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "ENC_KEY": "Rk9vYmFyQmF6UXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWo=",
+        "HMAC": "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9",
+        "HMAC_KEY": "EnvV16qZk7z9",
+        "CLIENT_KEY": "ck_live_4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c",
+        "COOKIE_SALT": "s4lt-Qw8Ez3Rt6Yu1Io9",
+        "SIGNING_SALT": "EnvV12qZk7z9",
+        "signingSalt": "EnvV12qZk7z8",
+        "PEPPER": "EnvV39qZk7z9",
+    }}}});
+    m.mask_value(&mut v);
+    let vars = v["requestParameters"]["environment"]["variables"]
+        .as_object()
+        .expect("object");
+    for (name, value) in vars {
+        assert_eq!(value, "[REDACTED:key]", "{name}");
+    }
+    // In text, as an environment is written.
+    assert_eq!(
+        m.mask_text(
+            "BINDPW=Bind2026pw NPM_AUTH=Y2ktYm90Ok5w CIPHER_KEY=9f86d08188 COOKIE_SALT=s4ltQw8Ez3"
+        ),
+        "BINDPW=[REDACTED:secret_assignment] NPM_AUTH=[REDACTED:secret_assignment] \
+         CIPHER_KEY=[REDACTED:secret_assignment] COOKIE_SALT=[REDACTED:secret_assignment]"
+    );
+    let keys = KeyMatcher::new(&[], &[]).expect("builds");
+    for kept in [
+        "key",
+        "keyboard",
+        "monkey",
+        "salt",
+        "salted",
+        "salt_rounds",
+        "saltLength",
+        "saltstack_master",
+        "basalt",
+        "client_key_id",
+        "clientKeyId",
+        "enc_key_id",
+        "sequenceKey",
+        "PGPASSFILE",
+        "hmacAlgorithm",
+        "hmac_sha256",
+        "pepperoni",
+    ] {
+        assert!(!keys.is_sensitive(kept), "{kept} should not be sensitive");
+    }
+    assert_eq!(
+        m.mask_text("salt=abc123 rounds=12"),
+        "salt=abc123 rounds=12"
+    );
+}
+
+/// QA: with the email pattern on, an address whose `@` is escaped for HTML (`&#64;`, `&#x40;`)
+/// stayed in clear; it is the same mailbox, with the same pseudonym.
+#[test]
+fn an_email_with_an_html_escaped_at_sign_is_masked_as_the_email() {
+    let m = masker_with("[mask.patterns.email]\nenabled = true");
+    let address = m.pseudonymize("dana@acme.example");
+    for text in [
+        "mailto:dana&#64;acme.example",
+        "mailto:dana&#x40;acme.example",
+        "mailto:dana&#X40;acme.example",
+    ] {
+        let masked = m.mask_text(text);
+        assert_eq!(masked, format!("mailto:{address}"), "{text}");
+        assert_eq!(m.mask_text(&masked), masked, "masking {masked} again");
+    }
+    assert_eq!(
+        m.mask_text("mike.tyson&#64;acme-corp.example"),
+        m.pseudonymize("mike.tyson@acme-corp.example")
+    );
+    // Emails off (the default): nothing changes.
+    assert_eq!(
+        masker().mask_text("mailto:dana&#64;acme.example"),
+        "mailto:dana&#64;acme.example"
+    );
+}
+
+/// QA (over-masking): `Invalid credentials: username=erin` lost the account name, which is no
+/// secret; a password in the same text is still masked.
+#[test]
+fn a_user_name_given_as_the_credentials_stays() {
+    let m = masker();
+    for kept in [
+        "Invalid credentials: username=erin",
+        "invalid credentials: user=erin",
+        "Bad creds: login=erin@acme.example",
+    ] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+    assert_eq!(
+        m.mask_text("Invalid credentials: username=erin password=Hunter2xyz"),
+        "Invalid credentials: username=erin password=[REDACTED:secret_assignment]"
+    );
+    assert_eq!(
+        m.mask_text("Invalid credentials: username=erin pass=Hunter2xyz"),
+        "Invalid credentials: username=erin pass=[REDACTED:secret_assignment]"
+    );
+    // A cookie's value is secret whatever it holds; so are credentials that are no name.
+    assert_eq!(
+        m.mask_text("Cookie: username=erin; sid=abc123def"),
+        "Cookie: [REDACTED:secret_assignment]"
+    );
+    assert_eq!(
+        m.mask_text("credentials: erin:Hunter2xyz"),
+        "credentials: [REDACTED:secret_assignment]"
+    );
+}

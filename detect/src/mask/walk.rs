@@ -43,6 +43,9 @@ pub(super) struct MaskWalk<'a> {
     /// The value-like secret whose settings the object walked next holds
     /// ([`Self::force_key_value`]); taken by that object.
     settings_of: Option<String>,
+    /// The object walked next is a changed setting's old or new value whose setting names a
+    /// secret ([`Self::setting_names_secret`]); taken by that object.
+    setting_value_secret: bool,
     /// Write mode: the values masked for their key name (clear, as written masked) that are
     /// long enough to be looked for elsewhere in the record ([`Self::run_write`]).
     key_secrets: Vec<(String, String)>,
@@ -65,6 +68,7 @@ impl<'a> MaskWalk<'a> {
             clean_before_change: 0,
             known_clean: 0,
             settings_of: None,
+            setting_value_secret: false,
             key_secrets: Vec::new(),
         }
     }
@@ -88,6 +92,7 @@ impl<'a> MaskWalk<'a> {
             clean_before_change: 0,
             known_clean,
             settings_of: None,
+            setting_value_secret: false,
             key_secrets: Vec::new(),
         }
     }
@@ -220,6 +225,10 @@ impl<'a> MaskWalk<'a> {
                 // `["wallet", "--mnemonic", "abandon", "ability", ...]`: an unquoted seed phrase
                 // after its option, a word per item.
                 let seed_words = seed_phrase_items(items);
+                // Google Workspace's setting changes: `{"name": "SETTING_NAME", "value": "SMTP
+                // relay password"}`, then `OLD_VALUE` and `NEW_VALUE` pairs, items of the same
+                // `parameters`. Asked only when such a pair comes up, then kept.
+                let mut setting_names_secret: Option<bool> = None;
                 let mut index = 0;
                 self.array(items, |w, item| {
                     let i = index;
@@ -291,6 +300,11 @@ impl<'a> MaskWalk<'a> {
                             return;
                         }
                     }
+                    if let ValueRef::Object(map) = &view {
+                        w.setting_value_secret = is_setting_value_pair(map)
+                            && *setting_names_secret
+                                .get_or_insert_with(|| w.setting_names_secret(items, enabled));
+                    }
                     w.value_of(item, view, node, extra);
                     in_private_key = pem_enabled && text.is_some_and(opens_private_key);
                     after_key_id = text.is_some_and(is_aws_key_id);
@@ -320,6 +334,8 @@ impl<'a> MaskWalk<'a> {
                 // setting there is taken for the secret (fail closed: `{"pin": {"value"}}`,
                 // `{"masterKey": {"keyMaterial"}}`), objects and arrays under it too.
                 let settings_of = self.settings_of.take();
+                // An `OLD_VALUE`/`NEW_VALUE` pair of a setting that names a secret.
+                let setting_value_secret = std::mem::take(&mut self.setting_value_secret);
                 // Whether a string of this object is an AWS key id: a secret key shaped value
                 // beside it is its secret (`{"id": "AKIA...", "value": "wJalr..."}`). Asked only
                 // when such a value comes up, then kept.
@@ -365,7 +381,9 @@ impl<'a> MaskWalk<'a> {
                         && facts.pair_value()
                         // `{"field": "Token", "from": "enabled", "to": "disabled"}`
                         && !text.is_some_and(is_status_word)
-                        && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled)))
+                        && *pair_is_secret.get_or_insert_with(|| {
+                            setting_value_secret || w.pair_is_secret(map, enabled)
+                        }))
                         || (rule.action != FieldAction::Keep
                             && (is_jwk_private_member(key) || is_kubernetes_secret_data(key))
                             && is_secret_member_of_record(map, key))
@@ -431,6 +449,37 @@ impl<'a> MaskWalk<'a> {
                         );
                         !is_masked(&name) && m.key_is_sensitive(self.mem.as_deref_mut(), &name)
                     })
+        })
+    }
+
+    /// Whether `items` (a Google Workspace event's `parameters`) holds a `{"name":
+    /// "SETTING_NAME", "value": ...}` pair whose value names a secret (`SMTP relay password`),
+    /// judged as it is written out, masked, as [`Self::pair_is_secret`] judges a name.
+    fn setting_names_secret(&mut self, items: &sonic_rs::Array, enabled: KindSet) -> bool {
+        let m = self.masker;
+        items.iter().any(|item| {
+            let Some(map) = item.as_object() else {
+                return false;
+            };
+            let mut entries = map.iter();
+            let names_setting = entries.next().is_some_and(|(k, v)| {
+                k == "name"
+                    && v.as_str()
+                        .is_some_and(|n| n.eq_ignore_ascii_case("SETTING_NAME"))
+            });
+            names_setting
+                && entries.any(|(k, v)| {
+                    k == "value"
+                        && v.as_str().is_some_and(|n| {
+                            let name = m.mask_str_in(
+                                self.mem.as_deref_mut(),
+                                n,
+                                enabled,
+                                &mut MaskCounts::default(),
+                            );
+                            !is_masked(&name) && m.key_is_sensitive(self.mem.as_deref_mut(), &name)
+                        })
+                })
         })
     }
 
@@ -1006,6 +1055,18 @@ fn flags_a_secret_value(k: &str, v: &RawJson) -> bool {
         "type" | "fieldType" => v.as_str().is_some_and(|s| s == "CONCEALED"),
         _ => false,
     }
+}
+
+/// Whether `map` is the old or new value of a changed setting (`{"name": "OLD_VALUE", "value":
+/// ...}`, Google Workspace's parameters, name first): only its first member is read, as this
+/// is asked of every object in an array.
+fn is_setting_value_pair(map: &sonic_rs::Object) -> bool {
+    map.iter().next().is_some_and(|(k, v)| {
+        k == "name"
+            && v.as_str().is_some_and(|n| {
+                n.eq_ignore_ascii_case("OLD_VALUE") || n.eq_ignore_ascii_case("NEW_VALUE")
+            })
+    })
 }
 
 /// Whether `view` is a string or a number, or an array of nothing else: what an id key holds.
