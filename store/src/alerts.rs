@@ -236,7 +236,7 @@ impl TenantAlerts {
             JournalEntry::Alert { alert } => {
                 if groups_repeats(alert.detector) {
                     self.groups.insert(
-                        (alert.rule_id.clone(), alert.entity.clone()),
+                        (alert.rule_id.clone(), group_entity(&alert.entity)),
                         alert.id.clone(),
                     );
                 }
@@ -279,7 +279,10 @@ impl TenantAlerts {
             } => {
                 let id = record.alert.id.clone();
                 if group_head {
-                    let key = (record.alert.rule_id.clone(), record.alert.entity.clone());
+                    let key = (
+                        record.alert.rule_id.clone(),
+                        group_entity(&record.alert.entity),
+                    );
                     self.groups.insert(key, id.clone());
                 }
                 if !absorbed.is_empty() {
@@ -324,7 +327,7 @@ impl TenantAlerts {
             .collect();
         for id in &expired {
             if let Some(r) = self.records.remove(id) {
-                let key = (r.alert.rule_id, r.alert.entity);
+                let key = (r.alert.rule_id, group_entity(&r.alert.entity));
                 if self.groups.get(&key) == Some(id) {
                     self.groups.remove(&key);
                 }
@@ -536,7 +539,7 @@ impl AlertBook {
     ) -> Result<AlertsInserted> {
         let mut by_tenant: HashMap<&str, Vec<JournalEntry>> = HashMap::new();
         let mut seen = HashSet::new();
-        let mut open: HashMap<(&str, &str, &str), OpenGroup> = HashMap::new();
+        let mut open: HashMap<(&str, &str, String), OpenGroup> = HashMap::new();
         let mut done = AlertsInserted::default();
         for a in alerts {
             if a.id.is_empty() {
@@ -552,7 +555,11 @@ impl AlertBook {
             if !seen.insert((a.tenant.as_str(), a.id.as_str())) {
                 continue;
             }
-            let key = (a.tenant.as_str(), a.rule_id.as_str(), a.entity.as_str());
+            let key = (
+                a.tenant.as_str(),
+                a.rule_id.as_str(),
+                group_entity(&a.entity),
+            );
             // The rule's own window, else the store's.
             let window = match a.alert_group_seconds {
                 Some(secs) => group_window(secs),
@@ -560,7 +567,7 @@ impl AlertBook {
             };
             let grouping = window.filter(|_| groups_repeats(a.detector));
             if let Some(window) = grouping {
-                if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(key) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(key.clone()) {
                     if let Some(g) = self.open_group(a) {
                         slot.insert(g);
                     }
@@ -649,7 +656,9 @@ impl AlertBook {
     /// newest, while it is open or acknowledged (a resolved alert ends its group).
     fn open_group(&self, a: &Alert) -> Option<OpenGroup> {
         let t = self.tenants.get(&a.tenant)?;
-        let id = t.groups.get(&(a.rule_id.clone(), a.entity.clone()))?;
+        let id = t
+            .groups
+            .get(&(a.rule_id.clone(), group_entity(&a.entity)))?;
         let r = t.records.get(id)?;
         matches!(
             r.alert.status,
@@ -771,7 +780,8 @@ impl AlertBook {
         let mut out = AlertSummary::default();
         // Per rule: its count, highest severity, and what its alerts' titles share.
         let mut rules: HashMap<&str, RuleCount> = HashMap::new();
-        let mut entities: HashMap<&str, usize> = HashMap::new();
+        // By entity whatever its case, shown as first seen.
+        let mut entities: HashMap<String, (&str, usize)> = HashMap::new();
         let selected = self
             .tenants
             .get(tenant)
@@ -799,7 +809,10 @@ impl AlertBook {
             // A detector's alerts say what kind each is ("... for one user", "... from one
             // source IP"): the row says what they share (QA: one alert's title stood for all).
             rule.title = shared_words(&rule.title, title);
-            *entities.entry(&a.entity).or_default() += 1;
+            entities
+                .entry(group_entity(&a.entity))
+                .or_insert((&a.entity, 0))
+                .1 += 1;
             out.oldest = Some(out.oldest.map_or(a.timestamp, |t| t.min(a.timestamp)));
             out.newest = Some(out.newest.map_or(a.timestamp, |t| t.max(a.timestamp)));
         }
@@ -808,7 +821,7 @@ impl AlertBook {
             .sort_by(|a, b| b.count.cmp(&a.count).then(a.rule_id.cmp(&b.rule_id)));
         out.by_rule.truncate(SUMMARY_TOP_RULES);
         let mut entities: Vec<EntityCount> = entities
-            .into_iter()
+            .into_values()
             .map(|(entity, count)| EntityCount {
                 entity: entity.to_string(),
                 count,
@@ -858,6 +871,13 @@ pub struct RuleCount {
 pub struct EntityCount {
     pub entity: String,
     pub count: usize,
+}
+
+/// An entity as alerts are grouped and counted by it: whatever its case (`GRP-TESTER` and
+/// `grp-tester` are one GitHub login, `Dana@Acme.example` one mailbox), as `--entity` finds it
+/// (QA: two open alerts for one login, and the summary counted it twice).
+fn group_entity(entity: &str) -> String {
+    entity.to_lowercase()
 }
 
 /// What a grouped alert's title ends with once it has repeats.
@@ -1175,6 +1195,35 @@ mod tests {
         a.event_ids.push(event.to_string());
         a.lines.push(minute as u64 + 1);
         a.seal()
+    }
+
+    /// One login, one group: a repeat whose entity differs in case only joins the open alert,
+    /// in the same batch or a later one, and the summary counts the entity once as first seen
+    /// (QA: `grp-tester` and `GRP-TESTER` made two open alerts).
+    #[test]
+    fn an_entity_groups_whatever_its_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = |_: &str| dir.path().join("j.jsonl");
+        let mut book = AlertBook::default();
+        book.set_group_seconds(3600);
+        let first = book
+            .insert(
+                journal,
+                &[
+                    repeat("fail", "grp-tester", 0, "e0"),
+                    repeat("fail", "GRP-Tester", 1, "e1"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(first.grouped.len(), 1, "{first:?}");
+        let later = book
+            .insert(journal, &[repeat("fail", "GRP-TESTER", 25, "e2")])
+            .unwrap();
+        assert_eq!(later.grouped.len(), 1, "{later:?}");
+        let summary = book.summary("acme", &AlertQuery::default());
+        assert_eq!(summary.total, 1, "{summary:?}");
+        assert_eq!(summary.by_entity.len(), 1);
+        assert_eq!(summary.by_entity[0].entity, "grp-tester");
     }
 
     #[test]
