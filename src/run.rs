@@ -370,7 +370,7 @@ fn spawn_sighup_reloader(
                     if std::fs::read(path).ok() != config_text {
                         tracing::warn!(
                             config = %path.display(),
-                            "the config file changed since the start: a SIGHUP reloads the rules and the TLS certificate only; restart to apply the rest"
+                            "the config file changed since the start: a SIGHUP reloads the rule files under the rule paths read at the start, and the TLS certificate, only; restart to apply the rest (a changed `rules` list included)"
                         );
                     }
                 }
