@@ -436,27 +436,32 @@ impl<'a> MaskWalk<'a> {
     /// value): masking the output again must reach the same decision. A wholly masked name names
     /// no secret value.
     fn pair_is_secret(&mut self, map: &sonic_rs::Object, enabled: KindSet) -> bool {
-        let m = self.masker;
         map.iter().any(|(k, v)| {
             flags_a_secret_value(k, v)
                 || is_pair_name_key(k)
-                    && v.as_str().is_some_and(|n| {
-                        let name = m.mask_str_in(
-                            self.mem.as_deref_mut(),
-                            n,
-                            enabled,
-                            &mut MaskCounts::default(),
-                        );
-                        !is_masked(&name) && m.key_is_sensitive(self.mem.as_deref_mut(), &name)
-                    })
+                    && v.as_str()
+                        .is_some_and(|n| self.names_secret_as_written(n, enabled))
         })
+    }
+
+    /// Whether `name` (a pair's or a setting's name) names a secret as it is written out,
+    /// masked (its own secrets are counted when it is walked as a value): masking the output
+    /// again must reach the same decision. A wholly masked name names no secret value.
+    fn names_secret_as_written(&mut self, name: &str, enabled: KindSet) -> bool {
+        let m = self.masker;
+        let name = m.mask_str_in(
+            self.mem.as_deref_mut(),
+            name,
+            enabled,
+            &mut MaskCounts::default(),
+        );
+        !is_masked(&name) && m.key_is_sensitive(self.mem.as_deref_mut(), &name)
     }
 
     /// Whether `items` (a Google Workspace event's `parameters`) holds a `{"name":
     /// "SETTING_NAME", "value": ...}` pair whose value names a secret (`SMTP relay password`),
     /// judged as it is written out, masked, as [`Self::pair_is_secret`] judges a name.
     fn setting_names_secret(&mut self, items: &sonic_rs::Array, enabled: KindSet) -> bool {
-        let m = self.masker;
         items.iter().any(|item| {
             let Some(map) = item.as_object() else {
                 return false;
@@ -470,15 +475,8 @@ impl<'a> MaskWalk<'a> {
             names_setting
                 && entries.any(|(k, v)| {
                     k == "value"
-                        && v.as_str().is_some_and(|n| {
-                            let name = m.mask_str_in(
-                                self.mem.as_deref_mut(),
-                                n,
-                                enabled,
-                                &mut MaskCounts::default(),
-                            );
-                            !is_masked(&name) && m.key_is_sensitive(self.mem.as_deref_mut(), &name)
-                        })
+                        && v.as_str()
+                            .is_some_and(|n| self.names_secret_as_written(n, enabled))
                 })
         })
     }
