@@ -743,7 +743,11 @@ impl SpoolSource {
         if let Err(e) = self.read_on_from_ingested().await {
             tracing::warn!(error = %e, "lines written to an ingested spool file after it was archived not ingested yet; will retry");
         }
-        let files = pending_files(&self.config.dir, self.source_check.as_ref())?;
+        let files = pending_files(
+            &self.config.dir,
+            &self.config.tenant,
+            self.source_check.as_ref(),
+        )?;
         unreadable
             .0
             .retain(|path, _| files.iter().any(|f| &f.path == path));
@@ -1244,6 +1248,7 @@ fn set_aside(dir: &Path, file: &SpoolFile, error: &IngestError) -> std::io::Resu
 /// and `dir/tenant=<name>/<source>/`, sorted by path.
 fn pending_files(
     dir: &Path,
+    default_tenant: &str,
     check: Option<&crate::http::SourceNameCheck>,
 ) -> Result<Vec<SpoolFile>> {
     let io = |e| IngestError::Io {
@@ -1261,6 +1266,14 @@ fn pending_files(
             Some(tenant)
                 if perimeter_model::is_valid_label(tenant) && !matches!(tenant, "." | "..") =>
             {
+                if tenant != default_tenant && tenant.eq_ignore_ascii_case(default_tenant) {
+                    // Tenants are names as written: `ACME` is not `acme`, and no token of
+                    // `acme` reads what is stored for it (QA: a tenant made without a word).
+                    warn_once(
+                        &path,
+                        &format!("tenant `{tenant}` differs from the configured tenant `{default_tenant}` in case only: its files are stored for a tenant of their own, which `{default_tenant}`'s tokens do not read (rename the directory if they are `{default_tenant}`'s)"),
+                    );
+                }
                 warn_files_outside_source_dirs(&path).map_err(io)?;
                 for (source, path) in subdirs(&path).map_err(io)? {
                     if source_allowed(check, &source, &path) {
@@ -2114,7 +2127,7 @@ mod tests {
         spool.ingest_file(&spooled).await.unwrap();
         assert!(!file.exists());
         assert!(dir.path().join(".processed/okta/a.jsonl").exists());
-        assert_eq!(pending_files(dir.path(), None).unwrap(), vec![]);
+        assert_eq!(pending_files(dir.path(), "t1", None).unwrap(), vec![]);
         drop(spool);
         // The failed attempt had put its second batch on the bus before it heard of the first's
         // failure (one batch is in flight while the next is read); the retry reads the file
@@ -2253,7 +2266,7 @@ mod tests {
             path: file.clone(),
         };
         assert_eq!(
-            pending_files(dir.path(), None).unwrap(),
+            pending_files(dir.path(), "t1", None).unwrap(),
             vec![spooled.clone()],
             "gzipped JSON is pending, other files are not"
         );
@@ -2305,7 +2318,7 @@ mod tests {
         assert!(failed.join("a.json.gz").exists());
         let why = std::fs::read_to_string(failed.join("a.json.gz.error.txt")).unwrap();
         assert!(why.contains("a.json.gz"), "{why}");
-        assert_eq!(pending_files(dir.path(), None).unwrap(), vec![]);
+        assert_eq!(pending_files(dir.path(), "t1", None).unwrap(), vec![]);
         drop(spool);
         assert_eq!(
             consumer.await.unwrap().len(),
@@ -2469,7 +2482,7 @@ mod tests {
             name.starts_with("ghp_")
                 .then(|| "looks like a token".to_string())
         });
-        let files = pending_files(dir.path(), Some(&check)).unwrap();
+        let files = pending_files(dir.path(), "t1", Some(&check)).unwrap();
         let sources: Vec<(Option<String>, String)> = files
             .iter()
             .map(|f| (f.tenant.clone(), f.source.clone()))
@@ -2481,7 +2494,7 @@ mod tests {
                 (Some("acme".to_string()), "github".to_string())
             ]
         );
-        assert_eq!(pending_files(dir.path(), None).unwrap().len(), 4);
+        assert_eq!(pending_files(dir.path(), "t1", None).unwrap().len(), 4);
     }
 
     #[test]
@@ -2495,7 +2508,7 @@ mod tests {
         for name in ["a.JSONL", "b.json.GZ", "c.txt", "sub/d.jsonl"] {
             std::fs::write(dir.path().join("Okta").join(name), "{}\n").unwrap();
         }
-        let files = pending_files(dir.path(), None).unwrap();
+        let files = pending_files(dir.path(), "t1", None).unwrap();
         let found: Vec<(String, String)> = files
             .iter()
             .map(|f| {
