@@ -18,11 +18,11 @@ pub enum SecretError {
     /// The environment variable is not set (or not UTF-8).
     #[error("environment variable `{0}` is not set (or not UTF-8)")]
     EnvUnset(String),
-    #[error("reading `{}`: {source}", path.display())]
+    /// Not a `source` (its text is in this message already: a chain printer repeated it, QA).
+    #[error("reading `{}`: {cause}", path.display())]
     File {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The reference resolves to nothing.
     #[error("`{0}` is empty")]
@@ -37,9 +37,9 @@ pub fn resolve_secret(reference: &str) -> Result<Vec<u8>, SecretError> {
             .map_err(|_| SecretError::EnvUnset(name.to_string()))?
             .into_bytes()
     } else if let Some(path) = reference.strip_prefix("file:") {
-        std::fs::read(path).map_err(|source| SecretError::File {
+        std::fs::read(path).map_err(|cause| SecretError::File {
             path: path.into(),
-            source,
+            cause,
         })?
     } else {
         return Err(SecretError::NotAReference);

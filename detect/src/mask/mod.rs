@@ -1231,10 +1231,7 @@ fn resolve_secret(reference: &str) -> Result<Vec<u8>, DetectError> {
             // as a key and its value.
             "the environment variable `{name}` that hmac_key names is not set (or not UTF-8)"
         )),
-        SecretError::File { path, source } => DetectError::Io {
-            path,
-            cause: source,
-        },
+        SecretError::File { path, cause } => DetectError::Io { path, cause },
         SecretError::NotAReference => {
             config_err("hmac_key must be a secret reference `env:NAME` or `file:/path`".into())
         }
