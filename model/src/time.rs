@@ -258,7 +258,7 @@ fn unit_seconds(unit: &str) -> Option<i64> {
 /// Why a duration given by a person (`--interval 1h`, `?interval=`) was refused.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[error(
-    "`{0}` is not a duration: use a whole number and a unit, s, m, h, d or w (30s, 5m, 1h, 1d, 1w)"
+    "`{0}` is not a duration: use a whole number above 0 and a unit, s, m, h, d or w (30s, 5m, 1h, 1d, 1w), up to 1000 years"
 )]
 pub struct DurationError(pub String);
 
