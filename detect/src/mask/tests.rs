@@ -375,78 +375,76 @@ fn a_command_quoted_in_text_has_its_credentials_masked() {
     let m = masker();
     // After a quote, a backtick, a bracket or a parenthesis the command starts as after a space
     // (`sh -c "..."`, a command quoted in a message, a dead letter's JSON text).
-    for (text, masked) in [
-        (
-            r#"/bin/sh -c "docker login -u ci -p Zebra9KettleC1 registry.example""#,
-            r#"/bin/sh -c "docker login -u ci -p [REDACTED:cli_credentials] registry.example""#,
-        ),
-        (
-            r#"/bin/sh -c "sqlcmd -S db -U sa -P Zebra9KettleC1""#,
-            r#"/bin/sh -c "sqlcmd -S db -U sa -P [REDACTED:cli_credentials]""#,
-        ),
-        (
-            r#"executed "sshpass -p Zebra9KettleC1 ssh root@h""#,
-            r#"executed "sshpass -p [REDACTED:cli_credentials] ssh root@h""#,
-        ),
-        (
-            "executed `docker login -p Zebra9KettleC1 r`",
-            "executed `docker login -p [REDACTED:cli_credentials] r`",
-        ),
-        (
-            r#"args="--password Zebra9KettleC1""#,
-            r#"args="--password [REDACTED:cli_credentials]""#,
-        ),
-        (
-            "executed (sshpass -p Zebra9KettleC1 ssh root@h)",
-            "executed (sshpass -p [REDACTED:cli_credentials] ssh root@h)",
-        ),
-        (
-            "ran [curl -u bob:Zebra9KettleC1 https://x]",
-            "ran [curl -u bob:[REDACTED:cli_credentials] https://x]",
-        ),
-        (
-            "bash -c 'mysql -uroot -pZebra9KettleC1 app'",
-            "bash -c 'mysql -uroot -p[REDACTED:cli_credentials] app'",
-        ),
-        (
-            "redis-cli -h cache -a Zebra9KettleC1 ping",
-            "redis-cli -h cache -a [REDACTED:cli_credentials] ping",
-        ),
-        // Run by its path, with the words apart by more than one space.
-        (
-            "/usr/bin/docker  login\t-p Zebra9KettleC1 r",
-            "/usr/bin/docker  login\t-p [REDACTED:cli_credentials] r",
-        ),
-        (
-            r#"sh -c "/usr/bin/redis-cli -a Zebra9KettleC1""#,
-            r#"sh -c "/usr/bin/redis-cli -a [REDACTED:cli_credentials]""#,
-        ),
-        (
-            "/usr/bin/sshpass -p Zebra9KettleC1 ssh h",
-            "/usr/bin/sshpass -p [REDACTED:cli_credentials] ssh h",
-        ),
-        (
-            r#"{"eventType":"x","cmd":"sshpass -p Zebra9KettleC1 ssh h"}}"#,
-            r#"{"eventType":"x","cmd":"sshpass -p [REDACTED:cli_credentials] ssh h"}}"#,
-        ),
-    ] {
-        assert_eq!(m.mask_text(text), masked, "{text}");
-        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
-    }
-    for kept in [
-        r#"sh -c "ls -p /tmp""#,
-        r#"sh -c "ssh -p 2222 host""#,
-        r#"docker run "-p" "8080:80" nginx"#,
-        r#"ran "net user bob /add""#,
-        "(net user bob /domain)",
-        "redis-cli -p 6380 ping",
-        "redis-cli ping; ls -a /tmp",
-        r#"sudo "-u" root"#,
-        r#"the "password reset" email was sent"#,
-        "`--password` is deprecated, use --password-stdin",
-    ] {
-        assert_eq!(m.mask_text(kept), kept);
-    }
+    assert_masks_text(
+        m,
+        &[
+            (
+                r#"/bin/sh -c "docker login -u ci -p Zebra9KettleC1 registry.example""#,
+                r#"/bin/sh -c "docker login -u ci -p [REDACTED:cli_credentials] registry.example""#,
+            ),
+            (
+                r#"/bin/sh -c "sqlcmd -S db -U sa -P Zebra9KettleC1""#,
+                r#"/bin/sh -c "sqlcmd -S db -U sa -P [REDACTED:cli_credentials]""#,
+            ),
+            (
+                r#"executed "sshpass -p Zebra9KettleC1 ssh root@h""#,
+                r#"executed "sshpass -p [REDACTED:cli_credentials] ssh root@h""#,
+            ),
+            (
+                "executed `docker login -p Zebra9KettleC1 r`",
+                "executed `docker login -p [REDACTED:cli_credentials] r`",
+            ),
+            (
+                r#"args="--password Zebra9KettleC1""#,
+                r#"args="--password [REDACTED:cli_credentials]""#,
+            ),
+            (
+                "executed (sshpass -p Zebra9KettleC1 ssh root@h)",
+                "executed (sshpass -p [REDACTED:cli_credentials] ssh root@h)",
+            ),
+            (
+                "ran [curl -u bob:Zebra9KettleC1 https://x]",
+                "ran [curl -u bob:[REDACTED:cli_credentials] https://x]",
+            ),
+            (
+                "bash -c 'mysql -uroot -pZebra9KettleC1 app'",
+                "bash -c 'mysql -uroot -p[REDACTED:cli_credentials] app'",
+            ),
+            (
+                "redis-cli -h cache -a Zebra9KettleC1 ping",
+                "redis-cli -h cache -a [REDACTED:cli_credentials] ping",
+            ),
+            // Run by its path, with the words apart by more than one space.
+            (
+                "/usr/bin/docker  login\t-p Zebra9KettleC1 r",
+                "/usr/bin/docker  login\t-p [REDACTED:cli_credentials] r",
+            ),
+            (
+                r#"sh -c "/usr/bin/redis-cli -a Zebra9KettleC1""#,
+                r#"sh -c "/usr/bin/redis-cli -a [REDACTED:cli_credentials]""#,
+            ),
+            (
+                "/usr/bin/sshpass -p Zebra9KettleC1 ssh h",
+                "/usr/bin/sshpass -p [REDACTED:cli_credentials] ssh h",
+            ),
+            (
+                r#"{"eventType":"x","cmd":"sshpass -p Zebra9KettleC1 ssh h"}}"#,
+                r#"{"eventType":"x","cmd":"sshpass -p [REDACTED:cli_credentials] ssh h"}}"#,
+            ),
+        ],
+        &[
+            r#"sh -c "ls -p /tmp""#,
+            r#"sh -c "ssh -p 2222 host""#,
+            r#"docker run "-p" "8080:80" nginx"#,
+            r#"ran "net user bob /add""#,
+            "(net user bob /domain)",
+            "redis-cli -p 6380 ping",
+            "redis-cli ping; ls -a /tmp",
+            r#"sudo "-u" root"#,
+            r#"the "password reset" email was sent"#,
+            "`--password` is deprecated, use --password-stdin",
+        ],
+    );
 }
 
 #[test]
@@ -2768,51 +2766,49 @@ fn security_answers_subscription_keys_and_url_keys_are_masked() {
 #[test]
 fn key_words_in_text_sqlcmd_passwords_and_net_user_prose() {
     let m = masker();
-    for (text, masked) in [
-        (
-            "cvv=737 exp=12/27",
-            "cvv=[REDACTED:secret_assignment] exp=12/27",
-        ),
-        ("card cvv: 737", "card cvv: [REDACTED:secret_assignment]"),
-        ("user_pin: 4321", "user_pin: [REDACTED:secret_assignment]"),
-        ("otp=482913", "otp=[REDACTED:secret_assignment]"),
-        (
-            "SENTRY_DSN=https://abc123def456@o1.ingest.sentry.io/5",
-            "SENTRY_DSN=[REDACTED:secret_assignment]",
-        ),
-        (
-            "wallet seed: Zebra9KettleC1",
-            "wallet seed: [REDACTED:secret_assignment]",
-        ),
-        (
-            "master_key=Zebra9KettleC1",
-            "master_key=[REDACTED:secret_assignment]",
-        ),
-        (
-            "sqlcmd -S db -U sa -P Zebra9KettleC1 -Q go",
-            "sqlcmd -S db -U sa -P [REDACTED:cli_credentials] -Q go",
-        ),
-        (
-            "bcp dbo.t out t.dat -S db -U sa -P Zebra9KettleC1",
-            "bcp dbo.t out t.dat -S db -U sa -P [REDACTED:cli_credentials]",
-        ),
-        (
-            "net user bob hunter /add",
-            "net user bob [REDACTED:cli_credentials] /add",
-        ),
-    ] {
-        assert_eq!(m.mask_text(text), masked, "{text}");
-        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
-    }
-    for kept in [
-        "net user account was created",
-        "shipping pin: none",
-        "mapping=ok ping=12ms spinner=on",
-        "seeded=true",
-        "sqlcmd -S db -p -Q go",
-    ] {
-        assert_eq!(m.mask_text(kept), kept);
-    }
+    assert_masks_text(
+        m,
+        &[
+            (
+                "cvv=737 exp=12/27",
+                "cvv=[REDACTED:secret_assignment] exp=12/27",
+            ),
+            ("card cvv: 737", "card cvv: [REDACTED:secret_assignment]"),
+            ("user_pin: 4321", "user_pin: [REDACTED:secret_assignment]"),
+            ("otp=482913", "otp=[REDACTED:secret_assignment]"),
+            (
+                "SENTRY_DSN=https://abc123def456@o1.ingest.sentry.io/5",
+                "SENTRY_DSN=[REDACTED:secret_assignment]",
+            ),
+            (
+                "wallet seed: Zebra9KettleC1",
+                "wallet seed: [REDACTED:secret_assignment]",
+            ),
+            (
+                "master_key=Zebra9KettleC1",
+                "master_key=[REDACTED:secret_assignment]",
+            ),
+            (
+                "sqlcmd -S db -U sa -P Zebra9KettleC1 -Q go",
+                "sqlcmd -S db -U sa -P [REDACTED:cli_credentials] -Q go",
+            ),
+            (
+                "bcp dbo.t out t.dat -S db -U sa -P Zebra9KettleC1",
+                "bcp dbo.t out t.dat -S db -U sa -P [REDACTED:cli_credentials]",
+            ),
+            (
+                "net user bob hunter /add",
+                "net user bob [REDACTED:cli_credentials] /add",
+            ),
+        ],
+        &[
+            "net user account was created",
+            "shipping pin: none",
+            "mapping=ok ping=12ms spinner=on",
+            "seeded=true",
+            "sqlcmd -S db -p -Q go",
+        ],
+    );
 }
 
 #[test]
@@ -4652,7 +4648,9 @@ fn a_securestring_literal_assigned_to_a_powershell_variable_is_masked_and_the_cm
 #[test]
 fn a_password_piped_to_sudo_or_a_registry_login_on_stdin_is_masked() {
     let m = masker();
-    for (text, masked) in [
+    assert_masks_text(
+        m,
+        &[
         (
             "echo 'SudoPipePw55' | sudo -S apt-get update",
             "echo '[REDACTED:cli_credentials]' | sudo -S apt-get update",
@@ -4689,20 +4687,16 @@ fn a_password_piped_to_sudo_or_a_registry_login_on_stdin_is_masked() {
             "printf 'NerdStdin99x' | nerdctl login --password-stdin r.example",
             "printf '[REDACTED:cli_credentials]' | nerdctl login --password-stdin r.example",
         ),
-    ] {
-        assert_eq!(m.mask_text(text), masked, "{text}");
-        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
-    }
-    for kept in [
+        ],
+        &[
         // Where the password comes from, which the analyst needs.
         "echo $TOKEN | docker login -u ci --password-stdin",
         r#"echo "${CR_PAT}" | docker login ghcr.io --password-stdin"#,
         // `-S` of the command sudo runs (pacman's sync), not sudo's own.
         "echo 'y' | sudo pacman -S vim",
         "echo done | sudo tee /etc/motd",
-    ] {
-        assert_eq!(m.mask_text(kept), kept);
-    }
+        ],
+    );
 }
 
 /// QA: a change of a secret named in prose gave both values (`changed from X to Y`, `'old' ->
@@ -4710,7 +4704,9 @@ fn a_password_piped_to_sudo_or_a_registry_login_on_stdin_is_masked() {
 #[test]
 fn both_values_of_a_secret_changed_from_one_to_another_are_masked() {
     let m = masker();
-    for (text, masked) in [
+    assert_masks_text(
+        m,
+        &[
         (
             "password changed from Prose2Old26 to Prose2New26",
             "password changed from [REDACTED:secret_assignment] to [REDACTED:secret_assignment]",
@@ -4735,18 +4731,14 @@ fn both_values_of_a_secret_changed_from_one_to_another_are_masked() {
             "client secret changed from Sec4Old99 to Sec4New99 by admin",
             "client secret changed from [REDACTED:secret_assignment] to [REDACTED:secret_assignment] by admin",
         ),
-    ] {
-        assert_eq!(m.mask_text(text), masked, "{text}");
-        assert_eq!(m.mask_text(masked), masked, "masking {masked} again");
-    }
-    for kept in [
+        ],
+        &[
         "password changed from the admin console",
         "Token changed from v1 to v2",
         "Display name changed from Bob2024 to Robert2024",
         "password updated: successfully",
-    ] {
-        assert_eq!(m.mask_text(kept), kept);
-    }
+        ],
+    );
 }
 
 /// QA: Google Workspace's `CHANGE_APPLICATION_SETTING` gives the setting's name and its old and
@@ -4912,4 +4904,16 @@ fn a_user_name_given_as_the_credentials_stays() {
         m.mask_text("credentials: erin:Hunter2xyz"),
         "credentials: [REDACTED:secret_assignment]"
     );
+}
+
+/// Each text masked as given (and its masked form left as it is, so masking is idempotent), and
+/// each of `kept` left alone.
+fn assert_masks_text(m: &SecretMasker, cases: &[(&str, &str)], kept: &[&str]) {
+    for (text, masked) in cases {
+        assert_eq!(m.mask_text(text), *masked, "{text}");
+        assert_eq!(m.mask_text(masked), *masked, "masking {masked} again");
+    }
+    for kept in kept {
+        assert_eq!(m.mask_text(kept), *kept);
+    }
 }
