@@ -3058,7 +3058,7 @@ fn an_events_context_is_its_users_exactly() {
         events.push(event(
             "acme",
             "okta",
-            ts(20, 9 + n / 125, (n % 60) as u32),
+            ts(20, 9 + n / 125, n % 60),
             "dana.kim@acme.example",
             "a",
             100 + n as u64,

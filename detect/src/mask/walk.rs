@@ -227,8 +227,10 @@ impl<'a> MaskWalk<'a> {
                 let seed_words = seed_phrase_items(items);
                 // Google Workspace's setting changes: `{"name": "SETTING_NAME", "value": "SMTP
                 // relay password"}`, then `OLD_VALUE` and `NEW_VALUE` pairs, items of the same
-                // `parameters`. Asked only when such a pair comes up, then kept.
-                let mut setting_names_secret: Option<bool> = None;
+                // `parameters`. Asked once per array, out of the per-item path (which every
+                // array's items take), and only for an array of name/value pairs.
+                let secret_setting =
+                    starts_with_named_pair(items) && self.setting_names_secret(items, enabled);
                 let mut index = 0;
                 self.array(items, |w, item| {
                     let i = index;
@@ -300,10 +302,9 @@ impl<'a> MaskWalk<'a> {
                             return;
                         }
                     }
-                    if let ValueRef::Object(map) = &view {
-                        w.setting_value_secret = is_setting_value_pair(map)
-                            && *setting_names_secret
-                                .get_or_insert_with(|| w.setting_names_secret(items, enabled));
+                    if secret_setting {
+                        w.setting_value_secret =
+                            matches!(&view, ValueRef::Object(map) if is_setting_value_pair(map));
                     }
                     w.value_of(item, view, node, extra);
                     in_private_key = pem_enabled && text.is_some_and(opens_private_key);
@@ -461,6 +462,7 @@ impl<'a> MaskWalk<'a> {
     /// Whether `items` (a Google Workspace event's `parameters`) holds a `{"name":
     /// "SETTING_NAME", "value": ...}` pair whose value names a secret (`SMTP relay password`),
     /// judged as it is written out, masked, as [`Self::pair_is_secret`] judges a name.
+    #[inline(never)]
     fn setting_names_secret(&mut self, items: &sonic_rs::Array, enabled: KindSet) -> bool {
         items.iter().any(|item| {
             let Some(map) = item.as_object() else {
@@ -1058,6 +1060,17 @@ fn flags_a_secret_value(k: &str, v: &RawJson) -> bool {
 /// Whether `map` is the old or new value of a changed setting (`{"name": "OLD_VALUE", "value":
 /// ...}`, Google Workspace's parameters, name first): only its first member is read, as this
 /// is asked of every object in an array.
+/// Whether `items` starts with an object whose first key is `name` (Google Workspace's
+/// `parameters`): the cheap test before [`MaskWalk::setting_names_secret`].
+fn starts_with_named_pair(items: &sonic_rs::Array) -> bool {
+    items
+        .iter()
+        .next()
+        .and_then(|first| first.as_object())
+        .and_then(|map| map.iter().next())
+        .is_some_and(|(k, _)| k == "name")
+}
+
 fn is_setting_value_pair(map: &sonic_rs::Object) -> bool {
     map.iter().next().is_some_and(|(k, v)| {
         k == "name"
