@@ -330,13 +330,14 @@ impl<'a> MaskWalk<'a> {
             ValueRef::Object(map) => {
                 // Whether this object is a `{"name": <sensitive>, "value": ...}` pair: asked only
                 // when a value-like key comes up (most objects have none), then kept.
-                let mut pair_is_secret: Option<bool> = None;
+                // An `OLD_VALUE`/`NEW_VALUE` pair of a setting that names a secret is known to be
+                // one already: the per-key path below stays as it was (kept small, it is inlined).
+                let mut pair_is_secret: Option<bool> =
+                    std::mem::take(&mut self.setting_value_secret).then_some(true);
                 // Settings of a value-like secret (`{"pin": {...}}`): what is not a known
                 // setting there is taken for the secret (fail closed: `{"pin": {"value"}}`,
                 // `{"masterKey": {"keyMaterial"}}`), objects and arrays under it too.
                 let settings_of = self.settings_of.take();
-                // An `OLD_VALUE`/`NEW_VALUE` pair of a setting that names a secret.
-                let setting_value_secret = std::mem::take(&mut self.setting_value_secret);
                 // Whether a string of this object is an AWS key id: a secret key shaped value
                 // beside it is its secret (`{"id": "AKIA...", "value": "wJalr..."}`). Asked only
                 // when such a value comes up, then kept.
@@ -382,9 +383,7 @@ impl<'a> MaskWalk<'a> {
                         && facts.pair_value()
                         // `{"field": "Token", "from": "enabled", "to": "disabled"}`
                         && !text.is_some_and(is_status_word)
-                        && *pair_is_secret.get_or_insert_with(|| {
-                            setting_value_secret || w.pair_is_secret(map, enabled)
-                        }))
+                        && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled)))
                         || (rule.action != FieldAction::Keep
                             && (is_jwk_private_member(key) || is_kubernetes_secret_data(key))
                             && is_secret_member_of_record(map, key))
