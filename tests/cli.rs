@@ -1842,7 +1842,7 @@ fn run_check_names_each_broken_part_and_starts_nothing() {
     for expected in [
         "broken.yml:1: field `logsource`",
         "error  api: TLS: certificate",
-        "error  poll okta-prod: secret env:PERIMETER_TEST_CHECK_UNSET_TOKEN",
+        "error  poll okta-prod: reading the secret env:PERIMETER_TEST_CHECK_UNSET_TOKEN names",
         "3 part(s)",
     ] {
         assert!(text.contains(expected), "{expected}: {text}");
