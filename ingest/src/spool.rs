@@ -268,6 +268,8 @@ struct IngestedFile<Handle = std::fs::File> {
     len_seen: u64,
     /// Its watch ends at the next scan (more than [`MAX_WATCHED_FILES`] are watched).
     let_go: bool,
+    /// It grew since it was ingested (what is read on was written after, not held back).
+    grew: bool,
 }
 
 /// How many of the last bytes read from a watched file are kept to tell that it was truncated.
@@ -297,6 +299,7 @@ impl<Handle> IngestedFile<Handle> {
             last_read: self.last_read,
             len_seen: self.len_seen,
             let_go: self.let_go,
+            grew: self.grew,
         }
     }
 }
@@ -594,6 +597,7 @@ impl SpoolSource {
         // Grown since the last scan (a line held for its newline does not keep the watch on).
         let grew_since_last_scan = len != ingested.len_seen;
         if grew_since_last_scan {
+            ingested.grew = true;
             ingested.len_seen = len;
             ingested.watched_since = Instant::now();
         }
@@ -700,8 +704,15 @@ impl SpoolSource {
         ingested.read_to += grown.len() as u64;
         ingested.remember_last_read(&grown);
         ingested.lines = lines_before + input.lines_read();
-        tracing::info!(file = %ingested.archived_as, records, bytes = grown.len(),
-            "spool file grew after it was ingested and archived (its writer still had it open): the lines written since are ingested too");
+        if ingested.grew {
+            tracing::info!(file = %ingested.archived_as, records, bytes = grown.len(),
+                "spool file grew after it was ingested and archived (its writer still had it open): the lines written since are ingested too");
+        } else {
+            // Only its last line, held back for its newline since it was ingested (QA: said to
+            // have grown when it had not).
+            tracing::info!(file = %ingested.archived_as, records, bytes = grown.len(),
+                "the last line of an ingested spool file, held back for its newline, is ingested");
+        }
         Ok(())
     }
 
@@ -1107,6 +1118,7 @@ impl SpoolSource {
                 read_on,
                 watched_since: Instant::now(),
                 let_go: false,
+                grew: false,
                 len_seen: before.as_ref().map_or(0, |stamp| stamp.len),
             }),
             Err(e) => {
