@@ -45,9 +45,8 @@ impl EventId {
     /// [`Self::derive`] keyed with `key` (none: unkeyed), whatever this process's key is: the
     /// id another process with that key gives the record.
     pub fn derive_with(source: &str, raw: &RawJson, key: Option<&[u8; 32]>) -> EventId {
-        let digest = with_encoding(source, raw, |bytes| match key {
-            Some(key) => blake3::keyed_hash(key, bytes),
-            None => blake3::hash(bytes),
+        let digest = with_encoding(source, raw, |bytes| {
+            hasher_with(key).update(bytes).finalize()
         });
         EventId(hex16(&digest.as_bytes()[..16]))
     }
@@ -79,7 +78,12 @@ pub fn key_ids(key: [u8; 32]) -> bool {
 
 /// The hasher of event and alert ids: keyed when [`key_ids`] set a key.
 pub(crate) fn id_hasher() -> blake3::Hasher {
-    match ID_KEY.get() {
+    hasher_with(ID_KEY.get())
+}
+
+/// A BLAKE3 hasher keyed with `key`, unkeyed without one.
+fn hasher_with(key: Option<&[u8; 32]>) -> blake3::Hasher {
+    match key {
         Some(key) => blake3::Hasher::new_keyed(key),
         None => blake3::Hasher::new(),
     }

@@ -148,10 +148,7 @@ impl Metrics {
             let mut last = "";
             for ((name, labels), v) in map {
                 if name != last {
-                    if let Some(help) = help_of(name) {
-                        out.push_str(&format!("# HELP perimeter_{name} {help}\n"));
-                    }
-                    out.push_str(&format!("# TYPE perimeter_{name} {kind}\n"));
+                    push_header(out, name, kind);
                     last = name;
                 }
                 out.push_str("perimeter_");
@@ -187,9 +184,18 @@ impl Metrics {
     }
 }
 
+/// The `# HELP` (when the metric has one) and `# TYPE` lines of metric `name` of `kind`
+/// (`counter`, `gauge`), names prefixed `perimeter_`.
+pub fn push_header(out: &mut String, name: &str, kind: &str) {
+    if let Some(help) = help_of(name) {
+        out.push_str(&format!("# HELP perimeter_{name} {help}\n"));
+    }
+    out.push_str(&format!("# TYPE perimeter_{name} {kind}\n"));
+}
+
 /// What a metric counts, for its `# HELP` line (QA: none had one, then only some did). Every
 /// series the service exports has one; the query-api README describes them at length.
-pub fn help_of(name: &str) -> Option<&'static str> {
+fn help_of(name: &str) -> Option<&'static str> {
     Some(match name {
         "events_received_total" => "Records received, per source.",
         "events_stored_total" => "Events stored, per source (new events only, not replays).",

@@ -156,21 +156,20 @@ impl Store {
             })
         };
         // (A limit of 1 is the event itself: one before is looked at only to tell `more`.)
-        let mut before = search(from, at, EventSort::Newest, (limit / 2).max(1))?;
-        let mut before_left_out = before.next_cursor.is_some();
+        let (mut before, mut before_left_out) =
+            search(from, at, EventSort::Newest, (limit / 2).max(1))?;
         if limit == 1 {
-            before_left_out |= !before.items.is_empty();
-            before.items.clear();
+            before_left_out |= !before.is_empty();
+            before.clear();
         }
-        let after = search(at, to, EventSort::Oldest, limit - before.items.len())?;
-        if after.items.len() < limit - before.items.len() && before_left_out {
-            before = search(from, at, EventSort::Newest, limit - after.items.len())?;
-            before_left_out = before.next_cursor.is_some();
+        let (after, after_left_out) = search(at, to, EventSort::Oldest, limit - before.len())?;
+        if after.len() < limit - before.len() && before_left_out {
+            (before, before_left_out) = search(from, at, EventSort::Newest, limit - after.len())?;
         }
-        let more = before_left_out || after.next_cursor.is_some();
-        let mut items = before.items;
+        let more = before_left_out || after_left_out;
+        let mut items = before;
         items.reverse();
-        items.extend(after.items);
+        items.extend(after);
         Ok(Some(EventContext {
             event,
             by,
@@ -184,7 +183,7 @@ impl Store {
     }
 
     /// Up to `limit` events of `query` in `(from, to)` sorted by `sort` that `exact` keeps, and
-    /// whether more are left (`next_cursor` set). The query's phrases on word fields also match
+    /// whether more are left. The query's phrases on word fields also match
     /// longer values (`"kim@acme.example"` is a run of words of `dana.kim@acme.example`: QA, a
     /// context of 351 events, 350 another user's), so each page is filtered, and pages are read
     /// on until `limit` are kept, at most [`MAX_CONTEXT_SCANNED`] events in all.
@@ -195,7 +194,7 @@ impl Store {
         (from, to, sort): (DateTime<Utc>, DateTime<Utc>, EventSort),
         limit: usize,
         exact: impl Fn(&serde_json::Value) -> bool,
-    ) -> Result<crate::alerts::Page<serde_json::Value>> {
+    ) -> Result<(Vec<serde_json::Value>, bool)> {
         let mut kept = Vec::new();
         let mut cursor = None;
         let mut scanned = 0;
@@ -220,11 +219,7 @@ impl Store {
         }
         let more = kept.len() > limit || cursor.is_some();
         kept.truncate(limit);
-        Ok(crate::alerts::Page {
-            items: kept,
-            // Only whether there are more is read.
-            next_cursor: more.then(String::new),
-        })
+        Ok((kept, more))
     }
 }
 

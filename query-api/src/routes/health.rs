@@ -147,10 +147,6 @@ fn render_store_stats(out: &mut String, stats: &perimeter_store::StoreStats) {
 
 /// One unlabelled series with its `# HELP` and `# TYPE` lines.
 fn push_series(out: &mut String, name: &str, kind: &str, value: f64) {
-    if let Some(help) = perimeter_model::metrics::help_of(name) {
-        out.push_str(&format!("# HELP perimeter_{name} {help}\n"));
-    }
-    out.push_str(&format!(
-        "# TYPE perimeter_{name} {kind}\nperimeter_{name} {value}\n"
-    ));
+    perimeter_model::metrics::push_header(out, name, kind);
+    out.push_str(&format!("perimeter_{name} {value}\n"));
 }
