@@ -218,6 +218,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "otp'",
             "otp>",
             "otp&",
+            // A PIN or code in prose (`user pin changed from 1234 to 5678`, `otp is 902114`):
+            // the verifier wants the name whole and a PIN-shaped value (`is_pin_value`).
+            "pin ",
+            "otp ",
             "seed=",
             "seed:",
             "seed\"",
@@ -2392,6 +2396,25 @@ fn short_name_value_is_secret(name: &str, secret: &str) -> bool {
     }
 }
 
+/// Whether `name` (a secret's name in text) calls its value a PIN or a one-time code, whose
+/// values look like no generated secret (`pin changed from 1234 to 5678`).
+fn names_a_pin(name: &str) -> bool {
+    ["pin", "otp", "totp", "hotp", "passcode"]
+        .iter()
+        .any(|w| super::keys::ends_with_word(name, w))
+}
+
+/// Whether `secret` can be a PIN or one-time code: 4 to 12 digits, or letters and digits
+/// mixed (`4821`, `a7k9`), where `is 6 digits`, `was v2` or `to sms` are prose.
+fn is_pin_value(secret: &str) -> bool {
+    let b = secret.as_bytes();
+    (4..=12).contains(&b.len())
+        && b.iter().all(u8::is_ascii_alphanumeric)
+        && b.iter().any(u8::is_ascii_digit)
+        && (b.iter().all(u8::is_ascii_digit)
+            || b.iter().filter(|c| c.is_ascii_digit()).count() >= 2)
+}
+
 /// Whether `token:<value>` is an Okta factor type (`token:software:totp`, `token:hardware`,
 /// `token:hotp`): what kind of factor a user enrolled, which an analyst needs, not a token.
 fn is_okta_factor_type(
@@ -3523,6 +3546,10 @@ fn verify(
                 })
                 && ((prose.is_none() && !for_whom)
                     || looks_generated(secret)
+                    // `user pin changed from 1234 to 5678`: a PIN is short and plain.
+                    || caps
+                        .get(1)
+                        .is_some_and(|k| names_a_pin(k.as_str()) && is_pin_value(secret))
                     || change
                         .clone()
                         .flatten()

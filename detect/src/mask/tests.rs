@@ -4741,6 +4741,41 @@ fn both_values_of_a_secret_changed_from_one_to_another_are_masked() {
     );
 }
 
+/// QA: a PIN's change in prose kept both values (`user pin changed from 1234 to 5678`): a PIN
+/// looks like no generated secret, so the prose rules let it through.
+#[test]
+fn a_pin_or_one_time_code_named_in_prose_is_masked() {
+    let m = masker();
+    assert_masks_text(
+        m,
+        &[
+            (
+                "user pin changed from 1234 to 5678",
+                "user pin changed from [REDACTED:secret_assignment] to [REDACTED:secret_assignment]",
+            ),
+            (
+                "PIN changed from 482913 to 192837.",
+                "PIN changed from [REDACTED:secret_assignment] to [REDACTED:secret_assignment].",
+            ),
+            (
+                "Door passcode was set to 7319",
+                "Door passcode was set to [REDACTED:secret_assignment]",
+            ),
+            (
+                "otp is 902114",
+                "otp is [REDACTED:secret_assignment]",
+            ),
+        ],
+        &[
+            "pin length changed from 4 to 6",
+            "OTP is 6 digits",
+            "pin was reset to default",
+            "PIN changed from v1 to v2",
+            "otp sent to sms",
+        ],
+    );
+}
+
 /// QA: Google Workspace's `CHANGE_APPLICATION_SETTING` gives the setting's name and its old and
 /// new values as separate `parameters`: a setting that names a secret kept both values.
 #[test]
