@@ -1168,6 +1168,13 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         );
     }
     let key = entity_key(&masker);
+    // Kafka message keys are keyed only with a configured key, which every instance shares: a
+    // key of one instance's own data directory would send one entity to several partitions.
+    let partition_hash_key = config
+        .mask
+        .hmac_key
+        .is_some()
+        .then(|| masker.derive_key("perimeter kafka partition key"));
     let rule_paths = config.rule_paths(&[]);
     if rule_paths.is_empty() {
         tracing::warn!("no Sigma rules: the config names no `rules` and there is no ./detection-rules here; only the behavioural detectors run");
@@ -1298,6 +1305,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             start_kafka_bus(
                 kafka,
                 registry_for_keys,
+                partition_hash_key,
                 &bus,
                 &stop_rx,
                 &metrics,
@@ -1492,6 +1500,7 @@ fn kafka_mask_key_warning(config: &PerimeterConfig) -> Option<String> {
 async fn start_kafka_bus(
     kafka: &perimeter_ingest::kafka::KafkaBusConfig,
     registry: Option<perimeter_detect::normalize::NormalizerRegistry>,
+    partition_hash_key: Option<[u8; 32]>,
     worker: &perimeter_ingest::bus::BusSender,
     stop: &tokio::sync::watch::Receiver<bool>,
     metrics: &Arc<Metrics>,
@@ -1517,7 +1526,9 @@ async fn start_kafka_bus(
         .with_context(|| format!("the Kafka topic {} on {}", kafka.topic, kafka.brokers))?;
     let registry = Arc::new(registry.context("normalizers for the Kafka keys")?);
     let names = registry.clone();
-    let key = entity_partition_key(move |source, record| registry.entity_of(source, record));
+    let key = entity_partition_key(partition_hash_key, move |source, record| {
+        registry.entity_of(source, record)
+    });
     let producer = KafkaBusProducer::new(kafka, key)?
         .with_record_splitter(Arc::new(|source, item| match item {
             perimeter_ingest::InputItem::Record {

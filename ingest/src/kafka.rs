@@ -371,9 +371,12 @@ pub fn tenant_key(tenant: &str) -> Vec<u8> {
 
 /// The [`PartitionKey`] of tenant and entity, `entity_of(source, record)` naming the entity:
 /// hashed (the key shows in every broker tool; who the records are about is none of their
-/// business). Items without an entity (bad lines, records that name no one) are keyed by
-/// tenant.
+/// business). With `hash_key` (derived from the deployment's shared masking key) the hash is
+/// keyed, so a reader of the topic cannot test guesses (`alice@acme.test`) against it; every
+/// producer of one topic must use the same key, or one entity lands on several partitions.
+/// Items without an entity (bad lines, records that name no one) are keyed by tenant.
 pub fn entity_partition_key(
+    hash_key: Option<[u8; 32]>,
     entity_of: impl Fn(&str, &perimeter_model::RawJson) -> Option<String> + Send + Sync + 'static,
 ) -> PartitionKey {
     Arc::new(move |source, tenant, item| {
@@ -383,7 +386,10 @@ pub fn entity_partition_key(
         };
         match entity {
             Some(e) => {
-                let mut hasher = blake3::Hasher::new();
+                let mut hasher = match &hash_key {
+                    Some(k) => blake3::Hasher::new_keyed(k),
+                    None => blake3::Hasher::new(),
+                };
                 hasher.update(tenant.as_bytes());
                 hasher.update(&[0]);
                 hasher.update(e.as_bytes());
@@ -1952,7 +1958,9 @@ mod tests {
 
     #[test]
     fn keys_follow_tenant_and_entity_without_showing_them() {
-        let key = entity_partition_key(|_, record| record["user"].as_str().map(str::to_string));
+        let key = entity_partition_key(None, |_, record| {
+            record["user"].as_str().map(str::to_string)
+        });
         let item = |user: &str| InputItem::Record {
             line: 1,
             value: sonic_rs::json!({ "user": user }),
@@ -1974,6 +1982,24 @@ mod tests {
             digest: "x".into(),
         };
         assert_eq!(key("okta", "acme", &bad), b"acme");
+        // Keyed with the deployment's key: the same entity agrees with itself, but not with
+        // the unkeyed hash a reader could recompute from a guess, nor with another key.
+        let keyed = |k: u8| {
+            entity_partition_key(Some([k; 32]), |_, record| {
+                record["user"].as_str().map(str::to_string)
+            })
+        };
+        let (k1, k2) = (keyed(1), keyed(2));
+        assert_eq!(
+            k1("okta", "acme", &item("alice")),
+            k1("slack", "acme", &item("alice"))
+        );
+        assert_ne!(k1("okta", "acme", &item("alice")), alice);
+        assert_ne!(
+            k1("okta", "acme", &item("alice")),
+            k2("okta", "acme", &item("alice"))
+        );
+        assert_eq!(k1("okta", "acme", &bad), b"acme");
     }
 
     #[test]
