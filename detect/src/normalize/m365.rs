@@ -87,7 +87,11 @@ impl M365ManagementActivityNormalizer {
                 target,
             );
         }
-        if at(raw, &["LogonError"]).is_some() {
+        // A record re-serialized with every schema key has `"LogonError": null` (or `""`) on a
+        // successful sign-in: no error (QA: such sign-ins came out as failures).
+        if at(raw, &["LogonError"])
+            .is_some_and(|e| !e.is_null() && e.as_str().is_none_or(|s| !s.trim().is_empty()))
+        {
             ecs.event_outcome = Outcome::Failure;
         }
         ecs.fill_related();

@@ -568,7 +568,7 @@ impl MappingConfig {
                 .collect()
         };
         if self.detect.key_sets.is_empty() || self.detect.key_sets.iter().any(Vec::is_empty) {
-            return Err("`detect.key_sets` needs at least one non-empty set of paths".into());
+            return Err("detect.key_sets: needs at least one non-empty set of paths".into());
         }
         let key_sets = self
             .detect
@@ -593,7 +593,7 @@ impl MappingConfig {
                 .any(|i| matches!(i, chrono::format::Item::Error));
             if bad || fmt.is_empty() {
                 return Err(format!(
-                    "timestamp.format `{fmt}` is not a valid strftime format"
+                    "timestamp.format: `{fmt}` is not a valid strftime format"
                 ));
             }
         }
@@ -626,7 +626,7 @@ impl MappingConfig {
             for c in &r.category {
                 if !ECS_CATEGORIES.contains(&c.as_str()) {
                     return Err(format!(
-                        "{what}: `{c}` is not an ECS event.category ({})",
+                        "{what}.category: `{c}` is not an ECS event.category ({})",
                         ECS_CATEGORIES.join(", ")
                     ));
                 }
@@ -634,24 +634,25 @@ impl MappingConfig {
             for t in &r.kind {
                 if !ECS_TYPES.contains(&t.as_str()) {
                     return Err(format!(
-                        "{what}: `{t}` is not an ECS event.type ({})",
+                        "{what}.type: `{t}` is not an ECS event.type ({})",
                         ECS_TYPES.join(", ")
                     ));
                 }
             }
-            let pats = |list: &[String]| -> Result<Vec<Pattern>, String> {
+            let pats = |list: &[String], at: &str| -> Result<Vec<Pattern>, String> {
                 list.iter()
-                    .map(|p| Pattern::parse(p).map_err(|e| format!("{what}: {e}")))
+                    .map(|p| Pattern::parse(p).map_err(|e| format!("{what}.{at}: {e}")))
                     .collect()
             };
             let mut when = Vec::new();
             for (p, list) in &r.when {
+                let at = format!("when.\"{p}\"");
                 if list.is_empty() {
-                    return Err(format!("{what}: `when.{p}` has no patterns"));
+                    return Err(format!("{what}.{at}: `when.{p}` has no patterns"));
                 }
                 when.push((
-                    JsonPath::parse(p).map_err(|e| format!("{what}: {e}"))?,
-                    pats(list)?,
+                    JsonPath::parse(p).map_err(|e| format!("{what}.{at}: {e}"))?,
+                    pats(list, &at)?,
                 ));
             }
             let fields = compile_fields(&r.fields, &format!("{what}.fields"))?;
@@ -661,7 +662,7 @@ impl MappingConfig {
                 ));
             }
             rules.push(Rule {
-                action: pats(&r.action)?,
+                action: pats(&r.action, "action")?,
                 when,
                 category: r.category.clone(),
                 kind: r.kind.clone(),
@@ -684,6 +685,90 @@ impl MappingConfig {
     }
 }
 
+/// `message` (`classify[2].category: ...`, as `compile` words its errors: the place in the
+/// file, then what is wrong there) with the line of that place in `text` before it, so a mapping's
+/// author is sent to the line (`classify[2]` is the third `[[classify]]` table). The innermost
+/// part of the place found is the one named; a message naming no place is returned as it is.
+fn with_line(text: &str, message: String) -> String {
+    let Some((place, _)) = message.split_once(": ") else {
+        return message;
+    };
+    match line_of(text, place) {
+        Some(line) => format!("line {line}: {message}"),
+        None => message,
+    }
+}
+
+/// The 1-based line where `place` (`fields."user.name"`, `classify[1].when."kind"`) is written.
+fn line_of(text: &str, place: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let doc = DeTable::parse(text).ok()?;
+    let mut table: &DeTable<'_> = doc.get_ref();
+    let mut current: Option<&toml::Spanned<DeValue<'_>>> = None;
+    let mut found: Option<std::ops::Range<usize>> = None;
+    for segment in place_segments(place)? {
+        if let Some(v) = current {
+            match v.get_ref() {
+                DeValue::Table(t) => table = t,
+                _ => break,
+            }
+        }
+        let Some((key, value)) = table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == segment.0)
+        else {
+            break;
+        };
+        found = Some(key.span());
+        current = Some(value);
+        if let Some(i) = segment.1 {
+            let DeValue::Array(items) = value.get_ref() else {
+                break;
+            };
+            let Some(item) = items.get(i) else {
+                break;
+            };
+            // An array of tables' item spans its `[[name]]` header onwards.
+            found = Some(item.span());
+            current = Some(item);
+        }
+    }
+    let at = found?.start.min(text.len());
+    Some(text[..at].matches('\n').count() + 1)
+}
+
+/// The keys of `place`, each with its index when it is an array's item: `classify[2].fields`
+/// -> `("classify", Some(2)), ("fields", None)`; a quoted key holds dots (`fields."user.name"`).
+fn place_segments(place: &str) -> Option<Vec<(String, Option<usize>)>> {
+    let mut out = Vec::new();
+    let mut rest = place;
+    while !rest.is_empty() {
+        let (key, after) = if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (quoted[..end].to_string(), &quoted[end + 1..])
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            (rest[..end].to_string(), &rest[end..])
+        };
+        let (index, after) = match after.strip_prefix('[') {
+            Some(inner) => {
+                let close = inner.find(']')?;
+                (Some(inner[..close].parse().ok()?), &inner[close + 1..])
+            }
+            None => (None, after),
+        };
+        if key.is_empty() {
+            return None;
+        }
+        out.push((key, index));
+        rest = after.strip_prefix('.').unwrap_or(after);
+        if !after.is_empty() && !after.starts_with('.') {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 /// Compile ECS field name -> paths; `what` names the section in errors.
 fn compile_fields(
     map: &BTreeMap<String, Paths>,
@@ -693,7 +778,7 @@ fn compile_fields(
     for (name, p) in map {
         let target = EcsField::parse(name).ok_or_else(|| {
             format!(
-                "{what}: `{name}` is not a mappable ECS field (use one of event.action, user.name, user.email, user.id, user.target.name, user.target.email, user.target.id, source.ip, source.geo.country_iso_code, source.as.number, user_agent.original, organization.id, cloud.account.id; outcome and categories have their own sections)"
+                "{what}.\"{name}\": `{name}` is not a mappable ECS field (use one of event.action, user.name, user.email, user.id, user.target.name, user.target.email, user.target.id, source.ip, source.geo.country_iso_code, source.as.number, user_agent.original, organization.id, cloud.account.id; outcome and categories have their own sections)"
             )
         })?;
         let what = format!("{what}.\"{name}\"");
@@ -718,7 +803,12 @@ fn compile_fields(
 impl MappingNormalizer {
     /// Parse and compile a mapping file's text; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<MappingNormalizer, DetectError> {
-        MappingConfig::from_toml(text, origin)?.build(origin)
+        MappingConfig::from_toml(text, origin)?
+            .compile()
+            .map_err(|message| DetectError::Config {
+                path: origin.to_owned(),
+                message: with_line(text, message),
+            })
     }
 
     /// Read, parse and compile one mapping file.
@@ -1138,10 +1228,13 @@ type = ["start"]
 
     #[test]
     fn bad_mapping_files_name_file_and_problem() {
+        // Each broken copy, what its error must say, and the text on the line it must name (a
+        // problem found after parsing is located in the file too; QA).
         let cases = [
             (
                 MINIMAL.replace("name = \"acme\"", "name = \"acme\"\nbogus = 1"),
                 "unknown field `bogus`",
+                None,
             ),
             (
                 MINIMAL.replace(
@@ -1149,39 +1242,71 @@ type = ["start"]
                     "\"event.actoin\" = \"acme_event\"",
                 ),
                 "event.actoin",
+                Some("\"event.actoin\""),
             ),
             (
                 MINIMAL.replace("category = [\"authentication\"]", "category = [\"logins\"]"),
                 "`logins` is not an ECS event.category",
+                Some("category = [\"logins\"]"),
             ),
             (
                 MINIMAL.replace("action = [\"login*\"]", "action = [\"lo*gin\"]"),
                 "only allowed at the start or end",
+                Some("action = [\"lo*gin\"]"),
             ),
             (
                 MINIMAL.replace("name = \"acme\"", "name = \"Acme!\""),
                 "lowercase",
+                None,
             ),
             (
                 MINIMAL.replace("path = \"when\"", "path = \"when\"\nformat = \"%Q\""),
                 "not a valid strftime",
+                Some("format = \"%Q\""),
             ),
             (
                 MINIMAL.replace("key_sets = [[\"acme_event\", \"when\"]]", "key_sets = []"),
                 "detect.key_sets",
+                Some("key_sets = []"),
             ),
             (
                 MINIMAL.replace("\"source.ip\" = \"who.ip\"", "\"source.ip\" = \"who..ip\""),
                 "empty segment",
+                Some("\"source.ip\" = \"who..ip\""),
             ),
         ];
-        for (text, want) in cases {
+        for (text, want, line_with) in cases {
             let err = MappingNormalizer::from_toml(&text, Path::new("mappings/acme.wrongkey.toml"))
                 .expect_err("must be rejected")
                 .to_string();
             assert!(err.contains("mappings/acme.wrongkey.toml"), "{err}");
             assert!(err.contains(want), "{err} should mention {want}");
+            if let Some(marker) = line_with {
+                let line = text.lines().position(|l| l.contains(marker)).unwrap() + 1;
+                assert!(
+                    err.contains(&format!("line {line}: ")),
+                    "{err} should name line {line}"
+                );
+            }
         }
+    }
+
+    /// The place an error names is found in the file: a key of a table, the n-th table of an
+    /// array of tables, a quoted key holding dots; a place not in the file gives no line.
+    #[test]
+    fn an_error_place_is_found_on_its_line() {
+        let text = "name = \"x\"\n[fields]\n\"user.name\" = \"a\"\n\n[[classify]]\naction = [\"a\"]\n\n[[classify]]\naction = [\"b\"]\ncategory = [\"iam\"]\n";
+        assert_eq!(line_of(text, "fields.\"user.name\""), Some(3));
+        assert_eq!(line_of(text, "classify[1].category"), Some(10));
+        assert_eq!(line_of(text, "classify[0].action"), Some(6));
+        // The innermost part found: the second table, for a key it does not have.
+        assert_eq!(line_of(text, "classify[1].type"), Some(8));
+        assert_eq!(line_of(text, "nothing"), None);
+        assert_eq!(
+            with_line(text, "classify[0].action: bad".into()),
+            "line 6: classify[0].action: bad"
+        );
+        assert_eq!(with_line(text, "no place here".into()), "no place here");
     }
 
     #[test]

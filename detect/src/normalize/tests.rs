@@ -895,6 +895,28 @@ fn mfa_changes_are_account_changes_and_1password_addresses_are_read_under_both_n
     }
 }
 
+/// QA: a successful M365 sign-in re-serialized with every schema key (`"LogonError": null` or
+/// `""`) came out as a failure; a real logon error still makes one.
+#[test]
+fn an_m365_sign_in_with_an_empty_logon_error_keeps_its_outcome() {
+    let r = NormalizerRegistry::builtin();
+    for (error, want) in [
+        (None, Outcome::Success),
+        (Some(json!(null)), Outcome::Success),
+        (Some(json!("")), Outcome::Success),
+        (Some(json!("InvalidUserNameOrPassword")), Outcome::Failure),
+    ] {
+        let mut raw = json!({"CreationTime": "2026-01-01T00:00:00", "Operation": "UserLoggedIn",
+               "RecordType": 15, "UserId": "ann@acme.example", "ResultStatus": "Success",
+               "Workload": "AzureActiveDirectory"});
+        if let Some(e) = &error {
+            raw["LogonError"] = e.clone();
+        }
+        let ev = r.normalize("m365", record(raw)).expect("normalizes");
+        assert_eq!(ev.ecs.event_outcome, want, "{error:?}");
+    }
+}
+
 /// An Okta event hook's delivery carries System Log events under `data.events`: they are the
 /// records (the envelope was one record, a dead letter for its missing `published`).
 #[test]

@@ -286,11 +286,16 @@ impl Api {
                 };
                 (records, path)
             }
-            Vendor::Slack => (list_at(&body, "entries", false)?, &["date_create"]),
-            // Google leaves `items` out of an empty page.
-            Vendor::GoogleWorkspace => (list_at(&body, "items", true)?, &["id", "time"]),
-            Vendor::Onepassword => (list_at(&body, "items", false)?, &["timestamp"]),
-            Vendor::Launchdarkly => (list_at(&body, "items", false)?, &["date"]),
+            Vendor::Slack => (list_at(&body, "entries", None)?, &["date_create"]),
+            // Google leaves `items` out of an empty page, which still names its kind: a page
+            // without either (`{}` from a proxy, an error object) is no empty page (QA: taken
+            // for one mid-listing, it ended the listing and the older pages were never read).
+            Vendor::GoogleWorkspace => (
+                list_at(&body, "items", Some(("kind", "admin#reports#activities")))?,
+                &["id", "time"],
+            ),
+            Vendor::Onepassword => (list_at(&body, "items", None)?, &["timestamp"]),
+            Vendor::Launchdarkly => (list_at(&body, "items", None)?, &["date"]),
         };
         let times = checkpoint_time(
             cp.since,
@@ -383,14 +388,24 @@ fn not_paged() -> PollError {
 
 /// The records list `key` of a page. Without it, a page is an error (a vendor error sent with
 /// status 200, `{"ok": false, "error": "invalid_auth"}`, must not pass for a quiet source),
-/// unless the vendor leaves the list out of an empty page (`absent_when_empty`).
-fn list_at(body: &RawJson, key: &str, absent_when_empty: bool) -> Result<Vec<RawJson>, PollError> {
+/// unless the vendor leaves the list out of an empty page that still says what it is
+/// (`empty_page`: a member and its value, Google's `"kind": "admin#reports#activities"`).
+fn list_at(
+    body: &RawJson,
+    key: &str,
+    empty_page: Option<(&str, &str)>,
+) -> Result<Vec<RawJson>, PollError> {
     match body.get(key) {
         Some(list) if list.is_array() => Ok(list
             .as_array()
             .map(|a| a.iter().cloned().collect())
             .unwrap_or_default()),
-        None if absent_when_empty && body.is_object() => Ok(Vec::new()),
+        None if empty_page.is_some_and(|(member, value)| {
+            body.get(member).and_then(|v| v.as_str()) == Some(value)
+        }) =>
+        {
+            Ok(Vec::new())
+        }
         _ => Err(PollError::Malformed(format!(
             "the page has no `{key}` list"
         ))),
@@ -458,6 +473,16 @@ mod tests {
                 sonic_rs::json!({"errorCode": "E0000047"}),
             ),
             (Vendor::Github, sonic_rs::json!({})),
+            // Neither records nor Google's kind: a proxy's `{}`, an error object.
+            (Vendor::GoogleWorkspace, sonic_rs::json!({})),
+            (
+                Vendor::GoogleWorkspace,
+                sonic_rs::json!({"unexpected": true}),
+            ),
+            (
+                Vendor::GoogleWorkspace,
+                sonic_rs::json!({"kind": "admin#reports#somethingElse"}),
+            ),
         ] {
             assert!(
                 matches!(page(vendor, body), Err(PollError::Malformed(_))),
