@@ -183,7 +183,11 @@ impl Api {
                             .append_pair("sortOrder", "ASCENDING")
                             .append_pair("limit", "1000");
                     } else {
+                        // `include=all`: GitHub answers web events only by default, and the
+                        // Git ones (`git.clone`, `git.push`) are what the mass-clone rule reads
+                        // (QA: that rule could never fire on polled data).
                         q.append_pair("phrase", &format!("created:>={}", rfc3339(since)))
+                            .append_pair("include", "all")
                             .append_pair("order", "asc")
                             .append_pair("per_page", "100");
                     }
@@ -565,6 +569,7 @@ mod tests {
         );
         let gh = api(Vendor::Github).request(&cp, start).unwrap();
         assert_eq!(gh.url.path(), "/orgs/acme/audit-log");
+        assert!(gh.url.query().unwrap().contains("include=all"), "Git events too");
         assert!(gh
             .url
             .query()
