@@ -19,11 +19,24 @@ use super::password_spray::SprayState;
 pub(crate) struct EntityKey(pub [u8; 16]);
 
 impl EntityKey {
+    /// The key of an entity: its value case-folded, as SaaS identities are compared (M365 writes
+    /// a UPN as typed on a failure and in its own case on a success; the Sigma correlations fold
+    /// too). QA: `Carol@Contoso.com` failing and `carol@contoso.com` succeeding were two users,
+    /// and an attacker alternating the case of a name split its failure burst.
     pub fn derive(key: &[u8; 32], tenant: &str, kind: EntityKind, value: &str) -> EntityKey {
         let mut h = blake3::Hasher::new_keyed(key);
         h.update(tenant.as_bytes());
         h.update(&[0, kind_byte(kind), 0]);
-        h.update(value.as_bytes());
+        if !value
+            .bytes()
+            .any(|b| !b.is_ascii() || b.is_ascii_uppercase())
+        {
+            h.update(value.as_bytes());
+        } else if value.is_ascii() {
+            h.update(value.to_ascii_lowercase().as_bytes());
+        } else {
+            h.update(value.to_lowercase().as_bytes());
+        }
         let mut out = [0u8; 16];
         out.copy_from_slice(&h.finalize().as_bytes()[..16]);
         EntityKey(out)

@@ -192,6 +192,74 @@ fn nine_failures_then_success_from_several_ips_fires_brute_force_once() {
     assert!(of(&alerts, "auth_failure_burst").is_empty());
 }
 
+/// QA: failures as `Carol@Contoso.com` then a success as `carol@contoso.com` (M365 writes the
+/// UPN as typed, then in its own case) were two users: no brute-force alert; and a name written
+/// in two cases split a spray's distinct users in two.
+#[test]
+fn one_user_in_several_cases_is_one_entity() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(9);
+    let mut events = Vec::new();
+    for i in 0..9 {
+        let user = if i % 2 == 0 {
+            "Carol@Contoso.com"
+        } else {
+            "CAROL@contoso.com"
+        };
+        events.push(okta_login(
+            "acme",
+            start + Duration::seconds(20 * i as i64),
+            i as u64 + 1,
+            &Login::new(user, "198.51.100.10", false),
+        ));
+    }
+    events.push(okta_login(
+        "acme",
+        start + Duration::seconds(200),
+        10,
+        &Login::new("carol@contoso.com", "198.51.100.10", true),
+    ));
+    let mut alerts = run(&mut engine, &events);
+    engine.flush(&mut alerts);
+    let bf = of(&alerts, "brute_force_success");
+    assert_eq!(bf.len(), 1, "{alerts:#?}");
+    assert_eq!(bf[0].lines, (1..=10).collect::<Vec<u64>>());
+
+    // 19 users and a second spelling of one of them are 19 users, not a spray of 20.
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let mut events: Vec<Event> = (0..19)
+        .map(|i| {
+            okta_login(
+                "acme",
+                start + Duration::seconds(10 * i),
+                i as u64 + 1,
+                &Login::new(&format!("user{i:02}@acme.example"), "203.0.113.9", false),
+            )
+        })
+        .collect();
+    events.push(okta_login(
+        "acme",
+        start + Duration::seconds(195),
+        20,
+        &Login::new("USER00@ACME.EXAMPLE", "203.0.113.9", false),
+    ));
+    let mut alerts = run(&mut engine, &events);
+    engine.flush(&mut alerts);
+    assert!(of(&alerts, "password_spray").is_empty(), "{alerts:#?}");
+    // The control: a 20th user of its own is a spray.
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    events.pop();
+    events.push(okta_login(
+        "acme",
+        start + Duration::seconds(195),
+        20,
+        &Login::new("user19@acme.example", "203.0.113.9", false),
+    ));
+    let mut alerts = run(&mut engine, &events);
+    engine.flush(&mut alerts);
+    assert_eq!(of(&alerts, "password_spray").len(), 1, "{alerts:#?}");
+}
+
 #[test]
 fn a_burst_at_the_floor_keeps_its_severity_and_three_times_the_floor_raises_it() {
     // A quiet user's prior makes even the floor's 10 failures p ~ 1e-18: the score alone would

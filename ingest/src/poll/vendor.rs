@@ -569,7 +569,10 @@ mod tests {
         );
         let gh = api(Vendor::Github).request(&cp, start).unwrap();
         assert_eq!(gh.url.path(), "/orgs/acme/audit-log");
-        assert!(gh.url.query().unwrap().contains("include=all"), "Git events too");
+        assert!(
+            gh.url.query().unwrap().contains("include=all"),
+            "Git events too"
+        );
         assert!(gh
             .url
             .query()
