@@ -378,6 +378,12 @@ impl Setup {
     }
 }
 
+/// The records of a newest-first listing (Slack, Google, LaunchDarkly) as the poller hands
+/// them on: oldest first, the last page's first.
+fn oldest_first(records: Vec<Value>) -> Vec<Value> {
+    records.into_iter().rev().collect()
+}
+
 fn all_records(pages: &[Value], key: Option<&str>) -> Vec<Value> {
     pages
         .iter()
@@ -559,7 +565,7 @@ async fn a_record_dated_far_ahead_is_stored_but_does_not_move_the_checkpoint() {
         source.poll_once().await.unwrap()
     };
     assert_eq!(report.records, first.len());
-    assert_eq!(s.consumer.records(), first);
+    assert_eq!(s.consumer.records(), oldest_first(first.clone()));
     let cp = s.source().checkpoint().unwrap();
     assert_eq!(cp.since.map(|t| t.timestamp()), Some(newest_plausible));
     assert_eq!(implausible_times_counted(&metrics), 1);
@@ -617,7 +623,7 @@ async fn records_published_after_one_dated_ahead_with_earlier_times_are_read() {
         .poll_once()
         .await
         .unwrap();
-    assert_eq!(s.consumer.records(), first);
+    assert_eq!(s.consumer.records(), oldest_first(first.clone()));
     let cp = s.source().checkpoint().unwrap();
     assert_eq!(cp.since.map(|t| t.timestamp()), Some(newest_passed));
     // Hours ahead is plausible: nothing to warn about.
@@ -644,13 +650,13 @@ async fn records_published_after_one_dated_ahead_with_earlier_times_are_read() {
     assert!(late.iter().all(|r| stored.contains(r)), "{next}");
 }
 
-/// The next page is fetched and put on the bus while the ones before are being stored: a
-/// store that answers nothing until it holds every page still gets them, in order, and the
-/// checkpoint ends past the last.
+/// Pages are put on the bus without waiting for the ones before to be stored: a store that
+/// answers nothing until it holds every page still gets them, in order (a newest-first listing
+/// oldest first), and the checkpoint ends past the last.
 #[tokio::test]
 async fn the_next_page_is_fetched_while_the_ones_before_are_stored() {
     let pages = fixture_pages("slack/audit");
-    let expected = all_records(&pages, Some("entries"));
+    let expected = oldest_first(all_records(&pages, Some("entries")));
     let api = fake_api(Vendor::Slack, pages.clone()).await;
     let (bus, mut rx) = bus::channel(8);
     let state = tempfile::tempdir().unwrap();
@@ -683,12 +689,16 @@ async fn the_next_page_is_fetched_while_the_ones_before_are_stored() {
     assert!(source.checkpoint().unwrap().since.is_some());
 }
 
+/// A newest-first listing goes on the bus oldest first once it is read through. The store
+/// refusing a part of it leaves the checkpoint before the listing, and the next poll lists it
+/// again from its lower bound: nothing is lost (the real store drops the repeats).
 #[tokio::test]
-async fn a_listing_interrupted_mid_way_resumes_with_its_cursor_and_bound() {
+async fn a_listing_interrupted_mid_way_is_listed_again_from_its_bound() {
     let pages = fixture_pages("slack/audit");
-    let expected = all_records(&pages, Some("entries"));
+    let expected = oldest_first(all_records(&pages, Some("entries")));
+    let oldest_page = pages.last().unwrap()["entries"].as_array().unwrap().len();
     let s = setup(Vendor::Slack, pages).await;
-    // Page 1 is stored, page 2's batch is refused (the store failed).
+    // The listing's oldest page is stored, the next part refused (the store failed).
     s.consumer.script.lock().unwrap().extend([true, false]);
     let metrics = Arc::new(perimeter_model::Metrics::new());
     s.source()
@@ -698,7 +708,10 @@ async fn a_listing_interrupted_mid_way_resumes_with_its_cursor_and_bound() {
         .unwrap_err();
     // What was stored before the failure is counted, and the failure by its kind.
     let poller = [("poller", "slack-test")];
-    assert_eq!(metrics.counter("poll_records_total", &poller), 1);
+    assert_eq!(
+        metrics.counter("poll_records_total", &poller),
+        oldest_page as u64
+    );
     assert_eq!(metrics.counter("poll_pages_total", &poller), 1);
     assert_eq!(
         metrics.counter(
@@ -708,29 +721,28 @@ async fn a_listing_interrupted_mid_way_resumes_with_its_cursor_and_bound() {
         1
     );
     let cp = s.source().checkpoint().unwrap();
-    assert_eq!(cp.resume.as_deref(), Some("c1"), "{cp:?}");
-    assert!(cp.listing_since.is_some(), "{cp:?}");
-    // Page 3 was fetched (and stored) while page 2 was being refused.
+    assert_eq!(cp.resume, None, "{cp:?}");
+    assert_eq!(cp.since, None, "not past the listing: {cp:?}");
     let first_poll = s.seen().len();
+    assert_eq!(first_poll, 3, "the whole listing was read");
+    // (The newest page, put on the bus before the refusal was known, was stored too.)
+    let stored_first = s.consumer.records().len();
 
-    // After a restart: the same listing goes on from page 2, with the same lower bound.
+    // After a restart: the listing is read again from its start, oldest first.
     let report = s.source().poll_once().await.unwrap();
-    assert_eq!(report.pages, 2);
+    assert_eq!(report.pages, 3);
     let seen = s.seen();
-    let oldest = |uri: &str| {
-        uri.split(['?', '&'])
-            .find(|p| p.starts_with("oldest="))
-            .map(str::to_string)
-    };
-    assert!(seen[first_poll].uri.contains("cursor=c1"), "{seen:?}");
-    assert_eq!(oldest(&seen[0].uri), oldest(&seen[first_poll].uri));
+    assert!(!seen[first_poll].uri.contains("cursor="), "{seen:?}");
     let stored = s.consumer.records();
-    let page_1 = expected.len() - report.records;
-    assert_eq!(stored[..page_1], expected[..page_1], "page 1 once");
     assert_eq!(
-        stored[stored.len() - report.records..],
-        expected[page_1..],
-        "the rest, in order: none lost (the real store drops the repeats of page 3)"
+        stored[..oldest_page],
+        expected[..oldest_page],
+        "the oldest page"
+    );
+    assert_eq!(
+        stored[stored_first..],
+        expected[..],
+        "then the whole listing, in order"
     );
 }
 
@@ -1155,7 +1167,7 @@ async fn google_workspace_pages_follow_their_page_tokens() {
     let s = setup(Vendor::GoogleWorkspace, pages).await;
     let report = s.source().poll_once().await.unwrap();
     assert_eq!((report.pages, report.records), (3, expected.len()));
-    assert_eq!(s.consumer.records(), expected);
+    assert_eq!(s.consumer.records(), oldest_first(expected.clone()));
     let seen = s.seen();
     assert!(seen[0]
         .uri
@@ -2648,7 +2660,7 @@ async fn launchdarkly_listings_follow_their_next_links_then_start_at_the_newest_
     let probed = s.seen().len();
     let report = s.source().poll_once().await.unwrap();
     assert_eq!((report.pages, report.records), (2, expected.len()));
-    assert_eq!(s.consumer.records(), expected);
+    assert_eq!(s.consumer.records(), oldest_first(expected.clone()));
     let seen = s.seen()[probed..].to_vec();
     assert!(
         seen[0].uri.starts_with("/api/v2/auditlog?after=") && seen[0].uri.contains("limit=20"),

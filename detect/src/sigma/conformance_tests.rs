@@ -1036,6 +1036,35 @@ fn a_record_with_an_impossible_time_does_not_make_its_stream_late() {
     );
 }
 
+/// QA: one Google Workspace application published ahead of another (the login feed minutes
+/// behind, Drive hours) made every Drive event older than the lateness "late": a bulk download
+/// raised nothing. Each application is a stream of its own; one application is still one.
+#[test]
+fn each_google_workspace_application_keeps_its_own_watermark() {
+    let text = "title: drive\nid: d1\nname: drive_dl\nlogsource: {product: google_workspace}\ndetection:\n    sel:\n        events.name: download\n    condition: sel\n---\ntitle: bulk\nid: c1\nlevel: high\ncorrelation:\n    type: event_count\n    rules: [drive_dl]\n    group-by: [actor.email]\n    timespan: 10m\n    condition:\n        gte: 3\n";
+    let google = |app: &str, name: &str, hour: u32, minute: u32| {
+        let time = format!("2024-05-01T{hour:02}:{minute:02}:00Z");
+        let raw = json!({"kind": "admin#reports#activity", "ts": time,
+            "id": {"time": time, "applicationName": app,
+                   "uniqueQualifier": format!("{app}{hour}{minute}")},
+            "actor": {"email": "eve@acme.example"}, "events": [{"type": "access", "name": name}]});
+        event("google_workspace", raw)
+    };
+    let mut evs = vec![google("login", "login_success", 12, 0)];
+    evs.extend((0..3).map(|m| google("drive", "download", 10, m)));
+    let alerts = run_events(text, &SigmaOptions::default(), &evs);
+    assert_eq!(
+        alerts.iter().filter(|a| a.rule_id == "c1").count(),
+        1,
+        "{alerts:?}"
+    );
+    // Within one application, two hours behind its own newest event is late.
+    let mut evs = vec![google("drive", "view", 12, 0)];
+    evs.extend((0..3).map(|m| google("drive", "download", 10, m)));
+    let alerts = run_events(text, &SigmaOptions::default(), &evs);
+    assert!(alerts.iter().all(|a| a.rule_id != "c1"), "{alerts:?}");
+}
+
 #[test]
 fn a_correlation_names_its_entity_field_over_its_group_by() {
     let text = corr("    type: event_count\n    rules: [fail1]\n    group-by: [actor.alternateId]\n    timespan: 1m\n    condition:\n        gte: 2")

@@ -11,7 +11,8 @@
 //!   distinct value (at most [`MAX_GROUP_KEYS`] keys), whatever the elements' order.
 //! - Keys belong to one tenant: the tenant is part of every group-by key, so two tenants'
 //!   events never count towards one window.
-//! - Event-time windows, with a watermark per stream (tenant + source): events older than the
+//! - Event-time windows, with a watermark per stream (tenant + source, and the feed of a source
+//!   whose feeds are published apart: [`feed_of`]): events older than the
 //!   newest seen *in their stream* minus `allowed_lateness_seconds` are dropped (counted), later
 //!   ones are inserted in time order, so out-of-order input within the lateness gives the same
 //!   result as ordered input. Vendors deliver with very different delays (Okta in seconds,
@@ -1670,13 +1671,35 @@ fn group_keys(
         .collect()
 }
 
-/// The stream an event belongs to: its tenant and source.
+/// The stream an event belongs to: its tenant, source and feed ([`feed_of`]).
 fn stream_of(event: &Event) -> u64 {
     let mut h = Fnv::new();
     h.write(event.tenant.as_bytes());
     h.write(&[0xff]);
     h.write(event.source.as_bytes());
+    if let Some(feed) = feed_of(event) {
+        h.write(&[0xfe]);
+        h.write(feed.as_bytes());
+    }
     h.finish()
+}
+
+/// The feed of a source whose feeds are published with delays of their own: a Google
+/// Workspace application (`id.applicationName`: `login` in minutes, `drive` or `token` hours
+/// later) or a Microsoft 365 workload (`Workload`: Azure AD, SharePoint, Exchange). Each feed
+/// keeps its own watermark (QA: once the login feed had an event from a minute ago, every Drive
+/// download older than the allowed lateness was late, and a bulk download raised nothing).
+fn feed_of(event: &Event) -> Option<&str> {
+    use perimeter_model::raw_prelude::*;
+    match event.source.as_str() {
+        "google_workspace" => event
+            .raw
+            .get("id")
+            .and_then(|id| id.get("applicationName"))
+            .and_then(|v| v.as_str()),
+        "m365" => event.raw.get("Workload").and_then(|v| v.as_str()),
+        _ => None,
+    }
 }
 
 /// Drop the least recently used eighth of `keys`; how many were dropped.

@@ -298,6 +298,23 @@ impl Queued {
 /// store commits several small ones at once instead of one commit per item.
 const MAX_RECORDS_IN_FLIGHT: usize = 5_000;
 
+/// Records of a newest-first listing held to be handed on oldest first ([`HeldListing`]); a
+/// longer listing is handed on in parts of about this many (each oldest first, but a later part
+/// is older than the one before, so correlations may take its records for late ones).
+const MAX_HELD_RECORDS: usize = 50_000;
+
+/// The pages of a newest-first listing read so far in this poll, held until the listing ends so
+/// that they go on the bus oldest first. Correlations judge lateness by the newest event of a
+/// stream: handed on as the vendor pages it, every record more than the allowed lateness older
+/// than a listing's newest was dropped from them (QA: a 10-minute Google Drive bulk download
+/// lost its older half and raised nothing).
+#[derive(Default)]
+struct HeldListing {
+    /// Pages in the order read (newest first), each with the checkpoint past it.
+    pages: Vec<(Vec<perimeter_model::RawJson>, Checkpoint)>,
+    records: usize,
+}
+
 /// A feed's items put on the bus and not yet known to be stored, oldest first, each with what
 /// moves the checkpoint past it (`advance`); the checkpoint is saved after each stored item, in
 /// order, so it never moves past an item that is not stored.
@@ -1084,12 +1101,43 @@ impl PollSource {
     }
 
     /// The pages of one poll from `cp` on, each put on the bus (`in_flight`); true when the
-    /// poll stopped at a page it had already requested (a loop, reported as stuck).
+    /// poll stopped at a page it had already requested (a loop, reported as stuck). The pages of
+    /// a newest-first listing go on the bus oldest first once it ends or the poll stops, also
+    /// when it stops at an error (they were read well).
     async fn read_pages<A: Fn(&mut Checkpoint, Checkpoint)>(
         &self,
         authorization: &str,
         start: DateTime<Utc>,
         (cp, saved): (&mut Checkpoint, &mut Checkpoint),
+        in_flight: &mut InFlight<Checkpoint, A>,
+        report: &mut PollReport,
+    ) -> Result<bool, PollError> {
+        let mut held = HeldListing::default();
+        // The checkpoint of the last item put in flight: where the held pages' first parts
+        // leave it (only the last part moves it past the listing).
+        let mut pushed = saved.clone();
+        let read = self
+            .read_listing(
+                authorization,
+                start,
+                (cp, saved),
+                (&mut held, &mut pushed),
+                in_flight,
+                report,
+            )
+            .await;
+        self.hand_on_oldest_first(&mut held, &mut pushed, in_flight, saved, report)
+            .await?;
+        read
+    }
+
+    /// [`Self::read_pages`] up to handing on the pages held at its end.
+    async fn read_listing<A: Fn(&mut Checkpoint, Checkpoint)>(
+        &self,
+        authorization: &str,
+        start: DateTime<Utc>,
+        (cp, saved): (&mut Checkpoint, &mut Checkpoint),
+        (held, pushed): (&mut HeldListing, &mut Checkpoint),
         in_flight: &mut InFlight<Checkpoint, A>,
         report: &mut PollReport,
     ) -> Result<bool, PollError> {
@@ -1137,6 +1185,8 @@ impl PollSource {
                     tracing::warn!(poller = %self.config.name, status,
                         "the vendor no longer knows where we were; reading from the last stored time again");
                     in_flight.settle_all(self, saved, report).await?;
+                    // Listed again from its bound, the held pages come again.
+                    *held = HeldListing::default();
                     *cp = Checkpoint {
                         resume: None,
                         listing_since: None,
@@ -1145,6 +1195,7 @@ impl PollSource {
                     };
                     self.save_checkpoint(cp)?;
                     *saved = cp.clone();
+                    *pushed = saved.clone();
                     // Listing again from the bound repeats requests on purpose.
                     requested.clear();
                     continue;
@@ -1156,15 +1207,54 @@ impl PollSource {
                 .page(cp, start, Utc::now(), body, link_next(&headers))?;
             self.note_implausible_times(&page.times);
             report.pages += 1;
-            let queued = self.enqueue(page.records).await?;
             *cp = page.checkpoint.clone();
-            in_flight.push(page.checkpoint, queued);
-            in_flight.make_room(self, saved, report).await?;
+            if self.config.vendor.lists_newest_first() {
+                held.records += page.records.len();
+                held.pages.push((page.records, page.checkpoint));
+                if !page.more || held.records >= MAX_HELD_RECORDS {
+                    self.hand_on_oldest_first(held, pushed, in_flight, saved, report)
+                        .await?;
+                }
+            } else {
+                let queued = self.enqueue(page.records).await?;
+                *pushed = page.checkpoint.clone();
+                in_flight.push(page.checkpoint, queued);
+                in_flight.make_room(self, saved, report).await?;
+            }
             if !page.more {
                 break;
             }
         }
         Ok(false)
+    }
+
+    /// Put the held pages of a newest-first listing on the bus oldest first: the last page read
+    /// first, each page's records reversed. The checkpoint moves past them only with the last
+    /// one stored (the first page read, which carries the listing's checkpoint).
+    async fn hand_on_oldest_first<A: Fn(&mut Checkpoint, Checkpoint)>(
+        &self,
+        held: &mut HeldListing,
+        pushed: &mut Checkpoint,
+        in_flight: &mut InFlight<Checkpoint, A>,
+        saved: &mut Checkpoint,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        let Some(listing_checkpoint) = held.pages.last().map(|(_, cp)| cp.clone()) else {
+            return Ok(());
+        };
+        let pages = std::mem::take(&mut held.pages);
+        held.records = 0;
+        let last = pages.len() - 1;
+        for (i, (mut records, _)) in pages.into_iter().rev().enumerate() {
+            records.reverse();
+            let queued = self.enqueue(records).await?;
+            if i == last {
+                *pushed = listing_checkpoint.clone();
+            }
+            in_flight.push(pushed.clone(), queued);
+            in_flight.make_room(self, saved, report).await?;
+        }
+        Ok(())
     }
 
     /// Warn about and count (`poll_errors_total{kind="stuck"}`) a poll whose vendor paging goes

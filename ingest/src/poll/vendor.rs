@@ -53,6 +53,15 @@ pub enum Vendor {
 }
 
 impl Vendor {
+    /// Whether a listing comes newest first, page after page going back in time (Slack, Google
+    /// Workspace, LaunchDarkly): the poller hands it on oldest first (`PollSource::read_pages`).
+    pub fn lists_newest_first(self) -> bool {
+        matches!(
+            self,
+            Vendor::Slack | Vendor::GoogleWorkspace | Vendor::Launchdarkly
+        )
+    }
+
     /// The source name the records are submitted under (the normalizer's).
     pub fn source(self) -> &'static str {
         match self {
