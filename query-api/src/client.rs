@@ -24,6 +24,19 @@ pub(crate) async fn remember_client(request: Request, next: Next) -> Response {
     }
 }
 
+/// `work` on a task of its own (running to its end if the caller's future is dropped), still
+/// knowing the client of the request being handled: a task-local does not follow a spawn.
+pub(crate) async fn spawn_knowing_client<F>(work: F) -> Result<F::Output, tokio::task::JoinError>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match CLIENT.try_with(|addr| *addr).ok() {
+        Some(addr) => tokio::spawn(CLIENT.scope(addr, work)).await,
+        None => tokio::spawn(work).await,
+    }
+}
+
 /// The IP address of the client of the request being handled, if any (a request served over a
 /// listener, not one made in a test or by the `perimeter` command).
 pub fn current_client() -> Option<String> {

@@ -69,6 +69,7 @@ pub fn router_documenting(state: AppState, extra: Option<utoipa::openapi::OpenAp
     router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(finish_changes))
         .layer(Extension(Arc::new(doc)))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
@@ -121,6 +122,24 @@ pub(crate) async fn mask_error_bodies(
         });
     parts.headers.remove(header::CONTENT_LENGTH);
     (parts, axum::Json(masked)).into_response()
+}
+
+/// A request that may change something (every method but `GET`, `HEAD` and `OPTIONS`) runs to
+/// its end on a task of its own, even when its client hangs up: hyper drops a request's future
+/// then, and a handler stopped between the change and its audit line left the change applied
+/// and unaudited (QA: alerts resolved and a rule switched off by clients that closed the
+/// connection at once, none in the audit log).
+async fn finish_changes(request: Request, next: Next) -> Response {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    match client::spawn_knowing_client(next.run(request)).await {
+        Ok(response) => response,
+        Err(e) => ApiError::Internal(format!("the request's task ended: {e}")).into_response(),
+    }
 }
 
 async fn route_not_found(method: Method, uri: Uri) -> ApiError {

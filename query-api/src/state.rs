@@ -38,6 +38,8 @@ pub enum RuleTestError {
     Rule(String),
     /// An event given to test against cannot be used (400 `invalid_json`).
     Event(String),
+    /// The test ran past its time bound (400 `limit_too_large`).
+    TooLong(String),
 }
 
 /// Shared state of the API. Cheap to clone.

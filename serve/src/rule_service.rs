@@ -65,6 +65,9 @@ impl SigmaRuleService {
     }
 }
 
+/// How long one `POST /rules/test` may run, checked between events.
+const MAX_TEST_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl RuleService for SigmaRuleService {
     fn list(&self) -> Vec<serde_json::Value> {
         let mut listed = self.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -100,7 +103,17 @@ impl RuleService for SigmaRuleService {
         let mut matched = Vec::new();
         let mut matched_event_ids = Vec::new();
         let mut alerts = Vec::new();
+        let started = std::time::Instant::now();
+        let total = events.len();
         for (i, doc) in events.into_iter().enumerate() {
+            // A test holds a core of the service (and runs to its end when its client hangs
+            // up): bounded, as a rule of costly values against long texts ran for minutes (QA).
+            if started.elapsed() > MAX_TEST_TIME {
+                return Err(RuleTestError::TooLong(format!(
+                    "the test ran past {} s after {i} of {total} events; test fewer or shorter events",
+                    MAX_TEST_TIME.as_secs()
+                )));
+            }
             let stored_id = doc.pointer("/event/id").cloned();
             // Stored documents carry their source and raw record; plain objects are raw records
             // of the request's `source`, or told by their shape.

@@ -22,6 +22,8 @@ pub const AUTO_HISTOGRAM_BUCKETS: i64 = 100;
 /// The interval a histogram with no data and no interval asked for says it has.
 pub(crate) const AUTO_INTERVAL_WITHOUT_DATA: i64 = 3_600;
 const WEEK: i64 = 604_800;
+/// `0001-01-01T00:00:00Z`, the earliest time RFC 3339 writes.
+const FIRST_WRITABLE_SECOND: i64 = -62_135_596_800;
 /// The intervals picked automatically (seconds): round ones a person reads at a glance.
 const AUTO_INTERVALS: &[i64] = &[
     1, 5, 10, 30, 60, 300, 600, 1_800, 3_600, 10_800, 21_600, 43_200, 86_400, 604_800,
@@ -141,7 +143,10 @@ impl Buckets {
         }
         let buckets = (start..end.max(start))
             .filter_map(|i| {
-                let secs = self.first + i as i64 * self.interval;
+                // A range from the year 1 in buckets of decades would start its first bucket
+                // before year 0, which RFC 3339 cannot write (QA: `-0038-03-29T00:00:00Z`):
+                // such a bucket is said to start with the year 1, as no event can be earlier.
+                let secs = (self.first + i as i64 * self.interval).max(FIRST_WRITABLE_SECOND);
                 Some(HistogramBucket {
                     start: DateTime::from_timestamp(secs, 0)?,
                     count: counts[i],
@@ -304,6 +309,25 @@ mod tests {
 
     fn t(s: &str) -> i64 {
         DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+    }
+
+    #[test]
+    fn no_bucket_starts_before_the_year_1() {
+        let from = FIRST_WRITABLE_SECOND;
+        let to = 253_402_214_400; // 9999-12-31
+        let b = Buckets::covering(from, to, None).unwrap();
+        assert!(
+            b.first < FIRST_WRITABLE_SECOND,
+            "the aligned start is before year 1"
+        );
+        let h = b.histogram(vec![0; b.len], false, false);
+        assert_eq!(
+            h.buckets[0]
+                .start
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "0001-01-01T00:00:00Z"
+        );
+        assert!(h.buckets[1].start.timestamp() > FIRST_WRITABLE_SECOND);
     }
 
     #[test]

@@ -726,12 +726,49 @@ fn apply_transforms(
         }
         values = next;
     }
+    if let Some(v) = values.iter().find(|v| wildcards_in(v) > MAX_WILDCARDS) {
+        return Err(err(
+            line,
+            format!(
+                "a value with {} wildcards (`*`, `?`): at most {MAX_WILDCARDS} (matching costs the \
+                 value's wildcards times the text's length; a test with thousands ran for minutes)",
+                wildcards_in(v)
+            ),
+        ));
+    }
     Ok(values)
+}
+
+/// Wildcards one value may hold. Each inner `*` makes matching walk the text again, so a value of
+/// thousands (QA: `*a*a*...` 3,000 times, tested against long texts through `POST /rules/test`)
+/// held a core for minutes; real rules use a handful.
+pub const MAX_WILDCARDS: usize = 64;
+
+fn wildcards_in(toks: &[Tok]) -> usize {
+    toks.iter()
+        .filter(|t| matches!(t, Tok::Star | Tok::One))
+        .count()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_of_too_many_wildcards_is_refused() {
+        let placeholders = HashMap::new();
+        let ctx = CompileCtx {
+            placeholders: &placeholders,
+            field_map: &|f: &str| vec![f.to_string()],
+        };
+        let many = "*a".repeat(MAX_WILDCARDS + 1);
+        let e = apply_transforms(&many, &[], &ctx, 7).unwrap_err();
+        assert_eq!(e.line, 7);
+        assert!(e.message.contains("at most 64"), "{}", e.message);
+        assert!(apply_transforms(&"*a".repeat(MAX_WILDCARDS), &[], &ctx, 7).is_ok());
+        // Escaped ones are text.
+        assert!(apply_transforms(&"\\*a".repeat(100), &[], &ctx, 7).is_ok());
+    }
 
     #[test]
     fn wildcard_escapes() {

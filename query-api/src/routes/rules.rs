@@ -368,6 +368,9 @@ async fn test_rule_audited(
             .test(&request.rule, events, source.as_deref())
             .map_err(|e| match e {
                 crate::state::RuleTestError::Rule(why) => ApiError::InvalidRule(why),
+                crate::state::RuleTestError::TooLong(why) => {
+                    ApiError::bad_request("limit_too_large", why)
+                }
                 crate::state::RuleTestError::Event(why) => {
                     ApiError::bad_request("invalid_json", why)
                 }
