@@ -140,6 +140,13 @@ fn missing_generated_key(config: &PerimeterConfig, data_dir: &Path) -> Option<St
     if config.mask.hmac_key.is_some() || key_file.exists() {
         return None;
     }
+    if holds_data(data_dir) && written_with_own_key(data_dir) {
+        return Some(format!(
+            "{} is missing, and this data directory's data was written with a key of its own ({}), not the public built-in one: restore it from a backup (the stored hashes were made with it), or set [mask] hmac_key to the key the data was written with",
+            key_file.display(),
+            data_dir.join(KEY_MARK_FILE).display(),
+        ));
+    }
     let builtin = SecretMasker::new(&config.mask).ok()?;
     let snapshot = data_dir.join("state").join(UEBA_SNAPSHOT);
     let written_with_builtin = perimeter_detect::ueba::snapshot_written_with(
@@ -153,6 +160,45 @@ fn missing_generated_key(config: &PerimeterConfig, data_dir: &Path) -> Option<St
             snapshot.display()
         )
     })
+}
+
+/// A data directory's note of the mask key its data was last written with: a fingerprint derived
+/// from the key (it tells nothing of the key), or [`BUILTIN_KEY_MARK`]. Kept outside `state/`, so
+/// that a data directory that lost `state/` (its generated key with it) is not taken for one
+/// written with the built-in key (QA: it went on hashing with the public key, and said the data
+/// was written with it).
+const KEY_MARK_FILE: &str = "mask-key.mark";
+const BUILTIN_KEY_MARK: &str = "builtin";
+
+fn key_mark_of(masker: &SecretMasker) -> String {
+    if masker.uses_builtin_key() {
+        BUILTIN_KEY_MARK.to_string()
+    } else {
+        masker.derive_key("perimeter mask key mark")[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Note the key `masker` hashes with in `data_dir` ([`KEY_MARK_FILE`]).
+fn note_key_mark(data_dir: &Path, masker: &SecretMasker) -> anyhow::Result<()> {
+    let mark = key_mark_of(masker);
+    let path = data_dir.join(KEY_MARK_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|m| m.trim() == mark) {
+        return Ok(());
+    }
+    let tmp = data_dir.join(format!(".{KEY_MARK_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{mark}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether `data_dir`'s data was last written with a key other than the built-in one, by its
+/// [`KEY_MARK_FILE`] (none before session 51).
+fn written_with_own_key(data_dir: &Path) -> bool {
+    std::fs::read_to_string(data_dir.join(KEY_MARK_FILE))
+        .is_ok_and(|m| !m.trim().is_empty() && m.trim() != BUILTIN_KEY_MARK)
 }
 
 /// Whether `data_dir` holds stored data or detection state (written with some mask key).
@@ -1154,6 +1200,7 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         tracing::warn!("{warning}");
     }
     let (registry, masker) = base_parts(config)?;
+    note_key_mark(&data_dir, &masker)?;
     // The Kafka producer keys records by entity with normalizers of its own.
     let registry_for_keys = match config.kafka {
         Some(_) => Some(crate::detect_cmd::normalizers(config)?),

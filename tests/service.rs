@@ -588,6 +588,28 @@ fn an_unkeyed_service_keeps_a_key_of_its_own_and_knows_a_resend_after_a_restart(
     .unwrap();
     let out = check(&same);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("warn   sources and masking"));
+    // The whole of `state/` lost (the key and the detection state with it): the data
+    // directory's key mark still tells the data was not written with the built-in key (QA:
+    // the service went on hashing with the public key, saying the data was written with it).
+    std::fs::rename(
+        dir.path().join("data/state"),
+        dir.path().join("state.aside"),
+    )
+    .unwrap();
+    assert!(dir.path().join("data/mask-key.mark").exists());
+    let line = crate::util::check_line(&check(&cfg), "sources and masking");
+    assert!(
+        line.starts_with("error") && line.contains("mask.key is missing"),
+        "{line}"
+    );
+    let out = crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run"], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mask.key is missing") && err.contains("not the public built-in one"),
+        "{err}"
+    );
+    assert!(!key_file.exists(), "no new key made");
 }
 
 fn stop(svc: Service) {
