@@ -38,6 +38,7 @@ use crate::{IngestError, InputItem, Result};
 use perimeter_model::Metrics;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -722,8 +723,32 @@ impl SpoolSource {
         let mut unreadable = Unreadable::default();
         let mut pruned: Option<Instant> = None;
         let mut failing = ScanFailures::default();
+        // Set once `shutdown` resolved: a scan then takes no new file and finishes the ones in
+        // flight (QA: a SIGTERM read the whole inbox first, minutes for a backlog, past the
+        // stop timeouts of systemd and Kubernetes; the files left are read at the next start).
+        let stopping = std::sync::atomic::AtomicBool::new(false);
         loop {
-            match self.scan_once(&mut unreadable).await {
+            let scanned = {
+                let scan = self.scan_until(&mut unreadable, &stopping);
+                tokio::pin!(scan);
+                loop {
+                    tokio::select! {
+                        scanned = &mut scan => break scanned,
+                        _ = &mut shutdown, if !stopping.load(Ordering::Relaxed) => {
+                            stopping.store(true, Ordering::Relaxed);
+                            tracing::info!("shutting down: the spool takes no new file, and finishes the ones being stored");
+                        }
+                    }
+                }
+            };
+            if stopping.load(Ordering::Relaxed) {
+                self.finish_watched().await;
+                return match scanned {
+                    Err(e @ IngestError::PipelineClosed) => Err(e),
+                    _ => Ok(()),
+                };
+            }
+            match scanned {
                 Ok(()) => failing.recovered(),
                 // Nothing is left to take the files: the service is stopping or broken.
                 Err(e @ IngestError::PipelineClosed) => return Err(e),
@@ -749,7 +774,18 @@ impl SpoolSource {
 
     /// Ingest the pending files once; unreadable ones are remembered in `unreadable` and set
     /// aside when they keep failing unchanged.
+    #[cfg(test)]
     async fn scan_once(&self, unreadable: &mut Unreadable) -> Result<()> {
+        self.scan_until(unreadable, &std::sync::atomic::AtomicBool::new(false))
+            .await
+    }
+
+    /// [`Self::scan_once`], taking no new file once `stopping` is set.
+    async fn scan_until(
+        &self,
+        unreadable: &mut Unreadable,
+        stopping: &std::sync::atomic::AtomicBool,
+    ) -> Result<()> {
         self.rewatch_grown_lapsed();
         if let Err(e) = self.read_on_from_ingested().await {
             tracing::warn!(error = %e, "lines written to an ingested spool file after it was archived not ingested yet; will retry");
@@ -770,6 +806,9 @@ impl SpoolSource {
         let mut in_flight: std::collections::VecDeque<FilePut> = Default::default();
         let mut in_flight_records = 0;
         for file in files {
+            if stopping.load(Ordering::Relaxed) {
+                break;
+            }
             let path = &file.path;
             if !settled(path, Duration::from_millis(self.config.settle_ms)) {
                 continue;
@@ -1552,6 +1591,65 @@ mod tests {
     fn acking(rx: crate::bus::BusReceiver) -> tokio::task::JoinHandle<usize> {
         let batches = each_batch_acked(rx, |s| s.items.len());
         tokio::spawn(async move { batches.await.unwrap().into_iter().sum() })
+    }
+
+    /// QA: a SIGTERM read the whole inbox before the service stopped (minutes for a backlog).
+    /// Once told to stop, the spool takes no new file: the files being stored are finished and
+    /// archived, the others stay in the inbox for the next start.
+    #[tokio::test]
+    async fn at_shutdown_the_spool_takes_no_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = dir.path().join("inbox");
+        std::fs::create_dir_all(inbox.join("okta")).unwrap();
+        for i in 0..200 {
+            std::fs::write(
+                inbox.join(format!("okta/{i:03}.jsonl")),
+                format!("{{\"n\":{i}}}\n"),
+            )
+            .unwrap();
+        }
+        let (tx, mut rx) = channel(2);
+        // A slow store: each batch takes a while.
+        let consumer = tokio::spawn(async move {
+            let mut records = 0;
+            while let Some(s) = rx.recv().await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                records += s.items.len();
+                s.ack.send(Ok(SubmitAck::default())).unwrap();
+            }
+            records
+        });
+        let spool = spool_in(&inbox, 1, tx);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(spool.run(async {
+            let _ = stop_rx.await;
+        }));
+        let archived = inbox.join(".processed/okta");
+        for _ in 0..500 {
+            if archived.join("000.jsonl").exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("the spool stops without reading the inbox through")
+            .unwrap()
+            .unwrap();
+        let stored = consumer.await.unwrap();
+        let done = std::fs::read_dir(&archived).unwrap().count();
+        let left = std::fs::read_dir(inbox.join("okta")).unwrap().count();
+        assert_eq!(done, stored, "each file taken is stored and archived");
+        assert_eq!(
+            done + left,
+            200,
+            "every file archived or still in the inbox"
+        );
+        assert!(
+            left > 100,
+            "{left} files left: the inbox was read on after the stop"
+        );
     }
 
     /// A scan that fails (the inbox is not a directory for a while, as when no file descriptor
