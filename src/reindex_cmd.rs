@@ -122,6 +122,12 @@ pub fn reindex(config: &PerimeterConfig, args: ReindexArgs) -> anyhow::Result<Ex
     .map_err(|e| needs_the_directory(e, &data_dir))
     .with_context(|| format!("reindexing {}", data_dir.display()))?;
 
+    for path in &report.unreadable_files {
+        say!(
+            "warn     {} cannot be read; its day's index is sound and was left as it is (`perimeter repair-parquet` writes the file's events back from it)",
+            path.display()
+        );
+    }
     if args.check {
         for day in &report.rebuilt {
             say!("unsound  {}  {} ({} files)", name(day), day.why, day.files);

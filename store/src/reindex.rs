@@ -95,6 +95,9 @@ pub struct ReindexReport {
     pub interrupted_files_kept: usize,
     /// The others (uncommitted, or cut short by the crash), removed.
     pub interrupted_files_removed: usize,
+    /// Parquet files that cannot be read in days whose index is sound: left as they are (their
+    /// index still holds their events; `perimeter repair-parquet` writes them back from it).
+    pub unreadable_files: Vec<PathBuf>,
 }
 
 impl ReindexReport {
@@ -175,7 +178,7 @@ impl Store {
             let why = if options.all {
                 Some("asked for (--all)".to_string())
             } else {
-                unsound(&existing, &parts)?
+                unsound(&existing, &parts, &mut report.unreadable_files)?
             };
             let Some(why) = why else {
                 report.sound += 1;
@@ -347,24 +350,36 @@ struct PlannedDay {
 
 /// Why the day's index needs rebuilding, or `None` when it opens with this version's schema and
 /// holds as many events as its Parquet files.
-fn unsound(existing: &ExistingIndex, parts: &[Partition]) -> Result<Option<String>> {
+/// Why a day's index needs rebuilding, if it does. A usable index beside a Parquet file that
+/// cannot be read is left as it is, the file noted in `unreadable_files`: rebuilt, it would lose
+/// that file's events, and failing would stop the rebuild of every other day (QA: one cut file
+/// in a sound day kept `reindex` from rebuilding the damaged index `run` asked it to).
+fn unsound(
+    existing: &ExistingIndex,
+    parts: &[Partition],
+    unreadable_files: &mut Vec<PathBuf>,
+) -> Result<Option<String>> {
     let indexed = match existing {
         ExistingIndex::Missing => return Ok(Some("missing".into())),
         ExistingIndex::Unusable(e) => return Ok(Some(format!("cannot be used: {e}"))),
         ExistingIndex::Usable { events, .. } => *events,
     };
     let mut rows = 0u64;
+    let mut all_read = true;
     for p in parts {
         for (path, _) in part_files(&p.dir)? {
             let file = std::fs::File::open(&path).at(&path)?;
-            rows += ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| unreadable(&path, e))?
-                .metadata()
-                .file_metadata()
-                .num_rows() as u64;
+            match ParquetRecordBatchReaderBuilder::try_new(file) {
+                Ok(reader) => rows += reader.metadata().file_metadata().num_rows() as u64,
+                Err(_) => {
+                    unreadable_files.push(path);
+                    all_read = false;
+                }
+            }
         }
     }
-    Ok((indexed != rows).then(|| format!("holds {indexed} events, its Parquet files {rows}")))
+    Ok((all_read && indexed != rows)
+        .then(|| format!("holds {indexed} events, its Parquet files {rows}")))
 }
 
 /// Build the index of `day` from its partitions beside the old one and swap it in; (events
@@ -450,7 +465,8 @@ fn rebuild_day(
                     }
                 }
                 Ok(())
-            })?;
+            })
+            .map_err(with_repair_hint)?;
         }
     }
     add_chunk(&mut chunk, &mut writer)?;
@@ -462,12 +478,19 @@ fn rebuild_day(
     Ok((events, duplicates))
 }
 
-/// A Parquet file that cannot be read: named, since the rebuild stops at it (an index built
-/// without its events would pass for complete).
-fn unreadable(path: &Path, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        path: path.to_path_buf(),
-        reason: format!("unreadable parquet file ({e}); no index is rebuilt from it"),
+/// A Parquet file of a day being rebuilt that cannot be read: named, and what to do about it,
+/// since the rebuild stops at it (an index built without its events would pass for complete).
+fn with_repair_hint(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt { path, reason } => StoreError::Corrupt {
+            path,
+            reason: format!(
+                "{reason}, so this day's index is not rebuilt: set the file aside with \
+                 `perimeter repair-parquet` (its events are lost unless an index still holds \
+                 them), or rebuild the other days with --from/--to"
+            ),
+        },
+        other => other,
     }
 }
 

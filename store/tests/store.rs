@@ -3724,6 +3724,36 @@ fn reindex_stops_at_an_unreadable_parquet_file_and_names_it() {
     assert!(!index.exists(), "no partial index put in place");
 }
 
+/// QA: one unreadable Parquet file in a day whose index is sound stopped the rebuild of every
+/// other day. That day is left as it is (its index holds the file's events), the file named in
+/// the report, and the damaged index of another day is rebuilt.
+#[test]
+fn an_unreadable_file_of_a_sound_day_does_not_stop_the_rebuild_of_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).unwrap();
+    store
+        .write_batch(&batch(acme_okta(20, 9, "u", 0..4)))
+        .unwrap();
+    store
+        .write_batch(&batch(acme_okta(21, 9, "v", 0..3)))
+        .unwrap();
+    drop(store);
+    let day_20 = parquet_files(dir.path())
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("dt=2026-11-20"))
+        .unwrap();
+    cut_short(&day_20);
+    let index_21 = dir.path().join("index/tenant=acme/dt=2026-11-21");
+    std::fs::remove_dir_all(&index_21).unwrap();
+
+    let report = reindex_unsound(dir.path()).unwrap();
+    assert_eq!(report.unreadable_files, vec![day_20], "{report:?}");
+    let rebuilt: Vec<_> = report.rebuilt.iter().map(|d| d.day.to_string()).collect();
+    assert_eq!(rebuilt, ["2026-11-21"], "{report:?}");
+    assert_eq!(report.rebuilt[0].events, 3);
+    assert_eq!(report.sound, 1);
+}
+
 /// A crash between writing a batch's Parquet files and committing its index leaves
 /// `.parquet.tmp` files. With the day's index usable, a reindex settles them as the writer's
 /// recovery does (only a committed batch's file stays); with the index lost, a readable file is
