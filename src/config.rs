@@ -96,6 +96,29 @@ fn default_state_snapshot_seconds() -> u64 {
     30
 }
 
+/// A config parse error's text without the value it is about when that value is a secret: the
+/// error quotes the file's line (masked with the rest of the output) and, for a wrong type, the
+/// value again in words (QA: `hmac_key = 8734...` as a number was masked on its line and
+/// repeated in clear under it: ``invalid type: integer `8734...` ``).
+fn without_secret_value(text: &str, e: &toml::de::Error) -> String {
+    let message = e.to_string();
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let value = text.get(span.clone()).unwrap_or("").trim();
+    let line_start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line_end = text[span.end.min(text.len())..]
+        .find('\n')
+        .map_or(text.len(), |i| span.end + i);
+    let line = &text[line_start..line_end];
+    if value.len() < 4 || crate::logging::masked(line) == line {
+        return message;
+    }
+    message.replace(value, "[REDACTED]")
+}
+
 impl PerimeterConfig {
     /// Read `path` (when given) or use defaults.
     pub fn load(path: Option<&Path>) -> anyhow::Result<PerimeterConfig> {
@@ -104,8 +127,9 @@ impl PerimeterConfig {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        let mut config: PerimeterConfig =
-            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        let mut config: PerimeterConfig = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!(without_secret_value(&text, &e)))
+            .with_context(|| format!("config {}", path.display()))?;
         config.source_path = Some(path.to_path_buf());
         config
             .check_tenants()
@@ -224,6 +248,17 @@ mod tests {
         assert_eq!(example.sigma.allowed_lateness_seconds, 300);
         assert_eq!(example.store.retention_days, 90);
         assert_eq!(example.silence.after_seconds, 21_600);
+        // A secret of the wrong type is not repeated in the error's words (QA).
+        let text = "[mask]\nhmac_key = 8734619283746192837\n";
+        let e = toml::from_str::<PerimeterConfig>(text).unwrap_err();
+        assert!(e.to_string().contains("8734619283746192837"), "{e}");
+        let said = without_secret_value(text, &e);
+        assert!(!said.contains("8734619283746192837"), "{said}");
+        assert!(said.contains("invalid type"), "{said}");
+        // Nor is a value that is no secret hidden.
+        let text = "state_snapshot_seconds = \"often\"\n";
+        let e = toml::from_str::<PerimeterConfig>(text).unwrap_err();
+        assert_eq!(without_secret_value(text, &e), e.to_string());
         let typo = toml::from_str::<PerimeterConfig>("data_dri = \"x\"")
             .unwrap_err()
             .to_string();

@@ -55,10 +55,42 @@ pub(crate) fn write_binary<T: Serialize>(
 ) -> crate::Result<()> {
     write_atomically(path, what, durable, |w| {
         w.write_all(BINARY_MAGIC).map_err(|e| e.to_string())?;
-        postcard::to_io(value, w)
+        let mut out = KeepsIoError {
+            inner: w,
+            error: None,
+        };
+        postcard::to_io(value, &mut out)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| match out.error.take() {
+                Some(io) => io.to_string(),
+                None => e.to_string(),
+            })
     })
+}
+
+/// A writer that keeps the I/O error it passed on: postcard reports any failed write as "The
+/// serialize buffer is full" (QA: a snapshot on a full disk said that, not the disk's error).
+struct KeepsIoError<'w, W: Write> {
+    inner: &'w mut W,
+    error: Option<std::io::Error>,
+}
+
+impl<W: Write> Write for KeepsIoError<'_, W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(bytes).map_err(|e| {
+            let passed = std::io::Error::new(e.kind(), e.to_string());
+            self.error = Some(e);
+            passed
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().map_err(|e| {
+            let passed = std::io::Error::new(e.kind(), e.to_string());
+            self.error = Some(e);
+            passed
+        })
+    }
 }
 
 fn write_atomically(
@@ -162,6 +194,21 @@ fn set_aside(path: &Path) -> crate::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same for a binary snapshot larger than the writer's buffer: the disk's error, not
+    /// postcard's "The serialize buffer is full" (QA).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_under_a_binary_snapshot_names_the_disk_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ueba.snapshot");
+        std::os::unix::fs::symlink("/dev/full", dir.path().join("ueba.snapshot.tmp")).unwrap();
+        let value: Vec<String> = (0..20_000).map(|i| format!("entity {i}")).collect();
+        let error = write_binary(&path, "ueba snapshot", &value, true)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("No space left on device"), "{error}");
+    }
 
     /// A full disk while a state file is written: the error says writing and names the cause
     /// (it said "reading"), and no cut-off temp file is left holding space.
