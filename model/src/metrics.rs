@@ -213,7 +213,9 @@ fn help_of(name: &str) -> Option<&'static str> {
         "inputs_with_repeated_keys_total" => {
             "Inputs with an object that repeated a key (the last value is kept)."
         }
-        "alerts_total" => "Alerts raised, per rule.",
+        "alerts_total" => {
+            "Alerts the detectors raised, per rule, repeats the store grouped into an open alert included (alerts_grouped_total counts those)."
+        }
         "alerts_grouped_total" => {
             "Repeats counted into an open alert instead of raised on their own."
         }
