@@ -533,21 +533,25 @@ fn an_unkeyed_service_keeps_a_key_of_its_own_and_knows_a_resend_after_a_restart(
     let check = |cfg: &std::path::Path| {
         crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run", "--check"], None)
     };
-    let out = check(&cfg);
-    assert!(!out.status.success());
-    let line = crate::util::check_line(&out, "sources and masking");
-    assert!(
-        line.starts_with("error") && line.contains("mask.key is missing"),
-        "{line}"
-    );
-    let out = crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run"], None);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("mask.key is missing") && err.contains("restore it"),
-        "{err}"
-    );
-    assert!(!key_file.exists(), "no new key made");
+    // Both the check and a start refuse, saying the key is missing and `why`.
+    let refused_for_the_missing_key = |why: &str| {
+        let out = check(&cfg);
+        assert!(!out.status.success());
+        let line = crate::util::check_line(&out, "sources and masking");
+        assert!(
+            line.starts_with("error") && line.contains("mask.key is missing"),
+            "{line}"
+        );
+        let out = crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run"], None);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("mask.key is missing") && err.contains(why),
+            "{err}"
+        );
+        assert!(!key_file.exists(), "no new key made");
+    };
+    refused_for_the_missing_key("restore it");
     // Damaged (cut short): refused too, not taken as a key.
     std::fs::write(&key_file, &key[..10]).unwrap();
     let line = crate::util::check_line(&check(&cfg), "sources and masking");
@@ -597,19 +601,7 @@ fn an_unkeyed_service_keeps_a_key_of_its_own_and_knows_a_resend_after_a_restart(
     )
     .unwrap();
     assert!(dir.path().join("data/mask-key.mark").exists());
-    let line = crate::util::check_line(&check(&cfg), "sources and masking");
-    assert!(
-        line.starts_with("error") && line.contains("mask.key is missing"),
-        "{line}"
-    );
-    let out = crate::util::perimeter(&["--config", cfg.to_str().unwrap(), "run"], None);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("mask.key is missing") && err.contains("not the public built-in one"),
-        "{err}"
-    );
-    assert!(!key_file.exists(), "no new key made");
+    refused_for_the_missing_key("not the public built-in one");
 }
 
 fn stop(svc: Service) {
