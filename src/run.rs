@@ -835,6 +835,14 @@ fn stored_events(config: &PerimeterConfig) -> anyhow::Result<(String, Vec<String
     });
     let stored = format!(" ({} events stored)", store.stats().events_stored);
     warnings.extend(days_without_index_warning(&store)?);
+    let unreadable = store.unreadable_parquet_files()?;
+    if let Some(first) = unreadable.first() {
+        warnings.push(format!(
+            "{} Parquet file(s) cannot be read, e.g. {}: searches are served from the indexes, but exports and compaction cannot read them; `perimeter repair-parquet` (with the service stopped) writes their events back from the indexes",
+            unreadable.len(),
+            first.display()
+        ));
+    }
     // The retention sweep runs at the start: what it would remove, before it does.
     let expiring = store.retention_preview(chrono::Utc::now())?;
     if expiring.events > 0 || expiring.parquet_partitions > 0 {

@@ -102,6 +102,27 @@ impl Store {
         Ok(out)
     }
 
+    /// The event Parquet files whose footer cannot be read (cut short, overwritten): `run`
+    /// starts beside them (the indexes hold their events) but exports and compaction cannot
+    /// read them, and `perimeter repair-parquet` writes their events back (QA: `run --check`
+    /// said ok beside one).
+    pub fn unreadable_parquet_files(&self) -> Result<Vec<std::path::PathBuf>> {
+        let layout = Layout {
+            root: self.config.data_dir.clone(),
+        };
+        let mut out = Vec::new();
+        for partition in layout.event_partitions()? {
+            for (path, _) in crate::reindex::part_files(&partition.dir)? {
+                let file = std::fs::File::open(&path).at(&path)?;
+                if parquet::file::reader::SerializedFileReader::new(file).is_err() {
+                    out.push(path);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Write back, from the indexes, the events missing from the Parquet files of the days
     /// `options` selects (`all` is not used), and set unreadable files aside: see the module
     /// docs. Locks the data directory like a writer.

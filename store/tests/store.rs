@@ -3746,6 +3746,13 @@ fn an_unreadable_file_of_a_sound_day_does_not_stop_the_rebuild_of_another() {
     let index_21 = dir.path().join("index/tenant=acme/dt=2026-11-21");
     std::fs::remove_dir_all(&index_21).unwrap();
 
+    // (`run --check` names it too.)
+    let store = Store::open_read_only(config(dir.path())).unwrap();
+    assert_eq!(
+        store.unreadable_parquet_files().unwrap(),
+        vec![day_20.clone()]
+    );
+    drop(store);
     let report = reindex_unsound(dir.path()).unwrap();
     assert_eq!(report.unreadable_files, vec![day_20], "{report:?}");
     let rebuilt: Vec<_> = report.rebuilt.iter().map(|d| d.day.to_string()).collect();
