@@ -301,7 +301,7 @@ const MAX_RECORDS_IN_FLIGHT: usize = 5_000;
 /// Records of a newest-first listing held to be handed on oldest first ([`HeldListing`]); a
 /// longer listing is handed on in parts of about this many (each oldest first, but a later part
 /// is older than the one before, so correlations may take its records for late ones).
-const MAX_HELD_RECORDS: usize = 50_000;
+const MAX_HELD_RECORDS: usize = 20_000;
 
 /// The pages of a newest-first listing read so far in this poll, held until the listing ends so
 /// that they go on the bus oldest first. Correlations judge lateness by the newest event of a
