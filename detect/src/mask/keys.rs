@@ -194,6 +194,8 @@ const WHOLE_WORDS: &[&str] = &[
     // definition.
     "hmac",
     "pepper",
+    // A pre-shared key (`psk`, `wpa_psk`, an IPsec tunnel's `psk`; QA).
+    "psk",
 ];
 
 /// Sensitive words (folded form) that name a secret only as the key's last word, after another
@@ -885,6 +887,9 @@ mod tests {
             "cardCvc",
             "cvc",
             "security_code",
+            "psk",
+            "wpa_psk",
+            "ipsecPsk",
             "pin",
             "PIN",
             "user_pin",

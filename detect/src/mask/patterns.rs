@@ -234,6 +234,10 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "jwt'",
             "jwt>",
             "jwt&",
+            "psk=",
+            "psk:",
+            "psk\"",
+            "psk'",
             "accesskey",
             "access_key",
             "access-key",
@@ -534,7 +538,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // `htpasswd -b` (the flags, then the password after the user, or after the file and
         // the user without `-n`; the verifier wants a `b` among the flags); groups 14-18:
         // PowerShell's `ConvertTo-SecureString '<password>'` (or the string piped into it; a
-        // `$variable` is no password); group 19: `sqlplus user/<password>`.
+        // `$variable` is no password); group 19: `sqlplus user/<password>`, and the same in
+        // Oracle's other tools (`expdp`, `impdp`, `dgmgrl`, `rman target`, `sqlldr userid=`;
+        // QA: only `sqlplus` was read).
         // Anywhere: groups 20-21: an Oracle JDBC URL's `user/<password>@`.
         // Where groups 1-6 may start: groups 22-23: a wallet seed phrase after `--seed`
         // (any case, also `-seed`, `--seed_phrase`, `--seedphrase`, `--mnemonic`,
@@ -556,16 +562,17 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?i:htpasswd)(?:\.exe)?((?:\s+-[A-Za-z]+(?:\s+[0-9]+)?)+)\s+['"]?[^\s'"-][^\s'"]*['"]?\s+['"]?[^\s'"-][^\s'"]*['"]?\s+['"]?([^\s'"]+)"#,
             r#"|(?i:convertto-securestring(?:\s+-(?:asplaintext|force)(?::\$true)?)*\s+(?:-string\s+)?)(?:'([^']*)'|"([^"]*)"|([^\s'"$(|;-][^\s'"|;)]*))"#,
             r#"|(?:'([^']*)'|"([^"]*)")\s*\|\s*(?i:convertto-securestring)"#,
-            r#"|(?i:sqlplus)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s+['"]?[^\s/@'"]+/([^\s@/'"]+))"#,
+            r#"|(?i:sqlplus|expdp|impdp|dgmgrl|rman\s+(?:target|catalog|auxiliary)|(?:sqlldr|exp|imp)(?:\.exe)?\s+(?:[^;|&\n]*\s)?userid=)(?:\.exe)?(?:\s+-[A-Za-z]+)*\s*['"]?[^\s/@'"=]+/([^\s@/'"]+))"#,
             r#"|(?i:jdbc:oracle:(?:thin|oci8?|kprb)):[^\s/@:"']+/(?:"([^"]*)"|([^\s@"']+))@"#,
             r#"|(?:^|[\s"'`(\[])--?(?i:seed(?:[-_]?phrase)?|mnemonic(?:[-_]phrase)?|(?:secret[-_])?recovery[-_]phrase)(?:\s+|=)(?:\\*"([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:\\*"|$)|'([A-Za-z]+(?:\s+[A-Za-z]+){11,})(?:'|$)|([a-z]{3,8}(?:[ \t]+[a-z]{3,8}){11}(?:(?:[ \t]+[a-z]{3,8}){3}){0,4})(?:[ \t]*(?:$|[^A-Za-z0-9 \t])|[ \t]+[A-Z0-9])|\\*["']?([^\s'"\\-][^\s'"\\]*))"#,
             // Admin and attack tools' passwords: groups 26: `psexec`/`paexec`/`mongo...` `-p`;
-            // 27: `ldap...` `-w`; 28-29: FreeRDP's `/p:`; 30-31: `net use \\host\share
-            // <password>`; 32: impacket's `domain/user:<password>@host`.
+            // 27: `ldap...` `-w`; 28-29: FreeRDP's `/p:`; 30-31: `net use [X: | *] \\host\share
+            // [/user:<name>] <password>` (QA: the password after `/user:`, and `*` for the
+            // drive, were let through); 32: impacket's `domain/user:<password>@host`.
             r#"|(?:^|[\s"'`(\[/\\])(?i:psexec(?:64)?|paexec|mongo(?:sh|dump|restore|import|export)?)(?:\.exe)?\s(?:[^;|&\n]*\s)?-p\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|(?:^|[\s"'`(\[/\\])(?i:ldap(?:search|add|modify|delete|passwd|whoami|compare|modrdn|exop))\s(?:[^;|&\n]*\s)?-w\s+['"]?([^\s'"-][^\s'"]*)"#,
             r#"|(?i:[a-z]*freerdp3?)(?:\.exe)?\s(?:[^;|&\n]*\s)?[/-]p:(?:"([^"]*)"|([^\s"]+))"#,
-            r#"|(?i:net1?(?:\.exe)?\s+use)\s+(?:[A-Za-z*]:\s+)?\\\\[^\s]+\s+(?:"([^"]*)"|([^\s"/*][^\s"]*))"#,
+            r#"|(?i:net1?(?:\.exe)?\s+use)\s+(?:[A-Za-z]:\s+|\*\s+)?\\\\[^\s]+\s+(?:/(?i:user|u):(?:"[^"]*"|[^\s"]+)\s+)?(?:"([^"]*)"|([^\s"/*][^\s"]*))"#,
             r#"|(?i:impacket-[a-z]+|(?:[a-z]*exec|secretsdump|smbclient|getuserspns|getnpusers|gettgt|getst)\.py)\s+(?:\S+\s+)*?['"]?[^\s/:@'"]+/[^\s/:@'"]+:([^\s@'"]+)@"#,
             // Group 33-35: SQL's `CREATE`/`ALTER USER <name> IDENTIFIED BY <password>` (quoted or,
             // as Oracle takes it, bare; also `IDENTIFIED WITH <plugin> BY`, and MySQL 5's
@@ -726,6 +733,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "htpasswd",
             "convertto-securestring",
             "sqlplus",
+            "expdp",
+            "impdp",
+            "dgmgrl",
+            "rman",
+            "userid=",
             "jdbc:oracle:",
         ],
     },
@@ -1526,7 +1538,10 @@ fn only_closing_punctuation(tail: &str) -> bool {
 
 fn assignment_value(text: &str, group: usize, value: regex::Match<'_>) -> std::ops::Range<usize> {
     if group != BARE_VALUE_GROUP {
-        return value.range();
+        return value.start()..doubled_quote_end(text, value.start(), value.end());
+    }
+    if let Some(end) = prefixed_literal_end(text, value.as_str(), value.end()) {
+        return value.start()..end;
     }
     if let Some(end) = cdata_end(text, value.start()) {
         return value.start()..end;
@@ -1541,6 +1556,56 @@ fn assignment_value(text: &str, group: usize, value: regex::Match<'_>) -> std::o
             value.start()..without_closing_parens(text, value.start(), end)
         }
     }
+}
+
+/// Where a string literal written with a prefix ends, when the bare value `bare` (ending at
+/// `end`) is only that prefix: T-SQL's `N'...'`, Postgres' `E'...'`, Python's `b'...'` `u'...'`
+/// `r'...'` `f'...'`, bash's `$'...'`, C#'s `@"..."`, Go's `:= "..."` (the `=` of `:=` read as
+/// the value) or a YAML tag (`!!str value`). QA: the prefix was masked and the quoted secret
+/// after it left in clear (`PASSWORD = [REDACTED]'NqAlter34pw'`).
+fn prefixed_literal_end(text: &str, bare: &str, end: usize) -> Option<usize> {
+    const PREFIXES: &[&str] = &[
+        "N", "n", "E", "e", "b", "B", "u", "U", "r", "R", "f", "F", "br", "rb", "Rb", "bR", "$",
+        "@", "=",
+    ];
+    let bytes = text.as_bytes();
+    let tagged = bare.starts_with("!!");
+    if !tagged && !PREFIXES.contains(&bare) {
+        return None;
+    }
+    let mut at = end;
+    if bare == "=" || tagged {
+        at += bytes[at..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+    }
+    match bytes.get(at) {
+        Some(&q @ (b'\'' | b'"')) => {
+            let close = bytes[at + 1..].iter().position(|b| *b == q)? + at + 1;
+            Some(doubled_quote_end(text, at + 1, close) + 1)
+        }
+        // `!!str value`: the value after the tag, bare.
+        Some(b) if tagged && !b.is_ascii_whitespace() => Some(extend_bare_value(text, at + 1)),
+        _ => None,
+    }
+}
+
+/// Where a quoted value starting at `start` ends when its closing quote at `end` is SQL's
+/// doubled quote (`'It''s56pw'`: the quote inside the value written twice), else `end`. QA:
+/// the value was cut at the first quote and its tail left in clear.
+fn doubled_quote_end(text: &str, start: usize, mut end: usize) -> usize {
+    let bytes = text.as_bytes();
+    let Some(&q @ (b'\'' | b'"')) = start.checked_sub(1).and_then(|i| bytes.get(i)) else {
+        return end;
+    };
+    while bytes.get(end) == Some(&q) && bytes.get(end + 1) == Some(&q) {
+        match bytes[end + 2..].iter().position(|b| *b == q) {
+            Some(next) => end = end + 2 + next,
+            None => break,
+        }
+    }
+    end
 }
 
 /// Where HTTP Digest credentials starting at `start` end (`Digest username="bob", realm="x",

@@ -4741,6 +4741,123 @@ fn both_values_of_a_secret_changed_from_one_to_another_are_masked() {
     );
 }
 
+/// QA: `net use` with the password after `/user:`, or `*` for the drive, kept it.
+#[test]
+fn net_use_passwords_after_the_user_are_masked() {
+    let m = masker();
+    for (text, secret) in [
+        (
+            "net use Z: \\\\srv\\share /user:corp\\bob NetUse56",
+            "NetUse56",
+        ),
+        (
+            "net use Z: \\\\fs01\\share /user:corp\\bob NetZ34pw /persistent:no",
+            "NetZ34pw",
+        ),
+        (
+            "net use * \\\\fs01\\share NetStar56pw /user:bob",
+            "NetStar56pw",
+        ),
+        (
+            "net use \\\\fs01\\IPC$ /user:corp\\admin NetIpc78pw",
+            "NetIpc78pw",
+        ),
+        (
+            "net use Z: \\\\fs01\\share NetZ12pw /user:corp\\bob",
+            "NetZ12pw",
+        ),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains(secret), "{text} -> {masked}");
+        assert!(
+            masked.contains("corp") || masked.contains("bob"),
+            "{text} -> {masked}"
+        );
+    }
+    for kept in [
+        "net use Z: \\\\fs01\\share /user:corp\\bob *",
+        "net use Z: /delete",
+    ] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+}
+
+/// QA: Oracle's tools other than `sqlplus` took `user/<password>@db` in clear.
+#[test]
+fn oracle_tools_credentials_are_masked() {
+    let m = masker();
+    for (text, secret) in [
+        (
+            "expdp system/OraExp12pw@prod directory=d dumpfile=x.dmp",
+            "OraExp12pw",
+        ),
+        ("impdp hr/OraImp34pw schemas=hr", "OraImp34pw"),
+        (
+            "sqlldr userid=scott/OraLdr56pw@orcl control=c.ctl",
+            "OraLdr56pw",
+        ),
+        (
+            "exp userid=scott/OraExpU12pw@orcl file=x.dmp",
+            "OraExpU12pw",
+        ),
+        ("rman target sys/OraRman78pw@db", "OraRman78pw"),
+        ("dgmgrl sys/OraDg34pw@prim", "OraDg34pw"),
+        ("sqlplus system/OraPlus66@ORCL", "OraPlus66"),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains(secret), "{text} -> {masked}");
+    }
+    for kept in [
+        "sqlplus / as sysdba",
+        "sqlplus scott@orcl",
+        "rman target /",
+        "expdp help=y",
+    ] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+}
+
+/// QA: a string literal written with a prefix (`N'...'`, `b'...'`, `$'...'`, `@"..."`, Go's
+/// `:= "..."`, YAML's `!!str`) had the prefix masked and the quoted secret left after it; a
+/// SQL value with a doubled quote was cut at it.
+#[test]
+fn a_prefixed_or_doubled_quote_literal_is_masked_whole() {
+    let m = masker();
+    for (text, secret) in [
+        (
+            "ALTER LOGIN sa WITH PASSWORD = N'NqAlter34pw' OLD_PASSWORD = N'NqOld12pw'",
+            "NqAlter34pw",
+        ),
+        (
+            "ALTER LOGIN sa WITH PASSWORD = N'NqAlter34pw' OLD_PASSWORD = N'NqOld12pw'",
+            "NqOld12pw",
+        ),
+        (
+            "connect(user='bob', password=b'PyBytes12pw')",
+            "PyBytes12pw",
+        ),
+        ("{'user': u'bob', 'password': u'PyUni34pw'}", "PyUni34pw"),
+        ("mysql --password=$'Bash78pw' -u root", "Bash78pw"),
+        ("export DB_PASSWORD=$'BashExp90pw'", "BashExp90pw"),
+        ("var password = @\"CsVerb56pw\";", "CsVerb56pw"),
+        ("token := \"GoTok34pwAbCdEf\"", "GoTok34pwAbCdEf"),
+        ("client_secret: !!str ClientStr78pw", "ClientStr78pw"),
+        ("password='It''s56pwDbl'", "s56pwDbl"),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains(secret), "{text} -> {masked}");
+        assert!(masked.contains("[REDACTED:"), "{text} -> {masked}");
+    }
+    // What follows the literal stays.
+    assert_eq!(
+        m.mask_text("CREATE LOGIN app WITH PASSWORD = N'NqCreate12pw', CHECK_POLICY = OFF"),
+        "CREATE LOGIN app WITH PASSWORD = [REDACTED:secret_assignment], CHECK_POLICY = OFF"
+    );
+    for kept in ["mode=N", "answer: b", "flag=E and more"] {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+}
+
 /// QA: a PIN's change in prose kept both values (`user pin changed from 1234 to 5678`): a PIN
 /// looks like no generated secret, so the prose rules let it through.
 #[test]
