@@ -116,7 +116,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // key="DbPassword" value="x" />`. A name may be two words of a label (`API key: x`,
         // `Private key: x`, `seed phrase: ...`); LDIF writes base64 values after `::`.
         regex: concat!(
-            r#"(?-u:\b)((?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|[A-Za-z0-9_.-]{2,80})(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|is|was|to)\s+)?))"#,
+            r#"((?-u:\b)(?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|(?-u:\b)[A-Za-z0-9_.-]{2,80}|(?i:пароль|contraseña|密码|密碼|パスワード|暗証番号|비밀번호|hasło|şifre|jelszó|κωδικός|סיסמה))(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=：])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|is|was|to)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -183,6 +183,19 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "kennwort",
             "contrasena",
             "contraseña",
+            // `password` in other scripts and languages (the key rule's
+            // `OTHER_SCRIPT_PASSWORD_WORDS`; QA: `пароль: x` was let through in text).
+            "пароль",
+            "密码",
+            "密碼",
+            "パスワード",
+            "暗証番号",
+            "비밀번호",
+            "hasło",
+            "şifre",
+            "jelszó",
+            "κωδικός",
+            "סיסמה",
             "mot_de_passe",
             // Key words the key matcher has that occur in text as `name=value` too (`cvv=`,
             // `SENTRY_DSN=`); the short ones only with a separator after them, since `pin`,

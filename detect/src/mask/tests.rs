@@ -4741,6 +4741,32 @@ fn both_values_of_a_secret_changed_from_one_to_another_are_masked() {
     );
 }
 
+/// QA: `password` in other scripts named a value in text (`пароль: x`) and it was kept, though
+/// the same name is sensitive as a JSON key.
+#[test]
+fn password_names_in_other_scripts_mask_their_value_in_text() {
+    let m = masker();
+    for (text, secret) in [
+        ("пароль: qwerty123zz", "qwerty123zz"),
+        ("пароль=RuEq12pw", "RuEq12pw"),
+        ("contraseña: Xyz12345abc", "Xyz12345abc"),
+        ("contraseña=EsEq34pw", "EsEq34pw"),
+        ("密码: abc123xyz789", "abc123xyz789"),
+        ("密码：abc123xyz780", "abc123xyz780"),
+        ("パスワード: JaCol78pw", "JaCol78pw"),
+        ("비밀번호: kor2024pass", "kor2024pass"),
+        ("hasło: Polska2024pl", "Polska2024pl"),
+        ("şifre: Ankara2024tr", "Ankara2024tr"),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains(secret), "{text} -> {masked}");
+    }
+    for kept in ["пароль изменён", "Сброс пароля выполнен", "密码已更改"]
+    {
+        assert_eq!(m.mask_text(kept), kept);
+    }
+}
+
 /// QA: `net use` with the password after `/user:`, or `*` for the drive, kept it.
 #[test]
 fn net_use_passwords_after_the_user_are_masked() {
