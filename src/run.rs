@@ -1263,6 +1263,12 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             reason = %reason,
             "behavioural state could not be used; starting with empty baselines (UEBA warms up again)"
         );
+    } else if ueba.tracked_entities() > 0 {
+        // Said, so that a restart shows whether the baselines came back (QA: nothing did).
+        tracing::info!(
+            entities = ueba.tracked_entities(),
+            "restored the behavioural baselines"
+        );
     }
     let rule_switches =
         Arc::new(RuleSwitchStore::open_in(&data_dir).context("opening the rule switches")?);

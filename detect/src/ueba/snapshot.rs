@@ -17,7 +17,10 @@ use super::UebaEngine;
 use crate::stream_clock::StreamClock;
 use crate::DetectError;
 
-const FORMAT: &str = "perimeter-ueba/3";
+const FORMAT: &str = "perimeter-ueba/4";
+/// The format before entity keys were case-folded (`EntityKey::derive`): its users written with
+/// capitals are found under new keys, as if first seen now; still read (see [`read`]).
+const CASE_SENSITIVE_FORMAT: &str = "perimeter-ueba/3";
 /// The format before alert groups remembered the repeats already reported (see
 /// `hygiene::Group::reported`); still read, its groups reporting nothing yet.
 const GROUPS_V2_FORMAT: &str = "perimeter-ueba/2";
@@ -135,6 +138,15 @@ pub(crate) fn write_groups_v2(engine: &UebaEngine, path: &Path) -> Result<(), De
     )
 }
 
+/// A snapshot as format `perimeter-ueba/3` wrote it (entity keys not case-folded), for testing
+/// that it is still read.
+#[cfg(test)]
+pub(crate) fn write_case_sensitive(engine: &UebaEngine, path: &Path) -> Result<(), DetectError> {
+    let mut snap = snapshot_out(engine);
+    snap.format = CASE_SENSITIVE_FORMAT;
+    crate::state_file::write_binary(path, "ueba snapshot", &snap, true)
+}
+
 /// A snapshot as format `perimeter-ueba/1` wrote it, binary or JSON, for testing that it is
 /// still read.
 #[cfg(test)]
@@ -198,7 +210,9 @@ pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectErr
             .map(SnapshotIn::upgrade)
     };
     let snap = match format.as_str() {
-        FORMAT => crate::state_file::read_state::<SnapshotIn<Group>>(path, "ueba snapshot")?,
+        FORMAT | CASE_SENSITIVE_FORMAT => {
+            crate::state_file::read_state::<SnapshotIn<Group>>(path, "ueba snapshot")?
+        }
         GROUPS_V2_FORMAT => earlier()?,
         LEGACY_FORMAT => read_legacy_windows(earlier)?,
         _ => {
@@ -223,6 +237,16 @@ pub(crate) fn read(engine: &mut UebaEngine, path: &Path) -> Result<(), DetectErr
         .iter_mut()
         .filter_map(|(tenant, sources)| Some((tenant.clone(), sources.remove(TENANT_SINCE)?)))
         .collect();
+    if format != FORMAT {
+        // Written before entity keys were case-folded: a user written with capitals comes back
+        // as a new entity. Counted as watched from now on, so that such a user is not judged a
+        // new actor while it warms up again (QA: an upgrade raised "a new actor" at high
+        // severity for admins of ten days); a real new account of that warm-up is not judged
+        // new either, as after a first start.
+        for since in engine.tenant_since.values_mut() {
+            *since = (*since).max(snap.watermark);
+        }
+    }
     engine.stream_clocks = clocks
         .into_iter()
         .map(|(tenant, sources)| {

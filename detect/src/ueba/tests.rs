@@ -313,6 +313,29 @@ fn a_snapshot_of_the_format_before_restores_its_open_groups() {
     assert_eq!(restored.hygiene.groups.len(), engine.hygiene.groups.len());
 }
 
+/// QA: a snapshot written before entity keys were case-folded finds its users written with
+/// capitals under new keys. Restored, the tenant counts as watched from the snapshot's newest
+/// event, so those users are not judged new actors while they warm up again.
+#[test]
+fn a_snapshot_from_before_case_folding_restarts_the_tenants_watch() {
+    let mut engine = UebaEngine::new(UebaConfig::default(), KEY);
+    let start = t0() + Duration::hours(9);
+    let events = failed_logins("erin@example.com", start, "203.0.113.9", 1, 3);
+    run(&mut engine, &events);
+    let since = engine.tenant_since["acme"];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ueba.snapshot");
+    super::snapshot::write_case_sensitive(&engine, &path).unwrap();
+    let restored = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
+    assert!(restored.entities == engine.entities);
+    assert_eq!(restored.tenant_since["acme"], engine.watermark);
+    assert!(engine.watermark > since);
+    // The current format keeps the tenant's watch as it was.
+    super::snapshot::write(&engine, &path).unwrap();
+    let restored = UebaEngine::restore_from(UebaConfig::default(), KEY, &path).unwrap();
+    assert_eq!(restored.tenant_since["acme"], since);
+}
+
 /// `n` failed logins of `user` from `ip`, 10 seconds apart from `at`, at input lines from
 /// `line`.
 fn failed_logins(user: &str, at: DateTime<Utc>, ip: &str, line: u64, n: i64) -> Vec<Event> {
