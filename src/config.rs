@@ -116,7 +116,26 @@ fn without_secret_value(text: &str, e: &toml::de::Error) -> String {
     if value.len() < 4 || crate::logging::masked(line) == line {
         return message;
     }
-    message.replace(value, "[REDACTED]")
+    // The value as written, and as the error words it: decoded (`0x79b1...` as
+    // `133804401747961`, `1_000` as `1000`) between backticks.
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.replace(value, "[REDACTED]").split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        let quoted = i % 2 == 1;
+        if quoted
+            && !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
+        {
+            out.push_str("[REDACTED]");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 impl PerimeterConfig {
@@ -255,6 +274,24 @@ mod tests {
         let said = without_secret_value(text, &e);
         assert!(!said.contains("8734619283746192837"), "{said}");
         assert!(said.contains("invalid type"), "{said}");
+        // Nor written in another notation, which the error words decoded (QA).
+        for written in [
+            "0x79b1c3d5e7f9",
+            "+87346192837",
+            "8_734_619_283",
+            "8734.6192837",
+        ] {
+            let text = format!("[mask]\nhmac_key = {written}\n");
+            let e = toml::from_str::<PerimeterConfig>(&text).unwrap_err();
+            let said = without_secret_value(&text, &e);
+            assert!(
+                !said.contains("133804401747961")
+                    && !said.contains("87346192837")
+                    && !said.contains("8734619283")
+                    && !said.contains(written),
+                "{said}"
+            );
+        }
         // Nor is a value that is no secret hidden.
         let text = "state_snapshot_seconds = \"often\"\n";
         let e = toml::from_str::<PerimeterConfig>(text).unwrap_err();

@@ -222,10 +222,10 @@ fn with_data_dir_key(
     let key_file = generated_key_file(data_dir);
     let holds_data = holds_data(data_dir);
     let keyless = config.mask.hmac_key.is_none() && !key_file.exists();
-    if create {
-        if let Some(missing) = missing_generated_key(config, data_dir) {
-            anyhow::bail!("{missing}");
-        }
+    // Also for the commands that only read: with the built-in key they would hash search terms
+    // unlike the stored values and find nothing (QA: `search` went on, advising `hmac_key`).
+    if let Some(missing) = missing_generated_key(config, data_dir) {
+        anyhow::bail!("{missing}");
     }
     if create && keyless && holds_data {
         tracing::warn!(

@@ -602,6 +602,20 @@ fn an_unkeyed_service_keeps_a_key_of_its_own_and_knows_a_resend_after_a_restart(
     .unwrap();
     assert!(dir.path().join("data/mask-key.mark").exists());
     refused_for_the_missing_key("not the public built-in one");
+    // So does a command that only reads it, whose search terms would be hashed unlike the
+    // stored values (QA).
+    let out = crate::util::perimeter(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "search",
+            "user.name:alice",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mask.key is missing"), "{err}");
 }
 
 fn stop(svc: Service) {

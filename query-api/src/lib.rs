@@ -69,7 +69,6 @@ pub fn router_documenting(state: AppState, extra: Option<utoipa::openapi::OpenAp
     router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(finish_changes))
         .layer(Extension(Arc::new(doc)))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
@@ -80,6 +79,9 @@ pub fn router_documenting(state: AppState, extra: Option<utoipa::openapi::OpenAp
             state.clone(),
             count_requests,
         ))
+        // Outermost: a change whose client hung up is also counted (QA: it was audited, not
+        // counted).
+        .layer(middleware::from_fn(finish_changes))
         .with_state(state)
 }
 

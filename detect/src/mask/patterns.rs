@@ -2482,10 +2482,38 @@ fn names_a_pin(name: &str) -> bool {
         .any(|w| super::keys::ends_with_word(name, w))
 }
 
+/// Whether the name at `name_start` is the `pin` of a version or a build (`Version pin
+/// changed from v1.2.3 to v1.2.4`, `dependency pin`): a pinned version, no PIN.
+fn pins_a_version(text: &str, name_start: usize) -> bool {
+    let before = text[..name_start].trim_end();
+    let word = before
+        .rsplit(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or("");
+    [
+        "version",
+        "versions",
+        "build",
+        "dependency",
+        "package",
+        "image",
+        "tag",
+        "commit",
+        "release",
+        "sha",
+        "digest",
+        "chart",
+        "module",
+    ]
+    .iter()
+    .any(|w| word.eq_ignore_ascii_case(w))
+}
+
 /// Whether `secret` can be a PIN or one-time code: 4 to 12 digits, or letters and digits
 /// mixed (`4821`, `a7k9`), where `is 6 digits`, `was v2` or `to sms` are prose.
 fn is_pin_value(secret: &str) -> bool {
-    let b = secret.as_bytes();
+    // The end of a sentence or an aside after it (`Your OTP is 123456.`, `(pin is 1234)`).
+    let b = secret.trim_end_matches(['.', ')', ',', ';']).as_bytes();
     (4..=12).contains(&b.len())
         && b.iter().all(u8::is_ascii_alphanumeric)
         && b.iter().any(u8::is_ascii_digit)
@@ -3612,6 +3640,7 @@ fn verify(
                         || looks_generated(secret)
                         || seed_phrase_end(text, start + secret.len()) > start + secret.len())
                     && !is_okta_factor_type(text, k.range(), start, secret)
+                    && !(names_a_pin(k.as_str()) && pins_a_version(text, k.start()))
                     // `hmac:<hex>` is masking's own pseudonym, no `hmac` name and value.
                     && !text
                         .get(k.end().saturating_sub(4)..)

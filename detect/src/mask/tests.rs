@@ -4908,8 +4908,20 @@ fn a_pin_or_one_time_code_named_in_prose_is_masked() {
                 "otp is 902114",
                 "otp is [REDACTED:secret_assignment]",
             ),
+            // At the end of a sentence (QA).
+            (
+                "Your OTP is 123456.",
+                "Your OTP is [REDACTED:secret_assignment]",
+            ),
+            (
+                "PIN set to 4821.",
+                "PIN set to [REDACTED:secret_assignment]",
+            ),
         ],
         &[
+            // A pinned version is no PIN (QA).
+            "Version pin changed from v1.2.3 to v1.2.4",
+            "Build pin changed from 20240101 to 20240102",
             "pin length changed from 4 to 6",
             "OTP is 6 digits",
             "pin was reset to default",

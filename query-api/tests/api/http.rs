@@ -3305,4 +3305,12 @@ fn a_change_whose_client_hangs_up_is_still_audited() {
             "{id} changed, not audited: {audit}"
         );
     }
+    // And counted in the request metrics (QA: audited, not counted).
+    let metrics = api.metrics_text();
+    let patches: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("perimeter_api_requests_total") && l.contains("method=\"PATCH\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(patches >= applied.len() as f64, "{metrics}");
 }
