@@ -629,7 +629,7 @@ pub(crate) fn ends_with_password_word(key: &str) -> bool {
 /// `password` in scripts that folding drops, and in Latin-script languages whose word loses a
 /// letter to it (`hasło`, `şifre`, `jelszó`): a tenant's custom fields are named in its language
 /// (`{"пароль": ...}`).
-const OTHER_SCRIPT_PASSWORD_WORDS: &[&str] = &[
+pub(crate) const OTHER_SCRIPT_PASSWORD_WORDS: &[&str] = &[
     "пароль",
     "密码",
     "密碼",

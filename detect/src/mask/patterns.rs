@@ -183,19 +183,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "kennwort",
             "contrasena",
             "contraseña",
-            // `password` in other scripts and languages (the key rule's
-            // `OTHER_SCRIPT_PASSWORD_WORDS`; QA: `пароль: x` was let through in text).
-            "пароль",
-            "密码",
-            "密碼",
-            "パスワード",
-            "暗証番号",
-            "비밀번호",
-            "hasło",
-            "şifre",
-            "jelszó",
-            "κωδικός",
-            "סיסמה",
+            // (and `password` in other scripts and languages, the key rule's
+            // `OTHER_SCRIPT_PASSWORD_WORDS`, added in `Patterns::new`)
             "mot_de_passe",
             // Key words the key matcher has that occur in text as `name=value` too (`cvv=`,
             // `SENTRY_DSN=`); the short ones only with a separator after them, since `pin`,
@@ -1166,7 +1155,14 @@ impl Patterns {
         let mut regexes = Vec::with_capacity(SPECS.len());
         for (i, spec) in SPECS.iter().enumerate() {
             debug_assert_eq!(spec.kind.index(), i, "SPECS follows PatternKind::ALL");
-            for a in spec.anchors.iter().filter(|_| usable & bit(spec.kind) != 0) {
+            let other_script_names = match spec.kind {
+                // `password` in other scripts and languages, as the key rule knows it (QA:
+                // `пароль: x` was let through in text, its name sensitive only as a JSON key).
+                PatternKind::SecretAssignment => super::keys::OTHER_SCRIPT_PASSWORD_WORDS,
+                _ => &[],
+            };
+            let spec_anchors = spec.anchors.iter().chain(other_script_names);
+            for a in spec_anchors.filter(|_| usable & bit(spec.kind) != 0) {
                 anchors.push(*a);
                 anchor_kind.push(spec.kind);
             }
