@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use perimeter_ingest::poll::{PollError, PollSource};
+use perimeter_ingest::poll::{PollError, PollPacing, PollSource};
 
 use crate::config::PerimeterConfig;
 
@@ -74,14 +74,12 @@ pub fn poll_check(config: &PerimeterConfig, args: PollCheckArgs) -> anyhow::Resu
                 failed += 1;
                 // The service would wait and retry; this check does not.
                 let why = match e {
-                    // As the service counts it at a first refusal: what the API asks, and at
-                    // least its first backoff (2 s, or the poll interval when shorter).
+                    // What the service would wait after this first refusal (its own pacing:
+                    // what the API asks, and at least its first backoff).
                     PollError::RateLimited(delay) => format!(
                         "rate limited: the service waits {}s before it asks again (what the API asks, at least 2 s, at most an hour); check again later",
-                        delay
-                            .max(std::time::Duration::from_secs(2).min(std::time::Duration::from_secs(
-                                poll.interval_seconds.max(1)
-                            )))
+                        PollPacing::new(std::time::Duration::from_secs(poll.interval_seconds))
+                            .after(&Err(PollError::RateLimited(delay)))
                             .as_secs()
                     ),
                     e => e.to_string(),

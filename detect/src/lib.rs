@@ -11,6 +11,7 @@
 //! Guarantee: every event and alert that leaves [`pipeline::Pipeline`] has been masked;
 //! detectors see clear values in memory only.
 
+mod case_fold;
 pub mod error;
 mod identity_hash;
 pub mod mask;

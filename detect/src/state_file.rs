@@ -75,21 +75,22 @@ struct KeepsIoError<'w, W: Write> {
     error: Option<std::io::Error>,
 }
 
+impl<W: Write> KeepsIoError<'_, W> {
+    /// Keep `e`, and pass on a copy of it.
+    fn keep(&mut self, e: std::io::Error) -> std::io::Error {
+        let passed = std::io::Error::new(e.kind(), e.to_string());
+        self.error = Some(e);
+        passed
+    }
+}
+
 impl<W: Write> Write for KeepsIoError<'_, W> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.inner.write(bytes).map_err(|e| {
-            let passed = std::io::Error::new(e.kind(), e.to_string());
-            self.error = Some(e);
-            passed
-        })
+        self.inner.write(bytes).map_err(|e| self.keep(e))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush().map_err(|e| {
-            let passed = std::io::Error::new(e.kind(), e.to_string());
-            self.error = Some(e);
-            passed
-        })
+        self.inner.flush().map_err(|e| self.keep(e))
     }
 }
 

@@ -386,10 +386,7 @@ pub fn entity_partition_key(
         };
         match entity {
             Some(e) => {
-                let mut hasher = match &hash_key {
-                    Some(k) => blake3::Hasher::new_keyed(k),
-                    None => blake3::Hasher::new(),
-                };
+                let mut hasher = perimeter_model::hasher_with(hash_key.as_ref());
                 hasher.update(tenant.as_bytes());
                 hasher.update(&[0]);
                 hasher.update(e.as_bytes());

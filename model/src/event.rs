@@ -82,7 +82,7 @@ pub(crate) fn id_hasher() -> blake3::Hasher {
 }
 
 /// A BLAKE3 hasher keyed with `key`, unkeyed without one.
-fn hasher_with(key: Option<&[u8; 32]>) -> blake3::Hasher {
+pub fn hasher_with(key: Option<&[u8; 32]>) -> blake3::Hasher {
     match key {
         Some(key) => blake3::Hasher::new_keyed(key),
         None => blake3::Hasher::new(),

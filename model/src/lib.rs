@@ -22,8 +22,8 @@ mod time;
 pub use alert::{Alert, AlertStatus, DetectorKind, EntityKind, Severity};
 pub use ecs::{Ecs, EcsValue, Outcome, ECS_FIELDS};
 pub use event::{
-    is_plausible_event_time, key_ids, raw_from_serde, raw_to_serde, DeadLetter, Event, EventId,
-    RawJson, RawRecord,
+    hasher_with, is_plausible_event_time, key_ids, raw_from_serde, raw_to_serde, DeadLetter, Event,
+    EventId, RawJson, RawRecord,
 };
 pub use json_text::{
     json_nesting_exceeds, parse_with_lone_surrogates, without_lone_surrogates, write_json_str,

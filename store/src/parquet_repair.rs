@@ -113,8 +113,7 @@ impl Store {
         let mut out = Vec::new();
         for partition in layout.event_partitions()? {
             for (path, _) in crate::reindex::part_files(&partition.dir)? {
-                let file = std::fs::File::open(&path).at(&path)?;
-                if parquet::file::reader::SerializedFileReader::new(file).is_err() {
+                if crate::reindex::footer_rows(&path)?.is_none() {
                     out.push(path);
                 }
             }

@@ -368,10 +368,9 @@ fn unsound(
     let mut all_read = true;
     for p in parts {
         for (path, _) in part_files(&p.dir)? {
-            let file = std::fs::File::open(&path).at(&path)?;
-            match ParquetRecordBatchReaderBuilder::try_new(file) {
-                Ok(reader) => rows += reader.metadata().file_metadata().num_rows() as u64,
-                Err(_) => {
+            match footer_rows(&path)? {
+                Some(n) => rows += n,
+                None => {
                     unreadable_files.push(path);
                     all_read = false;
                 }
@@ -380,6 +379,14 @@ fn unsound(
     }
     Ok((all_read && indexed != rows)
         .then(|| format!("holds {indexed} events, its Parquet files {rows}")))
+}
+
+/// The rows a Parquet file's footer counts; `None` when the footer cannot be read.
+pub(crate) fn footer_rows(path: &Path) -> Result<Option<u64>> {
+    let file = std::fs::File::open(path).at(path)?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(file)
+        .ok()
+        .map(|reader| reader.metadata().file_metadata().num_rows() as u64))
 }
 
 /// Build the index of `day` from its partitions beside the old one and swap it in; (events

@@ -2460,10 +2460,7 @@ fn short_name_value_is_secret(name: &str, secret: &str) -> bool {
         !digits_only && (looks_generated(secret) || symbols)
     } else if last_word_is("seed") {
         !digits_only && (looks_generated(secret) || secret.len() >= 16)
-    } else if ["otp", "totp", "hotp", "pin"]
-        .iter()
-        .any(|w| last_word_is(w))
-    {
+    } else if PIN_WORDS.iter().any(|w| last_word_is(w)) {
         secret.bytes().any(|b| b.is_ascii_digit())
     } else {
         true
@@ -2473,10 +2470,14 @@ fn short_name_value_is_secret(name: &str, secret: &str) -> bool {
 /// Whether `name` (a secret's name in text) calls its value a PIN or a one-time code, whose
 /// values look like no generated secret (`pin changed from 1234 to 5678`).
 fn names_a_pin(name: &str) -> bool {
-    ["pin", "otp", "totp", "hotp", "passcode"]
+    PIN_WORDS
         .iter()
+        .chain(&["passcode"])
         .any(|w| super::keys::ends_with_word(name, w))
 }
+
+/// The last words of names whose value is a PIN or a one-time code.
+const PIN_WORDS: &[&str] = &["otp", "totp", "hotp", "pin"];
 
 /// Whether the name at `name_start` is the `pin` of a version or a build (`Version pin
 /// changed from v1.2.3 to v1.2.4`, `dependency pin`): a pinned version, no PIN.

@@ -1056,9 +1056,6 @@ fn flags_a_secret_value(k: &str, v: &RawJson) -> bool {
     }
 }
 
-/// Whether `map` is the old or new value of a changed setting (`{"name": "OLD_VALUE", "value":
-/// ...}`, Google Workspace's parameters, name first): only its first member is read, as this
-/// is asked of every object in an array.
 /// Whether `items` starts with an object whose first key is `name` (Google Workspace's
 /// `parameters`): the cheap test before [`MaskWalk::setting_names_secret`].
 fn starts_with_named_pair(items: &sonic_rs::Array) -> bool {
@@ -1070,6 +1067,9 @@ fn starts_with_named_pair(items: &sonic_rs::Array) -> bool {
         .is_some_and(|(k, _)| k == "name")
 }
 
+/// Whether `map` is the old or new value of a changed setting (`{"name": "OLD_VALUE", "value":
+/// ...}`, Google Workspace's parameters, name first): only its first member is read, as this
+/// is asked of every object in an array.
 fn is_setting_value_pair(map: &sonic_rs::Object) -> bool {
     map.iter().next().is_some_and(|(k, v)| {
         k == "name"

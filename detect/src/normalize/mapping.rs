@@ -2,7 +2,7 @@
 //! a new SaaS source needs no Rust. The file format is documented in `detect/README.md`
 //! ("Writing a mapping"); [`MappingConfig`] is its schema.
 //!
-//! A mapping is compiled once ([`MappingConfig::build`]) into a [`MappingNormalizer`] whose paths
+//! A mapping is compiled once ([`MappingNormalizer::from_toml`]) into a [`MappingNormalizer`] whose paths
 //! are pre-split, so normalizing an event is a handful of map lookups and string compares.
 
 use std::collections::BTreeMap;
@@ -536,14 +536,6 @@ impl MappingConfig {
         toml::from_str(text).map_err(|e| DetectError::Config {
             path: origin.to_owned(),
             message: e.to_string(),
-        })
-    }
-
-    /// Validate and compile; `origin` names the file in errors.
-    pub fn build(&self, origin: &Path) -> Result<MappingNormalizer, DetectError> {
-        self.compile().map_err(|message| DetectError::Config {
-            path: origin.to_owned(),
-            message,
         })
     }
 

@@ -95,24 +95,8 @@ impl ValueHash {
     /// Lowercase text hashes as before folding, so keys of lowercase values in a snapshot
     /// written before still match.
     fn write_folded(&mut self, text: &str) {
-        let bytes = text.as_bytes();
-        if !bytes
-            .iter()
-            .any(|b| !b.is_ascii() || b.is_ascii_uppercase())
-        {
-            self.write(bytes);
-        } else if text.is_ascii() {
-            // SipHash over pieces is SipHash over their concatenation: no allocation.
-            let mut buf = [0u8; 64];
-            for chunk in bytes.chunks(buf.len()) {
-                let piece = &mut buf[..chunk.len()];
-                piece.copy_from_slice(chunk);
-                piece.make_ascii_lowercase();
-                self.write(piece);
-            }
-        } else {
-            self.write(text.to_lowercase().as_bytes());
-        }
+        // SipHash over pieces is SipHash over their concatenation.
+        crate::case_fold::write_case_folded(text, |piece| self.write(piece));
     }
 }
 

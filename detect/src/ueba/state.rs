@@ -27,16 +27,9 @@ impl EntityKey {
         let mut h = blake3::Hasher::new_keyed(key);
         h.update(tenant.as_bytes());
         h.update(&[0, kind_byte(kind), 0]);
-        if !value
-            .bytes()
-            .any(|b| !b.is_ascii() || b.is_ascii_uppercase())
-        {
-            h.update(value.as_bytes());
-        } else if value.is_ascii() {
-            h.update(value.to_ascii_lowercase().as_bytes());
-        } else {
-            h.update(value.to_lowercase().as_bytes());
-        }
+        crate::case_fold::write_case_folded(value, |piece| {
+            h.update(piece);
+        });
         let mut out = [0u8; 16];
         out.copy_from_slice(&h.finalize().as_bytes()[..16]);
         EntityKey(out)
