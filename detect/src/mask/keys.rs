@@ -196,6 +196,19 @@ const WHOLE_WORDS: &[&str] = &[
     "pepper",
     // A pre-shared key (`psk`, `wpa_psk`, an IPsec tunnel's `psk`; QA).
     "psk",
+    // PII by name (QA): a bank account's IBAN, a passport (`passport`, `passportNumber`; its
+    // `passportCountry` stays), a date of birth (`dob`, `date_of_birth`, `birthDate`), a
+    // driver's licence, a taxpayer id.
+    "iban",
+    "passport",
+    "dob",
+    "dateofbirth",
+    "birthdate",
+    "driverslicense",
+    "driverlicense",
+    "driverslicence",
+    "driverlicence",
+    "taxpayerid",
 ];
 
 /// Sensitive words (folded form) that name a secret only as the key's last word, after another
@@ -943,7 +956,7 @@ mod tests {
     }
 
     #[test]
-    fn national_and_tax_ids_are_sensitive_but_not_their_types() {
+    fn national_ids_and_other_pii_are_sensitive_but_not_their_types() {
         let m = matcher();
         for k in [
             "National_ID",
@@ -960,6 +973,20 @@ mod tests {
             "passportNo",
             "ssn_no",
             "ssnNumber",
+            "iban",
+            "IBAN",
+            "payee_iban",
+            "passport",
+            "dob",
+            "DOB",
+            "user_dob",
+            "date_of_birth",
+            "dateOfBirth",
+            "birthDate",
+            "drivers_license",
+            "driverLicenseNumber",
+            "taxpayer_id",
+            "taxpayerId",
         ] {
             assert!(m.is_sensitive(k), "{k} should be sensitive");
         }
@@ -976,6 +1003,13 @@ mod tests {
             "invoice_settings",
             "destination",
             "passportCountry",
+            "passport_expiry",
+            "caribbean",
+            "ibanValidated",
+            "dobby",
+            "adobe",
+            "birthdate_verified",
+            "driverLicenseState",
         ] {
             assert!(!m.is_sensitive(k), "{k} should not be sensitive");
         }

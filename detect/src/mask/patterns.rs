@@ -11,6 +11,7 @@
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine;
 use regex::Regex;
+use std::borrow::Cow;
 
 use super::config::PatternKind;
 use super::keys::KeyMatcher;
@@ -98,7 +99,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // separator (`password was X`, `secret set to X`, `password reset to X`), accepted only
         // before a value that looks generated; it is empty for a password word followed by its
         // value (`with password Hunter2x`). The name may be qualified by whom it is for
-        // (`password for bob: X`, `the password for svc_deploy is X`), which makes it prose too.
+        // (`password for bob: X`, `the password for svc_deploy is X`), which makes it prose too,
+        // in up to four words before `:`, `is` or `was` (`password for the service account is
+        // X`; QA). Other languages' `is` count as `is` (`la contraseña es X`, `Passwort ist X`).
         // A change of the value names its old value first (`password changed from X to Y`,
         // `passcode updated: 'X' -> 'Y'`): taken only with the new value after it, which `find`
         // masks too (`change_new_value`).
@@ -116,7 +119,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // key="DbPassword" value="x" />`. A name may be two words of a label (`API key: x`,
         // `Private key: x`, `seed phrase: ...`); LDIF writes base64 values after `::`.
         regex: concat!(
-            r#"((?-u:\b)(?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|(?-u:\b)[A-Za-z0-9_.-]{2,80}|(?i:пароль|contraseña|密码|密碼|パスワード|暗証番号|비밀번호|hasło|şifre|jelszó|κωδικός|סיסמה))(?:(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=：])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|is|was|to)\s+)?))"#,
+            r#"((?-u:\b)(?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|(?i:пароль|contraseña|密码|密碼|パスワード|暗証番号|비밀번호|hasło|şifre|jelszó|κωδικός|סיסמה|mot[ \t]+de[ \t]+passe)|(?-u:\b)[A-Za-z0-9_.-]{2,80})(?:\s+(?i:for)(?:\s+[A-Za-z0-9_.@+-]{1,80}){2,4}?(?:[ \t]*[:：][ \t]*|\s+(?i:is|was)\s+)|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=：])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|is|was|to|es|est|ist|è|é|är|er|jest)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -186,6 +189,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // (and `password` in other scripts and languages, the key rule's
             // `OTHER_SCRIPT_PASSWORD_WORDS`, added in `Patterns::new`)
             "mot_de_passe",
+            "mot de passe",
             // Key words the key matcher has that occur in text as `name=value` too (`cvv=`,
             // `SENTRY_DSN=`); the short ones only with a separator after them, since `pin`,
             // `otp` and `seed` are inside common words (`shipping`).
@@ -555,7 +559,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // `--seed random`), after the other names any word.
         regex: concat!(
             r#"(?:(?:^|[\s"'`(\[/])(?:(?:-u\s+|--user(?:\s+|=)|--proxy-user(?:\s+|=))['"]?[^\s:'"]+:([^\s'"]+)"#,
-            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|cvv|token|secret|api-key|client-secret|access-token|auth-token|api-token|api-secret)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
+            r#"|--(?i:password|passwd|passphrase|pass|pw|pin|otp|cvv|token|secret|api-key|client-secret|access-token|auth-token|api-token|api-secret|account-key|sas-token)\s+(?:\\*['"])?([^\s'"-][^\s'"]*)"#,
             r#"|(?:(?:sshpass|(?:docker|podman|nerdctl)\s+login|(?i:sqlcmd|bcp)(?:\.exe)?)\s(?:.*\s)?-[pP]|(?i:redis-cli)(?:\.exe)?\s(?:[^;|&\n]*\s)?-a\s)\s*['"]?([^\s'"-][^\s'"]*)"#,
             r#"|-pass(?:in|out)?\s+['"]?pass:(?:'([^']*)'|"([^"]*)"|([^\s'"]+))))"#,
             r#"|(?:^|[\s\\/"'`=(\[|;&])(?:(?i:mysql(?:dump|admin|import|check|show|pump|slap)?|mariadb(?:-(?:dump|admin|import|check|show|slap))?)\s(?:.*\s)?-p([^\s'"]+)"#,
@@ -626,11 +630,39 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // after other options of sudo's own), `echo <password> | docker login -u ci
             // --password-stdin` (podman, nerdctl, `helm registry login`, buildah, skopeo, oras).
             r#"|(?:echo|printf)\s+(?:-[en]+\s+)?['"]?([^\s'"|$-][^\s'"|]*)['"]?\s*\|\s*(?:(?:/usr/bin/)?sudo(?:\s+(?:--[a-z-]+(?:=\S+|\s+[^\s-]\S*)?|-[A-RT-Za-z]*[CDghpRrTUu]\s+[^\s-]\S*|-[A-RT-Za-z]+))*\s+(?:-[A-Za-z]*S[A-Za-z]*|--stdin)(?:\s|$)|(?i:docker|podman|nerdctl|helm|buildah|skopeo|oras)(?:\.exe)?\s(?:[^|;&\n]*\s)?login\s(?:[^|;&\n]*\s)?--password-stdin(?:[\s;&|)"'`]|$))"#,
+            // QA, more commands (`OPTION_ALONE_GROUPS` checks the program of the options
+            // alone). Groups 60-62: `ssh-keygen`'s old and new passphrases, `-P` and `-N` (an
+            // empty `-N ''` is none); 63: `rman`'s second credential (`target u/p@db catalog
+            // u/<password>@cat`); 64-66: a PowerShell cmdlet's `-Password` (and `-Secret`,
+            // `-ClientSecret`, `-AccessToken`, `-ApiKey`, `-Token`; not a `$variable` nor a
+            // `(subexpression)`); 67-69: `setx <name> <value>` and 70-72:
+            // `[Environment]::SetEnvironmentVariable("<name>", "<value>")`, when the name is
+            // sensitive (`DB_PASSWORD`); 73: Go's MySQL driver DSN, `user:<password>@tcp(host)`
+            // (`unix(`, `udp(`); 74: Cisco's `crypto isakmp key <psk>`; 75-76: `username <name>
+            // [privilege N] secret|password [type] <secret>` and 77-78: `enable secret|password
+            // [level N] [type] <secret>` (a type digit, or a word that is no lower-case prose);
+            // 79: `snmp-server community <string>`; 80: `pre-shared-key [local|remote] [type]
+            // <key>` and `key-string [type] <key>`; 81: `vault login <token>` and `vault token
+            // lookup|revoke|renew|capabilities <token>` (a token of 20 characters or more; `s.`
+            // tokens of Vault before 1.10 have no prefix a vendor pattern knows).
+            r#"|(?:^|\s)-[PN]\s+(?:'([^']*)'|"([^"]*)"|([^\s'"-][^\s'"]*))"#,
+            r#"|(?:^|\s)(?i:catalog|auxiliary)\s+['"]?[^\s/@'"=]+/([^\s@/'"]+)"#,
+            r#"|(?:^|[\s(])-(?i:password|secret|clientsecret|accesstoken|apikey|token)\s+(?:'([^']*)'|"([^"]*)"|([^\s'"$(@-][^\s'"),]*))"#,
+            r#"|(?i:setx)(?:\.exe)?\s+(?:/[A-Za-z]+\s+)*"?([A-Za-z_][A-Za-z0-9_.-]*)"?\s+(?:"([^"]*)"|([^\s"/][^\s"]*))"#,
+            r#"|(?i:setenvironmentvariable)\(\s*["']([^"']+)["']\s*,\s*(?:"([^"]*)"|'([^']*)')"#,
+            r#"|(?:^|[\s"'=(\[`])[^\s:@/"'(\[`=]+:([^\s@"'/]+)@(?:tcp|unix|udp)\("#,
+            r#"|(?i:crypto\s+isakmp\s+key)\s+(?:[06]\s+)?(\S+)"#,
+            r#"|(?i:username)\s+\S+\s+(?i:privilege\s+[0-9]+\s+)?(?i:secret|password)\s+(?:([0-9])\s+)?(\S+)"#,
+            r#"|(?i:enable\s+(?:secret|password))\s+(?i:level\s+[0-9]+\s+)?(?:([0-9])\s+)?(\S+)"#,
+            r#"|(?i:snmp-server\s+community)\s+(\S+)"#,
+            r#"|(?i:pre-shared-key(?:\s+(?:local|remote))?|key-string)\s+(?:[0-9]\s+)?(\S+)"#,
+            r#"|(?i:vault)(?:\.exe)?\s+(?i:login|token\s+(?:lookup|revoke|renew|capabilities))(?:\s+-\S+)*\s+([^\s'"=-][^\s'"=]{19,})"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
             27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
-            49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
+            49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 68, 69, 71, 72,
+            73, 74, 76, 78, 79, 80, 81,
         ],
         anchors: &[
             "-u ",
@@ -661,6 +693,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "--auth-token",
             "--api-token",
             "--api-secret",
+            // Azure CLI's storage key and SAS token (`az storage ... --account-key <key>`).
+            "--account-key",
+            "--sas-token",
             "psexec",
             "paexec",
             "mongo",
@@ -741,6 +776,26 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "rman",
             "userid=",
             "jdbc:oracle:",
+            "ssh-keygen",
+            "-password",
+            "-secret",
+            "-clientsecret",
+            "-accesstoken",
+            "-apikey",
+            "-token",
+            "setx",
+            "setenvironmentvariable",
+            "@tcp(",
+            "@unix(",
+            "@udp(",
+            "isakmp",
+            "username",
+            "enable secret",
+            "enable password",
+            "snmp-server",
+            "pre-shared-key",
+            "key-string",
+            "vault",
         ],
     },
     PatternSpec {
@@ -1161,9 +1216,27 @@ impl Patterns {
                 PatternKind::SecretAssignment => super::keys::OTHER_SCRIPT_PASSWORD_WORDS,
                 _ => &[],
             };
-            let spec_anchors = spec.anchors.iter().chain(other_script_names);
-            for a in spec_anchors.filter(|_| usable & bit(spec.kind) != 0) {
-                anchors.push(*a);
+            let spec_anchors = spec.anchors.iter().copied().map(Cow::Borrowed);
+            // The prefilter folds ASCII letters only: the other scripts' words also as a
+            // sentence or a label starts them, and in capitals (`Пароль:`, `ПАРОЛЬ:`; QA).
+            let other_script_anchors = other_script_names.iter().flat_map(|w| {
+                let mut capitalized = w.chars();
+                let capitalized = capitalized
+                    .next()
+                    .map(|c| c.to_uppercase().chain(capitalized).collect::<String>());
+                let mut forms = vec![Cow::Borrowed(*w)];
+                for form in capitalized.into_iter().chain([w.to_uppercase()]) {
+                    if !forms.contains(&Cow::Owned(form.clone())) {
+                        forms.push(Cow::Owned(form));
+                    }
+                }
+                forms
+            });
+            for a in spec_anchors
+                .chain(other_script_anchors)
+                .filter(|_| usable & bit(spec.kind) != 0)
+            {
+                anchors.push(a);
                 anchor_kind.push(spec.kind);
             }
             regexes.push(Regex::new(spec.regex).map_err(|e| {
@@ -1174,13 +1247,13 @@ impl Patterns {
             .kind(Some(AhoCorasickKind::DFA))
             .match_kind(MatchKind::Standard)
             .ascii_case_insensitive(true)
-            .build(&anchors)
+            .build(anchors.iter().map(|a| a.as_bytes()))
             .map_err(|e| DetectError::Other(format!("building the pattern prefilter: {e}")))?;
         let min_anchor_len = anchors.iter().map(|a| a.len()).min().unwrap_or(usize::MAX);
         // A URL's credentials need an `@` after the anchor `://`, which is id-shaped.
         let id_shape_skip = anchors.iter().zip(&anchor_kind).all(|(a, kind)| {
             *kind == PatternKind::UrlCredentials
-                || ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL.contains(a)
+                || ID_SHAPED_ANCHORS_WITH_RANDOM_TAIL.contains(&a.as_ref())
                 || a.bytes().any(|b| {
                     !ID_SHAPED[usize::from(b.to_ascii_lowercase())]
                         && !ID_SHAPED[usize::from(b.to_ascii_uppercase())]
@@ -2405,7 +2478,7 @@ const RABBITMQ_PASSWORD_GROUP: usize = 51;
 
 /// The groups of the `CliCredentials` pattern that are an option alone, `-H <NTLM hash>` and
 /// `-s <new password>`, with the programs that must run it (checked by [`runs_before`]).
-const OPTION_ALONE_GROUPS: [(usize, &[&str]); 2] = [
+const OPTION_ALONE_GROUPS: [(usize, &[&str]); 6] = [
     (
         48,
         &[
@@ -2418,7 +2491,21 @@ const OPTION_ALONE_GROUPS: [(usize, &[&str]); 2] = [
         ],
     ),
     (52, &["ldappasswd"]),
+    (60, &["ssh-keygen"]),
+    (61, &["ssh-keygen"]),
+    (62, &["ssh-keygen"]),
+    (63, &["rman"]),
 ];
+
+/// The groups of the `CliCredentials` pattern that are the name given a value by `setx` and
+/// `SetEnvironmentVariable`: the value is a secret only under a sensitive name.
+const VARIABLE_NAME_GROUPS: [usize; 2] = [67, 70];
+
+/// The groups of the `CliCredentials` pattern that are a bare value which prose could hold too
+/// (`use the -Password option`, `enable password protection`), with the group of the type digit
+/// that makes a network device's line a configuration (`secret 0 x`), if any.
+const PROSE_LIKE_VALUE_GROUPS: [(usize, Option<usize>); 4] =
+    [(66, None), (76, Some(75)), (78, Some(77)), (80, None)];
 
 /// Whether one of `programs` runs the command that `start` is in: named before it, with no
 /// command separator (`;`, `|`, `&`, a line break) between, within 1 KiB.
@@ -2434,6 +2521,11 @@ fn runs_before(text: &str, start: usize, programs: &[&str]) -> bool {
     command
         .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '(' | '['))
         .any(|word| runs_one_of(word.trim_end_matches(".py"), programs))
+}
+
+/// Whether `secret` is a plain lower-case word (`option`, `protection`), as prose has them.
+fn is_lower_case_word(secret: &str) -> bool {
+    secret.bytes().all(|b| b.is_ascii_lowercase())
 }
 
 /// The group of the `CliCredentials` pattern that is the bare password of `net user`.
@@ -3235,6 +3327,9 @@ fn name_byte(b: &u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
 }
 
+/// `password` in French, a name of three words.
+const MOT_DE_PASSE: &[u8] = b"mot de passe";
+
 /// Whether the assignment pattern can find a secret in `text`: a sensitive name (per `keys`,
 /// as its verifier requires) right before `:`/`=` (after an optional escaped quote and spaces),
 /// or any prose word (`is`, `was`, `to`, `for`, ...), which the verifier then judges. Checked at every
@@ -3260,8 +3355,19 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
                     | [b'u', b'p']
                     | [b't', b'o']
                     | [b'f', b'o']
+                    // Other languages' `is` (`es`, `est`, `ist`, `er`, `jest`).
+                    | [b'e', b's']
+                    | [b'e', b'r']
+                    | [b'j', b'e']
             )
     }) {
+        return true;
+    }
+    // French names it in three words (`mot de passe : X`).
+    if text
+        .windows(MOT_DE_PASSE.len())
+        .any(|w| w.eq_ignore_ascii_case(MOT_DE_PASSE))
+    {
         return true;
     }
     // `password Hunter2x`: a password word, then whitespace.
@@ -3741,6 +3847,16 @@ fn verify(
             && OPTION_ALONE_GROUPS
                 .iter()
                 .all(|(group, programs)| caps.get(*group).is_none() || runs_before(text, start, programs))
+            // `setx PATH C:\bin`: only a variable named as a secret holds one.
+            && VARIABLE_NAME_GROUPS
+                .iter()
+                .filter_map(|g| caps.get(*g))
+                .all(|name| keys.is_sensitive(name.as_str()))
+            && PROSE_LIKE_VALUE_GROUPS.iter().all(|(group, type_digit)| {
+                caps.get(*group).is_none()
+                    || type_digit.is_some_and(|t| caps.get(t).is_some())
+                    || !is_lower_case_word(secret)
+            })
             // `hydra ... -p 22` in prose is a port; `rabbitmqctl add_user command requires a
             // password` is a sentence.
             && (caps.get(TOOLS_PASSWORD_GROUP).is_none()
@@ -4162,7 +4278,7 @@ fn looks_generated(s: &str) -> bool {
 }
 
 /// `Basic` credentials are base64 of printable `user:password`.
-fn is_basic_credential(s: &str) -> bool {
+pub(crate) fn is_basic_credential(s: &str) -> bool {
     let trimmed = s.trim_end_matches('=');
     base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(trimmed)
@@ -4438,6 +4554,110 @@ mod tests {
             "echo 'svc:$NEW_PW' | chpasswd",
             "echo $PW | passwd --stdin svc",
             "redis-cli -h cache ping",
+        ] {
+            none_of(CliCredentials, clean);
+        }
+    }
+
+    #[test]
+    fn passwords_of_key_tools_cmdlets_variables_dsns_and_network_configs_are_masked() {
+        use PatternKind::CliCredentials;
+        // QA: each of these was let through. A line with two secrets lists both.
+        for (text, secrets) in [
+            (
+                "ssh-keygen -p -f id_rsa -P Zebra9Old -N Zebra9New",
+                &["Zebra9Old", "Zebra9New"][..],
+            ),
+            (
+                "ssh-keygen -t ed25519 -N 'Zebra9 New' -f k",
+                &["Zebra9 New"],
+            ),
+            (
+                "rman target sys/Zebra9Tgt@db catalog rco/Zebra9Cat@cat",
+                &["Zebra9Tgt", "Zebra9Cat"],
+            ),
+            (
+                "Invoke-Sqlcmd -ServerInstance db -Username sa -Password 'Zebra9 Kettle'",
+                &["Zebra9 Kettle"],
+            ),
+            (
+                "Connect-ExchangeOnline -UserPrincipalName a@b.c -Password Zebra9Kettle",
+                &["Zebra9Kettle"],
+            ),
+            (
+                "New-Thing -Name x -ClientSecret \"Zebra9Kettle\"",
+                &["Zebra9Kettle"],
+            ),
+            ("setx DB_PASSWORD Zebra9Kettle /M", &["Zebra9Kettle"]),
+            (
+                "setx /M \"API_TOKEN\" \"Zebra9 Kettle\"",
+                &["Zebra9 Kettle"],
+            ),
+            (
+                r#"[Environment]::SetEnvironmentVariable("DB_PASSWORD", "Zebra9Kettle", "Machine")"#,
+                &["Zebra9Kettle"],
+            ),
+            (
+                "az storage container create --account-key Zebra9KettleAbc== -n c",
+                &["Zebra9KettleAbc=="],
+            ),
+            (
+                "az storage blob list --sas-token sv=2024&sig=Zebra9Kettle",
+                &["sv=2024&sig=Zebra9Kettle"],
+            ),
+            (
+                r#"Error 1045: dsn "app:Zebra9Kettle@unix(/tmp/mysql.sock)/db""#,
+                &["Zebra9Kettle"],
+            ),
+            (
+                "panic: failed with DSN app:Zebra9Kettle@tcp(db:3306)/app",
+                &["Zebra9Kettle"],
+            ),
+            (
+                "crypto isakmp key Zebra9Kettle address 0.0.0.0",
+                &["Zebra9Kettle"],
+            ),
+            (
+                "username admin privilege 15 secret 0 Zebra9Kettle",
+                &["Zebra9Kettle"],
+            ),
+            ("username ops password 7 0822455D0A16", &["0822455D0A16"]),
+            (
+                "enable secret 5 $1$mERr$Zebra9Kettle",
+                &["$1$mERr$Zebra9Kettle"],
+            ),
+            ("snmp-server community Zebra9Kettle RW", &["Zebra9Kettle"]),
+            (" ikev1 pre-shared-key Zebra9Kettle", &["Zebra9Kettle"]),
+            (
+                "vault login s.Zebra9KettleAbCdEfGhIjKlMn",
+                &["s.Zebra9KettleAbCdEfGhIjKlMn"],
+            ),
+            (
+                "vault token lookup -format=json s.Zebra9KettleAbCdEfGhIjKlMn",
+                &["s.Zebra9KettleAbCdEfGhIjKlMn"],
+            ),
+        ] {
+            for secret in secrets {
+                one(text, CliCredentials, secret);
+            }
+        }
+        for clean in [
+            "ssh-keygen -t ed25519 -N '' -f k",
+            "rsync -P -a src/ dst/",
+            "mysql -h db -P 3306 -u app",
+            "rman target /",
+            "select * from catalog",
+            "Invoke-Sqlcmd -Password $env:SQL_PW",
+            "New-Thing -Password (Get-Secret db)",
+            "use the -password option",
+            "setx PATH C:\\bin /M",
+            r#"[Environment]::SetEnvironmentVariable("PATH", "C:\bin", "User")"#,
+            "connecting to db:3306 over tcp(4)",
+            "username bob password reset requested",
+            "enable password protection",
+            "snmp-server community",
+            "vault login -method=oidc",
+            "vault token lookup",
         ] {
             none_of(CliCredentials, clean);
         }

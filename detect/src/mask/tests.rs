@@ -1339,6 +1339,15 @@ fn passwords_in_sentences_are_masked_and_sentences_about_them_are_not() {
             "the password was set to Zebra9Kettle42 by admin",
             "the password was set to [REDACTED:secret_assignment] by admin",
         ),
+        // QA: more than one word for whom.
+        (
+            "The new password for the service account is Svc12Welcome!",
+            "The new password for the service account is [REDACTED:secret_assignment]",
+        ),
+        (
+            "temporary password for new hire: Welcome2024#",
+            "temporary password for new hire: [REDACTED:secret_assignment]",
+        ),
     ] {
         let masked = m.mask_text(text);
         assert_eq!(masked, want, "{text}");
@@ -1351,6 +1360,9 @@ fn passwords_in_sentences_are_masked_and_sentences_about_them_are_not() {
         "token for github: revoked",
         "sent the token to server01x",
         "password for bob Zebra9Kettle42",
+        "the password for the new account is incorrect",
+        "password for the shared mailbox was reset by admin",
+        "password for new hires: see the onboarding page",
     ] {
         assert_eq!(m.mask_text(clean), clean);
     }
@@ -4362,6 +4374,37 @@ fn secrets_of_the_third_qa_pass_are_masked() {
     assert_eq!(v, clean);
 }
 
+/// QA: a container registry login's `auth` (base64 of `user:password`, as Docker's
+/// `config.json` keeps it) and PII by its key name (IBAN, passport, date of birth, driver's
+/// licence, taxpayer id) were kept; an `auth` that names a method, and settings of such PII,
+/// stay.
+#[test]
+fn registry_logins_and_pii_by_key_name_are_masked() {
+    let m = masker();
+    let mut v = json!({
+        "auths": {"registry.example.com": {"auth": "dXNlcjpLZXlBdXRoMTI="}},
+        "profile": {"iban": "DE89370400440532013000", "dob": "1990-01-01",
+                    "date_of_birth": "1990-01-02", "birthDate": "1990-01-03",
+                    "passport": "X1234567", "drivers_license": "D1234567",
+                    "taxpayer_id": "12-3456789",
+                    "passportCountry": "DE", "auth": "saml"},
+    });
+    m.mask_value(&mut v);
+    let text = v.to_string();
+    for leaked in [
+        "dXNlcjpLZXlBdXRoMTI",
+        "DE8937",
+        "1990-01-0",
+        "X1234567",
+        "D1234567",
+        "3456789",
+    ] {
+        assert!(!text.contains(leaked), "{leaked}: {text}");
+    }
+    assert_eq!(v["profile"]["passportCountry"], "DE");
+    assert_eq!(v["profile"]["auth"], "saml");
+}
+
 /// Text shapes of the third QA pass: labels of two words, a seed phrase in prose, a whole
 /// `Cookie:` line, XML's `key=`/`value=` pair, LDIF's base64 `::`, and the command lines of
 /// admin and attack tools.
@@ -4757,12 +4800,25 @@ fn password_names_in_other_scripts_mask_their_value_in_text() {
         ("비밀번호: kor2024pass", "kor2024pass"),
         ("hasło: Polska2024pl", "Polska2024pl"),
         ("şifre: Ankara2024tr", "Ankara2024tr"),
+        // QA: capitals (the prefilter folds ASCII only), prose in the language, a name of
+        // three words.
+        ("Пароль: Xyz12345abc", "Xyz12345abc"),
+        ("ПАРОЛЬ: Xyz12345abd", "Xyz12345abd"),
+        ("la contraseña es Gato2024miau", "Gato2024miau"),
+        ("la password è Roma2024it", "Roma2024it"),
+        ("Das Passwort ist Berlin2024de", "Berlin2024de"),
+        ("mot de passe : Soleil2024zz", "Soleil2024zz"),
     ] {
         let masked = m.mask_text(text);
         assert!(!masked.contains(secret), "{text} -> {masked}");
     }
-    for kept in ["пароль изменён", "Сброс пароля выполнен", "密码已更改"]
-    {
+    for kept in [
+        "пароль изменён",
+        "Сброс пароля выполнен",
+        "密码已更改",
+        "la contraseña es incorrecta",
+        "Das Passwort ist abgelaufen",
+    ] {
         assert_eq!(m.mask_text(kept), kept);
     }
 }

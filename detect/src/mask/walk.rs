@@ -385,7 +385,9 @@ impl<'a> MaskWalk<'a> {
                         && !text.is_some_and(is_status_word)
                         && *pair_is_secret.get_or_insert_with(|| w.pair_is_secret(map, enabled)))
                         || (rule.action != FieldAction::Keep
-                            && (is_jwk_private_member(key) || is_kubernetes_secret_data(key))
+                            && (is_jwk_private_member(key)
+                                || is_kubernetes_secret_data(key)
+                                || key == "auth")
                             && is_secret_member_of_record(map, key))
                     {
                         w.force_leaves(child, m.key_action, "key");
@@ -1096,11 +1098,19 @@ fn is_scalar_or_scalars(view: &ValueRef<'_>) -> bool {
 /// Whether the member `key` of `map` is secret by what the object is, whatever its name: a
 /// JSON Web Key's private parts (`d` of an EC or OKP key, `d`, `p`, `q`, `dp`, `dq`, `qi` of an
 /// RSA key, `k` of a symmetric one; its public ones, `x`, `y`, `n`, `e`, `kid`, stay), or a
-/// Kubernetes Secret's `data`/`stringData` (in an audit event's request or response body).
+/// Kubernetes Secret's `data`/`stringData` (in an audit event's request or response body), or
+/// a registry login's `auth`.
 /// Out of line: the per-key closure of the walk is hot, and rare keys only call this.
 #[inline(never)]
 fn is_secret_member_of_record(map: &sonic_rs::Object, key: &str) -> bool {
-    if is_kubernetes_secret_data(key) {
+    if key == "auth" {
+        // A container registry login as Docker's `config.json` (`auths.<registry>.auth`) and
+        // Podman's `auth.json` keep it: base64 of `user:password` (QA). Other `auth` members
+        // name a method (`"auth": "saml"`) and stay.
+        map.get(&"auth")
+            .and_then(|v| v.as_str())
+            .is_some_and(super::patterns::is_basic_credential)
+    } else if is_kubernetes_secret_data(key) {
         map.get(&"kind").and_then(|k| k.as_str()) == Some("Secret")
     } else {
         map.get(&"kty").is_some()
