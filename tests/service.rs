@@ -2533,6 +2533,24 @@ fn an_open_correlation_window_survives_a_restart() {
         "a clear group-by value: {text}"
     );
     let svc = start(&cfg);
+    // The restored window shows in the metrics before any batch (QA: the series were absent
+    // until the first one).
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut metrics = svc.metrics();
+    while !metrics
+        .lines()
+        .any(|l| l == "perimeter_correlation_open_windows 1")
+        && std::time::Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        metrics = svc.metrics();
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "perimeter_correlation_open_windows 1"),
+        "{metrics}"
+    );
     let ack = ingest(&svc, 401);
     assert_eq!(
         ack["alerts"], 1,

@@ -635,8 +635,11 @@ impl Pipeline {
         self.drain_alerts(out);
     }
 
-    /// Publish per-batch counters (cheap: once per batch, not per event).
-    pub fn publish_metrics(&mut self, source: &str, out: &PipelineOutput) {
+    /// Publish the detection state's gauges and counters (open correlation windows, tracked
+    /// entities, evictions, late events): once per batch, and at the start, so that a service
+    /// that restored its state shows it before the first batch (QA: the series were absent
+    /// until then, which alerting rules read as "no data").
+    pub fn publish_state_metrics(&mut self) {
         let m = &self.metrics;
         // Events that came later than the allowed lateness of their stream are left out of
         // correlations: missed detections an on-call engineer must be able to see.
@@ -693,6 +696,12 @@ impl Pipeline {
                 capacity_reported,
             );
         }
+    }
+
+    /// Publish per-batch counters (cheap: once per batch, not per event).
+    pub fn publish_metrics(&mut self, source: &str, out: &PipelineOutput) {
+        self.publish_state_metrics();
+        let m = &self.metrics;
         m.inc(
             "events_received_total",
             &[("source", source)],

@@ -115,6 +115,7 @@ pub fn spawn_pipeline_worker(
     std::thread::Builder::new()
         .name("pipeline".into())
         .spawn(move || {
+            pipeline.publish_state_metrics();
             let mut out = PipelineOutput::default();
             // Alerts of batches the store failed to write. The source resends those events,
             // but the detectors already counted them and the replay window passes them on
