@@ -220,6 +220,8 @@ pub struct Pipeline {
     dated_ahead_reported: u64,
     /// UEBA's (idle, at capacity) evicted-entity counts already added to the metrics.
     ueba_evicted_reported: (u64, u64),
+    /// The replayed-event count already added to the metrics.
+    replayed_reported: u64,
 }
 
 impl Pipeline {
@@ -246,6 +248,7 @@ impl Pipeline {
             corr_evicted_reported: 0,
             dated_ahead_reported: 0,
             ueba_evicted_reported: (0, 0),
+            replayed_reported: 0,
         }
     }
 
@@ -702,11 +705,18 @@ impl Pipeline {
     pub fn publish_metrics(&mut self, source: &str, out: &PipelineOutput) {
         self.publish_state_metrics();
         let m = &self.metrics;
+        // Events seen again within the replay window (a client's resend, a spool file retried
+        // while the store failed) were counted when first received (QA: each retry counted a
+        // file's records again): counted apart, as what they are.
+        let replayed = self.stats.replayed.saturating_sub(self.replayed_reported);
+        self.replayed_reported = self.stats.replayed;
+        let replayed = replayed.min(out.events.len() as u64);
         m.inc(
             "events_received_total",
             &[("source", source)],
-            out.events.len() as u64,
+            out.events.len() as u64 - replayed,
         );
+        m.inc("events_replayed_total", &[("source", source)], replayed);
         // A vendor that changes its format (a field renamed) makes normalization come out empty
         // and the rules and baselines on those fields go quiet without an error: counted per
         // source, the share of events with no actor or no action shows the drift. (Sources read
@@ -1335,6 +1345,31 @@ mod tests {
             p.process_value("okta", tenant, None, record("a@x.io"), Utc::now(), &mut out);
         }
         assert_eq!((out.alerts.len(), p.stats().replayed), (2, 1));
+    }
+
+    /// QA: a batch sent again (a spool file retried while the store failed) counted its records
+    /// as received again each time; they are counted as replayed.
+    #[test]
+    fn a_resent_batch_is_counted_as_replayed_not_received_again() {
+        let metrics = Arc::new(Metrics::new());
+        let mut p = pipeline_with(metrics.clone());
+        let record = |user: &str| {
+            sonic_rs::json!({"eventType": "user.session.start", "published": "2026-11-24T10:00:00Z",
+                "outcome": {"result": "FAILURE"}, "actor": {"alternateId": user}})
+        };
+        let mut send = |users: &[&str]| {
+            let mut out = PipelineOutput::default();
+            for user in users {
+                p.process_value("okta", "t", None, record(user), Utc::now(), &mut out);
+            }
+            p.publish_metrics("okta", &out);
+            out.events.len()
+        };
+        assert_eq!(send(&["a@x.io", "b@x.io"]), 2);
+        assert_eq!(send(&["a@x.io", "b@x.io", "c@x.io"]), 3);
+        let okta = [("source", "okta")];
+        assert_eq!(metrics.counter("events_received_total", &okta), 3);
+        assert_eq!(metrics.counter("events_replayed_total", &okta), 2);
     }
 
     #[test]

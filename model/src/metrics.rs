@@ -197,7 +197,12 @@ pub fn push_header(out: &mut String, name: &str, kind: &str) {
 /// series the service exports has one; the query-api README describes them at length.
 fn help_of(name: &str) -> Option<&'static str> {
     Some(match name {
-        "events_received_total" => "Records received, per source.",
+        "events_received_total" => {
+            "Records received, per source (new events only: a resend is counted as replayed)."
+        }
+        "events_replayed_total" => {
+            "Records received again within the replay window (a resend, a retried file), per source: stored if missing, not detected again."
+        }
         "events_stored_total" => "Events stored, per source (new events only, not replays).",
         "dead_letters_total" => {
             "Inputs stored as dead letters (unusable lines, records no normalizer takes)."
