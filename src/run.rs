@@ -1327,6 +1327,13 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
         Arc::new(outbox),
         undelivered,
     );
+    notifier.requeue_intended(|tenant, id| match store.get_alert(tenant, id) {
+        Ok(found) => found.map(|record| record.alert),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading an alert to queue for delivery failed; it is not sent");
+            None
+        }
+    });
     let silence = perimeter_detect::silence::SourceSilence::new(&config.silence);
     // Up to this many submissions wait for the worker, which stores those waiting together
     // (one commit): many concurrent senders of small batches (webhooks) make larger groups.

@@ -28,7 +28,7 @@ use perimeter_model::{Alert, Metrics, Severity};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::outbox::{DeliveryOutbox, PendingBatch};
+use crate::outbox::{AlertRef, DeliveryOutbox, PendingBatch};
 
 /// Tries per batch and destination in one round (the first one included).
 pub const MAX_ATTEMPTS: u32 = 4;
@@ -465,6 +465,58 @@ impl AlertNotifier {
             outbox,
             metrics,
         }
+    }
+
+    /// Note the alerts a batch about to be stored may send (those of tenants with
+    /// destinations), so that a crash between the store's commit and their queueing does not
+    /// lose them (see [`crate::outbox`]). Whether a note was written: if so, call
+    /// [`Self::intent_met`] once they are queued.
+    pub fn intend<'a>(&self, alerts: impl IntoIterator<Item = &'a Alert>) -> bool {
+        let refs: Vec<AlertRef> = alerts
+            .into_iter()
+            .filter(|a| self.destinations.has_any(&a.tenant))
+            .map(|a| AlertRef {
+                tenant: a.tenant.clone(),
+                id: a.id.clone(),
+            })
+            .collect();
+        if refs.is_empty() {
+            return false;
+        }
+        match self.outbox.note_intent(&refs) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the alert delivery intent could not be written; a crash before these alerts are queued would lose their delivery");
+                false
+            }
+        }
+    }
+
+    /// The alerts of the last [`Self::intend`] were queued.
+    pub fn intent_met(&self) {
+        self.outbox.clear_intent();
+    }
+
+    /// At the start: queue the alerts a previous run noted ([`Self::intend`]) but did not
+    /// queue, found through `stored` (the store's alert by tenant and id; an alert the store
+    /// does not have was not stored, or was counted into an earlier one, and is not sent). How
+    /// many were queued.
+    pub fn requeue_intended(&self, stored: impl Fn(&str, &str) -> Option<Alert>) -> usize {
+        let found: Vec<Alert> = self
+            .outbox
+            .intended_unqueued()
+            .iter()
+            .filter_map(|r| stored(&r.tenant, &r.id))
+            .collect();
+        if !found.is_empty() {
+            tracing::info!(
+                alerts = found.len(),
+                "queued for delivery the alerts stored just before the previous run stopped"
+            );
+            self.notify(&found);
+        }
+        self.outbox.clear_intent();
+        found.len()
     }
 
     /// Queue (masked) alerts, one batch per tenant they belong to that has destinations:
@@ -998,6 +1050,65 @@ mod tests {
             1,
             "{soar:?}"
         );
+    }
+
+    /// QA: a crash between the store's commit and the queueing of a batch's alerts lost their
+    /// delivery for good. The alerts noted before the commit are queued at the next start,
+    /// those the store has only.
+    #[test]
+    fn alerts_noted_before_a_crash_are_queued_at_the_next_start() {
+        let hook = super::webhook_receiver::WebhookReceiver::start(0);
+        let destinations = Arc::new(DestinationStore::in_memory());
+        destinations
+            .create("acme", "soar", &hook.url(), Severity::Low, "tok")
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let spawn = |pending| {
+            let (outbox, undelivered) = DeliveryOutbox::open_in(dir.path()).unwrap();
+            assert_eq!(undelivered.len(), pending);
+            AlertNotifier::spawn(
+                destinations.clone(),
+                Arc::new(Metrics::new()),
+                Duration::from_millis(1),
+                Arc::new(outbox),
+                undelivered,
+            )
+        };
+        runtime.block_on(async {
+            let notifier = spawn(0);
+            // Noted, then "stored", then the process dies before queueing them.
+            assert!(notifier.intend(&[test_alert("a1"), test_alert("a2")]));
+            // A tenant without destinations needs no note.
+            let mut other = test_alert("b1");
+            other.tenant = "globex".into();
+            assert!(!notifier.intend(&[other]));
+        });
+        assert!(dir.path().join("outbox/intent.json").exists());
+        runtime.block_on(async {
+            let notifier = spawn(0);
+            // a2 was counted into an earlier alert: the store has no alert of that id.
+            let queued = notifier.requeue_intended(|tenant, id| {
+                (tenant == "acme" && id == "a1").then(|| test_alert("a1"))
+            });
+            assert_eq!(queued, 1);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while hook.bodies().is_empty() {
+                assert!(std::time::Instant::now() < deadline, "never delivered");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let body: serde_json::Value = serde_json::from_str(&hook.bodies()[0]).unwrap();
+        assert_eq!(body["alerts"].as_array().unwrap().len(), 1, "{body}");
+        assert_eq!(body["alerts"][0]["id"], "a1", "{body}");
+        assert!(!dir.path().join("outbox/intent.json").exists());
+        // Queued and met: nothing is noted any more, so the next start queues nothing again.
+        runtime.block_on(async {
+            let notifier = spawn(0);
+            assert!(notifier.intend(&[test_alert("a3")]));
+            notifier.intent_met();
+            assert_eq!(notifier.requeue_intended(|_, _| Some(test_alert("a3"))), 0);
+        });
     }
 
     /// A batch the healthy destination took while another was down goes, after a restart, to

@@ -16,6 +16,15 @@
 //! rewritten with only its pending batches at open and whenever it holds
 //! [`REWRITE_AFTER_RECORDS`] records of finished batches; it is truncated whenever none of the
 //! tenant's batches is pending.
+//!
+//! What a batch brings is known only once the store has it (which alerts are new, which were
+//! counted into an earlier one), so its alerts are queued right after the store's commit. A
+//! crash between the two would lose them for good (QA: the input, sent again, is a duplicate
+//! and raises nothing), so before the commit the alerts' tenants and ids are written to
+//! `outbox/intent.json` (fsynced), and removed once queued. At the next start, the alerts an
+//! intent names that the store has and the outbox does not are queued again
+//! ([`AlertNotifier::requeue_intended`](crate::destinations::AlertNotifier::requeue_intended)):
+//! at least once, as the rest of delivery.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -272,6 +281,95 @@ impl DeliveryOutbox {
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
     }
+
+    /// Note, durably, the alerts about to be stored (tenant and id), to queue them again should
+    /// the process die between the store's commit and [`Self::queue`]. Nothing for an empty
+    /// list or an outbox in memory.
+    pub fn note_intent(&self, alerts: &[AlertRef]) -> std::io::Result<()> {
+        let inner = self.lock();
+        let Some(dir) = &inner.dir else {
+            return Ok(());
+        };
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let text = serde_json::to_vec(&Intent {
+            alerts: alerts.to_vec(),
+        })?;
+        crate::files::replace_file(
+            &dir.join(INTENT_FILE),
+            &text,
+            crate::files::Readers::Default,
+        )
+    }
+
+    /// The noted alerts were queued (or there were none): forget them. Not fsynced: a note
+    /// that comes back after a crash costs repeats, not a loss.
+    pub fn clear_intent(&self) {
+        let inner = self.lock();
+        let Some(dir) = &inner.dir else {
+            return;
+        };
+        match std::fs::remove_file(dir.join(INTENT_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the alert delivery intent could not be removed; its alerts may be sent again after a restart")
+            }
+        }
+    }
+
+    /// The alerts a previous run noted ([`Self::note_intent`]) and did not clear, less those
+    /// pending in the outbox. An unreadable note is logged and read as none.
+    pub fn intended_unqueued(&self) -> Vec<AlertRef> {
+        let inner = self.lock();
+        let Some(dir) = &inner.dir else {
+            return Vec::new();
+        };
+        let path = dir.join(INTENT_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "the alert delivery intent could not be read; alerts stored just before a crash may not have been sent");
+                return Vec::new();
+            }
+        };
+        let intent: Intent = match serde_json::from_slice(&text) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "the alert delivery intent is damaged; alerts stored just before a crash may not have been sent");
+                return Vec::new();
+            }
+        };
+        let queued: std::collections::HashSet<(&str, &str)> = inner
+            .pending
+            .values()
+            .flat_map(|b| b.alerts.iter().map(|a| (a.tenant.as_str(), a.id.as_str())))
+            .collect();
+        intent
+            .alerts
+            .into_iter()
+            .filter(|a| !queued.contains(&(a.tenant.as_str(), a.id.as_str())))
+            .collect()
+    }
+}
+
+/// The file, in the outbox directory, of the alerts about to be stored (see the module docs).
+const INTENT_FILE: &str = "intent.json";
+
+/// An alert by its tenant and id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRef {
+    pub tenant: String,
+    pub id: String,
+}
+
+/// What [`INTENT_FILE`] holds.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Intent {
+    alerts: Vec<AlertRef>,
 }
 
 /// The file name in each tenant's outbox directory.

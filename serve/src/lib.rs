@@ -704,6 +704,8 @@ fn store_group(
         .into_iter()
         .map(|m| ((m.sub, m.answer), m.out))
         .unzip();
+    // A crash between the commit and the queueing of the alerts must not lose their delivery.
+    let intent_noted = notifier.intend(outs.iter().flat_map(|o| &o.alerts));
     let results = store_outputs(store, &mut outs, metrics);
     let mut unstored_alerts = Vec::new();
     let mut all_stored = true;
@@ -719,6 +721,9 @@ fn store_group(
             )
         }
         let _ = sub.ack.send(reply);
+    }
+    if intent_noted {
+        notifier.intent_met();
     }
     let mut correlations_not_written = false;
     if let Some(snapshot) = correlations {
@@ -1031,9 +1036,13 @@ fn store_alerts_or_keep(
     kept: &mut Vec<perimeter_model::Alert>,
     failure: &str,
 ) -> bool {
+    let intent_noted = notifier.intend(&out.alerts);
     match store_output(store, out, metrics) {
         Ok(ack) => {
             notify_stored(notifier, &out.alerts, &ack);
+            if intent_noted {
+                notifier.intent_met();
+            }
             true
         }
         Err(e) => {
