@@ -235,10 +235,24 @@ impl TenantAlerts {
         match entry {
             JournalEntry::Alert { alert } => {
                 if groups_repeats(alert.detector) {
-                    self.groups.insert(
-                        (alert.rule_id.clone(), group_entity(&alert.entity)),
-                        alert.id.clone(),
-                    );
+                    let key = (alert.rule_id.clone(), group_entity(&alert.entity));
+                    // The group later repeats join is the one that fired last: an alert dated
+                    // before the open one's last occurrence (a backfill, a late record) does not
+                    // take its place (QA: the next repeat of the open alert became an alert of
+                    // its own).
+                    let head_fired_later = self
+                        .groups
+                        .get(&key)
+                        .and_then(|id| self.records.get(id))
+                        .is_some_and(|head| {
+                            matches!(
+                                head.alert.status,
+                                AlertStatus::Open | AlertStatus::Acknowledged
+                            ) && head.last_occurrence() > alert.timestamp
+                        });
+                    if !head_fired_later {
+                        self.groups.insert(key, alert.id.clone());
+                    }
                 }
                 self.records
                     .entry(alert.id.clone())
@@ -539,7 +553,10 @@ impl AlertBook {
     ) -> Result<AlertsInserted> {
         let mut by_tenant: HashMap<&str, Vec<JournalEntry>> = HashMap::new();
         let mut seen = HashSet::new();
-        let mut open: HashMap<(&str, &str, String), OpenGroup> = HashMap::new();
+        // Per tenant, rule and entity: the stored group repeats may join, and the groups this
+        // batch opened. Several, since a batch may hold occurrences hours apart (a backfill
+        // beside live records), each joining the group whose window it falls in.
+        let mut open: HashMap<(&str, &str, String), Vec<OpenGroup>> = HashMap::new();
         let mut done = AlertsInserted::default();
         for a in alerts {
             if a.id.is_empty() {
@@ -567,14 +584,12 @@ impl AlertBook {
             };
             let grouping = window.filter(|_| groups_repeats(a.detector));
             if let Some(window) = grouping {
-                if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(key.clone()) {
-                    if let Some(g) = self.open_group(a) {
-                        slot.insert(g);
-                    }
-                }
-                if let Some(g) = open
-                    .get_mut(&key)
-                    .filter(|g| a.timestamp >= g.first - window && a.timestamp <= g.last + window)
+                let groups = open
+                    .entry(key)
+                    .or_insert_with(|| self.open_group(a).into_iter().collect());
+                if let Some(g) = groups
+                    .iter_mut()
+                    .find(|g| a.timestamp >= g.first - window && a.timestamp <= g.last + window)
                 {
                     g.first = g.first.min(a.timestamp);
                     g.last = g.last.max(a.timestamp);
@@ -592,14 +607,11 @@ impl AlertBook {
                     done.grouped.push(a.id.clone());
                     continue;
                 }
-                open.insert(
-                    key,
-                    OpenGroup {
-                        id: a.id.clone(),
-                        first: a.timestamp,
-                        last: a.timestamp,
-                    },
-                );
+                groups.push(OpenGroup {
+                    id: a.id.clone(),
+                    first: a.timestamp,
+                    last: a.timestamp,
+                });
             }
             by_tenant
                 .entry(&a.tenant)
@@ -1224,6 +1236,49 @@ mod tests {
         assert_eq!(summary.total, 1, "{summary:?}");
         assert_eq!(summary.by_entity.len(), 1);
         assert_eq!(summary.by_entity[0].entity, "grp-tester");
+    }
+
+    /// QA: a batch holding a repeat dated hours before the open alert (a backfill) and then one
+    /// within the open alert's window raised a second alert for the second: the older one took
+    /// the open alert's place, in the batch and as the group later batches join.
+    #[test]
+    fn an_older_occurrence_does_not_take_the_open_alerts_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = |_: &str| dir.path().join("tenant=acme/journal.jsonl");
+        std::fs::create_dir_all(dir.path().join("tenant=acme")).unwrap();
+        let mut book = AlertBook::default();
+        book.set_group_seconds(3600);
+        let open = repeat("fail", "alice", 300, "e0");
+        book.insert(journal, std::slice::from_ref(&open)).unwrap();
+        let done = book
+            .insert(
+                journal,
+                &[
+                    repeat("fail", "alice", 120, "old"),
+                    repeat("fail", "alice", 301, "e1"),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            done.written, 1,
+            "the old one is an alert of its own: {done:?}"
+        );
+        assert_eq!(done.grouped, vec![repeat("fail", "alice", 301, "e1").id]);
+        assert_eq!(book.get("acme", &open.id).unwrap().alert.count, 2);
+        // The next batch's repeat joins the open alert too, not the older one.
+        let done = book
+            .insert(journal, &[repeat("fail", "alice", 302, "e2")])
+            .unwrap();
+        assert_eq!(done.grouped.len(), 1, "{done:?}");
+        assert_eq!(book.get("acme", &open.id).unwrap().alert.count, 3);
+        // So it stays after the journal is read again.
+        let mut reread = AlertBook::load(dir.path(), false).unwrap();
+        reread.set_group_seconds(3600);
+        let done = reread
+            .insert(journal, &[repeat("fail", "alice", 303, "e3")])
+            .unwrap();
+        assert_eq!(done.grouped.len(), 1, "{done:?}");
+        assert_eq!(reread.get("acme", &open.id).unwrap().alert.count, 4);
     }
 
     #[test]
