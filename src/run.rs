@@ -1047,6 +1047,13 @@ fn check(config: &PerimeterConfig) -> ExitCode {
     // The files the API keeps beside the store, which `run` refuses to start without reading
     // (a hand edit, a partial restore).
     report("api state", api_state(&config.data_dir));
+    if let Ok(destinations) = DestinationStore::open_in(&config.data_dir) {
+        let destinations =
+            destinations.allow_private_destinations(config.api.allow_private_destinations);
+        for problem in destinations.unusable() {
+            say!("warn   alert destinations: {problem}");
+        }
+    }
     let spool = spool_dir(config);
     report(
         "spool",
@@ -1312,6 +1319,9 @@ async fn run_async(config: &PerimeterConfig, args: RunArgs) -> anyhow::Result<Ex
             .context("opening the alert destinations")?
             .allow_private_destinations(config.api.allow_private_destinations),
     );
+    for problem in destinations.unusable() {
+        tracing::warn!("{problem}; its batches are given up at the first try");
+    }
     let (outbox, undelivered) =
         DeliveryOutbox::open_in(&data_dir).context("opening the alert delivery outbox")?;
     if !undelivered.is_empty() {

@@ -191,6 +191,41 @@ impl DestinationStore {
         self
     }
 
+    /// `url` parsed, if alerts may be posted there: an http(s) URL with a host that is no
+    /// refused address; else why not.
+    fn usable_url(&self, url: &str) -> Result<reqwest::Url, String> {
+        let parsed =
+            reqwest::Url::parse(url.trim()).map_err(|e| format!("`url` is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err("`url` must be an http:// or https:// URL with a host".into());
+        }
+        if let Some(why) = crate::egress::literal_refusal(&parsed, self.allow_private) {
+            return Err(format!("alerts are not sent there: {why}"));
+        }
+        Ok(parsed)
+    }
+
+    /// The registered destinations alerts cannot go to, each with why (its URL is not one the
+    /// API would take now, e.g. a private address after `allow_private_destinations` was turned
+    /// off, or a hand-edited file's; it has no signing secret). For `run --check` and the
+    /// start's log: their batches are given up at the first try (QA: nothing said so before).
+    pub fn unusable(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter_map(|d| {
+                let why = match (self.usable_url(&d.url), &d.secret) {
+                    (Err(why), _) => why,
+                    (Ok(_), None) => "it has no signing `secret`".to_string(),
+                    (Ok(_), Some(_)) => return None,
+                };
+                Some(format!(
+                    "destination `{}` ({}) of tenant `{}` gets no alerts: {why}",
+                    d.name, d.id, d.tenant
+                ))
+            })
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Destination>> {
         // A panic while holding the lock cannot leave the list half-changed (changes are
         // whole pushes/retains), so a poisoned lock is still usable.
@@ -280,18 +315,7 @@ impl DestinationStore {
                 "`name` must be 1 to 100 characters".into(),
             ));
         }
-        let parsed = reqwest::Url::parse(url.trim())
-            .map_err(|e| DestinationError::Invalid(format!("`url` is not a URL: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-            return Err(DestinationError::Invalid(
-                "`url` must be an http:// or https:// URL with a host".into(),
-            ));
-        }
-        if let Some(why) = crate::egress::literal_refusal(&parsed, self.allow_private) {
-            return Err(DestinationError::Invalid(format!(
-                "alerts are not sent there: {why}"
-            )));
-        }
+        let parsed = self.usable_url(url).map_err(DestinationError::Invalid)?;
         let mut all = self.lock();
         if all.iter().filter(|d| d.tenant == tenant).count() >= MAX_DESTINATIONS_PER_TENANT {
             return Err(DestinationError::Invalid(format!(
@@ -801,6 +825,17 @@ fn counted_from_zero(metrics: &Metrics, id: &str) {
     }
 }
 
+/// A batch given up for a destination at once (refused, or not encodable): counted as the
+/// batches given up after a day of failed rounds are, which alerting rules watch (QA: only
+/// the failure was counted).
+fn batch_abandoned(metrics: &Metrics, id: &str) {
+    metrics.inc(
+        "destination_batches_abandoned_total",
+        &[("destination", id)],
+        1,
+    );
+}
+
 async fn deliver(
     client: &reqwest::Client,
     destination: &Destination,
@@ -823,6 +858,7 @@ async fn deliver(
             1,
         );
         status.record(&destination.id, DeliveryEvent::GaveUp);
+        batch_abandoned(metrics, &destination.id);
         return RoundOutcome::Refused;
     };
     let refused = reqwest::Url::parse(&destination.url)
@@ -830,7 +866,7 @@ async fn deliver(
         .and_then(|url| crate::egress::literal_refusal(&url, status.allow_private));
     if let Some(why) = refused {
         let error = format!("alerts are not sent there: {why}");
-        tracing::warn!(destination = %destination.id, %error, "alert delivery refused");
+        tracing::error!(destination = %destination.id, %error, "alert delivery refused; the batch is given up for this destination (the alerts stay in the store)");
         status.record(&destination.id, DeliveryEvent::TryFailed(&error));
         metrics.inc(
             "destination_failures_total",
@@ -838,6 +874,7 @@ async fn deliver(
             1,
         );
         status.record(&destination.id, DeliveryEvent::GaveUp);
+        batch_abandoned(metrics, &destination.id);
         return RoundOutcome::Refused;
     }
     let signature = sign(destination.secret.as_deref().unwrap_or_default(), &bytes);
@@ -1605,6 +1642,60 @@ mod tests {
                 "t"
             )
             .is_err());
+    }
+
+    /// QA: a destination registered while private addresses were allowed, after they were turned
+    /// off, passed `run --check` and the start silently, and its batch was dropped at the first
+    /// try with only a failure counted. It is named as unusable, and the batch counts as given
+    /// up.
+    #[test]
+    fn a_destination_the_config_now_refuses_is_named_and_its_batch_counted_as_given_up() {
+        let hook = super::webhook_receiver::WebhookReceiver::start(0);
+        let dir = tempfile::tempdir().unwrap();
+        let d = DestinationStore::open_in(dir.path())
+            .unwrap()
+            .create("acme", "relay", &hook.url(), Severity::Low, "t")
+            .unwrap();
+        assert!(DestinationStore::open_in(dir.path())
+            .unwrap()
+            .unusable()
+            .is_empty());
+        let strict = Arc::new(
+            DestinationStore::open_in(dir.path())
+                .unwrap()
+                .allow_private_destinations(false),
+        );
+        let unusable = strict.unusable();
+        assert_eq!(unusable.len(), 1, "{unusable:?}");
+        assert!(
+            unusable[0].contains("`relay`") && unusable[0].contains("private"),
+            "{unusable:?}"
+        );
+        let metrics = Arc::new(Metrics::new());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let notifier = AlertNotifier::spawn(
+                strict.clone(),
+                metrics.clone(),
+                Duration::from_millis(1),
+                Arc::new(DeliveryOutbox::in_memory()),
+                Vec::new(),
+            );
+            notifier.notify(&[test_alert("a1")]);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let abandoned = || {
+                metrics.counter(
+                    "destination_batches_abandoned_total",
+                    &[("destination", &d.id)],
+                )
+            };
+            while abandoned() == 0 {
+                assert!(std::time::Instant::now() < deadline, "never given up");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(abandoned(), 1);
+        });
+        assert!(hook.bodies().is_empty());
     }
 
     /// With private destinations off, a loopback address is refused when registered as an IP,
