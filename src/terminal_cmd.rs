@@ -492,11 +492,12 @@ pub struct AlertsArgs {
     /// (open,acknowledged: the queue still to be worked).
     #[arg(long)]
     pub status: Option<String>,
-    /// Only alerts at or after this time: RFC 3339, a date (2024-05-01, UTC) or relative to
-    /// now (now-15m, now-24h, now-7d).
+    /// Only alerts with an occurrence at or after this time (a grouped alert that began
+    /// earlier and fired again since counts): RFC 3339, a date (2024-05-01, UTC) or relative
+    /// to now (now-15m, now-24h, now-7d).
     #[arg(long)]
     pub from: Option<String>,
-    /// Only alerts before this time (same forms as --from).
+    /// Only alerts whose first occurrence is before this time (same forms as --from).
     #[arg(long)]
     pub to: Option<String>,
     /// Only alerts of this rule id.
@@ -527,7 +528,9 @@ pub struct AlertsArgs {
 /// The summary's rule lines at a terminal.
 const SUMMARY_RULE_COLUMNS: &[Column] = &[
     Column::new("COUNT", 7, &["count"]),
-    Column::new("SEVERITY", 13, &["severity"]),
+    // The highest among the rule's alerts: a behavioural detector raises one rule at several
+    // severities (QA: "4 high" read as four high alerts when three were medium).
+    Column::new("MAX SEVERITY", 13, &["severity"]),
     Column::new("RULE", 60, &["title"]),
     Column::new("ID", 36, &["rule_id"]),
 ];

@@ -148,6 +148,10 @@ pub struct AlertQuery {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     pub sort: AlertSort,
+    /// How the store keeps values of `entity` and `text` that masking replaces (an e-mail
+    /// address as its `hmac:` pseudonym): each value (lowercased) with its stored form, which
+    /// matches too. The store fills it in ([`crate::Store::list_alerts`]).
+    pub stored_forms: Vec<(String, String)>,
 }
 
 /// One page of results.
@@ -752,8 +756,7 @@ impl AlertBook {
             .as_deref()
             .map(|c| decode_cursor(q.sort, c))
             .transpose()?;
-        let text = q.text.as_deref().map(text_terms);
-        let entity = q.entity.as_deref().map(str::to_lowercase);
+        let (text, entity) = filter_values(q);
         let Some(alerts) = self.tenants.get(tenant).map(|t| &t.records) else {
             return Ok(Page {
                 items: Vec::new(),
@@ -787,8 +790,7 @@ impl AlertBook {
     /// Counts of the tenant's alerts that `q`'s filters select (its page fields are not used):
     /// by severity, status, rule and entity, for the morning look at the queue.
     pub fn summary(&self, tenant: &str, q: &AlertQuery) -> AlertSummary {
-        let text = q.text.as_deref().map(text_terms);
-        let entity = q.entity.as_deref().map(str::to_lowercase);
+        let (text, entity) = filter_values(q);
         let mut out = AlertSummary::default();
         // Per rule: its count, highest severity, and what its alerts' titles share.
         let mut rules: HashMap<&str, RuleCount> = HashMap::new();
@@ -923,7 +925,36 @@ fn status_name(status: AlertStatus) -> &'static str {
 /// selects alerts with an occurrence in it: a grouped alert spans its first (`@timestamp`, or
 /// `first_seen`) to its last (`last_seen`) occurrence, so one still firing shows in "the last
 /// hour" although it began earlier.
-fn matches(q: &AlertQuery, r: &AlertRecord, text: Option<&[String]>, entity: Option<&str>) -> bool {
+/// `q`'s text terms and entity (lowercased), each with the forms it may be stored in.
+fn filter_values(q: &AlertQuery) -> (Option<Vec<Vec<String>>>, Option<Vec<String>>) {
+    let with_stored_forms = |value: String| {
+        let stored = q
+            .stored_forms
+            .iter()
+            .filter(|(v, _)| *v == value)
+            .map(|(_, form)| form.to_lowercase())
+            .collect::<Vec<_>>();
+        std::iter::once(value).chain(stored).collect::<Vec<_>>()
+    };
+    let text = q.text.as_deref().map(|t| {
+        text_terms(t)
+            .into_iter()
+            .map(with_stored_forms)
+            .collect::<Vec<_>>()
+    });
+    let entity = q
+        .entity
+        .as_deref()
+        .map(|e| with_stored_forms(e.to_lowercase()));
+    (text, entity)
+}
+
+fn matches(
+    q: &AlertQuery,
+    r: &AlertRecord,
+    text: Option<&[Vec<String>]>,
+    entity: Option<&[String]>,
+) -> bool {
     let a = &r.alert;
     q.from.is_none_or(|f| r.last_occurrence() >= f)
         && q.to.is_none_or(|t| r.first_occurrence() < t)
@@ -933,8 +964,15 @@ fn matches(q: &AlertQuery, r: &AlertRecord, text: Option<&[String]>, entity: Opt
         && q.source
             .as_deref()
             .is_none_or(|x| a.source.eq_ignore_ascii_case(x))
-        && entity.is_none_or(|x| a.entity.to_lowercase() == x)
-        && text.is_none_or(|terms| terms.iter().all(|t| record_text_matches(r, t)))
+        && entity.is_none_or(|forms| {
+            let stored = a.entity.to_lowercase();
+            forms.iter().any(|x| stored == *x)
+        })
+        && text.is_none_or(|terms| {
+            terms
+                .iter()
+                .all(|forms| forms.iter().any(|t| record_text_matches(r, t)))
+        })
 }
 
 /// The terms of an alert text search, lowercased: its words, and each `"quoted phrase"` as one

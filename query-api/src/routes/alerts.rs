@@ -222,6 +222,7 @@ fn alert_query(p: &AlertListParams) -> Result<AlertQuery, ApiError> {
         limit: page_limit(p.limit)?,
         cursor: label("cursor", &p.cursor)?,
         sort: parse_sort(p.sort.as_deref())?,
+        stored_forms: Vec::new(),
     })
 }
 
