@@ -1130,7 +1130,15 @@ impl Store {
             Some(c) => cursor_offset(&file, c, meta.ino(), meta.len())
                 .map_err(|e| StoreError::InvalidQuery(e.to_string()))?,
         };
-        let text = q.text.as_deref().map(str::to_lowercase);
+        // An excerpt is masked as stored events are: an address searched for matches its
+        // pseudonym too (QA: found in events, not in dead letters).
+        let text = q.text.as_deref().map(|t| {
+            let mut forms = vec![t.to_lowercase()];
+            forms.extend(self.query_masker.as_ref().and_then(|m| m(t)));
+            forms.extend(self.query_pseudonym.as_ref().map(|p| p(t)));
+            forms.iter_mut().for_each(|f| *f = f.to_lowercase());
+            forms
+        });
         let limit = q.limit.clamp(1, crate::MAX_PAGE_LIMIT);
         let mut lines = ReverseLines::new(&file, end);
         let mut items = Vec::new();
@@ -1410,15 +1418,18 @@ pub struct DeadLetterQuery {
 }
 
 impl DeadLetterQuery {
-    /// `text`: [`Self::text`] lowercased.
-    fn selects(&self, d: &DeadLetter, text: Option<&str>) -> bool {
+    /// `text`: [`Self::text`] lowercased, and the forms masking stores it in.
+    fn selects(&self, d: &DeadLetter, text: Option<&[String]>) -> bool {
         self.source
             .as_deref()
             .is_none_or(|s| d.source.eq_ignore_ascii_case(s))
             && self.from.is_none_or(|f| d.received_at >= f)
             && self.to.is_none_or(|t| d.received_at < t)
-            && text.is_none_or(|t| {
-                d.reason.to_lowercase().contains(t) || d.excerpt.to_lowercase().contains(t)
+            && text.is_none_or(|forms| {
+                let (reason, excerpt) = (d.reason.to_lowercase(), d.excerpt.to_lowercase());
+                forms
+                    .iter()
+                    .any(|t| reason.contains(t.as_str()) || excerpt.contains(t.as_str()))
             })
     }
 }

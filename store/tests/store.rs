@@ -4073,9 +4073,9 @@ fn reindex_rebuilds_a_day_larger_than_its_read_ahead() {
     assert_eq!(store.stats().events_stored, 4_500);
 }
 
-/// QA: with e-mail pseudonyms on, the alert filters (`entity`, the words of `q`) compared an
-/// address with the stored pseudonym and found nothing, where event search finds it. They match
-/// the stored form too, in the list and the summary.
+/// QA: with e-mail pseudonyms on, the alert filters (`entity`, the words of `q`) and the
+/// dead-letter text filter compared an address with the stored pseudonym and found nothing,
+/// where event search finds it. They match the stored form too, in the list and the summary.
 #[test]
 fn alerts_are_found_by_the_value_masking_stored_as_a_pseudonym() {
     let dir = tempfile::tempdir().unwrap();
@@ -4099,13 +4099,32 @@ fn alerts_are_found_by_the_value_masking_stored_as_a_pseudonym() {
     .with_evidence(&e);
     a.description = Some(format!("by {}", hashed("erin@acme.example")));
     let a = a.seal();
+    let dead = DeadLetter {
+        line: Some(1),
+        source: "okta".into(),
+        tenant: "acme".into(),
+        received_at: ts(20, 0, 0),
+        reason: "invalid JSON".into(),
+        excerpt: format!("{{\"actor\":\"{}\",", hashed("dana.kim@acme.example")),
+        input_digest: None,
+    };
     store
         .write_batch(&StoreBatch {
             events: vec![e],
             alerts: vec![a.clone()],
-            dead_letters: vec![],
+            dead_letters: vec![dead],
         })
         .unwrap();
+    let dead_letters = |text: &str| {
+        let q = DeadLetterQuery {
+            text: Some(text.into()),
+            limit: 10,
+            ..Default::default()
+        };
+        store.list_dead_letters("acme", &q).unwrap().items.len()
+    };
+    assert_eq!(dead_letters("Dana.Kim@acme.example"), 1);
+    assert_eq!(dead_letters("bob@acme.example"), 0);
     let found = |q: AlertQuery| -> Vec<String> {
         let summary = store.alert_summary("acme", &q);
         let ids: Vec<String> = store
