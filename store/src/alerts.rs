@@ -964,10 +964,7 @@ fn matches(
         && q.source
             .as_deref()
             .is_none_or(|x| a.source.eq_ignore_ascii_case(x))
-        && entity.is_none_or(|forms| {
-            let stored = a.entity.to_lowercase();
-            forms.iter().any(|x| stored == *x)
-        })
+        && entity.is_none_or(|forms| forms.contains(&a.entity.to_lowercase()))
         && text.is_none_or(|terms| {
             terms
                 .iter()
