@@ -1674,11 +1674,24 @@ mod tests {
             unusable[0].contains("`relay`") && unusable[0].contains("private"),
             "{unusable:?}"
         );
+        let abandoned =
+            notify_one_and_wait_for(&strict, "destination_batches_abandoned_total", &d.id);
+        assert_eq!(abandoned, 1);
+        assert!(hook.bodies().is_empty());
+    }
+
+    /// Send one alert through a new notifier (outbox in memory) and wait until `counter` of
+    /// destination `id` counts; its value then.
+    fn notify_one_and_wait_for(
+        destinations: &Arc<DestinationStore>,
+        counter: &str,
+        id: &str,
+    ) -> u64 {
         let metrics = Arc::new(Metrics::new());
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let notifier = AlertNotifier::spawn(
-                strict.clone(),
+                destinations.clone(),
                 metrics.clone(),
                 Duration::from_millis(1),
                 Arc::new(DeliveryOutbox::in_memory()),
@@ -1686,19 +1699,15 @@ mod tests {
             );
             notifier.notify(&[test_alert("a1")]);
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            let abandoned = || {
-                metrics.counter(
-                    "destination_batches_abandoned_total",
-                    &[("destination", &d.id)],
-                )
-            };
-            while abandoned() == 0 {
-                assert!(std::time::Instant::now() < deadline, "never given up");
+            while metrics.counter(counter, &[("destination", id)]) == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{counter} never counted"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert_eq!(abandoned(), 1);
         });
-        assert!(hook.bodies().is_empty());
+        metrics.counter(counter, &[("destination", id)])
     }
 
     /// With private destinations off, a loopback address is refused when registered as an IP,
@@ -1716,23 +1725,7 @@ mod tests {
         let d = strict
             .create("acme", "x", &by_name, Severity::Low, "t")
             .unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async {
-            let notifier = AlertNotifier::spawn(
-                strict.clone(),
-                metrics.clone(),
-                Duration::from_millis(1),
-                Arc::new(DeliveryOutbox::in_memory()),
-                Vec::new(),
-            );
-            notifier.notify(&[test_alert("a1")]);
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while metrics.counter("destination_failures_total", &[("destination", &d.id)]) == 0 {
-                assert!(std::time::Instant::now() < deadline, "never gave up");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
+        notify_one_and_wait_for(&strict, "destination_failures_total", &d.id);
         assert!(
             hook.bodies().is_empty(),
             "nothing reached the loopback hook"

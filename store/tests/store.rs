@@ -1197,6 +1197,17 @@ fn one_writer_per_data_directory_and_readers_beside_it_change_nothing() {
     assert_eq!(search_all(&next, "acme", "", 10).len(), 1);
 }
 
+/// The ids of the tenant's alerts `q` lists (its first page).
+fn alert_ids(store: &Store, tenant: &str, q: &AlertQuery) -> Vec<String> {
+    store
+        .list_alerts(tenant, q)
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.alert.id)
+        .collect()
+}
+
 fn alert_for(tenant: &str, ev: &Event, sev: Severity, rule: &str) -> Alert {
     Alert::new(
         rule,
@@ -1631,13 +1642,7 @@ fn alerts_are_idempotent_and_triage_history_survives_reopen() {
         limit: 10,
         ..Default::default()
     };
-    let open: Vec<String> = store
-        .list_alerts("acme", &q)
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|r| r.alert.id)
-        .collect();
+    let open = alert_ids(&store, "acme", &q);
     assert_eq!(open, vec![a2.id.clone()]);
     let q = AlertQuery {
         text: Some("LOCK".into()),
@@ -1850,19 +1855,14 @@ fn retention_removes_closed_alerts_past_it_and_keeps_the_queue_across_reopen() {
         2
     );
     let store = Store::open(cfg).unwrap();
-    let ids: Vec<String> = store
-        .list_alerts(
-            "acme",
-            &AlertQuery {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|r| r.alert.id)
-        .collect();
+    let ids = alert_ids(
+        &store,
+        "acme",
+        &AlertQuery {
+            limit: 10,
+            ..Default::default()
+        },
+    );
     assert_eq!(ids, [resolved_recent.id.clone(), open.id.clone()]);
     // The day's alert file lost the removed alert with it.
     let day_18: Vec<String> = alert_file_rows(dir.path(), "acme", 18)
@@ -4127,13 +4127,7 @@ fn alerts_are_found_by_the_value_masking_stored_as_a_pseudonym() {
     assert_eq!(dead_letters("bob@acme.example"), 0);
     let found = |q: AlertQuery| -> Vec<String> {
         let summary = store.alert_summary("acme", &q);
-        let ids: Vec<String> = store
-            .list_alerts("acme", &q)
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|r| r.alert.id)
-            .collect();
+        let ids = alert_ids(&store, "acme", &q);
         assert_eq!(summary.total, ids.len(), "{q:?}");
         ids
     };
