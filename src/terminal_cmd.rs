@@ -187,10 +187,10 @@ fn server_url(text: &str) -> Result<String, String> {
 #[derive(clap::Args)]
 pub struct Access {
     /// A running server (`http://127.0.0.1:8080`); without it the data directory is read directly.
-    #[arg(long, env = "PERIMETER_SERVER", value_parser = server_url)]
+    #[arg(long, env = "PERIMETER_SERVER", value_parser = server_url, hide_env_values = true)]
     pub server: Option<String>,
     /// API token for `--server`.
-    #[arg(long, env = "PERIMETER_TOKEN")]
+    #[arg(long, env = "PERIMETER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM file of the CA an `https://` server's certificate is checked against, besides the
     /// public roots: a server behind an internal CA. A self-signed server certificate works when
@@ -662,10 +662,10 @@ pub struct TriageArgs {
 #[derive(clap::Args)]
 pub struct ServerAccess {
     /// The running server (`http://127.0.0.1:8080`).
-    #[arg(long, env = "PERIMETER_SERVER", value_parser = server_url)]
+    #[arg(long, env = "PERIMETER_SERVER", value_parser = server_url, hide_env_values = true)]
     pub server: String,
     /// API token. Any role may look; changing an alert takes responder, changing a rule admin.
-    #[arg(long, env = "PERIMETER_TOKEN")]
+    #[arg(long, env = "PERIMETER_TOKEN", hide_env_values = true)]
     pub token: String,
     /// PEM file of the CA an `https://` server's certificate is checked against, besides the
     /// public roots: a server behind an internal CA. A self-signed server certificate works when

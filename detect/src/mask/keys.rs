@@ -204,6 +204,7 @@ const WHOLE_WORDS: &[&str] = &[
     "dob",
     "dateofbirth",
     "birthdate",
+    "birthday",
     "driverslicense",
     "driverlicense",
     "driverslicence",
@@ -651,6 +652,10 @@ pub(crate) const OTHER_SCRIPT_PASSWORD_WORDS: &[&str] = &[
     "비밀번호",
     "hasło",
     "şifre",
+    // Written with their own letters in text (`lösenord: x`, `CONTRASEÑA:`): their folded forms
+    // are among the key words, the text pattern reads these.
+    "lösenord",
+    "contraseña",
     "jelszó",
     "κωδικός",
     "סיסמה",

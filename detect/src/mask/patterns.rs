@@ -101,7 +101,8 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // value (`with password Hunter2x`). The name may be qualified by whom it is for
         // (`password for bob: X`, `the password for svc_deploy is X`), which makes it prose too,
         // in up to four words before `:`, `is` or `was` (`password for the service account is
-        // X`; QA). Other languages' `is` count as `is` (`la contraseña es X`, `Passwort ist X`).
+        // X`, `password for CORP\bob: X`, `for user "bob"`, `for bob's account`; QA), and `is
+        // now X` too. Other languages' `is` count as `is` (`la contraseña es X`, `Passwort ist X`).
         // A change of the value names its old value first (`password changed from X to Y`,
         // `passcode updated: 'X' -> 'Y'`): taken only with the new value after it, which `find`
         // masks too (`change_new_value`).
@@ -119,7 +120,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // key="DbPassword" value="x" />`. A name may be two words of a label (`API key: x`,
         // `Private key: x`, `seed phrase: ...`); LDIF writes base64 values after `::`.
         regex: concat!(
-            r#"((?-u:\b)(?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|(?i:пароль|contraseña|密码|密碼|パスワード|暗証番号|비밀번호|hasło|şifre|jelszó|κωδικός|סיסמה|mot[ \t]+de[ \t]+passe)|(?-u:\b)[A-Za-z0-9_.-]{2,80})(?:\s+(?i:for)(?:\s+[A-Za-z0-9_.@+-]{1,80}){2,4}?(?:[ \t]*[:：][ \t]*|\s+(?i:is|was)\s+)|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=：])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|is|was|to|es|est|ist|è|é|är|er|jest)\s+)?))"#,
+            r#"((?-u:\b)(?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|(?i:пароль|contraseña|lösenord|密码|密碼|パスワード|暗証番号|비밀번호|hasło|şifre|jelszó|κωδικός|סיסמה|mot[ \t]+de[ \t]+passe)|(?-u:\b)[A-Za-z0-9_.-]{2,80})(?:\s+(?i:for)(?:\s+[^\s:：]{1,80}){1,4}?(?:[ \t]*[:：][ \t]*|\s+(?i:is|was)(?:\s+(?i:now))?\s+)|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=：])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|(?:is|was)(?:\s+now)?|to|es|est|ist|è|é|är|er|jest)\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -190,6 +191,18 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // `OTHER_SCRIPT_PASSWORD_WORDS`, added in `Patterns::new`)
             "mot_de_passe",
             "mot de passe",
+            // PII by name (QA: masked as JSON keys only): `iban=`, `?dob=`, `birthDate: `.
+            "iban",
+            "dob",
+            "date_of_birth",
+            "dateofbirth",
+            "birth_date",
+            "birthdate",
+            "birthday",
+            "drivers_license",
+            "driver_license",
+            "driverslicense",
+            "taxpayer",
             // Key words the key matcher has that occur in text as `name=value` too (`cvv=`,
             // `SENTRY_DSN=`); the short ones only with a separator after them, since `pin`,
             // `otp` and `seed` are inside common words (`shipping`).
@@ -631,38 +644,51 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // --password-stdin` (podman, nerdctl, `helm registry login`, buildah, skopeo, oras).
             r#"|(?:echo|printf)\s+(?:-[en]+\s+)?['"]?([^\s'"|$-][^\s'"|]*)['"]?\s*\|\s*(?:(?:/usr/bin/)?sudo(?:\s+(?:--[a-z-]+(?:=\S+|\s+[^\s-]\S*)?|-[A-RT-Za-z]*[CDghpRrTUu]\s+[^\s-]\S*|-[A-RT-Za-z]+))*\s+(?:-[A-Za-z]*S[A-Za-z]*|--stdin)(?:\s|$)|(?i:docker|podman|nerdctl|helm|buildah|skopeo|oras)(?:\.exe)?\s(?:[^|;&\n]*\s)?login\s(?:[^|;&\n]*\s)?--password-stdin(?:[\s;&|)"'`]|$))"#,
             // QA, more commands (`OPTION_ALONE_GROUPS` checks the program of the options
-            // alone). Groups 60-62: `ssh-keygen`'s old and new passphrases, `-P` and `-N` (an
-            // empty `-N ''` is none); 63: `rman`'s second credential (`target u/p@db catalog
-            // u/<password>@cat`); 64-66: a PowerShell cmdlet's `-Password` (and `-Secret`,
-            // `-ClientSecret`, `-AccessToken`, `-ApiKey`, `-Token`; not a `$variable` nor a
-            // `(subexpression)`); 67-69: `setx <name> <value>` and 70-72:
+            // alone). Groups 60-63: `ssh-keygen`'s old and new passphrases, `-P` and `-N`
+            // (63: glued, not starting with a lower-case letter as `-Password` does; an empty
+            // `-N ''` is none); 64: `rman`'s second credential (`target u/p@db catalog
+            // u/<password>@cat`); 65-67: a PowerShell cmdlet's `-Password` (and
+            // `-Secret`, `-ClientSecret`, `-AccessToken`, `-ApiKey`, `-Token`; not a `$variable`,
+            // a `(subexpression)`, an `env:`/`file:` reference nor a word); 68-69: `setx`'s own
+            // `/p <password>` (a remote machine's); 70-73: `setx <name> <value>` and 74-76:
             // `[Environment]::SetEnvironmentVariable("<name>", "<value>")`, when the name is
-            // sensitive (`DB_PASSWORD`); 73: Go's MySQL driver DSN, `user:<password>@tcp(host)`
-            // (`unix(`, `udp(`); 74: Cisco's `crypto isakmp key <psk>`; 75-76: `username <name>
-            // [privilege N] secret|password [type] <secret>` and 77-78: `enable secret|password
-            // [level N] [type] <secret>` (a type digit, or a word that is no lower-case prose);
-            // 79: `snmp-server community <string>`; 80: `pre-shared-key [local|remote] [type]
-            // <key>` and `key-string [type] <key>`; 81: `vault login <token>` and `vault token
-            // lookup|revoke|renew|capabilities <token>` (a token of 20 characters or more; `s.`
-            // tokens of Vault before 1.10 have no prefix a vendor pattern knows).
-            r#"|(?:^|\s)-[PN]\s+(?:'([^']*)'|"([^"]*)"|([^\s'"-][^\s'"]*))"#,
+            // sensitive (`DB_PASSWORD`); 77: Go's MySQL driver DSN, `user:<password>@tcp(host)`
+            // (`unix(`, `udp(`; the password may hold `@` and `/`); 78: Cisco's `crypto isakmp
+            // key <psk> address|hostname`. Network device configuration lines (at a line's start
+            // or after `=`, `:` or a quote, the value ending the line, as a configuration or a
+            // command accounting log writes them; prose such as `invalid username or password
+            // (LDAP)` is none): 79-80: `username <name> [privilege|view|role <x>]
+            // [algorithm-type <a>] secret|password [type] <secret>`; 81-82: `enable
+            // [algorithm-type <a>] secret|password [level N] [type] <secret>`; 83: `snmp-server
+            // community <string> [RO|RW ...]`; 84-85: `[ikev1] pre-shared-key [local|remote]
+            // [type] <key>` and `key-string [type] <key>`; 86-87: Junos' `pre-shared-key
+            // ascii-text|hexadecimal <key>` anywhere; 88-89: `tacacs-server|radius-server [host
+            // <h>] key [type] <key>` (a type digit, or a value with a digit or a symbol, is
+            // taken: `PROSE_LIKE_VALUE_GROUPS`); 90: `vault login <token>` and `vault token
+            // lookup|revoke|renew <token>` (8 characters or more, no path; not after
+            // `-accessor` or `-mode`: `s.` tokens of Vault before 1.10 have no prefix a vendor
+            // pattern knows).
+            r#"|(?:^|\s)-[PN](?:\s*'([^']*)'|\s*"([^"]*)"|\s+([^\s'"-][^\s'"]*)|([^\s'"a-z-][^\s'"]*))"#,
             r#"|(?:^|\s)(?i:catalog|auxiliary)\s+['"]?[^\s/@'"=]+/([^\s@/'"]+)"#,
             r#"|(?:^|[\s(])-(?i:password|secret|clientsecret|accesstoken|apikey|token)\s+(?:'([^']*)'|"([^"]*)"|([^\s'"$(@-][^\s'"),]*))"#,
-            r#"|(?i:setx)(?:\.exe)?\s+(?:/[A-Za-z]+\s+)*"?([A-Za-z_][A-Za-z0-9_.-]*)"?\s+(?:"([^"]*)"|([^\s"/][^\s"]*))"#,
+            r#"|(?i:setx)(?:\.exe)?["']?\s(?:[^|;&\n]*?\s)?/(?i:p)\s+(?:"([^"]*)"|([^\s"/][^\s"]*))"#,
+            r#"|(?i:setx)(?:\.exe)?["']?\s+(?:/[A-Za-z]+\s+)*\\*"?([A-Za-z_][A-Za-z0-9_.-]*)\\*"?\s+(?:\\*"([^"\\]*)\\*"|'([^']*)'|([^\s"'/\\][^\s"]*))"#,
             r#"|(?i:setenvironmentvariable)\(\s*["']([^"']+)["']\s*,\s*(?:"([^"]*)"|'([^']*)')"#,
-            r#"|(?:^|[\s"'=(\[`])[^\s:@/"'(\[`=]+:([^\s@"'/]+)@(?:tcp|unix|udp)\("#,
-            r#"|(?i:crypto\s+isakmp\s+key)\s+(?:[06]\s+)?(\S+)"#,
-            r#"|(?i:username)\s+\S+\s+(?i:privilege\s+[0-9]+\s+)?(?i:secret|password)\s+(?:([0-9])\s+)?(\S+)"#,
-            r#"|(?i:enable\s+(?:secret|password))\s+(?i:level\s+[0-9]+\s+)?(?:([0-9])\s+)?(\S+)"#,
-            r#"|(?i:snmp-server\s+community)\s+(\S+)"#,
-            r#"|(?i:pre-shared-key(?:\s+(?:local|remote))?|key-string)\s+(?:[0-9]\s+)?(\S+)"#,
-            r#"|(?i:vault)(?:\.exe)?\s+(?i:login|token\s+(?:lookup|revoke|renew|capabilities))(?:\s+-\S+)*\s+([^\s'"=-][^\s'"=]{19,})"#,
+            r#"|(?:^|[\s"'=(\[`])[^\s:@/"'(\[`=]+:([^\s"']+?)@(?:tcp|unix|udp)\("#,
+            r#"|(?i:crypto\s+isakmp\s+key)\s+(?:[06]\s+)?([^\s"']+)\s+(?i:address|hostname)\b"#,
+            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:username)[ \t]+[^\s"']+[ \t]+(?i:(?:privilege|view|role)[ \t]+[^\s"']+[ \t]+)*(?i:algorithm-type[ \t]+[^\s"']+[ \t]+)?(?i:secret|password)[ \t]+(?:([0-9])[ \t]+|(?i:sha512|sha256)[ \t]+)?([^\s"']+)[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:enable)[ \t]+(?i:algorithm-type[ \t]+[^\s"']+[ \t]+)?(?i:secret|password)[ \t]+(?i:level[ \t]+[0-9]+[ \t]+)?(?:([0-9])[ \t]+|(?i:sha512|sha256)[ \t]+)?([^\s"']+)[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:snmp-server[ \t]+community)[ \t]+(?:[0-9][ \t]+)?([^\s"']+)(?:[ \t]+(?i:ro|rw|view)(?:[ \t][^\n"']*)?)?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:(?:ikev[12][ \t]+)?(?:pre-shared-key(?:[ \t]+(?:local|remote))?|key-string))[ \t]+(?:([0-9])[ \t]+)?([^\s"']+)[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?i:pre-shared-key[ \t]+(?:ascii-text|hexadecimal))[ \t]+(?:"([^"]*)"|([^\s"]+))"#,
+            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:(?:tacacs|radius)-server[ \t]+(?:host[ \t]+[^\s"']+[ \t]+)?key)[ \t]+(?:([0-9])[ \t]+)?([^\s"']+)[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?i:vault)(?:\.exe)?["']?\s+(?i:login|token\s+(?:lookup|revoke|renew))(?:\s+-[A-Za-z-]+(?:=\S+|\s+[^\s-]\S*)?)*?\s+['"]?([^\s'"=/-][^\s'"=/]{7,})(?:['"]|\s|$)"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
             27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
-            49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 68, 69, 71, 72,
-            73, 74, 76, 78, 79, 80, 81,
+            49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 71,
+            72, 73, 75, 76, 77, 78, 80, 82, 83, 85, 86, 87, 89, 90,
         ],
         anchors: &[
             "-u ",
@@ -795,6 +821,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "snmp-server",
             "pre-shared-key",
             "key-string",
+            "algorithm-type",
+            "tacacs-server",
+            "radius-server",
             "vault",
         ],
     },
@@ -2478,7 +2507,7 @@ const RABBITMQ_PASSWORD_GROUP: usize = 51;
 
 /// The groups of the `CliCredentials` pattern that are an option alone, `-H <NTLM hash>` and
 /// `-s <new password>`, with the programs that must run it (checked by [`runs_before`]).
-const OPTION_ALONE_GROUPS: [(usize, &[&str]); 6] = [
+const OPTION_ALONE_GROUPS: [(usize, &[&str]); 7] = [
     (
         48,
         &[
@@ -2494,18 +2523,32 @@ const OPTION_ALONE_GROUPS: [(usize, &[&str]); 6] = [
     (60, &["ssh-keygen"]),
     (61, &["ssh-keygen"]),
     (62, &["ssh-keygen"]),
-    (63, &["rman"]),
+    (63, &["ssh-keygen"]),
+    (64, &["rman"]),
 ];
 
 /// The groups of the `CliCredentials` pattern that are the name given a value by `setx` and
 /// `SetEnvironmentVariable`: the value is a secret only under a sensitive name.
-const VARIABLE_NAME_GROUPS: [usize; 2] = [67, 70];
+const VARIABLE_NAME_GROUPS: [usize; 2] = [70, 74];
 
 /// The groups of the `CliCredentials` pattern that are a bare value which prose could hold too
-/// (`use the -Password option`, `enable password protection`), with the group of the type digit
-/// that makes a network device's line a configuration (`secret 0 x`), if any.
-const PROSE_LIKE_VALUE_GROUPS: [(usize, Option<usize>); 4] =
-    [(66, None), (76, Some(75)), (78, Some(77)), (80, None)];
+/// (`use the -Token Parameter`, `Username or password INCORRECT`), with the group of the type
+/// digit that makes a network device's line a configuration (`secret 0 x`), if any.
+const PROSE_LIKE_VALUE_GROUPS: [(usize, Option<usize>); 5] = [
+    (67, None),
+    (80, Some(79)),
+    (82, Some(81)),
+    (85, Some(84)),
+    (89, Some(88)),
+];
+
+/// The groups of the `CliCredentials` pattern that are a PowerShell parameter's value: a
+/// reference to a secret elsewhere (`$env:X`, `${env:X}`, OpenSSL's `env:X`, `file:/run/x`) is
+/// none.
+const PARAMETER_VALUE_GROUPS: [usize; 3] = [65, 66, 67];
+
+/// The group of the `CliCredentials` pattern that is a Vault token.
+const VAULT_TOKEN_GROUP: usize = 90;
 
 /// Whether one of `programs` runs the command that `start` is in: named before it, with no
 /// command separator (`;`, `|`, `&`, a line break) between, within 1 KiB.
@@ -2519,13 +2562,32 @@ fn runs_before(text: &str, start: usize, programs: &[&str]) -> bool {
         .rfind([';', '|', '&', '\n'])
         .map_or(command, |i| &command[i + 1..]);
     command
-        .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '(' | '['))
+        .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '(' | '[' | '='))
         .any(|word| runs_one_of(word.trim_end_matches(".py"), programs))
 }
 
-/// Whether `secret` is a plain lower-case word (`option`, `protection`), as prose has them.
-fn is_lower_case_word(secret: &str) -> bool {
-    secret.bytes().all(|b| b.is_ascii_lowercase())
+/// Whether a bare value after an option or a configuration keyword looks set, not written in
+/// prose: a digit or a symbol in it (a sentence's closing `.`, `;` or `)` not counted), no `=`
+/// (`complexity=High` is a setting) and no opening parenthesis (`(LDAP)`, `(PSK)`).
+fn looks_set_not_written(secret: &str) -> bool {
+    let word = secret.trim_end_matches(['.', ',', ';', ':', '!', '?', ')']);
+    !word.is_empty()
+        && !word.contains('=')
+        && !word.starts_with('(')
+        && word
+            .bytes()
+            .any(|b| b.is_ascii_digit() || !b.is_ascii_alphanumeric())
+}
+
+/// Whether a parameter's value names where a secret is instead of holding it: a variable
+/// (`$env:X`, `${env:X}`) or OpenSSL's `env:`, `file:`, `fd:` and `stdin`.
+fn names_a_secret_elsewhere(secret: &str) -> bool {
+    secret.starts_with('$')
+        || ["env:", "file:", "fd:", "stdin"].iter().any(|p| {
+            secret
+                .get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        })
 }
 
 /// The group of the `CliCredentials` pattern that is the bare password of `net user`.
@@ -2683,6 +2745,10 @@ pub(crate) const CREDENTIAL_CLIENTS: &[&str] = &[
     "unrar",
     "zip",
     "unzip",
+    "ssh-keygen",
+    "vault",
+    "setx",
+    "rman",
 ];
 
 /// Whether the argument `program` runs one of [`CREDENTIAL_CLIENTS`] (as
@@ -3855,7 +3921,15 @@ fn verify(
             && PROSE_LIKE_VALUE_GROUPS.iter().all(|(group, type_digit)| {
                 caps.get(*group).is_none()
                     || type_digit.is_some_and(|t| caps.get(t).is_some())
-                    || !is_lower_case_word(secret)
+                    || looks_set_not_written(secret)
+            })
+            && (PARAMETER_VALUE_GROUPS.iter().all(|g| caps.get(*g).is_none())
+                || !names_a_secret_elsewhere(secret))
+            // `vault token lookup -accessor <accessor>`: an accessor is logged by design, and a
+            // `-mode=path` revocation names a path.
+            && caps.get(VAULT_TOKEN_GROUP).is_none_or(|_| {
+                caps.get(0)
+                    .is_none_or(|m| !m.as_str().contains("-accessor") && !m.as_str().contains("-mode"))
             })
             // `hydra ... -p 22` in prose is a port; `rabbitmqctl add_user command requires a
             // password` is a sentence.
@@ -4636,6 +4710,66 @@ mod tests {
                 "vault token lookup -format=json s.Zebra9KettleAbCdEfGhIjKlMn",
                 &["s.Zebra9KettleAbCdEfGhIjKlMn"],
             ),
+            // The second QA pass: quoted programs and values, options with values, glued
+            // passphrases, setx's own /p, DSN passwords with `@` and `/`, device secrets after
+            // an algorithm, a view or a role, Junos' ascii-text, TACACS+ and RADIUS keys.
+            (
+                r#""C:\Windows\system32\setx.exe" API_TOKEN Zebra9Kettle /M"#,
+                &["Zebra9Kettle"],
+            ),
+            ("setx API_TOKEN 'Zebra9 Kettle'", &["Zebra9 Kettle"]),
+            (
+                r#"setx /s srv01 /u CORP\admin /p Zebra9Kettle"#,
+                &["Zebra9Kettle"],
+            ),
+            (
+                r#""C:\HashiCorp\vault.exe" login s.Zebra9KettleAbCdEfGhIjKlMn"#,
+                &["s.Zebra9KettleAbCdEfGhIjKlMn"],
+            ),
+            (
+                "vault login 's.Zebra9KettleAbCdEfGhIjKlMn'",
+                &["s.Zebra9KettleAbCdEfGhIjKlMn"],
+            ),
+            (
+                "vault login -address https://vault:8200 s.Zebra9KettleAbCdEfGhIjKlMn",
+                &["s.Zebra9KettleAbCdEfGhIjKlMn"],
+            ),
+            (
+                "ssh-keygen -p -f id_rsa -PZebra9Old -NZebra9New",
+                &["Zebra9Old", "Zebra9New"],
+            ),
+            ("dsn app:p@ss9Word@tcp(db:3306)/app", &["p@ss9Word"]),
+            ("dsn app:Ab/cd9Zebra@tcp(db:3306)/app", &["Ab/cd9Zebra"]),
+            (
+                "enable algorithm-type scrypt secret Zebra9Kettle",
+                &["Zebra9Kettle"],
+            ),
+            (
+                "username admin privilege 15 algorithm-type scrypt secret Zebra9Kettle",
+                &["Zebra9Kettle"],
+            ),
+            (
+                "username admin view netops secret Zebra9Kettle",
+                &["Zebra9Kettle"],
+            ),
+            (
+                "username admin role network-admin secret sha512 $6$Zebra9Salt$Hash",
+                &["$6$Zebra9Salt$Hash"],
+            ),
+            (
+                r#"set security ike policy p1 pre-shared-key ascii-text "Zebra9Kettle""#,
+                &["Zebra9Kettle"],
+            ),
+            ("pre-shared-key 0 zebrakettle", &["zebrakettle"]),
+            ("tacacs-server key 7 0822455D0A16", &["0822455D0A16"]),
+            (
+                "radius-server host 10.0.0.5 key Zebra9Radius",
+                &["Zebra9Radius"],
+            ),
+            (
+                "interface Gi0/1\n key-string Zebra9Kettle\n",
+                &["Zebra9Kettle"],
+            ),
         ] {
             for secret in secrets {
                 one(text, CliCredentials, secret);
@@ -4658,6 +4792,30 @@ mod tests {
             "snmp-server community",
             "vault login -method=oidc",
             "vault token lookup",
+            // The second QA pass: prose the device lines took for secrets, references to
+            // secrets, Vault paths and accessors.
+            "Authentication failed: invalid username or password (LDAP)",
+            "User entered wrong username or password 3 times",
+            "Sign-in failed: Username or password INCORRECT",
+            "Invalid username or password (code 401)",
+            "username alice password expired; reset required",
+            "User clicked Enable Password Manager",
+            "Please enable password rotation.",
+            "Policy update: enable password complexity=High",
+            "IKE phase 1 failed: pre-shared-key mismatch.",
+            "IPsec: pre-shared-key (PSK) configured",
+            "Configure the snmp-server community string on each switch",
+            "Removed snmp-server community RO from the config",
+            "crypto isakmp key rotated for peer 203.0.113.5",
+            "the key-string Value must be 16 chars",
+            "vault token capabilities secret/data/app/config",
+            "vault token lookup -accessor 8609694a-cdbc-db9b-d345-e782dbb562ed",
+            "vault token revoke -mode=path auth/userpass/login/alice",
+            "openssl pkcs12 -export -password env:P12_PASS -out a.p12",
+            "openssl pkcs12 -export -password file:/run/secrets/p12 -out a.p12",
+            r#"Connect-Thing -Token "${env:GH_TOKEN}""#,
+            "Use the -Token Parameter to pass a PAT",
+            "vault login -method=userpass username=bob",
         ] {
             none_of(CliCredentials, clean);
         }
@@ -4702,6 +4860,10 @@ mod tests {
             "unrar x -pZebra9KettleC1 in.rar",
             "zip -P Zebra9KettleC1 out.zip f",
             "unzip -P Zebra9KettleC1 in.zip",
+            "ssh-keygen -p -f k -P Zebra9KettleC1",
+            "vault login Zebra9KettleC1",
+            "setx DB_PASSWORD Zebra9KettleC1",
+            "rman target sys/Zebra9KettleC1@db",
         ];
         for client in CREDENTIAL_CLIENTS {
             assert!(

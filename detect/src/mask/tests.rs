@@ -316,6 +316,11 @@ fn a_command_line_held_as_arguments_is_masked_as_its_text_is() {
         "net": ["net", "user", "bob", "Zebra9KettleC5", "/add"],
         "redis": ["redis-cli", "-h", "r", "-a", "Zebra9KettleC6", "ping"],
         "docker": ["docker", "login", "-u", "ci", "-p", "Zebra9KettleC7", "registry"],
+        // QA: the commands added later, held as arguments too.
+        "keygen": ["ssh-keygen", "-p", "-f", "k", "-P", "Zebra9KettleC8", "-N", "Zebra9KettleC9"],
+        "vault": ["vault", "login", "s.Zebra9KettleD1AbCdEfGhIjKl"],
+        "setx": ["setx", "/M", "DB_PASSWORD", "Zebra9KettleD2"],
+        "rman": ["rman", "target", "sys/Zebra9KettleD3@db", "catalog", "rco/Zebra9KettleD4@cat"],
         // What the same commands say with no password in them, and other tools' options.
         "net_add": ["net", "user", "bob", "/add"],
         "net_prompt": ["net", "user", "bob", "*"],
@@ -1343,6 +1348,22 @@ fn passwords_in_sentences_are_masked_and_sentences_about_them_are_not() {
         (
             "The new password for the service account is Svc12Welcome!",
             "The new password for the service account is [REDACTED:secret_assignment]",
+        ),
+        (
+            r"Password for CORP\bob is Zebra9Kettle",
+            r"Password for CORP\bob is [REDACTED:secret_assignment]",
+        ),
+        (
+            "Password for user \"bob\" is Zebra9Kettle",
+            "Password for user \"bob\" is [REDACTED:secret_assignment]",
+        ),
+        (
+            "The password for the new hire (jdoe) is Zebra9Kettle",
+            "The password for the new hire (jdoe) is [REDACTED:secret_assignment]",
+        ),
+        (
+            "Your temporary password is now Zebra9Kettle",
+            "Your temporary password is now [REDACTED:secret_assignment]",
         ),
         (
             "temporary password for new hire: Welcome2024#",
@@ -4403,6 +4424,26 @@ fn registry_logins_and_pii_by_key_name_are_masked() {
     }
     assert_eq!(v["profile"]["passportCountry"], "DE");
     assert_eq!(v["profile"]["auth"], "saml");
+    // The key in another case; the names in text and URLs (QA: JSON keys only).
+    let mut v = json!({"Auth": "ZGV2b3BzOlplYnJhOUtldHRsZQ==", "birthday": "1990-01-04"});
+    m.mask_value(&mut v);
+    assert!(!v.to_string().contains("ZGV2b3Bz"), "{v}");
+    assert!(!v.to_string().contains("1990-01-04"), "{v}");
+    for (text, secret) in [
+        ("iban=DE89370400440532013000", "DE89370400440532013000"),
+        (
+            "https://pay.example.com/transfer?iban=DE89370400440532013001&amount=10",
+            "DE89370400440532013001",
+        ),
+        ("https://x/verify?dob=1990-01-05&name=bob", "1990-01-05"),
+        ("date_of_birth=1990-01-06", "1990-01-06"),
+        ("birthDate: 1990-01-07", "1990-01-07"),
+        ("drivers_license=D1234567", "D1234567"),
+        ("taxpayer_id=12-3456789", "12-3456789"),
+    ] {
+        let masked = m.mask_text(text);
+        assert!(!masked.contains(secret), "{text} -> {masked}");
+    }
 }
 
 /// Text shapes of the third QA pass: labels of two words, a seed phrase in prose, a whole
@@ -4808,6 +4849,9 @@ fn password_names_in_other_scripts_mask_their_value_in_text() {
         ("la password è Roma2024it", "Roma2024it"),
         ("Das Passwort ist Berlin2024de", "Berlin2024de"),
         ("mot de passe : Soleil2024zz", "Soleil2024zz"),
+        ("lösenord: Zebra9Kettle", "Zebra9Kettle"),
+        ("lösenord är Zebra9Kettlf", "Zebra9Kettlf"),
+        ("CONTRASEÑA: Zebra9Kettlg", "Zebra9Kettlg"),
     ] {
         let masked = m.mask_text(text);
         assert!(!masked.contains(secret), "{text} -> {masked}");

@@ -387,7 +387,7 @@ impl<'a> MaskWalk<'a> {
                         || (rule.action != FieldAction::Keep
                             && (is_jwk_private_member(key)
                                 || is_kubernetes_secret_data(key)
-                                || key == "auth")
+                                || key.eq_ignore_ascii_case("auth"))
                             && is_secret_member_of_record(map, key))
                     {
                         w.force_leaves(child, m.key_action, "key");
@@ -1103,11 +1103,11 @@ fn is_scalar_or_scalars(view: &ValueRef<'_>) -> bool {
 /// Out of line: the per-key closure of the walk is hot, and rare keys only call this.
 #[inline(never)]
 fn is_secret_member_of_record(map: &sonic_rs::Object, key: &str) -> bool {
-    if key == "auth" {
+    if key.eq_ignore_ascii_case("auth") {
         // A container registry login as Docker's `config.json` (`auths.<registry>.auth`) and
         // Podman's `auth.json` keep it: base64 of `user:password` (QA). Other `auth` members
         // name a method (`"auth": "saml"`) and stay.
-        map.get(&"auth")
+        map.get(&key)
             .and_then(|v| v.as_str())
             .is_some_and(super::patterns::is_basic_credential)
     } else if is_kubernetes_secret_data(key) {
