@@ -4429,6 +4429,20 @@ fn registry_logins_and_pii_by_key_name_are_masked() {
     m.mask_value(&mut v);
     assert!(!v.to_string().contains("ZGV2b3Bz"), "{v}");
     assert!(!v.to_string().contains("1990-01-04"), "{v}");
+    // A command percent-encoded in a URL; a quoted setx value in JSON text stays JSON.
+    let url = m.mask_text("https://x/run?cmd=ssh-keygen%20-p%20-P%20Zebra9Old%20-N%20Zebra9New");
+    assert!(
+        !url.contains("Zebra9Old") && !url.contains("Zebra9New"),
+        "{url}"
+    );
+    let mut v = json!({"body": "{\"cmd\":\"setx API_TOKEN \\\"Zebra9 Kettle\\\"\"}"});
+    m.mask_value(&mut v);
+    let body = v["body"].as_str().unwrap();
+    assert!(!body.contains("Zebra9"), "{body}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(body).is_ok(),
+        "{body}"
+    );
     for (text, secret) in [
         ("iban=DE89370400440532013000", "DE89370400440532013000"),
         (
