@@ -222,8 +222,10 @@ pub struct AlertBook {
 #[derive(Default)]
 struct TenantAlerts {
     records: HashMap<String, AlertRecord>,
-    /// (rule id, entity) -> the newest alert of that rule for that entity.
-    groups: HashMap<(String, String), String>,
+    /// (rule id, entity) -> the alerts of that rule for that entity later repeats may join,
+    /// oldest first, at most [`MAX_GROUP_HEADS`]: the newest, and those a backfill raised
+    /// beside it (each joins the one whose window it falls in).
+    groups: HashMap<(String, String), Vec<String>>,
     /// Hashes of the alert ids grouped into another, so a replayed one is not counted twice.
     absorbed: HashSet<u64>,
     /// Alert id -> the hashes in `absorbed` grouped into it (kept in its snapshot, dropped with
@@ -240,23 +242,7 @@ impl TenantAlerts {
             JournalEntry::Alert { alert } => {
                 if groups_repeats(alert.detector) {
                     let key = (alert.rule_id.clone(), group_entity(&alert.entity));
-                    // The group later repeats join is the one that fired last: an alert dated
-                    // before the open one's last occurrence (a backfill, a late record) does not
-                    // take its place (QA: the next repeat of the open alert became an alert of
-                    // its own).
-                    let head_fired_later = self
-                        .groups
-                        .get(&key)
-                        .and_then(|id| self.records.get(id))
-                        .is_some_and(|head| {
-                            matches!(
-                                head.alert.status,
-                                AlertStatus::Open | AlertStatus::Acknowledged
-                            ) && head.last_occurrence() > alert.timestamp
-                        });
-                    if !head_fired_later {
-                        self.groups.insert(key, alert.id.clone());
-                    }
+                    self.add_group_head(key, &alert.id);
                 }
                 self.records
                     .entry(alert.id.clone())
@@ -301,7 +287,7 @@ impl TenantAlerts {
                         record.alert.rule_id.clone(),
                         group_entity(&record.alert.entity),
                     );
-                    self.groups.insert(key, id.clone());
+                    self.add_group_head(key, &id);
                 }
                 if !absorbed.is_empty() {
                     self.absorbed.extend(&absorbed);
@@ -312,6 +298,19 @@ impl TenantAlerts {
                 }
                 self.records.insert(id, *record);
             }
+        }
+    }
+
+    /// `id` is an alert later repeats of its rule and entity may join (QA: an occurrence dated
+    /// before the open alert, a backfill, took its place, so the next live repeat raised a new
+    /// alert; kept as the only one, the backfill's next batch raised new ones).
+    fn add_group_head(&mut self, key: (String, String), id: &str) {
+        let heads = self.groups.entry(key).or_default();
+        if !heads.iter().any(|h| h == id) {
+            heads.push(id.to_string());
+        }
+        if heads.len() > MAX_GROUP_HEADS {
+            heads.remove(0);
         }
     }
 
@@ -346,8 +345,11 @@ impl TenantAlerts {
         for id in &expired {
             if let Some(r) = self.records.remove(id) {
                 let key = (r.alert.rule_id, group_entity(&r.alert.entity));
-                if self.groups.get(&key) == Some(id) {
-                    self.groups.remove(&key);
+                if let Some(heads) = self.groups.get_mut(&key) {
+                    heads.retain(|h| h != id);
+                    if heads.is_empty() {
+                        self.groups.remove(&key);
+                    }
                 }
             }
             for hash in self.absorbed_into.remove(id).unwrap_or_default() {
@@ -359,7 +361,7 @@ impl TenantAlerts {
 
     /// Rewrite the journal at `path` as one snapshot per alert, oldest first.
     fn rewrite_journal(&mut self, path: &Path) -> Result<()> {
-        let heads: HashSet<&String> = self.groups.values().collect();
+        let heads: HashSet<&String> = self.groups.values().flatten().collect();
         let mut records: Vec<&AlertRecord> = self.records.values().collect();
         records.sort_by(|a, b| {
             (a.alert.timestamp, &a.alert.id).cmp(&(b.alert.timestamp, &b.alert.id))
@@ -383,6 +385,10 @@ impl TenantAlerts {
 }
 
 /// A grouping window of `seconds` (`None` for 0, or past what a time span holds).
+/// Alerts of one rule and entity that later repeats may join at once (see
+/// `TenantAlerts::groups`).
+const MAX_GROUP_HEADS: usize = 8;
+
 /// Whether the store groups a detector's repeats into its open alert. A correlation fires again
 /// each time its condition holds anew (every 10 failures of a burst): those are repeats too.
 /// Behavioural and source-health alerts are not: they say "how many" in one alert by their own
@@ -590,9 +596,11 @@ impl AlertBook {
             if let Some(window) = grouping {
                 let groups = open
                     .entry(key)
-                    .or_insert_with(|| self.open_group(a).into_iter().collect());
+                    .or_insert_with(|| self.open_groups(a));
+                // The newest group whose window the occurrence falls in.
                 if let Some(g) = groups
                     .iter_mut()
+                    .rev()
                     .find(|g| a.timestamp >= g.first - window && a.timestamp <= g.last + window)
                 {
                     g.first = g.first.min(a.timestamp);
@@ -668,23 +676,30 @@ impl AlertBook {
         Ok(done)
     }
 
-    /// The stored alert a new one of the same rule and entity could be grouped into: the
-    /// newest, while it is open or acknowledged (a resolved alert ends its group).
-    fn open_group(&self, a: &Alert) -> Option<OpenGroup> {
-        let t = self.tenants.get(&a.tenant)?;
-        let id = t
-            .groups
-            .get(&(a.rule_id.clone(), group_entity(&a.entity)))?;
-        let r = t.records.get(id)?;
-        matches!(
-            r.alert.status,
-            AlertStatus::Open | AlertStatus::Acknowledged
-        )
-        .then(|| OpenGroup {
-            id: id.clone(),
-            first: r.alert.timestamp,
-            last: r.last_occurrence(),
-        })
+    /// The stored alerts a new one of the same rule and entity could be grouped into, oldest
+    /// first: those open or acknowledged (a resolved alert ends its group).
+    fn open_groups(&self, a: &Alert) -> Vec<OpenGroup> {
+        let Some(t) = self.tenants.get(&a.tenant) else {
+            return Vec::new();
+        };
+        let Some(heads) = t.groups.get(&(a.rule_id.clone(), group_entity(&a.entity))) else {
+            return Vec::new();
+        };
+        heads
+            .iter()
+            .filter_map(|id| t.records.get(id))
+            .filter(|r| {
+                matches!(
+                    r.alert.status,
+                    AlertStatus::Open | AlertStatus::Acknowledged
+                )
+            })
+            .map(|r| OpenGroup {
+                id: r.alert.id.clone(),
+                first: r.alert.timestamp,
+                last: r.last_occurrence(),
+            })
+            .collect()
     }
 
     /// `tenant`'s alerts by the day of their `@timestamp` (first occurrence), each day's oldest
@@ -1306,6 +1321,14 @@ mod tests {
             .unwrap();
         assert_eq!(done.grouped.len(), 1, "{done:?}");
         assert_eq!(book.get("acme", &open.id).unwrap().alert.count, 3);
+        // The backfill's next occurrence, in a batch of its own, joins the backfill's alert
+        // (QA: with the open alert the only group, it raised one alert per batch).
+        let backfill = repeat("fail", "alice", 120, "old");
+        let done = book
+            .insert(journal, &[repeat("fail", "alice", 125, "old2")])
+            .unwrap();
+        assert_eq!(done.grouped.len(), 1, "{done:?}");
+        assert_eq!(book.get("acme", &backfill.id).unwrap().alert.count, 2);
         // So it stays after the journal is read again.
         let mut reread = AlertBook::load(dir.path(), false).unwrap();
         reread.set_group_seconds(3600);
@@ -1314,6 +1337,11 @@ mod tests {
             .unwrap();
         assert_eq!(done.grouped.len(), 1, "{done:?}");
         assert_eq!(reread.get("acme", &open.id).unwrap().alert.count, 4);
+        let done = reread
+            .insert(journal, &[repeat("fail", "alice", 126, "old3")])
+            .unwrap();
+        assert_eq!(done.grouped.len(), 1, "{done:?}");
+        assert_eq!(reread.get("acme", &backfill.id).unwrap().alert.count, 3);
     }
 
     #[test]
