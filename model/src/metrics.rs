@@ -303,7 +303,7 @@ fn help_of(name: &str) -> Option<&'static str> {
         "destination_alerts_sent_total" => "Alerts delivered, per destination.",
         "destination_failures_total" => "Failed delivery rounds, per destination.",
         "destination_batches_abandoned_total" => {
-            "Alert batches given up on after a day of failed deliveries, per destination."
+            "Alert batches given up on, per destination: after a day of failed deliveries, or at once for a destination refused (its address, its URL, no signing secret)."
         }
         "destination_outbox_pending_batches" => "Alert batches in the outbox not delivered yet.",
         "destination_batches_overflowed_total" => {

@@ -200,7 +200,22 @@ impl DestinationStore {
             return Err("`url` must be an http:// or https:// URL with a host".into());
         }
         if let Some(why) = crate::egress::literal_refusal(&parsed, self.allow_private) {
-            return Err(format!("alerts are not sent there: {why}"));
+            return Err(format!("{}: {why}", crate::egress::REFUSED));
+        }
+        // A name that is loopback by definition (RFC 6761); other names are checked when
+        // resolved, at delivery.
+        let host = parsed.host_str().unwrap_or_default().trim_end_matches('.');
+        let loopback_name = host.eq_ignore_ascii_case("localhost")
+            || host
+                .len()
+                .checked_sub(".localhost".len())
+                .and_then(|i| host.get(i..))
+                .is_some_and(|t| t.eq_ignore_ascii_case(".localhost"));
+        if loopback_name && !self.allow_private {
+            return Err(format!(
+                "{}: {host} is a loopback name (allow_private_destinations is off)",
+                crate::egress::REFUSED
+            ));
         }
         Ok(parsed)
     }
@@ -861,11 +876,15 @@ async fn deliver(
         batch_abandoned(metrics, &destination.id);
         return RoundOutcome::Refused;
     };
-    let refused = reqwest::Url::parse(&destination.url)
-        .ok()
-        .and_then(|url| crate::egress::literal_refusal(&url, status.allow_private));
-    if let Some(why) = refused {
-        let error = format!("alerts are not sent there: {why}");
+    // What `run --check` and the start name as unusable is given up at once, as they say (QA:
+    // an unparseable URL was retried for a day, a destination without a secret got posts signed
+    // with an empty key, which anyone can forge).
+    let refused = match (status.usable_url(&destination.url), &destination.secret) {
+        (Err(why), _) => Some(why),
+        (Ok(_), None) => Some("it has no signing `secret`".to_string()),
+        (Ok(_), Some(_)) => None,
+    };
+    if let Some(error) = refused {
         tracing::error!(destination = %destination.id, %error, "alert delivery refused; the batch is given up for this destination (the alerts stay in the store)");
         status.record(&destination.id, DeliveryEvent::TryFailed(&error));
         metrics.inc(
@@ -878,6 +897,9 @@ async fn deliver(
         return RoundOutcome::Refused;
     }
     let signature = sign(destination.secret.as_deref().unwrap_or_default(), &bytes);
+    // A name that resolves only to addresses alerts may not go to (`localhost` with private
+    // destinations off) is refused by the resolver at every try: given up at the first.
+    let refused_by_resolver = |error: &str| error.contains(crate::egress::REFUSED);
     let mut wait = retry_base;
     for attempt in 1..=MAX_ATTEMPTS {
         let outcome = client
@@ -904,6 +926,16 @@ async fn deliver(
         };
         tracing::warn!(destination = %destination.id, name = %destination.name, attempt, %error, "alert delivery failed");
         status.record(&destination.id, DeliveryEvent::TryFailed(&error));
+        if refused_by_resolver(&error) {
+            metrics.inc(
+                "destination_failures_total",
+                &[("destination", &destination.id)],
+                1,
+            );
+            status.record(&destination.id, DeliveryEvent::GaveUp);
+            batch_abandoned(metrics, &destination.id);
+            return RoundOutcome::Refused;
+        }
         if attempt < MAX_ATTEMPTS {
             tokio::time::sleep(wait).await;
             wait *= 4;
@@ -1124,6 +1156,9 @@ mod tests {
             assert!(!notifier.intend(&[other]));
         });
         assert!(dir.path().join("outbox/intent.json").exists());
+        // A note a kill left half written is removed at the next open.
+        let torn = dir.path().join("outbox/intent.json.4242.7.tmp");
+        std::fs::write(&torn, "{\"alerts\":[").unwrap();
         runtime.block_on(async {
             let notifier = spawn(Some(0));
             // a2 was counted into an earlier alert: the store has no alert of that id.
@@ -1131,6 +1166,7 @@ mod tests {
                 (tenant == "acme" && id == "a1").then(|| test_alert("a1"))
             });
             assert_eq!(queued, 1);
+            assert!(!torn.exists());
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while hook.bodies().is_empty() {
                 assert!(std::time::Instant::now() < deadline, "never delivered");
@@ -1678,6 +1714,19 @@ mod tests {
             notify_one_and_wait_for(&strict, "destination_batches_abandoned_total", &d.id);
         assert_eq!(abandoned, 1);
         assert!(hook.bodies().is_empty());
+        // A destination without its signing secret (a hand-edited file) gets nothing: its
+        // posts could not be told from forged ones.
+        let path = dir.path().join("destinations.json");
+        let mut all: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        all[0].as_object_mut().unwrap().remove("secret");
+        std::fs::write(&path, all.to_string()).unwrap();
+        let unsigned = Arc::new(DestinationStore::open_in(dir.path()).unwrap());
+        assert!(unsigned.unusable()[0].contains("secret"));
+        let abandoned =
+            notify_one_and_wait_for(&unsigned, "destination_batches_abandoned_total", &d.id);
+        assert_eq!(abandoned, 1);
+        assert!(hook.bodies().is_empty());
     }
 
     /// Send one alert through a new notifier (outbox in memory) and wait until `counter` of
@@ -1710,22 +1759,34 @@ mod tests {
         metrics.counter(counter, &[("destination", id)])
     }
 
-    /// With private destinations off, a loopback address is refused when registered as an IP,
-    /// and a name that resolves to one (`localhost`) gets nothing at delivery.
+    /// With private destinations off, a loopback address is refused when registered, as an IP
+    /// or as `localhost`; one registered by that name before, from a file, is named unusable
+    /// and gets nothing at delivery, its batch given up at once.
     #[test]
     fn private_destinations_can_be_refused_at_registration_and_at_delivery() {
         let hook = super::webhook_receiver::WebhookReceiver::start(0);
         let strict = Arc::new(DestinationStore::in_memory().allow_private_destinations(false));
-        assert!(matches!(
-            strict.create("acme", "x", &hook.url(), Severity::Low, "t"),
-            Err(DestinationError::Invalid(m)) if m.contains("private")
-        ));
-        // Registered by name: accepted, refused when the name resolves.
         let by_name = hook.url().replace("127.0.0.1", "localhost");
-        let d = strict
+        for url in [hook.url(), by_name.clone()] {
+            assert!(matches!(
+                strict.create("acme", "x", &url, Severity::Low, "t"),
+                Err(DestinationError::Invalid(m)) if m.contains("private") || m.contains("loopback")
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = DestinationStore::open_in(dir.path())
+            .unwrap()
             .create("acme", "x", &by_name, Severity::Low, "t")
             .unwrap();
-        notify_one_and_wait_for(&strict, "destination_failures_total", &d.id);
+        let strict = Arc::new(
+            DestinationStore::open_in(dir.path())
+                .unwrap()
+                .allow_private_destinations(false),
+        );
+        assert_eq!(strict.unusable().len(), 1);
+        let abandoned =
+            notify_one_and_wait_for(&strict, "destination_batches_abandoned_total", &d.id);
+        assert_eq!(abandoned, 1);
         assert!(
             hook.bodies().is_empty(),
             "nothing reached the loopback hook"

@@ -102,6 +102,9 @@ pub fn literal_refusal(url: &reqwest::Url, allow_private: bool) -> Option<String
     refusal(ip, allow_private).map(|why| format!("{ip} is {why}"))
 }
 
+/// What a refusal says (the delivery gives a destination refused so up at once).
+pub const REFUSED: &str = "alerts are not sent there";
+
 /// Resolves destination host names and keeps only the addresses alerts may be sent to.
 #[derive(Debug, Clone, Copy)]
 pub struct GuardedDns {
@@ -121,11 +124,13 @@ impl reqwest::dns::Resolve for GuardedDns {
                 .filter(|a| refusal(a.ip(), allow_private).is_none())
                 .collect();
             if allowed.is_empty() {
-                let why = resolved
+                let Some(why) = resolved
                     .first()
                     .and_then(|a| refusal(a.ip(), allow_private))
-                    .unwrap_or("no address");
-                return Err(format!("{host}: alerts are not sent there ({why})").into());
+                else {
+                    return Err(format!("{host}: no address").into());
+                };
+                return Err(format!("{host}: {REFUSED} ({why})").into());
             }
             let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
             Ok(addrs)

@@ -128,6 +128,13 @@ impl DeliveryOutbox {
         let mut tenants = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
             let entry = entry.map_err(|e| io(&dir, e))?;
+            // A note being written when the process died (QA: they stayed for good).
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(INTENT_FILE) && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
             let Some(tenant) = entry
                 .file_name()
                 .to_str()

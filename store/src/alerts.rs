@@ -594,9 +594,7 @@ impl AlertBook {
             };
             let grouping = window.filter(|_| groups_repeats(a.detector));
             if let Some(window) = grouping {
-                let groups = open
-                    .entry(key)
-                    .or_insert_with(|| self.open_groups(a));
+                let groups = open.entry(key).or_insert_with(|| self.open_groups(a));
                 // The newest group whose window the occurrence falls in.
                 if let Some(g) = groups
                     .iter_mut()
