@@ -351,12 +351,34 @@ fn without_property_value(error: KafkaError) -> KafkaError {
             let desc = if value.is_empty() {
                 desc
             } else {
-                desc.replace(&value, hidden)
+                replace_word(&desc, &value, hidden)
             };
             KafkaError::ClientConfig(res, desc, key, hidden.to_string())
         }
         other => other,
     }
+}
+
+/// `text` with each occurrence of `word` that stands as a word of its own (no letter or digit
+/// right before or after it) replaced: `zstd` in `libzstd not available` is no value (QA: the
+/// reason became `lib(value not shown) not available`).
+fn replace_word(text: &str, word: &str, by: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        let glued = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+        out.push_str(&rest[..at]);
+        out.push_str(if glued(before) || glued(after) {
+            word
+        } else {
+            by
+        });
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The partition key of an item: `(source, tenant, item)` to the message key. The binary reads
@@ -1431,7 +1453,7 @@ impl KafkaBusConsumer {
 
     fn commit(&self, next_offsets: &HashMap<(String, i32), i64>) -> Result<(), KafkaBusError> {
         let list = offset_list(next_offsets).map_err(kafka("listing offsets"))?;
-        match self.consumer.commit(&list, CommitMode::Sync) {
+        match off_the_runtime(|| self.consumer.commit(&list, CommitMode::Sync)) {
             Ok(()) => {
                 count(&self.metrics, "kafka_batches_committed_total", 1);
                 self.committed
@@ -1494,10 +1516,10 @@ impl KafkaBusConsumer {
             *last = Some(std::time::Instant::now());
         }
         for ((topic, partition), next) in committed {
-            match self
-                .consumer
-                .fetch_watermarks(&topic, partition, Duration::from_secs(1))
-            {
+            match off_the_runtime(|| {
+                self.consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(1))
+            }) {
                 Ok((_, high)) => metrics.set(
                     "kafka_consumer_lag_records",
                     &[("partition", &partition.to_string())],
@@ -1507,6 +1529,19 @@ impl KafkaBusConsumer {
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// Run `f`, a call that waits for the broker (a synchronous commit, a watermark query), so
+/// that the runtime's other tasks keep running meanwhile: on a multi-threaded runtime its
+/// worker hands them to another (QA: with the broker hanging, the commit held one of the two
+/// workers for a minute and the HTTP API, `/healthz` included, stopped answering).
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -1918,6 +1953,27 @@ mod tests {
 
     use super::*;
     use sonic_rs::JsonValueTrait;
+
+    /// A refused property's value is not shown, and a word that merely holds it stays (QA:
+    /// `libzstd not available` read `lib(value not shown) not available`).
+    #[test]
+    fn a_refused_value_is_hidden_as_a_word_only() {
+        let error = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Unsupported value \"zstd\" for configuration property \"compression.type\": libzstd not available at build time".into(),
+            "compression.type".into(),
+            "zstd".into(),
+        );
+        let KafkaError::ClientConfig(_, desc, _, value) = without_property_value(error) else {
+            panic!("still a config error");
+        };
+        assert_eq!(
+            desc,
+            "Unsupported value \"(value not shown)\" for configuration property \"compression.type\": libzstd not available at build time"
+        );
+        assert_eq!(value, "(value not shown)");
+        assert_eq!(replace_word("pw=pw;pwd", "pw", "*"), "*=*;pwd");
+    }
 
     fn submission(items: Vec<InputItem>) -> Submission {
         let (ack, _) = tokio::sync::oneshot::channel();
