@@ -1088,12 +1088,7 @@ impl KafkaBusProducer {
         {
             Ok(producer) => {
                 tracing::warn!(error = ?code, reason, "the Kafka producer failed for good; a new one takes the next batches (the batches refused meanwhile are resent by their sources)");
-                // The failed one is left as it is, not destroyed: a QA pass saw the service die
-                // of a segmentation fault seconds after a replacement (not reproduced since, no
-                // core), and destroying a librdkafka producer in its fatal state is the likely
-                // place. Its memory and threads, once per broker outage that fenced it, are the
-                // price.
-                std::mem::forget(std::mem::replace(&mut self.producer, producer));
+                self.producer = producer;
                 true
             }
             Err(e) => {
