@@ -671,6 +671,28 @@ fn names_a_password_in_another_script(key: &str) -> bool {
     }
 }
 
+/// Whether `key` names personal data whose values are numbers or hold digits (an IBAN, a date
+/// of birth, a passport, a driver's licence, a taxpayer id): in text, a value without a digit
+/// is a setting or prose (`dob: optional`, `iban: not set`; QA).
+pub(crate) fn names_numbered_pii(key: &str) -> bool {
+    let folded = normalize_key(key);
+    [
+        "iban",
+        "dob",
+        "dateofbirth",
+        "birthdate",
+        "birthday",
+        "driverslicense",
+        "driverlicense",
+        "driverslicence",
+        "driverlicence",
+        "taxpayerid",
+        "passport",
+    ]
+    .iter()
+    .any(|w| folded.contains(w))
+}
+
 /// Whether `key` names a session key (`SESSION_KEY`, `sessionKey`, `x-session-keys`).
 pub(crate) fn names_a_session_key(key: &str) -> bool {
     let folded = normalize_key(key);

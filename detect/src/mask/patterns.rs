@@ -120,7 +120,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // key="DbPassword" value="x" />`. A name may be two words of a label (`API key: x`,
         // `Private key: x`, `seed phrase: ...`); LDIF writes base64 values after `::`.
         regex: concat!(
-            r#"((?-u:\b)(?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|(?i:пароль|contraseña|lösenord|密码|密碼|パスワード|暗証番号|비밀번호|hasło|şifre|jelszó|κωδικός|סיסמה|mot[ \t]+de[ \t]+passe)|(?-u:\b)[A-Za-z0-9_.-]{2,80})(?:\s+(?i:for)(?:\s+[^\s:：]{1,80}){1,4}?(?:[ \t]*[:：][ \t]*|\s+(?i:is|was)(?:\s+(?i:now))?\s+)|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=：])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|(?:is|was)(?:\s+now)?|to|es|est|ist|è|é|är|er|jest)\s+)?))"#,
+            r#"((?-u:\b)(?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|(?i:пароль|contraseña|lösenord(?:et)?|密码|密碼|パスワード|暗証番号|비밀번호|hasło|şifre|jelszó|κωδικός|סיסמה|mot[ \t]+de[ \t]+passe)|(?-u:\b)[A-Za-z0-9_.-]{2,80})(?:\s+(?i:for)(?:\s+[^\s:：]{1,80}){2,4}?(?:[ \t]*[:：][ \t]*|\s+(?i:is|was)(?:\s+(?i:now|(?:set|changed|reset|updated)\s+to))?[ \t]*:?\s+)|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+\\'"()-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=：])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+\\'"()-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|(?:is|was)(?:\s+now)?|to|es|est|ist|è|é|är|er|jest):?\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -645,10 +645,11 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             r#"|(?:echo|printf)\s+(?:-[en]+\s+)?['"]?([^\s'"|$-][^\s'"|]*)['"]?\s*\|\s*(?:(?:/usr/bin/)?sudo(?:\s+(?:--[a-z-]+(?:=\S+|\s+[^\s-]\S*)?|-[A-RT-Za-z]*[CDghpRrTUu]\s+[^\s-]\S*|-[A-RT-Za-z]+))*\s+(?:-[A-Za-z]*S[A-Za-z]*|--stdin)(?:\s|$)|(?i:docker|podman|nerdctl|helm|buildah|skopeo|oras)(?:\.exe)?\s(?:[^|;&\n]*\s)?login\s(?:[^|;&\n]*\s)?--password-stdin(?:[\s;&|)"'`]|$))"#,
             // QA, more commands (`OPTION_ALONE_GROUPS` checks the program of the options
             // alone). Groups 60-63: `ssh-keygen`'s old and new passphrases, `-P` and `-N`
-            // (63: glued, not starting with a lower-case letter as `-Password` does; an empty
-            // `-N ''` is none); 64: `rman`'s second credential (`target u/p@db catalog
-            // u/<password>@cat`); 65-67: a PowerShell cmdlet's `-Password` (and
-            // `-Secret`, `-ClientSecret`, `-AccessToken`, `-ApiKey`, `-Token`; not a `$variable`,
+            // (63: glued, not starting with a lower-case letter and holding a digit, which
+            // `-Password` and `-PASSWORD` do not; an empty `-N ''` is none); 64: `rman`'s
+            // second credential (`target u/p@db catalog u/<password>@cat`); 65-67: a
+            // PowerShell cmdlet's `-Password` (and `-Secret`, `-ClientSecret`, `-AccessToken`,
+            // `-ApiKey`, `-Token`; not a `$variable`,
             // a `(subexpression)`, an `env:`/`file:` reference nor a word); 68-69: `setx`'s own
             // `/p <password>` (a remote machine's); 70-73: `setx <name> <value>` and 74-76:
             // `[Environment]::SetEnvironmentVariable("<name>", "<value>")`, when the name is
@@ -668,20 +669,20 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // lookup|revoke|renew <token>` (8 characters or more, no path; not after
             // `-accessor` or `-mode`: `s.` tokens of Vault before 1.10 have no prefix a vendor
             // pattern knows).
-            r#"|(?:^|\s)-[PN](?:\s*'([^']*)'|\s*"([^"]*)"|\s+([^\s'"-][^\s'"]*)|([^\s'"a-z-][^\s'"]*))"#,
+            r#"|(?:^|\s)-[PN](?:\s*'([^']*)'|\s*"([^"]*)"|\s+([^\s'"-][^\s'"]*)|([^\s'"a-z0-9-][^\s'"0-9]*[0-9][^\s'"]*))"#,
             r#"|(?:^|\s)(?i:catalog|auxiliary)\s+['"]?[^\s/@'"=]+/([^\s@/'"]+)"#,
             r#"|(?:^|[\s(])-(?i:password|secret|clientsecret|accesstoken|apikey|token)\s+(?:'([^']*)'|"([^"]*)"|([^\s'"$(@-][^\s'"),]*))"#,
             r#"|(?i:setx)(?:\.exe)?["']?\s(?:[^|;&\n]*?\s)?/(?i:p)\s+(?:"([^"]*)"|([^\s"/][^\s"]*))"#,
             r#"|(?i:setx)(?:\.exe)?["']?\s+(?:/[A-Za-z]+\s+)*\\*"?([A-Za-z_][A-Za-z0-9_.-]*)\\*"?\s+(?:\\*"([^"\\]*)\\*"|'([^']*)'|([^\s"'/\\][^\s"]*))"#,
             r#"|(?i:setenvironmentvariable)\(\s*["']([^"']+)["']\s*,\s*(?:"([^"]*)"|'([^']*)')"#,
             r#"|(?:^|[\s"'=(\[`])[^\s:@/"'(\[`=]+:([^\s"']+?)@(?:tcp|unix|udp)\("#,
-            r#"|(?i:crypto\s+isakmp\s+key)\s+(?:[06]\s+)?([^\s"']+)\s+(?i:address|hostname)\b"#,
-            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:username)[ \t]+[^\s"']+[ \t]+(?i:(?:privilege|view|role)[ \t]+[^\s"']+[ \t]+)*(?i:algorithm-type[ \t]+[^\s"']+[ \t]+)?(?i:secret|password)[ \t]+(?:([0-9])[ \t]+|(?i:sha512|sha256)[ \t]+)?([^\s"']+)[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
-            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:enable)[ \t]+(?i:algorithm-type[ \t]+[^\s"']+[ \t]+)?(?i:secret|password)[ \t]+(?i:level[ \t]+[0-9]+[ \t]+)?(?:([0-9])[ \t]+|(?i:sha512|sha256)[ \t]+)?([^\s"']+)[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
-            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:snmp-server[ \t]+community)[ \t]+(?:[0-9][ \t]+)?([^\s"']+)(?:[ \t]+(?i:ro|rw|view)(?:[ \t][^\n"']*)?)?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
-            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:(?:ikev[12][ \t]+)?(?:pre-shared-key(?:[ \t]+(?:local|remote))?|key-string))[ \t]+(?:([0-9])[ \t]+)?([^\s"']+)[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?i:crypto\s+isakmp\s+key)\s+(?:[06]\s+)?"?([^\s"']+)"?\s+(?i:address|hostname)\b"#,
+            r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:username)[ \t]+(?:[^\s"'oO][^\s"']*|[oO](?:[^\s"'rR][^\s"']*)?|[oO][rR][^\s"']+)[ \t]+(?i:(?:privilege|view|role)[ \t]+[^\s"']+[ \t]+)*(?i:algorithm-type[ \t]+[^\s"']+[ \t]+)?(?i:secret|password)[ \t]+(?:([0-9])[ \t]+|(?i:sha512|sha256)[ \t]+)?"?([^\s"']+)"?(?:[ \t]+(?i:role|privilege|priv-lvl)\b[^\n"']*)?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:enable)[ \t]+(?i:algorithm-type[ \t]+[^\s"']+[ \t]+)?(?i:secret|password)[ \t]+(?i:level[ \t]+[0-9]+[ \t]+)?(?:([0-9])[ \t]+|(?i:sha512|sha256)[ \t]+)?"?([^\s"']+)"?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:snmp-server[ \t]+community)[ \t]+(?:[0-9][ \t]+)?"?([^\s"']+)"?(?:[ \t]+(?i:ro|rw|view)(?:[ \t][^\n"']*)?)?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:(?:ikev[12][ \t]+)?(?:(?:remote|local)-authentication[ \t]+)?(?:pre-shared-key(?:[ \t]+(?:local|remote))?|key-string))[ \t]+(?:([0-9])[ \t]+)?"?([^\s"']+)"?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
             r#"|(?i:pre-shared-key[ \t]+(?:ascii-text|hexadecimal))[ \t]+(?:"([^"]*)"|([^\s"]+))"#,
-            r#"|(?:(?m:^)|[=:"'])[ \t]*(?i:(?:tacacs|radius)-server[ \t]+(?:host[ \t]+[^\s"']+[ \t]+)?key)[ \t]+(?:([0-9])[ \t]+)?([^\s"']+)[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:(?:tacacs|radius)-server[ \t]+(?:host[ \t]+[^\s"']+[ \t]+)?(?:(?:auth-port|acct-port|port|timeout)[ \t]+[0-9]+[ \t]+)*key)[ \t]+(?:([0-9])[ \t]+)?"?([^\s"']+)"?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
             r#"|(?i:vault)(?:\.exe)?["']?\s+(?i:login|token\s+(?:lookup|revoke|renew))(?:\s+-[A-Za-z-]+(?:=\S+|\s+[^\s-]\S*)?)*?\s+['"]?([^\s'"=/-][^\s'"=/]{7,})(?:['"]|\s|$)"#,
         ),
         secret_groups: &[
@@ -1463,7 +1464,14 @@ impl Patterns {
                                 sql_insert_secret(text, values, s.as_str(), keys)
                                     .unwrap_or(s.end()..s.end())
                             }
-                            PatternKind::CliCredentials => to_closing_quote(text, s.range()),
+                            // A value that ends in a backslash ends before it: in JSON held as
+                            // text that backslash escapes the closing quote, and masking it
+                            // left the JSON broken (QA).
+                            PatternKind::CliCredentials => {
+                                let r = to_closing_quote(text, s.range());
+                                let kept = text[r.clone()].trim_end_matches('\\').len();
+                                r.start..r.start + kept
+                            }
                             _ => s.range(),
                         })
                         .map(|r| match kind {
@@ -2534,8 +2542,7 @@ const VARIABLE_NAME_GROUPS: [usize; 2] = [70, 74];
 /// The groups of the `CliCredentials` pattern that are a bare value which prose could hold too
 /// (`use the -Token Parameter`, `Username or password INCORRECT`), with the group of the type
 /// digit that makes a network device's line a configuration (`secret 0 x`), if any.
-const PROSE_LIKE_VALUE_GROUPS: [(usize, Option<usize>); 5] = [
-    (67, None),
+const PROSE_LIKE_VALUE_GROUPS: [(usize, Option<usize>); 4] = [
     (80, Some(79)),
     (82, Some(81)),
     (85, Some(84)),
@@ -2546,6 +2553,9 @@ const PROSE_LIKE_VALUE_GROUPS: [(usize, Option<usize>); 5] = [
 /// reference to a secret elsewhere (`$env:X`, `${env:X}`, OpenSSL's `env:X`, `file:/run/x`) is
 /// none.
 const PARAMETER_VALUE_GROUPS: [usize; 3] = [65, 66, 67];
+
+/// The group of the `CliCredentials` pattern that is a PowerShell parameter's bare value.
+const PARAMETER_BARE_GROUP: usize = 67;
 
 /// The group of the `CliCredentials` pattern that is a Vault token.
 const VAULT_TOKEN_GROUP: usize = 90;
@@ -2566,17 +2576,28 @@ fn runs_before(text: &str, start: usize, programs: &[&str]) -> bool {
         .any(|word| runs_one_of(word.trim_end_matches(".py"), programs))
 }
 
-/// Whether a bare value after an option or a configuration keyword looks set, not written in
-/// prose: a digit or a symbol in it (a sentence's closing `.`, `;` or `)` not counted), no `=`
-/// (`complexity=High` is a setting) and no opening parenthesis (`(LDAP)`, `(PSK)`).
-fn looks_set_not_written(secret: &str) -> bool {
+/// Whether the value after a device configuration keyword is prose instead (`pre-shared-key
+/// mismatch.`, `enable password complexity=High`, `pre-shared-key (PSK) configured`): a
+/// lower-case word (a sentence's closing `.`, `;` or `)` aside), a setting (`=`) or an opening
+/// parenthesis.
+fn device_value_in_prose(secret: &str) -> bool {
     let word = secret.trim_end_matches(['.', ',', ';', ':', '!', '?', ')']);
-    !word.is_empty()
-        && !word.contains('=')
-        && !word.starts_with('(')
-        && word
-            .bytes()
-            .any(|b| b.is_ascii_digit() || !b.is_ascii_alphanumeric())
+    word.is_empty()
+        || word.contains('=')
+        || word.starts_with('(')
+        || word.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+/// Whether a PowerShell parameter's bare value is a word of a sentence (`Use the -Token
+/// Parameter to pass a PAT`, `-Password SecureString expected`): letters only, and lower-case
+/// or followed by a lower-case word.
+fn parameter_word_in_prose(text: &str, start: usize, secret: &str) -> bool {
+    if !secret.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return false;
+    }
+    let after = text[start + secret.len()..].trim_start_matches([' ', '\t']);
+    secret.bytes().all(|b| b.is_ascii_lowercase())
+        || after.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
 }
 
 /// Whether a parameter's value names where a secret is instead of holding it: a variable
@@ -3815,6 +3836,8 @@ fn verify(
                         .get(k.end().saturating_sub(4)..)
                         .is_some_and(|t| t.starts_with("hmac:"))
                     && !is_cmdlet_value(text, k.start(), secret)
+                    && !(super::keys::names_numbered_pii(k.as_str())
+                        && !secret.bytes().any(|b| b.is_ascii_digit()))
                     && !is_account_setting(k.as_str(), secret)
                     // Eight or more characters: `password Okta2FA policy` names a product.
                     && (!bare
@@ -3921,7 +3944,13 @@ fn verify(
             && PROSE_LIKE_VALUE_GROUPS.iter().all(|(group, type_digit)| {
                 caps.get(*group).is_none()
                     || type_digit.is_some_and(|t| caps.get(t).is_some())
-                    || looks_set_not_written(secret)
+                    || !device_value_in_prose(secret)
+            })
+            // `-Token Parameter to pass a PAT`: a word that goes on as prose.
+            && (caps.get(PARAMETER_BARE_GROUP).is_none() || !parameter_word_in_prose(text, start, secret))
+            // `vault login completed successfully`: a token has a digit or a symbol.
+            && caps.get(VAULT_TOKEN_GROUP).is_none_or(|_| {
+                secret.bytes().any(|b| b.is_ascii_digit() || !b.is_ascii_alphanumeric())
             })
             && (PARAMETER_VALUE_GROUPS.iter().all(|g| caps.get(*g).is_none())
                 || !names_a_secret_elsewhere(secret))
@@ -3975,7 +4004,14 @@ fn verify(
 /// a change, the new one after it (`changed from`, `updated:`).
 fn names_a_change_from(prose: &str) -> bool {
     let p = prose.trim_end();
-    p.ends_with(':')
+    // `updated:` names the old value next; `is:` (`contraseña es: X`) the value.
+    let verb_colon = p.strip_suffix(':').is_some_and(|verb| {
+        let verb = verb.trim_end().to_ascii_lowercase();
+        ["set", "changed", "reset", "updated"]
+            .iter()
+            .any(|v| verb.ends_with(v))
+    });
+    verb_colon
         || p.len()
             .checked_sub(4)
             .and_then(|i| p.get(i..))
@@ -4770,6 +4806,28 @@ mod tests {
                 "interface Gi0/1\n key-string Zebra9Kettle\n",
                 &["Zebra9Kettle"],
             ),
+            // The third QA pass: text after the secret, quoted values, letters-only secrets.
+            (
+                "username admin password 5 $1$abc$Zebra9Hash role network-admin",
+                &["$1$abc$Zebra9Hash"],
+            ),
+            (
+                "username ops secret 0 Zebra9Kettle privilege 15",
+                &["Zebra9Kettle"],
+            ),
+            (
+                " ikev2 remote-authentication pre-shared-key Zebra9Kettle",
+                &["Zebra9Kettle"],
+            ),
+            (r#"snmp-server community "Zebra9Comm" RO"#, &["Zebra9Comm"]),
+            ("Connect-Thing -Password Welcome", &["Welcome"]),
+            ("Connect-Thing -PASSWORD Zebra", &["Zebra"]),
+            ("enable secret ZebraKettle", &["ZebraKettle"]),
+            ("username admin password Cisco", &["Cisco"]),
+            (
+                "radius-server host 10.0.0.5 auth-port 1812 key Zebra9Radius",
+                &["Zebra9Radius"],
+            ),
         ] {
             for secret in secrets {
                 one(text, CliCredentials, secret);
@@ -4816,6 +4874,8 @@ mod tests {
             r#"Connect-Thing -Token "${env:GH_TOKEN}""#,
             "Use the -Token Parameter to pass a PAT",
             "vault login -method=userpass username=bob",
+            "vault login completed successfully",
+            "-Password SecureString expected",
         ] {
             none_of(CliCredentials, clean);
         }

@@ -1365,6 +1365,19 @@ fn passwords_in_sentences_are_masked_and_sentences_about_them_are_not() {
             "Your temporary password is now Zebra9Kettle",
             "Your temporary password is now [REDACTED:secret_assignment]",
         ),
+        // The third QA pass: the reset sentences an earlier fix of this session let through.
+        (
+            "Password for bob was reset to Zebra9Kettle",
+            "Password for bob was reset to [REDACTED:secret_assignment]",
+        ),
+        (
+            "Password for bob is now: Zebra9Kettle",
+            "Password for bob is now: [REDACTED:secret_assignment]",
+        ),
+        (
+            "Password for the admin account was reset to Zebra9Kettle",
+            "Password for the admin account was reset to [REDACTED:secret_assignment]",
+        ),
         (
             "temporary password for new hire: Welcome2024#",
             "temporary password for new hire: [REDACTED:secret_assignment]",
@@ -1384,6 +1397,11 @@ fn passwords_in_sentences_are_masked_and_sentences_about_them_are_not() {
         "the password for the new account is incorrect",
         "password for the shared mailbox was reset by admin",
         "password for new hires: see the onboarding page",
+        "dob: optional",
+        "iban: not set",
+        "taxpayer_id=pending",
+        "birthDate: was hidden",
+        "Sign-in failed: Username or password INCORRECT",
     ] {
         assert_eq!(m.mask_text(clean), clean);
     }
@@ -4866,6 +4884,8 @@ fn password_names_in_other_scripts_mask_their_value_in_text() {
         ("lösenord: Zebra9Kettle", "Zebra9Kettle"),
         ("lösenord är Zebra9Kettlf", "Zebra9Kettlf"),
         ("CONTRASEÑA: Zebra9Kettlg", "Zebra9Kettlg"),
+        ("Lösenordet är Zebra9Kettlh", "Zebra9Kettlh"),
+        ("la contraseña es: Zebra9Kettli", "Zebra9Kettli"),
     ] {
         let masked = m.mask_text(text);
         assert!(!masked.contains(secret), "{text} -> {masked}");
