@@ -228,7 +228,8 @@ impl DestinationStore {
         self.lock()
             .iter()
             .filter_map(|d| {
-                let why = match (self.usable_url(&d.url), &d.secret) {
+                let secret = d.secret.as_deref().filter(|s| !s.is_empty());
+                let why = match (self.usable_url(&d.url), secret) {
                     (Err(why), _) => why,
                     (Ok(_), None) => "it has no signing `secret`".to_string(),
                     (Ok(_), Some(_)) => return None,
@@ -879,7 +880,8 @@ async fn deliver(
     // What `run --check` and the start name as unusable is given up at once, as they say (QA:
     // an unparseable URL was retried for a day, a destination without a secret got posts signed
     // with an empty key, which anyone can forge).
-    let refused = match (status.usable_url(&destination.url), &destination.secret) {
+    let secret = destination.secret.as_deref().filter(|s| !s.is_empty());
+    let refused = match (status.usable_url(&destination.url), secret) {
         (Err(why), _) => Some(why),
         (Ok(_), None) => Some("it has no signing `secret`".to_string()),
         (Ok(_), Some(_)) => None,
@@ -1720,9 +1722,19 @@ mod tests {
         let mut all: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         all[0].as_object_mut().unwrap().remove("secret");
+        // And one whose secret is empty (QA: it was still posted to).
+        let mut empty = all[0].clone();
+        empty["id"] = "dst_00000000000000ee".into();
+        empty["secret"] = "".into();
+        all.as_array_mut().unwrap().push(empty);
         std::fs::write(&path, all.to_string()).unwrap();
         let unsigned = Arc::new(DestinationStore::open_in(dir.path()).unwrap());
-        assert!(unsigned.unusable()[0].contains("secret"));
+        let unusable = unsigned.unusable();
+        assert_eq!(unusable.len(), 2, "{unusable:?}");
+        assert!(
+            unusable.iter().all(|u| u.contains("secret")),
+            "{unusable:?}"
+        );
         let abandoned =
             notify_one_and_wait_for(&unsigned, "destination_batches_abandoned_total", &d.id);
         assert_eq!(abandoned, 1);

@@ -143,6 +143,7 @@ impl DeliveryOutbox {
                 continue;
             };
             let path = entry.path().join(FILE_NAME);
+            remove_torn_rewrites(&entry.path());
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -359,6 +360,21 @@ impl DeliveryOutbox {
             .into_iter()
             .filter(|a| !queued.contains(&(a.tenant.as_str(), a.id.as_str())))
             .collect()
+    }
+}
+
+/// Remove, in a tenant's outbox directory, the temporary copies of its file a rewrite was
+/// writing when the process died (QA: a whole backlog's copy stayed for good).
+fn remove_torn_rewrites(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(FILE_NAME) && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -661,6 +677,19 @@ mod tests {
         assert_eq!((text(&acme), text(&globex)), (String::new(), String::new()));
         let (_, pending) = DeliveryOutbox::open_in(dir.path()).unwrap();
         assert!(pending.is_empty());
+    }
+
+    /// A rewrite's temporary copy left by a kill is removed at the next open (QA).
+    #[test]
+    fn a_torn_rewrite_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant_dir = dir.path().join("outbox/tenant=acme");
+        std::fs::create_dir_all(&tenant_dir).unwrap();
+        let torn = tenant_dir.join(format!("{FILE_NAME}.4242.3.tmp"));
+        std::fs::write(&torn, "{").unwrap();
+        let (_, pending) = DeliveryOutbox::open_in(dir.path()).unwrap();
+        assert!(pending.is_empty());
+        assert!(!torn.exists());
     }
 
     #[test]

@@ -305,12 +305,38 @@ impl TenantAlerts {
     /// before the open alert, a backfill, took its place, so the next live repeat raised a new
     /// alert; kept as the only one, the backfill's next batch raised new ones).
     fn add_group_head(&mut self, key: (String, String), id: &str) {
+        let records = &self.records;
         let heads = self.groups.entry(key).or_default();
         if !heads.iter().any(|h| h == id) {
             heads.push(id.to_string());
         }
         if heads.len() > MAX_GROUP_HEADS {
-            heads.remove(0);
+            // A closed alert's group is over (its record may be gone): it goes first; else the
+            // group that fired longest ago, never the one just added (QA: the open live alert,
+            // added first, was dropped when a backfill raised eight more).
+            let open_since = |h: &String| {
+                records.get(h).and_then(|r| {
+                    matches!(
+                        r.alert.status,
+                        AlertStatus::Open | AlertStatus::Acknowledged
+                    )
+                    .then(|| r.last_occurrence())
+                })
+            };
+            let at = heads
+                .iter()
+                .position(|h| h != id && open_since(h).is_none())
+                .or_else(|| {
+                    heads
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, h)| *h != id)
+                        .min_by_key(|(_, h)| open_since(h))
+                        .map(|(i, _)| i)
+                });
+            if let Some(at) = at {
+                heads.remove(at);
+            }
         }
     }
 
@@ -694,7 +720,10 @@ impl AlertBook {
             })
             .map(|r| OpenGroup {
                 id: r.alert.id.clone(),
-                first: r.alert.timestamp,
+                // From its earliest occurrence, a repeat dated before the alert's own time
+                // included (QA: a backfill split newest-first over batches raised an extra
+                // alert that one batch did not).
+                first: r.first_occurrence(),
                 last: r.last_occurrence(),
             })
             .collect()
@@ -1340,6 +1369,43 @@ mod tests {
             .unwrap();
         assert_eq!(done.grouped.len(), 1, "{done:?}");
         assert_eq!(reread.get("acme", &backfill.id).unwrap().alert.count, 3);
+    }
+
+    /// QA: with eight groups kept per rule and entity, the ninth (a backfill's) dropped the open
+    /// live alert, added first, and its next repeat raised a second alert. A backfill split
+    /// newest-first over batches joins its alert from the alert's earliest occurrence.
+    #[test]
+    fn the_open_alert_keeps_its_group_beside_many_backfilled_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = |_: &str| dir.path().join("j.jsonl");
+        let mut book = AlertBook::default();
+        book.set_group_seconds(3600);
+        let live = repeat("fail", "alice", 2000, "live");
+        book.insert(journal, std::slice::from_ref(&live)).unwrap();
+        for n in 0..(MAX_GROUP_HEADS as i64 + 2) {
+            let done = book
+                .insert(
+                    journal,
+                    &[repeat("fail", "alice", n * 100, &format!("b{n}"))],
+                )
+                .unwrap();
+            assert_eq!(done.written, 1, "{done:?}");
+        }
+        let done = book
+            .insert(journal, &[repeat("fail", "alice", 2001, "live2")])
+            .unwrap();
+        assert_eq!(done.grouped.len(), 1, "{done:?}");
+        assert_eq!(book.get("acme", &live.id).unwrap().alert.count, 2);
+        // Newest first: 1500, then 1450 and 1400 (the window from the earliest, 1450).
+        let first = repeat("fail", "bob", 1500, "n0");
+        book.insert(journal, std::slice::from_ref(&first)).unwrap();
+        for (minute, event) in [(1450, "n1"), (1400, "n2")] {
+            let done = book
+                .insert(journal, &[repeat("fail", "bob", minute, event)])
+                .unwrap();
+            assert_eq!(done.grouped.len(), 1, "{minute}: {done:?}");
+        }
+        assert_eq!(book.get("acme", &first.id).unwrap().alert.count, 3);
     }
 
     #[test]
