@@ -120,7 +120,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
         // key="DbPassword" value="x" />`. A name may be two words of a label (`API key: x`,
         // `Private key: x`, `seed phrase: ...`); LDIF writes base64 values after `::`.
         regex: concat!(
-            r#"((?-u:\b)(?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|(?i:пароль|contraseña|lösenord(?:et)?|密码|密碼|パスワード|暗証番号|비밀번호|hasło|şifre|jelszó|κωδικός|סיסמה|mot[ \t]+de[ \t]+passe)|(?-u:\b)[A-Za-z0-9_.-]{2,80})(?:\s+(?i:for)(?:\s+[^\s:：]{1,80}){2,4}?(?:[ \t]*[:：][ \t]*|\s+(?i:is|was)(?:\s+(?i:now|(?:set|changed|reset|updated)\s+to))?[ \t]*:?\s+)|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+\\'"()-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=：])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+\\'"()-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|(?:is|was)(?:\s+now)?|to|es|est|ist|è|é|är|er|jest):?\s+)?))"#,
+            r#"((?-u:\b)(?i:(?:api|private|secret|access|seed|recovery|signing|encryption|master)[ \t]+(?:key|phrase|token))|(?i:пароль|contraseña|lösenord(?:et)?|date[ \t]+of[ \t]+birth|birth[ \t]+date|driver(?:'?s)?[ \t]+licen[cs]e|密码|密碼|パスワード|暗証番号|비밀번호|hasło|şifre|jelszó|κωδικός|סיסמה|mot[ \t]+de[ \t]+passe)|(?-u:\b)[A-Za-z0-9_.-]{2,80})(?:\s+(?i:for)(?:\s+[^\s:：]{1,80}){2,4}?(?:[ \t]*[:：][ \t]*|\s+(?i:is|was)(?:\s+(?i:now|(?:set|changed|reset|updated)\s+to))?[ \t]*:?\s+)|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+\\'"()-]{1,80})?(?:["']?[ \t]*:[ \t]*[|>][0-9+-]{0,2}[ \t]*(?:(?:#[^\n]*)?\r?\n\s*|(?:#[^\n\\]*)?(?:\\+r)?\\+n[ \t]*)|\\*["']?\s*,\s*\\*["']?(?i:value)\\*["']?\s*:\s*|\\*["'][ \t]+(?i:value)[ \t]*=[ \t]*|[ \t]*(?:\r?\n|(?:\\+r)?\\+n)[ \t]*(?i:value)[ \t]*:[ \t]*|\[?\]?\\?(?:["']|&(?:amp;)?(?:quot|#34|#39|apos);)?\s*(?:=>|::|[:=：])\s*(?:&(?:amp;)?(?:quot|#34|#39|apos);)?)|(?:\s(?:[^<>]{0,199}[^<>=-])?)?>\s*(?:<!\[CDATA\[)?|(?:\s+(?i:for)\s+[A-Za-z0-9_.@+\\'"()-]{1,80})?\s+((?i:(?:(?:(?:is|was|has\s+been)\s+)?(?:set|changed|reset|updated)\s+(?:to|from)|(?:set|changed|reset|updated):|(?:is|was)(?:\s+now)?|to|es|est|ist|è|é|är|er|jest):?\s+)?))"#,
             value_alternatives!()
         ),
         secret_groups: &[3, 4, 5, 6],
@@ -203,6 +203,12 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "driver_license",
             "driverslicense",
             "taxpayer",
+            "driverlicense",
+            "date of birth",
+            "birth date",
+            "driver's licen",
+            "drivers licen",
+            "driver licen",
             // Key words the key matcher has that occur in text as `name=value` too (`cvv=`,
             // `SENTRY_DSN=`); the short ones only with a separator after them, since `pin`,
             // `otp` and `seed` are inside common words (`shipping`).
@@ -668,28 +674,33 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // taken: `PROSE_LIKE_VALUE_GROUPS`); 90: `vault login <token>` and `vault token
             // lookup|revoke|renew <token>` (8 characters or more, no path; not after
             // `-accessor` or `-mode`: `s.` tokens of Vault before 1.10 have no prefix a vendor
-            // pattern knows).
+            // pattern knows); 91: SNMPv3's `auth md5|sha <password>` and `priv des|aes 128
+            // <password>` of an `snmp-server user` line. Also `snmp-server host <h> version
+            // 1|2c <community>`, and a `key [type] <key>` line of IOS-XE's `radius server` and
+            // `tacacs server` blocks and ASA's `aaa-server` (their block names are anchors, a
+            // lone `key` is none).
             r#"|(?:^|\s)-[PN](?:\s*'([^']*)'|\s*"([^"]*)"|\s+([^\s'"-][^\s'"]*)|([^\s'"a-z0-9-][^\s'"0-9]*[0-9][^\s'"]*))"#,
             r#"|(?:^|\s)(?i:catalog|auxiliary)\s+['"]?[^\s/@'"=]+/([^\s@/'"]+)"#,
             r#"|(?:^|[\s(])-(?i:password|secret|clientsecret|accesstoken|apikey|token)\s+(?:'([^']*)'|"([^"]*)"|([^\s'"$(@-][^\s'"),]*))"#,
             r#"|(?i:setx)(?:\.exe)?["']?\s(?:[^|;&\n]*?\s)?/(?i:p)\s+(?:"([^"]*)"|([^\s"/][^\s"]*))"#,
             r#"|(?i:setx)(?:\.exe)?["']?\s+(?:/[A-Za-z]+\s+)*\\*"?([A-Za-z_][A-Za-z0-9_.-]*)\\*"?\s+(?:\\*"([^"\\]*)\\*"|'([^']*)'|([^\s"'/\\][^\s"]*))"#,
             r#"|(?i:setenvironmentvariable)\(\s*["']([^"']+)["']\s*,\s*(?:"([^"]*)"|'([^']*)')"#,
-            r#"|(?:^|[\s"'=(\[`])[^\s:@/"'(\[`=]+:([^\s"']+?)@(?:tcp|unix|udp)\("#,
+            r#"|(?:^|[\s"'=(\[`])[^\s:@/"'(\[`=]+:([^\s"'/][^\s"']*?)@(?:tcp|unix|udp)\("#,
             r#"|(?i:crypto\s+isakmp\s+key)\s+(?:[06]\s+)?"?([^\s"']+)"?\s+(?i:address|hostname)\b"#,
             r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:username)[ \t]+(?:[^\s"'oO][^\s"']*|[oO](?:[^\s"'rR][^\s"']*)?|[oO][rR][^\s"']+)[ \t]+(?i:(?:privilege|view|role)[ \t]+[^\s"']+[ \t]+)*(?i:algorithm-type[ \t]+[^\s"']+[ \t]+)?(?i:secret|password)[ \t]+(?:([0-9])[ \t]+|(?i:sha512|sha256)[ \t]+)?"?([^\s"']+)"?(?:[ \t]+(?i:role|privilege|priv-lvl)\b[^\n"']*)?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
             r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:enable)[ \t]+(?i:algorithm-type[ \t]+[^\s"']+[ \t]+)?(?i:secret|password)[ \t]+(?i:level[ \t]+[0-9]+[ \t]+)?(?:([0-9])[ \t]+|(?i:sha512|sha256)[ \t]+)?"?([^\s"']+)"?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
-            r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:snmp-server[ \t]+community)[ \t]+(?:[0-9][ \t]+)?"?([^\s"']+)"?(?:[ \t]+(?i:ro|rw|view)(?:[ \t][^\n"']*)?)?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:snmp-server[ \t]+(?:community|host[ \t]+[^\s"']+[ \t]+(?:(?:informs|traps)[ \t]+)?version[ \t]+(?:1|2c)))[ \t]+(?:[0-9][ \t]+)?"?([^\s"']+)"?(?:[ \t]+[^\n"']*)?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
             r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:(?:ikev[12][ \t]+)?(?:(?:remote|local)-authentication[ \t]+)?(?:pre-shared-key(?:[ \t]+(?:local|remote))?|key-string))[ \t]+(?:([0-9])[ \t]+)?"?([^\s"']+)"?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
             r#"|(?i:pre-shared-key[ \t]+(?:ascii-text|hexadecimal))[ \t]+(?:"([^"]*)"|([^\s"]+))"#,
-            r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:(?:tacacs|radius)-server[ \t]+(?:host[ \t]+[^\s"']+[ \t]+)?(?:(?:auth-port|acct-port|port|timeout)[ \t]+[0-9]+[ \t]+)*key)[ \t]+(?:([0-9])[ \t]+)?"?([^\s"']+)"?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
+            r#"|(?:(?m:^)|[=:;"'])[ \t]*(?i:(?:(?:tacacs|radius)-server[ \t]+(?:host[ \t]+[^\s"']+[ \t]+)?(?:(?:auth-port|acct-port|port|timeout)[ \t]+[0-9]+[ \t]+)*)?key)[ \t]+(?:([0-9])[ \t]+)?"?([^\s"']+)"?(?:[ \t]+(?i:single-connection|timeout[ \t]+[0-9]+))?[ \t]*(?:<cr>)?\r?(?:(?m:$)|["'])"#,
             r#"|(?i:vault)(?:\.exe)?["']?\s+(?i:login|token\s+(?:lookup|revoke|renew))(?:\s+-[A-Za-z-]+(?:=\S+|\s+[^\s-]\S*)?)*?\s+['"]?([^\s'"=/-][^\s'"=/]{7,})(?:['"]|\s|$)"#,
+            r#"|(?:^|\s)(?i:auth[ \t]+(?:md5|sha[0-9-]*)|priv[ \t]+(?:des|3des|aes(?:[ \t]+[0-9]+)?))[ \t]+([^\s"']+)"#,
         ),
         secret_groups: &[
             1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
             27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48,
             49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 71,
-            72, 73, 75, 76, 77, 78, 80, 82, 83, 85, 86, 87, 89, 90,
+            72, 73, 75, 76, 77, 78, 80, 82, 83, 85, 86, 87, 89, 90, 91,
         ],
         anchors: &[
             "-u ",
@@ -825,6 +836,9 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "algorithm-type",
             "tacacs-server",
             "radius-server",
+            "radius server",
+            "tacacs server",
+            "aaa-server",
             "vault",
         ],
     },
@@ -2515,7 +2529,7 @@ const RABBITMQ_PASSWORD_GROUP: usize = 51;
 
 /// The groups of the `CliCredentials` pattern that are an option alone, `-H <NTLM hash>` and
 /// `-s <new password>`, with the programs that must run it (checked by [`runs_before`]).
-const OPTION_ALONE_GROUPS: [(usize, &[&str]); 7] = [
+const OPTION_ALONE_GROUPS: [(usize, &[&str]); 8] = [
     (
         48,
         &[
@@ -2533,6 +2547,7 @@ const OPTION_ALONE_GROUPS: [(usize, &[&str]); 7] = [
     (62, &["ssh-keygen"]),
     (63, &["ssh-keygen"]),
     (64, &["rman"]),
+    (91, &["snmp-server"]),
 ];
 
 /// The groups of the `CliCredentials` pattern that are the name given a value by `setx` and
@@ -3414,8 +3429,16 @@ fn name_byte(b: &u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
 }
 
-/// `password` in French, a name of three words.
-const MOT_DE_PASSE: &[u8] = b"mot de passe";
+/// Names of several words (`mot de passe`, `password` in French; labels of personal data as
+/// people write them): the name right before a separator is only their last word.
+const NAMES_OF_WORDS: &[&[u8]] = &[
+    b"mot de passe",
+    b"date of birth",
+    b"birth date",
+    b"driver's licen",
+    b"drivers licen",
+    b"driver licen",
+];
 
 /// Whether the assignment pattern can find a secret in `text`: a sensitive name (per `keys`,
 /// as its verifier requires) right before `:`/`=` (after an optional escaped quote and spaces),
@@ -3450,11 +3473,10 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
     }) {
         return true;
     }
-    // French names it in three words (`mot de passe : X`).
-    if text
-        .windows(MOT_DE_PASSE.len())
-        .any(|w| w.eq_ignore_ascii_case(MOT_DE_PASSE))
-    {
+    if NAMES_OF_WORDS.iter().any(|name| {
+        text.windows(name.len())
+            .any(|w| w.eq_ignore_ascii_case(name))
+    }) {
         return true;
     }
     // `password Hunter2x`: a password word, then whitespace.
@@ -3823,6 +3845,8 @@ fn verify(
                     // generated-looking value that is no ARN, path, fingerprint or algorithm.
                     && (!k.as_str().contains([' ', '\t'])
                         || names_a_phrase(k.as_str())
+                        // `Date of birth: 1990-01-08` (its digits checked below).
+                        || super::keys::names_numbered_pii(k.as_str())
                         || (looks_generated(secret) && !names_key_metadata(secret)))
                     // A phrase is a dozen words (or a generated value): `seed phrase: shown
                     // once` is about it.
@@ -4828,6 +4852,22 @@ mod tests {
                 "radius-server host 10.0.0.5 auth-port 1812 key Zebra9Radius",
                 &["Zebra9Radius"],
             ),
+            (
+                "tacacs-server host 10.0.0.1 key 0 Zebra9Tac single-connection",
+                &["Zebra9Tac"],
+            ),
+            (
+                "radius server ISE\n address ipv4 10.0.0.1 auth-port 1812\n key Zebra9Radiu\n",
+                &["Zebra9Radiu"],
+            ),
+            (
+                "snmp-server user u1 g1 v3 auth sha Zebra9Auth priv aes 128 Zebra9Priv",
+                &["Zebra9Auth", "Zebra9Priv"],
+            ),
+            (
+                "snmp-server host 10.0.0.1 version 2c Zebra9Comm",
+                &["Zebra9Comm"],
+            ),
         ] {
             for secret in secrets {
                 one(text, CliCredentials, secret);
@@ -4875,6 +4915,8 @@ mod tests {
             "Use the -Token Parameter to pass a PAT",
             "vault login -method=userpass username=bob",
             "vault login completed successfully",
+            "mysql://root@tcp(db:3306)/app",
+            "the key is rotated\n key rotated",
             "-Password SecureString expected",
         ] {
             none_of(CliCredentials, clean);

@@ -4472,6 +4472,10 @@ fn registry_logins_and_pii_by_key_name_are_masked() {
         ("birthDate: 1990-01-07", "1990-01-07"),
         ("drivers_license=D1234567", "D1234567"),
         ("taxpayer_id=12-3456789", "12-3456789"),
+        // The third QA pass: labels as people write them.
+        ("Date of birth: 1990-01-08", "1990-01-08"),
+        ("Driver's license: D7654321", "D7654321"),
+        ("driverLicenseNumber: D7654322", "D7654322"),
     ] {
         let masked = m.mask_text(text);
         assert!(!masked.contains(secret), "{text} -> {masked}");
