@@ -3860,8 +3860,9 @@ fn verify(
                         .get(k.end().saturating_sub(4)..)
                         .is_some_and(|t| t.starts_with("hmac:"))
                     && !is_cmdlet_value(text, k.start(), secret)
-                    && !(super::keys::names_numbered_pii(k.as_str())
-                        && !secret.bytes().any(|b| b.is_ascii_digit()))
+                    // `dob: optional`: personal data of these names holds digits.
+                    && (!super::keys::names_numbered_pii(k.as_str())
+                        || secret.bytes().any(|b| b.is_ascii_digit()))
                     && !is_account_setting(k.as_str(), secret)
                     // Eight or more characters: `password Okta2FA policy` names a product.
                     && (!bare
