@@ -220,6 +220,18 @@ impl DestinationStore {
         Ok(parsed)
     }
 
+    /// Why alerts cannot go to `d`, if they cannot: its URL is not one the API would take now,
+    /// or it has no signing secret (an empty one is none).
+    fn why_unusable(&self, d: &Destination) -> Option<String> {
+        if let Err(why) = self.usable_url(&d.url) {
+            return Some(why);
+        }
+        d.secret
+            .as_deref()
+            .is_none_or(str::is_empty)
+            .then(|| "it has no signing `secret`".to_string())
+    }
+
     /// The registered destinations alerts cannot go to, each with why (its URL is not one the
     /// API would take now, e.g. a private address after `allow_private_destinations` was turned
     /// off, or a hand-edited file's; it has no signing secret). For `run --check` and the
@@ -228,12 +240,7 @@ impl DestinationStore {
         self.lock()
             .iter()
             .filter_map(|d| {
-                let secret = d.secret.as_deref().filter(|s| !s.is_empty());
-                let why = match (self.usable_url(&d.url), secret) {
-                    (Err(why), _) => why,
-                    (Ok(_), None) => "it has no signing `secret`".to_string(),
-                    (Ok(_), Some(_)) => return None,
-                };
+                let why = self.why_unusable(d)?;
                 Some(format!(
                     "destination `{}` ({}) of tenant `{}` gets no alerts: {why}",
                     d.name, d.id, d.tenant
@@ -841,15 +848,18 @@ fn counted_from_zero(metrics: &Metrics, id: &str) {
     }
 }
 
-/// A batch given up for a destination at once (refused, or not encodable): counted as the
-/// batches given up after a day of failed rounds are, which alerting rules watch (QA: only
-/// the failure was counted).
-fn batch_abandoned(metrics: &Metrics, id: &str) {
+/// A batch given up for destination `id` at once (refused, or not encodable): a failed round
+/// that no other round follows, counted as the batches given up after a day of failed rounds
+/// are, which alerting rules watch (QA: only the failure was counted).
+fn given_up_at_once(metrics: &Metrics, status: &DestinationStore, id: &str) -> RoundOutcome {
+    metrics.inc("destination_failures_total", &[("destination", id)], 1);
+    status.record(id, DeliveryEvent::GaveUp);
     metrics.inc(
         "destination_batches_abandoned_total",
         &[("destination", id)],
         1,
     );
+    RoundOutcome::Refused
 }
 
 async fn deliver(
@@ -868,35 +878,15 @@ async fn deliver(
         })),
     };
     let Ok(bytes) = encoded else {
-        metrics.inc(
-            "destination_failures_total",
-            &[("destination", &destination.id)],
-            1,
-        );
-        status.record(&destination.id, DeliveryEvent::GaveUp);
-        batch_abandoned(metrics, &destination.id);
-        return RoundOutcome::Refused;
+        return given_up_at_once(metrics, status, &destination.id);
     };
     // What `run --check` and the start name as unusable is given up at once, as they say (QA:
     // an unparseable URL was retried for a day, a destination without a secret got posts signed
     // with an empty key, which anyone can forge).
-    let secret = destination.secret.as_deref().filter(|s| !s.is_empty());
-    let refused = match (status.usable_url(&destination.url), secret) {
-        (Err(why), _) => Some(why),
-        (Ok(_), None) => Some("it has no signing `secret`".to_string()),
-        (Ok(_), Some(_)) => None,
-    };
-    if let Some(error) = refused {
+    if let Some(error) = status.why_unusable(destination) {
         tracing::error!(destination = %destination.id, %error, "alert delivery refused; the batch is given up for this destination (the alerts stay in the store)");
         status.record(&destination.id, DeliveryEvent::TryFailed(&error));
-        metrics.inc(
-            "destination_failures_total",
-            &[("destination", &destination.id)],
-            1,
-        );
-        status.record(&destination.id, DeliveryEvent::GaveUp);
-        batch_abandoned(metrics, &destination.id);
-        return RoundOutcome::Refused;
+        return given_up_at_once(metrics, status, &destination.id);
     }
     let signature = sign(destination.secret.as_deref().unwrap_or_default(), &bytes);
     // A name that resolves only to addresses alerts may not go to (`localhost` with private
@@ -929,14 +919,7 @@ async fn deliver(
         tracing::warn!(destination = %destination.id, name = %destination.name, attempt, %error, "alert delivery failed");
         status.record(&destination.id, DeliveryEvent::TryFailed(&error));
         if refused_by_resolver(&error) {
-            metrics.inc(
-                "destination_failures_total",
-                &[("destination", &destination.id)],
-                1,
-            );
-            status.record(&destination.id, DeliveryEvent::GaveUp);
-            batch_abandoned(metrics, &destination.id);
-            return RoundOutcome::Refused;
+            return given_up_at_once(metrics, status, &destination.id);
         }
         if attempt < MAX_ATTEMPTS {
             tokio::time::sleep(wait).await;

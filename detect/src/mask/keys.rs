@@ -196,9 +196,13 @@ const WHOLE_WORDS: &[&str] = &[
     "pepper",
     // A pre-shared key (`psk`, `wpa_psk`, an IPsec tunnel's `psk`; QA).
     "psk",
-    // PII by name (QA): a bank account's IBAN, a passport (`passport`, `passportNumber`; its
-    // `passportCountry` stays), a date of birth (`dob`, `date_of_birth`, `birthDate`), a
-    // driver's licence, a taxpayer id.
+];
+
+/// PII by name (QA), whole words of the key as [`WHOLE_WORDS`] are: a bank account's IBAN, a
+/// passport (`passport`, `passportNumber`; its `passportCountry` stays), a date of birth
+/// (`dob`, `date_of_birth`, `birthDate`), a driver's licence, a taxpayer id. Their values hold
+/// digits ([`names_numbered_pii`]).
+const NUMBERED_PII_WORDS: &[&str] = &[
     "iban",
     "passport",
     "dob",
@@ -381,8 +385,13 @@ impl KeyMatcher {
         let mut words: Vec<String> = SENSITIVE_WORDS.iter().map(|w| w.to_string()).collect();
         let scalar_start = words.len();
         words.extend(SCALAR_SECRET_WORDS.iter().map(|w| w.to_string()));
-        let whole_words = words.len()..words.len() + WHOLE_WORDS.len();
-        words.extend(WHOLE_WORDS.iter().map(|w| w.to_string()));
+        let whole_words = words.len()..words.len() + WHOLE_WORDS.len() + NUMBERED_PII_WORDS.len();
+        words.extend(
+            WHOLE_WORDS
+                .iter()
+                .chain(NUMBERED_PII_WORDS)
+                .map(|w| w.to_string()),
+        );
         let qualified_words = words.len()..words.len() + QUALIFIED_WORDS.len();
         words.extend(QUALIFIED_WORDS.iter().map(|w| w.to_string()));
         let scalar_words = scalar_start..qualified_words.end;
@@ -675,22 +684,16 @@ fn names_a_password_in_another_script(key: &str) -> bool {
 /// of birth, a passport, a driver's licence, a taxpayer id): in text, a value without a digit
 /// is a setting or prose (`dob: optional`, `iban: not set`; QA).
 pub(crate) fn names_numbered_pii(key: &str) -> bool {
+    // The key's last word, or the one before its `number` (`adobe_password` holds `dob`, and
+    // is no date of birth).
     let folded = normalize_key(key);
-    [
-        "iban",
-        "dob",
-        "dateofbirth",
-        "birthdate",
-        "birthday",
-        "driverslicense",
-        "driverlicense",
-        "driverslicence",
-        "driverlicence",
-        "taxpayerid",
-        "passport",
-    ]
-    .iter()
-    .any(|w| folded.contains(w))
+    let head = ["number", "no"]
+        .iter()
+        .find_map(|suffix| folded.strip_suffix(suffix))
+        .unwrap_or(&folded);
+    NUMBERED_PII_WORDS
+        .iter()
+        .any(|w| folded.ends_with(w) || head.ends_with(w))
 }
 
 /// Whether `key` names a session key (`SESSION_KEY`, `sessionKey`, `x-session-keys`).

@@ -4890,6 +4890,8 @@ fn password_names_in_other_scripts_mask_their_value_in_text() {
         ("CONTRASEÑA: Zebra9Kettlg", "Zebra9Kettlg"),
         ("Lösenordet är Zebra9Kettlh", "Zebra9Kettlh"),
         ("la contraseña es: Zebra9Kettli", "Zebra9Kettli"),
+        // A password name that holds a personal-data word (`dob` in `adobe`) is a password's.
+        ("adobe_password: Hunterkettle", "Hunterkettle"),
     ] {
         let masked = m.mask_text(text);
         assert!(!masked.contains(secret), "{text} -> {masked}");
