@@ -372,7 +372,7 @@ mod tests {
         let text = m.render_prometheus();
         assert!(text.contains("# TYPE perimeter_events_received_total counter\n"));
         assert!(text.contains(
-            "# HELP perimeter_events_received_total Records received, per source.\n# TYPE"
+            "# HELP perimeter_events_received_total Records received, per source (new events only: a resend is counted as replayed).\n# TYPE"
         ));
         assert!(text.contains("perimeter_events_received_total{source=\"okta\"} 5\n"));
         assert!(text.contains("perimeter_pipeline_lag_seconds 1.5\n"));
