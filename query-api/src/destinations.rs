@@ -519,9 +519,16 @@ impl AlertNotifier {
     /// lose them (see [`crate::outbox`]). Whether a note was written: if so, call
     /// [`Self::intent_met`] once they are queued.
     pub fn intend<'a>(&self, alerts: impl IntoIterator<Item = &'a Alert>) -> bool {
+        // Whether a tenant has destinations, asked once per tenant (a batch may hold thousands
+        // of alerts of a few tenants).
+        let mut has_any: std::collections::HashMap<&str, bool> = Default::default();
         let refs: Vec<AlertRef> = alerts
             .into_iter()
-            .filter(|a| self.destinations.has_any(&a.tenant))
+            .filter(|a| {
+                *has_any
+                    .entry(a.tenant.as_str())
+                    .or_insert_with(|| self.destinations.has_any(&a.tenant))
+            })
             .map(|a| AlertRef {
                 tenant: a.tenant.clone(),
                 id: a.id.clone(),

@@ -1019,9 +1019,14 @@ fn matches(
 /// substring found nothing for `spray password` or a quoted phrase, where event search, in
 /// tantivy's syntax, finds them.)
 fn text_terms(text: &str) -> Vec<String> {
-    let lower = text.to_lowercase();
+    text_parts(&text.to_lowercase())
+}
+
+/// The words of a text search and its `"quoted phrases"` (each phrase one part, its spaces made
+/// single), as written.
+pub(crate) fn text_parts(text: &str) -> Vec<String> {
     let mut terms = Vec::new();
-    for (i, part) in lower.split('"').enumerate() {
+    for (i, part) in text.split('"').enumerate() {
         if i % 2 == 1 {
             let phrase = part.split_whitespace().collect::<Vec<_>>().join(" ");
             if !phrase.is_empty() {

@@ -538,6 +538,14 @@ impl Store {
         read(&self.alerts).summary(tenant, &self.with_stored_forms(q))
     }
 
+    /// The forms masking may have stored `value` in: as the query masker masks it, and its keyed
+    /// hash (for a search to match those too).
+    pub(crate) fn stored_forms_of(&self, value: &str) -> Vec<String> {
+        let masked = self.query_masker.as_ref().and_then(|m| m(value));
+        let hashed = self.query_pseudonym.as_ref().map(|p| p(value));
+        masked.into_iter().chain(hashed).collect()
+    }
+
     /// `q` with the stored forms of its entity and text values ([`AlertQuery::stored_forms`]):
     /// each as the query masker masks it, and its keyed hash.
     fn with_stored_forms(&self, q: &AlertQuery) -> AlertQuery {
@@ -548,23 +556,16 @@ impl Store {
         // The values as written (a keyed hash is of the exact text), each under its lowercased
         // form, which is how the alert book compares.
         let mut values: Vec<String> = q.entity.iter().cloned().collect();
-        if let Some(text) = &q.text {
-            for (i, part) in text.split('"').enumerate() {
-                if i % 2 == 1 {
-                    let phrase = part.split_whitespace().collect::<Vec<_>>().join(" ");
-                    values.push(phrase);
-                } else {
-                    values.extend(part.split_whitespace().map(str::to_string));
-                }
-            }
-        }
-        for value in values.into_iter().filter(|v| !v.is_empty()) {
+        values.extend(
+            q.text
+                .as_deref()
+                .map(crate::alerts::text_parts)
+                .unwrap_or_default(),
+        );
+        for value in values {
             let lower = value.to_lowercase();
-            if let Some(masked) = self.query_masker.as_ref().and_then(|m| m(&value)) {
-                q.stored_forms.push((lower.clone(), masked));
-            }
-            if let Some(pseudonym) = &self.query_pseudonym {
-                q.stored_forms.push((lower, pseudonym(&value)));
+            for form in self.stored_forms_of(&value) {
+                q.stored_forms.push((lower.clone(), form));
             }
         }
         q

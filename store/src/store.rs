@@ -1133,11 +1133,10 @@ impl Store {
         // An excerpt is masked as stored events are: an address searched for matches its
         // pseudonym too (QA: found in events, not in dead letters).
         let text = q.text.as_deref().map(|t| {
-            let mut forms = vec![t.to_lowercase()];
-            forms.extend(self.query_masker.as_ref().and_then(|m| m(t)));
-            forms.extend(self.query_pseudonym.as_ref().map(|p| p(t)));
-            forms.iter_mut().for_each(|f| *f = f.to_lowercase());
-            forms
+            std::iter::once(t.to_string())
+                .chain(self.stored_forms_of(t))
+                .map(|form| form.to_lowercase())
+                .collect::<Vec<_>>()
         });
         let limit = q.limit.clamp(1, crate::MAX_PAGE_LIMIT);
         let mut lines = ReverseLines::new(&file, end);

@@ -190,7 +190,7 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             // (and `password` in other scripts and languages, the key rule's
             // `OTHER_SCRIPT_PASSWORD_WORDS`, added in `Patterns::new`)
             "mot_de_passe",
-            "mot de passe",
+            // (and the names of several words, `NAMES_OF_WORDS`, added in `Patterns::new`)
             // PII by name (QA: masked as JSON keys only): `iban=`, `?dob=`, `birthDate: `.
             "iban",
             "dob",
@@ -204,11 +204,6 @@ const SPECS: [PatternSpec; PatternKind::COUNT] = [
             "driverslicense",
             "taxpayer",
             "driverlicense",
-            "date of birth",
-            "birth date",
-            "driver's licen",
-            "drivers licen",
-            "driver licen",
             // Key words the key matcher has that occur in text as `name=value` too (`cvv=`,
             // `SENTRY_DSN=`); the short ones only with a separator after them, since `pin`,
             // `otp` and `seed` are inside common words (`shipping`).
@@ -1254,13 +1249,21 @@ impl Patterns {
         let mut regexes = Vec::with_capacity(SPECS.len());
         for (i, spec) in SPECS.iter().enumerate() {
             debug_assert_eq!(spec.kind.index(), i, "SPECS follows PatternKind::ALL");
-            let other_script_names = match spec.kind {
+            let (other_script_names, names_of_words) = match spec.kind {
                 // `password` in other scripts and languages, as the key rule knows it (QA:
-                // `пароль: x` was let through in text, its name sensitive only as a JSON key).
-                PatternKind::SecretAssignment => super::keys::OTHER_SCRIPT_PASSWORD_WORDS,
-                _ => &[],
+                // `пароль: x` was let through in text, its name sensitive only as a JSON key),
+                // and the names of several words the pre-check looks for.
+                PatternKind::SecretAssignment => {
+                    (super::keys::OTHER_SCRIPT_PASSWORD_WORDS, NAMES_OF_WORDS)
+                }
+                _ => (&[][..], &[][..]),
             };
-            let spec_anchors = spec.anchors.iter().copied().map(Cow::Borrowed);
+            let spec_anchors = spec
+                .anchors
+                .iter()
+                .chain(names_of_words)
+                .copied()
+                .map(Cow::Borrowed);
             // The prefilter folds ASCII letters only: the other scripts' words also as a
             // sentence or a label starts them, and in capitals (`Пароль:`, `ПАРОЛЬ:`; QA).
             let other_script_anchors = other_script_names.iter().flat_map(|w| {
@@ -3431,13 +3434,14 @@ fn name_byte(b: &u8) -> bool {
 
 /// Names of several words (`mot de passe`, `password` in French; labels of personal data as
 /// people write them): the name right before a separator is only their last word.
-const NAMES_OF_WORDS: &[&[u8]] = &[
-    b"mot de passe",
-    b"date of birth",
-    b"birth date",
-    b"driver's licen",
-    b"drivers licen",
-    b"driver licen",
+/// Each is also an anchor of the assignment pattern.
+const NAMES_OF_WORDS: &[&str] = &[
+    "mot de passe",
+    "date of birth",
+    "birth date",
+    "driver's licen",
+    "drivers licen",
+    "driver licen",
 ];
 
 /// Whether the assignment pattern can find a secret in `text`: a sensitive name (per `keys`,
@@ -3475,7 +3479,7 @@ fn assignment_possible(text: &[u8], keys: &KeyMatcher) -> bool {
     }
     if NAMES_OF_WORDS.iter().any(|name| {
         text.windows(name.len())
-            .any(|w| w.eq_ignore_ascii_case(name))
+            .any(|w| w.eq_ignore_ascii_case(name.as_bytes()))
     }) {
         return true;
     }
