@@ -454,20 +454,24 @@ fn spawn_sighup_reloader(
                 for warning in set.spec_warnings() {
                     tracing::warn!("rules: {warning}");
                 }
-                listed.replace(&set);
-                let count = set.len();
-                metrics.set("rules_loaded", &[], count as f64);
-                metrics.set("rule_files_failed", &[], 0.0);
-                let detector =
-                    perimeter_detect::sigma::SigmaDetector::new(set, listed.sigma_options());
+                let detector = perimeter_detect::sigma::SigmaDetector::new(
+                    set.clone(),
+                    listed.sigma_options(),
+                );
                 if to_pipeline.send(detector).is_err() {
                     return;
                 }
                 // Wake the pipeline so the new rules are in use now, not at the next input;
-                // its answer comes once they are.
+                // its answer comes once they are. Only then does the API list them: listed
+                // before, a batch sent on seeing them was still detected with the old ones (a
+                // CI run caught the race).
                 if wake.submit("", &tenant, Vec::new()).await.is_err() {
                     return;
                 }
+                listed.replace(&set);
+                let count = set.len();
+                metrics.set("rules_loaded", &[], count as f64);
+                metrics.set("rule_files_failed", &[], 0.0);
                 // A log line like the others: with `--log-format json`, one JSON object.
                 tracing::info!(rules = count, "rules reloaded ({count} rules in use)");
             }
